@@ -1,0 +1,463 @@
+/*
+ * apns.h — the APNs provider client (HTTP/2 over TLS or h2c, driven by a
+ * libevent loop) that wakes MDM devices, and the APNs mock server that stands
+ * in for Apple on loopback (tests, the demo, `esim-mdm apns-mock`).
+ *
+ * Both run inside a caller-owned struct event_base and never block: call
+ * event_base_dispatch() (or keep your own loop running) and results arrive
+ * through callbacks. Nothing here prints; failures come back as esim_err plus
+ * an esim_error sentence (see core/esim.h).
+ *
+ * Protocol rules followed here are summarised in PROTOCOLS.md §4.
+ */
+#ifndef ESIM_APNS_APNS_H
+#define ESIM_APNS_APNS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/esim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+/* ======================================================================
+ * The client
+ * ====================================================================== */
+
+typedef struct apns_client apns_client;
+
+typedef enum {
+    /* TLS client certificate: the MDM case. PEM cert+key or PKCS#12. */
+    APNS_AUTH_CERTIFICATE = 0,
+    /* Provider token: ES256 JWT from a .p8 key, sent as
+     * "authorization: bearer <jwt>". Apps only; MDM pushes need a cert. */
+    APNS_AUTH_TOKEN = 1,
+    /* No credential at all: only useful against the mock's --open-listen or
+     * --h2c-listen ports (load tests). */
+    APNS_AUTH_NONE = 2,
+} apns_auth_kind;
+
+/*
+ * Client settings. Fill with apns_config_init() first, then set what you
+ * need; every string is copied by apns_client_new(), so it may be freed
+ * afterwards. Durations are milliseconds unless named otherwise.
+ */
+typedef struct {
+    /* "https://HOST[:PORT]" (TLS 1.2+, ALPN h2; port defaults to 443) or
+     * "http://HOST[:PORT]" (cleartext HTTP/2 with prior knowledge, for the
+     * mock's h2c port; port defaults to 80). Required. */
+    const char *url;
+
+    apns_auth_kind auth;
+    /* APNS_AUTH_CERTIFICATE: either cert_path + key_path (PEM; key_path may
+     * be NULL when the key sits in cert_path) or p12_path (+ p12_password,
+     * NULL = empty). */
+    const char *cert_path;
+    const char *key_path;
+    const char *p12_path;
+    const char *p12_password;
+    /* APNS_AUTH_TOKEN: the .p8 (PEM PKCS#8 P-256 key), its 10-character
+     * key id and the team id (the JWT's "iss"). */
+    const char *p8_path;
+    const char *key_id;
+    const char *team_id;
+
+    /* apns-topic. NULL: the certificate subject's UID
+     * (com.apple.mgmt.External.<uuid> for an MDM push certificate).
+     * Required with token auth and with APNS_AUTH_NONE. */
+    const char *topic;
+
+    /* PEM file of CAs that the server must chain to. NULL: the system's
+     * default trust store (what real APNs needs). Ignored for http://. */
+    const char *ca_path;
+
+    /* Long-lived connections kept open for this credential. They are opened
+     * one after another (the next once the previous has its SETTINGS), never
+     * all at once. Default 2, range 1..64. */
+    int connections;
+    /* Local cap of concurrent streams per connection; the effective cap is
+     * min(this, the peer's SETTINGS_MAX_CONCURRENT_STREAMS), re-read as
+     * SETTINGS arrive. Default 1000, range 1..100000. */
+    int max_in_flight;
+    /* Sends per push before giving up on a retryable failure (429, 5xx,
+     * REFUSED_STREAM, GOAWAY-skipped, connection lost). Default 5, >= 1. */
+    int max_attempts;
+    /* Retry back-off: attempt n waits a random time in
+     * [d/2, d] with d = retry_base_ms * 2^(n-1), capped at retry_max_ms.
+     * Defaults 250 and 30000. */
+    int retry_base_ms;
+    int retry_max_ms;
+    /* Reconnect back-off after a failed or fruitless connection: doubles
+     * from reconnect_min_ms up to reconnect_max_ms (defaults 1000, 60000).
+     * A connection that completed at least one push is replaced at once. */
+    int reconnect_min_ms;
+    int reconnect_max_ms;
+    /* After this many consecutive failed connection attempts (no connection
+     * got ready in between), every waiting push fails with
+     * APNS_OUTCOME_UNREACHABLE. Default 4; 0 = keep trying forever. */
+    int max_connect_failures;
+    /* TCP + TLS + first SETTINGS must complete within this. Default 10000. */
+    int connect_timeout_ms;
+    /* A connection with no frame received for idle_ping_ms gets a PING; if
+     * no PING ACK comes within ping_timeout_ms it is dropped (its pushes
+     * are re-sent elsewhere). Defaults 60000 and 10000. */
+    int idle_ping_ms;
+    int ping_timeout_ms;
+    /* Provider-token lifetime in seconds: one JWT is reused this long.
+     * Clamped to 1200..3600 (APNs refuses refreshes more often than every
+     * 20 minutes and tokens older than 60). Default 2400. */
+    int token_refresh_s;
+    /* Highest stream id used on a connection before rolling to a new one
+     * (client ids are odd, at most 2^31-1). Default 2^31-1 - 2000; tests
+     * set it low to see the roll-over. */
+    uint32_t max_stream_id;
+    /* Pushes accepted but not yet finished (queued + in flight + waiting to
+     * retry) beyond which apns_client_push() refuses. Default 1000000. */
+    size_t max_pending;
+} apns_config;
+
+/* Fills |cfg| with the defaults documented above (url NULL, certificate
+ * auth, no paths). */
+void apns_config_init(apns_config *cfg);
+
+/* How one push ended. Every push given to apns_client_push() that returned
+ * ESIM_OK ends in exactly one of these, delivered once to the callback. */
+typedef enum {
+    /* 200: APNs took it. apns_id is the id APNs answered with. */
+    APNS_OUTCOME_ACCEPTED = 0,
+    /* 410 (ExpiredToken, Unregistered, any 410) with timestamp_ms, or 400
+     * BadDeviceToken / DeviceTokenNotForTopic: the token is dead until the
+     * device sends a new TokenUpdate. Stop pushing to it. */
+    APNS_OUTCOME_TOKEN_DEAD = 1,
+    /* A retryable failure (429, 5xx, REFUSED_STREAM, skipped by GOAWAY,
+     * connection lost) happened max_attempts times. status/reason are the
+     * last failure's. Try again later. */
+    APNS_OUTCOME_RETRY_EXHAUSTED = 2,
+    /* Any other 4xx (bad topic, payload, expiration...): retrying the same
+     * request cannot succeed. */
+    APNS_OUTCOME_REJECTED = 3,
+    /* The credential was stopped by a 403 (BadCertificate, Forbidden,
+     * InvalidProviderToken, ...): this push was waiting and was never sent,
+     * or was itself answered 403. Fix the certificate/key, then make a new
+     * client. */
+    APNS_OUTCOME_CREDENTIAL_FAILED = 4,
+    /* No connection to APNs could be made max_connect_failures times in a
+     * row (refused, DNS, TLS handshake, ALPN not h2, timeout). */
+    APNS_OUTCOME_UNREACHABLE = 5,
+    /* apns_client_free() ran before the push finished. */
+    APNS_OUTCOME_CANCELED = 6,
+} apns_outcome;
+
+/* "accepted", "token_dead", "retry_exhausted", "rejected",
+ * "credential_failed", "unreachable", "canceled"; never NULL. */
+const char *apns_outcome_name(apns_outcome o);
+
+/* What the callback receives. Every pointer is valid only during the
+ * callback; copy what you keep. */
+typedef struct {
+    apns_outcome outcome;
+    const char *token;      /* the device token (lowercase hex) */
+    const char *apns_id;    /* APNs' apns-id when it answered, else the one
+                               we sent; never NULL */
+    int status;             /* last HTTP status, 0 if none was received */
+    const char *reason;     /* APNs reason ("Unregistered"), or for
+                               UNREACHABLE/CANCELED/RETRY without a status
+                               a sentence from us; "" when accepted. Never NULL */
+    int64_t timestamp_ms;   /* 410: when APNs learned the token was dead
+                               (ms since epoch); else 0 */
+    int attempts;           /* times the request was sent (0 if never) */
+    int64_t latency_ms;     /* apns_client_push() to this result */
+    void *user_data;        /* apns_push.user_data */
+} apns_result;
+
+/* Called once per push, from inside the event loop. The callback may call
+ * apns_client_push() and apns_client_stats(); it must not call
+ * apns_client_free() (do that after the loop returns, or from a timer). */
+typedef void (*apns_result_cb)(const apns_result *result, void *arg);
+
+/* One push. Strings are copied by apns_client_push(). */
+typedef struct {
+    const char *token;      /* device token, hex, 64..200 digits; required */
+    const char *push_magic; /* the device's PushMagic; body becomes exactly
+                               {"mdm":"<push_magic>"}; required, 1..256
+                               bytes, printable ASCII */
+    const char *apns_id;    /* lowercase UUID to send as apns-id; NULL: a
+                               fresh one (kept across retries) */
+    bool has_expiration;    /* send apns-expiration: */
+    int64_t expiration;     /* seconds since epoch; 0 = deliver once or drop */
+    void *user_data;        /* handed back in apns_result */
+} apns_push;
+
+/*
+ * Makes a client that sends through |base| (not owned; it must outlive the
+ * client) and reports each push to |cb| with |cb_arg|. Certificates and keys
+ * are loaded and checked now; no connection is opened until the first push.
+ * On success *out owns the client (apns_client_free()) and ESIM_OK is
+ * returned. Otherwise *out is NULL and:
+ *   ESIM_EINVAL   bad URL (scheme, host, port), missing required field,
+ *                 values out of range, no topic given and none in the
+ *                 certificate subject (UID).
+ *   ESIM_ENOTFOUND a certificate/key/.p8/CA file does not exist.
+ *   ESIM_ECRYPTO  a file is not a valid certificate/key, the key does not
+ *                 match the certificate, wrong PKCS#12 password, .p8 not a
+ *                 P-256 key, TLS context could not be built.
+ *   ESIM_ENOMEM   out of memory.
+ * |err| (may be NULL) says which, with the path.
+ */
+esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_result_cb cb,
+                         void *cb_arg, apns_client **out, esim_error *err);
+
+/*
+ * Queues one push. It is sent on the next free stream of an open connection
+ * (opening connections as needed) and ends in one callback. Never calls the
+ * callback from inside this function.
+ *   ESIM_OK       queued.
+ *   ESIM_EINVAL   token not 64..200 hex digits, push_magic empty, too long
+ *                 or not printable ASCII, apns_id not a UUID.
+ *   ESIM_EAUTH    the credential was stopped by a 403; |err| carries the
+ *                 reason (apns_client_stopped() too).
+ *   ESIM_ETOOBIG  max_pending pushes are already waiting.
+ *   ESIM_ENOMEM   out of memory.
+ */
+esim_err apns_client_push(apns_client *c, const apns_push *push, esim_error *err);
+
+/* True once a 403 stopped the credential; |why| (may be NULL) receives the
+ * reason ("403 BadCertificate"). */
+bool apns_client_stopped(const apns_client *c, esim_error *why);
+
+/* Topic in use (copied from the config or read from the certificate).
+ * Owned by the client. */
+const char *apns_client_topic(const apns_client *c);
+
+/* Pushes not yet finished (queued, in flight or waiting to retry). */
+size_t apns_client_pending(const apns_client *c);
+
+/* Upper bounds of the latency histogram buckets, in ms; the last bucket
+ * has no bound (everything slower). */
+#define APNS_LATENCY_BUCKETS 14
+extern const int apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1];
+
+typedef struct {
+    uint64_t pushed;           /* apns_client_push() calls that returned OK */
+    uint64_t sent;             /* requests written (a retry counts again) */
+    uint64_t accepted;
+    uint64_t token_dead;
+    uint64_t rejected;
+    uint64_t retry_exhausted;
+    uint64_t credential_failed;
+    uint64_t unreachable;
+    uint64_t canceled;
+    uint64_t retries;          /* re-sends scheduled after retryable failures */
+    uint64_t status_429;
+    uint64_t status_5xx;
+    uint64_t refused_streams;  /* REFUSED_STREAM and GOAWAY-skipped streams */
+    uint64_t lost_in_flight;   /* streams lost with their connection */
+    uint64_t in_flight;        /* now */
+    uint64_t queued;           /* now: waiting for a stream or a retry */
+    uint64_t connections;      /* open now (ready for streams) */
+    uint64_t connects;         /* connections that got ready, ever */
+    uint64_t connect_failures;
+    uint64_t goaways;          /* GOAWAY frames received */
+    uint64_t pings_sent;
+    uint64_t ping_timeouts;
+    uint64_t rollovers;        /* connections retired as stream ids ran out */
+    uint64_t jwt_issued;       /* provider tokens signed */
+    uint64_t latency[APNS_LATENCY_BUCKETS]; /* push to result, per bucket */
+} apns_stats;
+
+/* Copies the counters into |out|. */
+void apns_client_stats(const apns_client *c, apns_stats *out);
+
+/*
+ * Closes every connection and frees the client. Pushes not finished are
+ * reported with APNS_OUTCOME_CANCELED from inside this call. NULL is
+ * allowed. Must not be called from the result callback.
+ */
+void apns_client_free(apns_client *c);
+
+/* ======================================================================
+ * The mock
+ * ====================================================================== */
+
+typedef struct apns_mock apns_mock;
+
+/*
+ * Mock settings; apns_mock_config_init() first. Listen addresses are
+ * "IPv4:PORT" or "[IPv6]:PORT" (loopback in practice); port 0 picks a free
+ * one, read back with apns_mock_port(). Strings are copied.
+ */
+typedef struct {
+    /* TLS port with client certificates (the MDM case): only clients whose
+     * certificate chains to client_ca get in, and requests may use only the
+     * topic in that certificate's subject UID. Needs tls_cert, tls_key,
+     * client_ca. NULL: not opened. */
+    const char *listen;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *client_ca;
+    /* TLS port without client certificates, and cleartext h2c port (prior
+     * knowledge), for load generators such as h2load. Any topic is allowed
+     * there unless |topic| is set. NULL: not opened. */
+    const char *open_listen;
+    const char *h2c_listen;
+    /* HTTP/1.1 delivery channel for device simulators (see below). */
+    const char *delivery_listen;
+
+    /* Topic required on the open/h2c ports; NULL = any non-empty topic. */
+    const char *topic;
+    /* File of device tokens answered 410 Unregistered: one hex token per
+     * line; '#' comments and blank lines ignored. */
+    const char *dead_tokens_path;
+    /* Provider tokens (JWT) on the open/h2c ports: with |token_key_path|
+     * (PEM public key or .p8 private key) every request must carry a valid
+     * "authorization: bearer" JWT signed by it (403 MissingProviderToken /
+     * InvalidProviderToken / ExpiredProviderToken otherwise). NULL: an
+     * authorization header is checked for shape only. */
+    const char *token_key_path;
+
+    /* Fault injection. fail_rate[i] pairs: answer a share |rate| (0..1) of
+     * valid requests with |status| (and its usual reason: 429
+     * TooManyRequests, 500 InternalServerError, 503 ServiceUnavailable, 403
+     * Forbidden, 400 BadTopic...). Draws come from a PRNG seeded by |seed|. */
+    struct {
+        int status;
+        double rate;
+    } fail_rate[8];
+    int fail_rate_count;
+    uint64_t seed;
+    /* Send GOAWAY (NO_ERROR, debug data {"reason":"Shutdown"}) after every N
+     * requests on a connection; later streams are refused unprocessed. 0 = never. */
+    unsigned goaway_every;
+    /* SETTINGS_MAX_CONCURRENT_STREAMS announced (default 1000). */
+    unsigned max_streams;
+    /* After a connection's first non-200 answer, drop its
+     * SETTINGS_MAX_CONCURRENT_STREAMS to 1 (as APNs does). */
+    bool drop_streams_on_reject;
+    /* Hold every response this long. */
+    unsigned delay_ms;
+    /* Close a connection abruptly (TCP reset, no GOAWAY) when its Nth
+     * request arrives; that request and later ones are not processed, answers
+     * already given are flushed first. 0 = never. */
+    unsigned reset_every;
+    /* Accept every request with 200 as cheaply as possible: no validation,
+     * no delivery. */
+    bool benchmark;
+    /* Most undelivered pushes one delivery channel holds (default 100000);
+     * at the cap new pushes for its tokens get 429 TooManyRequests. */
+    size_t delivery_cap;
+} apns_mock_config;
+
+void apns_mock_config_init(apns_mock_config *cfg);
+
+/*
+ * Parses "503=0.1,429=0.05" into cfg->fail_rate. ESIM_EINVAL (|err| says
+ * which item) on a status outside 400..599, a rate outside 0..1, a total
+ * over 1, more than 8 items or bad syntax.
+ */
+esim_err apns_mock_parse_fail_rates(apns_mock_config *cfg, const char *spec, esim_error *err);
+
+/*
+ * Starts the mock in |base| (not owned): binds every configured port now.
+ * On success *out owns the mock (apns_mock_free()). Otherwise *out is NULL:
+ *   ESIM_EINVAL    no port configured, bad address, listen set without
+ *                  tls_cert/tls_key/client_ca, bad fault settings.
+ *   ESIM_ENOTFOUND a certificate/key/CA/dead-token file does not exist.
+ *   ESIM_ECRYPTO   a certificate or key is unusable.
+ *   ESIM_EINVAL    a bad line in the dead-token file (|err| has its number).
+ *   ESIM_EIO       a port could not be bound (in use, permission).
+ *   ESIM_ENOMEM    out of memory.
+ */
+esim_err apns_mock_new(struct event_base *base, const apns_mock_config *cfg, apns_mock **out,
+                       esim_error *err);
+
+typedef enum {
+    APNS_MOCK_PORT_TLS = 0,      /* listen */
+    APNS_MOCK_PORT_OPEN = 1,     /* open_listen */
+    APNS_MOCK_PORT_H2C = 2,      /* h2c_listen */
+    APNS_MOCK_PORT_DELIVERY = 3, /* delivery_listen */
+} apns_mock_port_kind;
+
+/* The bound port, or 0 when that listener is not configured. */
+int apns_mock_port(const apns_mock *m, apns_mock_port_kind which);
+
+/* Marks |token| (hex) dead now: later pushes to it get 410 Unregistered
+ * with this moment as timestamp. ESIM_EINVAL on a malformed token. */
+esim_err apns_mock_add_dead_token(apns_mock *m, const char *token, esim_error *err);
+
+typedef struct {
+    uint64_t connections;     /* accepted TCP connections, ever */
+    uint64_t tls_refused;     /* handshakes that failed (no/unknown cert, ALPN) */
+    uint64_t requests;        /* complete requests seen */
+    uint64_t accepted;        /* answered 200 */
+    uint64_t status[6];       /* answers by class: [2]=2xx ... [5]=5xx */
+    uint64_t injected;        /* of which fault-injected */
+    uint64_t refused;         /* streams refused after a GOAWAY or reset */
+    uint64_t goaways;
+    uint64_t resets;
+    uint64_t delivered;       /* queued on a delivery channel */
+    uint64_t undelivered;     /* accepted for tokens no channel registered */
+    uint64_t backlog_full;    /* 429s because a channel was at its cap */
+    uint64_t distinct_jwts;   /* different provider tokens seen */
+    uint64_t max_concurrent;  /* most streams open at once on one connection */
+} apns_mock_stats;
+
+void apns_mock_stats_get(const apns_mock *m, apns_mock_stats *out);
+
+/* Closes every listener and connection (pending long-polls get their answer
+ * first) and frees the mock. NULL allowed. */
+void apns_mock_free(apns_mock *m);
+
+/*
+ * ---- The delivery channel (how a device simulator receives pushes) ----
+ *
+ * The mock's delivery_listen port speaks HTTP/1.1 with JSON bodies. A
+ * simulator registers the tokens it owns under a channel name, then
+ * long-polls for the MDM pushes the mock accepted for them.
+ *
+ *   POST /tokens?channel=NAME   {"tokens":["<hex>",...], "topic":"<topic>"}
+ *        Registers the tokens on channel NAME (default "default"); a token
+ *        registered again moves to the new channel. With "topic" (optional)
+ *        pushes to these tokens under another topic get 400
+ *        DeviceTokenNotForTopic, as APNs does.
+ *        -> 200 {"registered": N}; 400 {"error": "..."} on bad JSON/token.
+ *
+ *   POST /dead-tokens           {"tokens":["<hex>",...]}
+ *        Marks tokens dead now (410 Unregistered, timestamp = now).
+ *        -> 200 {"dead": N}; 400 {"error": "..."}.
+ *
+ *   GET /deliveries?channel=NAME&after=SEQ&wait_ms=N&limit=L
+ *        Returns the pushes accepted for the channel's tokens whose
+ *        sequence number is > SEQ, oldest first, at most L (default 1000,
+ *        max 10000). When there are none it waits up to N ms (default 0,
+ *        max 60000) for one to arrive.
+ *        -> 200 {"next": SEQ2, "pushes": [{"seq":S, "token":"<hex>",
+ *               "push_magic":"...", "topic":"...", "apns_id":"<uuid>"}, ...],
+ *               "backlog": B}
+ *        Pass SEQ2 as the next |after|. Asking with after=SEQ acknowledges
+ *        (and frees) every push with seq <= SEQ on that channel.
+ *
+ *   GET /stats  -> 200 the apns_mock_stats counters as a JSON object.
+ *
+ * Guarantees: seq is one counter for the whole mock, so it increases in the
+ * order pushes were accepted; a push gets its seq when (and only if) the mock
+ * answers it 200, so a push that was refused, failed, or lost with its
+ * connection is never delivered, and a push is delivered at most once per
+ * acceptance (a client that re-sends after acceptance would show up twice —
+ * that is what tests look for). Pushes for tokens no channel registered are
+ * still answered 200 (APNs does not know whether a device is online) and
+ * counted as undelivered. A channel holds at most delivery_cap
+ * unacknowledged pushes; beyond it pushes for its tokens are answered 429
+ * TooManyRequests (so a well-behaved client retries and nothing is lost) and
+ * /deliveries reports "error": "backlog full ..." until the simulator
+ * acknowledges.
+ */
+
+#ifdef __cplusplus
+}
+#endif
+#endif
