@@ -1,0 +1,294 @@
+/*
+ * esim_plist.h — Apple MDM on the wire: the commands the server sends, the
+ * configuration profiles it installs, and the messages devices send back
+ * (check-in messages and command results). Pure functions over libplist 2.2;
+ * no I/O, no global state. (Named esim_plist.h, not plist.h, so it never
+ * shadows libplist's own <plist/plist.h>.)
+ *
+ * Key names and status values follow PROTOCOLS.md §1-3 and Apple's schema
+ * files; tests/schema checks every builder's output against those.
+ */
+#ifndef ESIM_PLIST_ESIM_PLIST_H
+#define ESIM_PLIST_ESIM_PLIST_H
+
+#include <plist/plist.h>
+
+#include "core/esim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { ESIM_PLIST_XML = 0, ESIM_PLIST_BINARY = 1 } esim_plist_format;
+
+/* Longest eSIMServerURL accepted, in bytes. */
+#define ESIM_SERVER_URL_MAX 2048
+
+/* ---- commands (server -> device) --------------------------------------- */
+
+/* Options shared by every command builder. A NULL opts means all defaults. */
+typedef struct {
+    const char *command_uuid;              /* NULL: a fresh lowercase UUID */
+    esim_plist_format format;              /* XML unless asked */
+    bool request_requires_network_tether;  /* emitted only when true */
+} esim_cmd_opts;
+
+/* A built command: the serialized plist and the facts callers need. */
+typedef struct {
+    esim_buf body;                          /* XML or binary plist */
+    char command_uuid[ESIM_UUID_LEN + 1];   /* the CommandUUID in |body| */
+    char request_type[64];                  /* e.g. "RefreshCellularPlans" */
+} esim_cmd;
+
+void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
+
+/*
+ * Normalizes an eSIM server address as admins type it: an https:// or
+ * http:// URL with a host is kept as is; a bare FQDN becomes https://FQDN.
+ * Refused (ESIM_EINVAL, |err| says what a valid value looks like): empty,
+ * whitespace or control characters, another scheme, no host, over
+ * ESIM_SERVER_URL_MAX bytes. |out| gets the URL and a NUL.
+ */
+esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len, esim_error *err);
+
+/* RefreshCellularPlans with eSIMServerURL = esim_server_url_normalize(server_url). */
+esim_err esim_cmd_refresh_plans(const char *server_url, const esim_cmd_opts *opts, esim_cmd *out,
+                                esim_error *err);
+
+typedef struct {
+    bool preserve_data_plan;        /* PreserveDataPlan (emitted when true) */
+    bool disallow_proximity_setup;  /* DisallowProximitySetup (emitted when true) */
+    const char *pin;                /* PIN: NULL = absent; 6 digits (macOS) */
+    const char *obliteration_behavior; /* NULL, Default, DoNotObliterate, ObliterateWithWarning, Always */
+    bool return_to_service;         /* emit ReturnToService {Enabled = true, ...} */
+    const unsigned char *rts_wifi_profile;  /* WiFiProfileData, may be NULL */
+    size_t rts_wifi_profile_len;
+    const unsigned char *rts_mdm_profile;   /* MDMProfileData, may be NULL */
+    size_t rts_mdm_profile_len;
+} esim_erase_opts;
+
+/* EraseDevice. |erase| may be NULL (a plain erase). */
+esim_err esim_cmd_erase_device(const esim_erase_opts *erase, const esim_cmd_opts *opts,
+                               esim_cmd *out, esim_error *err);
+
+/*
+ * InstallProfile with Payload = |profile|. The bytes must be a configuration
+ * profile: a plist (XML or binary) whose PayloadType is Configuration, or a
+ * CMS SignedData (DER) wrapping one. Anything else is ESIM_EINVAL.
+ */
+esim_err esim_cmd_install_profile(const void *profile, size_t len, const esim_cmd_opts *opts,
+                                  esim_cmd *out, esim_error *err);
+
+/* RemoveProfile with Identifier (non-empty). */
+esim_err esim_cmd_remove_profile(const char *identifier, const esim_cmd_opts *opts, esim_cmd *out,
+                                 esim_error *err);
+
+/* ProfileList; ManagedOnly emitted when true. */
+esim_err esim_cmd_profile_list(bool managed_only, const esim_cmd_opts *opts, esim_cmd *out,
+                               esim_error *err);
+
+/* DeviceInformation with Queries = |queries| (n >= 1, non-empty strings). */
+esim_err esim_cmd_device_information(const char *const *queries, size_t n,
+                                     const esim_cmd_opts *opts, esim_cmd *out, esim_error *err);
+
+/* ---- parsing limits ------------------------------------------------------ */
+
+typedef struct {
+    size_t max_body;    /* bytes; 0 = ESIM_PLIST_DEFAULT_MAX_BODY */
+    unsigned max_depth; /* container nesting; 0 = ESIM_PLIST_DEFAULT_MAX_DEPTH */
+} esim_parse_limits;
+
+#define ESIM_PLIST_DEFAULT_MAX_BODY (1024u * 1024u)
+#define ESIM_PLIST_DEFAULT_MAX_DEPTH 32u
+
+/*
+ * Parses an XML or binary plist within |limits| (NULL = defaults) into
+ * *root (caller frees with plist_free). ESIM_ETOOBIG over size or depth,
+ * ESIM_EINVAL when it is not a plist or its root is not a dict.
+ */
+esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_limits *limits,
+                               plist_t *root, esim_error *err);
+
+/* Serializes |node| as XML or binary into |out| (replaced). */
+esim_err esim_plist_serialize(plist_t node, esim_plist_format format, esim_buf *out,
+                              esim_error *err);
+
+/* ---- a command as the device reads it ----------------------------------- */
+
+typedef struct {
+    char command_uuid[128];
+    char request_type[64];
+    plist_t root;    /* the whole command plist, owned */
+    plist_t command; /* the Command dict inside |root|, borrowed */
+} esim_cmd_parsed;
+
+/* Parses a command plist (as esim_cmd_* build, or as a vendor enqueues one):
+ * root dict with CommandUUID (non-empty string) and Command dict with
+ * RequestType (non-empty string). */
+esim_err esim_cmd_parse(const void *data, size_t len, const esim_parse_limits *limits,
+                        esim_cmd_parsed *out, esim_error *err);
+void esim_cmd_parsed_free(esim_cmd_parsed *cmd); /* NULL ok */
+
+/* ---- configuration profiles ----------------------------------------------- */
+
+typedef struct {
+    const char *identifier;   /* PayloadIdentifier, required */
+    const char *uuid;         /* PayloadUUID; NULL = fresh */
+    const char *display_name; /* PayloadDisplayName; NULL = identifier */
+    const char *description;  /* PayloadDescription; may be NULL */
+    const char *organization; /* PayloadOrganization; may be NULL */
+} esim_profile_opts;
+
+/*
+ * A new payload dict with PayloadType, PayloadIdentifier, PayloadUUID (fresh
+ * when |uuid| is NULL), PayloadVersion 1 and PayloadDisplayName (when not
+ * NULL) set. Caller owns it (plist_free) or hands it to esim_profile_build.
+ * NULL on out-of-memory or a NULL type/identifier.
+ */
+plist_t esim_payload_new(const char *payload_type, const char *identifier, const char *uuid,
+                         const char *display_name);
+
+/*
+ * A configuration profile (PayloadType Configuration, PayloadVersion 1,
+ * PayloadContent = copies of |payloads|) serialized into |out|. |payloads|
+ * stay the caller's.
+ */
+esim_err esim_profile_build(const esim_profile_opts *opts, const plist_t *payloads, size_t n,
+                            esim_plist_format format, esim_buf *out, esim_error *err);
+
+/* CMS SignedData (DER, content attached) of |profile| signed by |signer|
+ * (certificate and key). Verifies with `openssl cms -verify -inform DER`. */
+esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer,
+                           esim_buf *out, esim_error *err);
+
+/*
+ * Reads a profile as a device does: plain plist or CMS SignedData (the
+ * signature's integrity is checked; its signer is not required to chain
+ * anywhere). *root gets the profile dict (plist_free), *was_signed says
+ * which it was (may be NULL). ESIM_EINVAL when it is neither, or when the
+ * PayloadType is not Configuration.
+ */
+esim_err esim_profile_parse(const void *data, size_t len, const esim_parse_limits *limits,
+                            plist_t *root, bool *was_signed, esim_error *err);
+
+/* ---- device -> server messages ------------------------------------------- */
+
+typedef enum {
+    ESIM_MSG_AUTHENTICATE = 1,
+    ESIM_MSG_TOKEN_UPDATE,
+    ESIM_MSG_CHECKOUT,
+    ESIM_MSG_RESULT, /* a command result: has Status */
+} esim_msg_kind;
+
+typedef enum {
+    ESIM_STATUS_IDLE = 1,
+    ESIM_STATUS_ACKNOWLEDGED,
+    ESIM_STATUS_ERROR,
+    ESIM_STATUS_COMMAND_FORMAT_ERROR,
+    ESIM_STATUS_NOT_NOW,
+} esim_status;
+
+/* "Idle", "Acknowledged", ... ; NULL for an out-of-range value. */
+const char *esim_status_name(esim_status s);
+/* The reverse; ESIM_EINVAL for anything else. */
+esim_err esim_status_from_name(const char *name, esim_status *out);
+
+typedef struct {
+    int64_t code;                    /* ErrorCode */
+    char domain[128];                /* ErrorDomain */
+    char localized_description[512]; /* LocalizedDescription */
+    char us_english_description[512];/* USEnglishDescription (may be empty) */
+} esim_error_chain_entry;
+
+/*
+ * One parsed device message. Strings are copied into fixed fields; a value
+ * longer than its field is refused (ESIM_EINVAL) rather than truncated.
+ */
+typedef struct {
+    esim_msg_kind kind;
+    char message_type[32]; /* check-in MessageType, empty for results */
+    char udid[65];         /* UDID, or EnrollmentID when the device sent that */
+    bool is_enrollment_id; /* true when |udid| came from EnrollmentID */
+    char topic[256];
+
+    /* Authenticate */
+    char os_version[32], build_version[32], product_name[64], serial_number[64];
+    char imei[32], meid[32], device_name[256], model[64];
+
+    /* TokenUpdate */
+    esim_buf token;       /* raw APNs token bytes */
+    char push_magic[128];
+    esim_buf unlock_token;
+    bool awaiting_configuration;
+
+    /* Results */
+    esim_status status;
+    char command_uuid[128]; /* empty for Idle */
+    char request_type[64];  /* often absent in acknowledgements: match on command_uuid */
+    esim_error_chain_entry *error_chain; /* malloc'd array, may be NULL */
+    size_t error_chain_len;
+
+    plist_t root; /* the whole message, owned: QueryResponses and the rest */
+} esim_msg;
+
+/*
+ * Parses a check-in message or a command result (XML or binary) within
+ * |limits| (NULL = defaults). Refused with a reason: over size (ESIM_ETOOBIG)
+ * or depth (ESIM_ETOOBIG), not a dict, no UDID/EnrollmentID, a check-in
+ * without Topic, TokenUpdate without Token or PushMagic, a wrong type, an
+ * unknown MessageType, an unknown Status, a non-Idle result without
+ * CommandUUID, a malformed ErrorChain.
+ */
+esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *limits,
+                        esim_msg *out, esim_error *err);
+void esim_msg_free(esim_msg *msg); /* NULL ok; leaves it zeroed */
+
+/* One entry of DeviceInformation's ServiceSubscriptions answer. */
+typedef struct {
+    char eid[ESIM_EID_LEN + 1];
+    char iccid[24];
+    char imei[32];
+    char slot[32];   /* "CTSubscriptionSlotOne", ... */
+    char label[64];
+    char carrier[128];      /* CurrentCarrierNetwork */
+    char phone_number[32];
+    bool is_data_preferred;
+    bool is_voice_preferred;
+} esim_subscription;
+
+/*
+ * The ServiceSubscriptions array of a result's QueryResponses. *out is a
+ * malloc'd array (free()), *n its length (0 with *out NULL when the answer
+ * has no such query). ESIM_EINVAL when it is present but malformed.
+ */
+esim_err esim_msg_service_subscriptions(const esim_msg *msg, esim_subscription **out, size_t *n,
+                                        esim_error *err);
+
+/* ---- device-side builders (the simulator and tests) ----------------------- */
+
+typedef struct {
+    const char *udid, *topic;                       /* required */
+    const char *os_version, *build_version, *product_name, *serial_number;
+    const char *imei, *meid, *device_name, *model;  /* each may be NULL */
+} esim_authenticate_info;
+
+esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_buf *out,
+                                     esim_error *err);
+esim_err esim_msg_build_token_update(const char *udid, const char *topic, const void *token,
+                                     size_t token_len, const char *push_magic, esim_buf *out,
+                                     esim_error *err);
+esim_err esim_msg_build_checkout(const char *udid, const char *topic, esim_buf *out,
+                                 esim_error *err);
+/*
+ * A command result: UDID, Status, CommandUUID (required unless Idle),
+ * ErrorChain (when n_chain > 0), and a copy of every key of |extra| (a dict
+ * such as {QueryResponses: ...}; may be NULL).
+ */
+esim_err esim_msg_build_result(const char *udid, esim_status status, const char *command_uuid,
+                               const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
+                               esim_plist_format format, esim_buf *out, esim_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,304 @@
+/*
+ * test_core.c — core/: buffers, files, encodings, identifier validators
+ * (valid values and every kind of refusal), and the test PKI.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/x509v3.h>
+
+#include "core/esim.h"
+
+static void test_buf_grows_and_stays_terminated(void **state)
+{
+    (void)state;
+    esim_buf b = {0};
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(esim_buf_printf(&b, "%d,", i), ESIM_OK);
+    assert_int_equal(strlen((char *)b.data), b.len);
+    assert_memory_equal(b.data, "0,1,2,", 6);
+    esim_buf_reset(&b);
+    assert_int_equal(b.len, 0);
+    assert_string_equal((char *)b.data, "");
+    assert_int_equal(esim_buf_append(&b, "ab\0c", 4), ESIM_OK);
+    size_t len;
+    unsigned char *p = esim_buf_steal(&b, &len);
+    assert_int_equal(len, 4);
+    assert_null(b.data);
+    free(p);
+    esim_buf_free(&b);
+    esim_buf_free(NULL);
+}
+
+static void test_fail_writes_message_and_returns_code(void **state)
+{
+    (void)state;
+    esim_error err = {{0}};
+    assert_int_equal(esim_fail(&err, ESIM_EINVAL, "bad %s", "thing"), ESIM_EINVAL);
+    assert_string_equal(err.msg, "bad thing");
+    assert_int_equal(esim_fail(NULL, ESIM_EIO, "ignored"), ESIM_EIO);
+    assert_string_equal(esim_strerror(ESIM_ENOTFOUND), "not found");
+    assert_string_equal(esim_strerror((esim_err)-999), "unknown error");
+}
+
+static void test_uuid(void **state)
+{
+    (void)state;
+    char a[ESIM_UUID_LEN + 1], b[ESIM_UUID_LEN + 1];
+    esim_uuid_new(a);
+    esim_uuid_new(b);
+    assert_true(esim_uuid_valid(a));
+    assert_string_not_equal(a, b);
+    assert_int_equal(a[14], '4');
+    for (const char *p = a; *p; p++)
+        assert_false(*p >= 'A' && *p <= 'Z');
+    assert_false(esim_uuid_valid("not-a-uuid"));
+    assert_false(esim_uuid_valid("0123456789abcdef0123456789abcdef0123"));
+    assert_true(esim_uuid_valid("0A1B2C3D-0000-4000-8000-00000000000F"));
+}
+
+static void test_base64_round_trip_and_leniency(void **state)
+{
+    (void)state;
+    esim_buf enc = {0}, dec = {0};
+    const char *samples[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    for (size_t i = 0; i < sizeof samples / sizeof *samples; i++) {
+        assert_int_equal(esim_base64_encode(samples[i], strlen(samples[i]), &enc), ESIM_OK);
+        assert_int_equal(esim_base64_decode((char *)enc.data, enc.len, &dec, NULL), ESIM_OK);
+        assert_int_equal(dec.len, strlen(samples[i]));
+        assert_memory_equal(dec.data, samples[i], dec.len);
+    }
+    assert_int_equal(esim_base64_encode("foobar", 6, &enc), ESIM_OK);
+    assert_string_equal((char *)enc.data, "Zm9vYmFy");
+    /* unpadded and with line breaks, as some clients send it */
+    assert_int_equal(esim_base64_decode("Zm9v\nYmE", 8, &dec, NULL), ESIM_OK);
+    assert_string_equal((char *)dec.data, "fooba");
+    esim_error err = {{0}};
+    assert_int_equal(esim_base64_decode("Zm9v!", 5, &dec, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "offset 4"));
+    assert_int_equal(esim_base64_decode("Z", 1, &dec, &err), ESIM_EINVAL);
+    assert_int_equal(esim_base64_decode("Zg=a", 4, &dec, &err), ESIM_EINVAL);
+    esim_buf_free(&enc);
+    esim_buf_free(&dec);
+}
+
+static void test_hex(void **state)
+{
+    (void)state;
+    esim_buf h = {0}, b = {0};
+    assert_int_equal(esim_hex_encode("\x01\xab\xff", 3, &h), ESIM_OK);
+    assert_string_equal((char *)h.data, "01abff");
+    assert_int_equal(esim_hex_decode("01ABff", &b, NULL), ESIM_OK);
+    assert_int_equal(b.len, 3);
+    assert_memory_equal(b.data, "\x01\xab\xff", 3);
+    assert_int_equal(esim_hex_decode("abc", &b, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_hex_decode("zz", &b, NULL), ESIM_EINVAL);
+    esim_buf_free(&h);
+    esim_buf_free(&b);
+}
+
+static void test_eid(void **state)
+{
+    (void)state;
+    esim_error err = {{0}};
+    assert_int_equal(esim_eid_validate("89882119900000000000000000001654", &err), ESIM_OK);
+    assert_int_equal(esim_eid_validate("89882119900000000000000000001600", &err), ESIM_EINVAL);
+    assert_string_equal(err.msg, "EID check digits do not match: expected 54, found 00");
+    assert_int_equal(esim_eid_validate("8988211990000000000000000000165", &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "31 characters"));
+    assert_int_equal(esim_eid_validate("8988211990000000000000000000165x", &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "position 32"));
+    assert_int_equal(esim_eid_validate("", &err), ESIM_EINVAL);
+    assert_int_equal(esim_eid_validate(NULL, &err), ESIM_EINVAL);
+    char eid[] = "89049032000000000000000000123400";
+    assert_int_equal(esim_eid_set_check_digits(eid, NULL), ESIM_OK);
+    assert_int_equal(esim_eid_validate(eid, NULL), ESIM_OK);
+}
+
+static void test_iccid(void **state)
+{
+    (void)state;
+    esim_error err = {{0}};
+    assert_int_equal(esim_iccid_validate("89014103211118510720", &err), ESIM_OK);
+    assert_int_equal(esim_iccid_validate("89014103211118510721", &err), ESIM_EINVAL);
+    assert_string_equal(err.msg, "ICCID check digit does not match: expected 0, found 1");
+    assert_int_equal(esim_iccid_validate("79014103211118510720", &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "start with 89"));
+    assert_int_equal(esim_iccid_validate("8901410321111", &err), ESIM_EINVAL);
+    assert_int_equal(esim_iccid_validate("8901410321111851072F", &err), ESIM_EINVAL);
+    char iccid[] = "890000000000000000";
+    assert_int_equal(esim_iccid_set_check_digit(iccid, NULL), ESIM_OK);
+    assert_int_equal(esim_iccid_validate(iccid, NULL), ESIM_OK);
+}
+
+static void test_activation_code(void **state)
+{
+    (void)state;
+    esim_activation_code ac;
+    esim_error err = {{0}};
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$K2-1A2B3C-4D5E6F", &ac, &err), ESIM_OK);
+    assert_string_equal(ac.smdp_address, "smdp.example.com");
+    assert_string_equal(ac.matching_id, "K2-1A2B3C-4D5E6F");
+    assert_false(ac.confirmation_code_required);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$ABC$1.3.6.1.4.1.31746$1", &ac, &err), ESIM_OK);
+    assert_string_equal(ac.smdp_oid, "1.3.6.1.4.1.31746");
+    assert_true(ac.confirmation_code_required);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com", &ac, &err), ESIM_OK);
+    assert_string_equal(ac.matching_id, "");
+    assert_int_equal(esim_activation_code_parse("LPA:2$smdp.example.com$X", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("1$smdp.example.com$X", &ac, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "LPA:"));
+    assert_int_equal(esim_activation_code_parse("LPA:1$bad host$X", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:1$$X", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X$1.2$2", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X_Y", &ac, &err), ESIM_EINVAL);
+}
+
+static void test_small_validators(void **state)
+{
+    (void)state;
+    assert_int_equal(esim_fqdn_validate("smdp.example.com", NULL), ESIM_OK);
+    assert_int_equal(esim_fqdn_validate("localhost", NULL), ESIM_OK);
+    assert_int_equal(esim_fqdn_validate("a..b", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_fqdn_validate("-a.b", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_fqdn_validate("a_b.c", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("0A1B2-C3D4E-5F6A7-B8C9D", NULL), ESIM_OK);
+    assert_int_equal(esim_windows_matching_id_validate("0A1B2-C3D4E-5F6A7-B8C9", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("0A1B2_C3D4E-5F6A7-B8C9D", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("GA1B2-C3D4E-5F6A7-B8C9D", NULL), ESIM_EINVAL);
+    char token[65];
+    memset(token, 'a', 64);
+    token[64] = '\0';
+    assert_int_equal(esim_push_token_validate(token, NULL), ESIM_OK);
+    token[10] = 'g';
+    assert_int_equal(esim_push_token_validate(token, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_push_token_validate("abcd", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_udid_validate("00008020-001C30E22E87002E", NULL), ESIM_OK);
+    assert_int_equal(esim_udid_validate("a/b", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_udid_validate("", NULL), ESIM_EINVAL);
+}
+
+static char tmpdir[64];
+
+static void test_files_atomic_write_and_limits(void **state)
+{
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/sub/dir", tmpdir);
+    assert_int_equal(esim_mkdirs(path, 0700, NULL), ESIM_OK);
+    snprintf(path, sizeof path, "%s/sub/dir/f", tmpdir);
+    assert_int_equal(esim_write_file_atomic(path, "hello", 5, 0600, NULL), ESIM_OK);
+    assert_int_equal(esim_write_file_atomic(path, "bye", 3, 0600, NULL), ESIM_OK);
+    esim_buf b = {0};
+    assert_int_equal(esim_read_file(path, 100, &b, NULL), ESIM_OK);
+    assert_string_equal((char *)b.data, "bye");
+    assert_int_equal(esim_read_file(path, 2, &b, NULL), ESIM_ETOOBIG);
+    assert_string_equal((char *)b.data, "bye"); /* unchanged on failure */
+    snprintf(path, sizeof path, "%s/missing", tmpdir);
+    esim_error err = {{0}};
+    assert_int_equal(esim_read_file(path, 100, &b, &err), ESIM_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "missing"));
+    esim_buf_free(&b);
+}
+
+static void test_pki_create_is_idempotent_and_chains(void **state)
+{
+    (void)state;
+    char dir[256], topic_path[300];
+    snprintf(dir, sizeof dir, "%s/pki", tmpdir);
+    esim_error err = {{0}};
+    assert_int_equal(esim_pki_create(dir, &err), ESIM_OK);
+    snprintf(topic_path, sizeof topic_path, "%s/push.topic", dir);
+    esim_buf topic1 = {0}, topic2 = {0};
+    assert_int_equal(esim_read_file(topic_path, 200, &topic1, NULL), ESIM_OK);
+    assert_int_equal(strncmp((char *)topic1.data, "com.apple.mgmt.External.", 24), 0);
+
+    esim_cert push = {0}, ca = {0};
+    assert_int_equal(esim_pki_load(dir, "push", &push, &err), ESIM_OK);
+    char uid[128];
+    assert_int_equal(esim_cert_subject_field(push.x509, NID_userId, uid, sizeof uid), ESIM_OK);
+    assert_int_equal(strncmp(uid, (char *)topic1.data, strlen(uid)), 0);
+    char fp1[65], fp2[65];
+    assert_int_equal(esim_cert_sha256_hex(push.x509, fp1), ESIM_OK);
+
+    /* a second run keeps everything */
+    assert_int_equal(esim_pki_create(dir, &err), ESIM_OK);
+    assert_int_equal(esim_read_file(topic_path, 200, &topic2, NULL), ESIM_OK);
+    assert_string_equal((char *)topic1.data, (char *)topic2.data);
+    esim_cert push2 = {0};
+    assert_int_equal(esim_pki_load(dir, "push", &push2, &err), ESIM_OK);
+    assert_int_equal(esim_cert_sha256_hex(push2.x509, fp2), ESIM_OK);
+    assert_string_equal(fp1, fp2);
+
+    /* push chains to ca; an eUICC certificate from eum carries the EID */
+    assert_int_equal(esim_pki_load(dir, "ca", &ca, &err), ESIM_OK);
+    assert_int_equal(X509_verify(push.x509, ca.key), 1);
+    esim_cert eum = {0}, euicc = {0};
+    assert_int_equal(esim_pki_load(dir, "eum", &eum, &err), ESIM_OK);
+    esim_cert_spec spec = {.common_name = "eUICC", .serial_number = "89882119900000000000000000001654"};
+    assert_int_equal(esim_cert_issue(&spec, &eum, &euicc, &err), ESIM_OK);
+    char eid[40];
+    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_serialNumber, eid, sizeof eid), ESIM_OK);
+    assert_string_equal(eid, "89882119900000000000000000001654");
+    assert_int_equal(X509_verify(euicc.x509, eum.key), 1);
+    assert_int_equal(X509_verify(euicc.x509, ca.key), 0);
+    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_userId, uid, sizeof uid), ESIM_ENOTFOUND);
+
+    /* a key that does not match is refused */
+    char cert_path[300], key_path[300];
+    snprintf(cert_path, sizeof cert_path, "%s/push.pem", dir);
+    snprintf(key_path, sizeof key_path, "%s/ca.key", dir);
+    esim_cert bad = {0};
+    assert_int_equal(esim_cert_load(cert_path, key_path, &bad, &err), ESIM_ECRYPTO);
+    assert_non_null(strstr(err.msg, "does not match"));
+    assert_int_equal(esim_cert_issue(&(esim_cert_spec){0}, NULL, &bad, &err), ESIM_EINVAL);
+
+    esim_cert_clear(&push);
+    esim_cert_clear(&push2);
+    esim_cert_clear(&ca);
+    esim_cert_clear(&eum);
+    esim_cert_clear(&euicc);
+    esim_buf_free(&topic1);
+    esim_buf_free(&topic2);
+}
+
+static int make_tmpdir(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/esim-core-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int remove_tmpdir(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buf_grows_and_stays_terminated),
+        cmocka_unit_test(test_fail_writes_message_and_returns_code),
+        cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_base64_round_trip_and_leniency),
+        cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_eid),
+        cmocka_unit_test(test_iccid),
+        cmocka_unit_test(test_activation_code),
+        cmocka_unit_test(test_small_validators),
+        cmocka_unit_test(test_files_atomic_write_and_limits),
+        cmocka_unit_test(test_pki_create_is_idempotent_and_chains),
+    };
+    return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
+}
