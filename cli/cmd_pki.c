@@ -1,4 +1,57 @@
-/* cmd_pki.c — placeholder until its area lands; replaced whole by its owner. */
+/*
+ * cmd_pki.c — `esim-mdm pki`: creates the test PKI the simulator, the APNs
+ * mock, the SM-DP+ simulator and the demo use (see esim_pki_create).
+ */
+#include <getopt.h>
 #include <stdio.h>
+#include <string.h>
+
 #include "cli/cli.h"
-int cmd_pki(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
+#include "core/esim.h"
+
+static const char pki_help[] =
+    "usage: esim-mdm pki [--dir DIR]\n"
+    "\n"
+    "Creates a test PKI in DIR (default ./pki). Files that already exist are\n"
+    "kept, so running it again changes nothing. Each NAME is NAME.pem + NAME.key:\n"
+    "  ca         test root for TLS on loopback (signs server and push)\n"
+    "  server     TLS server certificate for localhost, 127.0.0.1 and ::1\n"
+    "  push       APNs MDM push certificate; its subject UID is the topic,\n"
+    "             also written to push.topic\n"
+    "  device-ca  device identity CA (stands in for SCEP)\n"
+    "  ci         GSMA test CI, root of the eSIM chain (P-256)\n"
+    "  eum        eUICC manufacturer certificate, signed by ci\n"
+    "  dpauth     SM-DP+ authentication certificate, signed by ci\n"
+    "\n"
+    "These certificates are for tests and demos on one machine, never for\n"
+    "production devices.\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm pki --dir /tmp/esim-pki && cat /tmp/esim-pki/push.topic\n";
+
+int cmd_pki(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(pki_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *dir = "pki";
+    static const struct option options[] = {{"dir", required_argument, NULL, 'd'}, {0}};
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (c == 'd')
+            dir = optarg;
+        else
+            return cli_usage_error("pki: unknown option; see `esim-mdm pki --help`");
+    }
+    if (optind < argc)
+        return cli_usage_error("pki: unexpected argument '%s'", argv[optind]);
+    esim_error err = {{0}};
+    if (esim_pki_create(dir, &err) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm pki: %s\n", err.msg);
+        return CLI_EXIT_FAIL;
+    }
+    printf("test PKI ready in %s\n", dir);
+    return CLI_EXIT_OK;
+}
