@@ -1,0 +1,634 @@
+/*
+ * test_plist_messages.c — device messages: what the device-side builders
+ * emit, esim_msg_parse reads back identically (XML and binary); and every
+ * refusal (size, depth, hostile binary trailers, missing keys, wrong types,
+ * unknown values) comes with a reason.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "plist/esim_plist.h"
+
+static const char UDID[] = "00008030-001A2B3C4D5E6F70";
+static const char TOPIC[] = "com.apple.mgmt.External.5f7e6a2c-1111-4222-8333-944455556666";
+static const char CMD_UUID[] = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+static esim_err parse_text(const char *xml, esim_msg *m, esim_error *err)
+{
+    return esim_msg_parse(xml, strlen(xml), NULL, m, err);
+}
+
+/* Deep equality, by comparing canonical XML (libplist 2.2 compares
+ * containers by identity only). */
+static bool plist_equal(plist_t a, plist_t b)
+{
+    esim_buf xa = {0}, xb = {0};
+    assert_int_equal(esim_plist_serialize(a, ESIM_PLIST_XML, &xa, NULL), ESIM_OK);
+    assert_int_equal(esim_plist_serialize(b, ESIM_PLIST_XML, &xb, NULL), ESIM_OK);
+    bool same = xa.len == xb.len && memcmp(xa.data, xb.data, xa.len) == 0;
+    esim_buf_free(&xa);
+    esim_buf_free(&xb);
+    return same;
+}
+
+/* ---- round trips ---------------------------------------------------------- */
+
+static void test_authenticate_round_trip(void **state)
+{
+    (void)state;
+    esim_authenticate_info info = {
+        .udid = UDID, .topic = TOPIC, .os_version = "18.1", .build_version = "22B83",
+        .product_name = "iPhone15,2", .serial_number = "F2LXK0Q1PLJM", .imei = "35 209900 176148 1",
+        .meid = "35209900176148", .device_name = "Fleet iPhone 7", .model = "iPhone",
+    };
+    esim_buf body = {0};
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_build_authenticate(&info, &body, &err), ESIM_OK);
+    esim_msg m;
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+    assert_int_equal(m.kind, ESIM_MSG_AUTHENTICATE);
+    assert_string_equal(m.message_type, "Authenticate");
+    assert_string_equal(m.udid, UDID);
+    assert_false(m.is_enrollment_id);
+    assert_string_equal(m.topic, TOPIC);
+    assert_string_equal(m.os_version, "18.1");
+    assert_string_equal(m.build_version, "22B83");
+    assert_string_equal(m.product_name, "iPhone15,2");
+    assert_string_equal(m.serial_number, "F2LXK0Q1PLJM");
+    assert_string_equal(m.imei, "35 209900 176148 1");
+    assert_string_equal(m.meid, "35209900176148");
+    assert_string_equal(m.device_name, "Fleet iPhone 7");
+    assert_string_equal(m.model, "iPhone");
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+
+    /* Optional fields really are optional. */
+    esim_authenticate_info bare = {.udid = UDID, .topic = TOPIC};
+    assert_int_equal(esim_msg_build_authenticate(&bare, &body, &err), ESIM_OK);
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+    assert_string_equal(m.os_version, "");
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+}
+
+static void test_token_update_and_checkout_round_trip(void **state)
+{
+    (void)state;
+    unsigned char token[32];
+    for (size_t k = 0; k < sizeof token; k++)
+        token[k] = (unsigned char)(k * 7 + 1);
+    esim_buf body = {0};
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, sizeof token,
+                                                 "7C8E2A10-MAGIC", &body, &err),
+                     ESIM_OK);
+    esim_msg m;
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+    assert_int_equal(m.kind, ESIM_MSG_TOKEN_UPDATE);
+    assert_int_equal(m.token.len, sizeof token);
+    assert_memory_equal(m.token.data, token, sizeof token);
+    assert_string_equal(m.push_magic, "7C8E2A10-MAGIC");
+    assert_false(m.awaiting_configuration);
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+
+    assert_int_equal(esim_msg_build_checkout(UDID, TOPIC, &body, &err), ESIM_OK);
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+    assert_int_equal(m.kind, ESIM_MSG_CHECKOUT);
+    assert_string_equal(m.udid, UDID);
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+}
+
+static void test_token_update_optional_keys(void **state)
+{
+    (void)state;
+    const char xml[] =
+        "<plist version=\"1.0\"><dict><key>MessageType</key><string>TokenUpdate</string>"
+        "<key>EnrollmentID</key><string>A1B2C3D4-E5F6</string>"
+        "<key>Topic</key><string>com.apple.mgmt.External.x</string>"
+        "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
+        "<key>PushMagic</key><string>magic</string>"
+        "<key>UnlockToken</key><data>3q2+7w==</data>"
+        "<key>AwaitingConfiguration</key><true/></dict></plist>";
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(parse_text(xml, &m, &err), ESIM_OK);
+    assert_true(m.is_enrollment_id);
+    assert_string_equal(m.udid, "A1B2C3D4-E5F6");
+    assert_int_equal(m.unlock_token.len, 4);
+    assert_memory_equal(m.unlock_token.data, "\xde\xad\xbe\xef", 4);
+    assert_true(m.awaiting_configuration);
+    esim_msg_free(&m);
+}
+
+static plist_t subscriptions_extra(void)
+{
+    plist_t sub = plist_new_dict();
+    plist_dict_set_item(sub, "EID", plist_new_string("89882119900000000000000000001654"));
+    plist_dict_set_item(sub, "ICCID", plist_new_string("8944500102198304826"));
+    plist_dict_set_item(sub, "IMEI", plist_new_string("352099001761481"));
+    plist_dict_set_item(sub, "Slot", plist_new_string("CTSubscriptionSlotOne"));
+    plist_dict_set_item(sub, "Label", plist_new_string("Business"));
+    plist_dict_set_item(sub, "CurrentCarrierNetwork", plist_new_string("Example Mobile"));
+    plist_dict_set_item(sub, "PhoneNumber", plist_new_string("+15555550100"));
+    plist_dict_set_item(sub, "IsDataPreferred", plist_new_bool(1));
+    plist_dict_set_item(sub, "IsVoicePreferred", plist_new_bool(0));
+    plist_t second = plist_new_dict();
+    plist_dict_set_item(second, "Slot", plist_new_string("CTSubscriptionSlotTwo"));
+    plist_t list = plist_new_array();
+    plist_array_append_item(list, sub);
+    plist_array_append_item(list, second);
+    plist_t responses = plist_new_dict();
+    plist_dict_set_item(responses, "ServiceSubscriptions", list);
+    plist_dict_set_item(responses, "OSVersion", plist_new_string("18.1"));
+    plist_t extra = plist_new_dict();
+    plist_dict_set_item(extra, "QueryResponses", responses);
+    return extra;
+}
+
+static void check_result_round_trip(esim_plist_format format)
+{
+    esim_error_chain_entry chain[2] = {
+        {.code = 36003, .domain = "CTCellularPlanErrorDomain",
+         .localized_description = "The cellular stack is busy.",
+         .us_english_description = "The cellular stack is busy."},
+        {.code = -4, .domain = "MCMDMErrorDomain", .localized_description = "Ça échoue"},
+    };
+    plist_t extra = subscriptions_extra();
+    esim_buf body = {0};
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_build_result(UDID, ESIM_STATUS_ERROR, CMD_UUID, chain, 2, extra,
+                                           format, &body, &err),
+                     ESIM_OK);
+    if (format == ESIM_PLIST_BINARY)
+        assert_memory_equal(body.data, "bplist00", 8);
+    esim_msg m;
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+    assert_int_equal(m.kind, ESIM_MSG_RESULT);
+    assert_int_equal(m.status, ESIM_STATUS_ERROR);
+    assert_string_equal(m.command_uuid, CMD_UUID);
+    assert_string_equal(m.message_type, "");
+    assert_int_equal(m.error_chain_len, 2);
+    assert_int_equal(m.error_chain[0].code, 36003);
+    assert_string_equal(m.error_chain[0].domain, "CTCellularPlanErrorDomain");
+    assert_string_equal(m.error_chain[0].localized_description, "The cellular stack is busy.");
+    assert_string_equal(m.error_chain[0].us_english_description, "The cellular stack is busy.");
+    assert_int_equal(m.error_chain[1].code, -4);
+    assert_string_equal(m.error_chain[1].localized_description, "Ça échoue");
+    assert_string_equal(m.error_chain[1].us_english_description, "");
+    /* Everything in |extra| comes back identical. */
+    plist_t got = plist_dict_get_item(m.root, "QueryResponses");
+    assert_true(plist_equal(got, plist_dict_get_item(extra, "QueryResponses")));
+
+    esim_subscription *subs = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_msg_service_subscriptions(&m, &subs, &n, &err), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(subs[0].eid, "89882119900000000000000000001654");
+    assert_string_equal(subs[0].iccid, "8944500102198304826");
+    assert_string_equal(subs[0].imei, "352099001761481");
+    assert_string_equal(subs[0].slot, "CTSubscriptionSlotOne");
+    assert_string_equal(subs[0].label, "Business");
+    assert_string_equal(subs[0].carrier, "Example Mobile");
+    assert_string_equal(subs[0].phone_number, "+15555550100");
+    assert_true(subs[0].is_data_preferred);
+    assert_false(subs[0].is_voice_preferred);
+    assert_string_equal(subs[1].slot, "CTSubscriptionSlotTwo");
+    assert_string_equal(subs[1].eid, "");
+    free(subs);
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+    plist_free(extra);
+}
+
+static void test_result_round_trip_xml(void **state)
+{
+    (void)state;
+    check_result_round_trip(ESIM_PLIST_XML);
+}
+
+static void test_result_round_trip_binary(void **state)
+{
+    (void)state;
+    check_result_round_trip(ESIM_PLIST_BINARY);
+}
+
+static void test_every_status_round_trips(void **state)
+{
+    (void)state;
+    for (int s = ESIM_STATUS_IDLE; s <= ESIM_STATUS_NOT_NOW; s++) {
+        esim_buf body = {0};
+        esim_error err = {{0}};
+        const char *uuid = s == ESIM_STATUS_IDLE ? NULL : CMD_UUID;
+        assert_int_equal(esim_msg_build_result(UDID, (esim_status)s, uuid, NULL, 0, NULL,
+                                               ESIM_PLIST_XML, &body, &err),
+                         ESIM_OK);
+        esim_msg m;
+        assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
+        assert_int_equal(m.status, s);
+        assert_string_equal(m.command_uuid, uuid ? uuid : "");
+        esim_status back;
+        assert_int_equal(esim_status_from_name(esim_status_name((esim_status)s), &back), ESIM_OK);
+        assert_int_equal(back, s);
+        esim_subscription *subs = (esim_subscription *)1;
+        size_t n = 9;
+        assert_int_equal(esim_msg_service_subscriptions(&m, &subs, &n, &err), ESIM_OK);
+        assert_null(subs);
+        assert_int_equal(n, 0);
+        esim_msg_free(&m);
+        esim_buf_free(&body);
+    }
+    assert_null(esim_status_name((esim_status)0));
+    assert_null(esim_status_name((esim_status)99));
+    esim_status s;
+    assert_int_equal(esim_status_from_name("acknowledged", &s), ESIM_EINVAL);
+    assert_int_equal(esim_status_from_name(NULL, &s), ESIM_EINVAL);
+}
+
+static void test_builder_refusals(void **state)
+{
+    (void)state;
+    esim_buf body = {0};
+    esim_error err = {{0}};
+    unsigned char token[32] = {1};
+    esim_authenticate_info no_topic = {.udid = UDID};
+    assert_int_equal(esim_msg_build_authenticate(&no_topic, &body, &err), ESIM_EINVAL);
+    esim_authenticate_info bad_udid = {.udid = "has space", .topic = TOPIC};
+    assert_int_equal(esim_msg_build_authenticate(&bad_udid, &body, &err), ESIM_EINVAL);
+    char long_name[300];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    esim_authenticate_info too_long = {.udid = UDID, .topic = TOPIC, .device_name = long_name};
+    assert_int_equal(esim_msg_build_authenticate(&too_long, &body, &err), ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 8, "m", &body, &err),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 32, "", &body, &err),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_checkout(NULL, TOPIC, &body, &err), ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_result(UDID, ESIM_STATUS_ACKNOWLEDGED, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &body, &err),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_result(UDID, (esim_status)42, CMD_UUID, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &body, &err),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_result(UDID, ESIM_STATUS_ERROR, CMD_UUID, NULL, 2, NULL,
+                                           ESIM_PLIST_XML, &body, &err),
+                     ESIM_EINVAL);
+    esim_error_chain_entry no_domain = {.code = 1};
+    assert_int_equal(esim_msg_build_result(UDID, ESIM_STATUS_ERROR, CMD_UUID, &no_domain, 1, NULL,
+                                           ESIM_PLIST_XML, &body, &err),
+                     ESIM_EINVAL);
+    plist_t not_dict = plist_new_array();
+    assert_int_equal(esim_msg_build_result(UDID, ESIM_STATUS_ERROR, CMD_UUID, NULL, 0, not_dict,
+                                           ESIM_PLIST_XML, &body, &err),
+                     ESIM_EINVAL);
+    plist_free(not_dict);
+    assert_null(body.data);
+}
+
+/* ---- refusals ---------------------------------------------------------------------------------- */
+
+#define CHECKIN(type, rest)                                                                   \
+    "<plist version=\"1.0\"><dict><key>MessageType</key><string>" type "</string>" rest \
+    "</dict></plist>"
+#define UDID_TOPIC "<key>UDID</key><string>ABC-123</string><key>Topic</key><string>t</string>"
+#define TOKEN32 "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
+#define RESULT(rest) "<plist version=\"1.0\"><dict><key>UDID</key><string>ABC-123</string>" rest \
+    "</dict></plist>"
+
+static void test_refusals_with_reasons(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *body;
+        const char *reason; /* a word the message must contain */
+    } cases[] = {
+        {CHECKIN("Authenticate", "<key>Topic</key><string>t</string>"), "UDID"},
+        {CHECKIN("Authenticate", "<key>UDID</key><string>ABC</string>"), "Topic"},
+        {CHECKIN("Authenticate", "<key>UDID</key><string>ABC</string><key>Topic</key><string>"
+                                 "</string>"), "Topic"},
+        {CHECKIN("Authenticate", "<key>UDID</key><integer>3</integer><key>Topic</key><string>t"
+                                 "</string>"), "UDID"},
+        {CHECKIN("Authenticate", "<key>UDID</key><string>a/b</string><key>Topic</key><string>t"
+                                 "</string>"), "UDID"},
+        {CHECKIN("Authenticate", UDID_TOPIC "<key>OSVersion</key><real>17.2</real>"), "OSVersion"},
+        {CHECKIN("Enroll", UDID_TOPIC), "MessageType"},
+        {CHECKIN("TokenUpdate", UDID_TOPIC "<key>PushMagic</key><string>m</string>"), "Token"},
+        {CHECKIN("TokenUpdate", UDID_TOPIC TOKEN32), "PushMagic"},
+        {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><string>abc</string>"
+                                "<key>PushMagic</key><string>m</string>"), "Token"},
+        {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><data>AAEC</data>"
+                                "<key>PushMagic</key><string>m</string>"), "Token"},
+        {CHECKIN("TokenUpdate", UDID_TOPIC TOKEN32 "<key>PushMagic</key><string>m</string>"
+                                "<key>AwaitingConfiguration</key><string>yes</string>"),
+         "AwaitingConfiguration"},
+        {RESULT("<key>Status</key><string>Done</string><key>CommandUUID</key><string>u</string>"),
+         "Status"},
+        {RESULT("<key>Status</key><true/>"), "Status"},
+        {RESULT("<key>Status</key><string>Acknowledged</string>"), "CommandUUID"},
+        {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
+                "<key>ErrorChain</key><dict/>"), "ErrorChain"},
+        {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
+                "<key>ErrorChain</key><array><string>x</string></array>"), "ErrorChain"},
+        {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
+                "<key>ErrorChain</key><array><dict><key>ErrorDomain</key><string>d</string>"
+                "</dict></array>"), "ErrorCode"},
+        {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
+                "<key>ErrorChain</key><array><dict><key>ErrorCode</key><string>1</string>"
+                "<key>ErrorDomain</key><string>d</string></dict></array>"), "ErrorCode"},
+        {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
+                "<key>ErrorChain</key><array><dict><key>ErrorCode</key><integer>1</integer>"
+                "</dict></array>"), "ErrorDomain"},
+        {RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+                "</string><key>QueryResponses</key><array/>"), "QueryResponses"},
+        {RESULT("<key>Status</key><string>Idle</string><key>MessageType</key><string>CheckOut"
+                "</string>"), "both"},
+        {"<plist version=\"1.0\"><dict><key>UDID</key><string>ABC</string></dict></plist>",
+         "neither"},
+        {"<plist version=\"1.0\"><array><string>x</string></array></plist>", "dictionary"},
+        {"<plist version=\"1.0\"><dict><key>UDID</key>", "well-formed"},
+        {"{\"json\": true}", "not a plist"},
+        {"bplist00garbage-that-is-not-a-binary-plist-at-all-really", "binary"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        esim_msg m;
+        memset(&m, 0x5A, sizeof m);
+        esim_error err = {{0}};
+        esim_err rc = parse_text(cases[k].body, &m, &err);
+        if (rc != ESIM_EINVAL || !strstr(err.msg, cases[k].reason))
+            fail_msg("case %zu: rc %d, message '%s' (wanted '%s')", k, rc, err.msg,
+                     cases[k].reason);
+        assert_int_equal(((unsigned char *)&m)[0], 0x5A); /* untouched */
+    }
+    esim_msg m;
+    assert_int_equal(esim_msg_parse(NULL, 0, NULL, &m, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_msg_parse("x", 1, NULL, NULL, NULL), ESIM_EINVAL);
+    esim_msg_free(NULL);
+}
+
+static void test_field_too_long_refused_not_truncated(void **state)
+{
+    (void)state;
+    char body[1024];
+    char uuid[200];
+    memset(uuid, 'a', 150);
+    uuid[150] = '\0';
+    snprintf(body, sizeof body,
+             RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key>"
+                    "<string>%s</string>"),
+             uuid);
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(parse_text(body, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "CommandUUID"));
+    assert_non_null(strstr(err.msg, "longer"));
+}
+
+static void test_size_limit(void **state)
+{
+    (void)state;
+    const char small[] = RESULT("<key>Status</key><string>Idle</string>");
+    esim_parse_limits tight = {.max_body = 40};
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_parse(small, sizeof small - 1, &tight, &m, &err), ESIM_ETOOBIG);
+    assert_non_null(strstr(err.msg, "limit"));
+    tight.max_body = sizeof small - 1;
+    assert_int_equal(esim_msg_parse(small, sizeof small - 1, &tight, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+    /* The default cap is 1 MiB. */
+    size_t big_len = ESIM_PLIST_DEFAULT_MAX_BODY + 1;
+    char *big = malloc(big_len);
+    memset(big, ' ', big_len);
+    memcpy(big, small, sizeof small - 1);
+    assert_int_equal(esim_msg_parse(big, big_len, NULL, &m, &err), ESIM_ETOOBIG);
+    free(big);
+}
+
+/* A result whose QueryResponses holds |depth| - 1 nested arrays. */
+static char *nested_xml(unsigned depth)
+{
+    esim_buf b = {0};
+    esim_buf_append_str(&b, "<plist version=\"1.0\"><dict><key>UDID</key><string>ABC</string>"
+                            "<key>Status</key><string>Idle</string><key>Deep</key>");
+    for (unsigned k = 1; k < depth; k++)
+        esim_buf_append_str(&b, "<array>");
+    for (unsigned k = 1; k < depth; k++)
+        esim_buf_append_str(&b, "</array>");
+    esim_buf_append_str(&b, "</dict></plist>");
+    return (char *)esim_buf_steal(&b, NULL);
+}
+
+static void test_depth_limit_xml(void **state)
+{
+    (void)state;
+    esim_msg m;
+    esim_error err = {{0}};
+    char *ok = nested_xml(ESIM_PLIST_DEFAULT_MAX_DEPTH);
+    assert_int_equal(parse_text(ok, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+    free(ok);
+    char *deep = nested_xml(ESIM_PLIST_DEFAULT_MAX_DEPTH + 1);
+    assert_int_equal(parse_text(deep, &m, &err), ESIM_ETOOBIG);
+    assert_non_null(strstr(err.msg, "deeper"));
+    free(deep);
+    /* Far deeper than any parser's stack would survive: refused before parsing. */
+    char *hostile = nested_xml(200000);
+    assert_int_equal(parse_text(hostile, &m, &err), ESIM_ETOOBIG);
+    free(hostile);
+    /* Custom limit. */
+    esim_parse_limits shallow = {.max_depth = 2};
+    char *three = nested_xml(3);
+    assert_int_equal(esim_msg_parse(three, strlen(three), &shallow, &m, &err), ESIM_ETOOBIG);
+    free(three);
+    /* Empty containers do not nest; comments do not count. */
+    const char flat[] = RESULT("<key>Status</key><string>Idle</string><key>A</key><array/>"
+                               "<!-- <array><array><array> --><key>B</key><dict/>");
+    assert_int_equal(esim_msg_parse(flat, sizeof flat - 1, &shallow, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+}
+
+/* Builds a binary plist of a dict {UDID, Status=Idle, Deep: array^(depth-1)}
+ * by serializing a real tree, so the layout is libplist's own. */
+static void binary_nested(unsigned depth, esim_buf *out)
+{
+    plist_t root = plist_new_dict();
+    plist_dict_set_item(root, "UDID", plist_new_string("ABC"));
+    plist_dict_set_item(root, "Status", plist_new_string("Idle"));
+    plist_t inner = NULL;
+    for (unsigned k = 1; k < depth; k++) {
+        plist_t a = plist_new_array();
+        if (inner)
+            plist_array_append_item(a, inner);
+        inner = a;
+    }
+    if (inner)
+        plist_dict_set_item(root, "Deep", inner);
+    assert_int_equal(esim_plist_serialize(root, ESIM_PLIST_BINARY, out, NULL), ESIM_OK);
+    plist_free(root);
+}
+
+static void test_depth_limit_binary(void **state)
+{
+    (void)state;
+    esim_buf b = {0};
+    esim_msg m;
+    esim_error err = {{0}};
+    binary_nested(ESIM_PLIST_DEFAULT_MAX_DEPTH, &b);
+    assert_int_equal(esim_msg_parse(b.data, b.len, NULL, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+    binary_nested(ESIM_PLIST_DEFAULT_MAX_DEPTH + 1, &b);
+    assert_int_equal(esim_msg_parse(b.data, b.len, NULL, &m, &err), ESIM_ETOOBIG);
+    esim_buf_free(&b);
+}
+
+static void put_be64(unsigned char *p, uint64_t v)
+{
+    for (int k = 7; k >= 0; k--) {
+        p[k] = (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+}
+
+static void test_hostile_binary_trailers(void **state)
+{
+    (void)state;
+    esim_buf good = {0};
+    binary_nested(3, &good);
+    unsigned char *t = good.data + good.len - 32;
+    struct {
+        size_t field;   /* offset in the trailer */
+        uint64_t value; /* 64-bit fields */
+        unsigned char byte;
+    } mutations[] = {
+        {8, UINT64_MAX, 0},      /* object count: absurd */
+        {8, 1u << 30, 0},        /* object count: more than bytes */
+        {16, 1000, 0},           /* top object out of range */
+        {24, UINT64_MAX - 4, 0}, /* offset table beyond the data */
+        {6, 0, 9},               /* offset size 9 */
+        {7, 0, 0},               /* reference size 0 */
+    };
+    for (size_t k = 0; k < sizeof mutations / sizeof mutations[0]; k++) {
+        esim_buf copy = {0};
+        esim_buf_append(&copy, good.data, good.len);
+        unsigned char *ct = copy.data + copy.len - 32;
+        if (mutations[k].field >= 8)
+            put_be64(ct + mutations[k].field, mutations[k].value);
+        else
+            ct[mutations[k].field] = mutations[k].byte;
+        esim_msg m;
+        esim_error err = {{0}};
+        assert_int_equal(esim_msg_parse(copy.data, copy.len, NULL, &m, &err), ESIM_EINVAL);
+        assert_non_null(strstr(err.msg, "binary plist"));
+        esim_buf_free(&copy);
+    }
+    (void)t;
+    esim_buf_free(&good);
+}
+
+/* Hand-made binary plist: object 0 = array holding a reference to itself. */
+static void test_binary_cycle_refused(void **state)
+{
+    (void)state;
+    unsigned char b[8 + 2 + 1 + 32] = "bplist00";
+    b[8] = 0xA1; /* array of 1 */
+    b[9] = 0x00; /* -> object 0: itself */
+    b[10] = 8;   /* offset table: object 0 at byte 8 */
+    unsigned char *t = b + 11;
+    memset(t, 0, 32);
+    t[6] = 1;
+    t[7] = 1;
+    put_be64(t + 8, 1);
+    put_be64(t + 16, 0);
+    put_be64(t + 24, 10);
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_parse(b, sizeof b, NULL, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "cycle"));
+}
+
+static void test_service_subscriptions_malformed(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {
+        RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+               "</string><key>QueryResponses</key><dict><key>ServiceSubscriptions</key><dict/>"
+               "</dict>"),
+        RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+               "</string><key>QueryResponses</key><dict><key>ServiceSubscriptions</key><array>"
+               "<string>x</string></array></dict>"),
+        RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+               "</string><key>QueryResponses</key><dict><key>ServiceSubscriptions</key><array>"
+               "<dict><key>EID</key><integer>5</integer></dict></array></dict>"),
+        RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+               "</string><key>QueryResponses</key><dict><key>ServiceSubscriptions</key><array>"
+               "<dict><key>EID</key><string>898821199000000000000000000016540000</string>"
+               "</dict></array></dict>"),
+        RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
+               "</string><key>QueryResponses</key><dict><key>ServiceSubscriptions</key><array>"
+               "<dict><key>IsDataPreferred</key><string>yes</string></dict></array></dict>"),
+    };
+    for (size_t k = 0; k < sizeof bodies / sizeof bodies[0]; k++) {
+        esim_msg m;
+        esim_error err = {{0}};
+        assert_int_equal(parse_text(bodies[k], &m, &err), ESIM_OK);
+        esim_subscription *subs = (esim_subscription *)1;
+        size_t n = 7;
+        assert_int_equal(esim_msg_service_subscriptions(&m, &subs, &n, &err), ESIM_EINVAL);
+        assert_ptr_equal(subs, (esim_subscription *)1);
+        assert_int_equal(n, 7);
+        assert_true(err.msg[0] != '\0');
+        esim_msg_free(&m);
+    }
+}
+
+static void test_parse_dict_and_serialize(void **state)
+{
+    (void)state;
+    plist_t root = NULL;
+    esim_error err = {{0}};
+    const char xml[] = "<plist><dict><key>a</key><integer>1</integer></dict></plist>";
+    assert_int_equal(esim_plist_parse_dict(xml, sizeof xml - 1, NULL, &root, &err), ESIM_OK);
+    esim_buf bin = {0};
+    assert_int_equal(esim_plist_serialize(root, ESIM_PLIST_BINARY, &bin, &err), ESIM_OK);
+    plist_t again = NULL;
+    assert_int_equal(esim_plist_parse_dict(bin.data, bin.len, NULL, &again, &err), ESIM_OK);
+    assert_true(plist_equal(root, again));
+    assert_int_equal(esim_plist_serialize(root, (esim_plist_format)3, &bin, &err), ESIM_EINVAL);
+    assert_int_equal(esim_plist_serialize(NULL, ESIM_PLIST_XML, &bin, &err), ESIM_EINVAL);
+    assert_int_equal(esim_plist_parse_dict(xml, sizeof xml - 1, NULL, NULL, &err), ESIM_EINVAL);
+    plist_free(root);
+    plist_free(again);
+    esim_buf_free(&bin);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_authenticate_round_trip),
+        cmocka_unit_test(test_token_update_and_checkout_round_trip),
+        cmocka_unit_test(test_token_update_optional_keys),
+        cmocka_unit_test(test_result_round_trip_xml),
+        cmocka_unit_test(test_result_round_trip_binary),
+        cmocka_unit_test(test_every_status_round_trips),
+        cmocka_unit_test(test_builder_refusals),
+        cmocka_unit_test(test_refusals_with_reasons),
+        cmocka_unit_test(test_field_too_long_refused_not_truncated),
+        cmocka_unit_test(test_size_limit),
+        cmocka_unit_test(test_depth_limit_xml),
+        cmocka_unit_test(test_depth_limit_binary),
+        cmocka_unit_test(test_hostile_binary_trailers),
+        cmocka_unit_test(test_binary_cycle_refused),
+        cmocka_unit_test(test_service_subscriptions_malformed),
+        cmocka_unit_test(test_parse_dict_and_serialize),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
