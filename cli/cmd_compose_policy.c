@@ -127,9 +127,9 @@ typedef struct {
     bool unsupervised;
 } restrictions_args;
 
-static const char *const policy_options[] = {
-    "--esim-modification", "--preserve-esim-on-erase", "--esim-outgoing-transfers",
-    "--cellular-plan-modification"};
+static const char *const policy_options[] = {"--esim-modification", "--preserve-esim-on-erase",
+                                             "--esim-outgoing-transfers",
+                                             "--cellular-plan-modification"};
 
 static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
 {
@@ -158,9 +158,12 @@ static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
             const char *name;
             const char **slot;
         } valued[] = {
-            {"--identifier", &a->profile.identifier}, {"--display-name", &a->profile.display_name},
-            {"--organization", &a->profile.organization}, {"--sign-cert", &a->sign_cert},
-            {"--sign-key", &a->sign_key}, {"--device-os", &a->device_os},
+            {"--identifier", &a->profile.identifier},
+            {"--display-name", &a->profile.display_name},
+            {"--organization", &a->profile.organization},
+            {"--sign-cert", &a->sign_cert},
+            {"--sign-key", &a->sign_key},
+            {"--device-os", &a->device_os},
         };
         for (size_t k = 0; k < sizeof valued / sizeof valued[0] && !handled; k++) {
             m = match_option(argc, argv, &i, valued[k].name, true, &v);
@@ -171,7 +174,8 @@ static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
             if (*valued[k].slot)
                 return cli_usage_error("compose restrictions: %s given twice", valued[k].name);
             if (!*v)
-                return cli_usage_error("compose restrictions: %s must not be empty", valued[k].name);
+                return cli_usage_error("compose restrictions: %s must not be empty",
+                                       valued[k].name);
             *valued[k].slot = v;
             handled = true;
         }
@@ -222,8 +226,8 @@ int cmd_compose_restrictions(int argc, char **argv)
         return cli_usage_error("compose restrictions: signing certificate: %s", err.msg);
 
     esim_buf profile = {0};
-    esim_err e = esim_policy_to_profile(&a.policy, &a.profile, a.sign_cert ? &signer : NULL,
-                                        &profile, &err);
+    esim_err e =
+        esim_policy_to_profile(&a.policy, &a.profile, a.sign_cert ? &signer : NULL, &profile, &err);
     esim_cert_clear(&signer);
     if (e != ESIM_OK) {
         esim_buf_free(&profile);

@@ -21,8 +21,11 @@ typedef struct {
 static const key_requirement requirements[] = {
     {"allowESIMModification", offsetof(esim_policy, allow_esim_modification), {12, 1, 0}},
     {"forcePreserveESIMOnErase", offsetof(esim_policy, force_preserve_esim_on_erase), {17, 2, 0}},
-    {"allowESIMOutgoingTransfers", offsetof(esim_policy, allow_esim_outgoing_transfers), {18, 0, 0}},
-    {"allowCellularPlanModification", offsetof(esim_policy, allow_cellular_plan_modification),
+    {"allowESIMOutgoingTransfers",
+     offsetof(esim_policy, allow_esim_outgoing_transfers),
+     {18, 0, 0}},
+    {"allowCellularPlanModification",
+     offsetof(esim_policy, allow_cellular_plan_modification),
      {11, 0, 0}},
 };
 #define REQUIREMENT_COUNT (sizeof requirements / sizeof requirements[0])
@@ -116,8 +119,8 @@ size_t esim_policy_ignored_keys(const esim_policy *p, const char *os_version, bo
         else if (!supervised)
             snprintf(out[n].reason, sizeof out[n].reason, "needs a supervised device");
         else
-            snprintf(out[n].reason, sizeof out[n].reason,
-                     "needs iOS %s or later (device has %s)", need, have);
+            snprintf(out[n].reason, sizeof out[n].reason, "needs iOS %s or later (device has %s)",
+                     need, have);
         n++;
     }
     return n;

@@ -14,15 +14,15 @@
 /* One row per policy field: everything the model needs to know about a key. */
 typedef struct {
     const char *apple_key;
-    const char *word_name; /* as typed on the CLI (underscores or hyphens) */
-    size_t offset;         /* of the esim_tri inside esim_policy */
+    const char *word_name;  /* as typed on the CLI (underscores or hyphens) */
+    size_t offset;          /* of the esim_tri inside esim_policy */
     bool restrictive_value; /* the value that wins a merge */
-    bool words_on_off;     /* on|off instead of allow|deny */
+    bool words_on_off;      /* on|off instead of allow|deny */
 } policy_field;
 
 static const policy_field fields[] = {
-    {"allowESIMModification", "esim_modification",
-     offsetof(esim_policy, allow_esim_modification), false, false},
+    {"allowESIMModification", "esim_modification", offsetof(esim_policy, allow_esim_modification),
+     false, false},
     {"forcePreserveESIMOnErase", "preserve_esim_on_erase",
      offsetof(esim_policy, force_preserve_esim_on_erase), true, true},
     {"allowESIMOutgoingTransfers", "esim_outgoing_transfers",
@@ -134,8 +134,8 @@ plist_t esim_policy_to_payload(const esim_policy *p, const char *payload_identif
         return NULL;
     if (!payload_identifier || !*payload_identifier)
         payload_identifier = ESIM_POLICY_DEFAULT_IDENTIFIER ".applicationaccess";
-    plist_t payload = esim_payload_new(RESTRICTIONS_PAYLOAD_TYPE, payload_identifier, NULL,
-                                       "eSIM restrictions");
+    plist_t payload =
+        esim_payload_new(RESTRICTIONS_PAYLOAD_TYPE, payload_identifier, NULL, "eSIM restrictions");
     if (!payload)
         return NULL;
     for (size_t i = 0; i < FIELD_COUNT; i++) {

@@ -16,12 +16,24 @@ static esim_err append_xml_escaped(esim_buf *b, const char *s)
     esim_err rc = ESIM_OK;
     for (const char *c = s; *c && rc == ESIM_OK; c++) {
         switch (*c) {
-        case '&': rc = esim_buf_append_str(b, "&amp;"); break;
-        case '<': rc = esim_buf_append_str(b, "&lt;"); break;
-        case '>': rc = esim_buf_append_str(b, "&gt;"); break;
-        case '"': rc = esim_buf_append_str(b, "&quot;"); break;
-        case '\'': rc = esim_buf_append_str(b, "&apos;"); break;
-        default: rc = esim_buf_append(b, c, 1); break;
+        case '&':
+            rc = esim_buf_append_str(b, "&amp;");
+            break;
+        case '<':
+            rc = esim_buf_append_str(b, "&lt;");
+            break;
+        case '>':
+            rc = esim_buf_append_str(b, "&gt;");
+            break;
+        case '"':
+            rc = esim_buf_append_str(b, "&quot;");
+            break;
+        case '\'':
+            rc = esim_buf_append_str(b, "&apos;");
+            break;
+        default:
+            rc = esim_buf_append(b, c, 1);
+            break;
         }
     }
     return rc;
@@ -132,8 +144,7 @@ esim_err esim_windows_csp_syncml(const esim_windows_csp *csp, esim_buf *out, esi
         if (rc == ESIM_OK)
             rc = write_item(&w, "DownloadServers/", csp->server, "/AutoEnable", &auto_enable);
         if (rc == ESIM_OK)
-            rc = write_item(&w, "DownloadServers/", csp->server, "/IsDiscoveryServer",
-                            &discovery);
+            rc = write_item(&w, "DownloadServers/", csp->server, "/IsDiscoveryServer", &discovery);
         if (rc == ESIM_OK)
             rc = close_command(&w, "Add");
     }

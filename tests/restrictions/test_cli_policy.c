@@ -259,8 +259,8 @@ static void test_windows_csp(void **state)
                 "--auto-enable", "--local-ui", "off", "--reset-to-factory", NULL);
     assert_int_equal(r.status, 0);
     assert_int_equal(r.err.len, 0);
-    xmlDocPtr doc = xmlReadMemory((const char *)r.out.data, (int)r.out.len, "cli.xml", NULL,
-                                  XML_PARSE_NONET);
+    xmlDocPtr doc =
+        xmlReadMemory((const char *)r.out.data, (int)r.out.len, "cli.xml", NULL, XML_PARSE_NONET);
     assert_non_null(doc);
     xmlFreeDoc(doc);
     assert_non_null(strstr((const char *)r.out.data,

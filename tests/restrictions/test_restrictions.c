@@ -95,8 +95,7 @@ static void test_set_word_refusals_change_nothing(void **state)
         esim_policy p = {ESIM_TRI_TRUE, ESIM_TRI_FALSE, ESIM_TRI_TRUE, ESIM_TRI_FALSE};
         esim_policy before = p;
         esim_error err = {{0}};
-        assert_int_equal(esim_policy_set_word(&p, cases[i].name, cases[i].word, &err),
-                         ESIM_EINVAL);
+        assert_int_equal(esim_policy_set_word(&p, cases[i].name, cases[i].word, &err), ESIM_EINVAL);
         assert_memory_equal(&p, &before, sizeof p);
         assert_non_null(strstr(err.msg, cases[i].message_part));
     }
@@ -131,7 +130,8 @@ static void test_merge_every_pair_of_values(void **state)
                 *slot(&into, f) = all_tri[a];
                 *slot(&other, f) = all_tri[b];
                 esim_policy_merge(&into, &other);
-                esim_tri want = expected_merge(all_tri[a], all_tri[b], fields[f].true_is_restrictive);
+                esim_tri want =
+                    expected_merge(all_tri[a], all_tri[b], fields[f].true_is_restrictive);
                 assert_int_equal(*slot(&into, f), want);
                 /* Untouched fields stay unset. */
                 for (int g = 0; g < 4; g++)
@@ -288,8 +288,8 @@ static void read_profile_policy(const esim_buf *profile, bool want_signed, const
     plist_t root = NULL;
     bool was_signed = !want_signed;
     esim_error err = {{0}};
-    assert_int_equal(esim_profile_parse(profile->data, profile->len, NULL, &root, &was_signed, &err),
-                     ESIM_OK);
+    assert_int_equal(
+        esim_profile_parse(profile->data, profile->len, NULL, &root, &was_signed, &err), ESIM_OK);
     assert_int_equal(was_signed, want_signed);
     assert_string_equal(string_of(root, "PayloadType"), "Configuration");
     assert_string_equal(string_of(root, "PayloadIdentifier"), identifier);
@@ -382,8 +382,12 @@ static void test_os_version_parse(void **state)
     static const struct {
         const char *s;
         int major, minor, patch;
-    } good[] = {{"17.2", 17, 2, 0}, {"18", 18, 0, 0}, {"12.1.4", 12, 1, 4},
-                {"0", 0, 0, 0},     {"9999.9999.9999", 9999, 9999, 9999}, {"11.0", 11, 0, 0}};
+    } good[] = {{"17.2", 17, 2, 0},
+                {"18", 18, 0, 0},
+                {"12.1.4", 12, 1, 4},
+                {"0", 0, 0, 0},
+                {"9999.9999.9999", 9999, 9999, 9999},
+                {"11.0", 11, 0, 0}};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         esim_os_version v;
         assert_int_equal(esim_os_version_parse(good[i].s, &v, NULL), ESIM_OK);
@@ -391,8 +395,9 @@ static void test_os_version_parse(void **state)
         assert_int_equal(v.minor, good[i].minor);
         assert_int_equal(v.patch, good[i].patch);
     }
-    static const char *const bad[] = {"", "17.", ".17", "v17", "17.2.1.0", "17..2", "17.2a",
-                                      " 17.2", "17.2 ", "-1", "10000", "17.x", "iOS 17"};
+    static const char *const bad[] = {"",      "17.",   ".17",   "v17",   "17.2.1.0",
+                                      "17..2", "17.2a", " 17.2", "17.2 ", "-1",
+                                      "10000", "17.x",  "iOS 17"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         esim_os_version v = {1, 2, 3};
         esim_error err = {{0}};
@@ -433,7 +438,8 @@ static void test_ignored_keys_every_combination(void **state)
         for (int value = 1; value < 3; value++) {
             esim_policy p = {0};
             *slot(&p, f) = all_tri[value];
-            const char *os_list[4] = {versions[f].min, versions[f].below, versions[f].above, "26.1"};
+            const char *os_list[4] = {versions[f].min, versions[f].below, versions[f].above,
+                                      "26.1"};
             for (int o = 0; o < 4; o++) {
                 for (int sup = 0; sup < 2; sup++) {
                     esim_ignored_key out[4];
@@ -522,8 +528,7 @@ static void parse_syncml(const esim_buf *b, syncml_doc *out)
     assert_non_null(out->doc);
     out->xpath = xmlXPathNewContext(out->doc);
     assert_non_null(out->xpath);
-    assert_int_equal(
-        xmlXPathRegisterNs(out->xpath, BAD_CAST "s", BAD_CAST "SYNCML:SYNCML1.2"), 0);
+    assert_int_equal(xmlXPathRegisterNs(out->xpath, BAD_CAST "s", BAD_CAST "SYNCML:SYNCML1.2"), 0);
     assert_int_equal(xmlXPathRegisterNs(out->xpath, BAD_CAST "m", BAD_CAST "syncml:metinf"), 0);
 }
 
@@ -577,10 +582,11 @@ static void test_syncml_full_document(void **state)
 
     char text[2048];
     xpath_texts(&d, "/s:SyncML/s:SyncBody/*/s:Item/s:Target/s:LocURI", text, sizeof text);
-    assert_string_equal(text, EUICC_ROOT "Actions/ResetToFactoryState\n" EUICC_ROOT
-                              "DownloadServers/smdp.example.com/AutoEnable\n" EUICC_ROOT
-                              "DownloadServers/smdp.example.com/IsDiscoveryServer\n" EUICC_ROOT
-                              "Policies/LocalUIEnabled");
+    assert_string_equal(text,
+                        EUICC_ROOT "Actions/ResetToFactoryState\n" EUICC_ROOT
+                                   "DownloadServers/smdp.example.com/AutoEnable\n" EUICC_ROOT
+                                   "DownloadServers/smdp.example.com/IsDiscoveryServer\n" EUICC_ROOT
+                                   "Policies/LocalUIEnabled");
     /* The verbs, in order. */
     xpath_texts(&d, "/s:SyncML/s:SyncBody/s:Exec/s:Item/s:Target/s:LocURI", text, sizeof text);
     assert_string_equal(text, EUICC_ROOT "Actions/ResetToFactoryState");
@@ -608,14 +614,15 @@ static void test_syncml_minimal_documents(void **state)
     char text[1024];
 
     /* A server alone: AutoEnable false and IsDiscoveryServer as given. */
-    esim_windows_csp csp = {.eid = VALID_EID, .server = "smds.example.net", .discovery_server = true};
+    esim_windows_csp csp = {
+        .eid = VALID_EID, .server = "smds.example.net", .discovery_server = true};
     esim_buf out = {0};
     assert_int_equal(esim_windows_csp_syncml(&csp, &out, &err), ESIM_OK);
     syncml_doc d;
     parse_syncml(&out, &d);
     xpath_texts(&d, "/s:SyncML/s:SyncBody/s:Add/s:Item/s:Target/s:LocURI", text, sizeof text);
     assert_string_equal(text, EUICC_ROOT "DownloadServers/smds.example.net/AutoEnable\n" EUICC_ROOT
-                              "DownloadServers/smds.example.net/IsDiscoveryServer");
+                                         "DownloadServers/smds.example.net/IsDiscoveryServer");
     xpath_texts(&d, "/s:SyncML/s:SyncBody/s:Add/s:Item/s:Data", text, sizeof text);
     assert_string_equal(text, "false\ntrue");
     assert_true(xpath_number(&d, "count(//s:Exec|//s:Replace)") == 0);

@@ -89,8 +89,13 @@ static int run_extractor(const fixture *fx, const char *schema, const char *outp
 {
     char log[128];
     snprintf(log, sizeof log, "%s/log", fx->dir);
-    char *argv[] = {(char *)PYTHON, (char *)fx->script, (char *)"--schema", (char *)schema,
-                    (char *)"--output", (char *)output, NULL};
+    char *argv[] = {(char *)PYTHON,
+                    (char *)fx->script,
+                    (char *)"--schema",
+                    (char *)schema,
+                    (char *)"--output",
+                    (char *)output,
+                    NULL};
     posix_spawn_file_actions_t fa;
     assert_int_equal(posix_spawn_file_actions_init(&fa), 0);
     posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
