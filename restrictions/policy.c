@@ -162,6 +162,12 @@ esim_err esim_policy_to_profile(const esim_policy *p, const esim_profile_opts *o
                          "the eSIM policy sets nothing: set at least one of esim_modification, "
                          "preserve_esim_on_erase, esim_outgoing_transfers, "
                          "cellular_plan_modification");
+    for (size_t i = 0; i < FIELD_COUNT; i++) {
+        esim_tri v = field_value(p, &fields[i]);
+        if (v != ESIM_TRI_UNSET && !tri_is_set(v))
+            return esim_fail(err, ESIM_EINVAL, "%s holds %d, which is not unset, false or true",
+                             fields[i].apple_key, (int)v);
+    }
     if (signer && (!signer->x509 || !signer->key))
         return esim_fail(err, ESIM_EINVAL, "the signer needs both a certificate and its key");
 

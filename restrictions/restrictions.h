@@ -62,8 +62,9 @@ plist_t esim_policy_to_payload(const esim_policy *p, const char *payload_identif
  * ".applicationaccess". On success *out is replaced (its old bytes freed;
  * pass a zeroed or valid buffer) and owned by the caller (esim_buf_free).
  * On failure *out is untouched and:
- *   ESIM_EINVAL   NULL |p| or |out|, an empty policy, an identifier over
- *                 200 bytes, a signer without key, or a bad profile option
+ *   ESIM_EINVAL   NULL |p| or |out|, an empty policy, a field holding a
+ *                 value outside esim_tri, an identifier over 200 bytes, a
+ *                 signer without certificate or key, or a bad profile option
  *                 (as esim_profile_build reports it);
  *   ESIM_ECRYPTO  signing failed;  ESIM_ENOMEM  out of memory.
  */

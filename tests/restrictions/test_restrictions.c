@@ -372,6 +372,11 @@ static void test_profile_refusals(void **state)
     esim_profile_opts opts = {.identifier = long_id};
     assert_int_equal(esim_policy_to_profile(&p, &opts, NULL, &out, &err), ESIM_EINVAL);
     assert_null(out.data);
+    /* A value outside the enum (a caller's uninitialised memory) is refused. */
+    esim_policy garbage = {ESIM_TRI_FALSE, (esim_tri)5, ESIM_TRI_UNSET, ESIM_TRI_UNSET};
+    assert_int_equal(esim_policy_to_profile(&garbage, NULL, NULL, &out, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "forcePreserveESIMOnErase"));
+    assert_null(out.data);
 }
 
 /* ---- OS versions and applicability ------------------------------------------ */
