@@ -1,0 +1,600 @@
+/*
+ * euicc.c — the virtual eUICC: its EID, a P-256 key that never leaves it and
+ * a certificate from the test EUM, the profiles with their SGP.22 rules
+ * (one enabled at a time, PPR1/PPR2, delete only when disabled), the
+ * notifications it owes its SM-DP+s, and its crash-safe JSON form.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
+
+#include "sim/sim_internal.h"
+
+/* Pending notifications the eUICC keeps; SGP.22 leaves the number to the
+ * implementation. When full, the oldest is dropped to make room. */
+#define SIM_MAX_NOTIFICATIONS 64
+
+struct sim_euicc {
+    const sim_pki *pki;
+    char eid[ESIM_EID_LEN + 1];
+    esim_buf key_der;  /* private key, DER; parsed only when signing */
+    esim_buf cert_der; /* eUICC certificate, DER */
+    esim_buf eum_der;  /* the EUM certificate that signed it, DER */
+    sim_profile profiles[SIM_MAX_PROFILES];
+    size_t n_profiles;
+    sim_notification *notifs;
+    size_t n_notifs, cap_notifs; /* grown on demand: most eUICCs owe nothing */
+    uint32_t next_seq;
+    bool dirty;
+};
+
+const char *sim_result_name(sim_result r)
+{
+    switch (r) {
+    case SIM_RES_OK: return "ok";
+    case SIM_RES_ICCID_OR_AID_NOT_FOUND: return "iccidOrAidNotFound";
+    case SIM_RES_PROFILE_NOT_IN_DISABLED_STATE: return "profileNotInDisabledState";
+    case SIM_RES_PROFILE_NOT_IN_ENABLED_STATE: return "profileNotInEnabledState";
+    case SIM_RES_DISALLOWED_BY_POLICY: return "disallowedByPolicy";
+    case SIM_RES_CAT_BUSY: return "catBusy";
+    case SIM_RES_ICCID_ALREADY_EXISTS: return "iccidAlreadyExists";
+    case SIM_RES_INSUFFICIENT_MEMORY: return "insufficientMemory";
+    }
+    return "undefinedError";
+}
+
+const char *sim_notif_event_name(sim_notif_event ev)
+{
+    switch (ev) {
+    case SIM_NOTIF_INSTALL: return "install";
+    case SIM_NOTIF_ENABLE: return "enable";
+    case SIM_NOTIF_DISABLE: return "disable";
+    case SIM_NOTIF_DELETE: return "delete";
+    }
+    return "unknown";
+}
+
+static const char *class_name(sim_profile_class c)
+{
+    return c == SIM_CLASS_TEST ? "test" : c == SIM_CLASS_PROVISIONING ? "provisioning" : "operational";
+}
+
+static bool class_parse(const char *s, sim_profile_class *out)
+{
+    if (!s)
+        return false;
+    if (strcmp(s, "test") == 0)
+        *out = SIM_CLASS_TEST;
+    else if (strcmp(s, "provisioning") == 0)
+        *out = SIM_CLASS_PROVISIONING;
+    else if (strcmp(s, "operational") == 0)
+        *out = SIM_CLASS_OPERATIONAL;
+    else
+        return false;
+    return true;
+}
+
+/* ---- creation -------------------------------------------------------------- */
+
+static esim_err key_to_der(EVP_PKEY *k, esim_buf *out)
+{
+    unsigned char *der = NULL;
+    int n = i2d_PrivateKey(k, &der);
+    if (n <= 0)
+        return ESIM_ECRYPTO;
+    esim_buf_reset(out);
+    esim_err rc = esim_buf_append(out, der, (size_t)n);
+    OPENSSL_clear_free(der, (size_t)n);
+    return rc;
+}
+
+static EVP_PKEY *key_from_der(const esim_buf *b)
+{
+    const unsigned char *p = b->data;
+    return d2i_AutoPrivateKey(NULL, &p, (long)b->len);
+}
+
+/* Issues a fresh key and certificate for the eUICC from |eum|. */
+static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
+                           esim_error *err)
+{
+    char cn[64];
+    snprintf(cn, sizeof cn, "eUICC %s", e->eid);
+    esim_cert_spec spec = {
+        .common_name = cn,
+        .organization = "esim-mdm simulated eUICC",
+        .serial_number = e->eid, /* SGP.22: the eUICC certificate names its EID */
+        .key_type = ESIM_KEY_EC_P256,
+        .days = 3650,
+    };
+    esim_cert c = {0};
+    esim_err rc = esim_cert_issue(&spec, eum, &c, err);
+    if (rc != ESIM_OK)
+        return rc;
+    esim_buf key = {0}, cert = {0}, eumd = {0};
+    rc = key_to_der(c.key, &key);
+    if (rc == ESIM_OK)
+        rc = sim_x509_to_der(c.x509, &cert);
+    if (rc == ESIM_OK)
+        rc = sim_x509_to_der(eum_for_chain, &eumd);
+    esim_cert_clear(&c);
+    if (rc != ESIM_OK) {
+        esim_buf_free(&key);
+        esim_buf_free(&cert);
+        esim_buf_free(&eumd);
+        return esim_fail(err, rc, "could not encode the eUICC key or certificate");
+    }
+    esim_buf_free(&e->key_der);
+    esim_buf_free(&e->cert_der);
+    esim_buf_free(&e->eum_der);
+    e->key_der = key;
+    e->cert_der = cert;
+    e->eum_der = eumd;
+    e->dirty = true;
+    return ESIM_OK;
+}
+
+esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esim_error *err)
+{
+    if (!pki || !out)
+        return esim_fail(err, ESIM_EINVAL, "sim_euicc_new needs a PKI");
+    esim_err rc = esim_eid_validate(eid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    sim_euicc *e = calloc(1, sizeof *e);
+    if (!e)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    e->pki = pki;
+    memcpy(e->eid, eid, ESIM_EID_LEN + 1);
+    e->next_seq = 1;
+    rc = issue_cert(e, &pki->eum, pki->eum.x509, err);
+    if (rc != ESIM_OK) {
+        sim_euicc_free(e);
+        return rc;
+    }
+    *out = e;
+    return ESIM_OK;
+}
+
+esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
+                           esim_error *err)
+{
+    return issue_cert(e, eum, eum_for_chain, err);
+}
+
+void sim_euicc_free(sim_euicc *e)
+{
+    if (!e)
+        return;
+    if (e->key_der.data)
+        OPENSSL_cleanse(e->key_der.data, e->key_der.len);
+    esim_buf_free(&e->key_der);
+    esim_buf_free(&e->cert_der);
+    esim_buf_free(&e->eum_der);
+    free(e->notifs);
+    free(e);
+}
+
+const char *sim_euicc_eid(const sim_euicc *e) { return e->eid; }
+bool sim_euicc_dirty(const sim_euicc *e) { return e->dirty; }
+void sim_euicc_mark_clean(sim_euicc *e) { e->dirty = false; }
+X509 *sim_euicc_trusted_ci(const sim_euicc *e) { return e->pki->ci.x509; }
+
+/* ---- profiles -------------------------------------------------------------- */
+
+static sim_profile *find(sim_euicc *e, const char *iccid)
+{
+    if (!iccid)
+        return NULL;
+    for (size_t i = 0; i < e->n_profiles; i++)
+        if (strcmp(e->profiles[i].iccid, iccid) == 0)
+            return &e->profiles[i];
+    return NULL;
+}
+
+const sim_profile *sim_euicc_find(const sim_euicc *e, const char *iccid)
+{
+    return find((sim_euicc *)e, iccid);
+}
+
+const sim_profile *sim_euicc_enabled(const sim_euicc *e)
+{
+    for (size_t i = 0; i < e->n_profiles; i++)
+        if (e->profiles[i].state == SIM_PROFILE_ENABLED)
+            return &e->profiles[i];
+    return NULL;
+}
+
+size_t sim_euicc_profile_count(const sim_euicc *e) { return e->n_profiles; }
+
+const sim_profile *sim_euicc_profile_at(const sim_euicc *e, size_t i)
+{
+    return i < e->n_profiles ? &e->profiles[i] : NULL;
+}
+
+/* Queues a notification; the eUICC owes it to the profile's SM-DP+ until
+ * that server confirms it (ES9+ handleNotification). */
+static void notify(sim_euicc *e, sim_notif_event ev, const sim_profile *p)
+{
+    if (e->n_notifs == SIM_MAX_NOTIFICATIONS) {
+        memmove(e->notifs, e->notifs + 1, (e->n_notifs - 1) * sizeof *e->notifs);
+        e->n_notifs--;
+    }
+    if (e->n_notifs == e->cap_notifs) {
+        size_t cap = e->cap_notifs ? e->cap_notifs * 2 : 4;
+        if (cap > SIM_MAX_NOTIFICATIONS)
+            cap = SIM_MAX_NOTIFICATIONS;
+        sim_notification *nn = realloc(e->notifs, cap * sizeof *nn);
+        if (!nn)
+            return; /* out of memory: the notification is lost, the profile change stands */
+        e->notifs = nn;
+        e->cap_notifs = cap;
+    }
+    sim_notification *n = &e->notifs[e->n_notifs++];
+    memset(n, 0, sizeof *n);
+    n->seq = e->next_seq++;
+    n->event = ev;
+    memcpy(n->iccid, p->iccid, sizeof n->iccid);
+    memcpy(n->smdp_address, p->smdp_address, sizeof n->smdp_address);
+}
+
+esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, esim_error *err)
+{
+    if (!e || !p || !res)
+        return esim_fail(err, ESIM_EINVAL, "sim_euicc_install needs a profile");
+    esim_err rc = esim_iccid_validate(p->iccid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (p->profile_class > SIM_CLASS_OPERATIONAL)
+        return esim_fail(err, ESIM_EINVAL, "profile class %d is not test, provisioning or operational",
+                         (int)p->profile_class);
+    if (find(e, p->iccid)) {
+        *res = SIM_RES_ICCID_ALREADY_EXISTS;
+        return ESIM_OK;
+    }
+    if (e->n_profiles == SIM_MAX_PROFILES) {
+        *res = SIM_RES_INSUFFICIENT_MEMORY;
+        return ESIM_OK;
+    }
+    sim_profile *n = &e->profiles[e->n_profiles++];
+    *n = *p;
+    n->state = SIM_PROFILE_DISABLED; /* SGP.22: a downloaded profile arrives disabled */
+    n->iccid[SIM_ICCID_MAX] = '\0';
+    n->nickname[sizeof n->nickname - 1] = '\0';
+    n->service_provider[sizeof n->service_provider - 1] = '\0';
+    n->profile_name[sizeof n->profile_name - 1] = '\0';
+    n->smdp_address[sizeof n->smdp_address - 1] = '\0';
+    n->ppr &= SIM_PPR1 | SIM_PPR2;
+    notify(e, SIM_NOTIF_INSTALL, n);
+    e->dirty = true;
+    *res = SIM_RES_OK;
+    return ESIM_OK;
+}
+
+sim_result sim_euicc_enable(sim_euicc *e, const char *iccid)
+{
+    sim_profile *p = find(e, iccid);
+    if (!p)
+        return SIM_RES_ICCID_OR_AID_NOT_FOUND;
+    if (p->state == SIM_PROFILE_ENABLED)
+        return SIM_RES_PROFILE_NOT_IN_DISABLED_STATE;
+    sim_profile *cur = (sim_profile *)sim_euicc_enabled(e);
+    /* Enabling implicitly disables the current profile, which PPR1 forbids. */
+    if (cur && (cur->ppr & SIM_PPR1))
+        return SIM_RES_DISALLOWED_BY_POLICY;
+    if (cur) {
+        cur->state = SIM_PROFILE_DISABLED;
+        notify(e, SIM_NOTIF_DISABLE, cur);
+    }
+    p->state = SIM_PROFILE_ENABLED;
+    notify(e, SIM_NOTIF_ENABLE, p);
+    e->dirty = true;
+    return SIM_RES_OK;
+}
+
+sim_result sim_euicc_disable(sim_euicc *e, const char *iccid)
+{
+    sim_profile *p = find(e, iccid);
+    if (!p)
+        return SIM_RES_ICCID_OR_AID_NOT_FOUND;
+    if (p->state != SIM_PROFILE_ENABLED)
+        return SIM_RES_PROFILE_NOT_IN_ENABLED_STATE;
+    if (p->ppr & SIM_PPR1)
+        return SIM_RES_DISALLOWED_BY_POLICY;
+    p->state = SIM_PROFILE_DISABLED;
+    notify(e, SIM_NOTIF_DISABLE, p);
+    e->dirty = true;
+    return SIM_RES_OK;
+}
+
+static void remove_at(sim_euicc *e, size_t i)
+{
+    memmove(&e->profiles[i], &e->profiles[i + 1], (e->n_profiles - i - 1) * sizeof e->profiles[0]);
+    e->n_profiles--;
+}
+
+sim_result sim_euicc_delete(sim_euicc *e, const char *iccid)
+{
+    sim_profile *p = find(e, iccid);
+    if (!p)
+        return SIM_RES_ICCID_OR_AID_NOT_FOUND;
+    if (p->state != SIM_PROFILE_DISABLED)
+        return SIM_RES_PROFILE_NOT_IN_DISABLED_STATE;
+    if (p->ppr & SIM_PPR2)
+        return SIM_RES_DISALLOWED_BY_POLICY;
+    notify(e, SIM_NOTIF_DELETE, p);
+    remove_at(e, (size_t)(p - e->profiles));
+    e->dirty = true;
+    return SIM_RES_OK;
+}
+
+size_t sim_euicc_memory_reset(sim_euicc *e)
+{
+    size_t deleted = 0;
+    for (size_t i = 0; i < e->n_profiles;) {
+        /* SGP.22 eUICCMemoryReset removes operational profiles regardless of
+         * their state and policy rules; test profiles survive. */
+        if (e->profiles[i].profile_class == SIM_CLASS_OPERATIONAL) {
+            notify(e, SIM_NOTIF_DELETE, &e->profiles[i]);
+            remove_at(e, i);
+            deleted++;
+        } else {
+            i++;
+        }
+    }
+    if (deleted)
+        e->dirty = true;
+    return deleted;
+}
+
+/* ---- notifications -------------------------------------------------------- */
+
+size_t sim_euicc_notification_count(const sim_euicc *e) { return e->n_notifs; }
+
+const sim_notification *sim_euicc_notification_at(const sim_euicc *e, size_t i)
+{
+    return i < e->n_notifs ? &e->notifs[i] : NULL;
+}
+
+esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq)
+{
+    for (size_t i = 0; i < e->n_notifs; i++) {
+        if (e->notifs[i].seq == seq) {
+            memmove(&e->notifs[i], &e->notifs[i + 1], (e->n_notifs - i - 1) * sizeof *e->notifs);
+            e->n_notifs--;
+            e->dirty = true;
+            return ESIM_OK;
+        }
+    }
+    return ESIM_ENOTFOUND;
+}
+
+/* ---- crypto hooks ----------------------------------------------------------- */
+
+esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],
+                        esim_error *err)
+{
+    EVP_PKEY *k = key_from_der(&e->key_der);
+    if (!k)
+        return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
+    esim_err rc = sim_ecdsa_sign_raw(k, data, len, sig, err);
+    EVP_PKEY_free(k);
+    return rc;
+}
+
+esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *eum_b64)
+{
+    esim_err rc = esim_base64_encode(e->cert_der.data, e->cert_der.len, euicc_b64);
+    if (rc == ESIM_OK && eum_b64)
+        rc = esim_base64_encode(e->eum_der.data, e->eum_der.len, eum_b64);
+    return rc;
+}
+
+/* ---- JSON form and files --------------------------------------------------- */
+
+json_t *sim_euicc_to_json(const sim_euicc *e)
+{
+    json_t *j = json_object(), *profiles = json_array(), *notifs = json_array();
+    if (!j || !profiles || !notifs)
+        goto fail;
+    json_object_set_new(j, "eid", json_string(e->eid));
+    if (sim_json_set_b64(j, "key", e->key_der.data, e->key_der.len) != ESIM_OK ||
+        sim_json_set_b64(j, "cert", e->cert_der.data, e->cert_der.len) != ESIM_OK ||
+        sim_json_set_b64(j, "eum", e->eum_der.data, e->eum_der.len) != ESIM_OK)
+        goto fail;
+    json_object_set_new(j, "next_seq", json_integer(e->next_seq));
+    for (size_t i = 0; i < e->n_profiles; i++) {
+        const sim_profile *p = &e->profiles[i];
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}", "iccid", p->iccid,
+                              "state", p->state == SIM_PROFILE_ENABLED ? "enabled" : "disabled",
+                              "class", class_name(p->profile_class), "nickname", p->nickname,
+                              "service_provider", p->service_provider, "profile_name",
+                              p->profile_name, "ppr", (int)p->ppr, "smdp_address",
+                              p->smdp_address);
+        if (!o || json_array_append_new(profiles, o) != 0)
+            goto fail;
+    }
+    for (size_t i = 0; i < e->n_notifs; i++) {
+        const sim_notification *n = &e->notifs[i];
+        json_t *o = json_pack("{s:I, s:s, s:s, s:s}", "seq", (json_int_t)n->seq, "event",
+                              sim_notif_event_name(n->event), "iccid", n->iccid, "smdp_address",
+                              n->smdp_address);
+        if (!o || json_array_append_new(notifs, o) != 0)
+            goto fail;
+    }
+    json_object_set_new(j, "profiles", profiles);
+    json_object_set_new(j, "notifications", notifs);
+    return j;
+fail:
+    json_decref(j);
+    json_decref(profiles);
+    json_decref(notifs);
+    return NULL;
+}
+
+static esim_err copy_field(char *dst, size_t n, const json_t *o, const char *key, esim_error *err)
+{
+    const char *s = sim_json_str(o, key);
+    if (!s)
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: \"%s\" missing", key);
+    return sim_copy(dst, n, s, key, err);
+}
+
+static esim_err profile_from_json(const json_t *o, sim_profile *p, esim_error *err)
+{
+    memset(p, 0, sizeof *p);
+    esim_err rc;
+    if ((rc = copy_field(p->iccid, sizeof p->iccid, o, "iccid", err)) != ESIM_OK ||
+        (rc = esim_iccid_validate(p->iccid, err)) != ESIM_OK ||
+        (rc = copy_field(p->nickname, sizeof p->nickname, o, "nickname", err)) != ESIM_OK ||
+        (rc = copy_field(p->service_provider, sizeof p->service_provider, o, "service_provider",
+                         err)) != ESIM_OK ||
+        (rc = copy_field(p->profile_name, sizeof p->profile_name, o, "profile_name", err)) !=
+            ESIM_OK ||
+        (rc = copy_field(p->smdp_address, sizeof p->smdp_address, o, "smdp_address", err)) !=
+            ESIM_OK)
+        return rc;
+    const char *state = sim_json_str(o, "state");
+    if (!state || (strcmp(state, "enabled") != 0 && strcmp(state, "disabled") != 0))
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: profile %s has a bad state", p->iccid);
+    p->state = strcmp(state, "enabled") == 0 ? SIM_PROFILE_ENABLED : SIM_PROFILE_DISABLED;
+    if (!class_parse(sim_json_str(o, "class"), &p->profile_class))
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: profile %s has a bad class", p->iccid);
+    json_t *ppr = json_object_get(o, "ppr");
+    if (!json_is_integer(ppr) || json_integer_value(ppr) < 0 || json_integer_value(ppr) > 3)
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: profile %s has bad rules", p->iccid);
+    p->ppr = (unsigned)json_integer_value(ppr);
+    return ESIM_OK;
+}
+
+static esim_err notif_from_json(const json_t *o, sim_notification *n, esim_error *err)
+{
+    memset(n, 0, sizeof *n);
+    json_t *seq = json_object_get(o, "seq");
+    const char *ev = sim_json_str(o, "event");
+    if (!json_is_integer(seq) || json_integer_value(seq) <= 0 ||
+        json_integer_value(seq) > UINT32_MAX || !ev)
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: a notification is malformed");
+    n->seq = (uint32_t)json_integer_value(seq);
+    sim_notif_event evs[] = {SIM_NOTIF_INSTALL, SIM_NOTIF_ENABLE, SIM_NOTIF_DISABLE,
+                             SIM_NOTIF_DELETE};
+    bool found = false;
+    for (size_t i = 0; i < 4; i++)
+        if (strcmp(ev, sim_notif_event_name(evs[i])) == 0) {
+            n->event = evs[i];
+            found = true;
+        }
+    if (!found)
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: notification event \"%s\" unknown", ev);
+    esim_err rc = copy_field(n->iccid, sizeof n->iccid, o, "iccid", err);
+    if (rc == ESIM_OK)
+        rc = copy_field(n->smdp_address, sizeof n->smdp_address, o, "smdp_address", err);
+    return rc;
+}
+
+esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out,
+                             esim_error *err)
+{
+    const char *eid = sim_json_str(j, "eid");
+    esim_err rc = esim_eid_validate(eid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    sim_euicc *e = calloc(1, sizeof *e);
+    if (!e)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    e->pki = pki;
+    memcpy(e->eid, eid, ESIM_EID_LEN + 1);
+    json_t *seq = json_object_get(j, "next_seq");
+    json_t *profiles = json_object_get(j, "profiles"), *notifs = json_object_get(j, "notifications");
+    if ((rc = sim_json_b64(j, "key", &e->key_der, err)) != ESIM_OK ||
+        (rc = sim_json_b64(j, "cert", &e->cert_der, err)) != ESIM_OK ||
+        (rc = sim_json_b64(j, "eum", &e->eum_der, err)) != ESIM_OK)
+        goto fail;
+    EVP_PKEY *k = key_from_der(&e->key_der);
+    X509 *x = sim_x509_from_der(e->cert_der.data, e->cert_der.len);
+    char serial[64] = "";
+    bool sane = k && x && esim_cert_subject_field(x, NID_serialNumber, serial, sizeof serial) == ESIM_OK &&
+                strcmp(serial, e->eid) == 0 && X509_check_private_key(x, k) == 1;
+    EVP_PKEY_free(k);
+    X509_free(x);
+    if (!sane) {
+        rc = esim_fail(err, ESIM_EINVAL, "eUICC state: key or certificate damaged or not for EID %s",
+                       e->eid);
+        goto fail;
+    }
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 || json_integer_value(seq) > UINT32_MAX ||
+        !json_is_array(profiles) || json_array_size(profiles) > SIM_MAX_PROFILES ||
+        !json_is_array(notifs) || json_array_size(notifs) > SIM_MAX_NOTIFICATIONS) {
+        rc = esim_fail(err, ESIM_EINVAL, "eUICC state: next_seq, profiles or notifications malformed");
+        goto fail;
+    }
+    e->next_seq = (uint32_t)json_integer_value(seq);
+    size_t enabled = 0;
+    for (size_t i = 0; i < json_array_size(profiles); i++) {
+        rc = profile_from_json(json_array_get(profiles, i), &e->profiles[i], err);
+        if (rc != ESIM_OK)
+            goto fail;
+        for (size_t k2 = 0; k2 < i; k2++)
+            if (strcmp(e->profiles[k2].iccid, e->profiles[i].iccid) == 0) {
+                rc = esim_fail(err, ESIM_EINVAL, "eUICC state: ICCID %s appears twice",
+                               e->profiles[i].iccid);
+                goto fail;
+            }
+        enabled += e->profiles[i].state == SIM_PROFILE_ENABLED;
+        e->n_profiles++;
+    }
+    if (enabled > 1) {
+        rc = esim_fail(err, ESIM_EINVAL, "eUICC state: %zu profiles enabled, at most one may be",
+                       enabled);
+        goto fail;
+    }
+    if (json_array_size(notifs) > 0) {
+        e->cap_notifs = json_array_size(notifs);
+        e->notifs = calloc(e->cap_notifs, sizeof *e->notifs);
+        if (!e->notifs) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < json_array_size(notifs); i++) {
+        rc = notif_from_json(json_array_get(notifs, i), &e->notifs[i], err);
+        if (rc != ESIM_OK)
+            goto fail;
+        if (e->notifs[i].seq >= e->next_seq) {
+            rc = esim_fail(err, ESIM_EINVAL, "eUICC state: notification %u is ahead of next_seq",
+                           e->notifs[i].seq);
+            goto fail;
+        }
+        e->n_notifs++;
+    }
+    *out = e;
+    return ESIM_OK;
+fail:
+    sim_euicc_free(e);
+    return rc;
+}
+
+esim_err sim_euicc_save(sim_euicc *e, const char *path, esim_error *err)
+{
+    json_t *j = sim_euicc_to_json(e);
+    if (!j)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    esim_err rc = sim_json_save(j, path, 0600, err);
+    json_decref(j);
+    if (rc == ESIM_OK)
+        e->dirty = false;
+    return rc;
+}
+
+esim_err sim_euicc_load(const sim_pki *pki, const char *path, sim_euicc **out, esim_error *err)
+{
+    json_t *j = NULL;
+    esim_err rc = sim_json_load(path, 1 << 20, &j, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = sim_euicc_from_json(pki, j, out, err);
+    json_decref(j);
+    return rc;
+}

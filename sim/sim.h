@@ -1,0 +1,476 @@
+/*
+ * sim.h — the device simulator and the SM-DP+ simulator: virtual eUICCs with
+ * their GSMA test certificates, virtual iOS devices that answer MDM commands
+ * as an iPhone does, the operator's download server (SGP.22 ES9+ over HTTPS
+ * JSON) and the runtime that drives thousands of devices against the service
+ * over HTTP only, exactly as real devices do. docs/simulator.md explains the
+ * protocol simplifications.
+ *
+ * Ownership: every sim_X_new() has a sim_X_free() that accepts NULL. Strings
+ * passed in are copied unless a comment says otherwise. Pointers handed back
+ * by accessors (sim_euicc_profile_at, sim_smdp_order_at, ...) are borrowed and
+ * stay valid until the next call that changes that object.
+ *
+ * Errors: esim_err (core/esim.h) with a sentence in |err| (may be NULL).
+ * Library code never prints. Nothing here keeps global mutable state;
+ * callers that use threads with libevent must call evthread_use_pthreads().
+ */
+#ifndef ESIM_SIM_SIM_H
+#define ESIM_SIM_SIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/esim.h"
+#include "restrictions/restrictions.h"
+
+struct event_base;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the test PKI as the simulator uses it ------------------------------ */
+
+typedef struct sim_pki sim_pki;
+
+/*
+ * Opens the test PKI in |dir|, creating what is missing (esim_pki_create),
+ * and loads ca, server (+key), device-ca (+key), ci, eum (+key), dpauth
+ * (+key) and push.topic. *out is the caller's (sim_pki_free).
+ *   ESIM_EIO / ESIM_ECRYPTO  a file could not be made or read (|err| names it).
+ *   ESIM_ENOMEM.
+ */
+esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err);
+void sim_pki_free(sim_pki *pki);
+const char *sim_pki_dir(const sim_pki *pki);
+/* The APNs topic of push.pem ("com.apple.mgmt.External.<uuid>"). */
+const char *sim_pki_topic(const sim_pki *pki);
+/* Path of ca.pem, the trust anchor for the service, APNs mock and SM-DP+ TLS. */
+const char *sim_pki_ca_file(const sim_pki *pki);
+
+/* ---- virtual eUICC (PROTOCOLS.md §5) -------------------------------------- */
+
+typedef enum { SIM_PROFILE_DISABLED = 0, SIM_PROFILE_ENABLED = 1 } sim_profile_state;
+typedef enum {
+    SIM_CLASS_TEST = 0,
+    SIM_CLASS_PROVISIONING = 1,
+    SIM_CLASS_OPERATIONAL = 2,
+} sim_profile_class;
+
+/* Profile policy rules (SGP.22 PPR). */
+#define SIM_PPR1 0x1u /* the profile may not be disabled */
+#define SIM_PPR2 0x2u /* the profile may not be deleted */
+
+#define SIM_ICCID_MAX 20
+#define SIM_MAX_PROFILES 8 /* what the virtual eUICC has room for */
+
+typedef struct {
+    char iccid[SIM_ICCID_MAX + 1];
+    sim_profile_state state;
+    sim_profile_class profile_class;
+    char nickname[64];
+    char service_provider[64];
+    char profile_name[64];
+    unsigned ppr; /* SIM_PPR1 | SIM_PPR2 */
+    char smdp_address[128]; /* where its notifications go; may be empty */
+} sim_profile;
+
+/* Results of the eUICC's profile operations, as SGP.22 names them. */
+typedef enum {
+    SIM_RES_OK = 0,
+    SIM_RES_ICCID_OR_AID_NOT_FOUND,
+    SIM_RES_PROFILE_NOT_IN_DISABLED_STATE,
+    SIM_RES_PROFILE_NOT_IN_ENABLED_STATE,
+    SIM_RES_DISALLOWED_BY_POLICY,
+    SIM_RES_CAT_BUSY,
+    SIM_RES_ICCID_ALREADY_EXISTS,
+    SIM_RES_INSUFFICIENT_MEMORY,
+} sim_result;
+
+/* "ok", "iccidOrAidNotFound", ...; never NULL. */
+const char *sim_result_name(sim_result r);
+
+typedef enum {
+    SIM_NOTIF_INSTALL = 0,
+    SIM_NOTIF_ENABLE,
+    SIM_NOTIF_DISABLE,
+    SIM_NOTIF_DELETE,
+} sim_notif_event;
+
+/* "install", "enable", "disable", "delete". */
+const char *sim_notif_event_name(sim_notif_event ev);
+
+typedef struct {
+    uint32_t seq; /* monotonic per eUICC, never reused */
+    sim_notif_event event;
+    char iccid[SIM_ICCID_MAX + 1];
+    char smdp_address[128]; /* the SM-DP+ the notification is for */
+} sim_notification;
+
+typedef struct sim_euicc sim_euicc;
+
+/*
+ * A new eUICC with |eid| (validated): a fresh P-256 key pair, kept inside,
+ * and a certificate issued by the PKI's EUM whose subject serialNumber is
+ * the EID. No profiles. ESIM_EINVAL for a bad EID, ESIM_ECRYPTO, ESIM_ENOMEM.
+ * |pki| must outlive the eUICC.
+ */
+esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esim_error *err);
+void sim_euicc_free(sim_euicc *e);
+
+const char *sim_euicc_eid(const sim_euicc *e);
+
+/*
+ * Installs |p| (its |state| is ignored: a new profile arrives disabled) and
+ * queues an install notification for p->smdp_address. ESIM_EINVAL (nothing
+ * changes) for a bad ICCID or class. Otherwise ESIM_OK and *res is ok,
+ * iccidAlreadyExists or insufficientMemory (then nothing changed).
+ */
+esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, esim_error *err);
+
+/*
+ * Profile operations. Enabling one profile disables the enabled one (which
+ * must not carry PPR1); disabling needs an enabled profile without PPR1;
+ * deleting needs a disabled profile without PPR2. A refused operation
+ * changes nothing. Each change queues its notification(s).
+ */
+sim_result sim_euicc_enable(sim_euicc *e, const char *iccid);
+sim_result sim_euicc_disable(sim_euicc *e, const char *iccid);
+sim_result sim_euicc_delete(sim_euicc *e, const char *iccid);
+
+/* eUICC memory reset: deletes every operational profile, whatever its state
+ * or rules (test and provisioning profiles stay); a delete notification is
+ * queued for each. Returns how many were deleted. */
+size_t sim_euicc_memory_reset(sim_euicc *e);
+
+size_t sim_euicc_profile_count(const sim_euicc *e);
+const sim_profile *sim_euicc_profile_at(const sim_euicc *e, size_t i);
+const sim_profile *sim_euicc_find(const sim_euicc *e, const char *iccid);
+const sim_profile *sim_euicc_enabled(const sim_euicc *e); /* NULL when none */
+
+size_t sim_euicc_notification_count(const sim_euicc *e);
+const sim_notification *sim_euicc_notification_at(const sim_euicc *e, size_t i);
+/* Drops the notification |seq| once its server confirmed it; ESIM_ENOTFOUND. */
+esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq);
+
+/* True when the state changed since the last save/load. */
+bool sim_euicc_dirty(const sim_euicc *e);
+
+/* Crash-safe JSON file with everything, the private key included (0600). */
+esim_err sim_euicc_save(sim_euicc *e, const char *path, esim_error *err);
+/* ESIM_ENOTFOUND, ESIM_EIO, ESIM_EINVAL (a damaged file: |err| says what). */
+esim_err sim_euicc_load(const sim_pki *pki, const char *path, sim_euicc **out, esim_error *err);
+
+/* ---- HTTP client on libevent + libcurl multi ------------------------------ */
+
+typedef struct sim_http sim_http;
+
+typedef struct {
+    const char *method;              /* "GET", "POST", "PUT" */
+    const char *url;
+    const char *const *headers;      /* "Name: value" lines, may be NULL */
+    size_t n_headers;
+    const void *body;                /* copied; may be NULL */
+    size_t body_len;
+    long timeout_ms;                 /* 0 = 30 s */
+    const char *ca_file;             /* trust anchor for https; NULL = system */
+    const char *client_cert_file;    /* PEM, TLS client authentication; may be NULL */
+    const char *client_key_file;
+} sim_http_request;
+
+typedef struct {
+    esim_err err;    /* ESIM_OK when an HTTP answer arrived (any status) */
+    long status;     /* HTTP status */
+    esim_buf body;   /* owned by the client; valid during the callback */
+    char errmsg[256];
+} sim_http_response;
+
+typedef void (*sim_http_cb)(void *arg, sim_http_response *resp);
+
+esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err);
+/* Cancels what is in flight without calling callbacks. */
+void sim_http_free(sim_http *h);
+/* Starts a request; |cb| runs later from the event loop, exactly once. */
+esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
+                       esim_error *err);
+size_t sim_http_in_flight(const sim_http *h);
+
+/* ---- LPA side of SGP.22 ES9+ (what the device does with the eUICC) -------- */
+
+typedef struct {
+    esim_err err;            /* ESIM_OK: the profile is installed on the eUICC */
+    char iccid[SIM_ICCID_MAX + 1];
+    char subject_code[16];   /* SM-DP+ statusCodeData when it refused, else "" */
+    char reason_code[16];
+    char message[256];       /* in words, for the error chain */
+} sim_download_result;
+
+typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
+
+/*
+ * Runs a profile download from the SM-DP+ at |server_url| (https://host[:port])
+ * for |e|: initiateAuthentication, the eUICC verifies the SM-DP+ chain and
+ * signature, authenticateClient, getBoundProfilePackage, install. The new
+ * profile is installed disabled (enable it with sim_euicc_enable). |matching_id|
+ * may be NULL (default SM-DP+ discovery by EID). |e| must stay alive until |cb|.
+ */
+esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
+                          const char *matching_id, sim_download_cb cb, void *arg,
+                          esim_error *err);
+
+/*
+ * Sends every pending notification of |e| to its SM-DP+ (https://smdp_address),
+ * one at a time in sequence order, signed by the eUICC; removes each one the
+ * server confirms. |cb| (may be NULL) runs once with how many of them are
+ * still pending — before this returns when there was nothing to send.
+ */
+typedef void (*sim_notify_cb)(void *arg, size_t still_pending);
+esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, const char *ca_file,
+                                    sim_notify_cb cb, void *arg, esim_error *err);
+
+/* ---- SM-DP+ simulator ------------------------------------------------------ */
+
+typedef enum {
+    SIM_ORDER_AVAILABLE = 0, /* known, not released by the operator */
+    SIM_ORDER_RELEASED,      /* may be downloaded once */
+    SIM_ORDER_DOWNLOADED,    /* the bound package went out */
+    SIM_ORDER_INSTALLED,     /* the eUICC's install notification came back */
+    SIM_ORDER_ERROR,
+} sim_order_state;
+
+const char *sim_order_state_name(sim_order_state s); /* "Available", ... */
+
+typedef struct {
+    char eid[ESIM_EID_LEN + 1];
+    char iccid[SIM_ICCID_MAX + 1];
+    char matching_id[65];
+    sim_order_state state;
+    unsigned downloads; /* bound packages served */
+    unsigned installs;  /* install notifications accepted */
+    char error[128];
+} sim_order;
+
+typedef struct {
+    const sim_pki *pki;      /* server.pem for TLS, dpauth for signing; outlives the SM-DP+ */
+    const char *listen_host; /* NULL = 127.0.0.1 */
+    uint16_t port;           /* 0 = ephemeral */
+    const char *data_dir;    /* NULL: orders in memory only; else DIR/orders.json */
+    const char *admin_token; /* NULL: admin endpoints open (loopback); else Bearer token */
+    const char *service_provider; /* in profile metadata; NULL = "Simulated Operator" */
+} sim_smdp_config;
+
+typedef struct sim_smdp sim_smdp;
+
+/*
+ * Starts the SM-DP+ on |base| (the caller runs the loop). Endpoints:
+ * POST /gsma/rsp2/es9plus/{initiateAuthentication, authenticateClient,
+ * getBoundProfilePackage, handleNotification, cancelSession}; GET and POST
+ * /admin/orders (list; create {eid, iccid, matching_id?, released?});
+ * POST /admin/orders/release {iccid}. Orders found in data_dir are loaded.
+ *   ESIM_EINVAL bad config; ESIM_EIO cannot listen (|err| says why);
+ *   ESIM_ECRYPTO TLS setup failed; ESIM_ENOMEM.
+ */
+esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_smdp **out,
+                      esim_error *err);
+void sim_smdp_free(sim_smdp *s);
+uint16_t sim_smdp_port(const sim_smdp *s);
+/* "https://127.0.0.1:PORT": what goes into eSIMServerURL. */
+const char *sim_smdp_url(const sim_smdp *s);
+
+/* A new order. ESIM_EINVAL (bad EID, ICCID or matching ID), ESIM_EEXIST
+ * (the ICCID is already ordered), ESIM_EIO (could not persist). */
+esim_err sim_smdp_add_order(sim_smdp *s, const char *eid, const char *iccid,
+                            const char *matching_id, bool released, esim_error *err);
+/* Available -> Released. ESIM_ENOTFOUND, ESIM_ESTATE (not Available). */
+esim_err sim_smdp_release_order(sim_smdp *s, const char *iccid, esim_error *err);
+/* Lines "eid,iccid[,matching_id]" (a header line starting "eid" and blank
+ * lines are skipped), all released. All or nothing: a bad line (|err| gives
+ * its number) adds none. *added may be NULL. */
+esim_err sim_smdp_load_csv(sim_smdp *s, const char *path, size_t *added, esim_error *err);
+size_t sim_smdp_order_count(const sim_smdp *s);
+const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i);
+const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid);
+
+/* ---- virtual iOS device ----------------------------------------------------- */
+
+typedef struct sim_device sim_device;
+
+typedef struct {
+    const char *udid;          /* required, esim_udid_validate */
+    const char *eid;           /* required, valid EID */
+    const char *serial;        /* NULL = derived from the UDID */
+    const char *os_version;    /* NULL = "18.1" */
+    const char *product_name;  /* NULL = "iPhone16,1" */
+    bool supervised;
+} sim_device_spec;
+
+/* A factory-fresh device: not enrolled, no profiles, an empty eUICC, a new
+ * identity certificate from the PKI's device-ca (CN = UDID). */
+esim_err sim_device_new(const sim_pki *pki, const sim_device_spec *spec, sim_device **out,
+                        esim_error *err);
+void sim_device_free(sim_device *d);
+
+const char *sim_device_udid(const sim_device *d);
+const char *sim_device_os_version(const sim_device *d);
+bool sim_device_supervised(const sim_device *d);
+bool sim_device_enrolled(const sim_device *d);
+sim_euicc *sim_device_euicc(sim_device *d);
+const sim_euicc *sim_device_euicc_const(const sim_device *d);
+
+/* The merged restrictions of every installed profile (most restrictive
+ * wins), before and after what this OS/supervision ignores. */
+esim_policy sim_device_restrictions_declared(const sim_device *d);
+esim_policy sim_device_restrictions(const sim_device *d);
+
+/* Installed configuration profiles. */
+size_t sim_device_profile_count(const sim_device *d);
+const char *sim_device_profile_identifier(const sim_device *d, size_t i);
+
+/* Enrolment state, as the runtime sets it. The token is raw bytes. */
+void sim_device_set_enrolled(sim_device *d, bool enrolled);
+const unsigned char *sim_device_push_token(const sim_device *d, size_t *len);
+const char *sim_device_push_magic(const sim_device *d);
+/* A fresh push token and PushMagic (a device gets new ones after an erase). */
+void sim_device_new_push_identity(sim_device *d);
+
+/* The Mdm-Signature header value for |body|: base64 of a detached CMS
+ * signature by the device identity (certificate included). |out| replaced. */
+esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim_buf *out,
+                         esim_error *err);
+/* PEM files of the identity certificate and key, for TLS client auth; written
+ * under |dir| once, paths returned in the buffers. */
+esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *cert_path,
+                                   size_t cert_len, char *key_path, size_t key_len,
+                                   esim_error *err);
+
+/* Misbehaviour switches, as the runtime or a test sets them. */
+typedef struct {
+    bool locked;         /* answer NotNow to every command (screen locked) */
+    bool fail_download;  /* RefreshCellularPlans fails with 36003 (busy) */
+} sim_device_quirks;
+void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q);
+
+/* What to do with one command. */
+typedef struct {
+    esim_buf result;         /* the result plist to PUT (empty when |download| is set) */
+    bool download;           /* RefreshCellularPlans: run the LPA, then sim_device_finish_download */
+    char esim_server_url[2049];
+    char command_uuid[128];
+    bool erase;              /* EraseDevice acknowledged: wipe once the answer is sent */
+    bool preserve_data_plan; /* with |erase| */
+} sim_cmd_outcome;
+
+void sim_cmd_outcome_free(sim_cmd_outcome *o); /* NULL ok */
+
+/*
+ * Executes one command (the body of the service's answer) as iOS does and
+ * fills |out| (zeroed first; the caller frees it). A command the device
+ * cannot read is answered CommandFormatError; an unknown RequestType Error
+ * 12021. ESIM_OK unless memory or the plist builder failed.
+ */
+esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len,
+                                   sim_cmd_outcome *out, esim_error *err);
+
+/*
+ * After the LPA finished for |command_uuid|: on success enables the new
+ * profile (the enabled one is disabled) and answers Acknowledged; otherwise
+ * answers Error with a chain naming the cause (36001..36003 or the SM-DP+
+ * reason). |result| replaced.
+ */
+esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
+                                    const sim_download_result *r, esim_buf *result,
+                                    esim_error *err);
+
+/* The answer to a command the device declines right now (NotNow). */
+esim_err sim_device_not_now(const sim_device *d, const char *command_uuid, esim_buf *result,
+                            esim_error *err);
+
+/* Wipes the device as EraseDevice or a user erase does: configuration
+ * profiles and enrolment go; the eUICC is memory-reset unless |keep_esim|. */
+void sim_device_erase(sim_device *d, bool keep_esim);
+
+typedef enum {
+    SIM_ACTION_DELETE_ESIM = 0,   /* Settings > Cellular > Delete eSIM */
+    SIM_ACTION_TRANSFER_ESIM,     /* eSIM Quick Transfer to another iPhone */
+    SIM_ACTION_ERASE_ALL_CONTENT, /* Erase All Content and Settings */
+    SIM_ACTION_PASSCODE_WIPE,     /* wipe after too many passcode failures */
+    SIM_ACTION_FINDMY_ERASE,      /* erase started from Find My */
+} sim_user_action;
+
+/* "delete-esim", "transfer-esim", "erase-all-content", "passcode-wipe",
+ * "findmy-erase" in both directions; ESIM_EINVAL for another word. */
+const char *sim_user_action_name(sim_user_action a);
+esim_err sim_user_action_parse(const char *word, sim_user_action *out, esim_error *err);
+
+typedef struct {
+    bool allowed;        /* false: the restrictions refused it, nothing changed */
+    bool erased;         /* the device was wiped (it must re-enrol) */
+    bool esim_kept;      /* an erase kept the operational eSIM(s) */
+    char reason[256];    /* in words: what happened and which key decided */
+} sim_action_outcome;
+
+/* Performs |a| as a person on the phone, honouring the effective
+ * restrictions. ESIM_ESTATE when there is no eSIM to act on (delete/transfer);
+ * the outcome is filled either way. */
+esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_outcome *out,
+                                esim_error *err);
+
+bool sim_device_dirty(const sim_device *d);
+/* Crash-safe JSON file (0600: it holds the keys). */
+esim_err sim_device_save(sim_device *d, const char *path, esim_error *err);
+esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out, esim_error *err);
+
+/* A JSON summary (udid, eid, enrolled, supervised, os, restrictions, profiles,
+ * eSIMs, pending notifications) appended to |out|. */
+esim_err sim_device_describe_json(const sim_device *d, esim_buf *out, esim_error *err);
+
+/* ---- the runtime: N devices against the service ---------------------------- */
+
+typedef struct {
+    const char *server_url;     /* the service's check-in/command URL base (…/mdm added when no path) */
+    const char *apns_url;       /* APNs mock delivery listener */
+    const char *pki_dir;        /* required: the test PKI (created if missing) */
+    const char *data_dir;       /* NULL: nothing persisted; else DIR/devices/<UDID>.json */
+    const char *channel;        /* APNs mock channel; NULL = "devsim" */
+    const char *status_listen;  /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
+    unsigned devices;
+    double supervised_share, notnow_share, offline_share, fail_share;
+    uint64_t seed;
+    const char *os_version;     /* NULL: a mix of 16.4, 17.4, 18.1 */
+    bool tls_client_auth;       /* identity by TLS client certificate instead of Mdm-Signature */
+    unsigned offline_ms;        /* how long an offline device stays away; 0 = 3000 */
+    unsigned notnow_ms;         /* how long a locked device stays locked; 0 = 2000 */
+    unsigned max_concurrent;    /* check-ins in flight at once; 0 = 64 */
+} sim_devsim_config;
+
+typedef struct {
+    size_t devices, enrolled, pushes, checkins, commands;
+    size_t acknowledged, errors, not_now, downloads_ok, downloads_failed, http_errors;
+} sim_devsim_stats;
+
+typedef struct sim_devsim sim_devsim;
+
+/* Creates (or loads from data_dir) the devices and starts enrolling them on
+ * |base|. ESIM_EINVAL bad config, ESIM_EIO/ESIM_ECRYPTO PKI or files. */
+esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, sim_devsim **out,
+                        esim_error *err);
+/* Saves what changed and frees. */
+void sim_devsim_free(sim_devsim *s);
+uint16_t sim_devsim_status_port(const sim_devsim *s);
+size_t sim_devsim_device_count(const sim_devsim *s);
+sim_device *sim_devsim_device_at(sim_devsim *s, size_t i);
+sim_device *sim_devsim_find(sim_devsim *s, const char *udid);
+sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s);
+/* Performs a user action on a running device (re-enrols it after an erase). */
+esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action a,
+                                sim_action_outcome *out, esim_error *err);
+
+/* Deterministic identities for device |i| of a run seeded with |seed|. */
+void sim_devsim_identity(uint64_t seed, unsigned i, char udid[65], char eid[ESIM_EID_LEN + 1]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

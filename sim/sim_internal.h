@@ -1,0 +1,85 @@
+/*
+ * sim_internal.h — what the files of sim/ share and nobody else sees: the PKI
+ * struct, raw-signature ECDSA and certificate-chain checks for the GSMA
+ * chain, JSON helpers, and the eUICC's JSON form and signing hooks.
+ */
+#ifndef ESIM_SIM_SIM_INTERNAL_H
+#define ESIM_SIM_SIM_INTERNAL_H
+
+#include <limits.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "sim/sim.h"
+
+#define SIM_PATH_MAX 1024
+
+struct sim_pki {
+    char dir[SIM_PATH_MAX];
+    char topic[256];
+    char ca_file[SIM_PATH_MAX];
+    char server_cert_file[SIM_PATH_MAX];
+    char server_key_file[SIM_PATH_MAX];
+    esim_cert ca, server, device_ca, ci, eum, dpauth;
+    EVP_PKEY *identity_key; /* one RSA key shared by every simulated identity certificate */
+};
+
+/* ---- GSMA crypto (rsp_crypto.c) ---- */
+
+/* ECDSA P-256 over SHA-256, the signature as raw r||s (64 bytes), as GSMA does. */
+esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigned char sig[64],
+                            esim_error *err);
+/* ESIM_OK when |sig| (raw r||s) is |pub|'s signature of |data|, ESIM_ECRYPTO otherwise. */
+esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len,
+                              const unsigned char *sig, size_t sig_len, esim_error *err);
+/* Verifies |leaf| up to the trusted root |ci| through |intermediate| (may be NULL). */
+esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *err);
+/* DER <-> base64. */
+esim_err sim_x509_to_b64(X509 *x, esim_buf *out);
+X509 *sim_x509_from_b64(const char *b64, esim_error *err);
+esim_err sim_x509_to_der(X509 *x, esim_buf *out);
+X509 *sim_x509_from_der(const unsigned char *der, size_t len);
+
+/* ---- JSON helpers ---- */
+
+/* The string at |key| or NULL when absent or not a string. */
+const char *sim_json_str(const json_t *o, const char *key);
+/* Base64 string at |key| decoded into |out|; ESIM_EINVAL names the key. */
+esim_err sim_json_b64(const json_t *o, const char *key, esim_buf *out, esim_error *err);
+/* Sets |key| to the base64 of |data|. */
+esim_err sim_json_set_b64(json_t *o, const char *key, const void *data, size_t len);
+/* Compact, key-order-preserving dump into |out| (replaced). */
+esim_err sim_json_dump(const json_t *o, esim_buf *out);
+/* Writes |o| to |path| crash-safely with |mode|. */
+esim_err sim_json_save(const json_t *o, const char *path, unsigned mode, esim_error *err);
+/* Reads a JSON object from |path| (at most |max| bytes). */
+esim_err sim_json_load(const char *path, size_t max, json_t **out, esim_error *err);
+
+/* Safe string copy that refuses rather than truncates. */
+esim_err sim_copy(char *dst, size_t dst_len, const char *src, const char *what, esim_error *err);
+
+/* ---- eUICC internals (euicc.c) ---- */
+
+json_t *sim_euicc_to_json(const sim_euicc *e);
+esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out,
+                             esim_error *err);
+void sim_euicc_mark_clean(sim_euicc *e);
+/* Signs |data| with the eUICC's private key (raw r||s). */
+esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],
+                        esim_error *err);
+/* Base64 DER of the eUICC and EUM certificates. */
+esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *eum_b64);
+/* The CI the eUICC trusts (the PKI's). */
+X509 *sim_euicc_trusted_ci(const sim_euicc *e);
+/* Reallocates the eUICC's certificate from another EUM (tests of a foreign CI). */
+esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
+                           esim_error *err);
+
+/* ---- device internals ---- */
+/* Builds the identity certificate for |cn| signed by the PKI's device-ca with
+ * the shared identity key. */
+esim_err sim_identity_issue(const sim_pki *pki, const char *cn, X509 **out, esim_error *err);
+
+#endif

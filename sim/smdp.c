@@ -1,0 +1,1097 @@
+/*
+ * smdp.c — the SM-DP+ simulator: the operator's download server. SGP.22 ES9+
+ * endpoints over HTTPS JSON (libevent evhttp + OpenSSL), mutual
+ * authentication with the eUICC by ECDSA P-256 certificates from the test CI,
+ * orders per EID served exactly once, and an admin endpoint for orders.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/ssl.h>
+
+#include "sim/sim_internal.h"
+
+#define SMDP_MAX_BODY (256 * 1024)
+#define SMDP_MAX_SESSIONS 100000
+#define SMDP_SESSION_TTL_MS (5 * 60 * 1000)
+#define SMDP_SAVE_DELAY_MS 100
+
+enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED };
+
+typedef struct session {
+    struct session *next;
+    char txid[33];
+    enum session_state state;
+    unsigned char euicc_challenge[16];
+    unsigned char server_challenge[16];
+    char server_address[128];
+    char eid[ESIM_EID_LEN + 1];
+    size_t order;      /* index into orders, once authenticated */
+    X509 *euicc_cert;  /* verified, once authenticated */
+    int64_t created_ms;
+} session;
+
+typedef struct {
+    sim_order o;
+    size_t next_same_eid; /* SIZE_MAX ends the chain */
+} order_rec;
+
+struct sim_smdp {
+    struct event_base *base;
+    const sim_pki *pki;
+    SSL_CTX *ssl;
+    struct evhttp *http;
+    uint16_t port;
+    char url[64];
+    char addr_ip[64], addr_localhost[64];
+    char data_dir[SIM_PATH_MAX];
+    char admin_token[256];
+    char service_provider[64];
+    order_rec *orders;
+    size_t n_orders, cap_orders;
+    size_t *by_iccid, *by_eid; /* open addressing: order index + 1, 0 = empty */
+    size_t idx_cap;
+    session *sessions;
+    size_t n_sessions;
+    struct event *save_timer;
+    bool save_pending;
+};
+
+const char *sim_order_state_name(sim_order_state s)
+{
+    switch (s) {
+    case SIM_ORDER_AVAILABLE: return "Available";
+    case SIM_ORDER_RELEASED: return "Released";
+    case SIM_ORDER_DOWNLOADED: return "Downloaded";
+    case SIM_ORDER_INSTALLED: return "Installed";
+    case SIM_ORDER_ERROR: return "Error";
+    }
+    return "Unknown";
+}
+
+static bool order_state_parse(const char *s, sim_order_state *out)
+{
+    for (int i = SIM_ORDER_AVAILABLE; i <= SIM_ORDER_ERROR; i++)
+        if (s && strcmp(s, sim_order_state_name((sim_order_state)i)) == 0) {
+            *out = (sim_order_state)i;
+            return true;
+        }
+    return false;
+}
+
+/* ---- order indexes ---------------------------------------------------------- */
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, bool by_eid)
+{
+    if (!s->idx_cap || !key)
+        return SIZE_MAX;
+    for (size_t i = hash_str(key) & (s->idx_cap - 1);; i = (i + 1) & (s->idx_cap - 1)) {
+        if (tab[i] == 0)
+            return SIZE_MAX;
+        const sim_order *o = &s->orders[tab[i] - 1].o;
+        if (strcmp(by_eid ? o->eid : o->iccid, key) == 0)
+            return tab[i] - 1;
+    }
+}
+
+static void idx_put(sim_smdp *s, size_t *tab, const char *key, size_t order)
+{
+    size_t i = hash_str(key) & (s->idx_cap - 1);
+    while (tab[i] != 0)
+        i = (i + 1) & (s->idx_cap - 1);
+    tab[i] = order + 1;
+}
+
+/* Rebuilds both indexes at twice the order capacity (load factor <= 1/2). */
+static esim_err idx_rebuild(sim_smdp *s, size_t want)
+{
+    size_t cap = 64;
+    while (cap < want * 2)
+        cap *= 2;
+    size_t *a = calloc(cap, sizeof *a), *b = calloc(cap, sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return ESIM_ENOMEM;
+    }
+    free(s->by_iccid);
+    free(s->by_eid);
+    s->by_iccid = a;
+    s->by_eid = b;
+    s->idx_cap = cap;
+    for (size_t i = 0; i < s->n_orders; i++) {
+        s->orders[i].next_same_eid = SIZE_MAX;
+        idx_put(s, s->by_iccid, s->orders[i].o.iccid, i);
+        size_t head = idx_lookup(s, s->by_eid, s->orders[i].o.eid, true);
+        if (head == SIZE_MAX) {
+            idx_put(s, s->by_eid, s->orders[i].o.eid, i);
+        } else {
+            while (s->orders[head].next_same_eid != SIZE_MAX)
+                head = s->orders[head].next_same_eid;
+            s->orders[head].next_same_eid = i;
+        }
+    }
+    return ESIM_OK;
+}
+
+/* ---- persistence ------------------------------------------------------------ */
+
+static json_t *order_json(const sim_order *o)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:s}", "eid", o->eid, "iccid", o->iccid,
+                     "matching_id", o->matching_id, "state", sim_order_state_name(o->state),
+                     "downloads", (int)o->downloads, "installs", (int)o->installs, "error",
+                     o->error);
+}
+
+static esim_err save_now(sim_smdp *s, esim_error *err)
+{
+    s->save_pending = false;
+    if (!s->data_dir[0])
+        return ESIM_OK;
+    json_t *arr = json_array();
+    json_t *root = json_pack("{s:o}", "orders", arr);
+    if (!root)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < s->n_orders; i++)
+        json_array_append_new(arr, order_json(&s->orders[i].o));
+    char path[SIM_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/orders.json", s->data_dir);
+    esim_err rc = sim_json_save(root, path, 0644, err);
+    json_decref(root);
+    return rc;
+}
+
+static void save_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    /* A failed save is retried at the next change; the server keeps serving. */
+    save_now(arg, NULL);
+}
+
+/* Order state changes are written shortly after they happen (batched so a
+ * burst of downloads costs one write), and on shutdown. */
+static void schedule_save(sim_smdp *s)
+{
+    if (!s->data_dir[0] || s->save_pending)
+        return;
+    s->save_pending = true;
+    struct timeval tv = {0, SMDP_SAVE_DELAY_MS * 1000};
+    evtimer_add(s->save_timer, &tv);
+}
+
+/* ---- orders ------------------------------------------------------------------ */
+
+static esim_err validate_order(const char *eid, const char *iccid, const char *matching_id,
+                               esim_error *err)
+{
+    esim_err rc = esim_eid_validate(eid, err);
+    if (rc == ESIM_OK)
+        rc = esim_iccid_validate(iccid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (matching_id) {
+        size_t n = strlen(matching_id);
+        if (n > 64)
+            return esim_fail(err, ESIM_EINVAL, "matching ID is longer than 64 characters");
+        for (size_t i = 0; i < n; i++) {
+            char c = matching_id[i];
+            if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                  c == '-'))
+                return esim_fail(err, ESIM_EINVAL,
+                                 "matching ID may hold only letters, digits and '-'");
+        }
+    }
+    return ESIM_OK;
+}
+
+static esim_err add_order_rec(sim_smdp *s, const sim_order *o, esim_error *err)
+{
+    if (idx_lookup(s, s->by_iccid, o->iccid, false) != SIZE_MAX)
+        return esim_fail(err, ESIM_EEXIST, "ICCID %s is already ordered", o->iccid);
+    if (o->matching_id[0])
+        for (size_t i = 0; i < s->n_orders; i++)
+            if (strcmp(s->orders[i].o.matching_id, o->matching_id) == 0)
+                return esim_fail(err, ESIM_EEXIST, "matching ID %s is already used",
+                                 o->matching_id);
+    if (s->n_orders == s->cap_orders) {
+        size_t cap = s->cap_orders ? s->cap_orders * 2 : 64;
+        order_rec *n = realloc(s->orders, cap * sizeof *n);
+        if (!n)
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        s->orders = n;
+        s->cap_orders = cap;
+    }
+    size_t i = s->n_orders++;
+    s->orders[i].o = *o;
+    s->orders[i].next_same_eid = SIZE_MAX;
+    if (s->n_orders * 2 > s->idx_cap) {
+        if (idx_rebuild(s, s->cap_orders) != ESIM_OK) {
+            s->n_orders--;
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        return ESIM_OK;
+    }
+    idx_put(s, s->by_iccid, o->iccid, i);
+    size_t head = idx_lookup(s, s->by_eid, o->eid, true);
+    if (head == SIZE_MAX) {
+        idx_put(s, s->by_eid, o->eid, i);
+    } else {
+        while (s->orders[head].next_same_eid != SIZE_MAX)
+            head = s->orders[head].next_same_eid;
+        s->orders[head].next_same_eid = i;
+    }
+    return ESIM_OK;
+}
+
+esim_err sim_smdp_add_order(sim_smdp *s, const char *eid, const char *iccid,
+                            const char *matching_id, bool released, esim_error *err)
+{
+    esim_err rc = validate_order(eid, iccid, matching_id, err);
+    if (rc != ESIM_OK)
+        return rc;
+    sim_order o = {0};
+    snprintf(o.eid, sizeof o.eid, "%s", eid);
+    snprintf(o.iccid, sizeof o.iccid, "%s", iccid);
+    snprintf(o.matching_id, sizeof o.matching_id, "%s", matching_id ? matching_id : "");
+    o.state = released ? SIM_ORDER_RELEASED : SIM_ORDER_AVAILABLE;
+    rc = add_order_rec(s, &o, err);
+    if (rc == ESIM_OK)
+        schedule_save(s);
+    return rc;
+}
+
+esim_err sim_smdp_release_order(sim_smdp *s, const char *iccid, esim_error *err)
+{
+    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    if (i == SIZE_MAX)
+        return esim_fail(err, ESIM_ENOTFOUND, "no order for ICCID %s", iccid ? iccid : "(null)");
+    if (s->orders[i].o.state != SIM_ORDER_AVAILABLE)
+        return esim_fail(err, ESIM_ESTATE, "order %s is %s, only an Available order is released",
+                         iccid, sim_order_state_name(s->orders[i].o.state));
+    s->orders[i].o.state = SIM_ORDER_RELEASED;
+    schedule_save(s);
+    return ESIM_OK;
+}
+
+size_t sim_smdp_order_count(const sim_smdp *s) { return s->n_orders; }
+
+const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i)
+{
+    return i < s->n_orders ? &s->orders[i].o : NULL;
+}
+
+const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid)
+{
+    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    return i == SIZE_MAX ? NULL : &s->orders[i].o;
+}
+
+static char *trim(char *p)
+{
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t n = strlen(p);
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n'))
+        p[--n] = '\0';
+    return p;
+}
+
+esim_err sim_smdp_load_csv(sim_smdp *s, const char *path, size_t *added, esim_error *err)
+{
+    esim_buf b = {0};
+    esim_err rc = esim_read_file(path, 64u << 20, &b, err);
+    if (rc != ESIM_OK)
+        return rc;
+    /* Validate every line first: a manifest is taken whole or not at all. */
+    size_t n_before = s->n_orders, count = 0;
+    char *save = NULL;
+    unsigned line = 0;
+    for (char *l = strtok_r((char *)b.data, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        line++;
+        char *t = trim(l);
+        if (!*t || *t == '#' || (line == 1 && strncmp(t, "eid", 3) == 0))
+            continue;
+        char *f[4] = {0};
+        int nf = 0;
+        for (char *c = t; nf < 4;) {
+            f[nf++] = c;
+            c = strchr(c, ',');
+            if (!c)
+                break;
+            *c++ = '\0';
+        }
+        if (nf < 2 || nf > 3) {
+            rc = esim_fail(err, ESIM_EINVAL, "%s line %u: expected eid,iccid[,matching_id]", path,
+                           line);
+            break;
+        }
+        const char *mid = nf == 3 ? trim(f[2]) : NULL;
+        esim_error e2;
+        rc = validate_order(trim(f[0]), trim(f[1]), mid && *mid ? mid : NULL, &e2);
+        if (rc == ESIM_OK) {
+            sim_order o = {0};
+            snprintf(o.eid, sizeof o.eid, "%s", trim(f[0]));
+            snprintf(o.iccid, sizeof o.iccid, "%s", trim(f[1]));
+            snprintf(o.matching_id, sizeof o.matching_id, "%s", mid ? mid : "");
+            o.state = SIM_ORDER_RELEASED; /* a manifest handed over is ready to serve */
+            rc = add_order_rec(s, &o, &e2);
+        }
+        if (rc != ESIM_OK) {
+            esim_fail(err, rc, "%s line %u: %s", path, line, e2.msg);
+            break;
+        }
+        count++;
+    }
+    esim_buf_free(&b);
+    if (rc != ESIM_OK) {
+        s->n_orders = n_before;
+        idx_rebuild(s, s->cap_orders);
+        return rc;
+    }
+    if (added)
+        *added = count;
+    schedule_save(s);
+    return ESIM_OK;
+}
+
+static esim_err load_saved_orders(sim_smdp *s, esim_error *err)
+{
+    char path[SIM_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/orders.json", s->data_dir);
+    json_t *root = NULL;
+    esim_err rc = sim_json_load(path, 256u << 20, &root, err);
+    if (rc == ESIM_ENOTFOUND)
+        return ESIM_OK;
+    if (rc != ESIM_OK)
+        return rc;
+    json_t *arr = json_object_get(root, "orders"), *it;
+    size_t i;
+    json_array_foreach(arr, i, it)
+    {
+        sim_order o = {0};
+        const char *mid = sim_json_str(it, "matching_id");
+        rc = validate_order(sim_json_str(it, "eid"), sim_json_str(it, "iccid"),
+                            mid && *mid ? mid : NULL, err);
+        if (rc == ESIM_OK && !order_state_parse(sim_json_str(it, "state"), &o.state))
+            rc = esim_fail(err, ESIM_EINVAL, "%s: order %zu has an unknown state", path, i);
+        if (rc != ESIM_OK)
+            break;
+        snprintf(o.eid, sizeof o.eid, "%s", sim_json_str(it, "eid"));
+        snprintf(o.iccid, sizeof o.iccid, "%s", sim_json_str(it, "iccid"));
+        snprintf(o.matching_id, sizeof o.matching_id, "%s", mid ? mid : "");
+        snprintf(o.error, sizeof o.error, "%s",
+                 sim_json_str(it, "error") ? sim_json_str(it, "error") : "");
+        o.downloads = (unsigned)json_integer_value(json_object_get(it, "downloads"));
+        o.installs = (unsigned)json_integer_value(json_object_get(it, "installs"));
+        rc = add_order_rec(s, &o, err);
+        if (rc != ESIM_OK)
+            break;
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* ---- sessions ------------------------------------------------------------------ */
+
+static void session_free(session *ss)
+{
+    if (ss) {
+        X509_free(ss->euicc_cert);
+        free(ss);
+    }
+}
+
+static session *session_find(sim_smdp *s, const char *txid)
+{
+    for (session *ss = s->sessions; ss && txid; ss = ss->next)
+        if (strcmp(ss->txid, txid) == 0)
+            return ss;
+    return NULL;
+}
+
+static void session_remove(sim_smdp *s, session *target)
+{
+    for (session **pp = &s->sessions; *pp; pp = &(*pp)->next)
+        if (*pp == target) {
+            *pp = target->next;
+            s->n_sessions--;
+            session_free(target);
+            return;
+        }
+}
+
+static void sessions_expire(sim_smdp *s)
+{
+    int64_t now = esim_mono_ms();
+    for (session **pp = &s->sessions; *pp;) {
+        if (now - (*pp)->created_ms > SMDP_SESSION_TTL_MS) {
+            session *dead = *pp;
+            *pp = dead->next;
+            s->n_sessions--;
+            session_free(dead);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
+/* ---- HTTP plumbing -------------------------------------------------------------- */
+
+static void reply(struct evhttp_request *req, int code, json_t *body)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "X-Admin-Protocol", "gsma/rsp/v2.2.0");
+    struct evbuffer *out = evbuffer_new();
+    if (body && out) {
+        evhttp_add_header(h, "Content-Type", "application/json");
+        char *txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (txt) {
+            evbuffer_add(out, txt, strlen(txt));
+            free(txt);
+        }
+    }
+    json_decref(body);
+    evhttp_send_reply(req, code, code == 204 ? "No Content" : code < 300 ? "OK" : "Error", out);
+    if (out)
+        evbuffer_free(out);
+}
+
+static json_t *header_ok(void)
+{
+    return json_pack("{s:{s:s}}", "functionExecutionStatus", "status", "Executed-Success");
+}
+
+/* SGP.22 functional errors travel as HTTP 200 with status Failed and the
+ * subject/reason codes. */
+static void reply_failed(struct evhttp_request *req, const char *subject, const char *reason,
+                         const char *message)
+{
+    json_t *b = json_pack("{s:{s:{s:s, s:{s:s, s:s, s:s}}}}", "header", "functionExecutionStatus",
+                          "status", "Failed", "statusCodeData", "subjectCode", subject,
+                          "reasonCode", reason, "message", message);
+    reply(req, 200, b);
+}
+
+static json_t *read_json_body(struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    if (n == 0 || n > SMDP_MAX_BODY)
+        return NULL;
+    unsigned char *p = evbuffer_pullup(in, (ssize_t)n);
+    json_t *j = json_loadb((const char *)p, n, 0, NULL);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Decodes the base64 JSON object at |key| (a signed blob) into |raw| and *obj. */
+static bool signed_blob(const json_t *o, const char *key, esim_buf *raw, json_t **obj)
+{
+    if (sim_json_b64(o, key, raw, NULL) != ESIM_OK)
+        return false;
+    *obj = json_loadb((const char *)raw->data, raw->len, 0, NULL);
+    if (!json_is_object(*obj)) {
+        json_decref(*obj);
+        *obj = NULL;
+        return false;
+    }
+    return true;
+}
+
+static esim_err sign_blob(sim_smdp *s, json_t *resp, const char *blob_key, const char *sig_key,
+                          json_t *blob)
+{
+    esim_buf raw = {0};
+    unsigned char sig[64];
+    esim_err rc = sim_json_dump(blob, &raw);
+    if (rc == ESIM_OK)
+        rc = sim_ecdsa_sign_raw(s->pki->dpauth.key, raw.data, raw.len, sig, NULL);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, blob_key, raw.data, raw.len);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, sig_key, sig, sizeof sig);
+    esim_buf_free(&raw);
+    json_decref(blob);
+    return rc;
+}
+
+static bool b64_equals(const char *b64, const unsigned char *bytes, size_t n)
+{
+    esim_buf b = {0};
+    bool eq = b64 && esim_base64_decode(b64, strlen(b64), &b, NULL) == ESIM_OK && b.len == n &&
+              memcmp(b.data, bytes, n) == 0;
+    esim_buf_free(&b);
+    return eq;
+}
+
+/* ---- ES9+ ----------------------------------------------------------------------- */
+
+static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    esim_buf chal = {0};
+    const char *addr = sim_json_str(body, "smdpAddress");
+    if (sim_json_b64(body, "euiccChallenge", &chal, NULL) != ESIM_OK || chal.len != 16) {
+        esim_buf_free(&chal);
+        reply_failed(req, "8.1", "2.1", "euiccChallenge must be 16 bytes of base64");
+        return;
+    }
+    if (!addr || (strcmp(addr, s->addr_ip) != 0 && strcmp(addr, s->addr_localhost) != 0)) {
+        esim_buf_free(&chal);
+        reply_failed(req, "8.8.1", "3.8", "this is not the SM-DP+ address the eUICC asked for");
+        return;
+    }
+    sessions_expire(s);
+    if (s->n_sessions >= SMDP_MAX_SESSIONS) {
+        esim_buf_free(&chal);
+        reply_failed(req, "8.8", "6.4", "too many sessions in progress; retry later");
+        return;
+    }
+    session *ss = calloc(1, sizeof *ss);
+    unsigned char tx[16];
+    if (!ss || esim_random_bytes(tx, sizeof tx) != ESIM_OK ||
+        esim_random_bytes(ss->server_challenge, 16) != ESIM_OK) {
+        free(ss);
+        esim_buf_free(&chal);
+        reply(req, 500, NULL);
+        return;
+    }
+    for (size_t i = 0; i < sizeof tx; i++)
+        snprintf(ss->txid + 2 * i, 3, "%02X", tx[i]);
+    memcpy(ss->euicc_challenge, chal.data, 16);
+    snprintf(ss->server_address, sizeof ss->server_address, "%s", addr);
+    ss->state = SESSION_INITIATED;
+    ss->created_ms = esim_mono_ms();
+    ss->next = s->sessions;
+    s->sessions = ss;
+    s->n_sessions++;
+
+    esim_buf sc = {0}, cert = {0};
+    esim_base64_encode(ss->server_challenge, 16, &sc);
+    /* serverSigned1 binds the transaction, the eUICC's own challenge (so an
+     * old answer cannot be replayed to it) and our fresh challenge. */
+    json_t *signed1 = json_pack("{s:s, s:s, s:s, s:s}", "transactionId", ss->txid,
+                                "euiccChallenge", sim_json_str(body, "euiccChallenge"),
+                                "serverAddress", addr, "serverChallenge", (const char *)sc.data);
+    json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
+    esim_err rc = sim_x509_to_b64(s->pki->dpauth.x509, &cert);
+    if (rc == ESIM_OK && resp && signed1) {
+        json_object_set_new(resp, "serverCertificate", json_string((const char *)cert.data));
+        rc = sign_blob(s, resp, "serverSigned1", "serverSignature1", signed1);
+        signed1 = NULL;
+    }
+    json_decref(signed1);
+    esim_buf_free(&sc);
+    esim_buf_free(&cert);
+    esim_buf_free(&chal);
+    if (rc != ESIM_OK || !resp) {
+        json_decref(resp);
+        reply(req, 500, NULL);
+        return;
+    }
+    reply(req, 200, resp);
+}
+
+/* Verifies the eUICC and EUM certificates in |o| against our CI and returns
+ * the eUICC certificate and its EID (from the certificate, never the body). */
+static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o,
+                         X509 **euicc_out, char eid[ESIM_EID_LEN + 1])
+{
+    X509 *eum = sim_x509_from_b64(sim_json_str(o, "eumCertificate"), NULL);
+    X509 *euicc = sim_x509_from_b64(sim_json_str(o, "euiccCertificate"), NULL);
+    esim_error e2;
+    bool ok = false;
+    char serial[64] = "";
+    if (!eum || sim_chain_verify(s->pki->ci.x509, NULL, eum, &e2) != ESIM_OK)
+        reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
+    else if (!euicc || sim_chain_verify(s->pki->ci.x509, eum, euicc, &e2) != ESIM_OK)
+        reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not verify against the EUM");
+    else if (esim_cert_subject_field(euicc, NID_serialNumber, serial, sizeof serial) != ESIM_OK ||
+             esim_eid_validate(serial, NULL) != ESIM_OK)
+        reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not carry a valid EID");
+    else
+        ok = true;
+    X509_free(eum);
+    if (!ok) {
+        X509_free(euicc);
+        return false;
+    }
+    memcpy(eid, serial, ESIM_EID_LEN + 1);
+    *euicc_out = euicc;
+    return true;
+}
+
+static bool verify_sig(X509 *cert, const esim_buf *data, const json_t *o, const char *sig_key)
+{
+    esim_buf sig = {0};
+    EVP_PKEY *pub = X509_get0_pubkey(cert);
+    bool ok = pub && sim_json_b64(o, sig_key, &sig, NULL) == ESIM_OK &&
+              sim_ecdsa_verify_raw(pub, data->data, data->len, sig.data, sig.len, NULL) == ESIM_OK;
+    esim_buf_free(&sig);
+    return ok;
+}
+
+/* Picks the order for an authenticated EID, or answers why there is none. */
+static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *eid,
+                           const char *matching_id)
+{
+    if (matching_id && *matching_id) {
+        size_t i;
+        for (i = 0; i < s->n_orders; i++)
+            if (strcmp(s->orders[i].o.matching_id, matching_id) == 0)
+                break;
+        if (i == s->n_orders) {
+            reply_failed(req, "8.2.6", "3.8", "matching ID refused: no such order");
+            return SIZE_MAX;
+        }
+        const sim_order *o = &s->orders[i].o;
+        if (strcmp(o->eid, eid) != 0) {
+            reply_failed(req, "8.1.1", "3.8", "this order is for another EID");
+            return SIZE_MAX;
+        }
+        if (o->state == SIM_ORDER_AVAILABLE) {
+            reply_failed(req, "8.2", "1.2", "profile not released by the operator");
+            return SIZE_MAX;
+        }
+        if (o->state != SIM_ORDER_RELEASED) {
+            reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+            return SIZE_MAX;
+        }
+        return i;
+    }
+    /* Default SM-DP+ discovery (the MDM case): the order linked to this EID. */
+    bool consumed = false, available = false;
+    for (size_t i = idx_lookup(s, s->by_eid, eid, true); i != SIZE_MAX;
+         i = s->orders[i].next_same_eid) {
+        if (s->orders[i].o.state == SIM_ORDER_RELEASED)
+            return i;
+        if (s->orders[i].o.state == SIM_ORDER_AVAILABLE)
+            available = true;
+        else
+            consumed = true;
+    }
+    if (available)
+        reply_failed(req, "8.2", "1.2", "profile not released by the operator");
+    else if (consumed)
+        reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+    else
+        reply_failed(req, "8.1.1", "2.2", "no profile ordered for this EID");
+    return SIZE_MAX;
+}
+
+static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    session *ss = session_find(s, sim_json_str(body, "transactionId"));
+    if (!ss || ss->state != SESSION_INITIATED) {
+        reply_failed(req, "8.10.1", "3.9", "unknown or already used transactionId");
+        return;
+    }
+    json_t *asr = json_object_get(body, "authenticateServerResponse");
+    X509 *euicc = NULL;
+    char eid[ESIM_EID_LEN + 1];
+    esim_buf raw = {0};
+    json_t *signed1 = NULL;
+    if (!json_is_object(asr) || !verify_euicc(s, req, asr, &euicc, eid))
+        goto fail_quiet;
+    if (!signed_blob(asr, "euiccSigned1", &raw, &signed1) ||
+        !verify_sig(euicc, &raw, asr, "euiccSignature1")) {
+        reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        goto fail_quiet;
+    }
+    /* The eUICC must have signed *this* session's challenge: a signature
+     * replayed from another session names another challenge. */
+    if (!b64_equals(sim_json_str(signed1, "serverChallenge"), ss->server_challenge, 16) ||
+        !sim_json_str(signed1, "transactionId") ||
+        strcmp(sim_json_str(signed1, "transactionId"), ss->txid) != 0 ||
+        !sim_json_str(signed1, "serverAddress") ||
+        strcmp(sim_json_str(signed1, "serverAddress"), ss->server_address) != 0) {
+        reply_failed(req, "8.1", "6.1", "eUICC signed another session's challenge");
+        goto fail_quiet;
+    }
+    json_t *ctx = json_object_get(signed1, "ctxParams1");
+    size_t oi = choose_order(s, req, eid, sim_json_str(ctx, "matchingId"));
+    if (oi == SIZE_MAX)
+        goto fail_quiet;
+    const sim_order *o = &s->orders[oi].o;
+    ss->state = SESSION_AUTHENTICATED;
+    ss->order = oi;
+    ss->euicc_cert = euicc;
+    euicc = NULL;
+    memcpy(ss->eid, eid, sizeof eid);
+
+    json_t *resp = json_pack("{s:o, s:s, s:{s:s, s:s, s:s, s:s}}", "header", header_ok(),
+                             "transactionId", ss->txid, "profileMetadata", "iccid", o->iccid,
+                             "serviceProviderName", s->service_provider, "profileName",
+                             "Simulated eSIM", "profileClass", "operational");
+    json_t *signed2 = json_pack("{s:s, s:b}", "transactionId", ss->txid, "ccRequiredFlag", 0);
+    esim_buf cert = {0};
+    esim_err rc = resp && signed2 ? sim_x509_to_b64(s->pki->dpauth.x509, &cert) : ESIM_ENOMEM;
+    if (rc == ESIM_OK) {
+        json_object_set_new(resp, "smdpCertificate", json_string((const char *)cert.data));
+        rc = sign_blob(s, resp, "smdpSigned2", "smdpSignature2", signed2);
+        signed2 = NULL;
+    }
+    json_decref(signed2);
+    esim_buf_free(&cert);
+    esim_buf_free(&raw);
+    json_decref(signed1);
+    if (rc != ESIM_OK) {
+        json_decref(resp);
+        reply(req, 500, NULL);
+        return;
+    }
+    reply(req, 200, resp);
+    return;
+fail_quiet:
+    /* A failed authentication ends the session: the eUICC must start over. */
+    session_remove(s, ss);
+    X509_free(euicc);
+    esim_buf_free(&raw);
+    json_decref(signed1);
+}
+
+static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    session *ss = session_find(s, sim_json_str(body, "transactionId"));
+    if (!ss || ss->state != SESSION_AUTHENTICATED) {
+        reply_failed(req, "8.10.1", "3.9", "unknown transactionId or session not authenticated");
+        return;
+    }
+    json_t *pdr = json_object_get(body, "prepareDownloadResponse"), *signed2 = NULL;
+    esim_buf raw = {0};
+    if (!json_is_object(pdr) || !signed_blob(pdr, "euiccSigned2", &raw, &signed2) ||
+        !verify_sig(ss->euicc_cert, &raw, pdr, "euiccSignature2") ||
+        !sim_json_str(signed2, "transactionId") ||
+        strcmp(sim_json_str(signed2, "transactionId"), ss->txid) != 0) {
+        esim_buf_free(&raw);
+        json_decref(signed2);
+        session_remove(s, ss);
+        reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        return;
+    }
+    esim_buf_free(&raw);
+    json_decref(signed2);
+    sim_order *o = &s->orders[ss->order].o;
+    /* Consume once: whichever session gets here first takes the profile. */
+    if (o->state != SIM_ORDER_RELEASED) {
+        session_remove(s, ss);
+        reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+        return;
+    }
+    json_t *bpp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}", "transactionId", ss->txid,
+                            "eid", ss->eid, "iccid", o->iccid, "profileName", "Simulated eSIM",
+                            "serviceProviderName", s->service_provider, "profileClass",
+                            "operational", "ppr", 0, "smdpAddress", ss->server_address);
+    json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
+    esim_err rc = bpp && resp ? sign_blob(s, resp, "boundProfilePackage", "bppSignature", bpp)
+                              : ESIM_ENOMEM;
+    if (rc != ESIM_OK) {
+        if (!resp)
+            json_decref(bpp);
+        json_decref(resp);
+        reply(req, 500, NULL);
+        return;
+    }
+    o->state = SIM_ORDER_DOWNLOADED;
+    o->downloads++;
+    schedule_save(s);
+    session_remove(s, ss);
+    reply(req, 200, resp);
+}
+
+static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    X509 *euicc = NULL;
+    char eid[ESIM_EID_LEN + 1];
+    esim_buf raw = {0};
+    json_t *n = NULL;
+    if (!verify_euicc(s, req, body, &euicc, eid))
+        return;
+    if (!signed_blob(body, "pendingNotification", &raw, &n) ||
+        !verify_sig(euicc, &raw, body, "euiccNotificationSignature")) {
+        reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        goto out;
+    }
+    const char *ev = sim_json_str(n, "event"), *iccid = sim_json_str(n, "iccid");
+    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    /* Only the eUICC the profile was bound to can report its installation;
+     * a repeated notification is confirmed again but counted once. */
+    if (ev && strcmp(ev, "install") == 0 && i != SIZE_MAX &&
+        strcmp(s->orders[i].o.eid, eid) == 0) {
+        sim_order *o = &s->orders[i].o;
+        const char *result = sim_json_str(n, "result");
+        if (o->state == SIM_ORDER_DOWNLOADED) {
+            if (!result || strcmp(result, "ok") == 0) {
+                o->state = SIM_ORDER_INSTALLED;
+                o->installs++;
+            } else {
+                o->state = SIM_ORDER_ERROR;
+                snprintf(o->error, sizeof o->error, "installation failed: %s", result);
+            }
+            schedule_save(s);
+        }
+    }
+    reply(req, 204, NULL); /* SGP.22: handleNotification answers 204 No Content */
+out:
+    X509_free(euicc);
+    esim_buf_free(&raw);
+    json_decref(n);
+}
+
+static void es9_cancel(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    session *ss = session_find(s, sim_json_str(body, "transactionId"));
+    if (!ss) {
+        reply_failed(req, "8.10.1", "3.9", "unknown transactionId");
+        return;
+    }
+    if (ss->state == SESSION_AUTHENTICATED) {
+        json_t *c = json_object_get(body, "cancelSessionResponse"), *signed_c = NULL;
+        esim_buf raw = {0};
+        bool ok = json_is_object(c) && signed_blob(c, "euiccCancelSessionSigned", &raw, &signed_c) &&
+                  verify_sig(ss->euicc_cert, &raw, c, "euiccCancelSessionSignature");
+        esim_buf_free(&raw);
+        json_decref(signed_c);
+        if (!ok) {
+            reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+            return;
+        }
+    }
+    /* The order was never downloaded in this session, so it stays Released. */
+    session_remove(s, ss);
+    reply(req, 200, json_pack("{s:o}", "header", header_ok()));
+}
+
+/* ---- admin ----------------------------------------------------------------------- */
+
+static json_t *orders_json(const sim_smdp *s)
+{
+    json_t *arr = json_array(), *counts = json_object();
+    size_t c[SIM_ORDER_ERROR + 1] = {0};
+    for (size_t i = 0; i < s->n_orders; i++) {
+        json_array_append_new(arr, order_json(&s->orders[i].o));
+        c[s->orders[i].o.state]++;
+    }
+    for (int i = 0; i <= SIM_ORDER_ERROR; i++)
+        json_object_set_new(counts, sim_order_state_name((sim_order_state)i),
+                            json_integer((json_int_t)c[i]));
+    return json_pack("{s:o, s:o, s:I}", "orders", arr, "counts", counts, "total",
+                     (json_int_t)s->n_orders);
+}
+
+static void admin(sim_smdp *s, struct evhttp_request *req, const char *path)
+{
+    if (s->admin_token[0]) {
+        const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+        char want[300];
+        snprintf(want, sizeof want, "Bearer %s", s->admin_token);
+        if (!auth || strcmp(auth, want) != 0) {
+            reply(req, 401, json_pack("{s:s}", "error", "admin token required (Authorization: Bearer ...)"));
+            return;
+        }
+    }
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (strcmp(path, "/admin/orders") == 0 && m == EVHTTP_REQ_GET) {
+        reply(req, 200, orders_json(s));
+        return;
+    }
+    json_t *body = m == EVHTTP_REQ_POST ? read_json_body(req) : NULL;
+    esim_error e2;
+    esim_err rc;
+    if (strcmp(path, "/admin/orders") == 0 && body) {
+        json_t *rel = json_object_get(body, "released");
+        const char *mid = sim_json_str(body, "matching_id");
+        rc = sim_smdp_add_order(s, sim_json_str(body, "eid"), sim_json_str(body, "iccid"),
+                                mid && *mid ? mid : NULL, rel ? json_is_true(rel) : true, &e2);
+        if (rc == ESIM_OK)
+            reply(req, 201, order_json(sim_smdp_find_order(s, sim_json_str(body, "iccid"))));
+        else
+            reply(req, rc == ESIM_EEXIST ? 409 : 400, json_pack("{s:s}", "error", e2.msg));
+    } else if (strcmp(path, "/admin/orders/release") == 0 && body) {
+        rc = sim_smdp_release_order(s, sim_json_str(body, "iccid"), &e2);
+        if (rc == ESIM_OK)
+            reply(req, 200, order_json(sim_smdp_find_order(s, sim_json_str(body, "iccid"))));
+        else
+            reply(req, rc == ESIM_ENOTFOUND ? 404 : 409, json_pack("{s:s}", "error", e2.msg));
+    } else if (m == EVHTTP_REQ_POST) {
+        reply(req, 400, json_pack("{s:s}", "error", "body must be a JSON object"));
+    } else {
+        reply(req, 404, json_pack("{s:s}", "error", "no such admin endpoint"));
+    }
+    json_decref(body);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    sim_smdp *s = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    char path[256];
+    size_t n = strcspn(uri, "?");
+    if (n >= sizeof path) {
+        reply(req, 404, NULL);
+        return;
+    }
+    memcpy(path, uri, n);
+    path[n] = '\0';
+    if (strncmp(path, "/admin/", 7) == 0) {
+        admin(s, req, path);
+        return;
+    }
+    static const char prefix[] = "/gsma/rsp2/es9plus/";
+    if (strncmp(path, prefix, sizeof prefix - 1) != 0) {
+        reply(req, 404, json_pack("{s:s}", "error", "unknown path"));
+        return;
+    }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply(req, 405, NULL);
+        return;
+    }
+    const char *fn = path + sizeof prefix - 1;
+    json_t *body = read_json_body(req);
+    if (!body) {
+        reply_failed(req, "8.1", "2.1", "body must be a JSON object");
+        return;
+    }
+    if (strcmp(fn, "initiateAuthentication") == 0)
+        es9_initiate(s, req, body);
+    else if (strcmp(fn, "authenticateClient") == 0)
+        es9_authenticate_client(s, req, body);
+    else if (strcmp(fn, "getBoundProfilePackage") == 0)
+        es9_get_bpp(s, req, body);
+    else if (strcmp(fn, "handleNotification") == 0)
+        es9_handle_notification(s, req, body);
+    else if (strcmp(fn, "cancelSession") == 0)
+        es9_cancel(s, req, body);
+    else
+        reply(req, 404, json_pack("{s:s}", "error", "unknown ES9+ function"));
+    json_decref(body);
+}
+
+static struct bufferevent *make_tls_bev(struct event_base *base, void *arg)
+{
+    sim_smdp *s = arg;
+    SSL *ssl = SSL_new(s->ssl);
+    if (!ssl)
+        return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_smdp **out,
+                      esim_error *err)
+{
+    if (!base || !cfg || !cfg->pki || !out)
+        return esim_fail(err, ESIM_EINVAL, "the SM-DP+ needs an event base and a PKI");
+    if (cfg->data_dir && strlen(cfg->data_dir) >= SIM_PATH_MAX - 32)
+        return esim_fail(err, ESIM_EINVAL, "data directory path is too long");
+    if (cfg->admin_token && strlen(cfg->admin_token) >= 256)
+        return esim_fail(err, ESIM_EINVAL, "admin token is longer than 255 bytes");
+    sim_smdp *s = calloc(1, sizeof *s);
+    if (!s)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    s->base = base;
+    s->pki = cfg->pki;
+    snprintf(s->service_provider, sizeof s->service_provider, "%s",
+             cfg->service_provider ? cfg->service_provider : "Simulated Operator");
+    if (cfg->admin_token)
+        snprintf(s->admin_token, sizeof s->admin_token, "%s", cfg->admin_token);
+    esim_err rc = ESIM_OK;
+    if (cfg->data_dir) {
+        snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
+        rc = esim_mkdirs(s->data_dir, 0755, err);
+        if (rc == ESIM_OK)
+            rc = load_saved_orders(s, err);
+        if (rc != ESIM_OK)
+            goto fail;
+    }
+    s->save_timer = evtimer_new(base, save_timer_cb, s);
+    s->ssl = SSL_CTX_new(TLS_server_method());
+    if (!s->save_timer || !s->ssl || SSL_CTX_use_certificate(s->ssl, s->pki->server.x509) != 1 ||
+        SSL_CTX_use_PrivateKey(s->ssl, s->pki->server.key) != 1) {
+        rc = esim_fail(err, ESIM_ECRYPTO, "could not set up TLS with the PKI's server certificate");
+        goto fail;
+    }
+    SSL_CTX_set_min_proto_version(s->ssl, TLS1_2_VERSION);
+    s->http = evhttp_new(base);
+    if (!s->http) {
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    evhttp_set_bevcb(s->http, make_tls_bev, s);
+    evhttp_set_gencb(s->http, on_request, s);
+    evhttp_set_max_body_size(s->http, SMDP_MAX_BODY);
+    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+    const char *host = cfg->listen_host ? cfg->listen_host : "127.0.0.1";
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->http, host, cfg->port);
+    if (!bs) {
+        rc = esim_fail(err, ESIM_EIO, "cannot listen on %s:%u (in use or not a local address)",
+                       host, cfg->port);
+        goto fail;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) != 0) {
+        rc = esim_fail(err, ESIM_EIO, "cannot read the bound port");
+        goto fail;
+    }
+    s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                             : ((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(s->url, sizeof s->url, "https://127.0.0.1:%u", s->port);
+    snprintf(s->addr_ip, sizeof s->addr_ip, "127.0.0.1:%u", s->port);
+    snprintf(s->addr_localhost, sizeof s->addr_localhost, "localhost:%u", s->port);
+    *out = s;
+    return ESIM_OK;
+fail:
+    sim_smdp_free(s);
+    return rc;
+}
+
+void sim_smdp_free(sim_smdp *s)
+{
+    if (!s)
+        return;
+    if (s->save_pending)
+        save_now(s, NULL);
+    if (s->http)
+        evhttp_free(s->http);
+    if (s->save_timer)
+        event_free(s->save_timer);
+    SSL_CTX_free(s->ssl);
+    while (s->sessions) {
+        session *n = s->sessions->next;
+        session_free(s->sessions);
+        s->sessions = n;
+    }
+    free(s->orders);
+    free(s->by_iccid);
+    free(s->by_eid);
+    free(s);
+}
+
+uint16_t sim_smdp_port(const sim_smdp *s) { return s->port; }
+const char *sim_smdp_url(const sim_smdp *s) { return s->url; }

@@ -1,0 +1,104 @@
+/*
+ * sim_test.h — helpers the simulator tests share: temporary directories
+ * (mkdtemp, removed afterwards), a test PKI per test program, and running a
+ * libevent loop until an asynchronous answer arrives.
+ */
+#ifndef ESIM_TESTS_SIM_SIM_TEST_H
+#define ESIM_TESTS_SIM_SIM_TEST_H
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "sim/sim_internal.h"
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static inline void st_rmrf(const char *dir)
+{
+    if (dir && *dir)
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline char *st_tempdir(void)
+{
+    char tmpl[] = "/tmp/esim-simtest-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+/* One asynchronous HTTP exchange run to completion. */
+typedef struct {
+    bool done;
+    esim_err err;
+    long status;
+    esim_buf body;
+} st_reply;
+
+static inline void st_reply_cb(void *arg, sim_http_response *r)
+{
+    st_reply *w = arg;
+    w->done = true;
+    w->err = r->err;
+    w->status = r->status;
+    esim_buf_reset(&w->body);
+    esim_buf_append(&w->body, r->body.data ? r->body.data : (const unsigned char *)"", r->body.len);
+}
+
+static inline void st_run_until(struct event_base *base, const bool *done)
+{
+    int64_t start = esim_mono_ms();
+    while (!*done && esim_mono_ms() - start < 30000)
+        event_base_loop(base, EVLOOP_ONCE);
+}
+
+/* Sends |method| |url| with |body| (may be NULL; not consumed) and |headers|,
+ * waits, and returns the answer parsed as JSON (NULL if not JSON). */
+static inline json_t *st_request(struct event_base *base, sim_http *h, const char *method,
+                                 const char *url, const char *ca, const json_t *body,
+                                 const char *const *headers, size_t n_headers, long *status)
+{
+    st_reply w = {0};
+    char *txt = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    sim_http_request req = {.method = method, .url = url, .headers = headers,
+                            .n_headers = n_headers, .body = txt, .body_len = txt ? strlen(txt) : 0,
+                            .ca_file = ca};
+    if (sim_http_send(h, &req, st_reply_cb, &w, NULL) != ESIM_OK) {
+        free(txt);
+        return NULL;
+    }
+    free(txt);
+    st_run_until(base, &w.done);
+    if (status)
+        *status = w.err == ESIM_OK ? w.status : -1;
+    json_t *j = w.body.len ? json_loadb((const char *)w.body.data, w.body.len, 0, NULL) : NULL;
+    esim_buf_free(&w.body);
+    return j;
+}
+
+/* An EID made valid from |n|. */
+static inline void st_eid(unsigned n, char eid[ESIM_EID_LEN + 1])
+{
+    snprintf(eid, ESIM_EID_LEN + 1, "8904903200000000000000%08u00", n);
+    esim_eid_set_check_digits(eid, NULL);
+}
+
+/* An ICCID made valid from |n|. */
+static inline void st_iccid(unsigned n, char iccid[SIM_ICCID_MAX + 1])
+{
+    snprintf(iccid, SIM_ICCID_MAX + 1, "8901260%012u0", n);
+    esim_iccid_set_check_digit(iccid, NULL);
+}
+
+#endif

@@ -1,0 +1,332 @@
+/*
+ * test_sim_euicc.c — the virtual eUICC: its certificate, every profile rule of
+ * PROTOCOLS.md §5 (one enabled, PPR1/PPR2, delete only disabled, memory
+ * reset), notifications, and persistence across a restart.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "tests/sim/sim_test.h"
+
+typedef struct {
+    char *dir;
+    sim_pki *pki;
+} fixture;
+
+static fixture fx; /* per-process test fixture (tests/ may keep state) */
+
+static int setup_all(void **state)
+{
+    (void)state;
+    fx.dir = st_tempdir();
+    char pkidir[512];
+    snprintf(pkidir, sizeof pkidir, "%s/pki", fx.dir);
+    esim_error err;
+    if (sim_pki_open(pkidir, &fx.pki, &err) != ESIM_OK) {
+        fprintf(stderr, "pki: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown_all(void **state)
+{
+    (void)state;
+    sim_pki_free(fx.pki);
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    return 0;
+}
+
+static sim_euicc *new_euicc(unsigned n)
+{
+    char eid[ESIM_EID_LEN + 1];
+    st_eid(n, eid);
+    sim_euicc *e = NULL;
+    esim_error err;
+    assert_int_equal(sim_euicc_new(fx.pki, eid, &e, &err), ESIM_OK);
+    return e;
+}
+
+static sim_profile profile(unsigned n, sim_profile_class c, unsigned ppr)
+{
+    sim_profile p = {0};
+    st_iccid(n, p.iccid);
+    p.profile_class = c;
+    p.ppr = ppr;
+    snprintf(p.service_provider, sizeof p.service_provider, "Operator %u", n);
+    snprintf(p.smdp_address, sizeof p.smdp_address, "127.0.0.1:1");
+    return p;
+}
+
+static void install(sim_euicc *e, const sim_profile *p)
+{
+    sim_result r;
+    assert_int_equal(sim_euicc_install(e, p, &r, NULL), ESIM_OK);
+    assert_int_equal(r, SIM_RES_OK);
+}
+
+static const sim_notification *last_notif(sim_euicc *e)
+{
+    size_t n = sim_euicc_notification_count(e);
+    assert_true(n > 0);
+    return sim_euicc_notification_at(e, n - 1);
+}
+
+static void test_identity_and_certificate(void **state)
+{
+    (void)state;
+    sim_euicc *e = NULL;
+    esim_error err;
+    assert_int_equal(sim_euicc_new(fx.pki, "89049032000000000000000000000000", &e, &err), ESIM_EINVAL);
+    assert_null(e);
+    assert_int_equal(sim_euicc_new(fx.pki, "12345", &e, &err), ESIM_EINVAL);
+    e = new_euicc(1);
+    esim_buf cb = {0}, eb = {0};
+    assert_int_equal(sim_euicc_cert_b64(e, &cb, &eb), ESIM_OK);
+    X509 *cert = sim_x509_from_b64((const char *)cb.data, NULL);
+    X509 *eum = sim_x509_from_b64((const char *)eb.data, NULL);
+    assert_non_null(cert);
+    char serial[64];
+    assert_int_equal(esim_cert_subject_field(cert, NID_serialNumber, serial, sizeof serial), ESIM_OK);
+    assert_string_equal(serial, sim_euicc_eid(e));
+    /* CI -> EUM -> eUICC, P-256, and the key inside matches the certificate. */
+    assert_int_equal(sim_chain_verify(fx.pki->ci.x509, eum, cert, &err), ESIM_OK);
+    assert_int_equal(EVP_PKEY_get_base_id(X509_get0_pubkey(cert)), EVP_PKEY_EC);
+    unsigned char sig[64];
+    assert_int_equal(sim_euicc_sign(e, "abc", 3, sig, NULL), ESIM_OK);
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL), ESIM_OK);
+    sig[10] ^= 1;
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL), ESIM_ECRYPTO);
+    X509_free(cert);
+    X509_free(eum);
+    esim_buf_free(&cb);
+    esim_buf_free(&eb);
+    sim_euicc_free(e);
+}
+
+static void test_install_rules(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(2);
+    sim_profile a = profile(1, SIM_CLASS_OPERATIONAL, 0);
+    a.state = SIM_PROFILE_ENABLED; /* ignored: a new profile arrives disabled */
+    install(e, &a);
+    assert_int_equal(sim_euicc_find(e, a.iccid)->state, SIM_PROFILE_DISABLED);
+    assert_int_equal(last_notif(e)->event, SIM_NOTIF_INSTALL);
+    assert_int_equal(last_notif(e)->seq, 1);
+
+    sim_result r;
+    assert_int_equal(sim_euicc_install(e, &a, &r, NULL), ESIM_OK);
+    assert_int_equal(r, SIM_RES_ICCID_ALREADY_EXISTS);
+    sim_profile bad = a;
+    bad.iccid[5] ^= 1; /* Luhn digit no longer matches */
+    esim_error err;
+    assert_int_equal(sim_euicc_install(e, &bad, &r, &err), ESIM_EINVAL);
+    assert_int_equal(sim_euicc_profile_count(e), 1);
+    assert_int_equal(sim_euicc_notification_count(e), 1);
+
+    for (unsigned i = 2; i <= SIM_MAX_PROFILES; i++) {
+        sim_profile p = profile(i, SIM_CLASS_OPERATIONAL, 0);
+        install(e, &p);
+    }
+    sim_profile over = profile(99, SIM_CLASS_OPERATIONAL, 0);
+    assert_int_equal(sim_euicc_install(e, &over, &r, NULL), ESIM_OK);
+    assert_int_equal(r, SIM_RES_INSUFFICIENT_MEMORY);
+    assert_int_equal(sim_euicc_profile_count(e), SIM_MAX_PROFILES);
+    sim_euicc_free(e);
+}
+
+static void test_enable_disable_delete(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(3);
+    sim_profile a = profile(10, SIM_CLASS_OPERATIONAL, 0), b = profile(11, SIM_CLASS_OPERATIONAL, 0);
+    install(e, &a);
+    install(e, &b);
+    char unknown[21];
+    st_iccid(12, unknown);
+    assert_int_equal(sim_euicc_enable(e, unknown), SIM_RES_ICCID_OR_AID_NOT_FOUND);
+    assert_int_equal(sim_euicc_disable(e, unknown), SIM_RES_ICCID_OR_AID_NOT_FOUND);
+    assert_int_equal(sim_euicc_delete(e, unknown), SIM_RES_ICCID_OR_AID_NOT_FOUND);
+    assert_int_equal(sim_euicc_disable(e, a.iccid), SIM_RES_PROFILE_NOT_IN_ENABLED_STATE);
+
+    assert_int_equal(sim_euicc_enable(e, a.iccid), SIM_RES_OK);
+    assert_string_equal(sim_euicc_enabled(e)->iccid, a.iccid);
+    assert_int_equal(sim_euicc_enable(e, a.iccid), SIM_RES_PROFILE_NOT_IN_DISABLED_STATE);
+    assert_int_equal(sim_euicc_delete(e, a.iccid), SIM_RES_PROFILE_NOT_IN_DISABLED_STATE);
+
+    /* Enabling B disables A: at most one enabled, both changes notified. */
+    size_t before = sim_euicc_notification_count(e);
+    assert_int_equal(sim_euicc_enable(e, b.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_find(e, a.iccid)->state, SIM_PROFILE_DISABLED);
+    assert_string_equal(sim_euicc_enabled(e)->iccid, b.iccid);
+    assert_int_equal(sim_euicc_notification_count(e), before + 2);
+    const sim_notification *d = sim_euicc_notification_at(e, before);
+    assert_int_equal(d->event, SIM_NOTIF_DISABLE);
+    assert_string_equal(d->iccid, a.iccid);
+    assert_int_equal(last_notif(e)->event, SIM_NOTIF_ENABLE);
+
+    assert_int_equal(sim_euicc_delete(e, a.iccid), SIM_RES_OK);
+    assert_null(sim_euicc_find(e, a.iccid));
+    assert_int_equal(last_notif(e)->event, SIM_NOTIF_DELETE);
+    assert_int_equal(sim_euicc_disable(e, b.iccid), SIM_RES_OK);
+    assert_null(sim_euicc_enabled(e));
+    assert_int_equal(sim_euicc_delete(e, b.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_profile_count(e), 0);
+    sim_euicc_free(e);
+}
+
+static void test_policy_rules(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(4);
+    sim_profile p1 = profile(20, SIM_CLASS_OPERATIONAL, SIM_PPR1);
+    sim_profile p2 = profile(21, SIM_CLASS_OPERATIONAL, SIM_PPR2);
+    sim_profile other = profile(22, SIM_CLASS_OPERATIONAL, 0);
+    install(e, &p1);
+    install(e, &p2);
+    install(e, &other);
+    assert_int_equal(sim_euicc_enable(e, p1.iccid), SIM_RES_OK);
+    size_t n = sim_euicc_notification_count(e);
+    /* PPR1: may not be disabled, neither directly nor by enabling another. */
+    assert_int_equal(sim_euicc_disable(e, p1.iccid), SIM_RES_DISALLOWED_BY_POLICY);
+    assert_int_equal(sim_euicc_enable(e, other.iccid), SIM_RES_DISALLOWED_BY_POLICY);
+    assert_string_equal(sim_euicc_enabled(e)->iccid, p1.iccid);
+    /* PPR2: may not be deleted. */
+    assert_int_equal(sim_euicc_delete(e, p2.iccid), SIM_RES_DISALLOWED_BY_POLICY);
+    assert_non_null(sim_euicc_find(e, p2.iccid));
+    assert_int_equal(sim_euicc_notification_count(e), n); /* refusals change nothing */
+    sim_euicc_free(e);
+}
+
+static void test_memory_reset(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(5);
+    sim_profile op1 = profile(30, SIM_CLASS_OPERATIONAL, SIM_PPR1 | SIM_PPR2);
+    sim_profile op2 = profile(31, SIM_CLASS_OPERATIONAL, 0);
+    sim_profile test = profile(32, SIM_CLASS_TEST, 0);
+    install(e, &op1);
+    install(e, &op2);
+    install(e, &test);
+    assert_int_equal(sim_euicc_enable(e, op1.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_memory_reset(e), 2);
+    assert_int_equal(sim_euicc_profile_count(e), 1);
+    assert_non_null(sim_euicc_find(e, test.iccid));
+    assert_null(sim_euicc_enabled(e));
+    assert_int_equal(last_notif(e)->event, SIM_NOTIF_DELETE);
+    assert_int_equal(sim_euicc_memory_reset(e), 0);
+    sim_euicc_free(e);
+}
+
+static void test_notifications(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(6);
+    sim_profile a = profile(40, SIM_CLASS_OPERATIONAL, 0);
+    install(e, &a);
+    assert_int_equal(sim_euicc_enable(e, a.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_disable(e, a.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_delete(e, a.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_notification_count(e), 4);
+    sim_notif_event want[] = {SIM_NOTIF_INSTALL, SIM_NOTIF_ENABLE, SIM_NOTIF_DISABLE, SIM_NOTIF_DELETE};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(sim_euicc_notification_at(e, i)->seq, i + 1);
+        assert_int_equal(sim_euicc_notification_at(e, i)->event, want[i]);
+        assert_string_equal(sim_euicc_notification_at(e, i)->smdp_address, "127.0.0.1:1");
+    }
+    /* Kept until confirmed; confirmation of one leaves the others. */
+    assert_int_equal(sim_euicc_notification_remove(e, 2), ESIM_OK);
+    assert_int_equal(sim_euicc_notification_remove(e, 2), ESIM_ENOTFOUND);
+    assert_int_equal(sim_euicc_notification_count(e), 3);
+    assert_int_equal(sim_euicc_notification_at(e, 1)->seq, 3);
+    /* Sequence numbers never go back, even after removals. */
+    sim_profile b = profile(41, SIM_CLASS_OPERATIONAL, 0);
+    install(e, &b);
+    assert_int_equal(last_notif(e)->seq, 5);
+    assert_string_equal(sim_notif_event_name(SIM_NOTIF_DELETE), "delete");
+    assert_string_equal(sim_result_name(SIM_RES_PROFILE_NOT_IN_DISABLED_STATE), "profileNotInDisabledState");
+    sim_euicc_free(e);
+}
+
+static void test_persistence(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(7);
+    sim_profile a = profile(50, SIM_CLASS_OPERATIONAL, SIM_PPR2), b = profile(51, SIM_CLASS_TEST, 0);
+    snprintf(a.nickname, sizeof a.nickname, "Work line");
+    install(e, &a);
+    install(e, &b);
+    assert_int_equal(sim_euicc_enable(e, a.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_notification_remove(e, 1), ESIM_OK);
+    assert_true(sim_euicc_dirty(e));
+    char path[600];
+    snprintf(path, sizeof path, "%s/euicc7.json", fx.dir);
+    esim_error err;
+    assert_int_equal(sim_euicc_save(e, path, &err), ESIM_OK);
+    assert_false(sim_euicc_dirty(e));
+    esim_buf c1 = {0}, c2 = {0};
+    sim_euicc_cert_b64(e, &c1, NULL);
+    char eid[33];
+    strcpy(eid, sim_euicc_eid(e));
+    sim_euicc_free(e); /* the "restart" */
+
+    sim_euicc *r = NULL;
+    assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_OK);
+    assert_string_equal(sim_euicc_eid(r), eid);
+    assert_int_equal(sim_euicc_profile_count(r), 2);
+    assert_string_equal(sim_euicc_enabled(r)->iccid, a.iccid);
+    assert_string_equal(sim_euicc_find(r, a.iccid)->nickname, "Work line");
+    assert_int_equal(sim_euicc_find(r, a.iccid)->ppr, SIM_PPR2);
+    assert_int_equal(sim_euicc_find(r, b.iccid)->profile_class, SIM_CLASS_TEST);
+    assert_int_equal(sim_euicc_notification_count(r), 2);
+    sim_euicc_cert_b64(r, &c2, NULL);
+    assert_string_equal(c1.data, c2.data);
+    /* The key survived: it still signs for the same certificate. */
+    X509 *cert = sim_x509_from_b64((const char *)c2.data, NULL);
+    unsigned char sig[64];
+    assert_int_equal(sim_euicc_sign(r, "x", 1, sig, NULL), ESIM_OK);
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "x", 1, sig, 64, NULL), ESIM_OK);
+    X509_free(cert);
+    assert_int_equal(sim_euicc_disable(r, a.iccid), SIM_RES_OK);
+    assert_int_equal(last_notif(r)->seq, 4); /* continues after 1..3 */
+    esim_buf_free(&c1);
+    esim_buf_free(&c2);
+    sim_euicc_free(r);
+
+    assert_int_equal(sim_euicc_load(fx.pki, "/nonexistent/e.json", &r, &err), ESIM_ENOTFOUND);
+    /* A damaged file is refused with a reason, never half-loaded. */
+    json_t *j = NULL;
+    assert_int_equal(sim_json_load(path, 1 << 20, &j, &err), ESIM_OK);
+    json_t *profiles = json_object_get(j, "profiles");
+    json_object_set_new(json_array_get(profiles, 1), "state", json_string("enabled"));
+    assert_int_equal(sim_json_save(j, path, 0600, &err), ESIM_OK);
+    r = NULL;
+    assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_EINVAL);
+    assert_null(r);
+    assert_non_null(strstr(err.msg, "enabled"));
+    json_object_set_new(j, "eid", json_string("89049032000000000000000000000000"));
+    assert_int_equal(sim_json_save(j, path, 0600, &err), ESIM_OK);
+    assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_EINVAL);
+    json_decref(j);
+    assert_int_equal(esim_write_file_atomic(path, "{not json", 9, 0600, NULL), ESIM_OK);
+    assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_identity_and_certificate),
+        cmocka_unit_test(test_install_rules),
+        cmocka_unit_test(test_enable_disable_delete),
+        cmocka_unit_test(test_policy_rules),
+        cmocka_unit_test(test_memory_reset),
+        cmocka_unit_test(test_notifications),
+        cmocka_unit_test(test_persistence),
+    };
+    return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
