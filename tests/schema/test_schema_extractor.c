@@ -67,6 +67,8 @@ static void remove_tree(const char *path)
     }
     snprintf(cmd_path, sizeof cmd_path, "%s/schema/mdm/commands/device.esim.yaml", path);
     unlink(cmd_path);
+    snprintf(cmd_path, sizeof cmd_path, "%s/schema/mdm/profiles/TopLevel.yaml", path);
+    unlink(cmd_path);
     for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
         snprintf(cmd_path, sizeof cmd_path, "%s/schema/%s", path, sub[i]);
         rmdir(cmd_path);
@@ -175,6 +177,64 @@ static void test_reads_the_yaml(void **state)
                                  "optional\t1|2\t-\t-\n"));
     assert_non_null(strstr(text, "\n#absent\tmdm/profiles/com.apple.applicationaccess.yaml\n"));
     esim_buf_free(&table);
+
+    /* A profile file: nested arrays of dictionaries, ANY keys, dates, reals,
+     * iOS availability. */
+    snprintf(path, sizeof path, "%s/schema/mdm/profiles", fx->dir);
+    assert_int_equal(esim_mkdirs(path, 0700, NULL), ESIM_OK);
+    snprintf(path, sizeof path, "%s/schema/mdm/profiles/TopLevel.yaml", fx->dir);
+    static const char top_level[] = "payload:\n"
+                                    "  payloadtype: TopLevel\n"
+                                    "payloadkeys:\n"
+                                    "- key: PayloadContent\n"
+                                    "  type: <array>\n"
+                                    "  presence: required\n"
+                                    "  subkeys:\n"
+                                    "  - key: PayloadContentItem\n"
+                                    "    type: <dictionary>\n"
+                                    "    subkeys:\n"
+                                    "    - key: ANY\n"
+                                    "      type: <any>\n"
+                                    "      presence: required\n"
+                                    "- key: RemovalDate\n"
+                                    "  type: <date>\n"
+                                    "- key: DurationUntilRemoval\n"
+                                    "  supportedOS:\n"
+                                    "    iOS:\n"
+                                    "      introduced: '12.2'\n"
+                                    "      supervised: true\n"
+                                    "  type: <real>\n"
+                                    "  presence: optional\n";
+    assert_int_equal(esim_write_file_atomic(path, top_level, sizeof top_level - 1, 0600, NULL),
+                     ESIM_OK);
+    assert_int_equal(run_extractor(fx, schema, out), 0);
+    read_whole(out, &table);
+    text = (const char *)table.data;
+    static const char *const want[] = {
+        "\nprofile\tTopLevel\tPayloadContent\tarray\trequired\t-\t-\t-\n",
+        "\nprofile\tTopLevel\tPayloadContent[]\tdictionary\t-\t-\t-\t-\n",
+        "\nprofile\tTopLevel\tPayloadContent[]/ANY\tany\trequired\t-\t-\t-\n",
+        "\nprofile\tTopLevel\tRemovalDate\tdate\toptional\t-\t-\t-\n",
+        "\nprofile\tTopLevel\tDurationUntilRemoval\treal\toptional\t-\t12.2\ttrue\n",
+        "\n#source\tmdm/profiles/TopLevel.yaml\t",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(text, want[i]))
+            fail_msg("extractor output lacks '%s':\n%s", want[i], text);
+    esim_buf_free(&table);
+
+    /* An unknown type is an error, not a guess. */
+    static const char odd_type[] = "payload:\n  payloadtype: TopLevel\npayloadkeys:\n"
+                                   "- key: X\n  type: <blob>\n";
+    assert_int_equal(esim_write_file_atomic(path, odd_type, sizeof odd_type - 1, 0600, NULL),
+                     ESIM_OK);
+    snprintf(out, sizeof out, "%s/bad.tsv", fx->dir);
+    assert_int_not_equal(run_extractor(fx, schema, out), 0);
+    assert_int_equal(access(out, F_OK), -1);
+    snprintf(path, sizeof path, "%s/schema/mdm/profiles/TopLevel.yaml", fx->dir);
+    unlink(path);
+    snprintf(out, sizeof out, "%s/out1.tsv", fx->dir);
+    snprintf(path, sizeof path, "%s/schema/mdm/commands/device.esim.yaml", fx->dir);
 
     /* Not YAML at all: the script says so and writes nothing. */
     static const char broken[] = "payload: [unclosed\n";
