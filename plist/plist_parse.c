@@ -173,29 +173,65 @@ static esim_err bplist_object_offset(const bplist_layout *bl, uint64_t index, ui
     return ESIM_OK;
 }
 
+/* The length field of the object at |off|: low nibble, or 0xF and an int
+ * object after the marker. *pos is where the object's contents start. */
+static esim_err bplist_read_count(const bplist_layout *bl, uint64_t off, uint64_t *count,
+                                  uint64_t *pos, esim_error *err)
+{
+    *count = bl->data[off] & 0xF;
+    *pos = off + 1;
+    if (*count != 0xF)
+        return ESIM_OK;
+    if (*pos >= bl->table_offset)
+        return esim_fail(err, ESIM_EINVAL, "binary plist object is truncated");
+    unsigned int_marker = bl->data[*pos];
+    unsigned width = 1u << (int_marker & 0xF);
+    if ((int_marker >> 4) != 0x1 || width > 8 || *pos + 1 + width > bl->table_offset)
+        return esim_fail(err, ESIM_EINVAL, "binary plist object has a bad length");
+    *count = read_be(bl->data + *pos + 1, width);
+    *pos += 1 + width;
+    return ESIM_OK;
+}
+
+/*
+ * Strings must not hold U+0000: libplist 2.2 keeps the decoded length and
+ * asserts (aborting the process) when a later read finds strlen() shorter.
+ */
+static esim_err bplist_check_string(const bplist_layout *bl, uint64_t off, esim_error *err)
+{
+    unsigned type = bl->data[off] >> 4;
+    if (type != 0x5 && type != 0x6)
+        return ESIM_OK;
+    uint64_t count, pos;
+    esim_err rc = bplist_read_count(bl, off, &count, &pos, err);
+    if (rc != ESIM_OK)
+        return rc;
+    uint64_t unit = type == 0x6 ? 2 : 1;
+    if (count > (bl->table_offset - pos) / unit)
+        return esim_fail(err, ESIM_EINVAL, "binary plist string runs past its data");
+    const unsigned char *p = bl->data + pos;
+    for (uint64_t k = 0; k < count; k++) {
+        bool nul = unit == 1 ? p[k] == 0 : (p[2 * k] == 0 && p[2 * k + 1] == 0);
+        if (nul)
+            return esim_fail(err, ESIM_EINVAL, "binary plist string contains a NUL character");
+    }
+    return ESIM_OK;
+}
+
 /* For a container object: where its references start and how many there
  * are (dicts list keys then values). Scalars report *n_refs = 0. */
 static esim_err bplist_container_refs(const bplist_layout *bl, uint64_t off, uint64_t *refs_at,
                                       uint64_t *n_refs, esim_error *err)
 {
-    unsigned marker = bl->data[off];
-    unsigned type = marker >> 4;
+    unsigned type = bl->data[off] >> 4;
     *n_refs = 0;
     *refs_at = 0;
     if (type != 0xA && type != 0xC && type != 0xD)
-        return ESIM_OK;
-    uint64_t count = marker & 0xF;
-    uint64_t pos = off + 1;
-    if (count == 0xF) {
-        if (pos >= bl->table_offset)
-            return esim_fail(err, ESIM_EINVAL, "binary plist container is truncated");
-        unsigned int_marker = bl->data[pos];
-        unsigned width = 1u << (int_marker & 0xF);
-        if ((int_marker >> 4) != 0x1 || width > 8 || pos + 1 + width > bl->table_offset)
-            return esim_fail(err, ESIM_EINVAL, "binary plist container has a bad length");
-        count = read_be(bl->data + pos + 1, width);
-        pos += 1 + width;
-    }
+        return bplist_check_string(bl, off, err);
+    uint64_t count, pos;
+    esim_err rc = bplist_read_count(bl, off, &count, &pos, err);
+    if (rc != ESIM_OK)
+        return rc;
     uint64_t per_entry = (type == 0xD) ? 2u * bl->ref_size : bl->ref_size;
     if (count > (bl->table_offset - pos) / per_entry)
         return esim_fail(err, ESIM_EINVAL, "binary plist container runs past its data");
@@ -299,37 +335,44 @@ done:
 
 /* ---- parse and serialize ---------------------------------------------------- */
 
-static bool tree_deeper_than(plist_t node, unsigned depth_left)
+/*
+ * The post-parse rule check: nesting within |depth_left| and no string whose
+ * stored length disagrees with strlen() (see bplist_check_string). Keys are
+ * not fetched: plist_dict_next_item() with a key pointer is where libplist
+ * asserts; the pre-scans already refused NULs in keys.
+ */
+typedef enum { TREE_OK, TREE_TOO_DEEP, TREE_BAD_STRING } tree_verdict;
+
+static tree_verdict check_tree(plist_t node, unsigned depth_left)
 {
     plist_type t = plist_get_node_type(node);
+    if (t == PLIST_STRING) {
+        uint64_t len = 0;
+        const char *s = plist_get_string_ptr(node, &len);
+        return (s && strlen(s) == len) ? TREE_OK : TREE_BAD_STRING;
+    }
     if (t != PLIST_DICT && t != PLIST_ARRAY)
-        return false;
+        return TREE_OK;
     if (depth_left == 0)
-        return true;
+        return TREE_TOO_DEEP;
+    tree_verdict v = TREE_OK;
     if (t == PLIST_ARRAY) {
         uint32_t n = plist_array_get_size(node);
-        for (uint32_t k = 0; k < n; k++)
-            if (tree_deeper_than(plist_array_get_item(node, k), depth_left - 1))
-                return true;
-        return false;
+        for (uint32_t k = 0; k < n && v == TREE_OK; k++)
+            v = check_tree(plist_array_get_item(node, k), depth_left - 1);
+        return v;
     }
     plist_dict_iter it = NULL;
     plist_dict_new_iter(node, &it);
-    bool deeper = false;
-    for (;;) {
-        char *key = NULL;
+    while (v == TREE_OK) {
         plist_t val = NULL;
-        plist_dict_next_item(node, it, &key, &val);
-        free(key);
+        plist_dict_next_item(node, it, NULL, &val);
         if (!val)
             break;
-        if (tree_deeper_than(val, depth_left - 1)) {
-            deeper = true;
-            break;
-        }
+        v = check_tree(val, depth_left - 1);
     }
     free(it);
-    return deeper;
+    return v;
 }
 
 esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_limits *limits,
@@ -352,6 +395,10 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
         if (!plist_looks_like_plist(data, len))
             return esim_fail(err, ESIM_EINVAL,
                              "the body is not a plist (neither XML nor binary \"bplist00\")");
+        /* XML forbids U+0000, and libplist 2.2 would keep it inside a string
+         * whose later reads then abort on an assertion. */
+        if (memchr(data, '\0', len))
+            return esim_fail(err, ESIM_EINVAL, "the XML plist contains a NUL byte");
         rc = xml_check_nesting(data, len, l.max_depth, err);
     }
     if (rc != ESIM_OK)
@@ -369,10 +416,14 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
         return esim_fail(err, ESIM_EINVAL, "the plist's top level is not a dictionary");
     }
     /* The pre-scans are conservative; this walk is the rule itself. */
-    if (tree_deeper_than(node, l.max_depth)) {
+    tree_verdict verdict = check_tree(node, l.max_depth);
+    if (verdict != TREE_OK) {
         plist_free(node);
-        return esim_fail(err, ESIM_ETOOBIG,
-                         "plist nests containers deeper than the limit of %u levels", l.max_depth);
+        return verdict == TREE_TOO_DEEP
+                   ? esim_fail(err, ESIM_ETOOBIG,
+                               "plist nests containers deeper than the limit of %u levels",
+                               l.max_depth)
+                   : esim_fail(err, ESIM_EINVAL, "plist string contains a NUL character");
     }
     *root = node;
     return ESIM_OK;
@@ -465,8 +516,8 @@ esim_err plist_read_string(plist_t dict, const char *key, bool required, char *o
     uint64_t len = 0;
     const char *s = plist_get_string_ptr(node, &len);
     if (!s)
-        s = "";
-    return plist_copy_field(s, strlen(s), out, out_len, key, what, err);
+        return plist_copy_field("", 0, out, out_len, key, what, err);
+    return plist_copy_field(s, (size_t)len, out, out_len, key, what, err);
 }
 
 esim_err plist_read_bool(plist_t dict, const char *key, bool required, bool *out,

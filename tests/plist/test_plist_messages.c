@@ -590,6 +590,41 @@ static void test_service_subscriptions_malformed(void **state)
     }
 }
 
+/* libplist 2.2 aborts on an assertion when a string it parsed holds a NUL
+ * and is later read with plist_get_string_val / plist_dict_next_item; such
+ * bodies must be refused before anyone can read them. (Found by fuzzing.) */
+static void test_nul_in_strings_refused(void **state)
+{
+    (void)state;
+    plist_t root = plist_new_dict();
+    plist_dict_set_item(root, "UDID", plist_new_string("ABC"));
+    plist_dict_set_item(root, "Status", plist_new_string("Idle"));
+    plist_dict_set_item(root, "KeyQ", plist_new_string("ValueQ"));
+    esim_buf clean = {0};
+    assert_int_equal(esim_plist_serialize(root, ESIM_PLIST_BINARY, &clean, NULL), ESIM_OK);
+    plist_free(root);
+    const char *const needles[] = {"KeyQ", "ValueQ"};
+    for (size_t k = 0; k < 2; k++) {
+        esim_buf b = {0};
+        esim_buf_append(&b, clean.data, clean.len);
+        unsigned char *hit = memmem(b.data, b.len, needles[k], strlen(needles[k]));
+        assert_non_null(hit);
+        hit[strlen(needles[k]) - 1] = '\0';
+        esim_msg m;
+        esim_error err = {{0}};
+        assert_int_equal(esim_msg_parse(b.data, b.len, NULL, &m, &err), ESIM_EINVAL);
+        assert_non_null(strstr(err.msg, "NUL"));
+        esim_buf_free(&b);
+    }
+    esim_buf_free(&clean);
+    const char xml[] = "<plist><dict><key>UDID</key><string>ABC</string><key>Status</key>"
+                       "<string>Idle</string><key>X</key><string>a\0b</string></dict></plist>";
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_parse(xml, sizeof xml - 1, NULL, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "NUL"));
+}
+
 static void test_parse_dict_and_serialize(void **state)
 {
     (void)state;
@@ -628,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_hostile_binary_trailers),
         cmocka_unit_test(test_binary_cycle_refused),
         cmocka_unit_test(test_service_subscriptions_malformed),
+        cmocka_unit_test(test_nul_in_strings_refused),
         cmocka_unit_test(test_parse_dict_and_serialize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
