@@ -1,0 +1,906 @@
+/*
+ * campaign_engine.c — the per-device state machine of an eSIM campaign:
+ * paced first pushes (token bucket), the next step queued as soon as an
+ * answer arrives, back-off for NotNow and 36003, re-push of silent devices,
+ * expiry, verification against the expected EID/ICCID, pause/resume/cancel.
+ * Work is driven by a FIFO of devices to push and a min-heap of timers, so a
+ * tick costs what it does, never a scan of a million devices.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service/campaign.h"
+
+typedef struct {
+    int64_t at;
+    uint32_t dev;
+    uint16_t gen;
+} timer_entry;
+
+struct campaign {
+    char id[ESIM_UUID_LEN + 1];
+    char *name;
+    char *smdp_url;
+    campaign_spec spec; /* strings point at the fields above */
+    campaign_state state;
+    int64_t created_ms;
+
+    campaign_dev *devs;
+    size_t n;
+
+    uint32_t *ready; /* ring of devices waiting for a push slot */
+    size_t ready_head, ready_len;
+
+    timer_entry *heap;
+    size_t heap_len, heap_cap;
+
+    double tokens;
+    int64_t last_tick_ms;
+    bool ticked; /* last_tick_ms is meaningful */
+
+    size_t counts[CDEV_STATE_COUNT];
+    size_t refresh_acked;
+    uint64_t pushes, commands;
+
+    size_t *dirty; /* indices, capacity n */
+    size_t n_dirty;
+};
+
+static const char *const step_names[CAMPAIGN_STEP_COUNT] = {"profile", "refresh", "verify",
+                                                            "erase_keep_esim", "esim_wipe"};
+static const char *const dev_state_names[CDEV_STATE_COUNT] = {
+    "staged", "pending",    "active", "retry_wait", "verified",
+    "done",   "unverified", "failed", "timed_out",  "canceled"};
+static const char *const campaign_state_names[] = {"running", "staged", "paused", "canceled",
+                                                   "finished"};
+
+const char *campaign_step_name(campaign_step s)
+{
+    return (unsigned)s < CAMPAIGN_STEP_COUNT ? step_names[s] : "unknown";
+}
+
+esim_err campaign_step_parse(const char *word, campaign_step *out, esim_error *err)
+{
+    for (int i = 0; word && i < CAMPAIGN_STEP_COUNT; i++)
+        if (strcmp(word, step_names[i]) == 0) {
+            *out = (campaign_step)i;
+            return ESIM_OK;
+        }
+    return esim_fail(err, ESIM_EINVAL,
+                     "unknown step '%s': use profile, refresh, verify, erase_keep_esim or esim_wipe",
+                     word ? word : "");
+}
+
+const char *campaign_dev_state_name(campaign_dev_state s)
+{
+    return (unsigned)s < CDEV_STATE_COUNT ? dev_state_names[s] : "unknown";
+}
+
+esim_err campaign_dev_state_parse(const char *word, campaign_dev_state *out, esim_error *err)
+{
+    for (int i = 0; word && i < CDEV_STATE_COUNT; i++)
+        if (strcmp(word, dev_state_names[i]) == 0) {
+            *out = (campaign_dev_state)i;
+            return ESIM_OK;
+        }
+    return esim_fail(err, ESIM_EINVAL,
+                     "unknown device state '%s': use staged, pending, active, retry_wait, verified, "
+                     "done, unverified, failed, timed_out or canceled",
+                     word ? word : "");
+}
+
+bool campaign_dev_state_final(campaign_dev_state s)
+{
+    return s == CDEV_STAGED || s >= CDEV_VERIFIED;
+}
+
+const char *campaign_state_name(campaign_state s)
+{
+    return (unsigned)s <= CAMPAIGN_FINISHED ? campaign_state_names[s] : "unknown";
+}
+
+void campaign_settings_init(campaign_settings *s)
+{
+    s->pushes_per_second = 1000;
+    s->repush_after_ms = 4 * 3600 * 1000LL;
+    s->expiry_ms = 7 * 24 * 3600 * 1000LL;
+    s->retry_base_ms = 60 * 1000;
+    s->retry_max_ms = 3600 * 1000;
+    s->max_retries = 10;
+    s->verify_attempts = 3;
+}
+
+bool campaign_error_retryable(int64_t code)
+{
+    return code == 36003;
+}
+
+bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const char *eid,
+                                  const char *iccid)
+{
+    if (!eid || !*eid)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(subs[i].eid, eid) == 0 && (!iccid || !*iccid || strcmp(subs[i].iccid, iccid) == 0))
+            return true;
+    return false;
+}
+
+/* ---- accessors ------------------------------------------------------------ */
+
+const char *campaign_id(const campaign *c) { return c->id; }
+const char *campaign_name(const campaign *c) { return c->name ? c->name : ""; }
+campaign_state campaign_get_state(const campaign *c) { return c->state; }
+const campaign_spec *campaign_get_spec(const campaign *c) { return &c->spec; }
+int64_t campaign_created_ms(const campaign *c) { return c->created_ms; }
+size_t campaign_device_count(const campaign *c) { return c->n; }
+size_t campaign_refresh_acked(const campaign *c) { return c->refresh_acked; }
+uint64_t campaign_pushes(const campaign *c) { return c->pushes; }
+uint64_t campaign_commands(const campaign *c) { return c->commands; }
+
+const campaign_dev *campaign_device_at(const campaign *c, size_t i)
+{
+    return i < c->n ? &c->devs[i] : NULL;
+}
+
+long campaign_find_device(const campaign *c, const char *udid)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (strcmp(c->devs[i].udid, udid) == 0)
+            return (long)i;
+    return -1;
+}
+
+void campaign_counts(const campaign *c, size_t counts[CDEV_STATE_COUNT])
+{
+    memcpy(counts, c->counts, sizeof c->counts);
+}
+
+const size_t *campaign_take_dirty(campaign *c, size_t *n)
+{
+    *n = c->n_dirty;
+    for (size_t i = 0; i < c->n_dirty; i++)
+        c->devs[c->dirty[i]].dirty = 0;
+    c->n_dirty = 0;
+    return c->dirty;
+}
+
+/* ---- bookkeeping ------------------------------------------------------------ */
+
+static void mark_dirty(campaign *c, size_t i)
+{
+    if (!c->devs[i].dirty) {
+        c->devs[i].dirty = 1;
+        c->dirty[c->n_dirty++] = i;
+    }
+}
+
+static void set_state(campaign *c, size_t i, campaign_dev_state s, int64_t now)
+{
+    campaign_dev *d = &c->devs[i];
+    c->counts[d->state]--;
+    c->counts[s]++;
+    d->state = (uint8_t)s;
+    d->changed_ms = now;
+    mark_dirty(c, i);
+}
+
+static void set_reason(campaign *c, size_t i, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_reason(campaign *c, size_t i, const char *fmt, ...)
+{
+    char buf[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    free(c->devs[i].reason);
+    c->devs[i].reason = strdup(buf); /* on ENOMEM the reason is lost, the state is not */
+    mark_dirty(c, i);
+}
+
+static void check_finished(campaign *c)
+{
+    if (c->state != CAMPAIGN_RUNNING && c->state != CAMPAIGN_PAUSED)
+        return;
+    size_t open = 0;
+    for (int s = 0; s < CDEV_STATE_COUNT; s++)
+        if (!campaign_dev_state_final((campaign_dev_state)s))
+            open += c->counts[s];
+    if (open == 0)
+        c->state = CAMPAIGN_FINISHED;
+}
+
+/* ---- timers: a binary min-heap with lazy deletion (stale generation) ------ */
+
+static esim_err heap_push(campaign *c, int64_t at, size_t dev)
+{
+    if (c->heap_len == c->heap_cap) {
+        size_t cap = c->heap_cap ? c->heap_cap * 2 : 1024;
+        timer_entry *h = realloc(c->heap, cap * sizeof *h);
+        if (!h)
+            return ESIM_ENOMEM;
+        c->heap = h;
+        c->heap_cap = cap;
+    }
+    timer_entry e = {at, (uint32_t)dev, c->devs[dev].gen};
+    size_t k = c->heap_len++;
+    while (k > 0) {
+        size_t p = (k - 1) / 2;
+        if (c->heap[p].at <= at)
+            break;
+        c->heap[k] = c->heap[p];
+        k = p;
+    }
+    c->heap[k] = e;
+    return ESIM_OK;
+}
+
+static void heap_pop(campaign *c)
+{
+    timer_entry last = c->heap[--c->heap_len];
+    size_t k = 0;
+    for (;;) {
+        size_t l = 2 * k + 1;
+        if (l >= c->heap_len)
+            break;
+        size_t m = (l + 1 < c->heap_len && c->heap[l + 1].at < c->heap[l].at) ? l + 1 : l;
+        if (c->heap[m].at >= last.at)
+            break;
+        c->heap[k] = c->heap[m];
+        k = m;
+    }
+    if (c->heap_len)
+        c->heap[k] = last;
+}
+
+/* Arms the device's single timer at |at| (capped by its expiry). Older
+ * entries for it become stale. */
+static void arm(campaign *c, size_t i, int64_t at)
+{
+    campaign_dev *d = &c->devs[i];
+    if (d->deadline_ms && at > d->deadline_ms)
+        at = d->deadline_ms;
+    d->gen++;
+    d->next_ms = at;
+    mark_dirty(c, i);
+    if (heap_push(c, at, i) != ESIM_OK)
+        d->next_ms = 0; /* out of memory: the device waits for its answer or a restart */
+}
+
+static void disarm(campaign *c, size_t i)
+{
+    c->devs[i].gen++;
+    c->devs[i].next_ms = 0;
+}
+
+static void ready_add(campaign *c, size_t i)
+{
+    if (c->devs[i].in_ready)
+        return;
+    c->devs[i].in_ready = 1;
+    c->ready[(c->ready_head + c->ready_len++) % c->n] = (uint32_t)i;
+}
+
+/* ---- steps ------------------------------------------------------------------ */
+
+static int first_step(const campaign *c)
+{
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++)
+        if (c->spec.steps[s])
+            return s;
+    return -1;
+}
+
+/* The step after |s| for device |i|, or -1. A device known to hold its eSIM
+ * skips the refresh: a consumed profile cannot be downloaded twice. */
+static int next_step(const campaign *c, size_t i, int s)
+{
+    for (int t = s + 1; t < CAMPAIGN_STEP_COUNT; t++) {
+        if (!c->spec.steps[t])
+            continue;
+        if (t == CAMPAIGN_STEP_REFRESH && c->devs[i].esim_installed)
+            continue;
+        return t;
+    }
+    return -1;
+}
+
+static void finish_device(campaign *c, size_t i, campaign_dev_state s, int64_t now)
+{
+    disarm(c, i);
+    set_state(c, i, s, now);
+}
+
+static void fail_device(campaign *c, size_t i, campaign_dev_state s, int64_t now, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
+
+static void fail_device(campaign *c, size_t i, campaign_dev_state s, int64_t now, const char *fmt,
+                        ...)
+{
+    char buf[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    set_reason(c, i, "%s", buf);
+    finish_device(c, i, s, now);
+    check_finished(c);
+}
+
+/* Queues the current step's command; false when the device failed. */
+static bool queue_step(campaign *c, size_t i, int64_t now, const campaign_io *io)
+{
+    campaign_dev *d = &c->devs[i];
+    esim_error why = {{0}};
+    if (io->queue(io->arg, c, i, (campaign_step)d->step, &why) != ESIM_OK) {
+        fail_device(c, i, CDEV_FAILED, now, "the %s command could not be queued: %s",
+                    campaign_step_name((campaign_step)d->step), why.msg);
+        return false;
+    }
+    c->commands++;
+    d->need_queue = 0;
+    d->pushes = 0;
+    return true;
+}
+
+static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *io)
+{
+    campaign_dev *d = &c->devs[i];
+    esim_error why = {{0}};
+    if (io->push(io->arg, c, i, &why) != ESIM_OK)
+        set_reason(c, i, "the push could not be sent: %s", why.msg);
+    else {
+        c->pushes++;
+        if (d->pushes < UINT16_MAX)
+            d->pushes++;
+    }
+    arm(c, i, now + c->spec.settings.repush_after_ms);
+}
+
+/* The device answered its step and is connected: queue the next step now,
+ * without a push, so it arrives in the same exchange. */
+static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
+                    campaign_dev_state final_state)
+{
+    campaign_dev *d = &c->devs[i];
+    int next = next_step(c, i, d->step);
+    if (next < 0) {
+        finish_device(c, i, final_state, now);
+        check_finished(c);
+        return;
+    }
+    d->step = (uint8_t)next;
+    d->retries = 0;
+    d->need_queue = 1;
+    if (c->state != CAMPAIGN_RUNNING) { /* paused: wait for resume */
+        set_state(c, i, CDEV_PENDING, now);
+        ready_add(c, i);
+        return;
+    }
+    if (!queue_step(c, i, now, io))
+        return;
+    set_state(c, i, CDEV_ACTIVE, now);
+    arm(c, i, now + c->spec.settings.repush_after_ms);
+}
+
+static int64_t backoff_ms(const campaign *c, unsigned retries)
+{
+    int64_t d = c->spec.settings.retry_base_ms;
+    for (unsigned k = 1; k < retries && d < c->spec.settings.retry_max_ms; k++)
+        d *= 2;
+    return d < c->spec.settings.retry_max_ms ? d : c->spec.settings.retry_max_ms;
+}
+
+/* NotNow or busy: wait, then push again (and queue again when the service
+ * dropped the command, as it does after an Error). */
+static void retry_later(campaign *c, size_t i, int64_t now, bool requeue, const char *what)
+{
+    campaign_dev *d = &c->devs[i];
+    if (d->retries < UINT8_MAX)
+        d->retries++;
+    if (d->retries > c->spec.settings.max_retries) {
+        fail_device(c, i, CDEV_FAILED, now, "%s %u times in a row at the %s step; giving up", what,
+                    (unsigned)d->retries, campaign_step_name((campaign_step)d->step));
+        return;
+    }
+    d->need_queue = requeue;
+    set_state(c, i, CDEV_RETRY_WAIT, now);
+    arm(c, i, now + backoff_ms(c, d->retries));
+}
+
+static const char *describe_error(int64_t code)
+{
+    switch (code) {
+    case 36001: return "the device cannot reach its cellular stack";
+    case 36002: return "the device's hardware does not support eSIM";
+    case 36003: return "the cellular stack is busy";
+    case 12021: return "the device does not know this command";
+    default: return NULL;
+    }
+}
+
+esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
+                            const campaign_result *r, int64_t now, const campaign_io *io)
+{
+    if (!c || dev >= c->n || !r)
+        return ESIM_EINVAL;
+    campaign_dev *d = &c->devs[dev];
+    if (campaign_dev_state_final((campaign_dev_state)d->state) || d->step != step)
+        return ESIM_ESTATE;
+    const char *stepname = campaign_step_name(step);
+    switch (r->status) {
+    case ESIM_STATUS_ACKNOWLEDGED:
+        if (step == CAMPAIGN_STEP_REFRESH && !d->refresh_acked) {
+            d->refresh_acked = 1;
+            c->refresh_acked++;
+        }
+        if (step == CAMPAIGN_STEP_VERIFY) {
+            if (!d->eid[0]) {
+                fail_device(c, dev, CDEV_UNVERIFIED, now,
+                            "the service does not know which EID this device should report: "
+                            "import the OEM manifest (esim-mdm import eids) and verify again");
+                return ESIM_OK;
+            }
+            if (!campaign_subscriptions_match(r->subs, r->n_subs, d->eid, d->iccid)) {
+                if (++d->verify_tries < c->spec.settings.verify_attempts) {
+                    d->need_queue = 1;
+                    set_state(c, dev, CDEV_RETRY_WAIT, now);
+                    arm(c, dev, now + backoff_ms(c, d->verify_tries));
+                    return ESIM_OK;
+                }
+                char seen[200] = "";
+                size_t o = 0;
+                for (size_t k = 0; k < r->n_subs && o + 60 < sizeof seen; k++)
+                    o += (size_t)snprintf(seen + o, sizeof seen - o, "%sEID %s ICCID %s",
+                                          k ? "; " : "", r->subs[k].eid[0] ? r->subs[k].eid : "-",
+                                          r->subs[k].iccid[0] ? r->subs[k].iccid : "-");
+                fail_device(c, dev, CDEV_UNVERIFIED, now,
+                            "%s, but the device reports no subscription with EID %s%s%s (it "
+                            "reports: %s)",
+                            d->refresh_acked ? "the refresh was acknowledged" : "verification ran",
+                            d->eid, d->iccid[0] ? " and ICCID " : "", d->iccid,
+                            r->n_subs ? seen : "none");
+                return ESIM_OK;
+            }
+            advance(c, dev, now, io, CDEV_VERIFIED);
+            return ESIM_OK;
+        }
+        advance(c, dev, now, io, CDEV_DONE);
+        return ESIM_OK;
+    case ESIM_STATUS_NOT_NOW:
+        d->not_now++;
+        retry_later(c, dev, now, false, "the device answered NotNow");
+        return ESIM_OK;
+    case ESIM_STATUS_ERROR: {
+        const char *known = describe_error(r->error_code);
+        if (campaign_error_retryable(r->error_code)) {
+            retry_later(c, dev, now, true, "the device answered 36003 (cellular stack busy)");
+            return ESIM_OK;
+        }
+        if (r->error_code)
+            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed with error %lld: %s%s%s",
+                        stepname, (long long)r->error_code,
+                        r->error_text && *r->error_text ? r->error_text : (known ? known : "no description"),
+                        known && r->error_text && *r->error_text ? " — " : "",
+                        known && r->error_text && *r->error_text ? known : "");
+        else
+            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed: %s", stepname,
+                        r->error_text && *r->error_text ? r->error_text : "no error chain given");
+        return ESIM_OK;
+    }
+    case ESIM_STATUS_COMMAND_FORMAT_ERROR:
+        fail_device(c, dev, CDEV_FAILED, now,
+                    "the device could not read the %s command (CommandFormatError)", stepname);
+        return ESIM_OK;
+    default:
+        return ESIM_EINVAL;
+    }
+}
+
+void campaign_on_push_failed(campaign *c, size_t dev, const char *why, int64_t now)
+{
+    if (!c || dev >= c->n || campaign_dev_state_final((campaign_dev_state)c->devs[dev].state))
+        return;
+    set_reason(c, dev, "the last push failed: %s", why ? why : "no reason given");
+    c->devs[dev].changed_ms = now;
+}
+
+/* ---- tick -------------------------------------------------------------------- */
+
+static void expire(campaign *c, size_t i, int64_t now)
+{
+    campaign_dev *d = &c->devs[i];
+    const char *step = campaign_step_name((campaign_step)d->step);
+    char prev[300] = "";
+    if (d->reason)
+        snprintf(prev, sizeof prev, "; %s", d->reason);
+    switch (d->state) {
+    case CDEV_PENDING:
+        fail_device(c, i, CDEV_TIMED_OUT, now,
+                    "the campaign expired before the device's turn at the %s step%s", step, prev);
+        break;
+    case CDEV_RETRY_WAIT:
+        fail_device(c, i, CDEV_TIMED_OUT, now,
+                    "the campaign expired while the device kept deferring the %s step "
+                    "(%u NotNow/busy answers)%s",
+                    step, (unsigned)d->retries, prev);
+        break;
+    default:
+        fail_device(c, i, CDEV_TIMED_OUT, now,
+                    "no answer to the %s command before the campaign expired, after %u "
+                    "push%s%s",
+                    step, (unsigned)d->pushes, d->pushes == 1 ? "" : "es", prev);
+    }
+}
+
+static void fire_timer(campaign *c, size_t i, int64_t now)
+{
+    campaign_dev *d = &c->devs[i];
+    d->next_ms = 0;
+    if (d->deadline_ms && now >= d->deadline_ms) {
+        expire(c, i, now);
+        return;
+    }
+    switch (d->state) {
+    case CDEV_RETRY_WAIT: /* back-off over: push again (queue again if needed) */
+        set_state(c, i, CDEV_PENDING, now);
+        ready_add(c, i);
+        break;
+    case CDEV_ACTIVE: /* silent: wake it again; the queued command stays as it is */
+        ready_add(c, i);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Sends what the device in the FIFO needs; true when a push went out. */
+static bool serve_ready(campaign *c, size_t i, int64_t now, const campaign_io *io)
+{
+    campaign_dev *d = &c->devs[i];
+    d->in_ready = 0;
+    if (d->state == CDEV_PENDING) {
+        if (d->need_queue && !queue_step(c, i, now, io))
+            return false;
+        set_state(c, i, CDEV_ACTIVE, now);
+        push_device(c, i, now, io);
+        return true;
+    }
+    if (d->state == CDEV_ACTIVE) {
+        push_device(c, i, now, io);
+        return true;
+    }
+    return false;
+}
+
+size_t campaign_tick(campaign *c, int64_t now, const campaign_io *io)
+{
+    if (!c || c->state != CAMPAIGN_RUNNING)
+        return 0;
+    size_t before = c->n_dirty;
+    double rate = c->spec.settings.pushes_per_second;
+    double cap = rate / 10 > 1 ? rate / 10 : 1;
+    if (c->ticked && now > c->last_tick_ms)
+        c->tokens += rate * (double)(now - c->last_tick_ms) / 1000.0;
+    else if (!c->ticked)
+        c->tokens = cap;
+    c->ticked = true;
+    if (c->tokens > cap)
+        c->tokens = cap;
+    c->last_tick_ms = now;
+
+    while (c->heap_len && c->heap[0].at <= now) {
+        timer_entry e = c->heap[0];
+        heap_pop(c);
+        if (e.gen == c->devs[e.dev].gen &&
+            !campaign_dev_state_final((campaign_dev_state)c->devs[e.dev].state))
+            fire_timer(c, e.dev, now);
+    }
+    while (c->ready_len && c->tokens >= 1 && c->state == CAMPAIGN_RUNNING) {
+        size_t i = c->ready[c->ready_head];
+        c->ready_head = (c->ready_head + 1) % c->n;
+        c->ready_len--;
+        if (serve_ready(c, i, now, io))
+            c->tokens -= 1;
+    }
+    check_finished(c);
+    return c->n_dirty - before;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+esim_err campaign_pause(campaign *c, int64_t now, esim_error *err)
+{
+    (void)now;
+    if (c->state != CAMPAIGN_RUNNING)
+        return esim_fail(err, ESIM_ESTATE, "campaign %s is %s: only a running campaign can be paused",
+                         c->id, campaign_state_name(c->state));
+    c->state = CAMPAIGN_PAUSED;
+    return ESIM_OK;
+}
+
+static void start_staged(campaign *c, int64_t now)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        campaign_dev *d = &c->devs[i];
+        if (d->state != CDEV_STAGED)
+            continue;
+        d->deadline_ms = now + c->spec.settings.expiry_ms;
+        set_state(c, i, CDEV_PENDING, now);
+        ready_add(c, i);
+        arm(c, i, d->deadline_ms);
+    }
+}
+
+esim_err campaign_resume(campaign *c, int64_t now, esim_error *err)
+{
+    if (c->state == CAMPAIGN_STAGED) {
+        c->state = CAMPAIGN_RUNNING;
+        c->spec.staged = false;
+        start_staged(c, now);
+        c->ticked = false;
+        return ESIM_OK;
+    }
+    if (c->state != CAMPAIGN_PAUSED)
+        return esim_fail(err, ESIM_ESTATE,
+                         "campaign %s is %s: only a paused or staged campaign can be resumed", c->id,
+                         campaign_state_name(c->state));
+    c->state = CAMPAIGN_RUNNING;
+    c->ticked = false; /* no allowance saved up while paused */
+    return ESIM_OK;
+}
+
+esim_err campaign_cancel(campaign *c, int64_t now, esim_error *err)
+{
+    if (c->state == CAMPAIGN_CANCELED || c->state == CAMPAIGN_FINISHED)
+        return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", c->id,
+                         campaign_state_name(c->state));
+    for (size_t i = 0; i < c->n; i++) {
+        if (campaign_dev_state_final((campaign_dev_state)c->devs[i].state))
+            continue;
+        disarm(c, i);
+        set_state(c, i, CDEV_CANCELED, now);
+    }
+    c->ready_len = 0;
+    for (size_t i = 0; i < c->n; i++)
+        c->devs[i].in_ready = 0;
+    c->state = CAMPAIGN_CANCELED;
+    return ESIM_OK;
+}
+
+/* ---- construction ---------------------------------------------------------------- */
+
+static esim_err check_spec(const campaign_spec *spec, esim_error *err)
+{
+    if (!spec)
+        return esim_fail(err, ESIM_EINVAL, "no campaign description given");
+    bool any = false;
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++)
+        any |= spec->steps[s];
+    if (!any)
+        return esim_fail(err, ESIM_EINVAL, "a campaign needs at least one step "
+                                           "(profile, refresh, verify, erase_keep_esim, esim_wipe)");
+    if (spec->steps[CAMPAIGN_STEP_ERASE_KEEP] && spec->steps[CAMPAIGN_STEP_ESIM_WIPE])
+        return esim_fail(err, ESIM_EINVAL,
+                         "erase_keep_esim and esim_wipe contradict each other: choose one");
+    if (spec->steps[CAMPAIGN_STEP_REFRESH] && (!spec->smdp_url || !*spec->smdp_url))
+        return esim_fail(err, ESIM_EINVAL, "the refresh step needs the SM-DP+ URL (smdp_url)");
+    if (spec->steps[CAMPAIGN_STEP_PROFILE] && esim_policy_is_empty(&spec->policy))
+        return esim_fail(err, ESIM_EINVAL,
+                         "the profile step needs at least one restriction in the policy");
+    if (spec->id && !esim_uuid_valid(spec->id))
+        return esim_fail(err, ESIM_EINVAL, "campaign id '%s' is not a UUID", spec->id);
+    const campaign_settings *s = &spec->settings;
+    if (!(s->pushes_per_second > 0 && s->pushes_per_second <= 1e7))
+        return esim_fail(err, ESIM_EINVAL, "pushes per second must be above 0 and at most 10000000");
+    if (s->repush_after_ms < 10 || s->expiry_ms < 10 || s->retry_base_ms < 1 ||
+        s->retry_max_ms < s->retry_base_ms)
+        return esim_fail(err, ESIM_EINVAL,
+                         "timings out of range: repush and expiry at least 10 ms, retry back-off "
+                         "base at least 1 ms and not above its maximum");
+    if (s->verify_attempts < 1 || s->verify_attempts > 100 || s->max_retries > 200)
+        return esim_fail(err, ESIM_EINVAL,
+                         "verify attempts must be 1 to 100 and retries at most 200");
+    return ESIM_OK;
+}
+
+static esim_err alloc_campaign(const campaign_spec *spec, size_t n, campaign **out,
+                               esim_error *err)
+{
+    if (n == 0 || n > UINT32_MAX - 1)
+        return esim_fail(err, ESIM_EINVAL, "a campaign needs 1 to 4294967294 devices, got %zu", n);
+    campaign *c = calloc(1, sizeof *c);
+    if (!c)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    c->devs = calloc(n, sizeof *c->devs);
+    c->ready = malloc(n * sizeof *c->ready);
+    c->dirty = malloc(n * sizeof *c->dirty);
+    c->name = spec->name ? strdup(spec->name) : NULL;
+    c->smdp_url = spec->smdp_url ? strdup(spec->smdp_url) : NULL;
+    if (!c->devs || !c->ready || !c->dirty || (spec->name && !c->name) ||
+        (spec->smdp_url && !c->smdp_url)) {
+        campaign_free(c);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", n);
+    }
+    c->n = n;
+    c->spec = *spec;
+    c->spec.name = c->name;
+    c->spec.smdp_url = c->smdp_url;
+    if (spec->id)
+        snprintf(c->id, sizeof c->id, "%s", spec->id);
+    else
+        esim_uuid_new(c->id);
+    c->spec.id = c->id;
+    *out = c;
+    return ESIM_OK;
+}
+
+/* An open-addressing check that |targets| holds no UDID twice. */
+static esim_err check_distinct(const char *const *udids, size_t n, esim_error *err)
+{
+    size_t cap = 64;
+    while (cap < n * 2)
+        cap *= 2;
+    const char **slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    esim_err rc = ESIM_OK;
+    for (size_t i = 0; i < n && rc == ESIM_OK; i++) {
+        uint64_t h = 1469598103934665603ull;
+        for (const char *p = udids[i]; *p; p++)
+            h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        size_t k = h & (cap - 1);
+        while (slots[k]) {
+            if (strcmp(slots[k], udids[i]) == 0) {
+                rc = esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i]);
+                break;
+            }
+            k = (k + 1) & (cap - 1);
+        }
+        slots[k] = udids[i];
+    }
+    free(slots);
+    return rc;
+}
+
+esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets, size_t n,
+                      int64_t now, campaign **out, esim_error *err)
+{
+    esim_err rc = check_spec(spec, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (!targets || !out)
+        return esim_fail(err, ESIM_EINVAL, "no devices given");
+    const char **udids = malloc((n ? n : 1) * sizeof *udids);
+    if (!udids)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (esim_udid_validate(targets[i].udid, err) != ESIM_OK) {
+            free(udids);
+            return ESIM_EINVAL;
+        }
+        if (targets[i].expected_eid && *targets[i].expected_eid &&
+            esim_eid_validate(targets[i].expected_eid, err) != ESIM_OK) {
+            free(udids);
+            return ESIM_EINVAL;
+        }
+        if (targets[i].expected_iccid && *targets[i].expected_iccid &&
+            esim_iccid_validate(targets[i].expected_iccid, err) != ESIM_OK) {
+            free(udids);
+            return ESIM_EINVAL;
+        }
+        udids[i] = targets[i].udid;
+    }
+    rc = check_distinct(udids, n, err);
+    free(udids);
+    if (rc != ESIM_OK)
+        return rc;
+    campaign *c = NULL;
+    if ((rc = alloc_campaign(spec, n, &c, err)) != ESIM_OK)
+        return rc;
+    c->created_ms = now;
+    c->state = spec->staged ? CAMPAIGN_STAGED : CAMPAIGN_RUNNING;
+    int first = first_step(c);
+    for (size_t i = 0; i < n; i++) {
+        campaign_dev *d = &c->devs[i];
+        snprintf(d->udid, sizeof d->udid, "%s", targets[i].udid);
+        snprintf(d->eid, sizeof d->eid, "%s", targets[i].expected_eid ? targets[i].expected_eid : "");
+        snprintf(d->iccid, sizeof d->iccid, "%s",
+                 targets[i].expected_iccid ? targets[i].expected_iccid : "");
+        d->esim_installed = targets[i].esim_installed;
+        d->step = (uint8_t)first;
+        if (first == CAMPAIGN_STEP_REFRESH && d->esim_installed) {
+            int ns = next_step(c, i, first);
+            if (ns >= 0)
+                d->step = (uint8_t)ns;
+        }
+        d->need_queue = 1;
+        d->changed_ms = now;
+        d->state = CDEV_STAGED;
+        c->counts[CDEV_STAGED]++;
+        if (!spec->staged && !targets[i].staged) {
+            d->deadline_ms = now + spec->settings.expiry_ms;
+            set_state(c, i, CDEV_PENDING, now);
+            ready_add(c, i);
+            arm(c, i, d->deadline_ms);
+        } else {
+            mark_dirty(c, i);
+        }
+    }
+    /* A device whose only remaining step was a refresh it must not repeat
+     * has nothing to do: it is done without a second download. */
+    for (size_t i = 0; i < n; i++) {
+        campaign_dev *d = &c->devs[i];
+        if (d->state == CDEV_PENDING && d->step == CAMPAIGN_STEP_REFRESH && d->esim_installed) {
+            set_reason(c, i, "the eSIM is already installed; its profile was consumed and "
+                             "cannot be downloaded again (reset the order on the SM-DP+ first)");
+            finish_device(c, i, CDEV_DONE, now);
+        }
+    }
+    check_finished(c);
+    *out = c;
+    return ESIM_OK;
+}
+
+esim_err campaign_restore(const campaign_spec *spec, campaign_state state, int64_t created_ms,
+                          const campaign_dev *devs, size_t n, int64_t now, campaign **out,
+                          esim_error *err)
+{
+    esim_err rc = check_spec(spec, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (!devs || !out)
+        return esim_fail(err, ESIM_EINVAL, "no devices given");
+    campaign *c = NULL;
+    if ((rc = alloc_campaign(spec, n, &c, err)) != ESIM_OK)
+        return rc;
+    c->created_ms = created_ms;
+    c->state = state;
+    for (size_t i = 0; i < n; i++) {
+        campaign_dev *d = &c->devs[i];
+        *d = devs[i];
+        d->reason = devs[i].reason ? strdup(devs[i].reason) : NULL;
+        d->dirty = d->in_ready = 0;
+        d->gen = 0;
+        if (d->state >= CDEV_STATE_COUNT || d->step >= CAMPAIGN_STEP_COUNT) {
+            campaign_free(c);
+            return esim_fail(err, ESIM_EINVAL, "stored record of device %s is corrupt", d->udid);
+        }
+        c->counts[d->state]++;
+        if (d->refresh_acked)
+            c->refresh_acked++;
+        if (campaign_dev_state_final((campaign_dev_state)d->state))
+            continue;
+        if (d->state == CDEV_PENDING)
+            ready_add(c, i);
+        int64_t at = d->next_ms ? d->next_ms : d->deadline_ms;
+        if (!at)
+            at = now;
+        arm(c, i, at);
+    }
+    c->n_dirty = 0;
+    for (size_t i = 0; i < n; i++)
+        c->devs[i].dirty = 0;
+    check_finished(c);
+    *out = c;
+    return ESIM_OK;
+}
+
+void campaign_free(campaign *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        free(c->devs[i].reason);
+    free(c->devs);
+    free(c->ready);
+    free(c->dirty);
+    free(c->heap);
+    free(c->name);
+    free(c->smdp_url);
+    free(c);
+}

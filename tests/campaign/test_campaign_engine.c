@@ -1,0 +1,570 @@
+/*
+ * test_campaign_engine.c — the campaign state machine on its own: steps in
+ * order, verification against the expected EID/ICCID, NotNow and 36003
+ * back-off, re-push, expiry, pacing, distribution, pause/resume/cancel and
+ * restore. The engine does no I/O; |rec| records what it asked for.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "service/campaign.h"
+
+#define MAXDEV 256
+
+typedef struct {
+    unsigned queued[MAXDEV][CAMPAIGN_STEP_COUNT];
+    unsigned pushed[MAXDEV];
+    unsigned total_queued, total_pushed;
+    bool fail_queue;
+} rec;
+
+static esim_err rec_queue(void *arg, campaign *c, size_t dev, campaign_step step, esim_error *err)
+{
+    (void)c;
+    rec *r = arg;
+    if (r->fail_queue)
+        return esim_fail(err, ESIM_ESTORE, "store is full");
+    r->queued[dev][step]++;
+    r->total_queued++;
+    return ESIM_OK;
+}
+
+static esim_err rec_push(void *arg, campaign *c, size_t dev, esim_error *err)
+{
+    (void)c;
+    (void)err;
+    rec *r = arg;
+    r->pushed[dev]++;
+    r->total_pushed++;
+    return ESIM_OK;
+}
+
+static const char *EID1 = "89882119900000000000000000001654";
+
+/* A valid EID per device index. */
+static void make_eid(unsigned i, char out[ESIM_EID_LEN + 1])
+{
+    snprintf(out, ESIM_EID_LEN + 1, "8988211990000000000000%08u00", i);
+    assert_int_equal(esim_eid_set_check_digits(out, NULL), ESIM_OK);
+}
+
+typedef struct {
+    char udid[MAXDEV][65];
+    char eid[MAXDEV][ESIM_EID_LEN + 1];
+    campaign_target t[MAXDEV];
+} fleet;
+
+static void make_fleet(fleet *f, size_t n, const char *iccid)
+{
+    memset(f, 0, sizeof *f);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(f->udid[i], sizeof f->udid[i], "UDID-%04zu", i);
+        make_eid((unsigned)i + 1, f->eid[i]);
+        f->t[i].udid = f->udid[i];
+        f->t[i].expected_eid = f->eid[i];
+        f->t[i].expected_iccid = iccid;
+    }
+}
+
+static campaign_spec make_spec(bool profile, bool refresh, bool verify)
+{
+    campaign_spec s = {0};
+    s.steps[CAMPAIGN_STEP_PROFILE] = profile;
+    s.steps[CAMPAIGN_STEP_REFRESH] = refresh;
+    s.steps[CAMPAIGN_STEP_VERIFY] = verify;
+    s.policy.allow_esim_modification = ESIM_TRI_FALSE;
+    s.smdp_url = "https://127.0.0.1:9443";
+    campaign_settings_init(&s.settings);
+    s.settings.pushes_per_second = 100000;
+    s.settings.repush_after_ms = 1000;
+    s.settings.expiry_ms = 10000;
+    s.settings.retry_base_ms = 100;
+    s.settings.retry_max_ms = 400;
+    s.settings.max_retries = 3;
+    s.settings.verify_attempts = 2;
+    return s;
+}
+
+static campaign_result ack(void)
+{
+    campaign_result r = {.status = ESIM_STATUS_ACKNOWLEDGED};
+    return r;
+}
+
+static size_t count(const campaign *c, campaign_dev_state s)
+{
+    size_t counts[CDEV_STATE_COUNT];
+    campaign_counts(c, counts);
+    return counts[s];
+}
+
+static void test_steps_in_order_and_verified(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 3, NULL);
+    campaign_spec spec = make_spec(true, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 3, 1000, &c, NULL), ESIM_OK);
+    assert_int_equal(count(c, CDEV_PENDING), 3);
+    assert_int_equal(r.total_pushed, 0); /* nothing before the first tick */
+    campaign_tick(c, 1000, &io);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(r.queued[i][CAMPAIGN_STEP_PROFILE], 1);
+        assert_int_equal(r.pushed[i], 1);
+    }
+    assert_int_equal(count(c, CDEV_ACTIVE), 3);
+    for (size_t i = 0; i < 3; i++) {
+        campaign_result a = ack();
+        assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_PROFILE, &a, 1100, &io), ESIM_OK);
+        /* the next step is queued at once, without a second push */
+        assert_int_equal(r.queued[i][CAMPAIGN_STEP_REFRESH], 1);
+        assert_int_equal(r.pushed[i], 1);
+        assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_REFRESH, &a, 1200, &io), ESIM_OK);
+        assert_int_equal(r.queued[i][CAMPAIGN_STEP_VERIFY], 1);
+        esim_subscription sub = {0};
+        snprintf(sub.eid, sizeof sub.eid, "%s", f.eid[i]);
+        snprintf(sub.iccid, sizeof sub.iccid, "8944000000000000001");
+        campaign_result v = {.status = ESIM_STATUS_ACKNOWLEDGED, .subs = &sub, .n_subs = 1};
+        assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_VERIFY, &v, 1300, &io), ESIM_OK);
+    }
+    assert_int_equal(count(c, CDEV_VERIFIED), 3);
+    assert_int_equal(campaign_refresh_acked(c), 3);
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_FINISHED);
+    assert_int_equal(campaign_pushes(c), 3);
+    assert_int_equal(campaign_commands(c), 9);
+    /* a late duplicate answer changes nothing */
+    campaign_result a = ack();
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &a, 1400, &io), ESIM_ESTATE);
+    assert_int_equal(count(c, CDEV_VERIFIED), 3);
+    campaign_free(c);
+}
+
+static void test_ack_without_matching_eid_is_not_verified(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, "8944000000000000001");
+    campaign_spec spec = make_spec(false, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 1, &io);
+    campaign_result a = ack();
+    /* device 0 reports another EID; device 1 the right EID but another ICCID */
+    esim_subscription wrong_eid = {0}, wrong_iccid = {0};
+    snprintf(wrong_eid.eid, sizeof wrong_eid.eid, "%s", EID1);
+    snprintf(wrong_eid.iccid, sizeof wrong_eid.iccid, "8944000000000000001");
+    snprintf(wrong_iccid.eid, sizeof wrong_iccid.eid, "%s", f.eid[1]);
+    snprintf(wrong_iccid.iccid, sizeof wrong_iccid.iccid, "8944000000000000019");
+    const esim_subscription *subs[2] = {&wrong_eid, &wrong_iccid};
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_REFRESH, &a, 10, &io), ESIM_OK);
+    int64_t now = 20;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (size_t i = 0; i < 2; i++) {
+            campaign_result v = {.status = ESIM_STATUS_ACKNOWLEDGED, .subs = subs[i], .n_subs = 1};
+            assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_VERIFY, &v, now, &io), ESIM_OK);
+        }
+        if (attempt == 0) {
+            assert_int_equal(count(c, CDEV_RETRY_WAIT), 2);
+            now += 1000;
+            campaign_tick(c, now, &io); /* back-off over: verify queued again and pushed */
+            assert_int_equal(r.queued[0][CAMPAIGN_STEP_VERIFY], 2);
+            assert_int_equal(r.pushed[0], 2);
+        }
+    }
+    assert_int_equal(count(c, CDEV_UNVERIFIED), 2);
+    assert_int_equal(count(c, CDEV_VERIFIED), 0);
+    assert_int_equal(campaign_refresh_acked(c), 2); /* acknowledged is not installed */
+    const campaign_dev *d = campaign_device_at(c, 0);
+    assert_non_null(d->reason);
+    assert_non_null(strstr(d->reason, "acknowledged"));
+    assert_non_null(strstr(d->reason, f.eid[0]));
+    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "8944000000000000019"));
+    campaign_free(c);
+}
+
+static void test_unknown_expected_eid_is_unverified(void **state)
+{
+    (void)state;
+    campaign_target t = {.udid = "NO-EID-1"};
+    campaign_spec spec = make_spec(false, false, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, &t, 1, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 1, &io);
+    esim_subscription sub = {0};
+    snprintf(sub.eid, sizeof sub.eid, "%s", EID1);
+    campaign_result v = {.status = ESIM_STATUS_ACKNOWLEDGED, .subs = &sub, .n_subs = 1};
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_VERIFY, &v, 5, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_UNVERIFIED), 1);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "import eids"));
+    campaign_free(c);
+}
+
+static void test_not_now_backs_off_and_repushes_without_requeue(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    campaign_result nn = {.status = ESIM_STATUS_NOT_NOW};
+    int64_t now = 10;
+    for (unsigned k = 1; k <= 3; k++) {
+        assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &nn, now, &io), ESIM_OK);
+        assert_int_equal(count(c, CDEV_RETRY_WAIT), 1);
+        unsigned pushes = r.pushed[0];
+        campaign_tick(c, now + 50, &io); /* back-off (100 ms, doubling) not over */
+        assert_int_equal(r.pushed[0], pushes);
+        now += 100LL << (k - 1);
+        campaign_tick(c, now, &io);
+        assert_int_equal(r.pushed[0], pushes + 1);
+        /* NotNow keeps the command queued on the service: no second copy */
+        assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 1);
+    }
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &nn, now, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_FAILED), 1);
+    assert_int_equal(campaign_device_at(c, 0)->not_now, 4);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "NotNow"));
+    campaign_free(c);
+}
+
+static void test_busy_36003_requeues_other_errors_fail(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, NULL);
+    campaign_spec spec = make_spec(false, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    campaign_result busy = {.status = ESIM_STATUS_ERROR, .error_code = 36003,
+                            .error_text = "Cellular plan busy"};
+    campaign_result hw = {.status = ESIM_STATUS_ERROR, .error_code = 36002};
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &busy, 1, &io), ESIM_OK);
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &hw, 1, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_RETRY_WAIT), 1);
+    assert_int_equal(count(c, CDEV_FAILED), 1);
+    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "36002"));
+    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "hardware"));
+    campaign_tick(c, 200, &io);
+    /* an Error ends the command on the service: the refresh is queued again */
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 2);
+    assert_int_equal(r.pushed[0], 2);
+    campaign_result a = ack();
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &a, 300, &io), ESIM_OK);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_VERIFY], 1);
+    campaign_free(c);
+}
+
+static void test_silent_device_repushed_then_timed_out(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    for (int64_t t = 0; t <= 12000; t += 100)
+        campaign_tick(c, t, &io);
+    /* pushed at 0, then every 1000 ms until the 10 s expiry */
+    assert_int_equal(r.pushed[0], 10);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 1); /* a re-push never re-queues */
+    assert_int_equal(count(c, CDEV_TIMED_OUT), 1);
+    const char *why = campaign_device_at(c, 0)->reason;
+    assert_non_null(why);
+    assert_non_null(strstr(why, "no answer to the refresh command"));
+    assert_non_null(strstr(why, "10 pushes"));
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_FINISHED);
+    campaign_free(c);
+}
+
+static void test_pushes_per_second_ceiling(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 200, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    spec.settings.pushes_per_second = 50;
+    spec.settings.repush_after_ms = 100000;
+    spec.settings.expiry_ms = 1000000;
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 200, 0, &c, NULL), ESIM_OK);
+    for (int64_t t = 0; t <= 2000; t += 10) {
+        campaign_tick(c, t, &io);
+        /* never more than the rate allows plus a tenth of a second's burst */
+        assert_true(r.total_pushed <= (unsigned)(50 * t / 1000 + 5));
+    }
+    assert_true(r.total_pushed >= 95);
+    assert_int_equal(count(c, CDEV_PENDING), 200 - r.total_pushed);
+    campaign_free(c);
+}
+
+static void test_pause_resume_cancel(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 4, NULL);
+    campaign_spec spec = make_spec(true, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    esim_error err;
+    assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
+    assert_int_equal(campaign_resume(c, 0, &err), ESIM_ESTATE);
+    assert_int_equal(campaign_pause(c, 0, NULL), ESIM_OK);
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_PAUSED);
+    campaign_tick(c, 100, &io);
+    assert_int_equal(r.total_pushed, 0); /* paused: nothing goes out */
+    assert_int_equal(campaign_resume(c, 200, NULL), ESIM_OK);
+    campaign_tick(c, 200, &io);
+    assert_int_equal(r.total_pushed, 4);
+    assert_int_equal(campaign_pause(c, 300, NULL), ESIM_OK);
+    campaign_result a = ack();
+    /* answers still count while paused, but the next step waits */
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_PROFILE, &a, 310, &io), ESIM_OK);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 0);
+    assert_int_equal(count(c, CDEV_PENDING), 1);
+    assert_int_equal(campaign_resume(c, 400, NULL), ESIM_OK);
+    campaign_tick(c, 400, &io);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 1);
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &a, 410, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_DONE), 1);
+    assert_int_equal(campaign_cancel(c, 500, NULL), ESIM_OK);
+    assert_int_equal(count(c, CDEV_CANCELED), 3);
+    assert_int_equal(count(c, CDEV_DONE), 1);
+    assert_int_equal(campaign_cancel(c, 600, &err), ESIM_ESTATE);
+    assert_non_null(strstr(err.msg, "canceled"));
+    assert_int_equal(campaign_pause(c, 600, NULL), ESIM_ESTATE);
+    assert_int_equal(campaign_resume(c, 600, NULL), ESIM_ESTATE);
+    unsigned pushes = r.total_pushed;
+    campaign_tick(c, 100000, &io);
+    assert_int_equal(r.total_pushed, pushes);
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_PROFILE, &a, 700, &io), ESIM_ESTATE);
+    campaign_free(c);
+}
+
+static void test_distribution_none_and_custom(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 4, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    spec.staged = true;
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_STAGED);
+    campaign_tick(c, 1000, &io);
+    assert_int_equal(r.total_pushed, 0);
+    assert_int_equal(count(c, CDEV_STAGED), 4);
+    assert_int_equal(campaign_resume(c, 2000, NULL), ESIM_OK); /* start it */
+    campaign_tick(c, 2000, &io);
+    assert_int_equal(r.total_pushed, 4);
+    campaign_free(c);
+
+    /* custom: only the chosen devices get anything */
+    memset(&r, 0, sizeof r);
+    spec.staged = false;
+    f.t[1].staged = f.t[3].staged = true;
+    assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(r.pushed[0] + r.pushed[2], 2);
+    assert_int_equal(r.pushed[1] + r.pushed[3], 0);
+    campaign_result a = ack();
+    campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &a, 1, &io);
+    campaign_on_result(c, 2, CAMPAIGN_STEP_REFRESH, &a, 1, &io);
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_FINISHED);
+    assert_int_equal(count(c, CDEV_STAGED), 2);
+    campaign_free(c);
+}
+
+static void test_installed_esim_is_never_downloaded_twice(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, NULL);
+    f.t[0].esim_installed = true;
+    campaign_spec spec = make_spec(false, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 0);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_VERIFY], 1);
+    assert_int_equal(r.queued[1][CAMPAIGN_STEP_REFRESH], 1);
+    campaign_free(c);
+
+    /* refresh only: nothing to do, and the reason says why */
+    memset(&r, 0, sizeof r);
+    spec = make_spec(false, true, false);
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    assert_int_equal(count(c, CDEV_DONE), 1);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "reset"));
+    campaign_tick(c, 0, &io);
+    assert_int_equal(r.pushed[0], 0);
+    campaign_free(c);
+}
+
+static void test_bad_input_refused(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, NULL);
+    campaign *c = NULL;
+    esim_error err;
+    campaign_spec spec = make_spec(false, false, false);
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "step"));
+    spec = make_spec(false, true, false);
+    spec.smdp_url = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    spec = make_spec(true, false, false);
+    memset(&spec.policy, 0, sizeof spec.policy);
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    spec = make_spec(false, true, false);
+    spec.steps[CAMPAIGN_STEP_ERASE_KEEP] = spec.steps[CAMPAIGN_STEP_ESIM_WIPE] = true;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    spec = make_spec(false, true, false);
+    f.t[1].udid = f.t[0].udid;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "twice"));
+    f.t[1].udid = f.udid[1];
+    f.t[1].expected_eid = "89882119900000000000000000001600";
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "check digits"));
+    f.t[1].expected_eid = f.eid[1];
+    f.t[1].udid = "bad udid!";
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, &err), ESIM_EINVAL);
+    assert_int_equal(campaign_new(&spec, f.t, 0, 0, &c, &err), ESIM_EINVAL);
+    assert_null(c);
+}
+
+static void test_queue_failure_fails_device_with_reason(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {.fail_queue = true};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(count(c, CDEV_FAILED), 1);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "store is full"));
+    assert_int_equal(r.total_pushed, 0);
+    campaign_free(c);
+}
+
+static void test_dirty_records_and_restore(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 3, NULL);
+    campaign_spec spec = make_spec(false, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
+    size_t n = 0;
+    campaign_take_dirty(c, &n);
+    assert_int_equal(n, 3);
+    campaign_tick(c, 0, &io);
+    campaign_result a = ack();
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &a, 5, &io), ESIM_OK);
+    campaign_take_dirty(c, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_VERIFY, &(campaign_result){.status = ESIM_STATUS_NOT_NOW}, 6, &io), ESIM_OK);
+    const size_t *d = campaign_take_dirty(c, &n);
+    assert_int_equal(n, 1);
+    assert_int_equal(d[0], 1);
+
+    /* the service restarts: rebuild from the records and carry on */
+    campaign_dev recs[3];
+    for (size_t i = 0; i < 3; i++)
+        recs[i] = *campaign_device_at(c, i);
+    campaign *c2 = NULL;
+    assert_int_equal(campaign_restore(campaign_get_spec(c), campaign_get_state(c),
+                                      campaign_created_ms(c), recs, 3, 50, &c2, NULL),
+                     ESIM_OK);
+    assert_string_equal(campaign_id(c2), campaign_id(c));
+    campaign_free(c);
+    assert_int_equal(count(c2, CDEV_ACTIVE), 2);
+    assert_int_equal(count(c2, CDEV_RETRY_WAIT), 1);
+    assert_int_equal(campaign_refresh_acked(c2), 1);
+    memset(&r, 0, sizeof r);
+    campaign_tick(c2, 5000, &io); /* the retry and the re-pushes are due */
+    assert_int_equal(r.queued[1][CAMPAIGN_STEP_VERIFY], 0); /* NotNow: still queued */
+    assert_int_equal(r.pushed[0] + r.pushed[1] + r.pushed[2], 3);
+    esim_subscription sub = {0};
+    snprintf(sub.eid, sizeof sub.eid, "%s", f.eid[1]);
+    campaign_result v = {.status = ESIM_STATUS_ACKNOWLEDGED, .subs = &sub, .n_subs = 1};
+    assert_int_equal(campaign_on_result(c2, 1, CAMPAIGN_STEP_VERIFY, &v, 5001, &io), ESIM_OK);
+    assert_int_equal(count(c2, CDEV_VERIFIED), 1);
+    campaign_free(c2);
+}
+
+static void test_names_round_trip(void **state)
+{
+    (void)state;
+    for (int s = 0; s < CDEV_STATE_COUNT; s++) {
+        campaign_dev_state back;
+        assert_int_equal(campaign_dev_state_parse(campaign_dev_state_name((campaign_dev_state)s), &back, NULL), ESIM_OK);
+        assert_int_equal(back, s);
+    }
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++) {
+        campaign_step back;
+        assert_int_equal(campaign_step_parse(campaign_step_name((campaign_step)s), &back, NULL), ESIM_OK);
+        assert_int_equal(back, s);
+    }
+    campaign_dev_state st;
+    assert_int_equal(campaign_dev_state_parse("installed", &st, NULL), ESIM_EINVAL);
+    assert_true(campaign_error_retryable(36003));
+    assert_false(campaign_error_retryable(36001));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_steps_in_order_and_verified),
+        cmocka_unit_test(test_ack_without_matching_eid_is_not_verified),
+        cmocka_unit_test(test_unknown_expected_eid_is_unverified),
+        cmocka_unit_test(test_not_now_backs_off_and_repushes_without_requeue),
+        cmocka_unit_test(test_busy_36003_requeues_other_errors_fail),
+        cmocka_unit_test(test_silent_device_repushed_then_timed_out),
+        cmocka_unit_test(test_pushes_per_second_ceiling),
+        cmocka_unit_test(test_pause_resume_cancel),
+        cmocka_unit_test(test_distribution_none_and_custom),
+        cmocka_unit_test(test_installed_esim_is_never_downloaded_twice),
+        cmocka_unit_test(test_bad_input_refused),
+        cmocka_unit_test(test_queue_failure_fails_device_with_reason),
+        cmocka_unit_test(test_dirty_records_and_restore),
+        cmocka_unit_test(test_names_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
