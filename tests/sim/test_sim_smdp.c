@@ -1,0 +1,555 @@
+/*
+ * test_sim_smdp.c — the SM-DP+ simulator and the LPA over real HTTPS on
+ * loopback: a full download and install notification, consume-once, the
+ * order errors (no order, wrong EID, not released), mutual authentication
+ * attacks (forged signature, foreign CI on either side, replayed challenge),
+ * the admin endpoint, CSV manifests and order persistence.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "tests/sim/sim_test.h"
+
+typedef struct {
+    char *dir;
+    sim_pki *pki, *other_pki; /* other_pki: a second, unrelated test CI */
+    struct event_base *base;
+    sim_http *http;
+    sim_smdp *smdp;
+    char url[128];
+    char es9[160];
+} fixture;
+
+static fixture fx;
+
+static int setup_all(void **state)
+{
+    (void)state;
+    fx.dir = st_tempdir();
+    char d[512];
+    esim_error err;
+    snprintf(d, sizeof d, "%s/pki", fx.dir);
+    if (sim_pki_open(d, &fx.pki, &err) != ESIM_OK)
+        return fprintf(stderr, "%s\n", err.msg), -1;
+    snprintf(d, sizeof d, "%s/other-pki", fx.dir);
+    if (sim_pki_open(d, &fx.other_pki, &err) != ESIM_OK)
+        return fprintf(stderr, "%s\n", err.msg), -1;
+    return 0;
+}
+
+static int teardown_all(void **state)
+{
+    (void)state;
+    sim_pki_free(fx.pki);
+    sim_pki_free(fx.other_pki);
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    fx.base = event_base_new();
+    esim_error err;
+    sim_smdp_config cfg = {.pki = fx.pki};
+    if (sim_smdp_new(fx.base, &cfg, &fx.smdp, &err) != ESIM_OK)
+        return fprintf(stderr, "%s\n", err.msg), -1;
+    if (sim_http_new(fx.base, &fx.http, &err) != ESIM_OK)
+        return -1;
+    snprintf(fx.url, sizeof fx.url, "%s", sim_smdp_url(fx.smdp));
+    snprintf(fx.es9, sizeof fx.es9, "%s/gsma/rsp2/es9plus/", fx.url);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    sim_http_free(fx.http);
+    sim_smdp_free(fx.smdp);
+    event_base_free(fx.base);
+    fx.http = NULL;
+    fx.smdp = NULL;
+    return 0;
+}
+
+static sim_euicc *euicc(const sim_pki *pki, unsigned n)
+{
+    char eid[33];
+    st_eid(n, eid);
+    sim_euicc *e = NULL;
+    assert_int_equal(sim_euicc_new(pki, eid, &e, NULL), ESIM_OK);
+    return e;
+}
+
+static void order(const sim_euicc *e, unsigned n, const char *mid, bool released)
+{
+    char iccid[21];
+    st_iccid(n, iccid);
+    esim_error err;
+    assert_int_equal(sim_smdp_add_order(fx.smdp, sim_euicc_eid(e), iccid, mid, released, &err), ESIM_OK);
+}
+
+typedef struct {
+    bool done;
+    sim_download_result r;
+} dl_wait;
+
+static void dl_cb(void *arg, const sim_download_result *r)
+{
+    dl_wait *w = arg;
+    w->r = *r;
+    w->done = true;
+}
+
+static sim_download_result download(sim_euicc *e, const char *mid, const char *ca)
+{
+    dl_wait w = {0};
+    esim_error err;
+    assert_int_equal(sim_lpa_download(fx.http, e, fx.url, ca, mid, dl_cb, &w, &err), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_true(w.done);
+    return w.r;
+}
+
+typedef struct {
+    bool done;
+    size_t still;
+} nt_wait;
+
+static void nt_cb(void *arg, size_t still)
+{
+    nt_wait *w = arg;
+    w->still = still;
+    w->done = true;
+}
+
+static size_t send_notifications(sim_euicc *e)
+{
+    nt_wait w = {0};
+    assert_int_equal(sim_lpa_send_notifications(fx.http, e, sim_pki_ca_file(fx.pki), nt_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    return w.still;
+}
+
+static void test_download_install_once(void **state)
+{
+    (void)state;
+    sim_euicc *e = euicc(fx.pki, 100);
+    order(e, 100, NULL, true);
+    char iccid[21];
+    st_iccid(100, iccid);
+    sim_download_result r = download(e, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_OK);
+    assert_string_equal(r.iccid, iccid);
+    const sim_profile *p = sim_euicc_find(e, iccid);
+    assert_non_null(p);
+    assert_int_equal(p->state, SIM_PROFILE_DISABLED);
+    assert_int_equal(p->profile_class, SIM_CLASS_OPERATIONAL);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_DOWNLOADED);
+    assert_int_equal(sim_euicc_enable(e, iccid), SIM_RES_OK);
+
+    /* install + enable notifications reach the SM-DP+ and are forgotten. */
+    assert_int_equal(sim_euicc_notification_count(e), 2);
+    assert_int_equal(send_notifications(e), 0);
+    assert_int_equal(sim_euicc_notification_count(e), 0);
+    const sim_order *o = sim_smdp_find_order(fx.smdp, iccid);
+    assert_int_equal(o->state, SIM_ORDER_INSTALLED);
+    assert_int_equal(o->downloads, 1);
+    assert_int_equal(o->installs, 1);
+
+    /* Consume once: the same eUICC asking again is refused 8.2/3.7. */
+    assert_int_equal(sim_euicc_delete(e, iccid), SIM_RES_PROFILE_NOT_IN_DISABLED_STATE);
+    r = download(e, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_EAUTH);
+    assert_string_equal(r.subject_code, "8.2");
+    assert_string_equal(r.reason_code, "3.7");
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->downloads, 1);
+    sim_euicc_free(e);
+}
+
+static void test_order_errors(void **state)
+{
+    (void)state;
+    sim_euicc *a = euicc(fx.pki, 200), *b = euicc(fx.pki, 201), *c = euicc(fx.pki, 202);
+    order(a, 200, "AAAAA-BBBBB-CCCCC-DDDDD", true);
+    order(c, 202, NULL, false);
+
+    sim_download_result r = download(b, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_EAUTH);
+    assert_string_equal(r.subject_code, "8.1.1");
+    assert_string_equal(r.reason_code, "2.2"); /* nothing ordered for b */
+
+    r = download(b, "AAAAA-BBBBB-CCCCC-DDDDD", sim_pki_ca_file(fx.pki));
+    assert_string_equal(r.subject_code, "8.1.1");
+    assert_string_equal(r.reason_code, "3.8"); /* a's order, b's EID */
+    assert_int_equal(sim_euicc_profile_count(b), 0);
+
+    r = download(c, NULL, sim_pki_ca_file(fx.pki));
+    assert_string_equal(r.subject_code, "8.2");
+    assert_string_equal(r.reason_code, "1.2"); /* not released yet */
+    char iccid[21];
+    st_iccid(202, iccid);
+    esim_error err;
+    assert_int_equal(sim_smdp_release_order(fx.smdp, iccid, &err), ESIM_OK);
+    assert_int_equal(sim_smdp_release_order(fx.smdp, iccid, &err), ESIM_ESTATE);
+    r = download(c, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_OK);
+
+    r = download(a, "AAAAA-BBBBB-CCCCC-DDDDD", sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_OK);
+    sim_euicc_free(a);
+    sim_euicc_free(b);
+    sim_euicc_free(c);
+}
+
+static void test_foreign_ci(void **state)
+{
+    (void)state;
+    /* An eUICC whose EUM comes from another CI: the SM-DP+ refuses it. */
+    sim_euicc *e = euicc(fx.pki, 300);
+    assert_int_equal(sim_euicc_reissue(e, &fx.other_pki->eum, fx.other_pki->eum.x509, NULL), ESIM_OK);
+    order(e, 300, NULL, true);
+    sim_download_result r = download(e, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_EAUTH);
+    assert_string_equal(r.subject_code, "8.1.2");
+    assert_string_equal(r.reason_code, "6.1");
+    char iccid[21];
+    st_iccid(300, iccid);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_RELEASED);
+    sim_euicc_free(e);
+
+    /* An SM-DP+ whose DPauth comes from another CI: the eUICC refuses it. */
+    sim_smdp *rogue = NULL;
+    sim_smdp_config cfg = {.pki = fx.other_pki};
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &rogue, NULL), ESIM_OK);
+    sim_euicc *good = euicc(fx.pki, 301);
+    char iccid2[21];
+    st_iccid(301, iccid2);
+    assert_int_equal(sim_smdp_add_order(rogue, sim_euicc_eid(good), iccid2, NULL, true, NULL), ESIM_OK);
+    dl_wait w = {0};
+    assert_int_equal(sim_lpa_download(fx.http, good, sim_smdp_url(rogue), sim_pki_ca_file(fx.other_pki),
+                                      NULL, dl_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_int_equal(w.r.err, ESIM_ECRYPTO);
+    assert_non_null(strstr(w.r.message, "CI"));
+    assert_int_equal(sim_euicc_profile_count(good), 0);
+    assert_int_equal(sim_smdp_find_order(rogue, iccid2)->state, SIM_ORDER_RELEASED);
+    sim_smdp_free(rogue);
+    sim_euicc_free(good);
+}
+
+/* ---- hand-driven protocol for the attacks ---- */
+
+static json_t *es9(const char *fn, json_t *body, long *status)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", fx.es9, fn);
+    static const char *const h[] = {"Content-Type: application/json", "X-Admin-Protocol: gsma/rsp/v2.2.0"};
+    json_t *r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, h, 2, status);
+    json_decref(body);
+    return r;
+}
+
+static const char *status_of(json_t *r, char *buf, size_t n)
+{
+    json_t *st = json_object_get(json_object_get(r, "header"), "functionExecutionStatus");
+    json_t *scd = json_object_get(st, "statusCodeData");
+    if (!scd)
+        snprintf(buf, n, "%s", sim_json_str(st, "status") ? sim_json_str(st, "status") : "?");
+    else
+        snprintf(buf, n, "%s/%s", sim_json_str(scd, "subjectCode"), sim_json_str(scd, "reasonCode"));
+    return buf;
+}
+
+static json_t *initiate(char chal_b64[64])
+{
+    unsigned char chal[16];
+    esim_random_bytes(chal, 16);
+    json_t *b = json_object();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", sim_smdp_port(fx.smdp));
+    json_object_set_new(b, "smdpAddress", json_string(addr));
+    sim_json_set_b64(b, "euiccChallenge", chal, 16);
+    snprintf(chal_b64, 64, "%s", sim_json_str(b, "euiccChallenge"));
+    long st;
+    json_t *r = es9("initiateAuthentication", b, &st);
+    assert_int_equal(st, 200);
+    return r;
+}
+
+/* The authenticateClient body for session |txid| signing |server_chal|,
+ * signed by |signer| while presenting |presenter|'s certificate. */
+static json_t *auth_body(const char *txid, const char *server_chal, sim_euicc *signer,
+                         sim_euicc *presenter)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", sim_smdp_port(fx.smdp));
+    json_t *signed1 = json_pack("{s:s, s:s, s:s, s:{}}", "transactionId", txid, "serverAddress",
+                                addr, "serverChallenge", server_chal, "ctxParams1");
+    esim_buf raw = {0}, c = {0}, eum = {0};
+    sim_json_dump(signed1, &raw);
+    json_decref(signed1);
+    unsigned char sig[64];
+    assert_int_equal(sim_euicc_sign(signer, raw.data, raw.len, sig, NULL), ESIM_OK);
+    sim_euicc_cert_b64(presenter, &c, &eum);
+    json_t *asr = json_pack("{s:s, s:s}", "euiccCertificate", (const char *)c.data,
+                            "eumCertificate", (const char *)eum.data);
+    sim_json_set_b64(asr, "euiccSigned1", raw.data, raw.len);
+    sim_json_set_b64(asr, "euiccSignature1", sig, 64);
+    esim_buf_free(&raw);
+    esim_buf_free(&c);
+    esim_buf_free(&eum);
+    return json_pack("{s:s, s:o}", "transactionId", txid, "authenticateServerResponse", asr);
+}
+
+static const char *server_challenge(json_t *init, char out[64])
+{
+    esim_buf raw = {0};
+    assert_int_equal(sim_json_b64(init, "serverSigned1", &raw, NULL), ESIM_OK);
+    json_t *s1 = json_loadb((const char *)raw.data, raw.len, 0, NULL);
+    snprintf(out, 64, "%s", sim_json_str(s1, "serverChallenge"));
+    json_decref(s1);
+    esim_buf_free(&raw);
+    return out;
+}
+
+static void test_forged_signature(void **state)
+{
+    (void)state;
+    sim_euicc *victim = euicc(fx.pki, 400), *attacker = euicc(fx.pki, 401);
+    order(victim, 400, NULL, true);
+    char chal[64], sc[64], buf[64];
+    json_t *init = initiate(chal);
+    char txid[64];
+    snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
+    /* The attacker presents the victim's certificate but can only sign with its own key. */
+    json_t *r = es9("authenticateClient", auth_body(txid, server_challenge(init, sc), attacker, victim), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.1/6.1");
+    json_decref(r);
+    json_decref(init);
+    char iccid[21];
+    st_iccid(400, iccid);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_RELEASED);
+
+    /* And the EID in a body is never believed: only the certificate counts. */
+    init = initiate(chal);
+    snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
+    json_t *body = auth_body(txid, server_challenge(init, sc), attacker, attacker);
+    json_object_set_new(body, "eid", json_string(sim_euicc_eid(victim)));
+    r = es9("authenticateClient", body, NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.1.1/2.2");
+    json_decref(r);
+    json_decref(init);
+    sim_euicc_free(victim);
+    sim_euicc_free(attacker);
+}
+
+static void test_replayed_challenge(void **state)
+{
+    (void)state;
+    sim_euicc *e = euicc(fx.pki, 500);
+    order(e, 500, NULL, true);
+    char chal[64], sc_a[64], sc_b[64], buf[64], tx_a[64], tx_b[64];
+    json_t *a = initiate(chal), *b = initiate(chal);
+    snprintf(tx_a, sizeof tx_a, "%s", sim_json_str(a, "transactionId"));
+    snprintf(tx_b, sizeof tx_b, "%s", sim_json_str(b, "transactionId"));
+    server_challenge(a, sc_a);
+    server_challenge(b, sc_b);
+    assert_string_not_equal(sc_a, sc_b);
+
+    /* A genuine signature over session A's challenge, replayed into B. */
+    json_t *body = auth_body(tx_a, sc_a, e, e);
+    json_object_set_new(body, "transactionId", json_string(tx_b));
+    json_t *r = es9("authenticateClient", body, NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.1/6.1");
+    json_decref(r);
+
+    /* Session A itself accepts it once, and a replay of the same message is refused. */
+    r = es9("authenticateClient", auth_body(tx_a, sc_a, e, e), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "Executed-Success");
+    json_decref(r);
+    r = es9("authenticateClient", auth_body(tx_a, sc_a, e, e), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9");
+    json_decref(r);
+
+    /* The failed attempt ended session B: the eUICC must start over. */
+    r = es9("authenticateClient", auth_body(tx_b, sc_b, e, e), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9");
+    json_decref(r);
+
+    /* cancelSession ends a session too. */
+    char tx_c[64], sc_c[64];
+    json_t *c = initiate(chal);
+    snprintf(tx_c, sizeof tx_c, "%s", sim_json_str(c, "transactionId"));
+    server_challenge(c, sc_c);
+    r = es9("cancelSession", json_pack("{s:s}", "transactionId", tx_c), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "Executed-Success");
+    json_decref(r);
+    r = es9("authenticateClient", auth_body(tx_c, sc_c, e, e), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9");
+    json_decref(r);
+    json_decref(c);
+
+    /* Garbage is refused with a status, not a crash. */
+    long st;
+    r = es9("initiateAuthentication", json_pack("{s:s}", "euiccChallenge", "!!"), &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.1/2.1");
+    json_decref(r);
+    r = es9("getBoundProfilePackage", json_pack("{s:s}", "transactionId", "nope"), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9");
+    json_decref(r);
+    json_decref(a);
+    json_decref(b);
+    sim_euicc_free(e);
+}
+
+static void test_notification_from_other_eid(void **state)
+{
+    (void)state;
+    sim_euicc *owner = euicc(fx.pki, 600), *other = euicc(fx.pki, 601);
+    order(owner, 600, NULL, true);
+    assert_int_equal(download(owner, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    char iccid[21];
+    st_iccid(600, iccid);
+    /* Another eUICC claims to have installed the owner's profile. */
+    sim_profile p = {0};
+    snprintf(p.iccid, sizeof p.iccid, "%s", iccid);
+    p.profile_class = SIM_CLASS_OPERATIONAL;
+    snprintf(p.smdp_address, sizeof p.smdp_address, "127.0.0.1:%u", sim_smdp_port(fx.smdp));
+    sim_result res;
+    assert_int_equal(sim_euicc_install(other, &p, &res, NULL), ESIM_OK);
+    assert_int_equal(send_notifications(other), 0); /* confirmed, but ignored */
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_DOWNLOADED);
+    assert_int_equal(send_notifications(owner), 0);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_INSTALLED);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->installs, 1);
+    sim_euicc_free(owner);
+    sim_euicc_free(other);
+}
+
+static void test_admin_and_csv(void **state)
+{
+    (void)state;
+    char eid[33], iccid[21], url[200];
+    st_eid(700, eid);
+    st_iccid(700, iccid);
+    snprintf(url, sizeof url, "%s/admin/orders", fx.url);
+    long st;
+    json_t *body = json_pack("{s:s, s:s, s:b}", "eid", eid, "iccid", iccid, "released", 0);
+    json_t *r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    assert_int_equal(st, 201);
+    assert_string_equal(sim_json_str(r, "state"), "Available");
+    json_decref(r);
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    assert_int_equal(st, 409);
+    json_decref(r);
+    json_decref(body);
+    body = json_pack("{s:s, s:s}", "eid", "123", "iccid", iccid);
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(sim_json_str(r, "error"), "EID"));
+    json_decref(r);
+    json_decref(body);
+    char rel[220];
+    snprintf(rel, sizeof rel, "%s/release", url);
+    body = json_pack("{s:s}", "iccid", iccid);
+    r = st_request(fx.base, fx.http, "POST", rel, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(sim_json_str(r, "state"), "Released");
+    json_decref(r);
+    json_decref(body);
+
+    /* CSV: all or nothing. */
+    char path[600];
+    snprintf(path, sizeof path, "%s/orders.csv", fx.dir);
+    char e1[33], e2[33], i1[21], i2[21], csv[512];
+    st_eid(701, e1);
+    st_eid(702, e2);
+    st_iccid(701, i1);
+    st_iccid(702, i2);
+    snprintf(csv, sizeof csv, "eid,iccid,matching_id\n%s,%s\n%s,%s,MATCH-1\n%s,12345\n", e1, i1, e2, i2, e1);
+    assert_int_equal(esim_write_file_atomic(path, csv, strlen(csv), 0644, NULL), ESIM_OK);
+    size_t added = 99;
+    esim_error err;
+    size_t before = sim_smdp_order_count(fx.smdp);
+    assert_int_equal(sim_smdp_load_csv(fx.smdp, path, &added, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "line 4"));
+    assert_int_equal(sim_smdp_order_count(fx.smdp), before);
+    snprintf(csv, sizeof csv, "eid,iccid,matching_id\n%s,%s\n\n%s,%s,MATCH-1\n", e1, i1, e2, i2);
+    assert_int_equal(esim_write_file_atomic(path, csv, strlen(csv), 0644, NULL), ESIM_OK);
+    assert_int_equal(sim_smdp_load_csv(fx.smdp, path, &added, &err), ESIM_OK);
+    assert_int_equal(added, 2);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, i2)->state, SIM_ORDER_RELEASED);
+    assert_string_equal(sim_smdp_find_order(fx.smdp, i2)->matching_id, "MATCH-1");
+
+    r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Released")), 3);
+    assert_int_equal(json_array_size(json_object_get(r, "orders")), 3);
+    json_decref(r);
+}
+
+static void test_admin_token_and_persistence(void **state)
+{
+    (void)state;
+    char data[600];
+    snprintf(data, sizeof data, "%s/smdp-data", fx.dir);
+    sim_smdp *s = NULL;
+    sim_smdp_config cfg = {.pki = fx.pki, .data_dir = data, .admin_token = "sekret"};
+    esim_error err;
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &s, &err), ESIM_OK);
+    char url[200];
+    snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(s));
+    long st;
+    json_t *r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    assert_int_equal(st, 401);
+    json_decref(r);
+    static const char *const auth[] = {"Authorization: Bearer sekret"};
+    r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
+    assert_int_equal(st, 200);
+    json_decref(r);
+
+    sim_euicc *e = euicc(fx.pki, 800);
+    char iccid[21];
+    st_iccid(800, iccid);
+    assert_int_equal(sim_smdp_add_order(s, sim_euicc_eid(e), iccid, NULL, true, &err), ESIM_OK);
+    dl_wait w = {0};
+    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL, dl_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_int_equal(w.r.err, ESIM_OK);
+    sim_smdp_free(s); /* flushes */
+
+    s = NULL;
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &s, &err), ESIM_OK);
+    assert_int_equal(sim_smdp_order_count(s), 1);
+    assert_int_equal(sim_smdp_find_order(s, iccid)->state, SIM_ORDER_DOWNLOADED);
+    assert_int_equal(sim_smdp_find_order(s, iccid)->downloads, 1);
+    /* Still consumed after the restart. */
+    w.done = false;
+    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL, dl_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_string_equal(w.r.reason_code, "3.7");
+    sim_smdp_free(s);
+    sim_euicc_free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_download_install_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_order_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_ci, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forged_signature, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replayed_challenge, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notification_from_other_eid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_and_csv, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_token_and_persistence, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
