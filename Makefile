@@ -2,6 +2,8 @@
 # out of tree, builds, then runs. build/debug is the ASan+UBSan build the
 # tests run on; build/release is what the demo and the benchmarks run.
 JOBS ?= $(shell nproc)
+# cmake drives its own make; keep the outer make's flags out of it.
+BUILD = env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS cmake --build
 
 .PHONY: all deps debug release test demo bench clean format
 
@@ -12,11 +14,11 @@ deps:
 
 debug: deps
 	@cmake -S . -B build/debug -DCMAKE_BUILD_TYPE=Debug -DESIM_SANITIZE=ON >/dev/null
-	@cmake --build build/debug -j $(JOBS)
+	@$(BUILD) build/debug -j $(JOBS)
 
 release: deps
 	@cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DESIM_TESTS=OFF >/dev/null
-	@cmake --build build/release -j $(JOBS)
+	@$(BUILD) build/release -j $(JOBS)
 
 test: debug
 	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
