@@ -195,6 +195,9 @@ typedef struct {
     int64_t changed_ms;  /* last state change */
     int64_t next_ms;     /* next timer: re-push or end of back-off (0: none) */
     int64_t deadline_ms; /* expiry: timed_out after this */
+    int64_t last_push_ms;  /* when the last push went out (0: never) */
+    uint32_t cmd;          /* the caller's reference to the queued command (campaign_io) */
+    uint8_t push_state;    /* the caller's code for the last push's fate */
     char *reason;     /* malloc'd sentence for failed/unverified/timed_out; NULL otherwise */
 } campaign_dev;
 
@@ -208,6 +211,11 @@ typedef struct {
     esim_err (*queue)(void *arg, campaign *c, size_t dev, campaign_step step, esim_error *err);
     /* Wake the device with an APNs push. */
     esim_err (*push)(void *arg, campaign *c, size_t dev, esim_error *err);
+    /* True when results reach the engine after the device already had its
+     * reply (the service's result hook): the next step's command then needs
+     * a push of its own. False: the device is still connected and gets it
+     * in the same exchange. */
+    bool push_after_answer;
 } campaign_io;
 
 /* A command result as the engine needs it. */
@@ -248,7 +256,7 @@ const campaign_spec *campaign_get_spec(const campaign *c); /* strings owned by |
 int64_t campaign_created_ms(const campaign *c);
 size_t campaign_device_count(const campaign *c);
 const campaign_dev *campaign_device_at(const campaign *c, size_t i);
-/* Index of |udid| or -1. */
+/* Index of |udid| or -1 (a hash lookup). */
 long campaign_find_device(const campaign *c, const char *udid);
 /* Number of devices in each state. */
 void campaign_counts(const campaign *c, size_t counts[CDEV_STATE_COUNT]);
@@ -281,6 +289,15 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
  * "the push token is dead (410 Unregistered)"): the reason is kept; the
  * device keeps waiting until a check-in or its expiry. */
 void campaign_on_push_failed(campaign *c, size_t dev, const char *why, int64_t now_ms);
+
+/* The caller could not carry out a queue or push it accepted earlier:
+ * |dev| becomes failed with |why| (unless already final). */
+void campaign_fail_device(campaign *c, size_t dev, const char *why, int64_t now_ms);
+
+/* Sets the caller's fields of a device record (campaign_dev.cmd and
+ * push_state) and marks it changed. */
+void campaign_set_cmd(campaign *c, size_t dev, uint32_t cmd);
+void campaign_set_push_state(campaign *c, size_t dev, uint8_t push_state);
 
 /* pause: no new pushes or commands; answers still count. resume: pending
  * and waiting devices carry on (a staged campaign starts; expiry deadlines

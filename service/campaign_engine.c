@@ -46,6 +46,9 @@ struct campaign {
 
     size_t *dirty; /* indices, capacity n */
     size_t n_dirty;
+
+    uint32_t *index; /* open addressing: device index + 1 by UDID hash */
+    size_t index_cap;
 };
 
 static const char *const step_names[CAMPAIGN_STEP_COUNT] = {"profile", "refresh", "verify",
@@ -145,12 +148,43 @@ const campaign_dev *campaign_device_at(const campaign *c, size_t i)
     return i < c->n ? &c->devs[i] : NULL;
 }
 
+static uint64_t udid_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
 long campaign_find_device(const campaign *c, const char *udid)
 {
-    for (size_t i = 0; i < c->n; i++)
-        if (strcmp(c->devs[i].udid, udid) == 0)
-            return (long)i;
+    if (!c || !udid || !c->index)
+        return -1;
+    size_t k = udid_hash(udid) & (c->index_cap - 1);
+    while (c->index[k]) {
+        if (strcmp(c->devs[c->index[k] - 1].udid, udid) == 0)
+            return (long)(c->index[k] - 1);
+        k = (k + 1) & (c->index_cap - 1);
+    }
     return -1;
+}
+
+/* Builds the UDID index once the records are filled. */
+static esim_err build_index(campaign *c)
+{
+    c->index_cap = 64;
+    while (c->index_cap < c->n * 2)
+        c->index_cap *= 2;
+    c->index = calloc(c->index_cap, sizeof *c->index);
+    if (!c->index)
+        return ESIM_ENOMEM;
+    for (size_t i = 0; i < c->n; i++) {
+        size_t k = udid_hash(c->devs[i].udid) & (c->index_cap - 1);
+        while (c->index[k])
+            k = (k + 1) & (c->index_cap - 1);
+        c->index[k] = (uint32_t)(i + 1);
+    }
+    return ESIM_OK;
 }
 
 void campaign_counts(const campaign *c, size_t counts[CDEV_STATE_COUNT])
@@ -355,6 +389,7 @@ static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *i
         set_reason(c, i, "the push could not be sent: %s", why.msg);
     else {
         c->pushes++;
+        d->last_push_ms = now;
         if (d->pushes < UINT16_MAX)
             d->pushes++;
     }
@@ -384,7 +419,10 @@ static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
     if (!queue_step(c, i, now, io))
         return;
     set_state(c, i, CDEV_ACTIVE, now);
-    arm(c, i, now + c->spec.settings.repush_after_ms);
+    if (io->push_after_answer)
+        push_device(c, i, now, io);
+    else
+        arm(c, i, now + c->spec.settings.repush_after_ms);
 }
 
 static int64_t backoff_ms(const campaign *c, unsigned retries)
@@ -499,6 +537,29 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
     default:
         return ESIM_EINVAL;
     }
+}
+
+void campaign_fail_device(campaign *c, size_t dev, const char *why, int64_t now)
+{
+    if (!c || dev >= c->n || campaign_dev_state_final((campaign_dev_state)c->devs[dev].state))
+        return;
+    fail_device(c, dev, CDEV_FAILED, now, "%s", why ? why : "failed");
+}
+
+void campaign_set_cmd(campaign *c, size_t dev, uint32_t cmd)
+{
+    if (!c || dev >= c->n)
+        return;
+    c->devs[dev].cmd = cmd;
+    mark_dirty(c, dev);
+}
+
+void campaign_set_push_state(campaign *c, size_t dev, uint8_t push_state)
+{
+    if (!c || dev >= c->n)
+        return;
+    c->devs[dev].push_state = push_state;
+    mark_dirty(c, dev);
 }
 
 void campaign_on_push_failed(campaign *c, size_t dev, const char *why, int64_t now)
@@ -831,6 +892,10 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
             mark_dirty(c, i);
         }
     }
+    if (build_index(c) != ESIM_OK) {
+        campaign_free(c);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", n);
+    }
     /* A device whose only remaining step was a refresh it must not repeat
      * has nothing to do: it is done without a second download. */
     for (size_t i = 0; i < n; i++) {
@@ -885,6 +950,10 @@ esim_err campaign_restore(const campaign_spec *spec, campaign_state state, int64
     c->n_dirty = 0;
     for (size_t i = 0; i < n; i++)
         c->devs[i].dirty = 0;
+    if (build_index(c) != ESIM_OK) {
+        campaign_free(c);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", n);
+    }
     check_finished(c);
     *out = c;
     return ESIM_OK;
@@ -900,6 +969,7 @@ void campaign_free(campaign *c)
     free(c->ready);
     free(c->dirty);
     free(c->heap);
+    free(c->index);
     free(c->name);
     free(c->smdp_url);
     free(c);
