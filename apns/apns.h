@@ -8,6 +8,10 @@
  * through callbacks. Nothing here prints; failures come back as esim_err plus
  * an esim_error sentence (see core/esim.h).
  *
+ * Like any program writing to TLS sockets through OpenSSL, a process using
+ * this must ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)): a peer that closes
+ * its end would otherwise kill it. The library does not touch signals.
+ *
  * Protocol rules followed here are summarised in PROTOCOLS.md §4.
  */
 #ifndef ESIM_APNS_APNS_H
@@ -276,7 +280,10 @@ void apns_client_stats(const apns_client *c, apns_stats *out);
 /*
  * Closes every connection and frees the client. Pushes not finished are
  * reported with APNS_OUTCOME_CANCELED from inside this call. NULL is
- * allowed. Must not be called from the result callback.
+ * allowed. Must not be called from the result callback. libevent releases
+ * a closed connection's buffers from inside the loop: if you are about to
+ * event_base_free() the base, run event_base_loop(base, EVLOOP_NONBLOCK)
+ * once after this call (the same holds for apns_mock_free()).
  */
 void apns_client_free(apns_client *c);
 
@@ -340,9 +347,10 @@ typedef struct {
     bool drop_streams_on_reject;
     /* Hold every response this long. */
     unsigned delay_ms;
-    /* Close a connection abruptly (TCP reset, no GOAWAY) when its Nth
-     * request arrives; that request and later ones are not processed, answers
-     * already given are flushed first. 0 = never. */
+    /* Drop a connection without GOAWAY when its Nth request arrives: that
+     * request and later ones are never answered (nor delivered), answers
+     * already given are flushed, then the socket is shut down. The client
+     * sees a connection lost with streams in flight. 0 = never. */
     unsigned reset_every;
     /* Accept every request with 200 as cheaply as possible: no validation,
      * no delivery. */
