@@ -1,8 +1,833 @@
-/* cmd_service.c — placeholder until its area lands; replaced whole by its owner. */
-#include <stdio.h>
+/*
+ * cmd_service.c — `esim-mdm serve` (the MDM service, options from the
+ * command line and/or a config file) and the admin subcommands that drive
+ * it over its JSON API: enqueue, status, devices, cancel.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+
 #include "cli/cli.h"
-int cmd_serve(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
-int cmd_enqueue(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
-int cmd_status(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
-int cmd_devices(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
-int cmd_cancel(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
+#include "service/service.h"
+
+/* ---- serve -------------------------------------------------------------------------- */
+
+static const char serve_usage[] =
+    "usage: esim-mdm serve [options]\n"
+    "\n"
+    "Runs the MDM service: PUT /mdm and /checkin for devices, the JSON admin API\n"
+    "under /v1/ (docs/api.md), /metrics and /healthz.\n"
+    "\n"
+    "  --listen ADDR:PORT        where to listen (default 127.0.0.1:8080; port 0 = any free one)\n"
+    "  --port-file F             write the bound port to F once listening\n"
+    "  --data-dir DIR            state directory (default ./esim-mdm-data)\n"
+    "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db); postgres:// is not supported yet\n"
+    "  --store-sync full|normal  full (default): commits reach the disk before devices hear of them\n"
+    "  --api-token-file F        bearer token for /v1/ (default: DIR/api-token, made if missing)\n"
+    "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none (experiments only)\n"
+    "  --device-ca PEM           CA bundle that device identity certificates chain to\n"
+    "  --tls-cert PEM --tls-key PEM   serve HTTPS\n"
+    "  --apns URL                APNs (https://api.push.apple.com, or the mock's URL)\n"
+    "  --apns-cert PEM --apns-key PEM  the MDM push certificate and key\n"
+    "  --apns-ca PEM             CA for the APNs server (default: system trust store)\n"
+    "  --apns-topic TOPIC        default: the push certificate's UID\n"
+    "  --webhook URL             POST every check-in and result to URL (repeatable)\n"
+    "  --webhook-secret-file F   HMAC-SHA256 key for the X-Hmac-Signature header\n"
+    "  --max-body BYTES          largest device message (default 1048576)\n"
+    "  --device-rate N           requests per second per device (default 20, burst 2N)\n"
+    "  --not-now-backoff S       seconds before re-pushing a device that said NotNow (default 30)\n"
+    "  --config F                read options from F: one 'option value' per line, # comments\n"
+    "                            (command-line options given after --config win)\n";
+
+enum {
+    O_LISTEN = 1000, O_PORT_FILE, O_DATA_DIR, O_STORE, O_STORE_SYNC, O_API_TOKEN_FILE,
+    O_DEVICE_AUTH, O_DEVICE_CA, O_TLS_CERT, O_TLS_KEY, O_APNS, O_APNS_CERT, O_APNS_KEY,
+    O_APNS_CA, O_APNS_TOPIC, O_WEBHOOK, O_WEBHOOK_SECRET_FILE, O_MAX_BODY, O_DEVICE_RATE,
+    O_NOT_NOW_BACKOFF, O_CONFIG, O_HELP,
+};
+
+static const struct option serve_options[] = {
+    {"listen", required_argument, NULL, O_LISTEN},
+    {"port-file", required_argument, NULL, O_PORT_FILE},
+    {"data-dir", required_argument, NULL, O_DATA_DIR},
+    {"store", required_argument, NULL, O_STORE},
+    {"store-sync", required_argument, NULL, O_STORE_SYNC},
+    {"api-token-file", required_argument, NULL, O_API_TOKEN_FILE},
+    {"device-auth", required_argument, NULL, O_DEVICE_AUTH},
+    {"device-ca", required_argument, NULL, O_DEVICE_CA},
+    {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},
+    {"apns", required_argument, NULL, O_APNS},
+    {"apns-cert", required_argument, NULL, O_APNS_CERT},
+    {"apns-key", required_argument, NULL, O_APNS_KEY},
+    {"apns-ca", required_argument, NULL, O_APNS_CA},
+    {"apns-topic", required_argument, NULL, O_APNS_TOPIC},
+    {"webhook", required_argument, NULL, O_WEBHOOK},
+    {"webhook-secret-file", required_argument, NULL, O_WEBHOOK_SECRET_FILE},
+    {"max-body", required_argument, NULL, O_MAX_BODY},
+    {"device-rate", required_argument, NULL, O_DEVICE_RATE},
+    {"not-now-backoff", required_argument, NULL, O_NOT_NOW_BACKOFF},
+    {"config", required_argument, NULL, O_CONFIG},
+    {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+/* Everything `serve` was told, as strings until the end. */
+typedef struct {
+    esim_service_config cfg;
+    const char *port_file, *api_token_file, *webhook_secret_file, *store_sync, *device_auth;
+    const char *webhooks[32];
+    size_t n_webhooks;
+    char *owned[256]; /* strings read from a config file */
+    size_t n_owned;
+} serve_opts;
+
+static int apply_option(serve_opts *o, int id, const char *v);
+
+/* Reads "option value" lines; each becomes the matching --option. */
+static int read_config(serve_opts *o, const char *path)
+{
+    esim_buf text = {0};
+    esim_error e;
+    if (esim_read_file(path, 1024 * 1024, &text, &e) != ESIM_OK)
+        return cli_usage_error("--config: %s", e.msg);
+    int rc = CLI_EXIT_OK;
+    int lineno = 0;
+    for (char *save = NULL, *line = strtok_r((char *)text.data, "\n", &save); line && rc == CLI_EXIT_OK;
+         line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        while (*line == ' ' || *line == '\t')
+            line++;
+        if (!*line || *line == '#')
+            continue;
+        char *end = line + strlen(line);
+        while (end > line && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+            *--end = '\0';
+        char *sep = line + strcspn(line, " \t=");
+        char *value = sep;
+        if (*sep) {
+            *sep = '\0';
+            value = sep + 1;
+            while (*value == ' ' || *value == '\t' || *value == '=')
+                value++;
+        }
+        const struct option *opt = NULL;
+        for (size_t i = 0; serve_options[i].name && !opt; i++)
+            if (strcmp(serve_options[i].name, line) == 0 && serve_options[i].has_arg)
+                opt = &serve_options[i];
+        if (!opt || opt->val == O_CONFIG) {
+            rc = cli_usage_error("%s:%d: unknown option '%s'", path, lineno, line);
+            break;
+        }
+        if (!*value) {
+            rc = cli_usage_error("%s:%d: %s needs a value", path, lineno, line);
+            break;
+        }
+        if (o->n_owned == sizeof o->owned / sizeof o->owned[0] || !(o->owned[o->n_owned] = strdup(value))) {
+            rc = cli_usage_error("%s: too many options", path);
+            break;
+        }
+        rc = apply_option(o, opt->val, o->owned[o->n_owned++]);
+    }
+    esim_buf_free(&text);
+    return rc;
+}
+
+static int parse_long(const char *opt, const char *v, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || !*v || *end || n < lo || n > hi)
+        return cli_usage_error("%s: expected a number from %ld to %ld, got '%s'", opt, lo, hi, v);
+    *out = n;
+    return CLI_EXIT_OK;
+}
+
+static int apply_option(serve_opts *o, int id, const char *v)
+{
+    long n = 0;
+    int rc = CLI_EXIT_OK;
+    switch (id) {
+    case O_LISTEN: o->cfg.listen = v; break;
+    case O_PORT_FILE: o->port_file = v; break;
+    case O_DATA_DIR: o->cfg.data_dir = v; break;
+    case O_STORE: o->cfg.store = v; break;
+    case O_STORE_SYNC: o->store_sync = v; break;
+    case O_API_TOKEN_FILE: o->api_token_file = v; break;
+    case O_DEVICE_AUTH: o->device_auth = v; break;
+    case O_DEVICE_CA: o->cfg.device_ca_path = v; break;
+    case O_TLS_CERT: o->cfg.tls_cert_path = v; break;
+    case O_TLS_KEY: o->cfg.tls_key_path = v; break;
+    case O_APNS: o->cfg.apns_url = v; break;
+    case O_APNS_CERT: o->cfg.apns_cert_path = v; break;
+    case O_APNS_KEY: o->cfg.apns_key_path = v; break;
+    case O_APNS_CA: o->cfg.apns_ca_path = v; break;
+    case O_APNS_TOPIC: o->cfg.apns_topic = v; break;
+    case O_WEBHOOK:
+        if (o->n_webhooks == sizeof o->webhooks / sizeof o->webhooks[0])
+            return cli_usage_error("--webhook: at most 32 URLs");
+        o->webhooks[o->n_webhooks++] = v;
+        break;
+    case O_WEBHOOK_SECRET_FILE: o->webhook_secret_file = v; break;
+    case O_MAX_BODY:
+        if ((rc = parse_long("--max-body", v, 1024, 64L * 1024 * 1024, &n)) == CLI_EXIT_OK)
+            o->cfg.max_body = (size_t)n;
+        break;
+    case O_DEVICE_RATE:
+        if ((rc = parse_long("--device-rate", v, 1, 100000, &n)) == CLI_EXIT_OK) {
+            o->cfg.device_rate = (double)n;
+            o->cfg.device_burst = (unsigned)(2 * n);
+        }
+        break;
+    case O_NOT_NOW_BACKOFF:
+        if ((rc = parse_long("--not-now-backoff", v, 1, 86400, &n)) == CLI_EXIT_OK)
+            o->cfg.not_now_backoff_ms = n * 1000;
+        break;
+    case O_CONFIG: rc = read_config(o, v); break;
+    default: rc = cli_usage_error("unknown option; `esim-mdm serve --help` lists them");
+    }
+    return rc;
+}
+
+/* A secret from a file: the first line, without surrounding whitespace. */
+static int read_secret(const char *what, const char *path, char **out)
+{
+    esim_buf b = {0};
+    esim_error e;
+    if (esim_read_file(path, 4096, &b, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm serve: %s: %s\n", what, e.msg);
+        return CLI_EXIT_FAIL;
+    }
+    char *s = (char *)b.data;
+    s += strspn(s ? s : "", " \t\r\n");
+    size_t len = s ? strcspn(s, "\r\n") : 0;
+    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        len--;
+    if (len == 0) {
+        esim_buf_free(&b);
+        fprintf(stderr, "esim-mdm serve: %s: %s is empty\n", what, path);
+        return CLI_EXIT_FAIL;
+    }
+    *out = strndup(s, len);
+    esim_buf_free(&b);
+    return *out ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
+
+/* Without --api-token-file: DATA_DIR/api-token, made with a random token
+ * (0600) the first time, so the API is never open by accident. */
+static int default_token(const char *data_dir, char **token, char *path, size_t path_len)
+{
+    snprintf(path, path_len, "%s/api-token", data_dir);
+    esim_error e;
+    if (esim_mkdirs(data_dir, 0700, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
+        return CLI_EXIT_FAIL;
+    }
+    esim_buf probe = {0};
+    esim_err rc = esim_read_file(path, 4096, &probe, NULL);
+    esim_buf_free(&probe);
+    if (rc == ESIM_ENOTFOUND) {
+        unsigned char raw[24];
+        esim_buf hex = {0};
+        if (esim_random_bytes(raw, sizeof raw) != ESIM_OK || esim_hex_encode(raw, sizeof raw, &hex) != ESIM_OK ||
+            esim_buf_append_str(&hex, "\n") != ESIM_OK ||
+            esim_write_file_atomic(path, hex.data, hex.len, 0600, &e) != ESIM_OK) {
+            esim_buf_free(&hex);
+            fprintf(stderr, "esim-mdm serve: cannot write the API token to %s\n", path);
+            return CLI_EXIT_FAIL;
+        }
+        esim_buf_free(&hex);
+    }
+    return read_secret("API token", path, token);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    esim_service_request_stop(arg);
+}
+
+static int run_service(serve_opts *o, const char *api_token_path)
+{
+    struct event_base *base = event_base_new();
+    if (!base) {
+        fprintf(stderr, "esim-mdm serve: cannot create the event loop\n");
+        return CLI_EXIT_FAIL;
+    }
+    esim_service *svc = NULL;
+    esim_error e = {{0}};
+    esim_err rc = esim_service_new(base, &o->cfg, &svc, &e);
+    if (rc != ESIM_OK) {
+        fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
+        event_base_free(base);
+        return rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    }
+    if (o->port_file) {
+        char text[16];
+        int len = snprintf(text, sizeof text, "%d\n", esim_service_port(svc));
+        if (esim_write_file_atomic(o->port_file, text, (size_t)len, 0644, &e) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm serve: --port-file: %s\n", e.msg);
+            esim_service_free(svc);
+            event_base_free(base);
+            return CLI_EXIT_FAIL;
+        }
+    }
+    if (o->cfg.device_auth == ESIM_DEVICE_AUTH_NONE)
+        fprintf(stderr,
+                "esim-mdm serve: WARNING: --device-auth none: devices are NOT authenticated; any "
+                "client can impersonate any device. Use this for local experiments only.\n");
+    if (!o->cfg.apns_url)
+        fprintf(stderr, "esim-mdm serve: no --apns: pushes are recorded as pending; devices get "
+                        "their commands when they next check in\n");
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, svc);
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, svc);
+    if (sigint)
+        event_add(sigint, NULL);
+    if (sigterm)
+        event_add(sigterm, NULL);
+    printf("esim-mdm: serving MDM on %s/mdm (admin API %s/v1/, token in %s, device auth %s)\n",
+           esim_service_url(svc), esim_service_url(svc), api_token_path,
+           o->device_auth ? o->device_auth : "signature");
+    fflush(stdout);
+    event_base_dispatch(base);
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    esim_service_free(svc);
+    event_base_free(base);
+    printf("esim-mdm: stopped\n");
+    return CLI_EXIT_OK;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(serve_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    serve_opts o;
+    memset(&o, 0, sizeof o);
+    esim_service_config_init(&o.cfg);
+    int rc = CLI_EXIT_OK;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while (rc == CLI_EXIT_OK && (c = getopt_long(argc, argv, "", serve_options, NULL)) != -1) {
+        if (c == '?' || c == ':') {
+            rc = cli_usage_error("serve: unknown option or missing value near '%s'; see --help",
+                                 argv[optind - 1]);
+            break;
+        }
+        rc = apply_option(&o, c, optarg);
+    }
+    if (rc == CLI_EXIT_OK && optind < argc)
+        rc = cli_usage_error("serve: unexpected argument '%s'", argv[optind]);
+    esim_error e;
+    if (rc == CLI_EXIT_OK && o.device_auth && esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
+        rc = cli_usage_error("--device-auth: %s", e.msg);
+    if (rc == CLI_EXIT_OK && o.store_sync) {
+        if (strcmp(o.store_sync, "normal") == 0)
+            o.cfg.store_sync_normal = true;
+        else if (strcmp(o.store_sync, "full") != 0)
+            rc = cli_usage_error("--store-sync: use full or normal");
+    }
+    if (!o.cfg.data_dir)
+        o.cfg.data_dir = "esim-mdm-data";
+    o.cfg.webhook_urls = o.webhooks;
+    o.cfg.n_webhook_urls = o.n_webhooks;
+    char *token = NULL, *secret = NULL;
+    char token_path[4096];
+    if (rc == CLI_EXIT_OK) {
+        if (o.api_token_file) {
+            snprintf(token_path, sizeof token_path, "%s", o.api_token_file);
+            rc = read_secret("--api-token-file", o.api_token_file, &token);
+        } else {
+            rc = default_token(o.cfg.data_dir, &token, token_path, sizeof token_path);
+        }
+    }
+    if (rc == CLI_EXIT_OK && o.webhook_secret_file)
+        rc = read_secret("--webhook-secret-file", o.webhook_secret_file, &secret);
+    if (rc == CLI_EXIT_OK) {
+        o.cfg.api_token = token;
+        o.cfg.webhook_secret = secret;
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        rc = run_service(&o, token_path);
+        curl_global_cleanup();
+    }
+    free(token);
+    free(secret);
+    for (size_t i = 0; i < o.n_owned; i++)
+        free(o.owned[i]);
+    return rc;
+}
+
+/* ---- admin API clients ------------------------------------------------------------------
+ * Each takes --server URL (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)
+ * and --token-file F (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token),
+ * prints a table for people, or the API's JSON with --json. */
+
+typedef struct {
+    const char *server, *token_file;
+    bool json;
+    char *token;
+} client_opts;
+
+typedef struct {
+    long status;
+    esim_buf body;
+} client_reply;
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    esim_buf *b = userdata;
+    return esim_buf_append(b, ptr, size * nmemb) == ESIM_OK ? size * nmemb : 0;
+}
+
+static int client_init(client_opts *c)
+{
+    if (!c->server)
+        c->server = getenv("ESIM_MDM_SERVER") ? getenv("ESIM_MDM_SERVER") : "http://127.0.0.1:8080";
+    if (!c->token_file)
+        c->token_file = getenv("ESIM_MDM_TOKEN_FILE") ? getenv("ESIM_MDM_TOKEN_FILE")
+                                                      : "esim-mdm-data/api-token";
+    if (read_secret("--token-file", c->token_file, &c->token) != CLI_EXIT_OK)
+        return CLI_EXIT_USAGE;
+    return CLI_EXIT_OK;
+}
+
+/* One API call; the reply body is kept whatever the status. */
+static int client_call(client_opts *c, const char *method, const char *path, const char *body,
+                       const char *content_type, client_reply *out)
+{
+    memset(out, 0, sizeof *out);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    CURL *h = curl_easy_init();
+    if (!h)
+        return CLI_EXIT_FAIL;
+    esim_buf url = {0}, auth = {0}, ct = {0};
+    esim_buf_printf(&url, "%s%s", c->server, path);
+    esim_buf_printf(&auth, "Authorization: Bearer %s", c->token);
+    esim_buf_printf(&ct, "Content-Type: %s", content_type ? content_type : "application/json");
+    struct curl_slist *hdrs = curl_slist_append(NULL, (const char *)auth.data);
+    hdrs = curl_slist_append(hdrs, (const char *)ct.data);
+    curl_easy_setopt(h, CURLOPT_URL, (const char *)url.data);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &out->body);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    CURLcode res = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(h);
+    curl_global_cleanup();
+    esim_buf_free(&url);
+    esim_buf_free(&auth);
+    esim_buf_free(&ct);
+    if (res != CURLE_OK) {
+        fprintf(stderr, "esim-mdm: cannot reach %s: %s\n", c->server, curl_easy_strerror(res));
+        return CLI_EXIT_FAIL;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Prints the answer's error and returns the exit status for it. */
+static int client_error(const client_reply *r)
+{
+    json_t *root = r->body.data ? json_loads((const char *)r->body.data, 0, NULL) : NULL;
+    json_t *msg = json_object_get(json_object_get(root, "error"), "message");
+    fprintf(stderr, "esim-mdm: the service answered %ld: %s\n", r->status,
+            json_is_string(msg) ? json_string_value(msg) : "(no details)");
+    json_decref(root);
+    return r->status >= 400 && r->status < 500 && r->status != 401 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+}
+
+/* Common option handling: returns the index of the first unparsed word or
+ * -1 after an error (already reported). Options it does not know are left
+ * to |extra| (may be NULL), which returns how many words it used (0 = unknown). */
+typedef int (*extra_opt_fn)(void *ctx, int argc, char **argv, int i);
+
+static int client_parse(client_opts *c, int argc, char **argv, extra_opt_fn extra, void *ctx,
+                        const char **positional, int max_pos, int *n_pos)
+{
+    *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--server") == 0 && i + 1 < argc) {
+            c->server = argv[++i];
+        } else if (strcmp(a, "--token-file") == 0 && i + 1 < argc) {
+            c->token_file = argv[++i];
+        } else if (strcmp(a, "--json") == 0) {
+            c->json = true;
+        } else if (a[0] == '-' && a[1]) {
+            int used = extra ? extra(ctx, argc, argv, i) : 0;
+            if (used < 0)
+                return -1;
+            if (used == 0) {
+                cli_usage_error("%s: unknown option '%s' (or missing value); see --help", argv[0], a);
+                return -1;
+            }
+            i += used - 1;
+        } else if (*n_pos < max_pos) {
+            positional[(*n_pos)++] = a;
+        } else {
+            cli_usage_error("%s: unexpected argument '%s'", argv[0], a);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : "-";
+}
+
+/* ---- enqueue ---- */
+
+typedef struct {
+    json_t *udids;
+    json_t *command;
+    const char *plist_path;
+    long priority, expires_in;
+    bool have_priority, no_push;
+    bool failed;
+} enqueue_ctx;
+
+static int set_type(enqueue_ctx *x, const char *type)
+{
+    if (json_object_get(x->command, "request_type") || x->plist_path) {
+        cli_usage_error("enqueue: give one command only");
+        return -1;
+    }
+    json_object_set_new(x->command, "request_type", json_string(type));
+    return 0;
+}
+
+static int enqueue_opt(void *ctx, int argc, char **argv, int i)
+{
+    enqueue_ctx *x = ctx;
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    long n;
+    if (strcmp(a, "--udid") == 0 && v) {
+        json_array_append_new(x->udids, json_string(v));
+        return 2;
+    }
+    if (strcmp(a, "--refresh-plans") == 0 && v) {
+        if (set_type(x, "RefreshCellularPlans"))
+            return -1;
+        json_object_set_new(x->command, "esim_server_url", json_string(v));
+        return 2;
+    }
+    if (strcmp(a, "--device-information") == 0 && v) {
+        if (set_type(x, "DeviceInformation"))
+            return -1;
+        json_t *q = json_array();
+        char *copy = strdup(v);
+        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            json_array_append_new(q, json_string(t));
+        free(copy);
+        json_object_set_new(x->command, "queries", q);
+        return 2;
+    }
+    if (strcmp(a, "--restrictions") == 0 && v) {
+        if (set_type(x, "InstallProfile"))
+            return -1;
+        json_t *r = json_object();
+        char *copy = strdup(v);
+        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            char *eq = strchr(t, '=');
+            if (!eq) {
+                free(copy);
+                json_decref(r);
+                cli_usage_error("--restrictions: use name=word pairs, as esim_modification=deny,preserve_esim_on_erase=on");
+                return -1;
+            }
+            *eq = '\0';
+            json_object_set_new(r, t, json_string(eq + 1));
+        }
+        free(copy);
+        json_object_set_new(x->command, "restrictions", r);
+        return 2;
+    }
+    if (strcmp(a, "--erase") == 0) {
+        return set_type(x, "EraseDevice") ? -1 : 1;
+    }
+    if (strcmp(a, "--preserve-data-plan") == 0) {
+        json_object_set_new(x->command, "preserve_data_plan", json_true());
+        return 1;
+    }
+    if (strcmp(a, "--remove-profile") == 0 && v) {
+        if (set_type(x, "RemoveProfile"))
+            return -1;
+        json_object_set_new(x->command, "identifier", json_string(v));
+        return 2;
+    }
+    if (strcmp(a, "--profile-list") == 0)
+        return set_type(x, "ProfileList") ? -1 : 1;
+    if (strcmp(a, "--plist") == 0 && v) {
+        if (json_object_size(x->command)) {
+            cli_usage_error("enqueue: give one command only");
+            return -1;
+        }
+        x->plist_path = v;
+        return 2;
+    }
+    if (strcmp(a, "--priority") == 0 && v) {
+        if (parse_long("--priority", v, -1000, 1000, &n) != CLI_EXIT_OK)
+            return -1;
+        x->priority = n;
+        x->have_priority = true;
+        return 2;
+    }
+    if (strcmp(a, "--expires-in") == 0 && v) {
+        if (parse_long("--expires-in", v, 1, 315360000, &n) != CLI_EXIT_OK)
+            return -1;
+        x->expires_in = n;
+        return 2;
+    }
+    if (strcmp(a, "--no-push") == 0) {
+        x->no_push = true;
+        return 1;
+    }
+    return 0;
+}
+
+static const char enqueue_usage[] =
+    "usage: esim-mdm enqueue --udid UDID [--udid UDID...] COMMAND [--priority N]\n"
+    "                        [--expires-in SECONDS] [--no-push] [--server URL] [--token-file F] [--json]\n"
+    "COMMAND is one of:\n"
+    "  --refresh-plans URL          RefreshCellularPlans with eSIMServerURL\n"
+    "  --device-information Q[,Q]   DeviceInformation, e.g. ServiceSubscriptions\n"
+    "  --restrictions k=v[,k=v]     InstallProfile of an eSIM restrictions profile\n"
+    "                               (esim_modification=allow|deny, preserve_esim_on_erase=on|off,\n"
+    "                                esim_outgoing_transfers=allow|deny, cellular_plan_modification=allow|deny)\n"
+    "  --erase [--preserve-data-plan]  EraseDevice\n"
+    "  --remove-profile ID | --profile-list\n"
+    "  --plist FILE                 a whole command plist (sent to PUT /v1/enqueue/...)\n";
+
+int cmd_enqueue(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(enqueue_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    enqueue_ctx x = {.udids = json_array(), .command = json_object()};
+    const char *pos[1];
+    int n_pos = 0, rc = CLI_EXIT_OK;
+    client_reply r = {0};
+    esim_buf plist = {0}, path = {0};
+    json_t *root = NULL;
+    if (client_parse(&c, argc, argv, enqueue_opt, &x, pos, 0, &n_pos) != 0) {
+        rc = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (json_array_size(x.udids) == 0 || (!x.plist_path && !json_object_get(x.command, "request_type"))) {
+        rc = cli_usage_error("enqueue: needs at least one --udid and one command; see --help");
+        goto out;
+    }
+    if ((rc = client_init(&c)) != CLI_EXIT_OK)
+        goto out;
+    if (x.plist_path) {
+        esim_error e;
+        if (esim_read_file(x.plist_path, 16 * 1024 * 1024, &plist, &e) != ESIM_OK) {
+            rc = cli_usage_error("--plist: %s", e.msg);
+            goto out;
+        }
+        esim_buf_append_str(&path, "/v1/enqueue/");
+        for (size_t i = 0; i < json_array_size(x.udids); i++)
+            esim_buf_printf(&path, "%s%s", i ? "," : "", json_string_value(json_array_get(x.udids, i)));
+        if (x.no_push)
+            esim_buf_append_str(&path, "?nopush=1");
+        rc = client_call(&c, "PUT", (const char *)path.data, (const char *)plist.data,
+                         "application/xml", &r);
+    } else {
+        json_t *req = json_pack("{s:O,s:O,s:b}", "udids", x.udids, "command", x.command, "push", !x.no_push);
+        if (x.have_priority)
+            json_object_set_new(req, "priority", json_integer(x.priority));
+        if (x.expires_in)
+            json_object_set_new(req, "expires_in_s", json_integer(x.expires_in));
+        char *text = json_dumps(req, JSON_COMPACT);
+        json_decref(req);
+        rc = client_call(&c, "POST", "/v1/commands", text, NULL, &r);
+        free(text);
+    }
+    if (rc != CLI_EXIT_OK)
+        goto out;
+    if (r.status != 200) {
+        rc = client_error(&r);
+        goto out;
+    }
+    if (c.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+        goto out;
+    }
+    root = json_loads((const char *)r.body.data, 0, NULL);
+    printf("command %s (%s) queued\n", jstr(root, "command_uuid"), jstr(root, "request_type"));
+    printf("%-40s  %-6s  %s\n", "UDID", "QUEUED", "PUSH");
+    const char *udid;
+    json_t *d;
+    json_object_foreach(json_object_get(root, "devices"), udid, d)
+        printf("%-40s  %-6s  %s\n", udid, json_is_true(json_object_get(d, "queued")) ? "yes" : "no",
+               jstr(d, "push"));
+out:
+    json_decref(root);
+    json_decref(x.udids);
+    json_decref(x.command);
+    esim_buf_free(&r.body);
+    esim_buf_free(&plist);
+    esim_buf_free(&path);
+    free(c.token);
+    return rc;
+}
+
+/* ---- status ---- */
+
+int cmd_status(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        puts("usage: esim-mdm status COMMAND_UUID [--server URL] [--token-file F] [--json]\n"
+             "Shows where a command stands on each device: state, attempts, NotNow count, errors.");
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    const char *pos[1];
+    int n_pos = 0;
+    if (client_parse(&c, argc, argv, NULL, NULL, pos, 1, &n_pos) != 0)
+        return CLI_EXIT_USAGE;
+    if (n_pos != 1 || !esim_uuid_valid(pos[0]))
+        return cli_usage_error("status: give the command's UUID, as printed by `esim-mdm enqueue`");
+    int rc = client_init(&c);
+    client_reply r = {0};
+    char path[128];
+    snprintf(path, sizeof path, "/v1/commands/%s", pos[0]);
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(&c, "GET", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200)
+        rc = client_error(&r);
+    else if (rc == CLI_EXIT_OK && c.json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (rc == CLI_EXIT_OK) {
+        json_t *root = json_loads((const char *)r.body.data, 0, NULL);
+        printf("command %s (%s)\n", jstr(root, "command_uuid"), jstr(root, "request_type"));
+        printf("%-40s  %-13s  %-8s  %-7s  %-24s  %s\n", "UDID", "STATE", "ATTEMPTS", "NOT_NOW",
+               "ANSWERED", "ERROR");
+        const char *udid;
+        json_t *d;
+        json_object_foreach(json_object_get(root, "devices"), udid, d) {
+            json_t *chain = json_array_get(json_object_get(d, "error_chain"), 0);
+            char errtext[200] = "-";
+            if (chain)
+                snprintf(errtext, sizeof errtext, "%s %lld: %s", jstr(chain, "error_domain"),
+                         (long long)json_integer_value(json_object_get(chain, "error_code")),
+                         jstr(chain, "localized_description"));
+            printf("%-40s  %-13s  %-8lld  %-7lld  %-24s  %s\n", udid, jstr(d, "state"),
+                   (long long)json_integer_value(json_object_get(d, "attempts")),
+                   (long long)json_integer_value(json_object_get(d, "not_now_count")),
+                   jstr(d, "answered_at"), errtext);
+        }
+        json_decref(root);
+    }
+    esim_buf_free(&r.body);
+    free(c.token);
+    return rc;
+}
+
+/* ---- devices ---- */
+
+int cmd_devices(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        puts("usage: esim-mdm devices [UDID] [--server URL] [--token-file F] [--json]\n"
+             "Lists enrolled devices (the first 1000), or shows one device and its queue.");
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    const char *pos[1];
+    int n_pos = 0;
+    if (client_parse(&c, argc, argv, NULL, NULL, pos, 1, &n_pos) != 0)
+        return CLI_EXIT_USAGE;
+    if (n_pos == 1 && esim_udid_validate(pos[0], NULL) != ESIM_OK)
+        return cli_usage_error("devices: '%s' is not a UDID", pos[0]);
+    int rc = client_init(&c);
+    client_reply r = {0};
+    char path[160];
+    if (n_pos == 1)
+        snprintf(path, sizeof path, "/v1/devices/%s", pos[0]);
+    else
+        snprintf(path, sizeof path, "/v1/devices?limit=1000");
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(&c, "GET", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200) {
+        rc = client_error(&r);
+    } else if (rc == CLI_EXIT_OK && c.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    } else if (rc == CLI_EXIT_OK) {
+        json_t *root = json_loads((const char *)r.body.data, 0, NULL);
+        json_t *list = n_pos == 1 ? json_pack("[O]", root) : json_incref(json_object_get(root, "devices"));
+        printf("%-40s  %-8s  %-6s  %-10s  %-24s  %s\n", "UDID", "ENROLLED", "PUSH", "OS", "LAST_SEEN", "EID");
+        size_t i;
+        json_t *d;
+        json_array_foreach(list, i, d)
+            printf("%-40s  %-8s  %-6s  %-10s  %-24s  %s\n", jstr(d, "udid"),
+                   json_is_true(json_object_get(d, "enrolled")) ? "yes" : "no",
+                   jstr(json_object_get(d, "push"), "state"), jstr(d, "os_version"),
+                   jstr(d, "last_seen_at"), jstr(d, "eid"));
+        json_decref(list);
+        json_decref(root);
+    }
+    esim_buf_free(&r.body);
+    free(c.token);
+    return rc;
+}
+
+/* ---- cancel ---- */
+
+int cmd_cancel(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        puts("usage: esim-mdm cancel UDID COMMAND_UUID [--server URL] [--token-file F] [--json]\n"
+             "Cancels a command still waiting on a device's queue.");
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    const char *pos[2];
+    int n_pos = 0;
+    if (client_parse(&c, argc, argv, NULL, NULL, pos, 2, &n_pos) != 0)
+        return CLI_EXIT_USAGE;
+    if (n_pos != 2 || esim_udid_validate(pos[0], NULL) != ESIM_OK || strlen(pos[1]) > 127 ||
+        strchr(pos[1], '/'))
+        return cli_usage_error("cancel: give the device's UDID and the command's UUID");
+    int rc = client_init(&c);
+    client_reply r = {0};
+    char path[256];
+    snprintf(path, sizeof path, "/v1/devices/%s/queue/%s", pos[0], pos[1]);
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(&c, "DELETE", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200)
+        rc = client_error(&r);
+    else if (rc == CLI_EXIT_OK && c.json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (rc == CLI_EXIT_OK)
+        printf("canceled %s on %s\n", pos[1], pos[0]);
+    esim_buf_free(&r.body);
+    free(c.token);
+    return rc;
+}

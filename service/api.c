@@ -1,0 +1,594 @@
+/*
+ * api.c — the admin side: a table of routes (method, pattern, handler) for
+ * the JSON API under /v1/ (bearer token, compared in constant time), the
+ * NanoMDM-compatible raw enqueue, /metrics and /healthz. docs/api.md is the
+ * reference for every endpoint here.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "service/service_internal.h"
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+void api_reply_json(api_request *r, int code, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) {
+        http_reply(r->svc, r->req, M_ROUTE_API, 500, "application/json",
+                   "{\"error\":{\"message\":\"out of memory\"}}", 37);
+        return;
+    }
+    size_t len = strlen(text);
+    text[len] = '\0';
+    esim_buf b = {0};
+    esim_buf_append(&b, text, len);
+    esim_buf_append(&b, "\n", 1);
+    free(text);
+    http_reply(r->svc, r->req, M_ROUTE_API, code, "application/json", b.data, b.len);
+    esim_buf_free(&b);
+}
+
+void api_error(api_request *r, int code, const char *field, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
+    if (e && field)
+        json_object_set_new(e, "field", json_string(field));
+    api_reply_json(r, code, json_pack("{s:o}", "error", e));
+}
+
+int api_status_for(esim_err rc)
+{
+    switch (rc) {
+    case ESIM_OK: return 200;
+    case ESIM_EINVAL: return 400;
+    case ESIM_ETOOBIG: return 413;
+    case ESIM_ENOTFOUND: return 404;
+    case ESIM_EEXIST:
+    case ESIM_ESTATE: return 409;
+    case ESIM_EAUTH: return 403;
+    default: return 500;
+    }
+}
+
+json_t *api_body_json(api_request *r)
+{
+    size_t len = 0;
+    const unsigned char *body = http_body(r->req, &len);
+    if (!body) {
+        api_error(r, 400, NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *root = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        api_error(r, 400, NULL, "bad JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        api_error(r, 400, NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* Times as RFC 3339 UTC with milliseconds; 0 (never) becomes null. */
+static json_t *ts(int64_t ms)
+{
+    if (ms <= 0)
+        return json_null();
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char s[40];
+    snprintf(s, sizeof s, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return json_string(s);
+}
+
+static json_t *str_or_null(const char *s)
+{
+    return s && *s ? json_string(s) : json_null();
+}
+
+static const char *query_get(api_request *r, const char *key)
+{
+    return r->query ? evhttp_find_header(r->query, key) : NULL;
+}
+
+/* Splits "a,b,c" (a path parameter) into UDIDs, each validated. Returns the
+ * count, or 0 after answering 400. |buf| receives the copies. */
+static size_t split_udids(api_request *r, const char *list, char *buf, size_t buf_len,
+                          const char **out, size_t max)
+{
+    if (strlen(list) >= buf_len) {
+        api_error(r, 400, "udids", "too many devices in one request");
+        return 0;
+    }
+    strcpy(buf, list);
+    size_t n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        esim_error e;
+        if (esim_udid_validate(tok, &e) != ESIM_OK) {
+            api_error(r, 400, "udids", "%s", e.msg);
+            return 0;
+        }
+        if (n == max) {
+            api_error(r, 400, "udids", "at most %zu devices per request", max);
+            return 0;
+        }
+        out[n++] = tok;
+    }
+    if (n == 0)
+        api_error(r, 400, "udids", "name at least one device");
+    return n;
+}
+
+/* ---- JSON views of store records ----------------------------------------------------- */
+
+static json_t *device_json(const store_device *d)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "udid", json_string(d->udid));
+    json_object_set_new(o, "enrollment_id", json_boolean(d->is_enrollment_id));
+    json_object_set_new(o, "enrolled", json_boolean(d->enrolled));
+    json_object_set_new(o, "serial_number", str_or_null(d->serial_number));
+    json_object_set_new(o, "product_name", str_or_null(d->product_name));
+    json_object_set_new(o, "model", str_or_null(d->model));
+    json_object_set_new(o, "device_name", str_or_null(d->device_name));
+    json_object_set_new(o, "os_version", str_or_null(d->os_version));
+    json_object_set_new(o, "build_version", str_or_null(d->build_version));
+    json_object_set_new(o, "imei", str_or_null(d->imei));
+    json_object_set_new(o, "eid", str_or_null(d->eid));
+    json_object_set_new(o, "topic", str_or_null(d->topic));
+    json_object_set_new(o, "identity_sha256", str_or_null(d->cert_sha256));
+    json_object_set_new(o, "push", json_pack("{s:s,s:o,s:o}", "state", store_push_state_name(d->push_state),
+                                             "token_updated_at", ts(d->token_updated_at),
+                                             "repush_due_at", ts(d->push_due_at)));
+    json_object_set_new(o, "enrolled_at", ts(d->enrolled_at));
+    json_object_set_new(o, "checked_out_at", ts(d->checked_out_at));
+    json_object_set_new(o, "last_seen_at", ts(d->last_seen_at));
+    return o;
+}
+
+static json_t *entry_json(const store_queue_entry *e, bool with_udid, bool with_raw)
+{
+    json_t *o = json_object();
+    if (with_udid)
+        json_object_set_new(o, "udid", json_string(e->udid));
+    json_object_set_new(o, "command_uuid", json_string(e->command_uuid));
+    json_object_set_new(o, "request_type", json_string(e->request_type));
+    json_object_set_new(o, "state", json_string(store_qstate_name(e->state)));
+    json_object_set_new(o, "priority", json_integer(e->priority));
+    json_object_set_new(o, "attempts", json_integer(e->attempts));
+    json_object_set_new(o, "not_now_count", json_integer(e->not_now_count));
+    json_object_set_new(o, "enqueued_at", ts(e->enqueued_at));
+    json_object_set_new(o, "pushed_at", ts(e->pushed_at));
+    json_object_set_new(o, "sent_at", ts(e->sent_at));
+    json_object_set_new(o, "answered_at", ts(e->answered_at));
+    json_object_set_new(o, "updated_at", ts(e->updated_at));
+    json_object_set_new(o, "expires_at", ts(e->expires_at));
+    json_t *chain = e->error_chain_json ? json_loads(e->error_chain_json, 0, NULL) : NULL;
+    json_object_set_new(o, "error_chain", chain ? chain : json_array());
+    if (with_raw) {
+        esim_buf b64 = {0};
+        if (e->result.len && esim_base64_encode(e->result.data, e->result.len, &b64) == ESIM_OK)
+            json_object_set_new(o, "result", json_string((const char *)b64.data));
+        else
+            json_object_set_new(o, "result", json_null());
+        esim_buf_free(&b64);
+    }
+    return o;
+}
+
+static json_t *push_states_json(const char *const *udids, const esim_push_state *ps, size_t n)
+{
+    json_t *devices = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(devices, udids[i], json_pack("{s:b,s:s}", "queued", 1, "push",
+                                                         esim_push_state_name(ps[i])));
+    return devices;
+}
+
+/* ---- handlers -------------------------------------------------------------------------- */
+
+static void h_healthz(api_request *r)
+{
+    api_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static void h_metrics(api_request *r)
+{
+    esim_buf b = {0};
+    if (svc_metrics_text(r->svc, &b) != ESIM_OK) {
+        esim_buf_free(&b);
+        http_reply(r->svc, r->req, M_ROUTE_OTHER, 500, "text/plain", "store failed\n", 13);
+        return;
+    }
+    http_reply(r->svc, r->req, M_ROUTE_OTHER, 200, "text/plain; version=0.0.4", b.data, b.len);
+    esim_buf_free(&b);
+}
+
+#define MAX_UDIDS_PER_CALL 100000
+
+static void h_post_commands(api_request *r)
+{
+    json_t *body = api_body_json(r);
+    if (!body)
+        return;
+    static const char *const keys[] = {"udids", "command", "priority", "expires_in_s", "push", NULL};
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        bool ok = false;
+        for (size_t i = 0; keys[i] && !ok; i++)
+            ok = strcmp(keys[i], key) == 0;
+        if (!ok) {
+            api_error(r, 400, key, "%s: unknown key; known: udids, command, priority, expires_in_s, push", key);
+            json_decref(body);
+            return;
+        }
+    }
+    json_t *udids = json_object_get(body, "udids");
+    json_t *prio = json_object_get(body, "priority");
+    json_t *exp = json_object_get(body, "expires_in_s");
+    json_t *push = json_object_get(body, "push");
+    size_t n = json_array_size(udids);
+    const char **list = NULL;
+    esim_push_state *ps = NULL;
+    esim_cmd cmd = {0};
+    esim_error e = {{0}};
+    char field[96];
+
+    if (!json_is_array(udids) || n == 0) {
+        api_error(r, 400, "udids", "udids: must be a non-empty array of device UDIDs");
+        goto done;
+    }
+    if (n > MAX_UDIDS_PER_CALL) {
+        api_error(r, 400, "udids", "udids: at most %d devices per call", MAX_UDIDS_PER_CALL);
+        goto done;
+    }
+    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < -1000 || json_integer_value(prio) > 1000)) {
+        api_error(r, 400, "priority", "priority: must be an integer from -1000 to 1000");
+        goto done;
+    }
+    if (exp && (!json_is_integer(exp) || json_integer_value(exp) <= 0 ||
+                json_integer_value(exp) > 10LL * 365 * 24 * 3600)) {
+        api_error(r, 400, "expires_in_s", "expires_in_s: must be a positive number of seconds (at most 10 years)");
+        goto done;
+    }
+    if (push && !json_is_boolean(push)) {
+        api_error(r, 400, "push", "push: must be true or false");
+        goto done;
+    }
+    list = calloc(n, sizeof *list);
+    ps = calloc(n, sizeof *ps);
+    if (!list || !ps) {
+        api_error(r, 500, NULL, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *u = json_array_get(udids, i);
+        if (!json_is_string(u) || esim_udid_validate(json_string_value(u), &e) != ESIM_OK) {
+            snprintf(field, sizeof field, "udids[%zu]", i);
+            api_error(r, 400, field, "%s: %s", field,
+                      json_is_string(u) ? e.msg : "must be a string (a device UDID)");
+            goto done;
+        }
+        list[i] = json_string_value(u);
+    }
+    if (api_compose_command(json_object_get(body, "command"), &cmd, field, &e) != ESIM_OK) {
+        api_error(r, 400, field, "%s", e.msg);
+        goto done;
+    }
+    esim_enqueue_opts opts = {
+        .priority = prio ? (int)json_integer_value(prio) : 0,
+        .expires_at = exp ? esim_now_ms() + (int64_t)json_integer_value(exp) * 1000 : 0,
+        .push = push ? json_is_true(push) : true,
+    };
+    char uuid[128];
+    esim_err rc = esim_service_enqueue(r->svc, cmd.body.data, cmd.body.len, list, n, &opts, ps,
+                                       uuid, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : NULL,
+                  "%s", e.msg);
+        goto done;
+    }
+    api_reply_json(r, 200, json_pack("{s:s,s:s,s:o}", "command_uuid", uuid, "request_type",
+                                     cmd.request_type, "devices", push_states_json(list, ps, n)));
+done:
+    esim_cmd_free(&cmd);
+    free(list);
+    free(ps);
+    json_decref(body);
+}
+
+/* PUT /v1/enqueue/{id,id,...}: the body is a whole command plist, as NanoMDM
+ * takes it, so existing MDM tooling can drive esim-mdm. ?nopush=1 skips the
+ * push. */
+static void h_enqueue_raw(api_request *r)
+{
+    char buf[8192];
+    const char *udids[256];
+    size_t n = split_udids(r, r->params[0], buf, sizeof buf, udids, 256);
+    if (n == 0)
+        return;
+    size_t len = 0;
+    const unsigned char *body = http_body(r->req, &len);
+    if (!body) {
+        api_error(r, 400, "body", "the body must be a command plist (CommandUUID, Command.RequestType)");
+        return;
+    }
+    const char *nopush = query_get(r, "nopush");
+    bool push = !(nopush && (strcmp(nopush, "1") == 0 || strcmp(nopush, "true") == 0));
+    esim_enqueue_opts opts = {.push = push};
+    esim_push_state ps[256];
+    char uuid[128];
+    esim_error e = {{0}};
+    esim_cmd_parsed parsed = {0};
+    esim_parse_limits limits = {r->svc->cfg.max_body, r->svc->cfg.max_depth};
+    esim_err rc = esim_cmd_parse(body, len, &limits, &parsed, &e);
+    if (rc == ESIM_OK)
+        rc = esim_service_enqueue(r->svc, body, len, udids, n, &opts, ps, uuid, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc == ESIM_ETOOBIG ? ESIM_EINVAL : rc),
+                  rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : "body", "%s", e.msg);
+        esim_cmd_parsed_free(&parsed);
+        return;
+    }
+    json_t *status = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(status, udids[i], json_pack("{s:s}", "push", esim_push_state_name(ps[i])));
+    api_reply_json(r, 200, json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", uuid, "request_type",
+                                     parsed.request_type, "no_push", !push, "status", status,
+                                     "devices", push_states_json(udids, ps, n)));
+    esim_cmd_parsed_free(&parsed);
+}
+
+static void h_get_command(api_request *r)
+{
+    store *st = r->svc->st;
+    store_command_info info;
+    store_queue_entry *entries = NULL;
+    size_t n = 0;
+    esim_error e = {{0}};
+    esim_err rc = st->ops->command_get(st, r->params[0], &info, &entries, &n, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
+        return;
+    }
+    json_t *devices = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(devices, entries[i].udid, entry_json(&entries[i], false, true));
+    store_queue_entries_free(entries, n);
+    api_reply_json(r, 200, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o}", "command_uuid", info.uuid,
+                                     "request_type", info.request_type, "priority", info.priority,
+                                     "created_at", ts(info.created_at), "expires_at",
+                                     ts(info.expires_at), "devices", devices));
+}
+
+static void h_list_devices(api_request *r)
+{
+    const char *after = query_get(r, "after");
+    const char *lim = query_get(r, "limit");
+    long limit = lim ? strtol(lim, NULL, 10) : 100;
+    if (limit < 1 || limit > 1000) {
+        api_error(r, 400, "limit", "limit: must be from 1 to 1000");
+        return;
+    }
+    store_device *list = NULL;
+    size_t n = 0;
+    esim_error e = {{0}};
+    esim_err rc = r->svc->st->ops->device_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), NULL, "%s", e.msg);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, device_json(&list[i]));
+    json_t *next = n == (size_t)limit ? json_string(list[n - 1].udid) : json_null();
+    free(list);
+    api_reply_json(r, 200, json_pack("{s:o,s:o}", "devices", arr, "next_after", next));
+}
+
+static void h_get_device(api_request *r)
+{
+    store_device d;
+    esim_error e = {{0}};
+    esim_err rc = r->svc->st->ops->device_get(r->svc->st, r->params[0], &d, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
+        return;
+    }
+    api_reply_json(r, 200, device_json(&d));
+}
+
+static void h_device_queue(api_request *r)
+{
+    const char *all = query_get(r, "all");
+    bool with_done = all && (strcmp(all, "1") == 0 || strcmp(all, "true") == 0);
+    store_queue_entry *entries = NULL;
+    size_t n = 0;
+    esim_error e = {{0}};
+    esim_err rc = r->svc->st->ops->device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, entry_json(&entries[i], false, false));
+    store_queue_entries_free(entries, n);
+    api_reply_json(r, 200, json_pack("{s:s,s:o}", "udid", r->params[0], "queue", arr));
+}
+
+static void h_cancel(api_request *r)
+{
+    esim_error e = {{0}};
+    esim_err rc = r->svc->st->ops->queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
+        return;
+    }
+    api_reply_json(r, 200, json_pack("{s:s,s:s,s:s}", "udid", r->params[0], "command_uuid",
+                                     r->params[1], "state", "canceled"));
+}
+
+static void h_push(api_request *r)
+{
+    char buf[8192];
+    const char *udids[256];
+    size_t n = split_udids(r, r->params[0], buf, sizeof buf, udids, 256);
+    if (n == 0)
+        return;
+    json_t *devices = json_object();
+    for (size_t i = 0; i < n; i++) {
+        esim_push_state ps;
+        esim_error e = {{0}};
+        esim_err rc = push_device(r->svc, udids[i], &ps, &e);
+        if (rc != ESIM_OK)
+            json_object_set_new(devices, udids[i], json_pack("{s:s,s:s}", "push", "failed", "error", e.msg));
+        else
+            json_object_set_new(devices, udids[i], json_pack("{s:s}", "push", esim_push_state_name(ps)));
+    }
+    api_reply_json(r, 200, json_pack("{s:o}", "devices", devices));
+}
+
+/* ---- the route table: one line per endpoint ------------------------------------------------ */
+
+static const api_route routes[] = {
+    {EVHTTP_REQ_GET, "/healthz", h_healthz, false},
+    {EVHTTP_REQ_GET, "/metrics", h_metrics, false},
+    {EVHTTP_REQ_POST, "/v1/commands", h_post_commands, true},
+    {EVHTTP_REQ_GET, "/v1/commands/:", h_get_command, true},
+    {EVHTTP_REQ_PUT, "/v1/enqueue/:", h_enqueue_raw, true},
+    {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true},
+    {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
+    {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
+    {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */
+};
+
+/* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|
+ * holds the decoded copies (freed by the caller). */
+static bool route_match(const char *pattern, const char *path, api_request *r, char **decoded)
+{
+    r->n_params = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (*p != '/' || *s != '/')
+            return false;
+        p++;
+        s++;
+        const char *pe = strchr(p, '/'), *se = strchr(s, '/');
+        size_t pl = pe ? (size_t)(pe - p) : strlen(p), sl = se ? (size_t)(se - s) : strlen(s);
+        if (pl == 1 && *p == ':') {
+            if (sl == 0 || r->n_params == API_MAX_PARAMS)
+                return false;
+            char *seg = strndup(s, sl);
+            char *dec = seg ? evhttp_uridecode(seg, 0, NULL) : NULL;
+            free(seg);
+            if (!dec)
+                return false;
+            decoded[r->n_params] = dec;
+            r->params[r->n_params++] = dec;
+        } else if (pl != sl || strncmp(p, s, pl) != 0) {
+            return false;
+        }
+        p += pl;
+        s += sl;
+    }
+    return *p == '\0' && *s == '\0';
+}
+
+/* Authorization: Bearer <token>; Basic with the token as password is also
+ * taken, as NanoMDM's API clients send it. */
+static bool authorized(esim_service *svc, struct evhttp_request *req)
+{
+    if (!svc->api_token)
+        return false;
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!h)
+        return false;
+    if (strncasecmp(h, "Bearer ", 7) == 0)
+        return http_secret_equal(h + 7, svc->api_token);
+    if (strncasecmp(h, "Basic ", 6) == 0) {
+        esim_buf dec = {0};
+        bool ok = false;
+        if (esim_base64_decode(h + 6, strlen(h + 6), &dec, NULL) == ESIM_OK && dec.data) {
+            const char *colon = memchr(dec.data, ':', dec.len);
+            ok = colon && http_secret_equal(colon + 1, svc->api_token);
+        }
+        if (dec.data)
+            OPENSSL_cleanse(dec.data, dec.len);
+        esim_buf_free(&dec);
+        return ok;
+    }
+    return false;
+}
+
+void api_dispatch(esim_service *svc, struct evhttp_request *req)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    api_request r = {.svc = svc, .req = req};
+    if (!path) {
+        api_error(&r, 400, NULL, "bad request target");
+        return;
+    }
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    char *decoded[API_MAX_PARAMS] = {0};
+    const api_route *hit = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !hit; i++) {
+        for (size_t k = 0; k < API_MAX_PARAMS; k++) {
+            free(decoded[k]);
+            decoded[k] = NULL;
+        }
+        if (!route_match(routes[i].pattern, path, &r, decoded))
+            continue;
+        path_known = true;
+        if (routes[i].method == method)
+            hit = &routes[i];
+    }
+    struct evkeyvalq query;
+    TAILQ_INIT(&query);
+    if (!hit) {
+        if (path_known)
+            api_error(&r, 405, NULL, "method not allowed on %s", path);
+        else
+            api_error(&r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
+    } else if (hit->needs_token && !authorized(svc, req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+        api_error(&r, 401, NULL, "missing or wrong API token: send Authorization: Bearer <token>");
+    } else {
+        const char *q = evhttp_uri_get_query(uri);
+        if (q && evhttp_parse_query_str(q, &query) == 0)
+            r.query = &query;
+        else if (q) {
+            api_error(&r, 400, NULL, "bad query string");
+            hit = NULL;
+        }
+        if (hit)
+            hit->fn(&r);
+    }
+    evhttp_clear_headers(&query);
+    for (size_t k = 0; k < API_MAX_PARAMS; k++)
+        free(decoded[k]);
+}

@@ -1,0 +1,1377 @@
+/*
+ * campaign.c — campaigns inside the service: turns the engine's requests
+ * into queued commands (one command per step per batch, many devices) and
+ * pushes, feeds it every result through the service's result hook, drives
+ * its clock from a short timer, and writes what changed to campaigns.db in
+ * one transaction per batch. Also: creating a campaign from the API's JSON
+ * (target, distribution, steps, warnings) and the offline imports.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "service/campaign_service.h"
+#include "service/service_internal.h"
+
+/* How often the engine's clock advances: fine enough for the push ceiling. */
+#define CAMPAIGN_TICK_MS 10
+/* Answers are batched this long before their next commands are queued. */
+#define CAMPAIGN_FLUSH_MS 5
+#define CAMPAIGN_MAX_DEVICES 2000000u
+#define CAMPAIGN_MAX_WARNINGS 1000u
+
+/* Fates of a push, as kept in campaign_dev.push_state. */
+enum { PUSH_NONE = 0, PUSH_SENT, PUSH_PENDING, PUSH_NO_TOKEN, PUSH_DEAD, PUSH_FAILED };
+static const char *const push_state_words[] = {"none", "sent", "pending", "no_token", "dead_token",
+                                               "failed"};
+
+typedef struct {
+    char uuid[ESIM_UUID_LEN + 1];
+    uint8_t step;
+} cmd_rec;
+
+typedef struct {
+    uint32_t *v;
+    size_t n, cap;
+} idx_vec;
+
+typedef struct camp_slot {
+    struct campaigns *owner;
+    campaign *c;
+    char *spec_json;
+    esim_buf profile; /* the restrictions profile the PROFILE step installs */
+    cmd_rec *cmds;
+    size_t n_cmds, cap_cmds;
+    idx_vec pending[CAMPAIGN_STEP_COUNT]; /* devices whose step command is to be queued */
+    idx_vec pushes;                       /* devices to push after the queueing */
+    bool row_dirty;                       /* the campaign row changed (state) */
+    campaign_state last_state;
+} camp_slot;
+
+typedef struct {
+    uint32_t slot, cmd;
+    bool used;
+} map_entry;
+
+struct campaigns {
+    esim_service *svc;
+    cstore *db;
+    camp_slot **slots;
+    size_t n_slots, cap_slots;
+    map_entry *map; /* command UUID -> (slot, command) */
+    size_t map_cap, map_len;
+    struct event *tick_ev, *flush_ev;
+    bool flush_armed;
+    struct {
+        char udid[65];
+        cstore_facts f;
+    } *facts;
+    size_t n_facts, cap_facts;
+};
+
+static esim_err vec_push(idx_vec *v, uint32_t x)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        uint32_t *nv = realloc(v->v, cap * sizeof *nv);
+        if (!nv)
+            return ESIM_ENOMEM;
+        v->v = nv;
+        v->cap = cap;
+    }
+    v->v[v->n++] = x;
+    return ESIM_OK;
+}
+
+static uint64_t str_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* ---- command map ---------------------------------------------------------------- */
+
+static const char *map_key(campaigns *cs, const map_entry *e)
+{
+    return cs->slots[e->slot]->cmds[e->cmd].uuid;
+}
+
+static esim_err map_insert(campaigns *cs, uint32_t slot, uint32_t cmd)
+{
+    if ((cs->map_len + 1) * 2 > cs->map_cap) {
+        size_t cap = cs->map_cap ? cs->map_cap * 2 : 1024;
+        map_entry *m = calloc(cap, sizeof *m);
+        if (!m)
+            return ESIM_ENOMEM;
+        for (size_t i = 0; i < cs->map_cap; i++) {
+            if (!cs->map[i].used)
+                continue;
+            size_t k = str_hash(map_key(cs, &cs->map[i])) & (cap - 1);
+            while (m[k].used)
+                k = (k + 1) & (cap - 1);
+            m[k] = cs->map[i];
+        }
+        free(cs->map);
+        cs->map = m;
+        cs->map_cap = cap;
+    }
+    map_entry e = {slot, cmd, true};
+    size_t k = str_hash(map_key(cs, &e)) & (cs->map_cap - 1);
+    while (cs->map[k].used)
+        k = (k + 1) & (cs->map_cap - 1);
+    cs->map[k] = e;
+    cs->map_len++;
+    return ESIM_OK;
+}
+
+static const map_entry *map_find(campaigns *cs, const char *uuid)
+{
+    if (!cs->map_cap || !uuid)
+        return NULL;
+    size_t k = str_hash(uuid) & (cs->map_cap - 1);
+    while (cs->map[k].used) {
+        if (strcmp(map_key(cs, &cs->map[k]), uuid) == 0)
+            return &cs->map[k];
+        k = (k + 1) & (cs->map_cap - 1);
+    }
+    return NULL;
+}
+
+static uint32_t slot_index(campaigns *cs, const camp_slot *s)
+{
+    for (size_t i = 0; i < cs->n_slots; i++)
+        if (cs->slots[i] == s)
+            return (uint32_t)i;
+    return UINT32_MAX;
+}
+
+static esim_err add_cmd(campaigns *cs, camp_slot *s, const char *uuid, int step, uint32_t *out)
+{
+    if (s->n_cmds == s->cap_cmds) {
+        size_t cap = s->cap_cmds ? s->cap_cmds * 2 : 64;
+        cmd_rec *nc = realloc(s->cmds, cap * sizeof *nc);
+        if (!nc)
+            return ESIM_ENOMEM;
+        s->cmds = nc;
+        s->cap_cmds = cap;
+    }
+    cmd_rec *r = &s->cmds[s->n_cmds];
+    snprintf(r->uuid, sizeof r->uuid, "%s", uuid);
+    r->step = (uint8_t)step;
+    esim_err rc = map_insert(cs, slot_index(cs, s), (uint32_t)s->n_cmds);
+    if (rc != ESIM_OK)
+        return rc;
+    *out = (uint32_t)s->n_cmds++;
+    return ESIM_OK;
+}
+
+/* ---- the engine's I/O ---------------------------------------------------------------- */
+
+static void arm_flush(campaigns *cs)
+{
+    if (cs->flush_armed)
+        return;
+    struct timeval tv = {0, CAMPAIGN_FLUSH_MS * 1000};
+    evtimer_add(cs->flush_ev, &tv);
+    cs->flush_armed = true;
+}
+
+static esim_err io_queue(void *arg, campaign *c, size_t dev, campaign_step step, esim_error *err)
+{
+    (void)c;
+    camp_slot *s = arg;
+    if (vec_push(&s->pending[step], (uint32_t)dev) != ESIM_OK)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    arm_flush(s->owner);
+    return ESIM_OK;
+}
+
+static esim_err io_push(void *arg, campaign *c, size_t dev, esim_error *err)
+{
+    (void)c;
+    camp_slot *s = arg;
+    if (vec_push(&s->pushes, (uint32_t)dev) != ESIM_OK)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    arm_flush(s->owner);
+    return ESIM_OK;
+}
+
+static campaign_io slot_io(camp_slot *s)
+{
+    campaign_io io = {s, io_queue, io_push, true};
+    return io;
+}
+
+/* The command of |step| for |s|, with a fresh CommandUUID. */
+static esim_err build_step_command(camp_slot *s, campaign_step step, esim_cmd *out,
+                                   esim_error *err)
+{
+    const campaign_spec *spec = campaign_get_spec(s->c);
+    static const char *const queries[] = {"ServiceSubscriptions", "IsSupervised", "OSVersion"};
+    esim_erase_opts erase = {0};
+    switch (step) {
+    case CAMPAIGN_STEP_PROFILE:
+        return esim_cmd_install_profile(s->profile.data, s->profile.len, NULL, out, err);
+    case CAMPAIGN_STEP_REFRESH:
+        return esim_cmd_refresh_plans(spec->smdp_url, NULL, out, err);
+    case CAMPAIGN_STEP_VERIFY:
+        return esim_cmd_device_information(queries, 3, NULL, out, err);
+    case CAMPAIGN_STEP_ERASE_KEEP:
+        erase.preserve_data_plan = true;
+        return esim_cmd_erase_device(&erase, NULL, out, err);
+    case CAMPAIGN_STEP_ESIM_WIPE:
+        return esim_cmd_erase_device(&erase, NULL, out, err);
+    default:
+        return esim_fail(err, ESIM_EINVAL, "unknown step");
+    }
+}
+
+/* Queues one step's command for the devices in |v| (one command, many
+ * devices). When the all-or-nothing enqueue refuses the batch (a device
+ * checked out meanwhile), each device is tried alone so one bad device
+ * fails alone. */
+static void flush_step(campaigns *cs, camp_slot *s, campaign_step step, idx_vec *v, int64_t now)
+{
+    campaign *c = s->c;
+    const char **udids = malloc(v->n * sizeof *udids);
+    size_t n = 0;
+    for (size_t k = 0; udids && k < v->n; k++) {
+        const campaign_dev *d = campaign_device_at(c, v->v[k]);
+        if (d->state == CDEV_ACTIVE && d->step == step)
+            udids[n++] = d->udid;
+        else
+            v->v[k] = UINT32_MAX; /* canceled or moved on meanwhile */
+    }
+    esim_error e = {{0}};
+    esim_cmd cmd = {0};
+    esim_err rc = udids ? build_step_command(s, step, &cmd, &e) : ESIM_ENOMEM;
+    uint32_t ref = 0;
+    esim_enqueue_opts opts = {0};
+    if (rc == ESIM_OK && n > 0) {
+        rc = esim_service_enqueue(cs->svc, cmd.body.data, cmd.body.len, udids, n, &opts, NULL, NULL,
+                                  &e);
+        if (rc == ESIM_OK)
+            rc = add_cmd(cs, s, cmd.command_uuid, step, &ref);
+        if (rc == ESIM_OK) {
+            for (size_t k = 0; k < v->n; k++)
+                if (v->v[k] != UINT32_MAX)
+                    campaign_set_cmd(c, v->v[k], ref);
+        } else if (rc != ESIM_ENOMEM && rc != ESIM_ESTORE) {
+            /* One by one, each with its own command. */
+            for (size_t k = 0; k < v->n; k++) {
+                if (v->v[k] == UINT32_MAX)
+                    continue;
+                const char *one = campaign_device_at(c, v->v[k])->udid;
+                esim_cmd single = {0};
+                esim_error e1 = {{0}};
+                esim_err r1 = build_step_command(s, step, &single, &e1);
+                if (r1 == ESIM_OK)
+                    r1 = esim_service_enqueue(cs->svc, single.body.data, single.body.len, &one, 1,
+                                              &opts, NULL, NULL, &e1);
+                if (r1 == ESIM_OK && add_cmd(cs, s, single.command_uuid, step, &ref) == ESIM_OK)
+                    campaign_set_cmd(c, v->v[k], ref);
+                else
+                    campaign_fail_device(c, v->v[k], e1.msg[0] ? e1.msg : "could not queue", now);
+                esim_cmd_free(&single);
+            }
+            rc = ESIM_OK;
+        }
+    }
+    if (rc != ESIM_OK) /* the store or memory failed: every device of the batch fails */
+        for (size_t k = 0; k < v->n; k++)
+            if (v->v[k] != UINT32_MAX)
+                campaign_fail_device(c, v->v[k], e.msg[0] ? e.msg : "out of memory", now);
+    esim_cmd_free(&cmd);
+    free(udids);
+    v->n = 0;
+}
+
+static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
+{
+    campaign *c = s->c;
+    for (size_t k = 0; k < s->pushes.n; k++) {
+        size_t i = s->pushes.v[k];
+        const campaign_dev *d = campaign_device_at(c, i);
+        if (d->state != CDEV_ACTIVE)
+            continue; /* failed while queueing, or canceled */
+        esim_push_state ps = ESIM_PUSH_FAILED;
+        esim_error e = {{0}};
+        esim_err rc = esim_service_push(cs->svc, d->udid, &ps, &e);
+        uint8_t code = PUSH_FAILED;
+        const char *why = NULL;
+        if (rc != ESIM_OK)
+            why = e.msg;
+        else if (ps == ESIM_PUSH_SENT)
+            code = PUSH_SENT;
+        else if (ps == ESIM_PUSH_PENDING)
+            code = PUSH_PENDING;
+        else if (ps == ESIM_PUSH_NO_TOKEN) {
+            code = PUSH_NO_TOKEN;
+            why = "the device has no push token (no TokenUpdate yet)";
+        } else if (ps == ESIM_PUSH_DEAD_TOKEN) {
+            code = PUSH_DEAD;
+            why = "APNs said the push token is dead; waiting for a new TokenUpdate";
+        } else
+            why = e.msg[0] ? e.msg : "the APNs client refused the push";
+        campaign_set_push_state(c, i, code);
+        if (why)
+            campaign_on_push_failed(c, i, why, now);
+    }
+    s->pushes.n = 0;
+}
+
+static void persist(campaigns *cs, int64_t now)
+{
+    esim_error e = {{0}};
+    if (cstore_begin(cs->db, &e) != ESIM_OK)
+        goto fail;
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        camp_slot *s = cs->slots[k];
+        campaign *c = s->c;
+        if (campaign_get_state(c) != s->last_state) {
+            s->row_dirty = true;
+            s->last_state = campaign_get_state(c);
+        }
+        if (s->row_dirty && cstore_put_campaign(cs->db, c, s->spec_json, now, &e) != ESIM_OK)
+            goto fail;
+        s->row_dirty = false;
+        size_t n = 0;
+        const size_t *dirty = campaign_take_dirty(c, &n);
+        for (size_t j = 0; j < n; j++) {
+            const campaign_dev *d = campaign_device_at(c, dirty[j]);
+            const char *uuid = d->cmd < s->n_cmds ? s->cmds[d->cmd].uuid : "";
+            if (cstore_put_device(cs->db, c, dirty[j], uuid, &e) != ESIM_OK)
+                goto fail;
+        }
+    }
+    for (size_t k = 0; k < cs->n_facts; k++)
+        if (cstore_put_facts(cs->db, cs->facts[k].udid, &cs->facts[k].f, &e) != ESIM_OK)
+            goto fail;
+    cs->n_facts = 0;
+    if (cstore_commit(cs->db, &e) == ESIM_OK)
+        return;
+fail:
+    cstore_rollback(cs->db);
+    cs->svc->m.store_errors++;
+    esim_service_store(cs->svc)->ops->event_append(esim_service_store(cs->svc), "campaign_store_error",
+                                                   NULL, NULL, e.msg, NULL, 0, now, NULL);
+}
+
+/* Queues what the engine asked for, sends the pushes, then writes the
+ * records. Commands go first: a push only says "check in". */
+static void flush(campaigns *cs)
+{
+    int64_t now = esim_now_ms();
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        camp_slot *s = cs->slots[k];
+        for (int step = 0; step < CAMPAIGN_STEP_COUNT; step++)
+            if (s->pending[step].n)
+                flush_step(cs, s, (campaign_step)step, &s->pending[step], now);
+        if (s->pushes.n)
+            flush_pushes(cs, s, now);
+    }
+    persist(cs, now);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    campaigns *cs = arg;
+    cs->flush_armed = false;
+    flush(cs);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    campaigns *cs = arg;
+    int64_t now = esim_now_ms();
+    size_t changed = 0;
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        camp_slot *s = cs->slots[k];
+        campaign_io io = slot_io(s);
+        changed += campaign_tick(s->c, now, &io);
+        if (campaign_get_state(s->c) != s->last_state)
+            changed++;
+    }
+    if (changed)
+        arm_flush(cs);
+}
+
+/* ---- results ---------------------------------------------------------------------------- */
+
+/* IsSupervised and OSVersion from a DeviceInformation answer, if present. */
+static void answer_facts(const esim_msg *msg, cstore_facts *f)
+{
+    plist_t qr = msg->root ? plist_dict_get_item(msg->root, "QueryResponses") : NULL;
+    if (!qr || plist_get_node_type(qr) != PLIST_DICT)
+        return;
+    plist_t sup = plist_dict_get_item(qr, "IsSupervised");
+    if (sup && plist_get_node_type(sup) == PLIST_BOOLEAN) {
+        uint8_t b = 0;
+        plist_get_bool_val(sup, &b);
+        f->supervised = b ? 1 : 0;
+    }
+    plist_t os = plist_dict_get_item(qr, "OSVersion");
+    if (os && plist_get_node_type(os) == PLIST_STRING) {
+        char *v = NULL;
+        plist_get_string_val(os, &v);
+        if (v)
+            snprintf(f->os_version, sizeof f->os_version, "%s", v);
+        free(v);
+    }
+}
+
+static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *f)
+{
+    if (cs->n_facts == cs->cap_facts) {
+        size_t cap = cs->cap_facts ? cs->cap_facts * 2 : 256;
+        void *nf = realloc(cs->facts, cap * sizeof *cs->facts);
+        if (!nf)
+            return; /* facts are a cache: losing one is harmless */
+        cs->facts = nf;
+        cs->cap_facts = cap;
+    }
+    snprintf(cs->facts[cs->n_facts].udid, sizeof cs->facts[cs->n_facts].udid, "%s", udid);
+    cs->facts[cs->n_facts++].f = *f;
+}
+
+static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
+{
+    (void)svc;
+    campaigns *cs = arg;
+    int64_t now = esim_now_ms();
+    const esim_msg *msg = r->msg;
+    cstore_facts facts = {.supervised = -1, .updated_ms = now};
+    if (msg->status == ESIM_STATUS_ACKNOWLEDGED)
+        answer_facts(msg, &facts);
+
+    const map_entry *m = map_find(cs, r->command_uuid);
+    if (!m) {
+        if (facts.supervised >= 0 || facts.os_version[0])
+            remember_facts(cs, r->udid, &facts);
+        return;
+    }
+    camp_slot *s = cs->slots[m->slot];
+    campaign_step step = (campaign_step)s->cmds[m->cmd].step;
+    long i = campaign_find_device(s->c, r->udid);
+    if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
+        return; /* not this campaign's device, or an older command of it */
+    campaign_result res = {.status = msg->status};
+    if (msg->error_chain_len) {
+        res.error_code = msg->error_chain[0].code;
+        res.error_text = msg->error_chain[0].us_english_description[0]
+                             ? msg->error_chain[0].us_english_description
+                             : msg->error_chain[0].localized_description;
+    }
+    esim_subscription *subs = NULL;
+    size_t n_subs = 0;
+    if (step == CAMPAIGN_STEP_VERIFY && msg->status == ESIM_STATUS_ACKNOWLEDGED) {
+        if (esim_msg_service_subscriptions(msg, &subs, &n_subs, NULL) != ESIM_OK)
+            n_subs = 0;
+        res.subs = subs;
+        res.n_subs = n_subs;
+        const campaign_dev *d = campaign_device_at(s->c, (size_t)i);
+        if (campaign_subscriptions_match(subs, n_subs, d->eid, d->iccid)) {
+            snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
+            for (size_t k = 0; k < n_subs; k++)
+                if (strcmp(subs[k].eid, d->eid) == 0 && (!d->iccid[0] || strcmp(subs[k].iccid, d->iccid) == 0))
+                    snprintf(facts.iccid, sizeof facts.iccid, "%s", subs[k].iccid);
+            facts.verified_ms = now;
+        }
+    }
+    if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
+        remember_facts(cs, r->udid, &facts);
+    campaign_io io = slot_io(s);
+    campaign_on_result(s->c, (size_t)i, step, &res, now, &io);
+    free(subs);
+    arm_flush(cs);
+}
+
+/* ---- spec <-> JSON -------------------------------------------------------------------- */
+
+static const char *const policy_keys[] = {"esim_modification", "preserve_esim_on_erase",
+                                          "esim_outgoing_transfers", "cellular_plan_modification"};
+
+static esim_tri policy_field(const esim_policy *p, int k)
+{
+    switch (k) {
+    case 0: return p->allow_esim_modification;
+    case 1: return p->force_preserve_esim_on_erase;
+    case 2: return p->allow_esim_outgoing_transfers;
+    default: return p->allow_cellular_plan_modification;
+    }
+}
+
+static json_t *spec_to_json(const campaign_spec *spec)
+{
+    json_t *o = json_object();
+    json_t *steps = json_array();
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++)
+        if (spec->steps[s])
+            json_array_append_new(steps, json_string(campaign_step_name((campaign_step)s)));
+    json_object_set_new(o, "steps", steps);
+    if (spec->name)
+        json_object_set_new(o, "name", json_string(spec->name));
+    if (spec->smdp_url)
+        json_object_set_new(o, "smdp_url", json_string(spec->smdp_url));
+    json_t *pol = json_object();
+    for (int k = 0; k < 4; k++) {
+        esim_tri t = policy_field(&spec->policy, k);
+        if (t == ESIM_TRI_UNSET)
+            continue;
+        const char *word = k == 1 ? (t == ESIM_TRI_TRUE ? "on" : "off")
+                                  : (t == ESIM_TRI_TRUE ? "allow" : "deny");
+        json_object_set_new(pol, policy_keys[k], json_string(word));
+    }
+    json_object_set_new(o, "policy", pol);
+    const campaign_settings *st = &spec->settings;
+    json_object_set_new(o, "settings",
+                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "pushes_per_second",
+                                  st->pushes_per_second, "repush_after_s",
+                                  (double)st->repush_after_ms / 1000.0, "expiry_s",
+                                  (double)st->expiry_ms / 1000.0, "retry_base_s",
+                                  (double)st->retry_base_ms / 1000.0, "retry_max_s",
+                                  (double)st->retry_max_ms / 1000.0, "max_retries",
+                                  (int)st->max_retries, "verify_attempts",
+                                  (int)st->verify_attempts));
+    return o;
+}
+
+/* Storage for the strings a parsed spec points at. */
+typedef struct {
+    char name[201];
+    char smdp_url[ESIM_SERVER_URL_MAX + 1];
+} spec_strings;
+
+static esim_err bad_field(const char **field, const char *name, esim_error *err, const char *fmt,
+                          ...) __attribute__((format(printf, 4, 5)));
+
+static esim_err bad_field(const char **field, const char *name, esim_error *err, const char *fmt,
+                          ...)
+{
+    char buf[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (field)
+        *field = name;
+    return esim_fail(err, ESIM_EINVAL, "%s: %s", name, buf);
+}
+
+static esim_err number_setting(const json_t *settings, const char *key, double min, double max,
+                               double *out, const char **field, esim_error *err)
+{
+    json_t *v = json_object_get(settings, key);
+    if (!v)
+        return ESIM_OK;
+    if (!json_is_number(v) || json_number_value(v) < min || json_number_value(v) > max)
+        return bad_field(field, key, err, "must be a number from %g to %g", min, max);
+    *out = json_number_value(v);
+    return ESIM_OK;
+}
+
+/* Parses steps, policy, smdp_url, name and settings; the rest of the API
+ * body (target, distribution) is read by the caller. */
+static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_strings *strs,
+                               const char **field, esim_error *err)
+{
+    memset(spec, 0, sizeof *spec);
+    campaign_settings_init(&spec->settings);
+    json_t *steps = json_object_get(o, "steps");
+    if (!json_is_array(steps) || json_array_size(steps) == 0)
+        return bad_field(field, "steps", err,
+                         "an array of steps is required: profile, refresh, verify, "
+                         "erase_keep_esim, esim_wipe");
+    size_t i;
+    json_t *v;
+    json_array_foreach(steps, i, v) {
+        campaign_step st;
+        if (!json_is_string(v) || campaign_step_parse(json_string_value(v), &st, NULL) != ESIM_OK)
+            return bad_field(field, "steps", err,
+                             "item %zu is not one of profile, refresh, verify, erase_keep_esim, "
+                             "esim_wipe",
+                             i);
+        spec->steps[st] = true;
+    }
+    json_t *name = json_object_get(o, "name");
+    if (name) {
+        if (!json_is_string(name) || json_string_length(name) > 200)
+            return bad_field(field, "name", err, "must be a string of at most 200 bytes");
+        snprintf(strs->name, sizeof strs->name, "%s", json_string_value(name));
+        spec->name = strs->name;
+    }
+    json_t *url = json_object_get(o, "smdp_url");
+    if (url) {
+        esim_error why = {{0}};
+        if (!json_is_string(url) ||
+            esim_server_url_normalize(json_string_value(url), strs->smdp_url,
+                                      sizeof strs->smdp_url, &why) != ESIM_OK)
+            return bad_field(field, "smdp_url", err, "%s",
+                             why.msg[0] ? why.msg : "must be a string");
+        spec->smdp_url = strs->smdp_url;
+    }
+    json_t *pol = json_object_get(o, "policy");
+    if (pol) {
+        if (!json_is_object(pol))
+            return bad_field(field, "policy", err, "must be an object of restriction words");
+        const char *key;
+        json_object_foreach(pol, key, v) {
+            esim_error why = {{0}};
+            if (!json_is_string(v) ||
+                esim_policy_set_word(&spec->policy, key, json_string_value(v), &why) != ESIM_OK)
+                return bad_field(field, "policy", err, "%s",
+                                 why.msg[0] ? why.msg : "values are words such as allow or deny");
+        }
+    }
+    json_t *settings = json_object_get(o, "settings");
+    if (settings && !json_is_object(settings))
+        return bad_field(field, "settings", err, "must be an object");
+    if (settings) {
+        campaign_settings *st = &spec->settings;
+        double pps = st->pushes_per_second, repush = (double)st->repush_after_ms / 1000,
+               expiry = (double)st->expiry_ms / 1000, rb = (double)st->retry_base_ms / 1000,
+               rm = (double)st->retry_max_ms / 1000, mr = st->max_retries,
+               va = st->verify_attempts;
+        esim_err rc;
+        if ((rc = number_setting(settings, "pushes_per_second", 0.001, 1e7, &pps, field, err)) ||
+            (rc = number_setting(settings, "repush_after_s", 0.01, 86400 * 30, &repush, field, err)) ||
+            (rc = number_setting(settings, "expiry_s", 0.01, 86400 * 365, &expiry, field, err)) ||
+            (rc = number_setting(settings, "retry_base_s", 0.001, 86400, &rb, field, err)) ||
+            (rc = number_setting(settings, "retry_max_s", 0.001, 86400 * 7, &rm, field, err)) ||
+            (rc = number_setting(settings, "max_retries", 0, 200, &mr, field, err)) ||
+            (rc = number_setting(settings, "verify_attempts", 1, 100, &va, field, err)))
+            return rc;
+        st->pushes_per_second = pps;
+        st->repush_after_ms = (int64_t)(repush * 1000);
+        st->expiry_ms = (int64_t)(expiry * 1000);
+        st->retry_base_ms = (int64_t)(rb * 1000);
+        st->retry_max_ms = (int64_t)(rm * 1000);
+        st->max_retries = (unsigned)mr;
+        st->verify_attempts = (unsigned)va;
+        if (st->retry_max_ms < st->retry_base_ms)
+            return bad_field(field, "settings", err, "retry_max_s is below retry_base_s");
+    }
+    return ESIM_OK;
+}
+
+/* ---- slots ------------------------------------------------------------------------------ */
+
+static void slot_free(camp_slot *s)
+{
+    if (!s)
+        return;
+    campaign_free(s->c);
+    free(s->spec_json);
+    esim_buf_free(&s->profile);
+    free(s->cmds);
+    for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+        free(s->pending[k].v);
+    free(s->pushes.v);
+    free(s);
+}
+
+static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot **out)
+{
+    camp_slot *s = calloc(1, sizeof *s);
+    if (!s)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    s->owner = cs;
+    s->c = c;
+    s->last_state = campaign_get_state(c);
+    json_t *j = spec_to_json(campaign_get_spec(c));
+    s->spec_json = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    esim_err rc = s->spec_json ? ESIM_OK : esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (rc == ESIM_OK && campaign_get_spec(c)->steps[CAMPAIGN_STEP_PROFILE]) {
+        esim_profile_opts po = {.identifier = ESIM_POLICY_DEFAULT_IDENTIFIER,
+                                .display_name = "eSIM restrictions"};
+        rc = esim_policy_to_profile(&campaign_get_spec(c)->policy, &po, NULL, &s->profile, err);
+    }
+    if (rc == ESIM_OK && cs->n_slots == cs->cap_slots) {
+        size_t cap = cs->cap_slots ? cs->cap_slots * 2 : 8;
+        camp_slot **ns = realloc(cs->slots, cap * sizeof *ns);
+        if (!ns)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        else {
+            cs->slots = ns;
+            cs->cap_slots = cap;
+        }
+    }
+    if (rc != ESIM_OK) {
+        s->c = NULL; /* the caller still owns it */
+        slot_free(s);
+        return rc;
+    }
+    cs->slots[cs->n_slots++] = s;
+    *out = s;
+    return ESIM_OK;
+}
+
+/* ---- restore at start-up ------------------------------------------------------------------ */
+
+typedef struct {
+    campaigns *cs;
+    camp_slot *slot;
+    esim_error *err;
+} restore_ctx;
+
+static esim_err restore_command(void *arg, const char *uuid, int step)
+{
+    restore_ctx *x = arg;
+    uint32_t ref;
+    return add_cmd(x->cs, x->slot, uuid, step, &ref);
+}
+
+static esim_err restore_campaign(void *arg, const char *id, const char *spec_json, int state,
+                                 int64_t created_ms)
+{
+    restore_ctx *x = arg;
+    json_error_t jerr;
+    json_t *j = json_loads(spec_json, 0, &jerr);
+    campaign_spec spec;
+    spec_strings strs;
+    const char *field = NULL;
+    if (!j || spec_from_json(j, &spec, &strs, &field, x->err) != ESIM_OK) {
+        json_decref(j);
+        return esim_fail(x->err, ESIM_ESTORE, "stored campaign %s is unreadable", id);
+    }
+    json_decref(j);
+    spec.id = id;
+    campaign_dev *devs = NULL;
+    char(*cmds)[37] = NULL;
+    size_t n = 0;
+    esim_err rc = cstore_load_devices(x->cs->db, id, &devs, &cmds, &n, x->err);
+    if (rc != ESIM_OK)
+        return rc;
+    campaign *c = NULL;
+    if (n > 0)
+        rc = campaign_restore(&spec, (campaign_state)state, created_ms, devs, n, esim_now_ms(), &c,
+                              x->err);
+    for (size_t i = 0; i < n; i++)
+        free(devs[i].reason);
+    free(devs);
+    camp_slot *s = NULL;
+    if (rc == ESIM_OK && c && (rc = slot_add(x->cs, c, x->err, &s)) != ESIM_OK)
+        campaign_free(c);
+    if (rc == ESIM_OK && s) {
+        x->slot = s;
+        rc = cstore_each_command(x->cs->db, id, restore_command, x, x->err);
+        /* Point each device at its command by UUID. */
+        for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+            const map_entry *m = cmds[i][0] ? map_find(x->cs, cmds[i]) : NULL;
+            if (m)
+                campaign_set_cmd(c, i, m->cmd);
+        }
+        size_t dn;
+        campaign_take_dirty(c, &dn);
+    }
+    free(cmds);
+    return rc;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal, campaigns **out,
+                       esim_error *err)
+{
+    campaigns *cs = calloc(1, sizeof *cs);
+    if (!cs)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    cs->svc = svc;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/campaigns.db", data_dir && *data_dir ? data_dir : ".");
+    esim_err rc = cstore_open(path, sync_normal, &cs->db, err);
+    if (rc == ESIM_OK) {
+        restore_ctx x = {cs, NULL, err};
+        rc = cstore_each_campaign(cs->db, restore_campaign, &x, err);
+    }
+    if (rc == ESIM_OK) {
+        cs->flush_ev = evtimer_new(svc->base, on_flush, cs);
+        cs->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, cs);
+        if (!cs->flush_ev || !cs->tick_ev)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    if (rc == ESIM_OK)
+        rc = esim_service_add_result_hook(svc, on_result, cs);
+    if (rc == ESIM_OK) {
+        struct timeval tv = {0, CAMPAIGN_TICK_MS * 1000};
+        event_add(cs->tick_ev, &tv);
+    }
+    if (rc != ESIM_OK) {
+        campaigns_free(cs);
+        return rc;
+    }
+    *out = cs;
+    return ESIM_OK;
+}
+
+void campaigns_free(campaigns *cs)
+{
+    if (!cs)
+        return;
+    if (cs->db && cs->n_slots)
+        persist(cs, esim_now_ms());
+    if (cs->flush_ev)
+        event_free(cs->flush_ev);
+    if (cs->tick_ev)
+        event_free(cs->tick_ev);
+    for (size_t i = 0; i < cs->n_slots; i++)
+        slot_free(cs->slots[i]);
+    free(cs->slots);
+    free(cs->map);
+    free(cs->facts);
+    cstore_close(cs->db);
+    free(cs);
+}
+
+cstore *campaigns_store(campaigns *cs) { return cs->db; }
+esim_service *campaigns_service(campaigns *cs) { return cs->svc; }
+
+campaign *campaigns_find(campaigns *cs, const char *id)
+{
+    for (size_t i = 0; id && i < cs->n_slots; i++)
+        if (strcmp(campaign_id(cs->slots[i]->c), id) == 0)
+            return cs->slots[i]->c;
+    return NULL;
+}
+
+static camp_slot *slot_of(campaigns *cs, const campaign *c)
+{
+    for (size_t i = 0; i < cs->n_slots; i++)
+        if (cs->slots[i]->c == c)
+            return cs->slots[i];
+    return NULL;
+}
+
+campaign *campaigns_latest_for_device(campaigns *cs, const char *udid, long *index)
+{
+    for (size_t k = cs->n_slots; k-- > 0;) {
+        long i = campaign_find_device(cs->slots[k]->c, udid);
+        if (i >= 0) {
+            *index = i;
+            return cs->slots[k]->c;
+        }
+    }
+    *index = -1;
+    return NULL;
+}
+
+esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_error *err)
+{
+    int64_t now = esim_now_ms();
+    esim_err rc;
+    if (strcmp(verb, "pause") == 0)
+        rc = campaign_pause(c, now, err);
+    else if (strcmp(verb, "resume") == 0)
+        rc = campaign_resume(c, now, err);
+    else if (strcmp(verb, "cancel") == 0)
+        rc = campaign_cancel(c, now, err);
+    else
+        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
+    if (rc != ESIM_OK)
+        return rc;
+    camp_slot *s = slot_of(cs, c);
+    if (strcmp(verb, "cancel") == 0 && s) {
+        /* Take the campaign's commands off the devices' queues. */
+        store *st = esim_service_store(cs->svc);
+        for (size_t i = 0; i < campaign_device_count(c); i++) {
+            const campaign_dev *d = campaign_device_at(c, i);
+            if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
+                st->ops->queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
+        }
+        for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+            s->pending[k].n = 0;
+        s->pushes.n = 0;
+    }
+    if (s)
+        s->row_dirty = true;
+    flush(cs);
+    return ESIM_OK;
+}
+
+/* ---- JSON views ------------------------------------------------------------------------------- */
+
+json_t *campaigns_device_json(const campaign *c, size_t i)
+{
+    const campaign_dev *d = campaign_device_at(c, i);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:i, s:I, s:I, s:I, s:s}", "udid", d->udid, "state",
+                          campaign_dev_state_name((campaign_dev_state)d->state), "step",
+                          campaign_step_name((campaign_step)d->step), "refresh_acknowledged",
+                          (int)d->refresh_acked, "pushes", (int)d->pushes, "not_now",
+                          (json_int_t)d->not_now, "changed_ms", (json_int_t)d->changed_ms,
+                          "last_push_ms", (json_int_t)d->last_push_ms, "last_push",
+                          d->push_state < 6 ? push_state_words[d->push_state] : "unknown");
+    if (!o)
+        return NULL;
+    if (d->eid[0])
+        json_object_set_new(o, "expected_eid", json_string(d->eid));
+    if (d->iccid[0])
+        json_object_set_new(o, "expected_iccid", json_string(d->iccid));
+    if (d->reason)
+        json_object_set_new(o, "reason", json_string(d->reason));
+    return o;
+}
+
+json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
+{
+    (void)cs;
+    size_t counts[CDEV_STATE_COUNT];
+    campaign_counts(c, counts);
+    json_t *cj = json_object();
+    for (int s = 0; s < CDEV_STATE_COUNT; s++)
+        json_object_set_new(cj, campaign_dev_state_name((campaign_dev_state)s),
+                            json_integer((json_int_t)counts[s]));
+    json_t *o = spec_to_json(campaign_get_spec(c));
+    json_object_set_new(o, "id", json_string(campaign_id(c)));
+    json_object_set_new(o, "state", json_string(campaign_state_name(campaign_get_state(c))));
+    json_object_set_new(o, "devices", json_integer((json_int_t)campaign_device_count(c)));
+    json_object_set_new(o, "counts", cj);
+    json_object_set_new(o, "refresh_acknowledged",
+                        json_integer((json_int_t)campaign_refresh_acked(c)));
+    json_object_set_new(o, "pushes", json_integer((json_int_t)campaign_pushes(c)));
+    json_object_set_new(o, "commands", json_integer((json_int_t)campaign_commands(c)));
+    json_object_set_new(o, "created_ms", json_integer(campaign_created_ms(c)));
+    return o;
+}
+
+json_t *campaigns_list_json(campaigns *cs)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < cs->n_slots; i++) {
+        const campaign *c = cs->slots[i]->c;
+        size_t counts[CDEV_STATE_COUNT];
+        campaign_counts(c, counts);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", campaign_id(c),
+                                             "name", campaign_name(c), "state",
+                                             campaign_state_name(campaign_get_state(c)), "devices",
+                                             (json_int_t)campaign_device_count(c), "verified",
+                                             (json_int_t)counts[CDEV_VERIFIED]));
+    }
+    return arr;
+}
+
+/* ---- creating a campaign ------------------------------------------------------------------------ */
+
+typedef struct {
+    char (*udids)[65];
+    size_t n, cap;
+} udid_list;
+
+static esim_err list_add(udid_list *l, const char *udid)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        char(*nu)[65] = realloc(l->udids, cap * sizeof *nu);
+        if (!nu)
+            return ESIM_ENOMEM;
+        l->udids = nu;
+        l->cap = cap;
+    }
+    snprintf(l->udids[l->n++], 65, "%s", udid);
+    return ESIM_OK;
+}
+
+/* "ios" for iPhones, "ipados" for iPads, "macos", "tvos", else "unknown". */
+static const char *device_platform(const store_device *d)
+{
+    const char *p = d->product_name[0] ? d->product_name : d->model;
+    if (strncmp(p, "iPhone", 6) == 0)
+        return "ios";
+    if (strncmp(p, "iPad", 4) == 0)
+        return "ipados";
+    if (strncmp(p, "Mac", 3) == 0)
+        return "macos";
+    if (strncmp(p, "AppleTV", 7) == 0)
+        return "tvos";
+    return "unknown";
+}
+
+static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list *out,
+                                 const char **field, esim_error *err)
+{
+    if (!json_is_object(target))
+        return bad_field(field, "target", err,
+                         "an object with one of udids, group, tag, platform or all is required");
+    json_t *udids = json_object_get(target, "udids");
+    json_t *group = json_object_get(target, "group");
+    json_t *tag = json_object_get(target, "tag");
+    json_t *platform = json_object_get(target, "platform");
+    json_t *all = json_object_get(target, "all");
+    int kinds = !!udids + !!group + !!tag + !!platform + !!all;
+    if (kinds != 1)
+        return bad_field(field, "target", err,
+                         "give exactly one of udids, group, tag, platform or all");
+    store *st = esim_service_store(cs->svc);
+    if (udids) {
+        if (!json_is_array(udids) || json_array_size(udids) == 0)
+            return bad_field(field, "target.udids", err, "must be a non-empty array of UDIDs");
+        size_t i;
+        json_t *v;
+        json_array_foreach(udids, i, v) {
+            esim_error why = {{0}};
+            if (!json_is_string(v) || esim_udid_validate(json_string_value(v), &why) != ESIM_OK)
+                return bad_field(field, "target.udids", err, "item %zu: %s", i,
+                                 why.msg[0] ? why.msg : "not a string");
+            if (list_add(out, json_string_value(v)) != ESIM_OK)
+                return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        return ESIM_OK;
+    }
+    if (group || tag) {
+        json_t *g = group ? group : tag;
+        if (!json_is_string(g))
+            return bad_field(field, group ? "target.group" : "target.tag", err, "must be a name");
+        char(*members)[65] = NULL;
+        size_t n = 0;
+        esim_err rc = group ? cstore_group_members(cs->db, json_string_value(g), &members, &n, err)
+                            : cstore_tag_devices(cs->db, json_string_value(g), &members, &n, err);
+        if (rc != ESIM_OK) {
+            if (field)
+                *field = group ? "target.group" : "target.tag";
+            return rc;
+        }
+        for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+            if (list_add(out, members[i]) != ESIM_OK)
+                rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        free(members);
+        if (rc == ESIM_OK && out->n == 0)
+            return bad_field(field, group ? "target.group" : "target.tag", err,
+                             "'%s' has no devices", json_string_value(g));
+        return rc;
+    }
+    const char *want = NULL;
+    if (platform) {
+        if (!json_is_string(platform))
+            return bad_field(field, "target.platform", err, "must be ios, ipados, macos or tvos");
+        want = json_string_value(platform);
+        if (strcmp(want, "ios") && strcmp(want, "ipados") && strcmp(want, "macos") &&
+            strcmp(want, "tvos"))
+            return bad_field(field, "target.platform", err, "must be ios, ipados, macos or tvos");
+    } else if (!json_is_true(all))
+        return bad_field(field, "target.all", err, "must be true");
+    char after[65] = "";
+    for (;;) {
+        store_device *devs = NULL;
+        size_t n = 0;
+        esim_err rc = st->ops->device_list(st, after, 1000, &devs, &n, err);
+        if (rc != ESIM_OK)
+            return rc;
+        for (size_t i = 0; i < n && rc == ESIM_OK; i++)
+            if (devs[i].enrolled && (!want || strcmp(device_platform(&devs[i]), want) == 0))
+                if (list_add(out, devs[i].udid) != ESIM_OK)
+                    rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        if (n)
+            snprintf(after, sizeof after, "%s", devs[n - 1].udid);
+        free(devs);
+        if (rc != ESIM_OK)
+            return rc;
+        if (n < 1000)
+            break;
+    }
+    if (out->n == 0)
+        return bad_field(field, "target", err, "no enrolled device matches");
+    return ESIM_OK;
+}
+
+static void add_warning(json_t *warnings, size_t *total, const char *udid, const char *key,
+                        const char *reason)
+{
+    if ((*total)++ >= CAMPAIGN_MAX_WARNINGS)
+        return;
+    json_t *w = json_pack("{s:s, s:s}", "udid", udid, "reason", reason);
+    if (w && key)
+        json_object_set_new(w, "key", json_string(key));
+    json_array_append_new(warnings, w);
+}
+
+esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
+                          esim_error *err)
+{
+    static const char *const known[] = {"name",  "target",   "distribution", "custom_udids",
+                                        "steps", "policy",   "smdp_url",     "settings", NULL};
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)body, key, v) {
+        bool ok = false;
+        for (size_t i = 0; known[i] && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok)
+            return bad_field(field, key, err, "unknown key (see docs/campaigns.md)");
+    }
+    campaign_spec spec;
+    spec_strings strs;
+    esim_err rc = spec_from_json(body, &spec, &strs, field, err);
+    if (rc != ESIM_OK)
+        return rc;
+    const char *dist = "all";
+    json_t *dj = json_object_get(body, "distribution");
+    if (dj) {
+        if (!json_is_string(dj) || (strcmp(json_string_value(dj), "all") &&
+                                    strcmp(json_string_value(dj), "none") &&
+                                    strcmp(json_string_value(dj), "custom")))
+            return bad_field(field, "distribution", err, "must be all, none or custom");
+        dist = json_string_value(dj);
+    }
+    json_t *custom = json_object_get(body, "custom_udids");
+    if (strcmp(dist, "custom") == 0 && (!json_is_array(custom) || json_array_size(custom) == 0))
+        return bad_field(field, "custom_udids", err,
+                         "distribution custom needs custom_udids: the devices that get the campaign");
+    if (custom && strcmp(dist, "custom") != 0)
+        return bad_field(field, "custom_udids", err, "only with distribution custom");
+    spec.staged = strcmp(dist, "none") == 0;
+
+    udid_list list = {0};
+    campaign_target *targets = NULL;
+    char(*eids)[ESIM_EID_LEN + 1] = NULL;
+    char(*iccids)[21] = NULL;
+    json_t *warnings = json_array();
+    size_t n_warn = 0;
+    campaign *c = NULL;
+    store *st = esim_service_store(cs->svc);
+    if ((rc = target_from_json(cs, json_object_get(body, "target"), &list, field, err)) != ESIM_OK)
+        goto out;
+    if (list.n > CAMPAIGN_MAX_DEVICES) {
+        rc = bad_field(field, "target", err, "%zu devices: the limit is %u per campaign", list.n,
+                       CAMPAIGN_MAX_DEVICES);
+        goto out;
+    }
+    targets = calloc(list.n, sizeof *targets);
+    eids = calloc(list.n, sizeof *eids);
+    iccids = calloc(list.n, sizeof *iccids);
+    if (!targets || !eids || !iccids || !warnings) {
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < list.n; i++) {
+        store_device d;
+        const char *udid = list.udids[i];
+        esim_error why = {{0}};
+        if ((rc = st->ops->device_get(st, udid, &d, &why)) != ESIM_OK) {
+            if (rc == ESIM_ENOTFOUND) {
+                if (field)
+                    *field = "target";
+                rc = esim_fail(err, ESIM_ENOTFOUND, "device %s is not known to the service", udid);
+            } else
+                rc = esim_fail(err, rc, "%s", why.msg);
+            goto out;
+        }
+        targets[i].udid = udid;
+        if (!d.enrolled)
+            add_warning(warnings, &n_warn, udid, NULL,
+                        "not enrolled (checked out): it will not check in until it re-enrols");
+        /* The expected EID: the OEM manifest by serial number, else what the
+         * device itself reported. */
+        if (d.serial_number[0] && cstore_manifest_eid(cs->db, d.serial_number, eids[i]) == ESIM_OK) {
+        } else if (d.eid[0]) {
+            snprintf(eids[i], sizeof eids[i], "%s", d.eid);
+        } else if (spec.steps[CAMPAIGN_STEP_VERIFY]) {
+            add_warning(warnings, &n_warn, udid, NULL,
+                        "no expected EID: import the OEM manifest (esim-mdm import eids) or it "
+                        "cannot be verified");
+        }
+        char mid[256];
+        if (eids[i][0] && esim_eid_validate(eids[i], NULL) != ESIM_OK)
+            eids[i][0] = '\0';
+        if (eids[i][0])
+            cstore_code_iccid(cs->db, eids[i], iccids[i], mid);
+        targets[i].expected_eid = eids[i];
+        targets[i].expected_iccid = iccids[i];
+        cstore_facts f;
+        bool known_facts = cstore_get_facts(cs->db, udid, &f) == ESIM_OK;
+        if (known_facts && f.verified_ms && eids[i][0] && strcmp(f.eid, eids[i]) == 0 &&
+            (!iccids[i][0] || strcmp(f.iccid, iccids[i]) == 0))
+            targets[i].esim_installed = true;
+        const char *os = f.os_version[0] ? f.os_version : d.os_version;
+        if (spec.steps[CAMPAIGN_STEP_PROFILE]) {
+            if (f.supervised < 0)
+                add_warning(warnings, &n_warn, udid, NULL,
+                            "supervision unknown (no DeviceInformation answer yet): the eSIM "
+                            "restrictions apply only to supervised devices");
+            esim_ignored_key ig[4];
+            size_t k = esim_policy_ignored_keys(&spec.policy, os[0] ? os : NULL,
+                                                f.supervised != 0, ig);
+            for (size_t j = 0; j < k; j++)
+                add_warning(warnings, &n_warn, udid, ig[j].key, ig[j].reason);
+        }
+        if (spec.steps[CAMPAIGN_STEP_REFRESH] && os[0]) {
+            esim_os_version ov, min = {13, 0, 0};
+            if (esim_os_version_parse(os, &ov, NULL) == ESIM_OK && esim_os_version_cmp(ov, min) < 0)
+                add_warning(warnings, &n_warn, udid, NULL,
+                            "RefreshCellularPlans needs iOS 13 or later: this device will answer "
+                            "with an error");
+        }
+        if (targets[i].esim_installed && spec.steps[CAMPAIGN_STEP_REFRESH])
+            add_warning(warnings, &n_warn, udid, NULL,
+                        "its eSIM is already installed and verified: no second download will be "
+                        "asked (a consumed profile needs a reset on the SM-DP+ first)");
+    }
+    if (custom) {
+        /* Only the listed devices get the campaign; the rest stay staged. */
+        for (size_t i = 0; i < list.n; i++)
+            targets[i].staged = true;
+        size_t i;
+        json_array_foreach(custom, i, v) {
+            bool found = false;
+            for (size_t k = 0; json_is_string(v) && k < list.n; k++)
+                if (strcmp(list.udids[k], json_string_value(v)) == 0) {
+                    targets[k].staged = false;
+                    found = true;
+                }
+            if (!found) {
+                rc = bad_field(field, "custom_udids", err, "item %zu is not a device of the target", i);
+                goto out;
+            }
+        }
+    }
+    int64_t now = esim_now_ms();
+    if ((rc = campaign_new(&spec, targets, list.n, now, &c, err)) != ESIM_OK) {
+        if (field)
+            *field = "target";
+        goto out;
+    }
+    camp_slot *s = NULL;
+    if ((rc = slot_add(cs, c, err, &s)) != ESIM_OK)
+        goto out;
+    s->row_dirty = true;
+    c = NULL; /* the slot owns it */
+    /* Written whole before anything is sent: a crash now leaves a campaign
+     * that resumes, never commands without a campaign. */
+    persist(cs, now);
+    json_t *o = campaigns_summary_json(cs, s->c);
+    json_object_set_new(o, "distribution", json_string(dist));
+    json_object_set_new(o, "warnings", warnings);
+    json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
+    warnings = NULL;
+    *out = o;
+out:
+    campaign_free(c);
+    json_decref(warnings);
+    free(list.udids);
+    free(targets);
+    free(eids);
+    free(iccids);
+    return rc;
+}
+
+/* ---- imports ------------------------------------------------------------------------------------ */
+
+static json_t *bad_lines_json(const campaign_import *imp)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < imp->n_bad; i++)
+        json_array_append_new(arr, json_pack("{s:i, s:s}", "line", (int)imp->bad[i].line, "reason",
+                                             imp->bad[i].reason));
+    return arr;
+}
+
+/* Serial numbers of every known device, for matching a manifest. */
+static esim_err known_serials(campaigns *cs, char (**serials)[64], size_t *n, esim_error *err)
+{
+    store *st = esim_service_store(cs->svc);
+    char after[65] = "";
+    size_t cap = 0, len = 0;
+    char(*out)[64] = NULL;
+    for (;;) {
+        store_device *devs = NULL;
+        size_t got = 0;
+        esim_err rc = st->ops->device_list(st, after, 1000, &devs, &got, err);
+        if (rc != ESIM_OK) {
+            free(out);
+            return rc;
+        }
+        for (size_t i = 0; i < got; i++) {
+            if (!devs[i].serial_number[0])
+                continue;
+            if (len == cap) {
+                cap = cap ? cap * 2 : 1024;
+                char(*no)[64] = realloc(out, cap * sizeof *no);
+                if (!no) {
+                    free(out);
+                    free(devs);
+                    return esim_fail(err, ESIM_ENOMEM, "out of memory");
+                }
+                out = no;
+            }
+            memcpy(out[len++], devs[i].serial_number, 64);
+        }
+        if (got)
+            snprintf(after, sizeof after, "%s", devs[got - 1].udid);
+        free(devs);
+        if (got < 1000)
+            break;
+    }
+    *serials = out;
+    *n = len;
+    return ESIM_OK;
+}
+
+static int cmp_serial(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json_t **out,
+                               esim_error *err)
+{
+    campaign_import imp = {0};
+    esim_err rc = campaign_import_parse_eids(text, len, &imp, err);
+    if (rc != ESIM_OK)
+        return rc;
+    char(*serials)[64] = NULL;
+    size_t n_serials = 0;
+    if ((rc = cstore_import_manifest(cs->db, imp.eids, imp.n_eids, esim_now_ms(), err)) == ESIM_OK)
+        rc = known_serials(cs, &serials, &n_serials, err);
+    if (rc != ESIM_OK) {
+        campaign_import_free(&imp);
+        return rc;
+    }
+    qsort(serials, n_serials, sizeof *serials, cmp_serial);
+    json_t *unmatched = json_array();
+    size_t matched = 0, n_unmatched = 0;
+    for (size_t i = 0; i < imp.n_eids; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s", imp.eids[i].serial);
+        if (n_serials && bsearch(key, serials, n_serials, sizeof *serials, cmp_serial)) {
+            matched++;
+            continue;
+        }
+        if (n_unmatched++ < CAMPAIGN_IMPORT_MAX_BAD)
+            json_array_append_new(unmatched,
+                                  json_pack("{s:i, s:s, s:s}", "line", (int)imp.eids[i].line,
+                                            "serial", imp.eids[i].serial, "eid", imp.eids[i].eid));
+    }
+    *out = json_pack("{s:I, s:I, s:I, s:o, s:I, s:o, s:I}", "imported", (json_int_t)imp.n_eids,
+                     "matched", (json_int_t)matched, "unmatched_total", (json_int_t)n_unmatched,
+                     "unmatched", unmatched, "bad_total", (json_int_t)imp.n_bad_total, "bad",
+                     bad_lines_json(&imp), "skipped", (json_int_t)imp.n_skipped);
+    free(serials);
+    campaign_import_free(&imp);
+    return *out ? ESIM_OK : esim_fail(err, ESIM_ENOMEM, "out of memory");
+}
+
+esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, json_t **out,
+                                esim_error *err)
+{
+    campaign_import imp = {0};
+    esim_err rc = campaign_import_parse_codes(text, len, &imp, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = cstore_import_codes(cs->db, imp.codes, imp.n_codes, esim_now_ms(), err)) != ESIM_OK) {
+        campaign_import_free(&imp);
+        return rc;
+    }
+    *out = json_pack("{s:I, s:I, s:o, s:I}", "imported", (json_int_t)imp.n_codes, "bad_total",
+                     (json_int_t)imp.n_bad_total, "bad", bad_lines_json(&imp), "skipped",
+                     (json_int_t)imp.n_skipped);
+    campaign_import_free(&imp);
+    return *out ? ESIM_OK : esim_fail(err, ESIM_ENOMEM, "out of memory");
+}

@@ -1,0 +1,370 @@
+/*
+ * mdm.c — the device side: PUT /mdm and PUT /checkin. Each request is
+ * checked (size, identity, plist, rate), then turned into exactly one store
+ * transaction: a check-in (Authenticate, TokenUpdate, CheckOut) or a result
+ * plus the choice of the next command, whose plist is the reply body.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "service/service_internal.h"
+
+/* ---- per-device rate limit: a token bucket per UDID -------------------------- */
+
+static size_t bucket_index(const char *udid)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)udid; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h % SVC_BUCKETS;
+}
+
+static bool rate_allow(esim_service *svc, const char *udid, int64_t now)
+{
+    size_t i = bucket_index(udid);
+    svc_bucket *b = svc->buckets[i];
+    while (b && strcmp(b->udid, udid) != 0)
+        b = b->next;
+    double burst = svc->cfg.device_burst;
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b)
+            return true; /* out of memory is not the device's fault */
+        snprintf(b->udid, sizeof b->udid, "%s", udid);
+        b->tokens = burst;
+        b->at_ms = now;
+        b->next = svc->buckets[i];
+        svc->buckets[i] = b;
+        svc->n_buckets++;
+    }
+    b->tokens += svc->cfg.device_rate * (double)(now - b->at_ms) / 1000.0;
+    if (b->tokens > burst)
+        b->tokens = burst;
+    b->at_ms = now;
+    if (b->tokens < 1.0)
+        return false;
+    b->tokens -= 1.0;
+    return true;
+}
+
+/* A bucket that has refilled carries no information: drop it, so memory
+ * follows the devices active right now, not the fleet. */
+void mdm_prune_buckets(esim_service *svc, int64_t now)
+{
+    double burst = svc->cfg.device_burst;
+    for (size_t i = 0; i < SVC_BUCKETS; i++) {
+        svc_bucket **pp = &svc->buckets[i];
+        while (*pp) {
+            svc_bucket *b = *pp;
+            if (b->tokens + svc->cfg.device_rate * (double)(now - b->at_ms) / 1000.0 >= burst) {
+                *pp = b->next;
+                free(b);
+                svc->n_buckets--;
+            } else {
+                pp = &b->next;
+            }
+        }
+    }
+}
+
+/* ---- per-connection NotNow memory ------------------------------------------------ */
+
+static void conn_free(svc_conn *c)
+{
+    for (size_t i = 0; i < c->n_skip; i++)
+        free(c->skip[i]);
+    free(c->skip);
+    free(c);
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    svc_conn *c = arg;
+    (void)evcon;
+    for (svc_conn **pp = &c->svc->conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    conn_free(c);
+}
+
+void mdm_forget_connections(esim_service *svc)
+{
+    while (svc->conns) {
+        svc_conn *c = svc->conns;
+        svc->conns = c->next;
+        conn_free(c);
+    }
+}
+
+static svc_conn *conn_find(esim_service *svc, struct evhttp_connection *evcon)
+{
+    for (svc_conn *c = svc->conns; c; c = c->next)
+        if (c->evcon == evcon)
+            return c;
+    return NULL;
+}
+
+/* NotNow: the device did not keep the command. Apple's rule is to leave it
+ * queued but not to offer it again during this connection (the device would
+ * only say NotNow again); it comes back on a later connection. */
+static void conn_remember_not_now(esim_service *svc, struct evhttp_request *req, const char *udid,
+                                  const char *uuid)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon)
+        return;
+    svc_conn *c = conn_find(svc, evcon);
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return;
+        c->evcon = evcon;
+        c->svc = svc;
+        c->next = svc->conns;
+        svc->conns = c;
+        evhttp_connection_set_closecb(evcon, on_conn_close, c);
+    }
+    if (strcmp(c->udid, udid) != 0) { /* another device on this connection: start over */
+        for (size_t i = 0; i < c->n_skip; i++)
+            free(c->skip[i]);
+        c->n_skip = 0;
+        snprintf(c->udid, sizeof c->udid, "%s", udid);
+    }
+    if (c->n_skip == c->cap_skip) {
+        size_t ncap = c->cap_skip ? c->cap_skip * 2 : 4;
+        char **grown = realloc(c->skip, ncap * sizeof *grown);
+        if (!grown)
+            return;
+        c->skip = grown;
+        c->cap_skip = ncap;
+    }
+    char *copy = strdup(uuid);
+    if (copy)
+        c->skip[c->n_skip++] = copy;
+}
+
+/* ---- replies ------------------------------------------------------------------------ */
+
+static void reply_text(esim_service *svc, struct evhttp_request *req, int code, const char *text)
+{
+    http_reply(svc, req, M_ROUTE_MDM, code, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+static void reply_store_error(esim_service *svc, struct evhttp_request *req, esim_err rc,
+                              const esim_error *e)
+{
+    switch (rc) {
+    case ESIM_EAUTH:
+    case ESIM_ENOTFOUND:
+    case ESIM_ESTATE:
+        svc->m.auth_refused++;
+        reply_text(svc, req, 403, e->msg);
+        return;
+    case ESIM_EINVAL:
+        svc->m.malformed++;
+        reply_text(svc, req, 400, e->msg);
+        return;
+    default:
+        svc->m.store_errors++;
+        reply_text(svc, req, 500, "the store failed; try again later");
+    }
+}
+
+/* ---- check-ins ------------------------------------------------------------------------ */
+
+static void handle_checkin(esim_service *svc, struct evhttp_request *req, const esim_msg *msg,
+                           const char *cert, const void *raw, size_t len)
+{
+    esim_error e = {{0}};
+    esim_err rc;
+    int64_t now = esim_now_ms();
+    switch (msg->kind) {
+    case ESIM_MSG_AUTHENTICATE: {
+        store_authenticate_in in = {
+            .udid = msg->udid, .is_enrollment_id = msg->is_enrollment_id, .topic = msg->topic,
+            .cert_sha256 = cert, .serial_number = msg->serial_number,
+            .os_version = msg->os_version, .build_version = msg->build_version,
+            .product_name = msg->product_name, .model = msg->model,
+            .device_name = msg->device_name, .imei = msg->imei,
+        };
+        rc = svc->st->ops->device_authenticate(svc->st, &in, now, &e);
+        break;
+    }
+    case ESIM_MSG_TOKEN_UPDATE: {
+        esim_buf hex = {0};
+        rc = esim_hex_encode(msg->token.data, msg->token.len, &hex);
+        if (rc == ESIM_OK)
+            rc = esim_push_token_validate((const char *)hex.data, &e);
+        if (rc == ESIM_OK)
+            rc = svc->st->ops->device_token_update(svc->st, msg->udid, cert, msg->topic,
+                                                   (const char *)hex.data, msg->push_magic, now, &e);
+        esim_buf_free(&hex);
+        break;
+    }
+    case ESIM_MSG_CHECKOUT:
+        rc = svc->st->ops->device_checkout(svc->st, msg->udid, cert, now, &e);
+        break;
+    default:
+        rc = esim_fail(&e, ESIM_EINVAL, "not a check-in message");
+    }
+    if (rc != ESIM_OK) {
+        reply_store_error(svc, req, rc, &e);
+        return;
+    }
+    svc->m.checkins[msg->kind - 1]++;
+    webhooks_post_message(svc, msg, raw, len);
+    http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+}
+
+/* ---- results ---------------------------------------------------------------------------- */
+
+/* The ErrorChain as a JSON array, for the ledger and the API. */
+static char *error_chain_json(const esim_msg *msg)
+{
+    if (msg->error_chain_len == 0)
+        return NULL;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < msg->error_chain_len; i++) {
+        const esim_error_chain_entry *c = &msg->error_chain[i];
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:s}", "error_code", (json_int_t)c->code,
+                                             "error_domain", c->domain, "localized_description",
+                                             c->localized_description, "us_english_description",
+                                             c->us_english_description));
+    }
+    char *s = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    json_decref(arr);
+    return s;
+}
+
+/* The EID a DeviceInformation answer reveals (ServiceSubscriptions), if any. */
+static void learned_eid(const esim_msg *msg, char eid[ESIM_EID_LEN + 1])
+{
+    eid[0] = '\0';
+    if (msg->status != ESIM_STATUS_ACKNOWLEDGED)
+        return;
+    esim_subscription *subs = NULL;
+    size_t n = 0;
+    if (esim_msg_service_subscriptions(msg, &subs, &n, NULL) != ESIM_OK)
+        return;
+    for (size_t i = 0; i < n && !eid[0]; i++)
+        if (subs[i].eid[0] && esim_eid_validate(subs[i].eid, NULL) == ESIM_OK)
+            memcpy(eid, subs[i].eid, ESIM_EID_LEN + 1);
+    free(subs);
+}
+
+static void handle_result(esim_service *svc, struct evhttp_request *req, const esim_msg *msg,
+                          const char *cert, const void *raw, size_t len)
+{
+    const char *status = esim_status_name(msg->status);
+    bool idle = msg->status == ESIM_STATUS_IDLE;
+    char eid[ESIM_EID_LEN + 1];
+    learned_eid(msg, eid);
+    char *chain = error_chain_json(msg);
+
+    svc_conn *c = conn_find(svc, evhttp_request_get_connection(req));
+    bool same_device = c && strcmp(c->udid, msg->udid) == 0;
+    /* The command now answered NotNow must not come straight back either. */
+    const char *skip_buf[64];
+    size_t n_skip = 0;
+    for (size_t i = 0; same_device && i < c->n_skip && n_skip < 63; i++)
+        skip_buf[n_skip++] = c->skip[i];
+    if (msg->status == ESIM_STATUS_NOT_NOW)
+        skip_buf[n_skip++] = msg->command_uuid;
+
+    int64_t backoff = 0;
+    if (msg->status == ESIM_STATUS_NOT_NOW)
+        backoff = svc->cfg.not_now_backoff_ms;
+    store_exchange_in in = {
+        .udid = msg->udid, .cert_sha256 = cert, .status = status,
+        .command_uuid = idle ? NULL : msg->command_uuid, .raw = raw, .raw_len = len,
+        .error_chain_json = chain, .eid = eid[0] ? eid : NULL,
+        .skip_uuids = skip_buf, .n_skip = n_skip, .not_now_backoff_ms = backoff,
+    };
+    store_exchange_out out = {0};
+    esim_error e = {{0}};
+    esim_err rc = svc->st->ops->device_exchange(svc->st, &in, esim_now_ms(), &out, &e);
+    free(chain);
+    if (rc != ESIM_OK) {
+        reply_store_error(svc, req, rc, &e);
+        return;
+    }
+    svc->m.results[msg->status]++;
+    if (out.outcome == STORE_RESULT_ANOMALY)
+        svc->m.anomalies++;
+    if (out.outcome == STORE_RESULT_APPLIED && msg->status == ESIM_STATUS_NOT_NOW)
+        conn_remember_not_now(svc, req, msg->udid, msg->command_uuid);
+    if (out.next.present) {
+        svc->m.commands_sent++;
+        const char *ct = out.next.body.len && out.next.body.data[0] == '<' ? "application/xml"
+                                                                            : "application/x-apple-plist";
+        http_reply(svc, req, M_ROUTE_MDM, 200, ct, out.next.body.data, out.next.body.len);
+    } else {
+        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+    }
+    esim_buf_free(&out.next.body);
+    webhooks_post_message(svc, msg, raw, len);
+    if (out.outcome == STORE_RESULT_APPLIED) {
+        esim_service_result r = {msg->udid, msg->command_uuid, status, msg};
+        svc_run_result_hooks(svc, &r);
+    }
+}
+
+/* ---- the endpoint ------------------------------------------------------------------------ */
+
+void mdm_handle(esim_service *svc, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_PUT) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "PUT");
+        reply_text(svc, req, 405, "devices use PUT on this endpoint");
+        return;
+    }
+    size_t len = 0;
+    const unsigned char *body = http_body(req, &len);
+    if (len > svc->cfg.max_body) {
+        svc->m.too_big++;
+        reply_text(svc, req, 413, "message too large");
+        return;
+    }
+    /* Identity first: nothing an unauthenticated peer sends is parsed further. */
+    char cert[65];
+    esim_error e = {{0}};
+    esim_err rc = auth_device_request(svc, req, body, len, cert, &e);
+    if (rc != ESIM_OK) {
+        svc->m.auth_refused++;
+        reply_text(svc, req, rc == ESIM_EAUTH ? 401 : 403, e.msg);
+        return;
+    }
+    if (!body) {
+        svc->m.malformed++;
+        reply_text(svc, req, 400, "empty body: expected a check-in message or a command result");
+        return;
+    }
+    /* Real clients may omit Content-Type on results, so the body decides
+     * what the message is, never the header. */
+    esim_parse_limits limits = {svc->cfg.max_body, svc->cfg.max_depth};
+    esim_msg msg = {0};
+    rc = esim_msg_parse(body, len, &limits, &msg, &e);
+    if (rc != ESIM_OK) {
+        svc->m.malformed++;
+        reply_text(svc, req, 400, e.msg);
+        esim_msg_free(&msg);
+        return;
+    }
+    if (!rate_allow(svc, msg.udid, esim_now_ms())) {
+        svc->m.rate_limited++;
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        reply_text(svc, req, 429, "too many requests from this device; slow down");
+        esim_msg_free(&msg);
+        return;
+    }
+    if (msg.kind == ESIM_MSG_RESULT)
+        handle_result(svc, req, &msg, cert, body, len);
+    else
+        handle_checkin(svc, req, &msg, cert, body, len);
+    esim_msg_free(&msg);
+}

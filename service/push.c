@@ -1,0 +1,150 @@
+/*
+ * push.c — waking devices: an MDM push ({"mdm": PushMagic} to the device's
+ * token through the APNs client in apns/) only tells a device to check in.
+ * Outcomes go back to the store: accepted pushes mark the device's queued
+ * entries pushed; dead tokens stop further pushes until a TokenUpdate.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "service/service_internal.h"
+
+#ifdef ESIM_HAVE_APNS
+#include "apns/apns.h"
+#endif
+
+struct svc_push {
+#ifdef ESIM_HAVE_APNS
+    apns_client *client;
+#endif
+    int unused;
+};
+
+bool push_configured(const esim_service *svc)
+{
+#ifdef ESIM_HAVE_APNS
+    return svc->push && svc->push->client;
+#else
+    (void)svc;
+    return false;
+#endif
+}
+
+#ifdef ESIM_HAVE_APNS
+typedef struct {
+    esim_service *svc;
+    char udid[65];
+} push_ticket;
+
+static void on_push_result(const apns_result *r, void *arg)
+{
+    esim_service *svc = arg;
+    push_ticket *t = r->user_data;
+    if ((int)r->outcome >= 0 && (size_t)r->outcome < sizeof svc->m.push_outcomes / sizeof svc->m.push_outcomes[0])
+        svc->m.push_outcomes[r->outcome]++;
+    int64_t now = esim_now_ms();
+    if (r->outcome == APNS_OUTCOME_ACCEPTED) {
+        if (svc->st->ops->push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
+            svc->m.store_errors++;
+    } else if (r->outcome == APNS_OUTCOME_TOKEN_DEAD) {
+        if (svc->st->ops->push_recorded(svc->st, t->udid, true, now, NULL) != ESIM_OK)
+            svc->m.store_errors++;
+    } else if (r->outcome != APNS_OUTCOME_CANCELED) {
+        char detail[300];
+        snprintf(detail, sizeof detail, "%s: %d %s", apns_outcome_name(r->outcome), r->status, r->reason);
+        if (svc->st->ops->event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
+                                       NULL) != ESIM_OK)
+            svc->m.store_errors++;
+    }
+    free(t);
+}
+#endif
+
+esim_err push_init(esim_service *svc, esim_error *err)
+{
+    svc->push = calloc(1, sizeof *svc->push);
+    if (!svc->push)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (!svc->apns_url)
+        return ESIM_OK;
+#ifdef ESIM_HAVE_APNS
+    apns_config cfg;
+    apns_config_init(&cfg);
+    cfg.url = svc->apns_url;
+    cfg.auth = svc->apns_cert_path ? APNS_AUTH_CERTIFICATE : APNS_AUTH_NONE;
+    cfg.cert_path = svc->apns_cert_path;
+    cfg.key_path = svc->apns_key_path;
+    cfg.ca_path = svc->apns_ca_path;
+    cfg.topic = svc->apns_topic;
+    return apns_client_new(svc->base, &cfg, on_push_result, svc, &svc->push->client, err);
+#else
+    return esim_fail(err, ESIM_EINVAL, "this build has no APNs client: leave out --apns");
+#endif
+}
+
+void push_free(esim_service *svc)
+{
+    if (!svc->push)
+        return;
+#ifdef ESIM_HAVE_APNS
+    apns_client_free(svc->push->client); /* pending pushes end as canceled */
+#endif
+    free(svc->push);
+    svc->push = NULL;
+}
+
+esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state, esim_error *err)
+{
+    store_push_target t;
+    esim_push_state ps;
+    esim_err rc = svc->st->ops->push_target(svc->st, udid, &t, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (!t.enrolled || t.push_state == STORE_PUSH_NONE || !t.push_token[0]) {
+        ps = ESIM_PUSH_NO_TOKEN;
+    } else if (t.push_state == STORE_PUSH_DEAD) {
+        ps = ESIM_PUSH_DEAD_TOKEN;
+    } else if (!push_configured(svc)) {
+        /* No APNs: nothing is lost, the device gets its commands at its next
+         * check-in. */
+        ps = ESIM_PUSH_PENDING;
+    } else {
+#ifdef ESIM_HAVE_APNS
+        push_ticket *ticket = calloc(1, sizeof *ticket);
+        ps = ESIM_PUSH_FAILED;
+        if (ticket) {
+            ticket->svc = svc;
+            memcpy(ticket->udid, t.udid, sizeof ticket->udid);
+            apns_push p = {.token = t.push_token, .push_magic = t.push_magic, .user_data = ticket};
+            if (apns_client_push(svc->push->client, &p, err) == ESIM_OK)
+                ps = ESIM_PUSH_SENT;
+            else
+                free(ticket);
+        }
+#else
+        ps = ESIM_PUSH_PENDING;
+#endif
+    }
+    svc->m.pushes[ps]++;
+    if (state)
+        *state = ps;
+    return ESIM_OK;
+}
+
+void push_metrics(esim_service *svc, esim_buf *out)
+{
+#ifdef ESIM_HAVE_APNS
+    if (!push_configured(svc))
+        return;
+    esim_buf_append_str(out, "# HELP esim_mdm_apns_outcomes_total APNs results by outcome.\n"
+                             "# TYPE esim_mdm_apns_outcomes_total counter\n");
+    for (int o = APNS_OUTCOME_ACCEPTED; o <= APNS_OUTCOME_CANCELED; o++)
+        esim_buf_printf(out, "esim_mdm_apns_outcomes_total{outcome=\"%s\"} %llu\n",
+                        apns_outcome_name((apns_outcome)o), (unsigned long long)svc->m.push_outcomes[o]);
+    esim_buf_printf(out, "# TYPE esim_mdm_apns_pending gauge\nesim_mdm_apns_pending %zu\n",
+                    apns_client_pending(svc->push->client));
+#else
+    (void)svc;
+    (void)out;
+#endif
+}

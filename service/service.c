@@ -1,0 +1,615 @@
+/*
+ * service.c — the esim_service context: settings, start-up (store, TLS,
+ * listener, housekeeping tick), shutdown, the extension hooks, enqueue and
+ * push as the API and other modules call them, and the /metrics text.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+
+#include "service/service_internal.h"
+
+void esim_service_config_init(esim_service_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->listen = "127.0.0.1:8080";
+    cfg->device_auth = ESIM_DEVICE_AUTH_SIGNATURE;
+    cfg->max_body = 1024 * 1024;
+    cfg->max_depth = 32;
+    cfg->device_rate = 20;
+    cfg->device_burst = 40;
+    cfg->not_now_backoff_ms = 30000;
+    cfg->webhook_max_attempts = 6;
+    cfg->webhook_retry_base_ms = 500;
+    cfg->webhook_timeout_ms = 5000;
+    cfg->webhook_queue_max = 10000;
+    cfg->tick_ms = 1000;
+}
+
+esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err)
+{
+    if (word && strcmp(word, "signature") == 0)
+        *out = ESIM_DEVICE_AUTH_SIGNATURE;
+    else if (word && strcmp(word, "mtls") == 0)
+        *out = ESIM_DEVICE_AUTH_MTLS;
+    else if (word && strcmp(word, "none") == 0)
+        *out = ESIM_DEVICE_AUTH_NONE;
+    else
+        return esim_fail(err, ESIM_EINVAL, "unknown device auth '%s': use signature, mtls or none",
+                         word ? word : "");
+    return ESIM_OK;
+}
+
+const char *esim_push_state_name(esim_push_state s)
+{
+    static const char *const names[] = {"sent", "pending", "no_token", "dead_token", "failed", "skipped"};
+    if ((int)s < 0 || (size_t)s >= sizeof names / sizeof names[0])
+        return "failed";
+    return names[s];
+}
+
+/* ---- HTTP helpers ------------------------------------------------------------- */
+
+void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                const char *content_type, const void *body, size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (content_type)
+        evhttp_add_header(h, "Content-Type", content_type);
+    struct evbuffer *out = evbuffer_new();
+    if (out && body && len)
+        evbuffer_add(out, body, len);
+    int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
+    svc->m.requests[route][cls]++;
+    const char *reason = code == 200 ? "OK" : code == 201 ? "Created" : code == 400 ? "Bad Request"
+                         : code == 401 ? "Unauthorized" : code == 403 ? "Forbidden"
+                         : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed"
+                         : code == 409 ? "Conflict" : code == 413 ? "Payload Too Large"
+                         : code == 429 ? "Too Many Requests" : code == 503 ? "Service Unavailable"
+                         : code >= 500 ? "Internal Server Error" : "Status";
+    evhttp_send_reply(req, code, reason, out);
+    if (out)
+        evbuffer_free(out);
+}
+
+const unsigned char *http_body(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    *len = evbuffer_get_length(in);
+    if (*len == 0)
+        return NULL;
+    return evbuffer_pullup(in, -1);
+}
+
+bool http_secret_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la != lb)
+        return false;
+    return CRYPTO_memcmp(a, b, la) == 0;
+}
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+static bool is_device_path(const esim_service *svc, const char *path)
+{
+    (void)svc;
+    return strcmp(path, "/mdm") == 0 || strcmp(path, "/checkin") == 0;
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    esim_service *svc = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (path && is_device_path(svc, path))
+        mdm_handle(svc, req);
+    else
+        api_dispatch(svc, req);
+}
+
+/* Every connection speaks TLS when the service has a certificate. */
+static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+{
+    esim_service *svc = arg;
+    SSL *ssl = SSL_new(svc->tls);
+    if (!ssl)
+        return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
+}
+
+/* Client certificates are asked for and taken as they come: whether one
+ * chains to the device CA is decided per request (auth.c), so a device with
+ * a bad certificate gets an HTTP 403 it can log rather than a broken
+ * handshake. */
+static int accept_any_client_cert(int ok, X509_STORE_CTX *ctx)
+{
+    (void)ok;
+    (void)ctx;
+    return 1;
+}
+
+static esim_err tls_setup(esim_service *svc, esim_error *err)
+{
+    if (!svc->tls_cert_path != !svc->tls_key_path)
+        return esim_fail(err, ESIM_EINVAL, "--tls-cert and --tls-key go together");
+    if (!svc->tls_cert_path) {
+        if (svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS)
+            return esim_fail(err, ESIM_EINVAL, "--device-auth mtls needs TLS: give --tls-cert and --tls-key");
+        return ESIM_OK;
+    }
+    esim_cert cert = {0};
+    esim_err rc = esim_cert_load(svc->tls_cert_path, svc->tls_key_path, &cert, err);
+    if (rc != ESIM_OK)
+        return rc;
+    svc->tls = SSL_CTX_new(TLS_server_method());
+    if (!svc->tls || SSL_CTX_set_min_proto_version(svc->tls, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_use_certificate_chain_file(svc->tls, svc->tls_cert_path) != 1 ||
+        SSL_CTX_use_PrivateKey(svc->tls, cert.key) != 1) {
+        esim_cert_clear(&cert);
+        ERR_clear_error();
+        return esim_fail(err, ESIM_ECRYPTO, "cannot use TLS certificate %s with key %s",
+                         svc->tls_cert_path, svc->tls_key_path);
+    }
+    esim_cert_clear(&cert);
+    if (svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS) {
+        SSL_CTX_set_verify(svc->tls, SSL_VERIFY_PEER, accept_any_client_cert);
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(svc->device_ca_path);
+        if (names)
+            SSL_CTX_set_client_CA_list(svc->tls, names);
+        ERR_clear_error();
+    }
+    return ESIM_OK;
+}
+
+/* "IPv4:PORT" or "[IPv6]:PORT" split into host and port. */
+static esim_err parse_listen(const char *listen, char *host, size_t host_len, int *port,
+                             esim_error *err)
+{
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen)
+        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    char *end = NULL;
+    long p = strtol(colon + 1, &end, 10);
+    if (!colon[1] || *end || p < 0 || p > 65535 || hl == 0 || hl >= host_len)
+        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    unsigned char probe[16];
+    if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1)
+        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': the host must be an IP address", listen);
+    *port = (int)p;
+    return ESIM_OK;
+}
+
+static esim_err http_setup(esim_service *svc, esim_error *err)
+{
+    char host[64];
+    int port = 0;
+    esim_err rc = parse_listen(svc->listen, host, sizeof host, &port, err);
+    if (rc != ESIM_OK)
+        return rc;
+    svc->http = evhttp_new(svc->base);
+    if (!svc->http)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    evhttp_set_gencb(svc->http, on_request, svc);
+    evhttp_set_max_body_size(svc->http, (ev_ssize_t)svc->cfg.max_body);
+    evhttp_set_max_headers_size(svc->http, 64 * 1024);
+    evhttp_set_timeout(svc->http, 60);
+    evhttp_set_allowed_methods(svc->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
+    if (svc->tls)
+        evhttp_set_bevcb(svc->http, tls_bev, svc);
+    svc->bound = evhttp_bind_socket_with_handle(svc->http, host, (ev_uint16_t)port);
+    if (!svc->bound)
+        return esim_fail(err, ESIM_EIO, "cannot listen on %s: %s", svc->listen, strerror(errno));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(evhttp_bound_socket_get_fd(svc->bound), (struct sockaddr *)&ss, &sl) != 0)
+        return esim_fail(err, ESIM_EIO, "cannot read the bound port: %s", strerror(errno));
+    svc->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(svc->url, sizeof svc->url, "%s://%s%s%s:%d", svc->tls ? "https" : "http",
+             v6 ? "[" : "", host, v6 ? "]" : "", svc->port);
+    return ESIM_OK;
+}
+
+/* ---- housekeeping ---------------------------------------------------------------- */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    esim_service *svc = arg;
+    int64_t now = esim_now_ms();
+    /* Expiry: a command past its expiry is never delivered; make it final. */
+    if (svc->st->ops->expire(svc->st, now, NULL, NULL) != ESIM_OK)
+        svc->m.store_errors++;
+    /* Owed pushes: devices that said NotNow get woken after their back-off. */
+    char due[64][65];
+    size_t n = 0;
+    if (svc->st->ops->push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
+        svc->m.store_errors++;
+    for (size_t i = 0; i < n; i++)
+        push_device(svc, due[i], NULL, NULL);
+    mdm_prune_buckets(svc, now);
+    for (size_t i = 0; i < svc->n_ticks; i++)
+        svc->ticks[i].fn(svc, now, svc->ticks[i].arg);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    esim_service *svc = arg;
+    char buf[16];
+    while (read(fd, buf, sizeof buf) > 0)
+        ;
+    event_base_loopexit(svc->base, NULL);
+}
+
+void esim_service_request_stop(esim_service *svc)
+{
+    if (svc && svc->stop_pipe[1] >= 0) {
+        ssize_t w = write(svc->stop_pipe[1], "x", 1);
+        (void)w;
+    }
+}
+
+/* ---- life cycle ---------------------------------------------------------------------- */
+
+static char *dup_or_null(const char *s, bool *oom)
+{
+    if (!s || !*s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *oom = true;
+    return d;
+}
+
+static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, esim_error *err)
+{
+    bool oom = false;
+    svc->cfg = *cfg;
+    svc->listen = dup_or_null(cfg->listen ? cfg->listen : "127.0.0.1:8080", &oom);
+    svc->data_dir = dup_or_null(cfg->data_dir, &oom);
+    svc->store_spec = dup_or_null(cfg->store, &oom);
+    svc->api_token = dup_or_null(cfg->api_token, &oom);
+    svc->device_ca_path = dup_or_null(cfg->device_ca_path, &oom);
+    svc->tls_cert_path = dup_or_null(cfg->tls_cert_path, &oom);
+    svc->tls_key_path = dup_or_null(cfg->tls_key_path, &oom);
+    svc->apns_url = dup_or_null(cfg->apns_url, &oom);
+    svc->apns_cert_path = dup_or_null(cfg->apns_cert_path, &oom);
+    svc->apns_key_path = dup_or_null(cfg->apns_key_path, &oom);
+    svc->apns_ca_path = dup_or_null(cfg->apns_ca_path, &oom);
+    svc->apns_topic = dup_or_null(cfg->apns_topic, &oom);
+    svc->webhook_secret = dup_or_null(cfg->webhook_secret, &oom);
+    if (cfg->n_webhook_urls) {
+        svc->webhook_urls = calloc(cfg->n_webhook_urls, sizeof *svc->webhook_urls);
+        if (!svc->webhook_urls)
+            oom = true;
+        for (size_t i = 0; svc->webhook_urls && i < cfg->n_webhook_urls; i++)
+            svc->webhook_urls[i] = dup_or_null(cfg->webhook_urls[i], &oom);
+    }
+    if (oom)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (svc->cfg.max_body == 0)
+        svc->cfg.max_body = 1024 * 1024;
+    if (svc->cfg.max_depth == 0)
+        svc->cfg.max_depth = 32;
+    if (svc->cfg.device_rate <= 0)
+        svc->cfg.device_rate = 20;
+    if (svc->cfg.device_burst == 0)
+        svc->cfg.device_burst = 40;
+    if (svc->cfg.tick_ms <= 0)
+        svc->cfg.tick_ms = 1000;
+    if (svc->cfg.not_now_backoff_ms <= 0)
+        svc->cfg.not_now_backoff_ms = 30000;
+    return ESIM_OK;
+}
+
+static esim_err start(esim_service *svc, esim_error *err)
+{
+    esim_err rc;
+    if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
+        if (!svc->device_ca_path)
+            return esim_fail(err, ESIM_EINVAL,
+                             "device auth '%s' needs --device-ca PEM (the CA that issues device "
+                             "identity certificates), or --device-auth none for local experiments",
+                             svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS ? "mtls" : "signature");
+        if ((rc = auth_load_device_ca(svc->device_ca_path, &svc->device_ca, err)) != ESIM_OK)
+            return rc;
+    }
+    if ((rc = tls_setup(svc, err)) != ESIM_OK)
+        return rc;
+    store_options so = {.sync_normal = svc->cfg.store_sync_normal};
+    if ((rc = store_open(svc->store_spec, svc->data_dir, &so, &svc->st, err)) != ESIM_OK)
+        return rc;
+    if ((rc = push_init(svc, err)) != ESIM_OK)
+        return rc;
+    if ((rc = webhooks_init(svc, err)) != ESIM_OK)
+        return rc;
+    if ((rc = http_setup(svc, err)) != ESIM_OK)
+        return rc;
+    if (pipe2(svc->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+        return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
+    svc->stop_ev = event_new(svc->base, svc->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, svc);
+    svc->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, svc);
+    if (!svc->stop_ev || !svc->tick_ev)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    struct timeval tv = {svc->cfg.tick_ms / 1000, (svc->cfg.tick_ms % 1000) * 1000};
+    event_add(svc->stop_ev, NULL);
+    event_add(svc->tick_ev, &tv);
+    svc->started_ms = esim_now_ms();
+    return ESIM_OK;
+}
+
+esim_err esim_service_new(struct event_base *base, const esim_service_config *cfg,
+                          esim_service **out, esim_error *err)
+{
+    *out = NULL;
+    if (!base || !cfg)
+        return esim_fail(err, ESIM_EINVAL, "esim_service_new needs an event base and a config");
+    esim_service *svc = calloc(1, sizeof *svc);
+    if (!svc)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    svc->base = base;
+    svc->stop_pipe[0] = svc->stop_pipe[1] = -1;
+    esim_err rc = copy_config(svc, cfg, err);
+    if (rc == ESIM_OK)
+        rc = start(svc, err);
+    if (rc != ESIM_OK) {
+        esim_service_free(svc);
+        return rc;
+    }
+    *out = svc;
+    return ESIM_OK;
+}
+
+void esim_service_free(esim_service *svc)
+{
+    if (!svc)
+        return;
+    if (svc->http)
+        evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
+    mdm_forget_connections(svc);
+    push_free(svc);
+    webhooks_free(svc);
+    if (svc->tick_ev)
+        event_free(svc->tick_ev);
+    if (svc->stop_ev)
+        event_free(svc->stop_ev);
+    for (int i = 0; i < 2; i++)
+        if (svc->stop_pipe[i] >= 0)
+            close(svc->stop_pipe[i]);
+    for (size_t i = 0; i < SVC_BUCKETS; i++)
+        for (svc_bucket *b = svc->buckets[i], *next; b; b = next) {
+            next = b->next;
+            free(b);
+        }
+    store_close(svc->st);
+    SSL_CTX_free(svc->tls);
+    X509_STORE_free(svc->device_ca);
+    free(svc->listen);
+    free(svc->data_dir);
+    free(svc->store_spec);
+    if (svc->api_token)
+        OPENSSL_cleanse(svc->api_token, strlen(svc->api_token));
+    free(svc->api_token);
+    free(svc->device_ca_path);
+    free(svc->tls_cert_path);
+    free(svc->tls_key_path);
+    free(svc->apns_url);
+    free(svc->apns_cert_path);
+    free(svc->apns_key_path);
+    free(svc->apns_ca_path);
+    free(svc->apns_topic);
+    free(svc->webhook_secret);
+    for (size_t i = 0; svc->webhook_urls && i < svc->cfg.n_webhook_urls; i++)
+        free(svc->webhook_urls[i]);
+    free(svc->webhook_urls);
+    free(svc);
+}
+
+int esim_service_port(const esim_service *svc)
+{
+    return svc ? svc->port : 0;
+}
+
+const char *esim_service_url(const esim_service *svc)
+{
+    return svc ? svc->url : "";
+}
+
+store *esim_service_store(esim_service *svc)
+{
+    return svc ? svc->st : NULL;
+}
+
+esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg)
+{
+    if (!svc || !fn)
+        return ESIM_EINVAL;
+    if (svc->n_result_hooks == SVC_MAX_HOOKS)
+        return ESIM_ETOOBIG;
+    svc->result_hooks[svc->n_result_hooks].fn = fn;
+    svc->result_hooks[svc->n_result_hooks++].arg = arg;
+    return ESIM_OK;
+}
+
+esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg)
+{
+    if (!svc || !fn)
+        return ESIM_EINVAL;
+    if (svc->n_ticks == SVC_MAX_HOOKS)
+        return ESIM_ETOOBIG;
+    svc->ticks[svc->n_ticks].fn = fn;
+    svc->ticks[svc->n_ticks++].arg = arg;
+    return ESIM_OK;
+}
+
+void svc_run_result_hooks(esim_service *svc, const esim_service_result *r)
+{
+    for (size_t i = 0; i < svc->n_result_hooks; i++)
+        svc->result_hooks[i].fn(svc, r, svc->result_hooks[i].arg);
+}
+
+/* ---- enqueue and push ---------------------------------------------------------------- */
+
+esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
+                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                              esim_push_state *pushes, char uuid_out[128], esim_error *err)
+{
+    esim_enqueue_opts none = {0};
+    if (!opts)
+        opts = &none;
+    esim_parse_limits limits = {svc->cfg.max_body, svc->cfg.max_depth};
+    esim_cmd_parsed cmd = {0};
+    esim_err rc = esim_cmd_parse(command_plist, len, &limits, &cmd, err);
+    if (rc != ESIM_OK)
+        return rc == ESIM_ETOOBIG ? rc : ESIM_EINVAL;
+    store_command_in in = {
+        .uuid = cmd.command_uuid,
+        .request_type = cmd.request_type,
+        .body = command_plist,
+        .body_len = len,
+        .priority = opts->priority,
+        .expires_at = opts->expires_at,
+    };
+    rc = svc->st->ops->command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
+    if (rc == ESIM_OK && uuid_out)
+        snprintf(uuid_out, 128, "%s", cmd.command_uuid);
+    esim_cmd_parsed_free(&cmd);
+    if (rc != ESIM_OK) {
+        if (rc == ESIM_ESTORE)
+            svc->m.store_errors++;
+        return rc;
+    }
+    svc->m.enqueued += n;
+    /* One push per device for the whole call: a push only says "check in";
+     * the device then drains its queue in one session. */
+    for (size_t i = 0; i < n; i++) {
+        esim_push_state ps = ESIM_PUSH_SKIPPED;
+        if (opts->push)
+            push_device(svc, udids[i], &ps, NULL);
+        if (pushes)
+            pushes[i] = ps;
+    }
+    return ESIM_OK;
+}
+
+esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
+                           esim_error *err)
+{
+    return push_device(svc, udid, state, err);
+}
+
+/* ---- /metrics ---------------------------------------------------------------------------- */
+
+esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
+{
+    static const char *const routes[] = {"mdm", "api", "other"};
+    static const char *const codes[] = {"2xx", "4xx", "5xx"};
+    static const char *const checkins[] = {"Authenticate", "TokenUpdate", "CheckOut"};
+    const svc_metrics *m = &svc->m;
+    esim_buf_append_str(out, "# HELP esim_mdm_http_requests_total HTTP requests answered.\n"
+                             "# TYPE esim_mdm_http_requests_total counter\n");
+    for (int r = 0; r < M_ROUTE_COUNT; r++)
+        for (int c = 0; c < M_CODE_COUNT; c++)
+            esim_buf_printf(out, "esim_mdm_http_requests_total{endpoint=\"%s\",code=\"%s\"} %llu\n",
+                            routes[r], codes[c], (unsigned long long)m->requests[r][c]);
+    esim_buf_append_str(out, "# HELP esim_mdm_checkins_total Check-in messages recorded.\n"
+                             "# TYPE esim_mdm_checkins_total counter\n");
+    for (int i = 0; i < 3; i++)
+        esim_buf_printf(out, "esim_mdm_checkins_total{message_type=\"%s\"} %llu\n", checkins[i],
+                        (unsigned long long)m->checkins[i]);
+    esim_buf_append_str(out, "# HELP esim_mdm_results_total Command results and Idle by status.\n"
+                             "# TYPE esim_mdm_results_total counter\n");
+    for (int s = ESIM_STATUS_IDLE; s <= ESIM_STATUS_NOT_NOW; s++)
+        esim_buf_printf(out, "esim_mdm_results_total{status=\"%s\"} %llu\n",
+                        esim_status_name((esim_status)s), (unsigned long long)m->results[s]);
+    esim_buf_printf(out,
+                    "# TYPE esim_mdm_result_anomalies_total counter\n"
+                    "esim_mdm_result_anomalies_total %llu\n"
+                    "# TYPE esim_mdm_commands_sent_total counter\n"
+                    "esim_mdm_commands_sent_total %llu\n"
+                    "# TYPE esim_mdm_commands_enqueued_total counter\n"
+                    "esim_mdm_commands_enqueued_total %llu\n"
+                    "# TYPE esim_mdm_device_refused_total counter\n"
+                    "esim_mdm_device_refused_total{reason=\"auth\"} %llu\n"
+                    "esim_mdm_device_refused_total{reason=\"rate\"} %llu\n"
+                    "esim_mdm_device_refused_total{reason=\"malformed\"} %llu\n"
+                    "esim_mdm_device_refused_total{reason=\"too_big\"} %llu\n"
+                    "# TYPE esim_mdm_store_errors_total counter\n"
+                    "esim_mdm_store_errors_total %llu\n",
+                    (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
+                    (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
+                    (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
+                    (unsigned long long)m->too_big, (unsigned long long)m->store_errors);
+    esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
+                             "# TYPE esim_mdm_pushes_total counter\n");
+    for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)
+        esim_buf_printf(out, "esim_mdm_pushes_total{outcome=\"%s\"} %llu\n",
+                        esim_push_state_name((esim_push_state)p), (unsigned long long)m->pushes[p]);
+    push_metrics(svc, out);
+    esim_buf_printf(out,
+                    "# TYPE esim_mdm_webhooks_total counter\n"
+                    "esim_mdm_webhooks_total{outcome=\"delivered\"} %llu\n"
+                    "esim_mdm_webhooks_total{outcome=\"retried\"} %llu\n"
+                    "esim_mdm_webhooks_total{outcome=\"failed\"} %llu\n"
+                    "esim_mdm_webhooks_total{outcome=\"dropped\"} %llu\n"
+                    "# TYPE esim_mdm_webhooks_pending gauge\n"
+                    "esim_mdm_webhooks_pending %zu\n",
+                    (unsigned long long)m->webhooks_delivered, (unsigned long long)m->webhooks_retried,
+                    (unsigned long long)m->webhooks_failed, (unsigned long long)m->webhooks_dropped,
+                    webhooks_pending(svc));
+    store_stats ss;
+    esim_err rc = svc->st->ops->stats(svc->st, &ss, NULL);
+    if (rc != ESIM_OK)
+        return rc;
+    esim_buf_printf(out,
+                    "# TYPE esim_mdm_devices gauge\n"
+                    "esim_mdm_devices{state=\"known\"} %llu\n"
+                    "esim_mdm_devices{state=\"enrolled\"} %llu\n"
+                    "esim_mdm_devices{state=\"reachable\"} %llu\n"
+                    "# HELP esim_mdm_queue_entries Queue entries (one command for one device) by state.\n"
+                    "# TYPE esim_mdm_queue_entries gauge\n",
+                    (unsigned long long)ss.devices, (unsigned long long)ss.enrolled,
+                    (unsigned long long)ss.reachable);
+    uint64_t depth = 0;
+    for (int q = 0; q <= STORE_Q_CANCELED; q++) {
+        esim_buf_printf(out, "esim_mdm_queue_entries{state=\"%s\"} %llu\n",
+                        store_qstate_name((store_qstate)q), (unsigned long long)ss.queue_by_state[q]);
+        if (store_qstate_active((store_qstate)q))
+            depth += ss.queue_by_state[q];
+    }
+    return esim_buf_printf(out,
+                           "# HELP esim_mdm_queue_depth Commands waiting for a final answer.\n"
+                           "# TYPE esim_mdm_queue_depth gauge\n"
+                           "esim_mdm_queue_depth %llu\n"
+                           "# TYPE esim_mdm_ledger_events gauge\n"
+                           "esim_mdm_ledger_events %llu\n"
+                           "# TYPE esim_mdm_uptime_seconds gauge\n"
+                           "esim_mdm_uptime_seconds %lld\n",
+                           (unsigned long long)depth, (unsigned long long)ss.events,
+                           (long long)((esim_now_ms() - svc->started_ms) / 1000));
+}

@@ -1,0 +1,203 @@
+/*
+ * service.h — the esim-mdm MDM service: the Apple MDM check-in and command
+ * endpoint devices talk to (PUT /mdm, PUT /checkin), the JSON admin API under
+ * /v1/ (docs/api.md), /metrics and /healthz, APNs pushes and webhooks, all on
+ * one caller-owned libevent loop, over the store in service/store.h.
+ *
+ * There is no global state: each esim_service is independent, so one process
+ * may run several. Nothing here prints; start-up failures come back as
+ * esim_err plus an esim_error sentence.
+ */
+#ifndef ESIM_SERVICE_SERVICE_H
+#define ESIM_SERVICE_SERVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/esim.h"
+#include "plist/esim_plist.h"
+#include "service/store.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+typedef struct esim_service esim_service;
+
+/* How a device proves who it is (PROTOCOLS.md §3, "Device identity"). */
+typedef enum {
+    /* The Mdm-Signature header: base64 CMS detached signature of the body by
+     * the device's identity certificate, which must chain to the device CA. */
+    ESIM_DEVICE_AUTH_SIGNATURE = 0,
+    /* The TLS client certificate (needs TLS), chaining to the device CA. */
+    ESIM_DEVICE_AUTH_MTLS = 1,
+    /* No identity at all: local experiments only. */
+    ESIM_DEVICE_AUTH_NONE = 2,
+} esim_device_auth;
+
+/* "signature", "mtls", "none" -> the mode; ESIM_EINVAL otherwise. */
+esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err);
+
+/*
+ * Service settings: esim_service_config_init() first, then set what you need.
+ * Strings are borrowed until esim_service_new() returns (it copies them).
+ */
+typedef struct {
+    /* "IPv4:PORT" or "[IPv6]:PORT"; port 0 picks a free one (see
+     * esim_service_port). Default "127.0.0.1:8080". */
+    const char *listen;
+    /* Where the default store lives (<data_dir>/esim-mdm.db). */
+    const char *data_dir;
+    /* Store specification (store_open): "sqlite:PATH"; NULL = in data_dir. */
+    const char *store;
+    /* Faster commits that survive process crashes but maybe not power cuts. */
+    bool store_sync_normal;
+
+    /* Bearer token for /v1/. NULL or empty: the admin API answers 401 to
+     * everything (the device side still works). */
+    const char *api_token;
+
+    esim_device_auth device_auth;   /* default ESIM_DEVICE_AUTH_SIGNATURE */
+    const char *device_ca_path;     /* PEM bundle; required unless auth is none */
+
+    /* TLS for every endpoint; both or neither. With device_auth MTLS, TLS is
+     * required and clients are asked for a certificate. */
+    const char *tls_cert_path;
+    const char *tls_key_path;
+
+    /* Device-side limits. */
+    size_t max_body;           /* bytes; default 1 MiB; larger bodies get 413 */
+    unsigned max_depth;        /* plist nesting; default 32 */
+    double device_rate;        /* sustained requests per second per device; default 20 */
+    unsigned device_burst;     /* bucket size; default 40 */
+
+    /* NotNow: a device that said NotNow is owed a push this long after
+     * (durably: the debt survives a restart). Default 30000. */
+    int64_t not_now_backoff_ms;
+
+    /* APNs (apns/apns.h). NULL url: no pushes are sent; they are reported
+     * "pending" and the device gets its commands when it next checks in. */
+    const char *apns_url;
+    const char *apns_cert_path;
+    const char *apns_key_path;
+    const char *apns_ca_path;     /* NULL: system trust store */
+    const char *apns_topic;       /* NULL: the push certificate's UID */
+
+    /* Webhooks: every check-in and result is POSTed as JSON (NanoMDM shape)
+     * to each URL, signed with HMAC-SHA256 under webhook_secret (header
+     * X-Hmac-Signature, base64) when the secret is set. */
+    const char *const *webhook_urls;
+    size_t n_webhook_urls;
+    const char *webhook_secret;
+    int webhook_max_attempts;      /* default 6 */
+    int webhook_retry_base_ms;     /* default 500, doubling, capped at 60 s */
+    int webhook_timeout_ms;        /* per attempt, default 5000 */
+    size_t webhook_queue_max;      /* deliveries held before the oldest are dropped; default 10000 */
+
+    /* Housekeeping period: expiry, owed pushes, registered ticks. Default 1000. */
+    int tick_ms;
+} esim_service_config;
+
+void esim_service_config_init(esim_service_config *cfg);
+
+/*
+ * Opens the store, loads certificates and binds the listener, all now, in
+ * |base| (not owned; it must outlive the service). Requests are served once
+ * the caller runs the loop. On success *out owns the service
+ * (esim_service_free). Otherwise *out is NULL and:
+ *   ESIM_EINVAL    a bad setting (listen address, TLS half-configured, mtls
+ *                  without TLS, no device CA while auth is not none, bad
+ *                  webhook URL, unknown store scheme); |err| names it.
+ *   ESIM_ENOTFOUND a certificate, key or CA file is missing.
+ *   ESIM_ECRYPTO   a certificate or key is unusable.
+ *   ESIM_ESTORE    the store cannot be opened or migrated.
+ *   ESIM_EIO       the port cannot be bound, or the data dir made.
+ *   ESIM_ENOMEM    out of memory.
+ */
+esim_err esim_service_new(struct event_base *base, const esim_service_config *cfg,
+                          esim_service **out, esim_error *err);
+
+/* Stops listening, cancels pending pushes and webhooks, closes the store
+ * and frees the service. NULL ok. Not from inside one of its callbacks. */
+void esim_service_free(esim_service *svc);
+
+/* The port actually bound (useful with port 0). */
+int esim_service_port(const esim_service *svc);
+
+/* "http://127.0.0.1:PORT" or "https://..." as clients should use it. Owned
+ * by the service. */
+const char *esim_service_url(const esim_service *svc);
+
+/* Asks the loop running the service to return (event_base_loopexit). Safe
+ * from another thread and from a signal handler. */
+void esim_service_request_stop(esim_service *svc);
+
+/* The store, for modules built on the service (campaigns). Owned by it. */
+store *esim_service_store(esim_service *svc);
+
+/* ---- extension points -------------------------------------------------------
+ * For modules that live beside the service (campaigns): they learn of every
+ * recorded command result and get a periodic tick, on the service's loop. */
+
+/* What a result hook sees. Pointers are valid during the call only. */
+typedef struct {
+    const char *udid;
+    const char *command_uuid;
+    const char *status;       /* "Acknowledged", "Error", "CommandFormatError", "NotNow" */
+    const esim_msg *msg;      /* the parsed message (QueryResponses in msg->root) */
+} esim_service_result;
+
+/* Called after the result's transaction committed, for results applied to
+ * their queue entry (never for Idle, never for anomalies). */
+typedef void (*esim_service_result_hook)(esim_service *svc, const esim_service_result *r,
+                                         void *arg);
+/* Called every tick_ms with the wall-clock time. */
+typedef void (*esim_service_tick_fn)(esim_service *svc, int64_t now_ms, void *arg);
+
+/* Registers a hook (at most 16 of each kind): ESIM_ETOOBIG beyond. */
+esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg);
+esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg);
+
+/* ---- enqueue and push, as the admin API does them ------------------------------ */
+
+typedef struct {
+    int priority;          /* higher first; default 0 */
+    int64_t expires_at;    /* wall-clock ms; 0 = never */
+    bool push;             /* wake each device once after enqueueing */
+} esim_enqueue_opts;
+
+/* What happened to one device's push. */
+typedef enum {
+    ESIM_PUSH_SENT = 0,     /* handed to the APNs client */
+    ESIM_PUSH_PENDING,      /* no APNs configured: the device gets it at its next check-in */
+    ESIM_PUSH_NO_TOKEN,     /* the device has not sent TokenUpdate */
+    ESIM_PUSH_DEAD_TOKEN,   /* APNs said the token is dead: wait for a TokenUpdate */
+    ESIM_PUSH_FAILED,       /* the APNs client refused it (credential stopped, full) */
+    ESIM_PUSH_SKIPPED,      /* push was not asked for */
+} esim_push_state;
+const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... */
+
+/*
+ * Queues |command_plist| (a whole command, as esim_cmd_parse reads it) for
+ * the |n| devices, all or nothing, then pushes each device once when
+ * opts->push. |pushes| (may be NULL) receives one state per device.
+ * |uuid_out| (may be NULL) gets the command's CommandUUID.
+ *   ESIM_EINVAL     not a command plist, no devices, a device twice;
+ *   ESIM_ENOTFOUND  a device is unknown;  ESIM_ESTATE  one checked out;
+ *   ESIM_EEXIST     the CommandUUID was used before;  ESIM_ESTORE.
+ */
+esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
+                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                              esim_push_state *pushes, char uuid_out[128], esim_error *err);
+
+/* Pushes one device now. ESIM_ENOTFOUND for an unknown device. */
+esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
+                           esim_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,192 @@
+/*
+ * service_internal.h — the inside of esim_service, shared by the files of
+ * service/ only: the context struct, the HTTP router table, metrics, and the
+ * device, API, push and webhook parts' entry points. Not installed.
+ */
+#ifndef ESIM_SERVICE_SERVICE_INTERNAL_H
+#define ESIM_SERVICE_SERVICE_INTERNAL_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "service/service.h"
+#include "service/store.h"
+
+#define SVC_MAX_HOOKS 16
+
+/* ---- metrics (Prometheus text at /metrics) ---------------------------------- */
+
+enum { M_ROUTE_MDM, M_ROUTE_API, M_ROUTE_OTHER, M_ROUTE_COUNT };
+enum { M_CODE_2XX, M_CODE_4XX, M_CODE_5XX, M_CODE_COUNT };
+
+typedef struct {
+    uint64_t requests[M_ROUTE_COUNT][M_CODE_COUNT];
+    uint64_t checkins[4];              /* by esim_msg_kind - 1: authenticate, token_update, checkout */
+    uint64_t results[6];               /* by esim_status */
+    uint64_t anomalies;
+    uint64_t commands_sent;
+    uint64_t auth_refused;             /* 401/403 on the device side */
+    uint64_t rate_limited;
+    uint64_t malformed;                /* 400 on the device side */
+    uint64_t too_big;                  /* 413 */
+    uint64_t pushes[ESIM_PUSH_SKIPPED + 1];
+    uint64_t push_outcomes[8];         /* by apns_outcome */
+    uint64_t webhooks_delivered, webhooks_retried, webhooks_failed, webhooks_dropped;
+    uint64_t enqueued;                 /* queue entries created through the service */
+    uint64_t store_errors;
+} svc_metrics;
+
+/* ---- per-connection and per-device memory -------------------------------------- */
+
+/* Commands a device answered NotNow on one connection: not offered again on it. */
+typedef struct svc_conn {
+    struct svc_conn *next;
+    struct evhttp_connection *evcon;
+    esim_service *svc;
+    char udid[65];
+    char **skip;
+    size_t n_skip, cap_skip;
+} svc_conn;
+
+/* Token bucket per device (rate limit). Kept only while not full. */
+typedef struct svc_bucket {
+    struct svc_bucket *next;
+    double tokens;
+    int64_t at_ms;
+    char udid[65];
+} svc_bucket;
+
+#define SVC_BUCKETS 4096
+
+typedef struct svc_webhooks svc_webhooks;
+typedef struct svc_push svc_push;
+
+struct esim_service {
+    struct event_base *base;
+    esim_service_config cfg;    /* strings below are the service's copies */
+    char *listen, *data_dir, *store_spec, *api_token, *device_ca_path;
+    char *tls_cert_path, *tls_key_path, *apns_url, *apns_cert_path, *apns_key_path;
+    char *apns_ca_path, *apns_topic, *webhook_secret;
+    char **webhook_urls;
+
+    store *st;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    int port;
+    char url[128];
+    SSL_CTX *tls;
+    X509_STORE *device_ca;
+
+    struct event *tick_ev;
+    struct event *stop_ev;
+    int stop_pipe[2];
+
+    svc_metrics m;
+    int64_t started_ms;
+    svc_conn *conns;
+    svc_bucket *buckets[SVC_BUCKETS];
+    size_t n_buckets;
+
+    svc_push *push;
+    svc_webhooks *webhooks;
+
+    struct { esim_service_result_hook fn; void *arg; } result_hooks[SVC_MAX_HOOKS];
+    size_t n_result_hooks;
+    struct { esim_service_tick_fn fn; void *arg; } ticks[SVC_MAX_HOOKS];
+    size_t n_ticks;
+};
+
+/* ---- HTTP helpers (http.c) ------------------------------------------------------ */
+
+/* Sends |code| with |body| (may be NULL) and |content_type| (NULL: none),
+ * counting it under |route| for /metrics. */
+void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                const char *content_type, const void *body, size_t len);
+/* The request body as one contiguous block (NULL when empty); *len its size. */
+const unsigned char *http_body(struct evhttp_request *req, size_t *len);
+/* Constant-time comparison of two strings (lengths leak, contents do not). */
+bool http_secret_equal(const char *a, const char *b);
+
+/* ---- the router (api.c): adding an endpoint is adding a line to its table ------- */
+
+#define API_MAX_PARAMS 4
+
+typedef struct {
+    esim_service *svc;
+    struct evhttp_request *req;
+    const char *params[API_MAX_PARAMS]; /* the ':' segments of the pattern, decoded */
+    size_t n_params;
+    struct evkeyvalq *query;            /* decoded query string, may be NULL */
+} api_request;
+
+typedef void (*api_handler)(api_request *r);
+
+typedef struct {
+    enum evhttp_cmd_type method;
+    const char *pattern;   /* "/v1/devices/:/queue/:" - ':' matches one segment */
+    api_handler fn;
+    bool needs_token;      /* bearer token required */
+} api_route;
+
+/* Dispatches any request that is not the device endpoint. */
+void api_dispatch(esim_service *svc, struct evhttp_request *req);
+
+/* JSON replies: api_reply_json steals |body|; api_error writes
+ * {"error": {"code": ..., "field": ..., "message": ...}}. */
+void api_reply_json(api_request *r, int code, json_t *body);
+void api_error(api_request *r, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Parses the body as a JSON object; on failure answers 400 and returns NULL. */
+json_t *api_body_json(api_request *r);
+/* HTTP status for an esim_err from the store or the service. */
+int api_status_for(esim_err rc);
+
+/* Builds a command plist from the API's JSON command object (api_compose.c).
+ * ESIM_EINVAL with |field| naming the offending key ("command.queries"). */
+esim_err api_compose_command(json_t *command, esim_cmd *out, char field[96], esim_error *err);
+
+/* ---- the device endpoint (mdm.c) -------------------------------------------------- */
+
+void mdm_handle(esim_service *svc, struct evhttp_request *req);
+void mdm_forget_connections(esim_service *svc);
+void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
+
+/* Device identity (auth.c): verifies the request's certificate per the
+ * configured mode. On ESIM_OK |cert_sha256| holds the identity's hash, or
+ * "" in mode none. ESIM_EAUTH -> 401 (unsigned, bad signature),
+ * ESIM_ECRYPTO -> 403 (does not chain to the device CA). */
+esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
+                             const unsigned char *body, size_t len, char cert_sha256[65],
+                             esim_error *err);
+esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
+
+/* ---- push (push.c) ------------------------------------------------------------------ */
+
+esim_err push_init(esim_service *svc, esim_error *err);
+void push_free(esim_service *svc);
+/* Pushes the device once; *state (may be NULL) says what happened. */
+esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state, esim_error *err);
+bool push_configured(const esim_service *svc);
+/* Appends push-client metrics (Prometheus lines) to |out|. */
+void push_metrics(esim_service *svc, esim_buf *out);
+
+/* ---- webhooks (webhook.c) ------------------------------------------------------------ */
+
+esim_err webhooks_init(esim_service *svc, esim_error *err);
+void webhooks_free(esim_service *svc);
+/* Queues a webhook for a device message; never blocks. |msg| is the parsed
+ * message, |raw| the body the device sent. */
+void webhooks_post_message(esim_service *svc, const esim_msg *msg, const void *raw, size_t len);
+size_t webhooks_pending(const esim_service *svc);
+
+/* ---- service.c -------------------------------------------------------------------------- */
+
+/* Runs the registered result hooks. */
+void svc_run_result_hooks(esim_service *svc, const esim_service_result *r);
+/* Writes the Prometheus text for /metrics into |out|. */
+esim_err svc_metrics_text(esim_service *svc, esim_buf *out);
+
+#endif

@@ -1,0 +1,322 @@
+/*
+ * store.h — where the MDM service keeps devices, commands, per-device queues
+ * and the append-only event ledger. One interface, several back ends behind a
+ * table of function pointers (the way curl hides its TLS back ends):
+ * "sqlite" today (store_sqlite.c), "pgsql" next.
+ *
+ * Rules every back end honours (DESIGN.md, "Store"):
+ *  - Each operation below is ONE transaction: it either happens whole or not
+ *    at all, whatever process dies when. An operation that refuses its input
+ *    changes nothing.
+ *  - Nothing back-end specific crosses this interface: no SQL, no handles,
+ *    no rowids. Orders are explicit (priority, then enqueue order).
+ *  - Strings handed in are borrowed for the call; everything handed out is
+ *    either copied into fixed fields or owned by the caller as documented.
+ *  - Times are wall-clock milliseconds since the Unix epoch (esim_now_ms()).
+ *
+ * A queue entry (one command for one device) moves through these states:
+ *   queued -> pushed -> sent -> acknowledged | error | format_error
+ *   not_now   (the device said NotNow: still deliverable, counted)
+ *   expired   (its command's expiry passed before a final answer)
+ *   canceled  (an admin canceled it, or the device checked out)
+ * "Active" states are queued, pushed, sent and not_now: those are delivered.
+ * The final states never change again, so an acknowledged command is never
+ * delivered as new.
+ */
+#ifndef ESIM_SERVICE_STORE_H
+#define ESIM_SERVICE_STORE_H
+
+#include "core/esim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct store store;
+struct store_ops;
+
+/* Every back end's handle starts with this. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/* ---- records ----------------------------------------------------------- */
+
+typedef enum {
+    STORE_Q_QUEUED = 0,
+    STORE_Q_PUSHED,
+    STORE_Q_SENT,
+    STORE_Q_ACKNOWLEDGED,
+    STORE_Q_ERROR,
+    STORE_Q_FORMAT_ERROR,
+    STORE_Q_NOT_NOW,
+    STORE_Q_EXPIRED,
+    STORE_Q_CANCELED,
+} store_qstate;
+
+/* "queued", "pushed", ... as the API shows them; NULL when out of range. */
+const char *store_qstate_name(store_qstate s);
+/* The reverse; ESIM_EINVAL for an unknown name. */
+esim_err store_qstate_from_name(const char *name, store_qstate *out);
+/* True for queued, pushed, sent and not_now. */
+bool store_qstate_active(store_qstate s);
+
+/* Push reachability of a device. */
+typedef enum {
+    STORE_PUSH_NONE = 0, /* no token yet (or cleared by a new Authenticate) */
+    STORE_PUSH_VALID,    /* token from TokenUpdate, not refused by APNs */
+    STORE_PUSH_DEAD,     /* APNs said the token is dead: wait for TokenUpdate */
+} store_push_state;
+const char *store_push_state_name(store_push_state s); /* "none", "valid", "dead" */
+
+typedef struct {
+    char udid[65];
+    bool is_enrollment_id;  /* the device identified itself by EnrollmentID */
+    bool enrolled;          /* Authenticate seen and no CheckOut since */
+    char topic[256];
+    char serial_number[64];
+    char os_version[32], build_version[32], product_name[64], model[64];
+    char device_name[256];
+    char imei[32];
+    char eid[ESIM_EID_LEN + 1];  /* empty until a ServiceSubscriptions answer names it */
+    char cert_sha256[65];        /* identity certificate bound at Authenticate; may be empty */
+    char push_token[201];        /* hex; empty when none */
+    char push_magic[128];
+    store_push_state push_state;
+    int64_t enrolled_at, checked_out_at, token_updated_at, last_seen_at;
+    int64_t push_due_at;  /* a re-push is owed at this time (NotNow back-off); 0 = none */
+} store_device;
+
+typedef struct {
+    char uuid[128];
+    char request_type[64];
+    int priority;        /* higher first */
+    int64_t created_at;
+    int64_t expires_at;  /* 0 = never */
+} store_command_info;
+
+typedef struct {
+    char udid[65];
+    char command_uuid[128];
+    char request_type[64];
+    store_qstate state;
+    int priority;
+    int attempts;       /* how many times it was sent */
+    int not_now_count;  /* how many NotNow answers */
+    int64_t enqueued_at, pushed_at, sent_at, answered_at, updated_at;
+    int64_t expires_at;
+    char *error_chain_json;  /* malloc'd JSON array or NULL */
+    esim_buf result;         /* the device's whole last answer (raw plist), may be empty */
+} store_queue_entry;
+
+/* Frees the owned parts of |n| entries and the array itself (NULL ok). */
+void store_queue_entries_free(store_queue_entry *entries, size_t n);
+
+/* ---- inputs and outputs of the operations -------------------------------- */
+
+/* Authenticate: what the device said about itself. */
+typedef struct {
+    const char *udid;            /* required */
+    bool is_enrollment_id;
+    const char *topic;           /* required */
+    const char *cert_sha256;     /* identity certificate; NULL/"" when device auth is off */
+    const char *serial_number, *os_version, *build_version, *product_name, *model;
+    const char *device_name, *imei; /* each may be NULL or "" */
+} store_authenticate_in;
+
+/* The next command chosen for a device. */
+typedef struct {
+    bool present;
+    char command_uuid[128];
+    char request_type[64];
+    esim_buf body;  /* the command plist, owned: esim_buf_free() */
+} store_next_command;
+
+typedef enum {
+    STORE_RESULT_NONE = 0,  /* Idle: nothing to record */
+    STORE_RESULT_APPLIED,   /* the answer was recorded against its queue entry */
+    STORE_RESULT_ANOMALY,   /* the command was not outstanding for this device: logged only */
+} store_result_outcome;
+
+/* One device request on the command endpoint: record its answer (if any)
+ * and choose the next command, atomically. */
+typedef struct {
+    const char *udid;          /* required */
+    const char *cert_sha256;   /* NULL/"" when device auth is off */
+    const char *status;        /* "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow" */
+    const char *command_uuid;  /* required unless Idle */
+    const void *raw;           /* the whole request body, recorded with the answer */
+    size_t raw_len;
+    const char *error_chain_json;  /* JSON array or NULL */
+    const char *eid;               /* an EID learned from this answer, or NULL */
+    /* Commands not to deliver on this connection (NotNow'd on it), borrowed. */
+    const char *const *skip_uuids;
+    size_t n_skip;
+    int64_t not_now_backoff_ms;  /* when NotNow: owe the device a push this much later */
+} store_exchange_in;
+
+typedef struct {
+    store_result_outcome outcome;
+    char anomaly[160];         /* why, when outcome == STORE_RESULT_ANOMALY */
+    store_next_command next;   /* marked sent (attempts + 1) when present */
+} store_exchange_out;
+
+/* A command to put on devices' queues. */
+typedef struct {
+    const char *uuid;          /* required, unique */
+    const char *request_type;  /* required */
+    const void *body;          /* the command plist */
+    size_t body_len;
+    int priority;
+    int64_t expires_at;        /* 0 = never */
+} store_command_in;
+
+typedef struct {
+    uint64_t devices, enrolled, reachable;  /* reachable: enrolled with a valid token */
+    uint64_t queue_by_state[STORE_Q_CANCELED + 1];
+    uint64_t events;
+} store_stats;
+
+/* The push facts of one device, for the push path. */
+typedef struct {
+    char udid[65];
+    char topic[256];
+    char push_token[201];
+    char push_magic[128];
+    store_push_state push_state;
+    bool enrolled;
+} store_push_target;
+
+/* ---- the operations -------------------------------------------------------
+ * Each returns ESIM_OK or one of the codes listed; |err| (may be NULL) gets a
+ * sentence naming what was wrong. ESIM_ESTORE (the back end failed: disk,
+ * corruption, lock timeout) and ESIM_ENOMEM may come from any operation and
+ * are not repeated below. */
+struct store_ops {
+    const char *name;  /* "sqlite", ... */
+
+    /* Closes the handle and frees it (NULL ok in the wrapper store_close). */
+    void (*close)(store *st);
+
+    /* Creates or updates the device and binds |cert_sha256| to it.
+     *   ESIM_EAUTH  the device is enrolled and bound to another certificate
+     *               (a device re-enrolls with a new identity only after CheckOut).
+     * Clears the push token (a TokenUpdate follows every Authenticate). */
+    esim_err (*device_authenticate)(store *st, const store_authenticate_in *in, int64_t now,
+                                    esim_error *err);
+
+    /* Stores the push token (hex), PushMagic and topic; the device becomes
+     * reachable and its push state valid.
+     *   ESIM_ENOTFOUND  never authenticated;  ESIM_ESTATE  checked out;
+     *   ESIM_EAUTH      bound to another certificate. */
+    esim_err (*device_token_update)(store *st, const char *udid, const char *cert_sha256,
+                                    const char *topic, const char *token_hex,
+                                    const char *push_magic, int64_t now, esim_error *err);
+
+    /* Unenrolls the device: enrolled = false, token cleared, every active
+     * queue entry canceled.  ESIM_ENOTFOUND, ESIM_EAUTH as above. */
+    esim_err (*device_checkout)(store *st, const char *udid, const char *cert_sha256, int64_t now,
+                                esim_error *err);
+
+    /* Records a command result or Idle and picks the next command (see
+     * store_exchange_in). Results are applied only to an entry in state
+     * sent for this device; anything else is an anomaly, logged with the
+     * raw body and never applied. Status effects:
+     *   Acknowledged / Error / CommandFormatError: final, with error chain and raw answer.
+     *   NotNow: state not_now, not_now_count + 1, device owed a push later.
+     * The next command is the active entry with the highest priority, then
+     * the oldest, that is not expired and not in skip_uuids; it is marked
+     * sent and its attempts counted. |out->next.body| must be empty on entry.
+     *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTATE  checked out;
+     *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  bad status. */
+    esim_err (*device_exchange)(store *st, const store_exchange_in *in, int64_t now,
+                                store_exchange_out *out, esim_error *err);
+
+    /* Copies one device into |out|.  ESIM_ENOTFOUND. */
+    esim_err (*device_get)(store *st, const char *udid, store_device *out, esim_error *err);
+
+    /* Up to |limit| devices with udid > |after| (NULL or "" = from the
+     * start), in udid order. *out is malloc'd (free()), *n its length. */
+    esim_err (*device_list)(store *st, const char *after, size_t limit, store_device **out,
+                            size_t *n, esim_error *err);
+
+    /* Puts |cmd| on the queue of each of the |n| devices (n >= 1, no
+     * duplicates), all or nothing.
+     *   ESIM_ENOTFOUND  a device is unknown (|err| names it);
+     *   ESIM_ESTATE     a device is checked out (named);
+     *   ESIM_EEXIST     the command uuid is already used;
+     *   ESIM_EINVAL     empty list or a missing field. */
+    esim_err (*command_enqueue)(store *st, const store_command_in *cmd, const char *const *udids,
+                                size_t n, int64_t now, esim_error *err);
+
+    /* The command and every device's entry for it (in udid order). *entries
+     * is owned by the caller (store_queue_entries_free).  ESIM_ENOTFOUND. */
+    esim_err (*command_get)(store *st, const char *uuid, store_command_info *info,
+                            store_queue_entry **entries, size_t *n, esim_error *err);
+
+    /* A device's queue: its active entries in delivery order, then (when
+     * |with_done|) up to 100 of the latest final ones.  ESIM_ENOTFOUND. */
+    esim_err (*device_queue)(store *st, const char *udid, bool with_done,
+                             store_queue_entry **entries, size_t *n, esim_error *err);
+
+    /* Cancels one active entry.  ESIM_ENOTFOUND  no such entry;
+     *   ESIM_ESTATE  it is already final (|err| names the state). */
+    esim_err (*queue_cancel)(store *st, const char *udid, const char *uuid, int64_t now,
+                             esim_error *err);
+
+    /* The push facts of a device.  ESIM_ENOTFOUND. */
+    esim_err (*push_target)(store *st, const char *udid, store_push_target *out,
+                            esim_error *err);
+
+    /* A push for the device was accepted by APNs: its queued and not_now
+     * entries become pushed, and any owed push is cleared. When
+     * |token_dead|, the token is marked dead instead (410, BadDeviceToken). */
+    esim_err (*push_recorded)(store *st, const char *udid, bool token_dead, int64_t now,
+                              esim_error *err);
+
+    /* Up to |max| devices owed a push at |now| (push_due_at <= now); their
+     * debt is cleared. |udids| gets them, *n how many. */
+    esim_err (*push_due)(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
+                         esim_error *err);
+
+    /* Entries whose command expired before a final answer become expired.
+     * *n (may be NULL) gets how many. */
+    esim_err (*expire)(store *st, int64_t now, size_t *n, esim_error *err);
+
+    /* Counts for /metrics and /healthz. */
+    esim_err (*stats)(store *st, store_stats *out, esim_error *err);
+
+    /* Appends one event to the ledger outside any other operation (admin
+     * actions, pushes, webhook give-ups). |udid|, |command_uuid|, |detail|
+     * and |raw| may be NULL. */
+    esim_err (*event_append)(store *st, const char *kind, const char *udid,
+                             const char *command_uuid, const char *detail, const void *raw,
+                             size_t raw_len, int64_t now, esim_error *err);
+};
+
+typedef struct {
+    /* "full" (default): every commit is on disk before the device hears of
+     * it. "normal": faster; a process crash loses nothing, a power loss may
+     * lose the last commits (see docs/service.md). */
+    bool sync_normal;
+} store_options;
+
+/*
+ * Opens the store named by |spec|: "sqlite:PATH", a bare path (SQLite), or
+ * NULL/"" for "<data_dir>/esim-mdm.db". The schema is created or migrated
+ * to the current version. On success *out is the caller's (store_close).
+ *   ESIM_EINVAL     an unknown scheme, or postgres:// (not supported yet);
+ *   ESIM_ESTORE     cannot open, or the schema is newer than this program;
+ *   ESIM_EIO        the data directory cannot be made.
+ */
+esim_err store_open(const char *spec, const char *data_dir, const store_options *opts,
+                    store **out, esim_error *err);
+void store_close(store *st); /* NULL ok */
+
+/* The current schema version this program writes. */
+int store_schema_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

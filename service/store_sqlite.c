@@ -1,0 +1,1083 @@
+/*
+ * store_sqlite.c — the embedded store: SQLite in WAL mode behind store.h.
+ * Every operation is one BEGIN IMMEDIATE ... COMMIT transaction on cached
+ * prepared statements; the schema is an ordered list of migrations recorded
+ * in schema_version (append an entry to evolve it, never edit an old one).
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "service/store.h"
+#include "service/store_internal.h"
+
+/* ---- schema ---------------------------------------------------------------
+ * Plain SQL that PostgreSQL also accepts (INTEGER/TEXT, partial indexes,
+ * ON CONFLICT upserts), so the pgsql back end can share it almost verbatim.
+ * Queue states are stored by name; |active| mirrors "state is one of queued,
+ * pushed, sent, not_now" so the delivery index stays small. */
+typedef struct {
+    int version;
+    const char *sql;
+} migration;
+
+static const migration migrations[] = {
+    {1,
+     "CREATE TABLE devices ("
+     " udid TEXT PRIMARY KEY,"
+     " is_enrollment_id INTEGER NOT NULL DEFAULT 0,"
+     " enrolled INTEGER NOT NULL DEFAULT 0,"
+     " topic TEXT NOT NULL DEFAULT '',"
+     " serial_number TEXT NOT NULL DEFAULT '',"
+     " os_version TEXT NOT NULL DEFAULT '',"
+     " build_version TEXT NOT NULL DEFAULT '',"
+     " product_name TEXT NOT NULL DEFAULT '',"
+     " model TEXT NOT NULL DEFAULT '',"
+     " device_name TEXT NOT NULL DEFAULT '',"
+     " imei TEXT NOT NULL DEFAULT '',"
+     " eid TEXT NOT NULL DEFAULT '',"
+     " cert_sha256 TEXT NOT NULL DEFAULT '',"
+     " push_token TEXT NOT NULL DEFAULT '',"
+     " push_magic TEXT NOT NULL DEFAULT '',"
+     " push_state TEXT NOT NULL DEFAULT 'none',"
+     " enrolled_at INTEGER NOT NULL DEFAULT 0,"
+     " checked_out_at INTEGER NOT NULL DEFAULT 0,"
+     " token_updated_at INTEGER NOT NULL DEFAULT 0,"
+     " last_seen_at INTEGER NOT NULL DEFAULT 0,"
+     " push_due_at INTEGER NOT NULL DEFAULT 0);"
+     "CREATE INDEX devices_push_due ON devices(push_due_at) WHERE push_due_at > 0;"
+     "CREATE TABLE commands ("
+     " uuid TEXT PRIMARY KEY,"
+     " request_type TEXT NOT NULL,"
+     " body BLOB NOT NULL,"
+     " priority INTEGER NOT NULL DEFAULT 0,"
+     " created_at INTEGER NOT NULL,"
+     " expires_at INTEGER NOT NULL DEFAULT 0);"
+     "CREATE TABLE queue ("
+     " id INTEGER PRIMARY KEY,"
+     " udid TEXT NOT NULL REFERENCES devices(udid),"
+     " command_uuid TEXT NOT NULL REFERENCES commands(uuid),"
+     " priority INTEGER NOT NULL DEFAULT 0,"
+     " expires_at INTEGER NOT NULL DEFAULT 0,"
+     " state TEXT NOT NULL DEFAULT 'queued',"
+     " active INTEGER NOT NULL DEFAULT 1,"
+     " attempts INTEGER NOT NULL DEFAULT 0,"
+     " not_now_count INTEGER NOT NULL DEFAULT 0,"
+     " enqueued_at INTEGER NOT NULL DEFAULT 0,"
+     " pushed_at INTEGER NOT NULL DEFAULT 0,"
+     " sent_at INTEGER NOT NULL DEFAULT 0,"
+     " answered_at INTEGER NOT NULL DEFAULT 0,"
+     " updated_at INTEGER NOT NULL DEFAULT 0,"
+     " error_chain TEXT,"
+     " result BLOB,"
+     " UNIQUE (udid, command_uuid));"
+     "CREATE INDEX queue_delivery ON queue(udid, priority DESC, id) WHERE active = 1;"
+     "CREATE INDEX queue_command ON queue(command_uuid);"
+     "CREATE INDEX queue_expiry ON queue(expires_at) WHERE active = 1 AND expires_at > 0;"
+     "CREATE TABLE events ("
+     " id INTEGER PRIMARY KEY,"
+     " at INTEGER NOT NULL,"
+     " kind TEXT NOT NULL,"
+     " udid TEXT,"
+     " command_uuid TEXT,"
+     " detail TEXT,"
+     " raw BLOB);"},
+    /* New migrations go here, with the next version number. */
+};
+
+/* ---- statements ------------------------------------------------------------ */
+
+#define DEVICE_COLS                                                                              \
+    "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"        \
+    " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"       \
+    " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at"
+
+#define ENTRY_COLS                                                                               \
+    "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count," \
+    " q.enqueued_at, q.pushed_at, q.sent_at, q.answered_at, q.updated_at, q.expires_at,"       \
+    " q.error_chain, q.result"
+
+enum {
+    S_BEGIN, S_COMMIT, S_ROLLBACK,
+    S_DEV_IDENTITY, S_DEV_AUTH_UPSERT, S_DEV_TOKEN, S_DEV_CHECKOUT, S_DEV_SEEN, S_DEV_EID,
+    S_DEV_GET, S_DEV_LIST, S_DEV_PUSH_DUE_AT, S_DEV_PUSH_STATE, S_DEV_DUE_SELECT, S_DEV_DUE_CLEAR,
+    S_Q_FIND, S_Q_ANSWER, S_Q_NEXT, S_Q_MARK_SENT, S_Q_INSERT, S_Q_CANCEL_ALL_EVENTS,
+    S_Q_CANCEL_ALL, S_Q_CANCEL_ONE, S_Q_PUSHED, S_Q_EXPIRE_EVENTS, S_Q_EXPIRE,
+    S_Q_BY_COMMAND, S_Q_ACTIVE_FOR_DEVICE, S_Q_DONE_FOR_DEVICE,
+    S_CMD_INSERT, S_CMD_GET,
+    S_EVENT, S_STATS_DEVICES, S_STATS_QUEUE, S_STATS_EVENTS,
+    S_COUNT
+};
+
+static const char *const statement_sql[S_COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_DEV_IDENTITY] = "SELECT enrolled, cert_sha256 FROM devices WHERE udid = ?1",
+    [S_DEV_AUTH_UPSERT] =
+        "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
+        " build_version, product_name, model, device_name, imei, cert_sha256, push_token,"
+        " push_magic, push_state, enrolled_at, last_seen_at)"
+        " VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '', '', 'none', ?12, ?12)"
+        " ON CONFLICT (udid) DO UPDATE SET is_enrollment_id = excluded.is_enrollment_id,"
+        " enrolled = 1, topic = excluded.topic,"
+        " serial_number = CASE WHEN excluded.serial_number <> '' THEN excluded.serial_number ELSE devices.serial_number END,"
+        " os_version = CASE WHEN excluded.os_version <> '' THEN excluded.os_version ELSE devices.os_version END,"
+        " build_version = CASE WHEN excluded.build_version <> '' THEN excluded.build_version ELSE devices.build_version END,"
+        " product_name = CASE WHEN excluded.product_name <> '' THEN excluded.product_name ELSE devices.product_name END,"
+        " model = CASE WHEN excluded.model <> '' THEN excluded.model ELSE devices.model END,"
+        " device_name = CASE WHEN excluded.device_name <> '' THEN excluded.device_name ELSE devices.device_name END,"
+        " imei = CASE WHEN excluded.imei <> '' THEN excluded.imei ELSE devices.imei END,"
+        " cert_sha256 = excluded.cert_sha256, push_token = '', push_magic = '', push_state = 'none',"
+        " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE excluded.enrolled_at END,"
+        " last_seen_at = excluded.last_seen_at",
+    [S_DEV_TOKEN] = "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
+                    " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5 WHERE udid = ?1",
+    [S_DEV_CHECKOUT] = "UPDATE devices SET enrolled = 0, push_token = '', push_magic = '',"
+                       " push_state = 'none', push_due_at = 0, checked_out_at = ?2,"
+                       " last_seen_at = ?2 WHERE udid = ?1",
+    [S_DEV_SEEN] = "UPDATE devices SET last_seen_at = ?2 WHERE udid = ?1",
+    [S_DEV_EID] = "UPDATE devices SET eid = ?2 WHERE udid = ?1",
+    [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = ?1",
+    [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 ORDER BY udid LIMIT ?2",
+    [S_DEV_PUSH_DUE_AT] = "UPDATE devices SET push_due_at = ?2 WHERE udid = ?1"
+                          " AND (push_due_at = 0 OR push_due_at > ?2)",
+    [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = ?2, push_due_at = 0 WHERE udid = ?1",
+    [S_DEV_DUE_SELECT] = "SELECT udid FROM devices WHERE push_due_at > 0 AND push_due_at <= ?1"
+                         " ORDER BY push_due_at LIMIT ?2",
+    [S_DEV_DUE_CLEAR] = "UPDATE devices SET push_due_at = 0 WHERE udid = ?1",
+    [S_Q_FIND] = "SELECT id, state FROM queue WHERE udid = ?1 AND command_uuid = ?2",
+    [S_Q_ANSWER] = "UPDATE queue SET state = ?2, active = ?3, answered_at = ?4, updated_at = ?4,"
+                   " not_now_count = not_now_count + ?5, error_chain = ?6, result = ?7 WHERE id = ?1",
+    [S_Q_NEXT] = "SELECT q.id, q.command_uuid, c.request_type, c.body FROM queue q"
+                 " JOIN commands c ON c.uuid = q.command_uuid"
+                 " WHERE q.udid = ?1 AND q.active = 1 AND (q.expires_at = 0 OR q.expires_at > ?2)"
+                 " ORDER BY q.priority DESC, q.id LIMIT ?3",
+    [S_Q_MARK_SENT] = "UPDATE queue SET state = 'sent', attempts = attempts + 1, sent_at = ?2,"
+                      " updated_at = ?2 WHERE id = ?1",
+    [S_Q_INSERT] = "INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"
+                   " enqueued_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)",
+    [S_Q_CANCEL_ALL_EVENTS] = "INSERT INTO events (at, kind, udid, command_uuid, detail)"
+                              " SELECT ?2, 'canceled', udid, command_uuid, ?3 FROM queue"
+                              " WHERE udid = ?1 AND active = 1",
+    [S_Q_CANCEL_ALL] = "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2"
+                       " WHERE udid = ?1 AND active = 1",
+    [S_Q_CANCEL_ONE] = "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2 WHERE id = ?1",
+    [S_Q_PUSHED] = "UPDATE queue SET state = 'pushed', pushed_at = ?2, updated_at = ?2"
+                   " WHERE udid = ?1 AND active = 1 AND state IN ('queued', 'not_now')",
+    [S_Q_EXPIRE_EVENTS] = "INSERT INTO events (at, kind, udid, command_uuid)"
+                          " SELECT ?1, 'expired', udid, command_uuid FROM queue"
+                          " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
+    [S_Q_EXPIRE] = "UPDATE queue SET state = 'expired', active = 0, updated_at = ?1"
+                   " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
+    [S_Q_BY_COMMAND] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+                       " WHERE q.command_uuid = ?1 ORDER BY q.udid",
+    [S_Q_ACTIVE_FOR_DEVICE] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+                              " WHERE q.udid = ?1 AND q.active = 1 ORDER BY q.priority DESC, q.id",
+    [S_Q_DONE_FOR_DEVICE] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+                            " WHERE q.udid = ?1 AND q.active = 0 ORDER BY q.id DESC LIMIT 100",
+    [S_CMD_INSERT] = "INSERT INTO commands (uuid, request_type, body, priority, created_at, expires_at)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_CMD_GET] = "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
+    [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_STATS_DEVICES] = "SELECT count(*), coalesce(sum(enrolled), 0),"
+                        " coalesce(sum(CASE WHEN enrolled = 1 AND push_state = 'valid' THEN 1 ELSE 0 END), 0)"
+                        " FROM devices",
+    [S_STATS_QUEUE] = "SELECT state, count(*) FROM queue GROUP BY state",
+    [S_STATS_EVENTS] = "SELECT coalesce(max(id), 0) FROM events",
+};
+
+typedef struct {
+    store base;
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S_COUNT];
+} sqlite_store;
+
+static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
+{
+    return esim_fail(err, ESIM_ESTORE, "store (sqlite): %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+/* The cached statement |id|, reset and with its bindings cleared. */
+static sqlite3_stmt *stmt_get(sqlite_store *s, int id, esim_error *err)
+{
+    if (!s->stmt[id]) {
+        if (sqlite3_prepare_v3(s->db, statement_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                               &s->stmt[id], NULL) != SQLITE_OK) {
+            db_fail(s, err, "prepare");
+            return NULL;
+        }
+    } else {
+        sqlite3_reset(s->stmt[id]);
+        sqlite3_clear_bindings(s->stmt[id]);
+    }
+    return s->stmt[id];
+}
+
+/*
+ * Binds parameters 1.. from |fmt|: 't' text (NULL binds SQL NULL), 'T' text
+ * (NULL binds ''), 'i' int64, 'b' blob (pointer, size_t; NULL binds NULL).
+ */
+static int bind_args(sqlite3_stmt *st, const char *fmt, va_list ap)
+{
+    int rc = SQLITE_OK;
+    for (int i = 1; *fmt && rc == SQLITE_OK; fmt++, i++) {
+        switch (*fmt) {
+        case 't': {
+            const char *v = va_arg(ap, const char *);
+            rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+            break;
+        }
+        case 'T': {
+            const char *v = va_arg(ap, const char *);
+            rc = sqlite3_bind_text(st, i, v ? v : "", -1, SQLITE_STATIC);
+            break;
+        }
+        case 'i':
+            rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+            break;
+        case 'b': {
+            const void *v = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            rc = v ? sqlite3_bind_blob64(st, i, v, n, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+            break;
+        }
+        default:
+            rc = SQLITE_MISUSE;
+        }
+    }
+    return rc;
+}
+
+/* Prepares |id|, binds, and steps once. Returns the step code (SQLITE_ROW,
+ * SQLITE_DONE) or -1 with |err| set. */
+static int run(sqlite_store *s, esim_error *err, int id, const char *fmt, ...)
+{
+    sqlite3_stmt *st = stmt_get(s, id, err);
+    if (!st)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = bind_args(st, fmt, ap);
+    va_end(ap);
+    if (rc != SQLITE_OK) {
+        db_fail(s, err, "bind");
+        return -1;
+    }
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        db_fail(s, err, statement_sql[id]);
+        sqlite3_reset(st);
+        return -1;
+    }
+    return rc;
+}
+
+static esim_err tx_begin(sqlite_store *s, esim_error *err)
+{
+    return run(s, err, S_BEGIN, "") == SQLITE_DONE ? ESIM_OK : ESIM_ESTORE;
+}
+
+static esim_err tx_commit(sqlite_store *s, esim_error *err)
+{
+    if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
+        return ESIM_OK;
+    run(s, NULL, S_ROLLBACK, "");
+    return ESIM_ESTORE;
+}
+
+/* Ends a transaction: commit when |rc| is ESIM_OK, roll back otherwise.
+ * Statements left on a row are reset first so no read outlives it. */
+static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
+{
+    for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
+        if (s->stmt[i])
+            sqlite3_reset(s->stmt[i]);
+    if (rc == ESIM_OK)
+        return tx_commit(s, err);
+    if (sqlite3_get_autocommit(s->db) == 0)
+        run(s, NULL, S_ROLLBACK, "");
+    return rc;
+}
+
+static void col_text(sqlite3_stmt *st, int col, char *out, size_t out_len)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    snprintf(out, out_len, "%s", v ? (const char *)v : "");
+}
+
+static esim_err event_add(sqlite_store *s, int64_t now, const char *kind, const char *udid,
+                          const char *uuid, const char *detail, const void *raw, size_t raw_len,
+                          esim_error *err)
+{
+    return run(s, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail, raw, raw_len) == SQLITE_DONE
+               ? ESIM_OK
+               : ESIM_ESTORE;
+}
+
+/* Checks that |udid| exists, is enrolled and (when both sides have one) is
+ * bound to |cert|. |verb| names the request in messages. */
+static esim_err check_identity(sqlite_store *s, const char *udid, const char *cert,
+                               const char *verb, esim_error *err)
+{
+    int rc = run(s, err, S_DEV_IDENTITY, "t", udid);
+    if (rc < 0)
+        return ESIM_ESTORE;
+    if (rc != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "%s from unknown device %s: it must Authenticate first",
+                         verb, udid);
+    sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
+    bool enrolled = sqlite3_column_int(st, 0) != 0;
+    const char *bound = (const char *)sqlite3_column_text(st, 1);
+    if (!enrolled)
+        return esim_fail(err, ESIM_ESTATE, "%s from device %s, which checked out: it must enroll again",
+                         verb, udid);
+    if (cert && *cert && bound && *bound && strcmp(cert, bound) != 0)
+        return esim_fail(err, ESIM_EAUTH,
+                         "%s for device %s signed by another identity certificate than the one "
+                         "bound at enrolment", verb, udid);
+    return ESIM_OK;
+}
+
+/* ---- device check-in ------------------------------------------------------ */
+
+static esim_err sq_device_authenticate(store *base, const store_authenticate_in *in, int64_t now,
+                                       esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!in || !in->udid || !*in->udid || !in->topic || !*in->topic)
+        return esim_fail(err, ESIM_EINVAL, "Authenticate needs a UDID and a Topic");
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int r = run(s, err, S_DEV_IDENTITY, "t", in->udid);
+    if (r < 0) {
+        rc = ESIM_ESTORE;
+    } else if (r == SQLITE_ROW) {
+        sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
+        bool enrolled = sqlite3_column_int(st, 0) != 0;
+        const char *bound = (const char *)sqlite3_column_text(st, 1);
+        /* The identity is bound at enrolment; while the device stays enrolled
+         * another certificate must not take its UDID over. */
+        if (enrolled && bound && *bound && in->cert_sha256 && *in->cert_sha256 &&
+            strcmp(bound, in->cert_sha256) != 0)
+            rc = esim_fail(err, ESIM_EAUTH,
+                           "Authenticate for enrolled device %s with another identity certificate; "
+                           "the device must check out before it enrolls with a new identity",
+                           in->udid);
+    }
+    if (rc == ESIM_OK &&
+        run(s, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTi", in->udid, (int64_t)in->is_enrollment_id,
+            in->topic, in->serial_number, in->os_version, in->build_version, in->product_name,
+            in->model, in->device_name, in->imei, in->cert_sha256, now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK)
+        rc = event_add(s, now, "authenticate", in->udid, NULL, in->topic, NULL, 0, err);
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_device_token_update(store *base, const char *udid, const char *cert,
+                                       const char *topic, const char *token_hex,
+                                       const char *push_magic, int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!udid || !topic || !token_hex || !*token_hex || !push_magic || !*push_magic)
+        return esim_fail(err, ESIM_EINVAL, "TokenUpdate needs a UDID, Topic, Token and PushMagic");
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(s, udid, cert, "TokenUpdate", err);
+    if (rc == ESIM_OK &&
+        run(s, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex, push_magic, now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK)
+        rc = event_add(s, now, "token_update", udid, NULL, topic, NULL, 0, err);
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_device_checkout(store *base, const char *udid, const char *cert, int64_t now,
+                                   esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!udid)
+        return esim_fail(err, ESIM_EINVAL, "CheckOut needs a UDID");
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(s, udid, cert, "CheckOut", err);
+    /* CheckOut closes the queue: what was still pending will never be
+     * delivered to this enrolment, so it is canceled, visibly. */
+    if (rc == ESIM_OK && run(s, err, S_Q_CANCEL_ALL_EVENTS, "tit", udid, now, "device checked out") != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK && run(s, err, S_Q_CANCEL_ALL, "ti", udid, now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK && run(s, err, S_DEV_CHECKOUT, "ti", udid, now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK)
+        rc = event_add(s, now, "checkout", udid, NULL, NULL, NULL, 0, err);
+    return tx_end(s, rc, err);
+}
+
+/* ---- the command endpoint ---------------------------------------------------- */
+
+typedef struct {
+    const char *status;
+    const char *state;
+    int active;
+    int not_now;
+} status_effect;
+
+static const status_effect status_effects[] = {
+    {"Acknowledged", "acknowledged", 0, 0},
+    {"Error", "error", 0, 0},
+    {"CommandFormatError", "format_error", 0, 0},
+    {"NotNow", "not_now", 1, 1},
+};
+
+/* Applies a non-Idle answer to its queue entry, or logs it as an anomaly. */
+static esim_err record_answer(sqlite_store *s, const store_exchange_in *in,
+                              const status_effect *fx, int64_t now, store_exchange_out *out,
+                              esim_error *err)
+{
+    int r = run(s, err, S_Q_FIND, "tt", in->udid, in->command_uuid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    const char *why = NULL;
+    char state[32] = "";
+    int64_t id = 0;
+    if (r != SQLITE_ROW) {
+        why = "was never queued for this device";
+    } else {
+        id = sqlite3_column_int64(s->stmt[S_Q_FIND], 0);
+        col_text(s->stmt[S_Q_FIND], 1, state, sizeof state);
+        /* Only a command we handed to the device (state sent) awaits an
+         * answer. Anything else is a stray or repeated answer: log it with
+         * the raw body and never let it change the queue. */
+        if (strcmp(state, "sent") != 0)
+            why = "was not awaiting an answer";
+    }
+    if (why) {
+        out->outcome = STORE_RESULT_ANOMALY;
+        if (state[0])
+            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which is %s: %s",
+                     in->status, in->command_uuid, state, why);
+        else
+            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which %s",
+                     in->status, in->command_uuid, why);
+        return event_add(s, now, "anomaly", in->udid, in->command_uuid, out->anomaly, in->raw,
+                         in->raw_len, err);
+    }
+    if (run(s, err, S_Q_ANSWER, "itiiitb", id, fx->state, (int64_t)fx->active, now,
+            (int64_t)fx->not_now, in->error_chain_json, in->raw, in->raw_len) != SQLITE_DONE)
+        return ESIM_ESTORE;
+    /* NotNow: the device did not keep the command; wake it again after a
+     * back-off rather than waiting for it to come back by itself. */
+    if (fx->not_now && in->not_now_backoff_ms > 0 &&
+        run(s, err, S_DEV_PUSH_DUE_AT, "ti", in->udid, now + in->not_now_backoff_ms) != SQLITE_DONE)
+        return ESIM_ESTORE;
+    out->outcome = STORE_RESULT_APPLIED;
+    return event_add(s, now, "result", in->udid, in->command_uuid, in->status, NULL, 0, err);
+}
+
+static bool skipped(const store_exchange_in *in, const char *uuid)
+{
+    for (size_t i = 0; i < in->n_skip; i++)
+        if (in->skip_uuids[i] && strcmp(in->skip_uuids[i], uuid) == 0)
+            return true;
+    return false;
+}
+
+/* Chooses the next deliverable command and marks it sent. */
+static esim_err pick_next(sqlite_store *s, const store_exchange_in *in, int64_t now,
+                          store_next_command *next, esim_error *err)
+{
+    sqlite3_stmt *st = stmt_get(s, S_Q_NEXT, err);
+    if (!st)
+        return ESIM_ESTORE;
+    sqlite3_bind_text(st, 1, in->udid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, (int64_t)in->n_skip + 1);
+    int64_t id = 0;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *uuid = (const char *)sqlite3_column_text(st, 1);
+        if (!uuid || skipped(in, uuid))
+            continue;
+        id = sqlite3_column_int64(st, 0);
+        col_text(st, 1, next->command_uuid, sizeof next->command_uuid);
+        col_text(st, 2, next->request_type, sizeof next->request_type);
+        const void *body = sqlite3_column_blob(st, 3);
+        int len = sqlite3_column_bytes(st, 3);
+        if (esim_buf_append(&next->body, body ? body : "", (size_t)len) != ESIM_OK) {
+            sqlite3_reset(st);
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        next->present = true;
+        break;
+    }
+    if (r != SQLITE_ROW && r != SQLITE_DONE) {
+        db_fail(s, err, "next command");
+        sqlite3_reset(st);
+        return ESIM_ESTORE;
+    }
+    sqlite3_reset(st);
+    if (!next->present)
+        return ESIM_OK;
+    if (run(s, err, S_Q_MARK_SENT, "ii", id, now) != SQLITE_DONE)
+        return ESIM_ESTORE;
+    return event_add(s, now, "sent", in->udid, next->command_uuid, next->request_type, NULL, 0, err);
+}
+
+static esim_err sq_device_exchange(store *base, const store_exchange_in *in, int64_t now,
+                                   store_exchange_out *out, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!in || !in->udid || !in->status || !out)
+        return esim_fail(err, ESIM_EINVAL, "a command request needs a UDID and a Status");
+    const status_effect *fx = NULL;
+    bool idle = strcmp(in->status, "Idle") == 0;
+    for (size_t i = 0; !idle && i < sizeof status_effects / sizeof status_effects[0]; i++)
+        if (strcmp(in->status, status_effects[i].status) == 0)
+            fx = &status_effects[i];
+    if (!idle && !fx)
+        return esim_fail(err, ESIM_EINVAL, "unknown Status '%s'", in->status);
+    if (!idle && (!in->command_uuid || !*in->command_uuid))
+        return esim_fail(err, ESIM_EINVAL, "a %s result needs a CommandUUID", in->status);
+
+    esim_buf_free(&out->next.body);
+    memset(out, 0, sizeof *out);
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(s, in->udid, in->cert_sha256, in->status, err);
+    if (rc == ESIM_OK && run(s, err, S_DEV_SEEN, "ti", in->udid, now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK && in->eid && *in->eid && run(s, err, S_DEV_EID, "tt", in->udid, in->eid) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    if (rc == ESIM_OK && fx)
+        rc = record_answer(s, in, fx, now, out, err);
+    if (rc == ESIM_OK)
+        rc = pick_next(s, in, now, &out->next, err);
+    rc = tx_end(s, rc, err);
+    if (rc != ESIM_OK) {
+        esim_buf_free(&out->next.body);
+        memset(out, 0, sizeof *out);
+    }
+    return rc;
+}
+
+/* ---- reads ------------------------------------------------------------------- */
+
+static void read_device(sqlite3_stmt *st, store_device *d)
+{
+    memset(d, 0, sizeof *d);
+    col_text(st, 0, d->udid, sizeof d->udid);
+    d->is_enrollment_id = sqlite3_column_int(st, 1) != 0;
+    d->enrolled = sqlite3_column_int(st, 2) != 0;
+    col_text(st, 3, d->topic, sizeof d->topic);
+    col_text(st, 4, d->serial_number, sizeof d->serial_number);
+    col_text(st, 5, d->os_version, sizeof d->os_version);
+    col_text(st, 6, d->build_version, sizeof d->build_version);
+    col_text(st, 7, d->product_name, sizeof d->product_name);
+    col_text(st, 8, d->model, sizeof d->model);
+    col_text(st, 9, d->device_name, sizeof d->device_name);
+    col_text(st, 10, d->imei, sizeof d->imei);
+    col_text(st, 11, d->eid, sizeof d->eid);
+    col_text(st, 12, d->cert_sha256, sizeof d->cert_sha256);
+    col_text(st, 13, d->push_token, sizeof d->push_token);
+    col_text(st, 14, d->push_magic, sizeof d->push_magic);
+    const char *ps = (const char *)sqlite3_column_text(st, 15);
+    d->push_state = ps && strcmp(ps, "valid") == 0 ? STORE_PUSH_VALID
+                    : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
+                                                     : STORE_PUSH_NONE;
+    d->enrolled_at = sqlite3_column_int64(st, 16);
+    d->checked_out_at = sqlite3_column_int64(st, 17);
+    d->token_updated_at = sqlite3_column_int64(st, 18);
+    d->last_seen_at = sqlite3_column_int64(st, 19);
+    d->push_due_at = sqlite3_column_int64(st, 20);
+}
+
+static esim_err sq_device_get(store *base, const char *udid, store_device *out, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_GET, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid ? udid : "(null)");
+    read_device(s->stmt[S_DEV_GET], out);
+    sqlite3_reset(s->stmt[S_DEV_GET]);
+    return ESIM_OK;
+}
+
+static esim_err sq_device_list(store *base, const char *after, size_t limit, store_device **out,
+                               size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return ESIM_OK;
+    store_device *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_DEV_LIST, "Ti", after, (int64_t)limit);
+    size_t count = 0;
+    while (r == SQLITE_ROW && count < limit) {
+        read_device(s->stmt[S_DEV_LIST], &list[count++]);
+        r = sqlite3_step(s->stmt[S_DEV_LIST]);
+    }
+    if (r != SQLITE_ROW && r != SQLITE_DONE) {
+        if (r > 0)
+            db_fail(s, err, "list devices");
+        sqlite3_reset(s->stmt[S_DEV_LIST]);
+        free(list);
+        return ESIM_ESTORE;
+    }
+    sqlite3_reset(s->stmt[S_DEV_LIST]);
+    *out = list;
+    *n = count;
+    return ESIM_OK;
+}
+
+static esim_err read_entry(sqlite3_stmt *st, store_queue_entry *e)
+{
+    memset(e, 0, sizeof *e);
+    col_text(st, 0, e->udid, sizeof e->udid);
+    col_text(st, 1, e->command_uuid, sizeof e->command_uuid);
+    col_text(st, 2, e->request_type, sizeof e->request_type);
+    const char *state = (const char *)sqlite3_column_text(st, 3);
+    if (store_qstate_from_name(state, &e->state) != ESIM_OK)
+        e->state = STORE_Q_QUEUED;
+    e->priority = sqlite3_column_int(st, 4);
+    e->attempts = sqlite3_column_int(st, 5);
+    e->not_now_count = sqlite3_column_int(st, 6);
+    e->enqueued_at = sqlite3_column_int64(st, 7);
+    e->pushed_at = sqlite3_column_int64(st, 8);
+    e->sent_at = sqlite3_column_int64(st, 9);
+    e->answered_at = sqlite3_column_int64(st, 10);
+    e->updated_at = sqlite3_column_int64(st, 11);
+    e->expires_at = sqlite3_column_int64(st, 12);
+    const unsigned char *chain = sqlite3_column_text(st, 13);
+    if (chain && !(e->error_chain_json = strdup((const char *)chain)))
+        return ESIM_ENOMEM;
+    const void *raw = sqlite3_column_blob(st, 14);
+    int len = sqlite3_column_bytes(st, 14);
+    if (raw && len > 0 && esim_buf_append(&e->result, raw, (size_t)len) != ESIM_OK)
+        return ESIM_ENOMEM;
+    return ESIM_OK;
+}
+
+/* Appends every row of the already-stepped statement |id| to a growing array. */
+static esim_err collect_entries(sqlite_store *s, int id, int first_rc, store_queue_entry **arr,
+                                size_t *n, size_t *cap, esim_error *err)
+{
+    sqlite3_stmt *st = s->stmt[id];
+    int r = first_rc;
+    esim_err rc = ESIM_OK;
+    while (r == SQLITE_ROW) {
+        if (*n == *cap) {
+            size_t ncap = *cap ? *cap * 2 : 16;
+            store_queue_entry *grown = realloc(*arr, ncap * sizeof *grown);
+            if (!grown) {
+                rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+                break;
+            }
+            *arr = grown;
+            *cap = ncap;
+        }
+        esim_err er = read_entry(st, &(*arr)[*n]);
+        (*n)++;
+        if (er != ESIM_OK) {
+            rc = esim_fail(err, er, "out of memory");
+            break;
+        }
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read queue");
+    sqlite3_reset(st);
+    return rc;
+}
+
+static esim_err sq_command_get(store *base, const char *uuid, store_command_info *info,
+                               store_queue_entry **entries, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    *entries = NULL;
+    *n = 0;
+    int r = run(s, err, S_CMD_GET, "t", uuid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "no command %s", uuid ? uuid : "(null)");
+    sqlite3_stmt *st = s->stmt[S_CMD_GET];
+    memset(info, 0, sizeof *info);
+    col_text(st, 0, info->uuid, sizeof info->uuid);
+    col_text(st, 1, info->request_type, sizeof info->request_type);
+    info->priority = sqlite3_column_int(st, 2);
+    info->created_at = sqlite3_column_int64(st, 3);
+    info->expires_at = sqlite3_column_int64(st, 4);
+    sqlite3_reset(st);
+    size_t cap = 0;
+    r = run(s, err, S_Q_BY_COMMAND, "t", uuid);
+    esim_err rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_BY_COMMAND, r, entries, n, &cap, err);
+    if (rc != ESIM_OK) {
+        store_queue_entries_free(*entries, *n);
+        *entries = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_device_queue(store *base, const char *udid, bool with_done,
+                                store_queue_entry **entries, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    *entries = NULL;
+    *n = 0;
+    int r = run(s, err, S_DEV_IDENTITY, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_reset(s->stmt[S_DEV_IDENTITY]);
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid ? udid : "(null)");
+    size_t cap = 0;
+    /* Both reads in one transaction so the two halves agree. */
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    r = run(s, err, S_Q_ACTIVE_FOR_DEVICE, "t", udid);
+    rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_ACTIVE_FOR_DEVICE, r, entries, n, &cap, err);
+    if (rc == ESIM_OK && with_done) {
+        r = run(s, err, S_Q_DONE_FOR_DEVICE, "t", udid);
+        rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_DONE_FOR_DEVICE, r, entries, n, &cap, err);
+    }
+    rc = tx_end(s, rc, err);
+    if (rc != ESIM_OK) {
+        store_queue_entries_free(*entries, *n);
+        *entries = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+/* ---- admin changes -------------------------------------------------------------- */
+
+static esim_err sq_command_enqueue(store *base, const store_command_in *cmd,
+                                   const char *const *udids, size_t n, int64_t now,
+                                   esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!cmd || !cmd->uuid || !*cmd->uuid || !cmd->request_type || !*cmd->request_type ||
+        !cmd->body || cmd->body_len == 0)
+        return esim_fail(err, ESIM_EINVAL, "a command needs a uuid, a request type and a body");
+    if (n == 0 || !udids)
+        return esim_fail(err, ESIM_EINVAL, "no devices to queue the command for");
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int r = run(s, err, S_CMD_INSERT, "ttbiii", cmd->uuid, cmd->request_type, cmd->body,
+                cmd->body_len, (int64_t)cmd->priority, now, cmd->expires_at);
+    if (r < 0)
+        rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY
+                 ? esim_fail(err, ESIM_EEXIST, "command uuid %s is already used", cmd->uuid)
+                 : ESIM_ESTORE;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+        r = run(s, err, S_DEV_IDENTITY, "t", udids[i]);
+        if (r < 0) {
+            rc = ESIM_ESTORE;
+        } else if (r != SQLITE_ROW) {
+            rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udids[i]);
+        } else if (sqlite3_column_int(s->stmt[S_DEV_IDENTITY], 0) == 0) {
+            rc = esim_fail(err, ESIM_ESTATE, "device %s is not enrolled (it checked out)", udids[i]);
+        } else if (run(s, err, S_Q_INSERT, "ttiii", udids[i], cmd->uuid, (int64_t)cmd->priority,
+                       cmd->expires_at, now) < 0) {
+            rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE
+                     ? esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i])
+                     : ESIM_ESTORE;
+        } else {
+            rc = event_add(s, now, "enqueued", udids[i], cmd->uuid, cmd->request_type, NULL, 0, err);
+        }
+    }
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_queue_cancel(store *base, const char *udid, const char *uuid, int64_t now,
+                                esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int r = run(s, err, S_Q_FIND, "tt", udid, uuid);
+    if (r < 0) {
+        rc = ESIM_ESTORE;
+    } else if (r != SQLITE_ROW) {
+        rc = esim_fail(err, ESIM_ENOTFOUND, "command %s is not queued for device %s", uuid, udid);
+    } else {
+        int64_t id = sqlite3_column_int64(s->stmt[S_Q_FIND], 0);
+        char state[32];
+        col_text(s->stmt[S_Q_FIND], 1, state, sizeof state);
+        store_qstate qs;
+        if (store_qstate_from_name(state, &qs) == ESIM_OK && !store_qstate_active(qs))
+            rc = esim_fail(err, ESIM_ESTATE, "command %s for device %s is already %s", uuid, udid, state);
+        else if (run(s, err, S_Q_CANCEL_ONE, "ii", id, now) != SQLITE_DONE)
+            rc = ESIM_ESTORE;
+        else
+            rc = event_add(s, now, "canceled", udid, uuid, "canceled by an admin", NULL, 0, err);
+    }
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_push_target(store *base, const char *udid, store_push_target *out,
+                               esim_error *err)
+{
+    store_device d;
+    esim_err rc = sq_device_get(base, udid, &d, err);
+    if (rc != ESIM_OK)
+        return rc;
+    memset(out, 0, sizeof *out);
+    memcpy(out->udid, d.udid, sizeof out->udid);
+    memcpy(out->topic, d.topic, sizeof out->topic);
+    memcpy(out->push_token, d.push_token, sizeof out->push_token);
+    memcpy(out->push_magic, d.push_magic, sizeof out->push_magic);
+    out->push_state = d.push_state;
+    out->enrolled = d.enrolled;
+    return ESIM_OK;
+}
+
+static esim_err sq_push_recorded(store *base, const char *udid, bool token_dead, int64_t now,
+                                 esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (token_dead) {
+        if (run(s, err, S_DEV_PUSH_STATE, "tt", udid, "dead") != SQLITE_DONE)
+            rc = ESIM_ESTORE;
+        if (rc == ESIM_OK)
+            rc = event_add(s, now, "push_token_dead", udid, NULL, NULL, NULL, 0, err);
+    } else {
+        if (run(s, err, S_Q_PUSHED, "ti", udid, now) != SQLITE_DONE)
+            rc = ESIM_ESTORE;
+        if (rc == ESIM_OK && run(s, err, S_DEV_DUE_CLEAR, "t", udid) != SQLITE_DONE)
+            rc = ESIM_ESTORE;
+        if (rc == ESIM_OK)
+            rc = event_add(s, now, "pushed", udid, NULL, NULL, NULL, 0, err);
+    }
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_push_due(store *base, int64_t now, char (*udids)[65], size_t max, size_t *n,
+                            esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    *n = 0;
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int r = run(s, err, S_DEV_DUE_SELECT, "ii", now, (int64_t)max);
+    while (r == SQLITE_ROW && *n < max) {
+        col_text(s->stmt[S_DEV_DUE_SELECT], 0, udids[*n], 65);
+        (*n)++;
+        r = sqlite3_step(s->stmt[S_DEV_DUE_SELECT]);
+    }
+    if (r != SQLITE_DONE && r != SQLITE_ROW)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "push due");
+    sqlite3_reset(s->stmt[S_DEV_DUE_SELECT]);
+    for (size_t i = 0; rc == ESIM_OK && i < *n; i++)
+        if (run(s, err, S_DEV_DUE_CLEAR, "t", udids[i]) != SQLITE_DONE)
+            rc = ESIM_ESTORE;
+    rc = tx_end(s, rc, err);
+    if (rc != ESIM_OK)
+        *n = 0;
+    return rc;
+}
+
+static esim_err sq_expire(store *base, int64_t now, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (n)
+        *n = 0;
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (run(s, err, S_Q_EXPIRE_EVENTS, "i", now) != SQLITE_DONE ||
+        run(s, err, S_Q_EXPIRE, "i", now) != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    else if (n)
+        *n = (size_t)sqlite3_changes(s->db);
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    memset(out, 0, sizeof *out);
+    esim_err rc = tx_begin(s, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int r = run(s, err, S_STATS_DEVICES, "");
+    if (r == SQLITE_ROW) {
+        out->devices = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_DEVICES], 0);
+        out->enrolled = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_DEVICES], 1);
+        out->reachable = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_DEVICES], 2);
+        r = run(s, err, S_STATS_QUEUE, "");
+        while (r == SQLITE_ROW) {
+            store_qstate qs;
+            if (store_qstate_from_name((const char *)sqlite3_column_text(s->stmt[S_STATS_QUEUE], 0), &qs) == ESIM_OK)
+                out->queue_by_state[qs] = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_QUEUE], 1);
+            r = sqlite3_step(s->stmt[S_STATS_QUEUE]);
+        }
+        if (r == SQLITE_DONE)
+            r = run(s, err, S_STATS_EVENTS, "");
+        if (r == SQLITE_ROW)
+            out->events = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_EVENTS], 0);
+    }
+    if (r != SQLITE_ROW)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "stats");
+    for (int i = S_STATS_DEVICES; i <= S_STATS_EVENTS; i++)
+        if (s->stmt[i])
+            sqlite3_reset(s->stmt[i]);
+    return tx_end(s, rc, err);
+}
+
+static esim_err sq_event_append(store *base, const char *kind, const char *udid,
+                                const char *command_uuid, const char *detail, const void *raw,
+                                size_t raw_len, int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!kind || !*kind)
+        return esim_fail(err, ESIM_EINVAL, "an event needs a kind");
+    return event_add(s, now, kind, udid, command_uuid, detail, raw, raw_len, err);
+}
+
+/* ---- open, migrate, close -------------------------------------------------------- */
+
+static void sq_close(store *base)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!s)
+        return;
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static const struct store_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .device_authenticate = sq_device_authenticate,
+    .device_token_update = sq_device_token_update,
+    .device_checkout = sq_device_checkout,
+    .device_exchange = sq_device_exchange,
+    .device_get = sq_device_get,
+    .device_list = sq_device_list,
+    .command_enqueue = sq_command_enqueue,
+    .command_get = sq_command_get,
+    .device_queue = sq_device_queue,
+    .queue_cancel = sq_queue_cancel,
+    .push_target = sq_push_target,
+    .push_recorded = sq_push_recorded,
+    .push_due = sq_push_due,
+    .expire = sq_expire,
+    .stats = sq_stats,
+    .event_append = sq_event_append,
+};
+
+int store_schema_version(void)
+{
+    return migrations[sizeof migrations / sizeof migrations[0] - 1].version;
+}
+
+static esim_err exec(sqlite_store *s, const char *sql, esim_error *err)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return ESIM_OK;
+    esim_fail(err, ESIM_ESTORE, "store (sqlite): %s", msg ? msg : sqlite3_errmsg(s->db));
+    sqlite3_free(msg);
+    return ESIM_ESTORE;
+}
+
+/* Applies, each in its own transaction, every migration newer than the
+ * database; refuses a database written by a newer program. */
+static esim_err migrate(sqlite_store *s, esim_error *err)
+{
+    esim_err rc = exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", err);
+    if (rc != ESIM_OK)
+        return rc;
+    sqlite3_stmt *st = NULL;
+    int current = 0;
+    if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(version), 0) FROM schema_version", -1, &st, NULL) != SQLITE_OK)
+        return db_fail(s, err, "read schema version");
+    if (sqlite3_step(st) == SQLITE_ROW)
+        current = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (current > store_schema_version())
+        return esim_fail(err, ESIM_ESTORE,
+                         "the store has schema version %d, newer than this program's %d: "
+                         "run a newer esim-mdm", current, store_schema_version());
+    for (size_t i = 0; i < sizeof migrations / sizeof migrations[0]; i++) {
+        if (migrations[i].version <= current)
+            continue;
+        char bump[96];
+        snprintf(bump, sizeof bump, "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d);",
+                 migrations[i].version);
+        rc = exec(s, "BEGIN IMMEDIATE", err);
+        if (rc == ESIM_OK)
+            rc = exec(s, migrations[i].sql, err);
+        if (rc == ESIM_OK)
+            rc = exec(s, bump, err);
+        if (rc == ESIM_OK)
+            rc = exec(s, "COMMIT", err);
+        if (rc != ESIM_OK) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
+    }
+    return ESIM_OK;
+}
+
+esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,
+                           esim_error *err)
+{
+    sqlite_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    s->base.ops = &sqlite_ops;
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        esim_fail(err, ESIM_ESTORE, "cannot open the store %s: %s", path,
+                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        sq_close(&s->base);
+        return ESIM_ESTORE;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    /* WAL: readers never block the writer, and a commit is one append to the
+     * log. synchronous=FULL fsyncs the log at every commit, so whatever a
+     * device was told survives even a power cut; NORMAL survives any process
+     * crash (the log is in the OS cache) but a power cut may drop the last
+     * commits. */
+    const char *pragmas = opts && opts->sync_normal
+                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
+    esim_err rc = exec(s, pragmas, err);
+    if (rc == ESIM_OK)
+        rc = migrate(s, err);
+    if (rc != ESIM_OK) {
+        if (err) {
+            esim_error tmp = *err;
+            esim_fail(err, rc, "%s (store %s)", tmp.msg, path);
+        }
+        sq_close(&s->base);
+        return rc;
+    }
+    *out = &s->base;
+    return ESIM_OK;
+}

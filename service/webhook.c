@@ -1,0 +1,394 @@
+/*
+ * webhook.c — every check-in and command result POSTed as JSON to the
+ * configured URLs in NanoMDM's webhook shape, signed with HMAC-SHA256. Sent
+ * with libcurl's multi interface on the service's own libevent loop, so a
+ * slow or dead receiver never holds up a device: deliveries wait in memory,
+ * retry with back-off, and the oldest are dropped (and counted) beyond a cap.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "service/service_internal.h"
+
+typedef struct hook_job {
+    struct hook_job *prev, *next;
+    svc_webhooks *wh;
+    size_t url;
+    char *body;
+    size_t len;
+    int attempts;
+    CURL *easy;                 /* non-NULL while in flight */
+    struct curl_slist *headers;
+    struct event *retry_ev;     /* waiting for the next attempt */
+} hook_job;
+
+struct svc_webhooks {
+    esim_service *svc;
+    CURLM *multi;
+    struct event *timer_ev;
+    hook_job *head, *tail;
+    size_t n_jobs;
+};
+
+typedef struct {
+    struct event *ev;
+} sock_ctx;
+
+static void job_start(hook_job *j);
+static void check_finished(svc_webhooks *wh);
+
+static void job_free(hook_job *j)
+{
+    svc_webhooks *wh = j->wh;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        wh->head = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        wh->tail = j->prev;
+    wh->n_jobs--;
+    if (j->easy) {
+        curl_multi_remove_handle(wh->multi, j->easy);
+        curl_easy_cleanup(j->easy);
+    }
+    curl_slist_free_all(j->headers);
+    if (j->retry_ev)
+        event_free(j->retry_ev);
+    free(j->body);
+    free(j);
+}
+
+/* ---- libcurl <-> libevent glue --------------------------------------------------- */
+
+static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+{
+    svc_webhooks *wh = arg;
+    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running = 0;
+    curl_multi_socket_action(wh->multi, fd, flags, &running);
+    check_finished(wh);
+}
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    svc_webhooks *wh = userp;
+    sock_ctx *sc = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (sc) {
+            event_free(sc->ev);
+            free(sc);
+            curl_multi_assign(wh->multi, s, NULL);
+        }
+        return 0;
+    }
+    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0) | EV_PERSIST);
+    if (!sc) {
+        sc = calloc(1, sizeof *sc);
+        if (!sc)
+            return -1;
+        curl_multi_assign(wh->multi, s, sc);
+    } else {
+        event_free(sc->ev);
+    }
+    sc->ev = event_new(wh->svc->base, s, kind, on_socket_event, wh);
+    if (!sc->ev)
+        return -1;
+    event_add(sc->ev, NULL);
+    return 0;
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    svc_webhooks *wh = arg;
+    int running = 0;
+    curl_multi_socket_action(wh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_finished(wh);
+}
+
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    svc_webhooks *wh = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(wh->timer_ev);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(wh->timer_ev, &tv);
+    return 0;
+}
+
+/* ---- attempts and retries ---------------------------------------------------------- */
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    hook_job *j = arg;
+    event_free(j->retry_ev);
+    j->retry_ev = NULL;
+    job_start(j);
+}
+
+static void job_failed_attempt(hook_job *j)
+{
+    svc_webhooks *wh = j->wh;
+    esim_service *svc = wh->svc;
+    if (j->attempts >= svc->cfg.webhook_max_attempts) {
+        svc->m.webhooks_failed++;
+        char detail[600];
+        snprintf(detail, sizeof detail, "gave up on %s after %d attempts", svc->webhook_urls[j->url],
+                 j->attempts);
+        svc->st->ops->event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
+                                   esim_now_ms(), NULL);
+        job_free(j);
+        return;
+    }
+    svc->m.webhooks_retried++;
+    /* Back-off doubles from the base, capped at a minute. */
+    int64_t delay = svc->cfg.webhook_retry_base_ms;
+    for (int i = 1; i < j->attempts && delay < 60000; i++)
+        delay *= 2;
+    if (delay > 60000)
+        delay = 60000;
+    j->retry_ev = evtimer_new(svc->base, on_retry, j);
+    if (!j->retry_ev) {
+        job_free(j);
+        return;
+    }
+    struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000)};
+    evtimer_add(j->retry_ev, &tv);
+}
+
+static void check_finished(svc_webhooks *wh)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(wh->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        hook_job *j = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+        long code = 0;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+        CURLcode res = msg->data.result;
+        curl_multi_remove_handle(wh->multi, j->easy);
+        curl_easy_cleanup(j->easy);
+        j->easy = NULL;
+        if (res == CURLE_OK && code >= 200 && code < 300) {
+            wh->svc->m.webhooks_delivered++;
+            job_free(j);
+        } else {
+            job_failed_attempt(j);
+        }
+    }
+}
+
+static size_t discard(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    (void)ptr;
+    (void)userdata;
+    return size * nmemb;
+}
+
+static void job_start(hook_job *j)
+{
+    svc_webhooks *wh = j->wh;
+    esim_service *svc = wh->svc;
+    j->attempts++;
+    j->easy = curl_easy_init();
+    if (!j->easy) {
+        job_failed_attempt(j);
+        return;
+    }
+    curl_easy_setopt(j->easy, CURLOPT_URL, svc->webhook_urls[j->url]);
+    curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->body);
+    curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->len);
+    curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, j->headers);
+    curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)svc->cfg.webhook_timeout_ms);
+    curl_easy_setopt(j->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(j->easy, CURLOPT_PRIVATE, j);
+    curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(j->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (curl_multi_add_handle(wh->multi, j->easy) != CURLM_OK) {
+        curl_easy_cleanup(j->easy);
+        j->easy = NULL;
+        job_failed_attempt(j);
+    }
+}
+
+/* ---- set-up ------------------------------------------------------------------------------ */
+
+esim_err webhooks_init(esim_service *svc, esim_error *err)
+{
+    for (size_t i = 0; i < svc->cfg.n_webhook_urls; i++) {
+        const char *u = svc->webhook_urls[i];
+        if (!u || (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) ||
+            strlen(u) < 10)
+            return esim_fail(err, ESIM_EINVAL, "bad webhook URL '%s': use http://HOST[:PORT]/PATH or https://...",
+                             u ? u : "");
+    }
+    if (svc->cfg.webhook_max_attempts <= 0)
+        svc->cfg.webhook_max_attempts = 6;
+    if (svc->cfg.webhook_retry_base_ms <= 0)
+        svc->cfg.webhook_retry_base_ms = 500;
+    if (svc->cfg.webhook_timeout_ms <= 0)
+        svc->cfg.webhook_timeout_ms = 5000;
+    if (svc->cfg.webhook_queue_max == 0)
+        svc->cfg.webhook_queue_max = 10000;
+    if (svc->cfg.n_webhook_urls == 0)
+        return ESIM_OK;
+    svc_webhooks *wh = calloc(1, sizeof *wh);
+    if (!wh)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    svc->webhooks = wh;
+    wh->svc = svc;
+    wh->multi = curl_multi_init();
+    wh->timer_ev = evtimer_new(svc->base, on_timeout, wh);
+    if (!wh->multi || !wh->timer_ev)
+        return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
+    curl_multi_setopt(wh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(wh->multi, CURLMOPT_SOCKETDATA, wh);
+    curl_multi_setopt(wh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(wh->multi, CURLMOPT_TIMERDATA, wh);
+    return ESIM_OK;
+}
+
+void webhooks_free(esim_service *svc)
+{
+    svc_webhooks *wh = svc->webhooks;
+    if (!wh)
+        return;
+    while (wh->head)
+        job_free(wh->head);
+    if (wh->multi)
+        curl_multi_cleanup(wh->multi); /* removes its sockets through on_socket */
+    if (wh->timer_ev)
+        event_free(wh->timer_ev);
+    free(wh);
+    svc->webhooks = NULL;
+}
+
+size_t webhooks_pending(const esim_service *svc)
+{
+    return svc->webhooks ? svc->webhooks->n_jobs : 0;
+}
+
+/* ---- the payload -------------------------------------------------------------------------- */
+
+static const char *topic_for(const esim_msg *msg)
+{
+    switch (msg->kind) {
+    case ESIM_MSG_AUTHENTICATE: return "mdm.Authenticate";
+    case ESIM_MSG_TOKEN_UPDATE: return "mdm.TokenUpdate";
+    case ESIM_MSG_CHECKOUT: return "mdm.CheckOut";
+    case ESIM_MSG_RESULT: return "mdm.Connect";
+    }
+    return "mdm.Unknown";
+}
+
+static char *build_payload(const esim_msg *msg, const void *raw, size_t len)
+{
+    esim_buf b64 = {0};
+    if (esim_base64_encode(raw, len, &b64) != ESIM_OK)
+        return NULL;
+    char id[ESIM_UUID_LEN + 1];
+    esim_uuid_new(id);
+    int64_t now = esim_now_ms();
+    time_t secs = (time_t)(now / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char when[40];
+    snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000));
+    json_t *ev = json_pack("{s:s,s:s,s:n,s:s}", msg->is_enrollment_id ? "enrollment_id" : "udid",
+                           msg->udid, "url_params", "raw_payload", (const char *)b64.data);
+    esim_buf_free(&b64);
+    if (!ev)
+        return NULL;
+    if (msg->kind == ESIM_MSG_RESULT) {
+        json_object_set_new(ev, "status", json_string(esim_status_name(msg->status)));
+        json_object_set_new(ev, "command_uuid", json_string(msg->command_uuid));
+    }
+    json_t *root = json_pack("{s:s,s:s,s:s,s:o}", "topic", topic_for(msg), "event_id", id,
+                             "created_at", when,
+                             msg->kind == ESIM_MSG_RESULT ? "acknowledge_event" : "checkin_event", ev);
+    char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return s;
+}
+
+/* X-Hmac-Signature: base64(HMAC-SHA256(secret, body)), as NanoMDM signs. */
+static struct curl_slist *headers_for(const esim_service *svc, const char *body, size_t len)
+{
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h && svc->webhook_secret) {
+        unsigned char mac[EVP_MAX_MD_SIZE];
+        unsigned int mac_len = 0;
+        esim_buf b64 = {0};
+        if (HMAC(EVP_sha256(), svc->webhook_secret, (int)strlen(svc->webhook_secret),
+                 (const unsigned char *)body, len, mac, &mac_len) &&
+            esim_base64_encode(mac, mac_len, &b64) == ESIM_OK) {
+            char line[128];
+            snprintf(line, sizeof line, "X-Hmac-Signature: %s", (const char *)b64.data);
+            struct curl_slist *h2 = curl_slist_append(h, line);
+            if (h2)
+                h = h2;
+        }
+        esim_buf_free(&b64);
+    }
+    return h;
+}
+
+void webhooks_post_message(esim_service *svc, const esim_msg *msg, const void *raw, size_t len)
+{
+    svc_webhooks *wh = svc->webhooks;
+    if (!wh)
+        return;
+    char *payload = build_payload(msg, raw, len);
+    if (!payload)
+        return;
+    size_t plen = strlen(payload);
+    for (size_t u = 0; u < svc->cfg.n_webhook_urls; u++) {
+        /* Never let a dead receiver grow memory without bound: the oldest
+         * delivery goes first, counted. */
+        while (wh->n_jobs >= svc->cfg.webhook_queue_max && wh->head) {
+            svc->m.webhooks_dropped++;
+            job_free(wh->head);
+        }
+        hook_job *j = calloc(1, sizeof *j);
+        char *body = u + 1 == svc->cfg.n_webhook_urls ? payload : strdup(payload);
+        if (!j || !body) {
+            free(j);
+            if (body != payload)
+                free(body);
+            continue;
+        }
+        if (body == payload)
+            payload = NULL;
+        j->wh = wh;
+        j->url = u;
+        j->body = body;
+        j->len = plen;
+        j->headers = headers_for(svc, body, plen);
+        j->prev = wh->tail;
+        if (wh->tail)
+            wh->tail->next = j;
+        else
+            wh->head = j;
+        wh->tail = j;
+        wh->n_jobs++;
+        job_start(j);
+    }
+    free(payload);
+}

@@ -1,0 +1,348 @@
+/*
+ * svc_harness.c — the service integration tests' shared scaffolding: a real
+ * service on loopback in its own thread, a scripted device that signs its
+ * bodies with CMS (SHA-256 or SHA-1, leaf certificate only), API helpers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+#include <openssl/cms.h>
+
+#include "service/svc_harness.h"
+
+void harness_env_setup(harness_env *env)
+{
+    memset(env, 0, sizeof *env);
+    snprintf(env->dir, sizeof env->dir, "/tmp/esim-svc-test-XXXXXX");
+    assert_non_null(mkdtemp(env->dir));
+    snprintf(env->pki, sizeof env->pki, "%s/pki", env->dir);
+    esim_error e;
+    if (esim_pki_create(env->pki, &e) != ESIM_OK)
+        fail_msg("pki: %s", e.msg);
+    snprintf(env->device_ca, sizeof env->device_ca, "%s/device-ca.pem", env->pki);
+    snprintf(env->topic, sizeof env->topic, "com.apple.mgmt.External.test");
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void harness_env_teardown(harness_env *env)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", env->dir);
+    assert_int_equal(system(cmd), 0);
+    curl_global_cleanup();
+}
+
+void harness_config(const harness_env *env, const char *name, esim_service_config *cfg,
+                    char data_dir[320])
+{
+    esim_service_config_init(cfg);
+    snprintf(data_dir, 320, "%s/%s", env->dir, name);
+    cfg->listen = "127.0.0.1:0";
+    cfg->data_dir = data_dir;
+    cfg->api_token = TEST_TOKEN;
+    cfg->device_auth = ESIM_DEVICE_AUTH_SIGNATURE;
+    cfg->device_ca_path = env->device_ca;
+    cfg->tick_ms = 100;
+}
+
+static void *service_thread(void *arg)
+{
+    test_service *ts = arg;
+    event_base_dispatch(ts->base);
+    return NULL;
+}
+
+void harness_start(test_service *ts, const esim_service_config *cfg)
+{
+    ts->base = event_base_new();
+    assert_non_null(ts->base);
+    esim_error e = {{0}};
+    if (esim_service_new(ts->base, cfg, &ts->svc, &e) != ESIM_OK)
+        fail_msg("service: %s", e.msg);
+    snprintf(ts->url, sizeof ts->url, "%s", esim_service_url(ts->svc));
+    assert_int_equal(pthread_create(&ts->thread, NULL, service_thread, ts), 0);
+}
+
+void harness_stop(test_service *ts)
+{
+    esim_service_request_stop(ts->svc);
+    pthread_join(ts->thread, NULL);
+    esim_service_free(ts->svc);
+    event_base_free(ts->base);
+    ts->svc = NULL;
+    ts->base = NULL;
+}
+
+/* ---- the scripted device ---------------------------------------------------------- */
+
+void device_new(test_device *d, const harness_env *env, const char *udid, const char *base_url)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->udid, sizeof d->udid, "%s", udid);
+    snprintf(d->topic, sizeof d->topic, "%s", env->topic);
+    d->base_url = base_url;
+    esim_cert ca = {0};
+    esim_error e;
+    if (esim_pki_load(env->pki, "device-ca", &ca, &e) != ESIM_OK)
+        fail_msg("device-ca: %s", e.msg);
+    /* As SCEP issues them: RSA, no extended key usage. */
+    esim_cert_spec spec = {.common_name = udid, .key_type = ESIM_KEY_RSA2048, .days = 30};
+    if (esim_cert_issue(&spec, &ca, &d->identity, &e) != ESIM_OK)
+        fail_msg("identity: %s", e.msg);
+    esim_cert_clear(&ca);
+    d->conn = curl_easy_init();
+    assert_non_null(d->conn);
+}
+
+void device_free(test_device *d)
+{
+    esim_cert_clear(&d->identity);
+    if (d->conn)
+        curl_easy_cleanup(d->conn);
+    d->conn = NULL;
+}
+
+void device_reconnect(test_device *d)
+{
+    curl_easy_cleanup(d->conn);
+    d->conn = curl_easy_init();
+    assert_non_null(d->conn);
+}
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    if (userdata)
+        esim_buf_append(userdata, ptr, size * nmemb);
+    return size * nmemb;
+}
+
+/* CMS detached signature, base64: SHA-1 signatures are made the way older
+ * devices make them (signer certificate only, no chain). */
+static char *sign_body(const esim_cert *signer, sign_mode mode, const void *body, size_t len)
+{
+    BIO *in = BIO_new_mem_buf(body, (int)len);
+    CMS_ContentInfo *cms = NULL;
+    unsigned flags = CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP;
+    if (mode == SIGN_SHA1) {
+        cms = CMS_sign(NULL, NULL, NULL, NULL, flags | CMS_PARTIAL);
+        assert_non_null(cms);
+        assert_non_null(CMS_add1_signer(cms, signer->x509, signer->key, EVP_sha1(), flags));
+        assert_int_equal(CMS_final(cms, in, NULL, flags), 1);
+    } else {
+        cms = CMS_sign(signer->x509, signer->key, NULL, in, flags);
+        assert_non_null(cms);
+    }
+    unsigned char *der = NULL;
+    int der_len = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(der_len > 0);
+    esim_buf b64 = {0};
+    assert_int_equal(esim_base64_encode(der, (size_t)der_len, &b64), ESIM_OK);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    size_t n;
+    return (char *)esim_buf_steal(&b64, &n);
+}
+
+static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, const void *sign_data,
+                     size_t sign_len, const void *body, size_t len, esim_buf *reply)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/mdm", d->base_url);
+    struct curl_slist *h = NULL;
+    char *sig = NULL;
+    if (mode != SIGN_NONE) {
+        sig = sign_body(signer, mode, sign_data, sign_len);
+        esim_buf line = {0};
+        esim_buf_printf(&line, "Mdm-Signature: %s", sig);
+        h = curl_slist_append(h, (const char *)line.data);
+        esim_buf_free(&line);
+    }
+    /* Real devices often send results with no Content-Type at all. */
+    h = curl_slist_append(h, "Content-Type:");
+    h = curl_slist_append(h, "Expect:");
+    CURL *c = d->conn;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    CURLcode res = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    free(sig);
+    if (res != CURLE_OK)
+        fail_msg("PUT /mdm: %s", curl_easy_strerror(res));
+    return status;
+}
+
+long device_put(test_device *d, const void *body, size_t len, esim_buf *reply)
+{
+    return put_with(d, &d->identity, d->sign, body, len, body, len, reply);
+}
+
+long device_put_mismatched(test_device *d, const void *signed_body, size_t signed_len,
+                           const void *body, size_t len)
+{
+    return put_with(d, &d->identity, SIGN_SHA256, signed_body, signed_len, body, len, NULL);
+}
+
+long device_put_signed_by(test_device *d, const esim_cert *signer, const void *body, size_t len,
+                          esim_buf *reply)
+{
+    return put_with(d, signer, SIGN_SHA256, body, len, body, len, reply);
+}
+
+void device_enroll(test_device *d)
+{
+    esim_buf b = {0};
+    esim_authenticate_info info = {.udid = d->udid, .topic = d->topic, .os_version = "18.1",
+                                   .serial_number = "F2LXTEST", .product_name = "iPhone17,1"};
+    assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(d, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+    unsigned char token[32];
+    for (size_t i = 0; i < sizeof token; i++)
+        token[i] = (unsigned char)(i * 7 + (unsigned char)d->udid[0]);
+    assert_int_equal(esim_msg_build_token_update(d->udid, d->topic, token, sizeof token, "magic-1234",
+                                                 &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(d, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+}
+
+long device_result_ex(test_device *d, esim_status st, const char *uuid,
+                      const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
+                      esim_cmd_parsed *next)
+{
+    esim_buf b = {0}, reply = {0};
+    esim_error e;
+    if (esim_msg_build_result(d->udid, st, uuid, chain, n_chain, extra, ESIM_PLIST_XML, &b, &e) != ESIM_OK)
+        fail_msg("build result: %s", e.msg);
+    long status = device_put(d, b.data, b.len, &reply);
+    if (next) {
+        memset(next, 0, sizeof *next);
+        if (status == 200 && reply.len) {
+            if (esim_cmd_parse(reply.data, reply.len, NULL, next, &e) != ESIM_OK)
+                fail_msg("reply is not a command: %s", e.msg);
+        }
+    }
+    esim_buf_free(&b);
+    esim_buf_free(&reply);
+    return status;
+}
+
+long device_result(test_device *d, esim_status st, const char *uuid, esim_cmd_parsed *next)
+{
+    return device_result_ex(d, st, uuid, NULL, 0, NULL, next);
+}
+
+/* ---- API helpers ---------------------------------------------------------------------- */
+
+long api_call(const char *base_url, const char *token, const char *method, const char *path,
+              const char *body, const char *content_type, json_t **out)
+{
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    char url[1024];
+    snprintf(url, sizeof url, "%s%s", base_url, path);
+    struct curl_slist *h = NULL;
+    char line[256];
+    if (token) {
+        snprintf(line, sizeof line, "Authorization: Bearer %s", token);
+        h = curl_slist_append(h, line);
+    }
+    snprintf(line, sizeof line, "Content-Type: %s", content_type ? content_type : "application/json");
+    h = curl_slist_append(h, line);
+    esim_buf reply = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    CURLcode res = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (res != CURLE_OK)
+        fail_msg("%s %s: %s", method, path, curl_easy_strerror(res));
+    if (out) {
+        *out = reply.len ? json_loadb((const char *)reply.data, reply.len, 0, NULL) : NULL;
+        if (reply.len && !*out)
+            fail_msg("%s %s: reply is not JSON: %s", method, path, (const char *)reply.data);
+    }
+    esim_buf_free(&reply);
+    return status;
+}
+
+void api_enqueue_refresh(const char *base_url, const char *udid, const char *server, char uuid[128])
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
+             "\"esim_server_url\":\"%s\"}}", udid, server);
+    json_t *r = NULL;
+    assert_int_equal(api_call(base_url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
+    const char *u = json_string_value(json_object_get(r, "command_uuid"));
+    assert_non_null(u);
+    snprintf(uuid, 128, "%s", u);
+    json_decref(r);
+}
+
+void api_entry_state(const char *base_url, const char *uuid, const char *udid, char state[32],
+                     int *attempts, int *not_now)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/commands/%s", uuid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(base_url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_t *e = json_object_get(json_object_get(r, "devices"), udid);
+    assert_non_null(e);
+    snprintf(state, 32, "%s", json_string_value(json_object_get(e, "state")));
+    if (attempts)
+        *attempts = (int)json_integer_value(json_object_get(e, "attempts"));
+    if (not_now)
+        *not_now = (int)json_integer_value(json_object_get(e, "not_now_count"));
+    json_decref(r);
+}
+
+long long api_metric(const char *base_url, const char *series)
+{
+    CURL *c = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "%s/metrics", base_url);
+    esim_buf reply = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_cleanup(c);
+    long long v = -1;
+    size_t sl = strlen(series);
+    for (char *line = (char *)reply.data; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (strncmp(line, series, sl) == 0 && line[sl] == ' ')
+            v = strtoll(line + sl + 1, NULL, 10);
+        line = nl ? nl + 1 : NULL;
+    }
+    esim_buf_free(&reply);
+    return v;
+}

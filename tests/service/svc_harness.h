@@ -1,0 +1,99 @@
+/*
+ * svc_harness.h — what the service integration tests share: a service run on
+ * its own thread and loop over loopback, a scripted device (libcurl, one
+ * easy handle = one keep-alive connection, bodies signed with CMS as real
+ * devices sign them), and small JSON API helpers. Everything a test checks
+ * comes back over HTTP, from the device side or the API.
+ */
+#ifndef ESIM_TESTS_SERVICE_SVC_HARNESS_H
+#define ESIM_TESTS_SERVICE_SVC_HARNESS_H
+
+#include <pthread.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "core/esim.h"
+#include "plist/esim_plist.h"
+#include "service/service.h"
+
+#define TEST_TOKEN "test-api-token-0123456789"
+
+typedef struct {
+    char dir[256];       /* temp dir: pki/ and data dirs */
+    char pki[300];
+    char device_ca[320];
+    char topic[128];
+} harness_env;
+
+/* mkdtemp + esim_pki_create. */
+void harness_env_setup(harness_env *env);
+void harness_env_teardown(harness_env *env); /* rm -rf */
+
+typedef struct {
+    struct event_base *base;
+    esim_service *svc;
+    pthread_t thread;
+    char url[128];
+    char data_dir[320];
+} test_service;
+
+/* Config with the test's defaults: loopback port 0, data dir |name| under
+ * env->dir, TEST_TOKEN, signature auth against the test device CA. */
+void harness_config(const harness_env *env, const char *name, esim_service_config *cfg,
+                    char data_dir[320]);
+/* Starts the service on a new loop in a new thread; asserts success. */
+void harness_start(test_service *ts, const esim_service_config *cfg);
+/* Stops the loop, joins, frees. */
+void harness_stop(test_service *ts);
+
+/* A scripted device. */
+typedef enum { SIGN_SHA256 = 0, SIGN_SHA1, SIGN_NONE } sign_mode;
+
+typedef struct {
+    char udid[65];
+    char topic[128];
+    esim_cert identity;
+    sign_mode sign;
+    CURL *conn;          /* one connection; device_reconnect() makes a new one */
+    const char *base_url;
+} test_device;
+
+/* A device with an identity certificate issued by the test device CA. */
+void device_new(test_device *d, const harness_env *env, const char *udid, const char *base_url);
+void device_free(test_device *d);
+void device_reconnect(test_device *d);
+
+/* PUT |body| to /mdm (signed per d->sign with d->identity); returns the
+ * HTTP status, the reply body in |reply| (may be NULL). */
+long device_put(test_device *d, const void *body, size_t len, esim_buf *reply);
+/* Same, signed by |signer| instead of the device's identity. */
+long device_put_signed_by(test_device *d, const esim_cert *signer, const void *body, size_t len,
+                          esim_buf *reply);
+
+/* Sends |body| with a valid signature over |signed_body| (a tampered body). */
+long device_put_mismatched(test_device *d, const void *signed_body, size_t signed_len,
+                           const void *body, size_t len);
+
+/* Authenticate + TokenUpdate; asserts 200 for both. */
+void device_enroll(test_device *d);
+/* Sends a result (NULL uuid for Idle); the reply's command, if any, goes to
+ * |next| (request type / uuid), which may be NULL. Returns the HTTP status. */
+long device_result(test_device *d, esim_status st, const char *uuid, esim_cmd_parsed *next);
+long device_result_ex(test_device *d, esim_status st, const char *uuid,
+                      const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
+                      esim_cmd_parsed *next);
+
+/* JSON API: returns the status; *out (may be NULL) gets the parsed reply. */
+long api_call(const char *base_url, const char *token, const char *method, const char *path,
+              const char *body, const char *content_type, json_t **out);
+/* POST /v1/commands for one device; returns the command uuid (static storage per call). */
+void api_enqueue_refresh(const char *base_url, const char *udid, const char *server,
+                         char uuid[128]);
+/* GET /v1/commands/{uuid} -> devices[udid].state (copied into |state|). */
+void api_entry_state(const char *base_url, const char *uuid, const char *udid, char state[32],
+                     int *attempts, int *not_now);
+/* A metric's value from /metrics (the line starting with |series|). */
+long long api_metric(const char *base_url, const char *series);
+
+#endif

@@ -1,0 +1,476 @@
+/*
+ * test_service_device.c — the device side of the MDM service over loopback:
+ * enrolment, every result status, NotNow redelivery on the next connection,
+ * answers for commands never sent, device identity (unsigned, bad signature,
+ * foreign CA, another device's certificate, SHA-1 leaf-only), size, plist
+ * and rate limits, CheckOut, EID learning and the result hook.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "service/svc_harness.h"
+
+static harness_env env;
+
+typedef struct {
+    test_service ts;
+    test_device dev;
+} fixture;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    harness_env_setup(&env);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    harness_env_teardown(&env);
+    return 0;
+}
+
+static int counter;
+
+static fixture *start(const char *name, esim_service_config *custom)
+{
+    fixture *f = calloc(1, sizeof *f);
+    esim_service_config cfg;
+    char dir[320];
+    harness_config(&env, name, &cfg, dir);
+    if (custom) {
+        custom->listen = cfg.listen;
+        custom->data_dir = cfg.data_dir;
+        custom->api_token = cfg.api_token;
+        custom->device_ca_path = cfg.device_ca_path;
+        cfg = *custom;
+    }
+    harness_start(&f->ts, &cfg);
+    char udid[65];
+    snprintf(udid, sizeof udid, "00008110-%016d", ++counter);
+    device_new(&f->dev, &env, udid, f->ts.url);
+    return f;
+}
+
+static void stop(fixture *f)
+{
+    device_free(&f->dev);
+    harness_stop(&f->ts);
+    free(f);
+}
+
+static json_t *get_device(fixture *f)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/devices/%s", f->dev.udid);
+    json_t *d = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &d), 200);
+    return d;
+}
+
+static size_t queue_len(fixture *f)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s/queue", f->dev.udid);
+    json_t *q = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &q), 200);
+    size_t n = json_array_size(json_object_get(q, "queue"));
+    json_decref(q);
+    return n;
+}
+
+/* ---- enrolment ------------------------------------------------------------------ */
+
+static void test_enrolment_makes_device_reachable(void **state)
+{
+    (void)state;
+    fixture *f = start("enrol", NULL);
+    device_enroll(&f->dev);
+    json_t *d = get_device(f);
+    assert_true(json_is_true(json_object_get(d, "enrolled")));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "push"), "state")), "valid");
+    assert_string_equal(json_string_value(json_object_get(d, "os_version")), "18.1");
+    assert_string_equal(json_string_value(json_object_get(d, "serial_number")), "F2LXTEST");
+    assert_true(json_is_string(json_object_get(d, "identity_sha256")));
+    json_decref(d);
+    /* Idle with nothing queued: 200 and an empty body. */
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_null(next.root);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 1);
+    stop(f);
+}
+
+/* ---- results ------------------------------------------------------------------------ */
+
+static void test_acknowledged_round_trip(void **state)
+{
+    (void)state;
+    fixture *f = start("ack", NULL);
+    device_enroll(&f->dev);
+    char uuid[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", uuid);
+    char st[32];
+    api_entry_state(f->ts.url, uuid, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued");
+
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_non_null(next.root);
+    assert_string_equal(next.command_uuid, uuid);
+    assert_string_equal(next.request_type, "RefreshCellularPlans");
+    plist_t url = plist_dict_get_item(next.command, "eSIMServerURL");
+    char *s = NULL;
+    plist_get_string_val(url, &s);
+    assert_string_equal(s, "https://smdp.example.com");
+    free(s);
+    esim_cmd_parsed_free(&next);
+    int attempts = 0;
+    api_entry_state(f->ts.url, uuid, f->dev.udid, st, &attempts, NULL);
+    assert_string_equal(st, "sent");
+    assert_int_equal(attempts, 1);
+
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, &next), 200);
+    assert_null(next.root);
+    api_entry_state(f->ts.url, uuid, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "acknowledged");
+    /* Never delivered again once acknowledged. */
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_null(next.root);
+    assert_int_equal(queue_len(f), 0);
+    stop(f);
+}
+
+static void test_error_and_format_error_recorded_with_chain(void **state)
+{
+    (void)state;
+    fixture *f = start("errors", NULL);
+    device_enroll(&f->dev);
+    char a[128], b[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "https://a.example.com", a);
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "https://b.example.com", b);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    esim_error_chain_entry chain = {.code = 36003, .domain = "MCMDMErrorDomain",
+                                    .localized_description = "The cellular stack is busy"};
+    /* Error: recorded, and the reply is already the next command. */
+    assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ERROR, a, &chain, 1, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, b);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_COMMAND_FORMAT_ERROR, b, &next), 200);
+    assert_null(next.root);
+
+    char path[200];
+    snprintf(path, sizeof path, "/v1/commands/%s", a);
+    json_t *r = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_t *e = json_object_get(json_object_get(r, "devices"), f->dev.udid);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), "error");
+    json_t *c0 = json_array_get(json_object_get(e, "error_chain"), 0);
+    assert_int_equal(json_integer_value(json_object_get(c0, "error_code")), 36003);
+    assert_string_equal(json_string_value(json_object_get(c0, "error_domain")), "MCMDMErrorDomain");
+    assert_true(json_is_string(json_object_get(e, "result"))); /* the whole raw answer */
+    json_decref(r);
+    char st[32];
+    api_entry_state(f->ts.url, b, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "format_error");
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_results_total{status=\"Error\"}"), 1);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_results_total{status=\"CommandFormatError\"}"), 1);
+    stop(f);
+}
+
+static void test_not_now_skipped_on_connection_then_redelivered(void **state)
+{
+    (void)state;
+    fixture *f = start("notnow", NULL);
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    /* NotNow: kept, counted, not offered again on this connection. */
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_NOT_NOW, a, &next), 200);
+    assert_null(next.root);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_null(next.root);
+    char st[32];
+    int attempts = 0, not_now = 0;
+    api_entry_state(f->ts.url, a, f->dev.udid, st, &attempts, &not_now);
+    assert_string_equal(st, "not_now");
+    assert_int_equal(not_now, 1);
+    json_t *d = get_device(f);
+    assert_true(json_is_string(json_object_get(json_object_get(d, "push"), "repush_due_at")));
+    json_decref(d);
+    /* The next connection gets it again. */
+    device_reconnect(&f->dev);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED, a, &next), 200);
+    api_entry_state(f->ts.url, a, f->dev.udid, st, &attempts, &not_now);
+    assert_string_equal(st, "acknowledged");
+    assert_int_equal(attempts, 2);
+    assert_int_equal(not_now, 1);
+    stop(f);
+}
+
+static void test_answer_for_command_never_sent_is_an_anomaly(void **state)
+{
+    (void)state;
+    fixture *f = start("anomaly", NULL);
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    /* An answer for a command nobody sent: logged, not applied, and the
+     * reply is the next command. */
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED,
+                                   "11111111-2222-4333-8444-555555555555", &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    /* An answer for a queued command that was sent... then answered twice. */
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ERROR, a, &next), 200);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED, a, &next), 200);
+    char st[32];
+    api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "error"); /* the stray second answer changed nothing */
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_result_anomalies_total"), 2);
+    stop(f);
+}
+
+/* ---- identity ----------------------------------------------------------------------- */
+
+static void test_identity_rules(void **state)
+{
+    (void)state;
+    fixture *f = start("identity", NULL);
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL), ESIM_OK);
+    /* Unsigned: 401. */
+    f->dev.sign = SIGN_NONE;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 401);
+    /* Another device's valid certificate: 403, bound identity wins. */
+    test_device other;
+    device_new(&other, &env, "00008110-OTHERDEVICE0001", f->ts.url);
+    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, idle.data, idle.len, NULL), 403);
+    /* A certificate from a CA the service does not trust: 403. */
+    esim_cert rogue = {0};
+    esim_cert_spec spec = {.common_name = "rogue", .key_type = ESIM_KEY_RSA2048};
+    assert_int_equal(esim_cert_issue(&spec, NULL, &rogue, NULL), ESIM_OK);
+    assert_int_equal(device_put_signed_by(&f->dev, &rogue, idle.data, idle.len, NULL), 403);
+    esim_cert_clear(&rogue);
+    /* A valid signature, but over other bytes than those sent: 401. */
+    f->dev.sign = SIGN_SHA256;
+    esim_buf other_body = {0};
+    assert_int_equal(esim_msg_build_result(other.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &other_body, NULL), ESIM_OK);
+    assert_int_equal(device_put_mismatched(&f->dev, other_body.data, other_body.len, idle.data,
+                                           idle.len), 401);
+    esim_buf_free(&other_body);
+    /* None of that changed anything: the command is still queued. */
+    char st[32];
+    api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued");
+    /* An Authenticate for this UDID with another identity: 403. */
+    esim_buf auth = {0};
+    esim_authenticate_info info = {.udid = f->dev.udid, .topic = f->dev.topic};
+    assert_int_equal(esim_msg_build_authenticate(&info, &auth, NULL), ESIM_OK);
+    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, auth.data, auth.len, NULL), 403);
+    esim_buf_free(&auth);
+    /* SHA-1 with RSA, leaf only, as older devices sign: accepted. */
+    f->dev.sign = SIGN_SHA1;
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    assert_true(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"auth\"}") >= 4);
+    device_free(&other);
+    esim_buf_free(&idle);
+    stop(f);
+}
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+static void test_limits_and_malformed_bodies(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320];
+    harness_config(&env, "limits-cfg", &cfg, dir);
+    cfg.max_body = 64 * 1024;
+    cfg.device_rate = 1;
+    cfg.device_burst = 6;
+    fixture *f = start("limits", &cfg);
+    device_enroll(&f->dev); /* 2 requests */
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    /* Over the body limit: 413 (whatever the signature). */
+    size_t big_len = 80 * 1024;
+    char *big = malloc(big_len);
+    memset(big, 'x', big_len);
+    f->dev.sign = SIGN_NONE;
+    assert_int_equal(device_put(&f->dev, big, big_len, NULL), 413);
+    free(big);
+    device_reconnect(&f->dev);
+    f->dev.sign = SIGN_SHA256;
+    /* Not a plist: 400. */
+    const char *junk = "<plist><dict><key>UDID</key>";
+    assert_int_equal(device_put(&f->dev, junk, strlen(junk), NULL), 400); /* 3 */
+    /* Nested past the depth limit: 400. */
+    esim_buf deep = {0};
+    esim_buf_append_str(&deep, "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>UDID</key><string>");
+    esim_buf_append_str(&deep, f->dev.udid);
+    esim_buf_append_str(&deep, "</string><key>Status</key><string>Idle</string><key>X</key>");
+    for (int i = 0; i < 40; i++)
+        esim_buf_append_str(&deep, "<array>");
+    for (int i = 0; i < 40; i++)
+        esim_buf_append_str(&deep, "</array>");
+    esim_buf_append_str(&deep, "</dict></plist>");
+    assert_int_equal(device_put(&f->dev, deep.data, deep.len, NULL), 400); /* 4 */
+    esim_buf_free(&deep);
+    /* Nothing changed. */
+    char st[32];
+    api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued");
+    /* Rate: the bucket (6, +1/s) runs dry within a burst of requests. */
+    long last = 200;
+    for (int i = 0; i < 12 && last != 429; i++)
+        last = device_result(&f->dev, ESIM_STATUS_IDLE, NULL, NULL);
+    assert_int_equal(last, 429);
+    assert_true(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"rate\"}") >= 1);
+    stop(f);
+}
+
+/* ---- CheckOut, EID, hook ------------------------------------------------------------------ */
+
+static void test_checkout_closes_queue(void **state)
+{
+    (void)state;
+    fixture *f = start("checkout", NULL);
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    esim_buf b = {0};
+    assert_int_equal(esim_msg_build_checkout(f->dev.udid, f->dev.topic, &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(&f->dev, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+    char st[32];
+    api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "canceled");
+    json_t *d = get_device(f);
+    assert_true(json_is_false(json_object_get(d, "enrolled")));
+    json_decref(d);
+    /* A checked-out device gets nothing and cannot be given anything. */
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, NULL), 403);
+    char body[256];
+    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"ProfileList\"}}",
+             f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL), 409);
+    /* Enrolling again (a new identity is allowed after CheckOut) works. */
+    esim_cert_clear(&f->dev.identity);
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    esim_cert_spec spec = {.common_name = f->dev.udid, .key_type = ESIM_KEY_RSA2048};
+    assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
+    esim_cert_clear(&ca);
+    device_enroll(&f->dev);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL), 200);
+    stop(f);
+}
+
+typedef struct {
+    int calls;
+    char last_status[32];
+    char last_uuid[128];
+} hook_seen;
+
+static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
+{
+    (void)svc;
+    hook_seen *h = arg;
+    h->calls++;
+    snprintf(h->last_status, sizeof h->last_status, "%s", r->status);
+    snprintf(h->last_uuid, sizeof h->last_uuid, "%s", r->command_uuid);
+}
+
+static void test_raw_enqueue_eid_and_result_hook(void **state)
+{
+    (void)state;
+    fixture *f = start("eid", NULL);
+    hook_seen seen = {0};
+    /* Registered before any request can reach the hook list. */
+    assert_int_equal(esim_service_add_result_hook(f->ts.svc, on_result, &seen), ESIM_OK);
+    device_enroll(&f->dev);
+    const char *q[] = {"ServiceSubscriptions"};
+    esim_cmd cmd = {0};
+    assert_int_equal(esim_cmd_device_information(q, 1, NULL, &cmd, NULL), ESIM_OK);
+    char path[200];
+    snprintf(path, sizeof path, "/v1/enqueue/%s?nopush=1", f->dev.udid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "PUT", path, (const char *)cmd.body.data,
+                              "application/xml", &r), 200);
+    assert_string_equal(json_string_value(json_object_get(r, "command_uuid")), cmd.command_uuid);
+    assert_true(json_is_true(json_object_get(r, "no_push")));
+    json_decref(r);
+
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.request_type, "DeviceInformation");
+    esim_cmd_parsed_free(&next);
+    /* QueryResponses.ServiceSubscriptions names the EID. */
+    plist_t extra = plist_new_dict();
+    plist_t qr = plist_new_dict();
+    plist_t subs = plist_new_array();
+    plist_t sub = plist_new_dict();
+    plist_dict_set_item(sub, "EID", plist_new_string("89882119900000000000000000001654"));
+    plist_dict_set_item(sub, "ICCID", plist_new_string("8988211000000000007"));
+    plist_dict_set_item(sub, "Slot", plist_new_string("CTSubscriptionSlotOne"));
+    plist_array_append_item(subs, sub);
+    plist_dict_set_item(qr, "ServiceSubscriptions", subs);
+    plist_dict_set_item(extra, "QueryResponses", qr);
+    assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ACKNOWLEDGED, cmd.command_uuid, NULL, 0,
+                                      extra, &next), 200);
+    plist_free(extra);
+    json_t *d = get_device(f);
+    assert_string_equal(json_string_value(json_object_get(d, "eid")), "89882119900000000000000000001654");
+    json_decref(d);
+    /* The hook ran on the service's loop before the reply went out. */
+    assert_int_equal(seen.calls, 1);
+    assert_string_equal(seen.last_status, "Acknowledged");
+    assert_string_equal(seen.last_uuid, cmd.command_uuid);
+    esim_cmd_free(&cmd);
+    stop(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_enrolment_makes_device_reachable),
+        cmocka_unit_test(test_acknowledged_round_trip),
+        cmocka_unit_test(test_error_and_format_error_recorded_with_chain),
+        cmocka_unit_test(test_not_now_skipped_on_connection_then_redelivered),
+        cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
+        cmocka_unit_test(test_identity_rules),
+        cmocka_unit_test(test_limits_and_malformed_bodies),
+        cmocka_unit_test(test_checkout_closes_queue),
+        cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
