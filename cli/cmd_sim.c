@@ -1,5 +1,490 @@
-/* cmd_sim.c — placeholder until its area lands; replaced whole by its owner. */
+/*
+ * cmd_sim.c — `esim-mdm smdp` (the SM-DP+ simulator), `esim-mdm devsim`
+ * (N simulated iPhones against the service) and `esim-mdm devsim
+ * user-action` (a person acting on one phone). Thin wrappers over sim/sim.h.
+ */
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+
 #include "cli/cli.h"
-int cmd_devsim(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
-int cmd_smdp(int argc, char **argv) { (void)argc; fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]); return CLI_EXIT_FAIL; }
+#include "sim/sim.h"
+
+static const char smdp_help[] =
+    "usage: esim-mdm smdp [options]\n"
+    "\n"
+    "Runs the SM-DP+ simulator: the operator's eSIM download server. Devices\n"
+    "reach it at the eSIMServerURL of a RefreshCellularPlans command and\n"
+    "download the profile ordered for their EID, once. HTTPS on loopback with\n"
+    "the test PKI's server certificate; mutual authentication with the eUICC\n"
+    "by ECDSA P-256 certificates from the test CI (SGP.22 ES9+, JSON).\n"
+    "\n"
+    "options:\n"
+    "  --pki DIR            test PKI (default ./pki; created when missing)\n"
+    "  --listen HOST:PORT   default 127.0.0.1:9443 (port 0 = any free one)\n"
+    "  --orders CSV         load orders: lines eid,iccid[,matching_id]\n"
+    "  --data-dir DIR       keep orders in DIR/orders.json across restarts\n"
+    "  --admin-token TOKEN  require 'Authorization: Bearer TOKEN' on /admin/\n"
+    "  --port-file FILE     write the bound port to FILE once listening\n"
+    "\n"
+    "endpoints:\n"
+    "  POST /gsma/rsp2/es9plus/{initiateAuthentication,authenticateClient,\n"
+    "       getBoundProfilePackage,handleNotification,cancelSession}\n"
+    "  GET  /admin/orders            orders and their states\n"
+    "  POST /admin/orders            {\"eid\",\"iccid\",\"matching_id\"?,\"released\"?}\n"
+    "  POST /admin/orders/release    {\"iccid\"}\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm smdp --orders manifest.csv --listen 127.0.0.1:9443\n"
+    "  curl --cacert pki/ca.pem https://127.0.0.1:9443/admin/orders\n";
+
+static const char devsim_help[] =
+    "usage: esim-mdm devsim --server URL --apns-mock URL --devices N [options]\n"
+    "       esim-mdm devsim user-action --device UDID ACTION (--status URL | --data-dir DIR)\n"
+    "\n"
+    "Runs N simulated iPhones in one process. Each enrols with the MDM service\n"
+    "(Authenticate, TokenUpdate), registers its push token with the APNs mock's\n"
+    "delivery channel and, when a push arrives, checks in and answers commands\n"
+    "until its queue is empty. RefreshCellularPlans downloads the eSIM from the\n"
+    "SM-DP+ in eSIMServerURL onto the device's virtual eUICC.\n"
+    "\n"
+    "options:\n"
+    "  --server URL            the service (…/mdm is added when the URL has no path)\n"
+    "  --apns-mock URL         the APNs mock's delivery listener (http://HOST:PORT)\n"
+    "  --devices N             how many devices\n"
+    "  --pki DIR               test PKI (default ./pki)\n"
+    "  --data-dir DIR          keep each device in DIR/devices/<UDID>.json\n"
+    "  --seed S                identities and misbehaviour draws (default 1)\n"
+    "  --supervised-share F    share of supervised devices (default 1.0)\n"
+    "  --notnow-share F        share locked at first: they answer NotNow (default 0)\n"
+    "  --offline-share F       share offline at first (default 0)\n"
+    "  --fail-share F          share whose first download fails with 36003 (default 0)\n"
+    "  --os-version V          one iOS version for all (default a mix of 16.4/17.4/18.1)\n"
+    "  --channel NAME          APNs mock channel (default devsim)\n"
+    "  --status-listen H:P     local JSON status endpoint (GET /stats, /devices,\n"
+    "                          /devices/UDID; POST /devices/UDID/actions/ACTION)\n"
+    "  --status-port-file F    write the status port to F\n"
+    "  --tls-client-auth       identify by TLS client certificate, not Mdm-Signature\n"
+    "  --max-concurrent N      check-ins in flight at once (default 64)\n"
+    "  --duration SECONDS      stop after this long (default: until Ctrl-C)\n"
+    "\n"
+    "user actions (honouring the device's restrictions):\n"
+    "  delete-esim        refused when allowESIMModification is false\n"
+    "  transfer-esim      refused when allowESIMOutgoingTransfers is false\n"
+    "  erase-all-content  eSIM kept when forcePreserveESIMOnErase is true\n"
+    "  passcode-wipe      same as erase-all-content\n"
+    "  findmy-erase       eSIM removed even with forcePreserveESIMOnErase\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm devsim --server http://127.0.0.1:8080 --apns-mock http://127.0.0.1:2198 \\\n"
+    "                  --devices 1000 --status-listen 127.0.0.1:7070\n"
+    "  esim-mdm devsim user-action --device 00008110-0123456789ABCDEF delete-esim \\\n"
+    "                  --status http://127.0.0.1:7070\n";
+
+static bool parse_share(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*end || !(v >= 0.0 && v <= 1.0))
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_uint(const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (!*s || *s == '-')
+        return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    event_base_loopexit(arg, NULL);
+}
+
+static int run_loop(struct event_base *base, unsigned duration_s)
+{
+    struct event *sigint = evsignal_new(base, SIGINT, on_stop_signal, base);
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_stop_signal, base);
+    if (sigint)
+        event_add(sigint, NULL);
+    if (sigterm)
+        event_add(sigterm, NULL);
+    if (duration_s) {
+        struct timeval tv = {(time_t)duration_s, 0};
+        event_base_loopexit(base, &tv);
+    }
+    event_base_dispatch(base);
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    return CLI_EXIT_OK;
+}
+
+static bool write_port(const char *file, unsigned port)
+{
+    char text[16];
+    int n = snprintf(text, sizeof text, "%u\n", port);
+    esim_error e;
+    if (esim_write_file_atomic(file, text, (size_t)n, 0644, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm: %s\n", e.msg);
+        return false;
+    }
+    return true;
+}
+
+/* ---- smdp ------------------------------------------------------------------------ */
+
+int cmd_smdp(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(smdp_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    static const struct option opts[] = {
+        {"pki", required_argument, NULL, 'p'},      {"listen", required_argument, NULL, 'l'},
+        {"orders", required_argument, NULL, 'o'},   {"data-dir", required_argument, NULL, 'd'},
+        {"admin-token", required_argument, NULL, 't'}, {"port-file", required_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0}};
+    const char *pki_dir = "pki", *listen = "127.0.0.1:9443", *orders = NULL, *data_dir = NULL,
+               *token = NULL, *port_file = NULL;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': pki_dir = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'o': orders = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 't': token = optarg; break;
+        case 'f': port_file = optarg; break;
+        default: return cli_usage_error("smdp: see `esim-mdm smdp --help`");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("smdp: unexpected argument '%s'", argv[optind]);
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    unsigned long long port;
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host ||
+        !parse_uint(colon + 1, 65535, &port))
+        return cli_usage_error("smdp: --listen wants HOST:PORT (e.g. 127.0.0.1:9443), got '%s'", listen);
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+
+    esim_error e = {{0}};
+    sim_pki *pki = NULL;
+    if (sim_pki_open(pki_dir, &pki, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm smdp: PKI in %s: %s\n", pki_dir, e.msg);
+        return CLI_EXIT_FAIL;
+    }
+    struct event_base *base = event_base_new();
+    sim_smdp *s = NULL;
+    sim_smdp_config cfg = {.pki = pki, .listen_host = host, .port = (uint16_t)port,
+                           .data_dir = data_dir, .admin_token = token};
+    esim_err rc = base ? sim_smdp_new(base, &cfg, &s, &e) : ESIM_ENOMEM;
+    int exit_code = CLI_EXIT_OK;
+    if (rc != ESIM_OK) {
+        fprintf(stderr, "esim-mdm smdp: %s\n", e.msg);
+        exit_code = rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+        goto out;
+    }
+    size_t added = 0;
+    if (orders && sim_smdp_load_csv(s, orders, &added, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm smdp: --orders: %s\n", e.msg);
+        exit_code = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (port_file && !write_port(port_file, sim_smdp_port(s))) {
+        exit_code = CLI_EXIT_FAIL;
+        goto out;
+    }
+    printf("esim-mdm smdp: SM-DP+ on %s (eSIMServerURL), %zu orders (%zu loaded), admin %s/admin/orders\n",
+           sim_smdp_url(s), sim_smdp_order_count(s), added, sim_smdp_url(s));
+    fflush(stdout);
+    run_loop(base, 0);
+    printf("esim-mdm smdp: stopped\n");
+out:
+    sim_smdp_free(s);
+    if (base)
+        event_base_free(base);
+    sim_pki_free(pki);
+    return exit_code;
+}
+
+/* ---- devsim user-action ----------------------------------------------------------- */
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    return esim_buf_append(userdata, ptr, size * nmemb) == ESIM_OK ? size * nmemb : 0;
+}
+
+static void print_esims(const json_t *dev)
+{
+    json_t *esims = json_object_get(dev, "esims"), *it;
+    size_t i;
+    if (json_array_size(esims) == 0)
+        printf("eSIM: none\n");
+    json_array_foreach(esims, i, it)
+        printf("eSIM: %s %s (%s)\n", json_string_value(json_object_get(it, "iccid")),
+               json_string_value(json_object_get(it, "state")), json_string_value(json_object_get(it, "class")));
+}
+
+static int action_via_status(const char *status_url, const char *udid, const char *action)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "%s/devices/%s/actions/%s", status_url, udid, action);
+    CURL *c = curl_easy_init();
+    esim_buf body = {0};
+    if (!c)
+        return CLI_EXIT_FAIL;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    CURLcode res = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    if (res != CURLE_OK) {
+        fprintf(stderr, "esim-mdm devsim user-action: %s: %s (is the simulator running with --status-listen?)\n",
+                url, curl_easy_strerror(res));
+        esim_buf_free(&body);
+        return CLI_EXIT_FAIL;
+    }
+    json_t *j = body.len ? json_loadb((const char *)body.data, body.len, 0, NULL) : NULL;
+    esim_buf_free(&body);
+    if (status != 200 || !j) {
+        fprintf(stderr, "esim-mdm devsim user-action: %s\n",
+                j && json_string_value(json_object_get(j, "error")) ? json_string_value(json_object_get(j, "error"))
+                                                                   : "the simulator refused the request");
+        json_decref(j);
+        return status == 404 || status == 400 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    }
+    printf("%s: %s\n", json_is_true(json_object_get(j, "allowed")) ? "allowed" : "refused",
+           json_string_value(json_object_get(j, "reason")));
+    print_esims(json_object_get(j, "device"));
+    json_decref(j);
+    return CLI_EXIT_OK;
+}
+
+static int action_on_file(const char *data_dir, const char *pki_dir, const char *udid, sim_user_action a)
+{
+    esim_error e = {{0}};
+    if (esim_udid_validate(udid, &e) != ESIM_OK)
+        return cli_usage_error("devsim user-action: --device: %s", e.msg);
+    sim_pki *pki = NULL;
+    if (sim_pki_open(pki_dir, &pki, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm devsim user-action: PKI: %s\n", e.msg);
+        return CLI_EXIT_FAIL;
+    }
+    char path[2048];
+    snprintf(path, sizeof path, "%s/devices/%s.json", data_dir, udid);
+    sim_device *d = NULL;
+    esim_err rc = sim_device_load(pki, path, &d, &e);
+    if (rc != ESIM_OK) {
+        fprintf(stderr, "esim-mdm devsim user-action: %s\n", e.msg);
+        sim_pki_free(pki);
+        return rc == ESIM_ENOTFOUND ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    }
+    sim_action_outcome o;
+    rc = sim_device_user_action(d, a, &o, &e);
+    int code = CLI_EXIT_OK;
+    if (rc != ESIM_OK && rc != ESIM_ESTATE) {
+        fprintf(stderr, "esim-mdm devsim user-action: %s\n", e.msg);
+        code = CLI_EXIT_FAIL;
+    } else {
+        /* The device re-enrols (as after setup) the next time the simulator runs. */
+        if (sim_device_dirty(d) && sim_device_save(d, path, &e) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm devsim user-action: %s\n", e.msg);
+            code = CLI_EXIT_FAIL;
+        }
+        printf("%s: %s\n", o.allowed ? "allowed" : "refused", o.reason);
+        esim_buf b = {0};
+        sim_device_describe_json(d, &b, NULL);
+        json_t *j = json_loads((const char *)b.data, 0, NULL);
+        print_esims(j);
+        json_decref(j);
+        esim_buf_free(&b);
+    }
+    sim_device_free(d);
+    sim_pki_free(pki);
+    return code;
+}
+
+static int cmd_user_action(int argc, char **argv)
+{
+    static const struct option opts[] = {{"device", required_argument, NULL, 'u'},
+                                         {"status", required_argument, NULL, 's'},
+                                         {"data-dir", required_argument, NULL, 'd'},
+                                         {"pki", required_argument, NULL, 'p'},
+                                         {NULL, 0, NULL, 0}};
+    const char *udid = NULL, *status = NULL, *data_dir = NULL, *pki_dir = "pki";
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'u': udid = optarg; break;
+        case 's': status = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'p': pki_dir = optarg; break;
+        default: return cli_usage_error("devsim user-action: see `esim-mdm devsim --help`");
+        }
+    }
+    if (!udid)
+        return cli_usage_error("devsim user-action: --device UDID is required");
+    if (optind + 1 != argc)
+        return cli_usage_error("devsim user-action: name exactly one action (delete-esim, transfer-esim, "
+                               "erase-all-content, passcode-wipe, findmy-erase)");
+    sim_user_action a;
+    esim_error e;
+    if (sim_user_action_parse(argv[optind], &a, &e) != ESIM_OK)
+        return cli_usage_error("devsim user-action: %s", e.msg);
+    if (!status == !data_dir)
+        return cli_usage_error("devsim user-action: give --status URL (a running simulator) or --data-dir DIR "
+                               "(a stopped one's files), not both");
+    if (status)
+        return action_via_status(status, udid, sim_user_action_name(a));
+    return action_on_file(data_dir, pki_dir, udid, a);
+}
+
+/* ---- devsim ------------------------------------------------------------------------- */
+
+int cmd_devsim(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "user-action") == 0) {
+        if (cli_wants_help(argc - 1, argv + 1)) {
+            fputs(devsim_help, stdout);
+            return CLI_EXIT_OK;
+        }
+        return cmd_user_action(argc - 1, argv + 1);
+    }
+    if (cli_wants_help(argc, argv)) {
+        fputs(devsim_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    enum { O_SERVER = 1, O_APNS, O_DEVICES, O_PKI, O_DATA, O_SEED, O_SUP, O_NOTNOW, O_OFFLINE, O_FAIL,
+           O_OS, O_CHANNEL, O_STATUS, O_STATUS_FILE, O_MTLS, O_MAXC, O_DURATION };
+    static const struct option opts[] = {
+        {"server", required_argument, NULL, O_SERVER},
+        {"apns-mock", required_argument, NULL, O_APNS},
+        {"devices", required_argument, NULL, O_DEVICES},
+        {"pki", required_argument, NULL, O_PKI},
+        {"data-dir", required_argument, NULL, O_DATA},
+        {"seed", required_argument, NULL, O_SEED},
+        {"supervised-share", required_argument, NULL, O_SUP},
+        {"notnow-share", required_argument, NULL, O_NOTNOW},
+        {"offline-share", required_argument, NULL, O_OFFLINE},
+        {"fail-share", required_argument, NULL, O_FAIL},
+        {"os-version", required_argument, NULL, O_OS},
+        {"channel", required_argument, NULL, O_CHANNEL},
+        {"status-listen", required_argument, NULL, O_STATUS},
+        {"status-port-file", required_argument, NULL, O_STATUS_FILE},
+        {"tls-client-auth", no_argument, NULL, O_MTLS},
+        {"max-concurrent", required_argument, NULL, O_MAXC},
+        {"duration", required_argument, NULL, O_DURATION},
+        {NULL, 0, NULL, 0}};
+    sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
+    const char *status_file = NULL;
+    unsigned long long v;
+    unsigned duration = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_SERVER: cfg.server_url = optarg; break;
+        case O_APNS: cfg.apns_url = optarg; break;
+        case O_DEVICES:
+            if (!parse_uint(optarg, 10000000, &v) || v == 0)
+                return cli_usage_error("devsim: --devices wants 1..10000000, got '%s'", optarg);
+            cfg.devices = (unsigned)v;
+            break;
+        case O_PKI: cfg.pki_dir = optarg; break;
+        case O_DATA: cfg.data_dir = optarg; break;
+        case O_SEED:
+            if (!parse_uint(optarg, UINT64_MAX, &v))
+                return cli_usage_error("devsim: --seed wants a non-negative integer");
+            cfg.seed = v;
+            break;
+        case O_SUP:
+        case O_NOTNOW:
+        case O_OFFLINE:
+        case O_FAIL: {
+            double *dst = c == O_SUP ? &cfg.supervised_share : c == O_NOTNOW ? &cfg.notnow_share
+                          : c == O_OFFLINE ? &cfg.offline_share : &cfg.fail_share;
+            if (!parse_share(optarg, dst))
+                return cli_usage_error("devsim: shares are numbers from 0 to 1, got '%s'", optarg);
+            break;
+        }
+        case O_OS: cfg.os_version = optarg; break;
+        case O_CHANNEL: cfg.channel = optarg; break;
+        case O_STATUS: cfg.status_listen = optarg; break;
+        case O_STATUS_FILE: status_file = optarg; break;
+        case O_MTLS: cfg.tls_client_auth = true; break;
+        case O_MAXC:
+            if (!parse_uint(optarg, 100000, &v) || v == 0)
+                return cli_usage_error("devsim: --max-concurrent wants 1..100000");
+            cfg.max_concurrent = (unsigned)v;
+            break;
+        case O_DURATION:
+            if (!parse_uint(optarg, 86400 * 365, &v))
+                return cli_usage_error("devsim: --duration wants seconds");
+            duration = (unsigned)v;
+            break;
+        default: return cli_usage_error("devsim: see `esim-mdm devsim --help`");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("devsim: unexpected argument '%s'", argv[optind]);
+    if (!cfg.server_url || !cfg.apns_url || !cfg.devices)
+        return cli_usage_error("devsim: --server, --apns-mock and --devices are required");
+    if (status_file && !cfg.status_listen)
+        return cli_usage_error("devsim: --status-port-file needs --status-listen");
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct event_base *base = event_base_new();
+    sim_devsim *s = NULL;
+    esim_error e = {{0}};
+    esim_err rc = base ? sim_devsim_new(base, &cfg, &s, &e) : ESIM_ENOMEM;
+    int code = CLI_EXIT_OK;
+    if (rc != ESIM_OK) {
+        fprintf(stderr, "esim-mdm devsim: %s\n", e.msg);
+        code = rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    } else if (status_file && !write_port(status_file, sim_devsim_status_port(s))) {
+        code = CLI_EXIT_FAIL;
+    } else {
+        printf("esim-mdm devsim: %u devices against %s", cfg.devices, cfg.server_url);
+        if (cfg.status_listen)
+            printf(", status on http://127.0.0.1:%u/stats", sim_devsim_status_port(s));
+        printf("\n");
+        fflush(stdout);
+        run_loop(base, duration);
+        sim_devsim_stats t = sim_devsim_get_stats(s);
+        printf("esim-mdm devsim: %zu devices, %zu enrolments, %zu pushes, %zu check-ins, %zu commands "
+               "(%zu acknowledged, %zu errors, %zu NotNow), %zu downloads (%zu failed), %zu HTTP errors\n",
+               t.devices, t.enrolled, t.pushes, t.checkins, t.commands, t.acknowledged, t.errors, t.not_now,
+               t.downloads_ok + t.downloads_failed, t.downloads_failed, t.http_errors);
+    }
+    sim_devsim_free(s);
+    if (base)
+        event_base_free(base);
+    curl_global_cleanup();
+    return code;
+}

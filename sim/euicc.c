@@ -22,8 +22,8 @@ struct sim_euicc {
     esim_buf key_der;  /* private key, DER; parsed only when signing */
     esim_buf cert_der; /* eUICC certificate, DER */
     esim_buf eum_der;  /* the EUM certificate that signed it, DER */
-    sim_profile profiles[SIM_MAX_PROFILES];
-    size_t n_profiles;
+    sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
+    size_t n_profiles, cap_profiles;
     sim_notification *notifs;
     size_t n_notifs, cap_notifs; /* grown on demand: most eUICCs owe nothing */
     uint32_t next_seq;
@@ -173,6 +173,7 @@ void sim_euicc_free(sim_euicc *e)
     esim_buf_free(&e->key_der);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der);
+    free(e->profiles);
     free(e->notifs);
     free(e);
 }
@@ -257,6 +258,14 @@ esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, 
     if (e->n_profiles == SIM_MAX_PROFILES) {
         *res = SIM_RES_INSUFFICIENT_MEMORY;
         return ESIM_OK;
+    }
+    if (e->n_profiles == e->cap_profiles) {
+        size_t cap = e->cap_profiles ? e->cap_profiles * 2 : 1;
+        sim_profile *np = realloc(e->profiles, cap * sizeof *np);
+        if (!np)
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        e->profiles = np;
+        e->cap_profiles = cap;
     }
     sim_profile *n = &e->profiles[e->n_profiles++];
     *n = *p;
@@ -532,6 +541,14 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     }
     e->next_seq = (uint32_t)json_integer_value(seq);
     size_t enabled = 0;
+    if (json_array_size(profiles) > 0) {
+        e->cap_profiles = json_array_size(profiles);
+        e->profiles = calloc(e->cap_profiles, sizeof *e->profiles);
+        if (!e->profiles) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < json_array_size(profiles); i++) {
         rc = profile_from_json(json_array_get(profiles, i), &e->profiles[i], err);
         if (rc != ESIM_OK)

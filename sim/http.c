@@ -38,6 +38,7 @@ struct sim_http {
     xfer *xfers;
     sock_ctx *socks; /* every socket curl asked us to watch */
     size_t in_flight;
+    bool closing; /* sim_http_free is cancelling: no new requests */
 };
 
 static void sock_unlink(sim_http *h, sock_ctx *c)
@@ -198,10 +199,19 @@ void sim_http_free(sim_http *h)
 {
     if (!h)
         return;
+    h->closing = true;
     while (h->xfers) {
         xfer *x = h->xfers;
         h->xfers = x->next;
+        if (h->xfers)
+            h->xfers->prev = NULL;
+        h->in_flight--;
         curl_multi_remove_handle(h->multi, x->easy);
+        /* Every request gets its one callback, so its owner can free what
+         * it attached; new requests from inside it are refused. */
+        sim_http_response r = {.err = ESIM_EUNAVAIL};
+        snprintf(r.errmsg, sizeof r.errmsg, "cancelled: the client is shutting down");
+        x->cb(x->arg, &r);
         curl_easy_cleanup(x->easy);
         curl_slist_free_all(x->headers);
         esim_buf_free(&x->req_body);
@@ -224,6 +234,8 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
 {
     if (!h || !req || !req->url || !req->method || !cb)
         return esim_fail(err, ESIM_EINVAL, "a request needs a method, a URL and a callback");
+    if (h->closing)
+        return esim_fail(err, ESIM_EUNAVAIL, "the HTTP client is shutting down");
     xfer *x = calloc(1, sizeof *x);
     if (!x)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");

@@ -190,7 +190,8 @@ typedef struct {
 typedef void (*sim_http_cb)(void *arg, sim_http_response *resp);
 
 esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err);
-/* Cancels what is in flight without calling callbacks. */
+/* Cancels what is in flight: each pending callback runs once with
+ * ESIM_EUNAVAIL ("cancelled"), and sim_http_send from inside it fails. */
 void sim_http_free(sim_http *h);
 /* Starts a request; |cb| runs later from the event loop, exactly once. */
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,

@@ -1,0 +1,1051 @@
+/*
+ * devsim.c — the simulator runtime: N virtual devices in one thread on one
+ * libevent loop. Each enrols (Authenticate, TokenUpdate), registers its push
+ * token with the APNs mock's delivery channel, and on a push checks in and
+ * works through its command queue over HTTP, exactly as an iPhone does.
+ * Misbehaviour (locked, offline, busy eUICC) is drawn per device from a seed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "plist/esim_plist.h"
+#include "sim/sim_internal.h"
+
+#define TICK_MS 50
+#define REGISTER_BATCH 2000
+#define LONGPOLL_WAIT_MS 20000
+#define RETRY_MS 1000
+
+enum {
+    F_QUEUED = 1u << 0,       /* waiting in the check-in queue */
+    F_BUSY = 1u << 1,         /* a check-in, enrolment or download is in flight */
+    F_PUSH_PENDING = 1u << 2, /* a push arrived while busy or offline */
+    F_OFFLINE = 1u << 3,
+    F_REGISTERED = 1u << 4,   /* its current token is on the mock's channel */
+    F_NEED_REG = 1u << 5,
+    F_LOCKED_START = 1u << 6, /* drawn into the NotNow share */
+};
+
+typedef struct {
+    sim_device *dev;
+    uint32_t flags;
+    uint8_t retries;
+} slot;
+
+typedef enum { TIMED_ONLINE, TIMED_UNLOCK, TIMED_ENROLL, TIMED_CHECKIN } timed_kind;
+
+typedef struct {
+    int64_t due;
+    size_t slot;
+    timed_kind kind;
+} timed;
+
+struct sim_devsim {
+    struct event_base *base;
+    sim_pki *pki;
+    sim_http *http;
+    char mdm_url[1024];
+    char apns_url[512];
+    char channel[128];
+    char data_dir[SIM_PATH_MAX];
+    bool https_server;
+    bool tls_client_auth;
+    unsigned max_concurrent, offline_ms, notnow_ms;
+    slot *slots;
+    size_t n;
+    size_t *token_idx; /* open addressing on the token: slot + 1; 0 empty */
+    size_t token_cap;
+    size_t *queue; /* ring of slots waiting to check in */
+    size_t q_head, q_len;
+    size_t active;  /* sessions in flight */
+    timed *timers;
+    size_t n_timers, cap_timers;
+    struct event *tick;
+    bool registering;
+    bool polling;
+    uint64_t after_seq;
+    int64_t poll_retry_at;
+    struct evhttp *status;
+    uint16_t status_port;
+    sim_devsim_stats stats;
+};
+
+/* ---- identities ------------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void sim_devsim_identity(uint64_t seed, unsigned i, char udid[65], char eid[ESIM_EID_LEN + 1])
+{
+    uint64_t x = seed * 1000003ull + i;
+    /* The 8-16 form of newer iPhones' UDIDs. */
+    snprintf(udid, 65, "00008110-%016llX", (unsigned long long)splitmix64(&x));
+    /* EID: a test EUM prefix, the seed, the index, then check digits. */
+    snprintf(eid, ESIM_EID_LEN + 1, "890490320000%06llu%012u00", (unsigned long long)(seed % 1000000), i);
+    esim_eid_set_check_digits(eid, NULL);
+}
+
+static double unit_draw(uint64_t *x) { return (double)(splitmix64(x) >> 11) / 9007199254740992.0; }
+
+/* ---- token index ---------------------------------------------------------------------- */
+
+static size_t token_hash(const unsigned char *t)
+{
+    uint64_t h;
+    memcpy(&h, t, sizeof h);
+    return (size_t)h;
+}
+
+static void token_put(sim_devsim *s, size_t i)
+{
+    size_t len;
+    const unsigned char *t = sim_device_push_token(s->slots[i].dev, &len);
+    size_t k = token_hash(t) & (s->token_cap - 1);
+    while (s->token_idx[k] != 0 && s->token_idx[k] != SIZE_MAX)
+        k = (k + 1) & (s->token_cap - 1);
+    s->token_idx[k] = i + 1;
+}
+
+static size_t token_find(const sim_devsim *s, const unsigned char *t)
+{
+    for (size_t k = token_hash(t) & (s->token_cap - 1);; k = (k + 1) & (s->token_cap - 1)) {
+        size_t v = s->token_idx[k];
+        if (v == 0)
+            return SIZE_MAX;
+        if (v != SIZE_MAX) {
+            size_t len;
+            if (memcmp(sim_device_push_token(s->slots[v - 1].dev, &len), t, 32) == 0)
+                return v - 1;
+        }
+    }
+}
+
+/* Before a device's token changes: leave a tombstone where it was. */
+static void token_forget(sim_devsim *s, size_t i)
+{
+    size_t len;
+    const unsigned char *t = sim_device_push_token(s->slots[i].dev, &len);
+    for (size_t k = token_hash(t) & (s->token_cap - 1); s->token_idx[k] != 0; k = (k + 1) & (s->token_cap - 1))
+        if (s->token_idx[k] == i + 1) {
+            s->token_idx[k] = SIZE_MAX;
+            return;
+        }
+}
+
+/* ---- persistence ----------------------------------------------------------------------- */
+
+static void device_path(const sim_devsim *s, const sim_device *d, char *out, size_t n)
+{
+    snprintf(out, n, "%s/devices/%s.json", s->data_dir, sim_device_udid(d));
+}
+
+/* State files are written only when something changed. */
+static void save_if_dirty(sim_devsim *s, size_t i)
+{
+    sim_device *d = s->slots[i].dev;
+    if (!s->data_dir[0] || !sim_device_dirty(d))
+        return;
+    char path[SIM_PATH_MAX + 128];
+    device_path(s, d, path, sizeof path);
+    sim_device_save(d, path, NULL); /* a failed write is retried at the next change */
+}
+
+/* ---- timers and queue ---------------------------------------------------------------------- */
+
+static void at(sim_devsim *s, int64_t delay_ms, size_t i, timed_kind kind)
+{
+    if (s->n_timers == s->cap_timers) {
+        size_t cap = s->cap_timers ? s->cap_timers * 2 : 64;
+        timed *t = realloc(s->timers, cap * sizeof *t);
+        if (!t)
+            return;
+        s->timers = t;
+        s->cap_timers = cap;
+    }
+    s->timers[s->n_timers++] = (timed){esim_mono_ms() + delay_ms, i, kind};
+}
+
+static void want_checkin(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    if (!sim_device_enrolled(sl->dev))
+        return;
+    if (sl->flags & (F_BUSY | F_OFFLINE)) {
+        sl->flags |= F_PUSH_PENDING; /* handled when it is free or back online */
+        return;
+    }
+    if (sl->flags & F_QUEUED)
+        return;
+    sl->flags |= F_QUEUED;
+    s->queue[(s->q_head + s->q_len++) % s->n] = i;
+}
+
+/* ---- HTTP to the service ---------------------------------------------------------------------- */
+
+typedef enum { REQ_AUTH, REQ_TOKEN, REQ_CHECKIN } req_kind;
+
+typedef struct {
+    sim_devsim *s;
+    size_t slot;
+    req_kind kind;
+    char uuid[128];  /* the command being answered, for a download */
+    bool erase_after, preserve_data_plan;
+} req_ctx;
+
+static void on_service_reply(void *arg, sim_http_response *r);
+static void session_end(sim_devsim *s, size_t i);
+static void start_download(req_ctx *ctx, const char *url);
+
+static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_msg)
+{
+    sim_devsim *s = ctx->s;
+    sim_device *d = s->slots[ctx->slot].dev;
+    esim_buf sig = {0};
+    char sig_hdr[8192];
+    const char *hdrs[3];
+    size_t nh = 0;
+    hdrs[nh++] = checkin_msg ? "Content-Type: application/x-apple-aspen-mdm-checkin"
+                             : "Content-Type: application/x-apple-aspen-mdm";
+    hdrs[nh++] = "User-Agent: MDM/1.0";
+    char cert[SIM_PATH_MAX + 128] = "", key[SIM_PATH_MAX + 64] = "";
+    esim_err rc = ESIM_OK;
+    if (s->tls_client_auth) {
+        char dir[SIM_PATH_MAX + 16];
+        snprintf(dir, sizeof dir, "%s/identities", s->data_dir);
+        esim_mkdirs(dir, 0700, NULL);
+        rc = sim_device_identity_files(d, dir, cert, sizeof cert, key, sizeof key, NULL);
+    } else {
+        rc = sim_device_sign(d, body->data, body->len, &sig, NULL);
+        if (rc == ESIM_OK && sig.len + 32 < sizeof sig_hdr) {
+            snprintf(sig_hdr, sizeof sig_hdr, "Mdm-Signature: %s", (const char *)sig.data);
+            hdrs[nh++] = sig_hdr;
+        }
+    }
+    esim_buf_free(&sig);
+    if (rc != ESIM_OK)
+        return rc;
+    sim_http_request req = {.method = "PUT", .url = s->mdm_url, .headers = hdrs, .n_headers = nh,
+                            .body = body->data, .body_len = body->len,
+                            .ca_file = s->https_server ? sim_pki_ca_file(s->pki) : NULL,
+                            .client_cert_file = cert[0] ? cert : NULL,
+                            .client_key_file = key[0] ? key : NULL, .timeout_ms = 30000};
+    return sim_http_send(s->http, &req, on_service_reply, ctx, NULL);
+}
+
+static void enroll_start(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    sim_device *d = sl->dev;
+    if (sl->flags & F_BUSY)
+        return;
+    char serial[32];
+    snprintf(serial, sizeof serial, "%.31s", sim_device_udid(d) + 9);
+    esim_authenticate_info info = {.udid = sim_device_udid(d), .topic = sim_pki_topic(s->pki),
+                                   .os_version = sim_device_os_version(d), .build_version = "22B83",
+                                   .product_name = "iPhone16,1", .serial_number = serial,
+                                   .device_name = "Simulated iPhone", .model = "MTUW3LL/A"};
+    esim_buf body = {0};
+    req_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx || esim_msg_build_authenticate(&info, &body, NULL) != ESIM_OK) {
+        free(ctx);
+        esim_buf_free(&body);
+        at(s, RETRY_MS, i, TIMED_ENROLL);
+        return;
+    }
+    *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_AUTH};
+    sl->flags |= F_BUSY;
+    s->active++;
+    if (put_to_service(ctx, &body, true) != ESIM_OK) {
+        free(ctx);
+        sl->flags &= ~F_BUSY;
+        s->active--;
+        at(s, RETRY_MS, i, TIMED_ENROLL);
+    }
+    esim_buf_free(&body);
+}
+
+static void checkin_start(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    sl->flags &= ~(F_QUEUED | F_PUSH_PENDING);
+    esim_buf body = {0};
+    req_ctx *ctx = calloc(1, sizeof *ctx);
+    /* A woken device first says Idle; the answer is its next command. */
+    if (!ctx || esim_msg_build_result(sim_device_udid(sl->dev), ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                      ESIM_PLIST_XML, &body, NULL) != ESIM_OK) {
+        free(ctx);
+        esim_buf_free(&body);
+        at(s, RETRY_MS, i, TIMED_CHECKIN);
+        return;
+    }
+    *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_CHECKIN};
+    sl->flags |= F_BUSY;
+    s->active++;
+    s->stats.checkins++;
+    if (put_to_service(ctx, &body, false) != ESIM_OK) {
+        free(ctx);
+        session_end(s, i);
+        at(s, RETRY_MS, i, TIMED_CHECKIN);
+    }
+    esim_buf_free(&body);
+}
+
+static void session_end(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    if (sl->flags & F_BUSY) {
+        sl->flags &= ~F_BUSY;
+        s->active--;
+    }
+    save_if_dirty(s, i);
+    if ((sl->flags & F_PUSH_PENDING) && !(sl->flags & F_OFFLINE))
+        want_checkin(s, i);
+}
+
+/* Sends |result| (a command answer) and keeps the session going. */
+static void send_result(req_ctx *ctx, esim_buf *result)
+{
+    req_ctx *next = calloc(1, sizeof *next);
+    if (!next) {
+        session_end(ctx->s, ctx->slot);
+        return;
+    }
+    *next = (req_ctx){.s = ctx->s, .slot = ctx->slot, .kind = REQ_CHECKIN,
+                      .erase_after = ctx->erase_after, .preserve_data_plan = ctx->preserve_data_plan};
+    if (put_to_service(next, result, false) != ESIM_OK) {
+        free(next);
+        ctx->s->stats.http_errors++;
+        session_end(ctx->s, ctx->slot);
+    }
+}
+
+static void count_status(sim_devsim *s, const esim_buf *result)
+{
+    esim_msg m = {0};
+    if (esim_msg_parse(result->data, result->len, NULL, &m, NULL) == ESIM_OK) {
+        if (m.status == ESIM_STATUS_ACKNOWLEDGED)
+            s->stats.acknowledged++;
+        else if (m.status == ESIM_STATUS_NOT_NOW)
+            s->stats.not_now++;
+        else
+            s->stats.errors++;
+    }
+    esim_msg_free(&m);
+}
+
+static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
+{
+    slot *sl = &s->slots[i];
+    token_forget(s, i);
+    sim_device_erase(sl->dev, keep_esim);
+    token_put(s, i);
+    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
+    save_if_dirty(s, i);
+    /* The wiped phone goes through setup and enrols again. */
+    at(s, 200, i, TIMED_ENROLL);
+}
+
+static void handle_command(req_ctx *ctx, sim_http_response *r)
+{
+    sim_devsim *s = ctx->s;
+    slot *sl = &s->slots[ctx->slot];
+    sim_cmd_outcome o;
+    s->stats.commands++;
+    if (sim_device_handle_command(sl->dev, r->body.data, r->body.len, &o, NULL) != ESIM_OK) {
+        sim_cmd_outcome_free(&o);
+        session_end(s, ctx->slot);
+        return;
+    }
+    if (o.download) {
+        snprintf(ctx->uuid, sizeof ctx->uuid, "%s", o.command_uuid);
+        sim_cmd_outcome_free(&o);
+        start_download(ctx, o.esim_server_url);
+        return;
+    }
+    count_status(s, &o.result);
+    ctx->erase_after = o.erase;
+    ctx->preserve_data_plan = o.preserve_data_plan;
+    send_result(ctx, &o.result);
+    sim_cmd_outcome_free(&o);
+    free(ctx);
+}
+
+static void on_service_reply(void *arg, sim_http_response *r)
+{
+    req_ctx *ctx = arg;
+    sim_devsim *s = ctx->s;
+    size_t i = ctx->slot;
+    slot *sl = &s->slots[i];
+    if (r->err != ESIM_OK || r->status != 200) {
+        s->stats.http_errors++;
+        bool enrolling = ctx->kind != REQ_CHECKIN;
+        free(ctx);
+        session_end(s, i);
+        if (enrolling || sl->retries < 3) {
+            if (!enrolling)
+                sl->retries++;
+            at(s, RETRY_MS, i, enrolling ? TIMED_ENROLL : TIMED_CHECKIN);
+        }
+        return;
+    }
+    sl->retries = 0;
+    if (ctx->kind == REQ_AUTH) {
+        size_t tl;
+        const unsigned char *tok = sim_device_push_token(sl->dev, &tl);
+        esim_buf body = {0};
+        ctx->kind = REQ_TOKEN;
+        if (esim_msg_build_token_update(sim_device_udid(sl->dev), sim_pki_topic(s->pki), tok, tl,
+                                        sim_device_push_magic(sl->dev), &body, NULL) != ESIM_OK ||
+            put_to_service(ctx, &body, true) != ESIM_OK) {
+            free(ctx);
+            session_end(s, i);
+            at(s, RETRY_MS, i, TIMED_ENROLL);
+        }
+        esim_buf_free(&body);
+        return;
+    }
+    if (ctx->kind == REQ_TOKEN) {
+        free(ctx);
+        sim_device_set_enrolled(sl->dev, true);
+        s->stats.enrolled++;
+        sl->flags |= F_NEED_REG;
+        session_end(s, i);
+        return;
+    }
+    /* A check-in answer: a command, or an empty body when the queue is empty. */
+    if (ctx->erase_after) {
+        /* EraseDevice was acknowledged: the device wipes now and does not
+         * answer again. */
+        bool keep = ctx->preserve_data_plan;
+        free(ctx);
+        session_end(s, i);
+        reenroll_after_erase(s, i, keep);
+        return;
+    }
+    if (r->body.len == 0) {
+        free(ctx);
+        session_end(s, i);
+        return;
+    }
+    handle_command(ctx, r);
+}
+
+/* ---- RefreshCellularPlans: the LPA, then the answer ----------------------------------------------- */
+
+typedef struct {
+    req_ctx *ctx;
+    esim_buf result;
+} dl_ctx;
+
+static void after_notifications(void *arg, size_t still)
+{
+    (void)still;
+    dl_ctx *dc = arg;
+    send_result(dc->ctx, &dc->result);
+    esim_buf_free(&dc->result);
+    free(dc->ctx);
+    free(dc);
+}
+
+static void after_download(void *arg, const sim_download_result *r)
+{
+    req_ctx *ctx = arg;
+    sim_devsim *s = ctx->s;
+    sim_device *d = s->slots[ctx->slot].dev;
+    dl_ctx *dc = calloc(1, sizeof *dc);
+    if (!dc) {
+        session_end(s, ctx->slot);
+        free(ctx);
+        return;
+    }
+    dc->ctx = ctx;
+    if (r->err == ESIM_OK)
+        s->stats.downloads_ok++;
+    else
+        s->stats.downloads_failed++;
+    if (sim_device_finish_download(d, ctx->uuid, r, &dc->result, NULL) != ESIM_OK) {
+        esim_buf_free(&dc->result);
+        free(dc);
+        session_end(s, ctx->slot);
+        free(ctx);
+        return;
+    }
+    count_status(s, &dc->result);
+    save_if_dirty(s, ctx->slot);
+    /* Install and enable notifications go to the SM-DP+ before the device
+     * reports back, so "Acknowledged" means the operator knows too. */
+    if (sim_lpa_send_notifications(s->http, sim_device_euicc(d), sim_pki_ca_file(s->pki),
+                                   after_notifications, dc, NULL) != ESIM_OK)
+        after_notifications(dc, 0);
+}
+
+static void start_download(req_ctx *ctx, const char *url)
+{
+    sim_devsim *s = ctx->s;
+    sim_device *d = s->slots[ctx->slot].dev;
+    esim_error err;
+    if (sim_lpa_download(s->http, sim_device_euicc(d), url, sim_pki_ca_file(s->pki), NULL,
+                         after_download, ctx, &err) != ESIM_OK) {
+        sim_download_result r = {.err = ESIM_EINVAL};
+        snprintf(r.message, sizeof r.message, "%.250s", err.msg);
+        after_download(ctx, &r);
+    }
+}
+
+/* ---- APNs mock: token registration and deliveries --------------------------------------------------- */
+
+typedef struct {
+    sim_devsim *s;
+    size_t *slots;
+    size_t n;
+} reg_ctx;
+
+static void on_registered(void *arg, sim_http_response *r)
+{
+    reg_ctx *rc = arg;
+    sim_devsim *s = rc->s;
+    s->registering = false;
+    bool ok = r->err == ESIM_OK && r->status == 200;
+    for (size_t k = 0; k < rc->n; k++) {
+        slot *sl = &s->slots[rc->slots[k]];
+        if (!ok) {
+            sl->flags |= F_NEED_REG;
+            continue;
+        }
+        sl->flags |= F_REGISTERED;
+        /* A freshly enrolled device checks in once, so nothing pushed before
+         * its token reached the mock is missed. */
+        want_checkin(s, rc->slots[k]);
+    }
+    if (!ok)
+        s->stats.http_errors++;
+    free(rc->slots);
+    free(rc);
+}
+
+static void register_tokens(sim_devsim *s)
+{
+    if (s->registering || !s->apns_url[0])
+        return;
+    json_t *tokens = json_array();
+    reg_ctx *rc = calloc(1, sizeof *rc);
+    if (!tokens || !rc || !(rc->slots = calloc(REGISTER_BATCH, sizeof *rc->slots))) {
+        json_decref(tokens);
+        if (rc)
+            free(rc->slots);
+        free(rc);
+        return;
+    }
+    rc->s = s;
+    for (size_t i = 0; i < s->n && rc->n < REGISTER_BATCH; i++) {
+        slot *sl = &s->slots[i];
+        if (!(sl->flags & F_NEED_REG))
+            continue;
+        size_t tl;
+        const unsigned char *t = sim_device_push_token(sl->dev, &tl);
+        esim_buf hex = {0};
+        esim_hex_encode(t, tl, &hex);
+        json_array_append_new(tokens, json_string((const char *)hex.data));
+        esim_buf_free(&hex);
+        sl->flags &= ~F_NEED_REG;
+        rc->slots[rc->n++] = i;
+    }
+    if (rc->n == 0) {
+        json_decref(tokens);
+        free(rc->slots);
+        free(rc);
+        return;
+    }
+    json_t *body = json_pack("{s:o, s:s}", "tokens", tokens, "topic", sim_pki_topic(s->pki));
+    char *txt = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    char url[700];
+    snprintf(url, sizeof url, "%s/tokens?channel=%s", s->apns_url, s->channel);
+    static const char *const hdrs[] = {"Content-Type: application/json"};
+    sim_http_request req = {.method = "POST", .url = url, .headers = hdrs, .n_headers = 1,
+                            .body = txt, .body_len = txt ? strlen(txt) : 0, .timeout_ms = 30000};
+    s->registering = true;
+    if (!txt || sim_http_send(s->http, &req, on_registered, rc, NULL) != ESIM_OK) {
+        sim_http_response fail = {.err = ESIM_EUNAVAIL};
+        on_registered(rc, &fail);
+    }
+    free(txt);
+}
+
+static void on_deliveries(void *arg, sim_http_response *r)
+{
+    sim_devsim *s = arg;
+    s->polling = false;
+    json_t *j = r->err == ESIM_OK && r->status == 200
+                    ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL)
+                    : NULL;
+    json_t *pushes = json_object_get(j, "pushes"), *next = json_object_get(j, "next");
+    if (!json_is_array(pushes) || !json_is_integer(next)) {
+        s->stats.http_errors++;
+        s->poll_retry_at = esim_mono_ms() + RETRY_MS;
+        json_decref(j);
+        return;
+    }
+    s->after_seq = (uint64_t)json_integer_value(next);
+    size_t k;
+    json_t *p;
+    json_array_foreach(pushes, k, p)
+    {
+        esim_buf tok = {0};
+        const char *hex = sim_json_str(p, "token"), *magic = sim_json_str(p, "push_magic");
+        if (hex && esim_hex_decode(hex, &tok, NULL) == ESIM_OK && tok.len == 32) {
+            size_t i = token_find(s, tok.data);
+            /* A device only answers a push carrying its own PushMagic. */
+            if (i != SIZE_MAX && magic && strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
+                s->stats.pushes++;
+                want_checkin(s, i);
+            }
+        }
+        esim_buf_free(&tok);
+    }
+    json_decref(j);
+}
+
+static void poll_deliveries(sim_devsim *s)
+{
+    if (s->polling || !s->apns_url[0] || esim_mono_ms() < s->poll_retry_at)
+        return;
+    char url[800];
+    snprintf(url, sizeof url, "%s/deliveries?channel=%s&after=%llu&wait_ms=%d&limit=5000", s->apns_url,
+             s->channel, (unsigned long long)s->after_seq, LONGPOLL_WAIT_MS);
+    sim_http_request req = {.method = "GET", .url = url, .timeout_ms = LONGPOLL_WAIT_MS + 10000};
+    if (sim_http_send(s->http, &req, on_deliveries, s, NULL) == ESIM_OK)
+        s->polling = true;
+    else
+        s->poll_retry_at = esim_mono_ms() + RETRY_MS;
+}
+
+/* ---- the tick ---------------------------------------------------------------------------------- */
+
+static void run_timers(sim_devsim *s)
+{
+    int64_t now = esim_mono_ms();
+    for (size_t k = 0; k < s->n_timers;) {
+        if (s->timers[k].due > now) {
+            k++;
+            continue;
+        }
+        timed t = s->timers[k];
+        s->timers[k] = s->timers[--s->n_timers];
+        slot *sl = &s->slots[t.slot];
+        switch (t.kind) {
+        case TIMED_ONLINE:
+            /* Back in coverage: the device checks in if it missed a push. */
+            sl->flags &= ~F_OFFLINE;
+            if (sl->flags & F_PUSH_PENDING)
+                want_checkin(s, t.slot);
+            break;
+        case TIMED_UNLOCK: {
+            sim_device_quirks q = {0};
+            sim_device_set_quirks(sl->dev, &q);
+            /* iOS checks in again when unlocked after answering NotNow. */
+            want_checkin(s, t.slot);
+            break;
+        }
+        case TIMED_ENROLL:
+            if (!sim_device_enrolled(sl->dev))
+                enroll_start(s, t.slot);
+            break;
+        case TIMED_CHECKIN:
+            want_checkin(s, t.slot);
+            break;
+        }
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sim_devsim *s = arg;
+    run_timers(s);
+    register_tokens(s);
+    poll_deliveries(s);
+    while (s->q_len > 0 && s->active < s->max_concurrent) {
+        size_t i = s->queue[s->q_head];
+        s->q_head = (s->q_head + 1) % s->n;
+        s->q_len--;
+        slot *sl = &s->slots[i];
+        sl->flags &= ~F_QUEUED;
+        if (sl->flags & (F_BUSY | F_OFFLINE)) {
+            sl->flags |= F_PUSH_PENDING;
+            continue;
+        }
+        checkin_start(s, i);
+    }
+}
+
+/* ---- status endpoint --------------------------------------------------------------------------- */
+
+static json_t *stats_json(const sim_devsim *s)
+{
+    const sim_devsim_stats *t = &s->stats;
+    size_t with_esim = 0, enrolled = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        enrolled += sim_device_enrolled(s->slots[i].dev);
+        with_esim += sim_euicc_enabled(sim_device_euicc_const(s->slots[i].dev)) != NULL;
+    }
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices",
+                     (json_int_t)s->n, "enrolled_now", (json_int_t)enrolled, "esim_enabled",
+                     (json_int_t)with_esim, "enrolments", (json_int_t)t->enrolled, "pushes",
+                     (json_int_t)t->pushes, "checkins", (json_int_t)t->checkins, "commands",
+                     (json_int_t)t->commands, "acknowledged", (json_int_t)t->acknowledged, "errors",
+                     (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
+                     (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
+                     "http_errors", (json_int_t)t->http_errors);
+}
+
+static void status_reply(struct evhttp_request *req, int code, const char *json_text)
+{
+    struct evbuffer *out = evbuffer_new();
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    if (out && json_text)
+        evbuffer_add(out, json_text, strlen(json_text));
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", out);
+    if (out)
+        evbuffer_free(out);
+}
+
+static void status_reply_json(struct evhttp_request *req, int code, json_t *j)
+{
+    char *t = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    status_reply(req, code, t ? t : "{}");
+    free(t);
+    json_decref(j);
+}
+
+static void on_status(struct evhttp_request *req, void *arg)
+{
+    sim_devsim *s = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    char path[256];
+    size_t n = strcspn(uri, "?");
+    if (n >= sizeof path) {
+        status_reply_json(req, 404, json_pack("{s:s}", "error", "not found"));
+        return;
+    }
+    memcpy(path, uri, n);
+    path[n] = '\0';
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (strcmp(path, "/stats") == 0) {
+        status_reply_json(req, 200, stats_json(s));
+        return;
+    }
+    if (strcmp(path, "/devices") == 0) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < s->n; i++) {
+            sim_device *d = s->slots[i].dev;
+            const sim_profile *p = sim_euicc_enabled(sim_device_euicc_const(d));
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:b, s:s?}", "udid", sim_device_udid(d), "eid",
+                                                 sim_euicc_eid(sim_device_euicc_const(d)), "enrolled",
+                                                 sim_device_enrolled(d), "iccid", p ? p->iccid : NULL));
+        }
+        status_reply_json(req, 200, json_pack("{s:o}", "devices", arr));
+        return;
+    }
+    if (strncmp(path, "/devices/", 9) == 0) {
+        char udid[65];
+        const char *rest = path + 9, *slash = strchr(rest, '/');
+        size_t ul = slash ? (size_t)(slash - rest) : strlen(rest);
+        if (ul == 0 || ul >= sizeof udid) {
+            status_reply_json(req, 404, json_pack("{s:s}", "error", "no such device"));
+            return;
+        }
+        memcpy(udid, rest, ul);
+        udid[ul] = '\0';
+        sim_device *d = sim_devsim_find(s, udid);
+        if (!d) {
+            status_reply_json(req, 404, json_pack("{s:s}", "error", "no such device"));
+            return;
+        }
+        if (!slash && m == EVHTTP_REQ_GET) {
+            esim_buf b = {0};
+            sim_device_describe_json(d, &b, NULL);
+            status_reply(req, 200, (const char *)b.data);
+            esim_buf_free(&b);
+            return;
+        }
+        if (slash && strncmp(slash, "/actions/", 9) == 0 && m == EVHTTP_REQ_POST) {
+            sim_user_action a;
+            esim_error err;
+            if (sim_user_action_parse(slash + 9, &a, &err) != ESIM_OK) {
+                status_reply_json(req, 400, json_pack("{s:s}", "error", err.msg));
+                return;
+            }
+            sim_action_outcome o;
+            esim_err rc = sim_devsim_user_action(s, udid, a, &o, &err);
+            esim_buf b = {0};
+            sim_device_describe_json(d, &b, NULL);
+            json_t *dj = json_loads((const char *)b.data, 0, NULL);
+            esim_buf_free(&b);
+            status_reply_json(req, rc == ESIM_OK || rc == ESIM_ESTATE ? 200 : 500,
+                              json_pack("{s:s, s:b, s:b, s:b, s:s, s:o?}", "action", sim_user_action_name(a),
+                                        "allowed", o.allowed, "erased", o.erased, "esim_kept", o.esim_kept,
+                                        "reason", o.reason, "device", dj));
+            return;
+        }
+    }
+    status_reply_json(req, 404, json_pack("{s:s}", "error", "not found"));
+}
+
+static esim_err start_status(sim_devsim *s, const char *listen, esim_error *err)
+{
+    char host[128];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || (size_t)(colon - listen) >= sizeof host || colon == listen)
+        return esim_fail(err, ESIM_EINVAL, "--status-listen wants HOST:PORT, got '%s'", listen);
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535)
+        return esim_fail(err, ESIM_EINVAL, "--status-listen port must be 0..65535");
+    s->status = evhttp_new(s->base);
+    if (!s->status)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    evhttp_set_gencb(s->status, on_status, s);
+    evhttp_set_allowed_methods(s->status, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->status, host, (uint16_t)port);
+    if (!bs)
+        return esim_fail(err, ESIM_EIO, "cannot listen on %s for the status endpoint", listen);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl);
+    s->status_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                    : ((struct sockaddr_in *)&ss)->sin_port);
+    return ESIM_OK;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------------ */
+
+static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsigned i, esim_error *err)
+{
+    char udid[65], eid[ESIM_EID_LEN + 1];
+    sim_devsim_identity(cfg->seed, i, udid, eid);
+    sim_device *d = NULL;
+    esim_err rc = ESIM_ENOTFOUND;
+    if (s->data_dir[0]) {
+        char path[SIM_PATH_MAX + 128];
+        snprintf(path, sizeof path, "%s/devices/%s.json", s->data_dir, udid);
+        rc = sim_device_load(s->pki, path, &d, err);
+        if (rc != ESIM_OK && rc != ESIM_ENOTFOUND)
+            return rc;
+    }
+    uint64_t x = cfg->seed ^ (0xabcdefull * (i + 1));
+    bool supervised = unit_draw(&x) < cfg->supervised_share;
+    bool notnow = unit_draw(&x) < cfg->notnow_share;
+    bool offline = unit_draw(&x) < cfg->offline_share;
+    bool failing = unit_draw(&x) < cfg->fail_share;
+    if (rc == ESIM_ENOTFOUND) {
+        static const char *const mix[] = {"18.1", "17.4", "16.4"};
+        sim_device_spec spec = {.udid = udid, .eid = eid, .supervised = supervised,
+                                .os_version = cfg->os_version ? cfg->os_version : mix[i % 3]};
+        rc = sim_device_new(s->pki, &spec, &d, err);
+        if (rc != ESIM_OK)
+            return rc;
+    }
+    slot *sl = &s->slots[i];
+    sl->dev = d;
+    sim_device_quirks q = {.locked = notnow, .fail_download = failing};
+    sim_device_set_quirks(d, &q);
+    if (notnow)
+        at(s, s->notnow_ms, i, TIMED_UNLOCK);
+    if (offline) {
+        sl->flags |= F_OFFLINE;
+        at(s, s->offline_ms, i, TIMED_ONLINE);
+    }
+    if (sim_device_enrolled(d)) {
+        s->stats.enrolled++;
+        sl->flags |= F_NEED_REG; /* the mock does not remember tokens across runs */
+    } else {
+        at(s, 0, i, TIMED_ENROLL);
+    }
+    return ESIM_OK;
+}
+
+esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, sim_devsim **out,
+                        esim_error *err)
+{
+    if (!base || !cfg || !out || !cfg->pki_dir)
+        return esim_fail(err, ESIM_EINVAL, "devsim needs an event base and a PKI directory");
+    if (!cfg->server_url || (strncmp(cfg->server_url, "http://", 7) != 0 && strncmp(cfg->server_url, "https://", 8) != 0))
+        return esim_fail(err, ESIM_EINVAL, "--server must be an http:// or https:// URL of the MDM service");
+    if (cfg->apns_url && strncmp(cfg->apns_url, "http://", 7) != 0 && strncmp(cfg->apns_url, "https://", 8) != 0)
+        return esim_fail(err, ESIM_EINVAL, "--apns-mock must be the http:// URL of the mock's delivery listener");
+    if (cfg->devices == 0 || cfg->devices > 10000000)
+        return esim_fail(err, ESIM_EINVAL, "--devices must be 1..10000000");
+    double shares[] = {cfg->supervised_share, cfg->notnow_share, cfg->offline_share, cfg->fail_share};
+    for (size_t k = 0; k < 4; k++)
+        if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
+            return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
+    if (cfg->tls_client_auth && !cfg->data_dir)
+        return esim_fail(err, ESIM_EINVAL, "TLS client authentication needs --data-dir for the identity files");
+    if ((cfg->channel && strlen(cfg->channel) >= 128) || (cfg->data_dir && strlen(cfg->data_dir) >= SIM_PATH_MAX - 128) ||
+        strlen(cfg->server_url) >= 1000 || (cfg->apns_url && strlen(cfg->apns_url) >= 500))
+        return esim_fail(err, ESIM_EINVAL, "a URL, channel or path is too long");
+    if (cfg->channel)
+        for (const char *c = cfg->channel; *c; c++)
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
+                return esim_fail(err, ESIM_EINVAL, "channel names use letters, digits, '-' and '_'");
+    sim_devsim *s = calloc(1, sizeof *s);
+    if (!s)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    s->base = base;
+    s->n = cfg->devices;
+    s->max_concurrent = cfg->max_concurrent ? cfg->max_concurrent : 64;
+    s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;
+    s->notnow_ms = cfg->notnow_ms ? cfg->notnow_ms : 2000;
+    s->tls_client_auth = cfg->tls_client_auth;
+    snprintf(s->channel, sizeof s->channel, "%s", cfg->channel ? cfg->channel : "devsim");
+    /* A URL without a path gets the conventional /mdm (check-in and commands share it). */
+    const char *after_scheme = strstr(cfg->server_url, "://") + 3;
+    const char *path = strchr(after_scheme, '/');
+    if (!path || strcmp(path, "/") == 0)
+        snprintf(s->mdm_url, sizeof s->mdm_url, "%.*s/mdm", (int)(path ? (size_t)(path - cfg->server_url) : strlen(cfg->server_url)), cfg->server_url);
+    else
+        snprintf(s->mdm_url, sizeof s->mdm_url, "%s", cfg->server_url);
+    s->https_server = strncmp(cfg->server_url, "https://", 8) == 0;
+    if (cfg->apns_url) {
+        snprintf(s->apns_url, sizeof s->apns_url, "%s", cfg->apns_url);
+        size_t al = strlen(s->apns_url);
+        while (al > 0 && s->apns_url[al - 1] == '/')
+            s->apns_url[--al] = '\0';
+    }
+    esim_err rc;
+    if (cfg->data_dir) {
+        snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
+        char d[SIM_PATH_MAX + 16];
+        snprintf(d, sizeof d, "%s/devices", s->data_dir);
+        if ((rc = esim_mkdirs(d, 0700, err)) != ESIM_OK)
+            goto fail;
+    }
+    if ((rc = sim_pki_open(cfg->pki_dir, &s->pki, err)) != ESIM_OK || (rc = sim_http_new(base, &s->http, err)) != ESIM_OK)
+        goto fail;
+    s->token_cap = 64;
+    while (s->token_cap < s->n * 2)
+        s->token_cap *= 2;
+    s->slots = calloc(s->n, sizeof *s->slots);
+    s->queue = calloc(s->n, sizeof *s->queue);
+    s->token_idx = calloc(s->token_cap, sizeof *s->token_idx);
+    s->tick = event_new(base, -1, EV_PERSIST, on_tick, s);
+    if (!s->slots || !s->queue || !s->token_idx || !s->tick) {
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", s->n);
+        goto fail;
+    }
+    for (unsigned i = 0; i < cfg->devices; i++) {
+        if ((rc = make_or_load(s, cfg, i, err)) != ESIM_OK)
+            goto fail;
+        token_put(s, i);
+        save_if_dirty(s, i);
+    }
+    if (cfg->status_listen && (rc = start_status(s, cfg->status_listen, err)) != ESIM_OK)
+        goto fail;
+    struct timeval tv = {0, TICK_MS * 1000};
+    event_add(s->tick, &tv);
+    *out = s;
+    return ESIM_OK;
+fail:
+    sim_devsim_free(s);
+    return rc;
+}
+
+void sim_devsim_free(sim_devsim *s)
+{
+    if (!s)
+        return;
+    if (s->status)
+        evhttp_free(s->status);
+    if (s->tick)
+        event_free(s->tick);
+    /* In-flight requests get their callbacks (cancelled) first, which free
+     * their contexts; the devices are still alive for them. */
+    sim_http_free(s->http);
+    s->http = NULL;
+    for (size_t i = 0; s->slots && i < s->n; i++) {
+        if (s->slots[i].dev) {
+            save_if_dirty(s, i);
+            sim_device_free(s->slots[i].dev);
+        }
+    }
+    free(s->slots);
+    free(s->queue);
+    free(s->token_idx);
+    free(s->timers);
+    sim_pki_free(s->pki);
+    free(s);
+}
+
+uint16_t sim_devsim_status_port(const sim_devsim *s) { return s->status_port; }
+size_t sim_devsim_device_count(const sim_devsim *s) { return s->n; }
+sim_device *sim_devsim_device_at(sim_devsim *s, size_t i) { return i < s->n ? s->slots[i].dev : NULL; }
+sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
+{
+    sim_devsim_stats t = s->stats;
+    t.devices = s->n;
+    return t;
+}
+
+sim_device *sim_devsim_find(sim_devsim *s, const char *udid)
+{
+    for (size_t i = 0; udid && i < s->n; i++)
+        if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
+            return s->slots[i].dev;
+    return NULL;
+}
+
+static void after_action_notifications(void *arg, size_t still)
+{
+    (void)arg;
+    (void)still;
+}
+
+esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action a,
+                                sim_action_outcome *out, esim_error *err)
+{
+    size_t i;
+    for (i = 0; i < s->n; i++)
+        if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
+            break;
+    if (i == s->n)
+        return esim_fail(err, ESIM_ENOTFOUND, "no simulated device %s", udid ? udid : "(null)");
+    slot *sl = &s->slots[i];
+    /* An erase replaces the push token: take the old one out of the index first. */
+    bool erases = a == SIM_ACTION_ERASE_ALL_CONTENT || a == SIM_ACTION_PASSCODE_WIPE || a == SIM_ACTION_FINDMY_ERASE;
+    if (erases)
+        token_forget(s, i);
+    esim_err rc = sim_device_user_action(sl->dev, a, out, err);
+    if (erases) {
+        token_put(s, i);
+        if (out->erased) {
+            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
+            at(s, 200, i, TIMED_ENROLL);
+        }
+    }
+    /* Deletions owe the SM-DP+ a notification. */
+    if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
+        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), sim_pki_ca_file(s->pki),
+                                   after_action_notifications, NULL, NULL);
+    save_if_dirty(s, i);
+    return rc;
+}
