@@ -483,7 +483,7 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
             snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
             for (size_t k = 0; k < n_subs; k++)
                 if (strcmp(subs[k].eid, d->eid) == 0 && (!d->iccid[0] || strcmp(subs[k].iccid, d->iccid) == 0))
-                    snprintf(facts.iccid, sizeof facts.iccid, "%s", subs[k].iccid);
+                    snprintf(facts.iccid, sizeof facts.iccid, "%.20s", subs[k].iccid);
             facts.verified_ms = now;
         }
     }
@@ -1339,7 +1339,7 @@ esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json
     size_t matched = 0, n_unmatched = 0;
     for (size_t i = 0; i < imp.n_eids; i++) {
         char key[64];
-        snprintf(key, sizeof key, "%s", imp.eids[i].serial);
+        snprintf(key, sizeof key, "%.63s", imp.eids[i].serial);
         if (n_serials && bsearch(key, serials, n_serials, sizeof *serials, cmp_serial)) {
             matched++;
             continue;

@@ -11,6 +11,7 @@
 
 #include "service/campaign.h"
 #include "service/service.h"
+#include "service/service_internal.h"
 
 /* ======================================================================
  * The campaign database (campaign_store.c): <data_dir>/campaigns.db, SQLite
@@ -143,5 +144,27 @@ esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, jso
 /* What a support engineer would check, as JSON: checks[] (each with name,
  * ok, detail), conclusion, next_action, kind. ESIM_ENOTFOUND unknown device. */
 esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err);
+
+/* ======================================================================
+ * Admin API handlers (api_campaign.c); api.c's route table names them.
+ * ====================================================================== */
+
+void api_campaign_create(api_request *r);  /* POST /v1/campaigns */
+void api_campaign_list(api_request *r);    /* GET  /v1/campaigns */
+void api_campaign_get(api_request *r);     /* GET  /v1/campaigns/:id */
+void api_campaign_devices(api_request *r); /* GET  /v1/campaigns/:id/devices?state=&after=&limit= */
+void api_campaign_pause(api_request *r);   /* POST /v1/campaigns/:id/pause */
+void api_campaign_resume(api_request *r);  /* POST /v1/campaigns/:id/resume */
+void api_campaign_cancel(api_request *r);  /* POST /v1/campaigns/:id/cancel */
+void api_import_eids(api_request *r);      /* POST /v1/import/eids (CSV body) */
+void api_import_codes(api_request *r);     /* POST /v1/import/activation-codes */
+void api_group_create(api_request *r);     /* POST /v1/groups {name, udids} */
+void api_group_list(api_request *r);       /* GET  /v1/groups */
+void api_group_get(api_request *r);        /* GET  /v1/groups/:name */
+void api_group_members(api_request *r);    /* POST /v1/groups/:name/members {add, remove} */
+void api_group_delete(api_request *r);     /* DELETE /v1/groups/:name */
+void api_device_tags_get(api_request *r);  /* GET  /v1/devices/:udid/tags */
+void api_device_tags_post(api_request *r); /* POST /v1/devices/:udid/tags {add, remove} */
+void api_device_diagnosis(api_request *r); /* GET  /v1/devices/:udid/diagnosis */
 
 #endif

@@ -1,0 +1,353 @@
+/*
+ * campaign_diagnose.c — `esim-mdm diagnose UDID`: the checks a support
+ * engineer walks through (enrolment and token, the last push and APNs's
+ * answer, check-ins since, the commands and their answers in words, the
+ * restrictions in force, the expected eSIM and its verification), ending in
+ * one plain-English conclusion and the next action.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "service/campaign_service.h"
+#include "service/service_internal.h"
+
+typedef struct {
+    json_t *checks;
+    const char *kind;
+    char conclusion[600];
+    char next[400];
+} diag;
+
+static void fmt_time(int64_t ms, char out[40])
+{
+    if (ms <= 0) {
+        snprintf(out, 40, "never");
+        return;
+    }
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, 40, "%04d-%02d-%02d %02d:%02d:%02d UTC", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+static void check(diag *d, const char *name, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ok: 1 yes, 0 no, -1 not applicable / unknown. */
+static void check(diag *d, const char *name, int ok, const char *fmt, ...)
+{
+    char buf[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    json_array_append_new(d->checks, json_pack("{s:s, s:o, s:s}", "name", name, "ok",
+                                               ok < 0 ? json_null() : json_boolean(ok), "detail",
+                                               buf));
+}
+
+static void conclude(diag *d, const char *kind, const char *next, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void conclude(diag *d, const char *kind, const char *next, const char *fmt, ...)
+{
+    if (d->kind)
+        return; /* the first, most basic finding wins */
+    d->kind = kind;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->conclusion, sizeof d->conclusion, fmt, ap);
+    va_end(ap);
+    snprintf(d->next, sizeof d->next, "%s", next);
+}
+
+/* The first error of a stored chain, in words: "36003 (cellular stack busy)". */
+static void chain_words(const char *json, char *out, size_t len, int64_t *code)
+{
+    out[0] = '\0';
+    *code = 0;
+    json_t *arr = json ? json_loads(json, 0, NULL) : NULL;
+    json_t *first = json_array_get(arr, 0);
+    if (first) {
+        *code = json_integer_value(json_object_get(first, "error_code"));
+        const char *text = json_string_value(json_object_get(first, "us_english_description"));
+        if (!text || !*text)
+            text = json_string_value(json_object_get(first, "localized_description"));
+        const char *dom = json_string_value(json_object_get(first, "error_domain"));
+        snprintf(out, len, "error %lld%s%s%s: %s", (long long)*code, dom ? " (" : "", dom ? dom : "",
+                 dom ? ")" : "", text && *text ? text : "no description");
+    }
+    json_decref(arr);
+}
+
+static const char *push_words(uint8_t s)
+{
+    static const char *const w[] = {"none was sent",
+                                    "APNs accepted it",
+                                    "no APNs is configured: the device gets it at its next check-in",
+                                    "not sent: the device has no push token",
+                                    "not sent: APNs said the token is dead",
+                                    "the APNs client refused it"};
+    return s < 6 ? w[s] : "unknown";
+}
+
+static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const campaign_dev *cd,
+                               const cstore_facts *f, const store_device *dev)
+{
+    (void)cs;
+    const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
+    bool installed = spec && spec->steps[CAMPAIGN_STEP_PROFILE] &&
+                     (cd->step > CAMPAIGN_STEP_PROFILE || cd->state == CDEV_VERIFIED ||
+                      cd->state == CDEV_DONE);
+    if (!installed) {
+        check(d, "restrictions", -1, "no eSIM restrictions profile was installed by a campaign");
+        return;
+    }
+    const char *os = f->os_version[0] ? f->os_version : dev->os_version;
+    esim_ignored_key ig[4];
+    size_t n = esim_policy_ignored_keys(&spec->policy, os[0] ? os : NULL, f->supervised != 0, ig);
+    esim_policy eff = esim_policy_effective(&spec->policy, os[0] ? os : NULL, f->supervised != 0);
+    char inforce[400] = "";
+    size_t o = 0;
+    if (eff.allow_esim_modification == ESIM_TRI_FALSE)
+        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
+                              "allowESIMModification=false (the user cannot delete or change the eSIM); ");
+    if (eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE && o < sizeof inforce)
+        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
+                              "forcePreserveESIMOnErase=true (the eSIM survives Erase All Content "
+                              "and passcode wipes, not a Find My erase); ");
+    if (eff.allow_esim_outgoing_transfers == ESIM_TRI_FALSE && o < sizeof inforce)
+        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
+                              "allowESIMOutgoingTransfers=false (Quick Transfer is blocked); ");
+    char ignored[400] = "";
+    size_t p = 0;
+    for (size_t i = 0; i < n && p < sizeof ignored; i++)
+        p += (size_t)snprintf(ignored + p, sizeof ignored - p, "%s%s %s", i ? "; " : "", ig[i].key,
+                              ig[i].reason);
+    check(d, "restrictions", n == 0, "in force: %s%s%s", o ? inforce : "none",
+          n ? " ignored by this device: " : "", n ? ignored : "");
+    if (f->supervised < 0)
+        check(d, "supervision", -1, "unknown: no DeviceInformation answer has said yet");
+}
+
+esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err)
+{
+    esim_err rc = esim_udid_validate(udid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store *st = esim_service_store(campaigns_service(cs));
+    store_device dev;
+    if ((rc = st->ops->device_get(st, udid, &dev, err)) != ESIM_OK)
+        return rc == ESIM_ENOTFOUND ? esim_fail(err, ESIM_ENOTFOUND,
+                                                "no device %s: it never enrolled with this service", udid)
+                                    : rc;
+    diag d = {.checks = json_array()};
+    if (!d.checks)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    char t1[40], t2[40];
+    int64_t now = esim_now_ms();
+
+    /* 1. enrolment and token */
+    fmt_time(dev.enrolled_at, t1);
+    fmt_time(dev.checked_out_at, t2);
+    check(&d, "enrolled", dev.enrolled, dev.enrolled ? "enrolled since %s" : "checked out at %s",
+          dev.enrolled ? t1 : t2);
+    if (!dev.enrolled)
+        conclude(&d, "not_enrolled", "Re-enrol the device; nothing can reach it until then.",
+                 "The device is not enrolled: it checked out at %s.", t2);
+    fmt_time(dev.token_updated_at, t1);
+    check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)",
+          dev.push_state == STORE_PUSH_VALID ? "valid"
+          : dev.push_state == STORE_PUSH_DEAD ? "dead: APNs refused it"
+                                               : "none: the device never sent TokenUpdate",
+          t1);
+    if (dev.push_state == STORE_PUSH_DEAD)
+        conclude(&d, "token_dead",
+                 "Wait for the device to check in on its own (it then sends a new token), or re-enrol it.",
+                 "APNs says the device's push token is no longer valid, so pushes cannot wake it.");
+    else if (dev.push_state == STORE_PUSH_NONE && dev.enrolled)
+        conclude(&d, "no_token", "Have the device finish enrolment (it must send TokenUpdate).",
+                 "The device never sent a push token, so the service cannot wake it.");
+
+    /* 2. the campaign record: last push, check-in since */
+    long idx = -1;
+    campaign *c = campaigns_latest_for_device(cs, udid, &idx);
+    const campaign_dev *cd = c ? campaign_device_at(c, (size_t)idx) : NULL;
+    fmt_time(dev.last_seen_at, t2);
+    if (cd && cd->last_push_ms) {
+        fmt_time(cd->last_push_ms, t1);
+        check(&d, "last_push", cd->push_state == 1 || cd->push_state == 2,
+              "campaign %s pushed it at %s (%u push%s for the current step): %s", campaign_id(c), t1,
+              (unsigned)cd->pushes, cd->pushes == 1 ? "" : "es", push_words(cd->push_state));
+        check(&d, "checked_in_after_push", dev.last_seen_at >= cd->last_push_ms,
+              "last seen %s", t2);
+    } else {
+        check(&d, "last_push", -1, "no campaign push recorded for this device");
+        check(&d, "checked_in", dev.last_seen_at > 0, "last seen %s", t2);
+    }
+
+    /* 3. the commands and their answers */
+    store_queue_entry *q = NULL;
+    size_t nq = 0;
+    json_t *cmds = json_array();
+    char last_error[400] = "";
+    int64_t last_code = 0;
+    if (st->ops->device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
+        for (size_t i = 0; i < nq; i++) {
+            char words[400];
+            int64_t code;
+            chain_words(q[i].error_chain_json, words, sizeof words, &code);
+            json_t *e = json_pack("{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid,
+                                  "request_type", q[i].request_type, "state",
+                                  store_qstate_name(q[i].state) ? store_qstate_name(q[i].state) : "?",
+                                  "attempts", q[i].attempts, "not_now", q[i].not_now_count);
+            if (words[0]) {
+                json_object_set_new(e, "error", json_string(words));
+                if (q[i].answered_at >= 0 && !last_error[0]) {
+                    snprintf(last_error, sizeof last_error, "%.63s answered %.320s", q[i].request_type, words);
+                    last_code = code;
+                }
+            }
+            json_array_append_new(cmds, e);
+        }
+        store_queue_entries_free(q, nq);
+    }
+    check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
+          nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);
+
+    /* 4. restrictions, expected eSIM, SM-DP+, verification */
+    cstore_facts f;
+    cstore_get_facts(campaigns_store(cs), udid, &f);
+    if (cd)
+        check_restrictions(&d, cs, c, cd, &f, &dev);
+    const char *eid = cd && cd->eid[0] ? cd->eid : "";
+    const char *iccid = cd && cd->iccid[0] ? cd->iccid : "";
+    check(&d, "expected_esim", eid[0] != '\0', eid[0] ? "EID %s%s%s" : "%s",
+          eid[0] ? eid : "no expected EID: import the OEM manifest (esim-mdm import eids)",
+          iccid[0] ? ", ICCID " : "", iccid);
+    const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
+    check(&d, "smdp", -1, "%s%s",
+          spec && spec->smdp_url ? "profiles come from " : "no SM-DP+ named by a campaign",
+          spec && spec->smdp_url ? spec->smdp_url : "");
+    bool verified = (cd && cd->state == CDEV_VERIFIED) ||
+                    (f.verified_ms && eid[0] && strcmp(f.eid, eid) == 0);
+    fmt_time(f.verified_ms, t1);
+    check(&d, "esim_verified", verified,
+          verified ? "the device reported EID %s with ICCID %s (%s)" : "not verified%s%s%s",
+          verified ? f.eid : "", verified ? f.iccid : (cd && cd->refresh_acked ? " (the refresh was acknowledged, which is not an installed eSIM)" : ""),
+          verified ? t1 : "");
+
+    /* 5. conclusion */
+    if (!cd)
+        conclude(&d, "no_campaign", "Create a campaign for it (esim-mdm campaign create).",
+                 "No campaign has targeted this device yet.");
+    if (cd) {
+        const char *step = campaign_step_name((campaign_step)cd->step);
+        const char *why = cd->reason ? cd->reason : "";
+        switch (cd->state) {
+        case CDEV_VERIFIED:
+            conclude(&d, "verified",
+                     f.supervised == 0 ? "Nothing to do for the eSIM. Note: the device is not "
+                                         "supervised, so the eSIM restrictions are not enforced."
+                                       : "Nothing to do.",
+                     "The eSIM is installed and verified: the device reports EID %s%s%s.", eid,
+                     iccid[0] ? " with ICCID " : "", iccid);
+            break;
+        case CDEV_DONE:
+            conclude(&d, "done", "Nothing to do.", "Every step of campaign %s finished%s%s.",
+                     campaign_id(c), why[0] ? ": " : "", why);
+            break;
+        case CDEV_UNVERIFIED:
+            conclude(&d, why[0] && strstr(why, "import") ? "no_expected_eid" : "unverified",
+                     why[0] && strstr(why, "import")
+                         ? "Import the OEM manifest (esim-mdm import eids), then verify again."
+                         : "Check the SM-DP+ order for this EID (released? linked to this EID?) and "
+                           "the manifest (is the expected EID right?), then verify again.",
+                     "The eSIM is not verified: %s.", why);
+            break;
+        case CDEV_FAILED:
+            if (strstr(why, "8.2") || strstr(why, "consumed") || strstr(why, "already downloaded"))
+                conclude(&d, "profile_consumed",
+                         "Reset or re-release the order on the SM-DP+ (or order a new profile), "
+                         "then run the campaign again for this device.",
+                         "The SM-DP+ refused the download: the profile was already downloaded "
+                         "once and is consumed (%s).",
+                         why);
+            else if (last_code == 36002 || strstr(why, "36002"))
+                conclude(&d, "hardware_unsupported",
+                         "This device cannot take an eSIM: use a physical SIM or another device.",
+                         "The device's hardware does not support eSIM (error 36002).");
+            else if (strstr(why, "NotNow"))
+                conclude(&d, "not_now",
+                         "Ask the user to unlock the device, then resume or re-run the campaign.",
+                         "The device kept answering NotNow (%u times): it is locked or busy.",
+                         (unsigned)cd->not_now);
+            else
+                conclude(&d, "command_failed",
+                         "Read the error above; fix its cause (operator order, device state) and "
+                         "re-run the campaign for this device.",
+                         "The %s step failed: %s.", step, why);
+            break;
+        case CDEV_TIMED_OUT:
+            if (cd->last_push_ms && dev.last_seen_at < cd->last_push_ms)
+                conclude(&d, "offline",
+                         "Check that the device is on and has network, then re-run the campaign "
+                         "for it.",
+                         "The device has not checked in since it was pushed (%s): it was offline "
+                         "or off until the campaign expired.",
+                         why);
+            else
+                conclude(&d, "timed_out", "Re-run the campaign for this device.",
+                         "The campaign expired before the device finished: %s.", why);
+            break;
+        case CDEV_CANCELED:
+            conclude(&d, "canceled", "Create a new campaign if the eSIM is still wanted.",
+                     "Campaign %s was canceled before this device finished.", campaign_id(c));
+            break;
+        case CDEV_STAGED:
+            conclude(&d, "staged", "Resume the campaign (or include this device) to start.",
+                     "Campaign %s is staged for this device: nothing was sent.", campaign_id(c));
+            break;
+        case CDEV_RETRY_WAIT:
+            conclude(&d, "not_now",
+                     "Ask the user to unlock the device; the service retries on its own.",
+                     "The device deferred the %s step (%u NotNow or busy answers): it is locked or "
+                     "busy; the service will push again after a back-off.",
+                     step, (unsigned)cd->retries);
+            break;
+        default:
+            if (cd->last_push_ms && dev.last_seen_at < cd->last_push_ms && now - cd->last_push_ms > 5000)
+                conclude(&d, "waiting_offline",
+                         "Wait: the device gets the command when it comes online; check it has "
+                         "network if this lasts.",
+                         "The %s command is waiting: the device has not checked in since it was "
+                         "pushed.",
+                         step);
+            else
+                conclude(&d, "in_progress", "Wait for the device's answer.",
+                         "The %s step is in progress.", step);
+        }
+    }
+    json_t *o = json_pack("{s:s, s:o, s:o, s:s, s:s, s:s}", "udid", udid, "checks", d.checks,
+                          "commands", cmds, "kind", d.kind ? d.kind : "unknown", "conclusion",
+                          d.conclusion, "next_action", d.next);
+    if (o && c)
+        json_object_set_new(o, "campaign", json_string(campaign_id(c)));
+    if (o && cd) {
+        json_object_set_new(o, "campaign_state", json_string(campaign_dev_state_name((campaign_dev_state)cd->state)));
+        if (eid[0])
+            json_object_set_new(o, "expected_eid", json_string(eid));
+        if (iccid[0])
+            json_object_set_new(o, "expected_iccid", json_string(iccid));
+        if (spec && spec->smdp_url)
+            json_object_set_new(o, "smdp_url", json_string(spec->smdp_url));
+    }
+    if (!o)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    *out = o;
+    return ESIM_OK;
+}
