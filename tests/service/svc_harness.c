@@ -62,7 +62,8 @@ static void *service_thread(void *arg)
 
 void harness_start(test_service *ts, const esim_service_config *cfg)
 {
-    ts->base = event_base_new();
+    if (!ts->base)
+        ts->base = event_base_new();
     assert_non_null(ts->base);
     esim_error e = {{0}};
     if (esim_service_new(ts->base, cfg, &ts->svc, &e) != ESIM_OK)
@@ -76,6 +77,8 @@ void harness_stop(test_service *ts)
     esim_service_request_stop(ts->svc);
     pthread_join(ts->thread, NULL);
     esim_service_free(ts->svc);
+    if (ts->before_base_free)
+        ts->before_base_free(ts->before_arg);
     event_base_free(ts->base);
     ts->svc = NULL;
     ts->base = NULL;

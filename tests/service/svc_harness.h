@@ -36,6 +36,10 @@ typedef struct {
     pthread_t thread;
     char url[128];
     char data_dir[320];
+    /* Optional: run before the loop's base is freed (e.g. free an APNs mock
+     * living on the same base). A base set before harness_start is used. */
+    void (*before_base_free)(void *arg);
+    void *before_arg;
 } test_service;
 
 /* Config with the test's defaults: loopback port 0, data dir |name| under

@@ -1,0 +1,503 @@
+/*
+ * test_service_api.c — the admin side of the MDM service over loopback: API
+ * authentication, validation (the field named, nothing enqueued), the
+ * restrictions composer, cancel and expiry, a restart with a non-empty
+ * queue, webhook delivery with retry and HMAC, and pushes through the APNs
+ * mock (one per device per call).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <arpa/inet.h>
+#include <openssl/hmac.h>
+
+#include "apns/apns.h"
+#include "service/svc_harness.h"
+
+static harness_env env;
+static int counter;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    harness_env_setup(&env);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    harness_env_teardown(&env);
+    return 0;
+}
+
+static void next_udid(char udid[65])
+{
+    snprintf(udid, 65, "00008120-%016d", ++counter);
+}
+
+static size_t queue_len(const char *url, const char *udid)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s/queue", udid);
+    json_t *q = NULL;
+    assert_int_equal(api_call(url, TEST_TOKEN, "GET", path, NULL, NULL, &q), 200);
+    size_t n = json_array_size(json_object_get(q, "queue"));
+    json_decref(q);
+    return n;
+}
+
+/* Asserts |status| and that the JSON error names |field|. */
+static void expect_error(const char *url, const char *body, long status, const char *field)
+{
+    json_t *r = NULL;
+    assert_int_equal(api_call(url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), status);
+    json_t *e = json_object_get(r, "error");
+    assert_non_null(e);
+    assert_true(json_is_string(json_object_get(e, "message")));
+    if (field)
+        assert_string_equal(json_string_value(json_object_get(e, "field")), field);
+    json_decref(r);
+}
+
+static void test_api_requires_token(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "auth", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    assert_int_equal(api_call(ts.url, NULL, "GET", "/v1/devices", NULL, NULL, NULL), 401);
+    assert_int_equal(api_call(ts.url, "wrong-token", "GET", "/v1/devices", NULL, NULL, NULL), 401);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN "x", "GET", "/v1/devices", NULL, NULL, NULL), 401);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/devices", NULL, NULL, NULL), 200);
+    assert_int_equal(api_call(ts.url, NULL, "POST", "/v1/commands", "{}", NULL, NULL), 401);
+    /* Health and metrics are open; unknown paths are 404, wrong methods 405. */
+    assert_int_equal(api_call(ts.url, NULL, "GET", "/healthz", NULL, NULL, NULL), 200);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/nothing", NULL, NULL, NULL), 404);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "PUT", "/v1/devices", "", NULL, NULL), 405);
+    harness_stop(&ts);
+}
+
+static void test_api_validation_names_field_and_enqueues_nothing(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "validation", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    char body[1024];
+
+    expect_error(ts.url, "{\"udids\": [", 400, NULL);
+    expect_error(ts.url, "[]", 400, NULL);
+    expect_error(ts.url, "{\"command\":{\"request_type\":\"ProfileList\"}}", 400, "udids");
+    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"Reboot\"}}", udid);
+    expect_error(ts.url, body, 400, "command.request_type");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
+             "\"esim_server_url\":\"ftp://smdp.example.com\"}}", udid);
+    expect_error(ts.url, body, 400, "command.esim_server_url");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\"}}", udid);
+    expect_error(ts.url, body, 400, "command.esim_server_url");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
+             "\"esim_server_url\":\"smdp.example.com\",\"esim_srever\":1}}", udid);
+    expect_error(ts.url, body, 400, "command.esim_srever");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"InstallProfile\","
+             "\"restrictions\":{\"esim_modification\":\"maybe\"}}}", udid);
+    expect_error(ts.url, body, 400, "command.restrictions.esim_modification");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"DeviceInformation\",\"queries\":[]}}", udid);
+    expect_error(ts.url, body, 400, "command.queries");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"priority\":\"high\",\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    expect_error(ts.url, body, 400, "priority");
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\", \"bad udid!\"],\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    expect_error(ts.url, body, 400, "udids[1]");
+    /* A well-formed UDID nobody enrolled: 404, and the known device got nothing either. */
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\", \"00008120-FFFFFFFFFFFFFFFF\"],\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    expect_error(ts.url, body, 404, "udids");
+    assert_int_equal(queue_len(ts.url, udid), 0);
+    /* Raw enqueue of something that is not a command: 400, nothing queued. */
+    char path[160];
+    snprintf(path, sizeof path, "/v1/enqueue/%s", udid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "PUT", path, "<plist><dict/></plist>",
+                              "application/xml", NULL), 400);
+    assert_int_equal(queue_len(ts.url, udid), 0);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/devices/00008120-FFFFFFFFFFFFFFFF",
+                              NULL, NULL, NULL), 404);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
+static void test_restrictions_become_install_profile(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "restrictions", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"push\":false,\"command\":{\"request_type\":\"InstallProfile\","
+             "\"restrictions\":{\"esim_modification\":\"deny\",\"preserve_esim_on_erase\":true,"
+             "\"esim_outgoing_transfers\":\"deny\"}}}", udid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
+    json_t *d = json_object_get(json_object_get(r, "devices"), udid);
+    assert_true(json_is_true(json_object_get(d, "queued")));
+    assert_string_equal(json_string_value(json_object_get(d, "push")), "skipped");
+    json_decref(r);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.request_type, "InstallProfile");
+    char *payload = NULL;
+    uint64_t plen = 0;
+    plist_get_data_val(plist_dict_get_item(next.command, "Payload"), &payload, &plen);
+    plist_t profile = NULL;
+    assert_int_equal(esim_profile_parse(payload, (size_t)plen, NULL, &profile, NULL, NULL), ESIM_OK);
+    plist_t content = plist_dict_get_item(profile, "PayloadContent");
+    plist_t item = plist_array_get_item(content, 0);
+    uint8_t v = 1;
+    plist_get_bool_val(plist_dict_get_item(item, "allowESIMModification"), &v);
+    assert_int_equal(v, 0);
+    plist_get_bool_val(plist_dict_get_item(item, "forcePreserveESIMOnErase"), &v);
+    assert_int_equal(v, 1);
+    plist_free(profile);
+    free(payload);
+    esim_cmd_parsed_free(&next);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
+static void test_cancel_and_expiry(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "cancel", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    char a[128];
+    api_enqueue_refresh(ts.url, udid, "smdp.example.com", a);
+    char path[256];
+    snprintf(path, sizeof path, "/v1/devices/%s/queue/%s", udid, a);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "DELETE", path, NULL, NULL, NULL), 200);
+    /* Canceling twice: it is final now. */
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "DELETE", path, NULL, NULL, NULL), 409);
+    snprintf(path, sizeof path, "/v1/devices/%s/queue/11111111-2222-4333-8444-555555555555", udid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "DELETE", path, NULL, NULL, NULL), 404);
+    char st[32];
+    api_entry_state(ts.url, a, udid, st, NULL, NULL);
+    assert_string_equal(st, "canceled");
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_null(next.root);
+
+    /* Expiry: a command past its time is never delivered and becomes expired. */
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"expires_in_s\":1,\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
+    char b[128];
+    snprintf(b, sizeof b, "%s", json_string_value(json_object_get(r, "command_uuid")));
+    json_decref(r);
+    for (int i = 0; i < 100; i++) {
+        api_entry_state(ts.url, b, udid, st, NULL, NULL);
+        if (strcmp(st, "expired") == 0)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_string_equal(st, "expired");
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_null(next.root);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
+static void test_restart_with_non_empty_queue(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "restart", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    char a[128], b[128], c[128];
+    api_enqueue_refresh(ts.url, udid, "a.example.com", a);
+    api_enqueue_refresh(ts.url, udid, "b.example.com", b);
+    api_enqueue_refresh(ts.url, udid, "c.example.com", c);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&dev, ESIM_STATUS_ACKNOWLEDGED, a, &next), 200);
+    assert_string_equal(next.command_uuid, b); /* b is now "sent", unanswered */
+    esim_cmd_parsed_free(&next);
+    harness_stop(&ts);
+
+    /* Same data directory, new process state. */
+    harness_start(&ts, &cfg);
+    dev.base_url = ts.url;
+    device_reconnect(&dev);
+    char st[32];
+    api_entry_state(ts.url, a, udid, st, NULL, NULL);
+    assert_string_equal(st, "acknowledged");
+    /* b was sent but never answered: it comes again; a never does. */
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, b);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&dev, ESIM_STATUS_ACKNOWLEDGED, b, &next), 200);
+    assert_string_equal(next.command_uuid, c);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&dev, ESIM_STATUS_ACKNOWLEDGED, c, &next), 200);
+    assert_null(next.root);
+    assert_int_equal(queue_len(ts.url, udid), 0);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
+/* ---- webhooks: a receiver on its own loop that fails its first request ---- */
+
+typedef struct {
+    struct event_base *base;
+    struct evhttp *http;
+    int port;
+    int requests;
+    int fail_first;
+    char topics[8][64];
+    int ok_signatures;
+    pthread_t thread;
+} receiver;
+
+static void on_hook(struct evhttp_request *req, void *arg)
+{
+    receiver *rc = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char *body = calloc(1, len + 1);
+    evbuffer_remove(in, body, len);
+    int n = rc->requests++;
+    if (n < rc->fail_first) {
+        evhttp_send_reply(req, 503, "Unavailable", NULL);
+        free(body);
+        return;
+    }
+    json_t *j = json_loads(body, 0, NULL);
+    if (n < 8)
+        snprintf(rc->topics[n], 64, "%s", json_string_value(json_object_get(j, "topic")));
+    json_decref(j);
+    unsigned char mac[32];
+    unsigned mac_len = 0;
+    HMAC(EVP_sha256(), "hook-secret", 11, (unsigned char *)body, len, mac, &mac_len);
+    esim_buf b64 = {0};
+    esim_base64_encode(mac, mac_len, &b64);
+    const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Hmac-Signature");
+    if (sig && strcmp(sig, (const char *)b64.data) == 0)
+        rc->ok_signatures++;
+    esim_buf_free(&b64);
+    free(body);
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static void *receiver_thread(void *arg)
+{
+    receiver *rc = arg;
+    event_base_dispatch(rc->base);
+    return NULL;
+}
+
+static void on_receiver_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopexit(arg, NULL);
+}
+
+static void test_webhooks_delivered_signed_and_retried(void **state)
+{
+    (void)state;
+    receiver rc = {.fail_first = 1};
+    rc.base = event_base_new();
+    rc.http = evhttp_new(rc.base);
+    evhttp_set_gencb(rc.http, on_hook, &rc);
+    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(rc.http, "127.0.0.1", 0);
+    assert_non_null(sock);
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof sin;
+    getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&sin, &sl);
+    rc.port = ntohs(sin.sin_port);
+    /* The loop runs until a byte arrives on this pipe. */
+    int stop_pipe[2];
+    assert_int_equal(pipe(stop_pipe), 0);
+    struct event *keep = event_new(rc.base, stop_pipe[0], EV_READ, on_receiver_stop, rc.base);
+    event_add(keep, NULL);
+    pthread_create(&rc.thread, NULL, receiver_thread, &rc);
+
+    char hook_url[128];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", rc.port);
+    const char *urls[] = {hook_url};
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "webhooks", &cfg, ts.data_dir);
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    cfg.webhook_secret = "hook-secret";
+    cfg.webhook_retry_base_ms = 50;
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev); /* Authenticate (fails once, retried) + TokenUpdate */
+    assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}") < 3; i++)
+        usleep(50 * 1000);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}"), 3);
+    assert_true(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"retried\"}") >= 1);
+    device_free(&dev);
+    harness_stop(&ts);
+
+    assert_int_equal(write(stop_pipe[1], "x", 1), 1);
+    pthread_join(rc.thread, NULL);
+    close(stop_pipe[0]);
+    close(stop_pipe[1]);
+    assert_int_equal(rc.requests, 4); /* 1 refused + 3 delivered */
+    assert_int_equal(rc.ok_signatures, 3);
+    int auth = 0, token = 0, connect = 0;
+    for (int i = 0; i < 4; i++) {
+        auth += strcmp(rc.topics[i], "mdm.Authenticate") == 0;
+        token += strcmp(rc.topics[i], "mdm.TokenUpdate") == 0;
+        connect += strcmp(rc.topics[i], "mdm.Connect") == 0;
+    }
+    assert_int_equal(auth, 1);
+    assert_int_equal(token, 1);
+    assert_int_equal(connect, 1);
+    event_free(keep);
+    evhttp_free(rc.http);
+    event_base_free(rc.base);
+}
+
+/* ---- pushes through the APNs mock ---- */
+
+static void free_mock(void *arg)
+{
+    apns_mock_free(arg);
+}
+
+static void test_push_through_apns_mock(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    ts.base = event_base_new();
+    char cert[400], key[400], ca[400];
+    snprintf(cert, sizeof cert, "%s/server.pem", env.pki);
+    snprintf(key, sizeof key, "%s/server.key", env.pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
+    apns_mock_config mc;
+    apns_mock_config_init(&mc);
+    mc.listen = "127.0.0.1:0";
+    mc.tls_cert = cert;
+    mc.tls_key = key;
+    mc.client_ca = ca;
+    apns_mock *mock = NULL;
+    esim_error e;
+    if (apns_mock_new(ts.base, &mc, &mock, &e) != ESIM_OK)
+        fail_msg("mock: %s", e.msg);
+    ts.before_base_free = free_mock;
+    ts.before_arg = mock;
+    char apns_url[64], push_cert[400], push_key[400];
+    snprintf(apns_url, sizeof apns_url, "https://127.0.0.1:%d", apns_mock_port(mock, APNS_MOCK_PORT_TLS));
+    snprintf(push_cert, sizeof push_cert, "%s/push.pem", env.pki);
+    snprintf(push_key, sizeof push_key, "%s/push.key", env.pki);
+    esim_service_config cfg;
+    harness_config(&env, "push", &cfg, ts.data_dir);
+    cfg.apns_url = apns_url;
+    cfg.apns_cert_path = push_cert;
+    cfg.apns_key_path = push_key;
+    cfg.apns_ca_path = ca;
+    harness_start(&ts, &cfg);
+
+    char u1[65], u2[65];
+    next_udid(u1);
+    next_udid(u2);
+    test_device d1, d2;
+    device_new(&d1, &env, u1, ts.url);
+    device_new(&d2, &env, u2, ts.url);
+    device_enroll(&d1);
+    device_enroll(&d2);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\",\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
+             "\"esim_server_url\":\"smdp.example.com\"}}", u1, u2);
+    json_t *r = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(r, "devices"), u1), "push")), "sent");
+    char uuid[128];
+    snprintf(uuid, sizeof uuid, "%s", json_string_value(json_object_get(r, "command_uuid")));
+    json_decref(r);
+    char st[32] = "";
+    for (int i = 0; i < 100; i++) {
+        api_entry_state(ts.url, uuid, u2, st, NULL, NULL);
+        if (strcmp(st, "pushed") == 0 && api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == 2)
+            break;
+        usleep(50 * 1000);
+    }
+    assert_string_equal(st, "pushed");
+    assert_int_equal(api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}"), 2);
+    /* POST /v1/push wakes a device on demand. */
+    snprintf(body, sizeof body, "/v1/push/%s", u1);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", body, "", NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(r, "devices"), u1), "push")), "sent");
+    json_decref(r);
+    device_free(&d1);
+    device_free(&d2);
+    harness_stop(&ts);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_api_requires_token),
+        cmocka_unit_test(test_api_validation_names_field_and_enqueues_nothing),
+        cmocka_unit_test(test_restrictions_become_install_profile),
+        cmocka_unit_test(test_cancel_and_expiry),
+        cmocka_unit_test(test_restart_with_non_empty_queue),
+        cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
+        cmocka_unit_test(test_push_through_apns_mock),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
