@@ -70,7 +70,7 @@ struct mock_conn {
     struct bufferevent *bev;
     nghttp2_session *h2;
     char cert_topic[256];
-    bool cert_checked;
+    bool handshake_done;
     bool has_cert_uid;
     unsigned requests;
     unsigned open_streams;
@@ -682,6 +682,7 @@ static void mc_event(struct bufferevent *bev, short events, void *arg)
 {
     mock_conn *mc = arg;
     if (events & BEV_EVENT_CONNECTED) {
+        mc->handshake_done = true;
         if (mc->kind == PORT_MTLS) {
             /* The client certificate chained to client_ca (OpenSSL checked);
              * its subject UID is the one topic this connection may push to. */
@@ -694,12 +695,10 @@ static void mc_event(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if ((events & BEV_EVENT_ERROR) && mc->kind != PORT_H2C &&
-            bufferevent_get_openssl_error(bev) != 0) {
-            mc->m->stats.tls_refused++;
-            while (bufferevent_get_openssl_error(bev))
-                ;
-        }
+        if (mc->kind != PORT_H2C && !mc->handshake_done)
+            mc->m->stats.tls_refused++; /* no certificate, unknown CA, no h2 */
+        while (mc->kind != PORT_H2C && bufferevent_get_openssl_error(bev))
+            ;
         conn_free(mc);
     }
 }
