@@ -288,6 +288,73 @@ esim_err esim_msg_build_result(const char *udid, esim_status status, const char 
                                const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
                                esim_plist_format format, esim_buf *out, esim_error *err);
 
+/* ---- errors, function by function (appendix) ------------------------------
+ *
+ * Every function that can fail returns an esim_err and, when |err| is not
+ * NULL, one sentence saying what was wrong. On failure every output
+ * argument is left exactly as it was (an esim_cmd or esim_msg the caller
+ * zeroed stays zeroed; an esim_buf keeps its old content).
+ *
+ * esim_server_url_normalize   ESIM_EINVAL  empty, whitespace/control/non-ASCII,
+ *                             a scheme other than http/https, no host, a host
+ *                             that is not a host name / IPv4 / [IPv6], a port
+ *                             outside 1..65535, user:password@ in the URL,
+ *                             over ESIM_SERVER_URL_MAX, or |out_len| too small.
+ * esim_cmd_* builders         ESIM_EINVAL  bad arguments (see each builder),
+ *                             opts->command_uuid not 8-4-4-4-12 hex, an
+ *                             unknown opts->format; ESIM_ENOMEM.
+ *   esim_cmd_erase_device     also: PIN not 6 digits, an ObliterationBehavior
+ *                             outside the four values, rts_* data given while
+ *                             return_to_service is false, or rts_* data that is
+ *                             not a configuration profile.
+ *   esim_cmd_device_information  also: a query that is not a name
+ *                             ([A-Za-z0-9_.]+).
+ * esim_plist_parse_dict       ESIM_ETOOBIG over max_body or max_depth (checked
+ *                             before libplist parses: XML nesting is counted,
+ *                             a binary plist's trailer and object graph are
+ *                             walked); ESIM_EINVAL not a plist, a binary plist
+ *                             with impossible counts/offsets or a reference
+ *                             cycle, a NUL character in any string or key
+ *                             (libplist 2.2 would abort the process on it
+ *                             later), a root that is not a dict.
+ * esim_plist_serialize        ESIM_EINVAL NULL node or unknown format;
+ *                             ESIM_ENOMEM.
+ * esim_cmd_parse              as esim_plist_parse_dict, plus ESIM_EINVAL for a
+ *                             missing/empty/mistyped CommandUUID, Command or
+ *                             RequestType, or one longer than its field.
+ * esim_payload_new            NULL also when |uuid| is given but not a UUID.
+ * esim_profile_build          ESIM_EINVAL no identifier (or over 255 bytes), a
+ *                             bad opts->uuid, n > 0 with NULL payloads, a payload
+ *                             that is not a dict with PayloadType,
+ *                             PayloadIdentifier and PayloadUUID strings.
+ * esim_profile_sign           ESIM_EINVAL no certificate or key, |profile| not
+ *                             a plain configuration profile (a signed one is
+ *                             refused: sign once); ESIM_ECRYPTO key does not
+ *                             match the certificate, or OpenSSL failed.
+ * esim_profile_parse          ESIM_ETOOBIG over the limits; ESIM_EINVAL neither
+ *                             plist nor CMS SignedData, detached or failing
+ *                             signature, PayloadType not Configuration, no
+ *                             PayloadIdentifier/PayloadUUID string,
+ *                             PayloadContent present but not an array.
+ * esim_msg_parse              ESIM_ETOOBIG / ESIM_EINVAL as documented above,
+ *                             and: both MessageType and Status present, a UDID
+ *                             or EnrollmentID failing esim_udid_validate(), a
+ *                             TokenUpdate Token outside 32..100 bytes, an
+ *                             ErrorChain entry without an integer ErrorCode or
+ *                             a string ErrorDomain (the descriptions are
+ *                             optional), QueryResponses that is not a dict.
+ *                             Known optional keys of the wrong type are refused
+ *                             too; unknown keys are kept in |root|.
+ * esim_msg_service_subscriptions  ESIM_EINVAL an entry that is not a dict or
+ *                             has a known key of the wrong type or too long.
+ * esim_msg_build_*            ESIM_EINVAL a UDID failing esim_udid_validate(),
+ *                             a Topic empty or over 255 bytes, a token outside
+ *                             32..100 bytes, PushMagic empty or over 127 bytes,
+ *                             a non-Idle result without CommandUUID, an unknown
+ *                             status, an ErrorChain entry without ErrorDomain,
+ *                             |extra| not a dict; ESIM_ENOMEM.
+ */
+
 #ifdef __cplusplus
 }
 #endif
