@@ -54,9 +54,9 @@ static const char compose_help[] =
     "\n"
     "exit status: 0 written, 1 failed at run time, 2 bad options or input.\n";
 
-#define COMMON_OPTIONS                                                                 \
-    "  --uuid UUID             CommandUUID to use (default: a fresh lowercase UUID)\n" \
-    "  --binary                binary plist instead of XML (redirect it to a file)\n"  \
+#define COMMON_OPTIONS                                                                             \
+    "  --uuid UUID             CommandUUID to use (default: a fresh lowercase UUID)\n"             \
+    "  --binary                binary plist instead of XML (redirect it to a file)\n"              \
     "  --network-tether        set RequestRequiresNetworkTether\n"
 
 static const char refresh_help[] =
@@ -71,8 +71,7 @@ static const char refresh_help[] =
     "  --server-url URL        eSIMServerURL: the SM-DP+ address. An https:// or\n"
     "                          http:// URL with a host, or a bare host name as the\n"
     "                          operator gives it (smdp.example.com becomes\n"
-    "                          https://smdp.example.com). At most 2048 bytes.\n" COMMON_OPTIONS
-    "\n"
+    "                          https://smdp.example.com). At most 2048 bytes.\n" COMMON_OPTIONS "\n"
     "The device answers Acknowledged, or Error with code 36001 (cellular stack\n"
     "unreachable), 36002 (hardware unsupported) or 36003 (busy: retry later).\n"
     "\n"
@@ -100,8 +99,8 @@ static const char erase_help[] =
     "  --return-to-service     ReturnToService: re-enrol by itself after the erase\n"
     "                          (iOS 17+)\n"
     "  --wifi-profile FILE     ... with this Wi-Fi .mobileconfig (WiFiProfileData)\n"
-    "  --mdm-profile FILE      ... with this MDM enrolment profile (MDMProfileData)\n" COMMON_OPTIONS
-    "\n"
+    "  --mdm-profile FILE      ... with this MDM enrolment profile "
+    "(MDMProfileData)\n" COMMON_OPTIONS "\n"
     "To keep the eSIM even when the user erases the phone, see\n"
     "`esim-mdm compose restrictions --preserve-esim-on-erase on`.\n"
     "\n"
@@ -121,8 +120,7 @@ static const char install_help[] =
     "options:\n"
     "  --file PROFILE          the profile to install (at most 1 MiB)\n"
     "  --sign-cert PEM         sign a plain profile with this certificate ...\n"
-    "  --sign-key PEM          ... and its private key before wrapping it\n" COMMON_OPTIONS
-    "\n"
+    "  --sign-key PEM          ... and its private key before wrapping it\n" COMMON_OPTIONS "\n"
     "examples:\n"
     "  esim-mdm compose restrictions --esim-modification deny > esim.mobileconfig\n"
     "  esim-mdm compose install-profile --file esim.mobileconfig > install.plist\n"
@@ -136,8 +134,7 @@ static const char remove_help[] =
     "whose PayloadIdentifier is ID (only profiles this MDM installed).\n"
     "\n"
     "options:\n"
-    "  --identifier ID         the profile's PayloadIdentifier\n" COMMON_OPTIONS
-    "\n"
+    "  --identifier ID         the profile's PayloadIdentifier\n" COMMON_OPTIONS "\n"
     "example:\n"
     "  esim-mdm compose remove-profile --identifier com.example.esim.restrictions\n";
 
@@ -163,8 +160,7 @@ static const char info_help[] =
     "\n"
     "options:\n"
     "  --query NAME            a query such as ServiceSubscriptions, OSVersion,\n"
-    "                          ModelName, SerialNumber, IMEI; repeat for more\n" COMMON_OPTIONS
-    "\n"
+    "                          ModelName, SerialNumber, IMEI; repeat for more\n" COMMON_OPTIONS "\n"
     "examples:\n"
     "  esim-mdm compose device-information --query ServiceSubscriptions\n"
     "  esim-mdm compose device-information --query ServiceSubscriptions --query OSVersion\n";
@@ -221,7 +217,8 @@ static int match_common(const char *kind, int argc, char **argv, int *i, esim_cm
     int m = match_option(argc, argv, i, "--uuid", true, &value);
     if (m < 0)
         return cli_usage_error("compose %s: --uuid needs a value, such as "
-                               "0f8fad5b-d9cb-469f-a165-70867728950e", kind);
+                               "0f8fad5b-d9cb-469f-a165-70867728950e",
+                               kind);
     if (m > 0) {
         opts->command_uuid = value;
         return 1;
@@ -246,17 +243,16 @@ static int unknown_option(const char *kind, const char *arg)
 
 static int missing_value(const char *kind, const char *option)
 {
-    return cli_usage_error("compose %s: %s needs a value; see `esim-mdm compose %s --help`",
-                           kind, option, kind);
+    return cli_usage_error("compose %s: %s needs a value; see `esim-mdm compose %s --help`", kind,
+                           option, kind);
 }
 
 /* A library refusal: input problems exit 2, run-time failures 1. */
 static int report(const char *kind, esim_err rc, const esim_error *err)
 {
-    fprintf(stderr, "esim-mdm: compose %s: %s\n", kind,
-            err->msg[0] ? err->msg : esim_strerror(rc));
+    fprintf(stderr, "esim-mdm: compose %s: %s\n", kind, err->msg[0] ? err->msg : esim_strerror(rc));
     return (rc == ESIM_EINVAL || rc == ESIM_ETOOBIG || rc == ESIM_ENOTFOUND) ? CLI_EXIT_USAGE
-                                                                              : CLI_EXIT_FAIL;
+                                                                             : CLI_EXIT_FAIL;
 }
 
 static int write_command(const char *kind, esim_cmd *cmd)
@@ -522,8 +518,7 @@ static int compose_device_information(int argc, char **argv)
         if (m == 0)
             return unknown_option(kind, argv[i]);
         if (n == MAX_QUERIES)
-            return cli_usage_error("compose device-information: at most %d queries",
-                                   MAX_QUERIES);
+            return cli_usage_error("compose device-information: at most %d queries", MAX_QUERIES);
         queries[n++] = q;
     }
     if (n == 0)

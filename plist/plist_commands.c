@@ -9,8 +9,8 @@
 
 #include "plist/plist_internal.h"
 
-#define SERVER_URL_HINT                                                                   \
-    "use an https:// or http:// URL with a host (https://smdp.example.com/path) or a bare " \
+#define SERVER_URL_HINT                                                                            \
+    "use an https:// or http:// URL with a host (https://smdp.example.com/path) or a bare "        \
     "host name (smdp.example.com)"
 
 void esim_cmd_free(esim_cmd *cmd)
@@ -84,8 +84,9 @@ static esim_err check_authority(const char *a, size_t n, const char *url, esim_e
         esim_error why;
         esim_error_clear(&why);
         if (esim_fqdn_validate(host, &why) != ESIM_OK)
-            return esim_fail(err, ESIM_EINVAL, "eSIM server URL '%.200s' has an invalid host (%s); %s",
-                             url, why.msg, SERVER_URL_HINT);
+            return esim_fail(err, ESIM_EINVAL,
+                             "eSIM server URL '%.200s' has an invalid host (%s); %s", url, why.msg,
+                             SERVER_URL_HINT);
     }
     if (port) {
         if (!is_digits(port, port_len) || port_len > 5 || atoi(port) < 1 || atoi(port) > 65535)
@@ -103,9 +104,8 @@ esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len, es
         return esim_fail(err, ESIM_EINVAL, "no room for the eSIM server URL");
     size_t len = strnlen(in, ESIM_SERVER_URL_MAX + 1);
     if (len > ESIM_SERVER_URL_MAX)
-        return esim_fail(err, ESIM_EINVAL,
-                         "the eSIM server URL is longer than %d bytes; %s", ESIM_SERVER_URL_MAX,
-                         SERVER_URL_HINT);
+        return esim_fail(err, ESIM_EINVAL, "the eSIM server URL is longer than %d bytes; %s",
+                         ESIM_SERVER_URL_MAX, SERVER_URL_HINT);
     for (size_t k = 0; k < len; k++) {
         unsigned char c = (unsigned char)in[k];
         if (c <= 0x20 || c >= 0x7F)
@@ -141,9 +141,9 @@ esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len, es
         esim_error why;
         esim_error_clear(&why);
         if (strpbrk(in, "/?#:") || esim_fqdn_validate(in, &why) != ESIM_OK)
-            return esim_fail(err, ESIM_EINVAL, "the eSIM server URL '%.200s' is not valid%s%s%s; %s",
-                             in, why.msg[0] ? " (" : "", why.msg, why.msg[0] ? ")" : "",
-                             SERVER_URL_HINT);
+            return esim_fail(
+                err, ESIM_EINVAL, "the eSIM server URL '%.200s' is not valid%s%s%s; %s", in,
+                why.msg[0] ? " (" : "", why.msg, why.msg[0] ? ")" : "", SERVER_URL_HINT);
         /* A bare name is what admins type from the operator's paperwork; the
          * device only ever talks TLS to an SM-DP+, so https is the scheme. */
         int n = snprintf(result, sizeof result, "https://%s", in);
@@ -162,8 +162,8 @@ esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len, es
 
 /* ---- the envelope ------------------------------------------------------------ */
 
-esim_err plist_finish_command(const char *request_type, plist_t command,
-                              const esim_cmd_opts *opts, esim_cmd *out, esim_error *err)
+esim_err plist_finish_command(const char *request_type, plist_t command, const esim_cmd_opts *opts,
+                              esim_cmd *out, esim_error *err)
 {
     esim_cmd_opts defaults = {0};
     if (!opts)
@@ -248,8 +248,8 @@ static esim_err check_profile_bytes(const unsigned char *p, size_t len, const ch
     esim_err rc = esim_profile_parse(p, len, NULL, &root, NULL, &why);
     plist_free(root);
     if (rc != ESIM_OK)
-        return esim_fail(err, ESIM_EINVAL,
-                         "ReturnToService %s is not a configuration profile: %s", key, why.msg);
+        return esim_fail(err, ESIM_EINVAL, "ReturnToService %s is not a configuration profile: %s",
+                         key, why.msg);
     return ESIM_OK;
 }
 
@@ -272,11 +272,10 @@ static esim_err check_erase_opts(const esim_erase_opts *e, esim_error *err)
                                   e->rts_wifi_profile_len || e->rts_mdm_profile_len))
         return esim_fail(err, ESIM_EINVAL,
                          "Return to Service profiles were given but Return to Service is off");
-    esim_err rc = check_profile_bytes(e->rts_wifi_profile, e->rts_wifi_profile_len,
-                                      "WiFiProfileData", err);
+    esim_err rc =
+        check_profile_bytes(e->rts_wifi_profile, e->rts_wifi_profile_len, "WiFiProfileData", err);
     if (rc == ESIM_OK)
-        rc = check_profile_bytes(e->rts_mdm_profile, e->rts_mdm_profile_len, "MDMProfileData",
-                                 err);
+        rc = check_profile_bytes(e->rts_mdm_profile, e->rts_mdm_profile_len, "MDMProfileData", err);
     return rc;
 }
 
@@ -307,13 +306,13 @@ esim_err esim_cmd_erase_device(const esim_erase_opts *erase, const esim_cmd_opts
         plist_t rts = plist_new_dict();
         plist_dict_set_item(rts, "Enabled", plist_new_bool(1));
         if (erase->rts_wifi_profile)
-            plist_dict_set_item(rts, "WiFiProfileData",
-                                plist_new_data((const char *)erase->rts_wifi_profile,
-                                               erase->rts_wifi_profile_len));
+            plist_dict_set_item(
+                rts, "WiFiProfileData",
+                plist_new_data((const char *)erase->rts_wifi_profile, erase->rts_wifi_profile_len));
         if (erase->rts_mdm_profile)
-            plist_dict_set_item(rts, "MDMProfileData",
-                                plist_new_data((const char *)erase->rts_mdm_profile,
-                                               erase->rts_mdm_profile_len));
+            plist_dict_set_item(
+                rts, "MDMProfileData",
+                plist_new_data((const char *)erase->rts_mdm_profile, erase->rts_mdm_profile_len));
         plist_dict_set_item(command, "ReturnToService", rts);
     }
     return plist_finish_command("EraseDevice", command, opts, out, err);

@@ -17,13 +17,13 @@ esim_parse_limits plist_effective_limits(const esim_parse_limits *limits);
  * NUL or longer than out_len - 1 bytes: ESIM_EINVAL. |what| names the dict
  * in messages ("check-in message", "ErrorChain[2]").
  */
-esim_err plist_read_string(plist_t dict, const char *key, bool required, char *out,
-                           size_t out_len, const char *what, esim_error *err);
+esim_err plist_read_string(plist_t dict, const char *key, bool required, char *out, size_t out_len,
+                           const char *what, esim_error *err);
 
 /* Reads |key| as a boolean; absent leaves *out untouched and returns
  * ESIM_ENOTFOUND (or ESIM_EINVAL when required). */
-esim_err plist_read_bool(plist_t dict, const char *key, bool required, bool *out,
-                         const char *what, esim_error *err);
+esim_err plist_read_bool(plist_t dict, const char *key, bool required, bool *out, const char *what,
+                         esim_error *err);
 
 /* Reads |key| as an integer (libplist keeps signed values in its UINT). */
 esim_err plist_read_int(plist_t dict, const char *key, bool required, int64_t *out,
@@ -35,8 +35,8 @@ esim_err plist_read_data(plist_t dict, const char *key, bool required, esim_buf 
 
 /* Builds the standard command envelope around |command| (consumed, also on
  * failure) and serializes it into |out| (which must be zeroed). */
-esim_err plist_finish_command(const char *request_type, plist_t command,
-                              const esim_cmd_opts *opts, esim_cmd *out, esim_error *err);
+esim_err plist_finish_command(const char *request_type, plist_t command, const esim_cmd_opts *opts,
+                              esim_cmd *out, esim_error *err);
 
 /* Copies |len| bytes of |s| as a C string into |out|; ESIM_EINVAL when it
  * does not fit or holds a NUL. */

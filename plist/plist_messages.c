@@ -13,10 +13,8 @@
 #define TOKEN_MAX 100
 
 static const char *const status_names[] = {
-    [ESIM_STATUS_IDLE] = "Idle",
-    [ESIM_STATUS_ACKNOWLEDGED] = "Acknowledged",
-    [ESIM_STATUS_ERROR] = "Error",
-    [ESIM_STATUS_COMMAND_FORMAT_ERROR] = "CommandFormatError",
+    [ESIM_STATUS_IDLE] = "Idle",      [ESIM_STATUS_ACKNOWLEDGED] = "Acknowledged",
+    [ESIM_STATUS_ERROR] = "Error",    [ESIM_STATUS_COMMAND_FORMAT_ERROR] = "CommandFormatError",
     [ESIM_STATUS_NOT_NOW] = "NotNow",
 };
 
@@ -58,13 +56,20 @@ typedef struct {
     size_t offset, size;
 } string_field;
 
-#define FIELD(key, member) {key, offsetof(esim_msg, member), sizeof(((esim_msg *)0)->member)}
+#define FIELD(key, member)                                                                         \
+    {                                                                                              \
+        key, offsetof(esim_msg, member), sizeof(((esim_msg *)0)->member)                           \
+    }
 
 static const string_field authenticate_fields[] = {
-    FIELD("OSVersion", os_version),       FIELD("BuildVersion", build_version),
-    FIELD("ProductName", product_name),   FIELD("SerialNumber", serial_number),
-    FIELD("IMEI", imei),                  FIELD("MEID", meid),
-    FIELD("DeviceName", device_name),     FIELD("Model", model),
+    FIELD("OSVersion", os_version),
+    FIELD("BuildVersion", build_version),
+    FIELD("ProductName", product_name),
+    FIELD("SerialNumber", serial_number),
+    FIELD("IMEI", imei),
+    FIELD("MEID", meid),
+    FIELD("DeviceName", device_name),
+    FIELD("Model", model),
 };
 
 /* UDID for device channel; EnrollmentID for User Enrollment, which hides
@@ -123,10 +128,10 @@ static esim_err parse_checkin(esim_msg *m, esim_error *err)
             return rc;
         if (m->token.len < TOKEN_MIN || m->token.len > TOKEN_MAX)
             return esim_fail(err, ESIM_EINVAL,
-                             "%s: Token is %zu bytes; an APNs device token is %d to %d bytes",
-                             what, m->token.len, TOKEN_MIN, TOKEN_MAX);
-        if ((rc = plist_read_string(m->root, "PushMagic", true, m->push_magic,
-                                    sizeof m->push_magic, what, err)) != ESIM_OK)
+                             "%s: Token is %zu bytes; an APNs device token is %d to %d bytes", what,
+                             m->token.len, TOKEN_MIN, TOKEN_MAX);
+        if ((rc = plist_read_string(m->root, "PushMagic", true, m->push_magic, sizeof m->push_magic,
+                                    what, err)) != ESIM_OK)
             return rc;
         if (!m->push_magic[0])
             return esim_fail(err, ESIM_EINVAL, "%s: PushMagic is empty", what);
@@ -210,8 +215,7 @@ static esim_err parse_result(esim_msg *m, esim_error *err)
         return rc;
     /* Results are matched on CommandUUID alone, so only Idle may lack it. */
     if (m->status != ESIM_STATUS_IDLE && !m->command_uuid[0])
-        return esim_fail(err, ESIM_EINVAL, "command result: Status %s needs a CommandUUID",
-                         status);
+        return esim_fail(err, ESIM_EINVAL, "command result: Status %s needs a CommandUUID", status);
     rc = plist_read_string(m->root, "RequestType", false, m->request_type, sizeof m->request_type,
                            what, err);
     if (rc != ESIM_OK && rc != ESIM_ENOTFOUND)
@@ -234,8 +238,8 @@ esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *l
     if (rc != ESIM_OK)
         goto done;
     bool has_status = plist_dict_get_item(m->root, "Status") != NULL;
-    rc = plist_read_string(m->root, "MessageType", false, m->message_type,
-                           sizeof m->message_type, "device message", err);
+    rc = plist_read_string(m->root, "MessageType", false, m->message_type, sizeof m->message_type,
+                           "device message", err);
     if (rc == ESIM_OK && has_status) {
         rc = esim_fail(err, ESIM_EINVAL,
                        "device message has both MessageType and Status; it must be either a "
@@ -260,8 +264,7 @@ done:
 
 /* ---- ServiceSubscriptions ------------------------------------------------------- */
 
-static esim_err read_subscription(plist_t d, uint32_t index, esim_subscription *s,
-                                  esim_error *err)
+static esim_err read_subscription(plist_t d, uint32_t index, esim_subscription *s, esim_error *err)
 {
     char what[48];
     snprintf(what, sizeof what, "ServiceSubscriptions[%u]", index);
@@ -281,8 +284,8 @@ static esim_err read_subscription(plist_t d, uint32_t index, esim_subscription *
         {"PhoneNumber", s->phone_number, sizeof s->phone_number},
     };
     for (size_t k = 0; k < sizeof strings / sizeof strings[0]; k++) {
-        esim_err rc = plist_read_string(d, strings[k].key, false, strings[k].out, strings[k].size,
-                                        what, err);
+        esim_err rc =
+            plist_read_string(d, strings[k].key, false, strings[k].out, strings[k].size, what, err);
         if (rc != ESIM_OK && rc != ESIM_ENOTFOUND)
             return rc;
     }
@@ -340,8 +343,7 @@ static esim_err check_udid_topic(const char *udid, const char *topic, esim_error
     esim_error why;
     esim_error_clear(&why);
     if (!udid || esim_udid_validate(udid, &why) != ESIM_OK)
-        return esim_fail(err, ESIM_EINVAL, "UDID is invalid: %s",
-                         udid ? why.msg : "it is missing");
+        return esim_fail(err, ESIM_EINVAL, "UDID is invalid: %s", udid ? why.msg : "it is missing");
     if (!topic || !topic[0] || strlen(topic) >= sizeof(((esim_msg *)0)->topic))
         return esim_fail(err, ESIM_EINVAL,
                          "Topic must be the push topic, 1 to 255 bytes, such as "
@@ -349,8 +351,7 @@ static esim_err check_udid_topic(const char *udid, const char *topic, esim_error
     return ESIM_OK;
 }
 
-static esim_err finish_message(plist_t d, esim_plist_format format, esim_buf *out,
-                               esim_error *err)
+static esim_err finish_message(plist_t d, esim_plist_format format, esim_buf *out, esim_error *err)
 {
     if (!d)
         return esim_fail(err, ESIM_ENOMEM, "out of memory building a device message");
@@ -378,9 +379,9 @@ esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_bu
     esim_err rc = check_udid_topic(info->udid, info->topic, err);
     if (rc != ESIM_OK)
         return rc;
-    const char *values[] = {info->os_version, info->build_version, info->product_name,
-                            info->serial_number, info->imei, info->meid, info->device_name,
-                            info->model};
+    const char *values[] = {info->os_version,    info->build_version, info->product_name,
+                            info->serial_number, info->imei,          info->meid,
+                            info->device_name,   info->model};
     _Static_assert(sizeof values / sizeof values[0] ==
                        sizeof authenticate_fields / sizeof authenticate_fields[0],
                    "one value per Authenticate field");

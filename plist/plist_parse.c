@@ -468,8 +468,8 @@ esim_err plist_copy_field(const char *s, size_t len, char *out, size_t out_len, 
     if (memchr(s, '\0', len))
         return esim_fail(err, ESIM_EINVAL, "%s: %s contains a NUL character", what, key);
     if (len >= out_len)
-        return esim_fail(err, ESIM_EINVAL, "%s: %s is %zu bytes, longer than the %zu allowed",
-                         what, key, len, out_len - 1);
+        return esim_fail(err, ESIM_EINVAL, "%s: %s is %zu bytes, longer than the %zu allowed", what,
+                         key, len, out_len - 1);
     memcpy(out, s, len);
     out[len] = '\0';
     return ESIM_OK;
@@ -478,20 +478,29 @@ esim_err plist_copy_field(const char *s, size_t len, char *out, size_t out_len, 
 static const char *type_name(plist_type t)
 {
     switch (t) {
-    case PLIST_BOOLEAN: return "a boolean";
-    case PLIST_UINT: return "an integer";
-    case PLIST_REAL: return "a real";
-    case PLIST_STRING: return "a string";
-    case PLIST_ARRAY: return "an array";
-    case PLIST_DICT: return "a dictionary";
-    case PLIST_DATE: return "a date";
-    case PLIST_DATA: return "data";
-    default: return "an unexpected type";
+    case PLIST_BOOLEAN:
+        return "a boolean";
+    case PLIST_UINT:
+        return "an integer";
+    case PLIST_REAL:
+        return "a real";
+    case PLIST_STRING:
+        return "a string";
+    case PLIST_ARRAY:
+        return "an array";
+    case PLIST_DICT:
+        return "a dictionary";
+    case PLIST_DATE:
+        return "a date";
+    case PLIST_DATA:
+        return "data";
+    default:
+        return "an unexpected type";
     }
 }
 
-static esim_err lookup(plist_t dict, const char *key, bool required, plist_type want,
-                       plist_t *node, const char *what, esim_error *err)
+static esim_err lookup(plist_t dict, const char *key, bool required, plist_type want, plist_t *node,
+                       const char *what, esim_error *err)
 {
     *node = plist_dict_get_item(dict, key);
     if (!*node)
@@ -499,13 +508,13 @@ static esim_err lookup(plist_t dict, const char *key, bool required, plist_type 
                         : ESIM_ENOTFOUND;
     plist_type got = plist_get_node_type(*node);
     if (got != want)
-        return esim_fail(err, ESIM_EINVAL, "%s: %s must be %s, not %s", what, key,
-                         type_name(want), type_name(got));
+        return esim_fail(err, ESIM_EINVAL, "%s: %s must be %s, not %s", what, key, type_name(want),
+                         type_name(got));
     return ESIM_OK;
 }
 
-esim_err plist_read_string(plist_t dict, const char *key, bool required, char *out,
-                           size_t out_len, const char *what, esim_error *err)
+esim_err plist_read_string(plist_t dict, const char *key, bool required, char *out, size_t out_len,
+                           const char *what, esim_error *err)
 {
     plist_t node;
     if (out_len)
@@ -520,8 +529,8 @@ esim_err plist_read_string(plist_t dict, const char *key, bool required, char *o
     return plist_copy_field(s, (size_t)len, out, out_len, key, what, err);
 }
 
-esim_err plist_read_bool(plist_t dict, const char *key, bool required, bool *out,
-                         const char *what, esim_error *err)
+esim_err plist_read_bool(plist_t dict, const char *key, bool required, bool *out, const char *what,
+                         esim_error *err)
 {
     plist_t node;
     esim_err rc = lookup(dict, key, required, PLIST_BOOLEAN, &node, what, err);

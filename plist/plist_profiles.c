@@ -103,8 +103,8 @@ static esim_err crypto_fail(esim_error *err, const char *doing)
     return esim_fail(err, ESIM_ECRYPTO, "%s failed: %s", doing, why);
 }
 
-esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer,
-                           esim_buf *out, esim_error *err)
+esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer, esim_buf *out,
+                           esim_error *err)
 {
     if (!signer || !signer->x509 || !signer->key)
         return esim_fail(err, ESIM_EINVAL, "signing a profile needs a certificate and its key");
@@ -151,8 +151,7 @@ esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *sig
 /* Opens CMS SignedData with attached content and checks its signature
  * (integrity only: the signer need not chain to anything we know, as on a
  * device that shows "Not Verified" but still installs). */
-static esim_err cms_open(const unsigned char *data, size_t len, esim_buf *content,
-                         esim_error *err)
+static esim_err cms_open(const unsigned char *data, size_t len, esim_buf *content, esim_error *err)
 {
     const unsigned char *p = data;
     CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
@@ -212,8 +211,8 @@ esim_err esim_profile_parse(const void *data, size_t len, const esim_parse_limit
         return esim_fail(err, ESIM_EINVAL, "the profile is empty");
     esim_parse_limits l = plist_effective_limits(limits);
     if (len > l.max_body || len > INT32_MAX)
-        return esim_fail(err, ESIM_ETOOBIG, "the profile is %zu bytes, over the limit of %zu",
-                         len, l.max_body);
+        return esim_fail(err, ESIM_ETOOBIG, "the profile is %zu bytes, over the limit of %zu", len,
+                         l.max_body);
     bool signed_profile = !plist_looks_like_plist(data, len);
     esim_buf inner = {0};
     const void *plist_bytes = data;
@@ -233,7 +232,8 @@ esim_err esim_profile_parse(const void *data, size_t len, const esim_parse_limit
     char type[64];
     char buf[256];
     const char *what = "profile";
-    if ((rc = plist_read_string(node, "PayloadType", true, type, sizeof type, what, err)) != ESIM_OK)
+    if ((rc = plist_read_string(node, "PayloadType", true, type, sizeof type, what, err)) !=
+        ESIM_OK)
         goto fail;
     if (strcmp(type, "Configuration") != 0) {
         rc = esim_fail(err, ESIM_EINVAL,

@@ -55,8 +55,11 @@ static void add_built_seeds(corpus *c)
     static const char udid[] = "00008030-001A2B3C4D5E6F70";
     static const char topic[] = "com.apple.mgmt.External.5f7e6a2c";
     esim_buf b = {0};
-    esim_authenticate_info info = {.udid = udid, .topic = topic, .os_version = "18.1",
-                                   .serial_number = "F2LXK0Q1PLJM", .model = "iPhone"};
+    esim_authenticate_info info = {.udid = udid,
+                                   .topic = topic,
+                                   .os_version = "18.1",
+                                   .serial_number = "F2LXK0Q1PLJM",
+                                   .model = "iPhone"};
     assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
     add_seed(c, b.data, b.len);
     unsigned char token[32] = {0xAB, 0xCD};
@@ -76,8 +79,8 @@ static void add_built_seeds(corpus *c)
     plist_dict_set_item(responses, "ServiceSubscriptions", list);
     plist_t extra = plist_new_dict();
     plist_dict_set_item(extra, "QueryResponses", responses);
-    esim_error_chain_entry chain = {.code = 36003, .domain = "CTCellularPlanErrorDomain",
-                                    .localized_description = "busy"};
+    esim_error_chain_entry chain = {
+        .code = 36003, .domain = "CTCellularPlanErrorDomain", .localized_description = "busy"};
     for (int f = ESIM_PLIST_XML; f <= ESIM_PLIST_BINARY; f++) {
         assert_int_equal(esim_msg_build_result(udid, ESIM_STATUS_ACKNOWLEDGED, "c-1", NULL, 0,
                                                extra, (esim_plist_format)f, &b, NULL),
@@ -159,11 +162,32 @@ static void add_corpus_dir(corpus *c)
 }
 
 static const char *const tokens[] = {
-    "<dict>", "</dict>", "<array>", "</array>", "<dict/>", "<array/>", "<key>Status</key>",
-    "<string>Idle</string>", "<string>NotNow</string>", "<key>UDID</key>", "<integer>-1</integer>",
-    "<data>AAAA</data>", "<true/>", "<![CDATA[", "]]>", "<!--", "-->", "&lt;", "&#0;", "&#x110000;",
-    "<key>QueryResponses</key>", "<key>ServiceSubscriptions</key>", "<real>1e308</real>",
-    "<date>2024-01-01T00:00:00Z</date>", "\xff\xfe", "bplist00",
+    "<dict>",
+    "</dict>",
+    "<array>",
+    "</array>",
+    "<dict/>",
+    "<array/>",
+    "<key>Status</key>",
+    "<string>Idle</string>",
+    "<string>NotNow</string>",
+    "<key>UDID</key>",
+    "<integer>-1</integer>",
+    "<data>AAAA</data>",
+    "<true/>",
+    "<![CDATA[",
+    "]]>",
+    "<!--",
+    "-->",
+    "&lt;",
+    "&#0;",
+    "&#x110000;",
+    "<key>QueryResponses</key>",
+    "<key>ServiceSubscriptions</key>",
+    "<real>1e308</real>",
+    "<date>2024-01-01T00:00:00Z</date>",
+    "\xff\xfe",
+    "bplist00",
 };
 
 static void mutate(corpus *c, esim_buf *in)

@@ -102,9 +102,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    static const char *const leftovers[] = {"stdout", "stderr", "plain.mobileconfig",
-                                            "signed.mobileconfig", "junk.bin", "signer.pem",
-                                            "signer.key"};
+    static const char *const leftovers[] = {
+        "stdout",   "stderr",     "plain.mobileconfig", "signed.mobileconfig",
+        "junk.bin", "signer.pem", "signer.key"};
     for (size_t k = 0; k < sizeof leftovers / sizeof leftovers[0]; k++)
         unlink(path_in(f, leftovers[k]).s);
     int rc = rmdir(f->dir);
@@ -228,8 +228,8 @@ static void write_file(const char *path, const void *data, size_t len)
 
 static void make_profile(esim_buf *out)
 {
-    plist_t payload = esim_payload_new("com.apple.applicationaccess", "com.example.esim.r", NULL,
-                                       NULL);
+    plist_t payload =
+        esim_payload_new("com.apple.applicationaccess", "com.example.esim.r", NULL, NULL);
     plist_dict_set_item(payload, "allowESIMModification", plist_new_bool(0));
     esim_profile_opts opts = {.identifier = "com.example.esim"};
     assert_int_equal(esim_profile_build(&opts, &payload, 1, ESIM_PLIST_XML, out, NULL), ESIM_OK);
@@ -357,8 +357,9 @@ static void test_help_teaches(void **state)
     fixture *f = *state;
     run_result r = RUN(f, "compose", "--help");
     assert_int_equal(r.status, 0);
-    const char *kinds[] = {"refresh-plans", "erase", "install-profile", "remove-profile",
-                           "profile-list", "device-information", "restrictions", "windows-csp"};
+    const char *kinds[] = {"refresh-plans",  "erase",        "install-profile",
+                           "remove-profile", "profile-list", "device-information",
+                           "restrictions",   "windows-csp"};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
         assert_non_null(strstr((char *)r.out.data, kinds[k]));
     assert_non_null(strstr((char *)r.out.data, "example"));

@@ -103,7 +103,8 @@ static void test_server_url_refuses(void **state)
         "https://smdp_bad.example.com",
         "https://[zz]/",
         "smdp.ex\tample.com",
-        "sm\xc3\xa9" "dp.example.com",
+        "sm\xc3\xa9"
+        "dp.example.com",
         huge,
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -155,7 +156,8 @@ static void test_refresh_plans_xml(void **state)
 static void test_refresh_plans_binary_tether_uuid(void **state)
 {
     (void)state;
-    esim_cmd_opts opts = {.command_uuid = GIVEN_UUID, .format = ESIM_PLIST_BINARY,
+    esim_cmd_opts opts = {.command_uuid = GIVEN_UUID,
+                          .format = ESIM_PLIST_BINARY,
                           .request_requires_network_tether = true};
     esim_cmd cmd;
     esim_error err = {{0}};
@@ -290,9 +292,8 @@ static void test_install_profile(void **state)
     (void)state;
     esim_cmd cmd;
     esim_error err = {{0}};
-    assert_int_equal(esim_cmd_install_profile(MINI_PROFILE, sizeof MINI_PROFILE - 1, NULL, &cmd,
-                                              &err),
-                     ESIM_OK);
+    assert_int_equal(
+        esim_cmd_install_profile(MINI_PROFILE, sizeof MINI_PROFILE - 1, NULL, &cmd, &err), ESIM_OK);
     esim_cmd_parsed p;
     parse_back(&cmd, &p);
     assert_string_equal(p.request_type, "InstallProfile");
@@ -393,8 +394,7 @@ static void test_cmd_parse_refusals(void **state)
         esim_cmd_parsed p;
         memset(&p, 0x5A, sizeof p);
         esim_error err = {{0}};
-        assert_int_equal(esim_cmd_parse(bodies[k], strlen(bodies[k]), NULL, &p, &err),
-                         ESIM_EINVAL);
+        assert_int_equal(esim_cmd_parse(bodies[k], strlen(bodies[k]), NULL, &p, &err), ESIM_EINVAL);
         assert_true(err.msg[0] != '\0');
         assert_int_equal(((unsigned char *)&p)[0], 0x5A);
     }

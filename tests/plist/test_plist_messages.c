@@ -44,9 +44,16 @@ static void test_authenticate_round_trip(void **state)
 {
     (void)state;
     esim_authenticate_info info = {
-        .udid = UDID, .topic = TOPIC, .os_version = "18.1", .build_version = "22B83",
-        .product_name = "iPhone15,2", .serial_number = "F2LXK0Q1PLJM", .imei = "35 209900 176148 1",
-        .meid = "35209900176148", .device_name = "Fleet iPhone 7", .model = "iPhone",
+        .udid = UDID,
+        .topic = TOPIC,
+        .os_version = "18.1",
+        .build_version = "22B83",
+        .product_name = "iPhone15,2",
+        .serial_number = "F2LXK0Q1PLJM",
+        .imei = "35 209900 176148 1",
+        .meid = "35209900176148",
+        .device_name = "Fleet iPhone 7",
+        .model = "iPhone",
     };
     esim_buf body = {0};
     esim_error err = {{0}};
@@ -86,8 +93,8 @@ static void test_token_update_and_checkout_round_trip(void **state)
         token[k] = (unsigned char)(k * 7 + 1);
     esim_buf body = {0};
     esim_error err = {{0}};
-    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, sizeof token,
-                                                 "7C8E2A10-MAGIC", &body, &err),
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, sizeof token, "7C8E2A10-MAGIC",
+                                                 &body, &err),
                      ESIM_OK);
     esim_msg m;
     assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, &err), ESIM_OK);
@@ -157,7 +164,8 @@ static plist_t subscriptions_extra(void)
 static void check_result_round_trip(esim_plist_format format)
 {
     esim_error_chain_entry chain[2] = {
-        {.code = 36003, .domain = "CTCellularPlanErrorDomain",
+        {.code = 36003,
+         .domain = "CTCellularPlanErrorDomain",
          .localized_description = "The cellular stack is busy.",
          .us_english_description = "The cellular stack is busy."},
         {.code = -4, .domain = "MCMDMErrorDomain", .localized_description = "Ça échoue"},
@@ -294,15 +302,16 @@ static void test_builder_refusals(void **state)
     assert_null(body.data);
 }
 
-/* ---- refusals ---------------------------------------------------------------------------------- */
+/* ---- refusals ----------------------------------------------------------------------------------
+ */
 
-#define CHECKIN(type, rest)                                                                   \
-    "<plist version=\"1.0\"><dict><key>MessageType</key><string>" type "</string>" rest \
+#define CHECKIN(type, rest)                                                                        \
+    "<plist version=\"1.0\"><dict><key>MessageType</key><string>" type "</string>" rest            \
     "</dict></plist>"
 #define UDID_TOPIC "<key>UDID</key><string>ABC-123</string><key>Topic</key><string>t</string>"
 #define TOKEN32 "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
-#define RESULT(rest) "<plist version=\"1.0\"><dict><key>UDID</key><string>ABC-123</string>" rest \
-    "</dict></plist>"
+#define RESULT(rest)                                                                               \
+    "<plist version=\"1.0\"><dict><key>UDID</key><string>ABC-123</string>" rest "</dict></plist>"
 
 static void test_refusals_with_reasons(void **state)
 {
@@ -314,43 +323,56 @@ static void test_refusals_with_reasons(void **state)
         {CHECKIN("Authenticate", "<key>Topic</key><string>t</string>"), "UDID"},
         {CHECKIN("Authenticate", "<key>UDID</key><string>ABC</string>"), "Topic"},
         {CHECKIN("Authenticate", "<key>UDID</key><string>ABC</string><key>Topic</key><string>"
-                                 "</string>"), "Topic"},
+                                 "</string>"),
+         "Topic"},
         {CHECKIN("Authenticate", "<key>UDID</key><integer>3</integer><key>Topic</key><string>t"
-                                 "</string>"), "UDID"},
+                                 "</string>"),
+         "UDID"},
         {CHECKIN("Authenticate", "<key>UDID</key><string>a/b</string><key>Topic</key><string>t"
-                                 "</string>"), "UDID"},
+                                 "</string>"),
+         "UDID"},
         {CHECKIN("Authenticate", UDID_TOPIC "<key>OSVersion</key><real>17.2</real>"), "OSVersion"},
         {CHECKIN("Enroll", UDID_TOPIC), "MessageType"},
         {CHECKIN("TokenUpdate", UDID_TOPIC "<key>PushMagic</key><string>m</string>"), "Token"},
         {CHECKIN("TokenUpdate", UDID_TOPIC TOKEN32), "PushMagic"},
         {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><string>abc</string>"
-                                "<key>PushMagic</key><string>m</string>"), "Token"},
+                                           "<key>PushMagic</key><string>m</string>"),
+         "Token"},
         {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><data>AAEC</data>"
-                                "<key>PushMagic</key><string>m</string>"), "Token"},
-        {CHECKIN("TokenUpdate", UDID_TOPIC TOKEN32 "<key>PushMagic</key><string>m</string>"
-                                "<key>AwaitingConfiguration</key><string>yes</string>"),
+                                           "<key>PushMagic</key><string>m</string>"),
+         "Token"},
+        {CHECKIN("TokenUpdate",
+                 UDID_TOPIC TOKEN32 "<key>PushMagic</key><string>m</string>"
+                                    "<key>AwaitingConfiguration</key><string>yes</string>"),
          "AwaitingConfiguration"},
         {RESULT("<key>Status</key><string>Done</string><key>CommandUUID</key><string>u</string>"),
          "Status"},
         {RESULT("<key>Status</key><true/>"), "Status"},
         {RESULT("<key>Status</key><string>Acknowledged</string>"), "CommandUUID"},
         {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
-                "<key>ErrorChain</key><dict/>"), "ErrorChain"},
+                "<key>ErrorChain</key><dict/>"),
+         "ErrorChain"},
         {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
-                "<key>ErrorChain</key><array><string>x</string></array>"), "ErrorChain"},
+                "<key>ErrorChain</key><array><string>x</string></array>"),
+         "ErrorChain"},
         {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
                 "<key>ErrorChain</key><array><dict><key>ErrorDomain</key><string>d</string>"
-                "</dict></array>"), "ErrorCode"},
+                "</dict></array>"),
+         "ErrorCode"},
         {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
                 "<key>ErrorChain</key><array><dict><key>ErrorCode</key><string>1</string>"
-                "<key>ErrorDomain</key><string>d</string></dict></array>"), "ErrorCode"},
+                "<key>ErrorDomain</key><string>d</string></dict></array>"),
+         "ErrorCode"},
         {RESULT("<key>Status</key><string>Error</string><key>CommandUUID</key><string>u</string>"
                 "<key>ErrorChain</key><array><dict><key>ErrorCode</key><integer>1</integer>"
-                "</dict></array>"), "ErrorDomain"},
+                "</dict></array>"),
+         "ErrorDomain"},
         {RESULT("<key>Status</key><string>Acknowledged</string><key>CommandUUID</key><string>u"
-                "</string><key>QueryResponses</key><array/>"), "QueryResponses"},
+                "</string><key>QueryResponses</key><array/>"),
+         "QueryResponses"},
         {RESULT("<key>Status</key><string>Idle</string><key>MessageType</key><string>CheckOut"
-                "</string>"), "both"},
+                "</string>"),
+         "both"},
         {"<plist version=\"1.0\"><dict><key>UDID</key><string>ABC</string></dict></plist>",
          "neither"},
         {"<plist version=\"1.0\"><array><string>x</string></array></plist>", "dictionary"},

@@ -30,8 +30,10 @@ static plist_t sample_payload(void)
 static void build_sample(esim_plist_format format, esim_buf *out)
 {
     plist_t payload = sample_payload();
-    esim_profile_opts opts = {.identifier = "com.example.esim", .uuid = PROFILE_UUID,
-                              .display_name = "eSIM policy", .description = "Keeps eSIMs put",
+    esim_profile_opts opts = {.identifier = "com.example.esim",
+                              .uuid = PROFILE_UUID,
+                              .display_name = "eSIM policy",
+                              .description = "Keeps eSIMs put",
                               .organization = "Example Corp"};
     esim_error err = {{0}};
     assert_int_equal(esim_profile_build(&opts, &payload, 1, format, out, &err), ESIM_OK);
@@ -49,8 +51,8 @@ static const char *dict_string(plist_t d, const char *key)
 static void test_payload_new(void **state)
 {
     (void)state;
-    plist_t p = esim_payload_new("com.apple.applicationaccess", "com.example.r", PROFILE_UUID,
-                                 NULL);
+    plist_t p =
+        esim_payload_new("com.apple.applicationaccess", "com.example.r", PROFILE_UUID, NULL);
     assert_non_null(p);
     assert_string_equal(dict_string(p, "PayloadType"), "com.apple.applicationaccess");
     assert_string_equal(dict_string(p, "PayloadIdentifier"), "com.example.r");
@@ -125,8 +127,7 @@ static void test_profile_build_refusals(void **state)
     assert_non_null(strstr(err.msg, "PayloadIdentifier"));
     assert_int_equal(esim_profile_build(NULL, NULL, 0, ESIM_PLIST_XML, &b, &err), ESIM_EINVAL);
     esim_profile_opts bad_uuid = {.identifier = "x", .uuid = "12"};
-    assert_int_equal(esim_profile_build(&bad_uuid, NULL, 0, ESIM_PLIST_XML, &b, &err),
-                     ESIM_EINVAL);
+    assert_int_equal(esim_profile_build(&bad_uuid, NULL, 0, ESIM_PLIST_XML, &b, &err), ESIM_EINVAL);
     esim_profile_opts ok = {.identifier = "x"};
     assert_int_equal(esim_profile_build(&ok, NULL, 1, ESIM_PLIST_XML, &b, &err), ESIM_EINVAL);
     plist_t not_payload = plist_new_dict();
@@ -175,8 +176,8 @@ static void test_profile_parse_refusals(void **state)
 
 static void make_signer(esim_cert *signer, esim_key_type type)
 {
-    esim_cert_spec spec = {.common_name = "Profile Signer", .organization = "Example Corp",
-                           .key_type = type};
+    esim_cert_spec spec = {
+        .common_name = "Profile Signer", .organization = "Example Corp", .key_type = type};
     esim_error err = {{0}};
     assert_int_equal(esim_cert_issue(&spec, NULL, signer, &err), ESIM_OK);
 }
@@ -196,18 +197,17 @@ static void test_sign_and_parse(void **state)
         assert_int_equal(signed_der.data[0], 0x30);
         plist_t root = NULL;
         bool was_signed = false;
-        assert_int_equal(esim_profile_parse(signed_der.data, signed_der.len, NULL, &root,
-                                            &was_signed, &err),
-                         ESIM_OK);
+        assert_int_equal(
+            esim_profile_parse(signed_der.data, signed_der.len, NULL, &root, &was_signed, &err),
+            ESIM_OK);
         assert_true(was_signed);
         assert_string_equal(dict_string(root, "PayloadIdentifier"), "com.example.esim");
         plist_free(root);
 
         /* The signed form installs too, byte for byte. */
         esim_cmd cmd;
-        assert_int_equal(esim_cmd_install_profile(signed_der.data, signed_der.len, NULL, &cmd,
-                                                  &err),
-                         ESIM_OK);
+        assert_int_equal(
+            esim_cmd_install_profile(signed_der.data, signed_der.len, NULL, &cmd, &err), ESIM_OK);
         esim_cmd_free(&cmd);
 
         /* Signing twice is refused. */
@@ -220,9 +220,9 @@ static void test_sign_and_parse(void **state)
         assert_non_null(hit);
         hit[0] = 'C';
         root = NULL;
-        assert_int_equal(esim_profile_parse(signed_der.data, signed_der.len, NULL, &root, NULL,
-                                            &err),
-                         ESIM_EINVAL);
+        assert_int_equal(
+            esim_profile_parse(signed_der.data, signed_der.len, NULL, &root, NULL, &err),
+            ESIM_EINVAL);
         assert_non_null(strstr(err.msg, "signature"));
         assert_null(root);
         esim_buf_free(&plain);
