@@ -556,6 +556,41 @@ static void test_hostile_binary_trailers(void **state)
     esim_buf_free(&good);
 }
 
+/* 100 000 arrays, each holding the next: libplist 2.2's binary reader
+ * recurses once per level and overflows its stack on this (checked by
+ * hand), so the refusal must come from the pre-scan. */
+static void test_binary_deep_chain_refused_before_parsing(void **state)
+{
+    (void)state;
+    const size_t n = 100000;
+    size_t len = 8 + n * 5 + n * 4 + 32;
+    unsigned char *b = calloc(1, len);
+    assert_non_null(b);
+    memcpy(b, "bplist00", 8);
+    for (size_t k = 0; k < n; k++) {
+        unsigned char *obj = b + 8 + 5 * k;
+        obj[0] = k + 1 < n ? 0xA1 : 0xA0;
+        if (k + 1 < n)
+            for (int j = 0; j < 4; j++)
+                obj[1 + j] = (unsigned char)((k + 1) >> (8 * (3 - j)));
+    }
+    size_t table = 8 + 5 * n;
+    for (size_t k = 0; k < n; k++)
+        for (int j = 0; j < 4; j++)
+            b[table + 4 * k + j] = (unsigned char)((8 + 5 * k) >> (8 * (3 - j)));
+    unsigned char *t = b + len - 32;
+    t[6] = 4;
+    t[7] = 4;
+    put_be64(t + 8, n);
+    put_be64(t + 16, 0);
+    put_be64(t + 24, table);
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_parse(b, len, NULL, &m, &err), ESIM_ETOOBIG);
+    assert_non_null(strstr(err.msg, "deeper"));
+    free(b);
+}
+
 /* Hand-made binary plist: object 0 = array holding a reference to itself. */
 static void test_binary_cycle_refused(void **state)
 {
@@ -684,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_depth_limit_binary),
         cmocka_unit_test(test_hostile_binary_trailers),
         cmocka_unit_test(test_binary_cycle_refused),
+        cmocka_unit_test(test_binary_deep_chain_refused_before_parsing),
         cmocka_unit_test(test_service_subscriptions_malformed),
         cmocka_unit_test(test_nul_in_strings_refused),
         cmocka_unit_test(test_parse_dict_and_serialize),
