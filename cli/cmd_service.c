@@ -28,7 +28,8 @@ static const char serve_usage[] =
     "  --port-file F             write the bound port to F once listening\n"
     "  --data-dir DIR            state directory (default ./esim-mdm-data)\n"
     "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db); postgres:// is not supported yet\n"
-    "  --store-sync full|normal  full (default): commits reach the disk before devices hear of them\n"
+    "  --store-sync MODE         group (default): answers wait for one shared fsync per loop turn;\n"
+    "                            full: fsync per commit; normal: no fsync (survives crashes, not power cuts)\n"
     "  --api-token-file F        bearer token for /v1/ (default: DIR/api-token, made if missing)\n"
     "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none (experiments only)\n"
     "  --device-ca PEM           CA bundle that device identity certificates chain to\n"
@@ -335,10 +336,14 @@ int cmd_serve(int argc, char **argv)
     if (rc == CLI_EXIT_OK && o.device_auth && esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
         rc = cli_usage_error("--device-auth: %s", e.msg);
     if (rc == CLI_EXIT_OK && o.store_sync) {
-        if (strcmp(o.store_sync, "normal") == 0)
-            o.cfg.store_sync_normal = true;
-        else if (strcmp(o.store_sync, "full") != 0)
-            rc = cli_usage_error("--store-sync: use full or normal");
+        if (strcmp(o.store_sync, "group") == 0)
+            o.cfg.store_sync = STORE_SYNC_GROUP;
+        else if (strcmp(o.store_sync, "full") == 0)
+            o.cfg.store_sync = STORE_SYNC_FULL;
+        else if (strcmp(o.store_sync, "normal") == 0)
+            o.cfg.store_sync = STORE_SYNC_NORMAL;
+        else
+            rc = cli_usage_error("--store-sync: use group, full or normal");
     }
     if (!o.cfg.data_dir)
         o.cfg.data_dir = "esim-mdm-data";
@@ -524,7 +529,7 @@ static int enqueue_opt(void *ctx, int argc, char **argv, int i)
     enqueue_ctx *x = ctx;
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    long n;
+    long n = 0;
     if (strcmp(a, "--udid") == 0 && v) {
         json_array_append_new(x->udids, json_string(v));
         return 2;

@@ -61,8 +61,8 @@ const char *esim_push_state_name(esim_push_state s)
 
 /* ---- HTTP helpers ------------------------------------------------------------- */
 
-void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
-                const char *content_type, const void *body, size_t len)
+static void send_now(struct evhttp_request *req, int code, const char *content_type,
+                     const void *body, size_t len)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (content_type)
@@ -70,8 +70,6 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
     struct evbuffer *out = evbuffer_new();
     if (out && body && len)
         evbuffer_add(out, body, len);
-    int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
-    svc->m.requests[route][cls]++;
     const char *reason = code == 200 ? "OK" : code == 201 ? "Created" : code == 400 ? "Bad Request"
                          : code == 401 ? "Unauthorized" : code == 403 ? "Forbidden"
                          : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed"
@@ -81,6 +79,69 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
     evhttp_send_reply(req, code, reason, out);
     if (out)
         evbuffer_free(out);
+}
+
+/* Group commit: answers wait until one store sync covers every change made
+ * while serving them; the flush runs on a 1 ms timer, after the I/O of the
+ * loop turns in between, so a burst of requests shares one fsync. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    esim_service *svc = arg;
+    bool synced = svc->st->ops->sync(svc->st, NULL) == ESIM_OK;
+    if (!synced)
+        svc->m.store_errors++;
+    svc_reply *r = svc->replies;
+    svc->replies = NULL;
+    svc->replies_tail = &svc->replies;
+    while (r) {
+        svc_reply *next = r->next;
+        if (synced)
+            send_now(r->req, r->code, r->content_type, r->body.data, r->body.len);
+        else
+            send_now(r->req, 500, "text/plain", "the store could not sync; try again\n", 36);
+        esim_buf_free(&r->body);
+        free(r);
+        r = next;
+    }
+}
+
+static void drop_replies(esim_service *svc)
+{
+    while (svc->replies) {
+        svc_reply *r = svc->replies;
+        svc->replies = r->next;
+        esim_buf_free(&r->body);
+        free(r);
+    }
+    svc->replies_tail = &svc->replies;
+}
+
+void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                const char *content_type, const void *body, size_t len)
+{
+    int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
+    svc->m.requests[route][cls]++;
+    if (svc->cfg.store_sync != STORE_SYNC_GROUP || !svc->flush_ev) {
+        send_now(req, code, content_type, body, len);
+        return;
+    }
+    svc_reply *r = calloc(1, sizeof *r);
+    if (!r || (len && esim_buf_append(&r->body, body, len) != ESIM_OK)) {
+        free(r);
+        send_now(req, 503, "text/plain", "out of memory\n", 14);
+        return;
+    }
+    r->req = req;
+    r->code = code;
+    r->content_type = content_type;
+    *svc->replies_tail = r;
+    svc->replies_tail = &r->next;
+    if (!evtimer_pending(svc->flush_ev, NULL)) {
+        struct timeval soon = {0, 1000}; /* 1 ms: lets a burst gather behind one fsync */
+        evtimer_add(svc->flush_ev, &soon);
+    }
 }
 
 const unsigned char *http_body(struct evhttp_request *req, size_t *len)
@@ -341,7 +402,7 @@ static esim_err start(esim_service *svc, esim_error *err)
     }
     if ((rc = tls_setup(svc, err)) != ESIM_OK)
         return rc;
-    store_options so = {.sync_normal = svc->cfg.store_sync_normal};
+    store_options so = {.sync = svc->cfg.store_sync};
     if ((rc = store_open(svc->store_spec, svc->data_dir, &so, &svc->st, err)) != ESIM_OK)
         return rc;
     if ((rc = push_init(svc, err)) != ESIM_OK)
@@ -354,7 +415,8 @@ static esim_err start(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
     svc->stop_ev = event_new(svc->base, svc->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, svc);
     svc->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, svc);
-    if (!svc->stop_ev || !svc->tick_ev)
+    svc->flush_ev = evtimer_new(svc->base, on_flush, svc);
+    if (!svc->stop_ev || !svc->tick_ev || !svc->flush_ev)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     struct timeval tv = {svc->cfg.tick_ms / 1000, (svc->cfg.tick_ms % 1000) * 1000};
     event_add(svc->stop_ev, NULL);
@@ -374,6 +436,7 @@ esim_err esim_service_new(struct event_base *base, const esim_service_config *cf
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     svc->base = base;
     svc->stop_pipe[0] = svc->stop_pipe[1] = -1;
+    svc->replies_tail = &svc->replies;
     esim_err rc = copy_config(svc, cfg, err);
     if (rc == ESIM_OK)
         rc = start(svc, err);
@@ -389,6 +452,10 @@ void esim_service_free(esim_service *svc)
 {
     if (!svc)
         return;
+    drop_replies(svc); /* their requests belong to connections evhttp_free closes */
+    if (svc->flush_ev)
+        event_free(svc->flush_ev);
+    svc->flush_ev = NULL;
     if (svc->http)
         evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
     mdm_forget_connections(svc);

@@ -53,8 +53,10 @@ typedef struct {
     const char *data_dir;
     /* Store specification (store_open): "sqlite:PATH"; NULL = in data_dir. */
     const char *store;
-    /* Faster commits that survive process crashes but maybe not power cuts. */
-    bool store_sync_normal;
+    /* When commits reach the disk: STORE_SYNC_GROUP (default: answers wait
+     * for one shared fsync per loop turn), FULL (fsync per commit) or NORMAL
+     * (no fsync: survives process crashes, not power cuts). */
+    store_sync store_sync;
 
     /* Bearer token for /v1/. NULL or empty: the admin API answers 401 to
      * everything (the device side still works). */

@@ -61,6 +61,15 @@ typedef struct svc_bucket {
 
 #define SVC_BUCKETS 4096
 
+/* An answer held until the store's group commit is on disk. */
+typedef struct svc_reply {
+    struct svc_reply *next;
+    struct evhttp_request *req;
+    int code;
+    const char *content_type; /* static strings only */
+    esim_buf body;
+} svc_reply;
+
 typedef struct svc_webhooks svc_webhooks;
 typedef struct svc_push svc_push;
 
@@ -81,6 +90,8 @@ struct esim_service {
     X509_STORE *device_ca;
 
     struct event *tick_ev;
+    struct event *flush_ev;     /* group commit: sync the store, then answer */
+    svc_reply *replies, **replies_tail;
     struct event *stop_ev;
     int stop_pipe[2];
 

@@ -286,6 +286,13 @@ struct store_ops {
     /* Counts for /metrics and /healthz. */
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
 
+    /* Makes every operation committed so far durable (group commit: one
+     * fsync covers them all). Cheap when nothing changed since the last
+     * call, and a no-op unless the store was opened with STORE_SYNC_GROUP.
+     *   ESIM_ESTORE  the fsync failed: committed operations may not survive
+     *                a power cut; do not report them as done. */
+    esim_err (*sync)(store *st, esim_error *err);
+
     /* Appends one event to the ledger outside any other operation (admin
      * actions, pushes, webhook give-ups). |udid|, |command_uuid|, |detail|
      * and |raw| may be NULL. */
@@ -294,11 +301,20 @@ struct store_ops {
                              size_t raw_len, int64_t now, esim_error *err);
 };
 
+/* When commits reach the disk (docs/service.md, "Durability"). */
+typedef enum {
+    /* Default. Commits go to the log without waiting; the caller makes them
+     * durable with ops->sync() - one fsync for many commits - before it
+     * tells anyone about them (group commit). */
+    STORE_SYNC_GROUP = 0,
+    /* Every commit is fsynced on its own before it returns. */
+    STORE_SYNC_FULL,
+    /* No fsync at all: survives a process crash, not a power cut. */
+    STORE_SYNC_NORMAL,
+} store_sync;
+
 typedef struct {
-    /* "full" (default): every commit is on disk before the device hears of
-     * it. "normal": faster; a process crash loses nothing, a power loss may
-     * lose the last commits (see docs/service.md). */
-    bool sync_normal;
+    store_sync sync;
 } store_options;
 
 /*

@@ -308,7 +308,7 @@ static char *build_payload(const esim_msg *msg, const void *raw, size_t len)
     time_t secs = (time_t)(now / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    char when[40];
+    char when[80];
     snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000));
     json_t *ev = json_pack("{s:s,s:n,s:s}", msg->is_enrollment_id ? "enrollment_id" : "udid",

@@ -1,0 +1,295 @@
+/*
+ * loadgen.c — load generator for `esim-mdm serve`: N simulated devices over
+ * C keep-alive connections (libevent HTTP client). Phases: enrol every device
+ * (Authenticate + TokenUpdate), queue one command for all of them in one API
+ * call, then drive the check-in round trip (Idle -> command -> Acknowledged
+ * -> empty); finally the same number of requests against /healthz with the
+ * same generator, which is the ceiling the round trips are compared with.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+typedef enum { P_AUTH, P_TOKEN, P_IDLE, P_ACK, P_HEALTH } phase;
+
+typedef struct gen gen;
+
+typedef struct {
+    gen *g;
+    struct evhttp_connection *conn;
+    int device;     /* current device index */
+    phase step;
+    char uuid[64];
+} slot;
+
+struct gen {
+    struct event_base *base;
+    const char *host;
+    int port;
+    int devices, conc;
+    int next_device;   /* work queue */
+    int done_devices;
+    int errors;
+    long requests;
+    phase phase_kind;  /* which phase is running */
+    slot *slots;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void udid_of(int i, char out[48])
+{
+    snprintf(out, 48, "BENCH-%08d-0000-0000-000000000000", i);
+}
+
+static void body_for(slot *s, struct evbuffer *out)
+{
+    char udid[48];
+    udid_of(s->device, udid);
+    static const char head[] = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>";
+    switch (s->step) {
+    case P_AUTH:
+        evbuffer_add_printf(out, "%s<key>MessageType</key><string>Authenticate</string><key>Topic</key>"
+                            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
+                            "<key>OSVersion</key><string>18.1</string></dict></plist>", head, udid);
+        break;
+    case P_TOKEN:
+        evbuffer_add_printf(out, "%s<key>MessageType</key><string>TokenUpdate</string><key>Topic</key>"
+                            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
+                            "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
+                            "<key>PushMagic</key><string>magic-%d</string></dict></plist>", head, udid, s->device);
+        break;
+    case P_IDLE:
+        evbuffer_add_printf(out, "%s<key>Status</key><string>Idle</string><key>UDID</key><string>%s</string>"
+                            "</dict></plist>", head, udid);
+        break;
+    case P_ACK:
+        evbuffer_add_printf(out, "%s<key>Status</key><string>Acknowledged</string><key>UDID</key>"
+                            "<string>%s</string><key>CommandUUID</key><string>%s</string></dict></plist>",
+                            head, udid, s->uuid);
+        break;
+    case P_HEALTH:
+        break;
+    }
+}
+
+static void issue(slot *s);
+
+/* The next device for this slot, or stop when the work queue is empty. */
+static void next_device(slot *s)
+{
+    gen *g = s->g;
+    g->done_devices++;
+    if (g->next_device >= g->devices) {
+        if (g->done_devices == g->devices)
+            event_base_loopexit(g->base, NULL);
+        s->device = -1;
+        return;
+    }
+    s->device = g->next_device++;
+    s->step = g->phase_kind == P_AUTH ? P_AUTH : g->phase_kind;
+    issue(s);
+}
+
+static void on_reply(struct evhttp_request *req, void *arg)
+{
+    slot *s = arg;
+    gen *g = s->g;
+    g->requests++;
+    int code = req ? evhttp_request_get_response_code(req) : 0;
+    if (code != 200) {
+        g->errors++;
+        if (g->errors < 5)
+            fprintf(stderr, "loadgen: device %d step %d got %d\n", s->device, s->step, code);
+        next_device(s);
+        return;
+    }
+    switch (s->step) {
+    case P_AUTH:
+        s->step = P_TOKEN;
+        issue(s);
+        return;
+    case P_IDLE: {
+        /* The reply is the command; pick its CommandUUID out. */
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        char *body = (char *)evbuffer_pullup(in, -1);
+        const char *k = body ? memmem(body, len, "<key>CommandUUID</key>", 22) : NULL;
+        const char *v = k ? memmem(k, len - (size_t)(k - body), "<string>", 8) : NULL;
+        if (!v) {
+            g->errors++;
+            next_device(s);
+            return;
+        }
+        v += 8;
+        const char *e = memchr(v, '<', len - (size_t)(v - body));
+        size_t n = e ? (size_t)(e - v) : 0;
+        if (n >= sizeof s->uuid)
+            n = sizeof s->uuid - 1;
+        memcpy(s->uuid, v, n);
+        s->uuid[n] = '\0';
+        s->step = P_ACK;
+        issue(s);
+        return;
+    }
+    default:
+        next_device(s);
+    }
+}
+
+static void issue(slot *s)
+{
+    gen *g = s->g;
+    struct evhttp_request *req = evhttp_request_new(on_reply, s);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    char host[64];
+    snprintf(host, sizeof host, "%s:%d", g->host, g->port);
+    evhttp_add_header(h, "Host", host);
+    if (s->step == P_HEALTH) {
+        evhttp_make_request(s->conn, req, EVHTTP_REQ_GET, "/healthz");
+        return;
+    }
+    body_for(s, evhttp_request_get_output_buffer(req));
+    evhttp_make_request(s->conn, req, EVHTTP_REQ_PUT, "/mdm");
+}
+
+/* Runs one phase over every device; returns elapsed seconds. */
+static double run_phase(gen *g, phase p, long *requests)
+{
+    g->phase_kind = p;
+    g->next_device = 0;
+    g->done_devices = 0;
+    g->requests = 0;
+    double t0 = now_s();
+    for (int i = 0; i < g->conc && g->next_device < g->devices; i++) {
+        slot *s = &g->slots[i];
+        s->device = g->next_device++;
+        s->step = p;
+        issue(s);
+    }
+    event_base_dispatch(g->base);
+    *requests = g->requests;
+    return now_s() - t0;
+}
+
+typedef struct {
+    int code;
+    struct event_base *base;
+} call_ctx;
+
+static void on_done(struct evhttp_request *rq, void *arg)
+{
+    call_ctx *cx = arg;
+    cx->code = rq ? evhttp_request_get_response_code(rq) : 0;
+    event_base_loopexit(cx->base, NULL);
+}
+
+/* POST /v1/commands for every device in one call (push off). */
+static int enqueue_all(gen *g, const char *token)
+{
+    struct evhttp_connection *c = evhttp_connection_base_new(g->base, NULL, g->host, (unsigned short)g->port);
+    call_ctx cx = {0, g->base};
+    struct evhttp_request *r = evhttp_request_new(on_done, &cx);
+    struct evbuffer *b = evhttp_request_get_output_buffer(r);
+    evbuffer_add_printf(b, "{\"push\":false,\"command\":{\"request_type\":\"RefreshCellularPlans\","
+                           "\"esim_server_url\":\"smdp.example.com\"},\"udids\":[");
+    for (int i = 0; i < g->devices; i++) {
+        char udid[48];
+        udid_of(i, udid);
+        evbuffer_add_printf(b, "%s\"%s\"", i ? "," : "", udid);
+    }
+    evbuffer_add_printf(b, "]}");
+    char auth[256], host[64];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    snprintf(host, sizeof host, "%s:%d", g->host, g->port);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r);
+    evhttp_add_header(h, "Authorization", auth);
+    evhttp_add_header(h, "Host", host);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_connection_set_timeout(c, 600);
+    evhttp_make_request(c, r, EVHTTP_REQ_POST, "/v1/commands");
+    event_base_dispatch(g->base);
+    evhttp_connection_free(c);
+    return cx.code;
+}
+
+static long rss_kib(int pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    long v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            v = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 6) {
+        fprintf(stderr, "usage: loadgen PORT TOKEN DEVICES CONCURRENCY SERVER_PID\n");
+        return 2;
+    }
+    gen g = {0};
+    g.host = "127.0.0.1";
+    g.port = atoi(argv[1]);
+    const char *token = argv[2];
+    g.devices = atoi(argv[3]);
+    g.conc = atoi(argv[4]);
+    int pid = atoi(argv[5]);
+    g.base = event_base_new();
+    g.slots = calloc((size_t)g.conc, sizeof *g.slots);
+    for (int i = 0; i < g.conc; i++) {
+        g.slots[i].g = &g;
+        g.slots[i].conn = evhttp_connection_base_new(g.base, NULL, g.host, (unsigned short)g.port);
+        evhttp_connection_set_timeout(g.slots[i].conn, 60);
+    }
+    long rss0 = rss_kib(pid), req = 0;
+    double t = run_phase(&g, P_AUTH, &req);
+    long rss_enrolled = rss_kib(pid);
+    printf("enrol:       %d devices, %ld check-ins in %.2f s = %.0f check-ins/s (errors %d)\n", g.devices,
+           req, t, (double)req / t, g.errors);
+    double t0 = now_s();
+    int code = enqueue_all(&g, token);
+    printf("enqueue:     one API call for %d devices: HTTP %d in %.2f s\n", g.devices, code, now_s() - t0);
+    g.errors = 0;
+    t = run_phase(&g, P_IDLE, &req);
+    double rt_rate = (double)g.devices / t, mdm_rps = (double)req / t;
+    int rt_errors = g.errors;
+    long rss_after = rss_kib(pid);
+    g.errors = 0;
+    /* The ceiling: the same generator, connections and request count, on /healthz. */
+    int saved = g.devices;
+    g.devices = (int)req;
+    long hreq = 0;
+    double th = run_phase(&g, P_HEALTH, &hreq);
+    g.devices = saved;
+    double h_rps = (double)hreq / th;
+    printf("round trips: %d (Idle -> command -> Acknowledged -> empty) in %.2f s = %.0f round trips/s, "
+           "%.0f requests/s (errors %d)\n", g.devices, t, rt_rate, mdm_rps, rt_errors);
+    printf("ceiling:     %ld GET /healthz in %.2f s = %.0f requests/s (errors %d)\n", hreq, th, h_rps, g.errors);
+    printf("ratio:       check-in requests/s / healthz requests/s = %.2f\n", mdm_rps / h_rps);
+    if (rss0 > 0)
+        printf("memory:      server RSS %ld KiB idle, %ld KiB after enrolment, %ld KiB after round trips: "
+               "%.0f bytes per enrolled device\n", rss0, rss_enrolled, rss_after,
+               (double)(rss_after - rss0) * 1024.0 / g.devices);
+    for (int i = 0; i < g.conc; i++)
+        evhttp_connection_free(g.slots[i].conn);
+    free(g.slots);
+    event_base_free(g.base);
+    return rt_errors ? 1 : 0;
+}
