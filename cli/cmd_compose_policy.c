@@ -83,33 +83,6 @@ static const char windows_csp_help[] =
     "\n"
     "exit status: 0 written, 1 failed to write, 2 bad options.\n";
 
-/*
- * Matches argv[*i] against --name (a flag) or --name VALUE / --name=VALUE.
- * Returns 1 on a match (*value set for valued options, *i advanced past a
- * separate value), 0 when it is another option, -1 when the value is missing.
- */
-static int match_option(int argc, char **argv, int *i, const char *name, bool takes_value,
-                        const char **value)
-{
-    const char *arg = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(arg, name, n) != 0)
-        return 0;
-    if (arg[n] == '\0') {
-        if (!takes_value)
-            return 1;
-        if (*i + 1 >= argc)
-            return -1;
-        *value = argv[++*i];
-        return 1;
-    }
-    if (arg[n] == '=' && takes_value) {
-        *value = arg + n + 1;
-        return 1;
-    }
-    return 0;
-}
-
 static int write_stdout(const esim_buf *doc, const char *what)
 {
     if (fwrite(doc->data, 1, doc->len, stdout) != doc->len || fflush(stdout) != 0) {
@@ -139,7 +112,7 @@ static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
         int m = 0;
         bool handled = false;
         for (size_t k = 0; k < 4 && !handled; k++) {
-            m = match_option(argc, argv, &i, policy_options[k], true, &v);
+            m = cli_match_option(argc, argv, &i, policy_options[k], true, &v);
             if (m == 0)
                 continue;
             if (m < 0)
@@ -166,7 +139,7 @@ static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
             {"--device-os", &a->device_os},
         };
         for (size_t k = 0; k < sizeof valued / sizeof valued[0] && !handled; k++) {
-            m = match_option(argc, argv, &i, valued[k].name, true, &v);
+            m = cli_match_option(argc, argv, &i, valued[k].name, true, &v);
             if (m == 0)
                 continue;
             if (m < 0)
@@ -264,11 +237,11 @@ int cmd_compose_windows_csp(int argc, char **argv)
         int m;
         const char *name = "--eid";
         const char **slot = &csp.eid;
-        m = match_option(argc, argv, &i, name, true, &v);
+        m = cli_match_option(argc, argv, &i, name, true, &v);
         if (m == 0) {
             name = "--server";
             slot = &csp.server;
-            m = match_option(argc, argv, &i, name, true, &v);
+            m = cli_match_option(argc, argv, &i, name, true, &v);
         }
         if (m != 0) {
             if (m < 0)
@@ -276,7 +249,7 @@ int cmd_compose_windows_csp(int argc, char **argv)
             if (*slot)
                 return cli_usage_error("compose windows-csp: %s given twice", name);
             *slot = v;
-        } else if ((m = match_option(argc, argv, &i, "--local-ui", true, &v)) != 0) {
+        } else if ((m = cli_match_option(argc, argv, &i, "--local-ui", true, &v)) != 0) {
             if (m < 0)
                 return cli_usage_error("compose windows-csp: --local-ui needs on or off");
             if (seen_local_ui)

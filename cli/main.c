@@ -44,6 +44,28 @@ bool cli_wants_help(int argc, char **argv)
     return false;
 }
 
+int cli_match_option(int argc, char **argv, int *i, const char *name, bool takes_value,
+                     const char **value)
+{
+    const char *arg = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) != 0)
+        return 0;
+    if (arg[n] == '\0') {
+        if (!takes_value)
+            return 1;
+        if (*i + 1 >= argc)
+            return -1;
+        *value = argv[++*i];
+        return 1;
+    }
+    if (arg[n] == '=' && takes_value) {
+        *value = arg + n + 1;
+        return 1;
+    }
+    return 0;
+}
+
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
