@@ -243,29 +243,44 @@ static esim_err bplist_container_refs(const bplist_layout *bl, uint64_t off, uin
 typedef struct {
     uint64_t object, refs_at, n_refs, next_ref;
     unsigned height; /* deepest child container chain seen so far */
+    uint64_t nodes;  /* values this object becomes once parsed, so far */
 } bplist_frame;
 
 enum { OBJ_UNSEEN = 0, OBJ_ON_PATH = 1, OBJ_DONE = 2 };
 
 /*
- * Walks the object graph from the top object with an explicit stack no
- * deeper than |max_depth|, memoizing each container's height so shared
- * sub-trees are visited once. A reference back onto the current path is a
- * cycle, which libplist would otherwise chase.
+ * How many values a binary plist of |len| bytes may expand to. libplist 2.2
+ * copies a shared object at every reference, so a 24 KB body whose array
+ * refers 6000 times to an array of 6000 references becomes 36 million values
+ * (4.5 GB). A body written by a real device shares only scalars, so it never
+ * expands to more values than it has bytes.
  */
-static esim_err bplist_check_nesting(const unsigned char *d, size_t len, unsigned max_depth,
-                                     esim_error *err)
+static uint64_t bplist_max_nodes(size_t len)
+{
+    return (uint64_t)len + 1024;
+}
+
+/*
+ * Walks the object graph from the top object with an explicit stack no
+ * deeper than |max_depth|, memoizing each container's height and expanded
+ * size so shared sub-trees are visited once. A reference back onto the
+ * current path is a cycle, which libplist would otherwise chase.
+ */
+static esim_err bplist_check_graph(const unsigned char *d, size_t len, unsigned max_depth,
+                                   esim_error *err)
 {
     bplist_layout bl;
     esim_err rc = bplist_read_layout(d, len, &bl, err);
     if (rc != ESIM_OK)
         return rc;
     size_t n = (size_t)bl.num_objects;
+    uint64_t max_nodes = bplist_max_nodes(len);
     unsigned char *state = calloc(n, 1);
     unsigned *height = calloc(n, sizeof *height);
+    uint64_t *nodes = calloc(n, sizeof *nodes);
     size_t stack_cap = (max_depth < n ? max_depth : n) + 1;
     bplist_frame *stack = calloc(stack_cap, sizeof *stack);
-    if (!state || !height || !stack) {
+    if (!state || !height || !nodes || !stack) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory checking a binary plist");
         goto done;
     }
@@ -273,7 +288,7 @@ static esim_err bplist_check_nesting(const unsigned char *d, size_t len, unsigne
     uint64_t off;
     if ((rc = bplist_object_offset(&bl, bl.top_object, &off, err)) != ESIM_OK)
         goto done;
-    bplist_frame root = {.object = bl.top_object};
+    bplist_frame root = {.object = bl.top_object, .nodes = 1};
     if ((rc = bplist_container_refs(&bl, off, &root.refs_at, &root.n_refs, err)) != ESIM_OK)
         goto done;
     stack[top++] = root;
@@ -284,9 +299,16 @@ static esim_err bplist_check_nesting(const unsigned char *d, size_t len, unsigne
             unsigned h = f->height + 1;
             state[f->object] = OBJ_DONE;
             height[f->object] = h;
+            nodes[f->object] = f->nodes;
             top--;
-            if (top > 0 && stack[top - 1].height < h)
-                stack[top - 1].height = h;
+            if (top > 0) {
+                bplist_frame *parent = &stack[top - 1];
+                if (parent->height < h)
+                    parent->height = h;
+                parent->nodes += f->nodes;
+                if (parent->nodes > max_nodes)
+                    goto too_many;
+            }
             continue;
         }
         uint64_t child = read_be(d + f->refs_at + f->next_ref * bl.ref_size, bl.ref_size);
@@ -304,16 +326,22 @@ static esim_err bplist_check_nesting(const unsigned char *d, size_t len, unsigne
                 goto too_deep;
             if (f->height < height[child])
                 f->height = height[child];
+            f->nodes += nodes[child];
+            if (f->nodes > max_nodes)
+                goto too_many;
             continue;
         }
         if ((rc = bplist_object_offset(&bl, child, &off, err)) != ESIM_OK)
             goto done;
-        bplist_frame next = {.object = child};
+        bplist_frame next = {.object = child, .nodes = 1};
         if ((rc = bplist_container_refs(&bl, off, &next.refs_at, &next.n_refs, err)) != ESIM_OK)
             goto done;
         unsigned type = d[off] >> 4;
         if (type != 0xA && type != 0xC && type != 0xD) {
-            state[child] = OBJ_DONE; /* a scalar: height 0 */
+            state[child] = OBJ_DONE; /* a scalar: height 0, one value */
+            nodes[child] = 1;
+            if (++f->nodes > max_nodes)
+                goto too_many;
             continue;
         }
         if (top >= max_depth || top >= stack_cap)
@@ -326,9 +354,16 @@ static esim_err bplist_check_nesting(const unsigned char *d, size_t len, unsigne
 too_deep:
     rc = esim_fail(err, ESIM_ETOOBIG, "plist nests containers deeper than the limit of %u levels",
                    max_depth);
+    goto done;
+too_many:
+    rc = esim_fail(err, ESIM_ETOOBIG,
+                   "binary plist of %zu bytes would expand to more than %llu values (shared "
+                   "containers referenced over and over)",
+                   len, (unsigned long long)max_nodes);
 done:
     free(state);
     free(height);
+    free(nodes);
     free(stack);
     return rc;
 }
@@ -390,7 +425,7 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
     bool binary = len >= BPLIST_MAGIC_LEN && memcmp(p, BPLIST_MAGIC, BPLIST_MAGIC_LEN) == 0;
     esim_err rc;
     if (binary) {
-        rc = bplist_check_nesting(p, len, l.max_depth, err);
+        rc = bplist_check_graph(p, len, l.max_depth, err);
     } else {
         if (!plist_looks_like_plist(data, len))
             return esim_fail(err, ESIM_EINVAL,

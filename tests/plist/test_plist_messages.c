@@ -591,6 +591,63 @@ static void test_binary_deep_chain_refused_before_parsing(void **state)
     free(b);
 }
 
+/* Object 0 refers |fan| times to object 1, which refers |fan| times to a
+ * string: libplist 2.2 copies shared objects per reference, so 1000 x 1000
+ * is a million values out of 4 KB (6000 x 6000 took 4.5 GB, checked by
+ * hand). Sharing scalars, as real writers do, stays fine. */
+static void test_binary_expansion_bomb_refused(void **state)
+{
+    (void)state;
+    const size_t fan = 1000;
+    esim_buf b = {0};
+    esim_buf_append(&b, "bplist00", 8);
+    size_t offs[3];
+    for (int o = 0; o < 2; o++) {
+        offs[o] = b.len;
+        unsigned char head[4] = {0xAF, 0x11, (unsigned char)(fan >> 8), (unsigned char)fan};
+        esim_buf_append(&b, head, 4);
+        for (size_t k = 0; k < fan; k++) {
+            unsigned char ref[2] = {0, (unsigned char)(o + 1)};
+            esim_buf_append(&b, ref, 2);
+        }
+    }
+    offs[2] = b.len;
+    esim_buf_append(&b, "\x51x", 2);
+    size_t table = b.len;
+    for (int o = 0; o < 3; o++) {
+        unsigned char off[2] = {(unsigned char)(offs[o] >> 8), (unsigned char)offs[o]};
+        esim_buf_append(&b, off, 2);
+    }
+    unsigned char trailer[32] = {0};
+    trailer[6] = 2;
+    trailer[7] = 2;
+    put_be64(trailer + 8, 3);
+    put_be64(trailer + 16, 0);
+    put_be64(trailer + 24, table);
+    esim_buf_append(&b, trailer, 32);
+    plist_t root = NULL;
+    esim_error err = {{0}};
+    assert_int_equal(esim_plist_parse_dict(b.data, b.len, NULL, &root, &err), ESIM_ETOOBIG);
+    assert_non_null(strstr(err.msg, "expand"));
+    assert_null(root);
+    esim_buf_free(&b);
+
+    /* 5000 references to one shared `true` and one shared string: fine. */
+    plist_t d = plist_new_dict();
+    plist_t list = plist_new_array();
+    for (int k = 0; k < 5000; k++) {
+        plist_array_append_item(list, plist_new_bool(1));
+        plist_array_append_item(list, plist_new_string("same"));
+    }
+    plist_dict_set_item(d, "List", list);
+    assert_int_equal(esim_plist_serialize(d, ESIM_PLIST_BINARY, &b, NULL), ESIM_OK);
+    plist_free(d);
+    assert_int_equal(esim_plist_parse_dict(b.data, b.len, NULL, &root, &err), ESIM_OK);
+    assert_int_equal(plist_array_get_size(plist_dict_get_item(root, "List")), 10000);
+    plist_free(root);
+    esim_buf_free(&b);
+}
+
 /* Hand-made binary plist: object 0 = array holding a reference to itself. */
 static void test_binary_cycle_refused(void **state)
 {
@@ -719,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_depth_limit_binary),
         cmocka_unit_test(test_hostile_binary_trailers),
         cmocka_unit_test(test_binary_cycle_refused),
+        cmocka_unit_test(test_binary_expansion_bomb_refused),
         cmocka_unit_test(test_binary_deep_chain_refused_before_parsing),
         cmocka_unit_test(test_service_subscriptions_malformed),
         cmocka_unit_test(test_nul_in_strings_refused),
