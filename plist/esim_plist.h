@@ -312,7 +312,9 @@ esim_err esim_msg_build_result(const char *udid, esim_status status, const char 
  * esim_plist_parse_dict       ESIM_ETOOBIG over max_body or max_depth (checked
  *                             before libplist parses: XML nesting is counted,
  *                             a binary plist's trailer and object graph are
- *                             walked); ESIM_EINVAL not a plist, a binary plist
+ *                             walked), or a binary plist whose shared objects
+ *                             would expand to more values than it has bytes
+ *                             (+1024); ESIM_EINVAL not a plist, a binary plist
  *                             with impossible counts/offsets or a reference
  *                             cycle, a NUL character in any string or key
  *                             (libplist 2.2 would abort the process on it
