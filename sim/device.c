@@ -651,17 +651,17 @@ esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_out
         }
         if (a == SIM_ACTION_DELETE_ESIM && eff.allow_esim_modification == ESIM_TRI_FALSE) {
             snprintf(out->reason, sizeof out->reason,
-                     "refused: allowESIMModification is false (Delete eSIM is greyed out)");
+                     "allowESIMModification is false (Delete eSIM is greyed out)");
             return ESIM_OK;
         }
         if (a == SIM_ACTION_TRANSFER_ESIM && eff.allow_esim_outgoing_transfers == ESIM_TRI_FALSE) {
             snprintf(out->reason, sizeof out->reason,
-                     "refused: allowESIMOutgoingTransfers is false (Transfer to another iPhone is unavailable)");
+                     "allowESIMOutgoingTransfers is false (Transfer to another iPhone is unavailable)");
             return ESIM_OK;
         }
         char why[200];
         if (!remove_esim(d, iccid, why, sizeof why)) {
-            snprintf(out->reason, sizeof out->reason, "refused: %s", why);
+            snprintf(out->reason, sizeof out->reason, "%s", why);
             return ESIM_OK;
         }
         out->allowed = true;

@@ -39,6 +39,7 @@ enum {
 
 typedef struct {
     sim_device *dev;
+    sim_http_conn *conn; /* the phone's own connection, during a session only */
     uint32_t flags;
     uint8_t retries;
 } slot;
@@ -244,8 +245,21 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
                             .body = body->data, .body_len = body->len,
                             .ca_file = s->https_server ? sim_pki_ca_file(s->pki) : NULL,
                             .client_cert_file = cert[0] ? cert : NULL,
-                            .client_key_file = key[0] ? key : NULL, .timeout_ms = 30000};
+                            .client_key_file = key[0] ? key : NULL, .timeout_ms = 30000,
+                            .conn = s->slots[ctx->slot].conn};
     return sim_http_send(s->http, &req, on_service_reply, ctx, NULL);
+}
+
+/* A session (enrolment, or a check-in until the queue is empty) runs on the
+ * phone's own connection, opened for it and closed after it. */
+static bool session_begin(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    if (!sl->conn && sim_http_conn_new(&sl->conn, NULL) != ESIM_OK)
+        return false;
+    sl->flags |= F_BUSY;
+    s->active++;
+    return true;
 }
 
 static void enroll_start(sim_devsim *s, size_t i)
@@ -269,12 +283,9 @@ static void enroll_start(sim_devsim *s, size_t i)
         return;
     }
     *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_AUTH};
-    sl->flags |= F_BUSY;
-    s->active++;
-    if (put_to_service(ctx, &body, true) != ESIM_OK) {
+    if (!session_begin(s, i) || put_to_service(ctx, &body, true) != ESIM_OK) {
         free(ctx);
-        sl->flags &= ~F_BUSY;
-        s->active--;
+        session_end(s, i);
         at(s, RETRY_MS, i, TIMED_ENROLL);
     }
     esim_buf_free(&body);
@@ -295,10 +306,8 @@ static void checkin_start(sim_devsim *s, size_t i)
         return;
     }
     *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_CHECKIN};
-    sl->flags |= F_BUSY;
-    s->active++;
     s->stats.checkins++;
-    if (put_to_service(ctx, &body, false) != ESIM_OK) {
+    if (!session_begin(s, i) || put_to_service(ctx, &body, false) != ESIM_OK) {
         free(ctx);
         session_end(s, i);
         at(s, RETRY_MS, i, TIMED_CHECKIN);
@@ -313,6 +322,8 @@ static void session_end(sim_devsim *s, size_t i)
         sl->flags &= ~F_BUSY;
         s->active--;
     }
+    sim_http_conn_free(sl->conn);
+    sl->conn = NULL;
     save_if_dirty(s, i);
     if ((sl->flags & F_PUSH_PENDING) && !(sl->flags & F_OFFLINE))
         want_checkin(s, i);
@@ -397,10 +408,15 @@ static void on_service_reply(void *arg, sim_http_response *r)
         bool enrolling = ctx->kind != REQ_CHECKIN;
         free(ctx);
         session_end(s, i);
+        /* Enrolment is retried for ever with back-off (1 s doubling to 64 s);
+         * a failed check-in three times, then the next push. */
         if (enrolling || sl->retries < 3) {
-            if (!enrolling)
+            unsigned shift = sl->retries < 6 ? sl->retries : 6;
+            if (sl->retries < 255)
                 sl->retries++;
-            at(s, RETRY_MS, i, enrolling ? TIMED_ENROLL : TIMED_CHECKIN);
+            at(s, (int64_t)RETRY_MS << (enrolling ? shift : 0), i, enrolling ? TIMED_ENROLL : TIMED_CHECKIN);
+        } else {
+            sl->retries = 0;
         }
         return;
     }
@@ -983,6 +999,7 @@ void sim_devsim_free(sim_devsim *s)
     sim_http_free(s->http);
     s->http = NULL;
     for (size_t i = 0; s->slots && i < s->n; i++) {
+        sim_http_conn_free(s->slots[i].conn);
         if (s->slots[i].dev) {
             save_if_dirty(s, i);
             sim_device_free(s->slots[i].dev);

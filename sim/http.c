@@ -54,6 +54,30 @@ static void sock_unlink(sim_http *h, sock_ctx *c)
     free(c);
 }
 
+struct sim_http_conn {
+    CURLSH *share; /* shares only a connection cache: the private connection */
+};
+
+esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err)
+{
+    sim_http_conn *c = calloc(1, sizeof *c);
+    if (!c || !(c->share = curl_share_init())) {
+        free(c);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    *out = c;
+    return ESIM_OK;
+}
+
+void sim_http_conn_free(sim_http_conn *c)
+{
+    if (!c)
+        return;
+    curl_share_cleanup(c->share);
+    free(c);
+}
+
 static void check_done(sim_http *h)
 {
     CURLMsg *msg;
@@ -87,9 +111,11 @@ static void check_done(sim_http *h)
                                                       : x->errbuf[0] ? x->errbuf
                                                                      : curl_easy_strerror(res));
         }
-        x->cb(x->arg, &r);
+        /* The easy handle goes before the callback, so the callback may free
+         * the private connection it used. */
         curl_easy_cleanup(x->easy);
         curl_slist_free_all(x->headers);
+        x->cb(x->arg, &r);
         esim_buf_free(&x->req_body);
         esim_buf_free(&x->resp);
         free(x);
@@ -207,13 +233,13 @@ void sim_http_free(sim_http *h)
             h->xfers->prev = NULL;
         h->in_flight--;
         curl_multi_remove_handle(h->multi, x->easy);
+        curl_easy_cleanup(x->easy);
+        curl_slist_free_all(x->headers);
         /* Every request gets its one callback, so its owner can free what
          * it attached; new requests from inside it are refused. */
         sim_http_response r = {.err = ESIM_EUNAVAIL};
         snprintf(r.errmsg, sizeof r.errmsg, "cancelled: the client is shutting down");
         x->cb(x->arg, &r);
-        curl_easy_cleanup(x->easy);
-        curl_slist_free_all(x->headers);
         esim_buf_free(&x->req_body);
         esim_buf_free(&x->resp);
         free(x);
@@ -278,6 +304,8 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+    if (req->conn)
+        curl_easy_setopt(e, CURLOPT_SHARE, req->conn->share);
     if (req->client_cert_file) {
         curl_easy_setopt(e, CURLOPT_SSLCERT, req->client_cert_file);
         curl_easy_setopt(e, CURLOPT_SSLKEY, req->client_key_file);

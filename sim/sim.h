@@ -167,6 +167,16 @@ esim_err sim_euicc_load(const sim_pki *pki, const char *path, sim_euicc **out, e
 
 typedef struct sim_http sim_http;
 
+/*
+ * A private connection for a series of requests: those that name it reuse
+ * its connection and never share it with other requests, as one phone's
+ * TCP connection is its own (the service keys NotNow bookkeeping on the
+ * connection). Free it once none of its requests is in flight.
+ */
+typedef struct sim_http_conn sim_http_conn;
+esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err);
+void sim_http_conn_free(sim_http_conn *c); /* NULL ok; closes the connection */
+
 typedef struct {
     const char *method;              /* "GET", "POST", "PUT" */
     const char *url;
@@ -178,6 +188,7 @@ typedef struct {
     const char *ca_file;             /* trust anchor for https; NULL = system */
     const char *client_cert_file;    /* PEM, TLS client authentication; may be NULL */
     const char *client_key_file;
+    sim_http_conn *conn;             /* NULL: the client's shared connection cache */
 } sim_http_request;
 
 typedef struct {
