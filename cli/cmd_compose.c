@@ -118,14 +118,17 @@ static const char install_help[] =
     "or such a plist signed with CMS (DER). Any other file is refused.\n"
     "\n"
     "options:\n"
-    "  --file PROFILE          the profile to install (at most 1 MiB)\n"
+    "  --file PROFILE          the profile to install (at most 1 MiB); - reads\n"
+    "                          standard input\n"
     "  --sign-cert PEM         sign a plain profile with this certificate ...\n"
     "  --sign-key PEM          ... and its private key before wrapping it\n" COMMON_OPTIONS "\n"
     "examples:\n"
     "  esim-mdm compose restrictions --esim-modification deny > esim.mobileconfig\n"
     "  esim-mdm compose install-profile --file esim.mobileconfig > install.plist\n"
     "  esim-mdm compose install-profile --file esim.mobileconfig \\\n"
-    "      --sign-cert signer.pem --sign-key signer.key > install.plist\n";
+    "      --sign-cert signer.pem --sign-key signer.key > install.plist\n"
+    "  esim-mdm compose restrictions --preserve-esim-on-erase on |\n"
+    "      esim-mdm compose install-profile --file - > install.plist\n";
 
 static const char remove_help[] =
     "usage: esim-mdm compose remove-profile --identifier ID [--uuid UUID] [--binary]\n"
@@ -276,8 +279,39 @@ static int refuse_binary_on_terminal(const char *kind, const esim_cmd_opts *opts
     return CLI_EXIT_OK;
 }
 
+/* "-" reads standard input, so commands compose in a pipe:
+ * esim-mdm compose restrictions ... | esim-mdm compose install-profile --file - */
+static int read_stdin(const char *kind, esim_buf *out)
+{
+    esim_buf fresh = {0};
+    unsigned char chunk[16384];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, stdin)) > 0) {
+        if (fresh.len + got > PROFILE_FILE_MAX) {
+            esim_buf_free(&fresh);
+            return cli_usage_error("compose %s: standard input is over %u bytes", kind,
+                                   (unsigned)PROFILE_FILE_MAX);
+        }
+        if (esim_buf_append(&fresh, chunk, got) != ESIM_OK) {
+            esim_buf_free(&fresh);
+            fprintf(stderr, "esim-mdm: compose %s: out of memory\n", kind);
+            return CLI_EXIT_FAIL;
+        }
+    }
+    if (ferror(stdin)) {
+        esim_buf_free(&fresh);
+        fprintf(stderr, "esim-mdm: compose %s: could not read standard input\n", kind);
+        return CLI_EXIT_FAIL;
+    }
+    esim_buf_free(out);
+    *out = fresh;
+    return CLI_EXIT_OK;
+}
+
 static int read_input_file(const char *kind, const char *path, esim_buf *out)
 {
+    if (strcmp(path, "-") == 0)
+        return read_stdin(kind, out);
     esim_error err = {{0}};
     esim_err rc = esim_read_file(path, PROFILE_FILE_MAX, out, &err);
     if (rc != ESIM_OK)

@@ -45,8 +45,9 @@ static path_buf path_in(const fixture *f, const char *name)
     return p;
 }
 
-/* Runs esim-mdm with |args| (NULL-terminated), stdout and stderr to files. */
-static run_result run(const fixture *f, const char *const *args)
+/* Runs esim-mdm with |args| (NULL-terminated), stdin from |stdin_path|
+ * (NULL: /dev/null), stdout and stderr to files. */
+static run_result run_with_input(const fixture *f, const char *stdin_path, const char *const *args)
 {
     const char *argv[32];
     size_t n = 0;
@@ -61,8 +62,10 @@ static run_result run(const fixture *f, const char *const *args)
     if (pid == 0) {
         int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (o < 0 || e < 0)
+        int i = open(stdin_path ? stdin_path : "/dev/null", O_RDONLY);
+        if (o < 0 || e < 0 || i < 0)
             _exit(127);
+        dup2(i, STDIN_FILENO);
         dup2(o, STDOUT_FILENO);
         dup2(e, STDERR_FILENO);
         execv(f->bin, (char *const *)argv);
@@ -79,7 +82,8 @@ static run_result run(const fixture *f, const char *const *args)
     return r;
 }
 
-#define RUN(f, ...) run((f), (const char *const[]){__VA_ARGS__, NULL})
+#define RUN(f, ...) run_with_input((f), NULL, (const char *const[]){__VA_ARGS__, NULL})
+#define RUN_STDIN(f, in, ...) run_with_input((f), (in), (const char *const[]){__VA_ARGS__, NULL})
 
 static int setup(void **state)
 {
@@ -291,6 +295,15 @@ static void test_install_profile(void **state)
             "--sign-key", key_path);
     assert_int_equal(r.status, 0);
     check_install_payload(&r, NULL, true);
+    run_result_free(&r);
+
+    r = RUN_STDIN(f, plain_path, "compose", "install-profile", "--file", "-");
+    assert_int_equal(r.status, 0);
+    check_install_payload(&r, &plain, false);
+    run_result_free(&r);
+
+    r = RUN_STDIN(f, junk_path, "compose", "install-profile", "--file", "-");
+    assert_int_equal(r.status, 2);
     run_result_free(&r);
 
     r = RUN(f, "compose", "install-profile", "--file", junk_path);
