@@ -525,7 +525,6 @@ static void test_hostile_binary_trailers(void **state)
     (void)state;
     esim_buf good = {0};
     binary_nested(3, &good);
-    unsigned char *t = good.data + good.len - 32;
     struct {
         size_t field;   /* offset in the trailer */
         uint64_t value; /* 64-bit fields */
@@ -552,7 +551,6 @@ static void test_hostile_binary_trailers(void **state)
         assert_non_null(strstr(err.msg, "binary plist"));
         esim_buf_free(&copy);
     }
-    (void)t;
     esim_buf_free(&good);
 }
 
