@@ -371,6 +371,26 @@ static void test_end_to_end(void **state)
     assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Installed")), N_DEVICES);
     json_decref(r);
 
+    /* Restart the simulator on the same data directory: the phones keep
+     * their eSIMs, restrictions, enrolment and identity, register their
+     * tokens again and still answer the service. */
+    sim_devsim_free(w.ds);
+    w.ds = NULL;
+    assert_int_equal(sim_devsim_new(w.base, &dc, &w.ds, &err), ESIM_OK);
+    for (unsigned i = 0; i < N_DEVICES; i++) {
+        sim_device *d = sim_devsim_device_at(w.ds, i);
+        char iccid[21];
+        st_iccid(9000 + i, iccid);
+        assert_true(sim_device_enrolled(d));
+        assert_non_null(sim_euicc_enabled(sim_device_euicc_const(d)));
+        assert_string_equal(sim_euicc_enabled(sim_device_euicc_const(d))->iccid, iccid);
+        assert_int_equal(sim_device_restrictions(d).allow_esim_modification, ESIM_TRI_FALSE);
+    }
+    char *c4 = enqueue(&w, json_pack("{s:s, s:[s]}", "request_type", "DeviceInformation", "queries",
+                                     "ServiceSubscriptions"));
+    assert_int_equal(wait_final(&w, c4), N_DEVICES);
+    free(c4);
+
     free(c1);
     free(c2);
     free(c3);
