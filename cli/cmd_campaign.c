@@ -1,28 +1,703 @@
 /*
  * cmd_campaign.c — `esim-mdm campaign`, `diagnose` and `import`: admin API
- * clients for eSIM roll-out campaigns. (`esim-mdm demo` lives in cmd_demo.c.)
+ * clients for eSIM roll-out campaigns, with a live progress bar on a
+ * terminal and the API's JSON with --json. (`esim-mdm demo` is cmd_demo.c.)
  */
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "cli/campaign_http.h"
 #include "cli/cli.h"
+
+/* ---- shared ------------------------------------------------------------------------ */
+
+static long jint(const json_t *o, const char *k)
+{
+    return (long)json_integer_value(json_object_get(o, k));
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static void print_json(const json_t *j)
+{
+    char *t = json_dumps(j, JSON_COMPACT);
+    if (t)
+        puts(t);
+    free(t);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Final device states, as the service names them. */
+static const char *const final_states[] = {"verified", "done", "unverified", "failed", "timed_out",
+                                           "canceled", "staged"};
+
+/* One line: a bar of finished devices and the counts that matter. */
+void campaign_progress_line(FILE *out, const json_t *summary, double elapsed_s, bool tty)
+{
+    const json_t *counts = json_object_get(summary, "counts");
+    long total = jint(summary, "devices");
+    long finished = 0;
+    for (size_t i = 0; i < sizeof final_states / sizeof final_states[0]; i++)
+        finished += jint(counts, final_states[i]);
+    int width = 30;
+    int fill = total > 0 ? (int)((double)finished * width / (double)total) : 0;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    fprintf(out,
+            "%s[%s] %ld/%ld  verified %ld  refresh-acked %ld  active %ld  waiting %ld  failed %ld  "
+            "unverified %ld  timed out %ld  %.1fs%s",
+            tty ? "\r" : "", bar, finished, total, jint(counts, "verified"),
+            jint(summary, "refresh_acknowledged"), jint(counts, "active") + jint(counts, "pending"),
+            jint(counts, "retry_wait"), jint(counts, "failed"), jint(counts, "unverified"),
+            jint(counts, "timed_out"), elapsed_s, tty ? "\033[K" : "\n");
+    fflush(out);
+}
+
+/*
+ * Polls GET /v1/campaigns/ID until it is finished or canceled (or
+ * |max_s| passes, 0 = no limit), drawing progress on stderr: redrawn in
+ * place on a terminal, a line every 2 s otherwise. *last gets the final
+ * summary (caller decrefs). Returns 0, or 1 on an API failure/timeout.
+ */
+int campaign_follow(chttp *c, const char *id, double max_s, bool quiet, json_t **last)
+{
+    bool tty = isatty(STDERR_FILENO);
+    int64_t start = esim_mono_ms(), last_line = 0;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/campaigns/%s?limit=0", id);
+    *last = NULL;
+    for (;;) {
+        long status = 0;
+        json_t *s = NULL;
+        esim_error e = {{0}};
+        if (chttp_call(c, "GET", path, NULL, NULL, 0, &status, &s, &e) != ESIM_OK || status != 200) {
+            fprintf(stderr, "%sesim-mdm: campaign %s: %s\n", tty && !quiet ? "\n" : "", id,
+                    e.msg[0] ? e.msg : chttp_error_message(s));
+            json_decref(s);
+            return CLI_EXIT_FAIL;
+        }
+        double el = (double)(esim_mono_ms() - start) / 1000.0;
+        const char *state = jstr(s, "state");
+        bool done = strcmp(state, "finished") == 0 || strcmp(state, "canceled") == 0;
+        if (!quiet && (tty || done || esim_mono_ms() - last_line >= 2000)) {
+            campaign_progress_line(stderr, s, el, tty);
+            last_line = esim_mono_ms();
+        }
+        json_decref(*last);
+        *last = s;
+        if (done) {
+            if (tty && !quiet)
+                fputc('\n', stderr);
+            return CLI_EXIT_OK;
+        }
+        if (max_s > 0 && el > max_s) {
+            if (!quiet)
+                fprintf(stderr, "%sesim-mdm: campaign %s not finished after %.0f s\n",
+                        tty ? "\n" : "", id, max_s);
+            return CLI_EXIT_FAIL;
+        }
+        sleep_ms(tty ? 200 : 500);
+    }
+}
+
+static void print_summary(const json_t *s)
+{
+    const json_t *counts = json_object_get(s, "counts");
+    printf("campaign %s%s%s%s: %s, %ld devices\n", jstr(s, "id"), jstr(s, "name")[0] ? " (" : "",
+           jstr(s, "name"), jstr(s, "name")[0] ? ")" : "", jstr(s, "state"), jint(s, "devices"));
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)counts, key, v) {
+        if (json_integer_value(v))
+            printf("  %-12s %lld\n", key, (long long)json_integer_value(v));
+    }
+    printf("  refresh acknowledged %ld (an acknowledged refresh is not an installed eSIM; "
+           "verified counts those)\n",
+           jint(s, "refresh_acknowledged"));
+    printf("  pushes %ld, commands %ld\n", jint(s, "pushes"), jint(s, "commands"));
+}
+
+static void print_warnings(const json_t *s)
+{
+    const json_t *w = json_object_get(s, "warnings");
+    long total = jint(s, "warnings_total");
+    if (!total)
+        return;
+    fprintf(stderr, "warnings before sending (%ld):\n", total);
+    size_t i;
+    json_t *v;
+    json_array_foreach((json_t *)w, i, v) {
+        if (i >= 20) {
+            fprintf(stderr, "  ... and %ld more (see --json)\n", total - 20);
+            break;
+        }
+        fprintf(stderr, "  %s: %s%s%s\n", jstr(v, "udid"), jstr(v, "key"), jstr(v, "key")[0] ? " " : "",
+                jstr(v, "reason"));
+    }
+}
+
+/* ---- campaign ------------------------------------------------------------------------- */
+
+static const char campaign_help[] =
+    "usage: esim-mdm campaign create TARGET [options]\n"
+    "       esim-mdm campaign status ID [--watch] [--json]\n"
+    "       esim-mdm campaign devices ID [--state STATE] [--json]\n"
+    "       esim-mdm campaign pause|resume|cancel ID [--json]\n"
+    "       esim-mdm campaign list [--json]\n"
+    "\n"
+    "Rolls an eSIM out to a fleet and follows every device: restrictions profile,\n"
+    "RefreshCellularPlans to the SM-DP+, then verification (DeviceInformation\n"
+    "ServiceSubscriptions must show the expected EID, and ICCID where known).\n"
+    "\n"
+    "target (one):\n"
+    "  --udid UDID (repeatable) | --group NAME | --tag TAG | --platform ios|ipados|macos|tvos | --all\n"
+    "distribution:\n"
+    "  --distribution all|none|custom   none = staged, nothing sent until `resume`\n"
+    "  --custom-udid UDID (repeatable)  with custom: only these devices of the target\n"
+    "steps and settings:\n"
+    "  --steps LIST              default profile,refresh,verify; also erase_keep_esim,\n"
+    "                            esim_wipe (EraseDevice with / without PreserveDataPlan)\n"
+    "  --smdp URL                the SM-DP+ for RefreshCellularPlans\n"
+    "  --esim-modification allow|deny  --preserve-esim-on-erase on|off\n"
+    "  --esim-outgoing-transfers allow|deny  --cellular-plan-modification allow|deny\n"
+    "  --pushes-per-second N     ceiling on new pushes (default 1000)\n"
+    "  --repush-after S          push again a device silent this long (default 14400)\n"
+    "  --expiry S                unfinished devices time out after this (default 604800)\n"
+    "  --retry-base S --retry-max S --max-retries N --verify-attempts N\n"
+    "  --name NAME  --wait (follow until finished)  --json\n"
+    "common: --server URL (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+    "        --token-file F (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm campaign create --all --smdp https://smdp.example.com \\\n"
+    "      --esim-modification deny --preserve-esim-on-erase on --wait\n"
+    "\n"
+    "exit status: 0 done, 1 the service failed or (with --wait/--watch) devices are not\n"
+    "verified, 2 bad options.\n";
+
+typedef struct {
+    const char *server, *token_file;
+    bool json, wait, watch;
+    const char *state;
+    json_t *body, *target, *udids, *custom, *policy, *settings;
+} camp_opts;
+
+static int set_setting(camp_opts *o, const char *key, const char *v)
+{
+    char *end = NULL;
+    double x = strtod(v, &end);
+    if (!*v || *end)
+        return cli_usage_error("campaign: --%s wants a number, got '%s'", key, v);
+    json_object_set_new(o->settings, key, json_real(x));
+    return 0;
+}
+
+static int campaign_create(camp_opts *o)
+{
+    json_t *b = o->body;
+    if (json_object_size(o->target) != 1)
+        return cli_usage_error("campaign create: give one target: --udid, --group, --tag, "
+                               "--platform or --all");
+    json_object_set(b, "target", o->target);
+    if (!json_object_get(b, "steps")) {
+        json_t *steps = json_array();
+        json_array_append_new(steps, json_string("profile"));
+        json_array_append_new(steps, json_string("refresh"));
+        json_array_append_new(steps, json_string("verify"));
+        json_object_set_new(b, "steps", steps);
+    }
+    if (json_object_size(o->policy))
+        json_object_set(b, "policy", o->policy);
+    if (json_object_size(o->settings))
+        json_object_set(b, "settings", o->settings);
+    if (json_array_size(o->custom))
+        json_object_set(b, "custom_udids", o->custom);
+    chttp c;
+    if (!chttp_open_api(&c, o->server, o->token_file))
+        return CLI_EXIT_USAGE;
+    char *text = json_dumps(b, JSON_COMPACT);
+    long status = 0;
+    json_t *r = NULL;
+    esim_error e = {{0}};
+    int rc = CLI_EXIT_OK;
+    if (chttp_call(&c, "POST", "/v1/campaigns", NULL, text, text ? strlen(text) : 0, &status, &r,
+                   &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm campaign: %s\n", e.msg);
+        rc = CLI_EXIT_FAIL;
+    } else if (status != 201) {
+        fprintf(stderr, "esim-mdm campaign: the service answered %ld: %s\n", status,
+                chttp_error_message(r));
+        rc = status >= 400 && status < 500 && status != 401 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    } else {
+        if (!o->json) {
+            print_warnings(r);
+            printf("created campaign %s (%ld devices, %s)\n", jstr(r, "id"), jint(r, "devices"),
+                   jstr(r, "state"));
+        }
+        if (o->wait) {
+            json_t *last = NULL;
+            rc = campaign_follow(&c, jstr(r, "id"), 0, o->json, &last);
+            if (rc == CLI_EXIT_OK) {
+                const json_t *counts = json_object_get(last, "counts");
+                if (jint(counts, "failed") + jint(counts, "unverified") + jint(counts, "timed_out"))
+                    rc = CLI_EXIT_FAIL;
+                if (o->json)
+                    print_json(last);
+                else
+                    print_summary(last);
+            }
+            json_decref(last);
+        } else if (o->json)
+            print_json(r);
+    }
+    free(text);
+    json_decref(r);
+    chttp_close(&c);
+    return rc;
+}
+
+static int campaign_simple(camp_opts *o, const char *verb, const char *id)
+{
+    chttp c;
+    if (!chttp_open_api(&c, o->server, o->token_file))
+        return CLI_EXIT_USAGE;
+    char path[512];
+    const char *method = "GET";
+    if (strcmp(verb, "list") == 0)
+        snprintf(path, sizeof path, "/v1/campaigns");
+    else if (strcmp(verb, "status") == 0)
+        snprintf(path, sizeof path, "/v1/campaigns/%s?limit=%d", id, o->json ? 1000 : 0);
+    else if (strcmp(verb, "devices") == 0)
+        snprintf(path, sizeof path, "/v1/campaigns/%s/devices%s%s", id, o->state ? "?state=" : "",
+                 o->state ? o->state : "");
+    else {
+        snprintf(path, sizeof path, "/v1/campaigns/%s/%s", id, verb);
+        method = "POST";
+    }
+    long status = 0;
+    json_t *r = NULL;
+    esim_error e = {{0}};
+    int rc = CLI_EXIT_OK;
+    if (chttp_call(&c, method, path, NULL, strcmp(method, "POST") == 0 ? "" : NULL, 0, &status, &r,
+                   &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm campaign: %s\n", e.msg);
+        rc = CLI_EXIT_FAIL;
+    } else if (status != 200) {
+        fprintf(stderr, "esim-mdm campaign %s: the service answered %ld: %s\n", verb, status,
+                chttp_error_message(r));
+        rc = status >= 400 && status < 500 && status != 401 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    } else if (strcmp(verb, "status") == 0 && o->watch) {
+        json_t *last = NULL;
+        rc = campaign_follow(&c, id, 0, o->json, &last);
+        if (rc == CLI_EXIT_OK) {
+            if (o->json)
+                print_json(last);
+            else
+                print_summary(last);
+        }
+        json_decref(last);
+    } else if (o->json) {
+        print_json(r);
+    } else if (strcmp(verb, "list") == 0) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(r, "campaigns"), i, v)
+            printf("%s  %-9s %8ld devices  %8ld verified  %s\n", jstr(v, "id"), jstr(v, "state"),
+                   jint(v, "devices"), jint(v, "verified"), jstr(v, "name"));
+    } else if (strcmp(verb, "devices") == 0) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(r, "devices"), i, v)
+            printf("%-40s %-10s %-16s %s\n", jstr(v, "udid"), jstr(v, "state"), jstr(v, "step"),
+                   jstr(v, "reason"));
+    } else {
+        print_summary(r);
+    }
+    json_decref(r);
+    chttp_close(&c);
+    return rc;
+}
 
 int cmd_campaign(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]);
-    return CLI_EXIT_FAIL;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(campaign_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    const char *verb = argv[1];
+    static const char *const verbs[] = {"create", "status", "devices", "pause",
+                                        "resume", "cancel", "list"};
+    bool known = false;
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+        known |= strcmp(verb, verbs[i]) == 0;
+    if (!known)
+        return cli_usage_error("campaign: unknown action '%s' (create, status, devices, pause, "
+                               "resume, cancel, list)",
+                               verb);
+    camp_opts o = {0};
+    o.body = json_object();
+    o.target = json_object();
+    o.udids = json_array();
+    o.custom = json_array();
+    o.policy = json_object();
+    o.settings = json_object();
+    const char *id = NULL;
+    int rc = -1;
+    static const char *const policy_opts[] = {"esim-modification", "preserve-esim-on-erase",
+                                              "esim-outgoing-transfers",
+                                              "cellular-plan-modification"};
+    static const char *const number_opts[][2] = {
+        {"pushes-per-second", "pushes_per_second"}, {"repush-after", "repush_after_s"},
+        {"expiry", "expiry_s"},       {"retry-base", "retry_base_s"},
+        {"retry-max", "retry_max_s"}, {"max-retries", "max_retries"},
+        {"verify-attempts", "verify_attempts"}};
+    for (int i = 2; i < argc && rc < 0; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool used = true;
+        if (strcmp(a, "--json") == 0)
+            o.json = true, used = false;
+        else if (strcmp(a, "--wait") == 0)
+            o.wait = true, used = false;
+        else if (strcmp(a, "--watch") == 0)
+            o.watch = true, used = false;
+        else if (strcmp(a, "--all") == 0)
+            json_object_set_new(o.target, "all", json_true()), used = false;
+        else if (a[0] != '-' && !id)
+            id = a, used = false;
+        else if (!v)
+            rc = cli_usage_error("campaign: unknown option or missing value: '%s'", a);
+        else if (strcmp(a, "--server") == 0)
+            o.server = v;
+        else if (strcmp(a, "--token-file") == 0)
+            o.token_file = v;
+        else if (strcmp(a, "--state") == 0)
+            o.state = v;
+        else if (strcmp(a, "--udid") == 0) {
+            json_array_append_new(o.udids, json_string(v));
+            json_object_set(o.target, "udids", o.udids);
+        } else if (strcmp(a, "--group") == 0)
+            json_object_set_new(o.target, "group", json_string(v));
+        else if (strcmp(a, "--tag") == 0)
+            json_object_set_new(o.target, "tag", json_string(v));
+        else if (strcmp(a, "--platform") == 0)
+            json_object_set_new(o.target, "platform", json_string(v));
+        else if (strcmp(a, "--distribution") == 0)
+            json_object_set_new(o.body, "distribution", json_string(v));
+        else if (strcmp(a, "--custom-udid") == 0)
+            json_array_append_new(o.custom, json_string(v));
+        else if (strcmp(a, "--name") == 0)
+            json_object_set_new(o.body, "name", json_string(v));
+        else if (strcmp(a, "--smdp") == 0)
+            json_object_set_new(o.body, "smdp_url", json_string(v));
+        else if (strcmp(a, "--steps") == 0) {
+            json_t *steps = json_array();
+            char *copy = strdup(v), *save = NULL;
+            for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+                json_array_append_new(steps, json_string(t));
+            free(copy);
+            json_object_set_new(o.body, "steps", steps);
+        } else {
+            bool found = false;
+            for (size_t k = 0; k < 4 && !found; k++)
+                if (strcmp(a + 2, policy_opts[k]) == 0) {
+                    json_object_set_new(o.policy, policy_opts[k], json_string(v));
+                    found = true;
+                }
+            for (size_t k = 0; k < 7 && !found; k++)
+                if (strcmp(a + 2, number_opts[k][0]) == 0) {
+                    if (set_setting(&o, number_opts[k][1], v))
+                        rc = CLI_EXIT_USAGE;
+                    found = true;
+                }
+            if (!found)
+                rc = cli_usage_error("campaign: unknown option '%s' (see esim-mdm campaign --help)", a);
+        }
+        if (used)
+            i++;
+    }
+    if (rc < 0) {
+        if (strcmp(verb, "create") == 0)
+            rc = id ? cli_usage_error("campaign create: unexpected argument '%s'", id)
+                    : campaign_create(&o);
+        else if (strcmp(verb, "list") != 0 && !id)
+            rc = cli_usage_error("campaign %s: the campaign ID is required", verb);
+        else
+            rc = campaign_simple(&o, verb, id);
+    }
+    json_decref(o.body);
+    json_decref(o.target);
+    json_decref(o.udids);
+    json_decref(o.custom);
+    json_decref(o.policy);
+    json_decref(o.settings);
+    return rc;
+}
+
+/* ---- diagnose ------------------------------------------------------------------------------ */
+
+static const char diagnose_help[] =
+    "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM]] [--server URL] [--token-file F] [--json]\n"
+    "\n"
+    "Walks the checks a support engineer would: enrolled and token valid? the last\n"
+    "push, when, and APNs's answer; did the device check in after it? the commands\n"
+    "it got and what it answered; the restrictions in force; the expected eSIM;\n"
+    "with --smdp, the SM-DP+'s order for the device (the simulator's /admin/orders);\n"
+    "is the eSIM verified? It ends with one conclusion and the next action.\n"
+    "\n"
+    "exit status: 0 diagnosed, 1 the service could not be asked, 2 bad options.\n";
+
+/* The SM-DP+ simulator's order for |eid|, as a check. */
+static void smdp_check(json_t *diag, const char *smdp, const char *ca)
+{
+    const char *eid = jstr(diag, "expected_eid");
+    json_t *checks = json_object_get(diag, "checks");
+    chttp c;
+    chttp_open_plain(&c, smdp, ca);
+    long status = 0;
+    json_t *r = NULL;
+    esim_error e = {{0}};
+    json_t *check = json_object();
+    json_object_set_new(check, "name", json_string("smdp_order"));
+    char detail[600];
+    json_t *ok = json_null();
+    if (chttp_call(&c, "GET", "/admin/orders", NULL, NULL, 0, &status, &r, &e) != ESIM_OK || status != 200) {
+        snprintf(detail, sizeof detail, "could not ask the SM-DP+: %s",
+                 e.msg[0] ? e.msg : chttp_error_message(r));
+    } else {
+        const json_t *order = NULL;
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(r, "orders"), i, v)
+            if (eid[0] && strcmp(jstr(v, "eid"), eid) == 0)
+                order = v;
+        if (!order)
+            snprintf(detail, sizeof detail, "the SM-DP+ has no order for EID %s", eid[0] ? eid : "(unknown)");
+        else {
+            snprintf(detail, sizeof detail, "order %s for EID %s: %s, served %ld time%s, installed %ld%s%s",
+                     jstr(order, "iccid"), eid, jstr(order, "state"), jint(order, "downloads"),
+                     jint(order, "downloads") == 1 ? "" : "s", jint(order, "installs"),
+                     jstr(order, "error")[0] ? ", error: " : "", jstr(order, "error"));
+            json_decref(ok);
+            ok = json_boolean(strcmp(jstr(order, "state"), "Installed") == 0);
+            json_object_set_new(diag, "smdp_order_state", json_string(jstr(order, "state")));
+        }
+    }
+    json_object_set_new(check, "ok", ok);
+    json_object_set_new(check, "detail", json_string(detail));
+    json_array_append_new(checks, check);
+    json_decref(r);
+    chttp_close(&c);
 }
 
 int cmd_diagnose(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]);
-    return CLI_EXIT_FAIL;
+    if (cli_wants_help(argc, argv)) {
+        fputs(diagnose_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *udid = NULL, *server = NULL, *token = NULL, *smdp = NULL, *ca = NULL;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0)
+            json = true;
+        else if (a[0] != '-' && !udid)
+            udid = a;
+        else if (v && strcmp(a, "--server") == 0)
+            server = v, i++;
+        else if (v && strcmp(a, "--token-file") == 0)
+            token = v, i++;
+        else if (v && strcmp(a, "--smdp") == 0)
+            smdp = v, i++;
+        else if (v && strcmp(a, "--ca") == 0)
+            ca = v, i++;
+        else
+            return cli_usage_error("diagnose: unknown option or missing value '%s'", a);
+    }
+    if (!udid)
+        return cli_usage_error("diagnose: the device's UDID is required");
+    esim_error e = {{0}};
+    if (esim_udid_validate(udid, &e) != ESIM_OK)
+        return cli_usage_error("diagnose: %s", e.msg);
+    chttp c;
+    if (!chttp_open_api(&c, server, token))
+        return CLI_EXIT_USAGE;
+    char path[256];
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid);
+    long status = 0;
+    json_t *d = NULL;
+    int rc = CLI_EXIT_OK;
+    if (chttp_call(&c, "GET", path, NULL, NULL, 0, &status, &d, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm diagnose: %s\n", e.msg);
+        rc = CLI_EXIT_FAIL;
+    } else if (status != 200) {
+        fprintf(stderr, "esim-mdm diagnose: the service answered %ld: %s\n", status,
+                chttp_error_message(d));
+        rc = status == 404 || status == 400 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    } else {
+        if (smdp)
+            smdp_check(d, smdp, ca);
+        if (json)
+            print_json(d);
+        else {
+            printf("diagnosis of %s\n", udid);
+            size_t i;
+            json_t *v;
+            json_array_foreach(json_object_get(d, "checks"), i, v) {
+                json_t *ok = json_object_get(v, "ok");
+                printf("  [%s] %-22s %s\n", json_is_true(ok) ? " ok " : json_is_false(ok) ? "FAIL" : " -- ",
+                       jstr(v, "name"), jstr(v, "detail"));
+            }
+            json_array_foreach(json_object_get(d, "commands"), i, v) {
+                if (i == 0)
+                    printf("  commands (newest last):\n");
+                printf("    %-22s %-13s %s\n", jstr(v, "request_type"), jstr(v, "state"),
+                       jstr(v, "error"));
+            }
+            printf("conclusion: %s\nnext action: %s\n", jstr(d, "conclusion"), jstr(d, "next_action"));
+        }
+    }
+    json_decref(d);
+    chttp_close(&c);
+    return rc;
 }
+
+/* ---- import ---------------------------------------------------------------------------------- */
+
+static const char import_help[] =
+    "usage: esim-mdm import eids FILE.csv [--server URL] [--token-file F] [--json]\n"
+    "       esim-mdm import activation-codes FILE [--server URL] [--token-file F] [--json]\n"
+    "\n"
+    "eids: an OEM or reseller manifest, CSV lines serial,EID (a header line naming\n"
+    "the columns is allowed). The service keeps it and matches the EIDs to\n"
+    "enrolled devices by serial number: campaigns then verify each device against\n"
+    "its EID. Rows for devices not enrolled yet are kept and reported unmatched.\n"
+    "\n"
+    "activation-codes: for operators without real-time integration, lines\n"
+    "EID,LPA:1$<SM-DP+>$<MatchingID>[,ICCID]. With the ICCID, verification also\n"
+    "checks the ICCID.\n"
+    "\n"
+    "Bad rows are reported by line number with the reason; the rest is imported.\n"
+    "exit status: 0 every row imported, 1 some rows bad or unmatched (or the service\n"
+    "failed), 2 bad options or an unreadable file.\n";
+
+/* Sends |text| in parts of whole lines under the service's body limit. */
+#define IMPORT_PART_BYTES (768u * 1024u)
 
 int cmd_import(int argc, char **argv)
 {
-    (void)argc;
-    fprintf(stderr, "esim-mdm %s: not built yet\n", argv[0]);
-    return CLI_EXIT_FAIL;
+    if (cli_wants_help(argc, argv) || argc < 2) {
+        fputs(import_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    const char *kind = argv[1], *file = NULL, *server = NULL, *token = NULL;
+    bool json = false;
+    if (strcmp(kind, "eids") != 0 && strcmp(kind, "activation-codes") != 0)
+        return cli_usage_error("import: unknown kind '%s' (eids or activation-codes)", kind);
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0)
+            json = true;
+        else if (a[0] != '-' && !file)
+            file = a;
+        else if (v && strcmp(a, "--server") == 0)
+            server = v, i++;
+        else if (v && strcmp(a, "--token-file") == 0)
+            token = v, i++;
+        else
+            return cli_usage_error("import: unknown option or missing value '%s'", a);
+    }
+    if (!file)
+        return cli_usage_error("import %s: the file is required", kind);
+    esim_buf text = {0};
+    esim_error e = {{0}};
+    if (esim_read_file(file, 64u * 1024u * 1024u, &text, &e) != ESIM_OK)
+        return cli_usage_error("import: %s", e.msg);
+    chttp c;
+    if (!chttp_open_api(&c, server, token)) {
+        esim_buf_free(&text);
+        return CLI_EXIT_USAGE;
+    }
+    json_t *total = json_pack("{s:i, s:i, s:i, s:i, s:[], s:[]}", "imported", 0, "matched", 0,
+                              "unmatched_total", 0, "bad_total", 0, "bad", "unmatched");
+    int rc = CLI_EXIT_OK;
+    size_t pos = 0, line = 0;
+    while (rc == CLI_EXIT_OK && (pos < text.len || (pos == 0 && text.len == 0))) {
+        size_t end = pos + IMPORT_PART_BYTES < text.len ? pos + IMPORT_PART_BYTES : text.len;
+        if (end < text.len) {
+            while (end > pos && text.data[end - 1] != '\n')
+                end--;
+            if (end == pos) {
+                rc = cli_usage_error("import: line %zu is longer than %u bytes", line + 1,
+                                     IMPORT_PART_BYTES);
+                break;
+            }
+        }
+        char path[128];
+        snprintf(path, sizeof path, "/v1/import/%s?line_offset=%zu", kind, line);
+        long status = 0;
+        json_t *r = NULL;
+        if (chttp_call(&c, "POST", path, "text/csv", text.data + pos, end - pos, &status, &r, &e) !=
+            ESIM_OK) {
+            fprintf(stderr, "esim-mdm import: %s\n", e.msg);
+            rc = CLI_EXIT_FAIL;
+        } else if (status != 200) {
+            fprintf(stderr, "esim-mdm import: the service answered %ld: %s\n", status,
+                    chttp_error_message(r));
+            rc = CLI_EXIT_FAIL;
+        } else {
+            const char *keys[] = {"imported", "matched", "unmatched_total", "bad_total"};
+            for (int k = 0; k < 4; k++)
+                json_object_set_new(total, keys[k], json_integer(jint(total, keys[k]) + jint(r, keys[k])));
+            json_array_extend(json_object_get(total, "bad"), json_object_get(r, "bad"));
+            json_array_extend(json_object_get(total, "unmatched"), json_object_get(r, "unmatched"));
+        }
+        json_decref(r);
+        for (size_t k = pos; k < end; k++)
+            line += text.data[k] == '\n';
+        if (end == pos)
+            break;
+        pos = end;
+    }
+    if (rc == CLI_EXIT_OK) {
+        if (json)
+            print_json(total);
+        else {
+            printf("imported %ld row%s", jint(total, "imported"), jint(total, "imported") == 1 ? "" : "s");
+            if (strcmp(kind, "eids") == 0)
+                printf(", %ld matched to enrolled devices, %ld unmatched", jint(total, "matched"),
+                       jint(total, "unmatched_total"));
+            printf(", %ld bad\n", jint(total, "bad_total"));
+            size_t i;
+            json_t *v;
+            json_array_foreach(json_object_get(total, "bad"), i, v)
+                fprintf(stderr, "%s:%ld: %s\n", file, jint(v, "line"), jstr(v, "reason"));
+            json_array_foreach(json_object_get(total, "unmatched"), i, v)
+                fprintf(stderr, "%s:%ld: no enrolled device with serial %s (EID %s kept for when it enrols)\n",
+                        file, jint(v, "line"), jstr(v, "serial"), jstr(v, "eid"));
+        }
+        if (jint(total, "bad_total") || jint(total, "unmatched_total"))
+            rc = CLI_EXIT_FAIL;
+    }
+    json_decref(total);
+    chttp_close(&c);
+    OPENSSL_cleanse(text.data, text.len);
+    esim_buf_free(&text);
+    return rc;
 }

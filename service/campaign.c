@@ -443,6 +443,20 @@ static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *
     cs->facts[cs->n_facts++].f = *f;
 }
 
+/* An acknowledged EraseDevice wipes the MDM enrolment with everything else:
+ * the phone comes back through setup with a new identity. Checking it out
+ * here releases the old identity's binding so that enrolment is accepted. */
+static void forget_erased_device(campaigns *cs, const char *udid, int64_t now)
+{
+    store *st = esim_service_store(cs->svc);
+    store_device dev;
+    esim_error e = {{0}};
+    if (st->ops->device_get(st, udid, &dev, &e) != ESIM_OK ||
+        st->ops->device_checkout(st, udid, dev.cert_sha256, now, &e) != ESIM_OK)
+        st->ops->event_append(st, "campaign_erase_checkout_failed", udid, NULL, e.msg, NULL, 0, now,
+                              NULL);
+}
+
 static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
 {
     (void)svc;
@@ -455,8 +469,10 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
 
     const map_entry *m = map_find(cs, r->command_uuid);
     if (!m) {
-        if (facts.supervised >= 0 || facts.os_version[0])
+        if (facts.supervised >= 0 || facts.os_version[0]) {
             remember_facts(cs, r->udid, &facts);
+            arm_flush(cs);
+        }
         return;
     }
     camp_slot *s = cs->slots[m->slot];
@@ -492,6 +508,9 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
     campaign_io io = slot_io(s);
     campaign_on_result(s->c, (size_t)i, step, &res, now, &io);
     free(subs);
+    if ((step == CAMPAIGN_STEP_ERASE_KEEP || step == CAMPAIGN_STEP_ESIM_WIPE) &&
+        msg->status == ESIM_STATUS_ACKNOWLEDGED)
+        forget_erased_device(cs, r->udid, now);
     arm_flush(cs);
 }
 
@@ -1112,6 +1131,7 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     esim_err rc = spec_from_json(body, &spec, &strs, field, err);
     if (rc != ESIM_OK)
         return rc;
+    flush(cs); /* facts learned moments ago count for the warnings */
     const char *dist = "all";
     json_t *dj = json_object_get(body, "distribution");
     if (dj) {

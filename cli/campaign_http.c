@@ -1,0 +1,133 @@
+/*
+ * campaign_http.c — a blocking libcurl client for the admin API and the
+ * simulators' JSON endpoints, reused across calls so a progress bar that
+ * polls every few hundred milliseconds keeps one connection.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "cli/campaign_http.h"
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    esim_buf *b = userdata;
+    return esim_buf_append(b, ptr, size * nmemb) == ESIM_OK ? size * nmemb : 0;
+}
+
+static void trim_slash(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/')
+        s[--n] = '\0';
+}
+
+bool chttp_open_api(chttp *c, const char *server, const char *token_file)
+{
+    memset(c, 0, sizeof *c);
+    if (!server)
+        server = getenv("ESIM_MDM_SERVER") ? getenv("ESIM_MDM_SERVER") : "http://127.0.0.1:8080";
+    if (!token_file)
+        token_file = getenv("ESIM_MDM_TOKEN_FILE") ? getenv("ESIM_MDM_TOKEN_FILE")
+                                                   : "esim-mdm-data/api-token";
+    snprintf(c->server, sizeof c->server, "%s", server);
+    trim_slash(c->server);
+    esim_buf tok = {0};
+    esim_error e = {{0}};
+    if (esim_read_file(token_file, 4096, &tok, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm: cannot read the API token: %s (give --token-file, or set "
+                        "ESIM_MDM_TOKEN_FILE)\n",
+                e.msg);
+        return false;
+    }
+    size_t n = tok.len;
+    while (n > 0 && (tok.data[n - 1] == '\n' || tok.data[n - 1] == '\r' || tok.data[n - 1] == ' '))
+        n--;
+    if (n == 0 || n >= sizeof c->token) {
+        fprintf(stderr, "esim-mdm: the token file %s is empty or too long\n", token_file);
+        esim_buf_free(&tok);
+        return false;
+    }
+    memcpy(c->token, tok.data, n);
+    c->token[n] = '\0';
+    OPENSSL_cleanse(tok.data, tok.len);
+    esim_buf_free(&tok);
+    return true;
+}
+
+void chttp_open_plain(chttp *c, const char *base_url, const char *ca_file)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->server, sizeof c->server, "%s", base_url);
+    trim_slash(c->server);
+    if (ca_file)
+        snprintf(c->ca_file, sizeof c->ca_file, "%s", ca_file);
+}
+
+void chttp_close(chttp *c)
+{
+    if (c->curl)
+        curl_easy_cleanup(c->curl);
+    c->curl = NULL;
+    OPENSSL_cleanse(c->token, sizeof c->token);
+}
+
+esim_err chttp_call(chttp *c, const char *method, const char *path, const char *content_type,
+                    const void *body, size_t len, long *status, json_t **out, esim_error *err)
+{
+    *out = NULL;
+    *status = 0;
+    if (!c->curl && !(c->curl = curl_easy_init()))
+        return esim_fail(err, ESIM_ENOMEM, "cannot start libcurl");
+    CURL *h = c->curl;
+    curl_easy_reset(h);
+    esim_buf url = {0}, auth = {0}, ct = {0}, reply = {0};
+    esim_buf_printf(&url, "%s%s", c->server, path);
+    struct curl_slist *hdrs = NULL;
+    if (c->token[0]) {
+        esim_buf_printf(&auth, "Authorization: Bearer %s", c->token);
+        hdrs = curl_slist_append(hdrs, (const char *)auth.data);
+    }
+    esim_buf_printf(&ct, "Content-Type: %s", content_type ? content_type : "application/json");
+    hdrs = curl_slist_append(hdrs, (const char *)ct.data);
+    curl_easy_setopt(h, CURLOPT_URL, (const char *)url.data);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 120L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (c->ca_file[0])
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
+    if (body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    CURLcode res = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all(hdrs);
+    if (auth.data)
+        OPENSSL_cleanse(auth.data, auth.len);
+    esim_buf_free(&auth);
+    esim_buf_free(&ct);
+    esim_err rc = ESIM_OK;
+    if (res != CURLE_OK)
+        rc = esim_fail(err, ESIM_EUNAVAIL, "cannot reach %s: %s", (const char *)url.data,
+                       curl_easy_strerror(res));
+    else if (reply.len)
+        *out = json_loadb((const char *)reply.data, reply.len, 0, NULL);
+    esim_buf_free(&url);
+    esim_buf_free(&reply);
+    return rc;
+}
+
+const char *chttp_error_message(const json_t *reply)
+{
+    const json_t *m = json_object_get(json_object_get(reply, "error"), "message");
+    if (json_is_string(m))
+        return json_string_value(m);
+    m = json_object_get(reply, "error");
+    return json_is_string(m) ? json_string_value(m) : "(no details)";
+}
