@@ -167,7 +167,7 @@ typedef struct {
     apns_outcome outcome;
     const char *token;      /* the device token (lowercase hex) */
     const char *apns_id;    /* APNs' apns-id when it answered, else the one
-                               we sent; never NULL */
+                               given in apns_push, else ""; never NULL */
     int status;             /* last HTTP status, 0 if none was received */
     const char *reason;     /* APNs reason ("Unregistered"), or for
                                UNREACHABLE/CANCELED/RETRY without a status
@@ -190,8 +190,9 @@ typedef struct {
     const char *push_magic; /* the device's PushMagic; body becomes exactly
                                {"mdm":"<push_magic>"}; required, 1..256
                                bytes, printable ASCII */
-    const char *apns_id;    /* lowercase UUID to send as apns-id; NULL: a
-                               fresh one (kept across retries) */
+    const char *apns_id;    /* UUID to send as apns-id (kept across
+                               retries); NULL: none is sent, APNs assigns one
+                               and the result carries it */
     bool has_expiration;    /* send apns-expiration: */
     int64_t expiration;     /* seconds since epoch; 0 = deliver once or drop */
     void *user_data;        /* handed back in apns_result */

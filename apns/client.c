@@ -573,7 +573,7 @@ static void conn_close(apns_conn *k)
 static void fail_waiting_unreachable(apns_client *c)
 {
     char reason[600];
-    snprintf(reason, sizeof reason, "APNs unreachable after %d attempts: %s",
+    snprintf(reason, sizeof reason, "APNs unreachable after %d attempts: %.200s",
              c->connect_failures_in_row, c->last_conn_error);
     c->connect_failures_in_row = 0;
     fail_list(&c->waiting, APNS_OUTCOME_UNREACHABLE, reason);
@@ -638,7 +638,7 @@ static void conn_timer_fired(evutil_socket_t fd, short what, void *arg)
     apns_conn *k = arg;
     if (k->state == CONN_CONNECTING) {
         char why[512];
-        snprintf(why, sizeof why, "no HTTP/2 connection to %s within %d ms", k->c->authority,
+        snprintf(why, sizeof why, "no HTTP/2 connection to %.200s within %d ms", k->c->authority,
                  k->c->cfg.connect_timeout_ms);
         conn_drop(k, why);
     } else if (k->ping_outstanding) {
@@ -651,16 +651,7 @@ static void conn_timer_fired(evutil_socket_t fd, short what, void *arg)
 
 static bool conn_flush(apns_conn *k)
 {
-    for (;;) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(k->h2, &data);
-        if (n < 0)
-            return false;
-        if (n == 0)
-            return true;
-        if (bufferevent_write(k->bev, data, (size_t)n) != 0)
-            return false;
-    }
+    return apns_h2_flush(k->h2, k->bev);
 }
 
 static void conn_ping_check(evutil_socket_t fd, short what, void *arg)
@@ -788,7 +779,7 @@ static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error
         retry_later(p, 0, "stream refused by APNs (not processed)");
     } else {
         char why[96];
-        snprintf(why, sizeof why, "stream reset before an answer (%s)",
+        snprintf(why, sizeof why, "stream reset before an answer (%.40s)",
                  nghttp2_http2_strerror(error_code));
         retry_later(p, 0, why);
     }
@@ -821,7 +812,16 @@ static esim_err conn_session_new(apns_conn *k)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    int rv = nghttp2_session_client_new(&k->h2, cbs, k);
+    nghttp2_option *opt = NULL;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return ESIM_ENOMEM;
+    }
+    /* We read only :status, apns-id and a small JSON body, and check them
+     * ourselves; nghttp2's general HTTP header validation is skipped. */
+    nghttp2_option_set_no_http_messaging(opt, 1);
+    int rv = nghttp2_session_client_new2(&k->h2, cbs, k, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rv != 0)
         return ESIM_ENOMEM;
@@ -842,24 +842,24 @@ static void describe_bev_error(apns_conn *k, char *why, size_t len)
     unsigned long tls = bufferevent_get_openssl_error(k->bev);
     int sock = EVUTIL_SOCKET_ERROR();
     if (dns) {
-        snprintf(why, len, "cannot resolve %s: %s", c->host, evutil_gai_strerror(dns));
+        snprintf(why, len, "cannot resolve %.200s: %.200s", c->host, evutil_gai_strerror(dns));
     } else if (tls) {
         char t[256];
         ERR_error_string_n(tls, t, sizeof t);
         SSL *ssl = bufferevent_openssl_get_ssl(k->bev);
         long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
         if (vr != X509_V_OK)
-            snprintf(why, len, "TLS with %s failed: server certificate: %s", c->authority,
+            snprintf(why, len, "TLS with %.200s failed: server certificate: %.200s", c->authority,
                      X509_verify_cert_error_string(vr));
         else
-            snprintf(why, len, "TLS with %s failed: %s", c->authority, t);
+            snprintf(why, len, "TLS with %.200s failed: %.200s", c->authority, t);
         while (bufferevent_get_openssl_error(k->bev))
             ;
     } else if (sock) {
-        snprintf(why, len, "cannot connect to %s: %s", c->authority,
+        snprintf(why, len, "cannot connect to %.200s: %.200s", c->authority,
                  evutil_socket_error_to_string(sock));
     } else {
-        snprintf(why, len, "connection to %s closed", c->authority);
+        snprintf(why, len, "connection to %.200s closed", c->authority);
     }
 }
 
@@ -872,7 +872,7 @@ static void conn_read(struct bufferevent *bev, void *arg)
     ssize_t n = nghttp2_session_mem_recv(k->h2, data, len);
     if (n < 0) {
         char why[512];
-        snprintf(why, sizeof why, "HTTP/2 error from %s: %s", k->c->authority,
+        snprintf(why, sizeof why, "HTTP/2 error from %.200s: %.200s", k->c->authority,
                  nghttp2_strerror((int)n));
         conn_drop(k, why);
         return;
@@ -900,7 +900,7 @@ static void conn_event(struct bufferevent *bev, short events, void *arg)
             SSL_get0_alpn_selected(bufferevent_openssl_get_ssl(bev), &alpn, &alpn_len);
             if (alpn_len != 2 || memcmp(alpn, "h2", 2) != 0) {
                 char why[512];
-                snprintf(why, sizeof why, "%s did not agree to HTTP/2 (ALPN h2)", c->authority);
+                snprintf(why, sizeof why, "%.200s did not agree to HTTP/2 (ALPN h2)", c->authority);
                 conn_drop(k, why);
                 return;
             }
@@ -924,10 +924,10 @@ static void conn_event(struct bufferevent *bev, short events, void *arg)
             describe_bev_error(k, why, sizeof why);
         else if (k->h2 == NULL && so_error)
             /* TLS sockets report a refused connect as EOF before the handshake. */
-            snprintf(why, sizeof why, "cannot connect to %s: %s", c->authority,
+            snprintf(why, sizeof why, "cannot connect to %.200s: %.200s", c->authority,
                      evutil_socket_error_to_string(so_error));
         else
-            snprintf(why, sizeof why, "%s closed the connection", c->authority);
+            snprintf(why, sizeof why, "%.200s closed the connection", c->authority);
         conn_drop(k, why);
     }
 }
@@ -1032,11 +1032,14 @@ static bool conn_submit(apns_conn *k, push_item *p)
         NV("apns-push-type", "mdm", 3, keep),
         NV("apns-topic", c->topic, strlen(c->topic), keep),
         NV("apns-priority", "10", 2, keep),
-        NV("apns-id", p->apns_id, ESIM_UUID_LEN, keep),
     };
-    size_t n = 8;
+    size_t n = 7;
+    /* Unique per request: indexing it would only churn the HPACK table. */
+    if (p->apns_id[0])
+        nva[n++] = NV("apns-id", p->apns_id, ESIM_UUID_LEN, keep | NGHTTP2_NV_FLAG_NO_INDEX);
     if (p->expiration[0])
-        nva[n++] = NV("apns-expiration", p->expiration, strlen(p->expiration), keep);
+        nva[n++] = NV("apns-expiration", p->expiration, strlen(p->expiration),
+                      keep | NGHTTP2_NV_FLAG_NO_INDEX);
     if (c->jwt_key && c->jwt.len)
         nva[n++] = NV("authorization", c->jwt.data, c->jwt.len, NGHTTP2_NV_FLAG_NO_INDEX);
     nghttp2_data_provider dp = {.source.ptr = p, .read_callback = read_body};
@@ -1191,12 +1194,9 @@ esim_err apns_client_push(apns_client *c, const apns_push *push, esim_error *err
     memcpy(p->path, "/3/device/", 10);
     for (size_t i = 0; i <= tl; i++)
         p->path[10 + i] = (char)tolower((unsigned char)tok[i]);
-    if (push->apns_id) {
+    if (push->apns_id)
         for (size_t i = 0; i <= ESIM_UUID_LEN; i++)
             p->apns_id[i] = (char)tolower((unsigned char)push->apns_id[i]);
-    } else {
-        esim_uuid_new(p->apns_id);
-    }
     if (push->has_expiration)
         snprintf(p->expiration, sizeof p->expiration, "%lld", (long long)push->expiration);
     list_push_back(&c->ready, p);

@@ -101,6 +101,17 @@ apns_jwt_check apns_jwt_verify(const char *jwt, size_t len, EVP_PKEY *key, int64
 /* base64url without padding, appended to |out|. */
 esim_err apns_b64url_append(esim_buf *out, const unsigned char *data, size_t len);
 
+/* ---- HTTP/2 output ---- */
+
+struct bufferevent;
+struct nghttp2_session;
+
+/* Moves everything nghttp2 wants to send into |bev|, coalesced into writes
+ * of up to 16 KiB: a TLS bufferevent turns every write into its own TLS
+ * record and system call, so writing frame by frame would cost one of each
+ * per HTTP/2 frame. False on a session or buffer error. */
+bool apns_h2_flush(struct nghttp2_session *h2, struct bufferevent *bev);
+
 /* ---- APNs reasons ---- */
 
 /* The usual reason for a status the mock injects ("TooManyRequests"). */

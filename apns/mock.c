@@ -177,16 +177,7 @@ static void conn_reset_now(mock_conn *mc)
 
 static bool conn_flush(mock_conn *mc)
 {
-    for (;;) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(mc->h2, &data);
-        if (n < 0)
-            return false;
-        if (n == 0)
-            return true;
-        if (bufferevent_write(mc->bev, data, (size_t)n) != 0)
-            return false;
-    }
+    return apns_h2_flush(mc->h2, mc->bev);
 }
 
 /* Frees the connection when HTTP/2 is done with it (GOAWAY exchanged and no

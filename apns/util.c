@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/bufferevent.h>
+#include <nghttp2/nghttp2.h>
+
 #include "apns/internal.h"
 
 const int apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1] = {1,   2,   5,    10,   20,   50,  100,
@@ -300,4 +303,33 @@ esim_err apns_map_put(apns_map *m, const char *key, void *value, void **old)
     m->slots[k] = e;
     m->count++;
     return ESIM_OK;
+}
+
+/* ---- HTTP/2 output ---- */
+
+bool apns_h2_flush(struct nghttp2_session *h2, struct bufferevent *bev)
+{
+    uint8_t buf[16384];
+    size_t used = 0;
+    for (;;) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(h2, &data);
+        if (n < 0)
+            return false;
+        if (n == 0)
+            break;
+        if (used + (size_t)n > sizeof buf) {
+            if (used && bufferevent_write(bev, buf, used) != 0)
+                return false;
+            used = 0;
+            if ((size_t)n > sizeof buf) {
+                if (bufferevent_write(bev, data, (size_t)n) != 0)
+                    return false;
+                continue;
+            }
+        }
+        memcpy(buf + used, data, (size_t)n);
+        used += (size_t)n;
+    }
+    return used == 0 || bufferevent_write(bev, buf, used) == 0;
 }

@@ -35,7 +35,8 @@ static const char push_help[] =
     "options:\n"
     "  --apns URL            https://HOST[:PORT] of APNs: api.push.apple.com:443, or\n"
     "                        api.sandbox.push.apple.com for development devices, or an\n"
-    "                        `esim-mdm apns-mock`; http://HOST:PORT speaks h2c (mock only)\n"
+    "                        `esim-mdm apns-mock`; http://HOST:PORT speaks h2c (the mock's\n"
+    "                        --h2c-listen port; no certificate, give --topic)\n"
     "  --cert PEM            the MDM push certificate (from Apple's push certificate\n"
     "                        portal); its subject UID is the topic\n"
     "  --key PEM             its private key (default: inside --cert)\n"
@@ -393,8 +394,16 @@ int cmd_push(int argc, char **argv)
         return cli_usage_error("push: --apns https://HOST:PORT is required");
     if (tokens_path == NULL)
         return cli_usage_error("push: --tokens FILE is required");
-    if (cfg.auth == APNS_AUTH_CERTIFICATE && !cfg.cert_path && !cfg.p12_path)
-        return cli_usage_error("push: give the push certificate: --cert PEM --key PEM (or --p12)");
+    if (cfg.auth == APNS_AUTH_CERTIFICATE && !cfg.cert_path && !cfg.p12_path) {
+        /* h2c has no TLS, hence no certificate: only the mock's h2c port
+         * takes pushes like that (with --topic). */
+        if (strncmp(cfg.url, "http://", 7) != 0)
+            return cli_usage_error(
+                "push: give the push certificate: --cert PEM --key PEM (or --p12)");
+        if (cfg.topic == NULL)
+            return cli_usage_error("push: an http:// (h2c) URL has no certificate; give --topic");
+        cfg.auth = APNS_AUTH_NONE;
+    }
     push_run r = {.tokens_path = tokens_path,
                   .quiet = quiet,
                   .has_expiration = has_exp,
