@@ -81,23 +81,18 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
         evbuffer_free(out);
 }
 
-/* Group commit: answers wait until one store sync covers every change made
- * while serving them; the flush runs on a 1 ms timer, after the I/O of the
- * loop turns in between, so a burst of requests shares one fsync. */
-static void on_flush(evutil_socket_t fd, short what, void *arg)
+/* ---- group commit ----------------------------------------------------------------
+ * Answers wait until a store sync that began after their changes has
+ * finished: nothing a device or an admin is told can be lost in a power cut.
+ * The fsync runs on a thread while the loop keeps serving; everything
+ * answered meanwhile shares the next fsync, so throughput follows the CPU,
+ * not the disk's fsync latency. */
+
+static void send_batch(svc_reply *r, bool ok)
 {
-    (void)fd;
-    (void)what;
-    esim_service *svc = arg;
-    bool synced = svc->st->ops->sync(svc->st, NULL) == ESIM_OK;
-    if (!synced)
-        svc->m.store_errors++;
-    svc_reply *r = svc->replies;
-    svc->replies = NULL;
-    svc->replies_tail = &svc->replies;
     while (r) {
         svc_reply *next = r->next;
-        if (synced)
+        if (ok)
             send_now(r->req, r->code, r->content_type, r->body.data, r->body.len);
         else
             send_now(r->req, 500, "text/plain", "the store could not sync; try again\n", 36);
@@ -107,15 +102,127 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void drop_replies(esim_service *svc)
+static void free_replies(svc_reply *r)
 {
-    while (svc->replies) {
-        svc_reply *r = svc->replies;
-        svc->replies = r->next;
+    while (r) {
+        svc_reply *next = r->next;
         esim_buf_free(&r->body);
         free(r);
+        r = next;
     }
+}
+
+static void *sync_main(void *arg)
+{
+    esim_service *svc = arg;
+    pthread_mutex_lock(&svc->sync_mu);
+    for (;;) {
+        while (!svc->sync_requested && !svc->sync_quit)
+            pthread_cond_wait(&svc->sync_cv, &svc->sync_mu);
+        if (svc->sync_quit)
+            break;
+        svc->sync_requested = false;
+        pthread_mutex_unlock(&svc->sync_mu);
+        esim_err rc = svc->st->ops->sync(svc->st, NULL);
+        pthread_mutex_lock(&svc->sync_mu);
+        svc->sync_result = rc;
+        ssize_t w = write(svc->sync_pipe[1], "s", 1);
+        (void)w;
+    }
+    pthread_mutex_unlock(&svc->sync_mu);
+    return NULL;
+}
+
+/* Starts a sync for everything waiting, or answers at once when nothing
+ * was committed since the last sync. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    esim_service *svc = arg;
+    if (svc->sync_busy || !svc->replies)
+        return;
+    svc_reply *batch = svc->replies;
+    svc->replies = NULL;
     svc->replies_tail = &svc->replies;
+    int64_t count = svc->st->ops->commit_count(svc->st);
+    if (count == svc->synced_count) {
+        send_batch(batch, true);
+        return;
+    }
+    svc->syncing = batch;
+    svc->syncing_count = count;
+    svc->sync_busy = true;
+    pthread_mutex_lock(&svc->sync_mu);
+    svc->sync_requested = true;
+    pthread_cond_signal(&svc->sync_cv);
+    pthread_mutex_unlock(&svc->sync_mu);
+}
+
+static void on_sync_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    esim_service *svc = arg;
+    char buf[16];
+    while (read(fd, buf, sizeof buf) > 0)
+        ;
+    pthread_mutex_lock(&svc->sync_mu);
+    bool ok = svc->sync_result == ESIM_OK;
+    pthread_mutex_unlock(&svc->sync_mu);
+    if (ok)
+        svc->synced_count = svc->syncing_count;
+    else
+        svc->m.store_errors++;
+    svc_reply *batch = svc->syncing;
+    svc->syncing = NULL;
+    svc->sync_busy = false;
+    send_batch(batch, ok);
+    if (svc->replies)
+        on_flush(-1, 0, svc);
+}
+
+static esim_err group_commit_start(esim_service *svc, esim_error *err)
+{
+    if (svc->cfg.store_sync != STORE_SYNC_GROUP)
+        return ESIM_OK;
+    if (pipe2(svc->sync_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+        return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
+    svc->flush_ev = evtimer_new(svc->base, on_flush, svc);
+    svc->sync_done_ev = event_new(svc->base, svc->sync_pipe[0], EV_READ | EV_PERSIST, on_sync_done, svc);
+    if (!svc->flush_ev || !svc->sync_done_ev)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    event_add(svc->sync_done_ev, NULL);
+    svc->synced_count = svc->st->ops->commit_count(svc->st);
+    if (pthread_create(&svc->sync_thread, NULL, sync_main, svc) != 0)
+        return esim_fail(err, ESIM_EIO, "cannot start the store sync thread");
+    svc->sync_thread_started = true;
+    return ESIM_OK;
+}
+
+static void group_commit_stop(esim_service *svc)
+{
+    if (svc->sync_thread_started) {
+        pthread_mutex_lock(&svc->sync_mu);
+        svc->sync_quit = true;
+        pthread_cond_signal(&svc->sync_cv);
+        pthread_mutex_unlock(&svc->sync_mu);
+        pthread_join(svc->sync_thread, NULL);
+        svc->sync_thread_started = false;
+    }
+    /* Unsent answers: their requests belong to connections evhttp_free closes. */
+    free_replies(svc->replies);
+    free_replies(svc->syncing);
+    svc->replies = svc->syncing = NULL;
+    svc->replies_tail = &svc->replies;
+    if (svc->flush_ev)
+        event_free(svc->flush_ev);
+    if (svc->sync_done_ev)
+        event_free(svc->sync_done_ev);
+    svc->flush_ev = svc->sync_done_ev = NULL;
+    for (int i = 0; i < 2; i++)
+        if (svc->sync_pipe[i] >= 0)
+            close(svc->sync_pipe[i]);
+    svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
 }
 
 void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
@@ -138,9 +245,9 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
     r->content_type = content_type;
     *svc->replies_tail = r;
     svc->replies_tail = &r->next;
-    if (!evtimer_pending(svc->flush_ev, NULL)) {
-        struct timeval soon = {0, 1000}; /* 1 ms: lets a burst gather behind one fsync */
-        evtimer_add(svc->flush_ev, &soon);
+    if (!svc->sync_busy && !evtimer_pending(svc->flush_ev, NULL)) {
+        struct timeval now = {0, 0}; /* after this loop turn's I/O */
+        evtimer_add(svc->flush_ev, &now);
     }
 }
 
@@ -409,14 +516,15 @@ static esim_err start(esim_service *svc, esim_error *err)
         return rc;
     if ((rc = webhooks_init(svc, err)) != ESIM_OK)
         return rc;
+    if ((rc = group_commit_start(svc, err)) != ESIM_OK)
+        return rc;
     if ((rc = http_setup(svc, err)) != ESIM_OK)
         return rc;
     if (pipe2(svc->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
     svc->stop_ev = event_new(svc->base, svc->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, svc);
     svc->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, svc);
-    svc->flush_ev = evtimer_new(svc->base, on_flush, svc);
-    if (!svc->stop_ev || !svc->tick_ev || !svc->flush_ev)
+    if (!svc->stop_ev || !svc->tick_ev)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     struct timeval tv = {svc->cfg.tick_ms / 1000, (svc->cfg.tick_ms % 1000) * 1000};
     event_add(svc->stop_ev, NULL);
@@ -437,6 +545,9 @@ esim_err esim_service_new(struct event_base *base, const esim_service_config *cf
     svc->base = base;
     svc->stop_pipe[0] = svc->stop_pipe[1] = -1;
     svc->replies_tail = &svc->replies;
+    svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
+    pthread_mutex_init(&svc->sync_mu, NULL);
+    pthread_cond_init(&svc->sync_cv, NULL);
     esim_err rc = copy_config(svc, cfg, err);
     if (rc == ESIM_OK)
         rc = start(svc, err);
@@ -452,10 +563,7 @@ void esim_service_free(esim_service *svc)
 {
     if (!svc)
         return;
-    drop_replies(svc); /* their requests belong to connections evhttp_free closes */
-    if (svc->flush_ev)
-        event_free(svc->flush_ev);
-    svc->flush_ev = NULL;
+    group_commit_stop(svc);
     if (svc->http)
         evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
     mdm_forget_connections(svc);
@@ -474,6 +582,8 @@ void esim_service_free(esim_service *svc)
             free(b);
         }
     store_close(svc->st);
+    pthread_mutex_destroy(&svc->sync_mu);
+    pthread_cond_destroy(&svc->sync_cv);
     SSL_CTX_free(svc->tls);
     X509_STORE_free(svc->device_ca);
     free(svc->listen);

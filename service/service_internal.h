@@ -6,6 +6,8 @@
 #ifndef ESIM_SERVICE_SERVICE_INTERNAL_H
 #define ESIM_SERVICE_SERVICE_INTERNAL_H
 
+#include <pthread.h>
+
 #include <event2/event.h>
 #include <event2/http.h>
 #include <jansson.h>
@@ -90,8 +92,22 @@ struct esim_service {
     X509_STORE *device_ca;
 
     struct event *tick_ev;
-    struct event *flush_ev;     /* group commit: sync the store, then answer */
+    /* Group commit: answers wait in |replies| until a store sync that
+     * started after their changes has finished. The fsync runs on
+     * |sync_thread|; |syncing| is the batch it covers. */
+    struct event *flush_ev;
     svc_reply *replies, **replies_tail;
+    svc_reply *syncing;
+    bool sync_busy;
+    int64_t synced_count, syncing_count;
+    pthread_t sync_thread;
+    bool sync_thread_started;
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    bool sync_requested, sync_quit;
+    esim_err sync_result;
+    int sync_pipe[2];            /* the thread says "done" through it */
+    struct event *sync_done_ev;
     struct event *stop_ev;
     int stop_pipe[2];
 

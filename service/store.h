@@ -286,11 +286,16 @@ struct store_ops {
     /* Counts for /metrics and /healthz. */
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
 
-    /* Makes every operation committed so far durable (group commit: one
-     * fsync covers them all). Cheap when nothing changed since the last
-     * call, and a no-op unless the store was opened with STORE_SYNC_GROUP.
-     *   ESIM_ESTORE  the fsync failed: committed operations may not survive
-     *                a power cut; do not report them as done. */
+    /* Group commit, in two halves so the fsync can run on another thread
+     * while the loop goes on committing:
+     * commit_count: a number that grows with every committed change (call
+     *   it on the thread doing the operations).
+     * sync: makes every operation committed before the call durable (one
+     *   fsync covers them all). Thread-safe against the other operations,
+     *   one call at a time; a no-op unless opened with STORE_SYNC_GROUP.
+     *   ESIM_ESTORE  the fsync failed: those operations may not survive a
+     *                power cut; do not report them as done. */
+    int64_t (*commit_count)(store *st);
     esim_err (*sync)(store *st, esim_error *err);
 
     /* Appends one event to the ledger outside any other operation (admin

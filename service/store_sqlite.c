@@ -197,8 +197,7 @@ typedef struct {
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
     char *wal_path;      /* "<db>-wal", fsynced by sq_sync in group mode */
-    int wal_fd;          /* opened on first use; -1 until then */
-    int64_t synced_changes;
+    int wal_fd;          /* opened once the log exists (group mode) */
 } sqlite_store;
 
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
@@ -968,19 +967,20 @@ static esim_err sq_event_append(store *base, const char *kind, const char *udid,
  * an admin was told can vanish in a power cut, yet a burst of requests costs
  * one fsync, not one each. (SQLite itself syncs the log before any
  * checkpoint copies it into the database.) */
+static int64_t sq_commit_count(store *base)
+{
+    return sqlite3_total_changes64(((sqlite_store *)base)->db);
+}
+
+/* Touches only the log's file descriptor, never the connection, so it may
+ * run on a sync thread while the loop keeps committing. */
 static esim_err sq_sync(store *base, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
     if (s->sync != STORE_SYNC_GROUP)
         return ESIM_OK;
-    int64_t changes = sqlite3_total_changes64(s->db);
-    if (changes == s->synced_changes)
-        return ESIM_OK;
-    if (s->wal_fd < 0)
-        s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
     if (s->wal_fd < 0 || fdatasync(s->wal_fd) != 0)
         return esim_fail(err, ESIM_ESTORE, "store (sqlite): cannot fsync %s", s->wal_path);
-    s->synced_changes = changes;
     return ESIM_OK;
 }
 
@@ -1018,6 +1018,7 @@ static const struct store_ops sqlite_ops = {
     .push_due = sq_push_due,
     .expire = sq_expire,
     .stats = sq_stats,
+    .commit_count = sq_commit_count,
     .sync = sq_sync,
     .event_append = sq_event_append,
 };
@@ -1111,6 +1112,10 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
     esim_err rc = exec(s, pragmas, err);
     if (rc == ESIM_OK)
         rc = migrate(s, err);
+    /* The log exists now (migrate read the database through it). */
+    if (rc == ESIM_OK && s->sync == STORE_SYNC_GROUP &&
+        (s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC)) < 0)
+        rc = esim_fail(err, ESIM_ESTORE, "cannot open the store's log %s for syncing", s->wal_path);
     if (rc != ESIM_OK) {
         if (err) {
             esim_error tmp = *err;
