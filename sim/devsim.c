@@ -34,7 +34,7 @@ enum {
     F_OFFLINE = 1u << 3,
     F_REGISTERED = 1u << 4,   /* its current token is on the mock's channel */
     F_NEED_REG = 1u << 5,
-    F_LOCKED_START = 1u << 6, /* drawn into the NotNow share */
+    F_ENROLL_QUEUED = 1u << 6, /* waiting in the enrolment queue */
 };
 
 typedef struct {
@@ -69,6 +69,8 @@ struct sim_devsim {
     size_t token_cap;
     size_t *queue; /* ring of slots waiting to check in */
     size_t q_head, q_len;
+    size_t *equeue; /* ring of slots waiting to enrol */
+    size_t e_head, e_len;
     size_t active;  /* sessions in flight */
     timed *timers;
     size_t n_timers, cap_timers;
@@ -680,8 +682,10 @@ static void run_timers(sim_devsim *s)
             break;
         }
         case TIMED_ENROLL:
-            if (!sim_device_enrolled(sl->dev))
-                enroll_start(s, t.slot);
+            if (!sim_device_enrolled(sl->dev) && !(sl->flags & F_ENROLL_QUEUED)) {
+                sl->flags |= F_ENROLL_QUEUED;
+                s->equeue[(s->e_head + s->e_len++) % s->n] = t.slot;
+            }
             break;
         case TIMED_CHECKIN:
             want_checkin(s, t.slot);
@@ -698,7 +702,21 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     run_timers(s);
     register_tokens(s);
     poll_deliveries(s);
-    while (s->q_len > 0 && s->active < s->max_concurrent) {
+    /* Enrolments and check-ins share the concurrency limit, taking turns. */
+    bool enrol_turn = false;
+    while ((s->q_len > 0 || s->e_len > 0) && s->active < s->max_concurrent) {
+        enrol_turn = s->e_len > 0 && (!enrol_turn || s->q_len == 0);
+        if (enrol_turn) {
+            size_t i = s->equeue[s->e_head];
+            s->e_head = (s->e_head + 1) % s->n;
+            s->e_len--;
+            s->slots[i].flags &= ~F_ENROLL_QUEUED;
+            if (!sim_device_enrolled(s->slots[i].dev) && !(s->slots[i].flags & F_BUSY))
+                enroll_start(s, i);
+            else if (s->slots[i].flags & F_BUSY)
+                at(s, RETRY_MS, i, TIMED_ENROLL);
+            continue;
+        }
         size_t i = s->queue[s->q_head];
         s->q_head = (s->q_head + 1) % s->n;
         s->q_len--;
@@ -963,9 +981,10 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         s->token_cap *= 2;
     s->slots = calloc(s->n, sizeof *s->slots);
     s->queue = calloc(s->n, sizeof *s->queue);
+    s->equeue = calloc(s->n, sizeof *s->equeue);
     s->token_idx = calloc(s->token_cap, sizeof *s->token_idx);
     s->tick = event_new(base, -1, EV_PERSIST, on_tick, s);
-    if (!s->slots || !s->queue || !s->token_idx || !s->tick) {
+    if (!s->slots || !s->queue || !s->equeue || !s->token_idx || !s->tick) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", s->n);
         goto fail;
     }
@@ -1007,6 +1026,7 @@ void sim_devsim_free(sim_devsim *s)
     }
     free(s->slots);
     free(s->queue);
+    free(s->equeue);
     free(s->token_idx);
     free(s->timers);
     sim_pki_free(s->pki);

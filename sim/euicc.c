@@ -21,7 +21,7 @@ struct sim_euicc {
     char eid[ESIM_EID_LEN + 1];
     esim_buf key_der;  /* private key, DER; parsed only when signing */
     esim_buf cert_der; /* eUICC certificate, DER */
-    esim_buf eum_der;  /* the EUM certificate that signed it, DER */
+    esim_buf eum_der;  /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
     size_t n_profiles, cap_profiles;
     sim_notification *notifs;
@@ -90,6 +90,19 @@ static esim_err key_to_der(EVP_PKEY *k, esim_buf *out)
     return rc;
 }
 
+/* 100,000 eUICCs from one EUM need not hold 100,000 copies of it. */
+static void share_eum(sim_euicc *e)
+{
+    const esim_buf *pe = &e->pki->eum_der;
+    if (e->eum_der.len == pe->len && memcmp(e->eum_der.data, pe->data, pe->len) == 0)
+        esim_buf_free(&e->eum_der);
+}
+
+static const esim_buf *eum_of(const sim_euicc *e)
+{
+    return e->eum_der.len ? &e->eum_der : &e->pki->eum_der;
+}
+
 static EVP_PKEY *key_from_der(const esim_buf *b)
 {
     const unsigned char *p = b->data;
@@ -132,6 +145,7 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
     e->key_der = key;
     e->cert_der = cert;
     e->eum_der = eumd;
+    share_eum(e);
     e->dirty = true;
     return ESIM_OK;
 }
@@ -397,7 +411,7 @@ esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *e
 {
     esim_err rc = esim_base64_encode(e->cert_der.data, e->cert_der.len, euicc_b64);
     if (rc == ESIM_OK && eum_b64)
-        rc = esim_base64_encode(e->eum_der.data, e->eum_der.len, eum_b64);
+        rc = esim_base64_encode(eum_of(e)->data, eum_of(e)->len, eum_b64);
     return rc;
 }
 
@@ -411,7 +425,7 @@ json_t *sim_euicc_to_json(const sim_euicc *e)
     json_object_set_new(j, "eid", json_string(e->eid));
     if (sim_json_set_b64(j, "key", e->key_der.data, e->key_der.len) != ESIM_OK ||
         sim_json_set_b64(j, "cert", e->cert_der.data, e->cert_der.len) != ESIM_OK ||
-        sim_json_set_b64(j, "eum", e->eum_der.data, e->eum_der.len) != ESIM_OK)
+        sim_json_set_b64(j, "eum", eum_of(e)->data, eum_of(e)->len) != ESIM_OK)
         goto fail;
     json_object_set_new(j, "next_seq", json_integer(e->next_seq));
     for (size_t i = 0; i < e->n_profiles; i++) {
@@ -521,6 +535,7 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
         (rc = sim_json_b64(j, "cert", &e->cert_der, err)) != ESIM_OK ||
         (rc = sim_json_b64(j, "eum", &e->eum_der, err)) != ESIM_OK)
         goto fail;
+    share_eum(e);
     EVP_PKEY *k = key_from_der(&e->key_der);
     X509 *x = sim_x509_from_der(e->cert_der.data, e->cert_der.len);
     char serial[64] = "";

@@ -99,6 +99,8 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     p->topic[n] = '\0';
     esim_buf_free(&t);
     rc = load_identity_key(p, err);
+    if (rc == ESIM_OK && sim_x509_to_der(p->eum.x509, &p->eum_der) != ESIM_OK)
+        rc = esim_fail(err, ESIM_ECRYPTO, "cannot encode eum.pem");
     if (rc != ESIM_OK)
         goto fail;
     *out = p;
@@ -119,6 +121,7 @@ void sim_pki_free(sim_pki *p)
     esim_cert_clear(&p->eum);
     esim_cert_clear(&p->dpauth);
     EVP_PKEY_free(p->identity_key);
+    esim_buf_free(&p->eum_der);
     free(p);
 }
 

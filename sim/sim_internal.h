@@ -24,6 +24,7 @@ struct sim_pki {
     char server_key_file[SIM_PATH_MAX];
     esim_cert ca, server, device_ca, ci, eum, dpauth;
     EVP_PKEY *identity_key; /* one RSA key shared by every simulated identity certificate */
+    esim_buf eum_der;       /* eum.pem as DER: eUICCs it signed point here instead of copying */
 };
 
 /* ---- GSMA crypto (rsp_crypto.c) ---- */
