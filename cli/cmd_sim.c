@@ -156,24 +156,39 @@ int cmd_smdp(int argc, char **argv)
         fputs(smdp_help, stdout);
         return CLI_EXIT_OK;
     }
-    static const struct option opts[] = {
-        {"pki", required_argument, NULL, 'p'},      {"listen", required_argument, NULL, 'l'},
-        {"orders", required_argument, NULL, 'o'},   {"data-dir", required_argument, NULL, 'd'},
-        {"admin-token", required_argument, NULL, 't'}, {"port-file", required_argument, NULL, 'f'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"pki", required_argument, NULL, 'p'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"orders", required_argument, NULL, 'o'},
+                                         {"data-dir", required_argument, NULL, 'd'},
+                                         {"admin-token", required_argument, NULL, 't'},
+                                         {"port-file", required_argument, NULL, 'f'},
+                                         {NULL, 0, NULL, 0}};
     const char *pki_dir = "pki", *listen = "127.0.0.1:9443", *orders = NULL, *data_dir = NULL,
                *token = NULL, *port_file = NULL;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'p': pki_dir = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'o': orders = optarg; break;
-        case 'd': data_dir = optarg; break;
-        case 't': token = optarg; break;
-        case 'f': port_file = optarg; break;
-        default: return cli_usage_error("smdp: see `esim-mdm smdp --help`");
+        case 'p':
+            pki_dir = optarg;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'o':
+            orders = optarg;
+            break;
+        case 'd':
+            data_dir = optarg;
+            break;
+        case 't':
+            token = optarg;
+            break;
+        case 'f':
+            port_file = optarg;
+            break;
+        default:
+            return cli_usage_error("smdp: see `esim-mdm smdp --help`");
         }
     }
     if (optind < argc)
@@ -183,7 +198,8 @@ int cmd_smdp(int argc, char **argv)
     unsigned long long port;
     if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host ||
         !parse_uint(colon + 1, 65535, &port))
-        return cli_usage_error("smdp: --listen wants HOST:PORT (e.g. 127.0.0.1:9443), got '%s'", listen);
+        return cli_usage_error("smdp: --listen wants HOST:PORT (e.g. 127.0.0.1:9443), got '%s'",
+                               listen);
     memcpy(host, listen, (size_t)(colon - listen));
     host[colon - listen] = '\0';
 
@@ -195,8 +211,11 @@ int cmd_smdp(int argc, char **argv)
     }
     struct event_base *base = event_base_new();
     sim_smdp *s = NULL;
-    sim_smdp_config cfg = {.pki = pki, .listen_host = host, .port = (uint16_t)port,
-                           .data_dir = data_dir, .admin_token = token};
+    sim_smdp_config cfg = {.pki = pki,
+                           .listen_host = host,
+                           .port = (uint16_t)port,
+                           .data_dir = data_dir,
+                           .admin_token = token};
     esim_err rc = base ? sim_smdp_new(base, &cfg, &s, &e) : ESIM_ENOMEM;
     int exit_code = CLI_EXIT_OK;
     if (rc != ESIM_OK) {
@@ -214,7 +233,8 @@ int cmd_smdp(int argc, char **argv)
         exit_code = CLI_EXIT_FAIL;
         goto out;
     }
-    printf("esim-mdm smdp: SM-DP+ on %s (eSIMServerURL), %zu orders (%zu loaded), admin %s/admin/orders\n",
+    printf("esim-mdm smdp: SM-DP+ on %s (eSIMServerURL), %zu orders (%zu loaded), admin "
+           "%s/admin/orders\n",
            sim_smdp_url(s), sim_smdp_order_count(s), added, sim_smdp_url(s));
     fflush(stdout);
     run_loop(base, 0);
@@ -242,7 +262,8 @@ static void print_esims(const json_t *dev)
         printf("eSIM: none\n");
     json_array_foreach(esims, i, it)
         printf("eSIM: %s %s (%s)\n", json_string_value(json_object_get(it, "iccid")),
-               json_string_value(json_object_get(it, "state")), json_string_value(json_object_get(it, "class")));
+               json_string_value(json_object_get(it, "state")),
+               json_string_value(json_object_get(it, "class")));
 }
 
 static int action_via_status(const char *status_url, const char *udid, const char *action)
@@ -264,7 +285,9 @@ static int action_via_status(const char *status_url, const char *udid, const cha
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
     if (res != CURLE_OK) {
-        fprintf(stderr, "esim-mdm devsim user-action: %s: %s (is the simulator running with --status-listen?)\n",
+        fprintf(stderr,
+                "esim-mdm devsim user-action: %s: %s (is the simulator running with "
+                "--status-listen?)\n",
                 url, curl_easy_strerror(res));
         esim_buf_free(&body);
         return CLI_EXIT_FAIL;
@@ -273,8 +296,9 @@ static int action_via_status(const char *status_url, const char *udid, const cha
     esim_buf_free(&body);
     if (status != 200 || !j) {
         fprintf(stderr, "esim-mdm devsim user-action: %s\n",
-                j && json_string_value(json_object_get(j, "error")) ? json_string_value(json_object_get(j, "error"))
-                                                                   : "the simulator refused the request");
+                j && json_string_value(json_object_get(j, "error"))
+                    ? json_string_value(json_object_get(j, "error"))
+                    : "the simulator refused the request");
         json_decref(j);
         return status == 404 || status == 400 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
@@ -285,7 +309,8 @@ static int action_via_status(const char *status_url, const char *udid, const cha
     return CLI_EXIT_OK;
 }
 
-static int action_on_file(const char *data_dir, const char *pki_dir, const char *udid, sim_user_action a)
+static int action_on_file(const char *data_dir, const char *pki_dir, const char *udid,
+                          sim_user_action a)
 {
     esim_error e = {{0}};
     if (esim_udid_validate(udid, &e) != ESIM_OK)
@@ -341,25 +366,36 @@ static int cmd_user_action(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'u': udid = optarg; break;
-        case 's': status = optarg; break;
-        case 'd': data_dir = optarg; break;
-        case 'p': pki_dir = optarg; break;
-        default: return cli_usage_error("devsim user-action: see `esim-mdm devsim --help`");
+        case 'u':
+            udid = optarg;
+            break;
+        case 's':
+            status = optarg;
+            break;
+        case 'd':
+            data_dir = optarg;
+            break;
+        case 'p':
+            pki_dir = optarg;
+            break;
+        default:
+            return cli_usage_error("devsim user-action: see `esim-mdm devsim --help`");
         }
     }
     if (!udid)
         return cli_usage_error("devsim user-action: --device UDID is required");
     if (optind + 1 != argc)
-        return cli_usage_error("devsim user-action: name exactly one action (delete-esim, transfer-esim, "
-                               "erase-all-content, passcode-wipe, findmy-erase)");
+        return cli_usage_error(
+            "devsim user-action: name exactly one action (delete-esim, transfer-esim, "
+            "erase-all-content, passcode-wipe, findmy-erase)");
     sim_user_action a;
     esim_error e;
     if (sim_user_action_parse(argv[optind], &a, &e) != ESIM_OK)
         return cli_usage_error("devsim user-action: %s", e.msg);
     if (!status == !data_dir)
-        return cli_usage_error("devsim user-action: give --status URL (a running simulator) or --data-dir DIR "
-                               "(a stopped one's files), not both");
+        return cli_usage_error(
+            "devsim user-action: give --status URL (a running simulator) or --data-dir DIR "
+            "(a stopped one's files), not both");
     if (status)
         return action_via_status(status, udid, sim_user_action_name(a));
     return action_on_file(data_dir, pki_dir, udid, a);
@@ -380,8 +416,25 @@ int cmd_devsim(int argc, char **argv)
         fputs(devsim_help, stdout);
         return CLI_EXIT_OK;
     }
-    enum { O_SERVER = 1, O_APNS, O_DEVICES, O_PKI, O_DATA, O_SEED, O_SUP, O_NOTNOW, O_OFFLINE, O_FAIL,
-           O_OS, O_CHANNEL, O_STATUS, O_STATUS_FILE, O_MTLS, O_MAXC, O_DURATION };
+    enum {
+        O_SERVER = 1,
+        O_APNS,
+        O_DEVICES,
+        O_PKI,
+        O_DATA,
+        O_SEED,
+        O_SUP,
+        O_NOTNOW,
+        O_OFFLINE,
+        O_FAIL,
+        O_OS,
+        O_CHANNEL,
+        O_STATUS,
+        O_STATUS_FILE,
+        O_MTLS,
+        O_MAXC,
+        O_DURATION
+    };
     static const struct option opts[] = {
         {"server", required_argument, NULL, O_SERVER},
         {"apns-mock", required_argument, NULL, O_APNS},
@@ -409,15 +462,23 @@ int cmd_devsim(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case O_SERVER: cfg.server_url = optarg; break;
-        case O_APNS: cfg.apns_url = optarg; break;
+        case O_SERVER:
+            cfg.server_url = optarg;
+            break;
+        case O_APNS:
+            cfg.apns_url = optarg;
+            break;
         case O_DEVICES:
             if (!parse_uint(optarg, 10000000, &v) || v == 0)
                 return cli_usage_error("devsim: --devices wants 1..10000000, got '%s'", optarg);
             cfg.devices = (unsigned)v;
             break;
-        case O_PKI: cfg.pki_dir = optarg; break;
-        case O_DATA: cfg.data_dir = optarg; break;
+        case O_PKI:
+            cfg.pki_dir = optarg;
+            break;
+        case O_DATA:
+            cfg.data_dir = optarg;
+            break;
         case O_SEED:
             if (!parse_uint(optarg, UINT64_MAX, &v))
                 return cli_usage_error("devsim: --seed wants a non-negative integer");
@@ -427,17 +488,29 @@ int cmd_devsim(int argc, char **argv)
         case O_NOTNOW:
         case O_OFFLINE:
         case O_FAIL: {
-            double *dst = c == O_SUP ? &cfg.supervised_share : c == O_NOTNOW ? &cfg.notnow_share
-                          : c == O_OFFLINE ? &cfg.offline_share : &cfg.fail_share;
+            double *dst = c == O_SUP       ? &cfg.supervised_share
+                          : c == O_NOTNOW  ? &cfg.notnow_share
+                          : c == O_OFFLINE ? &cfg.offline_share
+                                           : &cfg.fail_share;
             if (!parse_share(optarg, dst))
                 return cli_usage_error("devsim: shares are numbers from 0 to 1, got '%s'", optarg);
             break;
         }
-        case O_OS: cfg.os_version = optarg; break;
-        case O_CHANNEL: cfg.channel = optarg; break;
-        case O_STATUS: cfg.status_listen = optarg; break;
-        case O_STATUS_FILE: status_file = optarg; break;
-        case O_MTLS: cfg.tls_client_auth = true; break;
+        case O_OS:
+            cfg.os_version = optarg;
+            break;
+        case O_CHANNEL:
+            cfg.channel = optarg;
+            break;
+        case O_STATUS:
+            cfg.status_listen = optarg;
+            break;
+        case O_STATUS_FILE:
+            status_file = optarg;
+            break;
+        case O_MTLS:
+            cfg.tls_client_auth = true;
+            break;
         case O_MAXC:
             if (!parse_uint(optarg, 100000, &v) || v == 0)
                 return cli_usage_error("devsim: --max-concurrent wants 1..100000");
@@ -448,7 +521,8 @@ int cmd_devsim(int argc, char **argv)
                 return cli_usage_error("devsim: --duration wants seconds");
             duration = (unsigned)v;
             break;
-        default: return cli_usage_error("devsim: see `esim-mdm devsim --help`");
+        default:
+            return cli_usage_error("devsim: see `esim-mdm devsim --help`");
         }
     }
     if (optind < argc)
@@ -477,10 +551,12 @@ int cmd_devsim(int argc, char **argv)
         fflush(stdout);
         run_loop(base, duration);
         sim_devsim_stats t = sim_devsim_get_stats(s);
-        printf("esim-mdm devsim: %zu devices, %zu enrolments, %zu pushes, %zu check-ins, %zu commands "
-               "(%zu acknowledged, %zu errors, %zu NotNow), %zu downloads (%zu failed), %zu HTTP errors\n",
-               t.devices, t.enrolled, t.pushes, t.checkins, t.commands, t.acknowledged, t.errors, t.not_now,
-               t.downloads_ok + t.downloads_failed, t.downloads_failed, t.http_errors);
+        printf(
+            "esim-mdm devsim: %zu devices, %zu enrolments, %zu pushes, %zu check-ins, %zu commands "
+            "(%zu acknowledged, %zu errors, %zu NotNow), %zu downloads (%zu failed), %zu HTTP "
+            "errors\n",
+            t.devices, t.enrolled, t.pushes, t.checkins, t.commands, t.acknowledged, t.errors,
+            t.not_now, t.downloads_ok + t.downloads_failed, t.downloads_failed, t.http_errors);
     }
     sim_devsim_free(s);
     if (base)

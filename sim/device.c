@@ -80,12 +80,14 @@ esim_err sim_device_new(const sim_pki *pki, const sim_device_spec *spec, sim_dev
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     d->pki = pki;
     snprintf(d->udid, sizeof d->udid, "%s", spec->udid);
-    if ((rc = sim_copy(d->os_version, sizeof d->os_version, spec->os_version ? spec->os_version : "18.1",
-                       "OS version", err)) != ESIM_OK ||
-        (rc = sim_copy(d->product_name, sizeof d->product_name,
-                       spec->product_name ? spec->product_name : "iPhone16,1", "product name", err)) !=
+    if ((rc = sim_copy(d->os_version, sizeof d->os_version,
+                       spec->os_version ? spec->os_version : "18.1", "OS version", err)) !=
             ESIM_OK ||
-        (spec->serial && (rc = sim_copy(d->serial, sizeof d->serial, spec->serial, "serial", err)) != ESIM_OK)) {
+        (rc = sim_copy(d->product_name, sizeof d->product_name,
+                       spec->product_name ? spec->product_name : "iPhone16,1", "product name",
+                       err)) != ESIM_OK ||
+        (spec->serial &&
+         (rc = sim_copy(d->serial, sizeof d->serial, spec->serial, "serial", err)) != ESIM_OK)) {
         free(d);
         return rc;
     }
@@ -94,7 +96,8 @@ esim_err sim_device_new(const sim_pki *pki, const sim_device_spec *spec, sim_dev
         size_t n = strlen(d->udid), k = 0;
         for (size_t i = n; i-- > 0 && k < 12;)
             if (d->udid[i] != '-')
-                d->serial[k++] = (char)(d->udid[i] >= 'a' && d->udid[i] <= 'z' ? d->udid[i] - 32 : d->udid[i]);
+                d->serial[k++] =
+                    (char)(d->udid[i] >= 'a' && d->udid[i] <= 'z' ? d->udid[i] - 32 : d->udid[i]);
         d->serial[k] = '\0';
     }
     d->supervised = spec->supervised;
@@ -120,14 +123,38 @@ void sim_device_free(sim_device *d)
     free(d);
 }
 
-const char *sim_device_udid(const sim_device *d) { return d->udid; }
-const char *sim_device_os_version(const sim_device *d) { return d->os_version; }
-bool sim_device_supervised(const sim_device *d) { return d->supervised; }
-bool sim_device_enrolled(const sim_device *d) { return d->enrolled; }
-sim_euicc *sim_device_euicc(sim_device *d) { return d->euicc; }
-const sim_euicc *sim_device_euicc_const(const sim_device *d) { return d->euicc; }
-size_t sim_device_profile_count(const sim_device *d) { return d->n_profiles; }
-bool sim_device_dirty(const sim_device *d) { return d->dirty || sim_euicc_dirty(d->euicc); }
+const char *sim_device_udid(const sim_device *d)
+{
+    return d->udid;
+}
+const char *sim_device_os_version(const sim_device *d)
+{
+    return d->os_version;
+}
+bool sim_device_supervised(const sim_device *d)
+{
+    return d->supervised;
+}
+bool sim_device_enrolled(const sim_device *d)
+{
+    return d->enrolled;
+}
+sim_euicc *sim_device_euicc(sim_device *d)
+{
+    return d->euicc;
+}
+const sim_euicc *sim_device_euicc_const(const sim_device *d)
+{
+    return d->euicc;
+}
+size_t sim_device_profile_count(const sim_device *d)
+{
+    return d->n_profiles;
+}
+bool sim_device_dirty(const sim_device *d)
+{
+    return d->dirty || sim_euicc_dirty(d->euicc);
+}
 
 const char *sim_device_profile_identifier(const sim_device *d, size_t i)
 {
@@ -148,7 +175,10 @@ const unsigned char *sim_device_push_token(const sim_device *d, size_t *len)
     return d->token;
 }
 
-const char *sim_device_push_magic(const sim_device *d) { return d->push_magic; }
+const char *sim_device_push_magic(const sim_device *d)
+{
+    return d->push_magic;
+}
 
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q)
 {
@@ -218,8 +248,7 @@ esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim
 }
 
 esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *cert_path,
-                                   size_t cert_len, char *key_path, size_t key_len,
-                                   esim_error *err)
+                                   size_t cert_len, char *key_path, size_t key_len, esim_error *err)
 {
     esim_err rc = ensure_identity((sim_device *)d, err);
     if (rc != ESIM_OK)
@@ -307,9 +336,11 @@ static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, es
     dev_profile p = {0};
     const char *ident = dict_str(root, "PayloadIdentifier");
     snprintf(p.identifier, sizeof p.identifier, "%s", ident ? ident : "");
-    snprintf(p.uuid, sizeof p.uuid, "%s", dict_str(root, "PayloadUUID") ? dict_str(root, "PayloadUUID") : "");
+    snprintf(p.uuid, sizeof p.uuid, "%s",
+             dict_str(root, "PayloadUUID") ? dict_str(root, "PayloadUUID") : "");
     snprintf(p.display_name, sizeof p.display_name, "%s",
-             dict_str(root, "PayloadDisplayName") ? dict_str(root, "PayloadDisplayName") : p.identifier);
+             dict_str(root, "PayloadDisplayName") ? dict_str(root, "PayloadDisplayName")
+                                                  : p.identifier);
     plist_t content = plist_dict_get_item(root, "PayloadContent");
     esim_err rc = ESIM_OK;
     char why[600] = "";
@@ -367,7 +398,8 @@ static esim_err remove_profile(sim_device *d, const char *uuid, plist_t cmd, esi
         return build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, out, err);
     for (size_t i = 0; i < d->n_profiles; i++)
         if (strcmp(d->profiles[i].identifier, ident) == 0) {
-            memmove(&d->profiles[i], &d->profiles[i + 1], (d->n_profiles - i - 1) * sizeof *d->profiles);
+            memmove(&d->profiles[i], &d->profiles[i + 1],
+                    (d->n_profiles - i - 1) * sizeof *d->profiles);
             d->n_profiles--;
             d->dirty = true;
             return build(d, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, NULL, out, err);
@@ -388,8 +420,9 @@ static esim_err profile_list(sim_device *d, const char *uuid, esim_buf *out, esi
         plist_dict_set_item(e, "PayloadDisplayName", plist_new_string(p->display_name));
         plist_dict_set_item(e, "PayloadVersion", plist_new_uint(1));
         plist_dict_set_item(e, "IsManaged", plist_new_bool(1));
-        plist_dict_set_item(pl, "PayloadType",
-                            plist_new_string(p->first_payload_type[0] ? p->first_payload_type : "Configuration"));
+        plist_dict_set_item(
+            pl, "PayloadType",
+            plist_new_string(p->first_payload_type[0] ? p->first_payload_type : "Configuration"));
         plist_array_append_item(content, pl);
         plist_dict_set_item(e, "PayloadContent", content);
         plist_array_append_item(list, e);
@@ -428,7 +461,8 @@ static bool wants(plist_t queries, const char *key)
         return true; /* no Queries: answer everything */
     for (uint32_t i = 0; i < plist_array_get_size(queries); i++) {
         plist_t q = plist_array_get_item(queries, i);
-        if (plist_get_node_type(q) == PLIST_STRING && strcmp(plist_get_string_ptr(q, NULL), key) == 0)
+        if (plist_get_node_type(q) == PLIST_STRING &&
+            strcmp(plist_get_string_ptr(q, NULL), key) == 0)
             return true;
     }
     return false;
@@ -442,9 +476,15 @@ static esim_err device_information(sim_device *d, const char *uuid, plist_t cmd,
     struct {
         const char *key;
         const char *val;
-    } strs[] = {{"UDID", d->udid},          {"SerialNumber", d->serial}, {"OSVersion", d->os_version},
-                {"ProductName", d->product_name}, {"Model", "MTUW3LL/A"}, {"ModelName", "iPhone"},
-                {"DeviceName", "Simulated iPhone"}, {"IMEI", d->imei}, {"BuildVersion", "22B83"}};
+    } strs[] = {{"UDID", d->udid},
+                {"SerialNumber", d->serial},
+                {"OSVersion", d->os_version},
+                {"ProductName", d->product_name},
+                {"Model", "MTUW3LL/A"},
+                {"ModelName", "iPhone"},
+                {"DeviceName", "Simulated iPhone"},
+                {"IMEI", d->imei},
+                {"BuildVersion", "22B83"}};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
         if (wants(q, strs[i].key))
             plist_dict_set_item(r, strs[i].key, plist_new_string(strs[i].val));
@@ -472,11 +512,12 @@ static void raw_uuid(const void *cmd, size_t len, char *out, size_t n)
     }
 }
 
-esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len,
-                                   sim_cmd_outcome *out, esim_error *err)
+esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, sim_cmd_outcome *out,
+                                   esim_error *err)
 {
     if (!d || !out)
-        return esim_fail(err, ESIM_EINVAL, "sim_device_handle_command needs a device and an outcome");
+        return esim_fail(err, ESIM_EINVAL,
+                         "sim_device_handle_command needs a device and an outcome");
     memset(out, 0, sizeof *out);
     esim_cmd_parsed c = {0};
     esim_error perr;
@@ -508,7 +549,8 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len,
             rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, &out->result, err);
         } else if (d->quirks.fail_download) {
             rc = answer_error(d, uuid, 36003, "CTCellularPlanErrorDomain",
-                              "The cellular plan could not be refreshed because the device is busy. Try again later.",
+                              "The cellular plan could not be refreshed because the device is "
+                              "busy. Try again later.",
                               &out->result, err);
         } else {
             snprintf(out->esim_server_url, sizeof out->esim_server_url, "%s", url);
@@ -528,16 +570,15 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len,
 }
 
 esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
-                                    const sim_download_result *r, esim_buf *result,
-                                    esim_error *err)
+                                    const sim_download_result *r, esim_buf *result, esim_error *err)
 {
     char msg[600];
     if (r->err == ESIM_OK) {
         sim_result er = sim_euicc_enable(d->euicc, r->iccid);
         if (er == SIM_RES_OK)
             return build(d, ESIM_STATUS_ACKNOWLEDGED, command_uuid, NULL, 0, NULL, result, err);
-        snprintf(msg, sizeof msg, "The eSIM %s was installed but could not be enabled: %s", r->iccid,
-                 sim_result_name(er));
+        snprintf(msg, sizeof msg, "The eSIM %s was installed but could not be enabled: %s",
+                 r->iccid, sim_result_name(er));
         return answer_error(d, command_uuid, (int64_t)er, "SGP22.eUICC", msg, result, err);
     }
     if (r->subject_code[0]) {
@@ -553,8 +594,10 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
         chain[1].code = 1;
         snprintf(chain[1].domain, sizeof chain[1].domain, "SGP22.ES9Plus.%s.%s", r->subject_code,
                  r->reason_code);
-        snprintf(chain[1].localized_description, sizeof chain[1].localized_description, "%.500s", msg);
-        snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description, "%.500s", msg);
+        snprintf(chain[1].localized_description, sizeof chain[1].localized_description, "%.500s",
+                 msg);
+        snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description, "%.500s",
+                 msg);
         esim_buf_reset(result);
         return esim_msg_build_result(d->udid, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL,
                                      ESIM_PLIST_XML, result, err);
@@ -655,8 +698,9 @@ esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_out
             return ESIM_OK;
         }
         if (a == SIM_ACTION_TRANSFER_ESIM && eff.allow_esim_outgoing_transfers == ESIM_TRI_FALSE) {
-            snprintf(out->reason, sizeof out->reason,
-                     "allowESIMOutgoingTransfers is false (Transfer to another iPhone is unavailable)");
+            snprintf(
+                out->reason, sizeof out->reason,
+                "allowESIMOutgoingTransfers is false (Transfer to another iPhone is unavailable)");
             return ESIM_OK;
         }
         char why[200];
@@ -666,7 +710,8 @@ esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_out
         }
         out->allowed = true;
         snprintf(out->reason, sizeof out->reason, "%s %s",
-                 a == SIM_ACTION_DELETE_ESIM ? "deleted eSIM" : "transferred eSIM to another iPhone; removed",
+                 a == SIM_ACTION_DELETE_ESIM ? "deleted eSIM"
+                                             : "transferred eSIM to another iPhone; removed",
                  iccid);
         d->dirty = true;
         return ESIM_OK;
@@ -677,17 +722,18 @@ esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_out
         /* forcePreserveESIMOnErase keeps the eSIM for Erase All Content and
          * Settings and the passcode wipe; Apple documents that a Find My
          * erase removes it anyway. */
-        bool keep = a != SIM_ACTION_FINDMY_ERASE &&
-                    eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE;
+        bool keep =
+            a != SIM_ACTION_FINDMY_ERASE && eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE;
         sim_device_erase(d, keep);
         out->allowed = true;
         out->erased = true;
         out->esim_kept = keep && esim != NULL;
         snprintf(out->reason, sizeof out->reason, "device erased; %s",
-                 !esim ? "there was no eSIM"
+                 !esim  ? "there was no eSIM"
                  : keep ? "eSIM kept (forcePreserveESIMOnErase)"
-                 : a == SIM_ACTION_FINDMY_ERASE ? "eSIM removed (a Find My erase ignores forcePreserveESIMOnErase)"
-                                                : "eSIM removed");
+                 : a == SIM_ACTION_FINDMY_ERASE
+                     ? "eSIM removed (a Find My erase ignores forcePreserveESIMOnErase)"
+                     : "eSIM removed");
         return ESIM_OK;
     }
     }
@@ -718,18 +764,22 @@ static bool tri_parse(const char *s, esim_tri *out)
 
 static json_t *policy_json(const esim_policy *p)
 {
-    return json_pack("{s:s, s:s, s:s, s:s}", "allowESIMModification", tri_word(p->allow_esim_modification),
-                     "forcePreserveESIMOnErase", tri_word(p->force_preserve_esim_on_erase),
-                     "allowESIMOutgoingTransfers", tri_word(p->allow_esim_outgoing_transfers),
-                     "allowCellularPlanModification", tri_word(p->allow_cellular_plan_modification));
+    return json_pack("{s:s, s:s, s:s, s:s}", "allowESIMModification",
+                     tri_word(p->allow_esim_modification), "forcePreserveESIMOnErase",
+                     tri_word(p->force_preserve_esim_on_erase), "allowESIMOutgoingTransfers",
+                     tri_word(p->allow_esim_outgoing_transfers), "allowCellularPlanModification",
+                     tri_word(p->allow_cellular_plan_modification));
 }
 
 static bool policy_from_json(const json_t *j, esim_policy *p)
 {
     return tri_parse(sim_json_str(j, "allowESIMModification"), &p->allow_esim_modification) &&
-           tri_parse(sim_json_str(j, "forcePreserveESIMOnErase"), &p->force_preserve_esim_on_erase) &&
-           tri_parse(sim_json_str(j, "allowESIMOutgoingTransfers"), &p->allow_esim_outgoing_transfers) &&
-           tri_parse(sim_json_str(j, "allowCellularPlanModification"), &p->allow_cellular_plan_modification);
+           tri_parse(sim_json_str(j, "forcePreserveESIMOnErase"),
+                     &p->force_preserve_esim_on_erase) &&
+           tri_parse(sim_json_str(j, "allowESIMOutgoingTransfers"),
+                     &p->allow_esim_outgoing_transfers) &&
+           tri_parse(sim_json_str(j, "allowCellularPlanModification"),
+                     &p->allow_cellular_plan_modification);
 }
 
 static json_t *device_json(const sim_device *d)
@@ -739,17 +789,18 @@ static json_t *device_json(const sim_device *d)
     json_t *profiles = json_array();
     for (size_t i = 0; i < d->n_profiles; i++) {
         const dev_profile *p = &d->profiles[i];
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "identifier", p->identifier, "uuid", p->uuid,
-                              "display_name", p->display_name, "payload_type", p->first_payload_type);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s}", "identifier", p->identifier, "uuid", p->uuid,
+                      "display_name", p->display_name, "payload_type", p->first_payload_type);
         if (p->has_policy)
             json_object_set_new(o, "restrictions", policy_json(&p->policy));
         json_array_append_new(profiles, o);
     }
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:s, s:s, s:o, s:o}", "udid", d->udid,
-                          "serial", d->serial, "os_version", d->os_version, "product_name",
-                          d->product_name, "supervised", d->supervised, "enrolled", d->enrolled,
-                          "push_token", tok.data ? (const char *)tok.data : "", "push_magic",
-                          d->push_magic, "profiles", profiles, "euicc", sim_euicc_to_json(d->euicc));
+    json_t *j = json_pack(
+        "{s:s, s:s, s:s, s:s, s:b, s:b, s:s, s:s, s:o, s:o}", "udid", d->udid, "serial", d->serial,
+        "os_version", d->os_version, "product_name", d->product_name, "supervised", d->supervised,
+        "enrolled", d->enrolled, "push_token", tok.data ? (const char *)tok.data : "", "push_magic",
+        d->push_magic, "profiles", profiles, "euicc", sim_euicc_to_json(d->euicc));
     esim_buf_free(&tok);
     if (j && d->identity_der.len)
         sim_json_set_b64(j, "identity", d->identity_der.data, d->identity_der.len);
@@ -788,22 +839,28 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
     esim_os_version v;
     if ((rc = sim_copy(d->udid, sizeof d->udid, sim_json_str(j, "udid"), "udid", err)) != ESIM_OK ||
         (rc = esim_udid_validate(d->udid, err)) != ESIM_OK ||
-        (rc = sim_copy(d->serial, sizeof d->serial, sim_json_str(j, "serial"), "serial", err)) != ESIM_OK ||
-        (rc = sim_copy(d->os_version, sizeof d->os_version, sim_json_str(j, "os_version"), "os_version", err)) != ESIM_OK ||
+        (rc = sim_copy(d->serial, sizeof d->serial, sim_json_str(j, "serial"), "serial", err)) !=
+            ESIM_OK ||
+        (rc = sim_copy(d->os_version, sizeof d->os_version, sim_json_str(j, "os_version"),
+                       "os_version", err)) != ESIM_OK ||
         (rc = esim_os_version_parse(d->os_version, &v, err)) != ESIM_OK ||
-        (rc = sim_copy(d->product_name, sizeof d->product_name, sim_json_str(j, "product_name"), "product_name", err)) != ESIM_OK ||
-        (rc = sim_copy(d->push_magic, sizeof d->push_magic, sim_json_str(j, "push_magic"), "push_magic", err)) != ESIM_OK)
+        (rc = sim_copy(d->product_name, sizeof d->product_name, sim_json_str(j, "product_name"),
+                       "product_name", err)) != ESIM_OK ||
+        (rc = sim_copy(d->push_magic, sizeof d->push_magic, sim_json_str(j, "push_magic"),
+                       "push_magic", err)) != ESIM_OK)
         goto fail;
     if (!tokhex || esim_hex_decode(tokhex, &tok, NULL) != ESIM_OK || tok.len != sizeof d->token ||
-        !json_is_boolean(json_object_get(j, "supervised")) || !json_is_boolean(json_object_get(j, "enrolled")) ||
-        !json_is_array(profiles)) {
-        rc = esim_fail(err, ESIM_EINVAL, "%s: push_token, supervised, enrolled or profiles malformed", path);
+        !json_is_boolean(json_object_get(j, "supervised")) ||
+        !json_is_boolean(json_object_get(j, "enrolled")) || !json_is_array(profiles)) {
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "%s: push_token, supervised, enrolled or profiles malformed", path);
         goto fail;
     }
     memcpy(d->token, tok.data, sizeof d->token);
     d->supervised = json_is_true(json_object_get(j, "supervised"));
     d->enrolled = json_is_true(json_object_get(j, "enrolled"));
-    if (json_object_get(j, "identity") && (rc = sim_json_b64(j, "identity", &d->identity_der, err)) != ESIM_OK)
+    if (json_object_get(j, "identity") &&
+        (rc = sim_json_b64(j, "identity", &d->identity_der, err)) != ESIM_OK)
         goto fail;
     if (json_array_size(profiles)) {
         d->profiles = calloc(json_array_size(profiles), sizeof *d->profiles);
@@ -819,13 +876,18 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
         dev_profile *p = &d->profiles[i];
         const char *pt = sim_json_str(it, "payload_type");
         json_t *pol = json_object_get(it, "restrictions");
-        if ((rc = sim_copy(p->identifier, sizeof p->identifier, sim_json_str(it, "identifier"), "identifier", err)) != ESIM_OK ||
-            (rc = sim_copy(p->uuid, sizeof p->uuid, sim_json_str(it, "uuid"), "uuid", err)) != ESIM_OK ||
-            (rc = sim_copy(p->display_name, sizeof p->display_name, sim_json_str(it, "display_name"), "display_name", err)) != ESIM_OK ||
-            (rc = sim_copy(p->first_payload_type, sizeof p->first_payload_type, pt, "payload_type", err)) != ESIM_OK)
+        if ((rc = sim_copy(p->identifier, sizeof p->identifier, sim_json_str(it, "identifier"),
+                           "identifier", err)) != ESIM_OK ||
+            (rc = sim_copy(p->uuid, sizeof p->uuid, sim_json_str(it, "uuid"), "uuid", err)) !=
+                ESIM_OK ||
+            (rc = sim_copy(p->display_name, sizeof p->display_name,
+                           sim_json_str(it, "display_name"), "display_name", err)) != ESIM_OK ||
+            (rc = sim_copy(p->first_payload_type, sizeof p->first_payload_type, pt, "payload_type",
+                           err)) != ESIM_OK)
             goto fail;
         if (pol && !policy_from_json(pol, &p->policy)) {
-            rc = esim_fail(err, ESIM_EINVAL, "%s: profile %s has malformed restrictions", path, p->identifier);
+            rc = esim_fail(err, ESIM_EINVAL, "%s: profile %s has malformed restrictions", path,
+                           p->identifier);
             goto fail;
         }
         p->has_policy = pol != NULL;
@@ -852,22 +914,22 @@ esim_err sim_device_describe_json(const sim_device *d, esim_buf *out, esim_error
     json_t *esims = json_array(), *profiles = json_array();
     for (size_t i = 0; i < sim_euicc_profile_count(d->euicc); i++) {
         const sim_profile *p = sim_euicc_profile_at(d->euicc, i);
-        json_array_append_new(esims, json_pack("{s:s, s:s, s:s, s:s, s:i}", "iccid", p->iccid, "state",
-                                               p->state == SIM_PROFILE_ENABLED ? "enabled" : "disabled",
-                                               "class",
-                                               p->profile_class == SIM_CLASS_OPERATIONAL ? "operational"
-                                               : p->profile_class == SIM_CLASS_TEST      ? "test"
-                                                                                         : "provisioning",
-                                               "service_provider", p->service_provider, "ppr", (int)p->ppr));
+        json_array_append_new(
+            esims, json_pack("{s:s, s:s, s:s, s:s, s:i}", "iccid", p->iccid, "state",
+                             p->state == SIM_PROFILE_ENABLED ? "enabled" : "disabled", "class",
+                             p->profile_class == SIM_CLASS_OPERATIONAL ? "operational"
+                             : p->profile_class == SIM_CLASS_TEST      ? "test"
+                                                                       : "provisioning",
+                             "service_provider", p->service_provider, "ppr", (int)p->ppr));
     }
     for (size_t i = 0; i < d->n_profiles; i++)
         json_array_append_new(profiles, json_string(d->profiles[i].identifier));
-    json_t *j = json_pack("{s:s, s:s, s:b, s:b, s:s, s:{s:o, s:o}, s:o, s:o, s:I}", "udid", d->udid,
-                          "eid", sim_euicc_eid(d->euicc), "enrolled", d->enrolled, "supervised",
-                          d->supervised, "os_version", d->os_version, "restrictions", "declared",
-                          policy_json(&decl), "effective", policy_json(&eff), "profiles", profiles,
-                          "esims", esims, "pending_notifications",
-                          (json_int_t)sim_euicc_notification_count(d->euicc));
+    json_t *j =
+        json_pack("{s:s, s:s, s:b, s:b, s:s, s:{s:o, s:o}, s:o, s:o, s:I}", "udid", d->udid, "eid",
+                  sim_euicc_eid(d->euicc), "enrolled", d->enrolled, "supervised", d->supervised,
+                  "os_version", d->os_version, "restrictions", "declared", policy_json(&decl),
+                  "effective", policy_json(&eff), "profiles", profiles, "esims", esims,
+                  "pending_notifications", (json_int_t)sim_euicc_notification_count(d->euicc));
     if (!j)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);

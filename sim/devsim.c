@@ -32,7 +32,7 @@ enum {
     F_BUSY = 1u << 1,         /* a check-in, enrolment or download is in flight */
     F_PUSH_PENDING = 1u << 2, /* a push arrived while busy or offline */
     F_OFFLINE = 1u << 3,
-    F_REGISTERED = 1u << 4,   /* its current token is on the mock's channel */
+    F_REGISTERED = 1u << 4, /* its current token is on the mock's channel */
     F_NEED_REG = 1u << 5,
     F_ENROLL_QUEUED = 1u << 6, /* waiting in the enrolment queue */
 };
@@ -71,7 +71,7 @@ struct sim_devsim {
     size_t q_head, q_len;
     size_t *equeue; /* ring of slots waiting to enrol */
     size_t e_head, e_len;
-    size_t active;  /* sessions in flight */
+    size_t active; /* sessions in flight */
     timed *timers;
     size_t n_timers, cap_timers;
     struct event *tick;
@@ -100,11 +100,15 @@ void sim_devsim_identity(uint64_t seed, unsigned i, char udid[65], char eid[ESIM
     /* The 8-16 form of newer iPhones' UDIDs. */
     snprintf(udid, 65, "00008110-%016llX", (unsigned long long)splitmix64(&x));
     /* EID: a test EUM prefix, the seed, the index, then check digits. */
-    snprintf(eid, ESIM_EID_LEN + 1, "890490320000%06llu%012u00", (unsigned long long)(seed % 1000000), i);
+    snprintf(eid, ESIM_EID_LEN + 1, "890490320000%06llu%012u00",
+             (unsigned long long)(seed % 1000000), i);
     esim_eid_set_check_digits(eid, NULL);
 }
 
-static double unit_draw(uint64_t *x) { return (double)(splitmix64(x) >> 11) / 9007199254740992.0; }
+static double unit_draw(uint64_t *x)
+{
+    return (double)(splitmix64(x) >> 11) / 9007199254740992.0;
+}
 
 /* ---- token index ---------------------------------------------------------------------- */
 
@@ -144,7 +148,8 @@ static void token_forget(sim_devsim *s, size_t i)
 {
     size_t len;
     const unsigned char *t = sim_device_push_token(s->slots[i].dev, &len);
-    for (size_t k = token_hash(t) & (s->token_cap - 1); s->token_idx[k] != 0; k = (k + 1) & (s->token_cap - 1))
+    for (size_t k = token_hash(t) & (s->token_cap - 1); s->token_idx[k] != 0;
+         k = (k + 1) & (s->token_cap - 1))
         if (s->token_idx[k] == i + 1) {
             s->token_idx[k] = SIZE_MAX;
             return;
@@ -199,7 +204,8 @@ static void want_checkin(sim_devsim *s, size_t i)
     s->queue[(s->q_head + s->q_len++) % s->n] = i;
 }
 
-/* ---- HTTP to the service ---------------------------------------------------------------------- */
+/* ---- HTTP to the service ----------------------------------------------------------------------
+ */
 
 typedef enum { REQ_AUTH, REQ_TOKEN, REQ_CHECKIN } req_kind;
 
@@ -207,7 +213,7 @@ typedef struct {
     sim_devsim *s;
     size_t slot;
     req_kind kind;
-    char uuid[128];  /* the command being answered, for a download */
+    char uuid[128]; /* the command being answered, for a download */
     bool erase_after, preserve_data_plan;
 } req_ctx;
 
@@ -243,11 +249,16 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     esim_buf_free(&sig);
     if (rc != ESIM_OK)
         return rc;
-    sim_http_request req = {.method = "PUT", .url = s->mdm_url, .headers = hdrs, .n_headers = nh,
-                            .body = body->data, .body_len = body->len,
+    sim_http_request req = {.method = "PUT",
+                            .url = s->mdm_url,
+                            .headers = hdrs,
+                            .n_headers = nh,
+                            .body = body->data,
+                            .body_len = body->len,
                             .ca_file = s->https_server ? sim_pki_ca_file(s->pki) : NULL,
                             .client_cert_file = cert[0] ? cert : NULL,
-                            .client_key_file = key[0] ? key : NULL, .timeout_ms = 30000,
+                            .client_key_file = key[0] ? key : NULL,
+                            .timeout_ms = 30000,
                             .conn = s->slots[ctx->slot].conn};
     return sim_http_send(s->http, &req, on_service_reply, ctx, NULL);
 }
@@ -272,10 +283,14 @@ static void enroll_start(sim_devsim *s, size_t i)
         return;
     char serial[32];
     snprintf(serial, sizeof serial, "%.31s", sim_device_udid(d) + 9);
-    esim_authenticate_info info = {.udid = sim_device_udid(d), .topic = sim_pki_topic(s->pki),
-                                   .os_version = sim_device_os_version(d), .build_version = "22B83",
-                                   .product_name = "iPhone16,1", .serial_number = serial,
-                                   .device_name = "Simulated iPhone", .model = "MTUW3LL/A"};
+    esim_authenticate_info info = {.udid = sim_device_udid(d),
+                                   .topic = sim_pki_topic(s->pki),
+                                   .os_version = sim_device_os_version(d),
+                                   .build_version = "22B83",
+                                   .product_name = "iPhone16,1",
+                                   .serial_number = serial,
+                                   .device_name = "Simulated iPhone",
+                                   .model = "MTUW3LL/A"};
     esim_buf body = {0};
     req_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx || esim_msg_build_authenticate(&info, &body, NULL) != ESIM_OK) {
@@ -300,8 +315,8 @@ static void checkin_start(sim_devsim *s, size_t i)
     esim_buf body = {0};
     req_ctx *ctx = calloc(1, sizeof *ctx);
     /* A woken device first says Idle; the answer is its next command. */
-    if (!ctx || esim_msg_build_result(sim_device_udid(sl->dev), ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
-                                      ESIM_PLIST_XML, &body, NULL) != ESIM_OK) {
+    if (!ctx || esim_msg_build_result(sim_device_udid(sl->dev), ESIM_STATUS_IDLE, NULL, NULL, 0,
+                                      NULL, ESIM_PLIST_XML, &body, NULL) != ESIM_OK) {
         free(ctx);
         esim_buf_free(&body);
         at(s, RETRY_MS, i, TIMED_CHECKIN);
@@ -339,8 +354,11 @@ static void send_result(req_ctx *ctx, esim_buf *result)
         session_end(ctx->s, ctx->slot);
         return;
     }
-    *next = (req_ctx){.s = ctx->s, .slot = ctx->slot, .kind = REQ_CHECKIN,
-                      .erase_after = ctx->erase_after, .preserve_data_plan = ctx->preserve_data_plan};
+    *next = (req_ctx){.s = ctx->s,
+                      .slot = ctx->slot,
+                      .kind = REQ_CHECKIN,
+                      .erase_after = ctx->erase_after,
+                      .preserve_data_plan = ctx->preserve_data_plan};
     if (put_to_service(next, result, false) != ESIM_OK) {
         free(next);
         ctx->s->stats.http_errors++;
@@ -416,7 +434,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
             unsigned shift = sl->retries < 6 ? sl->retries : 6;
             if (sl->retries < 255)
                 sl->retries++;
-            at(s, (int64_t)RETRY_MS << (enrolling ? shift : 0), i, enrolling ? TIMED_ENROLL : TIMED_CHECKIN);
+            at(s, (int64_t)RETRY_MS << (enrolling ? shift : 0), i,
+               enrolling ? TIMED_ENROLL : TIMED_CHECKIN);
         } else {
             sl->retries = 0;
         }
@@ -464,7 +483,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
     handle_command(ctx, r);
 }
 
-/* ---- RefreshCellularPlans: the LPA, then the answer ----------------------------------------------- */
+/* ---- RefreshCellularPlans: the LPA, then the answer
+ * ----------------------------------------------- */
 
 typedef struct {
     req_ctx *ctx;
@@ -526,7 +546,8 @@ static void start_download(req_ctx *ctx, const char *url)
     }
 }
 
-/* ---- APNs mock: token registration and deliveries --------------------------------------------------- */
+/* ---- APNs mock: token registration and deliveries
+ * --------------------------------------------------- */
 
 typedef struct {
     sim_devsim *s;
@@ -596,8 +617,13 @@ static void register_tokens(sim_devsim *s)
     char url[700];
     snprintf(url, sizeof url, "%s/tokens?channel=%s", s->apns_url, s->channel);
     static const char *const hdrs[] = {"Content-Type: application/json"};
-    sim_http_request req = {.method = "POST", .url = url, .headers = hdrs, .n_headers = 1,
-                            .body = txt, .body_len = txt ? strlen(txt) : 0, .timeout_ms = 30000};
+    sim_http_request req = {.method = "POST",
+                            .url = url,
+                            .headers = hdrs,
+                            .n_headers = 1,
+                            .body = txt,
+                            .body_len = txt ? strlen(txt) : 0,
+                            .timeout_ms = 30000};
     s->registering = true;
     if (!txt || sim_http_send(s->http, &req, on_registered, rc, NULL) != ESIM_OK) {
         sim_http_response fail = {.err = ESIM_EUNAVAIL};
@@ -630,7 +656,8 @@ static void on_deliveries(void *arg, sim_http_response *r)
         if (hex && esim_hex_decode(hex, &tok, NULL) == ESIM_OK && tok.len == 32) {
             size_t i = token_find(s, tok.data);
             /* A device only answers a push carrying its own PushMagic. */
-            if (i != SIZE_MAX && magic && strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
+            if (i != SIZE_MAX && magic &&
+                strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
                 s->stats.pushes++;
                 want_checkin(s, i);
             }
@@ -645,8 +672,8 @@ static void poll_deliveries(sim_devsim *s)
     if (s->polling || !s->apns_url[0] || esim_mono_ms() < s->poll_retry_at)
         return;
     char url[800];
-    snprintf(url, sizeof url, "%s/deliveries?channel=%s&after=%llu&wait_ms=%d&limit=5000", s->apns_url,
-             s->channel, (unsigned long long)s->after_seq, LONGPOLL_WAIT_MS);
+    snprintf(url, sizeof url, "%s/deliveries?channel=%s&after=%llu&wait_ms=%d&limit=5000",
+             s->apns_url, s->channel, (unsigned long long)s->after_seq, LONGPOLL_WAIT_MS);
     sim_http_request req = {.method = "GET", .url = url, .timeout_ms = LONGPOLL_WAIT_MS + 10000};
     if (sim_http_send(s->http, &req, on_deliveries, s, NULL) == ESIM_OK)
         s->polling = true;
@@ -654,7 +681,8 @@ static void poll_deliveries(sim_devsim *s)
         s->poll_retry_at = esim_mono_ms() + RETRY_MS;
 }
 
-/* ---- the tick ---------------------------------------------------------------------------------- */
+/* ---- the tick ----------------------------------------------------------------------------------
+ */
 
 static void run_timers(sim_devsim *s)
 {
@@ -730,7 +758,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* ---- status endpoint --------------------------------------------------------------------------- */
+/* ---- status endpoint ---------------------------------------------------------------------------
+ */
 
 static json_t *stats_json(const sim_devsim *s)
 {
@@ -746,8 +775,8 @@ static json_t *stats_json(const sim_devsim *s)
                      (json_int_t)t->pushes, "checkins", (json_int_t)t->checkins, "commands",
                      (json_int_t)t->commands, "acknowledged", (json_int_t)t->acknowledged, "errors",
                      (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
-                     (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
-                     "http_errors", (json_int_t)t->http_errors);
+                     (json_int_t)t->downloads_ok, "downloads_failed",
+                     (json_int_t)t->downloads_failed, "http_errors", (json_int_t)t->http_errors);
 }
 
 static void status_reply(struct evhttp_request *req, int code, const char *json_text)
@@ -791,9 +820,10 @@ static void on_status(struct evhttp_request *req, void *arg)
         for (size_t i = 0; i < s->n; i++) {
             sim_device *d = s->slots[i].dev;
             const sim_profile *p = sim_euicc_enabled(sim_device_euicc_const(d));
-            json_array_append_new(arr, json_pack("{s:s, s:s, s:b, s:s?}", "udid", sim_device_udid(d), "eid",
-                                                 sim_euicc_eid(sim_device_euicc_const(d)), "enrolled",
-                                                 sim_device_enrolled(d), "iccid", p ? p->iccid : NULL));
+            json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:b, s:s?}", "udid", sim_device_udid(d), "eid",
+                               sim_euicc_eid(sim_device_euicc_const(d)), "enrolled",
+                               sim_device_enrolled(d), "iccid", p ? p->iccid : NULL));
         }
         status_reply_json(req, 200, json_pack("{s:o}", "devices", arr));
         return;
@@ -834,9 +864,10 @@ static void on_status(struct evhttp_request *req, void *arg)
             json_t *dj = json_loads((const char *)b.data, 0, NULL);
             esim_buf_free(&b);
             status_reply_json(req, rc == ESIM_OK || rc == ESIM_ESTATE ? 200 : 500,
-                              json_pack("{s:s, s:b, s:b, s:b, s:s, s:o?}", "action", sim_user_action_name(a),
-                                        "allowed", o.allowed, "erased", o.erased, "esim_kept", o.esim_kept,
-                                        "reason", o.reason, "device", dj));
+                              json_pack("{s:s, s:b, s:b, s:b, s:s, s:o?}", "action",
+                                        sim_user_action_name(a), "allowed", o.allowed, "erased",
+                                        o.erased, "esim_kept", o.esim_kept, "reason", o.reason,
+                                        "device", dj));
             return;
         }
     }
@@ -860,7 +891,8 @@ static esim_err start_status(sim_devsim *s, const char *listen, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     evhttp_set_gencb(s->status, on_status, s);
     evhttp_set_allowed_methods(s->status, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->status, host, (uint16_t)port);
+    struct evhttp_bound_socket *bs =
+        evhttp_bind_socket_with_handle(s->status, host, (uint16_t)port);
     if (!bs)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s for the status endpoint", listen);
     struct sockaddr_storage ss;
@@ -871,9 +903,11 @@ static esim_err start_status(sim_devsim *s, const char *listen, esim_error *err)
     return ESIM_OK;
 }
 
-/* ---- lifecycle ------------------------------------------------------------------------------------ */
+/* ---- lifecycle
+ * ------------------------------------------------------------------------------------ */
 
-static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsigned i, esim_error *err)
+static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsigned i,
+                             esim_error *err)
 {
     char udid[65], eid[ESIM_EID_LEN + 1];
     sim_devsim_identity(cfg->seed, i, udid, eid);
@@ -893,7 +927,9 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     bool failing = unit_draw(&x) < cfg->fail_share;
     if (rc == ESIM_ENOTFOUND) {
         static const char *const mix[] = {"18.1", "17.4", "16.4"};
-        sim_device_spec spec = {.udid = udid, .eid = eid, .supervised = supervised,
+        sim_device_spec spec = {.udid = udid,
+                                .eid = eid,
+                                .supervised = supervised,
                                 .os_version = cfg->os_version ? cfg->os_version : mix[i % 3]};
         rc = sim_device_new(s->pki, &spec, &d, err);
         if (rc != ESIM_OK)
@@ -923,25 +959,34 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
 {
     if (!base || !cfg || !out || !cfg->pki_dir)
         return esim_fail(err, ESIM_EINVAL, "devsim needs an event base and a PKI directory");
-    if (!cfg->server_url || (strncmp(cfg->server_url, "http://", 7) != 0 && strncmp(cfg->server_url, "https://", 8) != 0))
-        return esim_fail(err, ESIM_EINVAL, "--server must be an http:// or https:// URL of the MDM service");
-    if (cfg->apns_url && strncmp(cfg->apns_url, "http://", 7) != 0 && strncmp(cfg->apns_url, "https://", 8) != 0)
-        return esim_fail(err, ESIM_EINVAL, "--apns-mock must be the http:// URL of the mock's delivery listener");
+    if (!cfg->server_url || (strncmp(cfg->server_url, "http://", 7) != 0 &&
+                             strncmp(cfg->server_url, "https://", 8) != 0))
+        return esim_fail(err, ESIM_EINVAL,
+                         "--server must be an http:// or https:// URL of the MDM service");
+    if (cfg->apns_url && strncmp(cfg->apns_url, "http://", 7) != 0 &&
+        strncmp(cfg->apns_url, "https://", 8) != 0)
+        return esim_fail(err, ESIM_EINVAL,
+                         "--apns-mock must be the http:// URL of the mock's delivery listener");
     if (cfg->devices == 0 || cfg->devices > 10000000)
         return esim_fail(err, ESIM_EINVAL, "--devices must be 1..10000000");
-    double shares[] = {cfg->supervised_share, cfg->notnow_share, cfg->offline_share, cfg->fail_share};
+    double shares[] = {cfg->supervised_share, cfg->notnow_share, cfg->offline_share,
+                       cfg->fail_share};
     for (size_t k = 0; k < 4; k++)
         if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     if (cfg->tls_client_auth && !cfg->data_dir)
-        return esim_fail(err, ESIM_EINVAL, "TLS client authentication needs --data-dir for the identity files");
-    if ((cfg->channel && strlen(cfg->channel) >= 128) || (cfg->data_dir && strlen(cfg->data_dir) >= SIM_PATH_MAX - 128) ||
+        return esim_fail(err, ESIM_EINVAL,
+                         "TLS client authentication needs --data-dir for the identity files");
+    if ((cfg->channel && strlen(cfg->channel) >= 128) ||
+        (cfg->data_dir && strlen(cfg->data_dir) >= SIM_PATH_MAX - 128) ||
         strlen(cfg->server_url) >= 1000 || (cfg->apns_url && strlen(cfg->apns_url) >= 500))
         return esim_fail(err, ESIM_EINVAL, "a URL, channel or path is too long");
     if (cfg->channel)
         for (const char *c = cfg->channel; *c; c++)
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
-                return esim_fail(err, ESIM_EINVAL, "channel names use letters, digits, '-' and '_'");
+            if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
+                return esim_fail(err, ESIM_EINVAL,
+                                 "channel names use letters, digits, '-' and '_'");
     sim_devsim *s = calloc(1, sizeof *s);
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -956,7 +1001,9 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     const char *after_scheme = strstr(cfg->server_url, "://") + 3;
     const char *path = strchr(after_scheme, '/');
     if (!path || strcmp(path, "/") == 0)
-        snprintf(s->mdm_url, sizeof s->mdm_url, "%.*s/mdm", (int)(path ? (size_t)(path - cfg->server_url) : strlen(cfg->server_url)), cfg->server_url);
+        snprintf(s->mdm_url, sizeof s->mdm_url, "%.*s/mdm",
+                 (int)(path ? (size_t)(path - cfg->server_url) : strlen(cfg->server_url)),
+                 cfg->server_url);
     else
         snprintf(s->mdm_url, sizeof s->mdm_url, "%s", cfg->server_url);
     s->https_server = strncmp(cfg->server_url, "https://", 8) == 0;
@@ -974,7 +1021,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         if ((rc = esim_mkdirs(d, 0700, err)) != ESIM_OK)
             goto fail;
     }
-    if ((rc = sim_pki_open(cfg->pki_dir, &s->pki, err)) != ESIM_OK || (rc = sim_http_new(base, &s->http, err)) != ESIM_OK)
+    if ((rc = sim_pki_open(cfg->pki_dir, &s->pki, err)) != ESIM_OK ||
+        (rc = sim_http_new(base, &s->http, err)) != ESIM_OK)
         goto fail;
     s->token_cap = 64;
     while (s->token_cap < s->n * 2)
@@ -1033,9 +1081,18 @@ void sim_devsim_free(sim_devsim *s)
     free(s);
 }
 
-uint16_t sim_devsim_status_port(const sim_devsim *s) { return s->status_port; }
-size_t sim_devsim_device_count(const sim_devsim *s) { return s->n; }
-sim_device *sim_devsim_device_at(sim_devsim *s, size_t i) { return i < s->n ? s->slots[i].dev : NULL; }
+uint16_t sim_devsim_status_port(const sim_devsim *s)
+{
+    return s->status_port;
+}
+size_t sim_devsim_device_count(const sim_devsim *s)
+{
+    return s->n;
+}
+sim_device *sim_devsim_device_at(sim_devsim *s, size_t i)
+{
+    return i < s->n ? s->slots[i].dev : NULL;
+}
 sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
 {
     sim_devsim_stats t = s->stats;
@@ -1068,7 +1125,8 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
         return esim_fail(err, ESIM_ENOTFOUND, "no simulated device %s", udid ? udid : "(null)");
     slot *sl = &s->slots[i];
     /* An erase replaces the push token: take the old one out of the index first. */
-    bool erases = a == SIM_ACTION_ERASE_ALL_CONTENT || a == SIM_ACTION_PASSCODE_WIPE || a == SIM_ACTION_FINDMY_ERASE;
+    bool erases = a == SIM_ACTION_ERASE_ALL_CONTENT || a == SIM_ACTION_PASSCODE_WIPE ||
+                  a == SIM_ACTION_FINDMY_ERASE;
     if (erases)
         token_forget(s, i);
     esim_err rc = sim_device_user_action(sl->dev, a, out, err);

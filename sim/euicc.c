@@ -19,9 +19,9 @@
 struct sim_euicc {
     const sim_pki *pki;
     char eid[ESIM_EID_LEN + 1];
-    esim_buf key_der;  /* private key, DER; parsed only when signing */
-    esim_buf cert_der; /* eUICC certificate, DER */
-    esim_buf eum_der;  /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
+    esim_buf key_der;      /* private key, DER; parsed only when signing */
+    esim_buf cert_der;     /* eUICC certificate, DER */
+    esim_buf eum_der;      /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
     size_t n_profiles, cap_profiles;
     sim_notification *notifs;
@@ -33,14 +33,22 @@ struct sim_euicc {
 const char *sim_result_name(sim_result r)
 {
     switch (r) {
-    case SIM_RES_OK: return "ok";
-    case SIM_RES_ICCID_OR_AID_NOT_FOUND: return "iccidOrAidNotFound";
-    case SIM_RES_PROFILE_NOT_IN_DISABLED_STATE: return "profileNotInDisabledState";
-    case SIM_RES_PROFILE_NOT_IN_ENABLED_STATE: return "profileNotInEnabledState";
-    case SIM_RES_DISALLOWED_BY_POLICY: return "disallowedByPolicy";
-    case SIM_RES_CAT_BUSY: return "catBusy";
-    case SIM_RES_ICCID_ALREADY_EXISTS: return "iccidAlreadyExists";
-    case SIM_RES_INSUFFICIENT_MEMORY: return "insufficientMemory";
+    case SIM_RES_OK:
+        return "ok";
+    case SIM_RES_ICCID_OR_AID_NOT_FOUND:
+        return "iccidOrAidNotFound";
+    case SIM_RES_PROFILE_NOT_IN_DISABLED_STATE:
+        return "profileNotInDisabledState";
+    case SIM_RES_PROFILE_NOT_IN_ENABLED_STATE:
+        return "profileNotInEnabledState";
+    case SIM_RES_DISALLOWED_BY_POLICY:
+        return "disallowedByPolicy";
+    case SIM_RES_CAT_BUSY:
+        return "catBusy";
+    case SIM_RES_ICCID_ALREADY_EXISTS:
+        return "iccidAlreadyExists";
+    case SIM_RES_INSUFFICIENT_MEMORY:
+        return "insufficientMemory";
     }
     return "undefinedError";
 }
@@ -48,17 +56,23 @@ const char *sim_result_name(sim_result r)
 const char *sim_notif_event_name(sim_notif_event ev)
 {
     switch (ev) {
-    case SIM_NOTIF_INSTALL: return "install";
-    case SIM_NOTIF_ENABLE: return "enable";
-    case SIM_NOTIF_DISABLE: return "disable";
-    case SIM_NOTIF_DELETE: return "delete";
+    case SIM_NOTIF_INSTALL:
+        return "install";
+    case SIM_NOTIF_ENABLE:
+        return "enable";
+    case SIM_NOTIF_DISABLE:
+        return "disable";
+    case SIM_NOTIF_DELETE:
+        return "delete";
     }
     return "unknown";
 }
 
 static const char *class_name(sim_profile_class c)
 {
-    return c == SIM_CLASS_TEST ? "test" : c == SIM_CLASS_PROVISIONING ? "provisioning" : "operational";
+    return c == SIM_CLASS_TEST           ? "test"
+           : c == SIM_CLASS_PROVISIONING ? "provisioning"
+                                         : "operational";
 }
 
 static bool class_parse(const char *s, sim_profile_class *out)
@@ -110,8 +124,7 @@ static EVP_PKEY *key_from_der(const esim_buf *b)
 }
 
 /* Issues a fresh key and certificate for the eUICC from |eum|. */
-static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
-                           esim_error *err)
+static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain, esim_error *err)
 {
     char cn[64];
     snprintf(cn, sizeof cn, "eUICC %s", e->eid);
@@ -172,8 +185,7 @@ esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esi
     return ESIM_OK;
 }
 
-esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
-                           esim_error *err)
+esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain, esim_error *err)
 {
     return issue_cert(e, eum, eum_for_chain, err);
 }
@@ -192,10 +204,22 @@ void sim_euicc_free(sim_euicc *e)
     free(e);
 }
 
-const char *sim_euicc_eid(const sim_euicc *e) { return e->eid; }
-bool sim_euicc_dirty(const sim_euicc *e) { return e->dirty; }
-void sim_euicc_mark_clean(sim_euicc *e) { e->dirty = false; }
-X509 *sim_euicc_trusted_ci(const sim_euicc *e) { return e->pki->ci.x509; }
+const char *sim_euicc_eid(const sim_euicc *e)
+{
+    return e->eid;
+}
+bool sim_euicc_dirty(const sim_euicc *e)
+{
+    return e->dirty;
+}
+void sim_euicc_mark_clean(sim_euicc *e)
+{
+    e->dirty = false;
+}
+X509 *sim_euicc_trusted_ci(const sim_euicc *e)
+{
+    return e->pki->ci.x509;
+}
 
 /* ---- profiles -------------------------------------------------------------- */
 
@@ -222,7 +246,10 @@ const sim_profile *sim_euicc_enabled(const sim_euicc *e)
     return NULL;
 }
 
-size_t sim_euicc_profile_count(const sim_euicc *e) { return e->n_profiles; }
+size_t sim_euicc_profile_count(const sim_euicc *e)
+{
+    return e->n_profiles;
+}
 
 const sim_profile *sim_euicc_profile_at(const sim_euicc *e, size_t i)
 {
@@ -263,7 +290,8 @@ esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, 
     if (rc != ESIM_OK)
         return rc;
     if (p->profile_class > SIM_CLASS_OPERATIONAL)
-        return esim_fail(err, ESIM_EINVAL, "profile class %d is not test, provisioning or operational",
+        return esim_fail(err, ESIM_EINVAL,
+                         "profile class %d is not test, provisioning or operational",
                          (int)p->profile_class);
     if (find(e, p->iccid)) {
         *res = SIM_RES_ICCID_ALREADY_EXISTS;
@@ -374,7 +402,10 @@ size_t sim_euicc_memory_reset(sim_euicc *e)
 
 /* ---- notifications -------------------------------------------------------- */
 
-size_t sim_euicc_notification_count(const sim_euicc *e) { return e->n_notifs; }
+size_t sim_euicc_notification_count(const sim_euicc *e)
+{
+    return e->n_notifs;
+}
 
 const sim_notification *sim_euicc_notification_at(const sim_euicc *e, size_t i)
 {
@@ -434,8 +465,7 @@ json_t *sim_euicc_to_json(const sim_euicc *e)
                               "state", p->state == SIM_PROFILE_ENABLED ? "enabled" : "disabled",
                               "class", class_name(p->profile_class), "nickname", p->nickname,
                               "service_provider", p->service_provider, "profile_name",
-                              p->profile_name, "ppr", (int)p->ppr, "smdp_address",
-                              p->smdp_address);
+                              p->profile_name, "ppr", (int)p->ppr, "smdp_address", p->smdp_address);
         if (!o || json_array_append_new(profiles, o) != 0)
             goto fail;
     }
@@ -517,8 +547,7 @@ static esim_err notif_from_json(const json_t *o, sim_notification *n, esim_error
     return rc;
 }
 
-esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out,
-                             esim_error *err)
+esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out, esim_error *err)
 {
     const char *eid = sim_json_str(j, "eid");
     esim_err rc = esim_eid_validate(eid, err);
@@ -530,7 +559,8 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     e->pki = pki;
     memcpy(e->eid, eid, ESIM_EID_LEN + 1);
     json_t *seq = json_object_get(j, "next_seq");
-    json_t *profiles = json_object_get(j, "profiles"), *notifs = json_object_get(j, "notifications");
+    json_t *profiles = json_object_get(j, "profiles"),
+           *notifs = json_object_get(j, "notifications");
     if ((rc = sim_json_b64(j, "key", &e->key_der, err)) != ESIM_OK ||
         (rc = sim_json_b64(j, "cert", &e->cert_der, err)) != ESIM_OK ||
         (rc = sim_json_b64(j, "eum", &e->eum_der, err)) != ESIM_OK)
@@ -539,19 +569,22 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     EVP_PKEY *k = key_from_der(&e->key_der);
     X509 *x = sim_x509_from_der(e->cert_der.data, e->cert_der.len);
     char serial[64] = "";
-    bool sane = k && x && esim_cert_subject_field(x, NID_serialNumber, serial, sizeof serial) == ESIM_OK &&
+    bool sane = k && x &&
+                esim_cert_subject_field(x, NID_serialNumber, serial, sizeof serial) == ESIM_OK &&
                 strcmp(serial, e->eid) == 0 && X509_check_private_key(x, k) == 1;
     EVP_PKEY_free(k);
     X509_free(x);
     if (!sane) {
-        rc = esim_fail(err, ESIM_EINVAL, "eUICC state: key or certificate damaged or not for EID %s",
-                       e->eid);
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "eUICC state: key or certificate damaged or not for EID %s", e->eid);
         goto fail;
     }
-    if (!json_is_integer(seq) || json_integer_value(seq) < 1 || json_integer_value(seq) > UINT32_MAX ||
-        !json_is_array(profiles) || json_array_size(profiles) > SIM_MAX_PROFILES ||
-        !json_is_array(notifs) || json_array_size(notifs) > SIM_MAX_NOTIFICATIONS) {
-        rc = esim_fail(err, ESIM_EINVAL, "eUICC state: next_seq, profiles or notifications malformed");
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        json_integer_value(seq) > UINT32_MAX || !json_is_array(profiles) ||
+        json_array_size(profiles) > SIM_MAX_PROFILES || !json_is_array(notifs) ||
+        json_array_size(notifs) > SIM_MAX_NOTIFICATIONS) {
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "eUICC state: next_seq, profiles or notifications malformed");
         goto fail;
     }
     e->next_seq = (uint32_t)json_integer_value(seq);

@@ -102,14 +102,15 @@ static void check_done(sim_http *h)
             curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &r.status);
             r.err = ESIM_OK;
         } else {
-            r.err = x->too_big ? ESIM_ETOOBIG
+            r.err = x->too_big                        ? ESIM_ETOOBIG
                     : res == CURLE_OPERATION_TIMEDOUT ? ESIM_ETIMEOUT
                     : (res == CURLE_SSL_CONNECT_ERROR || res == CURLE_PEER_FAILED_VERIFICATION)
                         ? ESIM_ECRYPTO
                         : ESIM_EUNAVAIL;
-            snprintf(r.errmsg, sizeof r.errmsg, "%s", x->too_big ? "response too large"
-                                                      : x->errbuf[0] ? x->errbuf
-                                                                     : curl_easy_strerror(res));
+            snprintf(r.errmsg, sizeof r.errmsg, "%s",
+                     x->too_big     ? "response too large"
+                     : x->errbuf[0] ? x->errbuf
+                                    : curl_easy_strerror(res));
         }
         /* The easy handle goes before the callback, so the callback may free
          * the private connection it used. */
@@ -153,7 +154,8 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         }
         return 0;
     }
-    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    short kind =
+        EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
     if (!c) {
         c = calloc(1, sizeof *c);
         if (!c)
@@ -253,7 +255,10 @@ void sim_http_free(sim_http *h)
     free(h);
 }
 
-size_t sim_http_in_flight(const sim_http *h) { return h->in_flight; }
+size_t sim_http_in_flight(const sim_http *h)
+{
+    return h->in_flight;
+}
 
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
                        esim_error *err)

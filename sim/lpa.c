@@ -18,8 +18,8 @@ typedef enum { STEP_INITIATE = 1, STEP_AUTHENTICATE, STEP_BPP } lpa_step;
 typedef struct {
     sim_http *h;
     sim_euicc *e;
-    char base[512];          /* https://host:port */
-    char smdp_address[128];  /* host:port, as the eUICC names the server */
+    char base[512];         /* https://host:port */
+    char smdp_address[128]; /* host:port, as the eUICC names the server */
     char ca_file[SIM_PATH_MAX];
     char matching_id[65];
     unsigned char euicc_challenge[16];
@@ -32,8 +32,8 @@ typedef struct {
 } lpa_op;
 
 /* https://HOST[:PORT][/...] -> base "https://HOST:PORT" and address "HOST:PORT". */
-static esim_err split_url(const char *url, char *base, size_t base_len, char *addr,
-                          size_t addr_len, esim_error *err)
+static esim_err split_url(const char *url, char *base, size_t base_len, char *addr, size_t addr_len,
+                          esim_error *err)
 {
     const char *p;
     if (!url || strncmp(url, "https://", 8) != 0)
@@ -89,8 +89,13 @@ static esim_err post(lpa_op *op, const char *fn, json_t *body, esim_error *err)
     static const char *const hdrs[] = {"Content-Type: application/json",
                                        "X-Admin-Protocol: gsma/rsp/v2.2.0",
                                        "User-Agent: esim-mdm-devsim LPA"};
-    sim_http_request req = {.method = "POST", .url = url, .headers = hdrs, .n_headers = 3,
-                            .body = b.data, .body_len = b.len, .ca_file = op->ca_file,
+    sim_http_request req = {.method = "POST",
+                            .url = url,
+                            .headers = hdrs,
+                            .n_headers = 3,
+                            .body = b.data,
+                            .body_len = b.len,
+                            .ca_file = op->ca_file,
                             .timeout_ms = 20000};
     rc = sim_http_send(op->h, &req, on_response, op, err);
     esim_buf_free(&b);
@@ -173,7 +178,10 @@ static esim_err euicc_sign_into(lpa_op *op, json_t *dst, const char *key, const 
     return rc;
 }
 
-static bool str_eq(const char *a, const char *b) { return a && b && strcmp(a, b) == 0; }
+static bool str_eq(const char *a, const char *b)
+{
+    return a && b && strcmp(a, b) == 0;
+}
 
 /* The eUICC's side of mutual authentication (ES10b AuthenticateServer). */
 static void after_initiate(lpa_op *op, json_t *j)
@@ -208,10 +216,10 @@ static void after_initiate(lpa_op *op, json_t *j)
                             "gsm,utran,eutran,nr");
     if (op->matching_id[0])
         json_object_set_new(ctx, "matchingId", json_string(op->matching_id));
-    json_t *signed1 = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:o}", "transactionId", txid,
-                                "serverAddress", op->smdp_address, "serverChallenge",
-                                sim_json_str(s1, "serverChallenge"), "euiccInfo2",
-                                "profileVersion", "2.3.1", "svn", "2.2.0", "ctxParams1", ctx);
+    json_t *signed1 =
+        json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:o}", "transactionId", txid, "serverAddress",
+                  op->smdp_address, "serverChallenge", sim_json_str(s1, "serverChallenge"),
+                  "euiccInfo2", "profileVersion", "2.3.1", "svn", "2.2.0", "ctxParams1", ctx);
     json_decref(s1);
     esim_buf ecert = {0}, eum = {0};
     json_t *asr = json_object();
@@ -256,8 +264,9 @@ static void after_authenticate(lpa_op *op, json_t *j)
     json_t *signed2 = json_pack("{s:s}", "transactionId", op->txid);
     sim_json_set_b64(signed2, "euiccOtpk", otpk, sizeof otpk);
     json_t *pdr = json_object();
-    esim_err rc = pdr && signed2 ? euicc_sign_into(op, pdr, "euiccSigned2", "euiccSignature2", signed2)
-                                 : ESIM_ENOMEM;
+    esim_err rc = pdr && signed2
+                      ? euicc_sign_into(op, pdr, "euiccSigned2", "euiccSignature2", signed2)
+                      : ESIM_ENOMEM;
     if (rc != ESIM_OK) {
         json_decref(pdr);
         fail_op(op, rc, "the eUICC could not sign");
@@ -277,7 +286,8 @@ static void after_bpp(lpa_op *op, json_t *j)
     if (!bpp || !str_eq(sim_json_str(bpp, "transactionId"), op->txid) ||
         !str_eq(sim_json_str(bpp, "eid"), sim_euicc_eid(op->e))) {
         json_decref(bpp);
-        fail_op(op, ESIM_ECRYPTO, "the eUICC refused the bound profile package: bad signature or not bound to it");
+        fail_op(op, ESIM_ECRYPTO,
+                "the eUICC refused the bound profile package: bad signature or not bound to it");
         return;
     }
     sim_profile p = {0};
@@ -286,7 +296,8 @@ static void after_bpp(lpa_op *op, json_t *j)
     snprintf(p.iccid, sizeof p.iccid, "%s", (v = sim_json_str(bpp, "iccid")) ? v : "");
     snprintf(p.service_provider, sizeof p.service_provider, "%s",
              (v = sim_json_str(bpp, "serviceProviderName")) ? v : "");
-    snprintf(p.profile_name, sizeof p.profile_name, "%s", (v = sim_json_str(bpp, "profileName")) ? v : "");
+    snprintf(p.profile_name, sizeof p.profile_name, "%s",
+             (v = sim_json_str(bpp, "profileName")) ? v : "");
     snprintf(p.nickname, sizeof p.nickname, "%s", p.service_provider);
     p.ppr = (unsigned)json_integer_value(json_object_get(bpp, "ppr")) & (SIM_PPR1 | SIM_PPR2);
     snprintf(p.smdp_address, sizeof p.smdp_address, "%s", op->smdp_address);
@@ -314,16 +325,21 @@ static void on_response(void *arg, sim_http_response *r)
     if (!j)
         return;
     switch (op->step) {
-    case STEP_INITIATE: after_initiate(op, j); break;
-    case STEP_AUTHENTICATE: after_authenticate(op, j); break;
-    case STEP_BPP: after_bpp(op, j); break;
+    case STEP_INITIATE:
+        after_initiate(op, j);
+        break;
+    case STEP_AUTHENTICATE:
+        after_authenticate(op, j);
+        break;
+    case STEP_BPP:
+        after_bpp(op, j);
+        break;
     }
     json_decref(j);
 }
 
 esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
-                          const char *matching_id, sim_download_cb cb, void *arg,
-                          esim_error *err)
+                          const char *matching_id, sim_download_cb cb, void *arg, esim_error *err)
 {
     if (!h || !e || !cb)
         return esim_fail(err, ESIM_EINVAL, "a download needs a client, an eUICC and a callback");
@@ -348,8 +364,8 @@ esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, con
     op->arg = arg;
     op->step = STEP_INITIATE;
     op->res.err = ESIM_EUNAVAIL;
-    json_t *body = json_pack("{s:s, s:{s:s, s:[s]}}", "smdpAddress", op->smdp_address,
-                             "euiccInfo1", "svn", "2.2.0", "euiccCiPKIdListForVerification", "test-ci");
+    json_t *body = json_pack("{s:s, s:{s:s, s:[s]}}", "smdpAddress", op->smdp_address, "euiccInfo1",
+                             "svn", "2.2.0", "euiccCiPKIdListForVerification", "test-ci");
     sim_json_set_b64(body, "euiccChallenge", op->euicc_challenge, 16);
     rc = post(op, "initiateAuthentication", body, err);
     if (rc != ESIM_OK)
@@ -424,13 +440,15 @@ static void notify_next(notify_op *op)
         unsigned char sig[64];
         char url[300];
         snprintf(url, sizeof url, "https://%s" ES9_PATH "handleNotification", n->smdp_address);
-        bool ok = pn && body && sim_json_dump(pn, &raw) == ESIM_OK &&
-                  sim_euicc_sign(op->e, raw.data, raw.len, sig, NULL) == ESIM_OK &&
-                  sim_euicc_cert_b64(op->e, &ecert, &eum) == ESIM_OK &&
-                  sim_json_set_b64(body, "pendingNotification", raw.data, raw.len) == ESIM_OK &&
-                  sim_json_set_b64(body, "euiccNotificationSignature", sig, 64) == ESIM_OK &&
-                  json_object_set_new(body, "euiccCertificate", json_string((const char *)ecert.data)) == 0 &&
-                  json_object_set_new(body, "eumCertificate", json_string((const char *)eum.data)) == 0;
+        bool ok =
+            pn && body && sim_json_dump(pn, &raw) == ESIM_OK &&
+            sim_euicc_sign(op->e, raw.data, raw.len, sig, NULL) == ESIM_OK &&
+            sim_euicc_cert_b64(op->e, &ecert, &eum) == ESIM_OK &&
+            sim_json_set_b64(body, "pendingNotification", raw.data, raw.len) == ESIM_OK &&
+            sim_json_set_b64(body, "euiccNotificationSignature", sig, 64) == ESIM_OK &&
+            json_object_set_new(body, "euiccCertificate", json_string((const char *)ecert.data)) ==
+                0 &&
+            json_object_set_new(body, "eumCertificate", json_string((const char *)eum.data)) == 0;
         esim_buf b = {0};
         if (ok)
             ok = sim_json_dump(body, &b) == ESIM_OK;
@@ -445,8 +463,12 @@ static void notify_next(notify_op *op)
         }
         static const char *const hdrs[] = {"Content-Type: application/json",
                                            "X-Admin-Protocol: gsma/rsp/v2.2.0"};
-        sim_http_request req = {.method = "POST", .url = url, .headers = hdrs, .n_headers = 2,
-                                .body = b.data, .body_len = b.len,
+        sim_http_request req = {.method = "POST",
+                                .url = url,
+                                .headers = hdrs,
+                                .n_headers = 2,
+                                .body = b.data,
+                                .body_len = b.len,
                                 .ca_file = op->ca_file[0] ? op->ca_file : NULL,
                                 .timeout_ms = 15000};
         esim_err rc = sim_http_send(op->h, &req, on_notify_response, op, NULL);

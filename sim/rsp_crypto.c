@@ -74,8 +74,8 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     struct {
         const char *name;
         esim_cert *c;
-    } certs[] = {{"ca", &p->ca},         {"server", &p->server}, {"device-ca", &p->device_ca},
-                 {"ci", &p->ci},         {"eum", &p->eum},       {"dpauth", &p->dpauth}};
+    } certs[] = {{"ca", &p->ca}, {"server", &p->server}, {"device-ca", &p->device_ca},
+                 {"ci", &p->ci}, {"eum", &p->eum},       {"dpauth", &p->dpauth}};
     for (size_t i = 0; i < sizeof certs / sizeof certs[0]; i++) {
         rc = esim_pki_load(dir, certs[i].name, certs[i].c, err);
         if (rc != ESIM_OK)
@@ -125,9 +125,18 @@ void sim_pki_free(sim_pki *p)
     free(p);
 }
 
-const char *sim_pki_dir(const sim_pki *p) { return p->dir; }
-const char *sim_pki_topic(const sim_pki *p) { return p->topic; }
-const char *sim_pki_ca_file(const sim_pki *p) { return p->ca_file; }
+const char *sim_pki_dir(const sim_pki *p)
+{
+    return p->dir;
+}
+const char *sim_pki_topic(const sim_pki *p)
+{
+    return p->topic;
+}
+const char *sim_pki_ca_file(const sim_pki *p)
+{
+    return p->ca_file;
+}
 
 esim_err sim_identity_issue(const sim_pki *pki, const char *cn, X509 **out, esim_error *err)
 {
@@ -187,8 +196,8 @@ esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigne
     return ESIM_OK;
 }
 
-esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len,
-                              const unsigned char *sig, size_t sig_len, esim_error *err)
+esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const unsigned char *sig,
+                              size_t sig_len, esim_error *err)
 {
     if (sig_len != 64)
         return esim_fail(err, ESIM_ECRYPTO, "signature is %zu bytes, a raw P-256 one is 64",

@@ -73,7 +73,7 @@ typedef struct {
     char nickname[64];
     char service_provider[64];
     char profile_name[64];
-    unsigned ppr; /* SIM_PPR1 | SIM_PPR2 */
+    unsigned ppr;           /* SIM_PPR1 | SIM_PPR2 */
     char smdp_address[128]; /* where its notifications go; may be empty */
 } sim_profile;
 
@@ -178,23 +178,23 @@ esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err);
 void sim_http_conn_free(sim_http_conn *c); /* NULL ok; closes the connection */
 
 typedef struct {
-    const char *method;              /* "GET", "POST", "PUT" */
+    const char *method; /* "GET", "POST", "PUT" */
     const char *url;
-    const char *const *headers;      /* "Name: value" lines, may be NULL */
+    const char *const *headers; /* "Name: value" lines, may be NULL */
     size_t n_headers;
-    const void *body;                /* copied; may be NULL */
+    const void *body; /* copied; may be NULL */
     size_t body_len;
-    long timeout_ms;                 /* 0 = 30 s */
-    const char *ca_file;             /* trust anchor for https; NULL = system */
-    const char *client_cert_file;    /* PEM, TLS client authentication; may be NULL */
+    long timeout_ms;              /* 0 = 30 s */
+    const char *ca_file;          /* trust anchor for https; NULL = system */
+    const char *client_cert_file; /* PEM, TLS client authentication; may be NULL */
     const char *client_key_file;
-    sim_http_conn *conn;             /* NULL: the client's shared connection cache */
+    sim_http_conn *conn; /* NULL: the client's shared connection cache */
 } sim_http_request;
 
 typedef struct {
-    esim_err err;    /* ESIM_OK when an HTTP answer arrived (any status) */
-    long status;     /* HTTP status */
-    esim_buf body;   /* owned by the client; valid during the callback */
+    esim_err err;  /* ESIM_OK when an HTTP answer arrived (any status) */
+    long status;   /* HTTP status */
+    esim_buf body; /* owned by the client; valid during the callback */
     char errmsg[256];
 } sim_http_response;
 
@@ -212,11 +212,11 @@ size_t sim_http_in_flight(const sim_http *h);
 /* ---- LPA side of SGP.22 ES9+ (what the device does with the eUICC) -------- */
 
 typedef struct {
-    esim_err err;            /* ESIM_OK: the profile is installed on the eUICC */
+    esim_err err; /* ESIM_OK: the profile is installed on the eUICC */
     char iccid[SIM_ICCID_MAX + 1];
-    char subject_code[16];   /* SM-DP+ statusCodeData when it refused, else "" */
+    char subject_code[16]; /* SM-DP+ statusCodeData when it refused, else "" */
     char reason_code[16];
-    char message[256];       /* in words, for the error chain */
+    char message[256]; /* in words, for the error chain */
 } sim_download_result;
 
 typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
@@ -229,8 +229,7 @@ typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
  * may be NULL (default SM-DP+ discovery by EID). |e| must stay alive until |cb|.
  */
 esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
-                          const char *matching_id, sim_download_cb cb, void *arg,
-                          esim_error *err);
+                          const char *matching_id, sim_download_cb cb, void *arg, esim_error *err);
 
 /*
  * Sends every pending notification of |e| to its SM-DP+ (https://smdp_address),
@@ -265,11 +264,11 @@ typedef struct {
 } sim_order;
 
 typedef struct {
-    const sim_pki *pki;      /* server.pem for TLS, dpauth for signing; outlives the SM-DP+ */
-    const char *listen_host; /* NULL = 127.0.0.1 */
-    uint16_t port;           /* 0 = ephemeral */
-    const char *data_dir;    /* NULL: orders in memory only; else DIR/orders.json */
-    const char *admin_token; /* NULL: admin endpoints open (loopback); else Bearer token */
+    const sim_pki *pki;           /* server.pem for TLS, dpauth for signing; outlives the SM-DP+ */
+    const char *listen_host;      /* NULL = 127.0.0.1 */
+    uint16_t port;                /* 0 = ephemeral */
+    const char *data_dir;         /* NULL: orders in memory only; else DIR/orders.json */
+    const char *admin_token;      /* NULL: admin endpoints open (loopback); else Bearer token */
     const char *service_provider; /* in profile metadata; NULL = "Simulated Operator" */
 } sim_smdp_config;
 
@@ -310,11 +309,11 @@ const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid);
 typedef struct sim_device sim_device;
 
 typedef struct {
-    const char *udid;          /* required, esim_udid_validate */
-    const char *eid;           /* required, valid EID */
-    const char *serial;        /* NULL = derived from the UDID */
-    const char *os_version;    /* NULL = "18.1" */
-    const char *product_name;  /* NULL = "iPhone16,1" */
+    const char *udid;         /* required, esim_udid_validate */
+    const char *eid;          /* required, valid EID */
+    const char *serial;       /* NULL = derived from the UDID */
+    const char *os_version;   /* NULL = "18.1" */
+    const char *product_name; /* NULL = "iPhone16,1" */
     bool supervised;
 } sim_device_spec;
 
@@ -359,15 +358,15 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
 
 /* Misbehaviour switches, as the runtime or a test sets them. */
 typedef struct {
-    bool locked;         /* answer NotNow to every command (screen locked) */
-    bool fail_download;  /* RefreshCellularPlans fails with 36003 (busy) */
+    bool locked;        /* answer NotNow to every command (screen locked) */
+    bool fail_download; /* RefreshCellularPlans fails with 36003 (busy) */
 } sim_device_quirks;
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q);
 
 /* What to do with one command. */
 typedef struct {
-    esim_buf result;         /* the result plist to PUT (empty when |download| is set) */
-    bool download;           /* RefreshCellularPlans: run the LPA, then sim_device_finish_download */
+    esim_buf result; /* the result plist to PUT (empty when |download| is set) */
+    bool download;   /* RefreshCellularPlans: run the LPA, then sim_device_finish_download */
     char esim_server_url[2049];
     char command_uuid[128];
     bool erase;              /* EraseDevice acknowledged: wipe once the answer is sent */
@@ -382,8 +381,8 @@ void sim_cmd_outcome_free(sim_cmd_outcome *o); /* NULL ok */
  * cannot read is answered CommandFormatError; an unknown RequestType Error
  * 12021. ESIM_OK unless memory or the plist builder failed.
  */
-esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len,
-                                   sim_cmd_outcome *out, esim_error *err);
+esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, sim_cmd_outcome *out,
+                                   esim_error *err);
 
 /*
  * After the LPA finished for |command_uuid|: on success enables the new
@@ -417,10 +416,10 @@ const char *sim_user_action_name(sim_user_action a);
 esim_err sim_user_action_parse(const char *word, sim_user_action *out, esim_error *err);
 
 typedef struct {
-    bool allowed;        /* false: the restrictions refused it, nothing changed */
-    bool erased;         /* the device was wiped (it must re-enrol) */
-    bool esim_kept;      /* an erase kept the operational eSIM(s) */
-    char reason[256];    /* in words: what happened and which key decided */
+    bool allowed;     /* false: the restrictions refused it, nothing changed */
+    bool erased;      /* the device was wiped (it must re-enrol) */
+    bool esim_kept;   /* an erase kept the operational eSIM(s) */
+    char reason[256]; /* in words: what happened and which key decided */
 } sim_action_outcome;
 
 /* Performs |a| as a person on the phone, honouring the effective
@@ -441,20 +440,20 @@ esim_err sim_device_describe_json(const sim_device *d, esim_buf *out, esim_error
 /* ---- the runtime: N devices against the service ---------------------------- */
 
 typedef struct {
-    const char *server_url;     /* the service's check-in/command URL base (…/mdm added when no path) */
-    const char *apns_url;       /* APNs mock delivery listener */
-    const char *pki_dir;        /* required: the test PKI (created if missing) */
-    const char *data_dir;       /* NULL: nothing persisted; else DIR/devices/<UDID>.json */
-    const char *channel;        /* APNs mock channel; NULL = "devsim" */
-    const char *status_listen;  /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
+    const char *server_url; /* the service's check-in/command URL base (…/mdm added when no path) */
+    const char *apns_url;   /* APNs mock delivery listener */
+    const char *pki_dir;    /* required: the test PKI (created if missing) */
+    const char *data_dir;   /* NULL: nothing persisted; else DIR/devices/<UDID>.json */
+    const char *channel;    /* APNs mock channel; NULL = "devsim" */
+    const char *status_listen; /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
     unsigned devices;
     double supervised_share, notnow_share, offline_share, fail_share;
     uint64_t seed;
-    const char *os_version;     /* NULL: a mix of 16.4, 17.4, 18.1 */
-    bool tls_client_auth;       /* identity by TLS client certificate instead of Mdm-Signature */
-    unsigned offline_ms;        /* how long an offline device stays away; 0 = 3000 */
-    unsigned notnow_ms;         /* how long a locked device stays locked; 0 = 2000 */
-    unsigned max_concurrent;    /* check-ins in flight at once; 0 = 64 */
+    const char *os_version;  /* NULL: a mix of 16.4, 17.4, 18.1 */
+    bool tls_client_auth;    /* identity by TLS client certificate instead of Mdm-Signature */
+    unsigned offline_ms;     /* how long an offline device stays away; 0 = 3000 */
+    unsigned notnow_ms;      /* how long a locked device stays locked; 0 = 2000 */
+    unsigned max_concurrent; /* check-ins in flight at once; 0 = 64 */
 } sim_devsim_config;
 
 typedef struct {

@@ -33,8 +33,8 @@ struct sim_pki {
 esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigned char sig[64],
                             esim_error *err);
 /* ESIM_OK when |sig| (raw r||s) is |pub|'s signature of |data|, ESIM_ECRYPTO otherwise. */
-esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len,
-                              const unsigned char *sig, size_t sig_len, esim_error *err);
+esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const unsigned char *sig,
+                              size_t sig_len, esim_error *err);
 /* Verifies |leaf| up to the trusted root |ci| through |intermediate| (may be NULL). */
 esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *err);
 /* DER <-> base64. */
@@ -64,8 +64,7 @@ esim_err sim_copy(char *dst, size_t dst_len, const char *src, const char *what, 
 /* ---- eUICC internals (euicc.c) ---- */
 
 json_t *sim_euicc_to_json(const sim_euicc *e);
-esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out,
-                             esim_error *err);
+esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **out, esim_error *err);
 void sim_euicc_mark_clean(sim_euicc *e);
 /* Signs |data| with the eUICC's private key (raw r||s). */
 esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],

@@ -37,8 +37,8 @@ typedef struct session {
     unsigned char server_challenge[16];
     char server_address[128];
     char eid[ESIM_EID_LEN + 1];
-    size_t order;      /* index into orders, once authenticated */
-    X509 *euicc_cert;  /* verified, once authenticated */
+    size_t order;     /* index into orders, once authenticated */
+    X509 *euicc_cert; /* verified, once authenticated */
     int64_t created_ms;
 } session;
 
@@ -71,11 +71,16 @@ struct sim_smdp {
 const char *sim_order_state_name(sim_order_state s)
 {
     switch (s) {
-    case SIM_ORDER_AVAILABLE: return "Available";
-    case SIM_ORDER_RELEASED: return "Released";
-    case SIM_ORDER_DOWNLOADED: return "Downloaded";
-    case SIM_ORDER_INSTALLED: return "Installed";
-    case SIM_ORDER_ERROR: return "Error";
+    case SIM_ORDER_AVAILABLE:
+        return "Available";
+    case SIM_ORDER_RELEASED:
+        return "Released";
+    case SIM_ORDER_DOWNLOADED:
+        return "Downloaded";
+    case SIM_ORDER_INSTALLED:
+        return "Installed";
+    case SIM_ORDER_ERROR:
+        return "Error";
     }
     return "Unknown";
 }
@@ -294,7 +299,10 @@ esim_err sim_smdp_release_order(sim_smdp *s, const char *iccid, esim_error *err)
     return ESIM_OK;
 }
 
-size_t sim_smdp_order_count(const sim_smdp *s) { return s->n_orders; }
+size_t sim_smdp_order_count(const sim_smdp *s)
+{
+    return s->n_orders;
+}
 
 const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i)
 {
@@ -593,9 +601,9 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
     esim_base64_encode(ss->server_challenge, 16, &sc);
     /* serverSigned1 binds the transaction, the eUICC's own challenge (so an
      * old answer cannot be replayed to it) and our fresh challenge. */
-    json_t *signed1 = json_pack("{s:s, s:s, s:s, s:s}", "transactionId", ss->txid,
-                                "euiccChallenge", sim_json_str(body, "euiccChallenge"),
-                                "serverAddress", addr, "serverChallenge", (const char *)sc.data);
+    json_t *signed1 = json_pack("{s:s, s:s, s:s, s:s}", "transactionId", ss->txid, "euiccChallenge",
+                                sim_json_str(body, "euiccChallenge"), "serverAddress", addr,
+                                "serverChallenge", (const char *)sc.data);
     json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
     esim_err rc = sim_x509_to_b64(s->pki->dpauth.x509, &cert);
     if (rc == ESIM_OK && resp && signed1) {
@@ -617,8 +625,8 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
 
 /* Verifies the eUICC and EUM certificates in |o| against our CI and returns
  * the eUICC certificate and its EID (from the certificate, never the body). */
-static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o,
-                         X509 **euicc_out, char eid[ESIM_EID_LEN + 1])
+static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o, X509 **euicc_out,
+                         char eid[ESIM_EID_LEN + 1])
 {
     X509 *eum = sim_x509_from_b64(sim_json_str(o, "eumCertificate"), NULL);
     X509 *euicc = sim_x509_from_b64(sim_json_str(o, "euiccCertificate"), NULL);
@@ -677,7 +685,8 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
             return SIZE_MAX;
         }
         if (o->state != SIM_ORDER_RELEASED) {
-            reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+            reply_failed(req, "8.2", "3.7",
+                         "profile already downloaded: not available for a new binding");
             return SIZE_MAX;
         }
         return i;
@@ -696,7 +705,8 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
     if (available)
         reply_failed(req, "8.2", "1.2", "profile not released by the operator");
     else if (consumed)
-        reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+        reply_failed(req, "8.2", "3.7",
+                     "profile already downloaded: not available for a new binding");
     else
         reply_failed(req, "8.1.1", "2.2", "no profile ordered for this EID");
     return SIZE_MAX;
@@ -798,7 +808,8 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     /* Consume once: whichever session gets here first takes the profile. */
     if (o->state != SIM_ORDER_RELEASED) {
         session_remove(s, ss);
-        reply_failed(req, "8.2", "3.7", "profile already downloaded: not available for a new binding");
+        reply_failed(req, "8.2", "3.7",
+                     "profile already downloaded: not available for a new binding");
         return;
     }
     json_t *bpp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}", "transactionId", ss->txid,
@@ -806,8 +817,8 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
                             "serviceProviderName", s->service_provider, "profileClass",
                             "operational", "ppr", 0, "smdpAddress", ss->server_address);
     json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
-    esim_err rc = bpp && resp ? sign_blob(s, resp, "boundProfilePackage", "bppSignature", bpp)
-                              : ESIM_ENOMEM;
+    esim_err rc =
+        bpp && resp ? sign_blob(s, resp, "boundProfilePackage", "bppSignature", bpp) : ESIM_ENOMEM;
     if (rc != ESIM_OK) {
         if (!resp)
             json_decref(bpp);
@@ -839,8 +850,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
     size_t i = idx_lookup(s, s->by_iccid, iccid, false);
     /* Only the eUICC the profile was bound to can report its installation;
      * a repeated notification is confirmed again but counted once. */
-    if (ev && strcmp(ev, "install") == 0 && i != SIZE_MAX &&
-        strcmp(s->orders[i].o.eid, eid) == 0) {
+    if (ev && strcmp(ev, "install") == 0 && i != SIZE_MAX && strcmp(s->orders[i].o.eid, eid) == 0) {
         sim_order *o = &s->orders[i].o;
         const char *result = sim_json_str(n, "result");
         if (o->state == SIM_ORDER_DOWNLOADED) {
@@ -871,7 +881,8 @@ static void es9_cancel(sim_smdp *s, struct evhttp_request *req, json_t *body)
     if (ss->state == SESSION_AUTHENTICATED) {
         json_t *c = json_object_get(body, "cancelSessionResponse"), *signed_c = NULL;
         esim_buf raw = {0};
-        bool ok = json_is_object(c) && signed_blob(c, "euiccCancelSessionSigned", &raw, &signed_c) &&
+        bool ok = json_is_object(c) &&
+                  signed_blob(c, "euiccCancelSessionSigned", &raw, &signed_c) &&
                   verify_sig(ss->euicc_cert, &raw, c, "euiccCancelSessionSignature");
         esim_buf_free(&raw);
         json_decref(signed_c);
@@ -905,11 +916,13 @@ static json_t *orders_json(const sim_smdp *s)
 static void admin(sim_smdp *s, struct evhttp_request *req, const char *path)
 {
     if (s->admin_token[0]) {
-        const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+        const char *auth =
+            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
         char want[300];
         snprintf(want, sizeof want, "Bearer %s", s->admin_token);
         if (!auth || strcmp(auth, want) != 0) {
-            reply(req, 401, json_pack("{s:s}", "error", "admin token required (Authorization: Bearer ...)"));
+            reply(req, 401,
+                  json_pack("{s:s}", "error", "admin token required (Authorization: Bearer ...)"));
             return;
         }
     }
@@ -1093,5 +1106,11 @@ void sim_smdp_free(sim_smdp *s)
     free(s);
 }
 
-uint16_t sim_smdp_port(const sim_smdp *s) { return s->port; }
-const char *sim_smdp_url(const sim_smdp *s) { return s->url; }
+uint16_t sim_smdp_port(const sim_smdp *s)
+{
+    return s->port;
+}
+const char *sim_smdp_url(const sim_smdp *s)
+{
+    return s->url;
+}

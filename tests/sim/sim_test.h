@@ -71,8 +71,12 @@ static inline json_t *st_request(struct event_base *base, sim_http *h, const cha
 {
     st_reply w = {0};
     char *txt = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    sim_http_request req = {.method = method, .url = url, .headers = headers,
-                            .n_headers = n_headers, .body = txt, .body_len = txt ? strlen(txt) : 0,
+    sim_http_request req = {.method = method,
+                            .url = url,
+                            .headers = headers,
+                            .n_headers = n_headers,
+                            .body = txt,
+                            .body_len = txt ? strlen(txt) : 0,
                             .ca_file = ca};
     if (sim_http_send(h, &req, st_reply_cb, &w, NULL) != ESIM_OK) {
         free(txt);

@@ -92,18 +92,21 @@ static void test_usage_errors(void **state)
     assert_int_equal(run_cli(&out, (const char *[]){"devsim", "--help", NULL}), 0);
     assert_non_null(strstr((const char *)out.data, "findmy-erase"));
     assert_int_equal(run_cli(&out, (const char *[]){"devsim", "--devices", "3", NULL}), 2);
-    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
-                                                     "http://127.0.0.1:1", "--devices", "3", "--notnow-share",
-                                                     "1.5", NULL}),
-                     2);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--notnow-share",
+                                       "1.5", NULL}),
+        2);
     assert_int_equal(run_cli(&out, (const char *[]){"devsim", "--server", "ftp://x", "--apns-mock",
-                                                     "http://127.0.0.1:1", "--devices", "3", "--pki", fx.pki,
-                                                     NULL}),
+                                                    "http://127.0.0.1:1", "--devices", "3", "--pki",
+                                                    fx.pki, NULL}),
                      2);
-    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "user-action", "--device", "X", "reboot",
-                                                     "--data-dir", fx.dir, NULL}),
+    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "user-action", "--device", "X",
+                                                    "reboot", "--data-dir", fx.dir, NULL}),
                      2);
-    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "user-action", "--device", "X", "delete-esim", NULL}), 2);
+    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "user-action", "--device", "X",
+                                                    "delete-esim", NULL}),
+                     2);
     assert_int_equal(run_cli(&out, (const char *[]){"smdp", "--listen", "nowhere", NULL}), 2);
     esim_buf_free(&out);
 }
@@ -131,8 +134,8 @@ static void test_smdp_cli(void **state)
     snprintf(text, sizeof text, "%s,%s\n%s,8912\n", e1, i1, e2);
     write_file(bad, text);
     esim_buf out = {0};
-    assert_int_equal(run_cli(&out, (const char *[]){"smdp", "--pki", fx.pki, "--listen", "127.0.0.1:0",
-                                                     "--orders", bad, NULL}),
+    assert_int_equal(run_cli(&out, (const char *[]){"smdp", "--pki", fx.pki, "--listen",
+                                                    "127.0.0.1:0", "--orders", bad, NULL}),
                      2);
 
     pid_t pid = fork();
@@ -160,7 +163,8 @@ static void test_smdp_cli(void **state)
     curl_easy_cleanup(c);
     json_t *j = json_loadb((const char *)out.data, out.len, 0, NULL);
     assert_int_equal(json_integer_value(json_object_get(j, "total")), 2);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "counts"), "Released")), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "counts"), "Released")),
+                     2);
     json_decref(j);
     kill(pid, SIGTERM);
     int st;
@@ -174,7 +178,8 @@ static void test_smdp_cli(void **state)
 }
 
 /* A stopped simulator's device: supervised iOS 18, an enabled eSIM, restrictions. */
-static void make_device(const char *data_dir, const char *udid, unsigned n, const char *mod, const char *preserve)
+static void make_device(const char *data_dir, const char *udid, unsigned n, const char *mod,
+                        const char *preserve)
 {
     char eid[33];
     st_eid(100 + n, eid);
@@ -216,8 +221,9 @@ static void test_user_action_on_files(void **state)
     make_device(data, "00008110-00000000000000A1", 1, "deny", "on");
     make_device(data, "00008110-00000000000000A2", 2, "allow", "off");
     esim_buf out = {0};
-#define ACT(udid, action) \
-    run_cli(&out, (const char *[]){"devsim", "user-action", "--device", udid, action, "--data-dir", data, "--pki", fx.pki, NULL})
+#define ACT(udid, action)                                                                          \
+    run_cli(&out, (const char *[]){"devsim", "user-action", "--device", udid, action,              \
+                                   "--data-dir", data, "--pki", fx.pki, NULL})
     assert_int_equal(ACT("00008110-00000000000000A1", "delete-esim"), 0);
     assert_true(strncmp((const char *)out.data, "refused:", 8) == 0);
     assert_non_null(strstr((const char *)out.data, "enabled"));

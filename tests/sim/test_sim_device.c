@@ -226,9 +226,9 @@ static void test_user_actions(void **state)
         bool force;
         bool kept;
     } cases[] = {
-        {SIM_ACTION_ERASE_ALL_CONTENT, true, true},  {SIM_ACTION_ERASE_ALL_CONTENT, false, false},
-        {SIM_ACTION_PASSCODE_WIPE, true, true},      {SIM_ACTION_PASSCODE_WIPE, false, false},
-        {SIM_ACTION_FINDMY_ERASE, true, false},      {SIM_ACTION_FINDMY_ERASE, false, false},
+        {SIM_ACTION_ERASE_ALL_CONTENT, true, true}, {SIM_ACTION_ERASE_ALL_CONTENT, false, false},
+        {SIM_ACTION_PASSCODE_WIPE, true, true},     {SIM_ACTION_PASSCODE_WIPE, false, false},
+        {SIM_ACTION_FINDMY_ERASE, true, false},     {SIM_ACTION_FINDMY_ERASE, false, false},
     };
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         d = device(20 + i, true, "18.1");
@@ -365,9 +365,10 @@ static void test_commands(void **state)
     sim_device_set_quirks(d, &qk);
 
     /* An unknown command: Error 12021; garbage: CommandFormatError. */
-    const char *unknown = "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>CommandUUID</key>"
-                          "<string>u-1</string><key>Command</key><dict><key>RequestType</key>"
-                          "<string>Teleport</string></dict></dict></plist>";
+    const char *unknown =
+        "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>CommandUUID</key>"
+        "<string>u-1</string><key>Command</key><dict><key>RequestType</key>"
+        "<string>Teleport</string></dict></dict></plist>";
     assert_int_equal(sim_device_handle_command(d, unknown, strlen(unknown), &o, &err), ESIM_OK);
     assert_int_equal(esim_msg_parse(o.result.data, o.result.len, NULL, &m, &err), ESIM_OK);
     assert_int_equal(m.status, ESIM_STATUS_ERROR);
@@ -402,10 +403,12 @@ static void test_mdm_signature(void **state)
     X509_STORE_add_cert(store, fx.pki->device_ca.x509);
     BIO *data = BIO_new_mem_buf(body, (int)strlen(body));
     /* Verifies against the device CA with no purpose required (SCEP identities carry no EKU). */
-    assert_int_equal(CMS_verify(cms, NULL, store, data, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY), 1);
+    assert_int_equal(
+        CMS_verify(cms, NULL, store, data, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY), 1);
     STACK_OF(X509) *signers = CMS_get0_signers(cms);
     char cn[80];
-    assert_int_equal(esim_cert_subject_field(sk_X509_value(signers, 0), NID_commonName, cn, sizeof cn), ESIM_OK);
+    assert_int_equal(
+        esim_cert_subject_field(sk_X509_value(signers, 0), NID_commonName, cn, sizeof cn), ESIM_OK);
     assert_string_equal(cn, sim_device_udid(d));
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     X509_STORE_CTX_init(ctx, store, sk_X509_value(signers, 0), NULL);
@@ -415,7 +418,8 @@ static void test_mdm_signature(void **state)
     BIO_free(data);
     /* A tampered body does not verify. */
     data = BIO_new_mem_buf("<plist>hellO</plist>", 20);
-    assert_int_not_equal(CMS_verify(cms, NULL, store, data, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY), 1);
+    assert_int_not_equal(
+        CMS_verify(cms, NULL, store, data, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY), 1);
     BIO_free(data);
     X509_STORE_free(store);
     CMS_ContentInfo_free(cms);

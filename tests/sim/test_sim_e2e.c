@@ -123,8 +123,19 @@ static int setup(void **state)
     snprintf(key, sizeof key, "%s/server.key", pki);
     snprintf(ca, sizeof ca, "%s/ca.pem", pki);
     snprintf(log, sizeof log, "%s/mock.log", fx.dir);
-    char *margv[] = {(char *)fx.bin, "apns-mock", "--listen", "127.0.0.1:0", "--tls-cert", cert,
-                     "--tls-key", key, "--client-ca", ca, "--delivery-listen", "127.0.0.1:0", NULL};
+    char *margv[] = {(char *)fx.bin,
+                     "apns-mock",
+                     "--listen",
+                     "127.0.0.1:0",
+                     "--tls-cert",
+                     cert,
+                     "--tls-key",
+                     key,
+                     "--client-ca",
+                     ca,
+                     "--delivery-listen",
+                     "127.0.0.1:0",
+                     NULL};
     int fd = -1;
     fx.mock = spawn(margv, &fd, log);
     char line[512];
@@ -149,9 +160,11 @@ static int setup(void **state)
     snprintf(pcert, sizeof pcert, "%s/push.pem", pki);
     snprintf(pkey, sizeof pkey, "%s/push.key", pki);
     snprintf(log, sizeof log, "%s/serve.log", fx.dir);
-    char *sargv[] = {(char *)fx.bin, "serve", "--listen", "127.0.0.1:0", "--port-file", portfile,
-                     "--data-dir", data, "--device-ca", dca, "--apns", apns, "--apns-cert", pcert,
-                     "--apns-key", pkey, "--apns-ca", ca, "--not-now-backoff", "1", NULL};
+    char *sargv[] = {
+        (char *)fx.bin,      "serve", "--listen",    "127.0.0.1:0", "--port-file", portfile,
+        "--data-dir",        data,    "--device-ca", dca,           "--apns",      apns,
+        "--apns-cert",       pcert,   "--apns-key",  pkey,          "--apns-ca",   ca,
+        "--not-now-backoff", "1",     NULL};
     fx.svc = spawn(sargv, NULL, log);
     esim_buf b = {0};
     if (fx.svc <= 0 || !wait_file(portfile, &b)) {
@@ -220,7 +233,8 @@ static char *enqueue(world *w, json_t *command)
     for (size_t i = 0; i < sim_devsim_device_count(w->ds); i++)
         json_array_append_new(udids, json_string(sim_device_udid(sim_devsim_device_at(w->ds, i))));
     long st;
-    json_t *r = api(w, "POST", "/v1/commands", json_pack("{s:o, s:o}", "udids", udids, "command", command), &st);
+    json_t *r = api(w, "POST", "/v1/commands",
+                    json_pack("{s:o, s:o}", "udids", udids, "command", command), &st);
     if (st != 200 && st != 201) {
         char *t = r ? json_dumps(r, 0) : NULL;
         fprintf(stderr, "enqueue answered %ld: %s\n", st, t ? t : "");
@@ -302,21 +316,31 @@ static void test_end_to_end(void **state)
     }
 
     /* A fifth of the phones are locked at first (NotNow), a tenth offline. */
-    sim_devsim_config dc = {.server_url = server, .apns_url = apns, .pki_dir = pki, .data_dir = data,
-                            .devices = N_DEVICES, .supervised_share = 1.0, .notnow_share = 0.2,
-                            .offline_share = 0.1, .seed = SEED, .notnow_ms = 1500, .offline_ms = 1500,
-                            .channel = "e2e", .status_listen = "127.0.0.1:0"};
+    sim_devsim_config dc = {.server_url = server,
+                            .apns_url = apns,
+                            .pki_dir = pki,
+                            .data_dir = data,
+                            .devices = N_DEVICES,
+                            .supervised_share = 1.0,
+                            .notnow_share = 0.2,
+                            .offline_share = 0.1,
+                            .seed = SEED,
+                            .notnow_ms = 1500,
+                            .offline_ms = 1500,
+                            .channel = "e2e",
+                            .status_listen = "127.0.0.1:0"};
     assert_int_equal(sim_devsim_new(w.base, &dc, &w.ds, &err), ESIM_OK);
     for (int i = 0; i < 300 && !all_enrolled(&w); i++)
         run_ms(&w, 100);
     assert_true(all_enrolled(&w));
 
-    char *c1 = enqueue(&w, json_pack("{s:s, s:s, s:{s:s, s:s}}", "request_type", "InstallProfile", "identifier",
-                                     "com.example.esim-policy", "restrictions", "esim_modification", "deny",
-                                     "preserve_esim_on_erase", "on"));
+    char *c1 = enqueue(&w, json_pack("{s:s, s:s, s:{s:s, s:s}}", "request_type", "InstallProfile",
+                                     "identifier", "com.example.esim-policy", "restrictions",
+                                     "esim_modification", "deny", "preserve_esim_on_erase", "on"));
     char esim_url[128];
     snprintf(esim_url, sizeof esim_url, "%s", sim_smdp_url(w.smdp));
-    char *c2 = enqueue(&w, json_pack("{s:s, s:s}", "request_type", "RefreshCellularPlans", "esim_server_url", esim_url));
+    char *c2 = enqueue(&w, json_pack("{s:s, s:s}", "request_type", "RefreshCellularPlans",
+                                     "esim_server_url", esim_url));
     char *c3 = enqueue(&w, json_pack("{s:s, s:[s]}", "request_type", "DeviceInformation", "queries",
                                      "ServiceSubscriptions"));
     assert_int_equal(wait_final(&w, c1), N_DEVICES);
@@ -368,7 +392,8 @@ static void test_end_to_end(void **state)
     /* The SM-DP+ admin view agrees: every order Installed exactly once. */
     snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(w.smdp));
     r = st_request(w.base, w.http, "GET", url, sim_pki_ca_file(p), NULL, NULL, 0, &st);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Installed")), N_DEVICES);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Installed")),
+                     N_DEVICES);
     json_decref(r);
 
     /* Restart the simulator on the same data directory: the phones keep

@@ -81,7 +81,8 @@ static void test_identity_and_certificate(void **state)
     (void)state;
     sim_euicc *e = NULL;
     esim_error err;
-    assert_int_equal(sim_euicc_new(fx.pki, "89049032000000000000000000000000", &e, &err), ESIM_EINVAL);
+    assert_int_equal(sim_euicc_new(fx.pki, "89049032000000000000000000000000", &e, &err),
+                     ESIM_EINVAL);
     assert_null(e);
     assert_int_equal(sim_euicc_new(fx.pki, "12345", &e, &err), ESIM_EINVAL);
     e = new_euicc(1);
@@ -91,16 +92,19 @@ static void test_identity_and_certificate(void **state)
     X509 *eum = sim_x509_from_b64((const char *)eb.data, NULL);
     assert_non_null(cert);
     char serial[64];
-    assert_int_equal(esim_cert_subject_field(cert, NID_serialNumber, serial, sizeof serial), ESIM_OK);
+    assert_int_equal(esim_cert_subject_field(cert, NID_serialNumber, serial, sizeof serial),
+                     ESIM_OK);
     assert_string_equal(serial, sim_euicc_eid(e));
     /* CI -> EUM -> eUICC, P-256, and the key inside matches the certificate. */
     assert_int_equal(sim_chain_verify(fx.pki->ci.x509, eum, cert, &err), ESIM_OK);
     assert_int_equal(EVP_PKEY_get_base_id(X509_get0_pubkey(cert)), EVP_PKEY_EC);
     unsigned char sig[64];
     assert_int_equal(sim_euicc_sign(e, "abc", 3, sig, NULL), ESIM_OK);
-    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL), ESIM_OK);
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL),
+                     ESIM_OK);
     sig[10] ^= 1;
-    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL), ESIM_ECRYPTO);
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(cert), "abc", 3, sig, 64, NULL),
+                     ESIM_ECRYPTO);
     X509_free(cert);
     X509_free(eum);
     esim_buf_free(&cb);
@@ -144,7 +148,8 @@ static void test_enable_disable_delete(void **state)
 {
     (void)state;
     sim_euicc *e = new_euicc(3);
-    sim_profile a = profile(10, SIM_CLASS_OPERATIONAL, 0), b = profile(11, SIM_CLASS_OPERATIONAL, 0);
+    sim_profile a = profile(10, SIM_CLASS_OPERATIONAL, 0),
+                b = profile(11, SIM_CLASS_OPERATIONAL, 0);
     install(e, &a);
     install(e, &b);
     char unknown[21];
@@ -233,7 +238,8 @@ static void test_notifications(void **state)
     assert_int_equal(sim_euicc_disable(e, a.iccid), SIM_RES_OK);
     assert_int_equal(sim_euicc_delete(e, a.iccid), SIM_RES_OK);
     assert_int_equal(sim_euicc_notification_count(e), 4);
-    sim_notif_event want[] = {SIM_NOTIF_INSTALL, SIM_NOTIF_ENABLE, SIM_NOTIF_DISABLE, SIM_NOTIF_DELETE};
+    sim_notif_event want[] = {SIM_NOTIF_INSTALL, SIM_NOTIF_ENABLE, SIM_NOTIF_DISABLE,
+                              SIM_NOTIF_DELETE};
     for (size_t i = 0; i < 4; i++) {
         assert_int_equal(sim_euicc_notification_at(e, i)->seq, i + 1);
         assert_int_equal(sim_euicc_notification_at(e, i)->event, want[i]);
@@ -249,7 +255,8 @@ static void test_notifications(void **state)
     install(e, &b);
     assert_int_equal(last_notif(e)->seq, 5);
     assert_string_equal(sim_notif_event_name(SIM_NOTIF_DELETE), "delete");
-    assert_string_equal(sim_result_name(SIM_RES_PROFILE_NOT_IN_DISABLED_STATE), "profileNotInDisabledState");
+    assert_string_equal(sim_result_name(SIM_RES_PROFILE_NOT_IN_DISABLED_STATE),
+                        "profileNotInDisabledState");
     sim_euicc_free(e);
 }
 
@@ -257,7 +264,8 @@ static void test_persistence(void **state)
 {
     (void)state;
     sim_euicc *e = new_euicc(7);
-    sim_profile a = profile(50, SIM_CLASS_OPERATIONAL, SIM_PPR2), b = profile(51, SIM_CLASS_TEST, 0);
+    sim_profile a = profile(50, SIM_CLASS_OPERATIONAL, SIM_PPR2),
+                b = profile(51, SIM_CLASS_TEST, 0);
     snprintf(a.nickname, sizeof a.nickname, "Work line");
     install(e, &a);
     install(e, &b);

@@ -90,7 +90,8 @@ static void order(const sim_euicc *e, unsigned n, const char *mid, bool released
     char iccid[21];
     st_iccid(n, iccid);
     esim_error err;
-    assert_int_equal(sim_smdp_add_order(fx.smdp, sim_euicc_eid(e), iccid, mid, released, &err), ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, sim_euicc_eid(e), iccid, mid, released, &err),
+                     ESIM_OK);
 }
 
 typedef struct {
@@ -130,7 +131,8 @@ static void nt_cb(void *arg, size_t still)
 static size_t send_notifications(sim_euicc *e)
 {
     nt_wait w = {0};
-    assert_int_equal(sim_lpa_send_notifications(fx.http, e, sim_pki_ca_file(fx.pki), nt_cb, &w, NULL), ESIM_OK);
+    assert_int_equal(
+        sim_lpa_send_notifications(fx.http, e, sim_pki_ca_file(fx.pki), nt_cb, &w, NULL), ESIM_OK);
     st_run_until(fx.base, &w.done);
     return w.still;
 }
@@ -211,7 +213,8 @@ static void test_foreign_ci(void **state)
     (void)state;
     /* An eUICC whose EUM comes from another CI: the SM-DP+ refuses it. */
     sim_euicc *e = euicc(fx.pki, 300);
-    assert_int_equal(sim_euicc_reissue(e, &fx.other_pki->eum, fx.other_pki->eum.x509, NULL), ESIM_OK);
+    assert_int_equal(sim_euicc_reissue(e, &fx.other_pki->eum, fx.other_pki->eum.x509, NULL),
+                     ESIM_OK);
     order(e, 300, NULL, true);
     sim_download_result r = download(e, NULL, sim_pki_ca_file(fx.pki));
     assert_int_equal(r.err, ESIM_EAUTH);
@@ -229,10 +232,12 @@ static void test_foreign_ci(void **state)
     sim_euicc *good = euicc(fx.pki, 301);
     char iccid2[21];
     st_iccid(301, iccid2);
-    assert_int_equal(sim_smdp_add_order(rogue, sim_euicc_eid(good), iccid2, NULL, true, NULL), ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(rogue, sim_euicc_eid(good), iccid2, NULL, true, NULL),
+                     ESIM_OK);
     dl_wait w = {0};
-    assert_int_equal(sim_lpa_download(fx.http, good, sim_smdp_url(rogue), sim_pki_ca_file(fx.other_pki),
-                                      NULL, dl_cb, &w, NULL), ESIM_OK);
+    assert_int_equal(sim_lpa_download(fx.http, good, sim_smdp_url(rogue),
+                                      sim_pki_ca_file(fx.other_pki), NULL, dl_cb, &w, NULL),
+                     ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_int_equal(w.r.err, ESIM_ECRYPTO);
     assert_non_null(strstr(w.r.message, "CI"));
@@ -248,8 +253,10 @@ static json_t *es9(const char *fn, json_t *body, long *status)
 {
     char url[256];
     snprintf(url, sizeof url, "%s%s", fx.es9, fn);
-    static const char *const h[] = {"Content-Type: application/json", "X-Admin-Protocol: gsma/rsp/v2.2.0"};
-    json_t *r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, h, 2, status);
+    static const char *const h[] = {"Content-Type: application/json",
+                                    "X-Admin-Protocol: gsma/rsp/v2.2.0"};
+    json_t *r =
+        st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, h, 2, status);
     json_decref(body);
     return r;
 }
@@ -261,7 +268,8 @@ static const char *status_of(json_t *r, char *buf, size_t n)
     if (!scd)
         snprintf(buf, n, "%s", sim_json_str(st, "status") ? sim_json_str(st, "status") : "?");
     else
-        snprintf(buf, n, "%s/%s", sim_json_str(scd, "subjectCode"), sim_json_str(scd, "reasonCode"));
+        snprintf(buf, n, "%s/%s", sim_json_str(scd, "subjectCode"),
+                 sim_json_str(scd, "reasonCode"));
     return buf;
 }
 
@@ -327,7 +335,8 @@ static void test_forged_signature(void **state)
     char txid[64];
     snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
     /* The attacker presents the victim's certificate but can only sign with its own key. */
-    json_t *r = es9("authenticateClient", auth_body(txid, server_challenge(init, sc), attacker, victim), NULL);
+    json_t *r = es9("authenticateClient",
+                    auth_body(txid, server_challenge(init, sc), attacker, victim), NULL);
     assert_string_equal(status_of(r, buf, sizeof buf), "8.1/6.1");
     json_decref(r);
     json_decref(init);
@@ -441,7 +450,8 @@ static void test_admin_and_csv(void **state)
     snprintf(url, sizeof url, "%s/admin/orders", fx.url);
     long st;
     json_t *body = json_pack("{s:s, s:s, s:b}", "eid", eid, "iccid", iccid, "released", 0);
-    json_t *r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    json_t *r =
+        st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
     assert_int_equal(st, 201);
     assert_string_equal(sim_json_str(r, "state"), "Available");
     json_decref(r);
@@ -472,7 +482,8 @@ static void test_admin_and_csv(void **state)
     st_eid(702, e2);
     st_iccid(701, i1);
     st_iccid(702, i2);
-    snprintf(csv, sizeof csv, "eid,iccid,matching_id\n%s,%s\n%s,%s,MATCH-1\n%s,12345\n", e1, i1, e2, i2, e1);
+    snprintf(csv, sizeof csv, "eid,iccid,matching_id\n%s,%s\n%s,%s,MATCH-1\n%s,12345\n", e1, i1, e2,
+             i2, e1);
     assert_int_equal(esim_write_file_atomic(path, csv, strlen(csv), 0644, NULL), ESIM_OK);
     size_t added = 99;
     esim_error err;
@@ -490,7 +501,8 @@ static void test_admin_and_csv(void **state)
     r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
     assert_int_equal(st, 200);
     assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Released")), 3);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Released")),
+                     3);
     assert_int_equal(json_array_size(json_object_get(r, "orders")), 3);
     json_decref(r);
 }
@@ -507,7 +519,8 @@ static void test_admin_token_and_persistence(void **state)
     char url[200];
     snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(s));
     long st;
-    json_t *r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    json_t *r =
+        st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
     assert_int_equal(st, 401);
     json_decref(r);
     static const char *const auth[] = {"Authorization: Bearer sekret"};
@@ -520,7 +533,9 @@ static void test_admin_token_and_persistence(void **state)
     st_iccid(800, iccid);
     assert_int_equal(sim_smdp_add_order(s, sim_euicc_eid(e), iccid, NULL, true, &err), ESIM_OK);
     dl_wait w = {0};
-    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL, dl_cb, &w, NULL), ESIM_OK);
+    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL,
+                                      dl_cb, &w, NULL),
+                     ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_int_equal(w.r.err, ESIM_OK);
     sim_smdp_free(s); /* flushes */
@@ -532,7 +547,9 @@ static void test_admin_token_and_persistence(void **state)
     assert_int_equal(sim_smdp_find_order(s, iccid)->downloads, 1);
     /* Still consumed after the restart. */
     w.done = false;
-    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL, dl_cb, &w, NULL), ESIM_OK);
+    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL,
+                                      dl_cb, &w, NULL),
+                     ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_string_equal(w.r.reason_code, "3.7");
     sim_smdp_free(s);
