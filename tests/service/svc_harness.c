@@ -182,6 +182,12 @@ static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, co
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    if (d->ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, d->ca_file);
+    if (d->client_cert) {
+        curl_easy_setopt(c, CURLOPT_SSLCERT, d->client_cert);
+        curl_easy_setopt(c, CURLOPT_SSLKEY, d->client_key);
+    }
     CURLcode res = curl_easy_perform(c);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
@@ -254,6 +260,13 @@ long device_result(test_device *d, esim_status st, const char *uuid, esim_cmd_pa
 
 /* ---- API helpers ---------------------------------------------------------------------- */
 
+static const char *api_ca;
+
+void harness_set_api_ca(const char *ca_file)
+{
+    api_ca = ca_file;
+}
+
 long api_call(const char *base_url, const char *token, const char *method, const char *path,
               const char *body, const char *content_type, json_t **out)
 {
@@ -276,6 +289,8 @@ long api_call(const char *base_url, const char *token, const char *method, const
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    if (api_ca)
+        curl_easy_setopt(c, CURLOPT_CAINFO, api_ca);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));

@@ -61,6 +61,8 @@ typedef struct {
     sign_mode sign;
     CURL *conn;          /* one connection; device_reconnect() makes a new one */
     const char *base_url;
+    /* HTTPS: the CA to trust, and (mTLS) the client certificate and key. */
+    const char *ca_file, *client_cert, *client_key;
 } test_device;
 
 /* A device with an identity certificate issued by the test device CA. */
@@ -87,6 +89,9 @@ long device_result(test_device *d, esim_status st, const char *uuid, esim_cmd_pa
 long device_result_ex(test_device *d, esim_status st, const char *uuid,
                       const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
                       esim_cmd_parsed *next);
+
+/* The CA the API helpers trust for https:// services (NULL: none). */
+void harness_set_api_ca(const char *ca_file);
 
 /* JSON API: returns the status; *out (may be NULL) gets the parsed reply. */
 long api_call(const char *base_url, const char *token, const char *method, const char *path,

@@ -459,6 +459,66 @@ static void test_raw_enqueue_eid_and_result_hook(void **state)
     stop(f);
 }
 
+/* mTLS: the identity is the TLS client certificate, bound at Authenticate. */
+static void test_mtls_identity(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320], cert[400], key[400], ca[400];
+    harness_config(&env, "mtls-cfg", &cfg, dir);
+    snprintf(cert, sizeof cert, "%s/server.pem", env.pki);
+    snprintf(key, sizeof key, "%s/server.key", env.pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
+    cfg.tls_cert_path = cert;
+    cfg.tls_key_path = key;
+    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    fixture *f = start("mtls", &cfg);
+    assert_memory_equal(f->ts.url, "https://", 8);
+    harness_set_api_ca(ca);
+    char id_cert[400], id_key[400], other_cert[400], other_key[400];
+    snprintf(id_cert, sizeof id_cert, "%s/mtls-dev.pem", env.dir);
+    snprintf(id_key, sizeof id_key, "%s/mtls-dev.key", env.dir);
+    assert_int_equal(esim_cert_save(&f->dev.identity, id_cert, id_key, NULL), ESIM_OK);
+    test_device other;
+    device_new(&other, &env, "00008110-MTLSOTHER0000001", f->ts.url);
+    snprintf(other_cert, sizeof other_cert, "%s/mtls-other.pem", env.dir);
+    snprintf(other_key, sizeof other_key, "%s/mtls-other.key", env.dir);
+    assert_int_equal(esim_cert_save(&other.identity, other_cert, other_key, NULL), ESIM_OK);
+
+    f->dev.sign = SIGN_NONE;
+    f->dev.ca_file = ca;
+    /* No client certificate: 401. */
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL), ESIM_OK);
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 401);
+    device_reconnect(&f->dev);
+    f->dev.client_cert = id_cert;
+    f->dev.client_key = id_key;
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    /* Another device's certificate on this UDID: 403, nothing delivered. */
+    device_reconnect(&f->dev);
+    f->dev.client_cert = other_cert;
+    f->dev.client_key = other_key;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 403);
+    char st[32];
+    api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued");
+    device_reconnect(&f->dev);
+    f->dev.client_cert = id_cert;
+    f->dev.client_key = id_key;
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    esim_buf_free(&idle);
+    device_free(&other);
+    stop(f);
+    harness_set_api_ca(NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -471,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_limits_and_malformed_bodies),
         cmocka_unit_test(test_checkout_closes_queue),
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
+        cmocka_unit_test(test_mtls_identity),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
