@@ -449,6 +449,7 @@ static void test_push_through_apns_mock(void **state)
     cfg.apns_cert_path = push_cert;
     cfg.apns_key_path = push_key;
     cfg.apns_ca_path = ca;
+    cfg.not_now_backoff_ms = 200;
     harness_start(&ts, &cfg);
 
     char u1[65], u2[65];
@@ -483,6 +484,23 @@ static void test_push_through_apns_mock(void **state)
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", body, "", NULL, &r), 200);
     assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(r, "devices"), u1), "push")), "sent");
     json_decref(r);
+    /* NotNow: the device is pushed again after the back-off, by itself. */
+    long accepted = api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}");
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&d2, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, uuid);
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(device_result(&d2, ESIM_STATUS_NOT_NOW, uuid, NULL), 200);
+    for (int i = 0; i < 100; i++) {
+        api_entry_state(ts.url, uuid, u2, st, NULL, NULL);
+        if (strcmp(st, "pushed") == 0)
+            break;
+        usleep(50 * 1000);
+    }
+    assert_string_equal(st, "pushed");
+    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == accepted; i++)
+        usleep(20 * 1000);
+    assert_true(api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") > accepted);
     device_free(&d1);
     device_free(&d2);
     harness_stop(&ts);
