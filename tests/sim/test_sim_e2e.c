@@ -27,6 +27,7 @@ static struct {
     const char *bin;
     pid_t mock, svc;
     int mock_tls, mock_delivery, svc_port;
+    bool mtls; /* the running service wants TLS client certificates */
     char token[128];
 } fx;
 
@@ -152,19 +153,39 @@ static int setup(void **state)
         return -1;
     }
 
+    return 0;
+}
+
+/* Starts `esim-mdm serve` for one scenario: Mdm-Signature over HTTP, or
+ * TLS with device identity by client certificate (mtls). */
+static int start_service(bool mtls)
+{
+    char pki[600], ca[700], cert[700], key[700], log[700];
+    snprintf(pki, sizeof pki, "%s/pki", fx.dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", pki);
+    snprintf(cert, sizeof cert, "%s/server.pem", pki);
+    snprintf(key, sizeof key, "%s/server.key", pki);
     char portfile[700], data[700], dca[700], apns[64], pcert[700], pkey[700];
-    snprintf(portfile, sizeof portfile, "%s/svc.port", fx.dir);
-    snprintf(data, sizeof data, "%s/svc", fx.dir);
+    snprintf(portfile, sizeof portfile, "%s/svc-%d.port", fx.dir, (int)mtls);
+    snprintf(data, sizeof data, "%s/svc-%d", fx.dir, (int)mtls);
     snprintf(dca, sizeof dca, "%s/device-ca.pem", pki);
     snprintf(apns, sizeof apns, "https://127.0.0.1:%d", fx.mock_tls);
     snprintf(pcert, sizeof pcert, "%s/push.pem", pki);
     snprintf(pkey, sizeof pkey, "%s/push.key", pki);
-    snprintf(log, sizeof log, "%s/serve.log", fx.dir);
-    char *sargv[] = {
+    snprintf(log, sizeof log, "%s/serve-%d.log", fx.dir, (int)mtls);
+    char *sargv[32] = {
         (char *)fx.bin,      "serve", "--listen",    "127.0.0.1:0", "--port-file", portfile,
         "--data-dir",        data,    "--device-ca", dca,           "--apns",      apns,
         "--apns-cert",       pcert,   "--apns-key",  pkey,          "--apns-ca",   ca,
-        "--not-now-backoff", "1",     NULL};
+        "--not-now-backoff", "1"};
+    size_t n = 20;
+    if (mtls) {
+        const char *more[] = {"--tls-cert", cert, "--tls-key", key, "--device-auth", "mtls"};
+        for (size_t i = 0; i < 6; i++)
+            sargv[n++] = (char *)more[i];
+    }
+    sargv[n] = NULL;
+    fx.mtls = mtls;
     fx.svc = spawn(sargv, NULL, log);
     esim_buf b = {0};
     if (fx.svc <= 0 || !wait_file(portfile, &b)) {
@@ -176,18 +197,37 @@ static int setup(void **state)
     char tokfile[760];
     snprintf(tokfile, sizeof tokfile, "%s/api-token", data);
     bool tok = wait_file(tokfile, &b);
-    size_t n = b.len;
-    while (n > 0 && (b.data[n - 1] == '\n' || b.data[n - 1] == '\r'))
-        n--;
-    snprintf(fx.token, sizeof fx.token, "%.*s", (int)n, (const char *)b.data);
+    size_t len = b.len;
+    while (len > 0 && (b.data[len - 1] == '\n' || b.data[len - 1] == '\r'))
+        len--;
+    snprintf(fx.token, sizeof fx.token, "%.*s", (int)len, (const char *)b.data);
     esim_buf_free(&b);
     return tok && fx.svc_port > 0 ? 0 : -1;
+}
+
+static int start_signature(void **state)
+{
+    (void)state;
+    return start_service(false);
+}
+
+static int start_mtls(void **state)
+{
+    (void)state;
+    return start_service(true);
+}
+
+static int stop_service(void **state)
+{
+    (void)state;
+    stop(fx.svc);
+    fx.svc = 0;
+    return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    stop(fx.svc);
     stop(fx.mock);
     st_rmrf(fx.dir);
     free(fx.dir);
@@ -219,10 +259,12 @@ static void run_ms(world *w, int ms)
 static json_t *api(world *w, const char *method, const char *path, json_t *body, long *status)
 {
     char url[512], auth[200];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fx.svc_port, path);
+    char ca[700];
+    snprintf(url, sizeof url, "%s://127.0.0.1:%d%s", fx.mtls ? "https" : "http", fx.svc_port, path);
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", fx.token);
+    snprintf(ca, sizeof ca, "%s/pki/ca.pem", fx.dir);
     const char *h[] = {auth, "Content-Type: application/json"};
-    json_t *r = st_request(w->base, w->http, method, url, NULL, body, h, 2, status);
+    json_t *r = st_request(w->base, w->http, method, url, fx.mtls ? ca : NULL, body, h, 2, status);
     json_decref(body);
     return r;
 }
@@ -274,7 +316,8 @@ static size_t wait_final(world *w, const char *uuid)
             }
         }
         size_t total = json_object_size(devs);
-        if (total == N_DEVICES && final == N_DEVICES) {
+        size_t want = sim_devsim_device_count(w->ds);
+        if (total == want && final == want) {
             json_decref(r);
             return acked;
         }
@@ -426,11 +469,72 @@ static void test_end_to_end(void **state)
     event_base_free(w.base);
 }
 
+/* Identity by TLS client certificate: the service on HTTPS asks each phone
+ * for its identity certificate on its own connection. */
+static void test_mtls(void **state)
+{
+    (void)state;
+    world w = {0};
+    w.base = event_base_new();
+    assert_int_equal(sim_http_new(w.base, &w.http, NULL), ESIM_OK);
+    char pki[600], data[600], apns[64], server[64];
+    snprintf(pki, sizeof pki, "%s/pki", fx.dir);
+    snprintf(data, sizeof data, "%s/devsim-mtls", fx.dir);
+    snprintf(apns, sizeof apns, "http://127.0.0.1:%d", fx.mock_delivery);
+    snprintf(server, sizeof server, "https://127.0.0.1:%d", fx.svc_port);
+    sim_pki *p = NULL;
+    assert_int_equal(sim_pki_open(pki, &p, NULL), ESIM_OK);
+    esim_error err;
+    sim_smdp_config sc = {.pki = p};
+    assert_int_equal(sim_smdp_new(w.base, &sc, &w.smdp, &err), ESIM_OK);
+    enum { N = 5, MSEED = 777 };
+    for (unsigned i = 0; i < N; i++) {
+        char udid[65], eid[33], iccid[21];
+        sim_devsim_identity(MSEED, i, udid, eid);
+        st_iccid(7000 + i, iccid);
+        assert_int_equal(sim_smdp_add_order(w.smdp, eid, iccid, NULL, true, &err), ESIM_OK);
+    }
+    sim_devsim_config dc = {.server_url = server,
+                            .apns_url = apns,
+                            .pki_dir = pki,
+                            .data_dir = data,
+                            .devices = N,
+                            .supervised_share = 1.0,
+                            .seed = MSEED,
+                            .channel = "mtls",
+                            .tls_client_auth = true};
+    assert_int_equal(sim_devsim_new(w.base, &dc, &w.ds, &err), ESIM_OK);
+    for (int i = 0; i < 300 && !all_enrolled(&w); i++)
+        run_ms(&w, 100);
+    assert_true(all_enrolled(&w));
+    char esim_url[128];
+    snprintf(esim_url, sizeof esim_url, "%s", sim_smdp_url(w.smdp));
+    char *c1 = enqueue(&w, json_pack("{s:s, s:s}", "request_type", "RefreshCellularPlans",
+                                     "esim_server_url", esim_url));
+    assert_int_equal(wait_final(&w, c1), N);
+    for (unsigned i = 0; i < N; i++) {
+        char iccid[21];
+        st_iccid(7000 + i, iccid);
+        const sim_profile *en =
+            sim_euicc_enabled(sim_device_euicc_const(sim_devsim_device_at(w.ds, i)));
+        assert_non_null(en);
+        assert_string_equal(en->iccid, iccid);
+        assert_int_equal(sim_smdp_find_order(w.smdp, iccid)->state, SIM_ORDER_INSTALLED);
+    }
+    free(c1);
+    sim_devsim_free(w.ds);
+    sim_smdp_free(w.smdp);
+    sim_http_free(w.http);
+    sim_pki_free(p);
+    event_base_free(w.base);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_end_to_end),
+        cmocka_unit_test_setup_teardown(test_end_to_end, start_signature, stop_service),
+        cmocka_unit_test_setup_teardown(test_mtls, start_mtls, stop_service),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
