@@ -185,39 +185,12 @@ static const char check_help[] =
 
 /* ---- option parsing ---------------------------------------------------------- */
 
-/*
- * Matches argv[*i] against --name (a flag) or --name VALUE / --name=VALUE.
- * Returns 1 on a match (*value set for valued options, *i advanced past a
- * separate value), 0 when it is another option, -1 when the value is missing.
- */
-static int match_option(int argc, char **argv, int *i, const char *name, bool takes_value,
-                        const char **value)
-{
-    const char *arg = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(arg, name, n) != 0)
-        return 0;
-    if (arg[n] == '\0') {
-        if (!takes_value)
-            return 1;
-        if (*i + 1 >= argc)
-            return -1;
-        *value = argv[++*i];
-        return 1;
-    }
-    if (arg[n] == '=' && takes_value) {
-        *value = arg + n + 1;
-        return 1;
-    }
-    return 0;
-}
-
 /* Options every command kind accepts. Returns 1 when argv[*i] was one of
  * them, 0 when not, or an exit status (2) after reporting a problem. */
 static int match_common(const char *kind, int argc, char **argv, int *i, esim_cmd_opts *opts)
 {
     const char *value = NULL;
-    int m = match_option(argc, argv, i, "--uuid", true, &value);
+    int m = cli_match_option(argc, argv, i, "--uuid", true, &value);
     if (m < 0)
         return cli_usage_error("compose %s: --uuid needs a value, such as "
                                "0f8fad5b-d9cb-469f-a165-70867728950e",
@@ -226,11 +199,11 @@ static int match_common(const char *kind, int argc, char **argv, int *i, esim_cm
         opts->command_uuid = value;
         return 1;
     }
-    if (match_option(argc, argv, i, "--binary", false, NULL) > 0) {
+    if (cli_match_option(argc, argv, i, "--binary", false, NULL) > 0) {
         opts->format = ESIM_PLIST_BINARY;
         return 1;
     }
-    if (match_option(argc, argv, i, "--network-tether", false, NULL) > 0) {
+    if (cli_match_option(argc, argv, i, "--network-tether", false, NULL) > 0) {
         opts->request_requires_network_tether = true;
         return 1;
     }
@@ -332,7 +305,7 @@ static int compose_refresh_plans(int argc, char **argv)
             return m;
         if (m == 1)
             continue;
-        if ((m = match_option(argc, argv, &i, "--server-url", true, &url)) < 0)
+        if ((m = cli_match_option(argc, argv, &i, "--server-url", true, &url)) < 0)
             return missing_value(kind, "--server-url");
         if (m == 0)
             return unknown_option(kind, argv[i]);
@@ -378,13 +351,13 @@ static int compose_erase(int argc, char **argv)
                      {"--return-to-service", &erase.return_to_service}};
         bool matched = false;
         for (size_t k = 0; !matched && k < sizeof valued / sizeof valued[0]; k++) {
-            m = match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
+            m = cli_match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
             if (m < 0)
                 return missing_value(kind, valued[k].name);
             matched = m > 0;
         }
         for (size_t k = 0; !matched && k < sizeof flags / sizeof flags[0]; k++) {
-            if (match_option(argc, argv, &i, flags[k].name, false, NULL) > 0) {
+            if (cli_match_option(argc, argv, &i, flags[k].name, false, NULL) > 0) {
                 *flags[k].flag = true;
                 matched = true;
             }
@@ -438,7 +411,7 @@ static int compose_install_profile(int argc, char **argv)
         } valued[] = {{"--file", &path}, {"--sign-cert", &cert_path}, {"--sign-key", &key_path}};
         bool matched = false;
         for (size_t k = 0; !matched && k < sizeof valued / sizeof valued[0]; k++) {
-            m = match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
+            m = cli_match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
             if (m < 0)
                 return missing_value(kind, valued[k].name);
             matched = m > 0;
@@ -492,7 +465,7 @@ static int compose_remove_profile(int argc, char **argv)
             return m;
         if (m == 1)
             continue;
-        if ((m = match_option(argc, argv, &i, "--identifier", true, &identifier)) < 0)
+        if ((m = cli_match_option(argc, argv, &i, "--identifier", true, &identifier)) < 0)
             return missing_value(kind, "--identifier");
         if (m == 0)
             return unknown_option(kind, argv[i]);
@@ -520,7 +493,7 @@ static int compose_profile_list(int argc, char **argv)
             return m;
         if (m == 1)
             continue;
-        if (match_option(argc, argv, &i, "--managed-only", false, NULL) > 0)
+        if (cli_match_option(argc, argv, &i, "--managed-only", false, NULL) > 0)
             managed_only = true;
         else
             return unknown_option(kind, argv[i]);
@@ -547,7 +520,7 @@ static int compose_device_information(int argc, char **argv)
         if (m == 1)
             continue;
         const char *q = NULL;
-        if ((m = match_option(argc, argv, &i, "--query", true, &q)) < 0)
+        if ((m = cli_match_option(argc, argv, &i, "--query", true, &q)) < 0)
             return missing_value(kind, "--query");
         if (m == 0)
             return unknown_option(kind, argv[i]);

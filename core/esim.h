@@ -82,7 +82,7 @@ esim_err esim_buf_reserve(esim_buf *b, size_t extra);              /* room for |
 esim_err esim_buf_append(esim_buf *b, const void *data, size_t len);
 esim_err esim_buf_append_str(esim_buf *b, const char *s);
 esim_err esim_buf_printf(esim_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-esim_err esim_buf_vprintf(esim_buf *b, const char *fmt, va_list ap);
+esim_err esim_buf_vprintf(esim_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 void esim_buf_reset(esim_buf *b);                                  /* len = 0, keeps memory */
 /* Hands the bytes to the caller (free() them); |b| is left empty. */
 unsigned char *esim_buf_steal(esim_buf *b, size_t *len);
