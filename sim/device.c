@@ -131,6 +131,21 @@ const char *sim_device_os_version(const sim_device *d)
 {
     return d->os_version;
 }
+
+const char *sim_device_serial(const sim_device *d)
+{
+    return d->serial;
+}
+
+const char *sim_device_imei(const sim_device *d)
+{
+    return d->imei;
+}
+
+const char *sim_device_product_name(const sim_device *d)
+{
+    return d->product_name;
+}
 bool sim_device_supervised(const sim_device *d)
 {
     return d->supervised;

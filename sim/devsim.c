@@ -281,14 +281,13 @@ static void enroll_start(sim_devsim *s, size_t i)
     sim_device *d = sl->dev;
     if (sl->flags & F_BUSY)
         return;
-    char serial[32];
-    snprintf(serial, sizeof serial, "%.31s", sim_device_udid(d) + 9);
     esim_authenticate_info info = {.udid = sim_device_udid(d),
                                    .topic = sim_pki_topic(s->pki),
                                    .os_version = sim_device_os_version(d),
                                    .build_version = "22B83",
-                                   .product_name = "iPhone16,1",
-                                   .serial_number = serial,
+                                   .product_name = sim_device_product_name(d),
+                                   .serial_number = sim_device_serial(d),
+                                   .imei = sim_device_imei(d),
                                    .device_name = "Simulated iPhone",
                                    .model = "MTUW3LL/A"};
     esim_buf body = {0};

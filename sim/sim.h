@@ -325,6 +325,9 @@ void sim_device_free(sim_device *d);
 
 const char *sim_device_udid(const sim_device *d);
 const char *sim_device_os_version(const sim_device *d);
+const char *sim_device_serial(const sim_device *d);
+const char *sim_device_imei(const sim_device *d);
+const char *sim_device_product_name(const sim_device *d);
 bool sim_device_supervised(const sim_device *d);
 bool sim_device_enrolled(const sim_device *d);
 sim_euicc *sim_device_euicc(sim_device *d);
