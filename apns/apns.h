@@ -165,18 +165,18 @@ const char *apns_outcome_name(apns_outcome o);
  * callback; copy what you keep. */
 typedef struct {
     apns_outcome outcome;
-    const char *token;      /* the device token (lowercase hex) */
-    const char *apns_id;    /* APNs' apns-id when it answered, else the one
-                               given in apns_push, else ""; never NULL */
-    int status;             /* last HTTP status, 0 if none was received */
-    const char *reason;     /* APNs reason ("Unregistered"), or for
-                               UNREACHABLE/CANCELED/RETRY without a status
-                               a sentence from us; "" when accepted. Never NULL */
-    int64_t timestamp_ms;   /* 410: when APNs learned the token was dead
-                               (ms since epoch); else 0 */
-    int attempts;           /* times the request was sent (0 if never) */
-    int64_t latency_ms;     /* apns_client_push() to this result */
-    void *user_data;        /* apns_push.user_data */
+    const char *token;    /* the device token (lowercase hex) */
+    const char *apns_id;  /* APNs' apns-id when it answered, else the one
+                             given in apns_push, else ""; never NULL */
+    int status;           /* last HTTP status, 0 if none was received */
+    const char *reason;   /* APNs reason ("Unregistered"), or for
+                             UNREACHABLE/CANCELED/RETRY without a status
+                             a sentence from us; "" when accepted. Never NULL */
+    int64_t timestamp_ms; /* 410: when APNs learned the token was dead
+                             (ms since epoch); else 0 */
+    int attempts;         /* times the request was sent (0 if never) */
+    int64_t latency_ms;   /* apns_client_push() to this result */
+    void *user_data;      /* apns_push.user_data */
 } apns_result;
 
 /* Called once per push, from inside the event loop. The callback may call
@@ -248,8 +248,8 @@ size_t apns_client_pending(const apns_client *c);
 extern const int apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1];
 
 typedef struct {
-    uint64_t pushed;           /* apns_client_push() calls that returned OK */
-    uint64_t sent;             /* requests written (a retry counts again) */
+    uint64_t pushed; /* apns_client_push() calls that returned OK */
+    uint64_t sent;   /* requests written (a retry counts again) */
     uint64_t accepted;
     uint64_t token_dead;
     uint64_t rejected;
@@ -257,21 +257,21 @@ typedef struct {
     uint64_t credential_failed;
     uint64_t unreachable;
     uint64_t canceled;
-    uint64_t retries;          /* re-sends scheduled after retryable failures */
+    uint64_t retries; /* re-sends scheduled after retryable failures */
     uint64_t status_429;
     uint64_t status_5xx;
-    uint64_t refused_streams;  /* REFUSED_STREAM and GOAWAY-skipped streams */
-    uint64_t lost_in_flight;   /* streams lost with their connection */
-    uint64_t in_flight;        /* now */
-    uint64_t queued;           /* now: waiting for a stream or a retry */
-    uint64_t connections;      /* open now (ready for streams) */
-    uint64_t connects;         /* connections that got ready, ever */
+    uint64_t refused_streams; /* REFUSED_STREAM and GOAWAY-skipped streams */
+    uint64_t lost_in_flight;  /* streams lost with their connection */
+    uint64_t in_flight;       /* now */
+    uint64_t queued;          /* now: waiting for a stream or a retry */
+    uint64_t connections;     /* open now (ready for streams) */
+    uint64_t connects;        /* connections that got ready, ever */
     uint64_t connect_failures;
-    uint64_t goaways;          /* GOAWAY frames received */
+    uint64_t goaways; /* GOAWAY frames received */
     uint64_t pings_sent;
     uint64_t ping_timeouts;
-    uint64_t rollovers;        /* connections retired as stream ids ran out */
-    uint64_t jwt_issued;       /* provider tokens signed */
+    uint64_t rollovers;                     /* connections retired as stream ids ran out */
+    uint64_t jwt_issued;                    /* provider tokens signed */
     uint64_t latency[APNS_LATENCY_BUCKETS]; /* push to result, per bucket */
 } apns_stats;
 
@@ -399,20 +399,20 @@ int apns_mock_port(const apns_mock *m, apns_mock_port_kind which);
 esim_err apns_mock_add_dead_token(apns_mock *m, const char *token, esim_error *err);
 
 typedef struct {
-    uint64_t connections;     /* accepted TCP connections, ever */
-    uint64_t tls_refused;     /* handshakes that failed (no/unknown cert, ALPN) */
-    uint64_t requests;        /* complete requests seen */
-    uint64_t accepted;        /* answered 200 */
-    uint64_t status[6];       /* answers by class: [2]=2xx ... [5]=5xx */
-    uint64_t injected;        /* of which fault-injected */
-    uint64_t refused;         /* streams refused after a GOAWAY or reset */
+    uint64_t connections; /* accepted TCP connections, ever */
+    uint64_t tls_refused; /* handshakes that failed (no/unknown cert, ALPN) */
+    uint64_t requests;    /* complete requests seen */
+    uint64_t accepted;    /* answered 200 */
+    uint64_t status[6];   /* answers by class: [2]=2xx ... [5]=5xx */
+    uint64_t injected;    /* of which fault-injected */
+    uint64_t refused;     /* streams refused after a GOAWAY or reset */
     uint64_t goaways;
     uint64_t resets;
-    uint64_t delivered;       /* queued on a delivery channel */
-    uint64_t undelivered;     /* accepted for tokens no channel registered */
-    uint64_t backlog_full;    /* 429s because a channel was at its cap */
-    uint64_t distinct_jwts;   /* different provider tokens seen */
-    uint64_t max_concurrent;  /* most streams open at once on one connection */
+    uint64_t delivered;      /* queued on a delivery channel */
+    uint64_t undelivered;    /* accepted for tokens no channel registered */
+    uint64_t backlog_full;   /* 429s because a channel was at its cap */
+    uint64_t distinct_jwts;  /* different provider tokens seen */
+    uint64_t max_concurrent; /* most streams open at once on one connection */
 } apns_mock_stats;
 
 void apns_mock_stats_get(const apns_mock *m, apns_mock_stats *out);

@@ -259,8 +259,7 @@ static esim_err load_credentials(apns_client *c, const apns_config *cfg, esim_er
         if (e != ESIM_OK)
             return e;
     } else if (cfg->auth == APNS_AUTH_CERTIFICATE) {
-        return esim_fail(err, ESIM_EINVAL,
-                         "certificate authentication needs an https:// APNs URL");
+        return esim_fail(err, ESIM_EINVAL, "certificate authentication needs an https:// APNs URL");
     }
     const char *topic = cfg->topic ? cfg->topic : cert_topic;
     if (*topic == '\0')
@@ -480,7 +479,8 @@ static void retry_later(push_item *p, int status, const char *reason)
     if (d > c->cfg.retry_max_ms)
         d = c->cfg.retry_max_ms;
     int64_t wait = d / 2 + (int64_t)(apns_rng_unit(&c->rng) * (double)(d - d / 2));
-    struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)(wait % 1000) * 1000};
+    struct timeval tv = {.tv_sec = (time_t)(wait / 1000),
+                         .tv_usec = (suseconds_t)(wait % 1000) * 1000};
     p->status = status;
     c->stats.retries++;
     list_push_back(&c->waiting, p);
@@ -530,17 +530,16 @@ static void classify_answer(push_item *p)
         c->stats.status_5xx++;
     if (s >= 200 && s < 300) {
         finish(p, APNS_OUTCOME_ACCEPTED, s, "", 0);
-    } else if (s == 410 ||
-               (s == 400 && (reason_is(reason, "BadDeviceToken") ||
-                             reason_is(reason, "DeviceTokenNotForTopic")))) {
+    } else if (s == 410 || (s == 400 && (reason_is(reason, "BadDeviceToken") ||
+                                         reason_is(reason, "DeviceTokenNotForTopic")))) {
         finish(p, APNS_OUTCOME_TOKEN_DEAD, s, reason, ts);
     } else if (s == 403 && reason_is(reason, "ExpiredProviderToken") && c->jwt_key) {
         /* Our token aged out (clock skew?): sign a fresh one and re-send. */
         c->jwt_force_refresh = true;
         retry_later(p, s, reason);
-    } else if (s == 403 || (s == 400 && (reason_is(reason, "TopicDisallowed") ||
-                                         reason_is(reason, "BadTopic") ||
-                                         reason_is(reason, "MissingTopic")))) {
+    } else if (s == 403 ||
+               (s == 400 && (reason_is(reason, "TopicDisallowed") ||
+                             reason_is(reason, "BadTopic") || reason_is(reason, "MissingTopic")))) {
         stop_credential(c, s, reason);
         finish(p, APNS_OUTCOME_CREDENTIAL_FAILED, s, reason, 0);
     } else if (s == 429 || s >= 500) {
@@ -614,7 +613,7 @@ static void conn_drop(apns_conn *k, const char *why)
                              .tv_usec = (k->backoff_ms % 1000) * 1000};
         evtimer_add(k->backoff_ev, &tv);
         k->backoff_ms = k->backoff_ms * 2 > c->cfg.reconnect_max_ms ? c->cfg.reconnect_max_ms
-                                                                     : k->backoff_ms * 2;
+                                                                    : k->backoff_ms * 2;
     }
     if (c->cfg.max_connect_failures > 0 &&
         c->connect_failures_in_row >= c->cfg.max_connect_failures)
@@ -965,7 +964,8 @@ static void conn_connect(apns_conn *k)
         else
             bufferevent_openssl_set_allow_dirty_shutdown(k->bev, 1);
     } else {
-        k->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        k->bev =
+            bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     }
     if (k->bev == NULL) {
         conn_drop(k, "out of memory opening a connection");
@@ -1011,11 +1011,11 @@ static void refresh_jwt(apns_client *c)
     esim_buf_free(&tok);
 }
 
-#define NV(n, v, vl, fl)                                                                        \
-    (nghttp2_nv)                                                                                \
-    {                                                                                           \
-        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                    \
-            (uint8_t)(NGHTTP2_NV_FLAG_NO_COPY_NAME | (fl))                                      \
+#define NV(n, v, vl, fl)                                                                           \
+    (nghttp2_nv)                                                                                   \
+    {                                                                                              \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                       \
+            (uint8_t)(NGHTTP2_NV_FLAG_NO_COPY_NAME | (fl))                                         \
     }
 
 static bool conn_submit(apns_conn *k, push_item *p)
@@ -1059,7 +1059,8 @@ static bool conn_submit(apns_conn *k, push_item *p)
 
 static size_t conn_cap(apns_conn *k)
 {
-    uint32_t peer = nghttp2_session_get_remote_settings(k->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    uint32_t peer =
+        nghttp2_session_get_remote_settings(k->h2, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
     uint32_t local = (uint32_t)k->c->cfg.max_in_flight;
     return peer < local ? peer : local;
 }
@@ -1127,8 +1128,7 @@ static void pump(apns_client *c)
             conn_drop(k, "cannot write to APNs");
             continue;
         }
-        bool finished = k->state == CONN_DRAINING ||
-                        (c->stopped && k->state == CONN_READY);
+        bool finished = k->state == CONN_DRAINING || (c->stopped && k->state == CONN_READY);
         if (finished && k->inflight.n == 0) {
             bool useful = k->completed_any;
             conn_close(k);

@@ -149,8 +149,8 @@ static void send_error(struct evhttp_request *req, int code, const char *fmt, ..
     send_json(req, code, json_pack("{s:s}", "error", msg));
 }
 
-static void answer_deliveries(apns_mock *m, channel *ch, struct evhttp_request *req,
-                              uint64_t after, size_t limit)
+static void answer_deliveries(apns_mock *m, channel *ch, struct evhttp_request *req, uint64_t after,
+                              size_t limit)
 {
     json_t *list = json_array();
     uint64_t next = after;
@@ -329,8 +329,8 @@ static json_t *read_tokens_body(struct evhttp_request *req, json_t **tokens, cha
     json_t *j = json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, &jerr);
     *tokens = json_object_get(j, "tokens");
     if (j == NULL || !json_is_object(j) || !json_is_array(*tokens)) {
-        snprintf(why, why_len, "expected {\"tokens\": [\"<hex>\", ...]}%s%s",
-                 j ? "" : ": ", j ? "" : jerr.text);
+        snprintf(why, why_len, "expected {\"tokens\": [\"<hex>\", ...]}%s%s", j ? "" : ": ",
+                 j ? "" : jerr.text);
         json_decref(j);
         return NULL;
     }
@@ -412,9 +412,8 @@ static void get_stats(apns_mock *m, struct evhttp_request *req)
         (json_int_t)s->status[5], "injected", (json_int_t)s->injected, "refused",
         (json_int_t)s->refused, "goaways", (json_int_t)s->goaways, "resets", (json_int_t)s->resets,
         "delivered", (json_int_t)s->delivered, "undelivered", (json_int_t)s->undelivered,
-        "backlog_full", (json_int_t)s->backlog_full, "distinct_jwts",
-        (json_int_t)s->distinct_jwts, "max_concurrent", (json_int_t)s->max_concurrent, "seq",
-        (json_int_t)m->seq);
+        "backlog_full", (json_int_t)s->backlog_full, "distinct_jwts", (json_int_t)s->distinct_jwts,
+        "max_concurrent", (json_int_t)s->max_concurrent, "seq", (json_int_t)m->seq);
     send_json(req, 200, j);
 }
 
@@ -473,9 +472,9 @@ esim_err mock_delivery_start(apns_mock *m, const char *listen, esim_error *err)
     struct sockaddr_storage bound;
     socklen_t bl = sizeof bound;
     getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&bound, &bl);
-    m->ports[APNS_MOCK_PORT_DELIVERY] = ntohs(bound.ss_family == AF_INET
-                                                  ? ((struct sockaddr_in *)&bound)->sin_port
-                                                  : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    m->ports[APNS_MOCK_PORT_DELIVERY] =
+        ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                         : ((struct sockaddr_in6 *)&bound)->sin6_port);
     return ESIM_OK;
 }
 

@@ -89,9 +89,9 @@ esim_err apns_jwt_sign(EVP_PKEY *key, const char *key_id, const char *team_id, i
 
 typedef enum {
     APNS_JWT_OK = 0,
-    APNS_JWT_MALFORMED,   /* not three parts, bad JSON, wrong alg, no kid/iss/iat */
+    APNS_JWT_MALFORMED, /* not three parts, bad JSON, wrong alg, no kid/iss/iat */
     APNS_JWT_BAD_SIGNATURE,
-    APNS_JWT_EXPIRED,     /* iat older than one hour */
+    APNS_JWT_EXPIRED, /* iat older than one hour */
 } apns_jwt_check;
 
 /* Checks shape, then (|key| not NULL) the signature, then age against

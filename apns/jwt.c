@@ -192,8 +192,7 @@ apns_jwt_check apns_jwt_verify(const char *jwt, size_t len, EVP_PKEY *key, int64
     apns_jwt_check rc = APNS_JWT_OK;
     const char *alg = hdr ? json_string_value(json_object_get(hdr, "alg")) : NULL;
     json_t *iat = claims ? json_object_get(claims, "iat") : NULL;
-    if (alg == NULL || strcmp(alg, "ES256") != 0 ||
-        !json_is_string(json_object_get(hdr, "kid")) ||
+    if (alg == NULL || strcmp(alg, "ES256") != 0 || !json_is_string(json_object_get(hdr, "kid")) ||
         !json_is_string(json_object_get(claims, "iss")) || !json_is_integer(iat))
         rc = APNS_JWT_MALFORMED;
     esim_buf sig = {0};

@@ -213,11 +213,11 @@ static ssize_t read_resp(nghttp2_session *s, int32_t stream_id, uint8_t *buf, si
     return (ssize_t)n;
 }
 
-#define NVS(n, v, vl)                                                                           \
-    (nghttp2_nv)                                                                                \
-    {                                                                                           \
-        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                    \
-            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE                        \
+#define NVS(n, v, vl)                                                                              \
+    (nghttp2_nv)                                                                                   \
+    {                                                                                              \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),                                       \
+            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE                           \
     }
 
 /* Gives the answer now. An accepted MDM push is delivered at this moment:
@@ -226,8 +226,8 @@ static void give_answer(mock_stream *st)
 {
     mock_conn *mc = st->mc;
     apns_mock *m = mc->m;
-    static const char *const codes[] = {"200", "400", "403", "404", "405", "410", "413", "429",
-                                        "500", "503"};
+    static const char *const codes[] = {"200", "400", "403", "404", "405",
+                                        "410", "413", "429", "500", "503"};
     char code[12];
     const char *status_text = NULL;
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
@@ -300,11 +300,11 @@ static void answer(mock_stream *st, int status, const char *reason, int64_t time
     else
         esim_uuid_new(st->resp_id);
     if (status != 200) {
-        int n = timestamp_ms ? snprintf(st->resp_body, sizeof st->resp_body,
-                                        "{\"reason\":\"%s\",\"timestamp\":%lld}", reason,
-                                        (long long)timestamp_ms)
-                             : snprintf(st->resp_body, sizeof st->resp_body,
-                                        "{\"reason\":\"%s\"}", reason);
+        int n = timestamp_ms
+                    ? snprintf(st->resp_body, sizeof st->resp_body,
+                               "{\"reason\":\"%s\",\"timestamp\":%lld}", reason,
+                               (long long)timestamp_ms)
+                    : snprintf(st->resp_body, sizeof st->resp_body, "{\"reason\":\"%s\"}", reason);
         st->resp_len = (size_t)n;
     }
     if (m->cfg.delay_ms == 0) {
@@ -338,10 +338,9 @@ static bool all_digits(const char *s)
 
 static bool push_type_known(const char *t)
 {
-    static const char *const types[] = {"alert",        "background",   "location",
-                                        "voip",         "complication", "fileprovider",
-                                        "mdm",          "liveactivity", "pushtotalk",
-                                        "controls",     "widgets"};
+    static const char *const types[] = {"alert",        "background",   "location", "voip",
+                                        "complication", "fileprovider", "mdm",      "liveactivity",
+                                        "pushtotalk",   "controls",     "widgets"};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (strcmp(t, types[i]) == 0)
             return true;
@@ -533,7 +532,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
 static int header_index(const uint8_t *name, size_t len)
 {
     static const char *const names[H_COUNT] = {
-        ":method", ":path",   "apns-topic",       "apns-push-type", "apns-priority",
+        ":method",         ":path",   "apns-topic",       "apns-push-type", "apns-priority",
         "apns-expiration", "apns-id", "apns-collapse-id", "authorization"};
     for (int i = 0; i < H_COUNT; i++)
         if (strlen(names[i]) == len && memcmp(names[i], name, len) == 0)
@@ -750,9 +749,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         mc->bev = bufferevent_socket_new(m->base, fd, opts);
     } else {
         SSL *ssl = SSL_new(kind == PORT_MTLS ? m->ssl_mtls : m->ssl_open);
-        mc->bev = ssl ? bufferevent_openssl_socket_new(m->base, fd, ssl,
-                                                        BUFFEREVENT_SSL_ACCEPTING, opts)
-                      : NULL;
+        mc->bev =
+            ssl ? bufferevent_openssl_socket_new(m->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, opts)
+                : NULL;
         if (mc->bev == NULL)
             SSL_free(ssl);
     }
@@ -778,18 +777,18 @@ static esim_err listen_on(apns_mock *m, int which, const char *addr, esim_error 
     esim_err e = apns_addr_parse(addr, &ss, &len, err);
     if (e != ESIM_OK)
         return e;
-    m->listeners[which] = evconnlistener_new_bind(
-        m->base, on_accept, m, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 512,
-        (struct sockaddr *)&ss, (int)len);
+    m->listeners[which] =
+        evconnlistener_new_bind(m->base, on_accept, m, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                512, (struct sockaddr *)&ss, (int)len);
     if (m->listeners[which] == NULL)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s: %s", addr,
                          evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     struct sockaddr_storage bound;
     socklen_t bl = sizeof bound;
     getsockname(evconnlistener_get_fd(m->listeners[which]), (struct sockaddr *)&bound, &bl);
-    m->ports[which] = ntohs(bound.ss_family == AF_INET
-                                ? ((struct sockaddr_in *)&bound)->sin_port
-                                : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    m->ports[which] =
+        ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                         : ((struct sockaddr_in6 *)&bound)->sin6_port);
     return ESIM_OK;
 }
 

@@ -76,8 +76,9 @@ static esim_err load_p12(SSL_CTX *ctx, const char *path, const char *password, e
         EVP_PKEY_free(pkey);
         X509_free(cert);
         sk_X509_pop_free(chain, X509_free);
-        return crypto_fail(err, "cannot open PKCS#12 file '%s': wrong password or no key and "
-                                "certificate inside",
+        return crypto_fail(err,
+                           "cannot open PKCS#12 file '%s': wrong password or no key and "
+                           "certificate inside",
                            path);
     }
     e = ESIM_OK;
@@ -179,7 +180,8 @@ esim_err apns_tls_server_ctx(const char *cert_path, const char *key_path, const 
     if (e == ESIM_OK && client_ca) {
         e = need_file(client_ca, "client CA file", err);
         STACK_OF(X509_NAME) *names = e == ESIM_OK ? SSL_load_client_CA_file(client_ca) : NULL;
-        if (e == ESIM_OK && (names == NULL || SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1))
+        if (e == ESIM_OK &&
+            (names == NULL || SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1))
             e = crypto_fail(err, "'%s' holds no usable PEM CA certificate", client_ca);
         if (names) {
             if (e == ESIM_OK)

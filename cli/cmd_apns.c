@@ -404,10 +404,8 @@ int cmd_push(int argc, char **argv)
             return cli_usage_error("push: an http:// (h2c) URL has no certificate; give --topic");
         cfg.auth = APNS_AUTH_NONE;
     }
-    push_run r = {.tokens_path = tokens_path,
-                  .quiet = quiet,
-                  .has_expiration = has_exp,
-                  .expiration = exp};
+    push_run r = {
+        .tokens_path = tokens_path, .quiet = quiet, .has_expiration = has_exp, .expiration = exp};
     r.tokens = fopen(tokens_path, "r");
     if (r.tokens == NULL)
         return cli_usage_error("push: cannot open token file '%s': %s", tokens_path,
@@ -453,14 +451,14 @@ static void mock_signal(evutil_socket_t sig, short what, void *arg)
 
 static void mock_print_stats(const apns_mock_stats *s)
 {
-    json_t *j = json_pack("{s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}", "stats",
-                          "connections", (json_int_t)s->connections, "tls_refused",
-                          (json_int_t)s->tls_refused, "requests", (json_int_t)s->requests,
-                          "accepted", (json_int_t)s->accepted, "injected",
-                          (json_int_t)s->injected, "refused", (json_int_t)s->refused, "goaways",
-                          (json_int_t)s->goaways, "resets", (json_int_t)s->resets, "delivered",
-                          (json_int_t)s->delivered, "undelivered", (json_int_t)s->undelivered,
-                          "max_concurrent", (json_int_t)s->max_concurrent);
+    json_t *j =
+        json_pack("{s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}", "stats", "connections",
+                  (json_int_t)s->connections, "tls_refused", (json_int_t)s->tls_refused, "requests",
+                  (json_int_t)s->requests, "accepted", (json_int_t)s->accepted, "injected",
+                  (json_int_t)s->injected, "refused", (json_int_t)s->refused, "goaways",
+                  (json_int_t)s->goaways, "resets", (json_int_t)s->resets, "delivered",
+                  (json_int_t)s->delivered, "undelivered", (json_int_t)s->undelivered,
+                  "max_concurrent", (json_int_t)s->max_concurrent);
     char *text = json_dumps(j, JSON_COMPACT);
     printf("%s\n", text);
     free(text);

@@ -182,8 +182,8 @@ static void test_push_all_accepted(void **state)
     mock_spawn(f, "");
     write_tokens(f, 120, "# a comment\n\n");
     esim_buf out = {0}, errs = {0};
-    int rc = push(f, pki_path(&f->pki, "push.pem"), pki_path(&f->pki, "push.key"), NULL, &out,
-                  &errs);
+    int rc =
+        push(f, pki_path(&f->pki, "push.pem"), pki_path(&f->pki, "push.key"), NULL, &out, &errs);
     assert_int_equal(rc, 0);
     size_t pushes, accepted;
     json_t *s = parse_output(&out, &pushes, &accepted);
@@ -216,8 +216,8 @@ static void test_push_bad_line_and_dead_token(void **state)
     mock_spawn(f, flags);
     write_tokens(f, 5, "nothex magic\nabcd\n");
     esim_buf out = {0}, errs = {0};
-    int rc = push(f, pki_path(&f->pki, "push.pem"), pki_path(&f->pki, "push.key"), NULL, &out,
-                  &errs);
+    int rc =
+        push(f, pki_path(&f->pki, "push.pem"), pki_path(&f->pki, "push.key"), NULL, &out, &errs);
     assert_int_equal(rc, 1); /* sent, but not everything went through */
     assert_non_null(strstr((char *)errs.data, "line 6"));
     assert_non_null(strstr((char *)errs.data, "line 7"));
@@ -262,8 +262,7 @@ static void test_push_bad_certificate(void **state)
                      ESIM_OK);
     esim_cert_clear(&rogue);
     mock_spawn(f, "");
-    rc = push(f, pki_path(&f->pki, "rogue.pem"), pki_path(&f->pki, "rogue.key"), NULL, &out,
-              &errs);
+    rc = push(f, pki_path(&f->pki, "rogue.pem"), pki_path(&f->pki, "rogue.key"), NULL, &out, &errs);
     assert_int_equal(rc, 1);
     size_t pushes, accepted;
     json_t *s = parse_output(&out, &pushes, &accepted);
@@ -302,11 +301,25 @@ static void test_usage(void **state)
     fixture *f = *state;
     esim_buf out = {0};
     char cmd[600];
-    static const char *const flags[] = {
-        "--listen", "--tls-cert", "--tls-key", "--client-ca", "--h2c-listen", "--open-listen",
-        "--delivery-listen", "--dead-tokens", "--fail-rate", "--goaway-every", "--delay-ms",
-        "--benchmark", "--reset-every", "--max-streams", "--drop-streams-on-reject", "--seed",
-        "--topic", "--token-key", "--delivery-cap"};
+    static const char *const flags[] = {"--listen",
+                                        "--tls-cert",
+                                        "--tls-key",
+                                        "--client-ca",
+                                        "--h2c-listen",
+                                        "--open-listen",
+                                        "--delivery-listen",
+                                        "--dead-tokens",
+                                        "--fail-rate",
+                                        "--goaway-every",
+                                        "--delay-ms",
+                                        "--benchmark",
+                                        "--reset-every",
+                                        "--max-streams",
+                                        "--drop-streams-on-reject",
+                                        "--seed",
+                                        "--topic",
+                                        "--token-key",
+                                        "--delivery-cap"};
     snprintf(cmd, sizeof cmd, "'%s' apns-mock --help", f->bin);
     assert_int_equal(run_cmd(cmd, &out), 0);
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
@@ -314,8 +327,9 @@ static void test_usage(void **state)
             fail_msg("apns-mock --help does not list %s", flags[i]);
     snprintf(cmd, sizeof cmd, "'%s' push --help", f->bin);
     assert_int_equal(run_cmd(cmd, &out), 0);
-    static const char *const push_flags[] = {"--apns", "--cert", "--key", "--ca", "--topic",
-                                             "--tokens", "--connections", "--concurrency"};
+    static const char *const push_flags[] = {"--apns",        "--cert",       "--key",
+                                             "--ca",          "--topic",      "--tokens",
+                                             "--connections", "--concurrency"};
     for (size_t i = 0; i < sizeof push_flags / sizeof push_flags[0]; i++)
         assert_non_null(strstr((char *)out.data, push_flags[i]));
     snprintf(cmd, sizeof cmd, "'%s' apns-mock --fail-rate 503=7 --listen 127.0.0.1:0 2>/dev/null",
@@ -325,8 +339,8 @@ static void test_usage(void **state)
     assert_int_equal(run_cmd(cmd, &out), 2); /* no certificates */
     snprintf(cmd, sizeof cmd, "'%s' push --tokens x 2>/dev/null", f->bin);
     assert_int_equal(run_cmd(cmd, &out), 2);
-    snprintf(cmd, sizeof cmd, "'%s' push --apns https://x --cert a --tokens /nonexistent 2>/dev/null",
-             f->bin);
+    snprintf(cmd, sizeof cmd,
+             "'%s' push --apns https://x --cert a --tokens /nonexistent 2>/dev/null", f->bin);
     assert_int_equal(run_cmd(cmd, &out), 2);
     esim_buf_free(&out);
 }

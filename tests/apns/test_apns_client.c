@@ -111,8 +111,8 @@ static int teardown(void **state)
 static void start(fixture *f, apns_mock_port_kind kind)
 {
     mock_start(&f->mt, &f->mcfg);
-    snprintf(f->url, sizeof f->url, "%s://127.0.0.1:%d", kind == APNS_MOCK_PORT_H2C ? "http" : "https",
-             apns_mock_port(f->mt.mock, kind));
+    snprintf(f->url, sizeof f->url, "%s://127.0.0.1:%d",
+             kind == APNS_MOCK_PORT_H2C ? "http" : "https", apns_mock_port(f->mt.mock, kind));
     f->ccfg.url = f->url;
     esim_error err = {{0}};
     esim_err e = apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, &err);
@@ -173,9 +173,8 @@ static size_t fetch_deliveries(fixture *f, int *per_token, unsigned n)
         char path[128];
         snprintf(path, sizeof path, "/deliveries?channel=t&after=%lld&limit=500", after);
         esim_buf out = {0};
-        assert_int_equal(http_call(apns_mock_port(f->mt.mock, APNS_MOCK_PORT_DELIVERY), path, NULL,
-                                   &out),
-                         200);
+        assert_int_equal(
+            http_call(apns_mock_port(f->mt.mock, APNS_MOCK_PORT_DELIVERY), path, NULL, &out), 200);
         json_t *j = json_loadb((const char *)out.data, out.len, 0, NULL);
         esim_buf_free(&out);
         assert_non_null(j);
@@ -346,8 +345,8 @@ static void test_rejected_bad_expiration(void **state)
     start(f, APNS_MOCK_PORT_TLS);
     char token[65];
     make_token(token, 0);
-    apns_push p = {.token = token, .push_magic = "m", .has_expiration = true,
-                   .expiration = 99999999999999LL};
+    apns_push p = {
+        .token = token, .push_magic = "m", .has_expiration = true, .expiration = 99999999999999LL};
     assert_int_equal(apns_client_push(f->client, &p, NULL), ESIM_OK);
     f->col->expected = 1;
     run(f);
@@ -368,9 +367,9 @@ static void test_403_stops_credential(void **state)
     assert_int_equal(esim_pki_load(f->pki.dir, "ca", &ca, &err), ESIM_OK);
     esim_cert_spec spec = {.common_name = "no topic", .client_auth = true};
     assert_int_equal(esim_cert_issue(&spec, &ca, &leaf, &err), ESIM_OK);
-    assert_int_equal(esim_cert_save(&leaf, pki_path(&f->pki, "nouid.pem"),
-                                    pki_path(&f->pki, "nouid.key"), &err),
-                     ESIM_OK);
+    assert_int_equal(
+        esim_cert_save(&leaf, pki_path(&f->pki, "nouid.pem"), pki_path(&f->pki, "nouid.key"), &err),
+        ESIM_OK);
     esim_cert_clear(&ca);
     esim_cert_clear(&leaf);
     f->ccfg.cert_path = pki_path(&f->pki, "nouid.pem");
@@ -753,13 +752,12 @@ int main(int argc, char **argv)
 {
     if (argc > 1)
         cmocka_set_test_filter(argv[1]); /* run one test by name while debugging */
-    signal(SIGPIPE, SIG_IGN); /* a peer closing a TLS socket must not kill us */
+    signal(SIGPIPE, SIG_IGN);            /* a peer closing a TLS socket must not kill us */
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_accepted_and_delivered_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_dead, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_retry_until_accepted_none_duplicated, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_retry_until_accepted_none_duplicated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_exhausted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_bad_expiration, setup, teardown),
         cmocka_unit_test_setup_teardown(test_403_stops_credential, setup, teardown),

@@ -97,8 +97,8 @@ static void check_answer(const mock_case *c, json_t *j)
     const char *reason = json_string_value(json_object_get(j, "reason"));
     int status = (int)json_integer_value(json_object_get(j, "status"));
     if (status != c->status || strcmp(reason ? reason : "", c->reason) != 0)
-        fail_msg("case %s: got %d %s, want %d %s", c->name, status, reason ? reason : "",
-                 c->status, c->reason);
+        fail_msg("case %s: got %d %s, want %d %s", c->name, status, reason ? reason : "", c->status,
+                 c->reason);
     const char *id = json_string_value(json_object_get(j, "apns_id"));
     assert_true(id && esim_uuid_valid(id)); /* every answer carries an apns-id */
     if (strcmp(c->name, "ok") == 0)
@@ -262,7 +262,8 @@ static void test_node_http2(void **state)
     const char *src = getenv("ESIM_SOURCE_DIR");
     assert_non_null(src);
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "node '%s/tests/apns/h2_client.js' https://localhost:%d '%s' '%s' '%s' '%s' %s %s",
+    snprintf(cmd, sizeof cmd,
+             "node '%s/tests/apns/h2_client.js' https://localhost:%d '%s' '%s' '%s' '%s' %s %s",
              src, apns_mock_port(f->mt.mock, APNS_MOCK_PORT_TLS), pki_path(&f->pki, "ca.pem"),
              pki_path(&f->pki, "push.pem"), pki_path(&f->pki, "push.key"), f->pki.topic, f->token,
              f->dead);
@@ -339,8 +340,8 @@ static void test_delivery_channel(void **state)
     late_push lp = {f, 200};
     pthread_t th;
     pthread_create(&th, NULL, push_later, &lp);
-    assert_int_equal(http_call(dport, "/deliveries?channel=sim-1&after=0&wait_ms=10000", NULL, &out),
-                     200);
+    assert_int_equal(
+        http_call(dport, "/deliveries?channel=sim-1&after=0&wait_ms=10000", NULL, &out), 200);
     pthread_join(th, NULL);
     json_t *j = json_loads((char *)out.data, 0, NULL);
     json_t *p = json_array_get(json_object_get(j, "pushes"), 0);
