@@ -437,6 +437,44 @@ static void h_device_queue(api_request *r)
     api_reply_json(r, 200, json_pack("{s:s,s:o}", "udid", r->params[0], "queue", arr));
 }
 
+/* GET /v1/devices/{udid}/events?after=ID&limit=N: the device's ledger. */
+static void h_device_events(api_request *r)
+{
+    const char *after_s = query_get(r, "after");
+    const char *lim = query_get(r, "limit");
+    long long after = after_s ? strtoll(after_s, NULL, 10) : 0;
+    long limit = lim ? strtol(lim, NULL, 10) : 100;
+    if (limit < 1 || limit > 1000 || after < 0) {
+        api_error(r, 400, lim ? "limit" : "after", "limit: 1 to 1000; after: an event id from a previous page");
+        return;
+    }
+    store_device d;
+    esim_error e = {{0}};
+    esim_err rc = r->svc->st->ops->device_get(r->svc->st, r->params[0], &d, &e);
+    store_event *ev = NULL;
+    size_t n = 0;
+    if (rc == ESIM_OK)
+        rc = r->svc->st->ops->events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:I,s:o,s:s,s:o,s:o}", "id", (json_int_t)ev[i].id, "at", ts(ev[i].at),
+                              "kind", ev[i].kind, "command_uuid", str_or_null(ev[i].command_uuid),
+                              "detail", str_or_null(ev[i].detail));
+        esim_buf b64 = {0};
+        if (ev[i].raw.len && esim_base64_encode(ev[i].raw.data, ev[i].raw.len, &b64) == ESIM_OK)
+            json_object_set_new(o, "raw", json_string((const char *)b64.data));
+        esim_buf_free(&b64);
+        json_array_append_new(arr, o);
+    }
+    json_t *next = n == (size_t)limit ? json_integer((json_int_t)ev[n - 1].id) : json_null();
+    store_events_free(ev, n);
+    api_reply_json(r, 200, json_pack("{s:s,s:o,s:o}", "udid", r->params[0], "events", arr, "next_after", next));
+}
+
 static void h_cancel(api_request *r)
 {
     esim_error e = {{0}};
@@ -480,6 +518,7 @@ static const api_route routes[] = {
     {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true},
     {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true},
     {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/events", h_device_events, true},
     {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
     {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
     {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */

@@ -57,6 +57,15 @@ void store_queue_entries_free(store_queue_entry *entries, size_t n)
     free(entries);
 }
 
+void store_events_free(store_event *events, size_t n)
+{
+    if (!events)
+        return;
+    for (size_t i = 0; i < n; i++)
+        esim_buf_free(&events[i].raw);
+    free(events);
+}
+
 esim_err store_open(const char *spec, const char *data_dir, const store_options *opts,
                     store **out, esim_error *err)
 {

@@ -177,6 +177,21 @@ typedef struct {
     uint64_t events;
 } store_stats;
 
+/* One entry of the append-only ledger. */
+typedef struct {
+    int64_t id;              /* increasing; page with it */
+    int64_t at;
+    char kind[32];           /* authenticate, token_update, checkout, enqueued, sent, result,
+                                anomaly, canceled, expired, pushed, push_failed, ... */
+    char udid[65];
+    char command_uuid[128];
+    char detail[512];
+    esim_buf raw;            /* the device's body for anomalies; may be empty */
+} store_event;
+
+/* Frees the owned parts of |n| events and the array itself (NULL ok). */
+void store_events_free(store_event *events, size_t n);
+
 /* The push facts of one device, for the push path. */
 typedef struct {
     char udid[65];
@@ -282,6 +297,11 @@ struct store_ops {
     /* Entries whose command expired before a final answer become expired.
      * *n (may be NULL) gets how many. */
     esim_err (*expire)(store *st, int64_t now, size_t *n, esim_error *err);
+
+    /* Up to |limit| ledger events of the device with id > |after|, oldest
+     * first. *out is owned by the caller (store_events_free). */
+    esim_err (*events_list)(store *st, const char *udid, int64_t after, size_t limit,
+                            store_event **out, size_t *n, esim_error *err);
 
     /* Counts for /metrics and /healthz. */
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);

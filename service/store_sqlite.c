@@ -86,6 +86,8 @@ static const migration migrations[] = {
      " command_uuid TEXT,"
      " detail TEXT,"
      " raw BLOB);"},
+    /* 2: read a device's ledger without scanning everyone's. */
+    {2, "CREATE INDEX events_udid ON events(udid, id);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -109,7 +111,7 @@ enum {
     S_Q_CANCEL_ALL, S_Q_CANCEL_ONE, S_Q_PUSHED, S_Q_EXPIRE_EVENTS, S_Q_EXPIRE,
     S_Q_BY_COMMAND, S_Q_ACTIVE_FOR_DEVICE, S_Q_DONE_FOR_DEVICE,
     S_CMD_INSERT, S_CMD_GET,
-    S_EVENT, S_STATS_DEVICES, S_STATS_QUEUE, S_STATS_EVENTS,
+    S_EVENT, S_EVENTS_LIST, S_STATS_DEVICES, S_STATS_QUEUE, S_STATS_EVENTS,
     S_COUNT
 };
 
@@ -184,6 +186,8 @@ static const char *const statement_sql[S_COUNT] = {
                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_CMD_GET] = "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
     [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
+                      " WHERE udid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [S_STATS_DEVICES] = "SELECT count(*), coalesce(sum(enrolled), 0),"
                         " coalesce(sum(CASE WHEN enrolled = 1 AND push_state = 'valid' THEN 1 ELSE 0 END), 0)"
                         " FROM devices",
@@ -951,6 +955,52 @@ static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
     return tx_end(s, rc, err);
 }
 
+static esim_err sq_events_list(store *base, const char *udid, int64_t after, size_t limit,
+                               store_event **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return ESIM_OK;
+    store_event *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    sqlite3_stmt *st = NULL;
+    int r = run(s, err, S_EVENTS_LIST, "tii", udid, after, (int64_t)limit);
+    if (r >= 0)
+        st = s->stmt[S_EVENTS_LIST];
+    size_t count = 0;
+    esim_err rc = ESIM_OK;
+    while (r == SQLITE_ROW && count < limit) {
+        store_event *e = &list[count++];
+        e->id = sqlite3_column_int64(st, 0);
+        e->at = sqlite3_column_int64(st, 1);
+        col_text(st, 2, e->kind, sizeof e->kind);
+        col_text(st, 3, e->udid, sizeof e->udid);
+        col_text(st, 4, e->command_uuid, sizeof e->command_uuid);
+        col_text(st, 5, e->detail, sizeof e->detail);
+        const void *raw = sqlite3_column_blob(st, 6);
+        int len = sqlite3_column_bytes(st, 6);
+        if (raw && len > 0 && esim_buf_append(&e->raw, raw, (size_t)len) != ESIM_OK) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "list events");
+    if (st)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        store_events_free(list, count);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return ESIM_OK;
+}
+
 static esim_err sq_event_append(store *base, const char *kind, const char *udid,
                                 const char *command_uuid, const char *detail, const void *raw,
                                 size_t raw_len, int64_t now, esim_error *err)
@@ -1017,6 +1067,7 @@ static const struct store_ops sqlite_ops = {
     .push_recorded = sq_push_recorded,
     .push_due = sq_push_due,
     .expire = sq_expire,
+    .events_list = sq_events_list,
     .stats = sq_stats,
     .commit_count = sq_commit_count,
     .sync = sq_sync,

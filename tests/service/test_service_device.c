@@ -252,6 +252,24 @@ static void test_answer_for_command_never_sent_is_an_anomaly(void **state)
     api_entry_state(f->ts.url, a, f->dev.udid, st, NULL, NULL);
     assert_string_equal(st, "error"); /* the stray second answer changed nothing */
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_result_anomalies_total"), 2);
+    /* The ledger has both anomalies, each with the body the device sent. */
+    char path[200];
+    snprintf(path, sizeof path, "/v1/devices/%s/events?limit=1000", f->dev.udid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    size_t i, anomalies = 0, sent = 0;
+    json_t *ev;
+    json_array_foreach(json_object_get(r, "events"), i, ev) {
+        const char *kind = json_string_value(json_object_get(ev, "kind"));
+        if (strcmp(kind, "anomaly") == 0) {
+            anomalies++;
+            assert_true(json_is_string(json_object_get(ev, "raw")));
+        }
+        sent += strcmp(kind, "sent") == 0;
+    }
+    assert_int_equal(anomalies, 2);
+    assert_int_equal(sent, 1);
+    json_decref(r);
     stop(f);
 }
 
