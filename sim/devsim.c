@@ -379,6 +379,8 @@ static void count_status(sim_devsim *s, const esim_buf *result)
     esim_msg_free(&m);
 }
 
+static void after_action_notifications(void *arg, size_t still);
+
 static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
 {
     slot *sl = &s->slots[i];
@@ -387,6 +389,10 @@ static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
     token_put(s, i);
     sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
     save_if_dirty(s, i);
+    /* A reset eUICC owes its SM-DP+s the delete notifications. */
+    if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
+        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), sim_pki_ca_file(s->pki),
+                                   after_action_notifications, NULL, NULL);
     /* The wiped phone goes through setup and enrols again. */
     at(s, 200, i, TIMED_ENROLL);
 }
