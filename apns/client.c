@@ -71,6 +71,7 @@ struct apns_conn {
     int backoff_ms;
     bool completed_any; /* at least one answer came back on this connection */
     bool ping_outstanding;
+    char goaway_reason[96]; /* from the GOAWAY debug data, "" if none */
     int64_t last_recv_ms;
 };
 
@@ -729,6 +730,19 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t stream_id, const u
     return 0;
 }
 
+/* APNs puts the same JSON as an error body ({"reason":"Shutdown"}) in the
+ * GOAWAY debug data; keep it so re-sent pushes say why. */
+static void note_goaway_reason(apns_conn *k, const nghttp2_goaway *g)
+{
+    json_t *j = g->opaque_data_len
+                    ? json_loadb((const char *)g->opaque_data, g->opaque_data_len, 0, NULL)
+                    : NULL;
+    const char *r = json_string_value(json_object_get(j, "reason"));
+    snprintf(k->goaway_reason, sizeof k->goaway_reason, "GOAWAY %s (%s)",
+             nghttp2_http2_strerror(g->error_code), r ? r : "no reason given");
+    json_decref(j);
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *arg)
 {
     (void)s;
@@ -747,6 +761,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *a
         k->c->stats.goaways++;
         if (k->state != CONN_IDLE)
             k->state = CONN_DRAINING;
+        note_goaway_reason(k, &frame->goaway);
         break;
     case NGHTTP2_PING:
         if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
@@ -775,7 +790,10 @@ static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error
         /* Not processed (REFUSED_STREAM or above a GOAWAY's last-stream-id):
          * safe to send again. */
         k->c->stats.refused_streams++;
-        retry_later(p, 0, "stream refused by APNs (not processed)");
+        char why[160];
+        snprintf(why, sizeof why, "stream refused by APNs, not processed%s%.100s",
+                 k->goaway_reason[0] ? ": " : "", k->goaway_reason);
+        retry_later(p, 0, why);
     } else {
         char why[96];
         snprintf(why, sizeof why, "stream reset before an answer (%.40s)",
@@ -942,6 +960,7 @@ static void conn_connect(apns_conn *k)
     apns_client *c = k->c;
     k->state = CONN_CONNECTING;
     k->completed_any = false;
+    k->goaway_reason[0] = '\0';
     k->last_recv_ms = esim_mono_ms();
     if (c->tls) {
         SSL *ssl = SSL_new(c->ssl_ctx);

@@ -522,6 +522,77 @@ static void test_unreachable(void **state)
     }
 }
 
+static void test_goaway_reason_reported(void **state)
+{
+    fixture *f = *state;
+    f->mcfg.goaway_every = 1;
+    f->mcfg.delay_ms = 50; /* all four streams are open when the GOAWAY comes */
+    f->ccfg.connections = 1;
+    f->ccfg.max_attempts = 1;
+    start(f, APNS_MOCK_PORT_TLS);
+    push_n(f, 0, 4);
+    run(f);
+    assert_exactly_once(f, 4);
+    int accepted = 0, refused = 0;
+    for (unsigned i = 0; i < 4; i++) {
+        if (f->col->r[i].outcome == APNS_OUTCOME_ACCEPTED) {
+            accepted++;
+        } else {
+            assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_RETRY_EXHAUSTED);
+            assert_non_null(strstr(f->col->r[i].reason, "Shutdown"));
+            refused++;
+        }
+    }
+    assert_int_equal(accepted, 1); /* only stream 1 was processed */
+    assert_int_equal(refused, 3);
+}
+
+/* A listening socket nobody accepts on: TCP connects, TLS never starts. */
+static void test_connect_timeout(void **state)
+{
+    fixture *f = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    snprintf(f->url, sizeof f->url, "https://127.0.0.1:%d", ntohs(sa.sin_port));
+    f->ccfg.url = f->url;
+    f->ccfg.connect_timeout_ms = 150;
+    f->ccfg.max_connect_failures = 2;
+    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
+                     ESIM_OK);
+    push_n(f, 0, 2);
+    run(f);
+    close(fd);
+    for (unsigned i = 0; i < 2; i++) {
+        assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_UNREACHABLE);
+        assert_non_null(strstr(f->col->r[i].reason, "within 150 ms"));
+    }
+}
+
+/* An HTTP/1.1 server (the mock's delivery port) where HTTP/2 was expected. */
+static void test_not_http2(void **state)
+{
+    fixture *f = *state;
+    f->mcfg.listen = NULL;
+    f->mcfg.h2c_listen = "127.0.0.1:0";
+    f->ccfg.auth = APNS_AUTH_NONE;
+    f->ccfg.topic = "com.apple.mgmt.External.x";
+    f->ccfg.max_connect_failures = 2;
+    mock_start(&f->mt, &f->mcfg);
+    snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d",
+             apns_mock_port(f->mt.mock, APNS_MOCK_PORT_DELIVERY));
+    f->ccfg.url = f->url;
+    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
+                     ESIM_OK);
+    push_n(f, 0, 2);
+    run(f);
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_UNREACHABLE);
+}
+
 static void test_untrusted_server(void **state)
 {
     fixture *f = *state;
@@ -767,6 +838,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_connection_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_untrusted_server, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_goaway_reason_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_http2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_id_rollover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2c, setup, teardown),

@@ -4,7 +4,11 @@
  * one session) must get the statuses and reasons APNs gives; plus the
  * delivery channel (register, long-poll, acknowledge, cap, dead tokens).
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <jansson.h>
@@ -292,6 +296,61 @@ static void test_node_http2(void **state)
     esim_buf_free(&out);
 }
 
+/* Sends |data| on a fresh TCP connection and reads until the mock closes it
+ * (or 5 s pass: then the mock hung on it, and the test fails). */
+static void raw_exchange(int port, const void *data, size_t len, bool expect_close)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {expect_close ? 5 : 0, expect_close ? 0 : 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(send(fd, data, len, MSG_NOSIGNAL), (ssize_t)len);
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof buf, 0)) > 0)
+        ;
+    /* closed (FIN, or RST when our bytes were left unread), never timed out */
+    if (expect_close && n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        fail_msg("the mock left a bad connection open on port %d", port);
+    close(fd);
+}
+
+static void test_garbage_input(void **state)
+{
+    fixture *f = *state;
+    if (!have("curl"))
+        skip();
+    start(f);
+    int h2c = apns_mock_port(f->mt.mock, APNS_MOCK_PORT_H2C);
+    int tls = apns_mock_port(f->mt.mock, APNS_MOCK_PORT_TLS);
+    static const char http1[] = "POST /3/device/00 HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_exchange(h2c, http1, sizeof http1 - 1, true);
+    unsigned char junk[3000];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (unsigned char)(i * 131 + 7);
+    raw_exchange(h2c, junk, sizeof junk, true);
+    raw_exchange(tls, junk, sizeof junk, true);
+    /* a valid preface then a frame with a bad length */
+    static const char bad_frame[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                    "\xff\xff\xff\x01\x00\x00\x00\x00\x01";
+    raw_exchange(h2c, bad_frame, sizeof bad_frame - 1, true);
+    /* a connection that stalls half-way does not hold up anybody else */
+    static const char half[] = "PRI * HTTP/2.0\r\n";
+    int stalled = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)h2c),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(stalled, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(send(stalled, half, sizeof half - 1, MSG_NOSIGNAL),
+                     (ssize_t)(sizeof half - 1));
+    curl_case(f, &cases[0], true, NULL);
+    curl_case(f, &cases[0], false, NULL);
+    close(stalled);
+}
+
 /* ---- delivery channel ---- */
 
 typedef struct {
@@ -432,6 +491,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_curl_no_client_certificate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_curl_h2c, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_http2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delivery_channel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
     };
