@@ -361,9 +361,12 @@ static esim_err parse_listen(const char *listen, char *host, size_t host_len, in
         return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
     memcpy(host, h, hl);
     host[hl] = '\0';
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, host_len, "127.0.0.1");
     unsigned char probe[16];
     if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1)
-        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': the host must be an IP address", listen);
+        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': the host must be an IP address "
+                         "(or localhost)", listen);
     *port = (int)p;
     return ESIM_OK;
 }

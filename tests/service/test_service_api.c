@@ -19,6 +19,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <openssl/hmac.h>
 
 #include "apns/apns.h"
@@ -411,6 +413,50 @@ static void test_webhooks_delivered_signed_and_retried(void **state)
     event_base_free(rc.base);
 }
 
+/* A receiver that is down: deliveries are retried, then given up and
+ * counted, and devices are served all along. */
+static void test_webhook_receiver_down_never_blocks_devices(void **state)
+{
+    (void)state;
+    /* A port nobody listens on: bind, read the port, close. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    socklen_t sl = sizeof sin;
+    getsockname(fd, (struct sockaddr *)&sin, &sl);
+    close(fd);
+    char hook_url[128];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", ntohs(sin.sin_port));
+    const char *urls[] = {hook_url};
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "webhooks-down", &cfg, ts.data_dir);
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    cfg.webhook_max_attempts = 2;
+    cfg.webhook_retry_base_ms = 20;
+    cfg.webhook_queue_max = 2;
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    /* 7 messages, at most 2 held: the rest dropped (oldest first), the held ones given up. */
+    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_webhooks_pending") != 0; i++)
+        usleep(20 * 1000);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_webhooks_pending"), 0);
+    long long failed = api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"failed\"}");
+    long long dropped = api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"dropped\"}");
+    assert_int_equal(failed + dropped, 7);
+    assert_true(dropped >= 1);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}"), 0);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
 /* ---- pushes through the APNs mock ---- */
 
 static void free_mock(void *arg)
@@ -515,6 +561,7 @@ int main(void)
         cmocka_unit_test(test_cancel_and_expiry),
         cmocka_unit_test(test_restart_with_non_empty_queue),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
+        cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
         cmocka_unit_test(test_push_through_apns_mock),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
