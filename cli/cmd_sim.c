@@ -70,7 +70,9 @@ static const char devsim_help[] =
     "  --status-listen H:P     local JSON status endpoint (GET /stats, /devices,\n"
     "                          /devices/UDID; POST /devices/UDID/actions/ACTION)\n"
     "  --status-port-file F    write the status port to F\n"
-    "  --tls-client-auth       identify by TLS client certificate, not Mdm-Signature\n"
+    "  --device-auth MODE      signature (default: Mdm-Signature header), mtls (TLS\n"
+    "                          client certificate; needs --data-dir) or none (a service\n"
+    "                          run with --device-auth none; cheapest for load tests)\n"
     "  --max-concurrent N      check-ins in flight at once (default 64)\n"
     "  --duration SECONDS      stop after this long (default: until Ctrl-C)\n"
     "\n"
@@ -450,7 +452,7 @@ int cmd_devsim(int argc, char **argv)
         {"channel", required_argument, NULL, O_CHANNEL},
         {"status-listen", required_argument, NULL, O_STATUS},
         {"status-port-file", required_argument, NULL, O_STATUS_FILE},
-        {"tls-client-auth", no_argument, NULL, O_MTLS},
+        {"device-auth", required_argument, NULL, O_MTLS},
         {"max-concurrent", required_argument, NULL, O_MAXC},
         {"duration", required_argument, NULL, O_DURATION},
         {NULL, 0, NULL, 0}};
@@ -509,7 +511,12 @@ int cmd_devsim(int argc, char **argv)
             status_file = optarg;
             break;
         case O_MTLS:
-            cfg.tls_client_auth = true;
+            if (strcmp(optarg, "mtls") == 0)
+                cfg.tls_client_auth = true;
+            else if (strcmp(optarg, "none") == 0)
+                cfg.no_identity = true;
+            else if (strcmp(optarg, "signature") != 0)
+                return cli_usage_error("devsim: --device-auth is signature, mtls or none");
             break;
         case O_MAXC:
             if (!parse_uint(optarg, 100000, &v) || v == 0)

@@ -299,8 +299,8 @@ static esim_err answer_error(const sim_device *d, const char *uuid, int64_t code
     esim_error_chain_entry e = {0};
     e.code = code;
     snprintf(e.domain, sizeof e.domain, "%s", domain);
-    snprintf(e.localized_description, sizeof e.localized_description, "%s", text);
-    snprintf(e.us_english_description, sizeof e.us_english_description, "%s", text);
+    snprintf(e.localized_description, sizeof e.localized_description, "%.500s", text);
+    snprintf(e.us_english_description, sizeof e.us_english_description, "%.500s", text);
     return build(d, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, out, err);
 }
 

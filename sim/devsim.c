@@ -62,6 +62,7 @@ struct sim_devsim {
     char data_dir[SIM_PATH_MAX];
     bool https_server;
     bool tls_client_auth;
+    bool no_identity;
     unsigned max_concurrent, offline_ms, notnow_ms;
     slot *slots;
     size_t n;
@@ -76,6 +77,7 @@ struct sim_devsim {
     size_t n_timers, cap_timers;
     struct event *tick;
     bool registering;
+    int64_t reg_retry_at; /* after a failed registration, not before this */
     bool polling;
     uint64_t after_seq;
     int64_t poll_retry_at;
@@ -239,7 +241,7 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
         snprintf(dir, sizeof dir, "%s/identities", s->data_dir);
         esim_mkdirs(dir, 0700, NULL);
         rc = sim_device_identity_files(d, dir, cert, sizeof cert, key, sizeof key, NULL);
-    } else {
+    } else if (!s->no_identity) {
         rc = sim_device_sign(d, body->data, body->len, &sig, NULL);
         if (rc == ESIM_OK && sig.len + 32 < sizeof sig_hdr) {
             snprintf(sig_hdr, sizeof sig_hdr, "Mdm-Signature: %s", (const char *)sig.data);
@@ -577,15 +579,17 @@ static void on_registered(void *arg, sim_http_response *r)
          * its token reached the mock is missed. */
         want_checkin(s, rc->slots[k]);
     }
-    if (!ok)
+    if (!ok) {
         s->stats.http_errors++;
+        s->reg_retry_at = esim_mono_ms() + RETRY_MS;
+    }
     free(rc->slots);
     free(rc);
 }
 
 static void register_tokens(sim_devsim *s)
 {
-    if (s->registering || !s->apns_url[0])
+    if (s->registering || !s->apns_url[0] || esim_mono_ms() < s->reg_retry_at)
         return;
     json_t *tokens = json_array();
     reg_ctx *rc = calloc(1, sizeof *rc);
@@ -1001,6 +1005,7 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;
     s->notnow_ms = cfg->notnow_ms ? cfg->notnow_ms : 2000;
     s->tls_client_auth = cfg->tls_client_auth;
+    s->no_identity = cfg->no_identity;
     snprintf(s->channel, sizeof s->channel, "%s", cfg->channel ? cfg->channel : "devsim");
     /* A URL without a path gets the conventional /mdm (check-in and commands share it). */
     const char *after_scheme = strstr(cfg->server_url, "://") + 3;
