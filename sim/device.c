@@ -567,6 +567,8 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
                               "The cellular plan could not be refreshed because the device is "
                               "busy. Try again later.",
                               &out->result, err);
+            /* Busy is passing (36003 is the retryable one): the next try works. */
+            d->quirks.fail_download = false;
         } else {
             snprintf(out->esim_server_url, sizeof out->esim_server_url, "%s", url);
             out->download = true;

@@ -362,7 +362,7 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
 /* Misbehaviour switches, as the runtime or a test sets them. */
 typedef struct {
     bool locked;        /* answer NotNow to every command (screen locked) */
-    bool fail_download; /* RefreshCellularPlans fails with 36003 (busy) */
+    bool fail_download; /* the next RefreshCellularPlans fails with 36003 (busy), once */
 } sim_device_quirks;
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q);
 

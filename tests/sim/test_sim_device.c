@@ -354,6 +354,9 @@ static void test_commands(void **state)
     assert_int_equal(m.error_chain[0].code, 36003);
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
+    run(d, &cmd, &o, NULL); /* busy passes: the retry goes to the SM-DP+ */
+    assert_true(o.download);
+    sim_cmd_outcome_free(&o);
     qk = (sim_device_quirks){.locked = true};
     sim_device_set_quirks(d, &qk);
     run(d, &cmd, &o, &m);
