@@ -616,7 +616,13 @@ static void conn_drop(apns_conn *k, const char *why)
         k->backoff_ms = k->backoff_ms * 2 > c->cfg.reconnect_max_ms ? c->cfg.reconnect_max_ms
                                                                     : k->backoff_ms * 2;
     }
-    if (c->cfg.max_connect_failures > 0 &&
+    /* Give up on the waiting pushes only when no connection at all works:
+     * one pool member failing while another carries traffic is not an
+     * outage. */
+    bool any_open = false;
+    for (int i = 0; i < c->cfg.connections; i++)
+        any_open |= c->conns[i].state == CONN_READY || c->conns[i].state == CONN_DRAINING;
+    if (!any_open && c->cfg.max_connect_failures > 0 &&
         c->connect_failures_in_row >= c->cfg.max_connect_failures)
         fail_waiting_unreachable(c);
     schedule_pump(c);
@@ -883,6 +889,8 @@ static void describe_bev_error(apns_conn *k, char *why, size_t len)
 static void conn_read(struct bufferevent *bev, void *arg)
 {
     apns_conn *k = arg;
+    if (k->h2 == NULL)
+        return; /* nothing is read before the connection is up */
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     unsigned char *data = evbuffer_pullup(in, -1);
@@ -1102,47 +1110,48 @@ static void start_connections(apns_client *c)
     }
 }
 
+/* The ready connection with the fewest streams that has room for one more,
+ * or NULL. Connections whose stream ids run out are retired here. */
+static apns_conn *least_loaded_conn(apns_client *c)
+{
+    apns_conn *best = NULL;
+    for (int i = 0; i < c->cfg.connections; i++) {
+        apns_conn *k = &c->conns[i];
+        if (k->state != CONN_READY)
+            continue;
+        if (nghttp2_session_get_next_stream_id(k->h2) > c->cfg.max_stream_id) {
+            /* Stream ids are running out: retire this connection once its
+             * streams finish; a fresh one takes over. */
+            k->state = CONN_DRAINING;
+            c->stats.rollovers++;
+            continue;
+        }
+        if (k->inflight.n < conn_cap(k) && (best == NULL || k->inflight.n < best->inflight.n))
+            best = k;
+    }
+    return best;
+}
+
+/* Sends what waits, flushes every connection, retires finished ones and
+ * opens what the pool lacks. Runs from the loop, never from the caller's
+ * apns_client_push(). */
 static void pump(apns_client *c)
 {
     if (c->freeing)
         return;
     if (c->jwt_key && c->ready.n)
         refresh_jwt(c);
-    for (;;) {
-        if (c->stopped)
-            break;
-        /* Spread the queue over the ready connections, least loaded first. */
-        while (c->ready.head) {
-            apns_conn *best = NULL;
-            size_t best_load = 0;
-            for (int i = 0; i < c->cfg.connections; i++) {
-                apns_conn *k = &c->conns[i];
-                if (k->state != CONN_READY)
-                    continue;
-                if (nghttp2_session_get_next_stream_id(k->h2) > c->cfg.max_stream_id) {
-                    /* Stream ids are running out: retire this connection once
-                     * its streams finish; a fresh one takes over. */
-                    k->state = CONN_DRAINING;
-                    c->stats.rollovers++;
-                    continue;
-                }
-                size_t load = k->inflight.n;
-                if (load < conn_cap(k) && (best == NULL || load < best_load))
-                    best = k, best_load = load;
-            }
-            if (best == NULL)
-                break;
-            push_item *p = c->ready.head;
-            list_remove(p);
-            if (!conn_submit(best, p)) {
-                list_push_front(&c->ready, p);
-                best->state = CONN_DRAINING;
-            }
+    apns_conn *k;
+    while (!c->stopped && c->ready.head && (k = least_loaded_conn(c)) != NULL) {
+        push_item *p = c->ready.head;
+        list_remove(p);
+        if (!conn_submit(k, p)) {
+            list_push_front(&c->ready, p);
+            k->state = CONN_DRAINING; /* nghttp2 refuses new streams here */
         }
-        break;
     }
     for (int i = 0; i < c->cfg.connections; i++) {
-        apns_conn *k = &c->conns[i];
+        k = &c->conns[i];
         if (k->h2 && !conn_flush(k)) {
             conn_drop(k, "cannot write to APNs");
             continue;
