@@ -1,0 +1,350 @@
+/*
+ * test_store.c — the store interface (service/store.h) operation by
+ * operation: every refusal code, all-or-nothing enqueue, delivery order
+ * (priority, then age), skips, expiry, anomalies, NotNow push debts, the
+ * ledger, schema versions. Written against store_ops only, so the same
+ * cases can run against every back end.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "service/store.h"
+
+static char dir[64];
+static int seq;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/esim-store-test-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    return 0;
+}
+
+static store *open_fresh(char path[128])
+{
+    snprintf(path, 128, "sqlite:%s/store-%d.db", dir, ++seq);
+    store *st = NULL;
+    esim_error e;
+    if (store_open(path, NULL, NULL, &st, &e) != ESIM_OK)
+        fail_msg("open: %s", e.msg);
+    return st;
+}
+
+static void enroll(store *st, const char *udid, const char *cert)
+{
+    store_authenticate_in in = {.udid = udid, .topic = "com.apple.mgmt.External.t", .cert_sha256 = cert,
+                                .os_version = "18.1"};
+    assert_int_equal(st->ops->device_authenticate(st, &in, 1000, NULL), ESIM_OK);
+    assert_int_equal(st->ops->device_token_update(st, udid, cert, "com.apple.mgmt.External.t",
+                                                  "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                                                  "magic", 1001, NULL), ESIM_OK);
+}
+
+static void enqueue(store *st, const char *uuid, const char *udid, int priority, int64_t expires)
+{
+    const char *u[] = {udid};
+    store_command_in c = {.uuid = uuid, .request_type = "ProfileList", .body = "<plist/>",
+                          .body_len = 8, .priority = priority, .expires_at = expires};
+    assert_int_equal(st->ops->command_enqueue(st, &c, u, 1, 2000, NULL), ESIM_OK);
+}
+
+/* Idle (or a result) and returns the next command's uuid ("" when none). */
+static esim_err exchange(store *st, const char *udid, const char *status, const char *uuid,
+                         const char *const *skip, size_t n_skip, int64_t now, char next[128],
+                         store_result_outcome *outcome)
+{
+    store_exchange_in in = {.udid = udid, .status = status, .command_uuid = uuid, .raw = "raw",
+                            .raw_len = 3, .skip_uuids = skip, .n_skip = n_skip,
+                            .not_now_backoff_ms = 500};
+    store_exchange_out out = {0};
+    esim_err rc = st->ops->device_exchange(st, &in, now, &out, NULL);
+    snprintf(next, 128, "%s", out.next.present ? out.next.command_uuid : "");
+    if (outcome)
+        *outcome = out.outcome;
+    esim_buf_free(&out.next.body);
+    return rc;
+}
+
+static store_qstate state_of(store *st, const char *uuid, const char *udid)
+{
+    store_command_info info;
+    store_queue_entry *e = NULL;
+    size_t n = 0;
+    assert_int_equal(st->ops->command_get(st, uuid, &info, &e, &n, NULL), ESIM_OK);
+    store_qstate s = STORE_Q_QUEUED;
+    bool found = false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].udid, udid) == 0) {
+            s = e[i].state;
+            found = true;
+        }
+    store_queue_entries_free(e, n);
+    assert_true(found);
+    return s;
+}
+
+static void test_open_specs(void **state)
+{
+    (void)state;
+    store *st = NULL;
+    esim_error e;
+    assert_int_equal(store_open("postgres://db/esim", NULL, NULL, &st, &e), ESIM_EINVAL);
+    assert_non_null(strstr(e.msg, "not supported yet"));
+    assert_int_equal(store_open("mysql://x", NULL, NULL, &st, &e), ESIM_EINVAL);
+    assert_int_equal(store_open("sqlite:", NULL, NULL, &st, &e), ESIM_EINVAL);
+    assert_int_equal(store_open(NULL, NULL, NULL, &st, &e), ESIM_EINVAL);
+    assert_null(st);
+    char d[128];
+    snprintf(d, sizeof d, "%s/datadir/nested", dir);
+    assert_int_equal(store_open(NULL, d, NULL, &st, &e), ESIM_OK);
+    store_close(st);
+    store_close(NULL);
+}
+
+static void test_newer_schema_refused(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    store_close(st);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(spec + 7, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE schema_version SET version = 999", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    esim_error e;
+    st = NULL;
+    assert_int_equal(store_open(spec, NULL, NULL, &st, &e), ESIM_ESTORE);
+    assert_non_null(strstr(e.msg, "newer"));
+    assert_null(st);
+}
+
+static void test_identity_binding_and_checkout(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    esim_error e;
+    assert_int_equal(st->ops->device_token_update(st, "U1", "c1", "t", "00", "m", 1, &e), ESIM_ENOTFOUND);
+    enroll(st, "U1", "c1");
+    store_authenticate_in other = {.udid = "U1", .topic = "t", .cert_sha256 = "c2"};
+    assert_int_equal(st->ops->device_authenticate(st, &other, 5, &e), ESIM_EAUTH);
+    char next[128];
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 10, next, NULL), ESIM_OK);
+    store_exchange_in in = {.udid = "U1", .cert_sha256 = "c2", .status = "Idle"};
+    store_exchange_out out = {0};
+    assert_int_equal(st->ops->device_exchange(st, &in, 10, &out, &e), ESIM_EAUTH);
+    assert_int_equal(st->ops->device_checkout(st, "U1", "c2", 11, &e), ESIM_EAUTH);
+    enqueue(st, "cmd-a", "U1", 0, 0);
+    assert_int_equal(st->ops->device_checkout(st, "U1", "c1", 12, &e), ESIM_OK);
+    assert_int_equal(state_of(st, "cmd-a", "U1"), STORE_Q_CANCELED);
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 13, next, NULL), ESIM_ESTATE);
+    store_device d;
+    assert_int_equal(st->ops->device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_false(d.enrolled);
+    assert_int_equal(d.push_state, STORE_PUSH_NONE);
+    /* After CheckOut a new identity may enroll. */
+    enroll(st, "U1", "c2");
+    assert_int_equal(st->ops->device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_true(d.enrolled);
+    assert_string_equal(d.cert_sha256, "c2");
+    assert_string_equal(d.os_version, "18.1");
+    store_close(st);
+}
+
+static void test_enqueue_all_or_nothing(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", NULL);
+    enroll(st, "U2", NULL);
+    esim_error e;
+    store_command_in c = {.uuid = "cmd-1", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    const char *unknown[] = {"U1", "U9"};
+    assert_int_equal(st->ops->command_enqueue(st, &c, unknown, 2, 1, &e), ESIM_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "U9"));
+    store_command_info info;
+    store_queue_entry *entries = NULL;
+    size_t n = 0;
+    assert_int_equal(st->ops->command_get(st, "cmd-1", &info, &entries, &n, NULL), ESIM_ENOTFOUND);
+    const char *twice[] = {"U1", "U1"};
+    assert_int_equal(st->ops->command_enqueue(st, &c, twice, 2, 1, &e), ESIM_EINVAL);
+    const char *ok[] = {"U1", "U2"};
+    assert_int_equal(st->ops->command_enqueue(st, &c, ok, 2, 1, &e), ESIM_OK);
+    assert_int_equal(st->ops->command_enqueue(st, &c, ok, 1, 1, &e), ESIM_EEXIST);
+    assert_int_equal(st->ops->command_enqueue(st, &c, ok, 0, 1, &e), ESIM_EINVAL);
+    assert_int_equal(st->ops->command_get(st, "cmd-1", &info, &entries, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(info.request_type, "ProfileList");
+    store_queue_entries_free(entries, n);
+    assert_int_equal(st->ops->device_checkout(st, "U2", NULL, 2, NULL), ESIM_OK);
+    c.uuid = "cmd-2";
+    assert_int_equal(st->ops->command_enqueue(st, &c, ok, 2, 1, &e), ESIM_ESTATE);
+    store_close(st);
+}
+
+static void test_delivery_order_skip_expiry(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", NULL);
+    enqueue(st, "low-old", "U1", 0, 0);
+    enqueue(st, "high", "U1", 5, 0);
+    enqueue(st, "low-new", "U1", 0, 0);
+    enqueue(st, "expiring", "U1", 9, 3000);
+    char next[128];
+    /* Past its expiry it is never chosen, whatever its priority. */
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 5000, next, NULL), ESIM_OK);
+    assert_string_equal(next, "high");
+    const char *skip[] = {"high"};
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, skip, 1, 5001, next, NULL), ESIM_OK);
+    assert_string_equal(next, "low-old");
+    size_t expired = 0;
+    assert_int_equal(st->ops->expire(st, 5002, &expired, NULL), ESIM_OK);
+    assert_int_equal(expired, 1);
+    assert_int_equal(state_of(st, "expiring", "U1"), STORE_Q_EXPIRED);
+    /* Sent but unanswered commands come again on the next request. */
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 5003, next, NULL), ESIM_OK);
+    assert_string_equal(next, "high");
+    assert_int_equal(exchange(st, "U1", "Acknowledged", "high", NULL, 0, 5004, next, NULL), ESIM_OK);
+    assert_string_equal(next, "low-old");
+    assert_int_equal(exchange(st, "U1", "Error", "low-old", NULL, 0, 5005, next, NULL), ESIM_OK);
+    assert_string_equal(next, "low-new");
+    store_queue_entry *q = NULL;
+    size_t n = 0;
+    assert_int_equal(st->ops->device_queue(st, "U1", false, &q, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    store_queue_entries_free(q, n);
+    assert_int_equal(st->ops->device_queue(st, "U1", true, &q, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 4);
+    store_queue_entries_free(q, n);
+    store_close(st);
+}
+
+static void test_anomalies_and_not_now(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", NULL);
+    enroll(st, "U2", NULL);
+    enqueue(st, "a", "U1", 0, 0);
+    enqueue(st, "b", "U2", 0, 0);
+    char next[128];
+    store_result_outcome o;
+    /* Queued but never sent: an answer is an anomaly and the reply is the next command. */
+    assert_int_equal(exchange(st, "U1", "Acknowledged", "a", NULL, 0, 10, next, &o), ESIM_OK);
+    assert_int_equal(o, STORE_RESULT_ANOMALY);
+    assert_string_equal(next, "a");
+    /* Another device's command. */
+    assert_int_equal(exchange(st, "U1", "Acknowledged", "b", NULL, 0, 11, next, &o), ESIM_OK);
+    assert_int_equal(o, STORE_RESULT_ANOMALY);
+    assert_int_equal(state_of(st, "b", "U2"), STORE_Q_QUEUED);
+    /* NotNow: counted, still deliverable, a push owed after the back-off. */
+    assert_int_equal(exchange(st, "U1", "NotNow", "a", (const char *const[]){"a"}, 1, 20, next, &o), ESIM_OK);
+    assert_int_equal(o, STORE_RESULT_APPLIED);
+    assert_string_equal(next, "");
+    assert_int_equal(state_of(st, "a", "U1"), STORE_Q_NOT_NOW);
+    char due[4][65];
+    size_t n = 0;
+    assert_int_equal(st->ops->push_due(st, 100, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(st->ops->push_due(st, 520, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(due[0], "U1");
+    assert_int_equal(st->ops->push_due(st, 600, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0); /* the debt is paid once */
+    assert_int_equal(st->ops->push_recorded(st, "U1", false, 601, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "a", "U1"), STORE_Q_PUSHED);
+    assert_int_equal(st->ops->push_recorded(st, "U1", true, 602, NULL), ESIM_OK);
+    store_push_target t;
+    assert_int_equal(st->ops->push_target(st, "U1", &t, NULL), ESIM_OK);
+    assert_int_equal(t.push_state, STORE_PUSH_DEAD);
+    /* A bad status is refused and changes nothing. */
+    esim_error e;
+    assert_int_equal(exchange(st, "U1", "Maybe", "a", NULL, 0, 30, next, NULL), ESIM_EINVAL);
+    assert_int_equal(exchange(st, "U9", "Idle", NULL, NULL, 0, 30, next, NULL), ESIM_ENOTFOUND);
+    (void)e;
+    /* Cancel: once, then it is final. */
+    assert_int_equal(st->ops->queue_cancel(st, "U1", "a", 40, NULL), ESIM_OK);
+    assert_int_equal(st->ops->queue_cancel(st, "U1", "a", 41, &e), ESIM_ESTATE);
+    assert_int_equal(st->ops->queue_cancel(st, "U1", "zzz", 41, &e), ESIM_ENOTFOUND);
+    /* The ledger, paged. */
+    store_event *ev = NULL;
+    size_t nev = 0;
+    assert_int_equal(st->ops->events_list(st, "U1", 0, 3, &ev, &nev, NULL), ESIM_OK);
+    assert_int_equal(nev, 3);
+    assert_string_equal(ev[0].kind, "authenticate");
+    int64_t last = ev[2].id;
+    store_events_free(ev, nev);
+    size_t anomalies = 0;
+    assert_int_equal(st->ops->events_list(st, "U1", last, 1000, &ev, &nev, NULL), ESIM_OK);
+    for (size_t i = 0; i < nev; i++) {
+        assert_true(ev[i].id > last);
+        if (strcmp(ev[i].kind, "anomaly") == 0) {
+            anomalies++;
+            assert_int_equal(ev[i].raw.len, 3);
+        }
+    }
+    store_events_free(ev, nev);
+    assert_int_equal(anomalies, 2);
+    store_stats ss;
+    assert_int_equal(st->ops->stats(st, &ss, NULL), ESIM_OK);
+    assert_int_equal(ss.devices, 2);
+    assert_int_equal(ss.enrolled, 2);
+    assert_int_equal(ss.reachable, 1); /* U1's token is dead */
+    assert_int_equal(ss.queue_by_state[STORE_Q_CANCELED], 1);
+    assert_int_equal(ss.queue_by_state[STORE_Q_QUEUED], 1);
+    store_close(st);
+}
+
+static void test_group_sync(void **state)
+{
+    (void)state;
+    char spec[128];
+    snprintf(spec, sizeof spec, "sqlite:%s/sync-%d.db", dir, ++seq);
+    for (int mode = STORE_SYNC_GROUP; mode <= STORE_SYNC_NORMAL; mode++) {
+        store_options o = {.sync = (store_sync)mode};
+        store *st = NULL;
+        assert_int_equal(store_open(spec, NULL, &o, &st, NULL), ESIM_OK);
+        int64_t before = st->ops->commit_count(st);
+        enroll(st, mode == STORE_SYNC_GROUP ? "G1" : mode == STORE_SYNC_FULL ? "F1" : "N1", NULL);
+        assert_true(st->ops->commit_count(st) > before);
+        assert_int_equal(st->ops->sync(st, NULL), ESIM_OK);
+        store_close(st);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_specs),
+        cmocka_unit_test(test_newer_schema_refused),
+        cmocka_unit_test(test_identity_binding_and_checkout),
+        cmocka_unit_test(test_enqueue_all_or_nothing),
+        cmocka_unit_test(test_delivery_order_skip_expiry),
+        cmocka_unit_test(test_anomalies_and_not_now),
+        cmocka_unit_test(test_group_sync),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
