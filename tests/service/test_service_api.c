@@ -292,6 +292,34 @@ static void test_restart_with_non_empty_queue(void **state)
     harness_stop(&ts);
 }
 
+/* No global state: two services in one process know nothing of each other. */
+static void test_two_services_in_one_process(void **state)
+{
+    (void)state;
+    test_service a = {0}, b = {0};
+    esim_service_config ca, cb;
+    harness_config(&env, "two-a", &ca, a.data_dir);
+    harness_config(&env, "two-b", &cb, b.data_dir);
+    cb.api_token = "another-token-for-b";
+    harness_start(&a, &ca);
+    harness_start(&b, &cb);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, a.url);
+    device_enroll(&dev);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/devices/%s", udid);
+    assert_int_equal(api_call(a.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 200);
+    assert_int_equal(api_call(b.url, "another-token-for-b", "GET", path, NULL, NULL, NULL), 404);
+    assert_int_equal(api_call(b.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 401);
+    assert_int_equal(api_metric(a.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 1);
+    assert_int_equal(api_metric(b.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 0);
+    device_free(&dev);
+    harness_stop(&a);
+    harness_stop(&b);
+}
+
 /* ---- webhooks: a receiver on its own loop that fails its first request ---- */
 
 typedef struct {
@@ -560,6 +588,7 @@ int main(void)
         cmocka_unit_test(test_restrictions_become_install_profile),
         cmocka_unit_test(test_cancel_and_expiry),
         cmocka_unit_test(test_restart_with_non_empty_queue),
+        cmocka_unit_test(test_two_services_in_one_process),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
         cmocka_unit_test(test_push_through_apns_mock),
