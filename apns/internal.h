@@ -38,6 +38,10 @@ typedef struct {
 void apns_rng_seed(apns_rng *r, uint64_t seed); /* seed 0: from OpenSSL random */
 uint64_t apns_rng_next(apns_rng *r);
 double apns_rng_unit(apns_rng *r); /* [0, 1) */
+/* A version-4 UUID (lowercase) drawn from |r|: unique, not secret. Cheaper
+ * than esim_uuid_new(), which asks OpenSSL (a getpid() call and a DRBG
+ * round) each time. */
+void apns_uuid_fast(apns_rng *r, char out[ESIM_UUID_LEN + 1]);
 
 /* ---- string map (open hashing, keys copied) ---- */
 

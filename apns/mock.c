@@ -226,17 +226,8 @@ static void give_answer(mock_stream *st)
 {
     mock_conn *mc = st->mc;
     apns_mock *m = mc->m;
-    static const char *const codes[] = {"200", "400", "403", "404", "405",
-                                        "410", "413", "429", "500", "503"};
-    char code[12];
-    const char *status_text = NULL;
-    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-        if (atoi(codes[i]) == st->status)
-            status_text = codes[i];
-    if (status_text == NULL) {
-        snprintf(code, sizeof code, "%03d", st->status % 1000);
-        status_text = code; /* copied below */
-    }
+    char status_text[4] = {(char)('0' + st->status / 100 % 10), (char)('0' + st->status / 10 % 10),
+                           (char)('0' + st->status % 10), '\0'};
     nghttp2_nv nva[3] = {
         {(uint8_t *)":status", (uint8_t *)status_text, 7, 3, NGHTTP2_NV_FLAG_NO_COPY_NAME},
         NVS("apns-id", st->resp_id, ESIM_UUID_LEN),
@@ -298,7 +289,7 @@ static void answer(mock_stream *st, int status, const char *reason, int64_t time
     if (st->hdr[H_ID] && esim_uuid_valid(st->hdr[H_ID]))
         snprintf(st->resp_id, sizeof st->resp_id, "%s", st->hdr[H_ID]);
     else
-        esim_uuid_new(st->resp_id);
+        apns_uuid_fast(&m->rng, st->resp_id); /* APNs assigns one when none was sent */
     if (status != 200) {
         int n = timestamp_ms
                     ? snprintf(st->resp_body, sizeof st->resp_body,

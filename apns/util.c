@@ -215,6 +215,27 @@ double apns_rng_unit(apns_rng *r)
     return (double)(apns_rng_next(r) >> 11) / 9007199254740992.0;
 }
 
+void apns_uuid_fast(apns_rng *r, char out[ESIM_UUID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = apns_rng_next(r), b = apns_rng_next(r);
+    unsigned char u[16];
+    for (int i = 0; i < 8; i++) {
+        u[i] = (unsigned char)(a >> (8 * i));
+        u[8 + i] = (unsigned char)(b >> (8 * i));
+    }
+    u[6] = (unsigned char)((u[6] & 0x0f) | 0x40); /* version 4 */
+    u[8] = (unsigned char)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[u[i] >> 4];
+        *o++ = hex[u[i] & 15];
+    }
+    *o = '\0';
+}
+
 /* ---- string map ---- */
 
 static size_t hash_key(const char *s)
