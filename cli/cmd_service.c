@@ -27,11 +27,15 @@ static const char serve_usage[] =
     "  --listen ADDR:PORT        where to listen (default 127.0.0.1:8080; port 0 = any free one)\n"
     "  --port-file F             write the bound port to F once listening\n"
     "  --data-dir DIR            state directory (default ./esim-mdm-data)\n"
-    "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db); postgres:// is not supported yet\n"
-    "  --store-sync MODE         group (default): answers wait for one shared fsync per loop turn;\n"
-    "                            full: fsync per commit; normal: no fsync (survives crashes, not power cuts)\n"
+    "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db); postgres:// is not "
+    "supported yet\n"
+    "  --store-sync MODE         group (default): answers wait for one shared fsync per loop "
+    "turn;\n"
+    "                            full: fsync per commit; normal: no fsync (survives crashes, not "
+    "power cuts)\n"
     "  --api-token-file F        bearer token for /v1/ (default: DIR/api-token, made if missing)\n"
-    "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none (experiments only)\n"
+    "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none "
+    "(experiments only)\n"
     "  --device-ca PEM           CA bundle that device identity certificates chain to\n"
     "  --tls-cert PEM --tls-key PEM   serve HTTPS\n"
     "  --apns URL                APNs (https://api.push.apple.com, or the mock's URL)\n"
@@ -47,10 +51,28 @@ static const char serve_usage[] =
     "                            (command-line options given after --config win)\n";
 
 enum {
-    O_LISTEN = 1000, O_PORT_FILE, O_DATA_DIR, O_STORE, O_STORE_SYNC, O_API_TOKEN_FILE,
-    O_DEVICE_AUTH, O_DEVICE_CA, O_TLS_CERT, O_TLS_KEY, O_APNS, O_APNS_CERT, O_APNS_KEY,
-    O_APNS_CA, O_APNS_TOPIC, O_WEBHOOK, O_WEBHOOK_SECRET_FILE, O_MAX_BODY, O_DEVICE_RATE,
-    O_NOT_NOW_BACKOFF, O_CONFIG, O_HELP,
+    O_LISTEN = 1000,
+    O_PORT_FILE,
+    O_DATA_DIR,
+    O_STORE,
+    O_STORE_SYNC,
+    O_API_TOKEN_FILE,
+    O_DEVICE_AUTH,
+    O_DEVICE_CA,
+    O_TLS_CERT,
+    O_TLS_KEY,
+    O_APNS,
+    O_APNS_CERT,
+    O_APNS_KEY,
+    O_APNS_CA,
+    O_APNS_TOPIC,
+    O_WEBHOOK,
+    O_WEBHOOK_SECRET_FILE,
+    O_MAX_BODY,
+    O_DEVICE_RATE,
+    O_NOT_NOW_BACKOFF,
+    O_CONFIG,
+    O_HELP,
 };
 
 static const struct option serve_options[] = {
@@ -100,8 +122,8 @@ static int read_config(serve_opts *o, const char *path)
         return cli_usage_error("--config: %s", e.msg);
     int rc = CLI_EXIT_OK;
     int lineno = 0;
-    for (char *save = NULL, *line = strtok_r((char *)text.data, "\n", &save); line && rc == CLI_EXIT_OK;
-         line = strtok_r(NULL, "\n", &save)) {
+    for (char *save = NULL, *line = strtok_r((char *)text.data, "\n", &save);
+         line && rc == CLI_EXIT_OK; line = strtok_r(NULL, "\n", &save)) {
         lineno++;
         while (*line == ' ' || *line == '\t')
             line++;
@@ -130,7 +152,8 @@ static int read_config(serve_opts *o, const char *path)
             rc = cli_usage_error("%s:%d: %s needs a value", path, lineno, line);
             break;
         }
-        if (o->n_owned == sizeof o->owned / sizeof o->owned[0] || !(o->owned[o->n_owned] = strdup(value))) {
+        if (o->n_owned == sizeof o->owned / sizeof o->owned[0] ||
+            !(o->owned[o->n_owned] = strdup(value))) {
             rc = cli_usage_error("%s: too many options", path);
             break;
         }
@@ -156,27 +179,59 @@ static int apply_option(serve_opts *o, int id, const char *v)
     long n = 0;
     int rc = CLI_EXIT_OK;
     switch (id) {
-    case O_LISTEN: o->cfg.listen = v; break;
-    case O_PORT_FILE: o->port_file = v; break;
-    case O_DATA_DIR: o->cfg.data_dir = v; break;
-    case O_STORE: o->cfg.store = v; break;
-    case O_STORE_SYNC: o->store_sync = v; break;
-    case O_API_TOKEN_FILE: o->api_token_file = v; break;
-    case O_DEVICE_AUTH: o->device_auth = v; break;
-    case O_DEVICE_CA: o->cfg.device_ca_path = v; break;
-    case O_TLS_CERT: o->cfg.tls_cert_path = v; break;
-    case O_TLS_KEY: o->cfg.tls_key_path = v; break;
-    case O_APNS: o->cfg.apns_url = v; break;
-    case O_APNS_CERT: o->cfg.apns_cert_path = v; break;
-    case O_APNS_KEY: o->cfg.apns_key_path = v; break;
-    case O_APNS_CA: o->cfg.apns_ca_path = v; break;
-    case O_APNS_TOPIC: o->cfg.apns_topic = v; break;
+    case O_LISTEN:
+        o->cfg.listen = v;
+        break;
+    case O_PORT_FILE:
+        o->port_file = v;
+        break;
+    case O_DATA_DIR:
+        o->cfg.data_dir = v;
+        break;
+    case O_STORE:
+        o->cfg.store = v;
+        break;
+    case O_STORE_SYNC:
+        o->store_sync = v;
+        break;
+    case O_API_TOKEN_FILE:
+        o->api_token_file = v;
+        break;
+    case O_DEVICE_AUTH:
+        o->device_auth = v;
+        break;
+    case O_DEVICE_CA:
+        o->cfg.device_ca_path = v;
+        break;
+    case O_TLS_CERT:
+        o->cfg.tls_cert_path = v;
+        break;
+    case O_TLS_KEY:
+        o->cfg.tls_key_path = v;
+        break;
+    case O_APNS:
+        o->cfg.apns_url = v;
+        break;
+    case O_APNS_CERT:
+        o->cfg.apns_cert_path = v;
+        break;
+    case O_APNS_KEY:
+        o->cfg.apns_key_path = v;
+        break;
+    case O_APNS_CA:
+        o->cfg.apns_ca_path = v;
+        break;
+    case O_APNS_TOPIC:
+        o->cfg.apns_topic = v;
+        break;
     case O_WEBHOOK:
         if (o->n_webhooks == sizeof o->webhooks / sizeof o->webhooks[0])
             return cli_usage_error("--webhook: at most 32 URLs");
         o->webhooks[o->n_webhooks++] = v;
         break;
-    case O_WEBHOOK_SECRET_FILE: o->webhook_secret_file = v; break;
+    case O_WEBHOOK_SECRET_FILE:
+        o->webhook_secret_file = v;
+        break;
     case O_MAX_BODY:
         if ((rc = parse_long("--max-body", v, 1024, 64L * 1024 * 1024, &n)) == CLI_EXIT_OK)
             o->cfg.max_body = (size_t)n;
@@ -191,8 +246,11 @@ static int apply_option(serve_opts *o, int id, const char *v)
         if ((rc = parse_long("--not-now-backoff", v, 1, 86400, &n)) == CLI_EXIT_OK)
             o->cfg.not_now_backoff_ms = n * 1000;
         break;
-    case O_CONFIG: rc = read_config(o, v); break;
-    default: rc = cli_usage_error("unknown option; `esim-mdm serve --help` lists them");
+    case O_CONFIG:
+        rc = read_config(o, v);
+        break;
+    default:
+        rc = cli_usage_error("unknown option; `esim-mdm serve --help` lists them");
     }
     return rc;
 }
@@ -237,7 +295,8 @@ static int default_token(const char *data_dir, char **token, char *path, size_t 
     if (rc == ESIM_ENOTFOUND) {
         unsigned char raw[24];
         esim_buf hex = {0};
-        if (esim_random_bytes(raw, sizeof raw) != ESIM_OK || esim_hex_encode(raw, sizeof raw, &hex) != ESIM_OK ||
+        if (esim_random_bytes(raw, sizeof raw) != ESIM_OK ||
+            esim_hex_encode(raw, sizeof raw, &hex) != ESIM_OK ||
             esim_buf_append_str(&hex, "\n") != ESIM_OK ||
             esim_write_file_atomic(path, hex.data, hex.len, 0600, &e) != ESIM_OK) {
             esim_buf_free(&hex);
@@ -333,7 +392,8 @@ int cmd_serve(int argc, char **argv)
     if (rc == CLI_EXIT_OK && optind < argc)
         rc = cli_usage_error("serve: unexpected argument '%s'", argv[optind]);
     esim_error e;
-    if (rc == CLI_EXIT_OK && o.device_auth && esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
+    if (rc == CLI_EXIT_OK && o.device_auth &&
+        esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
         rc = cli_usage_error("--device-auth: %s", e.msg);
     if (rc == CLI_EXIT_OK && o.store_sync) {
         if (strcmp(o.store_sync, "group") == 0)
@@ -483,7 +543,8 @@ static int client_parse(client_opts *c, int argc, char **argv, extra_opt_fn extr
             if (used < 0)
                 return -1;
             if (used == 0) {
-                cli_usage_error("%s: unknown option '%s' (or missing value); see --help", argv[0], a);
+                cli_usage_error("%s: unknown option '%s' (or missing value); see --help", argv[0],
+                                a);
                 return -1;
             }
             i += used - 1;
@@ -556,12 +617,14 @@ static int enqueue_opt(void *ctx, int argc, char **argv, int i)
             return -1;
         json_t *r = json_object();
         char *copy = strdup(v);
-        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t;
+             t = strtok_r(NULL, ",", &save)) {
             char *eq = strchr(t, '=');
             if (!eq) {
                 free(copy);
                 json_decref(r);
-                cli_usage_error("--restrictions: use name=word pairs, as esim_modification=deny,preserve_esim_on_erase=on");
+                cli_usage_error("--restrictions: use name=word pairs, as "
+                                "esim_modification=deny,preserve_esim_on_erase=on");
                 return -1;
             }
             *eq = '\0';
@@ -616,13 +679,15 @@ static int enqueue_opt(void *ctx, int argc, char **argv, int i)
 
 static const char enqueue_usage[] =
     "usage: esim-mdm enqueue --udid UDID [--udid UDID...] COMMAND [--priority N]\n"
-    "                        [--expires-in SECONDS] [--no-push] [--server URL] [--token-file F] [--json]\n"
+    "                        [--expires-in SECONDS] [--no-push] [--server URL] [--token-file F] "
+    "[--json]\n"
     "COMMAND is one of:\n"
     "  --refresh-plans URL          RefreshCellularPlans with eSIMServerURL\n"
     "  --device-information Q[,Q]   DeviceInformation, e.g. ServiceSubscriptions\n"
     "  --restrictions k=v[,k=v]     InstallProfile of an eSIM restrictions profile\n"
     "                               (esim_modification=allow|deny, preserve_esim_on_erase=on|off,\n"
-    "                                esim_outgoing_transfers=allow|deny, cellular_plan_modification=allow|deny)\n"
+    "                                esim_outgoing_transfers=allow|deny, "
+    "cellular_plan_modification=allow|deny)\n"
     "  --erase [--preserve-data-plan]  EraseDevice\n"
     "  --remove-profile ID | --profile-list\n"
     "  --plist FILE                 a whole command plist (sent to PUT /v1/enqueue/...)\n";
@@ -644,7 +709,8 @@ int cmd_enqueue(int argc, char **argv)
         rc = CLI_EXIT_USAGE;
         goto out;
     }
-    if (json_array_size(x.udids) == 0 || (!x.plist_path && !json_object_get(x.command, "request_type"))) {
+    if (json_array_size(x.udids) == 0 ||
+        (!x.plist_path && !json_object_get(x.command, "request_type"))) {
         rc = cli_usage_error("enqueue: needs at least one --udid and one command; see --help");
         goto out;
     }
@@ -658,13 +724,15 @@ int cmd_enqueue(int argc, char **argv)
         }
         esim_buf_append_str(&path, "/v1/enqueue/");
         for (size_t i = 0; i < json_array_size(x.udids); i++)
-            esim_buf_printf(&path, "%s%s", i ? "," : "", json_string_value(json_array_get(x.udids, i)));
+            esim_buf_printf(&path, "%s%s", i ? "," : "",
+                            json_string_value(json_array_get(x.udids, i)));
         if (x.no_push)
             esim_buf_append_str(&path, "?nopush=1");
         rc = client_call(&c, "PUT", (const char *)path.data, (const char *)plist.data,
                          "application/xml", &r);
     } else {
-        json_t *req = json_pack("{s:O,s:O,s:b}", "udids", x.udids, "command", x.command, "push", !x.no_push);
+        json_t *req =
+            json_pack("{s:O,s:O,s:b}", "udids", x.udids, "command", x.command, "push", !x.no_push);
         if (x.have_priority)
             json_object_set_new(req, "priority", json_integer(x.priority));
         if (x.expires_in)
@@ -736,7 +804,8 @@ int cmd_status(int argc, char **argv)
                "ANSWERED", "ERROR");
         const char *udid;
         json_t *d;
-        json_object_foreach(json_object_get(root, "devices"), udid, d) {
+        json_object_foreach(json_object_get(root, "devices"), udid, d)
+        {
             json_t *chain = json_array_get(json_object_get(d, "error_chain"), 0);
             char errtext[200] = "-";
             if (chain)
@@ -786,8 +855,10 @@ int cmd_devices(int argc, char **argv)
         fwrite(r.body.data, 1, r.body.len, stdout);
     } else if (rc == CLI_EXIT_OK) {
         json_t *root = json_loads((const char *)r.body.data, 0, NULL);
-        json_t *list = n_pos == 1 ? json_pack("[O]", root) : json_incref(json_object_get(root, "devices"));
-        printf("%-40s  %-8s  %-6s  %-10s  %-24s  %s\n", "UDID", "ENROLLED", "PUSH", "OS", "LAST_SEEN", "EID");
+        json_t *list =
+            n_pos == 1 ? json_pack("[O]", root) : json_incref(json_object_get(root, "devices"));
+        printf("%-40s  %-8s  %-6s  %-10s  %-24s  %s\n", "UDID", "ENROLLED", "PUSH", "OS",
+               "LAST_SEEN", "EID");
         size_t i;
         json_t *d;
         json_array_foreach(list, i, d)

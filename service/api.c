@@ -53,14 +53,21 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
 int api_status_for(esim_err rc)
 {
     switch (rc) {
-    case ESIM_OK: return 200;
-    case ESIM_EINVAL: return 400;
-    case ESIM_ETOOBIG: return 413;
-    case ESIM_ENOTFOUND: return 404;
+    case ESIM_OK:
+        return 200;
+    case ESIM_EINVAL:
+        return 400;
+    case ESIM_ETOOBIG:
+        return 413;
+    case ESIM_ENOTFOUND:
+        return 404;
     case ESIM_EEXIST:
-    case ESIM_ESTATE: return 409;
-    case ESIM_EAUTH: return 403;
-    default: return 500;
+    case ESIM_ESTATE:
+        return 409;
+    case ESIM_EAUTH:
+        return 403;
+    default:
+        return 500;
     }
 }
 
@@ -121,7 +128,8 @@ static size_t split_udids(api_request *r, const char *list, char *buf, size_t bu
     }
     strcpy(buf, list);
     size_t n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
         esim_error e;
         if (esim_udid_validate(tok, &e) != ESIM_OK) {
             api_error(r, 400, "udids", "%s", e.msg);
@@ -156,9 +164,10 @@ static json_t *device_json(const store_device *d)
     json_object_set_new(o, "eid", str_or_null(d->eid));
     json_object_set_new(o, "topic", str_or_null(d->topic));
     json_object_set_new(o, "identity_sha256", str_or_null(d->cert_sha256));
-    json_object_set_new(o, "push", json_pack("{s:s,s:o,s:o}", "state", store_push_state_name(d->push_state),
-                                             "token_updated_at", ts(d->token_updated_at),
-                                             "repush_due_at", ts(d->push_due_at)));
+    json_object_set_new(o, "push",
+                        json_pack("{s:s,s:o,s:o}", "state", store_push_state_name(d->push_state),
+                                  "token_updated_at", ts(d->token_updated_at), "repush_due_at",
+                                  ts(d->push_due_at)));
     json_object_set_new(o, "enrolled_at", ts(d->enrolled_at));
     json_object_set_new(o, "checked_out_at", ts(d->checked_out_at));
     json_object_set_new(o, "last_seen_at", ts(d->last_seen_at));
@@ -199,8 +208,9 @@ static json_t *push_states_json(const char *const *udids, const esim_push_state 
 {
     json_t *devices = json_object();
     for (size_t i = 0; i < n; i++)
-        json_object_set_new(devices, udids[i], json_pack("{s:b,s:s}", "queued", 1, "push",
-                                                         esim_push_state_name(ps[i])));
+        json_object_set_new(
+            devices, udids[i],
+            json_pack("{s:b,s:s}", "queued", 1, "push", esim_push_state_name(ps[i])));
     return devices;
 }
 
@@ -230,15 +240,18 @@ static void h_post_commands(api_request *r)
     json_t *body = api_body_json(r);
     if (!body)
         return;
-    static const char *const keys[] = {"udids", "command", "priority", "expires_in_s", "push", NULL};
+    static const char *const keys[] = {"udids",        "command", "priority",
+                                       "expires_in_s", "push",    NULL};
     const char *key;
     json_t *v;
-    json_object_foreach(body, key, v) {
+    json_object_foreach(body, key, v)
+    {
         bool ok = false;
         for (size_t i = 0; keys[i] && !ok; i++)
             ok = strcmp(keys[i], key) == 0;
         if (!ok) {
-            api_error(r, 400, key, "%s: unknown key; known: udids, command, priority, expires_in_s, push", key);
+            api_error(r, 400, key,
+                      "%s: unknown key; known: udids, command, priority, expires_in_s, push", key);
             json_decref(body);
             return;
         }
@@ -262,13 +275,15 @@ static void h_post_commands(api_request *r)
         api_error(r, 400, "udids", "udids: at most %d devices per call", MAX_UDIDS_PER_CALL);
         goto done;
     }
-    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < -1000 || json_integer_value(prio) > 1000)) {
+    if (prio && (!json_is_integer(prio) || json_integer_value(prio) < -1000 ||
+                 json_integer_value(prio) > 1000)) {
         api_error(r, 400, "priority", "priority: must be an integer from -1000 to 1000");
         goto done;
     }
     if (exp && (!json_is_integer(exp) || json_integer_value(exp) <= 0 ||
                 json_integer_value(exp) > 10LL * 365 * 24 * 3600)) {
-        api_error(r, 400, "expires_in_s", "expires_in_s: must be a positive number of seconds (at most 10 years)");
+        api_error(r, 400, "expires_in_s",
+                  "expires_in_s: must be a positive number of seconds (at most 10 years)");
         goto done;
     }
     if (push && !json_is_boolean(push)) {
@@ -301,15 +316,16 @@ static void h_post_commands(api_request *r)
         .push = push ? json_is_true(push) : true,
     };
     char uuid[128];
-    esim_err rc = esim_service_enqueue(r->svc, cmd.body.data, cmd.body.len, list, n, &opts, ps,
-                                       uuid, &e);
+    esim_err rc =
+        esim_service_enqueue(r->svc, cmd.body.data, cmd.body.len, list, n, &opts, ps, uuid, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : NULL,
                   "%s", e.msg);
         goto done;
     }
-    api_reply_json(r, 200, json_pack("{s:s,s:s,s:o}", "command_uuid", uuid, "request_type",
-                                     cmd.request_type, "devices", push_states_json(list, ps, n)));
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:o}", "command_uuid", uuid, "request_type",
+                             cmd.request_type, "devices", push_states_json(list, ps, n)));
 done:
     esim_cmd_free(&cmd);
     free(list);
@@ -330,7 +346,8 @@ static void h_enqueue_raw(api_request *r)
     size_t len = 0;
     const unsigned char *body = http_body(r->req, &len);
     if (!body) {
-        api_error(r, 400, "body", "the body must be a command plist (CommandUUID, Command.RequestType)");
+        api_error(r, 400, "body",
+                  "the body must be a command plist (CommandUUID, Command.RequestType)");
         return;
     }
     const char *nopush = query_get(r, "nopush");
@@ -352,10 +369,12 @@ static void h_enqueue_raw(api_request *r)
     }
     json_t *status = json_object();
     for (size_t i = 0; i < n; i++)
-        json_object_set_new(status, udids[i], json_pack("{s:s}", "push", esim_push_state_name(ps[i])));
-    api_reply_json(r, 200, json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", uuid, "request_type",
-                                     parsed.request_type, "no_push", !push, "status", status,
-                                     "devices", push_states_json(udids, ps, n)));
+        json_object_set_new(status, udids[i],
+                            json_pack("{s:s}", "push", esim_push_state_name(ps[i])));
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", uuid, "request_type",
+                             parsed.request_type, "no_push", !push, "status", status, "devices",
+                             push_states_json(udids, ps, n)));
     esim_cmd_parsed_free(&parsed);
 }
 
@@ -375,10 +394,11 @@ static void h_get_command(api_request *r)
     for (size_t i = 0; i < n; i++)
         json_object_set_new(devices, entries[i].udid, entry_json(&entries[i], false, true));
     store_queue_entries_free(entries, n);
-    api_reply_json(r, 200, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o}", "command_uuid", info.uuid,
-                                     "request_type", info.request_type, "priority", info.priority,
-                                     "created_at", ts(info.created_at), "expires_at",
-                                     ts(info.expires_at), "devices", devices));
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:i,s:o,s:o,s:o}", "command_uuid", info.uuid, "request_type",
+                             info.request_type, "priority", info.priority, "created_at",
+                             ts(info.created_at), "expires_at", ts(info.expires_at), "devices",
+                             devices));
 }
 
 static void h_list_devices(api_request *r)
@@ -425,7 +445,8 @@ static void h_device_queue(api_request *r)
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
+    esim_err rc =
+        r->svc->st->ops->device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -445,7 +466,8 @@ static void h_device_events(api_request *r)
     long long after = after_s ? strtoll(after_s, NULL, 10) : 0;
     long limit = lim ? strtol(lim, NULL, 10) : 100;
     if (limit < 1 || limit > 1000 || after < 0) {
-        api_error(r, 400, lim ? "limit" : "after", "limit: 1 to 1000; after: an event id from a previous page");
+        api_error(r, 400, lim ? "limit" : "after",
+                  "limit: 1 to 1000; after: an event id from a previous page");
         return;
     }
     store_device d;
@@ -454,16 +476,17 @@ static void h_device_events(api_request *r)
     store_event *ev = NULL;
     size_t n = 0;
     if (rc == ESIM_OK)
-        rc = r->svc->st->ops->events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n, &e);
+        rc = r->svc->st->ops->events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n,
+                                          &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_t *o = json_pack("{s:I,s:o,s:s,s:o,s:o}", "id", (json_int_t)ev[i].id, "at", ts(ev[i].at),
-                              "kind", ev[i].kind, "command_uuid", str_or_null(ev[i].command_uuid),
-                              "detail", str_or_null(ev[i].detail));
+        json_t *o = json_pack("{s:I,s:o,s:s,s:o,s:o}", "id", (json_int_t)ev[i].id, "at",
+                              ts(ev[i].at), "kind", ev[i].kind, "command_uuid",
+                              str_or_null(ev[i].command_uuid), "detail", str_or_null(ev[i].detail));
         esim_buf b64 = {0};
         if (ev[i].raw.len && esim_base64_encode(ev[i].raw.data, ev[i].raw.len, &b64) == ESIM_OK)
             json_object_set_new(o, "raw", json_string((const char *)b64.data));
@@ -472,19 +495,23 @@ static void h_device_events(api_request *r)
     }
     json_t *next = n == (size_t)limit ? json_integer((json_int_t)ev[n - 1].id) : json_null();
     store_events_free(ev, n);
-    api_reply_json(r, 200, json_pack("{s:s,s:o,s:o}", "udid", r->params[0], "events", arr, "next_after", next));
+    api_reply_json(
+        r, 200,
+        json_pack("{s:s,s:o,s:o}", "udid", r->params[0], "events", arr, "next_after", next));
 }
 
 static void h_cancel(api_request *r)
 {
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
+    esim_err rc =
+        r->svc->st->ops->queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
         return;
     }
-    api_reply_json(r, 200, json_pack("{s:s,s:s,s:s}", "udid", r->params[0], "command_uuid",
-                                     r->params[1], "state", "canceled"));
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:s}", "udid", r->params[0], "command_uuid", r->params[1],
+                             "state", "canceled"));
 }
 
 static void h_push(api_request *r)
@@ -500,9 +527,11 @@ static void h_push(api_request *r)
         esim_error e = {{0}};
         esim_err rc = push_device(r->svc, udids[i], &ps, &e);
         if (rc != ESIM_OK)
-            json_object_set_new(devices, udids[i], json_pack("{s:s,s:s}", "push", "failed", "error", e.msg));
+            json_object_set_new(devices, udids[i],
+                                json_pack("{s:s,s:s}", "push", "failed", "error", e.msg));
         else
-            json_object_set_new(devices, udids[i], json_pack("{s:s}", "push", esim_push_state_name(ps)));
+            json_object_set_new(devices, udids[i],
+                                json_pack("{s:s}", "push", esim_push_state_name(ps)));
     }
     api_reply_json(r, 200, json_pack("{s:o}", "devices", devices));
 }

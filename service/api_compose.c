@@ -21,7 +21,8 @@ static esim_err only_keys(json_t *obj, const char *const *allowed, const char *p
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach(obj, key, v)
+    {
         bool ok = false;
         for (size_t i = 0; allowed[i] && !ok; i++)
             ok = strcmp(key, allowed[i]) == 0;
@@ -53,7 +54,8 @@ static esim_err get_string(json_t *cmd, const char *key, bool required, const ch
             return bad(field, key, err, "is required");
         return ESIM_OK;
     }
-    if (!json_is_string(v) || json_string_length(v) == 0 || strlen(json_string_value(v)) != json_string_length(v))
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        strlen(json_string_value(v)) != json_string_length(v))
         return bad(field, key, err, "must be a non-empty string");
     *out = json_string_value(v);
     return ESIM_OK;
@@ -76,7 +78,8 @@ static esim_err compose_restrictions(json_t *r, const esim_cmd_opts *opts, esim_
                                      char field[96], esim_error *err)
 {
     static const char *const words[] = {"esim_modification", "preserve_esim_on_erase",
-                                        "esim_outgoing_transfers", "cellular_plan_modification", NULL};
+                                        "esim_outgoing_transfers", "cellular_plan_modification",
+                                        NULL};
     if (!json_is_object(r))
         return bad(field, "restrictions", err, "must be an object");
     esim_err rc = only_keys(r, words, "command.restrictions", field, err);
@@ -85,21 +88,25 @@ static esim_err compose_restrictions(json_t *r, const esim_cmd_opts *opts, esim_
     esim_policy p = {0};
     const char *key;
     json_t *v;
-    json_object_foreach(r, key, v) {
-        const char *word = json_is_string(v) ? json_string_value(v)
+    json_object_foreach(r, key, v)
+    {
+        const char *word = json_is_string(v)  ? json_string_value(v)
                            : json_is_true(v)  ? "true"
                            : json_is_false(v) ? "false"
                                               : NULL;
         snprintf(field, 96, "command.restrictions.%s", key);
         if (!word)
-            return esim_fail(err, ESIM_EINVAL, "%s: must be a string (allow|deny) or, for "
-                             "preserve_esim_on_erase, true|false", field);
+            return esim_fail(err, ESIM_EINVAL,
+                             "%s: must be a string (allow|deny) or, for "
+                             "preserve_esim_on_erase, true|false",
+                             field);
         esim_error inner = {{0}};
         if (esim_policy_set_word(&p, key, word, &inner) != ESIM_OK)
             return esim_fail(err, ESIM_EINVAL, "%s: %s", field, inner.msg);
     }
     if (esim_policy_is_empty(&p))
-        return bad(field, "restrictions", err, "sets nothing: give at least one of "
+        return bad(field, "restrictions", err,
+                   "sets nothing: give at least one of "
                    "esim_modification, preserve_esim_on_erase, esim_outgoing_transfers, "
                    "cellular_plan_modification");
     esim_profile_opts po = {.identifier = identifier ? identifier : "com.esim-mdm.restrictions",
@@ -115,8 +122,13 @@ static esim_err compose_restrictions(json_t *r, const esim_cmd_opts *opts, esim_
 static esim_err compose_install_profile(json_t *cmd, const esim_cmd_opts *opts, esim_cmd *out,
                                         char field[96], esim_error *err)
 {
-    static const char *const keys[] = {"request_type", "request_requires_network_tether",
-                                       "restrictions", "payload", "identifier", "display_name", NULL};
+    static const char *const keys[] = {"request_type",
+                                       "request_requires_network_tether",
+                                       "restrictions",
+                                       "payload",
+                                       "identifier",
+                                       "display_name",
+                                       NULL};
     esim_err rc = only_keys(cmd, keys, "command", field, err);
     const char *identifier = NULL, *display_name = NULL, *payload = NULL;
     if (rc == ESIM_OK)
@@ -144,12 +156,16 @@ static esim_err compose_install_profile(json_t *cmd, const esim_cmd_opts *opts, 
     return rc == ESIM_OK ? rc : builder_failed(rc, field, "payload", err);
 }
 
-static esim_err compose_erase(json_t *cmd, const esim_cmd_opts *opts, esim_cmd *out,
-                              char field[96], esim_error *err)
+static esim_err compose_erase(json_t *cmd, const esim_cmd_opts *opts, esim_cmd *out, char field[96],
+                              esim_error *err)
 {
-    static const char *const keys[] = {"request_type", "request_requires_network_tether",
-                                       "preserve_data_plan", "disallow_proximity_setup", "pin",
-                                       "obliteration_behavior", NULL};
+    static const char *const keys[] = {"request_type",
+                                       "request_requires_network_tether",
+                                       "preserve_data_plan",
+                                       "disallow_proximity_setup",
+                                       "pin",
+                                       "obliteration_behavior",
+                                       NULL};
     esim_erase_opts eo = {0};
     esim_err rc = only_keys(cmd, keys, "command", field, err);
     if (rc == ESIM_OK)
@@ -169,7 +185,8 @@ static esim_err compose_erase(json_t *cmd, const esim_cmd_opts *opts, esim_cmd *
 static esim_err compose_device_information(json_t *cmd, const esim_cmd_opts *opts, esim_cmd *out,
                                            char field[96], esim_error *err)
 {
-    static const char *const keys[] = {"request_type", "request_requires_network_tether", "queries", NULL};
+    static const char *const keys[] = {"request_type", "request_requires_network_tether", "queries",
+                                       NULL};
     esim_err rc = only_keys(cmd, keys, "command", field, err);
     if (rc != ESIM_OK)
         return rc;
@@ -247,8 +264,10 @@ esim_err api_compose_command(json_t *cmd, esim_cmd *out, char field[96], esim_er
     if (strcmp(type, "DeviceInformation") == 0)
         return compose_device_information(cmd, &opts, out, field, err);
     snprintf(field, 96, "command.request_type");
-    return esim_fail(err, ESIM_EINVAL,
-                     "command.request_type: unknown request type '%.64s'; known: RefreshCellularPlans, "
-                     "EraseDevice, InstallProfile, RemoveProfile, ProfileList, DeviceInformation "
-                     "(or PUT a raw command plist to /v1/enqueue/{udids})", type);
+    return esim_fail(
+        err, ESIM_EINVAL,
+        "command.request_type: unknown request type '%.64s'; known: RefreshCellularPlans, "
+        "EraseDevice, InstallProfile, RemoveProfile, ProfileList, DeviceInformation "
+        "(or PUT a raw command plist to /v1/enqueue/{udids})",
+        type);
 }

@@ -44,7 +44,7 @@ esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err
 
 /* Identity certificates issued by SCEP often carry no extended key usage,
  * so the chain is verified without asking for any purpose. */
-static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) *untrusted,
+static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
                              esim_error *err)
 {
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
@@ -71,7 +71,8 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, char out
     SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
     X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
     if (!peer)
-        return esim_fail(err, ESIM_EAUTH, "no TLS client certificate: the device must present its identity");
+        return esim_fail(err, ESIM_EAUTH,
+                         "no TLS client certificate: the device must present its identity");
     esim_err rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), err);
     if (rc == ESIM_OK)
         rc = esim_cert_sha256_hex(peer, out);
@@ -80,8 +81,7 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, char out
 }
 
 static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
-                               const unsigned char *body, size_t len, char out[65],
-                               esim_error *err)
+                               const unsigned char *body, size_t len, char out[65], esim_error *err)
 {
     const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "Mdm-Signature");
     if (!sig || !*sig)
@@ -103,7 +103,8 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
     /* First the signature over the body, with the signer certificate the
      * CMS carries (real devices send the leaf only); then, separately, the
      * chain of that certificate to the device CA. */
-    if (!content || CMS_verify(cms, NULL, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
+    if (!content ||
+        CMS_verify(cms, NULL, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
         rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
     } else {
         STACK_OF(X509) *signers = CMS_get0_signers(cms);

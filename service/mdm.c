@@ -186,11 +186,17 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, const 
     switch (msg->kind) {
     case ESIM_MSG_AUTHENTICATE: {
         store_authenticate_in in = {
-            .udid = msg->udid, .is_enrollment_id = msg->is_enrollment_id, .topic = msg->topic,
-            .cert_sha256 = cert, .serial_number = msg->serial_number,
-            .os_version = msg->os_version, .build_version = msg->build_version,
-            .product_name = msg->product_name, .model = msg->model,
-            .device_name = msg->device_name, .imei = msg->imei,
+            .udid = msg->udid,
+            .is_enrollment_id = msg->is_enrollment_id,
+            .topic = msg->topic,
+            .cert_sha256 = cert,
+            .serial_number = msg->serial_number,
+            .os_version = msg->os_version,
+            .build_version = msg->build_version,
+            .product_name = msg->product_name,
+            .model = msg->model,
+            .device_name = msg->device_name,
+            .imei = msg->imei,
         };
         rc = svc->st->ops->device_authenticate(svc->st, &in, now, &e);
         break;
@@ -201,8 +207,9 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, const 
         if (rc == ESIM_OK)
             rc = esim_push_token_validate((const char *)hex.data, &e);
         if (rc == ESIM_OK)
-            rc = svc->st->ops->device_token_update(svc->st, msg->udid, cert, msg->topic,
-                                                   (const char *)hex.data, msg->push_magic, now, &e);
+            rc =
+                svc->st->ops->device_token_update(svc->st, msg->udid, cert, msg->topic,
+                                                  (const char *)hex.data, msg->push_magic, now, &e);
         esim_buf_free(&hex);
         break;
     }
@@ -280,10 +287,17 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, const e
     if (msg->status == ESIM_STATUS_NOT_NOW)
         backoff = svc->cfg.not_now_backoff_ms;
     store_exchange_in in = {
-        .udid = msg->udid, .cert_sha256 = cert, .status = status,
-        .command_uuid = idle ? NULL : msg->command_uuid, .raw = raw, .raw_len = len,
-        .error_chain_json = chain, .eid = eid[0] ? eid : NULL,
-        .skip_uuids = skip_buf, .n_skip = n_skip, .not_now_backoff_ms = backoff,
+        .udid = msg->udid,
+        .cert_sha256 = cert,
+        .status = status,
+        .command_uuid = idle ? NULL : msg->command_uuid,
+        .raw = raw,
+        .raw_len = len,
+        .error_chain_json = chain,
+        .eid = eid[0] ? eid : NULL,
+        .skip_uuids = skip_buf,
+        .n_skip = n_skip,
+        .not_now_backoff_ms = backoff,
     };
     store_exchange_out out = {0};
     esim_error e = {{0}};
@@ -300,8 +314,9 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, const e
         conn_remember_not_now(svc, req, msg->udid, msg->command_uuid);
     if (out.next.present) {
         svc->m.commands_sent++;
-        const char *ct = out.next.body.len && out.next.body.data[0] == '<' ? "application/xml"
-                                                                            : "application/x-apple-plist";
+        const char *ct = out.next.body.len && out.next.body.data[0] == '<'
+                             ? "application/xml"
+                             : "application/x-apple-plist";
         http_reply(svc, req, M_ROUTE_MDM, 200, ct, out.next.body.data, out.next.body.len);
     } else {
         http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);

@@ -40,7 +40,8 @@ static void on_push_result(const apns_result *r, void *arg)
 {
     esim_service *svc = arg;
     push_ticket *t = r->user_data;
-    if ((int)r->outcome >= 0 && (size_t)r->outcome < sizeof svc->m.push_outcomes / sizeof svc->m.push_outcomes[0])
+    if ((int)r->outcome >= 0 &&
+        (size_t)r->outcome < sizeof svc->m.push_outcomes / sizeof svc->m.push_outcomes[0])
         svc->m.push_outcomes[r->outcome]++;
     int64_t now = esim_now_ms();
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
@@ -51,7 +52,8 @@ static void on_push_result(const apns_result *r, void *arg)
             svc->m.store_errors++;
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
-        snprintf(detail, sizeof detail, "%s: %d %s", apns_outcome_name(r->outcome), r->status, r->reason);
+        snprintf(detail, sizeof detail, "%s: %d %s", apns_outcome_name(r->outcome), r->status,
+                 r->reason);
         if (svc->st->ops->event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
                                        NULL) != ESIM_OK)
             svc->m.store_errors++;
@@ -140,7 +142,8 @@ void push_metrics(esim_service *svc, esim_buf *out)
                              "# TYPE esim_mdm_apns_outcomes_total counter\n");
     for (int o = APNS_OUTCOME_ACCEPTED; o <= APNS_OUTCOME_CANCELED; o++)
         esim_buf_printf(out, "esim_mdm_apns_outcomes_total{outcome=\"%s\"} %llu\n",
-                        apns_outcome_name((apns_outcome)o), (unsigned long long)svc->m.push_outcomes[o]);
+                        apns_outcome_name((apns_outcome)o),
+                        (unsigned long long)svc->m.push_outcomes[o]);
     esim_buf_printf(out, "# TYPE esim_mdm_apns_pending gauge\nesim_mdm_apns_pending %zu\n",
                     apns_client_pending(svc->push->client));
 #else

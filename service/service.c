@@ -53,7 +53,8 @@ esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_er
 
 const char *esim_push_state_name(esim_push_state s)
 {
-    static const char *const names[] = {"sent", "pending", "no_token", "dead_token", "failed", "skipped"};
+    static const char *const names[] = {"sent",       "pending", "no_token",
+                                        "dead_token", "failed",  "skipped"};
     if ((int)s < 0 || (size_t)s >= sizeof names / sizeof names[0])
         return "failed";
     return names[s];
@@ -70,12 +71,19 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
     struct evbuffer *out = evbuffer_new();
     if (out && body && len)
         evbuffer_add(out, body, len);
-    const char *reason = code == 200 ? "OK" : code == 201 ? "Created" : code == 400 ? "Bad Request"
-                         : code == 401 ? "Unauthorized" : code == 403 ? "Forbidden"
-                         : code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed"
-                         : code == 409 ? "Conflict" : code == 413 ? "Payload Too Large"
-                         : code == 429 ? "Too Many Requests" : code == 503 ? "Service Unavailable"
-                         : code >= 500 ? "Internal Server Error" : "Status";
+    const char *reason = code == 200   ? "OK"
+                         : code == 201 ? "Created"
+                         : code == 400 ? "Bad Request"
+                         : code == 401 ? "Unauthorized"
+                         : code == 403 ? "Forbidden"
+                         : code == 404 ? "Not Found"
+                         : code == 405 ? "Method Not Allowed"
+                         : code == 409 ? "Conflict"
+                         : code == 413 ? "Payload Too Large"
+                         : code == 429 ? "Too Many Requests"
+                         : code == 503 ? "Service Unavailable"
+                         : code >= 500 ? "Internal Server Error"
+                                       : "Status";
     evhttp_send_reply(req, code, reason, out);
     if (out)
         evbuffer_free(out);
@@ -188,7 +196,8 @@ static esim_err group_commit_start(esim_service *svc, esim_error *err)
     if (pipe2(svc->sync_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
     svc->flush_ev = evtimer_new(svc->base, on_flush, svc);
-    svc->sync_done_ev = event_new(svc->base, svc->sync_pipe[0], EV_READ | EV_PERSIST, on_sync_done, svc);
+    svc->sync_done_ev =
+        event_new(svc->base, svc->sync_pipe[0], EV_READ | EV_PERSIST, on_sync_done, svc);
     if (!svc->flush_ev || !svc->sync_done_ev)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     event_add(svc->sync_done_ev, NULL);
@@ -315,7 +324,8 @@ static esim_err tls_setup(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_EINVAL, "--tls-cert and --tls-key go together");
     if (!svc->tls_cert_path) {
         if (svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS)
-            return esim_fail(err, ESIM_EINVAL, "--device-auth mtls needs TLS: give --tls-cert and --tls-key");
+            return esim_fail(err, ESIM_EINVAL,
+                             "--device-auth mtls needs TLS: give --tls-cert and --tls-key");
         return ESIM_OK;
     }
     esim_cert cert = {0};
@@ -348,7 +358,8 @@ static esim_err parse_listen(const char *listen, char *host, size_t host_len, in
 {
     const char *colon = strrchr(listen, ':');
     if (!colon || colon == listen)
-        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
+        return esim_fail(err, ESIM_EINVAL,
+                         "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
     const char *h = listen;
     size_t hl = (size_t)(colon - listen);
     if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
@@ -358,15 +369,18 @@ static esim_err parse_listen(const char *listen, char *host, size_t host_len, in
     char *end = NULL;
     long p = strtol(colon + 1, &end, 10);
     if (!colon[1] || *end || p < 0 || p > 65535 || hl == 0 || hl >= host_len)
-        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
+        return esim_fail(err, ESIM_EINVAL,
+                         "bad listen address '%s': use ADDR:PORT, as 127.0.0.1:8080", listen);
     memcpy(host, h, hl);
     host[hl] = '\0';
     if (strcmp(host, "localhost") == 0)
         snprintf(host, host_len, "127.0.0.1");
     unsigned char probe[16];
     if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1)
-        return esim_fail(err, ESIM_EINVAL, "bad listen address '%s': the host must be an IP address "
-                         "(or localhost)", listen);
+        return esim_fail(err, ESIM_EINVAL,
+                         "bad listen address '%s': the host must be an IP address "
+                         "(or localhost)",
+                         listen);
     *port = (int)p;
     return ESIM_OK;
 }
@@ -759,26 +773,28 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     "esim_mdm_webhooks_total{outcome=\"dropped\"} %llu\n"
                     "# TYPE esim_mdm_webhooks_pending gauge\n"
                     "esim_mdm_webhooks_pending %zu\n",
-                    (unsigned long long)m->webhooks_delivered, (unsigned long long)m->webhooks_retried,
-                    (unsigned long long)m->webhooks_failed, (unsigned long long)m->webhooks_dropped,
-                    webhooks_pending(svc));
+                    (unsigned long long)m->webhooks_delivered,
+                    (unsigned long long)m->webhooks_retried, (unsigned long long)m->webhooks_failed,
+                    (unsigned long long)m->webhooks_dropped, webhooks_pending(svc));
     store_stats ss;
     esim_err rc = svc->st->ops->stats(svc->st, &ss, NULL);
     if (rc != ESIM_OK)
         return rc;
-    esim_buf_printf(out,
-                    "# TYPE esim_mdm_devices gauge\n"
-                    "esim_mdm_devices{state=\"known\"} %llu\n"
-                    "esim_mdm_devices{state=\"enrolled\"} %llu\n"
-                    "esim_mdm_devices{state=\"reachable\"} %llu\n"
-                    "# HELP esim_mdm_queue_entries Queue entries (one command for one device) by state.\n"
-                    "# TYPE esim_mdm_queue_entries gauge\n",
-                    (unsigned long long)ss.devices, (unsigned long long)ss.enrolled,
-                    (unsigned long long)ss.reachable);
+    esim_buf_printf(
+        out,
+        "# TYPE esim_mdm_devices gauge\n"
+        "esim_mdm_devices{state=\"known\"} %llu\n"
+        "esim_mdm_devices{state=\"enrolled\"} %llu\n"
+        "esim_mdm_devices{state=\"reachable\"} %llu\n"
+        "# HELP esim_mdm_queue_entries Queue entries (one command for one device) by state.\n"
+        "# TYPE esim_mdm_queue_entries gauge\n",
+        (unsigned long long)ss.devices, (unsigned long long)ss.enrolled,
+        (unsigned long long)ss.reachable);
     uint64_t depth = 0;
     for (int q = 0; q <= STORE_Q_CANCELED; q++) {
         esim_buf_printf(out, "esim_mdm_queue_entries{state=\"%s\"} %llu\n",
-                        store_qstate_name((store_qstate)q), (unsigned long long)ss.queue_by_state[q]);
+                        store_qstate_name((store_qstate)q),
+                        (unsigned long long)ss.queue_by_state[q]);
         if (store_qstate_active((store_qstate)q))
             depth += ss.queue_by_state[q];
     }

@@ -62,8 +62,8 @@ typedef struct {
      * everything (the device side still works). */
     const char *api_token;
 
-    esim_device_auth device_auth;   /* default ESIM_DEVICE_AUTH_SIGNATURE */
-    const char *device_ca_path;     /* PEM bundle; required unless auth is none */
+    esim_device_auth device_auth; /* default ESIM_DEVICE_AUTH_SIGNATURE */
+    const char *device_ca_path;   /* PEM bundle; required unless auth is none */
 
     /* TLS for every endpoint; both or neither. With device_auth MTLS, TLS is
      * required and clients are asked for a certificate. */
@@ -71,10 +71,10 @@ typedef struct {
     const char *tls_key_path;
 
     /* Device-side limits. */
-    size_t max_body;           /* bytes; default 1 MiB; larger bodies get 413 */
-    unsigned max_depth;        /* plist nesting; default 32 */
-    double device_rate;        /* sustained requests per second per device; default 20 */
-    unsigned device_burst;     /* bucket size; default 40 */
+    size_t max_body;       /* bytes; default 1 MiB; larger bodies get 413 */
+    unsigned max_depth;    /* plist nesting; default 32 */
+    double device_rate;    /* sustained requests per second per device; default 20 */
+    unsigned device_burst; /* bucket size; default 40 */
 
     /* NotNow: a device that said NotNow is owed a push this long after
      * (durably: the debt survives a restart). Default 30000. */
@@ -85,8 +85,8 @@ typedef struct {
     const char *apns_url;
     const char *apns_cert_path;
     const char *apns_key_path;
-    const char *apns_ca_path;     /* NULL: system trust store */
-    const char *apns_topic;       /* NULL: the push certificate's UID */
+    const char *apns_ca_path; /* NULL: system trust store */
+    const char *apns_topic;   /* NULL: the push certificate's UID */
 
     /* Webhooks: every check-in and result is POSTed as JSON (NanoMDM shape)
      * to each URL, signed with HMAC-SHA256 under webhook_secret (header
@@ -94,10 +94,10 @@ typedef struct {
     const char *const *webhook_urls;
     size_t n_webhook_urls;
     const char *webhook_secret;
-    int webhook_max_attempts;      /* default 6 */
-    int webhook_retry_base_ms;     /* default 500, doubling, capped at 60 s */
-    int webhook_timeout_ms;        /* per attempt, default 5000 */
-    size_t webhook_queue_max;      /* deliveries held before the oldest are dropped; default 10000 */
+    int webhook_max_attempts;  /* default 6 */
+    int webhook_retry_base_ms; /* default 500, doubling, capped at 60 s */
+    int webhook_timeout_ms;    /* per attempt, default 5000 */
+    size_t webhook_queue_max;  /* deliveries held before the oldest are dropped; default 10000 */
 
     /* Housekeeping period: expiry, owed pushes, registered ticks. Default 1000. */
     int tick_ms;
@@ -148,8 +148,8 @@ store *esim_service_store(esim_service *svc);
 typedef struct {
     const char *udid;
     const char *command_uuid;
-    const char *status;       /* "Acknowledged", "Error", "CommandFormatError", "NotNow" */
-    const esim_msg *msg;      /* the parsed message (QueryResponses in msg->root) */
+    const char *status;  /* "Acknowledged", "Error", "CommandFormatError", "NotNow" */
+    const esim_msg *msg; /* the parsed message (QueryResponses in msg->root) */
 } esim_service_result;
 
 /* Called after the result's transaction committed, for results applied to
@@ -166,19 +166,19 @@ esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void 
 /* ---- enqueue and push, as the admin API does them ------------------------------ */
 
 typedef struct {
-    int priority;          /* higher first; default 0 */
-    int64_t expires_at;    /* wall-clock ms; 0 = never */
-    bool push;             /* wake each device once after enqueueing */
+    int priority;       /* higher first; default 0 */
+    int64_t expires_at; /* wall-clock ms; 0 = never */
+    bool push;          /* wake each device once after enqueueing */
 } esim_enqueue_opts;
 
 /* What happened to one device's push. */
 typedef enum {
-    ESIM_PUSH_SENT = 0,     /* handed to the APNs client */
-    ESIM_PUSH_PENDING,      /* no APNs configured: the device gets it at its next check-in */
-    ESIM_PUSH_NO_TOKEN,     /* the device has not sent TokenUpdate */
-    ESIM_PUSH_DEAD_TOKEN,   /* APNs said the token is dead: wait for a TokenUpdate */
-    ESIM_PUSH_FAILED,       /* the APNs client refused it (credential stopped, full) */
-    ESIM_PUSH_SKIPPED,      /* push was not asked for */
+    ESIM_PUSH_SENT = 0,   /* handed to the APNs client */
+    ESIM_PUSH_PENDING,    /* no APNs configured: the device gets it at its next check-in */
+    ESIM_PUSH_NO_TOKEN,   /* the device has not sent TokenUpdate */
+    ESIM_PUSH_DEAD_TOKEN, /* APNs said the token is dead: wait for a TokenUpdate */
+    ESIM_PUSH_FAILED,     /* the APNs client refused it (credential stopped, full) */
+    ESIM_PUSH_SKIPPED,    /* push was not asked for */
 } esim_push_state;
 const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... */
 

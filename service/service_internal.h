@@ -26,18 +26,18 @@ enum { M_CODE_2XX, M_CODE_4XX, M_CODE_5XX, M_CODE_COUNT };
 
 typedef struct {
     uint64_t requests[M_ROUTE_COUNT][M_CODE_COUNT];
-    uint64_t checkins[4];              /* by esim_msg_kind - 1: authenticate, token_update, checkout */
-    uint64_t results[6];               /* by esim_status */
+    uint64_t checkins[4]; /* by esim_msg_kind - 1: authenticate, token_update, checkout */
+    uint64_t results[6];  /* by esim_status */
     uint64_t anomalies;
     uint64_t commands_sent;
-    uint64_t auth_refused;             /* 401/403 on the device side */
+    uint64_t auth_refused; /* 401/403 on the device side */
     uint64_t rate_limited;
-    uint64_t malformed;                /* 400 on the device side */
-    uint64_t too_big;                  /* 413 */
+    uint64_t malformed; /* 400 on the device side */
+    uint64_t too_big;   /* 413 */
     uint64_t pushes[ESIM_PUSH_SKIPPED + 1];
-    uint64_t push_outcomes[8];         /* by apns_outcome */
+    uint64_t push_outcomes[8]; /* by apns_outcome */
     uint64_t webhooks_delivered, webhooks_retried, webhooks_failed, webhooks_dropped;
-    uint64_t enqueued;                 /* queue entries created through the service */
+    uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
 } svc_metrics;
 
@@ -77,7 +77,7 @@ typedef struct svc_push svc_push;
 
 struct esim_service {
     struct event_base *base;
-    esim_service_config cfg;    /* strings below are the service's copies */
+    esim_service_config cfg; /* strings below are the service's copies */
     char *listen, *data_dir, *store_spec, *api_token, *device_ca_path;
     char *tls_cert_path, *tls_key_path, *apns_url, *apns_cert_path, *apns_key_path;
     char *apns_ca_path, *apns_topic, *webhook_secret;
@@ -106,7 +106,7 @@ struct esim_service {
     pthread_cond_t sync_cv;
     bool sync_requested, sync_quit;
     esim_err sync_result;
-    int sync_pipe[2];            /* the thread says "done" through it */
+    int sync_pipe[2]; /* the thread says "done" through it */
     struct event *sync_done_ev;
     struct event *stop_ev;
     int stop_pipe[2];
@@ -120,9 +120,15 @@ struct esim_service {
     svc_push *push;
     svc_webhooks *webhooks;
 
-    struct { esim_service_result_hook fn; void *arg; } result_hooks[SVC_MAX_HOOKS];
+    struct {
+        esim_service_result_hook fn;
+        void *arg;
+    } result_hooks[SVC_MAX_HOOKS];
     size_t n_result_hooks;
-    struct { esim_service_tick_fn fn; void *arg; } ticks[SVC_MAX_HOOKS];
+    struct {
+        esim_service_tick_fn fn;
+        void *arg;
+    } ticks[SVC_MAX_HOOKS];
     size_t n_ticks;
 };
 
@@ -146,16 +152,16 @@ typedef struct {
     struct evhttp_request *req;
     const char *params[API_MAX_PARAMS]; /* the ':' segments of the pattern, decoded */
     size_t n_params;
-    struct evkeyvalq *query;            /* decoded query string, may be NULL */
+    struct evkeyvalq *query; /* decoded query string, may be NULL */
 } api_request;
 
 typedef void (*api_handler)(api_request *r);
 
 typedef struct {
     enum evhttp_cmd_type method;
-    const char *pattern;   /* "/v1/devices/:/queue/:" - ':' matches one segment */
+    const char *pattern; /* "/v1/devices/:/queue/:" - ':' matches one segment */
     api_handler fn;
-    bool needs_token;      /* bearer token required */
+    bool needs_token; /* bearer token required */
 } api_route;
 
 /* Dispatches any request that is not the device endpoint. */

@@ -10,8 +10,8 @@
 #include "service/store_internal.h"
 
 static const char *const qstate_names[] = {
-    "queued", "pushed", "sent", "acknowledged", "error", "format_error",
-    "not_now", "expired", "canceled",
+    "queued",       "pushed",  "sent",    "acknowledged", "error",
+    "format_error", "not_now", "expired", "canceled",
 };
 
 const char *store_qstate_name(store_qstate s)
@@ -39,9 +39,12 @@ bool store_qstate_active(store_qstate s)
 const char *store_push_state_name(store_push_state s)
 {
     switch (s) {
-    case STORE_PUSH_NONE: return "none";
-    case STORE_PUSH_VALID: return "valid";
-    case STORE_PUSH_DEAD: return "dead";
+    case STORE_PUSH_NONE:
+        return "none";
+    case STORE_PUSH_VALID:
+        return "valid";
+    case STORE_PUSH_DEAD:
+        return "dead";
     }
     return "none";
 }
@@ -66,15 +69,16 @@ void store_events_free(store_event *events, size_t n)
     free(events);
 }
 
-esim_err store_open(const char *spec, const char *data_dir, const store_options *opts,
-                    store **out, esim_error *err)
+esim_err store_open(const char *spec, const char *data_dir, const store_options *opts, store **out,
+                    esim_error *err)
 {
     store_options defaults = {0};
     if (!opts)
         opts = &defaults;
     if (!spec || !*spec) {
         if (!data_dir || !*data_dir)
-            return esim_fail(err, ESIM_EINVAL, "no store given: pass --store sqlite:PATH or --data-dir DIR");
+            return esim_fail(err, ESIM_EINVAL,
+                             "no store given: pass --store sqlite:PATH or --data-dir DIR");
         esim_err rc = esim_mkdirs(data_dir, 0700, err);
         if (rc != ESIM_OK)
             return rc;
@@ -94,7 +98,8 @@ esim_err store_open(const char *spec, const char *data_dir, const store_options 
     else if (strstr(spec, "://"))
         return esim_fail(err, ESIM_EINVAL, "unknown store '%s': use sqlite:PATH", spec);
     if (!*spec)
-        return esim_fail(err, ESIM_EINVAL, "--store sqlite: needs a path, as in sqlite:/var/lib/esim-mdm/esim.db");
+        return esim_fail(err, ESIM_EINVAL,
+                         "--store sqlite: needs a path, as in sqlite:/var/lib/esim-mdm/esim.db");
     return store_sqlite_open(spec, opts, out, err);
 }
 

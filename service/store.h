@@ -71,28 +71,28 @@ const char *store_push_state_name(store_push_state s); /* "none", "valid", "dead
 
 typedef struct {
     char udid[65];
-    bool is_enrollment_id;  /* the device identified itself by EnrollmentID */
-    bool enrolled;          /* Authenticate seen and no CheckOut since */
+    bool is_enrollment_id; /* the device identified itself by EnrollmentID */
+    bool enrolled;         /* Authenticate seen and no CheckOut since */
     char topic[256];
     char serial_number[64];
     char os_version[32], build_version[32], product_name[64], model[64];
     char device_name[256];
     char imei[32];
-    char eid[ESIM_EID_LEN + 1];  /* empty until a ServiceSubscriptions answer names it */
-    char cert_sha256[65];        /* identity certificate bound at Authenticate; may be empty */
-    char push_token[201];        /* hex; empty when none */
+    char eid[ESIM_EID_LEN + 1]; /* empty until a ServiceSubscriptions answer names it */
+    char cert_sha256[65];       /* identity certificate bound at Authenticate; may be empty */
+    char push_token[201];       /* hex; empty when none */
     char push_magic[128];
     store_push_state push_state;
     int64_t enrolled_at, checked_out_at, token_updated_at, last_seen_at;
-    int64_t push_due_at;  /* a re-push is owed at this time (NotNow back-off); 0 = none */
+    int64_t push_due_at; /* a re-push is owed at this time (NotNow back-off); 0 = none */
 } store_device;
 
 typedef struct {
     char uuid[128];
     char request_type[64];
-    int priority;        /* higher first */
+    int priority; /* higher first */
     int64_t created_at;
-    int64_t expires_at;  /* 0 = never */
+    int64_t expires_at; /* 0 = never */
 } store_command_info;
 
 typedef struct {
@@ -101,12 +101,12 @@ typedef struct {
     char request_type[64];
     store_qstate state;
     int priority;
-    int attempts;       /* how many times it was sent */
-    int not_now_count;  /* how many NotNow answers */
+    int attempts;      /* how many times it was sent */
+    int not_now_count; /* how many NotNow answers */
     int64_t enqueued_at, pushed_at, sent_at, answered_at, updated_at;
     int64_t expires_at;
-    char *error_chain_json;  /* malloc'd JSON array or NULL */
-    esim_buf result;         /* the device's whole last answer (raw plist), may be empty */
+    char *error_chain_json; /* malloc'd JSON array or NULL */
+    esim_buf result;        /* the device's whole last answer (raw plist), may be empty */
 } store_queue_entry;
 
 /* Frees the owned parts of |n| entries and the array itself (NULL ok). */
@@ -116,10 +116,10 @@ void store_queue_entries_free(store_queue_entry *entries, size_t n);
 
 /* Authenticate: what the device said about itself. */
 typedef struct {
-    const char *udid;            /* required */
+    const char *udid; /* required */
     bool is_enrollment_id;
-    const char *topic;           /* required */
-    const char *cert_sha256;     /* identity certificate; NULL/"" when device auth is off */
+    const char *topic;       /* required */
+    const char *cert_sha256; /* identity certificate; NULL/"" when device auth is off */
     const char *serial_number, *os_version, *build_version, *product_name, *model;
     const char *device_name, *imei; /* each may be NULL or "" */
 } store_authenticate_in;
@@ -129,64 +129,64 @@ typedef struct {
     bool present;
     char command_uuid[128];
     char request_type[64];
-    esim_buf body;  /* the command plist, owned: esim_buf_free() */
+    esim_buf body; /* the command plist, owned: esim_buf_free() */
 } store_next_command;
 
 typedef enum {
-    STORE_RESULT_NONE = 0,  /* Idle: nothing to record */
-    STORE_RESULT_APPLIED,   /* the answer was recorded against its queue entry */
-    STORE_RESULT_ANOMALY,   /* the command was not outstanding for this device: logged only */
+    STORE_RESULT_NONE = 0, /* Idle: nothing to record */
+    STORE_RESULT_APPLIED,  /* the answer was recorded against its queue entry */
+    STORE_RESULT_ANOMALY,  /* the command was not outstanding for this device: logged only */
 } store_result_outcome;
 
 /* One device request on the command endpoint: record its answer (if any)
  * and choose the next command, atomically. */
 typedef struct {
-    const char *udid;          /* required */
-    const char *cert_sha256;   /* NULL/"" when device auth is off */
-    const char *status;        /* "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow" */
-    const char *command_uuid;  /* required unless Idle */
-    const void *raw;           /* the whole request body, recorded with the answer */
+    const char *udid;         /* required */
+    const char *cert_sha256;  /* NULL/"" when device auth is off */
+    const char *status;       /* "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow" */
+    const char *command_uuid; /* required unless Idle */
+    const void *raw;          /* the whole request body, recorded with the answer */
     size_t raw_len;
-    const char *error_chain_json;  /* JSON array or NULL */
-    const char *eid;               /* an EID learned from this answer, or NULL */
+    const char *error_chain_json; /* JSON array or NULL */
+    const char *eid;              /* an EID learned from this answer, or NULL */
     /* Commands not to deliver on this connection (NotNow'd on it), borrowed. */
     const char *const *skip_uuids;
     size_t n_skip;
-    int64_t not_now_backoff_ms;  /* when NotNow: owe the device a push this much later */
+    int64_t not_now_backoff_ms; /* when NotNow: owe the device a push this much later */
 } store_exchange_in;
 
 typedef struct {
     store_result_outcome outcome;
-    char anomaly[160];         /* why, when outcome == STORE_RESULT_ANOMALY */
-    store_next_command next;   /* marked sent (attempts + 1) when present */
+    char anomaly[160];       /* why, when outcome == STORE_RESULT_ANOMALY */
+    store_next_command next; /* marked sent (attempts + 1) when present */
 } store_exchange_out;
 
 /* A command to put on devices' queues. */
 typedef struct {
-    const char *uuid;          /* required, unique */
-    const char *request_type;  /* required */
-    const void *body;          /* the command plist */
+    const char *uuid;         /* required, unique */
+    const char *request_type; /* required */
+    const void *body;         /* the command plist */
     size_t body_len;
     int priority;
-    int64_t expires_at;        /* 0 = never */
+    int64_t expires_at; /* 0 = never */
 } store_command_in;
 
 typedef struct {
-    uint64_t devices, enrolled, reachable;  /* reachable: enrolled with a valid token */
+    uint64_t devices, enrolled, reachable; /* reachable: enrolled with a valid token */
     uint64_t queue_by_state[STORE_Q_CANCELED + 1];
     uint64_t events;
 } store_stats;
 
 /* One entry of the append-only ledger. */
 typedef struct {
-    int64_t id;              /* increasing; page with it */
+    int64_t id; /* increasing; page with it */
     int64_t at;
-    char kind[32];           /* authenticate, token_update, checkout, enqueued, sent, result,
-                                anomaly, canceled, expired, pushed, push_failed, ... */
+    char kind[32]; /* authenticate, token_update, checkout, enqueued, sent, result,
+                      anomaly, canceled, expired, pushed, push_failed, ... */
     char udid[65];
     char command_uuid[128];
     char detail[512];
-    esim_buf raw;            /* the device's body for anomalies; may be empty */
+    esim_buf raw; /* the device's body for anomalies; may be empty */
 } store_event;
 
 /* Frees the owned parts of |n| events and the array itself (NULL ok). */
@@ -208,7 +208,7 @@ typedef struct {
  * corruption, lock timeout) and ESIM_ENOMEM may come from any operation and
  * are not repeated below. */
 struct store_ops {
-    const char *name;  /* "sqlite", ... */
+    const char *name; /* "sqlite", ... */
 
     /* Closes the handle and frees it (NULL ok in the wrapper store_close). */
     void (*close)(store *st);
@@ -280,8 +280,7 @@ struct store_ops {
                              esim_error *err);
 
     /* The push facts of a device.  ESIM_ENOTFOUND. */
-    esim_err (*push_target)(store *st, const char *udid, store_push_target *out,
-                            esim_error *err);
+    esim_err (*push_target)(store *st, const char *udid, store_push_target *out, esim_error *err);
 
     /* A push for the device was accepted by APNs: its queued and not_now
      * entries become pushed, and any owed push is cleared. When
@@ -350,8 +349,8 @@ typedef struct {
  *   ESIM_ESTORE     cannot open, or the schema is newer than this program;
  *   ESIM_EIO        the data directory cannot be made.
  */
-esim_err store_open(const char *spec, const char *data_dir, const store_options *opts,
-                    store **out, esim_error *err);
+esim_err store_open(const char *spec, const char *data_dir, const store_options *opts, store **out,
+                    esim_error *err);
 void store_close(store *st); /* NULL ok */
 
 /* The current schema version this program writes. */

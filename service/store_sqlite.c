@@ -26,66 +26,65 @@ typedef struct {
 } migration;
 
 static const migration migrations[] = {
-    {1,
-     "CREATE TABLE devices ("
-     " udid TEXT PRIMARY KEY,"
-     " is_enrollment_id INTEGER NOT NULL DEFAULT 0,"
-     " enrolled INTEGER NOT NULL DEFAULT 0,"
-     " topic TEXT NOT NULL DEFAULT '',"
-     " serial_number TEXT NOT NULL DEFAULT '',"
-     " os_version TEXT NOT NULL DEFAULT '',"
-     " build_version TEXT NOT NULL DEFAULT '',"
-     " product_name TEXT NOT NULL DEFAULT '',"
-     " model TEXT NOT NULL DEFAULT '',"
-     " device_name TEXT NOT NULL DEFAULT '',"
-     " imei TEXT NOT NULL DEFAULT '',"
-     " eid TEXT NOT NULL DEFAULT '',"
-     " cert_sha256 TEXT NOT NULL DEFAULT '',"
-     " push_token TEXT NOT NULL DEFAULT '',"
-     " push_magic TEXT NOT NULL DEFAULT '',"
-     " push_state TEXT NOT NULL DEFAULT 'none',"
-     " enrolled_at INTEGER NOT NULL DEFAULT 0,"
-     " checked_out_at INTEGER NOT NULL DEFAULT 0,"
-     " token_updated_at INTEGER NOT NULL DEFAULT 0,"
-     " last_seen_at INTEGER NOT NULL DEFAULT 0,"
-     " push_due_at INTEGER NOT NULL DEFAULT 0);"
-     "CREATE INDEX devices_push_due ON devices(push_due_at) WHERE push_due_at > 0;"
-     "CREATE TABLE commands ("
-     " uuid TEXT PRIMARY KEY,"
-     " request_type TEXT NOT NULL,"
-     " body BLOB NOT NULL,"
-     " priority INTEGER NOT NULL DEFAULT 0,"
-     " created_at INTEGER NOT NULL,"
-     " expires_at INTEGER NOT NULL DEFAULT 0);"
-     "CREATE TABLE queue ("
-     " id INTEGER PRIMARY KEY,"
-     " udid TEXT NOT NULL REFERENCES devices(udid),"
-     " command_uuid TEXT NOT NULL REFERENCES commands(uuid),"
-     " priority INTEGER NOT NULL DEFAULT 0,"
-     " expires_at INTEGER NOT NULL DEFAULT 0,"
-     " state TEXT NOT NULL DEFAULT 'queued',"
-     " active INTEGER NOT NULL DEFAULT 1,"
-     " attempts INTEGER NOT NULL DEFAULT 0,"
-     " not_now_count INTEGER NOT NULL DEFAULT 0,"
-     " enqueued_at INTEGER NOT NULL DEFAULT 0,"
-     " pushed_at INTEGER NOT NULL DEFAULT 0,"
-     " sent_at INTEGER NOT NULL DEFAULT 0,"
-     " answered_at INTEGER NOT NULL DEFAULT 0,"
-     " updated_at INTEGER NOT NULL DEFAULT 0,"
-     " error_chain TEXT,"
-     " result BLOB,"
-     " UNIQUE (udid, command_uuid));"
-     "CREATE INDEX queue_delivery ON queue(udid, priority DESC, id) WHERE active = 1;"
-     "CREATE INDEX queue_command ON queue(command_uuid);"
-     "CREATE INDEX queue_expiry ON queue(expires_at) WHERE active = 1 AND expires_at > 0;"
-     "CREATE TABLE events ("
-     " id INTEGER PRIMARY KEY,"
-     " at INTEGER NOT NULL,"
-     " kind TEXT NOT NULL,"
-     " udid TEXT,"
-     " command_uuid TEXT,"
-     " detail TEXT,"
-     " raw BLOB);"},
+    {1, "CREATE TABLE devices ("
+        " udid TEXT PRIMARY KEY,"
+        " is_enrollment_id INTEGER NOT NULL DEFAULT 0,"
+        " enrolled INTEGER NOT NULL DEFAULT 0,"
+        " topic TEXT NOT NULL DEFAULT '',"
+        " serial_number TEXT NOT NULL DEFAULT '',"
+        " os_version TEXT NOT NULL DEFAULT '',"
+        " build_version TEXT NOT NULL DEFAULT '',"
+        " product_name TEXT NOT NULL DEFAULT '',"
+        " model TEXT NOT NULL DEFAULT '',"
+        " device_name TEXT NOT NULL DEFAULT '',"
+        " imei TEXT NOT NULL DEFAULT '',"
+        " eid TEXT NOT NULL DEFAULT '',"
+        " cert_sha256 TEXT NOT NULL DEFAULT '',"
+        " push_token TEXT NOT NULL DEFAULT '',"
+        " push_magic TEXT NOT NULL DEFAULT '',"
+        " push_state TEXT NOT NULL DEFAULT 'none',"
+        " enrolled_at INTEGER NOT NULL DEFAULT 0,"
+        " checked_out_at INTEGER NOT NULL DEFAULT 0,"
+        " token_updated_at INTEGER NOT NULL DEFAULT 0,"
+        " last_seen_at INTEGER NOT NULL DEFAULT 0,"
+        " push_due_at INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX devices_push_due ON devices(push_due_at) WHERE push_due_at > 0;"
+        "CREATE TABLE commands ("
+        " uuid TEXT PRIMARY KEY,"
+        " request_type TEXT NOT NULL,"
+        " body BLOB NOT NULL,"
+        " priority INTEGER NOT NULL DEFAULT 0,"
+        " created_at INTEGER NOT NULL,"
+        " expires_at INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE queue ("
+        " id INTEGER PRIMARY KEY,"
+        " udid TEXT NOT NULL REFERENCES devices(udid),"
+        " command_uuid TEXT NOT NULL REFERENCES commands(uuid),"
+        " priority INTEGER NOT NULL DEFAULT 0,"
+        " expires_at INTEGER NOT NULL DEFAULT 0,"
+        " state TEXT NOT NULL DEFAULT 'queued',"
+        " active INTEGER NOT NULL DEFAULT 1,"
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " not_now_count INTEGER NOT NULL DEFAULT 0,"
+        " enqueued_at INTEGER NOT NULL DEFAULT 0,"
+        " pushed_at INTEGER NOT NULL DEFAULT 0,"
+        " sent_at INTEGER NOT NULL DEFAULT 0,"
+        " answered_at INTEGER NOT NULL DEFAULT 0,"
+        " updated_at INTEGER NOT NULL DEFAULT 0,"
+        " error_chain TEXT,"
+        " result BLOB,"
+        " UNIQUE (udid, command_uuid));"
+        "CREATE INDEX queue_delivery ON queue(udid, priority DESC, id) WHERE active = 1;"
+        "CREATE INDEX queue_command ON queue(command_uuid);"
+        "CREATE INDEX queue_expiry ON queue(expires_at) WHERE active = 1 AND expires_at > 0;"
+        "CREATE TABLE events ("
+        " id INTEGER PRIMARY KEY,"
+        " at INTEGER NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " udid TEXT,"
+        " command_uuid TEXT,"
+        " detail TEXT,"
+        " raw BLOB);"},
     /* 2: read a device's ledger without scanning everyone's. */
     {2, "CREATE INDEX events_udid ON events(udid, id);"},
     /* New migrations go here, with the next version number. */
@@ -93,25 +92,53 @@ static const migration migrations[] = {
 
 /* ---- statements ------------------------------------------------------------ */
 
-#define DEVICE_COLS                                                                              \
-    "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"        \
-    " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"       \
+#define DEVICE_COLS                                                                                \
+    "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"           \
+    " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"           \
     " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at"
 
-#define ENTRY_COLS                                                                               \
-    "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count," \
-    " q.enqueued_at, q.pushed_at, q.sent_at, q.answered_at, q.updated_at, q.expires_at,"       \
+#define ENTRY_COLS                                                                                 \
+    "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count,"    \
+    " q.enqueued_at, q.pushed_at, q.sent_at, q.answered_at, q.updated_at, q.expires_at,"           \
     " q.error_chain, q.result"
 
 enum {
-    S_BEGIN, S_COMMIT, S_ROLLBACK,
-    S_DEV_IDENTITY, S_DEV_AUTH_UPSERT, S_DEV_TOKEN, S_DEV_CHECKOUT, S_DEV_SEEN, S_DEV_EID,
-    S_DEV_GET, S_DEV_LIST, S_DEV_PUSH_DUE_AT, S_DEV_PUSH_STATE, S_DEV_DUE_SELECT, S_DEV_DUE_CLEAR,
-    S_Q_FIND, S_Q_ANSWER, S_Q_NEXT, S_Q_MARK_SENT, S_Q_INSERT, S_Q_CANCEL_ALL_EVENTS,
-    S_Q_CANCEL_ALL, S_Q_CANCEL_ONE, S_Q_PUSHED, S_Q_EXPIRE_EVENTS, S_Q_EXPIRE,
-    S_Q_BY_COMMAND, S_Q_ACTIVE_FOR_DEVICE, S_Q_DONE_FOR_DEVICE,
-    S_CMD_INSERT, S_CMD_GET,
-    S_EVENT, S_EVENTS_LIST, S_STATS_DEVICES, S_STATS_QUEUE, S_STATS_EVENTS,
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_DEV_IDENTITY,
+    S_DEV_AUTH_UPSERT,
+    S_DEV_TOKEN,
+    S_DEV_CHECKOUT,
+    S_DEV_SEEN,
+    S_DEV_EID,
+    S_DEV_GET,
+    S_DEV_LIST,
+    S_DEV_PUSH_DUE_AT,
+    S_DEV_PUSH_STATE,
+    S_DEV_DUE_SELECT,
+    S_DEV_DUE_CLEAR,
+    S_Q_FIND,
+    S_Q_ANSWER,
+    S_Q_NEXT,
+    S_Q_MARK_SENT,
+    S_Q_INSERT,
+    S_Q_CANCEL_ALL_EVENTS,
+    S_Q_CANCEL_ALL,
+    S_Q_CANCEL_ONE,
+    S_Q_PUSHED,
+    S_Q_EXPIRE_EVENTS,
+    S_Q_EXPIRE,
+    S_Q_BY_COMMAND,
+    S_Q_ACTIVE_FOR_DEVICE,
+    S_Q_DONE_FOR_DEVICE,
+    S_CMD_INSERT,
+    S_CMD_GET,
+    S_EVENT,
+    S_EVENTS_LIST,
+    S_STATS_DEVICES,
+    S_STATS_QUEUE,
+    S_STATS_EVENTS,
     S_COUNT
 };
 
@@ -127,18 +154,26 @@ static const char *const statement_sql[S_COUNT] = {
         " VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '', '', 'none', ?12, ?12)"
         " ON CONFLICT (udid) DO UPDATE SET is_enrollment_id = excluded.is_enrollment_id,"
         " enrolled = 1, topic = excluded.topic,"
-        " serial_number = CASE WHEN excluded.serial_number <> '' THEN excluded.serial_number ELSE devices.serial_number END,"
-        " os_version = CASE WHEN excluded.os_version <> '' THEN excluded.os_version ELSE devices.os_version END,"
-        " build_version = CASE WHEN excluded.build_version <> '' THEN excluded.build_version ELSE devices.build_version END,"
-        " product_name = CASE WHEN excluded.product_name <> '' THEN excluded.product_name ELSE devices.product_name END,"
+        " serial_number = CASE WHEN excluded.serial_number <> '' THEN excluded.serial_number ELSE "
+        "devices.serial_number END,"
+        " os_version = CASE WHEN excluded.os_version <> '' THEN excluded.os_version ELSE "
+        "devices.os_version END,"
+        " build_version = CASE WHEN excluded.build_version <> '' THEN excluded.build_version ELSE "
+        "devices.build_version END,"
+        " product_name = CASE WHEN excluded.product_name <> '' THEN excluded.product_name ELSE "
+        "devices.product_name END,"
         " model = CASE WHEN excluded.model <> '' THEN excluded.model ELSE devices.model END,"
-        " device_name = CASE WHEN excluded.device_name <> '' THEN excluded.device_name ELSE devices.device_name END,"
+        " device_name = CASE WHEN excluded.device_name <> '' THEN excluded.device_name ELSE "
+        "devices.device_name END,"
         " imei = CASE WHEN excluded.imei <> '' THEN excluded.imei ELSE devices.imei END,"
-        " cert_sha256 = excluded.cert_sha256, push_token = '', push_magic = '', push_state = 'none',"
-        " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE excluded.enrolled_at END,"
+        " cert_sha256 = excluded.cert_sha256, push_token = '', push_magic = '', push_state = "
+        "'none',"
+        " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE "
+        "excluded.enrolled_at END,"
         " last_seen_at = excluded.last_seen_at",
-    [S_DEV_TOKEN] = "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
-                    " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5 WHERE udid = ?1",
+    [S_DEV_TOKEN] =
+        "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
+        " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5 WHERE udid = ?1",
     [S_DEV_CHECKOUT] = "UPDATE devices SET enrolled = 0, push_token = '', push_magic = '',"
                        " push_state = 'none', push_due_at = 0, checked_out_at = ?2,"
                        " last_seen_at = ?2 WHERE udid = ?1",
@@ -153,8 +188,9 @@ static const char *const statement_sql[S_COUNT] = {
                          " ORDER BY push_due_at LIMIT ?2",
     [S_DEV_DUE_CLEAR] = "UPDATE devices SET push_due_at = 0 WHERE udid = ?1",
     [S_Q_FIND] = "SELECT id, state FROM queue WHERE udid = ?1 AND command_uuid = ?2",
-    [S_Q_ANSWER] = "UPDATE queue SET state = ?2, active = ?3, answered_at = ?4, updated_at = ?4,"
-                   " not_now_count = not_now_count + ?5, error_chain = ?6, result = ?7 WHERE id = ?1",
+    [S_Q_ANSWER] =
+        "UPDATE queue SET state = ?2, active = ?3, answered_at = ?4, updated_at = ?4,"
+        " not_now_count = not_now_count + ?5, error_chain = ?6, result = ?7 WHERE id = ?1",
     [S_Q_NEXT] = "SELECT q.id, q.command_uuid, c.request_type, c.body FROM queue q"
                  " JOIN commands c ON c.uuid = q.command_uuid"
                  " WHERE q.udid = ?1 AND q.active = 1 AND (q.expires_at = 0 OR q.expires_at > ?2)"
@@ -168,7 +204,8 @@ static const char *const statement_sql[S_COUNT] = {
                               " WHERE udid = ?1 AND active = 1",
     [S_Q_CANCEL_ALL] = "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2"
                        " WHERE udid = ?1 AND active = 1",
-    [S_Q_CANCEL_ONE] = "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2 WHERE id = ?1",
+    [S_Q_CANCEL_ONE] =
+        "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2 WHERE id = ?1",
     [S_Q_PUSHED] = "UPDATE queue SET state = 'pushed', pushed_at = ?2, updated_at = ?2"
                    " WHERE udid = ?1 AND active = 1 AND state IN ('queued', 'not_now')",
     [S_Q_EXPIRE_EVENTS] = "INSERT INTO events (at, kind, udid, command_uuid)"
@@ -176,21 +213,28 @@ static const char *const statement_sql[S_COUNT] = {
                           " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
     [S_Q_EXPIRE] = "UPDATE queue SET state = 'expired', active = 0, updated_at = ?1"
                    " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
-    [S_Q_BY_COMMAND] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-                       " WHERE q.command_uuid = ?1 ORDER BY q.udid",
-    [S_Q_ACTIVE_FOR_DEVICE] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-                              " WHERE q.udid = ?1 AND q.active = 1 ORDER BY q.priority DESC, q.id",
-    [S_Q_DONE_FOR_DEVICE] = "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-                            " WHERE q.udid = ?1 AND q.active = 0 ORDER BY q.id DESC LIMIT 100",
-    [S_CMD_INSERT] = "INSERT INTO commands (uuid, request_type, body, priority, created_at, expires_at)"
-                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [S_CMD_GET] = "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
-    [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_Q_BY_COMMAND] =
+        "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+        " WHERE q.command_uuid = ?1 ORDER BY q.udid",
+    [S_Q_ACTIVE_FOR_DEVICE] =
+        "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+        " WHERE q.udid = ?1 AND q.active = 1 ORDER BY q.priority DESC, q.id",
+    [S_Q_DONE_FOR_DEVICE] =
+        "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+        " WHERE q.udid = ?1 AND q.active = 0 ORDER BY q.id DESC LIMIT 100",
+    [S_CMD_INSERT] =
+        "INSERT INTO commands (uuid, request_type, body, priority, created_at, expires_at)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_CMD_GET] =
+        "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
+    [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, "
+                "?3, ?4, ?5, ?6)",
     [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
                       " WHERE udid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-    [S_STATS_DEVICES] = "SELECT count(*), coalesce(sum(enrolled), 0),"
-                        " coalesce(sum(CASE WHEN enrolled = 1 AND push_state = 'valid' THEN 1 ELSE 0 END), 0)"
-                        " FROM devices",
+    [S_STATS_DEVICES] =
+        "SELECT count(*), coalesce(sum(enrolled), 0),"
+        " coalesce(sum(CASE WHEN enrolled = 1 AND push_state = 'valid' THEN 1 ELSE 0 END), 0)"
+        " FROM devices",
     [S_STATS_QUEUE] = "SELECT state, count(*) FROM queue GROUP BY state",
     [S_STATS_EVENTS] = "SELECT coalesce(max(id), 0) FROM events",
 };
@@ -200,8 +244,8 @@ typedef struct {
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
-    char *wal_path;      /* "<db>-wal", fsynced by sq_sync in group mode */
-    int wal_fd;          /* opened once the log exists (group mode) */
+    char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
+    int wal_fd;     /* opened once the log exists (group mode) */
 } sqlite_store;
 
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
@@ -321,7 +365,8 @@ static esim_err event_add(sqlite_store *s, int64_t now, const char *kind, const 
                           const char *uuid, const char *detail, const void *raw, size_t raw_len,
                           esim_error *err)
 {
-    return run(s, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail, raw, raw_len) == SQLITE_DONE
+    return run(s, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail, raw, raw_len) ==
+                   SQLITE_DONE
                ? ESIM_OK
                : ESIM_ESTORE;
 }
@@ -335,18 +380,19 @@ static esim_err check_identity(sqlite_store *s, const char *udid, const char *ce
     if (rc < 0)
         return ESIM_ESTORE;
     if (rc != SQLITE_ROW)
-        return esim_fail(err, ESIM_ENOTFOUND, "%s from unknown device %s: it must Authenticate first",
-                         verb, udid);
+        return esim_fail(err, ESIM_ENOTFOUND,
+                         "%s from unknown device %s: it must Authenticate first", verb, udid);
     sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
     bool enrolled = sqlite3_column_int(st, 0) != 0;
     const char *bound = (const char *)sqlite3_column_text(st, 1);
     if (!enrolled)
-        return esim_fail(err, ESIM_ESTATE, "%s from device %s, which checked out: it must enroll again",
-                         verb, udid);
+        return esim_fail(err, ESIM_ESTATE,
+                         "%s from device %s, which checked out: it must enroll again", verb, udid);
     if (cert && *cert && bound && *bound && strcmp(cert, bound) != 0)
         return esim_fail(err, ESIM_EAUTH,
                          "%s for device %s signed by another identity certificate than the one "
-                         "bound at enrolment", verb, udid);
+                         "bound at enrolment",
+                         verb, udid);
     return ESIM_OK;
 }
 
@@ -418,7 +464,8 @@ static esim_err sq_device_checkout(store *base, const char *udid, const char *ce
     rc = check_identity(s, udid, cert, "CheckOut", err);
     /* CheckOut closes the queue: what was still pending will never be
      * delivered to this enrolment, so it is canceled, visibly. */
-    if (rc == ESIM_OK && run(s, err, S_Q_CANCEL_ALL_EVENTS, "tit", udid, now, "device checked out") != SQLITE_DONE)
+    if (rc == ESIM_OK &&
+        run(s, err, S_Q_CANCEL_ALL_EVENTS, "tit", udid, now, "device checked out") != SQLITE_DONE)
         rc = ESIM_ESTORE;
     if (rc == ESIM_OK && run(s, err, S_Q_CANCEL_ALL, "ti", udid, now) != SQLITE_DONE)
         rc = ESIM_ESTORE;
@@ -446,9 +493,8 @@ static const status_effect status_effects[] = {
 };
 
 /* Applies a non-Idle answer to its queue entry, or logs it as an anomaly. */
-static esim_err record_answer(sqlite_store *s, const store_exchange_in *in,
-                              const status_effect *fx, int64_t now, store_exchange_out *out,
-                              esim_error *err)
+static esim_err record_answer(sqlite_store *s, const store_exchange_in *in, const status_effect *fx,
+                              int64_t now, store_exchange_out *out, esim_error *err)
 {
     int r = run(s, err, S_Q_FIND, "tt", in->udid, in->command_uuid);
     if (r < 0)
@@ -473,8 +519,8 @@ static esim_err record_answer(sqlite_store *s, const store_exchange_in *in,
             snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which is %s: %s",
                      in->status, in->command_uuid, state, why);
         else
-            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which %s",
-                     in->status, in->command_uuid, why);
+            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which %s", in->status,
+                     in->command_uuid, why);
         return event_add(s, now, "anomaly", in->udid, in->command_uuid, out->anomaly, in->raw,
                          in->raw_len, err);
     }
@@ -536,7 +582,8 @@ static esim_err pick_next(sqlite_store *s, const store_exchange_in *in, int64_t 
         return ESIM_OK;
     if (run(s, err, S_Q_MARK_SENT, "ii", id, now) != SQLITE_DONE)
         return ESIM_ESTORE;
-    return event_add(s, now, "sent", in->udid, next->command_uuid, next->request_type, NULL, 0, err);
+    return event_add(s, now, "sent", in->udid, next->command_uuid, next->request_type, NULL, 0,
+                     err);
 }
 
 static esim_err sq_device_exchange(store *base, const store_exchange_in *in, int64_t now,
@@ -563,7 +610,8 @@ static esim_err sq_device_exchange(store *base, const store_exchange_in *in, int
     rc = check_identity(s, in->udid, in->cert_sha256, in->status, err);
     if (rc == ESIM_OK && run(s, err, S_DEV_SEEN, "ti", in->udid, now) != SQLITE_DONE)
         rc = ESIM_ESTORE;
-    if (rc == ESIM_OK && in->eid && *in->eid && run(s, err, S_DEV_EID, "tt", in->udid, in->eid) != SQLITE_DONE)
+    if (rc == ESIM_OK && in->eid && *in->eid &&
+        run(s, err, S_DEV_EID, "tt", in->udid, in->eid) != SQLITE_DONE)
         rc = ESIM_ESTORE;
     if (rc == ESIM_OK && fx)
         rc = record_answer(s, in, fx, now, out, err);
@@ -598,9 +646,9 @@ static void read_device(sqlite3_stmt *st, store_device *d)
     col_text(st, 13, d->push_token, sizeof d->push_token);
     col_text(st, 14, d->push_magic, sizeof d->push_magic);
     const char *ps = (const char *)sqlite3_column_text(st, 15);
-    d->push_state = ps && strcmp(ps, "valid") == 0 ? STORE_PUSH_VALID
+    d->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
                     : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
-                                                     : STORE_PUSH_NONE;
+                                                    : STORE_PUSH_NONE;
     d->enrolled_at = sqlite3_column_int64(st, 16);
     d->checked_out_at = sqlite3_column_int64(st, 17);
     d->token_updated_at = sqlite3_column_int64(st, 18);
@@ -732,7 +780,8 @@ static esim_err sq_command_get(store *base, const char *uuid, store_command_info
     sqlite3_reset(st);
     size_t cap = 0;
     r = run(s, err, S_Q_BY_COMMAND, "t", uuid);
-    esim_err rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_BY_COMMAND, r, entries, n, &cap, err);
+    esim_err rc =
+        r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_BY_COMMAND, r, entries, n, &cap, err);
     if (rc != ESIM_OK) {
         store_queue_entries_free(*entries, *n);
         *entries = NULL;
@@ -762,7 +811,8 @@ static esim_err sq_device_queue(store *base, const char *udid, bool with_done,
     rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_ACTIVE_FOR_DEVICE, r, entries, n, &cap, err);
     if (rc == ESIM_OK && with_done) {
         r = run(s, err, S_Q_DONE_FOR_DEVICE, "t", udid);
-        rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_DONE_FOR_DEVICE, r, entries, n, &cap, err);
+        rc =
+            r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_DONE_FOR_DEVICE, r, entries, n, &cap, err);
     }
     rc = tx_end(s, rc, err);
     if (rc != ESIM_OK) {
@@ -776,8 +826,7 @@ static esim_err sq_device_queue(store *base, const char *udid, bool with_done,
 /* ---- admin changes -------------------------------------------------------------- */
 
 static esim_err sq_command_enqueue(store *base, const store_command_in *cmd,
-                                   const char *const *udids, size_t n, int64_t now,
-                                   esim_error *err)
+                                   const char *const *udids, size_t n, int64_t now, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
     if (!cmd || !cmd->uuid || !*cmd->uuid || !cmd->request_type || !*cmd->request_type ||
@@ -801,14 +850,16 @@ static esim_err sq_command_enqueue(store *base, const store_command_in *cmd,
         } else if (r != SQLITE_ROW) {
             rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udids[i]);
         } else if (sqlite3_column_int(s->stmt[S_DEV_IDENTITY], 0) == 0) {
-            rc = esim_fail(err, ESIM_ESTATE, "device %s is not enrolled (it checked out)", udids[i]);
+            rc =
+                esim_fail(err, ESIM_ESTATE, "device %s is not enrolled (it checked out)", udids[i]);
         } else if (run(s, err, S_Q_INSERT, "ttiii", udids[i], cmd->uuid, (int64_t)cmd->priority,
                        cmd->expires_at, now) < 0) {
             rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE
                      ? esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i])
                      : ESIM_ESTORE;
         } else {
-            rc = event_add(s, now, "enqueued", udids[i], cmd->uuid, cmd->request_type, NULL, 0, err);
+            rc =
+                event_add(s, now, "enqueued", udids[i], cmd->uuid, cmd->request_type, NULL, 0, err);
         }
     }
     return tx_end(s, rc, err);
@@ -832,7 +883,8 @@ static esim_err sq_queue_cancel(store *base, const char *udid, const char *uuid,
         col_text(s->stmt[S_Q_FIND], 1, state, sizeof state);
         store_qstate qs;
         if (store_qstate_from_name(state, &qs) == ESIM_OK && !store_qstate_active(qs))
-            rc = esim_fail(err, ESIM_ESTATE, "command %s for device %s is already %s", uuid, udid, state);
+            rc = esim_fail(err, ESIM_ESTATE, "command %s for device %s is already %s", uuid, udid,
+                           state);
         else if (run(s, err, S_Q_CANCEL_ONE, "ii", id, now) != SQLITE_DONE)
             rc = ESIM_ESTORE;
         else
@@ -938,7 +990,8 @@ static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
         r = run(s, err, S_STATS_QUEUE, "");
         while (r == SQLITE_ROW) {
             store_qstate qs;
-            if (store_qstate_from_name((const char *)sqlite3_column_text(s->stmt[S_STATS_QUEUE], 0), &qs) == ESIM_OK)
+            if (store_qstate_from_name((const char *)sqlite3_column_text(s->stmt[S_STATS_QUEUE], 0),
+                                       &qs) == ESIM_OK)
                 out->queue_by_state[qs] = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_QUEUE], 1);
             r = sqlite3_step(s->stmt[S_STATS_QUEUE]);
         }
@@ -1093,12 +1146,14 @@ static esim_err exec(sqlite_store *s, const char *sql, esim_error *err)
  * database; refuses a database written by a newer program. */
 static esim_err migrate(sqlite_store *s, esim_error *err)
 {
-    esim_err rc = exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", err);
+    esim_err rc =
+        exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", err);
     if (rc != ESIM_OK)
         return rc;
     sqlite3_stmt *st = NULL;
     int current = 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(version), 0) FROM schema_version", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(version), 0) FROM schema_version", -1, &st,
+                           NULL) != SQLITE_OK)
         return db_fail(s, err, "read schema version");
     if (sqlite3_step(st) == SQLITE_ROW)
         current = sqlite3_column_int(st, 0);
@@ -1106,12 +1161,14 @@ static esim_err migrate(sqlite_store *s, esim_error *err)
     if (current > store_schema_version())
         return esim_fail(err, ESIM_ESTORE,
                          "the store has schema version %d, newer than this program's %d: "
-                         "run a newer esim-mdm", current, store_schema_version());
+                         "run a newer esim-mdm",
+                         current, store_schema_version());
     for (size_t i = 0; i < sizeof migrations / sizeof migrations[0]; i++) {
         if (migrations[i].version <= current)
             continue;
         char bump[96];
-        snprintf(bump, sizeof bump, "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d);",
+        snprintf(bump, sizeof bump,
+                 "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d);",
                  migrations[i].version);
         rc = exec(s, "BEGIN IMMEDIATE", err);
         if (rc == ESIM_OK)
@@ -1145,7 +1202,8 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
     }
     memcpy(s->wal_path, path, plen);
     memcpy(s->wal_path + plen, "-wal", 5);
-    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+    if (sqlite3_open_v2(path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         esim_fail(err, ESIM_ESTORE, "cannot open the store %s: %s", path,
                   s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -1157,9 +1215,10 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
      * log. synchronous=FULL fsyncs the log at every commit; NORMAL survives
      * any process crash (the log is in the OS cache) and, with sq_sync()
      * before answers go out (group mode), power cuts too. */
-    const char *pragmas = s->sync == STORE_SYNC_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;";
+    const char *pragmas =
+        s->sync == STORE_SYNC_FULL
+            ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+            : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;";
     esim_err rc = exec(s, pragmas, err);
     if (rc == ESIM_OK)
         rc = migrate(s, err);

@@ -22,9 +22,9 @@ typedef struct hook_job {
     char *body;
     size_t len;
     int attempts;
-    CURL *easy;                 /* non-NULL while in flight */
+    CURL *easy; /* non-NULL while in flight */
     struct curl_slist *headers;
-    struct event *retry_ev;     /* waiting for the next attempt */
+    struct event *retry_ev; /* waiting for the next attempt */
 } hook_job;
 
 struct svc_webhooks {
@@ -89,7 +89,8 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         }
         return 0;
     }
-    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0) | EV_PERSIST);
+    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) |
+                         (what & CURL_POLL_OUT ? EV_WRITE : 0) | EV_PERSIST);
     if (!sc) {
         sc = calloc(1, sizeof *sc);
         if (!sc)
@@ -147,8 +148,8 @@ static void job_failed_attempt(hook_job *j)
     if (j->attempts >= svc->cfg.webhook_max_attempts) {
         svc->m.webhooks_failed++;
         char detail[600];
-        snprintf(detail, sizeof detail, "gave up on %s after %d attempts", svc->webhook_urls[j->url],
-                 j->attempts);
+        snprintf(detail, sizeof detail, "gave up on %s after %d attempts",
+                 svc->webhook_urls[j->url], j->attempts);
         svc->st->ops->event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
                                    esim_now_ms(), NULL);
         job_free(j);
@@ -235,7 +236,8 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
         const char *u = svc->webhook_urls[i];
         if (!u || (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) ||
             strlen(u) < 10)
-            return esim_fail(err, ESIM_EINVAL, "bad webhook URL '%s': use http://HOST[:PORT]/PATH or https://...",
+            return esim_fail(err, ESIM_EINVAL,
+                             "bad webhook URL '%s': use http://HOST[:PORT]/PATH or https://...",
                              u ? u : "");
     }
     if (svc->cfg.webhook_max_attempts <= 0)
@@ -289,10 +291,14 @@ size_t webhooks_pending(const esim_service *svc)
 static const char *topic_for(const esim_msg *msg)
 {
     switch (msg->kind) {
-    case ESIM_MSG_AUTHENTICATE: return "mdm.Authenticate";
-    case ESIM_MSG_TOKEN_UPDATE: return "mdm.TokenUpdate";
-    case ESIM_MSG_CHECKOUT: return "mdm.CheckOut";
-    case ESIM_MSG_RESULT: return "mdm.Connect";
+    case ESIM_MSG_AUTHENTICATE:
+        return "mdm.Authenticate";
+    case ESIM_MSG_TOKEN_UPDATE:
+        return "mdm.TokenUpdate";
+    case ESIM_MSG_CHECKOUT:
+        return "mdm.CheckOut";
+    case ESIM_MSG_RESULT:
+        return "mdm.Connect";
     }
     return "mdm.Unknown";
 }
@@ -320,9 +326,9 @@ static char *build_payload(const esim_msg *msg, const void *raw, size_t len)
         json_object_set_new(ev, "status", json_string(esim_status_name(msg->status)));
         json_object_set_new(ev, "command_uuid", json_string(msg->command_uuid));
     }
-    json_t *root = json_pack("{s:s,s:s,s:s,s:o}", "topic", topic_for(msg), "event_id", id,
-                             "created_at", when,
-                             msg->kind == ESIM_MSG_RESULT ? "acknowledge_event" : "checkin_event", ev);
+    json_t *root =
+        json_pack("{s:s,s:s,s:s,s:o}", "topic", topic_for(msg), "event_id", id, "created_at", when,
+                  msg->kind == ESIM_MSG_RESULT ? "acknowledge_event" : "checkin_event", ev);
     char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return s;

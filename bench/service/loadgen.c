@@ -23,7 +23,7 @@ typedef struct gen gen;
 typedef struct {
     gen *g;
     struct evhttp_connection *conn;
-    int device;     /* current device index */
+    int device; /* current device index */
     phase step;
     char uuid[64];
 } slot;
@@ -33,11 +33,11 @@ struct gen {
     const char *host;
     int port;
     int devices, conc;
-    int next_device;   /* work queue */
+    int next_device; /* work queue */
     int done_devices;
     int errors;
     long requests;
-    phase phase_kind;  /* which phase is running */
+    phase phase_kind; /* which phase is running */
     slot *slots;
 };
 
@@ -57,27 +57,39 @@ static void body_for(slot *s, struct evbuffer *out)
 {
     char udid[48];
     udid_of(s->device, udid);
-    static const char head[] = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>";
+    static const char head[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>";
     switch (s->step) {
     case P_AUTH:
-        evbuffer_add_printf(out, "%s<key>MessageType</key><string>Authenticate</string><key>Topic</key>"
-                            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
-                            "<key>OSVersion</key><string>18.1</string></dict></plist>", head, udid);
+        evbuffer_add_printf(
+            out,
+            "%s<key>MessageType</key><string>Authenticate</string><key>Topic</key>"
+            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
+            "<key>OSVersion</key><string>18.1</string></dict></plist>",
+            head, udid);
         break;
     case P_TOKEN:
-        evbuffer_add_printf(out, "%s<key>MessageType</key><string>TokenUpdate</string><key>Topic</key>"
-                            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
-                            "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
-                            "<key>PushMagic</key><string>magic-%d</string></dict></plist>", head, udid, s->device);
+        evbuffer_add_printf(
+            out,
+            "%s<key>MessageType</key><string>TokenUpdate</string><key>Topic</key>"
+            "<string>com.apple.mgmt.External.bench</string><key>UDID</key><string>%s</string>"
+            "<key>Token</key><data>AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=</data>"
+            "<key>PushMagic</key><string>magic-%d</string></dict></plist>",
+            head, udid, s->device);
         break;
     case P_IDLE:
-        evbuffer_add_printf(out, "%s<key>Status</key><string>Idle</string><key>UDID</key><string>%s</string>"
-                            "</dict></plist>", head, udid);
+        evbuffer_add_printf(
+            out,
+            "%s<key>Status</key><string>Idle</string><key>UDID</key><string>%s</string>"
+            "</dict></plist>",
+            head, udid);
         break;
     case P_ACK:
-        evbuffer_add_printf(out, "%s<key>Status</key><string>Acknowledged</string><key>UDID</key>"
-                            "<string>%s</string><key>CommandUUID</key><string>%s</string></dict></plist>",
-                            head, udid, s->uuid);
+        evbuffer_add_printf(
+            out,
+            "%s<key>Status</key><string>Acknowledged</string><key>UDID</key>"
+            "<string>%s</string><key>CommandUUID</key><string>%s</string></dict></plist>",
+            head, udid, s->uuid);
         break;
     case P_HEALTH:
         break;
@@ -198,7 +210,8 @@ static void on_done(struct evhttp_request *rq, void *arg)
 /* POST /v1/commands for devices [first, first + n) in one call (push off). */
 static int enqueue_range(gen *g, const char *token, int first, int n)
 {
-    struct evhttp_connection *c = evhttp_connection_base_new(g->base, NULL, g->host, (unsigned short)g->port);
+    struct evhttp_connection *c =
+        evhttp_connection_base_new(g->base, NULL, g->host, (unsigned short)g->port);
     call_ctx cx = {0, g->base};
     struct evhttp_request *r = evhttp_request_new(on_done, &cx);
     struct evbuffer *b = evhttp_request_get_output_buffer(r);
@@ -261,14 +274,16 @@ int main(int argc, char **argv)
     long rss0 = rss_kib(pid), req = 0;
     double t = run_phase(&g, P_AUTH, &req);
     long rss_enrolled = rss_kib(pid);
-    printf("enrol:       %d devices, %ld check-ins in %.2f s = %.0f check-ins/s (errors %d)\n", g.devices,
-           req, t, (double)req / t, g.errors);
+    printf("enrol:       %d devices, %ld check-ins in %.2f s = %.0f check-ins/s (errors %d)\n",
+           g.devices, req, t, (double)req / t, g.errors);
     /* Bodies stay under the service's 1 MiB limit: 10000 devices per call. */
     double t0 = now_s();
     int code = 200, calls = 0;
     for (int first = 0; first < g.devices && code == 200; first += 10000, calls++)
-        code = enqueue_range(&g, token, first, g.devices - first < 10000 ? g.devices - first : 10000);
-    printf("enqueue:     %d API calls for %d devices: HTTP %d in %.2f s\n", calls, g.devices, code, now_s() - t0);
+        code =
+            enqueue_range(&g, token, first, g.devices - first < 10000 ? g.devices - first : 10000);
+    printf("enqueue:     %d API calls for %d devices: HTTP %d in %.2f s\n", calls, g.devices, code,
+           now_s() - t0);
     if (code != 200)
         return 1;
     g.errors = 0;
@@ -284,14 +299,18 @@ int main(int argc, char **argv)
     double th = run_phase(&g, P_HEALTH, &hreq);
     g.devices = saved;
     double h_rps = (double)hreq / th;
-    printf("round trips: %d (Idle -> command -> Acknowledged -> empty) in %.2f s = %.0f round trips/s, "
-           "%.0f requests/s (errors %d)\n", g.devices, t, rt_rate, mdm_rps, rt_errors);
-    printf("ceiling:     %ld GET /healthz in %.2f s = %.0f requests/s (errors %d)\n", hreq, th, h_rps, g.errors);
+    printf("round trips: %d (Idle -> command -> Acknowledged -> empty) in %.2f s = %.0f round "
+           "trips/s, "
+           "%.0f requests/s (errors %d)\n",
+           g.devices, t, rt_rate, mdm_rps, rt_errors);
+    printf("ceiling:     %ld GET /healthz in %.2f s = %.0f requests/s (errors %d)\n", hreq, th,
+           h_rps, g.errors);
     printf("ratio:       check-in requests/s / healthz requests/s = %.2f\n", mdm_rps / h_rps);
     if (rss0 > 0)
-        printf("memory:      server RSS %ld KiB idle, %ld KiB after enrolment, %ld KiB after round trips: "
-               "%.0f bytes per enrolled device\n", rss0, rss_enrolled, rss_after,
-               (double)(rss_after - rss0) * 1024.0 / g.devices);
+        printf("memory:      server RSS %ld KiB idle, %ld KiB after enrolment, %ld KiB after round "
+               "trips: "
+               "%.0f bytes per enrolled device\n",
+               rss0, rss_enrolled, rss_after, (double)(rss_after - rss0) * 1024.0 / g.devices);
     for (int i = 0; i < g.conc; i++)
         evhttp_connection_free(g.slots[i].conn);
     free(g.slots);

@@ -218,16 +218,20 @@ long device_put_signed_by(test_device *d, const esim_cert *signer, const void *b
 void device_enroll(test_device *d)
 {
     esim_buf b = {0};
-    esim_authenticate_info info = {.udid = d->udid, .topic = d->topic, .os_version = "18.1",
-                                   .serial_number = "F2LXTEST", .product_name = "iPhone17,1"};
+    esim_authenticate_info info = {.udid = d->udid,
+                                   .topic = d->topic,
+                                   .os_version = "18.1",
+                                   .serial_number = "F2LXTEST",
+                                   .product_name = "iPhone17,1"};
     assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
     assert_int_equal(device_put(d, b.data, b.len, NULL), 200);
     esim_buf_free(&b);
     unsigned char token[32];
     for (size_t i = 0; i < sizeof token; i++)
         token[i] = (unsigned char)(i * 7 + (unsigned char)d->udid[0]);
-    assert_int_equal(esim_msg_build_token_update(d->udid, d->topic, token, sizeof token, "magic-1234",
-                                                 &b, NULL), ESIM_OK);
+    assert_int_equal(
+        esim_msg_build_token_update(d->udid, d->topic, token, sizeof token, "magic-1234", &b, NULL),
+        ESIM_OK);
     assert_int_equal(device_put(d, b.data, b.len, NULL), 200);
     esim_buf_free(&b);
 }
@@ -238,7 +242,8 @@ long device_result_ex(test_device *d, esim_status st, const char *uuid,
 {
     esim_buf b = {0}, reply = {0};
     esim_error e;
-    if (esim_msg_build_result(d->udid, st, uuid, chain, n_chain, extra, ESIM_PLIST_XML, &b, &e) != ESIM_OK)
+    if (esim_msg_build_result(d->udid, st, uuid, chain, n_chain, extra, ESIM_PLIST_XML, &b, &e) !=
+        ESIM_OK)
         fail_msg("build result: %s", e.msg);
     long status = device_put(d, b.data, b.len, &reply);
     if (next) {
@@ -280,7 +285,8 @@ long api_call(const char *base_url, const char *token, const char *method, const
         snprintf(line, sizeof line, "Authorization: Bearer %s", token);
         h = curl_slist_append(h, line);
     }
-    snprintf(line, sizeof line, "Content-Type: %s", content_type ? content_type : "application/json");
+    snprintf(line, sizeof line, "Content-Type: %s",
+             content_type ? content_type : "application/json");
     h = curl_slist_append(h, line);
     esim_buf reply = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -316,7 +322,8 @@ void api_enqueue_refresh(const char *base_url, const char *udid, const char *ser
     char body[512];
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
-             "\"esim_server_url\":\"%s\"}}", udid, server);
+             "\"esim_server_url\":\"%s\"}}",
+             udid, server);
     json_t *r = NULL;
     assert_int_equal(api_call(base_url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
     const char *u = json_string_value(json_object_get(r, "command_uuid"));

@@ -20,7 +20,7 @@
 #define TEST_TOKEN "test-api-token-0123456789"
 
 typedef struct {
-    char dir[256];       /* temp dir: pki/ and data dirs */
+    char dir[256]; /* temp dir: pki/ and data dirs */
     char pki[300];
     char device_ca[320];
     char topic[128];
@@ -59,7 +59,7 @@ typedef struct {
     char topic[128];
     esim_cert identity;
     sign_mode sign;
-    CURL *conn;          /* one connection; device_reconnect() makes a new one */
+    CURL *conn; /* one connection; device_reconnect() makes a new one */
     const char *base_url;
     /* HTTPS: the CA to trust, and (mTLS) the client certificate and key. */
     const char *ca_file, *client_cert, *client_key;

@@ -108,45 +108,58 @@ static void test_api_validation_names_field_and_enqueues_nothing(void **state)
     expect_error(ts.url, "{\"udids\": [", 400, NULL);
     expect_error(ts.url, "[]", 400, NULL);
     expect_error(ts.url, "{\"command\":{\"request_type\":\"ProfileList\"}}", 400, "udids");
-    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"Reboot\"}}", udid);
+    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"Reboot\"}}",
+             udid);
     expect_error(ts.url, body, 400, "command.request_type");
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
-             "\"esim_server_url\":\"ftp://smdp.example.com\"}}", udid);
+             "\"esim_server_url\":\"ftp://smdp.example.com\"}}",
+             udid);
     expect_error(ts.url, body, 400, "command.esim_server_url");
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\"}}", udid);
     expect_error(ts.url, body, 400, "command.esim_server_url");
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
-             "\"esim_server_url\":\"smdp.example.com\",\"esim_srever\":1}}", udid);
+             "\"esim_server_url\":\"smdp.example.com\",\"esim_srever\":1}}",
+             udid);
     expect_error(ts.url, body, 400, "command.esim_srever");
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"InstallProfile\","
-             "\"restrictions\":{\"esim_modification\":\"maybe\"}}}", udid);
+             "\"restrictions\":{\"esim_modification\":\"maybe\"}}}",
+             udid);
     expect_error(ts.url, body, 400, "command.restrictions.esim_modification");
-    snprintf(body, sizeof body,
-             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"DeviceInformation\",\"queries\":[]}}", udid);
+    snprintf(
+        body, sizeof body,
+        "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"DeviceInformation\",\"queries\":[]}}",
+        udid);
     expect_error(ts.url, body, 400, "command.queries");
-    snprintf(body, sizeof body,
-             "{\"udids\":[\"%s\"],\"priority\":\"high\",\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    snprintf(
+        body, sizeof body,
+        "{\"udids\":[\"%s\"],\"priority\":\"high\",\"command\":{\"request_type\":\"ProfileList\"}}",
+        udid);
     expect_error(ts.url, body, 400, "priority");
     snprintf(body, sizeof body,
-             "{\"udids\":[\"%s\", \"bad udid!\"],\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+             "{\"udids\":[\"%s\", \"bad udid!\"],\"command\":{\"request_type\":\"ProfileList\"}}",
+             udid);
     expect_error(ts.url, body, 400, "udids[1]");
     /* A well-formed UDID nobody enrolled: 404, and the known device got nothing either. */
     snprintf(body, sizeof body,
-             "{\"udids\":[\"%s\", \"00008120-FFFFFFFFFFFFFFFF\"],\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+             "{\"udids\":[\"%s\", "
+             "\"00008120-FFFFFFFFFFFFFFFF\"],\"command\":{\"request_type\":\"ProfileList\"}}",
+             udid);
     expect_error(ts.url, body, 404, "udids");
     assert_int_equal(queue_len(ts.url, udid), 0);
     /* Raw enqueue of something that is not a command: 400, nothing queued. */
     char path[160];
     snprintf(path, sizeof path, "/v1/enqueue/%s", udid);
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "PUT", path, "<plist><dict/></plist>",
-                              "application/xml", NULL), 400);
+                              "application/xml", NULL),
+                     400);
     assert_int_equal(queue_len(ts.url, udid), 0);
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/devices/00008120-FFFFFFFFFFFFFFFF",
-                              NULL, NULL, NULL), 404);
+                              NULL, NULL, NULL),
+                     404);
     device_free(&dev);
     harness_stop(&ts);
 }
@@ -167,7 +180,8 @@ static void test_restrictions_become_install_profile(void **state)
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"push\":false,\"command\":{\"request_type\":\"InstallProfile\","
              "\"restrictions\":{\"esim_modification\":\"deny\",\"preserve_esim_on_erase\":true,"
-             "\"esim_outgoing_transfers\":\"deny\"}}}", udid);
+             "\"esim_outgoing_transfers\":\"deny\"}}}",
+             udid);
     json_t *r = NULL;
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
     json_t *d = json_object_get(json_object_get(r, "devices"), udid);
@@ -181,7 +195,8 @@ static void test_restrictions_become_install_profile(void **state)
     uint64_t plen = 0;
     plist_get_data_val(plist_dict_get_item(next.command, "Payload"), &payload, &plen);
     plist_t profile = NULL;
-    assert_int_equal(esim_profile_parse(payload, (size_t)plen, NULL, &profile, NULL, NULL), ESIM_OK);
+    assert_int_equal(esim_profile_parse(payload, (size_t)plen, NULL, &profile, NULL, NULL),
+                     ESIM_OK);
     plist_t content = plist_dict_get_item(profile, "PayloadContent");
     plist_t item = plist_array_get_item(content, 0);
     uint8_t v = 1;
@@ -226,8 +241,10 @@ static void test_cancel_and_expiry(void **state)
 
     /* Expiry: a command past its time is never delivered and becomes expired. */
     char body[512];
-    snprintf(body, sizeof body,
-             "{\"udids\":[\"%s\"],\"expires_in_s\":1,\"command\":{\"request_type\":\"ProfileList\"}}", udid);
+    snprintf(
+        body, sizeof body,
+        "{\"udids\":[\"%s\"],\"expires_in_s\":1,\"command\":{\"request_type\":\"ProfileList\"}}",
+        udid);
     json_t *r = NULL;
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
     char b[128];
@@ -313,8 +330,10 @@ static void test_two_services_in_one_process(void **state)
     assert_int_equal(api_call(a.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 200);
     assert_int_equal(api_call(b.url, "another-token-for-b", "GET", path, NULL, NULL, NULL), 404);
     assert_int_equal(api_call(b.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 401);
-    assert_int_equal(api_metric(a.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 1);
-    assert_int_equal(api_metric(b.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 0);
+    assert_int_equal(api_metric(a.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"),
+                     1);
+    assert_int_equal(api_metric(b.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"),
+                     0);
     device_free(&dev);
     harness_stop(&a);
     harness_stop(&b);
@@ -414,7 +433,8 @@ static void test_webhooks_delivered_signed_and_retried(void **state)
     device_new(&dev, &env, udid, ts.url);
     device_enroll(&dev); /* Authenticate (fails once, retried) + TokenUpdate */
     assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
-    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}") < 3; i++)
+    for (int i = 0;
+         i < 100 && api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}") < 3; i++)
         usleep(50 * 1000);
     assert_int_equal(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"delivered\"}"), 3);
     assert_true(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"retried\"}") >= 1);
@@ -514,7 +534,8 @@ static void test_push_through_apns_mock(void **state)
     ts.before_base_free = free_mock;
     ts.before_arg = mock;
     char apns_url[64], push_cert[400], push_key[400];
-    snprintf(apns_url, sizeof apns_url, "https://127.0.0.1:%d", apns_mock_port(mock, APNS_MOCK_PORT_TLS));
+    snprintf(apns_url, sizeof apns_url, "https://127.0.0.1:%d",
+             apns_mock_port(mock, APNS_MOCK_PORT_TLS));
     snprintf(push_cert, sizeof push_cert, "%s/push.pem", env.pki);
     snprintf(push_key, sizeof push_key, "%s/push.key", env.pki);
     esim_service_config cfg;
@@ -537,17 +558,21 @@ static void test_push_through_apns_mock(void **state)
     char body[512];
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\",\"%s\"],\"command\":{\"request_type\":\"RefreshCellularPlans\","
-             "\"esim_server_url\":\"smdp.example.com\"}}", u1, u2);
+             "\"esim_server_url\":\"smdp.example.com\"}}",
+             u1, u2);
     json_t *r = NULL;
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(r, "devices"), u1), "push")), "sent");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(r, "devices"), u1), "push")),
+                        "sent");
     char uuid[128];
     snprintf(uuid, sizeof uuid, "%s", json_string_value(json_object_get(r, "command_uuid")));
     json_decref(r);
     char st[32] = "";
     for (int i = 0; i < 100; i++) {
         api_entry_state(ts.url, uuid, u2, st, NULL, NULL);
-        if (strcmp(st, "pushed") == 0 && api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == 2)
+        if (strcmp(st, "pushed") == 0 &&
+            api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == 2)
             break;
         usleep(50 * 1000);
     }
@@ -556,7 +581,9 @@ static void test_push_through_apns_mock(void **state)
     /* POST /v1/push wakes a device on demand. */
     snprintf(body, sizeof body, "/v1/push/%s", u1);
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", body, "", NULL, &r), 200);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(r, "devices"), u1), "push")), "sent");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(r, "devices"), u1), "push")),
+                        "sent");
     json_decref(r);
     /* NotNow: the device is pushed again after the back-off, by itself. */
     long accepted = api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}");
@@ -572,9 +599,13 @@ static void test_push_through_apns_mock(void **state)
         usleep(50 * 1000);
     }
     assert_string_equal(st, "pushed");
-    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == accepted; i++)
+    for (int i = 0;
+         i < 100 &&
+         api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") == accepted;
+         i++)
         usleep(20 * 1000);
-    assert_true(api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") > accepted);
+    assert_true(api_metric(ts.url, "esim_mdm_apns_outcomes_total{outcome=\"accepted\"}") >
+                accepted);
     device_free(&d1);
     device_free(&d2);
     harness_stop(&ts);

@@ -97,7 +97,8 @@ static void test_enrolment_makes_device_reachable(void **state)
     device_enroll(&f->dev);
     json_t *d = get_device(f);
     assert_true(json_is_true(json_object_get(d, "enrolled")));
-    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "push"), "state")), "valid");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "push"), "state")),
+                        "valid");
     assert_string_equal(json_string_value(json_object_get(d, "os_version")), "18.1");
     assert_string_equal(json_string_value(json_object_get(d, "serial_number")), "F2LXTEST");
     assert_true(json_is_string(json_object_get(d, "identity_sha256")));
@@ -106,7 +107,8 @@ static void test_enrolment_makes_device_reachable(void **state)
     esim_cmd_parsed next;
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_null(next.root);
-    assert_int_equal(api_metric(f->ts.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 1);
+    assert_int_equal(
+        api_metric(f->ts.url, "esim_mdm_checkins_total{message_type=\"Authenticate\"}"), 1);
     stop(f);
 }
 
@@ -142,7 +144,8 @@ static void test_acknowledged_round_trip(void **state)
     /* As some clients answer: an empty RequestType; matched on CommandUUID. */
     plist_t extra = plist_new_dict();
     plist_dict_set_item(extra, "RequestType", plist_new_string(""));
-    assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, extra, &next), 200);
+    assert_int_equal(
+        device_result_ex(&f->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, extra, &next), 200);
     plist_free(extra);
     assert_null(next.root);
     api_entry_state(f->ts.url, uuid, f->dev.udid, st, NULL, NULL);
@@ -166,7 +169,8 @@ static void test_error_and_format_error_recorded_with_chain(void **state)
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
-    esim_error_chain_entry chain = {.code = 36003, .domain = "MCMDMErrorDomain",
+    esim_error_chain_entry chain = {.code = 36003,
+                                    .domain = "MCMDMErrorDomain",
                                     .localized_description = "The cellular stack is busy"};
     /* Error: recorded, and the reply is already the next command. */
     assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ERROR, a, &chain, 1, NULL, &next), 200);
@@ -190,7 +194,8 @@ static void test_error_and_format_error_recorded_with_chain(void **state)
     api_entry_state(f->ts.url, b, f->dev.udid, st, NULL, NULL);
     assert_string_equal(st, "format_error");
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_results_total{status=\"Error\"}"), 1);
-    assert_int_equal(api_metric(f->ts.url, "esim_mdm_results_total{status=\"CommandFormatError\"}"), 1);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_results_total{status=\"CommandFormatError\"}"),
+                     1);
     stop(f);
 }
 
@@ -242,7 +247,8 @@ static void test_answer_for_command_never_sent_is_an_anomaly(void **state)
      * reply is the next command. */
     esim_cmd_parsed next;
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED,
-                                   "11111111-2222-4333-8444-555555555555", &next), 200);
+                                   "11111111-2222-4333-8444-555555555555", &next),
+                     200);
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
     /* An answer for a queued command that was sent... then answered twice. */
@@ -259,7 +265,8 @@ static void test_answer_for_command_never_sent_is_an_anomaly(void **state)
     assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
     size_t i, anomalies = 0, sent = 0;
     json_t *ev;
-    json_array_foreach(json_object_get(r, "events"), i, ev) {
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
         const char *kind = json_string_value(json_object_get(ev, "kind"));
         if (strcmp(kind, "anomaly") == 0) {
             anomalies++;
@@ -284,14 +291,16 @@ static void test_identity_rules(void **state)
     api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
     esim_buf idle = {0};
     assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
-                                           ESIM_PLIST_XML, &idle, NULL), ESIM_OK);
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
     /* Unsigned: 401. */
     f->dev.sign = SIGN_NONE;
     assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 401);
     /* Another device's valid certificate: 403, bound identity wins. */
     test_device other;
     device_new(&other, &env, "00008110-OTHERDEVICE0001", f->ts.url);
-    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, idle.data, idle.len, NULL), 403);
+    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, idle.data, idle.len, NULL),
+                     403);
     /* A certificate from a CA the service does not trust: 403. */
     esim_cert rogue = {0};
     esim_cert_spec spec = {.common_name = "rogue", .key_type = ESIM_KEY_RSA2048};
@@ -302,9 +311,10 @@ static void test_identity_rules(void **state)
     f->dev.sign = SIGN_SHA256;
     esim_buf other_body = {0};
     assert_int_equal(esim_msg_build_result(other.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
-                                           ESIM_PLIST_XML, &other_body, NULL), ESIM_OK);
-    assert_int_equal(device_put_mismatched(&f->dev, other_body.data, other_body.len, idle.data,
-                                           idle.len), 401);
+                                           ESIM_PLIST_XML, &other_body, NULL),
+                     ESIM_OK);
+    assert_int_equal(
+        device_put_mismatched(&f->dev, other_body.data, other_body.len, idle.data, idle.len), 401);
     esim_buf_free(&other_body);
     /* None of that changed anything: the command is still queued. */
     char st[32];
@@ -314,7 +324,8 @@ static void test_identity_rules(void **state)
     esim_buf auth = {0};
     esim_authenticate_info info = {.udid = f->dev.udid, .topic = f->dev.topic};
     assert_int_equal(esim_msg_build_authenticate(&info, &auth, NULL), ESIM_OK);
-    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, auth.data, auth.len, NULL), 403);
+    assert_int_equal(device_put_signed_by(&f->dev, &other.identity, auth.data, auth.len, NULL),
+                     403);
     esim_buf_free(&auth);
     /* SHA-1 with RSA, leaf only, as older devices sign: accepted. */
     f->dev.sign = SIGN_SHA1;
@@ -357,7 +368,8 @@ static void test_limits_and_malformed_bodies(void **state)
     assert_int_equal(device_put(&f->dev, junk, strlen(junk), NULL), 400); /* 3 */
     /* Nested past the depth limit: 400. */
     esim_buf deep = {0};
-    esim_buf_append_str(&deep, "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>UDID</key><string>");
+    esim_buf_append_str(
+        &deep, "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>UDID</key><string>");
     esim_buf_append_str(&deep, f->dev.udid);
     esim_buf_append_str(&deep, "</string><key>Status</key><string>Idle</string><key>X</key>");
     for (int i = 0; i < 40; i++)
@@ -402,9 +414,10 @@ static void test_checkout_closes_queue(void **state)
     /* A checked-out device gets nothing and cannot be given anything. */
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, NULL), 403);
     char body[256];
-    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"ProfileList\"}}",
-             f->dev.udid);
-    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL), 409);
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"ProfileList\"}}", f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL),
+                     409);
     /* Enrolling again (a new identity is allowed after CheckOut) works. */
     esim_cert_clear(&f->dev.identity);
     esim_cert ca = {0};
@@ -413,7 +426,8 @@ static void test_checkout_closes_queue(void **state)
     assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
     esim_cert_clear(&ca);
     device_enroll(&f->dev);
-    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL), 200);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL),
+                     200);
     stop(f);
 }
 
@@ -447,7 +461,8 @@ static void test_raw_enqueue_eid_and_result_hook(void **state)
     snprintf(path, sizeof path, "/v1/enqueue/%s?nopush=1", f->dev.udid);
     json_t *r = NULL;
     assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "PUT", path, (const char *)cmd.body.data,
-                              "application/xml", &r), 200);
+                              "application/xml", &r),
+                     200);
     assert_string_equal(json_string_value(json_object_get(r, "command_uuid")), cmd.command_uuid);
     assert_true(json_is_true(json_object_get(r, "no_push")));
     json_decref(r);
@@ -468,10 +483,12 @@ static void test_raw_enqueue_eid_and_result_hook(void **state)
     plist_dict_set_item(qr, "ServiceSubscriptions", subs);
     plist_dict_set_item(extra, "QueryResponses", qr);
     assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ACKNOWLEDGED, cmd.command_uuid, NULL, 0,
-                                      extra, &next), 200);
+                                      extra, &next),
+                     200);
     plist_free(extra);
     json_t *d = get_device(f);
-    assert_string_equal(json_string_value(json_object_get(d, "eid")), "89882119900000000000000000001654");
+    assert_string_equal(json_string_value(json_object_get(d, "eid")),
+                        "89882119900000000000000000001654");
     json_decref(d);
     /* The hook ran on the service's loop before the reply went out. */
     assert_int_equal(seen.calls, 1);
@@ -512,7 +529,8 @@ static void test_mtls_identity(void **state)
     /* No client certificate: 401. */
     esim_buf idle = {0};
     assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
-                                           ESIM_PLIST_XML, &idle, NULL), ESIM_OK);
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
     assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 401);
     device_reconnect(&f->dev);
     f->dev.client_cert = id_cert;

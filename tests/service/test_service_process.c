@@ -124,7 +124,8 @@ static int run_cli(server *s, esim_buf *out, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "'%s' %s --server %s --token-file '%s'", bin, args, s->url, s->token_file);
+    snprintf(cmd, sizeof cmd, "'%s' %s --server %s --token-file '%s'", bin, args, s->url,
+             s->token_file);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char buf[4096];
@@ -147,7 +148,9 @@ static void test_cli_clients_and_config_file(void **state)
     device_enroll(&dev);
 
     esim_buf out = {0};
-    assert_int_equal(run_cli(&s, &out, "enqueue --udid %s --refresh-plans smdp.example.com --json", dev.udid), 0);
+    assert_int_equal(
+        run_cli(&s, &out, "enqueue --udid %s --refresh-plans smdp.example.com --json", dev.udid),
+        0);
     json_t *r = json_loads((const char *)out.data, 0, NULL);
     assert_non_null(r);
     char uuid[128];
@@ -155,7 +158,9 @@ static void test_cli_clients_and_config_file(void **state)
     json_decref(r);
     esim_buf_reset(&out);
     /* A people-readable table without --json. */
-    assert_int_equal(run_cli(&s, &out, "enqueue --udid %s --device-information ServiceSubscriptions", dev.udid), 0);
+    assert_int_equal(
+        run_cli(&s, &out, "enqueue --udid %s --device-information ServiceSubscriptions", dev.udid),
+        0);
     assert_non_null(strstr((const char *)out.data, "DeviceInformation"));
     assert_non_null(strstr((const char *)out.data, dev.udid));
     const char *line = strstr((const char *)out.data, "command ");
@@ -236,8 +241,9 @@ static void test_kill_at_random_instants_loses_nothing(void **state)
         for (;;) {
             esim_buf b = {0}, reply = {0};
             esim_status st = pending[0] ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_IDLE;
-            assert_int_equal(esim_msg_build_result(dev.udid, st, pending[0] ? pending : NULL, NULL, 0,
-                                                   NULL, ESIM_PLIST_XML, &b, NULL), ESIM_OK);
+            assert_int_equal(esim_msg_build_result(dev.udid, st, pending[0] ? pending : NULL, NULL,
+                                                   0, NULL, ESIM_PLIST_XML, &b, NULL),
+                             ESIM_OK);
             long code = 0;
             {
                 /* device_put fails the test on transport errors; a dying
@@ -277,7 +283,8 @@ static void test_kill_at_random_instants_loses_nothing(void **state)
                 deliveries++;
                 for (int i = 0; i < N; i++)
                     if (strcmp(uuids[i], cmd.command_uuid) == 0 && acked[i])
-                        fail_msg("command %s delivered again after its Ack was answered", cmd.command_uuid);
+                        fail_msg("command %s delivered again after its Ack was answered",
+                                 cmd.command_uuid);
                 snprintf(pending, sizeof pending, "%s", cmd.command_uuid);
                 esim_cmd_parsed_free(&cmd);
             }

@@ -51,19 +51,27 @@ static store *open_fresh(char path[128])
 
 static void enroll(store *st, const char *udid, const char *cert)
 {
-    store_authenticate_in in = {.udid = udid, .topic = "com.apple.mgmt.External.t", .cert_sha256 = cert,
+    store_authenticate_in in = {.udid = udid,
+                                .topic = "com.apple.mgmt.External.t",
+                                .cert_sha256 = cert,
                                 .os_version = "18.1"};
     assert_int_equal(st->ops->device_authenticate(st, &in, 1000, NULL), ESIM_OK);
-    assert_int_equal(st->ops->device_token_update(st, udid, cert, "com.apple.mgmt.External.t",
-                                                  "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-                                                  "magic", 1001, NULL), ESIM_OK);
+    assert_int_equal(st->ops->device_token_update(
+                         st, udid, cert, "com.apple.mgmt.External.t",
+                         "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                         "magic", 1001, NULL),
+                     ESIM_OK);
 }
 
 static void enqueue(store *st, const char *uuid, const char *udid, int priority, int64_t expires)
 {
     const char *u[] = {udid};
-    store_command_in c = {.uuid = uuid, .request_type = "ProfileList", .body = "<plist/>",
-                          .body_len = 8, .priority = priority, .expires_at = expires};
+    store_command_in c = {.uuid = uuid,
+                          .request_type = "ProfileList",
+                          .body = "<plist/>",
+                          .body_len = 8,
+                          .priority = priority,
+                          .expires_at = expires};
     assert_int_equal(st->ops->command_enqueue(st, &c, u, 1, 2000, NULL), ESIM_OK);
 }
 
@@ -72,8 +80,13 @@ static esim_err exchange(store *st, const char *udid, const char *status, const 
                          const char *const *skip, size_t n_skip, int64_t now, char next[128],
                          store_result_outcome *outcome)
 {
-    store_exchange_in in = {.udid = udid, .status = status, .command_uuid = uuid, .raw = "raw",
-                            .raw_len = 3, .skip_uuids = skip, .n_skip = n_skip,
+    store_exchange_in in = {.udid = udid,
+                            .status = status,
+                            .command_uuid = uuid,
+                            .raw = "raw",
+                            .raw_len = 3,
+                            .skip_uuids = skip,
+                            .n_skip = n_skip,
                             .not_now_backoff_ms = 500};
     store_exchange_out out = {0};
     esim_err rc = st->ops->device_exchange(st, &in, now, &out, NULL);
@@ -128,7 +141,8 @@ static void test_newer_schema_refused(void **state)
     store_close(st);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(spec + 7, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE schema_version SET version = 999", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE schema_version SET version = 999", NULL, NULL, NULL),
+                     SQLITE_OK);
     sqlite3_close(db);
     esim_error e;
     st = NULL;
@@ -143,7 +157,8 @@ static void test_identity_binding_and_checkout(void **state)
     char spec[128];
     store *st = open_fresh(spec);
     esim_error e;
-    assert_int_equal(st->ops->device_token_update(st, "U1", "c1", "t", "00", "m", 1, &e), ESIM_ENOTFOUND);
+    assert_int_equal(st->ops->device_token_update(st, "U1", "c1", "t", "00", "m", 1, &e),
+                     ESIM_ENOTFOUND);
     enroll(st, "U1", "c1");
     store_authenticate_in other = {.udid = "U1", .topic = "t", .cert_sha256 = "c2"};
     assert_int_equal(st->ops->device_authenticate(st, &other, 5, &e), ESIM_EAUTH);
@@ -178,7 +193,8 @@ static void test_enqueue_all_or_nothing(void **state)
     enroll(st, "U1", NULL);
     enroll(st, "U2", NULL);
     esim_error e;
-    store_command_in c = {.uuid = "cmd-1", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    store_command_in c = {
+        .uuid = "cmd-1", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
     const char *unknown[] = {"U1", "U9"};
     assert_int_equal(st->ops->command_enqueue(st, &c, unknown, 2, 1, &e), ESIM_ENOTFOUND);
     assert_non_null(strstr(e.msg, "U9"));
@@ -226,7 +242,8 @@ static void test_delivery_order_skip_expiry(void **state)
     /* Sent but unanswered commands come again on the next request. */
     assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 5003, next, NULL), ESIM_OK);
     assert_string_equal(next, "high");
-    assert_int_equal(exchange(st, "U1", "Acknowledged", "high", NULL, 0, 5004, next, NULL), ESIM_OK);
+    assert_int_equal(exchange(st, "U1", "Acknowledged", "high", NULL, 0, 5004, next, NULL),
+                     ESIM_OK);
     assert_string_equal(next, "low-old");
     assert_int_equal(exchange(st, "U1", "Error", "low-old", NULL, 0, 5005, next, NULL), ESIM_OK);
     assert_string_equal(next, "low-new");
@@ -261,7 +278,8 @@ static void test_anomalies_and_not_now(void **state)
     assert_int_equal(o, STORE_RESULT_ANOMALY);
     assert_int_equal(state_of(st, "b", "U2"), STORE_Q_QUEUED);
     /* NotNow: counted, still deliverable, a push owed after the back-off. */
-    assert_int_equal(exchange(st, "U1", "NotNow", "a", (const char *const[]){"a"}, 1, 20, next, &o), ESIM_OK);
+    assert_int_equal(exchange(st, "U1", "NotNow", "a", (const char *const[]){"a"}, 1, 20, next, &o),
+                     ESIM_OK);
     assert_int_equal(o, STORE_RESULT_APPLIED);
     assert_string_equal(next, "");
     assert_int_equal(state_of(st, "a", "U1"), STORE_Q_NOT_NOW);
