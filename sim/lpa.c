@@ -77,7 +77,23 @@ static void fail_op(lpa_op *op, esim_err code, const char *fmt, ...)
 
 static void on_response(void *arg, sim_http_response *r);
 
+static void ignore_answer(void *arg, sim_http_response *r)
+{
+    (void)arg;
+    (void)r;
+}
+
+/* POSTs |body| (consumed) to ES9+ function |fn|; |cb| NULL: nobody waits. */
+static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb, void *arg,
+                        esim_error *err);
+
 static esim_err post(lpa_op *op, const char *fn, json_t *body, esim_error *err)
+{
+    return post_to(op, fn, body, on_response, op, err);
+}
+
+static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb, void *arg,
+                        esim_error *err)
 {
     esim_buf b = {0};
     esim_err rc = sim_json_dump(body, &b);
@@ -97,7 +113,7 @@ static esim_err post(lpa_op *op, const char *fn, json_t *body, esim_error *err)
                             .body_len = b.len,
                             .ca_file = op->ca_file,
                             .timeout_ms = 20000};
-    rc = sim_http_send(op->h, &req, on_response, op, err);
+    rc = sim_http_send(op->h, &req, cb ? cb : ignore_answer, arg, err);
     esim_buf_free(&b);
     return rc;
 }
@@ -183,6 +199,52 @@ static bool str_eq(const char *a, const char *b)
     return a && b && strcmp(a, b) == 0;
 }
 
+/* SGP.22: when the eUICC refuses the SM-DP+ after the session began, the
+ * LPA ends it with CancelSession, signed by the eUICC once the server has
+ * authenticated it. Nobody waits for the answer. */
+static void cancel_session(lpa_op *op, const char *reason)
+{
+    json_t *body = json_pack("{s:s}", "transactionId", op->txid);
+    if (!body)
+        return;
+    if (op->step >= STEP_AUTHENTICATE) {
+        json_t *c = json_object();
+        json_t *signed_c = json_pack("{s:s, s:s}", "transactionId", op->txid, "reason", reason);
+        if (!c || !signed_c ||
+            euicc_sign_into(op, c, "euiccCancelSessionSigned", "euiccCancelSessionSignature",
+                            signed_c) != ESIM_OK) {
+            json_decref(c);
+            json_decref(body);
+            return;
+        }
+        json_object_set_new(body, "cancelSessionResponse", c);
+    }
+    post_to(op, "cancelSession", body, NULL, NULL, NULL);
+}
+
+/* SGP.22: a profile the eUICC could not install is reported to the SM-DP+
+ * (ProfileInstallationResult with an error), which marks the order Error. */
+static void report_install_failure(lpa_op *op, const char *iccid, const char *result)
+{
+    json_t *pn = json_pack("{s:i, s:s, s:s, s:s, s:s}", "seqNumber", 0, "event", "install", "iccid",
+                           iccid, "notificationAddress", op->smdp_address, "result", result);
+    json_t *body = json_object();
+    esim_buf ecert = {0}, eum = {0};
+    bool ok =
+        pn && body && sim_euicc_cert_b64(op->e, &ecert, &eum) == ESIM_OK &&
+        json_object_set_new(body, "euiccCertificate", json_string((const char *)ecert.data)) == 0 &&
+        json_object_set_new(body, "eumCertificate", json_string((const char *)eum.data)) == 0;
+    esim_buf_free(&ecert);
+    esim_buf_free(&eum);
+    if (ok && euicc_sign_into(op, body, "pendingNotification", "euiccNotificationSignature", pn) ==
+                  ESIM_OK)
+        post_to(op, "handleNotification", body, NULL, NULL, NULL);
+    else
+        json_decref(body);
+    if (!ok)
+        json_decref(pn);
+}
+
 /* The eUICC's side of mutual authentication (ES10b AuthenticateServer). */
 static void after_initiate(lpa_op *op, json_t *j)
 {
@@ -192,6 +254,10 @@ static void after_initiate(lpa_op *op, json_t *j)
     if (!txid || strlen(txid) >= sizeof op->txid || !cert ||
         sim_chain_verify(sim_euicc_trusted_ci(op->e), NULL, cert, &e2) != ESIM_OK) {
         X509_free(cert);
+        if (txid && strlen(txid) < sizeof op->txid) {
+            snprintf(op->txid, sizeof op->txid, "%s", txid);
+            cancel_session(op, "invalidServerCertificate");
+        }
         fail_op(op, ESIM_ECRYPTO,
                 "the eUICC refused the SM-DP+: its certificate does not chain to the trusted CI");
         return;
@@ -208,6 +274,7 @@ static void after_initiate(lpa_op *op, json_t *j)
     esim_buf_free(&chal);
     if (!ok) {
         json_decref(s1);
+        cancel_session(op, "invalidServerSignature");
         fail_op(op, ESIM_ECRYPTO,
                 "the eUICC refused the SM-DP+: serverSignature1 invalid or not for its challenge");
         return;
@@ -251,6 +318,7 @@ static void after_authenticate(lpa_op *op, json_t *j)
     const char *iccid = sim_json_str(json_object_get(j, "profileMetadata"), "iccid");
     if (!s2 || !str_eq(sim_json_str(s2, "transactionId"), op->txid) || !iccid) {
         json_decref(s2);
+        cancel_session(op, "invalidServerSignature");
         fail_op(op, ESIM_ECRYPTO, "the eUICC refused the SM-DP+: smdpSignature2 invalid");
         return;
     }
@@ -310,6 +378,7 @@ static void after_bpp(lpa_op *op, json_t *j)
         return;
     }
     if (res != SIM_RES_OK) {
+        report_install_failure(op, p.iccid, sim_result_name(res));
         fail_op(op, ESIM_ESTATE, "the eUICC refused the profile: %s", sim_result_name(res));
         return;
     }

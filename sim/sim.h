@@ -303,6 +303,8 @@ esim_err sim_smdp_load_csv(sim_smdp *s, const char *path, size_t *added, esim_er
 size_t sim_smdp_order_count(const sim_smdp *s);
 const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i);
 const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid);
+/* Download sessions open right now (begun, neither finished nor cancelled). */
+size_t sim_smdp_session_count(const sim_smdp *s);
 
 /* ---- virtual iOS device ----------------------------------------------------- */
 

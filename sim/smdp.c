@@ -1106,6 +1106,11 @@ void sim_smdp_free(sim_smdp *s)
     free(s);
 }
 
+size_t sim_smdp_session_count(const sim_smdp *s)
+{
+    return s->n_sessions;
+}
+
 uint16_t sim_smdp_port(const sim_smdp *s)
 {
     return s->port;

@@ -243,6 +243,12 @@ static void test_foreign_ci(void **state)
     assert_non_null(strstr(w.r.message, "CI"));
     assert_int_equal(sim_euicc_profile_count(good), 0);
     assert_int_equal(sim_smdp_find_order(rogue, iccid2)->state, SIM_ORDER_RELEASED);
+    /* The LPA cancelled the session it refused to continue. */
+    for (int i = 0; i < 500 && sim_smdp_session_count(rogue) > 0; i++) {
+        event_base_loop(fx.base, EVLOOP_NONBLOCK);
+        usleep(10000);
+    }
+    assert_int_equal(sim_smdp_session_count(rogue), 0);
     sim_smdp_free(rogue);
     sim_euicc_free(good);
 }
@@ -441,6 +447,31 @@ static void test_notification_from_other_eid(void **state)
     sim_euicc_free(other);
 }
 
+static void test_install_failure_reported(void **state)
+{
+    (void)state;
+    sim_euicc *e = euicc(fx.pki, 900);
+    order(e, 900, NULL, true);
+    /* The eUICC already holds a profile with the ordered ICCID. */
+    sim_profile p = {0};
+    st_iccid(900, p.iccid);
+    p.profile_class = SIM_CLASS_OPERATIONAL;
+    sim_result res;
+    assert_int_equal(sim_euicc_install(e, &p, &res, NULL), ESIM_OK);
+    sim_download_result r = download(e, NULL, sim_pki_ca_file(fx.pki));
+    assert_int_equal(r.err, ESIM_ESTATE);
+    assert_non_null(strstr(r.message, "iccidAlreadyExists"));
+    const sim_order *o = sim_smdp_find_order(fx.smdp, p.iccid);
+    for (int i = 0; i < 500 && o->state != SIM_ORDER_ERROR; i++) {
+        event_base_loop(fx.base, EVLOOP_NONBLOCK);
+        usleep(10000);
+    }
+    assert_int_equal(o->state, SIM_ORDER_ERROR);
+    assert_non_null(strstr(o->error, "iccidAlreadyExists"));
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 0);
+    sim_euicc_free(e);
+}
+
 static void test_admin_and_csv(void **state)
 {
     (void)state;
@@ -565,6 +596,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forged_signature, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replayed_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_from_other_eid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_install_failure_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_and_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_and_persistence, setup, teardown),
     };
