@@ -1,0 +1,208 @@
+/*
+ * test_sim_devsim.c — the runtime on its own: deterministic identities, the
+ * status endpoint (stats, devices, one device, user actions and their
+ * errors), device files written and loaded again after a restart, and
+ * configuration refused with reasons. The service is absent here (its port
+ * is closed), so the devices keep retrying enrolment, as phones would.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "tests/sim/sim_test.h"
+
+static struct {
+    char *dir;
+    char pki[600];
+} fx;
+
+static int setup(void **state)
+{
+    (void)state;
+    fx.dir = st_tempdir();
+    snprintf(fx.pki, sizeof fx.pki, "%s/pki", fx.dir);
+    sim_pki *p = NULL;
+    if (sim_pki_open(fx.pki, &p, NULL) != ESIM_OK)
+        return -1;
+    sim_pki_free(p);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    return 0;
+}
+
+static void test_identities(void **state)
+{
+    (void)state;
+    char u1[65], e1[33], u2[65], e2[33], u3[65], e3[33];
+    sim_devsim_identity(7, 0, u1, e1);
+    sim_devsim_identity(7, 0, u2, e2);
+    sim_devsim_identity(7, 1, u3, e3);
+    assert_string_equal(u1, u2); /* the same seed and index: the same phone */
+    assert_string_equal(e1, e2);
+    assert_string_not_equal(u1, u3);
+    assert_string_not_equal(e1, e3);
+    for (unsigned i = 0; i < 200; i++) {
+        sim_devsim_identity(12345, i, u1, e1);
+        assert_int_equal(esim_eid_validate(e1, NULL), ESIM_OK);
+        assert_int_equal(esim_udid_validate(u1, NULL), ESIM_OK);
+    }
+}
+
+static void test_config_refused(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    sim_devsim *s = NULL;
+    esim_error err;
+    sim_devsim_config c = {.server_url = "http://127.0.0.1:1",
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .devices = 1};
+    c.devices = 0;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    c.devices = 1;
+    c.server_url = "127.0.0.1:1";
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "--server"));
+    c.server_url = "http://127.0.0.1:1";
+    c.notnow_share = 2;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    c.notnow_share = 0;
+    c.channel = "bad channel";
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    c.channel = NULL;
+    c.tls_client_auth = true; /* needs a data directory for the identity files */
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    c.tls_client_auth = false;
+    c.status_listen = "nonsense";
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    assert_null(s);
+    event_base_free(base);
+}
+
+static json_t *status(struct event_base *base, sim_http *h, sim_devsim *s, const char *method,
+                      const char *path, long *st)
+{
+    char url[300];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", sim_devsim_status_port(s), path);
+    return st_request(base, h, method, url, NULL, NULL, NULL, 0, st);
+}
+
+static void test_status_and_restart(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    char data[700];
+    snprintf(data, sizeof data, "%s/devsim", fx.dir);
+    sim_devsim_config c = {.server_url = "http://127.0.0.1:1",
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .data_dir = data,
+                           .devices = 4,
+                           .supervised_share = 1.0,
+                           .seed = 99,
+                           .os_version = "18.1",
+                           .status_listen = "127.0.0.1:0"};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    assert_int_equal(sim_devsim_device_count(s), 4);
+    long st;
+    json_t *j = status(base, h, s, "GET", "/stats", &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 4);
+    assert_int_equal(json_integer_value(json_object_get(j, "enrolled_now")), 0);
+    json_decref(j);
+    j = status(base, h, s, "GET", "/devices", &st);
+    assert_int_equal(json_array_size(json_object_get(j, "devices")), 4);
+    json_decref(j);
+
+    /* Give device 0 an eSIM behind the runtime's back, as a download would. */
+    sim_device *d0 = sim_devsim_device_at(s, 0);
+    char udid[65], path[200];
+    snprintf(udid, sizeof udid, "%s", sim_device_udid(d0));
+    sim_profile p = {0};
+    st_iccid(31, p.iccid);
+    p.profile_class = SIM_CLASS_OPERATIONAL;
+    sim_result r;
+    assert_int_equal(sim_euicc_install(sim_device_euicc(d0), &p, &r, NULL), ESIM_OK);
+    assert_int_equal(sim_euicc_enable(sim_device_euicc(d0), p.iccid), SIM_RES_OK);
+
+    snprintf(path, sizeof path, "/devices/%s", udid);
+    j = status(base, h, s, "GET", path, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(sim_json_str(j, "eid"), sim_euicc_eid(sim_device_euicc_const(d0)));
+    assert_int_equal(json_array_size(json_object_get(j, "esims")), 1);
+    json_decref(j);
+    j = status(base, h, s, "GET", "/devices/00008110-NOPE", &st);
+    assert_int_equal(st, 404);
+    json_decref(j);
+    snprintf(path, sizeof path, "/devices/%s/actions/reboot", udid);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 400);
+    json_decref(j);
+    /* A person deletes the eSIM (no restrictions on this phone). */
+    snprintf(path, sizeof path, "/devices/%s/actions/delete-esim", udid);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 200);
+    assert_true(json_is_true(json_object_get(j, "allowed")));
+    assert_int_equal(json_array_size(json_object_get(json_object_get(j, "device"), "esims")), 0);
+    json_decref(j);
+    /* Nothing left to delete: refused, with the reason. */
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 200);
+    assert_false(json_is_true(json_object_get(j, "allowed")));
+    assert_non_null(strstr(sim_json_str(j, "reason"), "no eSIM"));
+    json_decref(j);
+    /* The delete notification is still owed (its SM-DP+ is unreachable). */
+    assert_true(sim_euicc_notification_count(sim_device_euicc_const(d0)) > 0);
+
+    /* Device 1 gets an eSIM and keeps it across a restart of the simulator. */
+    sim_device *d1 = sim_devsim_device_at(s, 1);
+    char eid1[33], udid1[65];
+    snprintf(eid1, sizeof eid1, "%s", sim_euicc_eid(sim_device_euicc_const(d1)));
+    snprintf(udid1, sizeof udid1, "%s", sim_device_udid(d1));
+    st_iccid(32, p.iccid);
+    assert_int_equal(sim_euicc_install(sim_device_euicc(d1), &p, &r, NULL), ESIM_OK);
+    assert_int_equal(sim_euicc_enable(sim_device_euicc(d1), p.iccid), SIM_RES_OK);
+    esim_buf cert_before = {0}, cert_after = {0};
+    sim_euicc_cert_b64(sim_device_euicc(d1), &cert_before, NULL);
+    sim_devsim_free(s); /* saves what changed */
+
+    char file[900];
+    snprintf(file, sizeof file, "%s/devices/%s.json", data, udid1);
+    assert_int_equal(access(file, R_OK), 0);
+    s = NULL;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    sim_device *again = sim_devsim_find(s, udid1);
+    assert_non_null(again);
+    assert_string_equal(sim_euicc_eid(sim_device_euicc_const(again)), eid1);
+    assert_string_equal(sim_euicc_enabled(sim_device_euicc_const(again))->iccid, p.iccid);
+    sim_euicc_cert_b64(sim_device_euicc(again), &cert_after, NULL);
+    assert_string_equal(cert_before.data, cert_after.data); /* the same eUICC, not a new one */
+    esim_buf_free(&cert_before);
+    esim_buf_free(&cert_after);
+    sim_devsim_free(s);
+    sim_http_free(h);
+    event_base_free(base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_identities),
+        cmocka_unit_test(test_config_refused),
+        cmocka_unit_test(test_status_and_restart),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
