@@ -472,6 +472,77 @@ static void test_install_failure_reported(void **state)
     sim_euicc_free(e);
 }
 
+/* Garbage in every function: answered (Failed, 4xx), never a crash, and the
+ * server still serves a real download afterwards. */
+static void test_garbage(void **state)
+{
+    (void)state;
+    const char *fns[] = {"initiateAuthentication", "authenticateClient", "getBoundProfilePackage",
+                         "handleNotification",     "cancelSession",      "nope"};
+    const char *bodies[] = {"",
+                            "not json",
+                            "[]",
+                            "{}",
+                            "{\"transactionId\":5}",
+                            "{\"euiccChallenge\":123,\"smdpAddress\":[]}",
+                            "{\"transactionId\":\"00\",\"authenticateServerResponse\":\"x\"}",
+                            "{\"prepareDownloadResponse\":{},\"transactionId\":null}",
+                            "{\"pendingNotification\":\"!!!\",\"euiccCertificate\":\"AAAA\"}",
+                            "{\"authenticateServerResponse\":{\"euiccSigned1\":\"e30=\"}}"};
+    static const char *const h[] = {"Content-Type: application/json"};
+    for (size_t f = 0; f < sizeof fns / sizeof fns[0]; f++)
+        for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+            char url[256];
+            snprintf(url, sizeof url, "%s%s", fx.es9, fns[f]);
+            st_reply w = {0};
+            sim_http_request req = {.method = "POST",
+                                    .url = url,
+                                    .headers = h,
+                                    .n_headers = 1,
+                                    .body = bodies[b],
+                                    .body_len = strlen(bodies[b]),
+                                    .ca_file = sim_pki_ca_file(fx.pki)};
+            assert_int_equal(sim_http_send(fx.http, &req, st_reply_cb, &w, NULL), ESIM_OK);
+            st_run_until(fx.base, &w.done);
+            assert_int_equal(w.err, ESIM_OK);
+            assert_true(w.status == 200 || w.status == 404);
+            if (w.status == 200 && f < 5) {
+                json_t *j = json_loadb((const char *)w.body.data, w.body.len, 0, NULL);
+                char buf[64];
+                assert_string_not_equal(status_of(j, buf, sizeof buf), "Executed-Success");
+                json_decref(j);
+            }
+            esim_buf_free(&w.body);
+        }
+    /* Too big, and the wrong method. */
+    char *big = malloc(300 * 1024);
+    memset(big, 'a', 300 * 1024);
+    char url[256];
+    snprintf(url, sizeof url, "%sinitiateAuthentication", fx.es9);
+    st_reply w = {0};
+    sim_http_request req = {.method = "POST",
+                            .url = url,
+                            .body = big,
+                            .body_len = 300 * 1024,
+                            .ca_file = sim_pki_ca_file(fx.pki)};
+    assert_int_equal(sim_http_send(fx.http, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_true(w.err != ESIM_OK || w.status == 413);
+    esim_buf_free(&w.body);
+    free(big);
+    long st;
+    json_t *r =
+        st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    assert_int_equal(st, 405);
+    json_decref(r);
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 0);
+
+    sim_euicc *e = euicc(fx.pki, 950);
+    order(e, 950, NULL, true);
+    assert_int_equal(download(e, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    sim_euicc_free(e);
+}
+
 static void test_admin_and_csv(void **state)
 {
     (void)state;
@@ -597,6 +668,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_replayed_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_from_other_eid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_install_failure_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_and_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_and_persistence, setup, teardown),
     };
