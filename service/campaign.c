@@ -45,6 +45,7 @@ typedef struct camp_slot {
     esim_buf profile; /* the restrictions profile the PROFILE step installs */
     cmd_rec *cmds;
     size_t n_cmds, cap_cmds;
+    size_t n_cmds_saved; /* cmds[0..n_cmds_saved) are in campaigns.db */
     idx_vec pending[CAMPAIGN_STEP_COUNT]; /* devices whose step command is to be queued */
     idx_vec pushes;                       /* devices to push after the queueing */
     bool row_dirty;                       /* the campaign row changed (state) */
@@ -340,6 +341,10 @@ static void persist(campaigns *cs, int64_t now)
         if (s->row_dirty && cstore_put_campaign(cs->db, c, s->spec_json, now, &e) != ESIM_OK)
             goto fail;
         s->row_dirty = false;
+        for (size_t j = s->n_cmds_saved; j < s->n_cmds; j++)
+            if (cstore_put_command(cs->db, s->cmds[j].uuid, campaign_id(c), s->cmds[j].step, &e) !=
+                ESIM_OK)
+                goto fail;
         size_t n = 0;
         const size_t *dirty = campaign_take_dirty(c, &n);
         for (size_t j = 0; j < n; j++) {
@@ -352,11 +357,19 @@ static void persist(campaigns *cs, int64_t now)
     for (size_t k = 0; k < cs->n_facts; k++)
         if (cstore_put_facts(cs->db, cs->facts[k].udid, &cs->facts[k].f, &e) != ESIM_OK)
             goto fail;
-    cs->n_facts = 0;
-    if (cstore_commit(cs->db, &e) == ESIM_OK)
+    if (cstore_commit(cs->db, &e) == ESIM_OK) {
+        cs->n_facts = 0;
+        for (size_t k = 0; k < cs->n_slots; k++)
+            cs->slots[k]->n_cmds_saved = cs->slots[k]->n_cmds;
         return;
+    }
 fail:
     cstore_rollback(cs->db);
+    /* Nothing of this batch is on disk: write it all again next time. */
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        cs->slots[k]->row_dirty = true;
+        campaign_mark_all_dirty(cs->slots[k]->c);
+    }
     cs->svc->m.store_errors++;
     esim_service_store(cs->svc)->ops->event_append(esim_service_store(cs->svc), "campaign_store_error",
                                                    NULL, NULL, e.msg, NULL, 0, now, NULL);
@@ -784,6 +797,7 @@ static esim_err restore_campaign(void *arg, const char *id, const char *spec_jso
     if (rc == ESIM_OK && s) {
         x->slot = s;
         rc = cstore_each_command(x->cs->db, id, restore_command, x, x->err);
+        s->n_cmds_saved = s->n_cmds;
         /* Point each device at its command by UUID. */
         for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
             const map_entry *m = cmds[i][0] ? map_find(x->cs, cmds[i]) : NULL;
@@ -837,8 +851,10 @@ void campaigns_free(campaigns *cs)
 {
     if (!cs)
         return;
+    /* Queue what the engine already decided, then write every record: a
+     * restart resumes exactly here. */
     if (cs->db && cs->n_slots)
-        persist(cs, esim_now_ms());
+        flush(cs);
     if (cs->flush_ev)
         event_free(cs->flush_ev);
     if (cs->tick_ev)

@@ -313,6 +313,9 @@ esim_err campaign_cancel(campaign *c, int64_t now_ms, esim_error *err);
  * the next engine call. */
 const size_t *campaign_take_dirty(campaign *c, size_t *n);
 
+/* Marks every device changed (after the caller failed to write a batch). */
+void campaign_mark_all_dirty(campaign *c);
+
 /*
  * Rebuilds a campaign from stored records (the service restarting): the
  * records are copied, timers re-armed from their deadlines, pending devices

@@ -201,6 +201,14 @@ const size_t *campaign_take_dirty(campaign *c, size_t *n)
     return c->dirty;
 }
 
+static void mark_dirty(campaign *c, size_t i);
+
+void campaign_mark_all_dirty(campaign *c)
+{
+    for (size_t i = 0; c && i < c->n; i++)
+        mark_dirty(c, i);
+}
+
 /* ---- bookkeeping ------------------------------------------------------------ */
 
 static void mark_dirty(campaign *c, size_t i)
@@ -381,6 +389,17 @@ static bool queue_step(campaign *c, size_t i, int64_t now, const campaign_io *io
     return true;
 }
 
+/* A silent device is pushed again after repush_after, then after twice
+ * that, and so on up to 8 times: a device that is busy (downloading) or
+ * behind a slow network is not flooded, one that is off is still retried. */
+static int64_t repush_delay(const campaign *c, unsigned pushes)
+{
+    int64_t d = c->spec.settings.repush_after_ms;
+    for (unsigned k = 1; k < pushes && k < 4; k++)
+        d *= 2;
+    return d;
+}
+
 static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *io)
 {
     campaign_dev *d = &c->devs[i];
@@ -393,7 +412,7 @@ static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *i
         if (d->pushes < UINT16_MAX)
             d->pushes++;
     }
-    arm(c, i, now + c->spec.settings.repush_after_ms);
+    arm(c, i, now + repush_delay(c, d->pushes));
 }
 
 /* The device answered its step and is connected: queue the next step now,

@@ -1,0 +1,202 @@
+/*
+ * test_campaign_demo.c — `esim-mdm demo --devices 50 --json` end to end (real
+ * processes on loopback): the last line is the summary object and every
+ * device is verified; and when the demo is stopped by a signal halfway,
+ * every part it started is stopped too (their ports refuse connections).
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "core/esim.h"
+
+static char g_dir[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/esim-demo-test-XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    assert_int_equal(system(cmd), 0);
+    return 0;
+}
+
+static const char *bin(void)
+{
+    const char *b = getenv("ESIM_MDM_BIN");
+    if (!b)
+        fail_msg("ESIM_MDM_BIN is not set (run the test through ctest)");
+    return b;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int read_port(const char *dir, const char *name)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/%s.port", dir, name);
+    esim_buf b = {0};
+    int port = 0;
+    if (esim_read_file(path, 64, &b, NULL) == ESIM_OK && b.len)
+        port = atoi((const char *)b.data);
+    esim_buf_free(&b);
+    return port;
+}
+
+static bool port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static void test_demo_50_devices_json(void **state)
+{
+    (void)state;
+    char work[320], cmd[1200];
+    snprintf(work, sizeof work, "%s/work", g_dir);
+    snprintf(cmd, sizeof cmd, "'%s' demo --devices 50 --json --timeout 120 --keep '%s' 2>'%s/stderr'",
+             bin(), work, g_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    esim_buf out = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        esim_buf_append(&out, buf, n);
+    int st = pclose(p);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                 out.data ? (const char *)out.data : "");
+    assert_non_null(out.data);
+    /* The last line is one JSON object. */
+    char *text = (char *)out.data;
+    size_t len = out.len;
+    while (len > 0 && text[len - 1] == '\n')
+        text[--len] = '\0';
+    char *last = strrchr(text, '\n');
+    last = last ? last + 1 : text;
+    json_error_t je;
+    json_t *j = json_loads(last, 0, &je);
+    if (!j)
+        fail_msg("last line is not JSON (%s): %s", je.text, last);
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 50);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 50);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), 0);
+    assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
+    assert_true(json_integer_value(json_object_get(j, "pushes")) >= 50);
+    assert_true(json_integer_value(json_object_get(j, "commands")) >= 150);
+    assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
+    json_t *erase = json_object_get(j, "erase_keep_esim");
+    assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
+    assert_int_equal(json_integer_value(json_object_get(erase, "still_verified")),
+                     json_integer_value(json_object_get(erase, "devices")));
+    json_t *ua = json_object_get(j, "user_actions");
+    assert_true(json_is_true(json_object_get(ua, "delete_esim_blocked")));
+    assert_true(json_is_true(json_object_get(ua, "transfer_esim_blocked")));
+    json_decref(j);
+    /* The story before it: a summary table and a sample diagnosis. */
+    assert_non_null(strstr(text, "verified"));
+    assert_non_null(strstr(text, "conclusion:"));
+    esim_buf_free(&out);
+    /* Everything it started is stopped. */
+    static const char *const parts[] = {"service", "devsim", "smdp"};
+    for (size_t i = 0; i < 3; i++) {
+        int port = read_port(work, parts[i]);
+        assert_true(port > 0);
+        assert_false(port_open(port));
+    }
+}
+
+static void test_demo_stops_everything_on_sigterm(void **state)
+{
+    (void)state;
+    char work[320], err[320];
+    snprintf(work, sizeof work, "%s/work2", g_dir);
+    snprintf(err, sizeof err, "%s/stderr2", g_dir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *e = freopen(err, "w", stderr);
+        FILE *o = freopen("/dev/null", "w", stdout);
+        (void)e;
+        (void)o;
+        execl(bin(), bin(), "demo", "--devices", "20", "--keep", work, (char *)NULL);
+        _exit(127);
+    }
+    /* Wait until the simulator is up, then stop the demo. */
+    int sim = 0, svc = 0;
+    for (int k = 0; k < 600 && !sim; k++) {
+        sleep_ms(50);
+        sim = read_port(work, "devsim");
+    }
+    svc = read_port(work, "service");
+    assert_true(sim > 0 && svc > 0);
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    int st = 0;
+    pid_t r = 0;
+    for (int k = 0; k < 400 && r == 0; k++) {
+        r = waitpid(pid, &st, WNOHANG);
+        if (r == 0)
+            sleep_ms(50);
+    }
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        fail_msg("the demo did not stop within 20 s of SIGTERM");
+    }
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 128 + SIGTERM);
+    assert_false(port_open(svc));
+    assert_false(port_open(sim));
+}
+
+static void test_demo_usage(void **state)
+{
+    (void)state;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "'%s' demo --devices 0 2>/dev/null", bin());
+    int st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --sample >/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_demo_usage),
+        cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,687 @@
+/*
+ * test_campaign_service.c — campaigns in a real service over loopback, with
+ * scripted devices that answer exactly as a test needs: verification (an
+ * acknowledged refresh without the expected EID is not verified), groups,
+ * tags and distribution, NotNow/36003 retries and expiry, pause/resume/
+ * cancel, imports with bad rows, diagnosis conclusions, and a restart in the
+ * middle of a campaign.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "service/svc_harness.h"
+
+/* ---- scripted devices ------------------------------------------------------------ */
+
+typedef enum { REFRESH_ACK = 0, REFRESH_BUSY_ONCE, REFRESH_NOT_NOW_ONCE, REFRESH_HW_ERROR } refresh_way;
+
+typedef struct {
+    test_device dev;
+    char serial[32];
+    char eid[33];          /* what the device really has */
+    char iccid[24];        /* the profile it gets from the refresh */
+    bool supervised;
+    const char *os;
+    refresh_way refresh;
+    bool silent;           /* never checks in after enrolment */
+    bool installed;        /* the refresh went through */
+    int refreshes, busy_left, not_now_left;
+    int erases;
+} sdev;
+
+static void make_eid(unsigned i, char out[33])
+{
+    snprintf(out, 33, "8904903200000000010000%08u00", i);
+    assert_int_equal(esim_eid_set_check_digits(out, NULL), ESIM_OK);
+}
+
+static void make_iccid(unsigned i, char out[24])
+{
+    snprintf(out, 24, "8944000000%08u0", i);
+    assert_int_equal(esim_iccid_set_check_digit(out, NULL), ESIM_OK);
+}
+
+static void sdev_init(sdev *s, const harness_env *env, const char *base_url, unsigned i)
+{
+    memset(s, 0, sizeof *s);
+    char udid[65];
+    snprintf(udid, sizeof udid, "00008110-CAMP%012u", i);
+    device_new(&s->dev, env, udid, base_url);
+    snprintf(s->serial, sizeof s->serial, "SN%06u", i);
+    make_eid(i, s->eid);
+    make_iccid(i, s->iccid);
+    s->supervised = true;
+    s->os = "18.1";
+    s->busy_left = 1;
+    s->not_now_left = 1;
+}
+
+static void sdev_enroll(sdev *s)
+{
+    esim_buf b = {0};
+    esim_authenticate_info info = {.udid = s->dev.udid, .topic = s->dev.topic, .os_version = s->os,
+                                   .serial_number = s->serial, .product_name = "iPhone17,1"};
+    assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(&s->dev, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+    unsigned char token[32];
+    for (size_t i = 0; i < sizeof token; i++)
+        token[i] = (unsigned char)(i * 7 + (unsigned char)s->serial[7]);
+    assert_int_equal(esim_msg_build_token_update(s->dev.udid, s->dev.topic, token, sizeof token,
+                                                 "magic-1234", &b, NULL),
+                     ESIM_OK);
+    assert_int_equal(device_put(&s->dev, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+}
+
+static plist_t info_answer(const sdev *s)
+{
+    plist_t qr = plist_new_dict();
+    plist_dict_set_item(qr, "IsSupervised", plist_new_bool(s->supervised));
+    plist_dict_set_item(qr, "OSVersion", plist_new_string(s->os));
+    plist_t subs = plist_new_array();
+    if (s->installed) {
+        plist_t sub = plist_new_dict();
+        plist_dict_set_item(sub, "EID", plist_new_string(s->eid));
+        plist_dict_set_item(sub, "ICCID", plist_new_string(s->iccid));
+        plist_dict_set_item(sub, "Slot", plist_new_string("CTSubscriptionSlotOne"));
+        plist_array_append_item(subs, sub);
+    }
+    plist_dict_set_item(qr, "ServiceSubscriptions", subs);
+    plist_t extra = plist_new_dict();
+    plist_dict_set_item(extra, "QueryResponses", qr);
+    return extra;
+}
+
+/* One check-in: Idle, then every command the service hands over, answered
+ * per the script, until it has nothing more. Returns commands answered. */
+static int sdev_checkin(sdev *s)
+{
+    if (s->silent)
+        return 0;
+    /* A new session, as iOS opens one per wake-up: the service forgets
+     * what the device said NotNow to on the previous connection. */
+    device_reconnect(&s->dev);
+    esim_cmd_parsed next = {0};
+    assert_int_equal(device_result(&s->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    int n = 0;
+    while (next.root) {
+        esim_cmd_parsed cur = next;
+        memset(&next, 0, sizeof next);
+        char uuid[128];
+        snprintf(uuid, sizeof uuid, "%s", cur.command_uuid);
+        const char *type = cur.request_type;
+        n++;
+        long st;
+        if (strcmp(type, "RefreshCellularPlans") == 0) {
+            s->refreshes++;
+            if (s->refresh == REFRESH_HW_ERROR) {
+                esim_error_chain_entry e = {.code = 36002};
+                snprintf(e.domain, sizeof e.domain, "CTCellularPlanErrorDomain");
+                snprintf(e.us_english_description, sizeof e.us_english_description,
+                         "eSIM is not supported on this hardware.");
+                st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
+            } else if (s->refresh == REFRESH_BUSY_ONCE && s->busy_left > 0) {
+                s->busy_left--;
+                esim_error_chain_entry e = {.code = 36003};
+                snprintf(e.domain, sizeof e.domain, "CTCellularPlanErrorDomain");
+                snprintf(e.us_english_description, sizeof e.us_english_description, "busy");
+                st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
+            } else if (s->refresh == REFRESH_NOT_NOW_ONCE && s->not_now_left > 0) {
+                s->not_now_left--;
+                st = device_result(&s->dev, ESIM_STATUS_NOT_NOW, uuid, &next);
+            } else {
+                s->installed = true;
+                st = device_result(&s->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, &next);
+            }
+        } else if (strcmp(type, "DeviceInformation") == 0) {
+            plist_t extra = info_answer(s);
+            st = device_result_ex(&s->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, extra, &next);
+            plist_free(extra);
+        } else {
+            if (strcmp(type, "EraseDevice") == 0)
+                s->erases++;
+            st = device_result(&s->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, &next);
+        }
+        assert_int_equal(st, 200);
+        esim_cmd_parsed_free(&cur);
+    }
+    return n;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- API helpers ------------------------------------------------------------------------ */
+
+static const char *g_url;
+
+static long api(const char *method, const char *path, const char *body, json_t **out)
+{
+    return api_call(g_url, TEST_TOKEN, method, path, body, NULL, out);
+}
+
+static long jint(const json_t *o, const char *k)
+{
+    return (long)json_integer_value(json_object_get(o, k));
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static json_t *campaign_get(const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", id);
+    json_t *r = NULL;
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    return r;
+}
+
+static long count_of(const char *id, const char *state)
+{
+    json_t *r = campaign_get(id);
+    long n = jint(json_object_get(r, "counts"), state);
+    json_decref(r);
+    return n;
+}
+
+/* Lets every device check in until the campaign finishes (bounded). */
+static json_t *drive(sdev *devs, size_t n, const char *id, int rounds)
+{
+    for (int k = 0; k < rounds; k++) {
+        for (size_t i = 0; i < n; i++)
+            sdev_checkin(&devs[i]);
+        json_t *r = campaign_get(id);
+        if (strcmp(jstr(r, "state"), "finished") == 0 || strcmp(jstr(r, "state"), "canceled") == 0)
+            return r;
+        json_decref(r);
+        sleep_ms(40);
+    }
+    return campaign_get(id);
+}
+
+static json_t *create(const char *body, long want)
+{
+    json_t *r = NULL;
+    long st = api("POST", "/v1/campaigns", body, &r);
+    if (st != want)
+        fail_msg("POST /v1/campaigns: %ld, want %ld: %s", st, want,
+                 r ? json_dumps(r, JSON_COMPACT) : "(no body)");
+    return r;
+}
+
+static json_t *diagnose(const char *udid)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid);
+    json_t *r = NULL;
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    return r;
+}
+
+/* The OEM manifest (serial,EID) and activation codes (EID,code,ICCID). */
+static void import_identities(sdev *devs, size_t n, bool with_iccid)
+{
+    esim_buf m = {0}, c = {0};
+    esim_buf_append_str(&m, "serial,eid\n");
+    for (size_t i = 0; i < n; i++) {
+        esim_buf_printf(&m, "%s,%s\n", devs[i].serial, devs[i].eid);
+        esim_buf_printf(&c, "%s,LPA:1$smdp.example.com$M-%zu,%s\n", devs[i].eid, i,
+                        with_iccid ? devs[i].iccid : "");
+    }
+    json_t *r = NULL;
+    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids", (const char *)m.data,
+                              "text/csv", &r),
+                     200);
+    assert_int_equal(jint(r, "imported"), (long)n);
+    assert_int_equal(jint(r, "matched"), (long)n);
+    json_decref(r);
+    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/activation-codes",
+                              (const char *)c.data, "text/csv", &r),
+                     200);
+    assert_int_equal(jint(r, "imported"), (long)n);
+    json_decref(r);
+    esim_buf_free(&m);
+    esim_buf_free(&c);
+}
+
+/* ---- fixture ------------------------------------------------------------------------------ */
+
+#define NDEV 4
+
+typedef struct {
+    harness_env env;
+    test_service ts;
+    esim_service_config cfg;
+    sdev devs[NDEV];
+} fixture;
+
+static void start(fixture *f)
+{
+    harness_config(&f->env, "svc", &f->cfg, f->ts.data_dir);
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    harness_env_setup(&f->env);
+    start(f);
+    for (unsigned i = 0; i < NDEV; i++) {
+        sdev_init(&f->devs[i], &f->env, f->ts.url, i + 1);
+        sdev_enroll(&f->devs[i]);
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    for (unsigned i = 0; i < NDEV; i++)
+        device_free(&f->devs[i].dev);
+    harness_stop(&f->ts);
+    harness_env_teardown(&f->env);
+    free(f);
+    return 0;
+}
+
+static const char *const fast_settings =
+    "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":0.2,\"expiry_s\":30,"
+    "\"retry_base_s\":0.05,\"retry_max_s\":0.2,\"verify_attempts\":1}";
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+static void test_verification_keeps_ack_and_install_apart(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    /* 0: installs the right profile. 1: acknowledges, but the profile lands
+     * with another ICCID. 2: hardware without eSIM (36002). 3: the manifest
+     * says another EID than the device really has. */
+    make_iccid(999, d[1].iccid);
+    d[2].refresh = REFRESH_HW_ERROR;
+    make_eid(777, d[3].eid);
+    d[3].supervised = false;
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"name\":\"verify\",\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\","
+             "\"verify\"],\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":"
+             "\"deny\"},%s}",
+             fast_settings);
+    /* Inventory first so the warnings know who is unsupervised. */
+    for (int i = 0; i < NDEV; i++) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":"
+                                  "\"DeviceInformation\",\"queries\":[\"IsSupervised\"]}}",
+                 d[i].dev.udid);
+        assert_int_equal(api("POST", "/v1/commands", cmd, NULL), 200);
+        sdev_checkin(&d[i]);
+    }
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    /* The unsupervised device is named before anything is sent. */
+    bool warned = false;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(c, "warnings"), i, w)
+        warned |= strcmp(jstr(w, "udid"), d[3].dev.udid) == 0 &&
+                  strstr(jstr(w, "reason"), "supervised") != NULL;
+    assert_true(warned);
+    json_decref(c);
+
+    json_t *r = drive(d, NDEV, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    const json_t *counts = json_object_get(r, "counts");
+    assert_int_equal(jint(counts, "verified"), 1);
+    assert_int_equal(jint(counts, "unverified"), 2);
+    assert_int_equal(jint(counts, "failed"), 1);
+    /* Three acknowledged refreshes, one installed eSIM that matches. */
+    assert_int_equal(jint(r, "refresh_acknowledged"), 3);
+    json_decref(r);
+
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=unverified", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "devices")), 2);
+    json_decref(r);
+
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    json_decref(g);
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "unverified");
+    assert_non_null(strstr(jstr(g, "conclusion"), "not verified"));
+    assert_non_null(strstr(jstr(g, "conclusion"), d[1].iccid)); /* what it reported instead */
+    json_decref(g);
+    g = diagnose(d[2].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "hardware_unsupported");
+    assert_true(strlen(jstr(g, "next_action")) > 10);
+    json_decref(g);
+    g = diagnose(d[3].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "unverified");
+    json_decref(g);
+}
+
+static void test_groups_tags_and_distribution(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, false);
+    char body[2048];
+    snprintf(body, sizeof body, "{\"name\":\"pilot\",\"udids\":[\"%s\",\"%s\"]}", d[0].dev.udid,
+             d[1].dev.udid);
+    assert_int_equal(api("POST", "/v1/groups", body, NULL), 201);
+    assert_int_equal(api("POST", "/v1/groups", body, NULL), 409);
+    assert_int_equal(api("POST", "/v1/groups", "{\"name\":\"bad name!\"}", NULL), 400);
+    json_t *r = NULL;
+    assert_int_equal(api("GET", "/v1/groups/pilot", NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "udids")), 2);
+    json_decref(r);
+    char path[200];
+    snprintf(path, sizeof path, "/v1/devices/%s/tags", d[2].dev.udid);
+    assert_int_equal(api("POST", path, "{\"add\":[\"retail\"]}", NULL), 200);
+
+    /* Unknown group: 404, nothing created. */
+    assert_int_equal(api("POST", "/v1/campaigns",
+                         "{\"target\":{\"group\":\"nope\"},\"steps\":[\"verify\"]}", NULL),
+                     404);
+    /* Bad input names its field. */
+    assert_int_equal(api("POST", "/v1/campaigns", "{\"target\":{\"all\":true},\"steps\":[\"fly\"]}",
+                         &r),
+                     400);
+    assert_string_equal(jstr(json_object_get(r, "error"), "field"), "steps");
+    json_decref(r);
+    assert_int_equal(api("GET", "/v1/campaigns", NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "campaigns")), 0);
+    json_decref(r);
+
+    /* Custom distribution: only d[1] of the group gets anything. */
+    snprintf(body, sizeof body,
+             "{\"target\":{\"group\":\"pilot\"},\"distribution\":\"custom\",\"custom_udids\":[\"%s\"],"
+             "\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
+             d[1].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    r = drive(d, NDEV, id, 100);
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 1);
+    assert_int_equal(jint(json_object_get(r, "counts"), "staged"), 1);
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 0);
+    assert_int_equal(d[1].refreshes, 1);
+
+    /* Distribution none: staged, nothing queued until resumed. */
+    snprintf(body, sizeof body,
+             "{\"target\":{\"tag\":\"retail\"},\"distribution\":\"none\",\"steps\":[\"refresh\","
+             "\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
+             fast_settings);
+    c = create(body, 201);
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    assert_string_equal(jstr(c, "state"), "staged");
+    json_decref(c);
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(sdev_checkin(&d[2]), 0);
+        sleep_ms(30);
+    }
+    snprintf(path, sizeof path, "/v1/campaigns/%s/resume", id);
+    assert_int_equal(api("POST", path, "", NULL), 200);
+    r = drive(d, NDEV, id, 100);
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 1);
+    json_decref(r);
+    assert_int_equal(d[2].refreshes, 1);
+}
+
+static void test_retries_and_expiry(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    d[0].refresh = REFRESH_BUSY_ONCE;
+    d[1].refresh = REFRESH_NOT_NOW_ONCE;
+    d[3].silent = true;
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+             "\"smdp.example.com\",\"settings\":{\"repush_after_s\":0.2,\"expiry_s\":2,"
+             "\"retry_base_s\":0.05,\"retry_max_s\":0.2}}");
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_t *r = drive(d, NDEV, id, 200);
+    assert_string_equal(jstr(r, "state"), "finished");
+    const json_t *counts = json_object_get(r, "counts");
+    assert_int_equal(jint(counts, "verified"), 3);
+    assert_int_equal(jint(counts, "timed_out"), 1);
+    json_decref(r);
+    /* Busy: the refresh came again; NotNow: the same command was delivered again. */
+    assert_int_equal(d[0].refreshes, 2);
+    assert_int_equal(d[1].refreshes, 2);
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=timed_out", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    json_t *one = json_array_get(json_object_get(r, "devices"), 0);
+    assert_string_equal(jstr(one, "udid"), d[3].dev.udid);
+    assert_non_null(strstr(jstr(one, "reason"), "no answer"));
+    assert_true(jint(one, "pushes") >= 2); /* silent devices are pushed again */
+    json_decref(r);
+    json_t *g = diagnose(d[3].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "offline");
+    json_decref(g);
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    json_decref(g);
+
+    /* A second campaign for a device whose eSIM is verified never asks for a
+     * second download: the profile was consumed. */
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+             "\"smdp.example.com\",%s}",
+             d[2].dev.udid, fast_settings);
+    c = create(body, 201);
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    bool explained = false;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(c, "warnings"), i, w)
+        explained |= strstr(jstr(w, "reason"), "reset") != NULL;
+    assert_true(explained);
+    json_decref(c);
+    r = drive(d, NDEV, id, 100);
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 1);
+    json_decref(r);
+    assert_int_equal(d[2].refreshes, 1);
+}
+
+static void test_pause_resume_cancel(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, false);
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+             "\"policy\":{\"esim_outgoing_transfers\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
+             "%s}",
+             fast_settings);
+    json_t *c = create(body, 201);
+    char id[64], path[200];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    /* Let the first commands be queued, then pause. */
+    for (int k = 0; k < 50 && count_of(id, "active") < NDEV; k++)
+        sleep_ms(20);
+    snprintf(path, sizeof path, "/v1/campaigns/%s/pause", id);
+    assert_int_equal(api("POST", path, "", NULL), 200);
+    assert_int_equal(api("POST", path, "", NULL), 409);
+    /* Answers still count while paused; the next step waits. */
+    sdev_checkin(&d[0]);
+    sleep_ms(100);
+    assert_int_equal(sdev_checkin(&d[0]), 0);
+    snprintf(path, sizeof path, "/v1/campaigns/%s/resume", id);
+    assert_int_equal(api("POST", path, "", NULL), 200);
+    for (int k = 0; k < 50 && d[0].refreshes == 0; k++) {
+        sdev_checkin(&d[0]);
+        sleep_ms(20);
+    }
+    assert_int_equal(d[0].refreshes, 1);
+    snprintf(path, sizeof path, "/v1/campaigns/%s/cancel", id);
+    json_t *r = NULL;
+    assert_int_equal(api("POST", path, "", &r), 200);
+    assert_string_equal(jstr(r, "state"), "canceled");
+    json_decref(r);
+    assert_int_equal(api("POST", path, "", NULL), 409);
+    /* Canceled commands are off the queues: nothing more reaches the devices. */
+    for (int i = 1; i < NDEV; i++)
+        assert_int_equal(sdev_checkin(&d[i]), 0);
+    assert_true(count_of(id, "canceled") >= NDEV - 1);
+    json_t *g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "canceled");
+    json_decref(g);
+    snprintf(path, sizeof path, "/v1/campaigns/%s/explode", id);
+    assert_int_equal(api("POST", path, "", NULL), 404);
+}
+
+static void test_imports_report_bad_rows(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    char text[2048];
+    snprintf(text, sizeof text,
+             "serial,eid\n%s,%s\nNOSUCHSERIAL,%s\n%s,89049032000000000100000000000100\n%s\n",
+             d[0].serial, d[0].eid, d[1].eid, d[2].serial, d[3].serial);
+    json_t *r = NULL;
+    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids?line_offset=10", text,
+                              "text/csv", &r),
+                     200);
+    assert_int_equal(jint(r, "imported"), 2);
+    assert_int_equal(jint(r, "matched"), 1);
+    assert_int_equal(jint(r, "bad_total"), 2);
+    json_t *bad = json_object_get(r, "bad");
+    assert_int_equal(jint(json_array_get(bad, 0), "line"), 14); /* line 4 of this part */
+    assert_non_null(strstr(jstr(json_array_get(bad, 0), "reason"), "check digits"));
+    assert_int_equal(jint(json_array_get(bad, 1), "line"), 15);
+    assert_int_equal(jint(json_array_get(json_object_get(r, "unmatched"), 0), "line"), 13);
+    json_decref(r);
+    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/activation-codes",
+                              "12,LPA:1$x$y\n", "text/csv", &r),
+                     200);
+    assert_int_equal(jint(r, "bad_total"), 1);
+    json_decref(r);
+    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids", "a,b\0c", "text/csv", &r),
+                     200); /* "a,b": an ordinary bad row */
+    json_decref(r);
+
+    /* The same through the CLI: bad rows by file line, exit status 1. */
+    const char *bin = getenv("ESIM_MDM_BIN");
+    if (!bin)
+        return;
+    char file[400], tok[400], cmd[1400];
+    snprintf(file, sizeof file, "%s/manifest.csv", f->env.dir);
+    snprintf(tok, sizeof tok, "%s/token", f->env.dir);
+    FILE *fp = fopen(file, "w");
+    fprintf(fp, "serial,eid\n%s,%s\nBAD,123\n", d[1].serial, d[1].eid);
+    fclose(fp);
+    fp = fopen(tok, "w");
+    fprintf(fp, "%s\n", TEST_TOKEN);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "'%s' import eids '%s' --server %s --token-file '%s' 2>&1", bin, file,
+             g_url, tok);
+    FILE *p = popen(cmd, "r");
+    char out[4096] = "";
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = '\0';
+    int st = pclose(p);
+    assert_int_equal(WEXITSTATUS(st), 1);
+    assert_non_null(strstr(out, "manifest.csv:3:"));
+    assert_non_null(strstr(out, "1 matched"));
+}
+
+static void test_diagnosis_of_checked_out_and_untouched(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "no_campaign");
+    json_decref(g);
+    esim_buf b = {0};
+    assert_int_equal(esim_msg_build_checkout(d[1].dev.udid, d[1].dev.topic, &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(&d[1].dev, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "not_enrolled");
+    assert_non_null(strstr(jstr(g, "next_action"), "enrol"));
+    json_decref(g);
+    assert_int_equal(api("GET", "/v1/devices/00008110-NOPE/diagnosis", NULL, NULL), 404);
+    assert_int_equal(api("GET", "/v1/devices/bad%20udid/diagnosis", NULL, NULL), 400);
+}
+
+static void test_restart_mid_campaign(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2048];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+             "\"smdp.example.com\",%s}",
+             fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 50 && count_of(id, "active") < NDEV; k++)
+        sleep_ms(20);
+    sdev_checkin(&d[0]);
+    sdev_checkin(&d[1]);
+    /* The service stops and starts again on the same data directory. */
+    harness_stop(&f->ts);
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+    for (int i = 0; i < NDEV; i++) {
+        f->devs[i].dev.base_url = f->ts.url;
+        device_reconnect(&f->devs[i].dev);
+    }
+    json_t *r = drive(d, NDEV, id, 100);
+    if (strcmp(jstr(r, "state"), "finished") != 0)
+        fail_msg("after the restart: %s", json_dumps(r, JSON_COMPACT));
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), NDEV);
+    json_decref(r);
+    for (int i = 0; i < NDEV; i++)
+        assert_int_equal(d[i].refreshes, 1); /* never a second download */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_verification_keeps_ack_and_install_apart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_groups_tags_and_distribution, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retries_and_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_resume_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_imports_report_bad_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_diagnosis_of_checked_out_and_untouched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
