@@ -8,6 +8,10 @@
  * through callbacks. Nothing here prints; failures come back as esim_err plus
  * an esim_error sentence (see core/esim.h).
  *
+ * Neither is thread-safe: call a client's or a mock's functions from the
+ * thread that runs its event_base. Two clients or mocks never share state,
+ * so several can live in one process (or one loop).
+ *
  * Like any program writing to TLS sockets through OpenSSL, a process using
  * this must ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)): a peer that closes
  * its end would otherwise kill it. The library does not touch signals.

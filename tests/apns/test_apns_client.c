@@ -618,8 +618,18 @@ static void test_ping_timeout(void **state)
     push_n(f, 0, 1);
     run(f);
     assert_int_equal(f->col->r[0].outcome, APNS_OUTCOME_ACCEPTED);
-    mock_pause(&f->mt); /* APNs stops answering, TCP stays up */
+    /* idle: PINGs go out and come back, the connection stays */
     apns_stats s;
+    for (int i = 0; i < 200; i++) {
+        run_loop(f->base, NULL, NULL, 10);
+        apns_client_stats(f->client, &s);
+        if (s.pings_sent >= 3)
+            break;
+    }
+    assert_true(s.pings_sent >= 3);
+    assert_int_equal(s.ping_timeouts, 0);
+    assert_int_equal(s.connects, 1);
+    mock_pause(&f->mt); /* APNs stops answering, TCP stays up */
     for (int i = 0; i < 200; i++) {
         run_loop(f->base, NULL, NULL, 10);
         apns_client_stats(f->client, &s);
