@@ -60,7 +60,7 @@ struct sim_smdp {
     char service_provider[64];
     order_rec *orders;
     size_t n_orders, cap_orders;
-    size_t *by_iccid, *by_eid; /* open addressing: order index + 1, 0 = empty */
+    size_t *by_iccid, *by_eid, *by_mid; /* open addressing: order index + 1, 0 = empty */
     size_t idx_cap;
     session *sessions;
     size_t n_sessions;
@@ -105,7 +105,14 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
-static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, bool by_eid)
+typedef enum { KEY_ICCID, KEY_EID, KEY_MID } order_key;
+
+static const char *key_of(const sim_order *o, order_key k)
+{
+    return k == KEY_ICCID ? o->iccid : k == KEY_EID ? o->eid : o->matching_id;
+}
+
+static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, order_key k)
 {
     if (!s->idx_cap || !key)
         return SIZE_MAX;
@@ -113,7 +120,7 @@ static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, 
         if (tab[i] == 0)
             return SIZE_MAX;
         const sim_order *o = &s->orders[tab[i] - 1].o;
-        if (strcmp(by_eid ? o->eid : o->iccid, key) == 0)
+        if (strcmp(key_of(o, k), key) == 0)
             return tab[i] - 1;
     }
 }
@@ -132,21 +139,26 @@ static esim_err idx_rebuild(sim_smdp *s, size_t want)
     size_t cap = 64;
     while (cap < want * 2)
         cap *= 2;
-    size_t *a = calloc(cap, sizeof *a), *b = calloc(cap, sizeof *b);
-    if (!a || !b) {
+    size_t *a = calloc(cap, sizeof *a), *b = calloc(cap, sizeof *b), *c = calloc(cap, sizeof *c);
+    if (!a || !b || !c) {
         free(a);
         free(b);
+        free(c);
         return ESIM_ENOMEM;
     }
     free(s->by_iccid);
     free(s->by_eid);
+    free(s->by_mid);
     s->by_iccid = a;
     s->by_eid = b;
+    s->by_mid = c;
     s->idx_cap = cap;
     for (size_t i = 0; i < s->n_orders; i++) {
         s->orders[i].next_same_eid = SIZE_MAX;
         idx_put(s, s->by_iccid, s->orders[i].o.iccid, i);
-        size_t head = idx_lookup(s, s->by_eid, s->orders[i].o.eid, true);
+        if (s->orders[i].o.matching_id[0])
+            idx_put(s, s->by_mid, s->orders[i].o.matching_id, i);
+        size_t head = idx_lookup(s, s->by_eid, s->orders[i].o.eid, KEY_EID);
         if (head == SIZE_MAX) {
             idx_put(s, s->by_eid, s->orders[i].o.eid, i);
         } else {
@@ -232,13 +244,10 @@ static esim_err validate_order(const char *eid, const char *iccid, const char *m
 
 static esim_err add_order_rec(sim_smdp *s, const sim_order *o, esim_error *err)
 {
-    if (idx_lookup(s, s->by_iccid, o->iccid, false) != SIZE_MAX)
+    if (idx_lookup(s, s->by_iccid, o->iccid, KEY_ICCID) != SIZE_MAX)
         return esim_fail(err, ESIM_EEXIST, "ICCID %s is already ordered", o->iccid);
-    if (o->matching_id[0])
-        for (size_t i = 0; i < s->n_orders; i++)
-            if (strcmp(s->orders[i].o.matching_id, o->matching_id) == 0)
-                return esim_fail(err, ESIM_EEXIST, "matching ID %s is already used",
-                                 o->matching_id);
+    if (o->matching_id[0] && idx_lookup(s, s->by_mid, o->matching_id, KEY_MID) != SIZE_MAX)
+        return esim_fail(err, ESIM_EEXIST, "matching ID %s is already used", o->matching_id);
     if (s->n_orders == s->cap_orders) {
         size_t cap = s->cap_orders ? s->cap_orders * 2 : 64;
         order_rec *n = realloc(s->orders, cap * sizeof *n);
@@ -258,7 +267,9 @@ static esim_err add_order_rec(sim_smdp *s, const sim_order *o, esim_error *err)
         return ESIM_OK;
     }
     idx_put(s, s->by_iccid, o->iccid, i);
-    size_t head = idx_lookup(s, s->by_eid, o->eid, true);
+    if (o->matching_id[0])
+        idx_put(s, s->by_mid, o->matching_id, i);
+    size_t head = idx_lookup(s, s->by_eid, o->eid, KEY_EID);
     if (head == SIZE_MAX) {
         idx_put(s, s->by_eid, o->eid, i);
     } else {
@@ -288,7 +299,7 @@ esim_err sim_smdp_add_order(sim_smdp *s, const char *eid, const char *iccid,
 
 esim_err sim_smdp_release_order(sim_smdp *s, const char *iccid, esim_error *err)
 {
-    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    size_t i = idx_lookup(s, s->by_iccid, iccid, KEY_ICCID);
     if (i == SIZE_MAX)
         return esim_fail(err, ESIM_ENOTFOUND, "no order for ICCID %s", iccid ? iccid : "(null)");
     if (s->orders[i].o.state != SIM_ORDER_AVAILABLE)
@@ -311,7 +322,7 @@ const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i)
 
 const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid)
 {
-    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    size_t i = idx_lookup(s, s->by_iccid, iccid, KEY_ICCID);
     return i == SIZE_MAX ? NULL : &s->orders[i].o;
 }
 
@@ -667,11 +678,8 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
                            const char *matching_id)
 {
     if (matching_id && *matching_id) {
-        size_t i;
-        for (i = 0; i < s->n_orders; i++)
-            if (strcmp(s->orders[i].o.matching_id, matching_id) == 0)
-                break;
-        if (i == s->n_orders) {
+        size_t i = idx_lookup(s, s->by_mid, matching_id, KEY_MID);
+        if (i == SIZE_MAX) {
             reply_failed(req, "8.2.6", "3.8", "matching ID refused: no such order");
             return SIZE_MAX;
         }
@@ -693,7 +701,7 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
     }
     /* Default SM-DP+ discovery (the MDM case): the order linked to this EID. */
     bool consumed = false, available = false;
-    for (size_t i = idx_lookup(s, s->by_eid, eid, true); i != SIZE_MAX;
+    for (size_t i = idx_lookup(s, s->by_eid, eid, KEY_EID); i != SIZE_MAX;
          i = s->orders[i].next_same_eid) {
         if (s->orders[i].o.state == SIM_ORDER_RELEASED)
             return i;
@@ -847,7 +855,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
         goto out;
     }
     const char *ev = sim_json_str(n, "event"), *iccid = sim_json_str(n, "iccid");
-    size_t i = idx_lookup(s, s->by_iccid, iccid, false);
+    size_t i = idx_lookup(s, s->by_iccid, iccid, KEY_ICCID);
     /* Only the eUICC the profile was bound to can report its installation;
      * a repeated notification is confirmed again but counted once. */
     if (ev && strcmp(ev, "install") == 0 && i != SIZE_MAX && strcmp(s->orders[i].o.eid, eid) == 0) {
@@ -1103,6 +1111,7 @@ void sim_smdp_free(sim_smdp *s)
     free(s->orders);
     free(s->by_iccid);
     free(s->by_eid);
+    free(s->by_mid);
     free(s);
 }
 
