@@ -200,11 +200,14 @@ typedef struct {
 
 typedef void (*sim_http_cb)(void *arg, sim_http_response *resp);
 
+/* A client on |base| (not owned). ESIM_EINVAL, ESIM_ENOMEM. */
 esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err);
 /* Cancels what is in flight: each pending callback runs once with
  * ESIM_EUNAVAIL ("cancelled"), and sim_http_send from inside it fails. */
 void sim_http_free(sim_http *h);
-/* Starts a request; |cb| runs later from the event loop, exactly once. */
+/* Starts a request; |cb| runs later from the event loop, exactly once.
+ * ESIM_EINVAL no method/URL/callback; ESIM_EUNAVAIL the client is shutting
+ * down or curl refused the transfer; ESIM_ENOMEM. */
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
                        esim_error *err);
 size_t sim_http_in_flight(const sim_http *h);
@@ -228,6 +231,11 @@ typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
  * profile is installed disabled (enable it with sim_euicc_enable). |matching_id|
  * may be NULL (default SM-DP+ discovery by EID). |e| must stay alive until |cb|.
  */
+/* ESIM_EINVAL (not https://, no host, too long), ESIM_ECRYPTO, ESIM_ENOMEM,
+ * ESIM_EUNAVAIL: then |cb| never runs. Afterwards |cb| reports: ESIM_OK;
+ * ESIM_EAUTH the SM-DP+ refused (codes in the result); ESIM_ECRYPTO the eUICC
+ * refused the SM-DP+; ESIM_ESTATE the eUICC refused the profile;
+ * ESIM_EUNAVAIL/ESIM_EPROTO transport or protocol failures. */
 esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
                           const char *matching_id, sim_download_cb cb, void *arg, esim_error *err);
 
@@ -320,7 +328,11 @@ typedef struct {
 } sim_device_spec;
 
 /* A factory-fresh device: not enrolled, no profiles, an empty eUICC, a new
- * identity certificate from the PKI's device-ca (CN = UDID). */
+ * push token and PushMagic; its identity certificate (device-ca, CN = UDID)
+ * is issued when first needed. |pki| must outlive it.
+ *   ESIM_EINVAL  bad UDID, EID or OS version, or a field too long (|err| says).
+ *   ESIM_ECRYPTO the eUICC key or certificate could not be made.
+ *   ESIM_ENOMEM. */
 esim_err sim_device_new(const sim_pki *pki, const sim_device_spec *spec, sim_device **out,
                         esim_error *err);
 void sim_device_free(sim_device *d);
@@ -352,11 +364,13 @@ const char *sim_device_push_magic(const sim_device *d);
 void sim_device_new_push_identity(sim_device *d);
 
 /* The Mdm-Signature header value for |body|: base64 of a detached CMS
- * signature by the device identity (certificate included). |out| replaced. */
+ * signature by the device identity (certificate included). |out| replaced.
+ * ESIM_ECRYPTO when signing fails, ESIM_ENOMEM. */
 esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim_buf *out,
                          esim_error *err);
-/* PEM files of the identity certificate and key, for TLS client auth; written
- * under |dir| once, paths returned in the buffers. */
+/* PEM files of the identity certificate and key, for TLS client auth: the
+ * certificate is written to |dir|/<UDID>.identity.pem (the shared key stays
+ * in the PKI directory); both paths are returned. ESIM_EIO, ESIM_ECRYPTO. */
 esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *cert_path,
                                    size_t cert_len, char *key_path, size_t key_len,
                                    esim_error *err);
@@ -434,12 +448,15 @@ esim_err sim_device_user_action(sim_device *d, sim_user_action a, sim_action_out
                                 esim_error *err);
 
 bool sim_device_dirty(const sim_device *d);
-/* Crash-safe JSON file (0600: it holds the keys). */
+/* Crash-safe JSON file (0600: it holds the keys); clears the dirty flag.
+ * ESIM_EIO (|err| names the path), ESIM_ENOMEM. */
 esim_err sim_device_save(sim_device *d, const char *path, esim_error *err);
+/* ESIM_ENOTFOUND no file; ESIM_EIO unreadable; ESIM_EINVAL a damaged file
+ * (|err| says which field), never half-loaded. *out is the caller's. */
 esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out, esim_error *err);
 
 /* A JSON summary (udid, eid, enrolled, supervised, os, restrictions, profiles,
- * eSIMs, pending notifications) appended to |out|. */
+ * eSIMs, pending notifications) appended to |out|. ESIM_ENOMEM only. */
 esim_err sim_device_describe_json(const sim_device *d, esim_buf *out, esim_error *err);
 
 /* ---- the runtime: N devices against the service ---------------------------- */
@@ -471,7 +488,11 @@ typedef struct {
 typedef struct sim_devsim sim_devsim;
 
 /* Creates (or loads from data_dir) the devices and starts enrolling them on
- * |base|. ESIM_EINVAL bad config, ESIM_EIO/ESIM_ECRYPTO PKI or files. */
+ * |base| (the caller runs the loop). *out is the caller's (sim_devsim_free).
+ *   ESIM_EINVAL   bad configuration: URL scheme, shares outside 0..1, device
+ *                 count, channel name, status address (|err| names it).
+ *   ESIM_EIO      the data directory, a device file or the status port.
+ *   ESIM_ECRYPTO  the PKI.  ESIM_ENOMEM. */
 esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, sim_devsim **out,
                         esim_error *err);
 /* Saves what changed and frees. */
@@ -481,7 +502,9 @@ size_t sim_devsim_device_count(const sim_devsim *s);
 sim_device *sim_devsim_device_at(sim_devsim *s, size_t i);
 sim_device *sim_devsim_find(sim_devsim *s, const char *udid);
 sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s);
-/* Performs a user action on a running device (re-enrols it after an erase). */
+/* Performs a user action on a running device (re-enrols it after an erase;
+ * deletions send their notifications). ESIM_ENOTFOUND no such UDID, else as
+ * sim_device_user_action. */
 esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action a,
                                 sim_action_outcome *out, esim_error *err);
 
