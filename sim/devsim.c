@@ -77,6 +77,7 @@ struct sim_devsim {
     size_t n_timers, cap_timers;
     struct event *tick;
     bool registering;
+    size_t need_reg;      /* devices flagged F_NEED_REG: the tick skips the scan when 0 */
     int64_t reg_retry_at; /* after a failed registration, not before this */
     bool polling;
     uint64_t after_seq;
@@ -189,6 +190,15 @@ static void at(sim_devsim *s, int64_t delay_ms, size_t i, timed_kind kind)
         s->cap_timers = cap;
     }
     s->timers[s->n_timers++] = (timed){esim_mono_ms() + delay_ms, i, kind};
+}
+
+/* The device's current token must be (re-)registered on the mock's channel. */
+static void mark_need_reg(sim_devsim *s, size_t i)
+{
+    if (!(s->slots[i].flags & F_NEED_REG)) {
+        s->slots[i].flags |= F_NEED_REG;
+        s->need_reg++;
+    }
 }
 
 static void want_checkin(sim_devsim *s, size_t i)
@@ -468,7 +478,7 @@ static void on_service_reply(void *arg, sim_http_response *r)
         free(ctx);
         sim_device_set_enrolled(sl->dev, true);
         s->stats.enrolled++;
-        sl->flags |= F_NEED_REG;
+        mark_need_reg(s, i);
         session_end(s, i);
         return;
     }
@@ -571,7 +581,7 @@ static void on_registered(void *arg, sim_http_response *r)
     for (size_t k = 0; k < rc->n; k++) {
         slot *sl = &s->slots[rc->slots[k]];
         if (!ok) {
-            sl->flags |= F_NEED_REG;
+            mark_need_reg(s, rc->slots[k]);
             continue;
         }
         sl->flags |= F_REGISTERED;
@@ -589,7 +599,7 @@ static void on_registered(void *arg, sim_http_response *r)
 
 static void register_tokens(sim_devsim *s)
 {
-    if (s->registering || !s->apns_url[0] || esim_mono_ms() < s->reg_retry_at)
+    if (s->registering || s->need_reg == 0 || !s->apns_url[0] || esim_mono_ms() < s->reg_retry_at)
         return;
     json_t *tokens = json_array();
     reg_ctx *rc = calloc(1, sizeof *rc);
@@ -612,6 +622,7 @@ static void register_tokens(sim_devsim *s)
         json_array_append_new(tokens, json_string((const char *)hex.data));
         esim_buf_free(&hex);
         sl->flags &= ~F_NEED_REG;
+        s->need_reg--;
         rc->slots[rc->n++] = i;
     }
     if (rc->n == 0) {
@@ -956,7 +967,7 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     }
     if (sim_device_enrolled(d)) {
         s->stats.enrolled++;
-        sl->flags |= F_NEED_REG; /* the mock does not remember tokens across runs */
+        mark_need_reg(s, i); /* the mock does not remember tokens across runs */
     } else {
         at(s, 0, i, TIMED_ENROLL);
     }
