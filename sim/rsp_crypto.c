@@ -4,9 +4,11 @@
  * CI -> EUM -> eUICC (and CI -> DPauth) chains, device identity certificates,
  * and the JSON/base64 glue every sim/ file uses.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/ec.h>
@@ -19,18 +21,25 @@
 
 /* ---- PKI ---------------------------------------------------------------- */
 
+static esim_err read_identity_key(const char *path, EVP_PKEY **out, esim_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return ESIM_ENOTFOUND;
+    *out = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!*out)
+        return esim_fail(err, ESIM_ECRYPTO, "%s is not a PEM private key; delete it", path);
+    return ESIM_OK;
+}
+
 static esim_err load_identity_key(struct sim_pki *p, esim_error *err)
 {
-    char path[SIM_PATH_MAX + 32];
+    char path[SIM_PATH_MAX + 32], tmp[SIM_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/sim-identity.key", p->dir);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        p->identity_key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-        fclose(f);
-        if (!p->identity_key)
-            return esim_fail(err, ESIM_ECRYPTO, "%s is not a PEM private key; delete it", path);
-        return ESIM_OK;
-    }
+    esim_err rc = read_identity_key(path, &p->identity_key, err);
+    if (rc != ESIM_ENOTFOUND)
+        return rc;
     /* One RSA key for every simulated identity: SCEP would give each iPhone
      * its own, but 100,000 RSA key generations would dominate the run; each
      * device still has its own certificate (CN = UDID). */
@@ -45,14 +54,20 @@ static esim_err load_identity_key(struct sim_pki *p, esim_error *err)
     }
     char *data = NULL;
     long n = BIO_get_mem_data(mem, &data);
-    esim_err rc = esim_write_file_atomic(path, data, (size_t)n, 0600, err);
+    /* Two processes may start on a fresh PKI at once: write aside, then
+     * link() (which never replaces) so exactly one key wins and both use it. */
+    snprintf(tmp, sizeof tmp, "%s.new.%ld", path, (long)getpid());
+    rc = esim_write_file_atomic(tmp, data, (size_t)n, 0600, err);
     BIO_free(mem);
-    if (rc != ESIM_OK) {
-        EVP_PKEY_free(k);
+    EVP_PKEY_free(k);
+    if (rc != ESIM_OK)
         return rc;
+    if (link(tmp, path) != 0 && errno != EEXIST) {
+        unlink(tmp);
+        return esim_fail(err, ESIM_EIO, "cannot create %s: %s", path, strerror(errno));
     }
-    p->identity_key = k;
-    return ESIM_OK;
+    unlink(tmp);
+    return read_identity_key(path, &p->identity_key, err);
 }
 
 esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
