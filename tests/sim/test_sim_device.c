@@ -79,14 +79,15 @@ static void run(sim_device *d, const esim_cmd *cmd, sim_cmd_outcome *o, esim_msg
     }
 }
 
-static void install_policy(sim_device *d, const char *ident, const char *name, const char *word)
+static void install_policy_signed(sim_device *d, const char *ident, const char *name,
+                                  const char *word, const esim_cert *signer)
 {
     esim_policy p = {0};
     assert_int_equal(esim_policy_set_word(&p, name, word, NULL), ESIM_OK);
     esim_profile_opts po = {.identifier = ident};
     esim_buf prof = {0};
     esim_error err;
-    assert_int_equal(esim_policy_to_profile(&p, &po, NULL, &prof, &err), ESIM_OK);
+    assert_int_equal(esim_policy_to_profile(&p, &po, signer, &prof, &err), ESIM_OK);
     esim_cmd cmd = {0};
     assert_int_equal(esim_cmd_install_profile(prof.data, prof.len, NULL, &cmd, &err), ESIM_OK);
     sim_cmd_outcome o;
@@ -99,13 +100,19 @@ static void install_policy(sim_device *d, const char *ident, const char *name, c
     esim_buf_free(&prof);
 }
 
+static void install_policy(sim_device *d, const char *ident, const char *name, const char *word)
+{
+    install_policy_signed(d, ident, name, word, NULL);
+}
+
 static void test_restrictions_merge_and_apply(void **state)
 {
     (void)state;
     sim_device *d = device(1, true, "18.1");
     install_policy(d, "com.example.a", "esim_modification", "allow");
     install_policy(d, "com.example.b", "esim_modification", "deny");
-    install_policy(d, "com.example.c", "preserve_esim_on_erase", "on");
+    /* A CMS-signed profile is read the same way. */
+    install_policy_signed(d, "com.example.c", "preserve_esim_on_erase", "on", &fx.pki->server);
     assert_int_equal(sim_device_profile_count(d), 3);
     esim_policy eff = sim_device_restrictions(d);
     assert_int_equal(eff.allow_esim_modification, ESIM_TRI_FALSE); /* deny wins */
@@ -377,6 +384,19 @@ static void test_commands(void **state)
     assert_int_equal(m.status, ESIM_STATUS_ERROR);
     assert_int_equal(m.error_chain[0].code, 12021);
     assert_string_equal(m.error_chain[0].domain, "MCMDMErrorDomain");
+    esim_msg_free(&m);
+    sim_cmd_outcome_free(&o);
+    /* InstallProfile whose Payload is not a profile: Error, nothing installed. */
+    size_t before = sim_device_profile_count(d);
+    const char *junk = "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>CommandUUID</key>"
+                       "<string>u-3</string><key>Command</key><dict><key>RequestType</key>"
+                       "<string>InstallProfile</string><key>Payload</key><data>aGVsbG8=</data>"
+                       "</dict></dict></plist>";
+    assert_int_equal(sim_device_handle_command(d, junk, strlen(junk), &o, &err), ESIM_OK);
+    assert_int_equal(esim_msg_parse(o.result.data, o.result.len, NULL, &m, &err), ESIM_OK);
+    assert_int_equal(m.status, ESIM_STATUS_ERROR);
+    assert_string_equal(m.error_chain[0].domain, "MCProfileErrorDomain");
+    assert_int_equal(sim_device_profile_count(d), before);
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
     const char *bad = "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>CommandUUID</key>"
