@@ -177,7 +177,7 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
 
 /* ---- check-ins ------------------------------------------------------------------------ */
 
-static void handle_checkin(esim_service *svc, struct evhttp_request *req, const esim_msg *msg,
+static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
                            const char *cert, const void *raw, size_t len)
 {
     esim_error e = {{0}};
@@ -224,8 +224,8 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, const 
         return;
     }
     svc->m.checkins[msg->kind - 1]++;
-    webhooks_post_message(svc, msg, raw, len);
     http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+    svc_after_commit(svc, msg, raw, len, false);
 }
 
 /* ---- results ---------------------------------------------------------------------------- */
@@ -264,7 +264,7 @@ static void learned_eid(const esim_msg *msg, char eid[ESIM_EID_LEN + 1])
     free(subs);
 }
 
-static void handle_result(esim_service *svc, struct evhttp_request *req, const esim_msg *msg,
+static void handle_result(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
                           const char *cert, const void *raw, size_t len)
 {
     const char *status = esim_status_name(msg->status);
@@ -322,11 +322,7 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, const e
         http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
     esim_buf_free(&out.next.body);
-    webhooks_post_message(svc, msg, raw, len);
-    if (out.outcome == STORE_RESULT_APPLIED) {
-        esim_service_result r = {msg->udid, msg->command_uuid, status, msg};
-        svc_run_result_hooks(svc, &r);
-    }
+    svc_after_commit(svc, msg, raw, len, out.outcome == STORE_RESULT_APPLIED);
 }
 
 /* ---- the endpoint ------------------------------------------------------------------------ */

@@ -141,18 +141,99 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
-/* Starts a sync for everything waiting, or answers at once when nothing
- * was committed since the last sync. */
+static void free_deferred(svc_deferred *d)
+{
+    while (d) {
+        svc_deferred *next = d->next;
+        esim_msg_free(&d->msg);
+        esim_buf_free(&d->raw);
+        free(d);
+        d = next;
+    }
+}
+
+static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
+                             bool hook)
+{
+    webhooks_post_message(svc, msg, raw, len);
+    if (hook) {
+        esim_service_result r = {msg->udid, msg->command_uuid, esim_status_name(msg->status), msg};
+        svc_run_result_hooks(svc, &r);
+    }
+}
+
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook)
+{
+    if (!svc->batch_open) {
+        run_after_commit(svc, msg, raw, len, hook);
+        return;
+    }
+    svc_deferred *d = calloc(1, sizeof *d);
+    if (!d || (len && esim_buf_append(&d->raw, raw, len) != ESIM_OK)) {
+        free(d);
+        run_after_commit(svc, msg, raw, len, hook); /* out of memory: early beats never */
+        return;
+    }
+    d->msg = *msg;
+    memset(msg, 0, sizeof *msg);
+    d->hook = hook;
+    *svc->deferred_tail = d;
+    svc->deferred_tail = &d->next;
+}
+
+void svc_batch_open(esim_service *svc)
+{
+    if (svc->batch_open || !svc->flush_ev || !svc->st->ops->batch_begin)
+        return;
+    if (svc->st->ops->batch_begin(svc->st, NULL) != ESIM_OK) {
+        svc->m.store_errors++; /* operations then run as transactions of their own */
+        return;
+    }
+    svc->batch_open = true;
+    if (!svc->sync_busy && !evtimer_pending(svc->flush_ev, NULL)) {
+        struct timeval now = {0, 0};
+        evtimer_add(svc->flush_ev, &now);
+    }
+}
+
+/* Commits the open batch, then lets the webhooks and result hooks it held
+ * back go. False when the commit failed (the batch is undone). */
+static bool batch_finish(esim_service *svc)
+{
+    if (!svc->batch_open)
+        return true;
+    svc->batch_open = false;
+    bool ok = svc->st->ops->batch_commit(svc->st, NULL) == ESIM_OK;
+    svc_deferred *list = svc->deferred;
+    svc->deferred = NULL;
+    svc->deferred_tail = &svc->deferred;
+    if (!ok)
+        svc->m.store_errors++;
+    for (svc_deferred *d = list; ok && d; d = d->next)
+        run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook);
+    free_deferred(list);
+    return ok;
+}
+
+/* Commits the batch, then starts a sync for every answer waiting, or sends
+ * them at once when nothing was committed since the last sync. */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     esim_service *svc = arg;
-    if (svc->sync_busy || !svc->replies)
+    if (svc->sync_busy)
+        return;
+    bool committed = batch_finish(svc);
+    if (!svc->replies)
         return;
     svc_reply *batch = svc->replies;
     svc->replies = NULL;
     svc->replies_tail = &svc->replies;
+    if (!committed) {
+        send_batch(batch, false);
+        return;
+    }
     int64_t count = svc->st->ops->commit_count(svc->st);
     if (count == svc->synced_count) {
         send_batch(batch, true);
@@ -185,7 +266,7 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     svc->syncing = NULL;
     svc->sync_busy = false;
     send_batch(batch, ok);
-    if (svc->replies)
+    if (svc->replies || svc->batch_open)
         on_flush(-1, 0, svc);
 }
 
@@ -218,7 +299,12 @@ static void group_commit_stop(esim_service *svc)
         pthread_join(svc->sync_thread, NULL);
         svc->sync_thread_started = false;
     }
-    /* Unsent answers: their requests belong to connections evhttp_free closes. */
+    /* An uncommitted batch is left to roll back with the store: nobody was
+     * told of it. Unsent answers: their requests belong to connections
+     * evhttp_free closes. */
+    free_deferred(svc->deferred);
+    svc->deferred = NULL;
+    svc->deferred_tail = &svc->deferred;
     free_replies(svc->replies);
     free_replies(svc->syncing);
     svc->replies = svc->syncing = NULL;
@@ -290,6 +376,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     esim_service *svc = arg;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    svc_batch_open(svc);
     if (path && is_device_path(svc, path))
         mdm_handle(svc, req);
     else
@@ -562,6 +649,7 @@ esim_err esim_service_new(struct event_base *base, const esim_service_config *cf
     svc->base = base;
     svc->stop_pipe[0] = svc->stop_pipe[1] = -1;
     svc->replies_tail = &svc->replies;
+    svc->deferred_tail = &svc->deferred;
     svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
     pthread_mutex_init(&svc->sync_mu, NULL);
     pthread_cond_init(&svc->sync_cv, NULL);

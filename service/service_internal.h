@@ -72,6 +72,15 @@ typedef struct svc_reply {
     esim_buf body;
 } svc_reply;
 
+/* A device message whose webhooks and result hooks wait for its batch to
+ * be committed (nobody hears of a change that could still be undone). */
+typedef struct svc_deferred {
+    struct svc_deferred *next;
+    esim_msg msg; /* owned */
+    esim_buf raw; /* the body as the device sent it */
+    bool hook;    /* run the result hooks too */
+} svc_deferred;
+
 typedef struct svc_webhooks svc_webhooks;
 typedef struct svc_push svc_push;
 
@@ -96,6 +105,8 @@ struct esim_service {
      * started after their changes has finished. The fsync runs on
      * |sync_thread|; |syncing| is the batch it covers. */
     struct event *flush_ev;
+    bool batch_open; /* the store's operations are being batched */
+    svc_deferred *deferred, **deferred_tail;
     svc_reply *replies, **replies_tail;
     svc_reply *syncing;
     bool sync_busy;
@@ -219,6 +230,12 @@ size_t webhooks_pending(const esim_service *svc);
 
 /* Runs the registered result hooks. */
 void svc_run_result_hooks(esim_service *svc, const esim_service_result *r);
+/* Opens a store batch for this loop turn (group mode); the flush commits it. */
+void svc_batch_open(esim_service *svc);
+/* Posts |msg|'s webhooks and, when |hook|, runs the result hooks once its
+ * changes are committed: at once without a batch, else right after the
+ * batch commits (then |msg| is taken over and left zeroed). */
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook);
 /* Writes the Prometheus text for /metrics into |out|. */
 esim_err svc_metrics_text(esim_service *svc, esim_buf *out);
 

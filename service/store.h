@@ -305,6 +305,16 @@ struct store_ops {
     /* Counts for /metrics and /healthz. */
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
 
+    /* Batching (group mode): between batch_begin and batch_commit every
+     * operation is still all-or-nothing on its own (a refused one leaves
+     * the batch as it was), but they reach the log together at
+     * batch_commit. Nothing done inside a batch may be reported to anyone
+     * before batch_commit (then sync) returns. batch_begin while a batch is
+     * open, or batch_commit with none, does nothing.
+     *   ESIM_ESTORE  the batch could not be committed: all of it is undone. */
+    esim_err (*batch_begin)(store *st, esim_error *err);
+    esim_err (*batch_commit)(store *st, esim_error *err);
+
     /* Group commit, in two halves so the fsync can run on another thread
      * while the loop goes on committing:
      * commit_count: a number that grows with every committed change (call

@@ -106,6 +106,9 @@ enum {
     S_BEGIN,
     S_COMMIT,
     S_ROLLBACK,
+    S_SAVEPOINT,
+    S_RELEASE,
+    S_ROLLBACK_TO,
     S_DEV_IDENTITY,
     S_DEV_AUTH_UPSERT,
     S_DEV_TOKEN,
@@ -146,6 +149,9 @@ static const char *const statement_sql[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
+    [S_SAVEPOINT] = "SAVEPOINT op",
+    [S_RELEASE] = "RELEASE op",
+    [S_ROLLBACK_TO] = "ROLLBACK TO op",
     [S_DEV_IDENTITY] = "SELECT enrolled, cert_sha256 FROM devices WHERE udid = ?1",
     [S_DEV_AUTH_UPSERT] =
         "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
@@ -244,6 +250,7 @@ typedef struct {
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
+    bool in_batch;  /* operations are savepoints inside one transaction */
     char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
     int wal_fd;     /* opened once the log exists (group mode) */
 } sqlite_store;
@@ -328,31 +335,66 @@ static int run(sqlite_store *s, esim_error *err, int id, const char *fmt, ...)
     return rc;
 }
 
+/* An operation is a transaction of its own, or a savepoint inside the open
+ * batch: either way it happens whole or not at all. */
 static esim_err tx_begin(sqlite_store *s, esim_error *err)
 {
-    return run(s, err, S_BEGIN, "") == SQLITE_DONE ? ESIM_OK : ESIM_ESTORE;
+    return run(s, err, s->in_batch ? S_SAVEPOINT : S_BEGIN, "") == SQLITE_DONE ? ESIM_OK
+                                                                               : ESIM_ESTORE;
 }
 
-static esim_err tx_commit(sqlite_store *s, esim_error *err)
+static void tx_undo(sqlite_store *s)
 {
-    if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
-        return ESIM_OK;
-    run(s, NULL, S_ROLLBACK, "");
-    return ESIM_ESTORE;
+    if (s->in_batch) {
+        run(s, NULL, S_ROLLBACK_TO, "");
+        run(s, NULL, S_RELEASE, "");
+    } else if (sqlite3_get_autocommit(s->db) == 0) {
+        run(s, NULL, S_ROLLBACK, "");
+    }
 }
 
-/* Ends a transaction: commit when |rc| is ESIM_OK, roll back otherwise.
- * Statements left on a row are reset first so no read outlives it. */
+/* Ends an operation: commit (or release) when |rc| is ESIM_OK, undo it
+ * otherwise. Statements left on a row are reset first so no read outlives
+ * it. */
 static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
 {
     for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
         if (s->stmt[i])
             sqlite3_reset(s->stmt[i]);
-    if (rc == ESIM_OK)
-        return tx_commit(s, err);
+    if (rc == ESIM_OK) {
+        if (run(s, err, s->in_batch ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
+            return ESIM_OK;
+        rc = ESIM_ESTORE;
+    }
+    tx_undo(s);
+    return rc;
+}
+
+static esim_err sq_batch_begin(store *base, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (s->in_batch)
+        return ESIM_OK;
+    if (run(s, err, S_BEGIN, "") != SQLITE_DONE)
+        return ESIM_ESTORE;
+    s->in_batch = true;
+    return ESIM_OK;
+}
+
+static esim_err sq_batch_commit(store *base, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!s->in_batch)
+        return ESIM_OK;
+    s->in_batch = false;
+    for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
+        if (s->stmt[i])
+            sqlite3_reset(s->stmt[i]);
+    if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
+        return ESIM_OK;
     if (sqlite3_get_autocommit(s->db) == 0)
         run(s, NULL, S_ROLLBACK, "");
-    return rc;
+    return ESIM_ESTORE;
 }
 
 static void col_text(sqlite3_stmt *st, int col, char *out, size_t out_len)
@@ -1122,6 +1164,8 @@ static const struct store_ops sqlite_ops = {
     .expire = sq_expire,
     .events_list = sq_events_list,
     .stats = sq_stats,
+    .batch_begin = sq_batch_begin,
+    .batch_commit = sq_batch_commit,
     .commit_count = sq_commit_count,
     .sync = sq_sync,
     .event_append = sq_event_append,

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -251,6 +252,26 @@ static long rss_kib(int pid)
     return v;
 }
 
+/* Server CPU time (user + system) in ms, from /proc: what each phase cost
+ * the server, whatever else the machine is doing. */
+static double cpu_ms(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6) {
@@ -287,7 +308,9 @@ int main(int argc, char **argv)
     if (code != 200)
         return 1;
     g.errors = 0;
+    double cpu0 = cpu_ms(pid);
     t = run_phase(&g, P_IDLE, &req);
+    double cpu_rt = cpu_ms(pid) - cpu0;
     double rt_rate = (double)g.devices / t, mdm_rps = (double)req / t;
     int rt_errors = g.errors;
     long rss_after = rss_kib(pid);
@@ -296,7 +319,9 @@ int main(int argc, char **argv)
     int saved = g.devices;
     g.devices = (int)req;
     long hreq = 0;
+    cpu0 = cpu_ms(pid);
     double th = run_phase(&g, P_HEALTH, &hreq);
+    double cpu_h = cpu_ms(pid) - cpu0;
     g.devices = saved;
     double h_rps = (double)hreq / th;
     printf("round trips: %d (Idle -> command -> Acknowledged -> empty) in %.2f s = %.0f round "
@@ -306,6 +331,11 @@ int main(int argc, char **argv)
     printf("ceiling:     %ld GET /healthz in %.2f s = %.0f requests/s (errors %d)\n", hreq, th,
            h_rps, g.errors);
     printf("ratio:       check-in requests/s / healthz requests/s = %.2f\n", mdm_rps / h_rps);
+    if (cpu0 >= 0)
+        printf("server CPU:  %.0f us per round trip (%.0f us per check-in request), %.0f us per "
+               "/healthz\n",
+               cpu_rt * 1000.0 / g.devices, cpu_rt * 1000.0 / (double)req,
+               cpu_h * 1000.0 / (double)hreq);
     if (rss0 > 0)
         printf("memory:      server RSS %ld KiB idle, %ld KiB after enrolment, %ld KiB after round "
                "trips: "
