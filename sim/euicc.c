@@ -176,13 +176,18 @@ esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esi
     e->pki = pki;
     memcpy(e->eid, eid, ESIM_EID_LEN + 1);
     e->next_seq = 1;
-    rc = issue_cert(e, &pki->eum, pki->eum.x509, err);
-    if (rc != ESIM_OK) {
-        sim_euicc_free(e);
-        return rc;
-    }
+    /* The key pair and certificate are made when first used (the first
+     * download), then kept: 100,000 simulated phones start in moments. */
+    e->dirty = true;
     *out = e;
     return ESIM_OK;
+}
+
+static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
+{
+    if (e->key_der.len)
+        return ESIM_OK;
+    return issue_cert(e, &e->pki->eum, e->pki->eum.x509, err);
 }
 
 esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain, esim_error *err)
@@ -430,17 +435,22 @@ esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq)
 esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],
                         esim_error *err)
 {
+    esim_err rc = ensure_credentials((sim_euicc *)e, err);
+    if (rc != ESIM_OK)
+        return rc;
     EVP_PKEY *k = key_from_der(&e->key_der);
     if (!k)
         return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
-    esim_err rc = sim_ecdsa_sign_raw(k, data, len, sig, err);
+    rc = sim_ecdsa_sign_raw(k, data, len, sig, err);
     EVP_PKEY_free(k);
     return rc;
 }
 
 esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *eum_b64)
 {
-    esim_err rc = esim_base64_encode(e->cert_der.data, e->cert_der.len, euicc_b64);
+    esim_err rc = ensure_credentials((sim_euicc *)e, NULL);
+    if (rc == ESIM_OK)
+        rc = esim_base64_encode(e->cert_der.data, e->cert_der.len, euicc_b64);
     if (rc == ESIM_OK && eum_b64)
         rc = esim_base64_encode(eum_of(e)->data, eum_of(e)->len, eum_b64);
     return rc;
@@ -454,9 +464,10 @@ json_t *sim_euicc_to_json(const sim_euicc *e)
     if (!j || !profiles || !notifs)
         goto fail;
     json_object_set_new(j, "eid", json_string(e->eid));
-    if (sim_json_set_b64(j, "key", e->key_der.data, e->key_der.len) != ESIM_OK ||
-        sim_json_set_b64(j, "cert", e->cert_der.data, e->cert_der.len) != ESIM_OK ||
-        sim_json_set_b64(j, "eum", eum_of(e)->data, eum_of(e)->len) != ESIM_OK)
+    if (e->key_der.len &&
+        (sim_json_set_b64(j, "key", e->key_der.data, e->key_der.len) != ESIM_OK ||
+         sim_json_set_b64(j, "cert", e->cert_der.data, e->cert_der.len) != ESIM_OK ||
+         sim_json_set_b64(j, "eum", eum_of(e)->data, eum_of(e)->len) != ESIM_OK))
         goto fail;
     json_object_set_new(j, "next_seq", json_integer(e->next_seq));
     for (size_t i = 0; i < e->n_profiles; i++) {
@@ -561,23 +572,27 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     json_t *seq = json_object_get(j, "next_seq");
     json_t *profiles = json_object_get(j, "profiles"),
            *notifs = json_object_get(j, "notifications");
-    if ((rc = sim_json_b64(j, "key", &e->key_der, err)) != ESIM_OK ||
-        (rc = sim_json_b64(j, "cert", &e->cert_der, err)) != ESIM_OK ||
-        (rc = sim_json_b64(j, "eum", &e->eum_der, err)) != ESIM_OK)
-        goto fail;
-    share_eum(e);
-    EVP_PKEY *k = key_from_der(&e->key_der);
-    X509 *x = sim_x509_from_der(e->cert_der.data, e->cert_der.len);
-    char serial[64] = "";
-    bool sane = k && x &&
-                esim_cert_subject_field(x, NID_serialNumber, serial, sizeof serial) == ESIM_OK &&
-                strcmp(serial, e->eid) == 0 && X509_check_private_key(x, k) == 1;
-    EVP_PKEY_free(k);
-    X509_free(x);
-    if (!sane) {
-        rc = esim_fail(err, ESIM_EINVAL,
-                       "eUICC state: key or certificate damaged or not for EID %s", e->eid);
-        goto fail;
+    /* No key yet: the eUICC was never used (credentials are made lazily). */
+    if (json_object_get(j, "key")) {
+        if ((rc = sim_json_b64(j, "key", &e->key_der, err)) != ESIM_OK ||
+            (rc = sim_json_b64(j, "cert", &e->cert_der, err)) != ESIM_OK ||
+            (rc = sim_json_b64(j, "eum", &e->eum_der, err)) != ESIM_OK)
+            goto fail;
+        share_eum(e);
+        EVP_PKEY *k = key_from_der(&e->key_der);
+        X509 *x = sim_x509_from_der(e->cert_der.data, e->cert_der.len);
+        char serial[64] = "";
+        bool sane =
+            k && x &&
+            esim_cert_subject_field(x, NID_serialNumber, serial, sizeof serial) == ESIM_OK &&
+            strcmp(serial, e->eid) == 0 && X509_check_private_key(x, k) == 1;
+        EVP_PKEY_free(k);
+        X509_free(x);
+        if (!sane) {
+            rc = esim_fail(err, ESIM_EINVAL,
+                           "eUICC state: key or certificate damaged or not for EID %s", e->eid);
+            goto fail;
+        }
     }
     if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
         json_integer_value(seq) > UINT32_MAX || !json_is_array(profiles) ||

@@ -112,10 +112,10 @@ typedef struct {
 typedef struct sim_euicc sim_euicc;
 
 /*
- * A new eUICC with |eid| (validated): a fresh P-256 key pair, kept inside,
- * and a certificate issued by the PKI's EUM whose subject serialNumber is
- * the EID. No profiles. ESIM_EINVAL for a bad EID, ESIM_ECRYPTO, ESIM_ENOMEM.
- * |pki| must outlive the eUICC.
+ * A new eUICC with |eid| (validated), no profiles. Its P-256 key pair (kept
+ * inside) and its certificate from the PKI's EUM, subject serialNumber = the
+ * EID, are made on first use and kept from then on (saved with the state).
+ * ESIM_EINVAL for a bad EID, ESIM_ENOMEM. |pki| must outlive the eUICC.
  */
 esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esim_error *err);
 void sim_euicc_free(sim_euicc *e);

@@ -275,10 +275,10 @@ static void test_persistence(void **state)
     char path[600];
     snprintf(path, sizeof path, "%s/euicc7.json", fx.dir);
     esim_error err;
+    esim_buf c1 = {0}, c2 = {0};
+    sim_euicc_cert_b64(e, &c1, NULL); /* the credentials exist from first use on */
     assert_int_equal(sim_euicc_save(e, path, &err), ESIM_OK);
     assert_false(sim_euicc_dirty(e));
-    esim_buf c1 = {0}, c2 = {0};
-    sim_euicc_cert_b64(e, &c1, NULL);
     char eid[33];
     strcpy(eid, sim_euicc_eid(e));
     sim_euicc_free(e); /* the "restart" */
@@ -305,6 +305,22 @@ static void test_persistence(void **state)
     esim_buf_free(&c1);
     esim_buf_free(&c2);
     sim_euicc_free(r);
+
+    /* A never-used eUICC is saved without credentials and makes them on first use. */
+    sim_euicc *fresh = new_euicc(8);
+    char path2[600];
+    snprintf(path2, sizeof path2, "%s/euicc8.json", fx.dir);
+    assert_int_equal(sim_euicc_save(fresh, path2, &err), ESIM_OK);
+    sim_euicc_free(fresh);
+    assert_int_equal(sim_euicc_load(fx.pki, path2, &fresh, &err), ESIM_OK);
+    esim_buf c3 = {0};
+    assert_int_equal(sim_euicc_cert_b64(fresh, &c3, NULL), ESIM_OK);
+    X509 *x3 = sim_x509_from_b64((const char *)c3.data, NULL);
+    assert_int_equal(sim_chain_verify(fx.pki->ci.x509, fx.pki->eum.x509, x3, &err), ESIM_OK);
+    assert_true(sim_euicc_dirty(fresh)); /* new credentials must be saved */
+    X509_free(x3);
+    esim_buf_free(&c3);
+    sim_euicc_free(fresh);
 
     assert_int_equal(sim_euicc_load(fx.pki, "/nonexistent/e.json", &r, &err), ESIM_ENOTFOUND);
     /* A damaged file is refused with a reason, never half-loaded. */
