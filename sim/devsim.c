@@ -1061,7 +1061,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         if ((rc = make_or_load(s, cfg, i, err)) != ESIM_OK)
             goto fail;
         token_put(s, i);
-        save_if_dirty(s, i);
+        /* A factory-fresh phone is not written yet: its first real change
+         * (enrolment) writes it, so starting 100,000 costs no disk at all. */
     }
     if (cfg->status_listen && (rc = start_status(s, cfg->status_listen, err)) != ESIM_OK)
         goto fail;
