@@ -89,12 +89,15 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
         evbuffer_free(out);
 }
 
-/* ---- group commit ----------------------------------------------------------------
- * Answers wait until a store sync that began after their changes has
- * finished: nothing a device or an admin is told can be lost in a power cut.
- * The fsync runs on a thread while the loop keeps serving; everything
- * answered meanwhile shares the next fsync, so throughput follows the CPU,
- * not the disk's fsync latency. */
+/* ---- batching and group commit ---------------------------------------------------
+ * (group and normal modes) The store's operations of one loop turn form one
+ * batch, committed by a zero-delay timer after that turn's I/O; answers are
+ * held until their batch is committed and, in group mode, until a store
+ * sync that began after it has finished: nothing a device or an admin is
+ * told can be undone by a crash, or (group mode) by a power cut. The fsync
+ * runs on a thread while the loop keeps serving; everything answered
+ * meanwhile shares the next fsync, so throughput follows the CPU, not the
+ * disk's fsync latency. */
 
 static void send_batch(svc_reply *r, bool ok)
 {
@@ -235,7 +238,10 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         return;
     }
     int64_t count = svc->st->ops->commit_count(svc->st);
-    if (count == svc->synced_count) {
+    /* Nothing new to sync, or a store that does not sync (normal mode:
+     * batching without the fsync). */
+    if (count == svc->synced_count || svc->cfg.store_sync == STORE_SYNC_NORMAL) {
+        svc->synced_count = count;
         send_batch(batch, true);
         return;
     }
@@ -272,7 +278,7 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
 
 static esim_err group_commit_start(esim_service *svc, esim_error *err)
 {
-    if (svc->cfg.store_sync != STORE_SYNC_GROUP)
+    if (svc->cfg.store_sync == STORE_SYNC_FULL)
         return ESIM_OK;
     if (pipe2(svc->sync_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
@@ -283,6 +289,8 @@ static esim_err group_commit_start(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     event_add(svc->sync_done_ev, NULL);
     svc->synced_count = svc->st->ops->commit_count(svc->st);
+    if (svc->cfg.store_sync != STORE_SYNC_GROUP)
+        return ESIM_OK;
     if (pthread_create(&svc->sync_thread, NULL, sync_main, svc) != 0)
         return esim_fail(err, ESIM_EIO, "cannot start the store sync thread");
     svc->sync_thread_started = true;
@@ -325,7 +333,7 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
 {
     int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
     svc->m.requests[route][cls]++;
-    if (svc->cfg.store_sync != STORE_SYNC_GROUP || !svc->flush_ev) {
+    if (!svc->flush_ev) {
         send_now(req, code, content_type, body, len);
         return;
     }

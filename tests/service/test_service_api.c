@@ -309,6 +309,46 @@ static void test_restart_with_non_empty_queue(void **state)
     harness_stop(&ts);
 }
 
+/* Every durability mode serves the same protocol and keeps what it said. */
+static void test_store_sync_modes(void **state)
+{
+    (void)state;
+    const store_sync modes[] = {STORE_SYNC_FULL, STORE_SYNC_NORMAL, STORE_SYNC_GROUP};
+    for (size_t m = 0; m < 3; m++) {
+        test_service ts = {0};
+        esim_service_config cfg;
+        char name[32];
+        snprintf(name, sizeof name, "sync-%zu", m);
+        harness_config(&env, name, &cfg, ts.data_dir);
+        cfg.store_sync = modes[m];
+        harness_start(&ts, &cfg);
+        char udid[65];
+        next_udid(udid);
+        test_device dev;
+        device_new(&dev, &env, udid, ts.url);
+        device_enroll(&dev);
+        char a[128], b[128];
+        api_enqueue_refresh(ts.url, udid, "a.example.com", a);
+        api_enqueue_refresh(ts.url, udid, "b.example.com", b);
+        esim_cmd_parsed next;
+        assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+        assert_string_equal(next.command_uuid, a);
+        esim_cmd_parsed_free(&next);
+        assert_int_equal(device_result(&dev, ESIM_STATUS_ACKNOWLEDGED, a, &next), 200);
+        assert_string_equal(next.command_uuid, b);
+        esim_cmd_parsed_free(&next);
+        harness_stop(&ts);
+        harness_start(&ts, &cfg);
+        char st[32];
+        api_entry_state(ts.url, a, udid, st, NULL, NULL);
+        assert_string_equal(st, "acknowledged");
+        api_entry_state(ts.url, b, udid, st, NULL, NULL);
+        assert_string_equal(st, "sent");
+        device_free(&dev);
+        harness_stop(&ts);
+    }
+}
+
 /* No global state: two services in one process know nothing of each other. */
 static void test_two_services_in_one_process(void **state)
 {
@@ -619,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_restrictions_become_install_profile),
         cmocka_unit_test(test_cancel_and_expiry),
         cmocka_unit_test(test_restart_with_non_empty_queue),
+        cmocka_unit_test(test_store_sync_modes),
         cmocka_unit_test(test_two_services_in_one_process),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
