@@ -152,14 +152,18 @@ typedef struct {
     const esim_msg *msg; /* the parsed message (QueryResponses in msg->root) */
 } esim_service_result;
 
-/* Called after the result's transaction committed, for results applied to
- * their queue entry (never for Idle, never for anomalies). */
+/* Called on the service's loop after the result's transaction (its batch)
+ * committed, for results applied to their queue entry (never for Idle,
+ * never for anomalies). The hook may call esim_service_enqueue(),
+ * esim_service_push() and the store's operations; it must not free the
+ * service. */
 typedef void (*esim_service_result_hook)(esim_service *svc, const esim_service_result *r,
                                          void *arg);
 /* Called every tick_ms with the wall-clock time. */
 typedef void (*esim_service_tick_fn)(esim_service *svc, int64_t now_ms, void *arg);
 
-/* Registers a hook (at most 16 of each kind): ESIM_ETOOBIG beyond. */
+/* Registers a hook (at most 16 of each kind); call before the loop runs.
+ *   ESIM_EINVAL  NULL service or function;  ESIM_ETOOBIG  16 already. */
 esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg);
 esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg);
 
@@ -189,13 +193,17 @@ const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... *
  * |uuid_out| (may be NULL) gets the command's CommandUUID.
  *   ESIM_EINVAL     not a command plist, no devices, a device twice;
  *   ESIM_ENOTFOUND  a device is unknown;  ESIM_ESTATE  one checked out;
- *   ESIM_EEXIST     the CommandUUID was used before;  ESIM_ESTORE.
+ *   ESIM_EEXIST     the CommandUUID was used before;
+ *   ESIM_ETOOBIG    the plist is over max_body or nested deeper than max_depth;
+ *   ESIM_ESTORE     the store failed.  |err| (may be NULL) names the problem.
  */
 esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
                               const char *const *udids, size_t n, const esim_enqueue_opts *opts,
                               esim_push_state *pushes, char uuid_out[128], esim_error *err);
 
-/* Pushes one device now. ESIM_ENOTFOUND for an unknown device. */
+/* Pushes one device now; *state (may be NULL) says what happened (a device
+ * without a token is not an error: ESIM_PUSH_NO_TOKEN).
+ *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTORE  the store failed. */
 esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
                            esim_error *err);
 
