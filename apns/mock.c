@@ -76,6 +76,7 @@ struct mock_conn {
     unsigned open_streams;
     bool goaway_sent;
     int32_t goaway_last;
+    int32_t highest_processed; /* highest stream id processed so far */
     bool streams_dropped;
     bool resetting;
     bool half_closed;
@@ -449,6 +450,8 @@ static void process_request(mock_stream *st)
     }
     m->stats.requests++;
     mc->requests++;
+    if (st->id > mc->highest_processed)
+        mc->highest_processed = st->id;
     if (m->cfg.reset_every && mc->requests % m->cfg.reset_every == 0) {
         mc->resetting = true;
         return;
@@ -488,10 +491,15 @@ static void process_request(mock_stream *st)
     }
     if (m->cfg.goaway_every && mc->requests % m->cfg.goaway_every == 0 && !mc->goaway_sent) {
         static const char debug[] = "{\"reason\":\"Shutdown\"}";
+        /* RFC 7540 §6.8: last-stream-id is the highest stream that may have
+         * been processed. Streams complete out of id order when the client
+         * interleaves frames, so a higher one may already be answered and
+         * delivered: naming st->id would make the client re-send it. Lower
+         * ones still open are processed when they complete. */
         mc->goaway_sent = true;
-        mc->goaway_last = st->id;
+        mc->goaway_last = mc->highest_processed;
         m->stats.goaways++;
-        nghttp2_submit_goaway(mc->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR,
+        nghttp2_submit_goaway(mc->h2, NGHTTP2_FLAG_NONE, mc->goaway_last, NGHTTP2_NO_ERROR,
                               (const uint8_t *)debug, sizeof debug - 1);
     }
 }
