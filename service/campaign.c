@@ -202,9 +202,18 @@ static esim_err io_push(void *arg, campaign *c, size_t dev, esim_error *err)
     return ESIM_OK;
 }
 
+static bool io_seen_since(void *arg, campaign *c, size_t dev, int64_t since_ms)
+{
+    camp_slot *s = arg;
+    store *st = esim_service_store(s->owner->svc);
+    store_device d;
+    return st->ops->device_get(st, campaign_device_at(c, dev)->udid, &d, NULL) == ESIM_OK &&
+           d.last_seen_at > since_ms;
+}
+
 static campaign_io slot_io(camp_slot *s)
 {
-    campaign_io io = {s, io_queue, io_push, true};
+    campaign_io io = {s, io_queue, io_push, true, io_seen_since};
     return io;
 }
 
@@ -1117,9 +1126,17 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
     return ESIM_OK;
 }
 
+/* Every warning is counted by kind (key and reason without the device's
+ * own version); the first CAMPAIGN_MAX_WARNINGS are listed one by one. */
 static void add_warning(json_t *warnings, size_t *total, const char *udid, const char *key,
                         const char *reason)
 {
+    json_t *summary = json_array_get(warnings, 0);
+    char kind[300];
+    const char *paren = strstr(reason, " (device has");
+    snprintf(kind, sizeof kind, "%s%s%.*s", key ? key : "", key ? " " : "",
+             paren ? (int)(paren - reason) : (int)strlen(reason), reason);
+    json_object_set_new(summary, kind, json_integer(json_integer_value(json_object_get(summary, kind)) + 1));
     if ((*total)++ >= CAMPAIGN_MAX_WARNINGS)
         return;
     json_t *w = json_pack("{s:s, s:s}", "udid", udid, "reason", reason);
@@ -1169,7 +1186,9 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     campaign_target *targets = NULL;
     char(*eids)[ESIM_EID_LEN + 1] = NULL;
     char(*iccids)[21] = NULL;
+    /* warnings[0] holds the counts by kind until the reply is built */
     json_t *warnings = json_array();
+    json_array_append_new(warnings, json_object());
     size_t n_warn = 0;
     campaign *c = NULL;
     store *st = esim_service_store(cs->svc);
@@ -1284,6 +1303,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     persist(cs, now);
     json_t *o = campaigns_summary_json(cs, s->c);
     json_object_set_new(o, "distribution", json_string(dist));
+    json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));
+    json_array_remove(warnings, 0);
     json_object_set_new(o, "warnings", warnings);
     json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
     warnings = NULL;

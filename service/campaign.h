@@ -216,6 +216,10 @@ typedef struct {
      * a push of its own. False: the device is still connected and gets it
      * in the same exchange. */
     bool push_after_answer;
+    /* May be NULL. True when the device talked to the service after
+     * |since_ms|: it got its command and is working on it (a download takes
+     * a while), so a re-push would only add load. */
+    bool (*seen_since)(void *arg, campaign *c, size_t dev, int64_t since_ms);
 } campaign_io;
 
 /* A command result as the engine needs it. */

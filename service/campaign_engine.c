@@ -617,7 +617,7 @@ static void expire(campaign *c, size_t i, int64_t now)
     }
 }
 
-static void fire_timer(campaign *c, size_t i, int64_t now)
+static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io)
 {
     campaign_dev *d = &c->devs[i];
     d->next_ms = 0;
@@ -631,7 +631,10 @@ static void fire_timer(campaign *c, size_t i, int64_t now)
         ready_add(c, i);
         break;
     case CDEV_ACTIVE: /* silent: wake it again; the queued command stays as it is */
-        ready_add(c, i);
+        if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, d->last_push_ms))
+            arm(c, i, now + repush_delay(c, d->pushes)); /* not silent: busy with it */
+        else
+            ready_add(c, i);
         break;
     default:
         break;
@@ -678,7 +681,7 @@ size_t campaign_tick(campaign *c, int64_t now, const campaign_io *io)
         heap_pop(c);
         if (e.gen == c->devs[e.dev].gen &&
             !campaign_dev_state_final((campaign_dev_state)c->devs[e.dev].state))
-            fire_timer(c, e.dev, now);
+            fire_timer(c, e.dev, now, io);
     }
     while (c->ready_len && c->tokens >= 1 && c->state == CAMPAIGN_RUNNING) {
         size_t i = c->ready[c->ready_head];

@@ -111,7 +111,7 @@ static void test_steps_in_order_and_verified(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(true, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 1000, &c, NULL), ESIM_OK);
     assert_int_equal(count(c, CDEV_PENDING), 3);
@@ -155,7 +155,7 @@ static void test_ack_without_matching_eid_is_not_verified(void **state)
     make_fleet(&f, 2, "8944000000000000001");
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -200,7 +200,7 @@ static void test_unknown_expected_eid_is_unverified(void **state)
     campaign_target t = {.udid = "NO-EID-1"};
     campaign_spec spec = make_spec(false, false, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, &t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -220,7 +220,7 @@ static void test_not_now_backs_off_and_repushes_without_requeue(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -252,7 +252,7 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     make_fleet(&f, 2, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -282,7 +282,7 @@ static void test_silent_device_repushed_then_timed_out(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 12000; t += 100)
@@ -309,7 +309,7 @@ static void test_pushes_per_second_ceiling(void **state)
     spec.settings.repush_after_ms = 100000;
     spec.settings.expiry_ms = 1000000;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 200, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 2000; t += 10) {
@@ -329,7 +329,7 @@ static void test_pause_resume_cancel(void **state)
     make_fleet(&f, 4, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     esim_error err;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
@@ -374,7 +374,7 @@ static void test_distribution_none_and_custom(void **state)
     campaign_spec spec = make_spec(false, true, false);
     spec.staged = true;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
     assert_int_equal(campaign_get_state(c), CAMPAIGN_STAGED);
@@ -410,7 +410,7 @@ static void test_installed_esim_is_never_downloaded_twice(void **state)
     f.t[0].esim_installed = true;
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -471,7 +471,7 @@ static void test_queue_failure_fails_device_with_reason(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {.fail_queue = true};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -488,7 +488,7 @@ static void test_dirty_records_and_restore(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
     size_t n = 0;
@@ -536,7 +536,7 @@ static void test_push_after_answer_and_lookup(void **state)
     make_fleet(&f, 50, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, true};
+    campaign_io io = {&r, rec_queue, rec_push, true, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 50, 0, &c, NULL), ESIM_OK);
     for (size_t i = 0; i < 50; i++)
@@ -552,6 +552,33 @@ static void test_push_after_answer_and_lookup(void **state)
     campaign_fail_device(c, 8, "device unknown to the service", 2);
     assert_int_equal(count(c, CDEV_FAILED), 1);
     assert_string_equal(campaign_device_at(c, 8)->reason, "device unknown to the service");
+    campaign_free(c);
+}
+
+static bool always_seen(void *arg, campaign *c, size_t dev, int64_t since)
+{
+    (void)arg;
+    (void)c;
+    (void)dev;
+    (void)since;
+    return true;
+}
+
+static void test_no_repush_while_the_device_is_talking(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, always_seen};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    for (int64_t t = 0; t <= 12000; t += 100)
+        campaign_tick(c, t, &io);
+    /* one push; it checked in since, so it was left to finish its download */
+    assert_int_equal(r.pushed[0], 1);
+    assert_int_equal(count(c, CDEV_TIMED_OUT), 1);
     campaign_free(c);
 }
 
@@ -591,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_queue_failure_fails_device_with_reason),
         cmocka_unit_test(test_dirty_records_and_restore),
         cmocka_unit_test(test_push_after_answer_and_lookup),
+        cmocka_unit_test(test_no_repush_while_the_device_is_talking),
         cmocka_unit_test(test_names_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Campaign benchmark (issue 6), run by bench/run.sh with the release build
+# directory as $1. Two parts, each with a reference measured in the same run:
+#   1. the campaign engine alone (no I/O) over ESIM_BENCH_ENGINE_DEVICES
+#      devices (default 1000000), against the cost of parsing one
+#      verification answer;
+#   2. the whole system on loopback (esim-mdm demo: service, APNs mock,
+#      SM-DP+ and device simulator) over ESIM_BENCH_DEVICES devices (default
+#      2000; the goal is 100000), against one plain DeviceInformation round
+#      to the same fleet: time to all verified, pushes/s, commands/s, peak
+#      memory of the service and of the simulator per device.
+set -euo pipefail
+build=$(cd "${1:?usage: bench/campaign/run.sh BUILD_DIR}" && pwd)
+bin="$build/cli/esim-mdm"
+engine="$build/bench/campaign/campaign_engine_bench"
+n_engine=${ESIM_BENCH_ENGINE_DEVICES:-1000000}
+n=${ESIM_BENCH_DEVICES:-2000}
+pps=${ESIM_BENCH_PPS:-2000}
+
+if [[ -x "$engine" ]]; then
+  echo "-- campaign engine alone, $n_engine devices"
+  "$engine" "$n_engine" | sed '$d'
+else
+  echo "-- campaign engine bench not built ($engine); skipped"
+fi
+
+echo "-- end to end on loopback, $n devices (push ceiling $pps/s)"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+"$bin" demo --devices "$n" --no-extras --json --pushes-per-second "$pps" --timeout 3600 \
+  >"$out" 2>/dev/null || status=$?
+summary=$(tail -n 1 "$out")
+if ! command -v python3 >/dev/null; then
+  echo "$summary"
+  exit $status
+fi
+python3 - "$summary" "$n" <<'PY'
+import json, sys
+s = json.loads(sys.argv[1]); n = int(sys.argv[2])
+d = s["duration_s"]
+print(f"  all verified: {s['verified']}/{s['devices']} in {d:.1f} s "
+      f"(failed {s['failed']}, unverified {s['unverified']}, timed out {s['timed_out']})")
+print(f"  pushes {s['pushes']} ({s['pushes_per_s']:.0f}/s), commands {s['commands']} ({s['commands_per_s']:.0f}/s), "
+      f"{s['verified']/d:.0f} devices verified/s")
+inv = s.get("inventory_s") or 0
+if inv > 0:
+    per_cmd = inv / max(s.get("inventory_answered", 1), 1)
+    print(f"  reference: one DeviceInformation round reached {s.get('inventory_answered')} devices in {inv:.1f} s; "
+          f"the campaign (3 commands and a profile download per device) took {d/inv:.1f}x that")
+for part in ("service", "devsim", "smdp", "apns-mock"):
+    kb = s.get(f"{part}_peak_rss_kb", 0)
+    print(f"  {part:9s} peak {kb/1024:7.1f} MiB = {kb/n:6.2f} KiB per device, {s.get(f'{part}_cpu_s', 0):6.1f} s CPU")
+print(f"  the campaign grew the service by {s.get('service_campaign_kib_per_device', 0):.3f} KiB per device "
+      f"(goal: under 1 KiB beyond the store)")
+goal = s["verified"] == 100000 and d <= 60
+print(f"  goal (100000 verified within 60 s): {'met' if goal else 'not met at this size; see docs/campaigns.md'}")
+PY
+exit $status
