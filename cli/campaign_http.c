@@ -37,8 +37,9 @@ bool chttp_open_api(chttp *c, const char *server, const char *token_file)
     esim_buf tok = {0};
     esim_error e = {{0}};
     if (esim_read_file(token_file, 4096, &tok, &e) != ESIM_OK) {
-        fprintf(stderr, "esim-mdm: cannot read the API token: %s (give --token-file, or set "
-                        "ESIM_MDM_TOKEN_FILE)\n",
+        fprintf(stderr,
+                "esim-mdm: cannot read the API token: %s (give --token-file, or set "
+                "ESIM_MDM_TOKEN_FILE)\n",
                 e.msg);
         return false;
     }

@@ -14,10 +14,10 @@
 #include "core/esim.h"
 
 typedef struct {
-    char server[512];    /* "http://127.0.0.1:8080", no trailing slash */
-    char token[512];     /* bearer token, may be empty */
-    char ca_file[4096];  /* trust anchor for https, may be empty */
-    void *curl;          /* reused between calls */
+    char server[512];   /* "http://127.0.0.1:8080", no trailing slash */
+    char token[512];    /* bearer token, may be empty */
+    char ca_file[4096]; /* trust anchor for https, may be empty */
+    void *curl;         /* reused between calls */
 } chttp;
 
 /* --server / $ESIM_MDM_SERVER / http://127.0.0.1:8080 and --token-file /

@@ -41,8 +41,8 @@ static void sleep_ms(long ms)
 }
 
 /* Final device states, as the service names them. */
-static const char *const final_states[] = {"verified", "done", "unverified", "failed", "timed_out",
-                                           "canceled", "staged"};
+static const char *const final_states[] = {"verified",  "done",     "unverified", "failed",
+                                           "timed_out", "canceled", "staged"};
 
 /* One line: a bar of finished devices and the counts that matter. */
 void campaign_progress_line(FILE *out, const json_t *summary, double elapsed_s, bool tty)
@@ -85,7 +85,8 @@ int campaign_follow(chttp *c, const char *id, double max_s, bool quiet, json_t *
         long status = 0;
         json_t *s = NULL;
         esim_error e = {{0}};
-        if (chttp_call(c, "GET", path, NULL, NULL, 0, &status, &s, &e) != ESIM_OK || status != 200) {
+        if (chttp_call(c, "GET", path, NULL, NULL, 0, &status, &s, &e) != ESIM_OK ||
+            status != 200) {
             fprintf(stderr, "%sesim-mdm: campaign %s: %s\n", tty && !quiet ? "\n" : "", id,
                     e.msg[0] ? e.msg : chttp_error_message(s));
             json_decref(s);
@@ -122,7 +123,8 @@ static void print_summary(const json_t *s)
            jstr(s, "name"), jstr(s, "name")[0] ? ")" : "", jstr(s, "state"), jint(s, "devices"));
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)counts, key, v) {
+    json_object_foreach((json_t *)counts, key, v)
+    {
         if (json_integer_value(v))
             printf("  %-12s %lld\n", key, (long long)json_integer_value(v));
     }
@@ -141,13 +143,14 @@ static void print_warnings(const json_t *s)
     fprintf(stderr, "warnings before sending (%ld):\n", total);
     size_t i;
     json_t *v;
-    json_array_foreach((json_t *)w, i, v) {
+    json_array_foreach((json_t *)w, i, v)
+    {
         if (i >= 20) {
             fprintf(stderr, "  ... and %ld more (see --json)\n", total - 20);
             break;
         }
-        fprintf(stderr, "  %s: %s%s%s\n", jstr(v, "udid"), jstr(v, "key"), jstr(v, "key")[0] ? " " : "",
-                jstr(v, "reason"));
+        fprintf(stderr, "  %s: %s%s%s\n", jstr(v, "udid"), jstr(v, "key"),
+                jstr(v, "key")[0] ? " " : "", jstr(v, "reason"));
     }
 }
 
@@ -165,7 +168,8 @@ static const char campaign_help[] =
     "ServiceSubscriptions must show the expected EID, and ICCID where known).\n"
     "\n"
     "target (one):\n"
-    "  --udid UDID (repeatable) | --group NAME | --tag TAG | --platform ios|ipados|macos|tvos | --all\n"
+    "  --udid UDID (repeatable) | --group NAME | --tag TAG | --platform ios|ipados|macos|tvos | "
+    "--all\n"
     "distribution:\n"
     "  --distribution all|none|custom   none = staged, nothing sent until `resume`\n"
     "  --custom-udid UDID (repeatable)  with custom: only these devices of the target\n"
@@ -361,11 +365,13 @@ int cmd_campaign(int argc, char **argv)
     static const char *const policy_opts[] = {"esim-modification", "preserve-esim-on-erase",
                                               "esim-outgoing-transfers",
                                               "cellular-plan-modification"};
-    static const char *const number_opts[][2] = {
-        {"pushes-per-second", "pushes_per_second"}, {"repush-after", "repush_after_s"},
-        {"expiry", "expiry_s"},       {"retry-base", "retry_base_s"},
-        {"retry-max", "retry_max_s"}, {"max-retries", "max_retries"},
-        {"verify-attempts", "verify_attempts"}};
+    static const char *const number_opts[][2] = {{"pushes-per-second", "pushes_per_second"},
+                                                 {"repush-after", "repush_after_s"},
+                                                 {"expiry", "expiry_s"},
+                                                 {"retry-base", "retry_base_s"},
+                                                 {"retry-max", "retry_max_s"},
+                                                 {"max-retries", "max_retries"},
+                                                 {"verify-attempts", "verify_attempts"}};
     for (int i = 2; i < argc && rc < 0; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -408,7 +414,8 @@ int cmd_campaign(int argc, char **argv)
         else if (strcmp(a, "--steps") == 0) {
             json_t *steps = json_array();
             char *copy = strdup(v), *save = NULL;
-            for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+            for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
+                 t = strtok_r(NULL, ",", &save))
                 json_array_append_new(steps, json_string(t));
             free(copy);
             json_object_set_new(o.body, "steps", steps);
@@ -426,7 +433,8 @@ int cmd_campaign(int argc, char **argv)
                     found = true;
                 }
             if (!found)
-                rc = cli_usage_error("campaign: unknown option '%s' (see esim-mdm campaign --help)", a);
+                rc = cli_usage_error("campaign: unknown option '%s' (see esim-mdm campaign --help)",
+                                     a);
         }
         if (used)
             i++;
@@ -452,7 +460,8 @@ int cmd_campaign(int argc, char **argv)
 /* ---- diagnose ------------------------------------------------------------------------------ */
 
 static const char diagnose_help[] =
-    "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM]] [--server URL] [--token-file F] [--json]\n"
+    "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM]] [--server URL] [--token-file F] "
+    "[--json]\n"
     "\n"
     "Walks the checks a support engineer would: enrolled and token valid? the last\n"
     "push, when, and APNs's answer; did the device check in after it? the commands\n"
@@ -476,20 +485,22 @@ static void smdp_check(json_t *diag, const char *smdp, const char *ca)
     json_object_set_new(check, "name", json_string("smdp_order"));
     char detail[600];
     json_t *ok = json_null();
-    if (chttp_call(&c, "GET", "/admin/orders", NULL, NULL, 0, &status, &r, &e) != ESIM_OK || status != 200) {
+    if (chttp_call(&c, "GET", "/admin/orders", NULL, NULL, 0, &status, &r, &e) != ESIM_OK ||
+        status != 200) {
         snprintf(detail, sizeof detail, "could not ask the SM-DP+: %s",
                  e.msg[0] ? e.msg : chttp_error_message(r));
     } else {
         const json_t *order = NULL;
         size_t i;
         json_t *v;
-        json_array_foreach(json_object_get(r, "orders"), i, v)
-            if (eid[0] && strcmp(jstr(v, "eid"), eid) == 0)
-                order = v;
+        json_array_foreach(json_object_get(r, "orders"), i,
+                           v) if (eid[0] && strcmp(jstr(v, "eid"), eid) == 0) order = v;
         if (!order)
-            snprintf(detail, sizeof detail, "the SM-DP+ has no order for EID %s", eid[0] ? eid : "(unknown)");
+            snprintf(detail, sizeof detail, "the SM-DP+ has no order for EID %s",
+                     eid[0] ? eid : "(unknown)");
         else {
-            snprintf(detail, sizeof detail, "order %s for EID %s: %s, served %ld time%s, installed %ld%s%s",
+            snprintf(detail, sizeof detail,
+                     "order %s for EID %s: %s, served %ld time%s, installed %ld%s%s",
                      jstr(order, "iccid"), eid, jstr(order, "state"), jint(order, "downloads"),
                      jint(order, "downloads") == 1 ? "" : "s", jint(order, "installs"),
                      jstr(order, "error")[0] ? ", error: " : "", jstr(order, "error"));
@@ -559,18 +570,24 @@ int cmd_diagnose(int argc, char **argv)
             printf("diagnosis of %s\n", udid);
             size_t i;
             json_t *v;
-            json_array_foreach(json_object_get(d, "checks"), i, v) {
+            json_array_foreach(json_object_get(d, "checks"), i, v)
+            {
                 json_t *ok = json_object_get(v, "ok");
-                printf("  [%s] %-22s %s\n", json_is_true(ok) ? " ok " : json_is_false(ok) ? "FAIL" : " -- ",
+                printf("  [%s] %-22s %s\n",
+                       json_is_true(ok)    ? " ok "
+                       : json_is_false(ok) ? "FAIL"
+                                           : " -- ",
                        jstr(v, "name"), jstr(v, "detail"));
             }
-            json_array_foreach(json_object_get(d, "commands"), i, v) {
+            json_array_foreach(json_object_get(d, "commands"), i, v)
+            {
                 if (i == 0)
                     printf("  commands (newest last):\n");
                 printf("    %-22s %-13s %s\n", jstr(v, "request_type"), jstr(v, "state"),
                        jstr(v, "error"));
             }
-            printf("conclusion: %s\nnext action: %s\n", jstr(d, "conclusion"), jstr(d, "next_action"));
+            printf("conclusion: %s\nnext action: %s\n", jstr(d, "conclusion"),
+                   jstr(d, "next_action"));
         }
     }
     json_decref(d);
@@ -664,7 +681,8 @@ int cmd_import(int argc, char **argv)
         } else {
             const char *keys[] = {"imported", "matched", "unmatched_total", "bad_total"};
             for (int k = 0; k < 4; k++)
-                json_object_set_new(total, keys[k], json_integer(jint(total, keys[k]) + jint(r, keys[k])));
+                json_object_set_new(total, keys[k],
+                                    json_integer(jint(total, keys[k]) + jint(r, keys[k])));
             json_array_extend(json_object_get(total, "bad"), json_object_get(r, "bad"));
             json_array_extend(json_object_get(total, "unmatched"), json_object_get(r, "unmatched"));
         }
@@ -679,7 +697,8 @@ int cmd_import(int argc, char **argv)
         if (json)
             print_json(total);
         else {
-            printf("imported %ld row%s", jint(total, "imported"), jint(total, "imported") == 1 ? "" : "s");
+            printf("imported %ld row%s", jint(total, "imported"),
+                   jint(total, "imported") == 1 ? "" : "s");
             if (strcmp(kind, "eids") == 0)
                 printf(", %ld matched to enrolled devices, %ld unmatched", jint(total, "matched"),
                        jint(total, "unmatched_total"));
@@ -688,9 +707,10 @@ int cmd_import(int argc, char **argv)
             json_t *v;
             json_array_foreach(json_object_get(total, "bad"), i, v)
                 fprintf(stderr, "%s:%ld: %s\n", file, jint(v, "line"), jstr(v, "reason"));
-            json_array_foreach(json_object_get(total, "unmatched"), i, v)
-                fprintf(stderr, "%s:%ld: no enrolled device with serial %s (EID %s kept for when it enrols)\n",
-                        file, jint(v, "line"), jstr(v, "serial"), jstr(v, "eid"));
+            json_array_foreach(json_object_get(total, "unmatched"), i, v) fprintf(
+                stderr,
+                "%s:%ld: no enrolled device with serial %s (EID %s kept for when it enrols)\n",
+                file, jint(v, "line"), jstr(v, "serial"), jstr(v, "eid"));
         }
         if (jint(total, "bad_total") || jint(total, "unmatched_total"))
             rc = CLI_EXIT_FAIL;

@@ -90,8 +90,7 @@ void api_campaign_list(api_request *r)
 }
 
 /* Devices of |c| from index |after| on, in |state| (or all), at most |limit|. */
-static json_t *device_page(const campaign *c, int state, size_t start, size_t limit,
-                           long *next)
+static json_t *device_page(const campaign *c, int state, size_t start, size_t limit, long *next)
 {
     json_t *arr = json_array();
     size_t i = start, got = 0;
@@ -163,9 +162,18 @@ static void control(api_request *r, const char *verb)
     api_reply_json(r, 200, campaigns_summary_json(ctx(r), c));
 }
 
-void api_campaign_pause(api_request *r) { control(r, "pause"); }
-void api_campaign_resume(api_request *r) { control(r, "resume"); }
-void api_campaign_cancel(api_request *r) { control(r, "cancel"); }
+void api_campaign_pause(api_request *r)
+{
+    control(r, "pause");
+}
+void api_campaign_resume(api_request *r)
+{
+    control(r, "resume");
+}
+void api_campaign_cancel(api_request *r)
+{
+    control(r, "cancel");
+}
 
 /* ---- imports ---------------------------------------------------------------------- */
 
@@ -180,7 +188,8 @@ static void shift_lines(json_t *o, long offset)
         json_t *arr = json_object_get(o, keys[k]);
         size_t i;
         json_t *v;
-        json_array_foreach(arr, i, v) {
+        json_array_foreach(arr, i, v)
+        {
             json_t *line = json_object_get(v, "line");
             json_object_set_new(v, "line", json_integer(json_integer_value(line) + offset));
         }
@@ -198,8 +207,9 @@ static void import(api_request *r, bool codes)
     const unsigned char *body = http_body(r->req, &len);
     json_t *out = NULL;
     esim_error e = {{0}};
-    esim_err rc = codes ? campaigns_import_codes(ctx(r), body ? (const char *)body : "", len, &out, &e)
-                        : campaigns_import_eids(ctx(r), body ? (const char *)body : "", len, &out, &e);
+    esim_err rc =
+        codes ? campaigns_import_codes(ctx(r), body ? (const char *)body : "", len, &out, &e)
+              : campaigns_import_eids(ctx(r), body ? (const char *)body : "", len, &out, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
@@ -208,8 +218,14 @@ static void import(api_request *r, bool codes)
     api_reply_json(r, 200, out);
 }
 
-void api_import_eids(api_request *r) { import(r, false); }
-void api_import_codes(api_request *r) { import(r, true); }
+void api_import_eids(api_request *r)
+{
+    import(r, false);
+}
+void api_import_codes(api_request *r)
+{
+    import(r, true);
+}
 
 /* ---- groups and tags --------------------------------------------------------------- */
 
@@ -232,7 +248,8 @@ static bool string_array(api_request *r, json_t *arr, const char *field, const c
     }
     size_t i;
     json_t *v;
-    json_array_foreach(arr, i, v) {
+    json_array_foreach(arr, i, v)
+    {
         if (!json_is_string(v)) {
             api_error(r, 400, field, "%s: item %zu is not a string", field, i);
             free(*out);
@@ -271,7 +288,8 @@ static void group_write(api_request *r, const char *name, json_t *body, const ch
         return;
     }
     free(members);
-    api_reply_json(r, create ? 201 : 200, json_pack("{s:s, s:I}", "name", name, "members", (json_int_t)n));
+    api_reply_json(r, create ? 201 : 200,
+                   json_pack("{s:s, s:I}", "name", name, "members", (json_int_t)n));
 }
 
 void api_group_create(api_request *r)

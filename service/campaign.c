@@ -25,8 +25,8 @@
 
 /* Fates of a push, as kept in campaign_dev.push_state. */
 enum { PUSH_NONE = 0, PUSH_SENT, PUSH_PENDING, PUSH_NO_TOKEN, PUSH_DEAD, PUSH_FAILED };
-static const char *const push_state_words[] = {"none", "sent", "pending", "no_token", "dead_token",
-                                               "failed"};
+static const char *const push_state_words[] = {"none",     "sent",       "pending",
+                                               "no_token", "dead_token", "failed"};
 
 typedef struct {
     char uuid[ESIM_UUID_LEN + 1];
@@ -45,7 +45,7 @@ typedef struct camp_slot {
     esim_buf profile; /* the restrictions profile the PROFILE step installs */
     cmd_rec *cmds;
     size_t n_cmds, cap_cmds;
-    size_t n_cmds_saved; /* cmds[0..n_cmds_saved) are in campaigns.db */
+    size_t n_cmds_saved;                  /* cmds[0..n_cmds_saved) are in campaigns.db */
     idx_vec pending[CAMPAIGN_STEP_COUNT]; /* devices whose step command is to be queued */
     idx_vec pushes;                       /* devices to push after the queueing */
     bool row_dirty;                       /* the campaign row changed (state) */
@@ -69,7 +69,7 @@ struct campaigns {
     struct {
         char udid[65];
         cstore_facts f;
-    } *facts;
+    } * facts;
     size_t n_facts, cap_facts;
 };
 
@@ -218,8 +218,7 @@ static campaign_io slot_io(camp_slot *s)
 }
 
 /* The command of |step| for |s|, with a fresh CommandUUID. */
-static esim_err build_step_command(camp_slot *s, campaign_step step, esim_cmd *out,
-                                   esim_error *err)
+static esim_err build_step_command(camp_slot *s, campaign_step step, esim_cmd *out, esim_error *err)
 {
     const campaign_spec *spec = campaign_get_spec(s->c);
     static const char *const queries[] = {"ServiceSubscriptions", "IsSupervised", "OSVersion"};
@@ -380,8 +379,8 @@ fail:
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     cs->svc->m.store_errors++;
-    esim_service_store(cs->svc)->ops->event_append(esim_service_store(cs->svc), "campaign_store_error",
-                                                   NULL, NULL, e.msg, NULL, 0, now, NULL);
+    esim_service_store(cs->svc)->ops->event_append(
+        esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg, NULL, 0, now, NULL);
 }
 
 /* Queues what the engine asked for, sends the pushes, then writes the
@@ -520,7 +519,8 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
         if (campaign_subscriptions_match(subs, n_subs, d->eid, d->iccid)) {
             snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
             for (size_t k = 0; k < n_subs; k++)
-                if (strcmp(subs[k].eid, d->eid) == 0 && (!d->iccid[0] || strcmp(subs[k].iccid, d->iccid) == 0))
+                if (strcmp(subs[k].eid, d->eid) == 0 &&
+                    (!d->iccid[0] || strcmp(subs[k].iccid, d->iccid) == 0))
                     snprintf(facts.iccid, sizeof facts.iccid, "%.20s", subs[k].iccid);
             facts.verified_ms = now;
         }
@@ -544,10 +544,14 @@ static const char *const policy_keys[] = {"esim_modification", "preserve_esim_on
 static esim_tri policy_field(const esim_policy *p, int k)
 {
     switch (k) {
-    case 0: return p->allow_esim_modification;
-    case 1: return p->force_preserve_esim_on_erase;
-    case 2: return p->allow_esim_outgoing_transfers;
-    default: return p->allow_cellular_plan_modification;
+    case 0:
+        return p->allow_esim_modification;
+    case 1:
+        return p->force_preserve_esim_on_erase;
+    case 2:
+        return p->allow_esim_outgoing_transfers;
+    default:
+        return p->allow_cellular_plan_modification;
     }
 }
 
@@ -568,21 +572,20 @@ static json_t *spec_to_json(const campaign_spec *spec)
         esim_tri t = policy_field(&spec->policy, k);
         if (t == ESIM_TRI_UNSET)
             continue;
-        const char *word = k == 1 ? (t == ESIM_TRI_TRUE ? "on" : "off")
-                                  : (t == ESIM_TRI_TRUE ? "allow" : "deny");
+        const char *word =
+            k == 1 ? (t == ESIM_TRI_TRUE ? "on" : "off") : (t == ESIM_TRI_TRUE ? "allow" : "deny");
         json_object_set_new(pol, policy_keys[k], json_string(word));
     }
     json_object_set_new(o, "policy", pol);
     const campaign_settings *st = &spec->settings;
-    json_object_set_new(o, "settings",
-                        json_pack("{s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "pushes_per_second",
-                                  st->pushes_per_second, "repush_after_s",
-                                  (double)st->repush_after_ms / 1000.0, "expiry_s",
-                                  (double)st->expiry_ms / 1000.0, "retry_base_s",
-                                  (double)st->retry_base_ms / 1000.0, "retry_max_s",
-                                  (double)st->retry_max_ms / 1000.0, "max_retries",
-                                  (int)st->max_retries, "verify_attempts",
-                                  (int)st->verify_attempts));
+    json_object_set_new(
+        o, "settings",
+        json_pack("{s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "pushes_per_second", st->pushes_per_second,
+                  "repush_after_s", (double)st->repush_after_ms / 1000.0, "expiry_s",
+                  (double)st->expiry_ms / 1000.0, "retry_base_s",
+                  (double)st->retry_base_ms / 1000.0, "retry_max_s",
+                  (double)st->retry_max_ms / 1000.0, "max_retries", (int)st->max_retries,
+                  "verify_attempts", (int)st->verify_attempts));
     return o;
 }
 
@@ -634,7 +637,8 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
                          "erase_keep_esim, esim_wipe");
     size_t i;
     json_t *v;
-    json_array_foreach(steps, i, v) {
+    json_array_foreach(steps, i, v)
+    {
         campaign_step st;
         if (!json_is_string(v) || campaign_step_parse(json_string_value(v), &st, NULL) != ESIM_OK)
             return bad_field(field, "steps", err,
@@ -654,8 +658,8 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
     if (url) {
         esim_error why = {{0}};
         if (!json_is_string(url) ||
-            esim_server_url_normalize(json_string_value(url), strs->smdp_url,
-                                      sizeof strs->smdp_url, &why) != ESIM_OK)
+            esim_server_url_normalize(json_string_value(url), strs->smdp_url, sizeof strs->smdp_url,
+                                      &why) != ESIM_OK)
             return bad_field(field, "smdp_url", err, "%s",
                              why.msg[0] ? why.msg : "must be a string");
         spec->smdp_url = strs->smdp_url;
@@ -665,7 +669,8 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
         if (!json_is_object(pol))
             return bad_field(field, "policy", err, "must be an object of restriction words");
         const char *key;
-        json_object_foreach(pol, key, v) {
+        json_object_foreach(pol, key, v)
+        {
             esim_error why = {{0}};
             if (!json_is_string(v) ||
                 esim_policy_set_word(&spec->policy, key, json_string_value(v), &why) != ESIM_OK)
@@ -680,11 +685,11 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
         campaign_settings *st = &spec->settings;
         double pps = st->pushes_per_second, repush = (double)st->repush_after_ms / 1000,
                expiry = (double)st->expiry_ms / 1000, rb = (double)st->retry_base_ms / 1000,
-               rm = (double)st->retry_max_ms / 1000, mr = st->max_retries,
-               va = st->verify_attempts;
+               rm = (double)st->retry_max_ms / 1000, mr = st->max_retries, va = st->verify_attempts;
         esim_err rc;
         if ((rc = number_setting(settings, "pushes_per_second", 0.001, 1e7, &pps, field, err)) ||
-            (rc = number_setting(settings, "repush_after_s", 0.01, 86400 * 30, &repush, field, err)) ||
+            (rc = number_setting(settings, "repush_after_s", 0.01, 86400 * 30, &repush, field,
+                                 err)) ||
             (rc = number_setting(settings, "expiry_s", 0.01, 86400 * 365, &expiry, field, err)) ||
             (rc = number_setting(settings, "retry_base_s", 0.001, 86400, &rb, field, err)) ||
             (rc = number_setting(settings, "retry_max_s", 0.001, 86400 * 7, &rm, field, err)) ||
@@ -877,8 +882,14 @@ void campaigns_free(campaigns *cs)
     free(cs);
 }
 
-cstore *campaigns_store(campaigns *cs) { return cs->db; }
-esim_service *campaigns_service(campaigns *cs) { return cs->svc; }
+cstore *campaigns_store(campaigns *cs)
+{
+    return cs->db;
+}
+esim_service *campaigns_service(campaigns *cs)
+{
+    return cs->svc;
+}
 
 campaign *campaigns_find(campaigns *cs, const char *id)
 {
@@ -942,7 +953,8 @@ esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_er
     return ESIM_OK;
 }
 
-/* ---- JSON views ------------------------------------------------------------------------------- */
+/* ---- JSON views -------------------------------------------------------------------------------
+ */
 
 json_t *campaigns_device_json(const campaign *c, size_t i)
 {
@@ -1003,7 +1015,8 @@ json_t *campaigns_list_json(campaigns *cs)
     return arr;
 }
 
-/* ---- creating a campaign ------------------------------------------------------------------------ */
+/* ---- creating a campaign ------------------------------------------------------------------------
+ */
 
 typedef struct {
     char (*udids)[65];
@@ -1060,7 +1073,8 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
             return bad_field(field, "target.udids", err, "must be a non-empty array of UDIDs");
         size_t i;
         json_t *v;
-        json_array_foreach(udids, i, v) {
+        json_array_foreach(udids, i, v)
+        {
             esim_error why = {{0}};
             if (!json_is_string(v) || esim_udid_validate(json_string_value(v), &why) != ESIM_OK)
                 return bad_field(field, "target.udids", err, "item %zu: %s", i,
@@ -1136,7 +1150,8 @@ static void add_warning(json_t *warnings, size_t *total, const char *udid, const
     const char *paren = strstr(reason, " (device has");
     snprintf(kind, sizeof kind, "%s%s%.*s", key ? key : "", key ? " " : "",
              paren ? (int)(paren - reason) : (int)strlen(reason), reason);
-    json_object_set_new(summary, kind, json_integer(json_integer_value(json_object_get(summary, kind)) + 1));
+    json_object_set_new(summary, kind,
+                        json_integer(json_integer_value(json_object_get(summary, kind)) + 1));
     if ((*total)++ >= CAMPAIGN_MAX_WARNINGS)
         return;
     json_t *w = json_pack("{s:s, s:s}", "udid", udid, "reason", reason);
@@ -1148,11 +1163,13 @@ static void add_warning(json_t *warnings, size_t *total, const char *udid, const
 esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
                           esim_error *err)
 {
-    static const char *const known[] = {"name",  "target",   "distribution", "custom_udids",
-                                        "steps", "policy",   "smdp_url",     "settings", NULL};
+    static const char *const known[] = {"name",         "target",   "distribution",
+                                        "custom_udids", "steps",    "policy",
+                                        "smdp_url",     "settings", NULL};
     const char *key;
     json_t *v;
-    json_object_foreach((json_t *)body, key, v) {
+    json_object_foreach((json_t *)body, key, v)
+    {
         bool ok = false;
         for (size_t i = 0; known[i] && !ok; i++)
             ok = strcmp(key, known[i]) == 0;
@@ -1168,16 +1185,17 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     const char *dist = "all";
     json_t *dj = json_object_get(body, "distribution");
     if (dj) {
-        if (!json_is_string(dj) || (strcmp(json_string_value(dj), "all") &&
-                                    strcmp(json_string_value(dj), "none") &&
-                                    strcmp(json_string_value(dj), "custom")))
+        if (!json_is_string(dj) ||
+            (strcmp(json_string_value(dj), "all") && strcmp(json_string_value(dj), "none") &&
+             strcmp(json_string_value(dj), "custom")))
             return bad_field(field, "distribution", err, "must be all, none or custom");
         dist = json_string_value(dj);
     }
     json_t *custom = json_object_get(body, "custom_udids");
     if (strcmp(dist, "custom") == 0 && (!json_is_array(custom) || json_array_size(custom) == 0))
-        return bad_field(field, "custom_udids", err,
-                         "distribution custom needs custom_udids: the devices that get the campaign");
+        return bad_field(
+            field, "custom_udids", err,
+            "distribution custom needs custom_udids: the devices that get the campaign");
     if (custom && strcmp(dist, "custom") != 0)
         return bad_field(field, "custom_udids", err, "only with distribution custom");
     spec.staged = strcmp(dist, "none") == 0;
@@ -1225,7 +1243,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
                         "not enrolled (checked out): it will not check in until it re-enrols");
         /* The expected EID: the OEM manifest by serial number, else what the
          * device itself reported. */
-        if (d.serial_number[0] && cstore_manifest_eid(cs->db, d.serial_number, eids[i]) == ESIM_OK) {
+        if (d.serial_number[0] &&
+            cstore_manifest_eid(cs->db, d.serial_number, eids[i]) == ESIM_OK) {
         } else if (d.eid[0]) {
             snprintf(eids[i], sizeof eids[i], "%s", d.eid);
         } else if (spec.steps[CAMPAIGN_STEP_VERIFY]) {
@@ -1252,8 +1271,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
                             "supervision unknown (no DeviceInformation answer yet): the eSIM "
                             "restrictions apply only to supervised devices");
             esim_ignored_key ig[4];
-            size_t k = esim_policy_ignored_keys(&spec.policy, os[0] ? os : NULL,
-                                                f.supervised != 0, ig);
+            size_t k =
+                esim_policy_ignored_keys(&spec.policy, os[0] ? os : NULL, f.supervised != 0, ig);
             for (size_t j = 0; j < k; j++)
                 add_warning(warnings, &n_warn, udid, ig[j].key, ig[j].reason);
         }
@@ -1274,7 +1293,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         for (size_t i = 0; i < list.n; i++)
             targets[i].staged = true;
         size_t i;
-        json_array_foreach(custom, i, v) {
+        json_array_foreach(custom, i, v)
+        {
             bool found = false;
             for (size_t k = 0; json_is_string(v) && k < list.n; k++)
                 if (strcmp(list.udids[k], json_string_value(v)) == 0) {
@@ -1282,7 +1302,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
                     found = true;
                 }
             if (!found) {
-                rc = bad_field(field, "custom_udids", err, "item %zu is not a device of the target", i);
+                rc = bad_field(field, "custom_udids", err, "item %zu is not a device of the target",
+                               i);
                 goto out;
             }
         }
@@ -1319,7 +1340,8 @@ out:
     return rc;
 }
 
-/* ---- imports ------------------------------------------------------------------------------------ */
+/* ---- imports ------------------------------------------------------------------------------------
+ */
 
 static json_t *bad_lines_json(const campaign_import *imp)
 {

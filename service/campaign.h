@@ -123,16 +123,16 @@ esim_err campaign_step_parse(const char *word, campaign_step *out, esim_error *e
 
 /* Where one device stands. */
 typedef enum {
-    CDEV_STAGED = 0,  /* distribution "none": nothing will be sent */
-    CDEV_PENDING,     /* waiting for a push slot (the pushes-per-second ceiling) */
-    CDEV_ACTIVE,      /* the command of |step| is queued; waiting for its answer */
-    CDEV_RETRY_WAIT,  /* NotNow or busy (36003): waiting out the back-off */
-    CDEV_VERIFIED,    /* the device reported the expected EID (and ICCID) */
-    CDEV_DONE,        /* every step finished (campaigns that do not verify, or after an erase) */
-    CDEV_UNVERIFIED,  /* refresh acknowledged, but no matching subscription was reported */
-    CDEV_FAILED,      /* a final error; see the reason */
-    CDEV_TIMED_OUT,   /* no final answer before the campaign's expiry */
-    CDEV_CANCELED,    /* the campaign was canceled before the device finished */
+    CDEV_STAGED = 0, /* distribution "none": nothing will be sent */
+    CDEV_PENDING,    /* waiting for a push slot (the pushes-per-second ceiling) */
+    CDEV_ACTIVE,     /* the command of |step| is queued; waiting for its answer */
+    CDEV_RETRY_WAIT, /* NotNow or busy (36003): waiting out the back-off */
+    CDEV_VERIFIED,   /* the device reported the expected EID (and ICCID) */
+    CDEV_DONE,       /* every step finished (campaigns that do not verify, or after an erase) */
+    CDEV_UNVERIFIED, /* refresh acknowledged, but no matching subscription was reported */
+    CDEV_FAILED,     /* a final error; see the reason */
+    CDEV_TIMED_OUT,  /* no final answer before the campaign's expiry */
+    CDEV_CANCELED,   /* the campaign was canceled before the device finished */
     CDEV_STATE_COUNT
 } campaign_dev_state;
 
@@ -144,7 +144,7 @@ bool campaign_dev_state_final(campaign_dev_state s);
 
 typedef enum {
     CAMPAIGN_RUNNING = 0,
-    CAMPAIGN_STAGED,   /* distribution "none" */
+    CAMPAIGN_STAGED, /* distribution "none" */
     CAMPAIGN_PAUSED,
     CAMPAIGN_CANCELED,
     CAMPAIGN_FINISHED, /* every device is in a final state */
@@ -154,13 +154,13 @@ const char *campaign_state_name(campaign_state s); /* "running", ... */
 
 /* Tunables; campaign_settings_init() fills the defaults named here. */
 typedef struct {
-    double pushes_per_second;   /* ceiling on new pushes (default 1000, > 0) */
-    int64_t repush_after_ms;    /* push again a device silent this long (default 4 h) */
-    int64_t expiry_ms;          /* after this a device not finished is timed_out (default 7 days) */
-    int64_t retry_base_ms;      /* first back-off after NotNow / 36003 (default 60 s) */
-    int64_t retry_max_ms;       /* back-off cap (default 1 h) */
-    unsigned max_retries;       /* NotNow/busy answers tolerated per step (default 10) */
-    unsigned verify_attempts;   /* DeviceInformation tries before unverified (default 3) */
+    double pushes_per_second; /* ceiling on new pushes (default 1000, > 0) */
+    int64_t repush_after_ms;  /* push again a device silent this long (default 4 h) */
+    int64_t expiry_ms;        /* after this a device not finished is timed_out (default 7 days) */
+    int64_t retry_base_ms;    /* first back-off after NotNow / 36003 (default 60 s) */
+    int64_t retry_max_ms;     /* back-off cap (default 1 h) */
+    unsigned max_retries;     /* NotNow/busy answers tolerated per step (default 10) */
+    unsigned verify_attempts; /* DeviceInformation tries before unverified (default 3) */
 } campaign_settings;
 
 void campaign_settings_init(campaign_settings *s);
@@ -180,25 +180,25 @@ typedef struct {
     char udid[65];
     char eid[ESIM_EID_LEN + 1];
     char iccid[21];
-    uint8_t state;    /* campaign_dev_state */
-    uint8_t step;     /* campaign_step in progress (or last) */
-    uint8_t retries;  /* NotNow / busy answers for this step */
+    uint8_t state;   /* campaign_dev_state */
+    uint8_t step;    /* campaign_step in progress (or last) */
+    uint8_t retries; /* NotNow / busy answers for this step */
     uint8_t verify_tries;
     uint8_t esim_installed : 1; /* never ask this device for a second download */
     uint8_t refresh_acked : 1;  /* its RefreshCellularPlans was acknowledged */
     uint8_t need_queue : 1;     /* pending: the step's command must be queued (again) */
     uint8_t in_ready : 1;       /* sits in the push FIFO */
     uint8_t dirty : 1;          /* changed since campaign_take_dirty */
-    uint16_t pushes;  /* pushes sent for the current command */
-    uint16_t gen;     /* timer generation: a stale heap entry has an older one */
-    uint32_t not_now; /* NotNow answers over the whole campaign */
-    int64_t changed_ms;  /* last state change */
-    int64_t next_ms;     /* next timer: re-push or end of back-off (0: none) */
-    int64_t deadline_ms; /* expiry: timed_out after this */
-    int64_t last_push_ms;  /* when the last push went out (0: never) */
-    uint32_t cmd;          /* the caller's reference to the queued command (campaign_io) */
-    uint8_t push_state;    /* the caller's code for the last push's fate */
-    char *reason;     /* malloc'd sentence for failed/unverified/timed_out; NULL otherwise */
+    uint16_t pushes;            /* pushes sent for the current command */
+    uint16_t gen;               /* timer generation: a stale heap entry has an older one */
+    uint32_t not_now;           /* NotNow answers over the whole campaign */
+    int64_t changed_ms;         /* last state change */
+    int64_t next_ms;            /* next timer: re-push or end of back-off (0: none) */
+    int64_t deadline_ms;        /* expiry: timed_out after this */
+    int64_t last_push_ms;       /* when the last push went out (0: never) */
+    uint32_t cmd;               /* the caller's reference to the queued command (campaign_io) */
+    uint8_t push_state;         /* the caller's code for the last push's fate */
+    char *reason; /* malloc'd sentence for failed/unverified/timed_out; NULL otherwise */
 } campaign_dev;
 
 typedef struct campaign campaign;
@@ -225,21 +225,21 @@ typedef struct {
 /* A command result as the engine needs it. */
 typedef struct {
     esim_status status;
-    int64_t error_code;         /* first ErrorChain entry's code, 0 when none */
-    const char *error_text;     /* its description, or NULL */
+    int64_t error_code;            /* first ErrorChain entry's code, 0 when none */
+    const char *error_text;        /* its description, or NULL */
     const esim_subscription *subs; /* verify step: ServiceSubscriptions */
     size_t n_subs;
 } campaign_result;
 
 /* The campaign as an admin described it (already validated by the API). */
 typedef struct {
-    const char *id;            /* NULL: a fresh UUID */
-    const char *name;          /* may be NULL */
+    const char *id;   /* NULL: a fresh UUID */
+    const char *name; /* may be NULL */
     bool steps[CAMPAIGN_STEP_COUNT];
-    esim_policy policy;        /* for CAMPAIGN_STEP_PROFILE */
-    const char *smdp_url;      /* for CAMPAIGN_STEP_REFRESH */
+    esim_policy policy;   /* for CAMPAIGN_STEP_PROFILE */
+    const char *smdp_url; /* for CAMPAIGN_STEP_REFRESH */
     campaign_settings settings;
-    bool staged;               /* distribution "none" */
+    bool staged; /* distribution "none" */
 } campaign_spec;
 
 /*
@@ -286,8 +286,8 @@ size_t campaign_tick(campaign *c, int64_t now_ms, const campaign_io *io);
  * the device is connected and gets it in the same exchange. ESIM_EINVAL for
  * a bad index.
  */
-esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
-                            const campaign_result *r, int64_t now_ms, const campaign_io *io);
+esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const campaign_result *r,
+                            int64_t now_ms, const campaign_io *io);
 
 /* The push for |dev| could not be delivered to APNs for good (|why|, e.g.
  * "the push token is dead (410 Unregistered)"): the reason is kept; the

@@ -45,9 +45,9 @@ static void check(diag *d, const char *name, int ok, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    json_array_append_new(d->checks, json_pack("{s:s, s:o, s:s}", "name", name, "ok",
-                                               ok < 0 ? json_null() : json_boolean(ok), "detail",
-                                               buf));
+    json_array_append_new(d->checks,
+                          json_pack("{s:s, s:o, s:s}", "name", name, "ok",
+                                    ok < 0 ? json_null() : json_boolean(ok), "detail", buf));
 }
 
 static void conclude(diag *d, const char *kind, const char *next, const char *fmt, ...)
@@ -78,20 +78,21 @@ static void chain_words(const char *json, char *out, size_t len, int64_t *code)
         if (!text || !*text)
             text = json_string_value(json_object_get(first, "localized_description"));
         const char *dom = json_string_value(json_object_get(first, "error_domain"));
-        snprintf(out, len, "error %lld%s%s%s: %s", (long long)*code, dom ? " (" : "", dom ? dom : "",
-                 dom ? ")" : "", text && *text ? text : "no description");
+        snprintf(out, len, "error %lld%s%s%s: %s", (long long)*code, dom ? " (" : "",
+                 dom ? dom : "", dom ? ")" : "", text && *text ? text : "no description");
     }
     json_decref(arr);
 }
 
 static const char *push_words(uint8_t s)
 {
-    static const char *const w[] = {"none was sent",
-                                    "APNs accepted it",
-                                    "no APNs is configured: the device gets it at its next check-in",
-                                    "not sent: the device has no push token",
-                                    "not sent: APNs said the token is dead",
-                                    "the APNs client refused it"};
+    static const char *const w[] = {
+        "none was sent",
+        "APNs accepted it",
+        "no APNs is configured: the device gets it at its next check-in",
+        "not sent: the device has no push token",
+        "not sent: APNs said the token is dead",
+        "the APNs client refused it"};
     return s < 6 ? w[s] : "unknown";
 }
 
@@ -100,9 +101,9 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
 {
     (void)cs;
     const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
-    bool installed = spec && spec->steps[CAMPAIGN_STEP_PROFILE] &&
-                     (cd->step > CAMPAIGN_STEP_PROFILE || cd->state == CDEV_VERIFIED ||
-                      cd->state == CDEV_DONE);
+    bool installed =
+        spec && spec->steps[CAMPAIGN_STEP_PROFILE] &&
+        (cd->step > CAMPAIGN_STEP_PROFILE || cd->state == CDEV_VERIFIED || cd->state == CDEV_DONE);
     if (!installed) {
         check(d, "restrictions", -1, "no eSIM restrictions profile was installed by a campaign");
         return;
@@ -114,8 +115,9 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
     char inforce[400] = "";
     size_t o = 0;
     if (eff.allow_esim_modification == ESIM_TRI_FALSE)
-        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
-                              "allowESIMModification=false (the user cannot delete or change the eSIM); ");
+        o += (size_t)snprintf(
+            inforce + o, sizeof inforce - o,
+            "allowESIMModification=false (the user cannot delete or change the eSIM); ");
     if (eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE && o < sizeof inforce)
         o += (size_t)snprintf(inforce + o, sizeof inforce - o,
                               "forcePreserveESIMOnErase=true (the eSIM survives Erase All Content "
@@ -142,9 +144,10 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     store *st = esim_service_store(campaigns_service(cs));
     store_device dev;
     if ((rc = st->ops->device_get(st, udid, &dev, err)) != ESIM_OK)
-        return rc == ESIM_ENOTFOUND ? esim_fail(err, ESIM_ENOTFOUND,
-                                                "no device %s: it never enrolled with this service", udid)
-                                    : rc;
+        return rc == ESIM_ENOTFOUND
+                   ? esim_fail(err, ESIM_ENOTFOUND,
+                               "no device %s: it never enrolled with this service", udid)
+                   : rc;
     diag d = {.checks = json_array()};
     if (!d.checks)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -161,13 +164,14 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                  "The device is not enrolled: it checked out at %s.", t2);
     fmt_time(dev.token_updated_at, t1);
     check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)",
-          dev.push_state == STORE_PUSH_VALID ? "valid"
+          dev.push_state == STORE_PUSH_VALID  ? "valid"
           : dev.push_state == STORE_PUSH_DEAD ? "dead: APNs refused it"
-                                               : "none: the device never sent TokenUpdate",
+                                              : "none: the device never sent TokenUpdate",
           t1);
     if (dev.push_state == STORE_PUSH_DEAD)
         conclude(&d, "token_dead",
-                 "Wait for the device to check in on its own (it then sends a new token), or re-enrol it.",
+                 "Wait for the device to check in on its own (it then sends a new token), or "
+                 "re-enrol it.",
                  "APNs says the device's push token is no longer valid, so pushes cannot wake it.");
     else if (dev.push_state == STORE_PUSH_NONE && dev.enrolled)
         conclude(&d, "no_token", "Have the device finish enrolment (it must send TokenUpdate).",
@@ -181,10 +185,10 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     if (cd && cd->last_push_ms) {
         fmt_time(cd->last_push_ms, t1);
         check(&d, "last_push", cd->push_state == 1 || cd->push_state == 2,
-              "campaign %s pushed it at %s (%u push%s for the current step): %s", campaign_id(c), t1,
-              (unsigned)cd->pushes, cd->pushes == 1 ? "" : "es", push_words(cd->push_state));
-        check(&d, "checked_in_after_push", dev.last_seen_at >= cd->last_push_ms,
-              "last seen %s", t2);
+              "campaign %s pushed it at %s (%u push%s for the current step): %s", campaign_id(c),
+              t1, (unsigned)cd->pushes, cd->pushes == 1 ? "" : "es", push_words(cd->push_state));
+        check(&d, "checked_in_after_push", dev.last_seen_at >= cd->last_push_ms, "last seen %s",
+              t2);
     } else {
         check(&d, "last_push", -1, "no campaign push recorded for this device");
         check(&d, "checked_in", dev.last_seen_at > 0, "last seen %s", t2);
@@ -201,14 +205,16 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
             char words[400];
             int64_t code;
             chain_words(q[i].error_chain_json, words, sizeof words, &code);
-            json_t *e = json_pack("{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid,
-                                  "request_type", q[i].request_type, "state",
-                                  store_qstate_name(q[i].state) ? store_qstate_name(q[i].state) : "?",
-                                  "attempts", q[i].attempts, "not_now", q[i].not_now_count);
+            json_t *e =
+                json_pack("{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid,
+                          "request_type", q[i].request_type, "state",
+                          store_qstate_name(q[i].state) ? store_qstate_name(q[i].state) : "?",
+                          "attempts", q[i].attempts, "not_now", q[i].not_now_count);
             if (words[0]) {
                 json_object_set_new(e, "error", json_string(words));
                 if (q[i].answered_at >= 0 && !last_error[0]) {
-                    snprintf(last_error, sizeof last_error, "%.63s answered %.320s", q[i].request_type, words);
+                    snprintf(last_error, sizeof last_error, "%.63s answered %.320s",
+                             q[i].request_type, words);
                     last_code = code;
                 }
             }
@@ -233,12 +239,16 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     check(&d, "smdp", -1, "%s%s",
           spec && spec->smdp_url ? "profiles come from " : "no SM-DP+ named by a campaign",
           spec && spec->smdp_url ? spec->smdp_url : "");
-    bool verified = (cd && cd->state == CDEV_VERIFIED) ||
-                    (f.verified_ms && eid[0] && strcmp(f.eid, eid) == 0);
+    bool verified =
+        (cd && cd->state == CDEV_VERIFIED) || (f.verified_ms && eid[0] && strcmp(f.eid, eid) == 0);
     fmt_time(f.verified_ms, t1);
     check(&d, "esim_verified", verified,
           verified ? "the device reported EID %s with ICCID %s (%s)" : "not verified%s%s%s",
-          verified ? f.eid : "", verified ? f.iccid : (cd && cd->refresh_acked ? " (the refresh was acknowledged, which is not an installed eSIM)" : ""),
+          verified ? f.eid : "",
+          verified ? f.iccid
+                   : (cd && cd->refresh_acked
+                          ? " (the refresh was acknowledged, which is not an installed eSIM)"
+                          : ""),
           verified ? t1 : "");
 
     /* 5. conclusion */
@@ -262,12 +272,13 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                      campaign_id(c), why[0] ? ": " : "", why);
             break;
         case CDEV_UNVERIFIED:
-            conclude(&d, why[0] && strstr(why, "import") ? "no_expected_eid" : "unverified",
-                     why[0] && strstr(why, "import")
-                         ? "Import the OEM manifest (esim-mdm import eids), then verify again."
-                         : "Check the SM-DP+ order for this EID (released? linked to this EID?) and "
-                           "the manifest (is the expected EID right?), then verify again.",
-                     "The eSIM is not verified: %s.", why);
+            conclude(
+                &d, why[0] && strstr(why, "import") ? "no_expected_eid" : "unverified",
+                why[0] && strstr(why, "import")
+                    ? "Import the OEM manifest (esim-mdm import eids), then verify again."
+                    : "Check the SM-DP+ order for this EID (released? linked to this EID?) and "
+                      "the manifest (is the expected EID right?), then verify again.",
+                "The eSIM is not verified: %s.", why);
             break;
         case CDEV_FAILED:
             if (strstr(why, "8.2") || strstr(why, "consumed") || strstr(why, "already downloaded"))
@@ -320,7 +331,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                      step, (unsigned)cd->retries);
             break;
         default:
-            if (cd->last_push_ms && dev.last_seen_at < cd->last_push_ms && now - cd->last_push_ms > 5000)
+            if (cd->last_push_ms && dev.last_seen_at < cd->last_push_ms &&
+                now - cd->last_push_ms > 5000)
                 conclude(&d, "waiting_offline",
                          "Wait: the device gets the command when it comes online; check it has "
                          "network if this lasts.",
@@ -338,7 +350,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     if (o && c)
         json_object_set_new(o, "campaign", json_string(campaign_id(c)));
     if (o && cd) {
-        json_object_set_new(o, "campaign_state", json_string(campaign_dev_state_name((campaign_dev_state)cd->state)));
+        json_object_set_new(o, "campaign_state",
+                            json_string(campaign_dev_state_name((campaign_dev_state)cd->state)));
         if (eid[0])
             json_object_set_new(o, "expected_eid", json_string(eid));
         if (iccid[0])

@@ -71,9 +71,10 @@ esim_err campaign_step_parse(const char *word, campaign_step *out, esim_error *e
             *out = (campaign_step)i;
             return ESIM_OK;
         }
-    return esim_fail(err, ESIM_EINVAL,
-                     "unknown step '%s': use profile, refresh, verify, erase_keep_esim or esim_wipe",
-                     word ? word : "");
+    return esim_fail(
+        err, ESIM_EINVAL,
+        "unknown step '%s': use profile, refresh, verify, erase_keep_esim or esim_wipe",
+        word ? word : "");
 }
 
 const char *campaign_dev_state_name(campaign_dev_state s)
@@ -88,10 +89,11 @@ esim_err campaign_dev_state_parse(const char *word, campaign_dev_state *out, esi
             *out = (campaign_dev_state)i;
             return ESIM_OK;
         }
-    return esim_fail(err, ESIM_EINVAL,
-                     "unknown device state '%s': use staged, pending, active, retry_wait, verified, "
-                     "done, unverified, failed, timed_out or canceled",
-                     word ? word : "");
+    return esim_fail(
+        err, ESIM_EINVAL,
+        "unknown device state '%s': use staged, pending, active, retry_wait, verified, "
+        "done, unverified, failed, timed_out or canceled",
+        word ? word : "");
 }
 
 bool campaign_dev_state_final(campaign_dev_state s)
@@ -126,22 +128,50 @@ bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const
     if (!eid || !*eid)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (strcmp(subs[i].eid, eid) == 0 && (!iccid || !*iccid || strcmp(subs[i].iccid, iccid) == 0))
+        if (strcmp(subs[i].eid, eid) == 0 &&
+            (!iccid || !*iccid || strcmp(subs[i].iccid, iccid) == 0))
             return true;
     return false;
 }
 
 /* ---- accessors ------------------------------------------------------------ */
 
-const char *campaign_id(const campaign *c) { return c->id; }
-const char *campaign_name(const campaign *c) { return c->name ? c->name : ""; }
-campaign_state campaign_get_state(const campaign *c) { return c->state; }
-const campaign_spec *campaign_get_spec(const campaign *c) { return &c->spec; }
-int64_t campaign_created_ms(const campaign *c) { return c->created_ms; }
-size_t campaign_device_count(const campaign *c) { return c->n; }
-size_t campaign_refresh_acked(const campaign *c) { return c->refresh_acked; }
-uint64_t campaign_pushes(const campaign *c) { return c->pushes; }
-uint64_t campaign_commands(const campaign *c) { return c->commands; }
+const char *campaign_id(const campaign *c)
+{
+    return c->id;
+}
+const char *campaign_name(const campaign *c)
+{
+    return c->name ? c->name : "";
+}
+campaign_state campaign_get_state(const campaign *c)
+{
+    return c->state;
+}
+const campaign_spec *campaign_get_spec(const campaign *c)
+{
+    return &c->spec;
+}
+int64_t campaign_created_ms(const campaign *c)
+{
+    return c->created_ms;
+}
+size_t campaign_device_count(const campaign *c)
+{
+    return c->n;
+}
+size_t campaign_refresh_acked(const campaign *c)
+{
+    return c->refresh_acked;
+}
+uint64_t campaign_pushes(const campaign *c)
+{
+    return c->pushes;
+}
+uint64_t campaign_commands(const campaign *c)
+{
+    return c->commands;
+}
 
 const campaign_dev *campaign_device_at(const campaign *c, size_t i)
 {
@@ -472,16 +502,21 @@ static void retry_later(campaign *c, size_t i, int64_t now, bool requeue, const 
 static const char *describe_error(int64_t code)
 {
     switch (code) {
-    case 36001: return "the device cannot reach its cellular stack";
-    case 36002: return "the device's hardware does not support eSIM";
-    case 36003: return "the cellular stack is busy";
-    case 12021: return "the device does not know this command";
-    default: return NULL;
+    case 36001:
+        return "the device cannot reach its cellular stack";
+    case 36002:
+        return "the device's hardware does not support eSIM";
+    case 36003:
+        return "the cellular stack is busy";
+    case 12021:
+        return "the device does not know this command";
+    default:
+        return NULL;
     }
 }
 
-esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
-                            const campaign_result *r, int64_t now, const campaign_io *io)
+esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const campaign_result *r,
+                            int64_t now, const campaign_io *io)
 {
     if (!c || dev >= c->n || !r)
         return ESIM_EINVAL;
@@ -541,7 +576,8 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step,
         if (r->error_code)
             fail_device(c, dev, CDEV_FAILED, now, "the %s command failed with error %lld: %s%s%s",
                         stepname, (long long)r->error_code,
-                        r->error_text && *r->error_text ? r->error_text : (known ? known : "no description"),
+                        r->error_text && *r->error_text ? r->error_text
+                                                        : (known ? known : "no description"),
                         known && r->error_text && *r->error_text ? " — " : "",
                         known && r->error_text && *r->error_text ? known : "");
         else
@@ -700,8 +736,9 @@ esim_err campaign_pause(campaign *c, int64_t now, esim_error *err)
 {
     (void)now;
     if (c->state != CAMPAIGN_RUNNING)
-        return esim_fail(err, ESIM_ESTATE, "campaign %s is %s: only a running campaign can be paused",
-                         c->id, campaign_state_name(c->state));
+        return esim_fail(err, ESIM_ESTATE,
+                         "campaign %s is %s: only a running campaign can be paused", c->id,
+                         campaign_state_name(c->state));
     c->state = CAMPAIGN_PAUSED;
     return ESIM_OK;
 }
@@ -730,8 +767,8 @@ esim_err campaign_resume(campaign *c, int64_t now, esim_error *err)
     }
     if (c->state != CAMPAIGN_PAUSED)
         return esim_fail(err, ESIM_ESTATE,
-                         "campaign %s is %s: only a paused or staged campaign can be resumed", c->id,
-                         campaign_state_name(c->state));
+                         "campaign %s is %s: only a paused or staged campaign can be resumed",
+                         c->id, campaign_state_name(c->state));
     c->state = CAMPAIGN_RUNNING;
     c->ticked = false; /* no allowance saved up while paused */
     return ESIM_OK;
@@ -765,8 +802,9 @@ static esim_err check_spec(const campaign_spec *spec, esim_error *err)
     for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++)
         any |= spec->steps[s];
     if (!any)
-        return esim_fail(err, ESIM_EINVAL, "a campaign needs at least one step "
-                                           "(profile, refresh, verify, erase_keep_esim, esim_wipe)");
+        return esim_fail(err, ESIM_EINVAL,
+                         "a campaign needs at least one step "
+                         "(profile, refresh, verify, erase_keep_esim, esim_wipe)");
     if (spec->steps[CAMPAIGN_STEP_ERASE_KEEP] && spec->steps[CAMPAIGN_STEP_ESIM_WIPE])
         return esim_fail(err, ESIM_EINVAL,
                          "erase_keep_esim and esim_wipe contradict each other: choose one");
@@ -779,7 +817,8 @@ static esim_err check_spec(const campaign_spec *spec, esim_error *err)
         return esim_fail(err, ESIM_EINVAL, "campaign id '%s' is not a UUID", spec->id);
     const campaign_settings *s = &spec->settings;
     if (!(s->pushes_per_second > 0 && s->pushes_per_second <= 1e7))
-        return esim_fail(err, ESIM_EINVAL, "pushes per second must be above 0 and at most 10000000");
+        return esim_fail(err, ESIM_EINVAL,
+                         "pushes per second must be above 0 and at most 10000000");
     if (s->repush_after_ms < 10 || s->expiry_ms < 10 || s->retry_base_ms < 1 ||
         s->retry_max_ms < s->retry_base_ms)
         return esim_fail(err, ESIM_EINVAL,
@@ -791,8 +830,7 @@ static esim_err check_spec(const campaign_spec *spec, esim_error *err)
     return ESIM_OK;
 }
 
-static esim_err alloc_campaign(const campaign_spec *spec, size_t n, campaign **out,
-                               esim_error *err)
+static esim_err alloc_campaign(const campaign_spec *spec, size_t n, campaign **out, esim_error *err)
 {
     if (n == 0 || n > UINT32_MAX - 1)
         return esim_fail(err, ESIM_EINVAL, "a campaign needs 1 to 4294967294 devices, got %zu", n);
@@ -891,7 +929,8 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
     for (size_t i = 0; i < n; i++) {
         campaign_dev *d = &c->devs[i];
         snprintf(d->udid, sizeof d->udid, "%s", targets[i].udid);
-        snprintf(d->eid, sizeof d->eid, "%s", targets[i].expected_eid ? targets[i].expected_eid : "");
+        snprintf(d->eid, sizeof d->eid, "%s",
+                 targets[i].expected_eid ? targets[i].expected_eid : "");
         snprintf(d->iccid, sizeof d->iccid, "%s",
                  targets[i].expected_iccid ? targets[i].expected_iccid : "");
         d->esim_installed = targets[i].esim_installed;
@@ -923,8 +962,9 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
     for (size_t i = 0; i < n; i++) {
         campaign_dev *d = &c->devs[i];
         if (d->state == CDEV_PENDING && d->step == CAMPAIGN_STEP_REFRESH && d->esim_installed) {
-            set_reason(c, i, "the eSIM is already installed; its profile was consumed and "
-                             "cannot be downloaded again (reset the order on the SM-DP+ first)");
+            set_reason(c, i,
+                       "the eSIM is already installed; its profile was consumed and "
+                       "cannot be downloaded again (reset the order on the SM-DP+ first)");
             finish_device(c, i, CDEV_DONE, now);
         }
     }

@@ -287,7 +287,8 @@ static esim_err parse_code_line(import_ctx *x, const csv_row *row, unsigned line
     if (row->too_long)
         return add_bad(x, line, "a field is longer than %d characters", MAX_FIELD - 1);
     if (row->n < 2 || row->n > 3)
-        return add_bad(x, line, "has %zu column%s: expected EID,LPA:1$<SM-DP+>$<matching ID>[,ICCID]",
+        return add_bad(x, line,
+                       "has %zu column%s: expected EID,LPA:1$<SM-DP+>$<matching ID>[,ICCID]",
                        row->n, row->n == 1 ? "" : "s");
     esim_error why = {{0}};
     if (esim_eid_validate(row->f[0], &why) != ESIM_OK)

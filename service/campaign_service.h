@@ -31,8 +31,8 @@ esim_err cstore_commit(cstore *cs, esim_error *err);
 void cstore_rollback(cstore *cs);
 
 /* Inside a transaction: the campaign row, device records, a command. */
-esim_err cstore_put_campaign(cstore *cs, const campaign *c, const char *spec_json,
-                             int64_t now, esim_error *err);
+esim_err cstore_put_campaign(cstore *cs, const campaign *c, const char *spec_json, int64_t now,
+                             esim_error *err);
 esim_err cstore_put_device(cstore *cs, const campaign *c, size_t i, const char *cmd_uuid,
                            esim_error *err);
 esim_err cstore_put_command(cstore *cs, const char *uuid, const char *campaign_id, int step,
@@ -64,8 +64,8 @@ esim_err cstore_code_iccid(cstore *cs, const char *eid, char iccid[21], char mat
 
 /* Groups and tags. Names: 1 to 64 characters of [A-Za-z0-9._-]. */
 esim_err cstore_group_put(cstore *cs, const char *name, const char *const *add, size_t n_add,
-                          const char *const *remove, size_t n_remove, bool create,
-                          int64_t now, esim_error *err);
+                          const char *const *remove, size_t n_remove, bool create, int64_t now,
+                          esim_error *err);
 esim_err cstore_group_delete(cstore *cs, const char *name, esim_error *err);
 /* Members of a group, or devices with a tag: *udids malloc'd (65-byte slots). */
 esim_err cstore_group_members(cstore *cs, const char *name, char (**udids)[65], size_t *n,
@@ -81,11 +81,11 @@ esim_err cstore_name_validate(const char *what, const char *name, esim_error *er
 
 /* What DeviceInformation answers taught the service about a device. */
 typedef struct {
-    int supervised;            /* 1, 0, or -1 unknown */
+    int supervised; /* 1, 0, or -1 unknown */
     char os_version[32];
-    char eid[ESIM_EID_LEN + 1];   /* the verified eSIM, when one was */
+    char eid[ESIM_EID_LEN + 1]; /* the verified eSIM, when one was */
     char iccid[21];
-    int64_t verified_ms;       /* when the expected eSIM was last seen; 0 never */
+    int64_t verified_ms; /* when the expected eSIM was last seen; 0 never */
     int64_t updated_ms;
 } cstore_facts;
 
@@ -106,8 +106,8 @@ typedef struct campaigns campaigns;
  * campaigns_free, before the service. ESIM_ESTORE, ESIM_ENOMEM, or what
  * esim_service_add_* return.
  */
-esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal,
-                       campaigns **out, esim_error *err);
+esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal, campaigns **out,
+                       esim_error *err);
 /* Writes what changed and frees. NULL ok. */
 void campaigns_free(campaigns *cs);
 

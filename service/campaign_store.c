@@ -82,8 +82,8 @@ esim_err cstore_open(const char *path, bool sync_normal, cstore **out, esim_erro
                             "INSERT OR REPLACE INTO campaign_devices VALUES(?1,?2,?3,?4,?5,?6,?7,"
                             "?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
                             -1, &cs->put_device, NULL) != SQLITE_OK ||
-         sqlite3_prepare_v2(cs->db, "INSERT OR REPLACE INTO campaign_commands VALUES(?1,?2,?3)",
-                            -1, &cs->put_command, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v2(cs->db, "INSERT OR REPLACE INTO campaign_commands VALUES(?1,?2,?3)", -1,
+                            &cs->put_command, NULL) != SQLITE_OK ||
          sqlite3_prepare_v2(
              cs->db,
              "INSERT INTO device_facts VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(udid) DO UPDATE SET"
@@ -145,8 +145,9 @@ esim_err cstore_put_campaign(cstore *cs, const campaign *c, const char *spec_jso
                              esim_error *err)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "INSERT INTO campaigns VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(id)"
-                                   " DO UPDATE SET state=?4, spec=?3, updated_ms=?6",
+    if (sqlite3_prepare_v2(cs->db,
+                           "INSERT INTO campaigns VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(id)"
+                           " DO UPDATE SET state=?4, spec=?3, updated_ms=?6",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(cs, err, "saving a campaign");
     sqlite3_bind_text(st, 1, campaign_id(c), -1, SQLITE_STATIC);
@@ -219,8 +220,9 @@ static void copy_str(char *dst, size_t size, const char *src)
 esim_err cstore_each_campaign(cstore *cs, cstore_campaign_fn fn, void *arg, esim_error *err)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "SELECT id, spec, state, created_ms FROM campaigns ORDER BY"
-                                   " created_ms",
+    if (sqlite3_prepare_v2(cs->db,
+                           "SELECT id, spec, state, created_ms FROM campaigns ORDER BY"
+                           " created_ms",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(cs, err, "reading campaigns");
     esim_err rc = ESIM_OK;
@@ -236,10 +238,11 @@ esim_err cstore_load_devices(cstore *cs, const char *campaign_id, campaign_dev *
                              char (**cmds)[37], size_t *n, esim_error *err)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "SELECT udid, eid, iccid, state, step, retries, verify_tries,"
-                                   " flags, pushes, not_now, changed_ms, next_ms, deadline_ms,"
-                                   " last_push_ms, push_state, cmd, reason FROM campaign_devices"
-                                   " WHERE campaign=?1 ORDER BY idx",
+    if (sqlite3_prepare_v2(cs->db,
+                           "SELECT udid, eid, iccid, state, step, retries, verify_tries,"
+                           " flags, pushes, not_now, changed_ms, next_ms, deadline_ms,"
+                           " last_push_ms, push_state, cmd, reason FROM campaign_devices"
+                           " WHERE campaign=?1 ORDER BY idx",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(cs, err, "reading device records");
     sqlite3_bind_text(st, 1, campaign_id, -1, SQLITE_STATIC);
@@ -311,8 +314,9 @@ esim_err cstore_each_command(cstore *cs, const char *campaign_id, cstore_command
                              esim_error *err)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "SELECT uuid, step FROM campaign_commands WHERE campaign=?1"
-                                   " ORDER BY rowid",
+    if (sqlite3_prepare_v2(cs->db,
+                           "SELECT uuid, step FROM campaign_commands WHERE campaign=?1"
+                           " ORDER BY rowid",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(cs, err, "reading commands");
     sqlite3_bind_text(st, 1, campaign_id, -1, SQLITE_STATIC);
@@ -359,8 +363,9 @@ esim_err cstore_import_codes(cstore *cs, const campaign_code_row *rows, size_t n
     esim_err rc = cstore_begin(cs, err);
     if (rc != ESIM_OK)
         return rc;
-    if (sqlite3_prepare_v2(cs->db, "INSERT OR REPLACE INTO activation_codes VALUES(?1,?2,?3,?4,?5,?6)",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(cs->db,
+                           "INSERT OR REPLACE INTO activation_codes VALUES(?1,?2,?3,?4,?5,?6)", -1,
+                           &st, NULL) != SQLITE_OK) {
         rc = db_fail(cs, err, "importing activation codes");
         goto out;
     }
@@ -450,7 +455,8 @@ static bool group_exists(cstore *cs, const char *name)
 {
     sqlite3_stmt *st = NULL;
     bool found = false;
-    if (sqlite3_prepare_v2(cs->db, "SELECT 1 FROM groups WHERE name=?1", -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(cs->db, "SELECT 1 FROM groups WHERE name=?1", -1, &st, NULL) ==
+        SQLITE_OK) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
         found = sqlite3_step(st) == SQLITE_ROW;
     }
@@ -488,8 +494,8 @@ esim_err cstore_group_put(cstore *cs, const char *name, const char *const *add, 
         sqlite3_finalize(st);
     }
     if (rc == ESIM_OK)
-        rc = run_members(cs, "INSERT OR IGNORE INTO group_members VALUES(?1, ?2)", name, add,
-                         n_add, err);
+        rc = run_members(cs, "INSERT OR IGNORE INTO group_members VALUES(?1, ?2)", name, add, n_add,
+                         err);
     if (rc == ESIM_OK)
         rc = run_members(cs, "DELETE FROM group_members WHERE grp=?1 AND udid=?2", name, remove,
                          n_remove, err);
@@ -567,8 +573,9 @@ esim_err cstore_tag_devices(cstore *cs, const char *tag, char (**udids)[65], siz
 esim_err cstore_groups_json(cstore *cs, json_t **out, esim_error *err)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "SELECT g.name, (SELECT count(*) FROM group_members m WHERE"
-                                   " m.grp=g.name) FROM groups g ORDER BY g.name",
+    if (sqlite3_prepare_v2(cs->db,
+                           "SELECT g.name, (SELECT count(*) FROM group_members m WHERE"
+                           " m.grp=g.name) FROM groups g ORDER BY g.name",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(cs, err, "reading groups");
     json_t *arr = json_array();
@@ -641,14 +648,16 @@ esim_err cstore_get_facts(cstore *cs, const char *udid, cstore_facts *out)
     memset(out, 0, sizeof *out);
     out->supervised = -1;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db, "SELECT supervised, os_version, eid, iccid, verified_ms,"
-                                   " updated_ms FROM device_facts WHERE udid=?1",
+    if (sqlite3_prepare_v2(cs->db,
+                           "SELECT supervised, os_version, eid, iccid, verified_ms,"
+                           " updated_ms FROM device_facts WHERE udid=?1",
                            -1, &st, NULL) != SQLITE_OK)
         return ESIM_ESTORE;
     sqlite3_bind_text(st, 1, udid, -1, SQLITE_STATIC);
     esim_err rc = ESIM_ENOTFOUND;
     if (sqlite3_step(st) == SQLITE_ROW) {
-        out->supervised = sqlite3_column_type(st, 0) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 0);
+        out->supervised =
+            sqlite3_column_type(st, 0) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 0);
         copy_str(out->os_version, sizeof out->os_version, col_text(st, 1));
         copy_str(out->eid, sizeof out->eid, col_text(st, 2));
         copy_str(out->iccid, sizeof out->iccid, col_text(st, 3));

@@ -122,8 +122,9 @@ int main(int argc, char **argv)
     plist_t extra = plist_new_dict();
     plist_dict_set_item(extra, "QueryResponses", qr);
     esim_buf body = {0};
-    esim_msg_build_result(udids[0], ESIM_STATUS_ACKNOWLEDGED, "6c1b1f4e-0d43-4a5a-9a39-2a4a1f0a9e11",
-                          NULL, 0, extra, ESIM_PLIST_XML, &body, NULL);
+    esim_msg_build_result(udids[0], ESIM_STATUS_ACKNOWLEDGED,
+                          "6c1b1f4e-0d43-4a5a-9a39-2a4a1f0a9e11", NULL, 0, extra, ESIM_PLIST_XML,
+                          &body, NULL);
     plist_free(extra);
     size_t ref_n = n < 20000 ? n : 20000;
     double r0 = now_s();
@@ -140,8 +141,9 @@ int main(int argc, char **argv)
     esim_buf_free(&body);
 
     double per_dev = engine_s / (double)n;
-    printf("campaign engine: %zu devices, 3 steps each: %.3f s (%.0f devices/s, %.2f us per device)\n",
-           n, engine_s, (double)n / engine_s, per_dev * 1e6);
+    printf(
+        "campaign engine: %zu devices, 3 steps each: %.3f s (%.0f devices/s, %.2f us per device)\n",
+        n, engine_s, (double)n / engine_s, per_dev * 1e6);
     printf("  verified %zu, commands queued %zu, pushes %zu, records written %zu\n",
            counts[CDEV_VERIFIED], queued, pushed, taken);
     printf("  memory: %.0f bytes per device at creation, %.0f bytes per device at the end\n",
@@ -149,7 +151,8 @@ int main(int argc, char **argv)
     printf("  reference: parsing one verification answer costs %.2f us; the engine's whole\n"
            "  per-device work is %.2fx that (ratio engine/reference)\n",
            ref_per_dev * 1e6, per_dev / ref_per_dev);
-    printf("{\"devices\":%zu,\"engine_s\":%.4f,\"engine_devices_per_s\":%.0f,\"bytes_per_device\":%.0f,"
+    printf("{\"devices\":%zu,\"engine_s\":%.4f,\"engine_devices_per_s\":%.0f,\"bytes_per_device\":%"
+           ".0f,"
            "\"reference_parse_us\":%.3f,\"ratio_engine_to_parse\":%.3f}\n",
            n, engine_s, (double)n / engine_s, (double)(rss2 - rss0) * 1024.0 / (double)n,
            ref_per_dev * 1e6, per_dev / ref_per_dev);

@@ -83,8 +83,9 @@ static void test_demo_50_devices_json(void **state)
     (void)state;
     char work[320], cmd[1200];
     snprintf(work, sizeof work, "%s/work", g_dir);
-    snprintf(cmd, sizeof cmd, "'%s' demo --devices 50 --json --timeout 120 --keep '%s' 2>'%s/stderr'",
-             bin(), work, g_dir);
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 50 --json --timeout 120 --keep '%s' 2>'%s/stderr'", bin(), work,
+             g_dir);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     esim_buf out = {0};

@@ -256,8 +256,8 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
-    campaign_result busy = {.status = ESIM_STATUS_ERROR, .error_code = 36003,
-                            .error_text = "Cellular plan busy"};
+    campaign_result busy = {
+        .status = ESIM_STATUS_ERROR, .error_code = 36003, .error_text = "Cellular plan busy"};
     campaign_result hw = {.status = ESIM_STATUS_ERROR, .error_code = 36002};
     assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &busy, 1, &io), ESIM_OK);
     assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &hw, 1, &io), ESIM_OK);
@@ -499,7 +499,9 @@ static void test_dirty_records_and_restore(void **state)
     assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &a, 5, &io), ESIM_OK);
     campaign_take_dirty(c, &n);
     assert_int_equal(n, 3);
-    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_VERIFY, &(campaign_result){.status = ESIM_STATUS_NOT_NOW}, 6, &io), ESIM_OK);
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_VERIFY,
+                                        &(campaign_result){.status = ESIM_STATUS_NOT_NOW}, 6, &io),
+                     ESIM_OK);
     const size_t *d = campaign_take_dirty(c, &n);
     assert_int_equal(n, 1);
     assert_int_equal(d[0], 1);
@@ -587,12 +589,15 @@ static void test_names_round_trip(void **state)
     (void)state;
     for (int s = 0; s < CDEV_STATE_COUNT; s++) {
         campaign_dev_state back;
-        assert_int_equal(campaign_dev_state_parse(campaign_dev_state_name((campaign_dev_state)s), &back, NULL), ESIM_OK);
+        assert_int_equal(
+            campaign_dev_state_parse(campaign_dev_state_name((campaign_dev_state)s), &back, NULL),
+            ESIM_OK);
         assert_int_equal(back, s);
     }
     for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++) {
         campaign_step back;
-        assert_int_equal(campaign_step_parse(campaign_step_name((campaign_step)s), &back, NULL), ESIM_OK);
+        assert_int_equal(campaign_step_parse(campaign_step_name((campaign_step)s), &back, NULL),
+                         ESIM_OK);
         assert_int_equal(back, s);
     }
     campaign_dev_state st;

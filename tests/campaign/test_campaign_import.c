@@ -39,18 +39,18 @@ static void test_eids_good_and_bad_rows(void **state)
     make_eid(4, e4);
     char text[2048];
     snprintf(text, sizeof text,
-             "\xEF\xBB\xBFSerial,EID\r\n"          /* 1: header (with a BOM, as Excel writes) */
-             "F2LX0001,%s\r\n"                     /* 2: good */
-             "\n"                                  /* 3: blank */
-             "# reseller batch 7\n"                /* 4: comment */
-             "\"F2LX0002\" , \"%s\"\n"             /* 5: good, quoted and spaced */
+             "\xEF\xBB\xBFSerial,EID\r\n" /* 1: header (with a BOM, as Excel writes) */
+             "F2LX0001,%s\r\n"            /* 2: good */
+             "\n"                         /* 3: blank */
+             "# reseller batch 7\n"       /* 4: comment */
+             "\"F2LX0002\" , \"%s\"\n"    /* 5: good, quoted and spaced */
              "F2LX0003,89882119900000000000000000001600\n" /* 6: bad check digits */
-             "F2LX0004\n"                          /* 7: one column */
-             ",%s\n"                               /* 8: empty serial */
-             "F2LX0001,%s\n"                       /* 9: repeated serial */
-             "F2LX0009,%s\n"                       /* 10: repeated EID */
-             "F2LX/10,%s\n"                        /* 11: bad serial */
-             "F2LX0011,%s",                        /* 12: good, no final newline */
+             "F2LX0004\n"                                  /* 7: one column */
+             ",%s\n"                                       /* 8: empty serial */
+             "F2LX0001,%s\n"                               /* 9: repeated serial */
+             "F2LX0009,%s\n"                               /* 10: repeated EID */
+             "F2LX/10,%s\n"                                /* 11: bad serial */
+             "F2LX0011,%s",                                /* 12: good, no final newline */
              EID_A, e2, e3, e4, EID_A, e4, e3);
     campaign_import imp = {0};
     assert_int_equal(campaign_import_parse_eids(text, strlen(text), &imp, NULL), ESIM_OK);
@@ -81,8 +81,8 @@ static void test_eids_header_picks_columns(void **state)
 {
     (void)state;
     char text[512];
-    snprintf(text, sizeof text, "imei,eid,model,serial_number\n356938035643809,%s,iPhone15,C39ABC\n",
-             EID_A);
+    snprintf(text, sizeof text,
+             "imei,eid,model,serial_number\n356938035643809,%s,iPhone15,C39ABC\n", EID_A);
     campaign_import imp = {0};
     assert_int_equal(campaign_import_parse_eids(text, strlen(text), &imp, NULL), ESIM_OK);
     assert_int_equal(imp.n_eids, 1);

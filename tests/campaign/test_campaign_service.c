@@ -22,18 +22,23 @@
 
 /* ---- scripted devices ------------------------------------------------------------ */
 
-typedef enum { REFRESH_ACK = 0, REFRESH_BUSY_ONCE, REFRESH_NOT_NOW_ONCE, REFRESH_HW_ERROR } refresh_way;
+typedef enum {
+    REFRESH_ACK = 0,
+    REFRESH_BUSY_ONCE,
+    REFRESH_NOT_NOW_ONCE,
+    REFRESH_HW_ERROR
+} refresh_way;
 
 typedef struct {
     test_device dev;
     char serial[32];
-    char eid[33];          /* what the device really has */
-    char iccid[24];        /* the profile it gets from the refresh */
+    char eid[33];   /* what the device really has */
+    char iccid[24]; /* the profile it gets from the refresh */
     bool supervised;
     const char *os;
     refresh_way refresh;
-    bool silent;           /* never checks in after enrolment */
-    bool installed;        /* the refresh went through */
+    bool silent;    /* never checks in after enrolment */
+    bool installed; /* the refresh went through */
     int refreshes, busy_left, not_now_left;
     int erases;
 } sdev;
@@ -68,8 +73,11 @@ static void sdev_init(sdev *s, const harness_env *env, const char *base_url, uns
 static void sdev_enroll(sdev *s)
 {
     esim_buf b = {0};
-    esim_authenticate_info info = {.udid = s->dev.udid, .topic = s->dev.topic, .os_version = s->os,
-                                   .serial_number = s->serial, .product_name = "iPhone17,1"};
+    esim_authenticate_info info = {.udid = s->dev.udid,
+                                   .topic = s->dev.topic,
+                                   .os_version = s->os,
+                                   .serial_number = s->serial,
+                                   .product_name = "iPhone17,1"};
     assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
     assert_int_equal(device_put(&s->dev, b.data, b.len, NULL), 200);
     esim_buf_free(&b);
@@ -330,8 +338,9 @@ static void test_verification_keeps_ack_and_install_apart(void **state)
     /* Inventory first so the warnings know who is unsupervised. */
     for (int i = 0; i < NDEV; i++) {
         char cmd[400];
-        snprintf(cmd, sizeof cmd, "{\"udids\":[\"%s\"],\"command\":{\"request_type\":"
-                                  "\"DeviceInformation\",\"queries\":[\"IsSupervised\"]}}",
+        snprintf(cmd, sizeof cmd,
+                 "{\"udids\":[\"%s\"],\"command\":{\"request_type\":"
+                 "\"DeviceInformation\",\"queries\":[\"IsSupervised\"]}}",
                  d[i].dev.udid);
         assert_int_equal(api("POST", "/v1/commands", cmd, NULL), 200);
         sdev_checkin(&d[i]);
@@ -343,9 +352,9 @@ static void test_verification_keeps_ack_and_install_apart(void **state)
     bool warned = false;
     size_t i;
     json_t *w;
-    json_array_foreach(json_object_get(c, "warnings"), i, w)
-        warned |= strcmp(jstr(w, "udid"), d[3].dev.udid) == 0 &&
-                  strstr(jstr(w, "reason"), "supervised") != NULL;
+    json_array_foreach(json_object_get(c, "warnings"), i, w) warned |=
+        strcmp(jstr(w, "udid"), d[3].dev.udid) == 0 &&
+        strstr(jstr(w, "reason"), "supervised") != NULL;
     assert_true(warned);
     json_decref(c);
 
@@ -406,9 +415,8 @@ static void test_groups_tags_and_distribution(void **state)
                          "{\"target\":{\"group\":\"nope\"},\"steps\":[\"verify\"]}", NULL),
                      404);
     /* Bad input names its field. */
-    assert_int_equal(api("POST", "/v1/campaigns", "{\"target\":{\"all\":true},\"steps\":[\"fly\"]}",
-                         &r),
-                     400);
+    assert_int_equal(
+        api("POST", "/v1/campaigns", "{\"target\":{\"all\":true},\"steps\":[\"fly\"]}", &r), 400);
     assert_string_equal(jstr(json_object_get(r, "error"), "field"), "steps");
     json_decref(r);
     assert_int_equal(api("GET", "/v1/campaigns", NULL, &r), 200);
@@ -416,10 +424,11 @@ static void test_groups_tags_and_distribution(void **state)
     json_decref(r);
 
     /* Custom distribution: only d[1] of the group gets anything. */
-    snprintf(body, sizeof body,
-             "{\"target\":{\"group\":\"pilot\"},\"distribution\":\"custom\",\"custom_udids\":[\"%s\"],"
-             "\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
-             d[1].dev.udid, fast_settings);
+    snprintf(
+        body, sizeof body,
+        "{\"target\":{\"group\":\"pilot\"},\"distribution\":\"custom\",\"custom_udids\":[\"%s\"],"
+        "\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
+        d[1].dev.udid, fast_settings);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -504,8 +513,8 @@ static void test_retries_and_expiry(void **state)
     bool explained = false;
     size_t i;
     json_t *w;
-    json_array_foreach(json_object_get(c, "warnings"), i, w)
-        explained |= strstr(jstr(w, "reason"), "reset") != NULL;
+    json_array_foreach(json_object_get(c, "warnings"), i, w) explained |=
+        strstr(jstr(w, "reason"), "reset") != NULL;
     assert_true(explained);
     json_decref(c);
     r = drive(d, NDEV, id, 100);
@@ -572,9 +581,9 @@ static void test_imports_report_bad_rows(void **state)
              "serial,eid\n%s,%s\nNOSUCHSERIAL,%s\n%s,89049032000000000100000000000100\n%s\n",
              d[0].serial, d[0].eid, d[1].eid, d[2].serial, d[3].serial);
     json_t *r = NULL;
-    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids?line_offset=10", text,
-                              "text/csv", &r),
-                     200);
+    assert_int_equal(
+        api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids?line_offset=10", text, "text/csv", &r),
+        200);
     assert_int_equal(jint(r, "imported"), 2);
     assert_int_equal(jint(r, "matched"), 1);
     assert_int_equal(jint(r, "bad_total"), 2);
@@ -589,8 +598,9 @@ static void test_imports_report_bad_rows(void **state)
                      200);
     assert_int_equal(jint(r, "bad_total"), 1);
     json_decref(r);
-    assert_int_equal(api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids", "a,b\0c", "text/csv", &r),
-                     200); /* "a,b": an ordinary bad row */
+    assert_int_equal(
+        api_call(g_url, TEST_TOKEN, "POST", "/v1/import/eids", "a,b\0c", "text/csv", &r),
+        200); /* "a,b": an ordinary bad row */
     json_decref(r);
 
     /* The same through the CLI: bad rows by file line, exit status 1. */
@@ -675,12 +685,14 @@ static void test_restart_mid_campaign(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_verification_keeps_ack_and_install_apart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verification_keeps_ack_and_install_apart, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_groups_tags_and_distribution, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_and_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_imports_report_bad_rows, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_diagnosis_of_checked_out_and_untouched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_diagnosis_of_checked_out_and_untouched, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
