@@ -545,6 +545,40 @@ static void test_webhook_receiver_down_never_blocks_devices(void **state)
     harness_stop(&ts);
 }
 
+/* A receiver that takes the connection and never answers: the service
+ * still serves devices, and stops cleanly with deliveries in flight. */
+static void test_webhook_receiver_silent_and_shutdown_in_flight(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    assert_int_equal(listen(fd, 16), 0); /* connections complete in the backlog, unanswered */
+    socklen_t sl = sizeof sin;
+    getsockname(fd, (struct sockaddr *)&sin, &sl);
+    char hook_url[128];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", ntohs(sin.sin_port));
+    const char *urls[] = {hook_url};
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "webhooks-silent", &cfg, ts.data_dir);
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    cfg.webhook_timeout_ms = 60000;
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(device_result(&dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_webhooks_pending"), 5);
+    device_free(&dev);
+    harness_stop(&ts); /* with five deliveries in flight */
+    close(fd);
+}
+
 /* ---- pushes through the APNs mock ---- */
 
 static void free_mock(void *arg)
@@ -663,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_two_services_in_one_process),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
+        cmocka_unit_test(test_webhook_receiver_silent_and_shutdown_in_flight),
         cmocka_unit_test(test_push_through_apns_mock),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
