@@ -34,7 +34,9 @@ enum {
     F_OFFLINE = 1u << 3,
     F_REGISTERED = 1u << 4, /* its current token is on the mock's channel */
     F_NEED_REG = 1u << 5,
-    F_ENROLL_QUEUED = 1u << 6, /* waiting in the enrolment queue */
+    F_ENROLL_QUEUED = 1u << 6,   /* waiting in the enrolment queue */
+    F_LOCK_ON_PUSH = 1u << 7,    /* NotNow share: locked when the first command comes */
+    F_OFFLINE_ON_PUSH = 1u << 8, /* offline share: out of coverage when the first push comes */
 };
 
 typedef struct {
@@ -415,6 +417,10 @@ static void handle_command(req_ctx *ctx, sim_http_response *r)
     slot *sl = &s->slots[ctx->slot];
     sim_cmd_outcome o;
     s->stats.commands++;
+    if (sl->flags & F_LOCK_ON_PUSH) { /* locked at its first command, for notnow_ms */
+        sl->flags &= ~F_LOCK_ON_PUSH;
+        at(s, s->notnow_ms, ctx->slot, TIMED_UNLOCK);
+    }
     if (sim_device_handle_command(sl->dev, r->body.data, r->body.len, &o, NULL) != ESIM_OK) {
         sim_cmd_outcome_free(&o);
         session_end(s, ctx->slot);
@@ -652,6 +658,19 @@ static void register_tokens(sim_devsim *s)
     free(txt);
 }
 
+/* The misbehaving shares act up when the campaign reaches them: a phone in
+ * the offline share misses its first push and comes back later (a phone in
+ * the NotNow share is locked at its first command; see handle_command). */
+static void on_push(sim_devsim *s, size_t i)
+{
+    slot *sl = &s->slots[i];
+    if (sl->flags & F_OFFLINE_ON_PUSH) {
+        sl->flags = (sl->flags & ~F_OFFLINE_ON_PUSH) | F_OFFLINE;
+        at(s, s->offline_ms, i, TIMED_ONLINE);
+    }
+    want_checkin(s, i);
+}
+
 static void on_deliveries(void *arg, sim_http_response *r)
 {
     sim_devsim *s = arg;
@@ -679,7 +698,7 @@ static void on_deliveries(void *arg, sim_http_response *r)
             if (i != SIZE_MAX && magic &&
                 strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
                 s->stats.pushes++;
-                want_checkin(s, i);
+                on_push(s, i);
             }
         }
         esim_buf_free(&tok);
@@ -960,11 +979,9 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     sim_device_quirks q = {.locked = notnow, .fail_download = failing};
     sim_device_set_quirks(d, &q);
     if (notnow)
-        at(s, s->notnow_ms, i, TIMED_UNLOCK);
-    if (offline) {
-        sl->flags |= F_OFFLINE;
-        at(s, s->offline_ms, i, TIMED_ONLINE);
-    }
+        sl->flags |= F_LOCK_ON_PUSH;
+    if (offline)
+        sl->flags |= F_OFFLINE_ON_PUSH;
     if (sim_device_enrolled(d)) {
         s->stats.enrolled++;
         mark_need_reg(s, i); /* the mock does not remember tokens across runs */
