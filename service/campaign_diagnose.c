@@ -112,26 +112,27 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
     esim_ignored_key ig[4];
     size_t n = esim_policy_ignored_keys(&spec->policy, os[0] ? os : NULL, f->supervised != 0, ig);
     esim_policy eff = esim_policy_effective(&spec->policy, os[0] ? os : NULL, f->supervised != 0);
+    /* Each key in force, with what it does to the person holding the phone. */
+    const char *words[3];
+    size_t nw = 0;
+    if (eff.allow_esim_modification == ESIM_TRI_FALSE)
+        words[nw++] = "allowESIMModification=false (the user cannot delete or change the eSIM)";
+    if (eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE)
+        words[nw++] = "forcePreserveESIMOnErase=true (the eSIM survives Erase All Content and "
+                      "passcode wipes, not a Find My erase)";
+    if (eff.allow_esim_outgoing_transfers == ESIM_TRI_FALSE)
+        words[nw++] = "allowESIMOutgoingTransfers=false (Quick Transfer is blocked)";
     char inforce[400] = "";
     size_t o = 0;
-    if (eff.allow_esim_modification == ESIM_TRI_FALSE)
-        o += (size_t)snprintf(
-            inforce + o, sizeof inforce - o,
-            "allowESIMModification=false (the user cannot delete or change the eSIM); ");
-    if (eff.force_preserve_esim_on_erase == ESIM_TRI_TRUE && o < sizeof inforce)
-        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
-                              "forcePreserveESIMOnErase=true (the eSIM survives Erase All Content "
-                              "and passcode wipes, not a Find My erase); ");
-    if (eff.allow_esim_outgoing_transfers == ESIM_TRI_FALSE && o < sizeof inforce)
-        o += (size_t)snprintf(inforce + o, sizeof inforce - o,
-                              "allowESIMOutgoingTransfers=false (Quick Transfer is blocked); ");
+    for (size_t i = 0; i < nw && o < sizeof inforce; i++)
+        o += (size_t)snprintf(inforce + o, sizeof inforce - o, "%s%s", i ? "; " : "", words[i]);
     char ignored[400] = "";
     size_t p = 0;
     for (size_t i = 0; i < n && p < sizeof ignored; i++)
         p += (size_t)snprintf(ignored + p, sizeof ignored - p, "%s%s %s", i ? "; " : "", ig[i].key,
                               ig[i].reason);
     check(d, "restrictions", n == 0, "in force: %s%s%s", o ? inforce : "none",
-          n ? " ignored by this device: " : "", n ? ignored : "");
+          n ? ". Ignored by this device: " : "", n ? ignored : "");
     if (f->supervised < 0)
         check(d, "supervision", -1, "unknown: no DeviceInformation answer has said yet");
 }

@@ -682,6 +682,73 @@ static void test_restart_mid_campaign(void **state)
         assert_int_equal(d[i].refreshes, 1); /* never a second download */
 }
 
+/* Runs the esim-mdm CLI against the test service; returns its exit status
+ * and its stdout in |out|. */
+static int cli(const fixture *f, const char *args, char *out, size_t len)
+{
+    const char *bin = getenv("ESIM_MDM_BIN");
+    if (!bin)
+        fail_msg("ESIM_MDM_BIN is not set (run the test through ctest)");
+    char tok[400], cmd[2000];
+    snprintf(tok, sizeof tok, "%s/token", f->env.dir);
+    FILE *fp = fopen(tok, "w");
+    fprintf(fp, "%s\n", TEST_TOKEN);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "ESIM_MDM_SERVER=%s ESIM_MDM_TOKEN_FILE='%s' '%s' %s 2>/dev/null",
+             g_url, tok, bin, args);
+    FILE *p = popen(cmd, "r");
+    size_t got = fread(out, 1, len - 1, p);
+    out[got] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_campaign_lifecycle(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, false);
+    char out[65536], args[2400];
+    /* A staged campaign: nothing is sent until resumed. */
+    snprintf(args, sizeof args,
+             "campaign create --tag none-yet --steps verify --distribution none --json");
+    assert_int_equal(cli(f, args, out, sizeof out), 2); /* no device has that tag: 400 */
+    snprintf(args, sizeof args,
+             "campaign create --udid %s --udid %s --steps refresh,verify --smdp smdp.example.com "
+             "--distribution none --repush-after 0.2 --json",
+             d[0].dev.udid, d[1].dev.udid);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    json_t *c = json_loads(out, 0, NULL);
+    assert_non_null(c);
+    assert_string_equal(jstr(c, "state"), "staged");
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    snprintf(args, sizeof args, "campaign status %s", id);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    assert_non_null(strstr(out, "staged"));
+    snprintf(args, sizeof args, "campaign pause %s", id);
+    assert_int_equal(cli(f, args, out, sizeof out), 2); /* 409: a staged campaign is not running */
+    snprintf(args, sizeof args, "campaign resume %s", id);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    json_t *r = drive(d, 2, id, 100);
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 2);
+    json_decref(r);
+    snprintf(args, sizeof args, "campaign status %s --watch --json", id);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "campaign devices %s --state verified", id);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    assert_non_null(strstr(out, d[0].dev.udid));
+    assert_int_equal(cli(f, "campaign list", out, sizeof out), 0);
+    assert_non_null(strstr(out, id));
+    snprintf(args, sizeof args, "diagnose %s --json", d[1].dev.udid);
+    assert_int_equal(cli(f, args, out, sizeof out), 0);
+    assert_non_null(strstr(out, "\"kind\":\"verified\""));
+    assert_int_equal(cli(f, "campaign create --all --steps fly", out, sizeof out), 2);
+    assert_int_equal(cli(f, "campaign explode", out, sizeof out), 2);
+    assert_int_equal(cli(f, "campaign status", out, sizeof out), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -694,6 +761,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_diagnosis_of_checked_out_and_untouched, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cli_campaign_lifecycle, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
