@@ -183,6 +183,18 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
     esim_error e = {{0}};
     esim_err rc;
     int64_t now = esim_now_ms();
+    /* A device enrolled under another push certificate could never be
+     * woken by this service: its Topic must be the one pushes go out on. */
+    const char *topic = push_topic(svc);
+    if (topic && msg->kind != ESIM_MSG_CHECKOUT && strcmp(topic, msg->topic) != 0) {
+        svc->m.auth_refused++;
+        esim_fail(&e, ESIM_EAUTH,
+                  "Topic '%.200s' is not this service's push topic '%.200s': the "
+                  "enrolment profile names another MDM push certificate",
+                  msg->topic, topic);
+        reply_text(svc, req, 403, e.msg);
+        return;
+    }
     switch (msg->kind) {
     case ESIM_MSG_AUTHENTICATE: {
         store_authenticate_in in = {

@@ -62,6 +62,16 @@ static void on_push_result(const apns_result *r, void *arg)
 }
 #endif
 
+const char *push_topic(const esim_service *svc)
+{
+#ifdef ESIM_HAVE_APNS
+    return push_configured(svc) ? apns_client_topic(svc->push->client) : NULL;
+#else
+    (void)svc;
+    return NULL;
+#endif
+}
+
 esim_err push_init(esim_service *svc, esim_error *err)
 {
     svc->push = calloc(1, sizeof *svc->push);

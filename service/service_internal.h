@@ -214,6 +214,8 @@ void push_free(esim_service *svc);
 /* Pushes the device once; *state (may be NULL) says what happened. */
 esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state, esim_error *err);
 bool push_configured(const esim_service *svc);
+/* The APNs topic pushes go out under, or NULL without APNs. */
+const char *push_topic(const esim_service *svc);
 /* Appends push-client metrics (Prometheus lines) to |out|. */
 void push_metrics(esim_service *svc, esim_buf *out);
 

@@ -627,6 +627,21 @@ static void test_push_through_apns_mock(void **state)
     test_device d1, d2;
     device_new(&d1, &env, u1, ts.url);
     device_new(&d2, &env, u2, ts.url);
+    /* The push certificate's topic is the only one devices may enroll under. */
+    char topic_path[400];
+    snprintf(topic_path, sizeof topic_path, "%s/push.topic", env.pki);
+    esim_buf topic = {0};
+    assert_int_equal(esim_read_file(topic_path, 1024, &topic, NULL), ESIM_OK);
+    while (topic.len && (topic.data[topic.len - 1] == '\n' || topic.data[topic.len - 1] == '\r'))
+        topic.data[--topic.len] = '\0';
+    esim_buf auth = {0};
+    esim_authenticate_info wrong = {.udid = u1, .topic = "com.apple.mgmt.External.someone-else"};
+    assert_int_equal(esim_msg_build_authenticate(&wrong, &auth, NULL), ESIM_OK);
+    assert_int_equal(device_put(&d1, auth.data, auth.len, NULL), 403);
+    esim_buf_free(&auth);
+    snprintf(d1.topic, sizeof d1.topic, "%s", (const char *)topic.data);
+    snprintf(d2.topic, sizeof d2.topic, "%s", (const char *)topic.data);
+    esim_buf_free(&topic);
     device_enroll(&d1);
     device_enroll(&d2);
     char body[512];
