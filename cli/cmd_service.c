@@ -347,6 +347,9 @@ static int run_service(serve_opts *o, const char *api_token_path)
     if (!o->cfg.apns_url)
         fprintf(stderr, "esim-mdm serve: no --apns: pushes are recorded as pending; devices get "
                         "their commands when they next check in\n");
+    /* A device that hangs up while its answer is being written must not
+     * kill the service (writev raises SIGPIPE). */
+    signal(SIGPIPE, SIG_IGN);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, svc);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, svc);
     if (sigint)

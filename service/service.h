@@ -6,7 +6,10 @@
  *
  * There is no global state: each esim_service is independent, so one process
  * may run several. Nothing here prints; start-up failures come back as
- * esim_err plus an esim_error sentence.
+ * esim_err plus an esim_error sentence. A process embedding the service must
+ * ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)): a client that hangs up while
+ * its answer is written would otherwise kill it. libcurl (webhooks) must be
+ * initialised (curl_global_init) before the first service is made.
  */
 #ifndef ESIM_SERVICE_SERVICE_H
 #define ESIM_SERVICE_SERVICE_H

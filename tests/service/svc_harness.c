@@ -4,6 +4,7 @@
  * bodies with CMS (SHA-256 or SHA-1, leaf certificate only), API helpers.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,6 +31,7 @@ void harness_env_setup(harness_env *env)
     snprintf(env->device_ca, sizeof env->device_ca, "%s/device-ca.pem", env->pki);
     snprintf(env->topic, sizeof env->topic, "com.apple.mgmt.External.test");
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    signal(SIGPIPE, SIG_IGN); /* as every embedder of the service must */
 }
 
 void harness_env_teardown(harness_env *env)
