@@ -244,8 +244,8 @@ long device_result_ex(test_device *d, esim_status st, const char *uuid,
 {
     esim_buf b = {0}, reply = {0};
     esim_error e;
-    if (esim_msg_build_result(d->udid, st, uuid, chain, n_chain, extra, ESIM_PLIST_XML, &b, &e) !=
-        ESIM_OK)
+    if (esim_msg_build_result(d->udid, st, uuid, chain, n_chain, extra,
+                              d->binary ? ESIM_PLIST_BINARY : ESIM_PLIST_XML, &b, &e) != ESIM_OK)
         fail_msg("build result: %s", e.msg);
     long status = device_put(d, b.data, b.len, &reply);
     if (next) {

@@ -61,6 +61,7 @@ typedef struct {
     sign_mode sign;
     CURL *conn; /* one connection; device_reconnect() makes a new one */
     const char *base_url;
+    bool binary; /* send results as binary plists */
     /* HTTPS: the CA to trust, and (mTLS) the client certificate and key. */
     const char *ca_file, *client_cert, *client_key;
 } test_device;

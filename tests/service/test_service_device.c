@@ -176,7 +176,9 @@ static void test_error_and_format_error_recorded_with_chain(void **state)
     assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ERROR, a, &chain, 1, NULL, &next), 200);
     assert_string_equal(next.command_uuid, b);
     esim_cmd_parsed_free(&next);
+    f->dev.binary = true; /* binary plists are as good as XML */
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_COMMAND_FORMAT_ERROR, b, &next), 200);
+    f->dev.binary = false;
     assert_null(next.root);
 
     char path[200];
