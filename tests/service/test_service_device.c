@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -500,6 +503,51 @@ static void test_raw_enqueue_eid_and_result_hook(void **state)
     stop(f);
 }
 
+/* Devices that hang up before their answer is written: nothing breaks, and
+ * the command they never received is still theirs. */
+static void test_device_hangs_up_before_the_answer(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320];
+    harness_config(&env, "hangup-cfg", &cfg, dir);
+    cfg.device_auth = ESIM_DEVICE_AUTH_NONE;
+    fixture *f = start("hangup", &cfg);
+    f->dev.sign = SIGN_NONE;
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    int port = esim_service_port(f->ts.svc);
+    for (int i = 0; i < 20; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "PUT /mdm HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n",
+                          idle.len);
+        assert_int_equal(write(fd, head, (size_t)hl), hl);
+        assert_int_equal(write(fd, idle.data, idle.len), (ssize_t)idle.len);
+        struct linger lg = {1, 0}; /* reset, not a polite close */
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+    }
+    esim_buf_free(&idle);
+    /* The service is fine, and the command (sent, unanswered) comes again. */
+    assert_int_equal(api_call(f->ts.url, NULL, "GET", "/healthz", NULL, NULL, NULL), 200);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    stop(f);
+}
+
 /* mTLS: the identity is the TLS client certificate, bound at Authenticate. */
 static void test_mtls_identity(void **state)
 {
@@ -573,6 +621,7 @@ int main(void)
         cmocka_unit_test(test_limits_and_malformed_bodies),
         cmocka_unit_test(test_checkout_closes_queue),
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
+        cmocka_unit_test(test_device_hangs_up_before_the_answer),
         cmocka_unit_test(test_mtls_identity),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
