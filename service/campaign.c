@@ -977,9 +977,18 @@ json_t *campaigns_device_json(const campaign *c, size_t i)
     return o;
 }
 
+/* What one campaign holds in the service's memory, engine and glue. */
+static size_t slot_memory(const camp_slot *s)
+{
+    size_t b = sizeof *s + campaign_memory(s->c) + s->profile.cap + s->cap_cmds * sizeof *s->cmds +
+               s->pushes.cap * sizeof *s->pushes.v;
+    for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+        b += s->pending[k].cap * sizeof *s->pending[k].v;
+    return b;
+}
+
 json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
 {
-    (void)cs;
     size_t counts[CDEV_STATE_COUNT];
     campaign_counts(c, counts);
     json_t *cj = json_object();
@@ -996,6 +1005,13 @@ json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
     json_object_set_new(o, "pushes", json_integer((json_int_t)campaign_pushes(c)));
     json_object_set_new(o, "commands", json_integer((json_int_t)campaign_commands(c)));
     json_object_set_new(o, "created_ms", json_integer(campaign_created_ms(c)));
+    const camp_slot *s = slot_of(cs, c);
+    if (s) {
+        size_t bytes = slot_memory(s);
+        json_object_set_new(o, "memory_bytes", json_integer((json_int_t)bytes));
+        json_object_set_new(o, "memory_bytes_per_device",
+                            json_real((double)bytes / (double)campaign_device_count(c)));
+    }
     return o;
 }
 

@@ -317,6 +317,10 @@ esim_err campaign_cancel(campaign *c, int64_t now_ms, esim_error *err);
  * the next engine call. */
 const size_t *campaign_take_dirty(campaign *c, size_t *n);
 
+/* Bytes the campaign holds in memory (records, index, timers, queues,
+ * reasons): what a campaign costs the service per device. */
+size_t campaign_memory(const campaign *c);
+
 /* Marks every device changed (after the caller failed to write a batch). */
 void campaign_mark_all_dirty(campaign *c);
 

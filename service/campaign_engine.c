@@ -231,6 +231,16 @@ const size_t *campaign_take_dirty(campaign *c, size_t *n)
     return c->dirty;
 }
 
+size_t campaign_memory(const campaign *c)
+{
+    size_t b = sizeof *c + c->n * (sizeof *c->devs + sizeof *c->ready + sizeof *c->dirty) +
+               c->index_cap * sizeof *c->index + c->heap_cap * sizeof *c->heap;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->devs[i].reason)
+            b += strlen(c->devs[i].reason) + 1;
+    return b;
+}
+
 static void mark_dirty(campaign *c, size_t i);
 
 void campaign_mark_all_dirty(campaign *c)
