@@ -117,7 +117,8 @@ static int server_kill(server *s, int sig)
 }
 
 /* Runs an esim-mdm admin subcommand; its stdout goes to |out|. */
-static int run_cli(server *s, esim_buf *out, const char *fmt, ...)
+static int __attribute__((format(printf, 3, 4)))
+run_cli(server *s, esim_buf *out, const char *fmt, ...)
 {
     char args[1024], cmd[2048];
     va_list ap;
