@@ -26,7 +26,8 @@ typedef enum {
     REFRESH_ACK = 0,
     REFRESH_BUSY_ONCE,
     REFRESH_NOT_NOW_ONCE,
-    REFRESH_HW_ERROR
+    REFRESH_HW_ERROR,
+    REFRESH_CONSUMED, /* the SM-DP+ refused: the profile was downloaded before */
 } refresh_way;
 
 typedef struct {
@@ -137,6 +138,13 @@ static int sdev_checkin(sdev *s)
                 snprintf(e.domain, sizeof e.domain, "CTCellularPlanErrorDomain");
                 snprintf(e.us_english_description, sizeof e.us_english_description,
                          "eSIM is not supported on this hardware.");
+                st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
+            } else if (s->refresh == REFRESH_CONSUMED) {
+                esim_error_chain_entry e = {.code = 8};
+                snprintf(e.domain, sizeof e.domain, "SGP22.ES9Plus");
+                snprintf(e.us_english_description, sizeof e.us_english_description,
+                         "SM-DP+ refused (8.2/3.7): profile already downloaded: not available "
+                         "for a new binding");
                 st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
             } else if (s->refresh == REFRESH_BUSY_ONCE && s->busy_left > 0) {
                 s->busy_left--;
@@ -632,6 +640,26 @@ static void test_diagnosis_of_checked_out_and_untouched(void **state)
 {
     fixture *f = *state;
     sdev *d = f->devs;
+    /* A profile consumed by an earlier download, as the SM-DP+ says it. */
+    import_identities(d, NDEV, false);
+    d[2].refresh = REFRESH_CONSUMED;
+    char body[600];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\"],\"smdp_url\":"
+             "\"smdp.example.com\"}",
+             d[2].dev.udid);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_t *r = drive(d, NDEV, id, 100);
+    assert_int_equal(jint(json_object_get(r, "counts"), "failed"), 1);
+    json_decref(r);
+    json_t *g0 = diagnose(d[2].dev.udid);
+    assert_string_equal(jstr(g0, "kind"), "profile_consumed");
+    assert_non_null(strstr(jstr(g0, "next_action"), "SM-DP+"));
+    json_decref(g0);
+
     json_t *g = diagnose(d[0].dev.udid);
     assert_string_equal(jstr(g, "kind"), "no_campaign");
     json_decref(g);
