@@ -76,6 +76,10 @@ static const char devsim_help[] =
     "                          client certificate; needs --data-dir) or none (a service\n"
     "                          run with --device-auth none; cheapest for load tests)\n"
     "  --max-concurrent N      check-ins in flight at once (default 64)\n"
+    "  --reuse-identity-after-erase\n"
+    "                          keep the identity certificate across a wipe (a real\n"
+    "                          phone re-enrols with a new one; for services that\n"
+    "                          cannot re-bind a UDID to a new identity yet)\n"
     "  --duration SECONDS      stop after this long (default: until Ctrl-C)\n"
     "\n"
     "user actions (honouring the device's restrictions):\n"
@@ -437,7 +441,8 @@ int cmd_devsim(int argc, char **argv)
         O_STATUS_FILE,
         O_MTLS,
         O_MAXC,
-        O_DURATION
+        O_DURATION,
+        O_REUSE
     };
     static const struct option opts[] = {
         {"server", required_argument, NULL, O_SERVER},
@@ -456,6 +461,7 @@ int cmd_devsim(int argc, char **argv)
         {"status-port-file", required_argument, NULL, O_STATUS_FILE},
         {"device-auth", required_argument, NULL, O_MTLS},
         {"max-concurrent", required_argument, NULL, O_MAXC},
+        {"reuse-identity-after-erase", no_argument, NULL, O_REUSE},
         {"duration", required_argument, NULL, O_DURATION},
         {NULL, 0, NULL, 0}};
     sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
@@ -519,6 +525,9 @@ int cmd_devsim(int argc, char **argv)
                 cfg.no_identity = true;
             else if (strcmp(optarg, "signature") != 0)
                 return cli_usage_error("devsim: --device-auth is signature, mtls or none");
+            break;
+        case O_REUSE:
+            cfg.reuse_identity_on_erase = true;
             break;
         case O_MAXC:
             if (!parse_uint(optarg, 100000, &v) || v == 0)

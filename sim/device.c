@@ -41,6 +41,7 @@ struct sim_device {
     size_t n_profiles;
     sim_euicc *euicc;
     sim_device_quirks quirks;
+    bool reuse_identity_on_erase;
     bool dirty;
 };
 
@@ -193,6 +194,11 @@ const unsigned char *sim_device_push_token(const sim_device *d, size_t *len)
 const char *sim_device_push_magic(const sim_device *d)
 {
     return d->push_magic;
+}
+
+void sim_device_set_reuse_identity_on_erase(sim_device *d, bool reuse)
+{
+    d->reuse_identity_on_erase = reuse;
 }
 
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q)
@@ -629,9 +635,11 @@ void sim_device_erase(sim_device *d, bool keep_esim)
     d->profiles = NULL;
     d->n_profiles = 0;
     d->enrolled = false;
-    /* A wiped phone is a new install: new push token, new SCEP identity. */
+    /* A wiped phone is a new install: new push token, new SCEP identity
+     * (unless told to keep the identity, for services that cannot re-bind). */
     sim_device_new_push_identity(d);
-    esim_buf_free(&d->identity_der);
+    if (!d->reuse_identity_on_erase)
+        esim_buf_free(&d->identity_der);
     if (!keep_esim)
         sim_euicc_memory_reset(d->euicc);
     d->dirty = true;

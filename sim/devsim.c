@@ -978,6 +978,7 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     sl->dev = d;
     sim_device_quirks q = {.locked = notnow, .fail_download = failing};
     sim_device_set_quirks(d, &q);
+    sim_device_set_reuse_identity_on_erase(d, cfg->reuse_identity_on_erase);
     if (notnow)
         sl->flags |= F_LOCK_ON_PUSH;
     if (offline)

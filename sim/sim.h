@@ -381,6 +381,9 @@ typedef struct {
     bool fail_download; /* the next RefreshCellularPlans fails with 36003 (busy), once */
 } sim_device_quirks;
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q);
+/* Not realistic, for services that refuse to bind a UDID to a new identity:
+ * keep the identity certificate across an erase. Default false. */
+void sim_device_set_reuse_identity_on_erase(sim_device *d, bool reuse);
 
 /* What to do with one command. */
 typedef struct {
@@ -418,7 +421,10 @@ esim_err sim_device_not_now(const sim_device *d, const char *command_uuid, esim_
                             esim_error *err);
 
 /* Wipes the device as EraseDevice or a user erase does: configuration
- * profiles and enrolment go; the eUICC is memory-reset unless |keep_esim|. */
+ * profiles and enrolment go, the push token and PushMagic are new, and so is
+ * the identity certificate (a real phone gets a new SCEP identity when it
+ * enrols again) unless sim_device_set_reuse_identity_on_erase() said
+ * otherwise; the eUICC is memory-reset unless |keep_esim|. */
 void sim_device_erase(sim_device *d, bool keep_esim);
 
 typedef enum {
@@ -471,13 +477,14 @@ typedef struct {
     unsigned devices;
     double supervised_share, notnow_share, offline_share, fail_share;
     uint64_t seed;
-    const char *os_version;  /* NULL: a mix of 16.4, 17.4, 18.1 */
-    bool tls_client_auth;    /* identity by TLS client certificate instead of Mdm-Signature */
-    bool no_identity;        /* neither, for a service run with --device-auth none: saves
-                                an RSA signature per message in load tests */
-    unsigned offline_ms;     /* how long an offline device stays away; 0 = 3000 */
-    unsigned notnow_ms;      /* how long a locked device stays locked; 0 = 2000 */
-    unsigned max_concurrent; /* check-ins in flight at once; 0 = 64 */
+    const char *os_version;       /* NULL: a mix of 16.4, 17.4, 18.1 */
+    bool tls_client_auth;         /* identity by TLS client certificate instead of Mdm-Signature */
+    bool no_identity;             /* neither, for a service run with --device-auth none: saves
+                                     an RSA signature per message in load tests */
+    bool reuse_identity_on_erase; /* see sim_device_set_reuse_identity_on_erase */
+    unsigned offline_ms;          /* how long an offline device stays away; 0 = 3000 */
+    unsigned notnow_ms;           /* how long a locked device stays locked; 0 = 2000 */
+    unsigned max_concurrent;      /* check-ins in flight at once; 0 = 64 */
 } sim_devsim_config;
 
 typedef struct {

@@ -166,13 +166,17 @@ static int start_service(bool mtls)
     snprintf(cert, sizeof cert, "%s/server.pem", pki);
     snprintf(key, sizeof key, "%s/server.key", pki);
     char portfile[700], data[700], dca[700], apns[64], pcert[700], pkey[700];
-    snprintf(portfile, sizeof portfile, "%s/svc-%d.port", fx.dir, (int)mtls);
-    snprintf(data, sizeof data, "%s/svc-%d", fx.dir, (int)mtls);
+    /* A fresh port file and store for every start: a stale port file would
+     * point at the service of an earlier test. */
+    static int starts;
+    starts++;
+    snprintf(portfile, sizeof portfile, "%s/svc-%d.port", fx.dir, starts);
+    snprintf(data, sizeof data, "%s/svc-%d", fx.dir, starts);
     snprintf(dca, sizeof dca, "%s/device-ca.pem", pki);
     snprintf(apns, sizeof apns, "https://127.0.0.1:%d", fx.mock_tls);
     snprintf(pcert, sizeof pcert, "%s/push.pem", pki);
     snprintf(pkey, sizeof pkey, "%s/push.key", pki);
-    snprintf(log, sizeof log, "%s/serve-%d.log", fx.dir, (int)mtls);
+    snprintf(log, sizeof log, "%s/serve-%d.log", fx.dir, starts);
     char *sargv[32] = {
         (char *)fx.bin,      "serve", "--listen",    "127.0.0.1:0", "--port-file", portfile,
         "--data-dir",        data,    "--device-ca", dca,           "--apns",      apns,
@@ -563,12 +567,88 @@ static void test_mtls(void **state)
     event_base_free(w.base);
 }
 
+/* After EraseDevice with PreserveDataPlan the phone sets up again: it
+ * re-enrols (new push token; here the identity is kept, see
+ * --reuse-identity-after-erase), registers its new token, and answers the
+ * service again with its eSIM still there. */
+static void test_erase_reenrol(void **state)
+{
+    (void)state;
+    world w = {0};
+    w.base = event_base_new();
+    assert_int_equal(sim_http_new(w.base, &w.http, NULL), ESIM_OK);
+    char pki[600], apns[64], server[64];
+    snprintf(pki, sizeof pki, "%s/pki", fx.dir);
+    snprintf(apns, sizeof apns, "http://127.0.0.1:%d", fx.mock_delivery);
+    snprintf(server, sizeof server, "http://127.0.0.1:%d", fx.svc_port);
+    esim_error err;
+    sim_devsim_config dc = {.server_url = server,
+                            .apns_url = apns,
+                            .pki_dir = pki,
+                            .devices = 2,
+                            .supervised_share = 1.0,
+                            .seed = 555,
+                            .channel = "erase",
+                            .reuse_identity_on_erase = true};
+    assert_int_equal(sim_devsim_new(w.base, &dc, &w.ds, &err), ESIM_OK);
+    for (int i = 0; i < 300 && !all_enrolled(&w); i++)
+        run_ms(&w, 100);
+    assert_true(all_enrolled(&w));
+    /* Both phones already carry an eSIM (as after a campaign). */
+    for (unsigned i = 0; i < 2; i++) {
+        sim_profile p = {0};
+        st_iccid(5550 + i, p.iccid);
+        p.profile_class = SIM_CLASS_OPERATIONAL;
+        sim_result r;
+        sim_euicc *e = sim_device_euicc(sim_devsim_device_at(w.ds, i));
+        assert_int_equal(sim_euicc_install(e, &p, &r, NULL), ESIM_OK);
+        assert_int_equal(sim_euicc_enable(e, p.iccid), SIM_RES_OK);
+    }
+    size_t tl;
+    unsigned char old_token[32];
+    memcpy(old_token, sim_device_push_token(sim_devsim_device_at(w.ds, 0), &tl), 32);
+    char *c1 = enqueue(
+        &w, json_pack("{s:s, s:b}", "request_type", "EraseDevice", "preserve_data_plan", 1));
+    assert_int_equal(wait_final(&w, c1), 2);
+    /* Wiped, then enrolled again as after setup. */
+    for (int i = 0; i < 100; i++) {
+        run_ms(&w, 100);
+        if (all_enrolled(&w) &&
+            memcmp(old_token, sim_device_push_token(sim_devsim_device_at(w.ds, 0), &tl), 32) != 0)
+            break;
+    }
+    if (!all_enrolled(&w)) {
+        sim_devsim_stats t = sim_devsim_get_stats(w.ds);
+        fprintf(stderr, "re-enrolment: %zu enrolments, %zu http errors, enrolled %d %d\n",
+                t.enrolled, t.http_errors, sim_device_enrolled(sim_devsim_device_at(w.ds, 0)),
+                sim_device_enrolled(sim_devsim_device_at(w.ds, 1)));
+    }
+    assert_true(all_enrolled(&w));
+    assert_memory_not_equal(old_token, sim_device_push_token(sim_devsim_device_at(w.ds, 0), &tl),
+                            32);
+    /* The new token reaches the mock, the service pushes to it, the phone answers. */
+    char *c2 = enqueue(&w, json_pack("{s:s, s:[s]}", "request_type", "DeviceInformation", "queries",
+                                     "ServiceSubscriptions"));
+    assert_int_equal(wait_final(&w, c2), 2);
+    for (unsigned i = 0; i < 2; i++) {
+        sim_device *d = sim_devsim_device_at(w.ds, i);
+        assert_int_equal(sim_device_profile_count(d), 0);
+        assert_non_null(sim_euicc_enabled(sim_device_euicc_const(d))); /* PreserveDataPlan */
+    }
+    free(c1);
+    free(c2);
+    sim_devsim_free(w.ds);
+    sim_http_free(w.http);
+    event_base_free(w.base);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_end_to_end, start_signature, stop_service),
         cmocka_unit_test_setup_teardown(test_mtls, start_mtls, stop_service),
+        cmocka_unit_test_setup_teardown(test_erase_reenrol, start_signature, stop_service),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
