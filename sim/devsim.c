@@ -789,6 +789,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         s->q_len--;
         slot *sl = &s->slots[i];
         sl->flags &= ~F_QUEUED;
+        if (!sim_device_enrolled(sl->dev)) /* wiped while it waited: it enrols first */
+            continue;
         if (sl->flags & (F_BUSY | F_OFFLINE)) {
             sl->flags |= F_PUSH_PENDING;
             continue;
