@@ -17,6 +17,8 @@
 struct cstore {
     sqlite3 *db;
     sqlite3_stmt *put_device, *put_command, *put_facts;
+    /* Read once per device when a campaign is created: prepared once. */
+    sqlite3_stmt *get_manifest, *get_code, *get_facts;
 };
 
 static const char schema[] =
@@ -92,7 +94,15 @@ esim_err cstore_open(const char *path, bool sync_normal, cstore **out, esim_erro
              " eid=CASE WHEN ?4!='' THEN ?4 ELSE eid END,"
              " iccid=CASE WHEN ?4!='' THEN ?5 ELSE iccid END,"
              " verified_ms=CASE WHEN ?6>0 THEN ?6 ELSE verified_ms END, updated_ms=?7",
-             -1, &cs->put_facts, NULL) != SQLITE_OK))
+             -1, &cs->put_facts, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v2(cs->db, "SELECT eid FROM manifest WHERE serial=?1", -1,
+                            &cs->get_manifest, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v2(cs->db, "SELECT iccid, matching_id FROM activation_codes WHERE eid=?1",
+                            -1, &cs->get_code, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v2(cs->db,
+                            "SELECT supervised, os_version, eid, iccid, verified_ms, updated_ms"
+                            " FROM device_facts WHERE udid=?1",
+                            -1, &cs->get_facts, NULL) != SQLITE_OK))
         rc = db_fail(cs, err, "preparing statements");
     if (rc != ESIM_OK) {
         cstore_close(cs);
@@ -109,6 +119,9 @@ void cstore_close(cstore *cs)
     sqlite3_finalize(cs->put_device);
     sqlite3_finalize(cs->put_command);
     sqlite3_finalize(cs->put_facts);
+    sqlite3_finalize(cs->get_manifest);
+    sqlite3_finalize(cs->get_code);
+    sqlite3_finalize(cs->get_facts);
     sqlite3_close(cs->db);
     free(cs);
 }
@@ -389,34 +402,34 @@ out:
 
 esim_err cstore_manifest_eid(cstore *cs, const char *serial, char eid[ESIM_EID_LEN + 1])
 {
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = cs->get_manifest;
     esim_err rc = ESIM_ENOTFOUND;
-    if (sqlite3_prepare_v2(cs->db, "SELECT eid FROM manifest WHERE serial=?1", -1, &st, NULL) !=
-        SQLITE_OK)
-        return ESIM_ESTORE;
     sqlite3_bind_text(st, 1, serial, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
         copy_str(eid, ESIM_EID_LEN + 1, col_text(st, 0));
         rc = ESIM_OK;
-    }
-    sqlite3_finalize(st);
+    } else if (r != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return rc;
 }
 
 esim_err cstore_code_iccid(cstore *cs, const char *eid, char iccid[21], char matching_id[256])
 {
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = cs->get_code;
     esim_err rc = ESIM_ENOTFOUND;
-    if (sqlite3_prepare_v2(cs->db, "SELECT iccid, matching_id FROM activation_codes WHERE eid=?1",
-                           -1, &st, NULL) != SQLITE_OK)
-        return ESIM_ESTORE;
     sqlite3_bind_text(st, 1, eid, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
         copy_str(iccid, 21, col_text(st, 0));
         copy_str(matching_id, 256, col_text(st, 1));
         rc = ESIM_OK;
-    }
-    sqlite3_finalize(st);
+    } else if (r != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return rc;
 }
 
@@ -647,15 +660,11 @@ esim_err cstore_get_facts(cstore *cs, const char *udid, cstore_facts *out)
 {
     memset(out, 0, sizeof *out);
     out->supervised = -1;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(cs->db,
-                           "SELECT supervised, os_version, eid, iccid, verified_ms,"
-                           " updated_ms FROM device_facts WHERE udid=?1",
-                           -1, &st, NULL) != SQLITE_OK)
-        return ESIM_ESTORE;
+    sqlite3_stmt *st = cs->get_facts;
     sqlite3_bind_text(st, 1, udid, -1, SQLITE_STATIC);
     esim_err rc = ESIM_ENOTFOUND;
-    if (sqlite3_step(st) == SQLITE_ROW) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
         out->supervised =
             sqlite3_column_type(st, 0) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 0);
         copy_str(out->os_version, sizeof out->os_version, col_text(st, 1));
@@ -664,7 +673,9 @@ esim_err cstore_get_facts(cstore *cs, const char *udid, cstore_facts *out)
         out->verified_ms = sqlite3_column_int64(st, 4);
         out->updated_ms = sqlite3_column_int64(st, 5);
         rc = ESIM_OK;
-    }
-    sqlite3_finalize(st);
+    } else if (r != SQLITE_DONE)
+        rc = ESIM_ESTORE;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return rc;
 }
