@@ -67,6 +67,7 @@ static const char devsim_help[] =
     "  --offline-share F       share out of coverage when their first push comes: they\n"
     "                          miss it and check in 3 s later (default 0)\n"
     "  --fail-share F          share whose first download fails with 36003 (default 0)\n"
+    "  --no-esim-share F       share of models without eSIM: 36002 (default 0)\n"
     "  --os-version V          one iOS version for all (default a mix of 16.4/17.4/18.1)\n"
     "  --channel NAME          APNs mock channel (default devsim)\n"
     "  --status-listen H:P     local JSON status endpoint (GET /stats, /devices,\n"
@@ -442,7 +443,8 @@ int cmd_devsim(int argc, char **argv)
         O_MTLS,
         O_MAXC,
         O_DURATION,
-        O_REUSE
+        O_REUSE,
+        O_NOESIM
     };
     static const struct option opts[] = {
         {"server", required_argument, NULL, O_SERVER},
@@ -455,6 +457,7 @@ int cmd_devsim(int argc, char **argv)
         {"notnow-share", required_argument, NULL, O_NOTNOW},
         {"offline-share", required_argument, NULL, O_OFFLINE},
         {"fail-share", required_argument, NULL, O_FAIL},
+        {"no-esim-share", required_argument, NULL, O_NOESIM},
         {"os-version", required_argument, NULL, O_OS},
         {"channel", required_argument, NULL, O_CHANNEL},
         {"status-listen", required_argument, NULL, O_STATUS},
@@ -497,10 +500,12 @@ int cmd_devsim(int argc, char **argv)
         case O_SUP:
         case O_NOTNOW:
         case O_OFFLINE:
-        case O_FAIL: {
+        case O_FAIL:
+        case O_NOESIM: {
             double *dst = c == O_SUP       ? &cfg.supervised_share
                           : c == O_NOTNOW  ? &cfg.notnow_share
                           : c == O_OFFLINE ? &cfg.offline_share
+                          : c == O_NOESIM  ? &cfg.no_esim_share
                                            : &cfg.fail_share;
             if (!parse_share(optarg, dst))
                 return cli_usage_error("devsim: shares are numbers from 0 to 1, got '%s'", optarg);

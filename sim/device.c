@@ -461,7 +461,8 @@ static plist_t service_subscriptions(const sim_device *d)
     plist_t arr = plist_new_array();
     const sim_profile *p = sim_euicc_enabled(d->euicc);
     plist_t s = plist_new_dict();
-    plist_dict_set_item(s, "EID", plist_new_string(sim_euicc_eid(d->euicc)));
+    if (!d->quirks.no_esim) /* a phone without an eUICC has no EID to show */
+        plist_dict_set_item(s, "EID", plist_new_string(sim_euicc_eid(d->euicc)));
     plist_dict_set_item(s, "Slot", plist_new_string("CTSubscriptionSlotOne"));
     plist_dict_set_item(s, "IMEI", plist_new_string(d->imei));
     plist_dict_set_item(s, "IsDataPreferred", plist_new_bool(p != NULL));
@@ -568,6 +569,9 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
         const char *url = dict_str(c.command, "eSIMServerURL");
         if (!url || !*url || strlen(url) >= sizeof out->esim_server_url) {
             rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, &out->result, err);
+        } else if (d->quirks.no_esim) {
+            rc = answer_error(d, uuid, 36002, "CTCellularPlanErrorDomain",
+                              "This device does not support eSIM.", &out->result, err);
         } else if (d->quirks.fail_download) {
             rc = answer_error(d, uuid, 36003, "CTCellularPlanErrorDomain",
                               "The cellular plan could not be refreshed because the device is "

@@ -966,6 +966,7 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     bool notnow = unit_draw(&x) < cfg->notnow_share;
     bool offline = unit_draw(&x) < cfg->offline_share;
     bool failing = unit_draw(&x) < cfg->fail_share;
+    bool no_esim = unit_draw(&x) < cfg->no_esim_share;
     if (rc == ESIM_ENOTFOUND) {
         static const char *const mix[] = {"18.1", "17.4", "16.4"};
         sim_device_spec spec = {.udid = udid,
@@ -978,7 +979,7 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
     }
     slot *sl = &s->slots[i];
     sl->dev = d;
-    sim_device_quirks q = {.locked = notnow, .fail_download = failing};
+    sim_device_quirks q = {.locked = notnow, .fail_download = failing, .no_esim = no_esim};
     sim_device_set_quirks(d, &q);
     sim_device_set_reuse_identity_on_erase(d, cfg->reuse_identity_on_erase);
     if (notnow)
@@ -1010,8 +1011,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     if (cfg->devices == 0 || cfg->devices > 10000000)
         return esim_fail(err, ESIM_EINVAL, "--devices must be 1..10000000");
     double shares[] = {cfg->supervised_share, cfg->notnow_share, cfg->offline_share,
-                       cfg->fail_share};
-    for (size_t k = 0; k < 4; k++)
+                       cfg->fail_share, cfg->no_esim_share};
+    for (size_t k = 0; k < 5; k++)
         if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     if (cfg->tls_client_auth && !cfg->data_dir)

@@ -379,6 +379,7 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
 typedef struct {
     bool locked;        /* answer NotNow to every command (screen locked) */
     bool fail_download; /* the next RefreshCellularPlans fails with 36003 (busy), once */
+    bool no_esim;       /* a model without an eSIM: RefreshCellularPlans fails with 36002 */
 } sim_device_quirks;
 void sim_device_set_quirks(sim_device *d, const sim_device_quirks *q);
 /* Not realistic, for services that refuse to bind a UDID to a new identity:
@@ -476,6 +477,7 @@ typedef struct {
     const char *status_listen; /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
     unsigned devices;
     double supervised_share, notnow_share, offline_share, fail_share;
+    double no_esim_share; /* phones without eSIM hardware (36002) */
     uint64_t seed;
     const char *os_version;       /* NULL: a mix of 16.4, 17.4, 18.1 */
     bool tls_client_auth;         /* identity by TLS client certificate instead of Mdm-Signature */

@@ -364,6 +364,26 @@ static void test_commands(void **state)
     run(d, &cmd, &o, NULL); /* busy passes: the retry goes to the SM-DP+ */
     assert_true(o.download);
     sim_cmd_outcome_free(&o);
+    /* A model without eSIM hardware: 36002, and no EID in ServiceSubscriptions. */
+    qk = (sim_device_quirks){.no_esim = true};
+    sim_device_set_quirks(d, &qk);
+    run(d, &cmd, &o, &m);
+    assert_int_equal(m.status, ESIM_STATUS_ERROR);
+    assert_int_equal(m.error_chain[0].code, 36002);
+    esim_msg_free(&m);
+    sim_cmd_outcome_free(&o);
+    esim_cmd di = {0};
+    const char *q2[] = {"ServiceSubscriptions"};
+    assert_int_equal(esim_cmd_device_information(q2, 1, NULL, &di, NULL), ESIM_OK);
+    run(d, &di, &o, &m);
+    subs = NULL;
+    assert_int_equal(esim_msg_service_subscriptions(&m, &subs, &n, &err), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(subs[0].eid, "");
+    free(subs);
+    esim_msg_free(&m);
+    sim_cmd_outcome_free(&o);
+    esim_cmd_free(&di);
     qk = (sim_device_quirks){.locked = true};
     sim_device_set_quirks(d, &qk);
     run(d, &cmd, &o, &m);
