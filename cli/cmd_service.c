@@ -802,7 +802,15 @@ int cmd_status(int argc, char **argv)
         fwrite(r.body.data, 1, r.body.len, stdout);
     else if (rc == CLI_EXIT_OK) {
         json_t *root = json_loads((const char *)r.body.data, 0, NULL);
-        printf("command %s (%s)\n", jstr(root, "command_uuid"), jstr(root, "request_type"));
+        printf("command %s (%s) on %lld devices:", jstr(root, "command_uuid"),
+               jstr(root, "request_type"),
+               (long long)json_integer_value(json_object_get(root, "device_count")));
+        const char *state;
+        json_t *count;
+        json_object_foreach(json_object_get(root, "counts"), state,
+                            count) if (json_integer_value(count))
+            printf(" %s %lld", state, (long long)json_integer_value(count));
+        printf("\n");
         printf("%-40s  %-13s  %-8s  %-7s  %-24s  %s\n", "UDID", "STATE", "ATTEMPTS", "NOT_NOW",
                "ANSWERED", "ERROR");
         const char *udid;

@@ -378,14 +378,23 @@ static void h_enqueue_raw(api_request *r)
     esim_cmd_parsed_free(&parsed);
 }
 
+/* GET /v1/commands/{uuid}?after=UDID&limit=N: counts by state for every
+ * device, and the entries of one page of devices (udid order). */
 static void h_get_command(api_request *r)
 {
     store *st = r->svc->st;
+    const char *lim = query_get(r, "limit");
+    long limit = lim ? strtol(lim, NULL, 10) : 1000;
+    if (limit < 0 || limit > 10000) {
+        api_error(r, 400, "limit", "limit: from 0 (counts only) to 10000");
+        return;
+    }
     store_command_info info;
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = st->ops->command_get(st, r->params[0], &info, &entries, &n, &e);
+    esim_err rc = st->ops->command_get(st, r->params[0], query_get(r, "after"), (size_t)limit,
+                                       &info, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
         return;
@@ -393,12 +402,18 @@ static void h_get_command(api_request *r)
     json_t *devices = json_object();
     for (size_t i = 0; i < n; i++)
         json_object_set_new(devices, entries[i].udid, entry_json(&entries[i], false, true));
+    json_t *next = limit > 0 && n == (size_t)limit ? json_string(entries[n - 1].udid) : json_null();
     store_queue_entries_free(entries, n);
+    json_t *counts = json_object();
+    for (int q = 0; q <= STORE_Q_CANCELED; q++)
+        json_object_set_new(counts, store_qstate_name((store_qstate)q),
+                            json_integer((json_int_t)info.by_state[q]));
     api_reply_json(r, 200,
-                   json_pack("{s:s,s:s,s:i,s:o,s:o,s:o}", "command_uuid", info.uuid, "request_type",
-                             info.request_type, "priority", info.priority, "created_at",
-                             ts(info.created_at), "expires_at", ts(info.expires_at), "devices",
-                             devices));
+                   json_pack("{s:s,s:s,s:i,s:o,s:o,s:I,s:o,s:o,s:o}", "command_uuid", info.uuid,
+                             "request_type", info.request_type, "priority", info.priority,
+                             "created_at", ts(info.created_at), "expires_at", ts(info.expires_at),
+                             "device_count", (json_int_t)info.devices, "counts", counts, "devices",
+                             devices, "next_after", next));
 }
 
 static void h_list_devices(api_request *r)

@@ -92,7 +92,9 @@ typedef struct {
     char request_type[64];
     int priority; /* higher first */
     int64_t created_at;
-    int64_t expires_at; /* 0 = never */
+    int64_t expires_at;                      /* 0 = never */
+    uint64_t devices;                        /* devices it was queued for */
+    uint64_t by_state[STORE_Q_CANCELED + 1]; /* how many of them in each state */
 } store_command_info;
 
 typedef struct {
@@ -264,10 +266,13 @@ struct store_ops {
     esim_err (*command_enqueue)(store *st, const store_command_in *cmd, const char *const *udids,
                                 size_t n, int64_t now, esim_error *err);
 
-    /* The command and every device's entry for it (in udid order). *entries
-     * is owned by the caller (store_queue_entries_free).  ESIM_ENOTFOUND. */
-    esim_err (*command_get)(store *st, const char *uuid, store_command_info *info,
-                            store_queue_entry **entries, size_t *n, esim_error *err);
+    /* The command with its counts by state, and up to |limit| devices'
+     * entries for it with udid > |after| (NULL or "" = from the start), in
+     * udid order. *entries is owned by the caller (store_queue_entries_free).
+     *   ESIM_ENOTFOUND  no such command. */
+    esim_err (*command_get)(store *st, const char *uuid, const char *after, size_t limit,
+                            store_command_info *info, store_queue_entry **entries, size_t *n,
+                            esim_error *err);
 
     /* A device's queue: its active entries in delivery order, then (when
      * |with_done|) up to 100 of the latest final ones.  ESIM_ENOTFOUND. */

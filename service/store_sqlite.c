@@ -87,6 +87,8 @@ static const migration migrations[] = {
         " raw BLOB);"},
     /* 2: read a device's ledger without scanning everyone's. */
     {2, "CREATE INDEX events_udid ON events(udid, id);"},
+    /* 3: page a command's devices in udid order without sorting them all. */
+    {3, "DROP INDEX queue_command; CREATE INDEX queue_command ON queue(command_uuid, udid);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -133,6 +135,7 @@ enum {
     S_Q_EXPIRE_EVENTS,
     S_Q_EXPIRE,
     S_Q_BY_COMMAND,
+    S_Q_COUNT_BY_COMMAND,
     S_Q_ACTIVE_FOR_DEVICE,
     S_Q_DONE_FOR_DEVICE,
     S_CMD_INSERT,
@@ -221,7 +224,9 @@ static const char *const statement_sql[S_COUNT] = {
                    " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
     [S_Q_BY_COMMAND] =
         "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-        " WHERE q.command_uuid = ?1 ORDER BY q.udid",
+        " WHERE q.command_uuid = ?1 AND q.udid > ?2 ORDER BY q.udid LIMIT ?3",
+    [S_Q_COUNT_BY_COMMAND] =
+        "SELECT state, count(*) FROM queue WHERE command_uuid = ?1 GROUP BY state",
     [S_Q_ACTIVE_FOR_DEVICE] =
         "SELECT " ENTRY_COLS " FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
         " WHERE q.udid = ?1 AND q.active = 1 ORDER BY q.priority DESC, q.id",
@@ -801,8 +806,9 @@ static esim_err collect_entries(sqlite_store *s, int id, int first_rc, store_que
     return rc;
 }
 
-static esim_err sq_command_get(store *base, const char *uuid, store_command_info *info,
-                               store_queue_entry **entries, size_t *n, esim_error *err)
+static esim_err sq_command_get(store *base, const char *uuid, const char *after, size_t limit,
+                               store_command_info *info, store_queue_entry **entries, size_t *n,
+                               esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
     *entries = NULL;
@@ -820,8 +826,24 @@ static esim_err sq_command_get(store *base, const char *uuid, store_command_info
     info->created_at = sqlite3_column_int64(st, 3);
     info->expires_at = sqlite3_column_int64(st, 4);
     sqlite3_reset(st);
+    r = run(s, err, S_Q_COUNT_BY_COMMAND, "t", uuid);
+    while (r == SQLITE_ROW) {
+        sqlite3_stmt *cs = s->stmt[S_Q_COUNT_BY_COMMAND];
+        store_qstate qs;
+        uint64_t count = (uint64_t)sqlite3_column_int64(cs, 1);
+        if (store_qstate_from_name((const char *)sqlite3_column_text(cs, 0), &qs) == ESIM_OK)
+            info->by_state[qs] = count;
+        info->devices += count;
+        r = sqlite3_step(cs);
+    }
+    if (s->stmt[S_Q_COUNT_BY_COMMAND])
+        sqlite3_reset(s->stmt[S_Q_COUNT_BY_COMMAND]);
+    if (r != SQLITE_DONE)
+        return r < 0 ? ESIM_ESTORE : db_fail(s, err, "count command states");
+    if (limit == 0)
+        return ESIM_OK;
     size_t cap = 0;
-    r = run(s, err, S_Q_BY_COMMAND, "t", uuid);
+    r = run(s, err, S_Q_BY_COMMAND, "tTi", uuid, after, (int64_t)limit);
     esim_err rc =
         r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_BY_COMMAND, r, entries, n, &cap, err);
     if (rc != ESIM_OK) {

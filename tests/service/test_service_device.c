@@ -153,6 +153,15 @@ static void test_acknowledged_round_trip(void **state)
     assert_null(next.root);
     api_entry_state(f->ts.url, uuid, f->dev.udid, st, NULL, NULL);
     assert_string_equal(st, "acknowledged");
+    char cpath[200];
+    snprintf(cpath, sizeof cpath, "/v1/commands/%s?limit=0", uuid);
+    json_t *cr = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", cpath, NULL, NULL, &cr), 200);
+    assert_int_equal(json_integer_value(json_object_get(cr, "device_count")), 1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(cr, "counts"), "acknowledged")), 1);
+    assert_int_equal(json_object_size(json_object_get(cr, "devices")), 0);
+    json_decref(cr);
     /* Never delivered again once acknowledged. */
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_null(next.root);

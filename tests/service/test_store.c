@@ -102,7 +102,7 @@ static store_qstate state_of(store *st, const char *uuid, const char *udid)
     store_command_info info;
     store_queue_entry *e = NULL;
     size_t n = 0;
-    assert_int_equal(st->ops->command_get(st, uuid, &info, &e, &n, NULL), ESIM_OK);
+    assert_int_equal(st->ops->command_get(st, uuid, NULL, 1000, &info, &e, &n, NULL), ESIM_OK);
     store_qstate s = STORE_Q_QUEUED;
     bool found = false;
     for (size_t i = 0; i < n; i++)
@@ -201,17 +201,37 @@ static void test_enqueue_all_or_nothing(void **state)
     store_command_info info;
     store_queue_entry *entries = NULL;
     size_t n = 0;
-    assert_int_equal(st->ops->command_get(st, "cmd-1", &info, &entries, &n, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(st->ops->command_get(st, "cmd-1", NULL, 10, &info, &entries, &n, NULL),
+                     ESIM_ENOTFOUND);
     const char *twice[] = {"U1", "U1"};
     assert_int_equal(st->ops->command_enqueue(st, &c, twice, 2, 1, &e), ESIM_EINVAL);
     const char *ok[] = {"U1", "U2"};
     assert_int_equal(st->ops->command_enqueue(st, &c, ok, 2, 1, &e), ESIM_OK);
     assert_int_equal(st->ops->command_enqueue(st, &c, ok, 1, 1, &e), ESIM_EEXIST);
     assert_int_equal(st->ops->command_enqueue(st, &c, ok, 0, 1, &e), ESIM_EINVAL);
-    assert_int_equal(st->ops->command_get(st, "cmd-1", &info, &entries, &n, NULL), ESIM_OK);
+    assert_int_equal(st->ops->command_get(st, "cmd-1", NULL, 10, &info, &entries, &n, NULL),
+                     ESIM_OK);
     assert_int_equal(n, 2);
     assert_string_equal(info.request_type, "ProfileList");
+    assert_int_equal(info.devices, 2);
+    assert_int_equal(info.by_state[STORE_Q_QUEUED], 2);
     store_queue_entries_free(entries, n);
+    /* Paged in udid order; limit 0 gives the counts alone. */
+    assert_int_equal(st->ops->command_get(st, "cmd-1", NULL, 1, &info, &entries, &n, NULL),
+                     ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(entries[0].udid, "U1");
+    store_queue_entries_free(entries, n);
+    assert_int_equal(st->ops->command_get(st, "cmd-1", "U1", 1, &info, &entries, &n, NULL),
+                     ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(entries[0].udid, "U2");
+    store_queue_entries_free(entries, n);
+    assert_int_equal(st->ops->command_get(st, "cmd-1", NULL, 0, &info, &entries, &n, NULL),
+                     ESIM_OK);
+    assert_int_equal(n, 0);
+    assert_null(entries);
+    assert_int_equal(info.devices, 2);
     assert_int_equal(st->ops->device_checkout(st, "U2", NULL, 2, NULL), ESIM_OK);
     c.uuid = "cmd-2";
     assert_int_equal(st->ops->command_enqueue(st, &c, ok, 2, 1, &e), ESIM_ESTATE);
