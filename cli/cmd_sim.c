@@ -36,7 +36,7 @@ static const char smdp_help[] =
     "endpoints:\n"
     "  POST /gsma/rsp2/es9plus/{initiateAuthentication,authenticateClient,\n"
     "       getBoundProfilePackage,handleNotification,cancelSession}\n"
-    "  GET  /admin/orders            orders and their states\n"
+    "  GET  /admin/orders            orders and their states (?summary=1: counts only)\n"
     "  POST /admin/orders            {\"eid\",\"iccid\",\"matching_id\"?,\"released\"?}\n"
     "  POST /admin/orders/release    {\"iccid\"}\n"
     "\n"

@@ -607,6 +607,12 @@ static void test_admin_and_csv(void **state)
                      3);
     assert_int_equal(json_array_size(json_object_get(r, "orders")), 3);
     json_decref(r);
+    char summary[240];
+    snprintf(summary, sizeof summary, "%s?summary=1", url);
+    r = st_request(fx.base, fx.http, "GET", summary, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
+    assert_int_equal(json_array_size(json_object_get(r, "orders")), 0);
+    json_decref(r);
 }
 
 static void test_admin_token_and_persistence(void **state)
