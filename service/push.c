@@ -7,30 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "apns/apns.h"
 #include "service/service_internal.h"
 
-#ifdef ESIM_HAVE_APNS
-#include "apns/apns.h"
-#endif
-
 struct svc_push {
-#ifdef ESIM_HAVE_APNS
-    apns_client *client;
-#endif
-    int unused;
+    apns_client *client; /* NULL without --apns */
 };
 
 bool push_configured(const esim_service *svc)
 {
-#ifdef ESIM_HAVE_APNS
     return svc->push && svc->push->client;
-#else
-    (void)svc;
-    return false;
-#endif
 }
 
-#ifdef ESIM_HAVE_APNS
 typedef struct {
     esim_service *svc;
     char udid[65];
@@ -60,16 +48,10 @@ static void on_push_result(const apns_result *r, void *arg)
     }
     free(t);
 }
-#endif
 
 const char *push_topic(const esim_service *svc)
 {
-#ifdef ESIM_HAVE_APNS
     return push_configured(svc) ? apns_client_topic(svc->push->client) : NULL;
-#else
-    (void)svc;
-    return NULL;
-#endif
 }
 
 esim_err push_init(esim_service *svc, esim_error *err)
@@ -79,7 +61,6 @@ esim_err push_init(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (!svc->apns_url)
         return ESIM_OK;
-#ifdef ESIM_HAVE_APNS
     apns_config cfg;
     apns_config_init(&cfg);
     cfg.url = svc->apns_url;
@@ -89,18 +70,13 @@ esim_err push_init(esim_service *svc, esim_error *err)
     cfg.ca_path = svc->apns_ca_path;
     cfg.topic = svc->apns_topic;
     return apns_client_new(svc->base, &cfg, on_push_result, svc, &svc->push->client, err);
-#else
-    return esim_fail(err, ESIM_EINVAL, "this build has no APNs client: leave out --apns");
-#endif
 }
 
 void push_free(esim_service *svc)
 {
     if (!svc->push)
         return;
-#ifdef ESIM_HAVE_APNS
     apns_client_free(svc->push->client); /* pending pushes end as canceled */
-#endif
     free(svc->push);
     svc->push = NULL;
 }
@@ -121,7 +97,6 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
          * check-in. */
         ps = ESIM_PUSH_PENDING;
     } else {
-#ifdef ESIM_HAVE_APNS
         push_ticket *ticket = calloc(1, sizeof *ticket);
         ps = ESIM_PUSH_FAILED;
         if (ticket) {
@@ -133,9 +108,6 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
             else
                 free(ticket);
         }
-#else
-        ps = ESIM_PUSH_PENDING;
-#endif
     }
     svc->m.pushes[ps]++;
     if (state)
@@ -145,7 +117,6 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
 
 void push_metrics(esim_service *svc, esim_buf *out)
 {
-#ifdef ESIM_HAVE_APNS
     if (!push_configured(svc))
         return;
     esim_buf_append_str(out, "# HELP esim_mdm_apns_outcomes_total APNs results by outcome.\n"
@@ -156,8 +127,4 @@ void push_metrics(esim_service *svc, esim_buf *out)
                         (unsigned long long)svc->m.push_outcomes[o]);
     esim_buf_printf(out, "# TYPE esim_mdm_apns_pending gauge\nesim_mdm_apns_pending %zu\n",
                     apns_client_pending(svc->push->client));
-#else
-    (void)svc;
-    (void)out;
-#endif
 }
