@@ -898,7 +898,7 @@ static void on_status(struct evhttp_request *req, void *arg)
                 status_reply_json(req, 400, json_pack("{s:s}", "error", err.msg));
                 return;
             }
-            sim_action_outcome o;
+            sim_action_outcome o = {0};
             esim_err rc = sim_devsim_user_action(s, udid, a, &o, &err);
             esim_buf b = {0};
             sim_device_describe_json(d, &b, NULL);
@@ -936,11 +936,9 @@ static esim_err start_status(sim_devsim *s, const char *listen, esim_error *err)
         evhttp_bind_socket_with_handle(s->status, host, (uint16_t)port);
     if (!bs)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s for the status endpoint", listen);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl);
-    s->status_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                    : ((struct sockaddr_in *)&ss)->sin_port);
+    s->status_port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
+    if (s->status_port == 0)
+        return esim_fail(err, ESIM_EIO, "cannot read the status endpoint's port");
     return ESIM_OK;
 }
 

@@ -604,15 +604,16 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     }
     e->next_seq = (uint32_t)json_integer_value(seq);
     size_t enabled = 0;
-    if (json_array_size(profiles) > 0) {
-        e->cap_profiles = json_array_size(profiles);
+    size_t n_profiles = json_array_size(profiles);
+    if (n_profiles > 0) {
+        e->cap_profiles = n_profiles;
         e->profiles = calloc(e->cap_profiles, sizeof *e->profiles);
         if (!e->profiles) {
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
             goto fail;
         }
     }
-    for (size_t i = 0; i < json_array_size(profiles); i++) {
+    for (size_t i = 0; e->profiles && i < n_profiles; i++) {
         rc = profile_from_json(json_array_get(profiles, i), &e->profiles[i], err);
         if (rc != ESIM_OK)
             goto fail;
@@ -630,15 +631,16 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
                        enabled);
         goto fail;
     }
-    if (json_array_size(notifs) > 0) {
-        e->cap_notifs = json_array_size(notifs);
-        e->notifs = calloc(e->cap_notifs, sizeof *e->notifs);
+    size_t n_notifs = json_array_size(notifs);
+    if (n_notifs > 0) {
+        e->cap_notifs = n_notifs;
+        e->notifs = calloc(n_notifs, sizeof *e->notifs);
         if (!e->notifs) {
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
             goto fail;
         }
     }
-    for (size_t i = 0; i < json_array_size(notifs); i++) {
+    for (size_t i = 0; e->notifs && i < n_notifs; i++) {
         rc = notif_from_json(json_array_get(notifs, i), &e->notifs[i], err);
         if (rc != ESIM_OK)
             goto fail;

@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 #include <event2/event.h>
 
@@ -76,6 +80,23 @@ void sim_http_conn_free(sim_http_conn *c)
         return;
     curl_share_cleanup(c->share);
     free(c);
+}
+
+uint16_t sim_bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 a6;
+        memcpy(&a6, &ss, sizeof a6);
+        return ntohs(a6.sin6_port);
+    }
+    struct sockaddr_in a4;
+    memcpy(&a4, &ss, sizeof a4);
+    return ntohs(a4.sin_port);
 }
 
 static void check_done(sim_http *h)
@@ -248,8 +269,13 @@ void sim_http_free(sim_http *h)
     }
     if (h->multi)
         curl_multi_cleanup(h->multi);
-    while (h->socks) /* what curl closed without telling the socket callback */
-        sock_unlink(h, h->socks);
+    while (h->socks) { /* what curl closed without telling the socket callback */
+        sock_ctx *c = h->socks;
+        h->socks = c->next;
+        if (c->ev)
+            event_free(c->ev);
+        free(c);
+    }
     if (h->timer)
         event_free(h->timer);
     free(h);

@@ -43,6 +43,11 @@ X509 *sim_x509_from_b64(const char *b64, esim_error *err);
 esim_err sim_x509_to_der(X509 *x, esim_buf *out);
 X509 *sim_x509_from_der(const unsigned char *der, size_t len);
 
+/* ---- sockets (http.c) ---- */
+
+/* The local port a listening socket is bound to; 0 if it cannot be read. */
+uint16_t sim_bound_port(int fd);
+
 /* ---- JSON helpers ---- */
 
 /* The string at |key| or NULL when absent or not a string. */

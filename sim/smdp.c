@@ -1078,14 +1078,11 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
                        host, cfg->port);
         goto fail;
     }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) != 0) {
+    s->port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
+    if (s->port == 0) {
         rc = esim_fail(err, ESIM_EIO, "cannot read the bound port");
         goto fail;
     }
-    s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                             : ((struct sockaddr_in *)&ss)->sin_port);
     snprintf(s->url, sizeof s->url, "https://127.0.0.1:%u", s->port);
     snprintf(s->addr_ip, sizeof s->addr_ip, "127.0.0.1:%u", s->port);
     snprintf(s->addr_localhost, sizeof s->addr_localhost, "localhost:%u", s->port);
