@@ -47,6 +47,7 @@ static const char smdp_help[] =
 static const char devsim_help[] =
     "usage: esim-mdm devsim --server URL --apns-mock URL --devices N [options]\n"
     "       esim-mdm devsim user-action --device UDID ACTION (--status URL | --data-dir DIR)\n"
+    "       esim-mdm devsim manifest --devices N [--seed S]   (eid,iccid CSV for esim-mdm smdp)\n"
     "\n"
     "Runs N simulated iPhones in one process. Each enrols with the MDM service\n"
     "(Authenticate, TokenUpdate), registers its push token with the APNs mock's\n"
@@ -410,10 +411,58 @@ static int cmd_user_action(int argc, char **argv)
     return action_on_file(data_dir, pki_dir, udid, a);
 }
 
+/* ---- devsim manifest ------------------------------------------------------------------ */
+
+/* The operator's order manifest for a run: the same identities the
+ * simulator will use for --devices N --seed S, one ICCID each. */
+static int cmd_manifest(int argc, char **argv)
+{
+    static const struct option opts[] = {{"devices", required_argument, NULL, 'n'},
+                                         {"seed", required_argument, NULL, 's'},
+                                         {NULL, 0, NULL, 0}};
+    unsigned long long n = 0, seed = 1;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (!parse_uint(optarg, 10000000, &n) || n == 0)
+                return cli_usage_error("devsim manifest: --devices wants 1..10000000");
+            break;
+        case 's':
+            if (!parse_uint(optarg, UINT64_MAX, &seed))
+                return cli_usage_error("devsim manifest: --seed wants a non-negative integer");
+            break;
+        default:
+            return cli_usage_error("devsim manifest: see `esim-mdm devsim --help`");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("devsim manifest: unexpected argument '%s'", argv[optind]);
+    if (n == 0)
+        return cli_usage_error("devsim manifest: --devices N is required");
+    puts("eid,iccid");
+    for (unsigned i = 0; i < n; i++) {
+        char udid[65], eid[ESIM_EID_LEN + 1], iccid[SIM_ICCID_MAX + 1];
+        sim_devsim_identity(seed, i, udid, eid);
+        snprintf(iccid, sizeof iccid, "8901260%012u0", i);
+        esim_iccid_set_check_digit(iccid, NULL);
+        printf("%s,%s\n", eid, iccid);
+    }
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
+
 /* ---- devsim ------------------------------------------------------------------------- */
 
 int cmd_devsim(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "manifest") == 0) {
+        if (cli_wants_help(argc - 1, argv + 1)) {
+            fputs(devsim_help, stdout);
+            return CLI_EXIT_OK;
+        }
+        return cmd_manifest(argc - 1, argv + 1);
+    }
     if (argc >= 2 && strcmp(argv[1], "user-action") == 0) {
         if (cli_wants_help(argc - 1, argv + 1)) {
             fputs(devsim_help, stdout);

@@ -116,6 +116,36 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
     return esim_buf_append(userdata, ptr, size * nmemb) == ESIM_OK ? size * nmemb : 0;
 }
 
+static void test_manifest(void **state)
+{
+    (void)state;
+    esim_buf out = {0};
+    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "manifest", "--devices", "3",
+                                                    "--seed", "42", NULL}),
+                     0);
+    /* The manifest names exactly the EIDs the simulator will use, and the
+     * SM-DP+ takes it as it is. */
+    char udid[65], eid[33], line[200];
+    sim_devsim_identity(42, 2, udid, eid);
+    snprintf(line, sizeof line, "\n%s,", eid);
+    assert_non_null(strstr((const char *)out.data, line));
+    char path[700];
+    snprintf(path, sizeof path, "%s/manifest.csv", fx.dir);
+    write_file(path, (const char *)out.data);
+    struct event_base *base = event_base_new();
+    sim_smdp *s = NULL;
+    sim_smdp_config cfg = {.pki = fx.p};
+    assert_int_equal(sim_smdp_new(base, &cfg, &s, NULL), ESIM_OK);
+    size_t added = 0;
+    esim_error err;
+    assert_int_equal(sim_smdp_load_csv(s, path, &added, &err), ESIM_OK);
+    assert_int_equal(added, 3);
+    sim_smdp_free(s);
+    event_base_free(base);
+    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "manifest", NULL}), 2);
+    esim_buf_free(&out);
+}
+
 static void test_smdp_cli(void **state)
 {
     (void)state;
@@ -250,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_smdp_cli),
+        cmocka_unit_test(test_manifest),
         cmocka_unit_test(test_user_action_on_files),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
