@@ -282,8 +282,14 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
     long n = 0;
     if (x && mem && PEM_write_bio_X509(mem, x))
         n = BIO_get_mem_data(mem, &data);
-    rc = n > 0 ? esim_write_file_atomic(cert_path, data, (size_t)n, 0644, err)
-               : esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
+    /* Written once per identity: a request reuses the file already there. */
+    esim_buf have = {0};
+    bool same = n > 0 && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
+                have.len == (size_t)n && memcmp(have.data, data, (size_t)n) == 0;
+    esim_buf_free(&have);
+    rc = same    ? ESIM_OK
+         : n > 0 ? esim_write_file_atomic(cert_path, data, (size_t)n, 0644, err)
+                 : esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
     BIO_free(mem);
     X509_free(x);
     return rc;
