@@ -424,6 +424,7 @@ static void handle_command(req_ctx *ctx, sim_http_response *r)
     if (sim_device_handle_command(sl->dev, r->body.data, r->body.len, &o, NULL) != ESIM_OK) {
         sim_cmd_outcome_free(&o);
         session_end(s, ctx->slot);
+        free(ctx);
         return;
     }
     if (o.download) {
