@@ -1159,12 +1159,14 @@ static void after_action_notifications(void *arg, size_t still)
 esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action a,
                                 sim_action_outcome *out, esim_error *err)
 {
+    if (!s || !udid || !out)
+        return esim_fail(err, ESIM_EINVAL, "a user action needs a simulator, a UDID and an outcome");
     size_t i;
     for (i = 0; i < s->n; i++)
         if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
             break;
     if (i == s->n)
-        return esim_fail(err, ESIM_ENOTFOUND, "no simulated device %s", udid ? udid : "(null)");
+        return esim_fail(err, ESIM_ENOTFOUND, "no simulated device %s", udid);
     slot *sl = &s->slots[i];
     /* An erase replaces the push token: take the old one out of the index first. */
     bool erases = a == SIM_ACTION_ERASE_ALL_CONTENT || a == SIM_ACTION_PASSCODE_WIPE ||
