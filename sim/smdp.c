@@ -338,6 +338,8 @@ static char *trim(char *p)
 
 esim_err sim_smdp_load_csv(sim_smdp *s, const char *path, size_t *added, esim_error *err)
 {
+    if (!s || !path)
+        return esim_fail(err, ESIM_EINVAL, "loading orders needs an SM-DP+ and a file");
     esim_buf b = {0};
     esim_err rc = esim_read_file(path, 64u << 20, &b, err);
     if (rc != ESIM_OK)
