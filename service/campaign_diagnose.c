@@ -226,6 +226,12 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
           nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);
 
+    if (cd && cd->not_now)
+        check(&d, "not_now", -1,
+              "the device answered NotNow %u time%s during campaign %s (locked or busy); the "
+              "service waited and pushed again",
+              (unsigned)cd->not_now, cd->not_now == 1 ? "" : "s", campaign_id(c));
+
     /* 4. restrictions, expected eSIM, SM-DP+, verification */
     cstore_facts f;
     cstore_get_facts(campaigns_store(cs), udid, &f);
