@@ -3,7 +3,11 @@
  * certificate, taken from the TLS client certificate or from the
  * Mdm-Signature header (base64 CMS detached signature of the body), must
  * chain to the configured device CA. The caller binds its hash to the UDID.
+ * Devices send the same certificate with every message, so each one is
+ * parsed and verified once and then recognised by its bytes (OpenSSL 3.0
+ * spends most of a verification decoding the certificate's key).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/bufferevent_ssl.h>
@@ -11,6 +15,7 @@
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 
 #include "service/service_internal.h"
 
@@ -80,6 +85,240 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, char out
     return rc;
 }
 
+/* ---- the certificate cache -------------------------------------------------------
+ * Direct-mapped by the SHA-256 of the certificate's DER: a fixed 4096 slots,
+ * so memory stays bounded whatever the fleet. An entry holds the parsed
+ * certificate and when its chain to the device CA last verified; it is
+ * verified again after AUTH_REVERIFY_MS (validity periods move on). */
+
+#define AUTH_CACHE_SLOTS 4096
+#define AUTH_REVERIFY_MS (5 * 60 * 1000)
+
+typedef struct {
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    X509 *x509;          /* NULL: empty slot */
+    int64_t verified_at; /* 0: chain not verified (or failed) */
+} auth_entry;
+
+struct auth_cache {
+    auth_entry slot[AUTH_CACHE_SLOTS];
+};
+
+void auth_cache_free(esim_service *svc)
+{
+    if (!svc->auth_cache)
+        return;
+    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
+        X509_free(svc->auth_cache->slot[i].x509);
+    free(svc->auth_cache);
+    svc->auth_cache = NULL;
+}
+
+/* The cached certificate for these DER bytes, parsing it on a miss. NULL
+ * when the bytes are not a certificate or memory runs out. */
+static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t len)
+{
+    if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache)))
+        return NULL;
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    SHA256(der, len, sha);
+    size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
+    auth_entry *e = &svc->auth_cache->slot[idx];
+    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0)
+        return e;
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (!x || p != der + len) {
+        X509_free(x);
+        ERR_clear_error();
+        return NULL;
+    }
+    X509_free(e->x509);
+    e->x509 = x;
+    memcpy(e->sha, sha, sizeof sha);
+    e->verified_at = 0;
+    return e;
+}
+
+/* ---- reading the Mdm-Signature without re-parsing its certificates --------------- */
+
+/* One DER header: single-byte tag, definite length. False otherwise. */
+static bool der_header(const unsigned char *p, size_t avail, unsigned *tag, size_t *hdr,
+                       size_t *len)
+{
+    if (avail < 2 || (p[0] & 0x1f) == 0x1f)
+        return false;
+    *tag = p[0];
+    size_t l = p[1];
+    if (l < 0x80) {
+        *hdr = 2;
+    } else {
+        size_t n = l & 0x7f;
+        if (n == 0 || n > 4 || avail < 2 + n)
+            return false;
+        l = 0;
+        for (size_t i = 0; i < n; i++)
+            l = l << 8 | p[2 + i];
+        *hdr = 2 + n;
+    }
+    if (l > avail - *hdr)
+        return false;
+    *len = l;
+    return true;
+}
+
+static void der_put_header(esim_buf *out, unsigned tag, size_t len)
+{
+    unsigned char h[6];
+    size_t n = 0;
+    h[n++] = (unsigned char)tag;
+    if (len < 0x80) {
+        h[n++] = (unsigned char)len;
+    } else {
+        size_t bytes = len > 0xffffff ? 4 : len > 0xffff ? 3 : len > 0xff ? 2 : 1;
+        h[n++] = (unsigned char)(0x80 | bytes);
+        for (size_t i = bytes; i > 0; i--)
+            h[n++] = (unsigned char)(len >> (8 * (i - 1)));
+    }
+    esim_buf_append(out, h, n);
+}
+
+static size_t der_header_size(size_t len)
+{
+    return len < 0x80 ? 2 : len > 0xffffff ? 6 : len > 0xffff ? 5 : len > 0xff ? 4 : 3;
+}
+
+/*
+ * Splits a CMS ContentInfo(SignedData) into the same structure without its
+ * certificates field (|stripped|) and the certificates' DER (|certs|, each
+ * one a span into |der|). False when the encoding is not the plain DER this
+ * expects; the caller then parses the whole thing the ordinary way.
+ */
+static bool split_certificates(const unsigned char *der, size_t len, esim_buf *stripped,
+                               const unsigned char **certs, size_t *cert_lens, size_t max_certs,
+                               size_t *n_certs)
+{
+    unsigned tag;
+    size_t hdr, l;
+    /* ContentInfo ::= SEQUENCE { contentType, [0] EXPLICIT SignedData } */
+    if (!der_header(der, len, &tag, &hdr, &l) || tag != 0x30 || hdr + l != len)
+        return false;
+    const unsigned char *ci = der + hdr, *ci_end = ci + l;
+    size_t oh, ol;
+    if (!der_header(ci, (size_t)(ci_end - ci), &tag, &oh, &ol) || tag != 0x06)
+        return false;
+    const unsigned char *oid = ci;
+    size_t oid_len = oh + ol;
+    const unsigned char *ex = ci + oid_len;
+    size_t eh, el;
+    if (!der_header(ex, (size_t)(ci_end - ex), &tag, &eh, &el) || tag != 0xa0 ||
+        ex + eh + el != ci_end)
+        return false;
+    const unsigned char *sd = ex + eh;
+    size_t sh, sl;
+    if (!der_header(sd, el, &tag, &sh, &sl) || tag != 0x30 || sh + sl != el)
+        return false;
+    /* SignedData's fields: version, digestAlgorithms, encapContentInfo,
+     * certificates [0] IMPLICIT (optional), crls [1], signerInfos. */
+    const unsigned char *f = sd + sh, *f_end = f + sl;
+    const unsigned char *cert_field = NULL;
+    size_t cert_field_len = 0;
+    *n_certs = 0;
+    while (f < f_end) {
+        size_t fh, fl;
+        if (!der_header(f, (size_t)(f_end - f), &tag, &fh, &fl))
+            return false;
+        if (tag == 0xa0) {
+            cert_field = f;
+            cert_field_len = fh + fl;
+            for (const unsigned char *c = f + fh; c < f + fh + fl;) {
+                size_t ch, cl;
+                if (!der_header(c, (size_t)(f + fh + fl - c), &tag, &ch, &cl) || tag != 0x30 ||
+                    *n_certs == max_certs)
+                    return false;
+                certs[*n_certs] = c;
+                cert_lens[(*n_certs)++] = ch + cl;
+                c += ch + cl;
+            }
+        }
+        f += fh + fl;
+    }
+    if (!cert_field || *n_certs == 0)
+        return false;
+    size_t new_sd = sl - cert_field_len;
+    size_t new_ex = der_header_size(new_sd) + new_sd;
+    size_t new_ci = oid_len + der_header_size(new_ex) + new_ex;
+    esim_buf_reset(stripped);
+    der_put_header(stripped, 0x30, new_ci);
+    esim_buf_append(stripped, oid, oid_len);
+    der_put_header(stripped, 0xa0, new_ex);
+    der_put_header(stripped, 0x30, new_sd);
+    esim_buf_append(stripped, sd + sh, (size_t)(cert_field - (sd + sh)));
+    esim_buf_append(stripped, cert_field + cert_field_len,
+                    (size_t)(f_end - (cert_field + cert_field_len)));
+    return stripped->len == der_header_size(new_ci) + new_ci;
+}
+
+/* The fast path: certificates come from the cache, the signature is checked
+ * against them, and a signer whose chain verified recently is not verified
+ * again. ESIM_ENOTFOUND: this CMS needs the ordinary path. */
+static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsigned char *body,
+                              size_t len, char out[65], esim_error *err)
+{
+    const unsigned char *certs[8];
+    size_t cert_lens[8], n = 0;
+    esim_buf stripped = {0};
+    if (!split_certificates(der->data, der->len, &stripped, certs, cert_lens, 8, &n)) {
+        esim_buf_free(&stripped);
+        return ESIM_ENOTFOUND;
+    }
+    STACK_OF(X509) *stack = sk_X509_new_null();
+    auth_entry *entries[8];
+    esim_err rc = stack ? ESIM_OK : ESIM_ENOMEM;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+        entries[i] = cache_get(svc, certs[i], cert_lens[i]);
+        if (!entries[i] || !sk_X509_push(stack, entries[i]->x509))
+            rc = ESIM_ENOTFOUND;
+    }
+    const unsigned char *p = stripped.data;
+    CMS_ContentInfo *cms = rc == ESIM_OK ? d2i_CMS_ContentInfo(NULL, &p, (long)stripped.len) : NULL;
+    BIO *content = cms ? BIO_new_mem_buf(body ? (const void *)body : "", (int)len) : NULL;
+    if (rc == ESIM_OK && (!cms || !content))
+        rc = ESIM_ENOTFOUND;
+    if (rc == ESIM_OK &&
+        CMS_verify(cms, stack, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1)
+        rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
+    if (rc == ESIM_OK) {
+        STACK_OF(X509) *signers = CMS_get0_signers(cms);
+        X509 *leaf = signers && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
+        auth_entry *e = NULL;
+        for (size_t i = 0; leaf && i < n; i++)
+            if (entries[i]->x509 == leaf)
+                e = entries[i];
+        sk_X509_free(signers);
+        int64_t now = esim_now_ms();
+        if (!e) {
+            rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
+        } else if (!e->verified_at || now - e->verified_at > AUTH_REVERIFY_MS) {
+            rc = verify_chain(svc, e->x509, stack, err);
+            e->verified_at = rc == ESIM_OK ? now : 0;
+        }
+        if (rc == ESIM_OK) {
+            esim_buf hex = {0};
+            rc = esim_hex_encode(e->sha, sizeof e->sha, &hex);
+            if (rc == ESIM_OK)
+                memcpy(out, hex.data, 65);
+            esim_buf_free(&hex);
+        }
+    }
+    ERR_clear_error();
+    BIO_free(content);
+    CMS_ContentInfo_free(cms);
+    sk_X509_free(stack); /* the certificates belong to the cache */
+    esim_buf_free(&stripped);
+    return rc;
+}
+
 static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
                                const unsigned char *body, size_t len, char out[65], esim_error *err)
 {
@@ -90,6 +329,11 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
     if (esim_base64_decode(sig, strlen(sig), &der, NULL) != ESIM_OK || der.len == 0) {
         esim_buf_free(&der);
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature header is not base64");
+    }
+    esim_err fast = verify_cached(svc, &der, body, len, out, err);
+    if (fast != ESIM_ENOTFOUND) {
+        esim_buf_free(&der);
+        return fast;
     }
     const unsigned char *p = der.data;
     CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)der.len);

@@ -698,6 +698,7 @@ void esim_service_free(esim_service *svc)
     pthread_mutex_destroy(&svc->sync_mu);
     pthread_cond_destroy(&svc->sync_cv);
     SSL_CTX_free(svc->tls);
+    auth_cache_free(svc);
     X509_STORE_free(svc->device_ca);
     free(svc->listen);
     free(svc->data_dir);

@@ -99,6 +99,7 @@ struct esim_service {
     char url[128];
     SSL_CTX *tls;
     X509_STORE *device_ca;
+    struct auth_cache *auth_cache; /* identity certificates already parsed and verified */
 
     struct event *tick_ev;
     /* Group commit: answers wait in |replies| until a store sync that
@@ -206,6 +207,7 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              const unsigned char *body, size_t len, char cert_sha256[65],
                              esim_error *err);
 esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
+void auth_cache_free(esim_service *svc);
 
 /* ---- push (push.c) ------------------------------------------------------------------ */
 
