@@ -124,8 +124,11 @@ static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t
     SHA256(der, len, sha);
     size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
     auth_entry *e = &svc->auth_cache->slot[idx];
-    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0)
+    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0) {
+        svc->m.identity_cache_hits++;
         return e;
+    }
+    svc->m.identity_cache_misses++;
     const unsigned char *p = der;
     X509 *x = d2i_X509(NULL, &p, (long)len);
     if (!x || p != der + len) {

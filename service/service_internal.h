@@ -39,6 +39,7 @@ typedef struct {
     uint64_t webhooks_delivered, webhooks_retried, webhooks_failed, webhooks_dropped;
     uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
+    uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
 } svc_metrics;
 
 /* ---- per-connection and per-device memory -------------------------------------- */

@@ -348,6 +348,8 @@ static void test_identity_rules(void **state)
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
     assert_true(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"auth\"}") >= 4);
+    /* The device's certificate was parsed once and recognised after that. */
+    assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"hit\"}") >= 3);
     device_free(&other);
     esim_buf_free(&idle);
     stop(f);
