@@ -34,10 +34,12 @@ printf '{"mdm":"%s"}' "$magic" > "$work/body.json"
 awk -v t="$token" -v m="$magic" -v n="$pushes" 'BEGIN { for (i = 0; i < n; i++) print t, m }' > "$work/tokens.txt"
 
 start_mock() { # extra mock flags...
+  rm -f "$work/mock.out" # the redirection below happens in the child, later
   "$bin" apns-mock --benchmark --open-listen 127.0.0.1:0 --h2c-listen 127.0.0.1:0 \
     --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" "$@" > "$work/mock.out" &
   mock_pid=$!
-  for _ in $(seq 100); do [[ -s "$work/mock.out" ]] && break; sleep 0.05; done
+  for _ in $(seq 200); do [[ -s "$work/mock.out" ]] && break; sleep 0.05; done
+  [[ -s "$work/mock.out" ]] || { echo "bench apns: the mock did not start" >&2; exit 1; }
   open_port=$(sed -n 's/.*"open":\([0-9]*\).*/\1/p' "$work/mock.out" | head -1)
   h2c_port=$(sed -n 's/.*"h2c":\([0-9]*\).*/\1/p' "$work/mock.out" | head -1)
 }
@@ -50,7 +52,7 @@ rate_h2load() { # url
     -H "apns-push-type: mdm" -H "apns-topic: $topic" -H "apns-priority: 10" \
     -d "$work/body.json" "$1/3/device/$token" > "$work/h2load.out" 2>&1 || {
       cat "$work/h2load.out" >&2; return 1; }
-  grep -q "succeeded, 0 errored\|$pushes succeeded" "$work/h2load.out" || { cat "$work/h2load.out" >&2; }
+  grep -q "$pushes succeeded" "$work/h2load.out" || { echo "bench apns: h2load did not finish cleanly" >&2; cat "$work/h2load.out" >&2; return 1; }
   sed -n 's/^finished in [0-9.]*[a-z]*, \([0-9.]*\) req\/s.*/\1/p' "$work/h2load.out"
 }
 
@@ -58,7 +60,9 @@ rate_client() { # url extra-args...
   local url=$1; shift
   "$bin" push --apns "$url" --tokens "$work/tokens.txt" --topic "$topic" --quiet \
     --connections "$conns" --concurrency "$streams" "$@" > "$work/push.out"
-  sed -n 's/.*"accepted":\([0-9]*\).*/\1/p' "$work/push.out" | { read -r n; [[ "$n" == "$pushes" ]] || { echo "bench apns: only $n of $pushes accepted" >&2; cat "$work/push.out" >&2; exit 1; }; }
+  local n
+  n=$(sed -n 's/.*"accepted":\([0-9]*\).*/\1/p' "$work/push.out")
+  [[ "$n" == "$pushes" ]] || { echo "bench apns: only $n of $pushes accepted" >&2; cat "$work/push.out" >&2; return 1; }
   sed -n 's/.*"pushes_per_second":\([0-9.]*\).*/\1/p' "$work/push.out"
 }
 
@@ -75,19 +79,26 @@ best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 start_mock
 tls_ref=0 tls_ours=0 h2c_ref=0 h2c_ours=0
 for _ in $(seq "$rounds"); do
-  tls_ref=$(best "$tls_ref" "$(rate_h2load "https://127.0.0.1:$open_port")")
-  tls_ours=$(best "$tls_ours" "$(rate_client "https://127.0.0.1:$open_port" --cert "$work/pki/push.pem" --key "$work/pki/push.key" --ca "$work/pki/ca.pem")")
-  h2c_ref=$(best "$h2c_ref" "$(rate_h2load "http://127.0.0.1:$h2c_port")")
-  h2c_ours=$(best "$h2c_ours" "$(rate_client "http://127.0.0.1:$h2c_port")")
+  r=$(rate_h2load "https://127.0.0.1:$open_port") || exit 1
+  tls_ref=$(best "$tls_ref" "$r")
+  r=$(rate_client "https://127.0.0.1:$open_port" --cert "$work/pki/push.pem" \
+        --key "$work/pki/push.key" --ca "$work/pki/ca.pem") || exit 1
+  tls_ours=$(best "$tls_ours" "$r")
+  r=$(rate_h2load "http://127.0.0.1:$h2c_port") || exit 1
+  h2c_ref=$(best "$h2c_ref" "$r")
+  r=$(rate_client "http://127.0.0.1:$h2c_port") || exit 1
+  h2c_ours=$(best "$h2c_ours" "$r")
 done
 stop_mock
 report TLS "$tls_ours" "$tls_ref"
 report h2c "$h2c_ours" "$h2c_ref"
 
 # Memory: a mock that holds every answer keeps all pushes in flight.
+rm -f "$work/mock.out"
 "$bin" apns-mock --h2c-listen 127.0.0.1:0 --delay-ms 60000 --max-streams 20000 > "$work/mock.out" &
 mock_pid=$!
-for _ in $(seq 100); do [[ -s "$work/mock.out" ]] && break; sleep 0.05; done
+for _ in $(seq 200); do [[ -s "$work/mock.out" ]] && break; sleep 0.05; done
+[[ -s "$work/mock.out" ]] || { echo "bench apns: the mock did not start" >&2; exit 1; }
 h2c_port=$(sed -n 's/.*"h2c":\([0-9]*\).*/\1/p' "$work/mock.out" | head -1)
 mem=$("$membench" "http://127.0.0.1:$h2c_port" 10000)
 stop_mock
