@@ -237,8 +237,14 @@ static bool push_line(push_run *r, char *line)
 static void push_feed(push_run *r)
 {
     while (!r->eof && r->submitted - r->finished < r->window) {
+        errno = 0;
         ssize_t n = getline(&r->line, &r->line_cap, r->tokens);
         if (n < 0) {
+            if (ferror(r->tokens)) {
+                fprintf(stderr, "esim-mdm push: cannot read '%s': %s\n", r->tokens_path,
+                        strerror(errno ? errno : EIO));
+                r->bad_lines++;
+            }
             r->eof = true;
             break;
         }
