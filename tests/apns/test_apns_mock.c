@@ -372,6 +372,67 @@ static void *push_later(void *arg)
     return NULL;
 }
 
+/* One MDM push over h2c with curl; returns the HTTP status. */
+static int h2c_push_status(fixture *f, const char *token)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "curl -sS --http2-prior-knowledge -H 'apns-topic: com.apple.mgmt.External.x' "
+             "-H 'apns-push-type: mdm' -d '{\"mdm\":\"m-%.8s\"}' -o /dev/null -w '%%{http_code}' "
+             "http://127.0.0.1:%d/3/device/%s",
+             token, apns_mock_port(f->mt.mock, APNS_MOCK_PORT_H2C), token);
+    esim_buf out = {0};
+    assert_int_equal(run_cmd(cmd, &out), 0);
+    int status = atoi((char *)out.data);
+    esim_buf_free(&out);
+    return status;
+}
+
+/* Deliveries for one channel's tokens never show up on another. */
+static void test_delivery_channels_isolated(void **state)
+{
+    fixture *f = *state;
+    if (!have("curl"))
+        skip();
+    start(f);
+    int dport = apns_mock_port(f->mt.mock, APNS_MOCK_PORT_DELIVERY);
+    char a[65], b[65], body[300];
+    make_token(a, 10);
+    make_token(b, 11);
+    esim_buf out = {0};
+    snprintf(body, sizeof body, "{\"tokens\":[\"%s\"]}", a);
+    assert_int_equal(http_call(dport, "/tokens?channel=A", body, &out), 200);
+    snprintf(body, sizeof body, "{\"tokens\":[\"%s\"]}", b);
+    assert_int_equal(http_call(dport, "/tokens?channel=B", body, &out), 200);
+    assert_int_equal(h2c_push_status(f, a), 200);
+    assert_int_equal(h2c_push_status(f, b), 200);
+    assert_int_equal(h2c_push_status(f, a), 200);
+    const char *names[] = {"A", "B"};
+    const char *tokens[] = {a, b};
+    size_t want[] = {2, 1};
+    for (int c = 0; c < 2; c++) {
+        char path[128];
+        snprintf(path, sizeof path, "/deliveries?channel=%s&after=0", names[c]);
+        assert_int_equal(http_call(dport, path, NULL, &out), 200);
+        json_t *j = json_loads((char *)out.data, 0, NULL);
+        json_t *pushes = json_object_get(j, "pushes");
+        assert_int_equal(json_array_size(pushes), want[c]);
+        long long last = 0;
+        for (size_t i = 0; i < json_array_size(pushes); i++) {
+            json_t *p = json_array_get(pushes, i);
+            assert_string_equal(json_string_value(json_object_get(p, "token")), tokens[c]);
+            long long seq = json_integer_value(json_object_get(p, "seq"));
+            assert_true(seq > last); /* in order */
+            last = seq;
+        }
+        json_decref(j);
+    }
+    /* the channel nobody registered with is empty, not an error */
+    assert_int_equal(http_call(dport, "/deliveries?channel=C&wait_ms=10", NULL, &out), 200);
+    assert_non_null(strstr((char *)out.data, "\"pushes\":[]"));
+    esim_buf_free(&out);
+}
+
 static void test_delivery_channel(void **state)
 {
     fixture *f = *state;
@@ -431,8 +492,9 @@ static void test_delivery_channel(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "backlog")), 0);
     json_decref(j);
 
-    /* dead at run time */
+    /* dead at run time: the next push gets 410 */
     assert_int_equal(http_call(dport, "/dead-tokens", body, &out), 200);
+    assert_int_equal(h2c_push_status(f, f->token), 410);
     apns_mock_stats s;
     esim_buf_free(&out);
     mock_stop(&f->mt, &s);
@@ -493,6 +555,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_node_http2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delivery_channel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delivery_channels_isolated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
