@@ -134,6 +134,23 @@ static void list_push_front(push_list *l, push_item *p)
     l->n++;
 }
 
+/* Takes the first push off |l|, or NULL when empty. */
+static push_item *list_pop_front(push_list *l)
+{
+    push_item *p = l->head;
+    if (p == NULL)
+        return NULL;
+    l->head = p->next;
+    if (l->head)
+        l->head->prev = NULL;
+    else
+        l->tail = NULL;
+    l->n--;
+    p->prev = p->next = NULL;
+    p->list = NULL;
+    return p;
+}
+
 static void list_remove(push_item *p)
 {
     push_list *l = p->list;
@@ -319,7 +336,7 @@ esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_r
         if (c->conns == NULL || c->kick == NULL)
             e = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
-    for (int i = 0; e == ESIM_OK && i < cfg->connections; i++) {
+    for (int i = 0; e == ESIM_OK && c->conns && i < cfg->connections; i++) {
         apns_conn *k = &c->conns[i];
         k->c = c;
         k->backoff_ms = cfg->reconnect_min_ms;
@@ -435,8 +452,7 @@ static void finish(push_item *p, apns_outcome outcome, int status, const char *r
 static void fail_list(push_list *l, apns_outcome outcome, const char *reason)
 {
     push_item *p;
-    while ((p = l->head) != NULL) {
-        list_remove(p);
+    while ((p = list_pop_front(l)) != NULL) {
         if (p->retry_ev)
             event_del(p->retry_ev);
         finish(p, outcome, p->status, reason, 0);

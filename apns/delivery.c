@@ -194,6 +194,19 @@ static void waiter_answer(waiter *w)
     waiter_free(w);
 }
 
+/* Answers every long-poll of |ch| (each is taken off the list first). */
+static void answer_waiters(channel *ch)
+{
+    waiter *w;
+    while ((w = ch->waiters) != NULL) {
+        ch->waiters = w->next;
+        w->next = NULL;
+        evhttp_connection_set_closecb(evhttp_request_get_connection(w->req), NULL, NULL);
+        answer_deliveries(w->m, w->ch, w->req, w->after, w->limit);
+        waiter_free(w);
+    }
+}
+
 static void waiter_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -241,8 +254,7 @@ void mock_deliver(apns_mock *m, token_info *ti, const char *token, const char *p
     ch->tail = d;
     ch->count++;
     m->stats.delivered++;
-    while (ch->waiters)
-        waiter_answer(ch->waiters);
+    answer_waiters(ch);
 }
 
 /* ------------------------------------------------------------- HTTP */
@@ -469,23 +481,10 @@ esim_err mock_delivery_start(apns_mock *m, const char *listen, esim_error *err)
         evhttp_bind_socket_with_handle(m->http, host, (ev_uint16_t)atoi(portbuf));
     if (bs == NULL)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s for deliveries", listen);
-    struct sockaddr_storage bound;
-    socklen_t bl = sizeof bound;
-    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&bound, &bl);
-    m->ports[APNS_MOCK_PORT_DELIVERY] =
-        ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
-                                         : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    m->ports[APNS_MOCK_PORT_DELIVERY] = apns_bound_port(evhttp_bound_socket_get_fd(bs));
+    if (m->ports[APNS_MOCK_PORT_DELIVERY] == 0)
+        return esim_fail(err, ESIM_EIO, "cannot read the delivery port back");
     return ESIM_OK;
-}
-
-static int answer_all_waiters(void *arg, const char *key, void *value)
-{
-    (void)arg;
-    (void)key;
-    channel *ch = value;
-    while (ch->waiters)
-        waiter_answer(ch->waiters);
-    return 0;
 }
 
 void mock_delivery_stop(apns_mock *m)
@@ -494,7 +493,7 @@ void mock_delivery_stop(apns_mock *m)
         return;
     for (size_t i = 0; i < m->channels.nslots; i++)
         for (apns_map_entry *e = m->channels.slots[i]; e; e = e->next)
-            answer_all_waiters(NULL, e->key, e->value);
+            answer_waiters(e->value);
     evhttp_free(m->http);
     m->http = NULL;
 }

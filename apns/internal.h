@@ -26,6 +26,9 @@ esim_err apns_url_parse(const char *url, bool *tls, char *host, size_t host_len,
 esim_err apns_addr_parse(const char *text, struct sockaddr_storage *ss, socklen_t *len,
                          esim_error *err);
 
+/* The local port of a bound socket, or 0 when it cannot be read. */
+int apns_bound_port(int fd);
+
 /* Token check shared by client and mock: hex, even, 64..200 digits. */
 bool apns_token_ok(const char *hex, size_t len);
 

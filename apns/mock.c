@@ -782,12 +782,9 @@ static esim_err listen_on(apns_mock *m, int which, const char *addr, esim_error 
     if (m->listeners[which] == NULL)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s: %s", addr,
                          evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-    struct sockaddr_storage bound;
-    socklen_t bl = sizeof bound;
-    getsockname(evconnlistener_get_fd(m->listeners[which]), (struct sockaddr *)&bound, &bl);
-    m->ports[which] =
-        ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
-                                         : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    m->ports[which] = apns_bound_port(evconnlistener_get_fd(m->listeners[which]));
+    if (m->ports[which] == 0)
+        return esim_fail(err, ESIM_EIO, "cannot read the port bound for %s", addr);
     return ESIM_OK;
 }
 

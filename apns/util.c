@@ -191,6 +191,21 @@ esim_err apns_addr_parse(const char *text, struct sockaddr_storage *ss, socklen_
     return ESIM_OK;
 }
 
+int apns_bound_port(int fd)
+{
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+        struct sockaddr_storage ss;
+    } u;
+    memset(&u, 0, sizeof u);
+    socklen_t len = sizeof u;
+    if (getsockname(fd, &u.sa, &len) != 0)
+        return 0;
+    return ntohs(u.sa.sa_family == AF_INET ? u.in4.sin_port : u.in6.sin6_port);
+}
+
 /* ---- PRNG ---- */
 
 void apns_rng_seed(apns_rng *r, uint64_t seed)
