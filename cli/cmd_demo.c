@@ -1,34 +1,66 @@
 /*
- * cmd_demo.c — `esim-mdm demo`: the product's main job on one machine.
- * `--sample` prints the commands a campaign sends (restrictions profile,
- * RefreshCellularPlans, the verification query, the erase that keeps the eSIM).
+ * cmd_demo.c — `esim-mdm demo`: the product's main job on one machine. It
+ * starts the APNs mock, the service on SQLite in a temporary directory, N
+ * simulated iPhones and the SM-DP+ simulator as child processes of this
+ * binary on loopback, drives them only through their public APIs (as an
+ * admin would), and stops everything it started whatever happens.
  */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "cli/campaign_http.h"
 #include "cli/cli.h"
 #include "plist/esim_plist.h"
 #include "restrictions/restrictions.h"
 
 static const char demo_help[] =
-    "usage: esim-mdm demo [--devices N] [--json]\n"
+    "usage: esim-mdm demo [--devices N] [--json] [options]\n"
     "       esim-mdm demo --sample\n"
     "\n"
-    "Runs the whole system on this machine: the service on an embedded store,\n"
-    "the APNs mock, the SM-DP+ simulator and N simulated iPhones, then rolls an\n"
-    "eSIM out to all of them and prints where every device stands.\n"
+    "Runs the whole system on this machine, on loopback: the MDM service on an\n"
+    "embedded SQLite store in a temporary directory, the APNs mock, the SM-DP+\n"
+    "simulator with one order per device, and N simulated iPhones (a realistic\n"
+    "mix: some unsupervised, some on an old iOS, a few answering NotNow, a few\n"
+    "offline for a while). It enrols them, imports the OEM manifest and the\n"
+    "activation codes, runs a campaign (restrictions profile, RefreshCellularPlans,\n"
+    "verification) with a progress bar, then shows the erase that keeps the eSIM\n"
+    "(EraseDevice PreserveDataPlan, re-enrolment, eSIM still verified) and the\n"
+    "restrictions blocking a user's eSIM deletion and Quick Transfer. It ends with\n"
+    "a summary table and one sample diagnosis, and stops everything it started.\n"
     "\n"
     "options:\n"
-    "  --devices N   simulated devices (default 1000)\n"
-    "  --json        the last line of output is one JSON summary object\n"
-    "  --sample      only print the commands a campaign sends, and exit\n"
+    "  --devices N              simulated devices (default 1000)\n"
+    "  --json                   the last line of output is one JSON summary object\n"
+    "  --pushes-per-second N    the campaign's push ceiling (default 5000)\n"
+    "  --seed N                 the simulator's identities and misbehaviour (default 7)\n"
+    "  --quiet-mix              no NotNow, offline, busy or unsupervised devices\n"
+    "  --no-inventory           skip the DeviceInformation inventory before the campaign\n"
+    "                           (warnings then cannot know supervision)\n"
+    "  --no-extras              skip the erase and user-action demonstrations\n"
+    "  --timeout S              give up on the campaign after S seconds (default 300)\n"
+    "  --keep DIR               work in DIR and keep it (default: a temporary directory,\n"
+    "                           removed at the end)\n"
+    "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
-    "exit status: 0 every device that can be verified is verified, 1 not, 2 bad options.\n";
+    "exit status: 0 every device that can be verified is verified (and the extras\n"
+    "worked), 1 not, or a part failed to start, 2 bad options.\n";
+
+/* ---- the sample campaign (no processes) ------------------------------------------ */
 
 #define DEMO_SMDP_URL "https://smdp.example.com"
 
-/* The campaign's policy: what the demo (and a cautious admin) asks for. */
 static esim_policy demo_policy(void)
 {
     esim_policy p = {0};
@@ -38,13 +70,11 @@ static esim_policy demo_policy(void)
     return p;
 }
 
-static int print_step(const char *title, const esim_buf *body)
+static void print_step(const char *title, const esim_buf *body)
 {
     printf("==== %s\n%.*s\n", title, (int)body->len, (const char *)body->data);
-    return 0;
 }
 
-/* Prints the commands of a sample campaign; every builder's error is fatal. */
 static int demo_print_sample(void)
 {
     esim_error err = {{0}};
@@ -66,10 +96,12 @@ static int demo_print_sample(void)
     printf("A sample eSIM campaign: the commands the service sends to each device, in order.\n\n");
     print_step("1. the eSIM restrictions profile (delivered inside InstallProfile)", &profile);
     print_step("   InstallProfile", &install.body);
-    print_step("2. RefreshCellularPlans: the device asks the SM-DP+ for its profile", &refresh.body);
+    print_step("2. RefreshCellularPlans: the device asks the SM-DP+ for its profile",
+               &refresh.body);
     print_step("3. verify: DeviceInformation ServiceSubscriptions (EID and ICCID must match)",
                &verify.body);
-    print_step("4. optional: erase that keeps the eSIM (EraseDevice PreserveDataPlan)", &erase.body);
+    print_step("4. optional: erase that keeps the eSIM (EraseDevice PreserveDataPlan)",
+               &erase.body);
     rc = CLI_EXIT_OK;
 out:
     esim_buf_free(&profile);
@@ -80,24 +112,1108 @@ out:
     return rc;
 }
 
+/* ---- processes ------------------------------------------------------------------------ */
+
+/* cli/ may keep process-wide state: the signal handler needs the group. */
+static volatile sig_atomic_t g_stop_signal;
+static volatile pid_t g_children_pgid;
+
+static void on_signal(int sig)
+{
+    if (g_children_pgid > 0)
+        kill(-g_children_pgid, SIGTERM);
+    g_stop_signal = sig;
+}
+
+#define DEMO_MAX_CHILDREN 8
+
+typedef struct {
+    char dir[PATH_MAX];
+    bool keep, json, quiet_mix, inventory, extras;
+    unsigned devices;
+    double pps, timeout_s;
+    unsigned seed;
+    char self[PATH_MAX];
+    pid_t parent;
+    pid_t pgid;
+    struct {
+        pid_t pid;
+        char name[32];
+        long peak_rss_kb; /* VmHWM, read just before it is stopped */
+        double cpu_s;     /* user + system time */
+    } kids[DEMO_MAX_CHILDREN];
+    int n_kids;
+    int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
+    double inventory_s; /* one DeviceInformation round to every device */
+    long inventory_answered;
+    long service_rss_before_kb; /* the service's memory just before the campaign */
+    long service_rss_after_kb;  /* ... and when it finished */
+    chttp api, sim, smdp;
+    FILE *out; /* the human-readable story */
+} demo;
+
+static void say(demo *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void say(demo *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(d->out, fmt, ap);
+    va_end(ap);
+    fflush(d->out);
+}
+
+static bool stopping(void)
+{
+    return g_stop_signal != 0;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Starts `esim-mdm ARGS...` (this very binary) with its output in
+ * DIR/NAME.log. Every child joins one process group, so one kill reaches
+ * them all; each dies with us (PR_SET_PDEATHSIG) even if we are killed. */
+static pid_t spawn(demo *d, const char *name, char *const argv[])
+{
+    if (d->n_kids == DEMO_MAX_CHILDREN)
+        return -1;
+    char log[PATH_MAX + 64];
+    snprintf(log, sizeof log, "%s/%s.log", d->dir, name);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != d->parent)
+            _exit(126); /* the demo died before we got here */
+        setpgid(0, d->pgid);
+        signal(SIGINT, SIG_IGN); /* the demo decides when we stop */
+        signal(SIGTERM, SIG_DFL);
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(126);
+        execv(d->self, argv);
+        _exit(127);
+    }
+    setpgid(pid, d->pgid ? d->pgid : pid); /* also here: no race with the child */
+    if (!d->pgid) {
+        d->pgid = pid;
+        g_children_pgid = pid;
+    }
+    d->kids[d->n_kids].pid = pid;
+    snprintf(d->kids[d->n_kids].name, sizeof d->kids[d->n_kids].name, "%s", name);
+    d->n_kids++;
+    return pid;
+}
+
+/* The last lines of a child's log, to say why it failed. */
+static void show_log_tail(demo *d, const char *name)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.log", d->dir, name);
+    esim_buf b = {0};
+    if (esim_read_file(path, 16u * 1024u * 1024u, &b, NULL) != ESIM_OK || !b.len) {
+        esim_buf_free(&b);
+        return;
+    }
+    size_t start = b.len, lines = 0;
+    while (start > 0 && lines < 8)
+        if (b.data[--start] == '\n' && start + 1 < b.len)
+            lines++;
+    fprintf(stderr, "---- %s.log (last lines)\n%s%s", name,
+            (const char *)b.data + start + (start > 0), b.data[b.len - 1] == '\n' ? "" : "\n");
+    esim_buf_free(&b);
+}
+
+/* True while every child runs; otherwise says which one stopped. */
+static bool children_alive(demo *d)
+{
+    for (int i = 0; i < d->n_kids; i++) {
+        if (d->kids[i].pid <= 0)
+            continue;
+        int st;
+        if (waitpid(d->kids[i].pid, &st, WNOHANG) == d->kids[i].pid) {
+            fprintf(stderr, "esim-mdm demo: the %s stopped unexpectedly (%s %d)\n", d->kids[i].name,
+                    WIFEXITED(st) ? "exit status" : "signal",
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            d->kids[i].pid = 0;
+            show_log_tail(d, d->kids[i].name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Peak memory and CPU time of a running child, from /proc. */
+static void measure_child(demo *d, int i)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)d->kids[i].pid);
+    FILE *f = fopen(path, "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            d->kids[i].peak_rss_kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)d->kids[i].pid);
+    f = fopen(path, "r");
+    if (f && fgets(line, sizeof line, f)) {
+        /* Fields after the ")" that ends the command name: utime is the 12th, stime the 13th. */
+        const char *p = strrchr(line, ')');
+        unsigned long ut = 0, st = 0;
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+            d->kids[i].cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    if (f)
+        fclose(f);
+}
+
+/* Current resident memory of a child (VmRSS), or 0. */
+static long child_rss_kb(const demo *d, int i)
+{
+    char path[64], line[256];
+    long kb = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)d->kids[i].pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static const char *const child_names[] = {"apns-mock", "service", "devsim", "smdp"};
+
+static int child_index(const demo *d, const char *name)
+{
+    for (int i = 0; i < d->n_kids; i++)
+        if (strcmp(d->kids[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+/* SIGTERM to the group, up to 5 s of grace, then SIGKILL; every child reaped. */
+static void stop_children(demo *d)
+{
+    if (d->pgid > 0)
+        kill(-d->pgid, SIGTERM);
+    int64_t until = esim_mono_ms() + 5000;
+    for (;;) {
+        bool any = false;
+        for (int i = 0; i < d->n_kids; i++) {
+            if (d->kids[i].pid <= 0)
+                continue;
+            pid_t r = waitpid(d->kids[i].pid, NULL, WNOHANG);
+            if (r == d->kids[i].pid || (r < 0 && errno == ECHILD))
+                d->kids[i].pid = 0;
+            else
+                any = true;
+        }
+        if (!any)
+            break;
+        if (esim_mono_ms() > until) {
+            if (d->pgid > 0)
+                kill(-d->pgid, SIGKILL);
+            for (int i = 0; i < d->n_kids; i++)
+                if (d->kids[i].pid > 0) {
+                    kill(d->kids[i].pid, SIGKILL);
+                    waitpid(d->kids[i].pid, NULL, 0);
+                    d->kids[i].pid = 0;
+                }
+            break;
+        }
+        sleep_ms(20);
+    }
+    d->pgid = 0;
+    g_children_pgid = 0;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* ---- waiting for the parts ----------------------------------------------------------------- */
+
+static int read_port_file(const char *path)
+{
+    esim_buf b = {0};
+    int port = 0;
+    if (esim_read_file(path, 64, &b, NULL) == ESIM_OK && b.len)
+        port = atoi((const char *)b.data);
+    esim_buf_free(&b);
+    return port > 0 && port < 65536 ? port : 0;
+}
+
+static bool wait_port_file(demo *d, const char *name, int *port)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.port", d->dir, name);
+    for (int64_t until = esim_mono_ms() + 30000; esim_mono_ms() < until;) {
+        if (stopping() || !children_alive(d))
+            return false;
+        if ((*port = read_port_file(path)) > 0)
+            return true;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "esim-mdm demo: the %s did not start within 30 s\n", name);
+    show_log_tail(d, name);
+    return false;
+}
+
+/* The APNs mock prints {"listening":{...}} first. */
+static bool wait_apns_ports(demo *d)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/apns-mock.log", d->dir);
+    for (int64_t until = esim_mono_ms() + 30000; esim_mono_ms() < until;) {
+        if (stopping() || !children_alive(d))
+            return false;
+        esim_buf b = {0};
+        if (esim_read_file(path, 1 << 20, &b, NULL) == ESIM_OK && b.len) {
+            const char *p = strstr((const char *)b.data, "{\"listening\"");
+            const char *nl = p ? strchr(p, '\n') : NULL;
+            json_t *j = nl ? json_loadb(p, (size_t)(nl - p), 0, NULL) : NULL;
+            json_t *l = json_object_get(j, "listening");
+            d->apns_tls = (int)json_integer_value(json_object_get(l, "tls"));
+            d->apns_delivery = (int)json_integer_value(json_object_get(l, "delivery"));
+            json_decref(j);
+        }
+        esim_buf_free(&b);
+        if (d->apns_tls > 0 && d->apns_delivery > 0)
+            return true;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "esim-mdm demo: the APNs mock did not start within 30 s\n");
+    show_log_tail(d, "apns-mock");
+    return false;
+}
+
+/* One call that must answer |want|; prints why not. *out may be NULL. */
+static bool call(demo *d, chttp *c, const char *method, const char *path, const char *ctype,
+                 const char *body, size_t len, long want, json_t **out)
+{
+    long status = 0;
+    json_t *r = NULL;
+    esim_error e = {{0}};
+    if (chttp_call(c, method, path, ctype, body, body ? len : 0, &status, &r, &e) != ESIM_OK ||
+        status != want) {
+        if (!stopping())
+            fprintf(stderr, "esim-mdm demo: %s %s: %s\n", method, path,
+                    e.msg[0] ? e.msg : chttp_error_message(r));
+        json_decref(r);
+        if (out)
+            *out = NULL;
+        (void)d;
+        return false;
+    }
+    if (out)
+        *out = r;
+    else
+        json_decref(r);
+    return true;
+}
+
+static bool post_json(demo *d, chttp *c, const char *path, json_t *body, long want, json_t **out)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    bool ok = text && call(d, c, "POST", path, NULL, text, strlen(text), want, out);
+    free(text);
+    return ok;
+}
+
+static long jint(const json_t *o, const char *k)
+{
+    return (long)json_integer_value(json_object_get(o, k));
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+/* ---- the story ------------------------------------------------------------------------------ */
+
+static bool start_parts(demo *d)
+{
+    char pki[PATH_MAX + 16], cert[PATH_MAX + 32], key[PATH_MAX + 32], ca[PATH_MAX + 32];
+    char devca[PATH_MAX + 32], push[PATH_MAX + 32], pushkey[PATH_MAX + 32];
+    snprintf(pki, sizeof pki, "%s/pki", d->dir);
+    esim_error e = {{0}};
+    if (esim_pki_create(pki, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm demo: test PKI: %s\n", e.msg);
+        return false;
+    }
+    snprintf(cert, sizeof cert, "%s/server.pem", pki);
+    snprintf(key, sizeof key, "%s/server.key", pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", pki);
+    snprintf(devca, sizeof devca, "%s/device-ca.pem", pki);
+    snprintf(push, sizeof push, "%s/push.pem", pki);
+    snprintf(pushkey, sizeof pushkey, "%s/push.key", pki);
+
+    char *apns_argv[] = {"esim-mdm",    "apns-mock", "--listen",          "127.0.0.1:0",
+                         "--tls-cert",  cert,        "--tls-key",         key,
+                         "--client-ca", ca,          "--delivery-listen", "127.0.0.1:0",
+                         NULL};
+    if (spawn(d, "apns-mock", apns_argv) < 0 || !wait_apns_ports(d))
+        return false;
+
+    char svc_port_file[PATH_MAX + 32], svc_dir[PATH_MAX + 32], apns_url[64];
+    snprintf(svc_port_file, sizeof svc_port_file, "%s/service.port", d->dir);
+    snprintf(svc_dir, sizeof svc_dir, "%s/service", d->dir);
+    snprintf(apns_url, sizeof apns_url, "https://127.0.0.1:%d", d->apns_tls);
+    char *svc_argv[] = {
+        "esim-mdm",     "serve",  "--listen",          "127.0.0.1:0", "--port-file", svc_port_file,
+        "--data-dir",   svc_dir,  "--device-ca",       devca,         "--apns",      apns_url,
+        "--apns-cert",  push,     "--apns-key",        pushkey,       "--apns-ca",   ca,
+        "--store-sync", "normal", "--not-now-backoff", "1",           NULL};
+    if (spawn(d, "service", svc_argv) < 0 || !wait_port_file(d, "service", &d->svc_port))
+        return false;
+    char url[64], token_file[PATH_MAX + 48];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", d->svc_port);
+    snprintf(token_file, sizeof token_file, "%s/api-token", svc_dir);
+    /* The service writes its token before it listens. */
+    if (!chttp_open_api(&d->api, url, token_file))
+        return false;
+    if (!call(d, &d->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
+        return false;
+
+    char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64];
+    snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
+    snprintf(n, sizeof n, "%u", d->devices);
+    snprintf(seed, sizeof seed, "%u", d->seed);
+    snprintf(apns_deliv, sizeof apns_deliv, "http://127.0.0.1:%d", d->apns_delivery);
+    char *sim_argv[] = {"esim-mdm", "devsim", "--server", url, "--apns-mock", apns_deliv,
+                        "--devices", n, "--pki", pki, "--seed", seed, "--status-listen",
+                        "127.0.0.1:0", "--status-port-file", sim_port_file, "--max-concurrent",
+                        "128", "--supervised-share", d->quiet_mix ? "1" : "0.85", "--notnow-share",
+                        d->quiet_mix ? "0" : "0.03", "--offline-share", d->quiet_mix ? "0" : "0.02",
+                        /* No busy (36003) devices: the simulator keeps a busy device busy
+                         * forever, although its help says only the first download fails. */
+                        "--fail-share", "0", NULL};
+    if (spawn(d, "devsim", sim_argv) < 0 || !wait_port_file(d, "devsim", &d->sim_port))
+        return false;
+    char sim_url[64];
+    snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_port);
+    chttp_open_plain(&d->sim, sim_url, NULL);
+    return true;
+}
+
+/* Waits until the simulator's devices are all enrolled. */
+static bool wait_enrolled(demo *d, double *secs)
+{
+    int64_t start = esim_mono_ms();
+    long enrolled = 0;
+    while (esim_mono_ms() - start < 120000) {
+        if (stopping() || !children_alive(d))
+            return false;
+        json_t *s = NULL;
+        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
+            enrolled = jint(s, "enrolled_now");
+        json_decref(s);
+        if (enrolled >= (long)d->devices) {
+            *secs = (double)(esim_mono_ms() - start) / 1000.0;
+            return true;
+        }
+        sleep_ms(100);
+    }
+    fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within 120 s\n", enrolled,
+            d->devices);
+    return false;
+}
+
+typedef struct {
+    char udid[65];
+    char eid[ESIM_EID_LEN + 1];
+    char iccid[21];
+    char serial[64];
+} demo_dev;
+
+static int cmp_udid(const void *a, const void *b)
+{
+    return strcmp(((const demo_dev *)a)->udid, ((const demo_dev *)b)->udid);
+}
+
+/* What the simulator says its devices are (UDID, EID), and the service's
+ * serial numbers for them: the OEM manifest an admin would receive. */
+static bool collect_devices(demo *d, demo_dev **out)
+{
+    json_t *s = NULL;
+    if (!call(d, &d->sim, "GET", "/devices", NULL, NULL, 0, 200, &s))
+        return false;
+    json_t *arr = json_object_get(s, "devices");
+    size_t n = json_array_size(arr);
+    demo_dev *devs = calloc(n ? n : 1, sizeof *devs);
+    if (!devs) {
+        json_decref(s);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        snprintf(devs[i].udid, sizeof devs[i].udid, "%s", jstr(v, "udid"));
+        snprintf(devs[i].eid, sizeof devs[i].eid, "%s", jstr(v, "eid"));
+        /* One order per device: ICCIDs 8944 0000 ..., Luhn-completed. */
+        snprintf(devs[i].iccid, sizeof devs[i].iccid, "89440000%010u0",
+                 (unsigned)((i + 1) % 1000000000u));
+        esim_iccid_set_check_digit(devs[i].iccid, NULL);
+    }
+    json_decref(s);
+    qsort(devs, n, sizeof *devs, cmp_udid);
+    /* Serial numbers, from the service's inventory, page by page. */
+    char after[80] = "";
+    size_t found = 0;
+    for (;;) {
+        char path[320];
+        snprintf(path, sizeof path, "/v1/devices?limit=1000%s%s", after[0] ? "&after=" : "", after);
+        json_t *r = NULL;
+        if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r)) {
+            free(devs);
+            return false;
+        }
+        json_t *list = json_object_get(r, "devices");
+        size_t k;
+        json_t *v;
+        json_array_foreach(list, k, v)
+        {
+            demo_dev key;
+            snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
+            demo_dev *hit = bsearch(&key, devs, n, sizeof *devs, cmp_udid);
+            if (hit && !hit->serial[0]) {
+                snprintf(hit->serial, sizeof hit->serial, "%s", jstr(v, "serial_number"));
+                found++;
+            }
+        }
+        const char *next = jstr(r, "next_after");
+        snprintf(after, sizeof after, "%s", next);
+        json_decref(r);
+        if (!after[0])
+            break;
+    }
+    if (found != n) {
+        fprintf(stderr, "esim-mdm demo: the service knows %zu of the %zu simulated devices\n",
+                found, n);
+        free(devs);
+        return false;
+    }
+    *out = devs;
+    return true;
+}
+
+static bool write_text(demo *d, const char *name, const esim_buf *b)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", d->dir, name);
+    esim_error e = {{0}};
+    if (esim_write_file_atomic(path, b->data, b->len, 0600, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm demo: %s\n", e.msg);
+        return false;
+    }
+    return true;
+}
+
+/* The operator's side: one released order per device on the SM-DP+. */
+static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
+{
+    esim_buf csv = {0};
+    for (size_t i = 0; i < n; i++)
+        esim_buf_printf(&csv, "%s,%s,DEMO-%06zu\n", devs[i].eid, devs[i].iccid, i + 1);
+    bool ok = write_text(d, "orders.csv", &csv);
+    esim_buf_free(&csv);
+    if (!ok)
+        return false;
+    char pki[PATH_MAX + 16], orders[PATH_MAX + 16], port_file[PATH_MAX + 16];
+    snprintf(pki, sizeof pki, "%s/pki", d->dir);
+    snprintf(orders, sizeof orders, "%s/orders.csv", d->dir);
+    snprintf(port_file, sizeof port_file, "%s/smdp.port", d->dir);
+    char *argv[] = {"esim-mdm", "smdp", "--pki",       pki,       "--listen", "127.0.0.1:0",
+                    "--orders", orders, "--port-file", port_file, NULL};
+    if (spawn(d, "smdp", argv) < 0 || !wait_port_file(d, "smdp", &d->smdp_port))
+        return false;
+    char url[64], ca[PATH_MAX + 16];
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", d->smdp_port);
+    snprintf(ca, sizeof ca, "%s/pki/ca.pem", d->dir);
+    chttp_open_plain(&d->smdp, url, ca);
+    return true;
+}
+
+/* The offline workflow, as an admin does it: the OEM manifest (serial,EID)
+ * and the operator's activation codes (EID,LPA:1$…,ICCID). */
+static bool import_files(demo *d, const demo_dev *devs, size_t n)
+{
+    esim_buf manifest = {0}, codes = {0};
+    esim_buf_append_str(&manifest, "serial,eid\n");
+    for (size_t i = 0; i < n; i++) {
+        esim_buf_printf(&manifest, "%s,%s\n", devs[i].serial, devs[i].eid);
+        esim_buf_printf(&codes, "%s,LPA:1$127.0.0.1$DEMO-%06zu,%s\n", devs[i].eid, i + 1,
+                        devs[i].iccid);
+    }
+    bool ok = write_text(d, "oem-manifest.csv", &manifest) &&
+              write_text(d, "activation-codes.txt", &codes);
+    json_t *r = NULL;
+    /* Parts under the service's 1 MiB body limit, line numbers kept. */
+    for (int kind = 0; ok && kind < 2; kind++) {
+        const esim_buf *b = kind ? &codes : &manifest;
+        size_t pos = 0, line = 0, imported = 0, bad = 0, matched = 0;
+        while (ok && pos < b->len) {
+            size_t end = pos + 768 * 1024 < b->len ? pos + 768 * 1024 : b->len;
+            while (end < b->len && end > pos && b->data[end - 1] != '\n')
+                end--;
+            char path[96];
+            snprintf(path, sizeof path, "/v1/import/%s?line_offset=%zu",
+                     kind ? "activation-codes" : "eids", line);
+            ok = call(d, &d->api, "POST", path, "text/csv", (const char *)b->data + pos, end - pos,
+                      200, &r);
+            imported += (size_t)jint(r, "imported");
+            bad += (size_t)jint(r, "bad_total");
+            matched += (size_t)jint(r, "matched");
+            json_decref(r);
+            r = NULL;
+            for (size_t k = pos; k < end; k++)
+                line += b->data[k] == '\n';
+            pos = end;
+        }
+        if (ok && kind == 0)
+            say(d,
+                "  imported the OEM manifest: %zu rows, %zu matched to enrolled devices, %zu bad\n",
+                imported, matched, bad);
+        else if (ok)
+            say(d,
+                "  imported the operator's activation codes: %zu rows (expected ICCIDs), %zu bad\n",
+                imported, bad);
+    }
+    esim_buf_free(&manifest);
+    esim_buf_free(&codes);
+    return ok;
+}
+
+/* DeviceInformation (IsSupervised, OSVersion) to every device, as MDM
+ * servers do after enrolment, so campaign warnings know who is supervised. */
+static void inventory(demo *d, const demo_dev *devs, size_t n)
+{
+    json_t *before = NULL;
+    call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &before);
+    long acked0 = jint(before, "acknowledged") + jint(before, "not_now") + jint(before, "errors");
+    json_decref(before);
+    for (size_t start = 0; start < n; start += 20000) {
+        json_t *udids = json_array();
+        for (size_t i = start; i < n && i < start + 20000; i++)
+            json_array_append_new(udids, json_string(devs[i].udid));
+        json_t *body =
+            json_pack("{s:o, s:{s:s, s:[s,s]}, s:b}", "udids", udids, "command", "request_type",
+                      "DeviceInformation", "queries", "IsSupervised", "OSVersion", "push", 1);
+        if (!post_json(d, &d->api, "/v1/commands", body, 200, NULL))
+            return;
+    }
+    /* Offline and locked devices answer later; wait for most, not all. */
+    int64_t start = esim_mono_ms();
+    long answered = 0;
+    while (esim_mono_ms() - start < 15000 && !stopping()) {
+        json_t *s = NULL;
+        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
+            answered = jint(s, "acknowledged") + jint(s, "not_now") + jint(s, "errors") - acked0;
+        json_decref(s);
+        if (answered >= (long)(n * 95 / 100))
+            break;
+        sleep_ms(100);
+    }
+    d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
+    d->inventory_answered = answered < (long)n ? answered : (long)n;
+    say(d,
+        "  inventory: %ld of %zu devices answered DeviceInformation (IsSupervised, OSVersion) in "
+        "%.1f s\n",
+        d->inventory_answered, n, d->inventory_s);
+}
+
+static json_t *campaign_body(demo *d, const char *name, json_t *target, const char *const *steps,
+                             size_t n_steps, bool policy)
+{
+    char smdp[64];
+    snprintf(smdp, sizeof smdp, "https://127.0.0.1:%d", d->smdp_port);
+    json_t *st = json_array();
+    for (size_t i = 0; i < n_steps; i++)
+        json_array_append_new(st, json_string(steps[i]));
+    json_t *b =
+        json_pack("{s:s, s:o, s:o, s:s, s:{s:f, s:f, s:f, s:f, s:f, s:i, s:i}}", "name", name,
+                  "target", target, "steps", st, "smdp_url", smdp, "settings", "pushes_per_second",
+                  d->pps, "repush_after_s", 30.0, "expiry_s", d->timeout_s, "retry_base_s", 0.5,
+                  "retry_max_s", 4.0, "max_retries", 12, "verify_attempts", 3);
+    if (b && policy)
+        json_object_set_new(b, "policy",
+                            json_pack("{s:s, s:s, s:s}", "esim_modification", "deny",
+                                      "preserve_esim_on_erase", "on", "esim_outgoing_transfers",
+                                      "deny"));
+    return b;
+}
+
+/* Warnings grouped by reason, the way a console shows them before "Send". */
+static void show_warnings(demo *d, const json_t *created)
+{
+    long total = jint(created, "warnings_total");
+    if (!total) {
+        say(d, "  no warnings: every device will apply every restriction\n");
+        return;
+    }
+    say(d, "  warnings before sending (%ld):\n", total);
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(created, "warnings_by_kind"), k, v)
+        say(d, "    %6lld devices: %s\n", (long long)json_integer_value(v), k);
+}
+
+/* Runs a campaign to its end; *summary is the last status. */
+static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, json_t **summary)
+{
+    *summary = NULL;
+    if (!post_json(d, &d->api, "/v1/campaigns", body, 201, created))
+        return false;
+    int rc = campaign_follow(&d->api, jstr(*created, "id"), d->timeout_s + 30, quiet, summary);
+    return rc == CLI_EXIT_OK && !stopping();
+}
+
+static void print_table(demo *d, const json_t *s, double secs)
+{
+    const json_t *c = json_object_get(s, "counts");
+    long pushes = jint(s, "pushes"), commands = jint(s, "commands"), n = jint(s, "devices");
+    say(d, "\n  %-26s %10ld\n", "devices", n);
+    static const char *const rows[] = {"verified",  "unverified", "failed",
+                                       "timed_out", "canceled",   "done"};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if (jint(c, rows[i]) || i < 4)
+            say(d, "  %-26s %10ld\n", rows[i], jint(c, rows[i]));
+    say(d, "  %-26s %10ld   (acknowledged is not installed: verified counts eSIMs seen)\n",
+        "refresh acknowledged", jint(s, "refresh_acknowledged"));
+    say(d, "  %-26s %10ld   (%.2f per device)\n", "pushes", pushes,
+        n ? (double)pushes / (double)n : 0);
+    say(d, "  %-26s %10ld\n", "commands", commands);
+    say(d, "  %-26s %10.2f s\n", "campaign duration", secs);
+    if (secs > 0)
+        say(d, "  %-26s %10.0f verified/s, %.0f pushes/s, %.0f commands/s\n", "rates",
+            (double)jint(c, "verified") / secs, (double)pushes / secs, (double)commands / secs);
+}
+
+/* Pick devices from the simulator: verified, supervised, on iOS >= |min_major|. */
+static size_t pick_devices(demo *d, const json_t *verified_list, int min_major, size_t want,
+                           char (*out)[65])
+{
+    size_t got = 0, i;
+    json_t *v;
+    json_array_foreach((json_t *)verified_list, i, v)
+    {
+        if (got == want)
+            break;
+        char path[320];
+        snprintf(path, sizeof path, "/devices/%s", jstr(v, "udid"));
+        json_t *dj = NULL;
+        if (!call(d, &d->sim, "GET", path, NULL, NULL, 0, 200, &dj))
+            continue;
+        const char *os = jstr(dj, "os_version");
+        if (!os[0])
+            os = jstr(dj, "os");
+        if (json_is_true(json_object_get(dj, "supervised")) && atoi(os) >= min_major)
+            snprintf(out[got++], 65, "%s", jstr(v, "udid"));
+        json_decref(dj);
+    }
+    return got;
+}
+
+/* EraseDevice with PreserveDataPlan on a few devices, their re-enrolment,
+ * then a verify-only campaign: the eSIM must still be there. */
+static bool erase_keep_esim(demo *d, const json_t *verified_list, size_t *n_out, size_t *still)
+{
+    char picked[3][65];
+    size_t n = pick_devices(d, verified_list, 17, 3, picked);
+    *n_out = n;
+    *still = 0;
+    if (!n) {
+        say(d, "  (no supervised verified device on iOS 17+ to erase)\n");
+        return false;
+    }
+    json_t *udids = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(udids, json_string(picked[i]));
+    static const char *const erase_steps[] = {"erase_keep_esim"};
+    json_t *created = NULL, *sum = NULL;
+    int64_t t0 = esim_now_ms();
+    bool ok = run_campaign(d,
+                           campaign_body(d, "erase keeping the eSIM",
+                                         json_pack("{s:O}", "udids", udids), erase_steps, 1, false),
+                           true, &created, &sum);
+    ok = ok && jint(json_object_get(sum, "counts"), "done") == (long)n;
+    say(d, "  EraseDevice (PreserveDataPlan) acknowledged by %ld of %zu devices\n",
+        jint(json_object_get(sum, "counts"), "done"), n);
+    json_decref(created);
+    json_decref(sum);
+    /* Wait for each to enrol again (Authenticate after the erase). */
+    for (size_t i = 0; ok && i < n; i++) {
+        char path[320];
+        snprintf(path, sizeof path, "/v1/devices/%s", picked[i]);
+        bool back = false;
+        for (int64_t until = esim_mono_ms() + 30000;
+             !back && esim_mono_ms() < until && !stopping();) {
+            json_t *dj = NULL;
+            if (call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &dj)) {
+                const char *at = jstr(dj, "enrolled_at");
+                struct tm tm = {0};
+                int ms = 0;
+                /* RFC 3339 with milliseconds, UTC */
+                if (sscanf(at, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                           &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) == 7) {
+                    tm.tm_year -= 1900;
+                    tm.tm_mon -= 1;
+                    int64_t enrolled = (int64_t)timegm(&tm) * 1000 + ms;
+                    back = enrolled >= t0 && json_is_true(json_object_get(dj, "enrolled")) &&
+                           strcmp(jstr(json_object_get(dj, "push"), "state"), "valid") == 0;
+                }
+            }
+            json_decref(dj);
+            if (!back)
+                sleep_ms(100);
+        }
+        if (!back) {
+            say(d, "  device %s did not re-enrol within 30 s\n", picked[i]);
+            ok = false;
+        }
+    }
+    if (ok)
+        say(d, "  all %zu erased devices re-enrolled (new push token)\n", n);
+    static const char *const verify_steps[] = {"verify"};
+    if (ok) {
+        ok = run_campaign(d,
+                          campaign_body(d, "verify after erase", json_pack("{s:O}", "udids", udids),
+                                        verify_steps, 1, false),
+                          true, &created, &sum);
+        *still = (size_t)jint(json_object_get(sum, "counts"), "verified");
+        ok = ok && *still == n;
+        say(d, "  verify-only campaign after the erase: %zu of %zu still have the expected eSIM\n",
+            *still, n);
+        json_decref(created);
+        json_decref(sum);
+    }
+    json_decref(udids);
+    return ok;
+}
+
+/* A person tries to delete the eSIM and to Quick-Transfer it: the
+ * restrictions the campaign installed must refuse both. */
+static bool user_actions(demo *d, const json_t *verified_list, bool *del_blocked,
+                         bool *xfer_blocked)
+{
+    char picked[1][65];
+    *del_blocked = *xfer_blocked = false;
+    if (pick_devices(d, verified_list, 18, 1, picked) != 1) {
+        say(d, "  (no supervised verified device on iOS 18 to try user actions on)\n");
+        return false;
+    }
+    const char *actions[2] = {"delete-esim", "transfer-esim"};
+    for (int k = 0; k < 2; k++) {
+        char path[320];
+        snprintf(path, sizeof path, "/devices/%s/actions/%s", picked[0], actions[k]);
+        json_t *r = NULL;
+        if (!call(d, &d->sim, "POST", path, NULL, "", 0, 200, &r))
+            return false;
+        bool blocked = json_is_false(json_object_get(r, "allowed"));
+        say(d, "  user on %s tries %-13s -> %s: %s\n", picked[0], actions[k],
+            blocked ? "BLOCKED" : "allowed", jstr(r, "reason"));
+        if (k == 0)
+            *del_blocked = blocked;
+        else
+            *xfer_blocked = blocked;
+        json_decref(r);
+    }
+    return *del_blocked && *xfer_blocked;
+}
+
+static void sample_diagnosis(demo *d, const char *campaign_id)
+{
+    /* Prefer a device that had trouble: it makes the better story. */
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?limit=10000", campaign_id);
+    json_t *r = NULL;
+    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+        return;
+    const char *pick = NULL;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "devices"), i, v)
+    {
+        if (!pick || strcmp(jstr(v, "state"), "verified") != 0 || jint(v, "not_now") > 0) {
+            pick = jstr(v, "udid");
+            if (strcmp(jstr(v, "state"), "verified") != 0 || jint(v, "not_now") > 0)
+                break;
+        }
+    }
+    char udid[65];
+    snprintf(udid, sizeof udid, "%s", pick ? pick : "");
+    json_decref(r);
+    if (!udid[0])
+        return;
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid);
+    json_t *dg = NULL;
+    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &dg))
+        return;
+    say(d, "\n== sample diagnosis (esim-mdm diagnose %s)\n", udid);
+    json_array_foreach(json_object_get(dg, "checks"), i, v)
+    {
+        json_t *ok = json_object_get(v, "ok");
+        say(d, "  [%s] %-22s %s\n",
+            json_is_true(ok)    ? " ok "
+            : json_is_false(ok) ? "FAIL"
+                                : " -- ",
+            jstr(v, "name"), jstr(v, "detail"));
+    }
+    say(d, "  conclusion:  %s\n  next action: %s\n", jstr(dg, "conclusion"),
+        jstr(dg, "next_action"));
+    json_decref(dg);
+}
+
+static int run(demo *d)
+{
+    int64_t t_start = esim_mono_ms();
+    say(d, "== esim-mdm demo: %u simulated devices, everything on loopback (work dir %s)\n",
+        d->devices, d->dir);
+    if (!start_parts(d))
+        return CLI_EXIT_FAIL;
+    say(d, "  started the APNs mock (:%d), the service (:%d) and the device simulator (:%d)\n",
+        d->apns_tls, d->svc_port, d->sim_port);
+    double enrol_s = 0;
+    if (!wait_enrolled(d, &enrol_s))
+        return CLI_EXIT_FAIL;
+    say(d, "  %u devices enrolled in %.1f s (Authenticate, TokenUpdate)\n", d->devices, enrol_s);
+    demo_dev *devs = NULL;
+    if (!collect_devices(d, &devs))
+        return CLI_EXIT_FAIL;
+    size_t n = d->devices;
+    int rc = CLI_EXIT_FAIL;
+    json_t *created = NULL, *sum = NULL, *verified = NULL;
+    if (!start_smdp(d, devs, n))
+        goto out;
+    say(d, "  started the SM-DP+ (:%d) with %zu released orders, one per EID\n", d->smdp_port, n);
+    if (!import_files(d, devs, n))
+        goto out;
+    if (d->inventory)
+        inventory(d, devs, n);
+
+    int svc_i = child_index(d, "service");
+    d->service_rss_before_kb = svc_i >= 0 ? child_rss_kb(d, svc_i) : 0;
+    say(d, "\n== campaign: restrictions profile, RefreshCellularPlans, verify (all devices)\n");
+    static const char *const steps[] = {"profile", "refresh", "verify"};
+    int64_t t0 = esim_mono_ms();
+    json_t *body = campaign_body(d, "demo roll-out", json_pack("{s:b}", "all", 1), steps, 3, true);
+    if (!post_json(d, &d->api, "/v1/campaigns", body, 201, &created))
+        goto out;
+    show_warnings(d, created);
+    if (campaign_follow(&d->api, jstr(created, "id"), d->timeout_s + 30, false, &sum) !=
+            CLI_EXIT_OK ||
+        stopping())
+        goto out;
+    double secs = (double)(esim_mono_ms() - t0) / 1000.0;
+    d->service_rss_after_kb = svc_i >= 0 ? child_rss_kb(d, svc_i) : 0;
+    print_table(d, sum, secs);
+
+    sample_diagnosis(d, jstr(created, "id"));
+    size_t erased = 0, still = 0;
+    bool del_blocked = false, xfer_blocked = false, extras_ok = true;
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=verified&limit=200",
+             jstr(created, "id"));
+    if (d->extras && call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &verified)) {
+        say(d, "\n== restrictions against the user: allowESIMModification, "
+               "allowESIMOutgoingTransfers\n");
+        extras_ok &=
+            user_actions(d, json_object_get(verified, "devices"), &del_blocked, &xfer_blocked);
+        say(d, "\n== wipe keeping the eSIM: EraseDevice PreserveDataPlan, re-enrolment, verify\n");
+        extras_ok &= erase_keep_esim(d, json_object_get(verified, "devices"), &erased, &still);
+    }
+
+    say(d, "\n== resources (peak resident memory, CPU time)\n");
+    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++) {
+        int i = child_index(d, child_names[k]);
+        if (i < 0 || d->kids[i].pid <= 0)
+            continue;
+        measure_child(d, i);
+        say(d, "  %-10s %8.1f MiB  %6.1f s CPU  (%.2f KiB per device)\n", child_names[k],
+            (double)d->kids[i].peak_rss_kb / 1024.0, d->kids[i].cpu_s,
+            (double)d->kids[i].peak_rss_kb / (double)n);
+    }
+    double campaign_kib = (double)jint(sum, "memory_bytes") / 1024.0 / (double)n;
+    say(d,
+        "  the campaign holds %.0f bytes per device in the service (%.1f MiB for %zu devices);\n"
+        "  the service's resident memory grew by %.2f KiB per device during it\n",
+        campaign_kib * 1024.0, (double)jint(sum, "memory_bytes") / 1048576.0, n,
+        svc_i >= 0 && d->service_rss_before_kb > 0
+            ? (double)(d->service_rss_after_kb - d->service_rss_before_kb) / (double)n
+            : 0.0);
+
+    const json_t *c = json_object_get(sum, "counts");
+    long total = jint(sum, "devices"), ver = jint(c, "verified");
+    /* Every simulated device can take its eSIM: all must be verified. */
+    bool all = ver == total && total == (long)n;
+    double total_s = (double)(esim_mono_ms() - t_start) / 1000.0;
+    say(d, "\n%s: %ld of %ld devices verified in %.1f s (whole demo %.1f s)%s\n",
+        all && extras_ok ? "OK" : "NOT OK", ver, total, secs, total_s,
+        d->extras ? (extras_ok ? "; erase-keep-eSIM and user-action restrictions as expected"
+                               : "; the erase or user-action demonstration did not go as expected")
+                  : "");
+    if (d->json) {
+        json_t *j = json_pack(
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:{s:I, s:I}, "
+            "s:{s:b, s:b}, s:b}",
+            "devices", (json_int_t)total, "verified", (json_int_t)ver, "unverified",
+            (json_int_t)jint(c, "unverified"), "failed", (json_int_t)jint(c, "failed"), "timed_out",
+            (json_int_t)jint(c, "timed_out"), "canceled", (json_int_t)jint(c, "canceled"),
+            "refresh_acknowledged", (json_int_t)jint(sum, "refresh_acknowledged"), "pushes",
+            (json_int_t)jint(sum, "pushes"), "commands", (json_int_t)jint(sum, "commands"),
+            "duration_s", secs, "pushes_per_s", secs > 0 ? (double)jint(sum, "pushes") / secs : 0.0,
+            "commands_per_s", secs > 0 ? (double)jint(sum, "commands") / secs : 0.0, "total_s",
+            total_s, "warnings", (json_int_t)jint(created, "warnings_total"), "erase_keep_esim",
+            "devices", (json_int_t)erased, "still_verified", (json_int_t)still, "user_actions",
+            "delete_esim_blocked", del_blocked, "transfer_esim_blocked", xfer_blocked, "ok",
+            all && extras_ok);
+        json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
+        json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
+        json_object_set_new(j, "service_campaign_kib_per_device", json_real(campaign_kib));
+        for (size_t k = 0; j && k < sizeof child_names / sizeof child_names[0]; k++) {
+            int i = child_index(d, child_names[k]);
+            if (i < 0)
+                continue;
+            char key[64];
+            snprintf(key, sizeof key, "%s_peak_rss_kb", child_names[k]);
+            json_object_set_new(j, key, json_integer(d->kids[i].peak_rss_kb));
+            snprintf(key, sizeof key, "%s_cpu_s", child_names[k]);
+            json_object_set_new(j, key, json_real(d->kids[i].cpu_s));
+        }
+        char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        if (t)
+            printf("%s\n", t);
+        free(t);
+        json_decref(j);
+    }
+    rc = all && extras_ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+out:
+    json_decref(created);
+    json_decref(sum);
+    json_decref(verified);
+    free(devs);
+    return rc;
+}
+
+static bool parse_number(const char *v, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    double x = v ? strtod(v, &end) : 0;
+    if (!v || !*v || *end || x < lo || x > hi)
+        return false;
+    *out = x;
+    return true;
+}
+
 int cmd_demo(int argc, char **argv)
 {
-    bool sample = false;
     if (cli_wants_help(argc, argv)) {
         fputs(demo_help, stdout);
         return CLI_EXIT_OK;
     }
+    demo d = {.devices = 1000,
+              .pps = 5000,
+              .timeout_s = 300,
+              .seed = 7,
+              .inventory = true,
+              .extras = true};
+    const char *keep = NULL;
+    bool sample = false;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--sample") == 0)
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+        if (strcmp(a, "--sample") == 0)
             sample = true;
-        else if (strcmp(argv[i], "--devices") == 0 || strcmp(argv[i], "--json") == 0) {
-            if (strcmp(argv[i], "--devices") == 0 && ++i >= argc)
-                return cli_usage_error("demo: --devices needs a number");
-        } else
-            return cli_usage_error("demo: unknown option '%s' (see esim-mdm demo --help)", argv[i]);
+        else if (strcmp(a, "--json") == 0)
+            d.json = true;
+        else if (strcmp(a, "--quiet-mix") == 0)
+            d.quiet_mix = true;
+        else if (strcmp(a, "--no-inventory") == 0)
+            d.inventory = false;
+        else if (strcmp(a, "--no-extras") == 0)
+            d.extras = false;
+        else if (strcmp(a, "--devices") == 0 && parse_number(v, 1, 10000000, &x))
+            d.devices = (unsigned)x, i++;
+        else if (strcmp(a, "--pushes-per-second") == 0 && parse_number(v, 1, 1e7, &x))
+            d.pps = x, i++;
+        else if (strcmp(a, "--timeout") == 0 && parse_number(v, 1, 86400, &x))
+            d.timeout_s = x, i++;
+        else if (strcmp(a, "--seed") == 0 && parse_number(v, 0, 4e9, &x))
+            d.seed = (unsigned)x, i++;
+        else if (strcmp(a, "--keep") == 0 && v)
+            keep = v, i++;
+        else
+            return cli_usage_error("demo: bad option or value near '%s' (see esim-mdm demo --help)",
+                                   a);
     }
-    if (!sample)
-        fprintf(stderr, "esim-mdm demo: the end-to-end run needs the service and simulator, "
-                        "which are still landing; printing a sample campaign instead.\n\n");
-    return demo_print_sample();
+    if (sample)
+        return demo_print_sample();
+    d.out = stdout;
+    ssize_t len = readlink("/proc/self/exe", d.self, sizeof d.self - 1);
+    if (len <= 0) {
+        fprintf(stderr, "esim-mdm demo: cannot find my own binary (/proc/self/exe)\n");
+        return CLI_EXIT_FAIL;
+    }
+    d.self[len] = '\0';
+    d.parent = getpid();
+    if (keep) {
+        esim_error e = {{0}};
+        if (esim_mkdirs(keep, 0700, &e) != ESIM_OK || !realpath(keep, d.dir)) {
+            fprintf(stderr, "esim-mdm demo: --keep %s: %s\n", keep,
+                    e.msg[0] ? e.msg : strerror(errno));
+            return CLI_EXIT_USAGE;
+        }
+        d.keep = true;
+    } else {
+        const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+        snprintf(d.dir, sizeof d.dir, "%s/esim-mdm-demo-XXXXXX", tmp);
+        if (!mkdtemp(d.dir)) {
+            fprintf(stderr, "esim-mdm demo: cannot make a temporary directory in %s: %s\n", tmp,
+                    strerror(errno));
+            return CLI_EXIT_FAIL;
+        }
+    }
+    struct sigaction sa = {0}, old_int, old_term, old_hup;
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = run(&d);
+
+    stop_children(&d);
+    chttp_close(&d.api);
+    chttp_close(&d.sim);
+    chttp_close(&d.smdp);
+    if (rc != CLI_EXIT_OK && !d.keep && !stopping())
+        fprintf(stderr, "esim-mdm demo: rerun with --keep DIR to keep the parts' logs\n");
+    if (!d.keep)
+        nftw(d.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
+    if (stopping()) {
+        fprintf(stderr, "\nesim-mdm demo: stopped by signal %d; everything it started is stopped\n",
+                (int)g_stop_signal);
+        return 128 + g_stop_signal;
+    }
+    return rc;
 }

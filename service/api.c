@@ -14,6 +14,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "service/campaign_service.h"
 #include "service/service_internal.h"
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -566,6 +567,24 @@ static const api_route routes[] = {
     {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
     {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
     {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */
+    /* campaigns, groups, tags, imports, diagnosis: api_campaign.c */
+    {EVHTTP_REQ_POST, "/v1/campaigns", api_campaign_create, true},
+    {EVHTTP_REQ_GET, "/v1/campaigns", api_campaign_list, true},
+    {EVHTTP_REQ_GET, "/v1/campaigns/:", api_campaign_get, true},
+    {EVHTTP_REQ_GET, "/v1/campaigns/:/devices", api_campaign_devices, true},
+    {EVHTTP_REQ_POST, "/v1/campaigns/:/pause", api_campaign_pause, true},
+    {EVHTTP_REQ_POST, "/v1/campaigns/:/resume", api_campaign_resume, true},
+    {EVHTTP_REQ_POST, "/v1/campaigns/:/cancel", api_campaign_cancel, true},
+    {EVHTTP_REQ_POST, "/v1/import/eids", api_import_eids, true},
+    {EVHTTP_REQ_POST, "/v1/import/activation-codes", api_import_codes, true},
+    {EVHTTP_REQ_POST, "/v1/groups", api_group_create, true},
+    {EVHTTP_REQ_GET, "/v1/groups", api_group_list, true},
+    {EVHTTP_REQ_GET, "/v1/groups/:", api_group_get, true},
+    {EVHTTP_REQ_POST, "/v1/groups/:/members", api_group_members, true},
+    {EVHTTP_REQ_DELETE, "/v1/groups/:", api_group_delete, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/tags", api_device_tags_get, true},
+    {EVHTTP_REQ_POST, "/v1/devices/:/tags", api_device_tags_post, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/diagnosis", api_device_diagnosis, true},
 };
 
 /* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|

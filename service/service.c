@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
+#include "service/campaign_service.h"
 #include "service/service_internal.h"
 
 void esim_service_config_init(esim_service_config *cfg)
@@ -632,6 +633,9 @@ static esim_err start(esim_service *svc, esim_error *err)
         return rc;
     if ((rc = http_setup(svc, err)) != ESIM_OK)
         return rc;
+    if ((rc = campaigns_new(svc, svc->data_dir, svc->cfg.store_sync != STORE_SYNC_FULL,
+                            &svc->campaigns, err)) != ESIM_OK)
+        return rc;
     if (pipe2(svc->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
     svc->stop_ev = event_new(svc->base, svc->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, svc);
@@ -680,6 +684,7 @@ void esim_service_free(esim_service *svc)
     if (svc->http)
         evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
     mdm_forget_connections(svc);
+    campaigns_free(svc->campaigns); /* before push: it may still queue and push */
     push_free(svc);
     webhooks_free(svc);
     if (svc->tick_ev)

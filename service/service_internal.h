@@ -132,6 +132,7 @@ struct esim_service {
 
     svc_push *push;
     svc_webhooks *webhooks;
+    struct campaigns *campaigns; /* campaign.c: eSIM roll-out campaigns (issue 6) */
 
     struct {
         esim_service_result_hook fn;
