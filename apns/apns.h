@@ -226,10 +226,12 @@ esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_r
  * (opening connections as needed) and ends in one callback. Never calls the
  * callback from inside this function.
  *   ESIM_OK       queued.
- *   ESIM_EINVAL   token not 64..200 hex digits, push_magic empty, too long
- *                 or not printable ASCII, apns_id not a UUID.
+ *   ESIM_EINVAL   c or push NULL, token not 64..200 hex digits, push_magic
+ *                 empty, over 256 bytes, not printable ASCII or holding a
+ *                 quote or backslash, apns_id not a UUID, expiration < 0.
  *   ESIM_EAUTH    the credential was stopped by a 403; |err| carries the
  *                 reason (apns_client_stopped() too).
+ *   ESIM_ESTATE   called from a callback run by apns_client_free().
  *   ESIM_ETOOBIG  max_pending pushes are already waiting.
  *   ESIM_ENOMEM   out of memory.
  */
