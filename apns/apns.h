@@ -345,7 +345,9 @@ typedef struct {
     int fail_rate_count;
     uint64_t seed;
     /* Send GOAWAY (NO_ERROR, debug data {"reason":"Shutdown"}) after every N
-     * requests on a connection; later streams are refused unprocessed. 0 = never. */
+     * requests on a connection, naming the highest stream processed so far:
+     * streams above it are refused unprocessed, lower ones still open are
+     * answered. 0 = never. */
     unsigned goaway_every;
     /* SETTINGS_MAX_CONCURRENT_STREAMS announced (default 1000). */
     unsigned max_streams;
