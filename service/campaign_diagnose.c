@@ -137,6 +137,34 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
         check(d, "supervision", -1, "unknown: no DeviceInformation answer has said yet");
 }
 
+/* The device's latest "pushed" or "push_failed" ledger event. The ledger is
+ * read oldest first, in pages; a device's history is short. */
+static bool last_push_event(store *st, const char *udid, store_event *out)
+{
+    if (!st->ops->events_list)
+        return false;
+    bool found = false;
+    int64_t after = 0;
+    for (int pages = 0; pages < 100; pages++) {
+        store_event *ev = NULL;
+        size_t n = 0;
+        if (st->ops->events_list(st, udid, after, 500, &ev, &n, NULL) != ESIM_OK)
+            break;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(ev[i].kind, "pushed") == 0 || strcmp(ev[i].kind, "push_failed") == 0) {
+                *out = ev[i];
+                memset(&out->raw, 0, sizeof out->raw); /* not kept */
+                found = true;
+            }
+        if (n)
+            after = ev[n - 1].id;
+        store_events_free(ev, n);
+        if (n < 500)
+            break;
+    }
+    return found;
+}
+
 esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err)
 {
     esim_err rc = esim_udid_validate(udid, err);
@@ -183,17 +211,38 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     campaign *c = campaigns_latest_for_device(cs, udid, &idx);
     const campaign_dev *cd = c ? campaign_device_at(c, (size_t)idx) : NULL;
     fmt_time(dev.last_seen_at, t2);
+    /* APNs's own answer is in the ledger: "pushed" when it accepted the
+     * push, "push_failed" with the outcome and reason otherwise. */
+    store_event last_push_ev;
+    bool have_ev = last_push_event(st, udid, &last_push_ev);
+    bool apns_refused = have_ev && strcmp(last_push_ev.kind, "push_failed") == 0;
+    char apns_words[600] = "";
+    if (have_ev) {
+        fmt_time(last_push_ev.at, t1);
+        snprintf(apns_words, sizeof apns_words, "; APNs's last answer (%s): %.400s", t1,
+                 apns_refused ? last_push_ev.detail : "accepted");
+    }
     if (cd && cd->last_push_ms) {
         fmt_time(cd->last_push_ms, t1);
-        check(&d, "last_push", cd->push_state == 1 || cd->push_state == 2,
-              "campaign %s pushed it at %s (%u push%s for the current step): %s", campaign_id(c),
-              t1, (unsigned)cd->pushes, cd->pushes == 1 ? "" : "es", push_words(cd->push_state));
+        check(&d, "last_push", (cd->push_state == 1 || cd->push_state == 2) && !apns_refused,
+              "campaign %s pushed it at %s (%u push%s for the current step): %s%s", campaign_id(c),
+              t1, (unsigned)cd->pushes, cd->pushes == 1 ? "" : "es", push_words(cd->push_state),
+              apns_words);
         check(&d, "checked_in_after_push", dev.last_seen_at >= cd->last_push_ms, "last seen %s",
               t2);
     } else {
-        check(&d, "last_push", -1, "no campaign push recorded for this device");
+        check(&d, "last_push", have_ev ? !apns_refused : -1, "%s%s",
+              have_ev ? "no campaign push recorded" : "no push recorded for this device",
+              apns_words);
         check(&d, "checked_in", dev.last_seen_at > 0, "last seen %s", t2);
     }
+    if (apns_refused && dev.enrolled && dev.push_state == STORE_PUSH_VALID &&
+        (!cd || !campaign_dev_state_final((campaign_dev_state)cd->state)))
+        conclude(&d, "push_failed",
+                 "Check the push certificate and the connection to APNs (esim-mdm push can test "
+                 "them); the service pushes again on its own.",
+                 "APNs did not take the last push (%.400s), so the device was not woken.",
+                 last_push_ev.detail);
 
     /* 3. the commands and their answers */
     store_queue_entry *q = NULL;
