@@ -88,7 +88,7 @@ static const char *push_words(uint8_t s)
 {
     static const char *const w[] = {
         "none was sent",
-        "APNs accepted it",
+        "handed to the APNs client",
         "no APNs is configured: the device gets it at its next check-in",
         "not sent: the device has no push token",
         "not sent: APNs said the token is dead",
