@@ -27,7 +27,8 @@ typedef enum {
     REFRESH_BUSY_ONCE,
     REFRESH_NOT_NOW_ONCE,
     REFRESH_HW_ERROR,
-    REFRESH_CONSUMED, /* the SM-DP+ refused: the profile was downloaded before */
+    REFRESH_CONSUMED,       /* the SM-DP+ refused: the profile was downloaded before */
+    REFRESH_ALWAYS_NOT_NOW, /* locked for good */
 } refresh_way;
 
 typedef struct {
@@ -152,7 +153,8 @@ static int sdev_checkin(sdev *s)
                 snprintf(e.domain, sizeof e.domain, "CTCellularPlanErrorDomain");
                 snprintf(e.us_english_description, sizeof e.us_english_description, "busy");
                 st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
-            } else if (s->refresh == REFRESH_NOT_NOW_ONCE && s->not_now_left > 0) {
+            } else if (s->refresh == REFRESH_ALWAYS_NOT_NOW ||
+                       (s->refresh == REFRESH_NOT_NOW_ONCE && s->not_now_left > 0)) {
                 s->not_now_left--;
                 st = device_result(&s->dev, ESIM_STATUS_NOT_NOW, uuid, &next);
             } else {
@@ -710,6 +712,52 @@ static void test_restart_mid_campaign(void **state)
         assert_int_equal(d[i].refreshes, 1); /* never a second download */
 }
 
+static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    /* Only d[0] and d[1] are in the manifest: d[2] has no expected EID. */
+    import_identities(d, 2, false);
+    d[0].refresh = REFRESH_ALWAYS_NOT_NOW;
+    char body[4000];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+             "\"smdp_url\":\"smdp.example.com\",\"settings\":{\"retry_base_s\":0.02,"
+             "\"retry_max_s\":0.05,\"max_retries\":2}}",
+             d[0].dev.udid, d[2].dev.udid);
+    json_t *c = create(body, 201);
+    bool warned = false;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(c, "warnings"), i, w) warned |=
+        strcmp(jstr(w, "udid"), d[2].dev.udid) == 0 &&
+        strstr(jstr(w, "reason"), "import eids") != NULL;
+    assert_true(warned);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_t *r = drive(d, NDEV, id, 200);
+    assert_string_equal(jstr(r, "state"), "finished");
+    json_decref(r);
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "not_now");
+    assert_non_null(strstr(jstr(g, "next_action"), "unlock"));
+    json_decref(g);
+    g = diagnose(d[2].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "no_expected_eid");
+    json_decref(g);
+    /* A staged campaign: the device waits for it to be started. */
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\"]},\"distribution\":\"none\",\"steps\":"
+             "[\"verify\"]}",
+             d[1].dev.udid);
+    c = create(body, 201);
+    json_decref(c);
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "staged");
+    json_decref(g);
+}
+
 /* Runs the esim-mdm CLI against the test service; returns its exit status
  * and its stdout in |out|. */
 static int cli(const fixture *f, const char *args, char *out, size_t len)
@@ -790,6 +838,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_campaign_lifecycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
