@@ -992,6 +992,18 @@ static void sample_diagnosis(demo *d, const char *campaign_id)
                                 : " -- ",
             jstr(v, "name"), jstr(v, "detail"));
     }
+    /* The operator's side, as the CLI's --smdp shows it: the order's state. */
+    json_t *orders = NULL;
+    if (call(d, &d->smdp, "GET", "/admin/orders", NULL, NULL, 0, 200, &orders)) {
+        json_array_foreach(json_object_get(orders, "orders"), i, v)
+        {
+            if (strcmp(jstr(v, "eid"), jstr(dg, "expected_eid")) != 0)
+                continue;
+            say(d, "  [ -- ] %-22s order %s for this EID on the SM-DP+: %s, served %ld time(s)\n",
+                "smdp_order", jstr(v, "iccid"), jstr(v, "state"), jint(v, "downloads"));
+        }
+        json_decref(orders);
+    }
     say(d, "  conclusion:  %s\n  next action: %s\n", jstr(dg, "conclusion"),
         jstr(dg, "next_action"));
     json_decref(dg);
