@@ -308,9 +308,13 @@ static void group_commit_stop(esim_service *svc)
         pthread_join(svc->sync_thread, NULL);
         svc->sync_thread_started = false;
     }
-    /* An uncommitted batch is left to roll back with the store: nobody was
-     * told of it. Unsent answers: their requests belong to connections
-     * evhttp_free closes. */
+    /* The uncommitted batch is undone: nobody was told of it, and devices
+     * whose answers it held will send them again. Whatever runs after this
+     * (modules shutting down) commits on its own. Unsent answers: their
+     * requests belong to connections evhttp_free closes. */
+    if (svc->batch_open && svc->st)
+        svc->st->ops->batch_rollback(svc->st);
+    svc->batch_open = false;
     free_deferred(svc->deferred);
     svc->deferred = NULL;
     svc->deferred_tail = &svc->deferred;

@@ -319,6 +319,9 @@ struct store_ops {
      *   ESIM_ESTORE  the batch could not be committed: all of it is undone. */
     esim_err (*batch_begin)(store *st, esim_error *err);
     esim_err (*batch_commit)(store *st, esim_error *err);
+    /* Undoes the open batch (nothing in it may have been reported); later
+     * operations are transactions of their own again. */
+    void (*batch_rollback)(store *st);
 
     /* Group commit, in two halves so the fsync can run on another thread
      * while the loop goes on committing:

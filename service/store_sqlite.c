@@ -386,6 +386,19 @@ static esim_err sq_batch_begin(store *base, esim_error *err)
     return ESIM_OK;
 }
 
+static void sq_batch_rollback(store *base)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!s->in_batch)
+        return;
+    s->in_batch = false;
+    for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
+        if (s->stmt[i])
+            sqlite3_reset(s->stmt[i]);
+    if (sqlite3_get_autocommit(s->db) == 0)
+        run(s, NULL, S_ROLLBACK, "");
+}
+
 static esim_err sq_batch_commit(store *base, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
@@ -1188,6 +1201,7 @@ static const struct store_ops sqlite_ops = {
     .stats = sq_stats,
     .batch_begin = sq_batch_begin,
     .batch_commit = sq_batch_commit,
+    .batch_rollback = sq_batch_rollback,
     .commit_count = sq_commit_count,
     .sync = sq_sync,
     .event_append = sq_event_append,

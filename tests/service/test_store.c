@@ -356,6 +356,40 @@ static void test_anomalies_and_not_now(void **state)
     store_close(st);
 }
 
+static void test_batches(void **state)
+{
+    (void)state;
+    char spec[128];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", NULL);
+    /* Inside a batch each operation stays all-or-nothing on its own. */
+    assert_int_equal(st->ops->batch_begin(st, NULL), ESIM_OK);
+    enqueue(st, "kept", "U1", 0, 0);
+    const char *unknown[] = {"U1", "U9"};
+    store_command_in c = {
+        .uuid = "refused", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    assert_int_equal(st->ops->command_enqueue(st, &c, unknown, 2, 1, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(st->ops->batch_commit(st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "kept", "U1"), STORE_Q_QUEUED);
+    store_command_info info;
+    store_queue_entry *e = NULL;
+    size_t n = 0;
+    assert_int_equal(st->ops->command_get(st, "refused", NULL, 10, &info, &e, &n, NULL),
+                     ESIM_ENOTFOUND);
+    /* A rolled-back batch leaves nothing, and what follows commits alone. */
+    assert_int_equal(st->ops->batch_begin(st, NULL), ESIM_OK);
+    enqueue(st, "undone", "U1", 0, 0);
+    st->ops->batch_rollback(st);
+    assert_int_equal(st->ops->command_get(st, "undone", NULL, 10, &info, &e, &n, NULL),
+                     ESIM_ENOTFOUND);
+    enqueue(st, "after", "U1", 0, 0);
+    store_close(st);
+    st = NULL;
+    assert_int_equal(store_open(spec, NULL, NULL, &st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "after", "U1"), STORE_Q_QUEUED);
+    store_close(st);
+}
+
 static void test_group_sync(void **state)
 {
     (void)state;
@@ -382,6 +416,7 @@ int main(void)
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
         cmocka_unit_test(test_anomalies_and_not_now),
+        cmocka_unit_test(test_batches),
         cmocka_unit_test(test_group_sync),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
