@@ -183,6 +183,8 @@ static const char campaign_help[] =
     "  --repush-after S          push again a device silent this long (default 14400)\n"
     "  --expiry S                unfinished devices time out after this (default 604800)\n"
     "  --retry-base S --retry-max S --max-retries N --verify-attempts N\n"
+    "  --max-in-flight N         devices with a command outstanding before new ones wait\n"
+    "                            (default 0: no limit)\n"
     "  --name NAME  --wait (follow until finished)  --json\n"
     "common: --server URL (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
     "        --token-file F (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
@@ -371,7 +373,8 @@ int cmd_campaign(int argc, char **argv)
                                                  {"retry-base", "retry_base_s"},
                                                  {"retry-max", "retry_max_s"},
                                                  {"max-retries", "max_retries"},
-                                                 {"verify-attempts", "verify_attempts"}};
+                                                 {"verify-attempts", "verify_attempts"},
+                                                 {"max-in-flight", "max_in_flight"}};
     for (int i = 2; i < argc && rc < 0; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -426,7 +429,7 @@ int cmd_campaign(int argc, char **argv)
                     json_object_set_new(o.policy, policy_opts[k], json_string(v));
                     found = true;
                 }
-            for (size_t k = 0; k < 7 && !found; k++)
+            for (size_t k = 0; k < 8 && !found; k++)
                 if (strcmp(a + 2, number_opts[k][0]) == 0) {
                     if (set_setting(&o, number_opts[k][1], v))
                         rc = CLI_EXIT_USAGE;

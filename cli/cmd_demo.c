@@ -44,6 +44,8 @@ static const char demo_help[] =
     "  --devices N              simulated devices (default 1000)\n"
     "  --json                   the last line of output is one JSON summary object\n"
     "  --pushes-per-second N    the campaign's push ceiling (default 5000)\n"
+    "  --max-in-flight N        devices with a command outstanding at once (default 500;\n"
+    "                           0: no limit)\n"
     "  --seed N                 the simulator's identities and misbehaviour (default 7)\n"
     "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices\n"
     "  --no-inventory           skip the DeviceInformation inventory before the campaign\n"
@@ -132,6 +134,7 @@ typedef struct {
     bool keep, json, quiet_mix, inventory, extras;
     unsigned devices;
     double pps, timeout_s;
+    unsigned max_in_flight;
     unsigned seed;
     char self[PATH_MAX];
     pid_t parent;
@@ -746,11 +749,11 @@ static json_t *campaign_body(demo *d, const char *name, json_t *target, const ch
     json_t *st = json_array();
     for (size_t i = 0; i < n_steps; i++)
         json_array_append_new(st, json_string(steps[i]));
-    json_t *b =
-        json_pack("{s:s, s:o, s:o, s:s, s:{s:f, s:f, s:f, s:f, s:f, s:i, s:i}}", "name", name,
-                  "target", target, "steps", st, "smdp_url", smdp, "settings", "pushes_per_second",
-                  d->pps, "repush_after_s", 30.0, "expiry_s", d->timeout_s, "retry_base_s", 0.5,
-                  "retry_max_s", 4.0, "max_retries", 12, "verify_attempts", 3);
+    json_t *b = json_pack("{s:s, s:o, s:o, s:s, s:{s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i}}",
+                          "name", name, "target", target, "steps", st, "smdp_url", smdp, "settings",
+                          "pushes_per_second", d->pps, "repush_after_s", 30.0, "expiry_s",
+                          d->timeout_s, "retry_base_s", 0.5, "retry_max_s", 4.0, "max_retries", 12,
+                          "verify_attempts", 3, "max_in_flight", (int)d->max_in_flight);
     if (b && policy)
         json_object_set_new(b, "policy",
                             json_pack("{s:s, s:s, s:s}", "esim_modification", "deny",
@@ -1167,6 +1170,7 @@ int cmd_demo(int argc, char **argv)
     }
     demo d = {.devices = 1000,
               .pps = 5000,
+              .max_in_flight = 500,
               .timeout_s = 300,
               .seed = 7,
               .inventory = true,
@@ -1190,6 +1194,8 @@ int cmd_demo(int argc, char **argv)
             d.devices = (unsigned)x, i++;
         else if (strcmp(a, "--pushes-per-second") == 0 && parse_number(v, 1, 1e7, &x))
             d.pps = x, i++;
+        else if (strcmp(a, "--max-in-flight") == 0 && parse_number(v, 0, 1e7, &x))
+            d.max_in_flight = (unsigned)x, i++;
         else if (strcmp(a, "--timeout") == 0 && parse_number(v, 1, 86400, &x))
             d.timeout_s = x, i++;
         else if (strcmp(a, "--seed") == 0 && parse_number(v, 0, 4e9, &x))

@@ -580,10 +580,10 @@ static json_t *spec_to_json(const campaign_spec *spec)
     const campaign_settings *st = &spec->settings;
     json_object_set_new(
         o, "settings",
-        json_pack("{s:f, s:f, s:f, s:f, s:f, s:i, s:i}", "pushes_per_second", st->pushes_per_second,
-                  "repush_after_s", (double)st->repush_after_ms / 1000.0, "expiry_s",
-                  (double)st->expiry_ms / 1000.0, "retry_base_s",
-                  (double)st->retry_base_ms / 1000.0, "retry_max_s",
+        json_pack("{s:f, s:i, s:f, s:f, s:f, s:f, s:i, s:i}", "pushes_per_second",
+                  st->pushes_per_second, "max_in_flight", (int)st->max_in_flight, "repush_after_s",
+                  (double)st->repush_after_ms / 1000.0, "expiry_s", (double)st->expiry_ms / 1000.0,
+                  "retry_base_s", (double)st->retry_base_ms / 1000.0, "retry_max_s",
                   (double)st->retry_max_ms / 1000.0, "max_retries", (int)st->max_retries,
                   "verify_attempts", (int)st->verify_attempts));
     return o;
@@ -685,7 +685,8 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
         campaign_settings *st = &spec->settings;
         double pps = st->pushes_per_second, repush = (double)st->repush_after_ms / 1000,
                expiry = (double)st->expiry_ms / 1000, rb = (double)st->retry_base_ms / 1000,
-               rm = (double)st->retry_max_ms / 1000, mr = st->max_retries, va = st->verify_attempts;
+               rm = (double)st->retry_max_ms / 1000, mr = st->max_retries, va = st->verify_attempts,
+               mif = st->max_in_flight;
         esim_err rc;
         if ((rc = number_setting(settings, "pushes_per_second", 0.001, 1e7, &pps, field, err)) ||
             (rc = number_setting(settings, "repush_after_s", 0.01, 86400 * 30, &repush, field,
@@ -694,7 +695,8 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
             (rc = number_setting(settings, "retry_base_s", 0.001, 86400, &rb, field, err)) ||
             (rc = number_setting(settings, "retry_max_s", 0.001, 86400 * 7, &rm, field, err)) ||
             (rc = number_setting(settings, "max_retries", 0, 200, &mr, field, err)) ||
-            (rc = number_setting(settings, "verify_attempts", 1, 100, &va, field, err)))
+            (rc = number_setting(settings, "verify_attempts", 1, 100, &va, field, err)) ||
+            (rc = number_setting(settings, "max_in_flight", 0, 1e7, &mif, field, err)))
             return rc;
         st->pushes_per_second = pps;
         st->repush_after_ms = (int64_t)(repush * 1000);
@@ -703,6 +705,7 @@ static esim_err spec_from_json(const json_t *o, campaign_spec *spec, spec_string
         st->retry_max_ms = (int64_t)(rm * 1000);
         st->max_retries = (unsigned)mr;
         st->verify_attempts = (unsigned)va;
+        st->max_in_flight = (unsigned)mif;
         if (st->retry_max_ms < st->retry_base_ms)
             return bad_field(field, "settings", err, "retry_max_s is below retry_base_s");
     }

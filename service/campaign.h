@@ -161,6 +161,8 @@ typedef struct {
     int64_t retry_max_ms;     /* back-off cap (default 1 h) */
     unsigned max_retries;     /* NotNow/busy answers tolerated per step (default 10) */
     unsigned verify_attempts; /* DeviceInformation tries before unverified (default 3) */
+    unsigned max_in_flight;   /* devices with a command outstanding before new ones wait
+                                 (default 0: no limit) */
 } campaign_settings;
 
 void campaign_settings_init(campaign_settings *s);
@@ -189,6 +191,7 @@ typedef struct {
     uint8_t need_queue : 1;     /* pending: the step's command must be queued (again) */
     uint8_t in_ready : 1;       /* sits in the push FIFO */
     uint8_t dirty : 1;          /* changed since campaign_take_dirty */
+    uint8_t in_again : 1;       /* sits in the re-push FIFO */
     uint16_t pushes;            /* pushes sent for the current command */
     uint16_t gen;               /* timer generation: a stale heap entry has an older one */
     uint32_t not_now;           /* NotNow answers over the whole campaign */

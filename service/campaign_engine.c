@@ -32,6 +32,8 @@ struct campaign {
 
     uint32_t *ready; /* ring of devices waiting for a push slot */
     size_t ready_head, ready_len;
+    uint32_t *again; /* ring of silent devices due a re-push (served first) */
+    size_t again_head, again_len;
 
     timer_entry *heap;
     size_t heap_len, heap_cap;
@@ -233,7 +235,8 @@ const size_t *campaign_take_dirty(campaign *c, size_t *n)
 
 size_t campaign_memory(const campaign *c)
 {
-    size_t b = sizeof *c + c->n * (sizeof *c->devs + sizeof *c->ready + sizeof *c->dirty) +
+    size_t b = sizeof *c +
+               c->n * (sizeof *c->devs + sizeof *c->ready + sizeof *c->again + sizeof *c->dirty) +
                c->index_cap * sizeof *c->index + c->heap_cap * sizeof *c->heap;
     for (size_t i = 0; i < c->n; i++)
         if (c->devs[i].reason)
@@ -357,6 +360,15 @@ static void disarm(campaign *c, size_t i)
 {
     c->devs[i].gen++;
     c->devs[i].next_ms = 0;
+}
+
+/* A re-push of a silent device: it already holds a place in the window. */
+static void again_add(campaign *c, size_t i)
+{
+    if (c->devs[i].in_again)
+        return;
+    c->devs[i].in_again = 1;
+    c->again[(c->again_head + c->again_len++) % c->n] = (uint32_t)i;
 }
 
 static void ready_add(campaign *c, size_t i)
@@ -680,7 +692,7 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
         if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, d->last_push_ms))
             arm(c, i, now + repush_delay(c, d->pushes)); /* not silent: busy with it */
         else
-            ready_add(c, i);
+            again_add(c, i);
         break;
     default:
         break;
@@ -729,8 +741,24 @@ size_t campaign_tick(campaign *c, int64_t now, const campaign_io *io)
             !campaign_dev_state_final((campaign_dev_state)c->devs[e.dev].state))
             fire_timer(c, e.dev, now, io);
     }
+    /* Re-pushes first: those devices already hold their place in the window. */
+    while (c->again_len && c->tokens >= 1 && c->state == CAMPAIGN_RUNNING) {
+        size_t i = c->again[c->again_head];
+        c->again_head = (c->again_head + 1) % c->n;
+        c->again_len--;
+        c->devs[i].in_again = 0;
+        if (c->devs[i].state == CDEV_ACTIVE) {
+            push_device(c, i, now, io);
+            c->tokens -= 1;
+        }
+    }
+    /* New work, within the window of devices with a command outstanding:
+     * beyond it devices would only wait in line and be re-pushed for nothing. */
+    unsigned window = c->spec.settings.max_in_flight;
     while (c->ready_len && c->tokens >= 1 && c->state == CAMPAIGN_RUNNING) {
         size_t i = c->ready[c->ready_head];
+        if (window && c->devs[i].state == CDEV_PENDING && c->counts[CDEV_ACTIVE] >= window)
+            break;
         c->ready_head = (c->ready_head + 1) % c->n;
         c->ready_len--;
         if (serve_ready(c, i, now, io))
@@ -795,9 +823,9 @@ esim_err campaign_cancel(campaign *c, int64_t now, esim_error *err)
         disarm(c, i);
         set_state(c, i, CDEV_CANCELED, now);
     }
-    c->ready_len = 0;
+    c->ready_len = c->again_len = 0;
     for (size_t i = 0; i < c->n; i++)
-        c->devs[i].in_ready = 0;
+        c->devs[i].in_ready = c->devs[i].in_again = 0;
     c->state = CAMPAIGN_CANCELED;
     return ESIM_OK;
 }
@@ -834,6 +862,8 @@ static esim_err check_spec(const campaign_spec *spec, esim_error *err)
         return esim_fail(err, ESIM_EINVAL,
                          "timings out of range: repush and expiry at least 10 ms, retry back-off "
                          "base at least 1 ms and not above its maximum");
+    if (s->max_in_flight > 10000000)
+        return esim_fail(err, ESIM_EINVAL, "max in flight must be at most 10000000 (0: no limit)");
     if (s->verify_attempts < 1 || s->verify_attempts > 100 || s->max_retries > 200)
         return esim_fail(err, ESIM_EINVAL,
                          "verify attempts must be 1 to 100 and retries at most 200");
@@ -849,10 +879,11 @@ static esim_err alloc_campaign(const campaign_spec *spec, size_t n, campaign **o
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     c->devs = calloc(n, sizeof *c->devs);
     c->ready = malloc(n * sizeof *c->ready);
+    c->again = malloc(n * sizeof *c->again);
     c->dirty = malloc(n * sizeof *c->dirty);
     c->name = spec->name ? strdup(spec->name) : NULL;
     c->smdp_url = spec->smdp_url ? strdup(spec->smdp_url) : NULL;
-    if (!c->devs || !c->ready || !c->dirty || (spec->name && !c->name) ||
+    if (!c->devs || !c->ready || !c->again || !c->dirty || (spec->name && !c->name) ||
         (spec->smdp_url && !c->smdp_url)) {
         campaign_free(c);
         return esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", n);
@@ -1001,7 +1032,7 @@ esim_err campaign_restore(const campaign_spec *spec, campaign_state state, int64
         campaign_dev *d = &c->devs[i];
         *d = devs[i];
         d->reason = devs[i].reason ? strdup(devs[i].reason) : NULL;
-        d->dirty = d->in_ready = 0;
+        d->dirty = d->in_ready = d->in_again = 0;
         d->gen = 0;
         if (d->state >= CDEV_STATE_COUNT || d->step >= CAMPAIGN_STEP_COUNT) {
             campaign_free(c);
@@ -1039,6 +1070,7 @@ void campaign_free(campaign *c)
         free(c->devs[i].reason);
     free(c->devs);
     free(c->ready);
+    free(c->again);
     free(c->dirty);
     free(c->heap);
     free(c->index);

@@ -584,6 +584,36 @@ static void test_no_repush_while_the_device_is_talking(void **state)
     campaign_free(c);
 }
 
+static void test_window_of_devices_in_flight(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 20, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    spec.settings.max_in_flight = 5;
+    spec.settings.repush_after_ms = 500;
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 20, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(r.total_pushed, 5); /* the window, not the push ceiling */
+    assert_int_equal(count(c, CDEV_ACTIVE), 5);
+    /* Silent devices are re-pushed even while the window is full. */
+    campaign_tick(c, 600, &io);
+    assert_int_equal(r.total_pushed, 10);
+    assert_int_equal(count(c, CDEV_PENDING), 15);
+    /* Two answers free two places. */
+    campaign_result a = ack();
+    for (size_t i = 0; i < 20; i++)
+        if (campaign_device_at(c, i)->state == CDEV_ACTIVE && count(c, CDEV_DONE) < 2)
+            campaign_on_result(c, i, CAMPAIGN_STEP_REFRESH, &a, 700, &io);
+    campaign_tick(c, 700, &io);
+    assert_int_equal(count(c, CDEV_ACTIVE), 5);
+    assert_int_equal(count(c, CDEV_PENDING), 13);
+    campaign_free(c);
+}
+
 static void test_names_round_trip(void **state)
 {
     (void)state;
@@ -624,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_dirty_records_and_restore),
         cmocka_unit_test(test_push_after_answer_and_lookup),
         cmocka_unit_test(test_no_repush_while_the_device_is_talking),
+        cmocka_unit_test(test_window_of_devices_in_flight),
         cmocka_unit_test(test_names_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
