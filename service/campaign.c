@@ -217,87 +217,119 @@ static campaign_io slot_io(camp_slot *s)
     return io;
 }
 
-/* The command of |step| for |s|, with a fresh CommandUUID. */
-static esim_err build_step_command(camp_slot *s, campaign_step step, esim_cmd *out, esim_error *err)
+/* The command of |step| for |s|, with CommandUUID |uuid| (NULL: a fresh one). */
+static esim_err build_step_command(camp_slot *s, campaign_step step, const char *uuid,
+                                   esim_cmd *out, esim_error *err)
 {
+    esim_cmd_opts o = {.command_uuid = uuid};
     const campaign_spec *spec = campaign_get_spec(s->c);
     static const char *const queries[] = {"ServiceSubscriptions", "IsSupervised", "OSVersion"};
     esim_erase_opts erase = {0};
     switch (step) {
     case CAMPAIGN_STEP_PROFILE:
-        return esim_cmd_install_profile(s->profile.data, s->profile.len, NULL, out, err);
+        return esim_cmd_install_profile(s->profile.data, s->profile.len, &o, out, err);
     case CAMPAIGN_STEP_REFRESH:
-        return esim_cmd_refresh_plans(spec->smdp_url, NULL, out, err);
+        return esim_cmd_refresh_plans(spec->smdp_url, &o, out, err);
     case CAMPAIGN_STEP_VERIFY:
-        return esim_cmd_device_information(queries, 3, NULL, out, err);
+        return esim_cmd_device_information(queries, 3, &o, out, err);
     case CAMPAIGN_STEP_ERASE_KEEP:
         erase.preserve_data_plan = true;
-        return esim_cmd_erase_device(&erase, NULL, out, err);
+        return esim_cmd_erase_device(&erase, &o, out, err);
     case CAMPAIGN_STEP_ESIM_WIPE:
-        return esim_cmd_erase_device(&erase, NULL, out, err);
+        return esim_cmd_erase_device(&erase, &o, out, err);
     default:
         return esim_fail(err, ESIM_EINVAL, "unknown step");
     }
 }
 
-/* Queues one step's command for the devices in |v| (one command, many
- * devices). When the all-or-nothing enqueue refuses the batch (a device
- * checked out meanwhile), each device is tried alone so one bad device
- * fails alone. */
-static void flush_step(campaigns *cs, camp_slot *s, campaign_step step, idx_vec *v, int64_t now)
+/* One step's command for a batch of devices: built and recorded (in the
+ * campaign's command list, and the devices point at it) before it is
+ * queued, so the record written first names it. */
+typedef struct {
+    camp_slot *s;
+    campaign_step step;
+    esim_cmd cmd;
+    uint32_t ref;
+    uint32_t *devs;
+    size_t n;
+} step_batch;
+
+static void batch_free(step_batch *b)
+{
+    esim_cmd_free(&b->cmd);
+    free(b->devs);
+}
+
+/* Fills |b| from the pending devices |v| of |step| (emptied). false when
+ * nothing is to be queued (every device failed or moved on). */
+static bool prepare_step(campaigns *cs, camp_slot *s, campaign_step step, idx_vec *v, int64_t now,
+                         step_batch *b)
 {
     campaign *c = s->c;
-    const char **udids = malloc(v->n * sizeof *udids);
-    size_t n = 0;
-    for (size_t k = 0; udids && k < v->n; k++) {
-        const campaign_dev *d = campaign_device_at(c, v->v[k]);
-        if (d->state == CDEV_ACTIVE && d->step == step)
-            udids[n++] = d->udid;
-        else
-            v->v[k] = UINT32_MAX; /* canceled or moved on meanwhile */
-    }
+    memset(b, 0, sizeof *b);
+    b->s = s;
+    b->step = step;
+    b->devs = malloc((v->n ? v->n : 1) * sizeof *b->devs);
     esim_error e = {{0}};
-    esim_cmd cmd = {0};
-    esim_err rc = udids ? build_step_command(s, step, &cmd, &e) : ESIM_ENOMEM;
-    uint32_t ref = 0;
-    esim_enqueue_opts opts = {0};
-    if (rc == ESIM_OK && n > 0) {
-        rc = esim_service_enqueue(cs->svc, cmd.body.data, cmd.body.len, udids, n, &opts, NULL, NULL,
-                                  &e);
-        if (rc == ESIM_OK)
-            rc = add_cmd(cs, s, cmd.command_uuid, step, &ref);
-        if (rc == ESIM_OK) {
-            for (size_t k = 0; k < v->n; k++)
-                if (v->v[k] != UINT32_MAX)
-                    campaign_set_cmd(c, v->v[k], ref);
-        } else if (rc != ESIM_ENOMEM && rc != ESIM_ESTORE) {
-            /* One by one, each with its own command. */
-            for (size_t k = 0; k < v->n; k++) {
-                if (v->v[k] == UINT32_MAX)
-                    continue;
-                const char *one = campaign_device_at(c, v->v[k])->udid;
-                esim_cmd single = {0};
-                esim_error e1 = {{0}};
-                esim_err r1 = build_step_command(s, step, &single, &e1);
-                if (r1 == ESIM_OK)
-                    r1 = esim_service_enqueue(cs->svc, single.body.data, single.body.len, &one, 1,
-                                              &opts, NULL, NULL, &e1);
-                if (r1 == ESIM_OK && add_cmd(cs, s, single.command_uuid, step, &ref) == ESIM_OK)
-                    campaign_set_cmd(c, v->v[k], ref);
-                else
-                    campaign_fail_device(c, v->v[k], e1.msg[0] ? e1.msg : "could not queue", now);
-                esim_cmd_free(&single);
-            }
-            rc = ESIM_OK;
+    esim_err rc = b->devs ? build_step_command(s, step, NULL, &b->cmd, &e)
+                          : esim_fail(&e, ESIM_ENOMEM, "out of memory");
+    if (rc == ESIM_OK)
+        rc = add_cmd(cs, s, b->cmd.command_uuid, step, &b->ref);
+    for (size_t k = 0; k < v->n; k++) {
+        const campaign_dev *d = campaign_device_at(c, v->v[k]);
+        if (d->state != CDEV_ACTIVE || d->step != step)
+            continue; /* canceled or moved on meanwhile */
+        if (rc != ESIM_OK) {
+            campaign_fail_device(c, v->v[k], e.msg[0] ? e.msg : "out of memory", now);
+            continue;
         }
+        campaign_set_cmd(c, v->v[k], b->ref);
+        b->devs[b->n++] = v->v[k];
+    }
+    v->n = 0;
+    return rc == ESIM_OK && b->n > 0;
+}
+
+/* Queues a prepared batch: one command, many devices. When the
+ * all-or-nothing enqueue refuses it (a device checked out meanwhile), each
+ * device is tried alone so one bad device fails alone. */
+static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
+{
+    camp_slot *s = b->s;
+    campaign *c = s->c;
+    const char **udids = malloc(b->n * sizeof *udids);
+    esim_error e = {{0}};
+    esim_enqueue_opts opts = {0};
+    esim_err rc = udids ? ESIM_OK : esim_fail(&e, ESIM_ENOMEM, "out of memory");
+    for (size_t k = 0; rc == ESIM_OK && k < b->n; k++)
+        udids[k] = campaign_device_at(c, b->devs[k])->udid;
+    if (rc == ESIM_OK)
+        rc = esim_service_enqueue(cs->svc, b->cmd.body.data, b->cmd.body.len, udids, b->n, &opts,
+                                  NULL, NULL, &e);
+    if (rc != ESIM_OK && rc != ESIM_ENOMEM && rc != ESIM_ESTORE) {
+        for (size_t k = 0; k < b->n; k++) {
+            const char *one = udids[k];
+            esim_cmd single = {0};
+            esim_error e1 = {{0}};
+            uint32_t ref = 0;
+            esim_err r1 = build_step_command(s, b->step, NULL, &single, &e1);
+            if (r1 == ESIM_OK)
+                r1 = add_cmd(cs, s, single.command_uuid, b->step, &ref);
+            if (r1 == ESIM_OK)
+                r1 = esim_service_enqueue(cs->svc, single.body.data, single.body.len, &one, 1,
+                                          &opts, NULL, NULL, &e1);
+            if (r1 == ESIM_OK)
+                campaign_set_cmd(c, b->devs[k], ref);
+            else
+                campaign_fail_device(c, b->devs[k], e1.msg[0] ? e1.msg : "could not queue", now);
+            esim_cmd_free(&single);
+        }
+        rc = ESIM_OK;
     }
     if (rc != ESIM_OK) /* the store or memory failed: every device of the batch fails */
-        for (size_t k = 0; k < v->n; k++)
-            if (v->v[k] != UINT32_MAX)
-                campaign_fail_device(c, v->v[k], e.msg[0] ? e.msg : "out of memory", now);
-    esim_cmd_free(&cmd);
+        for (size_t k = 0; k < b->n; k++)
+            campaign_fail_device(c, b->devs[k], e.msg[0] ? e.msg : "out of memory", now);
     free(udids);
-    v->n = 0;
 }
 
 static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
@@ -383,19 +415,45 @@ fail:
         esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg, NULL, 0, now, NULL);
 }
 
-/* Queues what the engine asked for, sends the pushes, then writes the
- * records. Commands go first: a push only says "check in". */
+/* Queues what the engine asked for and sends the pushes, writing the
+ * records twice: once before anything is queued (so a record names every
+ * command that may exist: after a crash the restore queues a recorded
+ * command the service never got), and once after (failures, push fates).
+ * Commands go before pushes: a push only says "check in". */
 static void flush(campaigns *cs)
 {
     int64_t now = esim_now_ms();
+    size_t nb = 0, cap = 0;
+    step_batch *batches = NULL;
     for (size_t k = 0; k < cs->n_slots; k++) {
         camp_slot *s = cs->slots[k];
-        for (int step = 0; step < CAMPAIGN_STEP_COUNT; step++)
-            if (s->pending[step].n)
-                flush_step(cs, s, (campaign_step)step, &s->pending[step], now);
-        if (s->pushes.n)
-            flush_pushes(cs, s, now);
+        for (int step = 0; step < CAMPAIGN_STEP_COUNT; step++) {
+            if (!s->pending[step].n)
+                continue;
+            if (nb == cap) {
+                size_t nc = cap ? cap * 2 : 8;
+                step_batch *grown = realloc(batches, nc * sizeof *grown);
+                if (!grown)
+                    break; /* the rest waits for the next flush */
+                batches = grown;
+                cap = nc;
+            }
+            if (prepare_step(cs, s, (campaign_step)step, &s->pending[step], now, &batches[nb]))
+                nb++;
+            else
+                batch_free(&batches[nb]);
+        }
     }
+    if (nb)
+        persist(cs, now);
+    for (size_t i = 0; i < nb; i++) {
+        enqueue_batch(cs, &batches[i], now);
+        batch_free(&batches[i]);
+    }
+    free(batches);
+    for (size_t k = 0; k < cs->n_slots; k++)
+        if (cs->slots[k]->pushes.n)
+            flush_pushes(cs, cs->slots[k], now);
     persist(cs, now);
 }
 
@@ -780,6 +838,50 @@ static esim_err restore_command(void *arg, const char *uuid, int step)
     return add_cmd(x->cs, x->slot, uuid, step, &ref);
 }
 
+/* After a crash between writing a batch's records and queueing its command,
+ * the service never got that command: queue it now, under the UUID the
+ * records name, for the devices still waiting on it. A command the service
+ * has is left alone, so nothing is ever queued twice. */
+static void requeue_lost_commands(campaigns *cs, camp_slot *s)
+{
+    campaign *c = s->c;
+    size_t n = campaign_device_count(c);
+    uint8_t *wanted = calloc(s->n_cmds ? s->n_cmds : 1, 1);
+    if (!wanted)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const campaign_dev *d = campaign_device_at(c, i);
+        if (d->state == CDEV_ACTIVE && d->cmd < s->n_cmds)
+            wanted[d->cmd] = 1;
+    }
+    store *st = esim_service_store(cs->svc);
+    for (size_t k = 0; k < s->n_cmds; k++) {
+        if (!wanted[k])
+            continue;
+        store_command_info info;
+        store_queue_entry *entries = NULL;
+        size_t ne = 0;
+        esim_err rc =
+            st->ops->command_get(st, s->cmds[k].uuid, NULL, 1, &info, &entries, &ne, NULL);
+        store_queue_entries_free(entries, ne);
+        if (rc != ESIM_ENOTFOUND)
+            continue;
+        step_batch b = {.s = s, .step = (campaign_step)s->cmds[k].step, .ref = (uint32_t)k};
+        b.devs = malloc(n * sizeof *b.devs);
+        if (b.devs && build_step_command(s, b.step, s->cmds[k].uuid, &b.cmd, NULL) == ESIM_OK) {
+            for (size_t i = 0; i < n; i++) {
+                const campaign_dev *d = campaign_device_at(c, i);
+                if (d->state == CDEV_ACTIVE && d->cmd == k)
+                    b.devs[b.n++] = (uint32_t)i;
+            }
+            if (b.n)
+                enqueue_batch(cs, &b, esim_now_ms());
+        }
+        batch_free(&b);
+    }
+    free(wanted);
+}
+
 static esim_err restore_campaign(void *arg, const char *id, const char *spec_json, int state,
                                  int64_t created_ms)
 {
@@ -823,6 +925,8 @@ static esim_err restore_campaign(void *arg, const char *id, const char *spec_jso
         }
         size_t dn;
         campaign_take_dirty(c, &dn);
+        if (rc == ESIM_OK)
+            requeue_lost_commands(x->cs, s);
     }
     free(cmds);
     return rc;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "service/svc_harness.h"
 
@@ -758,6 +759,49 @@ static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
     json_decref(g);
 }
 
+/* The crash window between writing the campaign's records and the service
+ * committing the command: after the restart the recorded command is queued
+ * under its UUID, exactly once. The window is recreated by removing the
+ * command from the stopped service's store. */
+static void test_restart_requeues_a_command_the_service_lost(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2000];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+             "\"smdp_url\":\"smdp.example.com\",%s}",
+             d[0].dev.udid, d[1].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 100 && count_of(id, "active") < 2; k++)
+        sleep_ms(20);
+    sleep_ms(100); /* the batch is queued and written */
+    harness_stop(&f->ts);
+    char db[400];
+    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "DELETE FROM queue; DELETE FROM commands;", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+    for (int i = 0; i < NDEV; i++) {
+        f->devs[i].dev.base_url = f->ts.url;
+        device_reconnect(&f->devs[i].dev);
+    }
+    json_t *r = drive(d, 2, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 2);
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 1);
+    assert_int_equal(d[1].refreshes, 1);
+}
+
 /* Runs the esim-mdm CLI against the test service; returns its exit status
  * and its stdout in |out|. */
 static int cli(const fixture *f, const char *args, char *out, size_t len)
@@ -838,6 +882,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_campaign_lifecycle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_requeues_a_command_the_service_lost, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
                                         teardown),
     };
