@@ -536,29 +536,14 @@ static void forget_erased_device(campaigns *cs, const char *udid, int64_t now)
                               NULL);
 }
 
-static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
+/* Feeds device |i| of |s| the answer |msg| to its command of |step|. */
+static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
+                        const esim_msg *msg, int64_t now)
 {
-    (void)svc;
-    campaigns *cs = arg;
-    int64_t now = esim_now_ms();
-    const esim_msg *msg = r->msg;
+    const char *udid = campaign_device_at(s->c, i)->udid;
     cstore_facts facts = {.supervised = -1, .updated_ms = now};
     if (msg->status == ESIM_STATUS_ACKNOWLEDGED)
         answer_facts(msg, &facts);
-
-    const map_entry *m = map_find(cs, r->command_uuid);
-    if (!m) {
-        if (facts.supervised >= 0 || facts.os_version[0]) {
-            remember_facts(cs, r->udid, &facts);
-            arm_flush(cs);
-        }
-        return;
-    }
-    camp_slot *s = cs->slots[m->slot];
-    campaign_step step = (campaign_step)s->cmds[m->cmd].step;
-    long i = campaign_find_device(s->c, r->udid);
-    if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
-        return; /* not this campaign's device, or an older command of it */
     campaign_result res = {.status = msg->status};
     if (msg->error_chain_len) {
         res.error_code = msg->error_chain[0].code;
@@ -573,7 +558,7 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
             n_subs = 0;
         res.subs = subs;
         res.n_subs = n_subs;
-        const campaign_dev *d = campaign_device_at(s->c, (size_t)i);
+        const campaign_dev *d = campaign_device_at(s->c, i);
         if (campaign_subscriptions_match(subs, n_subs, d->eid, d->iccid)) {
             snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
             for (size_t k = 0; k < n_subs; k++)
@@ -584,14 +569,39 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
         }
     }
     if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
-        remember_facts(cs, r->udid, &facts);
+        remember_facts(cs, udid, &facts);
+    char keep[65];
+    snprintf(keep, sizeof keep, "%s", udid);
     campaign_io io = slot_io(s);
-    campaign_on_result(s->c, (size_t)i, step, &res, now, &io);
+    campaign_on_result(s->c, i, step, &res, now, &io);
     free(subs);
     if ((step == CAMPAIGN_STEP_ERASE_KEEP || step == CAMPAIGN_STEP_ESIM_WIPE) &&
         msg->status == ESIM_STATUS_ACKNOWLEDGED)
-        forget_erased_device(cs, r->udid, now);
+        forget_erased_device(cs, keep, now);
     arm_flush(cs);
+}
+
+static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
+{
+    (void)svc;
+    campaigns *cs = arg;
+    int64_t now = esim_now_ms();
+    const map_entry *m = map_find(cs, r->command_uuid);
+    if (!m) {
+        cstore_facts facts = {.supervised = -1, .updated_ms = now};
+        if (r->msg->status == ESIM_STATUS_ACKNOWLEDGED)
+            answer_facts(r->msg, &facts);
+        if (facts.supervised >= 0 || facts.os_version[0]) {
+            remember_facts(cs, r->udid, &facts);
+            arm_flush(cs);
+        }
+        return;
+    }
+    camp_slot *s = cs->slots[m->slot];
+    long i = campaign_find_device(s->c, r->udid);
+    if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
+        return; /* not this campaign's device, or an older command of it */
+    feed_result(cs, s, (size_t)i, (campaign_step)s->cmds[m->cmd].step, r->msg, now);
 }
 
 /* ---- spec <-> JSON -------------------------------------------------------------------- */
@@ -838,6 +848,38 @@ static esim_err restore_command(void *arg, const char *uuid, int step)
     return add_cmd(x->cs, x->slot, uuid, step, &ref);
 }
 
+/* After a crash between the service recording an answer and this module
+ * writing what it did with it, the device's record still waits for that
+ * answer: replay it from the device's queue, where the service kept it. */
+static void replay_recorded_answers(campaigns *cs, camp_slot *s)
+{
+    campaign *c = s->c;
+    store *st = esim_service_store(cs->svc);
+    int64_t now = esim_now_ms();
+    for (size_t i = 0; i < campaign_device_count(c); i++) {
+        const campaign_dev *d = campaign_device_at(c, i);
+        if (d->state != CDEV_ACTIVE || d->cmd >= s->n_cmds)
+            continue;
+        store_queue_entry *q = NULL;
+        size_t nq = 0;
+        if (st->ops->device_queue(st, d->udid, true, &q, &nq, NULL) != ESIM_OK)
+            continue;
+        for (size_t k = 0; k < nq; k++) {
+            if (strcmp(q[k].command_uuid, s->cmds[d->cmd].uuid) != 0 ||
+                (q[k].state != STORE_Q_ACKNOWLEDGED && q[k].state != STORE_Q_ERROR &&
+                 q[k].state != STORE_Q_FORMAT_ERROR) ||
+                !q[k].result.len)
+                continue;
+            esim_msg m = {0};
+            if (esim_msg_parse(q[k].result.data, q[k].result.len, NULL, &m, NULL) == ESIM_OK)
+                feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &m, now);
+            esim_msg_free(&m);
+            break;
+        }
+        store_queue_entries_free(q, nq);
+    }
+}
+
 /* After a crash between writing a batch's records and queueing its command,
  * the service never got that command: queue it now, under the UUID the
  * records name, for the devices still waiting on it. A command the service
@@ -925,8 +967,10 @@ static esim_err restore_campaign(void *arg, const char *id, const char *spec_jso
         }
         size_t dn;
         campaign_take_dirty(c, &dn);
-        if (rc == ESIM_OK)
+        if (rc == ESIM_OK) {
             requeue_lost_commands(x->cs, s);
+            replay_recorded_answers(x->cs, s);
+        }
     }
     free(cmds);
     return rc;
@@ -945,14 +989,15 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal
     snprintf(path, sizeof path, "%s/campaigns.db", data_dir && *data_dir ? data_dir : ".");
     esim_err rc = cstore_open(path, sync_normal, &cs->db, err);
     if (rc == ESIM_OK) {
-        restore_ctx x = {cs, NULL, err};
-        rc = cstore_each_campaign(cs->db, restore_campaign, &x, err);
-    }
-    if (rc == ESIM_OK) {
         cs->flush_ev = evtimer_new(svc->base, on_flush, cs);
         cs->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, cs);
         if (!cs->flush_ev || !cs->tick_ev)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    /* The timers exist first: restoring may already queue work. */
+    if (rc == ESIM_OK) {
+        restore_ctx x = {cs, NULL, err};
+        rc = cstore_each_campaign(cs->db, restore_campaign, &x, err);
     }
     if (rc == ESIM_OK)
         rc = esim_service_add_result_hook(svc, on_result, cs);

@@ -802,6 +802,54 @@ static void test_restart_requeues_a_command_the_service_lost(void **state)
     assert_int_equal(d[1].refreshes, 1);
 }
 
+/* The other crash window: the service recorded the device's answer, but the
+ * campaign's record still waits for it. After the restart the answer is
+ * replayed from the device's queue: no second download, the campaign ends. */
+static void test_restart_replays_a_recorded_answer(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2000];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+             "\"smdp_url\":\"smdp.example.com\",%s}",
+             d[0].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 100 && d[0].refreshes == 0; k++) {
+        sleep_ms(20);
+        sdev_checkin(&d[0]);
+    }
+    assert_int_equal(d[0].refreshes, 1);
+    sleep_ms(100);
+    harness_stop(&f->ts);
+    /* Rewind the campaign's record to "waiting for the refresh's answer". */
+    char db[400], sql[2400];
+    snprintf(db, sizeof db, "%s/campaigns.db", f->ts.data_dir);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    snprintf(sql, sizeof sql,
+             "UPDATE campaign_devices SET state=2, step=1, flags=flags&~2, cmd=(SELECT uuid FROM "
+             "campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s'",
+             d[0].dev.udid);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_changes(h), 1);
+    sqlite3_close(h);
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+    d[0].dev.base_url = f->ts.url;
+    device_reconnect(&d[0].dev);
+    json_t *r = drive(d, 1, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 1);
+    assert_int_equal(jint(r, "refresh_acknowledged"), 1);
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 1);
+}
+
 /* Runs the esim-mdm CLI against the test service; returns its exit status
  * and its stdout in |out|. */
 static int cli(const fixture *f, const char *args, char *out, size_t len)
@@ -884,6 +932,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cli_campaign_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_requeues_a_command_the_service_lost, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
                                         teardown),
     };
