@@ -837,27 +837,74 @@ int cmd_status(int argc, char **argv)
 
 /* ---- devices ---- */
 
+static int devices_after_opt(void *ctx, int argc, char **argv, int i)
+{
+    if (strcmp(argv[i], "--after") == 0 && i + 1 < argc) {
+        if (esim_udid_validate(argv[i + 1], NULL) != ESIM_OK) {
+            cli_usage_error("--after: '%s' is not a UDID", argv[i + 1]);
+            return -1;
+        }
+        *(const char **)ctx = argv[i + 1];
+        return 2;
+    }
+    return 0;
+}
+
+/* One device's queue as a table (after its own line). */
+static int print_queue(client_opts *c, const char *udid)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s/queue", udid);
+    client_reply r = {0};
+    int rc = client_call(c, "GET", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200)
+        rc = client_error(&r);
+    if (rc == CLI_EXIT_OK) {
+        json_t *root = json_loads((const char *)r.body.data, 0, NULL);
+        json_t *q = json_object_get(root, "queue");
+        printf("\nqueue: %zu command(s) waiting\n", json_array_size(q));
+        if (json_array_size(q))
+            printf("%-36s  %-22s  %-9s  %-8s  %s\n", "COMMAND", "REQUEST_TYPE", "STATE", "ATTEMPTS",
+                   "NOT_NOW");
+        size_t i;
+        json_t *e;
+        json_array_foreach(q, i, e) printf(
+            "%-36s  %-22s  %-9s  %-8lld  %lld\n", jstr(e, "command_uuid"), jstr(e, "request_type"),
+            jstr(e, "state"), (long long)json_integer_value(json_object_get(e, "attempts")),
+            (long long)json_integer_value(json_object_get(e, "not_now_count")));
+        json_decref(root);
+    }
+    esim_buf_free(&r.body);
+    return rc;
+}
+
 int cmd_devices(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts("usage: esim-mdm devices [UDID] [--server URL] [--token-file F] [--json]\n"
-             "Lists enrolled devices (the first 1000), or shows one device and its queue.");
+        puts("usage: esim-mdm devices [UDID | --after UDID] [--server URL] [--token-file F] "
+             "[--json]\n"
+             "Lists devices 1000 at a time (--after the last one shown for the next page), or\n"
+             "shows one device and the commands waiting on its queue.");
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
     const char *pos[1];
+    const char *after = NULL;
     int n_pos = 0;
-    if (client_parse(&c, argc, argv, NULL, NULL, pos, 1, &n_pos) != 0)
+    if (client_parse(&c, argc, argv, devices_after_opt, &after, pos, 1, &n_pos) != 0)
         return CLI_EXIT_USAGE;
     if (n_pos == 1 && esim_udid_validate(pos[0], NULL) != ESIM_OK)
         return cli_usage_error("devices: '%s' is not a UDID", pos[0]);
+    if (n_pos == 1 && after)
+        return cli_usage_error("devices: give a UDID or --after, not both");
     int rc = client_init(&c);
     client_reply r = {0};
-    char path[160];
+    char path[200];
     if (n_pos == 1)
         snprintf(path, sizeof path, "/v1/devices/%s", pos[0]);
     else
-        snprintf(path, sizeof path, "/v1/devices?limit=1000");
+        snprintf(path, sizeof path, "/v1/devices?limit=1000%s%s", after ? "&after=" : "",
+                 after ? after : "");
     if (rc == CLI_EXIT_OK)
         rc = client_call(&c, "GET", path, NULL, NULL, &r);
     if (rc == CLI_EXIT_OK && r.status != 200) {
@@ -877,8 +924,12 @@ int cmd_devices(int argc, char **argv)
                    json_is_true(json_object_get(d, "enrolled")) ? "yes" : "no",
                    jstr(json_object_get(d, "push"), "state"), jstr(d, "os_version"),
                    jstr(d, "last_seen_at"), jstr(d, "eid"));
+        if (n_pos == 0 && json_is_string(json_object_get(root, "next_after")))
+            printf("more: esim-mdm devices --after %s\n", jstr(root, "next_after"));
         json_decref(list);
         json_decref(root);
+        if (n_pos == 1)
+            rc = print_queue(&c, pos[0]);
     }
     esim_buf_free(&r.body);
     free(c.token);

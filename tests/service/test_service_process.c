@@ -182,6 +182,11 @@ static void test_cli_clients_and_config_file(void **state)
     assert_int_equal(run_cli(&s, &out, "devices"), 0);
     assert_non_null(strstr((const char *)out.data, dev.udid));
     esim_buf_reset(&out);
+    /* One device: its line, then its queue (the DeviceInformation still waits). */
+    assert_int_equal(run_cli(&s, &out, "devices %s", dev.udid), 0);
+    assert_non_null(strstr((const char *)out.data, "queue: 1 command(s) waiting"));
+    assert_non_null(strstr((const char *)out.data, second));
+    esim_buf_reset(&out);
     assert_int_equal(run_cli(&s, &out, "cancel %s %s", dev.udid, second), 0);
     assert_non_null(strstr((const char *)out.data, "canceled"));
     esim_buf_reset(&out);
