@@ -850,6 +850,51 @@ static void test_restart_replays_a_recorded_answer(void **state)
     assert_int_equal(d[0].refreshes, 1);
 }
 
+static void test_diagnosis_in_progress_done_and_no_token(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, false);
+    char body[2000];
+    snprintf(body, sizeof body,
+             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\"],"
+             "\"policy\":{\"esim_modification\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
+             "%s}",
+             d[0].dev.udid, d[1].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 100 && count_of(id, "active") < 2; k++)
+        sleep_ms(20);
+    /* Queued and pushed, no answer yet. */
+    json_t *g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "in_progress");
+    json_decref(g);
+    json_t *r = drive(d, 1, id, 100); /* only d[0] answers */
+    json_decref(r);
+    for (int k = 0; k < 100 && count_of(id, "done") < 1; k++)
+        sleep_ms(20);
+    g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "done");
+    json_decref(g);
+
+    /* A device that authenticated but never sent its push token. */
+    test_device lone;
+    device_new(&lone, &f->env, "00008110-NOTOKEN00000001", f->ts.url);
+    esim_buf b = {0};
+    esim_authenticate_info info = {
+        .udid = lone.udid, .topic = lone.topic, .os_version = "18.1", .serial_number = "SNLONE"};
+    assert_int_equal(esim_msg_build_authenticate(&info, &b, NULL), ESIM_OK);
+    assert_int_equal(device_put(&lone, b.data, b.len, NULL), 200);
+    esim_buf_free(&b);
+    g = diagnose(lone.udid);
+    assert_string_equal(jstr(g, "kind"), "no_token");
+    assert_non_null(strstr(jstr(g, "next_action"), "TokenUpdate"));
+    json_decref(g);
+    device_free(&lone);
+}
+
 /* Runs the esim-mdm CLI against the test service; returns its exit status
  * and its stdout in |out|. */
 static int cli(const fixture *f, const char *args, char *out, size_t len)
@@ -933,6 +978,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_requeues_a_command_the_service_lost, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
                                         teardown),
     };
