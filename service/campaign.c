@@ -1167,6 +1167,29 @@ json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
     return o;
 }
 
+void campaigns_metrics(campaigns *cs, esim_buf *out)
+{
+    if (!cs)
+        return;
+    esim_buf_append_str(out, "# HELP esim_mdm_campaign_devices Devices of each campaign by state.\n"
+                             "# TYPE esim_mdm_campaign_devices gauge\n");
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        const campaign *c = cs->slots[k]->c;
+        size_t counts[CDEV_STATE_COUNT];
+        campaign_counts(c, counts);
+        for (int st = 0; st < CDEV_STATE_COUNT; st++)
+            esim_buf_printf(out, "esim_mdm_campaign_devices{campaign=\"%s\",state=\"%s\"} %zu\n",
+                            campaign_id(c), campaign_dev_state_name((campaign_dev_state)st),
+                            counts[st]);
+    }
+    esim_buf_append_str(out, "# HELP esim_mdm_campaign_pushes_total Pushes sent by campaigns.\n"
+                             "# TYPE esim_mdm_campaign_pushes_total counter\n");
+    for (size_t k = 0; k < cs->n_slots; k++)
+        esim_buf_printf(out, "esim_mdm_campaign_pushes_total{campaign=\"%s\"} %llu\n",
+                        campaign_id(cs->slots[k]->c),
+                        (unsigned long long)campaign_pushes(cs->slots[k]->c));
+}
+
 json_t *campaigns_list_json(campaigns *cs)
 {
     json_t *arr = json_array();

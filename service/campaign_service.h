@@ -128,6 +128,9 @@ json_t *campaigns_summary_json(campaigns *cs, const campaign *c);
 json_t *campaigns_device_json(const campaign *c, size_t i);
 json_t *campaigns_list_json(campaigns *cs);
 
+/* Prometheus lines for /metrics: devices per campaign and state, pushes. */
+void campaigns_metrics(campaigns *cs, esim_buf *out);
+
 /* The most recent campaign record of |udid| (NULL, -1 when none). */
 campaign *campaigns_latest_for_device(campaigns *cs, const char *udid, long *index);
 

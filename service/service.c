@@ -876,6 +876,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         esim_buf_printf(out, "esim_mdm_pushes_total{outcome=\"%s\"} %llu\n",
                         esim_push_state_name((esim_push_state)p), (unsigned long long)m->pushes[p]);
     push_metrics(svc, out);
+    campaigns_metrics(svc->campaigns, out);
     esim_buf_printf(out,
                     "# TYPE esim_mdm_webhooks_total counter\n"
                     "esim_mdm_webhooks_total{outcome=\"delivered\"} %llu\n"

@@ -254,6 +254,25 @@ static json_t *diagnose(const char *udid)
     return r;
 }
 
+static size_t collect_text(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    esim_buf_append(userdata, ptr, size * nmemb);
+    return size * nmemb;
+}
+
+/* GET /metrics as text. */
+static void metrics_text(esim_buf *out)
+{
+    CURL *h = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "%s/metrics", g_url);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect_text);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
+    assert_int_equal(curl_easy_perform(h), CURLE_OK);
+    curl_easy_cleanup(h);
+}
+
 /* The OEM manifest (serial,EID) and activation codes (EID,code,ICCID). */
 static void import_identities(sdev *devs, size_t n, bool with_iccid)
 {
@@ -384,6 +403,14 @@ static void test_verification_keeps_ack_and_install_apart(void **state)
     assert_int_equal(api("GET", path, NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r, "devices")), 2);
     json_decref(r);
+
+    esim_buf m = {0};
+    metrics_text(&m);
+    char line[200];
+    snprintf(line, sizeof line, "esim_mdm_campaign_devices{campaign=\"%s\",state=\"verified\"} 1",
+             id);
+    assert_non_null(strstr((const char *)m.data, line));
+    esim_buf_free(&m);
 
     json_t *g = diagnose(d[0].dev.udid);
     assert_string_equal(jstr(g, "kind"), "verified");
