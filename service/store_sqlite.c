@@ -145,6 +145,9 @@ enum {
     S_STATS_DEVICES,
     S_STATS_QUEUE,
     S_STATS_EVENTS,
+    S_Q_ERASE_DELIVERED,
+    S_Q_RETIRE,
+    S_DEV_REENROLLED,
     S_COUNT
 };
 
@@ -155,7 +158,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_SAVEPOINT] = "SAVEPOINT op",
     [S_RELEASE] = "RELEASE op",
     [S_ROLLBACK_TO] = "ROLLBACK TO op",
-    [S_DEV_IDENTITY] = "SELECT enrolled, cert_sha256 FROM devices WHERE udid = ?1",
+    [S_DEV_IDENTITY] = "SELECT enrolled, cert_sha256, enrolled_at FROM devices WHERE udid = ?1",
     [S_DEV_AUTH_UPSERT] =
         "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
         " build_version, product_name, model, device_name, imei, cert_sha256, push_token,"
@@ -248,6 +251,13 @@ static const char *const statement_sql[S_COUNT] = {
         " FROM devices",
     [S_STATS_QUEUE] = "SELECT state, count(*) FROM queue GROUP BY state",
     [S_STATS_EVENTS] = "SELECT coalesce(max(id), 0) FROM events",
+    /* An EraseDevice handed to the device during its current enrolment. */
+    [S_Q_ERASE_DELIVERED] = "SELECT q.id FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+                            " WHERE q.udid = ?1 AND c.request_type = 'EraseDevice'"
+                            " AND q.state IN ('sent', 'acknowledged') AND q.sent_at >= ?2"
+                            " ORDER BY q.sent_at DESC LIMIT 1",
+    [S_Q_RETIRE] = "UPDATE queue SET active = 0, updated_at = ?2 WHERE id = ?1",
+    [S_DEV_REENROLLED] = "UPDATE devices SET enrolled_at = ?2 WHERE udid = ?1",
 };
 
 typedef struct {
@@ -458,6 +468,35 @@ static esim_err check_identity(sqlite_store *s, const char *udid, const char *ce
 
 /* ---- device check-in ------------------------------------------------------ */
 
+/*
+ * ...unless we wiped it. An erased device comes back through setup and
+ * enrols with a fresh identity from SCEP, often without having answered the
+ * EraseDevice (Apple: do not wait for that answer). So an EraseDevice handed
+ * to the device during its current enrolment lets exactly one new identity
+ * in: the erase is retired (never delivered again, or the phone would wipe
+ * once more) and a new enrolment starts, which later erases must precede.
+ */
+static esim_err rebind_after_erase(sqlite_store *s, const char *udid, int64_t enrolled_at,
+                                   int64_t now, esim_error *err)
+{
+    int r = run(s, err, S_Q_ERASE_DELIVERED, "ti", udid, enrolled_at);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_EAUTH,
+                         "Authenticate for enrolled device %s with another identity certificate; "
+                         "the device must check out (or be erased) before it enrolls with a new "
+                         "identity",
+                         udid);
+    int64_t erase_id = sqlite3_column_int64(s->stmt[S_Q_ERASE_DELIVERED], 0);
+    sqlite3_reset(s->stmt[S_Q_ERASE_DELIVERED]);
+    if (run(s, err, S_Q_RETIRE, "ii", erase_id, now) != SQLITE_DONE ||
+        run(s, err, S_DEV_REENROLLED, "ti", udid, now) != SQLITE_DONE)
+        return ESIM_ESTORE;
+    return event_add(s, now, "reenrolled_after_erase", udid, NULL,
+                     "new identity accepted: an EraseDevice was delivered", NULL, 0, err);
+}
+
 static esim_err sq_device_authenticate(store *base, const store_authenticate_in *in, int64_t now,
                                        esim_error *err)
 {
@@ -474,14 +513,12 @@ static esim_err sq_device_authenticate(store *base, const store_authenticate_in 
         sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
         bool enrolled = sqlite3_column_int(st, 0) != 0;
         const char *bound = (const char *)sqlite3_column_text(st, 1);
+        int64_t enrolled_at = sqlite3_column_int64(st, 2);
         /* The identity is bound at enrolment; while the device stays enrolled
-         * another certificate must not take its UDID over. */
+         * another certificate must not take its UDID over... */
         if (enrolled && bound && *bound && in->cert_sha256 && *in->cert_sha256 &&
             strcmp(bound, in->cert_sha256) != 0)
-            rc = esim_fail(err, ESIM_EAUTH,
-                           "Authenticate for enrolled device %s with another identity certificate; "
-                           "the device must check out before it enrolls with a new identity",
-                           in->udid);
+            rc = rebind_after_erase(s, in->udid, enrolled_at, now, err);
     }
     if (rc == ESIM_OK &&
         run(s, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTi", in->udid, (int64_t)in->is_enrollment_id,

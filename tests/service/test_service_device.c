@@ -355,6 +355,64 @@ static void test_identity_rules(void **state)
     stop(f);
 }
 
+/* A fresh identity from the device CA, as SCEP issues one after a wipe. */
+static void issue_identity(const char *udid, esim_cert *out)
+{
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    esim_cert_spec spec = {.common_name = udid, .key_type = ESIM_KEY_RSA2048};
+    assert_int_equal(esim_cert_issue(&spec, &ca, out, NULL), ESIM_OK);
+    esim_cert_clear(&ca);
+}
+
+static void test_erase_lets_exactly_one_new_identity_in(void **state)
+{
+    (void)state;
+    fixture *f = start("erase-identity", NULL);
+    device_enroll(&f->dev);
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"EraseDevice\","
+             "\"preserve_data_plan\":true}}",
+             f->dev.udid);
+    json_t *r = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, &r), 200);
+    char *uuid = strdup(json_string_value(json_object_get(r, "command_uuid")));
+    json_decref(r);
+    /* Before the erase reaches the phone, a new identity is still refused. */
+    esim_cert other = {0};
+    issue_identity(f->dev.udid, &other);
+    esim_buf auth = {0};
+    esim_authenticate_info info = {.udid = f->dev.udid, .topic = f->dev.topic};
+    assert_int_equal(esim_msg_build_authenticate(&info, &auth, NULL), ESIM_OK);
+    assert_int_equal(device_put_signed_by(&f->dev, &other, auth.data, auth.len, NULL), 403);
+    esim_cert_clear(&other);
+
+    /* The phone takes the erase and wipes without answering (Apple: do not
+     * wait for it), then enrols again with a fresh SCEP identity. */
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.request_type, "EraseDevice");
+    esim_cmd_parsed_free(&next);
+    esim_cert_clear(&f->dev.identity);
+    issue_identity(f->dev.udid, &f->dev.identity);
+    device_enroll(&f->dev);
+    /* The erase is never delivered again: the phone would wipe once more. */
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, "");
+    esim_cmd_parsed_free(&next);
+    char st[32];
+    api_entry_state(f->ts.url, uuid, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "sent");
+    /* One erase let one identity in: a third one is refused again. */
+    issue_identity(f->dev.udid, &other);
+    assert_int_equal(device_put_signed_by(&f->dev, &other, auth.data, auth.len, NULL), 403);
+    esim_cert_clear(&other);
+    esim_buf_free(&auth);
+    free(uuid);
+    stop(f);
+}
+
 /* ---- limits ---------------------------------------------------------------------------- */
 
 static void test_limits_and_malformed_bodies(void **state)
@@ -629,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_not_now_skipped_on_connection_then_redelivered),
         cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
         cmocka_unit_test(test_identity_rules),
+        cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_limits_and_malformed_bodies),
         cmocka_unit_test(test_checkout_closes_queue),
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
