@@ -522,21 +522,6 @@ static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *
     cs->facts[cs->n_facts++].f = *f;
 }
 
-/* An acknowledged EraseDevice wipes the MDM enrolment with everything else:
- * the phone comes back through setup with a new identity. Checking it out
- * here releases the old identity's binding so that enrolment is accepted. */
-static void forget_erased_device(campaigns *cs, const char *udid, int64_t now)
-{
-    store *st = esim_service_store(cs->svc);
-    store_device dev;
-    esim_error e = {{0}};
-    if (st->ops->device_get(st, udid, &dev, &e) != ESIM_OK ||
-        st->ops->device_checkout(st, udid, dev.cert_sha256, now, &e) != ESIM_OK)
-        st->ops->event_append(st, "campaign_erase_checkout_failed", udid, NULL, e.msg, NULL, 0, now,
-                              NULL);
-}
-
-/* Feeds device |i| of |s| the answer |msg| to its command of |step|. */
 static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
                         const esim_msg *msg, int64_t now)
 {
@@ -570,14 +555,11 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
     }
     if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
         remember_facts(cs, udid, &facts);
-    char keep[65];
-    snprintf(keep, sizeof keep, "%s", udid);
     campaign_io io = slot_io(s);
     campaign_on_result(s->c, i, step, &res, now, &io);
     free(subs);
-    if ((step == CAMPAIGN_STEP_ERASE_KEEP || step == CAMPAIGN_STEP_ESIM_WIPE) &&
-        msg->status == ESIM_STATUS_ACKNOWLEDGED)
-        forget_erased_device(cs, keep, now);
+    /* An erased phone re-enrols with a new identity: the service admits it
+     * because the EraseDevice was delivered (store: rebind_after_erase). */
     arm_flush(cs);
 }
 
