@@ -81,9 +81,6 @@ esim_err apns_tls_client_ctx(const char *ca_path, const char *cert_path, const c
 esim_err apns_tls_server_ctx(const char *cert_path, const char *key_path, const char *client_ca,
                              SSL_CTX **out, esim_error *err);
 
-/* The first queued OpenSSL error as text (or |fallback|), queue cleared. */
-const char *apns_tls_error_text(char *buf, size_t len, const char *fallback);
-
 /* ---- provider tokens ---- */
 
 /* Loads a P-256 private key (.p8 PEM) for signing. */

@@ -18,18 +18,6 @@
 
 static const unsigned char alpn_h2[] = "\x02h2";
 
-const char *apns_tls_error_text(char *buf, size_t len, const char *fallback)
-{
-    unsigned long e = ERR_get_error();
-    if (e == 0) {
-        snprintf(buf, len, "%s", fallback);
-    } else {
-        ERR_error_string_n(e, buf, len);
-        ERR_clear_error();
-    }
-    return buf;
-}
-
 static esim_err need_file(const char *path, const char *what, esim_error *err)
 {
     struct stat st;
@@ -46,7 +34,7 @@ static esim_err crypto_fail(esim_error *err, const char *fmt, ...)
 static esim_err crypto_fail(esim_error *err, const char *fmt, ...)
 {
     char why[256];
-    apns_tls_error_text(why, sizeof why, "unknown OpenSSL error");
+    esim_openssl_error_text(why, sizeof why, "unknown OpenSSL error");
     char what[300];
     va_list ap;
     va_start(ap, fmt);

@@ -4,6 +4,8 @@
  */
 #include <stdio.h>
 
+#include <openssl/err.h>
+
 #include "core/esim.h"
 
 const char *esim_strerror(esim_err e)
@@ -42,4 +44,15 @@ void esim_error_clear(esim_error *err)
 {
     if (err)
         err->msg[0] = '\0';
+}
+
+const char *esim_openssl_error_text(char *buf, size_t len, const char *fallback)
+{
+    unsigned long e = ERR_get_error();
+    if (e == 0)
+        snprintf(buf, len, "%s", fallback);
+    else
+        ERR_error_string_n(e, buf, len);
+    ERR_clear_error();
+    return buf;
 }

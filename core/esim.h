@@ -64,6 +64,14 @@ esim_err esim_fail(esim_error *err, esim_err code, const char *fmt, ...)
 /* Clears |err| (NULL allowed). */
 void esim_error_clear(esim_error *err);
 
+/*
+ * The oldest error on OpenSSL's error queue, in words, written into |buf|
+ * (|fallback| when the queue is empty); the queue is cleared. Returns |buf|,
+ * so a failure path reads: esim_fail(err, ESIM_ECRYPTO, "signing failed: %s",
+ * esim_openssl_error_text(buf, sizeof buf, "unknown reason")).
+ */
+const char *esim_openssl_error_text(char *buf, size_t len, const char *fallback);
+
 /* ---- byte buffers ------------------------------------------------------ */
 
 /*

@@ -17,12 +17,9 @@
 
 static esim_err crypto_fail(esim_error *err, const char *what)
 {
-    unsigned long e = ERR_get_error();
-    char detail[256] = "";
-    if (e)
-        ERR_error_string_n(e, detail, sizeof detail);
-    ERR_clear_error();
-    return esim_fail(err, ESIM_ECRYPTO, "%s%s%s", what, e ? ": " : "", detail);
+    char why[256];
+    return esim_fail(err, ESIM_ECRYPTO, "%s: %s", what,
+                     esim_openssl_error_text(why, sizeof why, "no detail from OpenSSL"));
 }
 
 static EVP_PKEY *make_key(esim_key_type type)

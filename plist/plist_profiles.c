@@ -95,12 +95,9 @@ esim_err esim_profile_build(const esim_profile_opts *opts, const plist_t *payloa
 /* The first OpenSSL error in words, so a crypto failure says something. */
 static esim_err crypto_fail(esim_error *err, const char *doing)
 {
-    unsigned long e = ERR_get_error();
-    char why[256] = "unknown OpenSSL error";
-    if (e)
-        ERR_error_string_n(e, why, sizeof why);
-    ERR_clear_error();
-    return esim_fail(err, ESIM_ECRYPTO, "%s failed: %s", doing, why);
+    char why[256];
+    return esim_fail(err, ESIM_ECRYPTO, "%s failed: %s", doing,
+                     esim_openssl_error_text(why, sizeof why, "unknown OpenSSL error"));
 }
 
 esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer, esim_buf *out,
@@ -178,12 +175,9 @@ static esim_err cms_open(const unsigned char *data, size_t len, esim_buf *conten
         goto done;
     }
     if (CMS_verify(cms, NULL, NULL, NULL, bio, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) != 1) {
-        unsigned long e = ERR_get_error();
-        char why[256] = "unknown reason";
-        if (e)
-            ERR_error_string_n(e, why, sizeof why);
-        ERR_clear_error();
-        rc = esim_fail(err, ESIM_EINVAL, "the profile's CMS signature does not verify: %s", why);
+        char why[256];
+        rc = esim_fail(err, ESIM_EINVAL, "the profile's CMS signature does not verify: %s",
+                       esim_openssl_error_text(why, sizeof why, "unknown reason"));
         goto done;
     }
     char *bytes = NULL;
