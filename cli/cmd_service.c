@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "cli/cli.h"
+#include "cli/http_client.h"
 #include "service/service.h"
 
 /* ---- serve -------------------------------------------------------------------------- */
@@ -446,7 +447,7 @@ int cmd_serve(int argc, char **argv)
 typedef struct {
     const char *server, *token_file;
     bool json;
-    char *token;
+    chttp http;
 } client_opts;
 
 typedef struct {
@@ -454,22 +455,9 @@ typedef struct {
     esim_buf body;
 } client_reply;
 
-static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-    esim_buf *b = userdata;
-    return esim_buf_append(b, ptr, size * nmemb) == ESIM_OK ? size * nmemb : 0;
-}
-
 static int client_init(client_opts *c)
 {
-    if (!c->server)
-        c->server = getenv("ESIM_MDM_SERVER") ? getenv("ESIM_MDM_SERVER") : "http://127.0.0.1:8080";
-    if (!c->token_file)
-        c->token_file = getenv("ESIM_MDM_TOKEN_FILE") ? getenv("ESIM_MDM_TOKEN_FILE")
-                                                      : "esim-mdm-data/api-token";
-    if (read_secret("--token-file", c->token_file, &c->token) != CLI_EXIT_OK)
-        return CLI_EXIT_USAGE;
-    return CLI_EXIT_OK;
+    return chttp_open_api(&c->http, c->server, c->token_file) ? CLI_EXIT_OK : CLI_EXIT_USAGE;
 }
 
 /* One API call; the reply body is kept whatever the status. */
@@ -477,37 +465,10 @@ static int client_call(client_opts *c, const char *method, const char *path, con
                        const char *content_type, client_reply *out)
 {
     memset(out, 0, sizeof *out);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    CURL *h = curl_easy_init();
-    if (!h)
-        return CLI_EXIT_FAIL;
-    esim_buf url = {0}, auth = {0}, ct = {0};
-    esim_buf_printf(&url, "%s%s", c->server, path);
-    esim_buf_printf(&auth, "Authorization: Bearer %s", c->token);
-    esim_buf_printf(&ct, "Content-Type: %s", content_type ? content_type : "application/json");
-    struct curl_slist *hdrs = curl_slist_append(NULL, (const char *)auth.data);
-    hdrs = curl_slist_append(hdrs, (const char *)ct.data);
-    curl_easy_setopt(h, CURLOPT_URL, (const char *)url.data);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &out->body);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    if (body) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    CURLcode res = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
-    curl_global_cleanup();
-    esim_buf_free(&url);
-    esim_buf_free(&auth);
-    esim_buf_free(&ct);
-    if (res != CURLE_OK) {
-        fprintf(stderr, "esim-mdm: cannot reach %s: %s\n", c->server, curl_easy_strerror(res));
+    esim_error e = {{0}};
+    if (chttp_request(&c->http, method, path, content_type, body, body ? strlen(body) : 0,
+                      &out->status, &out->body, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm: %s\n", e.msg);
         return CLI_EXIT_FAIL;
     }
     return CLI_EXIT_OK;
@@ -770,7 +731,7 @@ out:
     esim_buf_free(&r.body);
     esim_buf_free(&plist);
     esim_buf_free(&path);
-    free(c.token);
+    chttp_close(&c.http);
     return rc;
 }
 
@@ -831,7 +792,7 @@ int cmd_status(int argc, char **argv)
         json_decref(root);
     }
     esim_buf_free(&r.body);
-    free(c.token);
+    chttp_close(&c.http);
     return rc;
 }
 
@@ -932,7 +893,7 @@ int cmd_devices(int argc, char **argv)
             rc = print_queue(&c, pos[0]);
     }
     esim_buf_free(&r.body);
-    free(c.token);
+    chttp_close(&c.http);
     return rc;
 }
 
@@ -966,6 +927,6 @@ int cmd_cancel(int argc, char **argv)
     else if (rc == CLI_EXIT_OK)
         printf("canceled %s on %s\n", pos[1], pos[0]);
     esim_buf_free(&r.body);
-    free(c.token);
+    chttp_close(&c.http);
     return rc;
 }

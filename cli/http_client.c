@@ -1,7 +1,7 @@
 /*
- * campaign_http.c — a blocking libcurl client for the admin API and the
- * simulators' JSON endpoints, reused across calls so a progress bar that
- * polls every few hundred milliseconds keeps one connection.
+ * http_client.c — the CLI's one HTTP client: blocking libcurl calls to the
+ * admin API and the simulators' JSON endpoints, one handle reused across
+ * calls so a progress bar polling every few hundred ms keeps one connection.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +9,7 @@
 
 #include <curl/curl.h>
 
-#include "cli/campaign_http.h"
+#include "cli/http_client.h"
 
 static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -75,10 +75,10 @@ void chttp_close(chttp *c)
     OPENSSL_cleanse(c->token, sizeof c->token);
 }
 
-esim_err chttp_call(chttp *c, const char *method, const char *path, const char *content_type,
-                    const void *body, size_t len, long *status, json_t **out, esim_error *err)
+esim_err chttp_request(chttp *c, const char *method, const char *path, const char *content_type,
+                       const void *body, size_t len, long *status, esim_buf *reply_out,
+                       esim_error *err)
 {
-    *out = NULL;
     *status = 0;
     if (!c->curl && !(c->curl = curl_easy_init()))
         return esim_fail(err, ESIM_ENOMEM, "cannot start libcurl");
@@ -114,15 +114,30 @@ esim_err chttp_call(chttp *c, const char *method, const char *path, const char *
     esim_buf_free(&auth);
     esim_buf_free(&ct);
     esim_err rc = ESIM_OK;
-    if (res != CURLE_OK)
+    if (res != CURLE_OK) {
         rc = esim_fail(err, ESIM_EUNAVAIL, "cannot reach %s: %s", (const char *)url.data,
                        curl_easy_strerror(res));
-    else if (reply.len)
-        *out = json_loadb((const char *)reply.data, reply.len, 0, NULL);
+        esim_buf_free(&reply);
+    } else {
+        esim_buf_free(reply_out);
+        *reply_out = reply;
+    }
     esim_buf_free(&url);
+    return rc;
+}
+
+esim_err chttp_call(chttp *c, const char *method, const char *path, const char *content_type,
+                    const void *body, size_t len, long *status, json_t **out, esim_error *err)
+{
+    *out = NULL;
+    esim_buf reply = {0};
+    esim_err rc = chttp_request(c, method, path, content_type, body, len, status, &reply, err);
+    if (rc == ESIM_OK && reply.len)
+        *out = json_loadb((const char *)reply.data, reply.len, 0, NULL);
     esim_buf_free(&reply);
     return rc;
 }
+
 
 const char *chttp_error_message(const json_t *reply)
 {
