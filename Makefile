@@ -20,7 +20,9 @@ release: deps
 	@cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DESIM_TESTS=OFF >/dev/null
 	@$(BUILD) build/release -j $(JOBS)
 
-test: debug
+# The release build too: gcc warns about some things only at -O2, and a
+# warning there would break `make demo`.
+test: debug release
 	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
 
 demo: release

@@ -664,7 +664,7 @@ int cmd_enqueue(int argc, char **argv)
     }
     client_opts c = {0};
     enqueue_ctx x = {.udids = json_array(), .command = json_object()};
-    const char *pos[1];
+    const char *pos[1] = {NULL};
     int n_pos = 0, rc = CLI_EXIT_OK;
     client_reply r = {0};
     esim_buf plist = {0}, path = {0};
@@ -745,7 +745,7 @@ int cmd_status(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
-    const char *pos[1];
+    const char *pos[1] = {NULL};
     int n_pos = 0;
     if (client_parse(&c, argc, argv, NULL, NULL, pos, 1, &n_pos) != 0)
         return CLI_EXIT_USAGE;
@@ -849,7 +849,7 @@ int cmd_devices(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
-    const char *pos[1];
+    const char *pos[1] = {NULL};
     const char *after = NULL;
     int n_pos = 0;
     if (client_parse(&c, argc, argv, devices_after_opt, &after, pos, 1, &n_pos) != 0)
@@ -907,7 +907,7 @@ int cmd_cancel(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
-    const char *pos[2];
+    const char *pos[2] = {NULL, NULL};
     int n_pos = 0;
     if (client_parse(&c, argc, argv, NULL, NULL, pos, 2, &n_pos) != 0)
         return CLI_EXIT_USAGE;
