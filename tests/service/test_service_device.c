@@ -494,11 +494,7 @@ static void test_checkout_closes_queue(void **state)
                      409);
     /* Enrolling again (a new identity is allowed after CheckOut) works. */
     esim_cert_clear(&f->dev.identity);
-    esim_cert ca = {0};
-    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
-    esim_cert_spec spec = {.common_name = f->dev.udid, .key_type = ESIM_KEY_RSA2048};
-    assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
-    esim_cert_clear(&ca);
+    issue_identity(f->dev.udid, &f->dev.identity);
     device_enroll(&f->dev);
     assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL),
                      200);
