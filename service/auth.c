@@ -262,9 +262,25 @@ static bool split_certificates(const unsigned char *der, size_t len, esim_buf *s
     return stripped->len == der_header_size(new_ci) + new_ci;
 }
 
+/* The slot holding the certificate with this digest, or NULL. */
+static auth_entry *cache_find(esim_service *svc, const unsigned char sha[SHA256_DIGEST_LENGTH])
+{
+    if (!svc->auth_cache)
+        return NULL;
+    size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
+    auth_entry *e = &svc->auth_cache->slot[idx];
+    return e->x509 && memcmp(e->sha, sha, SHA256_DIGEST_LENGTH) == 0 ? e : NULL;
+}
+
 /* The fast path: certificates come from the cache, the signature is checked
  * against them, and a signer whose chain verified recently is not verified
- * again. ESIM_ENOTFOUND: this CMS needs the ordinary path. */
+ * again. ESIM_ENOTFOUND: this CMS needs the ordinary path.
+ *
+ * Two certificates of one signature may share a cache slot (the device's CA
+ * sent along with its leaf, or a crafted pair): the second lookup then
+ * replaces the first. So the stack holds a reference of its own to every
+ * certificate, and the signer's slot is looked up again by digest once the
+ * signature has verified, never remembered as a pointer across lookups. */
 static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsigned char *body,
                               size_t len, char out[65], esim_error *err)
 {
@@ -276,12 +292,18 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
         return ESIM_ENOTFOUND;
     }
     STACK_OF(X509) *stack = sk_X509_new_null();
-    auth_entry *entries[8];
+    unsigned char shas[8][SHA256_DIGEST_LENGTH];
     esim_err rc = stack ? ESIM_OK : ESIM_ENOMEM;
     for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-        entries[i] = cache_get(svc, certs[i], cert_lens[i]);
-        if (!entries[i] || !sk_X509_push(stack, entries[i]->x509))
+        auth_entry *e = cache_get(svc, certs[i], cert_lens[i]);
+        if (!e || !X509_up_ref(e->x509)) {
             rc = ESIM_ENOTFOUND;
+        } else if (!sk_X509_push(stack, e->x509)) {
+            X509_free(e->x509);
+            rc = ESIM_ENOTFOUND;
+        } else {
+            memcpy(shas[i], e->sha, sizeof shas[i]);
+        }
     }
     const unsigned char *p = stripped.data;
     CMS_ContentInfo *cms = rc == ESIM_OK ? d2i_CMS_ContentInfo(NULL, &p, (long)stripped.len) : NULL;
@@ -294,21 +316,27 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     if (rc == ESIM_OK) {
         STACK_OF(X509) *signers = CMS_get0_signers(cms);
         X509 *leaf = signers && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
-        auth_entry *e = NULL;
+        size_t li = n;
         for (size_t i = 0; leaf && i < n; i++)
-            if (entries[i]->x509 == leaf)
-                e = entries[i];
+            if (sk_X509_value(stack, (int)i) == leaf)
+                li = i;
         sk_X509_free(signers);
-        int64_t now = esim_now_ms();
-        if (!e) {
+        if (li == n) {
             rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
-        } else if (!e->verified_at || now - e->verified_at > AUTH_REVERIFY_MS) {
-            rc = verify_chain(svc, e->x509, stack, err);
-            e->verified_at = rc == ESIM_OK ? now : 0;
+        } else {
+            /* The slot may have been taken over by a later certificate of
+             * this same signature: then the chain is verified every time. */
+            auth_entry *e = cache_find(svc, shas[li]);
+            int64_t now = esim_now_ms();
+            if (!e || !e->verified_at || now - e->verified_at > AUTH_REVERIFY_MS) {
+                rc = verify_chain(svc, leaf, stack, err);
+                if (e)
+                    e->verified_at = rc == ESIM_OK ? now : 0;
+            }
         }
         if (rc == ESIM_OK) {
             esim_buf hex = {0};
-            rc = esim_hex_encode(e->sha, sizeof e->sha, &hex);
+            rc = esim_hex_encode(shas[li], sizeof shas[li], &hex);
             if (rc == ESIM_OK)
                 memcpy(out, hex.data, 65);
             esim_buf_free(&hex);
@@ -317,7 +345,7 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     ERR_clear_error();
     BIO_free(content);
     CMS_ContentInfo_free(cms);
-    sk_X509_free(stack); /* the certificates belong to the cache */
+    sk_X509_pop_free(stack, X509_free); /* our references; the cache keeps its own */
     esim_buf_free(&stripped);
     return rc;
 }

@@ -131,7 +131,8 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 /* CMS detached signature, base64: SHA-1 signatures are made the way older
  * devices make them (signer certificate only, no chain). */
-static char *sign_body(const esim_cert *signer, sign_mode mode, const void *body, size_t len)
+static char *sign_body(const test_device *d, const esim_cert *signer, sign_mode mode,
+                       const void *body, size_t len)
 {
     BIO *in = BIO_new_mem_buf(body, (int)len);
     CMS_ContentInfo *cms = NULL;
@@ -142,7 +143,12 @@ static char *sign_body(const esim_cert *signer, sign_mode mode, const void *body
         assert_non_null(CMS_add1_signer(cms, signer->x509, signer->key, EVP_sha1(), flags));
         assert_int_equal(CMS_final(cms, in, NULL, flags), 1);
     } else {
-        cms = CMS_sign(signer->x509, signer->key, NULL, in, flags);
+        STACK_OF(X509) *extra = sk_X509_new_null();
+        assert_non_null(extra);
+        for (size_t i = 0; i < d->n_extra_certs; i++)
+            assert_true(sk_X509_push(extra, d->extra_certs[i]) > 0);
+        cms = CMS_sign(signer->x509, signer->key, extra, in, flags);
+        sk_X509_free(extra);
         assert_non_null(cms);
     }
     unsigned char *der = NULL;
@@ -165,7 +171,7 @@ static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, co
     struct curl_slist *h = NULL;
     char *sig = NULL;
     if (mode != SIGN_NONE) {
-        sig = sign_body(signer, mode, sign_data, sign_len);
+        sig = sign_body(d, signer, mode, sign_data, sign_len);
         esim_buf line = {0};
         esim_buf_printf(&line, "Mdm-Signature: %s", sig);
         h = curl_slist_append(h, (const char *)line.data);

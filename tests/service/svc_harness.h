@@ -64,6 +64,10 @@ typedef struct {
     bool binary; /* send results as binary plists */
     /* HTTPS: the CA to trust, and (mTLS) the client certificate and key. */
     const char *ca_file, *client_cert, *client_key;
+    /* Certificates sent along in the Mdm-Signature beside the signer's (as
+     * devices send their CA); not owned. */
+    X509 *extra_certs[4];
+    size_t n_extra_certs;
 } test_device;
 
 /* A device with an identity certificate issued by the test device CA. */

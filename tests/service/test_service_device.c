@@ -19,6 +19,9 @@
 
 #include <cmocka.h>
 
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
 #include "service/svc_harness.h"
 
 static harness_env env;
@@ -365,6 +368,80 @@ static void issue_identity(const char *udid, esim_cert *out)
     esim_cert_clear(&ca);
 }
 
+/* The slot of a certificate in the service's identity cache (auth.c). */
+static unsigned cache_slot(X509 *x)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509(x, &der);
+    assert_true(len > 0);
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    SHA256(der, (size_t)len, sha);
+    OPENSSL_free(der);
+    return ((unsigned)sha[0] | (unsigned)sha[1] << 8) % 4096;
+}
+
+/* A certificate that falls into |slot|: the same key re-signed with new
+ * serial numbers until one does (about 4096 tries). A |padding| comment
+ * makes it larger than the device's identity, so that it sorts after it in
+ * the signature's certificate SET (DER orders a SET by encoding). */
+static X509 *cert_in_slot(const esim_cert *base, unsigned slot, long first_serial, size_t padding)
+{
+    X509 *x = X509_dup(base->x509);
+    assert_non_null(x);
+    if (padding) {
+        ASN1_IA5STRING *comment = ASN1_IA5STRING_new();
+        char *text = malloc(padding);
+        assert_non_null(text);
+        memset(text, 'p', padding);
+        assert_int_equal(ASN1_STRING_set(comment, text, (int)padding), 1);
+        assert_int_equal(X509_add1_ext_i2d(x, NID_netscape_comment, comment, 0, 0), 1);
+        ASN1_IA5STRING_free(comment);
+        free(text);
+    }
+    for (long serial = first_serial;; serial++) {
+        assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), serial), 1);
+        assert_true(X509_sign(x, base->key, EVP_sha256()) > 0);
+        if (cache_slot(x) == slot)
+            return x;
+    }
+}
+
+/* Regression: two certificates of one Mdm-Signature in the same cache slot.
+ * The second lookup freed the first while CMS_verify still used it (anyone
+ * could crash the server before authentication), and a device whose CA
+ * certificate shared its leaf's slot got 401 on every request. */
+static void test_signature_certificates_sharing_a_cache_slot(void **state)
+{
+    (void)state;
+    fixture *f = start("cacheslot", NULL);
+    device_enroll(&f->dev);
+    esim_cert other = {0};
+    esim_cert_spec spec = {.common_name = "slot-mate", .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, NULL, &other, NULL), ESIM_OK);
+    unsigned slot = cache_slot(f->dev.identity.x509);
+    X509 *mate1 = cert_in_slot(&other, slot, 1, 0);    /* sorts before the identity */
+    X509 *mate2 = cert_in_slot(&other, slot, 1, 4000); /* sorts after it */
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    X509 *sets[][2] = {{mate1, NULL}, {mate2, NULL}, {mate1, mate2}, {mate2, mate1}};
+    for (int round = 0; round < 2; round++) /* the second round meets a warm cache */
+        for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
+            f->dev.n_extra_certs = 0;
+            for (size_t k = 0; k < 2 && sets[i][k]; k++)
+                f->dev.extra_certs[f->dev.n_extra_certs++] = sets[i][k];
+            assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 200);
+        }
+    f->dev.n_extra_certs = 0;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 200);
+    esim_buf_free(&idle);
+    X509_free(mate1);
+    X509_free(mate2);
+    esim_cert_clear(&other);
+    stop(f);
+}
+
 static void test_erase_lets_exactly_one_new_identity_in(void **state)
 {
     (void)state;
@@ -683,6 +760,7 @@ int main(void)
         cmocka_unit_test(test_not_now_skipped_on_connection_then_redelivered),
         cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
         cmocka_unit_test(test_identity_rules),
+        cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_limits_and_malformed_bodies),
         cmocka_unit_test(test_checkout_closes_queue),
