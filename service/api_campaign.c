@@ -74,12 +74,12 @@ void api_campaign_create(api_request *r)
     const char *field = NULL;
     esim_error e = {{0}};
     esim_err rc = campaigns_create(ctx(r), body, &out, &field, &e);
-    json_decref(body);
-    if (rc != ESIM_OK) {
+    /* |field| may point at a key of |body|: answer before letting it go. */
+    if (rc != ESIM_OK)
         fail(r, rc, field, &e);
-        return;
-    }
-    api_reply_json(r, 201, out);
+    else
+        api_reply_json(r, 201, out);
+    json_decref(body);
 }
 
 void api_campaign_list(api_request *r)

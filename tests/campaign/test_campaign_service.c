@@ -187,6 +187,19 @@ static void sleep_ms(long ms)
 
 static const char *g_url;
 
+/* snprintf into a request body that must fit (a cut body would be a
+ * different request). */
+static void bodyf(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void bodyf(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    assert_true(n >= 0 && (size_t)n < size);
+}
+
 static long api(const char *method, const char *path, const char *body, json_t **out)
 {
     return api_call(g_url, TEST_TOKEN, method, path, body, NULL, out);
@@ -360,11 +373,11 @@ static void test_verification_keeps_ack_and_install_apart(void **state)
     make_eid(777, d[3].eid);
     d[3].supervised = false;
     char body[2048];
-    snprintf(body, sizeof body,
-             "{\"name\":\"verify\",\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\","
-             "\"verify\"],\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":"
-             "\"deny\"},%s}",
-             fast_settings);
+    bodyf(body, sizeof body,
+          "{\"name\":\"verify\",\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\","
+          "\"verify\"],\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":"
+          "\"deny\"},%s}",
+          fast_settings);
     /* Inventory first so the warnings know who is unsupervised. */
     for (int i = 0; i < NDEV; i++) {
         char cmd[400];
@@ -435,8 +448,8 @@ static void test_groups_tags_and_distribution(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, false);
     char body[2048];
-    snprintf(body, sizeof body, "{\"name\":\"pilot\",\"udids\":[\"%s\",\"%s\"]}", d[0].dev.udid,
-             d[1].dev.udid);
+    bodyf(body, sizeof body, "{\"name\":\"pilot\",\"udids\":[\"%s\",\"%s\"]}", d[0].dev.udid,
+          d[1].dev.udid);
     assert_int_equal(api("POST", "/v1/groups", body, NULL), 201);
     assert_int_equal(api("POST", "/v1/groups", body, NULL), 409);
     assert_int_equal(api("POST", "/v1/groups", "{\"name\":\"bad name!\"}", NULL), 400);
@@ -456,6 +469,16 @@ static void test_groups_tags_and_distribution(void **state)
     assert_int_equal(
         api("POST", "/v1/campaigns", "{\"target\":{\"all\":true},\"steps\":[\"fly\"]}", &r), 400);
     assert_string_equal(jstr(json_object_get(r, "error"), "field"), "steps");
+    json_decref(r);
+    /* An unknown key is named in the answer (regression: the answer was built
+     * from the request body after it was freed; the ASan build aborted). */
+    assert_int_equal(api("POST", "/v1/campaigns",
+                         "{\"target\":{\"all\":true},\"steps\":[\"verify\"],"
+                         "\"unknown_key_with_a_long_name\":1}",
+                         &r),
+                     400);
+    assert_string_equal(jstr(json_object_get(r, "error"), "field"), "unknown_key_with_a_long_name");
+    assert_non_null(strstr(jstr(json_object_get(r, "error"), "message"), "unknown key"));
     json_decref(r);
     assert_int_equal(api("GET", "/v1/campaigns", NULL, &r), 200);
     assert_int_equal(json_array_size(json_object_get(r, "campaigns")), 0);
@@ -479,10 +502,10 @@ static void test_groups_tags_and_distribution(void **state)
     assert_int_equal(d[1].refreshes, 1);
 
     /* Distribution none: staged, nothing queued until resumed. */
-    snprintf(body, sizeof body,
-             "{\"target\":{\"tag\":\"retail\"},\"distribution\":\"none\",\"steps\":[\"refresh\","
-             "\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
-             fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"tag\":\"retail\"},\"distribution\":\"none\",\"steps\":[\"refresh\","
+          "\"verify\"],\"smdp_url\":\"smdp.example.com\",%s}",
+          fast_settings);
     c = create(body, 201);
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
     assert_string_equal(jstr(c, "state"), "staged");
@@ -508,10 +531,10 @@ static void test_retries_and_expiry(void **state)
     d[1].refresh = REFRESH_NOT_NOW_ONCE;
     d[3].silent = true;
     char body[2048];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
-             "\"smdp.example.com\",\"settings\":{\"repush_after_s\":0.2,\"expiry_s\":2,"
-             "\"retry_base_s\":0.05,\"retry_max_s\":0.2}}");
+    bodyf(body, sizeof body,
+          "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+          "\"smdp.example.com\",\"settings\":{\"repush_after_s\":0.2,\"expiry_s\":2,"
+          "\"retry_base_s\":0.05,\"retry_max_s\":0.2}}");
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -542,10 +565,10 @@ static void test_retries_and_expiry(void **state)
 
     /* A second campaign for a device whose eSIM is verified never asks for a
      * second download: the profile was consumed. */
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
-             "\"smdp.example.com\",%s}",
-             d[2].dev.udid, fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+          "\"smdp.example.com\",%s}",
+          d[2].dev.udid, fast_settings);
     c = create(body, 201);
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
     bool explained = false;
@@ -567,11 +590,11 @@ static void test_pause_resume_cancel(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, false);
     char body[2048];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
-             "\"policy\":{\"esim_outgoing_transfers\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
-             "%s}",
-             fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"policy\":{\"esim_outgoing_transfers\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
+          "%s}",
+          fast_settings);
     json_t *c = create(body, 201);
     char id[64], path[200];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -674,10 +697,10 @@ static void test_diagnosis_of_checked_out_and_untouched(void **state)
     import_identities(d, NDEV, false);
     d[2].refresh = REFRESH_CONSUMED;
     char body[600];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\"],\"smdp_url\":"
-             "\"smdp.example.com\"}",
-             d[2].dev.udid);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\"],\"smdp_url\":"
+          "\"smdp.example.com\"}",
+          d[2].dev.udid);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -711,10 +734,10 @@ static void test_restart_mid_campaign(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, true);
     char body[2048];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
-             "\"smdp.example.com\",%s}",
-             fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"all\":true},\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":"
+          "\"smdp.example.com\",%s}",
+          fast_settings);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -748,11 +771,11 @@ static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
     import_identities(d, 2, false);
     d[0].refresh = REFRESH_ALWAYS_NOT_NOW;
     char body[4000];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
-             "\"smdp_url\":\"smdp.example.com\",\"settings\":{\"retry_base_s\":0.02,"
-             "\"retry_max_s\":0.05,\"max_retries\":2}}",
-             d[0].dev.udid, d[2].dev.udid);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"settings\":{\"retry_base_s\":0.02,"
+          "\"retry_max_s\":0.05,\"max_retries\":2}}",
+          d[0].dev.udid, d[2].dev.udid);
     json_t *c = create(body, 201);
     bool warned = false;
     size_t i;
@@ -775,10 +798,10 @@ static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
     assert_string_equal(jstr(g, "kind"), "no_expected_eid");
     json_decref(g);
     /* A staged campaign: the device waits for it to be started. */
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\"]},\"distribution\":\"none\",\"steps\":"
-             "[\"verify\"]}",
-             d[1].dev.udid);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"distribution\":\"none\",\"steps\":"
+          "[\"verify\"]}",
+          d[1].dev.udid);
     c = create(body, 201);
     json_decref(c);
     g = diagnose(d[1].dev.udid);
@@ -796,10 +819,10 @@ static void test_restart_requeues_a_command_the_service_lost(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, true);
     char body[2000];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
-             "\"smdp_url\":\"smdp.example.com\",%s}",
-             d[0].dev.udid, d[1].dev.udid, fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",%s}",
+          d[0].dev.udid, d[1].dev.udid, fast_settings);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -838,10 +861,10 @@ static void test_restart_replays_a_recorded_answer(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, true);
     char body[2000];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
-             "\"smdp_url\":\"smdp.example.com\",%s}",
-             d[0].dev.udid, fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",%s}",
+          d[0].dev.udid, fast_settings);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
@@ -883,11 +906,11 @@ static void test_diagnosis_in_progress_done_and_no_token(void **state)
     sdev *d = f->devs;
     import_identities(d, NDEV, false);
     char body[2000];
-    snprintf(body, sizeof body,
-             "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\"],"
-             "\"policy\":{\"esim_modification\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
-             "%s}",
-             d[0].dev.udid, d[1].dev.udid, fast_settings);
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\"],"
+          "\"policy\":{\"esim_modification\":\"deny\"},\"smdp_url\":\"smdp.example.com\","
+          "%s}",
+          d[0].dev.udid, d[1].dev.udid, fast_settings);
     json_t *c = create(body, 201);
     char id[64];
     snprintf(id, sizeof id, "%s", jstr(c, "id"));
