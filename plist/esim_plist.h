@@ -28,16 +28,16 @@ typedef enum { ESIM_PLIST_XML = 0, ESIM_PLIST_BINARY = 1 } esim_plist_format;
 
 /* Options shared by every command builder. A NULL opts means all defaults. */
 typedef struct {
-    const char *command_uuid;              /* NULL: a fresh lowercase UUID */
-    esim_plist_format format;              /* XML unless asked */
-    bool request_requires_network_tether;  /* emitted only when true */
+    const char *command_uuid;             /* NULL: a fresh lowercase UUID */
+    esim_plist_format format;             /* XML unless asked */
+    bool request_requires_network_tether; /* emitted only when true */
 } esim_cmd_opts;
 
 /* A built command: the serialized plist and the facts callers need. */
 typedef struct {
-    esim_buf body;                          /* XML or binary plist */
-    char command_uuid[ESIM_UUID_LEN + 1];   /* the CommandUUID in |body| */
-    char request_type[64];                  /* e.g. "RefreshCellularPlans" */
+    esim_buf body;                        /* XML or binary plist */
+    char command_uuid[ESIM_UUID_LEN + 1]; /* the CommandUUID in |body| */
+    char request_type[64];                /* e.g. "RefreshCellularPlans" */
 } esim_cmd;
 
 void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
@@ -56,14 +56,15 @@ esim_err esim_cmd_refresh_plans(const char *server_url, const esim_cmd_opts *opt
                                 esim_error *err);
 
 typedef struct {
-    bool preserve_data_plan;        /* PreserveDataPlan (emitted when true) */
-    bool disallow_proximity_setup;  /* DisallowProximitySetup (emitted when true) */
-    const char *pin;                /* PIN: NULL = absent; 6 digits (macOS) */
-    const char *obliteration_behavior; /* NULL, Default, DoNotObliterate, ObliterateWithWarning, Always */
-    bool return_to_service;         /* emit ReturnToService {Enabled = true, ...} */
-    const unsigned char *rts_wifi_profile;  /* WiFiProfileData, may be NULL */
+    bool preserve_data_plan;       /* PreserveDataPlan (emitted when true) */
+    bool disallow_proximity_setup; /* DisallowProximitySetup (emitted when true) */
+    const char *pin;               /* PIN: NULL = absent; 6 digits (macOS) */
+    const char
+        *obliteration_behavior; /* NULL, Default, DoNotObliterate, ObliterateWithWarning, Always */
+    bool return_to_service;     /* emit ReturnToService {Enabled = true, ...} */
+    const unsigned char *rts_wifi_profile; /* WiFiProfileData, may be NULL */
     size_t rts_wifi_profile_len;
-    const unsigned char *rts_mdm_profile;   /* MDMProfileData, may be NULL */
+    const unsigned char *rts_mdm_profile; /* MDMProfileData, may be NULL */
     size_t rts_mdm_profile_len;
 } esim_erase_opts;
 
@@ -95,11 +96,15 @@ esim_err esim_cmd_device_information(const char *const *queries, size_t n,
 
 typedef struct {
     size_t max_body;    /* bytes; 0 = ESIM_PLIST_DEFAULT_MAX_BODY */
-    unsigned max_depth; /* container nesting; 0 = ESIM_PLIST_DEFAULT_MAX_DEPTH */
+    unsigned max_depth; /* container nesting; 0 = ESIM_PLIST_DEFAULT_MAX_DEPTH,
+                           above ESIM_PLIST_MAX_DEPTH_CEILING = the ceiling */
 } esim_parse_limits;
 
 #define ESIM_PLIST_DEFAULT_MAX_BODY (1024u * 1024u)
 #define ESIM_PLIST_DEFAULT_MAX_DEPTH 32u
+/* The deepest nesting any caller may allow, whatever max_body is: libplist
+ * frees and copies trees recursively, so the bound must hold for the stack. */
+#define ESIM_PLIST_MAX_DEPTH_CEILING 512u
 
 /*
  * Parses an XML or binary plist within |limits| (NULL = defaults) into
@@ -158,8 +163,8 @@ esim_err esim_profile_build(const esim_profile_opts *opts, const plist_t *payloa
 
 /* CMS SignedData (DER, content attached) of |profile| signed by |signer|
  * (certificate and key). Verifies with `openssl cms -verify -inform DER`. */
-esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer,
-                           esim_buf *out, esim_error *err);
+esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer, esim_buf *out,
+                           esim_error *err);
 
 /*
  * Reads a profile as a device does: plain plist or CMS SignedData (the
@@ -194,10 +199,10 @@ const char *esim_status_name(esim_status s);
 esim_err esim_status_from_name(const char *name, esim_status *out);
 
 typedef struct {
-    int64_t code;                    /* ErrorCode */
-    char domain[128];                /* ErrorDomain */
-    char localized_description[512]; /* LocalizedDescription */
-    char us_english_description[512];/* USEnglishDescription (may be empty) */
+    int64_t code;                     /* ErrorCode */
+    char domain[128];                 /* ErrorDomain */
+    char localized_description[512];  /* LocalizedDescription */
+    char us_english_description[512]; /* USEnglishDescription (may be empty) */
 } esim_error_chain_entry;
 
 /*
@@ -216,7 +221,7 @@ typedef struct {
     char imei[32], meid[32], device_name[256], model[64];
 
     /* TokenUpdate */
-    esim_buf token;       /* raw APNs token bytes */
+    esim_buf token; /* raw APNs token bytes */
     char push_magic[128];
     esim_buf unlock_token;
     bool awaiting_configuration;
@@ -248,9 +253,9 @@ typedef struct {
     char eid[ESIM_EID_LEN + 1];
     char iccid[24];
     char imei[32];
-    char slot[32];   /* "CTSubscriptionSlotOne", ... */
+    char slot[32]; /* "CTSubscriptionSlotOne", ... */
     char label[64];
-    char carrier[128];      /* CurrentCarrierNetwork */
+    char carrier[128]; /* CurrentCarrierNetwork */
     char phone_number[32];
     bool is_data_preferred;
     bool is_voice_preferred;
@@ -267,9 +272,9 @@ esim_err esim_msg_service_subscriptions(const esim_msg *msg, esim_subscription *
 /* ---- device-side builders (the simulator and tests) ----------------------- */
 
 typedef struct {
-    const char *udid, *topic;                       /* required */
+    const char *udid, *topic; /* required */
     const char *os_version, *build_version, *product_name, *serial_number;
-    const char *imei, *meid, *device_name, *model;  /* each may be NULL */
+    const char *imei, *meid, *device_name, *model; /* each may be NULL */
 } esim_authenticate_info;
 
 esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_buf *out,

@@ -3,6 +3,7 @@
  * tree back into bytes. Device bodies are hostile until proven otherwise, so
  * size and nesting are checked before libplist (whose parsers recurse) sees them.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,8 @@ esim_parse_limits plist_effective_limits(const esim_parse_limits *limits)
         if (limits->max_depth)
             l.max_depth = limits->max_depth;
     }
+    if (l.max_depth > ESIM_PLIST_MAX_DEPTH_CEILING)
+        l.max_depth = ESIM_PLIST_MAX_DEPTH_CEILING;
     return l;
 }
 
@@ -41,79 +44,185 @@ bool plist_looks_like_plist(const void *data, size_t len)
 
 /* ---- XML nesting pre-scan ------------------------------------------------ */
 
-static bool xml_name_is_container(const char *p, size_t rest, size_t *name_len)
+/*
+ * The pre-scan must see exactly the tags libplist's XML reader sees, or a
+ * document can hide its nesting from it: libplist 2.2 skips double-quoted
+ * text inside tags, processing instructions and DOCTYPEs, so a closing tag
+ * inside a quoted attribute (<array a="</array>">) closes nothing for
+ * libplist. Its parser does not recurse, but plist_free() and every walk
+ * over the tree do, so a tree deeper than the limit must never be built.
+ *
+ * Rather than follow every corner of libplist's tokenizer, the scan refuses
+ * the markup where libplist and XML could disagree on where a tag ends
+ * ('<' inside a tag or a quoted value, '>' or '"' inside a single-quoted
+ * value, an internal DTD subset, '<' inside a processing instruction or
+ * DOCTYPE). Real plists never hold any of these. What is left is tokenized
+ * the same way by both, and only <dict> and <array> open a level.
+ */
+
+typedef struct {
+    const char *p;
+    size_t len, i;
+    esim_error *err;
+} xml_scan;
+
+static esim_err xml_malformed(xml_scan *s, const char *what)
 {
-    static const char *const names[] = {"dict", "array"};
-    for (size_t k = 0; k < 2; k++) {
-        size_t n = strlen(names[k]);
-        if (rest > n && memcmp(p, names[k], n) == 0) {
-            char c = p[n];
-            if (c == '>' || c == '/' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-                *name_len = n;
-                return true;
-            }
+    return esim_fail(s->err, ESIM_EINVAL, "the XML plist is malformed: %s at byte %zu", what, s->i);
+}
+
+/* Skips to just past |end| (a literal), skipping double-quoted runs when
+ * |quotes| (as libplist does); refuses a '<' on the way when |no_lt|. */
+static esim_err xml_skip_to(xml_scan *s, const char *end, bool quotes, bool no_lt, const char *what)
+{
+    size_t n = strlen(end);
+    while (s->i < s->len) {
+        char c = s->p[s->i];
+        if (s->len - s->i >= n && memcmp(s->p + s->i, end, n) == 0) {
+            s->i += n;
+            return ESIM_OK;
         }
+        if (no_lt && c == '<')
+            return xml_malformed(s, what);
+        if (quotes && c == '"') {
+            const char *q = memchr(s->p + s->i + 1, '"', s->len - s->i - 1);
+            if (!q)
+                return xml_malformed(s, "an unterminated quoted string");
+            if (no_lt && memchr(s->p + s->i, '<', (size_t)(q - (s->p + s->i))))
+                return xml_malformed(s, what);
+            s->i = (size_t)(q - s->p);
+        }
+        s->i++;
     }
-    return false;
+    return xml_malformed(s, "markup that never ends");
+}
+
+static bool xml_is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
 /*
- * Counts <dict>/<array> nesting without building anything. Raw '<' only
- * appears in markup (text escapes it as &lt;), so a linear scan for tags is
- * enough; comments and CDATA are skipped. Malformed markup is left for the
- * real parser to refuse; here it only ever counts as deeper, never shallower.
+ * Reads one tag from just after its '<' (and '/'): the name, then up to the
+ * '>' that ends it. *self_closing when the byte before '>' is '/', as
+ * libplist decides. *container when the name is dict or array.
  */
-static esim_err xml_check_nesting(const char *p, size_t len, unsigned max_depth, esim_error *err)
+static esim_err xml_read_tag(xml_scan *s, bool *container, bool *self_closing)
 {
-    size_t i = 0;
+    size_t name = s->i;
+    while (s->i < s->len && !xml_is_space(s->p[s->i]) && s->p[s->i] != '<' && s->p[s->i] != '>' &&
+           s->p[s->i] != '/')
+        s->i++;
+    size_t name_len = s->i - name;
+    *container = (name_len == 4 && memcmp(s->p + name, "dict", 4) == 0) ||
+                 (name_len == 5 && memcmp(s->p + name, "array", 5) == 0);
+    while (s->i < s->len) {
+        char c = s->p[s->i];
+        if (c == '>') {
+            *self_closing = s->p[s->i - 1] == '/';
+            s->i++;
+            return ESIM_OK;
+        }
+        if (c == '<')
+            return xml_malformed(s, "a '<' inside a tag");
+        if (c == '"' || c == '\'') {
+            size_t k = s->i + 1;
+            while (k < s->len && s->p[k] != c) {
+                char v = s->p[k];
+                /* libplist honours only double quotes: a single-quoted
+                 * value must not hold what would end the tag for it. */
+                if (v == '<' || (c == '\'' && (v == '>' || v == '"')))
+                    return xml_malformed(s, "a '<', '>' or '\"' inside a quoted attribute value");
+                k++;
+            }
+            if (k >= s->len)
+                return xml_malformed(s, "an unterminated attribute value");
+            s->i = k;
+        }
+        s->i++;
+    }
+    return xml_malformed(s, "a tag that never ends");
+}
+
+/*
+ * Counts <dict>/<array> nesting without building anything; linear in the
+ * body size whatever its content. Returns ESIM_ETOOBIG past |max_depth| and
+ * ESIM_EINVAL for markup the scan will not try to interpret.
+ *
+ * *dict_values counts the values the document puts into dictionaries, the
+ * way libplist pairs them (a non-empty <key> waiting for its value, then any
+ * element). libplist's XML reader lets a repeated key replace the earlier
+ * value, so a tree with fewer entries than this count had a duplicate key.
+ */
+static esim_err xml_check_nesting(const char *p, size_t len, unsigned max_depth,
+                                  size_t *dict_values, esim_error *err)
+{
+    xml_scan s = {.p = p, .len = len, .i = 0, .err = err};
     unsigned depth = 0;
-    while (i < len) {
-        const char *lt = memchr(p + i, '<', len - i);
+    /* in_dict[d]: the container open at depth d is a dict. */
+    bool in_dict[ESIM_PLIST_MAX_DEPTH_CEILING + 1] = {false};
+    bool key_pending = false;
+    *dict_values = 0;
+    esim_err rc;
+    while (s.i < len) {
+        const char *lt = memchr(p + s.i, '<', len - s.i);
         if (!lt)
             break;
-        i = (size_t)(lt - p) + 1;
-        size_t rest = len - i;
-        if (rest >= 3 && memcmp(p + i, "!--", 3) == 0) {
-            const char *end = memmem(p + i + 3, rest - 3, "-->", 3);
-            if (!end)
-                break;
-            i = (size_t)(end - p) + 3;
-            continue;
+        s.i = (size_t)(lt - p) + 1;
+        size_t rest = len - s.i;
+        if (rest >= 3 && memcmp(p + s.i, "!--", 3) == 0) {
+            s.i += 3;
+            rc = xml_skip_to(&s, "-->", false, false, NULL);
+        } else if (rest >= 8 && memcmp(p + s.i, "![CDATA[", 8) == 0) {
+            s.i += 8;
+            rc = xml_skip_to(&s, "]]>", false, false, NULL);
+        } else if (rest >= 1 && p[s.i] == '?') {
+            rc = xml_skip_to(&s, "?>", true, true, "a '<' inside a processing instruction");
+        } else if (rest >= 8 && memcmp(p + s.i, "!DOCTYPE", 8) == 0) {
+            size_t at = s.i;
+            rc = xml_skip_to(&s, ">", true, true, "a '<' inside the DOCTYPE");
+            if (rc == ESIM_OK && (memchr(p + at, '[', s.i - at) || memchr(p + at, '\'', s.i - at)))
+                rc = esim_fail(err, ESIM_EINVAL,
+                               "the XML plist's DOCTYPE has an internal subset or single "
+                               "quotes; only a plain DOCTYPE is accepted");
+        } else if (rest >= 1 && p[s.i] == '!') {
+            rc = xml_malformed(&s, "an unknown <! declaration");
+        } else {
+            bool closing = rest >= 1 && p[s.i] == '/';
+            if (closing)
+                s.i++;
+            size_t name = s.i;
+            bool container = false, self_closing = false;
+            rc = xml_read_tag(&s, &container, &self_closing);
+            if (rc == ESIM_OK && !closing && depth > 0 && in_dict[depth]) {
+                bool is_plist = len - name >= 5 && memcmp(p + name, "plist", 5) == 0;
+                bool is_key = len - name >= 4 && memcmp(p + name, "key", 3) == 0 &&
+                              (p[name + 3] == '>' || xml_is_space(p[name + 3]));
+                if (is_key && !self_closing && !key_pending) {
+                    key_pending = true;
+                } else if (!is_plist && key_pending) {
+                    key_pending = false;
+                    (*dict_values)++;
+                }
+            }
+            if (rc == ESIM_OK && container) {
+                if (closing) {
+                    if (depth > 0)
+                        depth--;
+                    key_pending = false;
+                } else if (!self_closing) {
+                    if (++depth > max_depth)
+                        return esim_fail(err, ESIM_ETOOBIG,
+                                         "plist nests containers deeper than the limit of %u "
+                                         "levels",
+                                         max_depth);
+                    in_dict[depth] = p[name] == 'd';
+                    key_pending = false;
+                }
+            }
         }
-        if (rest >= 8 && memcmp(p + i, "![CDATA[", 8) == 0) {
-            const char *end = memmem(p + i + 8, rest - 8, "]]>", 3);
-            if (!end)
-                break;
-            i = (size_t)(end - p) + 3;
-            continue;
-        }
-        bool closing = false;
-        if (i < len && p[i] == '/') {
-            closing = true;
-            i++;
-        }
-        size_t name_len = 0;
-        if (!xml_name_is_container(p + i, len - i, &name_len))
-            continue;
-        i += name_len;
-        if (closing) {
-            if (depth > 0)
-                depth--;
-            continue;
-        }
-        /* Stop at the next '<' as well as '>', so that a run of unclosed
-         * tags cannot make this scan quadratic. */
-        bool self_closing = false;
-        while (i < len && p[i] != '>' && p[i] != '<')
-            i++;
-        if (i < len && p[i] == '>' && p[i - 1] == '/')
-            self_closing = true;
-        if (self_closing)
-            continue;
-        if (++depth > max_depth)
-            return esim_fail(err, ESIM_ETOOBIG,
-                             "plist nests containers deeper than the limit of %u levels",
-                             max_depth);
+        if (rc != ESIM_OK)
+            return rc;
     }
     return ESIM_OK;
 }
@@ -210,11 +319,25 @@ static esim_err bplist_check_string(const bplist_layout *bl, uint64_t off, esim_
     if (count > (bl->table_offset - pos) / unit)
         return esim_fail(err, ESIM_EINVAL, "binary plist string runs past its data");
     const unsigned char *p = bl->data + pos;
+    bool want_trail = false;
     for (uint64_t k = 0; k < count; k++) {
         bool nul = unit == 1 ? p[k] == 0 : (p[2 * k] == 0 && p[2 * k + 1] == 0);
         if (nul)
             return esim_fail(err, ESIM_EINVAL, "binary plist string contains a NUL character");
+        if (unit == 2) {
+            /* libplist drops an unpaired surrogate silently, so "UD\uD800ID"
+             * would read as UDID here and as something else elsewhere. */
+            unsigned hi = p[2 * k];
+            bool lead = hi >= 0xD8 && hi <= 0xDB, trail = hi >= 0xDC && hi <= 0xDF;
+            if (trail != want_trail)
+                return esim_fail(err, ESIM_EINVAL,
+                                 "binary plist string holds an unpaired UTF-16 surrogate");
+            want_trail = lead;
+        }
     }
+    if (want_trail)
+        return esim_fail(err, ESIM_EINVAL,
+                         "binary plist string holds an unpaired UTF-16 surrogate");
     return ESIM_OK;
 }
 
@@ -371,14 +494,74 @@ done:
 /* ---- parse and serialize ---------------------------------------------------- */
 
 /*
- * The post-parse rule check: nesting within |depth_left| and no string whose
- * stored length disagrees with strlen() (see bplist_check_string). Keys are
- * not fetched: plist_dict_next_item() with a key pointer is where libplist
- * asserts; the pre-scans already refused NULs in keys.
+ * The post-parse rule check: nesting within |depth_left|, no string whose
+ * stored length disagrees with strlen() (see bplist_check_string), and no
+ * dictionary holding the same key twice. libplist's binary reader keeps
+ * both entries and plist_dict_get_item() answers the first, while other
+ * readers (a webhook consumer, Apple's own) take the last: one body, two
+ * readings of UDID. Keys are safe to fetch here: the pre-scans refused NULs
+ * (the XML reader refuses &#0; itself), so libplist's strlen assertion holds.
  */
-typedef enum { TREE_OK, TREE_TOO_DEEP, TREE_BAD_STRING } tree_verdict;
+typedef enum { TREE_OK, TREE_TOO_DEEP, TREE_BAD_STRING, TREE_DUP_KEY, TREE_NOMEM } tree_verdict;
 
-static tree_verdict check_tree(plist_t node, unsigned depth_left)
+typedef struct {
+    char dup[65];        /* the repeated key, when printable */
+    size_t dict_entries; /* entries over every dictionary */
+} tree_check;
+
+static int compare_keys(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static tree_verdict check_dict_keys(plist_t node, tree_check *tc)
+{
+    char *dup = tc->dup;
+    size_t dup_len = sizeof tc->dup;
+    uint32_t n = plist_dict_get_size(node);
+    tc->dict_entries += n;
+    if (n < 2)
+        return TREE_OK;
+    char **keys = calloc(n, sizeof *keys);
+    if (!keys)
+        return TREE_NOMEM;
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(node, &it);
+    uint32_t got = 0;
+    tree_verdict v = TREE_OK;
+    while (got < n) {
+        char *key = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(node, it, &key, &val);
+        if (!val) {
+            free(key);
+            break;
+        }
+        keys[got++] = key ? key : strdup("");
+        if (!keys[got - 1])
+            v = TREE_NOMEM;
+    }
+    free(it);
+    if (v == TREE_OK) {
+        qsort(keys, got, sizeof *keys, compare_keys);
+        for (uint32_t k = 1; k < got && v == TREE_OK; k++) {
+            if (strcmp(keys[k - 1], keys[k]) == 0) {
+                v = TREE_DUP_KEY;
+                /* Named only when it is short and printable (it goes into logs). */
+                bool plain = strlen(keys[k]) < dup_len;
+                for (const char *c = keys[k]; plain && *c; c++)
+                    plain = *c >= 0x20 && *c < 0x7F && *c != '"';
+                snprintf(dup, dup_len, "%s", plain ? keys[k] : "(unprintable)");
+            }
+        }
+    }
+    for (uint32_t k = 0; k < got; k++)
+        free(keys[k]);
+    free(keys);
+    return v;
+}
+
+static tree_verdict check_tree(plist_t node, unsigned depth_left, tree_check *tc)
 {
     plist_type t = plist_get_node_type(node);
     if (t == PLIST_STRING) {
@@ -394,7 +577,7 @@ static tree_verdict check_tree(plist_t node, unsigned depth_left)
     if (t == PLIST_ARRAY) {
         uint32_t n = plist_array_get_size(node);
         for (uint32_t k = 0; k < n && v == TREE_OK; k++)
-            v = check_tree(plist_array_get_item(node, k), depth_left - 1);
+            v = check_tree(plist_array_get_item(node, k), depth_left - 1, tc);
         return v;
     }
     plist_dict_iter it = NULL;
@@ -404,10 +587,10 @@ static tree_verdict check_tree(plist_t node, unsigned depth_left)
         plist_dict_next_item(node, it, NULL, &val);
         if (!val)
             break;
-        v = check_tree(val, depth_left - 1);
+        v = check_tree(val, depth_left - 1, tc);
     }
     free(it);
-    return v;
+    return v == TREE_OK ? check_dict_keys(node, tc) : v;
 }
 
 esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_limits *limits,
@@ -424,6 +607,7 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
     const unsigned char *p = data;
     bool binary = len >= BPLIST_MAGIC_LEN && memcmp(p, BPLIST_MAGIC, BPLIST_MAGIC_LEN) == 0;
     esim_err rc;
+    size_t xml_dict_values = 0;
     if (binary) {
         rc = bplist_check_graph(p, len, l.max_depth, err);
     } else {
@@ -434,7 +618,7 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
          * whose later reads then abort on an assertion. */
         if (memchr(data, '\0', len))
             return esim_fail(err, ESIM_EINVAL, "the XML plist contains a NUL byte");
-        rc = xml_check_nesting(data, len, l.max_depth, err);
+        rc = xml_check_nesting(data, len, l.max_depth, &xml_dict_values, err);
     }
     if (rc != ESIM_OK)
         return rc;
@@ -451,14 +635,31 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
         return esim_fail(err, ESIM_EINVAL, "the plist's top level is not a dictionary");
     }
     /* The pre-scans are conservative; this walk is the rule itself. */
-    tree_verdict verdict = check_tree(node, l.max_depth);
+    tree_check tc = {.dup = "", .dict_entries = 0};
+    tree_verdict verdict = check_tree(node, l.max_depth, &tc);
+    if (verdict == TREE_OK && !binary && tc.dict_entries != xml_dict_values) {
+        plist_free(node);
+        return esim_fail(err, ESIM_EINVAL,
+                         "the XML plist repeats a key inside a dictionary (or has dictionary "
+                         "entries after its top-level one); a key may appear only once");
+    }
     if (verdict != TREE_OK) {
         plist_free(node);
-        return verdict == TREE_TOO_DEEP
-                   ? esim_fail(err, ESIM_ETOOBIG,
-                               "plist nests containers deeper than the limit of %u levels",
-                               l.max_depth)
-                   : esim_fail(err, ESIM_EINVAL, "plist string contains a NUL character");
+        switch (verdict) {
+        case TREE_TOO_DEEP:
+            return esim_fail(err, ESIM_ETOOBIG,
+                             "plist nests containers deeper than the limit of %u levels",
+                             l.max_depth);
+        case TREE_DUP_KEY:
+            return esim_fail(err, ESIM_EINVAL,
+                             "plist dictionary holds the key \"%s\" more than once; a "
+                             "key may appear only once",
+                             tc.dup);
+        case TREE_NOMEM:
+            return esim_fail(err, ESIM_ENOMEM, "out of memory checking the plist");
+        default:
+            return esim_fail(err, ESIM_EINVAL, "plist string contains a NUL character");
+        }
     }
     *root = node;
     return ESIM_OK;

@@ -478,6 +478,174 @@ static void test_depth_limit_xml(void **state)
     esim_msg_free(&m);
 }
 
+/* Issue 10 item 6: markup that hides closing tags from the nesting scan. */
+static char *hidden_nesting(const char *open, unsigned depth)
+{
+    esim_buf b = {0};
+    esim_buf_append_str(&b, "<plist version=\"1.0\"><dict><key>UDID</key><string>ABC</string>"
+                            "<key>Status</key><string>Idle</string><key>Deep</key>");
+    for (unsigned k = 0; k < depth; k++)
+        esim_buf_append_str(&b, open);
+    for (unsigned k = 0; k < depth; k++)
+        esim_buf_append_str(&b, "</array>");
+    esim_buf_append_str(&b, "</dict></plist>");
+    return (char *)esim_buf_steal(&b, NULL);
+}
+
+static void test_depth_scan_not_fooled_by_markup(void **state)
+{
+    (void)state;
+    /* Each opener hides a closing tag where libplist does not see one. */
+    static const char *const openers[] = {
+        "<array a=\"</array>\">",    /* inside a double-quoted attribute */
+        "<array a='</array>'>",      /* single quotes */
+        "<array><?x </array>?>",     /* inside a processing instruction */
+        "<array><?x \"</array>\"?>", /* quoted inside a PI */
+        "<array a=\"x\" b='\"'>",    /* a quote libplist would chase */
+    };
+    /* A body of several MiB, as a raised --max-body allows: refused, no crash. */
+    esim_parse_limits big = {.max_body = 64u * 1024 * 1024};
+    for (size_t k = 0; k < sizeof openers / sizeof openers[0]; k++) {
+        char *doc = hidden_nesting(openers[k], 200000);
+        esim_msg m;
+        esim_error err = {{0}};
+        esim_err rc = esim_msg_parse(doc, strlen(doc), &big, &m, &err);
+        assert_true(rc == ESIM_EINVAL || rc == ESIM_ETOOBIG);
+        assert_true(err.msg[0] != '\0');
+        free(doc);
+    }
+    /* Quoted '<' is refused even where the depth is small. */
+    const char quoted_lt[] = RESULT("<key>Status</key><string>Idle</string>"
+                                    "<key>A</key><array a=\"</array>\"></array>");
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(parse_text(quoted_lt, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "quoted attribute"));
+    /* An internal DTD subset is refused; the usual prolog is accepted. */
+    const char dtd[] = "<?xml version=\"1.0\"?><!DOCTYPE plist [<!ENTITY a \"b\">]>" RESULT(
+        "<key>Status</key><string>Idle</string>");
+    assert_int_equal(parse_text(dtd, &m, &err), ESIM_EINVAL);
+    const char prolog[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD "
+        "PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n" RESULT(
+            "<key>Status</key><string>Idle</string><key>A</key><array x=\"a>b\"><dict/></array>");
+    assert_int_equal(parse_text(prolog, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+}
+
+static void test_depth_ceiling_holds(void **state)
+{
+    (void)state;
+    /* A caller asking for a huge depth still gets the ceiling. */
+    esim_parse_limits lax = {.max_body = 64u * 1024 * 1024, .max_depth = 4000000000u};
+    char *deep = nested_xml(ESIM_PLIST_MAX_DEPTH_CEILING + 1);
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(esim_msg_parse(deep, strlen(deep), &lax, &m, &err), ESIM_ETOOBIG);
+    assert_non_null(strstr(err.msg, "deeper"));
+    free(deep);
+    char *fits = nested_xml(ESIM_PLIST_MAX_DEPTH_CEILING);
+    assert_int_equal(esim_msg_parse(fits, strlen(fits), &lax, &m, &err), ESIM_OK);
+    esim_msg_free(&m);
+    free(fits);
+}
+
+/* A hand-written binary plist: a dict of |n| ASCII keys and string values,
+ * one-byte refs and offsets (libplist's writer never repeats a key). */
+static void bplist_dict(const char *const *keys, const char *const *vals, size_t n, esim_buf *out)
+{
+    unsigned char offsets[32];
+    size_t nobj = 1 + 2 * n;
+    esim_buf b = {0};
+    esim_buf_append_str(&b, "bplist00");
+    offsets[0] = (unsigned char)b.len;
+    unsigned char head = (unsigned char)(0xD0 | n);
+    esim_buf_append(&b, &head, 1);
+    for (size_t k = 0; k < 2 * n; k++) {
+        unsigned char ref = (unsigned char)(1 + k);
+        esim_buf_append(&b, &ref, 1);
+    }
+    for (size_t k = 0; k < 2 * n; k++) {
+        const char *str = k < n ? keys[k] : vals[k - n];
+        offsets[1 + k] = (unsigned char)b.len;
+        unsigned char m = (unsigned char)(0x50 | strlen(str));
+        esim_buf_append(&b, &m, 1);
+        esim_buf_append_str(&b, str);
+    }
+    size_t table = b.len;
+    esim_buf_append(&b, offsets, nobj);
+    unsigned char trailer[32] = {0};
+    trailer[6] = 1;
+    trailer[7] = 1;
+    trailer[15] = (unsigned char)nobj;
+    trailer[31] = (unsigned char)table;
+    esim_buf_append(&b, trailer, sizeof trailer);
+    esim_buf_free(out);
+    *out = b;
+}
+
+static void test_duplicate_keys_refused(void **state)
+{
+    (void)state;
+    esim_msg m;
+    esim_error err = {{0}};
+    esim_buf b = {0};
+    /* The control: distinct keys parse. */
+    const char *const ok_keys[] = {"UDID", "Status"};
+    const char *const ok_vals[] = {"A", "Idle"};
+    bplist_dict(ok_keys, ok_vals, 2, &b);
+    assert_int_equal(esim_msg_parse(b.data, b.len, NULL, &m, &err), ESIM_OK);
+    assert_string_equal(m.udid, "A");
+    esim_msg_free(&m);
+    /* UDID twice: libplist keeps both and answers the first, others the last. */
+    const char *const dup_keys[] = {"UDID", "Status", "UDID"};
+    const char *const dup_vals[] = {"A", "Idle", "B"};
+    bplist_dict(dup_keys, dup_vals, 3, &b);
+    assert_int_equal(esim_msg_parse(b.data, b.len, NULL, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "\"UDID\" more than once"));
+    esim_buf_free(&b);
+    /* The same key once as ASCII, once as UTF-16. */
+    static const unsigned char mixed[] = {
+        'b',  'p', 'l', 'i', 's', 't', '0', '0', 0xD3, 1, 2, 3, 4, 5, 6, /* 8: dict of 3 */
+        0x54, 'U', 'D', 'I', 'D',                                        /* 15 */
+        0x56, 'S', 't', 'a', 't', 'u', 's',                              /* 20 */
+        0x64, 0,   'U', 0,   'D', 0,   'I', 0,   'D',                    /* 27: UTF-16 "UDID" */
+        0x51, 'A',                                                       /* 36 */
+        0x54, 'I', 'd', 'l', 'e',                                        /* 38 */
+        0x51, 'B',                                                       /* 43 */
+        8,    15,  20,  27,  36,  38,  43,                               /* 45: offsets */
+        0,    0,   0,   0,   0,   0,   1,   1,   0,    0, 0, 0, 0, 0, 0, 7,
+        0,    0,   0,   0,   0,   0,   0,   0,   0,    0, 0, 0, 0, 0, 0, 45};
+    assert_int_equal(esim_msg_parse(mixed, sizeof mixed, NULL, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "more than once"));
+    /* An unpaired surrogate, which libplist would drop ("UD\uD800ID" -> UDID). */
+    unsigned char lone[sizeof mixed + 2];
+    memcpy(lone, mixed, 30);
+    lone[27] = 0x65; /* five units */
+    lone[30] = 0xD8;
+    lone[31] = 0x00;
+    memcpy(lone + 32, mixed + 30, sizeof mixed - 30);
+    for (size_t k = 45 + 2; k < 45 + 2 + 7; k++)
+        if (lone[k] > 27)
+            lone[k] += 2;
+    lone[sizeof lone - 1] = 47;
+    assert_int_equal(esim_msg_parse(lone, sizeof lone, NULL, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "surrogate"));
+    /* XML: libplist lets the last UDID win silently; refused too. */
+    const char xml_dup[] = RESULT("<key>Status</key><string>Idle</string>"
+                                  "<key>UDID</key><string>OTHER</string>");
+    assert_int_equal(parse_text(xml_dup, &m, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "repeats a key"));
+    /* Nested dictionaries may reuse their parent's keys. */
+    const char nested_ok[] = RESULT("<key>Status</key><string>Idle</string><key>X</key><dict>"
+                                    "<key>UDID</key><string>inner</string><key>K</key><key>v"
+                                    "</key></dict><key>Y</key><array><dict><key>Status</key>"
+                                    "<true/></dict></array>");
+    assert_int_equal(parse_text(nested_ok, &m, &err), ESIM_OK);
+    assert_string_equal(m.udid, "ABC-123");
+    esim_msg_free(&m);
+}
+
 /* Builds a binary plist of a dict {UDID, Status=Idle, Deep: array^(depth-1)}
  * by serializing a real tree, so the layout is libplist's own. */
 static void binary_nested(unsigned depth, esim_buf *out)
@@ -779,6 +947,9 @@ int main(void)
         cmocka_unit_test(test_service_subscriptions_malformed),
         cmocka_unit_test(test_nul_in_strings_refused),
         cmocka_unit_test(test_parse_dict_and_serialize),
+        cmocka_unit_test(test_depth_scan_not_fooled_by_markup),
+        cmocka_unit_test(test_depth_ceiling_holds),
+        cmocka_unit_test(test_duplicate_keys_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
