@@ -166,9 +166,9 @@ static json_t *device_json(const store_device *d)
     json_object_set_new(o, "topic", str_or_null(d->topic));
     json_object_set_new(o, "identity_sha256", str_or_null(d->cert_sha256));
     json_object_set_new(o, "push",
-                        json_pack("{s:s,s:o,s:o}", "state", store_push_state_name(d->push_state),
-                                  "token_updated_at", ts(d->token_updated_at), "repush_due_at",
-                                  ts(d->push_due_at)));
+                        json_pack("{s:s,s:o,s:o}", "state",
+                                  esim_store_push_state_name(d->push_state), "token_updated_at",
+                                  ts(d->token_updated_at), "repush_due_at", ts(d->push_due_at)));
     json_object_set_new(o, "enrolled_at", ts(d->enrolled_at));
     json_object_set_new(o, "checked_out_at", ts(d->checked_out_at));
     json_object_set_new(o, "last_seen_at", ts(d->last_seen_at));
@@ -182,7 +182,7 @@ static json_t *entry_json(const store_queue_entry *e, bool with_udid, bool with_
         json_object_set_new(o, "udid", json_string(e->udid));
     json_object_set_new(o, "command_uuid", json_string(e->command_uuid));
     json_object_set_new(o, "request_type", json_string(e->request_type));
-    json_object_set_new(o, "state", json_string(store_qstate_name(e->state)));
+    json_object_set_new(o, "state", json_string(esim_store_qstate_name(e->state)));
     json_object_set_new(o, "priority", json_integer(e->priority));
     json_object_set_new(o, "attempts", json_integer(e->attempts));
     json_object_set_new(o, "not_now_count", json_integer(e->not_now_count));
@@ -394,8 +394,8 @@ static void h_get_command(api_request *r)
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = st->ops->command_get(st, r->params[0], query_get(r, "after"), (size_t)limit,
-                                       &info, &entries, &n, &e);
+    esim_err rc = esim_store_command_get(st, r->params[0], query_get(r, "after"), (size_t)limit,
+                                         &info, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
         return;
@@ -404,10 +404,10 @@ static void h_get_command(api_request *r)
     for (size_t i = 0; i < n; i++)
         json_object_set_new(devices, entries[i].udid, entry_json(&entries[i], false, true));
     json_t *next = limit > 0 && n == (size_t)limit ? json_string(entries[n - 1].udid) : json_null();
-    store_queue_entries_free(entries, n);
+    esim_store_queue_entries_free(entries, n);
     json_t *counts = json_object();
     for (int q = 0; q <= STORE_Q_CANCELED; q++)
-        json_object_set_new(counts, store_qstate_name((store_qstate)q),
+        json_object_set_new(counts, esim_store_qstate_name((store_qstate)q),
                             json_integer((json_int_t)info.by_state[q]));
     api_reply_json(r, 200,
                    json_pack("{s:s,s:s,s:i,s:o,s:o,s:I,s:o,s:o,s:o}", "command_uuid", info.uuid,
@@ -429,7 +429,7 @@ static void h_list_devices(api_request *r)
     store_device *list = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->device_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
+    esim_err rc = esim_store_device_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -446,7 +446,7 @@ static void h_get_device(api_request *r)
 {
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->device_get(r->svc->st, r->params[0], &d, &e);
+    esim_err rc = esim_store_device_get(r->svc->st, r->params[0], &d, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -461,8 +461,7 @@ static void h_device_queue(api_request *r)
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc =
-        r->svc->st->ops->device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
+    esim_err rc = esim_store_device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -470,7 +469,7 @@ static void h_device_queue(api_request *r)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, entry_json(&entries[i], false, false));
-    store_queue_entries_free(entries, n);
+    esim_store_queue_entries_free(entries, n);
     api_reply_json(r, 200, json_pack("{s:s,s:o}", "udid", r->params[0], "queue", arr));
 }
 
@@ -488,12 +487,11 @@ static void h_device_events(api_request *r)
     }
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->device_get(r->svc->st, r->params[0], &d, &e);
+    esim_err rc = esim_store_device_get(r->svc->st, r->params[0], &d, &e);
     store_event *ev = NULL;
     size_t n = 0;
     if (rc == ESIM_OK)
-        rc = r->svc->st->ops->events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n,
-                                          &e);
+        rc = esim_store_events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -510,7 +508,7 @@ static void h_device_events(api_request *r)
         json_array_append_new(arr, o);
     }
     json_t *next = n == (size_t)limit ? json_integer((json_int_t)ev[n - 1].id) : json_null();
-    store_events_free(ev, n);
+    esim_store_events_free(ev, n);
     api_reply_json(
         r, 200,
         json_pack("{s:s,s:o,s:o}", "udid", r->params[0], "events", arr, "next_after", next));
@@ -520,7 +518,7 @@ static void h_cancel(api_request *r)
 {
     esim_error e = {{0}};
     esim_err rc =
-        r->svc->st->ops->queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
+        esim_store_queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
         return;

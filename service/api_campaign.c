@@ -384,7 +384,7 @@ void api_device_tags_post(api_request *r)
         return;
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = r->svc->st->ops->device_get(r->svc->st, r->params[0], &d, &e);
+    esim_err rc = esim_store_device_get(r->svc->st, r->params[0], &d, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "udid", &e);
         return;

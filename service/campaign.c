@@ -207,7 +207,7 @@ static bool io_seen_since(void *arg, campaign *c, size_t dev, int64_t since_ms)
     camp_slot *s = arg;
     store *st = esim_service_store(s->owner->svc);
     store_device d;
-    return st->ops->device_get(st, campaign_device_at(c, dev)->udid, &d, NULL) == ESIM_OK &&
+    return esim_store_device_get(st, campaign_device_at(c, dev)->udid, &d, NULL) == ESIM_OK &&
            d.last_seen_at > since_ms;
 }
 
@@ -411,8 +411,8 @@ fail:
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     cs->svc->m.store_errors++;
-    esim_service_store(cs->svc)->ops->event_append(
-        esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg, NULL, 0, now, NULL);
+    esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg,
+                            NULL, 0, now, NULL);
 }
 
 /* Queues what the engine asked for and sends the pushes, writing the
@@ -844,7 +844,7 @@ static void replay_recorded_answers(campaigns *cs, camp_slot *s)
             continue;
         store_queue_entry *q = NULL;
         size_t nq = 0;
-        if (st->ops->device_queue(st, d->udid, true, &q, &nq, NULL) != ESIM_OK)
+        if (esim_store_device_queue(st, d->udid, true, &q, &nq, NULL) != ESIM_OK)
             continue;
         for (size_t k = 0; k < nq; k++) {
             if (strcmp(q[k].command_uuid, s->cmds[d->cmd].uuid) != 0 ||
@@ -858,7 +858,7 @@ static void replay_recorded_answers(campaigns *cs, camp_slot *s)
             esim_msg_free(&m);
             break;
         }
-        store_queue_entries_free(q, nq);
+        esim_store_queue_entries_free(q, nq);
     }
 }
 
@@ -886,8 +886,8 @@ static void requeue_lost_commands(campaigns *cs, camp_slot *s)
         store_queue_entry *entries = NULL;
         size_t ne = 0;
         esim_err rc =
-            st->ops->command_get(st, s->cmds[k].uuid, NULL, 1, &info, &entries, &ne, NULL);
-        store_queue_entries_free(entries, ne);
+            esim_store_command_get(st, s->cmds[k].uuid, NULL, 1, &info, &entries, &ne, NULL);
+        esim_store_queue_entries_free(entries, ne);
         if (rc != ESIM_ENOTFOUND)
             continue;
         step_batch b = {.s = s, .step = (campaign_step)s->cmds[k].step, .ref = (uint32_t)k};
@@ -1075,7 +1075,7 @@ esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_er
         for (size_t i = 0; i < campaign_device_count(c); i++) {
             const campaign_dev *d = campaign_device_at(c, i);
             if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
-                st->ops->queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
+                esim_store_queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
         }
         for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
             s->pending[k].n = 0;
@@ -1293,7 +1293,7 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
     for (;;) {
         store_device *devs = NULL;
         size_t n = 0;
-        esim_err rc = st->ops->device_list(st, after, 1000, &devs, &n, err);
+        esim_err rc = esim_store_device_list(st, after, 1000, &devs, &n, err);
         if (rc != ESIM_OK)
             return rc;
         for (size_t i = 0; i < n && rc == ESIM_OK; i++)
@@ -1401,7 +1401,7 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         store_device d;
         const char *udid = list.udids[i];
         esim_error why = {{0}};
-        if ((rc = st->ops->device_get(st, udid, &d, &why)) != ESIM_OK) {
+        if ((rc = esim_store_device_get(st, udid, &d, &why)) != ESIM_OK) {
             if (rc == ESIM_ENOTFOUND) {
                 if (field)
                     *field = "target";
@@ -1535,7 +1535,7 @@ static esim_err known_serials(campaigns *cs, char (**serials)[64], size_t *n, es
     for (;;) {
         store_device *devs = NULL;
         size_t got = 0;
-        esim_err rc = st->ops->device_list(st, after, 1000, &devs, &got, err);
+        esim_err rc = esim_store_device_list(st, after, 1000, &devs, &got, err);
         if (rc != ESIM_OK) {
             free(out);
             return rc;

@@ -137,32 +137,11 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
         check(d, "supervision", -1, "unknown: no DeviceInformation answer has said yet");
 }
 
-/* The device's latest "pushed" or "push_failed" ledger event. The ledger is
- * read oldest first, in pages; a device's history is short. */
+/* The device's latest "pushed" or "push_failed" ledger event. */
 static bool last_push_event(store *st, const char *udid, store_event *out)
 {
-    if (!st->ops->events_list)
-        return false;
-    bool found = false;
-    int64_t after = 0;
-    for (int pages = 0; pages < 100; pages++) {
-        store_event *ev = NULL;
-        size_t n = 0;
-        if (st->ops->events_list(st, udid, after, 500, &ev, &n, NULL) != ESIM_OK)
-            break;
-        for (size_t i = 0; i < n; i++)
-            if (strcmp(ev[i].kind, "pushed") == 0 || strcmp(ev[i].kind, "push_failed") == 0) {
-                *out = ev[i];
-                memset(&out->raw, 0, sizeof out->raw); /* not kept */
-                found = true;
-            }
-        if (n)
-            after = ev[n - 1].id;
-        store_events_free(ev, n);
-        if (n < 500)
-            break;
-    }
-    return found;
+    static const char *const kinds[] = {"pushed", "push_failed"};
+    return esim_store_event_latest(st, udid, kinds, 2, out, NULL) == ESIM_OK;
 }
 
 esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err)
@@ -172,7 +151,7 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
         return rc;
     store *st = esim_service_store(campaigns_service(cs));
     store_device dev;
-    if ((rc = st->ops->device_get(st, udid, &dev, err)) != ESIM_OK)
+    if ((rc = esim_store_device_get(st, udid, &dev, err)) != ESIM_OK)
         return rc == ESIM_ENOTFOUND
                    ? esim_fail(err, ESIM_ENOTFOUND,
                                "no device %s: it never enrolled with this service", udid)
@@ -250,16 +229,16 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     json_t *cmds = json_array();
     char last_error[400] = "";
     int64_t last_code = 0;
-    if (st->ops->device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
+    if (esim_store_device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
         for (size_t i = 0; i < nq; i++) {
             char words[400];
             int64_t code;
             chain_words(q[i].error_chain_json, words, sizeof words, &code);
-            json_t *e =
-                json_pack("{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid,
-                          "request_type", q[i].request_type, "state",
-                          store_qstate_name(q[i].state) ? store_qstate_name(q[i].state) : "?",
-                          "attempts", q[i].attempts, "not_now", q[i].not_now_count);
+            json_t *e = json_pack(
+                "{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid, "request_type",
+                q[i].request_type, "state",
+                esim_store_qstate_name(q[i].state) ? esim_store_qstate_name(q[i].state) : "?",
+                "attempts", q[i].attempts, "not_now", q[i].not_now_count);
             if (words[0]) {
                 json_object_set_new(e, "error", json_string(words));
                 if (q[i].answered_at >= 0 && !last_error[0]) {
@@ -270,7 +249,7 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
             }
             json_array_append_new(cmds, e);
         }
-        store_queue_entries_free(q, nq);
+        esim_store_queue_entries_free(q, nq);
     }
     check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
           nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);

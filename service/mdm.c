@@ -210,7 +210,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
             .device_name = msg->device_name,
             .imei = msg->imei,
         };
-        rc = svc->st->ops->device_authenticate(svc->st, &in, now, &e);
+        rc = esim_store_device_authenticate(svc->st, &in, now, &e);
         break;
     }
     case ESIM_MSG_TOKEN_UPDATE: {
@@ -219,14 +219,13 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         if (rc == ESIM_OK)
             rc = esim_push_token_validate((const char *)hex.data, &e);
         if (rc == ESIM_OK)
-            rc =
-                svc->st->ops->device_token_update(svc->st, msg->udid, cert, msg->topic,
-                                                  (const char *)hex.data, msg->push_magic, now, &e);
+            rc = esim_store_device_token_update(svc->st, msg->udid, cert, msg->topic,
+                                                (const char *)hex.data, msg->push_magic, now, &e);
         esim_buf_free(&hex);
         break;
     }
     case ESIM_MSG_CHECKOUT:
-        rc = svc->st->ops->device_checkout(svc->st, msg->udid, cert, now, &e);
+        rc = esim_store_device_checkout(svc->st, msg->udid, cert, now, &e);
         break;
     default:
         rc = esim_fail(&e, ESIM_EINVAL, "not a check-in message");
@@ -313,7 +312,7 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     };
     store_exchange_out out = {0};
     esim_error e = {{0}};
-    esim_err rc = svc->st->ops->device_exchange(svc->st, &in, esim_now_ms(), &out, &e);
+    esim_err rc = esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, &e);
     free(chain);
     if (rc != ESIM_OK) {
         reply_store_error(svc, req, rc, &e);

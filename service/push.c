@@ -33,17 +33,17 @@ static void on_push_result(const apns_result *r, void *arg)
         svc->m.push_outcomes[r->outcome]++;
     int64_t now = esim_now_ms();
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
-        if (svc->st->ops->push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
+        if (esim_store_push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
             svc->m.store_errors++;
     } else if (r->outcome == APNS_OUTCOME_TOKEN_DEAD) {
-        if (svc->st->ops->push_recorded(svc->st, t->udid, true, now, NULL) != ESIM_OK)
+        if (esim_store_push_recorded(svc->st, t->udid, true, now, NULL) != ESIM_OK)
             svc->m.store_errors++;
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
         snprintf(detail, sizeof detail, "%s: %d %s", apns_outcome_name(r->outcome), r->status,
                  r->reason);
-        if (svc->st->ops->event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
-                                       NULL) != ESIM_OK)
+        if (esim_store_event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
+                                    NULL) != ESIM_OK)
             svc->m.store_errors++;
     }
     free(t);
@@ -85,7 +85,7 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
 {
     store_push_target t;
     esim_push_state ps;
-    esim_err rc = svc->st->ops->push_target(svc->st, udid, &t, err);
+    esim_err rc = esim_store_push_target(svc->st, udid, &t, err);
     if (rc != ESIM_OK)
         return rc;
     if (!t.enrolled || t.push_state == STORE_PUSH_NONE || !t.push_token[0]) {

@@ -95,10 +95,11 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
  * batch, committed by a zero-delay timer after that turn's I/O; answers are
  * held until their batch is committed and, in group mode, until a store
  * sync that began after it has finished: nothing a device or an admin is
- * told can be undone by a crash, or (group mode) by a power cut. The fsync
- * runs on a thread while the loop keeps serving; everything answered
- * meanwhile shares the next fsync, so throughput follows the CPU, not the
- * disk's fsync latency. */
+ * told can be undone by a crash, or (group mode) by a power cut. The sync
+ * (for SQLite, one fsync of its log) runs on a thread while the loop keeps
+ * serving; everything answered meanwhile shares the next sync, so throughput
+ * follows the CPU, not the disk's fsync latency. Both halves depend on what
+ * the back end declares (ESIM_STORE_FEATURE_BATCH, _DEFERRED_SYNC). */
 
 static void send_batch(svc_reply *r, bool ok)
 {
@@ -135,7 +136,7 @@ static void *sync_main(void *arg)
             break;
         svc->sync_requested = false;
         pthread_mutex_unlock(&svc->sync_mu);
-        esim_err rc = svc->st->ops->sync(svc->st, NULL);
+        esim_err rc = esim_store_sync(svc->st, NULL);
         pthread_mutex_lock(&svc->sync_mu);
         svc->sync_result = rc;
         ssize_t w = write(svc->sync_pipe[1], "s", 1);
@@ -187,9 +188,10 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
 
 void svc_batch_open(esim_service *svc)
 {
-    if (svc->batch_open || !svc->flush_ev || !svc->st->ops->batch_begin)
+    if (svc->batch_open || !svc->flush_ev ||
+        !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH))
         return;
-    if (svc->st->ops->batch_begin(svc->st, NULL) != ESIM_OK) {
+    if (esim_store_batch_begin(svc->st, NULL) != ESIM_OK) {
         svc->m.store_errors++; /* operations then run as transactions of their own */
         return;
     }
@@ -207,7 +209,7 @@ static bool batch_finish(esim_service *svc)
     if (!svc->batch_open)
         return true;
     svc->batch_open = false;
-    bool ok = svc->st->ops->batch_commit(svc->st, NULL) == ESIM_OK;
+    bool ok = esim_store_batch_commit(svc->st, NULL) == ESIM_OK;
     svc_deferred *list = svc->deferred;
     svc->deferred = NULL;
     svc->deferred_tail = &svc->deferred;
@@ -238,10 +240,12 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         send_batch(batch, false);
         return;
     }
-    int64_t count = svc->st->ops->commit_count(svc->st);
-    /* Nothing new to sync, or a store that does not sync (normal mode:
-     * batching without the fsync). */
-    if (count == svc->synced_count || svc->cfg.store_sync == STORE_SYNC_NORMAL) {
+    int64_t count = esim_store_commit_count(svc->st);
+    /* Nothing new to make durable, or a store that does not defer it
+     * (normal mode: batching without the sync; or a back end whose commits
+     * are durable when they return). */
+    if (count == svc->synced_count || svc->cfg.store_sync == STORE_SYNC_NORMAL ||
+        !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_DEFERRED_SYNC)) {
         svc->synced_count = count;
         send_batch(batch, true);
         return;
@@ -289,7 +293,7 @@ static esim_err group_commit_start(esim_service *svc, esim_error *err)
     if (!svc->flush_ev || !svc->sync_done_ev)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     event_add(svc->sync_done_ev, NULL);
-    svc->synced_count = svc->st->ops->commit_count(svc->st);
+    svc->synced_count = esim_store_commit_count(svc->st);
     if (svc->cfg.store_sync != STORE_SYNC_GROUP)
         return ESIM_OK;
     if (pthread_create(&svc->sync_thread, NULL, sync_main, svc) != 0)
@@ -313,7 +317,7 @@ static void group_commit_stop(esim_service *svc)
      * (modules shutting down) commits on its own. Unsent answers: their
      * requests belong to connections evhttp_free closes. */
     if (svc->batch_open && svc->st)
-        svc->st->ops->batch_rollback(svc->st);
+        esim_store_batch_rollback(svc->st);
     svc->batch_open = false;
     free_deferred(svc->deferred);
     svc->deferred = NULL;
@@ -527,12 +531,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     esim_service *svc = arg;
     int64_t now = esim_now_ms();
     /* Expiry: a command past its expiry is never delivered; make it final. */
-    if (svc->st->ops->expire(svc->st, now, NULL, NULL) != ESIM_OK)
+    if (esim_store_expire(svc->st, now, NULL, NULL) != ESIM_OK)
         svc->m.store_errors++;
     /* Owed pushes: devices that said NotNow get woken after their back-off. */
     char due[64][65];
     size_t n = 0;
-    if (svc->st->ops->push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
+    if (esim_store_push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
         svc->m.store_errors++;
     for (size_t i = 0; i < n; i++)
         push_device(svc, due[i], NULL, NULL);
@@ -627,7 +631,7 @@ static esim_err start(esim_service *svc, esim_error *err)
     if ((rc = tls_setup(svc, err)) != ESIM_OK)
         return rc;
     store_options so = {.sync = svc->cfg.store_sync};
-    if ((rc = store_open(svc->store_spec, svc->data_dir, &so, &svc->st, err)) != ESIM_OK)
+    if ((rc = esim_store_open(svc->store_spec, svc->data_dir, &so, &svc->st, err)) != ESIM_OK)
         return rc;
     if ((rc = push_init(svc, err)) != ESIM_OK)
         return rc;
@@ -703,7 +707,7 @@ void esim_service_free(esim_service *svc)
             next = b->next;
             free(b);
         }
-    store_close(svc->st);
+    esim_store_close(svc->st);
     pthread_mutex_destroy(&svc->sync_mu);
     pthread_cond_destroy(&svc->sync_cv);
     SSL_CTX_free(svc->tls);
@@ -795,7 +799,7 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
         .priority = opts->priority,
         .expires_at = opts->expires_at,
     };
-    rc = svc->st->ops->command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
+    rc = esim_store_command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
     if (rc == ESIM_OK && uuid_out)
         snprintf(uuid_out, 128, "%s", cmd.command_uuid);
     esim_cmd_parsed_free(&cmd);
@@ -889,7 +893,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->webhooks_retried, (unsigned long long)m->webhooks_failed,
                     (unsigned long long)m->webhooks_dropped, webhooks_pending(svc));
     store_stats ss;
-    esim_err rc = svc->st->ops->stats(svc->st, &ss, NULL);
+    esim_err rc = esim_store_stats(svc->st, &ss, NULL);
     if (rc != ESIM_OK)
         return rc;
     esim_buf_printf(
@@ -905,9 +909,9 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
     uint64_t depth = 0;
     for (int q = 0; q <= STORE_Q_CANCELED; q++) {
         esim_buf_printf(out, "esim_mdm_queue_entries{state=\"%s\"} %llu\n",
-                        store_qstate_name((store_qstate)q),
+                        esim_store_qstate_name((store_qstate)q),
                         (unsigned long long)ss.queue_by_state[q]);
-        if (store_qstate_active((store_qstate)q))
+        if (esim_store_qstate_active((store_qstate)q))
             depth += ss.queue_by_state[q];
     }
     return esim_buf_printf(out,

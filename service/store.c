@@ -1,8 +1,12 @@
 /*
- * store.c — the back-end independent part of the store: names of states,
- * freeing of records, and store_open(), which picks the back end from the
- * store specification ("sqlite:PATH", a path, or postgres://).
+ * store.c — the store front, above every back end: esim_store_open() picks
+ * the back end from the store specification ("sqlite:PATH", a path, or
+ * postgres://), and each esim_store_* operation runs as one transaction of
+ * the back end's small steps (store_internal.h). The domain rules live here,
+ * once: identity binding, re-enrolment after an erase, what each Status does
+ * to its queue entry, and what is an anomaly.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,14 +18,14 @@ static const char *const qstate_names[] = {
     "format_error", "not_now", "expired", "canceled",
 };
 
-const char *store_qstate_name(store_qstate s)
+const char *esim_store_qstate_name(store_qstate s)
 {
     if ((int)s < 0 || (size_t)s >= sizeof qstate_names / sizeof qstate_names[0])
         return NULL;
     return qstate_names[s];
 }
 
-esim_err store_qstate_from_name(const char *name, store_qstate *out)
+esim_err esim_store_qstate_from_name(const char *name, store_qstate *out)
 {
     for (size_t i = 0; name && i < sizeof qstate_names / sizeof qstate_names[0]; i++)
         if (strcmp(name, qstate_names[i]) == 0) {
@@ -31,12 +35,12 @@ esim_err store_qstate_from_name(const char *name, store_qstate *out)
     return ESIM_EINVAL;
 }
 
-bool store_qstate_active(store_qstate s)
+bool esim_store_qstate_active(store_qstate s)
 {
     return s == STORE_Q_QUEUED || s == STORE_Q_PUSHED || s == STORE_Q_SENT || s == STORE_Q_NOT_NOW;
 }
 
-const char *store_push_state_name(store_push_state s)
+const char *esim_store_push_state_name(store_push_state s)
 {
     switch (s) {
     case STORE_PUSH_NONE:
@@ -49,7 +53,7 @@ const char *store_push_state_name(store_push_state s)
     return "none";
 }
 
-void store_queue_entries_free(store_queue_entry *entries, size_t n)
+void esim_store_queue_entries_free(store_queue_entry *entries, size_t n)
 {
     if (!entries)
         return;
@@ -60,7 +64,7 @@ void store_queue_entries_free(store_queue_entry *entries, size_t n)
     free(entries);
 }
 
-void store_events_free(store_event *events, size_t n)
+void esim_store_events_free(store_event *events, size_t n)
 {
     if (!events)
         return;
@@ -69,8 +73,10 @@ void store_events_free(store_event *events, size_t n)
     free(events);
 }
 
-esim_err store_open(const char *spec, const char *data_dir, const store_options *opts, store **out,
-                    esim_error *err)
+/* ---- opening ------------------------------------------------------------------ */
+
+esim_err esim_store_open(const char *spec, const char *data_dir, const store_options *opts,
+                         store **out, esim_error *err)
 {
     store_options defaults = {0};
     if (!opts)
@@ -103,8 +109,509 @@ esim_err store_open(const char *spec, const char *data_dir, const store_options 
     return store_sqlite_open(spec, opts, out, err);
 }
 
-void store_close(store *st)
+void esim_store_close(store *st)
 {
     if (st)
         st->ops->close(st);
+}
+
+int esim_store_schema_version(void)
+{
+    return store_sqlite_schema_version();
+}
+
+const char *esim_store_backend(const store *st)
+{
+    return st->ops->name;
+}
+
+unsigned esim_store_features(const store *st)
+{
+    return st->ops->features;
+}
+
+/* ---- identity ------------------------------------------------------------------ */
+
+/* Checks that |udid| exists, is enrolled and (when both sides have one) is
+ * bound to |cert|. |verb| names the request in messages. */
+static esim_err check_identity(store *st, const char *udid, const char *cert, const char *verb,
+                               esim_error *err)
+{
+    store_identity id;
+    esim_err rc = st->ops->device_identity(st, udid, &id, err);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, ESIM_ENOTFOUND,
+                         "%s from unknown device %s: it must Authenticate first", verb, udid);
+    if (rc != ESIM_OK)
+        return rc;
+    if (!id.enrolled)
+        return esim_fail(err, ESIM_ESTATE,
+                         "%s from device %s, which checked out: it must enroll again", verb, udid);
+    if (cert && *cert && id.cert_sha256[0] && strcmp(cert, id.cert_sha256) != 0)
+        return esim_fail(err, ESIM_EAUTH,
+                         "%s for device %s signed by another identity certificate than the one "
+                         "bound at enrolment",
+                         verb, udid);
+    return ESIM_OK;
+}
+
+/*
+ * ...unless we wiped it. An erased device comes back through setup and
+ * enrols with a fresh identity from SCEP, often without having answered the
+ * EraseDevice (Apple: do not wait for that answer). So an EraseDevice handed
+ * to the device during its current enrolment lets exactly one new identity
+ * in: the erase is retired (never delivered again, or the phone would wipe
+ * once more) and a new enrolment starts, which later erases must precede.
+ */
+static esim_err rebind_after_erase(store *st, const char *udid, int64_t enrolled_at, int64_t now,
+                                   esim_error *err)
+{
+    int64_t erase = 0;
+    esim_err rc = st->ops->entry_last_sent(st, udid, "EraseDevice", enrolled_at, &erase, err);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, ESIM_EAUTH,
+                         "Authenticate for enrolled device %s with another identity certificate; "
+                         "the device must check out (or be erased) before it enrolls with a new "
+                         "identity",
+                         udid);
+    if (rc == ESIM_OK)
+        rc = st->ops->entry_retire(st, erase, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_restart_enrolment(st, udid, now, err);
+    if (rc == ESIM_OK)
+        rc =
+            st->ops->event_add(st, now, "reenrolled_after_erase", udid, NULL,
+                               "new identity accepted: an EraseDevice was delivered", NULL, 0, err);
+    return rc;
+}
+
+esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *in, int64_t now,
+                                        esim_error *err)
+{
+    if (!in || !in->udid || !*in->udid || !in->topic || !*in->topic)
+        return esim_fail(err, ESIM_EINVAL, "Authenticate needs a UDID and a Topic");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store_identity id;
+    rc = st->ops->device_identity(st, in->udid, &id, err);
+    if (rc == ESIM_ENOTFOUND) {
+        rc = ESIM_OK;
+    } else if (rc == ESIM_OK && id.enrolled && id.cert_sha256[0] && in->cert_sha256 &&
+               *in->cert_sha256 && strcmp(id.cert_sha256, in->cert_sha256) != 0) {
+        /* The identity is bound at enrolment; while the device stays enrolled
+         * another certificate must not take its UDID over... */
+        rc = rebind_after_erase(st, in->udid, id.enrolled_at, now, err);
+    }
+    if (rc == ESIM_OK)
+        rc = st->ops->device_enroll(st, in, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "authenticate", in->udid, NULL, in->topic, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_device_token_update(store *st, const char *udid, const char *cert_sha256,
+                                        const char *topic, const char *token_hex,
+                                        const char *push_magic, int64_t now, esim_error *err)
+{
+    if (!udid || !topic || !token_hex || !*token_hex || !push_magic || !*push_magic)
+        return esim_fail(err, ESIM_EINVAL, "TokenUpdate needs a UDID, Topic, Token and PushMagic");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, udid, cert_sha256, "TokenUpdate", err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "token_update", udid, NULL, topic, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_device_checkout(store *st, const char *udid, const char *cert_sha256,
+                                    int64_t now, esim_error *err)
+{
+    if (!udid)
+        return esim_fail(err, ESIM_EINVAL, "CheckOut needs a UDID");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, udid, cert_sha256, "CheckOut", err);
+    /* CheckOut closes the queue: what was still pending will never be
+     * delivered to this enrolment, so it is canceled, visibly. */
+    if (rc == ESIM_OK)
+        rc = st->ops->entries_cancel_device(st, udid, "canceled", "device checked out", now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_unenroll(st, udid, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "checkout", udid, NULL, NULL, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+/* ---- the command endpoint ------------------------------------------------------- */
+
+/* What each Status does to the entry it answers. */
+typedef struct {
+    const char *status;
+    store_qstate state;
+    int not_now; /* counted as a NotNow */
+} status_effect;
+
+static const status_effect status_effects[] = {
+    {"Acknowledged", STORE_Q_ACKNOWLEDGED, 0},
+    {"Error", STORE_Q_ERROR, 0},
+    {"CommandFormatError", STORE_Q_FORMAT_ERROR, 0},
+    {"NotNow", STORE_Q_NOT_NOW, 1},
+};
+
+/* Applies a non-Idle answer to its queue entry, or logs it as an anomaly. */
+static esim_err record_answer(store *st, const store_exchange_in *in, const status_effect *fx,
+                              int64_t now, store_exchange_out *out, esim_error *err)
+{
+    int64_t entry = 0;
+    store_qstate state = STORE_Q_QUEUED;
+    esim_err rc = st->ops->entry_find(st, in->udid, in->command_uuid, &entry, &state, err);
+    if (rc != ESIM_OK && rc != ESIM_ENOTFOUND)
+        return rc;
+    /* Only a command we handed to the device (state sent) awaits an answer.
+     * Anything else is a stray or repeated answer: log it with the raw body
+     * and never let it change the queue. */
+    if (rc == ESIM_ENOTFOUND || state != STORE_Q_SENT) {
+        out->outcome = STORE_RESULT_ANOMALY;
+        if (rc == ESIM_ENOTFOUND)
+            snprintf(out->anomaly, sizeof out->anomaly,
+                     "%s for command %s, which was never queued for this device", in->status,
+                     in->command_uuid);
+        else
+            snprintf(out->anomaly, sizeof out->anomaly,
+                     "%s for command %s, which is %s: was not awaiting an answer", in->status,
+                     in->command_uuid, esim_store_qstate_name(state));
+        return st->ops->event_add(st, now, "anomaly", in->udid, in->command_uuid, out->anomaly,
+                                  in->raw, in->raw_len, err);
+    }
+    rc = st->ops->entry_answer(st, entry, fx->state, fx->not_now, in->error_chain_json, in->raw,
+                               in->raw_len, now, err);
+    /* NotNow: the device did not keep the command; wake it again after a
+     * back-off rather than waiting for it to come back by itself. */
+    if (rc == ESIM_OK && fx->not_now && in->not_now_backoff_ms > 0)
+        rc = st->ops->device_owe_push(st, in->udid, now + in->not_now_backoff_ms, err);
+    if (rc != ESIM_OK)
+        return rc;
+    out->outcome = STORE_RESULT_APPLIED;
+    return st->ops->event_add(st, now, "result", in->udid, in->command_uuid, in->status, NULL, 0,
+                              err);
+}
+
+/* Chooses the next deliverable command and marks it sent. */
+static esim_err pick_next(store *st, const store_exchange_in *in, int64_t now,
+                          store_next_command *next, esim_error *err)
+{
+    int64_t entry = 0;
+    esim_err rc =
+        st->ops->entry_next(st, in->udid, now, in->skip_uuids, in->n_skip, &entry, next, err);
+    if (rc != ESIM_OK || !next->present)
+        return rc;
+    rc = st->ops->entry_mark_sent(st, entry, now, err);
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->event_add(st, now, "sent", in->udid, next->command_uuid, next->request_type,
+                              NULL, 0, err);
+}
+
+esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int64_t now,
+                                    store_exchange_out *out, esim_error *err)
+{
+    if (!in || !in->udid || !in->status || !out)
+        return esim_fail(err, ESIM_EINVAL, "a command request needs a UDID and a Status");
+    const status_effect *fx = NULL;
+    bool idle = strcmp(in->status, "Idle") == 0;
+    for (size_t i = 0; !idle && i < sizeof status_effects / sizeof status_effects[0]; i++)
+        if (strcmp(in->status, status_effects[i].status) == 0)
+            fx = &status_effects[i];
+    if (!idle && !fx)
+        return esim_fail(err, ESIM_EINVAL, "unknown Status '%s'", in->status);
+    if (!idle && (!in->command_uuid || !*in->command_uuid))
+        return esim_fail(err, ESIM_EINVAL, "a %s result needs a CommandUUID", in->status);
+
+    esim_buf_free(&out->next.body);
+    memset(out, 0, sizeof *out);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, in->udid, in->cert_sha256, in->status, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_seen(st, in->udid, in->eid && *in->eid ? in->eid : NULL, now, err);
+    if (rc == ESIM_OK && fx)
+        rc = record_answer(st, in, fx, now, out, err);
+    if (rc == ESIM_OK)
+        rc = pick_next(st, in, now, &out->next, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc != ESIM_OK) {
+        esim_buf_free(&out->next.body);
+        memset(out, 0, sizeof *out);
+    }
+    return rc;
+}
+
+/* ---- reads ------------------------------------------------------------------------ */
+
+esim_err esim_store_device_get(store *st, const char *udid, store_device *out, esim_error *err)
+{
+    if (!udid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device (null)");
+    return st->ops->device_get(st, udid, out, err);
+}
+
+esim_err esim_store_device_list(store *st, const char *after, size_t limit, store_device **out,
+                                size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return ESIM_OK;
+    return st->ops->device_list(st, after ? after : "", limit, out, n, err);
+}
+
+esim_err esim_store_command_get(store *st, const char *uuid, const char *after, size_t limit,
+                                store_command_info *info, store_queue_entry **entries, size_t *n,
+                                esim_error *err)
+{
+    *entries = NULL;
+    *n = 0;
+    if (!uuid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no command (null)");
+    return st->ops->command_get(st, uuid, after ? after : "", limit, info, entries, n, err);
+}
+
+esim_err esim_store_device_queue(store *st, const char *udid, bool with_done,
+                                 store_queue_entry **entries, size_t *n, esim_error *err)
+{
+    *entries = NULL;
+    *n = 0;
+    if (!udid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device (null)");
+    /* One transaction, so the active and the final halves agree. */
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store_identity id;
+    rc = st->ops->device_identity(st, udid, &id, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_entries(st, udid, with_done, entries, n, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc != ESIM_OK) {
+        esim_store_queue_entries_free(*entries, *n);
+        *entries = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+esim_err esim_store_push_target(store *st, const char *udid, store_push_target *out,
+                                esim_error *err)
+{
+    store_device d;
+    esim_err rc = esim_store_device_get(st, udid, &d, err);
+    if (rc != ESIM_OK)
+        return rc;
+    memset(out, 0, sizeof *out);
+    memcpy(out->udid, d.udid, sizeof out->udid);
+    memcpy(out->topic, d.topic, sizeof out->topic);
+    memcpy(out->push_token, d.push_token, sizeof out->push_token);
+    memcpy(out->push_magic, d.push_magic, sizeof out->push_magic);
+    out->push_state = d.push_state;
+    out->enrolled = d.enrolled;
+    return ESIM_OK;
+}
+
+esim_err esim_store_events_list(store *st, const char *udid, int64_t after, size_t limit,
+                                store_event **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (limit == 0 || !udid)
+        return ESIM_OK;
+    return st->ops->events_list(st, udid, after, limit, out, n, err);
+}
+
+esim_err esim_store_event_latest(store *st, const char *udid, const char *const *kinds,
+                                 size_t n_kinds, store_event *out, esim_error *err)
+{
+    if (!kinds || n_kinds == 0 || n_kinds > STORE_EVENT_KINDS_MAX)
+        return esim_fail(err, ESIM_EINVAL, "the latest event of 1 to %d kinds, not %zu",
+                         STORE_EVENT_KINDS_MAX, n_kinds);
+    memset(out, 0, sizeof *out);
+    esim_err rc = udid ? st->ops->event_latest(st, udid, kinds, n_kinds, out, err) : ESIM_ENOTFOUND;
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, ESIM_ENOTFOUND, "device %s has no %s event", udid ? udid : "(null)",
+                         kinds[0]);
+    return rc;
+}
+
+esim_err esim_store_stats(store *st, store_stats *out, esim_error *err)
+{
+    memset(out, 0, sizeof *out);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->op_end(st, st->ops->stats(st, out, err), err);
+}
+
+/* ---- admin changes ------------------------------------------------------------------ */
+
+esim_err esim_store_command_enqueue(store *st, const store_command_in *cmd,
+                                    const char *const *udids, size_t n, int64_t now,
+                                    esim_error *err)
+{
+    if (!cmd || !cmd->uuid || !*cmd->uuid || !cmd->request_type || !*cmd->request_type ||
+        !cmd->body || cmd->body_len == 0)
+        return esim_fail(err, ESIM_EINVAL, "a command needs a uuid, a request type and a body");
+    if (n == 0 || !udids)
+        return esim_fail(err, ESIM_EINVAL, "no devices to queue the command for");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->command_insert(st, cmd, now, err);
+    if (rc == ESIM_EEXIST)
+        rc = esim_fail(err, ESIM_EEXIST, "command uuid %s is already used", cmd->uuid);
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+        store_identity id;
+        rc = udids[i] ? st->ops->device_identity(st, udids[i], &id, err) : ESIM_ENOTFOUND;
+        if (rc == ESIM_ENOTFOUND)
+            rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udids[i] ? udids[i] : "(null)");
+        else if (rc == ESIM_OK && !id.enrolled)
+            rc =
+                esim_fail(err, ESIM_ESTATE, "device %s is not enrolled (it checked out)", udids[i]);
+        if (rc == ESIM_OK)
+            rc = st->ops->entry_insert(st, udids[i], cmd, now, err);
+        if (rc == ESIM_EEXIST)
+            rc = esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i]);
+        if (rc == ESIM_OK)
+            rc = st->ops->event_add(st, now, "enqueued", udids[i], cmd->uuid, cmd->request_type,
+                                    NULL, 0, err);
+    }
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_queue_cancel(store *st, const char *udid, const char *uuid, int64_t now,
+                                 esim_error *err)
+{
+    if (!udid || !uuid)
+        return esim_fail(err, ESIM_EINVAL, "cancel needs a UDID and a command uuid");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int64_t entry = 0;
+    store_qstate state = STORE_Q_QUEUED;
+    rc = st->ops->entry_find(st, udid, uuid, &entry, &state, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "command %s is not queued for device %s", uuid, udid);
+    else if (rc == ESIM_OK && !esim_store_qstate_active(state))
+        rc = esim_fail(err, ESIM_ESTATE, "command %s for device %s is already %s", uuid, udid,
+                       esim_store_qstate_name(state));
+    if (rc == ESIM_OK)
+        rc = st->ops->entry_cancel(st, entry, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "canceled", udid, uuid, "canceled by an admin", NULL, 0,
+                                err);
+    return st->ops->op_end(st, rc, err);
+}
+
+/* ---- pushes and time ------------------------------------------------------------------ */
+
+esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead, int64_t now,
+                                  esim_error *err)
+{
+    if (!udid)
+        return esim_fail(err, ESIM_EINVAL, "a push needs a UDID");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (token_dead) {
+        rc = st->ops->device_set_push_state(st, udid, STORE_PUSH_DEAD, err);
+        if (rc == ESIM_OK)
+            rc = st->ops->event_add(st, now, "push_token_dead", udid, NULL, NULL, NULL, 0, err);
+    } else {
+        rc = st->ops->entries_pushed(st, udid, now, err);
+        if (rc == ESIM_OK)
+            rc = st->ops->device_push_paid(st, udid, err);
+        if (rc == ESIM_OK)
+            rc = st->ops->event_add(st, now, "pushed", udid, NULL, NULL, NULL, 0, err);
+    }
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
+                             esim_error *err)
+{
+    *n = 0;
+    if (max == 0)
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->op_end(st, st->ops->devices_take_push_due(st, now, udids, max, n, err), err);
+    if (rc != ESIM_OK)
+        *n = 0;
+    return rc;
+}
+
+esim_err esim_store_expire(store *st, int64_t now, size_t *n, esim_error *err)
+{
+    size_t count = 0;
+    if (n)
+        *n = 0;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->op_end(st, st->ops->entries_expire(st, "expired", now, &count, err), err);
+    if (rc == ESIM_OK && n)
+        *n = count;
+    return rc;
+}
+
+esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
+                                 const char *command_uuid, const char *detail, const void *raw,
+                                 size_t raw_len, int64_t now, esim_error *err)
+{
+    if (!kind || !*kind)
+        return esim_fail(err, ESIM_EINVAL, "an event needs a kind");
+    return st->ops->event_add(st, now, kind, udid, command_uuid, detail, raw, raw_len, err);
+}
+
+/* ---- group commit ----------------------------------------------------------------------- */
+
+esim_err esim_store_batch_begin(store *st, esim_error *err)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_BATCH))
+        return ESIM_OK;
+    return st->ops->batch_begin(st, err);
+}
+
+esim_err esim_store_batch_commit(store *st, esim_error *err)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_BATCH))
+        return ESIM_OK;
+    return st->ops->batch_commit(st, err);
+}
+
+void esim_store_batch_rollback(store *st)
+{
+    if (st->ops->features & ESIM_STORE_FEATURE_BATCH)
+        st->ops->batch_rollback(st);
+}
+
+int64_t esim_store_commit_count(store *st)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_DEFERRED_SYNC))
+        return 0;
+    return st->ops->commit_count(st);
+}
+
+esim_err esim_store_sync(store *st, esim_error *err)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_DEFERRED_SYNC))
+        return ESIM_OK;
+    return st->ops->sync(st, err);
 }

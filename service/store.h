@@ -1,8 +1,11 @@
 /*
  * store.h — where the MDM service keeps devices, commands, per-device queues
- * and the append-only event ledger. One interface, several back ends behind a
- * table of function pointers (the way curl hides its TLS back ends):
- * "sqlite" today (store_sqlite.c), "pgsql" next.
+ * and the append-only event ledger. Callers use the esim_store_* functions
+ * below; the back ends ("sqlite" today in store_sqlite.c, "pgsql" next) sit
+ * behind a private table of small operations (store_internal.h), the way
+ * curl hides its TLS back ends. The rules of the domain (identity binding,
+ * re-enrolment after an erase, what each Status does, what is an anomaly)
+ * live once in store.c, above the back ends: a back end stores and fetches.
  *
  * Rules every back end honours (DESIGN.md, "Store"):
  *  - Each operation below is ONE transaction: it either happens whole or not
@@ -32,13 +35,8 @@
 extern "C" {
 #endif
 
+/* An open store; opaque (esim_store_open, esim_store_close). */
 typedef struct store store;
-struct store_ops;
-
-/* Every back end's handle starts with this. */
-struct store {
-    const struct store_ops *ops;
-};
 
 /* ---- records ----------------------------------------------------------- */
 
@@ -55,11 +53,11 @@ typedef enum {
 } store_qstate;
 
 /* "queued", "pushed", ... as the API shows them; NULL when out of range. */
-const char *store_qstate_name(store_qstate s);
+const char *esim_store_qstate_name(store_qstate s);
 /* The reverse; ESIM_EINVAL for an unknown name. */
-esim_err store_qstate_from_name(const char *name, store_qstate *out);
+esim_err esim_store_qstate_from_name(const char *name, store_qstate *out);
 /* True for queued, pushed, sent and not_now. */
-bool store_qstate_active(store_qstate s);
+bool esim_store_qstate_active(store_qstate s);
 
 /* Push reachability of a device. */
 typedef enum {
@@ -67,7 +65,7 @@ typedef enum {
     STORE_PUSH_VALID,    /* token from TokenUpdate, not refused by APNs */
     STORE_PUSH_DEAD,     /* APNs said the token is dead: wait for TokenUpdate */
 } store_push_state;
-const char *store_push_state_name(store_push_state s); /* "none", "valid", "dead" */
+const char *esim_store_push_state_name(store_push_state s); /* "none", "valid", "dead" */
 
 typedef struct {
     char udid[65];
@@ -112,7 +110,7 @@ typedef struct {
 } store_queue_entry;
 
 /* Frees the owned parts of |n| entries and the array itself (NULL ok). */
-void store_queue_entries_free(store_queue_entry *entries, size_t n);
+void esim_store_queue_entries_free(store_queue_entry *entries, size_t n);
 
 /* ---- inputs and outputs of the operations -------------------------------- */
 
@@ -192,7 +190,7 @@ typedef struct {
 } store_event;
 
 /* Frees the owned parts of |n| events and the array itself (NULL ok). */
-void store_events_free(store_event *events, size_t n);
+void esim_store_events_free(store_event *events, size_t n);
 
 /* The push facts of one device, for the push path. */
 typedef struct {
@@ -204,154 +202,17 @@ typedef struct {
     bool enrolled;
 } store_push_target;
 
-/* ---- the operations -------------------------------------------------------
- * Each returns ESIM_OK or one of the codes listed; |err| (may be NULL) gets a
- * sentence naming what was wrong. ESIM_ESTORE (the back end failed: disk,
- * corruption, lock timeout) and ESIM_ENOMEM may come from any operation and
- * are not repeated below. */
-struct store_ops {
-    const char *name; /* "sqlite", ... */
+/* ---- opening ----------------------------------------------------------------- */
 
-    /* Closes the handle and frees it (NULL ok in the wrapper store_close). */
-    void (*close)(store *st);
-
-    /* Creates or updates the device and binds |cert_sha256| to it.
-     *   ESIM_EAUTH  the device is enrolled and bound to another certificate
-     *               (a device re-enrolls with a new identity only after CheckOut).
-     * Clears the push token (a TokenUpdate follows every Authenticate). */
-    esim_err (*device_authenticate)(store *st, const store_authenticate_in *in, int64_t now,
-                                    esim_error *err);
-
-    /* Stores the push token (hex), PushMagic and topic; the device becomes
-     * reachable and its push state valid.
-     *   ESIM_ENOTFOUND  never authenticated;  ESIM_ESTATE  checked out;
-     *   ESIM_EAUTH      bound to another certificate. */
-    esim_err (*device_token_update)(store *st, const char *udid, const char *cert_sha256,
-                                    const char *topic, const char *token_hex,
-                                    const char *push_magic, int64_t now, esim_error *err);
-
-    /* Unenrolls the device: enrolled = false, token cleared, every active
-     * queue entry canceled.  ESIM_ENOTFOUND, ESIM_EAUTH as above. */
-    esim_err (*device_checkout)(store *st, const char *udid, const char *cert_sha256, int64_t now,
-                                esim_error *err);
-
-    /* Records a command result or Idle and picks the next command (see
-     * store_exchange_in). Results are applied only to an entry in state
-     * sent for this device; anything else is an anomaly, logged with the
-     * raw body and never applied. Status effects:
-     *   Acknowledged / Error / CommandFormatError: final, with error chain and raw answer.
-     *   NotNow: state not_now, not_now_count + 1, device owed a push later.
-     * The next command is the active entry with the highest priority, then
-     * the oldest, that is not expired and not in skip_uuids; it is marked
-     * sent and its attempts counted. |out->next.body| must be empty on entry.
-     *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTATE  checked out;
-     *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  bad status. */
-    esim_err (*device_exchange)(store *st, const store_exchange_in *in, int64_t now,
-                                store_exchange_out *out, esim_error *err);
-
-    /* Copies one device into |out|.  ESIM_ENOTFOUND. */
-    esim_err (*device_get)(store *st, const char *udid, store_device *out, esim_error *err);
-
-    /* Up to |limit| devices with udid > |after| (NULL or "" = from the
-     * start), in udid order. *out is malloc'd (free()), *n its length. */
-    esim_err (*device_list)(store *st, const char *after, size_t limit, store_device **out,
-                            size_t *n, esim_error *err);
-
-    /* Puts |cmd| on the queue of each of the |n| devices (n >= 1, no
-     * duplicates), all or nothing.
-     *   ESIM_ENOTFOUND  a device is unknown (|err| names it);
-     *   ESIM_ESTATE     a device is checked out (named);
-     *   ESIM_EEXIST     the command uuid is already used;
-     *   ESIM_EINVAL     empty list or a missing field. */
-    esim_err (*command_enqueue)(store *st, const store_command_in *cmd, const char *const *udids,
-                                size_t n, int64_t now, esim_error *err);
-
-    /* The command with its counts by state, and up to |limit| devices'
-     * entries for it with udid > |after| (NULL or "" = from the start), in
-     * udid order. *entries is owned by the caller (store_queue_entries_free).
-     *   ESIM_ENOTFOUND  no such command. */
-    esim_err (*command_get)(store *st, const char *uuid, const char *after, size_t limit,
-                            store_command_info *info, store_queue_entry **entries, size_t *n,
-                            esim_error *err);
-
-    /* A device's queue: its active entries in delivery order, then (when
-     * |with_done|) up to 100 of the latest final ones.  ESIM_ENOTFOUND. */
-    esim_err (*device_queue)(store *st, const char *udid, bool with_done,
-                             store_queue_entry **entries, size_t *n, esim_error *err);
-
-    /* Cancels one active entry.  ESIM_ENOTFOUND  no such entry;
-     *   ESIM_ESTATE  it is already final (|err| names the state). */
-    esim_err (*queue_cancel)(store *st, const char *udid, const char *uuid, int64_t now,
-                             esim_error *err);
-
-    /* The push facts of a device.  ESIM_ENOTFOUND. */
-    esim_err (*push_target)(store *st, const char *udid, store_push_target *out, esim_error *err);
-
-    /* A push for the device was accepted by APNs: its queued and not_now
-     * entries become pushed, and any owed push is cleared. When
-     * |token_dead|, the token is marked dead instead (410, BadDeviceToken). */
-    esim_err (*push_recorded)(store *st, const char *udid, bool token_dead, int64_t now,
-                              esim_error *err);
-
-    /* Up to |max| devices owed a push at |now| (push_due_at <= now); their
-     * debt is cleared. |udids| gets them, *n how many. */
-    esim_err (*push_due)(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
-                         esim_error *err);
-
-    /* Entries whose command expired before a final answer become expired.
-     * *n (may be NULL) gets how many. */
-    esim_err (*expire)(store *st, int64_t now, size_t *n, esim_error *err);
-
-    /* Up to |limit| ledger events of the device with id > |after|, oldest
-     * first. *out is owned by the caller (store_events_free). */
-    esim_err (*events_list)(store *st, const char *udid, int64_t after, size_t limit,
-                            store_event **out, size_t *n, esim_error *err);
-
-    /* Counts for /metrics and /healthz. */
-    esim_err (*stats)(store *st, store_stats *out, esim_error *err);
-
-    /* Batching (group mode): between batch_begin and batch_commit every
-     * operation is still all-or-nothing on its own (a refused one leaves
-     * the batch as it was), but they reach the log together at
-     * batch_commit. Nothing done inside a batch may be reported to anyone
-     * before batch_commit (then sync) returns. batch_begin while a batch is
-     * open, or batch_commit with none, does nothing.
-     *   ESIM_ESTORE  the batch could not be committed: all of it is undone. */
-    esim_err (*batch_begin)(store *st, esim_error *err);
-    esim_err (*batch_commit)(store *st, esim_error *err);
-    /* Undoes the open batch (nothing in it may have been reported); later
-     * operations are transactions of their own again. */
-    void (*batch_rollback)(store *st);
-
-    /* Group commit, in two halves so the fsync can run on another thread
-     * while the loop goes on committing:
-     * commit_count: a number that grows with every committed change (call
-     *   it on the thread doing the operations).
-     * sync: makes every operation committed before the call durable (one
-     *   fsync covers them all). Thread-safe against the other operations,
-     *   one call at a time; a no-op unless opened with STORE_SYNC_GROUP.
-     *   ESIM_ESTORE  the fsync failed: those operations may not survive a
-     *                power cut; do not report them as done. */
-    int64_t (*commit_count)(store *st);
-    esim_err (*sync)(store *st, esim_error *err);
-
-    /* Appends one event to the ledger outside any other operation (admin
-     * actions, pushes, webhook give-ups). |udid|, |command_uuid|, |detail|
-     * and |raw| may be NULL. */
-    esim_err (*event_append)(store *st, const char *kind, const char *udid,
-                             const char *command_uuid, const char *detail, const void *raw,
-                             size_t raw_len, int64_t now, esim_error *err);
-};
-
-/* When commits reach the disk (docs/service.md, "Durability"). */
+/* When commits become durable (docs/service.md, "Durability"). */
 typedef enum {
-    /* Default. Commits go to the log without waiting; the caller makes them
-     * durable with ops->sync() - one fsync for many commits - before it
-     * tells anyone about them (group commit). */
+    /* Default. A commit returns before it is durable; the caller makes every
+     * commit so far durable at once with esim_store_sync() before it tells
+     * anyone about them (group commit). */
     STORE_SYNC_GROUP = 0,
-    /* Every commit is fsynced on its own before it returns. */
+    /* Every commit is durable before it returns. */
     STORE_SYNC_FULL,
-    /* No fsync at all: survives a process crash, not a power cut. */
+    /* Commits survive a crash of this process, not a power cut. */
     STORE_SYNC_NORMAL,
 } store_sync;
 
@@ -362,17 +223,186 @@ typedef struct {
 /*
  * Opens the store named by |spec|: "sqlite:PATH", a bare path (SQLite), or
  * NULL/"" for "<data_dir>/esim-mdm.db". The schema is created or migrated
- * to the current version. On success *out is the caller's (store_close).
+ * to the current version. On success *out is the caller's (esim_store_close).
  *   ESIM_EINVAL     an unknown scheme, or postgres:// (not supported yet);
  *   ESIM_ESTORE     cannot open, or the schema is newer than this program;
  *   ESIM_EIO        the data directory cannot be made.
  */
-esim_err store_open(const char *spec, const char *data_dir, const store_options *opts, store **out,
-                    esim_error *err);
-void store_close(store *st); /* NULL ok */
+esim_err esim_store_open(const char *spec, const char *data_dir, const store_options *opts,
+                         store **out, esim_error *err);
+void esim_store_close(store *st); /* NULL ok */
 
 /* The current schema version this program writes. */
-int store_schema_version(void);
+int esim_store_schema_version(void);
+
+/* The back end's name: "sqlite", ... */
+const char *esim_store_backend(const store *st);
+
+/* What a back end can do beyond the operations every back end has. */
+enum {
+    /* esim_store_batch_begin/commit/rollback group many operations into one
+     * commit. Without it they do nothing and every operation commits on its
+     * own. */
+    ESIM_STORE_FEATURE_BATCH = 1u << 0,
+    /* Commits can be made durable later, many at once (esim_store_sync).
+     * Without it a commit is as durable as it will get when it returns, and
+     * esim_store_sync does nothing. */
+    ESIM_STORE_FEATURE_DEFERRED_SYNC = 1u << 1,
+};
+/* The ESIM_STORE_FEATURE_* bits of this store. */
+unsigned esim_store_features(const store *st);
+
+/* ---- the operations -------------------------------------------------------
+ * Each returns ESIM_OK or one of the codes listed; |err| (may be NULL) gets a
+ * sentence naming what was wrong. ESIM_ESTORE (the back end failed: disk,
+ * corruption, lock timeout) and ESIM_ENOMEM may come from any operation and
+ * are not repeated below. */
+
+/* Creates or updates the device and binds |in->cert_sha256| to it.
+ *   ESIM_EINVAL  no UDID or Topic;
+ *   ESIM_EAUTH   the device is enrolled and bound to another certificate. A
+ *                device re-enrolls with a new identity only after CheckOut,
+ *                or once after an EraseDevice was handed to it during its
+ *                current enrolment (that erase is then retired, never
+ *                delivered again, and a new enrolment starts).
+ * Clears the push token (a TokenUpdate follows every Authenticate). */
+esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *in, int64_t now,
+                                        esim_error *err);
+
+/* Stores the push token (hex), PushMagic and topic; the device becomes
+ * reachable and its push state valid.
+ *   ESIM_ENOTFOUND  never authenticated;  ESIM_ESTATE  checked out;
+ *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  a field missing. */
+esim_err esim_store_device_token_update(store *st, const char *udid, const char *cert_sha256,
+                                        const char *topic, const char *token_hex,
+                                        const char *push_magic, int64_t now, esim_error *err);
+
+/* Unenrolls the device: enrolled = false, token cleared, every active queue
+ * entry canceled.  ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as above. */
+esim_err esim_store_device_checkout(store *st, const char *udid, const char *cert_sha256,
+                                    int64_t now, esim_error *err);
+
+/* Records a command result or Idle and picks the next command (see
+ * store_exchange_in). Results are applied only to an entry in state sent
+ * for this device; anything else is an anomaly, logged with the raw body and
+ * never applied. Status effects:
+ *   Acknowledged / Error / CommandFormatError: final, with error chain and raw answer.
+ *   NotNow: state not_now, not_now_count + 1, device owed a push later.
+ * The next command is the active entry with the highest priority, then the
+ * oldest, that is not expired and not in skip_uuids; it is marked sent and
+ * its attempts counted. |out->next.body| must be empty on entry.
+ *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTATE  checked out;
+ *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  bad status. */
+esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int64_t now,
+                                    store_exchange_out *out, esim_error *err);
+
+/* Copies one device into |out|.  ESIM_ENOTFOUND. */
+esim_err esim_store_device_get(store *st, const char *udid, store_device *out, esim_error *err);
+
+/* Up to |limit| devices with udid > |after| (NULL or "" = from the start),
+ * in udid order. *out is malloc'd (free()), *n its length. */
+esim_err esim_store_device_list(store *st, const char *after, size_t limit, store_device **out,
+                                size_t *n, esim_error *err);
+
+/* Puts |cmd| on the queue of each of the |n| devices (n >= 1, no
+ * duplicates), all or nothing.
+ *   ESIM_ENOTFOUND  a device is unknown (|err| names it);
+ *   ESIM_ESTATE     a device is checked out (named);
+ *   ESIM_EEXIST     the command uuid is already used;
+ *   ESIM_EINVAL     empty list, a device listed twice, or a missing field. */
+esim_err esim_store_command_enqueue(store *st, const store_command_in *cmd,
+                                    const char *const *udids, size_t n, int64_t now,
+                                    esim_error *err);
+
+/* The command with its counts by state, and up to |limit| devices' entries
+ * for it with udid > |after| (NULL or "" = from the start), in udid order.
+ * *entries is owned by the caller (esim_store_queue_entries_free).
+ *   ESIM_ENOTFOUND  no such command. */
+esim_err esim_store_command_get(store *st, const char *uuid, const char *after, size_t limit,
+                                store_command_info *info, store_queue_entry **entries, size_t *n,
+                                esim_error *err);
+
+/* A device's queue: its active entries in delivery order, then (when
+ * |with_done|) up to 100 of the latest final ones, newest first. *entries
+ * is owned by the caller (esim_store_queue_entries_free).  ESIM_ENOTFOUND. */
+esim_err esim_store_device_queue(store *st, const char *udid, bool with_done,
+                                 store_queue_entry **entries, size_t *n, esim_error *err);
+
+/* Cancels one active entry.  ESIM_ENOTFOUND  no such entry;
+ *   ESIM_ESTATE  it is already final (|err| names the state). */
+esim_err esim_store_queue_cancel(store *st, const char *udid, const char *uuid, int64_t now,
+                                 esim_error *err);
+
+/* The push facts of a device.  ESIM_ENOTFOUND. */
+esim_err esim_store_push_target(store *st, const char *udid, store_push_target *out,
+                                esim_error *err);
+
+/* A push for the device was accepted by APNs: its queued and not_now entries
+ * become pushed, and any owed push is cleared. When |token_dead|, the token
+ * is marked dead instead (410, BadDeviceToken). */
+esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead, int64_t now,
+                                  esim_error *err);
+
+/* Up to |max| devices owed a push at |now| (push_due_at <= now); their debt
+ * is cleared. |udids| gets them, *n how many. */
+esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
+                             esim_error *err);
+
+/* Entries whose command expired before a final answer become expired.
+ * *n (may be NULL) gets how many. */
+esim_err esim_store_expire(store *st, int64_t now, size_t *n, esim_error *err);
+
+/* Up to |limit| ledger events of the device with id > |after|, oldest first.
+ * *out is owned by the caller (esim_store_events_free). */
+esim_err esim_store_events_list(store *st, const char *udid, int64_t after, size_t limit,
+                                store_event **out, size_t *n, esim_error *err);
+
+/* The device's newest ledger event whose kind is one of the |n_kinds|
+ * |kinds| (1 to STORE_EVENT_KINDS_MAX), copied into |out| without its raw
+ * body (out->raw is empty: nothing to free).
+ *   ESIM_ENOTFOUND  the device has no such event;
+ *   ESIM_EINVAL     no kinds, or more than STORE_EVENT_KINDS_MAX. */
+#define STORE_EVENT_KINDS_MAX 4
+esim_err esim_store_event_latest(store *st, const char *udid, const char *const *kinds,
+                                 size_t n_kinds, store_event *out, esim_error *err);
+
+/* Appends one event to the ledger outside any other operation (admin
+ * actions, pushes, webhook give-ups). |udid|, |command_uuid|, |detail| and
+ * |raw| may be NULL.  ESIM_EINVAL  no kind. */
+esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
+                                 const char *command_uuid, const char *detail, const void *raw,
+                                 size_t raw_len, int64_t now, esim_error *err);
+
+/* Counts for /metrics and /healthz. */
+esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
+
+/* ---- group commit -----------------------------------------------------------
+ * Batching (ESIM_STORE_FEATURE_BATCH): between batch_begin and batch_commit
+ * every operation is still all-or-nothing on its own (a refused one leaves
+ * the batch as it was), but they are committed together at batch_commit.
+ * Nothing done inside a batch may be reported to anyone before batch_commit
+ * (and then esim_store_sync) returns. batch_begin while a batch is open, or
+ * batch_commit with none, does nothing.
+ *   ESIM_ESTORE  the batch could not be committed: all of it is undone. */
+esim_err esim_store_batch_begin(store *st, esim_error *err);
+esim_err esim_store_batch_commit(store *st, esim_error *err);
+/* Undoes the open batch (nothing in it may have been reported); later
+ * operations commit on their own again. */
+void esim_store_batch_rollback(store *st);
+
+/* Deferred durability (ESIM_STORE_FEATURE_DEFERRED_SYNC), in two halves so
+ * that making commits durable can run on another thread while the caller
+ * goes on committing:
+ * esim_store_commit_count: a number that grows with every committed change
+ *   (call it on the thread doing the operations; 0 without the feature).
+ * esim_store_sync: makes every operation committed before the call durable,
+ *   many commits for the price of one. Safe on one other thread while
+ *   operations run, one call at a time; does nothing unless the store was
+ *   opened with STORE_SYNC_GROUP.
+ *   ESIM_ESTORE  durability failed: those operations may not survive a power
+ *                cut; do not report them as done. */
+int64_t esim_store_commit_count(store *st);
+esim_err esim_store_sync(store *st, esim_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,14 +1,172 @@
 /*
- * store_internal.h — what the store front (store.c) needs from the back ends.
- * Private to service/.
+ * store_internal.h — the seam between the store front (store.c) and its back
+ * ends (store_sqlite.c, ...). Private to service/: never installed, so a new
+ * operation here breaks nobody's build.
+ *
+ * The front holds the policy: it validates input, runs each esim_store_*
+ * operation as one transaction (op_begin ... op_end) and decides, in one
+ * place for every back end, who may enroll, what a Status does to a queue
+ * entry and what is an anomaly. A back end holds the mechanism: it stores and
+ * fetches, one small step per function, each inside the front's transaction.
+ * A new back end fills a struct store_ops, sets the features it has, and
+ * passes tests/service/test_store.c run with its store spec.
  */
 #ifndef ESIM_SERVICE_STORE_INTERNAL_H
 #define ESIM_SERVICE_STORE_INTERNAL_H
 
 #include "service/store.h"
 
+/* Every back end's handle starts with this. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/* Who a device is, for the identity rules. */
+typedef struct {
+    bool enrolled;
+    char cert_sha256[65]; /* bound at enrolment; may be empty */
+    int64_t enrolled_at;  /* start of the current enrolment */
+} store_identity;
+
+/*
+ * The operations of a back end. Unless said otherwise each returns ESIM_OK
+ * or ESIM_ESTORE/ESIM_ENOMEM with |err| set, and the steps (everything
+ * between op_begin and op_end) run inside the front's transaction. A queue
+ * entry is named by |entry|, the back end's key for it, valid only inside
+ * the operation that found it. Strings are borrowed for the call.
+ */
+struct store_ops {
+    const char *name;  /* "sqlite", ... */
+    unsigned features; /* ESIM_STORE_FEATURE_* */
+
+    /* Closes the handle and frees it. */
+    void (*close)(store *st);
+
+    /* ---- transactions ---- */
+    /* Starts one operation: a transaction of its own, or a savepoint inside
+     * the open batch. */
+    esim_err (*op_begin)(store *st, esim_error *err);
+    /* Ends it: commits (or releases the savepoint) when |rc| is ESIM_OK,
+     * undoes every step otherwise. Returns |rc|, or ESIM_ESTORE when the
+     * commit failed (then undone too). */
+    esim_err (*op_end)(store *st, esim_err rc, esim_error *err);
+
+    /* ---- device steps ---- */
+    /* ESIM_ENOTFOUND (|err| untouched) when there is no such device. */
+    esim_err (*device_identity)(store *st, const char *udid, store_identity *out, esim_error *err);
+    /* Creates the device or updates it from |in|: enrolled, |in->cert_sha256|
+     * bound, push token, magic and state cleared, a non-empty field replaces
+     * the stored one, an empty one keeps it; enrolled_at = |now| unless it was
+     * already enrolled; last_seen_at = |now|. */
+    esim_err (*device_enroll)(store *st, const store_authenticate_in *in, int64_t now,
+                              esim_error *err);
+    /* A new enrolment starts at |at| (enrolled_at). */
+    esim_err (*device_restart_enrolment)(store *st, const char *udid, int64_t at, esim_error *err);
+    /* Topic, token and magic stored, push state valid, token_updated_at and
+     * last_seen_at = |now|. */
+    esim_err (*device_set_token)(store *st, const char *udid, const char *topic,
+                                 const char *token_hex, const char *push_magic, int64_t now,
+                                 esim_error *err);
+    /* Not enrolled, token and magic cleared, push state none, no push owed,
+     * checked_out_at and last_seen_at = |now|. */
+    esim_err (*device_unenroll)(store *st, const char *udid, int64_t now, esim_error *err);
+    /* last_seen_at = |now|; the EID too when |eid| is not NULL. */
+    esim_err (*device_seen)(store *st, const char *udid, const char *eid, int64_t now,
+                            esim_error *err);
+    /* A push is owed at |at|, unless an earlier one already is. */
+    esim_err (*device_owe_push)(store *st, const char *udid, int64_t at, esim_error *err);
+    /* Push state |ps|, and no push owed any more. */
+    esim_err (*device_set_push_state)(store *st, const char *udid, store_push_state ps,
+                                      esim_error *err);
+    /* No push owed any more (push state kept). */
+    esim_err (*device_push_paid)(store *st, const char *udid, esim_error *err);
+    /* Up to |max| devices owed a push at |now|, earliest debt first; their
+     * debt is cleared. */
+    esim_err (*devices_take_push_due)(store *st, int64_t now, char (*udids)[65], size_t max,
+                                      size_t *n, esim_error *err);
+    /* Reads (outside any operation too), as esim_store_device_get/_list. */
+    esim_err (*device_get)(store *st, const char *udid, store_device *out, esim_error *err);
+    esim_err (*device_list)(store *st, const char *after, size_t limit, store_device **out,
+                            size_t *n, esim_error *err);
+
+    /* ---- queue steps ---- */
+    /* ESIM_EEXIST (|err| untouched) when the uuid is already used. */
+    esim_err (*command_insert)(store *st, const store_command_in *cmd, int64_t now,
+                               esim_error *err);
+    /* A queued entry of |cmd| for the device, enqueued at |now|. ESIM_EEXIST
+     * (|err| untouched) when the device already has an entry for it. */
+    esim_err (*entry_insert)(store *st, const char *udid, const store_command_in *cmd, int64_t now,
+                             esim_error *err);
+    /* ESIM_ENOTFOUND (|err| untouched) when the command is not on the
+     * device's queue. */
+    esim_err (*entry_find)(store *st, const char *udid, const char *uuid, int64_t *entry,
+                           store_qstate *state, esim_error *err);
+    /* Records an answer: the new |state| (active or not as
+     * esim_store_qstate_active says), answered_at = |now|, not_now_count +
+     * |not_now_add|, the error chain (NULL = none) and the raw answer. */
+    esim_err (*entry_answer)(store *st, int64_t entry, store_qstate state, int not_now_add,
+                             const char *error_chain_json, const void *raw, size_t raw_len,
+                             int64_t now, esim_error *err);
+    /* The device's deliverable entry with the highest priority, then the
+     * oldest, whose command is not expired at |now| and whose uuid is not one
+     * of |skip|: *entry and |next| (uuid, request type, body appended to
+     * next->body, present = true). next->present stays false when none. */
+    esim_err (*entry_next)(store *st, const char *udid, int64_t now, const char *const *skip,
+                           size_t n_skip, int64_t *entry, store_next_command *next,
+                           esim_error *err);
+    /* State sent, attempts + 1, sent_at = |now|. */
+    esim_err (*entry_mark_sent)(store *st, int64_t entry, int64_t now, esim_error *err);
+    /* State canceled, out of delivery. */
+    esim_err (*entry_cancel)(store *st, int64_t entry, int64_t now, esim_error *err);
+    /* Out of delivery for good, its state kept as it is. */
+    esim_err (*entry_retire)(store *st, int64_t entry, int64_t now, esim_error *err);
+    /* The device's entry of a |request_type| command most recently sent at
+     * or after |since|, in state sent or acknowledged. ESIM_ENOTFOUND (|err|
+     * untouched) when none. */
+    esim_err (*entry_last_sent)(store *st, const char *udid, const char *request_type,
+                                int64_t since, int64_t *entry, esim_error *err);
+    /* Every active entry of the device becomes canceled, each with a ledger
+     * event |kind| carrying |detail|. */
+    esim_err (*entries_cancel_device)(store *st, const char *udid, const char *kind,
+                                      const char *detail, int64_t now, esim_error *err);
+    /* The device's queued and not_now entries become pushed at |now|. */
+    esim_err (*entries_pushed)(store *st, const char *udid, int64_t now, esim_error *err);
+    /* Active entries whose expiry is at or before |now| become expired, each
+     * with a ledger event |kind|; *n how many. */
+    esim_err (*entries_expire)(store *st, const char *kind, int64_t now, size_t *n,
+                               esim_error *err);
+    /* Reads, as esim_store_command_get (after the front's checks). */
+    esim_err (*command_get)(store *st, const char *uuid, const char *after, size_t limit,
+                            store_command_info *info, store_queue_entry **entries, size_t *n,
+                            esim_error *err);
+    /* The device's active entries in delivery order, then (|with_done|) up
+     * to 100 final ones, newest first; *entries as esim_store_device_queue. */
+    esim_err (*device_entries)(store *st, const char *udid, bool with_done,
+                               store_queue_entry **entries, size_t *n, esim_error *err);
+
+    /* ---- the ledger ---- */
+    esim_err (*event_add)(store *st, int64_t now, const char *kind, const char *udid,
+                          const char *command_uuid, const char *detail, const void *raw,
+                          size_t raw_len, esim_error *err);
+    esim_err (*events_list)(store *st, const char *udid, int64_t after, size_t limit,
+                            store_event **out, size_t *n, esim_error *err);
+    /* ESIM_ENOTFOUND (|err| untouched) when none. */
+    esim_err (*event_latest)(store *st, const char *udid, const char *const *kinds, size_t n_kinds,
+                             store_event *out, esim_error *err);
+    esim_err (*stats)(store *st, store_stats *out, esim_error *err);
+
+    /* ---- group commit: present only with the matching feature ---- */
+    esim_err (*batch_begin)(store *st, esim_error *err);  /* FEATURE_BATCH */
+    esim_err (*batch_commit)(store *st, esim_error *err); /* FEATURE_BATCH */
+    void (*batch_rollback)(store *st);                    /* FEATURE_BATCH */
+    int64_t (*commit_count)(store *st);                   /* FEATURE_DEFERRED_SYNC */
+    esim_err (*sync)(store *st, esim_error *err);         /* FEATURE_DEFERRED_SYNC */
+};
+
 /* Opens (creating and migrating) the SQLite database at |path|. */
 esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,
                            esim_error *err);
+/* The newest schema version of the SQLite back end. */
+int store_sqlite_schema_version(void);
 
 #endif

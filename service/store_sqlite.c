@@ -1,8 +1,10 @@
 /*
- * store_sqlite.c — the embedded store: SQLite in WAL mode behind store.h.
- * Every operation is one BEGIN IMMEDIATE ... COMMIT transaction on cached
- * prepared statements; the schema is an ordered list of migrations recorded
- * in schema_version (append an entry to evolve it, never edit an old one).
+ * store_sqlite.c — the embedded back end: SQLite in WAL mode behind the
+ * private table of store_internal.h. Each step is one cached prepared
+ * statement (or two) inside the front's transaction, which is a BEGIN
+ * IMMEDIATE ... COMMIT of its own or a savepoint in the open batch; the
+ * schema is an ordered list of migrations recorded in schema_version (append
+ * an entry to evolve it, never edit an old one).
  */
 #include <fcntl.h>
 #include <stdarg.h>
@@ -145,9 +147,10 @@ enum {
     S_STATS_DEVICES,
     S_STATS_QUEUE,
     S_STATS_EVENTS,
-    S_Q_ERASE_DELIVERED,
+    S_Q_LAST_SENT,
     S_Q_RETIRE,
     S_DEV_REENROLLED,
+    S_EVENT_LATEST,
     S_COUNT
 };
 
@@ -212,7 +215,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_Q_INSERT] = "INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"
                    " enqueued_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)",
     [S_Q_CANCEL_ALL_EVENTS] = "INSERT INTO events (at, kind, udid, command_uuid, detail)"
-                              " SELECT ?2, 'canceled', udid, command_uuid, ?3 FROM queue"
+                              " SELECT ?2, ?4, udid, command_uuid, ?3 FROM queue"
                               " WHERE udid = ?1 AND active = 1",
     [S_Q_CANCEL_ALL] = "UPDATE queue SET state = 'canceled', active = 0, updated_at = ?2"
                        " WHERE udid = ?1 AND active = 1",
@@ -221,7 +224,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_Q_PUSHED] = "UPDATE queue SET state = 'pushed', pushed_at = ?2, updated_at = ?2"
                    " WHERE udid = ?1 AND active = 1 AND state IN ('queued', 'not_now')",
     [S_Q_EXPIRE_EVENTS] = "INSERT INTO events (at, kind, udid, command_uuid)"
-                          " SELECT ?1, 'expired', udid, command_uuid FROM queue"
+                          " SELECT ?1, ?2, udid, command_uuid FROM queue"
                           " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
     [S_Q_EXPIRE] = "UPDATE queue SET state = 'expired', active = 0, updated_at = ?1"
                    " WHERE active = 1 AND expires_at > 0 AND expires_at <= ?1",
@@ -251,13 +254,14 @@ static const char *const statement_sql[S_COUNT] = {
         " FROM devices",
     [S_STATS_QUEUE] = "SELECT state, count(*) FROM queue GROUP BY state",
     [S_STATS_EVENTS] = "SELECT coalesce(max(id), 0) FROM events",
-    /* An EraseDevice handed to the device during its current enrolment. */
-    [S_Q_ERASE_DELIVERED] = "SELECT q.id FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-                            " WHERE q.udid = ?1 AND c.request_type = 'EraseDevice'"
-                            " AND q.state IN ('sent', 'acknowledged') AND q.sent_at >= ?2"
-                            " ORDER BY q.sent_at DESC LIMIT 1",
+    [S_Q_LAST_SENT] = "SELECT q.id FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+                      " WHERE q.udid = ?1 AND c.request_type = ?3"
+                      " AND q.state IN ('sent', 'acknowledged') AND q.sent_at >= ?2"
+                      " ORDER BY q.sent_at DESC LIMIT 1",
     [S_Q_RETIRE] = "UPDATE queue SET active = 0, updated_at = ?2 WHERE id = ?1",
     [S_DEV_REENROLLED] = "UPDATE devices SET enrolled_at = ?2 WHERE udid = ?1",
+    [S_EVENT_LATEST] = "SELECT id, at, kind, udid, command_uuid, detail FROM events"
+                       " WHERE udid = ?1 AND kind IN (?2, ?3, ?4, ?5) ORDER BY id DESC LIMIT 1",
 };
 
 typedef struct {
@@ -431,233 +435,214 @@ static void col_text(sqlite3_stmt *st, int col, char *out, size_t out_len)
     snprintf(out, out_len, "%s", v ? (const char *)v : "");
 }
 
-static esim_err event_add(sqlite_store *s, int64_t now, const char *kind, const char *udid,
-                          const char *uuid, const char *detail, const void *raw, size_t raw_len,
-                          esim_error *err)
+/* One statement that returns no row: ESIM_OK when it ran. */
+static esim_err exec_stmt(sqlite_store *s, esim_error *err, int id, const char *fmt, ...)
 {
-    return run(s, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail, raw, raw_len) ==
-                   SQLITE_DONE
-               ? ESIM_OK
-               : ESIM_ESTORE;
-}
-
-/* Checks that |udid| exists, is enrolled and (when both sides have one) is
- * bound to |cert|. |verb| names the request in messages. */
-static esim_err check_identity(sqlite_store *s, const char *udid, const char *cert,
-                               const char *verb, esim_error *err)
-{
-    int rc = run(s, err, S_DEV_IDENTITY, "t", udid);
-    if (rc < 0)
+    sqlite3_stmt *st = stmt_get(s, id, err);
+    if (!st)
         return ESIM_ESTORE;
-    if (rc != SQLITE_ROW)
-        return esim_fail(err, ESIM_ENOTFOUND,
-                         "%s from unknown device %s: it must Authenticate first", verb, udid);
-    sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
-    bool enrolled = sqlite3_column_int(st, 0) != 0;
-    const char *bound = (const char *)sqlite3_column_text(st, 1);
-    if (!enrolled)
-        return esim_fail(err, ESIM_ESTATE,
-                         "%s from device %s, which checked out: it must enroll again", verb, udid);
-    if (cert && *cert && bound && *bound && strcmp(cert, bound) != 0)
-        return esim_fail(err, ESIM_EAUTH,
-                         "%s for device %s signed by another identity certificate than the one "
-                         "bound at enrolment",
-                         verb, udid);
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = bind_args(st, fmt, ap);
+    va_end(ap);
+    if (rc != SQLITE_OK)
+        return db_fail(s, err, "bind");
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        db_fail(s, err, statement_sql[id]);
+        sqlite3_reset(st);
+        return ESIM_ESTORE;
+    }
     return ESIM_OK;
 }
 
-/* ---- device check-in ------------------------------------------------------ */
-
-/*
- * ...unless we wiped it. An erased device comes back through setup and
- * enrols with a fresh identity from SCEP, often without having answered the
- * EraseDevice (Apple: do not wait for that answer). So an EraseDevice handed
- * to the device during its current enrolment lets exactly one new identity
- * in: the erase is retired (never delivered again, or the phone would wipe
- * once more) and a new enrolment starts, which later erases must precede.
- */
-static esim_err rebind_after_erase(sqlite_store *s, const char *udid, int64_t enrolled_at,
-                                   int64_t now, esim_error *err)
+static esim_err sq_op_begin(store *base, esim_error *err)
 {
-    int r = run(s, err, S_Q_ERASE_DELIVERED, "ti", udid, enrolled_at);
-    if (r < 0)
-        return ESIM_ESTORE;
-    if (r != SQLITE_ROW)
-        return esim_fail(err, ESIM_EAUTH,
-                         "Authenticate for enrolled device %s with another identity certificate; "
-                         "the device must check out (or be erased) before it enrolls with a new "
-                         "identity",
-                         udid);
-    int64_t erase_id = sqlite3_column_int64(s->stmt[S_Q_ERASE_DELIVERED], 0);
-    sqlite3_reset(s->stmt[S_Q_ERASE_DELIVERED]);
-    if (run(s, err, S_Q_RETIRE, "ii", erase_id, now) != SQLITE_DONE ||
-        run(s, err, S_DEV_REENROLLED, "ti", udid, now) != SQLITE_DONE)
-        return ESIM_ESTORE;
-    return event_add(s, now, "reenrolled_after_erase", udid, NULL,
-                     "new identity accepted: an EraseDevice was delivered", NULL, 0, err);
+    return tx_begin((sqlite_store *)base, err);
 }
 
-static esim_err sq_device_authenticate(store *base, const store_authenticate_in *in, int64_t now,
-                                       esim_error *err)
+static esim_err sq_op_end(store *base, esim_err rc, esim_error *err)
 {
-    sqlite_store *s = (sqlite_store *)base;
-    if (!in || !in->udid || !*in->udid || !in->topic || !*in->topic)
-        return esim_fail(err, ESIM_EINVAL, "Authenticate needs a UDID and a Topic");
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    int r = run(s, err, S_DEV_IDENTITY, "t", in->udid);
-    if (r < 0) {
-        rc = ESIM_ESTORE;
-    } else if (r == SQLITE_ROW) {
-        sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
-        bool enrolled = sqlite3_column_int(st, 0) != 0;
-        const char *bound = (const char *)sqlite3_column_text(st, 1);
-        int64_t enrolled_at = sqlite3_column_int64(st, 2);
-        /* The identity is bound at enrolment; while the device stays enrolled
-         * another certificate must not take its UDID over... */
-        if (enrolled && bound && *bound && in->cert_sha256 && *in->cert_sha256 &&
-            strcmp(bound, in->cert_sha256) != 0)
-            rc = rebind_after_erase(s, in->udid, enrolled_at, now, err);
-    }
-    if (rc == ESIM_OK &&
-        run(s, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTi", in->udid, (int64_t)in->is_enrollment_id,
-            in->topic, in->serial_number, in->os_version, in->build_version, in->product_name,
-            in->model, in->device_name, in->imei, in->cert_sha256, now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK)
-        rc = event_add(s, now, "authenticate", in->udid, NULL, in->topic, NULL, 0, err);
-    return tx_end(s, rc, err);
+    return tx_end((sqlite_store *)base, rc, err);
 }
 
-static esim_err sq_device_token_update(store *base, const char *udid, const char *cert,
-                                       const char *topic, const char *token_hex,
-                                       const char *push_magic, int64_t now, esim_error *err)
+static esim_err sq_event_add(store *base, int64_t now, const char *kind, const char *udid,
+                             const char *uuid, const char *detail, const void *raw, size_t raw_len,
+                             esim_error *err)
 {
-    sqlite_store *s = (sqlite_store *)base;
-    if (!udid || !topic || !token_hex || !*token_hex || !push_magic || !*push_magic)
-        return esim_fail(err, ESIM_EINVAL, "TokenUpdate needs a UDID, Topic, Token and PushMagic");
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    rc = check_identity(s, udid, cert, "TokenUpdate", err);
-    if (rc == ESIM_OK &&
-        run(s, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex, push_magic, now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK)
-        rc = event_add(s, now, "token_update", udid, NULL, topic, NULL, 0, err);
-    return tx_end(s, rc, err);
+    return exec_stmt((sqlite_store *)base, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail,
+                     raw, raw_len);
 }
 
-static esim_err sq_device_checkout(store *base, const char *udid, const char *cert, int64_t now,
+/* ---- device steps ---------------------------------------------------------------- */
+
+static esim_err sq_device_identity(store *base, const char *udid, store_identity *out,
                                    esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    if (!udid)
-        return esim_fail(err, ESIM_EINVAL, "CheckOut needs a UDID");
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    rc = check_identity(s, udid, cert, "CheckOut", err);
-    /* CheckOut closes the queue: what was still pending will never be
-     * delivered to this enrolment, so it is canceled, visibly. */
-    if (rc == ESIM_OK &&
-        run(s, err, S_Q_CANCEL_ALL_EVENTS, "tit", udid, now, "device checked out") != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK && run(s, err, S_Q_CANCEL_ALL, "ti", udid, now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK && run(s, err, S_DEV_CHECKOUT, "ti", udid, now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK)
-        rc = event_add(s, now, "checkout", udid, NULL, NULL, NULL, 0, err);
-    return tx_end(s, rc, err);
-}
-
-/* ---- the command endpoint ---------------------------------------------------- */
-
-typedef struct {
-    const char *status;
-    const char *state;
-    int active;
-    int not_now;
-} status_effect;
-
-static const status_effect status_effects[] = {
-    {"Acknowledged", "acknowledged", 0, 0},
-    {"Error", "error", 0, 0},
-    {"CommandFormatError", "format_error", 0, 0},
-    {"NotNow", "not_now", 1, 1},
-};
-
-/* Applies a non-Idle answer to its queue entry, or logs it as an anomaly. */
-static esim_err record_answer(sqlite_store *s, const store_exchange_in *in, const status_effect *fx,
-                              int64_t now, store_exchange_out *out, esim_error *err)
-{
-    int r = run(s, err, S_Q_FIND, "tt", in->udid, in->command_uuid);
+    int r = run(s, err, S_DEV_IDENTITY, "t", udid);
     if (r < 0)
         return ESIM_ESTORE;
-    const char *why = NULL;
-    char state[32] = "";
-    int64_t id = 0;
-    if (r != SQLITE_ROW) {
-        why = "was never queued for this device";
-    } else {
-        id = sqlite3_column_int64(s->stmt[S_Q_FIND], 0);
-        col_text(s->stmt[S_Q_FIND], 1, state, sizeof state);
-        /* Only a command we handed to the device (state sent) awaits an
-         * answer. Anything else is a stray or repeated answer: log it with
-         * the raw body and never let it change the queue. */
-        if (strcmp(state, "sent") != 0)
-            why = "was not awaiting an answer";
-    }
-    if (why) {
-        out->outcome = STORE_RESULT_ANOMALY;
-        if (state[0])
-            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which is %s: %s",
-                     in->status, in->command_uuid, state, why);
-        else
-            snprintf(out->anomaly, sizeof out->anomaly, "%s for command %s, which %s", in->status,
-                     in->command_uuid, why);
-        return event_add(s, now, "anomaly", in->udid, in->command_uuid, out->anomaly, in->raw,
-                         in->raw_len, err);
-    }
-    if (run(s, err, S_Q_ANSWER, "itiiitb", id, fx->state, (int64_t)fx->active, now,
-            (int64_t)fx->not_now, in->error_chain_json, in->raw, in->raw_len) != SQLITE_DONE)
-        return ESIM_ESTORE;
-    /* NotNow: the device did not keep the command; wake it again after a
-     * back-off rather than waiting for it to come back by itself. */
-    if (fx->not_now && in->not_now_backoff_ms > 0 &&
-        run(s, err, S_DEV_PUSH_DUE_AT, "ti", in->udid, now + in->not_now_backoff_ms) != SQLITE_DONE)
-        return ESIM_ESTORE;
-    out->outcome = STORE_RESULT_APPLIED;
-    return event_add(s, now, "result", in->udid, in->command_uuid, in->status, NULL, 0, err);
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    sqlite3_stmt *st = s->stmt[S_DEV_IDENTITY];
+    out->enrolled = sqlite3_column_int(st, 0) != 0;
+    col_text(st, 1, out->cert_sha256, sizeof out->cert_sha256);
+    out->enrolled_at = sqlite3_column_int64(st, 2);
+    sqlite3_reset(st);
+    return ESIM_OK;
 }
 
-static bool skipped(const store_exchange_in *in, const char *uuid)
+static esim_err sq_device_enroll(store *base, const store_authenticate_in *in, int64_t now,
+                                 esim_error *err)
 {
-    for (size_t i = 0; i < in->n_skip; i++)
-        if (in->skip_uuids[i] && strcmp(in->skip_uuids[i], uuid) == 0)
+    return exec_stmt((sqlite_store *)base, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTi", in->udid,
+                     (int64_t)in->is_enrollment_id, in->topic, in->serial_number, in->os_version,
+                     in->build_version, in->product_name, in->model, in->device_name, in->imei,
+                     in->cert_sha256, now);
+}
+
+static esim_err sq_device_restart_enrolment(store *base, const char *udid, int64_t at,
+                                            esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_REENROLLED, "ti", udid, at);
+}
+
+static esim_err sq_device_set_token(store *base, const char *udid, const char *topic,
+                                    const char *token_hex, const char *push_magic, int64_t now,
+                                    esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex,
+                     push_magic, now);
+}
+
+static esim_err sq_device_unenroll(store *base, const char *udid, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_CHECKOUT, "ti", udid, now);
+}
+
+static esim_err sq_device_seen(store *base, const char *udid, const char *eid, int64_t now,
+                               esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_DEV_SEEN, "ti", udid, now);
+    if (rc == ESIM_OK && eid)
+        rc = exec_stmt(s, err, S_DEV_EID, "tt", udid, eid);
+    return rc;
+}
+
+static esim_err sq_device_owe_push(store *base, const char *udid, int64_t at, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_PUSH_DUE_AT, "ti", udid, at);
+}
+
+static esim_err sq_device_set_push_state(store *base, const char *udid, store_push_state ps,
+                                         esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_PUSH_STATE, "tt", udid,
+                     esim_store_push_state_name(ps));
+}
+
+static esim_err sq_device_push_paid(store *base, const char *udid, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_DUE_CLEAR, "t", udid);
+}
+
+static esim_err sq_devices_take_push_due(store *base, int64_t now, char (*udids)[65], size_t max,
+                                         size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = ESIM_OK;
+    *n = 0;
+    int r = run(s, err, S_DEV_DUE_SELECT, "ii", now, (int64_t)max);
+    while (r == SQLITE_ROW && *n < max) {
+        col_text(s->stmt[S_DEV_DUE_SELECT], 0, udids[*n], 65);
+        (*n)++;
+        r = sqlite3_step(s->stmt[S_DEV_DUE_SELECT]);
+    }
+    if (r != SQLITE_DONE && r != SQLITE_ROW)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "push due");
+    sqlite3_reset(s->stmt[S_DEV_DUE_SELECT]);
+    for (size_t i = 0; rc == ESIM_OK && i < *n; i++)
+        rc = exec_stmt(s, err, S_DEV_DUE_CLEAR, "t", udids[i]);
+    return rc;
+}
+
+/* ---- queue steps ------------------------------------------------------------------- */
+
+static esim_err sq_command_insert(store *base, const store_command_in *cmd, int64_t now,
+                                  esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (run(s, err, S_CMD_INSERT, "ttbiii", cmd->uuid, cmd->request_type, cmd->body, cmd->body_len,
+            (int64_t)cmd->priority, now, cmd->expires_at) >= 0)
+        return ESIM_OK;
+    return sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY ? ESIM_EEXIST
+                                                                           : ESIM_ESTORE;
+}
+
+static esim_err sq_entry_insert(store *base, const char *udid, const store_command_in *cmd,
+                                int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (run(s, err, S_Q_INSERT, "ttiii", udid, cmd->uuid, (int64_t)cmd->priority, cmd->expires_at,
+            now) >= 0)
+        return ESIM_OK;
+    return sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE ? ESIM_EEXIST : ESIM_ESTORE;
+}
+
+static esim_err sq_entry_find(store *base, const char *udid, const char *uuid, int64_t *entry,
+                              store_qstate *state, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_Q_FIND, "tt", udid, uuid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    *entry = sqlite3_column_int64(s->stmt[S_Q_FIND], 0);
+    if (esim_store_qstate_from_name((const char *)sqlite3_column_text(s->stmt[S_Q_FIND], 1),
+                                    state) != ESIM_OK)
+        *state = STORE_Q_QUEUED;
+    sqlite3_reset(s->stmt[S_Q_FIND]);
+    return ESIM_OK;
+}
+
+static esim_err sq_entry_answer(store *base, int64_t entry, store_qstate state, int not_now_add,
+                                const char *error_chain_json, const void *raw, size_t raw_len,
+                                int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_Q_ANSWER, "itiiitb", entry,
+                     esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state), now,
+                     (int64_t)not_now_add, error_chain_json, raw, raw_len);
+}
+
+static bool skipped(const char *const *skip, size_t n_skip, const char *uuid)
+{
+    for (size_t i = 0; i < n_skip; i++)
+        if (skip[i] && strcmp(skip[i], uuid) == 0)
             return true;
     return false;
 }
 
-/* Chooses the next deliverable command and marks it sent. */
-static esim_err pick_next(sqlite_store *s, const store_exchange_in *in, int64_t now,
-                          store_next_command *next, esim_error *err)
+static esim_err sq_entry_next(store *base, const char *udid, int64_t now, const char *const *skip,
+                              size_t n_skip, int64_t *entry, store_next_command *next,
+                              esim_error *err)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3_stmt *st = stmt_get(s, S_Q_NEXT, err);
     if (!st)
         return ESIM_ESTORE;
-    sqlite3_bind_text(st, 1, in->udid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, udid, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_int64(st, 3, (int64_t)in->n_skip + 1);
-    int64_t id = 0;
+    /* The skipped ones can only be among the first n_skip + 1. */
+    sqlite3_bind_int64(st, 3, (int64_t)n_skip + 1);
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
         const char *uuid = (const char *)sqlite3_column_text(st, 1);
-        if (!uuid || skipped(in, uuid))
+        if (!uuid || skipped(skip, n_skip, uuid))
             continue;
-        id = sqlite3_column_int64(st, 0);
+        *entry = sqlite3_column_int64(st, 0);
         col_text(st, 1, next->command_uuid, sizeof next->command_uuid);
         col_text(st, 2, next->request_type, sizeof next->request_type);
         const void *body = sqlite3_column_blob(st, 3);
@@ -675,50 +660,61 @@ static esim_err pick_next(sqlite_store *s, const store_exchange_in *in, int64_t 
         return ESIM_ESTORE;
     }
     sqlite3_reset(st);
-    if (!next->present)
-        return ESIM_OK;
-    if (run(s, err, S_Q_MARK_SENT, "ii", id, now) != SQLITE_DONE)
-        return ESIM_ESTORE;
-    return event_add(s, now, "sent", in->udid, next->command_uuid, next->request_type, NULL, 0,
-                     err);
+    return ESIM_OK;
 }
 
-static esim_err sq_device_exchange(store *base, const store_exchange_in *in, int64_t now,
-                                   store_exchange_out *out, esim_error *err)
+static esim_err sq_entry_mark_sent(store *base, int64_t entry, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_Q_MARK_SENT, "ii", entry, now);
+}
+
+static esim_err sq_entry_cancel(store *base, int64_t entry, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_Q_CANCEL_ONE, "ii", entry, now);
+}
+
+static esim_err sq_entry_retire(store *base, int64_t entry, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_Q_RETIRE, "ii", entry, now);
+}
+
+static esim_err sq_entry_last_sent(store *base, const char *udid, const char *request_type,
+                                   int64_t since, int64_t *entry, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    if (!in || !in->udid || !in->status || !out)
-        return esim_fail(err, ESIM_EINVAL, "a command request needs a UDID and a Status");
-    const status_effect *fx = NULL;
-    bool idle = strcmp(in->status, "Idle") == 0;
-    for (size_t i = 0; !idle && i < sizeof status_effects / sizeof status_effects[0]; i++)
-        if (strcmp(in->status, status_effects[i].status) == 0)
-            fx = &status_effects[i];
-    if (!idle && !fx)
-        return esim_fail(err, ESIM_EINVAL, "unknown Status '%s'", in->status);
-    if (!idle && (!in->command_uuid || !*in->command_uuid))
-        return esim_fail(err, ESIM_EINVAL, "a %s result needs a CommandUUID", in->status);
+    int r = run(s, err, S_Q_LAST_SENT, "tit", udid, since, request_type);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    *entry = sqlite3_column_int64(s->stmt[S_Q_LAST_SENT], 0);
+    sqlite3_reset(s->stmt[S_Q_LAST_SENT]);
+    return ESIM_OK;
+}
 
-    esim_buf_free(&out->next.body);
-    memset(out, 0, sizeof *out);
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    rc = check_identity(s, in->udid, in->cert_sha256, in->status, err);
-    if (rc == ESIM_OK && run(s, err, S_DEV_SEEN, "ti", in->udid, now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK && in->eid && *in->eid &&
-        run(s, err, S_DEV_EID, "tt", in->udid, in->eid) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    if (rc == ESIM_OK && fx)
-        rc = record_answer(s, in, fx, now, out, err);
+static esim_err sq_entries_cancel_device(store *base, const char *udid, const char *kind,
+                                         const char *detail, int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_Q_CANCEL_ALL_EVENTS, "titt", udid, now, detail, kind);
     if (rc == ESIM_OK)
-        rc = pick_next(s, in, now, &out->next, err);
-    rc = tx_end(s, rc, err);
-    if (rc != ESIM_OK) {
-        esim_buf_free(&out->next.body);
-        memset(out, 0, sizeof *out);
-    }
+        rc = exec_stmt(s, err, S_Q_CANCEL_ALL, "ti", udid, now);
+    return rc;
+}
+
+static esim_err sq_entries_pushed(store *base, const char *udid, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_Q_PUSHED, "ti", udid, now);
+}
+
+static esim_err sq_entries_expire(store *base, const char *kind, int64_t now, size_t *n,
+                                  esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_Q_EXPIRE_EVENTS, "it", now, kind);
+    if (rc == ESIM_OK)
+        rc = exec_stmt(s, err, S_Q_EXPIRE, "i", now);
+    *n = rc == ESIM_OK ? (size_t)sqlite3_changes(s->db) : 0;
     return rc;
 }
 
@@ -803,7 +799,7 @@ static esim_err read_entry(sqlite3_stmt *st, store_queue_entry *e)
     col_text(st, 1, e->command_uuid, sizeof e->command_uuid);
     col_text(st, 2, e->request_type, sizeof e->request_type);
     const char *state = (const char *)sqlite3_column_text(st, 3);
-    if (store_qstate_from_name(state, &e->state) != ESIM_OK)
+    if (esim_store_qstate_from_name(state, &e->state) != ESIM_OK)
         e->state = STORE_Q_QUEUED;
     e->priority = sqlite3_column_int(st, 4);
     e->attempts = sqlite3_column_int(st, 5);
@@ -881,7 +877,7 @@ static esim_err sq_command_get(store *base, const char *uuid, const char *after,
         sqlite3_stmt *cs = s->stmt[S_Q_COUNT_BY_COMMAND];
         store_qstate qs;
         uint64_t count = (uint64_t)sqlite3_column_int64(cs, 1);
-        if (store_qstate_from_name((const char *)sqlite3_column_text(cs, 0), &qs) == ESIM_OK)
+        if (esim_store_qstate_from_name((const char *)sqlite3_column_text(cs, 0), &qs) == ESIM_OK)
             info->by_state[qs] = count;
         info->devices += count;
         r = sqlite3_step(cs);
@@ -897,205 +893,33 @@ static esim_err sq_command_get(store *base, const char *uuid, const char *after,
     esim_err rc =
         r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_BY_COMMAND, r, entries, n, &cap, err);
     if (rc != ESIM_OK) {
-        store_queue_entries_free(*entries, *n);
+        esim_store_queue_entries_free(*entries, *n);
         *entries = NULL;
         *n = 0;
     }
     return rc;
 }
 
-static esim_err sq_device_queue(store *base, const char *udid, bool with_done,
-                                store_queue_entry **entries, size_t *n, esim_error *err)
+static esim_err sq_device_entries(store *base, const char *udid, bool with_done,
+                                  store_queue_entry **entries, size_t *n, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    *entries = NULL;
-    *n = 0;
-    int r = run(s, err, S_DEV_IDENTITY, "t", udid);
-    if (r < 0)
-        return ESIM_ESTORE;
-    sqlite3_reset(s->stmt[S_DEV_IDENTITY]);
-    if (r != SQLITE_ROW)
-        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid ? udid : "(null)");
     size_t cap = 0;
-    /* Both reads in one transaction so the two halves agree. */
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    r = run(s, err, S_Q_ACTIVE_FOR_DEVICE, "t", udid);
-    rc = r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_ACTIVE_FOR_DEVICE, r, entries, n, &cap, err);
+    int r = run(s, err, S_Q_ACTIVE_FOR_DEVICE, "t", udid);
+    esim_err rc =
+        r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_ACTIVE_FOR_DEVICE, r, entries, n, &cap, err);
     if (rc == ESIM_OK && with_done) {
         r = run(s, err, S_Q_DONE_FOR_DEVICE, "t", udid);
         rc =
             r < 0 ? ESIM_ESTORE : collect_entries(s, S_Q_DONE_FOR_DEVICE, r, entries, n, &cap, err);
     }
-    rc = tx_end(s, rc, err);
-    if (rc != ESIM_OK) {
-        store_queue_entries_free(*entries, *n);
-        *entries = NULL;
-        *n = 0;
-    }
     return rc;
-}
-
-/* ---- admin changes -------------------------------------------------------------- */
-
-static esim_err sq_command_enqueue(store *base, const store_command_in *cmd,
-                                   const char *const *udids, size_t n, int64_t now, esim_error *err)
-{
-    sqlite_store *s = (sqlite_store *)base;
-    if (!cmd || !cmd->uuid || !*cmd->uuid || !cmd->request_type || !*cmd->request_type ||
-        !cmd->body || cmd->body_len == 0)
-        return esim_fail(err, ESIM_EINVAL, "a command needs a uuid, a request type and a body");
-    if (n == 0 || !udids)
-        return esim_fail(err, ESIM_EINVAL, "no devices to queue the command for");
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    int r = run(s, err, S_CMD_INSERT, "ttbiii", cmd->uuid, cmd->request_type, cmd->body,
-                cmd->body_len, (int64_t)cmd->priority, now, cmd->expires_at);
-    if (r < 0)
-        rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_PRIMARYKEY
-                 ? esim_fail(err, ESIM_EEXIST, "command uuid %s is already used", cmd->uuid)
-                 : ESIM_ESTORE;
-    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-        r = run(s, err, S_DEV_IDENTITY, "t", udids[i]);
-        if (r < 0) {
-            rc = ESIM_ESTORE;
-        } else if (r != SQLITE_ROW) {
-            rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udids[i]);
-        } else if (sqlite3_column_int(s->stmt[S_DEV_IDENTITY], 0) == 0) {
-            rc =
-                esim_fail(err, ESIM_ESTATE, "device %s is not enrolled (it checked out)", udids[i]);
-        } else if (run(s, err, S_Q_INSERT, "ttiii", udids[i], cmd->uuid, (int64_t)cmd->priority,
-                       cmd->expires_at, now) < 0) {
-            rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_UNIQUE
-                     ? esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i])
-                     : ESIM_ESTORE;
-        } else {
-            rc =
-                event_add(s, now, "enqueued", udids[i], cmd->uuid, cmd->request_type, NULL, 0, err);
-        }
-    }
-    return tx_end(s, rc, err);
-}
-
-static esim_err sq_queue_cancel(store *base, const char *udid, const char *uuid, int64_t now,
-                                esim_error *err)
-{
-    sqlite_store *s = (sqlite_store *)base;
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    int r = run(s, err, S_Q_FIND, "tt", udid, uuid);
-    if (r < 0) {
-        rc = ESIM_ESTORE;
-    } else if (r != SQLITE_ROW) {
-        rc = esim_fail(err, ESIM_ENOTFOUND, "command %s is not queued for device %s", uuid, udid);
-    } else {
-        int64_t id = sqlite3_column_int64(s->stmt[S_Q_FIND], 0);
-        char state[32];
-        col_text(s->stmt[S_Q_FIND], 1, state, sizeof state);
-        store_qstate qs;
-        if (store_qstate_from_name(state, &qs) == ESIM_OK && !store_qstate_active(qs))
-            rc = esim_fail(err, ESIM_ESTATE, "command %s for device %s is already %s", uuid, udid,
-                           state);
-        else if (run(s, err, S_Q_CANCEL_ONE, "ii", id, now) != SQLITE_DONE)
-            rc = ESIM_ESTORE;
-        else
-            rc = event_add(s, now, "canceled", udid, uuid, "canceled by an admin", NULL, 0, err);
-    }
-    return tx_end(s, rc, err);
-}
-
-static esim_err sq_push_target(store *base, const char *udid, store_push_target *out,
-                               esim_error *err)
-{
-    store_device d;
-    esim_err rc = sq_device_get(base, udid, &d, err);
-    if (rc != ESIM_OK)
-        return rc;
-    memset(out, 0, sizeof *out);
-    memcpy(out->udid, d.udid, sizeof out->udid);
-    memcpy(out->topic, d.topic, sizeof out->topic);
-    memcpy(out->push_token, d.push_token, sizeof out->push_token);
-    memcpy(out->push_magic, d.push_magic, sizeof out->push_magic);
-    out->push_state = d.push_state;
-    out->enrolled = d.enrolled;
-    return ESIM_OK;
-}
-
-static esim_err sq_push_recorded(store *base, const char *udid, bool token_dead, int64_t now,
-                                 esim_error *err)
-{
-    sqlite_store *s = (sqlite_store *)base;
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    if (token_dead) {
-        if (run(s, err, S_DEV_PUSH_STATE, "tt", udid, "dead") != SQLITE_DONE)
-            rc = ESIM_ESTORE;
-        if (rc == ESIM_OK)
-            rc = event_add(s, now, "push_token_dead", udid, NULL, NULL, NULL, 0, err);
-    } else {
-        if (run(s, err, S_Q_PUSHED, "ti", udid, now) != SQLITE_DONE)
-            rc = ESIM_ESTORE;
-        if (rc == ESIM_OK && run(s, err, S_DEV_DUE_CLEAR, "t", udid) != SQLITE_DONE)
-            rc = ESIM_ESTORE;
-        if (rc == ESIM_OK)
-            rc = event_add(s, now, "pushed", udid, NULL, NULL, NULL, 0, err);
-    }
-    return tx_end(s, rc, err);
-}
-
-static esim_err sq_push_due(store *base, int64_t now, char (*udids)[65], size_t max, size_t *n,
-                            esim_error *err)
-{
-    sqlite_store *s = (sqlite_store *)base;
-    *n = 0;
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    int r = run(s, err, S_DEV_DUE_SELECT, "ii", now, (int64_t)max);
-    while (r == SQLITE_ROW && *n < max) {
-        col_text(s->stmt[S_DEV_DUE_SELECT], 0, udids[*n], 65);
-        (*n)++;
-        r = sqlite3_step(s->stmt[S_DEV_DUE_SELECT]);
-    }
-    if (r != SQLITE_DONE && r != SQLITE_ROW)
-        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "push due");
-    sqlite3_reset(s->stmt[S_DEV_DUE_SELECT]);
-    for (size_t i = 0; rc == ESIM_OK && i < *n; i++)
-        if (run(s, err, S_DEV_DUE_CLEAR, "t", udids[i]) != SQLITE_DONE)
-            rc = ESIM_ESTORE;
-    rc = tx_end(s, rc, err);
-    if (rc != ESIM_OK)
-        *n = 0;
-    return rc;
-}
-
-static esim_err sq_expire(store *base, int64_t now, size_t *n, esim_error *err)
-{
-    sqlite_store *s = (sqlite_store *)base;
-    if (n)
-        *n = 0;
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
-    if (run(s, err, S_Q_EXPIRE_EVENTS, "i", now) != SQLITE_DONE ||
-        run(s, err, S_Q_EXPIRE, "i", now) != SQLITE_DONE)
-        rc = ESIM_ESTORE;
-    else if (n)
-        *n = (size_t)sqlite3_changes(s->db);
-    return tx_end(s, rc, err);
 }
 
 static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    memset(out, 0, sizeof *out);
-    esim_err rc = tx_begin(s, err);
-    if (rc != ESIM_OK)
-        return rc;
+    esim_err rc = ESIM_OK;
     int r = run(s, err, S_STATS_DEVICES, "");
     if (r == SQLITE_ROW) {
         out->devices = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_DEVICES], 0);
@@ -1104,8 +928,8 @@ static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
         r = run(s, err, S_STATS_QUEUE, "");
         while (r == SQLITE_ROW) {
             store_qstate qs;
-            if (store_qstate_from_name((const char *)sqlite3_column_text(s->stmt[S_STATS_QUEUE], 0),
-                                       &qs) == ESIM_OK)
+            if (esim_store_qstate_from_name(
+                    (const char *)sqlite3_column_text(s->stmt[S_STATS_QUEUE], 0), &qs) == ESIM_OK)
                 out->queue_by_state[qs] = (uint64_t)sqlite3_column_int64(s->stmt[S_STATS_QUEUE], 1);
             r = sqlite3_step(s->stmt[S_STATS_QUEUE]);
         }
@@ -1119,7 +943,7 @@ static esim_err sq_stats(store *base, store_stats *out, esim_error *err)
     for (int i = S_STATS_DEVICES; i <= S_STATS_EVENTS; i++)
         if (s->stmt[i])
             sqlite3_reset(s->stmt[i]);
-    return tx_end(s, rc, err);
+    return rc;
 }
 
 static esim_err sq_events_list(store *base, const char *udid, int64_t after, size_t limit,
@@ -1160,7 +984,7 @@ static esim_err sq_events_list(store *base, const char *udid, int64_t after, siz
     if (st)
         sqlite3_reset(st);
     if (rc != ESIM_OK) {
-        store_events_free(list, count);
+        esim_store_events_free(list, count);
         return rc;
     }
     *out = list;
@@ -1168,14 +992,33 @@ static esim_err sq_events_list(store *base, const char *udid, int64_t after, siz
     return ESIM_OK;
 }
 
-static esim_err sq_event_append(store *base, const char *kind, const char *udid,
-                                const char *command_uuid, const char *detail, const void *raw,
-                                size_t raw_len, int64_t now, esim_error *err)
+static esim_err sq_event_latest(store *base, const char *udid, const char *const *kinds,
+                                size_t n_kinds, store_event *out, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    if (!kind || !*kind)
-        return esim_fail(err, ESIM_EINVAL, "an event needs a kind");
-    return event_add(s, now, kind, udid, command_uuid, detail, raw, raw_len, err);
+    sqlite3_stmt *st = stmt_get(s, S_EVENT_LATEST, err);
+    if (!st)
+        return ESIM_ESTORE;
+    sqlite3_bind_text(st, 1, udid, -1, SQLITE_STATIC);
+    /* Unused kind slots stay NULL, which matches nothing. */
+    for (size_t i = 0; i < n_kinds && i < STORE_EVENT_KINDS_MAX; i++)
+        sqlite3_bind_text(st, (int)i + 2, kinds[i], -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    esim_err rc = ESIM_OK;
+    if (r == SQLITE_ROW) {
+        out->id = sqlite3_column_int64(st, 0);
+        out->at = sqlite3_column_int64(st, 1);
+        col_text(st, 2, out->kind, sizeof out->kind);
+        col_text(st, 3, out->udid, sizeof out->udid);
+        col_text(st, 4, out->command_uuid, sizeof out->command_uuid);
+        col_text(st, 5, out->detail, sizeof out->detail);
+    } else if (r == SQLITE_DONE) {
+        rc = ESIM_ENOTFOUND;
+    } else {
+        rc = db_fail(s, err, "latest event");
+    }
+    sqlite3_reset(st);
+    return rc;
 }
 
 /* Group commit: with synchronous=NORMAL a WAL commit is a write() into the
@@ -1219,32 +1062,48 @@ static void sq_close(store *base)
 
 static const struct store_ops sqlite_ops = {
     .name = "sqlite",
+    .features = ESIM_STORE_FEATURE_BATCH | ESIM_STORE_FEATURE_DEFERRED_SYNC,
     .close = sq_close,
-    .device_authenticate = sq_device_authenticate,
-    .device_token_update = sq_device_token_update,
-    .device_checkout = sq_device_checkout,
-    .device_exchange = sq_device_exchange,
+    .op_begin = sq_op_begin,
+    .op_end = sq_op_end,
+    .device_identity = sq_device_identity,
+    .device_enroll = sq_device_enroll,
+    .device_restart_enrolment = sq_device_restart_enrolment,
+    .device_set_token = sq_device_set_token,
+    .device_unenroll = sq_device_unenroll,
+    .device_seen = sq_device_seen,
+    .device_owe_push = sq_device_owe_push,
+    .device_set_push_state = sq_device_set_push_state,
+    .device_push_paid = sq_device_push_paid,
+    .devices_take_push_due = sq_devices_take_push_due,
     .device_get = sq_device_get,
     .device_list = sq_device_list,
-    .command_enqueue = sq_command_enqueue,
+    .command_insert = sq_command_insert,
+    .entry_insert = sq_entry_insert,
+    .entry_find = sq_entry_find,
+    .entry_answer = sq_entry_answer,
+    .entry_next = sq_entry_next,
+    .entry_mark_sent = sq_entry_mark_sent,
+    .entry_cancel = sq_entry_cancel,
+    .entry_retire = sq_entry_retire,
+    .entry_last_sent = sq_entry_last_sent,
+    .entries_cancel_device = sq_entries_cancel_device,
+    .entries_pushed = sq_entries_pushed,
+    .entries_expire = sq_entries_expire,
     .command_get = sq_command_get,
-    .device_queue = sq_device_queue,
-    .queue_cancel = sq_queue_cancel,
-    .push_target = sq_push_target,
-    .push_recorded = sq_push_recorded,
-    .push_due = sq_push_due,
-    .expire = sq_expire,
+    .device_entries = sq_device_entries,
+    .event_add = sq_event_add,
     .events_list = sq_events_list,
+    .event_latest = sq_event_latest,
     .stats = sq_stats,
     .batch_begin = sq_batch_begin,
     .batch_commit = sq_batch_commit,
     .batch_rollback = sq_batch_rollback,
     .commit_count = sq_commit_count,
     .sync = sq_sync,
-    .event_append = sq_event_append,
 };
 
-int store_schema_version(void)
+int store_sqlite_schema_version(void)
 {
     return migrations[sizeof migrations / sizeof migrations[0] - 1].version;
 }
@@ -1275,11 +1134,11 @@ static esim_err migrate(sqlite_store *s, esim_error *err)
     if (sqlite3_step(st) == SQLITE_ROW)
         current = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    if (current > store_schema_version())
+    if (current > store_sqlite_schema_version())
         return esim_fail(err, ESIM_ESTORE,
                          "the store has schema version %d, newer than this program's %d: "
                          "run a newer esim-mdm",
-                         current, store_schema_version());
+                         current, store_sqlite_schema_version());
     for (size_t i = 0; i < sizeof migrations / sizeof migrations[0]; i++) {
         if (migrations[i].version <= current)
             continue;

@@ -150,8 +150,8 @@ static void job_failed_attempt(hook_job *j)
         char detail[600];
         snprintf(detail, sizeof detail, "gave up on %s after %d attempts",
                  svc->webhook_urls[j->url], j->attempts);
-        svc->st->ops->event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
-                                   esim_now_ms(), NULL);
+        esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
+                                esim_now_ms(), NULL);
         job_free(j);
         return;
     }
