@@ -15,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "cli/http_client.h"
+#include "campaign/campaign.h"
 #include "service/service.h"
 
 /* ---- serve -------------------------------------------------------------------------- */
@@ -330,6 +331,13 @@ static int run_service(serve_opts *o, const char *api_token_path)
         fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
         event_base_free(base);
         return rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    }
+    /* The composition root: campaigns (campaign/) on top of the service. */
+    if ((rc = esim_campaigns_attach(svc, o->cfg.data_dir, o->cfg.store_sync, &e)) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
+        esim_service_free(svc);
+        event_base_free(base);
+        return CLI_EXIT_FAIL;
     }
     if (o->port_file) {
         char text[16];

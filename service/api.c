@@ -1,8 +1,9 @@
 /*
  * api.c — the admin side: a table of routes (method, pattern, handler) for
  * the JSON API under /v1/ (bearer token, compared in constant time), the
- * NanoMDM-compatible raw enqueue, /metrics and /healthz. docs/api.md is the
- * reference for every endpoint here.
+ * NanoMDM-compatible raw enqueue, /metrics and /healthz, then the routes
+ * modules add (esim_service_add_route). docs/api.md is the reference for
+ * every endpoint here.
  */
 #include <stdarg.h>
 #include <stdlib.h>
@@ -14,7 +15,6 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
-#include "service/campaign_service.h"
 #include "service/service_internal.h"
 
 /* ---- helpers ---------------------------------------------------------------------- */
@@ -565,24 +565,6 @@ static const api_route routes[] = {
     {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
     {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
     {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */
-    /* campaigns, groups, tags, imports, diagnosis: api_campaign.c */
-    {EVHTTP_REQ_POST, "/v1/campaigns", api_campaign_create, true},
-    {EVHTTP_REQ_GET, "/v1/campaigns", api_campaign_list, true},
-    {EVHTTP_REQ_GET, "/v1/campaigns/:", api_campaign_get, true},
-    {EVHTTP_REQ_GET, "/v1/campaigns/:/devices", api_campaign_devices, true},
-    {EVHTTP_REQ_POST, "/v1/campaigns/:/pause", api_campaign_pause, true},
-    {EVHTTP_REQ_POST, "/v1/campaigns/:/resume", api_campaign_resume, true},
-    {EVHTTP_REQ_POST, "/v1/campaigns/:/cancel", api_campaign_cancel, true},
-    {EVHTTP_REQ_POST, "/v1/import/eids", api_import_eids, true},
-    {EVHTTP_REQ_POST, "/v1/import/activation-codes", api_import_codes, true},
-    {EVHTTP_REQ_POST, "/v1/groups", api_group_create, true},
-    {EVHTTP_REQ_GET, "/v1/groups", api_group_list, true},
-    {EVHTTP_REQ_GET, "/v1/groups/:", api_group_get, true},
-    {EVHTTP_REQ_POST, "/v1/groups/:/members", api_group_members, true},
-    {EVHTTP_REQ_DELETE, "/v1/groups/:", api_group_delete, true},
-    {EVHTTP_REQ_GET, "/v1/devices/:/tags", api_device_tags_get, true},
-    {EVHTTP_REQ_POST, "/v1/devices/:/tags", api_device_tags_post, true},
-    {EVHTTP_REQ_GET, "/v1/devices/:/diagnosis", api_device_diagnosis, true},
 };
 
 /* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|
@@ -655,26 +637,32 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     char *decoded[API_MAX_PARAMS] = {0};
     const api_route *hit = NULL;
+    const svc_route *module_hit = NULL;
     bool path_known = false;
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !hit; i++) {
+    size_t n_table = sizeof routes / sizeof routes[0];
+    for (size_t i = 0; i < n_table + svc->n_routes && !hit && !module_hit; i++) {
         for (size_t k = 0; k < API_MAX_PARAMS; k++) {
             free(decoded[k]);
             decoded[k] = NULL;
         }
-        if (!route_match(routes[i].pattern, path, &r, decoded))
+        const char *pattern = i < n_table ? routes[i].pattern : svc->routes[i - n_table].pattern;
+        if (!route_match(pattern, path, &r, decoded))
             continue;
         path_known = true;
-        if (routes[i].method == method)
+        if (i < n_table && routes[i].method == method)
             hit = &routes[i];
+        else if (i >= n_table && svc->routes[i - n_table].method == method)
+            module_hit = &svc->routes[i - n_table];
     }
+    bool needs_token = module_hit || (hit && hit->needs_token);
     struct evkeyvalq query;
     TAILQ_INIT(&query);
-    if (!hit) {
+    if (!hit && !module_hit) {
         if (path_known)
             api_error(&r, 405, NULL, "method not allowed on %s", path);
         else
             api_error(&r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
-    } else if (hit->needs_token && !authorized(svc, req)) {
+    } else if (needs_token && !authorized(svc, req)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
         api_error(&r, 401, NULL, "missing or wrong API token: send Authorization: Bearer <token>");
     } else {
@@ -684,11 +672,114 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         else if (q) {
             api_error(&r, 400, NULL, "bad query string");
             hit = NULL;
+            module_hit = NULL;
         }
         if (hit)
             hit->fn(&r);
+        else if (module_hit)
+            module_hit->fn(&r, module_hit->arg);
     }
     evhttp_clear_headers(&query);
     for (size_t k = 0; k < API_MAX_PARAMS; k++)
         free(decoded[k]);
+}
+
+/* ---- routes of modules (service.h) ---------------------------------------------------------- */
+
+esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
+                                esim_api_handler fn, void *arg)
+{
+    static const struct {
+        const char *word;
+        enum evhttp_cmd_type cmd;
+    } methods[] = {{"GET", EVHTTP_REQ_GET},
+                   {"POST", EVHTTP_REQ_POST},
+                   {"PUT", EVHTTP_REQ_PUT},
+                   {"DELETE", EVHTTP_REQ_DELETE}};
+    if (!svc || !method || !pattern || !fn || pattern[0] != '/')
+        return ESIM_EINVAL;
+    size_t m = 0;
+    while (m < sizeof methods / sizeof methods[0] && strcmp(methods[m].word, method) != 0)
+        m++;
+    if (m == sizeof methods / sizeof methods[0])
+        return ESIM_EINVAL;
+    size_t params = 0;
+    for (const char *p = pattern; (p = strstr(p, "/:")) != NULL; p += 2)
+        if (p[2] == '/' || p[2] == '\0')
+            params++;
+    if (params > API_MAX_PARAMS)
+        return ESIM_EINVAL;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (routes[i].method == methods[m].cmd && strcmp(routes[i].pattern, pattern) == 0)
+            return ESIM_EEXIST;
+    for (size_t i = 0; i < svc->n_routes; i++)
+        if (svc->routes[i].method == methods[m].cmd && strcmp(svc->routes[i].pattern, pattern) == 0)
+            return ESIM_EEXIST;
+    if (svc->n_routes == svc->cap_routes) {
+        size_t cap = svc->cap_routes ? svc->cap_routes * 2 : 16;
+        svc_route *grown = realloc(svc->routes, cap * sizeof *grown);
+        if (!grown)
+            return ESIM_ENOMEM;
+        svc->routes = grown;
+        svc->cap_routes = cap;
+    }
+    char *copy = strdup(pattern);
+    if (!copy)
+        return ESIM_ENOMEM;
+    svc->routes[svc->n_routes++] = (svc_route){methods[m].cmd, copy, fn, arg};
+    return ESIM_OK;
+}
+
+void api_routes_free(esim_service *svc)
+{
+    for (size_t i = 0; i < svc->n_routes; i++)
+        free(svc->routes[i].pattern);
+    free(svc->routes);
+    svc->routes = NULL;
+    svc->n_routes = svc->cap_routes = 0;
+}
+
+esim_service *esim_api_service(esim_api_request *r)
+{
+    return r->svc;
+}
+
+const char *esim_api_param(const esim_api_request *r, size_t i)
+{
+    return i < r->n_params ? r->params[i] : NULL;
+}
+
+const char *esim_api_query(const esim_api_request *r, const char *key)
+{
+    return r->query && key ? evhttp_find_header(r->query, key) : NULL;
+}
+
+const unsigned char *esim_api_body(esim_api_request *r, size_t *len)
+{
+    return http_body(r->req, len);
+}
+
+struct json_t *esim_api_body_json(esim_api_request *r)
+{
+    return api_body_json(r);
+}
+
+void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body)
+{
+    api_reply_json(r, code, body);
+}
+
+void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    api_error(r, code, field, "%s", msg);
+}
+
+int esim_api_status_for(esim_err rc)
+{
+    return api_status_for(rc);
 }

@@ -18,7 +18,6 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
-#include "service/campaign_service.h"
 #include "service/service_internal.h"
 
 void esim_service_config_init(esim_service_config *cfg)
@@ -641,9 +640,6 @@ static esim_err start(esim_service *svc, esim_error *err)
         return rc;
     if ((rc = http_setup(svc, err)) != ESIM_OK)
         return rc;
-    if ((rc = campaigns_new(svc, svc->data_dir, svc->cfg.store_sync != STORE_SYNC_FULL,
-                            &svc->campaigns, err)) != ESIM_OK)
-        return rc;
     if (pipe2(svc->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
         return esim_fail(err, ESIM_EIO, "pipe: %s", strerror(errno));
     svc->stop_ev = event_new(svc->base, svc->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, svc);
@@ -692,7 +688,12 @@ void esim_service_free(esim_service *svc)
     if (svc->http)
         evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
     mdm_forget_connections(svc);
-    campaigns_free(svc->campaigns); /* before push: it may still queue and push */
+    /* Modules close before push: they may still queue and push. */
+    while (svc->n_closes > 0) {
+        svc->n_closes--;
+        svc->closes[svc->n_closes].fn(svc, svc->closes[svc->n_closes].arg);
+    }
+    api_routes_free(svc);
     push_free(svc);
     webhooks_free(svc);
     if (svc->tick_ev)
@@ -749,26 +750,75 @@ store *esim_service_store(esim_service *svc)
     return svc ? svc->st : NULL;
 }
 
+struct event_base *esim_service_base(esim_service *svc)
+{
+    return svc ? svc->base : NULL;
+}
+
+void esim_service_count_store_error(esim_service *svc)
+{
+    if (svc)
+        svc->m.store_errors++;
+}
+
+/* Each kind of hook is an array of {fn, arg} of SVC_MAX_HOOKS slots. */
+#define ADD_HOOK(arr, n, f, a)                                                                     \
+    do {                                                                                           \
+        if (!svc || !(f))                                                                          \
+            return ESIM_EINVAL;                                                                    \
+        if ((n) == SVC_MAX_HOOKS)                                                                  \
+            return ESIM_ETOOBIG;                                                                   \
+        (arr)[(n)].fn = (f);                                                                       \
+        (arr)[(n)++].arg = (a);                                                                    \
+        return ESIM_OK;                                                                            \
+    } while (0)
+
 esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg)
 {
-    if (!svc || !fn)
-        return ESIM_EINVAL;
-    if (svc->n_result_hooks == SVC_MAX_HOOKS)
-        return ESIM_ETOOBIG;
-    svc->result_hooks[svc->n_result_hooks].fn = fn;
-    svc->result_hooks[svc->n_result_hooks++].arg = arg;
-    return ESIM_OK;
+    ADD_HOOK(svc->result_hooks, svc->n_result_hooks, fn, arg);
 }
 
 esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg)
 {
-    if (!svc || !fn)
-        return ESIM_EINVAL;
-    if (svc->n_ticks == SVC_MAX_HOOKS)
-        return ESIM_ETOOBIG;
-    svc->ticks[svc->n_ticks].fn = fn;
-    svc->ticks[svc->n_ticks++].arg = arg;
-    return ESIM_OK;
+    ADD_HOOK(svc->ticks, svc->n_ticks, fn, arg);
+}
+
+esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn, void *arg)
+{
+    ADD_HOOK(svc->metrics, svc->n_metrics, fn, arg);
+}
+
+esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg)
+{
+    ADD_HOOK(svc->closes, svc->n_closes, fn, arg);
+}
+
+/* Drops the entries of |arr| registered with |a|, keeping the order. */
+#define REMOVE_HOOKS(arr, n, a)                                                                    \
+    do {                                                                                           \
+        size_t kept_ = 0;                                                                          \
+        for (size_t i_ = 0; i_ < (n); i_++)                                                        \
+            if ((arr)[i_].arg != (a))                                                              \
+                (arr)[kept_++] = (arr)[i_];                                                        \
+        (n) = kept_;                                                                               \
+    } while (0)
+
+void esim_service_remove_hooks(esim_service *svc, void *arg)
+{
+    if (!svc)
+        return;
+    REMOVE_HOOKS(svc->result_hooks, svc->n_result_hooks, arg);
+    REMOVE_HOOKS(svc->ticks, svc->n_ticks, arg);
+    REMOVE_HOOKS(svc->metrics, svc->n_metrics, arg);
+    REMOVE_HOOKS(svc->closes, svc->n_closes, arg);
+    size_t kept = 0;
+    for (size_t i = 0; i < svc->n_routes; i++) {
+        if (svc->routes[i].arg == arg)
+            free(svc->routes[i].pattern);
+        else
+            svc->routes[kept++] = svc->routes[i];
+    }
+    svc->n_routes = kept;
 }
 
 void svc_run_result_hooks(esim_service *svc, const esim_service_result *r)
@@ -880,7 +930,8 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         esim_buf_printf(out, "esim_mdm_pushes_total{outcome=\"%s\"} %llu\n",
                         esim_push_state_name((esim_push_state)p), (unsigned long long)m->pushes[p]);
     push_metrics(svc, out);
-    campaigns_metrics(svc->campaigns, out);
+    for (size_t i = 0; i < svc->n_metrics; i++)
+        svc->metrics[i].fn(svc, out, svc->metrics[i].arg);
     esim_buf_printf(out,
                     "# TYPE esim_mdm_webhooks_total counter\n"
                     "esim_mdm_webhooks_total{outcome=\"delivered\"} %llu\n"

@@ -143,9 +143,20 @@ void esim_service_request_stop(esim_service *svc);
 /* The store, for modules built on the service (campaigns). Owned by it. */
 store *esim_service_store(esim_service *svc);
 
+/* The event loop the service runs on (the |base| given to esim_service_new),
+ * for modules that need timers of their own. Not owned by the service. */
+struct event_base *esim_service_base(esim_service *svc);
+
+/* Counts one failure of a module's own storage under
+ * esim_mdm_store_errors_total (the module records the details itself). */
+void esim_service_count_store_error(esim_service *svc);
+
 /* ---- extension points -------------------------------------------------------
- * For modules that live beside the service (campaigns): they learn of every
- * recorded command result and get a periodic tick, on the service's loop. */
+ * The service knows nothing of the modules built on it (campaigns, in
+ * campaign/). A module registers hooks after esim_service_new and before the
+ * loop runs, and the program that builds the service (its composition root:
+ * `esim-mdm serve`, the test harnesses) attaches the modules it wants. Every
+ * hook runs on the service's loop. */
 
 /* What a result hook sees. Pointers are valid during the call only. */
 typedef struct {
@@ -164,11 +175,70 @@ typedef void (*esim_service_result_hook)(esim_service *svc, const esim_service_r
                                          void *arg);
 /* Called every tick_ms with the wall-clock time. */
 typedef void (*esim_service_tick_fn)(esim_service *svc, int64_t now_ms, void *arg);
+/* Appends Prometheus text lines to |out| when /metrics is read. */
+typedef void (*esim_service_metrics_fn)(esim_service *svc, esim_buf *out, void *arg);
+/* Called once from esim_service_free, after the service stopped serving
+ * (listener and connections closed, pending group commit undone) and
+ * before pushes, webhooks and the store close: the module may still
+ * enqueue and push (each then commits on its own), and must release
+ * whatever |arg| holds. Modules close in the reverse order of
+ * registration. */
+typedef void (*esim_service_close_fn)(esim_service *svc, void *arg);
 
 /* Registers a hook (at most 16 of each kind); call before the loop runs.
  *   ESIM_EINVAL  NULL service or function;  ESIM_ETOOBIG  16 already. */
 esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg);
 esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg);
+esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn, void *arg);
+esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg);
+
+/* ---- admin API routes of modules ---------------------------------------------------
+ * A module adds endpoints to the admin API. They answer after the service's
+ * own routes are tried, and always require the API token. */
+
+/* One admin API request, as a route handler sees it; valid during the call. */
+typedef struct esim_api_request esim_api_request;
+
+/* Answers |r| (every path through a handler must answer exactly once). */
+typedef void (*esim_api_handler)(esim_api_request *r, void *arg);
+
+/*
+ * Adds the route |method| ("GET", "POST", "PUT", "DELETE") |pattern|
+ * ("/v1/campaigns/:/pause": each ':' segment matches one path segment,
+ * decoded, at most 4) with |fn|(r, |arg|). The pattern is copied.
+ *   ESIM_EINVAL  NULL argument, unknown method, a pattern not starting
+ *                with '/', or more than 4 ':' segments;
+ *   ESIM_EEXIST  the method and pattern are routed already;
+ *   ESIM_ENOMEM  out of memory.
+ */
+esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
+                                esim_api_handler fn, void *arg);
+
+/* Undoes every registration (hooks, ticks, metrics, close, routes) made
+ * with |arg|: for a module that failed half-way through attaching. */
+void esim_service_remove_hooks(esim_service *svc, void *arg);
+
+/* The service a request came to. */
+esim_service *esim_api_service(esim_api_request *r);
+/* The |i|th ':' segment of the route's pattern, decoded; NULL past the end. */
+const char *esim_api_param(const esim_api_request *r, size_t i);
+/* A query-string parameter, decoded; NULL when absent. */
+const char *esim_api_query(const esim_api_request *r, const char *key);
+/* The request body as one block (NULL when empty); *len its size. */
+const unsigned char *esim_api_body(esim_api_request *r, size_t *len);
+
+/* jansson's json_t, without making every user of this header include it. */
+struct json_t;
+/* The body parsed as a JSON object (caller's: json_decref); on failure the
+ * request is answered 400 and NULL is returned. */
+struct json_t *esim_api_body_json(esim_api_request *r);
+/* Answers |code| with |body| as JSON (stolen; NULL answers 500). */
+void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body);
+/* Answers {"error": {"code", "field" (when not NULL), "message"}}. */
+void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The HTTP status the admin API gives an esim_err (ESIM_ENOTFOUND 404, ...). */
+int esim_api_status_for(esim_err rc);
 
 /* ---- enqueue and push, as the admin API does them ------------------------------ */
 

@@ -132,7 +132,8 @@ struct esim_service {
 
     svc_push *push;
     svc_webhooks *webhooks;
-    struct campaigns *campaigns; /* campaign.c: eSIM roll-out campaigns (issue 6) */
+
+    /* What modules built on the service registered (service.h). */
 
     struct {
         esim_service_result_hook fn;
@@ -144,6 +145,18 @@ struct esim_service {
         void *arg;
     } ticks[SVC_MAX_HOOKS];
     size_t n_ticks;
+    struct {
+        esim_service_metrics_fn fn;
+        void *arg;
+    } metrics[SVC_MAX_HOOKS];
+    size_t n_metrics;
+    struct {
+        esim_service_close_fn fn;
+        void *arg;
+    } closes[SVC_MAX_HOOKS];
+    size_t n_closes;
+    struct svc_route *routes; /* admin API routes of modules (api.c) */
+    size_t n_routes, cap_routes;
 };
 
 /* ---- HTTP helpers (http.c) ------------------------------------------------------ */
@@ -161,13 +174,15 @@ bool http_secret_equal(const char *a, const char *b);
 
 #define API_MAX_PARAMS 4
 
-typedef struct {
+/* The public esim_api_request (service.h), seen from inside. */
+struct esim_api_request {
     esim_service *svc;
     struct evhttp_request *req;
     const char *params[API_MAX_PARAMS]; /* the ':' segments of the pattern, decoded */
     size_t n_params;
     struct evkeyvalq *query; /* decoded query string, may be NULL */
-} api_request;
+};
+typedef struct esim_api_request api_request;
 
 typedef void (*api_handler)(api_request *r);
 
@@ -178,8 +193,19 @@ typedef struct {
     bool needs_token; /* bearer token required */
 } api_route;
 
-/* Dispatches any request that is not the device endpoint. */
+/* A route a module added with esim_service_add_route. */
+typedef struct svc_route {
+    enum evhttp_cmd_type method;
+    char *pattern;
+    esim_api_handler fn;
+    void *arg;
+} svc_route;
+
+/* Dispatches any request that is not the device endpoint: the table's
+ * routes first, then the modules'. */
 void api_dispatch(esim_service *svc, struct evhttp_request *req);
+/* Frees the modules' routes. */
+void api_routes_free(esim_service *svc);
 
 /* JSON replies: api_reply_json steals |body|; api_error writes
  * {"error": {"code": ..., "field": ..., "message": ...}}. */

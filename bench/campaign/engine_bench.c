@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "service/campaign.h"
+#include "campaign/campaign.h"
 
 static double now_s(void)
 {

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "service/campaign.h"
+#include "campaign/campaign.h"
 
 #define MAXDEV 256
 

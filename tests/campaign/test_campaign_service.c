@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "campaign/campaign.h"
 #include "service/svc_harness.h"
 
 /* ---- scripted devices ------------------------------------------------------------ */
@@ -1012,9 +1014,44 @@ static void test_cli_campaign_lifecycle(void **state)
     assert_int_equal(cli(f, "campaign status", out, sizeof out), 2);
 }
 
+/* campaigns.db cannot be opened (a directory stands in its way): attaching
+ * fails with a sentence and leaves the service as it was, without campaign
+ * routes. */
+static esim_err attach_rc;
+static char attach_msg[sizeof(esim_error)];
+
+static void attach_over_directory(esim_service *svc, void *arg)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/campaigns.db", (const char *)arg);
+    assert_int_equal(mkdir(path, 0700), 0);
+    esim_error e = {{0}};
+    attach_rc = esim_campaigns_attach(svc, arg, STORE_SYNC_GROUP, &e);
+    snprintf(attach_msg, sizeof attach_msg, "%s", e.msg);
+}
+
+static void test_attach_failure_leaves_service_untouched(void **state)
+{
+    (void)state;
+    harness_env env;
+    harness_env_setup(&env);
+    test_service ts = {.attach = attach_over_directory};
+    esim_service_config cfg;
+    harness_config(&env, "svc", &cfg, ts.data_dir);
+    ts.attach_arg = ts.data_dir;
+    harness_start(&ts, &cfg);
+    assert_int_equal(attach_rc, ESIM_ESTORE);
+    assert_true(attach_msg[0] != '\0');
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/campaigns", NULL, NULL, NULL), 404);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/devices", NULL, NULL, NULL), 200);
+    harness_stop(&ts);
+    harness_env_teardown(&env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attach_failure_leaves_service_untouched),
         cmocka_unit_test_setup_teardown(test_verification_keeps_ack_and_install_apart, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_groups_tags_and_distribution, setup, teardown),

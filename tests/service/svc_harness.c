@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <openssl/cms.h>
 
+#include "campaign/campaign.h"
 #include "service/svc_harness.h"
 
 void harness_env_setup(harness_env *env)
@@ -70,6 +71,11 @@ void harness_start(test_service *ts, const esim_service_config *cfg)
     esim_error e = {{0}};
     if (esim_service_new(ts->base, cfg, &ts->svc, &e) != ESIM_OK)
         fail_msg("service: %s", e.msg);
+    /* As `esim-mdm serve` does: campaigns on top of the service. */
+    if (ts->attach)
+        ts->attach(ts->svc, ts->attach_arg);
+    else if (esim_campaigns_attach(ts->svc, cfg->data_dir, cfg->store_sync, &e) != ESIM_OK)
+        fail_msg("campaigns: %s", e.msg);
     snprintf(ts->url, sizeof ts->url, "%s", esim_service_url(ts->svc));
     assert_int_equal(pthread_create(&ts->thread, NULL, service_thread, ts), 0);
 }

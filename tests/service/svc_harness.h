@@ -40,6 +40,10 @@ typedef struct {
      * living on the same base). A base set before harness_start is used. */
     void (*before_base_free)(void *arg);
     void *before_arg;
+    /* Optional: attaches the modules on the service instead of campaigns
+     * (what `esim-mdm serve` attaches, the default); run before the loop. */
+    void (*attach)(esim_service *svc, void *arg);
+    void *attach_arg;
 } test_service;
 
 /* Config with the test's defaults: loopback port 0, data dir |name| under

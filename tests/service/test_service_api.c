@@ -700,6 +700,128 @@ static void test_push_through_apns_mock(void **state)
     harness_stop(&ts);
 }
 
+/* ---- a module on the service's hooks (what campaign/ uses) ------------------------------- */
+
+typedef struct {
+    int closed;
+    int removed_calls; /* hooks registered with the removed module that still ran */
+} hook_module;
+
+static void thing_get(esim_api_request *r, void *arg)
+{
+    (void)arg;
+    const char *q = esim_api_query(r, "q");
+    esim_api_reply_json(r, 200,
+                        json_pack("{s:s, s:s?, s:b}", "id", esim_api_param(r, 0), "q", q, "second",
+                                  esim_api_param(r, 1) != NULL));
+}
+
+static void thing_post(esim_api_request *r, void *arg)
+{
+    (void)arg;
+    json_t *body = esim_api_body_json(r);
+    if (!body)
+        return;
+    json_t *n = json_object_get(body, "n");
+    if (!json_is_integer(n))
+        esim_api_error(r, 400, "n", "n: must be a whole number");
+    else
+        esim_api_reply_json(r, 201, json_pack("{s:I}", "twice", 2 * json_integer_value(n)));
+    json_decref(body);
+}
+
+static void thing_metrics(esim_service *svc, esim_buf *out, void *arg)
+{
+    (void)svc;
+    (void)arg;
+    esim_buf_append_str(out, "esim_mdm_test_module_things 42\n");
+}
+
+static void thing_close(esim_service *svc, void *arg)
+{
+    (void)svc;
+    ((hook_module *)arg)->closed++;
+}
+
+static void removed_route(esim_api_request *r, void *arg)
+{
+    ((hook_module *)arg)->removed_calls++;
+    esim_api_reply_json(r, 200, json_object());
+}
+
+static void removed_metrics(esim_service *svc, esim_buf *out, void *arg)
+{
+    (void)svc;
+    (void)out;
+    ((hook_module *)arg)->removed_calls++;
+}
+
+static void attach_things(esim_service *svc, void *arg)
+{
+    hook_module *m = arg;
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/things/:", thing_get, m), ESIM_OK);
+    assert_int_equal(esim_service_add_route(svc, "POST", "/v1/things/:", thing_post, m), ESIM_OK);
+    assert_int_equal(esim_service_add_metrics(svc, thing_metrics, m), ESIM_OK);
+    assert_int_equal(esim_service_add_close(svc, thing_close, m), ESIM_OK);
+    /* Bad registrations change nothing. */
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/things/:", thing_get, m), ESIM_EEXIST);
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/devices", thing_get, m), ESIM_EEXIST);
+    assert_int_equal(esim_service_add_route(svc, "PATCH", "/v1/x", thing_get, m), ESIM_EINVAL);
+    assert_int_equal(esim_service_add_route(svc, "GET", "v1/x", thing_get, m), ESIM_EINVAL);
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/:/:/:/:/:", thing_get, m),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/x", NULL, m), ESIM_EINVAL);
+    assert_int_equal(esim_service_add_metrics(svc, NULL, m), ESIM_EINVAL);
+    /* A module that gives up half-way leaves nothing behind. */
+    static hook_module gone;
+    assert_int_equal(esim_service_add_route(svc, "GET", "/v1/gone", removed_route, &gone), ESIM_OK);
+    assert_int_equal(esim_service_add_metrics(svc, removed_metrics, &gone), ESIM_OK);
+    assert_int_equal(esim_service_add_close(svc, thing_close, &gone), ESIM_OK);
+    esim_service_remove_hooks(svc, &gone);
+    assert_non_null(esim_service_base(svc));
+}
+
+static void test_module_hooks_routes_metrics_close(void **state)
+{
+    (void)state;
+    hook_module m = {0};
+    test_service ts = {.attach = attach_things, .attach_arg = &m};
+    esim_service_config cfg;
+    harness_config(&env, "module", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    json_t *r = NULL;
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "GET", "/v1/things/a%20b?q=x%26y", NULL, NULL, &r), 200);
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "a b");
+    assert_string_equal(json_string_value(json_object_get(r, "q")), "x&y");
+    assert_false(json_is_true(json_object_get(r, "second")));
+    json_decref(r);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/things/a", "{\"n\":21}", NULL, &r),
+                     201);
+    assert_int_equal(json_integer_value(json_object_get(r, "twice")), 42);
+    json_decref(r);
+    r = NULL;
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "POST", "/v1/things/a", "{\"n\":\"x\"}", NULL, &r), 400);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "field")),
+                        "n");
+    json_decref(r);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/things/a", "[1]", NULL, NULL), 400);
+    /* Module routes need the token, answer 405 to other methods and 404
+     * past their patterns, like the service's own. */
+    assert_int_equal(api_call(ts.url, NULL, "GET", "/v1/things/a", NULL, NULL, NULL), 401);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "DELETE", "/v1/things/a", NULL, NULL, NULL), 405);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/things/a/b", NULL, NULL, NULL), 404);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/gone", NULL, NULL, NULL), 404);
+    /* Without campaigns attached, their routes do not exist. */
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/campaigns", NULL, NULL, NULL), 404);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_test_module_things"), 42);
+    assert_int_equal(m.closed, 0);
+    harness_stop(&ts);
+    assert_int_equal(m.closed, 1);
+    assert_int_equal(m.removed_calls, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -714,6 +836,7 @@ int main(void)
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
         cmocka_unit_test(test_webhook_receiver_silent_and_shutdown_in_flight),
         cmocka_unit_test(test_push_through_apns_mock),
+        cmocka_unit_test(test_module_hooks_routes_metrics_close),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -12,7 +12,7 @@
 
 #include <sqlite3.h>
 
-#include "service/campaign_service.h"
+#include "campaign/campaign_internal.h"
 
 struct cstore {
     sqlite3 *db;

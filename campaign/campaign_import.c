@@ -11,7 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "service/campaign.h"
+#include "campaign/campaign.h"
 
 #define MAX_FIELDS 16
 #define MAX_FIELD 600

@@ -1,6 +1,6 @@
 /*
- * campaign.h — eSIM roll-out campaigns inside the service (private to
- * service/): the import files that tell the service which EID (and ICCID)
+ * campaign.h — eSIM roll-out campaigns, the layer above the MDM service
+ * (campaign/; its one public header): the import files that tell the service which EID (and ICCID)
  * each device should end up with, and the campaign engine, a state machine
  * per device that the service drives with results, push outcomes and a
  * periodic tick. The engine does no I/O itself: it asks its campaign_io to
@@ -11,8 +11,8 @@
  * NULL. Strings passed in are copied. Errors: esim_err plus a sentence in
  * |err| (may be NULL), never printed.
  */
-#ifndef ESIM_SERVICE_CAMPAIGN_H
-#define ESIM_SERVICE_CAMPAIGN_H
+#ifndef ESIM_CAMPAIGN_CAMPAIGN_H
+#define ESIM_CAMPAIGN_CAMPAIGN_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,6 +21,7 @@
 #include "core/esim.h"
 #include "plist/esim_plist.h"
 #include "restrictions/restrictions.h"
+#include "service/service.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -343,6 +344,27 @@ bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const
 /* Error codes a campaign retries after a back-off (36003: the cellular
  * stack is busy). */
 bool campaign_error_retryable(int64_t code);
+
+/* ======================================================================
+ * Campaigns in a service
+ * ====================================================================== */
+
+/*
+ * Attaches campaigns to |svc|, as the program's composition root does
+ * (`esim-mdm serve`, the test harnesses): opens <data_dir>/campaigns.db
+ * (data_dir NULL or "": the working directory; |sync| as the service's
+ * store: STORE_SYNC_FULL fsyncs every commit), restores the campaigns it
+ * holds, and registers through the service's hooks: a result hook, the
+ * admin API routes of docs/campaigns.md, the /metrics lines and a close
+ * hook. From then on the service owns the campaigns: esim_service_free
+ * writes what changed and frees them. Call after esim_service_new and
+ * before the loop runs. On failure nothing stays registered and:
+ *   ESIM_EINVAL   NULL service;  ESIM_ESTORE  campaigns.db cannot be
+ *   opened or read;  ESIM_ENOMEM;  ESIM_ETOOBIG  the service has no room
+ *   for another hook.
+ */
+esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, store_sync sync,
+                               esim_error *err);
 
 #ifdef __cplusplus
 }

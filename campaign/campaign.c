@@ -13,8 +13,7 @@
 
 #include <event2/event.h>
 
-#include "service/campaign_service.h"
-#include "service/service_internal.h"
+#include "campaign/campaign_internal.h"
 
 /* How often the engine's clock advances: fine enough for the push ceiling. */
 #define CAMPAIGN_TICK_MS 10
@@ -410,7 +409,7 @@ fail:
         cs->slots[k]->row_dirty = true;
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
-    cs->svc->m.store_errors++;
+    esim_service_count_store_error(cs->svc);
     esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg,
                             NULL, 0, now, NULL);
 }
@@ -971,8 +970,8 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal
     snprintf(path, sizeof path, "%s/campaigns.db", data_dir && *data_dir ? data_dir : ".");
     esim_err rc = cstore_open(path, sync_normal, &cs->db, err);
     if (rc == ESIM_OK) {
-        cs->flush_ev = evtimer_new(svc->base, on_flush, cs);
-        cs->tick_ev = event_new(svc->base, -1, EV_PERSIST, on_tick, cs);
+        cs->flush_ev = evtimer_new(esim_service_base(svc), on_flush, cs);
+        cs->tick_ev = event_new(esim_service_base(svc), -1, EV_PERSIST, on_tick, cs);
         if (!cs->flush_ev || !cs->tick_ev)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
@@ -1014,6 +1013,40 @@ void campaigns_free(campaigns *cs)
     free(cs->facts);
     cstore_close(cs->db);
     free(cs);
+}
+
+/* ---- attached to a service (campaign.h) ------------------------------------------------- */
+
+static void on_metrics(esim_service *svc, esim_buf *out, void *arg)
+{
+    (void)svc;
+    campaigns_metrics(arg, out);
+}
+
+static void on_close(esim_service *svc, void *arg)
+{
+    (void)svc;
+    campaigns_free(arg);
+}
+
+esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, store_sync sync,
+                               esim_error *err)
+{
+    if (!svc)
+        return esim_fail(err, ESIM_EINVAL, "esim_campaigns_attach needs a service");
+    campaigns *cs = NULL;
+    esim_err rc = campaigns_new(svc, data_dir, sync != STORE_SYNC_FULL, &cs, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = campaigns_add_routes(cs, err)) == ESIM_OK &&
+        (rc = esim_service_add_metrics(svc, on_metrics, cs)) == ESIM_OK &&
+        (rc = esim_service_add_close(svc, on_close, cs)) == ESIM_OK)
+        return ESIM_OK;
+    if (!err || !err->msg[0])
+        esim_fail(err, rc, "cannot register campaigns with the service: %s", esim_strerror(rc));
+    esim_service_remove_hooks(svc, cs);
+    campaigns_free(cs);
+    return rc;
 }
 
 cstore *campaigns_store(campaigns *cs)

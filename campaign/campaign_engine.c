@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "service/campaign.h"
+#include "campaign/campaign.h"
 
 typedef struct {
     int64_t at;

@@ -1,17 +1,19 @@
 /*
- * campaign_service.h — campaigns wired into the service (private to
- * service/): the campaign database beside the service's store, the glue
- * that feeds the engine with results and ticks and turns its requests into
- * queued commands and pushes, the admin API routes and the diagnosis.
+ * campaign_internal.h — the inside of the campaign layer (private to
+ * campaign/, not installed): the campaign database beside the service's
+ * store, the glue that feeds the engine with results and ticks through the
+ * service's hooks and turns its requests into queued commands and pushes,
+ * the admin API routes and the diagnosis. The layer's public header is
+ * campaign/campaign.h.
  */
-#ifndef ESIM_SERVICE_CAMPAIGN_SERVICE_H
-#define ESIM_SERVICE_CAMPAIGN_SERVICE_H
+#ifndef ESIM_CAMPAIGN_CAMPAIGN_INTERNAL_H
+#define ESIM_CAMPAIGN_CAMPAIGN_INTERNAL_H
 
 #include <jansson.h>
 
-#include "service/campaign.h"
+#include "campaign/campaign.h"
 #include "service/service.h"
-#include "service/service_internal.h"
+#include "service/store.h"
 
 /* ======================================================================
  * The campaign database (campaign_store.c): <data_dir>/campaigns.db, SQLite
@@ -102,9 +104,9 @@ typedef struct campaigns campaigns;
 
 /*
  * Opens <data_dir>/campaigns.db, restores the campaigns it holds, and
- * registers a result hook and a tick with |svc|. *out is freed with
- * campaigns_free, before the service. ESIM_ESTORE, ESIM_ENOMEM, or what
- * esim_service_add_* return.
+ * registers a result hook and its timers on |svc|'s loop. *out is freed
+ * with campaigns_free, before the service. ESIM_ESTORE, ESIM_ENOMEM, or
+ * what esim_service_add_* return.
  */
 esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal, campaigns **out,
                        esim_error *err);
@@ -149,25 +151,11 @@ esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, jso
 esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err);
 
 /* ======================================================================
- * Admin API handlers (api_campaign.c); api.c's route table names them.
+ * Admin API (api_campaign.c)
  * ====================================================================== */
 
-void api_campaign_create(api_request *r);  /* POST /v1/campaigns */
-void api_campaign_list(api_request *r);    /* GET  /v1/campaigns */
-void api_campaign_get(api_request *r);     /* GET  /v1/campaigns/:id */
-void api_campaign_devices(api_request *r); /* GET  /v1/campaigns/:id/devices?state=&after=&limit= */
-void api_campaign_pause(api_request *r);   /* POST /v1/campaigns/:id/pause */
-void api_campaign_resume(api_request *r);  /* POST /v1/campaigns/:id/resume */
-void api_campaign_cancel(api_request *r);  /* POST /v1/campaigns/:id/cancel */
-void api_import_eids(api_request *r);      /* POST /v1/import/eids (CSV body) */
-void api_import_codes(api_request *r);     /* POST /v1/import/activation-codes */
-void api_group_create(api_request *r);     /* POST /v1/groups {name, udids} */
-void api_group_list(api_request *r);       /* GET  /v1/groups */
-void api_group_get(api_request *r);        /* GET  /v1/groups/:name */
-void api_group_members(api_request *r);    /* POST /v1/groups/:name/members {add, remove} */
-void api_group_delete(api_request *r);     /* DELETE /v1/groups/:name */
-void api_device_tags_get(api_request *r);  /* GET  /v1/devices/:udid/tags */
-void api_device_tags_post(api_request *r); /* POST /v1/devices/:udid/tags {add, remove} */
-void api_device_diagnosis(api_request *r); /* GET  /v1/devices/:udid/diagnosis */
+/* Adds the routes of campaigns, groups, tags, imports and diagnosis
+ * (docs/campaigns.md) to |cs|'s service. What esim_service_add_route says. */
+esim_err campaigns_add_routes(campaigns *cs, esim_error *err);
 
 #endif

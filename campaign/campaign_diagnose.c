@@ -11,8 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "service/campaign_service.h"
-#include "service/service_internal.h"
+#include "campaign/campaign_internal.h"
 
 typedef struct {
     json_t *checks;
