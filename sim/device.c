@@ -8,9 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/cms.h>
-#include <openssl/pem.h>
-
 #include "plist/esim_plist.h"
 #include "sim/sim_internal.h"
 
@@ -229,12 +226,9 @@ static esim_err ensure_identity(sim_device *d, esim_error *err)
 {
     if (d->identity_der.len)
         return ESIM_OK;
-    X509 *x = NULL;
-    esim_err rc = sim_identity_issue(d->pki, d->udid, &x, err);
+    esim_err rc = sim_identity_issue(d->pki, d->udid, &d->identity_der, err);
     if (rc != ESIM_OK)
-        return rc;
-    rc = sim_x509_to_der(x, &d->identity_der);
-    X509_free(x);
+        esim_buf_free(&d->identity_der);
     d->dirty = true;
     return rc;
 }
@@ -245,26 +239,33 @@ esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim
     esim_err rc = ensure_identity((sim_device *)d, err);
     if (rc != ESIM_OK)
         return rc;
-    X509 *cert = sim_x509_from_der(d->identity_der.data, d->identity_der.len);
-    BIO *in = BIO_new_mem_buf(body, (int)len);
-    CMS_ContentInfo *cms = NULL;
-    unsigned char *der = NULL;
-    int der_len = -1;
-    if (cert && in) {
-        /* Detached CMS over the exact body bytes, leaf certificate included:
-         * what iOS puts in Mdm-Signature. */
-        cms = CMS_sign(cert, d->pki->identity_key, NULL, in, CMS_DETACHED | CMS_BINARY);
-        if (cms)
-            der_len = i2d_CMS_ContentInfo(cms, &der);
+    /* Detached CMS over the exact body bytes, leaf certificate included:
+     * what iOS puts in Mdm-Signature (with the issuing CA, as a SCEP chain). */
+    esim_buf der = {0};
+    rc = sim_identity_sign(d->pki, &d->identity_der, body, len, &der, err);
+    if (rc == ESIM_OK)
+        rc = esim_base64_encode(der.data, der.len, out);
+    esim_buf_free(&der);
+    if (rc != ESIM_OK)
+        return esim_fail(err, ESIM_ECRYPTO, "could not sign the message for %s", d->udid);
+    return ESIM_OK;
+}
+
+/* PEM of a DER certificate: base64 in 64-character lines. */
+static esim_err pem_append(esim_buf *out, const esim_buf *der)
+{
+    esim_buf b64 = {0};
+    esim_err rc = esim_base64_encode(der->data, der->len, &b64);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(out, "-----BEGIN CERTIFICATE-----\n");
+    for (size_t i = 0; rc == ESIM_OK && i < b64.len; i += 64) {
+        rc = esim_buf_append(out, b64.data + i, b64.len - i < 64 ? b64.len - i : 64);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append_str(out, "\n");
     }
-    if (der_len > 0)
-        rc = esim_base64_encode(der, (size_t)der_len, out);
-    else
-        rc = esim_fail(err, ESIM_ECRYPTO, "could not sign the message for %s", d->udid);
-    OPENSSL_free(der);
-    CMS_ContentInfo_free(cms);
-    BIO_free(in);
-    X509_free(cert);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(out, "-----END CERTIFICATE-----\n");
+    esim_buf_free(&b64);
     return rc;
 }
 
@@ -275,23 +276,22 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
     if (rc != ESIM_OK)
         return rc;
     snprintf(cert_path, cert_len, "%s/%s.identity.pem", dir, d->udid);
-    snprintf(key_path, key_len, "%s/sim-identity.key", sim_pki_dir(d->pki));
-    X509 *x = sim_x509_from_der(d->identity_der.data, d->identity_der.len);
-    BIO *mem = BIO_new(BIO_s_mem());
-    char *data = NULL;
-    long n = 0;
-    if (x && mem && PEM_write_bio_X509(mem, x))
-        n = BIO_get_mem_data(mem, &data);
+    snprintf(key_path, key_len, "%s/sim-identity-p256.key", sim_pki_dir(d->pki));
+    /* The identity, then its issuing CA: TLS sends the chain to the device CA. */
+    esim_buf pem = {0};
+    rc = pem_append(&pem, &d->identity_der);
+    if (rc == ESIM_OK)
+        rc = pem_append(&pem, &d->pki->scep_der);
     /* Written once per identity: a request reuses the file already there. */
     esim_buf have = {0};
-    bool same = n > 0 && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
-                have.len == (size_t)n && memcmp(have.data, data, (size_t)n) == 0;
+    bool same = rc == ESIM_OK && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
+                have.len == pem.len && memcmp(have.data, pem.data, pem.len) == 0;
     esim_buf_free(&have);
-    rc = same    ? ESIM_OK
-         : n > 0 ? esim_write_file_atomic(cert_path, data, (size_t)n, 0644, err)
-                 : esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
-    BIO_free(mem);
-    X509_free(x);
+    if (rc == ESIM_OK && !same)
+        rc = esim_write_file_atomic(cert_path, pem.data, pem.len, 0644, err);
+    else if (rc != ESIM_OK)
+        rc = esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
+    esim_buf_free(&pem);
     return rc;
 }
 
@@ -856,6 +856,15 @@ esim_err sim_device_save(sim_device *d, const char *path, esim_error *err)
     return rc;
 }
 
+/* True when |part| occurs in |whole|. */
+static bool holds(const esim_buf *whole, const esim_buf *part)
+{
+    for (size_t i = 0; part->len && i + part->len <= whole->len; i++)
+        if (memcmp(whole->data + i, part->data, part->len) == 0)
+            return true;
+    return false;
+}
+
 esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out, esim_error *err)
 {
     json_t *j = NULL;
@@ -897,6 +906,15 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
     if (json_object_get(j, "identity") &&
         (rc = sim_json_b64(j, "identity", &d->identity_der, err)) != ESIM_OK)
         goto fail;
+    if (d->identity_der.len && !holds(&d->identity_der, &pki->identity_spki)) {
+        /* Signed with the shared key, it would not verify: say so rather
+         * than have the service refuse every message. */
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "%s: the identity certificate is not for %s/sim-identity-p256.key (made "
+                       "by an older simulator?); remove the file or the data directory",
+                       path, sim_pki_dir(pki));
+        goto fail;
+    }
     if (json_array_size(profiles)) {
         d->profiles = calloc(json_array_size(profiles), sizeof *d->profiles);
         if (!d->profiles) {

@@ -21,45 +21,38 @@
 
 /* ---- PKI ---------------------------------------------------------------- */
 
-static esim_err read_identity_key(const char *path, EVP_PKEY **out, esim_error *err)
+/* Reads |path| (a PEM private key and, with |cert|, a certificate before it). */
+static esim_err read_pem_file(const char *path, EVP_PKEY **key, X509 **cert, esim_error *err)
 {
     FILE *f = fopen(path, "r");
     if (!f)
         return ESIM_ENOTFOUND;
-    *out = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    if (cert)
+        *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);
-    if (!*out)
-        return esim_fail(err, ESIM_ECRYPTO, "%s is not a PEM private key; delete it", path);
+    if (!*key || (cert && !*cert) || EVP_PKEY_get_base_id(*key) != EVP_PKEY_EC ||
+        (cert && X509_check_private_key(*cert, *key) != 1)) {
+        EVP_PKEY_free(*key);
+        *key = NULL;
+        if (cert) {
+            X509_free(*cert);
+            *cert = NULL;
+        }
+        return esim_fail(err, ESIM_ECRYPTO, "%s is not %s; delete it", path,
+                         cert ? "a P-256 certificate with its key" : "a P-256 PEM private key");
+    }
     return ESIM_OK;
 }
 
-static esim_err load_identity_key(struct sim_pki *p, esim_error *err)
+/* Writes |pem| to |path| unless it exists. Two processes may start on a fresh
+ * PKI at once: write aside, then link() (which never replaces), so exactly
+ * one file wins and both read it. */
+static esim_err publish_once(const char *path, const char *pem, size_t n, esim_error *err)
 {
-    char path[SIM_PATH_MAX + 32], tmp[SIM_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/sim-identity.key", p->dir);
-    esim_err rc = read_identity_key(path, &p->identity_key, err);
-    if (rc != ESIM_ENOTFOUND)
-        return rc;
-    /* One RSA key for every simulated identity: SCEP would give each iPhone
-     * its own, but 100,000 RSA key generations would dominate the run; each
-     * device still has its own certificate (CN = UDID). */
-    EVP_PKEY *k = EVP_RSA_gen(2048);
-    if (!k)
-        return esim_fail(err, ESIM_ECRYPTO, "could not generate the simulator identity key");
-    BIO *mem = BIO_new(BIO_s_mem());
-    if (!mem || !PEM_write_bio_PrivateKey(mem, k, NULL, NULL, 0, NULL, NULL)) {
-        BIO_free(mem);
-        EVP_PKEY_free(k);
-        return esim_fail(err, ESIM_ECRYPTO, "could not encode the simulator identity key");
-    }
-    char *data = NULL;
-    long n = BIO_get_mem_data(mem, &data);
-    /* Two processes may start on a fresh PKI at once: write aside, then
-     * link() (which never replaces) so exactly one key wins and both use it. */
+    char tmp[SIM_PATH_MAX + 64];
     snprintf(tmp, sizeof tmp, "%s.new.%ld", path, (long)getpid());
-    rc = esim_write_file_atomic(tmp, data, (size_t)n, 0600, err);
-    BIO_free(mem);
-    EVP_PKEY_free(k);
+    esim_err rc = esim_write_file_atomic(tmp, pem, n, 0600, err);
     if (rc != ESIM_OK)
         return rc;
     if (link(tmp, path) != 0 && errno != EEXIST) {
@@ -67,7 +60,81 @@ static esim_err load_identity_key(struct sim_pki *p, esim_error *err)
         return esim_fail(err, ESIM_EIO, "cannot create %s: %s", path, strerror(errno));
     }
     unlink(tmp);
-    return read_identity_key(path, &p->identity_key, err);
+    return ESIM_OK;
+}
+
+/*
+ * The simulated devices' identities: one P-256 key shared by every identity
+ * certificate (SCEP would give each iPhone its own, but 100,000 key
+ * generations would dominate the run; each device still has its own
+ * certificate, CN = UDID), and a P-256 issuing CA below the device CA that
+ * signs those certificates, as a SCEP CA does. ECDSA P-256 identities exist
+ * on real iPhones (Secure Enclave keys); a P-256 signature costs a fraction
+ * of an RSA-2048 one, and every message of every device is signed.
+ */
+static esim_err load_identity(struct sim_pki *p, esim_error *err)
+{
+    char path[SIM_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/sim-identity-p256.key", p->dir);
+    esim_err rc = read_pem_file(path, &p->identity_key, NULL, err);
+    if (rc == ESIM_ENOTFOUND) {
+        EVP_PKEY *k = EVP_EC_gen("P-256");
+        BIO *mem = BIO_new(BIO_s_mem());
+        char *data = NULL;
+        long n = 0;
+        if (k && mem && PEM_write_bio_PrivateKey(mem, k, NULL, NULL, 0, NULL, NULL))
+            n = BIO_get_mem_data(mem, &data);
+        rc = n > 0 ? publish_once(path, data, (size_t)n, err)
+                   : esim_fail(err, ESIM_ECRYPTO, "could not make the simulator identity key");
+        BIO_free(mem);
+        EVP_PKEY_free(k);
+        if (rc == ESIM_OK)
+            rc = read_pem_file(path, &p->identity_key, NULL, err);
+    }
+    if (rc != ESIM_OK)
+        return rc;
+    snprintf(path, sizeof path, "%s/sim-scep-ca.pem", p->dir);
+    rc = read_pem_file(path, &p->scep.key, &p->scep.x509, err);
+    if (rc == ESIM_ENOTFOUND) {
+        esim_cert_spec spec = {.common_name = "esim-mdm simulated SCEP CA",
+                               .organization = "esim-mdm test",
+                               .is_ca = true,
+                               .key_type = ESIM_KEY_EC_P256,
+                               .days = 3650};
+        esim_cert c = {0};
+        rc = esim_cert_issue(&spec, &p->device_ca, &c, err);
+        BIO *mem = rc == ESIM_OK ? BIO_new(BIO_s_mem()) : NULL;
+        char *data = NULL;
+        long n = 0;
+        if (mem && PEM_write_bio_X509(mem, c.x509) &&
+            PEM_write_bio_PrivateKey(mem, c.key, NULL, NULL, 0, NULL, NULL))
+            n = BIO_get_mem_data(mem, &data);
+        if (rc == ESIM_OK)
+            rc = n > 0 ? publish_once(path, data, (size_t)n, err)
+                       : esim_fail(err, ESIM_ECRYPTO, "could not encode the simulator SCEP CA");
+        BIO_free(mem);
+        esim_cert_clear(&c);
+        if (rc == ESIM_OK)
+            rc = read_pem_file(path, &p->scep.key, &p->scep.x509, err);
+    }
+    if (rc != ESIM_OK)
+        return rc;
+    /* What every identity certificate and signature repeats, encoded once. */
+    unsigned char *der = NULL;
+    int n = i2d_PUBKEY(p->identity_key, &der);
+    bool ok = n > 0 && esim_buf_append(&p->identity_spki, der, (size_t)n) == ESIM_OK;
+    OPENSSL_free(der);
+    der = NULL;
+    n = ok ? i2d_X509_NAME(X509_get_subject_name(p->scep.x509), &der) : -1;
+    ok = n > 0 && esim_buf_append(&p->scep_name_der, der, (size_t)n) == ESIM_OK;
+    OPENSSL_free(der);
+    ok = ok && sim_x509_to_der(p->scep.x509, &p->scep_der) == ESIM_OK;
+    p->identity_sign = ok ? EVP_PKEY_CTX_new(p->identity_key, NULL) : NULL;
+    p->scep_sign = p->identity_sign ? EVP_PKEY_CTX_new(p->scep.key, NULL) : NULL;
+    if (!p->scep_sign || EVP_PKEY_sign_init(p->identity_sign) != 1 ||
+        EVP_PKEY_sign_init(p->scep_sign) != 1)
+        return esim_fail(err, ESIM_ECRYPTO, "could not prepare the simulator identity keys");
+    return ESIM_OK;
 }
 
 esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
@@ -113,7 +180,7 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     memcpy(p->topic, t.data, n);
     p->topic[n] = '\0';
     esim_buf_free(&t);
-    rc = load_identity_key(p, err);
+    rc = load_identity(p, err);
     if (rc == ESIM_OK && sim_x509_to_der(p->eum.x509, &p->eum_der) != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "cannot encode eum.pem");
     if (rc != ESIM_OK)
@@ -136,6 +203,12 @@ void sim_pki_free(sim_pki *p)
     esim_cert_clear(&p->eum);
     esim_cert_clear(&p->dpauth);
     EVP_PKEY_free(p->identity_key);
+    esim_cert_clear(&p->scep);
+    EVP_PKEY_CTX_free(p->identity_sign);
+    EVP_PKEY_CTX_free(p->scep_sign);
+    esim_buf_free(&p->identity_spki);
+    esim_buf_free(&p->scep_name_der);
+    esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
     free(p);
 }
@@ -151,40 +224,6 @@ const char *sim_pki_topic(const sim_pki *p)
 const char *sim_pki_ca_file(const sim_pki *p)
 {
     return p->ca_file;
-}
-
-esim_err sim_identity_issue(const sim_pki *pki, const char *cn, X509 **out, esim_error *err)
-{
-    X509 *x = X509_new();
-    if (!x)
-        return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    unsigned char serial[16];
-    esim_err rc = esim_random_bytes(serial, sizeof serial);
-    serial[0] &= 0x7f; /* a positive serial number */
-    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
-    X509_NAME *name = X509_NAME_new();
-    bool ok = rc == ESIM_OK && bn && name && X509_set_version(x, 2) &&
-              BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) &&
-              X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
-                                         -1, 0) &&
-              X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
-                                         (const unsigned char *)"esim-mdm simulated devices", -1,
-                                         -1, 0) &&
-              X509_set_subject_name(x, name) &&
-              X509_set_issuer_name(x, X509_get_subject_name(pki->device_ca.x509)) &&
-              X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
-              X509_gmtime_adj(X509_getm_notAfter(x), 365L * 24 * 3600) &&
-              X509_set_pubkey(x, pki->identity_key) &&
-              /* No extended key usage, as SCEP-issued identities come. */
-              X509_sign(x, pki->device_ca.key, EVP_sha256()) > 0;
-    BN_free(bn);
-    X509_NAME_free(name);
-    if (!ok) {
-        X509_free(x);
-        return esim_fail(err, ESIM_ECRYPTO, "could not issue the identity certificate for %s", cn);
-    }
-    *out = x;
-    return ESIM_OK;
 }
 
 /* ---- ECDSA with raw signatures --------------------------------------------- */

@@ -23,8 +23,13 @@ struct sim_pki {
     char server_cert_file[SIM_PATH_MAX];
     char server_key_file[SIM_PATH_MAX];
     esim_cert ca, server, device_ca, ci, eum, dpauth;
-    EVP_PKEY *identity_key; /* one RSA key shared by every simulated identity certificate */
-    esim_buf eum_der;       /* eum.pem as DER: eUICCs it signed point here instead of copying */
+    EVP_PKEY *identity_key; /* one P-256 key shared by every simulated identity certificate */
+    esim_cert scep;         /* P-256 CA below device-ca that issues the identities */
+    esim_buf identity_spki; /* identity_key's SubjectPublicKeyInfo, DER */
+    esim_buf scep_name_der; /* scep's subject Name, DER: the identities' issuer */
+    esim_buf scep_der;      /* scep's certificate, DER: sent along with each identity */
+    EVP_PKEY_CTX *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
+    esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
 };
 
 /* ---- GSMA crypto (rsp_crypto.c) ---- */
@@ -83,8 +88,20 @@ esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
                            esim_error *err);
 
 /* ---- device internals ---- */
-/* Builds the identity certificate for |cn| signed by the PKI's device-ca with
- * the shared identity key. */
-esim_err sim_identity_issue(const sim_pki *pki, const char *cn, X509 **out, esim_error *err);
+/* ---- DER the simulator writes itself (der.c) ---- */
+/* Appends tag, length and |content| to |out|. */
+esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t len);
+/* Reads one TLV with |tag| at *p (short tags, lengths up to 2^24): its
+ * content, and *p moved past it. False when malformed or another tag. */
+bool sim_der_read(const unsigned char **p, const unsigned char *end, unsigned tag,
+                  const unsigned char **content, size_t *len);
+/* The DER identity certificate for |cn| (the UDID): the shared P-256 key,
+ * issued by the PKI's SCEP CA, no extensions, valid from an hour ago for a year. */
+esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, esim_error *err);
+/* The Mdm-Signature of |body|: DER CMS SignedData, detached, with signed
+ * attributes (contentType, messageDigest), the identity |cert| and the SCEP
+ * CA certificate, ECDSA-SHA256 by the shared identity key. */
+esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void *body, size_t len,
+                           esim_buf *out, esim_error *err);
 
 #endif

@@ -1,0 +1,335 @@
+/*
+ * der.c — the few DER encodings the simulator writes itself: a device's
+ * identity certificate, the Mdm-Signature CMS SignedData over a message and
+ * an eUICC's P-256 key and public key. They are fixed shapes, so building
+ * them here costs one SHA-256 and one ECDSA signature each, where OpenSSL's
+ * generic X509/CMS objects would parse and encode public keys through its
+ * provider decoders on every message (several times the signature itself).
+ * Everything written here is read back by OpenSSL (the service, the tests).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "sim/sim_internal.h"
+
+/* ---- writing ------------------------------------------------------------- */
+
+static esim_err put_len(esim_buf *out, size_t len)
+{
+    unsigned char b[5];
+    size_t n = 0;
+    if (len < 0x80) {
+        b[n++] = (unsigned char)len;
+    } else if (len < 0x100) {
+        b[n++] = 0x81;
+        b[n++] = (unsigned char)len;
+    } else if (len < 0x10000) {
+        b[n++] = 0x82;
+        b[n++] = (unsigned char)(len >> 8);
+        b[n++] = (unsigned char)len;
+    } else if (len < 0x1000000) {
+        b[n++] = 0x83;
+        b[n++] = (unsigned char)(len >> 16);
+        b[n++] = (unsigned char)(len >> 8);
+        b[n++] = (unsigned char)len;
+    } else {
+        return ESIM_ETOOBIG;
+    }
+    return esim_buf_append(out, b, n);
+}
+
+esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t len)
+{
+    unsigned char t = (unsigned char)tag;
+    esim_err rc = esim_buf_append(out, &t, 1);
+    if (rc == ESIM_OK)
+        rc = put_len(out, len);
+    if (rc == ESIM_OK && len)
+        rc = esim_buf_append(out, content, len);
+    return rc;
+}
+
+/* |inner| wrapped in |tag|, appended to |out|; |inner| is freed. */
+static esim_err wrap(esim_buf *out, unsigned tag, esim_buf *inner)
+{
+    esim_err rc = sim_der_put(out, tag, inner->data, inner->len);
+    esim_buf_free(inner);
+    return rc;
+}
+
+/* ---- reading ------------------------------------------------------------- */
+
+bool sim_der_read(const unsigned char **p, const unsigned char *end, unsigned tag,
+                  const unsigned char **content, size_t *len)
+{
+    const unsigned char *q = *p;
+    if (end - q < 2 || *q != (unsigned char)tag)
+        return false;
+    q++;
+    size_t n = *q++;
+    if (n & 0x80) {
+        size_t k = n & 0x7f;
+        if (k == 0 || k > 3 || (size_t)(end - q) < k)
+            return false;
+        n = 0;
+        while (k--)
+            n = (n << 8) | *q++;
+    }
+    if ((size_t)(end - q) < n)
+        return false;
+    *content = q;
+    *len = n;
+    *p = q + n;
+    return true;
+}
+
+/* The issuer Name and serialNumber INTEGER of a certificate, as whole TLVs. */
+static bool cert_issuer_serial(const esim_buf *cert, const unsigned char **issuer,
+                               size_t *issuer_len, const unsigned char **serial, size_t *serial_len)
+{
+    const unsigned char *p = cert->data, *end = cert->data + cert->len, *c, *tbs, *v;
+    size_t n, tl, vl;
+    if (!sim_der_read(&p, end, 0x30, &c, &n))
+        return false;
+    p = c;
+    end = c + n;
+    if (!sim_der_read(&p, end, 0x30, &tbs, &tl))
+        return false;
+    p = tbs;
+    end = tbs + tl;
+    const unsigned char *mark = p;
+    if (sim_der_read(&p, end, 0xa0, &v, &vl)) /* [0] version */
+        mark = p;
+    p = mark;
+    *serial = p;
+    if (!sim_der_read(&p, end, 0x02, &v, &vl))
+        return false;
+    *serial_len = (size_t)(p - *serial);
+    if (!sim_der_read(&p, end, 0x30, &v, &vl)) /* signature algorithm */
+        return false;
+    *issuer = p;
+    if (!sim_der_read(&p, end, 0x30, &v, &vl))
+        return false;
+    *issuer_len = (size_t)(p - *issuer);
+    return true;
+}
+
+/* ---- signing ------------------------------------------------------------- */
+
+static const unsigned char OID_ECDSA_SHA256[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                                 0xce, 0x3d, 0x04, 0x03, 0x02};
+static const unsigned char OID_SHA256[] = {0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                           0x65, 0x03, 0x04, 0x02, 0x01};
+static const unsigned char OID_DATA[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                         0xf7, 0x0d, 0x01, 0x07, 0x01};
+static const unsigned char OID_SIGNED_DATA[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                                0xf7, 0x0d, 0x01, 0x07, 0x02};
+static const unsigned char OID_CONTENT_TYPE[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                                 0xf7, 0x0d, 0x01, 0x09, 0x03};
+static const unsigned char OID_MESSAGE_DIGEST[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                                   0xf7, 0x0d, 0x01, 0x09, 0x04};
+static const unsigned char OID_CN[] = {0x06, 0x03, 0x55, 0x04, 0x03};
+static const unsigned char OID_O[] = {0x06, 0x03, 0x55, 0x04, 0x0a};
+
+/* ECDSA over |data| hashed with SHA-256; the DER Ecdsa-Sig-Value in |sig|. */
+static esim_err ec_sign(EVP_PKEY_CTX *ctx, const void *data, size_t len, unsigned char sig[80],
+                        size_t *sig_len)
+{
+    unsigned char dgst[SHA256_DIGEST_LENGTH];
+    SHA256(data, len, dgst);
+    *sig_len = 80;
+    return EVP_PKEY_sign(ctx, sig, sig_len, dgst, sizeof dgst) == 1 ? ESIM_OK : ESIM_ECRYPTO;
+}
+
+/* AlgorithmIdentifier ecdsa-with-SHA256 (no parameters, RFC 5758). */
+static esim_err put_alg(esim_buf *out, const unsigned char *oid, size_t oid_len)
+{
+    return sim_der_put(out, 0x30, oid, oid_len);
+}
+
+/* A Name with one RDN each for CN and O, both UTF8String. */
+static esim_err put_name(esim_buf *out, const char *cn, const char *o)
+{
+    esim_buf name = {0}, rdn = {0}, atv = {0};
+    esim_err rc = ESIM_OK;
+    const unsigned char *oids[2] = {OID_CN, OID_O};
+    const char *vals[2] = {cn, o};
+    for (int i = 0; i < 2 && rc == ESIM_OK; i++) {
+        rc = esim_buf_append(&atv, oids[i], 5);
+        if (rc == ESIM_OK)
+            rc = sim_der_put(&atv, 0x0c, vals[i], strlen(vals[i]));
+        if (rc == ESIM_OK)
+            rc = wrap(&rdn, 0x30, &atv);
+        if (rc == ESIM_OK)
+            rc = wrap(&name, 0x31, &rdn);
+    }
+    if (rc == ESIM_OK)
+        rc = wrap(out, 0x30, &name);
+    esim_buf_free(&name);
+    esim_buf_free(&rdn);
+    esim_buf_free(&atv);
+    return rc;
+}
+
+static esim_err put_utctime(esim_buf *out, time_t t)
+{
+    struct tm tm;
+    char s[16];
+    /* UTCTime: a two-digit year, as RFC 5280 wants for dates before 2050. */
+    if (!gmtime_r(&t, &tm) || strftime(s, sizeof s, "%Y%m%d%H%M%SZ", &tm) != 15)
+        return ESIM_EINVAL;
+    return sim_der_put(out, 0x17, s + 2, 13);
+}
+
+esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, esim_error *err)
+{
+    unsigned char serial[16];
+    esim_err rc = esim_random_bytes(serial, sizeof serial);
+    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
+    static const unsigned char v3[] = {0x02, 0x01, 0x02};
+    esim_buf tbs = {0}, validity = {0}, cert = {0};
+    time_t now = time(NULL);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tbs, 0xa0, v3, sizeof v3);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tbs, 0x02, serial, sizeof serial);
+    if (rc == ESIM_OK)
+        rc = put_alg(&tbs, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tbs, pki->scep_name_der.data, pki->scep_name_der.len);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&validity, now - 3600);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&validity, now + 365L * 24 * 3600);
+    if (rc == ESIM_OK)
+        rc = wrap(&tbs, 0x30, &validity);
+    /* No extended key usage, as SCEP-issued identities come. */
+    if (rc == ESIM_OK)
+        rc = put_name(&tbs, cn, "esim-mdm simulated devices");
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tbs, pki->identity_spki.data, pki->identity_spki.len);
+    if (rc == ESIM_OK)
+        rc = wrap(&cert, 0x30, &tbs);
+    unsigned char sig[81];
+    size_t sig_len = 0;
+    if (rc == ESIM_OK)
+        rc = ec_sign(pki->scep_sign, cert.data, cert.len, sig + 1, &sig_len);
+    if (rc == ESIM_OK)
+        rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    sig[0] = 0; /* no unused bits */
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&cert, 0x03, sig, sig_len + 1);
+    esim_buf_reset(out);
+    if (rc == ESIM_OK)
+        rc = wrap(out, 0x30, &cert);
+    esim_buf_free(&tbs);
+    esim_buf_free(&validity);
+    esim_buf_free(&cert);
+    if (rc != ESIM_OK)
+        return esim_fail(err, ESIM_ECRYPTO, "could not issue the identity certificate for %s", cn);
+    return ESIM_OK;
+}
+
+esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void *body, size_t len,
+                           esim_buf *out, esim_error *err)
+{
+    const unsigned char *issuer, *serial;
+    size_t issuer_len, serial_len;
+    if (!cert_issuer_serial(cert, &issuer, &issuer_len, &serial, &serial_len))
+        return esim_fail(err, ESIM_ECRYPTO, "the identity certificate is not DER X.509");
+    unsigned char dgst[SHA256_DIGEST_LENGTH];
+    SHA256(body ? body : (const void *)"", len, dgst);
+    static const unsigned char one[] = {0x02, 0x01, 0x01};
+    esim_buf attrs = {0}, attr = {0}, set = {0}, si = {0}, sd = {0}, tmp = {0}, ci = {0};
+    /* signedAttrs: contentType id-data, then messageDigest (DER order). */
+    esim_err rc = esim_buf_append(&attr, OID_CONTENT_TYPE, sizeof OID_CONTENT_TYPE);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&set, 0x31, OID_DATA, sizeof OID_DATA);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&attr, set.data, set.len);
+    esim_buf_free(&set);
+    if (rc == ESIM_OK)
+        rc = wrap(&attrs, 0x30, &attr);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&attr, OID_MESSAGE_DIGEST, sizeof OID_MESSAGE_DIGEST);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tmp, 0x04, dgst, sizeof dgst);
+    if (rc == ESIM_OK)
+        rc = wrap(&set, 0x31, &tmp);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&attr, set.data, set.len);
+    esim_buf_free(&set);
+    if (rc == ESIM_OK)
+        rc = wrap(&attrs, 0x30, &attr);
+    /* The signature covers the attributes encoded as a SET (RFC 5652 5.4). */
+    esim_buf signed_set = {0};
+    unsigned char sig[80];
+    size_t sig_len = 0;
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&signed_set, 0x31, attrs.data, attrs.len);
+    if (rc == ESIM_OK)
+        rc = ec_sign(pki->identity_sign, signed_set.data, signed_set.len, sig, &sig_len);
+    esim_buf_free(&signed_set);
+    /* SignerInfo */
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&si, one, sizeof one);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tmp, issuer, issuer_len);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tmp, serial, serial_len);
+    if (rc == ESIM_OK)
+        rc = wrap(&si, 0x30, &tmp);
+    if (rc == ESIM_OK)
+        rc = put_alg(&si, OID_SHA256, sizeof OID_SHA256);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&si, 0xa0, attrs.data, attrs.len);
+    if (rc == ESIM_OK)
+        rc = put_alg(&si, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&si, 0x04, sig, sig_len);
+    if (rc == ESIM_OK)
+        rc = wrap(&tmp, 0x30, &si);
+    /* SignedData: version 1, {sha256}, detached id-data, the leaf and the
+     * issuing CA the service needs to reach its device CA, the signer. */
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&sd, one, sizeof one);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&set, 0x30, OID_SHA256, sizeof OID_SHA256);
+    if (rc == ESIM_OK)
+        rc = wrap(&sd, 0x31, &set);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&sd, 0x30, OID_DATA, sizeof OID_DATA);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&set, cert->data, cert->len);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&set, pki->scep_der.data, pki->scep_der.len);
+    if (rc == ESIM_OK)
+        rc = wrap(&sd, 0xa0, &set);
+    if (rc == ESIM_OK)
+        rc = wrap(&sd, 0x31, &tmp);
+    if (rc == ESIM_OK)
+        rc = wrap(&set, 0x30, &sd);
+    /* ContentInfo */
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&ci, OID_SIGNED_DATA, sizeof OID_SIGNED_DATA);
+    if (rc == ESIM_OK)
+        rc = wrap(&ci, 0xa0, &set);
+    esim_buf_reset(out);
+    if (rc == ESIM_OK)
+        rc = wrap(out, 0x30, &ci);
+    esim_buf_free(&attrs);
+    esim_buf_free(&attr);
+    esim_buf_free(&set);
+    esim_buf_free(&si);
+    esim_buf_free(&sd);
+    esim_buf_free(&tmp);
+    esim_buf_free(&ci);
+    if (rc != ESIM_OK)
+        return esim_fail(err, ESIM_ECRYPTO, "could not sign the message");
+    return ESIM_OK;
+}
