@@ -354,6 +354,8 @@ static void session_end(sim_devsim *s, size_t i)
     }
     sim_http_conn_free(sl->conn);
     sl->conn = NULL;
+    /* Parsed keys live as long as a session, not as long as 100,000 phones. */
+    sim_euicc_release_key(sim_device_euicc(sl->dev));
     save_if_dirty(s, i);
     if ((sl->flags & F_PUSH_PENDING) && !(sl->flags & F_OFFLINE))
         want_checkin(s, i);
@@ -1160,7 +1162,8 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
                                 sim_action_outcome *out, esim_error *err)
 {
     if (!s || !udid || !out)
-        return esim_fail(err, ESIM_EINVAL, "a user action needs a simulator, a UDID and an outcome");
+        return esim_fail(err, ESIM_EINVAL,
+                         "a user action needs a simulator, a UDID and an outcome");
     size_t i;
     for (i = 0; i < s->n; i++)
         if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)

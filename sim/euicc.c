@@ -20,6 +20,7 @@ struct sim_euicc {
     const sim_pki *pki;
     char eid[ESIM_EID_LEN + 1];
     esim_buf key_der;      /* private key, DER; parsed only when signing */
+    EVP_PKEY *key;         /* key_der parsed, while the device is in a session */
     esim_buf cert_der;     /* eUICC certificate, DER */
     esim_buf eum_der;      /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
@@ -145,6 +146,7 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
         rc = sim_x509_to_der(c.x509, &cert);
     if (rc == ESIM_OK)
         rc = sim_x509_to_der(eum_for_chain, &eumd);
+    EVP_PKEY *k = rc == ESIM_OK && EVP_PKEY_up_ref(c.key) ? c.key : NULL;
     esim_cert_clear(&c);
     if (rc != ESIM_OK) {
         esim_buf_free(&key);
@@ -155,6 +157,9 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
     esim_buf_free(&e->key_der);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der);
+    /* The new key is used right away (the download that made it signs next). */
+    EVP_PKEY_free(e->key);
+    e->key = k;
     e->key_der = key;
     e->cert_der = cert;
     e->eum_der = eumd;
@@ -202,6 +207,7 @@ void sim_euicc_free(sim_euicc *e)
     if (e->key_der.data)
         OPENSSL_cleanse(e->key_der.data, e->key_der.len);
     esim_buf_free(&e->key_der);
+    EVP_PKEY_free(e->key);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der);
     free(e->profiles);
@@ -224,6 +230,12 @@ void sim_euicc_mark_clean(sim_euicc *e)
 X509 *sim_euicc_trusted_ci(const sim_euicc *e)
 {
     return e->pki->ci.x509;
+}
+
+X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_error *err)
+{
+    esim_err why;
+    return sim_cert_cache_verify(e->pki->server_certs, b64, e->pki->ci.x509, NULL, &why, err);
 }
 
 /* ---- profiles -------------------------------------------------------------- */
@@ -438,12 +450,20 @@ esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsign
     esim_err rc = ensure_credentials((sim_euicc *)e, err);
     if (rc != ESIM_OK)
         return rc;
-    EVP_PKEY *k = key_from_der(&e->key_der);
-    if (!k)
+    /* Parsed once and kept until sim_euicc_release_key: a download signs
+     * three times and its notifications once each. */
+    sim_euicc *m = (sim_euicc *)e;
+    if (!m->key && !(m->key = key_from_der(&e->key_der)))
         return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
-    rc = sim_ecdsa_sign_raw(k, data, len, sig, err);
-    EVP_PKEY_free(k);
-    return rc;
+    return sim_ecdsa_sign_raw(m->key, data, len, sig, err);
+}
+
+void sim_euicc_release_key(sim_euicc *e)
+{
+    if (e) {
+        EVP_PKEY_free(e->key);
+        e->key = NULL;
+    }
 }
 
 esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *eum_b64)

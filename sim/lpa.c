@@ -250,9 +250,11 @@ static void after_initiate(lpa_op *op, json_t *j)
 {
     const char *txid = sim_json_str(j, "transactionId");
     esim_error e2;
-    X509 *cert = sim_x509_from_b64(sim_json_str(j, "serverCertificate"), NULL);
-    if (!txid || strlen(txid) >= sizeof op->txid || !cert ||
-        sim_chain_verify(sim_euicc_trusted_ci(op->e), NULL, cert, &e2) != ESIM_OK) {
+    X509 *cert =
+        txid && strlen(txid) < sizeof op->txid
+            ? sim_euicc_verify_server_cert(op->e, sim_json_str(j, "serverCertificate"), &e2)
+            : NULL;
+    if (!cert) {
         X509_free(cert);
         if (txid && strlen(txid) < sizeof op->txid) {
             snprintf(op->txid, sizeof op->txid, "%s", txid);

@@ -14,7 +14,7 @@
 #include <openssl/ec.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
-#include <openssl/rsa.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include "sim/sim_internal.h"
@@ -181,6 +181,8 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     p->topic[n] = '\0';
     esim_buf_free(&t);
     rc = load_identity(p, err);
+    if (rc == ESIM_OK && !(p->server_certs = sim_cert_cache_new(16)))
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (rc == ESIM_OK && sim_x509_to_der(p->eum.x509, &p->eum_der) != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "cannot encode eum.pem");
     if (rc != ESIM_OK)
@@ -210,6 +212,7 @@ void sim_pki_free(sim_pki *p)
     esim_buf_free(&p->scep_name_der);
     esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
+    sim_cert_cache_free(p->server_certs);
     free(p);
 }
 
@@ -296,6 +299,98 @@ esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *
         return esim_fail(err, ESIM_ECRYPTO, "certificate chain does not verify: %s",
                          ok < 0 ? "setup failed" : X509_verify_cert_error_string(code));
     return ESIM_OK;
+}
+
+/* ---- verified certificates ------------------------------------------------- */
+
+#define CERT_CACHE_REVERIFY_MS (10 * 60 * 1000)
+
+typedef struct {
+    unsigned char sha[SHA256_DIGEST_LENGTH];     /* the certificate's DER */
+    unsigned char via_sha[SHA256_DIGEST_LENGTH]; /* its intermediate's DER; zero: none */
+    X509 *x509;
+    int64_t verified_ms;
+} cert_slot;
+
+struct sim_cert_cache {
+    size_t n; /* a power of two */
+    cert_slot *slots;
+};
+
+sim_cert_cache *sim_cert_cache_new(size_t slots)
+{
+    sim_cert_cache *c = calloc(1, sizeof *c);
+    size_t n = 16;
+    while (n < slots)
+        n *= 2;
+    if (!c || !(c->slots = calloc(n, sizeof *c->slots))) {
+        free(c);
+        return NULL;
+    }
+    c->n = n;
+    return c;
+}
+
+void sim_cert_cache_free(sim_cert_cache *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        X509_free(c->slots[i].x509);
+    free(c->slots);
+    free(c);
+}
+
+X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
+                            esim_err *why, esim_error *err)
+{
+    esim_buf der = {0};
+    *why = ESIM_EINVAL;
+    if (!b64 || esim_base64_decode(b64, strlen(b64), &der, NULL) != ESIM_OK) {
+        esim_buf_free(&der);
+        esim_fail(err, ESIM_EINVAL, "certificate is not base64");
+        return NULL;
+    }
+    unsigned char sha[SHA256_DIGEST_LENGTH], via[SHA256_DIGEST_LENGTH] = {0};
+    unsigned int vl = sizeof via;
+    SHA256(der.data, der.len, sha);
+    if (intermediate && X509_digest(intermediate, EVP_sha256(), via, &vl) != 1) {
+        esim_buf_free(&der);
+        *why = ESIM_ECRYPTO;
+        esim_fail(err, ESIM_ECRYPTO, "cannot hash the intermediate certificate");
+        return NULL;
+    }
+    size_t idx = (((size_t)sha[0] << 8) | sha[1] | ((size_t)sha[2] << 16)) & (c->n - 1);
+    cert_slot *e = &c->slots[idx];
+    int64_t now = esim_mono_ms();
+    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 &&
+        memcmp(e->via_sha, via, sizeof via) == 0 && now - e->verified_ms < CERT_CACHE_REVERIFY_MS &&
+        X509_up_ref(e->x509)) {
+        esim_buf_free(&der);
+        *why = ESIM_OK;
+        return e->x509;
+    }
+    X509 *x = sim_x509_from_der(der.data, der.len);
+    esim_buf_free(&der);
+    if (!x) {
+        esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509");
+        return NULL;
+    }
+    if (sim_chain_verify(ci, intermediate, x, err) != ESIM_OK) {
+        X509_free(x);
+        *why = ESIM_ECRYPTO;
+        return NULL;
+    }
+    /* The slot keeps its own reference; the caller gets another. */
+    if (X509_up_ref(x)) {
+        X509_free(e->x509);
+        e->x509 = x;
+        memcpy(e->sha, sha, sizeof sha);
+        memcpy(e->via_sha, via, sizeof via);
+        e->verified_ms = now;
+    }
+    *why = ESIM_OK;
+    return x;
 }
 
 esim_err sim_x509_to_der(X509 *x, esim_buf *out)

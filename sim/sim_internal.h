@@ -30,6 +30,7 @@ struct sim_pki {
     esim_buf scep_der;      /* scep's certificate, DER: sent along with each identity */
     EVP_PKEY_CTX *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
     esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
+    struct sim_cert_cache *server_certs; /* SM-DP+ certificates the eUICCs verified (lpa.c) */
 };
 
 /* ---- GSMA crypto (rsp_crypto.c) ---- */
@@ -42,6 +43,21 @@ esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const
                               size_t sig_len, esim_error *err);
 /* Verifies |leaf| up to the trusted root |ci| through |intermediate| (may be NULL). */
 esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *err);
+/*
+ * Certificates that verified, so a certificate seen again is not parsed and
+ * verified again: direct-mapped on the SHA-256 of its DER, a fixed number of
+ * slots, each re-verified after 10 minutes. One cache per trust anchor.
+ */
+typedef struct sim_cert_cache sim_cert_cache;
+sim_cert_cache *sim_cert_cache_new(size_t slots);
+void sim_cert_cache_free(sim_cert_cache *c); /* NULL ok */
+/* The certificate in base64 DER |b64|, verified to chain to |ci| through
+ * |intermediate| (NULL: issued by |ci|), from the cache when this certificate
+ * verified with this same intermediate. A reference the caller frees, or
+ * NULL with *why ESIM_EINVAL (not a certificate) or ESIM_ECRYPTO (does not
+ * verify) and |err| saying why. */
+X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
+                            esim_err *why, esim_error *err);
 /* DER <-> base64. */
 esim_err sim_x509_to_b64(X509 *x, esim_buf *out);
 X509 *sim_x509_from_b64(const char *b64, esim_error *err);
@@ -79,10 +95,15 @@ void sim_euicc_mark_clean(sim_euicc *e);
 /* Signs |data| with the eUICC's private key (raw r||s). */
 esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],
                         esim_error *err);
+/* Frees the parsed key sim_euicc_sign keeps (at the end of a device's session). */
+void sim_euicc_release_key(sim_euicc *e);
 /* Base64 DER of the eUICC and EUM certificates. */
 esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *eum_b64);
 /* The CI the eUICC trusts (the PKI's). */
 X509 *sim_euicc_trusted_ci(const sim_euicc *e);
+/* The SM-DP+ certificate in base64 DER, verified to chain to that CI (the
+ * PKI's cache remembers certificates that did); a reference, or NULL. */
+X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_error *err);
 /* Reallocates the eUICC's certificate from another EUM (tests of a foreign CI). */
 esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
                            esim_error *err);
