@@ -463,7 +463,8 @@ int cmd_campaign(int argc, char **argv)
 /* ---- diagnose ------------------------------------------------------------------------------ */
 
 static const char diagnose_help[] =
-    "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM]] [--server URL] [--token-file F] "
+    "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM] [--smdp-token-file F]] [--server URL] "
+    "[--token-file F] "
     "[--json]\n"
     "\n"
     "Walks the checks a support engineer would: enrolled and token valid? the last\n"
@@ -475,12 +476,18 @@ static const char diagnose_help[] =
     "exit status: 0 diagnosed, 1 the service could not be asked, 2 bad options.\n";
 
 /* The SM-DP+ simulator's order for |eid|, as a check. */
-static void smdp_check(json_t *diag, const char *smdp, const char *ca)
+static void smdp_check(json_t *diag, const char *smdp, const char *ca, const char *token_file)
 {
     const char *eid = jstr(diag, "expected_eid");
     json_t *checks = json_object_get(diag, "checks");
     chttp c;
     chttp_open_plain(&c, smdp, ca);
+    /* The simulator's admin token (esim-mdm smdp writes PKI/smdp-admin-token). */
+    esim_buf tok = {0};
+    if (token_file && esim_read_file(token_file, sizeof c.token, &tok, NULL) == ESIM_OK)
+        snprintf(c.token, sizeof c.token, "%.*s", (int)strcspn((const char *)tok.data, "\r\n"),
+                 (const char *)tok.data);
+    esim_buf_free(&tok);
     long status = 0;
     json_t *r = NULL;
     esim_error e = {{0}};
@@ -525,7 +532,8 @@ int cmd_diagnose(int argc, char **argv)
         fputs(diagnose_help, stdout);
         return CLI_EXIT_OK;
     }
-    const char *udid = NULL, *server = NULL, *token = NULL, *smdp = NULL, *ca = NULL;
+    const char *udid = NULL, *server = NULL, *token = NULL, *smdp = NULL, *ca = NULL,
+               *smdp_token = NULL;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -541,6 +549,8 @@ int cmd_diagnose(int argc, char **argv)
             smdp = v, i++;
         else if (v && strcmp(a, "--ca") == 0)
             ca = v, i++;
+        else if (v && strcmp(a, "--smdp-token-file") == 0)
+            smdp_token = v, i++;
         else
             return cli_usage_error("diagnose: unknown option or missing value '%s'", a);
     }
@@ -566,7 +576,7 @@ int cmd_diagnose(int argc, char **argv)
         rc = status == 404 || status == 400 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     } else {
         if (smdp)
-            smdp_check(d, smdp, ca);
+            smdp_check(d, smdp, ca, smdp_token);
         if (json)
             print_json(d);
         else {

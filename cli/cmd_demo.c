@@ -650,6 +650,14 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
     snprintf(url, sizeof url, "https://127.0.0.1:%d", d->smdp_port);
     snprintf(ca, sizeof ca, "%s/pki/ca.pem", d->dir);
     chttp_open_plain(&d->smdp, url, ca);
+    /* The SM-DP+ made its admin token before it listened. */
+    char token_path[PATH_MAX + 64];
+    snprintf(token_path, sizeof token_path, "%s/pki/smdp-admin-token", d->dir);
+    esim_buf tok = {0};
+    if (esim_read_file(token_path, sizeof d->smdp.token, &tok, NULL) == ESIM_OK)
+        snprintf(d->smdp.token, sizeof d->smdp.token, "%.*s",
+                 (int)strcspn((const char *)tok.data, "\r\n"), (const char *)tok.data);
+    esim_buf_free(&tok);
     return true;
 }
 

@@ -30,7 +30,9 @@ static const char smdp_help[] =
     "  --listen HOST:PORT   default 127.0.0.1:9443 (port 0 = any free one)\n"
     "  --orders CSV         load orders: lines eid,iccid[,matching_id]\n"
     "  --data-dir DIR       keep orders in DIR/orders.json across restarts\n"
-    "  --admin-token TOKEN  require 'Authorization: Bearer TOKEN' on /admin/\n"
+    "  --admin-token-file F the token /admin/ requires ('Authorization: Bearer TOKEN');\n"
+    "                       default PKI/smdp-admin-token, made (0600) when missing\n"
+    "  --admin-token TOKEN  the token itself instead of a file\n"
     "  --port-file FILE     write the bound port to FILE once listening\n"
     "\n"
     "endpoints:\n"
@@ -42,7 +44,8 @@ static const char smdp_help[] =
     "\n"
     "example:\n"
     "  esim-mdm smdp --orders manifest.csv --listen 127.0.0.1:9443\n"
-    "  curl --cacert pki/ca.pem https://127.0.0.1:9443/admin/orders\n";
+    "  curl --cacert pki/ca.pem -H \"Authorization: Bearer $(cat pki/smdp-admin-token)\" \\\n"
+    "       https://127.0.0.1:9443/admin/orders\n";
 
 static const char devsim_help[] =
     "usage: esim-mdm devsim --server URL --apns-mock URL --devices N [options]\n"
@@ -160,6 +163,44 @@ static bool write_port(const char *file, unsigned port)
 
 /* ---- smdp ------------------------------------------------------------------------ */
 
+/* The admin token in |path| (first line), or, when |make| and the file is
+ * missing, a new random one written there 0600. */
+static bool admin_token(const char *path, bool make, char out[256], esim_error *err)
+{
+    esim_buf b = {0};
+    esim_err rc = esim_read_file(path, 4096, &b, err);
+    if (rc == ESIM_ENOTFOUND && make) {
+        unsigned char raw[24];
+        esim_buf hex = {0};
+        rc = esim_random_bytes(raw, sizeof raw);
+        if (rc == ESIM_OK)
+            rc = esim_hex_encode(raw, sizeof raw, &hex);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append_str(&hex, "\n");
+        if (rc == ESIM_OK)
+            rc = esim_write_file_atomic(path, hex.data, hex.len, 0600, err);
+        esim_buf_free(&hex);
+        if (rc == ESIM_OK)
+            rc = esim_read_file(path, 4096, &b, err);
+    }
+    if (rc != ESIM_OK) {
+        esim_buf_free(&b);
+        if (rc == ESIM_ENOTFOUND)
+            esim_fail(err, rc, "%s does not exist", path);
+        return false;
+    }
+    size_t n = strcspn((const char *)b.data, "\r\n");
+    bool ok = n > 0 && n < 256;
+    if (ok) {
+        memcpy(out, b.data, n);
+        out[n] = '\0';
+    } else {
+        esim_fail(err, ESIM_EINVAL, "%s: the token must be one line of 1 to 255 bytes", path);
+    }
+    esim_buf_free(&b);
+    return ok;
+}
+
 int cmd_smdp(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -171,10 +212,11 @@ int cmd_smdp(int argc, char **argv)
                                          {"orders", required_argument, NULL, 'o'},
                                          {"data-dir", required_argument, NULL, 'd'},
                                          {"admin-token", required_argument, NULL, 't'},
+                                         {"admin-token-file", required_argument, NULL, 'T'},
                                          {"port-file", required_argument, NULL, 'f'},
                                          {NULL, 0, NULL, 0}};
     const char *pki_dir = "pki", *listen = "127.0.0.1:9443", *orders = NULL, *data_dir = NULL,
-               *token = NULL, *port_file = NULL;
+               *token = NULL, *port_file = NULL, *token_file = NULL;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -193,6 +235,9 @@ int cmd_smdp(int argc, char **argv)
             break;
         case 't':
             token = optarg;
+            break;
+        case 'T':
+            token_file = optarg;
             break;
         case 'f':
             port_file = optarg;
@@ -219,6 +264,19 @@ int cmd_smdp(int argc, char **argv)
         fprintf(stderr, "esim-mdm smdp: PKI in %s: %s\n", pki_dir, e.msg);
         return CLI_EXIT_FAIL;
     }
+    char token_path[4096], file_token[256];
+    if (!token) {
+        if (token_file)
+            snprintf(token_path, sizeof token_path, "%s", token_file);
+        else
+            snprintf(token_path, sizeof token_path, "%s/smdp-admin-token", pki_dir);
+        if (!admin_token(token_path, !token_file, file_token, &e)) {
+            fprintf(stderr, "esim-mdm smdp: admin token: %s\n", e.msg);
+            sim_pki_free(pki);
+            return token_file ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+        }
+        token = file_token;
+    }
     struct event_base *base = event_base_new();
     sim_smdp *s = NULL;
     sim_smdp_config cfg = {.pki = pki,
@@ -244,8 +302,9 @@ int cmd_smdp(int argc, char **argv)
         goto out;
     }
     printf("esim-mdm smdp: SM-DP+ on %s (eSIMServerURL), %zu orders (%zu loaded), admin "
-           "%s/admin/orders\n",
-           sim_smdp_url(s), sim_smdp_order_count(s), added, sim_smdp_url(s));
+           "%s/admin/orders (token %s)\n",
+           sim_smdp_url(s), sim_smdp_order_count(s), added, sim_smdp_url(s),
+           token == file_token ? token_path : "from --admin-token");
     fflush(stdout);
     run_loop(base, 0);
     printf("esim-mdm smdp: stopped\n");

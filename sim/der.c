@@ -11,7 +11,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
@@ -152,17 +154,20 @@ static esim_err put_alg(esim_buf *out, const unsigned char *oid, size_t oid_len)
     return sim_der_put(out, 0x30, oid, oid_len);
 }
 
-/* A Name with one RDN each for CN and O, both UTF8String. */
-static esim_err put_name(esim_buf *out, const char *cn, const char *o)
+static const unsigned char OID_SERIAL_NUMBER[] = {0x06, 0x03, 0x55, 0x04, 0x05};
+
+/* A Name with one RDN each for CN and O (UTF8String) and, when |serial| is
+ * not NULL, serialNumber (PrintableString): what esim_cert_issue writes. */
+static esim_err put_name(esim_buf *out, const char *cn, const char *o, const char *serial)
 {
     esim_buf name = {0}, rdn = {0}, atv = {0};
     esim_err rc = ESIM_OK;
-    const unsigned char *oids[2] = {OID_CN, OID_O};
-    const char *vals[2] = {cn, o};
-    for (int i = 0; i < 2 && rc == ESIM_OK; i++) {
+    const unsigned char *oids[3] = {OID_CN, OID_O, OID_SERIAL_NUMBER};
+    const char *vals[3] = {cn, o, serial};
+    for (int i = 0; i < 3 && vals[i] && rc == ESIM_OK; i++) {
         rc = esim_buf_append(&atv, oids[i], 5);
         if (rc == ESIM_OK)
-            rc = sim_der_put(&atv, 0x0c, vals[i], strlen(vals[i]));
+            rc = sim_der_put(&atv, i == 2 ? 0x13 : 0x0c, vals[i], strlen(vals[i]));
         if (rc == ESIM_OK)
             rc = wrap(&rdn, 0x30, &atv);
         if (rc == ESIM_OK)
@@ -210,7 +215,7 @@ esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, e
         rc = wrap(&tbs, 0x30, &validity);
     /* No extended key usage, as SCEP-issued identities come. */
     if (rc == ESIM_OK)
-        rc = put_name(&tbs, cn, "esim-mdm simulated devices");
+        rc = put_name(&tbs, cn, "esim-mdm simulated devices", NULL);
     if (rc == ESIM_OK)
         rc = esim_buf_append(&tbs, pki->identity_spki.data, pki->identity_spki.len);
     if (rc == ESIM_OK)
@@ -331,5 +336,156 @@ esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void 
     esim_buf_free(&ci);
     if (rc != ESIM_OK)
         return esim_fail(err, ESIM_ECRYPTO, "could not sign the message");
+    return ESIM_OK;
+}
+
+/* ---- eUICC credentials ----------------------------------------------------- */
+
+esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der, esim_buf *cert_der,
+                         EVP_PKEY **key, esim_error *err)
+{
+    EVP_PKEY *k = NULL;
+    unsigned char pub[65], priv[32];
+    size_t pub_len = 0;
+    BIGNUM *bn = NULL;
+    esim_err rc = ESIM_ECRYPTO;
+    if (EVP_PKEY_generate(pki->ec_keygen, &k) == 1 &&
+        EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_PUB_KEY, pub, sizeof pub, &pub_len) ==
+            1 &&
+        pub_len == sizeof pub && pub[0] == 0x04 &&
+        EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_PRIV_KEY, &bn) == 1 &&
+        BN_bn2binpad(bn, priv, sizeof priv) == sizeof priv)
+        rc = ESIM_OK;
+    BN_clear_free(bn);
+    /* RFC 5915 ECPrivateKey with its curve and public key, as i2d_PrivateKey
+     * writes it; SubjectPublicKeyInfo id-ecPublicKey prime256v1. */
+    static const unsigned char ec_alg[] = {0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                                           0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+                                           0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const unsigned char curve[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                          0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const unsigned char one[] = {0x02, 0x01, 0x01};
+    unsigned char bits[66];
+    bits[0] = 0;
+    memcpy(bits + 1, pub, sizeof pub);
+    esim_buf ecpk = {0}, tmp = {0}, spki = {0}, tbs = {0}, exts = {0}, ext = {0}, cert = {0};
+    esim_buf_reset(key_der);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&ecpk, one, sizeof one);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&ecpk, 0x04, priv, sizeof priv);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&ecpk, 0xa0, curve, sizeof curve);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tmp, 0x03, bits, sizeof bits);
+    if (rc == ESIM_OK)
+        rc = wrap(&ecpk, 0xa1, &tmp);
+    if (rc == ESIM_OK)
+        rc = wrap(key_der, 0x30, &ecpk);
+    OPENSSL_cleanse(priv, sizeof priv);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tmp, ec_alg, sizeof ec_alg);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tmp, 0x03, bits, sizeof bits);
+    if (rc == ESIM_OK)
+        rc = wrap(&spki, 0x30, &tmp);
+    /* TBSCertificate: v3, 16-byte serial, ecdsa-with-SHA256, issuer the EUM,
+     * valid from an hour ago for ten years, subject CN/O/serialNumber = EID. */
+    unsigned char serial[16];
+    char cn[64];
+    snprintf(cn, sizeof cn, "eUICC %s", eid);
+    static const unsigned char v3[] = {0x02, 0x01, 0x02};
+    time_t now = time(NULL);
+    if (rc == ESIM_OK)
+        rc = esim_random_bytes(serial, sizeof serial);
+    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tbs, 0xa0, v3, sizeof v3);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tbs, 0x02, serial, sizeof serial);
+    if (rc == ESIM_OK)
+        rc = put_alg(&tbs, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tbs, pki->eum_name_der.data, pki->eum_name_der.len);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&tmp, now - 3600);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&tmp, now + 3650L * 24 * 3600);
+    if (rc == ESIM_OK)
+        rc = wrap(&tbs, 0x30, &tmp);
+    if (rc == ESIM_OK)
+        rc = put_name(&tbs, cn, "esim-mdm simulated eUICC", eid);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tbs, spki.data, spki.len);
+    /* Extensions: basicConstraints CA:FALSE and keyUsage digitalSignature
+     * (both critical), the key identifiers (SKI = SHA-1 of the key, AKI = the
+     * EUM's SKI). */
+    static const unsigned char bc[] = {0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13,
+                                       0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00};
+    static const unsigned char ku[] = {0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01,
+                                       0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80};
+    static const unsigned char ski_oid[] = {0x06, 0x03, 0x55, 0x1d, 0x0e};
+    static const unsigned char aki_oid[] = {0x06, 0x03, 0x55, 0x1d, 0x23};
+    unsigned char ski[SHA_DIGEST_LENGTH];
+    SHA1(pub, sizeof pub, ski);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&exts, bc, sizeof bc);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&exts, ku, sizeof ku);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&ext, ski_oid, sizeof ski_oid);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&tmp, 0x04, ski, sizeof ski);
+    if (rc == ESIM_OK)
+        rc = wrap(&ext, 0x04, &tmp);
+    if (rc == ESIM_OK)
+        rc = wrap(&exts, 0x30, &ext);
+    if (rc == ESIM_OK && pki->eum_ski.len) {
+        rc = esim_buf_append(&ext, aki_oid, sizeof aki_oid);
+        esim_buf kid = {0};
+        if (rc == ESIM_OK)
+            rc = sim_der_put(&kid, 0x80, pki->eum_ski.data, pki->eum_ski.len);
+        if (rc == ESIM_OK)
+            rc = wrap(&tmp, 0x30, &kid);
+        esim_buf_free(&kid);
+        if (rc == ESIM_OK)
+            rc = wrap(&ext, 0x04, &tmp);
+        if (rc == ESIM_OK)
+            rc = wrap(&exts, 0x30, &ext);
+    }
+    if (rc == ESIM_OK)
+        rc = wrap(&tmp, 0x30, &exts);
+    if (rc == ESIM_OK)
+        rc = wrap(&tbs, 0xa3, &tmp);
+    if (rc == ESIM_OK)
+        rc = wrap(&cert, 0x30, &tbs);
+    unsigned char sig[81];
+    size_t sig_len = 0;
+    sig[0] = 0;
+    if (rc == ESIM_OK)
+        rc = ec_sign(pki->eum_sign, cert.data, cert.len, sig + 1, &sig_len);
+    if (rc == ESIM_OK)
+        rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&cert, 0x03, sig, sig_len + 1);
+    esim_buf_reset(cert_der);
+    if (rc == ESIM_OK)
+        rc = wrap(cert_der, 0x30, &cert);
+    esim_buf_free(&ecpk);
+    esim_buf_free(&tmp);
+    esim_buf_free(&spki);
+    esim_buf_free(&tbs);
+    esim_buf_free(&exts);
+    esim_buf_free(&ext);
+    esim_buf_free(&cert);
+    if (rc != ESIM_OK) {
+        EVP_PKEY_free(k);
+        if (key_der->data)
+            OPENSSL_cleanse(key_der->data, key_der->len);
+        esim_buf_free(key_der);
+        esim_buf_free(cert_der);
+        return esim_fail(err, ESIM_ECRYPTO, "could not issue the eUICC credentials for %s", eid);
+    }
+    *key = k;
     return ESIM_OK;
 }

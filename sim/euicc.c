@@ -192,7 +192,22 @@ static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
 {
     if (e->key_der.len)
         return ESIM_OK;
-    return issue_cert(e, &e->pki->eum, e->pki->eum.x509, err);
+    /* From the PKI's EUM, encoded directly (sim_euicc_issue); the key is
+     * kept parsed for the download that needs it right away. */
+    esim_buf key = {0}, cert = {0};
+    EVP_PKEY *k = NULL;
+    esim_err rc = sim_euicc_issue(e->pki, e->eid, &key, &cert, &k, err);
+    if (rc != ESIM_OK)
+        return rc;
+    esim_buf_free(&e->key_der);
+    esim_buf_free(&e->cert_der);
+    esim_buf_free(&e->eum_der); /* the PKI's, shared */
+    EVP_PKEY_free(e->key);
+    e->key = k;
+    e->key_der = key;
+    e->cert_der = cert;
+    e->dirty = true;
+    return ESIM_OK;
 }
 
 esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain, esim_error *err)

@@ -33,11 +33,16 @@ typedef struct xfer {
 typedef struct sock_ctx {
     struct sock_ctx *prev, *next;
     struct event *ev;
+    short kind; /* what ev waits for */
 } sock_ctx;
+
+#define SIM_HTTP_SPARE_HANDLES 64
 
 struct sim_http {
     struct event_base *base;
     CURLM *multi;
+    CURL *spare[SIM_HTTP_SPARE_HANDLES]; /* finished easy handles, reset for reuse */
+    size_t n_spare;
     struct event *timer;
     xfer *xfers;
     sock_ctx *socks; /* every socket curl asked us to watch */
@@ -99,6 +104,18 @@ uint16_t sim_bound_port(int fd)
     return ntohs(a4.sin_port);
 }
 
+static void release_easy(sim_http *h, CURL *e)
+{
+    if (h->n_spare < SIM_HTTP_SPARE_HANDLES && !h->closing) {
+        /* curl_easy_reset keeps a share attached: let go of it first. */
+        curl_easy_setopt(e, CURLOPT_SHARE, NULL);
+        curl_easy_reset(e);
+        h->spare[h->n_spare++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 static void check_done(sim_http *h)
 {
     CURLMsg *msg;
@@ -134,8 +151,9 @@ static void check_done(sim_http *h)
                                     : curl_easy_strerror(res));
         }
         /* The easy handle goes before the callback, so the callback may free
-         * the private connection it used. */
-        curl_easy_cleanup(x->easy);
+         * the private connection it used: reset (which lets go of the share)
+         * and kept for the next request, as curl_easy_init costs more. */
+        release_easy(h, x->easy);
         curl_slist_free_all(x->headers);
         x->cb(x->arg, &r);
         esim_buf_free(&x->req_body);
@@ -186,12 +204,17 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
             h->socks->prev = c;
         h->socks = c;
         curl_multi_assign(h->multi, s, c);
-    } else if (c->ev) {
-        event_free(c->ev);
+    } else if (c->ev && c->kind == kind) {
+        return 0; /* already waiting for that */
     }
-    c->ev = event_new(h->base, s, kind, on_socket_event, h);
-    if (!c->ev)
+    /* One event per socket, re-armed in place when curl wants other events. */
+    if (!c->ev && !(c->ev = event_new(h->base, s, kind, on_socket_event, h)))
         return -1;
+    if (c->kind) {
+        event_del(c->ev);
+        event_assign(c->ev, h->base, s, kind, on_socket_event, h);
+    }
+    c->kind = kind;
     event_add(c->ev, NULL);
     return 0;
 }
@@ -267,6 +290,8 @@ void sim_http_free(sim_http *h)
         esim_buf_free(&x->resp);
         free(x);
     }
+    while (h->n_spare > 0)
+        curl_easy_cleanup(h->spare[--h->n_spare]);
     if (h->multi)
         curl_multi_cleanup(h->multi);
     while (h->socks) { /* what curl closed without telling the socket callback */
@@ -299,7 +324,7 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     x->h = h;
     x->cb = cb;
     x->arg = arg;
-    x->easy = curl_easy_init();
+    x->easy = h->n_spare > 0 ? h->spare[--h->n_spare] : curl_easy_init();
     if (!x->easy)
         goto nomem;
     for (size_t i = 0; i < req->n_headers; i++) {

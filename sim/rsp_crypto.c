@@ -137,6 +137,26 @@ static esim_err load_identity(struct sim_pki *p, esim_error *err)
     return ESIM_OK;
 }
 
+/* What issuing an eUICC certificate repeats, set up once. */
+static esim_err prepare_eum(struct sim_pki *p, esim_error *err)
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509_NAME(X509_get_subject_name(p->eum.x509), &der);
+    bool ok = n > 0 && esim_buf_append(&p->eum_name_der, der, (size_t)n) == ESIM_OK;
+    OPENSSL_free(der);
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(p->eum.x509);
+    if (ok && ski)
+        ok = esim_buf_append(&p->eum_ski, ASN1_STRING_get0_data(ski),
+                             (size_t)ASN1_STRING_length(ski)) == ESIM_OK;
+    p->eum_sign = ok ? EVP_PKEY_CTX_new(p->eum.key, NULL) : NULL;
+    p->ec_keygen = p->eum_sign ? EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL) : NULL;
+    if (!p->ec_keygen || EVP_PKEY_sign_init(p->eum_sign) != 1 ||
+        EVP_PKEY_keygen_init(p->ec_keygen) != 1 ||
+        EVP_PKEY_CTX_set_group_name(p->ec_keygen, "P-256") != 1)
+        return esim_fail(err, ESIM_ECRYPTO, "could not prepare the EUM for issuing eUICCs");
+    return ESIM_OK;
+}
+
 esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
 {
     if (!dir || !*dir || !out)
@@ -183,6 +203,8 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     rc = load_identity(p, err);
     if (rc == ESIM_OK && !(p->server_certs = sim_cert_cache_new(16)))
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (rc == ESIM_OK)
+        rc = prepare_eum(p, err);
     if (rc == ESIM_OK && sim_x509_to_der(p->eum.x509, &p->eum_der) != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "cannot encode eum.pem");
     if (rc != ESIM_OK)
@@ -213,6 +235,10 @@ void sim_pki_free(sim_pki *p)
     esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
     sim_cert_cache_free(p->server_certs);
+    EVP_PKEY_CTX_free(p->ec_keygen);
+    EVP_PKEY_CTX_free(p->eum_sign);
+    esim_buf_free(&p->eum_name_der);
+    esim_buf_free(&p->eum_ski);
     free(p);
 }
 

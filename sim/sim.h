@@ -272,12 +272,14 @@ typedef struct {
 } sim_order;
 
 typedef struct {
-    const sim_pki *pki;           /* server.pem for TLS, dpauth for signing; outlives the SM-DP+ */
-    const char *listen_host;      /* NULL = 127.0.0.1 */
-    uint16_t port;                /* 0 = ephemeral */
-    const char *data_dir;         /* NULL: orders in memory only; else DIR/orders.json */
-    const char *admin_token;      /* NULL: admin endpoints open (loopback); else Bearer token */
+    const sim_pki *pki;      /* server.pem for TLS, dpauth for signing; outlives the SM-DP+ */
+    const char *listen_host; /* NULL = 127.0.0.1 */
+    uint16_t port;           /* 0 = ephemeral */
+    const char *data_dir;    /* NULL: orders in memory only; else DIR/orders.json */
+    const char *admin_token; /* Bearer token for /admin/; NULL: the admin endpoints answer 403 */
     const char *service_provider; /* in profile metadata; NULL = "Simulated Operator" */
+    size_t max_sessions;          /* download sessions open at once; 0 = 1024 */
+    unsigned session_ttl_ms;      /* an unfinished session expires after; 0 = 60,000 */
 } sim_smdp_config;
 
 typedef struct sim_smdp sim_smdp;

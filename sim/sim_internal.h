@@ -31,6 +31,10 @@ struct sim_pki {
     EVP_PKEY_CTX *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
     esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
     struct sim_cert_cache *server_certs; /* SM-DP+ certificates the eUICCs verified (lpa.c) */
+    EVP_PKEY_CTX *ec_keygen;             /* P-256 key generation, set up once */
+    EVP_PKEY_CTX *eum_sign;              /* eum's key, ready to sign a SHA-256 digest */
+    esim_buf eum_name_der;               /* eum's subject Name, DER: the eUICCs' issuer */
+    esim_buf eum_ski;                    /* eum's subjectKeyIdentifier (may be empty) */
 };
 
 /* ---- GSMA crypto (rsp_crypto.c) ---- */
@@ -110,6 +114,10 @@ esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
 
 /* ---- device internals ---- */
 /* ---- DER the simulator writes itself (der.c) ---- */
+/* A fresh P-256 key for eUICC |eid| and its certificate from the PKI's EUM:
+ * *key_der (RFC 5915), *cert_der and *key (the caller's). */
+esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der, esim_buf *cert_der,
+                         EVP_PKEY **key, esim_error *err);
 /* Appends tag, length and |content| to |out|. */
 esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t len);
 /* Reads one TLV with |tag| at *p (short tags, lengths up to 2^24): its

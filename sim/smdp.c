@@ -18,13 +18,18 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "sim/sim_internal.h"
 
 #define SMDP_MAX_BODY (256 * 1024)
-#define SMDP_MAX_SESSIONS 100000
-#define SMDP_SESSION_TTL_MS (5 * 60 * 1000)
+/* Download sessions in progress at once, and how long one may stay open: a
+ * download takes a few round trips, so a minute is generous; a client that
+ * opens sessions and walks away cannot hold more than this many. */
+#define SMDP_MAX_SESSIONS 1024
+#define SMDP_SESSION_TTL_MS (60 * 1000)
+#define SMDP_CERT_CACHE 4096
 #define SMDP_SAVE_DELAY_MS 100
 
 enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED };
@@ -63,7 +68,10 @@ struct sim_smdp {
     size_t *by_iccid, *by_eid, *by_mid; /* open addressing: order index + 1, 0 = empty */
     size_t idx_cap;
     session *sessions;
-    size_t n_sessions;
+    size_t n_sessions, max_sessions;
+    int64_t session_ttl_ms;
+    sim_cert_cache *certs; /* EUM and eUICC certificates that verified against the CI */
+    char *dpauth_b64;      /* our certificate as sent in every authentication */
     struct event *save_timer;
     bool save_pending;
 };
@@ -466,7 +474,7 @@ static void sessions_expire(sim_smdp *s)
 {
     int64_t now = esim_mono_ms();
     for (session **pp = &s->sessions; *pp;) {
-        if (now - (*pp)->created_ms > SMDP_SESSION_TTL_MS) {
+        if (now - (*pp)->created_ms > s->session_ttl_ms) {
             session *dead = *pp;
             *pp = dead->next;
             s->n_sessions--;
@@ -586,7 +594,7 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
         return;
     }
     sessions_expire(s);
-    if (s->n_sessions >= SMDP_MAX_SESSIONS) {
+    if (s->n_sessions >= s->max_sessions) {
         esim_buf_free(&chal);
         reply_failed(req, "8.8", "6.4", "too many sessions in progress; retry later");
         return;
@@ -610,23 +618,22 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
     s->sessions = ss;
     s->n_sessions++;
 
-    esim_buf sc = {0}, cert = {0};
+    esim_buf sc = {0};
     esim_base64_encode(ss->server_challenge, 16, &sc);
     /* serverSigned1 binds the transaction, the eUICC's own challenge (so an
      * old answer cannot be replayed to it) and our fresh challenge. */
     json_t *signed1 = json_pack("{s:s, s:s, s:s, s:s}", "transactionId", ss->txid, "euiccChallenge",
                                 sim_json_str(body, "euiccChallenge"), "serverAddress", addr,
                                 "serverChallenge", (const char *)sc.data);
-    json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
-    esim_err rc = sim_x509_to_b64(s->pki->dpauth.x509, &cert);
-    if (rc == ESIM_OK && resp && signed1) {
-        json_object_set_new(resp, "serverCertificate", json_string((const char *)cert.data));
+    json_t *resp = json_pack("{s:o, s:s, s:s}", "header", header_ok(), "transactionId", ss->txid,
+                             "serverCertificate", s->dpauth_b64);
+    esim_err rc = ESIM_ENOMEM;
+    if (resp && signed1) {
         rc = sign_blob(s, resp, "serverSigned1", "serverSignature1", signed1);
         signed1 = NULL;
     }
     json_decref(signed1);
     esim_buf_free(&sc);
-    esim_buf_free(&cert);
     esim_buf_free(&chal);
     if (rc != ESIM_OK || !resp) {
         json_decref(resp);
@@ -641,14 +648,20 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
 static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o, X509 **euicc_out,
                          char eid[ESIM_EID_LEN + 1])
 {
-    X509 *eum = sim_x509_from_b64(sim_json_str(o, "eumCertificate"), NULL);
-    X509 *euicc = sim_x509_from_b64(sim_json_str(o, "euiccCertificate"), NULL);
-    esim_error e2;
+    /* Both verified once and then remembered (by their DER): every eUICC
+     * of an EUM sends the same EUM, and each eUICC its own certificate with
+     * authenticateClient and again with each notification. */
+    esim_err why;
+    X509 *eum = sim_cert_cache_verify(s->certs, sim_json_str(o, "eumCertificate"), s->pki->ci.x509,
+                                      NULL, &why, NULL);
+    X509 *euicc = eum ? sim_cert_cache_verify(s->certs, sim_json_str(o, "euiccCertificate"),
+                                              s->pki->ci.x509, eum, &why, NULL)
+                      : NULL;
     bool ok = false;
     char serial[64] = "";
-    if (!eum || sim_chain_verify(s->pki->ci.x509, NULL, eum, &e2) != ESIM_OK)
+    if (!eum)
         reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
-    else if (!euicc || sim_chain_verify(s->pki->ci.x509, eum, euicc, &e2) != ESIM_OK)
+    else if (!euicc)
         reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not verify against the EUM");
     else if (esim_cert_subject_field(euicc, NID_serialNumber, serial, sizeof serial) != ESIM_OK ||
              esim_eid_validate(serial, NULL) != ESIM_OK)
@@ -734,7 +747,11 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *signed1 = NULL;
-    if (!json_is_object(asr) || !verify_euicc(s, req, asr, &euicc, eid))
+    if (!json_is_object(asr)) {
+        reply_failed(req, "8.1", "2.2", "authenticateServerResponse is missing or not an object");
+        goto fail_quiet;
+    }
+    if (!verify_euicc(s, req, asr, &euicc, eid))
         goto fail_quiet;
     if (!signed_blob(asr, "euiccSigned1", &raw, &signed1) ||
         !verify_sig(euicc, &raw, asr, "euiccSignature1")) {
@@ -767,15 +784,13 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
                              "serviceProviderName", s->service_provider, "profileName",
                              "Simulated eSIM", "profileClass", "operational");
     json_t *signed2 = json_pack("{s:s, s:b}", "transactionId", ss->txid, "ccRequiredFlag", 0);
-    esim_buf cert = {0};
-    esim_err rc = resp && signed2 ? sim_x509_to_b64(s->pki->dpauth.x509, &cert) : ESIM_ENOMEM;
-    if (rc == ESIM_OK) {
-        json_object_set_new(resp, "smdpCertificate", json_string((const char *)cert.data));
+    esim_err rc = ESIM_ENOMEM;
+    if (resp && signed2) {
+        json_object_set_new(resp, "smdpCertificate", json_string(s->dpauth_b64));
         rc = sign_blob(s, resp, "smdpSigned2", "smdpSignature2", signed2);
         signed2 = NULL;
     }
     json_decref(signed2);
-    esim_buf_free(&cert);
     esim_buf_free(&raw);
     json_decref(signed1);
     if (rc != ESIM_OK) {
@@ -926,18 +941,35 @@ static json_t *orders_json(const sim_smdp *s, bool summary)
                      (json_int_t)s->n_orders);
 }
 
+/* "Bearer TOKEN" compared in constant time: how long the comparison takes
+ * says nothing about how much of a guess was right. */
+static bool admin_token_ok(const sim_smdp *s, const char *auth)
+{
+    size_t want = strlen(s->admin_token);
+    if (!auth || strncmp(auth, "Bearer ", 7) != 0)
+        return false;
+    auth += 7;
+    size_t have = strlen(auth);
+    /* Always compares |want| bytes, from a buffer as long as the token. */
+    char given[sizeof s->admin_token] = {0};
+    memcpy(given, auth, have < want ? have : want);
+    return (CRYPTO_memcmp(given, s->admin_token, want) == 0) & (have == want);
+}
+
 static void admin(sim_smdp *s, struct evhttp_request *req, const char *path)
 {
-    if (s->admin_token[0]) {
-        const char *auth =
-            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-        char want[300];
-        snprintf(want, sizeof want, "Bearer %s", s->admin_token);
-        if (!auth || strcmp(auth, want) != 0) {
-            reply(req, 401,
-                  json_pack("{s:s}", "error", "admin token required (Authorization: Bearer ...)"));
-            return;
-        }
+    /* Orders are the operator's: no token configured, no admin endpoint. */
+    if (!s->admin_token[0]) {
+        reply(req, 403,
+              json_pack("{s:s}", "error",
+                        "the admin endpoints are off: start the SM-DP+ with an admin token"));
+        return;
+    }
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!admin_token_ok(s, auth)) {
+        reply(req, 401,
+              json_pack("{s:s}", "error", "admin token required (Authorization: Bearer ...)"));
+        return;
     }
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (strcmp(path, "/admin/orders") == 0 && m == EVHTTP_REQ_GET) {
@@ -1047,7 +1079,18 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
              cfg->service_provider ? cfg->service_provider : "Simulated Operator");
     if (cfg->admin_token)
         snprintf(s->admin_token, sizeof s->admin_token, "%s", cfg->admin_token);
+    s->max_sessions = cfg->max_sessions ? cfg->max_sessions : SMDP_MAX_SESSIONS;
+    s->session_ttl_ms = cfg->session_ttl_ms ? cfg->session_ttl_ms : SMDP_SESSION_TTL_MS;
     esim_err rc = ESIM_OK;
+    esim_buf b64 = {0};
+    s->certs = sim_cert_cache_new(SMDP_CERT_CACHE);
+    if (!s->certs || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
+        !(s->dpauth_b64 = strdup((const char *)b64.data))) {
+        esim_buf_free(&b64);
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    esim_buf_free(&b64);
     if (cfg->data_dir) {
         snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
         rc = esim_mkdirs(s->data_dir, 0755, err);
@@ -1111,6 +1154,8 @@ void sim_smdp_free(sim_smdp *s)
         session_free(s->sessions);
         s->sessions = n;
     }
+    sim_cert_cache_free(s->certs);
+    free(s->dpauth_b64);
     free(s->orders);
     free(s->by_iccid);
     free(s->by_eid);

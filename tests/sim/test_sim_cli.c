@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "plist/esim_plist.h"
@@ -183,14 +184,28 @@ static void test_smdp_cli(void **state)
     assert_true(port.len > 0);
     char url[128];
     snprintf(url, sizeof url, "https://127.0.0.1:%d/admin/orders", atoi((const char *)port.data));
+    /* The admin token the SM-DP+ made in the PKI directory (0600). */
+    char tok_path[700], hdr[400];
+    snprintf(tok_path, sizeof tok_path, "%s/smdp-admin-token", fx.pki);
+    esim_buf tok = {0};
+    assert_int_equal(esim_read_file(tok_path, 4096, &tok, NULL), ESIM_OK);
+    struct stat tst;
+    assert_int_equal(stat(tok_path, &tst), 0);
+    assert_int_equal(tst.st_mode & 077, 0);
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %.*s",
+             (int)strcspn((const char *)tok.data, "\n"), (const char *)tok.data);
+    esim_buf_free(&tok);
+    struct curl_slist *hl = curl_slist_append(NULL, hdr);
     CURL *c = curl_easy_init();
     curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(c, CURLOPT_CAINFO, sim_pki_ca_file(fx.p));
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
     esim_buf_reset(&out);
     assert_int_equal(curl_easy_perform(c), CURLE_OK);
     curl_easy_cleanup(c);
+    curl_slist_free_all(hl);
     json_t *j = json_loadb((const char *)out.data, out.len, 0, NULL);
     assert_int_equal(json_integer_value(json_object_get(j, "total")), 2);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "counts"), "Released")),

@@ -453,10 +453,21 @@ static void test_mdm_signature(void **state)
     assert_int_equal(
         esim_cert_subject_field(sk_X509_value(signers, 0), NID_commonName, cn, sizeof cn), ESIM_OK);
     assert_string_equal(cn, sim_device_udid(d));
+    /* A P-256 identity, issued by the simulator's SCEP CA, which the
+     * signature carries so the chain reaches the device CA. */
+    assert_int_equal(EVP_PKEY_get_base_id(X509_get0_pubkey(sk_X509_value(signers, 0))),
+                     EVP_PKEY_EC);
+    STACK_OF(X509) *certs = CMS_get1_certs(cms);
+    assert_int_equal(sk_X509_num(certs), 2);
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     X509_STORE_CTX_init(ctx, store, sk_X509_value(signers, 0), NULL);
+    assert_int_not_equal(X509_verify_cert(ctx), 1); /* not without the SCEP CA */
+    X509_STORE_CTX_free(ctx);
+    ctx = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(ctx, store, sk_X509_value(signers, 0), certs);
     assert_int_equal(X509_verify_cert(ctx), 1);
     X509_STORE_CTX_free(ctx);
+    sk_X509_pop_free(certs, X509_free);
     sk_X509_free(signers);
     BIO_free(data);
     /* A tampered body does not verify. */

@@ -364,7 +364,7 @@ static void test_end_to_end(void **state)
     sim_pki *p = NULL;
     assert_int_equal(sim_pki_open(pki, &p, NULL), ESIM_OK);
     esim_error err;
-    sim_smdp_config sc = {.pki = p, .data_dir = smdp_data};
+    sim_smdp_config sc = {.pki = p, .data_dir = smdp_data, .admin_token = "e2e-token"};
     assert_int_equal(sim_smdp_new(w.base, &sc, &w.smdp, &err), ESIM_OK);
     /* The operator's manifest: one order per device of this seed. */
     for (unsigned i = 0; i < N_DEVICES; i++) {
@@ -450,7 +450,8 @@ static void test_end_to_end(void **state)
 
     /* The SM-DP+ admin view agrees: every order Installed exactly once. */
     snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(w.smdp));
-    r = st_request(w.base, w.http, "GET", url, sim_pki_ca_file(p), NULL, NULL, 0, &st);
+    static const char *const auth[] = {"Authorization: Bearer e2e-token"};
+    r = st_request(w.base, w.http, "GET", url, sim_pki_ca_file(p), NULL, auth, 1, &st);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Installed")),
                      N_DEVICES);
     json_decref(r);

@@ -55,7 +55,7 @@ static int setup(void **state)
     (void)state;
     fx.base = event_base_new();
     esim_error err;
-    sim_smdp_config cfg = {.pki = fx.pki};
+    sim_smdp_config cfg = {.pki = fx.pki, .admin_token = "t0ken"};
     if (sim_smdp_new(fx.base, &cfg, &fx.smdp, &err) != ESIM_OK)
         return fprintf(stderr, "%s\n", err.msg), -1;
     if (sim_http_new(fx.base, &fx.http, &err) != ESIM_OK)
@@ -550,19 +550,20 @@ static void test_admin_and_csv(void **state)
     st_eid(700, eid);
     st_iccid(700, iccid);
     snprintf(url, sizeof url, "%s/admin/orders", fx.url);
+    static const char *const auth[] = {"Authorization: Bearer t0ken"};
     long st;
     json_t *body = json_pack("{s:s, s:s, s:b}", "eid", eid, "iccid", iccid, "released", 0);
     json_t *r =
-        st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+        st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
     assert_int_equal(st, 201);
     assert_string_equal(sim_json_str(r, "state"), "Available");
     json_decref(r);
-    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
     assert_int_equal(st, 409);
     json_decref(r);
     json_decref(body);
     body = json_pack("{s:s, s:s}", "eid", "123", "iccid", iccid);
-    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
     assert_int_equal(st, 400);
     assert_non_null(strstr(sim_json_str(r, "error"), "EID"));
     json_decref(r);
@@ -570,7 +571,7 @@ static void test_admin_and_csv(void **state)
     char rel[220];
     snprintf(rel, sizeof rel, "%s/release", url);
     body = json_pack("{s:s}", "iccid", iccid);
-    r = st_request(fx.base, fx.http, "POST", rel, sim_pki_ca_file(fx.pki), body, NULL, 0, &st);
+    r = st_request(fx.base, fx.http, "POST", rel, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
     assert_int_equal(st, 200);
     assert_string_equal(sim_json_str(r, "state"), "Released");
     json_decref(r);
@@ -600,7 +601,7 @@ static void test_admin_and_csv(void **state)
     assert_int_equal(sim_smdp_find_order(fx.smdp, i2)->state, SIM_ORDER_RELEASED);
     assert_string_equal(sim_smdp_find_order(fx.smdp, i2)->matching_id, "MATCH-1");
 
-    r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
     assert_int_equal(st, 200);
     assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "counts"), "Released")),
@@ -609,7 +610,7 @@ static void test_admin_and_csv(void **state)
     json_decref(r);
     char summary[240];
     snprintf(summary, sizeof summary, "%s?summary=1", url);
-    r = st_request(fx.base, fx.http, "GET", summary, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    r = st_request(fx.base, fx.http, "GET", summary, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
     assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
     assert_int_equal(json_array_size(json_object_get(r, "orders")), 0);
     json_decref(r);
@@ -631,6 +632,16 @@ static void test_admin_token_and_persistence(void **state)
         st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
     assert_int_equal(st, 401);
     json_decref(r);
+    /* Wrong, a prefix, longer, another scheme, empty: all refused. */
+    const char *wrong[] = {"Authorization: Bearer sekreT",  "Authorization: Bearer sekre",
+                           "Authorization: Bearer sekrets", "Authorization: Basic sekret",
+                           "Authorization: Bearer ",        "Authorization: sekret"};
+    for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+        r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, &wrong[i], 1,
+                       &st);
+        assert_int_equal(st, 401);
+        json_decref(r);
+    }
     static const char *const auth[] = {"Authorization: Bearer sekret"};
     r = st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
     assert_int_equal(st, 200);
@@ -664,6 +675,92 @@ static void test_admin_token_and_persistence(void **state)
     sim_euicc_free(e);
 }
 
+/* Issue 10 item 8: without a configured token the admin endpoints are
+ * closed (403), not open to anyone who can reach the port. */
+static void test_admin_needs_a_token(void **state)
+{
+    (void)state;
+    sim_smdp *s = NULL;
+    sim_smdp_config cfg = {.pki = fx.pki};
+    esim_error err;
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &s, &err), ESIM_OK);
+    char url[200];
+    snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(s));
+    long st;
+    static const char *const auth[] = {"Authorization: Bearer "};
+    json_t *r =
+        st_request(fx.base, fx.http, "GET", url, sim_pki_ca_file(fx.pki), NULL, NULL, 0, &st);
+    assert_int_equal(st, 403);
+    assert_non_null(strstr(sim_json_str(r, "error"), "admin token"));
+    json_decref(r);
+    json_t *body = json_pack("{s:s}", "iccid", "89000000000000000001");
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
+    assert_int_equal(st, 403);
+    json_decref(r);
+    json_decref(body);
+    assert_int_equal(sim_smdp_order_count(s), 0);
+    sim_smdp_free(s);
+}
+
+/* Issue 10 item 8: authenticateClient without authenticateServerResponse
+ * gets a clear Failed answer (it used to get none, and the client hung);
+ * the session it named is over. */
+static void test_authenticate_without_response(void **state)
+{
+    (void)state;
+    char chal[64], buf[64];
+    json_t *r = initiate(chal);
+    char txid[64];
+    snprintf(txid, sizeof txid, "%s", sim_json_str(r, "transactionId"));
+    json_decref(r);
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 1);
+    long st;
+    r = es9("authenticateClient", json_pack("{s:s}", "transactionId", txid), &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.1/2.2");
+    json_decref(r);
+    r = es9("authenticateClient",
+            json_pack("{s:s, s:[]}", "transactionId", txid, "authenticateServerResponse"), &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9"); /* the session ended */
+    json_decref(r);
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 0);
+}
+
+/* Issue 10 item 8: sessions are capped by a small bound and expire, so
+ * abandoned sessions cannot pile up. */
+static void test_session_cap_and_expiry(void **state)
+{
+    (void)state;
+    sim_smdp_free(fx.smdp);
+    sim_smdp_config cfg = {.pki = fx.pki, .max_sessions = 3, .session_ttl_ms = 300};
+    esim_error err;
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &fx.smdp, &err), ESIM_OK);
+    snprintf(fx.url, sizeof fx.url, "%s", sim_smdp_url(fx.smdp));
+    snprintf(fx.es9, sizeof fx.es9, "%s/gsma/rsp2/es9plus/", fx.url);
+    char chal[64], buf[64], first[64];
+    for (int i = 0; i < 3; i++) {
+        json_t *r = initiate(chal);
+        assert_string_equal(status_of(r, buf, sizeof buf), "Executed-Success");
+        if (i == 0)
+            snprintf(first, sizeof first, "%s", sim_json_str(r, "transactionId"));
+        json_decref(r);
+    }
+    json_t *r = initiate(chal);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.8/6.4"); /* full: retry later */
+    json_decref(r);
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 3);
+    /* Abandoned sessions expire: room again, and the old ones are gone. */
+    usleep(400 * 1000);
+    r = initiate(chal);
+    assert_string_equal(status_of(r, buf, sizeof buf), "Executed-Success");
+    json_decref(r);
+    assert_int_equal(sim_smdp_session_count(fx.smdp), 1);
+    r = es9("cancelSession", json_pack("{s:s}", "transactionId", first), NULL);
+    assert_string_equal(status_of(r, buf, sizeof buf), "8.10.1/3.9");
+    json_decref(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -677,6 +774,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_and_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_token_and_persistence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_needs_a_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_authenticate_without_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_cap_and_expiry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
