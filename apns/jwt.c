@@ -30,11 +30,19 @@ static esim_err read_key(const char *path, bool public_ok, EVP_PKEY **out, esim_
 {
     *out = NULL;
     esim_buf pem = {0};
-    esim_err e = esim_read_file(path, 64 * 1024, &pem, err);
+    /* A signing key must be private; a verifier may be handed a public key. */
+    esim_err e = public_ok ? esim_read_file(path, 64 * 1024, &pem, err)
+                           : esim_read_private_file(path, 64 * 1024, &pem, err);
     if (e != ESIM_OK)
         return e;
     BIO *bio = BIO_new_mem_buf(pem.data, (int)pem.len);
     EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    if (key && public_ok && (e = esim_check_private_file(path, err)) != ESIM_OK) {
+        EVP_PKEY_free(key);
+        BIO_free(bio);
+        esim_buf_free(&pem);
+        return e;
+    }
     if (key == NULL && bio && public_ok) {
         (void)BIO_reset(bio);
         key = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);

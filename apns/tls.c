@@ -46,6 +46,8 @@ static esim_err crypto_fail(esim_error *err, const char *fmt, ...)
 static esim_err load_p12(SSL_CTX *ctx, const char *path, const char *password, esim_error *err)
 {
     esim_err e = need_file(path, "PKCS#12 file", err);
+    if (e == ESIM_OK)
+        e = esim_check_private_file(path, err);
     if (e != ESIM_OK)
         return e;
     BIO *bio = BIO_new_file(path, "rb");
@@ -90,6 +92,8 @@ static esim_err load_pem_pair(SSL_CTX *ctx, const char *cert_path, const char *k
     esim_err e = need_file(cert_path, "certificate", err);
     if (e == ESIM_OK)
         e = need_file(key_path, "private key", err);
+    if (e == ESIM_OK)
+        e = esim_check_private_file(key_path, err);
     if (e != ESIM_OK)
         return e;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1)

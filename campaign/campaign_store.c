@@ -66,6 +66,11 @@ esim_err cstore_open(const char *path, bool sync_normal, cstore **out, esim_erro
     cstore *cs = calloc(1, sizeof *cs);
     if (!cs)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    esim_err prc = esim_make_private_db(path, err);
+    if (prc != ESIM_OK) {
+        free(cs);
+        return prc;
+    }
     if (sqlite3_open_v2(path, &cs->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
         esim_err rc = esim_fail(err, ESIM_ESTORE, "cannot open the campaign database %s: %s", path,

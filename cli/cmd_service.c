@@ -260,25 +260,12 @@ static int apply_option(serve_opts *o, int id, const char *v)
 /* A secret from a file: the first line, without surrounding whitespace. */
 static int read_secret(const char *what, const char *path, char **out)
 {
-    esim_buf b = {0};
     esim_error e;
-    if (esim_read_file(path, 4096, &b, &e) != ESIM_OK) {
+    if (esim_read_token_file(path, out, &e) != ESIM_OK) {
         fprintf(stderr, "esim-mdm serve: %s: %s\n", what, e.msg);
         return CLI_EXIT_FAIL;
     }
-    char *s = (char *)b.data;
-    s += strspn(s ? s : "", " \t\r\n");
-    size_t len = s ? strcspn(s, "\r\n") : 0;
-    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
-        len--;
-    if (len == 0) {
-        esim_buf_free(&b);
-        fprintf(stderr, "esim-mdm serve: %s: %s is empty\n", what, path);
-        return CLI_EXIT_FAIL;
-    }
-    *out = strndup(s, len);
-    esim_buf_free(&b);
-    return *out ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+    return CLI_EXIT_OK;
 }
 
 /* Without --api-token-file: DATA_DIR/api-token, made with a random token

@@ -34,28 +34,25 @@ bool chttp_open_api(chttp *c, const char *server, const char *token_file)
                                                    : "esim-mdm-data/api-token";
     snprintf(c->server, sizeof c->server, "%s", server);
     trim_slash(c->server);
-    esim_buf tok = {0};
+    char *tok = NULL;
     esim_error e = {{0}};
-    if (esim_read_file(token_file, 4096, &tok, &e) != ESIM_OK) {
+    if (esim_read_token_file(token_file, &tok, &e) != ESIM_OK) {
         fprintf(stderr,
                 "esim-mdm: cannot read the API token: %s (give --token-file, or set "
                 "ESIM_MDM_TOKEN_FILE)\n",
                 e.msg);
         return false;
     }
-    size_t n = tok.len;
-    while (n > 0 && (tok.data[n - 1] == '\n' || tok.data[n - 1] == '\r' || tok.data[n - 1] == ' '))
-        n--;
-    if (n == 0 || n >= sizeof c->token) {
-        fprintf(stderr, "esim-mdm: the token file %s is empty or too long\n", token_file);
-        esim_buf_free(&tok);
-        return false;
-    }
-    memcpy(c->token, tok.data, n);
-    c->token[n] = '\0';
-    OPENSSL_cleanse(tok.data, tok.len);
-    esim_buf_free(&tok);
-    return true;
+    size_t n = strlen(tok);
+    bool fits = n < sizeof c->token;
+    if (fits)
+        memcpy(c->token, tok, n + 1);
+    else
+        fprintf(stderr, "esim-mdm: the token in %s is longer than %zu bytes\n", token_file,
+                sizeof c->token - 1);
+    OPENSSL_cleanse(tok, n);
+    free(tok);
+    return fits;
 }
 
 void chttp_open_plain(chttp *c, const char *base_url, const char *ca_file)
@@ -137,7 +134,6 @@ esim_err chttp_call(chttp *c, const char *method, const char *path, const char *
     esim_buf_free(&reply);
     return rc;
 }
-
 
 const char *chttp_error_message(const json_t *reply)
 {

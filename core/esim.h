@@ -105,6 +105,37 @@ unsigned char *esim_buf_steal(esim_buf *b, size_t *len);
 esim_err esim_read_file(const char *path, size_t max_len, esim_buf *out, esim_error *err);
 
 /*
+ * For keys, tokens and secrets. esim_check_private_file() refuses a file
+ * that users other than its owner may read or write (any group or other
+ * read/write bit) with ESIM_EAUTH and a message naming the file and the fix
+ * (chmod 600); ESIM_ENOTFOUND/ESIM_EIO when it cannot be examined.
+ * esim_read_private_file() checks the file it opened (no window between the
+ * check and the read) and then reads it like esim_read_file().
+ */
+esim_err esim_check_private_file(const char *path, esim_error *err);
+esim_err esim_read_private_file(const char *path, size_t max_len, esim_buf *out, esim_error *err);
+
+/*
+ * For a database holding push tokens and PushMagic: creates |path| with
+ * mode 0600 when missing, and takes group and other permissions away from
+ * it and its SQLite companions (-wal, -shm, -journal) when they exist (a
+ * warning on stderr when that is not allowed). ":memory:" and "file:" URIs
+ * are left alone. ESIM_EIO when the file cannot be created.
+ */
+esim_err esim_make_private_db(const char *path, esim_error *err);
+
+/*
+ * A bearer token or shared secret kept in a file (API token, webhook
+ * secret): its first line without surrounding spaces and tabs. Empty,
+ * holding a control character (it goes into an HTTP header) or longer than
+ * ESIM_TOKEN_MAX bytes: ESIM_EINVAL. *out is malloc'ed (free). The file
+ * form reads with esim_read_private_file() and names the file in errors.
+ */
+#define ESIM_TOKEN_MAX 1024
+esim_err esim_token_parse(const void *data, size_t len, char **out, esim_error *err);
+esim_err esim_read_token_file(const char *path, char **out, esim_error *err);
+
+/*
  * Replaces |path| with |data| crash-safely: writes PATH.tmp.<pid>, fsyncs it,
  * renames it over |path| and fsyncs the directory. After a crash at any
  * instant the file holds either the old or the new content, never a mix.

@@ -4,6 +4,7 @@
  * and the two clocks.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -15,12 +16,133 @@
 
 #include "core/esim.h"
 
-esim_err esim_read_file(const char *path, size_t max_len, esim_buf *out, esim_error *err)
+static esim_err private_mode_ok(const char *path, const struct stat *st, esim_error *err)
+{
+    if (!S_ISREG(st->st_mode))
+        return esim_fail(err, ESIM_EAUTH,
+                         "%s is not a regular file; a key, token or secret must be "
+                         "one",
+                         path);
+    if (st->st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH))
+        return esim_fail(err, ESIM_EAUTH,
+                         "%s holds a key, token or secret but other users may read or write it "
+                         "(mode %04o); run: chmod 600 %s",
+                         path, (unsigned)(st->st_mode & 07777), path);
+    return ESIM_OK;
+}
+
+esim_err esim_check_private_file(const char *path, esim_error *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return esim_fail(err, errno == ENOENT ? ESIM_ENOTFOUND : ESIM_EIO, "cannot open %s: %s",
+                         path, strerror(errno));
+    return private_mode_ok(path, &st, err);
+}
+
+static esim_err read_fd(int fd, const char *path, size_t max_len, esim_buf *out, esim_error *err);
+
+static esim_err read_path(const char *path, bool private_only, size_t max_len, esim_buf *out,
+                          esim_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return esim_fail(err, errno == ENOENT ? ESIM_ENOTFOUND : ESIM_EIO, "cannot open %s: %s",
                          path, strerror(errno));
+    if (private_only) {
+        struct stat st;
+        esim_err rc = fstat(fd, &st) != 0
+                          ? esim_fail(err, ESIM_EIO, "cannot examine %s: %s", path, strerror(errno))
+                          : private_mode_ok(path, &st, err);
+        if (rc != ESIM_OK) {
+            close(fd);
+            return rc;
+        }
+    }
+    return read_fd(fd, path, max_len, out, err);
+}
+
+esim_err esim_make_private_db(const char *path, esim_error *err)
+{
+    if (!path || !*path || strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0)
+        return ESIM_OK;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return esim_fail(err, ESIM_EIO, "cannot create %s: %s", path, strerror(errno));
+    close(fd);
+    static const char *const companions[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t k = 0; k < sizeof companions / sizeof companions[0]; k++) {
+        char p[4096];
+        if (snprintf(p, sizeof p, "%s%s", path, companions[k]) >= (int)sizeof p)
+            continue;
+        struct stat st;
+        if (stat(p, &st) != 0 || !S_ISREG(st.st_mode) || !(st.st_mode & 077))
+            continue;
+        if (chmod(p, st.st_mode & 0700) != 0)
+            fprintf(stderr,
+                    "esim-mdm: warning: %s holds push tokens and PushMagic but other users may "
+                    "read it (mode %04o) and it cannot be changed (%s); run: chmod 600 %s\n",
+                    p, (unsigned)(st.st_mode & 07777), strerror(errno), p);
+    }
+    return ESIM_OK;
+}
+
+esim_err esim_token_parse(const void *data, size_t len, char **out, esim_error *err)
+{
+    const char *s = data ? data : "";
+    const char *end = memchr(s, '\n', len);
+    size_t n = end ? (size_t)(end - s) : len;
+    if (n && s[n - 1] == '\r')
+        n--;
+    while (n && (*s == ' ' || *s == '\t')) {
+        s++;
+        n--;
+    }
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (n == 0)
+        return esim_fail(err, ESIM_EINVAL, "the first line is empty");
+    if (n > ESIM_TOKEN_MAX)
+        return esim_fail(err, ESIM_EINVAL, "the token is %zu bytes, over the %d allowed", n,
+                         ESIM_TOKEN_MAX);
+    for (size_t k = 0; k < n; k++)
+        if ((unsigned char)s[k] < 0x20 || s[k] == 0x7F)
+            return esim_fail(err, ESIM_EINVAL,
+                             "the token holds a control character (byte %zu of its line)", k);
+    char *copy = strndup(s, n);
+    if (!copy)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    *out = copy;
+    return ESIM_OK;
+}
+
+esim_err esim_read_token_file(const char *path, char **out, esim_error *err)
+{
+    esim_buf b = {0};
+    esim_err rc = esim_read_private_file(path, 4 * ESIM_TOKEN_MAX, &b, err);
+    if (rc == ESIM_OK) {
+        esim_error why = {{0}};
+        rc = esim_token_parse(b.data, b.len, out, &why);
+        if (rc != ESIM_OK)
+            esim_fail(err, rc, "%s: %s", path, why.msg);
+    }
+    esim_buf_free(&b);
+    return rc;
+}
+
+esim_err esim_read_file(const char *path, size_t max_len, esim_buf *out, esim_error *err)
+{
+    return read_path(path, false, max_len, out, err);
+}
+
+esim_err esim_read_private_file(const char *path, size_t max_len, esim_buf *out, esim_error *err)
+{
+    return read_path(path, true, max_len, out, err);
+}
+
+/* Reads |fd| to its end and closes it. */
+static esim_err read_fd(int fd, const char *path, size_t max_len, esim_buf *out, esim_error *err)
+{
     esim_buf buf = {0};
     esim_err rc = ESIM_OK;
     for (;;) {

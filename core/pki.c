@@ -177,6 +177,11 @@ esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *
     if (!c.x509)
         return crypto_fail(err, "not a PEM certificate");
     if (key_path) {
+        esim_err prc = esim_check_private_file(key_path, err);
+        if (prc != ESIM_OK && prc != ESIM_ENOTFOUND) {
+            esim_cert_clear(&c);
+            return prc;
+        }
         f = fopen(key_path, "r");
         if (!f) {
             esim_cert_clear(&c);

@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 
+#include "service/auth_internal.h"
 #include "service/service_internal.h"
 
 esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err)
@@ -197,9 +198,9 @@ static size_t der_header_size(size_t len)
  * one a span into |der|). False when the encoding is not the plain DER this
  * expects; the caller then parses the whole thing the ordinary way.
  */
-static bool split_certificates(const unsigned char *der, size_t len, esim_buf *stripped,
-                               const unsigned char **certs, size_t *cert_lens, size_t max_certs,
-                               size_t *n_certs)
+bool auth_split_certificates(const unsigned char *der, size_t len, esim_buf *stripped,
+                             const unsigned char **certs, size_t *cert_lens, size_t max_certs,
+                             size_t *n_certs)
 {
     unsigned tag;
     size_t hdr, l;
@@ -262,6 +263,47 @@ static bool split_certificates(const unsigned char *der, size_t len, esim_buf *s
     return stripped->len == der_header_size(new_ci) + new_ci;
 }
 
+/*
+ * Refuses a signature made over a broken digest. SHA-1 stays accepted:
+ * older iPhones sign Mdm-Signature with SHA-1 and RSA (see the device test),
+ * and a collision on a check-in body does not let anyone sign as a device.
+ * MD5 (and MD2, MD4, anything unknown) is refused before it is verified.
+ */
+static esim_err check_digests(CMS_ContentInfo *cms, esim_error *err)
+{
+    STACK_OF(CMS_SignerInfo) *infos = CMS_get0_SignerInfos(cms);
+    int n = infos ? sk_CMS_SignerInfo_num(infos) : 0;
+    if (n <= 0)
+        return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature has no signer");
+    for (int i = 0; i < n; i++) {
+        X509_ALGOR *dig = NULL, *sig = NULL;
+        CMS_SignerInfo_get0_algs(sk_CMS_SignerInfo_value(infos, i), NULL, NULL, &dig, &sig);
+        const ASN1_OBJECT *oid = NULL;
+        if (dig)
+            X509_ALGOR_get0(&oid, NULL, NULL, dig);
+        int nid = oid ? OBJ_obj2nid(oid) : NID_undef;
+        if (nid != NID_sha1 && nid != NID_sha224 && nid != NID_sha256 && nid != NID_sha384 &&
+            nid != NID_sha512)
+            return esim_fail(err, ESIM_EAUTH,
+                             "the Mdm-Signature uses the digest %s, which is refused; sign "
+                             "with SHA-256 (or SHA-1)",
+                             nid == NID_undef ? "(unknown)" : OBJ_nid2sn(nid));
+        /* The signature algorithm may name its own digest (md5WithRSA). */
+        const ASN1_OBJECT *soid = NULL;
+        if (sig)
+            X509_ALGOR_get0(&soid, NULL, NULL, sig);
+        int md = NID_undef, pk = NID_undef;
+        if (soid && OBJ_find_sigid_algs(OBJ_obj2nid(soid), &md, &pk) && md != NID_undef &&
+            md != NID_sha1 && md != NID_sha224 && md != NID_sha256 && md != NID_sha384 &&
+            md != NID_sha512)
+            return esim_fail(err, ESIM_EAUTH,
+                             "the Mdm-Signature uses the signature algorithm %s, which is "
+                             "refused; sign with SHA-256 (or SHA-1)",
+                             OBJ_nid2sn(OBJ_obj2nid(soid)));
+    }
+    return ESIM_OK;
+}
+
 /* The slot holding the certificate with this digest, or NULL. */
 static auth_entry *cache_find(esim_service *svc, const unsigned char sha[SHA256_DIGEST_LENGTH])
 {
@@ -287,7 +329,7 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     const unsigned char *certs[8];
     size_t cert_lens[8], n = 0;
     esim_buf stripped = {0};
-    if (!split_certificates(der->data, der->len, &stripped, certs, cert_lens, 8, &n)) {
+    if (!auth_split_certificates(der->data, der->len, &stripped, certs, cert_lens, 8, &n)) {
         esim_buf_free(&stripped);
         return ESIM_ENOTFOUND;
     }
@@ -310,6 +352,8 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     BIO *content = cms ? BIO_new_mem_buf(body ? (const void *)body : "", (int)len) : NULL;
     if (rc == ESIM_OK && (!cms || !content))
         rc = ESIM_ENOTFOUND;
+    if (rc == ESIM_OK)
+        rc = check_digests(cms, err);
     if (rc == ESIM_OK &&
         CMS_verify(cms, stack, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1)
         rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
@@ -378,8 +422,10 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
     /* First the signature over the body, with the signer certificate the
      * CMS carries (real devices send the leaf only); then, separately, the
      * chain of that certificate to the device CA. */
-    if (!content ||
-        CMS_verify(cms, NULL, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
+    if ((rc = check_digests(cms, err)) != ESIM_OK) {
+        /* refused before any verification */
+    } else if (!content || CMS_verify(cms, NULL, NULL, content, NULL,
+                                      CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
         rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
     } else {
         STACK_OF(X509) *signers = CMS_get0_signers(cms);

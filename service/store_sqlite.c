@@ -1178,6 +1178,12 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
     }
     memcpy(s->wal_path, path, plen);
     memcpy(s->wal_path + plen, "-wal", 5);
+    /* Push tokens and PushMagic: only the service's user may read them. */
+    if (esim_make_private_db(path, err) != ESIM_OK) {
+        free(s->wal_path);
+        free(s);
+        return ESIM_ESTORE;
+    }
     if (sqlite3_open_v2(path, &s->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {

@@ -129,6 +129,41 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/*
+ * A webhook URL as it may be shown in the ledger, logs and errors: a
+ * password in "user:pass@" and the query string (where receivers often put
+ * a token) become "***". The URL itself stays in memory only.
+ */
+static void redact_url(const char *url, char *out, size_t out_len)
+{
+    const char *scheme = strstr(url, "://");
+    const char *host = scheme ? scheme + 3 : url;
+    size_t auth_len = strcspn(host, "/?#");
+    const char *at = memchr(host, '@', auth_len);
+    /* The last '@' before the path ends the user information. */
+    for (const char *p = at; p && p < host + auth_len;) {
+        at = p;
+        p = memchr(p + 1, '@', (size_t)(host + auth_len - p - 1));
+    }
+    esim_buf b = {0};
+    esim_buf_append(&b, url, (size_t)(host - url));
+    if (at) {
+        const char *colon = memchr(host, ':', (size_t)(at - host));
+        esim_buf_append(&b, host, (size_t)((colon ? colon : at) - host));
+        esim_buf_append_str(&b, colon ? ":***@" : "@");
+        host = at + 1;
+    }
+    size_t rest = strcspn(host, "?#");
+    esim_buf_append(&b, host, rest);
+    if (host[rest] == '?')
+        esim_buf_append_str(&b, "?***");
+    snprintf(out, out_len, "%s", b.data ? (const char *)b.data : "");
+    esim_buf_free(&b);
+    for (char *c = out; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7F)
+            *c = '?';
+}
+
 /* ---- attempts and retries ---------------------------------------------------------- */
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -147,9 +182,9 @@ static void job_failed_attempt(hook_job *j)
     esim_service *svc = wh->svc;
     if (j->attempts >= svc->cfg.webhook_max_attempts) {
         svc->m.webhooks_failed++;
-        char detail[600];
-        snprintf(detail, sizeof detail, "gave up on %s after %d attempts",
-                 svc->webhook_urls[j->url], j->attempts);
+        char detail[600], shown[512];
+        redact_url(svc->webhook_urls[j->url], shown, sizeof shown);
+        snprintf(detail, sizeof detail, "gave up on %s after %d attempts", shown, j->attempts);
         esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
                                 esim_now_ms(), NULL);
         job_free(j);
@@ -234,11 +269,22 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
 {
     for (size_t i = 0; i < svc->cfg.n_webhook_urls; i++) {
         const char *u = svc->webhook_urls[i];
+        char shown[512] = "";
+        if (u)
+            redact_url(u, shown, sizeof shown);
         if (!u || (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) ||
             strlen(u) < 10)
             return esim_fail(err, ESIM_EINVAL,
                              "bad webhook URL '%s': use http://HOST[:PORT]/PATH or https://...",
-                             u ? u : "");
+                             shown);
+        /* Spaces and control characters (CR, LF) have no place in a URL and
+         * would let a configured URL smuggle a header or a second request. */
+        for (const unsigned char *c = (const unsigned char *)u; *c; c++)
+            if (*c <= 0x20 || *c == 0x7F)
+                return esim_fail(err, ESIM_EINVAL,
+                                 "bad webhook URL '%s': it holds a space or a control character "
+                                 "(byte %zu); percent-encode it",
+                                 shown, (size_t)((const char *)c - u));
     }
     if (svc->cfg.webhook_max_attempts <= 0)
         svc->cfg.webhook_max_attempts = 6;

@@ -24,6 +24,9 @@
 /* Reads |path| (a PEM private key and, with |cert|, a certificate before it). */
 static esim_err read_pem_file(const char *path, EVP_PKEY **key, X509 **cert, esim_error *err)
 {
+    esim_err rc = esim_check_private_file(path, err);
+    if (rc != ESIM_OK)
+        return rc;
     FILE *f = fopen(path, "r");
     if (!f)
         return ESIM_ENOTFOUND;

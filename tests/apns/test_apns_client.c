@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -780,9 +781,31 @@ static void test_bad_input(void **state)
     cfg.connections = 0;
     assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
     cfg.connections = 2;
-    cfg.p12_path = pki_path(&f->pki, "push.pem"); /* not PKCS#12 */
+    cfg.p12_path = pki_path(&f->pki, "push.key"); /* not PKCS#12 */
     assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
+    /* Keys others may read are refused, naming the file and the fix (issue
+     * 10 item 10): a PKCS#12, a PEM key, a provider token key. */
+    cfg.p12_path = pki_path(&f->pki, "push.pem"); /* mode 0644 */
+    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_non_null(strstr(err.msg, "chmod 600"));
+    assert_non_null(strstr(err.msg, "push.pem"));
     cfg.p12_path = NULL;
+    assert_int_equal(chmod(pki_path(&f->pki, "push.key"), 0640), 0);
+    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_non_null(strstr(err.msg, "push.key"));
+    assert_int_equal(chmod(pki_path(&f->pki, "push.key"), 0600), 0);
+    write_p8(f, "Loose.p8");
+    assert_int_equal(chmod(pki_path(&f->pki, "Loose.p8"), 0644), 0);
+    apns_config tok = cfg;
+    tok.auth = APNS_AUTH_TOKEN;
+    tok.cert_path = tok.key_path = NULL;
+    tok.p8_path = pki_path(&f->pki, "Loose.p8");
+    tok.key_id = "ABC123DEFG";
+    tok.team_id = "DEF123GHIJ";
+    tok.topic = "com.apple.mgmt.External.token-test";
+    assert_int_equal(apns_client_new(f->base, &tok, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_non_null(strstr(err.msg, "Loose.p8"));
+    assert_null(c);
     assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_OK);
     apns_push p = {.token = "abc", .push_magic = "m"};
     assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
@@ -812,6 +835,8 @@ static void test_pkcs12(void **state)
              pki_path(&f->pki, "push.p12"));
     if (system(cmd) != 0)
         skip();
+    /* It holds the private key: only its owner may read it. */
+    assert_int_equal(chmod(pki_path(&f->pki, "push.p12"), 0600), 0);
     f->ccfg.cert_path = f->ccfg.key_path = NULL;
     f->ccfg.p12_path = pki_path(&f->pki, "push.p12");
     f->ccfg.p12_password = "wrong";

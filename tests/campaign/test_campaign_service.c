@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -679,6 +680,7 @@ static void test_imports_report_bad_rows(void **state)
     fp = fopen(tok, "w");
     fprintf(fp, "%s\n", TEST_TOKEN);
     fclose(fp);
+    chmod(tok, 0600); /* a token others may read is refused */
     snprintf(cmd, sizeof cmd, "'%s' import eids '%s' --server %s --token-file '%s' 2>&1", bin, file,
              g_url, tok);
     FILE *p = popen(cmd, "r");
@@ -959,6 +961,7 @@ static int cli(const fixture *f, const char *args, char *out, size_t len)
     FILE *fp = fopen(tok, "w");
     fprintf(fp, "%s\n", TEST_TOKEN);
     fclose(fp);
+    chmod(tok, 0600); /* a token others may read is refused */
     snprintf(cmd, sizeof cmd, "ESIM_MDM_SERVER=%s ESIM_MDM_TOKEN_FILE='%s' '%s' %s 2>/dev/null",
              g_url, tok, bin, args);
     FILE *p = popen(cmd, "r");

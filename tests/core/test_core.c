@@ -209,6 +209,80 @@ static void test_files_atomic_write_and_limits(void **state)
     esim_buf_free(&b);
 }
 
+/* Issue 10 item 10: secrets others may read or write are refused, naming
+ * the file and the fix; databases are made private. */
+static void test_private_files(void **state)
+{
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/token", tmpdir);
+    assert_int_equal(esim_write_file_atomic(path, " s3cret \nsecond line\n", 21, 0644, NULL),
+                     ESIM_OK);
+    chmod(path, 0644); /* whatever the umask */
+    esim_error err = {{0}};
+    esim_buf b = {0};
+    char *tok = NULL;
+    assert_int_equal(esim_check_private_file(path, &err), ESIM_EAUTH);
+    assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "chmod 600"));
+    assert_int_equal(esim_read_private_file(path, 100, &b, &err), ESIM_EAUTH);
+    assert_int_equal(esim_read_token_file(path, &tok, &err), ESIM_EAUTH);
+    assert_null(tok);
+    static const unsigned modes[] = {0640, 0620, 0604, 0602, 0666};
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        chmod(path, modes[k]);
+        assert_int_equal(esim_check_private_file(path, NULL), ESIM_EAUTH);
+    }
+    chmod(path, 0600);
+    assert_int_equal(esim_check_private_file(path, NULL), ESIM_OK);
+    assert_int_equal(esim_read_token_file(path, &tok, &err), ESIM_OK);
+    assert_string_equal(tok, "s3cret");
+    free(tok);
+    chmod(path, 0400);
+    assert_int_equal(esim_read_private_file(path, 100, &b, NULL), ESIM_OK);
+    esim_buf_free(&b);
+    /* Not a regular file. */
+    assert_int_equal(esim_check_private_file(tmpdir, NULL), ESIM_EAUTH);
+    /* Token lines: first line, trimmed; empty or with control bytes refused. */
+    static const struct {
+        const char *text;
+        const char *want;
+    } cases[] = {{"abc", "abc"},   {"\tabc \r\nx", "abc"}, {"", NULL},
+                 {"\n abc", NULL}, {" \t \n", NULL},       {"a\x01b", NULL},
+                 {"a\rb\n", NULL}, {"a b", "a b"},         {"\x7f", NULL}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        tok = NULL;
+        esim_err rc = esim_token_parse(cases[k].text, strlen(cases[k].text), &tok, &err);
+        if (cases[k].want) {
+            assert_int_equal(rc, ESIM_OK);
+            assert_string_equal(tok, cases[k].want);
+        } else {
+            assert_int_equal(rc, ESIM_EINVAL);
+            assert_null(tok);
+        }
+        free(tok);
+    }
+    /* Databases: created 0600; an existing 0644 one and its log tightened. */
+    char db[256], wal[300];
+    snprintf(db, sizeof db, "%s/fresh.db", tmpdir);
+    assert_int_equal(esim_make_private_db(db, NULL), ESIM_OK);
+    struct stat st;
+    assert_int_equal(stat(db, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(db, sizeof db, "%s/old.db", tmpdir);
+    snprintf(wal, sizeof wal, "%s-wal", db);
+    assert_int_equal(esim_write_file_atomic(db, "x", 1, 0644, NULL), ESIM_OK);
+    assert_int_equal(esim_write_file_atomic(wal, "x", 1, 0644, NULL), ESIM_OK);
+    chmod(db, 0644);
+    chmod(wal, 0664);
+    assert_int_equal(esim_make_private_db(db, NULL), ESIM_OK);
+    assert_int_equal(stat(db, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(stat(wal, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(esim_make_private_db(":memory:", NULL), ESIM_OK);
+}
+
 static void test_pki_create_is_idempotent_and_chains(void **state)
 {
     (void)state;
@@ -298,6 +372,7 @@ int main(void)
         cmocka_unit_test(test_activation_code),
         cmocka_unit_test(test_small_validators),
         cmocka_unit_test(test_files_atomic_write_and_limits),
+        cmocka_unit_test(test_private_files),
         cmocka_unit_test(test_pki_create_is_idempotent_and_chains),
     };
     return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);

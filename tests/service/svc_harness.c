@@ -143,10 +143,11 @@ static char *sign_body(const test_device *d, const esim_cert *signer, sign_mode 
     BIO *in = BIO_new_mem_buf(body, (int)len);
     CMS_ContentInfo *cms = NULL;
     unsigned flags = CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP;
-    if (mode == SIGN_SHA1) {
+    if (mode == SIGN_SHA1 || mode == SIGN_MD5) {
         cms = CMS_sign(NULL, NULL, NULL, NULL, flags | CMS_PARTIAL);
         assert_non_null(cms);
-        assert_non_null(CMS_add1_signer(cms, signer->x509, signer->key, EVP_sha1(), flags));
+        assert_non_null(CMS_add1_signer(cms, signer->x509, signer->key,
+                                        mode == SIGN_MD5 ? EVP_md5() : EVP_sha1(), flags));
         assert_int_equal(CMS_final(cms, in, NULL, flags), 1);
     } else {
         STACK_OF(X509) *extra = sk_X509_new_null();

@@ -56,7 +56,7 @@ void harness_start(test_service *ts, const esim_service_config *cfg);
 void harness_stop(test_service *ts);
 
 /* A scripted device. */
-typedef enum { SIGN_SHA256 = 0, SIGN_SHA1, SIGN_NONE } sign_mode;
+typedef enum { SIGN_SHA256 = 0, SIGN_SHA1, SIGN_NONE, SIGN_MD5 } sign_mode;
 
 typedef struct {
     char udid[65];

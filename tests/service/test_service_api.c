@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <openssl/hmac.h>
 
 #include "apns/apns.h"
@@ -545,6 +546,77 @@ static void test_webhook_receiver_down_never_blocks_devices(void **state)
     harness_stop(&ts);
 }
 
+/* Issue 10 item 10: a webhook URL's password and query never reach the
+ * ledger or the data directory in clear; the store is private (0600); a URL
+ * with a CR/LF (header injection) is refused at start. */
+static bool file_contains(const char *path, const char *needle)
+{
+    esim_buf b = {0};
+    if (esim_read_file(path, 64u << 20, &b, NULL) != ESIM_OK)
+        return false;
+    bool found = b.len && memmem(b.data, b.len, needle, strlen(needle)) != NULL;
+    esim_buf_free(&b);
+    return found;
+}
+
+static void test_webhook_credentials_not_stored(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    socklen_t sl = sizeof sin;
+    getsockname(fd, (struct sockaddr *)&sin, &sl);
+    close(fd);
+    char hook_url[160];
+    snprintf(hook_url, sizeof hook_url, "http://fleet:hunter2pw@127.0.0.1:%d/hook?key=qs7secret",
+             ntohs(sin.sin_port));
+    const char *urls[] = {hook_url};
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "webhooks-creds", &cfg, ts.data_dir);
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    cfg.webhook_max_attempts = 1;
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+    for (int i = 0; i < 100 && api_metric(ts.url, "esim_mdm_webhooks_pending") != 0; i++)
+        usleep(20 * 1000);
+    assert_true(api_metric(ts.url, "esim_mdm_webhooks_total{outcome=\"failed\"}") >= 1);
+    device_free(&dev);
+    harness_stop(&ts);
+    const char *const files[] = {"esim-mdm.db", "esim-mdm.db-wal"};
+    bool seen_redacted = false;
+    for (size_t k = 0; k < 2; k++) {
+        char path[400];
+        snprintf(path, sizeof path, "%s/%s", ts.data_dir, files[k]);
+        assert_false(file_contains(path, "hunter2pw"));
+        assert_false(file_contains(path, "qs7secret"));
+        seen_redacted = seen_redacted || file_contains(path, "http://fleet:***@127.0.0.1");
+    }
+    assert_true(seen_redacted);
+    char db[400];
+    snprintf(db, sizeof db, "%s/esim-mdm.db", ts.data_dir);
+    struct stat st;
+    assert_int_equal(stat(db, &st), 0);
+    assert_int_equal(st.st_mode & 077, 0);
+    /* CR/LF in a URL: refused, and the message does not echo the password. */
+    snprintf(hook_url, sizeof hook_url, "http://u:hunter2pw@127.0.0.1:1/h\r\nX-Evil: 1");
+    esim_service *svc = NULL;
+    esim_error err = {{0}};
+    struct event_base *base = event_base_new();
+    assert_int_equal(esim_service_new(base, &cfg, &svc, &err), ESIM_EINVAL);
+    assert_null(svc);
+    assert_non_null(strstr(err.msg, "control character"));
+    assert_null(strstr(err.msg, "hunter2pw"));
+    assert_null(strchr(err.msg, '\n'));
+    event_base_free(base);
+}
+
 /* A receiver that takes the connection and never answers: the service
  * still serves devices, and stops cleanly with deliveries in flight. */
 static void test_webhook_receiver_silent_and_shutdown_in_flight(void **state)
@@ -834,6 +906,7 @@ int main(void)
         cmocka_unit_test(test_two_services_in_one_process),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
+        cmocka_unit_test(test_webhook_credentials_not_stored),
         cmocka_unit_test(test_webhook_receiver_silent_and_shutdown_in_flight),
         cmocka_unit_test(test_push_through_apns_mock),
         cmocka_unit_test(test_module_hooks_routes_metrics_close),

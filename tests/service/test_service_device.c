@@ -350,7 +350,15 @@ static void test_identity_rules(void **state)
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
-    assert_true(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"auth\"}") >= 4);
+    /* MD5 with the same RSA key: a valid signature, refused for its digest
+     * (issue 10 item 10), and the command stays where it was. */
+    f->dev.sign = SIGN_MD5;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, NULL), 401);
+    f->dev.sign = SIGN_SHA1;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    assert_true(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"auth\"}") >= 5);
     /* The device's certificate was parsed once and recognised after that. */
     assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"hit\"}") >= 3);
     device_free(&other);

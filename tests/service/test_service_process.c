@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -67,6 +68,7 @@ static void server_prepare(server *s, const char *name)
     snprintf(s->port_file, sizeof s->port_file, "%s/%s.port", env.dir, name);
     snprintf(s->token_file, sizeof s->token_file, "%s/%s.token", env.dir, name);
     write_text(s->token_file, TEST_TOKEN "\n");
+    chmod(s->token_file, 0600); /* a token others may read is refused */
     snprintf(text, sizeof text,
              "# esim-mdm serve configuration for the process test\n"
              "listen 127.0.0.1:0\n"
@@ -323,11 +325,40 @@ static void test_kill_at_random_instants_loses_nothing(void **state)
     device_free(&dev);
 }
 
+/* Issue 10 item 10: serve refuses an API token or webhook secret file that
+ * other users may read, naming the file and the fix, and starts nothing. */
+static void test_serve_refuses_readable_secrets(void **state)
+{
+    (void)state;
+    server s;
+    server_prepare(&s, "loose");
+    const char *flags[] = {"--api-token-file", "--webhook-secret-file"};
+    for (size_t k = 0; k < 2; k++) {
+        char secret[450], cmd[2000], out[4096] = "";
+        snprintf(secret, sizeof secret, "%s.%zu", s.token_file, k);
+        write_text(secret, "s3cret\n");
+        chmod(secret, 0644);
+        snprintf(cmd, sizeof cmd,
+                 "'%s' serve --config '%s' %s '%s' --webhook http://127.0.0.1:9/h 2>&1", bin,
+                 s.config, flags[k], secret);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        size_t got = fread(out, 1, sizeof out - 1, p);
+        out[got] = '\0';
+        int st = pclose(p);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        assert_non_null(strstr(out, secret));
+        assert_non_null(strstr(out, "chmod 600"));
+        assert_null(strstr(out, "s3cret"));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_clients_and_config_file),
         cmocka_unit_test(test_kill_at_random_instants_loses_nothing),
+        cmocka_unit_test(test_serve_refuses_readable_secrets),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
