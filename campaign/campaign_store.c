@@ -66,10 +66,9 @@ esim_err cstore_open(const char *path, bool sync_normal, cstore **out, esim_erro
     cstore *cs = calloc(1, sizeof *cs);
     if (!cs)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    esim_err prc = esim_make_private_db(path, err);
-    if (prc != ESIM_OK) {
+    if (esim_make_private_db(path, err) != ESIM_OK) {
         free(cs);
-        return prc;
+        return ESIM_ESTORE;
     }
     if (sqlite3_open_v2(path, &cs->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
