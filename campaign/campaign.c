@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "campaign/campaign_internal.h"
+#include "campaign/platform.h"
 
 /* How often the engine's clock advances: fine enough for the push ceiling. */
 #define CAMPAIGN_TICK_MS 10
@@ -41,13 +42,14 @@ typedef struct camp_slot {
     struct campaigns *owner;
     campaign *c;
     char *spec_json;
-    esim_buf profile; /* the restrictions profile the PROFILE step installs */
+    void *pctx[CAMPAIGN_PLATFORM_COUNT]; /* what each platform prepared for this campaign */
     cmd_rec *cmds;
     size_t n_cmds, cap_cmds;
-    size_t n_cmds_saved;                  /* cmds[0..n_cmds_saved) are in campaigns.db */
-    idx_vec pending[CAMPAIGN_STEP_COUNT]; /* devices whose step command is to be queued */
-    idx_vec pushes;                       /* devices to push after the queueing */
-    bool row_dirty;                       /* the campaign row changed (state) */
+    size_t n_cmds_saved; /* cmds[0..n_cmds_saved) are in campaigns.db */
+    /* devices whose step command is to be queued, by platform and step */
+    idx_vec pending[CAMPAIGN_PLATFORM_COUNT][CAMPAIGN_STEP_COUNT];
+    idx_vec pushes; /* devices to push after the queueing */
+    bool row_dirty; /* the campaign row changed (state) */
     campaign_state last_state;
 } camp_slot;
 
@@ -183,9 +185,11 @@ static void arm_flush(campaigns *cs)
 
 static esim_err io_queue(void *arg, campaign *c, size_t dev, campaign_step step, esim_error *err)
 {
-    (void)c;
     camp_slot *s = arg;
-    if (vec_push(&s->pending[step], (uint32_t)dev) != ESIM_OK)
+    uint8_t p = campaign_device_at(c, dev)->platform;
+    if (p >= CAMPAIGN_PLATFORM_COUNT)
+        return esim_fail(err, ESIM_EINVAL, "the device's platform has no adapter");
+    if (vec_push(&s->pending[p][step], (uint32_t)dev) != ESIM_OK)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     arm_flush(s->owner);
     return ESIM_OK;
@@ -216,29 +220,23 @@ static campaign_io slot_io(camp_slot *s)
     return io;
 }
 
-/* The command of |step| for |s|, with CommandUUID |uuid| (NULL: a fresh one). */
-static esim_err build_step_command(camp_slot *s, campaign_step step, const char *uuid,
-                                   esim_cmd *out, esim_error *err)
+/* The command of |step| for |s| on platform |p|, with identifier |uuid|
+ * (NULL: a fresh one). |dev| is the device it is built for, or -1 for a
+ * command a whole batch shares. */
+static esim_err build_step_command(camp_slot *s, uint8_t p, campaign_step step, long dev,
+                                   const char *uuid, campaign_command *out, esim_error *err)
 {
-    esim_cmd_opts o = {.command_uuid = uuid};
+    const campaign_platform *pl = campaign_platform_get(p);
+    if (!pl || !s->pctx[p])
+        return esim_fail(err, ESIM_EINVAL, "the device's platform has no adapter");
     const campaign_spec *spec = campaign_get_spec(s->c);
-    static const char *const queries[] = {"ServiceSubscriptions", "IsSupervised", "OSVersion"};
-    esim_erase_opts erase = {0};
-    switch (step) {
-    case CAMPAIGN_STEP_PROFILE:
-        return esim_cmd_install_profile(s->profile.data, s->profile.len, &o, out, err);
-    case CAMPAIGN_STEP_REFRESH:
-        return esim_cmd_refresh_plans(spec->smdp_url, &o, out, err);
-    case CAMPAIGN_STEP_VERIFY:
-        return esim_cmd_device_information(queries, 3, &o, out, err);
-    case CAMPAIGN_STEP_ERASE_KEEP:
-        erase.preserve_data_plan = true;
-        return esim_cmd_erase_device(&erase, &o, out, err);
-    case CAMPAIGN_STEP_ESIM_WIPE:
-        return esim_cmd_erase_device(&erase, &o, out, err);
-    default:
-        return esim_fail(err, ESIM_EINVAL, "unknown step");
+    campaign_order o = {.step = step, .policy = &spec->policy, .smdp_url = spec->smdp_url};
+    if (dev >= 0) {
+        const campaign_dev *d = campaign_device_at(s->c, (size_t)dev);
+        o.eid = d->eid;
+        o.iccid = d->iccid;
     }
+    return pl->build(s->pctx[p], &o, uuid, out, err);
 }
 
 /* One step's command for a batch of devices: built and recorded (in the
@@ -246,8 +244,9 @@ static esim_err build_step_command(camp_slot *s, campaign_step step, const char 
  * queued, so the record written first names it. */
 typedef struct {
     camp_slot *s;
+    uint8_t platform;
     campaign_step step;
-    esim_cmd cmd;
+    campaign_command cmd;
     uint32_t ref;
     uint32_t *devs;
     size_t n;
@@ -255,25 +254,30 @@ typedef struct {
 
 static void batch_free(step_batch *b)
 {
-    esim_cmd_free(&b->cmd);
+    campaign_command_free(&b->cmd);
     free(b->devs);
 }
 
-/* Fills |b| from the pending devices |v| of |step| (emptied). false when
- * nothing is to be queued (every device failed or moved on). */
-static bool prepare_step(campaigns *cs, camp_slot *s, campaign_step step, idx_vec *v, int64_t now,
-                         step_batch *b)
+/* Fills |b| from the pending devices |v| of platform |p| and |step|
+ * (emptied). false when nothing is to be queued (every device failed or
+ * moved on). |v| holds one device when the platform builds a command per
+ * device. */
+static bool prepare_step(campaigns *cs, camp_slot *s, uint8_t p, campaign_step step, idx_vec *v,
+                         int64_t now, step_batch *b)
 {
     campaign *c = s->c;
     memset(b, 0, sizeof *b);
     b->s = s;
+    b->platform = p;
     b->step = step;
     b->devs = malloc((v->n ? v->n : 1) * sizeof *b->devs);
+    bool per_device = campaign_platform_get(p) && campaign_platform_get(p)->per_device_commands;
     esim_error e = {{0}};
-    esim_err rc = b->devs ? build_step_command(s, step, NULL, &b->cmd, &e)
+    esim_err rc = b->devs ? build_step_command(s, p, step, per_device && v->n ? (long)v->v[0] : -1,
+                                               NULL, &b->cmd, &e)
                           : esim_fail(&e, ESIM_ENOMEM, "out of memory");
     if (rc == ESIM_OK)
-        rc = add_cmd(cs, s, b->cmd.command_uuid, step, &b->ref);
+        rc = add_cmd(cs, s, b->cmd.uuid, step, &b->ref);
     for (size_t k = 0; k < v->n; k++) {
         const campaign_dev *d = campaign_device_at(c, v->v[k]);
         if (d->state != CDEV_ACTIVE || d->step != step)
@@ -296,32 +300,31 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
 {
     camp_slot *s = b->s;
     campaign *c = s->c;
+    const campaign_platform *pl = campaign_platform_get(b->platform);
     const char **udids = malloc(b->n * sizeof *udids);
     esim_error e = {{0}};
-    esim_enqueue_opts opts = {0};
-    esim_err rc = udids ? ESIM_OK : esim_fail(&e, ESIM_ENOMEM, "out of memory");
+    esim_err rc = udids && pl ? ESIM_OK : esim_fail(&e, ESIM_ENOMEM, "out of memory");
     for (size_t k = 0; rc == ESIM_OK && k < b->n; k++)
         udids[k] = campaign_device_at(c, b->devs[k])->udid;
     if (rc == ESIM_OK)
-        rc = esim_service_enqueue(cs->svc, b->cmd.body.data, b->cmd.body.len, udids, b->n, &opts,
-                                  NULL, NULL, &e);
+        rc = pl->enqueue(cs->svc, &b->cmd, udids, b->n, &e);
     if (rc != ESIM_OK && rc != ESIM_ENOMEM && rc != ESIM_ESTORE) {
         for (size_t k = 0; k < b->n; k++) {
             const char *one = udids[k];
-            esim_cmd single = {0};
+            campaign_command single = {0};
             esim_error e1 = {{0}};
             uint32_t ref = 0;
-            esim_err r1 = build_step_command(s, b->step, NULL, &single, &e1);
+            esim_err r1 =
+                build_step_command(s, b->platform, b->step, (long)b->devs[k], NULL, &single, &e1);
             if (r1 == ESIM_OK)
-                r1 = add_cmd(cs, s, single.command_uuid, b->step, &ref);
+                r1 = add_cmd(cs, s, single.uuid, b->step, &ref);
             if (r1 == ESIM_OK)
-                r1 = esim_service_enqueue(cs->svc, single.body.data, single.body.len, &one, 1,
-                                          &opts, NULL, NULL, &e1);
+                r1 = pl->enqueue(cs->svc, &single, &one, 1, &e1);
             if (r1 == ESIM_OK)
                 campaign_set_cmd(c, b->devs[k], ref);
             else
                 campaign_fail_device(c, b->devs[k], e1.msg[0] ? e1.msg : "could not queue", now);
-            esim_cmd_free(&single);
+            campaign_command_free(&single);
         }
         rc = ESIM_OK;
     }
@@ -426,21 +429,37 @@ static void flush(campaigns *cs)
     step_batch *batches = NULL;
     for (size_t k = 0; k < cs->n_slots; k++) {
         camp_slot *s = cs->slots[k];
-        for (int step = 0; step < CAMPAIGN_STEP_COUNT; step++) {
-            if (!s->pending[step].n)
-                continue;
-            if (nb == cap) {
-                size_t nc = cap ? cap * 2 : 8;
-                step_batch *grown = realloc(batches, nc * sizeof *grown);
-                if (!grown)
-                    break; /* the rest waits for the next flush */
-                batches = grown;
-                cap = nc;
+        for (uint8_t p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++) {
+            bool per_device = campaign_platform_get(p)->per_device_commands;
+            for (int step = 0; step < CAMPAIGN_STEP_COUNT; step++) {
+                idx_vec *v = &s->pending[p][step];
+                /* One batch for the step, or one per device. */
+                size_t done = 0;
+                while (done < v->n) {
+                    if (nb == cap) {
+                        size_t nc = cap ? cap * 2 : 8;
+                        step_batch *grown = realloc(batches, nc * sizeof *grown);
+                        if (!grown)
+                            break; /* the rest waits for the next flush */
+                        batches = grown;
+                        cap = nc;
+                    }
+                    idx_vec part = *v;
+                    if (per_device)
+                        part = (idx_vec){&v->v[done], 1, 1};
+                    done += part.n;
+                    if (prepare_step(cs, s, p, (campaign_step)step, &part, now, &batches[nb]))
+                        nb++;
+                    else
+                        batch_free(&batches[nb]);
+                }
+                if (done == v->n)
+                    v->n = 0;
+                else if (done) { /* out of memory part-way: keep the rest */
+                    memmove(v->v, v->v + done, (v->n - done) * sizeof *v->v);
+                    v->n -= done;
+                }
             }
-            if (prepare_step(cs, s, (campaign_step)step, &s->pending[step], now, &batches[nb]))
-                nb++;
-            else
-                batch_free(&batches[nb]);
         }
     }
     if (nb)
@@ -485,28 +504,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- results ---------------------------------------------------------------------------- */
 
-/* IsSupervised and OSVersion from a DeviceInformation answer, if present. */
-static void answer_facts(const esim_msg *msg, cstore_facts *f)
-{
-    plist_t qr = msg->root ? plist_dict_get_item(msg->root, "QueryResponses") : NULL;
-    if (!qr || plist_get_node_type(qr) != PLIST_DICT)
-        return;
-    plist_t sup = plist_dict_get_item(qr, "IsSupervised");
-    if (sup && plist_get_node_type(sup) == PLIST_BOOLEAN) {
-        uint8_t b = 0;
-        plist_get_bool_val(sup, &b);
-        f->supervised = b ? 1 : 0;
-    }
-    plist_t os = plist_dict_get_item(qr, "OSVersion");
-    if (os && plist_get_node_type(os) == PLIST_STRING) {
-        char *v = NULL;
-        plist_get_string_val(os, &v);
-        if (v)
-            snprintf(f->os_version, sizeof f->os_version, "%s", v);
-        free(v);
-    }
-}
-
 static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *f)
 {
     if (cs->n_facts == cs->cap_facts) {
@@ -521,42 +518,35 @@ static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *
     cs->facts[cs->n_facts++].f = *f;
 }
 
+/* Feeds the answer |r| of device |i| of |s| to the engine, read by the
+ * device's platform adapter, and keeps what it taught about the device. */
 static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
-                        const esim_msg *msg, int64_t now)
+                        const esim_service_result *r, int64_t now)
 {
-    const char *udid = campaign_device_at(s->c, i)->udid;
-    cstore_facts facts = {.supervised = -1, .updated_ms = now};
-    if (msg->status == ESIM_STATUS_ACKNOWLEDGED)
-        answer_facts(msg, &facts);
-    campaign_result res = {.status = msg->status};
-    if (msg->error_chain_len) {
-        res.error_code = msg->error_chain[0].code;
-        res.error_text = msg->error_chain[0].us_english_description[0]
-                             ? msg->error_chain[0].us_english_description
-                             : msg->error_chain[0].localized_description;
+    const campaign_dev *d = campaign_device_at(s->c, i);
+    const campaign_platform *pl = campaign_platform_get(d->platform);
+    campaign_reading rd;
+    if (!pl || pl->read(step, r, &rd) != ESIM_OK) {
+        campaign_fail_device(s->c, i, "the device's answer could not be read", now);
+        arm_flush(cs);
+        return;
     }
-    esim_subscription *subs = NULL;
-    size_t n_subs = 0;
-    if (step == CAMPAIGN_STEP_VERIFY && msg->status == ESIM_STATUS_ACKNOWLEDGED) {
-        if (esim_msg_service_subscriptions(msg, &subs, &n_subs, NULL) != ESIM_OK)
-            n_subs = 0;
-        res.subs = subs;
-        res.n_subs = n_subs;
-        const campaign_dev *d = campaign_device_at(s->c, i);
-        if (campaign_subscriptions_match(subs, n_subs, d->eid, d->iccid)) {
-            snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
-            for (size_t k = 0; k < n_subs; k++)
-                if (strcmp(subs[k].eid, d->eid) == 0 &&
-                    (!d->iccid[0] || strcmp(subs[k].iccid, d->iccid) == 0))
-                    snprintf(facts.iccid, sizeof facts.iccid, "%.20s", subs[k].iccid);
-            facts.verified_ms = now;
-        }
+    cstore_facts facts = {.supervised = rd.supervised, .updated_ms = now};
+    snprintf(facts.os_version, sizeof facts.os_version, "%s", rd.os_version);
+    if (step == CAMPAIGN_STEP_VERIFY &&
+        campaign_subscriptions_match(rd.subs, rd.n_subs, d->eid, d->iccid)) {
+        snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
+        for (size_t k = 0; k < rd.n_subs; k++)
+            if (strcmp(rd.subs[k].eid, d->eid) == 0 &&
+                (!d->iccid[0] || strcmp(rd.subs[k].iccid, d->iccid) == 0))
+                snprintf(facts.iccid, sizeof facts.iccid, "%.20s", rd.subs[k].iccid);
+        facts.verified_ms = now;
     }
     if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
-        remember_facts(cs, udid, &facts);
+        remember_facts(cs, d->udid, &facts);
     campaign_io io = slot_io(s);
-    campaign_on_result(s->c, i, step, &res, now, &io);
-    free(subs);
+    campaign_on_result(s->c, i, step, &rd.result, now, &io);
+    campaign_reading_free(&rd);
     /* An erased phone re-enrols with a new identity: the service admits it
      * because the EraseDevice was delivered (store: rebind_after_erase). */
     arm_flush(cs);
@@ -569,20 +559,26 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
     int64_t now = esim_now_ms();
     const map_entry *m = map_find(cs, r->command_uuid);
     if (!m) {
-        cstore_facts facts = {.supervised = -1, .updated_ms = now};
-        if (r->msg->status == ESIM_STATUS_ACKNOWLEDGED)
-            answer_facts(r->msg, &facts);
-        if (facts.supervised >= 0 || facts.os_version[0]) {
+        /* Not a campaign's command (an inventory, say): keep what it says
+         * about the device. */
+        const campaign_platform *pl = campaign_platform_get(campaign_platform_of_result(r));
+        campaign_reading rd;
+        if (!pl || pl->read(CAMPAIGN_STEP_COUNT, r, &rd) != ESIM_OK)
+            return;
+        if (rd.supervised >= 0 || rd.os_version[0]) {
+            cstore_facts facts = {.supervised = rd.supervised, .updated_ms = now};
+            snprintf(facts.os_version, sizeof facts.os_version, "%s", rd.os_version);
             remember_facts(cs, r->udid, &facts);
             arm_flush(cs);
         }
+        campaign_reading_free(&rd);
         return;
     }
     camp_slot *s = cs->slots[m->slot];
     long i = campaign_find_device(s->c, r->udid);
     if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
         return; /* not this campaign's device, or an older command of it */
-    feed_result(cs, s, (size_t)i, (campaign_step)s->cmds[m->cmd].step, r->msg, now);
+    feed_result(cs, s, (size_t)i, (campaign_step)s->cmds[m->cmd].step, r, now);
 }
 
 /* ---- spec <-> JSON -------------------------------------------------------------------- */
@@ -769,10 +765,13 @@ static void slot_free(camp_slot *s)
         return;
     campaign_free(s->c);
     free(s->spec_json);
-    esim_buf_free(&s->profile);
+    for (uint8_t p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
+        if (s->pctx[p])
+            campaign_platform_get(p)->release(s->pctx[p]);
     free(s->cmds);
-    for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
-        free(s->pending[k].v);
+    for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
+        for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+            free(s->pending[p][k].v);
     free(s->pushes.v);
     free(s);
 }
@@ -789,11 +788,10 @@ static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot 
     s->spec_json = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     esim_err rc = s->spec_json ? ESIM_OK : esim_fail(err, ESIM_ENOMEM, "out of memory");
-    if (rc == ESIM_OK && campaign_get_spec(c)->steps[CAMPAIGN_STEP_PROFILE]) {
-        esim_profile_opts po = {.identifier = ESIM_POLICY_DEFAULT_IDENTIFIER,
-                                .display_name = "eSIM restrictions"};
-        rc = esim_policy_to_profile(&campaign_get_spec(c)->policy, &po, NULL, &s->profile, err);
-    }
+    /* What each platform shares over the campaign's commands (Apple: the
+     * restrictions profile), prepared once. */
+    for (uint8_t p = 0; rc == ESIM_OK && p < CAMPAIGN_PLATFORM_COUNT; p++)
+        rc = campaign_platform_get(p)->prepare(campaign_get_spec(c), &s->pctx[p], err);
     if (rc == ESIM_OK && cs->n_slots == cs->cap_slots) {
         size_t cap = cs->cap_slots ? cs->cap_slots * 2 : 8;
         camp_slot **ns = realloc(cs->slots, cap * sizeof *ns);
@@ -852,8 +850,10 @@ static void replay_recorded_answers(campaigns *cs, camp_slot *s)
                 !q[k].result.len)
                 continue;
             esim_msg m = {0};
-            if (esim_msg_parse(q[k].result.data, q[k].result.len, NULL, &m, NULL) == ESIM_OK)
-                feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &m, now);
+            if (esim_msg_parse(q[k].result.data, q[k].result.len, NULL, &m, NULL) == ESIM_OK) {
+                esim_service_result r = {d->udid, m.command_uuid, esim_status_name(m.status), &m};
+                feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &r, now);
+            }
             esim_msg_free(&m);
             break;
         }
@@ -891,13 +891,18 @@ static void requeue_lost_commands(campaigns *cs, camp_slot *s)
             continue;
         step_batch b = {.s = s, .step = (campaign_step)s->cmds[k].step, .ref = (uint32_t)k};
         b.devs = malloc(n * sizeof *b.devs);
-        if (b.devs && build_step_command(s, b.step, s->cmds[k].uuid, &b.cmd, NULL) == ESIM_OK) {
-            for (size_t i = 0; i < n; i++) {
-                const campaign_dev *d = campaign_device_at(c, i);
-                if (d->state == CDEV_ACTIVE && d->cmd == k)
-                    b.devs[b.n++] = (uint32_t)i;
-            }
-            if (b.n)
+        for (size_t i = 0; b.devs && i < n; i++) {
+            const campaign_dev *d = campaign_device_at(c, i);
+            if (d->state == CDEV_ACTIVE && d->cmd == k)
+                b.devs[b.n++] = (uint32_t)i;
+        }
+        /* Every device of a command speaks the platform it was built for. */
+        if (b.n) {
+            b.platform = campaign_device_at(c, b.devs[0])->platform;
+            bool per_device = campaign_platform_get(b.platform) &&
+                              campaign_platform_get(b.platform)->per_device_commands;
+            if (build_step_command(s, b.platform, b.step, per_device ? (long)b.devs[0] : -1,
+                                   s->cmds[k].uuid, &b.cmd, NULL) == ESIM_OK)
                 enqueue_batch(cs, &b, esim_now_ms());
         }
         batch_free(&b);
@@ -1110,8 +1115,9 @@ esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_er
             if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
                 esim_store_queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
         }
-        for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
-            s->pending[k].n = 0;
+        for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
+            for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+                s->pending[p][k].n = 0;
         s->pushes.n = 0;
     }
     if (s)
@@ -1147,10 +1153,14 @@ json_t *campaigns_device_json(const campaign *c, size_t i)
 /* What one campaign holds in the service's memory, engine and glue. */
 static size_t slot_memory(const camp_slot *s)
 {
-    size_t b = sizeof *s + campaign_memory(s->c) + s->profile.cap + s->cap_cmds * sizeof *s->cmds +
+    size_t b = sizeof *s + campaign_memory(s->c) + s->cap_cmds * sizeof *s->cmds +
                s->pushes.cap * sizeof *s->pushes.v;
-    for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
-        b += s->pending[k].cap * sizeof *s->pending[k].v;
+    for (uint8_t p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++) {
+        if (s->pctx[p])
+            b += campaign_platform_get(p)->memory(s->pctx[p]);
+        for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+            b += s->pending[p][k].cap * sizeof *s->pending[p][k].v;
+    }
     return b;
 }
 
@@ -1444,6 +1454,7 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
             goto out;
         }
         targets[i].udid = udid;
+        targets[i].platform = (uint8_t)campaign_platform_of(&d);
         if (!d.enrolled)
             add_warning(warnings, &n_warn, udid, NULL,
                         "not enrolled (checked out): it will not check in until it re-enrols");

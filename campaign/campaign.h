@@ -109,13 +109,17 @@ esim_err campaign_import_parse_codes(const char *text, size_t len, campaign_impo
  * ====================================================================== */
 
 /* What a campaign does to each device, in this order; a campaign runs any
- * non-empty subset (a verify-only campaign checks eSIMs already out). */
+ * non-empty subset (a verify-only campaign checks eSIMs already out). The
+ * steps are platform-neutral; a platform adapter (campaign/platform.h) says
+ * how its devices are told (Apple's command in brackets). */
 typedef enum {
-    CAMPAIGN_STEP_PROFILE = 0,    /* InstallProfile: the eSIM restrictions profile */
-    CAMPAIGN_STEP_REFRESH = 1,    /* RefreshCellularPlans to the SM-DP+ */
-    CAMPAIGN_STEP_VERIFY = 2,     /* DeviceInformation ServiceSubscriptions */
-    CAMPAIGN_STEP_ERASE_KEEP = 3, /* EraseDevice PreserveDataPlan=true */
-    CAMPAIGN_STEP_ESIM_WIPE = 4,  /* EraseDevice that also removes the eSIM */
+    CAMPAIGN_STEP_PROFILE = 0,    /* apply the eSIM policy (InstallProfile: restrictions) */
+    CAMPAIGN_STEP_REFRESH = 1,    /* install the eSIM from the SM-DP+ (RefreshCellularPlans) */
+    CAMPAIGN_STEP_VERIFY = 2,     /* read which eSIMs the device has (DeviceInformation
+                                     ServiceSubscriptions) and compare with the expected ones */
+    CAMPAIGN_STEP_ERASE_KEEP = 3, /* erase the device, keeping the eSIM (EraseDevice
+                                     PreserveDataPlan=true) */
+    CAMPAIGN_STEP_ESIM_WIPE = 4,  /* erase the device and reset the eUICC (EraseDevice) */
     CAMPAIGN_STEP_COUNT = 5
 } campaign_step;
 
@@ -176,6 +180,8 @@ typedef struct {
     bool staged;                /* excluded by the distribution: never sent */
     bool esim_installed;        /* the service already verified this ICCID on it:
                                    never ask for a second download */
+    uint8_t platform;           /* the caller's: which platform adapter speaks to it
+                                   (campaign/platform.h); kept, never read */
 } campaign_target;
 
 /* The per-device record. 120-odd bytes plus the reason when one is set. */
@@ -202,6 +208,7 @@ typedef struct {
     int64_t last_push_ms;       /* when the last push went out (0: never) */
     uint32_t cmd;               /* the caller's reference to the queued command (campaign_io) */
     uint8_t push_state;         /* the caller's code for the last push's fate */
+    uint8_t platform;           /* the caller's: campaign_target.platform */
     char *reason; /* malloc'd sentence for failed/unverified/timed_out; NULL otherwise */
 } campaign_dev;
 
@@ -226,12 +233,15 @@ typedef struct {
     bool (*seen_since)(void *arg, campaign *c, size_t dev, int64_t since_ms);
 } campaign_io;
 
-/* A command result as the engine needs it. */
+/* A device's answer to a step, as a platform adapter read it
+ * (campaign/platform.h): the engine knows no platform's commands or codes. */
 typedef struct {
-    esim_status status;
-    int64_t error_code;            /* first ErrorChain entry's code, 0 when none */
-    const char *error_text;        /* its description, or NULL */
-    const esim_subscription *subs; /* verify step: ServiceSubscriptions */
+    esim_status status;            /* Acknowledged (done), Error, CommandFormatError, NotNow */
+    int64_t error_code;            /* the platform's error code, 0 when none */
+    const char *error_text;        /* a sentence for it, or NULL */
+    bool busy;                     /* the error means "not now, try again" (Apple 36003):
+                                      retried after a back-off instead of failing */
+    const esim_subscription *subs; /* verify step: the eSIMs the device reports */
     size_t n_subs;
 } campaign_result;
 
@@ -340,10 +350,6 @@ esim_err campaign_restore(const campaign_spec *spec, campaign_state state, int64
 /* True when |subs| has a subscription with |eid| (and |iccid| when not empty). */
 bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const char *eid,
                                   const char *iccid);
-
-/* Error codes a campaign retries after a back-off (36003: the cellular
- * stack is busy). */
-bool campaign_error_retryable(int64_t code);
 
 /* ======================================================================
  * Campaigns in a service

@@ -119,11 +119,6 @@ void campaign_settings_init(campaign_settings *s)
     s->verify_attempts = 3;
 }
 
-bool campaign_error_retryable(int64_t code)
-{
-    return code == 36003;
-}
-
 bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const char *eid,
                                   const char *iccid)
 {
@@ -521,22 +516,6 @@ static void retry_later(campaign *c, size_t i, int64_t now, bool requeue, const 
     arm(c, i, now + backoff_ms(c, d->retries));
 }
 
-static const char *describe_error(int64_t code)
-{
-    switch (code) {
-    case 36001:
-        return "the device cannot reach its cellular stack";
-    case 36002:
-        return "the device's hardware does not support eSIM";
-    case 36003:
-        return "the cellular stack is busy";
-    case 12021:
-        return "the device does not know this command";
-    default:
-        return NULL;
-    }
-}
-
 esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const campaign_result *r,
                             int64_t now, const campaign_io *io)
 {
@@ -590,21 +569,20 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const c
         retry_later(c, dev, now, false, "the device answered NotNow");
         return ESIM_OK;
     case ESIM_STATUS_ERROR: {
-        const char *known = describe_error(r->error_code);
-        if (campaign_error_retryable(r->error_code)) {
-            retry_later(c, dev, now, true, "the device answered 36003 (cellular stack busy)");
+        const char *text = r->error_text && *r->error_text ? r->error_text : NULL;
+        if (r->busy) {
+            char what[160];
+            snprintf(what, sizeof what, "the device answered %lld (%s)", (long long)r->error_code,
+                     text ? text : "busy");
+            retry_later(c, dev, now, true, what);
             return ESIM_OK;
         }
         if (r->error_code)
-            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed with error %lld: %s%s%s",
-                        stepname, (long long)r->error_code,
-                        r->error_text && *r->error_text ? r->error_text
-                                                        : (known ? known : "no description"),
-                        known && r->error_text && *r->error_text ? " — " : "",
-                        known && r->error_text && *r->error_text ? known : "");
+            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed with error %lld: %s",
+                        stepname, (long long)r->error_code, text ? text : "no description");
         else
             fail_device(c, dev, CDEV_FAILED, now, "the %s command failed: %s", stepname,
-                        r->error_text && *r->error_text ? r->error_text : "no error chain given");
+                        text ? text : "no error chain given");
         return ESIM_OK;
     }
     case ESIM_STATUS_COMMAND_FORMAT_ERROR:
@@ -975,6 +953,7 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
         snprintf(d->iccid, sizeof d->iccid, "%s",
                  targets[i].expected_iccid ? targets[i].expected_iccid : "");
         d->esim_installed = targets[i].esim_installed;
+        d->platform = targets[i].platform;
         d->step = (uint8_t)first;
         if (first == CAMPAIGN_STEP_REFRESH && d->esim_installed) {
             int ns = next_step(c, i, first);

@@ -256,9 +256,15 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
-    campaign_result busy = {
-        .status = ESIM_STATUS_ERROR, .error_code = 36003, .error_text = "Cellular plan busy"};
-    campaign_result hw = {.status = ESIM_STATUS_ERROR, .error_code = 36002};
+    /* The platform adapter says which errors mean "busy, try later" and
+     * gives each a sentence (the Apple one: tests/campaign/test_campaign_platform.c). */
+    campaign_result busy = {.status = ESIM_STATUS_ERROR,
+                            .error_code = 36003,
+                            .error_text = "Cellular plan busy",
+                            .busy = true};
+    campaign_result hw = {.status = ESIM_STATUS_ERROR,
+                          .error_code = 36002,
+                          .error_text = "the device's hardware does not support eSIM"};
     assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &busy, 1, &io), ESIM_OK);
     assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &hw, 1, &io), ESIM_OK);
     assert_int_equal(count(c, CDEV_RETRY_WAIT), 1);
@@ -632,8 +638,6 @@ static void test_names_round_trip(void **state)
     }
     campaign_dev_state st;
     assert_int_equal(campaign_dev_state_parse("installed", &st, NULL), ESIM_EINVAL);
-    assert_true(campaign_error_retryable(36003));
-    assert_false(campaign_error_retryable(36001));
 }
 
 int main(void)

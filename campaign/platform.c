@@ -1,0 +1,44 @@
+/*
+ * platform.c — the registry of platform adapters (platform.h) and the
+ * helpers they share.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "campaign/platform.h"
+
+const campaign_platform *campaign_platform_get(uint8_t id)
+{
+    static const campaign_platform *const platforms[CAMPAIGN_PLATFORM_COUNT] = {
+        [CAMPAIGN_PLATFORM_APPLE] = &campaign_platform_apple,
+    };
+    return id < CAMPAIGN_PLATFORM_COUNT ? platforms[id] : NULL;
+}
+
+campaign_platform_id campaign_platform_of(const store_device *d)
+{
+    (void)d; /* the service enrols Apple MDM clients only (a topic, a push magic) */
+    return CAMPAIGN_PLATFORM_APPLE;
+}
+
+campaign_platform_id campaign_platform_of_result(const esim_service_result *r)
+{
+    (void)r;
+    return CAMPAIGN_PLATFORM_APPLE;
+}
+
+void campaign_command_free(campaign_command *cmd)
+{
+    if (!cmd)
+        return;
+    esim_buf_free(&cmd->body);
+    memset(cmd, 0, sizeof *cmd);
+}
+
+void campaign_reading_free(campaign_reading *r)
+{
+    if (!r)
+        return;
+    free(r->subs);
+    memset(r, 0, sizeof *r);
+}

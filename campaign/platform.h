@@ -1,0 +1,106 @@
+/*
+ * platform.h — the platform seam of campaigns (private to campaign/).
+ *
+ * The engine (campaign_engine.c) speaks in platform-neutral steps: "apply
+ * the eSIM policy", "install the eSIM from server S, expecting EID e / ICCID
+ * i", "verify", "erase keeping the eSIM", "reset the eUICC". A platform
+ * adapter turns a step into the command its devices understand, hands it to
+ * the service, and reads the answer back into a campaign_result (status,
+ * error, the eSIMs the device reports) plus what the answer teaches about
+ * the device. The glue (campaign.c) picks the adapter per device, by the
+ * platform recorded in its campaign record (campaign_dev.platform).
+ *
+ * Only Apple is implemented (platform_apple.c: MDM commands as plists).
+ * Windows (OMA-DM, the eUICCs CSP) fits the same shape: its commands name
+ * the device's eUICC (by EID) and profile (by ICCID), so it builds one
+ * command per device (per_device_commands), and its verification reads the
+ * profile's State from a Get's Results.
+ */
+#ifndef ESIM_CAMPAIGN_PLATFORM_H
+#define ESIM_CAMPAIGN_PLATFORM_H
+
+#include "campaign/campaign.h"
+#include "service/service.h"
+
+/* The platforms campaigns can drive; campaign_dev.platform holds one. */
+typedef enum {
+    CAMPAIGN_PLATFORM_APPLE = 0, /* iPhone, iPad: Apple MDM over APNs */
+    CAMPAIGN_PLATFORM_COUNT
+} campaign_platform_id;
+
+/* One step for one device, in platform-neutral words. Strings are
+ * borrowed for the call. */
+typedef struct {
+    campaign_step step;
+    /* CAMPAIGN_STEP_PROFILE: the eSIM policy to apply. */
+    const esim_policy *policy;
+    /* CAMPAIGN_STEP_REFRESH: the server S the eSIM comes from. */
+    const char *smdp_url;
+    /* REFRESH and VERIFY: what the device should end up with ("" unknown).
+     * NULL for a command shared by many devices (per_device_commands false). */
+    const char *eid, *iccid;
+} campaign_order;
+
+/* A command ready to queue: the body as the service takes it, and the
+ * identifier the device's answer will carry. */
+typedef struct {
+    esim_buf body;
+    char uuid[ESIM_UUID_LEN + 1];
+    char kind[64]; /* what it is called on the wire ("RefreshCellularPlans") */
+} campaign_command;
+
+void campaign_command_free(campaign_command *cmd); /* NULL ok; leaves it zeroed */
+
+/* What a device's answer said, as the engine and the glue need it. */
+typedef struct {
+    campaign_result result;  /* for campaign_on_result; strings point into the answer or |subs| */
+    esim_subscription *subs; /* the eSIMs the device reports (malloc'd), or NULL */
+    size_t n_subs;
+    /* Facts the answer taught (-1 / "" when it did not say). */
+    int supervised;
+    char os_version[32];
+    char error_text[700]; /* what result.error_text points at when set */
+} campaign_reading;
+
+void campaign_reading_free(campaign_reading *r); /* frees subs; leaves it zeroed */
+
+typedef struct campaign_platform {
+    const char *name; /* "apple" */
+    /* False: one command (one identifier) carries a step to every device of
+     * a batch. True: the command names the device (its eUICC, its profile),
+     * so each device gets its own. */
+    bool per_device_commands;
+    /* What every command of a campaign shares, prepared once (Apple: the
+     * restrictions profile). *ctx is released with release(). */
+    esim_err (*prepare)(const campaign_spec *spec, void **ctx, esim_error *err);
+    void (*release)(void *ctx);
+    size_t (*memory)(const void *ctx); /* bytes |ctx| holds */
+    /* The command for |o|, identified by |uuid| (NULL: a fresh one). */
+    esim_err (*build)(void *ctx, const campaign_order *o, const char *uuid, campaign_command *out,
+                      esim_error *err);
+    /* Queues |cmd| for the |n| devices through the service, all or nothing
+     * (esim_service_enqueue's errors). */
+    esim_err (*enqueue)(esim_service *svc, const campaign_command *cmd, const char *const *udids,
+                        size_t n, esim_error *err);
+    /* Reads the answer |r| to the command of |step| into |out| (zeroed
+     * first; campaign_reading_free after). |step| is CAMPAIGN_STEP_COUNT for
+     * a command that is no campaign's: only the facts are read. ESIM_EINVAL
+     * when the answer is not one this platform gives. */
+    esim_err (*read)(campaign_step step, const esim_service_result *r, campaign_reading *out);
+} campaign_platform;
+
+/* The adapter for |id|; NULL for an unknown one. */
+const campaign_platform *campaign_platform_get(uint8_t id);
+
+/* Which platform a device the service knows speaks. Every device the
+ * service enrols today is an Apple MDM client. */
+campaign_platform_id campaign_platform_of(const store_device *d);
+
+/* Which platform's adapter reads |r|: the service's results are Apple MDM
+ * messages (r->msg) today. */
+campaign_platform_id campaign_platform_of_result(const esim_service_result *r);
+
+/* The Apple adapter (platform_apple.c); the registry above is platform.c. */
+extern const campaign_platform campaign_platform_apple;
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * platform_apple.c — the Apple adapter of the platform seam (platform.h):
+ * steps become MDM commands (InstallProfile with the eSIM restrictions,
+ * RefreshCellularPlans, DeviceInformation, EraseDevice), one command for a
+ * whole batch; answers are read from the device's plist: status, the first
+ * ErrorChain entry (36003 "busy" is retried), ServiceSubscriptions for
+ * verification, IsSupervised and OSVersion.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "campaign/platform.h"
+
+typedef struct {
+    esim_buf profile; /* the restrictions profile of CAMPAIGN_STEP_PROFILE */
+    char smdp_url[ESIM_SERVER_URL_MAX + 1];
+} apple_ctx;
+
+static esim_err apple_prepare(const campaign_spec *spec, void **out, esim_error *err)
+{
+    apple_ctx *x = calloc(1, sizeof *x);
+    if (!x)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (spec->smdp_url)
+        snprintf(x->smdp_url, sizeof x->smdp_url, "%s", spec->smdp_url);
+    if (spec->steps[CAMPAIGN_STEP_PROFILE]) {
+        esim_profile_opts po = {.identifier = ESIM_POLICY_DEFAULT_IDENTIFIER,
+                                .display_name = "eSIM restrictions"};
+        esim_err rc = esim_policy_to_profile(&spec->policy, &po, NULL, &x->profile, err);
+        if (rc != ESIM_OK) {
+            free(x);
+            return rc;
+        }
+    }
+    *out = x;
+    return ESIM_OK;
+}
+
+static void apple_release(void *ctx)
+{
+    apple_ctx *x = ctx;
+    if (!x)
+        return;
+    esim_buf_free(&x->profile);
+    free(x);
+}
+
+static size_t apple_memory(const void *ctx)
+{
+    const apple_ctx *x = ctx;
+    return sizeof *x + x->profile.cap;
+}
+
+static esim_err apple_build(void *ctx, const campaign_order *o, const char *uuid,
+                            campaign_command *out, esim_error *err)
+{
+    apple_ctx *x = ctx;
+    esim_cmd_opts opts = {.command_uuid = uuid};
+    static const char *const queries[] = {"ServiceSubscriptions", "IsSupervised", "OSVersion"};
+    esim_erase_opts erase = {0};
+    esim_cmd cmd = {0};
+    esim_err rc;
+    switch (o->step) {
+    case CAMPAIGN_STEP_PROFILE:
+        rc = esim_cmd_install_profile(x->profile.data, x->profile.len, &opts, &cmd, err);
+        break;
+    case CAMPAIGN_STEP_REFRESH:
+        /* The device asks the SM-DP+ for what is released for its EID: the
+         * expected EID/ICCID are checked by the verify step, not sent. */
+        rc = esim_cmd_refresh_plans(o->smdp_url ? o->smdp_url : x->smdp_url, &opts, &cmd, err);
+        break;
+    case CAMPAIGN_STEP_VERIFY:
+        rc = esim_cmd_device_information(queries, 3, &opts, &cmd, err);
+        break;
+    case CAMPAIGN_STEP_ERASE_KEEP:
+        erase.preserve_data_plan = true;
+        rc = esim_cmd_erase_device(&erase, &opts, &cmd, err);
+        break;
+    case CAMPAIGN_STEP_ESIM_WIPE:
+        rc = esim_cmd_erase_device(&erase, &opts, &cmd, err);
+        break;
+    default:
+        return esim_fail(err, ESIM_EINVAL, "unknown step");
+    }
+    if (rc != ESIM_OK)
+        return rc;
+    memset(out, 0, sizeof *out);
+    out->body = cmd.body; /* taken over */
+    snprintf(out->uuid, sizeof out->uuid, "%s", cmd.command_uuid);
+    snprintf(out->kind, sizeof out->kind, "%s", cmd.request_type);
+    return ESIM_OK;
+}
+
+static esim_err apple_enqueue(esim_service *svc, const campaign_command *cmd,
+                              const char *const *udids, size_t n, esim_error *err)
+{
+    esim_enqueue_opts opts = {0};
+    return esim_service_enqueue(svc, cmd->body.data, cmd->body.len, udids, n, &opts, NULL, NULL,
+                                err);
+}
+
+/* What Apple's error codes mean when the device gives no description. */
+static const char *describe_error(int64_t code)
+{
+    switch (code) {
+    case 36001:
+        return "the device cannot reach its cellular stack";
+    case 36002:
+        return "the device's hardware does not support eSIM";
+    case 36003:
+        return "the cellular stack is busy";
+    case 12021:
+        return "the device does not know this command";
+    default:
+        return NULL;
+    }
+}
+
+/* IsSupervised and OSVersion from a DeviceInformation answer, if present. */
+static void answer_facts(const esim_msg *msg, campaign_reading *out)
+{
+    plist_t qr = msg->root ? plist_dict_get_item(msg->root, "QueryResponses") : NULL;
+    if (!qr || plist_get_node_type(qr) != PLIST_DICT)
+        return;
+    plist_t sup = plist_dict_get_item(qr, "IsSupervised");
+    if (sup && plist_get_node_type(sup) == PLIST_BOOLEAN) {
+        uint8_t b = 0;
+        plist_get_bool_val(sup, &b);
+        out->supervised = b ? 1 : 0;
+    }
+    plist_t os = plist_dict_get_item(qr, "OSVersion");
+    if (os && plist_get_node_type(os) == PLIST_STRING) {
+        char *v = NULL;
+        plist_get_string_val(os, &v);
+        if (v)
+            snprintf(out->os_version, sizeof out->os_version, "%s", v);
+        free(v);
+    }
+}
+
+static esim_err apple_read(campaign_step step, const esim_service_result *r, campaign_reading *out)
+{
+    memset(out, 0, sizeof *out);
+    out->supervised = -1;
+    if (!r || !r->msg)
+        return ESIM_EINVAL;
+    const esim_msg *msg = r->msg;
+    out->result.status = msg->status;
+    if (msg->status == ESIM_STATUS_ACKNOWLEDGED)
+        answer_facts(msg, out);
+    if (msg->error_chain_len) {
+        const esim_error_chain_entry *e = &msg->error_chain[0];
+        const char *text =
+            e->us_english_description[0] ? e->us_english_description : e->localized_description;
+        const char *known = describe_error(e->code);
+        out->result.error_code = e->code;
+        out->result.busy = e->code == 36003; /* the cellular stack is busy: try again later */
+        if (text && *text && known)
+            snprintf(out->error_text, sizeof out->error_text, "%s — %s", text, known);
+        else
+            snprintf(out->error_text, sizeof out->error_text, "%s",
+                     text && *text ? text
+                     : known       ? known
+                                   : "");
+        out->result.error_text = out->error_text[0] ? out->error_text : NULL;
+    }
+    if (step == CAMPAIGN_STEP_VERIFY && msg->status == ESIM_STATUS_ACKNOWLEDGED) {
+        if (esim_msg_service_subscriptions(msg, &out->subs, &out->n_subs, NULL) != ESIM_OK) {
+            out->subs = NULL;
+            out->n_subs = 0;
+        }
+        out->result.subs = out->subs;
+        out->result.n_subs = out->n_subs;
+    }
+    return ESIM_OK;
+}
+
+const campaign_platform campaign_platform_apple = {
+    .name = "apple",
+    .per_device_commands = false,
+    .prepare = apple_prepare,
+    .release = apple_release,
+    .memory = apple_memory,
+    .build = apple_build,
+    .enqueue = apple_enqueue,
+    .read = apple_read,
+};

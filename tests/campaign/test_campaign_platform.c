@@ -1,0 +1,186 @@
+/*
+ * test_campaign_platform.c — the platform seam (campaign/platform.h) and its
+ * Apple adapter: every platform-neutral step becomes the MDM command it
+ * stands for (one command shared by a batch, under the identifier given),
+ * and answers are read back: status, the error chain (36003 is "busy", known
+ * codes get a sentence), the eSIMs a verification reports, IsSupervised and
+ * OSVersion; an answer that is not an MDM result is refused.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "campaign/platform.h"
+
+#define UDID "00008110-000A1B2C3D4E5F60"
+#define EID "89049032000000000000000000000001"
+#define ICCID "8944000000000000019"
+#define UUID "6C1B1F4E-0D43-4A5A-9A39-2A4A1F0A9E11"
+
+static campaign_spec make_spec(void)
+{
+    campaign_spec spec = {0};
+    campaign_settings_init(&spec.settings);
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++)
+        spec.steps[s] = true;
+    spec.policy.allow_esim_modification = ESIM_TRI_FALSE;
+    spec.smdp_url = "https://smdp.example.com";
+    return spec;
+}
+
+static void test_registry(void **state)
+{
+    (void)state;
+    assert_ptr_equal(campaign_platform_get(CAMPAIGN_PLATFORM_APPLE), &campaign_platform_apple);
+    assert_null(campaign_platform_get(CAMPAIGN_PLATFORM_COUNT));
+    assert_string_equal(campaign_platform_apple.name, "apple");
+    assert_false(campaign_platform_apple.per_device_commands);
+    store_device d = {0};
+    assert_int_equal(campaign_platform_of(&d), CAMPAIGN_PLATFORM_APPLE);
+}
+
+static void test_apple_steps_become_commands(void **state)
+{
+    (void)state;
+    const campaign_platform *pl = &campaign_platform_apple;
+    campaign_spec spec = make_spec();
+    void *ctx = NULL;
+    assert_int_equal(pl->prepare(&spec, &ctx, NULL), ESIM_OK);
+    assert_true(pl->memory(ctx) > 0);
+    static const char *const want[CAMPAIGN_STEP_COUNT] = {"InstallProfile", "RefreshCellularPlans",
+                                                          "DeviceInformation", "EraseDevice",
+                                                          "EraseDevice"};
+    for (int s = 0; s < CAMPAIGN_STEP_COUNT; s++) {
+        campaign_order o = {
+            .step = (campaign_step)s, .policy = &spec.policy, .smdp_url = spec.smdp_url};
+        campaign_command cmd = {0};
+        assert_int_equal(pl->build(ctx, &o, s == 1 ? UUID : NULL, &cmd, NULL), ESIM_OK);
+        assert_string_equal(cmd.kind, want[s]);
+        esim_cmd_parsed p = {0};
+        assert_int_equal(esim_cmd_parse(cmd.body.data, cmd.body.len, NULL, &p, NULL), ESIM_OK);
+        assert_string_equal(p.request_type, want[s]);
+        assert_string_equal(p.command_uuid, cmd.uuid);
+        if (s == CAMPAIGN_STEP_REFRESH) {
+            assert_string_equal(cmd.uuid, UUID);
+            char *url = NULL;
+            plist_get_string_val(plist_dict_get_item(p.command, "eSIMServerURL"), &url);
+            assert_string_equal(url, "https://smdp.example.com");
+            free(url);
+        }
+        if (s == CAMPAIGN_STEP_ERASE_KEEP || s == CAMPAIGN_STEP_ESIM_WIPE) {
+            plist_t keep = plist_dict_get_item(p.command, "PreserveDataPlan");
+            uint8_t b = 0;
+            if (keep)
+                plist_get_bool_val(keep, &b);
+            assert_int_equal(b, s == CAMPAIGN_STEP_ERASE_KEEP);
+        }
+        esim_cmd_parsed_free(&p);
+        campaign_command_free(&cmd);
+        assert_null(cmd.body.data);
+    }
+    campaign_order bad = {.step = CAMPAIGN_STEP_COUNT};
+    campaign_command cmd = {0};
+    esim_error e = {{0}};
+    assert_int_equal(pl->build(ctx, &bad, NULL, &cmd, &e), ESIM_EINVAL);
+    assert_null(cmd.body.data);
+    pl->release(ctx);
+}
+
+/* A result as a device sends it, parsed as the service hands it over. */
+static void read_answer(campaign_step step, esim_status st, const esim_error_chain_entry *chain,
+                        size_t n_chain, plist_t extra, campaign_reading *out)
+{
+    esim_buf body = {0};
+    esim_error e = {{0}};
+    if (esim_msg_build_result(UDID, st, UUID, chain, n_chain, extra, ESIM_PLIST_XML, &body, &e) !=
+        ESIM_OK)
+        fail_msg("result: %s", e.msg);
+    esim_msg m = {0};
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, NULL), ESIM_OK);
+    esim_service_result r = {UDID, UUID, esim_status_name(st), &m};
+    assert_int_equal(campaign_platform_apple.read(step, &r, out), ESIM_OK);
+    /* Everything the reading holds is its own: the message may go. */
+    esim_msg_free(&m);
+    esim_buf_free(&body);
+}
+
+static void test_apple_reads_answers(void **state)
+{
+    (void)state;
+    campaign_reading rd;
+
+    /* Busy: retried, with the device's words and ours. */
+    esim_error_chain_entry busy = {.code = 36003, .domain = "CTCellularPlanErrorDomain"};
+    snprintf(busy.us_english_description, sizeof busy.us_english_description, "Plan busy");
+    read_answer(CAMPAIGN_STEP_REFRESH, ESIM_STATUS_ERROR, &busy, 1, NULL, &rd);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ERROR);
+    assert_int_equal(rd.result.error_code, 36003);
+    assert_true(rd.result.busy);
+    assert_non_null(strstr(rd.result.error_text, "Plan busy"));
+    assert_non_null(strstr(rd.result.error_text, "cellular stack is busy"));
+    campaign_reading_free(&rd);
+
+    /* A known final error without a description gets ours. */
+    esim_error_chain_entry hw = {.code = 36002, .domain = "CTCellularPlanErrorDomain"};
+    read_answer(CAMPAIGN_STEP_REFRESH, ESIM_STATUS_ERROR, &hw, 1, NULL, &rd);
+    assert_false(rd.result.busy);
+    assert_string_equal(rd.result.error_text, "the device's hardware does not support eSIM");
+    campaign_reading_free(&rd);
+
+    /* An unknown code without words: no text, the engine says so. */
+    esim_error_chain_entry odd = {.code = 99, .domain = "MCMDMErrorDomain"};
+    read_answer(CAMPAIGN_STEP_REFRESH, ESIM_STATUS_ERROR, &odd, 1, NULL, &rd);
+    assert_null(rd.result.error_text);
+    campaign_reading_free(&rd);
+
+    /* Verification: the subscriptions and the facts. */
+    plist_t qr = plist_new_dict(), subs = plist_new_array(), s1 = plist_new_dict();
+    plist_dict_set_item(s1, "EID", plist_new_string(EID));
+    plist_dict_set_item(s1, "ICCID", plist_new_string(ICCID));
+    plist_array_append_item(subs, s1);
+    plist_dict_set_item(qr, "ServiceSubscriptions", subs);
+    plist_dict_set_item(qr, "IsSupervised", plist_new_bool(1));
+    plist_dict_set_item(qr, "OSVersion", plist_new_string("17.4"));
+    plist_t extra = plist_new_dict();
+    plist_dict_set_item(extra, "QueryResponses", qr);
+    read_answer(CAMPAIGN_STEP_VERIFY, ESIM_STATUS_ACKNOWLEDGED, NULL, 0, extra, &rd);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ACKNOWLEDGED);
+    assert_int_equal(rd.result.n_subs, 1);
+    assert_ptr_equal(rd.result.subs, rd.subs);
+    assert_true(campaign_subscriptions_match(rd.result.subs, rd.result.n_subs, EID, ICCID));
+    assert_int_equal(rd.supervised, 1);
+    assert_string_equal(rd.os_version, "17.4");
+    campaign_reading_free(&rd);
+
+    /* The same answer to no campaign's command: facts only. */
+    read_answer(CAMPAIGN_STEP_COUNT, ESIM_STATUS_ACKNOWLEDGED, NULL, 0, extra, &rd);
+    assert_int_equal(rd.result.n_subs, 0);
+    assert_int_equal(rd.supervised, 1);
+    campaign_reading_free(&rd);
+    plist_free(extra);
+
+    /* NotNow: no facts, no error. */
+    read_answer(CAMPAIGN_STEP_VERIFY, ESIM_STATUS_NOT_NOW, NULL, 0, NULL, &rd);
+    assert_int_equal(rd.result.status, ESIM_STATUS_NOT_NOW);
+    assert_int_equal(rd.supervised, -1);
+    assert_int_equal(rd.result.error_code, 0);
+    campaign_reading_free(&rd);
+
+    /* Not an MDM answer at all. */
+    esim_service_result none = {UDID, UUID, "Acknowledged", NULL};
+    assert_int_equal(campaign_platform_apple.read(CAMPAIGN_STEP_VERIFY, &none, &rd), ESIM_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_apple_steps_become_commands),
+        cmocka_unit_test(test_apple_reads_answers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
