@@ -6,6 +6,7 @@
  * once: identity binding, re-enrolment after an erase, what each Status does
  * to its queue entry, and what is an anomaly.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -614,4 +615,284 @@ esim_err esim_store_sync(store *st, esim_error *err)
     if (!(st->ops->features & ESIM_STORE_FEATURE_DEFERRED_SYNC))
         return ESIM_OK;
     return st->ops->sync(st, err);
+}
+
+/* ---- units ---------------------------------------------------------------------------- */
+
+esim_err esim_store_unit_begin(store *st, esim_error *err)
+{
+    return st->ops->op_begin(st, err);
+}
+
+esim_err esim_store_unit_end(store *st, bool ok, esim_error *err)
+{
+    if (!ok) {
+        st->ops->op_end(st, ESIM_ESTATE, NULL); /* any code but ESIM_OK undoes */
+        return ESIM_OK;
+    }
+    return st->ops->op_end(st, ESIM_OK, err);
+}
+
+/* ---- campaign records ---------------------------------------------------------------- */
+
+esim_err esim_store_campaign_save(store *st, const char *campaign_id, const store_campaign *c,
+                                  const store_campaign_command *cmds, size_t n_cmds,
+                                  const store_campaign_device *devs, size_t n_devs, int64_t now,
+                                  esim_error *err)
+{
+    if (!campaign_id || !*campaign_id || (c && (!c->id || strcmp(c->id, campaign_id) != 0)))
+        return esim_fail(err, ESIM_EINVAL, "a campaign record needs its campaign's id");
+    if (c && !c->definition)
+        return esim_fail(err, ESIM_EINVAL, "campaign %s has no definition", campaign_id);
+    for (size_t i = 0; i < n_cmds; i++)
+        if (!cmds[i].uuid[0])
+            return esim_fail(err, ESIM_EINVAL, "a command of campaign %s has no uuid", campaign_id);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (c)
+        rc = st->ops->campaign_put(st, c, now, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_cmds; i++)
+        rc = st->ops->campaign_command_put(st, campaign_id, &cmds[i], err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_devs; i++)
+        rc = st->ops->campaign_device_put(st, campaign_id, &devs[i], err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->campaigns_list(st, out, n, err);
+}
+
+void esim_store_campaigns_free(store_campaign *list, size_t n)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free((void *)list[i].id);
+        free((void *)list[i].name);
+        free((void *)list[i].definition);
+    }
+    free(list);
+}
+
+esim_err esim_store_campaign_devices(store *st, const char *campaign_id,
+                                     store_campaign_device **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!campaign_id)
+        return ESIM_OK;
+    return st->ops->campaign_devices(st, campaign_id, out, n, err);
+}
+
+void esim_store_campaign_devices_free(store_campaign_device *devs, size_t n)
+{
+    if (!devs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(devs[i].reason);
+    free(devs);
+}
+
+esim_err esim_store_campaign_commands(store *st, const char *campaign_id,
+                                      store_campaign_command **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!campaign_id)
+        return ESIM_OK;
+    return st->ops->campaign_commands(st, campaign_id, out, n, err);
+}
+
+/* ---- what campaigns know about devices ------------------------------------------------- */
+
+esim_err esim_store_manifest_import(store *st, const store_manifest_row *rows, size_t n,
+                                    int64_t now, esim_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!rows[i].serial || !*rows[i].serial || !rows[i].eid || !*rows[i].eid)
+            return esim_fail(err, ESIM_EINVAL, "manifest row %zu needs a serial and an EID", i + 1);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        rc = st->ops->manifest_put(st, &rows[i], now, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_codes_import(store *st, const store_code_row *rows, size_t n, int64_t now,
+                                 esim_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!rows[i].eid || !*rows[i].eid || !rows[i].code || !*rows[i].code)
+            return esim_fail(err, ESIM_EINVAL, "activation-code row %zu needs an EID and a code",
+                             i + 1);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        rc = st->ops->code_put(st, &rows[i], now, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_manifest_eid(store *st, const char *serial, char eid[ESIM_EID_LEN + 1],
+                                 esim_error *err)
+{
+    esim_err rc = serial && *serial ? st->ops->manifest_eid(st, serial, eid, err) : ESIM_ENOTFOUND;
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, rc, "no manifest row for serial number %s", serial ? serial : "");
+    return rc;
+}
+
+esim_err esim_store_code_for_eid(store *st, const char *eid, char iccid[21], char matching_id[256],
+                                 esim_error *err)
+{
+    esim_err rc =
+        eid && *eid ? st->ops->code_for_eid(st, eid, iccid, matching_id, err) : ESIM_ENOTFOUND;
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, rc, "no activation code for EID %s", eid ? eid : "");
+    return rc;
+}
+
+esim_err esim_store_name_validate(const char *what, const char *name, esim_error *err)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n < 1 || n > 64)
+        return esim_fail(err, ESIM_EINVAL, "%s name must have 1 to 64 characters", what);
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)name[i]) && !strchr("._-", name[i]))
+            return esim_fail(err, ESIM_EINVAL,
+                             "%s name '%s' may hold only letters, digits, '.', '_' and '-'", what,
+                             name);
+    return ESIM_OK;
+}
+
+esim_err esim_store_group_put(store *st, const char *name, const char *const *add, size_t n_add,
+                              const char *const *remove, size_t n_remove, bool create, int64_t now,
+                              esim_error *err)
+{
+    esim_err rc = esim_store_name_validate("group", name, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_add; i++)
+        rc = esim_udid_validate(add[i], err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_remove; i++)
+        if (!remove[i])
+            rc = esim_fail(err, ESIM_EINVAL, "a UDID to remove is missing");
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = st->ops->op_begin(st, err)) != ESIM_OK)
+        return rc;
+    rc = st->ops->group_exists(st, name, err);
+    if (rc == ESIM_OK && create)
+        rc = esim_fail(err, ESIM_EEXIST, "group %s already exists", name);
+    else if (rc == ESIM_ENOTFOUND && !create)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "no group named %s", name);
+    else if (rc == ESIM_ENOTFOUND)
+        rc = st->ops->group_create(st, name, now, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_add; i++)
+        rc = st->ops->group_member_set(st, name, add[i], true, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_remove; i++)
+        rc = st->ops->group_member_set(st, name, remove[i], false, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_group_delete(store *st, const char *name, esim_error *err)
+{
+    if (!name)
+        return esim_fail(err, ESIM_ENOTFOUND, "no group named (null)");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->group_exists(st, name, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "no group named %s", name);
+    if (rc == ESIM_OK)
+        rc = st->ops->group_drop(st, name, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_groups(store *st, store_group **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->groups_list(st, out, n, err);
+}
+
+esim_err esim_store_group_members(store *st, const char *name, char (**out)[65], size_t *n,
+                                  esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    esim_err rc = name ? st->ops->group_exists(st, name, err) : ESIM_ENOTFOUND;
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, ESIM_ENOTFOUND, "no group named %s", name ? name : "(null)");
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->names_list(st, STORE_NAMES_GROUP_MEMBERS, name, out, n, err);
+}
+
+esim_err esim_store_tag_devices(store *st, const char *tag, char (**out)[65], size_t *n,
+                                esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    return tag ? st->ops->names_list(st, STORE_NAMES_TAG_DEVICES, tag, out, n, err) : ESIM_OK;
+}
+
+esim_err esim_store_device_tags(store *st, const char *udid, char (**out)[65], size_t *n,
+                                esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    return udid ? st->ops->names_list(st, STORE_NAMES_DEVICE_TAGS, udid, out, n, err) : ESIM_OK;
+}
+
+esim_err esim_store_tags_set(store *st, const char *udid, const char *const *add, size_t n_add,
+                             const char *const *remove, size_t n_remove, esim_error *err)
+{
+    esim_err rc = esim_udid_validate(udid, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_add; i++)
+        rc = esim_store_name_validate("tag", add[i], err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_remove; i++)
+        if (!remove[i])
+            rc = esim_fail(err, ESIM_EINVAL, "a tag to remove is missing");
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = st->ops->op_begin(st, err)) != ESIM_OK)
+        return rc;
+    for (size_t i = 0; rc == ESIM_OK && i < n_add; i++)
+        rc = st->ops->tag_set(st, udid, add[i], true, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n_remove; i++)
+        rc = st->ops->tag_set(st, udid, remove[i], false, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_facts_put(store *st, const store_device_facts *facts, size_t n, esim_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!facts[i].udid[0])
+            return esim_fail(err, ESIM_EINVAL, "device facts need a UDID");
+    if (n == 0)
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        rc = st->ops->facts_put(st, &facts[i], err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *out, esim_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->supervised = -1;
+    if (!udid)
+        return esim_fail(err, ESIM_ENOTFOUND, "nothing known about device (null)");
+    snprintf(out->udid, sizeof out->udid, "%s", udid);
+    esim_err rc = st->ops->facts_get(st, udid, out, err);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, rc, "nothing known about device %s", udid);
+    return rc;
 }

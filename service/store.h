@@ -376,6 +376,159 @@ esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
 /* Counts for /metrics and /healthz. */
 esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
 
+/* ---- several operations as one ----------------------------------------------
+ * Between esim_store_unit_begin and esim_store_unit_end the operations form
+ * one all-or-nothing unit: each is still all-or-nothing on its own (a
+ * refused one leaves the unit as it was), and together they are committed,
+ * or undone, at unit_end. Units nest (an inner unit is a part of the outer
+ * one); inside an open batch a unit is a part of the batch. As ever, nothing
+ * done in a unit may be reported to anyone before it is committed (and, in
+ * group mode, synced). This is how a caller writes its own records in the
+ * same transaction as the queue entries they describe. */
+esim_err esim_store_unit_begin(store *st, esim_error *err);
+/* Commits the unit when |ok|, undoes it otherwise (and returns ESIM_OK).
+ *   ESIM_ESTORE  it could not be committed: all of it is undone. */
+esim_err esim_store_unit_end(store *st, bool ok, esim_error *err);
+
+/* ---- campaign records -------------------------------------------------------
+ * The campaign layer's records, kept in the same store (and database) as the
+ * devices and queues. The store does not interpret them: states, steps and
+ * flags are the campaign layer's numbers, the definition its text. */
+
+/* A campaign. Strings are borrowed on the way in (for the call) and owned by
+ * the list on the way out. */
+typedef struct {
+    const char *id;         /* required, unique */
+    const char *name;       /* may be NULL or "" */
+    const char *definition; /* the campaign's definition as its layer wrote it; required */
+    int state;
+    int64_t created_ms;
+    int64_t updated_ms; /* when read */
+} store_campaign;
+
+/* One device of a campaign. */
+typedef struct {
+    size_t index; /* its position in the campaign, from 0 */
+    char udid[65];
+    char eid[ESIM_EID_LEN + 1];
+    char iccid[21];
+    int state, step, retries, verify_tries, flags, pushes, push_state;
+    int64_t not_now, changed_ms, next_ms, deadline_ms, last_push_ms;
+    char command_uuid[128]; /* the command it waits on; "" none */
+    char *reason;           /* may be NULL; borrowed when written, owned when read */
+} store_campaign_device;
+
+/* One command a campaign queued, and the step it serves. */
+typedef struct {
+    char uuid[128];
+    int step;
+} store_campaign_command;
+
+/*
+ * Writes what changed in one campaign, as one operation: its row when |c|
+ * is not NULL (created, or its state, definition and updated time replaced),
+ * the |n_cmds| commands it queued (a uuid already recorded keeps its place),
+ * and the |n_devs| device records (each replacing the record at its index).
+ *   ESIM_EINVAL  a missing id, definition or command uuid.
+ */
+esim_err esim_store_campaign_save(store *st, const char *campaign_id, const store_campaign *c,
+                                  const store_campaign_command *cmds, size_t n_cmds,
+                                  const store_campaign_device *devs, size_t n_devs, int64_t now,
+                                  esim_error *err);
+
+/* Every campaign, oldest first. *out and its strings are the caller's
+ * (esim_store_campaigns_free). */
+esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n, esim_error *err);
+void esim_store_campaigns_free(store_campaign *list, size_t n); /* NULL ok */
+
+/* A campaign's device records in index order. *out is the caller's
+ * (esim_store_campaign_devices_free). */
+esim_err esim_store_campaign_devices(store *st, const char *campaign_id,
+                                     store_campaign_device **out, size_t *n, esim_error *err);
+void esim_store_campaign_devices_free(store_campaign_device *devs, size_t n); /* NULL ok */
+
+/* A campaign's commands in the order they were recorded: *out malloc'd
+ * (free()), |n| of them. */
+esim_err esim_store_campaign_commands(store *st, const char *campaign_id,
+                                      store_campaign_command **out, size_t *n, esim_error *err);
+
+/* ---- what campaigns know about devices ---------------------------------------- */
+
+/* An EID manifest row (serial number -> EID) and an activation-code row. */
+typedef struct {
+    const char *serial, *eid;
+} store_manifest_row;
+typedef struct {
+    const char *eid, *code, *smdp_address, *matching_id, *iccid; /* iccid may be "" */
+} store_code_row;
+
+/* Offline imports, each one operation: a row replaces an earlier one with
+ * the same serial (manifest) or EID (codes).  ESIM_EINVAL  a field missing. */
+esim_err esim_store_manifest_import(store *st, const store_manifest_row *rows, size_t n,
+                                    int64_t now, esim_error *err);
+esim_err esim_store_codes_import(store *st, const store_code_row *rows, size_t n, int64_t now,
+                                 esim_error *err);
+/* The EID a manifest gave |serial|.  ESIM_ENOTFOUND when none. */
+esim_err esim_store_manifest_eid(store *st, const char *serial, char eid[ESIM_EID_LEN + 1],
+                                 esim_error *err);
+/* The ICCID ("" when the row has none) and MatchingID an activation-code row
+ * gave |eid|.  ESIM_ENOTFOUND when no row. */
+esim_err esim_store_code_for_eid(store *st, const char *eid, char iccid[21], char matching_id[256],
+                                 esim_error *err);
+
+/* Groups and tags. Names: 1 to 64 characters of [A-Za-z0-9._-]. */
+esim_err esim_store_name_validate(const char *what, const char *name, esim_error *err);
+
+/* Creates the group (|create|) or changes an existing one: adds the |n_add|
+ * UDIDs and removes the |n_remove| ones, as one operation.
+ *   ESIM_EINVAL     a bad group name or UDID;
+ *   ESIM_EEXIST     |create| and the group exists;
+ *   ESIM_ENOTFOUND  not |create| and there is no such group. */
+esim_err esim_store_group_put(store *st, const char *name, const char *const *add, size_t n_add,
+                              const char *const *remove, size_t n_remove, bool create, int64_t now,
+                              esim_error *err);
+/* ESIM_ENOTFOUND  no such group. */
+esim_err esim_store_group_delete(store *st, const char *name, esim_error *err);
+
+typedef struct {
+    char name[65];
+    uint64_t members;
+} store_group;
+/* Every group in name order: *out malloc'd (free()). */
+esim_err esim_store_groups(store *st, store_group **out, size_t *n, esim_error *err);
+/* Members of a group (ESIM_ENOTFOUND when none such), devices with a tag,
+ * or the tags of a device, each in order: *out malloc'd (free()), 65-byte
+ * slots. */
+esim_err esim_store_group_members(store *st, const char *name, char (**out)[65], size_t *n,
+                                  esim_error *err);
+esim_err esim_store_tag_devices(store *st, const char *tag, char (**out)[65], size_t *n,
+                                esim_error *err);
+esim_err esim_store_device_tags(store *st, const char *udid, char (**out)[65], size_t *n,
+                                esim_error *err);
+/* Adds and removes tags of a device, as one operation.
+ *   ESIM_EINVAL  a bad UDID or tag name. */
+esim_err esim_store_tags_set(store *st, const char *udid, const char *const *add, size_t n_add,
+                             const char *const *remove, size_t n_remove, esim_error *err);
+
+/* What DeviceInformation answers taught campaigns about a device. */
+typedef struct {
+    char udid[65];
+    int supervised; /* 1, 0, or -1 unknown */
+    char os_version[32];
+    char eid[ESIM_EID_LEN + 1]; /* the verified eSIM, when one was */
+    char iccid[21];
+    int64_t verified_ms; /* when the expected eSIM was last seen; 0 never */
+    int64_t updated_ms;
+} store_device_facts;
+
+/* Records the facts of |n| devices, as one operation. A field left unknown
+ * (-1, "", 0) keeps its old value; the ICCID goes with the EID. */
+esim_err esim_store_facts_put(store *st, const store_device_facts *facts, size_t n,
+                              esim_error *err);
+/* ESIM_ENOTFOUND when nothing is known (|out| then reads unknown). */
+esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *out,
+                              esim_error *err);
+
 /* ---- group commit -----------------------------------------------------------
  * Batching (ESIM_STORE_FEATURE_BATCH): between batch_begin and batch_commit
  * every operation is still all-or-nothing on its own (a refused one leaves

@@ -21,6 +21,13 @@ struct store {
     const struct store_ops *ops;
 };
 
+/* Which list of names names_list reads. */
+typedef enum {
+    STORE_NAMES_GROUP_MEMBERS, /* key: a group */
+    STORE_NAMES_TAG_DEVICES,   /* key: a tag */
+    STORE_NAMES_DEVICE_TAGS,   /* key: a UDID */
+} store_names;
+
 /* Who a device is, for the identity rules. */
 typedef struct {
     bool enrolled;
@@ -44,7 +51,8 @@ struct store_ops {
 
     /* ---- transactions ---- */
     /* Starts one operation: a transaction of its own, or a savepoint inside
-     * the open batch. */
+     * the open batch or the operation already begun (operations nest:
+     * esim_store_unit_begin is one too). */
     esim_err (*op_begin)(store *st, esim_error *err);
     /* Ends it: commits (or releases the savepoint) when |rc| is ESIM_OK,
      * undoes every step otherwise. Returns |rc|, or ESIM_ESTORE when the
@@ -154,6 +162,51 @@ struct store_ops {
     esim_err (*event_latest)(store *st, const char *udid, const char *const *kinds, size_t n_kinds,
                              store_event *out, esim_error *err);
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
+
+    /* ---- campaign records (steps) ---- */
+    /* Creates the row, or replaces its state, definition and updated time. */
+    esim_err (*campaign_put)(store *st, const store_campaign *c, int64_t now, esim_error *err);
+    /* Records a command; one already recorded keeps its place. */
+    esim_err (*campaign_command_put)(store *st, const char *campaign_id,
+                                     const store_campaign_command *cmd, esim_error *err);
+    /* Replaces the record at d->index. */
+    esim_err (*campaign_device_put)(store *st, const char *campaign_id,
+                                    const store_campaign_device *d, esim_error *err);
+    /* Reads, as esim_store_campaigns, _campaign_devices, _campaign_commands. */
+    esim_err (*campaigns_list)(store *st, store_campaign **out, size_t *n, esim_error *err);
+    esim_err (*campaign_devices)(store *st, const char *campaign_id, store_campaign_device **out,
+                                 size_t *n, esim_error *err);
+    esim_err (*campaign_commands)(store *st, const char *campaign_id, store_campaign_command **out,
+                                  size_t *n, esim_error *err);
+    /* Replace the row of the same serial / EID. */
+    esim_err (*manifest_put)(store *st, const store_manifest_row *row, int64_t now,
+                             esim_error *err);
+    esim_err (*code_put)(store *st, const store_code_row *row, int64_t now, esim_error *err);
+    /* ESIM_ENOTFOUND (|err| untouched) when no row. */
+    esim_err (*manifest_eid)(store *st, const char *serial, char eid[ESIM_EID_LEN + 1],
+                             esim_error *err);
+    esim_err (*code_for_eid)(store *st, const char *eid, char iccid[21], char matching_id[256],
+                             esim_error *err);
+    /* ESIM_OK when the group exists, ESIM_ENOTFOUND (|err| untouched) when not. */
+    esim_err (*group_exists)(store *st, const char *name, esim_error *err);
+    esim_err (*group_create)(store *st, const char *name, int64_t now, esim_error *err);
+    /* Drops the group and its members. */
+    esim_err (*group_drop)(store *st, const char *name, esim_error *err);
+    /* Makes |udid| a member (|member|) or not; either may already be so. */
+    esim_err (*group_member_set)(store *st, const char *name, const char *udid, bool member,
+                                 esim_error *err);
+    esim_err (*groups_list)(store *st, store_group **out, size_t *n, esim_error *err);
+    /* Lists of names in order: a group's members, a tag's devices, a
+     * device's tags (|which|), keyed by |key|. */
+    esim_err (*names_list)(store *st, store_names which, const char *key, char (**out)[65],
+                           size_t *n, esim_error *err);
+    /* Gives the device |tag| (|on|) or takes it away; either may already be so. */
+    esim_err (*tag_set)(store *st, const char *udid, const char *tag, bool on, esim_error *err);
+    /* Merges |f| into the device's facts (unknown fields keep the old value;
+     * the ICCID goes with the EID). */
+    esim_err (*facts_put)(store *st, const store_device_facts *f, esim_error *err);
+    /* ESIM_ENOTFOUND (|err| untouched) when none. */
+    esim_err (*facts_get)(store *st, const char *udid, store_device_facts *out, esim_error *err);
 
     /* ---- group commit: present only with the matching feature ---- */
     esim_err (*batch_begin)(store *st, esim_error *err);  /* FEATURE_BATCH */

@@ -91,6 +91,74 @@ static const migration migrations[] = {
     {2, "CREATE INDEX events_udid ON events(udid, id);"},
     /* 3: page a command's devices in udid order without sorting them all. */
     {3, "DROP INDEX queue_command; CREATE INDEX queue_command ON queue(command_uuid, udid);"},
+    /* 4: the campaign layer's records, in the same database as the queues
+     * they describe (they used to live in campaigns.db beside it). */
+    {4, "CREATE TABLE campaigns ("
+        " id TEXT PRIMARY KEY,"
+        " name TEXT NOT NULL DEFAULT '',"
+        " definition TEXT NOT NULL,"
+        " state INTEGER NOT NULL,"
+        " created_ms INTEGER NOT NULL,"
+        " updated_ms INTEGER NOT NULL);"
+        "CREATE TABLE campaign_devices ("
+        " campaign TEXT NOT NULL,"
+        " idx INTEGER NOT NULL,"
+        " udid TEXT NOT NULL,"
+        " eid TEXT NOT NULL DEFAULT '',"
+        " iccid TEXT NOT NULL DEFAULT '',"
+        " state INTEGER NOT NULL DEFAULT 0,"
+        " step INTEGER NOT NULL DEFAULT 0,"
+        " retries INTEGER NOT NULL DEFAULT 0,"
+        " verify_tries INTEGER NOT NULL DEFAULT 0,"
+        " flags INTEGER NOT NULL DEFAULT 0,"
+        " pushes INTEGER NOT NULL DEFAULT 0,"
+        " not_now INTEGER NOT NULL DEFAULT 0,"
+        " changed_ms INTEGER NOT NULL DEFAULT 0,"
+        " next_ms INTEGER NOT NULL DEFAULT 0,"
+        " deadline_ms INTEGER NOT NULL DEFAULT 0,"
+        " last_push_ms INTEGER NOT NULL DEFAULT 0,"
+        " push_state INTEGER NOT NULL DEFAULT 0,"
+        " command_uuid TEXT NOT NULL DEFAULT '',"
+        " reason TEXT,"
+        " PRIMARY KEY (campaign, idx));"
+        "CREATE INDEX campaign_devices_udid ON campaign_devices(udid);"
+        "CREATE TABLE campaign_commands ("
+        " id INTEGER PRIMARY KEY,"
+        " uuid TEXT NOT NULL UNIQUE,"
+        " campaign TEXT NOT NULL,"
+        " step INTEGER NOT NULL);"
+        "CREATE INDEX campaign_commands_campaign ON campaign_commands(campaign, id);"
+        "CREATE TABLE eid_manifest ("
+        " serial TEXT PRIMARY KEY,"
+        " eid TEXT NOT NULL,"
+        " imported_ms INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE activation_codes ("
+        " eid TEXT PRIMARY KEY,"
+        " code TEXT NOT NULL,"
+        " smdp TEXT NOT NULL DEFAULT '',"
+        " matching_id TEXT NOT NULL DEFAULT '',"
+        " iccid TEXT NOT NULL DEFAULT '',"
+        " imported_ms INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE device_groups ("
+        " name TEXT PRIMARY KEY,"
+        " created_ms INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE device_group_members ("
+        " grp TEXT NOT NULL,"
+        " udid TEXT NOT NULL,"
+        " PRIMARY KEY (grp, udid));"
+        "CREATE TABLE device_tags ("
+        " udid TEXT NOT NULL,"
+        " tag TEXT NOT NULL,"
+        " PRIMARY KEY (udid, tag));"
+        "CREATE INDEX device_tags_tag ON device_tags(tag, udid);"
+        "CREATE TABLE device_facts ("
+        " udid TEXT PRIMARY KEY,"
+        " supervised INTEGER NOT NULL DEFAULT -1,"
+        " os_version TEXT NOT NULL DEFAULT '',"
+        " eid TEXT NOT NULL DEFAULT '',"
+        " iccid TEXT NOT NULL DEFAULT '',"
+        " verified_ms INTEGER NOT NULL DEFAULT 0,"
+        " updated_ms INTEGER NOT NULL DEFAULT 0);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -151,6 +219,30 @@ enum {
     S_Q_RETIRE,
     S_DEV_REENROLLED,
     S_EVENT_LATEST,
+    S_CAMP_PUT,
+    S_CAMP_CMD_PUT,
+    S_CAMP_DEV_PUT,
+    S_CAMP_LIST,
+    S_CAMP_DEVS,
+    S_CAMP_CMDS,
+    S_MANIFEST_PUT,
+    S_CODE_PUT,
+    S_MANIFEST_GET,
+    S_CODE_GET,
+    S_GROUP_EXISTS,
+    S_GROUP_CREATE,
+    S_GROUP_DROP_MEMBERS,
+    S_GROUP_DROP,
+    S_GROUP_ADD,
+    S_GROUP_REMOVE,
+    S_GROUPS_LIST,
+    S_GROUP_MEMBERS,
+    S_TAG_DEVICES,
+    S_DEVICE_TAGS,
+    S_TAG_ADD,
+    S_TAG_REMOVE,
+    S_FACTS_PUT,
+    S_FACTS_GET,
     S_COUNT
 };
 
@@ -262,6 +354,71 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_REENROLLED] = "UPDATE devices SET enrolled_at = ?2 WHERE udid = ?1",
     [S_EVENT_LATEST] = "SELECT id, at, kind, udid, command_uuid, detail FROM events"
                        " WHERE udid = ?1 AND kind IN (?2, ?3, ?4, ?5) ORDER BY id DESC LIMIT 1",
+    [S_CAMP_PUT] = "INSERT INTO campaigns (id, name, definition, state, created_ms, updated_ms)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET"
+                   " definition = excluded.definition, state = excluded.state,"
+                   " updated_ms = excluded.updated_ms",
+    [S_CAMP_CMD_PUT] = "INSERT INTO campaign_commands (uuid, campaign, step) VALUES (?1, ?2, ?3)"
+                       " ON CONFLICT (uuid) DO UPDATE SET campaign = excluded.campaign,"
+                       " step = excluded.step",
+    [S_CAMP_DEV_PUT] =
+        "INSERT INTO campaign_devices (campaign, idx, udid, eid, iccid, state, step, retries,"
+        " verify_tries, flags, pushes, not_now, changed_ms, next_ms, deadline_ms, last_push_ms,"
+        " push_state, command_uuid, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+        " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) ON CONFLICT (campaign, idx) DO UPDATE SET"
+        " udid = excluded.udid, eid = excluded.eid, iccid = excluded.iccid,"
+        " state = excluded.state, step = excluded.step, retries = excluded.retries,"
+        " verify_tries = excluded.verify_tries, flags = excluded.flags,"
+        " pushes = excluded.pushes, not_now = excluded.not_now,"
+        " changed_ms = excluded.changed_ms, next_ms = excluded.next_ms,"
+        " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
+        " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
+        " reason = excluded.reason",
+    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms FROM campaigns"
+                    " ORDER BY created_ms, id",
+    [S_CAMP_DEVS] =
+        "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
+        " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
+        " reason FROM campaign_devices WHERE campaign = ?1 ORDER BY idx",
+    [S_CAMP_CMDS] = "SELECT uuid, step FROM campaign_commands WHERE campaign = ?1 ORDER BY id",
+    [S_MANIFEST_PUT] = "INSERT INTO eid_manifest (serial, eid, imported_ms) VALUES (?1, ?2, ?3)"
+                       " ON CONFLICT (serial) DO UPDATE SET eid = excluded.eid,"
+                       " imported_ms = excluded.imported_ms",
+    [S_CODE_PUT] =
+        "INSERT INTO activation_codes (eid, code, smdp, matching_id, iccid, imported_ms)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (eid) DO UPDATE SET code = excluded.code,"
+        " smdp = excluded.smdp, matching_id = excluded.matching_id, iccid = excluded.iccid,"
+        " imported_ms = excluded.imported_ms",
+    [S_MANIFEST_GET] = "SELECT eid FROM eid_manifest WHERE serial = ?1",
+    [S_CODE_GET] = "SELECT iccid, matching_id FROM activation_codes WHERE eid = ?1",
+    [S_GROUP_EXISTS] = "SELECT 1 FROM device_groups WHERE name = ?1",
+    [S_GROUP_CREATE] = "INSERT INTO device_groups (name, created_ms) VALUES (?1, ?2)",
+    [S_GROUP_DROP_MEMBERS] = "DELETE FROM device_group_members WHERE grp = ?1",
+    [S_GROUP_DROP] = "DELETE FROM device_groups WHERE name = ?1",
+    [S_GROUP_ADD] = "INSERT INTO device_group_members (grp, udid) VALUES (?1, ?2)"
+                    " ON CONFLICT (grp, udid) DO NOTHING",
+    [S_GROUP_REMOVE] = "DELETE FROM device_group_members WHERE grp = ?1 AND udid = ?2",
+    [S_GROUPS_LIST] = "SELECT g.name, (SELECT count(*) FROM device_group_members m"
+                      " WHERE m.grp = g.name) FROM device_groups g ORDER BY g.name",
+    [S_GROUP_MEMBERS] = "SELECT udid FROM device_group_members WHERE grp = ?1 ORDER BY udid",
+    [S_TAG_DEVICES] = "SELECT udid FROM device_tags WHERE tag = ?1 ORDER BY udid",
+    [S_DEVICE_TAGS] = "SELECT tag FROM device_tags WHERE udid = ?1 ORDER BY tag",
+    [S_TAG_ADD] = "INSERT INTO device_tags (udid, tag) VALUES (?1, ?2)"
+                  " ON CONFLICT (udid, tag) DO NOTHING",
+    [S_TAG_REMOVE] = "DELETE FROM device_tags WHERE udid = ?1 AND tag = ?2",
+    [S_FACTS_PUT] =
+        "INSERT INTO device_facts (udid, supervised, os_version, eid, iccid, verified_ms,"
+        " updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (udid) DO UPDATE SET"
+        " supervised = CASE WHEN excluded.supervised >= 0 THEN excluded.supervised"
+        " ELSE device_facts.supervised END,"
+        " os_version = CASE WHEN excluded.os_version <> '' THEN excluded.os_version"
+        " ELSE device_facts.os_version END,"
+        " eid = CASE WHEN excluded.eid <> '' THEN excluded.eid ELSE device_facts.eid END,"
+        " iccid = CASE WHEN excluded.eid <> '' THEN excluded.iccid ELSE device_facts.iccid END,"
+        " verified_ms = CASE WHEN excluded.verified_ms > 0 THEN excluded.verified_ms"
+        " ELSE device_facts.verified_ms END, updated_ms = excluded.updated_ms",
+    [S_FACTS_GET] = "SELECT supervised, os_version, eid, iccid, verified_ms, updated_ms"
+                    " FROM device_facts WHERE udid = ?1",
 };
 
 typedef struct {
@@ -270,6 +427,7 @@ typedef struct {
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
     bool in_batch;  /* operations are savepoints inside one transaction */
+    int depth;      /* operations begun and not ended (they nest) */
     char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
     int wal_fd;     /* opened once the log exists (group mode) */
 } sqlite_store;
@@ -355,16 +513,24 @@ static int run(sqlite_store *s, esim_error *err, int id, const char *fmt, ...)
 }
 
 /* An operation is a transaction of its own, or a savepoint inside the open
- * batch: either way it happens whole or not at all. */
+ * batch or the enclosing operation: either way it happens whole or not at
+ * all. */
+static bool tx_nested(const sqlite_store *s)
+{
+    return s->in_batch || s->depth > 0;
+}
+
 static esim_err tx_begin(sqlite_store *s, esim_error *err)
 {
-    return run(s, err, s->in_batch ? S_SAVEPOINT : S_BEGIN, "") == SQLITE_DONE ? ESIM_OK
-                                                                               : ESIM_ESTORE;
+    if (run(s, err, tx_nested(s) ? S_SAVEPOINT : S_BEGIN, "") != SQLITE_DONE)
+        return ESIM_ESTORE;
+    s->depth++;
+    return ESIM_OK;
 }
 
 static void tx_undo(sqlite_store *s)
 {
-    if (s->in_batch) {
+    if (tx_nested(s)) {
         run(s, NULL, S_ROLLBACK_TO, "");
         run(s, NULL, S_RELEASE, "");
     } else if (sqlite3_get_autocommit(s->db) == 0) {
@@ -380,8 +546,9 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
     for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
         if (s->stmt[i])
             sqlite3_reset(s->stmt[i]);
+    s->depth--;
     if (rc == ESIM_OK) {
-        if (run(s, err, s->in_batch ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
+        if (run(s, err, tx_nested(s) ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
             return ESIM_OK;
         rc = ESIM_ESTORE;
     }
@@ -392,7 +559,7 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
 static esim_err sq_batch_begin(store *base, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    if (s->in_batch)
+    if (s->in_batch || s->depth > 0)
         return ESIM_OK;
     if (run(s, err, S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
@@ -1021,6 +1188,338 @@ static esim_err sq_event_latest(store *base, const char *udid, const char *const
     return rc;
 }
 
+/* ---- campaign records ------------------------------------------------------------- */
+
+static esim_err sq_campaign_put(store *base, const store_campaign *c, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_PUT, "tTtiii", c->id, c->name, c->definition,
+                     (int64_t)c->state, c->created_ms, now);
+}
+
+static esim_err sq_campaign_command_put(store *base, const char *campaign_id,
+                                        const store_campaign_command *cmd, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_CMD_PUT, "tti", cmd->uuid, campaign_id,
+                     (int64_t)cmd->step);
+}
+
+static esim_err sq_campaign_device_put(store *base, const char *campaign_id,
+                                       const store_campaign_device *d, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_DEV_PUT, "titTTiiiiiiiiiiiiTt", campaign_id,
+                     (int64_t)d->index, d->udid, d->eid, d->iccid, (int64_t)d->state,
+                     (int64_t)d->step, (int64_t)d->retries, (int64_t)d->verify_tries,
+                     (int64_t)d->flags, (int64_t)d->pushes, d->not_now, d->changed_ms, d->next_ms,
+                     d->deadline_ms, d->last_push_ms, (int64_t)d->push_state, d->command_uuid,
+                     d->reason);
+}
+
+/* A growing array of |size|-byte records: room for one more at *arr + *n. */
+static void *grow(void **arr, size_t size, size_t n, size_t *cap)
+{
+    if (n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        void *g = realloc(*arr, ncap * size);
+        if (!g)
+            return NULL;
+        *arr = g;
+        *cap = ncap;
+    }
+    return (char *)*arr + n * size;
+}
+
+static char *col_dup(sqlite3_stmt *st, int col)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    return strdup(v ? (const char *)v : "");
+}
+
+static esim_err sq_campaigns_list(store *base, store_campaign **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    size_t cap = 0;
+    esim_err rc = ESIM_OK;
+    int r = run(s, err, S_CAMP_LIST, "");
+    sqlite3_stmt *st = s->stmt[S_CAMP_LIST];
+    while (r == SQLITE_ROW) {
+        store_campaign *c = grow((void **)out, sizeof **out, *n, &cap);
+        if (!c) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        memset(c, 0, sizeof *c);
+        (*n)++;
+        c->id = col_dup(st, 0);
+        c->name = col_dup(st, 1);
+        c->definition = col_dup(st, 2);
+        c->state = sqlite3_column_int(st, 3);
+        c->created_ms = sqlite3_column_int64(st, 4);
+        c->updated_ms = sqlite3_column_int64(st, 5);
+        if (!c->id || !c->name || !c->definition) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read campaigns");
+    if (r >= 0)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        esim_store_campaigns_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_campaign_devices(store *base, const char *campaign_id,
+                                    store_campaign_device **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    size_t cap = 0;
+    esim_err rc = ESIM_OK;
+    int r = run(s, err, S_CAMP_DEVS, "t", campaign_id);
+    sqlite3_stmt *st = s->stmt[S_CAMP_DEVS];
+    while (r == SQLITE_ROW) {
+        store_campaign_device *d = grow((void **)out, sizeof **out, *n, &cap);
+        if (!d) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        memset(d, 0, sizeof *d);
+        (*n)++;
+        d->index = (size_t)sqlite3_column_int64(st, 0);
+        col_text(st, 1, d->udid, sizeof d->udid);
+        col_text(st, 2, d->eid, sizeof d->eid);
+        col_text(st, 3, d->iccid, sizeof d->iccid);
+        d->state = sqlite3_column_int(st, 4);
+        d->step = sqlite3_column_int(st, 5);
+        d->retries = sqlite3_column_int(st, 6);
+        d->verify_tries = sqlite3_column_int(st, 7);
+        d->flags = sqlite3_column_int(st, 8);
+        d->pushes = sqlite3_column_int(st, 9);
+        d->not_now = sqlite3_column_int64(st, 10);
+        d->changed_ms = sqlite3_column_int64(st, 11);
+        d->next_ms = sqlite3_column_int64(st, 12);
+        d->deadline_ms = sqlite3_column_int64(st, 13);
+        d->last_push_ms = sqlite3_column_int64(st, 14);
+        d->push_state = sqlite3_column_int(st, 15);
+        col_text(st, 16, d->command_uuid, sizeof d->command_uuid);
+        if (sqlite3_column_type(st, 17) != SQLITE_NULL && !(d->reason = col_dup(st, 17))) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read campaign devices");
+    if (r >= 0)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        esim_store_campaign_devices_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_campaign_commands(store *base, const char *campaign_id,
+                                     store_campaign_command **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    size_t cap = 0;
+    esim_err rc = ESIM_OK;
+    int r = run(s, err, S_CAMP_CMDS, "t", campaign_id);
+    sqlite3_stmt *st = s->stmt[S_CAMP_CMDS];
+    while (r == SQLITE_ROW) {
+        store_campaign_command *c = grow((void **)out, sizeof **out, *n, &cap);
+        if (!c) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        (*n)++;
+        col_text(st, 0, c->uuid, sizeof c->uuid);
+        c->step = sqlite3_column_int(st, 1);
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read campaign commands");
+    if (r >= 0)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_manifest_put(store *base, const store_manifest_row *row, int64_t now,
+                                esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_MANIFEST_PUT, "tti", row->serial, row->eid, now);
+}
+
+static esim_err sq_code_put(store *base, const store_code_row *row, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CODE_PUT, "ttTTTi", row->eid, row->code,
+                     row->smdp_address, row->matching_id, row->iccid, now);
+}
+
+static esim_err sq_manifest_eid(store *base, const char *serial, char eid[ESIM_EID_LEN + 1],
+                                esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_MANIFEST_GET, "t", serial);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    col_text(s->stmt[S_MANIFEST_GET], 0, eid, ESIM_EID_LEN + 1);
+    sqlite3_reset(s->stmt[S_MANIFEST_GET]);
+    return ESIM_OK;
+}
+
+static esim_err sq_code_for_eid(store *base, const char *eid, char iccid[21], char matching_id[256],
+                                esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_CODE_GET, "t", eid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    col_text(s->stmt[S_CODE_GET], 0, iccid, 21);
+    col_text(s->stmt[S_CODE_GET], 1, matching_id, 256);
+    sqlite3_reset(s->stmt[S_CODE_GET]);
+    return ESIM_OK;
+}
+
+static esim_err sq_group_exists(store *base, const char *name, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_GROUP_EXISTS, "t", name);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_reset(s->stmt[S_GROUP_EXISTS]);
+    return r == SQLITE_ROW ? ESIM_OK : ESIM_ENOTFOUND;
+}
+
+static esim_err sq_group_create(store *base, const char *name, int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_GROUP_CREATE, "ti", name, now);
+}
+
+static esim_err sq_group_drop(store *base, const char *name, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_GROUP_DROP_MEMBERS, "t", name);
+    return rc == ESIM_OK ? exec_stmt(s, err, S_GROUP_DROP, "t", name) : rc;
+}
+
+static esim_err sq_group_member_set(store *base, const char *name, const char *udid, bool member,
+                                    esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, member ? S_GROUP_ADD : S_GROUP_REMOVE, "tt", name,
+                     udid);
+}
+
+static esim_err sq_groups_list(store *base, store_group **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    size_t cap = 0;
+    esim_err rc = ESIM_OK;
+    int r = run(s, err, S_GROUPS_LIST, "");
+    sqlite3_stmt *st = s->stmt[S_GROUPS_LIST];
+    while (r == SQLITE_ROW) {
+        store_group *g = grow((void **)out, sizeof **out, *n, &cap);
+        if (!g) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        (*n)++;
+        col_text(st, 0, g->name, sizeof g->name);
+        g->members = (uint64_t)sqlite3_column_int64(st, 1);
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read groups");
+    if (r >= 0)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_names_list(store *base, store_names which, const char *key, char (**out)[65],
+                              size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int id = which == STORE_NAMES_GROUP_MEMBERS ? S_GROUP_MEMBERS
+             : which == STORE_NAMES_TAG_DEVICES ? S_TAG_DEVICES
+                                                : S_DEVICE_TAGS;
+    size_t cap = 0;
+    esim_err rc = ESIM_OK;
+    int r = run(s, err, id, "t", key);
+    sqlite3_stmt *st = s->stmt[id];
+    while (r == SQLITE_ROW) {
+        char *slot = grow((void **)out, sizeof **out, *n, &cap);
+        if (!slot) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        (*n)++;
+        col_text(st, 0, slot, 65);
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "read names");
+    if (r >= 0)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+static esim_err sq_tag_set(store *base, const char *udid, const char *tag, bool on, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, on ? S_TAG_ADD : S_TAG_REMOVE, "tt", udid, tag);
+}
+
+static esim_err sq_facts_put(store *base, const store_device_facts *f, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_FACTS_PUT, "tiTTTii", f->udid,
+                     (int64_t)f->supervised, f->os_version, f->eid, f->iccid, f->verified_ms,
+                     f->updated_ms);
+}
+
+static esim_err sq_facts_get(store *base, const char *udid, store_device_facts *out,
+                             esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_FACTS_GET, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    sqlite3_stmt *st = s->stmt[S_FACTS_GET];
+    out->supervised = sqlite3_column_int(st, 0);
+    col_text(st, 1, out->os_version, sizeof out->os_version);
+    col_text(st, 2, out->eid, sizeof out->eid);
+    col_text(st, 3, out->iccid, sizeof out->iccid);
+    out->verified_ms = sqlite3_column_int64(st, 4);
+    out->updated_ms = sqlite3_column_int64(st, 5);
+    sqlite3_reset(st);
+    return ESIM_OK;
+}
+
 /* Group commit: with synchronous=NORMAL a WAL commit is a write() into the
  * OS cache. One fdatasync of the log then makes every commit so far durable;
  * the service holds its answers until this returns, so nothing a device or
@@ -1096,6 +1595,25 @@ static const struct store_ops sqlite_ops = {
     .events_list = sq_events_list,
     .event_latest = sq_event_latest,
     .stats = sq_stats,
+    .campaign_put = sq_campaign_put,
+    .campaign_command_put = sq_campaign_command_put,
+    .campaign_device_put = sq_campaign_device_put,
+    .campaigns_list = sq_campaigns_list,
+    .campaign_devices = sq_campaign_devices,
+    .campaign_commands = sq_campaign_commands,
+    .manifest_put = sq_manifest_put,
+    .code_put = sq_code_put,
+    .manifest_eid = sq_manifest_eid,
+    .code_for_eid = sq_code_for_eid,
+    .group_exists = sq_group_exists,
+    .group_create = sq_group_create,
+    .group_drop = sq_group_drop,
+    .group_member_set = sq_group_member_set,
+    .groups_list = sq_groups_list,
+    .names_list = sq_names_list,
+    .tag_set = sq_tag_set,
+    .facts_put = sq_facts_put,
+    .facts_get = sq_facts_get,
     .batch_begin = sq_batch_begin,
     .batch_commit = sq_batch_commit,
     .batch_rollback = sq_batch_rollback,

@@ -3,9 +3,9 @@
  * operation by operation: every refusal code, identity binding and the
  * re-enrolment after an erase, all-or-nothing enqueue, delivery order
  * (priority, then age), skips, expiry, anomalies, NotNow push debts, the
- * ledger and its latest-event read, batches and group commit, schema
- * versions. Written against the esim_store_* functions only, so it runs
- * unchanged against every back end:
+ * ledger and its latest-event read, batches and group commit, units of
+ * several operations, the campaign layer's records, schema versions. Written against the
+ * esim_store_* functions only, so it runs unchanged against every back end:
  *
  *   test_store [SPEC]      (or ESIM_TEST_STORE=SPEC test_store)
  *
@@ -549,6 +549,253 @@ static void test_features(void **state)
     esim_store_close(st);
 }
 
+/* Units: several operations as one, nested, inside or outside a batch. */
+static void test_units(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", NULL);
+    /* Undone as a whole, though each operation in it succeeded. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    enqueue(st, "undone", "U1", 0, 0);
+    store_campaign c = {.id = "camp-1", .name = "n", .definition = "{}", .state = 1};
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, NULL, 0, NULL, 0, 5, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, false, NULL), ESIM_OK);
+    store_command_info info;
+    store_queue_entry *e = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_command_get(st, "undone", NULL, 10, &info, &e, &n, NULL),
+                     ESIM_ENOTFOUND);
+    store_campaign *list = NULL;
+    assert_int_equal(esim_store_campaigns(st, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
+    /* Committed as a whole; a refused operation inside leaves the rest, and
+     * an inner unit is a part of the outer one. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    enqueue(st, "kept", "U1", 0, 0);
+    const char *unknown[] = {"U9"};
+    store_command_in bad = {
+        .uuid = "refused", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    assert_int_equal(esim_store_command_enqueue(st, &bad, unknown, 1, 1, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, NULL, 0, NULL, 0, 5, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    enqueue(st, "inner-undone", "U1", 0, 0);
+    assert_int_equal(esim_store_unit_end(st, false, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "kept", "U1"), STORE_Q_QUEUED);
+    assert_int_equal(esim_store_command_get(st, "inner-undone", NULL, 10, &info, &e, &n, NULL),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_campaigns(st, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    esim_store_campaigns_free(list, n);
+    /* Inside a batch, a unit is a part of it. */
+    if (esim_store_features(st) & ESIM_STORE_FEATURE_BATCH) {
+        assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+        assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+        enqueue(st, "in-batch", "U1", 0, 0);
+        assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+        esim_store_batch_rollback(st);
+        assert_int_equal(esim_store_command_get(st, "in-batch", NULL, 10, &info, &e, &n, NULL),
+                         ESIM_ENOTFOUND);
+    }
+    esim_store_close(st);
+    /* What a unit committed survives a reopen. */
+    st = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "kept", "U1"), STORE_Q_QUEUED);
+    esim_store_close(st);
+}
+
+static void test_campaign_records(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    esim_error e;
+    store_campaign c = {
+        .id = "camp-1", .name = "first", .definition = "{\"a\":1}", .state = 1, .created_ms = 100};
+    store_campaign_command cmds[2] = {{"cmd-b", 1}, {"cmd-a", 2}};
+    store_campaign_device devs[2] = {
+        {.index = 0,
+         .udid = "U1",
+         .eid = "89049032000000000000000000000001",
+         .state = 2,
+         .step = 1,
+         .flags = 5,
+         .pushes = 3,
+         .not_now = 7,
+         .deadline_ms = 9000,
+         .command_uuid = "cmd-b",
+         .reason = NULL},
+        {.index = 1, .udid = "U2", .state = 4, .reason = "it failed"},
+    };
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, cmds, 2, devs, 2, 200, NULL),
+                     ESIM_OK);
+    /* A missing definition or command uuid is refused and changes nothing. */
+    store_campaign bad = {.id = "camp-2", .definition = NULL};
+    assert_int_equal(esim_store_campaign_save(st, "camp-2", &bad, NULL, 0, NULL, 0, 1, &e),
+                     ESIM_EINVAL);
+    store_campaign_command nouuid = {"", 1};
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", NULL, &nouuid, 1, NULL, 0, 1, &e),
+                     ESIM_EINVAL);
+    /* Later saves replace the row's state and a device's record; a command
+     * recorded again keeps its place. */
+    c.state = 3;
+    devs[1].state = 5;
+    devs[1].reason = NULL;
+    store_campaign_command more[2] = {{"cmd-b", 1}, {"cmd-c", 1}};
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, more, 2, &devs[1], 1, 300, NULL),
+                     ESIM_OK);
+    store_campaign c2 = {.id = "camp-0", .definition = "{}", .state = 0, .created_ms = 150};
+    assert_int_equal(esim_store_campaign_save(st, "camp-0", &c2, NULL, 0, NULL, 0, 300, NULL),
+                     ESIM_OK);
+    store_campaign *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_campaigns(st, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].id, "camp-1"); /* oldest first */
+    assert_string_equal(list[0].name, "first");
+    assert_string_equal(list[0].definition, "{\"a\":1}");
+    assert_int_equal(list[0].state, 3);
+    assert_int_equal(list[0].created_ms, 100);
+    assert_int_equal(list[0].updated_ms, 300);
+    assert_string_equal(list[1].id, "camp-0");
+    esim_store_campaigns_free(list, n);
+    store_campaign_device *d = NULL;
+    assert_int_equal(esim_store_campaign_devices(st, "camp-1", &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(d[0].index, 0);
+    assert_string_equal(d[0].udid, "U1");
+    assert_string_equal(d[0].eid, "89049032000000000000000000000001");
+    assert_int_equal(d[0].flags, 5);
+    assert_int_equal(d[0].pushes, 3);
+    assert_int_equal(d[0].not_now, 7);
+    assert_int_equal(d[0].deadline_ms, 9000);
+    assert_string_equal(d[0].command_uuid, "cmd-b");
+    assert_null(d[0].reason);
+    assert_int_equal(d[1].state, 5);
+    assert_null(d[1].reason);
+    esim_store_campaign_devices_free(d, n);
+    store_campaign_command *cl = NULL;
+    assert_int_equal(esim_store_campaign_commands(st, "camp-1", &cl, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(cl[0].uuid, "cmd-b");
+    assert_string_equal(cl[1].uuid, "cmd-a");
+    assert_int_equal(cl[1].step, 2);
+    assert_string_equal(cl[2].uuid, "cmd-c");
+    free(cl);
+    assert_int_equal(esim_store_campaign_devices(st, "camp-0", &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
+    esim_store_close(st);
+}
+
+static void test_imports_groups_tags_facts(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    esim_error e;
+    store_manifest_row m[] = {{"SER1", "89049032000000000000000000000001"},
+                              {"SER2", "89049032000000000000000000000002"}};
+    assert_int_equal(esim_store_manifest_import(st, m, 2, 10, NULL), ESIM_OK);
+    m[0].eid = "89049032000000000000000000000003"; /* replaces SER1's */
+    assert_int_equal(esim_store_manifest_import(st, m, 1, 11, NULL), ESIM_OK);
+    store_manifest_row badm[] = {{"SER9", "89049032000000000000000000000009"}, {"", "x"}};
+    assert_int_equal(esim_store_manifest_import(st, badm, 2, 12, &e), ESIM_EINVAL);
+    char eid[ESIM_EID_LEN + 1];
+    assert_int_equal(esim_store_manifest_eid(st, "SER1", eid, NULL), ESIM_OK);
+    assert_string_equal(eid, "89049032000000000000000000000003");
+    assert_int_equal(esim_store_manifest_eid(st, "SER9", eid, &e), ESIM_ENOTFOUND);
+    store_code_row codes[] = {
+        {"89049032000000000000000000000001", "LPA:1$smdp.example$MID-1", "smdp.example", "MID-1",
+         "8944000000000000001"},
+        {"89049032000000000000000000000002", "LPA:1$smdp.example$", "smdp.example", "", ""}};
+    assert_int_equal(esim_store_codes_import(st, codes, 2, 10, NULL), ESIM_OK);
+    char iccid[21], mid[256];
+    assert_int_equal(esim_store_code_for_eid(st, codes[0].eid, iccid, mid, NULL), ESIM_OK);
+    assert_string_equal(iccid, "8944000000000000001");
+    assert_string_equal(mid, "MID-1");
+    assert_int_equal(esim_store_code_for_eid(st, codes[1].eid, iccid, mid, NULL), ESIM_OK);
+    assert_string_equal(iccid, "");
+    assert_int_equal(
+        esim_store_code_for_eid(st, "89049032000000000000000000000009", iccid, mid, &e),
+        ESIM_ENOTFOUND);
+
+    const char *members[] = {"00008030-000000000000000B", "00008030-000000000000000A"};
+    assert_int_equal(esim_store_group_put(st, "pilot", members, 2, NULL, 0, true, 1, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_group_put(st, "pilot", NULL, 0, NULL, 0, true, 1, &e), ESIM_EEXIST);
+    assert_int_equal(esim_store_group_put(st, "nope", members, 1, NULL, 0, false, 1, &e),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_group_put(st, "bad name", NULL, 0, NULL, 0, true, 1, &e),
+                     ESIM_EINVAL);
+    const char *badudid[] = {"not a udid!"};
+    assert_int_equal(esim_store_group_put(st, "pilot", badudid, 1, NULL, 0, false, 1, &e),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_store_group_put(st, "pilot", NULL, 0, members, 1, false, 1, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_group_put(st, "empty", NULL, 0, NULL, 0, true, 1, NULL), ESIM_OK);
+    store_group *groups = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_groups(st, &groups, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(groups[0].name, "empty");
+    assert_int_equal(groups[0].members, 0);
+    assert_string_equal(groups[1].name, "pilot");
+    assert_int_equal(groups[1].members, 1);
+    free(groups);
+    char(*names)[65] = NULL;
+    assert_int_equal(esim_store_group_members(st, "pilot", &names, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], "00008030-000000000000000A");
+    free(names);
+    assert_int_equal(esim_store_group_delete(st, "pilot", NULL), ESIM_OK);
+    assert_int_equal(esim_store_group_delete(st, "pilot", &e), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_group_members(st, "pilot", &names, &n, &e), ESIM_ENOTFOUND);
+
+    const char *tags[] = {"red", "blue"};
+    assert_int_equal(esim_store_tags_set(st, members[0], tags, 2, NULL, 0, NULL), ESIM_OK);
+    assert_int_equal(esim_store_tags_set(st, members[1], tags, 1, NULL, 0, NULL), ESIM_OK);
+    const char *badtag[] = {"no/slash"};
+    assert_int_equal(esim_store_tags_set(st, members[0], badtag, 1, NULL, 0, &e), ESIM_EINVAL);
+    assert_int_equal(esim_store_tags_set(st, members[0], NULL, 0, tags, 1, NULL), ESIM_OK);
+    assert_int_equal(esim_store_device_tags(st, members[0], &names, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], "blue");
+    free(names);
+    assert_int_equal(esim_store_tag_devices(st, "red", &names, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], members[1]);
+    free(names);
+
+    store_device_facts f = {.udid = "U1", .supervised = 1, .os_version = "18.1", .updated_ms = 5};
+    assert_int_equal(esim_store_facts_put(st, &f, 1, NULL), ESIM_OK);
+    /* Unknown fields keep the old values; the ICCID goes with the EID. */
+    store_device_facts g = {.udid = "U1",
+                            .supervised = -1,
+                            .eid = "89049032000000000000000000000001",
+                            .iccid = "8944000000000000001",
+                            .verified_ms = 40,
+                            .updated_ms = 6};
+    assert_int_equal(esim_store_facts_put(st, &g, 1, NULL), ESIM_OK);
+    store_device_facts got;
+    assert_int_equal(esim_store_facts_get(st, "U1", &got, NULL), ESIM_OK);
+    assert_int_equal(got.supervised, 1);
+    assert_string_equal(got.os_version, "18.1");
+    assert_string_equal(got.eid, "89049032000000000000000000000001");
+    assert_string_equal(got.iccid, "8944000000000000001");
+    assert_int_equal(got.verified_ms, 40);
+    assert_int_equal(got.updated_ms, 6);
+    assert_int_equal(esim_store_facts_get(st, "U2", &got, &e), ESIM_ENOTFOUND);
+    assert_int_equal(got.supervised, -1);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -566,6 +813,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_group_sync),
         cmocka_unit_test(test_features),
+        cmocka_unit_test(test_units),
+        cmocka_unit_test(test_campaign_records),
+        cmocka_unit_test(test_imports_groups_tags_facts),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
