@@ -254,8 +254,8 @@ static void group_write(campaigns *cs, esim_api_request *r, const char *name, js
         return;
     }
     esim_error e = {{0}};
-    esim_err rc = cstore_group_put(campaigns_store(cs), name, add, n_add, rem, n_rem, create,
-                                   esim_now_ms(), &e);
+    esim_err rc = esim_store_group_put(esim_service_store(campaigns_service(cs)), name, add, n_add,
+                                       rem, n_rem, create, esim_now_ms(), &e);
     free(add);
     free(rem);
     if (rc != ESIM_OK) {
@@ -264,7 +264,8 @@ static void group_write(campaigns *cs, esim_api_request *r, const char *name, js
     }
     char(*members)[65] = NULL;
     size_t n = 0;
-    if (cstore_group_members(campaigns_store(cs), name, &members, &n, &e) != ESIM_OK) {
+    if (esim_store_group_members(esim_service_store(campaigns_service(cs)), name, &members, &n,
+                                 &e) != ESIM_OK) {
         fail(r, ESIM_ESTORE, NULL, &e);
         return;
     }
@@ -300,13 +301,19 @@ static void api_group_members(esim_api_request *r, void *arg)
 static void api_group_list(esim_api_request *r, void *arg)
 {
     campaigns *cs = arg;
-    json_t *arr = NULL;
+    store_group *groups = NULL;
+    size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = cstore_groups_json(campaigns_store(cs), &arr, &e);
+    esim_err rc = esim_store_groups(esim_service_store(campaigns_service(cs)), &groups, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
     }
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s, s:I}", "name", groups[i].name, "members",
+                                             (json_int_t)groups[i].members));
+    free(groups);
     esim_api_reply_json(r, 200, json_pack("{s:o}", "groups", arr));
 }
 
@@ -316,7 +323,8 @@ static void api_group_get(esim_api_request *r, void *arg)
     char(*members)[65] = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = cstore_group_members(campaigns_store(cs), esim_api_param(r, 0), &members, &n, &e);
+    esim_err rc = esim_store_group_members(esim_service_store(campaigns_service(cs)),
+                                           esim_api_param(r, 0), &members, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "name", &e);
         return;
@@ -333,7 +341,8 @@ static void api_group_delete(esim_api_request *r, void *arg)
 {
     campaigns *cs = arg;
     esim_error e = {{0}};
-    esim_err rc = cstore_group_delete(campaigns_store(cs), esim_api_param(r, 0), &e);
+    esim_err rc = esim_store_group_delete(esim_service_store(campaigns_service(cs)),
+                                          esim_api_param(r, 0), &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "name", &e);
         return;
@@ -345,13 +354,19 @@ static void api_group_delete(esim_api_request *r, void *arg)
 static void api_device_tags_get(esim_api_request *r, void *arg)
 {
     campaigns *cs = arg;
-    json_t *arr = NULL;
+    char(*tags)[65] = NULL;
+    size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = cstore_tags_json(campaigns_store(cs), esim_api_param(r, 0), &arr, &e);
+    esim_err rc = esim_store_device_tags(esim_service_store(campaigns_service(cs)),
+                                         esim_api_param(r, 0), &tags, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
     }
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_string(tags[i]));
+    free(tags);
     esim_api_reply_json(r, 200, json_pack("{s:s, s:o}", "udid", esim_api_param(r, 0), "tags", arr));
 }
 
@@ -373,7 +388,8 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
     size_t n_add = 0, n_rem = 0;
     if (string_array(r, json_object_get(body, "add"), "add", &add, &n_add) &&
         string_array(r, json_object_get(body, "remove"), "remove", &rem, &n_rem)) {
-        rc = cstore_tags_set(campaigns_store(cs), esim_api_param(r, 0), add, n_add, rem, n_rem, &e);
+        rc = esim_store_tags_set(esim_service_store(campaigns_service(cs)), esim_api_param(r, 0),
+                                 add, n_add, rem, n_rem, &e);
         if (rc != ESIM_OK)
             fail(r, rc, "add", &e);
         else

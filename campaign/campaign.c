@@ -2,9 +2,9 @@
  * campaign.c — campaigns inside the service: turns the engine's requests
  * into queued commands (one command per step per batch, many devices) and
  * pushes, feeds it every result through the service's result hook, drives
- * its clock from a short timer, and writes what changed to campaigns.db in
- * one transaction per batch. Also: creating a campaign from the API's JSON
- * (target, distribution, steps, warnings) and the offline imports.
+ * its clock from a short timer, and writes what changed to the service's
+ * store in the same transaction as the commands it queues. Also: creating a campaign from the API's
+ * JSON (target, distribution, steps, warnings) and the offline imports.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,7 +45,7 @@ typedef struct camp_slot {
     void *pctx[CAMPAIGN_PLATFORM_COUNT]; /* what each platform prepared for this campaign */
     cmd_rec *cmds;
     size_t n_cmds, cap_cmds;
-    size_t n_cmds_saved; /* cmds[0..n_cmds_saved) are in campaigns.db */
+    size_t n_cmds_saved; /* cmds[0..n_cmds_saved) are in the store */
     /* devices whose step command is to be queued, by platform and step */
     idx_vec pending[CAMPAIGN_PLATFORM_COUNT][CAMPAIGN_STEP_COUNT];
     idx_vec pushes; /* devices to push after the queueing */
@@ -60,17 +60,13 @@ typedef struct {
 
 struct campaigns {
     esim_service *svc;
-    cstore *db;
     camp_slot **slots;
     size_t n_slots, cap_slots;
     map_entry *map; /* command UUID -> (slot, command) */
     size_t map_cap, map_len;
     struct event *tick_ev, *flush_ev;
     bool flush_armed;
-    struct {
-        char udid[65];
-        cstore_facts f;
-    } * facts;
+    store_device_facts *facts; /* learned since the last write */
     size_t n_facts, cap_facts;
 };
 
@@ -368,60 +364,129 @@ static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
     s->pushes.n = 0;
 }
 
-static void persist(campaigns *cs, int64_t now)
+/* The store's record of device |i| of |s|. */
+static void device_record(const camp_slot *s, size_t i, store_campaign_device *out)
 {
-    esim_error e = {{0}};
-    if (cstore_begin(cs->db, &e) != ESIM_OK)
-        goto fail;
-    for (size_t k = 0; k < cs->n_slots; k++) {
+    const campaign_dev *d = campaign_device_at(s->c, i);
+    memset(out, 0, sizeof *out);
+    out->index = i;
+    snprintf(out->udid, sizeof out->udid, "%s", d->udid);
+    snprintf(out->eid, sizeof out->eid, "%s", d->eid);
+    snprintf(out->iccid, sizeof out->iccid, "%s", d->iccid);
+    out->state = d->state;
+    out->step = d->step;
+    out->retries = d->retries;
+    out->verify_tries = d->verify_tries;
+    out->flags = d->esim_installed | d->refresh_acked << 1 | d->need_queue << 2;
+    out->pushes = d->pushes;
+    out->not_now = d->not_now;
+    out->changed_ms = d->changed_ms;
+    out->next_ms = d->next_ms;
+    out->deadline_ms = d->deadline_ms;
+    out->last_push_ms = d->last_push_ms;
+    out->push_state = d->push_state;
+    if (d->cmd < s->n_cmds)
+        snprintf(out->command_uuid, sizeof out->command_uuid, "%s", s->cmds[d->cmd].uuid);
+    out->reason = d->reason;
+}
+
+/* Device records go to the store this many at a time. */
+#define RECORDS_PER_SAVE 512
+
+/* Writes every changed record (campaign rows, new commands, changed
+ * devices, learned facts) into the store's open unit. */
+static esim_err write_records(campaigns *cs, int64_t now, esim_error *err)
+{
+    store *st = esim_service_store(cs->svc);
+    store_campaign_device *recs = NULL;
+    esim_err rc = ESIM_OK;
+    for (size_t k = 0; rc == ESIM_OK && k < cs->n_slots; k++) {
         camp_slot *s = cs->slots[k];
         campaign *c = s->c;
         if (campaign_get_state(c) != s->last_state) {
             s->row_dirty = true;
             s->last_state = campaign_get_state(c);
         }
-        if (s->row_dirty && cstore_put_campaign(cs->db, c, s->spec_json, now, &e) != ESIM_OK)
-            goto fail;
-        s->row_dirty = false;
-        for (size_t j = s->n_cmds_saved; j < s->n_cmds; j++)
-            if (cstore_put_command(cs->db, s->cmds[j].uuid, campaign_id(c), s->cmds[j].step, &e) !=
-                ESIM_OK)
-                goto fail;
+        store_campaign row = {.id = campaign_id(c),
+                              .name = campaign_name(c),
+                              .definition = s->spec_json,
+                              .state = (int)campaign_get_state(c),
+                              .created_ms = campaign_created_ms(c)};
+        store_campaign_command *cmds = NULL;
+        size_t n_cmds = s->n_cmds - s->n_cmds_saved;
+        if (n_cmds && !(cmds = malloc(n_cmds * sizeof *cmds))) {
+            free(recs);
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        for (size_t j = 0; j < n_cmds; j++) {
+            snprintf(cmds[j].uuid, sizeof cmds[j].uuid, "%s", s->cmds[s->n_cmds_saved + j].uuid);
+            cmds[j].step = s->cmds[s->n_cmds_saved + j].step;
+        }
+        if (s->row_dirty || n_cmds)
+            rc = esim_store_campaign_save(st, campaign_id(c), s->row_dirty ? &row : NULL, cmds,
+                                          n_cmds, NULL, 0, now, err);
+        free(cmds);
         size_t n = 0;
         const size_t *dirty = campaign_take_dirty(c, &n);
-        for (size_t j = 0; j < n; j++) {
-            const campaign_dev *d = campaign_device_at(c, dirty[j]);
-            const char *uuid = d->cmd < s->n_cmds ? s->cmds[d->cmd].uuid : "";
-            if (cstore_put_device(cs->db, c, dirty[j], uuid, &e) != ESIM_OK)
-                goto fail;
+        if (rc == ESIM_OK && n && !recs && !(recs = malloc(RECORDS_PER_SAVE * sizeof *recs)))
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        for (size_t j = 0; rc == ESIM_OK && j < n; j += RECORDS_PER_SAVE) {
+            size_t m = n - j < RECORDS_PER_SAVE ? n - j : RECORDS_PER_SAVE;
+            for (size_t x = 0; x < m; x++)
+                device_record(s, dirty[j + x], &recs[x]);
+            rc = esim_store_campaign_save(st, campaign_id(c), NULL, NULL, 0, recs, m, now, err);
         }
     }
-    for (size_t k = 0; k < cs->n_facts; k++)
-        if (cstore_put_facts(cs->db, cs->facts[k].udid, &cs->facts[k].f, &e) != ESIM_OK)
-            goto fail;
-    if (cstore_commit(cs->db, &e) == ESIM_OK) {
-        cs->n_facts = 0;
-        for (size_t k = 0; k < cs->n_slots; k++)
-            cs->slots[k]->n_cmds_saved = cs->slots[k]->n_cmds;
-        return;
+    free(recs);
+    if (rc == ESIM_OK)
+        rc = esim_store_facts_put(st, cs->facts, cs->n_facts, err);
+    return rc;
+}
+
+/* The records are in the store: nothing of this is dirty any more. */
+static void records_written(campaigns *cs)
+{
+    cs->n_facts = 0;
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        cs->slots[k]->n_cmds_saved = cs->slots[k]->n_cmds;
+        cs->slots[k]->row_dirty = false;
     }
-fail:
-    cstore_rollback(cs->db);
-    /* Nothing of this batch is on disk: write it all again next time. */
+}
+
+/* Nothing of this unit is in the store: write it all again next time. */
+static void records_lost(campaigns *cs, const char *why, int64_t now)
+{
     for (size_t k = 0; k < cs->n_slots; k++) {
         cs->slots[k]->row_dirty = true;
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     esim_service_count_store_error(cs->svc);
-    esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, e.msg,
+    esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, why,
                             NULL, 0, now, NULL);
 }
 
-/* Queues what the engine asked for and sends the pushes, writing the
- * records twice: once before anything is queued (so a record names every
- * command that may exist: after a crash the restore queues a recorded
- * command the service never got), and once after (failures, push fates).
- * Commands go before pushes: a push only says "check in". */
+/* Writes what changed, as one unit of the store. */
+static void persist(campaigns *cs, int64_t now)
+{
+    store *st = esim_service_store(cs->svc);
+    esim_error e = {{0}};
+    esim_err rc = esim_store_unit_begin(st, &e);
+    if (rc == ESIM_OK) {
+        rc = write_records(cs, now, &e);
+        esim_err end = esim_store_unit_end(st, rc == ESIM_OK, &e);
+        if (rc == ESIM_OK)
+            rc = end;
+    }
+    if (rc == ESIM_OK)
+        records_written(cs);
+    else
+        records_lost(cs, e.msg, now);
+}
+
+/* Queues what the engine asked for and writes the records that name those
+ * commands in the same unit of the store: a record never names a command
+ * the store lacks, and a queued command always has its record. Then the
+ * pushes (a push only says "check in"), and the records of their fates. */
 static void flush(campaigns *cs)
 {
     int64_t now = esim_now_ms();
@@ -462,12 +527,31 @@ static void flush(campaigns *cs)
             }
         }
     }
-    if (nb)
-        persist(cs, now);
-    for (size_t i = 0; i < nb; i++) {
-        enqueue_batch(cs, &batches[i], now);
-        batch_free(&batches[i]);
+    if (nb) {
+        store *st = esim_service_store(cs->svc);
+        esim_error e = {{0}};
+        esim_err rc = esim_store_unit_begin(st, &e);
+        for (size_t i = 0; rc == ESIM_OK && i < nb; i++)
+            enqueue_batch(cs, &batches[i], now);
+        if (rc == ESIM_OK) {
+            rc = write_records(cs, now, &e);
+            esim_err end = esim_store_unit_end(st, rc == ESIM_OK, &e);
+            if (rc == ESIM_OK)
+                rc = end;
+        }
+        if (rc == ESIM_OK) {
+            records_written(cs);
+        } else {
+            /* Neither the commands nor their records are in the store. */
+            for (size_t i = 0; i < nb; i++)
+                for (size_t k = 0; k < batches[i].n; k++)
+                    campaign_fail_device(batches[i].s->c, batches[i].devs[k],
+                                         e.msg[0] ? e.msg : "the store failed", now);
+            records_lost(cs, e.msg, now);
+        }
     }
+    for (size_t i = 0; i < nb; i++)
+        batch_free(&batches[i]);
     free(batches);
     for (size_t k = 0; k < cs->n_slots; k++)
         if (cs->slots[k]->pushes.n)
@@ -504,7 +588,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- results ---------------------------------------------------------------------------- */
 
-static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *f)
+static void remember_facts(campaigns *cs, const char *udid, const store_device_facts *f)
 {
     if (cs->n_facts == cs->cap_facts) {
         size_t cap = cs->cap_facts ? cs->cap_facts * 2 : 256;
@@ -514,8 +598,9 @@ static void remember_facts(campaigns *cs, const char *udid, const cstore_facts *
         cs->facts = nf;
         cs->cap_facts = cap;
     }
+    cs->facts[cs->n_facts] = *f;
     snprintf(cs->facts[cs->n_facts].udid, sizeof cs->facts[cs->n_facts].udid, "%s", udid);
-    cs->facts[cs->n_facts++].f = *f;
+    cs->n_facts++;
 }
 
 /* Feeds the answer |r| of device |i| of |s| to the engine, read by the
@@ -531,7 +616,7 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
         arm_flush(cs);
         return;
     }
-    cstore_facts facts = {.supervised = rd.supervised, .updated_ms = now};
+    store_device_facts facts = {.supervised = rd.supervised, .updated_ms = now};
     snprintf(facts.os_version, sizeof facts.os_version, "%s", rd.os_version);
     if (step == CAMPAIGN_STEP_VERIFY &&
         campaign_subscriptions_match(rd.subs, rd.n_subs, d->eid, d->iccid)) {
@@ -548,7 +633,7 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
     campaign_on_result(s->c, i, step, &rd.result, now, &io);
     campaign_reading_free(&rd);
     /* An erased phone re-enrols with a new identity: the service admits it
-     * because the EraseDevice was delivered (store: rebind_after_erase). */
+     * because the EraseDevice was delivered (store.c: rebind_after_erase). */
     arm_flush(cs);
 }
 
@@ -566,7 +651,7 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
         if (!pl || pl->read(CAMPAIGN_STEP_COUNT, r, &rd) != ESIM_OK)
             return;
         if (rd.supervised >= 0 || rd.os_version[0]) {
-            cstore_facts facts = {.supervised = rd.supervised, .updated_ms = now};
+            store_device_facts facts = {.supervised = rd.supervised, .updated_ms = now};
             snprintf(facts.os_version, sizeof facts.os_version, "%s", rd.os_version);
             remember_facts(cs, r->udid, &facts);
             arm_flush(cs);
@@ -814,22 +899,11 @@ static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot 
 
 /* ---- restore at start-up ------------------------------------------------------------------ */
 
-typedef struct {
-    campaigns *cs;
-    camp_slot *slot;
-    esim_error *err;
-} restore_ctx;
-
-static esim_err restore_command(void *arg, const char *uuid, int step)
-{
-    restore_ctx *x = arg;
-    uint32_t ref;
-    return add_cmd(x->cs, x->slot, uuid, step, &ref);
-}
-
 /* After a crash between the service recording an answer and this module
- * writing what it did with it, the device's record still waits for that
- * answer: replay it from the device's queue, where the service kept it. */
+ * writing what it did with it (answers reach campaigns after the service's
+ * commit, and campaigns write their records a moment later), the device's
+ * record still waits for that answer: replay it from the device's queue,
+ * where the service kept it. */
 static void replay_recorded_answers(campaigns *cs, camp_slot *s)
 {
     campaign *c = s->c;
@@ -861,119 +935,119 @@ static void replay_recorded_answers(campaigns *cs, camp_slot *s)
     }
 }
 
-/* After a crash between writing a batch's records and queueing its command,
- * the service never got that command: queue it now, under the UUID the
- * records name, for the devices still waiting on it. A command the service
- * has is left alone, so nothing is ever queued twice. */
-static void requeue_lost_commands(campaigns *cs, camp_slot *s)
+/* The engine's record of device |r|, from the store's. */
+static esim_err device_from_record(const store_campaign_device *r, campaign_dev *x)
 {
-    campaign *c = s->c;
-    size_t n = campaign_device_count(c);
-    uint8_t *wanted = calloc(s->n_cmds ? s->n_cmds : 1, 1);
-    if (!wanted)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        const campaign_dev *d = campaign_device_at(c, i);
-        if (d->state == CDEV_ACTIVE && d->cmd < s->n_cmds)
-            wanted[d->cmd] = 1;
-    }
-    store *st = esim_service_store(cs->svc);
-    for (size_t k = 0; k < s->n_cmds; k++) {
-        if (!wanted[k])
-            continue;
-        store_command_info info;
-        store_queue_entry *entries = NULL;
-        size_t ne = 0;
-        esim_err rc =
-            esim_store_command_get(st, s->cmds[k].uuid, NULL, 1, &info, &entries, &ne, NULL);
-        esim_store_queue_entries_free(entries, ne);
-        if (rc != ESIM_ENOTFOUND)
-            continue;
-        step_batch b = {.s = s, .step = (campaign_step)s->cmds[k].step, .ref = (uint32_t)k};
-        b.devs = malloc(n * sizeof *b.devs);
-        for (size_t i = 0; b.devs && i < n; i++) {
-            const campaign_dev *d = campaign_device_at(c, i);
-            if (d->state == CDEV_ACTIVE && d->cmd == k)
-                b.devs[b.n++] = (uint32_t)i;
-        }
-        /* Every device of a command speaks the platform it was built for. */
-        if (b.n) {
-            b.platform = campaign_device_at(c, b.devs[0])->platform;
-            bool per_device = campaign_platform_get(b.platform) &&
-                              campaign_platform_get(b.platform)->per_device_commands;
-            if (build_step_command(s, b.platform, b.step, per_device ? (long)b.devs[0] : -1,
-                                   s->cmds[k].uuid, &b.cmd, NULL) == ESIM_OK)
-                enqueue_batch(cs, &b, esim_now_ms());
-        }
-        batch_free(&b);
-    }
-    free(wanted);
+    memset(x, 0, sizeof *x);
+    snprintf(x->udid, sizeof x->udid, "%s", r->udid);
+    snprintf(x->eid, sizeof x->eid, "%s", r->eid);
+    snprintf(x->iccid, sizeof x->iccid, "%s", r->iccid);
+    x->state = (uint8_t)r->state;
+    x->step = (uint8_t)r->step;
+    x->retries = (uint8_t)r->retries;
+    x->verify_tries = (uint8_t)r->verify_tries;
+    x->esim_installed = r->flags & 1;
+    x->refresh_acked = (r->flags >> 1) & 1;
+    x->need_queue = (r->flags >> 2) & 1;
+    x->pushes = (uint16_t)r->pushes;
+    x->not_now = (uint32_t)r->not_now;
+    x->changed_ms = r->changed_ms;
+    x->next_ms = r->next_ms;
+    x->deadline_ms = r->deadline_ms;
+    x->last_push_ms = r->last_push_ms;
+    x->push_state = (uint8_t)r->push_state;
+    if (r->reason && !(x->reason = strdup(r->reason)))
+        return ESIM_ENOMEM;
+    return ESIM_OK;
 }
 
-static esim_err restore_campaign(void *arg, const char *id, const char *spec_json, int state,
-                                 int64_t created_ms)
+static esim_err restore_campaign(campaigns *cs, const store_campaign *row, esim_error *err)
 {
-    restore_ctx *x = arg;
+    store *st = esim_service_store(cs->svc);
     json_error_t jerr;
-    json_t *j = json_loads(spec_json, 0, &jerr);
+    json_t *j = json_loads(row->definition, 0, &jerr);
     campaign_spec spec;
     spec_strings strs;
     const char *field = NULL;
-    if (!j || spec_from_json(j, &spec, &strs, &field, x->err) != ESIM_OK) {
+    if (!j || spec_from_json(j, &spec, &strs, &field, err) != ESIM_OK) {
         json_decref(j);
-        return esim_fail(x->err, ESIM_ESTORE, "stored campaign %s is unreadable", id);
+        return esim_fail(err, ESIM_ESTORE, "stored campaign %s is unreadable", row->id);
     }
     json_decref(j);
-    spec.id = id;
-    campaign_dev *devs = NULL;
-    char(*cmds)[37] = NULL;
+    spec.id = row->id;
+    store_campaign_device *recs = NULL;
     size_t n = 0;
-    esim_err rc = cstore_load_devices(x->cs->db, id, &devs, &cmds, &n, x->err);
+    esim_err rc = esim_store_campaign_devices(st, row->id, &recs, &n, err);
     if (rc != ESIM_OK)
         return rc;
+    campaign_dev *devs = n ? calloc(n, sizeof *devs) : NULL;
+    if (n && !devs)
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        if (device_from_record(&recs[i], &devs[i]) != ESIM_OK)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     campaign *c = NULL;
-    if (n > 0)
-        rc = campaign_restore(&spec, (campaign_state)state, created_ms, devs, n, esim_now_ms(), &c,
-                              x->err);
-    for (size_t i = 0; i < n; i++)
+    if (rc == ESIM_OK && n > 0)
+        rc = campaign_restore(&spec, (campaign_state)row->state, row->created_ms, devs, n,
+                              esim_now_ms(), &c, err);
+    for (size_t i = 0; devs && i < n; i++)
         free(devs[i].reason);
     free(devs);
     camp_slot *s = NULL;
-    if (rc == ESIM_OK && c && (rc = slot_add(x->cs, c, x->err, &s)) != ESIM_OK)
+    if (rc == ESIM_OK && c && (rc = slot_add(cs, c, err, &s)) != ESIM_OK)
         campaign_free(c);
     if (rc == ESIM_OK && s) {
-        x->slot = s;
-        rc = cstore_each_command(x->cs->db, id, restore_command, x, x->err);
+        store_campaign_command *cmds = NULL;
+        size_t nc = 0;
+        rc = esim_store_campaign_commands(st, row->id, &cmds, &nc, err);
+        for (size_t k = 0; rc == ESIM_OK && k < nc; k++) {
+            uint32_t ref;
+            if (add_cmd(cs, s, cmds[k].uuid, cmds[k].step, &ref) != ESIM_OK)
+                rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        free(cmds);
         s->n_cmds_saved = s->n_cmds;
-        /* Point each device at its command by UUID. */
+        /* Point each device at its command by UUID. The records and the
+         * commands were written in one transaction with the queue entries,
+         * so every command named here is in the store. */
         for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-            const map_entry *m = cmds[i][0] ? map_find(x->cs, cmds[i]) : NULL;
+            const map_entry *m =
+                recs[i].command_uuid[0] ? map_find(cs, recs[i].command_uuid) : NULL;
             if (m)
                 campaign_set_cmd(c, i, m->cmd);
         }
         size_t dn;
         campaign_take_dirty(c, &dn);
-        if (rc == ESIM_OK) {
-            requeue_lost_commands(x->cs, s);
-            replay_recorded_answers(x->cs, s);
-        }
+        if (rc == ESIM_OK)
+            replay_recorded_answers(cs, s);
     }
-    free(cmds);
+    esim_store_campaign_devices_free(recs, n);
+    return rc;
+}
+
+static esim_err restore_all(campaigns *cs, esim_error *err)
+{
+    store_campaign *rows = NULL;
+    size_t n = 0;
+    esim_err rc = esim_store_campaigns(esim_service_store(cs->svc), &rows, &n, err);
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        rc = restore_campaign(cs, &rows[i], err);
+    esim_store_campaigns_free(rows, n);
     return rc;
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal, campaigns **out,
-                       esim_error *err)
+esim_err campaigns_new(esim_service *svc, const char *data_dir, campaigns **out, esim_error *err)
 {
     campaigns *cs = calloc(1, sizeof *cs);
     if (!cs)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     cs->svc = svc;
+    /* Where an earlier version kept campaigns beside the store. */
     char path[4096];
     snprintf(path, sizeof path, "%s/campaigns.db", data_dir && *data_dir ? data_dir : ".");
-    esim_err rc = cstore_open(path, sync_normal, &cs->db, err);
+    esim_err rc = campaigns_import_legacy(esim_service_store(svc), path, err);
     if (rc == ESIM_OK) {
         cs->flush_ev = evtimer_new(esim_service_base(svc), on_flush, cs);
         cs->tick_ev = event_new(esim_service_base(svc), -1, EV_PERSIST, on_tick, cs);
@@ -981,10 +1055,8 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, bool sync_normal
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     /* The timers exist first: restoring may already queue work. */
-    if (rc == ESIM_OK) {
-        restore_ctx x = {cs, NULL, err};
-        rc = cstore_each_campaign(cs->db, restore_campaign, &x, err);
-    }
+    if (rc == ESIM_OK)
+        rc = restore_all(cs, err);
     if (rc == ESIM_OK)
         rc = esim_service_add_result_hook(svc, on_result, cs);
     if (rc == ESIM_OK) {
@@ -1005,7 +1077,7 @@ void campaigns_free(campaigns *cs)
         return;
     /* Queue what the engine already decided, then write every record: a
      * restart resumes exactly here. */
-    if (cs->db && cs->n_slots)
+    if (cs->flush_ev && cs->n_slots)
         flush(cs);
     if (cs->flush_ev)
         event_free(cs->flush_ev);
@@ -1016,7 +1088,6 @@ void campaigns_free(campaigns *cs)
     free(cs->slots);
     free(cs->map);
     free(cs->facts);
-    cstore_close(cs->db);
     free(cs);
 }
 
@@ -1034,13 +1105,12 @@ static void on_close(esim_service *svc, void *arg)
     campaigns_free(arg);
 }
 
-esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, store_sync sync,
-                               esim_error *err)
+esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, esim_error *err)
 {
     if (!svc)
         return esim_fail(err, ESIM_EINVAL, "esim_campaigns_attach needs a service");
     campaigns *cs = NULL;
-    esim_err rc = campaigns_new(svc, data_dir, sync != STORE_SYNC_FULL, &cs, err);
+    esim_err rc = campaigns_new(svc, data_dir, &cs, err);
     if (rc != ESIM_OK)
         return rc;
     if ((rc = campaigns_add_routes(cs, err)) == ESIM_OK &&
@@ -1054,10 +1124,6 @@ esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, store_sy
     return rc;
 }
 
-cstore *campaigns_store(campaigns *cs)
-{
-    return cs->db;
-}
 esim_service *campaigns_service(campaigns *cs)
 {
     return cs->svc;
@@ -1306,8 +1372,8 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
             return bad_field(field, group ? "target.group" : "target.tag", err, "must be a name");
         char(*members)[65] = NULL;
         size_t n = 0;
-        esim_err rc = group ? cstore_group_members(cs->db, json_string_value(g), &members, &n, err)
-                            : cstore_tag_devices(cs->db, json_string_value(g), &members, &n, err);
+        esim_err rc = group ? esim_store_group_members(st, json_string_value(g), &members, &n, err)
+                            : esim_store_tag_devices(st, json_string_value(g), &members, &n, err);
         if (rc != ESIM_OK) {
             if (field)
                 *field = group ? "target.group" : "target.tag";
@@ -1461,7 +1527,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         /* The expected EID: the OEM manifest by serial number, else what the
          * device itself reported. */
         if (d.serial_number[0] &&
-            cstore_manifest_eid(cs->db, d.serial_number, eids[i]) == ESIM_OK) {
+            esim_store_manifest_eid(esim_service_store(cs->svc), d.serial_number, eids[i], NULL) ==
+                ESIM_OK) {
         } else if (d.eid[0]) {
             snprintf(eids[i], sizeof eids[i], "%s", d.eid);
         } else if (spec.steps[CAMPAIGN_STEP_VERIFY]) {
@@ -1473,11 +1540,12 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         if (eids[i][0] && esim_eid_validate(eids[i], NULL) != ESIM_OK)
             eids[i][0] = '\0';
         if (eids[i][0])
-            cstore_code_iccid(cs->db, eids[i], iccids[i], mid);
+            esim_store_code_for_eid(esim_service_store(cs->svc), eids[i], iccids[i], mid, NULL);
         targets[i].expected_eid = eids[i];
         targets[i].expected_iccid = iccids[i];
-        cstore_facts f;
-        bool known_facts = cstore_get_facts(cs->db, udid, &f) == ESIM_OK;
+        store_device_facts f;
+        bool known_facts =
+            esim_store_facts_get(esim_service_store(cs->svc), udid, &f, NULL) == ESIM_OK;
         if (known_facts && f.verified_ms && eids[i][0] && strcmp(f.eid, eids[i]) == 0 &&
             (!iccids[i][0] || strcmp(f.iccid, iccids[i]) == 0))
             targets[i].esim_installed = true;
@@ -1615,6 +1683,35 @@ static int cmp_serial(const void *a, const void *b)
     return strcmp(a, b);
 }
 
+/* The parsed rows, into the store in one operation. */
+static esim_err import_manifest(campaigns *cs, const campaign_import *imp, esim_error *err)
+{
+    store_manifest_row *rows = malloc((imp->n_eids ? imp->n_eids : 1) * sizeof *rows);
+    if (!rows)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < imp->n_eids; i++)
+        rows[i] = (store_manifest_row){imp->eids[i].serial, imp->eids[i].eid};
+    esim_err rc = esim_store_manifest_import(esim_service_store(cs->svc), rows, imp->n_eids,
+                                             esim_now_ms(), err);
+    free(rows);
+    return rc;
+}
+
+static esim_err import_codes(campaigns *cs, const campaign_import *imp, esim_error *err)
+{
+    store_code_row *rows = malloc((imp->n_codes ? imp->n_codes : 1) * sizeof *rows);
+    if (!rows)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < imp->n_codes; i++) {
+        const campaign_code_row *c = &imp->codes[i];
+        rows[i] = (store_code_row){c->eid, c->code, c->smdp_address, c->matching_id, c->iccid};
+    }
+    esim_err rc = esim_store_codes_import(esim_service_store(cs->svc), rows, imp->n_codes,
+                                          esim_now_ms(), err);
+    free(rows);
+    return rc;
+}
+
 esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json_t **out,
                                esim_error *err)
 {
@@ -1624,7 +1721,7 @@ esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json
         return rc;
     char(*serials)[64] = NULL;
     size_t n_serials = 0;
-    if ((rc = cstore_import_manifest(cs->db, imp.eids, imp.n_eids, esim_now_ms(), err)) == ESIM_OK)
+    if ((rc = import_manifest(cs, &imp, err)) == ESIM_OK)
         rc = known_serials(cs, &serials, &n_serials, err);
     if (rc != ESIM_OK) {
         campaign_import_free(&imp);
@@ -1661,7 +1758,7 @@ esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, jso
     esim_err rc = campaign_import_parse_codes(text, len, &imp, err);
     if (rc != ESIM_OK)
         return rc;
-    if ((rc = cstore_import_codes(cs->db, imp.codes, imp.n_codes, esim_now_ms(), err)) != ESIM_OK) {
+    if ((rc = import_codes(cs, &imp, err)) != ESIM_OK) {
         campaign_import_free(&imp);
         return rc;
     }

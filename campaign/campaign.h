@@ -357,20 +357,20 @@ bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const
 
 /*
  * Attaches campaigns to |svc|, as the program's composition root does
- * (`esim-mdm serve`, the test harnesses): opens <data_dir>/campaigns.db
- * (data_dir NULL or "": the working directory; |sync| as the service's
- * store: STORE_SYNC_FULL fsyncs every commit), restores the campaigns it
- * holds, and registers through the service's hooks: a result hook, the
+ * (`esim-mdm serve`, the test harnesses): imports <data_dir>/campaigns.db if
+ * an earlier version left one (data_dir NULL or "": the working directory),
+ * restores the campaigns the service's store holds (campaign records live
+ * there, with its durability), and registers through the service's hooks: a result hook, the
  * admin API routes of docs/campaigns.md, the /metrics lines and a close
  * hook. From then on the service owns the campaigns: esim_service_free
  * writes what changed and frees them. Call after esim_service_new and
  * before the loop runs. On failure nothing stays registered and:
- *   ESIM_EINVAL   NULL service;  ESIM_ESTORE  campaigns.db cannot be
- *   opened or read;  ESIM_ENOMEM;  ESIM_ETOOBIG  the service has no room
- *   for another hook.
+ *   ESIM_EINVAL   NULL service;  ESIM_ESTORE  the store failed, or an old
+ *   campaigns.db cannot be read (nothing imported);  ESIM_EIO  imported, but
+ *   it cannot be renamed;  ESIM_ENOMEM;  ESIM_ETOOBIG  the service has no
+ *   room for another hook.
  */
-esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, store_sync sync,
-                               esim_error *err);
+esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, esim_error *err);
 
 #ifdef __cplusplus
 }

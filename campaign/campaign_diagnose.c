@@ -96,7 +96,7 @@ static const char *push_words(uint8_t s)
 }
 
 static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const campaign_dev *cd,
-                               const cstore_facts *f, const store_device *dev)
+                               const store_device_facts *f, const store_device *dev)
 {
     (void)cs;
     const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
@@ -260,8 +260,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
               (unsigned)cd->not_now, cd->not_now == 1 ? "" : "s", campaign_id(c));
 
     /* 4. restrictions, expected eSIM, SM-DP+, verification */
-    cstore_facts f;
-    cstore_get_facts(campaigns_store(cs), udid, &f);
+    store_device_facts f;
+    esim_store_facts_get(st, udid, &f, NULL);
     if (cd)
         check_restrictions(&d, cs, c, cd, &f, &dev);
     const char *eid = cd && cd->eid[0] ? cd->eid : "";

@@ -320,7 +320,7 @@ static int run_service(serve_opts *o, const char *api_token_path)
         return rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
     /* The composition root: campaigns (campaign/) on top of the service. */
-    if ((rc = esim_campaigns_attach(svc, o->cfg.data_dir, o->cfg.store_sync, &e)) != ESIM_OK) {
+    if ((rc = esim_campaigns_attach(svc, o->cfg.data_dir, &e)) != ESIM_OK) {
         fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
         esim_service_free(svc);
         event_base_free(base);

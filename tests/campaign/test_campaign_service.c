@@ -813,11 +813,29 @@ static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
     json_decref(g);
 }
 
-/* The crash window between writing the campaign's records and the service
- * committing the command: after the restart the recorded command is queued
- * under its UUID, exactly once. The window is recreated by removing the
- * command from the stopped service's store. */
-static void test_restart_requeues_a_command_the_service_lost(void **state)
+/* Runs |sql| on the stopped service's store and returns the first column of
+ * its first row as a number. */
+static long store_sql(const fixture *f, const char *sql)
+{
+    char db[400];
+    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &q, NULL), SQLITE_OK);
+    long v = sqlite3_step(q) == SQLITE_ROW ? (long)sqlite3_column_int64(q, 0) : -1;
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+    return v;
+}
+
+/* No command lost, none delivered twice, across a restart. The campaign's
+ * records and the commands they name are written in one transaction of the
+ * one store, so whenever the process stops, a record never names a command
+ * the store lacks and a queued command always has its record (the window an
+ * earlier design closed by re-queueing at start-up cannot open); after the
+ * restart each device downloads exactly once. */
+static void test_restart_loses_and_repeats_no_command(void **state)
 {
     fixture *f = *state;
     sdev *d = f->devs;
@@ -835,13 +853,26 @@ static void test_restart_requeues_a_command_the_service_lost(void **state)
         sleep_ms(20);
     sleep_ms(100); /* the batch is queued and written */
     harness_stop(&f->ts);
-    char db[400];
-    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
-    sqlite3 *h = NULL;
-    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(h, "DELETE FROM queue; DELETE FROM commands;", NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(h);
+    /* One store: no campaigns.db beside it. */
+    char old[400];
+    snprintf(old, sizeof old, "%s/campaigns.db", f->ts.data_dir);
+    assert_int_not_equal(access(old, F_OK), 0);
+    /* Every recorded command is queued for the devices whose records name
+     * it, and every campaign command in the queue has its record. */
+    assert_true(store_sql(f, "SELECT count(*) FROM campaign_devices") == 2);
+    assert_int_equal(store_sql(f, "SELECT count(*) FROM campaign_devices d"
+                                  " WHERE d.command_uuid <> '' AND NOT EXISTS (SELECT 1 FROM queue"
+                                  " q WHERE q.udid = d.udid AND q.command_uuid = d.command_uuid)"),
+                     0);
+    assert_int_equal(store_sql(f, "SELECT count(*) FROM campaign_devices"
+                                  " WHERE command_uuid = ''"),
+                     0);
+    assert_int_equal(store_sql(f, "SELECT count(*) FROM campaign_commands c"
+                                  " WHERE NOT EXISTS (SELECT 1 FROM commands WHERE uuid = c.uuid)"),
+                     0);
+    assert_int_equal(store_sql(f, "SELECT count(*) FROM queue q WHERE NOT EXISTS (SELECT 1 FROM"
+                                  " campaign_commands c WHERE c.uuid = q.command_uuid)"),
+                     0);
     harness_start(&f->ts, &f->cfg);
     g_url = f->ts.url;
     for (int i = 0; i < NDEV; i++) {
@@ -856,9 +887,134 @@ static void test_restart_requeues_a_command_the_service_lost(void **state)
     assert_int_equal(d[1].refreshes, 1);
 }
 
-/* The other crash window: the service recorded the device's answer, but the
- * campaign's record still waits for it. After the restart the answer is
- * replayed from the device's queue: no second download, the campaign ends. */
+/* The campaign database of an earlier version, as it wrote it. */
+static const char old_campaign_schema[] =
+    "CREATE TABLE old.campaigns(id TEXT PRIMARY KEY, name TEXT, spec TEXT NOT NULL,"
+    " state INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);"
+    "CREATE TABLE old.campaign_devices(campaign TEXT NOT NULL, idx INTEGER NOT NULL,"
+    " udid TEXT NOT NULL, eid TEXT, iccid TEXT, state INTEGER, step INTEGER, retries INTEGER,"
+    " verify_tries INTEGER, flags INTEGER, pushes INTEGER, not_now INTEGER, changed_ms INTEGER,"
+    " next_ms INTEGER, deadline_ms INTEGER, last_push_ms INTEGER, push_state INTEGER, cmd TEXT,"
+    " reason TEXT, PRIMARY KEY(campaign, idx));"
+    "CREATE TABLE old.campaign_commands(uuid TEXT PRIMARY KEY, campaign TEXT NOT NULL,"
+    " step INTEGER NOT NULL);"
+    "CREATE TABLE old.manifest(serial TEXT PRIMARY KEY, eid TEXT NOT NULL, imported_ms INTEGER);"
+    "CREATE TABLE old.activation_codes(eid TEXT PRIMARY KEY, code TEXT NOT NULL, smdp TEXT,"
+    " matching_id TEXT, iccid TEXT, imported_ms INTEGER);"
+    "CREATE TABLE old.groups(name TEXT PRIMARY KEY, created_ms INTEGER);"
+    "CREATE TABLE old.group_members(grp TEXT NOT NULL, udid TEXT NOT NULL,"
+    " PRIMARY KEY(grp, udid));"
+    "CREATE TABLE old.device_tags(udid TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY(udid, tag));"
+    "CREATE TABLE old.device_facts(udid TEXT PRIMARY KEY, supervised INTEGER, os_version TEXT,"
+    " eid TEXT, iccid TEXT, verified_ms INTEGER, updated_ms INTEGER);";
+
+/* Moves the campaign records of the stopped service's store into a
+ * campaigns.db laid out as an earlier version kept it beside the store. */
+static void move_records_to_old_database(const fixture *f)
+{
+    char db[400], sql[600];
+    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    snprintf(sql, sizeof sql, "ATTACH '%s/campaigns.db' AS old", f->ts.data_dir);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    static const char move[] =
+        "BEGIN;"
+        "INSERT INTO old.campaigns SELECT id, name, definition, state, created_ms, updated_ms"
+        " FROM campaigns;"
+        "INSERT INTO old.campaign_devices SELECT campaign, idx, udid, eid, iccid, state, step,"
+        " retries, verify_tries, flags, pushes, not_now, changed_ms, next_ms, deadline_ms,"
+        " last_push_ms, push_state, command_uuid, reason FROM campaign_devices;"
+        "INSERT INTO old.campaign_commands SELECT uuid, campaign, step FROM campaign_commands"
+        " ORDER BY id;"
+        "INSERT INTO old.manifest SELECT serial, eid, imported_ms FROM eid_manifest;"
+        "INSERT INTO old.activation_codes SELECT eid, code, smdp, matching_id, iccid,"
+        " imported_ms FROM activation_codes;"
+        "INSERT INTO old.groups SELECT name, created_ms FROM device_groups;"
+        "INSERT INTO old.group_members SELECT grp, udid FROM device_group_members;"
+        "INSERT INTO old.device_tags SELECT udid, tag FROM device_tags;"
+        "INSERT INTO old.device_facts SELECT udid, CASE WHEN supervised < 0 THEN NULL ELSE"
+        " supervised END, os_version, eid, iccid, verified_ms, updated_ms FROM device_facts;"
+        "DELETE FROM campaigns; DELETE FROM campaign_devices; DELETE FROM campaign_commands;"
+        "DELETE FROM eid_manifest; DELETE FROM activation_codes; DELETE FROM device_groups;"
+        "DELETE FROM device_group_members; DELETE FROM device_tags; DELETE FROM device_facts;"
+        "COMMIT;";
+    assert_int_equal(sqlite3_exec(h, old_campaign_schema, NULL, NULL, NULL), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(h, move, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("moving the records: %s", msg);
+    sqlite3_close(h);
+}
+
+/* An earlier version's campaigns.db is moved into the store at the first
+ * start: campaigns with their device records, groups, tags, manifests,
+ * activation codes and device facts; then the file is set aside, and a
+ * second start imports nothing twice. */
+static void test_campaigns_db_is_imported_at_first_start(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2000];
+    bodyf(body, sizeof body, "{\"name\":\"pilot\",\"udids\":[\"%s\",\"%s\"]}", d[0].dev.udid,
+          d[1].dev.udid);
+    assert_int_equal(api("POST", "/v1/groups", body, NULL), 201);
+    char tags[200];
+    snprintf(tags, sizeof tags, "/v1/devices/%s/tags", d[2].dev.udid);
+    assert_int_equal(api("POST", tags, "{\"add\":[\"retail\"]}", NULL), 200);
+    bodyf(body, sizeof body,
+          "{\"name\":\"old\",\"target\":{\"group\":\"pilot\"},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",%s}",
+          fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_t *r = drive(d, 2, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    json_decref(r);
+    sleep_ms(100); /* the records are written */
+    harness_stop(&f->ts);
+    move_records_to_old_database(f);
+
+    for (int round = 0; round < 2; round++) {
+        harness_start(&f->ts, &f->cfg);
+        g_url = f->ts.url;
+        r = campaign_get(id);
+        assert_string_equal(jstr(r, "name"), "old");
+        assert_string_equal(jstr(r, "state"), "finished");
+        assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 2);
+        assert_int_equal(jint(r, "refresh_acknowledged"), 2);
+        json_decref(r);
+        assert_int_equal(api("GET", "/v1/campaigns", NULL, &r), 200);
+        assert_int_equal(json_array_size(json_object_get(r, "campaigns")), 1);
+        json_decref(r);
+        assert_int_equal(api("GET", "/v1/groups/pilot", NULL, &r), 200);
+        assert_int_equal(json_array_size(json_object_get(r, "udids")), 2);
+        json_decref(r);
+        assert_int_equal(api("GET", tags, NULL, &r), 200);
+        assert_string_equal(json_string_value(json_array_get(json_object_get(r, "tags"), 0)),
+                            "retail");
+        json_decref(r);
+        /* The facts and the manifest came along: the verified eSIM is known. */
+        json_t *g = diagnose(d[0].dev.udid);
+        assert_string_equal(jstr(g, "kind"), "verified");
+        json_decref(g);
+        harness_stop(&f->ts);
+        char path[400];
+        snprintf(path, sizeof path, "%s/campaigns.db", f->ts.data_dir);
+        assert_int_not_equal(access(path, F_OK), 0);
+        snprintf(path, sizeof path, "%s/campaigns.db.imported", f->ts.data_dir);
+        assert_int_equal(access(path, F_OK), 0);
+    }
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+}
+
+/* The crash window that remains: the service recorded the device's answer,
+ * but the campaign's record (written a moment after, by its own flush) still
+ * waits for it. After the restart the answer is replayed from the device's
+ * queue: no second download, the campaign ends. */
 static void test_restart_replays_a_recorded_answer(void **state)
 {
     fixture *f = *state;
@@ -882,12 +1038,12 @@ static void test_restart_replays_a_recorded_answer(void **state)
     harness_stop(&f->ts);
     /* Rewind the campaign's record to "waiting for the refresh's answer". */
     char db[400], sql[2400];
-    snprintf(db, sizeof db, "%s/campaigns.db", f->ts.data_dir);
+    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
     sqlite3 *h = NULL;
     assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
     snprintf(sql, sizeof sql,
-             "UPDATE campaign_devices SET state=2, step=1, flags=flags&~2, cmd=(SELECT uuid FROM "
-             "campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s'",
+             "UPDATE campaign_devices SET state=2, step=1, flags=flags&~2, command_uuid=(SELECT "
+             "uuid FROM campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s'",
              d[0].dev.udid);
     assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_changes(h), 1);
@@ -1029,7 +1185,7 @@ static void attach_over_directory(esim_service *svc, void *arg)
     snprintf(path, sizeof path, "%s/campaigns.db", (const char *)arg);
     assert_int_equal(mkdir(path, 0700), 0);
     esim_error e = {{0}};
-    attach_rc = esim_campaigns_attach(svc, arg, STORE_SYNC_GROUP, &e);
+    attach_rc = esim_campaigns_attach(svc, arg, &e);
     snprintf(attach_msg, sizeof attach_msg, "%s", e.msg);
 }
 
@@ -1065,7 +1221,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_campaign, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_campaign_lifecycle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_restart_requeues_a_command_the_service_lost, setup,
+        cmocka_unit_test_setup_teardown(test_restart_loses_and_repeats_no_command, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_campaigns_db_is_imported_at_first_start, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,

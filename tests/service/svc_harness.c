@@ -74,7 +74,7 @@ void harness_start(test_service *ts, const esim_service_config *cfg)
     /* As `esim-mdm serve` does: campaigns on top of the service. */
     if (ts->attach)
         ts->attach(ts->svc, ts->attach_arg);
-    else if (esim_campaigns_attach(ts->svc, cfg->data_dir, cfg->store_sync, &e) != ESIM_OK)
+    else if (esim_campaigns_attach(ts->svc, cfg->data_dir, &e) != ESIM_OK)
         fail_msg("campaigns: %s", e.msg);
     snprintf(ts->url, sizeof ts->url, "%s", esim_service_url(ts->svc));
     assert_int_equal(pthread_create(&ts->thread, NULL, service_thread, ts), 0);
