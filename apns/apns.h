@@ -93,7 +93,12 @@ typedef struct {
      * SETTINGS arrive. Default 1000, range 1..100000. */
     int max_in_flight;
     /* Sends per push before giving up on a retryable failure (429, 5xx,
-     * REFUSED_STREAM, GOAWAY-skipped, connection lost). Default 5, >= 1. */
+     * REFUSED_STREAM, GOAWAY-skipped, connection lost). Default 5, >= 1.
+     * After a GOAWAY only the streams above its last-stream-id are re-sent
+     * (never processed); those at or below it may have been processed, so
+     * the client waits for their answers. A push whose connection dies
+     * before its answer has an unknown fate and is re-sent: at least once,
+     * so such a push may reach the device twice. */
     int max_attempts;
     /* Retry back-off: attempt n waits a random time in
      * [d/2, d] with d = retry_base_ms * 2^(n-1), capped at retry_max_ms.
@@ -347,7 +352,12 @@ typedef struct {
     /* Send GOAWAY (NO_ERROR, debug data {"reason":"Shutdown"}) after every N
      * requests on a connection, naming the highest stream processed so far:
      * streams above it are refused unprocessed, lower ones still open are
-     * answered. 0 = never. */
+     * answered. Then, with every answer written, the mock shuts the socket
+     * for writing and reads (discarding) until the client closes, at most
+     * 30 s: closing outright would let a request the client sent before it
+     * read the GOAWAY come back as a TCP RST, which can make the client lose
+     * the 200s already in its receive buffer and re-send pushes the mock
+     * delivered (docs/apns-mock.md, "How a connection ends"). 0 = never. */
     unsigned goaway_every;
     /* SETTINGS_MAX_CONCURRENT_STREAMS announced (default 1000). */
     unsigned max_streams;
@@ -358,8 +368,9 @@ typedef struct {
     unsigned delay_ms;
     /* Drop a connection without GOAWAY when its Nth request arrives: that
      * request and later ones are never answered (nor delivered), answers
-     * already given are flushed, then the socket is shut down. The client
-     * sees a connection lost with streams in flight. 0 = never. */
+     * already given are flushed, then the socket is shut down for writing
+     * as after a GOAWAY. The client sees a connection lost with streams in
+     * flight. 0 = never. */
     unsigned reset_every;
     /* Accept every request with 200 as cheaply as possible: no validation,
      * no delivery. */

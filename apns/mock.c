@@ -21,6 +21,9 @@
 #include "apns/mock_internal.h"
 
 #define MAX_PAYLOAD 4096
+/* Longest a connection that has said everything waits, its write side shut,
+ * for the client to close its end (see conn_linger()). */
+#define LINGER_MS 30000
 
 typedef enum { PORT_MTLS = 0, PORT_OPEN = 1, PORT_H2C = 2 } port_kind;
 
@@ -79,10 +82,11 @@ struct mock_conn {
     int32_t highest_processed; /* highest stream id processed so far */
     bool streams_dropped;
     bool resetting;
-    bool half_closed;
+    bool half_closed;     /* write side shut: lingering until the client closes */
     mock_stream *streams; /* nghttp2_session_del() does not report them */
     mock_stream *delayed_head, *delayed_tail;
     struct event *delay_timer;
+    struct event *linger_timer;
 };
 
 /* ---------------------------------------------------------- config */
@@ -158,22 +162,47 @@ static void conn_free(mock_conn *mc)
         bufferevent_free(mc->bev);
     if (mc->delay_timer)
         event_free(mc->delay_timer);
+    if (mc->linger_timer)
+        event_free(mc->linger_timer);
     free(mc);
 }
 
-/* The "reset" fault: the connection ends without GOAWAY. Answers already
- * given are flushed first and the socket is then shut down for writing, so
- * the client sees every 200 it was given (no push is delivered without its
- * 200 reaching the client) and loses only the unanswered streams. A TCP RST
- * would also discard 200s still in the client's receive buffer, and the
- * client would then rightly re-send pushes that were already delivered. */
-static void conn_reset_now(mock_conn *mc)
+static void linger_expired(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg); /* the client never closed its end */
+}
+
+/*
+ * Ends the mock's side of a connection whose every answer is written (out of
+ * our buffers, into the kernel): shut the socket for writing, so a FIN follows
+ * the last byte, then keep reading and discarding until the client closes its
+ * end (mc_event frees it) or LINGER_MS pass.
+ *
+ * Never close() at this point. The client does not know yet that we are
+ * done: until it reads our GOAWAY it keeps sending requests on the
+ * connection. Data arriving at a closed socket makes the kernel answer with a
+ * TCP RST; the client's next write then fails, and a client (ours, OpenSSL
+ * after a failed write, most HTTP/2 stacks) drops the connection without
+ * reading what is still in its receive buffer: the GOAWAY and the 200s we
+ * gave. Those pushes were delivered, yet the client must count them as lost
+ * with the connection and send them again: every push of the last batch
+ * reached the device twice (issue 15). Lingering is what a real server does
+ * (RFC 9112 §9.6 describes the same hazard); Apple's APNs answers every
+ * stream at or below a GOAWAY's last-stream-id and lets the client read it.
+ */
+static void conn_linger(mock_conn *mc)
 {
     evutil_socket_t fd = bufferevent_getfd(mc->bev);
     if (fd >= 0)
         shutdown(fd, SHUT_WR);
     mc->half_closed = true;
-    mc->m->stats.resets++;
+    struct timeval tv = {.tv_sec = LINGER_MS / 1000, .tv_usec = (LINGER_MS % 1000) * 1000};
+    if (mc->linger_timer == NULL)
+        mc->linger_timer = evtimer_new(mc->m->base, linger_expired, mc);
+    if (mc->linger_timer == NULL || evtimer_add(mc->linger_timer, &tv) != 0)
+        conn_free(mc);
 }
 
 static bool conn_flush(mock_conn *mc)
@@ -181,18 +210,26 @@ static bool conn_flush(mock_conn *mc)
     return apns_h2_flush(mc->h2, mc->bev);
 }
 
-/* Frees the connection when HTTP/2 is done with it (GOAWAY exchanged and no
- * stream left) or it is being reset and its answers are out. */
+/* Ends our side of the connection (conn_linger()) once every byte is out and
+ * either HTTP/2 is done with it (GOAWAY sent and no stream left) or it is
+ * being reset.
+ *
+ * The "reset" fault ends a connection without GOAWAY, the same way: answers
+ * already given are flushed first, so the client sees every 200 it was given
+ * (no push is delivered without its 200 reaching the client) and loses only
+ * the unanswered streams. */
 static void conn_maybe_close(mock_conn *mc)
 {
-    size_t out = evbuffer_get_length(bufferevent_get_output(mc->bev));
-    if (mc->resetting) {
-        if (out == 0 && !mc->half_closed)
-            conn_reset_now(mc);
+    if (mc->half_closed)
         return;
+    if (evbuffer_get_length(bufferevent_get_output(mc->bev)) != 0)
+        return;
+    if (mc->resetting) {
+        mc->m->stats.resets++;
+        conn_linger(mc);
+    } else if (!nghttp2_session_want_read(mc->h2) && !nghttp2_session_want_write(mc->h2)) {
+        conn_linger(mc);
     }
-    if (!nghttp2_session_want_read(mc->h2) && !nghttp2_session_want_write(mc->h2) && out == 0)
-        conn_free(mc);
 }
 
 /* ---------------------------------------------------------- answers */
@@ -645,6 +682,12 @@ static void mc_read(struct bufferevent *bev, void *arg)
     mock_conn *mc = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
+    if (mc->half_closed) {
+        /* Lingering: whatever the client still sends was sent before it
+         * read our GOAWAY (or our FIN) and is not processed. */
+        evbuffer_drain(in, len);
+        return;
+    }
     unsigned char *data = evbuffer_pullup(in, -1);
     ssize_t n = nghttp2_session_mem_recv(mc->h2, data, len);
     if (n < 0) {
@@ -652,8 +695,6 @@ static void mc_read(struct bufferevent *bev, void *arg)
         return;
     }
     evbuffer_drain(in, (size_t)n);
-    if (mc->half_closed)
-        return; /* nothing more goes out; wait for the client to close */
     if (!conn_flush(mc)) {
         conn_free(mc);
         return;
