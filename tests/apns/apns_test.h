@@ -180,7 +180,8 @@ static inline long http_call(int port, const char *path, const char *body, esim_
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, http_collect);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 20000L);
+    /* A hang guard, beyond the longest long-poll (60 s) a test asks for. */
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 120000L);
     if (body)
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     CURLcode rc = curl_easy_perform(h);
