@@ -48,20 +48,55 @@ static inline const char *pki_path(test_pki *p, const char *name)
     return NULL;
 }
 
-static inline void pki_make(test_pki *p)
+/* Fills |p| from the PKI in |dir| (its files already there). */
+static inline void pki_read(test_pki *p)
 {
-    memset(p, 0, sizeof *p);
-    snprintf(p->dir, sizeof p->dir, "/tmp/esim-apns-test-XXXXXX");
-    assert_non_null(mkdtemp(p->dir));
     esim_error err = {{0}};
-    esim_err e = esim_pki_create(p->dir, &err);
-    if (e != ESIM_OK)
-        fail_msg("esim_pki_create: %s", err.msg);
     esim_buf t = {0};
     assert_int_equal(esim_read_file(pki_path(p, "push.topic"), 4096, &t, &err), ESIM_OK);
     size_t n = strcspn((const char *)t.data, "\r\n");
     snprintf(p->topic, sizeof p->topic, "%.*s", (int)n, (const char *)t.data);
     esim_buf_free(&t);
+}
+
+static char pki_template_dir[256];
+
+static inline void pki_template_remove(void)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", pki_template_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", pki_template_dir);
+}
+
+/*
+ * A fresh test PKI in its own directory. Generating the keys was most of
+ * these tests' CPU time (every test made its own), enough for a test binary
+ * to overrun its ctest TIMEOUT on a busy machine: the keys are now made once
+ * per process, and every test gets its own copy of the files (modes kept),
+ * so a test that changes or adds files still cannot affect another.
+ */
+static inline void pki_make(test_pki *p)
+{
+    static bool made;
+    if (!made) {
+        if (pki_template_dir[0] == '\0') {
+            snprintf(pki_template_dir, sizeof pki_template_dir, "/tmp/esim-apns-pki-XXXXXX");
+            assert_non_null(mkdtemp(pki_template_dir));
+            atexit(pki_template_remove);
+        }
+        esim_error err = {{0}};
+        if (esim_pki_create(pki_template_dir, &err) != ESIM_OK)
+            fail_msg("esim_pki_create: %s", err.msg);
+        made = true;
+    }
+    memset(p, 0, sizeof *p);
+    snprintf(p->dir, sizeof p->dir, "/tmp/esim-apns-test-XXXXXX");
+    assert_non_null(mkdtemp(p->dir));
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "cp -pR '%s'/. '%s'/", pki_template_dir, p->dir);
+    assert_int_equal(system(cmd), 0);
+    pki_read(p);
 }
 
 static inline void pki_remove(test_pki *p)
