@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -49,6 +50,15 @@ static const char serve_usage[] =
     "  --max-body BYTES          largest device message (default 1048576)\n"
     "  --device-rate N           requests per second per device (default 20, burst 2N)\n"
     "  --not-now-backoff S       seconds before re-pushing a device that said NotNow (default 30)\n"
+    "  --max-connections N       connections open at once; more get 503 (default 1024, fewer\n"
+    "                            when ulimit -n is lower)\n"
+    "  --max-connections-per-peer N   from one IP address (default 512)\n"
+    "  --max-pending-bytes-per-peer BYTES  bytes of requests still arriving (unauthenticated)\n"
+    "                            from one IP address (default max(8 MiB, 8 x (max-body + 64 "
+    "KiB)))\n"
+    "  --max-pending-bytes BYTES the same from all addresses (default 8 x the per-peer limit)\n"
+    "  --header-timeout S        a request header must arrive within S seconds (default 30)\n"
+    "  --body-timeout S          then its body within S seconds (default 60)\n"
     "  --config F                read options from F: one 'option value' per line, # comments\n"
     "                            (command-line options given after --config win)\n";
 
@@ -73,6 +83,12 @@ enum {
     O_MAX_BODY,
     O_DEVICE_RATE,
     O_NOT_NOW_BACKOFF,
+    O_MAX_CONNECTIONS,
+    O_MAX_CONNECTIONS_PER_PEER,
+    O_MAX_PENDING_BYTES_PER_PEER,
+    O_MAX_PENDING_BYTES,
+    O_HEADER_TIMEOUT,
+    O_BODY_TIMEOUT,
     O_CONFIG,
     O_HELP,
 };
@@ -98,6 +114,12 @@ static const struct option serve_options[] = {
     {"max-body", required_argument, NULL, O_MAX_BODY},
     {"device-rate", required_argument, NULL, O_DEVICE_RATE},
     {"not-now-backoff", required_argument, NULL, O_NOT_NOW_BACKOFF},
+    {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
+    {"max-connections-per-peer", required_argument, NULL, O_MAX_CONNECTIONS_PER_PEER},
+    {"max-pending-bytes-per-peer", required_argument, NULL, O_MAX_PENDING_BYTES_PER_PEER},
+    {"max-pending-bytes", required_argument, NULL, O_MAX_PENDING_BYTES},
+    {"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
+    {"body-timeout", required_argument, NULL, O_BODY_TIMEOUT},
     {"config", required_argument, NULL, O_CONFIG},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -248,6 +270,30 @@ static int apply_option(serve_opts *o, int id, const char *v)
         if ((rc = parse_long("--not-now-backoff", v, 1, 86400, &n)) == CLI_EXIT_OK)
             o->cfg.not_now_backoff_ms = n * 1000;
         break;
+    case O_MAX_CONNECTIONS:
+        if ((rc = parse_long("--max-connections", v, 1, 1000000, &n)) == CLI_EXIT_OK)
+            o->cfg.max_connections = (unsigned)n;
+        break;
+    case O_MAX_CONNECTIONS_PER_PEER:
+        if ((rc = parse_long("--max-connections-per-peer", v, 1, 1000000, &n)) == CLI_EXIT_OK)
+            o->cfg.max_connections_per_peer = (unsigned)n;
+        break;
+    case O_MAX_PENDING_BYTES_PER_PEER:
+        if ((rc = parse_long("--max-pending-bytes-per-peer", v, 4096, 1L << 40, &n)) == CLI_EXIT_OK)
+            o->cfg.max_pending_bytes_per_peer = (size_t)n;
+        break;
+    case O_MAX_PENDING_BYTES:
+        if ((rc = parse_long("--max-pending-bytes", v, 4096, 1L << 40, &n)) == CLI_EXIT_OK)
+            o->cfg.max_pending_bytes = (size_t)n;
+        break;
+    case O_HEADER_TIMEOUT:
+        if ((rc = parse_long("--header-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
+            o->cfg.header_timeout_ms = (int)(n * 1000);
+        break;
+    case O_BODY_TIMEOUT:
+        if ((rc = parse_long("--body-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
+            o->cfg.body_timeout_ms = (int)(n * 1000);
+        break;
     case O_CONFIG:
         rc = read_config(o, v);
         break;
@@ -310,6 +356,13 @@ static int run_service(serve_opts *o, const char *api_token_path)
     if (!base) {
         fprintf(stderr, "esim-mdm serve: cannot create the event loop\n");
         return CLI_EXIT_FAIL;
+    }
+    /* Connections need descriptors: take what the hard limit allows (the
+     * connection cap follows the soft limit; see --max-connections). */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max < 65536 ? rl.rlim_max : 65536;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
     esim_service *svc = NULL;
     esim_error e = {{0}};

@@ -70,44 +70,7 @@ void mdm_prune_buckets(esim_service *svc, int64_t now)
     }
 }
 
-/* ---- per-connection NotNow memory ------------------------------------------------ */
-
-static void conn_free(svc_conn *c)
-{
-    for (size_t i = 0; i < c->n_skip; i++)
-        free(c->skip[i]);
-    free(c->skip);
-    free(c);
-}
-
-static void on_conn_close(struct evhttp_connection *evcon, void *arg)
-{
-    svc_conn *c = arg;
-    (void)evcon;
-    for (svc_conn **pp = &c->svc->conns; *pp; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            break;
-        }
-    conn_free(c);
-}
-
-void mdm_forget_connections(esim_service *svc)
-{
-    while (svc->conns) {
-        svc_conn *c = svc->conns;
-        svc->conns = c->next;
-        conn_free(c);
-    }
-}
-
-static svc_conn *conn_find(esim_service *svc, struct evhttp_connection *evcon)
-{
-    for (svc_conn *c = svc->conns; c; c = c->next)
-        if (c->evcon == evcon)
-            return c;
-    return NULL;
-}
+/* ---- per-connection NotNow memory (the connection records live in conn.c) ---- */
 
 /* NotNow: the device did not keep the command. Apple's rule is to leave it
  * queued but not to offer it again during this connection (the device would
@@ -115,20 +78,9 @@ static svc_conn *conn_find(esim_service *svc, struct evhttp_connection *evcon)
 static void conn_remember_not_now(esim_service *svc, struct evhttp_request *req, const char *udid,
                                   const char *uuid)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (!evcon)
+    svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
+    if (!c)
         return;
-    svc_conn *c = conn_find(svc, evcon);
-    if (!c) {
-        c = calloc(1, sizeof *c);
-        if (!c)
-            return;
-        c->evcon = evcon;
-        c->svc = svc;
-        c->next = svc->conns;
-        svc->conns = c;
-        evhttp_connection_set_closecb(evcon, on_conn_close, c);
-    }
     if (strcmp(c->udid, udid) != 0) { /* another device on this connection: start over */
         for (size_t i = 0; i < c->n_skip; i++)
             free(c->skip[i]);
@@ -284,7 +236,7 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     learned_eid(msg, eid);
     char *chain = error_chain_json(msg);
 
-    svc_conn *c = conn_find(svc, evhttp_request_get_connection(req));
+    svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
     bool same_device = c && strcmp(c->udid, msg->udid) == 0;
     /* The command now answered NotNow must not come straight back either. */
     const char *skip_buf[64];

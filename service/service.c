@@ -35,6 +35,8 @@ void esim_service_config_init(esim_service_config *cfg)
     cfg->webhook_timeout_ms = 5000;
     cfg->webhook_queue_max = 10000;
     cfg->tick_ms = 1000;
+    cfg->header_timeout_ms = 30000;
+    cfg->body_timeout_ms = 60000;
 }
 
 esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err)
@@ -392,6 +394,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     esim_service *svc = arg;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!conn_request_started(svc, req))
+        return;
     svc_batch_open(svc);
     if (path && is_device_path(svc, path))
         mdm_handle(svc, req);
@@ -399,15 +403,13 @@ static void on_request(struct evhttp_request *req, void *arg)
         api_dispatch(svc, req);
 }
 
-/* Every connection speaks TLS when the service has a certificate. */
-static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+/* Every connection's bufferevent is made here, so each one is admitted (or
+ * refused) and given its deadlines (conn.c); TLS when the service has a
+ * certificate. */
+static struct bufferevent *new_bev(struct event_base *base, void *arg)
 {
-    esim_service *svc = arg;
-    SSL *ssl = SSL_new(svc->tls);
-    if (!ssl)
-        return NULL;
-    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
+    (void)base;
+    return conn_new_bufferevent(arg);
 }
 
 /* Client certificates are asked for and taken as they come: whether one
@@ -504,11 +506,13 @@ static esim_err http_setup(esim_service *svc, esim_error *err)
     evhttp_set_timeout(svc->http, 60);
     evhttp_set_allowed_methods(svc->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
-    if (svc->tls)
-        evhttp_set_bevcb(svc->http, tls_bev, svc);
+    evhttp_set_bevcb(svc->http, new_bev, svc);
+    if ((rc = conn_setup(svc, err)) != ESIM_OK)
+        return rc;
     svc->bound = evhttp_bind_socket_with_handle(svc->http, host, (ev_uint16_t)port);
     if (!svc->bound)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s: %s", svc->listen, strerror(errno));
+    conn_listener_ready(svc);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     if (getsockname(evhttp_bound_socket_get_fd(svc->bound), (struct sockaddr *)&ss, &sl) != 0)
@@ -540,6 +544,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     for (size_t i = 0; i < n; i++)
         push_device(svc, due[i], NULL, NULL);
     mdm_prune_buckets(svc, now);
+    conn_tick(svc);
     for (size_t i = 0; i < svc->n_ticks; i++)
         svc->ticks[i].fn(svc, now, svc->ticks[i].arg);
 }
@@ -685,9 +690,10 @@ void esim_service_free(esim_service *svc)
     if (!svc)
         return;
     group_commit_stop(svc);
+    svc->bound = NULL; /* evhttp_free frees the listener before the connections */
     if (svc->http)
-        evhttp_free(svc->http); /* closes connections: their NotNow memory goes too */
-    mdm_forget_connections(svc);
+        evhttp_free(svc->http); /* closes connections: their records go too */
+    conn_forget_all(svc);       /* those evhttp dropped before they were admitted */
     /* Modules close before push: they may still queue and push. */
     while (svc->n_closes > 0) {
         svc->n_closes--;
@@ -930,6 +936,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         esim_buf_printf(out, "esim_mdm_pushes_total{outcome=\"%s\"} %llu\n",
                         esim_push_state_name((esim_push_state)p), (unsigned long long)m->pushes[p]);
     push_metrics(svc, out);
+    conn_metrics(svc, out);
     for (size_t i = 0; i < svc->n_metrics; i++)
         svc->metrics[i].fn(svc, out, svc->metrics[i].arg);
     esim_buf_printf(out,

@@ -79,6 +79,24 @@ typedef struct {
     double device_rate;    /* sustained requests per second per device; default 20 */
     unsigned device_burst; /* bucket size; default 40 */
 
+    /* Connection limits, the same for devices and the admin API. 0 = the
+     * default. A refused connection gets a 503 (plain HTTP; over TLS it is
+     * closed), counted in /metrics. */
+    unsigned max_connections;          /* open at once; default 1024, less when the
+                                          descriptor limit (ulimit -n) keeps 64 fewer */
+    unsigned max_connections_per_peer; /* from one IP address; default 512 */
+    /* Bytes of requests still arriving (nothing is authenticated before its
+     * request is complete): per IP address, default max(8 MiB, 8 requests of
+     * max_body), and in all, default 8 times that. */
+    size_t max_pending_bytes_per_peer;
+    size_t max_pending_bytes;
+    /* Deadlines: the request header within header_timeout_ms of the
+     * connection being ready for it (accepted, or the previous answer sent;
+     * default 30000), then the body within body_timeout_ms (default 60000),
+     * however slowly the bytes trickle in. Late: 408 and closed. */
+    int header_timeout_ms;
+    int body_timeout_ms;
+
     /* NotNow: a device that said NotNow is owed a push this long after
      * (durably: the debt survives a restart). Default 30000. */
     int64_t not_now_backoff_ms;

@@ -40,15 +40,47 @@ typedef struct {
     uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
+    uint64_t conn_refused[4];                            /* by M_REFUSED_* */
+    uint64_t conn_timeouts[2];                           /* header, body */
+    size_t pending_bytes_peak; /* most request bytes held before their request was complete */
 } svc_metrics;
+
+enum { M_REFUSED_CAP, M_REFUSED_PEER, M_REFUSED_PEER_BYTES, M_REFUSED_BYTES };
 
 /* ---- per-connection and per-device memory -------------------------------------- */
 
-/* Commands a device answered NotNow on one connection: not offered again on it. */
+/* A peer address: its admitted connections and the bytes of its requests
+ * still arriving (conn.c). */
+typedef struct svc_peer {
+    struct svc_peer *next;
+    unsigned char addr[16]; /* IPv6, or IPv4-mapped */
+    unsigned conns;
+    size_t pending;
+} svc_peer;
+
+#define SVC_PEER_BUCKETS 1024
+#define SVC_CONN_BUCKETS 4096
+#define SVC_DEFAULT_MAX_CONNECTIONS 1024u
+/* Descriptors kept for everything but device and API connections: the
+ * store, APNs, webhooks, pipes, refusals. */
+#define SVC_FD_RESERVE 64u
+
+/* One accepted connection (conn.c), found by its bufferevent. Also the
+ * commands a device answered NotNow on it: not offered again on it. */
 typedef struct svc_conn {
     struct svc_conn *next;
-    struct evhttp_connection *evcon;
     esim_service *svc;
+    struct bufferevent *bev;
+    struct evhttp_connection *evcon; /* once admitted */
+    struct event *timer;             /* admission, then the current deadline */
+    struct evbuffer_cb_entry *input_cb;
+    svc_peer *peer;
+    bool bev_ref;  /* we hold a reference on |bev| (until admitted) */
+    bool admitted; /* counted in the service's and the peer's connections */
+    int phase;
+    size_t pending;  /* bytes of the request being received */
+    size_t line_len; /* header scanner: length of the current line */
+    unsigned lines;  /* header lines seen */
     char udid[65];
     char **skip;
     size_t n_skip, cap_skip;
@@ -126,7 +158,10 @@ struct esim_service {
 
     svc_metrics m;
     int64_t started_ms;
-    svc_conn *conns;
+    svc_conn *conn_table[SVC_CONN_BUCKETS];
+    svc_peer *peers[SVC_PEER_BUCKETS];
+    size_t n_conns;       /* admitted connections */
+    size_t pending_bytes; /* bytes of requests still arriving, all connections */
     svc_bucket *buckets[SVC_BUCKETS];
     size_t n_buckets;
 
@@ -224,7 +259,6 @@ esim_err api_compose_command(json_t *command, esim_cmd *out, char field[96], esi
 /* ---- the device endpoint (mdm.c) -------------------------------------------------- */
 
 void mdm_handle(esim_service *svc, struct evhttp_request *req);
-void mdm_forget_connections(esim_service *svc);
 void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
 
 /* Device identity (auth.c): verifies the request's certificate per the
@@ -236,6 +270,23 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              esim_error *err);
 esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
+
+/* ---- connections (conn.c) ------------------------------------------------------------- */
+
+/* Settles the limits' defaults (the descriptor limit decides the cap). */
+esim_err conn_setup(esim_service *svc, esim_error *err);
+/* evhttp's bevcb: the bufferevent of a new connection, admitted just after. */
+struct bufferevent *conn_new_bufferevent(esim_service *svc);
+/* After binding: accept errors pause accepting instead of spinning. */
+void conn_listener_ready(esim_service *svc);
+/* A complete request goes to its handler. False: its connection is being
+ * refused; leave the request alone (it goes with the connection). */
+bool conn_request_started(esim_service *svc, struct evhttp_request *req);
+/* The connection a request came on, or NULL. */
+svc_conn *conn_of(esim_service *svc, struct evhttp_connection *evcon);
+void conn_forget_all(esim_service *svc);
+void conn_tick(esim_service *svc);
+void conn_metrics(esim_service *svc, esim_buf *out);
 
 /* ---- push (push.c) ------------------------------------------------------------------ */
 
