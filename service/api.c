@@ -45,6 +45,8 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* Messages quote what the client sent (paths, keys): keep them JSON. */
+    svc_utf8_sanitize(msg);
     json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
     if (e && field)
         json_object_set_new(e, "field", json_string(field));
@@ -599,6 +601,65 @@ static bool route_match(const char *pattern, const char *path, api_request *r, c
     return *p == '\0' && *s == '\0';
 }
 
+/* The name a route parameter goes by in errors: from the segment before it. */
+static const char *param_field(const char *pattern, size_t index)
+{
+    static const struct {
+        const char *segment, *field;
+    } names[] = {
+        {"devices", "udid"},       {"commands", "command_uuid"},
+        {"queue", "command_uuid"}, {"enqueue", "udids"},
+        {"push", "udids"},         {"campaigns", "campaign_id"},
+        {"groups", "group"},
+    };
+    const char *seg = NULL;
+    size_t seg_len = 0, seen = 0;
+    for (const char *p = pattern; *p; p++) {
+        if (*p != '/')
+            continue;
+        const char *next = p + 1;
+        if (*next == ':') {
+            if (seen++ == index)
+                break;
+            continue;
+        }
+        seg = next;
+        const char *end = strchr(next, '/');
+        seg_len = end ? (size_t)(end - next) : strlen(next);
+    }
+    for (size_t i = 0; seg && i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i].segment) == seg_len && strncmp(names[i].segment, seg, seg_len) == 0)
+            return names[i].field;
+    return "path";
+}
+
+/* Route parameters and the query must be UTF-8 (every answer is JSON):
+ * false after answering 400 naming the field. */
+static bool text_valid(api_request *r, const api_route *route)
+{
+    for (size_t i = 0; i < r->n_params; i++)
+        if (!svc_utf8_valid(r->params[i])) {
+            const char *field = param_field(route->pattern, i);
+            api_error(r, 400, field, "%s: not valid UTF-8 text", field);
+            return false;
+        }
+    if (!r->query)
+        return true;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, r->query, next)
+    {
+        if (!svc_utf8_valid(kv->key)) {
+            api_error(r, 400, "query", "query: a parameter name is not valid UTF-8 text");
+            return false;
+        }
+        if (!svc_utf8_valid(kv->value)) {
+            api_error(r, 400, kv->key, "%s: not valid UTF-8 text", kv->key);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Authorization: Bearer <token>; Basic with the token as password is also
  * taken, as NanoMDM's API clients send it. */
 static bool authorized(esim_service *svc, struct evhttp_request *req)
@@ -674,7 +735,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             hit = NULL;
             module_hit = NULL;
         }
-        if (hit)
+        if (hit && text_valid(&r, hit))
             hit->fn(&r);
         else if (module_hit)
             module_hit->fn(&r, module_hit->arg);

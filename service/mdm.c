@@ -288,6 +288,24 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     svc_after_commit(svc, msg, raw, len, out.outcome == STORE_RESULT_APPLIED);
 }
 
+/* Text a device sends is stored, shown by the API and the diagnosis page
+ * and posted to webhooks, all as JSON: a byte that is not UTF-8 becomes '?'
+ * (the raw message, kept as sent, still has it). */
+static void sanitize_text(esim_msg *m)
+{
+    char *fields[] = {m->topic,         m->os_version, m->build_version, m->product_name,
+                      m->serial_number, m->imei,       m->meid,          m->device_name,
+                      m->model,         m->push_magic, m->command_uuid,  m->request_type,
+                      m->message_type};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        svc_utf8_sanitize(fields[i]);
+    for (size_t i = 0; i < m->error_chain_len; i++) {
+        svc_utf8_sanitize(m->error_chain[i].domain);
+        svc_utf8_sanitize(m->error_chain[i].localized_description);
+        svc_utf8_sanitize(m->error_chain[i].us_english_description);
+    }
+}
+
 /* ---- the endpoint ------------------------------------------------------------------------ */
 
 void mdm_handle(esim_service *svc, struct evhttp_request *req)
@@ -329,6 +347,7 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
         esim_msg_free(&msg);
         return;
     }
+    sanitize_text(&msg);
     if (!rate_allow(svc, msg.udid, esim_now_ms())) {
         svc->m.rate_limited++;
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");

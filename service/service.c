@@ -847,6 +847,14 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
     esim_err rc = esim_cmd_parse(command_plist, len, &limits, &cmd, err);
     if (rc != ESIM_OK)
         return rc == ESIM_ETOOBIG ? rc : ESIM_EINVAL;
+    /* Both go into JSON answers, webhooks and the ledger: refused here,
+     * before anything is stored or pushed. */
+    if (!svc_utf8_valid(cmd.command_uuid) || !svc_utf8_valid(cmd.request_type)) {
+        esim_fail(err, ESIM_EINVAL, "the command's %s is not valid UTF-8 text",
+                  svc_utf8_valid(cmd.command_uuid) ? "RequestType" : "CommandUUID");
+        esim_cmd_parsed_free(&cmd);
+        return ESIM_EINVAL;
+    }
     store_command_in in = {
         .uuid = cmd.command_uuid,
         .request_type = cmd.request_type,

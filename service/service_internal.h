@@ -309,6 +309,13 @@ void webhooks_free(esim_service *svc);
 void webhooks_post_message(esim_service *svc, const esim_msg *msg, const void *raw, size_t len);
 size_t webhooks_pending(const esim_service *svc);
 
+/* ---- text (utf8.c) ------------------------------------------------------------------ */
+
+/* True when |s| is valid UTF-8 (as jansson takes it). */
+bool svc_utf8_valid(const char *s);
+/* Replaces, in place, every byte not part of a valid UTF-8 sequence by '?'. */
+void svc_utf8_sanitize(char *s);
+
 /* ---- service.c -------------------------------------------------------------------------- */
 
 /* Runs the registered result hooks. */

@@ -165,6 +165,89 @@ static void test_api_validation_names_field_and_enqueues_nothing(void **state)
     harness_stop(&ts);
 }
 
+/* Text that is not UTF-8: route parameters and query values get a 400
+ * naming the field (never "500 out of memory"), and a raw enqueue whose
+ * CommandUUID or RequestType is not UTF-8 stores and pushes nothing. */
+static void test_text_that_is_not_utf8(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "utf8", &cfg, ts.data_dir);
+    harness_start(&ts, &cfg);
+    char udid[65];
+    next_udid(udid);
+    test_device dev;
+    device_new(&dev, &env, udid, ts.url);
+    device_enroll(&dev);
+
+    static const struct {
+        const char *method, *path, *field;
+    } cases[] = {
+        {"GET", "/v1/devices/%FF", "udid"},
+        {"GET", "/v1/devices/%C3%28/queue", "udid"},
+        {"GET", "/v1/devices/%ED%A0%80/events", "udid"},
+        {"GET", "/v1/commands/%C0%AF", "command_uuid"},
+        {"DELETE", "/v1/devices/00008120-0000000000000001/queue/%FE", "command_uuid"},
+        {"POST", "/v1/push/%F5%80%80%80", "udids"},
+        {"PUT", "/v1/enqueue/%FF", "udids"},
+        {"GET", "/v1/campaigns/%FF", "campaign_id"},
+        {"GET", "/v1/groups/%FF", "group"},
+        {"GET", "/v1/devices?after=%FF", "after"},
+        {"GET", "/v1/commands/x?after=%E2%82", "after"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *r = NULL;
+        long code = api_call(ts.url, TEST_TOKEN, cases[i].method, cases[i].path,
+                             strcmp(cases[i].method, "GET") ? "" : NULL, NULL, &r);
+        if (code != 400)
+            fail_msg("%s %s: %ld", cases[i].method, cases[i].path, code);
+        json_t *e = json_object_get(r, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "field")), cases[i].field);
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "UTF-8"));
+        json_decref(r);
+    }
+    /* Valid UTF-8 that is no UDID is still a plain 404. */
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/devices/%C3%A9", NULL, NULL, NULL),
+                     404);
+    /* An unknown path quoting bytes that are not UTF-8: a JSON 404. */
+    json_t *r = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/nothing\xff", NULL, NULL, &r), 404);
+    assert_non_null(json_object_get(r, "error"));
+    json_decref(r);
+
+    /* Raw enqueue: a CommandUUID that is not UTF-8 is refused before
+     * anything is stored or pushed. */
+    long long enqueued = api_metric(ts.url, "esim_mdm_commands_enqueued_total");
+    long long pushes = api_metric(ts.url, "esim_mdm_pushes_total{outcome=\"pending\"}");
+    static const char bad_uuid[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><plist version=\"1.0\"><dict>"
+        "<key>CommandUUID</key><string>bad-\xff-uuid</string>"
+        "<key>Command</key><dict><key>RequestType</key><string>ProfileList</string></dict>"
+        "</dict></plist>";
+    static const char bad_type[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><plist version=\"1.0\"><dict>"
+        "<key>CommandUUID</key><string>6f2c4e1a-0000-4000-8000-000000000001</string>"
+        "<key>Command</key><dict><key>RequestType</key><string>Profile\xc3List</string></dict>"
+        "</dict></plist>";
+    char path[160];
+    snprintf(path, sizeof path, "/v1/enqueue/%s", udid);
+    const char *bodies[] = {bad_uuid, bad_type};
+    for (size_t i = 0; i < 2; i++) {
+        r = NULL;
+        assert_int_equal(
+            api_call(ts.url, TEST_TOKEN, "PUT", path, bodies[i], "application/xml", &r), 400);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(r, "error"), "field")), "body");
+        json_decref(r);
+    }
+    assert_int_equal(queue_len(ts.url, udid), 0);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_commands_enqueued_total"), enqueued);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_pushes_total{outcome=\"pending\"}"), pushes);
+    device_free(&dev);
+    harness_stop(&ts);
+}
+
 static void test_restrictions_become_install_profile(void **state)
 {
     (void)state;
@@ -899,6 +982,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_requires_token),
         cmocka_unit_test(test_api_validation_names_field_and_enqueues_nothing),
+        cmocka_unit_test(test_text_that_is_not_utf8),
         cmocka_unit_test(test_restrictions_become_install_profile),
         cmocka_unit_test(test_cancel_and_expiry),
         cmocka_unit_test(test_restart_with_non_empty_queue),

@@ -216,6 +216,54 @@ static void test_error_and_format_error_recorded_with_chain(void **state)
     stop(f);
 }
 
+/* Text a device sends that is not UTF-8 (an ErrorChain description, a
+ * command's answer) is kept with '?' in place of the bad bytes: every JSON
+ * answer about the device stays whole, the diagnosis page too. */
+static void test_device_text_that_is_not_utf8(void **state)
+{
+    (void)state;
+    fixture *f = start("utf8dev", NULL);
+    device_enroll(&f->dev);
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "https://a.example.com", a);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, a);
+    esim_cmd_parsed_free(&next);
+    esim_error_chain_entry chain = {.code = 1,
+                                    .domain = "Bad\xff"
+                                              "Domain",
+                                    .localized_description = "broken \xc3\x28 text \xed\xa0\x80",
+                                    .us_english_description = "\xf8\x88\x80\x80\x80"};
+    /* XML carries the bytes as they are (the binary writer would convert
+     * them to UTF-16 and lose them on the device's side). */
+    assert_int_equal(device_result_ex(&f->dev, ESIM_STATUS_ERROR, a, &chain, 1, NULL, &next), 200);
+    esim_cmd_parsed_free(&next);
+
+    char path[200];
+    snprintf(path, sizeof path, "/v1/commands/%s", a);
+    json_t *r = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_t *e = json_object_get(json_object_get(r, "devices"), f->dev.udid);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), "error");
+    json_t *c0 = json_array_get(json_object_get(e, "error_chain"), 0);
+    assert_non_null(c0);
+    assert_string_equal(json_string_value(json_object_get(c0, "error_domain")), "Bad?Domain");
+    assert_string_equal(json_string_value(json_object_get(c0, "localized_description")),
+                        "broken ?( text ???");
+    json_decref(r);
+    snprintf(path, sizeof path, "/v1/devices/%s/queue?all=1", f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_decref(r);
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_decref(r);
+    snprintf(path, sizeof path, "/v1/devices/%s/events", f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &r), 200);
+    json_decref(r);
+    stop(f);
+}
+
 static void test_not_now_skipped_on_connection_then_redelivered(void **state)
 {
     (void)state;
@@ -765,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_enrolment_makes_device_reachable),
         cmocka_unit_test(test_acknowledged_round_trip),
         cmocka_unit_test(test_error_and_format_error_recorded_with_chain),
+        cmocka_unit_test(test_device_text_that_is_not_utf8),
         cmocka_unit_test(test_not_now_skipped_on_connection_then_redelivered),
         cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
         cmocka_unit_test(test_identity_rules),
