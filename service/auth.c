@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
@@ -69,7 +70,32 @@ static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * unt
     return ESIM_OK;
 }
 
-static esim_err from_tls(esim_service *svc, struct evhttp_request *req, char out[65],
+/* An ASN1_TIME as ms since the epoch; 0 when unreadable. */
+static int64_t time_ms(const ASN1_TIME *t)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    time_t secs = timegm(&tm);
+    return secs > 0 ? (int64_t)secs * 1000 : 0;
+}
+
+/* The signingTime the (verified) signer put among its signed attributes:
+ * what a device says it signed at. 0 when absent. */
+static int64_t signing_time(CMS_ContentInfo *cms)
+{
+    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(cms);
+    CMS_SignerInfo *si =
+        sis && sk_CMS_SignerInfo_num(sis) > 0 ? sk_CMS_SignerInfo_value(sis, 0) : NULL;
+    int idx = si ? CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1) : -1;
+    X509_ATTRIBUTE *attr = idx >= 0 ? CMS_signed_get_attr(si, idx) : NULL;
+    ASN1_TYPE *v = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : NULL;
+    if (!v || (v->type != V_ASN1_UTCTIME && v->type != V_ASN1_GENERALIZEDTIME))
+        return 0;
+    return time_ms(v->value.utctime);
+}
+
+static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_identity *out,
                          esim_error *err)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
@@ -81,7 +107,8 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, char out
                          "no TLS client certificate: the device must present its identity");
     esim_err rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), err);
     if (rc == ESIM_OK)
-        rc = esim_cert_sha256_hex(peer, out);
+        rc = esim_cert_sha256_hex(peer, out->cert_sha256);
+    out->not_before_ms = time_ms(X509_get0_notBefore(peer));
     X509_free(peer);
     return rc;
 }
@@ -324,7 +351,7 @@ static auth_entry *cache_find(esim_service *svc, const unsigned char sha[SHA256_
  * certificate, and the signer's slot is looked up again by digest once the
  * signature has verified, never remembered as a pointer across lookups. */
 static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsigned char *body,
-                              size_t len, char out[65], esim_error *err)
+                              size_t len, auth_identity *out, esim_error *err)
 {
     const unsigned char *certs[8];
     size_t cert_lens[8], n = 0;
@@ -382,8 +409,10 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
             esim_buf hex = {0};
             rc = esim_hex_encode(shas[li], sizeof shas[li], &hex);
             if (rc == ESIM_OK)
-                memcpy(out, hex.data, 65);
+                memcpy(out->cert_sha256, hex.data, 65);
             esim_buf_free(&hex);
+            out->not_before_ms = time_ms(X509_get0_notBefore(leaf));
+            out->signed_at_ms = signing_time(cms);
         }
     }
     ERR_clear_error();
@@ -395,7 +424,8 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
 }
 
 static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
-                               const unsigned char *body, size_t len, char out[65], esim_error *err)
+                               const unsigned char *body, size_t len, auth_identity *out,
+                               esim_error *err)
 {
     const char *sig = evhttp_find_header(evhttp_request_get_input_headers(req), "Mdm-Signature");
     if (!sig || !*sig)
@@ -435,8 +465,11 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
             rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
         else
             rc = verify_chain(svc, leaf, certs, err);
-        if (rc == ESIM_OK)
-            rc = esim_cert_sha256_hex(leaf, out);
+        if (rc == ESIM_OK) {
+            rc = esim_cert_sha256_hex(leaf, out->cert_sha256);
+            out->not_before_ms = time_ms(X509_get0_notBefore(leaf));
+            out->signed_at_ms = signing_time(cms);
+        }
         sk_X509_free(signers);
         sk_X509_pop_free(certs, X509_free);
     }
@@ -447,17 +480,17 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
 }
 
 esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
-                             const unsigned char *body, size_t len, char cert_sha256[65],
+                             const unsigned char *body, size_t len, auth_identity *id,
                              esim_error *err)
 {
-    cert_sha256[0] = '\0';
+    memset(id, 0, sizeof *id);
     switch (svc->cfg.device_auth) {
     case ESIM_DEVICE_AUTH_NONE:
         return ESIM_OK;
     case ESIM_DEVICE_AUTH_MTLS:
-        return from_tls(svc, req, cert_sha256, err);
+        return from_tls(svc, req, id, err);
     case ESIM_DEVICE_AUTH_SIGNATURE:
-        return from_signature(svc, req, body, len, cert_sha256, err);
+        return from_signature(svc, req, body, len, id, err);
     }
     return esim_fail(err, ESIM_EAUTH, "unknown device auth mode");
 }

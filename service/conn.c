@@ -354,6 +354,7 @@ struct bufferevent *conn_new_bufferevent(esim_service *svc)
     if (!c)
         return bev; /* out of memory: served without limits rather than not at all */
     c->svc = svc;
+    c->id = ++svc->conn_ids;
     c->bev = bev;
     c->timer = event_new(svc->base, -1, 0, on_timer, c);
     c->input_cb = c->timer ? evbuffer_add_cb(bufferevent_get_input(bev), on_input, c) : NULL;

@@ -130,7 +130,7 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
 /* ---- check-ins ------------------------------------------------------------------------ */
 
 static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
-                           const char *cert, const void *raw, size_t len)
+                           const auth_identity *id, const void *raw, size_t len)
 {
     esim_error e = {{0}};
     esim_err rc;
@@ -153,7 +153,8 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
             .udid = msg->udid,
             .is_enrollment_id = msg->is_enrollment_id,
             .topic = msg->topic,
-            .cert_sha256 = cert,
+            .cert_sha256 = id->cert_sha256,
+            .cert_not_before = id->not_before_ms,
             .serial_number = msg->serial_number,
             .os_version = msg->os_version,
             .build_version = msg->build_version,
@@ -171,13 +172,13 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         if (rc == ESIM_OK)
             rc = esim_push_token_validate((const char *)hex.data, &e);
         if (rc == ESIM_OK)
-            rc = esim_store_device_token_update(svc->st, msg->udid, cert, msg->topic,
+            rc = esim_store_device_token_update(svc->st, msg->udid, id->cert_sha256, msg->topic,
                                                 (const char *)hex.data, msg->push_magic, now, &e);
         esim_buf_free(&hex);
         break;
     }
     case ESIM_MSG_CHECKOUT:
-        rc = esim_store_device_checkout(svc->st, msg->udid, cert, now, &e);
+        rc = esim_store_device_checkout(svc->st, msg->udid, id->cert_sha256, now, &e);
         break;
     default:
         rc = esim_fail(&e, ESIM_EINVAL, "not a check-in message");
@@ -228,7 +229,7 @@ static void learned_eid(const esim_msg *msg, char eid[ESIM_EID_LEN + 1])
 }
 
 static void handle_result(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
-                          const char *cert, const void *raw, size_t len)
+                          const char *cert, bool duplicate, const void *raw, size_t len)
 {
     const char *status = esim_status_name(msg->status);
     bool idle = msg->status == ESIM_STATUS_IDLE;
@@ -261,6 +262,7 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
         .skip_uuids = skip_buf,
         .n_skip = n_skip,
         .not_now_backoff_ms = backoff,
+        .hold_next = duplicate,
     };
     store_exchange_out out = {0};
     esim_error e = {{0}};
@@ -285,6 +287,10 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
         http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
     esim_buf_free(&out.next.body);
+    /* A duplicate got no command: if it was the device itself, a push
+     * brings it back (with a fresh signature) for what it is owed. */
+    if (duplicate && replay_push_allowed(svc, msg->udid, esim_now_ms()))
+        push_device(svc, msg->udid, NULL, NULL);
     svc_after_commit(svc, msg, raw, len, out.outcome == STORE_RESULT_APPLIED);
 }
 
@@ -323,9 +329,9 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
         return;
     }
     /* Identity first: nothing an unauthenticated peer sends is parsed further. */
-    char cert[65];
+    auth_identity id;
     esim_error e = {{0}};
-    esim_err rc = auth_device_request(svc, req, body, len, cert, &e);
+    esim_err rc = auth_device_request(svc, req, body, len, &id, &e);
     if (rc != ESIM_OK) {
         svc->m.auth_refused++;
         reply_text(svc, req, rc == ESIM_EAUTH ? 401 : 403, e.msg);
@@ -355,9 +361,33 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
         esim_msg_free(&msg);
         return;
     }
+    /* Replays (replay.c): a stale signature is refused; a duplicate result
+     * is recorded like any (a second answer is an anomaly, a second Idle
+     * nothing) but hands out no command; a duplicate check-in does nothing. */
+    int64_t now = esim_now_ms();
+    svc_conn *conn = conn_of(svc, evhttp_request_get_connection(req));
+    svc_replay_verdict v =
+        replay_check(svc, msg.udid, id.signed_at_ms, body, len, conn ? conn->id : 0, now, &e);
+    if (v == SVC_REPLAY_STALE) {
+        svc->m.replays_stale++;
+        svc->m.auth_refused++;
+        reply_text(svc, req, 403, e.msg);
+        esim_msg_free(&msg);
+        return;
+    }
+    bool duplicate = v == SVC_REPLAY_DUPLICATE;
+    if (duplicate)
+        svc->m.replays_duplicate++;
+    if (duplicate && msg.kind != ESIM_MSG_RESULT) {
+        /* A check-in taken already: doing it again could only undo what
+         * came after it (an older token over a newer one). */
+        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+        esim_msg_free(&msg);
+        return;
+    }
     if (msg.kind == ESIM_MSG_RESULT)
-        handle_result(svc, req, &msg, cert, body, len);
+        handle_result(svc, req, &msg, id.cert_sha256, duplicate, body, len);
     else
-        handle_checkin(svc, req, &msg, cert, body, len);
+        handle_checkin(svc, req, &msg, &id, body, len);
     esim_msg_free(&msg);
 }

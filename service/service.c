@@ -37,6 +37,7 @@ void esim_service_config_init(esim_service_config *cfg)
     cfg->tick_ms = 1000;
     cfg->header_timeout_ms = 30000;
     cfg->body_timeout_ms = 60000;
+    cfg->replay_window_ms = 600000;
 }
 
 esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err)
@@ -544,6 +545,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     for (size_t i = 0; i < n; i++)
         push_device(svc, due[i], NULL, NULL);
     mdm_prune_buckets(svc, now);
+    replay_prune(svc, now);
     conn_tick(svc);
     for (size_t i = 0; i < svc->n_ticks; i++)
         svc->ticks[i].fn(svc, now, svc->ticks[i].arg);
@@ -617,6 +619,8 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
         svc->cfg.tick_ms = 1000;
     if (svc->cfg.not_now_backoff_ms <= 0)
         svc->cfg.not_now_backoff_ms = 30000;
+    if (svc->cfg.replay_window_ms == 0)
+        svc->cfg.replay_window_ms = 600000;
     return ESIM_OK;
 }
 
@@ -709,6 +713,7 @@ void esim_service_free(esim_service *svc)
     for (int i = 0; i < 2; i++)
         if (svc->stop_pipe[i] >= 0)
             close(svc->stop_pipe[i]);
+    replay_free(svc);
     for (size_t i = 0; i < SVC_BUCKETS; i++)
         for (svc_bucket *b = svc->buckets[i], *next; b; b = next) {
             next = b->next;
@@ -927,6 +932,13 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     "esim_mdm_device_refused_total{reason=\"rate\"} %llu\n"
                     "esim_mdm_device_refused_total{reason=\"malformed\"} %llu\n"
                     "esim_mdm_device_refused_total{reason=\"too_big\"} %llu\n"
+                    "esim_mdm_device_refused_total{reason=\"replay\"} %llu\n"
+                    "# HELP esim_mdm_replay_duplicates_total Signed messages taken twice: "
+                    "answered with nothing.\n"
+                    "# TYPE esim_mdm_replay_duplicates_total counter\n"
+                    "esim_mdm_replay_duplicates_total %llu\n"
+                    "# TYPE esim_mdm_signatures_without_time_total counter\n"
+                    "esim_mdm_signatures_without_time_total %llu\n"
                     "# TYPE esim_mdm_store_errors_total counter\n"
                     "esim_mdm_store_errors_total %llu\n"
                     "# TYPE esim_mdm_identity_cache_total counter\n"
@@ -935,8 +947,10 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
                     (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
                     (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
-                    (unsigned long long)m->too_big, (unsigned long long)m->store_errors,
-                    (unsigned long long)m->identity_cache_hits,
+                    (unsigned long long)m->too_big, (unsigned long long)m->replays_stale,
+                    (unsigned long long)m->replays_duplicate,
+                    (unsigned long long)m->signatures_without_time,
+                    (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
                     (unsigned long long)m->identity_cache_misses);
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");

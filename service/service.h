@@ -97,6 +97,16 @@ typedef struct {
     int header_timeout_ms;
     int body_timeout_ms;
 
+    /* Replays (device_auth SIGNATURE): an Mdm-Signature whose signingTime
+     * is further than this from the service's clock is refused, and a
+     * device's messages are remembered this long to refuse replays of them
+     * (docs/security.md, "Replays"). Default 600000 (10 minutes); negative
+     * turns the check off. */
+    int64_t replay_window_ms;
+    /* Refuse signatures without a signingTime (default: take them, counted
+     * in /metrics, as they cannot be checked for replays). */
+    bool require_signing_time;
+
     /* NotNow: a device that said NotNow is owed a push this long after
      * (durably: the debt survives a restart). Default 30000. */
     int64_t not_now_backoff_ms;

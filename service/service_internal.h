@@ -40,8 +40,9 @@ typedef struct {
     uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
-    uint64_t conn_refused[4];                            /* by M_REFUSED_* */
-    uint64_t conn_timeouts[2];                           /* header, body */
+    uint64_t replays_stale, replays_duplicate, signatures_without_time;
+    uint64_t conn_refused[4];  /* by M_REFUSED_* */
+    uint64_t conn_timeouts[2]; /* header, body */
     size_t pending_bytes_peak; /* most request bytes held before their request was complete */
 } svc_metrics;
 
@@ -70,6 +71,7 @@ typedef struct svc_peer {
 typedef struct svc_conn {
     struct svc_conn *next;
     esim_service *svc;
+    uint64_t id; /* unique for the service's life */
     struct bufferevent *bev;
     struct evhttp_connection *evcon; /* once admitted */
     struct event *timer;             /* admission, then the current deadline */
@@ -95,6 +97,23 @@ typedef struct svc_bucket {
 } svc_bucket;
 
 #define SVC_BUCKETS 4096
+
+/* What replay.c remembers of a device's signed requests. */
+#define SVC_REPLAY_RECENT 32
+#define SVC_REPLAY_REORDER_MS 5000
+typedef struct svc_seen {
+    struct svc_seen *next;
+    int64_t floor_ms;  /* signatures made at or before this are refused */
+    int64_t newest_ms; /* the newest signing time taken */
+    int64_t pushed_ms; /* last push sent because of a duplicate */
+    struct {
+        int64_t at;
+        uint64_t key;  /* of the body */
+        uint64_t conn; /* the connection it came on (svc_conn.id) */
+    } recent[SVC_REPLAY_RECENT];
+    size_t n_recent;
+    char udid[65];
+} svc_seen;
 
 /* An answer held until the store's group commit is on disk. */
 typedef struct svc_reply {
@@ -161,8 +180,10 @@ struct esim_service {
     svc_conn *conn_table[SVC_CONN_BUCKETS];
     svc_peer *peers[SVC_PEER_BUCKETS];
     size_t n_conns;       /* admitted connections */
+    uint64_t conn_ids;    /* the last svc_conn.id given */
     size_t pending_bytes; /* bytes of requests still arriving, all connections */
     svc_bucket *buckets[SVC_BUCKETS];
+    svc_seen *seen[SVC_BUCKETS]; /* replay.c */
     size_t n_buckets;
 
     svc_push *push;
@@ -261,12 +282,18 @@ esim_err api_compose_command(json_t *command, esim_cmd *out, char field[96], esi
 void mdm_handle(esim_service *svc, struct evhttp_request *req);
 void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
 
+/* Who signed a device request, as auth.c found it. */
+typedef struct {
+    char cert_sha256[65];  /* the identity certificate's hash; "" in mode none */
+    int64_t not_before_ms; /* its notBefore; 0 unknown */
+    int64_t signed_at_ms;  /* the Mdm-Signature's signingTime; 0 none (or mTLS) */
+} auth_identity;
+
 /* Device identity (auth.c): verifies the request's certificate per the
- * configured mode. On ESIM_OK |cert_sha256| holds the identity's hash, or
- * "" in mode none. ESIM_EAUTH -> 401 (unsigned, bad signature),
+ * configured mode. ESIM_EAUTH -> 401 (unsigned, bad signature),
  * ESIM_ECRYPTO -> 403 (does not chain to the device CA). */
 esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
-                             const unsigned char *body, size_t len, char cert_sha256[65],
+                             const unsigned char *body, size_t len, auth_identity *id,
                              esim_error *err);
 esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
@@ -287,6 +314,21 @@ svc_conn *conn_of(esim_service *svc, struct evhttp_connection *evcon);
 void conn_forget_all(esim_service *svc);
 void conn_tick(esim_service *svc);
 void conn_metrics(esim_service *svc, esim_buf *out);
+
+/* ---- replays (replay.c) ---------------------------------------------------------------- */
+
+typedef enum { SVC_REPLAY_FRESH, SVC_REPLAY_DUPLICATE, SVC_REPLAY_STALE } svc_replay_verdict;
+/* Judges a request |udid| signed at |signed_at| (0: no signing time) and
+ * remembers it when fresh. |conn| (0: unknown) is the connection's id.
+ * STALE: refuse it (|err| says why); DUPLICATE: the same message signed at
+ * the same second was taken already, on another connection. */
+svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t signed_at,
+                                const void *body, size_t len, uint64_t conn, int64_t now,
+                                esim_error *err);
+/* True at most once a second per device: push it after a duplicate. */
+bool replay_push_allowed(esim_service *svc, const char *udid, int64_t now);
+void replay_prune(esim_service *svc, int64_t now);
+void replay_free(esim_service *svc);
 
 /* ---- push (push.c) ------------------------------------------------------------------ */
 

@@ -163,25 +163,47 @@ static esim_err check_identity(store *st, const char *udid, const char *cert, co
  * to the device during its current enrolment lets exactly one new identity
  * in: the erase is retired (never delivered again, or the phone would wipe
  * once more) and a new enrolment starts, which later erases must precede.
+ *
+ * That one identity is bound as tightly as the protocol allows, so another
+ * device cannot claim the wiped UDID first: it must not be bound to any
+ * other device (checked by the caller), it must have been issued after the
+ * erase went out (its notBefore, less STORE_ERASE_ISSUE_SKEW_MS for CAs
+ * that backdate), and the device must report the serial number it reported
+ * before.
  */
-static esim_err rebind_after_erase(store *st, const char *udid, int64_t enrolled_at, int64_t now,
-                                   esim_error *err)
+#define STORE_ERASE_ISSUE_SKEW_MS (2 * 3600 * 1000LL)
+
+static esim_err rebind_after_erase(store *st, const store_identity *id,
+                                   const store_authenticate_in *in, int64_t now, esim_error *err)
 {
-    int64_t erase = 0;
-    esim_err rc = st->ops->entry_last_sent(st, udid, "EraseDevice", enrolled_at, &erase, err);
+    int64_t erase = 0, sent_at = 0;
+    esim_err rc = st->ops->entry_last_sent(st, in->udid, "EraseDevice", id->enrolled_at, &erase,
+                                           &sent_at, err);
     if (rc == ESIM_ENOTFOUND)
         return esim_fail(err, ESIM_EAUTH,
                          "Authenticate for enrolled device %s with another identity certificate; "
                          "the device must check out (or be erased) before it enrolls with a new "
                          "identity",
-                         udid);
+                         in->udid);
+    if (rc != ESIM_OK)
+        return rc;
+    if (in->cert_not_before && in->cert_not_before < sent_at - STORE_ERASE_ISSUE_SKEW_MS)
+        return esim_fail(err, ESIM_EAUTH,
+                         "Authenticate for erased device %s with an identity certificate issued "
+                         "before the erase: a wiped device enrols with a fresh identity",
+                         in->udid);
+    if (id->serial_number[0] &&
+        (!in->serial_number || strcmp(in->serial_number, id->serial_number) != 0))
+        return esim_fail(err, ESIM_EAUTH,
+                         "Authenticate for erased device %s reports serial number '%.64s', not "
+                         "the erased device's",
+                         in->udid, in->serial_number ? in->serial_number : "");
+    rc = st->ops->entry_retire(st, erase, now, err);
     if (rc == ESIM_OK)
-        rc = st->ops->entry_retire(st, erase, now, err);
-    if (rc == ESIM_OK)
-        rc = st->ops->device_restart_enrolment(st, udid, now, err);
+        rc = st->ops->device_restart_enrolment(st, in->udid, now, err);
     if (rc == ESIM_OK)
         rc =
-            st->ops->event_add(st, now, "reenrolled_after_erase", udid, NULL,
+            st->ops->event_add(st, now, "reenrolled_after_erase", in->udid, NULL,
                                "new identity accepted: an EraseDevice was delivered", NULL, 0, err);
     return rc;
 }
@@ -191,21 +213,43 @@ esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *
 {
     if (!in || !in->udid || !*in->udid || !in->topic || !*in->topic)
         return esim_fail(err, ESIM_EINVAL, "Authenticate needs a UDID and a Topic");
+    bool has_cert = in->cert_sha256 && *in->cert_sha256;
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
+    /* One identity enrols one device: a certificate already bound to
+     * another UDID cannot claim this one (nor enrol any number of them). */
+    char other[65];
+    if (has_cert) {
+        rc = st->ops->device_by_cert(st, in->cert_sha256, in->udid, other, err);
+        if (rc == ESIM_OK)
+            rc = esim_fail(err, ESIM_EAUTH,
+                           "Authenticate for device %s with the identity certificate of device "
+                           "%s: one identity enrols one device",
+                           in->udid, other);
+        else if (rc == ESIM_ENOTFOUND)
+            rc = ESIM_OK;
+    }
     store_identity id;
-    rc = st->ops->device_identity(st, in->udid, &id, err);
+    bool keep_token = false;
+    if (rc == ESIM_OK)
+        rc = st->ops->device_identity(st, in->udid, &id, err);
     if (rc == ESIM_ENOTFOUND) {
         rc = ESIM_OK;
-    } else if (rc == ESIM_OK && id.enrolled && id.cert_sha256[0] && in->cert_sha256 &&
-               *in->cert_sha256 && strcmp(id.cert_sha256, in->cert_sha256) != 0) {
+    } else if (rc == ESIM_OK && id.enrolled && id.cert_sha256[0] && has_cert &&
+               strcmp(id.cert_sha256, in->cert_sha256) != 0) {
         /* The identity is bound at enrolment; while the device stays enrolled
          * another certificate must not take its UDID over... */
-        rc = rebind_after_erase(st, in->udid, id.enrolled_at, now, err);
+        rc = rebind_after_erase(st, &id, in, now, err);
+    } else if (rc == ESIM_OK && id.enrolled && id.cert_sha256[0] && has_cert) {
+        /* The same identity again while enrolled: a repeated (or replayed)
+         * Authenticate. The device's TokenUpdate follows a real one and
+         * replaces the token then; until it does, the working token stays,
+         * so a replay cannot cut the device off from its pushes. */
+        keep_token = true;
     }
     if (rc == ESIM_OK)
-        rc = st->ops->device_enroll(st, in, now, err);
+        rc = st->ops->device_enroll(st, in, keep_token, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "authenticate", in->udid, NULL, in->topic, NULL, 0, err);
     return st->ops->op_end(st, rc, err);
@@ -344,7 +388,7 @@ esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int6
     if (rc == ESIM_OK && fx)
         rc = record_answer(st, in, fx, now, out, err);
     if (rc == ESIM_OK)
-        rc = pick_next(st, in, now, &out->next, err);
+        rc = in->hold_next ? ESIM_OK : pick_next(st, in, now, &out->next, err);
     rc = st->ops->op_end(st, rc, err);
     if (rc != ESIM_OK) {
         esim_buf_free(&out->next.body);

@@ -120,6 +120,7 @@ typedef struct {
     bool is_enrollment_id;
     const char *topic;       /* required */
     const char *cert_sha256; /* identity certificate; NULL/"" when device auth is off */
+    int64_t cert_not_before; /* its notBefore, ms since the epoch; 0 = unknown */
     const char *serial_number, *os_version, *build_version, *product_name, *model;
     const char *device_name, *imei; /* each may be NULL or "" */
 } store_authenticate_in;
@@ -153,6 +154,7 @@ typedef struct {
     const char *const *skip_uuids;
     size_t n_skip;
     int64_t not_now_backoff_ms; /* when NotNow: owe the device a push this much later */
+    bool hold_next;             /* record the answer but hand out no command (a replay) */
 } store_exchange_in;
 
 typedef struct {
@@ -260,12 +262,19 @@ unsigned esim_store_features(const store *st);
 
 /* Creates or updates the device and binds |in->cert_sha256| to it.
  *   ESIM_EINVAL  no UDID or Topic;
- *   ESIM_EAUTH   the device is enrolled and bound to another certificate. A
- *                device re-enrolls with a new identity only after CheckOut,
- *                or once after an EraseDevice was handed to it during its
- *                current enrolment (that erase is then retired, never
+ *   ESIM_EAUTH   the certificate is bound to another device (one identity
+ *                enrols one device), or the device is enrolled and bound to
+ *                another certificate. A device re-enrolls with a new
+ *                identity only after CheckOut, or once after an EraseDevice
+ *                was handed to it during its current enrolment, with an
+ *                identity issued after that erase (in->cert_not_before, when
+ *                known, at most 2 hours earlier) and the serial number it
+ *                reported before (that erase is then retired, never
  *                delivered again, and a new enrolment starts).
- * Clears the push token (a TokenUpdate follows every Authenticate). */
+ * Clears the push token (a TokenUpdate follows every Authenticate), except
+ * when the device is enrolled and the certificate is the one bound: then
+ * the token stays until the TokenUpdate replaces it (a replayed
+ * Authenticate cannot cut the device off from its pushes). */
 esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *in, int64_t now,
                                         esim_error *err);
 

@@ -31,8 +31,9 @@ typedef enum {
 /* Who a device is, for the identity rules. */
 typedef struct {
     bool enrolled;
-    char cert_sha256[65]; /* bound at enrolment; may be empty */
-    int64_t enrolled_at;  /* start of the current enrolment */
+    char cert_sha256[65];   /* bound at enrolment; may be empty */
+    int64_t enrolled_at;    /* start of the current enrolment */
+    char serial_number[64]; /* as the device last reported it; may be empty */
 } store_identity;
 
 /*
@@ -62,12 +63,16 @@ struct store_ops {
     /* ---- device steps ---- */
     /* ESIM_ENOTFOUND (|err| untouched) when there is no such device. */
     esim_err (*device_identity)(store *st, const char *udid, store_identity *out, esim_error *err);
+    /* A device other than |udid| that |cert_sha256| is bound to, into
+     * |other|. ESIM_ENOTFOUND (|err| untouched) when none. */
+    esim_err (*device_by_cert)(store *st, const char *cert_sha256, const char *udid, char other[65],
+                               esim_error *err);
     /* Creates the device or updates it from |in|: enrolled, |in->cert_sha256|
-     * bound, push token, magic and state cleared, a non-empty field replaces
-     * the stored one, an empty one keeps it; enrolled_at = |now| unless it was
-     * already enrolled; last_seen_at = |now|. */
-    esim_err (*device_enroll)(store *st, const store_authenticate_in *in, int64_t now,
-                              esim_error *err);
+     * bound, push token, magic and state cleared (kept when |keep_token|),
+     * a non-empty field replaces the stored one, an empty one keeps it;
+     * enrolled_at = |now| unless it was already enrolled; last_seen_at = |now|. */
+    esim_err (*device_enroll)(store *st, const store_authenticate_in *in, bool keep_token,
+                              int64_t now, esim_error *err);
     /* A new enrolment starts at |at| (enrolled_at). */
     esim_err (*device_restart_enrolment)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Topic, token and magic stored, push state valid, token_updated_at and
@@ -129,10 +134,10 @@ struct store_ops {
     /* Out of delivery for good, its state kept as it is. */
     esim_err (*entry_retire)(store *st, int64_t entry, int64_t now, esim_error *err);
     /* The device's entry of a |request_type| command most recently sent at
-     * or after |since|, in state sent or acknowledged. ESIM_ENOTFOUND (|err|
-     * untouched) when none. */
+     * or after |since|, in state sent or acknowledged, and when it was sent
+     * (|sent_at| may be NULL). ESIM_ENOTFOUND (|err| untouched) when none. */
     esim_err (*entry_last_sent)(store *st, const char *udid, const char *request_type,
-                                int64_t since, int64_t *entry, esim_error *err);
+                                int64_t since, int64_t *entry, int64_t *sent_at, esim_error *err);
     /* Every active entry of the device becomes canceled, each with a ledger
      * event |kind| carrying |detail|. */
     esim_err (*entries_cancel_device)(store *st, const char *udid, const char *kind,

@@ -159,6 +159,8 @@ static const migration migrations[] = {
         " iccid TEXT NOT NULL DEFAULT '',"
         " verified_ms INTEGER NOT NULL DEFAULT 0,"
         " updated_ms INTEGER NOT NULL DEFAULT 0);"},
+    /* 5: one identity binds one device: find a certificate's device at once. */
+    {5, "CREATE INDEX devices_cert ON devices(cert_sha256) WHERE cert_sha256 <> '';"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -182,6 +184,7 @@ enum {
     S_RELEASE,
     S_ROLLBACK_TO,
     S_DEV_IDENTITY,
+    S_DEV_BY_CERT,
     S_DEV_AUTH_UPSERT,
     S_DEV_TOKEN,
     S_DEV_CHECKOUT,
@@ -253,7 +256,9 @@ static const char *const statement_sql[S_COUNT] = {
     [S_SAVEPOINT] = "SAVEPOINT op",
     [S_RELEASE] = "RELEASE op",
     [S_ROLLBACK_TO] = "ROLLBACK TO op",
-    [S_DEV_IDENTITY] = "SELECT enrolled, cert_sha256, enrolled_at FROM devices WHERE udid = ?1",
+    [S_DEV_IDENTITY] =
+        "SELECT enrolled, cert_sha256, enrolled_at, serial_number FROM devices WHERE udid = ?1",
+    [S_DEV_BY_CERT] = "SELECT udid FROM devices WHERE cert_sha256 = ?1 AND udid <> ?2 LIMIT 1",
     [S_DEV_AUTH_UPSERT] =
         "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
         " build_version, product_name, model, device_name, imei, cert_sha256, push_token,"
@@ -273,8 +278,10 @@ static const char *const statement_sql[S_COUNT] = {
         " device_name = CASE WHEN excluded.device_name <> '' THEN excluded.device_name ELSE "
         "devices.device_name END,"
         " imei = CASE WHEN excluded.imei <> '' THEN excluded.imei ELSE devices.imei END,"
-        " cert_sha256 = excluded.cert_sha256, push_token = '', push_magic = '', push_state = "
-        "'none',"
+        " cert_sha256 = excluded.cert_sha256,"
+        " push_token = CASE WHEN ?13 THEN devices.push_token ELSE '' END,"
+        " push_magic = CASE WHEN ?13 THEN devices.push_magic ELSE '' END,"
+        " push_state = CASE WHEN ?13 THEN devices.push_state ELSE 'none' END,"
         " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE "
         "excluded.enrolled_at END,"
         " last_seen_at = excluded.last_seen_at",
@@ -346,10 +353,11 @@ static const char *const statement_sql[S_COUNT] = {
         " FROM devices",
     [S_STATS_QUEUE] = "SELECT state, count(*) FROM queue GROUP BY state",
     [S_STATS_EVENTS] = "SELECT coalesce(max(id), 0) FROM events",
-    [S_Q_LAST_SENT] = "SELECT q.id FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
-                      " WHERE q.udid = ?1 AND c.request_type = ?3"
-                      " AND q.state IN ('sent', 'acknowledged') AND q.sent_at >= ?2"
-                      " ORDER BY q.sent_at DESC LIMIT 1",
+    [S_Q_LAST_SENT] =
+        "SELECT q.id, q.sent_at FROM queue q JOIN commands c ON c.uuid = q.command_uuid"
+        " WHERE q.udid = ?1 AND c.request_type = ?3"
+        " AND q.state IN ('sent', 'acknowledged') AND q.sent_at >= ?2"
+        " ORDER BY q.sent_at DESC LIMIT 1",
     [S_Q_RETIRE] = "UPDATE queue SET active = 0, updated_at = ?2 WHERE id = ?1",
     [S_DEV_REENROLLED] = "UPDATE devices SET enrolled_at = ?2 WHERE udid = ?1",
     [S_EVENT_LATEST] = "SELECT id, at, kind, udid, command_uuid, detail FROM events"
@@ -656,17 +664,32 @@ static esim_err sq_device_identity(store *base, const char *udid, store_identity
     out->enrolled = sqlite3_column_int(st, 0) != 0;
     col_text(st, 1, out->cert_sha256, sizeof out->cert_sha256);
     out->enrolled_at = sqlite3_column_int64(st, 2);
+    col_text(st, 3, out->serial_number, sizeof out->serial_number);
     sqlite3_reset(st);
     return ESIM_OK;
 }
 
-static esim_err sq_device_enroll(store *base, const store_authenticate_in *in, int64_t now,
-                                 esim_error *err)
+static esim_err sq_device_by_cert(store *base, const char *cert, const char *udid, char other[65],
+                                  esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTi", in->udid,
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_BY_CERT, "tt", cert, udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return ESIM_ENOTFOUND;
+    col_text(s->stmt[S_DEV_BY_CERT], 0, other, 65);
+    sqlite3_reset(s->stmt[S_DEV_BY_CERT]);
+    return ESIM_OK;
+}
+
+static esim_err sq_device_enroll(store *base, const store_authenticate_in *in, bool keep_token,
+                                 int64_t now, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTii", in->udid,
                      (int64_t)in->is_enrollment_id, in->topic, in->serial_number, in->os_version,
                      in->build_version, in->product_name, in->model, in->device_name, in->imei,
-                     in->cert_sha256, now);
+                     in->cert_sha256, now, (int64_t)keep_token);
 }
 
 static esim_err sq_device_restart_enrolment(store *base, const char *udid, int64_t at,
@@ -846,7 +869,7 @@ static esim_err sq_entry_retire(store *base, int64_t entry, int64_t now, esim_er
 }
 
 static esim_err sq_entry_last_sent(store *base, const char *udid, const char *request_type,
-                                   int64_t since, int64_t *entry, esim_error *err)
+                                   int64_t since, int64_t *entry, int64_t *sent_at, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
     int r = run(s, err, S_Q_LAST_SENT, "tit", udid, since, request_type);
@@ -855,6 +878,8 @@ static esim_err sq_entry_last_sent(store *base, const char *udid, const char *re
     if (r != SQLITE_ROW)
         return ESIM_ENOTFOUND;
     *entry = sqlite3_column_int64(s->stmt[S_Q_LAST_SENT], 0);
+    if (sent_at)
+        *sent_at = sqlite3_column_int64(s->stmt[S_Q_LAST_SENT], 1);
     sqlite3_reset(s->stmt[S_Q_LAST_SENT]);
     return ESIM_OK;
 }
@@ -1566,6 +1591,7 @@ static const struct store_ops sqlite_ops = {
     .op_begin = sq_op_begin,
     .op_end = sq_op_end,
     .device_identity = sq_device_identity,
+    .device_by_cert = sq_device_by_cert,
     .device_enroll = sq_device_enroll,
     .device_restart_enrolment = sq_device_restart_enrolment,
     .device_set_token = sq_device_set_token,

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -115,6 +116,8 @@ void device_new(test_device *d, const harness_env *env, const char *udid, const 
 
 void device_free(test_device *d)
 {
+    free(d->last_signature);
+    d->last_signature = NULL;
     esim_cert_clear(&d->identity);
     if (d->conn)
         curl_easy_cleanup(d->conn);
@@ -149,6 +152,20 @@ static char *sign_body(const test_device *d, const esim_cert *signer, sign_mode 
         assert_non_null(CMS_add1_signer(cms, signer->x509, signer->key,
                                         mode == SIGN_MD5 ? EVP_md5() : EVP_sha1(), flags));
         assert_int_equal(CMS_final(cms, in, NULL, flags), 1);
+    } else if (d->sign_offset_s || d->no_signing_time) {
+        unsigned f = flags | (d->no_signing_time ? CMS_NOATTR : 0);
+        cms = CMS_sign(NULL, NULL, NULL, NULL, f | CMS_PARTIAL);
+        assert_non_null(cms);
+        CMS_SignerInfo *si = CMS_add1_signer(cms, signer->x509, signer->key, EVP_sha256(), f);
+        assert_non_null(si);
+        if (!d->no_signing_time) {
+            ASN1_TIME *t = X509_gmtime_adj(NULL, d->sign_offset_s);
+            assert_non_null(t);
+            assert_int_equal(CMS_signed_add1_attr_by_NID(si, NID_pkcs9_signingTime, t->type, t, -1),
+                             1);
+            ASN1_TIME_free(t);
+        }
+        assert_int_equal(CMS_final(cms, in, NULL, f), 1);
     } else {
         STACK_OF(X509) *extra = sk_X509_new_null();
         assert_non_null(extra);
@@ -179,6 +196,8 @@ static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, co
     char *sig = NULL;
     if (mode != SIGN_NONE) {
         sig = sign_body(d, signer, mode, sign_data, sign_len);
+        free(d->last_signature);
+        d->last_signature = strdup(sig);
         esim_buf line = {0};
         esim_buf_printf(&line, "Mdm-Signature: %s", sig);
         h = curl_slist_append(h, (const char *)line.data);
@@ -213,6 +232,37 @@ static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, co
     return status;
 }
 
+long device_put_raw(test_device *d, const char *signature, const void *body, size_t len,
+                    esim_buf *reply)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/mdm", d->base_url);
+    esim_buf line = {0};
+    esim_buf_printf(&line, "Mdm-Signature: %s", signature);
+    struct curl_slist *h = curl_slist_append(NULL, (const char *)line.data);
+    esim_buf_free(&line);
+    h = curl_slist_append(h, "Content-Type:");
+    h = curl_slist_append(h, "Expect:");
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    CURLcode res = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (res != CURLE_OK)
+        fail_msg("PUT /mdm: %s", curl_easy_strerror(res));
+    return status;
+}
+
 long device_put(test_device *d, const void *body, size_t len, esim_buf *reply)
 {
     return put_with(d, &d->identity, d->sign, body, len, body, len, reply);
@@ -228,6 +278,15 @@ long device_put_signed_by(test_device *d, const esim_cert *signer, const void *b
                           esim_buf *reply)
 {
     return put_with(d, signer, SIGN_SHA256, body, len, body, len, reply);
+}
+
+void harness_next_second(void)
+{
+    time_t start = time(NULL);
+    while (time(NULL) == start) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 void device_enroll(test_device *d)

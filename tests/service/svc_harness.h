@@ -72,6 +72,12 @@ typedef struct {
      * devices send their CA); not owned. */
     X509 *extra_certs[4];
     size_t n_extra_certs;
+    /* The signingTime put in signatures: now + sign_offset_s; with
+     * no_signing_time none at all (no signed attributes). */
+    long sign_offset_s;
+    bool no_signing_time;
+    /* The Mdm-Signature of the last request sent (owned), for replays. */
+    char *last_signature;
 } test_device;
 
 /* A device with an identity certificate issued by the test device CA. */
@@ -86,9 +92,21 @@ long device_put(test_device *d, const void *body, size_t len, esim_buf *reply);
 long device_put_signed_by(test_device *d, const esim_cert *signer, const void *body, size_t len,
                           esim_buf *reply);
 
+/* Sends |body| with |signature| as its Mdm-Signature, on a connection of
+ * its own (as a replayer would). */
+long device_put_raw(test_device *d, const char *signature, const void *body, size_t len,
+                    esim_buf *reply);
+
 /* Sends |body| with a valid signature over |signed_body| (a tampered body). */
 long device_put_mismatched(test_device *d, const void *signed_body, size_t signed_len,
                            const void *body, size_t len);
+
+/* Sleeps until the wall clock's second changes. A signature's signingTime
+ * has one-second resolution: the same message signed again within the
+ * second, sent on another connection, is what a replay looks like (the
+ * service hands it no command), so a test that has a device repeat itself
+ * on a new connection waits for the next second first. */
+void harness_next_second(void);
 
 /* Authenticate + TokenUpdate; asserts 200 for both. */
 void device_enroll(test_device *d);

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include <openssl/sha.h>
+#include <sqlite3.h>
 #include <openssl/x509.h>
 
 #include "service/svc_harness.h"
@@ -290,6 +291,7 @@ static void test_not_now_skipped_on_connection_then_redelivered(void **state)
     json_decref(d);
     /* The next connection gets it again. */
     device_reconnect(&f->dev);
+    harness_next_second(); /* not the same signed Idle as before: that would be a replay */
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
@@ -543,6 +545,257 @@ static void test_erase_lets_exactly_one_new_identity_in(void **state)
     esim_cert_clear(&other);
     esim_buf_free(&auth);
     free(uuid);
+    stop(f);
+}
+
+/* ---- replays (docs/security.md, "Replays") ----------------------------------------------- */
+
+/* The push token stored for the device of the "replay-checkin" service,
+ * read from its database file (a second reader, as WAL allows). */
+static void stored_token(fixture *f, char out[200])
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/replay-checkin/esim-mdm.db", env.dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT push_token FROM devices WHERE udid = ?1", -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, f->dev.udid, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(out, 200, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void token_update(fixture *f, unsigned char seed, esim_buf *body)
+{
+    unsigned char token[32];
+    for (size_t i = 0; i < sizeof token; i++)
+        token[i] = (unsigned char)(i * 13 + seed);
+    esim_buf_reset(body);
+    assert_int_equal(esim_msg_build_token_update(f->dev.udid, f->dev.topic, token, sizeof token,
+                                                 "magic-1234", body, NULL),
+                     ESIM_OK);
+}
+
+static void test_replayed_idle_gets_no_command(void **state)
+{
+    (void)state;
+    fixture *f = start("replay-idle", NULL);
+    device_enroll(&f->dev);
+    char a[128], b[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "https://a.example.com", a);
+    /* The device's Idle, captured on the way. */
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    esim_buf reply = {0};
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, &reply), 200);
+    assert_non_null(memmem(reply.data, reply.len, a, strlen(a)));
+    char *captured = strdup(f->dev.last_signature);
+    /* Played back from elsewhere: answered, but with no command in it, and
+     * the next command stays queued for the device. */
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "https://b.example.com", b);
+    for (int i = 0; i < 3; i++) {
+        esim_buf_reset(&reply);
+        long code = device_put_raw(&f->dev, captured, idle.data, idle.len, &reply);
+        assert_true(code == 200 || code == 403);
+        assert_int_equal(reply.len == 0 || code == 403, 1);
+    }
+    char st[32];
+    api_entry_state(f->ts.url, b, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued"); /* never sent */
+    assert_true(api_metric(f->ts.url, "esim_mdm_replay_duplicates_total") >= 1);
+    /* A signature made an hour ago, or an hour ahead: refused as stale. */
+    f->dev.sign_offset_s = -3600;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 403);
+    f->dev.sign_offset_s = 3600;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 403);
+    f->dev.sign_offset_s = 0;
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_device_refused_total{reason=\"replay\"}"), 2);
+    api_entry_state(f->ts.url, b, f->dev.udid, st, NULL, NULL);
+    assert_string_equal(st, "queued");
+    /* The device itself, a second later, gets what it is owed. */
+    harness_next_second();
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED, a, &next), 200);
+    assert_string_equal(next.command_uuid, b);
+    esim_cmd_parsed_free(&next);
+    /* Signatures without a signing time: taken and counted by default. */
+    f->dev.no_signing_time = true;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_ACKNOWLEDGED, b, &next), 200);
+    f->dev.no_signing_time = false;
+    esim_cmd_parsed_free(&next);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_signatures_without_time_total"), 1);
+    free(captured);
+    esim_buf_free(&reply);
+    esim_buf_free(&idle);
+    stop(f);
+}
+
+static void test_replayed_checkins_change_nothing(void **state)
+{
+    (void)state;
+    fixture *f = start("replay-checkin", NULL);
+    /* Authenticate, captured. */
+    esim_buf auth = {0};
+    esim_authenticate_info info = {
+        .udid = f->dev.udid, .topic = f->dev.topic, .serial_number = "F2LXTEST"};
+    assert_int_equal(esim_msg_build_authenticate(&info, &auth, NULL), ESIM_OK);
+    assert_int_equal(device_put(&f->dev, auth.data, auth.len, NULL), 200);
+    char *auth_sig = strdup(f->dev.last_signature);
+    /* TokenUpdate 1, captured; a second later TokenUpdate 2. */
+    esim_buf tu1 = {0}, tu2 = {0};
+    token_update(f, 1, &tu1);
+    token_update(f, 2, &tu2);
+    assert_int_equal(device_put(&f->dev, tu1.data, tu1.len, NULL), 200);
+    char *tu1_sig = strdup(f->dev.last_signature);
+    char t1[200], t2[200], now[200];
+    stored_token(f, t1);
+    harness_next_second();
+    assert_int_equal(device_put(&f->dev, tu2.data, tu2.len, NULL), 200);
+    stored_token(f, t2);
+    assert_string_not_equal(t1, t2);
+
+    /* The old TokenUpdate played back does not revert the token... */
+    long code = device_put_raw(&f->dev, tu1_sig, tu1.data, tu1.len, NULL);
+    assert_true(code == 200 || code == 403);
+    stored_token(f, now);
+    assert_string_equal(now, t2);
+    /* ...and the Authenticate played back does not wipe it. */
+    code = device_put_raw(&f->dev, auth_sig, auth.data, auth.len, NULL);
+    assert_true(code == 200 || code == 403);
+    stored_token(f, now);
+    assert_string_equal(now, t2);
+    json_t *d = get_device(f);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "push"), "state")),
+                        "valid");
+    json_decref(d);
+    /* A fresh Authenticate from the bound identity (the device repeating
+     * its enrolment) keeps the token too, until its TokenUpdate comes. */
+    harness_next_second();
+    assert_int_equal(device_put(&f->dev, auth.data, auth.len, NULL), 200);
+    stored_token(f, now);
+    assert_string_equal(now, t2);
+
+    /* CheckOut, captured; the device enrols again with the same identity;
+     * the old CheckOut played back does not un-enrol it. */
+    harness_next_second();
+    esim_buf out = {0};
+    assert_int_equal(esim_msg_build_checkout(f->dev.udid, f->dev.topic, &out, NULL), ESIM_OK);
+    assert_int_equal(device_put(&f->dev, out.data, out.len, NULL), 200);
+    char *out_sig = strdup(f->dev.last_signature);
+    harness_next_second();
+    device_enroll(&f->dev);
+    code = device_put_raw(&f->dev, out_sig, out.data, out.len, NULL);
+    assert_true(code == 200 || code == 403);
+    d = get_device(f);
+    assert_true(json_is_true(json_object_get(d, "enrolled")));
+    json_decref(d);
+    /* Long after, the same captures are plainly stale. */
+    f->dev.sign_offset_s = -3600;
+    assert_int_equal(device_put(&f->dev, out.data, out.len, NULL), 403);
+    f->dev.sign_offset_s = 0;
+    d = get_device(f);
+    assert_true(json_is_true(json_object_get(d, "enrolled")));
+    json_decref(d);
+    free(auth_sig);
+    free(tu1_sig);
+    free(out_sig);
+    esim_buf_free(&auth);
+    esim_buf_free(&tu1);
+    esim_buf_free(&tu2);
+    esim_buf_free(&out);
+    stop(f);
+}
+
+/* ---- identity takeover ------------------------------------------------------------------ */
+
+/* A fresh identity whose notBefore lies |days| in the past. */
+static void issue_identity_dated(const char *udid, long days, esim_cert *out)
+{
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    esim_cert_spec spec = {.common_name = udid, .key_type = ESIM_KEY_RSA2048};
+    assert_int_equal(esim_cert_issue(&spec, &ca, out, NULL), ESIM_OK);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(out->x509), -days * 86400L));
+    assert_true(X509_sign(out->x509, ca.key, EVP_sha256()) > 0);
+    esim_cert_clear(&ca);
+}
+
+static long authenticate_as(fixture *f, const esim_cert *who, const char *udid, const char *serial)
+{
+    esim_buf auth = {0};
+    esim_authenticate_info info = {.udid = udid, .topic = f->dev.topic, .serial_number = serial};
+    assert_int_equal(esim_msg_build_authenticate(&info, &auth, NULL), ESIM_OK);
+    long code = device_put_signed_by(&f->dev, who, auth.data, auth.len, NULL);
+    esim_buf_free(&auth);
+    return code;
+}
+
+static void test_erased_device_cannot_be_taken_over(void **state)
+{
+    (void)state;
+    fixture *f = start("takeover", NULL);
+    device_enroll(&f->dev); /* serial F2LXTEST */
+    test_device mallory;
+    device_new(&mallory, &env, "00008110-MALLORY00000001", f->ts.url);
+    device_enroll(&mallory);
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"EraseDevice\"}}", f->dev.udid);
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "POST", "/v1/commands", body, NULL, NULL),
+                     200);
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.request_type, "EraseDevice");
+    esim_cmd_parsed_free(&next);
+
+    /* The erase went out. Another enrolled device's identity claims the UDID: no. */
+    assert_int_equal(authenticate_as(f, &mallory.identity, f->dev.udid, "F2LXTEST"), 403);
+    /* A never-used identity, but the wrong serial number: no. */
+    esim_cert fresh = {0};
+    issue_identity(f->dev.udid, &fresh);
+    assert_int_equal(authenticate_as(f, &fresh, f->dev.udid, "C39XEVIL"), 403);
+    assert_int_equal(authenticate_as(f, &fresh, f->dev.udid, NULL), 403);
+    esim_cert_clear(&fresh);
+    /* An identity issued long before the erase (kept for the occasion): no. */
+    esim_cert old = {0};
+    issue_identity_dated(f->dev.udid, 3, &old);
+    assert_int_equal(authenticate_as(f, &old, f->dev.udid, "F2LXTEST"), 403);
+    esim_cert_clear(&old);
+    /* The wiped phone, with its fresh SCEP identity and its serial: yes. */
+    esim_cert_clear(&f->dev.identity);
+    issue_identity(f->dev.udid, &f->dev.identity);
+    device_enroll(&f->dev);
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    assert_string_equal(next.command_uuid, "");
+    esim_cmd_parsed_free(&next);
+    device_free(&mallory);
+    stop(f);
+}
+
+static void test_one_identity_enrols_one_device(void **state)
+{
+    (void)state;
+    fixture *f = start("one-identity", NULL);
+    device_enroll(&f->dev);
+    /* The same identity for other UDIDs: refused, and nothing created. */
+    for (int i = 0; i < 3; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-SECONDUDID%06d", i);
+        assert_int_equal(authenticate_as(f, &f->dev.identity, udid, "F2LXTEST"), 403);
+        char path[128];
+        snprintf(path, sizeof path, "/v1/devices/%s", udid);
+        assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 404);
+    }
+    /* Its own UDID still works. */
+    esim_cmd_parsed next;
+    assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    esim_cmd_parsed_free(&next);
     stop(f);
 }
 
@@ -819,6 +1072,10 @@ int main(void)
         cmocka_unit_test(test_identity_rules),
         cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
+        cmocka_unit_test(test_replayed_idle_gets_no_command),
+        cmocka_unit_test(test_replayed_checkins_change_nothing),
+        cmocka_unit_test(test_erased_device_cannot_be_taken_over),
+        cmocka_unit_test(test_one_identity_enrols_one_device),
         cmocka_unit_test(test_limits_and_malformed_bodies),
         cmocka_unit_test(test_checkout_closes_queue),
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
