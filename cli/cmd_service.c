@@ -59,6 +59,11 @@ static const char serve_usage[] =
     "  --max-pending-bytes BYTES the same from all addresses (default 8 x the per-peer limit)\n"
     "  --header-timeout S        a request header must arrive within S seconds (default 30)\n"
     "  --body-timeout S          then its body within S seconds (default 60)\n"
+    "  --replay-window S         refuse Mdm-Signatures made more than S seconds from now, and\n"
+    "                            remember messages that long to refuse replays (default 600;\n"
+    "                            0 = off)\n"
+    "  --signing-time MODE       optional (default): signatures without a signingTime are\n"
+    "                            taken; required: refused\n"
     "  --config F                read options from F: one 'option value' per line, # comments\n"
     "                            (command-line options given after --config win)\n";
 
@@ -89,6 +94,8 @@ enum {
     O_MAX_PENDING_BYTES,
     O_HEADER_TIMEOUT,
     O_BODY_TIMEOUT,
+    O_REPLAY_WINDOW,
+    O_SIGNING_TIME,
     O_CONFIG,
     O_HELP,
 };
@@ -120,6 +127,8 @@ static const struct option serve_options[] = {
     {"max-pending-bytes", required_argument, NULL, O_MAX_PENDING_BYTES},
     {"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
     {"body-timeout", required_argument, NULL, O_BODY_TIMEOUT},
+    {"replay-window", required_argument, NULL, O_REPLAY_WINDOW},
+    {"signing-time", required_argument, NULL, O_SIGNING_TIME},
     {"config", required_argument, NULL, O_CONFIG},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -293,6 +302,18 @@ static int apply_option(serve_opts *o, int id, const char *v)
     case O_BODY_TIMEOUT:
         if ((rc = parse_long("--body-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
             o->cfg.body_timeout_ms = (int)(n * 1000);
+        break;
+    case O_REPLAY_WINDOW:
+        if ((rc = parse_long("--replay-window", v, 0, 7 * 86400, &n)) == CLI_EXIT_OK)
+            o->cfg.replay_window_ms = n ? n * 1000 : -1;
+        break;
+    case O_SIGNING_TIME:
+        if (strcmp(v, "required") == 0)
+            o->cfg.require_signing_time = true;
+        else if (strcmp(v, "optional") == 0)
+            o->cfg.require_signing_time = false;
+        else
+            return cli_usage_error("--signing-time: optional or required, not '%s'", v);
         break;
     case O_CONFIG:
         rc = read_config(o, v);

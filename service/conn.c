@@ -110,6 +110,17 @@ svc_conn *conn_of(esim_service *svc, struct evhttp_connection *evcon)
     return NULL;
 }
 
+uint64_t conn_origin(esim_service *svc, struct evhttp_request *req)
+{
+    svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
+    if (!c || !c->peer)
+        return 0;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a, 64 bits */
+    for (int i = 0; i < 16; i++)
+        h = (h ^ c->peer->addr[i]) * 1099511628211ull;
+    return h ? h : 1;
+}
+
 static void pending_release(esim_service *svc, svc_conn *c)
 {
     svc->pending_bytes -= c->pending;
@@ -354,7 +365,6 @@ struct bufferevent *conn_new_bufferevent(esim_service *svc)
     if (!c)
         return bev; /* out of memory: served without limits rather than not at all */
     c->svc = svc;
-    c->id = ++svc->conn_ids;
     c->bev = bev;
     c->timer = event_new(svc->base, -1, 0, on_timer, c);
     c->input_cb = c->timer ? evbuffer_add_cb(bufferevent_get_input(bev), on_input, c) : NULL;

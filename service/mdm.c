@@ -365,9 +365,8 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
      * is recorded like any (a second answer is an anomaly, a second Idle
      * nothing) but hands out no command; a duplicate check-in does nothing. */
     int64_t now = esim_now_ms();
-    svc_conn *conn = conn_of(svc, evhttp_request_get_connection(req));
     svc_replay_verdict v =
-        replay_check(svc, msg.udid, id.signed_at_ms, body, len, conn ? conn->id : 0, now, &e);
+        replay_check(svc, msg.udid, id.signed_at_ms, body, len, conn_origin(svc, req), now, &e);
     if (v == SVC_REPLAY_STALE) {
         svc->m.replays_stale++;
         svc->m.auth_refused++;

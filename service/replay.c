@@ -11,16 +11,18 @@
  *    SVC_REPLAY_REORDER_MS before the newest this device sent: an old
  *    TokenUpdate or CheckOut cannot be played back once the device spoke
  *    again;
- *  - the same message signed at the same second as one already taken, on
- *    another connection, is a duplicate. A duplicate check-in is answered
+ *  - the same message signed at the same second as one already taken, from
+ *    another IP address, is a duplicate. A duplicate check-in is answered
  *    200 and does nothing (done again it could only undo what came after
  *    it). A duplicate result is recorded (a second answer is an anomaly, a
  *    second Idle nothing) but the answer hands out no command, which would
  *    otherwise go to whoever replayed the device's Idle; the device is
  *    pushed instead, so a real device that did send it twice in one second
- *    comes back with a fresh signature. On the connection that carried the
- *    original it is the device itself (nobody else can write into its TLS
- *    session).
+ *    comes back with a fresh signature. From the address the original came
+ *    from it is taken as the device itself polling again (test rigs and
+ *    simulators do, within a second, on new connections): behind a proxy
+ *    that hides devices' addresses this leaves the signing-time checks
+ *    alone to stand against replays.
  *
  * The memory is the service's, bounded per device (SVC_REPLAY_RECENT
  * messages) and dropped once a device has been quiet for the window.
@@ -53,7 +55,7 @@ static uint64_t body_key(const void *body, size_t len)
 }
 
 svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t signed_at,
-                                const void *body, size_t len, uint64_t conn, int64_t now,
+                                const void *body, size_t len, uint64_t origin, int64_t now,
                                 esim_error *err)
 {
     int64_t window = svc->cfg.replay_window_ms;
@@ -89,7 +91,8 @@ svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t sig
         }
         for (size_t k = 0; k < s->n_recent; k++)
             if (s->recent[k].at == signed_at && s->recent[k].key == key)
-                return conn && s->recent[k].conn == conn ? SVC_REPLAY_FRESH : SVC_REPLAY_DUPLICATE;
+                return origin && s->recent[k].origin == origin ? SVC_REPLAY_FRESH
+                                                               : SVC_REPLAY_DUPLICATE;
     } else {
         s = calloc(1, sizeof *s);
         if (!s)
@@ -110,7 +113,7 @@ svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t sig
         s->recent[oldest] = s->recent[--s->n_recent];
     }
     s->recent[s->n_recent].at = signed_at;
-    s->recent[s->n_recent].conn = conn;
+    s->recent[s->n_recent].origin = origin;
     s->recent[s->n_recent++].key = key;
     if (signed_at > s->newest_ms)
         s->newest_ms = signed_at;

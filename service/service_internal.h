@@ -71,7 +71,6 @@ typedef struct svc_peer {
 typedef struct svc_conn {
     struct svc_conn *next;
     esim_service *svc;
-    uint64_t id; /* unique for the service's life */
     struct bufferevent *bev;
     struct evhttp_connection *evcon; /* once admitted */
     struct event *timer;             /* admission, then the current deadline */
@@ -108,8 +107,8 @@ typedef struct svc_seen {
     int64_t pushed_ms; /* last push sent because of a duplicate */
     struct {
         int64_t at;
-        uint64_t key;  /* of the body */
-        uint64_t conn; /* the connection it came on (svc_conn.id) */
+        uint64_t key;    /* of the body */
+        uint64_t origin; /* the peer address it came from, hashed; 0 unknown */
     } recent[SVC_REPLAY_RECENT];
     size_t n_recent;
     char udid[65];
@@ -180,7 +179,6 @@ struct esim_service {
     svc_conn *conn_table[SVC_CONN_BUCKETS];
     svc_peer *peers[SVC_PEER_BUCKETS];
     size_t n_conns;       /* admitted connections */
-    uint64_t conn_ids;    /* the last svc_conn.id given */
     size_t pending_bytes; /* bytes of requests still arriving, all connections */
     svc_bucket *buckets[SVC_BUCKETS];
     svc_seen *seen[SVC_BUCKETS]; /* replay.c */
@@ -311,6 +309,8 @@ void conn_listener_ready(esim_service *svc);
 bool conn_request_started(esim_service *svc, struct evhttp_request *req);
 /* The connection a request came on, or NULL. */
 svc_conn *conn_of(esim_service *svc, struct evhttp_connection *evcon);
+/* A non-zero number standing for the request's peer address (0 unknown). */
+uint64_t conn_origin(esim_service *svc, struct evhttp_request *req);
 void conn_forget_all(esim_service *svc);
 void conn_tick(esim_service *svc);
 void conn_metrics(esim_service *svc, esim_buf *out);
@@ -319,11 +319,12 @@ void conn_metrics(esim_service *svc, esim_buf *out);
 
 typedef enum { SVC_REPLAY_FRESH, SVC_REPLAY_DUPLICATE, SVC_REPLAY_STALE } svc_replay_verdict;
 /* Judges a request |udid| signed at |signed_at| (0: no signing time) and
- * remembers it when fresh. |conn| (0: unknown) is the connection's id.
- * STALE: refuse it (|err| says why); DUPLICATE: the same message signed at
- * the same second was taken already, on another connection. */
+ * remembers it when fresh. |origin| (0: unknown) stands for the peer
+ * address (conn_origin). STALE: refuse it (|err| says why); DUPLICATE: the
+ * same message signed at the same second was taken already, from another
+ * address. */
 svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t signed_at,
-                                const void *body, size_t len, uint64_t conn, int64_t now,
+                                const void *body, size_t len, uint64_t origin, int64_t now,
                                 esim_error *err);
 /* True at most once a second per device: push it after a duplicate. */
 bool replay_push_allowed(esim_service *svc, const char *udid, int64_t now);

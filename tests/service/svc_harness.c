@@ -246,6 +246,7 @@ long device_put_raw(test_device *d, const char *signature, const void *body, siz
     CURL *c = curl_easy_init();
     assert_non_null(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_INTERFACE, "host!127.0.0.2"); /* the replayer's own address */
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);

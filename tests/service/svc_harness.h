@@ -93,7 +93,7 @@ long device_put_signed_by(test_device *d, const esim_cert *signer, const void *b
                           esim_buf *reply);
 
 /* Sends |body| with |signature| as its Mdm-Signature, on a connection of
- * its own (as a replayer would). */
+ * its own from another address, 127.0.0.2 (as a replayer would). */
 long device_put_raw(test_device *d, const char *signature, const void *body, size_t len,
                     esim_buf *reply);
 
@@ -103,9 +103,7 @@ long device_put_mismatched(test_device *d, const void *signed_body, size_t signe
 
 /* Sleeps until the wall clock's second changes. A signature's signingTime
  * has one-second resolution: the same message signed again within the
- * second, sent on another connection, is what a replay looks like (the
- * service hands it no command), so a test that has a device repeat itself
- * on a new connection waits for the next second first. */
+ * second is what a replay looks like when it comes from another address. */
 void harness_next_second(void);
 
 /* Authenticate + TokenUpdate; asserts 200 for both. */
