@@ -635,11 +635,11 @@ static const char *param_field(const char *pattern, size_t index)
 
 /* Route parameters and the query must be UTF-8 (every answer is JSON):
  * false after answering 400 naming the field. */
-static bool text_valid(api_request *r, const api_route *route)
+static bool text_valid(api_request *r, const char *pattern)
 {
     for (size_t i = 0; i < r->n_params; i++)
         if (!svc_utf8_valid(r->params[i])) {
-            const char *field = param_field(route->pattern, i);
+            const char *field = param_field(pattern, i);
             api_error(r, 400, field, "%s: not valid UTF-8 text", field);
             return false;
         }
@@ -735,9 +735,9 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             hit = NULL;
             module_hit = NULL;
         }
-        if (hit && text_valid(&r, hit))
+        if (hit && text_valid(&r, hit->pattern))
             hit->fn(&r);
-        else if (module_hit)
+        else if (module_hit && text_valid(&r, module_hit->pattern))
             module_hit->fn(&r, module_hit->arg);
     }
     evhttp_clear_headers(&query);

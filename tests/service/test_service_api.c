@@ -191,8 +191,6 @@ static void test_text_that_is_not_utf8(void **state)
         {"DELETE", "/v1/devices/00008120-0000000000000001/queue/%FE", "command_uuid"},
         {"POST", "/v1/push/%F5%80%80%80", "udids"},
         {"PUT", "/v1/enqueue/%FF", "udids"},
-        {"GET", "/v1/campaigns/%FF", "campaign_id"},
-        {"GET", "/v1/groups/%FF", "group"},
         {"GET", "/v1/devices?after=%FF", "after"},
         {"GET", "/v1/commands/x?after=%E2%82", "after"},
     };
