@@ -272,7 +272,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     case PHASE_HEADER:
         svc->m.conn_timeouts[0]++;
-        raw_answer(svc, c, 408, "Request Timeout", "the request header did not arrive in time");
+        /* Nothing of a request yet (an idle keep-alive connection): closed
+         * without an answer, which a client would take for the answer to
+         * the request it may be sending right now. */
+        if (c->pending || c->lines || c->line_len)
+            raw_answer(svc, c, 408, "Request Timeout", "the request header did not arrive in time");
         break;
     case PHASE_BODY:
         svc->m.conn_timeouts[1]++;

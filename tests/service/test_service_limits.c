@@ -263,11 +263,13 @@ static void test_slow_header_is_cut_off(void **state)
     assert_non_null(strstr(buf, "HTTP/1.1 408"));
     assert_int_equal(metric(&ts, "esim_mdm_connection_timeouts_total{phase=\"header\"}"), 1);
     assert_int_equal(metric(&ts, "esim_mdm_connection_timeouts_total{phase=\"body\"}"), 0);
-    /* A connection that never sends anything is cut off the same way. */
+    /* A connection that never sends anything is closed (without an
+     * answer: an idle keep-alive connection looks the same, and its client
+     * could take a 408 for the answer to a request it is sending). */
     fd = connect_from(&ts, "127.0.0.2");
     read_all(fd, buf, sizeof buf);
     close(fd);
-    assert_non_null(strstr(buf, "HTTP/1.1 408"));
+    assert_string_equal(buf, "");
     assert_int_equal(metric(&ts, "esim_mdm_connection_timeouts_total{phase=\"header\"}"), 2);
     harness_stop(&ts);
 }
