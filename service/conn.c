@@ -211,6 +211,9 @@ static void refuse(esim_service *svc, svc_conn *c, int reason, const char *text)
     svc->m.conn_refused[reason]++;
     raw_answer(svc, c, 503, "Service Unavailable", text);
     c->phase = PHASE_REFUSING;
+    /* Its bytes go with it, in this loop pass: they must not push the
+     * peer's other requests over the limit meanwhile. */
+    pending_release(svc, c);
     event_del(c->timer);
     event_active(c->timer, EV_TIMEOUT, 0);
 }
@@ -297,6 +300,8 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     svc_conn *c = arg;
     esim_service *svc = c->svc;
     size_t added = info->n_added;
+    if (c->phase == PHASE_REFUSING)
+        return;
     if (added) {
         c->pending += added;
         svc->pending_bytes += added;
@@ -305,7 +310,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         if (svc->pending_bytes > svc->m.pending_bytes_peak)
             svc->m.pending_bytes_peak = svc->pending_bytes;
     }
-    if (c->phase == PHASE_NEW || c->phase == PHASE_REFUSING)
+    if (c->phase == PHASE_NEW)
         return;
     if (c->peer && c->peer->pending > svc->cfg.max_pending_bytes_per_peer) {
         refuse(svc, c, M_REFUSED_PEER_BYTES,
