@@ -163,12 +163,13 @@ static bool write_port(const char *file, unsigned port)
 
 /* ---- smdp ------------------------------------------------------------------------ */
 
-/* The admin token in |path| (first line), or, when |make| and the file is
- * missing, a new random one written there 0600. */
+/* The admin token in |path| (esim_read_token_file: first line, a file only
+ * its owner may read), or, when |make| and the file is missing, a new random
+ * one written there 0600. */
 static bool admin_token(const char *path, bool make, char out[256], esim_error *err)
 {
-    esim_buf b = {0};
-    esim_err rc = esim_read_file(path, 4096, &b, err);
+    char *tok = NULL;
+    esim_err rc = esim_read_token_file(path, &tok, err);
     if (rc == ESIM_ENOTFOUND && make) {
         unsigned char raw[24];
         esim_buf hex = {0};
@@ -181,24 +182,16 @@ static bool admin_token(const char *path, bool make, char out[256], esim_error *
             rc = esim_write_file_atomic(path, hex.data, hex.len, 0600, err);
         esim_buf_free(&hex);
         if (rc == ESIM_OK)
-            rc = esim_read_file(path, 4096, &b, err);
+            rc = esim_read_token_file(path, &tok, err);
     }
-    if (rc != ESIM_OK) {
-        esim_buf_free(&b);
-        if (rc == ESIM_ENOTFOUND)
-            esim_fail(err, rc, "%s does not exist", path);
-        return false;
-    }
-    size_t n = strcspn((const char *)b.data, "\r\n");
-    bool ok = n > 0 && n < 256;
-    if (ok) {
-        memcpy(out, b.data, n);
-        out[n] = '\0';
-    } else {
-        esim_fail(err, ESIM_EINVAL, "%s: the token must be one line of 1 to 255 bytes", path);
-    }
-    esim_buf_free(&b);
-    return ok;
+    if (rc == ESIM_OK && strlen(tok) >= 256)
+        rc = esim_fail(err, ESIM_EINVAL, "%s: the token is longer than 255 bytes", path);
+    if (rc == ESIM_OK)
+        snprintf(out, 256, "%s", tok);
+    else if (rc == ESIM_ENOTFOUND)
+        esim_fail(err, rc, "%s does not exist", path);
+    free(tok);
+    return rc == ESIM_OK;
 }
 
 int cmd_smdp(int argc, char **argv)

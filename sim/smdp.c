@@ -29,7 +29,7 @@
  * opens sessions and walks away cannot hold more than this many. */
 #define SMDP_MAX_SESSIONS 1024
 #define SMDP_SESSION_TTL_MS (60 * 1000)
-#define SMDP_CERT_CACHE 4096
+#define SMDP_CERT_CACHE 1024
 #define SMDP_SAVE_DELAY_MS 100
 
 enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED };

@@ -168,6 +168,21 @@ static void test_smdp_cli(void **state)
     assert_int_equal(run_cli(&out, (const char *[]){"smdp", "--pki", fx.pki, "--listen",
                                                     "127.0.0.1:0", "--orders", bad, NULL}),
                      2);
+    /* An admin token file others may read is refused, naming the file; a
+     * missing --admin-token-file is not made up. */
+    char loose[700];
+    snprintf(loose, sizeof loose, "%s/loose-token", fx.dir);
+    write_file(loose, "s3cret\n");
+    chmod(loose, 0644);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"smdp", "--pki", fx.pki, "--listen", "127.0.0.1:0",
+                                       "--admin-token-file", loose, NULL}),
+        2);
+    snprintf(loose, sizeof loose, "%s/no-such-token", fx.dir);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"smdp", "--pki", fx.pki, "--listen", "127.0.0.1:0",
+                                       "--admin-token-file", loose, NULL}),
+        2);
 
     pid_t pid = fork();
     if (pid == 0) {
