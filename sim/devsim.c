@@ -37,6 +37,7 @@ enum {
     F_ENROLL_QUEUED = 1u << 6,   /* waiting in the enrolment queue */
     F_LOCK_ON_PUSH = 1u << 7,    /* NotNow share: locked when the first command comes */
     F_OFFLINE_ON_PUSH = 1u << 8, /* offline share: out of coverage when the first push comes */
+    F_ID_FILE = 1u << 9,         /* its identity file for TLS client auth is written */
 };
 
 typedef struct {
@@ -249,10 +250,19 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     char cert[SIM_PATH_MAX + 128] = "", key[SIM_PATH_MAX + 64] = "";
     esim_err rc = ESIM_OK;
     if (s->tls_client_auth) {
+        /* The identity file is written once per identity, not per request. */
+        slot *sl = &s->slots[ctx->slot];
         char dir[SIM_PATH_MAX + 16];
         snprintf(dir, sizeof dir, "%s/identities", s->data_dir);
-        esim_mkdirs(dir, 0700, NULL);
-        rc = sim_device_identity_files(d, dir, cert, sizeof cert, key, sizeof key, NULL);
+        if (!(sl->flags & F_ID_FILE)) {
+            esim_mkdirs(dir, 0700, NULL);
+            rc = sim_device_identity_files(d, dir, cert, sizeof cert, key, sizeof key, NULL);
+            if (rc == ESIM_OK)
+                sl->flags |= F_ID_FILE;
+        } else {
+            snprintf(cert, sizeof cert, "%s/%s.identity.pem", dir, sim_device_udid(d));
+            snprintf(key, sizeof key, "%s/sim-identity-p256.key", sim_pki_dir(s->pki));
+        }
     } else if (!s->no_identity) {
         rc = sim_device_sign(d, body->data, body->len, &sig, NULL);
         if (rc == ESIM_OK && sig.len + 32 < sizeof sig_hdr) {
@@ -403,7 +413,7 @@ static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
     token_forget(s, i);
     sim_device_erase(sl->dev, keep_esim);
     token_put(s, i);
-    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
+    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE); /* a new identity */
     save_if_dirty(s, i);
     /* A reset eUICC owes its SM-DP+s the delete notifications. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
@@ -1180,7 +1190,7 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
     if (erases) {
         token_put(s, i);
         if (out->erased) {
-            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
+            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE);
             at(s, 200, i, TIMED_ENROLL);
         }
     }

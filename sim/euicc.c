@@ -21,6 +21,7 @@ struct sim_euicc {
     char eid[ESIM_EID_LEN + 1];
     esim_buf key_der;      /* private key, DER; parsed only when signing */
     EVP_PKEY *key;         /* key_der parsed, while the device is in a session */
+    EVP_PKEY_CTX *sign;    /* and ready to sign */
     esim_buf cert_der;     /* eUICC certificate, DER */
     esim_buf eum_der;      /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
@@ -158,7 +159,7 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der);
     /* The new key is used right away (the download that made it signs next). */
-    EVP_PKEY_free(e->key);
+    sim_euicc_release_key(e);
     e->key = k;
     e->key_der = key;
     e->cert_der = cert;
@@ -202,7 +203,7 @@ static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
     esim_buf_free(&e->key_der);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der); /* the PKI's, shared */
-    EVP_PKEY_free(e->key);
+    sim_euicc_release_key(e);
     e->key = k;
     e->key_der = key;
     e->cert_der = cert;
@@ -222,7 +223,7 @@ void sim_euicc_free(sim_euicc *e)
     if (e->key_der.data)
         OPENSSL_cleanse(e->key_der.data, e->key_der.len);
     esim_buf_free(&e->key_der);
-    EVP_PKEY_free(e->key);
+    sim_euicc_release_key(e);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der);
     free(e->profiles);
@@ -470,12 +471,16 @@ esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsign
     sim_euicc *m = (sim_euicc *)e;
     if (!m->key && !(m->key = key_from_der(&e->key_der)))
         return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
-    return sim_ecdsa_sign_raw(m->key, data, len, sig, err);
+    if (!m->sign && !(m->sign = sim_sign_ctx(m->key)))
+        return esim_fail(err, ESIM_ECRYPTO, "cannot sign with the eUICC key of %s", e->eid);
+    return sim_ecdsa_sign_raw_ctx(m->sign, data, len, sig, err);
 }
 
 void sim_euicc_release_key(sim_euicc *e)
 {
     if (e) {
+        EVP_PKEY_CTX_free(e->sign);
+        e->sign = NULL;
         EVP_PKEY_free(e->key);
         e->key = NULL;
     }

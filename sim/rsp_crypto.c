@@ -282,6 +282,36 @@ esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigne
     return ESIM_OK;
 }
 
+esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
+                                unsigned char sig[64], esim_error *err)
+{
+    unsigned char dgst[SHA256_DIGEST_LENGTH], der[80];
+    size_t der_len = sizeof der;
+    SHA256(data, len, dgst);
+    esim_err rc = ESIM_ECRYPTO;
+    if (ctx && EVP_PKEY_sign(ctx, der, &der_len, dgst, sizeof dgst) == 1) {
+        const unsigned char *p = der;
+        ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
+        if (s && BN_bn2binpad(ECDSA_SIG_get0_r(s), sig, 32) == 32 &&
+            BN_bn2binpad(ECDSA_SIG_get0_s(s), sig + 32, 32) == 32)
+            rc = ESIM_OK;
+        ECDSA_SIG_free(s);
+    }
+    if (rc != ESIM_OK)
+        return esim_fail(err, rc, "ECDSA signing failed");
+    return ESIM_OK;
+}
+
+EVP_PKEY_CTX *sim_sign_ctx(EVP_PKEY *key)
+{
+    EVP_PKEY_CTX *ctx = key ? EVP_PKEY_CTX_new(key, NULL) : NULL;
+    if (ctx && EVP_PKEY_sign_init(ctx) != 1) {
+        EVP_PKEY_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
+}
+
 esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const unsigned char *sig,
                               size_t sig_len, esim_error *err)
 {

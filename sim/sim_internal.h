@@ -42,6 +42,11 @@ struct sim_pki {
 /* ECDSA P-256 over SHA-256, the signature as raw r||s (64 bytes), as GSMA does. */
 esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigned char sig[64],
                             esim_error *err);
+/* The same with a context from sim_sign_ctx(): no per-signature set-up. */
+esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
+                                unsigned char sig[64], esim_error *err);
+/* A signing context for |key| (EVP_PKEY_sign_init done), or NULL. */
+EVP_PKEY_CTX *sim_sign_ctx(EVP_PKEY *key);
 /* ESIM_OK when |sig| (raw r||s) is |pub|'s signature of |data|, ESIM_ECRYPTO otherwise. */
 esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const unsigned char *sig,
                               size_t sig_len, esim_error *err);

@@ -70,8 +70,9 @@ struct sim_smdp {
     session *sessions;
     size_t n_sessions, max_sessions;
     int64_t session_ttl_ms;
-    sim_cert_cache *certs; /* EUM and eUICC certificates that verified against the CI */
-    char *dpauth_b64;      /* our certificate as sent in every authentication */
+    sim_cert_cache *certs;     /* EUM and eUICC certificates that verified against the CI */
+    char *dpauth_b64;          /* our certificate as sent in every authentication */
+    EVP_PKEY_CTX *dpauth_sign; /* our key, ready to sign */
     struct event *save_timer;
     bool save_pending;
 };
@@ -558,7 +559,7 @@ static esim_err sign_blob(sim_smdp *s, json_t *resp, const char *blob_key, const
     unsigned char sig[64];
     esim_err rc = sim_json_dump(blob, &raw);
     if (rc == ESIM_OK)
-        rc = sim_ecdsa_sign_raw(s->pki->dpauth.key, raw.data, raw.len, sig, NULL);
+        rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, raw.data, raw.len, sig, NULL);
     if (rc == ESIM_OK)
         rc = sim_json_set_b64(resp, blob_key, raw.data, raw.len);
     if (rc == ESIM_OK)
@@ -1084,7 +1085,8 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     esim_err rc = ESIM_OK;
     esim_buf b64 = {0};
     s->certs = sim_cert_cache_new(SMDP_CERT_CACHE);
-    if (!s->certs || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
+    s->dpauth_sign = sim_sign_ctx(s->pki->dpauth.key);
+    if (!s->certs || !s->dpauth_sign || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
         !(s->dpauth_b64 = strdup((const char *)b64.data))) {
         esim_buf_free(&b64);
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -1155,6 +1157,7 @@ void sim_smdp_free(sim_smdp *s)
         s->sessions = n;
     }
     sim_cert_cache_free(s->certs);
+    EVP_PKEY_CTX_free(s->dpauth_sign);
     free(s->dpauth_b64);
     free(s->orders);
     free(s->by_iccid);
