@@ -16,6 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/esim.h"
+#include "core/internal.h"
 
 static void test_buf_grows_and_stays_terminated(void **state)
 {
@@ -144,22 +145,28 @@ static void test_activation_code(void **state)
     (void)state;
     esim_activation_code ac;
     esim_error err = {{0}};
-    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$K2-1A2B3C-4D5E6F", &ac, &err), ESIM_OK);
+    assert_int_equal(
+        esim_activation_code_parse("LPA:1$smdp.example.com$K2-1A2B3C-4D5E6F", &ac, &err), ESIM_OK);
     assert_string_equal(ac.smdp_address, "smdp.example.com");
     assert_string_equal(ac.matching_id, "K2-1A2B3C-4D5E6F");
     assert_false(ac.confirmation_code_required);
-    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$ABC$1.3.6.1.4.1.31746$1", &ac, &err), ESIM_OK);
+    assert_int_equal(
+        esim_activation_code_parse("LPA:1$smdp.example.com$ABC$1.3.6.1.4.1.31746$1", &ac, &err),
+        ESIM_OK);
     assert_string_equal(ac.smdp_oid, "1.3.6.1.4.1.31746");
     assert_true(ac.confirmation_code_required);
     assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com", &ac, &err), ESIM_OK);
     assert_string_equal(ac.matching_id, "");
-    assert_int_equal(esim_activation_code_parse("LPA:2$smdp.example.com$X", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:2$smdp.example.com$X", &ac, &err),
+                     ESIM_EINVAL);
     assert_int_equal(esim_activation_code_parse("1$smdp.example.com$X", &ac, &err), ESIM_EINVAL);
     assert_non_null(strstr(err.msg, "LPA:"));
     assert_int_equal(esim_activation_code_parse("LPA:1$bad host$X", &ac, &err), ESIM_EINVAL);
     assert_int_equal(esim_activation_code_parse("LPA:1$$X", &ac, &err), ESIM_EINVAL);
-    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X$1.2$2", &ac, &err), ESIM_EINVAL);
-    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X_Y", &ac, &err), ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X$1.2$2", &ac, &err),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_activation_code_parse("LPA:1$smdp.example.com$X_Y", &ac, &err),
+                     ESIM_EINVAL);
 }
 
 static void test_small_validators(void **state)
@@ -171,9 +178,12 @@ static void test_small_validators(void **state)
     assert_int_equal(esim_fqdn_validate("-a.b", NULL), ESIM_EINVAL);
     assert_int_equal(esim_fqdn_validate("a_b.c", NULL), ESIM_EINVAL);
     assert_int_equal(esim_windows_matching_id_validate("0A1B2-C3D4E-5F6A7-B8C9D", NULL), ESIM_OK);
-    assert_int_equal(esim_windows_matching_id_validate("0A1B2-C3D4E-5F6A7-B8C9", NULL), ESIM_EINVAL);
-    assert_int_equal(esim_windows_matching_id_validate("0A1B2_C3D4E-5F6A7-B8C9D", NULL), ESIM_EINVAL);
-    assert_int_equal(esim_windows_matching_id_validate("GA1B2-C3D4E-5F6A7-B8C9D", NULL), ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("0A1B2-C3D4E-5F6A7-B8C9", NULL),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("0A1B2_C3D4E-5F6A7-B8C9D", NULL),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_windows_matching_id_validate("GA1B2-C3D4E-5F6A7-B8C9D", NULL),
+                     ESIM_EINVAL);
     char token[65];
     memset(token, 'a', 64);
     token[64] = '\0';
@@ -317,14 +327,17 @@ static void test_pki_create_is_idempotent_and_chains(void **state)
     assert_int_equal(X509_verify(push.x509, ca.key), 1);
     esim_cert eum = {0}, euicc = {0};
     assert_int_equal(esim_pki_load(dir, "eum", &eum, &err), ESIM_OK);
-    esim_cert_spec spec = {.common_name = "eUICC", .serial_number = "89882119900000000000000000001654"};
+    esim_cert_spec spec = {.common_name = "eUICC",
+                           .serial_number = "89882119900000000000000000001654"};
     assert_int_equal(esim_cert_issue(&spec, &eum, &euicc, &err), ESIM_OK);
     char eid[40];
-    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_serialNumber, eid, sizeof eid), ESIM_OK);
+    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_serialNumber, eid, sizeof eid),
+                     ESIM_OK);
     assert_string_equal(eid, "89882119900000000000000000001654");
     assert_int_equal(X509_verify(euicc.x509, eum.key), 1);
     assert_int_equal(X509_verify(euicc.x509, ca.key), 0);
-    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_userId, uid, sizeof uid), ESIM_ENOTFOUND);
+    assert_int_equal(esim_cert_subject_field(euicc.x509, NID_userId, uid, sizeof uid),
+                     ESIM_ENOTFOUND);
 
     /* a key that does not match is refused */
     char cert_path[300], key_path[300];
@@ -359,6 +372,56 @@ static int remove_tmpdir(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+static void test_hash_is_fnv1a(void **state)
+{
+    (void)state;
+    /* Published FNV-1a 64-bit values. */
+    assert_true(esim_hash_str("") == 0xcbf29ce484222325ull);
+    assert_true(esim_hash_str("a") == 0xaf63dc4c8601ec8cull);
+    assert_true(esim_hash_str("foobar") == 0x85944171f73967e8ull);
+}
+
+static void test_grow_doubles_and_keeps_items(void **state)
+{
+    (void)state;
+    int *a = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < 1000; i++) {
+        if ((size_t)i == cap) {
+            int *g = esim_grow(a, &cap, (size_t)i + 1, sizeof *g);
+            assert_non_null(g);
+            a = g;
+        }
+        a[i] = i;
+    }
+    assert_int_equal(cap, 1024);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(a[i], i);
+    /* Already big enough: the same array, nothing changes. */
+    assert_ptr_equal(esim_grow(a, &cap, 10, sizeof *a), a);
+    assert_int_equal(cap, 1024);
+    /* An impossible size fails and leaves the array and its capacity alone. */
+    assert_null(esim_grow(a, &cap, SIZE_MAX / 2, sizeof *a));
+    assert_int_equal(cap, 1024);
+    free(a);
+}
+
+static void test_proc_usage_of_self(void **state)
+{
+    (void)state;
+    esim_proc_usage u;
+    assert_int_equal(esim_proc_usage_read(0, &u), ESIM_OK);
+    assert_true(u.rss_kb > 0);
+    assert_true(u.peak_rss_kb >= u.rss_kb);
+    assert_true(u.cpu_s >= 0);
+    esim_proc_usage other;
+    assert_int_equal(esim_proc_usage_read(getpid(), &other), ESIM_OK);
+    assert_true(other.rss_kb > 0);
+    /* No process has pid INT_MAX - 1 on Linux (pid_max is at most 2^22). */
+    assert_int_equal(esim_proc_usage_read(2147483646, &u), ESIM_ENOTFOUND);
+    assert_int_equal(u.rss_kb, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +437,9 @@ int main(void)
         cmocka_unit_test(test_files_atomic_write_and_limits),
         cmocka_unit_test(test_private_files),
         cmocka_unit_test(test_pki_create_is_idempotent_and_chains),
+        cmocka_unit_test(test_hash_is_fnv1a),
+        cmocka_unit_test(test_grow_doubles_and_keeps_items),
+        cmocka_unit_test(test_proc_usage_of_self),
     };
     return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
 }

@@ -1,0 +1,43 @@
+/*
+ * internal.h — small helpers every part of esim-mdm shares but that are not
+ * public API (this header is not installed and nothing here is exported
+ * from libesim-mdm): string hashing, growing arrays, and what a process
+ * uses in memory and CPU. One copy here instead of one per file.
+ */
+#ifndef ESIM_CORE_INTERNAL_H
+#define ESIM_CORE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/esim.h"
+
+/* 64-bit FNV-1a of a NUL-terminated string: fast and well spread, for hash
+ * tables keyed by UDIDs, tokens, ICCIDs. Not for anything an attacker must
+ * not be able to collide on purpose. */
+uint64_t esim_hash_str(const char *s);
+
+/*
+ * Makes room for at least |need| items of |size| bytes in |items| (NULL for
+ * none yet), whose capacity is *cap items: the capacity doubles (16 at
+ * first) until it holds |need|. Returns the array, moved or not, with *cap
+ * updated; or NULL when out of memory or |need| * |size| overflows, and
+ * then |items| and *cap are untouched (the caller still owns |items|).
+ * Typical use:
+ *     if (n == cap) { T *g = esim_grow(arr, &cap, n + 1, sizeof *g); if (!g) ...; arr = g; }
+ */
+void *esim_grow(void *items, size_t *cap, size_t need, size_t size);
+
+/* What a process uses, from /proc (Linux). */
+typedef struct {
+    long rss_kb;      /* resident memory now (VmRSS) */
+    long peak_rss_kb; /* the most it has been resident (VmHWM) */
+    double cpu_s;     /* user + system CPU time so far */
+} esim_proc_usage;
+
+/* Reads |pid|'s usage (0: this process). ESIM_ENOTFOUND when there is no
+ * such process (or /proc is not there); fields it cannot read stay 0. */
+esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * util.c — the shared helpers of core/internal.h: FNV-1a, growing arrays,
+ * and a process's memory and CPU time read from /proc.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+
+uint64_t esim_hash_str(const char *s)
+{
+    uint64_t h = 14695981039346656037ull; /* FNV-1a offset basis */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull; /* FNV prime */
+    return h;
+}
+
+void *esim_grow(void *items, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return items;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n = n > SIZE_MAX / 2 ? need : n * 2;
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    void *grown = realloc(items, n * size);
+    if (grown)
+        *cap = n;
+    return grown;
+}
+
+esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
+{
+    memset(out, 0, sizeof *out);
+    char dir[32], path[48], line[512];
+    if (pid > 0)
+        snprintf(dir, sizeof dir, "/proc/%d", (int)pid);
+    else
+        snprintf(dir, sizeof dir, "/proc/self");
+    snprintf(path, sizeof path, "%s/status", dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return ESIM_ENOTFOUND;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            out->rss_kb = atol(line + 6);
+        else if (strncmp(line, "VmHWM:", 6) == 0)
+            out->peak_rss_kb = atol(line + 6);
+    }
+    fclose(f);
+    snprintf(path, sizeof path, "%s/stat", dir);
+    f = fopen(path, "r");
+    if (!f)
+        return ESIM_ENOTFOUND;
+    if (fgets(line, sizeof line, f)) {
+        /* After the ")" that ends the command name: utime is the 12th field
+         * and stime the 13th (proc(5)). */
+        const char *p = strrchr(line, ')');
+        unsigned long ut = 0, st = 0;
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+            out->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    fclose(f);
+    return ESIM_OK;
+}
