@@ -1,9 +1,10 @@
 /*
  * apns.h — the APNs provider client (HTTP/2 over TLS or h2c, driven by a
- * libevent loop) that wakes MDM devices, and the APNs mock server that stands
- * in for Apple on loopback (tests, the demo, `esim-mdm apns-mock`).
+ * libevent loop) that wakes MDM devices. The APNs mock server that stands in
+ * for Apple on loopback is a test tool with its own header and library
+ * (apns/apns_mock.h, esim_apns_mock); it is not part of libesim-mdm.
  *
- * Both run inside a caller-owned struct event_base and never block: call
+ * The client and the mock run inside a caller-owned struct event_base and never block: call
  * event_base_dispatch() (or keep your own loop running) and results arrive
  * through callbacks. Nothing here prints; failures come back as esim_err plus
  * an esim_error sentence (see core/esim.h).
@@ -51,8 +52,8 @@ typedef enum {
 } apns_auth_kind;
 
 /*
- * Client settings. Fill with apns_config_init() first, then set what you
- * need; every string is copied by apns_client_new(), so it may be freed
+ * Client settings. Fill with esim_apns_config_init() first, then set what you
+ * need; every string is copied by esim_apns_client_new(), so it may be freed
  * afterwards. Durations are milliseconds unless named otherwise.
  */
 typedef struct {
@@ -130,15 +131,15 @@ typedef struct {
      * set it low to see the roll-over. */
     uint32_t max_stream_id;
     /* Pushes accepted but not yet finished (queued + in flight + waiting to
-     * retry) beyond which apns_client_push() refuses. Default 1000000. */
+     * retry) beyond which esim_apns_client_push() refuses. Default 1000000. */
     size_t max_pending;
 } apns_config;
 
 /* Fills |cfg| with the defaults documented above (url NULL, certificate
  * auth, no paths). */
-void apns_config_init(apns_config *cfg);
+ESIM_EXTERN void esim_apns_config_init(apns_config *cfg);
 
-/* How one push ended. Every push given to apns_client_push() that returned
+/* How one push ended. Every push given to esim_apns_client_push() that returned
  * ESIM_OK ends in exactly one of these, delivered once to the callback. */
 typedef enum {
     /* 200: APNs took it. apns_id is the id APNs answered with. */
@@ -162,13 +163,13 @@ typedef enum {
     /* No connection to APNs could be made max_connect_failures times in a
      * row (refused, DNS, TLS handshake, ALPN not h2, timeout). */
     APNS_OUTCOME_UNREACHABLE = 5,
-    /* apns_client_free() ran before the push finished. */
+    /* esim_apns_client_free() ran before the push finished. */
     APNS_OUTCOME_CANCELED = 6,
 } apns_outcome;
 
 /* "accepted", "token_dead", "retry_exhausted", "rejected",
  * "credential_failed", "unreachable", "canceled"; never NULL. */
-const char *apns_outcome_name(apns_outcome o);
+ESIM_EXTERN const char *esim_apns_outcome_name(apns_outcome o);
 
 /* What the callback receives. Every pointer is valid only during the
  * callback; copy what you keep. */
@@ -184,16 +185,16 @@ typedef struct {
     int64_t timestamp_ms; /* 410: when APNs learned the token was dead
                              (ms since epoch); else 0 */
     int attempts;         /* times the request was sent (0 if never) */
-    int64_t latency_ms;   /* apns_client_push() to this result */
+    int64_t latency_ms;   /* esim_apns_client_push() to this result */
     void *user_data;      /* apns_push.user_data */
 } apns_result;
 
 /* Called once per push, from inside the event loop. The callback may call
- * apns_client_push() and apns_client_stats(); it must not call
- * apns_client_free() (do that after the loop returns, or from a timer). */
+ * esim_apns_client_push() and esim_apns_client_stats(); it must not call
+ * esim_apns_client_free() (do that after the loop returns, or from a timer). */
 typedef void (*apns_result_cb)(const apns_result *result, void *arg);
 
-/* One push. Strings are copied by apns_client_push(). */
+/* One push. Strings are copied by esim_apns_client_push(). */
 typedef struct {
     const char *token;      /* device token, hex, 64..200 digits; required */
     const char *push_magic; /* the device's PushMagic; body becomes exactly
@@ -211,7 +212,7 @@ typedef struct {
  * Makes a client that sends through |base| (not owned; it must outlive the
  * client) and reports each push to |cb| with |cb_arg|. Certificates and keys
  * are loaded and checked now; no connection is opened until the first push.
- * On success *out owns the client (apns_client_free()) and ESIM_OK is
+ * On success *out owns the client (esim_apns_client_free()) and ESIM_OK is
  * returned. Otherwise *out is NULL and:
  *   ESIM_EINVAL   bad URL (scheme, host, port), missing required field,
  *                 values out of range, no topic given and none in the
@@ -223,8 +224,9 @@ typedef struct {
  *   ESIM_ENOMEM   out of memory.
  * |err| (may be NULL) says which, with the path.
  */
-esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_result_cb cb,
-                         void *cb_arg, apns_client **out, esim_error *err);
+ESIM_EXTERN esim_err esim_apns_client_new(struct event_base *base, const apns_config *cfg,
+                                          apns_result_cb cb, void *cb_arg, apns_client **out,
+                                          esim_error *err);
 
 /*
  * Queues one push. It is sent on the next free stream of an open connection
@@ -235,31 +237,31 @@ esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_r
  *                 empty, over 256 bytes, not printable ASCII or holding a
  *                 quote or backslash, apns_id not a UUID, expiration < 0.
  *   ESIM_EAUTH    the credential was stopped by a 403; |err| carries the
- *                 reason (apns_client_stopped() too).
- *   ESIM_ESTATE   called from a callback run by apns_client_free().
+ *                 reason (esim_apns_client_stopped() too).
+ *   ESIM_ESTATE   called from a callback run by esim_apns_client_free().
  *   ESIM_ETOOBIG  max_pending pushes are already waiting.
  *   ESIM_ENOMEM   out of memory.
  */
-esim_err apns_client_push(apns_client *c, const apns_push *push, esim_error *err);
+ESIM_EXTERN esim_err esim_apns_client_push(apns_client *c, const apns_push *push, esim_error *err);
 
 /* True once a 403 stopped the credential; |why| (may be NULL) receives the
  * reason ("403 BadCertificate"). */
-bool apns_client_stopped(const apns_client *c, esim_error *why);
+ESIM_EXTERN bool esim_apns_client_stopped(const apns_client *c, esim_error *why);
 
 /* Topic in use (copied from the config or read from the certificate).
  * Owned by the client. */
-const char *apns_client_topic(const apns_client *c);
+ESIM_EXTERN const char *esim_apns_client_topic(const apns_client *c);
 
 /* Pushes not yet finished (queued, in flight or waiting to retry). */
-size_t apns_client_pending(const apns_client *c);
+ESIM_EXTERN size_t esim_apns_client_pending(const apns_client *c);
 
 /* Upper bounds of the latency histogram buckets, in ms; the last bucket
  * has no bound (everything slower). */
 #define APNS_LATENCY_BUCKETS 14
-extern const int apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1];
+ESIM_EXTERN extern const int esim_apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1];
 
 typedef struct {
-    uint64_t pushed; /* apns_client_push() calls that returned OK */
+    uint64_t pushed; /* esim_apns_client_push() calls that returned OK */
     uint64_t sent;   /* requests written (a retry counts again) */
     uint64_t accepted;
     uint64_t token_dead;
@@ -287,7 +289,7 @@ typedef struct {
 } apns_stats;
 
 /* Copies the counters into |out|. */
-void apns_client_stats(const apns_client *c, apns_stats *out);
+ESIM_EXTERN void esim_apns_client_stats(const apns_client *c, apns_stats *out);
 
 /*
  * Closes every connection and frees the client. Pushes not finished are
@@ -297,193 +299,7 @@ void apns_client_stats(const apns_client *c, apns_stats *out);
  * event_base_free() the base, run event_base_loop(base, EVLOOP_NONBLOCK)
  * once after this call (the same holds for apns_mock_free()).
  */
-void apns_client_free(apns_client *c);
-
-/* ======================================================================
- * The mock
- * ====================================================================== */
-
-typedef struct apns_mock apns_mock;
-
-/*
- * Mock settings; apns_mock_config_init() first. Listen addresses are
- * "IPv4:PORT" or "[IPv6]:PORT" (loopback in practice); port 0 picks a free
- * one, read back with apns_mock_port(). Strings are copied.
- */
-typedef struct {
-    /* TLS port with client certificates (the MDM case): only clients whose
-     * certificate chains to client_ca get in, and requests may use only the
-     * topic in that certificate's subject UID. Needs tls_cert, tls_key,
-     * client_ca. NULL: not opened. */
-    const char *listen;
-    const char *tls_cert;
-    const char *tls_key;
-    const char *client_ca;
-    /* TLS port without client certificates, and cleartext h2c port (prior
-     * knowledge), for load generators such as h2load. Any topic is allowed
-     * there unless |topic| is set. NULL: not opened. */
-    const char *open_listen;
-    const char *h2c_listen;
-    /* HTTP/1.1 delivery channel for device simulators (see below). */
-    const char *delivery_listen;
-
-    /* Topic required on the open/h2c ports; NULL = any non-empty topic. */
-    const char *topic;
-    /* File of device tokens answered 410 Unregistered: one hex token per
-     * line; '#' comments and blank lines ignored. */
-    const char *dead_tokens_path;
-    /* Provider tokens (JWT) on the open/h2c ports: with |token_key_path|
-     * (PEM public key or .p8 private key) every request must carry a valid
-     * "authorization: bearer" JWT signed by it (403 MissingProviderToken /
-     * InvalidProviderToken / ExpiredProviderToken otherwise). NULL: an
-     * authorization header is checked for shape only. */
-    const char *token_key_path;
-
-    /* Fault injection. fail_rate[i] pairs: answer a share |rate| (0..1) of
-     * valid requests with |status| (and its usual reason: 429
-     * TooManyRequests, 500 InternalServerError, 503 ServiceUnavailable, 403
-     * Forbidden, 400 BadTopic...). Draws come from a PRNG seeded by |seed|. */
-    struct {
-        int status;
-        double rate;
-    } fail_rate[8];
-    int fail_rate_count;
-    uint64_t seed;
-    /* Send GOAWAY (NO_ERROR, debug data {"reason":"Shutdown"}) after every N
-     * requests on a connection, naming the highest stream processed so far:
-     * streams above it are refused unprocessed, lower ones still open are
-     * answered. Then, with every answer written, the mock shuts the socket
-     * for writing and reads (discarding) until the client closes, at most
-     * 30 s: closing outright would let a request the client sent before it
-     * read the GOAWAY come back as a TCP RST, which can make the client lose
-     * the 200s already in its receive buffer and re-send pushes the mock
-     * delivered (docs/apns-mock.md, "How a connection ends"). 0 = never. */
-    unsigned goaway_every;
-    /* SETTINGS_MAX_CONCURRENT_STREAMS announced (default 1000). */
-    unsigned max_streams;
-    /* After a connection's first non-200 answer, drop its
-     * SETTINGS_MAX_CONCURRENT_STREAMS to 1 (as APNs does). */
-    bool drop_streams_on_reject;
-    /* Hold every response this long. */
-    unsigned delay_ms;
-    /* Drop a connection without GOAWAY when its Nth request arrives: that
-     * request and later ones are never answered (nor delivered), answers
-     * already given are flushed, then the socket is shut down for writing
-     * as after a GOAWAY. The client sees a connection lost with streams in
-     * flight. 0 = never. */
-    unsigned reset_every;
-    /* Accept every request with 200 as cheaply as possible: no validation,
-     * no delivery. */
-    bool benchmark;
-    /* Most undelivered pushes one delivery channel holds (default 100000);
-     * at the cap new pushes for its tokens get 429 TooManyRequests. */
-    size_t delivery_cap;
-} apns_mock_config;
-
-void apns_mock_config_init(apns_mock_config *cfg);
-
-/*
- * Parses "503=0.1,429=0.05" into cfg->fail_rate. ESIM_EINVAL (|err| says
- * which item) on a status outside 400..599, a rate outside 0..1, a total
- * over 1, more than 8 items or bad syntax.
- */
-esim_err apns_mock_parse_fail_rates(apns_mock_config *cfg, const char *spec, esim_error *err);
-
-/*
- * Starts the mock in |base| (not owned): binds every configured port now.
- * On success *out owns the mock (apns_mock_free()). Otherwise *out is NULL:
- *   ESIM_EINVAL    no port configured, bad address, listen set without
- *                  tls_cert/tls_key/client_ca, bad fault settings.
- *   ESIM_ENOTFOUND a certificate/key/CA/dead-token file does not exist.
- *   ESIM_ECRYPTO   a certificate or key is unusable.
- *   ESIM_EINVAL    a bad line in the dead-token file (|err| has its number).
- *   ESIM_EIO       a port could not be bound (in use, permission).
- *   ESIM_ENOMEM    out of memory.
- */
-esim_err apns_mock_new(struct event_base *base, const apns_mock_config *cfg, apns_mock **out,
-                       esim_error *err);
-
-typedef enum {
-    APNS_MOCK_PORT_TLS = 0,      /* listen */
-    APNS_MOCK_PORT_OPEN = 1,     /* open_listen */
-    APNS_MOCK_PORT_H2C = 2,      /* h2c_listen */
-    APNS_MOCK_PORT_DELIVERY = 3, /* delivery_listen */
-} apns_mock_port_kind;
-
-/* The bound port, or 0 when that listener is not configured. */
-int apns_mock_port(const apns_mock *m, apns_mock_port_kind which);
-
-/* Marks |token| (hex) dead now: later pushes to it get 410 Unregistered
- * with this moment as timestamp. ESIM_EINVAL on a malformed token. */
-esim_err apns_mock_add_dead_token(apns_mock *m, const char *token, esim_error *err);
-
-typedef struct {
-    uint64_t connections; /* accepted TCP connections, ever */
-    uint64_t tls_refused; /* handshakes that failed (no/unknown cert, ALPN) */
-    uint64_t requests;    /* complete requests seen */
-    uint64_t accepted;    /* answered 200 */
-    uint64_t status[6];   /* answers by class: [2]=2xx ... [5]=5xx */
-    uint64_t injected;    /* of which fault-injected */
-    uint64_t refused;     /* streams refused after a GOAWAY or reset */
-    uint64_t goaways;
-    uint64_t resets;
-    uint64_t delivered;      /* queued on a delivery channel */
-    uint64_t undelivered;    /* accepted for tokens no channel registered */
-    uint64_t backlog_full;   /* 429s because a channel was at its cap */
-    uint64_t distinct_jwts;  /* different provider tokens seen */
-    uint64_t max_concurrent; /* most streams open at once on one connection */
-} apns_mock_stats;
-
-void apns_mock_stats_get(const apns_mock *m, apns_mock_stats *out);
-
-/* Closes every listener and connection (pending long-polls get their answer
- * first) and frees the mock. NULL allowed. */
-void apns_mock_free(apns_mock *m);
-
-/*
- * ---- The delivery channel (how a device simulator receives pushes) ----
- *
- * The mock's delivery_listen port speaks HTTP/1.1 with JSON bodies. A
- * simulator registers the tokens it owns under a channel name, then
- * long-polls for the MDM pushes the mock accepted for them.
- *
- *   POST /tokens?channel=NAME   {"tokens":["<hex>",...], "topic":"<topic>"}
- *        Registers the tokens on channel NAME (default "default"); a token
- *        registered again moves to the new channel. With "topic" (optional)
- *        pushes to these tokens under another topic get 400
- *        DeviceTokenNotForTopic, as APNs does.
- *        -> 200 {"registered": N}; 400 {"error": "..."} on bad JSON/token.
- *
- *   POST /dead-tokens           {"tokens":["<hex>",...]}
- *        Marks tokens dead now (410 Unregistered, timestamp = now).
- *        -> 200 {"dead": N}; 400 {"error": "..."}.
- *
- *   GET /deliveries?channel=NAME&after=SEQ&wait_ms=N&limit=L
- *        Returns the pushes accepted for the channel's tokens whose
- *        sequence number is > SEQ, oldest first, at most L (default 1000,
- *        max 10000). When there are none it waits up to N ms (default 0,
- *        max 60000) for one to arrive.
- *        -> 200 {"next": SEQ2, "pushes": [{"seq":S, "token":"<hex>",
- *               "push_magic":"...", "topic":"...", "apns_id":"<uuid>"}, ...],
- *               "backlog": B}
- *        Pass SEQ2 as the next |after|. Asking with after=SEQ acknowledges
- *        (and frees) every push with seq <= SEQ on that channel.
- *
- *   GET /stats  -> 200 the apns_mock_stats counters as a JSON object.
- *
- * Guarantees: seq is one counter for the whole mock, so it increases in the
- * order pushes were accepted; a push gets its seq when (and only if) the mock
- * answers it 200, so a push that was refused, failed, or lost with its
- * connection is never delivered, and a push is delivered at most once per
- * acceptance (a client that re-sends after acceptance would show up twice —
- * that is what tests look for). Pushes for tokens no channel registered are
- * still answered 200 (APNs does not know whether a device is online) and
- * counted as undelivered. A channel holds at most delivery_cap
- * unacknowledged pushes; beyond it pushes for its tokens are answered 429
- * TooManyRequests (so a well-behaved client retries and nothing is lost) and
- * /deliveries reports "error": "backlog full ..." until the simulator
- * acknowledges.
- */
+ESIM_EXTERN void esim_apns_client_free(apns_client *c);
 
 #ifdef __cplusplus
 }

@@ -171,7 +171,7 @@ static void list_remove(push_item *p)
 
 /* --------------------------------------------------------------- config */
 
-void apns_config_init(apns_config *cfg)
+void esim_apns_config_init(apns_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->auth = APNS_AUTH_CERTIFICATE;
@@ -297,12 +297,13 @@ static void conn_timer_fired(evutil_socket_t fd, short what, void *arg);
 static void conn_backoff_done(evutil_socket_t fd, short what, void *arg);
 static void kick_fired(evutil_socket_t fd, short what, void *arg);
 
-esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_result_cb cb,
-                         void *cb_arg, apns_client **out, esim_error *err)
+esim_err esim_apns_client_new(struct event_base *base, const apns_config *cfg, apns_result_cb cb,
+                              void *cb_arg, apns_client **out, esim_error *err)
 {
     *out = NULL;
     if (base == NULL || cfg == NULL || cb == NULL)
-        return esim_fail(err, ESIM_EINVAL, "apns_client_new needs a base, a config and a callback");
+        return esim_fail(err, ESIM_EINVAL,
+                         "esim_apns_client_new needs a base, a config and a callback");
     esim_err e = check_config(cfg, err);
     if (e != ESIM_OK)
         return e;
@@ -347,31 +348,31 @@ esim_err apns_client_new(struct event_base *base, const apns_config *cfg, apns_r
             e = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     if (e != ESIM_OK) {
-        apns_client_free(c);
+        esim_apns_client_free(c);
         return e;
     }
     *out = c;
     return ESIM_OK;
 }
 
-const char *apns_client_topic(const apns_client *c)
+const char *esim_apns_client_topic(const apns_client *c)
 {
     return c->topic;
 }
 
-size_t apns_client_pending(const apns_client *c)
+size_t esim_apns_client_pending(const apns_client *c)
 {
     return c->pending;
 }
 
-bool apns_client_stopped(const apns_client *c, esim_error *why)
+bool esim_apns_client_stopped(const apns_client *c, esim_error *why)
 {
     if (c->stopped && why)
         *why = c->stop_reason;
     return c->stopped;
 }
 
-void apns_client_stats(const apns_client *c, apns_stats *out)
+void esim_apns_client_stats(const apns_client *c, apns_stats *out)
 {
     *out = c->stats;
     out->queued = c->ready.n + c->waiting.n;
@@ -407,7 +408,7 @@ static void finish(push_item *p, apns_outcome outcome, int status, const char *r
     apns_client *c = p->client;
     int64_t latency = esim_mono_ms() - p->submitted_ms;
     int b = 0;
-    while (b < APNS_LATENCY_BUCKETS - 1 && latency > apns_latency_bounds_ms[b])
+    while (b < APNS_LATENCY_BUCKETS - 1 && latency > esim_apns_latency_bounds_ms[b])
         b++;
     c->stats.latency[b]++;
     switch (outcome) {
@@ -1150,7 +1151,7 @@ static apns_conn *least_loaded_conn(apns_client *c)
 
 /* Sends what waits, flushes every connection, retires finished ones and
  * opens what the pool lacks. Runs from the loop, never from the caller's
- * apns_client_push(). */
+ * esim_apns_client_push(). */
 static void pump(apns_client *c)
 {
     if (c->freeing)
@@ -1192,10 +1193,10 @@ static void kick_fired(evutil_socket_t fd, short what, void *arg)
 
 /* ---------------------------------------------------------------- push */
 
-esim_err apns_client_push(apns_client *c, const apns_push *push, esim_error *err)
+esim_err esim_apns_client_push(apns_client *c, const apns_push *push, esim_error *err)
 {
     if (c == NULL || push == NULL)
-        return esim_fail(err, ESIM_EINVAL, "apns_client_push needs a client and a push");
+        return esim_fail(err, ESIM_EINVAL, "esim_apns_client_push needs a client and a push");
     if (c->freeing)
         return esim_fail(err, ESIM_ESTATE, "the APNs client is being freed");
     if (c->stopped) {
@@ -1252,7 +1253,7 @@ esim_err apns_client_push(apns_client *c, const apns_push *push, esim_error *err
 
 /* ---------------------------------------------------------------- free */
 
-void apns_client_free(apns_client *c)
+void esim_apns_client_free(apns_client *c)
 {
     if (c == NULL)
         return;

@@ -10,6 +10,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "apns/apns_mock.h"
 #include "apns/internal.h"
 
 typedef struct mock_conn mock_conn;

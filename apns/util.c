@@ -15,10 +15,10 @@
 
 #include "apns/internal.h"
 
-const int apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1] = {1,   2,   5,    10,   20,   50,   100,
-                                                              200, 500, 1000, 2000, 5000, 10000};
+const int esim_apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1] = {
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
 
-const char *apns_outcome_name(apns_outcome o)
+const char *esim_apns_outcome_name(apns_outcome o)
 {
     switch (o) {
     case APNS_OUTCOME_ACCEPTED:

@@ -370,7 +370,8 @@ bool campaign_subscriptions_match(const esim_subscription *subs, size_t n, const
  *   it cannot be renamed;  ESIM_ENOMEM;  ESIM_ETOOBIG  the service has no
  *   room for another hook.
  */
-esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir, esim_error *err);
+ESIM_EXTERN esim_err esim_campaigns_attach(esim_service *svc, const char *data_dir,
+                                           esim_error *err);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
-#include "apns/apns.h"
+#include "apns/apns_mock.h"
 #include "cli/cli.h"
 
 /* ---- help texts ------------------------------------------------------------ */
@@ -151,7 +151,7 @@ typedef struct {
     bool has_expiration;
     int64_t expiration;
     size_t window;    /* most pushes handed to the client at once */
-    size_t submitted; /* accepted by apns_client_push */
+    size_t submitted; /* accepted by esim_apns_client_push */
     size_t finished;
     size_t bad_lines;
     size_t counts[APNS_OUTCOME_CANCELED + 1];
@@ -172,7 +172,7 @@ static void push_result(const apns_result *res, void *arg)
     if (!r->quiet) {
         json_t *j = json_pack("{s:I,s:s,s:s,s:i,s:s,s:s,s:i}", "line",
                               (json_int_t)(intptr_t)res->user_data, "token", res->token, "outcome",
-                              apns_outcome_name(res->outcome), "status", res->status, "reason",
+                              esim_apns_outcome_name(res->outcome), "status", res->status, "reason",
                               res->reason, "apns_id", res->apns_id, "attempts", res->attempts);
         if (j && res->timestamp_ms)
             json_object_set_new(j, "timestamp", json_integer(res->timestamp_ms));
@@ -216,7 +216,7 @@ static bool push_line(push_run *r, char *line)
                       .has_expiration = r->has_expiration,
                       .expiration = r->expiration,
                       .user_data = (void *)(intptr_t)r->lineno};
-    esim_err e = apns_client_push(r->client, &push, &err);
+    esim_err e = esim_apns_client_push(r->client, &push, &err);
     if (e == ESIM_OK) {
         r->submitted++;
         return true;
@@ -259,7 +259,7 @@ static void push_summary(push_run *r)
     if (secs <= 0)
         secs = 0.001;
     apns_stats s;
-    apns_client_stats(r->client, &s);
+    esim_apns_client_stats(r->client, &s);
     json_t *j = json_pack(
         "{s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f}}", "summary", "pushes",
         (json_int_t)r->finished, "accepted", (json_int_t)r->counts[APNS_OUTCOME_ACCEPTED],
@@ -321,7 +321,7 @@ int cmd_push(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     apns_config cfg;
-    apns_config_init(&cfg);
+    esim_apns_config_init(&cfg);
     cfg.max_connect_failures = 3;
     const char *tokens_path = NULL;
     bool quiet = false;
@@ -419,7 +419,7 @@ int cmd_push(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     r.base = event_base_new();
     esim_error err = {{0}};
-    esim_err e = r.base ? apns_client_new(r.base, &cfg, push_result, &r, &r.client, &err)
+    esim_err e = r.base ? esim_apns_client_new(r.base, &cfg, push_result, &r, &r.client, &err)
                         : esim_fail(&err, ESIM_ENOMEM, "cannot make an event loop");
     if (e != ESIM_OK) {
         fclose(r.tokens);
@@ -435,7 +435,7 @@ int cmd_push(int argc, char **argv)
         event_base_dispatch(r.base);
     push_summary(&r);
     fflush(stdout);
-    apns_client_free(r.client);
+    esim_apns_client_free(r.client);
     event_base_loop(r.base, EVLOOP_NONBLOCK);
     event_base_free(r.base);
     fclose(r.tokens);

@@ -26,6 +26,17 @@
 extern "C" {
 #endif
 
+/*
+ * ESIM_EXTERN marks a function of the public API. libesim-mdm is built with
+ * -fvisibility=hidden, so only what carries this mark is exported; every
+ * other function, whatever its name, stays inside the library.
+ */
+#if defined(__GNUC__) || defined(__clang__)
+#define ESIM_EXTERN __attribute__((visibility("default")))
+#else
+#define ESIM_EXTERN
+#endif
+
 /* ---- errors ------------------------------------------------------------ */
 
 typedef enum {
@@ -46,7 +57,7 @@ typedef enum {
 } esim_err;
 
 /* A short English name for |e| ("invalid input", ...). Never NULL. */
-const char *esim_strerror(esim_err e);
+ESIM_EXTERN const char *esim_strerror(esim_err e);
 
 /* One sentence for a person. Fixed size so it never needs freeing. */
 typedef struct {
@@ -58,11 +69,11 @@ typedef struct {
  * returns |code|, so a failure path reads: return esim_fail(err, ESIM_EINVAL,
  * "..."). The message is truncated to fit.
  */
-esim_err esim_fail(esim_error *err, esim_err code, const char *fmt, ...)
+ESIM_EXTERN esim_err esim_fail(esim_error *err, esim_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Clears |err| (NULL allowed). */
-void esim_error_clear(esim_error *err);
+ESIM_EXTERN void esim_error_clear(esim_error *err);
 
 /*
  * The oldest error on OpenSSL's error queue, in words, written into |buf|
@@ -70,7 +81,7 @@ void esim_error_clear(esim_error *err);
  * so a failure path reads: esim_fail(err, ESIM_ECRYPTO, "signing failed: %s",
  * esim_openssl_error_text(buf, sizeof buf, "unknown reason")).
  */
-const char *esim_openssl_error_text(char *buf, size_t len, const char *fallback);
+ESIM_EXTERN const char *esim_openssl_error_text(char *buf, size_t len, const char *fallback);
 
 /* ---- byte buffers ------------------------------------------------------ */
 
@@ -85,15 +96,17 @@ typedef struct {
     size_t cap;
 } esim_buf;
 
-void esim_buf_free(esim_buf *b);                                   /* NULL ok; leaves b zeroed */
-esim_err esim_buf_reserve(esim_buf *b, size_t extra);              /* room for |extra| more bytes */
-esim_err esim_buf_append(esim_buf *b, const void *data, size_t len);
-esim_err esim_buf_append_str(esim_buf *b, const char *s);
-esim_err esim_buf_printf(esim_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-esim_err esim_buf_vprintf(esim_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-void esim_buf_reset(esim_buf *b);                                  /* len = 0, keeps memory */
+ESIM_EXTERN void esim_buf_free(esim_buf *b);                      /* NULL ok; leaves b zeroed */
+ESIM_EXTERN esim_err esim_buf_reserve(esim_buf *b, size_t extra); /* room for |extra| more bytes */
+ESIM_EXTERN esim_err esim_buf_append(esim_buf *b, const void *data, size_t len);
+ESIM_EXTERN esim_err esim_buf_append_str(esim_buf *b, const char *s);
+ESIM_EXTERN esim_err esim_buf_printf(esim_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+ESIM_EXTERN esim_err esim_buf_vprintf(esim_buf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+ESIM_EXTERN void esim_buf_reset(esim_buf *b); /* len = 0, keeps memory */
 /* Hands the bytes to the caller (free() them); |b| is left empty. */
-unsigned char *esim_buf_steal(esim_buf *b, size_t *len);
+ESIM_EXTERN unsigned char *esim_buf_steal(esim_buf *b, size_t *len);
 
 /* ---- files ------------------------------------------------------------- */
 
@@ -102,7 +115,8 @@ unsigned char *esim_buf_steal(esim_buf *b, size_t *len);
  *   ESIM_ENOTFOUND  no such file;  ESIM_ETOOBIG  larger than |max_len|;
  *   ESIM_EIO        any other read error.  |err| names the path.
  */
-esim_err esim_read_file(const char *path, size_t max_len, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_read_file(const char *path, size_t max_len, esim_buf *out,
+                                    esim_error *err);
 
 /*
  * For keys, tokens and secrets. esim_check_private_file() refuses a file
@@ -141,37 +155,38 @@ esim_err esim_read_token_file(const char *path, char **out, esim_error *err);
  * instant the file holds either the old or the new content, never a mix.
  * |mode| is the permission of a new file (0600 for keys).
  */
-esim_err esim_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
-                                esim_error *err);
+ESIM_EXTERN esim_err esim_write_file_atomic(const char *path, const void *data, size_t len,
+                                            unsigned mode, esim_error *err);
 
 /* mkdir -p with |mode| for each created level. */
-esim_err esim_mkdirs(const char *path, unsigned mode, esim_error *err);
+ESIM_EXTERN esim_err esim_mkdirs(const char *path, unsigned mode, esim_error *err);
 
 /* ---- time -------------------------------------------------------------- */
 
-int64_t esim_now_ms(void);  /* wall clock, ms since the Unix epoch */
-int64_t esim_mono_ms(void); /* monotonic clock, ms; for intervals only */
+ESIM_EXTERN int64_t esim_now_ms(void);  /* wall clock, ms since the Unix epoch */
+ESIM_EXTERN int64_t esim_mono_ms(void); /* monotonic clock, ms; for intervals only */
 
 /* ---- UUIDs, random, encodings ------------------------------------------ */
 
 #define ESIM_UUID_LEN 36
 /* Writes a fresh random (version 4) lowercase UUID and a NUL into |out|. */
-void esim_uuid_new(char out[ESIM_UUID_LEN + 1]);
+ESIM_EXTERN void esim_uuid_new(char out[ESIM_UUID_LEN + 1]);
 /* True when |s| is 8-4-4-4-12 hex digits (either case). */
-bool esim_uuid_valid(const char *s);
+ESIM_EXTERN bool esim_uuid_valid(const char *s);
 
 /* Cryptographically random bytes (OpenSSL). ESIM_ECRYPTO if it fails. */
-esim_err esim_random_bytes(void *out, size_t len);
+ESIM_EXTERN esim_err esim_random_bytes(void *out, size_t len);
 
 /* Standard base64 with padding; |out| replaced. */
-esim_err esim_base64_encode(const void *data, size_t len, esim_buf *out);
+ESIM_EXTERN esim_err esim_base64_encode(const void *data, size_t len, esim_buf *out);
 /* Accepts standard base64 with or without padding and ignores whitespace.
  * ESIM_EINVAL (|err| says where) on any other character. */
-esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out,
+                                        esim_error *err);
 /* Lowercase hex; |out| replaced. */
-esim_err esim_hex_encode(const void *data, size_t len, esim_buf *out);
+ESIM_EXTERN esim_err esim_hex_encode(const void *data, size_t len, esim_buf *out);
 /* Hex (either case, even length) to bytes. */
-esim_err esim_hex_decode(const char *hex, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_hex_decode(const char *hex, esim_buf *out, esim_error *err);
 
 /* ---- identifiers (PROTOCOLS.md §5, §6) --------------------------------- */
 
@@ -180,14 +195,14 @@ esim_err esim_hex_decode(const char *hex, esim_buf *out, esim_error *err);
 /* EID: 32 decimal digits whose value mod 97 == 1 (ISO 7064 MOD 97-10).
  * ESIM_EINVAL with the reason, e.g. "EID check digits do not match:
  * expected 54, found 00". */
-esim_err esim_eid_validate(const char *eid, esim_error *err);
+ESIM_EXTERN esim_err esim_eid_validate(const char *eid, esim_error *err);
 /* Sets the last two digits of a 32-digit |eid| so it becomes valid. */
-esim_err esim_eid_set_check_digits(char eid[ESIM_EID_LEN + 1], esim_error *err);
+ESIM_EXTERN esim_err esim_eid_set_check_digits(char eid[ESIM_EID_LEN + 1], esim_error *err);
 
 /* ICCID: 18 to 20 digits, starting "89", last digit a Luhn check digit. */
-esim_err esim_iccid_validate(const char *iccid, esim_error *err);
+ESIM_EXTERN esim_err esim_iccid_validate(const char *iccid, esim_error *err);
 /* Sets the last digit of an all-digit |iccid| (18 to 20 long) to its Luhn digit. */
-esim_err esim_iccid_set_check_digit(char *iccid, esim_error *err);
+ESIM_EXTERN esim_err esim_iccid_set_check_digit(char *iccid, esim_error *err);
 
 /* Activation code "LPA:1$<SM-DP+ FQDN>$<MatchingID>[$<SM-DP+ OID>[$1]]". */
 typedef struct {
@@ -196,20 +211,21 @@ typedef struct {
     char smdp_oid[128];    /* may be empty */
     bool confirmation_code_required;
 } esim_activation_code;
-esim_err esim_activation_code_parse(const char *code, esim_activation_code *out, esim_error *err);
+ESIM_EXTERN esim_err esim_activation_code_parse(const char *code, esim_activation_code *out,
+                                                esim_error *err);
 
 /* A bare host name: letters, digits, '-' and '.', labels of 1..63, total <= 253. */
-esim_err esim_fqdn_validate(const char *fqdn, esim_error *err);
+ESIM_EXTERN esim_err esim_fqdn_validate(const char *fqdn, esim_error *err);
 
 /* Windows eUICCs CSP MatchingID: ^([0-9a-fA-F]{5}-){3}[0-9a-fA-F]{5}$ */
-esim_err esim_windows_matching_id_validate(const char *id, esim_error *err);
+ESIM_EXTERN esim_err esim_windows_matching_id_validate(const char *id, esim_error *err);
 
 /* APNs device token: hex, even length, 64 to 200 hex digits (32..100 bytes). */
-esim_err esim_push_token_validate(const char *hex, esim_error *err);
+ESIM_EXTERN esim_err esim_push_token_validate(const char *hex, esim_error *err);
 
 /* UDID or EnrollmentID: 1 to 64 characters of [A-Za-z0-9-]. Covers the
  * 40-hex legacy form, the 8-16 form of newer iPhones, and UUID forms. */
-esim_err esim_udid_validate(const char *udid, esim_error *err);
+ESIM_EXTERN esim_err esim_udid_validate(const char *udid, esim_error *err);
 
 /* ---- test PKI (OpenSSL) ------------------------------------------------- */
 
@@ -221,7 +237,8 @@ typedef struct {
     const char *organization;  /* O */
     const char *uid;           /* subject UID (0.9.2342.19200300.100.1.1): APNs topic */
     const char *serial_number; /* subject serialNumber (2.5.4.5): the EID of an eUICC */
-    const char *dns_name;      /* subjectAltName DNS (TLS servers); "localhost" adds 127.0.0.1 and ::1 too */
+    const char
+        *dns_name; /* subjectAltName DNS (TLS servers); "localhost" adds 127.0.0.1 and ::1 too */
     bool is_ca;
     bool server_auth; /* extendedKeyUsage serverAuth */
     bool client_auth; /* extendedKeyUsage clientAuth; neither flag = no EKU at all */
@@ -237,14 +254,15 @@ typedef struct {
 
 /* Makes a key pair and a certificate per |spec|, signed by |issuer| (NULL:
  * self-signed). |out| owns both; esim_cert_clear() frees them. */
-esim_err esim_cert_issue(const esim_cert_spec *spec, const esim_cert *issuer, esim_cert *out,
-                         esim_error *err);
-void esim_cert_clear(esim_cert *c); /* NULL ok */
+ESIM_EXTERN esim_err esim_cert_issue(const esim_cert_spec *spec, const esim_cert *issuer,
+                                     esim_cert *out, esim_error *err);
+ESIM_EXTERN void esim_cert_clear(esim_cert *c); /* NULL ok */
 /* PEM files; the key (if |key_path| and c->key) is written 0600. Atomic. */
-esim_err esim_cert_save(const esim_cert *c, const char *cert_path, const char *key_path,
-                        esim_error *err);
+ESIM_EXTERN esim_err esim_cert_save(const esim_cert *c, const char *cert_path, const char *key_path,
+                                    esim_error *err);
 /* Loads a PEM certificate and, if |key_path| is not NULL, its key; checks that they match. */
-esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *out, esim_error *err);
+ESIM_EXTERN esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *out,
+                                    esim_error *err);
 
 /*
  * Creates the project's test PKI in |dir| (made if missing). Files that
@@ -260,17 +278,18 @@ esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *
  *   dpauth     SM-DP+ authentication certificate, signed by ci
  * plus push.topic, a text file holding "com.apple.mgmt.External.<uuid>".
  */
-esim_err esim_pki_create(const char *dir, esim_error *err);
+ESIM_EXTERN esim_err esim_pki_create(const char *dir, esim_error *err);
 
 /* Convenience: "<dir>/<name>.pem" and "<dir>/<name>.key" loaded (see esim_cert_load). */
-esim_err esim_pki_load(const char *dir, const char *name, esim_cert *out, esim_error *err);
+ESIM_EXTERN esim_err esim_pki_load(const char *dir, const char *name, esim_cert *out,
+                                   esim_error *err);
 
 /* The subject field |nid| (NID_userId, NID_serialNumber, NID_commonName) of
  * |x509| copied into |out|. ESIM_ENOTFOUND when absent. */
-esim_err esim_cert_subject_field(X509 *x509, int nid, char *out, size_t out_len);
+ESIM_EXTERN esim_err esim_cert_subject_field(X509 *x509, int nid, char *out, size_t out_len);
 
 /* SHA-256 of the DER certificate, lowercase hex (65 bytes with the NUL). */
-esim_err esim_cert_sha256_hex(X509 *x509, char out[65]);
+ESIM_EXTERN esim_err esim_cert_sha256_hex(X509 *x509, char out[65]);
 
 #ifdef __cplusplus
 }

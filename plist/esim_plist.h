@@ -40,7 +40,7 @@ typedef struct {
     char request_type[64];                /* e.g. "RefreshCellularPlans" */
 } esim_cmd;
 
-void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
+ESIM_EXTERN void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
 
 /*
  * Normalizes an eSIM server address as admins type it: an https:// or
@@ -49,11 +49,12 @@ void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
  * whitespace or control characters, another scheme, no host, over
  * ESIM_SERVER_URL_MAX bytes. |out| gets the URL and a NUL.
  */
-esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len, esim_error *err);
+ESIM_EXTERN esim_err esim_server_url_normalize(const char *in, char *out, size_t out_len,
+                                               esim_error *err);
 
 /* RefreshCellularPlans with eSIMServerURL = esim_server_url_normalize(server_url). */
-esim_err esim_cmd_refresh_plans(const char *server_url, const esim_cmd_opts *opts, esim_cmd *out,
-                                esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_refresh_plans(const char *server_url, const esim_cmd_opts *opts,
+                                            esim_cmd *out, esim_error *err);
 
 typedef struct {
     bool preserve_data_plan;       /* PreserveDataPlan (emitted when true) */
@@ -69,28 +70,30 @@ typedef struct {
 } esim_erase_opts;
 
 /* EraseDevice. |erase| may be NULL (a plain erase). */
-esim_err esim_cmd_erase_device(const esim_erase_opts *erase, const esim_cmd_opts *opts,
-                               esim_cmd *out, esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_erase_device(const esim_erase_opts *erase, const esim_cmd_opts *opts,
+                                           esim_cmd *out, esim_error *err);
 
 /*
  * InstallProfile with Payload = |profile|. The bytes must be a configuration
  * profile: a plist (XML or binary) whose PayloadType is Configuration, or a
  * CMS SignedData (DER) wrapping one. Anything else is ESIM_EINVAL.
  */
-esim_err esim_cmd_install_profile(const void *profile, size_t len, const esim_cmd_opts *opts,
-                                  esim_cmd *out, esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_install_profile(const void *profile, size_t len,
+                                              const esim_cmd_opts *opts, esim_cmd *out,
+                                              esim_error *err);
 
 /* RemoveProfile with Identifier (non-empty). */
-esim_err esim_cmd_remove_profile(const char *identifier, const esim_cmd_opts *opts, esim_cmd *out,
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_remove_profile(const char *identifier, const esim_cmd_opts *opts,
+                                             esim_cmd *out, esim_error *err);
 
 /* ProfileList; ManagedOnly emitted when true. */
-esim_err esim_cmd_profile_list(bool managed_only, const esim_cmd_opts *opts, esim_cmd *out,
-                               esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_profile_list(bool managed_only, const esim_cmd_opts *opts,
+                                           esim_cmd *out, esim_error *err);
 
 /* DeviceInformation with Queries = |queries| (n >= 1, non-empty strings). */
-esim_err esim_cmd_device_information(const char *const *queries, size_t n,
-                                     const esim_cmd_opts *opts, esim_cmd *out, esim_error *err);
+ESIM_EXTERN esim_err esim_cmd_device_information(const char *const *queries, size_t n,
+                                                 const esim_cmd_opts *opts, esim_cmd *out,
+                                                 esim_error *err);
 
 /* ---- parsing limits ------------------------------------------------------ */
 
@@ -111,12 +114,13 @@ typedef struct {
  * *root (caller frees with plist_free). ESIM_ETOOBIG over size or depth,
  * ESIM_EINVAL when it is not a plist or its root is not a dict.
  */
-esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_limits *limits,
-                               plist_t *root, esim_error *err);
+ESIM_EXTERN esim_err esim_plist_parse_dict(const void *data, size_t len,
+                                           const esim_parse_limits *limits, plist_t *root,
+                                           esim_error *err);
 
 /* Serializes |node| as XML or binary into |out| (replaced). */
-esim_err esim_plist_serialize(plist_t node, esim_plist_format format, esim_buf *out,
-                              esim_error *err);
+ESIM_EXTERN esim_err esim_plist_serialize(plist_t node, esim_plist_format format, esim_buf *out,
+                                          esim_error *err);
 
 /* ---- a command as the device reads it ----------------------------------- */
 
@@ -130,9 +134,9 @@ typedef struct {
 /* Parses a command plist (as esim_cmd_* build, or as a vendor enqueues one):
  * root dict with CommandUUID (non-empty string) and Command dict with
  * RequestType (non-empty string). */
-esim_err esim_cmd_parse(const void *data, size_t len, const esim_parse_limits *limits,
-                        esim_cmd_parsed *out, esim_error *err);
-void esim_cmd_parsed_free(esim_cmd_parsed *cmd); /* NULL ok */
+ESIM_EXTERN esim_err esim_cmd_parse(const void *data, size_t len, const esim_parse_limits *limits,
+                                    esim_cmd_parsed *out, esim_error *err);
+ESIM_EXTERN void esim_cmd_parsed_free(esim_cmd_parsed *cmd); /* NULL ok */
 
 /* ---- configuration profiles ----------------------------------------------- */
 
@@ -150,21 +154,22 @@ typedef struct {
  * NULL) set. Caller owns it (plist_free) or hands it to esim_profile_build.
  * NULL on out-of-memory or a NULL type/identifier.
  */
-plist_t esim_payload_new(const char *payload_type, const char *identifier, const char *uuid,
-                         const char *display_name);
+ESIM_EXTERN plist_t esim_payload_new(const char *payload_type, const char *identifier,
+                                     const char *uuid, const char *display_name);
 
 /*
  * A configuration profile (PayloadType Configuration, PayloadVersion 1,
  * PayloadContent = copies of |payloads|) serialized into |out|. |payloads|
  * stay the caller's.
  */
-esim_err esim_profile_build(const esim_profile_opts *opts, const plist_t *payloads, size_t n,
-                            esim_plist_format format, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_profile_build(const esim_profile_opts *opts, const plist_t *payloads,
+                                        size_t n, esim_plist_format format, esim_buf *out,
+                                        esim_error *err);
 
 /* CMS SignedData (DER, content attached) of |profile| signed by |signer|
  * (certificate and key). Verifies with `openssl cms -verify -inform DER`. */
-esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer, esim_buf *out,
-                           esim_error *err);
+ESIM_EXTERN esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *signer,
+                                       esim_buf *out, esim_error *err);
 
 /*
  * Reads a profile as a device does: plain plist or CMS SignedData (the
@@ -173,8 +178,9 @@ esim_err esim_profile_sign(const void *profile, size_t len, const esim_cert *sig
  * which it was (may be NULL). ESIM_EINVAL when it is neither, or when the
  * PayloadType is not Configuration.
  */
-esim_err esim_profile_parse(const void *data, size_t len, const esim_parse_limits *limits,
-                            plist_t *root, bool *was_signed, esim_error *err);
+ESIM_EXTERN esim_err esim_profile_parse(const void *data, size_t len,
+                                        const esim_parse_limits *limits, plist_t *root,
+                                        bool *was_signed, esim_error *err);
 
 /* ---- device -> server messages ------------------------------------------- */
 
@@ -194,9 +200,9 @@ typedef enum {
 } esim_status;
 
 /* "Idle", "Acknowledged", ... ; NULL for an out-of-range value. */
-const char *esim_status_name(esim_status s);
+ESIM_EXTERN const char *esim_status_name(esim_status s);
 /* The reverse; ESIM_EINVAL for anything else. */
-esim_err esim_status_from_name(const char *name, esim_status *out);
+ESIM_EXTERN esim_err esim_status_from_name(const char *name, esim_status *out);
 
 typedef struct {
     int64_t code;                     /* ErrorCode */
@@ -244,9 +250,9 @@ typedef struct {
  * unknown MessageType, an unknown Status, a non-Idle result without
  * CommandUUID, a malformed ErrorChain.
  */
-esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *limits,
-                        esim_msg *out, esim_error *err);
-void esim_msg_free(esim_msg *msg); /* NULL ok; leaves it zeroed */
+ESIM_EXTERN esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *limits,
+                                    esim_msg *out, esim_error *err);
+ESIM_EXTERN void esim_msg_free(esim_msg *msg); /* NULL ok; leaves it zeroed */
 
 /* One entry of DeviceInformation's ServiceSubscriptions answer. */
 typedef struct {
@@ -266,8 +272,8 @@ typedef struct {
  * malloc'd array (free()), *n its length (0 with *out NULL when the answer
  * has no such query). ESIM_EINVAL when it is present but malformed.
  */
-esim_err esim_msg_service_subscriptions(const esim_msg *msg, esim_subscription **out, size_t *n,
-                                        esim_error *err);
+ESIM_EXTERN esim_err esim_msg_service_subscriptions(const esim_msg *msg, esim_subscription **out,
+                                                    size_t *n, esim_error *err);
 
 /* ---- device-side builders (the simulator and tests) ----------------------- */
 
@@ -277,21 +283,24 @@ typedef struct {
     const char *imei, *meid, *device_name, *model; /* each may be NULL */
 } esim_authenticate_info;
 
-esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_buf *out,
-                                     esim_error *err);
-esim_err esim_msg_build_token_update(const char *udid, const char *topic, const void *token,
-                                     size_t token_len, const char *push_magic, esim_buf *out,
-                                     esim_error *err);
-esim_err esim_msg_build_checkout(const char *udid, const char *topic, esim_buf *out,
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_buf *out,
+                                                 esim_error *err);
+ESIM_EXTERN esim_err esim_msg_build_token_update(const char *udid, const char *topic,
+                                                 const void *token, size_t token_len,
+                                                 const char *push_magic, esim_buf *out,
+                                                 esim_error *err);
+ESIM_EXTERN esim_err esim_msg_build_checkout(const char *udid, const char *topic, esim_buf *out,
+                                             esim_error *err);
 /*
  * A command result: UDID, Status, CommandUUID (required unless Idle),
  * ErrorChain (when n_chain > 0), and a copy of every key of |extra| (a dict
  * such as {QueryResponses: ...}; may be NULL).
  */
-esim_err esim_msg_build_result(const char *udid, esim_status status, const char *command_uuid,
-                               const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
-                               esim_plist_format format, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_msg_build_result(const char *udid, esim_status status,
+                                           const char *command_uuid,
+                                           const esim_error_chain_entry *chain, size_t n_chain,
+                                           plist_t extra, esim_plist_format format, esim_buf *out,
+                                           esim_error *err);
 
 /* ---- errors, function by function (appendix) ------------------------------
  *

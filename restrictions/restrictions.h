@@ -37,22 +37,23 @@ typedef struct {
  * the field does not accept; |err| names the field and the accepted words)
  * and then |p| is unchanged.
  */
-esim_err esim_policy_set_word(esim_policy *p, const char *name, const char *word, esim_error *err);
+ESIM_EXTERN esim_err esim_policy_set_word(esim_policy *p, const char *name, const char *word,
+                                          esim_error *err);
 
 /* Merges |other| into |into| as a device does: for allow* keys false wins,
  * for forcePreserveESIMOnErase true wins; unset yields to set. Merging is
  * commutative and associative. NULL for either argument does nothing. */
-void esim_policy_merge(esim_policy *into, const esim_policy *other);
+ESIM_EXTERN void esim_policy_merge(esim_policy *into, const esim_policy *other);
 
 /* True when no field is set (also for NULL). */
-bool esim_policy_is_empty(const esim_policy *p);
+ESIM_EXTERN bool esim_policy_is_empty(const esim_policy *p);
 
 /* The com.apple.applicationaccess payload dict: PayloadType, PayloadIdentifier
  * (|payload_identifier|, or ESIM_POLICY_DEFAULT_IDENTIFIER ".applicationaccess"
  * when NULL or empty), a fresh PayloadUUID, PayloadVersion 1,
  * PayloadDisplayName, and only the eSIM keys that are set, as booleans.
  * Caller owns it (plist_free). NULL when |p| is NULL or out of memory. */
-plist_t esim_policy_to_payload(const esim_policy *p, const char *payload_identifier);
+ESIM_EXTERN plist_t esim_policy_to_payload(const esim_policy *p, const char *payload_identifier);
 
 /*
  * A whole configuration profile carrying the payload; CMS-signed when
@@ -68,13 +69,14 @@ plist_t esim_policy_to_payload(const esim_policy *p, const char *payload_identif
  *                 (as esim_profile_build reports it);
  *   ESIM_ECRYPTO  signing failed;  ESIM_ENOMEM  out of memory.
  */
-esim_err esim_policy_to_profile(const esim_policy *p, const esim_profile_opts *opts,
-                                const esim_cert *signer, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_policy_to_profile(const esim_policy *p, const esim_profile_opts *opts,
+                                            const esim_cert *signer, esim_buf *out,
+                                            esim_error *err);
 
 /* Reads the four keys back from a com.apple.applicationaccess payload dict
  * (other keys ignored; an absent key reads as unset). ESIM_EINVAL when
  * |payload| is not a dict or a key is not a boolean; *out is then unchanged. */
-esim_err esim_policy_from_payload(plist_t payload, esim_policy *out, esim_error *err);
+ESIM_EXTERN esim_err esim_policy_from_payload(plist_t payload, esim_policy *out, esim_error *err);
 
 /* "17.2", "18", "12.1.4" -> comparable numbers: one to three dot-separated
  * decimal parts, each at most 9999; missing parts are 0. ESIM_EINVAL (and
@@ -82,14 +84,15 @@ esim_err esim_policy_from_payload(plist_t payload, esim_policy *out, esim_error 
 typedef struct {
     int major, minor, patch;
 } esim_os_version;
-esim_err esim_os_version_parse(const char *s, esim_os_version *out, esim_error *err);
+ESIM_EXTERN esim_err esim_os_version_parse(const char *s, esim_os_version *out, esim_error *err);
 /* <0, 0 or >0 as |a| is older than, the same as, or newer than |b|. */
-int esim_os_version_cmp(esim_os_version a, esim_os_version b);
+ESIM_EXTERN int esim_os_version_cmp(esim_os_version a, esim_os_version b);
 
 /* One key a device will ignore, and why, in words. */
 typedef struct {
-    const char *key;   /* "forcePreserveESIMOnErase" */
-    char reason[160];  /* "needs a supervised device" / "needs iOS 17.2 or later (device has 16.4)" */
+    const char *key; /* "forcePreserveESIMOnErase" */
+    char
+        reason[160]; /* "needs a supervised device" / "needs iOS 17.2 or later (device has 16.4)" */
 } esim_ignored_key;
 
 /*
@@ -100,22 +103,23 @@ typedef struct {
  * unreadable |os_version| proves nothing about versions: only supervision
  * is then checked. Unset keys are never listed. 0 when |p| or |out| is NULL.
  */
-size_t esim_policy_ignored_keys(const esim_policy *p, const char *os_version, bool supervised,
-                                esim_ignored_key out[4]);
+ESIM_EXTERN size_t esim_policy_ignored_keys(const esim_policy *p, const char *os_version,
+                                            bool supervised, esim_ignored_key out[4]);
 
 /* |p| less what such a device ignores: the policy it really applies
  * (ignored keys become unset). A zeroed policy for NULL |p|. */
-esim_policy esim_policy_effective(const esim_policy *p, const char *os_version, bool supervised);
+ESIM_EXTERN esim_policy esim_policy_effective(const esim_policy *p, const char *os_version,
+                                              bool supervised);
 
 /* ---- Windows eUICCs CSP --------------------------------------------------- */
 
 typedef struct {
-    const char *eid;          /* required, validated */
-    const char *server;       /* DownloadServers/{ServerName}: an FQDN; NULL = no server node */
-    bool auto_enable;         /* AutoEnable */
-    bool discovery_server;    /* IsDiscoveryServer (true = SM-DS) */
-    esim_tri local_ui_enabled;/* Policies/LocalUIEnabled; FALSE requires auto_enable */
-    bool reset_to_factory;    /* Exec Actions/ResetToFactoryState */
+    const char *eid;           /* required, validated */
+    const char *server;        /* DownloadServers/{ServerName}: an FQDN; NULL = no server node */
+    bool auto_enable;          /* AutoEnable */
+    bool discovery_server;     /* IsDiscoveryServer (true = SM-DS) */
+    esim_tri local_ui_enabled; /* Policies/LocalUIEnabled; FALSE requires auto_enable */
+    bool reset_to_factory;     /* Exec Actions/ResetToFactoryState */
 } esim_windows_csp;
 
 /*
@@ -131,7 +135,8 @@ typedef struct {
  * discovery_server without a server, nothing to do, or local UI disabled
  * without AutoEnable. ESIM_ENOMEM out of memory.
  */
-esim_err esim_windows_csp_syncml(const esim_windows_csp *csp, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_windows_csp_syncml(const esim_windows_csp *csp, esim_buf *out,
+                                             esim_error *err);
 
 #ifdef __cplusplus
 }

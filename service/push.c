@@ -40,7 +40,7 @@ static void on_push_result(const apns_result *r, void *arg)
             svc->m.store_errors++;
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
-        snprintf(detail, sizeof detail, "%s: %d %s", apns_outcome_name(r->outcome), r->status,
+        snprintf(detail, sizeof detail, "%s: %d %s", esim_apns_outcome_name(r->outcome), r->status,
                  r->reason);
         if (esim_store_event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
                                     NULL) != ESIM_OK)
@@ -51,7 +51,7 @@ static void on_push_result(const apns_result *r, void *arg)
 
 const char *push_topic(const esim_service *svc)
 {
-    return push_configured(svc) ? apns_client_topic(svc->push->client) : NULL;
+    return push_configured(svc) ? esim_apns_client_topic(svc->push->client) : NULL;
 }
 
 esim_err push_init(esim_service *svc, esim_error *err)
@@ -62,21 +62,21 @@ esim_err push_init(esim_service *svc, esim_error *err)
     if (!svc->apns_url)
         return ESIM_OK;
     apns_config cfg;
-    apns_config_init(&cfg);
+    esim_apns_config_init(&cfg);
     cfg.url = svc->apns_url;
     cfg.auth = svc->apns_cert_path ? APNS_AUTH_CERTIFICATE : APNS_AUTH_NONE;
     cfg.cert_path = svc->apns_cert_path;
     cfg.key_path = svc->apns_key_path;
     cfg.ca_path = svc->apns_ca_path;
     cfg.topic = svc->apns_topic;
-    return apns_client_new(svc->base, &cfg, on_push_result, svc, &svc->push->client, err);
+    return esim_apns_client_new(svc->base, &cfg, on_push_result, svc, &svc->push->client, err);
 }
 
 void push_free(esim_service *svc)
 {
     if (!svc->push)
         return;
-    apns_client_free(svc->push->client); /* pending pushes end as canceled */
+    esim_apns_client_free(svc->push->client); /* pending pushes end as canceled */
     free(svc->push);
     svc->push = NULL;
 }
@@ -103,7 +103,7 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
             ticket->svc = svc;
             memcpy(ticket->udid, t.udid, sizeof ticket->udid);
             apns_push p = {.token = t.push_token, .push_magic = t.push_magic, .user_data = ticket};
-            if (apns_client_push(svc->push->client, &p, err) == ESIM_OK)
+            if (esim_apns_client_push(svc->push->client, &p, err) == ESIM_OK)
                 ps = ESIM_PUSH_SENT;
             else
                 free(ticket);
@@ -123,8 +123,8 @@ void push_metrics(esim_service *svc, esim_buf *out)
                              "# TYPE esim_mdm_apns_outcomes_total counter\n");
     for (int o = APNS_OUTCOME_ACCEPTED; o <= APNS_OUTCOME_CANCELED; o++)
         esim_buf_printf(out, "esim_mdm_apns_outcomes_total{outcome=\"%s\"} %llu\n",
-                        apns_outcome_name((apns_outcome)o),
+                        esim_apns_outcome_name((apns_outcome)o),
                         (unsigned long long)svc->m.push_outcomes[o]);
     esim_buf_printf(out, "# TYPE esim_mdm_apns_pending gauge\nesim_mdm_apns_pending %zu\n",
-                    apns_client_pending(svc->push->client));
+                    esim_apns_client_pending(svc->push->client));
 }

@@ -42,7 +42,8 @@ typedef enum {
 } esim_device_auth;
 
 /* "signature", "mtls", "none" -> the mode; ESIM_EINVAL otherwise. */
-esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err);
+ESIM_EXTERN esim_err esim_device_auth_parse(const char *word, esim_device_auth *out,
+                                            esim_error *err);
 
 /*
  * Service settings: esim_service_config_init() first, then set what you need.
@@ -134,7 +135,7 @@ typedef struct {
     int tick_ms;
 } esim_service_config;
 
-void esim_service_config_init(esim_service_config *cfg);
+ESIM_EXTERN void esim_service_config_init(esim_service_config *cfg);
 
 /*
  * Opens the store, loads certificates and binds the listener, all now, in
@@ -150,34 +151,34 @@ void esim_service_config_init(esim_service_config *cfg);
  *   ESIM_EIO       the port cannot be bound, or the data dir made.
  *   ESIM_ENOMEM    out of memory.
  */
-esim_err esim_service_new(struct event_base *base, const esim_service_config *cfg,
-                          esim_service **out, esim_error *err);
+ESIM_EXTERN esim_err esim_service_new(struct event_base *base, const esim_service_config *cfg,
+                                      esim_service **out, esim_error *err);
 
 /* Stops listening, cancels pending pushes and webhooks, closes the store
  * and frees the service. NULL ok. Not from inside one of its callbacks. */
-void esim_service_free(esim_service *svc);
+ESIM_EXTERN void esim_service_free(esim_service *svc);
 
 /* The port actually bound (useful with port 0). */
-int esim_service_port(const esim_service *svc);
+ESIM_EXTERN int esim_service_port(const esim_service *svc);
 
 /* "http://127.0.0.1:PORT" or "https://..." as clients should use it. Owned
  * by the service. */
-const char *esim_service_url(const esim_service *svc);
+ESIM_EXTERN const char *esim_service_url(const esim_service *svc);
 
 /* Asks the loop running the service to return (event_base_loopexit). Safe
  * from another thread and from a signal handler. */
-void esim_service_request_stop(esim_service *svc);
+ESIM_EXTERN void esim_service_request_stop(esim_service *svc);
 
 /* The store, for modules built on the service (campaigns). Owned by it. */
-store *esim_service_store(esim_service *svc);
+ESIM_EXTERN store *esim_service_store(esim_service *svc);
 
 /* The event loop the service runs on (the |base| given to esim_service_new),
  * for modules that need timers of their own. Not owned by the service. */
-struct event_base *esim_service_base(esim_service *svc);
+ESIM_EXTERN struct event_base *esim_service_base(esim_service *svc);
 
 /* Counts one failure of a module's own storage under
  * esim_mdm_store_errors_total (the module records the details itself). */
-void esim_service_count_store_error(esim_service *svc);
+ESIM_EXTERN void esim_service_count_store_error(esim_service *svc);
 
 /* ---- extension points -------------------------------------------------------
  * The service knows nothing of the modules built on it (campaigns, in
@@ -215,10 +216,12 @@ typedef void (*esim_service_close_fn)(esim_service *svc, void *arg);
 
 /* Registers a hook (at most 16 of each kind); call before the loop runs.
  *   ESIM_EINVAL  NULL service or function;  ESIM_ETOOBIG  16 already. */
-esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn, void *arg);
-esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg);
-esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn, void *arg);
-esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg);
+ESIM_EXTERN esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn,
+                                                  void *arg);
+ESIM_EXTERN esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_fn fn, void *arg);
+ESIM_EXTERN esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn,
+                                              void *arg);
+ESIM_EXTERN esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg);
 
 /* ---- admin API routes of modules ---------------------------------------------------
  * A module adds endpoints to the admin API. They answer after the service's
@@ -239,34 +242,34 @@ typedef void (*esim_api_handler)(esim_api_request *r, void *arg);
  *   ESIM_EEXIST  the method and pattern are routed already;
  *   ESIM_ENOMEM  out of memory.
  */
-esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
-                                esim_api_handler fn, void *arg);
+ESIM_EXTERN esim_err esim_service_add_route(esim_service *svc, const char *method,
+                                            const char *pattern, esim_api_handler fn, void *arg);
 
 /* Undoes every registration (hooks, ticks, metrics, close, routes) made
  * with |arg|: for a module that failed half-way through attaching. */
-void esim_service_remove_hooks(esim_service *svc, void *arg);
+ESIM_EXTERN void esim_service_remove_hooks(esim_service *svc, void *arg);
 
 /* The service a request came to. */
-esim_service *esim_api_service(esim_api_request *r);
+ESIM_EXTERN esim_service *esim_api_service(esim_api_request *r);
 /* The |i|th ':' segment of the route's pattern, decoded; NULL past the end. */
-const char *esim_api_param(const esim_api_request *r, size_t i);
+ESIM_EXTERN const char *esim_api_param(const esim_api_request *r, size_t i);
 /* A query-string parameter, decoded; NULL when absent. */
-const char *esim_api_query(const esim_api_request *r, const char *key);
+ESIM_EXTERN const char *esim_api_query(const esim_api_request *r, const char *key);
 /* The request body as one block (NULL when empty); *len its size. */
-const unsigned char *esim_api_body(esim_api_request *r, size_t *len);
+ESIM_EXTERN const unsigned char *esim_api_body(esim_api_request *r, size_t *len);
 
 /* jansson's json_t, without making every user of this header include it. */
 struct json_t;
 /* The body parsed as a JSON object (caller's: json_decref); on failure the
  * request is answered 400 and NULL is returned. */
-struct json_t *esim_api_body_json(esim_api_request *r);
+ESIM_EXTERN struct json_t *esim_api_body_json(esim_api_request *r);
 /* Answers |code| with |body| as JSON (stolen; NULL answers 500). */
-void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body);
+ESIM_EXTERN void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body);
 /* Answers {"error": {"code", "field" (when not NULL), "message"}}. */
-void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+ESIM_EXTERN void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt,
+                                ...) __attribute__((format(printf, 4, 5)));
 /* The HTTP status the admin API gives an esim_err (ESIM_ENOTFOUND 404, ...). */
-int esim_api_status_for(esim_err rc);
+ESIM_EXTERN int esim_api_status_for(esim_err rc);
 
 /* ---- enqueue and push, as the admin API does them ------------------------------ */
 
@@ -285,7 +288,7 @@ typedef enum {
     ESIM_PUSH_FAILED,     /* the APNs client refused it (credential stopped, full) */
     ESIM_PUSH_SKIPPED,    /* push was not asked for */
 } esim_push_state;
-const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... */
+ESIM_EXTERN const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... */
 
 /*
  * Queues |command_plist| (a whole command, as esim_cmd_parse reads it) for
@@ -298,15 +301,16 @@ const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... *
  *   ESIM_ETOOBIG    the plist is over max_body or nested deeper than max_depth;
  *   ESIM_ESTORE     the store failed.  |err| (may be NULL) names the problem.
  */
-esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
-                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
-                              esim_push_state *pushes, char uuid_out[128], esim_error *err);
+ESIM_EXTERN esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
+                                          const char *const *udids, size_t n,
+                                          const esim_enqueue_opts *opts, esim_push_state *pushes,
+                                          char uuid_out[128], esim_error *err);
 
 /* Pushes one device now; *state (may be NULL) says what happened (a device
  * without a token is not an error: ESIM_PUSH_NO_TOKEN).
  *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTORE  the store failed. */
-esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
-                           esim_error *err);
+ESIM_EXTERN esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
+                                       esim_error *err);
 
 #ifdef __cplusplus
 }

@@ -21,7 +21,7 @@ static void on_result(const apns_result *r, void *arg)
     /* Nothing should finish while the mock holds the answers: say why. */
     if ((*(size_t *)arg)++ == 0 && r->outcome != APNS_OUTCOME_CANCELED)
         fprintf(stderr, "bench_apns_memory: a push ended early: %s %d %s\n",
-                apns_outcome_name(r->outcome), r->status, r->reason);
+                esim_apns_outcome_name(r->outcome), r->status, r->reason);
 }
 
 int main(int argc, char **argv)
@@ -38,7 +38,7 @@ int main(int argc, char **argv)
     }
     struct event_base *base = event_base_new();
     apns_config cfg;
-    apns_config_init(&cfg);
+    esim_apns_config_init(&cfg);
     cfg.url = argv[1];
     cfg.auth = APNS_AUTH_NONE;
     cfg.topic = "com.apple.mgmt.External.bench";
@@ -47,7 +47,7 @@ int main(int argc, char **argv)
     size_t results = 0;
     apns_client *c = NULL;
     esim_error err = {{0}};
-    if (apns_client_new(base, &cfg, on_result, &results, &c, &err) != ESIM_OK) {
+    if (esim_apns_client_new(base, &cfg, on_result, &results, &c, &err) != ESIM_OK) {
         fprintf(stderr, "bench_apns_memory: %s\n", err.msg);
         return 1;
     }
@@ -55,11 +55,11 @@ int main(int argc, char **argv)
      * counted as per-push memory. */
     apns_push p = {.token = "00000000000000000000000000000000000000000000000000000000000000aa",
                    .push_magic = "00000000-1111-2222-3333-444444444444"};
-    apns_client_push(c, &p, NULL);
+    esim_apns_client_push(c, &p, NULL);
     apns_stats s;
     for (int i = 0; i < 2000; i++) {
         event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        apns_client_stats(c, &s);
+        esim_apns_client_stats(c, &s);
         if (s.in_flight == 1 && s.queued == 0)
             break;
         struct timeval tv = {0, 1000};
@@ -71,7 +71,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         snprintf(token, sizeof token, "%064x", i);
         p.token = token;
-        if (apns_client_push(c, &p, &err) != ESIM_OK) {
+        if (esim_apns_client_push(c, &p, &err) != ESIM_OK) {
             fprintf(stderr, "bench_apns_memory: %s\n", err.msg);
             return 1;
         }
@@ -81,16 +81,16 @@ int main(int argc, char **argv)
         struct timeval tv = {0, 1000};
         event_base_loopexit(base, &tv);
         event_base_dispatch(base);
-        apns_client_stats(c, &s);
+        esim_apns_client_stats(c, &s);
         if (s.queued == 0 && s.in_flight >= (uint64_t)n)
             break;
     }
     struct mallinfo2 after = mallinfo2();
-    apns_client_stats(c, &s);
+    esim_apns_client_stats(c, &s);
     double per = ((double)after.uordblks - (double)before.uordblks) / (double)n;
     printf("{\"in_flight\":%llu,\"bytes_per_push\":%.0f,\"kib_per_1000_in_flight\":%.1f}\n",
            (unsigned long long)s.in_flight - 1, per, per * 1000.0 / 1024.0);
-    apns_client_free(c);
+    esim_apns_client_free(c);
     event_base_loop(base, EVLOOP_NONBLOCK);
     event_base_free(base);
     if (s.in_flight < (uint64_t)n) {

@@ -21,7 +21,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
-#include "apns/apns.h"
+#include "apns/apns_mock.h"
 
 typedef struct {
     char dir[256];

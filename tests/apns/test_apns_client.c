@@ -82,7 +82,7 @@ static int setup(void **state)
     f->mcfg.tls_key = pki_path(&f->pki, "server.key");
     f->mcfg.client_ca = pki_path(&f->pki, "ca.pem");
     f->mcfg.seed = 42;
-    apns_config_init(&f->ccfg);
+    esim_apns_config_init(&f->ccfg);
     f->ccfg.cert_path = pki_path(&f->pki, "push.pem");
     f->ccfg.key_path = pki_path(&f->pki, "push.key");
     f->ccfg.ca_path = pki_path(&f->pki, "ca.pem");
@@ -97,7 +97,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    apns_client_free(f->client);
+    esim_apns_client_free(f->client);
     drain_base(f->base);
     if (f->mt.base)
         mock_stop(&f->mt, NULL);
@@ -116,9 +116,9 @@ static void start(fixture *f, apns_mock_port_kind kind)
              kind == APNS_MOCK_PORT_H2C ? "http" : "https", apns_mock_port(f->mt.mock, kind));
     f->ccfg.url = f->url;
     esim_error err = {{0}};
-    esim_err e = apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, &err);
+    esim_err e = esim_apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, &err);
     if (e != ESIM_OK)
-        fail_msg("apns_client_new: %s", err.msg);
+        fail_msg("esim_apns_client_new: %s", err.msg);
 }
 
 static void push_n(fixture *f, unsigned first, unsigned n)
@@ -129,9 +129,9 @@ static void push_n(fixture *f, unsigned first, unsigned n)
         snprintf(magic, sizeof magic, "magic-%u", i);
         apns_push p = {.token = token, .push_magic = magic, .user_data = (void *)(uintptr_t)i};
         esim_error err = {{0}};
-        esim_err e = apns_client_push(f->client, &p, &err);
+        esim_err e = esim_apns_client_push(f->client, &p, &err);
         if (e != ESIM_OK)
-            fail_msg("apns_client_push: %s", err.msg);
+            fail_msg("esim_apns_client_push: %s", err.msg);
     }
     f->col->expected += n;
 }
@@ -160,7 +160,7 @@ static bool stat_reached(void *arg)
 {
     stat_wait *w = arg;
     apns_stats s;
-    apns_client_stats(w->client, &s);
+    esim_apns_client_stats(w->client, &s);
     uint64_t v;
     memcpy(&v, (const char *)&s + w->offset, sizeof v);
     return v >= w->want;
@@ -264,7 +264,7 @@ static void test_accepted_and_delivered_in_order(void **state)
                    .has_expiration = true,
                    .expiration = 0,
                    .user_data = (void *)(uintptr_t)1999};
-    assert_int_equal(apns_client_push(f->client, &p, NULL), ESIM_OK);
+    assert_int_equal(esim_apns_client_push(f->client, &p, NULL), ESIM_OK);
     f->col->expected++;
     push_n(f, 0, 300);
     run(f);
@@ -277,15 +277,15 @@ static void test_accepted_and_delivered_in_order(void **state)
     }
     assert_int_equal(f->col->r[1999].outcome, APNS_OUTCOME_ACCEPTED);
     assert_string_equal(f->col->r[1999].apns_id, id); /* APNs echoes our apns-id */
-    assert_string_equal(apns_client_topic(f->client), f->pki.topic);
+    assert_string_equal(esim_apns_client_topic(f->client), f->pki.topic);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_int_equal(s.accepted, 301);
     assert_int_equal(s.sent, 301);
     assert_int_equal(s.in_flight, 0);
     /* the pool: the second connection opens once the first is up */
     WAIT_STAT(f, connects, 2);
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_int_equal(s.connects, 2);
     uint64_t hist = 0;
     for (int i = 0; i < APNS_LATENCY_BUCKETS; i++)
@@ -297,7 +297,7 @@ static void test_accepted_and_delivered_in_order(void **state)
     for (int i = 0; i < 300; i++)
         assert_int_equal(per[i], 1);
     apns_mock_stats ms;
-    apns_client_free(f->client);
+    esim_apns_client_free(f->client);
     f->client = NULL;
     mock_stop(&f->mt, &ms);
     f->mt.base = NULL;
@@ -346,7 +346,7 @@ static void test_retry_until_accepted_none_duplicated(void **state)
     }
     assert_true(retried > 0);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.retries > 0 && s.status_429 > 0 && s.status_5xx > 0);
     int per[400] = {0};
     assert_int_equal(fetch_deliveries(f, per, 400), 400);
@@ -379,14 +379,14 @@ static void test_rejected_bad_expiration(void **state)
     make_token(token, 0);
     apns_push p = {
         .token = token, .push_magic = "m", .has_expiration = true, .expiration = 99999999999999LL};
-    assert_int_equal(apns_client_push(f->client, &p, NULL), ESIM_OK);
+    assert_int_equal(esim_apns_client_push(f->client, &p, NULL), ESIM_OK);
     f->col->expected = 1;
     run(f);
     assert_int_equal(f->col->r[0].outcome, APNS_OUTCOME_REJECTED);
     assert_int_equal(f->col->r[0].status, 400);
     assert_string_equal(f->col->r[0].reason, "BadExpirationDate");
     assert_int_equal(f->col->r[0].attempts, 1);
-    assert_false(apns_client_stopped(f->client, NULL));
+    assert_false(esim_apns_client_stopped(f->client, NULL));
 }
 
 static void test_403_stops_credential(void **state)
@@ -423,12 +423,12 @@ static void test_403_stops_credential(void **state)
     }
     assert_true(never_sent >= 40);
     esim_error why = {{0}};
-    assert_true(apns_client_stopped(f->client, &why));
+    assert_true(esim_apns_client_stopped(f->client, &why));
     assert_non_null(strstr(why.msg, "BadCertificate"));
     char token[65];
     make_token(token, 7);
     apns_push p = {.token = token, .push_magic = "m"};
-    assert_int_equal(apns_client_push(f->client, &p, &err), ESIM_EAUTH);
+    assert_int_equal(esim_apns_client_push(f->client, &p, &err), ESIM_EAUTH);
     assert_non_null(strstr(err.msg, "403"));
 }
 
@@ -446,7 +446,7 @@ static void test_goaway_mid_burst(void **state)
     for (unsigned i = 0; i < 600; i++)
         assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_ACCEPTED);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.goaways >= 10);
     assert_true(s.refused_streams > 0);
     assert_true(s.connects >= 10);
@@ -476,10 +476,10 @@ static void test_settings_one_stream(void **state)
     for (unsigned i = 0; i < 40; i++)
         assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_ACCEPTED);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_int_equal(s.refused_streams, 0); /* we never went over the peer's limit */
     apns_mock_stats ms;
-    apns_client_free(f->client);
+    esim_apns_client_free(f->client);
     f->client = NULL;
     mock_stop(&f->mt, &ms);
     f->mt.base = NULL;
@@ -508,10 +508,10 @@ static void test_settings_drop_after_reject(void **state)
     /* After the drop, the client keeps to one stream: burst 2 finds the
      * limit already at 1 and must not be refused. */
     apns_stats before, after;
-    apns_client_stats(f->client, &before);
+    esim_apns_client_stats(f->client, &before);
     push_n(f, 300, 30);
     run(f);
-    apns_client_stats(f->client, &after);
+    esim_apns_client_stats(f->client, &after);
     assert_int_equal(after.refused_streams, before.refused_streams);
 }
 
@@ -528,7 +528,7 @@ static void test_connection_reset(void **state)
     for (unsigned i = 0; i < 500; i++)
         assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_ACCEPTED);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.lost_in_flight > 0);
     int per[500] = {0};
     assert_int_equal(fetch_deliveries(f, per, 500), 500);
@@ -550,7 +550,7 @@ static void test_unreachable(void **state)
     f->ccfg.url = f->url;
     f->ccfg.max_connect_failures = 3;
     esim_error err = {{0}};
-    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, &err),
+    assert_int_equal(esim_apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, &err),
                      ESIM_OK);
     push_n(f, 0, 10);
     run(f);
@@ -601,7 +601,7 @@ static void test_connect_timeout(void **state)
     f->ccfg.url = f->url;
     f->ccfg.connect_timeout_ms = 150;
     f->ccfg.max_connect_failures = 2;
-    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
+    assert_int_equal(esim_apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
                      ESIM_OK);
     push_n(f, 0, 2);
     run(f);
@@ -625,7 +625,7 @@ static void test_not_http2(void **state)
     snprintf(f->url, sizeof f->url, "http://127.0.0.1:%d",
              apns_mock_port(f->mt.mock, APNS_MOCK_PORT_DELIVERY));
     f->ccfg.url = f->url;
-    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
+    assert_int_equal(esim_apns_client_new(f->base, &f->ccfg, collect, f->col, &f->client, NULL),
                      ESIM_OK);
     push_n(f, 0, 2);
     run(f);
@@ -667,7 +667,7 @@ static void test_ping_answered(void **state)
      * means at least two ACKs came back. */
     WAIT_STAT(f, pings_sent, 3);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.pings_sent >= 3);
     assert_int_equal(s.ping_timeouts, 0);
     assert_int_equal(s.connects, 1);
@@ -686,7 +686,7 @@ static void test_ping_timeout(void **state)
     mock_pause(&f->mt); /* APNs stops answering, TCP stays up */
     WAIT_STAT(f, ping_timeouts, 1);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.pings_sent >= 1);
     assert_true(s.ping_timeouts >= 1);
 }
@@ -704,7 +704,7 @@ static void test_stream_id_rollover(void **state)
         assert_int_equal(f->col->r[i].attempts, 1);
     }
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_true(s.rollovers >= 4); /* 55 streams, 11 per connection */
     assert_true(s.connects >= 5);
     assert_int_equal(s.refused_streams, 0);
@@ -756,10 +756,10 @@ static void test_provider_token(void **state)
     for (unsigned i = 0; i < 200; i++)
         assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_ACCEPTED);
     apns_stats s;
-    apns_client_stats(f->client, &s);
+    esim_apns_client_stats(f->client, &s);
     assert_int_equal(s.jwt_issued, 1); /* one token reused, never one per request */
     apns_mock_stats ms;
-    apns_client_free(f->client);
+    esim_apns_client_free(f->client);
     f->client = NULL;
     mock_stop(&f->mt, &ms);
     f->mt.base = NULL;
@@ -788,7 +788,7 @@ static void test_provider_token_wrong_key(void **state)
     assert_string_equal(f->col->r[0].reason, "InvalidProviderToken");
     for (unsigned i = 0; i < 5; i++)
         assert_int_equal(f->col->r[i].outcome, APNS_OUTCOME_CREDENTIAL_FAILED);
-    assert_true(apns_client_stopped(f->client, NULL));
+    assert_true(esim_apns_client_stopped(f->client, NULL));
 }
 
 static void test_free_cancels(void **state)
@@ -799,8 +799,8 @@ static void test_free_cancels(void **state)
     push_n(f, 0, 20);
     run_loop(f->base, NULL, NULL, 300);
     assert_int_equal(f->col->results, 0);
-    assert_int_equal(apns_client_pending(f->client), 20);
-    apns_client_free(f->client);
+    assert_int_equal(esim_apns_client_pending(f->client), 20);
+    esim_apns_client_free(f->client);
     f->client = NULL;
     assert_exactly_once(f, 20);
     for (unsigned i = 0; i < 20; i++)
@@ -814,34 +814,35 @@ static void test_bad_input(void **state)
     esim_error err = {{0}};
     apns_config cfg = f->ccfg;
     cfg.url = "ftp://example.com";
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
     assert_null(c);
     cfg.url = "https://127.0.0.1:99999";
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
     cfg.url = "https://127.0.0.1:2197";
     cfg.cert_path = "/nonexistent/push.pem";
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ENOTFOUND);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err),
+                     ESIM_ENOTFOUND);
     assert_non_null(strstr(err.msg, "/nonexistent/push.pem"));
     cfg.cert_path = pki_path(&f->pki, "push.topic"); /* not a certificate */
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
     cfg.cert_path = pki_path(&f->pki, "push.pem");
     cfg.key_path = pki_path(&f->pki, "server.key"); /* another certificate's key */
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
     cfg.key_path = pki_path(&f->pki, "push.key");
     cfg.connections = 0;
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EINVAL);
     cfg.connections = 2;
     cfg.p12_path = pki_path(&f->pki, "push.key"); /* not PKCS#12 */
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
     /* Keys others may read are refused, naming the file and the fix (issue
      * 10 item 10): a PKCS#12, a PEM key, a provider token key. */
     cfg.p12_path = pki_path(&f->pki, "push.pem"); /* mode 0644 */
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
     assert_non_null(strstr(err.msg, "chmod 600"));
     assert_non_null(strstr(err.msg, "push.pem"));
     cfg.p12_path = NULL;
     assert_int_equal(chmod(pki_path(&f->pki, "push.key"), 0640), 0);
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_EAUTH);
     assert_non_null(strstr(err.msg, "push.key"));
     assert_int_equal(chmod(pki_path(&f->pki, "push.key"), 0600), 0);
     write_p8(f, "Loose.p8");
@@ -853,24 +854,24 @@ static void test_bad_input(void **state)
     tok.key_id = "ABC123DEFG";
     tok.team_id = "DEF123GHIJ";
     tok.topic = "com.apple.mgmt.External.token-test";
-    assert_int_equal(apns_client_new(f->base, &tok, collect, f->col, &c, &err), ESIM_EAUTH);
+    assert_int_equal(esim_apns_client_new(f->base, &tok, collect, f->col, &c, &err), ESIM_EAUTH);
     assert_non_null(strstr(err.msg, "Loose.p8"));
     assert_null(c);
-    assert_int_equal(apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_OK);
+    assert_int_equal(esim_apns_client_new(f->base, &cfg, collect, f->col, &c, &err), ESIM_OK);
     apns_push p = {.token = "abc", .push_magic = "m"};
-    assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_push(c, &p, &err), ESIM_EINVAL);
     p.token = "zz00000000000000000000000000000000000000000000000000000000000000";
-    assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_push(c, &p, &err), ESIM_EINVAL);
     p.token = "0000000000000000000000000000000000000000000000000000000000000000";
     p.push_magic = "";
-    assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_push(c, &p, &err), ESIM_EINVAL);
     p.push_magic = "a\"b";
-    assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_push(c, &p, &err), ESIM_EINVAL);
     p.push_magic = "ok";
     p.apns_id = "not-a-uuid";
-    assert_int_equal(apns_client_push(c, &p, &err), ESIM_EINVAL);
-    assert_int_equal(apns_client_pending(c), 0);
-    apns_client_free(c);
+    assert_int_equal(esim_apns_client_push(c, &p, &err), ESIM_EINVAL);
+    assert_int_equal(esim_apns_client_pending(c), 0);
+    esim_apns_client_free(c);
     assert_int_equal(f->col->results, 0);
 }
 
@@ -893,11 +894,12 @@ static void test_pkcs12(void **state)
     apns_client *c = NULL;
     esim_error err = {{0}};
     f->ccfg.url = "https://127.0.0.1:2197";
-    assert_int_equal(apns_client_new(f->base, &f->ccfg, collect, f->col, &c, &err), ESIM_ECRYPTO);
+    assert_int_equal(esim_apns_client_new(f->base, &f->ccfg, collect, f->col, &c, &err),
+                     ESIM_ECRYPTO);
     assert_non_null(strstr(err.msg, "password"));
     f->ccfg.p12_password = "s3cret";
     start(f, APNS_MOCK_PORT_TLS);
-    assert_string_equal(apns_client_topic(f->client), f->pki.topic);
+    assert_string_equal(esim_apns_client_topic(f->client), f->pki.topic);
     push_n(f, 0, 10);
     run(f);
     for (unsigned i = 0; i < 10; i++)

@@ -264,7 +264,8 @@ static json_t *create(const char *body, long want)
 static json_t *diagnose(const char *udid)
 {
     char path[160];
-    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid);
+    if (snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid) >= (int)sizeof path)
+        fail_msg("UDID too long for a path: %s", udid);
     json_t *r = NULL;
     assert_int_equal(api("GET", path, NULL, &r), 200);
     return r;

@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <openssl/hmac.h>
 
-#include "apns/apns.h"
+#include "apns/apns_mock.h"
 #include "service/svc_harness.h"
 
 static harness_env env;
