@@ -255,10 +255,11 @@ ESIM_EXTERN const char *esim_apns_client_topic(const apns_client *c);
 /* Pushes not yet finished (queued, in flight or waiting to retry). */
 ESIM_EXTERN size_t esim_apns_client_pending(const apns_client *c);
 
-/* Upper bounds of the latency histogram buckets, in ms; the last bucket
- * has no bound (everything slower). */
+/* The latency histogram has APNS_LATENCY_BUCKETS buckets. This returns the
+ * upper bound of bucket |bucket| in ms, or -1 for the last one, which has no
+ * bound (everything slower), and for a bucket out of range. */
 #define APNS_LATENCY_BUCKETS 14
-ESIM_EXTERN extern const int esim_apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1];
+ESIM_EXTERN int esim_apns_latency_bound_ms(int bucket);
 
 typedef struct {
     uint64_t pushed; /* esim_apns_client_push() calls that returned OK */

@@ -408,7 +408,7 @@ static void finish(push_item *p, apns_outcome outcome, int status, const char *r
     apns_client *c = p->client;
     int64_t latency = esim_mono_ms() - p->submitted_ms;
     int b = 0;
-    while (b < APNS_LATENCY_BUCKETS - 1 && latency > esim_apns_latency_bounds_ms[b])
+    while (b < APNS_LATENCY_BUCKETS - 1 && latency > esim_apns_latency_bound_ms(b))
         b++;
     c->stats.latency[b]++;
     switch (outcome) {

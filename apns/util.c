@@ -15,8 +15,13 @@
 
 #include "apns/internal.h"
 
-const int esim_apns_latency_bounds_ms[APNS_LATENCY_BUCKETS - 1] = {
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+/* A function rather than an exported array: the library exports no data. */
+int esim_apns_latency_bound_ms(int bucket)
+{
+    static const int bounds[APNS_LATENCY_BUCKETS - 1] = {1,   2,   5,    10,   20,   50,   100,
+                                                         200, 500, 1000, 2000, 5000, 10000};
+    return bucket >= 0 && bucket < APNS_LATENCY_BUCKETS - 1 ? bounds[bucket] : -1;
+}
 
 const char *esim_apns_outcome_name(apns_outcome o)
 {

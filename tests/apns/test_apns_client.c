@@ -291,6 +291,12 @@ static void test_accepted_and_delivered_in_order(void **state)
     for (int i = 0; i < APNS_LATENCY_BUCKETS; i++)
         hist += s.latency[i];
     assert_int_equal(hist, 301);
+    /* The buckets' bounds rise; the last bucket has none. */
+    assert_int_equal(esim_apns_latency_bound_ms(0), 1);
+    for (int i = 1; i < APNS_LATENCY_BUCKETS - 1; i++)
+        assert_true(esim_apns_latency_bound_ms(i) > esim_apns_latency_bound_ms(i - 1));
+    assert_int_equal(esim_apns_latency_bound_ms(APNS_LATENCY_BUCKETS - 1), -1);
+    assert_int_equal(esim_apns_latency_bound_ms(-1), -1);
 
     int per[300] = {0};
     assert_int_equal(fetch_deliveries(f, per, 300), 300);
