@@ -13,6 +13,7 @@
 #include <event2/bufferevent.h>
 #include <nghttp2/nghttp2.h>
 
+#include "core/internal.h"
 #include "apns/internal.h"
 
 /* A function rather than an exported array: the library exports no data. */
@@ -260,10 +261,7 @@ void apns_uuid_fast(apns_rng *r, char out[ESIM_UUID_LEN + 1])
 
 static size_t hash_key(const char *s)
 {
-    size_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
+    return (size_t)esim_hash_str(s);
 }
 
 void apns_map_init(apns_map *m)

@@ -20,11 +20,11 @@ uint64_t esim_hash_str(const char *s);
 
 /*
  * Makes room for at least |need| items of |size| bytes in |items| (NULL for
- * none yet), whose capacity is *cap items: the capacity doubles (16 at
- * first) until it holds |need|. Returns the array, moved or not, with *cap
- * updated; or NULL when out of memory or |need| * |size| overflows, and
- * then |items| and *cap are untouched (the caller still owns |items|).
- * Typical use:
+ * none yet), whose capacity is *cap items: an empty array gets exactly
+ * |need|, a full one doubles until it holds |need|. Returns the array, moved
+ * or not, with *cap updated; or NULL when out of memory or |need| * |size|
+ * overflows, and then |items| and *cap are untouched (the caller still owns
+ * |items|). Typical use:
  *     if (n == cap) { T *g = esim_grow(arr, &cap, n + 1, sizeof *g); if (!g) ...; arr = g; }
  */
 void *esim_grow(void *items, size_t *cap, size_t need, size_t size);

@@ -21,7 +21,7 @@ void *esim_grow(void *items, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)
         return items;
-    size_t n = *cap ? *cap : 16;
+    size_t n = *cap ? *cap : need;
     while (n < need)
         n = n > SIZE_MAX / 2 ? need : n * 2;
     if (size && n > SIZE_MAX / size)

@@ -10,16 +10,14 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
+#include "core/internal.h"
 #include "service/service_internal.h"
 
 /* ---- per-device rate limit: a token bucket per UDID -------------------------- */
 
 static size_t bucket_index(const char *udid)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)udid; *p; p++)
-        h = (h ^ *p) * 16777619u;
-    return h % SVC_BUCKETS;
+    return (size_t)(esim_hash_str(udid) % SVC_BUCKETS);
 }
 
 static bool rate_allow(esim_service *svc, const char *udid, int64_t now)
@@ -88,12 +86,10 @@ static void conn_remember_not_now(esim_service *svc, struct evhttp_request *req,
         snprintf(c->udid, sizeof c->udid, "%s", udid);
     }
     if (c->n_skip == c->cap_skip) {
-        size_t ncap = c->cap_skip ? c->cap_skip * 2 : 4;
-        char **grown = realloc(c->skip, ncap * sizeof *grown);
+        char **grown = esim_grow(c->skip, &c->cap_skip, c->n_skip + 1, sizeof *grown);
         if (!grown)
             return;
         c->skip = grown;
-        c->cap_skip = ncap;
     }
     char *copy = strdup(uuid);
     if (copy)

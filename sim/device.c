@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
 #include "plist/esim_plist.h"
 #include "sim/sim_internal.h"
 
@@ -56,9 +57,7 @@ void sim_device_new_push_identity(sim_device *d)
 
 static void derive_imei(sim_device *d)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = d->udid; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    uint64_t h = esim_hash_str(d->udid);
     snprintf(d->imei, sizeof d->imei, "35%013llu", (unsigned long long)(h % 10000000000000ull));
 }
 

@@ -19,6 +19,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "core/internal.h"
 #include "plist/esim_plist.h"
 #include "sim/sim_internal.h"
 
@@ -185,12 +186,10 @@ static void save_if_dirty(sim_devsim *s, size_t i)
 static void at(sim_devsim *s, int64_t delay_ms, size_t i, timed_kind kind)
 {
     if (s->n_timers == s->cap_timers) {
-        size_t cap = s->cap_timers ? s->cap_timers * 2 : 64;
-        timed *t = realloc(s->timers, cap * sizeof *t);
+        timed *t = esim_grow(s->timers, &s->cap_timers, s->n_timers + 1, sizeof *t);
         if (!t)
             return;
         s->timers = t;
-        s->cap_timers = cap;
     }
     s->timers[s->n_timers++] = (timed){esim_mono_ms() + delay_ms, i, kind};
 }

@@ -10,6 +10,7 @@
 
 #include <openssl/pem.h>
 
+#include "core/internal.h"
 #include "sim/sim_internal.h"
 
 /* Pending notifications the eUICC keeps; SGP.22 leaves the number to the
@@ -335,12 +336,10 @@ esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, 
         return ESIM_OK;
     }
     if (e->n_profiles == e->cap_profiles) {
-        size_t cap = e->cap_profiles ? e->cap_profiles * 2 : 1;
-        sim_profile *np = realloc(e->profiles, cap * sizeof *np);
+        sim_profile *np = esim_grow(e->profiles, &e->cap_profiles, e->n_profiles + 1, sizeof *np);
         if (!np)
             return esim_fail(err, ESIM_ENOMEM, "out of memory");
         e->profiles = np;
-        e->cap_profiles = cap;
     }
     sim_profile *n = &e->profiles[e->n_profiles++];
     *n = *p;

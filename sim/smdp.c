@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
+#include "core/internal.h"
 #include "sim/sim_internal.h"
 
 #define SMDP_MAX_BODY (256 * 1024)
@@ -106,14 +107,6 @@ static bool order_state_parse(const char *s, sim_order_state *out)
 
 /* ---- order indexes ---------------------------------------------------------- */
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 typedef enum { KEY_ICCID, KEY_EID, KEY_MID } order_key;
 
 static const char *key_of(const sim_order *o, order_key k)
@@ -125,7 +118,7 @@ static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, 
 {
     if (!s->idx_cap || !key)
         return SIZE_MAX;
-    for (size_t i = hash_str(key) & (s->idx_cap - 1);; i = (i + 1) & (s->idx_cap - 1)) {
+    for (size_t i = esim_hash_str(key) & (s->idx_cap - 1);; i = (i + 1) & (s->idx_cap - 1)) {
         if (tab[i] == 0)
             return SIZE_MAX;
         const sim_order *o = &s->orders[tab[i] - 1].o;
@@ -136,7 +129,7 @@ static size_t idx_lookup(const sim_smdp *s, const size_t *tab, const char *key, 
 
 static void idx_put(sim_smdp *s, size_t *tab, const char *key, size_t order)
 {
-    size_t i = hash_str(key) & (s->idx_cap - 1);
+    size_t i = esim_hash_str(key) & (s->idx_cap - 1);
     while (tab[i] != 0)
         i = (i + 1) & (s->idx_cap - 1);
     tab[i] = order + 1;
@@ -258,12 +251,10 @@ static esim_err add_order_rec(sim_smdp *s, const sim_order *o, esim_error *err)
     if (o->matching_id[0] && idx_lookup(s, s->by_mid, o->matching_id, KEY_MID) != SIZE_MAX)
         return esim_fail(err, ESIM_EEXIST, "matching ID %s is already used", o->matching_id);
     if (s->n_orders == s->cap_orders) {
-        size_t cap = s->cap_orders ? s->cap_orders * 2 : 64;
-        order_rec *n = realloc(s->orders, cap * sizeof *n);
+        order_rec *n = esim_grow(s->orders, &s->cap_orders, s->n_orders + 1, sizeof *n);
         if (!n)
             return esim_fail(err, ESIM_ENOMEM, "out of memory");
         s->orders = n;
-        s->cap_orders = cap;
     }
     size_t i = s->n_orders++;
     s->orders[i].o = *o;

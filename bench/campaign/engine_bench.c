@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "campaign/campaign.h"
+#include "core/internal.h"
 
 static double now_s(void)
 {
@@ -22,15 +23,9 @@ static double now_s(void)
 
 static long rss_kb(void)
 {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
+    esim_proc_usage u;
+    esim_proc_usage_read(0, &u);
+    return u.rss_kb;
 }
 
 static size_t queued, pushed;

@@ -17,6 +17,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "core/internal.h"
+
 typedef enum { P_AUTH, P_TOKEN, P_IDLE, P_ACK, P_HEALTH } phase;
 
 typedef struct gen gen;
@@ -240,36 +242,16 @@ static int enqueue_range(gen *g, const char *token, int first, int n)
 
 static long rss_kib(int pid)
 {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            v = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return v;
+    esim_proc_usage u;
+    return esim_proc_usage_read(pid, &u) == ESIM_OK ? u.rss_kb : -1;
 }
 
 /* Server CPU time (user + system) in ms, from /proc: what each phase cost
  * the server, whatever else the machine is doing. */
 static double cpu_ms(int pid)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    char buf[1024];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+    esim_proc_usage u;
+    return esim_proc_usage_read(pid, &u) == ESIM_OK ? u.cpu_s * 1000.0 : -1;
 }
 
 int main(int argc, char **argv)
