@@ -42,17 +42,9 @@ int cmd_campaign(int argc, char **argv);
 int cmd_diagnose(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 
+/* The helpers below live in options.c, with the option parser (options.h). */
 /* True when argv holds -h or --help (anywhere after argv[0]). */
 bool cli_wants_help(int argc, char **argv);
-/*
- * Matches argv[*i] against |name| ("--server-url") as a flag or as
- * "--name VALUE" / "--name=VALUE". Returns 1 on a match (*value set for
- * valued options, *i advanced past a separate value), 0 when argv[*i] is
- * another option, -1 when the value is missing.
- */
-int cli_match_option(int argc, char **argv, int *i, const char *name, bool takes_value,
-                     const char **value);
-
 /* Prints "esim-mdm: <message>" to stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

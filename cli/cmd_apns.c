@@ -4,7 +4,6 @@
  * `esim-mdm apns-mock`: runs the APNs mock until interrupted.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 
 #include "apns/apns_mock.h"
 #include "cli/cli.h"
+#include "cli/options.h"
 
 /* ---- help texts ------------------------------------------------------------ */
 
@@ -126,17 +126,6 @@ static const char mock_help[] =
     "      --tls-key pki/server.key --client-ca pki/ca.pem --delivery-listen 127.0.0.1:8081\n"
     "\n"
     "exit status: 0 stopped by a signal, 1 failed at run time, 2 bad options.\n";
-
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || errno || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
 
 /* ---- push ----------------------------------------------------------------- */
 
@@ -301,24 +290,24 @@ int cmd_push(int argc, char **argv)
         fputs(push_help, stdout);
         return CLI_EXIT_OK;
     }
-    static const struct option options[] = {
-        {"apns", required_argument, NULL, O_APNS},
-        {"cert", required_argument, NULL, O_CERT},
-        {"key", required_argument, NULL, O_KEY},
-        {"p12", required_argument, NULL, O_P12},
-        {"p12-password", required_argument, NULL, O_P12_PASSWORD},
-        {"p8", required_argument, NULL, O_P8},
-        {"key-id", required_argument, NULL, O_KEY_ID},
-        {"team-id", required_argument, NULL, O_TEAM_ID},
-        {"ca", required_argument, NULL, O_CA},
-        {"topic", required_argument, NULL, O_TOPIC},
-        {"tokens", required_argument, NULL, O_TOKENS},
-        {"connections", required_argument, NULL, O_CONNECTIONS},
-        {"concurrency", required_argument, NULL, O_CONCURRENCY},
-        {"attempts", required_argument, NULL, O_ATTEMPTS},
-        {"expiration", required_argument, NULL, O_EXPIRATION},
-        {"quiet", no_argument, NULL, O_QUIET},
-        {NULL, 0, NULL, 0},
+    static const cli_option options[] = {
+        {"apns", true, O_APNS},
+        {"cert", true, O_CERT},
+        {"key", true, O_KEY},
+        {"p12", true, O_P12},
+        {"p12-password", true, O_P12_PASSWORD},
+        {"p8", true, O_P8},
+        {"key-id", true, O_KEY_ID},
+        {"team-id", true, O_TEAM_ID},
+        {"ca", true, O_CA},
+        {"topic", true, O_TOPIC},
+        {"tokens", true, O_TOKENS},
+        {"connections", true, O_CONNECTIONS},
+        {"concurrency", true, O_CONCURRENCY},
+        {"attempts", true, O_ATTEMPTS},
+        {"expiration", true, O_EXPIRATION},
+        {"quiet", false, O_QUIET},
+        {NULL, false, 0},
     };
     apns_config cfg;
     esim_apns_config_init(&cfg);
@@ -328,78 +317,77 @@ int cmd_push(int argc, char **argv)
     bool has_exp = false;
     long exp = 0, v;
     int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    cli_parser p;
+    cli_parser_init(&p, "push", options, argc, argv, 1);
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case O_APNS:
-            cfg.url = optarg;
+            cfg.url = p.value;
             break;
         case O_CERT:
-            cfg.cert_path = optarg;
+            cfg.cert_path = p.value;
             break;
         case O_KEY:
-            cfg.key_path = optarg;
+            cfg.key_path = p.value;
             break;
         case O_P12:
-            cfg.p12_path = optarg;
+            cfg.p12_path = p.value;
             break;
         case O_P12_PASSWORD:
-            cfg.p12_password = optarg;
+            cfg.p12_password = p.value;
             break;
         case O_P8:
-            cfg.p8_path = optarg;
+            cfg.p8_path = p.value;
             cfg.auth = APNS_AUTH_TOKEN;
             break;
         case O_KEY_ID:
-            cfg.key_id = optarg;
+            cfg.key_id = p.value;
             break;
         case O_TEAM_ID:
-            cfg.team_id = optarg;
+            cfg.team_id = p.value;
             break;
         case O_CA:
-            cfg.ca_path = optarg;
+            cfg.ca_path = p.value;
             break;
         case O_TOPIC:
-            cfg.topic = optarg;
+            cfg.topic = p.value;
             break;
         case O_TOKENS:
-            tokens_path = optarg;
+            tokens_path = p.value;
             break;
         case O_CONNECTIONS:
-            if (!parse_int(optarg, 1, 64, &v))
-                return cli_usage_error("push: --connections must be 1 to 64");
+            if (!cli_parse_long(p.value, 1, 64, &v))
+                return cli_bad_value(&p, "must be 1 to 64");
             cfg.connections = (int)v;
             break;
         case O_CONCURRENCY:
-            if (!parse_int(optarg, 1, 100000, &v))
-                return cli_usage_error("push: --concurrency must be 1 to 100000");
+            if (!cli_parse_long(p.value, 1, 100000, &v))
+                return cli_bad_value(&p, "must be 1 to 100000");
             cfg.max_in_flight = (int)v;
             break;
         case O_ATTEMPTS:
-            if (!parse_int(optarg, 1, 100, &v))
-                return cli_usage_error("push: --attempts must be 1 to 100");
+            if (!cli_parse_long(p.value, 1, 100, &v))
+                return cli_bad_value(&p, "must be 1 to 100");
             cfg.max_attempts = (int)v;
             break;
         case O_EXPIRATION:
-            if (!parse_int(optarg, 0, LONG_MAX, &exp))
-                return cli_usage_error("push: --expiration must be seconds since 1970 or 0");
+            if (!cli_parse_long(p.value, 0, LONG_MAX, &exp))
+                return cli_bad_value(&p, "must be seconds since 1970 or 0");
             has_exp = true;
             break;
         case O_QUIET:
             quiet = true;
             break;
+        case CLI_ARG:
+            return cli_unexpected("push", p.value);
         default:
-            return cli_usage_error("push: unknown or incomplete option '%s'; see --help",
-                                   argv[optind - 1]);
+            return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc)
-        return cli_usage_error("push: unexpected argument '%s'", argv[optind]);
     if (cfg.url == NULL)
-        return cli_usage_error("push: --apns https://HOST:PORT is required");
+        return cli_missing("push", "--apns https://HOST:PORT");
     if (tokens_path == NULL)
-        return cli_usage_error("push: --tokens FILE is required");
+        return cli_missing("push", "--tokens FILE");
     if (cfg.auth == APNS_AUTH_CERTIFICATE && !cfg.cert_path && !cfg.p12_path) {
         /* h2c has no TLS, hence no certificate: only the mock's h2c port
          * takes pushes like that (with --topic). */
@@ -499,114 +487,113 @@ int cmd_apns_mock(int argc, char **argv)
         fputs(mock_help, stdout);
         return CLI_EXIT_OK;
     }
-    static const struct option options[] = {
-        {"listen", required_argument, NULL, M_LISTEN},
-        {"open-listen", required_argument, NULL, M_OPEN},
-        {"h2c-listen", required_argument, NULL, M_H2C},
-        {"delivery-listen", required_argument, NULL, M_DELIVERY},
-        {"tls-cert", required_argument, NULL, M_CERT},
-        {"tls-key", required_argument, NULL, M_KEY},
-        {"client-ca", required_argument, NULL, M_CLIENT_CA},
-        {"dead-tokens", required_argument, NULL, M_DEAD},
-        {"topic", required_argument, NULL, M_TOPIC},
-        {"token-key", required_argument, NULL, M_TOKEN_KEY},
-        {"delivery-cap", required_argument, NULL, M_CAP},
-        {"fail-rate", required_argument, NULL, M_FAIL},
-        {"goaway-every", required_argument, NULL, M_GOAWAY},
-        {"max-streams", required_argument, NULL, M_MAX_STREAMS},
-        {"drop-streams-on-reject", no_argument, NULL, M_DROP},
-        {"delay-ms", required_argument, NULL, M_DELAY},
-        {"reset-every", required_argument, NULL, M_RESET},
-        {"seed", required_argument, NULL, M_SEED},
-        {"benchmark", no_argument, NULL, M_BENCH},
-        {NULL, 0, NULL, 0},
+    static const cli_option options[] = {
+        {"listen", true, M_LISTEN},
+        {"open-listen", true, M_OPEN},
+        {"h2c-listen", true, M_H2C},
+        {"delivery-listen", true, M_DELIVERY},
+        {"tls-cert", true, M_CERT},
+        {"tls-key", true, M_KEY},
+        {"client-ca", true, M_CLIENT_CA},
+        {"dead-tokens", true, M_DEAD},
+        {"topic", true, M_TOPIC},
+        {"token-key", true, M_TOKEN_KEY},
+        {"delivery-cap", true, M_CAP},
+        {"fail-rate", true, M_FAIL},
+        {"goaway-every", true, M_GOAWAY},
+        {"max-streams", true, M_MAX_STREAMS},
+        {"drop-streams-on-reject", false, M_DROP},
+        {"delay-ms", true, M_DELAY},
+        {"reset-every", true, M_RESET},
+        {"seed", true, M_SEED},
+        {"benchmark", false, M_BENCH},
+        {NULL, false, 0},
     };
     apns_mock_config cfg;
     apns_mock_config_init(&cfg);
     esim_error err = {{0}};
     long v;
     int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    cli_parser p;
+    cli_parser_init(&p, "apns-mock", options, argc, argv, 1);
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case M_LISTEN:
-            cfg.listen = optarg;
+            cfg.listen = p.value;
             break;
         case M_OPEN:
-            cfg.open_listen = optarg;
+            cfg.open_listen = p.value;
             break;
         case M_H2C:
-            cfg.h2c_listen = optarg;
+            cfg.h2c_listen = p.value;
             break;
         case M_DELIVERY:
-            cfg.delivery_listen = optarg;
+            cfg.delivery_listen = p.value;
             break;
         case M_CERT:
-            cfg.tls_cert = optarg;
+            cfg.tls_cert = p.value;
             break;
         case M_KEY:
-            cfg.tls_key = optarg;
+            cfg.tls_key = p.value;
             break;
         case M_CLIENT_CA:
-            cfg.client_ca = optarg;
+            cfg.client_ca = p.value;
             break;
         case M_DEAD:
-            cfg.dead_tokens_path = optarg;
+            cfg.dead_tokens_path = p.value;
             break;
         case M_TOPIC:
-            cfg.topic = optarg;
+            cfg.topic = p.value;
             break;
         case M_TOKEN_KEY:
-            cfg.token_key_path = optarg;
+            cfg.token_key_path = p.value;
             break;
         case M_CAP:
-            if (!parse_int(optarg, 1, 100000000, &v))
-                return cli_usage_error("apns-mock: --delivery-cap must be 1 to 100000000");
+            if (!cli_parse_long(p.value, 1, 100000000, &v))
+                return cli_bad_value(&p, "must be 1 to 100000000");
             cfg.delivery_cap = (size_t)v;
             break;
         case M_FAIL:
-            if (apns_mock_parse_fail_rates(&cfg, optarg, &err) != ESIM_OK)
-                return cli_usage_error("apns-mock: --fail-rate: %s", err.msg);
+            if (apns_mock_parse_fail_rates(&cfg, p.value, &err) != ESIM_OK)
+                return cli_bad_value(&p, err.msg);
             break;
         case M_GOAWAY:
-            if (!parse_int(optarg, 1, 1000000000, &v))
-                return cli_usage_error("apns-mock: --goaway-every must be a positive number");
+            if (!cli_parse_long(p.value, 1, 1000000000, &v))
+                return cli_bad_value(&p, "must be a positive number");
             cfg.goaway_every = (unsigned)v;
             break;
         case M_MAX_STREAMS:
-            if (!parse_int(optarg, 1, 1000000, &v))
-                return cli_usage_error("apns-mock: --max-streams must be 1 to 1000000");
+            if (!cli_parse_long(p.value, 1, 1000000, &v))
+                return cli_bad_value(&p, "must be 1 to 1000000");
             cfg.max_streams = (unsigned)v;
             break;
         case M_DROP:
             cfg.drop_streams_on_reject = true;
             break;
         case M_DELAY:
-            if (!parse_int(optarg, 0, 600000, &v))
-                return cli_usage_error("apns-mock: --delay-ms must be 0 to 600000");
+            if (!cli_parse_long(p.value, 0, 600000, &v))
+                return cli_bad_value(&p, "must be 0 to 600000");
             cfg.delay_ms = (unsigned)v;
             break;
         case M_RESET:
-            if (!parse_int(optarg, 1, 1000000000, &v))
-                return cli_usage_error("apns-mock: --reset-every must be a positive number");
+            if (!cli_parse_long(p.value, 1, 1000000000, &v))
+                return cli_bad_value(&p, "must be a positive number");
             cfg.reset_every = (unsigned)v;
             break;
         case M_SEED:
-            if (!parse_int(optarg, 0, LONG_MAX, &v))
-                return cli_usage_error("apns-mock: --seed must be a number");
+            if (!cli_parse_long(p.value, 0, LONG_MAX, &v))
+                return cli_bad_value(&p, "must be a number");
             cfg.seed = (uint64_t)v;
             break;
         case M_BENCH:
             cfg.benchmark = true;
             break;
+        case CLI_ARG:
+            return cli_unexpected("apns-mock", p.value);
         default:
-            return cli_usage_error("apns-mock: unknown or incomplete option '%s'; see --help",
-                                   argv[optind - 1]);
+            return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc)
-        return cli_usage_error("apns-mock: unexpected argument '%s'", argv[optind]);
     if (!cfg.listen && !cfg.open_listen && !cfg.h2c_listen)
         return cli_usage_error("apns-mock: give --listen ADDR:PORT (or --open-listen / "
                                "--h2c-listen); see --help");

@@ -3,7 +3,7 @@
  * clients for eSIM roll-out campaigns, with a live progress bar on a
  * terminal and the API's JSON with --json. (`esim-mdm demo` is cmd_demo.c.)
  */
-#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,7 @@
 
 #include "cli/campaign_http.h"
 #include "cli/cli.h"
+#include "cli/options.h"
 
 /* ---- shared ------------------------------------------------------------------------ */
 
@@ -203,16 +204,6 @@ typedef struct {
     json_t *body, *target, *udids, *custom, *policy, *settings;
 } camp_opts;
 
-static int set_setting(camp_opts *o, const char *key, const char *v)
-{
-    char *end = NULL;
-    double x = strtod(v, &end);
-    if (!*v || *end)
-        return cli_usage_error("campaign: --%s wants a number, got '%s'", key, v);
-    json_object_set_new(o->settings, key, json_real(x));
-    return 0;
-}
-
 static int campaign_create(camp_opts *o)
 {
     json_t *b = o->body;
@@ -364,57 +355,122 @@ int cmd_campaign(int argc, char **argv)
     o.settings = json_object();
     const char *id = NULL;
     int rc = -1;
-    static const char *const policy_opts[] = {"esim-modification", "preserve-esim-on-erase",
-                                              "esim-outgoing-transfers",
-                                              "cellular-plan-modification"};
-    static const char *const number_opts[][2] = {{"pushes-per-second", "pushes_per_second"},
-                                                 {"repush-after", "repush_after_s"},
-                                                 {"expiry", "expiry_s"},
-                                                 {"retry-base", "retry_base_s"},
-                                                 {"retry-max", "retry_max_s"},
-                                                 {"max-retries", "max_retries"},
-                                                 {"verify-attempts", "verify_attempts"},
-                                                 {"max-in-flight", "max_in_flight"}};
-    for (int i = 2; i < argc && rc < 0; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        bool used = true;
-        if (strcmp(a, "--json") == 0)
-            o.json = true, used = false;
-        else if (strcmp(a, "--wait") == 0)
-            o.wait = true, used = false;
-        else if (strcmp(a, "--watch") == 0)
-            o.watch = true, used = false;
-        else if (strcmp(a, "--all") == 0)
-            json_object_set_new(o.target, "all", json_true()), used = false;
-        else if (a[0] != '-' && !id)
-            id = a, used = false;
-        else if (!v)
-            rc = cli_usage_error("campaign: unknown option or missing value: '%s'", a);
-        else if (strcmp(a, "--server") == 0)
+    enum {
+        O_JSON,
+        O_WAIT,
+        O_WATCH,
+        O_ALL,
+        O_SERVER,
+        O_TOKEN_FILE,
+        O_STATE,
+        O_UDID,
+        O_GROUP,
+        O_TAG,
+        O_PLATFORM,
+        O_DISTRIBUTION,
+        O_CUSTOM_UDID,
+        O_NAME,
+        O_SMDP,
+        O_STEPS,
+        O_POLICY,       /* the 4 eSIM settings: O_POLICY + k */
+        O_NUMBER = 100, /* the 8 numeric settings: O_NUMBER + k */
+    };
+    static const char *const number_keys[] = {"pushes_per_second", "repush_after_s", "expiry_s",
+                                              "retry_base_s",      "retry_max_s",    "max_retries",
+                                              "verify_attempts",   "max_in_flight"};
+    static const cli_option options[] = {
+        {"json", false, O_JSON},
+        {"wait", false, O_WAIT},
+        {"watch", false, O_WATCH},
+        {"all", false, O_ALL},
+        {"server", true, O_SERVER},
+        {"token-file", true, O_TOKEN_FILE},
+        {"state", true, O_STATE},
+        {"udid", true, O_UDID},
+        {"group", true, O_GROUP},
+        {"tag", true, O_TAG},
+        {"platform", true, O_PLATFORM},
+        {"distribution", true, O_DISTRIBUTION},
+        {"custom-udid", true, O_CUSTOM_UDID},
+        {"name", true, O_NAME},
+        {"smdp", true, O_SMDP},
+        {"steps", true, O_STEPS},
+        {"esim-modification", true, O_POLICY + 0},
+        {"preserve-esim-on-erase", true, O_POLICY + 1},
+        {"esim-outgoing-transfers", true, O_POLICY + 2},
+        {"cellular-plan-modification", true, O_POLICY + 3},
+        {"pushes-per-second", true, O_NUMBER + 0},
+        {"repush-after", true, O_NUMBER + 1},
+        {"expiry", true, O_NUMBER + 2},
+        {"retry-base", true, O_NUMBER + 3},
+        {"retry-max", true, O_NUMBER + 4},
+        {"max-retries", true, O_NUMBER + 5},
+        {"verify-attempts", true, O_NUMBER + 6},
+        {"max-in-flight", true, O_NUMBER + 7},
+        {NULL, false, 0},
+    };
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "campaign %s", verb);
+    cli_parser p;
+    cli_parser_init(&p, cmd, options, argc, argv, 2);
+    for (int c; rc < 0 && (c = cli_next(&p)) != CLI_END;) {
+        const char *v = p.value;
+        switch (c) {
+        case CLI_ERROR:
+            rc = CLI_EXIT_USAGE;
+            break;
+        case CLI_ARG:
+            if (id)
+                rc = cli_unexpected(cmd, v);
+            id = v;
+            break;
+        case O_JSON:
+            o.json = true;
+            break;
+        case O_WAIT:
+            o.wait = true;
+            break;
+        case O_WATCH:
+            o.watch = true;
+            break;
+        case O_ALL:
+            json_object_set_new(o.target, "all", json_true());
+            break;
+        case O_SERVER:
             o.server = v;
-        else if (strcmp(a, "--token-file") == 0)
+            break;
+        case O_TOKEN_FILE:
             o.token_file = v;
-        else if (strcmp(a, "--state") == 0)
+            break;
+        case O_STATE:
             o.state = v;
-        else if (strcmp(a, "--udid") == 0) {
+            break;
+        case O_UDID:
             json_array_append_new(o.udids, json_string(v));
             json_object_set(o.target, "udids", o.udids);
-        } else if (strcmp(a, "--group") == 0)
+            break;
+        case O_GROUP:
             json_object_set_new(o.target, "group", json_string(v));
-        else if (strcmp(a, "--tag") == 0)
+            break;
+        case O_TAG:
             json_object_set_new(o.target, "tag", json_string(v));
-        else if (strcmp(a, "--platform") == 0)
+            break;
+        case O_PLATFORM:
             json_object_set_new(o.target, "platform", json_string(v));
-        else if (strcmp(a, "--distribution") == 0)
+            break;
+        case O_DISTRIBUTION:
             json_object_set_new(o.body, "distribution", json_string(v));
-        else if (strcmp(a, "--custom-udid") == 0)
+            break;
+        case O_CUSTOM_UDID:
             json_array_append_new(o.custom, json_string(v));
-        else if (strcmp(a, "--name") == 0)
+            break;
+        case O_NAME:
             json_object_set_new(o.body, "name", json_string(v));
-        else if (strcmp(a, "--smdp") == 0)
+            break;
+        case O_SMDP:
             json_object_set_new(o.body, "smdp_url", json_string(v));
-        else if (strcmp(a, "--steps") == 0) {
+            break;
+        case O_STEPS: {
             json_t *steps = json_array();
             char *copy = strdup(v), *save = NULL;
             for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
@@ -422,32 +478,25 @@ int cmd_campaign(int argc, char **argv)
                 json_array_append_new(steps, json_string(t));
             free(copy);
             json_object_set_new(o.body, "steps", steps);
-        } else {
-            bool found = false;
-            for (size_t k = 0; k < 4 && !found; k++)
-                if (strcmp(a + 2, policy_opts[k]) == 0) {
-                    json_object_set_new(o.policy, policy_opts[k], json_string(v));
-                    found = true;
-                }
-            for (size_t k = 0; k < 8 && !found; k++)
-                if (strcmp(a + 2, number_opts[k][0]) == 0) {
-                    if (set_setting(&o, number_opts[k][1], v))
-                        rc = CLI_EXIT_USAGE;
-                    found = true;
-                }
-            if (!found)
-                rc = cli_usage_error("campaign: unknown option '%s' (see esim-mdm campaign --help)",
-                                     a);
+            break;
         }
-        if (used)
-            i++;
+        default:
+            if (c >= O_NUMBER) {
+                double x;
+                if (!cli_parse_double(v, -HUGE_VAL, HUGE_VAL, &x))
+                    rc = cli_bad_value(&p, "wants a number");
+                else
+                    json_object_set_new(o.settings, number_keys[c - O_NUMBER], json_real(x));
+            } else {
+                json_object_set_new(o.policy, p.match->name, json_string(v));
+            }
+        }
     }
     if (rc < 0) {
         if (strcmp(verb, "create") == 0)
-            rc = id ? cli_usage_error("campaign create: unexpected argument '%s'", id)
-                    : campaign_create(&o);
+            rc = id ? cli_unexpected("campaign create", id) : campaign_create(&o);
         else if (strcmp(verb, "list") != 0 && !id)
-            rc = cli_usage_error("campaign %s: the campaign ID is required", verb);
+            rc = cli_missing(cmd, "the campaign ID");
         else
             rc = campaign_simple(&o, verb, id);
     }
@@ -535,27 +584,35 @@ int cmd_diagnose(int argc, char **argv)
     const char *udid = NULL, *server = NULL, *token = NULL, *smdp = NULL, *ca = NULL,
                *smdp_token = NULL;
     bool json = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--json") == 0)
-            json = true;
-        else if (a[0] != '-' && !udid)
-            udid = a;
-        else if (v && strcmp(a, "--server") == 0)
-            server = v, i++;
-        else if (v && strcmp(a, "--token-file") == 0)
-            token = v, i++;
-        else if (v && strcmp(a, "--smdp") == 0)
-            smdp = v, i++;
-        else if (v && strcmp(a, "--ca") == 0)
-            ca = v, i++;
-        else if (v && strcmp(a, "--smdp-token-file") == 0)
-            smdp_token = v, i++;
+    enum { D_JSON, D_SERVER, D_TOKEN_FILE, D_SMDP, D_CA, D_SMDP_TOKEN_FILE };
+    static const cli_option options[] = {{"json", false, D_JSON},
+                                         {"server", true, D_SERVER},
+                                         {"token-file", true, D_TOKEN_FILE},
+                                         {"smdp", true, D_SMDP},
+                                         {"ca", true, D_CA},
+                                         {"smdp-token-file", true, D_SMDP_TOKEN_FILE},
+                                         {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "diagnose", options, argc, argv, 1);
+    for (int c; (c = cli_next(&p)) != CLI_END;) {
+        if (c == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        if (c == CLI_ARG && udid)
+            return cli_unexpected("diagnose", p.value);
+        const char **slot = c == CLI_ARG             ? &udid
+                            : c == D_SERVER          ? &server
+                            : c == D_TOKEN_FILE      ? &token
+                            : c == D_SMDP            ? &smdp
+                            : c == D_CA              ? &ca
+                            : c == D_SMDP_TOKEN_FILE ? &smdp_token
+                                                     : NULL;
+        if (slot)
+            *slot = p.value;
         else
-            return cli_usage_error("diagnose: unknown option or missing value '%s'", a);
+            json = true;
     }
     if (!udid)
-        return cli_usage_error("diagnose: the device's UDID is required");
+        return cli_missing("diagnose", "the device's UDID");
     esim_error e = {{0}};
     if (esim_udid_validate(udid, &e) != ESIM_OK)
         return cli_usage_error("diagnose: %s", e.msg);
@@ -640,21 +697,31 @@ int cmd_import(int argc, char **argv)
     bool json = false;
     if (strcmp(kind, "eids") != 0 && strcmp(kind, "activation-codes") != 0)
         return cli_usage_error("import: unknown kind '%s' (eids or activation-codes)", kind);
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--json") == 0)
-            json = true;
-        else if (a[0] != '-' && !file)
-            file = a;
-        else if (v && strcmp(a, "--server") == 0)
-            server = v, i++;
-        else if (v && strcmp(a, "--token-file") == 0)
-            token = v, i++;
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "import %s", kind);
+    enum { I_JSON, I_SERVER, I_TOKEN_FILE };
+    static const cli_option options[] = {{"json", false, I_JSON},
+                                         {"server", true, I_SERVER},
+                                         {"token-file", true, I_TOKEN_FILE},
+                                         {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, cmd, options, argc, argv, 2);
+    for (int c; (c = cli_next(&p)) != CLI_END;) {
+        if (c == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        if (c == CLI_ARG && file)
+            return cli_unexpected(cmd, p.value);
+        if (c == CLI_ARG)
+            file = p.value;
+        else if (c == I_SERVER)
+            server = p.value;
+        else if (c == I_TOKEN_FILE)
+            token = p.value;
         else
-            return cli_usage_error("import: unknown option or missing value '%s'", a);
+            json = true;
     }
     if (!file)
-        return cli_usage_error("import %s: the file is required", kind);
+        return cli_missing(cmd, "the file");
     esim_buf text = {0};
     esim_error e = {{0}};
     if (esim_read_file(file, 64u * 1024u * 1024u, &text, &e) != ESIM_OK)

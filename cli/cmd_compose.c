@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "plist/esim_plist.h"
 
 /* Profiles and Return to Service payloads are read whole; the parser's own
@@ -185,42 +186,42 @@ static const char check_help[] =
 
 /* ---- option parsing ---------------------------------------------------------- */
 
-/* Options every command kind accepts. Returns 1 when argv[*i] was one of
- * them, 0 when not, or an exit status (2) after reporting a problem. */
-static int match_common(const char *kind, int argc, char **argv, int *i, esim_cmd_opts *opts)
+/* Options every command kind accepts: their ids, and their entries for a
+ * kind's option table. A kind's own ids start at K_OWN. */
+enum { K_UUID = 1, K_BINARY, K_TETHER, K_OWN };
+#define COMMON_OPTION_TABLE                                                                        \
+    {"uuid", true, K_UUID}, {"binary", false, K_BINARY},                                           \
+    {                                                                                              \
+        "network-tether", false, K_TETHER                                                          \
+    }
+
+/* Applies a common option; false when |id| is not one. */
+static bool apply_common(int id, const char *value, esim_cmd_opts *opts)
 {
-    const char *value = NULL;
-    int m = cli_match_option(argc, argv, i, "--uuid", true, &value);
-    if (m < 0)
-        return cli_usage_error("compose %s: --uuid needs a value, such as "
-                               "0f8fad5b-d9cb-469f-a165-70867728950e",
-                               kind);
-    if (m > 0) {
+    if (id == K_UUID)
         opts->command_uuid = value;
-        return 1;
-    }
-    if (cli_match_option(argc, argv, i, "--binary", false, NULL) > 0) {
+    else if (id == K_BINARY)
         opts->format = ESIM_PLIST_BINARY;
-        return 1;
-    }
-    if (cli_match_option(argc, argv, i, "--network-tether", false, NULL) > 0) {
+    else if (id == K_TETHER)
         opts->request_requires_network_tether = true;
-        return 1;
+    else
+        return false;
+    return true;
+}
+
+/* The next option of a kind that takes no positional argument: its id (the
+ * common ones applied already), CLI_END, or CLI_ERROR after a report. */
+static int next_option(cli_parser *p, esim_cmd_opts *opts)
+{
+    for (;;) {
+        int id = cli_next(p);
+        if (id == CLI_ARG) {
+            cli_unexpected(p->cmd, p->value);
+            return CLI_ERROR;
+        }
+        if (id < 0 || !apply_common(id, p->value, opts))
+            return id;
     }
-    return 0;
-}
-
-static int unknown_option(const char *kind, const char *arg)
-{
-    return cli_usage_error("compose %s: unknown option '%s'; `esim-mdm compose %s --help` "
-                           "lists the options",
-                           kind, arg, kind);
-}
-
-static int missing_value(const char *kind, const char *option)
-{
-    return cli_usage_error("compose %s: %s needs a value; see `esim-mdm compose %s --help`", kind,
-                           option, kind);
 }
 
 /* A library refusal: input problems exit 2, run-time failures 1. */
@@ -299,20 +300,17 @@ static int compose_refresh_plans(int argc, char **argv)
     const char *kind = "refresh-plans";
     esim_cmd_opts opts = {0};
     const char *url = NULL;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        if ((m = cli_match_option(argc, argv, &i, "--server-url", true, &url)) < 0)
-            return missing_value(kind, "--server-url");
-        if (m == 0)
-            return unknown_option(kind, argv[i]);
+    static const cli_option options[] = {
+        COMMON_OPTION_TABLE, {"server-url", true, K_OWN}, {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose refresh-plans", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        url = p.value;
     }
     if (!url)
-        return cli_usage_error("compose refresh-plans: --server-url is required, e.g. "
-                               "--server-url smdp.example.com");
+        return cli_missing("compose refresh-plans", "--server-url (e.g. smdp.example.com)");
     int status = refuse_binary_on_terminal(kind, &opts);
     if (status != CLI_EXIT_OK)
         return status;
@@ -330,40 +328,44 @@ static int compose_erase(int argc, char **argv)
     esim_cmd_opts opts = {0};
     esim_erase_opts erase = {0};
     const char *wifi_path = NULL, *mdm_path = NULL;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        struct {
-            const char *name;
-            const char **value;
-        } valued[] = {{"--pin", &erase.pin},
-                      {"--obliteration", &erase.obliteration_behavior},
-                      {"--wifi-profile", &wifi_path},
-                      {"--mdm-profile", &mdm_path}};
-        struct {
-            const char *name;
-            bool *flag;
-        } flags[] = {{"--preserve-data-plan", &erase.preserve_data_plan},
-                     {"--disallow-proximity-setup", &erase.disallow_proximity_setup},
-                     {"--return-to-service", &erase.return_to_service}};
-        bool matched = false;
-        for (size_t k = 0; !matched && k < sizeof valued / sizeof valued[0]; k++) {
-            m = cli_match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
-            if (m < 0)
-                return missing_value(kind, valued[k].name);
-            matched = m > 0;
+    enum { PIN = K_OWN, OBLITERATION, WIFI, MDM, PRESERVE, NO_PROXIMITY, RTS };
+    static const cli_option options[] = {COMMON_OPTION_TABLE,
+                                         {"pin", true, PIN},
+                                         {"obliteration", true, OBLITERATION},
+                                         {"wifi-profile", true, WIFI},
+                                         {"mdm-profile", true, MDM},
+                                         {"preserve-data-plan", false, PRESERVE},
+                                         {"disallow-proximity-setup", false, NO_PROXIMITY},
+                                         {"return-to-service", false, RTS},
+                                         {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose erase", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        switch (id) {
+        case PIN:
+            erase.pin = p.value;
+            break;
+        case OBLITERATION:
+            erase.obliteration_behavior = p.value;
+            break;
+        case WIFI:
+            wifi_path = p.value;
+            break;
+        case MDM:
+            mdm_path = p.value;
+            break;
+        case PRESERVE:
+            erase.preserve_data_plan = true;
+            break;
+        case NO_PROXIMITY:
+            erase.disallow_proximity_setup = true;
+            break;
+        case RTS:
+            erase.return_to_service = true;
+            break;
+        default:
+            return CLI_EXIT_USAGE;
         }
-        for (size_t k = 0; !matched && k < sizeof flags / sizeof flags[0]; k++) {
-            if (cli_match_option(argc, argv, &i, flags[k].name, false, NULL) > 0) {
-                *flags[k].flag = true;
-                matched = true;
-            }
-        }
-        if (!matched)
-            return unknown_option(kind, argv[i]);
     }
     if ((wifi_path || mdm_path) && !erase.return_to_service)
         return cli_usage_error("compose erase: --wifi-profile and --mdm-profile go with "
@@ -399,29 +401,26 @@ static int compose_install_profile(int argc, char **argv)
     const char *kind = "install-profile";
     esim_cmd_opts opts = {0};
     const char *path = NULL, *cert_path = NULL, *key_path = NULL;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        struct {
-            const char *name;
-            const char **value;
-        } valued[] = {{"--file", &path}, {"--sign-cert", &cert_path}, {"--sign-key", &key_path}};
-        bool matched = false;
-        for (size_t k = 0; !matched && k < sizeof valued / sizeof valued[0]; k++) {
-            m = cli_match_option(argc, argv, &i, valued[k].name, true, valued[k].value);
-            if (m < 0)
-                return missing_value(kind, valued[k].name);
-            matched = m > 0;
-        }
-        if (!matched)
-            return unknown_option(kind, argv[i]);
+    enum { FILE_ = K_OWN, SIGN_CERT, SIGN_KEY };
+    static const cli_option options[] = {COMMON_OPTION_TABLE,
+                                         {"file", true, FILE_},
+                                         {"sign-cert", true, SIGN_CERT},
+                                         {"sign-key", true, SIGN_KEY},
+                                         {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose install-profile", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        if (id == FILE_)
+            path = p.value;
+        else if (id == SIGN_CERT)
+            cert_path = p.value;
+        else if (id == SIGN_KEY)
+            key_path = p.value;
+        else
+            return CLI_EXIT_USAGE;
     }
     if (!path)
-        return cli_usage_error("compose install-profile: --file is required, e.g. "
-                               "--file esim.mobileconfig");
+        return cli_missing("compose install-profile", "--file (e.g. esim.mobileconfig)");
     if (!cert_path != !key_path)
         return cli_usage_error("compose install-profile: signing needs both --sign-cert and "
                                "--sign-key");
@@ -459,20 +458,18 @@ static int compose_remove_profile(int argc, char **argv)
     const char *kind = "remove-profile";
     esim_cmd_opts opts = {0};
     const char *identifier = NULL;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        if ((m = cli_match_option(argc, argv, &i, "--identifier", true, &identifier)) < 0)
-            return missing_value(kind, "--identifier");
-        if (m == 0)
-            return unknown_option(kind, argv[i]);
+    static const cli_option options[] = {
+        COMMON_OPTION_TABLE, {"identifier", true, K_OWN}, {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose remove-profile", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        identifier = p.value;
     }
     if (!identifier)
-        return cli_usage_error("compose remove-profile: --identifier is required, e.g. "
-                               "--identifier com.example.esim.restrictions");
+        return cli_missing("compose remove-profile",
+                           "--identifier (e.g. com.example.esim.restrictions)");
     int status = refuse_binary_on_terminal(kind, &opts);
     if (status != CLI_EXIT_OK)
         return status;
@@ -487,16 +484,14 @@ static int compose_profile_list(int argc, char **argv)
     const char *kind = "profile-list";
     esim_cmd_opts opts = {0};
     bool managed_only = false;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        if (cli_match_option(argc, argv, &i, "--managed-only", false, NULL) > 0)
-            managed_only = true;
-        else
-            return unknown_option(kind, argv[i]);
+    static const cli_option options[] = {
+        COMMON_OPTION_TABLE, {"managed-only", false, K_OWN}, {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose profile-list", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        managed_only = true;
     }
     int status = refuse_binary_on_terminal(kind, &opts);
     if (status != CLI_EXIT_OK)
@@ -513,24 +508,20 @@ static int compose_device_information(int argc, char **argv)
     esim_cmd_opts opts = {0};
     const char *queries[MAX_QUERIES];
     size_t n = 0;
-    for (int i = 1; i < argc; i++) {
-        int m = match_common(kind, argc, argv, &i, &opts);
-        if (m > 1)
-            return m;
-        if (m == 1)
-            continue;
-        const char *q = NULL;
-        if ((m = cli_match_option(argc, argv, &i, "--query", true, &q)) < 0)
-            return missing_value(kind, "--query");
-        if (m == 0)
-            return unknown_option(kind, argv[i]);
+    static const cli_option options[] = {
+        COMMON_OPTION_TABLE, {"query", true, K_OWN}, {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "compose device-information", options, argc, argv, 1);
+    for (int id; (id = next_option(&p, &opts)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return CLI_EXIT_USAGE;
         if (n == MAX_QUERIES)
             return cli_usage_error("compose device-information: at most %d queries", MAX_QUERIES);
-        queries[n++] = q;
+        queries[n++] = p.value;
     }
     if (n == 0)
-        return cli_usage_error("compose device-information: give at least one --query, e.g. "
-                               "--query ServiceSubscriptions");
+        return cli_missing("compose device-information",
+                           "--query (at least one, e.g. ServiceSubscriptions)");
     int status = refuse_binary_on_terminal(kind, &opts);
     if (status != CLI_EXIT_OK)
         return status;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "restrictions/restrictions.h"
 
 static const char restrictions_help[] =
@@ -100,67 +101,60 @@ typedef struct {
     bool unsupervised;
 } restrictions_args;
 
-static const char *const policy_options[] = {"--esim-modification", "--preserve-esim-on-erase",
-                                             "--esim-outgoing-transfers",
-                                             "--cellular-plan-modification"};
+/* Ids 0..3 are the eSIM settings, named as esim_policy_set_word() knows them. */
+enum {
+    R_IDENTIFIER = 4,
+    R_DISPLAY_NAME,
+    R_ORGANIZATION,
+    R_SIGN_CERT,
+    R_SIGN_KEY,
+    R_DEVICE_OS,
+    R_UNSUPERVISED
+};
+static const cli_option restrictions_options[] = {
+    {"esim-modification", true, 0},          {"preserve-esim-on-erase", true, 1},
+    {"esim-outgoing-transfers", true, 2},    {"cellular-plan-modification", true, 3},
+    {"identifier", true, R_IDENTIFIER},      {"display-name", true, R_DISPLAY_NAME},
+    {"organization", true, R_ORGANIZATION},  {"sign-cert", true, R_SIGN_CERT},
+    {"sign-key", true, R_SIGN_KEY},          {"device-os", true, R_DEVICE_OS},
+    {"unsupervised", false, R_UNSUPERVISED}, {NULL, false, 0},
+};
 
 static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
 {
+    static const char cmd[] = "compose restrictions";
     bool seen_policy[4] = {false, false, false, false};
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        int m = 0;
-        bool handled = false;
-        for (size_t k = 0; k < 4 && !handled; k++) {
-            m = cli_match_option(argc, argv, &i, policy_options[k], true, &v);
-            if (m == 0)
-                continue;
-            if (m < 0)
-                return cli_usage_error("compose restrictions: %s needs a value", policy_options[k]);
-            if (seen_policy[k])
-                return cli_usage_error("compose restrictions: %s given twice", policy_options[k]);
-            seen_policy[k] = true;
-            esim_error err = {{0}};
-            if (esim_policy_set_word(&a->policy, policy_options[k] + 2, v, &err) != ESIM_OK)
-                return cli_usage_error("compose restrictions: %s", err.msg);
-            handled = true;
-        }
-        if (handled)
-            continue;
-        struct {
-            const char *name;
-            const char **slot;
-        } valued[] = {
-            {"--identifier", &a->profile.identifier},
-            {"--display-name", &a->profile.display_name},
-            {"--organization", &a->profile.organization},
-            {"--sign-cert", &a->sign_cert},
-            {"--sign-key", &a->sign_key},
-            {"--device-os", &a->device_os},
-        };
-        for (size_t k = 0; k < sizeof valued / sizeof valued[0] && !handled; k++) {
-            m = cli_match_option(argc, argv, &i, valued[k].name, true, &v);
-            if (m == 0)
-                continue;
-            if (m < 0)
-                return cli_usage_error("compose restrictions: %s needs a value", valued[k].name);
-            if (*valued[k].slot)
-                return cli_usage_error("compose restrictions: %s given twice", valued[k].name);
-            if (!*v)
-                return cli_usage_error("compose restrictions: %s must not be empty",
-                                       valued[k].name);
-            *valued[k].slot = v;
-            handled = true;
-        }
-        if (handled)
-            continue;
-        if (strcmp(argv[i], "--unsupervised") == 0) {
+    cli_parser p;
+    cli_parser_init(&p, cmd, restrictions_options, argc, argv, 1);
+    for (int id; (id = cli_next(&p)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return CLI_EXIT_USAGE;
+        if (id == CLI_ARG)
+            return cli_unexpected(cmd, p.value);
+        if (id == R_UNSUPERVISED) {
             a->unsupervised = true;
             continue;
         }
-        return cli_usage_error("compose restrictions: unknown option '%s'; see "
-                               "`esim-mdm compose restrictions --help`",
-                               argv[i]);
+        if (id < 4) {
+            if (seen_policy[id])
+                return cli_usage_error("%s: --%s given twice", cmd, p.match->name);
+            seen_policy[id] = true;
+            esim_error err = {{0}};
+            if (esim_policy_set_word(&a->policy, p.match->name, p.value, &err) != ESIM_OK)
+                return cli_bad_value(&p, err.msg);
+            continue;
+        }
+        const char **slot = id == R_IDENTIFIER     ? &a->profile.identifier
+                            : id == R_DISPLAY_NAME ? &a->profile.display_name
+                            : id == R_ORGANIZATION ? &a->profile.organization
+                            : id == R_SIGN_CERT    ? &a->sign_cert
+                            : id == R_SIGN_KEY     ? &a->sign_key
+                                                   : &a->device_os;
+        if (*slot)
+            return cli_usage_error("%s: --%s given twice", cmd, p.match->name);
+        if (!*p.value)
+            return cli_bad_value(&p, "must not be empty");
+        *slot = p.value;
     }
     if (esim_policy_is_empty(&a->policy))
         return cli_usage_error("compose restrictions: give at least one eSIM setting, e.g. "
@@ -173,7 +167,7 @@ static int parse_restrictions_args(int argc, char **argv, restrictions_args *a)
         esim_os_version ver;
         esim_error err = {{0}};
         if (esim_os_version_parse(a->device_os, &ver, &err) != ESIM_OK)
-            return cli_usage_error("compose restrictions: --device-os: %s", err.msg);
+            return cli_bad_option_value("compose restrictions", "device-os", a->device_os, err.msg);
     }
     return CLI_EXIT_OK;
 }
@@ -231,53 +225,58 @@ int cmd_compose_windows_csp(int argc, char **argv)
     }
     esim_windows_csp csp;
     memset(&csp, 0, sizeof csp);
+    static const char cmd[] = "compose windows-csp";
+    enum { W_EID, W_SERVER, W_LOCAL_UI, W_AUTO_ENABLE, W_DISCOVERY, W_RESET };
+    static const cli_option options[] = {
+        {"eid", true, W_EID},
+        {"server", true, W_SERVER},
+        {"local-ui", true, W_LOCAL_UI},
+        {"auto-enable", false, W_AUTO_ENABLE},
+        {"discovery-server", false, W_DISCOVERY},
+        {"reset-to-factory", false, W_RESET},
+        {NULL, false, 0},
+    };
     bool seen_local_ui = false;
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        int m;
-        const char *name = "--eid";
-        const char **slot = &csp.eid;
-        m = cli_match_option(argc, argv, &i, name, true, &v);
-        if (m == 0) {
-            name = "--server";
-            slot = &csp.server;
-            m = cli_match_option(argc, argv, &i, name, true, &v);
-        }
-        if (m != 0) {
-            if (m < 0)
-                return cli_usage_error("compose windows-csp: %s needs a value", name);
+    cli_parser p;
+    cli_parser_init(&p, cmd, options, argc, argv, 1);
+    for (int id; (id = cli_next(&p)) != CLI_END;) {
+        switch (id) {
+        case W_EID:
+        case W_SERVER: {
+            const char **slot = id == W_EID ? &csp.eid : &csp.server;
             if (*slot)
-                return cli_usage_error("compose windows-csp: %s given twice", name);
-            *slot = v;
-        } else if ((m = cli_match_option(argc, argv, &i, "--local-ui", true, &v)) != 0) {
-            if (m < 0)
-                return cli_usage_error("compose windows-csp: --local-ui needs on or off");
+                return cli_usage_error("%s: --%s given twice", cmd, p.match->name);
+            *slot = p.value;
+            break;
+        }
+        case W_LOCAL_UI:
             if (seen_local_ui)
-                return cli_usage_error("compose windows-csp: --local-ui given twice");
+                return cli_usage_error("%s: --local-ui given twice", cmd);
             seen_local_ui = true;
-            if (strcmp(v, "on") == 0)
+            if (strcmp(p.value, "on") == 0)
                 csp.local_ui_enabled = ESIM_TRI_TRUE;
-            else if (strcmp(v, "off") == 0)
+            else if (strcmp(p.value, "off") == 0)
                 csp.local_ui_enabled = ESIM_TRI_FALSE;
             else
-                return cli_usage_error("compose windows-csp: --local-ui must be on or off (got "
-                                       "'%.64s')",
-                                       v);
-        } else if (strcmp(argv[i], "--auto-enable") == 0) {
+                return cli_bad_value(&p, "must be on or off");
+            break;
+        case W_AUTO_ENABLE:
             csp.auto_enable = true;
-        } else if (strcmp(argv[i], "--discovery-server") == 0) {
+            break;
+        case W_DISCOVERY:
             csp.discovery_server = true;
-        } else if (strcmp(argv[i], "--reset-to-factory") == 0) {
+            break;
+        case W_RESET:
             csp.reset_to_factory = true;
-        } else {
-            return cli_usage_error("compose windows-csp: unknown option '%s'; see "
-                                   "`esim-mdm compose windows-csp --help`",
-                                   argv[i]);
+            break;
+        case CLI_ARG:
+            return cli_unexpected(cmd, p.value);
+        default:
+            return CLI_EXIT_USAGE;
         }
     }
     if (!csp.eid)
-        return cli_usage_error("compose windows-csp: --eid EID is required (32 digits); see "
-                               "--help");
+        return cli_missing(cmd, "--eid EID (32 digits)");
 
     esim_error err = {{0}};
     esim_buf doc = {0};

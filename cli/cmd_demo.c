@@ -7,21 +7,18 @@
  */
 #include <errno.h>
 #include <stdarg.h>
-#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/campaign_http.h"
 #include "cli/cli.h"
+#include "cli/options.h"
+#include "cli/supervisor.h"
 #include "plist/esim_plist.h"
 #include "restrictions/restrictions.h"
 
@@ -114,20 +111,7 @@ out:
     return rc;
 }
 
-/* ---- processes ------------------------------------------------------------------------ */
-
-/* cli/ may keep process-wide state: the signal handler needs the group. */
-static volatile sig_atomic_t g_stop_signal;
-static volatile pid_t g_children_pgid;
-
-static void on_signal(int sig)
-{
-    if (g_children_pgid > 0)
-        kill(-g_children_pgid, SIGTERM);
-    g_stop_signal = sig;
-}
-
-#define DEMO_MAX_CHILDREN 8
+/* ---- the demo ---------------------------------------------------------------------------- */
 
 typedef struct {
     char dir[PATH_MAX];
@@ -136,16 +120,7 @@ typedef struct {
     double pps, timeout_s;
     unsigned max_in_flight;
     unsigned seed;
-    char self[PATH_MAX];
-    pid_t parent;
-    pid_t pgid;
-    struct {
-        pid_t pid;
-        char name[32];
-        long peak_rss_kb; /* VmHWM, read just before it is stopped */
-        double cpu_s;     /* user + system time */
-    } kids[DEMO_MAX_CHILDREN];
-    int n_kids;
+    supervisor sup; /* the child processes (cli/supervisor.h) */
     int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
     double inventory_s; /* one DeviceInformation round to every device */
     long inventory_answered;
@@ -166,179 +141,7 @@ static void say(demo *d, const char *fmt, ...)
     fflush(d->out);
 }
 
-static bool stopping(void)
-{
-    return g_stop_signal != 0;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Starts `esim-mdm ARGS...` (this very binary) with its output in
- * DIR/NAME.log. Every child joins one process group, so one kill reaches
- * them all; each dies with us (PR_SET_PDEATHSIG) even if we are killed. */
-static pid_t spawn(demo *d, const char *name, char *const argv[])
-{
-    if (d->n_kids == DEMO_MAX_CHILDREN)
-        return -1;
-    char log[PATH_MAX + 64];
-    snprintf(log, sizeof log, "%s/%s.log", d->dir, name);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != d->parent)
-            _exit(126); /* the demo died before we got here */
-        setpgid(0, d->pgid);
-        signal(SIGINT, SIG_IGN); /* the demo decides when we stop */
-        signal(SIGTERM, SIG_DFL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-            _exit(126);
-        execv(d->self, argv);
-        _exit(127);
-    }
-    setpgid(pid, d->pgid ? d->pgid : pid); /* also here: no race with the child */
-    if (!d->pgid) {
-        d->pgid = pid;
-        g_children_pgid = pid;
-    }
-    d->kids[d->n_kids].pid = pid;
-    snprintf(d->kids[d->n_kids].name, sizeof d->kids[d->n_kids].name, "%s", name);
-    d->n_kids++;
-    return pid;
-}
-
-/* The last lines of a child's log, to say why it failed. */
-static void show_log_tail(demo *d, const char *name)
-{
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s.log", d->dir, name);
-    esim_buf b = {0};
-    if (esim_read_file(path, 16u * 1024u * 1024u, &b, NULL) != ESIM_OK || !b.len) {
-        esim_buf_free(&b);
-        return;
-    }
-    size_t start = b.len, lines = 0;
-    while (start > 0 && lines < 8)
-        if (b.data[--start] == '\n' && start + 1 < b.len)
-            lines++;
-    fprintf(stderr, "---- %s.log (last lines)\n%s%s", name,
-            (const char *)b.data + start + (start > 0), b.data[b.len - 1] == '\n' ? "" : "\n");
-    esim_buf_free(&b);
-}
-
-/* True while every child runs; otherwise says which one stopped. */
-static bool children_alive(demo *d)
-{
-    for (int i = 0; i < d->n_kids; i++) {
-        if (d->kids[i].pid <= 0)
-            continue;
-        int st;
-        if (waitpid(d->kids[i].pid, &st, WNOHANG) == d->kids[i].pid) {
-            fprintf(stderr, "esim-mdm demo: the %s stopped unexpectedly (%s %d)\n", d->kids[i].name,
-                    WIFEXITED(st) ? "exit status" : "signal",
-                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-            d->kids[i].pid = 0;
-            show_log_tail(d, d->kids[i].name);
-            return false;
-        }
-    }
-    return true;
-}
-
-/* Peak memory and CPU time of a running child, from /proc. */
-static void measure_child(demo *d, int i)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)d->kids[i].pid);
-    FILE *f = fopen(path, "r");
-    char line[256];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0)
-            d->kids[i].peak_rss_kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)d->kids[i].pid);
-    f = fopen(path, "r");
-    if (f && fgets(line, sizeof line, f)) {
-        /* Fields after the ")" that ends the command name: utime is the 12th, stime the 13th. */
-        const char *p = strrchr(line, ')');
-        unsigned long ut = 0, st = 0;
-        if (p &&
-            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            d->kids[i].cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-    }
-    if (f)
-        fclose(f);
-}
-
-/* Current resident memory of a child (VmRSS), or 0. */
-static long child_rss_kb(const demo *d, int i)
-{
-    char path[64], line[256];
-    long kb = 0;
-    snprintf(path, sizeof path, "/proc/%d/status", (int)d->kids[i].pid);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static const char *const child_names[] = {"apns-mock", "service", "devsim", "smdp"};
-
-static int child_index(const demo *d, const char *name)
-{
-    for (int i = 0; i < d->n_kids; i++)
-        if (strcmp(d->kids[i].name, name) == 0)
-            return i;
-    return -1;
-}
-
-/* SIGTERM to the group, up to 5 s of grace, then SIGKILL; every child reaped. */
-static void stop_children(demo *d)
-{
-    if (d->pgid > 0)
-        kill(-d->pgid, SIGTERM);
-    int64_t until = esim_mono_ms() + 5000;
-    for (;;) {
-        bool any = false;
-        for (int i = 0; i < d->n_kids; i++) {
-            if (d->kids[i].pid <= 0)
-                continue;
-            pid_t r = waitpid(d->kids[i].pid, NULL, WNOHANG);
-            if (r == d->kids[i].pid || (r < 0 && errno == ECHILD))
-                d->kids[i].pid = 0;
-            else
-                any = true;
-        }
-        if (!any)
-            break;
-        if (esim_mono_ms() > until) {
-            if (d->pgid > 0)
-                kill(-d->pgid, SIGKILL);
-            for (int i = 0; i < d->n_kids; i++)
-                if (d->kids[i].pid > 0) {
-                    kill(d->kids[i].pid, SIGKILL);
-                    waitpid(d->kids[i].pid, NULL, 0);
-                    d->kids[i].pid = 0;
-                }
-            break;
-        }
-        sleep_ms(20);
-    }
-    d->pgid = 0;
-    g_children_pgid = 0;
-}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -350,39 +153,13 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 /* ---- waiting for the parts ----------------------------------------------------------------- */
 
-static int read_port_file(const char *path)
-{
-    esim_buf b = {0};
-    int port = 0;
-    if (esim_read_file(path, 64, &b, NULL) == ESIM_OK && b.len)
-        port = atoi((const char *)b.data);
-    esim_buf_free(&b);
-    return port > 0 && port < 65536 ? port : 0;
-}
-
-static bool wait_port_file(demo *d, const char *name, int *port)
-{
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s.port", d->dir, name);
-    for (int64_t until = esim_mono_ms() + 30000; esim_mono_ms() < until;) {
-        if (stopping() || !children_alive(d))
-            return false;
-        if ((*port = read_port_file(path)) > 0)
-            return true;
-        sleep_ms(20);
-    }
-    fprintf(stderr, "esim-mdm demo: the %s did not start within 30 s\n", name);
-    show_log_tail(d, name);
-    return false;
-}
-
 /* The APNs mock prints {"listening":{...}} first. */
 static bool wait_apns_ports(demo *d)
 {
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/apns-mock.log", d->dir);
     for (int64_t until = esim_mono_ms() + 30000; esim_mono_ms() < until;) {
-        if (stopping() || !children_alive(d))
+        if (sup_stopping() || !sup_alive(&d->sup))
             return false;
         esim_buf b = {0};
         if (esim_read_file(path, 1 << 20, &b, NULL) == ESIM_OK && b.len) {
@@ -397,10 +174,10 @@ static bool wait_apns_ports(demo *d)
         esim_buf_free(&b);
         if (d->apns_tls > 0 && d->apns_delivery > 0)
             return true;
-        sleep_ms(20);
+        sup_sleep_ms(20);
     }
     fprintf(stderr, "esim-mdm demo: the APNs mock did not start within 30 s\n");
-    show_log_tail(d, "apns-mock");
+    sup_show_log_tail(&d->sup, "apns-mock");
     return false;
 }
 
@@ -413,7 +190,7 @@ static bool call(demo *d, chttp *c, const char *method, const char *path, const 
     esim_error e = {{0}};
     if (chttp_call(c, method, path, ctype, body, body ? len : 0, &status, &r, &e) != ESIM_OK ||
         status != want) {
-        if (!stopping())
+        if (!sup_stopping())
             fprintf(stderr, "esim-mdm demo: %s %s: %s\n", method, path,
                     e.msg[0] ? e.msg : chttp_error_message(r));
         json_decref(r);
@@ -472,7 +249,7 @@ static bool start_parts(demo *d)
                          "--tls-cert",  cert,        "--tls-key",         key,
                          "--client-ca", ca,          "--delivery-listen", "127.0.0.1:0",
                          NULL};
-    if (spawn(d, "apns-mock", apns_argv) < 0 || !wait_apns_ports(d))
+    if (sup_start(&d->sup, "apns-mock", apns_argv) < 0 || !wait_apns_ports(d))
         return false;
 
     char svc_port_file[PATH_MAX + 32], svc_dir[PATH_MAX + 32], apns_url[64];
@@ -484,7 +261,8 @@ static bool start_parts(demo *d)
         "--data-dir",   svc_dir,  "--device-ca",       devca,         "--apns",      apns_url,
         "--apns-cert",  push,     "--apns-key",        pushkey,       "--apns-ca",   ca,
         "--store-sync", "normal", "--not-now-backoff", "1",           NULL};
-    if (spawn(d, "service", svc_argv) < 0 || !wait_port_file(d, "service", &d->svc_port))
+    if (sup_start(&d->sup, "service", svc_argv) < 0 ||
+        !sup_wait_port_file(&d->sup, "service", 30000, &d->svc_port))
         return false;
     char url[64], token_file[PATH_MAX + 48];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", d->svc_port);
@@ -508,7 +286,8 @@ static bool start_parts(demo *d)
                         /* busy once (36003), and a few models without eSIM (36002) */
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
                         d->quiet_mix ? "0" : "0.005", NULL};
-    if (spawn(d, "devsim", sim_argv) < 0 || !wait_port_file(d, "devsim", &d->sim_port))
+    if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
+        !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
         return false;
     char sim_url[64];
     snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_port);
@@ -522,7 +301,7 @@ static bool wait_enrolled(demo *d, double *secs)
     int64_t start = esim_mono_ms();
     long enrolled = 0;
     while (esim_mono_ms() - start < 120000) {
-        if (stopping() || !children_alive(d))
+        if (sup_stopping() || !sup_alive(&d->sup))
             return false;
         json_t *s = NULL;
         if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
@@ -532,7 +311,7 @@ static bool wait_enrolled(demo *d, double *secs)
             *secs = (double)(esim_mono_ms() - start) / 1000.0;
             return true;
         }
-        sleep_ms(100);
+        sup_sleep_ms(100);
     }
     fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within 120 s\n", enrolled,
             d->devices);
@@ -644,7 +423,8 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
     snprintf(port_file, sizeof port_file, "%s/smdp.port", d->dir);
     char *argv[] = {"esim-mdm", "smdp", "--pki",       pki,       "--listen", "127.0.0.1:0",
                     "--orders", orders, "--port-file", port_file, NULL};
-    if (spawn(d, "smdp", argv) < 0 || !wait_port_file(d, "smdp", &d->smdp_port))
+    if (sup_start(&d->sup, "smdp", argv) < 0 ||
+        !sup_wait_port_file(&d->sup, "smdp", 30000, &d->smdp_port))
         return false;
     char url[64], ca[PATH_MAX + 16];
     snprintf(url, sizeof url, "https://127.0.0.1:%d", d->smdp_port);
@@ -732,14 +512,14 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     /* Offline and locked devices answer later; wait for most, not all. */
     int64_t start = esim_mono_ms();
     long answered = 0;
-    while (esim_mono_ms() - start < 15000 && !stopping()) {
+    while (esim_mono_ms() - start < 15000 && !sup_stopping()) {
         json_t *s = NULL;
         if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
             answered = jint(s, "acknowledged") + jint(s, "not_now") + jint(s, "errors") - acked0;
         json_decref(s);
         if (answered >= (long)(n * 95 / 100))
             break;
-        sleep_ms(100);
+        sup_sleep_ms(100);
     }
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
     d->inventory_answered = answered < (long)n ? answered : (long)n;
@@ -792,7 +572,7 @@ static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, js
     if (!post_json(d, &d->api, "/v1/campaigns", body, 201, created))
         return false;
     int rc = campaign_follow(&d->api, jstr(*created, "id"), d->timeout_s + 30, quiet, summary);
-    return rc == CLI_EXIT_OK && !stopping();
+    return rc == CLI_EXIT_OK && !sup_stopping();
 }
 
 /* Failed devices whose hardware has no eSIM (error 36002). */
@@ -891,7 +671,7 @@ static bool erase_keep_esim(demo *d, const json_t *verified_list, size_t *n_out,
         snprintf(path, sizeof path, "/v1/devices/%s", picked[i]);
         bool back = false;
         for (int64_t until = esim_mono_ms() + 30000;
-             !back && esim_mono_ms() < until && !stopping();) {
+             !back && esim_mono_ms() < until && !sup_stopping();) {
             json_t *dj = NULL;
             if (call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &dj)) {
                 const char *at = jstr(dj, "enrolled_at");
@@ -909,7 +689,7 @@ static bool erase_keep_esim(demo *d, const json_t *verified_list, size_t *n_out,
             }
             json_decref(dj);
             if (!back)
-                sleep_ms(100);
+                sup_sleep_ms(100);
         }
         if (!back) {
             say(d, "  device %s did not re-enrol within 30 s\n", picked[i]);
@@ -1047,8 +827,9 @@ static int run(demo *d)
     if (d->inventory)
         inventory(d, devs, n);
 
-    int svc_i = child_index(d, "service");
-    d->service_rss_before_kb = svc_i >= 0 ? child_rss_kb(d, svc_i) : 0;
+    esim_proc_usage svc_use;
+    bool svc_up = sup_usage(&d->sup, "service", &svc_use);
+    d->service_rss_before_kb = svc_use.rss_kb;
     say(d, "\n== campaign: restrictions profile, RefreshCellularPlans, verify (all devices)\n");
     static const char *const steps[] = {"profile", "refresh", "verify"};
     int64_t t0 = esim_mono_ms();
@@ -1058,10 +839,11 @@ static int run(demo *d)
     show_warnings(d, created);
     if (campaign_follow(&d->api, jstr(created, "id"), d->timeout_s + 30, false, &sum) !=
             CLI_EXIT_OK ||
-        stopping())
+        sup_stopping())
         goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
-    d->service_rss_after_kb = svc_i >= 0 ? child_rss_kb(d, svc_i) : 0;
+    sup_usage(&d->sup, "service", &svc_use);
+    d->service_rss_after_kb = svc_use.rss_kb;
     print_table(d, sum, secs);
     long no_esim_hw = count_no_esim(d, jstr(created, "id"));
     if (no_esim_hw)
@@ -1084,21 +866,21 @@ static int run(demo *d)
     }
 
     say(d, "\n== resources (peak resident memory, CPU time)\n");
+    /* Measured just before they are stopped. */
+    esim_proc_usage use[sizeof child_names / sizeof child_names[0]];
     for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++) {
-        int i = child_index(d, child_names[k]);
-        if (i < 0 || d->kids[i].pid <= 0)
+        if (!sup_usage(&d->sup, child_names[k], &use[k]))
             continue;
-        measure_child(d, i);
         say(d, "  %-10s %8.1f MiB  %6.1f s CPU  (%.2f KiB per device)\n", child_names[k],
-            (double)d->kids[i].peak_rss_kb / 1024.0, d->kids[i].cpu_s,
-            (double)d->kids[i].peak_rss_kb / (double)n);
+            (double)use[k].peak_rss_kb / 1024.0, use[k].cpu_s,
+            (double)use[k].peak_rss_kb / (double)n);
     }
     double campaign_kib = (double)jint(sum, "memory_bytes") / 1024.0 / (double)n;
     say(d,
         "  the campaign holds %.0f bytes per device in the service (%.1f MiB for %zu devices);\n"
         "  the service's resident memory grew by %.2f KiB per device during it\n",
         campaign_kib * 1024.0, (double)jint(sum, "memory_bytes") / 1048576.0, n,
-        svc_i >= 0 && d->service_rss_before_kb > 0
+        svc_up && d->service_rss_before_kb > 0
             ? (double)(d->service_rss_after_kb - d->service_rss_before_kb) / (double)n
             : 0.0);
 
@@ -1136,14 +918,13 @@ static int run(demo *d)
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "service_campaign_kib_per_device", json_real(campaign_kib));
         for (size_t k = 0; j && k < sizeof child_names / sizeof child_names[0]; k++) {
-            int i = child_index(d, child_names[k]);
-            if (i < 0)
+            if (!sup_started(&d->sup, child_names[k]))
                 continue;
             char key[64];
             snprintf(key, sizeof key, "%s_peak_rss_kb", child_names[k]);
-            json_object_set_new(j, key, json_integer(d->kids[i].peak_rss_kb));
+            json_object_set_new(j, key, json_integer(use[k].peak_rss_kb));
             snprintf(key, sizeof key, "%s_cpu_s", child_names[k]);
-            json_object_set_new(j, key, json_real(d->kids[i].cpu_s));
+            json_object_set_new(j, key, json_real(use[k].cpu_s));
         }
         char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (t)
@@ -1158,16 +939,6 @@ out:
     json_decref(verified);
     free(devs);
     return rc;
-}
-
-static bool parse_number(const char *v, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    double x = v ? strtod(v, &end) : 0;
-    if (!v || !*v || *end || x < lo || x > hi)
-        return false;
-    *out = x;
-    return true;
 }
 
 int cmd_demo(int argc, char **argv)
@@ -1185,45 +956,94 @@ int cmd_demo(int argc, char **argv)
               .extras = true};
     const char *keep = NULL;
     bool sample = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        double x;
-        if (strcmp(a, "--sample") == 0)
+    enum {
+        SAMPLE,
+        JSON,
+        QUIET_MIX,
+        NO_INVENTORY,
+        NO_EXTRAS,
+        DEVICES,
+        PPS,
+        MAX_IN_FLIGHT,
+        TIMEOUT,
+        SEED,
+        KEEP
+    };
+    static const cli_option options[] = {
+        {"sample", false, SAMPLE},
+        {"json", false, JSON},
+        {"quiet-mix", false, QUIET_MIX},
+        {"no-inventory", false, NO_INVENTORY},
+        {"no-extras", false, NO_EXTRAS},
+        {"devices", true, DEVICES},
+        {"pushes-per-second", true, PPS},
+        {"max-in-flight", true, MAX_IN_FLIGHT},
+        {"timeout", true, TIMEOUT},
+        {"seed", true, SEED},
+        {"keep", true, KEEP},
+        {NULL, false, 0},
+    };
+    /* The numbers' ranges, by id. */
+    static const struct {
+        double lo, hi;
+        const char *what;
+    } range[] = {[DEVICES] = {1, 10000000, "a number from 1 to 10000000"},
+                 [PPS] = {1, 1e7, "a number from 1 to 10000000"},
+                 [MAX_IN_FLIGHT] = {0, 1e7, "a number from 0 to 10000000"},
+                 [TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
+                 [SEED] = {0, 4e9, "a number from 0 to 4000000000"}};
+    cli_parser p;
+    cli_parser_init(&p, "demo", options, argc, argv, 1);
+    for (int c; (c = cli_next(&p)) != CLI_END;) {
+        double x = 0;
+        if (c >= DEVICES && c <= SEED && !cli_parse_double(p.value, range[c].lo, range[c].hi, &x))
+            return cli_bad_value(&p, range[c].what);
+        switch (c) {
+        case SAMPLE:
             sample = true;
-        else if (strcmp(a, "--json") == 0)
+            break;
+        case JSON:
             d.json = true;
-        else if (strcmp(a, "--quiet-mix") == 0)
+            break;
+        case QUIET_MIX:
             d.quiet_mix = true;
-        else if (strcmp(a, "--no-inventory") == 0)
+            break;
+        case NO_INVENTORY:
             d.inventory = false;
-        else if (strcmp(a, "--no-extras") == 0)
+            break;
+        case NO_EXTRAS:
             d.extras = false;
-        else if (strcmp(a, "--devices") == 0 && parse_number(v, 1, 10000000, &x))
-            d.devices = (unsigned)x, i++;
-        else if (strcmp(a, "--pushes-per-second") == 0 && parse_number(v, 1, 1e7, &x))
-            d.pps = x, i++;
-        else if (strcmp(a, "--max-in-flight") == 0 && parse_number(v, 0, 1e7, &x))
-            d.max_in_flight = (unsigned)x, i++;
-        else if (strcmp(a, "--timeout") == 0 && parse_number(v, 1, 86400, &x))
-            d.timeout_s = x, i++;
-        else if (strcmp(a, "--seed") == 0 && parse_number(v, 0, 4e9, &x))
-            d.seed = (unsigned)x, i++;
-        else if (strcmp(a, "--keep") == 0 && v)
-            keep = v, i++;
-        else
-            return cli_usage_error("demo: bad option or value near '%s' (see esim-mdm demo --help)",
-                                   a);
+            break;
+        case DEVICES:
+            d.devices = (unsigned)x;
+            break;
+        case PPS:
+            d.pps = x;
+            break;
+        case MAX_IN_FLIGHT:
+            d.max_in_flight = (unsigned)x;
+            break;
+        case TIMEOUT:
+            d.timeout_s = x;
+            break;
+        case SEED:
+            d.seed = (unsigned)x;
+            break;
+        case KEEP:
+            keep = p.value;
+            break;
+        case CLI_ARG:
+            return cli_unexpected("demo", p.value);
+        default:
+            return CLI_EXIT_USAGE;
+        }
     }
     if (sample)
         return demo_print_sample();
     d.out = stdout;
-    ssize_t len = readlink("/proc/self/exe", d.self, sizeof d.self - 1);
-    if (len <= 0) {
-        fprintf(stderr, "esim-mdm demo: cannot find my own binary (/proc/self/exe)\n");
+    if (!sup_init(&d.sup, "esim-mdm demo"))
         return CLI_EXIT_FAIL;
-    }
-    d.self[len] = '\0';
-    d.parent = getpid();
+    d.sup.dir = d.dir;
     if (keep) {
         esim_error e = {{0}};
         if (esim_mkdirs(keep, 0700, &e) != ESIM_OK || !realpath(keep, d.dir)) {
@@ -1241,31 +1061,23 @@ int cmd_demo(int argc, char **argv)
             return CLI_EXIT_FAIL;
         }
     }
-    struct sigaction sa = {0}, old_int, old_term, old_hup;
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGHUP, &sa, &old_hup);
-    signal(SIGPIPE, SIG_IGN);
+    sup_catch_signals();
 
     int rc = run(&d);
 
-    stop_children(&d);
+    sup_stop_all(&d.sup);
     chttp_close(&d.api);
     chttp_close(&d.sim);
     chttp_close(&d.smdp);
-    if (rc != CLI_EXIT_OK && !d.keep && !stopping())
+    if (rc != CLI_EXIT_OK && !d.keep && !sup_stopping())
         fprintf(stderr, "esim-mdm demo: rerun with --keep DIR to keep the parts' logs\n");
     if (!d.keep)
         nftw(d.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    sigaction(SIGHUP, &old_hup, NULL);
-    if (stopping()) {
+    sup_restore_signals();
+    if (sup_stopping()) {
         fprintf(stderr, "\nesim-mdm demo: stopped by signal %d; everything it started is stopped\n",
-                (int)g_stop_signal);
-        return 128 + g_stop_signal;
+                sup_stop_signal());
+        return 128 + sup_stop_signal();
     }
     return rc;
 }

@@ -2,11 +2,11 @@
  * cmd_pki.c — `esim-mdm pki`: creates the test PKI the simulator, the APNs
  * mock, the SM-DP+ simulator and the demo use (see esim_pki_create).
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "core/esim.h"
 
 static const char pki_help[] =
@@ -36,17 +36,18 @@ int cmd_pki(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     const char *dir = "pki";
-    static const struct option options[] = {{"dir", required_argument, NULL, 'd'}, {0}};
-    optind = 1;
+    static const cli_option options[] = {{"dir", true, 'd'}, {NULL, false, 0}};
+    cli_parser p;
+    cli_parser_init(&p, "pki", options, argc, argv, 1);
     int c;
-    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    while ((c = cli_next(&p)) != CLI_END) {
         if (c == 'd')
-            dir = optarg;
+            dir = p.value;
+        else if (c == CLI_ARG)
+            return cli_unexpected("pki", p.value);
         else
-            return cli_usage_error("pki: unknown option; see `esim-mdm pki --help`");
+            return CLI_EXIT_USAGE;
     }
-    if (optind < argc)
-        return cli_usage_error("pki: unexpected argument '%s'", argv[optind]);
     esim_error err = {{0}};
     if (esim_pki_create(dir, &err) != ESIM_OK) {
         fprintf(stderr, "esim-mdm pki: %s\n", err.msg);

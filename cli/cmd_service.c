@@ -4,7 +4,6 @@
  * it over its JSON API: enqueue, status, devices, cancel.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <jansson.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "cli/http_client.h"
 #include "campaign/campaign.h"
 #include "service/service.h"
@@ -100,38 +100,38 @@ enum {
     O_HELP,
 };
 
-static const struct option serve_options[] = {
-    {"listen", required_argument, NULL, O_LISTEN},
-    {"port-file", required_argument, NULL, O_PORT_FILE},
-    {"data-dir", required_argument, NULL, O_DATA_DIR},
-    {"store", required_argument, NULL, O_STORE},
-    {"store-sync", required_argument, NULL, O_STORE_SYNC},
-    {"api-token-file", required_argument, NULL, O_API_TOKEN_FILE},
-    {"device-auth", required_argument, NULL, O_DEVICE_AUTH},
-    {"device-ca", required_argument, NULL, O_DEVICE_CA},
-    {"tls-cert", required_argument, NULL, O_TLS_CERT},
-    {"tls-key", required_argument, NULL, O_TLS_KEY},
-    {"apns", required_argument, NULL, O_APNS},
-    {"apns-cert", required_argument, NULL, O_APNS_CERT},
-    {"apns-key", required_argument, NULL, O_APNS_KEY},
-    {"apns-ca", required_argument, NULL, O_APNS_CA},
-    {"apns-topic", required_argument, NULL, O_APNS_TOPIC},
-    {"webhook", required_argument, NULL, O_WEBHOOK},
-    {"webhook-secret-file", required_argument, NULL, O_WEBHOOK_SECRET_FILE},
-    {"max-body", required_argument, NULL, O_MAX_BODY},
-    {"device-rate", required_argument, NULL, O_DEVICE_RATE},
-    {"not-now-backoff", required_argument, NULL, O_NOT_NOW_BACKOFF},
-    {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
-    {"max-connections-per-peer", required_argument, NULL, O_MAX_CONNECTIONS_PER_PEER},
-    {"max-pending-bytes-per-peer", required_argument, NULL, O_MAX_PENDING_BYTES_PER_PEER},
-    {"max-pending-bytes", required_argument, NULL, O_MAX_PENDING_BYTES},
-    {"header-timeout", required_argument, NULL, O_HEADER_TIMEOUT},
-    {"body-timeout", required_argument, NULL, O_BODY_TIMEOUT},
-    {"replay-window", required_argument, NULL, O_REPLAY_WINDOW},
-    {"signing-time", required_argument, NULL, O_SIGNING_TIME},
-    {"config", required_argument, NULL, O_CONFIG},
-    {"help", no_argument, NULL, O_HELP},
-    {NULL, 0, NULL, 0},
+static const cli_option serve_options[] = {
+    {"listen", true, O_LISTEN},
+    {"port-file", true, O_PORT_FILE},
+    {"data-dir", true, O_DATA_DIR},
+    {"store", true, O_STORE},
+    {"store-sync", true, O_STORE_SYNC},
+    {"api-token-file", true, O_API_TOKEN_FILE},
+    {"device-auth", true, O_DEVICE_AUTH},
+    {"device-ca", true, O_DEVICE_CA},
+    {"tls-cert", true, O_TLS_CERT},
+    {"tls-key", true, O_TLS_KEY},
+    {"apns", true, O_APNS},
+    {"apns-cert", true, O_APNS_CERT},
+    {"apns-key", true, O_APNS_KEY},
+    {"apns-ca", true, O_APNS_CA},
+    {"apns-topic", true, O_APNS_TOPIC},
+    {"webhook", true, O_WEBHOOK},
+    {"webhook-secret-file", true, O_WEBHOOK_SECRET_FILE},
+    {"max-body", true, O_MAX_BODY},
+    {"device-rate", true, O_DEVICE_RATE},
+    {"not-now-backoff", true, O_NOT_NOW_BACKOFF},
+    {"max-connections", true, O_MAX_CONNECTIONS},
+    {"max-connections-per-peer", true, O_MAX_CONNECTIONS_PER_PEER},
+    {"max-pending-bytes-per-peer", true, O_MAX_PENDING_BYTES_PER_PEER},
+    {"max-pending-bytes", true, O_MAX_PENDING_BYTES},
+    {"header-timeout", true, O_HEADER_TIMEOUT},
+    {"body-timeout", true, O_BODY_TIMEOUT},
+    {"replay-window", true, O_REPLAY_WINDOW},
+    {"signing-time", true, O_SIGNING_TIME},
+    {"config", true, O_CONFIG},
+    {"help", false, O_HELP},
+    {NULL, false, 0},
 };
 
 /* Everything `serve` was told, as strings until the end. */
@@ -152,7 +152,7 @@ static int read_config(serve_opts *o, const char *path)
     esim_buf text = {0};
     esim_error e;
     if (esim_read_file(path, 1024 * 1024, &text, &e) != ESIM_OK)
-        return cli_usage_error("--config: %s", e.msg);
+        return cli_bad_option_value("serve", "config", path, e.msg);
     int rc = CLI_EXIT_OK;
     int lineno = 0;
     for (char *save = NULL, *line = strtok_r((char *)text.data, "\n", &save);
@@ -173,16 +173,20 @@ static int read_config(serve_opts *o, const char *path)
             while (*value == ' ' || *value == '\t' || *value == '=')
                 value++;
         }
-        const struct option *opt = NULL;
+        const cli_option *opt = NULL;
         for (size_t i = 0; serve_options[i].name && !opt; i++)
-            if (strcmp(serve_options[i].name, line) == 0 && serve_options[i].has_arg)
+            if (strcmp(serve_options[i].name, line) == 0 && serve_options[i].takes_value)
                 opt = &serve_options[i];
-        if (!opt || opt->val == O_CONFIG) {
-            rc = cli_usage_error("%s:%d: unknown option '%s'", path, lineno, line);
+        /* The same words as on the command line, with the file's line. */
+        if (!opt || opt->id == O_CONFIG) {
+            rc = cli_usage_error("serve: %s:%d: unknown option '%s'; see `esim-mdm serve --help`",
+                                 path, lineno, line);
             break;
         }
         if (!*value) {
-            rc = cli_usage_error("%s:%d: %s needs a value", path, lineno, line);
+            rc = cli_usage_error("serve: %s:%d: option %s needs a value; see `esim-mdm serve "
+                                 "--help`",
+                                 path, lineno, line);
             break;
         }
         if (o->n_owned == sizeof o->owned / sizeof o->owned[0] ||
@@ -190,21 +194,21 @@ static int read_config(serve_opts *o, const char *path)
             rc = cli_usage_error("%s: too many options", path);
             break;
         }
-        rc = apply_option(o, opt->val, o->owned[o->n_owned++]);
+        rc = apply_option(o, opt->id, o->owned[o->n_owned++]);
     }
     esim_buf_free(&text);
     return rc;
 }
 
-static int parse_long(const char *opt, const char *v, long lo, long hi, long *out)
+/* --|name| |v| as a number from |lo| to |hi| for subcommand |cmd|. */
+static int cli_client_long(const char *cmd, const char *name, const char *v, long lo, long hi,
+                           long *out)
 {
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || !*v || *end || n < lo || n > hi)
-        return cli_usage_error("%s: expected a number from %ld to %ld, got '%s'", opt, lo, hi, v);
-    *out = n;
-    return CLI_EXIT_OK;
+    if (cli_parse_long(v, lo, hi, out))
+        return CLI_EXIT_OK;
+    char what[96];
+    snprintf(what, sizeof what, "expected a number from %ld to %ld", lo, hi);
+    return cli_bad_option_value(cmd, name, v, what);
 }
 
 static int apply_option(serve_opts *o, int id, const char *v)
@@ -259,52 +263,56 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_WEBHOOK:
         if (o->n_webhooks == sizeof o->webhooks / sizeof o->webhooks[0])
-            return cli_usage_error("--webhook: at most 32 URLs");
+            return cli_bad_option_value("serve", "webhook", v, "at most 32 URLs");
         o->webhooks[o->n_webhooks++] = v;
         break;
     case O_WEBHOOK_SECRET_FILE:
         o->webhook_secret_file = v;
         break;
     case O_MAX_BODY:
-        if ((rc = parse_long("--max-body", v, 1024, 64L * 1024 * 1024, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "max-body", v, 1024, 64L * 1024 * 1024, &n)) ==
+            CLI_EXIT_OK)
             o->cfg.max_body = (size_t)n;
         break;
     case O_DEVICE_RATE:
-        if ((rc = parse_long("--device-rate", v, 1, 100000, &n)) == CLI_EXIT_OK) {
+        if ((rc = cli_client_long("serve", "device-rate", v, 1, 100000, &n)) == CLI_EXIT_OK) {
             o->cfg.device_rate = (double)n;
             o->cfg.device_burst = (unsigned)(2 * n);
         }
         break;
     case O_NOT_NOW_BACKOFF:
-        if ((rc = parse_long("--not-now-backoff", v, 1, 86400, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "not-now-backoff", v, 1, 86400, &n)) == CLI_EXIT_OK)
             o->cfg.not_now_backoff_ms = n * 1000;
         break;
     case O_MAX_CONNECTIONS:
-        if ((rc = parse_long("--max-connections", v, 1, 1000000, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "max-connections", v, 1, 1000000, &n)) == CLI_EXIT_OK)
             o->cfg.max_connections = (unsigned)n;
         break;
     case O_MAX_CONNECTIONS_PER_PEER:
-        if ((rc = parse_long("--max-connections-per-peer", v, 1, 1000000, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "max-connections-per-peer", v, 1, 1000000, &n)) ==
+            CLI_EXIT_OK)
             o->cfg.max_connections_per_peer = (unsigned)n;
         break;
     case O_MAX_PENDING_BYTES_PER_PEER:
-        if ((rc = parse_long("--max-pending-bytes-per-peer", v, 4096, 1L << 40, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "max-pending-bytes-per-peer", v, 4096, 1L << 40, &n)) ==
+            CLI_EXIT_OK)
             o->cfg.max_pending_bytes_per_peer = (size_t)n;
         break;
     case O_MAX_PENDING_BYTES:
-        if ((rc = parse_long("--max-pending-bytes", v, 4096, 1L << 40, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "max-pending-bytes", v, 4096, 1L << 40, &n)) ==
+            CLI_EXIT_OK)
             o->cfg.max_pending_bytes = (size_t)n;
         break;
     case O_HEADER_TIMEOUT:
-        if ((rc = parse_long("--header-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "header-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
             o->cfg.header_timeout_ms = (int)(n * 1000);
         break;
     case O_BODY_TIMEOUT:
-        if ((rc = parse_long("--body-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "body-timeout", v, 1, 3600, &n)) == CLI_EXIT_OK)
             o->cfg.body_timeout_ms = (int)(n * 1000);
         break;
     case O_REPLAY_WINDOW:
-        if ((rc = parse_long("--replay-window", v, 0, 7 * 86400, &n)) == CLI_EXIT_OK)
+        if ((rc = cli_client_long("serve", "replay-window", v, 0, 7 * 86400, &n)) == CLI_EXIT_OK)
             o->cfg.replay_window_ms = n ? n * 1000 : -1;
         break;
     case O_SIGNING_TIME:
@@ -313,13 +321,13 @@ static int apply_option(serve_opts *o, int id, const char *v)
         else if (strcmp(v, "optional") == 0)
             o->cfg.require_signing_time = false;
         else
-            return cli_usage_error("--signing-time: optional or required, not '%s'", v);
+            return cli_bad_option_value("serve", "signing-time", v, "optional or required");
         break;
     case O_CONFIG:
         rc = read_config(o, v);
         break;
-    default:
-        rc = cli_usage_error("unknown option; `esim-mdm serve --help` lists them");
+    default: /* --help, answered before parsing */
+        break;
     }
     return rc;
 }
@@ -452,22 +460,20 @@ int cmd_serve(int argc, char **argv)
     esim_service_config_init(&o.cfg);
     int rc = CLI_EXIT_OK;
     int c;
-    optind = 1;
-    opterr = 0;
-    while (rc == CLI_EXIT_OK && (c = getopt_long(argc, argv, "", serve_options, NULL)) != -1) {
-        if (c == '?' || c == ':') {
-            rc = cli_usage_error("serve: unknown option or missing value near '%s'; see --help",
-                                 argv[optind - 1]);
-            break;
-        }
-        rc = apply_option(&o, c, optarg);
+    cli_parser p;
+    cli_parser_init(&p, "serve", serve_options, argc, argv, 1);
+    while (rc == CLI_EXIT_OK && (c = cli_next(&p)) != CLI_END) {
+        if (c == CLI_ERROR)
+            rc = CLI_EXIT_USAGE;
+        else if (c == CLI_ARG)
+            rc = cli_unexpected("serve", p.value);
+        else
+            rc = apply_option(&o, c, p.value);
     }
-    if (rc == CLI_EXIT_OK && optind < argc)
-        rc = cli_usage_error("serve: unexpected argument '%s'", argv[optind]);
     esim_error e;
     if (rc == CLI_EXIT_OK && o.device_auth &&
         esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
-        rc = cli_usage_error("--device-auth: %s", e.msg);
+        rc = cli_bad_option_value("serve", "device-auth", o.device_auth, e.msg);
     if (rc == CLI_EXIT_OK && o.store_sync) {
         if (strcmp(o.store_sync, "group") == 0)
             o.cfg.store_sync = STORE_SYNC_GROUP;
@@ -476,7 +482,8 @@ int cmd_serve(int argc, char **argv)
         else if (strcmp(o.store_sync, "normal") == 0)
             o.cfg.store_sync = STORE_SYNC_NORMAL;
         else
-            rc = cli_usage_error("--store-sync: use group, full or normal");
+            rc = cli_bad_option_value("serve", "store-sync", o.store_sync,
+                                      "use group, full or normal");
     }
     if (!o.cfg.data_dir)
         o.cfg.data_dir = "esim-mdm-data";
@@ -554,37 +561,42 @@ static int client_error(const client_reply *r)
     return r->status >= 400 && r->status < 500 && r->status != 401 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
 }
 
-/* Common option handling: returns the index of the first unparsed word or
- * -1 after an error (already reported). Options it does not know are left
- * to |extra| (may be NULL), which returns how many words it used (0 = unknown). */
-typedef int (*extra_opt_fn)(void *ctx, int argc, char **argv, int i);
+/* The options every admin client takes; a command's own ids start at C_OWN. */
+enum { C_SERVER = 1, C_TOKEN_FILE, C_JSON, C_OWN };
 
-static int client_parse(client_opts *c, int argc, char **argv, extra_opt_fn extra, void *ctx,
-                        const char **positional, int max_pos, int *n_pos)
+/* A command's own options: |extra| gets each one's id and value and returns
+ * 0, or -1 after reporting a problem. */
+typedef int (*extra_opt_fn)(void *ctx, int id, const char *value);
+
+/* Parses argv: the common options, |own| (may be NULL) through |extra|, and
+ * at most |max_pos| positional words. 0, or -1 after reporting a problem. */
+static int client_parse(client_opts *c, int argc, char **argv, const cli_option *own,
+                        extra_opt_fn extra, void *ctx, const char **positional, int max_pos,
+                        int *n_pos)
 {
+    cli_option options[32] = {
+        {"server", true, C_SERVER}, {"token-file", true, C_TOKEN_FILE}, {"json", false, C_JSON}};
+    for (size_t k = 3; own && own->name && k + 1 < sizeof options / sizeof options[0]; k++)
+        options[k] = *own++;
+    cli_parser p;
+    cli_parser_init(&p, argv[0], options, argc, argv, 1);
     *n_pos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--server") == 0 && i + 1 < argc) {
-            c->server = argv[++i];
-        } else if (strcmp(a, "--token-file") == 0 && i + 1 < argc) {
-            c->token_file = argv[++i];
-        } else if (strcmp(a, "--json") == 0) {
+    for (int id; (id = cli_next(&p)) != CLI_END;) {
+        if (id == CLI_ERROR)
+            return -1;
+        if (id == C_SERVER) {
+            c->server = p.value;
+        } else if (id == C_TOKEN_FILE) {
+            c->token_file = p.value;
+        } else if (id == C_JSON) {
             c->json = true;
-        } else if (a[0] == '-' && a[1]) {
-            int used = extra ? extra(ctx, argc, argv, i) : 0;
-            if (used < 0)
-                return -1;
-            if (used == 0) {
-                cli_usage_error("%s: unknown option '%s' (or missing value); see --help", argv[0],
-                                a);
+        } else if (id == CLI_ARG) {
+            if (*n_pos == max_pos) {
+                cli_unexpected(argv[0], p.value);
                 return -1;
             }
-            i += used - 1;
-        } else if (*n_pos < max_pos) {
-            positional[(*n_pos)++] = a;
-        } else {
-            cli_usage_error("%s: unexpected argument '%s'", argv[0], a);
+            positional[(*n_pos)++] = p.value;
+        } else if (extra(ctx, id, p.value) != 0) {
             return -1;
         }
     }
@@ -618,46 +630,81 @@ static int set_type(enqueue_ctx *x, const char *type)
     return 0;
 }
 
-static int enqueue_opt(void *ctx, int argc, char **argv, int i)
+enum {
+    E_UDID = C_OWN,
+    E_REFRESH,
+    E_DEVINFO,
+    E_RESTRICTIONS,
+    E_ERASE,
+    E_PRESERVE,
+    E_REMOVE,
+    E_PROFILE_LIST,
+    E_PLIST,
+    E_PRIORITY,
+    E_EXPIRES,
+    E_NO_PUSH,
+};
+
+static const cli_option enqueue_options[] = {
+    {"udid", true, E_UDID},
+    {"refresh-plans", true, E_REFRESH},
+    {"device-information", true, E_DEVINFO},
+    {"restrictions", true, E_RESTRICTIONS},
+    {"erase", false, E_ERASE},
+    {"preserve-data-plan", false, E_PRESERVE},
+    {"remove-profile", true, E_REMOVE},
+    {"profile-list", false, E_PROFILE_LIST},
+    {"plist", true, E_PLIST},
+    {"priority", true, E_PRIORITY},
+    {"expires-in", true, E_EXPIRES},
+    {"no-push", false, E_NO_PUSH},
+    {NULL, false, 0},
+};
+
+/* "a,b,c" as a JSON array of strings. */
+static json_t *split_list(const char *v)
+{
+    json_t *q = json_array();
+    char *copy = strdup(v);
+    for (char *save = NULL, *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
+         t = strtok_r(NULL, ",", &save))
+        json_array_append_new(q, json_string(t));
+    free(copy);
+    return q;
+}
+
+static int enqueue_opt(void *ctx, int id, const char *v)
 {
     enqueue_ctx *x = ctx;
-    const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     long n = 0;
-    if (strcmp(a, "--udid") == 0 && v) {
+    switch (id) {
+    case E_UDID:
         json_array_append_new(x->udids, json_string(v));
-        return 2;
-    }
-    if (strcmp(a, "--refresh-plans") == 0 && v) {
+        return 0;
+    case E_REFRESH:
         if (set_type(x, "RefreshCellularPlans"))
             return -1;
         json_object_set_new(x->command, "esim_server_url", json_string(v));
-        return 2;
-    }
-    if (strcmp(a, "--device-information") == 0 && v) {
+        return 0;
+    case E_DEVINFO:
         if (set_type(x, "DeviceInformation"))
             return -1;
-        json_t *q = json_array();
-        char *copy = strdup(v);
-        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
-            json_array_append_new(q, json_string(t));
-        free(copy);
-        json_object_set_new(x->command, "queries", q);
-        return 2;
-    }
-    if (strcmp(a, "--restrictions") == 0 && v) {
+        json_object_set_new(x->command, "queries", split_list(v));
+        return 0;
+    case E_RESTRICTIONS: {
         if (set_type(x, "InstallProfile"))
             return -1;
         json_t *r = json_object();
         char *copy = strdup(v);
-        for (char *save = NULL, *t = strtok_r(copy, ",", &save); t;
+        for (char *save = NULL, *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
              t = strtok_r(NULL, ",", &save)) {
             char *eq = strchr(t, '=');
             if (!eq) {
                 free(copy);
                 json_decref(r);
-                cli_usage_error("--restrictions: use name=word pairs, as "
-                                "esim_modification=deny,preserve_esim_on_erase=on");
+                cli_bad_option_value("enqueue", "restrictions", v,
+                                     "use name=word pairs, as "
+                                     "esim_modification=deny,preserve_esim_on_erase=on");
                 return -1;
             }
             *eq = '\0';
@@ -665,49 +712,43 @@ static int enqueue_opt(void *ctx, int argc, char **argv, int i)
         }
         free(copy);
         json_object_set_new(x->command, "restrictions", r);
-        return 2;
+        return 0;
     }
-    if (strcmp(a, "--erase") == 0) {
-        return set_type(x, "EraseDevice") ? -1 : 1;
-    }
-    if (strcmp(a, "--preserve-data-plan") == 0) {
+    case E_ERASE:
+        return set_type(x, "EraseDevice");
+    case E_PRESERVE:
         json_object_set_new(x->command, "preserve_data_plan", json_true());
-        return 1;
-    }
-    if (strcmp(a, "--remove-profile") == 0 && v) {
+        return 0;
+    case E_REMOVE:
         if (set_type(x, "RemoveProfile"))
             return -1;
         json_object_set_new(x->command, "identifier", json_string(v));
-        return 2;
-    }
-    if (strcmp(a, "--profile-list") == 0)
-        return set_type(x, "ProfileList") ? -1 : 1;
-    if (strcmp(a, "--plist") == 0 && v) {
+        return 0;
+    case E_PROFILE_LIST:
+        return set_type(x, "ProfileList");
+    case E_PLIST:
         if (json_object_size(x->command)) {
             cli_usage_error("enqueue: give one command only");
             return -1;
         }
         x->plist_path = v;
-        return 2;
-    }
-    if (strcmp(a, "--priority") == 0 && v) {
-        if (parse_long("--priority", v, -1000, 1000, &n) != CLI_EXIT_OK)
+        return 0;
+    case E_PRIORITY:
+        if (cli_client_long("enqueue", "priority", v, -1000, 1000, &n) != CLI_EXIT_OK)
             return -1;
         x->priority = n;
         x->have_priority = true;
-        return 2;
-    }
-    if (strcmp(a, "--expires-in") == 0 && v) {
-        if (parse_long("--expires-in", v, 1, 315360000, &n) != CLI_EXIT_OK)
+        return 0;
+    case E_EXPIRES:
+        if (cli_client_long("enqueue", "expires-in", v, 1, 315360000, &n) != CLI_EXIT_OK)
             return -1;
         x->expires_in = n;
-        return 2;
-    }
-    if (strcmp(a, "--no-push") == 0) {
+        return 0;
+    case E_NO_PUSH:
         x->no_push = true;
-        return 1;
+        return 0;
     }
-    return 0;
+    return -1;
 }
 
 static const char enqueue_usage[] =
@@ -738,13 +779,15 @@ int cmd_enqueue(int argc, char **argv)
     client_reply r = {0};
     esim_buf plist = {0}, path = {0};
     json_t *root = NULL;
-    if (client_parse(&c, argc, argv, enqueue_opt, &x, pos, 0, &n_pos) != 0) {
+    if (client_parse(&c, argc, argv, enqueue_options, enqueue_opt, &x, pos, 0, &n_pos) != 0) {
         rc = CLI_EXIT_USAGE;
         goto out;
     }
     if (json_array_size(x.udids) == 0 ||
         (!x.plist_path && !json_object_get(x.command, "request_type"))) {
-        rc = cli_usage_error("enqueue: needs at least one --udid and one command; see --help");
+        rc =
+            cli_missing("enqueue", json_array_size(x.udids) ? "a command (--refresh-plans URL, ...)"
+                                                            : "--udid UDID");
         goto out;
     }
     if ((rc = client_init(&c)) != CLI_EXIT_OK)
@@ -752,7 +795,7 @@ int cmd_enqueue(int argc, char **argv)
     if (x.plist_path) {
         esim_error e;
         if (esim_read_file(x.plist_path, 16 * 1024 * 1024, &plist, &e) != ESIM_OK) {
-            rc = cli_usage_error("--plist: %s", e.msg);
+            rc = cli_bad_option_value("enqueue", "plist", x.plist_path, e.msg);
             goto out;
         }
         esim_buf_append_str(&path, "/v1/enqueue/");
@@ -816,7 +859,7 @@ int cmd_status(int argc, char **argv)
     client_opts c = {0};
     const char *pos[1] = {NULL};
     int n_pos = 0;
-    if (client_parse(&c, argc, argv, NULL, NULL, pos, 1, &n_pos) != 0)
+    if (client_parse(&c, argc, argv, NULL, NULL, NULL, pos, 1, &n_pos) != 0)
         return CLI_EXIT_USAGE;
     if (n_pos != 1 || !esim_uuid_valid(pos[0]))
         return cli_usage_error("status: give the command's UUID, as printed by `esim-mdm enqueue`");
@@ -867,16 +910,15 @@ int cmd_status(int argc, char **argv)
 
 /* ---- devices ---- */
 
-static int devices_after_opt(void *ctx, int argc, char **argv, int i)
+static const cli_option devices_options[] = {{"after", true, C_OWN}, {NULL, false, 0}};
+
+static int devices_after_opt(void *ctx, int id, const char *v)
 {
-    if (strcmp(argv[i], "--after") == 0 && i + 1 < argc) {
-        if (esim_udid_validate(argv[i + 1], NULL) != ESIM_OK) {
-            cli_usage_error("--after: '%s' is not a UDID", argv[i + 1]);
-            return -1;
-        }
-        *(const char **)ctx = argv[i + 1];
-        return 2;
+    if (esim_udid_validate(v, NULL) != ESIM_OK) {
+        cli_bad_option_value("devices", "after", v, "not a UDID");
+        return -1;
     }
+    *(const char **)ctx = v;
     return 0;
 }
 
@@ -921,7 +963,8 @@ int cmd_devices(int argc, char **argv)
     const char *pos[1] = {NULL};
     const char *after = NULL;
     int n_pos = 0;
-    if (client_parse(&c, argc, argv, devices_after_opt, &after, pos, 1, &n_pos) != 0)
+    if (client_parse(&c, argc, argv, devices_options, devices_after_opt, &after, pos, 1, &n_pos) !=
+        0)
         return CLI_EXIT_USAGE;
     if (n_pos == 1 && esim_udid_validate(pos[0], NULL) != ESIM_OK)
         return cli_usage_error("devices: '%s' is not a UDID", pos[0]);
@@ -978,7 +1021,7 @@ int cmd_cancel(int argc, char **argv)
     client_opts c = {0};
     const char *pos[2] = {NULL, NULL};
     int n_pos = 0;
-    if (client_parse(&c, argc, argv, NULL, NULL, pos, 2, &n_pos) != 0)
+    if (client_parse(&c, argc, argv, NULL, NULL, NULL, pos, 2, &n_pos) != 0)
         return CLI_EXIT_USAGE;
     if (n_pos != 2 || esim_udid_validate(pos[0], NULL) != ESIM_OK || strlen(pos[1]) > 127 ||
         strchr(pos[1], '/'))

@@ -3,7 +3,6 @@
  * (N simulated iPhones against the service) and `esim-mdm devsim
  * user-action` (a person acting on one phone). Thin wrappers over sim/sim.h.
  */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <jansson.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "sim/sim.h"
 
 static const char smdp_help[] =
@@ -200,54 +200,51 @@ int cmd_smdp(int argc, char **argv)
         fputs(smdp_help, stdout);
         return CLI_EXIT_OK;
     }
-    static const struct option opts[] = {{"pki", required_argument, NULL, 'p'},
-                                         {"listen", required_argument, NULL, 'l'},
-                                         {"orders", required_argument, NULL, 'o'},
-                                         {"data-dir", required_argument, NULL, 'd'},
-                                         {"admin-token", required_argument, NULL, 't'},
-                                         {"admin-token-file", required_argument, NULL, 'T'},
-                                         {"port-file", required_argument, NULL, 'f'},
-                                         {NULL, 0, NULL, 0}};
+    static const cli_option opts[] = {{"pki", true, 'p'},         {"listen", true, 'l'},
+                                      {"orders", true, 'o'},      {"data-dir", true, 'd'},
+                                      {"admin-token", true, 't'}, {"admin-token-file", true, 'T'},
+                                      {"port-file", true, 'f'},   {NULL, false, 0}};
     const char *pki_dir = "pki", *listen = "127.0.0.1:9443", *orders = NULL, *data_dir = NULL,
                *token = NULL, *port_file = NULL, *token_file = NULL;
-    optind = 1;
+    cli_parser p;
+    cli_parser_init(&p, "smdp", opts, argc, argv, 1);
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case 'p':
-            pki_dir = optarg;
+            pki_dir = p.value;
             break;
         case 'l':
-            listen = optarg;
+            listen = p.value;
             break;
         case 'o':
-            orders = optarg;
+            orders = p.value;
             break;
         case 'd':
-            data_dir = optarg;
+            data_dir = p.value;
             break;
         case 't':
-            token = optarg;
+            token = p.value;
             break;
         case 'T':
-            token_file = optarg;
+            token_file = p.value;
             break;
         case 'f':
-            port_file = optarg;
+            port_file = p.value;
             break;
+        case CLI_ARG:
+            return cli_unexpected("smdp", p.value);
         default:
-            return cli_usage_error("smdp: see `esim-mdm smdp --help`");
+            return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc)
-        return cli_usage_error("smdp: unexpected argument '%s'", argv[optind]);
     char host[128];
     const char *colon = strrchr(listen, ':');
     unsigned long long port;
     if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host ||
         !parse_uint(colon + 1, 65535, &port))
-        return cli_usage_error("smdp: --listen wants HOST:PORT (e.g. 127.0.0.1:9443), got '%s'",
-                               listen);
+        return cli_bad_option_value("smdp", "listen", listen,
+                                    "wants HOST:PORT (e.g. 127.0.0.1:9443)");
     memcpy(host, listen, (size_t)(colon - listen));
     host[colon - listen] = '\0';
 
@@ -418,41 +415,47 @@ static int action_on_file(const char *data_dir, const char *pki_dir, const char 
 
 static int cmd_user_action(int argc, char **argv)
 {
-    static const struct option opts[] = {{"device", required_argument, NULL, 'u'},
-                                         {"status", required_argument, NULL, 's'},
-                                         {"data-dir", required_argument, NULL, 'd'},
-                                         {"pki", required_argument, NULL, 'p'},
-                                         {NULL, 0, NULL, 0}};
-    const char *udid = NULL, *status = NULL, *data_dir = NULL, *pki_dir = "pki";
-    optind = 1;
+    static const cli_option opts[] = {{"device", true, 'u'},
+                                      {"status", true, 's'},
+                                      {"data-dir", true, 'd'},
+                                      {"pki", true, 'p'},
+                                      {NULL, false, 0}};
+    const char *udid = NULL, *status = NULL, *data_dir = NULL, *pki_dir = "pki", *action = NULL;
+    cli_parser p;
+    cli_parser_init(&p, "devsim user-action", opts, argc, argv, 1);
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case 'u':
-            udid = optarg;
+            udid = p.value;
             break;
         case 's':
-            status = optarg;
+            status = p.value;
             break;
         case 'd':
-            data_dir = optarg;
+            data_dir = p.value;
             break;
         case 'p':
-            pki_dir = optarg;
+            pki_dir = p.value;
+            break;
+        case CLI_ARG:
+            if (action)
+                return cli_unexpected("devsim user-action", p.value);
+            action = p.value;
             break;
         default:
-            return cli_usage_error("devsim user-action: see `esim-mdm devsim --help`");
+            return CLI_EXIT_USAGE;
         }
     }
     if (!udid)
-        return cli_usage_error("devsim user-action: --device UDID is required");
-    if (optind + 1 != argc)
+        return cli_missing("devsim user-action", "--device UDID");
+    if (!action)
         return cli_usage_error(
             "devsim user-action: name exactly one action (delete-esim, transfer-esim, "
             "erase-all-content, passcode-wipe, findmy-erase)");
     sim_user_action a;
     esim_error e;
-    if (sim_user_action_parse(argv[optind], &a, &e) != ESIM_OK)
+    if (sim_user_action_parse(action, &a, &e) != ESIM_OK)
         return cli_usage_error("devsim user-action: %s", e.msg);
     if (!status == !data_dir)
         return cli_usage_error(
@@ -469,30 +472,30 @@ static int cmd_user_action(int argc, char **argv)
  * simulator will use for --devices N --seed S, one ICCID each. */
 static int cmd_manifest(int argc, char **argv)
 {
-    static const struct option opts[] = {{"devices", required_argument, NULL, 'n'},
-                                         {"seed", required_argument, NULL, 's'},
-                                         {NULL, 0, NULL, 0}};
+    static const cli_option opts[] = {
+        {"devices", true, 'n'}, {"seed", true, 's'}, {NULL, false, 0}};
     unsigned long long n = 0, seed = 1;
-    optind = 1;
+    cli_parser p;
+    cli_parser_init(&p, "devsim manifest", opts, argc, argv, 1);
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case 'n':
-            if (!parse_uint(optarg, 10000000, &n) || n == 0)
-                return cli_usage_error("devsim manifest: --devices wants 1..10000000");
+            if (!parse_uint(p.value, 10000000, &n) || n == 0)
+                return cli_bad_value(&p, "wants 1..10000000");
             break;
         case 's':
-            if (!parse_uint(optarg, UINT64_MAX, &seed))
-                return cli_usage_error("devsim manifest: --seed wants a non-negative integer");
+            if (!parse_uint(p.value, UINT64_MAX, &seed))
+                return cli_bad_value(&p, "wants a non-negative integer");
             break;
+        case CLI_ARG:
+            return cli_unexpected("devsim manifest", p.value);
         default:
-            return cli_usage_error("devsim manifest: see `esim-mdm devsim --help`");
+            return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc)
-        return cli_usage_error("devsim manifest: unexpected argument '%s'", argv[optind]);
     if (n == 0)
-        return cli_usage_error("devsim manifest: --devices N is required");
+        return cli_missing("devsim manifest", "--devices N");
     puts("eid,iccid");
     for (unsigned i = 0; i < n; i++) {
         char udid[65], eid[ESIM_EID_LEN + 1], iccid[SIM_ICCID_MAX + 1];
@@ -547,55 +550,55 @@ int cmd_devsim(int argc, char **argv)
         O_REUSE,
         O_NOESIM
     };
-    static const struct option opts[] = {
-        {"server", required_argument, NULL, O_SERVER},
-        {"apns-mock", required_argument, NULL, O_APNS},
-        {"devices", required_argument, NULL, O_DEVICES},
-        {"pki", required_argument, NULL, O_PKI},
-        {"data-dir", required_argument, NULL, O_DATA},
-        {"seed", required_argument, NULL, O_SEED},
-        {"supervised-share", required_argument, NULL, O_SUP},
-        {"notnow-share", required_argument, NULL, O_NOTNOW},
-        {"offline-share", required_argument, NULL, O_OFFLINE},
-        {"fail-share", required_argument, NULL, O_FAIL},
-        {"no-esim-share", required_argument, NULL, O_NOESIM},
-        {"os-version", required_argument, NULL, O_OS},
-        {"channel", required_argument, NULL, O_CHANNEL},
-        {"status-listen", required_argument, NULL, O_STATUS},
-        {"status-port-file", required_argument, NULL, O_STATUS_FILE},
-        {"device-auth", required_argument, NULL, O_MTLS},
-        {"max-concurrent", required_argument, NULL, O_MAXC},
-        {"reuse-identity-after-erase", no_argument, NULL, O_REUSE},
-        {"duration", required_argument, NULL, O_DURATION},
-        {NULL, 0, NULL, 0}};
+    static const cli_option opts[] = {{"server", true, O_SERVER},
+                                      {"apns-mock", true, O_APNS},
+                                      {"devices", true, O_DEVICES},
+                                      {"pki", true, O_PKI},
+                                      {"data-dir", true, O_DATA},
+                                      {"seed", true, O_SEED},
+                                      {"supervised-share", true, O_SUP},
+                                      {"notnow-share", true, O_NOTNOW},
+                                      {"offline-share", true, O_OFFLINE},
+                                      {"fail-share", true, O_FAIL},
+                                      {"no-esim-share", true, O_NOESIM},
+                                      {"os-version", true, O_OS},
+                                      {"channel", true, O_CHANNEL},
+                                      {"status-listen", true, O_STATUS},
+                                      {"status-port-file", true, O_STATUS_FILE},
+                                      {"device-auth", true, O_MTLS},
+                                      {"max-concurrent", true, O_MAXC},
+                                      {"reuse-identity-after-erase", false, O_REUSE},
+                                      {"duration", true, O_DURATION},
+                                      {NULL, false, 0}};
     sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
     const char *status_file = NULL;
     unsigned long long v;
     unsigned duration = 0;
-    optind = 1;
+    cli_parser p;
+    cli_parser_init(&p, "devsim", opts, argc, argv, 1);
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case O_SERVER:
-            cfg.server_url = optarg;
+            cfg.server_url = p.value;
             break;
         case O_APNS:
-            cfg.apns_url = optarg;
+            cfg.apns_url = p.value;
             break;
         case O_DEVICES:
-            if (!parse_uint(optarg, 10000000, &v) || v == 0)
-                return cli_usage_error("devsim: --devices wants 1..10000000, got '%s'", optarg);
+            if (!parse_uint(p.value, 10000000, &v) || v == 0)
+                return cli_bad_value(&p, "wants 1..10000000");
             cfg.devices = (unsigned)v;
             break;
         case O_PKI:
-            cfg.pki_dir = optarg;
+            cfg.pki_dir = p.value;
             break;
         case O_DATA:
-            cfg.data_dir = optarg;
+            cfg.data_dir = p.value;
             break;
         case O_SEED:
-            if (!parse_uint(optarg, UINT64_MAX, &v))
-                return cli_usage_error("devsim: --seed wants a non-negative integer");
+            if (!parse_uint(p.value, UINT64_MAX, &v))
+                return cli_bad_value(&p, "wants a non-negative integer");
             cfg.seed = v;
             break;
         case O_SUP:
@@ -608,51 +611,55 @@ int cmd_devsim(int argc, char **argv)
                           : c == O_OFFLINE ? &cfg.offline_share
                           : c == O_NOESIM  ? &cfg.no_esim_share
                                            : &cfg.fail_share;
-            if (!parse_share(optarg, dst))
-                return cli_usage_error("devsim: shares are numbers from 0 to 1, got '%s'", optarg);
+            if (!parse_share(p.value, dst))
+                return cli_bad_value(&p, "shares are numbers from 0 to 1");
             break;
         }
         case O_OS:
-            cfg.os_version = optarg;
+            cfg.os_version = p.value;
             break;
         case O_CHANNEL:
-            cfg.channel = optarg;
+            cfg.channel = p.value;
             break;
         case O_STATUS:
-            cfg.status_listen = optarg;
+            cfg.status_listen = p.value;
             break;
         case O_STATUS_FILE:
-            status_file = optarg;
+            status_file = p.value;
             break;
         case O_MTLS:
-            if (strcmp(optarg, "mtls") == 0)
+            if (strcmp(p.value, "mtls") == 0)
                 cfg.tls_client_auth = true;
-            else if (strcmp(optarg, "none") == 0)
+            else if (strcmp(p.value, "none") == 0)
                 cfg.no_identity = true;
-            else if (strcmp(optarg, "signature") != 0)
-                return cli_usage_error("devsim: --device-auth is signature, mtls or none");
+            else if (strcmp(p.value, "signature") != 0)
+                return cli_bad_value(&p, "signature, mtls or none");
             break;
         case O_REUSE:
             cfg.reuse_identity_on_erase = true;
             break;
         case O_MAXC:
-            if (!parse_uint(optarg, 100000, &v) || v == 0)
-                return cli_usage_error("devsim: --max-concurrent wants 1..100000");
+            if (!parse_uint(p.value, 100000, &v) || v == 0)
+                return cli_bad_value(&p, "wants 1..100000");
             cfg.max_concurrent = (unsigned)v;
             break;
         case O_DURATION:
-            if (!parse_uint(optarg, 86400 * 365, &v))
-                return cli_usage_error("devsim: --duration wants seconds");
+            if (!parse_uint(p.value, 86400 * 365, &v))
+                return cli_bad_value(&p, "wants seconds");
             duration = (unsigned)v;
             break;
+        case CLI_ARG:
+            return cli_unexpected("devsim", p.value);
         default:
-            return cli_usage_error("devsim: see `esim-mdm devsim --help`");
+            return CLI_EXIT_USAGE;
         }
     }
-    if (optind < argc)
-        return cli_usage_error("devsim: unexpected argument '%s'", argv[optind]);
-    if (!cfg.server_url || !cfg.apns_url || !cfg.devices)
-        return cli_usage_error("devsim: --server, --apns-mock and --devices are required");
+    if (!cfg.server_url)
+        return cli_missing("devsim", "--server URL");
+    if (!cfg.apns_url)
+        return cli_missing("devsim", "--apns-mock URL");
+    if (!cfg.devices)
+        return cli_missing("devsim", "--devices N");
     if (status_file && !cfg.status_listen)
         return cli_usage_error("devsim: --status-port-file needs --status-listen");
 

@@ -33,50 +33,6 @@ static const subcommand subcommands[] = {
     {"demo", cmd_demo, "run the whole system on this machine and roll eSIMs out"},
 };
 
-bool cli_wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
-            return true;
-        if (strcmp(argv[i], "--") == 0)
-            break;
-    }
-    return false;
-}
-
-int cli_match_option(int argc, char **argv, int *i, const char *name, bool takes_value,
-                     const char **value)
-{
-    const char *arg = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(arg, name, n) != 0)
-        return 0;
-    if (arg[n] == '\0') {
-        if (!takes_value)
-            return 1;
-        if (*i + 1 >= argc)
-            return -1;
-        *value = argv[++*i];
-        return 1;
-    }
-    if (arg[n] == '=' && takes_value) {
-        *value = arg + n + 1;
-        return 1;
-    }
-    return 0;
-}
-
-int cli_usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("esim-mdm: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return CLI_EXIT_USAGE;
-}
-
 static void print_help(FILE *out)
 {
     fputs("esim-mdm — an MDM command service for eSIM fleets\n\n"
@@ -95,7 +51,8 @@ int main(int argc, char **argv)
         print_help(stderr);
         return CLI_EXIT_USAGE;
     }
-    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         print_help(stdout);
         return CLI_EXIT_OK;
     }
