@@ -53,11 +53,11 @@ typedef enum {
 } store_qstate;
 
 /* "queued", "pushed", ... as the API shows them; NULL when out of range. */
-const char *esim_store_qstate_name(store_qstate s);
+ESIM_EXTERN const char *esim_store_qstate_name(store_qstate s);
 /* The reverse; ESIM_EINVAL for an unknown name. */
-esim_err esim_store_qstate_from_name(const char *name, store_qstate *out);
+ESIM_EXTERN esim_err esim_store_qstate_from_name(const char *name, store_qstate *out);
 /* True for queued, pushed, sent and not_now. */
-bool esim_store_qstate_active(store_qstate s);
+ESIM_EXTERN bool esim_store_qstate_active(store_qstate s);
 
 /* Push reachability of a device. */
 typedef enum {
@@ -65,7 +65,8 @@ typedef enum {
     STORE_PUSH_VALID,    /* token from TokenUpdate, not refused by APNs */
     STORE_PUSH_DEAD,     /* APNs said the token is dead: wait for TokenUpdate */
 } store_push_state;
-const char *esim_store_push_state_name(store_push_state s); /* "none", "valid", "dead" */
+/* "none", "valid", "dead" */
+ESIM_EXTERN const char *esim_store_push_state_name(store_push_state s);
 
 typedef struct {
     char udid[65];
@@ -110,7 +111,7 @@ typedef struct {
 } store_queue_entry;
 
 /* Frees the owned parts of |n| entries and the array itself (NULL ok). */
-void esim_store_queue_entries_free(store_queue_entry *entries, size_t n);
+ESIM_EXTERN void esim_store_queue_entries_free(store_queue_entry *entries, size_t n);
 
 /* ---- inputs and outputs of the operations -------------------------------- */
 
@@ -192,7 +193,7 @@ typedef struct {
 } store_event;
 
 /* Frees the owned parts of |n| events and the array itself (NULL ok). */
-void esim_store_events_free(store_event *events, size_t n);
+ESIM_EXTERN void esim_store_events_free(store_event *events, size_t n);
 
 /* The push facts of one device, for the push path. */
 typedef struct {
@@ -230,15 +231,15 @@ typedef struct {
  *   ESIM_ESTORE     cannot open, or the schema is newer than this program;
  *   ESIM_EIO        the data directory cannot be made.
  */
-esim_err esim_store_open(const char *spec, const char *data_dir, const store_options *opts,
-                         store **out, esim_error *err);
-void esim_store_close(store *st); /* NULL ok */
+ESIM_EXTERN esim_err esim_store_open(const char *spec, const char *data_dir,
+                                     const store_options *opts, store **out, esim_error *err);
+ESIM_EXTERN void esim_store_close(store *st); /* NULL ok */
 
 /* The current schema version this program writes. */
-int esim_store_schema_version(void);
+ESIM_EXTERN int esim_store_schema_version(void);
 
 /* The back end's name: "sqlite", ... */
-const char *esim_store_backend(const store *st);
+ESIM_EXTERN const char *esim_store_backend(const store *st);
 
 /* What a back end can do beyond the operations every back end has. */
 enum {
@@ -252,7 +253,7 @@ enum {
     ESIM_STORE_FEATURE_DEFERRED_SYNC = 1u << 1,
 };
 /* The ESIM_STORE_FEATURE_* bits of this store. */
-unsigned esim_store_features(const store *st);
+ESIM_EXTERN unsigned esim_store_features(const store *st);
 
 /* ---- the operations -------------------------------------------------------
  * Each returns ESIM_OK or one of the codes listed; |err| (may be NULL) gets a
@@ -275,21 +276,23 @@ unsigned esim_store_features(const store *st);
  * when the device is enrolled and the certificate is the one bound: then
  * the token stays until the TokenUpdate replaces it (a replayed
  * Authenticate cannot cut the device off from its pushes). */
-esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *in, int64_t now,
-                                        esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_authenticate(store *st, const store_authenticate_in *in,
+                                                    int64_t now, esim_error *err);
 
 /* Stores the push token (hex), PushMagic and topic; the device becomes
  * reachable and its push state valid.
  *   ESIM_ENOTFOUND  never authenticated;  ESIM_ESTATE  checked out;
  *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  a field missing. */
-esim_err esim_store_device_token_update(store *st, const char *udid, const char *cert_sha256,
-                                        const char *topic, const char *token_hex,
-                                        const char *push_magic, int64_t now, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_token_update(store *st, const char *udid,
+                                                    const char *cert_sha256, const char *topic,
+                                                    const char *token_hex, const char *push_magic,
+                                                    int64_t now, esim_error *err);
 
 /* Unenrolls the device: enrolled = false, token cleared, every active queue
  * entry canceled.  ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as above. */
-esim_err esim_store_device_checkout(store *st, const char *udid, const char *cert_sha256,
-                                    int64_t now, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_checkout(store *st, const char *udid,
+                                                const char *cert_sha256, int64_t now,
+                                                esim_error *err);
 
 /* Records a command result or Idle and picks the next command (see
  * store_exchange_in). Results are applied only to an entry in state sent
@@ -302,16 +305,17 @@ esim_err esim_store_device_checkout(store *st, const char *udid, const char *cer
  * its attempts counted. |out->next.body| must be empty on entry.
  *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTATE  checked out;
  *   ESIM_EAUTH      bound to another certificate;  ESIM_EINVAL  bad status. */
-esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int64_t now,
-                                    store_exchange_out *out, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int64_t now,
+                                                store_exchange_out *out, esim_error *err);
 
 /* Copies one device into |out|.  ESIM_ENOTFOUND. */
-esim_err esim_store_device_get(store *st, const char *udid, store_device *out, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_get(store *st, const char *udid, store_device *out,
+                                           esim_error *err);
 
 /* Up to |limit| devices with udid > |after| (NULL or "" = from the start),
  * in udid order. *out is malloc'd (free()), *n its length. */
-esim_err esim_store_device_list(store *st, const char *after, size_t limit, store_device **out,
-                                size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_list(store *st, const char *after, size_t limit,
+                                            store_device **out, size_t *n, esim_error *err);
 
 /* Puts |cmd| on the queue of each of the |n| devices (n >= 1, no
  * duplicates), all or nothing.
@@ -319,52 +323,55 @@ esim_err esim_store_device_list(store *st, const char *after, size_t limit, stor
  *   ESIM_ESTATE     a device is checked out (named);
  *   ESIM_EEXIST     the command uuid is already used;
  *   ESIM_EINVAL     empty list, a device listed twice, or a missing field. */
-esim_err esim_store_command_enqueue(store *st, const store_command_in *cmd,
-                                    const char *const *udids, size_t n, int64_t now,
-                                    esim_error *err);
+ESIM_EXTERN esim_err esim_store_command_enqueue(store *st, const store_command_in *cmd,
+                                                const char *const *udids, size_t n, int64_t now,
+                                                esim_error *err);
 
 /* The command with its counts by state, and up to |limit| devices' entries
  * for it with udid > |after| (NULL or "" = from the start), in udid order.
  * *entries is owned by the caller (esim_store_queue_entries_free).
  *   ESIM_ENOTFOUND  no such command. */
-esim_err esim_store_command_get(store *st, const char *uuid, const char *after, size_t limit,
-                                store_command_info *info, store_queue_entry **entries, size_t *n,
-                                esim_error *err);
+ESIM_EXTERN esim_err esim_store_command_get(store *st, const char *uuid, const char *after,
+                                            size_t limit, store_command_info *info,
+                                            store_queue_entry **entries, size_t *n,
+                                            esim_error *err);
 
 /* A device's queue: its active entries in delivery order, then (when
  * |with_done|) up to 100 of the latest final ones, newest first. *entries
  * is owned by the caller (esim_store_queue_entries_free).  ESIM_ENOTFOUND. */
-esim_err esim_store_device_queue(store *st, const char *udid, bool with_done,
-                                 store_queue_entry **entries, size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_queue(store *st, const char *udid, bool with_done,
+                                             store_queue_entry **entries, size_t *n,
+                                             esim_error *err);
 
 /* Cancels one active entry.  ESIM_ENOTFOUND  no such entry;
  *   ESIM_ESTATE  it is already final (|err| names the state). */
-esim_err esim_store_queue_cancel(store *st, const char *udid, const char *uuid, int64_t now,
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_store_queue_cancel(store *st, const char *udid, const char *uuid,
+                                             int64_t now, esim_error *err);
 
 /* The push facts of a device.  ESIM_ENOTFOUND. */
-esim_err esim_store_push_target(store *st, const char *udid, store_push_target *out,
-                                esim_error *err);
+ESIM_EXTERN esim_err esim_store_push_target(store *st, const char *udid, store_push_target *out,
+                                            esim_error *err);
 
 /* A push for the device was accepted by APNs: its queued and not_now entries
  * become pushed, and any owed push is cleared. When |token_dead|, the token
  * is marked dead instead (410, BadDeviceToken). */
-esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead, int64_t now,
-                                  esim_error *err);
+ESIM_EXTERN esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead,
+                                              int64_t now, esim_error *err);
 
 /* Up to |max| devices owed a push at |now| (push_due_at <= now); their debt
  * is cleared. |udids| gets them, *n how many. */
-esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
-                             esim_error *err);
+ESIM_EXTERN esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max,
+                                         size_t *n, esim_error *err);
 
 /* Entries whose command expired before a final answer become expired.
  * *n (may be NULL) gets how many. */
-esim_err esim_store_expire(store *st, int64_t now, size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_expire(store *st, int64_t now, size_t *n, esim_error *err);
 
 /* Up to |limit| ledger events of the device with id > |after|, oldest first.
  * *out is owned by the caller (esim_store_events_free). */
-esim_err esim_store_events_list(store *st, const char *udid, int64_t after, size_t limit,
-                                store_event **out, size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_events_list(store *st, const char *udid, int64_t after,
+                                            size_t limit, store_event **out, size_t *n,
+                                            esim_error *err);
 
 /* The device's newest ledger event whose kind is one of the |n_kinds|
  * |kinds| (1 to STORE_EVENT_KINDS_MAX), copied into |out| without its raw
@@ -372,18 +379,19 @@ esim_err esim_store_events_list(store *st, const char *udid, int64_t after, size
  *   ESIM_ENOTFOUND  the device has no such event;
  *   ESIM_EINVAL     no kinds, or more than STORE_EVENT_KINDS_MAX. */
 #define STORE_EVENT_KINDS_MAX 4
-esim_err esim_store_event_latest(store *st, const char *udid, const char *const *kinds,
-                                 size_t n_kinds, store_event *out, esim_error *err);
+ESIM_EXTERN esim_err esim_store_event_latest(store *st, const char *udid, const char *const *kinds,
+                                             size_t n_kinds, store_event *out, esim_error *err);
 
 /* Appends one event to the ledger outside any other operation (admin
  * actions, pushes, webhook give-ups). |udid|, |command_uuid|, |detail| and
  * |raw| may be NULL.  ESIM_EINVAL  no kind. */
-esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
-                                 const char *command_uuid, const char *detail, const void *raw,
-                                 size_t raw_len, int64_t now, esim_error *err);
+ESIM_EXTERN esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
+                                             const char *command_uuid, const char *detail,
+                                             const void *raw, size_t raw_len, int64_t now,
+                                             esim_error *err);
 
 /* Counts for /metrics and /healthz. */
-esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
+ESIM_EXTERN esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
 
 /* ---- several operations as one ----------------------------------------------
  * Between esim_store_unit_begin and esim_store_unit_end the operations form
@@ -394,10 +402,10 @@ esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
  * done in a unit may be reported to anyone before it is committed (and, in
  * group mode, synced). This is how a caller writes its own records in the
  * same transaction as the queue entries they describe. */
-esim_err esim_store_unit_begin(store *st, esim_error *err);
+ESIM_EXTERN esim_err esim_store_unit_begin(store *st, esim_error *err);
 /* Commits the unit when |ok|, undoes it otherwise (and returns ESIM_OK).
  *   ESIM_ESTORE  it could not be committed: all of it is undone. */
-esim_err esim_store_unit_end(store *st, bool ok, esim_error *err);
+ESIM_EXTERN esim_err esim_store_unit_end(store *st, bool ok, esim_error *err);
 
 /* ---- campaign records -------------------------------------------------------
  * The campaign layer's records, kept in the same store (and database) as the
@@ -440,26 +448,31 @@ typedef struct {
  * and the |n_devs| device records (each replacing the record at its index).
  *   ESIM_EINVAL  a missing id, definition or command uuid.
  */
-esim_err esim_store_campaign_save(store *st, const char *campaign_id, const store_campaign *c,
-                                  const store_campaign_command *cmds, size_t n_cmds,
-                                  const store_campaign_device *devs, size_t n_devs, int64_t now,
-                                  esim_error *err);
+ESIM_EXTERN esim_err esim_store_campaign_save(store *st, const char *campaign_id,
+                                              const store_campaign *c,
+                                              const store_campaign_command *cmds, size_t n_cmds,
+                                              const store_campaign_device *devs, size_t n_devs,
+                                              int64_t now, esim_error *err);
 
 /* Every campaign, oldest first. *out and its strings are the caller's
  * (esim_store_campaigns_free). */
-esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n, esim_error *err);
-void esim_store_campaigns_free(store_campaign *list, size_t n); /* NULL ok */
+ESIM_EXTERN esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n,
+                                          esim_error *err);
+ESIM_EXTERN void esim_store_campaigns_free(store_campaign *list, size_t n); /* NULL ok */
 
 /* A campaign's device records in index order. *out is the caller's
  * (esim_store_campaign_devices_free). */
-esim_err esim_store_campaign_devices(store *st, const char *campaign_id,
-                                     store_campaign_device **out, size_t *n, esim_error *err);
-void esim_store_campaign_devices_free(store_campaign_device *devs, size_t n); /* NULL ok */
+ESIM_EXTERN esim_err esim_store_campaign_devices(store *st, const char *campaign_id,
+                                                 store_campaign_device **out, size_t *n,
+                                                 esim_error *err);
+ESIM_EXTERN void esim_store_campaign_devices_free(store_campaign_device *devs,
+                                                  size_t n); /* NULL ok */
 
 /* A campaign's commands in the order they were recorded: *out malloc'd
  * (free()), |n| of them. */
-esim_err esim_store_campaign_commands(store *st, const char *campaign_id,
-                                      store_campaign_command **out, size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_campaign_commands(store *st, const char *campaign_id,
+                                                  store_campaign_command **out, size_t *n,
+                                                  esim_error *err);
 
 /* ---- what campaigns know about devices ---------------------------------------- */
 
@@ -473,51 +486,52 @@ typedef struct {
 
 /* Offline imports, each one operation: a row replaces an earlier one with
  * the same serial (manifest) or EID (codes).  ESIM_EINVAL  a field missing. */
-esim_err esim_store_manifest_import(store *st, const store_manifest_row *rows, size_t n,
-                                    int64_t now, esim_error *err);
-esim_err esim_store_codes_import(store *st, const store_code_row *rows, size_t n, int64_t now,
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_store_manifest_import(store *st, const store_manifest_row *rows, size_t n,
+                                                int64_t now, esim_error *err);
+ESIM_EXTERN esim_err esim_store_codes_import(store *st, const store_code_row *rows, size_t n,
+                                             int64_t now, esim_error *err);
 /* The EID a manifest gave |serial|.  ESIM_ENOTFOUND when none. */
-esim_err esim_store_manifest_eid(store *st, const char *serial, char eid[ESIM_EID_LEN + 1],
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_store_manifest_eid(store *st, const char *serial,
+                                             char eid[ESIM_EID_LEN + 1], esim_error *err);
 /* The ICCID ("" when the row has none) and MatchingID an activation-code row
  * gave |eid|.  ESIM_ENOTFOUND when no row. */
-esim_err esim_store_code_for_eid(store *st, const char *eid, char iccid[21], char matching_id[256],
-                                 esim_error *err);
+ESIM_EXTERN esim_err esim_store_code_for_eid(store *st, const char *eid, char iccid[21],
+                                             char matching_id[256], esim_error *err);
 
 /* Groups and tags. Names: 1 to 64 characters of [A-Za-z0-9._-]. */
-esim_err esim_store_name_validate(const char *what, const char *name, esim_error *err);
+ESIM_EXTERN esim_err esim_store_name_validate(const char *what, const char *name, esim_error *err);
 
 /* Creates the group (|create|) or changes an existing one: adds the |n_add|
  * UDIDs and removes the |n_remove| ones, as one operation.
  *   ESIM_EINVAL     a bad group name or UDID;
  *   ESIM_EEXIST     |create| and the group exists;
  *   ESIM_ENOTFOUND  not |create| and there is no such group. */
-esim_err esim_store_group_put(store *st, const char *name, const char *const *add, size_t n_add,
-                              const char *const *remove, size_t n_remove, bool create, int64_t now,
-                              esim_error *err);
+ESIM_EXTERN esim_err esim_store_group_put(store *st, const char *name, const char *const *add,
+                                          size_t n_add, const char *const *remove, size_t n_remove,
+                                          bool create, int64_t now, esim_error *err);
 /* ESIM_ENOTFOUND  no such group. */
-esim_err esim_store_group_delete(store *st, const char *name, esim_error *err);
+ESIM_EXTERN esim_err esim_store_group_delete(store *st, const char *name, esim_error *err);
 
 typedef struct {
     char name[65];
     uint64_t members;
 } store_group;
 /* Every group in name order: *out malloc'd (free()). */
-esim_err esim_store_groups(store *st, store_group **out, size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_groups(store *st, store_group **out, size_t *n, esim_error *err);
 /* Members of a group (ESIM_ENOTFOUND when none such), devices with a tag,
  * or the tags of a device, each in order: *out malloc'd (free()), 65-byte
  * slots. */
-esim_err esim_store_group_members(store *st, const char *name, char (**out)[65], size_t *n,
-                                  esim_error *err);
-esim_err esim_store_tag_devices(store *st, const char *tag, char (**out)[65], size_t *n,
-                                esim_error *err);
-esim_err esim_store_device_tags(store *st, const char *udid, char (**out)[65], size_t *n,
-                                esim_error *err);
+ESIM_EXTERN esim_err esim_store_group_members(store *st, const char *name, char (**out)[65],
+                                              size_t *n, esim_error *err);
+ESIM_EXTERN esim_err esim_store_tag_devices(store *st, const char *tag, char (**out)[65], size_t *n,
+                                            esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_tags(store *st, const char *udid, char (**out)[65],
+                                            size_t *n, esim_error *err);
 /* Adds and removes tags of a device, as one operation.
  *   ESIM_EINVAL  a bad UDID or tag name. */
-esim_err esim_store_tags_set(store *st, const char *udid, const char *const *add, size_t n_add,
-                             const char *const *remove, size_t n_remove, esim_error *err);
+ESIM_EXTERN esim_err esim_store_tags_set(store *st, const char *udid, const char *const *add,
+                                         size_t n_add, const char *const *remove, size_t n_remove,
+                                         esim_error *err);
 
 /* What DeviceInformation answers taught campaigns about a device. */
 typedef struct {
@@ -532,11 +546,11 @@ typedef struct {
 
 /* Records the facts of |n| devices, as one operation. A field left unknown
  * (-1, "", 0) keeps its old value; the ICCID goes with the EID. */
-esim_err esim_store_facts_put(store *st, const store_device_facts *facts, size_t n,
-                              esim_error *err);
+ESIM_EXTERN esim_err esim_store_facts_put(store *st, const store_device_facts *facts, size_t n,
+                                          esim_error *err);
 /* ESIM_ENOTFOUND when nothing is known (|out| then reads unknown). */
-esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *out,
-                              esim_error *err);
+ESIM_EXTERN esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *out,
+                                          esim_error *err);
 
 /* ---- group commit -----------------------------------------------------------
  * Batching (ESIM_STORE_FEATURE_BATCH): between batch_begin and batch_commit
@@ -546,11 +560,11 @@ esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *o
  * (and then esim_store_sync) returns. batch_begin while a batch is open, or
  * batch_commit with none, does nothing.
  *   ESIM_ESTORE  the batch could not be committed: all of it is undone. */
-esim_err esim_store_batch_begin(store *st, esim_error *err);
-esim_err esim_store_batch_commit(store *st, esim_error *err);
+ESIM_EXTERN esim_err esim_store_batch_begin(store *st, esim_error *err);
+ESIM_EXTERN esim_err esim_store_batch_commit(store *st, esim_error *err);
 /* Undoes the open batch (nothing in it may have been reported); later
  * operations commit on their own again. */
-void esim_store_batch_rollback(store *st);
+ESIM_EXTERN void esim_store_batch_rollback(store *st);
 
 /* Deferred durability (ESIM_STORE_FEATURE_DEFERRED_SYNC), in two halves so
  * that making commits durable can run on another thread while the caller
@@ -563,8 +577,8 @@ void esim_store_batch_rollback(store *st);
  *   opened with STORE_SYNC_GROUP.
  *   ESIM_ESTORE  durability failed: those operations may not survive a power
  *                cut; do not report them as done. */
-int64_t esim_store_commit_count(store *st);
-esim_err esim_store_sync(store *st, esim_error *err);
+ESIM_EXTERN int64_t esim_store_commit_count(store *st);
+ESIM_EXTERN esim_err esim_store_sync(store *st, esim_error *err);
 
 #ifdef __cplusplus
 }
