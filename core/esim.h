@@ -126,8 +126,9 @@ ESIM_EXTERN esim_err esim_read_file(const char *path, size_t max_len, esim_buf *
  * esim_read_private_file() checks the file it opened (no window between the
  * check and the read) and then reads it like esim_read_file().
  */
-esim_err esim_check_private_file(const char *path, esim_error *err);
-esim_err esim_read_private_file(const char *path, size_t max_len, esim_buf *out, esim_error *err);
+ESIM_EXTERN esim_err esim_check_private_file(const char *path, esim_error *err);
+ESIM_EXTERN esim_err esim_read_private_file(const char *path, size_t max_len, esim_buf *out,
+                                            esim_error *err);
 
 /*
  * For a database holding push tokens and PushMagic: creates |path| with
@@ -136,7 +137,7 @@ esim_err esim_read_private_file(const char *path, size_t max_len, esim_buf *out,
  * warning on stderr when that is not allowed). ":memory:" and "file:" URIs
  * are left alone. ESIM_EIO when the file cannot be created.
  */
-esim_err esim_make_private_db(const char *path, esim_error *err);
+ESIM_EXTERN esim_err esim_make_private_db(const char *path, esim_error *err);
 
 /*
  * A bearer token or shared secret kept in a file (API token, webhook
@@ -146,8 +147,8 @@ esim_err esim_make_private_db(const char *path, esim_error *err);
  * form reads with esim_read_private_file() and names the file in errors.
  */
 #define ESIM_TOKEN_MAX 1024
-esim_err esim_token_parse(const void *data, size_t len, char **out, esim_error *err);
-esim_err esim_read_token_file(const char *path, char **out, esim_error *err);
+ESIM_EXTERN esim_err esim_token_parse(const void *data, size_t len, char **out, esim_error *err);
+ESIM_EXTERN esim_err esim_read_token_file(const char *path, char **out, esim_error *err);
 
 /*
  * Replaces |path| with |data| crash-safely: writes PATH.tmp.<pid>, fsyncs it,
