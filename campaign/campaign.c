@@ -13,6 +13,7 @@
 
 #include <event2/event.h>
 
+#include "core/internal.h"
 #include "campaign/campaign_internal.h"
 #include "campaign/platform.h"
 
@@ -73,23 +74,13 @@ struct campaigns {
 static esim_err vec_push(idx_vec *v, uint32_t x)
 {
     if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 256;
-        uint32_t *nv = realloc(v->v, cap * sizeof *nv);
+        uint32_t *nv = esim_grow(v->v, &v->cap, v->n + 1, sizeof *nv);
         if (!nv)
             return ESIM_ENOMEM;
         v->v = nv;
-        v->cap = cap;
     }
     v->v[v->n++] = x;
     return ESIM_OK;
-}
-
-static uint64_t str_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
 }
 
 /* ---- command map ---------------------------------------------------------------- */
@@ -109,7 +100,7 @@ static esim_err map_insert(campaigns *cs, uint32_t slot, uint32_t cmd)
         for (size_t i = 0; i < cs->map_cap; i++) {
             if (!cs->map[i].used)
                 continue;
-            size_t k = str_hash(map_key(cs, &cs->map[i])) & (cap - 1);
+            size_t k = esim_hash_str(map_key(cs, &cs->map[i])) & (cap - 1);
             while (m[k].used)
                 k = (k + 1) & (cap - 1);
             m[k] = cs->map[i];
@@ -119,7 +110,7 @@ static esim_err map_insert(campaigns *cs, uint32_t slot, uint32_t cmd)
         cs->map_cap = cap;
     }
     map_entry e = {slot, cmd, true};
-    size_t k = str_hash(map_key(cs, &e)) & (cs->map_cap - 1);
+    size_t k = esim_hash_str(map_key(cs, &e)) & (cs->map_cap - 1);
     while (cs->map[k].used)
         k = (k + 1) & (cs->map_cap - 1);
     cs->map[k] = e;
@@ -131,7 +122,7 @@ static const map_entry *map_find(campaigns *cs, const char *uuid)
 {
     if (!cs->map_cap || !uuid)
         return NULL;
-    size_t k = str_hash(uuid) & (cs->map_cap - 1);
+    size_t k = esim_hash_str(uuid) & (cs->map_cap - 1);
     while (cs->map[k].used) {
         if (strcmp(map_key(cs, &cs->map[k]), uuid) == 0)
             return &cs->map[k];
@@ -151,12 +142,10 @@ static uint32_t slot_index(campaigns *cs, const camp_slot *s)
 static esim_err add_cmd(campaigns *cs, camp_slot *s, const char *uuid, int step, uint32_t *out)
 {
     if (s->n_cmds == s->cap_cmds) {
-        size_t cap = s->cap_cmds ? s->cap_cmds * 2 : 64;
-        cmd_rec *nc = realloc(s->cmds, cap * sizeof *nc);
+        cmd_rec *nc = esim_grow(s->cmds, &s->cap_cmds, s->n_cmds + 1, sizeof *nc);
         if (!nc)
             return ESIM_ENOMEM;
         s->cmds = nc;
-        s->cap_cmds = cap;
     }
     cmd_rec *r = &s->cmds[s->n_cmds];
     snprintf(r->uuid, sizeof r->uuid, "%s", uuid);
@@ -502,12 +491,10 @@ static void flush(campaigns *cs)
                 size_t done = 0;
                 while (done < v->n) {
                     if (nb == cap) {
-                        size_t nc = cap ? cap * 2 : 8;
-                        step_batch *grown = realloc(batches, nc * sizeof *grown);
+                        step_batch *grown = esim_grow(batches, &cap, nb + 1, sizeof *grown);
                         if (!grown)
                             break; /* the rest waits for the next flush */
                         batches = grown;
-                        cap = nc;
                     }
                     idx_vec part = *v;
                     if (per_device)
@@ -591,12 +578,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void remember_facts(campaigns *cs, const char *udid, const store_device_facts *f)
 {
     if (cs->n_facts == cs->cap_facts) {
-        size_t cap = cs->cap_facts ? cs->cap_facts * 2 : 256;
-        void *nf = realloc(cs->facts, cap * sizeof *cs->facts);
+        void *nf = esim_grow(cs->facts, &cs->cap_facts, cs->n_facts + 1, sizeof *cs->facts);
         if (!nf)
             return; /* facts are a cache: losing one is harmless */
         cs->facts = nf;
-        cs->cap_facts = cap;
     }
     cs->facts[cs->n_facts] = *f;
     snprintf(cs->facts[cs->n_facts].udid, sizeof cs->facts[cs->n_facts].udid, "%s", udid);
@@ -878,14 +863,11 @@ static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot 
     for (uint8_t p = 0; rc == ESIM_OK && p < CAMPAIGN_PLATFORM_COUNT; p++)
         rc = campaign_platform_get(p)->prepare(campaign_get_spec(c), &s->pctx[p], err);
     if (rc == ESIM_OK && cs->n_slots == cs->cap_slots) {
-        size_t cap = cs->cap_slots ? cs->cap_slots * 2 : 8;
-        camp_slot **ns = realloc(cs->slots, cap * sizeof *ns);
+        camp_slot **ns = esim_grow(cs->slots, &cs->cap_slots, cs->n_slots + 1, sizeof *ns);
         if (!ns)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
-        else {
+        else
             cs->slots = ns;
-            cs->cap_slots = cap;
-        }
     }
     if (rc != ESIM_OK) {
         s->c = NULL; /* the caller still owns it */
@@ -1308,12 +1290,10 @@ typedef struct {
 static esim_err list_add(udid_list *l, const char *udid)
 {
     if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 256;
-        char(*nu)[65] = realloc(l->udids, cap * sizeof *nu);
+        char(*nu)[65] = esim_grow(l->udids, &l->cap, l->n + 1, sizeof *nu);
         if (!nu)
             return ESIM_ENOMEM;
         l->udids = nu;
-        l->cap = cap;
     }
     snprintf(l->udids[l->n++], 65, "%s", udid);
     return ESIM_OK;
@@ -1656,8 +1636,7 @@ static esim_err known_serials(campaigns *cs, char (**serials)[64], size_t *n, es
             if (!devs[i].serial_number[0])
                 continue;
             if (len == cap) {
-                cap = cap ? cap * 2 : 1024;
-                char(*no)[64] = realloc(out, cap * sizeof *no);
+                char(*no)[64] = esim_grow(out, &cap, len + 1, sizeof *no);
                 if (!no) {
                     free(out);
                     free(devs);

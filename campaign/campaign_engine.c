@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
 #include "campaign/campaign.h"
 
 typedef struct {
@@ -175,19 +176,11 @@ const campaign_dev *campaign_device_at(const campaign *c, size_t i)
     return i < c->n ? &c->devs[i] : NULL;
 }
 
-static uint64_t udid_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 long campaign_find_device(const campaign *c, const char *udid)
 {
     if (!c || !udid || !c->index)
         return -1;
-    size_t k = udid_hash(udid) & (c->index_cap - 1);
+    size_t k = esim_hash_str(udid) & (c->index_cap - 1);
     while (c->index[k]) {
         if (strcmp(c->devs[c->index[k] - 1].udid, udid) == 0)
             return (long)(c->index[k] - 1);
@@ -206,7 +199,7 @@ static esim_err build_index(campaign *c)
     if (!c->index)
         return ESIM_ENOMEM;
     for (size_t i = 0; i < c->n; i++) {
-        size_t k = udid_hash(c->devs[i].udid) & (c->index_cap - 1);
+        size_t k = esim_hash_str(c->devs[i].udid) & (c->index_cap - 1);
         while (c->index[k])
             k = (k + 1) & (c->index_cap - 1);
         c->index[k] = (uint32_t)(i + 1);
@@ -299,12 +292,10 @@ static void check_finished(campaign *c)
 static esim_err heap_push(campaign *c, int64_t at, size_t dev)
 {
     if (c->heap_len == c->heap_cap) {
-        size_t cap = c->heap_cap ? c->heap_cap * 2 : 1024;
-        timer_entry *h = realloc(c->heap, cap * sizeof *h);
+        timer_entry *h = esim_grow(c->heap, &c->heap_cap, c->heap_len + 1, sizeof *h);
         if (!h)
             return ESIM_ENOMEM;
         c->heap = h;
-        c->heap_cap = cap;
     }
     timer_entry e = {at, (uint32_t)dev, c->devs[dev].gen};
     size_t k = c->heap_len++;
@@ -890,10 +881,7 @@ static esim_err check_distinct(const char *const *udids, size_t n, esim_error *e
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     esim_err rc = ESIM_OK;
     for (size_t i = 0; i < n && rc == ESIM_OK; i++) {
-        uint64_t h = 1469598103934665603ull;
-        for (const char *p = udids[i]; *p; p++)
-            h = (h ^ (unsigned char)*p) * 1099511628211ull;
-        size_t k = h & (cap - 1);
+        size_t k = esim_hash_str(udids[i]) & (cap - 1);
         while (slots[k]) {
             if (strcmp(slots[k], udids[i]) == 0) {
                 rc = esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i]);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/internal.h"
 #include "campaign/campaign.h"
 
 #define MAX_FIELDS 16
@@ -81,12 +82,10 @@ static esim_err add_bad(import_ctx *x, unsigned line, const char *fmt, ...)
     if (x->imp.n_bad >= CAMPAIGN_IMPORT_MAX_BAD)
         return ESIM_OK;
     if (x->imp.n_bad == x->cap_bad) {
-        size_t cap = x->cap_bad ? x->cap_bad * 2 : 16;
-        campaign_bad_line *b = realloc(x->imp.bad, cap * sizeof *b);
+        campaign_bad_line *b = esim_grow(x->imp.bad, &x->cap_bad, x->imp.n_bad + 1, sizeof *b);
         if (!b)
             return ESIM_ENOMEM;
         x->imp.bad = b;
-        x->cap_bad = cap;
     }
     campaign_bad_line *b = &x->imp.bad[x->imp.n_bad++];
     b->line = line;
@@ -136,14 +135,6 @@ typedef struct {
     size_t cap;
 } dup_set;
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static esim_err dup_init(dup_set *d, size_t expect)
 {
     d->cap = 64;
@@ -158,7 +149,7 @@ typedef const char *(*key_fn)(const void *ctx, unsigned row, int which);
 /* The row index + 1 stored under |key|, or 0. */
 static unsigned dup_find(const dup_set *d, const char *key, key_fn key_of, const void *x, int which)
 {
-    size_t i = hash_str(key) & (d->cap - 1);
+    size_t i = esim_hash_str(key) & (d->cap - 1);
     while (d->slots[i]) {
         if (strcmp(key_of(x, d->slots[i] - 1, which), key) == 0)
             return d->slots[i];
@@ -170,7 +161,7 @@ static unsigned dup_find(const dup_set *d, const char *key, key_fn key_of, const
 /* Stores |row| under |key| (not present; cap > 2 * rows, so there is room). */
 static void dup_insert(dup_set *d, const char *key, unsigned row)
 {
-    size_t i = hash_str(key) & (d->cap - 1);
+    size_t i = esim_hash_str(key) & (d->cap - 1);
     while (d->slots[i])
         i = (i + 1) & (d->cap - 1);
     d->slots[i] = row + 1;
