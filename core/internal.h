@@ -17,6 +17,8 @@
  * tables keyed by UDIDs, tokens, ICCIDs. Not for anything an attacker must
  * not be able to collide on purpose. */
 uint64_t esim_hash_str(const char *s);
+/* The same over |len| bytes (addresses, binary keys). */
+uint64_t esim_hash_bytes(const void *data, size_t len);
 
 /*
  * Makes room for at least |need| items of |size| bytes in |items| (NULL for

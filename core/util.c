@@ -17,6 +17,15 @@ uint64_t esim_hash_str(const char *s)
     return h;
 }
 
+uint64_t esim_hash_bytes(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
 void *esim_grow(void *items, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)

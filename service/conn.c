@@ -27,6 +27,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include "core/internal.h"
 #include "service/service_internal.h"
 
 enum { PHASE_NEW, PHASE_HEADER, PHASE_BODY, PHASE_BUSY, PHASE_REFUSING };
@@ -35,10 +36,7 @@ enum { PHASE_NEW, PHASE_HEADER, PHASE_BODY, PHASE_BUSY, PHASE_REFUSING };
 
 static size_t peer_index(const unsigned char addr[16])
 {
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ addr[i]) * 16777619u;
-    return h % SVC_PEER_BUCKETS;
+    return (size_t)(esim_hash_bytes(addr, 16) % SVC_PEER_BUCKETS);
 }
 
 /* The peer's address as 16 bytes (IPv4 as IPv4-mapped IPv6). False when the
@@ -115,9 +113,7 @@ uint64_t conn_origin(esim_service *svc, struct evhttp_request *req)
     svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
     if (!c || !c->peer)
         return 0;
-    uint64_t h = 1469598103934665603ull; /* FNV-1a, 64 bits */
-    for (int i = 0; i < 16; i++)
-        h = (h ^ c->peer->addr[i]) * 1099511628211ull;
+    uint64_t h = esim_hash_bytes(c->peer->addr, 16);
     return h ? h : 1;
 }
 

@@ -379,6 +379,8 @@ static void test_hash_is_fnv1a(void **state)
     assert_true(esim_hash_str("") == 0xcbf29ce484222325ull);
     assert_true(esim_hash_str("a") == 0xaf63dc4c8601ec8cull);
     assert_true(esim_hash_str("foobar") == 0x85944171f73967e8ull);
+    assert_true(esim_hash_bytes("foobar", 6) == esim_hash_str("foobar"));
+    assert_true(esim_hash_bytes(NULL, 0) == 0xcbf29ce484222325ull);
 }
 
 static void test_grow_doubles_and_keeps_items(void **state)
