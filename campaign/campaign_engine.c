@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "core/internal.h"
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 
 typedef struct {
     int64_t at;

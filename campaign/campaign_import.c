@@ -12,7 +12,7 @@
 #include <strings.h>
 
 #include "core/internal.h"
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 
 #define MAX_FIELDS 16
 #define MAX_FIELD 600

@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 #include "service/service.h"
 #include "service/store.h"
 

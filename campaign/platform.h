@@ -19,7 +19,7 @@
 #ifndef ESIM_CAMPAIGN_PLATFORM_H
 #define ESIM_CAMPAIGN_PLATFORM_H
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 #include "service/service.h"
 
 /* The platforms campaigns can drive; campaign_dev.platform holds one. */

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 #include "core/internal.h"
 
 static double now_s(void)

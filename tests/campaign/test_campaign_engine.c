@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 
 #define MAXDEV 256
 

@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 
 #define EID_A "89882119900000000000000000001654"
 

@@ -21,7 +21,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 #include "service/svc_harness.h"
 
 /* ---- scripted devices ------------------------------------------------------------ */
