@@ -9,7 +9,7 @@ BUILD = env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS cmake --build
 # `cmake` build leaves ESIM_WERROR off for packagers.
 CONFIGURE = cmake -S . -DESIM_WERROR=ON
 
-.PHONY: all deps debug release release-tests test demo bench clean format
+.PHONY: all deps debug release release-tests test fuzz demo bench clean format
 
 all: release
 
@@ -33,6 +33,15 @@ release-tests: deps
 
 test: debug release-tests
 	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
+	@./scripts/fuzz.sh $(FUZZ_SHORT_SECONDS)
+
+# Fuzzing (clang, libFuzzer; scripts/fuzz.sh): `make test` runs each target
+# for FUZZ_SHORT_SECONDS from its committed corpus, `make fuzz` for
+# FUZZ_SECONDS (findings in build/fuzz/findings/).
+FUZZ_SHORT_SECONDS ?= 5
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: release
 	@./build/release/cli/esim-mdm demo $(DEMO_ARGS)

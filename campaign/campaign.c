@@ -1706,7 +1706,9 @@ esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json
         campaign_import_free(&imp);
         return rc;
     }
-    qsort(serials, n_serials, sizeof *serials, cmp_serial);
+    /* No known serial yet: serials is NULL, which qsort may not be given. */
+    if (n_serials)
+        qsort(serials, n_serials, sizeof *serials, cmp_serial);
     json_t *unmatched = json_array();
     size_t matched = 0, n_unmatched = 0;
     for (size_t i = 0; i < imp.n_eids; i++) {

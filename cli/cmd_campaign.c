@@ -532,11 +532,13 @@ static void smdp_check(json_t *diag, const char *smdp, const char *ca, const cha
     chttp c;
     chttp_open_plain(&c, smdp, ca);
     /* The simulator's admin token (esim-mdm smdp writes PKI/smdp-admin-token). */
-    esim_buf tok = {0};
-    if (token_file && esim_read_file(token_file, sizeof c.token, &tok, NULL) == ESIM_OK)
-        snprintf(c.token, sizeof c.token, "%.*s", (int)strcspn((const char *)tok.data, "\r\n"),
-                 (const char *)tok.data);
-    esim_buf_free(&tok);
+    char *tok = NULL;
+    esim_error te = {{0}};
+    if (token_file && esim_read_token_file(token_file, &tok, &te) != ESIM_OK)
+        fprintf(stderr, "esim-mdm diagnose: --smdp-token-file: %s\n", te.msg);
+    if (tok)
+        snprintf(c.token, sizeof c.token, "%s", tok);
+    free(tok);
     long status = 0;
     json_t *r = NULL;
     esim_error e = {{0}};

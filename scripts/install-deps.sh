@@ -11,6 +11,7 @@ packages=(
   libsqlite3-dev sqlite3 libpq-dev postgresql
   libcmocka-dev nghttp2-client wrk nodejs
   python3 python3-yaml valgrind libxml2-dev
+  clang libclang-rt-14-dev
 )
 
 missing=()
