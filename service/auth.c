@@ -260,6 +260,11 @@ bool auth_split_certificates(const unsigned char *der, size_t len, esim_buf *str
         if (!der_header(f, (size_t)(f_end - f), &tag, &fh, &fl))
             return false;
         if (tag == 0xa0) {
+            /* One certificates field at most: with two, the certificates
+             * of both would be offered while only the last was stripped,
+             * a structure OpenSSL itself refuses (found by fuzz_sig_split). */
+            if (cert_field)
+                return false;
             cert_field = f;
             cert_field_len = fh + fl;
             for (const unsigned char *c = f + fh; c < f + fh + fl;) {
