@@ -61,7 +61,7 @@ static void setup(void)
     cfg.store_sync = STORE_SYNC_NORMAL;
     esim_error err = {{0}};
     if (!g.base || esim_service_new(g.base, &cfg, &g.svc, &err) != ESIM_OK ||
-        esim_campaigns_attach(g.svc, g.dir, STORE_SYNC_NORMAL, &err) != ESIM_OK) {
+        esim_campaigns_attach(g.svc, g.dir, &err) != ESIM_OK) {
         fprintf(stderr, "fuzz_api: %s\n", err.msg);
         abort();
     }
