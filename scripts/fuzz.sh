@@ -35,6 +35,8 @@ for t in "${targets[@]}"; do
   corpus="$build/corpus/$t" findings="$build/findings/$t"
   mkdir -p "$corpus" "$findings"
   log="$build/fuzz_$t.log"
+  marker="$build/.fuzz_$t.start"
+  touch "$marker"
   # libFuzzer: -max_total_time bounds the run; it stops at the first finding.
   rc=0
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -43,7 +45,7 @@ for t in "${targets[@]}"; do
     "tests/data/fuzz/$t" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  n=$(find "$findings" -type f | wc -l)
+  n=$(find "$findings" -type f -newer "$marker" | wc -l) # this run's findings only
   printf '%-12s %12s %10s %8s\n' "$t" "${execs:-?}" "${rate:-?}" "$n"
   if [[ $rc -ne 0 || $n -ne 0 ]]; then
     failed=1
