@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "campaign/campaign.h"
+#include "campaign/campaign_engine.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
