@@ -366,7 +366,8 @@ static void device_record(const camp_slot *s, size_t i, store_campaign_device *o
     out->step = d->step;
     out->retries = d->retries;
     out->verify_tries = d->verify_tries;
-    out->flags = d->esim_installed | d->refresh_acked << 1 | d->need_queue << 2;
+    out->flags =
+        d->esim_installed | d->refresh_acked << 1 | d->need_queue << 2 | d->install_error << 3;
     out->pushes = d->pushes;
     out->not_now = d->not_now;
     out->changed_ms = d->changed_ms;
@@ -931,6 +932,7 @@ static esim_err device_from_record(const store_campaign_device *r, campaign_dev 
     x->esim_installed = r->flags & 1;
     x->refresh_acked = (r->flags >> 1) & 1;
     x->need_queue = (r->flags >> 2) & 1;
+    x->install_error = (r->flags >> 3) & 1;
     x->pushes = (uint16_t)r->pushes;
     x->not_now = (uint32_t)r->not_now;
     x->changed_ms = r->changed_ms;

@@ -265,7 +265,7 @@ static void set_reason(campaign *c, size_t i, const char *fmt, ...)
 
 static void set_reason(campaign *c, size_t i, const char *fmt, ...)
 {
-    char buf[400];
+    char buf[1200];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
@@ -401,12 +401,16 @@ static void fail_device(campaign *c, size_t i, campaign_dev_state s, int64_t now
 static void fail_device(campaign *c, size_t i, campaign_dev_state s, int64_t now, const char *fmt,
                         ...)
 {
-    char buf[400];
+    char buf[800];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    set_reason(c, i, "%s", buf);
+    const char *first = c->devs[i].reason;
+    if (c->devs[i].install_error && first && !strstr(buf, first))
+        set_reason(c, i, "%s; then %s", first, buf); /* the refresh's error stays first */
+    else
+        set_reason(c, i, "%s", buf);
     finish_device(c, i, s, now);
     check_finished(c);
 }
@@ -442,9 +446,10 @@ static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *i
 {
     campaign_dev *d = &c->devs[i];
     esim_error why = {{0}};
-    if (io->push(io->arg, c, i, &why) != ESIM_OK)
-        set_reason(c, i, "the push could not be sent: %s", why.msg);
-    else {
+    if (io->push(io->arg, c, i, &why) != ESIM_OK) {
+        if (!d->install_error) /* the refresh's error stays the reason */
+            set_reason(c, i, "the push could not be sent: %s", why.msg);
+    } else {
         c->pushes++;
         d->last_push_ms = now;
         if (d->pushes < UINT16_MAX)
@@ -453,19 +458,12 @@ static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *i
     arm(c, i, now + repush_delay(c, d->pushes));
 }
 
-/* The device answered its step and is connected: queue the next step now,
- * without a push, so it arrives in the same exchange. */
-static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
-                    campaign_dev_state final_state)
+/* Moves device |i| to |step| and queues its command at once (the device is
+ * connected), or waits for resume when the campaign is paused. */
+static void start_step(campaign *c, size_t i, int64_t now, const campaign_io *io, int step)
 {
     campaign_dev *d = &c->devs[i];
-    int next = next_step(c, i, d->step);
-    if (next < 0) {
-        finish_device(c, i, final_state, now);
-        check_finished(c);
-        return;
-    }
-    d->step = (uint8_t)next;
+    d->step = (uint8_t)step;
     d->retries = 0;
     d->need_queue = 1;
     if (c->state != CAMPAIGN_RUNNING) { /* paused: wait for resume */
@@ -482,12 +480,46 @@ static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
         arm(c, i, now + c->spec.settings.repush_after_ms);
 }
 
+/* The device answered its step and is connected: queue the next step now,
+ * without a push, so it arrives in the same exchange. */
+static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
+                    campaign_dev_state final_state)
+{
+    int next = next_step(c, i, c->devs[i].step);
+    if (next < 0) {
+        finish_device(c, i, final_state, now);
+        check_finished(c);
+        return;
+    }
+    start_step(c, i, now, io, next);
+}
+
 static int64_t backoff_ms(const campaign *c, unsigned retries)
 {
     int64_t d = c->spec.settings.retry_base_ms;
     for (unsigned k = 1; k < retries && d < c->spec.settings.retry_max_ms; k++)
         d *= 2;
     return d < c->spec.settings.retry_max_ms ? d : c->spec.settings.retry_max_ms;
+}
+
+/* The refresh answered an error other than busy. Its command may have been
+ * delivered twice (a restart before its acknowledgement was committed): the
+ * SM-DP+ then refuses a second download ("already downloaded") although the
+ * eSIM is installed. So the device is asked what it holds: verified if it
+ * reports the expected EID/ICCID, failed (with this error first) if not.
+ * Without an expected EID nothing could be verified: failed at once. */
+static void verify_after_error(campaign *c, size_t i, int64_t now, const campaign_io *io,
+                               const char *error)
+{
+    campaign_dev *d = &c->devs[i];
+    if (!d->eid[0]) {
+        fail_device(c, i, CDEV_FAILED, now, "%s", error);
+        return;
+    }
+    set_reason(c, i, "%s", error);
+    d->install_error = 1;
+    d->verify_tries = 0;
+    start_step(c, i, now, io, CAMPAIGN_STEP_VERIFY);
 }
 
 /* NotNow or busy: wait, then push again (and queue again when the service
@@ -530,7 +562,9 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const c
                 return ESIM_OK;
             }
             if (!campaign_subscriptions_match(r->subs, r->n_subs, d->eid, d->iccid)) {
-                if (++d->verify_tries < c->spec.settings.verify_attempts) {
+                /* After a refresh error nothing is being downloaded: one
+                 * answer is the device's final word. */
+                if (!d->install_error && ++d->verify_tries < c->spec.settings.verify_attempts) {
                     d->need_queue = 1;
                     set_state(c, dev, CDEV_RETRY_WAIT, now);
                     arm(c, dev, now + backoff_ms(c, d->verify_tries));
@@ -542,13 +576,29 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const c
                     o += (size_t)snprintf(seen + o, sizeof seen - o, "%sEID %s ICCID %s",
                                           k ? "; " : "", r->subs[k].eid[0] ? r->subs[k].eid : "-",
                                           r->subs[k].iccid[0] ? r->subs[k].iccid : "-");
-                fail_device(c, dev, CDEV_UNVERIFIED, now,
-                            "%s, but the device reports no subscription with EID %s%s%s (it "
-                            "reports: %s)",
-                            d->refresh_acked ? "the refresh was acknowledged" : "verification ran",
-                            d->eid, d->iccid[0] ? " and ICCID " : "", d->iccid,
-                            r->n_subs ? seen : "none");
+                if (d->install_error) /* the refresh's error stays first (fail_device) */
+                    fail_device(c, dev, CDEV_FAILED, now,
+                                "verification found no subscription with EID %s%s%s (the device "
+                                "reports: %s)",
+                                d->eid, d->iccid[0] ? " and ICCID " : "", d->iccid,
+                                r->n_subs ? seen : "none");
+                else
+                    fail_device(c, dev, CDEV_UNVERIFIED, now,
+                                "%s, but the device reports no subscription with EID %s%s%s (it "
+                                "reports: %s)",
+                                d->refresh_acked ? "the refresh was acknowledged"
+                                                 : "verification ran",
+                                d->eid, d->iccid[0] ? " and ICCID " : "", d->iccid,
+                                r->n_subs ? seen : "none");
                 return ESIM_OK;
+            }
+            if (d->install_error) {
+                set_reason(c, dev,
+                           "%s; then verification found EID %s%s%s on the device: the eSIM "
+                           "is installed",
+                           d->reason ? d->reason : "the refresh answered an error", d->eid,
+                           d->iccid[0] ? " and ICCID " : "", d->iccid);
+                d->install_error = 0;
             }
             advance(c, dev, now, io, CDEV_VERIFIED);
             return ESIM_OK;
@@ -568,12 +618,17 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const c
             retry_later(c, dev, now, true, what);
             return ESIM_OK;
         }
+        char why[800];
         if (r->error_code)
-            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed with error %lld: %s",
-                        stepname, (long long)r->error_code, text ? text : "no description");
+            snprintf(why, sizeof why, "the %s command failed with error %lld: %s", stepname,
+                     (long long)r->error_code, text ? text : "no description");
         else
-            fail_device(c, dev, CDEV_FAILED, now, "the %s command failed: %s", stepname,
-                        text ? text : "no error chain given");
+            snprintf(why, sizeof why, "the %s command failed: %s", stepname,
+                     text ? text : "no error chain given");
+        if (step == CAMPAIGN_STEP_REFRESH)
+            verify_after_error(c, dev, now, io, why);
+        else
+            fail_device(c, dev, CDEV_FAILED, now, "%s", why);
         return ESIM_OK;
     }
     case ESIM_STATUS_COMMAND_FORMAT_ERROR:
@@ -612,7 +667,8 @@ void campaign_on_push_failed(campaign *c, size_t dev, const char *why, int64_t n
 {
     if (!c || dev >= c->n || campaign_dev_state_final((campaign_dev_state)c->devs[dev].state))
         return;
-    set_reason(c, dev, "the last push failed: %s", why ? why : "no reason given");
+    if (!c->devs[dev].install_error) /* the refresh's error stays the reason */
+        set_reason(c, dev, "the last push failed: %s", why ? why : "no reason given");
     c->devs[dev].changed_ms = now;
 }
 

@@ -195,6 +195,8 @@ typedef struct {
     uint8_t in_ready : 1;       /* sits in the push FIFO */
     uint8_t dirty : 1;          /* changed since campaign_take_dirty */
     uint8_t in_again : 1;       /* sits in the re-push FIFO */
+    uint8_t install_error : 1;  /* its refresh answered an error (reason holds it): the
+                                   verification that follows decides, verified or failed */
     uint16_t pushes;            /* pushes sent for the current command */
     uint16_t gen;               /* timer generation: a stale heap entry has an older one */
     uint32_t not_now;           /* NotNow answers over the whole campaign */
@@ -205,7 +207,8 @@ typedef struct {
     uint32_t cmd;               /* the caller's reference to the queued command (campaign_io) */
     uint8_t push_state;         /* the caller's code for the last push's fate */
     uint8_t platform;           /* the caller's: campaign_target.platform */
-    char *reason; /* malloc'd sentence for failed/unverified/timed_out; NULL otherwise */
+    char *reason; /* malloc'd sentence for failed/unverified/timed_out, a note for some
+                     verified/done devices, the refresh's error while verifying after it */
 } campaign_dev;
 
 typedef struct campaign campaign;

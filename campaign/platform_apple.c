@@ -2,9 +2,10 @@
  * platform_apple.c — the Apple adapter of the platform seam (platform.h):
  * steps become MDM commands (InstallProfile with the eSIM restrictions,
  * RefreshCellularPlans, DeviceInformation, EraseDevice), one command for a
- * whole batch; answers are read from the device's plist: status, the first
- * ErrorChain entry (36003 "busy" is retried), ServiceSubscriptions for
- * verification, IsSupervised and OSVersion.
+ * whole batch; answers are read from the device's plist: status, the
+ * ErrorChain (the first entry's code, 36003 "busy" is retried; every
+ * entry's text), ServiceSubscriptions for verification, IsSupervised and
+ * OSVersion.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,13 +157,29 @@ static esim_err apple_read(campaign_step step, const esim_service_result *r, cam
         const char *known = describe_error(e->code);
         out->result.error_code = e->code;
         out->result.busy = e->code == 36003; /* the cellular stack is busy: try again later */
+        /* The gloss of a known code only when no further entry explains it:
+         * a first entry can be generic (the device simulator answers 36001
+         * with the SM-DP+'s refusal as the second). */
+        if (msg->error_chain_len > 1)
+            known = NULL;
+        size_t o;
         if (text && *text && known)
-            snprintf(out->error_text, sizeof out->error_text, "%s — %s", text, known);
+            o = (size_t)snprintf(out->error_text, sizeof out->error_text, "%s — %s", text, known);
         else
-            snprintf(out->error_text, sizeof out->error_text, "%s",
-                     text && *text ? text
-                     : known       ? known
-                                   : "");
+            o = (size_t)snprintf(out->error_text, sizeof out->error_text, "%s",
+                                 text && *text ? text
+                                 : known       ? known
+                                               : "");
+        /* The deeper causes, in order (the SM-DP+'s subject/reason codes). */
+        for (size_t k = 1; k < msg->error_chain_len && o < sizeof out->error_text; k++) {
+            const esim_error_chain_entry *x = &msg->error_chain[k];
+            const char *t =
+                x->us_english_description[0] ? x->us_english_description : x->localized_description;
+            if (!*t)
+                continue;
+            o += (size_t)snprintf(out->error_text + o, sizeof out->error_text - o, "%s%s%s%s",
+                                  o ? " — " : "", x->domain, x->domain[0] ? ": " : "", t);
+        }
         out->result.error_text = out->error_text[0] ? out->error_text : NULL;
     }
     if (step == CAMPAIGN_STEP_VERIFY && msg->status == ESIM_STATUS_ACKNOWLEDGED) {

@@ -268,9 +268,16 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &busy, 1, &io), ESIM_OK);
     assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_REFRESH, &hw, 1, &io), ESIM_OK);
     assert_int_equal(count(c, CDEV_RETRY_WAIT), 1);
-    assert_int_equal(count(c, CDEV_FAILED), 1);
-    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "36002"));
-    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "hardware"));
+    /* Any other refresh error: the device is asked what it holds first. */
+    assert_int_equal(r.queued[1][CAMPAIGN_STEP_VERIFY], 1);
+    assert_int_equal(campaign_device_at(c, 1)->step, CAMPAIGN_STEP_VERIFY);
+    campaign_result none = ack();
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_VERIFY, &none, 2, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_FAILED), 1); /* at once: no verification retries */
+    const char *why = campaign_device_at(c, 1)->reason;
+    assert_non_null(strstr(why, "36002"));
+    assert_non_null(strstr(why, "hardware"));
+    assert_true(strstr(why, "36002") < strstr(why, "verification found no subscription"));
     campaign_tick(c, 200, &io);
     /* an Error ends the command on the service: the refresh is queued again */
     assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH], 2);
@@ -278,6 +285,79 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     campaign_result a = ack();
     assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &a, 300, &io), ESIM_OK);
     assert_int_equal(r.queued[0][CAMPAIGN_STEP_VERIFY], 1);
+    campaign_free(c);
+}
+
+/* Issue 10 item 7: a refresh delivered again after a restart is refused
+ * ("already downloaded"); the device that reports the expected eSIM is
+ * verified, the refusal kept in its record, also across a restore. */
+static void test_refresh_error_then_verified(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, NULL);
+    campaign_spec spec = make_spec(false, true, false); /* no verify step asked */
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    campaign_result refused = {.status = ESIM_STATUS_ERROR,
+                               .error_code = 36001,
+                               .error_text = "SM-DP+ refused the download: 8.2/3.7 profile "
+                                             "already downloaded"};
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(campaign_on_result(c, i, CAMPAIGN_STEP_REFRESH, &refused, 1, &io),
+                         ESIM_OK);
+    assert_int_equal(count(c, CDEV_ACTIVE), 2);
+    /* Device 0's record survives a restart while it verifies. */
+    campaign_dev saved[2];
+    memcpy(saved, campaign_device_at(c, 0), sizeof saved);
+    assert_true(saved[0].install_error);
+    campaign *back = NULL;
+    assert_int_equal(
+        campaign_restore(campaign_get_spec(c), campaign_get_state(c), 0, saved, 2, 2, &back, NULL),
+        ESIM_OK);
+    campaign_free(c);
+    c = back;
+    esim_subscription sub = {0};
+    snprintf(sub.eid, sizeof sub.eid, "%s", f.eid[0]);
+    campaign_result v = {.status = ESIM_STATUS_ACKNOWLEDGED, .subs = &sub, .n_subs = 1};
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_VERIFY, &v, 3, &io), ESIM_OK);
+    assert_int_equal(campaign_device_at(c, 0)->state, CDEV_VERIFIED);
+    const char *why = campaign_device_at(c, 0)->reason;
+    assert_non_null(strstr(why, "already downloaded"));
+    assert_non_null(strstr(why, f.eid[0]));
+    assert_int_equal(campaign_refresh_acked(c), 0);
+    /* The device answers the verification with an error: failed, both kept. */
+    campaign_result unknown = {
+        .status = ESIM_STATUS_ERROR, .error_code = 12021, .error_text = "Unknown command"};
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_VERIFY, &unknown, 3, &io), ESIM_OK);
+    assert_int_equal(campaign_device_at(c, 1)->state, CDEV_FAILED);
+    why = campaign_device_at(c, 1)->reason;
+    assert_true(strstr(why, "already downloaded") < strstr(why, "12021"));
+    assert_int_equal(campaign_get_state(c), CAMPAIGN_FINISHED);
+    campaign_free(c);
+}
+
+/* Without an expected EID nothing can be verified: the error fails it. */
+static void test_refresh_error_without_eid_fails(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    f.t[0].expected_eid = NULL;
+    campaign_spec spec = make_spec(false, true, true);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    campaign_result e = {.status = ESIM_STATUS_ERROR, .error_code = 36001, .error_text = "x"};
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &e, 1, &io), ESIM_OK);
+    assert_int_equal(count(c, CDEV_FAILED), 1);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_VERIFY], 0);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "36001"));
     campaign_free(c);
 }
 
@@ -648,6 +728,8 @@ int main(void)
         cmocka_unit_test(test_unknown_expected_eid_is_unverified),
         cmocka_unit_test(test_not_now_backs_off_and_repushes_without_requeue),
         cmocka_unit_test(test_busy_36003_requeues_other_errors_fail),
+        cmocka_unit_test(test_refresh_error_then_verified),
+        cmocka_unit_test(test_refresh_error_without_eid_fails),
         cmocka_unit_test(test_silent_device_repushed_then_timed_out),
         cmocka_unit_test(test_pushes_per_second_ceiling),
         cmocka_unit_test(test_pause_resume_cancel),

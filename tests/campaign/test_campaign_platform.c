@@ -137,6 +137,20 @@ static void test_apple_reads_answers(void **state)
     assert_null(rd.result.error_text);
     campaign_reading_free(&rd);
 
+    /* A chain: every entry's words (the SM-DP+'s refusal after a generic
+     * first entry, as the device simulator answers), not 36001's gloss. */
+    esim_error_chain_entry chain[2] = {{.code = 36001, .domain = "CTCellularPlanErrorDomain"},
+                                       {.code = 1, .domain = "SGP22.ES9Plus.8.2.3.7"}};
+    snprintf(chain[0].us_english_description, sizeof chain[0].us_english_description,
+             "The cellular plan could not be installed.");
+    snprintf(chain[1].localized_description, sizeof chain[1].localized_description,
+             "profile already downloaded");
+    read_answer(CAMPAIGN_STEP_REFRESH, ESIM_STATUS_ERROR, chain, 2, NULL, &rd);
+    assert_int_equal(rd.result.error_code, 36001);
+    assert_string_equal(rd.result.error_text, "The cellular plan could not be installed. — "
+                                              "SGP22.ES9Plus.8.2.3.7: profile already downloaded");
+    campaign_reading_free(&rd);
+
     /* Verification: the subscriptions and the facts. */
     plist_t qr = plist_new_dict(), subs = plist_new_array(), s1 = plist_new_dict();
     plist_dict_set_item(s1, "EID", plist_new_string(EID));

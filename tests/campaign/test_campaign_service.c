@@ -33,6 +33,8 @@ typedef enum {
     REFRESH_HW_ERROR,
     REFRESH_CONSUMED,       /* the SM-DP+ refused: the profile was downloaded before */
     REFRESH_ALWAYS_NOT_NOW, /* locked for good */
+    REFRESH_REFUSED_AGAIN,  /* the device simulator's answer when the SM-DP+ says "already
+                               downloaded" (sim/device.c: sim_device_finish_download) */
 } refresh_way;
 
 typedef struct {
@@ -151,6 +153,18 @@ static int sdev_checkin(sdev *s)
                          "SM-DP+ refused (8.2/3.7): profile already downloaded: not available "
                          "for a new binding");
                 st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, &next);
+            } else if (s->refresh == REFRESH_REFUSED_AGAIN) {
+                /* As the device simulator words it: a generic first entry,
+                 * the SM-DP+'s subject/reason codes in the second. */
+                esim_error_chain_entry e[2] = {{.code = 36001}, {.code = 1}};
+                snprintf(e[0].domain, sizeof e[0].domain, "CTCellularPlanErrorDomain");
+                snprintf(e[0].us_english_description, sizeof e[0].us_english_description,
+                         "The cellular plan could not be installed.");
+                snprintf(e[1].domain, sizeof e[1].domain, "SGP22.ES9Plus.8.2.3.7");
+                snprintf(e[1].us_english_description, sizeof e[1].us_english_description,
+                         "SM-DP+ refused the download: 8.2/3.7 profile already downloaded: not "
+                         "available for a new binding");
+                st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, e, 2, NULL, &next);
             } else if (s->refresh == REFRESH_BUSY_ONCE && s->busy_left > 0) {
                 s->busy_left--;
                 esim_error_chain_entry e = {.code = 36003};
@@ -443,6 +457,67 @@ static void test_verification_keeps_ack_and_install_apart(void **state)
     json_decref(g);
     g = diagnose(d[3].dev.udid);
     assert_string_equal(jstr(g, "kind"), "unverified");
+    json_decref(g);
+}
+
+/* Issue 10 item 7: a RefreshCellularPlans delivered again after a restart
+ * (its acknowledgement was not committed) is refused by the SM-DP+ as
+ * "already downloaded". The device holding the eSIM ends verified; one
+ * that does not hold it ends failed with the SM-DP+'s refusal first. */
+static void test_refresh_refused_after_redelivery_verifies(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    d[0].refresh = REFRESH_REFUSED_AGAIN;
+    d[0].installed = true; /* the first delivery installed it before the crash */
+    d[1].refresh = REFRESH_REFUSED_AGAIN;
+    char body[1024];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\"],\"smdp_url\":"
+          "\"smdp.example.com\",%s}",
+          d[0].dev.udid, d[1].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_t *r = drive(d, 2, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    const json_t *counts = json_object_get(r, "counts");
+    assert_int_equal(jint(counts, "verified"), 1);
+    assert_int_equal(jint(counts, "failed"), 1);
+    assert_int_equal(jint(r, "refresh_acknowledged"), 0); /* no refresh was acknowledged */
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 1); /* verified without asking for a download again */
+    assert_int_equal(d[1].refreshes, 1);
+
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=verified", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    const json_t *devs = json_object_get(r, "devices");
+    assert_int_equal(json_array_size(devs), 1);
+    const json_t *v = json_array_get(devs, 0);
+    assert_string_equal(jstr(v, "udid"), d[0].dev.udid);
+    /* The diagnosis keeps the refusal and says what verification found. */
+    assert_non_null(strstr(jstr(v, "reason"), "already downloaded"));
+    assert_non_null(strstr(jstr(v, "reason"), d[0].eid));
+    assert_null(strstr(jstr(v, "reason"), "cellular stack")); /* 36001's gloss does not apply */
+    json_decref(r);
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    json_decref(g);
+
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed", id);
+    assert_int_equal(api("GET", path, NULL, &r), 200);
+    v = json_array_get(json_object_get(r, "devices"), 0);
+    assert_string_equal(jstr(v, "udid"), d[1].dev.udid);
+    const char *why = jstr(v, "reason");
+    assert_non_null(strstr(why, "already downloaded"));
+    assert_non_null(strstr(why, "verification found no subscription"));
+    assert_true(strstr(why, "already downloaded") < strstr(why, "verification"));
+    json_decref(r);
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "profile_consumed");
     json_decref(g);
 }
 
@@ -1213,6 +1288,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attach_failure_leaves_service_untouched),
         cmocka_unit_test_setup_teardown(test_verification_keeps_ack_and_install_apart, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_refused_after_redelivery_verifies, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_groups_tags_and_distribution, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_and_expiry, setup, teardown),
