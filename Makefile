@@ -31,9 +31,10 @@ release-tests: deps
 	@$(CONFIGURE) -B build/release -DCMAKE_BUILD_TYPE=Release -DESIM_TESTS=ON >/dev/null
 	@$(BUILD) build/release -j $(JOBS)
 
+# The short fuzz runs come first: the output ends with ctest's summary line.
 test: debug release-tests
-	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
 	@./scripts/fuzz.sh $(FUZZ_SHORT_SECONDS)
+	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
 
 # Fuzzing (clang, libFuzzer; scripts/fuzz.sh): `make test` runs each target
 # for FUZZ_SHORT_SECONDS from its committed corpus, `make fuzz` for
