@@ -191,50 +191,70 @@ static esim_err put_utctime(esim_buf *out, time_t t)
     return sim_der_put(out, 0x17, s + 2, 13);
 }
 
+/* The opening of a TBSCertificate both simulated issuers write: v3, a
+ * random positive 16-byte serial, ecdsa-with-SHA256, |issuer| (a DER Name)
+ * and the validity. */
+static esim_err put_tbs_head(esim_buf *tbs, const esim_buf *issuer, time_t not_before,
+                             time_t not_after)
+{
+    static const unsigned char v3[] = {0x02, 0x01, 0x02};
+    unsigned char serial[16];
+    esim_buf validity = {0};
+    esim_err rc = esim_random_bytes(serial, sizeof serial);
+    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(tbs, 0xa0, v3, sizeof v3);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(tbs, 0x02, serial, sizeof serial);
+    if (rc == ESIM_OK)
+        rc = put_alg(tbs, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(tbs, issuer->data, issuer->len);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&validity, not_before);
+    if (rc == ESIM_OK)
+        rc = put_utctime(&validity, not_after);
+    if (rc == ESIM_OK)
+        rc = wrap(tbs, 0x30, &validity);
+    esim_buf_free(&validity);
+    return rc;
+}
+
+/* Certificate ::= SEQUENCE { |tbs| as a SEQUENCE, ecdsa-with-SHA256, the
+ * signature by |signer| } into |out| (reset first). |tbs| is consumed. */
+static esim_err put_signed_certificate(EVP_PKEY_CTX *signer, esim_buf *tbs, esim_buf *out)
+{
+    esim_buf cert = {0};
+    unsigned char sig[81];
+    size_t sig_len = 0;
+    sig[0] = 0; /* no unused bits */
+    esim_err rc = wrap(&cert, 0x30, tbs);
+    if (rc == ESIM_OK)
+        rc = ec_sign(signer, cert.data, cert.len, sig + 1, &sig_len);
+    if (rc == ESIM_OK)
+        rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    if (rc == ESIM_OK)
+        rc = sim_der_put(&cert, 0x03, sig, sig_len + 1);
+    esim_buf_reset(out);
+    if (rc == ESIM_OK)
+        rc = wrap(out, 0x30, &cert);
+    esim_buf_free(&cert);
+    return rc;
+}
+
 esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, esim_error *err)
 {
-    unsigned char serial[16];
-    esim_err rc = esim_random_bytes(serial, sizeof serial);
-    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
-    static const unsigned char v3[] = {0x02, 0x01, 0x02};
-    esim_buf tbs = {0}, validity = {0}, cert = {0};
+    esim_buf tbs = {0};
     time_t now = time(NULL);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&tbs, 0xa0, v3, sizeof v3);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&tbs, 0x02, serial, sizeof serial);
-    if (rc == ESIM_OK)
-        rc = put_alg(&tbs, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&tbs, pki->scep_name_der.data, pki->scep_name_der.len);
-    if (rc == ESIM_OK)
-        rc = put_utctime(&validity, now - 3600);
-    if (rc == ESIM_OK)
-        rc = put_utctime(&validity, now + 365L * 24 * 3600);
-    if (rc == ESIM_OK)
-        rc = wrap(&tbs, 0x30, &validity);
+    esim_err rc = put_tbs_head(&tbs, &pki->scep_name_der, now - 3600, now + 365L * 24 * 3600);
     /* No extended key usage, as SCEP-issued identities come. */
     if (rc == ESIM_OK)
         rc = put_name(&tbs, cn, "esim-mdm simulated devices", NULL);
     if (rc == ESIM_OK)
         rc = esim_buf_append(&tbs, pki->identity_spki.data, pki->identity_spki.len);
     if (rc == ESIM_OK)
-        rc = wrap(&cert, 0x30, &tbs);
-    unsigned char sig[81];
-    size_t sig_len = 0;
-    if (rc == ESIM_OK)
-        rc = ec_sign(pki->scep_sign, cert.data, cert.len, sig + 1, &sig_len);
-    if (rc == ESIM_OK)
-        rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-    sig[0] = 0; /* no unused bits */
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&cert, 0x03, sig, sig_len + 1);
-    esim_buf_reset(out);
-    if (rc == ESIM_OK)
-        rc = wrap(out, 0x30, &cert);
+        rc = put_signed_certificate(pki->scep_sign, &tbs, out);
     esim_buf_free(&tbs);
-    esim_buf_free(&validity);
-    esim_buf_free(&cert);
     if (rc != ESIM_OK)
         return esim_fail(err, ESIM_ECRYPTO, "could not issue the identity certificate for %s", cn);
     return ESIM_OK;
@@ -368,7 +388,7 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
     unsigned char bits[66];
     bits[0] = 0;
     memcpy(bits + 1, pub, sizeof pub);
-    esim_buf ecpk = {0}, tmp = {0}, spki = {0}, tbs = {0}, exts = {0}, ext = {0}, cert = {0};
+    esim_buf ecpk = {0}, tmp = {0}, spki = {0}, tbs = {0}, exts = {0}, ext = {0};
     esim_buf_reset(key_der);
     if (rc == ESIM_OK)
         rc = esim_buf_append(&ecpk, one, sizeof one);
@@ -391,28 +411,11 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
         rc = wrap(&spki, 0x30, &tmp);
     /* TBSCertificate: v3, 16-byte serial, ecdsa-with-SHA256, issuer the EUM,
      * valid from an hour ago for ten years, subject CN/O/serialNumber = EID. */
-    unsigned char serial[16];
     char cn[64];
     snprintf(cn, sizeof cn, "eUICC %s", eid);
-    static const unsigned char v3[] = {0x02, 0x01, 0x02};
     time_t now = time(NULL);
     if (rc == ESIM_OK)
-        rc = esim_random_bytes(serial, sizeof serial);
-    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&tbs, 0xa0, v3, sizeof v3);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&tbs, 0x02, serial, sizeof serial);
-    if (rc == ESIM_OK)
-        rc = put_alg(&tbs, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&tbs, pki->eum_name_der.data, pki->eum_name_der.len);
-    if (rc == ESIM_OK)
-        rc = put_utctime(&tmp, now - 3600);
-    if (rc == ESIM_OK)
-        rc = put_utctime(&tmp, now + 3650L * 24 * 3600);
-    if (rc == ESIM_OK)
-        rc = wrap(&tbs, 0x30, &tmp);
+        rc = put_tbs_head(&tbs, &pki->eum_name_der, now - 3600, now + 3650L * 24 * 3600);
     if (rc == ESIM_OK)
         rc = put_name(&tbs, cn, "esim-mdm simulated eUICC", eid);
     if (rc == ESIM_OK)
@@ -458,26 +461,13 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
     if (rc == ESIM_OK)
         rc = wrap(&tbs, 0xa3, &tmp);
     if (rc == ESIM_OK)
-        rc = wrap(&cert, 0x30, &tbs);
-    unsigned char sig[81];
-    size_t sig_len = 0;
-    sig[0] = 0;
-    if (rc == ESIM_OK)
-        rc = ec_sign(pki->eum_sign, cert.data, cert.len, sig + 1, &sig_len);
-    if (rc == ESIM_OK)
-        rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&cert, 0x03, sig, sig_len + 1);
-    esim_buf_reset(cert_der);
-    if (rc == ESIM_OK)
-        rc = wrap(cert_der, 0x30, &cert);
+        rc = put_signed_certificate(pki->eum_sign, &tbs, cert_der);
     esim_buf_free(&ecpk);
     esim_buf_free(&tmp);
     esim_buf_free(&spki);
     esim_buf_free(&tbs);
     esim_buf_free(&exts);
     esim_buf_free(&ext);
-    esim_buf_free(&cert);
     if (rc != ESIM_OK) {
         EVP_PKEY_free(k);
         if (key_der->data)
