@@ -187,28 +187,27 @@ static char *sign_body(const test_device *d, const esim_cert *signer, sign_mode 
     return (char *)esim_buf_steal(&b64, &n);
 }
 
-static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, const void *sign_data,
-                     size_t sign_len, const void *body, size_t len, esim_buf *reply)
+/* PUT |body| to |d|'s /mdm on connection |c| with |signature| (NULL:
+ * unsigned), as a device sends it; |interface| (NULL: any) is curl's
+ * source address. Returns the HTTP status. */
+static long put_mdm(test_device *d, CURL *c, const char *interface, const char *signature,
+                    const void *body, size_t len, esim_buf *reply)
 {
     char url[256];
     snprintf(url, sizeof url, "%s/mdm", d->base_url);
     struct curl_slist *h = NULL;
-    char *sig = NULL;
-    if (mode != SIGN_NONE) {
-        sig = sign_body(d, signer, mode, sign_data, sign_len);
-        free(d->last_signature);
-        d->last_signature = strdup(sig);
+    if (signature) {
         esim_buf line = {0};
-        esim_buf_printf(&line, "Mdm-Signature: %s", sig);
+        esim_buf_printf(&line, "Mdm-Signature: %s", signature);
         h = curl_slist_append(h, (const char *)line.data);
         esim_buf_free(&line);
     }
     /* Real devices often send results with no Content-Type at all. */
     h = curl_slist_append(h, "Content-Type:");
     h = curl_slist_append(h, "Expect:");
-    CURL *c = d->conn;
-    curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
+    if (interface)
+        curl_easy_setopt(c, CURLOPT_INTERFACE, interface);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
@@ -226,41 +225,34 @@ static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, co
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(h);
-    free(sig);
     if (res != CURLE_OK)
         fail_msg("PUT /mdm: %s", curl_easy_strerror(res));
+    return status;
+}
+
+static long put_with(test_device *d, const esim_cert *signer, sign_mode mode, const void *sign_data,
+                     size_t sign_len, const void *body, size_t len, esim_buf *reply)
+{
+    char *sig = NULL;
+    if (mode != SIGN_NONE) {
+        sig = sign_body(d, signer, mode, sign_data, sign_len);
+        free(d->last_signature);
+        d->last_signature = strdup(sig);
+    }
+    curl_easy_reset(d->conn);
+    long status = put_mdm(d, d->conn, NULL, sig, body, len, reply);
+    free(sig);
     return status;
 }
 
 long device_put_raw(test_device *d, const char *signature, const void *body, size_t len,
                     esim_buf *reply)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s/mdm", d->base_url);
-    esim_buf line = {0};
-    esim_buf_printf(&line, "Mdm-Signature: %s", signature);
-    struct curl_slist *h = curl_slist_append(NULL, (const char *)line.data);
-    esim_buf_free(&line);
-    h = curl_slist_append(h, "Content-Type:");
-    h = curl_slist_append(h, "Expect:");
     CURL *c = curl_easy_init();
     assert_non_null(c);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_INTERFACE, "host!127.0.0.2"); /* the replayer's own address */
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
-    CURLcode res = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(h);
+    /* A connection of its own, from the replayer's own address. */
+    long status = put_mdm(d, c, "host!127.0.0.2", signature, body, len, reply);
     curl_easy_cleanup(c);
-    if (res != CURLE_OK)
-        fail_msg("PUT /mdm: %s", curl_easy_strerror(res));
     return status;
 }
 
