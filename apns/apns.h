@@ -196,7 +196,8 @@ typedef void (*apns_result_cb)(const apns_result *result, void *arg);
 
 /* One push. Strings are copied by esim_apns_client_push(). */
 typedef struct {
-    const char *token;      /* device token, hex, 64..200 digits; required */
+    const char *token;      /* device token, hex, 2..200 digits (even count;
+                               APNs itself refuses all but real tokens) */
     const char *push_magic; /* the device's PushMagic; body becomes exactly
                                {"mdm":"<push_magic>"}; required, 1..256
                                bytes, printable ASCII */
@@ -233,7 +234,7 @@ ESIM_EXTERN esim_err esim_apns_client_new(struct event_base *base, const apns_co
  * (opening connections as needed) and ends in one callback. Never calls the
  * callback from inside this function.
  *   ESIM_OK       queued.
- *   ESIM_EINVAL   c or push NULL, token not 64..200 hex digits, push_magic
+ *   ESIM_EINVAL   c or push NULL, token not 2..200 hex digits, push_magic
  *                 empty, over 256 bytes, not printable ASCII or holding a
  *                 quote or backslash, apns_id not a UUID, expiration < 0.
  *   ESIM_EAUTH    the credential was stopped by a 403; |err| carries the

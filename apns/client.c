@@ -1206,9 +1206,15 @@ esim_err esim_apns_client_push(apns_client *c, const apns_push *push, esim_error
     }
     const char *tok = push->token ? push->token : "";
     size_t tl = strlen(tok);
-    if (!apns_token_ok(tok, tl))
+    /* Real tokens are 32 bytes, but test clients and some tools enrol with
+     * shorter placeholders: any whole number of bytes goes out, and APNs
+     * judges it (BadDeviceToken). */
+    bool hex = tl > 0 && tl <= 200 && tl % 2 == 0;
+    for (size_t i = 0; hex && i < tl; i++)
+        hex = isxdigit((unsigned char)tok[i]) != 0;
+    if (!hex)
         return esim_fail(err, ESIM_EINVAL,
-                         "device token '%.80s' is not 64 to 200 hex digits (even count)", tok);
+                         "device token '%.80s' is not 2 to 200 hex digits (even count)", tok);
     const char *magic = push->push_magic ? push->push_magic : "";
     size_t ml = strlen(magic);
     if (ml == 0 || ml > MAX_PUSH_MAGIC)

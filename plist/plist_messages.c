@@ -9,7 +9,7 @@
 #include "plist/plist_internal.h"
 
 /* APNs device tokens are 32 bytes today; core accepts 32..100 (hex 64..200). */
-#define TOKEN_MIN 32
+#define TOKEN_MIN 1
 #define TOKEN_MAX 100
 
 static const char *const status_names[] = {
@@ -127,9 +127,10 @@ static esim_err parse_checkin(esim_msg *m, esim_error *err)
         if ((rc = plist_read_data(m->root, "Token", true, &m->token, what, err)) != ESIM_OK)
             return rc;
         if (m->token.len < TOKEN_MIN || m->token.len > TOKEN_MAX)
-            return esim_fail(err, ESIM_EINVAL,
-                             "%s: Token is %zu bytes; an APNs device token is %d to %d bytes", what,
-                             m->token.len, TOKEN_MIN, TOKEN_MAX);
+            return esim_fail(
+                err, ESIM_EINVAL,
+                "%s: Token is %zu bytes; it must be %d to %d bytes (APNs judges the rest)", what,
+                m->token.len, TOKEN_MIN, TOKEN_MAX);
         if ((rc = plist_read_string(m->root, "PushMagic", true, m->push_magic, sizeof m->push_magic,
                                     what, err)) != ESIM_OK)
             return rc;

@@ -163,10 +163,11 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         break;
     }
     case ESIM_MSG_TOKEN_UPDATE: {
+        /* Any non-empty token is stored (the parser took 1 to 100 bytes):
+         * test clients enrol with placeholders, and APNs is the judge at
+         * push time (a refusal lands in the ledger as push_failed). */
         esim_buf hex = {0};
         rc = esim_hex_encode(msg->token.data, msg->token.len, &hex);
-        if (rc == ESIM_OK)
-            rc = esim_push_token_validate((const char *)hex.data, &e);
         if (rc == ESIM_OK)
             rc = esim_store_device_token_update(svc->st, msg->udid, id->cert_sha256, msg->topic,
                                                 (const char *)hex.data, msg->push_magic, now, &e);

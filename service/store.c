@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "service/store.h"
 #include "service/store_internal.h"
 
@@ -136,7 +138,7 @@ unsigned esim_store_features(const store *st)
 /* Checks that |udid| exists, is enrolled and (when both sides have one) is
  * bound to |cert|. |verb| names the request in messages. */
 static esim_err check_identity(store *st, const char *udid, const char *cert, const char *verb,
-                               esim_error *err)
+                               int64_t now, esim_error *err)
 {
     store_identity id;
     esim_err rc = st->ops->device_identity(st, udid, &id, err);
@@ -153,6 +155,26 @@ static esim_err check_identity(store *st, const char *udid, const char *cert, co
                          "%s for device %s signed by another identity certificate than the one "
                          "bound at enrolment",
                          verb, udid);
+    if (cert && *cert && !id.cert_sha256[0]) {
+        /* Enrolled without an identity (migrated from another server, or
+         * while device auth was none): the first identity it presents is
+         * bound, as at an Authenticate, and one identity binds one device. */
+        char other[65];
+        rc = st->ops->device_by_cert(st, cert, udid, other, err);
+        if (rc == ESIM_OK)
+            return esim_fail(err, ESIM_EAUTH,
+                             "%s for device %s with the identity certificate of device %s: one "
+                             "identity enrols one device",
+                             verb, udid, other);
+        if (rc != ESIM_ENOTFOUND)
+            return rc;
+        rc = st->ops->device_bind_cert(st, udid, cert, err);
+        if (rc == ESIM_OK)
+            rc =
+                st->ops->event_add(st, now, "identity_bound", udid, NULL,
+                                   "first identity of a device enrolled without one", NULL, 0, err);
+        return rc;
+    }
     return ESIM_OK;
 }
 
@@ -264,12 +286,53 @@ esim_err esim_store_device_token_update(store *st, const char *udid, const char 
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = check_identity(st, udid, cert_sha256, "TokenUpdate", err);
+    rc = check_identity(st, udid, cert_sha256, "TokenUpdate", now, err);
     if (rc == ESIM_OK)
         rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "token_update", udid, NULL, topic, NULL, 0, err);
     return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_device_bootstrap_set(store *st, const char *udid, const char *cert_sha256,
+                                         const void *token, size_t len, int64_t now,
+                                         esim_error *err)
+{
+    if (!udid || !token || len == 0)
+        return esim_fail(err, ESIM_EINVAL, "SetBootstrapToken needs a UDID and a token");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, udid, cert_sha256, "SetBootstrapToken", now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_bootstrap_set(st, udid, token, len, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "bootstrap_token_set", udid, NULL, NULL, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_device_bootstrap_get(store *st, const char *udid, const char *cert_sha256,
+                                         esim_buf *out, int64_t now, esim_error *err)
+{
+    if (!udid || !out)
+        return esim_fail(err, ESIM_EINVAL, "GetBootstrapToken needs a UDID");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, udid, cert_sha256, "GetBootstrapToken", now, err);
+    if (rc == ESIM_OK) {
+        rc = st->ops->device_bootstrap_get(st, udid, out, err);
+        if (rc == ESIM_ENOTFOUND)
+            esim_fail(err, ESIM_ENOTFOUND, "device %s has no bootstrap token", udid);
+    }
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "bootstrap_token_get", udid, NULL, NULL, NULL, 0, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc != ESIM_OK && out->data) {
+        OPENSSL_cleanse(out->data, out->len);
+        esim_buf_free(out);
+    }
+    return rc;
 }
 
 esim_err esim_store_device_checkout(store *st, const char *udid, const char *cert_sha256,
@@ -280,7 +343,7 @@ esim_err esim_store_device_checkout(store *st, const char *udid, const char *cer
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = check_identity(st, udid, cert_sha256, "CheckOut", err);
+    rc = check_identity(st, udid, cert_sha256, "CheckOut", now, err);
     /* CheckOut closes the queue: what was still pending will never be
      * delivered to this enrolment, so it is canceled, visibly. */
     if (rc == ESIM_OK)
@@ -382,7 +445,7 @@ esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int6
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = check_identity(st, in->udid, in->cert_sha256, in->status, err);
+    rc = check_identity(st, in->udid, in->cert_sha256, in->status, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->device_seen(st, in->udid, in->eid && *in->eid ? in->eid : NULL, now, err);
     if (rc == ESIM_OK && fx)

@@ -84,6 +84,10 @@ typedef struct {
     store_push_state push_state;
     int64_t enrolled_at, checked_out_at, token_updated_at, last_seen_at;
     int64_t push_due_at; /* a re-push is owed at this time (NotNow back-off); 0 = none */
+    /* TokenUpdates since the current enrolment began (NanoMDM's
+     * token_update_tally): 1 after the enrolment's own, more after later
+     * ones; 0 again after Authenticate or CheckOut. */
+    int token_update_tally;
 } store_device;
 
 typedef struct {
@@ -287,6 +291,18 @@ ESIM_EXTERN esim_err esim_store_device_token_update(store *st, const char *udid,
                                                     const char *cert_sha256, const char *topic,
                                                     const char *token_hex, const char *push_magic,
                                                     int64_t now, esim_error *err);
+
+/* SetBootstrapToken: stores the device's bootstrap token (|len| >= 1),
+ * replacing any earlier one; GetBootstrapToken: appends it to |out|
+ * (ESIM_ENOTFOUND when the device never set one). A ledger event records
+ * each, without the token.
+ *   ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as for TokenUpdate. */
+ESIM_EXTERN esim_err esim_store_device_bootstrap_set(store *st, const char *udid,
+                                                     const char *cert_sha256, const void *token,
+                                                     size_t len, int64_t now, esim_error *err);
+ESIM_EXTERN esim_err esim_store_device_bootstrap_get(store *st, const char *udid,
+                                                     const char *cert_sha256, esim_buf *out,
+                                                     int64_t now, esim_error *err);
 
 /* Unenrolls the device: enrolled = false, token cleared, every active queue
  * entry canceled.  ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as above. */

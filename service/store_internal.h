@@ -76,7 +76,8 @@ struct store_ops {
     /* A new enrolment starts at |at| (enrolled_at). */
     esim_err (*device_restart_enrolment)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Topic, token and magic stored, push state valid, token_updated_at and
-     * last_seen_at = |now|. */
+     * last_seen_at = |now|, token_update_tally + 1 (device_enroll and
+     * device_unenroll set it to 0). */
     esim_err (*device_set_token)(store *st, const char *udid, const char *topic,
                                  const char *token_hex, const char *push_magic, int64_t now,
                                  esim_error *err);
@@ -212,6 +213,18 @@ struct store_ops {
     esim_err (*facts_put)(store *st, const store_device_facts *f, esim_error *err);
     /* ESIM_ENOTFOUND (|err| untouched) when none. */
     esim_err (*facts_get)(store *st, const char *udid, store_device_facts *out, esim_error *err);
+
+    /* ---- enrolment extras (NanoMDM compatibility) ---- */
+    /* Binds |cert_sha256| to the device (a device enrolled without one:
+     * migrated, or enrolled while device auth was none). */
+    esim_err (*device_bind_cert)(store *st, const char *udid, const char *cert_sha256,
+                                 esim_error *err);
+    /* The device's bootstrap token (SetBootstrapToken), replaced; |len| >= 1. */
+    esim_err (*device_bootstrap_set)(store *st, const char *udid, const void *token, size_t len,
+                                     esim_error *err);
+    /* Appends it to |out|; ESIM_ENOTFOUND (|err| untouched) when the device
+     * has none (or does not exist). */
+    esim_err (*device_bootstrap_get)(store *st, const char *udid, esim_buf *out, esim_error *err);
 
     /* ---- group commit: present only with the matching feature ---- */
     esim_err (*batch_begin)(store *st, esim_error *err);  /* FEATURE_BATCH */

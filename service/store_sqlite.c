@@ -161,6 +161,10 @@ static const migration migrations[] = {
         " updated_ms INTEGER NOT NULL DEFAULT 0);"},
     /* 5: one identity binds one device: find a certificate's device at once. */
     {5, "CREATE INDEX devices_cert ON devices(cert_sha256) WHERE cert_sha256 <> '';"},
+    /* 6: NanoMDM's token_update_tally (TokenUpdates since the enrolment
+     * began: 1 is the enrolment's own) and the macOS bootstrap token. */
+    {6, "ALTER TABLE devices ADD COLUMN token_update_tally INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE devices ADD COLUMN bootstrap_token BLOB;"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -169,7 +173,8 @@ static const migration migrations[] = {
 #define DEVICE_COLS                                                                                \
     "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"           \
     " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"           \
-    " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at"
+    " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at,"       \
+    " token_update_tally"
 
 #define ENTRY_COLS                                                                                 \
     "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count,"    \
@@ -246,6 +251,9 @@ enum {
     S_TAG_REMOVE,
     S_FACTS_PUT,
     S_FACTS_GET,
+    S_DEV_BIND_CERT,
+    S_DEV_BOOTSTRAP_SET,
+    S_DEV_BOOTSTRAP_GET,
     S_COUNT
 };
 
@@ -282,14 +290,16 @@ static const char *const statement_sql[S_COUNT] = {
         " push_token = CASE WHEN ?13 THEN devices.push_token ELSE '' END,"
         " push_magic = CASE WHEN ?13 THEN devices.push_magic ELSE '' END,"
         " push_state = CASE WHEN ?13 THEN devices.push_state ELSE 'none' END,"
+        " token_update_tally = 0,"
         " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE "
         "excluded.enrolled_at END,"
         " last_seen_at = excluded.last_seen_at",
-    [S_DEV_TOKEN] =
-        "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
-        " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5 WHERE udid = ?1",
+    [S_DEV_TOKEN] = "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
+                    " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5,"
+                    " token_update_tally = token_update_tally + 1 WHERE udid = ?1",
     [S_DEV_CHECKOUT] = "UPDATE devices SET enrolled = 0, push_token = '', push_magic = '',"
                        " push_state = 'none', push_due_at = 0, checked_out_at = ?2,"
+                       " token_update_tally = 0,"
                        " last_seen_at = ?2 WHERE udid = ?1",
     [S_DEV_SEEN] = "UPDATE devices SET last_seen_at = ?2 WHERE udid = ?1",
     [S_DEV_EID] = "UPDATE devices SET eid = ?2 WHERE udid = ?1",
@@ -427,6 +437,9 @@ static const char *const statement_sql[S_COUNT] = {
         " ELSE device_facts.verified_ms END, updated_ms = excluded.updated_ms",
     [S_FACTS_GET] = "SELECT supervised, os_version, eid, iccid, verified_ms, updated_ms"
                     " FROM device_facts WHERE udid = ?1",
+    [S_DEV_BIND_CERT] = "UPDATE devices SET cert_sha256 = ?2 WHERE udid = ?1",
+    [S_DEV_BOOTSTRAP_SET] = "UPDATE devices SET bootstrap_token = ?2 WHERE udid = ?1",
+    [S_DEV_BOOTSTRAP_GET] = "SELECT bootstrap_token FROM devices WHERE udid = ?1",
 };
 
 typedef struct {
@@ -706,6 +719,38 @@ static esim_err sq_device_set_token(store *base, const char *udid, const char *t
                      push_magic, now);
 }
 
+static esim_err sq_device_bind_cert(store *base, const char *udid, const char *cert_sha256,
+                                    esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_BIND_CERT, "tt", udid, cert_sha256);
+}
+
+static esim_err sq_device_bootstrap_set(store *base, const char *udid, const void *token,
+                                        size_t len, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_DEV_BOOTSTRAP_SET, "tb", udid, token, len);
+}
+
+static esim_err sq_device_bootstrap_get(store *base, const char *udid, esim_buf *out,
+                                        esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_BOOTSTRAP_GET, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    esim_err rc = ESIM_ENOTFOUND;
+    sqlite3_stmt *st = s->stmt[S_DEV_BOOTSTRAP_GET];
+    if (r == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_BLOB) {
+        const void *data = sqlite3_column_blob(st, 0);
+        int len = sqlite3_column_bytes(st, 0);
+        rc = esim_buf_append(out, data, (size_t)len) == ESIM_OK
+                 ? ESIM_OK
+                 : esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
 static esim_err sq_device_unenroll(store *base, const char *udid, int64_t now, esim_error *err)
 {
     return exec_stmt((sqlite_store *)base, err, S_DEV_CHECKOUT, "ti", udid, now);
@@ -939,6 +984,7 @@ static void read_device(sqlite3_stmt *st, store_device *d)
     d->token_updated_at = sqlite3_column_int64(st, 18);
     d->last_seen_at = sqlite3_column_int64(st, 19);
     d->push_due_at = sqlite3_column_int64(st, 20);
+    d->token_update_tally = sqlite3_column_int(st, 21);
 }
 
 static esim_err sq_device_get(store *base, const char *udid, store_device *out, esim_error *err)
@@ -1640,6 +1686,9 @@ static const struct store_ops sqlite_ops = {
     .tag_set = sq_tag_set,
     .facts_put = sq_facts_put,
     .facts_get = sq_facts_get,
+    .device_bind_cert = sq_device_bind_cert,
+    .device_bootstrap_set = sq_device_bootstrap_set,
+    .device_bootstrap_get = sq_device_bootstrap_get,
     .batch_begin = sq_batch_begin,
     .batch_commit = sq_batch_commit,
     .batch_rollback = sq_batch_rollback,

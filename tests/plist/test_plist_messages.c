@@ -266,7 +266,7 @@ static void test_builder_refusals(void **state)
     (void)state;
     esim_buf body = {0};
     esim_error err = {{0}};
-    unsigned char token[32] = {1};
+    unsigned char token[128] = {1};
     esim_authenticate_info no_topic = {.udid = UDID};
     assert_int_equal(esim_msg_build_authenticate(&no_topic, &body, &err), ESIM_EINVAL);
     esim_authenticate_info bad_udid = {.udid = "has space", .topic = TOPIC};
@@ -276,8 +276,18 @@ static void test_builder_refusals(void **state)
     long_name[sizeof long_name - 1] = '\0';
     esim_authenticate_info too_long = {.udid = UDID, .topic = TOPIC, .device_name = long_name};
     assert_int_equal(esim_msg_build_authenticate(&too_long, &body, &err), ESIM_EINVAL);
-    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 8, "m", &body, &err),
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 0, "m", &body, &err),
                      ESIM_EINVAL);
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 101, "m", &body, &err),
+                     ESIM_EINVAL);
+    /* A short placeholder token (test clients send them) is taken: APNs
+     * judges tokens at push time. */
+    assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 3, "m", &body, &err), ESIM_OK);
+    esim_msg parsed = {0};
+    assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &parsed, &err), ESIM_OK);
+    assert_int_equal(parsed.token.len, 3);
+    esim_msg_free(&parsed);
+    esim_buf_free(&body);
     assert_int_equal(esim_msg_build_token_update(UDID, TOPIC, token, 32, "", &body, &err),
                      ESIM_EINVAL);
     assert_int_equal(esim_msg_build_checkout(NULL, TOPIC, &body, &err), ESIM_EINVAL);
@@ -338,7 +348,7 @@ static void test_refusals_with_reasons(void **state)
         {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><string>abc</string>"
                                            "<key>PushMagic</key><string>m</string>"),
          "Token"},
-        {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><data>AAEC</data>"
+        {CHECKIN("TokenUpdate", UDID_TOPIC "<key>Token</key><data></data>"
                                            "<key>PushMagic</key><string>m</string>"),
          "Token"},
         {CHECKIN("TokenUpdate",

@@ -796,6 +796,72 @@ static void test_imports_groups_tags_facts(void **state)
     esim_store_close(st);
 }
 
+/* NanoMDM compatibility: token_update_tally counts the TokenUpdates of the
+ * current enrolment; a device enrolled without an identity (migrated) is
+ * bound to the first one it presents; bootstrap tokens are kept and given
+ * back. */
+static void test_tally_retro_bind_bootstrap(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    esim_error e;
+    store_device d;
+    enroll(st, "U1", "c1");
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 1);
+    assert_int_equal(esim_store_device_token_update(st, "U1", "c1", "t", "aa", "m", 1002, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 2);
+    assert_string_equal(d.push_token, "aa"); /* any non-empty token: APNs judges it */
+    store_authenticate_in again = {.udid = "U1", .topic = "t", .cert_sha256 = "c1"};
+    assert_int_equal(esim_store_device_authenticate(st, &again, 1003, NULL), ESIM_OK);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 0);
+
+    /* Migrated: no identity bound; the first one presented is bound. */
+    enroll(st, "M1", "");
+    enroll(st, "M2", "");
+    char next[128];
+    store_exchange_in in = {.udid = "M1", .cert_sha256 = "c1", .status = "Idle"};
+    store_exchange_out out = {0};
+    assert_int_equal(esim_store_device_exchange(st, &in, 1010, &out, &e), ESIM_EAUTH);
+    assert_non_null(strstr(e.msg, "one identity"));
+    in.cert_sha256 = "m1";
+    assert_int_equal(esim_store_device_exchange(st, &in, 1011, &out, &e), ESIM_OK);
+    esim_buf_free(&out.next.body);
+    assert_int_equal(esim_store_device_get(st, "M1", &d, NULL), ESIM_OK);
+    assert_string_equal(d.cert_sha256, "m1");
+    in.cert_sha256 = "m9";
+    assert_int_equal(esim_store_device_exchange(st, &in, 1012, &out, &e), ESIM_EAUTH);
+    assert_int_equal(esim_store_device_checkout(st, "M2", "m1", 1013, &e), ESIM_EAUTH);
+    assert_int_equal(exchange(st, "M2", "Idle", NULL, NULL, 0, 1014, next, NULL), ESIM_OK);
+
+    /* Bootstrap token. */
+    esim_buf tok = {0};
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1020, &e),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c1", "\x01\x02\x03", 3, 1021, &e),
+                     ESIM_OK);
+    assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c2", "x", 1, 1022, &e), ESIM_EAUTH);
+    assert_int_equal(esim_store_device_bootstrap_set(st, "U9", "c9", "x", 1, 1022, &e),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c1", "x", 0, 1022, &e),
+                     ESIM_EINVAL);
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1023, &e), ESIM_OK);
+    assert_int_equal(tok.len, 3);
+    assert_memory_equal(tok.data, "\x01\x02\x03", 3);
+    esim_buf_free(&tok);
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c2", &tok, 1024, &e), ESIM_EAUTH);
+    assert_null(tok.data);
+    assert_int_equal(esim_store_device_checkout(st, "U1", "c1", 1025, NULL), ESIM_OK);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 0);
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1026, &e), ESIM_ESTATE);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -816,6 +882,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_imports_groups_tags_facts),
+        cmocka_unit_test(test_tally_retro_bind_bootstrap),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
