@@ -98,10 +98,16 @@ esim_err esim_store_open(const char *spec, const char *data_dir, const store_opt
         esim_buf_free(&path);
         return rc;
     }
-    if (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0)
-        return esim_fail(err, ESIM_EINVAL,
-                         "the PostgreSQL store is not supported yet; use --store sqlite:PATH "
-                         "(or no --store for <data-dir>/esim-mdm.db)");
+    if (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0) {
+        /* Every migration has its PostgreSQL form, or neither back end may
+         * open: the two stay one schema. */
+        if (store_pgsql_schema_version() != store_sqlite_schema_version())
+            return esim_fail(err, ESIM_ESTORE,
+                             "this build's PostgreSQL schema (version %d) lags its SQLite one "
+                             "(%d): a migration lacks its PostgreSQL form",
+                             store_pgsql_schema_version(), store_sqlite_schema_version());
+        return store_pgsql_open(spec, opts, out, err);
+    }
     if (strncmp(spec, "sqlite:", 7) == 0)
         spec += 7;
     else if (strstr(spec, "://"))

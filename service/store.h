@@ -1,7 +1,7 @@
 /*
  * store.h — where the MDM service keeps devices, commands, per-device queues
  * and the append-only event ledger. Callers use the esim_store_* functions
- * below; the back ends ("sqlite" today in store_sqlite.c, "pgsql" next) sit
+ * below; the back ends ("sqlite" in store_sqlite.c, "pgsql" in store_pgsql.c) sit
  * behind a private table of small operations (store_internal.h), the way
  * curl hides its TLS back ends. The rules of the domain (identity binding,
  * re-enrolment after an erase, what each Status does, what is an anomaly)
@@ -228,10 +228,14 @@ typedef struct {
 } store_options;
 
 /*
- * Opens the store named by |spec|: "sqlite:PATH", a bare path (SQLite), or
- * NULL/"" for "<data_dir>/esim-mdm.db". The schema is created or migrated
- * to the current version. On success *out is the caller's (esim_store_close).
- *   ESIM_EINVAL     an unknown scheme, or postgres:// (not supported yet);
+ * Opens the store named by |spec|: "sqlite:PATH", a bare path (SQLite),
+ * NULL/"" for "<data_dir>/esim-mdm.db", or a libpq URI "postgres://..." /
+ * "postgresql://..." (PostgreSQL; host, user, database, service=NAME and the
+ * PG* environment variables as libpq reads them; the store lives in the
+ * first schema of search_path, made when missing). The schema is created or
+ * migrated to the current version. On success *out is the caller's
+ * (esim_store_close).
+ *   ESIM_EINVAL     an unknown scheme;
  *   ESIM_ESTORE     cannot open, or the schema is newer than this program;
  *   ESIM_EIO        the data directory cannot be made.
  */
@@ -242,7 +246,7 @@ ESIM_EXTERN void esim_store_close(store *st); /* NULL ok */
 /* The current schema version this program writes. */
 ESIM_EXTERN int esim_store_schema_version(void);
 
-/* The back end's name: "sqlite", ... */
+/* The back end's name: "sqlite" or "pgsql". */
 ESIM_EXTERN const char *esim_store_backend(const store *st);
 
 /* What a back end can do beyond the operations every back end has. */

@@ -240,4 +240,12 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
 /* The newest schema version of the SQLite back end. */
 int store_sqlite_schema_version(void);
 
+/* Opens (creating the schema and migrating it) the PostgreSQL store named by
+ * the libpq connection string or URI |conninfo|. */
+esim_err store_pgsql_open(const char *conninfo, const store_options *opts, store **out,
+                          esim_error *err);
+/* The newest schema version of the PostgreSQL back end: always the SQLite
+ * back end's (the same migrations, in each one's SQL). */
+int store_pgsql_schema_version(void);
+
 #endif
