@@ -171,6 +171,8 @@ static const migration migrations[] = {
         " verified_ms BIGINT NOT NULL DEFAULT 0,"
         " updated_ms BIGINT NOT NULL DEFAULT 0);"},
     {5, "CREATE INDEX devices_cert ON devices(cert_sha256) WHERE cert_sha256 <> '';"},
+    {6, "ALTER TABLE devices ADD COLUMN token_update_tally INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE devices ADD COLUMN bootstrap_token BYTEA;"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -183,7 +185,8 @@ static const migration migrations[] = {
 #define DEVICE_COLS                                                                                \
     "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"           \
     " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"           \
-    " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at"
+    " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at,"       \
+    " token_update_tally"
 
 #define ENTRY_COLS                                                                                 \
     "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count,"    \
@@ -252,6 +255,9 @@ enum {
     S_TAG_REMOVE,
     S_FACTS_PUT,
     S_FACTS_GET,
+    S_DEV_BIND_CERT,
+    S_DEV_BOOTSTRAP_SET,
+    S_DEV_BOOTSTRAP_GET,
     S_COUNT
 };
 
@@ -282,14 +288,16 @@ static const char *const statement_sql[S_COUNT] = {
         " push_token = CASE WHEN $13::int <> 0 THEN devices.push_token ELSE '' END,"
         " push_magic = CASE WHEN $13::int <> 0 THEN devices.push_magic ELSE '' END,"
         " push_state = CASE WHEN $13::int <> 0 THEN devices.push_state ELSE 'none' END,"
+        " token_update_tally = 0,"
         " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE "
         "excluded.enrolled_at END,"
         " last_seen_at = excluded.last_seen_at",
-    [S_DEV_TOKEN] =
-        "UPDATE devices SET topic = $2, push_token = $3, push_magic = $4,"
-        " push_state = 'valid', token_updated_at = $5, last_seen_at = $5 WHERE udid = $1",
+    [S_DEV_TOKEN] = "UPDATE devices SET topic = $2, push_token = $3, push_magic = $4,"
+                    " push_state = 'valid', token_updated_at = $5, last_seen_at = $5,"
+                    " token_update_tally = token_update_tally + 1 WHERE udid = $1",
     [S_DEV_CHECKOUT] = "UPDATE devices SET enrolled = 0, push_token = '', push_magic = '',"
                        " push_state = 'none', push_due_at = 0, checked_out_at = $2,"
+                       " token_update_tally = 0,"
                        " last_seen_at = $2 WHERE udid = $1",
     [S_DEV_SEEN] = "UPDATE devices SET last_seen_at = $2 WHERE udid = $1",
     [S_DEV_SEEN_EID] = "UPDATE devices SET last_seen_at = $2, eid = $3 WHERE udid = $1",
@@ -438,6 +446,9 @@ static const char *const statement_sql[S_COUNT] = {
         " ELSE device_facts.verified_ms END, updated_ms = excluded.updated_ms",
     [S_FACTS_GET] = "SELECT supervised, os_version, eid, iccid, verified_ms, updated_ms"
                     " FROM device_facts WHERE udid = $1",
+    [S_DEV_BIND_CERT] = "UPDATE devices SET cert_sha256 = $2 WHERE udid = $1",
+    [S_DEV_BOOTSTRAP_SET] = "UPDATE devices SET bootstrap_token = $2 WHERE udid = $1",
+    [S_DEV_BOOTSTRAP_GET] = "SELECT bootstrap_token FROM devices WHERE udid = $1",
 };
 
 typedef struct {
@@ -765,6 +776,33 @@ static esim_err pg_device_set_token(store *base, const char *udid, const char *t
                      push_magic, now);
 }
 
+static esim_err pg_device_bind_cert(store *base, const char *udid, const char *cert_sha256,
+                                    esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_DEV_BIND_CERT, "tt", udid, cert_sha256);
+}
+
+static esim_err pg_device_bootstrap_set(store *base, const char *udid, const void *token,
+                                        size_t len, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_DEV_BOOTSTRAP_SET, "tb", udid, token, len);
+}
+
+static esim_err pg_device_bootstrap_get(store *base, const char *udid, esim_buf *out,
+                                        esim_error *err)
+{
+    PGresult *r = NULL;
+    esim_err rc = one_row(run((pg_store *)base, err, S_DEV_BOOTSTRAP_GET, "t", udid), &r);
+    if (rc != ESIM_OK)
+        return rc;
+    if (PQgetisnull(r, 0, 0))
+        rc = ESIM_ENOTFOUND;
+    else if (col_bytes(r, 0, 0, out) != ESIM_OK)
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    PQclear(r);
+    return rc;
+}
+
 static esim_err pg_device_unenroll(store *base, const char *udid, int64_t now, esim_error *err)
 {
     return exec_stmt((pg_store *)base, err, S_DEV_CHECKOUT, "ti", udid, now);
@@ -967,6 +1005,7 @@ static void read_device(const PGresult *r, int i, store_device *d)
     d->token_updated_at = col_i64(r, i, 18);
     d->last_seen_at = col_i64(r, i, 19);
     d->push_due_at = col_i64(r, i, 20);
+    d->token_update_tally = col_int(r, i, 21);
 }
 
 static esim_err pg_device_get(store *base, const char *udid, store_device *out, esim_error *err)
@@ -1512,6 +1551,9 @@ static const struct store_ops pgsql_ops = {
     .tag_set = pg_tag_set,
     .facts_put = pg_facts_put,
     .facts_get = pg_facts_get,
+    .device_bind_cert = pg_device_bind_cert,
+    .device_bootstrap_set = pg_device_bootstrap_set,
+    .device_bootstrap_get = pg_device_bootstrap_get,
 };
 
 int store_pgsql_schema_version(void)
