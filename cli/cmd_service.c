@@ -36,7 +36,10 @@ static const char serve_usage[] =
     "turn;\n"
     "                            full: fsync per commit; normal: no fsync (survives crashes, not "
     "power cuts)\n"
-    "  --api-token-file F        bearer token for /v1/ (default: DIR/api-token, made if missing)\n"
+    "  --api-token-file F        bearer token for /v1/ (default: DIR/api-token, made if missing);\n"
+    "                            an admin key named api-token\n"
+    "  --api-keys-file F         more API keys, one 'NAME ROLE TOKEN' a line (ROLE: read-only,\n"
+    "                            operator or admin; chmod 600); see docs/api.md\n"
     "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none "
     "(experiments only)\n"
     "  --device-ca PEM           CA bundle that device identity certificates chain to\n"
@@ -74,6 +77,7 @@ enum {
     O_STORE,
     O_STORE_SYNC,
     O_API_TOKEN_FILE,
+    O_API_KEYS_FILE,
     O_DEVICE_AUTH,
     O_DEVICE_CA,
     O_TLS_CERT,
@@ -107,6 +111,7 @@ static const cli_option serve_options[] = {
     {"store", true, O_STORE},
     {"store-sync", true, O_STORE_SYNC},
     {"api-token-file", true, O_API_TOKEN_FILE},
+    {"api-keys-file", true, O_API_KEYS_FILE},
     {"device-auth", true, O_DEVICE_AUTH},
     {"device-ca", true, O_DEVICE_CA},
     {"tls-cert", true, O_TLS_CERT},
@@ -138,6 +143,7 @@ static const cli_option serve_options[] = {
 typedef struct {
     esim_service_config cfg;
     const char *port_file, *api_token_file, *webhook_secret_file, *store_sync, *device_auth;
+    const char *api_keys_file;
     const char *webhooks[32];
     size_t n_webhooks;
     char *owned[256]; /* strings read from a config file */
@@ -233,6 +239,9 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_API_TOKEN_FILE:
         o->api_token_file = v;
+        break;
+    case O_API_KEYS_FILE:
+        o->api_keys_file = v;
         break;
     case O_DEVICE_AUTH:
         o->device_auth = v;
@@ -501,13 +510,23 @@ int cmd_serve(int argc, char **argv)
     }
     if (rc == CLI_EXIT_OK && o.webhook_secret_file)
         rc = read_secret("--webhook-secret-file", o.webhook_secret_file, &secret);
+    esim_api_key *keys = NULL;
+    size_t n_keys = 0;
+    if (rc == CLI_EXIT_OK && o.api_keys_file &&
+        esim_api_keys_load(o.api_keys_file, &keys, &n_keys, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm serve: --api-keys-file: %s\n", e.msg);
+        rc = CLI_EXIT_FAIL;
+    }
     if (rc == CLI_EXIT_OK) {
+        o.cfg.api_keys = keys;
+        o.cfg.n_api_keys = n_keys;
         o.cfg.api_token = token;
         o.cfg.webhook_secret = secret;
         curl_global_init(CURL_GLOBAL_DEFAULT);
         rc = run_service(&o, token_path);
         curl_global_cleanup();
     }
+    esim_api_keys_free(keys, n_keys);
     free(token);
     free(secret);
     for (size_t i = 0; i < o.n_owned; i++)

@@ -47,6 +47,7 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
     va_end(ap);
     /* Messages quote what the client sent (paths, keys): keep them JSON. */
     svc_utf8_sanitize(msg);
+    access_audit_note(r->svc, r->req, 0, msg);
     json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
     if (e && field)
         json_object_set_new(e, "field", json_string(field));
@@ -530,6 +531,59 @@ static void h_cancel(api_request *r)
                              "state", "canceled"));
 }
 
+/* DELETE /v1/devices/{udid}: the device is retired (store.h,
+ * esim_store_device_retire); its record and ledger stay. */
+static void h_retire(api_request *r)
+{
+    char detail[128];
+    snprintf(detail, sizeof detail, "retired through the API by key '%s'", r->who);
+    esim_error e = {{0}};
+    esim_err rc = esim_store_device_retire(r->svc->st, r->params[0], detail, esim_now_ms(), &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
+        return;
+    }
+    api_reply_json(
+        r, 200,
+        json_pack("{s:s,s:s,s:b}", "udid", r->params[0], "state", "retired", "enrolled", 0));
+}
+
+/* GET /v1/audit?after=ID&limit=N: the audit log of admin actions, oldest first. */
+static void h_audit(api_request *r)
+{
+    const char *after_s = query_get(r, "after");
+    const char *lim = query_get(r, "limit");
+    char *end = NULL;
+    long long after = after_s ? strtoll(after_s, &end, 10) : 0;
+    if (after_s && (*after_s == '\0' || *end != '\0' || after < 0)) {
+        api_error(r, 400, "after", "after: an audit entry id from a previous page");
+        return;
+    }
+    long limit = lim ? strtol(lim, &end, 10) : 100;
+    if (lim && (*lim == '\0' || *end != '\0' || limit < 1 || limit > 1000)) {
+        api_error(r, 400, "limit", "limit: from 1 to 1000");
+        return;
+    }
+    store_audit *list = NULL;
+    size_t n = 0;
+    esim_error e = {{0}};
+    esim_err rc = esim_store_audit_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
+    if (rc != ESIM_OK) {
+        api_error(r, api_status_for(rc), NULL, "%s", e.msg);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(
+            arr, json_pack("{s:I,s:o,s:s,s:s,s:s,s:s,s:i,s:o}", "id", (json_int_t)list[i].id, "at",
+                           ts(list[i].at), "who", list[i].who, "role", list[i].role, "method",
+                           list[i].method, "target", list[i].target, "status", list[i].status,
+                           "detail", str_or_null(list[i].detail)));
+    json_t *next = n == (size_t)limit ? json_integer((json_int_t)list[n - 1].id) : json_null();
+    free(list);
+    api_reply_json(r, 200, json_pack("{s:o,s:o}", "entries", arr, "next_after", next));
+}
+
 static void h_push(api_request *r)
 {
     char buf[8192];
@@ -562,11 +616,13 @@ static const api_route routes[] = {
     {EVHTTP_REQ_PUT, "/v1/enqueue/:", h_enqueue_raw, true},
     {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true},
     {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true},
+    {EVHTTP_REQ_DELETE, "/v1/devices/:", h_retire, true},
     {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true},
     {EVHTTP_REQ_GET, "/v1/devices/:/events", h_device_events, true},
     {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
     {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
     {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */
+    {EVHTTP_REQ_GET, "/v1/audit", h_audit, true},
 };
 
 /* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|
@@ -660,32 +716,6 @@ static bool text_valid(api_request *r, const char *pattern)
     return true;
 }
 
-/* Authorization: Bearer <token>; Basic with the token as password is also
- * taken, as NanoMDM's API clients send it. */
-static bool authorized(esim_service *svc, struct evhttp_request *req)
-{
-    if (!svc->api_token)
-        return false;
-    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!h)
-        return false;
-    if (strncasecmp(h, "Bearer ", 7) == 0)
-        return http_secret_equal(h + 7, svc->api_token);
-    if (strncasecmp(h, "Basic ", 6) == 0) {
-        esim_buf dec = {0};
-        bool ok = false;
-        if (esim_base64_decode(h + 6, strlen(h + 6), &dec, NULL) == ESIM_OK && dec.data) {
-            const char *colon = memchr(dec.data, ':', dec.len);
-            ok = colon && http_secret_equal(colon + 1, svc->api_token);
-        }
-        if (dec.data)
-            OPENSSL_cleanse(dec.data, dec.len);
-        esim_buf_free(&dec);
-        return ok;
-    }
-    return false;
-}
-
 void api_dispatch(esim_service *svc, struct evhttp_request *req)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -716,17 +746,21 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             module_hit = &svc->routes[i - n_table];
     }
     bool needs_token = module_hit || (hit && hit->needs_token);
+    const char *method_name = access_method_name(method);
     struct evkeyvalq query;
     TAILQ_INIT(&query);
+    svc->audit = &r;
     if (!hit && !module_hit) {
         if (path_known)
             api_error(&r, 405, NULL, "method not allowed on %s", path);
         else
             api_error(&r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
-    } else if (needs_token && !authorized(svc, req)) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        api_error(&r, 401, NULL, "missing or wrong API token: send Authorization: Bearer <token>");
+    } else if (needs_token && !access_check_request(svc, &r, method_name, path)) {
+        /* answered: 401, 403 (audited) or 429 */
     } else {
+        /* Every change made with a key is an admin action; reads are not. */
+        r.audited = needs_token && ((method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) ||
+                                    strncmp(path, "/v1/push/", 9) == 0);
         const char *q = evhttp_uri_get_query(uri);
         if (q && evhttp_parse_query_str(q, &query) == 0)
             r.query = &query;
@@ -740,6 +774,9 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         else if (module_hit && text_valid(&r, module_hit->pattern))
             module_hit->fn(&r, module_hit->arg);
     }
+    svc->audit = NULL;
+    if (r.audited)
+        access_audit_write(svc, &r, method_name, path);
     evhttp_clear_headers(&query);
     for (size_t k = 0; k < API_MAX_PARAMS; k++)
         free(decoded[k]);
@@ -803,6 +840,16 @@ void api_routes_free(esim_service *svc)
 esim_service *esim_api_service(esim_api_request *r)
 {
     return r->svc;
+}
+
+const char *esim_api_caller(const esim_api_request *r)
+{
+    return r->who;
+}
+
+esim_role esim_api_caller_role(const esim_api_request *r)
+{
+    return r->role;
 }
 
 const char *esim_api_param(const esim_api_request *r, size_t i)

@@ -344,6 +344,7 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
 {
     int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
     svc->m.requests[route][cls]++;
+    access_audit_note(svc, req, code, NULL);
     if (!svc->flush_ev) {
         send_now(req, code, content_type, body, len);
         return;
@@ -626,7 +627,11 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
 
 static esim_err start(esim_service *svc, esim_error *err)
 {
-    esim_err rc;
+    esim_err rc = access_init(svc, err);
+    svc->cfg.api_keys = NULL; /* the caller's: copied by access_init */
+    svc->cfg.n_api_keys = 0;
+    if (rc != ESIM_OK)
+        return rc;
     if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
         if (!svc->device_ca_path)
             return esim_fail(err, ESIM_EINVAL,
@@ -728,6 +733,7 @@ void esim_service_free(esim_service *svc)
     free(svc->listen);
     free(svc->data_dir);
     free(svc->store_spec);
+    access_free(svc);
     if (svc->api_token)
         OPENSSL_cleanse(svc->api_token, strlen(svc->api_token));
     free(svc->api_token);
@@ -957,6 +963,15 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
     for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)
         esim_buf_printf(out, "esim_mdm_pushes_total{outcome=\"%s\"} %llu\n",
                         esim_push_state_name((esim_push_state)p), (unsigned long long)m->pushes[p]);
+    esim_buf_printf(out,
+                    "# HELP esim_mdm_api_auth_total Admin API requests refused: no or a wrong "
+                    "key, a role too low, an address locked out after failures.\n"
+                    "# TYPE esim_mdm_api_auth_total counter\n"
+                    "esim_mdm_api_auth_total{result=\"refused\"} %llu\n"
+                    "esim_mdm_api_auth_total{result=\"forbidden\"} %llu\n"
+                    "esim_mdm_api_auth_total{result=\"throttled\"} %llu\n",
+                    (unsigned long long)m->api_auth_refused, (unsigned long long)m->api_forbidden,
+                    (unsigned long long)m->api_throttled);
     push_metrics(svc, out);
     conn_metrics(svc, out);
     for (size_t i = 0; i < svc->n_metrics; i++)

@@ -45,6 +45,51 @@ typedef enum {
 ESIM_EXTERN esim_err esim_device_auth_parse(const char *word, esim_device_auth *out,
                                             esim_error *err);
 
+/* ---- API keys and roles ----------------------------------------------------------
+ * Every admin API request names a key (Authorization: Bearer KEY, or Basic
+ * with the key as password); the key's role decides what it may do, by one
+ * rule for every route (esim_api_role_needed), the modules' included. The
+ * roles are ordered: each may do what the ones before it may. */
+typedef enum {
+    ESIM_ROLE_NONE = 0,      /* no key, or an unknown one */
+    ESIM_ROLE_READ_ONLY = 1, /* reads: GET (HEAD) everywhere but the audit log */
+    ESIM_ROLE_OPERATOR = 2,  /* also changes: commands, pushes, cancels, campaigns, groups */
+    ESIM_ROLE_ADMIN = 3,     /* also retires devices, reads the audit log, replaces the
+                                push certificate, imports check-ins (/migration) */
+} esim_role;
+
+/* "read-only", "operator", "admin" ("none" for ESIM_ROLE_NONE). */
+ESIM_EXTERN const char *esim_role_name(esim_role role);
+/* The names above ("readonly" and "read" are taken too) -> the role;
+ * ESIM_EINVAL otherwise. */
+ESIM_EXTERN esim_err esim_role_parse(const char *word, esim_role *out, esim_error *err);
+
+/* The role a request needs: |method| ("GET", ...) on |path| (no query).
+ *   admin      GET /v1/audit..., DELETE /v1/devices/{udid}, any change of
+ *              /v1/pushcert, /migration;
+ *   operator   /v1/push/... (any method), every other change (POST, PUT,
+ *              DELETE);
+ *   read-only  every other GET or HEAD. */
+ESIM_EXTERN esim_role esim_api_role_needed(const char *method, const char *path);
+
+/* One API key. */
+typedef struct {
+    const char *name;  /* who, in the audit log and the logs: 1-63 of [A-Za-z0-9._@-] */
+    const char *token; /* the secret: 16 to ESIM_TOKEN_MAX bytes, no space or control */
+    esim_role role;
+} esim_api_key;
+
+/*
+ * Reads an API keys file: one key a line, "NAME ROLE TOKEN" separated by
+ * spaces or tabs; blank lines and lines starting with '#' are skipped. The
+ * file must be private (chmod 600: esim_check_private_file). A bad line, a
+ * name or token used twice: ESIM_EINVAL naming the line (never the token).
+ * *keys (and the strings it points to) is freed with esim_api_keys_free.
+ */
+ESIM_EXTERN esim_err esim_api_keys_load(const char *path, esim_api_key **keys, size_t *n,
+                                        esim_error *err);
+ESIM_EXTERN void esim_api_keys_free(esim_api_key *keys, size_t n);
+
 /*
  * Service settings: esim_service_config_init() first, then set what you need.
  * Strings are borrowed until esim_service_new() returns (it copies them).
@@ -62,9 +107,18 @@ typedef struct {
      * (no fsync: survives process crashes, not power cuts). */
     store_sync store_sync;
 
-    /* Bearer token for /v1/. NULL or empty: the admin API answers 401 to
-     * everything (the device side still works). */
+    /* Bearer token for /v1/: an admin key named "api-token". NULL or empty
+     * and no api_keys: the admin API answers 401 to everything (the device
+     * side still works). */
     const char *api_token;
+    /* More API keys, each with its role (copied). */
+    const esim_api_key *api_keys;
+    size_t n_api_keys;
+    /* Failed authentication: after this many in a row from one IP address
+     * (default 5), each further one locks that address out of the admin API
+     * for twice as long as the last (1 s, 2 s, ... at most 60 s): 429 with
+     * Retry-After, whatever key it sends. */
+    unsigned auth_failures_free;
 
     esim_device_auth device_auth; /* default ESIM_DEVICE_AUTH_SIGNATURE */
     const char *device_ca_path;   /* PEM bundle; required unless auth is none */
@@ -245,12 +299,43 @@ typedef void (*esim_api_handler)(esim_api_request *r, void *arg);
 ESIM_EXTERN esim_err esim_service_add_route(esim_service *svc, const char *method,
                                             const char *pattern, esim_api_handler fn, void *arg);
 
+/*
+ * The admin API's access check, for anything that serves people on the
+ * service's behalf (the dashboard) with the same keys and roles: who holds
+ * |token| (the key itself, not the header), and whether that key may do
+ * |method| on |path| (esim_api_role_needed). |peer| is the client's IP
+ * address as text (NULL unknown): failures are counted per address, and an
+ * address locked out gets ESIM_ACCESS_THROTTLED whatever it sends.
+ * |name| (64 bytes, may be NULL) gets the key's name, *role (may be NULL)
+ * its role, *retry_after_s (may be NULL) the seconds left of a lockout.
+ */
+typedef enum {
+    ESIM_ACCESS_OK = 0,
+    ESIM_ACCESS_NO_KEY,    /* no key or an unknown one: 401 */
+    ESIM_ACCESS_FORBIDDEN, /* the key's role is below the one needed: 403 */
+    ESIM_ACCESS_THROTTLED, /* too many failures from |peer|: 429 */
+} esim_access;
+ESIM_EXTERN esim_access esim_service_check_access(esim_service *svc, const char *token,
+                                                  const char *peer, const char *method,
+                                                  const char *path, char name[64], esim_role *role,
+                                                  int *retry_after_s);
+
+/* Replaces the service's API keys (the api_token and api_keys settings) at
+ * run time, as SIGHUP does; requests already admitted keep their caller.
+ *   ESIM_EINVAL  a key without name or token, a role out of range, a name
+ *                or token twice;  ESIM_ENOMEM. The old keys stay then. */
+ESIM_EXTERN esim_err esim_service_set_api_keys(esim_service *svc, const char *api_token,
+                                               const esim_api_key *keys, size_t n, esim_error *err);
+
 /* Undoes every registration (hooks, ticks, metrics, close, routes) made
  * with |arg|: for a module that failed half-way through attaching. */
 ESIM_EXTERN void esim_service_remove_hooks(esim_service *svc, void *arg);
 
 /* The service a request came to. */
 ESIM_EXTERN esim_service *esim_api_service(esim_api_request *r);
+/* The name and role of the API key the request came with. */
+ESIM_EXTERN const char *esim_api_caller(const esim_api_request *r);
+ESIM_EXTERN esim_role esim_api_caller_role(const esim_api_request *r);
 /* The |i|th ':' segment of the route's pattern, decoded; NULL past the end. */
 ESIM_EXTERN const char *esim_api_param(const esim_api_request *r, size_t i);
 /* A query-string parameter, decoded; NULL when absent. */

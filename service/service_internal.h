@@ -41,8 +41,9 @@ typedef struct {
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t replays_stale, replays_duplicate, signatures_without_time;
-    uint64_t conn_refused[4];  /* by M_REFUSED_* */
-    uint64_t conn_timeouts[2]; /* header, body */
+    uint64_t api_auth_refused, api_forbidden, api_throttled; /* admin API: 401, 403, 429 */
+    uint64_t conn_refused[4];                                /* by M_REFUSED_* */
+    uint64_t conn_timeouts[2];                               /* header, body */
     size_t pending_bytes_peak; /* most request bytes held before their request was complete */
 } svc_metrics;
 
@@ -132,6 +133,20 @@ typedef struct svc_deferred {
     bool hook;    /* run the result hooks too */
 } svc_deferred;
 
+/* Failed admin API authentications from one peer address (access.c). */
+typedef struct {
+    char addr[48];
+    unsigned failures;
+    int64_t last_ms, locked_until_ms;
+} svc_authfail;
+#define SVC_AUTHFAIL_SLOTS 256
+
+/* An API key as the service keeps it. */
+typedef struct {
+    char *name, *token;
+    esim_role role;
+} svc_key;
+
 typedef struct svc_webhooks svc_webhooks;
 typedef struct svc_push svc_push;
 
@@ -187,6 +202,11 @@ struct esim_service {
     svc_push *push;
     svc_webhooks *webhooks;
 
+    svc_key *keys; /* the API token first (as "api-token"), then api_keys */
+    size_t n_keys;
+    svc_authfail authfail[SVC_AUTHFAIL_SLOTS];
+    struct esim_api_request *audit; /* the admin request being handled */
+
     /* What modules built on the service registered (service.h). */
 
     struct {
@@ -235,6 +255,11 @@ struct esim_api_request {
     const char *params[API_MAX_PARAMS]; /* the ':' segments of the pattern, decoded */
     size_t n_params;
     struct evkeyvalq *query; /* decoded query string, may be NULL */
+    char who[64];            /* the API key's name ("" before authentication) */
+    esim_role role;
+    bool audited;     /* an admin action: written to the audit log once answered */
+    int status;       /* the answer's HTTP status, once given */
+    char detail[256]; /* the error's message, when it failed */
 };
 typedef struct esim_api_request api_request;
 
@@ -274,6 +299,23 @@ int api_status_for(esim_err rc);
 /* Builds a command plist from the API's JSON command object (api_compose.c).
  * ESIM_EINVAL with |field| naming the offending key ("command.queries"). */
 esim_err api_compose_command(json_t *command, esim_cmd *out, char field[96], esim_error *err);
+
+/* ---- access (access.c): keys, roles, failed authentications, audit ---------------- */
+
+esim_err access_init(esim_service *svc, esim_error *err);
+void access_free(esim_service *svc);
+/* "GET", "POST", ... */
+const char *access_method_name(enum evhttp_cmd_type m);
+/* The request's peer IP address as text ("" unknown). */
+void access_peer(struct evhttp_request *req, char out[48]);
+/* Checks the request's key against the role |method| |path| needs; false
+ * after answering 401, 403 or 429. Fills r->who and r->role. */
+bool access_check_request(esim_service *svc, api_request *r, const char *method, const char *path);
+/* Notes the answer (|code|, the error's |msg|, either may be 0/NULL) of the
+ * admin request being handled, when |req| is it. */
+void access_audit_note(esim_service *svc, struct evhttp_request *req, int code, const char *msg);
+/* Writes the audit entry of |r| to the store. */
+void access_audit_write(esim_service *svc, api_request *r, const char *method, const char *path);
 
 /* ---- the device endpoint (mdm.c) -------------------------------------------------- */
 

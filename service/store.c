@@ -361,6 +361,27 @@ esim_err esim_store_device_checkout(store *st, const char *udid, const char *cer
     return st->ops->op_end(st, rc, err);
 }
 
+esim_err esim_store_device_retire(store *st, const char *udid, const char *detail, int64_t now,
+                                  esim_error *err)
+{
+    if (!udid || !*udid)
+        return esim_fail(err, ESIM_EINVAL, "retiring a device needs its UDID");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store_identity id;
+    rc = st->ops->device_identity(st, udid, &id, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    if (rc == ESIM_OK)
+        rc = st->ops->entries_cancel_device(st, udid, "canceled", "device retired", now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_unenroll(st, udid, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, "retired", udid, NULL, detail, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
+}
+
 /* ---- the command endpoint ------------------------------------------------------- */
 
 /* What each Status does to the entry it answers. */
@@ -561,6 +582,27 @@ esim_err esim_store_event_latest(store *st, const char *udid, const char *const 
         return esim_fail(err, ESIM_ENOTFOUND, "device %s has no %s event", udid ? udid : "(null)",
                          kinds[0]);
     return rc;
+}
+
+esim_err esim_store_audit_add(store *st, const store_audit *in, esim_error *err)
+{
+    if (!in || !in->who[0] || !in->method[0] || !in->target[0])
+        return esim_fail(err, ESIM_EINVAL, "an audit entry needs who, method and target");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->audit_add(st, in, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_audit_list(store *st, int64_t after, size_t limit, store_audit **out, size_t *n,
+                               esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return ESIM_OK;
+    return st->ops->audit_list(st, after < 0 ? 0 : after, limit, out, n, err);
 }
 
 esim_err esim_store_stats(store *st, store_stats *out, esim_error *err)

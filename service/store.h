@@ -314,6 +314,14 @@ ESIM_EXTERN esim_err esim_store_device_checkout(store *st, const char *udid,
                                                 const char *cert_sha256, int64_t now,
                                                 esim_error *err);
 
+/* Retires the device by an operator's decision (DELETE /v1/devices/{udid}):
+ * every active queue entry canceled, enrolled = false, token and push magic
+ * forgotten, the identity binding released (it must enroll again, with any
+ * identity), a "retired" ledger event carrying |detail| (may be NULL). The
+ * record and its ledger stay.  ESIM_ENOTFOUND  no such device. */
+ESIM_EXTERN esim_err esim_store_device_retire(store *st, const char *udid, const char *detail,
+                                              int64_t now, esim_error *err);
+
 /* Records a command result or Idle and picks the next command (see
  * store_exchange_in). Results are applied only to an entry in state sent
  * for this device; anything else is an anomaly, logged with the raw body and
@@ -409,6 +417,29 @@ ESIM_EXTERN esim_err esim_store_event_append(store *st, const char *kind, const 
                                              const char *command_uuid, const char *detail,
                                              const void *raw, size_t raw_len, int64_t now,
                                              esim_error *err);
+
+/* ---- the audit log of admin actions -------------------------------------------- */
+
+/* One admin action through the API: who (the API key's name and role), what
+ * (method and path), when, and the result (HTTP status, and the error's
+ * message when it failed). Text fields are cut to their size. */
+typedef struct {
+    int64_t id; /* increasing; page with it (ignored by audit_add) */
+    int64_t at; /* wall-clock ms */
+    char who[64];
+    char role[16];
+    char method[8];
+    char target[256];
+    int status;
+    char detail[256];
+} store_audit;
+
+/* Appends one entry.  ESIM_EINVAL  no who, method or target. */
+ESIM_EXTERN esim_err esim_store_audit_add(store *st, const store_audit *in, esim_error *err);
+/* Up to |limit| entries with id > |after|, oldest first; *out is malloc'd
+ * (free()), *n its length. */
+ESIM_EXTERN esim_err esim_store_audit_list(store *st, int64_t after, size_t limit,
+                                           store_audit **out, size_t *n, esim_error *err);
 
 /* Counts for /metrics and /healthz. */
 ESIM_EXTERN esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);

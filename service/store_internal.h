@@ -169,6 +169,11 @@ struct store_ops {
                              store_event *out, esim_error *err);
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
 
+    /* ---- the audit log ---- */
+    esim_err (*audit_add)(store *st, const store_audit *in, esim_error *err);
+    esim_err (*audit_list)(store *st, int64_t after, size_t limit, store_audit **out, size_t *n,
+                           esim_error *err);
+
     /* ---- campaign records (steps) ---- */
     /* Creates the row, or replaces its state, definition and updated time. */
     esim_err (*campaign_put)(store *st, const store_campaign *c, int64_t now, esim_error *err);

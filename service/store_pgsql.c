@@ -173,6 +173,15 @@ static const migration migrations[] = {
     {5, "CREATE INDEX devices_cert ON devices(cert_sha256) WHERE cert_sha256 <> '';"},
     {6, "ALTER TABLE devices ADD COLUMN token_update_tally INTEGER NOT NULL DEFAULT 0;"
         "ALTER TABLE devices ADD COLUMN bootstrap_token BYTEA;"},
+    {7, "CREATE TABLE audit ("
+        " id BIGSERIAL PRIMARY KEY,"
+        " at BIGINT NOT NULL,"
+        " who TEXT NOT NULL,"
+        " role TEXT NOT NULL DEFAULT '',"
+        " method TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " status INTEGER NOT NULL DEFAULT 0,"
+        " detail TEXT NOT NULL DEFAULT '');"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -258,6 +267,8 @@ enum {
     S_DEV_BIND_CERT,
     S_DEV_BOOTSTRAP_SET,
     S_DEV_BOOTSTRAP_GET,
+    S_AUDIT_ADD,
+    S_AUDIT_LIST,
     S_COUNT
 };
 
@@ -366,6 +377,10 @@ static const char *const statement_sql[S_COUNT] = {
                 " $3, $4, $5, $6)",
     [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
                       " WHERE udid = $1 AND id > $2 ORDER BY id LIMIT $3",
+    [S_AUDIT_ADD] = "INSERT INTO audit (at, who, role, method, target, status, detail)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    [S_AUDIT_LIST] = "SELECT id, at, who, role, method, target, status, detail FROM audit"
+                     " WHERE id > $1 ORDER BY id LIMIT $2",
     [S_STATS_DEVICES] =
         "SELECT count(*), coalesce(sum(enrolled), 0),"
         " coalesce(sum(CASE WHEN enrolled = 1 AND push_state = 'valid' THEN 1 ELSE 0 END), 0)"
@@ -1208,6 +1223,42 @@ static esim_err pg_events_list(store *base, const char *udid, int64_t after, siz
     return ESIM_OK;
 }
 
+static esim_err pg_audit_add(store *base, const store_audit *in, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_AUDIT_ADD, "iTTTTiT", in->at, in->who, in->role,
+                     in->method, in->target, (int64_t)in->status, in->detail);
+}
+
+static esim_err pg_audit_list(store *base, int64_t after, size_t limit, store_audit **out,
+                              size_t *n, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_AUDIT_LIST, "ii", after, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    size_t rows = (size_t)PQntuples(r);
+    store_audit *list = calloc(rows ? rows : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < rows; k++) {
+        store_audit *a = &list[k];
+        int i = (int)k;
+        a->id = col_i64(r, i, 0);
+        a->at = col_i64(r, i, 1);
+        col_text(r, i, 2, a->who, sizeof a->who);
+        col_text(r, i, 3, a->role, sizeof a->role);
+        col_text(r, i, 4, a->method, sizeof a->method);
+        col_text(r, i, 5, a->target, sizeof a->target);
+        a->status = (int)col_i64(r, i, 6);
+        col_text(r, i, 7, a->detail, sizeof a->detail);
+    }
+    PQclear(r);
+    *out = list;
+    *n = rows;
+    return ESIM_OK;
+}
+
 static esim_err pg_event_latest(store *base, const char *udid, const char *const *kinds,
                                 size_t n_kinds, store_event *out, esim_error *err)
 {
@@ -1531,6 +1582,8 @@ static const struct store_ops pgsql_ops = {
     .event_add = pg_event_add,
     .events_list = pg_events_list,
     .event_latest = pg_event_latest,
+    .audit_add = pg_audit_add,
+    .audit_list = pg_audit_list,
     .stats = pg_stats,
     .campaign_put = pg_campaign_put,
     .campaign_command_put = pg_campaign_command_put,

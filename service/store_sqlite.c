@@ -165,6 +165,16 @@ static const migration migrations[] = {
      * began: 1 is the enrolment's own) and the macOS bootstrap token. */
     {6, "ALTER TABLE devices ADD COLUMN token_update_tally INTEGER NOT NULL DEFAULT 0;"
         "ALTER TABLE devices ADD COLUMN bootstrap_token BLOB;"},
+    /* 7: the audit log of admin actions (who, what, when, result). */
+    {7, "CREATE TABLE audit ("
+        " id INTEGER PRIMARY KEY,"
+        " at INTEGER NOT NULL,"
+        " who TEXT NOT NULL,"
+        " role TEXT NOT NULL DEFAULT '',"
+        " method TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " status INTEGER NOT NULL DEFAULT 0,"
+        " detail TEXT NOT NULL DEFAULT '');"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -254,6 +264,8 @@ enum {
     S_DEV_BIND_CERT,
     S_DEV_BOOTSTRAP_SET,
     S_DEV_BOOTSTRAP_GET,
+    S_AUDIT_ADD,
+    S_AUDIT_LIST,
     S_COUNT
 };
 
@@ -355,6 +367,10 @@ static const char *const statement_sql[S_COUNT] = {
         "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
     [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, "
                 "?3, ?4, ?5, ?6)",
+    [S_AUDIT_ADD] = "INSERT INTO audit (at, who, role, method, target, status, detail)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [S_AUDIT_LIST] = "SELECT id, at, who, role, method, target, status, detail FROM audit"
+                     " WHERE id > ?1 ORDER BY id LIMIT ?2",
     [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
                       " WHERE udid = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [S_STATS_DEVICES] =
@@ -1230,6 +1246,48 @@ static esim_err sq_events_list(store *base, const char *udid, int64_t after, siz
     return ESIM_OK;
 }
 
+static esim_err sq_audit_add(store *base, const store_audit *in, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_AUDIT_ADD, "iTTTTiT", in->at, in->who, in->role,
+                     in->method, in->target, (int64_t)in->status, in->detail);
+}
+
+static esim_err sq_audit_list(store *base, int64_t after, size_t limit, store_audit **out,
+                              size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    store_audit *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_AUDIT_LIST, "ii", after, (int64_t)limit);
+    sqlite3_stmt *st = r >= 0 ? s->stmt[S_AUDIT_LIST] : NULL;
+    size_t count = 0;
+    while (r == SQLITE_ROW && count < limit) {
+        store_audit *a = &list[count++];
+        a->id = sqlite3_column_int64(st, 0);
+        a->at = sqlite3_column_int64(st, 1);
+        col_text(st, 2, a->who, sizeof a->who);
+        col_text(st, 3, a->role, sizeof a->role);
+        col_text(st, 4, a->method, sizeof a->method);
+        col_text(st, 5, a->target, sizeof a->target);
+        a->status = sqlite3_column_int(st, 6);
+        col_text(st, 7, a->detail, sizeof a->detail);
+        r = sqlite3_step(st);
+    }
+    esim_err rc = ESIM_OK;
+    if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "list the audit log");
+    if (st)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        free(list);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return ESIM_OK;
+}
+
 static esim_err sq_event_latest(store *base, const char *udid, const char *const *kinds,
                                 size_t n_kinds, store_event *out, esim_error *err)
 {
@@ -1666,6 +1724,8 @@ static const struct store_ops sqlite_ops = {
     .event_add = sq_event_add,
     .events_list = sq_events_list,
     .event_latest = sq_event_latest,
+    .audit_add = sq_audit_add,
+    .audit_list = sq_audit_list,
     .stats = sq_stats,
     .campaign_put = sq_campaign_put,
     .campaign_command_put = sq_campaign_command_put,

@@ -883,6 +883,81 @@ static void test_tally_retro_bind_bootstrap(void **state)
     esim_store_close(st);
 }
 
+/* An operator retires a device: its queue closes, it is no longer
+ * enrolled, its identity is released, and the ledger says so. */
+static void test_retire(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    esim_error e;
+    assert_int_equal(esim_store_device_retire(st, "nobody", NULL, 5, &e), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_retire(st, "", NULL, 5, &e), ESIM_EINVAL);
+    enroll(st, "U1", "c1");
+    enqueue(st, "cmd-r", "U1", 0, 0);
+    assert_int_equal(esim_store_device_retire(st, "U1", "by key 'ops'", 3000, &e), ESIM_OK);
+    assert_int_equal(state_of(st, "cmd-r", "U1"), STORE_Q_CANCELED);
+    store_device d;
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_false(d.enrolled);
+    assert_int_equal(d.push_state, STORE_PUSH_NONE);
+    assert_string_equal(d.push_token, "");
+    char next[128];
+    assert_int_equal(exchange(st, "U1", "Idle", NULL, NULL, 0, 3001, next, NULL), ESIM_ESTATE);
+    const char *kinds[] = {"retired"};
+    store_event ev;
+    assert_int_equal(esim_store_event_latest(st, "U1", kinds, 1, &ev, NULL), ESIM_OK);
+    assert_string_equal(ev.detail, "by key 'ops'");
+    /* Retiring again is harmless; a new identity may enrol it again. */
+    assert_int_equal(esim_store_device_retire(st, "U1", NULL, 3002, &e), ESIM_OK);
+    enroll(st, "U1", "c9");
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_true(d.enrolled);
+    esim_store_close(st);
+}
+
+static void test_audit_log(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    esim_error e;
+    store_audit a = {.at = 100, .status = 200};
+    assert_int_equal(esim_store_audit_add(st, &a, &e), ESIM_EINVAL);
+    for (int i = 0; i < 5; i++) {
+        snprintf(a.who, sizeof a.who, "key-%d", i);
+        snprintf(a.role, sizeof a.role, "operator");
+        snprintf(a.method, sizeof a.method, "POST");
+        snprintf(a.target, sizeof a.target, "/v1/commands");
+        snprintf(a.detail, sizeof a.detail, i == 3 ? "udids: must be a non-empty array" : "");
+        a.status = i == 3 ? 400 : 200;
+        a.at = 100 + i;
+        assert_int_equal(esim_store_audit_add(st, &a, &e), ESIM_OK);
+    }
+    store_audit *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_audit_list(st, 0, 3, &list, &n, &e), ESIM_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(list[0].who, "key-0");
+    assert_int_equal(list[0].at, 100);
+    assert_true(list[1].id > list[0].id);
+    int64_t after = list[2].id;
+    free(list);
+    assert_int_equal(esim_store_audit_list(st, after, 100, &list, &n, &e), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].who, "key-3");
+    assert_int_equal(list[0].status, 400);
+    assert_string_equal(list[0].detail, "udids: must be a non-empty array");
+    assert_string_equal(list[0].method, "POST");
+    assert_string_equal(list[0].target, "/v1/commands");
+    assert_string_equal(list[0].role, "operator");
+    free(list);
+    assert_int_equal(esim_store_audit_list(st, 0, 0, &list, &n, &e), ESIM_OK);
+    assert_int_equal(n, 0);
+    assert_null(list);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -904,6 +979,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_imports_groups_tags_facts),
         cmocka_unit_test(test_tally_retro_bind_bootstrap),
+        cmocka_unit_test(test_retire),
+        cmocka_unit_test(test_audit_log),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
