@@ -251,7 +251,7 @@ esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim
 }
 
 /* PEM of a DER certificate: base64 in 64-character lines. */
-static esim_err pem_append(esim_buf *out, const esim_buf *der)
+esim_err sim_pem_append(esim_buf *out, const esim_buf *der)
 {
     esim_buf b64 = {0};
     esim_err rc = esim_base64_encode(der->data, der->len, &b64);
@@ -278,9 +278,9 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
     snprintf(key_path, key_len, "%s/sim-identity-p256.key", sim_pki_dir(d->pki));
     /* The identity, then its issuing CA: TLS sends the chain to the device CA. */
     esim_buf pem = {0};
-    rc = pem_append(&pem, &d->identity_der);
+    rc = sim_pem_append(&pem, &d->identity_der);
     if (rc == ESIM_OK)
-        rc = pem_append(&pem, &d->pki->scep_der);
+        rc = sim_pem_append(&pem, &d->pki->scep_der);
     /* Written once per identity: a request reuses the file already there. */
     esim_buf have = {0};
     bool same = rc == ESIM_OK && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&

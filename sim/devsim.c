@@ -89,6 +89,8 @@ struct sim_devsim {
     struct evhttp *status;
     uint16_t status_port;
     sim_devsim_stats stats;
+    sim_winfleet *win; /* the Windows PCs (winfleet.c); NULL when none */
+    char win_url[2100];
 };
 
 /* ---- identities ------------------------------------------------------------------- */
@@ -110,6 +112,21 @@ void sim_devsim_identity(uint64_t seed, unsigned i, char udid[65], char eid[ESIM
     snprintf(eid, ESIM_EID_LEN + 1, "890490320000%06llu%012u00",
              (unsigned long long)(seed % 1000000), i);
     esim_eid_set_check_digits(eid, NULL);
+}
+
+void sim_devsim_windows_id(uint64_t seed, unsigned i, char id[65])
+{
+    uint64_t x = seed * 7919ull + i + 0x57494e00ull;
+    uint64_t a = splitmix64(&x), b = splitmix64(&x);
+    snprintf(id, 65, "%016llX%016llX", (unsigned long long)a, (unsigned long long)b);
+}
+
+bool sim_devsim_is_windows(unsigned devices, unsigned pcs, unsigned i)
+{
+    if (devices == 0 || pcs == 0 || i >= devices)
+        return false;
+    /* Spread evenly: device i is a PC when floor((i+1)*pcs/devices) steps up. */
+    return ((uint64_t)(i + 1) * pcs) / devices > ((uint64_t)i * pcs) / devices;
 }
 
 static double unit_draw(uint64_t *x)
@@ -781,6 +798,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     run_timers(s);
     register_tokens(s);
     poll_deliveries(s);
+    sim_winfleet_tick(s->win);
     /* Enrolments and check-ins share the concurrency limit, taking turns. */
     bool enrol_turn = false;
     while ((s->q_len > 0 || s->e_len > 0) && s->active < s->max_concurrent) {
@@ -822,14 +840,38 @@ static json_t *stats_json(const sim_devsim *s)
         enrolled += sim_device_enrolled(s->slots[i].dev);
         with_esim += sim_euicc_enabled(sim_device_euicc_const(s->slots[i].dev)) != NULL;
     }
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices",
-                     (json_int_t)s->n, "enrolled_now", (json_int_t)enrolled, "esim_enabled",
-                     (json_int_t)with_esim, "enrolments", (json_int_t)t->enrolled, "pushes",
-                     (json_int_t)t->pushes, "checkins", (json_int_t)t->checkins, "commands",
-                     (json_int_t)t->commands, "acknowledged", (json_int_t)t->acknowledged, "errors",
-                     (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
-                     (json_int_t)t->downloads_ok, "downloads_failed",
-                     (json_int_t)t->downloads_failed, "http_errors", (json_int_t)t->http_errors);
+    sim_devsim_stats w = sim_devsim_get_stats(s);
+    json_t *j =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices",
+                  (json_int_t)w.devices, "enrolled_now", (json_int_t)enrolled, "esim_enabled",
+                  (json_int_t)with_esim, "enrolments", (json_int_t)t->enrolled, "pushes",
+                  (json_int_t)t->pushes, "checkins", (json_int_t)t->checkins, "commands",
+                  (json_int_t)t->commands, "acknowledged", (json_int_t)t->acknowledged, "errors",
+                  (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
+                  (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
+                  "http_errors", (json_int_t)w.http_errors);
+    if (j && s->win) {
+        /* Windows PCs: known = had at least one session. */
+        size_t known = 0, pc_esim = 0, with_channel = 0;
+        for (size_t i = 0; i < w.windows_pcs; i++) {
+            sim_winpc *pc = sim_winfleet_at(s->win, i);
+            known += sim_winpc_sessions(pc) > 0;
+            pc_esim += sim_euicc_enabled(sim_winpc_euicc_const(pc)) != NULL;
+            with_channel += sim_winpc_channel_uri(pc) != NULL;
+        }
+        json_object_set_new(
+            j, "windows",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "pcs",
+                      (json_int_t)w.windows_pcs, "known", (json_int_t)known, "esim_enabled",
+                      (json_int_t)pc_esim, "with_channel", (json_int_t)with_channel, "sessions",
+                      (json_int_t)w.win_sessions, "session_errors",
+                      (json_int_t)w.win_session_errors, "messages", (json_int_t)w.win_messages,
+                      "wns_pushes", (json_int_t)w.wns_pushes, "wns_channels",
+                      (json_int_t)w.wns_channels, "wns_expired", (json_int_t)w.wns_expired,
+                      "downloads_ok", (json_int_t)w.win_downloads_ok, "downloads_failed",
+                      (json_int_t)w.win_downloads_failed, "resets", (json_int_t)w.win_resets));
+    }
+    return j;
 }
 
 static void status_reply(struct evhttp_request *req, int code, const char *json_text)
@@ -849,6 +891,50 @@ static void status_reply_json(struct evhttp_request *req, int code, json_t *j)
     status_reply(req, code, t ? t : "{}");
     free(t);
     json_decref(j);
+}
+
+/* GET /devices/ID, POST /devices/ID/sync, POST /devices/ID/actions/delete-esim
+ * for a Windows PC. */
+static void on_status_windows(sim_devsim *s, struct evhttp_request *req, sim_winpc *pc,
+                              const char *rest, enum evhttp_cmd_type m)
+{
+    esim_error err;
+    const char *id = sim_winpc_device_id(pc);
+    if (!rest && m == EVHTTP_REQ_GET) {
+        esim_buf b = {0};
+        sim_winpc_describe_json(pc, &b, NULL);
+        status_reply(req, 200, (const char *)b.data);
+        esim_buf_free(&b);
+        return;
+    }
+    if (rest && strcmp(rest, "/sync") == 0 && m == EVHTTP_REQ_POST) {
+        sim_devsim_windows_sync(s, id, &err);
+        status_reply_json(req, 200, json_pack("{s:s, s:b}", "device_id", id, "sync", 1));
+        return;
+    }
+    if (rest && strncmp(rest, "/actions/", 9) == 0 && m == EVHTTP_REQ_POST) {
+        sim_user_action a;
+        if (sim_user_action_parse(rest + 9, &a, &err) != ESIM_OK) {
+            status_reply_json(req, 400, json_pack("{s:s}", "error", err.msg));
+            return;
+        }
+        sim_action_outcome o = {0};
+        esim_err rc = sim_devsim_user_action(s, id, a, &o, &err);
+        if (rc == ESIM_EINVAL) {
+            status_reply_json(req, 400, json_pack("{s:s}", "error", err.msg));
+            return;
+        }
+        esim_buf b = {0};
+        sim_winpc_describe_json(pc, &b, NULL);
+        json_t *dj = json_loads((const char *)b.data, 0, NULL);
+        esim_buf_free(&b);
+        status_reply_json(req, rc == ESIM_OK || rc == ESIM_ESTATE ? 200 : 500,
+                          json_pack("{s:s, s:b, s:b, s:b, s:s, s:o?}", "action",
+                                    sim_user_action_name(a), "allowed", o.allowed, "erased", 0,
+                                    "esim_kept", 0, "reason", o.reason, "device", dj));
+        return;
+    }
+    status_reply_json(req, 404, json_pack("{s:s}", "error", "not found"));
 }
 
 static void on_status(struct evhttp_request *req, void *arg)
@@ -878,6 +964,16 @@ static void on_status(struct evhttp_request *req, void *arg)
                                sim_euicc_eid(sim_device_euicc_const(d)), "enrolled",
                                sim_device_enrolled(d), "iccid", p ? p->iccid : NULL));
         }
+        for (size_t i = 0; i < sim_winfleet_count(s->win); i++) {
+            sim_winpc *pc = sim_winfleet_at(s->win, i);
+            const sim_profile *p = sim_euicc_enabled(sim_winpc_euicc_const(pc));
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:b, s:s?, s:s?}", "platform",
+                                                 "windows", "device_id", sim_winpc_device_id(pc),
+                                                 "eid", sim_euicc_eid(sim_winpc_euicc_const(pc)),
+                                                 "enrolled", sim_winpc_sessions(pc) > 0, "iccid",
+                                                 p ? p->iccid : NULL, "channel_uri",
+                                                 sim_winpc_channel_uri(pc)));
+        }
         status_reply_json(req, 200, json_pack("{s:o}", "devices", arr));
         return;
     }
@@ -891,6 +987,11 @@ static void on_status(struct evhttp_request *req, void *arg)
         }
         memcpy(udid, rest, ul);
         udid[ul] = '\0';
+        sim_winpc *pc = sim_devsim_find_windows(s, udid);
+        if (pc) {
+            on_status_windows(s, req, pc, slash, m);
+            return;
+        }
         sim_device *d = sim_devsim_find(s, udid);
         if (!d) {
             status_reply_json(req, 404, json_pack("{s:s}", "error", "no such device"));
@@ -957,7 +1058,7 @@ static esim_err start_status(sim_devsim *s, const char *listen, esim_error *err)
 /* ---- lifecycle
  * ------------------------------------------------------------------------------------ */
 
-static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsigned i,
+static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsigned i, size_t k,
                              esim_error *err)
 {
     char udid[65], eid[ESIM_EID_LEN + 1];
@@ -987,7 +1088,7 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
         if (rc != ESIM_OK)
             return rc;
     }
-    slot *sl = &s->slots[i];
+    slot *sl = &s->slots[k];
     sl->dev = d;
     sim_device_quirks q = {.locked = notnow, .fail_download = failing, .no_esim = no_esim};
     sim_device_set_quirks(d, &q);
@@ -998,9 +1099,9 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
         sl->flags |= F_OFFLINE_ON_PUSH;
     if (sim_device_enrolled(d)) {
         s->stats.enrolled++;
-        mark_need_reg(s, i); /* the mock does not remember tokens across runs */
+        mark_need_reg(s, k); /* the mock does not remember tokens across runs */
     } else {
-        at(s, 0, i, TIMED_ENROLL);
+        at(s, 0, k, TIMED_ENROLL);
     }
     return ESIM_OK;
 }
@@ -1020,11 +1121,24 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                          "--apns-mock must be the http:// URL of the mock's delivery listener");
     if (cfg->devices == 0 || cfg->devices > 10000000)
         return esim_fail(err, ESIM_EINVAL, "--devices must be 1..10000000");
-    double shares[] = {cfg->supervised_share, cfg->notnow_share, cfg->offline_share,
-                       cfg->fail_share, cfg->no_esim_share};
-    for (size_t k = 0; k < 5; k++)
+    double shares[] = {cfg->supervised_share, cfg->notnow_share,  cfg->offline_share,
+                       cfg->fail_share,       cfg->no_esim_share, cfg->windows_share};
+    for (size_t k = 0; k < 6; k++)
         if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
+    if (cfg->windows_pcs > cfg->devices)
+        return esim_fail(err, ESIM_EINVAL, "--windows-pcs is more than --devices");
+    if (cfg->wns_url && strncmp(cfg->wns_url, "http://", 7) != 0 &&
+        strncmp(cfg->wns_url, "https://", 8) != 0)
+        return esim_fail(err, ESIM_EINVAL,
+                         "--wns-mock must be the http:// URL of the WNS mock's delivery listener");
+    if (cfg->windows_server_url && strncmp(cfg->windows_server_url, "http://", 7) != 0 &&
+        strncmp(cfg->windows_server_url, "https://", 8) != 0)
+        return esim_fail(err, ESIM_EINVAL,
+                         "--windows-server must be the https:// URL of the OMA-DM endpoint");
+    if ((cfg->wns_url && strlen(cfg->wns_url) >= 500) ||
+        (cfg->windows_server_url && strlen(cfg->windows_server_url) >= 2000))
+        return esim_fail(err, ESIM_EINVAL, "a URL is too long");
     if (cfg->tls_client_auth && !cfg->data_dir)
         return esim_fail(err, ESIM_EINVAL,
                          "TLS client authentication needs --data-dir for the identity files");
@@ -1038,11 +1152,14 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                   (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
                 return esim_fail(err, ESIM_EINVAL,
                                  "channel names use letters, digits, '-' and '_'");
+    unsigned pcs = cfg->windows_pcs;
+    if (!pcs && cfg->windows_share > 0)
+        pcs = (unsigned)(cfg->devices * cfg->windows_share + 0.5);
     sim_devsim *s = calloc(1, sizeof *s);
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     s->base = base;
-    s->n = cfg->devices;
+    s->n = cfg->devices - pcs; /* the iPhones; the PCs live in s->win */
     s->max_concurrent = cfg->max_concurrent ? cfg->max_concurrent : 64;
     s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;
     s->notnow_ms = cfg->notnow_ms ? cfg->notnow_ms : 2000;
@@ -1079,19 +1196,48 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     s->token_cap = 64;
     while (s->token_cap < s->n * 2)
         s->token_cap *= 2;
-    s->slots = calloc(s->n, sizeof *s->slots);
-    s->queue = calloc(s->n, sizeof *s->queue);
-    s->equeue = calloc(s->n, sizeof *s->equeue);
+    s->slots = calloc(s->n ? s->n : 1, sizeof *s->slots);
+    s->queue = calloc(s->n ? s->n : 1, sizeof *s->queue);
+    s->equeue = calloc(s->n ? s->n : 1, sizeof *s->equeue);
     s->token_idx = calloc(s->token_cap, sizeof *s->token_idx);
     s->tick = event_new(base, -1, EV_PERSIST, on_tick, s);
     if (!s->slots || !s->queue || !s->equeue || !s->token_idx || !s->tick) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", s->n);
         goto fail;
     }
-    for (unsigned i = 0; i < cfg->devices; i++) {
-        if ((rc = make_or_load(s, cfg, i, err)) != ESIM_OK)
+    if (pcs) {
+        /* The PCs' OMA-DM endpoint: --windows-server, else the service's URL
+         * with the path Windows uses when the URL has none. */
+        const char *wurl = cfg->windows_server_url ? cfg->windows_server_url : cfg->server_url;
+        const char *wpath = strchr(strstr(wurl, "://") + 3, '/');
+        if (!wpath || strcmp(wpath, "/") == 0)
+            snprintf(s->win_url, sizeof s->win_url,
+                     "%.*s/ManagementServer/MDM.svc?mode=Maintenance&Platform=WoA",
+                     (int)(wpath ? (size_t)(wpath - wurl) : strlen(wurl)), wurl);
+        else
+            snprintf(s->win_url, sizeof s->win_url, "%s", wurl);
+        sim_winfleet_config wc = {.base = base,
+                                  .http = s->http,
+                                  .pki = s->pki,
+                                  .url = s->win_url,
+                                  .wns_url = cfg->wns_url,
+                                  .channel = s->channel,
+                                  .data_dir = s->data_dir,
+                                  .poll_ms = cfg->windows_poll_ms,
+                                  .max_concurrent = s->max_concurrent,
+                                  .seed = cfg->seed};
+        if ((rc = sim_winfleet_new(&wc, pcs, &s->win, err)) != ESIM_OK)
             goto fail;
-        token_put(s, i);
+    }
+    for (unsigned i = 0, k = 0; i < cfg->devices; i++) {
+        if (sim_devsim_is_windows(cfg->devices, pcs, i)) {
+            if ((rc = sim_winfleet_add(s->win, i, err)) != ESIM_OK)
+                goto fail;
+            continue;
+        }
+        if ((rc = make_or_load(s, cfg, i, k, err)) != ESIM_OK)
+            goto fail;
+        token_put(s, k++);
         /* A factory-fresh phone is not written yet: its first real change
          * (enrolment) writes it, so starting 100,000 costs no disk at all. */
     }
@@ -1118,6 +1264,7 @@ void sim_devsim_free(sim_devsim *s)
      * their contexts; the devices are still alive for them. */
     sim_http_free(s->http);
     s->http = NULL;
+    sim_winfleet_free(s->win);
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
         if (s->slots[i].dev) {
@@ -1149,8 +1296,26 @@ sim_device *sim_devsim_device_at(sim_devsim *s, size_t i)
 sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
 {
     sim_devsim_stats t = s->stats;
-    t.devices = s->n;
+    t.devices = s->n + sim_winfleet_count(s->win);
+    sim_winfleet_stats(s->win, &t);
     return t;
+}
+
+size_t sim_devsim_windows_count(const sim_devsim *s)
+{
+    return sim_winfleet_count(s->win);
+}
+sim_winpc *sim_devsim_windows_at(sim_devsim *s, size_t i)
+{
+    return sim_winfleet_at(s->win, i);
+}
+sim_winpc *sim_devsim_find_windows(sim_devsim *s, const char *device_id)
+{
+    return s->win ? sim_winfleet_find(s->win, device_id) : NULL;
+}
+esim_err sim_devsim_windows_sync(sim_devsim *s, const char *device_id, esim_error *err)
+{
+    return sim_winfleet_sync(s->win, device_id, err);
 }
 
 sim_device *sim_devsim_find(sim_devsim *s, const char *udid)
@@ -1177,6 +1342,8 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
     for (i = 0; i < s->n; i++)
         if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
             break;
+    if (i == s->n && sim_devsim_find_windows(s, udid))
+        return sim_winfleet_user_action(s->win, udid, a, out, err);
     if (i == s->n)
         return esim_fail(err, ESIM_ENOTFOUND, "no simulated device %s", udid);
     slot *sl = &s->slots[i];

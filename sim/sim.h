@@ -468,6 +468,120 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
  * eSIMs, pending notifications) appended to |out|. ESIM_ENOMEM only. */
 esim_err sim_device_describe_json(const sim_device *d, esim_buf *out, esim_error *err);
 
+/* ---- virtual Windows 11 PC (MS-MDM / OMA-DM 1.2, the eUICCs CSP) --------------
+ *
+ * A PC with the same virtual eUICC as the iPhones, an OMA-DM client session
+ * engine (SyncML 1.2 XML, no I/O: the caller carries the messages over HTTPS
+ * with the PC's TLS client certificate) and the eUICCs configuration service
+ * provider's node tree with its rules (docs/simulator.md, "Windows PCs").
+ * Downloads and resets run in the background: the engine hands them out as
+ * jobs (sim_winpc_next_job) and the caller reports their end.
+ */
+
+typedef struct sim_winpc sim_winpc;
+
+typedef struct {
+    const char *device_id;    /* required: 1..64 of [A-Za-z0-9-]; SyncHdr Source, DevInfo/DevId */
+    const char *eid;          /* required, valid EID */
+    const char *manufacturer; /* NULL = "Simulated" */
+    const char *model;        /* NULL = "Surface Laptop 7" */
+    const char *os_version;   /* NULL = "10.0.26100.2454" (Windows 11 24H2) */
+    const char *provider_id;  /* DMClient provider; NULL = "esim-mdm" */
+} sim_winpc_spec;
+
+/* A new PC: no sessions yet, an empty eUICC, LocalUIEnabled true. Its TLS
+ * identity (device-ca chain, CN = DeviceID, the simulator's shared P-256 key)
+ * is issued when first needed. ESIM_EINVAL (|err| says which field),
+ * ESIM_ENOMEM. |pki| must outlive it. */
+esim_err sim_winpc_new(const sim_pki *pki, const sim_winpc_spec *spec, sim_winpc **out,
+                       esim_error *err);
+void sim_winpc_free(sim_winpc *pc); /* NULL ok */
+const char *sim_winpc_device_id(const sim_winpc *pc);
+sim_euicc *sim_winpc_euicc(sim_winpc *pc);
+const sim_euicc *sim_winpc_euicc_const(const sim_winpc *pc);
+/* Sessions that ended with the server's closing message. */
+unsigned sim_winpc_sessions(const sim_winpc *pc);
+
+/* The PC's WNS channel URI (DMClient Provider/<id>/Push/ChannelURI), NULL
+ * when it has none; setting NULL clears it. ESIM_EINVAL when over 2048. */
+esim_err sim_winpc_set_channel_uri(sim_winpc *pc, const char *uri, esim_error *err);
+const char *sim_winpc_channel_uri(const sim_winpc *pc);
+
+/* Writes DIR/<DeviceID>.identity.pem (identity + issuing CA) once and names
+ * it and the shared key file for TLS client authentication. */
+esim_err sim_winpc_identity_files(sim_winpc *pc, const char *dir, char *cert_path, size_t cert_len,
+                                  char *key_path, size_t key_len, esim_error *err);
+
+/*
+ * Session engine. sim_winpc_session_start() writes package 1 into |out|
+ * (replaced): Alert 1201, or 1200 when |pushed| (woken by WNS), and a Replace
+ * of ./DevInfo/{DevId,Man,Mod,DmV,Lang}, with a new SessionID and MsgID 1;
+ * |server_url| becomes SyncHdr Target. ESIM_ESTATE when a session is open.
+ *
+ * sim_winpc_session_reply() reads the server's message and, when it carries
+ * commands, executes them in order and writes the PC's next message to |out|:
+ * Status for the SyncHdr, then one Status per command (Results after each
+ * Get), then <Final/> (or Alert 1222 when the server's message had none).
+ * A message of Status only ends the session: *done is set and |out| empty.
+ * ESIM_EPROTO (malformed XML, wrong SessionID, the first element is not the
+ * SyncHdr Status, ...) and ESIM_EAUTH (the server's SyncHdr Status is 401,
+ * 403 or 407) end the session too (*done set, nothing executed; |err| says
+ * why). sim_winpc_session_url() is where the next message goes (the
+ * server's RespURI when it gave one).
+ */
+esim_err sim_winpc_session_start(sim_winpc *pc, const char *server_url, bool pushed, esim_buf *out,
+                                 esim_error *err);
+esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esim_buf *out,
+                                 bool *done, esim_error *err);
+const char *sim_winpc_session_url(const sim_winpc *pc);
+bool sim_winpc_in_session(const sim_winpc *pc);
+/* Ends an open session without a message (the transport failed). */
+void sim_winpc_session_abort(sim_winpc *pc);
+
+/* Background work the CSP started. */
+typedef enum {
+    SIM_WINJOB_DOWNLOAD = 0, /* Profiles/{ICCID}: download with ServerName and MatchingID */
+    SIM_WINJOB_DISCOVERY,    /* DownloadServers/{server}: default SM-DP+ discovery by EID */
+    SIM_WINJOB_RESET,        /* Actions/ResetToFactoryState: done; send the delete notifications */
+} sim_winjob_kind;
+
+typedef struct {
+    sim_winjob_kind kind;
+    char node[256];       /* the ICCID or the server name */
+    char server_url[300]; /* https://<ServerName> (a port in the name is kept) */
+    char matching_id[65]; /* empty: none */
+} sim_winpc_job;
+
+/* The next job to run, marked started (DiscoveryState 2; a reset has already
+ * erased the profiles when this returns it). False when there is none. */
+bool sim_winpc_next_job(sim_winpc *pc, sim_winpc_job *out);
+/* The end of |job|: a download's Profiles/{ICCID}/State becomes 2 (enabled
+ * when IsEnabled is true) or 4 with ErrorDetail from |r|; a discovery's
+ * DiscoveryState 3 (the profile appears under Profiles, enabled when
+ * AutoEnable) or 4; a reset's Actions/Status S_OK. |r| may be NULL for a reset. */
+void sim_winpc_job_done(sim_winpc *pc, const sim_winpc_job *job, const sim_download_result *r);
+/* The eUICCs CSP ErrorDetail for a download result: 0 None, 6 InvalidMatchingId,
+ * 7 NoEligibleProfileForThisDevice, 8 NotEnoughSpaceOnCard, 10 ProfileEidMismatch,
+ * 11 ProfileNotAvailableForNewBinding, 12 ProfileNotReleasedByOperator,
+ * 13 RemoteServerGeneralFailure, 14 RemoteServerUnreachable, 1 CardGeneralFailure. */
+int sim_winpc_error_detail(const sim_download_result *r);
+
+/* A person deletes the eSIM in Settings: refused when Policies/LocalUIEnabled
+ * is false; otherwise the enabled (else the first) operational profile is
+ * disabled and deleted and its Profiles node goes. ESIM_ESTATE: no eSIM. */
+esim_err sim_winpc_user_delete_esim(sim_winpc *pc, sim_action_outcome *out, esim_error *err);
+
+/* A CSP node's value as the PC would answer a Get (tests, the status
+ * endpoint): ESIM_OK and the text in |out|, or ESIM_ENOTFOUND. */
+esim_err sim_winpc_get(const sim_winpc *pc, const char *uri, esim_buf *out);
+
+bool sim_winpc_dirty(const sim_winpc *pc);
+/* Crash-safe JSON (0600), as sim_device_save; ESIM_EINVAL for a damaged file. */
+esim_err sim_winpc_save(sim_winpc *pc, const char *path, esim_error *err);
+esim_err sim_winpc_load(const sim_pki *pki, const char *path, sim_winpc **out, esim_error *err);
+/* JSON summary (device_id, eid, sessions, channel, CSP state, eSIMs). */
+esim_err sim_winpc_describe_json(const sim_winpc *pc, esim_buf *out, esim_error *err);
+
 /* ---- the runtime: N devices against the service ---------------------------- */
 
 typedef struct {
@@ -489,11 +603,27 @@ typedef struct {
     unsigned offline_ms;          /* how long an offline device stays away; 0 = 3000 */
     unsigned notnow_ms;           /* how long a locked device stays locked; 0 = 2000 */
     unsigned max_concurrent;      /* check-ins in flight at once; 0 = 64 */
+    /* Windows 11 PCs among the |devices|: windows_pcs of them, or else the
+     * share windows_share (rounded), spread evenly over the indices (device i
+     * keeps the EID sim_devsim_identity gives, so one manifest covers both). */
+    unsigned windows_pcs;
+    double windows_share;
+    const char *windows_server_url; /* the OMA-DM endpoint; NULL: server_url
+                                       (…/ManagementServer/MDM.svc added when no path) */
+    const char
+        *wns_url; /* the WNS mock's delivery listener (http://); NULL: no push, polling only */
+    unsigned windows_poll_ms; /* each PC's polling interval (±10%); 0 = 60,000 */
 } sim_devsim_config;
 
 typedef struct {
     size_t devices, enrolled, pushes, checkins, commands;
     size_t acknowledged, errors, not_now, downloads_ok, downloads_failed, http_errors;
+    /* Windows PCs: how many; OMA-DM sessions ended by the server; sessions
+     * that failed (protocol, refused, transport); server messages answered;
+     * WNS pushes received; channels granted; channel expiries seen; eSIM
+     * downloads and discoveries (ok/failed); factory resets. */
+    size_t windows_pcs, win_sessions, win_session_errors, win_messages, wns_pushes, wns_channels,
+        wns_expired, win_downloads_ok, win_downloads_failed, win_resets;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;
@@ -521,6 +651,17 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
 
 /* Deterministic identities for device |i| of a run seeded with |seed|. */
 void sim_devsim_identity(uint64_t seed, unsigned i, char udid[65], char eid[ESIM_EID_LEN + 1]);
+/* The DeviceID device |i| has when it is a Windows PC (32 uppercase hex). */
+void sim_devsim_windows_id(uint64_t seed, unsigned i, char id[65]);
+/* Whether device |i| of |devices| is a Windows PC when |pcs| of them are. */
+bool sim_devsim_is_windows(unsigned devices, unsigned pcs, unsigned i);
+/* The Windows PCs of a running simulator. */
+size_t sim_devsim_windows_count(const sim_devsim *s);
+sim_winpc *sim_devsim_windows_at(sim_devsim *s, size_t i);
+sim_winpc *sim_devsim_find_windows(sim_devsim *s, const char *device_id);
+/* Starts an OMA-DM session of that PC now (as a person clicking "Sync" in
+ * Settings > Accounts > Access work or school). ESIM_ENOTFOUND. */
+esim_err sim_devsim_windows_sync(sim_devsim *s, const char *device_id, esim_error *err);
 
 #ifdef __cplusplus
 }

@@ -118,6 +118,8 @@ esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
                            esim_error *err);
 
 /* ---- device internals ---- */
+/* Appends the PEM form of the DER certificate |der| to |out|. */
+esim_err sim_pem_append(esim_buf *out, const esim_buf *der);
 /* ---- DER the simulator writes itself (der.c) ---- */
 /* A fresh P-256 key for eUICC |eid| and its certificate from the PKI's EUM:
  * *key_der (RFC 5915), *cert_der and *key (the caller's). */
@@ -137,5 +139,35 @@ esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, e
  * CA certificate, ECDSA-SHA256 by the shared identity key. */
 esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void *body, size_t len,
                            esim_buf *out, esim_error *err);
+
+/* ---- Windows PCs inside devsim (winfleet.c) ---- */
+
+typedef struct sim_winfleet sim_winfleet;
+typedef struct {
+    struct event_base *base;
+    sim_http *http; /* shared with devsim; outlives the fleet's requests */
+    const sim_pki *pki;
+    const char *url;      /* the OMA-DM endpoint, complete */
+    const char *wns_url;  /* NULL: no push */
+    const char *channel;  /* WNS mock delivery channel name */
+    const char *data_dir; /* "" or NULL: nothing persisted */
+    unsigned poll_ms, max_concurrent;
+    uint64_t seed;
+} sim_winfleet_config;
+esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_winfleet **out,
+                          esim_error *err);
+/* Makes (or loads from data_dir) the PC for device index |i|. */
+esim_err sim_winfleet_add(sim_winfleet *f, unsigned i, esim_error *err);
+void sim_winfleet_tick(sim_winfleet *f);
+void sim_winfleet_free(sim_winfleet *f); /* saves what changed */
+size_t sim_winfleet_count(const sim_winfleet *f);
+sim_winpc *sim_winfleet_at(sim_winfleet *f, size_t i);
+sim_winpc *sim_winfleet_find(sim_winfleet *f, const char *device_id);
+esim_err sim_winfleet_sync(sim_winfleet *f, const char *device_id, esim_error *err);
+/* A person's action on a PC (delete-esim only). */
+esim_err sim_winfleet_user_action(sim_winfleet *f, const char *device_id, sim_user_action a,
+                                  sim_action_outcome *out, esim_error *err);
+/* Adds the fleet's counters into |t|. */
+void sim_winfleet_stats(const sim_winfleet *f, sim_devsim_stats *t);
 
 #endif
