@@ -27,6 +27,7 @@ int cmd_pki(int argc, char **argv);
 /* cmd_apns.c */
 int cmd_push(int argc, char **argv);
 int cmd_apns_mock(int argc, char **argv);
+int cmd_wns_mock(int argc, char **argv);
 /* cmd_service.c */
 int cmd_serve(int argc, char **argv);
 int cmd_enqueue(int argc, char **argv);

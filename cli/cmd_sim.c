@@ -87,12 +87,22 @@ static const char devsim_help[] =
     "                          cannot re-bind a UDID to a new identity yet)\n"
     "  --duration SECONDS      stop after this long (default: until Ctrl-C)\n"
     "\n"
+    "Windows 11 PCs (OMA-DM over HTTPS with a TLS client certificate, eUICCs CSP):\n"
+    "  --windows-pcs N         N of the --devices are Windows PCs (spread over the indices)\n"
+    "  --windows-share F       or that share of them (default 0)\n"
+    "  --windows-server URL    their OMA-DM endpoint (default --server; …/ManagementServer/\n"
+    "                          MDM.svc is added when the URL has no path)\n"
+    "  --wns-mock URL          the WNS mock's delivery listener (http://HOST:PORT); without\n"
+    "                          it the PCs only poll\n"
+    "  --windows-poll-ms N     each PC's polling interval, ±10% (default 60000)\n"
+    "\n"
     "user actions (honouring the device's restrictions):\n"
     "  delete-esim        refused when allowESIMModification is false\n"
     "  transfer-esim      refused when allowESIMOutgoingTransfers is false\n"
     "  erase-all-content  eSIM kept when forcePreserveESIMOnErase is true\n"
     "  passcode-wipe      same as erase-all-content\n"
     "  findmy-erase       eSIM removed even with forcePreserveESIMOnErase\n"
+    "  (a Windows PC knows delete-esim only: refused when LocalUIEnabled is false)\n"
     "\n"
     "example:\n"
     "  esim-mdm devsim --server http://127.0.0.1:8080 --apns-mock http://127.0.0.1:2198 \\\n"
@@ -548,7 +558,12 @@ int cmd_devsim(int argc, char **argv)
         O_MAXC,
         O_DURATION,
         O_REUSE,
-        O_NOESIM
+        O_NOESIM,
+        O_WIN_PCS,
+        O_WIN_SHARE,
+        O_WIN_SERVER,
+        O_WNS,
+        O_WIN_POLL
     };
     static const cli_option opts[] = {{"server", true, O_SERVER},
                                       {"apns-mock", true, O_APNS},
@@ -569,6 +584,11 @@ int cmd_devsim(int argc, char **argv)
                                       {"max-concurrent", true, O_MAXC},
                                       {"reuse-identity-after-erase", false, O_REUSE},
                                       {"duration", true, O_DURATION},
+                                      {"windows-pcs", true, O_WIN_PCS},
+                                      {"windows-share", true, O_WIN_SHARE},
+                                      {"windows-server", true, O_WIN_SERVER},
+                                      {"wns-mock", true, O_WNS},
+                                      {"windows-poll-ms", true, O_WIN_POLL},
                                       {NULL, false, 0}};
     sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
     const char *status_file = NULL;
@@ -648,6 +668,26 @@ int cmd_devsim(int argc, char **argv)
                 return cli_bad_value(&p, "wants seconds");
             duration = (unsigned)v;
             break;
+        case O_WIN_PCS:
+            if (!parse_uint(p.value, 10000000, &v))
+                return cli_bad_value(&p, "wants 0..10000000");
+            cfg.windows_pcs = (unsigned)v;
+            break;
+        case O_WIN_SHARE:
+            if (!parse_share(p.value, &cfg.windows_share))
+                return cli_bad_value(&p, "shares are numbers from 0 to 1");
+            break;
+        case O_WIN_SERVER:
+            cfg.windows_server_url = p.value;
+            break;
+        case O_WNS:
+            cfg.wns_url = p.value;
+            break;
+        case O_WIN_POLL:
+            if (!parse_uint(p.value, 86400000, &v) || v < 100)
+                return cli_bad_value(&p, "wants 100..86400000 milliseconds");
+            cfg.windows_poll_ms = (unsigned)v;
+            break;
         case CLI_ARG:
             return cli_unexpected("devsim", p.value);
         default:
@@ -662,6 +702,8 @@ int cmd_devsim(int argc, char **argv)
         return cli_missing("devsim", "--devices N");
     if (status_file && !cfg.status_listen)
         return cli_usage_error("devsim: --status-port-file needs --status-listen");
+    if (cfg.windows_pcs && cfg.windows_share > 0)
+        return cli_usage_error("devsim: give --windows-pcs or --windows-share, not both");
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
     struct event_base *base = event_base_new();
@@ -676,6 +718,8 @@ int cmd_devsim(int argc, char **argv)
         code = CLI_EXIT_FAIL;
     } else {
         printf("esim-mdm devsim: %u devices against %s", cfg.devices, cfg.server_url);
+        if (sim_devsim_windows_count(s))
+            printf(" (%zu of them Windows PCs)", sim_devsim_windows_count(s));
         if (cfg.status_listen)
             printf(", status on http://127.0.0.1:%u/stats", sim_devsim_status_port(s));
         printf("\n");
@@ -688,6 +732,12 @@ int cmd_devsim(int argc, char **argv)
             "errors\n",
             t.devices, t.enrolled, t.pushes, t.checkins, t.commands, t.acknowledged, t.errors,
             t.not_now, t.downloads_ok + t.downloads_failed, t.downloads_failed, t.http_errors);
+        if (t.windows_pcs)
+            printf("esim-mdm devsim: %zu Windows PCs, %zu OMA-DM sessions (%zu failed), %zu WNS "
+                   "pushes, %zu channels (%zu expired), %zu downloads (%zu failed), %zu resets\n",
+                   t.windows_pcs, t.win_sessions, t.win_session_errors, t.wns_pushes,
+                   t.wns_channels, t.wns_expired, t.win_downloads_ok + t.win_downloads_failed,
+                   t.win_downloads_failed, t.win_resets);
     }
     sim_devsim_free(s);
     if (base)

@@ -25,6 +25,7 @@ static const subcommand subcommands[] = {
     {"cancel", cmd_cancel, "cancel a queued command for a device (admin API client)"},
     {"push", cmd_push, "send MDM pushes to APNs from a token file"},
     {"apns-mock", cmd_apns_mock, "run a faithful APNs stand-in on loopback"},
+    {"wns-mock", cmd_wns_mock, "run a WNS stand-in on loopback for simulated Windows PCs"},
     {"smdp", cmd_smdp, "run the SM-DP+ (operator download server) simulator"},
     {"devsim", cmd_devsim, "run simulated iOS devices with virtual eUICCs"},
     {"campaign", cmd_campaign, "create and follow eSIM roll-out campaigns"},
