@@ -1,0 +1,702 @@
+/*
+ * test_sim_windows.c — simulated Windows PCs in the device simulator, end to
+ * end on one event loop: the WNS mock, the SM-DP+ simulator, and a scripted
+ * OMA-DM server in this file (HTTPS, client certificates chained to the
+ * device CA, the MS-MDM session rules checked on every message) standing in
+ * for the service's endpoint. Every eUICCs CSP operation, downloads over
+ * ES9+ with realistic failures, discovery with AutoEnable, LocalUIEnabled
+ * against a user's deletion, reset to factory state, WNS wake-ups, and a
+ * channel that expires and is registered again.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+#include <openssl/ssl.h>
+
+#include "tests/sim/sim_test.h"
+#include "wns/wns_mock.h"
+
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+#define NPC 3
+#define SEED 4242
+
+/* ---- the scripted OMA-DM server ------------------------------------------------ */
+
+typedef struct {
+    char id[65];
+    int sessions, alert1200, violations;
+    bool in_session;
+    unsigned msg; /* our MsgID in the current session */
+    char sid[16];
+    char channel[600];
+    esim_buf pending; /* commands for the next message */
+    /* what the PC answered, by CmdRef */
+    struct {
+        char ref[64];
+        int code;
+        char data[600];
+    } ans[256];
+    size_t n_ans;
+} pcrec;
+
+static struct {
+    char *dir;
+    char pki_dir[600];
+    sim_pki *pki;
+    struct event_base *base;
+    SSL_CTX *ssl;
+    struct evhttp *http;
+    int port;
+    pcrec pcs[NPC];
+    int cn_mismatch;
+    unsigned cmd_seq;
+} srv;
+
+static char *xs(xmlXPathContext *ctx, const char *expr)
+{
+    xmlXPathObject *o = xmlXPathEvalExpression((const xmlChar *)expr, ctx);
+    char *s = strdup(o && o->stringval ? (const char *)o->stringval : "");
+    xmlXPathFreeObject(o);
+    return s;
+}
+
+#define LN(x) "*[local-name()='" x "']"
+
+static pcrec *pc_by_id(const char *id)
+{
+    for (int i = 0; i < NPC; i++)
+        if (strcmp(srv.pcs[i].id, id) == 0)
+            return &srv.pcs[i];
+    return NULL;
+}
+
+static void record(pcrec *p, const char *ref, int code, const char *data)
+{
+    for (size_t i = 0; i < p->n_ans; i++)
+        if (strcmp(p->ans[i].ref, ref) == 0) {
+            if (code)
+                p->ans[i].code = code;
+            if (data)
+                snprintf(p->ans[i].data, sizeof p->ans[i].data, "%s", data);
+            return;
+        }
+    if (p->n_ans == 256)
+        return;
+    snprintf(p->ans[p->n_ans].ref, sizeof p->ans[0].ref, "%s", ref);
+    p->ans[p->n_ans].code = code;
+    snprintf(p->ans[p->n_ans].data, sizeof p->ans[0].data, "%s", data ? data : "");
+    p->n_ans++;
+}
+
+static void reply(struct evhttp_request *req, int code, const esim_buf *body)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (body && body->len)
+        evbuffer_add(out, body->data, body->len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "application/vnd.syncml.dm+xml");
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", out);
+    evbuffer_free(out);
+}
+
+static void on_omadm(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    /* Identity: the TLS client certificate's CN. */
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evhttp_request_get_connection(req));
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
+    char cn[128] = "";
+    if (peer)
+        X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
+    X509_free(peer);
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char *body = malloc(len + 1);
+    evbuffer_remove(in, body, len);
+    body[len] = 0;
+    const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+    xmlDoc *doc = xmlReadMemory(body, (int)len, "c", NULL, XML_PARSE_NONET);
+    free(body);
+    if (!doc || !ctype || strcmp(ctype, "application/vnd.syncml.dm+xml") != 0) {
+        xmlFreeDoc(doc);
+        reply(req, 400, NULL);
+        return;
+    }
+    xmlXPathContext *ctx = xmlXPathNewContext(doc);
+    char *id = xs(ctx, "string(//" LN("SyncHdr") "/" LN("Source") "/" LN("LocURI") ")");
+    char *sid = xs(ctx, "string(//" LN("SyncHdr") "/" LN("SessionID") ")");
+    char *msgid = xs(ctx, "string(//" LN("SyncHdr") "/" LN("MsgID") ")");
+    pcrec *p = pc_by_id(id);
+    if (!p || strcmp(cn, id) != 0) {
+        srv.cn_mismatch++;
+        xmlXPathFreeContext(ctx);
+        xmlFreeDoc(doc);
+        free(id);
+        free(sid);
+        free(msgid);
+        reply(req, 403, NULL);
+        return;
+    }
+    esim_buf out = {0};
+    if (strcmp(msgid, "1") == 0) {
+        /* Package 1: Alert 1201/1200 and the DevInfo Replace. */
+        char *alert = xs(ctx, "string(//" LN("Alert") "/" LN("Data") ")");
+        char *devid = xs(ctx, "string(//" LN("Replace") "/" LN("Item") "[" LN("Source") "/" LN(
+                                  "LocURI") "='./DevInfo/DevId']/" LN("Data") ")");
+        if (strcmp(devid, id) != 0 || (strcmp(alert, "1201") != 0 && strcmp(alert, "1200") != 0))
+            p->violations++;
+        if (strcmp(alert, "1200") == 0)
+            p->alert1200++;
+        if (getenv("WINSIM_DEBUG"))
+            fprintf(stderr, "session %s alert %s pending %zu\n", id, alert, p->pending.len);
+        free(alert);
+        free(devid);
+        p->in_session = true;
+        p->msg = 0;
+        snprintf(p->sid, sizeof p->sid, "%s", sid);
+    } else {
+        /* Later messages: SyncHdr Status first, then Status/Results per command. */
+        char *first = xs(ctx, "string(//" LN("SyncBody") "/*[1]/" LN("CmdRef") ")");
+        if (strcmp(first, "0") != 0 || strcmp(sid, p->sid) != 0)
+            p->violations++;
+        free(first);
+        xmlXPathObject *o =
+            xmlXPathEvalExpression((const xmlChar *)"//" LN("SyncBody") "/" LN("Status"), ctx);
+        for (int i = 0; o && o->nodesetval && i < o->nodesetval->nodeNr; i++) {
+            ctx->node = o->nodesetval->nodeTab[i];
+            char *ref = xs(ctx, "string(" LN("CmdRef") ")");
+            char *code = xs(ctx, "string(" LN("Data") ")");
+            if (strcmp(ref, "0") != 0)
+                record(p, ref, atoi(code), NULL);
+            free(ref);
+            free(code);
+        }
+        xmlXPathFreeObject(o);
+        o = xmlXPathEvalExpression((const xmlChar *)"//" LN("SyncBody") "/" LN("Results"), ctx);
+        for (int i = 0; o && o->nodesetval && i < o->nodesetval->nodeNr; i++) {
+            ctx->node = o->nodesetval->nodeTab[i];
+            char *ref = xs(ctx, "string(" LN("CmdRef") ")");
+            char *data = xs(ctx, "string(" LN("Item") "/" LN("Data") ")");
+            record(p, ref, 0, data);
+            if (strncmp(ref, "channel-", 8) == 0)
+                snprintf(p->channel, sizeof p->channel, "%s", data);
+            free(ref);
+            free(data);
+        }
+        xmlXPathFreeObject(o);
+    }
+    esim_buf_printf(&out,
+                    "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>"
+                    "DM/1.2</VerProto><SessionID>%s</SessionID><MsgID>%u</MsgID><Target><LocURI>"
+                    "%s</LocURI></Target><Source><LocURI>https://mdm.test/ManagementServer/MDM.svc"
+                    "</LocURI></Source></SyncHdr><SyncBody><Status><CmdID>1</CmdID><MsgRef>%s"
+                    "</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><Data>200</Data></Status>",
+                    sid, ++p->msg, id, msgid);
+    bool commands = false;
+    if (strcmp(msgid, "1") == 0) {
+        esim_buf_printf(&out,
+                        "<Status><CmdID>2</CmdID><MsgRef>1</MsgRef><CmdRef>1</CmdRef><Cmd>Alert"
+                        "</Cmd><Data>200</Data></Status><Status><CmdID>3</CmdID><MsgRef>1</MsgRef>"
+                        "<CmdRef>2</CmdRef><Cmd>Replace</Cmd><Data>200</Data></Status>"
+                        "<Get><CmdID>channel-%u</CmdID><Item><Target><LocURI>./Vendor/MSFT/"
+                        "DMClient/Provider/esim-mdm/Push/ChannelURI</LocURI></Target></Item></Get>",
+                        ++srv.cmd_seq);
+        commands = true;
+    }
+    if (p->pending.len) {
+        esim_buf_append(&out, p->pending.data, p->pending.len);
+        esim_buf_reset(&p->pending);
+        commands = true;
+    }
+    esim_buf_append_str(&out, "<Final/></SyncBody></SyncML>");
+    if (!commands) {
+        p->in_session = false;
+        p->sessions++;
+    }
+    xmlXPathFreeContext(ctx);
+    xmlFreeDoc(doc);
+    free(id);
+    free(sid);
+    free(msgid);
+    reply(req, 200, &out);
+    esim_buf_free(&out);
+}
+
+static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+{
+    (void)arg;
+    return bufferevent_openssl_socket_new(base, -1, SSL_new(srv.ssl), BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
+}
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static bool run_until(bool (*cond)(void *), void *arg)
+{
+    int64_t start = esim_mono_ms();
+    while (!cond(arg) && esim_mono_ms() - start < 40000)
+        event_base_loop(srv.base, EVLOOP_ONCE);
+    return cond(arg);
+}
+
+typedef struct {
+    pcrec *p;
+    const char *ref;
+    const char *want; /* NULL: any answer */
+    int sessions;
+} wait_ans;
+
+static const char *answer_of(pcrec *p, const char *ref, int *code)
+{
+    for (size_t i = 0; i < p->n_ans; i++)
+        if (strcmp(p->ans[i].ref, ref) == 0) {
+            if (code)
+                *code = p->ans[i].code;
+            return p->ans[i].data;
+        }
+    return NULL;
+}
+
+static bool has_answer(void *arg)
+{
+    wait_ans *w = arg;
+    const char *d = answer_of(w->p, w->ref, NULL);
+    return d && (!w->want || strcmp(d, w->want) == 0);
+}
+
+static bool sessions_at_least(void *arg)
+{
+    wait_ans *w = arg;
+    return w->p->sessions >= w->sessions && !w->p->in_session;
+}
+
+/* Queues |xml| for PC |p|. */
+static void queue(pcrec *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void queue(pcrec *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    esim_buf_vprintf(&p->pending, fmt, ap);
+    va_end(ap);
+}
+
+static void add(pcrec *p, const char *id, const char *uri, const char *format, const char *data)
+{
+    if (data)
+        queue(p,
+              "<Add><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target><Meta><Format "
+              "xmlns=\"syncml:metinf\">%s</Format></Meta><Data>%s</Data></Item></Add>",
+              id, uri, format, data);
+    else
+        queue(p,
+              "<Add><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target><Meta><Format "
+              "xmlns=\"syncml:metinf\">node</Format></Meta></Item></Add>",
+              id, uri);
+}
+
+static void get(pcrec *p, const char *id, const char *uri)
+{
+    queue(p, "<Get><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target></Item></Get>", id,
+          uri);
+}
+
+/* A raw WNS notification to |uri|, as the service sends it; the HTTP status. */
+static long wns_push(sim_http *h, const char *https, const char *uri)
+{
+    static const char *const fh[] = {"Content-Type: application/x-www-form-urlencoded"};
+    const char *form = "grant_type=client_credentials&client_id=ms-app%3A%2F%2FS-1-15-2-9&"
+                       "client_secret=x&scope=notify.windows.com";
+    char url[128];
+    snprintf(url, sizeof url, "%s/accesstoken.srf", https);
+    st_reply w = {0};
+    sim_http_request req = {.method = "POST",
+                            .url = url,
+                            .headers = fh,
+                            .n_headers = 1,
+                            .body = form,
+                            .body_len = strlen(form),
+                            .ca_file = sim_pki_ca_file(srv.pki)};
+    sim_http_send(h, &req, st_reply_cb, &w, NULL);
+    st_run_until(srv.base, &w.done);
+    json_t *j = json_loadb((const char *)w.body.data, w.body.len, 0, NULL);
+    char auth[256];
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s",
+             json_string_value(json_object_get(j, "access_token")));
+    json_decref(j);
+    const char *ph[] = {auth, "X-WNS-Type: wns/raw", "Content-Type: application/octet-stream"};
+    sim_http_request p = {.method = "POST",
+                          .url = uri,
+                          .headers = ph,
+                          .n_headers = 3,
+                          .body = "wake",
+                          .body_len = 4,
+                          .ca_file = sim_pki_ca_file(srv.pki)};
+    w.done = false;
+    sim_http_send(h, &p, st_reply_cb, &w, NULL);
+    st_run_until(srv.base, &w.done);
+    esim_buf_free(&w.body);
+    return w.err == ESIM_OK ? w.status : -1;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    srv.dir = st_tempdir();
+    snprintf(srv.pki_dir, sizeof srv.pki_dir, "%s/pki", srv.dir);
+    if (sim_pki_open(srv.pki_dir, &srv.pki, NULL) != ESIM_OK)
+        return -1;
+    srv.base = event_base_new();
+    srv.ssl = SSL_CTX_new(TLS_server_method());
+    char cert[700], key[700], devca[700];
+    snprintf(cert, sizeof cert, "%s/server.pem", srv.pki_dir);
+    snprintf(key, sizeof key, "%s/server.key", srv.pki_dir);
+    snprintf(devca, sizeof devca, "%s/device-ca.pem", srv.pki_dir);
+    if (SSL_CTX_use_certificate_chain_file(srv.ssl, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(srv.ssl, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_load_verify_locations(srv.ssl, devca, NULL) != 1)
+        return -1;
+    SSL_CTX_set_verify(srv.ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    /* A client resuming its TLS session needs this with client certificates. */
+    SSL_CTX_set_session_id_context(srv.ssl, (const unsigned char *)"winsim", 6);
+    srv.http = evhttp_new(srv.base);
+    evhttp_set_bevcb(srv.http, tls_bev, NULL);
+    evhttp_set_gencb(srv.http, on_omadm, NULL);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv.http, "127.0.0.1", 0);
+    if (!bs)
+        return -1;
+    srv.port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
+    for (int i = 0; i < NPC; i++)
+        sim_devsim_windows_id(SEED, (unsigned)i, srv.pcs[i].id);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NPC; i++)
+        esim_buf_free(&srv.pcs[i].pending);
+    evhttp_free(srv.http);
+    SSL_CTX_free(srv.ssl);
+    event_base_free(srv.base);
+    sim_pki_free(srv.pki);
+    st_rmrf(srv.dir);
+    free(srv.dir);
+    xmlCleanupParser();
+    return 0;
+}
+
+static void test_windows_end_to_end(void **state)
+{
+    (void)state;
+    esim_error err;
+    /* The SM-DP+ and its orders: PC0 by matching ID (released), PC1's not
+     * released, PC2's found by discovery (default SM-DP+ by EID). */
+    sim_smdp *smdp = NULL;
+    sim_smdp_config sc = {.pki = srv.pki};
+    assert_int_equal(sim_smdp_new(srv.base, &sc, &smdp, &err), ESIM_OK);
+    char eid[NPC][ESIM_EID_LEN + 1], udid[65], iccid[4][SIM_ICCID_MAX + 1];
+    for (int i = 0; i < NPC; i++)
+        sim_devsim_identity(SEED, (unsigned)i, udid, eid[i]);
+    for (int i = 0; i < 4; i++)
+        st_iccid(900 + (unsigned)i, iccid[i]);
+    assert_int_equal(
+        sim_smdp_add_order(smdp, eid[0], iccid[0], "1A2B3-C4D5E-6F7A8-9B0C1", true, &err), ESIM_OK);
+    assert_int_equal(
+        sim_smdp_add_order(smdp, eid[1], iccid[1], "11111-22222-33333-44444", false, &err),
+        ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(smdp, eid[2], iccid[2], NULL, true, &err), ESIM_OK);
+    char smdp_name[64];
+    snprintf(smdp_name, sizeof smdp_name, "127.0.0.1:%u", sim_smdp_port(smdp));
+
+    /* The WNS mock. */
+    wns_mock_config wc;
+    wns_mock_config_init(&wc);
+    char cert[700], key[700];
+    snprintf(cert, sizeof cert, "%s/server.pem", srv.pki_dir);
+    snprintf(key, sizeof key, "%s/server.key", srv.pki_dir);
+    wc.listen = "127.0.0.1:0";
+    wc.delivery_listen = "127.0.0.1:0";
+    wc.tls_cert = cert;
+    wc.tls_key = key;
+    wns_mock *wns = NULL;
+    assert_int_equal(wns_mock_new(srv.base, &wc, &wns, &err), ESIM_OK);
+    char wns_https[64], wns_deliv[64], url[128];
+    snprintf(wns_https, sizeof wns_https, "https://127.0.0.1:%d",
+             wns_mock_port(wns, WNS_MOCK_PORT_HTTPS));
+    snprintf(wns_deliv, sizeof wns_deliv, "http://127.0.0.1:%d",
+             wns_mock_port(wns, WNS_MOCK_PORT_DELIVERY));
+    snprintf(url, sizeof url, "https://127.0.0.1:%d/ManagementServer/MDM.svc", srv.port);
+
+    /* Three PCs; they poll every 60 s, so what happens sooner is WNS. */
+    sim_devsim_config dc = {.server_url = url,
+                            .pki_dir = srv.pki_dir,
+                            .devices = NPC,
+                            .windows_pcs = NPC,
+                            .wns_url = wns_deliv,
+                            .seed = SEED};
+    sim_devsim *ds = NULL;
+    assert_int_equal(sim_devsim_new(srv.base, &dc, &ds, &err), ESIM_OK);
+    assert_int_equal(sim_devsim_windows_count(ds), NPC);
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(srv.base, &h, &err), ESIM_OK);
+
+    /* First sessions: each PC is known, with its channel URI from the mock. */
+    for (int i = 0; i < NPC; i++) {
+        wait_ans w = {.p = &srv.pcs[i], .sessions = 1};
+        assert_true(run_until(sessions_at_least, &w));
+    }
+    assert_int_equal(srv.cn_mismatch, 0);
+    /* Channels can arrive after the first session: a second one reports them. */
+    for (int i = 0; i < NPC; i++) {
+        if (!srv.pcs[i].channel[0])
+            assert_int_equal(sim_devsim_windows_sync(ds, srv.pcs[i].id, &err), ESIM_OK);
+        wait_ans w = {.p = &srv.pcs[i], .sessions = 2};
+        if (!srv.pcs[i].channel[0])
+            assert_true(run_until(sessions_at_least, &w));
+        assert_non_null(strstr(srv.pcs[i].channel, "/?token="));
+    }
+
+    char base0[256], base1[256], base2[256], u[512];
+    snprintf(base0, sizeof base0, "./Device/Vendor/MSFT/eUICCs/%s", eid[0]);
+    snprintf(base1, sizeof base1, "./Device/Vendor/MSFT/eUICCs/%s", eid[1]);
+    snprintf(base2, sizeof base2, "./Vendor/MSFT/eUICCs/%s", eid[2]);
+
+    /* PC0: the eUICC node, then a profile by activation code, enabled. */
+    pcrec *p0 = &srv.pcs[0];
+    get(p0, "list", "./Device/Vendor/MSFT/eUICCs");
+    snprintf(u, sizeof u, "%s/Identifier", base0);
+    get(p0, "ident", u);
+    snprintf(u, sizeof u, "%s/Profiles/%s", base0, iccid[0]);
+    add(p0, "p-node", u, NULL, NULL);
+    snprintf(u, sizeof u, "%s/Profiles/%s/ServerName", base0, iccid[0]);
+    add(p0, "p-server", u, "chr", smdp_name);
+    snprintf(u, sizeof u, "%s/Profiles/%s/MatchingID", base0, iccid[0]);
+    add(p0, "p-mid", u, "chr", "1A2B3-C4D5E-6F7A8-9B0C1");
+    snprintf(u, sizeof u, "%s/Profiles/%s/IsEnabled", base0, iccid[0]);
+    add(p0, "p-enabled", u, "bool", "true");
+    int before = p0->sessions;
+    assert_int_equal(wns_push(h, wns_https, p0->channel), 200);
+    wait_ans w0 = {.p = p0, .sessions = before + 1};
+    assert_true(run_until(sessions_at_least, &w0));
+    assert_true(p0->alert1200 >= 1);
+    int code = 0;
+    assert_string_equal(answer_of(p0, "list", &code), eid[0]);
+    assert_int_equal(code, 200);
+    assert_string_equal(answer_of(p0, "ident", NULL), eid[0]);
+    answer_of(p0, "p-node", &code);
+    assert_int_equal(code, 200);
+    answer_of(p0, "p-mid", &code);
+    assert_int_equal(code, 200);
+    /* 200 means accepted: the server reads State in later sessions until 2. */
+    snprintf(u, sizeof u, "%s/Profiles/%s/State", base0, iccid[0]);
+    char ref[32];
+    wait_ans ws = {.p = p0, .ref = ref, .want = "2"};
+    for (int k = 0; k < 50 && !has_answer(&ws); k++) {
+        snprintf(ref, sizeof ref, "state-%d", k);
+        get(p0, ref, u);
+        assert_int_equal(wns_push(h, wns_https, p0->channel), 200);
+        wait_ans wa = {.p = p0, .ref = ref};
+        assert_true(run_until(has_answer, &wa));
+        if (!has_answer(&ws)) {
+            /* Installing: wait a moment of loop time before asking again. */
+            struct timeval tv = {0, 200000};
+            event_base_loopexit(srv.base, &tv);
+            event_base_dispatch(srv.base);
+        }
+    }
+    assert_true(has_answer(&ws));
+    sim_winpc *pc0 = sim_devsim_find_windows(ds, p0->id);
+    assert_non_null(pc0);
+    const sim_profile *en = sim_euicc_enabled(sim_winpc_euicc_const(pc0));
+    assert_non_null(en);
+    assert_string_equal(en->iccid, iccid[0]);
+
+    /* PC1: three realistic failures, each ErrorDetail in words of the CSP. */
+    pcrec *p1 = &srv.pcs[1];
+    struct {
+        const char *iccid, *server, *mid;
+        const char *want;
+    } fails[] = {
+        {iccid[1], smdp_name, "11111-22222-33333-44444", "12"},     /* not released */
+        {iccid[3], smdp_name, "FFFFF-FFFFF-FFFFF-FFFFF", "6"},      /* unknown matching ID */
+        {iccid[2], "127.0.0.1:1", "AAAAA-BBBBB-CCCCC-DDDDD", "14"}, /* unreachable */
+    };
+    for (int f = 0; f < 3; f++) {
+        char id[32];
+        snprintf(u, sizeof u, "%s/Profiles/%s", base1, fails[f].iccid);
+        snprintf(id, sizeof id, "f%d-node", f);
+        add(p1, id, u, NULL, NULL);
+        snprintf(u, sizeof u, "%s/Profiles/%s/ServerName", base1, fails[f].iccid);
+        snprintf(id, sizeof id, "f%d-server", f);
+        add(p1, id, u, "chr", fails[f].server);
+        snprintf(u, sizeof u, "%s/Profiles/%s/MatchingID", base1, fails[f].iccid);
+        snprintf(id, sizeof id, "f%d-mid", f);
+        add(p1, id, u, "chr", fails[f].mid);
+    }
+    /* Also a MatchingID outside the pattern, refused at once (the one set stays). */
+    snprintf(u, sizeof u, "%s/Profiles/%s/MatchingID", base1, iccid[1]);
+    queue(p1,
+          "<Replace><CmdID>bad-mid</CmdID><Item><Target><LocURI>%s</LocURI></Target><Data>"
+          "LPA:1$x$y</Data></Item></Replace>",
+          u);
+    assert_int_equal(wns_push(h, wns_https, p1->channel), 200);
+    wait_ans w1 = {.p = p1, .ref = "f2-mid"};
+    assert_true(run_until(has_answer, &w1));
+    answer_of(p1, "bad-mid", &code);
+    assert_int_equal(code, 400);
+    for (int f = 0; f < 3; f++) {
+        snprintf(u, sizeof u, "%s/Profiles/%s/ErrorDetail", base1, fails[f].iccid);
+        wait_ans we = {.p = p1, .ref = ref, .want = fails[f].want};
+        for (int k = 0; k < 50 && !has_answer(&we); k++) {
+            snprintf(ref, sizeof ref, "err%d-%d", f, k);
+            get(p1, ref, u);
+            assert_int_equal(wns_push(h, wns_https, p1->channel), 200);
+            wait_ans wa = {.p = p1, .ref = ref};
+            assert_true(run_until(has_answer, &wa));
+            if (!has_answer(&we)) {
+                struct timeval tv = {0, 200000};
+                event_base_loopexit(srv.base, &tv);
+                event_base_dispatch(srv.base);
+            }
+        }
+        assert_true(has_answer(&we));
+    }
+
+    /* PC2: discovery with AutoEnable, the local-UI policy, then a reset. */
+    pcrec *p2 = &srv.pcs[2];
+    snprintf(u, sizeof u, "%s/DownloadServers/%s", base2, smdp_name);
+    add(p2, "d-node", u, NULL, NULL);
+    snprintf(u, sizeof u, "%s/DownloadServers/%s/AutoEnable", base2, smdp_name);
+    add(p2, "d-auto", u, "bool", "true");
+    snprintf(u, sizeof u, "%s/Policies/LocalUIEnabled", base2);
+    queue(p2,
+          "<Replace><CmdID>ui</CmdID><Item><Target><LocURI>%s</LocURI></Target><Meta><Format "
+          "xmlns=\"syncml:metinf\">bool</Format></Meta><Data>false</Data></Item></Replace>",
+          u);
+    snprintf(u, sizeof u, "%s/Identifier", base2);
+    queue(p2,
+          "<Replace><CmdID>ro</CmdID><Item><Target><LocURI>%s</LocURI></Target><Data>x</Data>"
+          "</Item></Replace>",
+          u);
+    assert_int_equal(wns_push(h, wns_https, p2->channel), 200);
+    wait_ans w2 = {.p = p2, .ref = "ro"};
+    assert_true(run_until(has_answer, &w2));
+    answer_of(p2, "ro", &code);
+    assert_int_equal(code, 405);
+    answer_of(p2, "ui", &code);
+    assert_int_equal(code, 200);
+    snprintf(u, sizeof u, "%s/DownloadServers/%s/DiscoveryState", base2, smdp_name);
+    wait_ans wd = {.p = p2, .ref = ref, .want = "3"};
+    for (int k = 0; k < 50 && !has_answer(&wd); k++) {
+        snprintf(ref, sizeof ref, "disc-%d", k);
+        get(p2, ref, u);
+        assert_int_equal(wns_push(h, wns_https, p2->channel), 200);
+        wait_ans wa = {.p = p2, .ref = ref};
+        assert_true(run_until(has_answer, &wa));
+        if (!has_answer(&wd)) {
+            struct timeval tv = {0, 200000};
+            event_base_loopexit(srv.base, &tv);
+            event_base_dispatch(srv.base);
+        }
+    }
+    assert_true(has_answer(&wd));
+    sim_winpc *pc2 = sim_devsim_find_windows(ds, p2->id);
+    en = sim_euicc_enabled(sim_winpc_euicc_const(pc2));
+    assert_non_null(en);
+    assert_string_equal(en->iccid, iccid[2]);
+    /* The user cannot delete it: LocalUIEnabled is false. */
+    sim_action_outcome o;
+    assert_int_equal(sim_devsim_user_action(ds, p2->id, SIM_ACTION_DELETE_ESIM, &o, &err), ESIM_OK);
+    assert_false(o.allowed);
+    assert_non_null(sim_euicc_enabled(sim_winpc_euicc_const(pc2)));
+    /* Reset to factory state: Actions/Status S_FALSE then S_OK; the eSIM is gone. */
+    snprintf(u, sizeof u, "%s/Actions/ResetToFactoryState", base2);
+    queue(p2, "<Exec><CmdID>reset</CmdID><Item><Target><LocURI>%s</LocURI></Target></Item></Exec>",
+          u);
+    assert_int_equal(wns_push(h, wns_https, p2->channel), 200);
+    wait_ans wr = {.p = p2, .ref = "reset"};
+    assert_true(run_until(has_answer, &wr));
+    answer_of(p2, "reset", &code);
+    assert_int_equal(code, 200);
+    snprintf(u, sizeof u, "%s/Actions/Status", base2);
+    wait_ans wok = {.p = p2, .ref = ref, .want = "0"};
+    for (int k = 0; k < 50 && !has_answer(&wok); k++) {
+        snprintf(ref, sizeof ref, "astat-%d", k);
+        get(p2, ref, u);
+        assert_int_equal(wns_push(h, wns_https, p2->channel), 200);
+        wait_ans wa = {.p = p2, .ref = ref};
+        assert_true(run_until(has_answer, &wa));
+        if (!has_answer(&wok)) {
+            struct timeval tv = {0, 200000};
+            event_base_loopexit(srv.base, &tv);
+            event_base_dispatch(srv.base);
+        }
+    }
+    assert_true(has_answer(&wok));
+    assert_int_equal(sim_euicc_profile_count(sim_winpc_euicc_const(pc2)), 0);
+
+    /* WNS expiry and re-registration: the old channel answers 410, the PC
+     * gets a new one and reports it in its next session; a push to it works. */
+    char old[600];
+    snprintf(old, sizeof old, "%s", p0->channel);
+    assert_int_equal(wns_mock_expire_channel(wns, old, &err), ESIM_OK);
+    assert_int_equal(wns_push(h, wns_https, old), 410);
+    /* The PC hears of the expiry and asks for a new channel; a sync (or its
+     * next poll) reports it. */
+    for (int k = 0; k < 100 && strcmp(sim_winpc_channel_uri(pc0), old) == 0; k++) {
+        struct timeval tv = {0, 50000};
+        event_base_loopexit(srv.base, &tv);
+        event_base_dispatch(srv.base);
+    }
+    assert_string_not_equal(sim_winpc_channel_uri(pc0), old);
+    before = p0->sessions;
+    assert_int_equal(sim_devsim_windows_sync(ds, p0->id, &err), ESIM_OK);
+    w0.sessions = before + 1;
+    assert_true(run_until(sessions_at_least, &w0));
+    assert_string_not_equal(p0->channel, old);
+    int pushed = p0->alert1200;
+    before = p0->sessions;
+    assert_int_equal(wns_push(h, wns_https, p0->channel), 200);
+    w0.sessions = before + 1;
+    assert_true(run_until(sessions_at_least, &w0));
+    assert_int_equal(p0->alert1200, pushed + 1);
+
+    /* Nothing broke the session rules, and the counters add up. */
+    for (int i = 0; i < NPC; i++)
+        assert_int_equal(srv.pcs[i].violations, 0);
+    sim_devsim_stats st = sim_devsim_get_stats(ds);
+    assert_int_equal(st.windows_pcs, NPC);
+    assert_int_equal(st.win_session_errors, 0);
+    assert_true(st.wns_pushes >= 8);
+    assert_int_equal(st.wns_expired, 1);
+    assert_true(st.win_downloads_ok >= 2);
+    assert_int_equal(st.win_downloads_failed, 3);
+    assert_int_equal(st.win_resets, 1);
+    /* The SM-DP+ saw the install notifications. */
+    assert_int_equal(sim_smdp_find_order(smdp, iccid[0])->state, SIM_ORDER_INSTALLED);
+
+    sim_http_free(h);
+    sim_devsim_free(ds);
+    wns_mock_free(wns);
+    sim_smdp_free(smdp);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_windows_end_to_end),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
