@@ -256,7 +256,7 @@ static win_profile *add_profile(csp_state *c, const char *iccid)
     c->profiles = p;
     p = &c->profiles[c->n_prof++];
     memset(p, 0, sizeof *p);
-    snprintf(p->iccid, sizeof p->iccid, "%s", iccid);
+    snprintf(p->iccid, sizeof p->iccid, "%.*s", SIM_ICCID_MAX, iccid);
     p->state = 1;
     return p;
 }
@@ -715,7 +715,7 @@ static int add_fx(exec_ctx *x, fx_kind k, const char *iccid)
     if (x->n_fx == sizeof x->fx / sizeof x->fx[0])
         return 500;
     x->fx[x->n_fx].k = k;
-    snprintf(x->fx[x->n_fx].iccid, sizeof x->fx[0].iccid, "%s", iccid);
+    snprintf(x->fx[x->n_fx].iccid, sizeof x->fx[0].iccid, "%.*s", SIM_ICCID_MAX, iccid);
     x->n_fx++;
     return 200;
 }
