@@ -893,16 +893,7 @@ static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
  * its first row as a number. */
 static long store_sql(const fixture *f, const char *sql)
 {
-    char db[400];
-    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
-    sqlite3 *h = NULL;
-    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &q, NULL), SQLITE_OK);
-    long v = sqlite3_step(q) == SQLITE_ROW ? (long)sqlite3_column_int64(q, 0) : -1;
-    sqlite3_finalize(q);
-    sqlite3_close(h);
-    return v;
+    return harness_store_query(&f->cfg, sql, NULL, 0);
 }
 
 /* No command lost, none delivered twice, across a restart. The campaign's
@@ -1029,6 +1020,8 @@ static void move_records_to_old_database(const fixture *f)
 static void test_campaigns_db_is_imported_at_first_start(void **state)
 {
     fixture *f = *state;
+    if (!harness_store_is_sqlite())
+        skip(); /* an SQLite-era file, moved out of the SQLite store */
     sdev *d = f->devs;
     import_identities(d, NDEV, true);
     char body[2000];
@@ -1113,17 +1106,12 @@ static void test_restart_replays_a_recorded_answer(void **state)
     sleep_ms(100);
     harness_stop(&f->ts);
     /* Rewind the campaign's record to "waiting for the refresh's answer". */
-    char db[400], sql[2400];
-    snprintf(db, sizeof db, "%s/esim-mdm.db", f->ts.data_dir);
-    sqlite3 *h = NULL;
-    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    char sql[2400];
     snprintf(sql, sizeof sql,
-             "UPDATE campaign_devices SET state=2, step=1, flags=flags&~2, command_uuid=(SELECT "
-             "uuid FROM campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s'",
+             "UPDATE campaign_devices SET state=2, step=1, flags=flags & ~2, command_uuid=(SELECT "
+             "uuid FROM campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s' RETURNING 1",
              d[0].dev.udid);
-    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_changes(h), 1);
-    sqlite3_close(h);
+    assert_int_equal(store_sql(f, sql), 1);
     harness_start(&f->ts, &f->cfg);
     g_url = f->ts.url;
     d[0].dev.base_url = f->ts.url;
@@ -1268,6 +1256,8 @@ static void attach_over_directory(esim_service *svc, void *arg)
 static void test_attach_failure_leaves_service_untouched(void **state)
 {
     (void)state;
+    if (!harness_store_is_sqlite())
+        skip(); /* campaigns.db is an SQLite-era file in the data dir */
     harness_env env;
     harness_env_setup(&env);
     test_service ts = {.attach = attach_over_directory};

@@ -3,6 +3,7 @@
  * service on loopback in its own thread, a scripted device that signs its
  * bodies with CMS (SHA-256 or SHA-1, leaf certificate only), API helpers.
  */
+#include <ctype.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +16,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
 #include <event2/event.h>
 #include <openssl/cms.h>
 
@@ -44,11 +47,86 @@ void harness_env_teardown(harness_env *env)
     curl_global_cleanup();
 }
 
+bool harness_store_is_sqlite(void)
+{
+    const char *spec = getenv("ESIM_TEST_STORE");
+    return !spec || !*spec || strncmp(spec, "sqlite:", 7) == 0;
+}
+
+/* ESIM_TEST_STORE (a spec with "{n}", as test_store takes): the store of the
+ * service whose data dir is |data_dir| in this process, the same spec for
+ * the same data dir (a restart finds its store again), a fresh one for
+ * another. NULL: the default, <data_dir>/esim-mdm.db. */
+static const char *test_store_spec(const char *data_dir)
+{
+    static char dirs[256][320], specs[256][600];
+    static size_t used;
+    const char *tmpl = getenv("ESIM_TEST_STORE");
+    const char *at = tmpl ? strstr(tmpl, "{n}") : NULL;
+    if (!at)
+        return NULL;
+    for (size_t i = 0; i < used; i++)
+        if (strcmp(dirs[i], data_dir) == 0)
+            return specs[i];
+    if (used == sizeof specs / sizeof specs[0])
+        fail_msg("more than %zu services in one test", used);
+    snprintf(dirs[used], sizeof dirs[used], "%s", data_dir);
+    snprintf(specs[used], sizeof specs[used], "%.*s%d_%zu%s", (int)(at - tmpl), tmpl, (int)getpid(),
+             used + 1, at + 3);
+    return specs[used++];
+}
+
+long harness_store_query(const esim_service_config *cfg, const char *sql, char *out, size_t out_len)
+{
+    if (out_len)
+        out[0] = '\0';
+    long v = -1;
+    if (cfg->store && *cfg->store && strncmp(cfg->store, "sqlite:", 7) != 0) {
+        PGconn *c = PQconnectdb(cfg->store);
+        assert_int_equal(PQstatus(c), CONNECTION_OK);
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(r));
+            PQclear(r);
+            PQfinish(c);
+            fail_msg("%s: %s", sql, msg);
+        }
+        if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)) {
+            v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+            if (out_len)
+                snprintf(out, out_len, "%s", PQgetvalue(r, 0, 0));
+        }
+        PQclear(r);
+        PQfinish(c);
+        return v;
+    }
+    char path[400];
+    if (cfg->store && strncmp(cfg->store, "sqlite:", 7) == 0)
+        snprintf(path, sizeof path, "%s", cfg->store + 7);
+    else
+        snprintf(path, sizeof path, "%s/esim-mdm.db", cfg->data_dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        v = (long)sqlite3_column_int64(st, 0);
+        if (out_len)
+            snprintf(out, out_len, "%s", (const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
 void harness_config(const harness_env *env, const char *name, esim_service_config *cfg,
                     char data_dir[320])
 {
     esim_service_config_init(cfg);
     snprintf(data_dir, 320, "%s/%s", env->dir, name);
+    cfg->store = test_store_spec(data_dir);
     cfg->listen = "127.0.0.1:0";
     cfg->data_dir = data_dir;
     cfg->api_token = TEST_TOKEN;

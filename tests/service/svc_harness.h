@@ -47,9 +47,20 @@ typedef struct {
 } test_service;
 
 /* Config with the test's defaults: loopback port 0, data dir |name| under
- * env->dir, TEST_TOKEN, signature auth against the test device CA. */
+ * env->dir, TEST_TOKEN, signature auth against the test device CA. The
+ * store is the data dir's SQLite file, or, when ESIM_TEST_STORE names a
+ * spec with "{n}" (ctest's PostgreSQL runs), a store of its own per |name|. */
 void harness_config(const harness_env *env, const char *name, esim_service_config *cfg,
                     char data_dir[320]);
+/* False when ESIM_TEST_STORE names another back end than SQLite (a test
+ * reading the database file behind the service's back skips that part). */
+bool harness_store_is_sqlite(void);
+/* Runs |sql| (a query, or a change with RETURNING) on the store of the
+ * service configured by |cfg| (SQLite file or PostgreSQL, behind the
+ * service's back; stop the service first to change it) and returns the first column of
+ * its first row as a number (-1 when none) and, when |out_len|, as text. */
+long harness_store_query(const esim_service_config *cfg, const char *sql, char *out,
+                         size_t out_len);
 /* Starts the service on a new loop in a new thread; asserts success. */
 void harness_start(test_service *ts, const esim_service_config *cfg);
 /* Stops the loop, joins, frees. */

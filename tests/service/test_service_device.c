@@ -20,7 +20,6 @@
 #include <cmocka.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 #include <openssl/x509.h>
 
 #include "service/svc_harness.h"
@@ -30,6 +29,7 @@ static harness_env env;
 typedef struct {
     test_service ts;
     test_device dev;
+    esim_service_config cfg;
 } fixture;
 
 static int group_setup(void **state)
@@ -52,15 +52,16 @@ static fixture *start(const char *name, esim_service_config *custom)
 {
     fixture *f = calloc(1, sizeof *f);
     esim_service_config cfg;
-    char dir[320];
-    harness_config(&env, name, &cfg, dir);
+    harness_config(&env, name, &cfg, f->ts.data_dir);
     if (custom) {
         custom->listen = cfg.listen;
         custom->data_dir = cfg.data_dir;
         custom->api_token = cfg.api_token;
         custom->device_ca_path = cfg.device_ca_path;
+        custom->store = cfg.store;
         cfg = *custom;
     }
+    f->cfg = cfg;
     harness_start(&f->ts, &cfg);
     char udid[65];
     snprintf(udid, sizeof udid, "00008110-%016d", ++counter);
@@ -550,22 +551,12 @@ static void test_erase_lets_exactly_one_new_identity_in(void **state)
 /* ---- replays (docs/security.md, "Replays") ----------------------------------------------- */
 
 /* The push token stored for the device of the "replay-checkin" service,
- * read from its database file (a second reader, as WAL allows). */
+ * read from its store behind its back (a second reader). */
 static void stored_token(fixture *f, char out[200])
 {
-    char path[400];
-    snprintf(path, sizeof path, "%s/replay-checkin/esim-mdm.db", env.dir);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(
-        sqlite3_prepare_v2(db, "SELECT push_token FROM devices WHERE udid = ?1", -1, &st, NULL),
-        SQLITE_OK);
-    sqlite3_bind_text(st, 1, f->dev.udid, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    snprintf(out, 200, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT push_token FROM devices WHERE udid = '%s'", f->dev.udid);
+    harness_store_query(&f->cfg, sql, out, 200);
 }
 
 static void token_update(fixture *f, unsigned char seed, esim_buf *body)

@@ -50,6 +50,7 @@ static void start(test_service *ts, const char *name, esim_service_config *cfg)
     harness_config(&env, name, &base, dir);
     cfg->listen = base.listen;
     cfg->data_dir = base.data_dir;
+    cfg->store = base.store;
     cfg->api_token = base.api_token;
     cfg->device_ca_path = base.device_ca_path;
     cfg->tick_ms = base.tick_ms;
