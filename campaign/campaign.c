@@ -378,6 +378,7 @@ static void device_record(const camp_slot *s, size_t i, store_campaign_device *o
     if (d->cmd < s->n_cmds)
         snprintf(out->command_uuid, sizeof out->command_uuid, "%s", s->cmds[d->cmd].uuid);
     out->reason = d->reason;
+    out->platform = d->platform;
 }
 
 /* Device records go to the store this many at a time. */
@@ -908,7 +909,11 @@ static void replay_recorded_answers(campaigns *cs, camp_slot *s)
                 continue;
             esim_msg m = {0};
             if (esim_msg_parse(q[k].result.data, q[k].result.len, NULL, &m, NULL) == ESIM_OK) {
-                esim_service_result r = {d->udid, m.command_uuid, esim_status_name(m.status), &m};
+                esim_service_result r = {.udid = d->udid,
+                                         .command_uuid = m.command_uuid,
+                                         .status = esim_status_name(m.status),
+                                         .msg = &m,
+                                         .platform = "apple"};
                 feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &r, now);
             }
             esim_msg_free(&m);
@@ -940,6 +945,7 @@ static esim_err device_from_record(const store_campaign_device *r, campaign_dev 
     x->deadline_ms = r->deadline_ms;
     x->last_push_ms = r->last_push_ms;
     x->push_state = (uint8_t)r->push_state;
+    x->platform = r->platform;
     if (r->reason && !(x->reason = strdup(r->reason)))
         return ESIM_ENOMEM;
     return ESIM_OK;

@@ -17,13 +17,15 @@ const campaign_platform *campaign_platform_get(uint8_t id)
 
 campaign_platform_id campaign_platform_of(const store_device *d)
 {
-    (void)d; /* the service enrols Apple MDM clients only (a topic, a push magic) */
+    if (d && strcmp(d->platform, "windows") == 0)
+        return CAMPAIGN_PLATFORM_COUNT; /* no Windows adapter yet */
     return CAMPAIGN_PLATFORM_APPLE;
 }
 
 campaign_platform_id campaign_platform_of_result(const esim_service_result *r)
 {
-    (void)r;
+    if (!r->msg)
+        return CAMPAIGN_PLATFORM_COUNT; /* a SyncML answer: no Windows adapter yet */
     return CAMPAIGN_PLATFORM_APPLE;
 }
 

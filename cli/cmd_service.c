@@ -50,6 +50,11 @@ static const char serve_usage[] =
     "  --apns-topic TOPIC        default: the push certificate's UID\n"
     "  --webhook URL             POST every check-in and result to URL (repeatable)\n"
     "  --webhook-secret-file F   HMAC-SHA256 key for the X-Hmac-Signature header\n"
+    "  --wns-token-url URL       WNS OAuth token endpoint, to wake Windows devices\n"
+    "                            (https://login.live.com/accesstoken.srf, or the mock's URL)\n"
+    "  --wns-client-id ID --wns-secret-file F   the WNS client id and its secret (a private "
+    "file)\n"
+    "  --wns-ca PEM              CA for WNS (default: system trust store)\n"
     "  --max-body BYTES          largest device message (default 1048576)\n"
     "  --device-rate N           requests per second per device (default 20, burst 2N)\n"
     "  --not-now-backoff S       seconds before re-pushing a device that said NotNow (default 30)\n"
@@ -89,6 +94,10 @@ enum {
     O_APNS_TOPIC,
     O_WEBHOOK,
     O_WEBHOOK_SECRET_FILE,
+    O_WNS_TOKEN_URL,
+    O_WNS_CLIENT_ID,
+    O_WNS_SECRET_FILE,
+    O_WNS_CA,
     O_MAX_BODY,
     O_DEVICE_RATE,
     O_NOT_NOW_BACKOFF,
@@ -123,6 +132,10 @@ static const cli_option serve_options[] = {
     {"apns-topic", true, O_APNS_TOPIC},
     {"webhook", true, O_WEBHOOK},
     {"webhook-secret-file", true, O_WEBHOOK_SECRET_FILE},
+    {"wns-token-url", true, O_WNS_TOKEN_URL},
+    {"wns-client-id", true, O_WNS_CLIENT_ID},
+    {"wns-secret-file", true, O_WNS_SECRET_FILE},
+    {"wns-ca", true, O_WNS_CA},
     {"max-body", true, O_MAX_BODY},
     {"device-rate", true, O_DEVICE_RATE},
     {"not-now-backoff", true, O_NOT_NOW_BACKOFF},
@@ -277,6 +290,18 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_WEBHOOK_SECRET_FILE:
         o->webhook_secret_file = v;
+        break;
+    case O_WNS_TOKEN_URL:
+        o->cfg.wns_token_url = v;
+        break;
+    case O_WNS_CLIENT_ID:
+        o->cfg.wns_client_id = v;
+        break;
+    case O_WNS_SECRET_FILE:
+        o->cfg.wns_secret_path = v;
+        break;
+    case O_WNS_CA:
+        o->cfg.wns_ca_path = v;
         break;
     case O_MAX_BODY:
         if ((rc = cli_client_long("serve", "max-body", v, 1024, 64L * 1024 * 1024, &n)) ==

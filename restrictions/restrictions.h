@@ -138,6 +138,48 @@ typedef struct {
 ESIM_EXTERN esim_err esim_windows_csp_syncml(const esim_windows_csp *csp, esim_buf *out,
                                              esim_error *err);
 
+/* One eSIM operation on a Windows PC, as the service queues it. */
+typedef enum {
+    ESIM_WIN_ADD_SERVER = 0, /* Add DownloadServers/{server}, AutoEnable [, IsDiscoveryServer] */
+    ESIM_WIN_DELETE_SERVER,  /* Delete DownloadServers/{server} */
+    ESIM_WIN_ADD_PROFILE,    /* Add Profiles/{iccid}, ServerName, MatchingID [, IsEnabled] */
+    ESIM_WIN_ENABLE_PROFILE, /* Replace Profiles/{iccid}/IsEnabled */
+    ESIM_WIN_DELETE_PROFILE, /* Delete Profiles/{iccid} */
+    ESIM_WIN_LOCAL_UI,       /* Replace Policies/LocalUIEnabled */
+    ESIM_WIN_RESET,          /* Exec Actions/ResetToFactoryState */
+    ESIM_WIN_GET,            /* Get of nodes under the eUICC (verification) */
+    ESIM_WIN_OP_COUNT
+} esim_windows_op_kind;
+
+typedef struct {
+    esim_windows_op_kind kind;
+    const char *eid;          /* required: the eUICC, by EID */
+    const char *server;       /* ADD_SERVER, DELETE_SERVER, ADD_PROFILE: an FQDN */
+    bool auto_enable;         /* ADD_SERVER */
+    esim_tri discovery;       /* ADD_SERVER: IsDiscoveryServer (unset: not sent) */
+    const char *iccid;        /* *_PROFILE */
+    const char *matching_id;  /* ADD_PROFILE: ^([0-9a-fA-F]{5}-){3}[0-9a-fA-F]{5}$ */
+    esim_tri enabled;         /* ADD_PROFILE (unset: not sent), ENABLE_PROFILE (set) */
+    bool local_ui_enabled;    /* LOCAL_UI */
+    const char *const *nodes; /* GET: paths under the eUICC ("Profiles/8901.../State") */
+    size_t n_nodes;           /* GET: 1 to 16 */
+} esim_windows_op;
+
+/* "add_server", "delete_server", "add_profile", "enable_profile",
+ * "delete_profile", "local_ui", "reset", "get"; NULL out of range. */
+ESIM_EXTERN const char *esim_windows_op_name(esim_windows_op_kind k);
+
+/*
+ * The SyncML commands of |op| (a SyncBody fragment, no Final) under
+ * ./Device/Vendor/MSFT/eUICCs/{EID}/, each its own command with CmdID
+ * |cmd_id| (one command) or |cmd_id|.1, .2, ... (several), so each item's
+ * status comes back on its own. Everything is validated first: the EID,
+ * the FQDN, the ICCID, the MatchingID pattern, relative GET paths without
+ * "..". *out is replaced. ESIM_EINVAL (|err| says which), ESIM_ENOMEM.
+ */
+ESIM_EXTERN esim_err esim_windows_op_syncml(const esim_windows_op *op, const char *cmd_id,
+                                            esim_buf *out, esim_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -156,6 +156,7 @@ static json_t *device_json(const store_device *d)
 {
     json_t *o = json_object();
     json_object_set_new(o, "udid", json_string(d->udid));
+    json_object_set_new(o, "platform", json_string(d->platform[0] ? d->platform : "apple"));
     json_object_set_new(o, "enrollment_id", json_boolean(d->is_enrollment_id));
     json_object_set_new(o, "enrolled", json_boolean(d->enrolled));
     json_object_set_new(o, "serial_number", str_or_null(d->serial_number));
@@ -196,6 +197,11 @@ static json_t *entry_json(const store_queue_entry *e, bool with_udid, bool with_
     json_object_set_new(o, "updated_at", ts(e->updated_at));
     json_object_set_new(o, "expires_at", ts(e->expires_at));
     json_t *chain = e->error_chain_json ? json_loads(e->error_chain_json, 0, NULL) : NULL;
+    if (json_is_object(chain)) { /* a Windows answer: the status of every item */
+        json_object_set(o, "syncml", json_object_get(chain, "syncml"));
+        json_decref(chain);
+        chain = NULL;
+    }
     json_object_set_new(o, "error_chain", chain ? chain : json_array());
     if (with_raw) {
         esim_buf b64 = {0};

@@ -484,6 +484,15 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
     return rc;
 }
 
+esim_err auth_tls_identity(esim_service *svc, struct evhttp_request *req, auth_identity *id,
+                           esim_error *err)
+{
+    memset(id, 0, sizeof *id);
+    if (svc->cfg.device_auth == ESIM_DEVICE_AUTH_NONE)
+        return ESIM_OK;
+    return from_tls(svc, req, id, err);
+}
+
 esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              const unsigned char *body, size_t len, auth_identity *id,
                              esim_error *err)

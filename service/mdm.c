@@ -20,7 +20,7 @@ static size_t bucket_index(const char *udid)
     return (size_t)(esim_hash_str(udid) % SVC_BUCKETS);
 }
 
-static bool rate_allow(esim_service *svc, const char *udid, int64_t now)
+bool rate_allow(esim_service *svc, const char *udid, int64_t now)
 {
     size_t i = bucket_index(udid);
     svc_bucket *b = svc->buckets[i];

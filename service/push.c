@@ -92,6 +92,8 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
         ps = ESIM_PUSH_NO_TOKEN;
     } else if (t.push_state == STORE_PUSH_DEAD) {
         ps = ESIM_PUSH_DEAD_TOKEN;
+    } else if (strcmp(t.platform, "windows") == 0) {
+        ps = wns_push(svc, t.udid, t.push_token); /* wns.c: WNS, not APNs */
     } else if (!push_configured(svc)) {
         /* No APNs: nothing is lost, the device gets its commands at its next
          * check-in. */

@@ -38,6 +38,9 @@ void esim_service_config_init(esim_service_config *cfg)
     cfg->header_timeout_ms = 30000;
     cfg->body_timeout_ms = 60000;
     cfg->replay_window_ms = 600000;
+    cfg->windows_max_messages = 64;
+    cfg->wns_max_attempts = 4;
+    cfg->wns_retry_base_ms = 500;
 }
 
 esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err)
@@ -152,6 +155,8 @@ static void free_deferred(svc_deferred *d)
 {
     while (d) {
         svc_deferred *next = d->next;
+        if (d->free_ctx)
+            d->free_ctx(d->ctx);
         esim_msg_free(&d->msg);
         esim_buf_free(&d->raw);
         free(d);
@@ -164,7 +169,8 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, 
 {
     webhooks_post_message(svc, msg, raw, len);
     if (hook) {
-        esim_service_result r = {msg->udid, msg->command_uuid, esim_status_name(msg->status), msg};
+        esim_service_result r = {
+            msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0};
         svc_run_result_hooks(svc, &r);
     }
 }
@@ -184,6 +190,23 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
     d->msg = *msg;
     memset(msg, 0, sizeof *msg);
     d->hook = hook;
+    *svc->deferred_tail = d;
+    svc->deferred_tail = &d->next;
+}
+
+void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
+                           void (*free_ctx)(void *))
+{
+    svc_deferred *d = svc->batch_open ? calloc(1, sizeof *d) : NULL;
+    if (!d) { /* no batch (or out of memory: early beats never) */
+        fn(svc, ctx);
+        if (free_ctx)
+            free_ctx(ctx);
+        return;
+    }
+    d->fn = fn;
+    d->ctx = ctx;
+    d->free_ctx = free_ctx;
     *svc->deferred_tail = d;
     svc->deferred_tail = &d->next;
 }
@@ -217,8 +240,12 @@ static bool batch_finish(esim_service *svc)
     svc->deferred_tail = &svc->deferred;
     if (!ok)
         svc->m.store_errors++;
-    for (svc_deferred *d = list; ok && d; d = d->next)
-        run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook);
+    for (svc_deferred *d = list; ok && d; d = d->next) {
+        if (d->fn)
+            d->fn(svc, d->ctx);
+        else
+            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook);
+    }
     free_deferred(list);
     return ok;
 }
@@ -401,6 +428,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     svc_batch_open(svc);
     if (path && is_device_path(svc, path))
         mdm_handle(svc, req);
+    else if (path && strcmp(path, OMADM_PATH) == 0)
+        omadm_handle(svc, req);
     else
         api_dispatch(svc, req);
 }
@@ -449,7 +478,10 @@ static esim_err tls_setup(esim_service *svc, esim_error *err)
                          svc->tls_cert_path, svc->tls_key_path);
     }
     esim_cert_clear(&cert);
-    if (svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS) {
+    /* Windows devices always prove who they are by their TLS client
+     * certificate; Apple devices do with --device-auth mtls. Asked for,
+     * never required: a client without one still connects. */
+    if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
         SSL_CTX_set_verify(svc->tls, SSL_VERIFY_PEER, accept_any_client_cert);
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(svc->device_ca_path);
         if (names)
@@ -547,6 +579,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         push_device(svc, due[i], NULL, NULL);
     mdm_prune_buckets(svc, now);
     replay_prune(svc, now);
+    omadm_tick(svc, now);
     conn_tick(svc);
     for (size_t i = 0; i < svc->n_ticks; i++)
         svc->ticks[i].fn(svc, now, svc->ticks[i].arg);
@@ -599,6 +632,10 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
     svc->apns_ca_path = dup_or_null(cfg->apns_ca_path, &oom);
     svc->apns_topic = dup_or_null(cfg->apns_topic, &oom);
     svc->webhook_secret = dup_or_null(cfg->webhook_secret, &oom);
+    svc->wns_token_url = dup_or_null(cfg->wns_token_url, &oom);
+    svc->wns_client_id = dup_or_null(cfg->wns_client_id, &oom);
+    svc->wns_secret_path = dup_or_null(cfg->wns_secret_path, &oom);
+    svc->wns_ca_path = dup_or_null(cfg->wns_ca_path, &oom);
     if (cfg->n_webhook_urls) {
         svc->webhook_urls = calloc(cfg->n_webhook_urls, sizeof *svc->webhook_urls);
         if (!svc->webhook_urls)
@@ -622,6 +659,18 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
         svc->cfg.not_now_backoff_ms = 30000;
     if (svc->cfg.replay_window_ms == 0)
         svc->cfg.replay_window_ms = 600000;
+    if (svc->cfg.windows_max_messages == 0)
+        svc->cfg.windows_max_messages = 64;
+    if (svc->cfg.windows_max_session_bytes == 0)
+        svc->cfg.windows_max_session_bytes = 16 * svc->cfg.max_body;
+    if (svc->cfg.windows_verify_interval_ms <= 0)
+        svc->cfg.windows_verify_interval_ms = 30000;
+    if (svc->cfg.windows_verify_timeout_ms <= 0)
+        svc->cfg.windows_verify_timeout_ms = 900000;
+    if (svc->cfg.wns_max_attempts <= 0)
+        svc->cfg.wns_max_attempts = 4;
+    if (svc->cfg.wns_retry_base_ms <= 0)
+        svc->cfg.wns_retry_base_ms = 500;
     return ESIM_OK;
 }
 
@@ -649,6 +698,10 @@ static esim_err start(esim_service *svc, esim_error *err)
     if ((rc = push_init(svc, err)) != ESIM_OK)
         return rc;
     if ((rc = webhooks_init(svc, err)) != ESIM_OK)
+        return rc;
+    if ((rc = omadm_init(svc, err)) != ESIM_OK)
+        return rc;
+    if ((rc = wns_init(svc, err)) != ESIM_OK)
         return rc;
     if ((rc = group_commit_start(svc, err)) != ESIM_OK)
         return rc;
@@ -710,6 +763,8 @@ void esim_service_free(esim_service *svc)
     }
     api_routes_free(svc);
     push_free(svc);
+    wns_free(svc);
+    omadm_free(svc);
     webhooks_free(svc);
     if (svc->tick_ev)
         event_free(svc->tick_ev);
@@ -746,6 +801,10 @@ void esim_service_free(esim_service *svc)
     free(svc->apns_ca_path);
     free(svc->apns_topic);
     free(svc->webhook_secret);
+    free(svc->wns_token_url);
+    free(svc->wns_client_id);
+    free(svc->wns_secret_path);
+    free(svc->wns_ca_path);
     for (size_t i = 0; svc->webhook_urls && i < svc->cfg.n_webhook_urls; i++)
         free(svc->webhook_urls[i]);
     free(svc->webhook_urls);
@@ -973,6 +1032,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->api_auth_refused, (unsigned long long)m->api_forbidden,
                     (unsigned long long)m->api_throttled);
     push_metrics(svc, out);
+    wns_metrics(svc, out);
     conn_metrics(svc, out);
     for (size_t i = 0; i < svc->n_metrics; i++)
         svc->metrics[i].fn(svc, out, svc->metrics[i].arg);

@@ -187,6 +187,32 @@ typedef struct {
 
     /* Housekeeping period: expiry, owed pushes, registered ticks. Default 1000. */
     int tick_ms;
+
+    /* Windows devices (OMA-DM, POST /ManagementServer/MDM.svc; identity is
+     * the TLS client certificate, so they need TLS and a device CA). One
+     * session may hold at most this many messages (default 64) and bytes
+     * (default 16 times max_body); beyond, it is refused (413) and the
+     * device starts a new one. */
+    unsigned windows_max_messages;
+    size_t windows_max_session_bytes;
+    /* eSIM operations on Windows are verified in later sessions: a poll
+     * every windows_verify_interval_ms (default 30000; the device is woken
+     * for it), given up after windows_verify_timeout_ms (default 900000). */
+    int64_t windows_verify_interval_ms;
+    int64_t windows_verify_timeout_ms;
+
+    /* WNS, to wake Windows devices (NULL token URL: no WNS pushes; the
+     * devices get their commands at their next scheduled session). The
+     * service asks wns_token_url for an OAuth token with wns_client_id and
+     * the secret in wns_secret_path (a private file), then POSTs a raw
+     * notification to each device's ChannelURI. wns_ca_path: the CA to
+     * trust for both (NULL: the system's). */
+    const char *wns_token_url;
+    const char *wns_client_id;
+    const char *wns_secret_path;
+    const char *wns_ca_path;
+    int wns_max_attempts;  /* per push, 406/429/5xx retried with back-off; default 4 */
+    int wns_retry_base_ms; /* default 500, doubling */
 } esim_service_config;
 
 ESIM_EXTERN void esim_service_config_init(esim_service_config *cfg);
@@ -241,12 +267,28 @@ ESIM_EXTERN void esim_service_count_store_error(esim_service *svc);
  * `esim-mdm serve`, the test harnesses) attaches the modules it wants. Every
  * hook runs on the service's loop. */
 
+/* One item of a Windows device's answer to a SyncML command: the Status of
+ * one command (or of one command inside an Atomic), or the Results of a Get. */
+typedef struct {
+    const char *cmd_ref; /* the CmdID answered: the command UUID, or UUID.N inside it */
+    const char *cmd;     /* "Add", "Replace", "Get", "Exec", "Delete", "Atomic" */
+    const char *target;  /* the item's LocURI ("" when unknown) */
+    int code;            /* the SyncML status code: 200, 202, 404, 405, 500, 507... */
+    const char *hresult; /* msft:originalerror ("0x86000002"), "" when none */
+    const char *data;    /* a Get's Results data; NULL when none */
+} esim_syncml_status;
+
 /* What a result hook sees. Pointers are valid during the call only. */
 typedef struct {
     const char *udid;
     const char *command_uuid;
     const char *status;  /* "Acknowledged", "Error", "CommandFormatError", "NotNow" */
-    const esim_msg *msg; /* the parsed message (QueryResponses in msg->root) */
+    const esim_msg *msg; /* Apple: the parsed message (QueryResponses in msg->root); else NULL */
+    /* "apple", or "windows": then |msg| is NULL and the answer is the
+     * |n_syncml| items of |syncml| (Acknowledged when every code is 2xx). */
+    const char *platform;
+    const esim_syncml_status *syncml;
+    size_t n_syncml;
 } esim_service_result;
 
 /* Called on the service's loop after the result's transaction (its batch)
@@ -390,6 +432,26 @@ ESIM_EXTERN esim_err esim_service_enqueue(esim_service *svc, const void *command
                                           const char *const *udids, size_t n,
                                           const esim_enqueue_opts *opts, esim_push_state *pushes,
                                           char uuid_out[128], esim_error *err);
+
+/*
+ * Queues a Windows command for the |n| devices (each must be a Windows
+ * device), all or nothing, then wakes each through WNS when opts->push.
+ * |syncml| is the SyncBody fragment the device gets: Add, Replace, Get,
+ * Exec, Delete or Atomic elements whose CmdIDs are |uuid| (NULL: a fresh
+ * one, written to |uuid_out|) or "UUID.N" inside it. Paths under
+ * ./Device/Vendor/MSFT/eUICCs/{EID}/ name the eUICC by EID; the service
+ * rewrites them to the node the device reports for that EID.
+ * |request_type| names it in the API ("eUICCs.AddProfile", ...).
+ *   ESIM_EINVAL     not such a fragment (|err| says why), no devices, a
+ *                   device twice, an Apple device;
+ *   the rest as esim_service_enqueue.
+ */
+ESIM_EXTERN esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid,
+                                                 const char *request_type, const char *syncml,
+                                                 size_t len, const char *const *udids, size_t n,
+                                                 const esim_enqueue_opts *opts,
+                                                 esim_push_state *pushes, char uuid_out[128],
+                                                 esim_error *err);
 
 /* Pushes one device now; *state (may be NULL) says what happened (a device
  * without a token is not an error: ESIM_PUSH_NO_TOKEN).

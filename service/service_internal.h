@@ -45,6 +45,12 @@ typedef struct {
     uint64_t conn_refused[4];                                /* by M_REFUSED_* */
     uint64_t conn_timeouts[2];                               /* header, body */
     size_t pending_bytes_peak; /* most request bytes held before their request was complete */
+    /* Windows devices (omadm.c, wns.c). */
+    uint64_t windows_sessions, windows_sessions_ended, windows_refused;
+    uint64_t windows_results[2]; /* acknowledged, error */
+    uint64_t windows_commands_sent, windows_channels, windows_bad_channels;
+    uint64_t wns_outcomes[6]; /* by wns_outcome */
+    uint64_t wns_tokens;      /* OAuth tokens fetched */
 } svc_metrics;
 
 enum { M_REFUSED_CAP, M_REFUSED_PEER, M_REFUSED_PEER_BYTES, M_REFUSED_BYTES };
@@ -131,6 +137,10 @@ typedef struct svc_deferred {
     esim_msg msg; /* owned */
     esim_buf raw; /* the body as the device sent it */
     bool hook;    /* run the result hooks too */
+    /* Or, instead of a message, a call (svc_after_commit_call). */
+    void (*fn)(esim_service *svc, void *ctx);
+    void (*free_ctx)(void *ctx);
+    void *ctx;
 } svc_deferred;
 
 /* Failed admin API authentications from one peer address (access.c). */
@@ -149,6 +159,8 @@ typedef struct {
 
 typedef struct svc_webhooks svc_webhooks;
 typedef struct svc_push svc_push;
+typedef struct svc_omadm svc_omadm;
+typedef struct svc_wns svc_wns;
 
 struct esim_service {
     struct event_base *base;
@@ -201,6 +213,9 @@ struct esim_service {
 
     svc_push *push;
     svc_webhooks *webhooks;
+    svc_omadm *omadm; /* Windows sessions (omadm.c) */
+    svc_wns *wns;     /* WNS client (wns.c) */
+    char *wns_token_url, *wns_client_id, *wns_secret_path, *wns_ca_path;
 
     svc_key *keys; /* the API token first (as "api-token"), then api_keys */
     size_t n_keys;
@@ -338,6 +353,32 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
 esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
 
+/* The TLS client certificate of the request, chained to the device CA
+ * (Windows devices; mode none: no identity, an empty hash). ESIM_EAUTH ->
+ * 401 (none presented), ESIM_ECRYPTO -> 403 (does not chain). */
+esim_err auth_tls_identity(esim_service *svc, struct evhttp_request *req, auth_identity *id,
+                           esim_error *err);
+/* The per-device rate limit (mdm.c): false when |udid| is over it. */
+bool rate_allow(esim_service *svc, const char *udid, int64_t now);
+
+/* ---- Windows devices (omadm.c, wns.c) ------------------------------------------------ */
+
+#define OMADM_PATH "/ManagementServer/MDM.svc"
+esim_err omadm_init(esim_service *svc, esim_error *err);
+void omadm_free(esim_service *svc);
+void omadm_handle(esim_service *svc, struct evhttp_request *req);
+void omadm_tick(esim_service *svc, int64_t now);
+size_t omadm_sessions(const esim_service *svc);
+/* The admin API routes for Windows devices (api_windows.c). */
+esim_err api_windows_routes(esim_service *svc, esim_error *err);
+
+esim_err wns_init(esim_service *svc, esim_error *err);
+void wns_free(esim_service *svc);
+bool wns_configured(const esim_service *svc);
+/* Wakes a Windows device through its ChannelURI; never blocks. */
+esim_push_state wns_push(esim_service *svc, const char *udid, const char *channel_uri);
+void wns_metrics(esim_service *svc, esim_buf *out);
+
 /* ---- connections (conn.c) ------------------------------------------------------------- */
 
 /* Settles the limits' defaults (the descriptor limit decides the cap). */
@@ -411,6 +452,10 @@ void svc_batch_open(esim_service *svc);
  * changes are committed: at once without a batch, else right after the
  * batch commits (then |msg| is taken over and left zeroed). */
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook);
+/* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
+ * once without a batch), then |free_ctx|(ctx) (may be NULL). */
+void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
+                           void (*free_ctx)(void *));
 /* Writes the Prometheus text for /metrics into |out|. */
 esim_err svc_metrics_text(esim_service *svc, esim_buf *out);
 

@@ -557,6 +557,7 @@ esim_err esim_store_push_target(store *st, const char *udid, store_push_target *
     memcpy(out->push_magic, d.push_magic, sizeof out->push_magic);
     out->push_state = d.push_state;
     out->enrolled = d.enrolled;
+    memcpy(out->platform, d.platform, sizeof out->platform);
     return ESIM_OK;
 }
 

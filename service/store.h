@@ -68,6 +68,9 @@ typedef enum {
 /* "none", "valid", "dead" */
 ESIM_EXTERN const char *esim_store_push_state_name(store_push_state s);
 
+/* The longest push address kept: an APNs token in hex, or a WNS ChannelURI. */
+#define STORE_PUSH_TOKEN_MAX 1024
+
 typedef struct {
     char udid[65];
     bool is_enrollment_id; /* the device identified itself by EnrollmentID */
@@ -79,7 +82,9 @@ typedef struct {
     char imei[32];
     char eid[ESIM_EID_LEN + 1]; /* empty until a ServiceSubscriptions answer names it */
     char cert_sha256[65];       /* identity certificate bound at Authenticate; may be empty */
-    char push_token[201];       /* hex; empty when none */
+    /* Apple: the APNs token in hex; Windows: the WNS ChannelURI the device
+     * reported in DMClient. Empty when none. */
+    char push_token[STORE_PUSH_TOKEN_MAX];
     char push_magic[128];
     store_push_state push_state;
     int64_t enrolled_at, checked_out_at, token_updated_at, last_seen_at;
@@ -88,6 +93,7 @@ typedef struct {
      * token_update_tally): 1 after the enrolment's own, more after later
      * ones; 0 again after Authenticate or CheckOut. */
     int token_update_tally;
+    char platform[16];   /* "apple" (every device enrolled by check-in) or "windows" (OMA-DM) */
 } store_device;
 
 typedef struct {
@@ -128,6 +134,7 @@ typedef struct {
     int64_t cert_not_before; /* its notBefore, ms since the epoch; 0 = unknown */
     const char *serial_number, *os_version, *build_version, *product_name, *model;
     const char *device_name, *imei; /* each may be NULL or "" */
+    const char *platform;           /* "apple" when NULL or ""; "windows" for OMA-DM clients */
 } store_authenticate_in;
 
 /* The next command chosen for a device. */
@@ -203,10 +210,11 @@ ESIM_EXTERN void esim_store_events_free(store_event *events, size_t n);
 typedef struct {
     char udid[65];
     char topic[256];
-    char push_token[201];
+    char push_token[STORE_PUSH_TOKEN_MAX]; /* APNs token (hex) or WNS ChannelURI */
     char push_magic[128];
     store_push_state push_state;
     bool enrolled;
+    char platform[16]; /* as store_device.platform */
 } store_push_target;
 
 /* ---- opening ----------------------------------------------------------------- */
@@ -484,6 +492,7 @@ typedef struct {
     int64_t not_now, changed_ms, next_ms, deadline_ms, last_push_ms;
     char command_uuid[128]; /* the command it waits on; "" none */
     char *reason;           /* may be NULL; borrowed when written, owned when read */
+    uint8_t platform;       /* the campaign layer's platform number (0 = Apple) */
 } store_campaign_device;
 
 /* One command a campaign queued, and the step it serves. */

@@ -175,6 +175,10 @@ static const migration migrations[] = {
         " target TEXT NOT NULL,"
         " status INTEGER NOT NULL DEFAULT 0,"
         " detail TEXT NOT NULL DEFAULT '');"},
+    /* 8: a device's platform ("apple", "windows"; Apple before there was a
+     * choice), and the platform of each campaign device record. */
+    {8, "ALTER TABLE devices ADD COLUMN platform TEXT NOT NULL DEFAULT 'apple';"
+        "ALTER TABLE campaign_devices ADD COLUMN platform INTEGER NOT NULL DEFAULT 0;"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -184,7 +188,7 @@ static const migration migrations[] = {
     "udid, is_enrollment_id, enrolled, topic, serial_number, os_version, build_version,"           \
     " product_name, model, device_name, imei, eid, cert_sha256, push_token, push_magic,"           \
     " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at,"       \
-    " token_update_tally"
+    " token_update_tally, platform"
 
 #define ENTRY_COLS                                                                                 \
     "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count,"    \
@@ -282,8 +286,8 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_AUTH_UPSERT] =
         "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
         " build_version, product_name, model, device_name, imei, cert_sha256, push_token,"
-        " push_magic, push_state, enrolled_at, last_seen_at)"
-        " VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '', '', 'none', ?12, ?12)"
+        " push_magic, push_state, enrolled_at, last_seen_at, platform)"
+        " VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '', '', 'none', ?12, ?12, ?14)"
         " ON CONFLICT (udid) DO UPDATE SET is_enrollment_id = excluded.is_enrollment_id,"
         " enrolled = 1, topic = excluded.topic,"
         " serial_number = CASE WHEN excluded.serial_number <> '' THEN excluded.serial_number ELSE "
@@ -305,7 +309,7 @@ static const char *const statement_sql[S_COUNT] = {
         " token_update_tally = 0,"
         " enrolled_at = CASE WHEN devices.enrolled = 1 THEN devices.enrolled_at ELSE "
         "excluded.enrolled_at END,"
-        " last_seen_at = excluded.last_seen_at",
+        " last_seen_at = excluded.last_seen_at, platform = excluded.platform",
     [S_DEV_TOKEN] = "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
                     " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5,"
                     " token_update_tally = token_update_tally + 1 WHERE udid = ?1",
@@ -398,8 +402,9 @@ static const char *const statement_sql[S_COUNT] = {
     [S_CAMP_DEV_PUT] =
         "INSERT INTO campaign_devices (campaign, idx, udid, eid, iccid, state, step, retries,"
         " verify_tries, flags, pushes, not_now, changed_ms, next_ms, deadline_ms, last_push_ms,"
-        " push_state, command_uuid, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-        " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) ON CONFLICT (campaign, idx) DO UPDATE SET"
+        " push_state, command_uuid, reason, platform) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+        " ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        " ON CONFLICT (campaign, idx) DO UPDATE SET platform = excluded.platform,"
         " udid = excluded.udid, eid = excluded.eid, iccid = excluded.iccid,"
         " state = excluded.state, step = excluded.step, retries = excluded.retries,"
         " verify_tries = excluded.verify_tries, flags = excluded.flags,"
@@ -413,7 +418,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_CAMP_DEVS] =
         "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
         " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
-        " reason FROM campaign_devices WHERE campaign = ?1 ORDER BY idx",
+        " reason, platform FROM campaign_devices WHERE campaign = ?1 ORDER BY idx",
     [S_CAMP_CMDS] = "SELECT uuid, step FROM campaign_commands WHERE campaign = ?1 ORDER BY id",
     [S_MANIFEST_PUT] = "INSERT INTO eid_manifest (serial, eid, imported_ms) VALUES (?1, ?2, ?3)"
                        " ON CONFLICT (serial) DO UPDATE SET eid = excluded.eid,"
@@ -715,10 +720,11 @@ static esim_err sq_device_by_cert(store *base, const char *cert, const char *udi
 static esim_err sq_device_enroll(store *base, const store_authenticate_in *in, bool keep_token,
                                  int64_t now, esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTii", in->udid,
+    return exec_stmt((sqlite_store *)base, err, S_DEV_AUTH_UPSERT, "tiTTTTTTTTTiit", in->udid,
                      (int64_t)in->is_enrollment_id, in->topic, in->serial_number, in->os_version,
                      in->build_version, in->product_name, in->model, in->device_name, in->imei,
-                     in->cert_sha256, now, (int64_t)keep_token);
+                     in->cert_sha256, now, (int64_t)keep_token,
+                     in->platform && *in->platform ? in->platform : "apple");
 }
 
 static esim_err sq_device_restart_enrolment(store *base, const char *udid, int64_t at,
@@ -1001,6 +1007,9 @@ static void read_device(sqlite3_stmt *st, store_device *d)
     d->last_seen_at = sqlite3_column_int64(st, 19);
     d->push_due_at = sqlite3_column_int64(st, 20);
     d->token_update_tally = sqlite3_column_int(st, 21);
+    col_text(st, 22, d->platform, sizeof d->platform);
+    if (!d->platform[0])
+        snprintf(d->platform, sizeof d->platform, "apple");
 }
 
 static esim_err sq_device_get(store *base, const char *udid, store_device *out, esim_error *err)
@@ -1335,12 +1344,12 @@ static esim_err sq_campaign_command_put(store *base, const char *campaign_id,
 static esim_err sq_campaign_device_put(store *base, const char *campaign_id,
                                        const store_campaign_device *d, esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_CAMP_DEV_PUT, "titTTiiiiiiiiiiiiTt", campaign_id,
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_DEV_PUT, "titTTiiiiiiiiiiiiTti", campaign_id,
                      (int64_t)d->index, d->udid, d->eid, d->iccid, (int64_t)d->state,
                      (int64_t)d->step, (int64_t)d->retries, (int64_t)d->verify_tries,
                      (int64_t)d->flags, (int64_t)d->pushes, d->not_now, d->changed_ms, d->next_ms,
                      d->deadline_ms, d->last_push_ms, (int64_t)d->push_state, d->command_uuid,
-                     d->reason);
+                     d->reason, (int64_t)d->platform);
 }
 
 /* A growing array of |size|-byte records: room for one more at *arr + *n. */
@@ -1435,6 +1444,7 @@ static esim_err sq_campaign_devices(store *base, const char *campaign_id,
         d->last_push_ms = sqlite3_column_int64(st, 14);
         d->push_state = sqlite3_column_int(st, 15);
         col_text(st, 16, d->command_uuid, sizeof d->command_uuid);
+        d->platform = (uint8_t)sqlite3_column_int(st, 18);
         if (sqlite3_column_type(st, 17) != SQLITE_NULL && !(d->reason = col_dup(st, 17))) {
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
             break;

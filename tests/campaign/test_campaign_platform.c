@@ -101,7 +101,11 @@ static void read_answer(campaign_step step, esim_status st, const esim_error_cha
         fail_msg("result: %s", e.msg);
     esim_msg m = {0};
     assert_int_equal(esim_msg_parse(body.data, body.len, NULL, &m, NULL), ESIM_OK);
-    esim_service_result r = {UDID, UUID, esim_status_name(st), &m};
+    esim_service_result r = {.udid = UDID,
+                             .command_uuid = UUID,
+                             .status = esim_status_name(st),
+                             .msg = &m,
+                             .platform = "apple"};
     assert_int_equal(campaign_platform_apple.read(step, &r, out), ESIM_OK);
     /* Everything the reading holds is its own: the message may go. */
     esim_msg_free(&m);
@@ -185,7 +189,7 @@ static void test_apple_reads_answers(void **state)
     campaign_reading_free(&rd);
 
     /* Not an MDM answer at all. */
-    esim_service_result none = {UDID, UUID, "Acknowledged", NULL};
+    esim_service_result none = {.udid = UDID, .command_uuid = UUID, .status = "Acknowledged"};
     assert_int_equal(campaign_platform_apple.read(CAMPAIGN_STEP_VERIFY, &none, &rd), ESIM_EINVAL);
 }
 

@@ -233,6 +233,20 @@ static void test_identity_binding_and_checkout(void **state)
     assert_true(d.enrolled);
     assert_string_equal(d.cert_sha256, "c2");
     assert_string_equal(d.os_version, "18.1");
+    assert_string_equal(d.platform, "apple"); /* the default */
+    /* A Windows device: its platform, and a WNS ChannelURI as push address. */
+    store_authenticate_in win = {
+        .udid = "W1", .topic = "esim-mdm", .cert_sha256 = "cw", .platform = "windows"};
+    assert_int_equal(esim_store_device_authenticate(st, &win, 20, &e), ESIM_OK);
+    char uri[600];
+    snprintf(uri, sizeof uri, "https://wns.example.test/?token=%0500d", 7);
+    assert_int_equal(esim_store_device_token_update(st, "W1", "cw", "esim-mdm", uri, "wns", 21, &e),
+                     ESIM_OK);
+    store_push_target t;
+    assert_int_equal(esim_store_push_target(st, "W1", &t, NULL), ESIM_OK);
+    assert_string_equal(t.platform, "windows");
+    assert_string_equal(t.push_token, uri);
+    assert_int_equal(t.push_state, STORE_PUSH_VALID);
     esim_store_close(st);
 }
 
@@ -653,7 +667,7 @@ static void test_campaign_records(void **state)
          .deadline_ms = 9000,
          .command_uuid = "cmd-b",
          .reason = NULL},
-        {.index = 1, .udid = "U2", .state = 4, .reason = "it failed"},
+        {.index = 1, .udid = "U2", .state = 4, .reason = "it failed", .platform = 1},
     };
     assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, cmds, 2, devs, 2, 200, NULL),
                      ESIM_OK);
@@ -701,6 +715,8 @@ static void test_campaign_records(void **state)
     assert_null(d[0].reason);
     assert_int_equal(d[1].state, 5);
     assert_null(d[1].reason);
+    assert_int_equal(d[0].platform, 0);
+    assert_int_equal(d[1].platform, 1); /* the platform byte is kept */
     esim_store_campaign_devices_free(d, n);
     store_campaign_command *cl = NULL;
     assert_int_equal(esim_store_campaign_commands(st, "camp-1", &cl, &n, NULL), ESIM_OK);
