@@ -109,6 +109,35 @@ static void test_usage_errors(void **state)
                                                     "delete-esim", NULL}),
                      2);
     assert_int_equal(run_cli(&out, (const char *[]){"smdp", "--listen", "nowhere", NULL}), 2);
+    /* Windows PCs: a count or a share, not both; a count within --devices;
+     * the WNS mock's URL and the poll interval checked. */
+    assert_int_equal(run_cli(&out, (const char *[]){"devsim", "--help", NULL}), 0);
+    assert_non_null(strstr((const char *)out.data, "--windows-share"));
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--windows-pcs", "1",
+                                       "--windows-share", "0.5", NULL}),
+        2);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--windows-pcs", "4",
+                                       "--pki", fx.pki, NULL}),
+        2);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--windows-share",
+                                       "1.5", NULL}),
+        2);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--windows-pcs", "1",
+                                       "--wns-mock", "ftp://x", "--pki", fx.pki, NULL}),
+        2);
+    assert_int_equal(
+        run_cli(&out, (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                       "http://127.0.0.1:1", "--devices", "3", "--windows-poll-ms",
+                                       "5", NULL}),
+        2);
     esim_buf_free(&out);
 }
 

@@ -197,12 +197,115 @@ static void test_status_and_restart(void **state)
     event_base_free(base);
 }
 
+/* Windows PCs in the runtime without a service: spread over the indices,
+ * listed and described on the status endpoint, a person's action, a sync,
+ * failed sessions counted, and a PC kept across a restart. */
+static void test_windows_pcs(void **state)
+{
+    (void)state;
+    /* The spread: 2 of 5, and the share form rounds. */
+    unsigned n = 0;
+    for (unsigned i = 0; i < 5; i++)
+        n += sim_devsim_is_windows(5, 2, i);
+    assert_int_equal(n, 2);
+    assert_false(sim_devsim_is_windows(5, 0, 0));
+    char id1[65], id2[65];
+    sim_devsim_windows_id(3, 1, id1);
+    sim_devsim_windows_id(3, 1, id2);
+    assert_string_equal(id1, id2);
+    assert_int_equal(strlen(id1), 32);
+
+    struct event_base *base = event_base_new();
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    char data[700];
+    snprintf(data, sizeof data, "%s/devsim-win", fx.dir);
+    sim_devsim_config c = {.server_url = "https://127.0.0.1:1",
+                           .apns_url = "http://127.0.0.1:1",
+                           .wns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .data_dir = data,
+                           .devices = 5,
+                           .windows_share = 0.4,
+                           .seed = 3,
+                           .status_listen = "127.0.0.1:0"};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    assert_int_equal(sim_devsim_windows_count(s), 2);
+    assert_int_equal(sim_devsim_device_count(s), 3);
+    sim_winpc *pc = sim_devsim_windows_at(s, 0);
+    char id[65];
+    snprintf(id, sizeof id, "%s", sim_winpc_device_id(pc));
+    assert_ptr_equal(sim_devsim_find_windows(s, id), pc);
+    long st;
+    json_t *j = status(base, h, s, "GET", "/stats", &st);
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 5);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "windows"), "pcs")), 2);
+    json_decref(j);
+    j = status(base, h, s, "GET", "/devices", &st);
+    json_t *list = json_object_get(j, "devices");
+    assert_int_equal(json_array_size(list), 5);
+    size_t k, wins = 0;
+    json_t *it;
+    json_array_foreach(list, k, it) wins +=
+        sim_json_str(it, "platform") && strcmp(sim_json_str(it, "platform"), "windows") == 0;
+    assert_int_equal(wins, 2);
+    json_decref(j);
+    char path[200];
+    snprintf(path, sizeof path, "/devices/%s", id);
+    j = status(base, h, s, "GET", path, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(sim_json_str(j, "device_id"), id);
+    assert_true(json_is_object(json_object_get(j, "csp")));
+    json_decref(j);
+    /* A PC knows delete-esim only; with no eSIM it says so. */
+    snprintf(path, sizeof path, "/devices/%s/actions/transfer-esim", id);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 400);
+    json_decref(j);
+    snprintf(path, sizeof path, "/devices/%s/actions/delete-esim", id);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 200);
+    assert_false(json_is_true(json_object_get(j, "allowed")));
+    json_decref(j);
+    snprintf(path, sizeof path, "/devices/%s/sync", id);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 200);
+    json_decref(j);
+    /* The endpoint is closed: sessions fail and are counted, nothing else. */
+    int64_t start = esim_mono_ms();
+    while (sim_devsim_get_stats(s).win_session_errors < 2 && esim_mono_ms() - start < 20000)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(sim_devsim_get_stats(s).win_session_errors >= 2);
+    assert_int_equal(sim_winpc_sessions(pc), 0);
+    /* An eSIM given behind the runtime's back survives a restart. */
+    sim_profile p = {.profile_class = SIM_CLASS_OPERATIONAL};
+    st_iccid(41, p.iccid);
+    sim_result r;
+    assert_int_equal(sim_euicc_install(sim_winpc_euicc(pc), &p, &r, NULL), ESIM_OK);
+    sim_devsim_free(s);
+    s = NULL;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    pc = sim_devsim_find_windows(s, id);
+    assert_non_null(pc);
+    assert_non_null(sim_euicc_find(sim_winpc_euicc_const(pc), p.iccid));
+    sim_devsim_free(s);
+    /* More PCs than devices is refused. */
+    c.windows_share = 0;
+    c.windows_pcs = 6;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    sim_http_free(h);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identities),
         cmocka_unit_test(test_config_refused),
         cmocka_unit_test(test_status_and_restart),
+        cmocka_unit_test(test_windows_pcs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
