@@ -95,6 +95,10 @@ static const char devsim_help[] =
     "  --wns-mock URL          the WNS mock's delivery listener (http://HOST:PORT); without\n"
     "                          it the PCs only poll\n"
     "  --windows-poll-ms N     each PC's polling interval, ±10% (default 60000)\n"
+    "  --smdp-resolve NAME=HOST:PORT\n"
+    "                          where the PCs reach the SM-DP+ named NAME in ServerName or\n"
+    "                          DownloadServers (repeatable; NAME * = every name without a\n"
+    "                          port); other names are https://NAME\n"
     "\n"
     "user actions (honouring the device's restrictions):\n"
     "  delete-esim        refused when allowESIMModification is false\n"
@@ -563,7 +567,8 @@ int cmd_devsim(int argc, char **argv)
         O_WIN_SHARE,
         O_WIN_SERVER,
         O_WNS,
-        O_WIN_POLL
+        O_WIN_POLL,
+        O_RESOLVE
     };
     static const cli_option opts[] = {{"server", true, O_SERVER},
                                       {"apns-mock", true, O_APNS},
@@ -589,9 +594,11 @@ int cmd_devsim(int argc, char **argv)
                                       {"windows-server", true, O_WIN_SERVER},
                                       {"wns-mock", true, O_WNS},
                                       {"windows-poll-ms", true, O_WIN_POLL},
+                                      {"smdp-resolve", true, O_RESOLVE},
                                       {NULL, false, 0}};
     sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
     const char *status_file = NULL;
+    const char *resolve[16];
     unsigned long long v;
     unsigned duration = 0;
     cli_parser p;
@@ -687,6 +694,12 @@ int cmd_devsim(int argc, char **argv)
             if (!parse_uint(p.value, 86400000, &v) || v < 100)
                 return cli_bad_value(&p, "wants 100..86400000 milliseconds");
             cfg.windows_poll_ms = (unsigned)v;
+            break;
+        case O_RESOLVE:
+            if (cfg.n_smdp_resolve == 16)
+                return cli_bad_value(&p, "at most 16 of them");
+            resolve[cfg.n_smdp_resolve++] = p.value;
+            cfg.smdp_resolve = resolve;
             break;
         case CLI_ARG:
             return cli_unexpected("devsim", p.value);

@@ -1136,6 +1136,18 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         strncmp(cfg->windows_server_url, "https://", 8) != 0)
         return esim_fail(err, ESIM_EINVAL,
                          "--windows-server must be the https:// URL of the OMA-DM endpoint");
+    if (cfg->n_smdp_resolve > 16)
+        return esim_fail(err, ESIM_EINVAL, "at most 16 --smdp-resolve entries");
+    for (size_t k = 0; k < cfg->n_smdp_resolve; k++) {
+        const char *r = cfg->smdp_resolve[k], *eq = r ? strchr(r, '=') : NULL;
+        const char *colon = eq ? strrchr(eq + 1, ':') : NULL;
+        if (!eq || eq == r || (size_t)(eq - r) >= 256 || !colon || colon == eq + 1 || !colon[1] ||
+            strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(eq + 1) >= 290 ||
+            strchr(eq + 1, '/'))
+            return esim_fail(err, ESIM_EINVAL,
+                             "--smdp-resolve wants NAME=HOST:PORT (NAME may be *), got '%s'",
+                             r ? r : "");
+    }
     if ((cfg->wns_url && strlen(cfg->wns_url) >= 500) ||
         (cfg->windows_server_url && strlen(cfg->windows_server_url) >= 2000))
         return esim_fail(err, ESIM_EINVAL, "a URL is too long");
@@ -1225,7 +1237,9 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                                   .data_dir = s->data_dir,
                                   .poll_ms = cfg->windows_poll_ms,
                                   .max_concurrent = s->max_concurrent,
-                                  .seed = cfg->seed};
+                                  .seed = cfg->seed,
+                                  .smdp_resolve = cfg->smdp_resolve,
+                                  .n_smdp_resolve = cfg->n_smdp_resolve};
         if ((rc = sim_winfleet_new(&wc, pcs, &s->win, err)) != ESIM_OK)
             goto fail;
     }

@@ -613,6 +613,11 @@ typedef struct {
     const char
         *wns_url; /* the WNS mock's delivery listener (http://); NULL: no push, polling only */
     unsigned windows_poll_ms; /* each PC's polling interval (±10%); 0 = 60,000 */
+    /* Where the PCs find an SM-DP+ named in ServerName or DownloadServers, as
+     * DNS would: "NAME=HOST:PORT" each ("*=HOST:PORT" for every name without
+     * a port). A name not listed is https://NAME (a ":port" in it is kept). */
+    const char *const *smdp_resolve;
+    size_t n_smdp_resolve;
 } sim_devsim_config;
 
 typedef struct {

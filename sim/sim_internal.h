@@ -153,6 +153,8 @@ typedef struct {
     const char *data_dir; /* "" or NULL: nothing persisted */
     unsigned poll_ms, max_concurrent;
     uint64_t seed;
+    const char *const *smdp_resolve; /* "NAME=HOST:PORT" (checked by devsim) */
+    size_t n_smdp_resolve;
 } sim_winfleet_config;
 esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_winfleet **out,
                           esim_error *err);

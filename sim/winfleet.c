@@ -41,8 +41,12 @@ typedef struct {
     bool retry; /* a retry after a failed session, not the poll schedule */
 } wtimer;
 
+#define MAX_RESOLVE 16
+
 struct sim_winfleet {
     sim_winfleet_config cfg;
+    char resolve_name[MAX_RESOLVE][256], resolve_to[MAX_RESOLVE][300];
+    size_t n_resolve;
     char url[2100], wns_url[512], channel[128], data_dir[SIM_PATH_MAX], id_dir[SIM_PATH_MAX + 32];
     wslot *slots;
     size_t n, cap;
@@ -182,6 +186,13 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
     else
         snprintf(f->id_dir, sizeof f->id_dir, "%s/sim-identities", sim_pki_dir(cfg->pki));
     f->rng = cfg->seed ^ 0x5eed5eedull;
+    f->cfg.smdp_resolve = NULL;
+    for (size_t k = 0; k < cfg->n_smdp_resolve && k < MAX_RESOLVE; k++) {
+        const char *r = cfg->smdp_resolve[k], *eq = strchr(r, '=');
+        snprintf(f->resolve_name[k], sizeof f->resolve_name[k], "%.*s", (int)(eq - r), r);
+        snprintf(f->resolve_to[k], sizeof f->resolve_to[k], "https://%.290s", eq + 1);
+        f->n_resolve++;
+    }
     f->cap = capacity ? capacity : 1;
     f->idx_cap = 64;
     while (f->idx_cap < f->cap * 2)
@@ -515,6 +526,23 @@ static void after_download(void *arg, const sim_download_result *r)
         job_finished(j, 0);
 }
 
+/* The SM-DP+ URL for a job's https://<name>, through the resolve table. */
+static void resolve(const sim_winfleet *f, sim_winpc_job *job)
+{
+    if (strncmp(job->server_url, "https://", 8) != 0)
+        return;
+    const char *name = job->server_url + 8;
+    const char *to = NULL;
+    for (size_t k = 0; k < f->n_resolve && !to; k++)
+        if (strcmp(f->resolve_name[k], name) == 0)
+            to = f->resolve_to[k];
+    for (size_t k = 0; k < f->n_resolve && !to; k++)
+        if (strcmp(f->resolve_name[k], "*") == 0 && !strchr(name, ':'))
+            to = f->resolve_to[k];
+    if (to)
+        snprintf(job->server_url, sizeof job->server_url, "%s", to);
+}
+
 static void run_jobs(sim_winfleet *f, size_t i)
 {
     wslot *sl = &f->slots[i];
@@ -524,6 +552,7 @@ static void run_jobs(sim_winfleet *f, size_t i)
         job_ctx *j = malloc(sizeof *j);
         if (!j)
             return;
+        resolve(f, &job);
         *j = (job_ctx){f, i, job};
         sl->jobs++;
         if (job.kind == SIM_WINJOB_RESET) {

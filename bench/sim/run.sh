@@ -46,4 +46,11 @@ for part, name in (("devsim", "device simulator"), ("smdp", "SM-DP+ simulator"))
           f"(goal 0.5 ms{f' = {0.5/sign_ms:.1f} signatures' if sign_ms else ''}: "
           f"{'met' if ms <= 0.5 else 'not met'})")
 PY
+# The device simulator's CPU per Windows PC: N PCs against a scripted OMA-DM
+# server and the SM-DP+ on another thread (bench/sim/winpc_bench.c).
+wn=${ESIM_BENCH_WIN_PCS:-500}
+if [[ -x "$build/bench/sim/winpc_bench" ]]; then
+  echo "-- device simulator's CPU per Windows PC, $wn PCs (scripted OMA-DM server, release build)"
+  "$build/bench/sim/winpc_bench" "$wn" 2000 || status=1
+fi
 exit $status

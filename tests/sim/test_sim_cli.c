@@ -138,6 +138,12 @@ static void test_usage_errors(void **state)
                                        "http://127.0.0.1:1", "--devices", "3", "--windows-poll-ms",
                                        "5", NULL}),
         2);
+    assert_int_equal(
+        run_cli(&out,
+                (const char *[]){"devsim", "--server", "http://127.0.0.1:1", "--apns-mock",
+                                 "http://127.0.0.1:1", "--devices", "3", "--windows-pcs", "1",
+                                 "--smdp-resolve", "smdp.example.com", "--pki", fx.pki, NULL}),
+        2);
     esim_buf_free(&out);
 }
 

@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 
 #include "tests/sim/sim_test.h"
+#include "tests/sim/omadm_server.h"
 #include "wns/wns_mock.h"
 
 #pragma GCC diagnostic ignored "-Wformat-truncation"
@@ -30,215 +31,19 @@
 #define NPC 3
 #define SEED 4242
 
-/* ---- the scripted OMA-DM server ------------------------------------------------ */
-
-typedef struct {
-    char id[65];
-    int sessions, alert1200, violations;
-    bool in_session;
-    unsigned msg; /* our MsgID in the current session */
-    char sid[16];
-    char channel[600];
-    esim_buf pending; /* commands for the next message */
-    /* what the PC answered, by CmdRef */
-    struct {
-        char ref[64];
-        int code;
-        char data[600];
-    } ans[256];
-    size_t n_ans;
-} pcrec;
-
 static struct {
     char *dir;
     char pki_dir[600];
     sim_pki *pki;
     struct event_base *base;
-    SSL_CTX *ssl;
-    struct evhttp *http;
-    int port;
-    pcrec pcs[NPC];
-    int cn_mismatch;
-    unsigned cmd_seq;
+    omadm_server *os;
 } srv;
 
-static char *xs(xmlXPathContext *ctx, const char *expr)
-{
-    xmlXPathObject *o = xmlXPathEvalExpression((const xmlChar *)expr, ctx);
-    char *s = strdup(o && o->stringval ? (const char *)o->stringval : "");
-    xmlXPathFreeObject(o);
-    return s;
-}
-
-#define LN(x) "*[local-name()='" x "']"
-
-static pcrec *pc_by_id(const char *id)
-{
-    for (int i = 0; i < NPC; i++)
-        if (strcmp(srv.pcs[i].id, id) == 0)
-            return &srv.pcs[i];
-    return NULL;
-}
-
-static void record(pcrec *p, const char *ref, int code, const char *data)
-{
-    for (size_t i = 0; i < p->n_ans; i++)
-        if (strcmp(p->ans[i].ref, ref) == 0) {
-            if (code)
-                p->ans[i].code = code;
-            if (data)
-                snprintf(p->ans[i].data, sizeof p->ans[i].data, "%s", data);
-            return;
-        }
-    if (p->n_ans == 256)
-        return;
-    snprintf(p->ans[p->n_ans].ref, sizeof p->ans[0].ref, "%s", ref);
-    p->ans[p->n_ans].code = code;
-    snprintf(p->ans[p->n_ans].data, sizeof p->ans[0].data, "%s", data ? data : "");
-    p->n_ans++;
-}
-
-static void reply(struct evhttp_request *req, int code, const esim_buf *body)
-{
-    struct evbuffer *out = evbuffer_new();
-    if (body && body->len)
-        evbuffer_add(out, body->data, body->len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "application/vnd.syncml.dm+xml");
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", out);
-    evbuffer_free(out);
-}
-
-static void on_omadm(struct evhttp_request *req, void *arg)
-{
-    (void)arg;
-    /* Identity: the TLS client certificate's CN. */
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(evhttp_request_get_connection(req));
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
-    char cn[128] = "";
-    if (peer)
-        X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
-    X509_free(peer);
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    char *body = malloc(len + 1);
-    evbuffer_remove(in, body, len);
-    body[len] = 0;
-    const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
-    xmlDoc *doc = xmlReadMemory(body, (int)len, "c", NULL, XML_PARSE_NONET);
-    free(body);
-    if (!doc || !ctype || strcmp(ctype, "application/vnd.syncml.dm+xml") != 0) {
-        xmlFreeDoc(doc);
-        reply(req, 400, NULL);
-        return;
-    }
-    xmlXPathContext *ctx = xmlXPathNewContext(doc);
-    char *id = xs(ctx, "string(//" LN("SyncHdr") "/" LN("Source") "/" LN("LocURI") ")");
-    char *sid = xs(ctx, "string(//" LN("SyncHdr") "/" LN("SessionID") ")");
-    char *msgid = xs(ctx, "string(//" LN("SyncHdr") "/" LN("MsgID") ")");
-    pcrec *p = pc_by_id(id);
-    if (!p || strcmp(cn, id) != 0) {
-        srv.cn_mismatch++;
-        xmlXPathFreeContext(ctx);
-        xmlFreeDoc(doc);
-        free(id);
-        free(sid);
-        free(msgid);
-        reply(req, 403, NULL);
-        return;
-    }
-    esim_buf out = {0};
-    if (strcmp(msgid, "1") == 0) {
-        /* Package 1: Alert 1201/1200 and the DevInfo Replace. */
-        char *alert = xs(ctx, "string(//" LN("Alert") "/" LN("Data") ")");
-        char *devid = xs(ctx, "string(//" LN("Replace") "/" LN("Item") "[" LN("Source") "/" LN(
-                                  "LocURI") "='./DevInfo/DevId']/" LN("Data") ")");
-        if (strcmp(devid, id) != 0 || (strcmp(alert, "1201") != 0 && strcmp(alert, "1200") != 0))
-            p->violations++;
-        if (strcmp(alert, "1200") == 0)
-            p->alert1200++;
-        if (getenv("WINSIM_DEBUG"))
-            fprintf(stderr, "session %s alert %s pending %zu\n", id, alert, p->pending.len);
-        free(alert);
-        free(devid);
-        p->in_session = true;
-        p->msg = 0;
-        snprintf(p->sid, sizeof p->sid, "%s", sid);
-    } else {
-        /* Later messages: SyncHdr Status first, then Status/Results per command. */
-        char *first = xs(ctx, "string(//" LN("SyncBody") "/*[1]/" LN("CmdRef") ")");
-        if (strcmp(first, "0") != 0 || strcmp(sid, p->sid) != 0)
-            p->violations++;
-        free(first);
-        xmlXPathObject *o =
-            xmlXPathEvalExpression((const xmlChar *)"//" LN("SyncBody") "/" LN("Status"), ctx);
-        for (int i = 0; o && o->nodesetval && i < o->nodesetval->nodeNr; i++) {
-            ctx->node = o->nodesetval->nodeTab[i];
-            char *ref = xs(ctx, "string(" LN("CmdRef") ")");
-            char *code = xs(ctx, "string(" LN("Data") ")");
-            if (strcmp(ref, "0") != 0)
-                record(p, ref, atoi(code), NULL);
-            free(ref);
-            free(code);
-        }
-        xmlXPathFreeObject(o);
-        o = xmlXPathEvalExpression((const xmlChar *)"//" LN("SyncBody") "/" LN("Results"), ctx);
-        for (int i = 0; o && o->nodesetval && i < o->nodesetval->nodeNr; i++) {
-            ctx->node = o->nodesetval->nodeTab[i];
-            char *ref = xs(ctx, "string(" LN("CmdRef") ")");
-            char *data = xs(ctx, "string(" LN("Item") "/" LN("Data") ")");
-            record(p, ref, 0, data);
-            if (strncmp(ref, "channel-", 8) == 0)
-                snprintf(p->channel, sizeof p->channel, "%s", data);
-            free(ref);
-            free(data);
-        }
-        xmlXPathFreeObject(o);
-    }
-    esim_buf_printf(&out,
-                    "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>"
-                    "DM/1.2</VerProto><SessionID>%s</SessionID><MsgID>%u</MsgID><Target><LocURI>"
-                    "%s</LocURI></Target><Source><LocURI>https://mdm.test/ManagementServer/MDM.svc"
-                    "</LocURI></Source></SyncHdr><SyncBody><Status><CmdID>1</CmdID><MsgRef>%s"
-                    "</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><Data>200</Data></Status>",
-                    sid, ++p->msg, id, msgid);
-    bool commands = false;
-    if (strcmp(msgid, "1") == 0) {
-        esim_buf_printf(&out,
-                        "<Status><CmdID>2</CmdID><MsgRef>1</MsgRef><CmdRef>1</CmdRef><Cmd>Alert"
-                        "</Cmd><Data>200</Data></Status><Status><CmdID>3</CmdID><MsgRef>1</MsgRef>"
-                        "<CmdRef>2</CmdRef><Cmd>Replace</Cmd><Data>200</Data></Status>"
-                        "<Get><CmdID>channel-%u</CmdID><Item><Target><LocURI>./Vendor/MSFT/"
-                        "DMClient/Provider/esim-mdm/Push/ChannelURI</LocURI></Target></Item></Get>",
-                        ++srv.cmd_seq);
-        commands = true;
-    }
-    if (p->pending.len) {
-        esim_buf_append(&out, p->pending.data, p->pending.len);
-        esim_buf_reset(&p->pending);
-        commands = true;
-    }
-    esim_buf_append_str(&out, "<Final/></SyncBody></SyncML>");
-    if (!commands) {
-        p->in_session = false;
-        p->sessions++;
-    }
-    xmlXPathFreeContext(ctx);
-    xmlFreeDoc(doc);
-    free(id);
-    free(sid);
-    free(msgid);
-    reply(req, 200, &out);
-    esim_buf_free(&out);
-}
-
-static struct bufferevent *tls_bev(struct event_base *base, void *arg)
-{
-    (void)arg;
-    return bufferevent_openssl_socket_new(base, -1, SSL_new(srv.ssl), BUFFEREVENT_SSL_ACCEPTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
-}
+typedef omadm_pc pcrec;
+#define answer_of omadm_answer
+#define queue omadm_queue
+#define add omadm_add
+#define get omadm_get
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -257,17 +62,6 @@ typedef struct {
     int sessions;
 } wait_ans;
 
-static const char *answer_of(pcrec *p, const char *ref, int *code)
-{
-    for (size_t i = 0; i < p->n_ans; i++)
-        if (strcmp(p->ans[i].ref, ref) == 0) {
-            if (code)
-                *code = p->ans[i].code;
-            return p->ans[i].data;
-        }
-    return NULL;
-}
-
 static bool has_answer(void *arg)
 {
     wait_ans *w = arg;
@@ -279,36 +73,6 @@ static bool sessions_at_least(void *arg)
 {
     wait_ans *w = arg;
     return w->p->sessions >= w->sessions && !w->p->in_session;
-}
-
-/* Queues |xml| for PC |p|. */
-static void queue(pcrec *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void queue(pcrec *p, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    esim_buf_vprintf(&p->pending, fmt, ap);
-    va_end(ap);
-}
-
-static void add(pcrec *p, const char *id, const char *uri, const char *format, const char *data)
-{
-    if (data)
-        queue(p,
-              "<Add><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target><Meta><Format "
-              "xmlns=\"syncml:metinf\">%s</Format></Meta><Data>%s</Data></Item></Add>",
-              id, uri, format, data);
-    else
-        queue(p,
-              "<Add><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target><Meta><Format "
-              "xmlns=\"syncml:metinf\">node</Format></Meta></Item></Add>",
-              id, uri);
-}
-
-static void get(pcrec *p, const char *id, const char *uri)
-{
-    queue(p, "<Get><CmdID>%s</CmdID><Item><Target><LocURI>%s</LocURI></Target></Item></Get>", id,
-          uri);
 }
 
 /* A raw WNS notification to |uri|, as the service sends it; the HTTP status. */
@@ -357,37 +121,17 @@ static int setup(void **state)
     if (sim_pki_open(srv.pki_dir, &srv.pki, NULL) != ESIM_OK)
         return -1;
     srv.base = event_base_new();
-    srv.ssl = SSL_CTX_new(TLS_server_method());
-    char cert[700], key[700], devca[700];
-    snprintf(cert, sizeof cert, "%s/server.pem", srv.pki_dir);
-    snprintf(key, sizeof key, "%s/server.key", srv.pki_dir);
-    snprintf(devca, sizeof devca, "%s/device-ca.pem", srv.pki_dir);
-    if (SSL_CTX_use_certificate_chain_file(srv.ssl, cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(srv.ssl, key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_load_verify_locations(srv.ssl, devca, NULL) != 1)
-        return -1;
-    SSL_CTX_set_verify(srv.ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-    /* A client resuming its TLS session needs this with client certificates. */
-    SSL_CTX_set_session_id_context(srv.ssl, (const unsigned char *)"winsim", 6);
-    srv.http = evhttp_new(srv.base);
-    evhttp_set_bevcb(srv.http, tls_bev, NULL);
-    evhttp_set_gencb(srv.http, on_omadm, NULL);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv.http, "127.0.0.1", 0);
-    if (!bs)
-        return -1;
-    srv.port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
+    char ids[NPC][65];
     for (int i = 0; i < NPC; i++)
-        sim_devsim_windows_id(SEED, (unsigned)i, srv.pcs[i].id);
-    return 0;
+        sim_devsim_windows_id(SEED, (unsigned)i, ids[i]);
+    srv.os = omadm_server_new(srv.base, srv.pki_dir, ids, NPC);
+    return srv.os ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NPC; i++)
-        esim_buf_free(&srv.pcs[i].pending);
-    evhttp_free(srv.http);
-    SSL_CTX_free(srv.ssl);
+    omadm_server_free(srv.os);
     event_base_free(srv.base);
     sim_pki_free(srv.pki);
     st_rmrf(srv.dir);
@@ -436,15 +180,22 @@ static void test_windows_end_to_end(void **state)
              wns_mock_port(wns, WNS_MOCK_PORT_HTTPS));
     snprintf(wns_deliv, sizeof wns_deliv, "http://127.0.0.1:%d",
              wns_mock_port(wns, WNS_MOCK_PORT_DELIVERY));
-    snprintf(url, sizeof url, "https://127.0.0.1:%d/ManagementServer/MDM.svc", srv.port);
+    snprintf(url, sizeof url, "https://127.0.0.1:%d/ManagementServer/MDM.svc", srv.os->port);
 
-    /* Three PCs; they poll every 60 s, so what happens sooner is WNS. */
+    /* Three PCs; they poll every 60 s, so what happens sooner is WNS. The
+     * SM-DP+'s name as the service would write it (an FQDN, no port) is
+     * resolved to the simulator's address, as DNS would. */
+    char resolve_entry[128];
+    snprintf(resolve_entry, sizeof resolve_entry, "smdp.example.com=%s", smdp_name);
+    const char *resolve[] = {resolve_entry};
     sim_devsim_config dc = {.server_url = url,
                             .pki_dir = srv.pki_dir,
                             .devices = NPC,
                             .windows_pcs = NPC,
                             .wns_url = wns_deliv,
-                            .seed = SEED};
+                            .seed = SEED,
+                            .smdp_resolve = resolve,
+                            .n_smdp_resolve = 1};
     sim_devsim *ds = NULL;
     assert_int_equal(sim_devsim_new(srv.base, &dc, &ds, &err), ESIM_OK);
     assert_int_equal(sim_devsim_windows_count(ds), NPC);
@@ -453,18 +204,18 @@ static void test_windows_end_to_end(void **state)
 
     /* First sessions: each PC is known, with its channel URI from the mock. */
     for (int i = 0; i < NPC; i++) {
-        wait_ans w = {.p = &srv.pcs[i], .sessions = 1};
+        wait_ans w = {.p = &srv.os->pcs[i], .sessions = 1};
         assert_true(run_until(sessions_at_least, &w));
     }
-    assert_int_equal(srv.cn_mismatch, 0);
+    assert_int_equal(srv.os->cn_mismatch, 0);
     /* Channels can arrive after the first session: a second one reports them. */
     for (int i = 0; i < NPC; i++) {
-        if (!srv.pcs[i].channel[0])
-            assert_int_equal(sim_devsim_windows_sync(ds, srv.pcs[i].id, &err), ESIM_OK);
-        wait_ans w = {.p = &srv.pcs[i], .sessions = 2};
-        if (!srv.pcs[i].channel[0])
+        if (!srv.os->pcs[i].channel[0])
+            assert_int_equal(sim_devsim_windows_sync(ds, srv.os->pcs[i].id, &err), ESIM_OK);
+        wait_ans w = {.p = &srv.os->pcs[i], .sessions = 2};
+        if (!srv.os->pcs[i].channel[0])
             assert_true(run_until(sessions_at_least, &w));
-        assert_non_null(strstr(srv.pcs[i].channel, "/?token="));
+        assert_non_null(strstr(srv.os->pcs[i].channel, "/?token="));
     }
 
     char base0[256], base1[256], base2[256], u[512];
@@ -473,14 +224,14 @@ static void test_windows_end_to_end(void **state)
     snprintf(base2, sizeof base2, "./Vendor/MSFT/eUICCs/%s", eid[2]);
 
     /* PC0: the eUICC node, then a profile by activation code, enabled. */
-    pcrec *p0 = &srv.pcs[0];
+    pcrec *p0 = &srv.os->pcs[0];
     get(p0, "list", "./Device/Vendor/MSFT/eUICCs");
     snprintf(u, sizeof u, "%s/Identifier", base0);
     get(p0, "ident", u);
     snprintf(u, sizeof u, "%s/Profiles/%s", base0, iccid[0]);
     add(p0, "p-node", u, NULL, NULL);
     snprintf(u, sizeof u, "%s/Profiles/%s/ServerName", base0, iccid[0]);
-    add(p0, "p-server", u, "chr", smdp_name);
+    add(p0, "p-server", u, "chr", "smdp.example.com"); /* found through --smdp-resolve */
     snprintf(u, sizeof u, "%s/Profiles/%s/MatchingID", base0, iccid[0]);
     add(p0, "p-mid", u, "chr", "1A2B3-C4D5E-6F7A8-9B0C1");
     snprintf(u, sizeof u, "%s/Profiles/%s/IsEnabled", base0, iccid[0]);
@@ -523,7 +274,7 @@ static void test_windows_end_to_end(void **state)
     assert_string_equal(en->iccid, iccid[0]);
 
     /* PC1: three realistic failures, each ErrorDetail in words of the CSP. */
-    pcrec *p1 = &srv.pcs[1];
+    pcrec *p1 = &srv.os->pcs[1];
     struct {
         const char *iccid, *server, *mid;
         const char *want;
@@ -574,7 +325,7 @@ static void test_windows_end_to_end(void **state)
     }
 
     /* PC2: discovery with AutoEnable, the local-UI policy, then a reset. */
-    pcrec *p2 = &srv.pcs[2];
+    pcrec *p2 = &srv.os->pcs[2];
     snprintf(u, sizeof u, "%s/DownloadServers/%s", base2, smdp_name);
     add(p2, "d-node", u, NULL, NULL);
     snprintf(u, sizeof u, "%s/DownloadServers/%s/AutoEnable", base2, smdp_name);
@@ -674,7 +425,7 @@ static void test_windows_end_to_end(void **state)
 
     /* Nothing broke the session rules, and the counters add up. */
     for (int i = 0; i < NPC; i++)
-        assert_int_equal(srv.pcs[i].violations, 0);
+        assert_int_equal(srv.os->pcs[i].violations, 0);
     sim_devsim_stats st = sim_devsim_get_stats(ds);
     assert_int_equal(st.windows_pcs, NPC);
     assert_int_equal(st.win_session_errors, 0);
