@@ -1197,6 +1197,8 @@ json_t *campaigns_device_json(const campaign *c, size_t i)
                           d->push_state < 6 ? push_state_words[d->push_state] : "unknown");
     if (!o)
         return NULL;
+    const campaign_platform *pl = campaign_platform_get(d->platform);
+    json_object_set_new(o, "platform", json_string(pl ? pl->name : "unknown"));
     if (d->eid[0])
         json_object_set_new(o, "expected_eid", json_string(d->eid));
     if (d->iccid[0])
@@ -1233,6 +1235,31 @@ json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
     json_object_set_new(o, "state", json_string(campaign_state_name(campaign_get_state(c))));
     json_object_set_new(o, "devices", json_integer((json_int_t)campaign_device_count(c)));
     json_object_set_new(o, "counts", cj);
+    /* Progress per platform: a mixed campaign shows its iPhones and its PCs
+     * apart. */
+    size_t per[CAMPAIGN_PLATFORM_COUNT][CDEV_STATE_COUNT];
+    size_t per_n[CAMPAIGN_PLATFORM_COUNT];
+    memset(per, 0, sizeof per);
+    memset(per_n, 0, sizeof per_n);
+    for (size_t i = 0; i < campaign_device_count(c); i++) {
+        const campaign_dev *d = campaign_device_at(c, i);
+        if (d->platform < CAMPAIGN_PLATFORM_COUNT && d->state < CDEV_STATE_COUNT) {
+            per[d->platform][d->state]++;
+            per_n[d->platform]++;
+        }
+    }
+    json_t *bp = json_object();
+    for (uint8_t p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++) {
+        if (!per_n[p])
+            continue;
+        json_t *pc = json_object();
+        json_object_set_new(pc, "devices", json_integer((json_int_t)per_n[p]));
+        for (int st = 0; st < CDEV_STATE_COUNT; st++)
+            json_object_set_new(pc, campaign_dev_state_name((campaign_dev_state)st),
+                                json_integer((json_int_t)per[p][st]));
+        json_object_set_new(bp, campaign_platform_get(p)->name, pc);
+    }
+    json_object_set_new(o, "by_platform", bp);
     json_object_set_new(o, "refresh_acknowledged",
                         json_integer((json_int_t)campaign_refresh_acked(c)));
     json_object_set_new(o, "pushes", json_integer((json_int_t)campaign_pushes(c)));
@@ -1307,9 +1334,12 @@ static esim_err list_add(udid_list *l, const char *udid)
     return ESIM_OK;
 }
 
-/* "ios" for iPhones, "ipados" for iPads, "macos", "tvos", else "unknown". */
+/* "ios" for iPhones, "ipados" for iPads, "macos", "tvos", "windows", else
+ * "unknown". */
 static const char *device_platform(const store_device *d)
 {
+    if (strcmp(d->platform, "windows") == 0)
+        return "windows";
     const char *p = d->product_name[0] ? d->product_name : d->model;
     if (strncmp(p, "iPhone", 6) == 0)
         return "ios";
@@ -1379,11 +1409,13 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
     const char *want = NULL;
     if (platform) {
         if (!json_is_string(platform))
-            return bad_field(field, "target.platform", err, "must be ios, ipados, macos or tvos");
+            return bad_field(field, "target.platform", err,
+                             "must be ios, ipados, macos, tvos or windows");
         want = json_string_value(platform);
         if (strcmp(want, "ios") && strcmp(want, "ipados") && strcmp(want, "macos") &&
-            strcmp(want, "tvos"))
-            return bad_field(field, "target.platform", err, "must be ios, ipados, macos or tvos");
+            strcmp(want, "tvos") && strcmp(want, "windows"))
+            return bad_field(field, "target.platform", err,
+                             "must be ios, ipados, macos, tvos or windows");
     } else if (!json_is_true(all))
         return bad_field(field, "target.all", err, "must be true");
     char after[65] = "";

@@ -83,6 +83,79 @@ static void chain_words(const char *json, char *out, size_t len, int64_t *code)
     json_decref(arr);
 }
 
+/* A Windows answer in words: the first item that failed ("Add
+ * …/MatchingID answered 405, HRESULT 0x86000002"), or "" when every item
+ * succeeded. */
+static void syncml_words(json_t *items, char *out, size_t len, int64_t *code)
+{
+    out[0] = '\0';
+    size_t i;
+    json_t *it;
+    json_array_foreach(items, i, it)
+    {
+        json_int_t c = json_integer_value(json_object_get(it, "code"));
+        if (c >= 200 && c <= 299)
+            continue;
+        const char *h = json_string_value(json_object_get(it, "hresult"));
+        snprintf(out, len, "%s %s answered %lld%s%s%s",
+                 json_string_value(json_object_get(it, "cmd"))
+                     ? json_string_value(json_object_get(it, "cmd"))
+                     : "?",
+                 json_string_value(json_object_get(it, "target"))
+                     ? json_string_value(json_object_get(it, "target"))
+                     : "",
+                 (long long)c,
+                 c == 405   ? " (not allowed on this node)"
+                 : c == 404 ? " (no such node)"
+                            : "",
+                 h ? ", HRESULT " : "", h ? h : "");
+        *code = c;
+        return;
+    }
+}
+
+/* The newest "verify" event of the device (what became of its last eSIM
+ * operation), or false. */
+static bool last_verify(store *st, const char *udid, store_event *out)
+{
+    static const char *const kinds[] = {"verify"};
+    return esim_store_event_latest(st, udid, kinds, 1, out, NULL) == ESIM_OK;
+}
+
+/* What a Windows failure means and what to do about it. */
+static void windows_failure(diag *d, const char *why)
+{
+    if (strstr(why, "ProfileNotReleasedByOperator") || strstr(why, "ErrorDetail 12"))
+        conclude(d, "profile_not_released",
+                 "Ask the operator to release the profile for this EID on the SM-DP+, then run "
+                 "the campaign again for this PC.",
+                 "The SM-DP+ has no profile released for this PC: the operator did not release "
+                 "it (%s).",
+                 why);
+    else if (strstr(why, "InvalidMatchingId") || strstr(why, "ErrorDetail 6") ||
+             strstr(why, "MatchingID"))
+        conclude(d, "invalid_matching_id",
+                 "Check the activation code for this EID (esim-mdm import activation-codes) and "
+                 "queue the profile again.",
+                 "The SM-DP+ refused the matching ID the PC presented (%s).", why);
+    else if (strstr(why, "RemoteServerUnreachable") || strstr(why, "ErrorDetail 14") ||
+             strstr(why, "unreachable"))
+        conclude(d, "smdp_unreachable",
+                 "Check that the PC can reach the SM-DP+ (network, proxy, firewall, DNS), then "
+                 "run the campaign again for it.",
+                 "The PC could not reach the SM-DP+ (%s).", why);
+    else if (strstr(why, "DiscoveryState 4"))
+        conclude(d, "nothing_released",
+                 "Check the SM-DP+ order for this EID (released? linked to this EID?), then run "
+                 "the campaign again for this PC.",
+                 "Discovery at the SM-DP+ found nothing for this PC (%s).", why);
+    else if (strstr(why, "405"))
+        conclude(d, "csp_refused",
+                 "The command writes a node the eUICCs CSP does not let it write: check the "
+                 "operation (a read-only node, or a setting the OS version lacks).",
+                 "The PC refused a write to its eUICC (%s).", why);
+}
+
 static const char *push_words(uint8_t s)
 {
     static const char *const w[] = {
@@ -155,6 +228,7 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                    ? esim_fail(err, ESIM_ENOTFOUND,
                                "no device %s: it never enrolled with this service", udid)
                    : rc;
+    bool windows = strcmp(dev.platform, "windows") == 0;
     diag d = {.checks = json_array()};
     if (!d.checks)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -170,6 +244,26 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
         conclude(&d, "not_enrolled", "Re-enrol the device; nothing can reach it until then.",
                  "The device is not enrolled: it checked out at %s.", t2);
     fmt_time(dev.token_updated_at, t1);
+    if (windows) {
+        /* A PC's push address is its WNS channel, read every session. */
+        check(&d, "wns_channel", dev.push_state == STORE_PUSH_VALID, "%s (last reported %s)",
+              dev.push_state == STORE_PUSH_VALID ? "valid"
+              : dev.push_state == STORE_PUSH_DEAD
+                  ? "expired: WNS answered 410, a new one comes with the PC's next session"
+                  : "none: the PC never reported a WNS channel (DMClient push not set up)",
+              t1);
+        if (dev.push_state == STORE_PUSH_DEAD)
+            conclude(&d, "channel_expired",
+                     "Wait for the PC's next scheduled session (it reports a fresh channel "
+                     "then), or start a sync on the PC.",
+                     "WNS says the PC's push channel expired, so pushes cannot wake it until it "
+                     "reports a new one.");
+        else if (dev.push_state == STORE_PUSH_NONE && dev.enrolled)
+            conclude(&d, "no_channel",
+                     "Check the PC's DMClient push settings; until then it gets its commands at "
+                     "its polling schedule.",
+                     "The PC never reported a WNS channel, so the service cannot wake it.");
+    }
     /* Any non-empty token is taken at TokenUpdate (test clients send short
      * placeholders): APNs judges it when a push goes out. */
     size_t token_bytes = strlen(dev.push_token) / 2;
@@ -179,12 +273,14 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                  "; the token is %zu bytes, not an APNs device token's 32: APNs judges it at "
                  "push time (BadDeviceToken if it is a placeholder)",
                  token_bytes);
-    check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)%s",
-          dev.push_state == STORE_PUSH_VALID  ? "valid"
-          : dev.push_state == STORE_PUSH_DEAD ? "dead: APNs refused it"
-                                              : "none: the device never sent TokenUpdate",
-          t1, odd_token);
-    if (dev.push_state == STORE_PUSH_DEAD)
+    if (!windows)
+        check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)%s",
+              dev.push_state == STORE_PUSH_VALID  ? "valid"
+              : dev.push_state == STORE_PUSH_DEAD ? "dead: APNs refused it"
+                                                  : "none: the device never sent TokenUpdate",
+              t1, odd_token);
+    if (windows) {
+    } else if (dev.push_state == STORE_PUSH_DEAD)
         conclude(&d, "token_dead",
                  "Wait for the device to check in on its own (it then sends a new token), or "
                  "re-enrol it.",
@@ -206,8 +302,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     char apns_words[600] = "";
     if (have_ev) {
         fmt_time(last_push_ev.at, t1);
-        snprintf(apns_words, sizeof apns_words, "; APNs's last answer (%s): %.400s", t1,
-                 apns_refused ? last_push_ev.detail : "accepted");
+        snprintf(apns_words, sizeof apns_words, "; %s's last answer (%s): %.400s",
+                 windows ? "WNS" : "APNs", t1, apns_refused ? last_push_ev.detail : "accepted");
     }
     if (cd && cd->last_push_ms) {
         fmt_time(cd->last_push_ms, t1);
@@ -240,8 +336,13 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     if (esim_store_device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
         for (size_t i = 0; i < nq; i++) {
             char words[400];
-            int64_t code;
-            chain_words(q[i].error_chain_json, words, sizeof words, &code);
+            int64_t code = 0;
+            json_t *win = q[i].error_chain_json ? json_loads(q[i].error_chain_json, 0, NULL) : NULL;
+            if (json_is_object(win))
+                syncml_words(json_object_get(win, "syncml"), words, sizeof words, &code);
+            else
+                chain_words(q[i].error_chain_json, words, sizeof words, &code);
+            json_decref(win);
             json_t *e = json_pack(
                 "{s:s, s:s, s:s, s:i, s:i}", "command_uuid", q[i].command_uuid, "request_type",
                 q[i].request_type, "state",
@@ -262,6 +363,22 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
           nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);
 
+    /* Windows: what verification found of the last eSIM operation. */
+    store_event ve;
+    if (windows && last_verify(st, udid, &ve)) {
+        fmt_time(ve.at, t1);
+        bool good = strncmp(ve.detail, "done", 4) == 0;
+        bool bad = strncmp(ve.detail, "failed", 6) == 0 || strncmp(ve.detail, "timeout", 7) == 0;
+        check(&d, "verification",
+              good  ? 1
+              : bad ? 0
+                    : -1,
+              "operation %s: %s (%s)", ve.command_uuid, ve.detail, t1);
+        if (bad && (!cd || campaign_dev_state_final((campaign_dev_state)cd->state)))
+            windows_failure(&d, ve.detail);
+    }
+    if (windows && last_error[0] && (!cd || cd->state == CDEV_FAILED))
+        windows_failure(&d, last_error);
     if (cd && cd->not_now)
         check(&d, "not_now", -1,
               "the device answered NotNow %u time%s during campaign %s (locked or busy); the "
@@ -315,6 +432,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                      campaign_id(c), why[0] ? ": " : "", why);
             break;
         case CDEV_UNVERIFIED:
+            if (windows)
+                windows_failure(&d, why);
             conclude(
                 &d, why[0] && strstr(why, "import") ? "no_expected_eid" : "unverified",
                 why[0] && strstr(why, "import")
@@ -324,6 +443,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                 "The eSIM is not verified: %s.", why);
             break;
         case CDEV_FAILED:
+            if (windows)
+                windows_failure(&d, why);
             if (strstr(why, "8.2") || strstr(why, "consumed") || strstr(why, "already downloaded"))
                 conclude(&d, "profile_consumed",
                          "Reset or re-release the order on the SM-DP+ (or order a new profile), "

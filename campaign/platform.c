@@ -11,6 +11,7 @@ const campaign_platform *campaign_platform_get(uint8_t id)
 {
     static const campaign_platform *const platforms[CAMPAIGN_PLATFORM_COUNT] = {
         [CAMPAIGN_PLATFORM_APPLE] = &campaign_platform_apple,
+        [CAMPAIGN_PLATFORM_WINDOWS] = &campaign_platform_windows,
     };
     return id < CAMPAIGN_PLATFORM_COUNT ? platforms[id] : NULL;
 }
@@ -18,15 +19,15 @@ const campaign_platform *campaign_platform_get(uint8_t id)
 campaign_platform_id campaign_platform_of(const store_device *d)
 {
     if (d && strcmp(d->platform, "windows") == 0)
-        return CAMPAIGN_PLATFORM_COUNT; /* no Windows adapter yet */
+        return CAMPAIGN_PLATFORM_WINDOWS;
     return CAMPAIGN_PLATFORM_APPLE;
 }
 
 campaign_platform_id campaign_platform_of_result(const esim_service_result *r)
 {
-    if (!r->msg)
-        return CAMPAIGN_PLATFORM_COUNT; /* a SyncML answer: no Windows adapter yet */
-    return CAMPAIGN_PLATFORM_APPLE;
+    if (r->platform && strcmp(r->platform, "windows") == 0)
+        return CAMPAIGN_PLATFORM_WINDOWS;
+    return r->msg ? CAMPAIGN_PLATFORM_APPLE : CAMPAIGN_PLATFORM_COUNT;
 }
 
 void campaign_command_free(campaign_command *cmd)

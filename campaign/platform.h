@@ -10,11 +10,10 @@
  * the device. The glue (campaign.c) picks the adapter per device, by the
  * platform recorded in its campaign record (campaign_dev.platform).
  *
- * Only Apple is implemented (platform_apple.c: MDM commands as plists).
- * Windows (OMA-DM, the eUICCs CSP) fits the same shape: its commands name
- * the device's eUICC (by EID) and profile (by ICCID), so it builds one
- * command per device (per_device_commands), and its verification reads the
- * profile's State from a Get's Results.
+ * Apple (platform_apple.c: MDM commands as plists, one for a whole batch)
+ * and Windows (platform_windows.c: eUICCs CSP SyncML; its commands name the
+ * device's eUICC by EID, so one command per device, and its verification
+ * reads the profile's State from a Get's Results).
  */
 #ifndef ESIM_CAMPAIGN_PLATFORM_H
 #define ESIM_CAMPAIGN_PLATFORM_H
@@ -24,7 +23,8 @@
 
 /* The platforms campaigns can drive; campaign_dev.platform holds one. */
 typedef enum {
-    CAMPAIGN_PLATFORM_APPLE = 0, /* iPhone, iPad: Apple MDM over APNs */
+    CAMPAIGN_PLATFORM_APPLE = 0,   /* iPhone, iPad: Apple MDM over APNs */
+    CAMPAIGN_PLATFORM_WINDOWS = 1, /* Windows PCs: OMA-DM, the eUICCs CSP, WNS */
     CAMPAIGN_PLATFORM_COUNT
 } campaign_platform_id;
 
@@ -100,7 +100,13 @@ campaign_platform_id campaign_platform_of(const store_device *d);
  * messages (r->msg) today. */
 campaign_platform_id campaign_platform_of_result(const esim_service_result *r);
 
-/* The Apple adapter (platform_apple.c); the registry above is platform.c. */
+/* The adapters (platform_apple.c, platform_windows.c); the registry above
+ * is platform.c. */
 extern const campaign_platform campaign_platform_apple;
+extern const campaign_platform campaign_platform_windows;
+
+/* An eUICCs ErrorDetail code in words ("ProfileNotReleasedByOperator");
+ * "Unknown" for a code the CSP does not define. */
+const char *campaign_windows_error_detail(long code);
 
 #endif

@@ -30,7 +30,8 @@ typedef struct {
     bool local_ui_open; /* LocalUIEnabled for the profile step */
 } windows_ctx;
 
-/* "https://smdp.example.com:443/x" -> "smdp.example.com". */
+/* "https://smdp.example.com/x" -> "smdp.example.com" (a port is kept:
+ * "https://127.0.0.1:8443" -> "127.0.0.1:8443", as the PC connects to it). */
 static void fqdn_of(const char *url, char *out, size_t out_len)
 {
     out[0] = '\0';
@@ -38,7 +39,7 @@ static void fqdn_of(const char *url, char *out, size_t out_len)
         return;
     const char *p = strstr(url, "://");
     p = p ? p + 3 : url;
-    size_t n = strcspn(p, ":/?#");
+    size_t n = strcspn(p, "/?#");
     if (n < out_len) {
         memcpy(out, p, n);
         out[n] = '\0';

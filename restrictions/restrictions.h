@@ -154,7 +154,8 @@ typedef enum {
 typedef struct {
     esim_windows_op_kind kind;
     const char *eid;          /* required: the eUICC, by EID */
-    const char *server;       /* ADD_SERVER, DELETE_SERVER, ADD_PROFILE: an FQDN */
+    const char *server;       /* ADD_SERVER, DELETE_SERVER, ADD_PROFILE: an FQDN (or
+                                 FQDN:PORT, for test servers) */
     bool auto_enable;         /* ADD_SERVER */
     esim_tri discovery;       /* ADD_SERVER: IsDiscoveryServer (unset: not sent) */
     const char *iccid;        /* *_PROFILE */

@@ -3,6 +3,7 @@
  * driving the eUICCs configuration service provider
  * (./Device/Vendor/MSFT/eUICCs/{EID}), for vendors managing both platforms.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "restrictions/restrictions.h"
@@ -225,6 +226,25 @@ static esim_err op_cmd(op_writer *w, const char *verb, const char *node, const c
     return rc;
 }
 
+/* An SM-DP+ name as the eUICCs CSP takes it: an FQDN, or "host:port" (the
+ * simulated PCs keep the port, so an SM-DP+ simulator on a free port can be
+ * named). */
+static esim_err server_validate(const char *server, esim_error *err)
+{
+    const char *colon = strchr(server, ':');
+    if (!colon)
+        return esim_fqdn_validate(server, err);
+    char host[256];
+    size_t hl = (size_t)(colon - server);
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (hl == 0 || hl >= sizeof host || !colon[1] || *end || port < 1 || port > 65535)
+        return esim_fail(err, ESIM_EINVAL, "'%.200s' is not HOST or HOST:PORT", server);
+    memcpy(host, server, hl);
+    host[hl] = '\0';
+    return esim_fqdn_validate(host, err);
+}
+
 static esim_err validate_op(const esim_windows_op *op, const char *cmd_id, esim_error *err)
 {
     esim_error why = {{0}};
@@ -236,7 +256,7 @@ static esim_err validate_op(const esim_windows_op *op, const char *cmd_id, esim_
         return esim_fail(err, ESIM_EINVAL, "bad EID: %s", op->eid ? why.msg : "none given");
     bool needs_server = op->kind == ESIM_WIN_ADD_SERVER || op->kind == ESIM_WIN_DELETE_SERVER ||
                         op->kind == ESIM_WIN_ADD_PROFILE;
-    if (needs_server && (!op->server || esim_fqdn_validate(op->server, &why) != ESIM_OK))
+    if (needs_server && (!op->server || server_validate(op->server, &why) != ESIM_OK))
         return esim_fail(err, ESIM_EINVAL, "bad SM-DP+ server name: %s",
                          op->server ? why.msg : "none given");
     bool needs_iccid = op->kind == ESIM_WIN_ADD_PROFILE || op->kind == ESIM_WIN_ENABLE_PROFILE ||

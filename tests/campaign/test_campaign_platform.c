@@ -41,6 +41,88 @@ static void test_registry(void **state)
     assert_false(campaign_platform_apple.per_device_commands);
     store_device d = {0};
     assert_int_equal(campaign_platform_of(&d), CAMPAIGN_PLATFORM_APPLE);
+    snprintf(d.platform, sizeof d.platform, "windows");
+    assert_int_equal(campaign_platform_of(&d), CAMPAIGN_PLATFORM_WINDOWS);
+    assert_ptr_equal(campaign_platform_get(CAMPAIGN_PLATFORM_WINDOWS), &campaign_platform_windows);
+    assert_true(campaign_platform_windows.per_device_commands);
+}
+
+#define WEID "89049032000000000000000000000163" /* with its check digits */
+
+/* A Windows verification answer: the items of the Get, as the service
+ * hands them to result hooks. */
+static campaign_reading windows_verify(const char *state, const char *detail, int state_code)
+{
+    esim_syncml_status items[3] = {
+        {UUID ".1", "Get", "./Device/Vendor/MSFT/eUICCs/" WEID "/Profiles", 200, "", ICCID},
+        {UUID ".2", "Get", "./Device/Vendor/MSFT/eUICCs/" WEID "/Profiles/" ICCID "/State",
+         state_code, "", state},
+        {UUID ".3", "Get", "./Device/Vendor/MSFT/eUICCs/" WEID "/Profiles/" ICCID "/ErrorDetail",
+         200, "", detail},
+    };
+    esim_service_result r = {.udid = UDID,
+                             .command_uuid = UUID,
+                             .status = "Acknowledged",
+                             .platform = "windows",
+                             .syncml = items,
+                             .n_syncml = 3};
+    campaign_reading rd;
+    assert_int_equal(campaign_platform_windows.read(CAMPAIGN_STEP_VERIFY, &r, &rd), ESIM_OK);
+    return rd;
+}
+
+static void test_windows_steps_and_answers(void **state)
+{
+    (void)state;
+    const campaign_platform *pl = &campaign_platform_windows;
+    campaign_spec spec = make_spec();
+    spec.smdp_url = "https://smdp.example.com:8443/x";
+    void *ctx = NULL;
+    esim_error err;
+    assert_int_equal(pl->prepare(&spec, &ctx, &err), ESIM_OK);
+    campaign_order o = {.step = CAMPAIGN_STEP_REFRESH, .eid = WEID, .iccid = ICCID};
+    campaign_command cmd = {0};
+    assert_int_equal(pl->build(ctx, &o, UUID, &cmd, &err), ESIM_OK);
+    assert_non_null(strstr((const char *)cmd.body.data,
+                           "eUICCs/" WEID "/DownloadServers/smdp.example.com:8443/AutoEnable"));
+    assert_non_null(strstr((const char *)cmd.body.data, "<CmdID>" UUID ".2</CmdID>"));
+    campaign_command_free(&cmd);
+    o.step = CAMPAIGN_STEP_VERIFY;
+    assert_int_equal(pl->build(ctx, &o, UUID, &cmd, &err), ESIM_OK);
+    assert_non_null(strstr((const char *)cmd.body.data, "Profiles/" ICCID "/State"));
+    campaign_command_free(&cmd);
+    o.step = CAMPAIGN_STEP_ERASE_KEEP;
+    assert_int_equal(pl->build(ctx, &o, UUID, &cmd, &err), ESIM_EINVAL);
+    o.step = CAMPAIGN_STEP_REFRESH;
+    o.eid = "";
+    assert_int_equal(pl->build(ctx, &o, UUID, &cmd, &err), ESIM_EINVAL);
+    pl->release(ctx);
+
+    /* Installed: the pair the engine verifies. */
+    campaign_reading rd = windows_verify("2", "0", 200);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ACKNOWLEDGED);
+    assert_int_equal(rd.result.n_subs, 1);
+    assert_string_equal(rd.result.subs[0].eid, WEID);
+    assert_string_equal(rd.result.subs[0].iccid, ICCID);
+    campaign_reading_free(&rd);
+    /* Still installing: busy, later. */
+    rd = windows_verify("1", "0", 200);
+    assert_true(rd.result.busy);
+    campaign_reading_free(&rd);
+    /* Failed, in words. */
+    rd = windows_verify("4", "12", 200);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ERROR);
+    assert_false(rd.result.busy);
+    assert_non_null(strstr(rd.result.error_text, "ProfileNotReleasedByOperator"));
+    campaign_reading_free(&rd);
+    /* Not there at all: no eSIM to verify. */
+    rd = windows_verify("", "", 404);
+    assert_int_equal(rd.result.n_subs, 0);
+    campaign_reading_free(&rd);
+    /* An Apple answer is not a Windows one. */
+    esim_service_result apple = {
+        .udid = UDID, .command_uuid = UUID, .status = "Acknowledged", .platform = "apple"};
+    assert_int_equal(pl->read(CAMPAIGN_STEP_VERIFY, &apple, &rd), ESIM_EINVAL);
 }
 
 static void test_apple_steps_become_commands(void **state)
@@ -157,7 +239,7 @@ static void test_apple_reads_answers(void **state)
 
     /* Verification: the subscriptions and the facts. */
     plist_t qr = plist_new_dict(), subs = plist_new_array(), s1 = plist_new_dict();
-    plist_dict_set_item(s1, "EID", plist_new_string(EID));
+    plist_dict_set_item(s1, "EID", plist_new_string(WEID));
     plist_dict_set_item(s1, "ICCID", plist_new_string(ICCID));
     plist_array_append_item(subs, s1);
     plist_dict_set_item(qr, "ServiceSubscriptions", subs);
@@ -169,7 +251,7 @@ static void test_apple_reads_answers(void **state)
     assert_int_equal(rd.result.status, ESIM_STATUS_ACKNOWLEDGED);
     assert_int_equal(rd.result.n_subs, 1);
     assert_ptr_equal(rd.result.subs, rd.subs);
-    assert_true(campaign_subscriptions_match(rd.result.subs, rd.result.n_subs, EID, ICCID));
+    assert_true(campaign_subscriptions_match(rd.result.subs, rd.result.n_subs, WEID, ICCID));
     assert_int_equal(rd.supervised, 1);
     assert_string_equal(rd.os_version, "17.4");
     campaign_reading_free(&rd);
@@ -199,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_apple_steps_become_commands),
         cmocka_unit_test(test_apple_reads_answers),
+        cmocka_unit_test(test_windows_steps_and_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

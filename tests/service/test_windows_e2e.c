@@ -1,0 +1,422 @@
+/*
+ * test_windows_e2e.c — Windows PCs end to end against the real service:
+ * the service (TLS, client certificates, WNS client) on its own thread;
+ * the simulated Windows 11 PCs of the device simulator, the WNS mock and
+ * the SM-DP+ simulator on this thread's loop. Every eSIM operation of the
+ * API against the simulator (a released profile installed and verified, a
+ * profile the operator did not release failed with its ErrorDetail in
+ * words, discovery with AutoEnable, LocalUIEnabled, reset), the Windows
+ * diagnosis, WNS channel expiry (410) and re-registration, and a campaign
+ * whose PCs get their eSIM through the Windows adapter.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "service/svc_harness.h"
+#include "tests/sim/sim_test.h"
+#include "wns/wns_mock.h"
+
+#define NPC 5
+#define SEED 777
+
+static struct {
+    harness_env env;
+    char *dir;
+    char pki_dir[600];
+    sim_pki *pki;
+    struct event_base *base; /* the simulators' loop (this thread) */
+    sim_smdp *smdp;
+    wns_mock *wns;
+    sim_devsim *ds;
+    test_service ts;
+    char id[NPC][65];
+    char eid[NPC][ESIM_EID_LEN + 1];
+    char smdp_name[64];
+} fx;
+
+/* Runs the simulators' loop for |ms|. */
+static void pump(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(fx.base, &tv);
+    event_base_dispatch(fx.base);
+}
+
+static json_t *get_json(const char *path)
+{
+    json_t *j = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &j);
+    if (code != 200) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static json_t *post_json(const char *path, const char *body, long want)
+{
+    json_t *j = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "POST", path, body, "application/json", &j);
+    if (code != want)
+        fail_msg("POST %s: %ld, wanted %ld: %s", path, code, want, body);
+    return j;
+}
+
+/* The device's push state and EID as the service sees them. */
+static bool device_ready(int i, const char *push_state)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s", fx.id[i]);
+    json_t *d = get_json(path);
+    bool ok = d && json_string_value(json_object_get(d, "eid")) &&
+              strcmp(json_string_value(json_object_get(json_object_get(d, "push"), "state")),
+                     push_state) == 0;
+    json_decref(d);
+    return ok;
+}
+
+/* Waits (pumping the simulators) until the operation's verification is
+ * final; returns the JSON of its device. */
+static json_t *wait_verdict(const char *uuid)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/windows/esim/%s", uuid);
+    for (int k = 0; k < 400; k++) {
+        json_t *j = get_json(path);
+        json_t *d = json_array_get(json_object_get(j, "devices"), 0);
+        const char *v = json_string_value(json_object_get(d, "verification"));
+        if (v && strcmp(v, "pending") != 0) {
+            json_incref(d);
+            json_decref(j);
+            return d;
+        }
+        json_decref(j);
+        pump(100);
+    }
+    fail_msg("operation %s never finished verification", uuid);
+    return NULL;
+}
+
+static char *op(int i, const char *fields)
+{
+    char body[800];
+    snprintf(body, sizeof body, "{\"udids\":[\"%s\"],%s}", fx.id[i], fields);
+    json_t *j = post_json("/v1/windows/esim", body, 201);
+    char *uuid = strdup(json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "commands"), 0), "command_uuid")));
+    json_decref(j);
+    return uuid;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    harness_env_setup(&fx.env);
+    fx.dir = st_tempdir();
+    snprintf(fx.pki_dir, sizeof fx.pki_dir, "%s/pki", fx.dir);
+    if (sim_pki_open(fx.pki_dir, &fx.pki, NULL) != ESIM_OK)
+        return -1;
+    fx.base = event_base_new();
+    esim_error err;
+    sim_smdp_config sc = {.pki = fx.pki};
+    if (sim_smdp_new(fx.base, &sc, &fx.smdp, &err) != ESIM_OK)
+        return -1;
+    snprintf(fx.smdp_name, sizeof fx.smdp_name, "127.0.0.1:%u", sim_smdp_port(fx.smdp));
+    static char cert[700], key[700], ca[700], dca[700], secret[700];
+    snprintf(cert, sizeof cert, "%s/server.pem", fx.pki_dir);
+    snprintf(key, sizeof key, "%s/server.key", fx.pki_dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
+    snprintf(dca, sizeof dca, "%s/device-ca.pem", fx.pki_dir);
+    wns_mock_config wc;
+    wns_mock_config_init(&wc);
+    wc.listen = "127.0.0.1:0";
+    wc.delivery_listen = "127.0.0.1:0";
+    wc.tls_cert = cert;
+    wc.tls_key = key;
+    wc.client_id = "ms-app://s-1-15-2-esim-mdm-test";
+    wc.client_secret = "wns-secret-0123456789";
+    if (wns_mock_new(fx.base, &wc, &fx.wns, &err) != ESIM_OK)
+        return -1;
+    snprintf(secret, sizeof secret, "%s/wns.secret", fx.dir);
+    if (esim_write_file_atomic(secret, "wns-secret-0123456789\n", 22, 0600, NULL) != ESIM_OK)
+        return -1;
+    static char token_url[128];
+    snprintf(token_url, sizeof token_url, "https://127.0.0.1:%d/accesstoken.srf",
+             wns_mock_port(fx.wns, WNS_MOCK_PORT_HTTPS));
+
+    /* The service: TLS with the simulators' PKI, WNS through the mock. */
+    esim_service_config cfg;
+    char data[320];
+    harness_config(&fx.env, "win-e2e", &cfg, data);
+    cfg.tls_cert_path = cert;
+    cfg.tls_key_path = key;
+    cfg.device_ca_path = dca;
+    cfg.wns_token_url = token_url;
+    cfg.wns_client_id = wc.client_id;
+    cfg.wns_secret_path = secret;
+    cfg.wns_ca_path = ca;
+    cfg.windows_verify_interval_ms = 300;
+    cfg.tick_ms = 100;
+    harness_start(&fx.ts, &cfg);
+    harness_set_api_ca(ca);
+
+    char url[160], deliv[64];
+    snprintf(url, sizeof url, "%s/ManagementServer/MDM.svc", fx.ts.url);
+    snprintf(deliv, sizeof deliv, "http://127.0.0.1:%d",
+             wns_mock_port(fx.wns, WNS_MOCK_PORT_DELIVERY));
+    for (unsigned i = 0; i < NPC; i++) {
+        char udid[65];
+        sim_devsim_identity(SEED, i, udid, fx.eid[i]);
+        sim_devsim_windows_id(SEED, i, fx.id[i]);
+    }
+    sim_devsim_config dc = {.server_url = url,
+                            .pki_dir = fx.pki_dir,
+                            .devices = NPC,
+                            .windows_pcs = NPC,
+                            .wns_url = deliv,
+                            .windows_poll_ms = 600000,
+                            .seed = SEED};
+    if (sim_devsim_new(fx.base, &dc, &fx.ds, &err) != ESIM_OK) {
+        fprintf(stderr, "devsim: %s\n", err.msg);
+        return -1;
+    }
+    /* Every PC known, with its EID and a live WNS channel (a channel can
+     * come after the first session: a second one reports it). */
+    for (int i = 0; i < NPC; i++) {
+        int k = 0;
+        for (; k < 300 && !device_ready(i, "valid"); k++) {
+            if (k % 20 == 19)
+                sim_devsim_windows_sync(fx.ds, fx.id[i], NULL);
+            pump(100);
+        }
+        if (k == 300) {
+            fprintf(stderr, "PC %s never became known with a channel\n", fx.id[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    harness_stop(&fx.ts);
+    harness_set_api_ca(NULL);
+    sim_devsim_free(fx.ds);
+    wns_mock_free(fx.wns);
+    sim_smdp_free(fx.smdp);
+    event_base_free(fx.base);
+    sim_pki_free(fx.pki);
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    harness_env_teardown(&fx.env);
+    return 0;
+}
+
+static void test_every_operation(void **state)
+{
+    (void)state;
+    esim_error err;
+    char iccid[3][SIM_ICCID_MAX + 1];
+    for (int i = 0; i < 3; i++)
+        st_iccid(500 + (unsigned)i, iccid[i]);
+    assert_int_equal(
+        sim_smdp_add_order(fx.smdp, fx.eid[0], iccid[0], "1A2B3-C4D5E-6F7A8-9B0C1", true, &err),
+        ESIM_OK);
+    assert_int_equal(
+        sim_smdp_add_order(fx.smdp, fx.eid[1], iccid[1], "11111-22222-33333-44444", false, &err),
+        ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[2], iccid[2], NULL, true, &err), ESIM_OK);
+
+    char f[600];
+    /* PC0: a released profile by activation code: installed, verified. */
+    snprintf(f, sizeof f,
+             "\"operation\":\"add_profile\",\"iccid\":\"%s\",\"activation_code\":"
+             "\"LPA:1$smdp.example.com$1A2B3-C4D5E-6F7A8-9B0C1\",\"server\":\"%s\","
+             "\"enabled\":true",
+             iccid[0], fx.smdp_name);
+    char *u0 = op(0, f);
+    /* PC1: the operator did not release it. */
+    snprintf(f, sizeof f,
+             "\"operation\":\"add_profile\",\"iccid\":\"%s\",\"matching_id\":"
+             "\"11111-22222-33333-44444\",\"server\":\"%s\"",
+             iccid[1], fx.smdp_name);
+    char *u1 = op(1, f);
+    /* PC2: discovery at the default SM-DP+, enabled on its own. */
+    snprintf(f, sizeof f, "\"operation\":\"add_server\",\"server\":\"%s\",\"auto_enable\":true",
+             fx.smdp_name);
+    char *u2 = op(2, f);
+
+    json_t *d = wait_verdict(u0);
+    assert_string_equal(json_string_value(json_object_get(d, "verification")), "done");
+    json_decref(d);
+    sim_winpc *pc0 = sim_devsim_find_windows(fx.ds, fx.id[0]);
+    assert_non_null(pc0);
+    d = wait_verdict(u1);
+    assert_string_equal(json_string_value(json_object_get(d, "verification")), "failed");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(d, "detail")), "ProfileNotReleasedByOperator"));
+    json_decref(d);
+    d = wait_verdict(u2);
+    assert_string_equal(json_string_value(json_object_get(d, "verification")), "done");
+    json_decref(d);
+
+    /* The diagnosis of PC1 says why, in words, and what to do. */
+    char path[200];
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", fx.id[1]);
+    json_t *diag = get_json(path);
+    assert_non_null(diag);
+    assert_string_equal(json_string_value(json_object_get(diag, "kind")), "profile_not_released");
+    assert_non_null(strstr(json_string_value(json_object_get(diag, "next_action")), "release"));
+    json_decref(diag);
+
+    /* PC3: the local UI closed, then a reset to factory state. */
+    char *u3 = op(3, "\"operation\":\"local_ui\",\"local_ui_enabled\":false");
+    char *u4 = op(3, "\"operation\":\"reset\"");
+    d = wait_verdict(u4);
+    assert_string_equal(json_string_value(json_object_get(d, "verification")), "done");
+    json_decref(d);
+    snprintf(path, sizeof path, "/v1/commands/%s", u3);
+    json_t *c = get_json(path);
+    json_t *e = json_object_get(json_object_get(c, "devices"), fx.id[3]);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), "acknowledged");
+    json_decref(c);
+    /* A write to a read-only node is refused by the PC: 405 kept per item. */
+    snprintf(f, sizeof f,
+             "{\"udids\":[\"%s\"],\"uuid\":\"ro-1\",\"syncml\":\"<Replace><CmdID>ro-1</CmdID>"
+             "<Item><Target><LocURI>./Device/Vendor/MSFT/eUICCs/%s/Identifier</LocURI></Target>"
+             "<Data>x</Data></Item></Replace>\"}",
+             fx.id[3], fx.eid[3]);
+    json_decref(post_json("/v1/windows/commands", f, 201));
+    for (int k = 0; k < 100; k++) {
+        char st[32];
+        api_entry_state(fx.ts.url, "ro-1", fx.id[3], st, NULL, NULL);
+        if (strcmp(st, "error") == 0)
+            break;
+        pump(100);
+    }
+    c = get_json("/v1/commands/ro-1");
+    e = json_object_get(json_object_get(c, "devices"), fx.id[3]);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), "error");
+    assert_int_equal(json_integer_value(
+                         json_object_get(json_array_get(json_object_get(e, "syncml"), 0), "code")),
+                     405);
+    json_decref(c);
+    free(u0);
+    free(u1);
+    free(u2);
+    free(u3);
+    free(u4);
+}
+
+/* WNS: an expired channel gets 410, the device's push state is dead; its
+ * next (scheduled) session reports a new channel and pushes work again. */
+static void test_wns_expiry_and_reregistration(void **state)
+{
+    (void)state;
+    char path[200];
+    snprintf(path, sizeof path, "/v1/devices/%s", fx.id[4]);
+    json_t *d = get_json(path);
+    assert_non_null(d);
+    json_decref(d);
+    sim_winpc *pc = sim_devsim_find_windows(fx.ds, fx.id[4]);
+    assert_non_null(pc);
+    /* The channel WNS gave the PC (and the PC reported) expires. */
+    char channel[STORE_PUSH_TOKEN_MAX];
+    assert_non_null(sim_winpc_channel_uri(pc));
+    snprintf(channel, sizeof channel, "%s", sim_winpc_channel_uri(pc));
+    assert_int_equal(wns_mock_expire_channel(fx.wns, channel, NULL), ESIM_OK);
+    char body[300];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"uuid\":\"w-1\",\"syncml\":\"<Get><CmdID>w-1</CmdID><Item>"
+             "<Target><LocURI>./DevDetail/SwV</LocURI></Target></Item></Get>\"}",
+             fx.id[4]);
+    json_decref(post_json("/v1/windows/commands", body, 201));
+    int k = 0;
+    for (; k < 100 && !device_ready(4, "dead"); k++)
+        pump(100);
+    assert_true(k < 100);
+    /* The PC's scheduled session (started here at once) re-registers. */
+    for (k = 0; k < 200 && !device_ready(4, "valid"); k++) {
+        if (k % 30 == 0)
+            sim_devsim_windows_sync(fx.ds, fx.id[4], NULL);
+        pump(100);
+    }
+    assert_true(k < 200);
+    char st[32] = "";
+    for (k = 0; k < 100; k++) {
+        api_entry_state(fx.ts.url, "w-1", fx.id[4], st, NULL, NULL);
+        if (strcmp(st, "acknowledged") == 0)
+            break;
+        pump(100);
+    }
+    assert_string_equal(st, "acknowledged");
+    /* The 410 is in the device's ledger. */
+    char epath[200];
+    snprintf(epath, sizeof epath, "/v1/devices/%s/events?limit=500", fx.id[4]);
+    json_t *ev = get_json(epath);
+    json_t *list = json_is_array(ev) ? ev : json_object_get(ev, "events");
+    bool saw_410 = false;
+    size_t i;
+    json_t *x;
+    json_array_foreach(list, i, x)
+    {
+        const char *detail = json_string_value(json_object_get(x, "detail"));
+        saw_410 |= detail && strstr(detail, "410") != NULL;
+    }
+    assert_true(saw_410);
+    json_decref(ev);
+}
+
+/* A campaign: its PCs get their eSIM by discovery (refresh) and are
+ * verified through the Windows adapter; progress is shown per platform. */
+static void test_campaign_on_windows(void **state)
+{
+    (void)state;
+    esim_error err;
+    char iccid[SIM_ICCID_MAX + 1];
+    st_iccid(600, iccid);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[4], iccid, NULL, true, &err), ESIM_OK);
+    char body[600];
+    snprintf(body, sizeof body,
+             "{\"name\":\"pcs\",\"steps\":[\"refresh\",\"verify\"],\"smdp_url\":\"https://%s\","
+             "\"target\":{\"udids\":[\"%s\"]},\"settings\":{\"retry_base_s\":0.3,"
+             "\"retry_max_s\":1,\"max_retries\":60,\"verify_attempts\":20}}",
+             fx.smdp_name, fx.id[4]);
+    json_t *c = post_json("/v1/campaigns", body, 201);
+    char id[80];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(c, "id")));
+    json_decref(c);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", id);
+    json_t *s = NULL;
+    for (int k = 0; k < 300; k++) {
+        json_decref(s);
+        s = get_json(path);
+        if (json_string_value(json_object_get(s, "state")) &&
+            strcmp(json_string_value(json_object_get(s, "state")), "finished") == 0)
+            break;
+        pump(100);
+    }
+    json_t *w = json_object_get(json_object_get(s, "by_platform"), "windows");
+    assert_non_null(w);
+    assert_int_equal(json_integer_value(json_object_get(w, "devices")), 1);
+    assert_int_equal(json_integer_value(json_object_get(w, "verified")), 1);
+    json_decref(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_operation),
+        cmocka_unit_test(test_wns_expiry_and_reregistration),
+        cmocka_unit_test(test_campaign_on_windows),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
