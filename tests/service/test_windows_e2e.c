@@ -38,6 +38,7 @@ static struct {
     char id[NPC][65];
     char eid[NPC][ESIM_EID_LEN + 1];
     char smdp_name[64];
+    char ca[700];
 } fx;
 
 /* Runs the simulators' loop for |ms|. */
@@ -156,7 +157,18 @@ static int setup(void **state)
     harness_config(&fx.env, "win-e2e", &cfg, data);
     cfg.tls_cert_path = cert;
     cfg.tls_key_path = key;
-    cfg.device_ca_path = dca;
+    /* Both device CAs: the simulated PCs' and the scripted iPhone's. */
+    static char bundle[700];
+    snprintf(bundle, sizeof bundle, "%s/device-cas.pem", fx.dir);
+    esim_buf a = {0}, b = {0};
+    if (esim_read_file(dca, 1 << 20, &a, NULL) != ESIM_OK ||
+        esim_read_file(fx.env.device_ca, 1 << 20, &b, NULL) != ESIM_OK ||
+        esim_buf_append(&a, b.data, b.len) != ESIM_OK ||
+        esim_write_file_atomic(bundle, a.data, a.len, 0600, NULL) != ESIM_OK)
+        return -1;
+    esim_buf_free(&a);
+    esim_buf_free(&b);
+    cfg.device_ca_path = bundle;
     cfg.wns_token_url = token_url;
     cfg.wns_client_id = wc.client_id;
     cfg.wns_secret_path = secret;
@@ -165,6 +177,7 @@ static int setup(void **state)
     cfg.tick_ms = 100;
     harness_start(&fx.ts, &cfg);
     harness_set_api_ca(ca);
+    snprintf(fx.ca, sizeof fx.ca, "%s", ca);
 
     char url[160], deliv[64];
     snprintf(url, sizeof url, "%s/ManagementServer/MDM.svc", fx.ts.url);
@@ -411,12 +424,76 @@ static void test_campaign_on_windows(void **state)
     json_decref(s);
 }
 
+/* One campaign for an iPhone and a PC together: each gets its platform's
+ * command (RefreshCellularPlans; DownloadServers with AutoEnable), and the
+ * summary shows progress per platform. */
+static void test_mixed_campaign(void **state)
+{
+    (void)state;
+    esim_error err;
+    char iccid[SIM_ICCID_MAX + 1];
+    st_iccid(700, iccid);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[3], iccid, NULL, true, &err), ESIM_OK);
+    test_device phone;
+    device_new(&phone, &fx.env, "00008110-000000000000E2E1", fx.ts.url);
+    phone.ca_file = fx.ca;
+    device_enroll(&phone);
+    char body[700];
+    snprintf(body, sizeof body,
+             "{\"name\":\"mixed\",\"steps\":[\"refresh\"],\"smdp_url\":\"https://%s\","
+             "\"target\":{\"udids\":[\"%s\",\"%s\"]},\"settings\":{\"retry_base_s\":0.3,"
+             "\"retry_max_s\":1}}",
+             fx.smdp_name, fx.id[3], phone.udid);
+    json_t *c = post_json("/v1/campaigns", body, 201);
+    char id[80], path[160];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(c, "id")));
+    json_decref(c);
+    snprintf(path, sizeof path, "/v1/campaigns/%s", id);
+    json_t *s = NULL;
+    bool phone_got = false;
+    for (int k = 0; k < 300; k++) {
+        /* The iPhone polls and acknowledges what it gets. */
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&phone, ESIM_STATUS_IDLE, NULL, &next), 200);
+        if (next.command_uuid[0]) {
+            phone_got |= strcmp(next.request_type, "RefreshCellularPlans") == 0;
+            esim_cmd_parsed after = {0};
+            assert_int_equal(
+                device_result(&phone, ESIM_STATUS_ACKNOWLEDGED, next.command_uuid, &after), 200);
+            esim_cmd_parsed_free(&after);
+        }
+        esim_cmd_parsed_free(&next);
+        json_decref(s);
+        s = get_json(path);
+        const char *st = json_string_value(json_object_get(s, "state"));
+        if (st && strcmp(st, "finished") == 0)
+            break;
+        pump(100);
+    }
+    assert_true(phone_got);
+    assert_string_equal(json_string_value(json_object_get(s, "state")), "finished");
+    json_t *bp = json_object_get(s, "by_platform");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(bp, "apple"), "devices")),
+                     1);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(bp, "apple"), "done")), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(bp, "windows"), "devices")),
+                     1);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(bp, "windows"), "done")),
+                     1);
+    json_decref(s);
+    /* The PC really discovered and enabled its profile. */
+    sim_winpc *pc = sim_devsim_find_windows(fx.ds, fx.id[3]);
+    assert_non_null(pc);
+    device_free(&phone);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_operation),
         cmocka_unit_test(test_wns_expiry_and_reregistration),
         cmocka_unit_test(test_campaign_on_windows),
+        cmocka_unit_test(test_mixed_campaign),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
