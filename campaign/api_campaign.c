@@ -62,7 +62,7 @@ static void api_campaign_create(esim_api_request *r, void *arg)
     if (rc != ESIM_OK)
         fail(r, rc, field, &e);
     else
-        esim_api_reply_json(r, 201, out);
+        esim_api_reply_json(r, json_is_true(json_object_get(out, "dry_run")) ? 200 : 201, out);
     json_decref(body);
 }
 
@@ -98,6 +98,7 @@ static void api_campaign_get(esim_api_request *r, void *arg)
     long next;
     json_object_set_new(o, "device_states", device_page(c, -1, 0, (size_t)limit, &next));
     json_object_set_new(o, "device_states_truncated", json_boolean(next >= 0));
+    json_object_set_new(o, "creation_warnings", campaigns_creation_warnings(cs, c));
     esim_api_reply_json(r, 200, o);
 }
 

@@ -52,6 +52,9 @@ typedef struct camp_slot {
     idx_vec pushes; /* devices to push after the queueing */
     bool row_dirty; /* the campaign row changed (state) */
     campaign_state last_state;
+    /* The warnings given at creation ({"total", "by_kind", "first"}), kept
+     * in memory for the dashboard; NULL after a restart. */
+    json_t *creation_warnings;
 } camp_slot;
 
 typedef struct {
@@ -845,6 +848,7 @@ static void slot_free(camp_slot *s)
         for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
             free(s->pending[p][k].v);
     free(s->pushes.v);
+    json_decref(s->creation_warnings);
     free(s);
 }
 
@@ -1222,6 +1226,12 @@ static size_t slot_memory(const camp_slot *s)
     return b;
 }
 
+json_t *campaigns_creation_warnings(campaigns *cs, const campaign *c)
+{
+    const camp_slot *s = slot_of(cs, c);
+    return s && s->creation_warnings ? json_incref(s->creation_warnings) : json_null();
+}
+
 json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
 {
     size_t counts[CDEV_STATE_COUNT];
@@ -1305,11 +1315,17 @@ json_t *campaigns_list_json(campaigns *cs)
         const campaign *c = cs->slots[i]->c;
         size_t counts[CDEV_STATE_COUNT];
         campaign_counts(c, counts);
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I}", "id", campaign_id(c),
-                                             "name", campaign_name(c), "state",
+        json_t *cj = json_object();
+        for (int st = 0; st < CDEV_STATE_COUNT; st++)
+            json_object_set_new(cj, campaign_dev_state_name((campaign_dev_state)st),
+                                json_integer((json_int_t)counts[st]));
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I}", "id",
+                                             campaign_id(c), "name", campaign_name(c), "state",
                                              campaign_state_name(campaign_get_state(c)), "devices",
                                              (json_int_t)campaign_device_count(c), "verified",
-                                             (json_int_t)counts[CDEV_VERIFIED]));
+                                             (json_int_t)counts[CDEV_VERIFIED], "counts", cj,
+                                             "pushes", (json_int_t)campaign_pushes(c), "created_ms",
+                                             (json_int_t)campaign_created_ms(c)));
     }
     return arr;
 }
@@ -1465,9 +1481,9 @@ static void add_warning(json_t *warnings, size_t *total, const char *udid, const
 esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
                           esim_error *err)
 {
-    static const char *const known[] = {"name",         "target",   "distribution",
-                                        "custom_udids", "steps",    "policy",
-                                        "smdp_url",     "settings", NULL};
+    static const char *const known[] = {"name",    "target", "distribution", "custom_udids",
+                                        "steps",   "policy", "smdp_url",     "settings",
+                                        "dry_run", NULL};
     const char *key;
     json_t *v;
     json_object_foreach((json_t *)body, key, v)
@@ -1501,6 +1517,10 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     if (custom && strcmp(dist, "custom") != 0)
         return bad_field(field, "custom_udids", err, "only with distribution custom");
     spec.staged = strcmp(dist, "none") == 0;
+    json_t *dry = json_object_get(body, "dry_run");
+    if (dry && !json_is_boolean(dry))
+        return bad_field(field, "dry_run", err, "must be true or false");
+    bool dry_run = json_is_true(dry);
 
     udid_list list = {0};
     campaign_target *targets = NULL;
@@ -1613,6 +1633,21 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
             }
         }
     }
+    if (dry_run) {
+        /* Everything is checked and the warnings found: nothing is created. */
+        size_t staged = 0;
+        for (size_t i = 0; i < list.n; i++)
+            staged += targets[i].staged;
+        json_t *o = json_pack("{s:b,s:I,s:I,s:s}", "dry_run", 1, "devices", (json_int_t)list.n,
+                              "staged", (json_int_t)staged, "distribution", dist);
+        json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));
+        json_array_remove(warnings, 0);
+        json_object_set_new(o, "warnings", warnings);
+        json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
+        warnings = NULL;
+        *out = o;
+        goto out;
+    }
     int64_t now = esim_now_ms();
     if ((rc = campaign_new(&spec, targets, list.n, now, &c, err)) != ESIM_OK) {
         if (field)
@@ -1633,6 +1668,11 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     json_array_remove(warnings, 0);
     json_object_set_new(o, "warnings", warnings);
     json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
+    json_t *first = json_array();
+    for (size_t i = 0; i < json_array_size(warnings) && i < 100; i++)
+        json_array_append(first, json_array_get(warnings, i));
+    s->creation_warnings = json_pack("{s:I,s:O,s:o}", "total", (json_int_t)n_warn, "by_kind",
+                                     json_object_get(o, "warnings_by_kind"), "first", first);
     warnings = NULL;
     *out = o;
 out:

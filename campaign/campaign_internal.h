@@ -62,6 +62,9 @@ campaign *campaigns_find(campaigns *cs, const char *id);
 esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_error *err);
 /* {id, name, state, steps, devices, counts{...}, refresh_acknowledged,
  *  pushes, commands, created_ms, smdp_url} */
+/* The warnings given when |c| was created ({"total", "by_kind", "first":
+ * up to 100}), or JSON null when not known (created before a restart). */
+json_t *campaigns_creation_warnings(campaigns *cs, const campaign *c);
 json_t *campaigns_summary_json(campaigns *cs, const campaign *c);
 json_t *campaigns_device_json(const campaign *c, size_t i);
 json_t *campaigns_list_json(campaigns *cs);

@@ -51,6 +51,8 @@ static const char demo_help[] =
     "  --timeout S              give up on the campaign after S seconds (default 300)\n"
     "  --keep DIR               work in DIR and keep it (default: a temporary directory,\n"
     "                           removed at the end)\n"
+    "  --keep-running           after the story, keep every part running so the dashboard\n"
+    "                           (its address is printed) can be looked at; Ctrl-C stops them\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
     "exit status: 0 every device that can be verified is verified (and the extras\n"
@@ -115,7 +117,7 @@ out:
 
 typedef struct {
     char dir[PATH_MAX];
-    bool keep, json, quiet_mix, inventory, extras;
+    bool keep, json, quiet_mix, inventory, extras, keep_running;
     unsigned devices;
     double pps, timeout_s;
     unsigned max_in_flight;
@@ -272,6 +274,7 @@ static bool start_parts(demo *d)
         return false;
     if (!call(d, &d->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
         return false;
+    say(d, "dashboard: %s/dashboard/ (log in with the API key in %s)\n", url, token_file);
 
     char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64];
     snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
@@ -962,6 +965,7 @@ int cmd_demo(int argc, char **argv)
         QUIET_MIX,
         NO_INVENTORY,
         NO_EXTRAS,
+        KEEP_RUNNING,
         DEVICES,
         PPS,
         MAX_IN_FLIGHT,
@@ -975,6 +979,7 @@ int cmd_demo(int argc, char **argv)
         {"quiet-mix", false, QUIET_MIX},
         {"no-inventory", false, NO_INVENTORY},
         {"no-extras", false, NO_EXTRAS},
+        {"keep-running", false, KEEP_RUNNING},
         {"devices", true, DEVICES},
         {"pushes-per-second", true, PPS},
         {"max-in-flight", true, MAX_IN_FLIGHT},
@@ -1013,6 +1018,9 @@ int cmd_demo(int argc, char **argv)
             break;
         case NO_EXTRAS:
             d.extras = false;
+            break;
+        case KEEP_RUNNING:
+            d.keep_running = true;
             break;
         case DEVICES:
             d.devices = (unsigned)x;
@@ -1064,6 +1072,14 @@ int cmd_demo(int argc, char **argv)
     sup_catch_signals();
 
     int rc = run(&d);
+    if (d.keep_running && d.svc_port > 0 && !sup_stopping()) {
+        say(&d,
+            "\nkept running: the dashboard is at http://127.0.0.1:%d/dashboard/ (API key in "
+            "%s/service/api-token); Ctrl-C stops every part\n",
+            d.svc_port, d.dir);
+        while (!sup_stopping())
+            pause();
+    }
 
     sup_stop_all(&d.sup);
     chttp_close(&d.api);

@@ -15,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "cli/options.h"
+#include "dashboard/dashboard.h"
 #include "cli/http_client.h"
 #include "campaign/campaign.h"
 #include "service/service.h"
@@ -436,7 +437,8 @@ static int run_service(serve_opts *o, const char *api_token_path)
         return rc == ESIM_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
     }
     /* The composition root: campaigns (campaign/) on top of the service. */
-    if ((rc = esim_campaigns_attach(svc, o->cfg.data_dir, &e)) != ESIM_OK) {
+    if ((rc = esim_campaigns_attach(svc, o->cfg.data_dir, &e)) != ESIM_OK ||
+        (rc = esim_dashboard_attach(svc, &e)) != ESIM_OK) {
         fprintf(stderr, "esim-mdm serve: %s\n", e.msg);
         esim_service_free(svc);
         event_base_free(base);

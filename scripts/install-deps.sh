@@ -12,6 +12,7 @@ packages=(
   libcmocka-dev nghttp2-client wrk nodejs
   python3 python3-yaml valgrind libxml2-dev
   clang libclang-rt-14-dev
+  chromium
 )
 
 missing=()

@@ -444,10 +444,33 @@ static void header_token(const char *h, char *out, size_t out_len)
     esim_buf_free(&dec);
 }
 
+/* A request without an Authorization header, from a browser's session
+ * (esim_service_set_session_auth): the session's key decides, by the same
+ * rule. */
+static bool session_check(esim_service *svc, api_request *r, const char *method, const char *path)
+{
+    r->role = svc->session_fn(r, svc->session_arg, r->who);
+    if (r->role == ESIM_ROLE_NONE) {
+        r->who[0] = '\0';
+        api_error(r, 401, NULL, "no session, an expired one, or an action without its CSRF token");
+        return false;
+    }
+    if (r->role < esim_api_role_needed(method, path)) {
+        r->audited = true; /* a refused action is an action too */
+        api_error(r, 403, NULL, "API key '%s' has role %s; %s %s needs %s", r->who,
+                  esim_role_name(r->role), method, path,
+                  esim_role_name(esim_api_role_needed(method, path)));
+        return false;
+    }
+    return true;
+}
+
 bool access_check_request(esim_service *svc, api_request *r, const char *method, const char *path)
 {
     char token[ESIM_TOKEN_MAX + 1];
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(r->req), "Authorization");
+    if (!h && svc->session_fn)
+        return session_check(svc, r, method, path);
     header_token(h, token, sizeof token);
     char peer[48];
     access_peer(r->req, peer);

@@ -438,7 +438,8 @@ static void h_list_devices(api_request *r)
     store_device *list = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
+    const char *q = query_get(r, "q");
+    esim_err rc = esim_store_device_search(r->svc->st, q, after, (size_t)limit, &list, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -751,7 +752,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         else if (i >= n_table && svc->routes[i - n_table].method == method)
             module_hit = &svc->routes[i - n_table];
     }
-    bool needs_token = module_hit || (hit && hit->needs_token);
+    bool needs_token = (module_hit && !module_hit->public_route) || (hit && hit->needs_token);
     const char *method_name = access_method_name(method);
     struct evkeyvalq query;
     TAILQ_INIT(&query);
@@ -790,8 +791,8 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
 
 /* ---- routes of modules (service.h) ---------------------------------------------------------- */
 
-esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
-                                esim_api_handler fn, void *arg)
+static esim_err add_route(esim_service *svc, const char *method, const char *pattern,
+                          esim_api_handler fn, void *arg, bool public_route)
 {
     static const struct {
         const char *word;
@@ -830,8 +831,76 @@ esim_err esim_service_add_route(esim_service *svc, const char *method, const cha
     char *copy = strdup(pattern);
     if (!copy)
         return ESIM_ENOMEM;
-    svc->routes[svc->n_routes++] = (svc_route){methods[m].cmd, copy, fn, arg};
+    svc->routes[svc->n_routes++] = (svc_route){methods[m].cmd, copy, fn, arg, public_route};
     return ESIM_OK;
+}
+
+esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
+                                esim_api_handler fn, void *arg)
+{
+    return add_route(svc, method, pattern, fn, arg, false);
+}
+
+esim_err esim_service_add_public_route(esim_service *svc, const char *method, const char *pattern,
+                                       esim_api_handler fn, void *arg)
+{
+    return add_route(svc, method, pattern, fn, arg, true);
+}
+
+esim_err esim_service_set_session_auth(esim_service *svc, esim_api_session_fn fn, void *arg)
+{
+    if (!svc)
+        return ESIM_EINVAL;
+    svc->session_fn = fn;
+    svc->session_arg = fn ? arg : NULL;
+    return ESIM_OK;
+}
+
+const char *esim_api_method(const esim_api_request *r)
+{
+    switch (evhttp_request_get_command(r->req)) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    default:
+        return "OTHER";
+    }
+}
+
+const char *esim_api_peer(const esim_api_request *r, char out[48])
+{
+    access_peer(r->req, out);
+    return out;
+}
+
+const char *esim_api_path(const esim_api_request *r)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(r->req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    return path ? path : "";
+}
+
+const char *esim_api_header(const esim_api_request *r, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
+}
+
+void esim_api_add_header(esim_api_request *r, const char *name, const char *value)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
+}
+
+void esim_api_reply(esim_api_request *r, int code, const char *content_type, const void *body,
+                    size_t len)
+{
+    http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
 }
 
 void api_routes_free(esim_service *svc)

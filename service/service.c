@@ -895,6 +895,8 @@ void esim_service_remove_hooks(esim_service *svc, void *arg)
             svc->routes[kept++] = svc->routes[i];
     }
     svc->n_routes = kept;
+    if (svc->session_fn && svc->session_arg == arg)
+        svc->session_fn = NULL;
 }
 
 void svc_run_result_hooks(esim_service *svc, const esim_service_result *r)

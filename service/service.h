@@ -369,6 +369,25 @@ ESIM_EXTERN esim_access esim_service_check_access(esim_service *svc, const char 
 ESIM_EXTERN esim_err esim_service_set_api_keys(esim_service *svc, const char *api_token,
                                                const esim_api_key *keys, size_t n, esim_error *err);
 
+/* As esim_service_add_route, but the service asks for no API token: the
+ * handler decides who may see what (the dashboard's pages and log-in).
+ * Same errors. */
+ESIM_EXTERN esim_err esim_service_add_public_route(esim_service *svc, const char *method,
+                                                   const char *pattern, esim_api_handler fn,
+                                                   void *arg);
+
+/* A second way into the admin API, for requests with no Authorization
+ * header: a browser's session (the dashboard). |fn| returns the role of
+ * the key that opened the request's session and puts that key's name in
+ * |name| (64 bytes), or returns ESIM_ROLE_NONE (then 401); it must refuse
+ * a request that changes something (any method but GET and HEAD) without
+ * the session's CSRF token. The service then applies the role as for the
+ * key itself (esim_api_role_needed, the audit log). One per service; NULL
+ * |fn| removes it.  ESIM_EINVAL  NULL service. */
+typedef esim_role (*esim_api_session_fn)(esim_api_request *r, void *arg, char name[64]);
+ESIM_EXTERN esim_err esim_service_set_session_auth(esim_service *svc, esim_api_session_fn fn,
+                                                   void *arg);
+
 /* Undoes every registration (hooks, ticks, metrics, close, routes) made
  * with |arg|: for a module that failed half-way through attaching. */
 ESIM_EXTERN void esim_service_remove_hooks(esim_service *svc, void *arg);
@@ -384,6 +403,23 @@ ESIM_EXTERN const char *esim_api_param(const esim_api_request *r, size_t i);
 ESIM_EXTERN const char *esim_api_query(const esim_api_request *r, const char *key);
 /* The request body as one block (NULL when empty); *len its size. */
 ESIM_EXTERN const unsigned char *esim_api_body(esim_api_request *r, size_t *len);
+
+/* The request's method ("GET", "POST", "PUT", "DELETE", "HEAD", "OTHER"). */
+ESIM_EXTERN const char *esim_api_method(const esim_api_request *r);
+/* The client's IP address as text ("" unknown), in |out|, which is returned. */
+ESIM_EXTERN const char *esim_api_peer(const esim_api_request *r, char out[48]);
+/* The request's path, undecoded, without the query. */
+ESIM_EXTERN const char *esim_api_path(const esim_api_request *r);
+/* A request header (first of that name), NULL when absent. */
+ESIM_EXTERN const char *esim_api_header(const esim_api_request *r, const char *name);
+/* Adds a header to the answer; call before replying. */
+ESIM_EXTERN void esim_api_add_header(esim_api_request *r, const char *name, const char *value);
+/* Answers |code| with |len| bytes of |body| (may be NULL) as |content_type|
+ * (NULL: none). */
+ESIM_EXTERN void esim_api_reply(esim_api_request *r, int code, const char *content_type,
+                                const void *body, size_t len);
+/* The role the request was admitted with (NONE on public routes). */
+ESIM_EXTERN esim_role esim_api_caller_role(const esim_api_request *r);
 
 /* jansson's json_t, without making every user of this header include it. */
 struct json_t;

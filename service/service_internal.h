@@ -246,6 +246,8 @@ struct esim_service {
     size_t n_closes;
     struct svc_route *routes; /* admin API routes of modules (api.c) */
     size_t n_routes, cap_routes;
+    esim_api_session_fn session_fn; /* browsers' sessions (the dashboard), access.c */
+    void *session_arg;
 };
 
 /* ---- HTTP helpers (http.c) ------------------------------------------------------ */
@@ -293,6 +295,7 @@ typedef struct svc_route {
     char *pattern;
     esim_api_handler fn;
     void *arg;
+    bool public_route; /* no token asked: the handler decides */
 } svc_route;
 
 /* Dispatches any request that is not the device endpoint: the table's

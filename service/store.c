@@ -506,6 +506,139 @@ esim_err esim_store_device_list(store *st, const char *after, size_t limit, stor
     return st->ops->device_list(st, after ? after : "", limit, out, n, err);
 }
 
+/* Does |hay| contain |needle| (lower-case), ASCII letters in any case? */
+static bool contains_folded(const char *hay, const char *needle)
+{
+    size_t nl = strlen(needle);
+    for (const char *h = hay; *h; h++) {
+        size_t i = 0;
+        while (i < nl && h[i] && tolower((unsigned char)h[i]) == needle[i])
+            i++;
+        if (i == nl)
+            return true;
+    }
+    return nl == 0;
+}
+
+static bool device_matches(const store_device *d, const char *q)
+{
+    return contains_folded(d->udid, q) || contains_folded(d->serial_number, q) ||
+           contains_folded(d->device_name, q) || contains_folded(d->product_name, q) ||
+           contains_folded(d->eid, q);
+}
+
+esim_err esim_store_device_search(store *st, const char *q, const char *after, size_t limit,
+                                  store_device **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!q || !*q)
+        return esim_store_device_list(st, after, limit, out, n, err);
+    if (limit == 0)
+        return ESIM_OK;
+    char folded[128];
+    size_t ql = strlen(q);
+    if (ql >= sizeof folded)
+        return esim_fail(err, ESIM_EINVAL, "the search text is longer than %zu bytes",
+                         sizeof folded - 1);
+    for (size_t i = 0; i <= ql; i++)
+        folded[i] = (char)tolower((unsigned char)q[i]);
+    if (st->ops->device_search)
+        return st->ops->device_search(st, folded, after ? after : "", limit, out, n, err);
+    /* No index for it: scan the devices in pages. */
+    store_device *found = calloc(limit, sizeof *found);
+    if (!found)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    char cursor[65];
+    snprintf(cursor, sizeof cursor, "%s", after ? after : "");
+    size_t got = 0;
+    esim_err rc = ESIM_OK;
+    while (got < limit) {
+        store_device *page = NULL;
+        size_t np = 0;
+        if ((rc = st->ops->device_list(st, cursor, 1000, &page, &np, err)) != ESIM_OK)
+            break;
+        for (size_t i = 0; i < np && got < limit; i++)
+            if (device_matches(&page[i], folded))
+                found[got++] = page[i];
+        if (np)
+            snprintf(cursor, sizeof cursor, "%s", page[np - 1].udid);
+        free(page);
+        if (np < 1000)
+            break;
+    }
+    if (rc != ESIM_OK) {
+        free(found);
+        return rc;
+    }
+    *out = found;
+    *n = got;
+    return ESIM_OK;
+}
+
+esim_err esim_store_fleet_counts(store *st, store_fleet_row **rows, size_t *n, esim_error *err)
+{
+    *rows = NULL;
+    *n = 0;
+    if (st->ops->fleet_counts)
+        return st->ops->fleet_counts(st, rows, n, err);
+    store_fleet_row *list = NULL;
+    size_t count = 0, cap = 0;
+    char cursor[65] = "";
+    esim_err rc = ESIM_OK;
+    for (;;) {
+        store_device *page = NULL;
+        size_t np = 0;
+        if ((rc = st->ops->device_list(st, cursor, 1000, &page, &np, err)) != ESIM_OK)
+            break;
+        for (size_t i = 0; i < np && rc == ESIM_OK; i++) {
+            const store_device *d = &page[i];
+            store_device_facts f;
+            memset(&f, 0, sizeof f);
+            bool verified = st->ops->facts_get(st, d->udid, &f, NULL) == ESIM_OK && f.verified_ms;
+            size_t k = 0;
+            while (k < count &&
+                   !(list[k].enrolled == d->enrolled && list[k].push_state == d->push_state &&
+                     list[k].verified == verified &&
+                     strcmp(list[k].product_name, d->product_name) == 0 &&
+                     strcmp(list[k].model, d->model) == 0))
+                k++;
+            if (k == count) {
+                if (count == cap) {
+                    size_t nc = cap ? cap * 2 : 32;
+                    store_fleet_row *g = realloc(list, nc * sizeof *g);
+                    if (!g) {
+                        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+                        break;
+                    }
+                    list = g;
+                    cap = nc;
+                }
+                memset(&list[k], 0, sizeof list[k]);
+                snprintf(list[k].product_name, sizeof list[k].product_name, "%s", d->product_name);
+                snprintf(list[k].model, sizeof list[k].model, "%s", d->model);
+                list[k].enrolled = d->enrolled;
+                list[k].push_state = d->push_state;
+                list[k].verified = verified;
+                count++;
+            }
+            list[k].count++;
+        }
+        if (np)
+            snprintf(cursor, sizeof cursor, "%s", page[np - 1].udid);
+        free(page);
+        if (rc != ESIM_OK || np < 1000)
+            break;
+    }
+    if (rc != ESIM_OK) {
+        free(list);
+        return rc;
+    }
+    *rows = list;
+    *n = count;
+    return ESIM_OK;
+}
+
 esim_err esim_store_command_get(store *st, const char *uuid, const char *after, size_t limit,
                                 store_command_info *info, store_queue_entry **entries, size_t *n,
                                 esim_error *err)

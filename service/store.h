@@ -353,6 +353,27 @@ ESIM_EXTERN esim_err esim_store_device_get(store *st, const char *udid, store_de
 ESIM_EXTERN esim_err esim_store_device_list(store *st, const char *after, size_t limit,
                                             store_device **out, size_t *n, esim_error *err);
 
+/* As esim_store_device_list, only the devices whose UDID, serial number,
+ * device name, product name or EID contains |q| (ASCII letters in any case;
+ * NULL or "" = every device). A back end without an index for it scans. */
+ESIM_EXTERN esim_err esim_store_device_search(store *st, const char *q, const char *after,
+                                              size_t limit, store_device **out, size_t *n,
+                                              esim_error *err);
+
+/* The fleet counted by what a dashboard shows: one row per distinct
+ * (product name, model, enrolled, push state, eSIM verified). */
+typedef struct {
+    char product_name[64], model[64];
+    bool enrolled;
+    store_push_state push_state;
+    bool verified; /* device facts: the expected eSIM was seen */
+    uint64_t count;
+} store_fleet_row;
+
+/* *rows is malloc'd (free()), *n its length. */
+ESIM_EXTERN esim_err esim_store_fleet_counts(store *st, store_fleet_row **rows, size_t *n,
+                                             esim_error *err);
+
 /* Puts |cmd| on the queue of each of the |n| devices (n >= 1, no
  * duplicates), all or nothing.
  *   ESIM_ENOTFOUND  a device is unknown (|err| names it);

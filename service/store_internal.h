@@ -168,6 +168,12 @@ struct store_ops {
     esim_err (*event_latest)(store *st, const char *udid, const char *const *kinds, size_t n_kinds,
                              store_event *out, esim_error *err);
     esim_err (*stats)(store *st, store_stats *out, esim_error *err);
+    /* Optional (NULL: store.c scans device_list and facts_get): as
+     * esim_store_device_search with |q| already lower-case and not empty, and
+     * esim_store_fleet_counts. */
+    esim_err (*device_search)(store *st, const char *q, const char *after, size_t limit,
+                              store_device **out, size_t *n, esim_error *err);
+    esim_err (*fleet_counts)(store *st, store_fleet_row **rows, size_t *n, esim_error *err);
 
     /* ---- the audit log ---- */
     esim_err (*audit_add)(store *st, const store_audit *in, esim_error *err);

@@ -211,6 +211,8 @@ enum {
     S_DEV_EID,
     S_DEV_GET,
     S_DEV_LIST,
+    S_DEV_SEARCH,
+    S_FLEET,
     S_DEV_PUSH_DUE_AT,
     S_DEV_PUSH_STATE,
     S_DEV_DUE_SELECT,
@@ -321,6 +323,13 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_EID] = "UPDATE devices SET eid = ?2 WHERE udid = ?1",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = ?1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 ORDER BY udid LIMIT ?2",
+    [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 AND"
+                     " (instr(lower(udid), ?3) OR instr(lower(serial_number), ?3) OR"
+                     " instr(lower(device_name), ?3) OR instr(lower(product_name), ?3) OR"
+                     " instr(lower(eid), ?3)) ORDER BY udid LIMIT ?2",
+    [S_FLEET] = "SELECT d.product_name, d.model, d.enrolled, d.push_state,"
+                " coalesce(f.verified_ms, 0) > 0, count(*) FROM devices d"
+                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5",
     [S_DEV_PUSH_DUE_AT] = "UPDATE devices SET push_due_at = ?2 WHERE udid = ?1"
                           " AND (push_due_at = 0 OR push_due_at > ?2)",
     [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = ?2, push_due_at = 0 WHERE udid = ?1",
@@ -1055,6 +1064,78 @@ static esim_err sq_device_list(store *base, const char *after, size_t limit, sto
     return ESIM_OK;
 }
 
+static esim_err sq_device_search(store *base, const char *q, const char *after, size_t limit,
+                                 store_device **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    store_device *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_DEV_SEARCH, "TiT", after, (int64_t)limit, q);
+    size_t count = 0;
+    while (r == SQLITE_ROW && count < limit) {
+        read_device(s->stmt[S_DEV_SEARCH], &list[count++]);
+        r = sqlite3_step(s->stmt[S_DEV_SEARCH]);
+    }
+    if (r != SQLITE_ROW && r != SQLITE_DONE) {
+        if (r > 0)
+            db_fail(s, err, "search devices");
+        sqlite3_reset(s->stmt[S_DEV_SEARCH]);
+        free(list);
+        return ESIM_ESTORE;
+    }
+    sqlite3_reset(s->stmt[S_DEV_SEARCH]);
+    *out = list;
+    *n = count;
+    return ESIM_OK;
+}
+
+static esim_err sq_fleet_counts(store *base, store_fleet_row **rows, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    store_fleet_row *list = NULL;
+    size_t count = 0, cap = 0;
+    int r = run(s, err, S_FLEET, "");
+    sqlite3_stmt *st = r >= 0 ? s->stmt[S_FLEET] : NULL;
+    while (r == SQLITE_ROW) {
+        if (count == cap) {
+            size_t nc = cap ? cap * 2 : 32;
+            store_fleet_row *g = realloc(list, nc * sizeof *g);
+            if (!g) {
+                sqlite3_reset(st);
+                free(list);
+                return esim_fail(err, ESIM_ENOMEM, "out of memory");
+            }
+            list = g;
+            cap = nc;
+        }
+        store_fleet_row *row = &list[count++];
+        memset(row, 0, sizeof *row);
+        col_text(st, 0, row->product_name, sizeof row->product_name);
+        col_text(st, 1, row->model, sizeof row->model);
+        row->enrolled = sqlite3_column_int(st, 2) != 0;
+        const char *ps = (const char *)sqlite3_column_text(st, 3);
+        row->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
+                          : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
+                                                          : STORE_PUSH_NONE;
+        row->verified = sqlite3_column_int(st, 4) != 0;
+        row->count = (uint64_t)sqlite3_column_int64(st, 5);
+        r = sqlite3_step(st);
+    }
+    if (r != SQLITE_DONE) {
+        if (r > 0)
+            db_fail(s, err, "fleet counts");
+        if (st)
+            sqlite3_reset(st);
+        free(list);
+        return ESIM_ESTORE;
+    }
+    sqlite3_reset(st);
+    *rows = list;
+    *n = count;
+    return ESIM_OK;
+}
+
 static esim_err read_entry(sqlite3_stmt *st, store_queue_entry *e)
 {
     memset(e, 0, sizeof *e);
@@ -1737,6 +1818,8 @@ static const struct store_ops sqlite_ops = {
     .audit_add = sq_audit_add,
     .audit_list = sq_audit_list,
     .stats = sq_stats,
+    .device_search = sq_device_search,
+    .fleet_counts = sq_fleet_counts,
     .campaign_put = sq_campaign_put,
     .campaign_command_put = sq_campaign_command_put,
     .campaign_device_put = sq_campaign_device_put,
