@@ -9,7 +9,7 @@ packages=(
   libplist-dev libjansson-dev libssl-dev openssl
   libnghttp2-dev libevent-dev libcurl4-openssl-dev curl
   libsqlite3-dev sqlite3 libpq-dev postgresql
-  libcmocka-dev nghttp2-client wrk nodejs
+  libcmocka-dev nghttp2-client wrk nodejs npm
   python3 python3-yaml valgrind libxml2-dev
   clang libclang-rt-14-dev
   chromium
