@@ -974,6 +974,76 @@ static void test_audit_log(void **state)
     esim_store_close(st);
 }
 
+/* The dashboard's reads: search by any of the identifying fields in any
+ * case, paged; the fleet counted by model, enrolment, push state and
+ * verified eSIM. */
+static void test_search_and_fleet_counts(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    static const char *const udids[] = {"A-0001", "A-0002", "B-0003", "B-0004"};
+    static const char *const serials[] = {"SERIALX1", "SERIALX2", "OTHER3", "OTHER4"};
+    static const char *const products[] = {"iPhone15,2", "iPhone15,2", "iPad13,1", "iPhone15,2"};
+    for (size_t i = 0; i < 4; i++) {
+        store_authenticate_in in = {.udid = udids[i],
+                                    .topic = "t",
+                                    .serial_number = serials[i],
+                                    .product_name = products[i],
+                                    .device_name = i == 3 ? "Front Desk" : "Phone"};
+        assert_int_equal(esim_store_device_authenticate(st, &in, 1000, NULL), ESIM_OK);
+    }
+    assert_int_equal(
+        esim_store_device_token_update(st, "A-0001", NULL, "t", "00ff", "m", 1001, NULL), ESIM_OK);
+    store_device_facts f = {.udid = "B-0004", .supervised = -1, .verified_ms = 5};
+    assert_int_equal(esim_store_facts_put(st, &f, 1, NULL), ESIM_OK);
+
+    store_device *d = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_device_search(st, "serialx", NULL, 10, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(d[0].udid, "A-0001");
+    assert_string_equal(d[1].udid, "A-0002");
+    free(d);
+    assert_int_equal(esim_store_device_search(st, "serialx", "A-0001", 10, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(d[0].udid, "A-0002");
+    free(d);
+    assert_int_equal(esim_store_device_search(st, "FRONT desk", NULL, 10, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(d[0].udid, "B-0004");
+    free(d);
+    assert_int_equal(esim_store_device_search(st, "ipad", NULL, 10, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    free(d);
+    assert_int_equal(esim_store_device_search(st, "%", NULL, 10, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0); /* no wildcards */
+    free(d);
+    assert_int_equal(esim_store_device_search(st, "", NULL, 3, &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 3); /* empty: every device, paged */
+    free(d);
+
+    store_fleet_row *rows = NULL;
+    assert_int_equal(esim_store_fleet_counts(st, &rows, &n, NULL), ESIM_OK);
+    uint64_t total = 0, iphones = 0, valid = 0, verified = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += rows[i].count;
+        assert_true(rows[i].enrolled);
+        if (strcmp(rows[i].product_name, "iPhone15,2") == 0)
+            iphones += rows[i].count;
+        if (rows[i].push_state == STORE_PUSH_VALID)
+            valid += rows[i].count;
+        if (rows[i].verified)
+            verified += rows[i].count;
+    }
+    free(rows);
+    assert_int_equal(total, 4);
+    assert_int_equal(iphones, 3);
+    assert_int_equal(valid, 1);
+    assert_int_equal(verified, 1);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -997,6 +1067,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tally_retro_bind_bootstrap),
         cmocka_unit_test(test_retire),
         cmocka_unit_test(test_audit_log),
+        cmocka_unit_test(test_search_and_fleet_counts),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
