@@ -258,11 +258,53 @@ static bool start_parts(demo *d)
     snprintf(svc_port_file, sizeof svc_port_file, "%s/service.port", d->dir);
     snprintf(svc_dir, sizeof svc_dir, "%s/service", d->dir);
     snprintf(apns_url, sizeof apns_url, "https://127.0.0.1:%d", d->apns_tls);
-    char *svc_argv[] = {
-        "esim-mdm",     "serve",  "--listen",          "127.0.0.1:0", "--port-file", svc_port_file,
-        "--data-dir",   svc_dir,  "--device-ca",       devca,         "--apns",      apns_url,
-        "--apns-cert",  push,     "--apns-key",        pushkey,       "--apns-ca",   ca,
-        "--store-sync", "normal", "--not-now-backoff", "1",           NULL};
+    /* A read-only key besides the admin token, to look at the dashboard
+     * without being able to act (DIR/read-only-key). */
+    char keys_file[PATH_MAX + 32], ro_file[PATH_MAX + 32];
+    snprintf(keys_file, sizeof keys_file, "%s/api-keys", d->dir);
+    snprintf(ro_file, sizeof ro_file, "%s/read-only-key", d->dir);
+    {
+        unsigned char raw[24];
+        char hex[49], line[128];
+        esim_error ke = {{0}};
+        if (esim_random_bytes(raw, sizeof raw) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm demo: no randomness for the read-only key\n");
+            return false;
+        }
+        for (size_t i = 0; i < sizeof raw; i++)
+            snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+        int n = snprintf(line, sizeof line, "viewer read-only %s\n", hex);
+        if (esim_write_file_atomic(keys_file, line, (size_t)n, 0600, &ke) != ESIM_OK ||
+            esim_write_file_atomic(ro_file, hex, strlen(hex), 0600, &ke) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm demo: %s\n", ke.msg);
+            return false;
+        }
+    }
+    char *svc_argv[] = {"esim-mdm",
+                        "serve",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--port-file",
+                        svc_port_file,
+                        "--data-dir",
+                        svc_dir,
+                        "--device-ca",
+                        devca,
+                        "--apns",
+                        apns_url,
+                        "--apns-cert",
+                        push,
+                        "--apns-key",
+                        pushkey,
+                        "--apns-ca",
+                        ca,
+                        "--store-sync",
+                        "normal",
+                        "--not-now-backoff",
+                        "1",
+                        "--api-keys-file",
+                        keys_file,
+                        NULL};
     if (sup_start(&d->sup, "service", svc_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "service", 30000, &d->svc_port))
         return false;
@@ -274,7 +316,8 @@ static bool start_parts(demo *d)
         return false;
     if (!call(d, &d->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
         return false;
-    say(d, "dashboard: %s/dashboard/ (log in with the API key in %s)\n", url, token_file);
+    say(d, "dashboard: %s/dashboard/ (log in with the API key in %s, or the read-only one in %s)\n",
+        url, token_file, ro_file);
 
     char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64];
     snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
@@ -1074,9 +1117,9 @@ int cmd_demo(int argc, char **argv)
     int rc = run(&d);
     if (d.keep_running && d.svc_port > 0 && !sup_stopping()) {
         say(&d,
-            "\nkept running: the dashboard is at http://127.0.0.1:%d/dashboard/ (API key in "
-            "%s/service/api-token); Ctrl-C stops every part\n",
-            d.svc_port, d.dir);
+            "\nkept running: the dashboard is at http://127.0.0.1:%d/dashboard/ (admin key in "
+            "%s/service/api-token, read-only key in %s/read-only-key); Ctrl-C stops every part\n",
+            d.svc_port, d.dir, d.dir);
         while (!sup_stopping())
             pause();
     }
