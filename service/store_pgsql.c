@@ -214,6 +214,8 @@ enum {
     S_DEV_SEEN_EID,
     S_DEV_GET,
     S_DEV_LIST,
+    S_DEV_SEARCH,
+    S_FLEET,
     S_DEV_PUSH_DUE_AT,
     S_DEV_PUSH_STATE,
     S_DEV_TAKE_DUE,
@@ -316,6 +318,13 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_SEEN_EID] = "UPDATE devices SET last_seen_at = $2, eid = $3 WHERE udid = $1",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = $1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 ORDER BY udid LIMIT $2",
+    [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 AND"
+                     " (strpos(lower(udid), $3) > 0 OR strpos(lower(serial_number), $3) > 0 OR"
+                     " strpos(lower(device_name), $3) > 0 OR strpos(lower(product_name), $3) > 0"
+                     " OR strpos(lower(eid), $3) > 0) ORDER BY udid LIMIT $2",
+    [S_FLEET] = "SELECT d.product_name, d.model, d.enrolled, d.push_state,"
+                " (coalesce(f.verified_ms, 0) > 0)::int, count(*) FROM devices d"
+                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5",
     [S_DEV_PUSH_DUE_AT] = "UPDATE devices SET push_due_at = $2 WHERE udid = $1"
                           " AND (push_due_at = 0 OR push_due_at > $2)",
     [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = $2, push_due_at = 0 WHERE udid = $1",
@@ -1067,6 +1076,55 @@ static esim_err pg_device_list(store *base, const char *after, size_t limit, sto
     return ESIM_OK;
 }
 
+static esim_err pg_device_search(store *base, const char *q, const char *after, size_t limit,
+                                 store_device **out, size_t *n, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_DEV_SEARCH, "TiT", after, (int64_t)limit, q);
+    if (!r)
+        return ESIM_ESTORE;
+    size_t rows = (size_t)PQntuples(r);
+    store_device *list = calloc(rows ? rows : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < rows; i++)
+        read_device(r, (int)i, &list[i]);
+    PQclear(r);
+    *out = list;
+    *n = rows;
+    return ESIM_OK;
+}
+
+static esim_err pg_fleet_counts(store *base, store_fleet_row **rows, size_t *n, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_FLEET, "");
+    if (!r)
+        return ESIM_ESTORE;
+    size_t count = (size_t)PQntuples(r);
+    store_fleet_row *list = calloc(count ? count : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < count; i++) {
+        store_fleet_row *row = &list[i];
+        col_text(r, (int)i, 0, row->product_name, sizeof row->product_name);
+        col_text(r, (int)i, 1, row->model, sizeof row->model);
+        row->enrolled = col_int(r, (int)i, 2) != 0;
+        const char *ps = PQgetvalue(r, (int)i, 3);
+        row->push_state = strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
+                          : strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
+                                                    : STORE_PUSH_NONE;
+        row->verified = col_int(r, (int)i, 4) != 0;
+        row->count = (uint64_t)col_i64(r, (int)i, 5);
+    }
+    PQclear(r);
+    *rows = list;
+    *n = count;
+    return ESIM_OK;
+}
+
 static esim_err read_entry(const PGresult *r, int i, store_queue_entry *e)
 {
     memset(e, 0, sizeof *e);
@@ -1593,6 +1651,8 @@ static const struct store_ops pgsql_ops = {
     .audit_add = pg_audit_add,
     .audit_list = pg_audit_list,
     .stats = pg_stats,
+    .device_search = pg_device_search,
+    .fleet_counts = pg_fleet_counts,
     .campaign_put = pg_campaign_put,
     .campaign_command_put = pg_campaign_command_put,
     .campaign_device_put = pg_campaign_device_put,

@@ -13,7 +13,6 @@ build=$(cd "${1:?usage: bench/dashboard/run.sh BUILD_DIR}" && pwd)
 bin="$build/cli/esim-mdm"
 gen="$build/bench/service/service_loadgen"
 [[ -x "$bin" && -x "$gen" ]] || { echo "build esim-mdm and service_loadgen in $build first" >&2; exit 1; }
-command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 devices=${DEVICES:-5000}
 conc=${CONC:-64}
 dashboards=${DASHBOARDS:-10}
@@ -29,18 +28,12 @@ cleanup() {
 }
 trap cleanup EXIT
 token="bench-token-0123456789"
-echo "$token" >"$dir/token"
+(umask 077; echo "$token" >"$dir/token")
 
-# One dashboard: the requests its pages make, every 2 s, for at most 10 min.
-poll() {
-  local base=$1 end=$((SECONDS + 600))
-  while ((SECONDS < end)); do
-    for path in /v1/dashboard/fleet "/v1/dashboard/devices?limit=50" /v1/campaigns; do
-      curl -s -o /dev/null -H "Authorization: Bearer $token" "$base$path" || true
-    done
-    sleep 2
-  done
-}
+# The dashboards: one node process (bench/dashboard/poll.mjs) polling as
+# the pages do, so that the clients' own CPU stays small.
+here=$(cd "$(dirname "$0")" && pwd)
+command -v node >/dev/null || { echo "node is needed" >&2; exit 1; }
 
 # One run: a fresh service, the load generator; prints the round trips/s.
 run() {
@@ -56,26 +49,34 @@ run() {
   base="http://127.0.0.1:$port"
   pollers=()
   if [[ $with == yes ]]; then
-    for _ in $(seq "$n"); do poll "$base" & pollers+=($!); done
+    node "$here/poll.mjs" "$base" "$token" "$n" 600 >"$dir/poll.out" &
+    pollers+=($!)
   fi
   local out
   out=$("$gen" "$port" "$token" "$devices" "$conc" "$pid")
-  for p in "${pollers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pollers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   pollers=()
+  [[ $with == yes ]] && sed 's/^/             /' "$dir/poll.out" >&2
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
-  echo "$out" | sed -n 's/^round trips: .* = \([0-9]*\) round.*/\1/p'
+  # "RATE CPU": round trips/s, and the service's CPU per round trip (us)
+  echo "$(echo "$out" | sed -n 's/^round trips: .* = \([0-9]*\) round.*/\1/p')" \
+    "$(echo "$out" | sed -n 's/^server CPU: *\([0-9]*\) us per round trip.*/\1/p')"
 }
 
 echo "dashboard: $devices devices, $conc device connections; $dashboards dashboards polling 3 endpoints every 2 s"
-without=() with=()
+results=""
 for r in $(seq "$rounds"); do
-  without+=("$(run no 0)")
-  with+=("$(run yes "$dashboards")")
-  echo "round $r:     ${without[-1]} round trips/s alone, ${with[-1]} with $dashboards dashboards"
+  read -r ra ca <<<"$(run no 0)"
+  read -r rb cb <<<"$(run yes "$dashboards")"
+  echo "round $r:     alone $ra round trips/s ($ca us service CPU each); with $dashboards dashboards $rb/s ($cb us)"
+  results="$results $ra $ca $rb $cb"
 done
-awk -v a="${without[*]}" -v b="${with[*]}" 'BEGIN {
-  n = split(a, x, " "); split(b, y, " "); sa = 0; sb = 0
-  for (i = 1; i <= n; i++) { sa += x[i]; sb += y[i] }
-  printf "ratio:       check-in round trips/s with dashboards / alone = %.3f\n", sb / sa }'
+# The rates swing with whatever else the machine runs; the service's CPU
+# per round trip is the steadier figure of what the dashboards add.
+awk -v r="$results" 'BEGIN {
+  n = split(r, v, " "); ra = ca = rb = cb = 0
+  for (i = 1; i <= n; i += 4) { ra += v[i]; ca += v[i+1]; rb += v[i+2]; cb += v[i+3] }
+  printf "ratio:       check-in round trips/s with dashboards / alone = %.3f\n", rb / ra
+  printf "ratio:       service CPU per round trip with dashboards / alone = %.3f\n", cb / ca }'
