@@ -46,8 +46,10 @@ dash_fleet_cache *dash_fleet_cache_of(dashboard *d)
     return &d->fleet;
 }
 
-const char *dash_platform(const char *product_name, const char *model)
+const char *dash_platform(const char *platform, const char *product_name, const char *model)
 {
+    if (platform && strcmp(platform, "windows") == 0)
+        return "windows";
     const char *p = product_name && *product_name ? product_name : model ? model : "";
     if (strncmp(p, "iPhone", 6) == 0)
         return "ios";

@@ -28,7 +28,8 @@ static json_t *device_row(store *st, const store_device *d)
     bool facts = esim_store_facts_get(st, d->udid, &f, NULL) == ESIM_OK;
     json_t *o = json_object();
     json_object_set_new(o, "udid", json_string(d->udid));
-    json_object_set_new(o, "platform", json_string(dash_platform(d->product_name, d->model)));
+    json_object_set_new(o, "platform",
+                        json_string(dash_platform(d->platform, d->product_name, d->model)));
     json_object_set_new(o, "serial_number", str_or_null(d->serial_number));
     json_object_set_new(o, "device_name", str_or_null(d->device_name));
     json_object_set_new(o, "product_name", str_or_null(d->product_name));
@@ -71,7 +72,7 @@ static void h_fleet(esim_api_request *r, void *arg)
         }
         json_t *total = json_object(), *platforms = json_object();
         for (size_t i = 0; i < n; i++) {
-            const char *p = dash_platform(rows[i].product_name, rows[i].model);
+            const char *p = dash_platform(rows[i].platform, rows[i].product_name, rows[i].model);
             json_t *pl = json_object_get(platforms, p);
             if (!pl) {
                 pl = json_object();

@@ -30,8 +30,9 @@ typedef struct {
 } dash_fleet_cache;
 dash_fleet_cache *dash_fleet_cache_of(dashboard *d);
 
-/* "ios", "ipados", "macos", "tvos", "windows" or "other", from what the
- * device said at enrolment. */
-const char *dash_platform(const char *product_name, const char *model);
+/* "ios", "ipados", "macos", "tvos", "windows" or "other": the device
+ * record's platform ("windows"), else what an Apple device said at
+ * enrolment (its product name or model). */
+const char *dash_platform(const char *platform, const char *product_name, const char *model);
 
 #endif

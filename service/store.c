@@ -599,7 +599,7 @@ esim_err esim_store_fleet_counts(store *st, store_fleet_row **rows, size_t *n, e
             size_t k = 0;
             while (k < count &&
                    !(list[k].enrolled == d->enrolled && list[k].push_state == d->push_state &&
-                     list[k].verified == verified &&
+                     list[k].verified == verified && strcmp(list[k].platform, d->platform) == 0 &&
                      strcmp(list[k].product_name, d->product_name) == 0 &&
                      strcmp(list[k].model, d->model) == 0))
                 k++;
@@ -615,6 +615,7 @@ esim_err esim_store_fleet_counts(store *st, store_fleet_row **rows, size_t *n, e
                     cap = nc;
                 }
                 memset(&list[k], 0, sizeof list[k]);
+                snprintf(list[k].platform, sizeof list[k].platform, "%s", d->platform);
                 snprintf(list[k].product_name, sizeof list[k].product_name, "%s", d->product_name);
                 snprintf(list[k].model, sizeof list[k].model, "%s", d->model);
                 list[k].enrolled = d->enrolled;

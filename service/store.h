@@ -93,7 +93,7 @@ typedef struct {
      * token_update_tally): 1 after the enrolment's own, more after later
      * ones; 0 again after Authenticate or CheckOut. */
     int token_update_tally;
-    char platform[16];   /* "apple" (every device enrolled by check-in) or "windows" (OMA-DM) */
+    char platform[16]; /* "apple" (every device enrolled by check-in) or "windows" (OMA-DM) */
 } store_device;
 
 typedef struct {
@@ -361,8 +361,9 @@ ESIM_EXTERN esim_err esim_store_device_search(store *st, const char *q, const ch
                                               esim_error *err);
 
 /* The fleet counted by what a dashboard shows: one row per distinct
- * (product name, model, enrolled, push state, eSIM verified). */
+ * (platform, product name, model, enrolled, push state, eSIM verified). */
 typedef struct {
+    char platform[16]; /* as store_device.platform */
     char product_name[64], model[64];
     bool enrolled;
     store_push_state push_state;

@@ -323,8 +323,8 @@ static const char *const statement_sql[S_COUNT] = {
                      " strpos(lower(device_name), $3) > 0 OR strpos(lower(product_name), $3) > 0"
                      " OR strpos(lower(eid), $3) > 0) ORDER BY udid LIMIT $2",
     [S_FLEET] = "SELECT d.product_name, d.model, d.enrolled, d.push_state,"
-                " (coalesce(f.verified_ms, 0) > 0)::int, count(*) FROM devices d"
-                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5",
+                " (coalesce(f.verified_ms, 0) > 0)::int, count(*), d.platform FROM devices d"
+                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5, 7",
     [S_DEV_PUSH_DUE_AT] = "UPDATE devices SET push_due_at = $2 WHERE udid = $1"
                           " AND (push_due_at = 0 OR push_due_at > $2)",
     [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = $2, push_due_at = 0 WHERE udid = $1",
@@ -1118,6 +1118,7 @@ static esim_err pg_fleet_counts(store *base, store_fleet_row **rows, size_t *n, 
                                                     : STORE_PUSH_NONE;
         row->verified = col_int(r, (int)i, 4) != 0;
         row->count = (uint64_t)col_i64(r, (int)i, 5);
+        col_text(r, (int)i, 6, row->platform, sizeof row->platform);
     }
     PQclear(r);
     *rows = list;

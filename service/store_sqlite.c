@@ -328,8 +328,8 @@ static const char *const statement_sql[S_COUNT] = {
                      " instr(lower(device_name), ?3) OR instr(lower(product_name), ?3) OR"
                      " instr(lower(eid), ?3)) ORDER BY udid LIMIT ?2",
     [S_FLEET] = "SELECT d.product_name, d.model, d.enrolled, d.push_state,"
-                " coalesce(f.verified_ms, 0) > 0, count(*) FROM devices d"
-                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5",
+                " coalesce(f.verified_ms, 0) > 0, count(*), d.platform FROM devices d"
+                " LEFT JOIN device_facts f ON f.udid = d.udid GROUP BY 1, 2, 3, 4, 5, 7",
     [S_DEV_PUSH_DUE_AT] = "UPDATE devices SET push_due_at = ?2 WHERE udid = ?1"
                           " AND (push_due_at = 0 OR push_due_at > ?2)",
     [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = ?2, push_due_at = 0 WHERE udid = ?1",
@@ -1120,6 +1120,7 @@ static esim_err sq_fleet_counts(store *base, store_fleet_row **rows, size_t *n, 
                                                           : STORE_PUSH_NONE;
         row->verified = sqlite3_column_int(st, 4) != 0;
         row->count = (uint64_t)sqlite3_column_int64(st, 5);
+        col_text(st, 6, row->platform, sizeof row->platform);
         r = sqlite3_step(st);
     }
     if (r != SQLITE_DONE) {

@@ -1031,6 +1031,7 @@ static void test_search_and_fleet_counts(void **state)
         assert_true(rows[i].enrolled);
         if (strcmp(rows[i].product_name, "iPhone15,2") == 0)
             iphones += rows[i].count;
+        assert_string_equal(rows[i].platform, "apple");
         if (rows[i].push_state == STORE_PUSH_VALID)
             valid += rows[i].count;
         if (rows[i].verified)
