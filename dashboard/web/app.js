@@ -197,12 +197,13 @@ function campaignPage(v, id, params) {
   const cards = h('div', { class: 'cards' });
   const chart = h('div', { class: 'chart', id: 'chart' });
   const legend = h('div', { class: 'legend' });
+  const platforms = h('div', { id: 'campaign-platforms' });
   const warnings = h('div', { id: 'warnings' });
   const devRows = h('tbody', { id: 'campaign-devices' });
   const devTitle = h('h2', {}, filter ? `Devices: ${STATE_WORDS[filter] || filter}` : 'Devices');
   v.append(h('div', { class: 'toolbar' }, title, state), actions, msg, cards,
     h('div', { class: 'grid2' },
-      h('div', { class: 'panel' }, h('h2', {}, 'Devices per state'), chart, legend),
+      h('div', { class: 'panel' }, h('h2', {}, 'Devices per state'), chart, legend, platforms),
       h('div', { class: 'panel' }, h('h2', {}, 'Warnings given at creation'), warnings)),
     devTitle,
     h('table', {}, h('thead', {}, h('tr', {}, ['Device', 'State', 'Step', 'Pushes', 'Last push', 'Reason'].map((t) => h('th', {}, t)))), devRows));
@@ -244,6 +245,13 @@ function campaignPage(v, id, params) {
     legend.replaceChildren(h('a', { href: `#/campaign/${encodeURIComponent(id)}`, class: filter ? '' : 'sel' }, 'all'),
       ...STATES.filter((s) => k[s]).map((s) => h('a', { href: `#/campaign/${encodeURIComponent(id)}?state=${s}`, class: filter === s ? 'sel' : '', 'data-state': s },
         h('i', { class: `s-${s}` }), `${STATE_WORDS[s]} (${k[s]})`)));
+    const bp = Object.entries(c.by_platform || {});
+    platforms.replaceChildren(...(bp.length > 1 || (bp.length === 1 && bp[0][0] !== 'apple') ? [
+      h('h2', {}, 'By platform'),
+      h('table', {}, h('thead', {}, h('tr', {}, ['Platform', 'Devices', 'Verified or done', 'Failed', 'Progress'].map((t) => h('th', {}, t)))),
+        h('tbody', {}, ...bp.map(([p, pc]) => h('tr', {}, h('td', {}, p === 'apple' ? 'Apple' : PLATFORM_WORDS[p] || p),
+          h('td', {}, pc.devices), h('td', {}, (pc.verified || 0) + (pc.done || 0)), h('td', {}, pc.failed || 0),
+          h('td', {}, stackedBar(pc, STATES, pc.devices))))))] : []));
     if (!warned) {
       warned = true;
       const w = c.creation_warnings;
