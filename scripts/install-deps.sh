@@ -9,11 +9,14 @@ packages=(
   libplist-dev libjansson-dev libssl-dev openssl
   libnghttp2-dev libevent-dev libcurl4-openssl-dev curl
   libsqlite3-dev sqlite3 libpq-dev postgresql
-  libcmocka-dev nghttp2-client wrk nodejs npm
+  libcmocka-dev nghttp2-client wrk nodejs
   python3 python3-yaml valgrind libxml2-dev
   clang libclang-rt-14-dev
   chromium
 )
+# npm (the dashboard test's `npm ci`): Debian packages it apart from nodejs;
+# other builds of nodejs (NodeSource's) carry it and conflict with it.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
