@@ -560,6 +560,19 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     flush(cs);
 }
 
+/* The service is about to complete the answers of the results it just
+ * gave us: what those results asked for is queued now, so it goes in them. */
+static void on_results_done(esim_service *svc, void *arg)
+{
+    (void)svc;
+    campaigns *cs = arg;
+    if (!cs->flush_armed)
+        return;
+    evtimer_del(cs->flush_ev);
+    cs->flush_armed = false;
+    flush(cs);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -620,6 +633,10 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
     if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
         remember_facts(cs, d->udid, &facts);
     campaign_io io = slot_io(s);
+    /* The device waits for the service's answer to this result: the next
+     * step's command, queued before that answer goes (on_results_done),
+     * rides in it and needs no push. */
+    io.push_after_answer = !r->answer_held;
     campaign_on_result(s->c, i, step, &rd.result, now, &io);
     campaign_reading_free(&rd);
     /* An erased phone re-enrols with a new identity: the service admits it
@@ -1053,6 +1070,8 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, campaigns **out,
         rc = restore_all(cs, err);
     if (rc == ESIM_OK)
         rc = esim_service_add_result_hook(svc, on_result, cs);
+    if (rc == ESIM_OK)
+        rc = esim_service_add_results_done(svc, on_results_done, cs);
     if (rc == ESIM_OK) {
         struct timeval tv = {0, CAMPAIGN_TICK_MS * 1000};
         event_add(cs->tick_ev, &tv);

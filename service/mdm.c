@@ -98,6 +98,12 @@ static void conn_remember_not_now(esim_service *svc, struct evhttp_request *req,
 
 /* ---- replies ------------------------------------------------------------------------ */
 
+/* A command plist's Content-Type: XML or binary. */
+static const char *command_content_type(const esim_buf *body)
+{
+    return body->len && body->data[0] == '<' ? "application/xml" : "application/x-apple-plist";
+}
+
 static void reply_text(esim_service *svc, struct evhttp_request *req, int code, const char *text)
 {
     http_reply(svc, req, M_ROUTE_MDM, code, "text/plain; charset=utf-8", text, strlen(text));
@@ -186,7 +192,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
     }
     svc->m.checkins[msg->kind - 1]++;
     http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
-    svc_after_commit(svc, msg, raw, len, false);
+    svc_after_commit(svc, msg, raw, len, false, NULL, NULL);
 }
 
 /* ---- results ---------------------------------------------------------------------------- */
@@ -274,21 +280,89 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
         svc->m.anomalies++;
     if (out.outcome == STORE_RESULT_APPLIED && msg->status == ESIM_STATUS_NOT_NOW)
         conn_remember_not_now(svc, req, msg->udid, msg->command_uuid);
+    svc_reply *held = NULL;
     if (out.next.present) {
         svc->m.commands_sent++;
-        const char *ct = out.next.body.len && out.next.body.data[0] == '<'
-                             ? "application/xml"
-                             : "application/x-apple-plist";
-        http_reply(svc, req, M_ROUTE_MDM, 200, ct, out.next.body.data, out.next.body.len);
+        http_reply(svc, req, M_ROUTE_MDM, 200, command_content_type(&out.next.body),
+                   out.next.body.data, out.next.body.len);
     } else {
-        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+        held = http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
     esim_buf_free(&out.next.body);
     /* A duplicate got no command: if it was the device itself, a push
      * brings it back (with a fresh signature) for what it is owed. */
     if (duplicate && replay_push_allowed(svc, msg->udid, esim_now_ms()))
         push_device(svc, msg->udid, NULL, NULL);
-    svc_after_commit(svc, msg, raw, len, out.outcome == STORE_RESULT_APPLIED);
+    /* A final answer with nothing after it: what the result hooks queue
+     * next for the device can still go in this answer (mdm_refill_answers).
+     * Not after NotNow (the device is busy) nor a duplicate. */
+    bool applied = out.outcome == STORE_RESULT_APPLIED;
+    bool refill = applied && held && !duplicate && msg->status != ESIM_STATUS_NOT_NOW;
+    svc_after_commit(svc, msg, raw, len, applied, refill ? held : NULL, cert);
+}
+
+void mdm_refill_answers(esim_service *svc, svc_deferred *list)
+{
+    size_t n = 0;
+    for (svc_deferred *d = list; d; d = d->next) {
+        if (!d->refill_wanted)
+            d->refill = NULL; /* nothing new for it: the empty answer stands */
+        n += d->refill != NULL;
+    }
+    if (n == 0)
+        return;
+    /* One commit for them all, when the back end batches. */
+    bool batched = (esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH) &&
+                   esim_store_batch_begin(svc->st, NULL) == ESIM_OK;
+    int64_t now = esim_now_ms();
+    for (svc_deferred *d = list; d; d = d->next) {
+        svc_reply *r = d->refill;
+        if (!r)
+            continue;
+        d->refill = NULL; /* set again below when the answer got a command */
+        if (!evhttp_request_get_connection(r->req))
+            continue; /* the device hung up: it gets its command when it comes back */
+        /* What the device said NotNow to on this connection stays out. */
+        svc_conn *c = conn_of(svc, evhttp_request_get_connection(r->req));
+        const char *skip[64];
+        size_t n_skip = 0;
+        for (size_t i = 0; c && strcmp(c->udid, d->msg.udid) == 0 && i < c->n_skip && i < 64; i++)
+            skip[n_skip++] = c->skip[i];
+        store_exchange_in in = {
+            .udid = d->msg.udid,
+            .cert_sha256 = d->cert_sha256,
+            .status = "Idle",
+            .skip_uuids = skip,
+            .n_skip = n_skip,
+        };
+        store_exchange_out out = {0};
+        esim_err rc = esim_store_device_exchange(svc->st, &in, now, &out, NULL);
+        if (rc == ESIM_OK && out.next.present) {
+            esim_buf_free(&r->body);
+            r->body = out.next.body;
+            memset(&out.next.body, 0, sizeof out.next.body);
+            r->content_type = command_content_type(&r->body);
+            svc->m.commands_sent++;
+            d->refill = r;
+        } else if (rc == ESIM_ESTORE) {
+            svc->m.store_errors++;
+        }
+        esim_buf_free(&out.next.body);
+    }
+    if (!batched || esim_store_batch_commit(svc->st, NULL) == ESIM_OK)
+        return;
+    /* Undone: the commands are queued still; the devices get empty answers
+     * and a push brings them back for those commands. */
+    svc->m.store_errors++;
+    for (svc_deferred *d = list; d; d = d->next) {
+        if (!d->refill)
+            continue;
+        esim_buf_free(&d->refill->body);
+        d->refill->content_type = NULL;
+        svc->m.commands_sent--;
+        d->refill = NULL;
+        push_device(svc, d->msg.udid, NULL, NULL);
+    }
 }
 
 /* Text a device sends is stored, shown by the API and the diagnosis page

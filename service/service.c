@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 
+#include "core/internal.h"
 #include "service/service_internal.h"
 
 void esim_service_config_init(esim_service_config *cfg)
@@ -165,31 +166,37 @@ static void free_deferred(svc_deferred *d)
 }
 
 static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
-                             bool hook)
+                             bool hook, bool held)
 {
     webhooks_post_message(svc, msg, raw, len);
     if (hook) {
         esim_service_result r = {
-            msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0};
+            msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0,
+            held};
         svc_run_result_hooks(svc, &r);
     }
 }
 
-void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook)
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
+                      svc_reply *refill, const char *cert)
 {
     if (!svc->batch_open) {
-        run_after_commit(svc, msg, raw, len, hook);
+        run_after_commit(svc, msg, raw, len, hook, false);
         return;
     }
     svc_deferred *d = calloc(1, sizeof *d);
     if (!d || (len && esim_buf_append(&d->raw, raw, len) != ESIM_OK)) {
         free(d);
-        run_after_commit(svc, msg, raw, len, hook); /* out of memory: early beats never */
+        run_after_commit(svc, msg, raw, len, hook, false); /* out of memory: early beats never */
         return;
     }
     d->msg = *msg;
     memset(msg, 0, sizeof *msg);
     d->hook = hook;
+    if (hook && refill) {
+        d->refill = refill;
+        snprintf(d->cert_sha256, sizeof d->cert_sha256, "%s", cert ? cert : "");
+    }
     *svc->deferred_tail = d;
     svc->deferred_tail = &d->next;
 }
@@ -227,8 +234,45 @@ void svc_batch_open(esim_service *svc)
     }
 }
 
+/* Indexes the held answers of |list| by UDID for refill_mark. Out of
+ * memory: no index, and those answers simply go without a command. */
+static void refill_tab_build(esim_service *svc, svc_deferred *list)
+{
+    size_t n = 0;
+    for (svc_deferred *d = list; d; d = d->next)
+        n += d->refill != NULL;
+    if (n == 0)
+        return;
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    svc->refill_tab = calloc(cap, sizeof *svc->refill_tab);
+    if (!svc->refill_tab)
+        return;
+    svc->refill_cap = cap;
+    for (svc_deferred *d = list; d; d = d->next) {
+        if (!d->refill)
+            continue;
+        size_t k = esim_hash_str(d->msg.udid) & (cap - 1);
+        while (svc->refill_tab[k])
+            k = (k + 1) & (cap - 1);
+        svc->refill_tab[k] = d;
+    }
+}
+
+/* A command was queued for |udid|: if its answer is held, it is to carry it. */
+static void refill_mark(esim_service *svc, const char *udid)
+{
+    size_t cap = svc->refill_cap;
+    for (size_t k = esim_hash_str(udid) & (cap - 1); svc->refill_tab[k]; k = (k + 1) & (cap - 1))
+        if (strcmp(svc->refill_tab[k]->msg.udid, udid) == 0)
+            svc->refill_tab[k]->refill_wanted = true;
+}
+
 /* Commits the open batch, then lets the webhooks and result hooks it held
- * back go. False when the commit failed (the batch is undone). */
+ * back go, then the results-done hooks, and puts the next command the
+ * hooks queued for a device in its held answer. False when the commit
+ * failed (the batch is undone). */
 static bool batch_finish(esim_service *svc)
 {
     if (!svc->batch_open)
@@ -240,12 +284,24 @@ static bool batch_finish(esim_service *svc)
     svc->deferred_tail = &svc->deferred;
     if (!ok)
         svc->m.store_errors++;
+    bool results = false;
+    if (ok)
+        refill_tab_build(svc, list);
     for (svc_deferred *d = list; ok && d; d = d->next) {
-        if (d->fn)
+        if (d->fn) {
             d->fn(svc, d->ctx);
-        else
-            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook);
+        } else {
+            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, d->refill != NULL);
+            results |= d->hook;
+        }
     }
+    for (size_t i = 0; results && i < svc->n_results_done; i++)
+        svc->results_done[i].fn(svc, svc->results_done[i].arg);
+    free(svc->refill_tab);
+    svc->refill_tab = NULL;
+    svc->refill_cap = 0;
+    if (ok)
+        mdm_refill_answers(svc, list);
     free_deferred(list);
     return ok;
 }
@@ -366,21 +422,21 @@ static void group_commit_stop(esim_service *svc)
     svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
 }
 
-void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
-                const char *content_type, const void *body, size_t len)
+svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                      const char *content_type, const void *body, size_t len)
 {
     int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
     svc->m.requests[route][cls]++;
     access_audit_note(svc, req, code, NULL);
     if (!svc->flush_ev) {
         send_now(req, code, content_type, body, len);
-        return;
+        return NULL;
     }
     svc_reply *r = calloc(1, sizeof *r);
     if (!r || (len && esim_buf_append(&r->body, body, len) != ESIM_OK)) {
         free(r);
         send_now(req, 503, "text/plain", "out of memory\n", 14);
-        return;
+        return NULL;
     }
     r->req = req;
     r->code = code;
@@ -391,6 +447,7 @@ void http_reply(esim_service *svc, struct evhttp_request *req, int route, int co
         struct timeval now = {0, 0}; /* after this loop turn's I/O */
         evtimer_add(svc->flush_ev, &now);
     }
+    return r;
 }
 
 const unsigned char *http_body(struct evhttp_request *req, size_t *len)
@@ -869,6 +926,12 @@ esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, voi
     ADD_HOOK(svc->closes, svc->n_closes, fn, arg);
 }
 
+esim_err esim_service_add_results_done(esim_service *svc, esim_service_results_done_fn fn,
+                                       void *arg)
+{
+    ADD_HOOK(svc->results_done, svc->n_results_done, fn, arg);
+}
+
 /* Drops the entries of |arr| registered with |a|, keeping the order. */
 #define REMOVE_HOOKS(arr, n, a)                                                                    \
     do {                                                                                           \
@@ -887,6 +950,7 @@ void esim_service_remove_hooks(esim_service *svc, void *arg)
     REMOVE_HOOKS(svc->ticks, svc->n_ticks, arg);
     REMOVE_HOOKS(svc->metrics, svc->n_metrics, arg);
     REMOVE_HOOKS(svc->closes, svc->n_closes, arg);
+    REMOVE_HOOKS(svc->results_done, svc->n_results_done, arg);
     size_t kept = 0;
     for (size_t i = 0; i < svc->n_routes; i++) {
         if (svc->routes[i].arg == arg)
@@ -945,6 +1009,8 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
         return rc;
     }
     svc->m.enqueued += n;
+    for (size_t i = 0; svc->refill_tab && i < n; i++)
+        refill_mark(svc, udids[i]);
     /* One push per device for the whole call: a push only says "check in";
      * the device then drains its queue in one session. */
     for (size_t i = 0; i < n; i++) {

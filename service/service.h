@@ -289,6 +289,13 @@ typedef struct {
     const char *platform;
     const esim_syncml_status *syncml;
     size_t n_syncml;
+    /* The device's answer to this result is still held, with no command in
+     * it: a command queued for this device from this hook or from a
+     * results-done hook (below) of the same batch goes out in that answer,
+     * on the connection the device is waiting on, so it needs no push.
+     * False when the answer went already (or carries a command): then a
+     * command queued now needs a push to reach the device. */
+    bool answer_held;
 } esim_service_result;
 
 /* Called on the service's loop after the result's transaction (its batch)
@@ -298,6 +305,12 @@ typedef struct {
  * service. */
 typedef void (*esim_service_result_hook)(esim_service *svc, const esim_service_result *r,
                                          void *arg);
+/* Called once after the result hooks of one committed batch have all run
+ * (only when there was at least one result), before the held answers are
+ * completed with the devices' next commands: a module that gathers what
+ * its result hooks decided queues it here (esim_service_enqueue), in as few
+ * store operations as it likes, and it still rides in those answers. */
+typedef void (*esim_service_results_done_fn)(esim_service *svc, void *arg);
 /* Called every tick_ms with the wall-clock time. */
 typedef void (*esim_service_tick_fn)(esim_service *svc, int64_t now_ms, void *arg);
 /* Appends Prometheus text lines to |out| when /metrics is read. */
@@ -318,6 +331,8 @@ ESIM_EXTERN esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_
 ESIM_EXTERN esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn,
                                               void *arg);
 ESIM_EXTERN esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg);
+ESIM_EXTERN esim_err esim_service_add_results_done(esim_service *svc,
+                                                   esim_service_results_done_fn fn, void *arg);
 
 /* ---- admin API routes of modules ---------------------------------------------------
  * A module adds endpoints to the admin API. They answer after the service's

@@ -141,6 +141,11 @@ typedef struct svc_deferred {
     void (*fn)(esim_service *svc, void *ctx);
     void (*free_ctx)(void *ctx);
     void *ctx;
+    /* The device's answer, held with no command in it: once the hooks ran,
+     * the device's next command (if they queued one) is put in it. */
+    struct svc_reply *refill;
+    bool refill_wanted;   /* a command was queued for the device while the hooks ran */
+    char cert_sha256[65]; /* the identity that sent it, for the refill */
 } svc_deferred;
 
 /* Failed admin API authentications from one peer address (access.c). */
@@ -186,6 +191,11 @@ struct esim_service {
     struct event *flush_ev;
     bool batch_open; /* the store's operations are being batched */
     svc_deferred *deferred, **deferred_tail;
+    /* While the hooks of a batch run: its held answers by UDID (open
+     * addressing, |refill_cap| a power of two), so an enqueue for one of
+     * those devices marks its answer to be completed. */
+    svc_deferred **refill_tab;
+    size_t refill_cap;
     svc_reply *replies, **replies_tail;
     svc_reply *syncing;
     bool sync_busy;
@@ -244,6 +254,11 @@ struct esim_service {
         void *arg;
     } closes[SVC_MAX_HOOKS];
     size_t n_closes;
+    struct {
+        esim_service_results_done_fn fn;
+        void *arg;
+    } results_done[SVC_MAX_HOOKS];
+    size_t n_results_done;
     struct svc_route *routes; /* admin API routes of modules (api.c) */
     size_t n_routes, cap_routes;
     esim_api_session_fn session_fn; /* browsers' sessions (the dashboard), access.c */
@@ -253,9 +268,11 @@ struct esim_service {
 /* ---- HTTP helpers (http.c) ------------------------------------------------------ */
 
 /* Sends |code| with |body| (may be NULL) and |content_type| (NULL: none),
- * counting it under |route| for /metrics. */
-void http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
-                const char *content_type, const void *body, size_t len);
+ * counting it under |route| for /metrics. Returns the answer when it is
+ * held for the group commit (it may still be completed until the flush
+ * sends it), NULL when it went at once. */
+struct svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                             const char *content_type, const void *body, size_t len);
 /* The request body as one contiguous block (NULL when empty); *len its size. */
 const unsigned char *http_body(struct evhttp_request *req, size_t *len);
 /* Constant-time comparison of two strings (lengths leak, contents do not). */
@@ -339,6 +356,10 @@ void access_audit_write(esim_service *svc, api_request *r, const char *method, c
 
 void mdm_handle(esim_service *svc, struct evhttp_request *req);
 void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
+/* Puts in each held, empty answer of |list| the device's next command, if
+ * the hooks queued one (one store batch for all; if it cannot be committed
+ * the answers stay empty and those devices are pushed instead). */
+void mdm_refill_answers(esim_service *svc, svc_deferred *list);
 
 /* Who signed a device request, as auth.c found it. */
 typedef struct {
@@ -453,8 +474,11 @@ void svc_run_result_hooks(esim_service *svc, const esim_service_result *r);
 void svc_batch_open(esim_service *svc);
 /* Posts |msg|'s webhooks and, when |hook|, runs the result hooks once its
  * changes are committed: at once without a batch, else right after the
- * batch commits (then |msg| is taken over and left zeroed). */
-void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook);
+ * batch commits (then |msg| is taken over and left zeroed). |refill| (may
+ * be NULL): the device's held answer, empty, that is to carry the next
+ * command the hooks queue for it; |cert| the identity that sent |msg|. */
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
+                      struct svc_reply *refill, const char *cert);
 /* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
  * once without a batch), then |free_ctx|(ctx) (may be NULL). */
 void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,

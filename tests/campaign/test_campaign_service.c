@@ -663,6 +663,40 @@ static void test_retries_and_expiry(void **state)
     assert_int_equal(d[2].refreshes, 1);
 }
 
+/* Issue 17: a device that acknowledges a step finds the next one in the
+ * answer on the same connection. One push wakes each device; in one
+ * session it installs the profile, downloads and is verified. */
+static void test_one_wakeup_per_device(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2048];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"all\":true},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":30,\"expiry_s\":60}}");
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    /* The profile step is queued and pushed (bounded wait). */
+    for (int k = 0; k < 200 && count_of(id, "active") < NDEV; k++)
+        sleep_ms(20);
+    assert_int_equal(count_of(id, "active"), NDEV);
+    for (size_t i = 0; i < NDEV; i++)
+        assert_int_equal(sdev_checkin(&d[i]), 3); /* profile, refresh, verification */
+    json_t *r = campaign_get(id);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), NDEV);
+    assert_int_equal(jint(r, "pushes"), NDEV);
+    assert_int_equal(jint(r, "commands"), 3 * NDEV);
+    json_decref(r);
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    json_decref(g);
+}
+
 static void test_pause_resume_cancel(void **state)
 {
     fixture *f = *state;
@@ -1112,6 +1146,10 @@ static void test_restart_replays_a_recorded_answer(void **state)
              "uuid FROM campaign_commands WHERE step=1 LIMIT 1) WHERE udid='%s' RETURNING 1",
              d[0].dev.udid);
     assert_int_equal(store_sql(f, sql), 1);
+    /* The verification came in the refresh's answer and finished the
+     * campaign: its row goes back to running with the device. */
+    snprintf(sql, sizeof sql, "UPDATE campaigns SET state=0 WHERE id='%s' RETURNING 1", id);
+    assert_int_equal(store_sql(f, sql), 1);
     harness_start(&f->ts, &f->cfg);
     g_url = f->ts.url;
     d[0].dev.base_url = f->ts.url;
@@ -1283,6 +1321,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_groups_tags_and_distribution, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_and_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_wakeup_per_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_imports_report_bad_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_checked_out_and_untouched, setup,
