@@ -49,6 +49,8 @@ static const char demo_help[] =
     "                           (warnings then cannot know supervision)\n"
     "  --no-extras              skip the erase and user-action demonstrations\n"
     "  --timeout S              give up on the campaign after S seconds (default 300)\n"
+    "  --enrol-timeout S        give up on enrolment after S seconds (default 120, plus\n"
+    "                           1 s per 250 devices beyond 1000)\n"
     "  --keep DIR               work in DIR and keep it (default: a temporary directory,\n"
     "                           removed at the end)\n"
     "  --keep-running           after the story, keep every part running so the dashboard\n"
@@ -120,6 +122,7 @@ typedef struct {
     bool keep, json, quiet_mix, inventory, extras, keep_running;
     unsigned devices;
     double pps, timeout_s;
+    double enrol_timeout_s; /* 0: the default, scaled with the fleet */
     unsigned max_in_flight;
     unsigned seed;
     supervisor sup; /* the child processes (cli/supervisor.h) */
@@ -346,7 +349,10 @@ static bool wait_enrolled(demo *d, double *secs)
 {
     int64_t start = esim_mono_ms();
     long enrolled = 0;
-    while (esim_mono_ms() - start < 120000) {
+    double limit_s = d->enrol_timeout_s;
+    if (limit_s <= 0)
+        limit_s = 120.0 + (d->devices > 1000 ? (d->devices - 1000) / 250.0 : 0.0);
+    while (esim_mono_ms() - start < (int64_t)(limit_s * 1000.0)) {
         if (sup_stopping() || !sup_alive(&d->sup))
             return false;
         json_t *s = NULL;
@@ -359,8 +365,9 @@ static bool wait_enrolled(demo *d, double *secs)
         }
         sup_sleep_ms(100);
     }
-    fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within 120 s\n", enrolled,
-            d->devices);
+    fprintf(stderr,
+            "esim-mdm demo: only %ld of %u devices enrolled within %.0f s (--enrol-timeout)\n",
+            enrolled, d->devices, limit_s);
     return false;
 }
 
@@ -1013,6 +1020,7 @@ int cmd_demo(int argc, char **argv)
         PPS,
         MAX_IN_FLIGHT,
         TIMEOUT,
+        ENROL_TIMEOUT,
         SEED,
         KEEP
     };
@@ -1027,6 +1035,7 @@ int cmd_demo(int argc, char **argv)
         {"pushes-per-second", true, PPS},
         {"max-in-flight", true, MAX_IN_FLIGHT},
         {"timeout", true, TIMEOUT},
+        {"enrol-timeout", true, ENROL_TIMEOUT},
         {"seed", true, SEED},
         {"keep", true, KEEP},
         {NULL, false, 0},
@@ -1039,6 +1048,7 @@ int cmd_demo(int argc, char **argv)
                  [PPS] = {1, 1e7, "a number from 1 to 10000000"},
                  [MAX_IN_FLIGHT] = {0, 1e7, "a number from 0 to 10000000"},
                  [TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
+                 [ENROL_TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
                  [SEED] = {0, 4e9, "a number from 0 to 4000000000"}};
     cli_parser p;
     cli_parser_init(&p, "demo", options, argc, argv, 1);
@@ -1076,6 +1086,9 @@ int cmd_demo(int argc, char **argv)
             break;
         case TIMEOUT:
             d.timeout_s = x;
+            break;
+        case ENROL_TIMEOUT:
+            d.enrol_timeout_s = x;
             break;
         case SEED:
             d.seed = (unsigned)x;
