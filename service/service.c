@@ -180,7 +180,8 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, 
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
                       svc_reply *refill, const char *cert)
 {
-    if (!svc->batch_open) {
+    /* Answers are sent at once (no group commit): nothing to wait for. */
+    if (!svc->batch_open && !svc->flush_ev) {
         run_after_commit(svc, msg, raw, len, hook, false);
         return;
     }
@@ -275,15 +276,18 @@ static void refill_mark(esim_service *svc, const char *udid)
  * failed (the batch is undone). */
 static bool batch_finish(esim_service *svc)
 {
-    if (!svc->batch_open)
-        return true;
-    svc->batch_open = false;
-    bool ok = esim_store_batch_commit(svc->st, NULL) == ESIM_OK;
+    bool ok = true;
+    if (svc->batch_open) { /* else each operation committed on its own */
+        svc->batch_open = false;
+        ok = esim_store_batch_commit(svc->st, NULL) == ESIM_OK;
+        if (!ok)
+            svc->m.store_errors++;
+    }
     svc_deferred *list = svc->deferred;
     svc->deferred = NULL;
     svc->deferred_tail = &svc->deferred;
-    if (!ok)
-        svc->m.store_errors++;
+    if (!list)
+        return ok;
     bool results = false;
     if (ok)
         refill_tab_build(svc, list);
@@ -403,6 +407,9 @@ static void group_commit_stop(esim_service *svc)
      * requests belong to connections evhttp_free closes. */
     if (svc->batch_open && svc->st)
         esim_store_batch_rollback(svc->st);
+    else /* committed one by one (no batching): the hooks still hear of them */
+        for (svc_deferred *d = svc->deferred; d; d = d->next)
+            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, false);
     svc->batch_open = false;
     free_deferred(svc->deferred);
     svc->deferred = NULL;

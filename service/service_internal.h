@@ -473,7 +473,8 @@ void svc_run_result_hooks(esim_service *svc, const esim_service_result *r);
 /* Opens a store batch for this loop turn (group mode); the flush commits it. */
 void svc_batch_open(esim_service *svc);
 /* Posts |msg|'s webhooks and, when |hook|, runs the result hooks once its
- * changes are committed: at once without a batch, else right after the
+ * changes are committed: at once when answers are not held (store sync
+ * full), else at the flush that sends the held answers, right after the
  * batch commits (then |msg| is taken over and left zeroed). |refill| (may
  * be NULL): the device's held answer, empty, that is to carry the next
  * command the hooks queue for it; |cert| the identity that sent |msg|. */
