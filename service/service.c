@@ -408,8 +408,12 @@ static void group_commit_stop(esim_service *svc)
     if (svc->batch_open && svc->st)
         esim_store_batch_rollback(svc->st);
     else /* committed one by one (no batching): the hooks still hear of them */
-        for (svc_deferred *d = svc->deferred; d; d = d->next)
-            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, false);
+        for (svc_deferred *d = svc->deferred; d; d = d->next) {
+            if (d->fn)
+                d->fn(svc, d->ctx);
+            else
+                run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, false);
+        }
     svc->batch_open = false;
     free_deferred(svc->deferred);
     svc->deferred = NULL;
