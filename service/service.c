@@ -551,6 +551,17 @@ static esim_err tls_setup(esim_service *svc, esim_error *err)
      * never required: a client without one still connects. */
     if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
         SSL_CTX_set_verify(svc->tls, SSL_VERIFY_PEER, accept_any_client_cert);
+        /* No TLS session resumption while client certificates are asked
+         * for: a resumed session carries no certificate chain
+         * (SSL_get_peer_cert_chain is NULL), so the identity could not be
+         * checked up to the device CA again. Without this, OpenSSL hands out
+         * tickets, and a client that offers one back (curl, Windows, the
+         * simulated PCs between their sessions) gets an "internal error"
+         * alert: there is no session ID context. */
+        SSL_CTX_set_session_id_context(svc->tls, (const unsigned char *)"esim-mdm", 8);
+        SSL_CTX_set_session_cache_mode(svc->tls, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(svc->tls, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(svc->tls, 0);
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(svc->device_ca_path);
         if (names)
             SSL_CTX_set_client_CA_list(svc->tls, names);
