@@ -5,6 +5,9 @@
 #                             first): unix socket in DIR only, no TCP, trust
 #                             authentication for the one local user.
 #   pg-fixture.sh stop DIR    stops the server and removes DIR.
+#   pg-fixture.sh stop-keep DIR / restart DIR
+#                             stops the server keeping its data, starts it
+#                             again (a test of a database restart).
 #   pg-fixture.sh spec DIR    prints the store spec of the cluster's
 #                             database, with {n} for a fresh schema per case
 #                             (the tests' ESIM_TEST_STORE).
@@ -18,7 +21,7 @@ set -euo pipefail
 
 cmd=${1:-}
 dir=${2:-}
-[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|spec DIR" >&2; exit 2; }
+[[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|stop-keep|restart|spec DIR" >&2; exit 2; }
 
 bindir=${ESIM_PG_BINDIR:-}
 if [[ -z "$bindir" ]]; then
@@ -49,7 +52,21 @@ stop() {
   rm -rf "$dir"
 }
 
+server_start() {
+  # Throw-away data: no fsync. Enough connections for several instances
+  # and the tests running beside each other.
+  "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-k $dir -c listen_addresses= -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+}
+
 case "$cmd" in
+stop-keep)
+  "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+  ;;
+restart)
+  server_start
+  ;;
 spec)
   echo "postgresql:///postgres?host=$dir&options=-csearch_path%3Dt{n}"
   ;;
@@ -65,11 +82,7 @@ start)
   # user (the login name) needs no user= in the spec.
   "${as_owner[@]}" "$bindir/initdb" -D "$dir/data" -U "$(id -un)" --auth=trust --no-sync \
     -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
-  # Throw-away data: no fsync. Enough connections for several instances
-  # and the tests running beside each other.
-  "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-k $dir -c listen_addresses= -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-    start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+  server_start
   # The watchdog: bounded, and stop() kills it first.
   max=${ESIM_PG_MAX_SECONDS:-3600}
   setsid bash -c "sleep $max; rm -f '$dir/watchdog.pid'; '$0' stop '$dir'" </dev/null >/dev/null 2>&1 &
@@ -77,7 +90,7 @@ start)
   echo "pg-fixture: PostgreSQL ($("$bindir/postgres" --version | awk '{print $3}')) on $dir" >&2
   ;;
 *)
-  echo "usage: $0 start|stop|spec DIR" >&2
+  echo "usage: $0 start|stop|stop-keep|restart|spec DIR" >&2
   exit 2
   ;;
 esac

@@ -123,6 +123,14 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
         svc->m.malformed++;
         reply_text(svc, req, 400, e->msg);
         return;
+    case ESIM_ESTORE:
+        /* The database failed or went away (restarting, unreachable): the
+         * operation was undone whole, so the device may simply come back.
+         * 503 says so; the next request reconnects. */
+        svc->m.store_errors++;
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+        reply_text(svc, req, 503, "the store is unavailable; try again later");
+        return;
     default:
         svc->m.store_errors++;
         reply_text(svc, req, 500, "the store failed; try again later");

@@ -1137,10 +1137,35 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->webhooks_delivered,
                     (unsigned long long)m->webhooks_retried, (unsigned long long)m->webhooks_failed,
                     (unsigned long long)m->webhooks_dropped, webhooks_pending(svc));
+    store_backend_stats bs;
+    esim_store_backend_stats(svc->st, &bs);
+    esim_buf_printf(out,
+                    "# HELP esim_mdm_store_connections Connections of the store to its database "
+                    "(open and usable).\n"
+                    "# TYPE esim_mdm_store_connections gauge\n"
+                    "esim_mdm_store_connections{backend=\"%s\"} %llu\n"
+                    "# TYPE esim_mdm_store_queries_total counter\n"
+                    "esim_mdm_store_queries_total{outcome=\"sent\"} %llu\n"
+                    "esim_mdm_store_queries_total{outcome=\"failed\"} %llu\n"
+                    "# TYPE esim_mdm_store_reconnects_total counter\n"
+                    "esim_mdm_store_reconnects_total %llu\n"
+                    "# TYPE esim_mdm_store_transactions_total counter\n"
+                    "esim_mdm_store_transactions_total{outcome=\"commit\"} %llu\n"
+                    "esim_mdm_store_transactions_total{outcome=\"rollback\"} %llu\n",
+                    esim_store_backend(svc->st), (unsigned long long)bs.connections,
+                    (unsigned long long)bs.queries, (unsigned long long)bs.failures,
+                    (unsigned long long)bs.reconnects, (unsigned long long)bs.commits,
+                    (unsigned long long)bs.rollbacks);
     store_stats ss;
-    esim_err rc = esim_store_stats(svc->st, &ss, NULL);
-    if (rc != ESIM_OK)
-        return rc;
+    /* The database away (restarting, unreachable): everything else is still
+     * worth reading, above all the store's own series; the counts wait. */
+    if (esim_store_stats(svc->st, &ss, NULL) != ESIM_OK) {
+        svc->m.store_errors++;
+        return esim_buf_printf(out,
+                               "# TYPE esim_mdm_uptime_seconds gauge\n"
+                               "esim_mdm_uptime_seconds %lld\n",
+                               (long long)((esim_now_ms() - svc->started_ms) / 1000));
+    }
     esim_buf_printf(
         out,
         "# TYPE esim_mdm_devices gauge\n"

@@ -139,6 +139,12 @@ unsigned esim_store_features(const store *st)
     return st->ops->features;
 }
 
+void esim_store_backend_stats(store *st, store_backend_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    st->ops->backend_stats(st, out);
+}
+
 /* ---- identity ------------------------------------------------------------------ */
 
 /* Checks that |udid| exists, is enrolled and (when both sides have one) is

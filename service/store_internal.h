@@ -237,6 +237,9 @@ struct store_ops {
      * has none (or does not exist). */
     esim_err (*device_bootstrap_get)(store *st, const char *udid, esim_buf *out, esim_error *err);
 
+    /* Its connection's counters (esim_store_backend_stats); |out| is zeroed. */
+    void (*backend_stats)(store *st, store_backend_stats *out);
+
     /* ---- group commit: present only with the matching feature ---- */
     esim_err (*batch_begin)(store *st, esim_error *err);  /* FEATURE_BATCH */
     esim_err (*batch_commit)(store *st, esim_error *err); /* FEATURE_BATCH */

@@ -1613,6 +1613,17 @@ static void pg_close(store *base)
     free(s);
 }
 
+static void pg_backend_stats(store *base, store_backend_stats *out)
+{
+    pg_store *s = (pg_store *)base;
+    out->connections = PQstatus(s->conn) == CONNECTION_OK ? 1 : 0;
+    out->queries = s->queries;
+    out->failures = s->failures;
+    out->reconnects = s->reconnects;
+    out->commits = s->tx_commits;
+    out->rollbacks = s->tx_rollbacks;
+}
+
 static const struct store_ops pgsql_ops = {
     .name = "pgsql",
     .features = 0,
@@ -1673,6 +1684,7 @@ static const struct store_ops pgsql_ops = {
     .tag_set = pg_tag_set,
     .facts_put = pg_facts_put,
     .facts_get = pg_facts_get,
+    .backend_stats = pg_backend_stats,
     .device_bind_cert = pg_device_bind_cert,
     .device_bootstrap_set = pg_device_bootstrap_set,
     .device_bootstrap_get = pg_device_bootstrap_get,

@@ -1780,6 +1780,11 @@ static void sq_close(store *base)
     free(s);
 }
 
+static void sq_backend_stats(store *base, store_backend_stats *out)
+{
+    out->connections = ((sqlite_store *)base)->db ? 1 : 0;
+}
+
 static const struct store_ops sqlite_ops = {
     .name = "sqlite",
     .features = ESIM_STORE_FEATURE_BATCH | ESIM_STORE_FEATURE_DEFERRED_SYNC,
@@ -1843,6 +1848,7 @@ static const struct store_ops sqlite_ops = {
     .device_bind_cert = sq_device_bind_cert,
     .device_bootstrap_set = sq_device_bootstrap_set,
     .device_bootstrap_get = sq_device_bootstrap_get,
+    .backend_stats = sq_backend_stats,
     .batch_begin = sq_batch_begin,
     .batch_commit = sq_batch_commit,
     .batch_rollback = sq_batch_rollback,
