@@ -55,6 +55,9 @@ static const char demo_help[] =
     "                           removed at the end)\n"
     "  --keep-running           after the story, keep every part running so the dashboard\n"
     "                           (its address is printed) can be looked at; Ctrl-C stops them\n"
+    "  --store SPEC             the service's store instead of SQLite in that directory,\n"
+    "                           e.g. postgres://user@host/db (an empty database, or one\n"
+    "                           given to the demo: it enrols devices into it)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
     "exit status: 0 every device that can be verified is verified (and the extras\n"
@@ -120,6 +123,7 @@ out:
 typedef struct {
     char dir[PATH_MAX];
     bool keep, json, quiet_mix, inventory, extras, keep_running;
+    const char *store; /* --store, or NULL: SQLite in the service's data dir */
     unsigned devices;
     double pps, timeout_s;
     double enrol_timeout_s; /* 0: the default, scaled with the fleet */
@@ -307,7 +311,16 @@ static bool start_parts(demo *d)
                         "1",
                         "--api-keys-file",
                         keys_file,
+                        NULL,
+                        NULL,
                         NULL};
+    if (d->store) {
+        size_t n = 0;
+        while (svc_argv[n])
+            n++;
+        svc_argv[n] = "--store";
+        svc_argv[n + 1] = (char *)d->store;
+    }
     if (sup_start(&d->sup, "service", svc_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "service", 30000, &d->svc_port))
         return false;
@@ -1022,7 +1035,8 @@ int cmd_demo(int argc, char **argv)
         TIMEOUT,
         ENROL_TIMEOUT,
         SEED,
-        KEEP
+        KEEP,
+        STORE
     };
     static const cli_option options[] = {
         {"sample", false, SAMPLE},
@@ -1038,6 +1052,7 @@ int cmd_demo(int argc, char **argv)
         {"enrol-timeout", true, ENROL_TIMEOUT},
         {"seed", true, SEED},
         {"keep", true, KEEP},
+        {"store", true, STORE},
         {NULL, false, 0},
     };
     /* The numbers' ranges, by id. */
@@ -1095,6 +1110,9 @@ int cmd_demo(int argc, char **argv)
             break;
         case KEEP:
             keep = p.value;
+            break;
+        case STORE:
+            d.store = p.value;
             break;
         case CLI_ARG:
             return cli_unexpected("demo", p.value);
