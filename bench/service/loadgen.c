@@ -51,9 +51,14 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Added to every device number: two generators driving two instances on
+ * one database take disjoint devices (the optional FIRST argument, after
+ * ROUNDS). */
+static int udid_base;
+
 static void udid_of(int i, char out[48])
 {
-    snprintf(out, 48, "BENCH-%08d-0000-0000-000000000000", i);
+    snprintf(out, 48, "BENCH-%08d-0000-0000-000000000000", udid_base + i);
 }
 
 static void body_for(slot *s, struct evbuffer *out)
@@ -257,9 +262,12 @@ static double cpu_ms(int pid)
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: loadgen PORT TOKEN DEVICES CONCURRENCY SERVER_PID [ROUNDS]\n"
-                        "  ROUNDS given: that many rounds of enqueue + round trips, and no\n"
-                        "  /healthz ceiling (what bench/service/run.sh runs under callgrind)\n");
+        fprintf(stderr,
+                "usage: loadgen PORT TOKEN DEVICES CONCURRENCY SERVER_PID [ROUNDS [FIRST]]\n"
+                "  ROUNDS given: that many rounds of enqueue + round trips, and no\n"
+                "  /healthz ceiling (what bench/service/run.sh runs under callgrind); 0: the\n"
+                "  usual run. FIRST: the first device number (two generators on\n"
+                "  two instances of one database take disjoint devices)\n");
         return 2;
     }
     int rounds = argc > 6 ? atoi(argv[6]) : 0;
@@ -270,6 +278,7 @@ int main(int argc, char **argv)
     g.devices = atoi(argv[3]);
     g.conc = atoi(argv[4]);
     int pid = atoi(argv[5]);
+    udid_base = argc > 7 ? atoi(argv[7]) : 0;
     g.base = event_base_new();
     g.slots = calloc((size_t)g.conc, sizeof *g.slots);
     for (int i = 0; i < g.conc; i++) {

@@ -25,7 +25,7 @@ pid=$!
 for _ in $(seq 100); do [[ -s "$dir/port" ]] && break; sleep 0.05; done
 port=$(cat "$dir/port")
 echo "service: $devices devices, $conc connections, store sqlite (WAL, synchronous=$sync), device auth none"
-"$gen" "$port" "bench-token-0123456789" "$devices" "$conc" "$pid"
+"$gen" "$port" "bench-token-0123456789" "$devices" "$conc" "$pid" | tee "$dir/sqlite.out"
 db=$(du -k "$dir/data/esim-mdm.db" "$dir/data/esim-mdm.db-wal" 2>/dev/null | awk '{s+=$1} END {print s}')
 echo "store:       $db KiB on disk after the run ($(( db * 1024 / devices )) bytes per device, ledger included)"
 
@@ -59,3 +59,54 @@ if command -v valgrind >/dev/null; then
     echo "callgrind:   no figure (valgrind run failed)" >&2
   fi
 fi
+
+# The same round trips on PostgreSQL (a throw-away cluster on a unix
+# socket, scripts/pg-fixture.sh), one instance, then two instances on the
+# one database with a generator each (disjoint devices, run together: their
+# rates add up), against the SQLite figure above.
+fixture="$(cd "$(dirname "$0")/../.." && pwd)/scripts/pg-fixture.sh"
+if [[ "${PGSQL:-1}" == 0 ]] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "pgsql:       skipped (no PostgreSQL here, or PGSQL=0)"
+  exit 0
+fi
+sqlite_rt=$(grep -o '[0-9]* round trips/s' "$dir/sqlite.out" 2>/dev/null | awk '{print $1}')
+pgdir=/tmp/esim-pg-bench-$$
+pids=("$pid") # the SQLite run's service too: stopped before anything is waited for
+pg_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  "$fixture" stop "$pgdir" >/dev/null 2>&1 || true
+  cleanup
+}
+trap pg_cleanup EXIT
+"$fixture" start "$pgdir" 2>/dev/null
+serve_pg() { # NAME DB
+  mkdir -p "$dir/$1"
+  "$bin" serve --listen 127.0.0.1:0 --port-file "$dir/$1/port" --data-dir "$dir/$1" \
+    --api-token-file "$dir/token" --device-auth none --device-rate 100000 \
+    --store "postgresql:///$2?host=$pgdir" >"$dir/$1/serve.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 200); do [[ -s "$dir/$1/port" ]] && break; sleep 0.05; done
+}
+rate_of() { grep -o '[0-9]* round trips/s' "$1" | awk '{print $1}'; }
+psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE one" -c "CREATE DATABASE two"
+serve_pg pg1 one
+"$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
+  >"$dir/pg1.out"
+one=$(rate_of "$dir/pg1.out")
+echo "pgsql x1:    $(grep '^round trips' "$dir/pg1.out" | sed 's/^round trips: *//')"
+serve_pg pg2a two
+serve_pg pg2b two
+half=$((devices / 2))
+"$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[2]}" 0 0 \
+  >"$dir/pg2a.out" &
+g1=$!
+"$gen" "$(cat "$dir/pg2b/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[3]}" 0 "$half" \
+  >"$dir/pg2b.out" &
+g2=$!
+wait $g1 $g2
+two=$(( $(rate_of "$dir/pg2a.out") + $(rate_of "$dir/pg2b.out") ))
+echo "pgsql x2:    $two round trips/s together (two instances, one database, $half devices each)"
+awk -v s="$sqlite_rt" -v o="$one" -v t="$two" 'BEGIN {
+  if (s > 0) printf "ratio:       pgsql x1 / sqlite = %.2f, pgsql x2 / sqlite = %.2f\n", o / s, t / s;
+  if (o > 0) printf "ratio:       pgsql x2 / pgsql x1 = %.2f\n", t / o }'
