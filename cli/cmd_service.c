@@ -25,8 +25,9 @@
 static const char serve_usage[] =
     "usage: esim-mdm serve [options]\n"
     "\n"
-    "Runs the MDM service: PUT /mdm and /checkin for devices, the JSON admin API\n"
-    "under /v1/ (docs/api.md), /metrics and /healthz.\n"
+    "Runs the MDM service: PUT /mdm and /checkin for Apple devices, POST\n"
+    "/ManagementServer/MDM.svc for Windows PCs (OMA-DM; needs TLS and --device-ca), the\n"
+    "JSON admin API under /v1/ (docs/api.md), /metrics and /healthz.\n"
     "\n"
     "  --listen ADDR:PORT        where to listen (default 127.0.0.1:8080; port 0 = any free one)\n"
     "  --port-file F             write the bound port to F once listening\n"
