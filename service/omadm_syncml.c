@@ -61,7 +61,8 @@ int omadm_status_code(const char *data)
         code = code * 10 + (*data - '0');
     while (isspace((unsigned char)*data))
         data++;
-    return digits == 3 && !*data ? code : 0;
+    /* SyncML status codes are 1xx to 5xx: "020" is not one. */
+    return digits == 3 && !*data && code >= 100 && code <= 599 ? code : 0;
 }
 
 /* ---- freeing -------------------------------------------------------------------- */
