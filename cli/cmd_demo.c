@@ -311,6 +311,8 @@ static bool start_parts(demo *d)
                         "1",
                         "--api-keys-file",
                         keys_file,
+                        "--access-log",
+                        "off",
                         NULL,
                         NULL,
                         NULL};

@@ -74,6 +74,10 @@ static const char serve_usage[] =
     "                            0 = off)\n"
     "  --signing-time MODE       optional (default): signatures without a signingTime are\n"
     "                            taken; required: refused\n"
+    "  --log-level LEVEL         debug, info (default), warn, error or off; one line per event\n"
+    "                            on standard error (journald-friendly under systemd)\n"
+    "  --log-format FORMAT       logfmt (default) or json\n"
+    "  --access-log on|off       a line per request at info (default on)\n"
     "  --config F                read options from F: one 'option value' per line, # comments\n"
     "                            (command-line options given after --config win)\n";
 
@@ -111,6 +115,9 @@ enum {
     O_BODY_TIMEOUT,
     O_REPLAY_WINDOW,
     O_SIGNING_TIME,
+    O_LOG_LEVEL,
+    O_LOG_FORMAT,
+    O_ACCESS_LOG,
     O_CONFIG,
     O_HELP,
 };
@@ -149,6 +156,9 @@ static const cli_option serve_options[] = {
     {"body-timeout", true, O_BODY_TIMEOUT},
     {"replay-window", true, O_REPLAY_WINDOW},
     {"signing-time", true, O_SIGNING_TIME},
+    {"log-level", true, O_LOG_LEVEL},
+    {"log-format", true, O_LOG_FORMAT},
+    {"access-log", true, O_ACCESS_LOG},
     {"config", true, O_CONFIG},
     {"help", false, O_HELP},
     {NULL, false, 0},
@@ -359,6 +369,28 @@ static int apply_option(serve_opts *o, int id, const char *v)
         else
             return cli_bad_option_value("serve", "signing-time", v, "optional or required");
         break;
+    case O_LOG_LEVEL: {
+        esim_error e;
+        if (esim_log_level_parse(v, &o->cfg.log_level, &e) != ESIM_OK)
+            return cli_bad_option_value("serve", "log-level", v, "debug, info, warn, error or off");
+        break;
+    }
+    case O_LOG_FORMAT:
+        if (strcmp(v, "json") == 0)
+            o->cfg.log_json = true;
+        else if (strcmp(v, "logfmt") == 0)
+            o->cfg.log_json = false;
+        else
+            return cli_bad_option_value("serve", "log-format", v, "logfmt or json");
+        break;
+    case O_ACCESS_LOG:
+        if (strcmp(v, "on") == 0)
+            o->cfg.access_log = true;
+        else if (strcmp(v, "off") == 0)
+            o->cfg.access_log = false;
+        else
+            return cli_bad_option_value("serve", "access-log", v, "on or off");
+        break;
     case O_CONFIG:
         rc = read_config(o, v);
         break;
@@ -495,6 +527,8 @@ int cmd_serve(int argc, char **argv)
     serve_opts o;
     memset(&o, 0, sizeof o);
     esim_service_config_init(&o.cfg);
+    o.cfg.log_level = ESIM_LOG_INFO; /* a library is quiet; the program logs */
+    o.cfg.access_log = true;
     int rc = CLI_EXIT_OK;
     int c;
     cli_parser p;

@@ -485,18 +485,27 @@ bool access_check_request(esim_service *svc, api_request *r, const char *method,
     case ESIM_ACCESS_THROTTLED: {
         char s[16];
         snprintf(s, sizeof s, "%d", retry);
+        svc_log_limited(svc, SVC_LOGLIM_API_AUTH, ESIM_LOG_WARN, "api_auth_throttled", "peer", peer,
+                        "method", method, "path", path, "retry_after_s", s, NULL);
         evhttp_add_header(out, "Retry-After", s);
         api_error(r, 429, NULL, "too many failed authentications from %s: try again in %d s",
                   peer[0] ? peer : "this address", retry);
         return false;
     }
     case ESIM_ACCESS_FORBIDDEN:
+        svc_log_limited(svc, SVC_LOGLIM_API_AUTH, ESIM_LOG_WARN, "api_forbidden", "peer", peer,
+                        "key", r->who, "role", esim_role_name(r->role), "needs",
+                        esim_role_name(esim_api_role_needed(method, path)), "method", method,
+                        "path", path, NULL);
         r->audited = true; /* a refused action is an action too */
         api_error(r, 403, NULL, "API key '%s' has role %s; %s %s needs %s", r->who,
                   esim_role_name(r->role), method, path,
                   esim_role_name(esim_api_role_needed(method, path)));
         return false;
     default:
+        svc_log_limited(svc, SVC_LOGLIM_API_AUTH, ESIM_LOG_WARN, "api_auth_refused", "peer", peer,
+                        "method", method, "path", path, "reason",
+                        h ? "unknown API key" : "no Authorization header", NULL);
         evhttp_add_header(out, "WWW-Authenticate", "Bearer");
         api_error(r, 401, NULL, "missing or wrong API token: send Authorization: Bearer <token>");
         return false;

@@ -109,6 +109,20 @@ static void reply_text(esim_service *svc, struct evhttp_request *req, int code, 
     http_reply(svc, req, M_ROUTE_MDM, code, "text/plain; charset=utf-8", text, strlen(text));
 }
 
+/* A refused device, in the log (rate-limited): |event| and why, with the
+ * peer address and the UDID once known. */
+static void log_refused(esim_service *svc, struct evhttp_request *req, int kind, const char *event,
+                        int code, const char *why)
+{
+    if (!svc_log_on(svc, ESIM_LOG_WARN))
+        return;
+    char peer[48], status[8];
+    access_peer(req, peer);
+    snprintf(status, sizeof status, "%d", code);
+    svc_log_limited(svc, kind, ESIM_LOG_WARN, event, "peer", peer[0] ? peer : NULL, "udid",
+                    svc->dev_udid[0] ? svc->dev_udid : NULL, "status", status, "reason", why, NULL);
+}
+
 static void reply_store_error(esim_service *svc, struct evhttp_request *req, esim_err rc,
                               const esim_error *e)
 {
@@ -116,6 +130,8 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
     case ESIM_EAUTH:
     case ESIM_ENOTFOUND:
     case ESIM_ESTATE:
+        log_refused(svc, req, rc == ESIM_EAUTH ? SVC_LOGLIM_IDENTITY : SVC_LOGLIM_DEVICE_AUTH,
+                    rc == ESIM_EAUTH ? "identity_mismatch" : "device_refused", 403, e->msg);
         svc->m.auth_refused++;
         reply_text(svc, req, 403, e->msg);
         return;
@@ -154,6 +170,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
                   "Topic '%.200s' is not this service's push topic '%.200s': the "
                   "enrolment profile names another MDM push certificate",
                   msg->topic, topic);
+        log_refused(svc, req, SVC_LOGLIM_DEVICE_AUTH, "device_refused", 403, e.msg);
         reply_text(svc, req, 403, e.msg);
         return;
     }
@@ -413,6 +430,8 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
     esim_err rc = auth_device_request(svc, req, body, len, &id, &e);
     if (rc != ESIM_OK) {
         svc->m.auth_refused++;
+        log_refused(svc, req, SVC_LOGLIM_DEVICE_AUTH, "device_auth_refused",
+                    rc == ESIM_EAUTH ? 401 : 403, e.msg);
         reply_text(svc, req, rc == ESIM_EAUTH ? 401 : 403, e.msg);
         return;
     }
@@ -433,6 +452,8 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
         return;
     }
     sanitize_text(&msg);
+    if (svc->dev_req == req)
+        snprintf(svc->dev_udid, sizeof svc->dev_udid, "%s", msg.udid);
     if (!rate_allow(svc, msg.udid, esim_now_ms())) {
         svc->m.rate_limited++;
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
@@ -449,6 +470,7 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
     if (v == SVC_REPLAY_STALE) {
         svc->m.replays_stale++;
         svc->m.auth_refused++;
+        log_refused(svc, req, SVC_LOGLIM_DEVICE_AUTH, "replay_refused", 403, e.msg);
         reply_text(svc, req, 403, e.msg);
         esim_msg_free(&msg);
         return;

@@ -24,6 +24,28 @@ typedef struct {
     char udid[65];
 } push_ticket;
 
+/* APNs trouble is logged when it starts and when it stops, not per push:
+ * a dead APNs would otherwise write a line per device. */
+static void apns_health(esim_service *svc, bool ok, const char *outcome, int status,
+                        const char *reason)
+{
+    if (ok) {
+        if (svc->apns_failing) {
+            char n[24];
+            snprintf(n, sizeof n, "%llu", (unsigned long long)svc->apns_failing);
+            svc_log(svc, ESIM_LOG_INFO, "apns_recovered", "failures", n, NULL);
+        }
+        svc->apns_failing = 0;
+        return;
+    }
+    if (svc->apns_failing++ == 0) {
+        char st[8];
+        snprintf(st, sizeof st, "%d", status);
+        svc_log(svc, ESIM_LOG_WARN, "apns_failing", "outcome", outcome, "status",
+                status ? st : NULL, "reason", reason && *reason ? reason : NULL, NULL);
+    }
+}
+
 static void on_push_result(const apns_result *r, void *arg)
 {
     esim_service *svc = arg;
@@ -32,6 +54,10 @@ static void on_push_result(const apns_result *r, void *arg)
         (size_t)r->outcome < sizeof svc->m.push_outcomes / sizeof svc->m.push_outcomes[0])
         svc->m.push_outcomes[r->outcome]++;
     int64_t now = esim_now_ms();
+    if (r->outcome == APNS_OUTCOME_ACCEPTED || r->outcome == APNS_OUTCOME_TOKEN_DEAD)
+        apns_health(svc, true, NULL, 0, NULL); /* APNs answered: a dead token is the device's */
+    else if (r->outcome != APNS_OUTCOME_CANCELED)
+        apns_health(svc, false, esim_apns_outcome_name(r->outcome), r->status, r->reason);
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
         if (esim_store_push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
             svc->m.store_errors++;
@@ -105,10 +131,15 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
             ticket->svc = svc;
             memcpy(ticket->udid, t.udid, sizeof ticket->udid);
             apns_push p = {.token = t.push_token, .push_magic = t.push_magic, .user_data = ticket};
-            if (esim_apns_client_push(svc->push->client, &p, err) == ESIM_OK)
+            esim_error pe = {{0}};
+            if (esim_apns_client_push(svc->push->client, &p, &pe) == ESIM_OK) {
                 ps = ESIM_PUSH_SENT;
-            else
+            } else {
                 free(ticket);
+                apns_health(svc, false, "refused", 0, pe.msg);
+                if (err)
+                    *err = pe;
+            }
         }
     }
     svc->m.pushes[ps]++;

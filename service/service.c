@@ -433,12 +433,34 @@ static void group_commit_stop(esim_service *svc)
     svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
 }
 
+/* The access log's line for one answer: never the query (it is not for
+ * secrets, but nobody should have to check) nor any header. */
+static void log_access(esim_service *svc, struct evhttp_request *req, int code, size_t len)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    char peer[48], status[8], bytes[24];
+    access_peer(req, peer);
+    snprintf(status, sizeof status, "%d", code);
+    snprintf(bytes, sizeof bytes, "%zu", len);
+    const char *who =
+        svc->audit && svc->audit->req == req && svc->audit->who[0] ? svc->audit->who : NULL;
+    const char *udid = svc->dev_req == req && svc->dev_udid[0] ? svc->dev_udid : NULL;
+    char shown[256];
+    snprintf(shown, sizeof shown, "%s", path ? path : "?");
+    svc_log(svc, ESIM_LOG_INFO, "access", "method",
+            access_method_name(evhttp_request_get_command(req)), "path", shown, "status", status,
+            "bytes", bytes, "peer", peer[0] ? peer : NULL, "key", who, "udid", udid, NULL);
+}
+
 svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
                       const char *content_type, const void *body, size_t len)
 {
     int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
     svc->m.requests[route][cls]++;
     access_audit_note(svc, req, code, NULL);
+    if (svc->cfg.access_log && svc_log_on(svc, ESIM_LOG_INFO))
+        log_access(svc, req, code, len);
     if (!svc->flush_ev) {
         send_now(req, code, content_type, body, len);
         return NULL;
@@ -494,12 +516,16 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (!conn_request_started(svc, req))
         return;
     svc_batch_open(svc);
-    if (path && is_device_path(svc, path))
+    if (path && is_device_path(svc, path)) {
+        svc->dev_req = req;
+        svc->dev_udid[0] = '\0';
         mdm_handle(svc, req);
-    else if (path && strcmp(path, OMADM_PATH) == 0)
+        svc->dev_req = NULL;
+    } else if (path && strcmp(path, OMADM_PATH) == 0) {
         omadm_handle(svc, req);
-    else
+    } else {
         api_dispatch(svc, req);
+    }
 }
 
 /* Every connection's bufferevent is made here, so each one is admitted (or
@@ -755,6 +781,7 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
 
 static esim_err start(esim_service *svc, esim_error *err)
 {
+    log_setup(svc);
     esim_err rc = access_init(svc, err);
     svc->cfg.api_keys = NULL; /* the caller's: copied by access_init */
     svc->cfg.n_api_keys = 0;
@@ -796,6 +823,11 @@ static esim_err start(esim_service *svc, esim_error *err)
     event_add(svc->stop_ev, NULL);
     event_add(svc->tick_ev, &tv);
     svc->started_ms = esim_now_ms();
+    svc_log(svc, ESIM_LOG_INFO, "started", "url", svc->url, "device_auth",
+            svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS   ? "mtls"
+            : svc->cfg.device_auth == ESIM_DEVICE_AUTH_NONE ? "none"
+                                                            : "signature",
+            "apns", svc->apns_url ? "on" : "off", NULL);
     return ESIM_OK;
 }
 

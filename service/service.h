@@ -90,6 +90,23 @@ ESIM_EXTERN esim_err esim_api_keys_load(const char *path, esim_api_key **keys, s
                                         esim_error *err);
 ESIM_EXTERN void esim_api_keys_free(esim_api_key *keys, size_t n);
 
+/* ---- logs ---------------------------------------------------------------------------
+ * One line per event on standard error (or log_fd), in logfmt
+ * (ts=... level=info event=access method=GET ...) or JSON, at or above a
+ * level. Under systemd (JOURNAL_STREAM set) each line starts with its
+ * syslog priority (<6>) and leaves the time to the journal. No secret is
+ * ever written: no API key, token, push magic, key or request body. */
+typedef enum {
+    ESIM_LOG_OFF = 0, /* the default: a library prints nothing */
+    ESIM_LOG_DEBUG,
+    ESIM_LOG_INFO,
+    ESIM_LOG_WARN,
+    ESIM_LOG_ERROR,
+} esim_log_level;
+
+/* "debug", "info", "warn" ("warning"), "error", "off" -> the level. */
+ESIM_EXTERN esim_err esim_log_level_parse(const char *word, esim_log_level *out, esim_error *err);
+
 /*
  * Service settings: esim_service_config_init() first, then set what you need.
  * Strings are borrowed until esim_service_new() returns (it copies them).
@@ -213,6 +230,18 @@ typedef struct {
     const char *wns_ca_path;
     int wns_max_attempts;  /* per push, 406/429/5xx retried with back-off; default 4 */
     int wns_retry_base_ms; /* default 500, doubling */
+
+    /* Logs (above): the lowest level written (default ESIM_LOG_OFF), JSON
+     * instead of logfmt, the descriptor (0 = standard error), and an
+     * access log line per request at info (method, path without the query,
+     * status, peer, the API key's name or the device's UDID). Refused
+     * authentications and identity mismatches are warnings, at most 10
+     * lines per 10 s of each kind (then a count of those left out); APNs
+     * and webhook failures are logged when they start and when they stop. */
+    esim_log_level log_level;
+    bool log_json;
+    int log_fd;
+    bool access_log;
 } esim_service_config;
 
 ESIM_EXTERN void esim_service_config_init(esim_service_config *cfg);

@@ -162,6 +162,14 @@ typedef struct {
     esim_role role;
 } svc_key;
 
+/* Rate limits of log lines a peer can cause (log.c). */
+enum { SVC_LOGLIM_API_AUTH, SVC_LOGLIM_DEVICE_AUTH, SVC_LOGLIM_IDENTITY, SVC_LOGLIM_COUNT };
+typedef struct {
+    int64_t window_ms;
+    unsigned lines;
+    uint64_t suppressed;
+} svc_loglim;
+
 typedef struct svc_webhooks svc_webhooks;
 typedef struct svc_push svc_push;
 typedef struct svc_omadm svc_omadm;
@@ -231,6 +239,12 @@ struct esim_service {
     size_t n_keys;
     svc_authfail authfail[SVC_AUTHFAIL_SLOTS];
     struct esim_api_request *audit; /* the admin request being handled */
+
+    bool log_journal; /* stderr is journald's: "<N>" prefixes, no time */
+    svc_loglim loglim[SVC_LOGLIM_COUNT];
+    struct evhttp_request *dev_req; /* the device request being handled */
+    char dev_udid[65];              /* its UDID, once parsed (access log) */
+    uint64_t apns_failing;          /* APNs failures in a row (0: healthy) */
 
     /* What modules built on the service registered (service.h). */
 
@@ -351,6 +365,17 @@ bool access_check_request(esim_service *svc, api_request *r, const char *method,
 void access_audit_note(esim_service *svc, struct evhttp_request *req, int code, const char *msg);
 /* Writes the audit entry of |r| to the store. */
 void access_audit_write(esim_service *svc, api_request *r, const char *method, const char *path);
+
+/* ---- logs (log.c) ------------------------------------------------------------------ */
+
+void log_setup(esim_service *svc);
+bool svc_log_on(const esim_service *svc, esim_log_level level);
+/* One line: |event|, then (key, value) string pairs ending with a NULL
+ * key; a NULL value leaves its key out. Never pass a secret. */
+void svc_log(esim_service *svc, esim_log_level level, const char *event, ...);
+/* The same, at most 10 lines per 10 s for |kind| (SVC_LOGLIM_*); the next
+ * line written says how many were left out (suppressed=N). */
+void svc_log_limited(esim_service *svc, int kind, esim_log_level level, const char *event, ...);
 
 /* ---- the device endpoint (mdm.c) -------------------------------------------------- */
 

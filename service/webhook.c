@@ -33,6 +33,7 @@ struct svc_webhooks {
     struct event *timer_ev;
     hook_job *head, *tail;
     size_t n_jobs;
+    uint64_t *failing; /* per URL: failed attempts in a row (0: healthy) */
 };
 
 typedef struct {
@@ -206,6 +207,31 @@ static void job_failed_attempt(hook_job *j)
     evtimer_add(j->retry_ev, &tv);
 }
 
+/* A receiver's trouble is logged when it starts and when it stops. */
+static void url_health(svc_webhooks *wh, size_t url, bool ok, long code, CURLcode res)
+{
+    esim_service *svc = wh->svc;
+    if (!wh->failing || url >= svc->cfg.n_webhook_urls)
+        return;
+    char shown[512];
+    redact_url(svc->webhook_urls[url], shown, sizeof shown);
+    if (ok) {
+        if (wh->failing[url]) {
+            char n[24];
+            snprintf(n, sizeof n, "%llu", (unsigned long long)wh->failing[url]);
+            svc_log(svc, ESIM_LOG_INFO, "webhook_recovered", "url", shown, "failures", n, NULL);
+        }
+        wh->failing[url] = 0;
+        return;
+    }
+    if (wh->failing[url]++ == 0) {
+        char st[8];
+        snprintf(st, sizeof st, "%ld", code);
+        svc_log(svc, ESIM_LOG_WARN, "webhook_failing", "url", shown, "status", code ? st : NULL,
+                "reason", res != CURLE_OK ? curl_easy_strerror(res) : "not a 2xx answer", NULL);
+    }
+}
+
 static void check_finished(svc_webhooks *wh)
 {
     CURLMsg *msg;
@@ -221,7 +247,9 @@ static void check_finished(svc_webhooks *wh)
         curl_multi_remove_handle(wh->multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
-        if (res == CURLE_OK && code >= 200 && code < 300) {
+        bool ok = res == CURLE_OK && code >= 200 && code < 300;
+        url_health(wh, j->url, ok, code, res);
+        if (ok) {
             wh->svc->m.webhooks_delivered++;
             job_free(j);
         } else {
@@ -303,7 +331,8 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
     wh->svc = svc;
     wh->multi = curl_multi_init();
     wh->timer_ev = evtimer_new(svc->base, on_timeout, wh);
-    if (!wh->multi || !wh->timer_ev)
+    wh->failing = calloc(svc->cfg.n_webhook_urls, sizeof *wh->failing);
+    if (!wh->multi || !wh->timer_ev || !wh->failing)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
     curl_multi_setopt(wh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(wh->multi, CURLMOPT_SOCKETDATA, wh);
@@ -323,6 +352,7 @@ void webhooks_free(esim_service *svc)
         curl_multi_cleanup(wh->multi); /* removes its sockets through on_socket */
     if (wh->timer_ev)
         event_free(wh->timer_ev);
+    free(wh->failing);
     free(wh);
     svc->webhooks = NULL;
 }

@@ -1,0 +1,203 @@
+/*
+ * log.c — the service's log: one line per event, logfmt or JSON, written
+ * with one write(2) so lines from several threads or processes never mix;
+ * journald's priority prefix when stderr is the journal; a rate limit per
+ * kind for what a peer can make the service say (refused authentications).
+ * Callers pass fields they chose: nothing here reads requests, so nothing
+ * secret can slip in.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "service/service_internal.h"
+
+esim_err esim_log_level_parse(const char *word, esim_log_level *out, esim_error *err)
+{
+    static const struct {
+        const char *word;
+        esim_log_level level;
+    } words[] = {{"debug", ESIM_LOG_DEBUG},  {"info", ESIM_LOG_INFO},   {"warn", ESIM_LOG_WARN},
+                 {"warning", ESIM_LOG_WARN}, {"error", ESIM_LOG_ERROR}, {"off", ESIM_LOG_OFF}};
+    for (size_t i = 0; word && i < sizeof words / sizeof words[0]; i++)
+        if (strcmp(word, words[i].word) == 0) {
+            *out = words[i].level;
+            return ESIM_OK;
+        }
+    return esim_fail(err, ESIM_EINVAL, "unknown log level '%.32s': use debug, info, warn or error",
+                     word ? word : "");
+}
+
+static const char *level_name(esim_log_level l)
+{
+    switch (l) {
+    case ESIM_LOG_DEBUG:
+        return "debug";
+    case ESIM_LOG_INFO:
+        return "info";
+    case ESIM_LOG_WARN:
+        return "warn";
+    default:
+        return "error";
+    }
+}
+
+/* syslog priorities, as journald reads them from "<N>". */
+static int level_priority(esim_log_level l)
+{
+    switch (l) {
+    case ESIM_LOG_DEBUG:
+        return 7;
+    case ESIM_LOG_INFO:
+        return 6;
+    case ESIM_LOG_WARN:
+        return 4;
+    default:
+        return 3;
+    }
+}
+
+void log_setup(esim_service *svc)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    svc->log_journal = js && *js && (svc->cfg.log_fd == 0 || svc->cfg.log_fd == 2);
+}
+
+bool svc_log_on(const esim_service *svc, esim_log_level level)
+{
+    return svc->cfg.log_level != ESIM_LOG_OFF && level >= svc->cfg.log_level;
+}
+
+/* logfmt: bare when the value is plain, else quoted with \" \\ \n \t and
+ * \xNN for other control bytes. */
+static void logfmt_value(esim_buf *b, const char *v)
+{
+    bool plain = *v != '\0';
+    for (const char *p = v; *p && plain; p++)
+        plain = (unsigned char)*p > ' ' && *p != '"' && *p != '=' && *p != '\\' && *p != 0x7f;
+    if (plain) {
+        esim_buf_append_str(b, v);
+        return;
+    }
+    esim_buf_append_str(b, "\"");
+    for (const char *p = v; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"' || c == '\\') {
+            char esc[3] = {'\\', (char)c, 0};
+            esim_buf_append_str(b, esc);
+        } else if (c == '\n') {
+            esim_buf_append_str(b, "\\n");
+        } else if (c == '\t') {
+            esim_buf_append_str(b, "\\t");
+        } else if (c < 0x20 || c == 0x7f) {
+            esim_buf_printf(b, "\\x%02x", c);
+        } else {
+            esim_buf_append(b, p, 1);
+        }
+    }
+    esim_buf_append_str(b, "\"");
+}
+
+static void now_text(char out[48])
+{
+    struct timespec tsp;
+    clock_gettime(CLOCK_REALTIME, &tsp);
+    struct tm tm;
+    gmtime_r(&tsp.tv_sec, &tm);
+    snprintf(out, 48, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tsp.tv_nsec / 1000000));
+}
+
+static void write_line(esim_service *svc, esim_log_level level, const char *event,
+                       const char *suppressed, va_list ap)
+{
+    esim_buf b = {0};
+    char ts[48];
+    now_text(ts);
+    if (svc->log_journal)
+        esim_buf_printf(&b, "<%d>", level_priority(level));
+    if (svc->cfg.log_json) {
+        json_t *o = json_object();
+        if (!svc->log_journal)
+            json_object_set_new(o, "ts", json_string(ts));
+        json_object_set_new(o, "level", json_string(level_name(level)));
+        json_object_set_new(o, "event", json_string(event));
+        for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *)) {
+            const char *v = va_arg(ap, const char *);
+            if (!v)
+                continue;
+            char copy[1024];
+            snprintf(copy, sizeof copy, "%s", v);
+            svc_utf8_sanitize(copy);
+            json_object_set_new(o, k, json_string(copy));
+        }
+        if (suppressed)
+            json_object_set_new(o, "suppressed", json_string(suppressed));
+        char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (text)
+            esim_buf_append_str(&b, text);
+        free(text);
+    } else {
+        if (!svc->log_journal)
+            esim_buf_printf(&b, "ts=%s ", ts);
+        esim_buf_printf(&b, "level=%s event=", level_name(level));
+        logfmt_value(&b, event);
+        for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *)) {
+            const char *v = va_arg(ap, const char *);
+            if (!v)
+                continue;
+            esim_buf_printf(&b, " %s=", k);
+            logfmt_value(&b, v);
+        }
+        if (suppressed)
+            esim_buf_printf(&b, " suppressed=%s", suppressed);
+    }
+    esim_buf_append_str(&b, "\n");
+    int fd = svc->cfg.log_fd > 0 ? svc->cfg.log_fd : 2;
+    if (b.data) {
+        ssize_t w = write(fd, b.data, b.len);
+        (void)w; /* a log that cannot be written is not worth failing a request */
+    }
+    esim_buf_free(&b);
+}
+
+void svc_log(esim_service *svc, esim_log_level level, const char *event, ...)
+{
+    if (!svc_log_on(svc, level))
+        return;
+    va_list ap;
+    va_start(ap, event);
+    write_line(svc, level, event, NULL, ap);
+    va_end(ap);
+}
+
+#define LOG_LIMIT_LINES 10
+#define LOG_LIMIT_WINDOW_MS 10000
+
+void svc_log_limited(esim_service *svc, int kind, esim_log_level level, const char *event, ...)
+{
+    if (!svc_log_on(svc, level) || kind < 0 || kind >= SVC_LOGLIM_COUNT)
+        return;
+    svc_loglim *l = &svc->loglim[kind];
+    int64_t now = esim_now_ms();
+    if (now - l->window_ms >= LOG_LIMIT_WINDOW_MS) {
+        l->window_ms = now;
+        l->lines = 0;
+    }
+    if (l->lines >= LOG_LIMIT_LINES) {
+        l->suppressed++;
+        return;
+    }
+    l->lines++;
+    char sup[24];
+    if (l->suppressed)
+        snprintf(sup, sizeof sup, "%llu", (unsigned long long)l->suppressed);
+    va_list ap;
+    va_start(ap, event);
+    write_line(svc, level, event, l->suppressed ? sup : NULL, ap);
+    va_end(ap);
+    l->suppressed = 0;
+}
