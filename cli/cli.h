@@ -34,6 +34,8 @@ int cmd_enqueue(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
+int cmd_retire(int argc, char **argv);
+int cmd_audit(int argc, char **argv);
 /* cmd_sim.c */
 int cmd_devsim(int argc, char **argv);
 int cmd_smdp(int argc, char **argv);

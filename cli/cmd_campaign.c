@@ -189,6 +189,8 @@ static const char campaign_help[] =
     "  --name NAME  --wait (follow until finished)  --json\n"
     "common: --server URL (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
     "        --token-file F (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
+    "        --cacert PEM (an https:// service's own CA; default $ESIM_MDM_CACERT,\n"
+    "        $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the system's)\n"
     "\n"
     "example:\n"
     "  esim-mdm campaign create --all --smdp https://smdp.example.com \\\n"
@@ -198,7 +200,7 @@ static const char campaign_help[] =
     "verified, 2 bad options.\n";
 
 typedef struct {
-    const char *server, *token_file;
+    const char *server, *token_file, *cacert;
     bool json, wait, watch;
     const char *state;
     json_t *body, *target, *udids, *custom, *policy, *settings;
@@ -227,6 +229,8 @@ static int campaign_create(camp_opts *o)
     chttp c;
     if (!chttp_open_api(&c, o->server, o->token_file))
         return CLI_EXIT_USAGE;
+    if (o->cacert)
+        chttp_set_ca(&c, o->cacert);
     char *text = json_dumps(b, JSON_COMPACT);
     long status = 0;
     json_t *r = NULL;
@@ -273,6 +277,8 @@ static int campaign_simple(camp_opts *o, const char *verb, const char *id)
     chttp c;
     if (!chttp_open_api(&c, o->server, o->token_file))
         return CLI_EXIT_USAGE;
+    if (o->cacert)
+        chttp_set_ca(&c, o->cacert);
     char path[512];
     const char *method = "GET";
     if (strcmp(verb, "list") == 0)
@@ -362,6 +368,7 @@ int cmd_campaign(int argc, char **argv)
         O_ALL,
         O_SERVER,
         O_TOKEN_FILE,
+        O_CACERT,
         O_STATE,
         O_UDID,
         O_GROUP,
@@ -385,6 +392,7 @@ int cmd_campaign(int argc, char **argv)
         {"all", false, O_ALL},
         {"server", true, O_SERVER},
         {"token-file", true, O_TOKEN_FILE},
+        {"cacert", true, O_CACERT},
         {"state", true, O_STATE},
         {"udid", true, O_UDID},
         {"group", true, O_GROUP},
@@ -441,6 +449,9 @@ int cmd_campaign(int argc, char **argv)
             break;
         case O_TOKEN_FILE:
             o.token_file = v;
+            break;
+        case O_CACERT:
+            o.cacert = v;
             break;
         case O_STATE:
             o.state = v;
@@ -513,14 +524,19 @@ int cmd_campaign(int argc, char **argv)
 
 static const char diagnose_help[] =
     "usage: esim-mdm diagnose UDID [--smdp URL [--ca PEM] [--smdp-token-file F]] [--server URL] "
-    "[--token-file F] "
-    "[--json]\n"
+    "[--token-file F] [--cacert PEM] [--json]\n"
     "\n"
     "Walks the checks a support engineer would: enrolled and token valid? the last\n"
     "push, when, and APNs's answer; did the device check in after it? the commands\n"
     "it got and what it answered; the restrictions in force; the expected eSIM;\n"
     "with --smdp, the SM-DP+'s order for the device (the simulator's /admin/orders);\n"
     "is the eSIM verified? It ends with one conclusion and the next action.\n"
+    "\n"
+    "--cacert PEM is the CA of an https:// service with its own CA (default\n"
+    "$ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE); --ca is the SM-DP+'s.\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm diagnose 00008110-000A1B2C3D4E5F60 --smdp https://127.0.0.1:8444 --ca pki/ca.pem\n"
     "\n"
     "exit status: 0 diagnosed, 1 the service could not be asked, 2 bad options.\n";
 
@@ -584,15 +600,16 @@ int cmd_diagnose(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     const char *udid = NULL, *server = NULL, *token = NULL, *smdp = NULL, *ca = NULL,
-               *smdp_token = NULL;
+               *smdp_token = NULL, *cacert = NULL;
     bool json = false;
-    enum { D_JSON, D_SERVER, D_TOKEN_FILE, D_SMDP, D_CA, D_SMDP_TOKEN_FILE };
+    enum { D_JSON, D_SERVER, D_TOKEN_FILE, D_SMDP, D_CA, D_SMDP_TOKEN_FILE, D_CACERT };
     static const cli_option options[] = {{"json", false, D_JSON},
                                          {"server", true, D_SERVER},
                                          {"token-file", true, D_TOKEN_FILE},
                                          {"smdp", true, D_SMDP},
                                          {"ca", true, D_CA},
                                          {"smdp-token-file", true, D_SMDP_TOKEN_FILE},
+                                         {"cacert", true, D_CACERT},
                                          {NULL, false, 0}};
     cli_parser p;
     cli_parser_init(&p, "diagnose", options, argc, argv, 1);
@@ -607,6 +624,7 @@ int cmd_diagnose(int argc, char **argv)
                             : c == D_SMDP            ? &smdp
                             : c == D_CA              ? &ca
                             : c == D_SMDP_TOKEN_FILE ? &smdp_token
+                            : c == D_CACERT          ? &cacert
                                                      : NULL;
         if (slot)
             *slot = p.value;
@@ -621,6 +639,8 @@ int cmd_diagnose(int argc, char **argv)
     chttp c;
     if (!chttp_open_api(&c, server, token))
         return CLI_EXIT_USAGE;
+    if (cacert)
+        chttp_set_ca(&c, cacert);
     char path[256];
     snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", udid);
     long status = 0;
@@ -670,8 +690,9 @@ int cmd_diagnose(int argc, char **argv)
 /* ---- import ---------------------------------------------------------------------------------- */
 
 static const char import_help[] =
-    "usage: esim-mdm import eids FILE.csv [--server URL] [--token-file F] [--json]\n"
-    "       esim-mdm import activation-codes FILE [--server URL] [--token-file F] [--json]\n"
+    "usage: esim-mdm import eids FILE.csv [--server URL] [--token-file F] [--cacert PEM] [--json]\n"
+    "       esim-mdm import activation-codes FILE [--server URL] [--token-file F] [--cacert PEM]\n"
+    "                                             [--json]\n"
     "\n"
     "eids: an OEM or reseller manifest, CSV lines serial,EID (a header line naming\n"
     "the columns is allowed). The service keeps it and matches the EIDs to\n"
@@ -683,6 +704,13 @@ static const char import_help[] =
     "checks the ICCID.\n"
     "\n"
     "Bad rows are reported by line number with the reason; the rest is imported.\n"
+    "--cacert PEM is the CA of an https:// service with its own CA (default\n"
+    "$ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE).\n"
+    "\n"
+    "examples:\n"
+    "  esim-mdm import eids manifest.csv\n"
+    "  esim-mdm import activation-codes codes.txt --server https://mdm.example.com:8443\n"
+    "\n"
     "exit status: 0 every row imported, 1 some rows bad or unmatched (or the service\n"
     "failed), 2 bad options or an unreadable file.\n";
 
@@ -695,16 +723,17 @@ int cmd_import(int argc, char **argv)
         fputs(import_help, argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
     }
-    const char *kind = argv[1], *file = NULL, *server = NULL, *token = NULL;
+    const char *kind = argv[1], *file = NULL, *server = NULL, *token = NULL, *cacert = NULL;
     bool json = false;
     if (strcmp(kind, "eids") != 0 && strcmp(kind, "activation-codes") != 0)
         return cli_usage_error("import: unknown kind '%s' (eids or activation-codes)", kind);
     char cmd[32];
     snprintf(cmd, sizeof cmd, "import %s", kind);
-    enum { I_JSON, I_SERVER, I_TOKEN_FILE };
+    enum { I_JSON, I_SERVER, I_TOKEN_FILE, I_CACERT };
     static const cli_option options[] = {{"json", false, I_JSON},
                                          {"server", true, I_SERVER},
                                          {"token-file", true, I_TOKEN_FILE},
+                                         {"cacert", true, I_CACERT},
                                          {NULL, false, 0}};
     cli_parser p;
     cli_parser_init(&p, cmd, options, argc, argv, 2);
@@ -719,6 +748,8 @@ int cmd_import(int argc, char **argv)
             server = p.value;
         else if (c == I_TOKEN_FILE)
             token = p.value;
+        else if (c == I_CACERT)
+            cacert = p.value;
         else
             json = true;
     }
@@ -733,6 +764,8 @@ int cmd_import(int argc, char **argv)
         esim_buf_free(&text);
         return CLI_EXIT_USAGE;
     }
+    if (cacert)
+        chttp_set_ca(&c, cacert);
     json_t *total = json_pack("{s:i, s:i, s:i, s:i, s:[], s:[]}", "imported", 0, "matched", 0,
                               "unmatched_total", 0, "bad_total", 0, "bad", "unmatched");
     int rc = CLI_EXIT_OK;

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <event2/event.h>
 #include <jansson.h>
 
@@ -447,7 +448,25 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     esim_service_request_stop(arg);
 }
 
-static int run_service(serve_opts *o, const char *api_token_path)
+static int reload_setup(int argc, char **argv, esim_service *svc);
+
+/* SIGHUP: the options, the config file, the token and the keys read again,
+ * and applied without dropping a connection; refused whole when bad. */
+typedef struct {
+    esim_service *svc;
+    int argc;
+    char **argv;
+} hup_ctx;
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    hup_ctx *h = arg;
+    reload_setup(h->argc, h->argv, h->svc);
+}
+
+static int run_service(serve_opts *o, const char *api_token_path, int argc, char **argv)
 {
     struct event_base *base = event_base_new();
     if (!base) {
@@ -499,10 +518,14 @@ static int run_service(serve_opts *o, const char *api_token_path)
     signal(SIGPIPE, SIG_IGN);
     struct event *sigint = evsignal_new(base, SIGINT, on_signal, svc);
     struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, svc);
+    hup_ctx hup = {svc, argc, argv};
+    struct event *sighup = evsignal_new(base, SIGHUP, on_hup, &hup);
     if (sigint)
         event_add(sigint, NULL);
     if (sigterm)
         event_add(sigterm, NULL);
+    if (sighup)
+        event_add(sighup, NULL);
     printf("esim-mdm: serving MDM on %s/mdm (admin API %s/v1/, token in %s, device auth %s)\n",
            esim_service_url(svc), esim_service_url(svc), api_token_path,
            o->device_auth ? o->device_auth : "signature");
@@ -512,23 +535,43 @@ static int run_service(serve_opts *o, const char *api_token_path)
         event_free(sigint);
     if (sigterm)
         event_free(sigterm);
+    if (sighup)
+        event_free(sighup);
     esim_service_free(svc);
     event_base_free(base);
     printf("esim-mdm: stopped\n");
     return CLI_EXIT_OK;
 }
 
-int cmd_serve(int argc, char **argv)
-{
-    if (cli_wants_help(argc, argv)) {
-        fputs(serve_usage, stdout);
-        return CLI_EXIT_OK;
-    }
+/* Everything `serve` reads before it builds the service, and again on
+ * SIGHUP: options, the config file, the token, the secret and the keys. */
+typedef struct {
     serve_opts o;
-    memset(&o, 0, sizeof o);
-    esim_service_config_init(&o.cfg);
-    o.cfg.log_level = ESIM_LOG_INFO; /* a library is quiet; the program logs */
-    o.cfg.access_log = true;
+    char *token, *secret;
+    char token_path[4096];
+    esim_api_key *keys;
+    size_t n_keys;
+} serve_setup;
+
+static void serve_setup_free(serve_setup *s)
+{
+    esim_api_keys_free(s->keys, s->n_keys);
+    if (s->token)
+        OPENSSL_cleanse(s->token, strlen(s->token));
+    free(s->token);
+    free(s->secret);
+    for (size_t i = 0; i < s->o.n_owned; i++)
+        free(s->o.owned[i]);
+    memset(s, 0, sizeof *s);
+}
+
+static int serve_load(int argc, char **argv, serve_setup *s)
+{
+    memset(s, 0, sizeof *s);
+    serve_opts *o = &s->o;
+    esim_service_config_init(&o->cfg);
+    o->cfg.log_level = ESIM_LOG_INFO; /* a library is quiet; the program logs */
+    o->cfg.access_log = true;
     int rc = CLI_EXIT_OK;
     int c;
     cli_parser p;
@@ -539,60 +582,83 @@ int cmd_serve(int argc, char **argv)
         else if (c == CLI_ARG)
             rc = cli_unexpected("serve", p.value);
         else
-            rc = apply_option(&o, c, p.value);
+            rc = apply_option(o, c, p.value);
     }
     esim_error e;
-    if (rc == CLI_EXIT_OK && o.device_auth &&
-        esim_device_auth_parse(o.device_auth, &o.cfg.device_auth, &e) != ESIM_OK)
-        rc = cli_bad_option_value("serve", "device-auth", o.device_auth, e.msg);
-    if (rc == CLI_EXIT_OK && o.store_sync) {
-        if (strcmp(o.store_sync, "group") == 0)
-            o.cfg.store_sync = STORE_SYNC_GROUP;
-        else if (strcmp(o.store_sync, "full") == 0)
-            o.cfg.store_sync = STORE_SYNC_FULL;
-        else if (strcmp(o.store_sync, "normal") == 0)
-            o.cfg.store_sync = STORE_SYNC_NORMAL;
+    if (rc == CLI_EXIT_OK && o->device_auth &&
+        esim_device_auth_parse(o->device_auth, &o->cfg.device_auth, &e) != ESIM_OK)
+        rc = cli_bad_option_value("serve", "device-auth", o->device_auth, e.msg);
+    if (rc == CLI_EXIT_OK && o->store_sync) {
+        if (strcmp(o->store_sync, "group") == 0)
+            o->cfg.store_sync = STORE_SYNC_GROUP;
+        else if (strcmp(o->store_sync, "full") == 0)
+            o->cfg.store_sync = STORE_SYNC_FULL;
+        else if (strcmp(o->store_sync, "normal") == 0)
+            o->cfg.store_sync = STORE_SYNC_NORMAL;
         else
-            rc = cli_bad_option_value("serve", "store-sync", o.store_sync,
+            rc = cli_bad_option_value("serve", "store-sync", o->store_sync,
                                       "use group, full or normal");
     }
-    if (!o.cfg.data_dir)
-        o.cfg.data_dir = "esim-mdm-data";
-    o.cfg.webhook_urls = o.webhooks;
-    o.cfg.n_webhook_urls = o.n_webhooks;
-    char *token = NULL, *secret = NULL;
-    char token_path[4096];
+    if (!o->cfg.data_dir)
+        o->cfg.data_dir = "esim-mdm-data";
+    o->cfg.webhook_urls = o->webhooks;
+    o->cfg.n_webhook_urls = o->n_webhooks;
     if (rc == CLI_EXIT_OK) {
-        if (o.api_token_file) {
-            snprintf(token_path, sizeof token_path, "%s", o.api_token_file);
-            rc = read_secret("--api-token-file", o.api_token_file, &token);
+        if (o->api_token_file) {
+            snprintf(s->token_path, sizeof s->token_path, "%s", o->api_token_file);
+            rc = read_secret("--api-token-file", o->api_token_file, &s->token);
         } else {
-            rc = default_token(o.cfg.data_dir, &token, token_path, sizeof token_path);
+            rc = default_token(o->cfg.data_dir, &s->token, s->token_path, sizeof s->token_path);
         }
     }
-    if (rc == CLI_EXIT_OK && o.webhook_secret_file)
-        rc = read_secret("--webhook-secret-file", o.webhook_secret_file, &secret);
-    esim_api_key *keys = NULL;
-    size_t n_keys = 0;
-    if (rc == CLI_EXIT_OK && o.api_keys_file &&
-        esim_api_keys_load(o.api_keys_file, &keys, &n_keys, &e) != ESIM_OK) {
+    if (rc == CLI_EXIT_OK && o->webhook_secret_file)
+        rc = read_secret("--webhook-secret-file", o->webhook_secret_file, &s->secret);
+    if (rc == CLI_EXIT_OK && o->api_keys_file &&
+        esim_api_keys_load(o->api_keys_file, &s->keys, &s->n_keys, &e) != ESIM_OK) {
         fprintf(stderr, "esim-mdm serve: --api-keys-file: %s\n", e.msg);
         rc = CLI_EXIT_FAIL;
     }
-    if (rc == CLI_EXIT_OK) {
-        o.cfg.api_keys = keys;
-        o.cfg.n_api_keys = n_keys;
-        o.cfg.api_token = token;
-        o.cfg.webhook_secret = secret;
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        rc = run_service(&o, token_path);
-        curl_global_cleanup();
+    o->cfg.api_keys = s->keys;
+    o->cfg.n_api_keys = s->n_keys;
+    o->cfg.api_token = s->token;
+    o->cfg.webhook_secret = s->secret;
+    if (rc != CLI_EXIT_OK)
+        serve_setup_free(s);
+    return rc;
+}
+
+static int reload_setup(int argc, char **argv, esim_service *svc)
+{
+    serve_setup s;
+    int rc = serve_load(argc, argv, &s);
+    if (rc != CLI_EXIT_OK) {
+        esim_service_log(svc, ESIM_LOG_ERROR, "reload_refused",
+                         "the new configuration is not valid (see the line above); the running "
+                         "one is kept");
+        return rc;
     }
-    esim_api_keys_free(keys, n_keys);
-    free(token);
-    free(secret);
-    for (size_t i = 0; i < o.n_owned; i++)
-        free(o.owned[i]);
+    esim_error e = {{0}};
+    char restart[256];
+    if (esim_service_reload(svc, &s.o.cfg, restart, sizeof restart, &e) != ESIM_OK)
+        rc = CLI_EXIT_FAIL; /* logged by the service, the old settings kept */
+    serve_setup_free(&s);
+    return rc;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(serve_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    serve_setup s;
+    int rc = serve_load(argc, argv, &s);
+    if (rc == CLI_EXIT_OK) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        rc = run_service(&s.o, s.token_path, argc, argv);
+        curl_global_cleanup();
+        serve_setup_free(&s);
+    }
     return rc;
 }
 
@@ -602,7 +668,7 @@ int cmd_serve(int argc, char **argv)
  * prints a table for people, or the API's JSON with --json. */
 
 typedef struct {
-    const char *server, *token_file;
+    const char *server, *token_file, *cacert;
     bool json;
     chttp http;
 } client_opts;
@@ -614,7 +680,11 @@ typedef struct {
 
 static int client_init(client_opts *c)
 {
-    return chttp_open_api(&c->http, c->server, c->token_file) ? CLI_EXIT_OK : CLI_EXIT_USAGE;
+    if (!chttp_open_api(&c->http, c->server, c->token_file))
+        return CLI_EXIT_USAGE;
+    if (c->cacert)
+        chttp_set_ca(&c->http, c->cacert);
+    return CLI_EXIT_OK;
 }
 
 /* One API call; the reply body is kept whatever the status. */
@@ -639,11 +709,13 @@ static int client_error(const client_reply *r)
     fprintf(stderr, "esim-mdm: the service answered %ld: %s\n", r->status,
             json_is_string(msg) ? json_string_value(msg) : "(no details)");
     json_decref(root);
-    return r->status >= 400 && r->status < 500 && r->status != 401 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+    /* Bad input the service found (400, 413) is a usage error like one found
+     * here; any other refusal (401, 403, 404, 409, 429, 5xx) is the service's. */
+    return r->status == 400 || r->status == 413 ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
 }
 
 /* The options every admin client takes; a command's own ids start at C_OWN. */
-enum { C_SERVER = 1, C_TOKEN_FILE, C_JSON, C_OWN };
+enum { C_SERVER = 1, C_TOKEN_FILE, C_JSON, C_CACERT, C_OWN };
 
 /* A command's own options: |extra| gets each one's id and value and returns
  * 0, or -1 after reporting a problem. */
@@ -655,9 +727,11 @@ static int client_parse(client_opts *c, int argc, char **argv, const cli_option 
                         extra_opt_fn extra, void *ctx, const char **positional, int max_pos,
                         int *n_pos)
 {
-    cli_option options[32] = {
-        {"server", true, C_SERVER}, {"token-file", true, C_TOKEN_FILE}, {"json", false, C_JSON}};
-    for (size_t k = 3; own && own->name && k + 1 < sizeof options / sizeof options[0]; k++)
+    cli_option options[32] = {{"server", true, C_SERVER},
+                              {"token-file", true, C_TOKEN_FILE},
+                              {"json", false, C_JSON},
+                              {"cacert", true, C_CACERT}};
+    for (size_t k = 4; own && own->name && k + 1 < sizeof options / sizeof options[0]; k++)
         options[k] = *own++;
     cli_parser p;
     cli_parser_init(&p, argv[0], options, argc, argv, 1);
@@ -671,6 +745,8 @@ static int client_parse(client_opts *c, int argc, char **argv, const cli_option 
             c->token_file = p.value;
         } else if (id == C_JSON) {
             c->json = true;
+        } else if (id == C_CACERT) {
+            c->cacert = p.value;
         } else if (id == CLI_ARG) {
             if (*n_pos == max_pos) {
                 cli_unexpected(argv[0], p.value);
@@ -845,7 +921,19 @@ static const char enqueue_usage[] =
     "cellular_plan_modification=allow|deny)\n"
     "  --erase [--preserve-data-plan]  EraseDevice\n"
     "  --remove-profile ID | --profile-list\n"
-    "  --plist FILE                 a whole command plist (sent to PUT /v1/enqueue/...)\n";
+    "  --plist FILE                 a whole command plist (sent to PUT /v1/enqueue/...)\n"
+    "\n"
+    "example:\n"
+    "  esim-mdm enqueue --udid 00008110-000A1B2C3D4E5F60 --refresh-plans smdp.example.com \\\n"
+    "      --server https://mdm.example.com:8443 --cacert /etc/esim-mdm/ca.pem\n"
+    "\n"
+    "common options:\n"
+    "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+    "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
+    "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+    "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the system's)\n"
+    "  --json            the API's JSON answer on stdout, nothing else\n"
+    "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n";
 
 int cmd_enqueue(int argc, char **argv)
 {
@@ -933,8 +1021,23 @@ out:
 int cmd_status(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts("usage: esim-mdm status COMMAND_UUID [--server URL] [--token-file F] [--json]\n"
-             "Shows where a command stands on each device: state, attempts, NotNow count, errors.");
+        puts(
+            "usage: esim-mdm status COMMAND_UUID [--server URL] [--token-file F] [--cacert PEM] "
+            "[--json]\n"
+            "Shows where a command stands on each device: state, attempts, NotNow count, errors.\n"
+            "\n"
+            "example:\n"
+            "  esim-mdm status 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
+            "\n"
+            "common options:\n"
+            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
+            "esim-mdm-data/api-token)\n"
+            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
+            "system's)\n"
+            "  --json            the API's JSON answer on stdout, nothing else\n"
+            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -991,15 +1094,26 @@ int cmd_status(int argc, char **argv)
 
 /* ---- devices ---- */
 
-static const cli_option devices_options[] = {{"after", true, C_OWN}, {NULL, false, 0}};
+static const cli_option devices_options[] = {
+    {"after", true, C_OWN}, {"csv", false, C_OWN + 1}, {NULL, false, 0}};
+
+typedef struct {
+    const char *after;
+    bool csv;
+} devices_ctx;
 
 static int devices_after_opt(void *ctx, int id, const char *v)
 {
+    devices_ctx *x = ctx;
+    if (id == C_OWN + 1) {
+        x->csv = true;
+        return 0;
+    }
     if (esim_udid_validate(v, NULL) != ESIM_OK) {
         cli_bad_option_value("devices", "after", v, "not a UDID");
         return -1;
     }
-    *(const char **)ctx = v;
+    x->after = v;
     return 0;
 }
 
@@ -1034,19 +1148,50 @@ static int print_queue(client_opts *c, const char *udid)
 int cmd_devices(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts("usage: esim-mdm devices [UDID | --after UDID] [--server URL] [--token-file F] "
-             "[--json]\n"
-             "Lists devices 1000 at a time (--after the last one shown for the next page), or\n"
-             "shows one device and the commands waiting on its queue.");
+        puts(
+            "usage: esim-mdm devices [UDID | --after UDID | --csv] [--server URL] [--token-file F] "
+            "[--cacert PEM] [--json]\n"
+            "Lists devices 1000 at a time (--after the last one shown for the next page), or\n"
+            "shows one device and the commands waiting on its queue. --csv writes the whole\n"
+            "inventory as CSV (one line per device, a header line) to stdout.\n"
+            "\n"
+            "examples:\n"
+            "  esim-mdm devices\n"
+            "  esim-mdm devices --csv > inventory.csv\n"
+            "\n"
+            "common options:\n"
+            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
+            "esim-mdm-data/api-token)\n"
+            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
+            "system's)\n"
+            "  --json            the API's JSON answer on stdout, nothing else\n"
+            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
     const char *pos[1] = {NULL};
-    const char *after = NULL;
+    devices_ctx x = {0};
     int n_pos = 0;
-    if (client_parse(&c, argc, argv, devices_options, devices_after_opt, &after, pos, 1, &n_pos) !=
-        0)
+    if (client_parse(&c, argc, argv, devices_options, devices_after_opt, &x, pos, 1, &n_pos) != 0)
         return CLI_EXIT_USAGE;
+    const char *after = x.after;
+    if (x.csv && (n_pos || after || c.json))
+        return cli_usage_error("devices: --csv is the whole inventory: no UDID, --after or --json");
+    if (x.csv) {
+        int rc = client_init(&c);
+        client_reply r = {0};
+        if (rc == CLI_EXIT_OK)
+            rc = client_call(&c, "GET", "/v1/devices?format=csv", NULL, NULL, &r);
+        if (rc == CLI_EXIT_OK && r.status != 200)
+            rc = client_error(&r);
+        else if (rc == CLI_EXIT_OK)
+            fwrite(r.body.data, 1, r.body.len, stdout);
+        esim_buf_free(&r.body);
+        chttp_close(&c.http);
+        return rc;
+    }
     if (n_pos == 1 && esim_udid_validate(pos[0], NULL) != ESIM_OK)
         return cli_usage_error("devices: '%s' is not a UDID", pos[0]);
     if (n_pos == 1 && after)
@@ -1095,8 +1240,23 @@ int cmd_devices(int argc, char **argv)
 int cmd_cancel(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts("usage: esim-mdm cancel UDID COMMAND_UUID [--server URL] [--token-file F] [--json]\n"
-             "Cancels a command still waiting on a device's queue.");
+        puts(
+            "usage: esim-mdm cancel UDID COMMAND_UUID [--server URL] [--token-file F] "
+            "[--cacert PEM] [--json]\n"
+            "Cancels a command still waiting on a device's queue.\n"
+            "\n"
+            "example:\n"
+            "  esim-mdm cancel 00008110-000A1B2C3D4E5F60 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
+            "\n"
+            "common options:\n"
+            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
+            "esim-mdm-data/api-token)\n"
+            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
+            "system's)\n"
+            "  --json            the API's JSON answer on stdout, nothing else\n"
+            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -1119,6 +1279,142 @@ int cmd_cancel(int argc, char **argv)
         fwrite(r.body.data, 1, r.body.len, stdout);
     else if (rc == CLI_EXIT_OK)
         printf("canceled %s on %s\n", pos[1], pos[0]);
+    esim_buf_free(&r.body);
+    chttp_close(&c.http);
+    return rc;
+}
+
+/* ---- retire ---- */
+
+int cmd_retire(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        puts(
+            "usage: esim-mdm retire UDID [--server URL] [--token-file F] [--cacert PEM] [--json]\n"
+            "Retires a device that left the fleet (DELETE /v1/devices/UDID; an admin key):\n"
+            "the commands still waiting on it are canceled, it is no longer enrolled, its\n"
+            "push token is forgotten and its identity released; its record and ledger stay.\n"
+            "It does not touch the phone: send RemoveProfile first for that.\n"
+            "\n"
+            "example:\n"
+            "  esim-mdm retire 00008110-000A1B2C3D4E5F60\n"
+            "\n"
+            "common options:\n"
+            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
+            "esim-mdm-data/api-token)\n"
+            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
+            "system's)\n"
+            "  --json            the API's JSON answer on stdout, nothing else\n"
+            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    const char *pos[1] = {NULL};
+    int n_pos = 0;
+    if (client_parse(&c, argc, argv, NULL, NULL, NULL, pos, 1, &n_pos) != 0)
+        return CLI_EXIT_USAGE;
+    if (n_pos != 1 || esim_udid_validate(pos[0], NULL) != ESIM_OK)
+        return cli_usage_error("retire: give the device's UDID");
+    int rc = client_init(&c);
+    client_reply r = {0};
+    char path[200];
+    snprintf(path, sizeof path, "/v1/devices/%s", pos[0]);
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(&c, "DELETE", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200)
+        rc = client_error(&r);
+    else if (rc == CLI_EXIT_OK && c.json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (rc == CLI_EXIT_OK)
+        printf("retired %s: no longer enrolled, its waiting commands canceled\n", pos[0]);
+    esim_buf_free(&r.body);
+    chttp_close(&c.http);
+    return rc;
+}
+
+/* ---- audit ---- */
+
+static const cli_option audit_options[] = {
+    {"after", true, C_OWN}, {"limit", true, C_OWN + 1}, {NULL, false, 0}};
+
+typedef struct {
+    long after, limit;
+} audit_ctx;
+
+static int audit_opt(void *ctx, int id, const char *v)
+{
+    audit_ctx *x = ctx;
+    if (id == C_OWN)
+        return cli_client_long("audit", "after", v, 0, 0x7fffffffffffffffL, &x->after) ==
+                       CLI_EXIT_OK
+                   ? 0
+                   : -1;
+    return cli_client_long("audit", "limit", v, 1, 1000, &x->limit) == CLI_EXIT_OK ? 0 : -1;
+}
+
+int cmd_audit(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        puts(
+            "usage: esim-mdm audit [--after ID] [--limit N] [--server URL] [--token-file F] "
+            "[--cacert PEM] [--json]\n"
+            "Shows the audit log of admin actions (GET /v1/audit; an admin key), oldest\n"
+            "first: when, which API key and role, what (method and path), and the result.\n"
+            "--limit N entries (1 to 1000, default 100) after the entry --after ID.\n"
+            "\n"
+            "example:\n"
+            "  esim-mdm audit --after 1200 --limit 50\n"
+            "\n"
+            "common options:\n"
+            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
+            "esim-mdm-data/api-token)\n"
+            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
+            "system's)\n"
+            "  --json            the API's JSON answer on stdout, nothing else\n"
+            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        return CLI_EXIT_OK;
+    }
+    client_opts c = {0};
+    audit_ctx x = {0, 100};
+    const char *pos[1] = {NULL};
+    int n_pos = 0;
+    if (client_parse(&c, argc, argv, audit_options, audit_opt, &x, pos, 0, &n_pos) != 0)
+        return CLI_EXIT_USAGE;
+    int rc = client_init(&c);
+    client_reply r = {0};
+    char path[200];
+    snprintf(path, sizeof path, "/v1/audit?after=%ld&limit=%ld", x.after, x.limit);
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(&c, "GET", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200) {
+        rc = client_error(&r);
+    } else if (rc == CLI_EXIT_OK && c.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    } else if (rc == CLI_EXIT_OK) {
+        json_t *root = json_loads((const char *)r.body.data, 0, NULL);
+        printf("%-6s  %-24s  %-16s  %-9s  %-6s  %-40s  %s\n", "ID", "AT", "WHO", "ROLE", "METHOD",
+               "TARGET", "RESULT");
+        size_t i;
+        json_t *a;
+        json_array_foreach(json_object_get(root, "entries"), i, a)
+        {
+            json_t *detail = json_object_get(a, "detail");
+            printf("%-6lld  %-24s  %-16s  %-9s  %-6s  %-40s  %lld%s%s\n",
+                   (long long)json_integer_value(json_object_get(a, "id")), jstr(a, "at"),
+                   jstr(a, "who"), jstr(a, "role"), jstr(a, "method"), jstr(a, "target"),
+                   (long long)json_integer_value(json_object_get(a, "status")),
+                   json_is_string(detail) ? " " : "",
+                   json_is_string(detail) ? json_string_value(detail) : "");
+        }
+        json_t *next = json_object_get(root, "next_after");
+        if (json_is_integer(next))
+            printf("more: esim-mdm audit --after %lld\n", (long long)json_integer_value(next));
+        json_decref(root);
+    }
     esim_buf_free(&r.body);
     chttp_close(&c.http);
     return rc;

@@ -34,6 +34,7 @@ bool chttp_open_api(chttp *c, const char *server, const char *token_file)
                                                    : "esim-mdm-data/api-token";
     snprintf(c->server, sizeof c->server, "%s", server);
     trim_slash(c->server);
+    chttp_set_ca(c, NULL);
     char *tok = NULL;
     esim_error e = {{0}};
     if (esim_read_token_file(token_file, &tok, &e) != ESIM_OK) {
@@ -53,6 +54,17 @@ bool chttp_open_api(chttp *c, const char *server, const char *token_file)
     OPENSSL_cleanse(tok, n);
     free(tok);
     return fits;
+}
+
+void chttp_set_ca(chttp *c, const char *ca_file)
+{
+    static const char *const vars[] = {"ESIM_MDM_CACERT", "CURL_CA_BUNDLE", "SSL_CERT_FILE"};
+    for (size_t i = 0; !ca_file && i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            ca_file = v;
+    }
+    snprintf(c->ca_file, sizeof c->ca_file, "%s", ca_file ? ca_file : "");
 }
 
 void chttp_open_plain(chttp *c, const char *base_url, const char *ca_file)

@@ -21,9 +21,14 @@ typedef struct {
 } chttp;
 
 /* --server / $ESIM_MDM_SERVER / http://127.0.0.1:8080 and --token-file /
- * $ESIM_MDM_TOKEN_FILE / esim-mdm-data/api-token. Prints the problem and
+ * $ESIM_MDM_TOKEN_FILE / esim-mdm-data/api-token; the CA from the
+ * environment (chttp_set_ca). Prints the problem and
  * returns false when the token file cannot be read. */
 bool chttp_open_api(chttp *c, const char *server, const char *token_file);
+/* The CA an https:// service is checked against: |ca_file| (--cacert), or
+ * when NULL the first of $ESIM_MDM_CACERT, $CURL_CA_BUNDLE, $SSL_CERT_FILE,
+ * or else the system's trust store. chttp_open_api does the NULL form. */
+void chttp_set_ca(chttp *c, const char *ca_file);
 /* A client for another endpoint (no token). */
 void chttp_open_plain(chttp *c, const char *base_url, const char *ca_file);
 void chttp_close(chttp *c);

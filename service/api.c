@@ -426,8 +426,98 @@ static void h_get_command(api_request *r)
                              devices, "next_after", next));
 }
 
+/* One CSV field: quoted when it holds a comma, quote or line break, and
+ * with a leading quote mark when a spreadsheet would read it as a formula
+ * (device names come from devices). */
+static void csv_field(esim_buf *b, const char *v, bool last)
+{
+    bool formula =
+        v[0] == '=' || v[0] == '+' || v[0] == '-' || v[0] == '@' || v[0] == '\t' || v[0] == '\r';
+    bool quote = formula || strpbrk(v, ",\"\r\n") != NULL;
+    if (quote)
+        esim_buf_append_str(b, "\"");
+    if (formula)
+        esim_buf_append_str(b, "'");
+    for (const char *p = v; *p; p++) {
+        if (*p == '"')
+            esim_buf_append_str(b, "\"\"");
+        else
+            esim_buf_append(b, p, 1);
+    }
+    if (quote)
+        esim_buf_append_str(b, "\"");
+    esim_buf_append_str(b, last ? "\r\n" : ",");
+}
+
+static void csv_time(esim_buf *b, int64_t ms)
+{
+    json_t *t = ts(ms);
+    csv_field(b, json_is_string(t) ? json_string_value(t) : "", false);
+    json_decref(t);
+}
+
+/* GET /v1/devices?format=csv: the whole inventory as CSV (RFC 4180, a
+ * header line, udid order), read from the store a page at a time. */
+static void devices_csv(api_request *r)
+{
+    esim_buf b = {0};
+    esim_buf_append_str(&b, "udid,platform,enrolled,serial_number,product_name,model,device_name,"
+                            "os_version,build_version,imei,eid,push_state,enrolled_at,"
+                            "checked_out_at,last_seen_at\r\n");
+    char after[65] = "";
+    for (;;) {
+        store_device *list = NULL;
+        size_t n = 0;
+        esim_error e = {{0}};
+        esim_err rc = esim_store_device_list(r->svc->st, after, 1000, &list, &n, &e);
+        if (rc != ESIM_OK) {
+            esim_buf_free(&b);
+            api_error(r, api_status_for(rc), NULL, "%s", e.msg);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const store_device *d = &list[i];
+            csv_field(&b, d->udid, false);
+            csv_field(&b, d->platform[0] ? d->platform : "apple", false);
+            csv_field(&b, d->enrolled ? "true" : "false", false);
+            csv_field(&b, d->serial_number, false);
+            csv_field(&b, d->product_name, false);
+            csv_field(&b, d->model, false);
+            csv_field(&b, d->device_name, false);
+            csv_field(&b, d->os_version, false);
+            csv_field(&b, d->build_version, false);
+            csv_field(&b, d->imei, false);
+            csv_field(&b, d->eid, false);
+            csv_field(&b, esim_store_push_state_name(d->push_state), false);
+            csv_time(&b, d->enrolled_at);
+            csv_time(&b, d->checked_out_at);
+            json_t *t = ts(d->last_seen_at);
+            csv_field(&b, json_is_string(t) ? json_string_value(t) : "", true);
+            json_decref(t);
+        }
+        if (n)
+            snprintf(after, sizeof after, "%s", list[n - 1].udid);
+        free(list);
+        if (n < 1000)
+            break;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Disposition",
+                      "attachment; filename=\"esim-mdm-devices.csv\"");
+    http_reply(r->svc, r->req, M_ROUTE_API, 200, "text/csv; charset=utf-8", b.data, b.len);
+    esim_buf_free(&b);
+}
+
 static void h_list_devices(api_request *r)
 {
+    const char *format = query_get(r, "format");
+    if (format && strcmp(format, "csv") == 0) {
+        devices_csv(r);
+        return;
+    }
+    if (format && strcmp(format, "json") != 0) {
+        api_error(r, 400, "format", "format: json (the default) or csv");
+        return;
+    }
     const char *after = query_get(r, "after");
     const char *lim = query_get(r, "limit");
     long limit = lim ? strtol(lim, NULL, 10) : 100;

@@ -201,3 +201,10 @@ void svc_log_limited(esim_service *svc, int kind, esim_log_level level, const ch
     va_end(ap);
     l->suppressed = 0;
 }
+
+void esim_service_log(esim_service *svc, esim_log_level level, const char *event,
+                      const char *reason)
+{
+    if (svc && event)
+        svc_log(svc, level, event, "reason", reason, NULL);
+}

@@ -548,6 +548,52 @@ static int accept_any_client_cert(int ok, X509_STORE_CTX *ctx)
     return 1;
 }
 
+/* A server TLS context from |cert_path| and |key_path|, asking clients for
+ * a certificate from |client_ca_path| when device auth needs one. */
+static esim_err tls_ctx_build(const esim_service *svc, const char *cert_path, const char *key_path,
+                              const char *client_ca_path, SSL_CTX **out, esim_error *err)
+{
+    *out = NULL;
+    esim_cert cert = {0};
+    esim_err rc = esim_cert_load(cert_path, key_path, &cert, err);
+    if (rc != ESIM_OK)
+        return rc;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx, cert.key) != 1) {
+        esim_cert_clear(&cert);
+        SSL_CTX_free(ctx);
+        ERR_clear_error();
+        return esim_fail(err, ESIM_ECRYPTO, "cannot use TLS certificate %s with key %s", cert_path,
+                         key_path);
+    }
+    esim_cert_clear(&cert);
+    /* Windows devices always prove who they are by their TLS client
+     * certificate; Apple devices do with --device-auth mtls. Asked for,
+     * never required: a client without one still connects. */
+    if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_client_cert);
+        /* No TLS session resumption while client certificates are asked
+         * for: a resumed session carries no certificate chain
+         * (SSL_get_peer_cert_chain is NULL), so the identity could not be
+         * checked up to the device CA again. Without this, OpenSSL hands out
+         * tickets, and a client that offers one back (curl, Windows, the
+         * simulated PCs between their sessions) gets an "internal error"
+         * alert: there is no session ID context. */
+        SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"esim-mdm", 8);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca_path);
+        if (names)
+            SSL_CTX_set_client_CA_list(ctx, names);
+        ERR_clear_error();
+    }
+    *out = ctx;
+    return ESIM_OK;
+}
+
 static esim_err tls_setup(esim_service *svc, esim_error *err)
 {
     if (!svc->tls_cert_path != !svc->tls_key_path)
@@ -558,42 +604,8 @@ static esim_err tls_setup(esim_service *svc, esim_error *err)
                              "--device-auth mtls needs TLS: give --tls-cert and --tls-key");
         return ESIM_OK;
     }
-    esim_cert cert = {0};
-    esim_err rc = esim_cert_load(svc->tls_cert_path, svc->tls_key_path, &cert, err);
-    if (rc != ESIM_OK)
-        return rc;
-    svc->tls = SSL_CTX_new(TLS_server_method());
-    if (!svc->tls || SSL_CTX_set_min_proto_version(svc->tls, TLS1_2_VERSION) != 1 ||
-        SSL_CTX_use_certificate_chain_file(svc->tls, svc->tls_cert_path) != 1 ||
-        SSL_CTX_use_PrivateKey(svc->tls, cert.key) != 1) {
-        esim_cert_clear(&cert);
-        ERR_clear_error();
-        return esim_fail(err, ESIM_ECRYPTO, "cannot use TLS certificate %s with key %s",
-                         svc->tls_cert_path, svc->tls_key_path);
-    }
-    esim_cert_clear(&cert);
-    /* Windows devices always prove who they are by their TLS client
-     * certificate; Apple devices do with --device-auth mtls. Asked for,
-     * never required: a client without one still connects. */
-    if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
-        SSL_CTX_set_verify(svc->tls, SSL_VERIFY_PEER, accept_any_client_cert);
-        /* No TLS session resumption while client certificates are asked
-         * for: a resumed session carries no certificate chain
-         * (SSL_get_peer_cert_chain is NULL), so the identity could not be
-         * checked up to the device CA again. Without this, OpenSSL hands out
-         * tickets, and a client that offers one back (curl, Windows, the
-         * simulated PCs between their sessions) gets an "internal error"
-         * alert: there is no session ID context. */
-        SSL_CTX_set_session_id_context(svc->tls, (const unsigned char *)"esim-mdm", 8);
-        SSL_CTX_set_session_cache_mode(svc->tls, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_options(svc->tls, SSL_OP_NO_TICKET);
-        SSL_CTX_set_num_tickets(svc->tls, 0);
-        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(svc->device_ca_path);
-        if (names)
-            SSL_CTX_set_client_CA_list(svc->tls, names);
-        ERR_clear_error();
-    }
-    return ESIM_OK;
+    return tls_ctx_build(svc, svc->tls_cert_path, svc->tls_key_path, svc->device_ca_path, &svc->tls,
+                         err);
 }
 
 /* "IPv4:PORT" or "[IPv6]:PORT" split into host and port. */
@@ -1226,4 +1238,158 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                            "esim_mdm_uptime_seconds %lld\n",
                            (unsigned long long)depth, (unsigned long long)ss.events,
                            (long long)((esim_now_ms() - svc->started_ms) / 1000));
+}
+
+/* ---- reload (SIGHUP) ------------------------------------------------------------------ */
+
+static bool same_text(const char *a, const char *b)
+{
+    if (a && !*a)
+        a = NULL;
+    if (b && !*b)
+        b = NULL;
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Replaces *slot by a copy of |v| (NULL or "" -> NULL). */
+static bool replace_text(char **slot, const char *v)
+{
+    char *copy = v && *v ? strdup(v) : NULL;
+    if (v && *v && !copy)
+        return false;
+    free(*slot);
+    *slot = copy;
+    return true;
+}
+
+esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, char *restart,
+                             size_t restart_len, esim_error *err)
+{
+    if (restart && restart_len)
+        restart[0] = '\0';
+    if (!svc || !cfg)
+        return esim_fail(err, ESIM_EINVAL, "esim_service_reload needs a service and a config");
+    /* What only a restart changes: noted, and the running value kept. */
+    esim_buf later = {0};
+    static const char *const sep = ", ";
+#define RESTART_IF(cond, name)                                                                     \
+    do {                                                                                           \
+        if (cond)                                                                                  \
+            esim_buf_printf(&later, "%s%s", later.len ? sep : "", name);                           \
+    } while (0)
+    RESTART_IF(!same_text(cfg->listen ? cfg->listen : "127.0.0.1:8080", svc->listen), "listen");
+    RESTART_IF(!same_text(cfg->data_dir, svc->data_dir), "data-dir");
+    RESTART_IF(!same_text(cfg->store, svc->store_spec), "store");
+    RESTART_IF(cfg->store_sync != svc->cfg.store_sync, "store-sync");
+    RESTART_IF(cfg->device_auth != svc->cfg.device_auth, "device-auth");
+    RESTART_IF(!cfg->tls_cert_path != !svc->tls_cert_path, "tls (on or off)");
+    RESTART_IF(!same_text(cfg->apns_url, svc->apns_url) ||
+                   !same_text(cfg->apns_cert_path, svc->apns_cert_path) ||
+                   !same_text(cfg->apns_key_path, svc->apns_key_path) ||
+                   !same_text(cfg->apns_ca_path, svc->apns_ca_path) ||
+                   !same_text(cfg->apns_topic, svc->apns_topic),
+               "apns");
+    bool hooks_same = cfg->n_webhook_urls == svc->cfg.n_webhook_urls &&
+                      same_text(cfg->webhook_secret, svc->webhook_secret);
+    for (size_t i = 0; hooks_same && i < cfg->n_webhook_urls; i++)
+        hooks_same = same_text(cfg->webhook_urls[i], svc->webhook_urls[i]);
+    RESTART_IF(!hooks_same, "webhooks");
+    /* The running limits are settled (defaults filled in): a limit left
+     * unset (0) keeps it. */
+    RESTART_IF((cfg->max_connections && cfg->max_connections != svc->cfg.max_connections) ||
+                   (cfg->max_connections_per_peer &&
+                    cfg->max_connections_per_peer != svc->cfg.max_connections_per_peer) ||
+                   (cfg->max_pending_bytes_per_peer &&
+                    cfg->max_pending_bytes_per_peer != svc->cfg.max_pending_bytes_per_peer) ||
+                   (cfg->max_pending_bytes && cfg->max_pending_bytes != svc->cfg.max_pending_bytes),
+               "connection limits");
+#undef RESTART_IF
+
+    /* Load everything new first; nothing changes unless all of it is good. */
+    esim_err rc = ESIM_OK;
+    X509_STORE *ca = NULL;
+    SSL_CTX *tls = NULL;
+    const char *ca_path = cfg->device_ca_path && *cfg->device_ca_path ? cfg->device_ca_path : NULL;
+    if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
+        if (!ca_path)
+            rc = esim_fail(err, ESIM_EINVAL, "the device CA is required: device auth is not none");
+        else
+            rc = auth_load_device_ca(ca_path, &ca, err);
+    }
+    if (rc == ESIM_OK && svc->tls && cfg->tls_cert_path && cfg->tls_key_path)
+        rc = tls_ctx_build(svc, cfg->tls_cert_path, cfg->tls_key_path,
+                           ca_path ? ca_path : svc->device_ca_path, &tls, err);
+    else if (rc == ESIM_OK && svc->tls && (!cfg->tls_cert_path != !cfg->tls_key_path))
+        rc = esim_fail(err, ESIM_EINVAL, "--tls-cert and --tls-key go together");
+    /* Keys last: esim_service_set_api_keys checks before it replaces. */
+    char *paths[4] = {NULL, NULL, NULL, NULL};
+    if (rc == ESIM_OK) {
+        bool oom = !replace_text(&paths[0], cfg->api_token) ||
+                   !replace_text(&paths[1], ca_path ? ca_path : svc->device_ca_path) ||
+                   !replace_text(&paths[2], tls ? cfg->tls_cert_path : svc->tls_cert_path) ||
+                   !replace_text(&paths[3], tls ? cfg->tls_key_path : svc->tls_key_path);
+        if (oom)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    if (rc == ESIM_OK)
+        rc = esim_service_set_api_keys(svc, cfg->api_token, cfg->api_keys, cfg->n_api_keys, err);
+    if (rc != ESIM_OK) {
+        X509_STORE_free(ca);
+        SSL_CTX_free(tls);
+        for (int i = 0; i < 4; i++)
+            free(paths[i]);
+        esim_buf_free(&later);
+        svc_log(svc, ESIM_LOG_ERROR, "reload_refused", "reason", err ? err->msg : NULL, NULL);
+        return rc;
+    }
+    /* Commit. Connections already open keep the TLS context they started
+     * with (OpenSSL counts its users); new ones get the new one. */
+    if (ca) {
+        X509_STORE_free(svc->device_ca);
+        svc->device_ca = ca;
+        auth_cache_free(svc); /* certificates verified against the old CA */
+    }
+    if (tls) {
+        SSL_CTX_free(svc->tls);
+        svc->tls = tls;
+    }
+    if (svc->api_token)
+        OPENSSL_cleanse(svc->api_token, strlen(svc->api_token));
+    free(svc->api_token);
+    svc->api_token = paths[0];
+    free(svc->device_ca_path);
+    svc->device_ca_path = paths[1];
+    free(svc->tls_cert_path);
+    svc->tls_cert_path = paths[2];
+    free(svc->tls_key_path);
+    svc->tls_key_path = paths[3];
+    if (cfg->max_body)
+        svc->cfg.max_body = cfg->max_body;
+    if (cfg->max_depth)
+        svc->cfg.max_depth = cfg->max_depth;
+    if (cfg->device_rate > 0)
+        svc->cfg.device_rate = cfg->device_rate;
+    if (cfg->device_burst)
+        svc->cfg.device_burst = cfg->device_burst;
+    if (cfg->not_now_backoff_ms > 0)
+        svc->cfg.not_now_backoff_ms = cfg->not_now_backoff_ms;
+    if (cfg->replay_window_ms)
+        svc->cfg.replay_window_ms = cfg->replay_window_ms;
+    svc->cfg.require_signing_time = cfg->require_signing_time;
+    if (cfg->auth_failures_free)
+        svc->cfg.auth_failures_free = cfg->auth_failures_free;
+    svc->cfg.log_level = cfg->log_level;
+    svc->cfg.log_json = cfg->log_json;
+    svc->cfg.access_log = cfg->access_log;
+    char n_keys[16];
+    snprintf(n_keys, sizeof n_keys, "%zu", svc->n_keys);
+    svc_log(svc, ESIM_LOG_INFO, "reloaded", "api_keys", n_keys, "tls", tls ? "new" : NULL,
+            "device_ca", ca ? "new" : NULL, NULL);
+    if (later.len) {
+        svc_log(svc, ESIM_LOG_WARN, "restart_needed", "settings", (const char *)later.data, NULL);
+        if (restart && restart_len)
+            snprintf(restart, restart_len, "%s", (const char *)later.data);
+    }
+    esim_buf_free(&later);
+    return ESIM_OK;
 }

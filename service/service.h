@@ -104,6 +104,11 @@ typedef enum {
     ESIM_LOG_ERROR,
 } esim_log_level;
 
+/* Writes one line to |svc|'s log at |level|: |event| and, when not NULL, a
+ * reason (for the program that runs the service: its SIGHUP refusals). */
+ESIM_EXTERN void esim_service_log(esim_service *svc, esim_log_level level, const char *event,
+                                  const char *reason);
+
 /* "debug", "info", "warn" ("warning"), "error", "off" -> the level. */
 ESIM_EXTERN esim_err esim_log_level_parse(const char *word, esim_log_level *out, esim_error *err);
 
@@ -431,6 +436,22 @@ ESIM_EXTERN esim_err esim_service_add_public_route(esim_service *svc, const char
 typedef esim_role (*esim_api_session_fn)(esim_api_request *r, void *arg, char name[64]);
 ESIM_EXTERN esim_err esim_service_set_session_auth(esim_service *svc, esim_api_session_fn fn,
                                                    void *arg);
+
+/*
+ * Applies |cfg| to the running service, as `esim-mdm serve` does on SIGHUP,
+ * without dropping a connection: the API keys (api_token, api_keys), the TLS
+ * certificate and key (for new connections), the device CA, the device
+ * limits (max_body, max_depth, device_rate and burst, not_now_backoff_ms,
+ * replay_window_ms, require_signing_time) and the log settings. Everything
+ * is loaded and checked first: on any error nothing changes and the old
+ * settings stay (ESIM_EINVAL, ESIM_ENOTFOUND, ESIM_ECRYPTO as
+ * esim_service_new). Settings only a restart changes (listen, data_dir,
+ * store, store_sync, device_auth, TLS on or off, APNs, webhooks, connection
+ * limits) keep their running values; |restart| (may be NULL) gets their
+ * names, comma-separated ("" when none), and the log says so.
+ */
+ESIM_EXTERN esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg,
+                                         char *restart, size_t restart_len, esim_error *err);
 
 /* Undoes every registration (hooks, ticks, metrics, close, routes) made
  * with |arg|: for a module that failed half-way through attaching. */

@@ -44,4 +44,32 @@ declared=$(find "$prefix/include/esim-mdm" -name '*.h' -exec cat {} + |
 [ -n "$declared" ] || fail "no ESIM_EXTERN declarations in the installed headers"
 missing=$(printf '%s\n' "$declared" | comm -23 - "$prefix/exported")
 [ -z "$missing" ] || fail "declared ESIM_EXTERN but not exported: $(echo "$missing" | tr "\n" " ")"
+# For operators: the man page (a section for every subcommand), the hardened
+# systemd unit naming the installed binary, its user, an example config.
+man="$prefix/share/man/man1/esim-mdm.1"
+[ -f "$man" ] || fail "no man page at $man"
+grep -q '^\.TH ESIM-MDM 1' "$man" || fail "$man has no .TH ESIM-MDM 1 header"
+bin="$prefix/bin/esim-mdm"
+cmds=$("$bin" --help | sed -n 's/^  \([a-z][a-z-]*\)  .*/\1/p')
+[ -n "$cmds" ] || fail "esim-mdm --help lists no commands"
+for c in $cmds; do
+    grep -qx "\.SS $c" "$man" || fail "the man page has no section for '$c'"
+    "$bin" "$c" --help >/dev/null 2>&1 || fail "esim-mdm $c --help fails"
+done
+unit="$prefix/lib/systemd/system/esim-mdm.service"
+[ -f "$unit" ] || fail "no systemd unit at $unit"
+grep -qx "ExecStart=$bin serve .*" "$unit" || fail "$unit does not start $bin: $(grep ExecStart "$unit")"
+for line in User=esim-mdm NoNewPrivileges=yes ProtectSystem=strict StateDirectory=esim-mdm \
+    'ExecReload=/bin/kill -HUP $MAINPID' CapabilityBoundingSet=; do
+    grep -qxF "$line" "$unit" || fail "$unit lacks $line"
+done
+grep -q '^u esim-mdm ' "$prefix/lib/sysusers.d/esim-mdm.conf" || fail "no sysusers entry for esim-mdm"
+[ -f "$prefix/share/doc/esim-mdm/esim-mdm.conf.example" ] || fail "no example configuration"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    # Only the unit's own syntax is judged: a build machine has no esim-mdm
+    # user and may run no systemd.
+    if systemd-analyze verify "$unit" 2>&1 | grep -Ei "unknown (key|section)|failed to parse|invalid"; then
+        fail "systemd-analyze verify finds errors in $unit"
+    fi
+fi
 echo "test_install: ok ($(wc -l <"$prefix/exported") exported names, all esim_*)"

@@ -262,6 +262,78 @@ static void test_keys_replaced_at_run_time(void **state)
     harness_stop(&ts);
 }
 
+static size_t sink(char *p, size_t size, size_t n, void *arg)
+{
+    (void)p;
+    (void)arg;
+    return size * n;
+}
+
+/* GET |path| with |token| on the handle's connection; the status, and in
+ * *new_conns how many connections it had to open. */
+static long keepalive_get(CURL *c, const char *url, const char *path, const char *token,
+                          long *new_conns)
+{
+    char full[256], auth[256];
+    snprintf(full, sizeof full, "%s%s", url, path);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    struct curl_slist *h = curl_slist_append(NULL, auth);
+    curl_easy_setopt(c, CURLOPT_URL, full);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, new_conns);
+    curl_slist_free_all(h);
+    return status;
+}
+
+/* esim_service_reload (what SIGHUP does): new keys apply to the next
+ * request on a connection that stays open; a bad configuration changes
+ * nothing; settings only a restart changes are named. */
+static void test_reload_keeps_connections(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "reload", &cfg, ts.data_dir);
+    cfg.api_keys = keys;
+    cfg.n_api_keys = 3;
+    harness_start(&ts, &cfg);
+    CURL *c = curl_easy_init();
+    long conns = 0;
+    assert_int_equal(keepalive_get(c, ts.url, "/v1/devices", READER_TOKEN, &conns), 200);
+    assert_int_equal(conns, 1);
+
+    esim_service_config next;
+    harness_config(&env, "reload", &next, ts.data_dir);
+    esim_api_key fresh[] = {{"fresh", "fresh-token-eeeeeeeeeeee", ESIM_ROLE_READ_ONLY}};
+    next.api_keys = fresh;
+    next.n_api_keys = 1;
+    char restart[256];
+    esim_error e;
+    /* Bad: a device CA that is not there. Nothing changes. */
+    next.device_ca_path = "/nonexistent/ca.pem";
+    assert_int_not_equal(esim_service_reload(ts.svc, &next, restart, sizeof restart, &e), ESIM_OK);
+    assert_int_equal(keepalive_get(c, ts.url, "/v1/devices", READER_TOKEN, &conns), 200);
+    assert_int_equal(conns, 0);
+    /* Good, with a new listen address: applied, except the address. */
+    harness_config(&env, "reload", &next, ts.data_dir);
+    next.api_keys = fresh;
+    next.n_api_keys = 1;
+    next.listen = "127.0.0.1:1";
+    assert_int_equal(esim_service_reload(ts.svc, &next, restart, sizeof restart, &e), ESIM_OK);
+    assert_string_equal(restart, "listen");
+    assert_int_equal(keepalive_get(c, ts.url, "/v1/devices", READER_TOKEN, &conns), 401);
+    assert_int_equal(keepalive_get(c, ts.url, "/v1/devices", "fresh-token-eeeeeeeeeeee", &conns),
+                     200);
+    assert_int_equal(conns, 0); /* the same connection all along */
+    assert_int_equal(keepalive_get(c, ts.url, "/v1/devices", TEST_TOKEN, &conns), 200);
+    curl_easy_cleanup(c);
+    harness_stop(&ts);
+}
+
 static void write_file(const char *path, const char *text, mode_t mode)
 {
     FILE *f = fopen(path, "w");
@@ -325,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_roles_on_every_route),
         cmocka_unit_test(test_failed_authentication_locked_out),
         cmocka_unit_test(test_keys_replaced_at_run_time),
+        cmocka_unit_test(test_reload_keeps_connections),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

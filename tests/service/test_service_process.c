@@ -50,6 +50,7 @@ typedef struct {
     char config[400];
     char port_file[400];
     char token_file[400];
+    char log[400]; /* its standard error */
 } server;
 
 static void write_text(const char *path, const char *text)
@@ -67,6 +68,7 @@ static void server_prepare(server *s, const char *name)
     snprintf(s->config, sizeof s->config, "%s/%s.conf", env.dir, name);
     snprintf(s->port_file, sizeof s->port_file, "%s/%s.port", env.dir, name);
     snprintf(s->token_file, sizeof s->token_file, "%s/%s.token", env.dir, name);
+    snprintf(s->log, sizeof s->log, "%s/%s.stderr", env.dir, name);
     write_text(s->token_file, TEST_TOKEN "\n");
     chmod(s->token_file, 0600); /* a token others may read is refused */
     snprintf(text, sizeof text,
@@ -88,8 +90,9 @@ static void server_start(server *s)
     assert_true(s->pid >= 0);
     if (s->pid == 0) {
         int devnull = open("/dev/null", O_WRONLY);
+        int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         dup2(devnull, 1);
-        dup2(devnull, 2);
+        dup2(log >= 0 ? log : devnull, 2);
         execl(bin, bin, "serve", "--config", s->config, (char *)NULL);
         _exit(127);
     }
@@ -195,6 +198,46 @@ static void test_cli_clients_and_config_file(void **state)
     /* Bad input is a usage error (2) with nothing printed to stdout. */
     assert_int_equal(run_cli(&s, &out, "enqueue --udid %s --refresh-plans ftp://x", dev.udid), 2);
     assert_int_equal(run_cli(&s, &out, "status not-a-uuid"), 2);
+
+    /* The inventory as CSV, then the device retired; the audit log has it. */
+    assert_int_equal(run_cli(&s, &out, "devices --csv"), 0);
+    assert_int_equal(strncmp((const char *)out.data, "udid,platform,enrolled,", 23), 0);
+    assert_non_null(strstr((const char *)out.data, dev.udid));
+    esim_buf_reset(&out);
+    assert_int_equal(run_cli(&s, &out, "retire %s", dev.udid), 0);
+    assert_non_null(strstr((const char *)out.data, "retired"));
+    esim_buf_reset(&out);
+    /* The service refuses: 1, not a usage error. */
+    assert_int_equal(run_cli(&s, &out, "retire 00008130-00000000000000FF"), 1);
+    assert_int_equal(run_cli(&s, &out, "retire"), 2);
+    assert_int_equal(run_cli(&s, &out, "audit --json"), 0);
+    json_t *audit = json_loads((const char *)out.data, 0, NULL);
+    assert_non_null(audit);
+    size_t n_audit = json_array_size(json_object_get(audit, "entries"));
+    assert_true(n_audit >= 4);
+    json_t *last = json_array_get(json_object_get(audit, "entries"), n_audit - 1);
+    assert_string_equal(json_string_value(json_object_get(last, "method")), "DELETE");
+    assert_int_equal(json_integer_value(json_object_get(last, "status")), 404);
+    assert_string_equal(json_string_value(json_object_get(last, "who")), "api-token");
+    json_decref(audit);
+    esim_buf_reset(&out);
+    /* Every admin command's help has an example. */
+    static const char *const admin[] = {"enqueue", "status",   "devices",  "cancel", "retire",
+                                        "audit",   "campaign", "diagnose", "import"};
+    for (size_t i = 0; i < sizeof admin / sizeof admin[0]; i++) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "'%s' %s --help", bin, admin[i]);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        char buf[8192];
+        size_t got = fread(buf, 1, sizeof buf - 1, p);
+        buf[got] = '\0';
+        assert_int_equal(pclose(p), 0);
+        if (!strstr(buf, "example"))
+            fail_msg("esim-mdm %s --help has no example", admin[i]);
+        if (!strstr(buf, "--cacert"))
+            fail_msg("esim-mdm %s --help does not mention --cacert", admin[i]);
+    }
     esim_buf_free(&out);
 
     /* SIGTERM: a clean stop. */
@@ -325,6 +368,71 @@ static void test_kill_at_random_instants_loses_nothing(void **state)
     device_free(&dev);
 }
 
+/* SIGHUP: the keys file and the config file read again and applied
+ * without a restart; a bad configuration is refused whole, logged, and the
+ * running one kept. */
+static void test_sighup_reloads_keys_and_refuses_bad_config(void **state)
+{
+    (void)state;
+    server s;
+    server_prepare(&s, "hup");
+    char keys[400], text[4096];
+    snprintf(keys, sizeof keys, "%s/hup.keys", env.dir);
+    write_text(keys, "first read-only first-token-000000000\n");
+    chmod(keys, 0600);
+    esim_buf conf = {0};
+    assert_int_equal(esim_read_file(s.config, 1 << 16, &conf, NULL), ESIM_OK);
+    snprintf(text, sizeof text, "%.*sapi-keys-file %s\n", (int)conf.len, (const char *)conf.data,
+             keys);
+    write_text(s.config, text);
+    server_start(&s);
+    assert_int_equal(
+        api_call(s.url, "first-token-000000000", "GET", "/v1/devices", NULL, NULL, NULL), 200);
+    /* New keys: the old one goes, the new one works, the server stays. */
+    write_text(keys, "second operator second-token-00000000\n");
+    kill(s.pid, SIGHUP);
+    long st = 0;
+    for (int i = 0; i < 200 && st != 200; i++) {
+        st = api_call(s.url, "second-token-00000000", "GET", "/v1/devices", NULL, NULL, NULL);
+        if (st != 200)
+            usleep(25 * 1000);
+    }
+    assert_int_equal(st, 200);
+    assert_int_equal(
+        api_call(s.url, "first-token-000000000", "GET", "/v1/devices", NULL, NULL, NULL), 401);
+    /* A bad config file (an unknown option): refused, logged, old kept. */
+    snprintf(text, sizeof text, "%.*sapi-keys-file %s\nno-such-option 1\n", (int)conf.len,
+             (const char *)conf.data, keys);
+    write_text(s.config, text);
+    write_text(keys, "third admin third-token-000000000000\n");
+    kill(s.pid, SIGHUP);
+    char *log = NULL;
+    for (int i = 0; i < 200; i++) {
+        esim_buf b = {0};
+        esim_read_file(s.log, 1 << 20, &b, NULL);
+        esim_buf_append(&b, "", 1);
+        log = (char *)b.data;
+        if (strstr(log, "event=reload_refused"))
+            break;
+        free(log);
+        log = NULL;
+        usleep(25 * 1000);
+    }
+    assert_non_null(log);
+    assert_non_null(strstr(log, "no-such-option"));
+    assert_non_null(strstr(log, "level=info event=reloaded"));
+    assert_null(strstr(log, "second-token"));
+    free(log);
+    assert_int_equal(
+        api_call(s.url, "second-token-00000000", "GET", "/v1/devices", NULL, NULL, NULL), 200);
+    assert_int_equal(
+        api_call(s.url, "third-token-000000000000", "GET", "/v1/devices", NULL, NULL, NULL), 401);
+    esim_buf_free(&conf);
+    int status = server_kill(&s, SIGTERM);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* Issue 10 item 10: serve refuses an API token or webhook secret file that
  * other users may read, naming the file and the fix, and starts nothing. */
 static void test_serve_refuses_readable_secrets(void **state)
@@ -359,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_cli_clients_and_config_file),
         cmocka_unit_test(test_kill_at_random_instants_loses_nothing),
         cmocka_unit_test(test_serve_refuses_readable_secrets),
+        cmocka_unit_test(test_sighup_reloads_keys_and_refuses_bad_config),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
