@@ -60,7 +60,10 @@ static void h_fleet(esim_api_request *r, void *arg)
     dashboard *d = arg;
     dash_fleet_cache *c = dash_fleet_cache_of(d);
     int64_t now = esim_now_ms();
-    if (!c->json || now - c->at_ms > FLEET_CACHE_MS) {
+    /* Kept FLEET_CACHE_MS, or 30 times what the last count took (a large
+     * fleet: the loop gives at most ~3% of its time to it). */
+    int64_t keep = c->took_ms * 30 > FLEET_CACHE_MS ? c->took_ms * 30 : FLEET_CACHE_MS;
+    if (!c->json || now - c->at_ms > keep) {
         store_fleet_row *rows = NULL;
         size_t n = 0;
         esim_error e = {{0}};
@@ -94,6 +97,7 @@ static void h_fleet(esim_api_request *r, void *arg)
         c->json = json_pack("{s:o,s:o,s:I}", "total", total, "platforms", platforms, "at_ms",
                             (json_int_t)now);
         c->at_ms = now;
+        c->took_ms = esim_now_ms() - now;
     }
     esim_api_reply_json(r, 200, json_copy(c->json));
 }

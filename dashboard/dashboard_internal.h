@@ -26,7 +26,7 @@ esim_err dash_api_add_routes(dashboard *d, esim_service *svc, esim_error *err);
 /* The cached fleet counts (dashboard_api.c), freed with the dashboard. */
 typedef struct {
     json_t *json;
-    int64_t at_ms;
+    int64_t at_ms, took_ms;
 } dash_fleet_cache;
 dash_fleet_cache *dash_fleet_cache_of(dashboard *d);
 
