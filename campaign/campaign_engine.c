@@ -713,12 +713,19 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
         set_state(c, i, CDEV_PENDING, now);
         ready_add(c, i);
         break;
-    case CDEV_ACTIVE: /* silent: wake it again; the queued command stays as it is */
-        if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, d->last_push_ms))
-            arm(c, i, now + repush_delay(c, d->pushes)); /* not silent: busy with it */
+    case CDEV_ACTIVE: { /* silent: wake it again; the queued command stays as it is */
+        /* Not silent while it talks: heard from since the last push and
+         * within the last re-push delay, it is busy with its command. One
+         * heard from once and silent since (its answer lost to a restart of
+         * the service, say, and its retries over) is pushed again. */
+        int64_t wait = repush_delay(c, d->pushes);
+        int64_t since = d->last_push_ms > now - wait ? d->last_push_ms : now - wait;
+        if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, since))
+            arm(c, i, now + wait);
         else
             again_add(c, i);
         break;
+    }
     default:
         break;
     }

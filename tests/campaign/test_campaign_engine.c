@@ -670,6 +670,37 @@ static void test_no_repush_while_the_device_is_talking(void **state)
     campaign_free(c);
 }
 
+/* Heard from at 500 ms (it fetched its command), then nothing: its answer
+ * was lost (the service restarted) and it waits for a push. */
+static bool seen_at_500(void *arg, campaign *c, size_t dev, int64_t since)
+{
+    (void)arg;
+    (void)c;
+    (void)dev;
+    return 500 > since;
+}
+
+static void test_repush_once_the_device_went_quiet(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, seen_at_500};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    for (int64_t t = 0; t <= 1000; t += 100)
+        campaign_tick(c, t, &io);
+    /* at 1000 ms it was heard from within the last second: left alone */
+    assert_int_equal(r.pushed[0], 1);
+    for (int64_t t = 1100; t <= 12000; t += 100)
+        campaign_tick(c, t, &io);
+    /* then quiet for longer than the re-push delay: pushed again */
+    assert_true(r.pushed[0] >= 2);
+    campaign_free(c);
+}
+
 static void test_window_of_devices_in_flight(void **state)
 {
     (void)state;
@@ -740,6 +771,7 @@ int main(void)
         cmocka_unit_test(test_dirty_records_and_restore),
         cmocka_unit_test(test_push_after_answer_and_lookup),
         cmocka_unit_test(test_no_repush_while_the_device_is_talking),
+        cmocka_unit_test(test_repush_once_the_device_went_quiet),
         cmocka_unit_test(test_window_of_devices_in_flight),
         cmocka_unit_test(test_names_round_trip),
     };
