@@ -158,17 +158,17 @@ static void free_deferred(svc_deferred *d)
         svc_deferred *next = d->next;
         if (d->free_ctx)
             d->free_ctx(d->ctx);
+        webhooks_discard(d->hooks);
         esim_msg_free(&d->msg);
-        esim_buf_free(&d->raw);
         free(d);
         d = next;
     }
 }
 
-static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
-                             bool hook, bool held)
+static void run_after_commit(esim_service *svc, esim_msg *msg, hook_job *hooks, bool hook,
+                             bool held)
 {
-    webhooks_post_message(svc, msg, raw, len);
+    webhooks_launch(svc, hooks);
     if (hook) {
         esim_service_result r = {
             msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0,
@@ -180,20 +180,22 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, const void *raw, 
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
                       svc_reply *refill, const char *cert)
 {
+    /* The webhook outbox rows join the batch of the change they report. */
+    hook_job *hooks = webhooks_prepare(svc, msg, raw, len);
     /* Answers are sent at once (no group commit): nothing to wait for. */
     if (!svc->batch_open && !svc->flush_ev) {
-        run_after_commit(svc, msg, raw, len, hook, false);
+        run_after_commit(svc, msg, hooks, hook, false);
         return;
     }
     svc_deferred *d = calloc(1, sizeof *d);
-    if (!d || (len && esim_buf_append(&d->raw, raw, len) != ESIM_OK)) {
-        free(d);
-        run_after_commit(svc, msg, raw, len, hook, false); /* out of memory: early beats never */
+    if (!d) {
+        run_after_commit(svc, msg, hooks, hook, false); /* out of memory: early beats never */
         return;
     }
     d->msg = *msg;
     memset(msg, 0, sizeof *msg);
     d->hook = hook;
+    d->hooks = hooks;
     if (hook && refill) {
         d->refill = refill;
         snprintf(d->cert_sha256, sizeof d->cert_sha256, "%s", cert ? cert : "");
@@ -295,7 +297,8 @@ static bool batch_finish(esim_service *svc)
         if (d->fn) {
             d->fn(svc, d->ctx);
         } else {
-            run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, d->refill != NULL);
+            run_after_commit(svc, &d->msg, d->hooks, d->hook, d->refill != NULL);
+            d->hooks = NULL;
             results |= d->hook;
         }
     }
@@ -412,7 +415,8 @@ static void group_commit_stop(esim_service *svc)
             if (d->fn)
                 d->fn(svc, d->ctx);
             else
-                run_after_commit(svc, &d->msg, d->raw.data, d->raw.len, d->hook, false);
+                run_after_commit(svc, &d->msg, d->hooks, d->hook, false);
+            d->hooks = NULL;
         }
     svc->batch_open = false;
     free_deferred(svc->deferred);

@@ -134,9 +134,9 @@ typedef struct svc_reply {
  * be committed (nobody hears of a change that could still be undone). */
 typedef struct svc_deferred {
     struct svc_deferred *next;
-    esim_msg msg; /* owned */
-    esim_buf raw; /* the body as the device sent it */
-    bool hook;    /* run the result hooks too */
+    esim_msg msg;           /* owned */
+    bool hook;              /* run the result hooks too */
+    struct hook_job *hooks; /* its webhook deliveries, written to the outbox, not started */
     /* Or, instead of a message, a call (svc_after_commit_call). */
     void (*fn)(esim_service *svc, void *ctx);
     void (*free_ctx)(void *ctx);
@@ -171,6 +171,7 @@ typedef struct {
 } svc_loglim;
 
 typedef struct svc_webhooks svc_webhooks;
+typedef struct hook_job hook_job;
 typedef struct svc_push svc_push;
 typedef struct svc_omadm svc_omadm;
 typedef struct svc_wns svc_wns;
@@ -477,11 +478,19 @@ void push_metrics(esim_service *svc, esim_buf *out);
 
 /* ---- webhooks (webhook.c) ------------------------------------------------------------ */
 
+/* Sets up the deliveries and starts again those the store's outbox still
+ * holds from before a restart. */
 esim_err webhooks_init(esim_service *svc, esim_error *err);
 void webhooks_free(esim_service *svc);
-/* Queues a webhook for a device message; never blocks. |msg| is the parsed
- * message, |raw| the body the device sent. */
-void webhooks_post_message(esim_service *svc, const esim_msg *msg, const void *raw, size_t len);
+/* The deliveries of a device message (|msg| parsed, |raw| the body the
+ * device sent), one per URL, each written to the store's outbox at once:
+ * inside the open batch when there is one, so the row commits with the
+ * change it reports. Not started yet; NULL without webhooks. Never blocks. */
+hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len);
+/* Starts them once their batch committed; or forgets them when it was
+ * undone (their outbox rows went with it). Both take NULL. */
+void webhooks_launch(esim_service *svc, hook_job *jobs);
+void webhooks_discard(hook_job *jobs);
 size_t webhooks_pending(const esim_service *svc);
 
 /* ---- text (utf8.c) ------------------------------------------------------------------ */

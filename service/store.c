@@ -877,6 +877,36 @@ esim_err esim_store_event_append(store *st, const char *kind, const char *udid,
     return st->ops->event_add(st, now, kind, udid, command_uuid, detail, raw, raw_len, err);
 }
 
+/* ---- the webhook outbox ------------------------------------------------------------------ */
+
+esim_err esim_store_outbox_add(store *st, int64_t url_key, const void *body, size_t len,
+                               int64_t now, int64_t *id, esim_error *err)
+{
+    if (!body || !len)
+        return esim_fail(err, ESIM_EINVAL, "a webhook delivery needs a body");
+    return st->ops->outbox_add(st, url_key, body, len, now, id, err);
+}
+
+esim_err esim_store_outbox_delete(store *st, int64_t id, esim_error *err)
+{
+    return st->ops->outbox_delete(st, id, err);
+}
+
+esim_err esim_store_outbox_list(store *st, int64_t after, size_t limit, store_outbox_row **out,
+                                size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    return st->ops->outbox_list(st, after, limit, out, n, err);
+}
+
+void esim_store_outbox_free(store_outbox_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++)
+        esim_buf_free(&rows[i].body);
+    free(rows);
+}
+
 /* ---- group commit ----------------------------------------------------------------------- */
 
 esim_err esim_store_batch_begin(store *st, esim_error *err)

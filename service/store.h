@@ -482,6 +482,30 @@ ESIM_EXTERN esim_err esim_store_audit_add(store *st, const store_audit *in, esim
 ESIM_EXTERN esim_err esim_store_audit_list(store *st, int64_t after, size_t limit,
                                            store_audit **out, size_t *n, esim_error *err);
 
+/* ---- the webhook outbox --------------------------------------------------------
+ * Webhook deliveries waiting for a 2xx, kept so that a restart loses none:
+ * the service adds a row in the same batch as the change it reports and
+ * deletes it once delivered (or given up), so each event is delivered at
+ * least once (docs/api.md, "Webhooks"). |url_key| names the receiver
+ * without its URL (which may hold credentials). */
+typedef struct {
+    int64_t id;
+    int64_t url_key;
+    int64_t created_at;
+    esim_buf body;
+} store_outbox_row;
+
+/* Adds a row; *id (may be NULL) is its key.  ESIM_EINVAL  an empty body. */
+ESIM_EXTERN esim_err esim_store_outbox_add(store *st, int64_t url_key, const void *body, size_t len,
+                                           int64_t now, int64_t *id, esim_error *err);
+/* Deletes row |id| (one already gone is no error). */
+ESIM_EXTERN esim_err esim_store_outbox_delete(store *st, int64_t id, esim_error *err);
+/* Up to |limit| rows with id > |after|, oldest first; *out is the caller's
+ * (esim_store_outbox_free). */
+ESIM_EXTERN esim_err esim_store_outbox_list(store *st, int64_t after, size_t limit,
+                                            store_outbox_row **out, size_t *n, esim_error *err);
+ESIM_EXTERN void esim_store_outbox_free(store_outbox_row *rows, size_t n);
+
 /* Counts for /metrics and /healthz. */
 ESIM_EXTERN esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
 

@@ -179,6 +179,12 @@ struct store_ops {
     esim_err (*audit_add)(store *st, const store_audit *in, esim_error *err);
     esim_err (*audit_list)(store *st, int64_t after, size_t limit, store_audit **out, size_t *n,
                            esim_error *err);
+    /* ---- the webhook outbox ---- */
+    esim_err (*outbox_add)(store *st, int64_t url_key, const void *body, size_t len, int64_t now,
+                           int64_t *id, esim_error *err);
+    esim_err (*outbox_delete)(store *st, int64_t id, esim_error *err);
+    esim_err (*outbox_list)(store *st, int64_t after, size_t limit, store_outbox_row **out,
+                            size_t *n, esim_error *err);
 
     /* ---- campaign records (steps) ---- */
     /* Creates the row, or replaces its state, definition and updated time. */

@@ -184,6 +184,11 @@ static const migration migrations[] = {
         " detail TEXT NOT NULL DEFAULT '');"},
     {8, "ALTER TABLE devices ADD COLUMN platform TEXT NOT NULL DEFAULT 'apple';"
         "ALTER TABLE campaign_devices ADD COLUMN platform INTEGER NOT NULL DEFAULT 0;"},
+    {9, "CREATE TABLE webhook_outbox ("
+        " id BIGSERIAL PRIMARY KEY,"
+        " url_key BIGINT NOT NULL,"
+        " created_at BIGINT NOT NULL,"
+        " body BYTEA NOT NULL);"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -273,6 +278,9 @@ enum {
     S_DEV_BOOTSTRAP_GET,
     S_AUDIT_ADD,
     S_AUDIT_LIST,
+    S_OUTBOX_ADD,
+    S_OUTBOX_DEL,
+    S_OUTBOX_LIST,
     S_COUNT
 };
 
@@ -388,6 +396,11 @@ static const char *const statement_sql[S_COUNT] = {
                 " $3, $4, $5, $6)",
     [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
                       " WHERE udid = $1 AND id > $2 ORDER BY id LIMIT $3",
+    [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES ($1, $2, $3)"
+                     " RETURNING id",
+    [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = $1",
+    [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > $1"
+                      " ORDER BY id LIMIT $2",
     [S_AUDIT_ADD] = "INSERT INTO audit (at, who, role, method, target, status, detail)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7)",
     [S_AUDIT_LIST] = "SELECT id, at, who, role, method, target, status, detail FROM audit"
@@ -1289,6 +1302,55 @@ static esim_err pg_events_list(store *base, const char *udid, int64_t after, siz
     return ESIM_OK;
 }
 
+static esim_err pg_outbox_add(store *base, int64_t url_key, const void *body, size_t len,
+                              int64_t now, int64_t *id, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_OUTBOX_ADD, "iib", url_key, now, body, len);
+    if (!r)
+        return ESIM_ESTORE;
+    if (id)
+        *id = PQntuples(r) > 0 ? col_i64(r, 0, 0) : 0;
+    PQclear(r);
+    return ESIM_OK;
+}
+
+static esim_err pg_outbox_delete(store *base, int64_t id, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_OUTBOX_DEL, "i", id);
+}
+
+static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_outbox_row **out,
+                               size_t *n, esim_error *err)
+{
+    if (limit == 0)
+        return ESIM_OK;
+    PGresult *r = run((pg_store *)base, err, S_OUTBOX_LIST, "ii", after, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    size_t rows = (size_t)PQntuples(r);
+    store_outbox_row *list = calloc(rows ? rows : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < rows; k++) {
+        store_outbox_row *o = &list[k];
+        int i = (int)k;
+        o->id = col_i64(r, i, 0);
+        o->url_key = col_i64(r, i, 1);
+        o->created_at = col_i64(r, i, 2);
+        if (col_bytes(r, i, 3, &o->body) != ESIM_OK) {
+            PQclear(r);
+            esim_store_outbox_free(list, k + 1);
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+    }
+    PQclear(r);
+    *out = list;
+    *n = rows;
+    return ESIM_OK;
+}
+
 static esim_err pg_audit_add(store *base, const store_audit *in, esim_error *err)
 {
     return exec_stmt((pg_store *)base, err, S_AUDIT_ADD, "iTTTTiT", in->at, in->who, in->role,
@@ -1660,6 +1722,9 @@ static const struct store_ops pgsql_ops = {
     .event_add = pg_event_add,
     .events_list = pg_events_list,
     .event_latest = pg_event_latest,
+    .outbox_add = pg_outbox_add,
+    .outbox_delete = pg_outbox_delete,
+    .outbox_list = pg_outbox_list,
     .audit_add = pg_audit_add,
     .audit_list = pg_audit_list,
     .stats = pg_stats,

@@ -179,6 +179,12 @@ static const migration migrations[] = {
      * choice), and the platform of each campaign device record. */
     {8, "ALTER TABLE devices ADD COLUMN platform TEXT NOT NULL DEFAULT 'apple';"
         "ALTER TABLE campaign_devices ADD COLUMN platform INTEGER NOT NULL DEFAULT 0;"},
+    /* 9: webhook deliveries not yet answered 2xx, so a restart loses none. */
+    {9, "CREATE TABLE webhook_outbox ("
+        " id INTEGER PRIMARY KEY,"
+        " url_key INTEGER NOT NULL,"
+        " created_at INTEGER NOT NULL,"
+        " body BLOB NOT NULL);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -272,6 +278,9 @@ enum {
     S_DEV_BOOTSTRAP_GET,
     S_AUDIT_ADD,
     S_AUDIT_LIST,
+    S_OUTBOX_ADD,
+    S_OUTBOX_DEL,
+    S_OUTBOX_LIST,
     S_COUNT
 };
 
@@ -378,6 +387,10 @@ static const char *const statement_sql[S_COUNT] = {
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_CMD_GET] =
         "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
+    [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES (?1, ?2, ?3)",
+    [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = ?1",
+    [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > ?1"
+                      " ORDER BY id LIMIT ?2",
     [S_EVENT] = "INSERT INTO events (at, kind, udid, command_uuid, detail, raw) VALUES (?1, ?2, "
                 "?3, ?4, ?5, ?6)",
     [S_AUDIT_ADD] = "INSERT INTO audit (at, who, role, method, target, status, detail)"
@@ -690,6 +703,62 @@ static esim_err sq_event_add(store *base, int64_t now, const char *kind, const c
 {
     return exec_stmt((sqlite_store *)base, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail,
                      raw, raw_len);
+}
+
+/* ---- the webhook outbox ------------------------------------------------------------ */
+
+static esim_err sq_outbox_add(store *base, int64_t url_key, const void *body, size_t len,
+                              int64_t now, int64_t *id, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_OUTBOX_ADD, "iib", url_key, now, body, len);
+    if (rc == ESIM_OK && id)
+        *id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+static esim_err sq_outbox_delete(store *base, int64_t id, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_OUTBOX_DEL, "i", id);
+}
+
+static esim_err sq_outbox_list(store *base, int64_t after, size_t limit, store_outbox_row **out,
+                               size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (limit == 0)
+        return ESIM_OK;
+    store_outbox_row *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_OUTBOX_LIST, "ii", after, (int64_t)limit);
+    sqlite3_stmt *st = r >= 0 ? s->stmt[S_OUTBOX_LIST] : NULL;
+    size_t count = 0;
+    esim_err rc = ESIM_OK;
+    while (r == SQLITE_ROW && count < limit) {
+        store_outbox_row *o = &list[count++];
+        o->id = sqlite3_column_int64(st, 0);
+        o->url_key = sqlite3_column_int64(st, 1);
+        o->created_at = sqlite3_column_int64(st, 2);
+        const void *b = sqlite3_column_blob(st, 3);
+        int len = sqlite3_column_bytes(st, 3);
+        if (b && len > 0 && esim_buf_append(&o->body, b, (size_t)len) != ESIM_OK) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        r = sqlite3_step(st);
+    }
+    if (rc == ESIM_OK && r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "list the webhook outbox");
+    if (st)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        esim_store_outbox_free(list, count);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return ESIM_OK;
 }
 
 /* ---- device steps ---------------------------------------------------------------- */
@@ -1819,6 +1888,9 @@ static const struct store_ops sqlite_ops = {
     .command_get = sq_command_get,
     .device_entries = sq_device_entries,
     .event_add = sq_event_add,
+    .outbox_add = sq_outbox_add,
+    .outbox_delete = sq_outbox_delete,
+    .outbox_list = sq_outbox_list,
     .events_list = sq_events_list,
     .event_latest = sq_event_latest,
     .audit_add = sq_audit_add,

@@ -4,6 +4,10 @@
  * with libcurl's multi interface on the service's own libevent loop, so a
  * slow or dead receiver never holds up a device: deliveries wait in memory,
  * retry with back-off, and the oldest are dropped (and counted) beyond a cap.
+ * Each delivery is also a row of the store's outbox, written in the batch of
+ * the change it reports and deleted once answered 2xx (or given up, or
+ * dropped): a restart starts again every delivery still in the outbox, with
+ * the same body and event id, so an event is delivered at least once.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +19,10 @@
 
 #include "service/service_internal.h"
 
-typedef struct hook_job {
-    struct hook_job *prev, *next;
+struct hook_job {
+    struct hook_job *prev, *next; /* in the list once started; |next| chains prepared ones */
     svc_webhooks *wh;
+    int64_t outbox_id; /* its row in the store's outbox; 0 when it could not be written */
     size_t url;
     char *body;
     size_t len;
@@ -25,7 +30,7 @@ typedef struct hook_job {
     CURL *easy; /* non-NULL while in flight */
     struct curl_slist *headers;
     struct event *retry_ev; /* waiting for the next attempt */
-} hook_job;
+};
 
 struct svc_webhooks {
     esim_service *svc;
@@ -34,6 +39,7 @@ struct svc_webhooks {
     hook_job *head, *tail;
     size_t n_jobs;
     uint64_t *failing; /* per URL: failed attempts in a row (0: healthy) */
+    int64_t *url_keys; /* per URL, its key in the outbox */
 };
 
 typedef struct {
@@ -42,6 +48,29 @@ typedef struct {
 
 static void job_start(hook_job *j);
 static void check_finished(svc_webhooks *wh);
+static int64_t url_key(const char *url);
+static void restart_outbox(svc_webhooks *wh);
+
+/* Frees a job that was never started (no list, no transfer, no timer). */
+static void job_free_unlisted(hook_job *j)
+{
+    curl_slist_free_all(j->headers);
+    free(j->body);
+    free(j);
+}
+
+/* The delivery is over (delivered, given up or dropped): its outbox row
+ * goes, in the loop turn's batch. */
+static void outbox_done(hook_job *j)
+{
+    esim_service *svc = j->wh->svc;
+    if (!j->outbox_id)
+        return;
+    svc_batch_open(svc);
+    if (esim_store_outbox_delete(svc->st, j->outbox_id, NULL) != ESIM_OK)
+        svc->m.store_errors++;
+    j->outbox_id = 0;
+}
 
 static void job_free(hook_job *j)
 {
@@ -186,6 +215,7 @@ static void job_failed_attempt(hook_job *j)
         char detail[600], shown[512];
         redact_url(svc->webhook_urls[j->url], shown, sizeof shown);
         snprintf(detail, sizeof detail, "gave up on %s after %d attempts", shown, j->attempts);
+        outbox_done(j);
         esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
                                 esim_now_ms(), NULL);
         job_free(j);
@@ -251,6 +281,7 @@ static void check_finished(svc_webhooks *wh)
         url_health(wh, j->url, ok, code, res);
         if (ok) {
             wh->svc->m.webhooks_delivered++;
+            outbox_done(j);
             job_free(j);
         } else {
             job_failed_attempt(j);
@@ -338,6 +369,12 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
     curl_multi_setopt(wh->multi, CURLMOPT_SOCKETDATA, wh);
     curl_multi_setopt(wh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(wh->multi, CURLMOPT_TIMERDATA, wh);
+    wh->url_keys = calloc(svc->cfg.n_webhook_urls, sizeof *wh->url_keys);
+    if (!wh->url_keys)
+        return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
+    for (size_t i = 0; i < svc->cfg.n_webhook_urls; i++)
+        wh->url_keys[i] = url_key(svc->webhook_urls[i]);
+    restart_outbox(wh);
     return ESIM_OK;
 }
 
@@ -353,6 +390,7 @@ void webhooks_free(esim_service *svc)
     if (wh->timer_ev)
         event_free(wh->timer_ev);
     free(wh->failing);
+    free(wh->url_keys);
     free(wh);
     svc->webhooks = NULL;
 }
@@ -432,45 +470,143 @@ static struct curl_slist *headers_for(const esim_service *svc, const char *body,
     return h;
 }
 
-void webhooks_post_message(esim_service *svc, const esim_msg *msg, const void *raw, size_t len)
+/* The outbox names a receiver by a key made from its URL, never the URL
+ * itself (it may hold credentials): the first 63 bits of its SHA-256. */
+static int64_t url_key(const char *url)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    uint64_t k = 0;
+    if (EVP_Digest(url, strlen(url), md, &len, EVP_sha256(), NULL) == 1)
+        for (int i = 0; i < 8; i++)
+            k = k << 8 | md[i];
+    return (int64_t)(k >> 1);
+}
+
+static hook_job *job_new(svc_webhooks *wh, size_t url, char *body, size_t len)
+{
+    hook_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        free(body);
+        return NULL;
+    }
+    j->wh = wh;
+    j->url = url;
+    j->body = body;
+    j->len = len;
+    j->headers = headers_for(wh->svc, body, len);
+    return j;
+}
+
+hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len)
 {
     svc_webhooks *wh = svc->webhooks;
     if (!wh)
-        return;
+        return NULL;
     char *payload = build_payload(msg, raw, len);
     if (!payload)
-        return;
+        return NULL;
     size_t plen = strlen(payload);
+    hook_job *first = NULL, **tail = &first;
+    int64_t now = esim_now_ms();
     for (size_t u = 0; u < svc->cfg.n_webhook_urls; u++) {
-        /* Never let a dead receiver grow memory without bound: the oldest
-         * delivery goes first, counted. */
-        while (wh->n_jobs >= svc->cfg.webhook_queue_max && wh->head) {
-            svc->m.webhooks_dropped++;
-            job_free(wh->head);
-        }
-        hook_job *j = calloc(1, sizeof *j);
         char *body = u + 1 == svc->cfg.n_webhook_urls ? payload : strdup(payload);
-        if (!j || !body) {
-            free(j);
-            if (body != payload)
-                free(body);
-            continue;
-        }
         if (body == payload)
             payload = NULL;
-        j->wh = wh;
-        j->url = u;
-        j->body = body;
-        j->len = plen;
-        j->headers = headers_for(svc, body, plen);
-        j->prev = wh->tail;
-        if (wh->tail)
-            wh->tail->next = j;
-        else
-            wh->head = j;
-        wh->tail = j;
-        wh->n_jobs++;
-        job_start(j);
+        hook_job *j = body ? job_new(wh, u, body, plen) : NULL;
+        if (!j)
+            continue;
+        /* A row that cannot be written (store error) still goes out, from
+         * memory only: early beats never. */
+        if (esim_store_outbox_add(svc->st, wh->url_keys[u], body, plen, now, &j->outbox_id, NULL) !=
+            ESIM_OK) {
+            svc->m.store_errors++;
+            j->outbox_id = 0;
+        }
+        *tail = j;
+        tail = &j->next;
     }
     free(payload);
+    return first;
+}
+
+/* Puts |j| at the end of the list and starts it; never lets a dead
+ * receiver grow memory without bound: beyond the cap the oldest delivery
+ * goes first, counted and out of the outbox. */
+static void job_enqueue(svc_webhooks *wh, hook_job *j)
+{
+    esim_service *svc = wh->svc;
+    while (wh->n_jobs >= svc->cfg.webhook_queue_max && wh->head) {
+        svc->m.webhooks_dropped++;
+        outbox_done(wh->head);
+        job_free(wh->head);
+    }
+    j->next = NULL;
+    j->prev = wh->tail;
+    if (wh->tail)
+        wh->tail->next = j;
+    else
+        wh->head = j;
+    wh->tail = j;
+    wh->n_jobs++;
+    job_start(j);
+}
+
+void webhooks_launch(esim_service *svc, hook_job *jobs)
+{
+    while (jobs) {
+        hook_job *next = jobs->next;
+        job_enqueue(svc->webhooks, jobs);
+        jobs = next;
+    }
+}
+
+void webhooks_discard(hook_job *jobs)
+{
+    while (jobs) {
+        hook_job *next = jobs->next;
+        job_free_unlisted(jobs);
+        jobs = next;
+    }
+}
+
+/* At start-up: every delivery the outbox still holds, oldest first, as it
+ * was (same body, same event id). Rows for a receiver no longer configured
+ * are dropped; so are those beyond the queue's cap, counted. */
+static void restart_outbox(svc_webhooks *wh)
+{
+    esim_service *svc = wh->svc;
+    int64_t after = 0;
+    for (;;) {
+        store_outbox_row *rows = NULL;
+        size_t n = 0;
+        if (esim_store_outbox_list(svc->st, after, 1000, &rows, &n, NULL) != ESIM_OK) {
+            svc->m.store_errors++;
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            after = rows[i].id;
+            size_t u = 0;
+            while (u < svc->cfg.n_webhook_urls && wh->url_keys[u] != rows[i].url_key)
+                u++;
+            char *body = NULL;
+            if (u < svc->cfg.n_webhook_urls && wh->n_jobs < svc->cfg.webhook_queue_max &&
+                (body = malloc(rows[i].body.len + 1)) != NULL) {
+                memcpy(body, rows[i].body.data, rows[i].body.len);
+                body[rows[i].body.len] = '\0';
+            }
+            hook_job *j = body ? job_new(wh, u, body, rows[i].body.len) : NULL;
+            if (!j) {
+                svc->m.webhooks_dropped++;
+                if (esim_store_outbox_delete(svc->st, rows[i].id, NULL) != ESIM_OK)
+                    svc->m.store_errors++;
+                continue;
+            }
+            j->outbox_id = rows[i].id;
+            job_enqueue(wh, j);
+        }
+        esim_store_outbox_free(rows, n);
+        if (n < 1000)
+            return;
+    }
 }

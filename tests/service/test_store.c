@@ -563,6 +563,45 @@ static void test_event_latest(void **state)
 }
 
 /* What the back end declares is consistent with what it does. */
+/* The webhook outbox: rows in id order, paged, deleted once; a row added
+ * in a batch that is undone is gone with it; rows survive a reopen. */
+static void test_webhook_outbox(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    int64_t a = 0, b = 0, c = 0;
+    assert_int_equal(esim_store_outbox_add(st, 7, "{}", 0, 1, &a, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_outbox_add(st, 7, "{\"a\":1}", 7, 10, &a, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_add(st, 8, "{\"b\":2}", 7, 11, &b, NULL), ESIM_OK);
+    assert_true(b > a && a > 0);
+    if (esim_store_features(st) & ESIM_STORE_FEATURE_BATCH) {
+        assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+        assert_int_equal(esim_store_outbox_add(st, 7, "{\"x\":0}", 7, 12, &c, NULL), ESIM_OK);
+        esim_store_batch_rollback(st);
+    }
+    assert_int_equal(esim_store_outbox_add(st, 7, "{\"c\":3}", 7, 13, &c, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_delete(st, b, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_delete(st, b, NULL), ESIM_OK); /* gone: no error */
+    esim_store_close(st);
+    st = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &st, NULL), ESIM_OK);
+    store_outbox_row *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_outbox_list(st, 0, 1, &rows, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_true(rows[0].id == a && rows[0].url_key == 7 && rows[0].created_at == 10);
+    assert_int_equal(rows[0].body.len, 7);
+    assert_memory_equal(rows[0].body.data, "{\"a\":1}", 7);
+    esim_store_outbox_free(rows, n);
+    assert_int_equal(esim_store_outbox_list(st, a, 10, &rows, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_true(rows[0].id == c);
+    assert_memory_equal(rows[0].body.data, "{\"c\":3}", 7);
+    esim_store_outbox_free(rows, n);
+    esim_store_close(st);
+}
+
 static void test_features(void **state)
 {
     (void)state;
@@ -1062,6 +1101,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_batches),
         cmocka_unit_test(test_group_sync),
         cmocka_unit_test(test_features),
+        cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_imports_groups_tags_facts),
