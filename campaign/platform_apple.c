@@ -3,7 +3,8 @@
  * steps become MDM commands (InstallProfile with the eSIM restrictions,
  * RefreshCellularPlans, DeviceInformation, EraseDevice), one command for a
  * whole batch; answers are read from the device's plist: status, the
- * ErrorChain (the first entry's code, 36003 "busy" is retried; every
+ * ErrorChain (the first entry's code, 36003 "busy" and a NSURLErrorDomain cause
+ * — the SM-DP+ unreachable — are retried; every
  * entry's text), ServiceSubscriptions for verification, IsSupervised and
  * OSVersion.
  */
@@ -157,6 +158,12 @@ static esim_err apple_read(campaign_step step, const esim_service_result *r, cam
         const char *known = describe_error(e->code);
         out->result.error_code = e->code;
         out->result.busy = e->code == 36003; /* the cellular stack is busy: try again later */
+        /* A URL loading error under it (NSURLErrorDomain: the SM-DP+ could
+         * not be reached, timed out, the connection dropped) means nothing
+         * was downloaded and the server may be back later: try again too. */
+        for (size_t k = 1; k < msg->error_chain_len; k++)
+            if (strcmp(msg->error_chain[k].domain, "NSURLErrorDomain") == 0)
+                out->result.busy = true;
         /* The gloss of a known code only when no further entry explains it:
          * a first entry can be generic (the device simulator answers 36001
          * with the SM-DP+'s refusal as the second). */

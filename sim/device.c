@@ -635,7 +635,26 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
                                      ESIM_PLIST_XML, result, err);
     }
     snprintf(msg, sizeof msg, "The cellular plan server could not be reached: %s", r->message);
-    return answer_error(d, command_uuid, 36001, "CTCellularPlanErrorDomain", msg, result, err);
+    if (r->err != ESIM_EUNAVAIL)
+        return answer_error(d, command_uuid, 36001, "CTCellularPlanErrorDomain", msg, result, err);
+    /* Unreachable (refused, reset, timed out): as an iPhone says it, the
+     * plan error with the URL loading error under it, NSURLErrorDomain
+     * -1004 "Could not connect to the server". Nothing was downloaded. */
+    esim_error_chain_entry chain[2] = {0};
+    chain[0].code = 36001;
+    snprintf(chain[0].domain, sizeof chain[0].domain, "CTCellularPlanErrorDomain");
+    snprintf(chain[0].localized_description, sizeof chain[0].localized_description, "%.500s", msg);
+    snprintf(chain[0].us_english_description, sizeof chain[0].us_english_description, "%.500s",
+             msg);
+    chain[1].code = -1004;
+    snprintf(chain[1].domain, sizeof chain[1].domain, "NSURLErrorDomain");
+    snprintf(chain[1].localized_description, sizeof chain[1].localized_description,
+             "Could not connect to the server.");
+    snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description,
+             "Could not connect to the server.");
+    esim_buf_reset(result);
+    return esim_msg_build_result(d->udid, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL,
+                                 ESIM_PLIST_XML, result, err);
 }
 
 void sim_device_erase(sim_device *d, bool keep_esim)

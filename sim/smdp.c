@@ -4,9 +4,11 @@
  * authentication with the eUICC by ECDSA P-256 certificates from the test CI,
  * orders per EID served exactly once, and an admin endpoint for orders.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -76,6 +78,7 @@ struct sim_smdp {
     EVP_PKEY_CTX *dpauth_sign; /* our key, ready to sign */
     struct event *save_timer;
     bool save_pending;
+    int journal_fd; /* DIR/orders.journal, O_APPEND; -1 without a data dir */
 };
 
 const char *sim_order_state_name(sim_order_state s)
@@ -182,6 +185,32 @@ static json_t *order_json(const sim_order *o)
                      o->error);
 }
 
+/*
+ * Crash safety. orders.json is written a moment after changes (batched), so
+ * a change that an answer depends on — a download handed out, an install
+ * notified — is first appended to DIR/orders.journal as the order's whole
+ * JSON on one line, before the answer goes: killed at any instant, the
+ * SM-DP+ restarts knowing every profile it handed out, and never hands one
+ * out twice. Loading replays the journal over orders.json; each save of
+ * orders.json empties it. (One write() per change: it survives the process
+ * being killed, not a power cut.)
+ */
+static void journal_append(sim_smdp *s, const sim_order *o)
+{
+    if (s->journal_fd < 0)
+        return;
+    json_t *j = order_json(o);
+    char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (line) {
+        size_t len = strlen(line);
+        line[len] = '\n'; /* in place of the terminator: written with the line */
+        ssize_t w = write(s->journal_fd, line, len + 1);
+        (void)w; /* a failed append leaves the batched save */
+        free(line);
+    }
+}
+
 static esim_err save_now(sim_smdp *s, esim_error *err)
 {
     s->save_pending = false;
@@ -197,6 +226,8 @@ static esim_err save_now(sim_smdp *s, esim_error *err)
     snprintf(path, sizeof path, "%s/orders.json", s->data_dir);
     esim_err rc = sim_json_save(root, path, 0644, err);
     json_decref(root);
+    if (rc == ESIM_OK && s->journal_fd >= 0 && ftruncate(s->journal_fd, 0) != 0)
+        rc = esim_fail(err, ESIM_EIO, "cannot empty %s/orders.journal", s->data_dir);
     return rc;
 }
 
@@ -292,8 +323,10 @@ esim_err sim_smdp_add_order(sim_smdp *s, const char *eid, const char *iccid,
     snprintf(o.matching_id, sizeof o.matching_id, "%s", matching_id ? matching_id : "");
     o.state = released ? SIM_ORDER_RELEASED : SIM_ORDER_AVAILABLE;
     rc = add_order_rec(s, &o, err);
-    if (rc == ESIM_OK)
+    if (rc == ESIM_OK) {
+        journal_append(s, &o);
         schedule_save(s);
+    }
     return rc;
 }
 
@@ -306,6 +339,7 @@ esim_err sim_smdp_release_order(sim_smdp *s, const char *iccid, esim_error *err)
         return esim_fail(err, ESIM_ESTATE, "order %s is %s, only an Available order is released",
                          iccid, sim_order_state_name(s->orders[i].o.state));
     s->orders[i].o.state = SIM_ORDER_RELEASED;
+    journal_append(s, &s->orders[i].o);
     schedule_save(s);
     return ESIM_OK;
 }
@@ -396,6 +430,40 @@ esim_err sim_smdp_load_csv(sim_smdp *s, const char *path, size_t *added, esim_er
     return ESIM_OK;
 }
 
+/* One saved order (orders.json or a journal line): added, or replacing the
+ * state of the order with its ICCID. */
+static esim_err load_order(sim_smdp *s, const json_t *it, const char *path, size_t n,
+                           esim_error *err)
+{
+    sim_order o = {0};
+    const char *mid = sim_json_str(it, "matching_id");
+    esim_err rc = validate_order(sim_json_str(it, "eid"), sim_json_str(it, "iccid"),
+                                 mid && *mid ? mid : NULL, err);
+    if (rc == ESIM_OK && !order_state_parse(sim_json_str(it, "state"), &o.state))
+        rc = esim_fail(err, ESIM_EINVAL, "%s: order %zu has an unknown state", path, n);
+    if (rc != ESIM_OK)
+        return rc;
+    snprintf(o.eid, sizeof o.eid, "%s", sim_json_str(it, "eid"));
+    snprintf(o.iccid, sizeof o.iccid, "%s", sim_json_str(it, "iccid"));
+    snprintf(o.matching_id, sizeof o.matching_id, "%s", mid ? mid : "");
+    snprintf(o.error, sizeof o.error, "%s",
+             sim_json_str(it, "error") ? sim_json_str(it, "error") : "");
+    o.downloads = (unsigned)json_integer_value(json_object_get(it, "downloads"));
+    o.installs = (unsigned)json_integer_value(json_object_get(it, "installs"));
+    size_t i = idx_lookup(s, s->by_iccid, o.iccid, KEY_ICCID);
+    if (i == SIZE_MAX)
+        return add_order_rec(s, &o, err);
+    sim_order *have = &s->orders[i].o;
+    if (strcmp(have->eid, o.eid) != 0)
+        return esim_fail(err, ESIM_EINVAL, "%s: order %zu moves ICCID %s to another EID", path, n,
+                         o.iccid);
+    have->state = o.state;
+    have->downloads = o.downloads;
+    have->installs = o.installs;
+    memcpy(have->error, o.error, sizeof have->error);
+    return ESIM_OK;
+}
+
 static esim_err load_saved_orders(sim_smdp *s, esim_error *err)
 {
     char path[SIM_PATH_MAX + 16];
@@ -403,33 +471,45 @@ static esim_err load_saved_orders(sim_smdp *s, esim_error *err)
     json_t *root = NULL;
     esim_err rc = sim_json_load(path, 256u << 20, &root, err);
     if (rc == ESIM_ENOTFOUND)
-        return ESIM_OK;
-    if (rc != ESIM_OK)
+        rc = ESIM_OK;
+    else if (rc != ESIM_OK)
         return rc;
     json_t *arr = json_object_get(root, "orders"), *it;
     size_t i;
     json_array_foreach(arr, i, it)
     {
-        sim_order o = {0};
-        const char *mid = sim_json_str(it, "matching_id");
-        rc = validate_order(sim_json_str(it, "eid"), sim_json_str(it, "iccid"),
-                            mid && *mid ? mid : NULL, err);
-        if (rc == ESIM_OK && !order_state_parse(sim_json_str(it, "state"), &o.state))
-            rc = esim_fail(err, ESIM_EINVAL, "%s: order %zu has an unknown state", path, i);
-        if (rc != ESIM_OK)
-            break;
-        snprintf(o.eid, sizeof o.eid, "%s", sim_json_str(it, "eid"));
-        snprintf(o.iccid, sizeof o.iccid, "%s", sim_json_str(it, "iccid"));
-        snprintf(o.matching_id, sizeof o.matching_id, "%s", mid ? mid : "");
-        snprintf(o.error, sizeof o.error, "%s",
-                 sim_json_str(it, "error") ? sim_json_str(it, "error") : "");
-        o.downloads = (unsigned)json_integer_value(json_object_get(it, "downloads"));
-        o.installs = (unsigned)json_integer_value(json_object_get(it, "installs"));
-        rc = add_order_rec(s, &o, err);
-        if (rc != ESIM_OK)
+        if ((rc = load_order(s, it, path, i, err)) != ESIM_OK)
             break;
     }
     json_decref(root);
+    if (rc != ESIM_OK)
+        return rc;
+    /* Then the changes made since that save. A last line cut short by the
+     * kill is ignored: its answer never went out. */
+    snprintf(path, sizeof path, "%s/orders.journal", s->data_dir);
+    esim_buf b = {0};
+    rc = esim_read_file(path, 256u << 20, &b, err);
+    if (rc == ESIM_ENOTFOUND) {
+        if (err)
+            err->msg[0] = '\0';
+        return ESIM_OK;
+    }
+    size_t line = 0, replayed = 0;
+    for (size_t pos = 0; rc == ESIM_OK && pos < b.len; line++) {
+        const char *start = (const char *)b.data + pos;
+        const char *nl = memchr(start, '\n', b.len - pos);
+        if (!nl)
+            break;
+        json_t *j = json_loadb(start, (size_t)(nl - start), 0, NULL);
+        if (j)
+            rc = load_order(s, j, path, line, err);
+        replayed += j != NULL;
+        json_decref(j);
+        pos = (size_t)(nl - (const char *)b.data) + 1;
+    }
+    esim_buf_free(&b);
+    if (rc == ESIM_OK && replayed)
+        rc = save_now(s, err); /* folds the journal into orders.json */
     return rc;
 }
 
@@ -845,6 +925,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     }
     o->state = SIM_ORDER_DOWNLOADED;
     o->downloads++;
+    journal_append(s, o); /* before the package goes out */
     schedule_save(s);
     session_remove(s, ss);
     reply(req, 200, resp);
@@ -878,6 +959,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
                 o->state = SIM_ORDER_ERROR;
                 snprintf(o->error, sizeof o->error, "installation failed: %s", result);
             }
+            journal_append(s, o); /* before the 204 confirms it to the eUICC */
             schedule_save(s);
         }
     }
@@ -1066,6 +1148,7 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     s->base = base;
+    s->journal_fd = -1;
     s->pki = cfg->pki;
     snprintf(s->service_provider, sizeof s->service_provider, "%s",
              cfg->service_provider ? cfg->service_provider : "Simulated Operator");
@@ -1089,6 +1172,11 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
         rc = esim_mkdirs(s->data_dir, 0755, err);
         if (rc == ESIM_OK)
             rc = load_saved_orders(s, err);
+        char jpath[SIM_PATH_MAX + 32];
+        snprintf(jpath, sizeof jpath, "%s/orders.journal", s->data_dir);
+        if (rc == ESIM_OK &&
+            (s->journal_fd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
+            rc = esim_fail(err, ESIM_EIO, "cannot open %s", jpath);
         if (rc != ESIM_OK)
             goto fail;
     }
@@ -1137,6 +1225,8 @@ void sim_smdp_free(sim_smdp *s)
         return;
     if (s->save_pending)
         save_now(s, NULL);
+    if (s->journal_fd >= 0)
+        close(s->journal_fd);
     if (s->http)
         evhttp_free(s->http);
     if (s->save_timer)
