@@ -74,10 +74,19 @@ bool sup_init(supervisor *s, const char *who)
     return true;
 }
 
+static int find(const supervisor *s, const char *name);
+
 /* Every child joins one process group, so one kill reaches them all. */
 pid_t sup_start(supervisor *s, const char *name, char *const argv[])
 {
-    if (s->n_kids == SUP_MAX_CHILDREN)
+    /* A child stopped with sup_kill() is started again in its own place,
+     * its log continued. */
+    int slot = s->n_kids;
+    for (int i = 0; i < s->n_kids; i++)
+        if (s->kids[i].pid == 0 && strcmp(s->kids[i].name, name) == 0)
+            slot = i;
+    bool again = slot < s->n_kids;
+    if (slot == SUP_MAX_CHILDREN)
         return -1;
     char log[PATH_MAX + 64];
     snprintf(log, sizeof log, "%s/%s.log", s->dir, name);
@@ -92,7 +101,7 @@ pid_t sup_start(supervisor *s, const char *name, char *const argv[])
         setpgid(0, s->pgid);
         signal(SIGINT, SIG_IGN); /* the parent decides when we stop */
         signal(SIGTERM, SIG_DFL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = open(log, O_WRONLY | O_CREAT | (again ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0600);
         int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
             _exit(126);
@@ -104,10 +113,24 @@ pid_t sup_start(supervisor *s, const char *name, char *const argv[])
         s->pgid = pid;
         g_children_pgid = pid;
     }
-    s->kids[s->n_kids].pid = pid;
-    snprintf(s->kids[s->n_kids].name, sizeof s->kids[s->n_kids].name, "%s", name);
-    s->n_kids++;
+    s->kids[slot].pid = pid;
+    snprintf(s->kids[slot].name, sizeof s->kids[slot].name, "%s", name);
+    if (!again)
+        s->n_kids++;
     return pid;
+}
+
+bool sup_kill(supervisor *s, const char *name, int sig)
+{
+    int i = find(s, name);
+    if (i < 0 || s->kids[i].pid <= 0)
+        return false;
+    kill(s->kids[i].pid, sig);
+    int st;
+    while (waitpid(s->kids[i].pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    s->kids[i].pid = 0;
+    return true;
 }
 
 void sup_show_log_tail(const supervisor *s, const char *name)

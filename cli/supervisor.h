@@ -48,6 +48,11 @@ int sup_stop_signal(void); /* the signal that arrived, or 0 */
  * DIR/NAME.log. Returns its pid, or -1 (too many children, fork failed). */
 pid_t sup_start(supervisor *s, const char *name, char *const argv[]);
 
+/* Sends |sig| to child NAME and waits for it to end (a crash test's
+ * SIGKILL); sup_start() with the same NAME then starts it again in its
+ * place, appending to its log. False when no such child runs. */
+bool sup_kill(supervisor *s, const char *name, int sig);
+
 /* True while every child runs; otherwise says which one stopped and shows
  * the end of its log. */
 bool sup_alive(supervisor *s);

@@ -267,6 +267,7 @@ typedef struct {
     char matching_id[65];
     sim_order_state state;
     unsigned downloads; /* bound packages served */
+    unsigned retries;   /* of which served again to the same eUICC (download retry) */
     unsigned installs;  /* install notifications accepted */
     char error[128];
 } sim_order;

@@ -179,10 +179,10 @@ static esim_err idx_rebuild(sim_smdp *s, size_t want)
 
 static json_t *order_json(const sim_order *o)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:s}", "eid", o->eid, "iccid", o->iccid,
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:s}", "eid", o->eid, "iccid", o->iccid,
                      "matching_id", o->matching_id, "state", sim_order_state_name(o->state),
-                     "downloads", (int)o->downloads, "installs", (int)o->installs, "error",
-                     o->error);
+                     "downloads", (int)o->downloads, "retries", (int)o->retries, "installs",
+                     (int)o->installs, "error", o->error);
 }
 
 /*
@@ -450,6 +450,7 @@ static esim_err load_order(sim_smdp *s, const json_t *it, const char *path, size
              sim_json_str(it, "error") ? sim_json_str(it, "error") : "");
     o.downloads = (unsigned)json_integer_value(json_object_get(it, "downloads"));
     o.installs = (unsigned)json_integer_value(json_object_get(it, "installs"));
+    o.retries = (unsigned)json_integer_value(json_object_get(it, "retries"));
     size_t i = idx_lookup(s, s->by_iccid, o.iccid, KEY_ICCID);
     if (i == SIZE_MAX)
         return add_order_rec(s, &o, err);
@@ -459,6 +460,7 @@ static esim_err load_order(sim_smdp *s, const json_t *it, const char *path, size
                          o.iccid);
     have->state = o.state;
     have->downloads = o.downloads;
+    have->retries = o.retries;
     have->installs = o.installs;
     memcpy(have->error, o.error, sizeof have->error);
     return ESIM_OK;
@@ -779,7 +781,7 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
             reply_failed(req, "8.2", "1.2", "profile not released by the operator");
             return SIZE_MAX;
         }
-        if (o->state != SIM_ORDER_RELEASED) {
+        if (o->state != SIM_ORDER_RELEASED && o->state != SIM_ORDER_DOWNLOADED) {
             reply_failed(req, "8.2", "3.7",
                          "profile already downloaded: not available for a new binding");
             return SIZE_MAX;
@@ -788,15 +790,20 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
     }
     /* Default SM-DP+ discovery (the MDM case): the order linked to this EID. */
     bool consumed = false, available = false;
+    size_t retry = SIZE_MAX;
     for (size_t i = idx_lookup(s, s->by_eid, eid, KEY_EID); i != SIZE_MAX;
          i = s->orders[i].next_same_eid) {
         if (s->orders[i].o.state == SIM_ORDER_RELEASED)
             return i;
+        if (s->orders[i].o.state == SIM_ORDER_DOWNLOADED && retry == SIZE_MAX)
+            retry = i;
         if (s->orders[i].o.state == SIM_ORDER_AVAILABLE)
             available = true;
         else
             consumed = true;
     }
+    if (retry != SIZE_MAX)
+        return retry; /* a download retry, below */
     if (available)
         reply_failed(req, "8.2", "1.2", "profile not released by the operator");
     else if (consumed)
@@ -902,8 +909,13 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     esim_buf_free(&raw);
     json_decref(signed2);
     sim_order *o = &s->orders[ss->order].o;
-    /* Consume once: whichever session gets here first takes the profile. */
-    if (o->state != SIM_ORDER_RELEASED) {
+    /* Consume once: whichever session gets here first takes the profile.
+     * Download retry: an order Downloaded by this very eUICC, with no
+     * install notification since (the package never got there: the phone
+     * was switched off, the connection dropped), is served to it again and
+     * counted as a retry; any notification, or another EID, ends that. */
+    bool retry = o->state == SIM_ORDER_DOWNLOADED && strcmp(o->eid, ss->eid) == 0;
+    if (o->state != SIM_ORDER_RELEASED && !retry) {
         session_remove(s, ss);
         reply_failed(req, "8.2", "3.7",
                      "profile already downloaded: not available for a new binding");
@@ -924,7 +936,10 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
         return;
     }
     o->state = SIM_ORDER_DOWNLOADED;
-    o->downloads++;
+    if (retry)
+        o->retries++;
+    else
+        o->downloads++;
     journal_append(s, o); /* before the package goes out */
     schedule_save(s);
     session_remove(s, ss);
