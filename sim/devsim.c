@@ -245,7 +245,6 @@ typedef struct {
     size_t slot;
     req_kind kind;
     char uuid[128]; /* the command being answered, for a download */
-    char url[2049]; /* its eSIMServerURL */
     bool erase_after, preserve_data_plan;
 } req_ctx;
 
@@ -586,37 +585,17 @@ static void after_download(void *arg, const sim_download_result *r)
         after_notifications(dc, 0);
 }
 
-static void download_now(req_ctx *ctx)
+static void start_download(req_ctx *ctx, const char *url)
 {
     sim_devsim *s = ctx->s;
     sim_device *d = s->slots[ctx->slot].dev;
     esim_error err;
-    if (sim_lpa_download(s->http, sim_device_euicc(d), ctx->url, sim_pki_ca_file(s->pki), NULL,
+    if (sim_lpa_download(s->http, sim_device_euicc(d), url, sim_pki_ca_file(s->pki), NULL,
                          after_download, ctx, &err) != ESIM_OK) {
         sim_download_result r = {.err = ESIM_EINVAL};
         snprintf(r.message, sizeof r.message, "%.250s", err.msg);
         after_download(ctx, &r);
     }
-}
-
-static void download_after_notifications(void *arg, size_t still_pending)
-{
-    (void)still_pending;
-    download_now(arg);
-}
-
-/* The eUICC's pending notifications go first (say, an install the phone
- * made just before it was switched off, not yet reported): the SM-DP+ then
- * knows what the eUICC holds before it is asked for a package again. */
-static void start_download(req_ctx *ctx, const char *url)
-{
-    sim_devsim *s = ctx->s;
-    sim_device *d = s->slots[ctx->slot].dev;
-    snprintf(ctx->url, sizeof ctx->url, "%s", url);
-    if (sim_euicc_notification_count(sim_device_euicc(d)) == 0 ||
-        sim_lpa_send_notifications(s->http, sim_device_euicc(d), sim_pki_ca_file(s->pki),
-                                   download_after_notifications, ctx, NULL) != ESIM_OK)
-        download_now(ctx);
 }
 
 /* ---- APNs mock: token registration and deliveries

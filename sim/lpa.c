@@ -409,6 +409,26 @@ static void on_response(void *arg, sim_http_response *r)
     json_decref(j);
 }
 
+static esim_err initiate(lpa_op *op, esim_error *err)
+{
+    json_t *body = json_pack("{s:s, s:{s:s, s:[s]}}", "smdpAddress", op->smdp_address, "euiccInfo1",
+                             "svn", "2.2.0", "euiccCiPKIdListForVerification", "test-ci");
+    sim_json_set_b64(body, "euiccChallenge", op->euicc_challenge, 16);
+    return post(op, "initiateAuthentication", body, err);
+}
+
+static void initiate_after_notifications(void *arg, size_t still_pending)
+{
+    (void)still_pending;
+    lpa_op *op = arg;
+    esim_error e = {{0}};
+    if (initiate(op, &e) == ESIM_OK)
+        return;
+    op->res.err = ESIM_EUNAVAIL;
+    snprintf(op->res.message, sizeof op->res.message, "%.250s", e.msg);
+    finish(op);
+}
+
 esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
                           const char *matching_id, sim_download_cb cb, void *arg, esim_error *err)
 {
@@ -435,10 +455,15 @@ esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, con
     op->arg = arg;
     op->step = STEP_INITIATE;
     op->res.err = ESIM_EUNAVAIL;
-    json_t *body = json_pack("{s:s, s:{s:s, s:[s]}}", "smdpAddress", op->smdp_address, "euiccInfo1",
-                             "svn", "2.2.0", "euiccCiPKIdListForVerification", "test-ci");
-    sim_json_set_b64(body, "euiccChallenge", op->euicc_challenge, 16);
-    rc = post(op, "initiateAuthentication", body, err);
+    /* The eUICC's pending notifications go first (an install made just
+     * before the phone was switched off, not reported yet): the SM-DP+ then
+     * knows what the eUICC holds before it is asked for a package again
+     * (its download retry serves only an eUICC that reported nothing). */
+    if (sim_euicc_notification_count(e) > 0 &&
+        sim_lpa_send_notifications(h, e, ca_file, initiate_after_notifications, op, NULL) ==
+            ESIM_OK)
+        return ESIM_OK;
+    rc = initiate(op, err);
     if (rc != ESIM_OK)
         free(op);
     return rc;

@@ -657,20 +657,24 @@ static void test_admin_token_and_persistence(void **state)
                      ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_int_equal(w.r.err, ESIM_OK);
-    sim_smdp_free(s); /* flushes */
+    cfg.port = sim_smdp_port(s); /* where the eUICC's notifications go */
+    sim_smdp_free(s);            /* flushes */
 
     s = NULL;
     assert_int_equal(sim_smdp_new(fx.base, &cfg, &s, &err), ESIM_OK);
     assert_int_equal(sim_smdp_order_count(s), 1);
     assert_int_equal(sim_smdp_find_order(s, iccid)->state, SIM_ORDER_DOWNLOADED);
     assert_int_equal(sim_smdp_find_order(s, iccid)->downloads, 1);
-    /* Still consumed after the restart. */
+    /* Still consumed after the restart: the eUICC's install notification,
+     * pending since the download, goes first, and the order is Installed. */
     w.done = false;
     assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL,
                                       dl_cb, &w, NULL),
                      ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_string_equal(w.r.reason_code, "3.7");
+    assert_int_equal(sim_smdp_find_order(s, iccid)->state, SIM_ORDER_INSTALLED);
+    assert_int_equal(sim_smdp_find_order(s, iccid)->downloads, 1);
     sim_smdp_free(s);
     sim_euicc_free(e);
 }
