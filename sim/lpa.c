@@ -26,6 +26,7 @@ typedef struct {
     char txid[64];
     X509 *server_cert; /* the SM-DP+ certificate, verified against the CI */
     lpa_step step;
+    bool restarted; /* the session was started again once */
     sim_download_cb cb;
     void *arg;
     sim_download_result res;
@@ -389,9 +390,38 @@ static void after_bpp(lpa_op *op, json_t *j)
     finish(op);
 }
 
+static esim_err initiate(lpa_op *op, esim_error *err);
+
+/* The SM-DP+ no longer knows the session (8.10.1/3.9: it restarted between
+ * two steps): the download starts again once, from a new authentication. */
+static bool session_lost(lpa_op *op, sim_http_response *r)
+{
+    if (op->restarted || op->step == STEP_INITIATE || r->err != ESIM_OK || r->status != 200)
+        return false;
+    json_t *j = json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
+    json_t *scd = json_object_get(
+        json_object_get(json_object_get(j, "header"), "functionExecutionStatus"), "statusCodeData");
+    bool lost = sim_json_str(scd, "subjectCode") && sim_json_str(scd, "reasonCode") &&
+                strcmp(sim_json_str(scd, "subjectCode"), "8.10.1") == 0 &&
+                strcmp(sim_json_str(scd, "reasonCode"), "3.9") == 0;
+    json_decref(j);
+    if (!lost)
+        return false;
+    op->restarted = true;
+    X509_free(op->server_cert);
+    op->server_cert = NULL;
+    op->txid[0] = '\0';
+    op->step = STEP_INITIATE;
+    if (esim_random_bytes(op->euicc_challenge, 16) != ESIM_OK || initiate(op, NULL) != ESIM_OK)
+        return false;
+    return true;
+}
+
 static void on_response(void *arg, sim_http_response *r)
 {
     lpa_op *op = arg;
+    if (session_lost(op, r))
+        return;
     json_t *j = parse_answer(op, r);
     if (!j)
         return;
