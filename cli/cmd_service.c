@@ -43,8 +43,8 @@ static const char serve_usage[] =
     "                            an admin key named api-token\n"
     "  --api-keys-file F         more API keys, one 'NAME ROLE TOKEN' a line (ROLE: read-only,\n"
     "                            operator or admin; chmod 600); see docs/api.md\n"
-    "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, or none "
-    "(experiments only)\n"
+    "  --device-auth MODE        signature (default: Mdm-Signature header), mtls, header\n"
+    "                            (see --cert-header) or none (experiments only)\n"
     "  --device-ca PEM           CA bundle that device identity certificates chain to\n"
     "  --tls-cert PEM --tls-key PEM   serve HTTPS\n"
     "  --apns URL                APNs (https://api.push.apple.com, or the mock's URL)\n"
@@ -79,6 +79,10 @@ static const char serve_usage[] =
     "                            on standard error (journald-friendly under systemd)\n"
     "  --log-format FORMAT       logfmt (default) or json\n"
     "  --access-log on|off       a line per request at info (default on)\n"
+    "  --migration               take NanoMDM migrations (POST /migration, API token)\n"
+    "  --cert-header NAME        device identity from this header, set by a TLS proxy\n"
+    "                            (RFC 9440 Client-Cert, or URL-escaped PEM); means\n"
+    "                            --device-auth header. Only behind a proxy that sets it!\n"
     "  --config F                read options from F: one 'option value' per line, # comments\n"
     "                            (command-line options given after --config win)\n";
 
@@ -119,6 +123,8 @@ enum {
     O_LOG_LEVEL,
     O_LOG_FORMAT,
     O_ACCESS_LOG,
+    O_MIGRATION,
+    O_CERT_HEADER,
     O_CONFIG,
     O_HELP,
 };
@@ -160,6 +166,8 @@ static const cli_option serve_options[] = {
     {"log-level", true, O_LOG_LEVEL},
     {"log-format", true, O_LOG_FORMAT},
     {"access-log", true, O_ACCESS_LOG},
+    {"migration", false, O_MIGRATION},
+    {"cert-header", true, O_CERT_HEADER},
     {"config", true, O_CONFIG},
     {"help", false, O_HELP},
     {NULL, false, 0},
@@ -384,6 +392,12 @@ static int apply_option(serve_opts *o, int id, const char *v)
         else
             return cli_bad_option_value("serve", "log-format", v, "logfmt or json");
         break;
+    case O_MIGRATION:
+        o->cfg.migration = !v || strcmp(v, "off") != 0;
+        break;
+    case O_CERT_HEADER:
+        o->cfg.cert_header = v;
+        break;
     case O_ACCESS_LOG:
         if (strcmp(v, "on") == 0)
             o->cfg.access_log = true;
@@ -585,6 +599,8 @@ static int serve_load(int argc, char **argv, serve_setup *s)
             rc = apply_option(o, c, p.value);
     }
     esim_error e;
+    if (rc == CLI_EXIT_OK && o->cfg.cert_header && !o->device_auth)
+        o->device_auth = "header";
     if (rc == CLI_EXIT_OK && o->device_auth &&
         esim_device_auth_parse(o->device_auth, &o->cfg.device_auth, &e) != ESIM_OK)
         rc = cli_bad_option_value("serve", "device-auth", o->device_auth, e.msg);

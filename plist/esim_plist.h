@@ -189,6 +189,12 @@ typedef enum {
     ESIM_MSG_TOKEN_UPDATE,
     ESIM_MSG_CHECKOUT,
     ESIM_MSG_RESULT, /* a command result: has Status */
+    /* Check-ins beyond enrolment (NanoMDM handles them too): */
+    ESIM_MSG_USER_AUTHENTICATE,      /* a directory user's channel; UserID */
+    ESIM_MSG_SET_BOOTSTRAP_TOKEN,    /* BootstrapToken (absent: clear it) */
+    ESIM_MSG_GET_BOOTSTRAP_TOKEN,    /* answered with the stored token */
+    ESIM_MSG_DECLARATIVE_MANAGEMENT, /* Endpoint, Data */
+    ESIM_MSG_GET_TOKEN,              /* TokenServiceType */
 } esim_msg_kind;
 
 typedef enum {
@@ -232,6 +238,19 @@ typedef struct {
     esim_buf unlock_token;
     bool awaiting_configuration;
 
+    /* The user channel: UserID (macOS user, or the Shared iPad's
+     * EnrollmentUserID); empty on the device channel. */
+    char user_id[128];
+
+    /* SetBootstrapToken: the token (empty: clear it). DeclarativeManagement:
+     * Endpoint and Data. GetToken: TokenServiceType. UserAuthenticate:
+     * whether a DigestResponse came. */
+    esim_buf bootstrap_token;
+    char dm_endpoint[256];
+    esim_buf dm_data;
+    char token_service_type[128];
+    bool has_digest_response;
+
     /* Results */
     esim_status status;
     char command_uuid[128]; /* empty for Idle */
@@ -245,8 +264,10 @@ typedef struct {
 /*
  * Parses a check-in message or a command result (XML or binary) within
  * |limits| (NULL = defaults). Refused with a reason: over size (ESIM_ETOOBIG)
- * or depth (ESIM_ETOOBIG), not a dict, no UDID/EnrollmentID, a check-in
- * without Topic, TokenUpdate without Token or PushMagic, a wrong type, an
+ * or depth (ESIM_ETOOBIG), not a dict, no UDID/EnrollmentID, an
+ * Authenticate, TokenUpdate or CheckOut without Topic, a
+ * DeclarativeManagement without Endpoint, a GetToken without
+ * TokenServiceType, TokenUpdate without Token or PushMagic, a wrong type, an
  * unknown MessageType, an unknown Status, a non-Idle result without
  * CommandUUID, a malformed ErrorChain.
  */

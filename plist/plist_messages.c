@@ -44,6 +44,10 @@ void esim_msg_free(esim_msg *msg)
         return;
     esim_buf_free(&msg->token);
     esim_buf_free(&msg->unlock_token);
+    if (msg->bootstrap_token.data)
+        memset(msg->bootstrap_token.data, 0, msg->bootstrap_token.len); /* a secret */
+    esim_buf_free(&msg->bootstrap_token);
+    esim_buf_free(&msg->dm_data);
     free(msg->error_chain);
     plist_free(msg->root);
     memset(msg, 0, sizeof *msg);
@@ -90,7 +94,52 @@ static esim_err read_device_id(esim_msg *m, const char *what, esim_error *err)
     if (esim_udid_validate(m->udid, &why) != ESIM_OK)
         return esim_fail(err, ESIM_EINVAL, "%s: %s is invalid: %s", what,
                          m->is_enrollment_id ? "EnrollmentID" : "UDID", why.msg);
-    return ESIM_OK;
+    /* The user channel names its user; the device channel does not. */
+    rc = plist_read_string(m->root, "UserID", false, m->user_id, sizeof m->user_id, what, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = plist_read_string(m->root, "EnrollmentUserID", false, m->user_id, sizeof m->user_id,
+                               what, err);
+    return rc == ESIM_ENOTFOUND ? ESIM_OK : rc;
+}
+
+/* The check-ins beyond enrolment: no Topic, a few keys of their own. */
+static esim_err parse_other_checkin(esim_msg *m, esim_error *err)
+{
+    const char *what = m->message_type;
+    esim_err rc = ESIM_OK;
+    switch (m->kind) {
+    case ESIM_MSG_USER_AUTHENTICATE: {
+        plist_t dr = plist_dict_get_item(m->root, "DigestResponse");
+        m->has_digest_response = dr != NULL;
+        break;
+    }
+    case ESIM_MSG_SET_BOOTSTRAP_TOKEN:
+        rc = plist_read_data(m->root, "BootstrapToken", false, &m->bootstrap_token, what, err);
+        break;
+    case ESIM_MSG_DECLARATIVE_MANAGEMENT:
+        rc = plist_read_string(m->root, "Endpoint", true, m->dm_endpoint, sizeof m->dm_endpoint,
+                               what, err);
+        if (rc == ESIM_OK && !m->dm_endpoint[0])
+            rc = esim_fail(err, ESIM_EINVAL, "%s: Endpoint is empty", what);
+        if (rc == ESIM_OK)
+            rc = plist_read_data(m->root, "Data", false, &m->dm_data, what, err);
+        break;
+    case ESIM_MSG_GET_TOKEN:
+        rc = plist_read_string(m->root, "TokenServiceType", true, m->token_service_type,
+                               sizeof m->token_service_type, what, err);
+        if (rc == ESIM_OK && !m->token_service_type[0])
+            rc = esim_fail(err, ESIM_EINVAL, "%s: TokenServiceType is empty", what);
+        break;
+    default:
+        break;
+    }
+    if (rc == ESIM_ENOTFOUND)
+        rc = ESIM_OK;
+    if (rc != ESIM_OK)
+        return rc;
+    /* Topic is optional here; kept when sent. */
+    rc = plist_read_string(m->root, "Topic", false, m->topic, sizeof m->topic, what, err);
+    return rc == ESIM_ENOTFOUND ? ESIM_OK : rc;
 }
 
 static esim_err parse_checkin(esim_msg *m, esim_error *err)
@@ -102,14 +151,27 @@ static esim_err parse_checkin(esim_msg *m, esim_error *err)
         m->kind = ESIM_MSG_TOKEN_UPDATE;
     else if (strcmp(m->message_type, "CheckOut") == 0)
         m->kind = ESIM_MSG_CHECKOUT;
+    else if (strcmp(m->message_type, "UserAuthenticate") == 0)
+        m->kind = ESIM_MSG_USER_AUTHENTICATE;
+    else if (strcmp(m->message_type, "SetBootstrapToken") == 0)
+        m->kind = ESIM_MSG_SET_BOOTSTRAP_TOKEN;
+    else if (strcmp(m->message_type, "GetBootstrapToken") == 0)
+        m->kind = ESIM_MSG_GET_BOOTSTRAP_TOKEN;
+    else if (strcmp(m->message_type, "DeclarativeManagement") == 0)
+        m->kind = ESIM_MSG_DECLARATIVE_MANAGEMENT;
+    else if (strcmp(m->message_type, "GetToken") == 0)
+        m->kind = ESIM_MSG_GET_TOKEN;
     else
         return esim_fail(err, ESIM_EINVAL,
                          "check-in MessageType '%s' is not one of Authenticate, TokenUpdate, "
-                         "CheckOut",
+                         "CheckOut, UserAuthenticate, SetBootstrapToken, GetBootstrapToken, "
+                         "DeclarativeManagement, GetToken",
                          m->message_type);
     esim_err rc = read_device_id(m, what, err);
     if (rc != ESIM_OK)
         return rc;
+    if (m->kind > ESIM_MSG_RESULT)
+        return parse_other_checkin(m, err);
     if ((rc = plist_read_string(m->root, "Topic", true, m->topic, sizeof m->topic, what, err)) !=
         ESIM_OK)
         return rc;

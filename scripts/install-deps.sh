@@ -10,7 +10,7 @@ packages=(
   libnghttp2-dev libevent-dev libcurl4-openssl-dev curl
   libsqlite3-dev sqlite3 libpq-dev postgresql
   libcmocka-dev nghttp2-client wrk nodejs
-  python3 python3-yaml valgrind libxml2-dev
+  python3 python3-yaml python3-jsonschema valgrind libxml2-dev
   clang libclang-rt-14-dev
   chromium
 )

@@ -69,7 +69,8 @@ esim_role esim_api_role_needed(const char *method, const char *path)
     if (strcmp(method, "DELETE") == 0 && has_prefix(path, "/v1/devices/") &&
         path[strlen("/v1/devices/")] != '\0' && !strchr(path + strlen("/v1/devices/"), '/'))
         return ESIM_ROLE_ADMIN;
-    if (has_prefix(path, "/v1/push/"))
+    /* NanoMDM's enqueue and push take any method, GET included. */
+    if (has_prefix(path, "/v1/push/") || has_prefix(path, "/v1/enqueue/"))
         return ESIM_ROLE_OPERATOR;
     return read ? ESIM_ROLE_READ_ONLY : ESIM_ROLE_OPERATOR;
 }

@@ -121,35 +121,6 @@ static const char *query_get(api_request *r, const char *key)
     return r->query ? evhttp_find_header(r->query, key) : NULL;
 }
 
-/* Splits "a,b,c" (a path parameter) into UDIDs, each validated. Returns the
- * count, or 0 after answering 400. |buf| receives the copies. */
-static size_t split_udids(api_request *r, const char *list, char *buf, size_t buf_len,
-                          const char **out, size_t max)
-{
-    if (strlen(list) >= buf_len) {
-        api_error(r, 400, "udids", "too many devices in one request");
-        return 0;
-    }
-    strcpy(buf, list);
-    size_t n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        esim_error e;
-        if (esim_udid_validate(tok, &e) != ESIM_OK) {
-            api_error(r, 400, "udids", "%s", e.msg);
-            return 0;
-        }
-        if (n == max) {
-            api_error(r, 400, "udids", "at most %zu devices per request", max);
-            return 0;
-        }
-        out[n++] = tok;
-    }
-    if (n == 0)
-        api_error(r, 400, "udids", "name at least one device");
-    return n;
-}
-
 /* ---- JSON views of store records ----------------------------------------------------- */
 
 static json_t *device_json(const store_device *d)
@@ -343,26 +314,137 @@ done:
     json_decref(body);
 }
 
-/* PUT /v1/enqueue/{id,id,...}: the body is a whole command plist, as NanoMDM
- * takes it, so existing MDM tooling can drive esim-mdm. ?nopush=1 skips the
- * push. */
+/* ---- NanoMDM's enqueue and push ------------------------------------------------------
+ * Answers in NanoMDM's shape (its api.APIResult): status.{id} carries
+ * push_result (the apns-id of a push handed to APNs), push_error or
+ * command_error; the HTTP code is 200 with no error, 207 when some ids
+ * failed and 500 when all did (or the store failed). esim-mdm's own keys
+ * (status.{id}.push, devices) stay beside them. */
+
+/* A user-channel enrollment ID (NanoMDM's "UDID:UserID"). */
+static bool user_channel_id(const char *id)
+{
+    return strchr(id, ':') != NULL;
+}
+
+#define USER_CHANNEL_WORDS                                                                         \
+    "user-channel enrollment IDs (UDID:UserID) are not managed: esim-mdm manages the device "      \
+    "channel only (UserAuthenticate is answered 410)"
+
+static bool push_state_failed(esim_push_state ps)
+{
+    return ps == ESIM_PUSH_NO_TOKEN || ps == ESIM_PUSH_DEAD_TOKEN || ps == ESIM_PUSH_FAILED;
+}
+
+static const char *push_error_words(esim_push_state ps)
+{
+    switch (ps) {
+    case ESIM_PUSH_NO_TOKEN:
+        return "no push token: the device has not sent TokenUpdate since it enrolled";
+    case ESIM_PUSH_DEAD_TOKEN:
+        return "APNs said the device's push token is dead; it needs a new TokenUpdate";
+    default:
+        return "the APNs client refused the push";
+    }
+}
+
+/* One device's entry of status: {"push": state, "push_result" | "push_error"}. */
+static json_t *nano_push_status(esim_push_state ps, const char *apns_id, const char *why)
+{
+    json_t *o = json_pack("{s:s}", "push", esim_push_state_name(ps));
+    if (ps == ESIM_PUSH_SENT && apns_id && *apns_id)
+        json_object_set_new(o, "push_result", json_string(apns_id));
+    else if (push_state_failed(ps))
+        json_object_set_new(o, "push_error", json_string(why && *why ? why : push_error_words(ps)));
+    return o;
+}
+
+static int nano_code(size_t failed, size_t n)
+{
+    return failed == 0 ? 200 : failed < n ? 207 : 500;
+}
+
+/* A whole call refused before anything was stored: esim-mdm's error object
+ * and NanoMDM's top-level |key| ("command_error", "push_error"). */
+static void nano_refuse(api_request *r, int code, const char *field, const char *key,
+                        json_t *status, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void nano_refuse(api_request *r, int code, const char *field, const char *key,
+                        json_t *status, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    svc_utf8_sanitize(msg);
+    json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
+    if (e && field)
+        json_object_set_new(e, "field", json_string(field));
+    json_t *body = json_pack("{s:o,s:s}", "error", e, key, msg);
+    if (body && status)
+        json_object_set_new(body, "status", status);
+    else
+        json_decref(status);
+    api_reply_json(r, code, body);
+}
+
+/* Splits the path's ids; user-channel ids are kept (the caller decides).
+ * 0 after answering 400. */
+static size_t split_ids(api_request *r, const char *key, const char *list, char *buf,
+                        size_t buf_len, const char **out, size_t max)
+{
+    if (strlen(list) >= buf_len) {
+        nano_refuse(r, 400, "udids", key, NULL, "too many devices in one request");
+        return 0;
+    }
+    strcpy(buf, list);
+    size_t n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        esim_error e;
+        if (!user_channel_id(tok) && esim_udid_validate(tok, &e) != ESIM_OK) {
+            nano_refuse(r, 400, "udids", key, NULL, "%s", e.msg);
+            return 0;
+        }
+        if (n == max) {
+            nano_refuse(r, 400, "udids", key, NULL, "at most %zu devices per request", max);
+            return 0;
+        }
+        out[n++] = tok;
+    }
+    if (n == 0)
+        nano_refuse(r, 400, "udids", key, NULL, "name at least one device");
+    return n;
+}
+
+/* /v1/enqueue/{id,id,...}, any method as NanoMDM takes it: the body is a
+ * whole command plist, so existing MDM tooling can drive esim-mdm.
+ * ?nopush=1 skips the push. All or nothing: a refused call stores and
+ * pushes nothing. */
 static void h_enqueue_raw(api_request *r)
 {
     char buf[8192];
     const char *udids[256];
-    size_t n = split_udids(r, r->params[0], buf, sizeof buf, udids, 256);
+    size_t n = split_ids(r, "command_error", r->params[0], buf, sizeof buf, udids, 256);
     if (n == 0)
         return;
+    for (size_t i = 0; i < n; i++)
+        if (user_channel_id(udids[i])) {
+            json_t *status = json_pack("{s:{s:s}}", udids[i], "command_error", USER_CHANNEL_WORDS);
+            nano_refuse(r, 400, "udids", "command_error", status, "%s: %s", udids[i],
+                        USER_CHANNEL_WORDS);
+            return;
+        }
     size_t len = 0;
     const unsigned char *body = http_body(r->req, &len);
     if (!body) {
-        api_error(r, 400, "body",
-                  "the body must be a command plist (CommandUUID, Command.RequestType)");
+        nano_refuse(r, 400, "body", "command_error", NULL,
+                    "the body must be a command plist (CommandUUID, Command.RequestType)");
         return;
     }
     const char *nopush = query_get(r, "nopush");
     bool push = !(nopush && (strcmp(nopush, "1") == 0 || strcmp(nopush, "true") == 0));
-    esim_enqueue_opts opts = {.push = push};
+    esim_enqueue_opts opts = {.push = false}; /* pushed below, to name each push */
     esim_push_state ps[256];
     char uuid[128];
     esim_error e = {{0}};
@@ -370,18 +452,26 @@ static void h_enqueue_raw(api_request *r)
     esim_parse_limits limits = {r->svc->cfg.max_body, r->svc->cfg.max_depth};
     esim_err rc = esim_cmd_parse(body, len, &limits, &parsed, &e);
     if (rc == ESIM_OK)
-        rc = esim_service_enqueue(r->svc, body, len, udids, n, &opts, ps, uuid, &e);
+        rc = esim_service_enqueue(r->svc, body, len, udids, n, &opts, NULL, uuid, &e);
     if (rc != ESIM_OK) {
-        api_error(r, api_status_for(rc == ESIM_ETOOBIG ? ESIM_EINVAL : rc),
-                  rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : "body", "%s", e.msg);
+        nano_refuse(r, api_status_for(rc == ESIM_ETOOBIG ? ESIM_EINVAL : rc),
+                    rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : "body", "command_error",
+                    NULL, "%s", e.msg);
         esim_cmd_parsed_free(&parsed);
         return;
     }
     json_t *status = json_object();
-    for (size_t i = 0; i < n; i++)
-        json_object_set_new(status, udids[i],
-                            json_pack("{s:s}", "push", esim_push_state_name(ps[i])));
-    api_reply_json(r, 200,
+    size_t failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        char apns_id[ESIM_UUID_LEN + 1] = "";
+        esim_error pe = {{0}};
+        ps[i] = ESIM_PUSH_SKIPPED;
+        if (push && push_device(r->svc, udids[i], &ps[i], apns_id, &pe) != ESIM_OK)
+            ps[i] = ESIM_PUSH_FAILED;
+        failed += push_state_failed(ps[i]);
+        json_object_set_new(status, udids[i], nano_push_status(ps[i], apns_id, pe.msg));
+    }
+    api_reply_json(r, nano_code(failed, n),
                    json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", uuid, "request_type",
                              parsed.request_type, "no_push", !push, "status", status, "devices",
                              push_states_json(udids, ps, n)));
@@ -681,26 +771,38 @@ static void h_audit(api_request *r)
     api_reply_json(r, 200, json_pack("{s:o,s:o}", "entries", arr, "next_after", next));
 }
 
+/* /v1/push/{id,id,...}, any method: wakes the devices now. */
 static void h_push(api_request *r)
 {
     char buf[8192];
     const char *udids[256];
-    size_t n = split_udids(r, r->params[0], buf, sizeof buf, udids, 256);
+    size_t n = split_ids(r, "push_error", r->params[0], buf, sizeof buf, udids, 256);
     if (n == 0)
         return;
-    json_t *devices = json_object();
+    json_t *devices = json_object(), *status = json_object();
+    size_t failed = 0;
     for (size_t i = 0; i < n; i++) {
-        esim_push_state ps;
+        esim_push_state ps = ESIM_PUSH_FAILED;
+        char apns_id[ESIM_UUID_LEN + 1] = "";
         esim_error e = {{0}};
-        esim_err rc = push_device(r->svc, udids[i], &ps, &e);
-        if (rc != ESIM_OK)
+        esim_err rc = user_channel_id(udids[i])
+                          ? esim_fail(&e, ESIM_ENOTFOUND, "%s", USER_CHANNEL_WORDS)
+                          : push_device(r->svc, udids[i], &ps, apns_id, &e);
+        if (rc != ESIM_OK) {
+            failed++;
             json_object_set_new(devices, udids[i],
                                 json_pack("{s:s,s:s}", "push", "failed", "error", e.msg));
-        else
-            json_object_set_new(devices, udids[i],
-                                json_pack("{s:s}", "push", esim_push_state_name(ps)));
+            json_object_set_new(status, udids[i],
+                                json_pack("{s:s,s:s}", "push", "failed", "push_error", e.msg));
+            continue;
+        }
+        failed += push_state_failed(ps);
+        json_object_set_new(devices, udids[i],
+                            json_pack("{s:s}", "push", esim_push_state_name(ps)));
+        json_object_set_new(status, udids[i], nano_push_status(ps, apns_id, e.msg));
     }
-    api_reply_json(r, 200, json_pack("{s:o}", "devices", devices));
+    api_reply_json(r, nano_code(failed, n),
+                   json_pack("{s:o,s:o}", "status", status, "devices", devices));
 }
 
 /* ---- the route table: one line per endpoint ------------------------------------------------ */
@@ -710,16 +812,20 @@ static const api_route routes[] = {
     {EVHTTP_REQ_GET, "/metrics", h_metrics, false},
     {EVHTTP_REQ_POST, "/v1/commands", h_post_commands, true},
     {EVHTTP_REQ_GET, "/v1/commands/:", h_get_command, true},
-    {EVHTTP_REQ_PUT, "/v1/enqueue/:", h_enqueue_raw, true},
+    {API_ANY_METHOD, "/v1/enqueue/:", h_enqueue_raw, true}, /* NanoMDM takes any method */
     {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true},
     {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true},
     {EVHTTP_REQ_DELETE, "/v1/devices/:", h_retire, true},
     {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true},
     {EVHTTP_REQ_GET, "/v1/devices/:/events", h_device_events, true},
     {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
-    {EVHTTP_REQ_POST, "/v1/push/:", h_push, true},
-    {EVHTTP_REQ_GET, "/v1/push/:", h_push, true}, /* NanoMDM allows GET too */
     {EVHTTP_REQ_GET, "/v1/audit", h_audit, true},
+    {API_ANY_METHOD, "/v1/push/:", h_push, true},
+    /* NanoMDM's other endpoints (nanomdm.c) */
+    {EVHTTP_REQ_GET, "/version", nano_version, false},
+    {EVHTTP_REQ_POST | EVHTTP_REQ_PUT, "/migration", nano_migration, true},
+    {EVHTTP_REQ_GET, "/v1/pushcert", nano_pushcert_get, true},
+    {EVHTTP_REQ_PUT, "/v1/pushcert", nano_pushcert_put, true},
 };
 
 /* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|
@@ -837,7 +943,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         if (!route_match(pattern, path, &r, decoded))
             continue;
         path_known = true;
-        if (i < n_table && routes[i].method == method)
+        if (i < n_table && (routes[i].method & method) != 0)
             hit = &routes[i];
         else if (i >= n_table && svc->routes[i - n_table].method == method)
             module_hit = &svc->routes[i - n_table];

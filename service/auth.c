@@ -113,6 +113,50 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     return rc;
 }
 
+/* A TLS-terminating proxy's header (NanoMDM's -cert-header): RFC 9440's
+ * ":base64 of the DER:", or a URL-escaped PEM (nginx's
+ * $ssl_client_escaped_cert). The proxy verified possession of the key; the
+ * chain to the device CA is verified here. */
+static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_identity *out,
+                            esim_error *err)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), svc->cert_header);
+    if (!h || !*h)
+        return esim_fail(err, ESIM_EAUTH,
+                         "no %s header: the TLS proxy in front of the service must pass the "
+                         "device's client certificate",
+                         svc->cert_header);
+    X509 *cert = NULL;
+    size_t n = strlen(h);
+    if (h[0] == ':') {
+        esim_buf der = {0};
+        if (n >= 3 && h[n - 1] == ':' && esim_base64_decode(h + 1, n - 2, &der, NULL) == ESIM_OK &&
+            der.len) {
+            const unsigned char *p = der.data;
+            cert = d2i_X509(NULL, &p, (long)der.len);
+        }
+        esim_buf_free(&der);
+    } else {
+        char *pem = evhttp_uridecode(h, 0, NULL);
+        BIO *bio = pem ? BIO_new_mem_buf(pem, -1) : NULL;
+        cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+        BIO_free(bio);
+        free(pem);
+    }
+    ERR_clear_error();
+    if (!cert)
+        return esim_fail(err, ESIM_EAUTH,
+                         "the %s header is not a certificate: expected RFC 9440 ':base64 DER:' "
+                         "or a URL-escaped PEM",
+                         svc->cert_header);
+    esim_err rc = verify_chain(svc, cert, NULL, err);
+    if (rc == ESIM_OK)
+        rc = esim_cert_sha256_hex(cert, out->cert_sha256);
+    out->not_before_ms = time_ms(X509_get0_notBefore(cert));
+    X509_free(cert);
+    return rc;
+}
+
 /* ---- the certificate cache -------------------------------------------------------
  * Direct-mapped by the SHA-256 of the certificate's DER: a fixed 4096 slots,
  * so memory stays bounded whatever the fleet. An entry holds the parsed
@@ -505,6 +549,8 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
         return from_tls(svc, req, id, err);
     case ESIM_DEVICE_AUTH_SIGNATURE:
         return from_signature(svc, req, body, len, id, err);
+    case ESIM_DEVICE_AUTH_HEADER:
+        return from_header(svc, req, id, err);
     }
     return esim_fail(err, ESIM_EAUTH, "unknown device auth mode");
 }

@@ -10,6 +10,9 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
+#include <openssl/crypto.h>
+#include <plist/plist.h>
+
 #include "core/internal.h"
 #include "service/service_internal.h"
 
@@ -155,16 +158,71 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
 
 /* ---- check-ins ------------------------------------------------------------------------ */
 
+/* The request's query string (NULL: none), for url_params in webhooks. */
+static const char *request_query(struct evhttp_request *req)
+{
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    return uri ? evhttp_uri_get_query(uri) : NULL;
+}
+
+/* Declarative Management with no declarations: the device's DDM channel
+ * works (it syncs to "nothing declared" and reports status), and a device
+ * asking for a declaration gets 404. */
+#define DDM_TOKEN "esim-mdm-no-declarations"
+
+static void answer_declarative(esim_service *svc, struct evhttp_request *req, const esim_msg *msg)
+{
+    static const char tokens[] = "{\"SyncTokens\":{\"DeclarationsToken\":\"" DDM_TOKEN
+                                 "\",\"Timestamp\":\"2026-01-01T00:00:00Z\"}}";
+    static const char items[] =
+        "{\"Declarations\":{\"Activations\":[],\"Assets\":[],\"Configurations\":[],"
+        "\"Management\":[]},\"DeclarationsToken\":\"" DDM_TOKEN "\"}";
+    if (strcmp(msg->dm_endpoint, "tokens") == 0)
+        http_reply(svc, req, M_ROUTE_MDM, 200, "application/json", tokens, sizeof tokens - 1);
+    else if (strcmp(msg->dm_endpoint, "declaration-items") == 0)
+        http_reply(svc, req, M_ROUTE_MDM, 200, "application/json", items, sizeof items - 1);
+    else if (strcmp(msg->dm_endpoint, "status") == 0)
+        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+    else
+        reply_text(svc, req, 404, "no such declaration: esim-mdm serves no declarations");
+}
+
+/* GetBootstrapToken's answer: {BootstrapToken: data}, or an empty body
+ * when the device never set one (as NanoMDM answers). */
+static void answer_bootstrap(esim_service *svc, struct evhttp_request *req, const esim_buf *tok)
+{
+    if (!tok->len) {
+        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+        return;
+    }
+    plist_t d = plist_new_dict();
+    plist_dict_set_item(d, "BootstrapToken", plist_new_data((const char *)tok->data, tok->len));
+    char *xml = NULL;
+    uint32_t xml_len = 0;
+    plist_to_xml(d, &xml, &xml_len);
+    plist_free(d);
+    if (!xml) {
+        reply_text(svc, req, 500, "out of memory");
+        return;
+    }
+    http_reply(svc, req, M_ROUTE_MDM, 200, "application/xml", xml, xml_len);
+    OPENSSL_cleanse(xml, xml_len);
+    plist_to_xml_free(xml);
+}
+
 static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
                            const auth_identity *id, const void *raw, size_t len)
 {
     esim_error e = {{0}};
     esim_err rc;
     int64_t now = esim_now_ms();
+    svc_event_extra x = {request_query(req), -1};
+    esim_buf token = {0};
     /* A device enrolled under another push certificate could never be
      * woken by this service: its Topic must be the one pushes go out on. */
     const char *topic = push_topic(svc);
-    if (topic && msg->kind != ESIM_MSG_CHECKOUT && strcmp(topic, msg->topic) != 0) {
+    if (topic && (msg->kind == ESIM_MSG_AUTHENTICATE || msg->kind == ESIM_MSG_TOKEN_UPDATE) &&
+        strcmp(topic, msg->topic) != 0) {
         svc->m.auth_refused++;
         esim_fail(&e, ESIM_EAUTH,
                   "Topic '%.200s' is not this service's push topic '%.200s': the "
@@ -203,21 +261,69 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
             rc = esim_store_device_token_update(svc->st, msg->udid, id->cert_sha256, msg->topic,
                                                 (const char *)hex.data, msg->push_magic, now, &e);
         esim_buf_free(&hex);
+        store_device d;
+        if (rc == ESIM_OK && esim_store_device_get(svc->st, msg->udid, &d, NULL) == ESIM_OK)
+            x.tally = d.token_update_tally;
         break;
     }
     case ESIM_MSG_CHECKOUT:
         rc = esim_store_device_checkout(svc->st, msg->udid, id->cert_sha256, now, &e);
+        break;
+    case ESIM_MSG_SET_BOOTSTRAP_TOKEN:
+        rc = esim_store_device_bootstrap_set(svc->st, msg->udid, id->cert_sha256,
+                                             msg->bootstrap_token.data, msg->bootstrap_token.len,
+                                             now, &e);
+        break;
+    case ESIM_MSG_GET_BOOTSTRAP_TOKEN:
+        rc = esim_store_device_bootstrap_get(svc->st, msg->udid, id->cert_sha256, &token, now, &e);
+        break;
+    case ESIM_MSG_USER_AUTHENTICATE:
+        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256, "user_authenticate",
+                                       "declined: the user channel is off", now, &e);
+        break;
+    case ESIM_MSG_DECLARATIVE_MANAGEMENT:
+        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256,
+                                       "declarative_management", msg->dm_endpoint, now, &e);
+        break;
+    case ESIM_MSG_GET_TOKEN:
+        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256, "get_token",
+                                       msg->token_service_type, now, &e);
         break;
     default:
         rc = esim_fail(&e, ESIM_EINVAL, "not a check-in message");
     }
     if (rc != ESIM_OK) {
         reply_store_error(svc, req, rc, &e);
+        esim_buf_free(&token);
         return;
     }
     svc->m.checkins[msg->kind - 1]++;
-    http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
-    svc_after_commit(svc, msg, raw, len, false, NULL, NULL);
+    switch (msg->kind) {
+    case ESIM_MSG_USER_AUTHENTICATE:
+        /* NanoMDM's default: management of the user is declined. */
+        reply_text(svc, req, 410, "the user channel is off: esim-mdm manages the device channel");
+        break;
+    case ESIM_MSG_GET_BOOTSTRAP_TOKEN:
+        answer_bootstrap(svc, req, &token);
+        break;
+    case ESIM_MSG_DECLARATIVE_MANAGEMENT:
+        answer_declarative(svc, req, msg);
+        break;
+    case ESIM_MSG_GET_TOKEN: {
+        char words[300];
+        snprintf(words, sizeof words,
+                 "no token service for TokenServiceType '%.128s': esim-mdm issues no tokens",
+                 msg->token_service_type);
+        reply_text(svc, req, 404, words);
+        break;
+    }
+    default:
+        http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
+    }
+    if (token.data)
+        OPENSSL_cleanse(token.data, token.len);
+    esim_buf_free(&token);
+    svc_after_commit(svc, msg, raw, len, &x, false, NULL, NULL);
 }
 
 /* ---- results ---------------------------------------------------------------------------- */
@@ -317,13 +423,14 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     /* A duplicate got no command: if it was the device itself, a push
      * brings it back (with a fresh signature) for what it is owed. */
     if (duplicate && replay_push_allowed(svc, msg->udid, esim_now_ms()))
-        push_device(svc, msg->udid, NULL, NULL);
+        push_device(svc, msg->udid, NULL, NULL, NULL);
     /* A final answer with nothing after it: what the result hooks queue
      * next for the device can still go in this answer (mdm_refill_answers).
      * Not after NotNow (the device is busy) nor a duplicate. */
     bool applied = out.outcome == STORE_RESULT_APPLIED;
     bool refill = applied && held && !duplicate && msg->status != ESIM_STATUS_NOT_NOW;
-    svc_after_commit(svc, msg, raw, len, applied, refill ? held : NULL, cert);
+    svc_event_extra x = {request_query(req), -1};
+    svc_after_commit(svc, msg, raw, len, &x, applied, refill ? held : NULL, cert);
 }
 
 void mdm_refill_answers(esim_service *svc, svc_deferred *list)
@@ -386,7 +493,7 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list)
         d->refill->content_type = NULL;
         svc->m.commands_sent--;
         d->refill = NULL;
-        push_device(svc, d->msg.udid, NULL, NULL);
+        push_device(svc, d->msg.udid, NULL, NULL, NULL);
     }
 }
 
@@ -398,7 +505,7 @@ static void sanitize_text(esim_msg *m)
     char *fields[] = {m->topic,         m->os_version, m->build_version, m->product_name,
                       m->serial_number, m->imei,       m->meid,          m->device_name,
                       m->model,         m->push_magic, m->command_uuid,  m->request_type,
-                      m->message_type};
+                      m->message_type,  m->user_id,    m->dm_endpoint,   m->token_service_type};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         svc_utf8_sanitize(fields[i]);
     for (size_t i = 0; i < m->error_chain_len; i++) {
@@ -454,6 +561,14 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
     sanitize_text(&msg);
     if (svc->dev_req == req)
         snprintf(svc->dev_udid, sizeof svc->dev_udid, "%s", msg.udid);
+    /* The user channel (a message naming a UserID) is not managed: the
+     * device's own channel must not take its tokens or answers. */
+    if (msg.user_id[0] && msg.kind != ESIM_MSG_USER_AUTHENTICATE) {
+        reply_text(svc, req, 410,
+                   "the user channel is off: esim-mdm manages the device channel only");
+        esim_msg_free(&msg);
+        return;
+    }
     if (!rate_allow(svc, msg.udid, esim_now_ms())) {
         svc->m.rate_limited++;
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");

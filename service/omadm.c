@@ -153,7 +153,7 @@ void omadm_tick(esim_service *svc, int64_t now)
                 session_clear(d);
             if (d->wake_at && d->wake_at <= now && !d->in_session) {
                 d->wake_at = 0;
-                push_device(svc, d->udid, NULL, NULL);
+                push_device(svc, d->udid, NULL, NULL, NULL);
             }
             if (!d->in_session && d->n_nodes == 0 && !d->wake_at) {
                 *pp = d->next;
@@ -1347,7 +1347,7 @@ esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const 
     for (size_t i = 0; i < n; i++) {
         esim_push_state ps = ESIM_PUSH_SKIPPED;
         if (opts->push)
-            push_device(svc, udids[i], &ps, NULL);
+            push_device(svc, udids[i], &ps, NULL, NULL);
         if (pushes)
             pushes[i] = ps;
     }

@@ -4,8 +4,16 @@
  * Outcomes go back to the store: accepted pushes mark the device's queued
  * entries pushed; dead tokens stop further pushes until a TokenUpdate.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "apns/apns.h"
 #include "service/service_internal.h"
@@ -80,6 +88,27 @@ const char *push_topic(const esim_service *svc)
     return push_configured(svc) ? esim_apns_client_topic(svc->push->client) : NULL;
 }
 
+static esim_err client_new(esim_service *svc, const char *cert, const char *key, const char *topic,
+                           apns_client **out, esim_error *err)
+{
+    apns_config cfg;
+    esim_apns_config_init(&cfg);
+    cfg.url = svc->apns_url;
+    cfg.auth = cert ? APNS_AUTH_CERTIFICATE : APNS_AUTH_NONE;
+    cfg.cert_path = cert;
+    cfg.key_path = key;
+    cfg.ca_path = svc->apns_ca_path;
+    cfg.topic = topic;
+    return esim_apns_client_new(svc->base, &cfg, on_push_result, svc, out, err);
+}
+
+/* Where PUT /v1/pushcert keeps the certificate and key it was given. */
+static void stored_paths(const esim_service *svc, char cert[600], char key[600])
+{
+    snprintf(cert, 600, "%s/apns-push.pem", svc->data_dir ? svc->data_dir : ".");
+    snprintf(key, 600, "%s/apns-push.key", svc->data_dir ? svc->data_dir : ".");
+}
+
 esim_err push_init(esim_service *svc, esim_error *err)
 {
     svc->push = calloc(1, sizeof *svc->push);
@@ -87,15 +116,174 @@ esim_err push_init(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (!svc->apns_url)
         return ESIM_OK;
-    apns_config cfg;
-    esim_apns_config_init(&cfg);
-    cfg.url = svc->apns_url;
-    cfg.auth = svc->apns_cert_path ? APNS_AUTH_CERTIFICATE : APNS_AUTH_NONE;
-    cfg.cert_path = svc->apns_cert_path;
-    cfg.key_path = svc->apns_key_path;
-    cfg.ca_path = svc->apns_ca_path;
-    cfg.topic = svc->apns_topic;
-    return esim_apns_client_new(svc->base, &cfg, on_push_result, svc, &svc->push->client, err);
+    /* No --apns-cert: a certificate uploaded earlier (PUT /v1/pushcert)
+     * is used again. */
+    char cert[600], key[600];
+    stored_paths(svc, cert, key);
+    if (!svc->apns_cert_path && !svc->apns_topic && access(cert, R_OK) == 0 &&
+        access(key, R_OK) == 0) {
+        svc->apns_cert_path = strdup(cert);
+        svc->apns_key_path = strdup(key);
+        if (!svc->apns_cert_path || !svc->apns_key_path)
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    return client_new(svc, svc->apns_cert_path, svc->apns_key_path, svc->apns_topic,
+                      &svc->push->client, err);
+}
+
+/* The topic (the subject's UID) and notAfter of a push certificate. */
+static esim_err cert_facts(X509 *x, char topic[256], int64_t *not_after, esim_error *err)
+{
+    X509_NAME *name = X509_get_subject_name(x);
+    int i = name ? X509_NAME_get_index_by_NID(name, NID_userId, -1) : -1;
+    ASN1_STRING *v = i >= 0 ? X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)) : NULL;
+    if (!v || ASN1_STRING_length(v) <= 0 || ASN1_STRING_length(v) >= 256)
+        return esim_fail(err, ESIM_EINVAL,
+                         "not an MDM push certificate: its subject has no UID (the topic, "
+                         "com.apple.mgmt.External.<uuid>)");
+    memcpy(topic, ASN1_STRING_get0_data(v), (size_t)ASN1_STRING_length(v));
+    topic[ASN1_STRING_length(v)] = '\0';
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+        return esim_fail(err, ESIM_EINVAL, "the certificate's notAfter is unreadable");
+    *not_after = (int64_t)timegm(&tm) * 1000;
+    return ESIM_OK;
+}
+
+esim_err push_cert_info(esim_service *svc, char topic[256], int64_t *not_after, esim_error *err)
+{
+    if (!push_configured(svc) || !svc->apns_cert_path)
+        return esim_fail(err, ESIM_ENOTFOUND,
+                         "no push certificate is loaded (give --apns-cert and --apns-key, or "
+                         "PUT one to /v1/pushcert)");
+    BIO *bio = BIO_new_file(svc->apns_cert_path, "r");
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    ERR_clear_error();
+    if (!x)
+        return esim_fail(err, ESIM_ECRYPTO, "cannot read the push certificate %s",
+                         svc->apns_cert_path);
+    esim_err rc = cert_facts(x, topic, not_after, err);
+    X509_free(x);
+    return rc;
+}
+
+esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char topic[256],
+                           int64_t *not_after, esim_error *err)
+{
+    if (!svc->apns_url)
+        return esim_fail(err, ESIM_ESTATE,
+                         "no APNs URL is configured (--apns): a push certificate would not be "
+                         "used");
+    /* Parse: one certificate and one unencrypted key that belong together. */
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = NULL;
+    EVP_PKEY *k = NULL;
+    esim_err rc = ESIM_OK;
+    char *name = NULL, *header = NULL;
+    unsigned char *data = NULL;
+    long dlen = 0;
+    while (rc == ESIM_OK && bio && PEM_read_bio(bio, &name, &header, &data, &dlen) == 1) {
+        const unsigned char *p = data;
+        if (strcmp(name, "CERTIFICATE") == 0 && !x) {
+            x = d2i_X509(NULL, &p, dlen);
+        } else if (strstr(name, "PRIVATE KEY") && !k) {
+            if (strstr(name, "ENCRYPTED") || (header && strstr(header, "ENCRYPTED")))
+                rc = esim_fail(err, ESIM_EINVAL,
+                               "the private key is encrypted: send it "
+                               "unencrypted (openssl pkey -in key.pem)");
+            else if (strcmp(name, "PRIVATE KEY") == 0)
+                k = d2i_AutoPrivateKey(NULL, &p, dlen);
+            else if (strcmp(name, "RSA PRIVATE KEY") == 0)
+                k = d2i_PrivateKey(EVP_PKEY_RSA, NULL, &p, dlen);
+            else if (strcmp(name, "EC PRIVATE KEY") == 0)
+                k = d2i_PrivateKey(EVP_PKEY_EC, NULL, &p, dlen);
+        } else if (!strstr(name, "PRIVATE KEY") && strcmp(name, "CERTIFICATE") != 0) {
+            rc = esim_fail(err, ESIM_EINVAL,
+                           "unexpected PEM block '%.60s': send the push "
+                           "certificate and its key",
+                           name);
+        }
+        OPENSSL_free(name);
+        OPENSSL_free(header);
+        if (data)
+            OPENSSL_cleanse(data, (size_t)dlen);
+        OPENSSL_free(data);
+        name = header = NULL;
+        data = NULL;
+    }
+    BIO_free(bio);
+    ERR_clear_error();
+    if (rc == ESIM_OK && (!x || !k))
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "the body must hold a PEM certificate and its PEM private key (%s missing)",
+                       !x ? "the certificate is" : "the key is");
+    if (rc == ESIM_OK && X509_check_private_key(x, k) != 1)
+        rc = esim_fail(err, ESIM_EINVAL, "the private key does not belong to the certificate");
+    ERR_clear_error();
+    if (rc == ESIM_OK)
+        rc = cert_facts(x, topic, not_after, err);
+    /* Written next to the store, then a new client is made from the files
+     * (as from --apns-cert): only then is the old one replaced. */
+    char cert_path[600], key_path[600], tmp_cert[620], tmp_key[620];
+    stored_paths(svc, cert_path, key_path);
+    snprintf(tmp_cert, sizeof tmp_cert, "%s.new", cert_path);
+    snprintf(tmp_key, sizeof tmp_key, "%s.new", key_path);
+    esim_buf cert_pem = {0}, key_pem = {0};
+    if (rc == ESIM_OK) {
+        BIO *cb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_mem());
+        char *p = NULL;
+        long n;
+        if (cb && kb && PEM_write_bio_X509(cb, x) == 1 &&
+            PEM_write_bio_PrivateKey(kb, k, NULL, NULL, 0, NULL, NULL) == 1) {
+            n = BIO_get_mem_data(cb, &p);
+            esim_buf_append(&cert_pem, p, (size_t)n);
+            n = BIO_get_mem_data(kb, &p);
+            esim_buf_append(&key_pem, p, (size_t)n);
+        }
+        BIO_free(cb);
+        BIO_free_all(kb);
+        if (!cert_pem.len || !key_pem.len)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    X509_free(x);
+    EVP_PKEY_free(k);
+    if (rc == ESIM_OK)
+        rc = esim_write_file_atomic(tmp_cert, cert_pem.data, cert_pem.len, 0600, err);
+    if (rc == ESIM_OK)
+        rc = esim_write_file_atomic(tmp_key, key_pem.data, key_pem.len, 0600, err);
+    if (key_pem.data)
+        OPENSSL_cleanse(key_pem.data, key_pem.len);
+    esim_buf_free(&cert_pem);
+    esim_buf_free(&key_pem);
+    apns_client *fresh = NULL;
+    if (rc == ESIM_OK)
+        rc = client_new(svc, tmp_cert, tmp_key, NULL, &fresh, err);
+    if (rc == ESIM_OK && (rename(tmp_cert, cert_path) != 0 || rename(tmp_key, key_path) != 0))
+        rc = esim_fail(err, ESIM_EIO, "cannot store the push certificate in %s", cert_path);
+    char *cp = rc == ESIM_OK ? strdup(cert_path) : NULL,
+         *kp = rc == ESIM_OK ? strdup(key_path) : NULL;
+    if (rc == ESIM_OK && (!cp || !kp))
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (rc != ESIM_OK) {
+        unlink(tmp_cert);
+        unlink(tmp_key);
+        esim_apns_client_free(fresh);
+        free(cp);
+        free(kp);
+        return rc;
+    }
+    /* The old client's pushes still in flight end as canceled; the devices
+     * they were for are pushed again by their next enqueue or debt. */
+    esim_apns_client_free(svc->push->client);
+    svc->push->client = fresh;
+    free(svc->apns_cert_path);
+    free(svc->apns_key_path);
+    free(svc->apns_topic);
+    svc->apns_cert_path = cp;
+    svc->apns_key_path = kp;
+    svc->apns_topic = NULL;
+    return ESIM_OK;
 }
 
 void push_free(esim_service *svc)
@@ -107,8 +295,11 @@ void push_free(esim_service *svc)
     svc->push = NULL;
 }
 
-esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state, esim_error *err)
+esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state,
+                     char apns_id[ESIM_UUID_LEN + 1], esim_error *err)
 {
+    if (apns_id)
+        apns_id[0] = '\0';
     store_push_target t;
     esim_push_state ps;
     esim_err rc = esim_store_push_target(svc->st, udid, &t, err);
@@ -130,10 +321,19 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
         if (ticket) {
             ticket->svc = svc;
             memcpy(ticket->udid, t.udid, sizeof ticket->udid);
-            apns_push p = {.token = t.push_token, .push_magic = t.push_magic, .user_data = ticket};
+            /* Our own apns-id, which APNs keeps: the API can name the push
+             * at once (NanoMDM's push_result) while its answer is pending. */
+            char id[ESIM_UUID_LEN + 1];
+            esim_uuid_new(id);
+            apns_push p = {.token = t.push_token,
+                           .push_magic = t.push_magic,
+                           .apns_id = id,
+                           .user_data = ticket};
             esim_error pe = {{0}};
             if (esim_apns_client_push(svc->push->client, &p, &pe) == ESIM_OK) {
                 ps = ESIM_PUSH_SENT;
+                if (apns_id)
+                    memcpy(apns_id, id, sizeof id);
             } else {
                 free(ticket);
                 apns_health(svc, false, "refused", 0, pe.msg);

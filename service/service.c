@@ -52,8 +52,11 @@ esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_er
         *out = ESIM_DEVICE_AUTH_MTLS;
     else if (word && strcmp(word, "none") == 0)
         *out = ESIM_DEVICE_AUTH_NONE;
+    else if (word && strcmp(word, "header") == 0)
+        *out = ESIM_DEVICE_AUTH_HEADER;
     else
-        return esim_fail(err, ESIM_EINVAL, "unknown device auth '%s': use signature, mtls or none",
+        return esim_fail(err, ESIM_EINVAL,
+                         "unknown device auth '%s': use signature, mtls, header or none",
                          word ? word : "");
     return ESIM_OK;
 }
@@ -177,11 +180,11 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, hook_job *hooks, 
     }
 }
 
-void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
-                      svc_reply *refill, const char *cert)
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
+                      const svc_event_extra *x, bool hook, svc_reply *refill, const char *cert)
 {
     /* The webhook outbox rows join the batch of the change they report. */
-    hook_job *hooks = webhooks_prepare(svc, msg, raw, len);
+    hook_job *hooks = webhooks_prepare(svc, msg, raw, len, x);
     /* Answers are sent at once (no group commit): nothing to wait for. */
     if (!svc->batch_open && !svc->flush_ev) {
         run_after_commit(svc, msg, hooks, hook, false);
@@ -660,7 +663,8 @@ static esim_err http_setup(esim_service *svc, esim_error *err)
     evhttp_set_max_headers_size(svc->http, 64 * 1024);
     evhttp_set_timeout(svc->http, 60);
     evhttp_set_allowed_methods(svc->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
+                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
+                                              EVHTTP_REQ_PATCH);
     evhttp_set_bevcb(svc->http, new_bev, svc);
     if ((rc = conn_setup(svc, err)) != ESIM_OK)
         return rc;
@@ -697,7 +701,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     if (esim_store_push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
         svc->m.store_errors++;
     for (size_t i = 0; i < n; i++)
-        push_device(svc, due[i], NULL, NULL);
+        push_device(svc, due[i], NULL, NULL, NULL);
     mdm_prune_buckets(svc, now);
     replay_prune(svc, now);
     omadm_tick(svc, now);
@@ -752,6 +756,7 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
     svc->apns_key_path = dup_or_null(cfg->apns_key_path, &oom);
     svc->apns_ca_path = dup_or_null(cfg->apns_ca_path, &oom);
     svc->apns_topic = dup_or_null(cfg->apns_topic, &oom);
+    svc->cert_header = dup_or_null(cfg->cert_header ? cfg->cert_header : "Client-Cert", &oom);
     svc->webhook_secret = dup_or_null(cfg->webhook_secret, &oom);
     svc->wns_token_url = dup_or_null(cfg->wns_token_url, &oom);
     svc->wns_client_id = dup_or_null(cfg->wns_client_id, &oom);
@@ -808,7 +813,9 @@ static esim_err start(esim_service *svc, esim_error *err)
             return esim_fail(err, ESIM_EINVAL,
                              "device auth '%s' needs --device-ca PEM (the CA that issues device "
                              "identity certificates), or --device-auth none for local experiments",
-                             svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS ? "mtls" : "signature");
+                             svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS     ? "mtls"
+                             : svc->cfg.device_auth == ESIM_DEVICE_AUTH_HEADER ? "header"
+                                                                               : "signature");
         if ((rc = auth_load_device_ca(svc->device_ca_path, &svc->device_ca, err)) != ESIM_OK)
             return rc;
     }
@@ -927,6 +934,7 @@ void esim_service_free(esim_service *svc)
     free(svc->apns_key_path);
     free(svc->apns_ca_path);
     free(svc->apns_topic);
+    free(svc->cert_header);
     free(svc->webhook_secret);
     free(svc->wns_token_url);
     free(svc->wns_client_id);
@@ -1086,7 +1094,7 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
     for (size_t i = 0; i < n; i++) {
         esim_push_state ps = ESIM_PUSH_SKIPPED;
         if (opts->push)
-            push_device(svc, udids[i], &ps, NULL);
+            push_device(svc, udids[i], &ps, NULL, NULL);
         if (pushes)
             pushes[i] = ps;
     }
@@ -1096,7 +1104,7 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
 esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
                            esim_error *err)
 {
-    return push_device(svc, udid, state, err);
+    return push_device(svc, udid, state, NULL, err);
 }
 
 /* ---- /metrics ---------------------------------------------------------------------------- */
@@ -1105,7 +1113,11 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
 {
     static const char *const routes[] = {"mdm", "api", "other"};
     static const char *const codes[] = {"2xx", "4xx", "5xx"};
-    static const char *const checkins[] = {"Authenticate", "TokenUpdate", "CheckOut"};
+    /* By esim_msg_kind - 1 (a result is not a check-in: NULL). */
+    static const char *const checkins[] = {
+        "Authenticate",     "TokenUpdate",       "CheckOut",          NULL,
+        "UserAuthenticate", "SetBootstrapToken", "GetBootstrapToken", "DeclarativeManagement",
+        "GetToken"};
     const svc_metrics *m = &svc->m;
     esim_buf_append_str(out, "# HELP esim_mdm_http_requests_total HTTP requests answered.\n"
                              "# TYPE esim_mdm_http_requests_total counter\n");
@@ -1115,9 +1127,10 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                             routes[r], codes[c], (unsigned long long)m->requests[r][c]);
     esim_buf_append_str(out, "# HELP esim_mdm_checkins_total Check-in messages recorded.\n"
                              "# TYPE esim_mdm_checkins_total counter\n");
-    for (int i = 0; i < 3; i++)
-        esim_buf_printf(out, "esim_mdm_checkins_total{message_type=\"%s\"} %llu\n", checkins[i],
-                        (unsigned long long)m->checkins[i]);
+    for (size_t i = 0; i < sizeof checkins / sizeof checkins[0]; i++)
+        if (checkins[i])
+            esim_buf_printf(out, "esim_mdm_checkins_total{message_type=\"%s\"} %llu\n", checkins[i],
+                            (unsigned long long)m->checkins[i]);
     esim_buf_append_str(out, "# HELP esim_mdm_results_total Command results and Idle by status.\n"
                              "# TYPE esim_mdm_results_total counter\n");
     for (int s = ESIM_STATUS_IDLE; s <= ESIM_STATUS_NOT_NOW; s++)

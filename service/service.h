@@ -39,9 +39,15 @@ typedef enum {
     ESIM_DEVICE_AUTH_MTLS = 1,
     /* No identity at all: local experiments only. */
     ESIM_DEVICE_AUTH_NONE = 2,
+    /* The client certificate a TLS-terminating proxy passes in an HTTP
+     * header (cert_header; NanoMDM's -cert-header): RFC 9440 ":base64 DER:"
+     * or a URL-escaped PEM, chaining to the device CA. Whoever can reach
+     * the service without the proxy can claim any identity: see
+     * docs/service.md, "Device identity". */
+    ESIM_DEVICE_AUTH_HEADER = 3,
 } esim_device_auth;
 
-/* "signature", "mtls", "none" -> the mode; ESIM_EINVAL otherwise. */
+/* "signature", "mtls", "none", "header" -> the mode; ESIM_EINVAL otherwise. */
 ESIM_EXTERN esim_err esim_device_auth_parse(const char *word, esim_device_auth *out,
                                             esim_error *err);
 
@@ -144,6 +150,13 @@ typedef struct {
 
     esim_device_auth device_auth; /* default ESIM_DEVICE_AUTH_SIGNATURE */
     const char *device_ca_path;   /* PEM bundle; required unless auth is none */
+    /* ESIM_DEVICE_AUTH_HEADER: the header's name; NULL = "Client-Cert". */
+    const char *cert_header;
+
+    /* NanoMDM's /migration endpoint (API token): Authenticate, TokenUpdate
+     * and SetBootstrapToken check-ins of devices enrolled with another
+     * server, taken without a device identity. Off by default. */
+    bool migration;
 
     /* TLS for every endpoint; both or neither. With device_auth MTLS, TLS is
      * required and clients are asked for a certificate. */

@@ -26,7 +26,7 @@ enum { M_CODE_2XX, M_CODE_4XX, M_CODE_5XX, M_CODE_COUNT };
 
 typedef struct {
     uint64_t requests[M_ROUTE_COUNT][M_CODE_COUNT];
-    uint64_t checkins[4]; /* by esim_msg_kind - 1: authenticate, token_update, checkout */
+    uint64_t checkins[9]; /* by esim_msg_kind - 1 (results are not counted here) */
     uint64_t results[6];  /* by esim_status */
     uint64_t anomalies;
     uint64_t commands_sent;
@@ -170,6 +170,14 @@ typedef struct {
     uint64_t suppressed;
 } svc_loglim;
 
+/* What a webhook says beyond the message: the device request's query
+ * string (url_params; NULL none) and, for a TokenUpdate, the device's
+ * token_update_tally (-1: not one). */
+typedef struct {
+    const char *query;
+    int tally;
+} svc_event_extra;
+
 typedef struct svc_webhooks svc_webhooks;
 typedef struct hook_job hook_job;
 typedef struct svc_push svc_push;
@@ -182,6 +190,7 @@ struct esim_service {
     char *listen, *data_dir, *store_spec, *api_token, *device_ca_path;
     char *tls_cert_path, *tls_key_path, *apns_url, *apns_cert_path, *apns_key_path;
     char *apns_ca_path, *apns_topic, *webhook_secret;
+    char *cert_header; /* ESIM_DEVICE_AUTH_HEADER's header name */
     char **webhook_urls;
 
     store *st;
@@ -321,6 +330,12 @@ typedef struct {
     bool needs_token; /* bearer token required */
 } api_route;
 
+/* A route's method that matches every method the server takes (NanoMDM's
+ * enqueue and push take any). */
+#define API_ANY_METHOD                                                                             \
+    ((enum evhttp_cmd_type)(EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |                    \
+                            EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH))
+
 /* A route a module added with esim_service_add_route. */
 typedef struct svc_route {
     enum evhttp_cmd_type method;
@@ -345,6 +360,13 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
 json_t *api_body_json(api_request *r);
 /* HTTP status for an esim_err from the store or the service. */
 int api_status_for(esim_err rc);
+
+/* NanoMDM's endpoints (nanomdm.c): GET /version, POST|PUT /migration,
+ * GET and PUT /v1/pushcert. */
+void nano_version(api_request *r);
+void nano_migration(api_request *r);
+void nano_pushcert_get(api_request *r);
+void nano_pushcert_put(api_request *r);
 
 /* Builds a command plist from the API's JSON command object (api_compose.c).
  * ESIM_EINVAL with |field| naming the offending key ("command.queries"). */
@@ -468,11 +490,23 @@ void replay_free(esim_service *svc);
 
 esim_err push_init(esim_service *svc, esim_error *err);
 void push_free(esim_service *svc);
-/* Pushes the device once; *state (may be NULL) says what happened. */
-esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state, esim_error *err);
+/* Pushes the device once; *state (may be NULL) says what happened, and
+ * |apns_id| (may be NULL) receives the apns-id the push went out with
+ * (empty unless sent). */
+esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state,
+                     char apns_id[ESIM_UUID_LEN + 1], esim_error *err);
 bool push_configured(const esim_service *svc);
 /* The APNs topic pushes go out under, or NULL without APNs. */
 const char *push_topic(const esim_service *svc);
+/* The loaded push certificate's topic and notAfter (ms).
+ * ESIM_ENOTFOUND: none (no APNs, or no certificate). */
+esim_err push_cert_info(esim_service *svc, char topic[256], int64_t *not_after, esim_error *err);
+/* PUT /v1/pushcert: |pem| holds a certificate and its unencrypted key;
+ * stored as DATA_DIR/apns-push.pem and .key (0600), and the APNs client is
+ * replaced by one using them. ESIM_EINVAL bad input, ESIM_ESTATE no APNs
+ * URL, ESIM_ECRYPTO unusable; nothing changes then. */
+esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char topic[256],
+                           int64_t *not_after, esim_error *err);
 /* Appends push-client metrics (Prometheus lines) to |out|. */
 void push_metrics(esim_service *svc, esim_buf *out);
 
@@ -486,7 +520,8 @@ void webhooks_free(esim_service *svc);
  * device sent), one per URL, each written to the store's outbox at once:
  * inside the open batch when there is one, so the row commits with the
  * change it reports. Not started yet; NULL without webhooks. Never blocks. */
-hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len);
+hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
+                           const svc_event_extra *x);
 /* Starts them once their batch committed; or forgets them when it was
  * undone (their outbox rows went with it). Both take NULL. */
 void webhooks_launch(esim_service *svc, hook_job *jobs);
@@ -511,9 +546,11 @@ void svc_batch_open(esim_service *svc);
  * full), else at the flush that sends the held answers, right after the
  * batch commits (then |msg| is taken over and left zeroed). |refill| (may
  * be NULL): the device's held answer, empty, that is to carry the next
- * command the hooks queue for it; |cert| the identity that sent |msg|. */
-void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len, bool hook,
-                      struct svc_reply *refill, const char *cert);
+ * command the hooks queue for it; |cert| the identity that sent |msg|;
+ * |x| (may be NULL) what the webhook says beyond |msg|. */
+void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
+                      const svc_event_extra *x, bool hook, struct svc_reply *refill,
+                      const char *cert);
 /* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
  * once without a batch), then |free_ctx|(ctx) (may be NULL). */
 void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,

@@ -310,8 +310,8 @@ esim_err esim_store_device_bootstrap_set(store *st, const char *udid, const char
                                          const void *token, size_t len, int64_t now,
                                          esim_error *err)
 {
-    if (!udid || !token || len == 0)
-        return esim_fail(err, ESIM_EINVAL, "SetBootstrapToken needs a UDID and a token");
+    if (!udid || (len && !token))
+        return esim_fail(err, ESIM_EINVAL, "SetBootstrapToken needs a UDID");
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
@@ -335,7 +335,7 @@ esim_err esim_store_device_bootstrap_get(store *st, const char *udid, const char
     if (rc == ESIM_OK) {
         rc = st->ops->device_bootstrap_get(st, udid, out, err);
         if (rc == ESIM_ENOTFOUND)
-            esim_fail(err, ESIM_ENOTFOUND, "device %s has no bootstrap token", udid);
+            rc = ESIM_OK; /* none: |out| stays empty */
     }
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "bootstrap_token_get", udid, NULL, NULL, NULL, 0, err);
@@ -345,6 +345,23 @@ esim_err esim_store_device_bootstrap_get(store *st, const char *udid, const char
         esim_buf_free(out);
     }
     return rc;
+}
+
+esim_err esim_store_device_checkin(store *st, const char *udid, const char *cert_sha256,
+                                   const char *kind, const char *detail, int64_t now,
+                                   esim_error *err)
+{
+    if (!udid || !kind)
+        return esim_fail(err, ESIM_EINVAL, "a check-in needs a UDID and a kind");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = check_identity(st, udid, cert_sha256, kind, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_seen(st, udid, NULL, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->event_add(st, now, kind, udid, NULL, detail, NULL, 0, err);
+    return st->ops->op_end(st, rc, err);
 }
 
 esim_err esim_store_device_checkout(store *st, const char *udid, const char *cert_sha256,

@@ -315,10 +315,10 @@ ESIM_EXTERN esim_err esim_store_device_token_update(store *st, const char *udid,
                                                     const char *token_hex, const char *push_magic,
                                                     int64_t now, esim_error *err);
 
-/* SetBootstrapToken: stores the device's bootstrap token (|len| >= 1),
- * replacing any earlier one; GetBootstrapToken: appends it to |out|
- * (ESIM_ENOTFOUND when the device never set one). A ledger event records
- * each, without the token.
+/* SetBootstrapToken: stores the device's bootstrap token, replacing any
+ * earlier one (|len| 0: clears it); GetBootstrapToken: appends it to |out|
+ * (nothing when the device has none). A ledger event records each, without
+ * the token.
  *   ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as for TokenUpdate. */
 ESIM_EXTERN esim_err esim_store_device_bootstrap_set(store *st, const char *udid,
                                                      const char *cert_sha256, const void *token,
@@ -326,6 +326,14 @@ ESIM_EXTERN esim_err esim_store_device_bootstrap_set(store *st, const char *udid
 ESIM_EXTERN esim_err esim_store_device_bootstrap_get(store *st, const char *udid,
                                                      const char *cert_sha256, esim_buf *out,
                                                      int64_t now, esim_error *err);
+
+/* Any other check-in of an enrolled device (UserAuthenticate,
+ * DeclarativeManagement, GetToken): checks its identity as for TokenUpdate,
+ * marks it seen and records a ledger event |kind| with |detail| (may be
+ * NULL).  ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as for TokenUpdate. */
+ESIM_EXTERN esim_err esim_store_device_checkin(store *st, const char *udid, const char *cert_sha256,
+                                               const char *kind, const char *detail, int64_t now,
+                                               esim_error *err);
 
 /* Unenrolls the device: enrolled = false, token cleared, every active queue
  * entry canceled.  ESIM_ENOTFOUND, ESIM_ESTATE, ESIM_EAUTH as above. */

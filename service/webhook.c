@@ -11,9 +11,12 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <time.h>
 
 #include <curl/curl.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -413,11 +416,52 @@ static const char *topic_for(const esim_msg *msg)
         return "mdm.CheckOut";
     case ESIM_MSG_RESULT:
         return "mdm.Connect";
+    case ESIM_MSG_USER_AUTHENTICATE:
+        return "mdm.UserAuthenticate";
+    case ESIM_MSG_SET_BOOTSTRAP_TOKEN:
+        return "mdm.SetBootstrapToken";
+    case ESIM_MSG_GET_BOOTSTRAP_TOKEN:
+        return "mdm.GetBootstrapToken";
+    case ESIM_MSG_DECLARATIVE_MANAGEMENT:
+        return "mdm.DeclarativeManagement";
+    case ESIM_MSG_GET_TOKEN:
+        return "mdm.GetToken";
     }
     return "mdm.Unknown";
 }
 
-static char *build_payload(const esim_msg *msg, const void *raw, size_t len)
+/* url_params: the device request's query parameters as an object (the
+ * first value of a repeated key, as NanoMDM takes it), {} when none. */
+static json_t *url_params(const char *query)
+{
+    json_t *o = json_object();
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    if (o && query && *query && evhttp_parse_query_str(query, &q) == 0) {
+        struct evkeyval *kv;
+        TAILQ_FOREACH(kv, &q, next)
+        {
+            if (json_object_get(o, kv->key) || !svc_utf8_valid(kv->key))
+                continue;
+            char *v = strdup(kv->value);
+            if (!v)
+                continue;
+            svc_utf8_sanitize(v);
+            json_object_set_new(o, kv->key, json_string(v));
+            free(v);
+        }
+    }
+    evhttp_clear_headers(&q);
+    return o;
+}
+
+/* One event in NanoMDM's webhook shape (its service/webhook/event.json):
+ * topic, event_id, created_at, and checkin_event or acknowledge_event with
+ * udid or enrollment_id, ids (NanoMDM's enrollment id and its type), url_params,
+ * raw_payload (the body as sent, base64), token_update_tally on
+ * TokenUpdate, status and (not on Idle) command_uuid on results. */
+static char *build_payload(const esim_msg *msg, const void *raw, size_t len,
+                           const svc_event_extra *x)
 {
     esim_buf b64 = {0};
     if (esim_base64_encode(raw, len, &b64) != ESIM_OK)
@@ -431,15 +475,23 @@ static char *build_payload(const esim_msg *msg, const void *raw, size_t len)
     char when[80];
     snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now % 1000));
-    json_t *ev = json_pack("{s:s,s:n,s:s}", msg->is_enrollment_id ? "enrollment_id" : "udid",
-                           msg->udid, "url_params", "raw_payload", (const char *)b64.data);
+    /* The device channel only (user-channel messages are refused before
+     * this): the id is the UDID, or the EnrollmentID of a User Enrollment. */
+    json_t *ids = json_pack("{s:s,s:s}", "id", msg->udid, "type",
+                            msg->is_enrollment_id ? "User Enrollment (Device)" : "Device");
+    json_t *ev = json_pack("{s:s,s:o,s:o,s:s}", msg->is_enrollment_id ? "enrollment_id" : "udid",
+                           msg->udid, "ids", ids, "url_params", url_params(x ? x->query : NULL),
+                           "raw_payload", (const char *)b64.data);
     esim_buf_free(&b64);
     if (!ev)
         return NULL;
     if (msg->kind == ESIM_MSG_RESULT) {
         json_object_set_new(ev, "status", json_string(esim_status_name(msg->status)));
-        json_object_set_new(ev, "command_uuid", json_string(msg->command_uuid));
+        if (msg->command_uuid[0]) /* absent, not empty, on Idle */
+            json_object_set_new(ev, "command_uuid", json_string(msg->command_uuid));
     }
+    if (msg->kind == ESIM_MSG_TOKEN_UPDATE && x && x->tally >= 0)
+        json_object_set_new(ev, "token_update_tally", json_integer(x->tally));
     json_t *root =
         json_pack("{s:s,s:s,s:s,s:o}", "topic", topic_for(msg), "event_id", id, "created_at", when,
                   msg->kind == ESIM_MSG_RESULT ? "acknowledge_event" : "checkin_event", ev);
@@ -498,12 +550,13 @@ static hook_job *job_new(svc_webhooks *wh, size_t url, char *body, size_t len)
     return j;
 }
 
-hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len)
+hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
+                           const svc_event_extra *x)
 {
     svc_webhooks *wh = svc->webhooks;
     if (!wh)
         return NULL;
-    char *payload = build_payload(msg, raw, len);
+    char *payload = build_payload(msg, raw, len, x);
     if (!payload)
         return NULL;
     size_t plen = strlen(payload);

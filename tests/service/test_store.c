@@ -916,21 +916,28 @@ static void test_tally_retro_bind_bootstrap(void **state)
 
     /* Bootstrap token. */
     esim_buf tok = {0};
-    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1020, &e),
-                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1020, &e), ESIM_OK);
+    assert_int_equal(tok.len, 0);
     assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c1", "\x01\x02\x03", 3, 1021, &e),
                      ESIM_OK);
     assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c2", "x", 1, 1022, &e), ESIM_EAUTH);
     assert_int_equal(esim_store_device_bootstrap_set(st, "U9", "c9", "x", 1, 1022, &e),
                      ESIM_ENOTFOUND);
-    assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c1", "x", 0, 1022, &e),
-                     ESIM_EINVAL);
+    assert_int_equal(esim_store_device_checkin(st, "U1", "c1", "get_token", "t", 1022, &e),
+                     ESIM_OK);
+    assert_int_equal(esim_store_device_checkin(st, "U1", "c2", "get_token", "t", 1022, &e),
+                     ESIM_EAUTH);
+    assert_int_equal(esim_store_device_checkin(st, "U7", "c7", "get_token", "t", 1022, &e),
+                     ESIM_ENOTFOUND);
     assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1023, &e), ESIM_OK);
     assert_int_equal(tok.len, 3);
     assert_memory_equal(tok.data, "\x01\x02\x03", 3);
     esim_buf_free(&tok);
     assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c2", &tok, 1024, &e), ESIM_EAUTH);
     assert_null(tok.data);
+    assert_int_equal(esim_store_device_bootstrap_set(st, "U1", "c1", NULL, 0, 1024, &e), ESIM_OK);
+    assert_int_equal(esim_store_device_bootstrap_get(st, "U1", "c1", &tok, 1024, &e), ESIM_OK);
+    assert_int_equal(tok.len, 0);
     assert_int_equal(esim_store_device_checkout(st, "U1", "c1", 1025, NULL), ESIM_OK);
     assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
     assert_int_equal(d.token_update_tally, 0);
