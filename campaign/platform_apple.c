@@ -89,7 +89,8 @@ static esim_err apple_build(void *ctx, const campaign_order *o, const char *uuid
         return rc;
     memset(out, 0, sizeof *out);
     out->body = cmd.body; /* taken over */
-    snprintf(out->uuid, sizeof out->uuid, "%s", cmd.command_uuid);
+    /* The campaign names its commands with fresh UUIDs (36 characters). */
+    snprintf(out->uuid, sizeof out->uuid, "%.*s", ESIM_UUID_LEN, cmd.command_uuid);
     snprintf(out->kind, sizeof out->kind, "%s", cmd.request_type);
     return ESIM_OK;
 }

@@ -41,7 +41,8 @@ static const char compose_help[] =
     "  windows-csp         a Windows eUICCs CSP SyncML document\n"
     "\n"
     "options of every MDM command kind (not restrictions or windows-csp):\n"
-    "  --uuid UUID         use this CommandUUID instead of a fresh one\n"
+    "  --uuid UUID         use this CommandUUID instead of a fresh one (any text\n"
+    "                      Apple allows; a UUID is usual)\n"
     "  --binary            write a binary plist instead of XML\n"
     "  --network-tether    set RequestRequiresNetworkTether (the command needs a\n"
     "                      tethered network connection)\n"
@@ -56,7 +57,7 @@ static const char compose_help[] =
     "exit status: 0 written, 1 failed at run time, 2 bad options or input.\n";
 
 #define COMMON_OPTIONS                                                                             \
-    "  --uuid UUID             CommandUUID to use (default: a fresh lowercase UUID)\n"             \
+    "  --uuid UUID             CommandUUID to use, any text (default: a fresh UUID)\n"             \
     "  --binary                binary plist instead of XML (redirect it to a file)\n"              \
     "  --network-tether        set RequestRequiresNetworkTether\n"
 

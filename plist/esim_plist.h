@@ -28,16 +28,17 @@ typedef enum { ESIM_PLIST_XML = 0, ESIM_PLIST_BINARY = 1 } esim_plist_format;
 
 /* Options shared by every command builder. A NULL opts means all defaults. */
 typedef struct {
-    const char *command_uuid;             /* NULL: a fresh lowercase UUID */
+    const char *command_uuid;             /* NULL: a fresh lowercase UUID; else any text of
+                                             1 to 127 bytes, no control characters */
     esim_plist_format format;             /* XML unless asked */
     bool request_requires_network_tether; /* emitted only when true */
 } esim_cmd_opts;
 
 /* A built command: the serialized plist and the facts callers need. */
 typedef struct {
-    esim_buf body;                        /* XML or binary plist */
-    char command_uuid[ESIM_UUID_LEN + 1]; /* the CommandUUID in |body| */
-    char request_type[64];                /* e.g. "RefreshCellularPlans" */
+    esim_buf body;          /* XML or binary plist */
+    char command_uuid[128]; /* the CommandUUID in |body| */
+    char request_type[64];  /* e.g. "RefreshCellularPlans" */
 } esim_cmd;
 
 ESIM_EXTERN void esim_cmd_free(esim_cmd *cmd); /* frees body; NULL ok */
@@ -336,7 +337,8 @@ ESIM_EXTERN esim_err esim_msg_build_result(const char *udid, esim_status status,
  *                             outside 1..65535, user:password@ in the URL,
  *                             over ESIM_SERVER_URL_MAX, or |out_len| too small.
  * esim_cmd_* builders         ESIM_EINVAL  bad arguments (see each builder),
- *                             opts->command_uuid not 8-4-4-4-12 hex, an
+ *                             opts->command_uuid empty, over 127 bytes or
+ *                             holding a control character, an
  *                             unknown opts->format; ESIM_ENOMEM.
  *   esim_cmd_erase_device     also: PIN not 6 digits, an ObliterationBehavior
  *                             outside the four values, rts_* data given while

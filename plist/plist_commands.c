@@ -177,16 +177,24 @@ esim_err plist_finish_command(const char *request_type, plist_t command, const e
                        (int)opts->format);
         goto fail;
     }
-    char uuid[ESIM_UUID_LEN + 1];
+    char uuid[sizeof(((esim_cmd *)0)->command_uuid)];
     if (opts->command_uuid) {
-        if (!esim_uuid_valid(opts->command_uuid) || strlen(opts->command_uuid) != ESIM_UUID_LEN) {
+        /* Apple's CommandUUID is a string, not necessarily a UUID: any
+         * text a plist and a JSON answer can carry. */
+        size_t n = strlen(opts->command_uuid);
+        bool printable = n > 0 && n < sizeof uuid;
+        for (size_t i = 0; printable && i < n; i++)
+            printable =
+                (unsigned char)opts->command_uuid[i] >= 0x20 && opts->command_uuid[i] != 0x7F;
+        if (!printable) {
             rc = esim_fail(err, ESIM_EINVAL,
-                           "CommandUUID '%.80s' is not a UUID; use 8-4-4-4-12 hex digits such as "
-                           "0f8fad5b-d9cb-469f-a165-70867728950e, or leave it out for a fresh one",
-                           opts->command_uuid);
+                           "CommandUUID '%.80s' must be 1 to %zu characters without control "
+                           "characters (a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e is "
+                           "usual), or leave it out for a fresh UUID",
+                           opts->command_uuid, sizeof uuid - 1);
             goto fail;
         }
-        memcpy(uuid, opts->command_uuid, sizeof uuid);
+        memcpy(uuid, opts->command_uuid, n + 1);
     } else {
         esim_uuid_new(uuid);
     }

@@ -180,9 +180,15 @@ static void test_refresh_plans_refusals(void **state)
     r = RUN(f, "compose", "refresh-plans", "--server-url");
     assert_int_equal(r.status, 2);
     run_result_free(&r);
-    r = RUN(f, "compose", "refresh-plans", "--server-url", "a.example.com", "--uuid", "nope");
+    /* Any CommandUUID Apple allows: a string, not necessarily a UUID. */
+    r = RUN(f, "compose", "refresh-plans", "--server-url", "a.example.com", "--uuid",
+            "vendor-cmd:42");
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr((char *)r.out.data, "<string>vendor-cmd:42</string>"));
+    run_result_free(&r);
+    r = RUN(f, "compose", "refresh-plans", "--server-url", "a.example.com", "--uuid", "");
     assert_int_equal(r.status, 2);
-    assert_non_null(strstr((char *)r.err.data, "UUID"));
+    assert_non_null(strstr((char *)r.err.data, "CommandUUID"));
     run_result_free(&r);
     r = RUN(f, "compose", "refresh-plans", "--server-url", "a.example.com", "--bogus");
     assert_int_equal(r.status, 2);

@@ -191,10 +191,13 @@ static void test_bad_opts_refused(void **state)
     memset(&cmd, 0x5A, sizeof cmd);
     esim_cmd before = cmd;
     esim_error err = {{0}};
-    esim_cmd_opts bad_uuid = {.command_uuid = "not-a-uuid"};
+    esim_cmd_opts bad_uuid = {.command_uuid = "tab\there"};
     assert_int_equal(esim_cmd_refresh_plans("smdp.example.com", &bad_uuid, &cmd, &err),
                      ESIM_EINVAL);
-    assert_non_null(strstr(err.msg, "UUID"));
+    assert_non_null(strstr(err.msg, "CommandUUID"));
+    bad_uuid.command_uuid = "";
+    assert_int_equal(esim_cmd_refresh_plans("smdp.example.com", &bad_uuid, &cmd, &err),
+                     ESIM_EINVAL);
     esim_cmd_opts bad_format = {.format = (esim_plist_format)7};
     assert_int_equal(esim_cmd_profile_list(true, &bad_format, &cmd, &err), ESIM_EINVAL);
     assert_int_equal(esim_cmd_refresh_plans("ftp://x", NULL, &cmd, &err), ESIM_EINVAL);
