@@ -248,6 +248,9 @@ esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char 
     }
     X509_free(x);
     EVP_PKEY_free(k);
+    /* With a PostgreSQL store the data directory may not exist yet. */
+    if (rc == ESIM_OK)
+        rc = esim_mkdirs(svc->data_dir ? svc->data_dir : ".", 0700, err);
     if (rc == ESIM_OK)
         rc = esim_write_file_atomic(tmp_cert, cert_pem.data, cert_pem.len, 0600, err);
     if (rc == ESIM_OK)
