@@ -3,6 +3,7 @@
  * command line and/or a config file) and the admin subcommands that drive
  * it over its JSON API: enqueue, status, devices, cancel.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -84,7 +85,13 @@ static const char serve_usage[] =
     "                            (RFC 9440 Client-Cert, or URL-escaped PEM); means\n"
     "                            --device-auth header. Only behind a proxy that sets it!\n"
     "  --config F                read options from F: one 'option value' per line, # comments\n"
-    "                            (command-line options given after --config win)\n";
+    "                            (command-line options given after --config win)\n"
+    "\n"
+    "Every option can also come from the environment: ESIM_MDM_ and its name in capitals,\n"
+    "dashes as underscores (ESIM_MDM_LISTEN=0.0.0.0:8443, ESIM_MDM_MIGRATION=1; repeated\n"
+    "--webhook: ESIM_MDM_WEBHOOK with URLs separated by spaces). The command line wins over\n"
+    "the environment, which wins over the config file (--config or ESIM_MDM_CONFIG).\n"
+    "Read again on SIGHUP, like the config file.\n";
 
 enum {
     O_LISTEN = 1000,
@@ -186,6 +193,19 @@ typedef struct {
 
 static int apply_option(serve_opts *o, int id, const char *v);
 
+/* A flag's value where a value is written (config file, environment):
+ * "on" for 1, true, on, yes; "off" for 0, false, off, no; else NULL. */
+static const char *flag_word(const char *v)
+{
+    if (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "on") == 0 ||
+        strcmp(v, "yes") == 0)
+        return "on";
+    if (strcmp(v, "0") == 0 || strcmp(v, "false") == 0 || strcmp(v, "off") == 0 ||
+        strcmp(v, "no") == 0)
+        return "off";
+    return NULL;
+}
+
 /* Reads "option value" lines; each becomes the matching --option. */
 static int read_config(serve_opts *o, const char *path)
 {
@@ -215,7 +235,7 @@ static int read_config(serve_opts *o, const char *path)
         }
         const cli_option *opt = NULL;
         for (size_t i = 0; serve_options[i].name && !opt; i++)
-            if (strcmp(serve_options[i].name, line) == 0 && serve_options[i].takes_value)
+            if (strcmp(serve_options[i].name, line) == 0 && serve_options[i].id != O_HELP)
                 opt = &serve_options[i];
         /* The same words as on the command line, with the file's line. */
         if (!opt || opt->id == O_CONFIG) {
@@ -229,6 +249,12 @@ static int read_config(serve_opts *o, const char *path)
                                  path, lineno, line);
             break;
         }
+        if (!opt->takes_value && !(value = (char *)flag_word(value))) {
+            rc = cli_usage_error("serve: %s:%d: option %s takes on or off; see `esim-mdm serve "
+                                 "--help`",
+                                 path, lineno, line);
+            break;
+        }
         if (o->n_owned == sizeof o->owned / sizeof o->owned[0] ||
             !(o->owned[o->n_owned] = strdup(value))) {
             rc = cli_usage_error("%s: too many options", path);
@@ -237,6 +263,51 @@ static int read_config(serve_opts *o, const char *path)
         rc = apply_option(o, opt->id, o->owned[o->n_owned++]);
     }
     esim_buf_free(&text);
+    return rc;
+}
+
+/* ESIM_MDM_<NAME>: every option of serve that the command line did not
+ * give (|on_cmdline|, indexed by id - O_LISTEN), its name in capitals with
+ * dashes as underscores; an empty variable counts as unset. Repeatable
+ * --webhook adds up: URLs separated by spaces. A bad value is refused like
+ * the option, and the message names the variable. */
+static int read_environment(serve_opts *o, const bool *on_cmdline)
+{
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; serve_options[i].name && rc == CLI_EXIT_OK; i++) {
+        const cli_option *opt = &serve_options[i];
+        if (opt->id == O_HELP || opt->id == O_CONFIG)
+            continue;
+        if (opt->id != O_WEBHOOK && on_cmdline[opt->id - O_LISTEN])
+            continue;
+        char var[64] = "ESIM_MDM_";
+        size_t n = strlen(var);
+        for (const char *c = opt->name; *c && n + 1 < sizeof var; c++)
+            var[n++] = *c == '-' ? '_' : (char)toupper((unsigned char)*c);
+        var[n] = '\0';
+        const char *v = getenv(var);
+        if (!v || !*v)
+            continue;
+        if (!opt->takes_value && !flag_word(v))
+            rc = cli_bad_option_value("serve", opt->name, v,
+                                      "1, true, on, yes or 0, false, off, no");
+        else if (!opt->takes_value)
+            v = flag_word(v);
+        if (rc == CLI_EXIT_OK && (o->n_owned == sizeof o->owned / sizeof o->owned[0] ||
+                                  !(o->owned[o->n_owned] = strdup(v))))
+            rc = cli_usage_error("serve: %s: too many options", var);
+        else if (rc == CLI_EXIT_OK && opt->id == O_WEBHOOK) {
+            char *copy = o->owned[o->n_owned++];
+            for (char *save = NULL, *u = strtok_r(copy, " \t\n", &save); u && rc == CLI_EXIT_OK;
+                 u = strtok_r(NULL, " \t\n", &save))
+                rc = apply_option(o, O_WEBHOOK, u);
+        } else if (rc == CLI_EXIT_OK) {
+            rc = apply_option(o, opt->id, o->owned[o->n_owned++]);
+        }
+        if (rc != CLI_EXIT_OK)
+            fprintf(stderr, "esim-mdm serve: (the value came from the environment variable %s)\n",
+                    var);
+    }
     return rc;
 }
 
@@ -586,8 +657,14 @@ static int serve_load(int argc, char **argv, serve_setup *s)
     esim_service_config_init(&o->cfg);
     o->cfg.log_level = ESIM_LOG_INFO; /* a library is quiet; the program logs */
     o->cfg.access_log = true;
+    /* Lowest first: the config file, the environment, the command line.
+     * The command line is applied in its order (options after --config win
+     * over the file), then the environment for every option it did not
+     * give; ESIM_MDM_CONFIG names the file when no --config does. */
     int rc = CLI_EXIT_OK;
     int c;
+    bool on_cmdline[O_HELP - O_LISTEN + 1] = {false};
+    bool config_given = false;
     cli_parser p;
     cli_parser_init(&p, "serve", serve_options, argc, argv, 1);
     while (rc == CLI_EXIT_OK && (c = cli_next(&p)) != CLI_END) {
@@ -595,9 +672,23 @@ static int serve_load(int argc, char **argv, serve_setup *s)
             rc = CLI_EXIT_USAGE;
         else if (c == CLI_ARG)
             rc = cli_unexpected("serve", p.value);
-        else
-            rc = apply_option(o, c, p.value);
+        else if (c == O_CONFIG)
+            config_given = true;
     }
+    const char *env_config = getenv("ESIM_MDM_CONFIG");
+    if (rc == CLI_EXIT_OK && !config_given && env_config && *env_config) {
+        rc = read_config(o, env_config);
+        if (rc != CLI_EXIT_OK)
+            fprintf(stderr, "esim-mdm serve: (the file was named by ESIM_MDM_CONFIG)\n");
+    }
+    cli_parser_init(&p, "serve", serve_options, argc, argv, 1);
+    while (rc == CLI_EXIT_OK && (c = cli_next(&p)) != CLI_END) {
+        if (c >= O_LISTEN && c <= O_HELP)
+            on_cmdline[c - O_LISTEN] = true;
+        rc = apply_option(o, c, p.value);
+    }
+    if (rc == CLI_EXIT_OK)
+        rc = read_environment(o, on_cmdline);
     esim_error e;
     if (rc == CLI_EXIT_OK && o->cfg.cert_header && !o->device_auth)
         o->device_auth = "header";

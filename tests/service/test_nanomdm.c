@@ -755,6 +755,106 @@ static void test_cert_header(void **state)
     harness_stop(&ts);
 }
 
+/* Row: configuration from the environment, between the config file and
+ * the command line. */
+static pid_t serve_with_env(const char *const *env_vars, const char *extra_arg,
+                            const char *extra_val)
+{
+    const char *bin = getenv("ESIM_MDM_BIN");
+    assert_non_null(bin);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        for (size_t i = 0; env_vars[i]; i += 2)
+            setenv(env_vars[i], env_vars[i + 1], 1);
+        if (extra_arg)
+            execl(bin, bin, "serve", extra_arg, extra_val, (char *)NULL);
+        else
+            execl(bin, bin, "serve", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_port(const char *port_file, pid_t pid)
+{
+    for (int i = 0; i < 400; i++) {
+        FILE *f = fopen(port_file, "r");
+        int port = 0;
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (port > 0)
+            return port;
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            fail_msg("esim-mdm serve exited with %d", status);
+        usleep(25 * 1000);
+    }
+    fail_msg("esim-mdm serve did not write %s", port_file);
+    return 0;
+}
+
+static void test_environment_configuration(void **state)
+{
+    (void)state;
+    char conf[400], data[400], token[400], port_a[400], port_b[400], port_c[400], text[2000];
+    snprintf(conf, sizeof conf, "%s/env.conf", env.dir);
+    snprintf(data, sizeof data, "%s/env-data", env.dir);
+    snprintf(token, sizeof token, "%s/env.token", env.dir);
+    snprintf(port_a, sizeof port_a, "%s/env-a.port", env.dir);
+    snprintf(port_b, sizeof port_b, "%s/env-b.port", env.dir);
+    snprintf(port_c, sizeof port_c, "%s/env-c.port", env.dir);
+    FILE *f = fopen(token, "w");
+    fputs(TEST_TOKEN "\n", f);
+    fclose(f);
+    chmod(token, 0600);
+    snprintf(text, sizeof text,
+             "listen 127.0.0.1:0\nport-file %s\ndata-dir %s\napi-token-file %s\n"
+             "device-auth none\nmigration off\n",
+             port_a, data, token);
+    f = fopen(conf, "w");
+    fputs(text, f);
+    fclose(f);
+    /* The environment beats the config file: port file B, migration on. */
+    const char *vars[] = {
+        "ESIM_MDM_CONFIG", conf, "ESIM_MDM_PORT_FILE", port_b, "ESIM_MDM_MIGRATION", "1", NULL};
+    pid_t pid = serve_with_env(vars, NULL, NULL);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", wait_port(port_b, pid));
+    assert_int_not_equal(access(port_a, F_OK), 0);
+    json_t *r = NULL;
+    assert_int_equal(basic_call(url, "POST", "/migration", "<plist><dict/></plist>", &r), 400);
+    json_decref(r);
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* The command line beats the environment. */
+    pid = serve_with_env(vars, "--port-file", port_c);
+    wait_port(port_c, pid);
+    kill(pid, SIGTERM);
+    waitpid(pid, &status, 0);
+    /* A bad value from the environment is a usage error naming the variable. */
+    const char *bad[] = {"ESIM_MDM_CONFIG", conf, "ESIM_MDM_MAX_BODY", "lots", NULL};
+    const char *bin = getenv("ESIM_MDM_BIN");
+    char cmd[1200], out[2048] = "";
+    snprintf(cmd, sizeof cmd, "%s='%s' %s='%s' '%s' serve 2>&1", bad[0], bad[1], bad[2], bad[3],
+             bin);
+    FILE *p = popen(cmd, "r");
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = '\0';
+    status = pclose(p);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+    assert_non_null(strstr(out, "ESIM_MDM_MAX_BODY"));
+    assert_non_null(strstr(out, "max-body"));
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -764,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_pushcert),
         cmocka_unit_test(test_checkins_and_webhooks),
         cmocka_unit_test(test_cert_header),
+        cmocka_unit_test(test_environment_configuration),
     };
     int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
     curl_global_cleanup();
