@@ -43,13 +43,14 @@ static void test_service_under_valgrind(void **state)
                   summary ? (int)strcspn(summary, "\n") : 0, summary ? summary : "");
     if (status != 0)
         print_message("valgrind's report:\n%s\n", text);
+    /* Read the verdict while the log is still ours: |summary| points into it. */
+    bool clean = summary && strncmp(summary, "ERROR SUMMARY: 0 errors", 23) == 0;
     esim_buf_free(&log);
     rig_stop(&r);
     assert_true(ok);
     assert_true(checked);
     assert_int_equal(status, 0);
-    assert_non_null(summary);
-    assert_non_null(strstr(summary, "ERROR SUMMARY: 0 errors"));
+    assert_true(clean);
 }
 
 int main(void)
