@@ -31,7 +31,7 @@ void esim_service_config_init(esim_service_config *cfg)
     cfg->device_rate = 20;
     cfg->device_burst = 40;
     cfg->not_now_backoff_ms = 30000;
-    cfg->webhook_max_attempts = 6;
+    cfg->webhook_max_attempts = 12;
     cfg->webhook_retry_base_ms = 500;
     cfg->webhook_timeout_ms = 5000;
     cfg->webhook_queue_max = 10000;

@@ -215,7 +215,7 @@ typedef struct {
     const char *const *webhook_urls;
     size_t n_webhook_urls;
     const char *webhook_secret;
-    int webhook_max_attempts;  /* default 6 */
+    int webhook_max_attempts;  /* default 12: about 5 minutes of back-off */
     int webhook_retry_base_ms; /* default 500, doubling, capped at 60 s */
     int webhook_timeout_ms;    /* per attempt, default 5000 */
     size_t webhook_queue_max;  /* deliveries held before the oldest are dropped; default 10000 */

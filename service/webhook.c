@@ -349,7 +349,7 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
                                  shown, (size_t)((const char *)c - u));
     }
     if (svc->cfg.webhook_max_attempts <= 0)
-        svc->cfg.webhook_max_attempts = 6;
+        svc->cfg.webhook_max_attempts = 12;
     if (svc->cfg.webhook_retry_base_ms <= 0)
         svc->cfg.webhook_retry_base_ms = 500;
     if (svc->cfg.webhook_timeout_ms <= 0)
