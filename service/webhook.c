@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "service/curl_loop.h"
 #include "service/service_internal.h"
 
 struct hook_job {
@@ -37,17 +38,12 @@ struct hook_job {
 
 struct svc_webhooks {
     esim_service *svc;
-    CURLM *multi;
-    struct event *timer_ev;
+    curl_loop loop; /* its requests on the service's loop */
     hook_job *head, *tail;
     size_t n_jobs;
     uint64_t *failing; /* per URL: failed attempts in a row (0: healthy) */
     int64_t *url_keys; /* per URL, its key in the outbox */
 };
-
-typedef struct {
-    struct event *ev;
-} sock_ctx;
 
 static void job_start(hook_job *j);
 static void check_finished(svc_webhooks *wh);
@@ -88,7 +84,7 @@ static void job_free(hook_job *j)
         wh->tail = j->prev;
     wh->n_jobs--;
     if (j->easy) {
-        curl_multi_remove_handle(wh->multi, j->easy);
+        curl_multi_remove_handle(wh->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
     }
     curl_slist_free_all(j->headers);
@@ -98,68 +94,9 @@ static void job_free(hook_job *j)
     free(j);
 }
 
-/* ---- libcurl <-> libevent glue --------------------------------------------------- */
-
-static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+static void on_finished(void *arg)
 {
-    svc_webhooks *wh = arg;
-    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    int running = 0;
-    curl_multi_socket_action(wh->multi, fd, flags, &running);
-    check_finished(wh);
-}
-
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-    (void)easy;
-    svc_webhooks *wh = userp;
-    sock_ctx *sc = socketp;
-    if (what == CURL_POLL_REMOVE) {
-        if (sc) {
-            event_free(sc->ev);
-            free(sc);
-            curl_multi_assign(wh->multi, s, NULL);
-        }
-        return 0;
-    }
-    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) |
-                         (what & CURL_POLL_OUT ? EV_WRITE : 0) | EV_PERSIST);
-    if (!sc) {
-        sc = calloc(1, sizeof *sc);
-        if (!sc)
-            return -1;
-        curl_multi_assign(wh->multi, s, sc);
-    } else {
-        event_free(sc->ev);
-    }
-    sc->ev = event_new(wh->svc->base, s, kind, on_socket_event, wh);
-    if (!sc->ev)
-        return -1;
-    event_add(sc->ev, NULL);
-    return 0;
-}
-
-static void on_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    svc_webhooks *wh = arg;
-    int running = 0;
-    curl_multi_socket_action(wh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_finished(wh);
-}
-
-static int on_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    svc_webhooks *wh = userp;
-    if (timeout_ms < 0) {
-        evtimer_del(wh->timer_ev);
-        return 0;
-    }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(wh->timer_ev, &tv);
-    return 0;
+    check_finished(arg);
 }
 
 /*
@@ -269,7 +206,7 @@ static void check_finished(svc_webhooks *wh)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(wh->multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(wh->loop.multi, &left)) != NULL) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         hook_job *j = NULL;
@@ -277,7 +214,7 @@ static void check_finished(svc_webhooks *wh)
         long code = 0;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
         CURLcode res = msg->data.result;
-        curl_multi_remove_handle(wh->multi, j->easy);
+        curl_multi_remove_handle(wh->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
         bool ok = res == CURLE_OK && code >= 200 && code < 300;
@@ -318,7 +255,7 @@ static void job_start(hook_job *j)
     curl_easy_setopt(j->easy, CURLOPT_PRIVATE, j);
     curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, discard);
     curl_easy_setopt(j->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (curl_multi_add_handle(wh->multi, j->easy) != CURLM_OK) {
+    if (curl_multi_add_handle(wh->loop.multi, j->easy) != CURLM_OK) {
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
         job_failed_attempt(j);
@@ -363,15 +300,10 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     svc->webhooks = wh;
     wh->svc = svc;
-    wh->multi = curl_multi_init();
-    wh->timer_ev = evtimer_new(svc->base, on_timeout, wh);
+    int loop_rc = curl_loop_init(&wh->loop, svc->base, on_finished, wh);
     wh->failing = calloc(svc->cfg.n_webhook_urls, sizeof *wh->failing);
-    if (!wh->multi || !wh->timer_ev || !wh->failing)
+    if (loop_rc != 0 || !wh->failing)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
-    curl_multi_setopt(wh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(wh->multi, CURLMOPT_SOCKETDATA, wh);
-    curl_multi_setopt(wh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(wh->multi, CURLMOPT_TIMERDATA, wh);
     wh->url_keys = calloc(svc->cfg.n_webhook_urls, sizeof *wh->url_keys);
     if (!wh->url_keys)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
@@ -388,10 +320,7 @@ void webhooks_free(esim_service *svc)
         return;
     while (wh->head)
         job_free(wh->head);
-    if (wh->multi)
-        curl_multi_cleanup(wh->multi); /* removes its sockets through on_socket */
-    if (wh->timer_ev)
-        event_free(wh->timer_ev);
+    curl_loop_free(&wh->loop);
     free(wh->failing);
     free(wh->url_keys);
     free(wh);

@@ -18,6 +18,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "service/curl_loop.h"
 #include "service/service_internal.h"
 
 typedef enum {
@@ -53,8 +54,7 @@ typedef struct wns_job {
 
 struct svc_wns {
     esim_service *svc;
-    CURLM *multi;
-    struct event *timer_ev;
+    curl_loop loop; /* its requests on the service's loop */
     wns_job *head, *tail;
     size_t n_jobs;
     char *secret;
@@ -62,10 +62,6 @@ struct svc_wns {
     int64_t token_expires_ms;
     wns_job *fetching; /* the token request in flight, or NULL */
 };
-
-typedef struct {
-    struct event *ev;
-} sock_ctx;
 
 static void job_start(wns_job *j);
 static void check_finished(svc_wns *w);
@@ -90,7 +86,7 @@ static void job_free(wns_job *j)
     if (w->fetching == j)
         w->fetching = NULL;
     if (j->easy) {
-        curl_multi_remove_handle(w->multi, j->easy);
+        curl_multi_remove_handle(w->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
     }
     curl_slist_free_all(j->headers);
@@ -122,68 +118,9 @@ static void count(svc_wns *w, wns_outcome o)
     w->svc->m.wns_outcomes[o]++;
 }
 
-/* ---- libcurl <-> libevent ------------------------------------------------------------ */
-
-static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+static void on_finished(void *arg)
 {
-    svc_wns *w = arg;
-    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    int running = 0;
-    curl_multi_socket_action(w->multi, fd, flags, &running);
-    check_finished(w);
-}
-
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-    (void)easy;
-    svc_wns *w = userp;
-    sock_ctx *sc = socketp;
-    if (what == CURL_POLL_REMOVE) {
-        if (sc) {
-            event_free(sc->ev);
-            free(sc);
-            curl_multi_assign(w->multi, s, NULL);
-        }
-        return 0;
-    }
-    short kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) |
-                         (what & CURL_POLL_OUT ? EV_WRITE : 0) | EV_PERSIST);
-    if (!sc) {
-        sc = calloc(1, sizeof *sc);
-        if (!sc)
-            return -1;
-        curl_multi_assign(w->multi, s, sc);
-    } else {
-        event_free(sc->ev);
-    }
-    sc->ev = event_new(w->svc->base, s, kind, on_socket_event, w);
-    if (!sc->ev)
-        return -1;
-    event_add(sc->ev, NULL);
-    return 0;
-}
-
-static void on_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    svc_wns *w = arg;
-    int running = 0;
-    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_finished(w);
-}
-
-static int on_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    svc_wns *w = userp;
-    if (timeout_ms < 0) {
-        evtimer_del(w->timer_ev);
-        return 0;
-    }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(w->timer_ev, &tv);
-    return 0;
+    check_finished(arg);
 }
 
 static size_t keep(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -378,7 +315,7 @@ static void check_finished(svc_wns *w)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(w->loop.multi, &left)) != NULL) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         wns_job *j = NULL;
@@ -386,7 +323,7 @@ static void check_finished(svc_wns *w)
         long code = 0;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
         CURLcode res = msg->data.result;
-        curl_multi_remove_handle(w->multi, j->easy);
+        curl_multi_remove_handle(w->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
         curl_slist_free_all(j->headers);
@@ -439,7 +376,7 @@ static void job_start(wns_job *j)
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     if (svc->wns_ca_path)
         curl_easy_setopt(e, CURLOPT_CAINFO, svc->wns_ca_path);
-    if (!j->headers || curl_multi_add_handle(w->multi, e) != CURLM_OK) {
+    if (!j->headers || curl_multi_add_handle(w->loop.multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         j->easy = NULL;
         retry_later(j, "cannot start the request");
@@ -491,14 +428,8 @@ esim_err wns_init(esim_service *svc, esim_error *err)
     esim_err rc = esim_read_token_file(svc->wns_secret_path, &w->secret, err);
     if (rc != ESIM_OK)
         return rc;
-    w->multi = curl_multi_init();
-    w->timer_ev = evtimer_new(svc->base, on_timeout, w);
-    if (!w->multi || !w->timer_ev)
+    if (curl_loop_init(&w->loop, svc->base, on_finished, w) != 0)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up WNS: out of memory");
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
     return ESIM_OK;
 }
 
@@ -509,10 +440,7 @@ void wns_free(esim_service *svc)
         return;
     while (w->head)
         job_free(w->head);
-    if (w->multi)
-        curl_multi_cleanup(w->multi);
-    if (w->timer_ev)
-        event_free(w->timer_ev);
+    curl_loop_free(&w->loop);
     if (w->secret) {
         memset(w->secret, 0, strlen(w->secret));
         free(w->secret);

@@ -1,0 +1,28 @@
+/*
+ * curl_loop.h — libcurl's multi interface on the service's libevent loop
+ * (private to service/). Webhooks and WNS pushes both send HTTP requests
+ * without ever blocking a device: each owns one curl_loop, adds its easy
+ * handles to |multi|, and reads their outcome in |finished|, called after
+ * every bit of work libcurl did.
+ */
+#ifndef ESIM_SERVICE_CURL_LOOP_H
+#define ESIM_SERVICE_CURL_LOOP_H
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+typedef struct curl_loop {
+    CURLM *multi;
+    struct event_base *base;
+    struct event *timer_ev;
+    void (*finished)(void *ctx); /* read curl_multi_info_read's messages */
+    void *ctx;
+} curl_loop;
+
+/* Sets |l| up on |base|; 0, or -1 when out of memory (curl_loop_free then). */
+int curl_loop_init(curl_loop *l, struct event_base *base, void (*finished)(void *ctx), void *ctx);
+
+/* Frees the multi handle (its sockets' events go with it) and the timer. */
+void curl_loop_free(curl_loop *l);
+
+#endif
