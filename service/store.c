@@ -924,6 +924,189 @@ void esim_store_outbox_free(store_outbox_row *rows, size_t n)
     free(rows);
 }
 
+/* ---- IoT devices and packages ------------------------------------------------------- */
+
+static esim_err iot_eid_check(const char *eid, esim_error *err)
+{
+    if (!eid || esim_eid_validate(eid, NULL) != ESIM_OK)
+        return esim_fail(err, ESIM_EINVAL, "'%s' is not an EID (32 digits, valid check digits)",
+                         eid ? eid : "");
+    return ESIM_OK;
+}
+
+esim_err esim_store_iot_register(store *st, const char *eid, int64_t token, int64_t counter,
+                                 int64_t now, bool *created, esim_error *err)
+{
+    esim_err rc = iot_eid_check(eid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (token < 1)
+        return esim_fail(err, ESIM_EINVAL, "an association token is an integer from 1");
+    if (counter < 0)
+        return esim_fail(err, ESIM_EINVAL, "a counter value is an integer from 0");
+    if ((rc = st->ops->op_begin(st, err)) != ESIM_OK)
+        return rc;
+    store_iot_device d = {0};
+    rc = st->ops->iot_get(st, eid, true, &d, err);
+    bool fresh = rc == ESIM_ENOTFOUND;
+    if (fresh) {
+        rc = ESIM_OK;
+        snprintf(d.eid, sizeof d.eid, "%s", eid);
+    } else if (rc == ESIM_OK && strcmp(d.state, "unregistered") != 0) {
+        rc = esim_fail(err, ESIM_EEXIST, "EID %s is registered already", eid);
+    }
+    if (rc == ESIM_OK) {
+        snprintf(d.state, sizeof d.state, "registered");
+        d.association_token = token;
+        d.counter = counter;
+        d.registered_ms = d.updated_ms = now;
+        d.last_error[0] = '\0';
+        esim_buf_free(&d.euicc_cert);
+        rc = st->ops->iot_put(st, &d, err);
+    }
+    esim_buf_free(&d.euicc_cert);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK && created)
+        *created = fresh;
+    return rc;
+}
+
+esim_err esim_store_iot_get(store *st, const char *eid, store_iot_device *out, esim_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!eid || !*eid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no EID");
+    esim_err rc = st->ops->iot_get(st, eid, true, out, err);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, rc, "EID %s is not known to the eIM", eid);
+    return rc;
+}
+
+esim_err esim_store_iot_list(store *st, const char *after, size_t limit, store_iot_device **out,
+                             size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return ESIM_OK;
+    return st->ops->iot_list(st, after ? after : "", limit, out, n, err);
+}
+
+esim_err esim_store_iot_poll(store *st, const char *eid, int64_t now, store_iot_device *out,
+                             esim_error *err)
+{
+    esim_err rc = iot_eid_check(eid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = st->ops->op_begin(st, err)) != ESIM_OK)
+        return rc;
+    store_iot_device d = {0};
+    rc = st->ops->iot_get(st, eid, true, &d, err);
+    if (rc == ESIM_ENOTFOUND) {
+        rc = ESIM_OK;
+        snprintf(d.eid, sizeof d.eid, "%s", eid);
+        snprintf(d.state, sizeof d.state, "unregistered");
+    }
+    if (rc == ESIM_OK) {
+        d.last_poll_ms = d.updated_ms = now;
+        rc = st->ops->iot_put(st, &d, err);
+    }
+    rc = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK && out)
+        *out = d;
+    else
+        esim_buf_free(&d.euicc_cert);
+    return rc;
+}
+
+esim_err esim_store_iot_counter_next(store *st, const char *eid, int64_t now, int64_t *counter,
+                                     esim_error *err)
+{
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store_iot_device d = {0};
+    rc = st->ops->iot_get(st, eid ? eid : "", true, &d, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, rc, "EID %s is not known to the eIM", eid ? eid : "");
+    else if (rc == ESIM_OK && strcmp(d.state, "unregistered") == 0)
+        rc = esim_fail(err, ESIM_ESTATE, "EID %s is not registered", eid);
+    if (rc == ESIM_OK) {
+        d.counter++;
+        d.updated_ms = now;
+        rc = st->ops->iot_put(st, &d, err);
+    }
+    esim_buf_free(&d.euicc_cert);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK)
+        *counter = d.counter;
+    return rc;
+}
+
+esim_err esim_store_iot_update(store *st, const char *eid, const char *state, const void *cert,
+                               size_t cert_len, const char *last_error, int64_t now,
+                               esim_error *err)
+{
+    if (state && strcmp(state, "registered") != 0 && strcmp(state, "ready") != 0)
+        return esim_fail(err, ESIM_EINVAL, "an IoT device is 'registered' or 'ready'");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    store_iot_device d = {0};
+    rc = st->ops->iot_get(st, eid ? eid : "", true, &d, err);
+    if (rc == ESIM_ENOTFOUND)
+        rc = esim_fail(err, rc, "EID %s is not known to the eIM", eid ? eid : "");
+    if (rc == ESIM_OK && state)
+        snprintf(d.state, sizeof d.state, "%s", state);
+    if (rc == ESIM_OK && cert) {
+        esim_buf_free(&d.euicc_cert);
+        rc = esim_buf_append(&d.euicc_cert, cert, cert_len);
+    }
+    if (rc == ESIM_OK && last_error)
+        snprintf(d.last_error, sizeof d.last_error, "%s", last_error);
+    if (rc == ESIM_OK) {
+        d.updated_ms = now;
+        rc = st->ops->iot_put(st, &d, err);
+    }
+    esim_buf_free(&d.euicc_cert);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_iot_package_put(store *st, const store_iot_package *p, int64_t now,
+                                    esim_error *err)
+{
+    if (!p->command_uuid[0] || !p->kind[0] || !p->state[0])
+        return esim_fail(err, ESIM_EINVAL, "an IoT package needs a command, a kind and a state");
+    esim_err rc = iot_eid_check(p->eid, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if ((rc = st->ops->op_begin(st, err)) != ESIM_OK)
+        return rc;
+    return st->ops->op_end(st, st->ops->iot_pkg_put(st, p, now, err), err);
+}
+
+esim_err esim_store_iot_packages(store *st, const char *eid, const char *uuid, size_t limit,
+                                 store_iot_package **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if ((!eid || !*eid) && (!uuid || !*uuid))
+        return esim_fail(err, ESIM_EINVAL, "packages are listed by EID or by command");
+    if (limit == 0)
+        return ESIM_OK;
+    return st->ops->iot_pkg_list(st, eid ? eid : "", uuid ? uuid : "", limit, out, n, err);
+}
+
+void esim_store_iot_packages_free(store_iot_package *p, size_t n)
+{
+    for (size_t i = 0; p && i < n; i++) {
+        free(p[i].result_words);
+        esim_buf_free(&p[i].request);
+        esim_buf_free(&p[i].result);
+    }
+    free(p);
+}
+
 /* ---- group commit ----------------------------------------------------------------------- */
 
 esim_err esim_store_batch_begin(store *st, esim_error *err)

@@ -514,6 +514,99 @@ ESIM_EXTERN esim_err esim_store_outbox_list(store *st, int64_t after, size_t lim
                                             store_outbox_row **out, size_t *n, esim_error *err);
 ESIM_EXTERN void esim_store_outbox_free(store_outbox_row *rows, size_t n);
 
+/* ---- IoT devices and their eIM packages (SGP.32) ------------------------------
+ * The eIM's side of an IoT eUICC (docs/iot.md): the association the
+ * manufacturer's list gave it, the counter of the packages signed for it, the
+ * eUICC certificate the eIM verified, and every package queued for it with
+ * the signed request and the eUICC's answer as they went over the wire. The
+ * device is also a device record of platform "iot" (its UDID is its EID) and
+ * each package a command on its queue: ledger, webhooks and command status
+ * are those of every other command. */
+
+/* What the eIM knows of one IoT eUICC. */
+typedef struct {
+    char eid[ESIM_EID_LEN + 1];
+    /* "unregistered" (it polled, nobody registered it), "registered" (the
+     * eIM waits for its eUICC certificate), "ready" (certificate verified
+     * and kept: results are checked against it). */
+    char state[16];
+    int64_t association_token; /* as the eUICC gave it at AddInitialEim; 0 = none */
+    int64_t counter;           /* the last counterValue used: the next package gets more */
+    int64_t last_poll_ms, registered_ms, updated_ms;
+    char last_error[256]; /* the last thing that went wrong with it ("" none) */
+    esim_buf euicc_cert;  /* DER, empty until verified; owned (esim_buf_free) */
+} store_iot_device;
+
+/*
+ * Registers |eid| with its association token and the last counter value
+ * used (|counter|, 0 when none), as a manufacturer's association list does.
+ * An EID that only polled so far becomes registered. *created (may be NULL)
+ * says whether it was new.
+ *   ESIM_EINVAL  not a valid EID, a token under 1, a negative counter;
+ *   ESIM_EEXIST  already registered (nothing changes).
+ */
+ESIM_EXTERN esim_err esim_store_iot_register(store *st, const char *eid, int64_t token,
+                                             int64_t counter, int64_t now, bool *created,
+                                             esim_error *err);
+/* The record of |eid| into |out| (its euicc_cert is the caller's).
+ *   ESIM_ENOTFOUND  never registered and never polled. */
+ESIM_EXTERN esim_err esim_store_iot_get(store *st, const char *eid, store_iot_device *out,
+                                        esim_error *err);
+/* Up to |limit| records with EID > |after| ("" or NULL: from the start) in
+ * EID order, without certificates: *out malloc'd (free()). */
+ESIM_EXTERN esim_err esim_store_iot_list(store *st, const char *after, size_t limit,
+                                         store_iot_device **out, size_t *n, esim_error *err);
+/* Records a poll of |eid| at |now|; an unknown EID is kept as
+ * "unregistered" so diagnosis can say so. *out (may be NULL) gets the
+ * record (its euicc_cert the caller's).  ESIM_EINVAL  not a valid EID. */
+ESIM_EXTERN esim_err esim_store_iot_poll(store *st, const char *eid, int64_t now,
+                                         store_iot_device *out, esim_error *err);
+/* Takes the next counter value of |eid| (the stored one + 1, stored): never
+ * the same twice, even when the package it signs is dropped later.
+ *   ESIM_ENOTFOUND  no such EID;  ESIM_ESTATE  not registered. */
+ESIM_EXTERN esim_err esim_store_iot_counter_next(store *st, const char *eid, int64_t now,
+                                                 int64_t *counter, esim_error *err);
+/* Changes what is known of |eid|: |state| (NULL keeps it: "registered" or
+ * "ready"), the eUICC certificate (|cert| NULL keeps it), |last_error|
+ * (NULL keeps it, "" clears it).
+ *   ESIM_ENOTFOUND  no such EID;  ESIM_EINVAL  another state. */
+ESIM_EXTERN esim_err esim_store_iot_update(store *st, const char *eid, const char *state,
+                                           const void *cert, size_t cert_len,
+                                           const char *last_error, int64_t now, esim_error *err);
+
+/* One package for one EID. */
+typedef struct {
+    char command_uuid[128]; /* the queue's command */
+    char eid[ESIM_EID_LEN + 1];
+    char kind[16]; /* "psmo", "eco", "euicc_data", "download" */
+    /* "queued", "sent", then "done" (every operation ok), "failed" (the
+     * eUICC refused an operation or the package: result_words says why),
+     * "signature_error" (the result's signature does not verify with the
+     * eUICC certificate) or "counter_error" (it echoes another counter or
+     * eimId). */
+    char state[24];
+    int64_t counter; /* the counterValue it was signed with; 0 until sent */
+    int64_t created_ms, sent_ms, answered_ms;
+    char summary[256];  /* what it asks, in words */
+    char *result_words; /* the result in words (JSON text); NULL until answered */
+    char error[256];    /* a signature, counter or format error; "" none */
+    esim_buf request;   /* the signed DER sent; empty until sent */
+    esim_buf result;    /* the DER answered; empty until answered */
+} store_iot_package;
+
+/* Creates or replaces the package (command_uuid, eid) with every field of
+ * |p| (result_words NULL is none).
+ *   ESIM_EINVAL  no command UUID, a bad EID, no kind or state. */
+ESIM_EXTERN esim_err esim_store_iot_package_put(store *st, const store_iot_package *p, int64_t now,
+                                                esim_error *err);
+/* Up to |limit| packages, newest first, of |eid| or of the command |uuid|
+ * (one of them non-empty; both: that one package). *out is the caller's
+ * (esim_store_iot_packages_free). */
+ESIM_EXTERN esim_err esim_store_iot_packages(store *st, const char *eid, const char *uuid,
+                                             size_t limit, store_iot_package **out, size_t *n,
+                                             esim_error *err);
+ESIM_EXTERN void esim_store_iot_packages_free(store_iot_package *p, size_t n); /* NULL ok */
+
 /* Counts for /metrics and /healthz. */
 ESIM_EXTERN esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
 

@@ -186,6 +186,21 @@ struct store_ops {
     esim_err (*outbox_list)(store *st, int64_t after, size_t limit, store_outbox_row **out,
                             size_t *n, esim_error *err);
 
+    /* ---- IoT devices and packages ---- */
+    /* ESIM_ENOTFOUND (|err| untouched) when none; the certificate only when
+     * |with_cert|. */
+    esim_err (*iot_get)(store *st, const char *eid, bool with_cert, store_iot_device *out,
+                        esim_error *err);
+    /* Creates or replaces the whole record (certificate included). */
+    esim_err (*iot_put)(store *st, const store_iot_device *d, esim_error *err);
+    esim_err (*iot_list)(store *st, const char *after, size_t limit, store_iot_device **out,
+                         size_t *n, esim_error *err);
+    /* Creates or replaces the package (command_uuid, eid). */
+    esim_err (*iot_pkg_put)(store *st, const store_iot_package *p, int64_t now, esim_error *err);
+    /* As esim_store_iot_packages ("" for a key not filtered on). */
+    esim_err (*iot_pkg_list)(store *st, const char *eid, const char *uuid, size_t limit,
+                             store_iot_package **out, size_t *n, esim_error *err);
+
     /* ---- campaign records (steps) ---- */
     /* Creates the row, or replaces its state, definition and updated time. */
     esim_err (*campaign_put)(store *st, const store_campaign *c, int64_t now, esim_error *err);

@@ -189,6 +189,34 @@ static const migration migrations[] = {
         " url_key BIGINT NOT NULL,"
         " created_at BIGINT NOT NULL,"
         " body BYTEA NOT NULL);"},
+    /* 10: IoT eUICCs the eIM manages (SGP.32) and the packages signed for them. */
+    {10, "CREATE TABLE iot_devices ("
+         " eid TEXT PRIMARY KEY,"
+         " state TEXT NOT NULL,"
+         " association_token BIGINT NOT NULL DEFAULT 0,"
+         " counter BIGINT NOT NULL DEFAULT 0,"
+         " euicc_cert BYTEA,"
+         " last_poll_ms BIGINT NOT NULL DEFAULT 0,"
+         " registered_ms BIGINT NOT NULL DEFAULT 0,"
+         " updated_ms BIGINT NOT NULL DEFAULT 0,"
+         " last_error TEXT NOT NULL DEFAULT '');"
+         "CREATE TABLE iot_packages ("
+         " id BIGSERIAL PRIMARY KEY,"
+         " command_uuid TEXT NOT NULL,"
+         " eid TEXT NOT NULL,"
+         " kind TEXT NOT NULL,"
+         " state TEXT NOT NULL,"
+         " counter BIGINT NOT NULL DEFAULT 0,"
+         " created_ms BIGINT NOT NULL DEFAULT 0,"
+         " sent_ms BIGINT NOT NULL DEFAULT 0,"
+         " answered_ms BIGINT NOT NULL DEFAULT 0,"
+         " summary TEXT NOT NULL DEFAULT '',"
+         " result_words TEXT,"
+         " error TEXT NOT NULL DEFAULT '',"
+         " request BYTEA,"
+         " result BYTEA,"
+         " UNIQUE (command_uuid, eid));"
+         "CREATE INDEX iot_packages_eid ON iot_packages(eid, id);"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -281,6 +309,11 @@ enum {
     S_OUTBOX_ADD,
     S_OUTBOX_DEL,
     S_OUTBOX_LIST,
+    S_IOT_GET,
+    S_IOT_PUT,
+    S_IOT_LIST,
+    S_IOT_PKG_PUT,
+    S_IOT_PKG_LIST,
     S_COUNT
 };
 
@@ -396,6 +429,32 @@ static const char *const statement_sql[S_COUNT] = {
                 " $3, $4, $5, $6)",
     [S_EVENTS_LIST] = "SELECT id, at, kind, udid, command_uuid, detail, raw FROM events"
                       " WHERE udid = $1 AND id > $2 ORDER BY id LIMIT $3",
+    [S_IOT_GET] = "SELECT eid, state, association_token, counter, last_poll_ms, registered_ms, "
+                  "updated_ms, last_error, euicc_cert FROM iot_devices WHERE eid = $1",
+    [S_IOT_PUT] =
+        "INSERT INTO iot_devices (eid, state, association_token, counter, last_poll_ms, "
+        "registered_ms, updated_ms, last_error, euicc_cert) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+        " $8, $9) ON CONFLICT (eid) DO UPDATE SET state = excluded.state,"
+        " association_token = excluded.association_token, counter = excluded.counter,"
+        " last_poll_ms = excluded.last_poll_ms, registered_ms = excluded.registered_ms,"
+        " updated_ms = excluded.updated_ms, last_error = excluded.last_error,"
+        " euicc_cert = excluded.euicc_cert",
+    [S_IOT_LIST] =
+        "SELECT eid, state, association_token, counter, last_poll_ms, registered_ms, updated_ms, "
+        "last_error FROM iot_devices WHERE eid > $1::text ORDER BY eid LIMIT $2",
+    [S_IOT_PKG_PUT] =
+        "INSERT INTO iot_packages (command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
+        "answered_ms, summary, result_words, error, request, result) VALUES ($1, $2, $3, $4, $5, "
+        "$6, $7, $8, $9, $10,"
+        " $11, $12, $13) ON CONFLICT (command_uuid, eid) DO UPDATE SET kind = excluded.kind,"
+        " state = excluded.state, counter = excluded.counter, sent_ms = excluded.sent_ms,"
+        " answered_ms = excluded.answered_ms, summary = excluded.summary,"
+        " result_words = excluded.result_words, error = excluded.error,"
+        " request = excluded.request, result = excluded.result",
+    [S_IOT_PKG_LIST] = "SELECT command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
+                       "answered_ms, summary, result_words, error, request, result FROM "
+                       "iot_packages WHERE ($1::text = '' OR eid = $1)"
+                       " AND ($2::text = '' OR command_uuid = $2) ORDER BY id DESC LIMIT $3",
     [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES ($1, $2, $3)"
                      " RETURNING id",
     [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = $1",
@@ -1351,6 +1410,118 @@ static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_o
     return ESIM_OK;
 }
 
+/* ---- IoT devices and packages ------------------------------------------------------- */
+
+static void pg_iot_row(const PGresult *r, int i, store_iot_device *d)
+{
+    col_text(r, i, 0, d->eid, sizeof d->eid);
+    col_text(r, i, 1, d->state, sizeof d->state);
+    d->association_token = col_i64(r, i, 2);
+    d->counter = col_i64(r, i, 3);
+    d->last_poll_ms = col_i64(r, i, 4);
+    d->registered_ms = col_i64(r, i, 5);
+    d->updated_ms = col_i64(r, i, 6);
+    col_text(r, i, 7, d->last_error, sizeof d->last_error);
+}
+
+static esim_err pg_iot_get(store *base, const char *eid, bool with_cert, store_iot_device *out,
+                           esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_IOT_GET, "t", eid);
+    if (!r)
+        return ESIM_ESTORE;
+    esim_err rc = ESIM_OK;
+    if (PQntuples(r) == 0) {
+        rc = ESIM_ENOTFOUND;
+    } else {
+        pg_iot_row(r, 0, out);
+        if (with_cert && col_bytes(r, 0, 8, &out->euicc_cert) != ESIM_OK)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    PQclear(r);
+    return rc;
+}
+
+static esim_err pg_iot_put(store *base, const store_iot_device *d, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_IOT_PUT, "ttiiiiiTb", d->eid, d->state,
+                     d->association_token, d->counter, d->last_poll_ms, d->registered_ms,
+                     d->updated_ms, d->last_error, d->euicc_cert.len ? d->euicc_cert.data : NULL,
+                     d->euicc_cert.len);
+}
+
+static esim_err pg_iot_list(store *base, const char *after, size_t limit, store_iot_device **out,
+                            size_t *n, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_IOT_LIST, "ti", after, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    size_t rows = (size_t)PQntuples(r);
+    store_iot_device *list = calloc(rows ? rows : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < rows; k++)
+        pg_iot_row(r, (int)k, &list[k]);
+    PQclear(r);
+    *out = list;
+    *n = rows;
+    return ESIM_OK;
+}
+
+static esim_err pg_iot_pkg_put(store *base, const store_iot_package *p, int64_t now,
+                               esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_IOT_PKG_PUT, "ttttiiiiTtTbb", p->command_uuid, p->eid,
+                     p->kind, p->state, p->counter, p->created_ms ? p->created_ms : now, p->sent_ms,
+                     p->answered_ms, p->summary, p->result_words, p->error,
+                     p->request.len ? p->request.data : NULL, p->request.len,
+                     p->result.len ? p->result.data : NULL, p->result.len);
+}
+
+static esim_err pg_iot_pkg_list(store *base, const char *eid, const char *uuid, size_t limit,
+                                store_iot_package **out, size_t *n, esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_IOT_PKG_LIST, "tti", eid, uuid, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    size_t rows = (size_t)PQntuples(r);
+    store_iot_package *list = calloc(rows ? rows : 1, sizeof *list);
+    if (!list) {
+        PQclear(r);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    esim_err rc = ESIM_OK;
+    for (size_t k = 0; k < rows && rc == ESIM_OK; k++) {
+        store_iot_package *p = &list[k];
+        int i = (int)k;
+        col_text(r, i, 0, p->command_uuid, sizeof p->command_uuid);
+        col_text(r, i, 1, p->eid, sizeof p->eid);
+        col_text(r, i, 2, p->kind, sizeof p->kind);
+        col_text(r, i, 3, p->state, sizeof p->state);
+        p->counter = col_i64(r, i, 4);
+        p->created_ms = col_i64(r, i, 5);
+        p->sent_ms = col_i64(r, i, 6);
+        p->answered_ms = col_i64(r, i, 7);
+        col_text(r, i, 8, p->summary, sizeof p->summary);
+        if (!PQgetisnull(r, i, 9) && !(p->result_words = strdup(PQgetvalue(r, i, 9))))
+            rc = ESIM_ENOMEM;
+        col_text(r, i, 10, p->error, sizeof p->error);
+        if (rc == ESIM_OK && (col_bytes(r, i, 11, &p->request) != ESIM_OK ||
+                              col_bytes(r, i, 12, &p->result) != ESIM_OK))
+            rc = ESIM_ENOMEM;
+    }
+    PQclear(r);
+    if (rc != ESIM_OK) {
+        esim_store_iot_packages_free(list, rows);
+        return esim_fail(err, rc, "out of memory");
+    }
+    *out = list;
+    *n = rows;
+    return ESIM_OK;
+}
+
 static esim_err pg_audit_add(store *base, const store_audit *in, esim_error *err)
 {
     return exec_stmt((pg_store *)base, err, S_AUDIT_ADD, "iTTTTiT", in->at, in->who, in->role,
@@ -1725,6 +1896,11 @@ static const struct store_ops pgsql_ops = {
     .outbox_add = pg_outbox_add,
     .outbox_delete = pg_outbox_delete,
     .outbox_list = pg_outbox_list,
+    .iot_get = pg_iot_get,
+    .iot_put = pg_iot_put,
+    .iot_list = pg_iot_list,
+    .iot_pkg_put = pg_iot_pkg_put,
+    .iot_pkg_list = pg_iot_pkg_list,
     .audit_add = pg_audit_add,
     .audit_list = pg_audit_list,
     .stats = pg_stats,

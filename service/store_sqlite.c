@@ -185,6 +185,34 @@ static const migration migrations[] = {
         " url_key INTEGER NOT NULL,"
         " created_at INTEGER NOT NULL,"
         " body BLOB NOT NULL);"},
+    /* 10: IoT eUICCs the eIM manages (SGP.32) and the packages signed for them. */
+    {10, "CREATE TABLE iot_devices ("
+         " eid TEXT PRIMARY KEY,"
+         " state TEXT NOT NULL,"
+         " association_token INTEGER NOT NULL DEFAULT 0,"
+         " counter INTEGER NOT NULL DEFAULT 0,"
+         " euicc_cert BLOB,"
+         " last_poll_ms INTEGER NOT NULL DEFAULT 0,"
+         " registered_ms INTEGER NOT NULL DEFAULT 0,"
+         " updated_ms INTEGER NOT NULL DEFAULT 0,"
+         " last_error TEXT NOT NULL DEFAULT '');"
+         "CREATE TABLE iot_packages ("
+         " id INTEGER PRIMARY KEY,"
+         " command_uuid TEXT NOT NULL,"
+         " eid TEXT NOT NULL,"
+         " kind TEXT NOT NULL,"
+         " state TEXT NOT NULL,"
+         " counter INTEGER NOT NULL DEFAULT 0,"
+         " created_ms INTEGER NOT NULL DEFAULT 0,"
+         " sent_ms INTEGER NOT NULL DEFAULT 0,"
+         " answered_ms INTEGER NOT NULL DEFAULT 0,"
+         " summary TEXT NOT NULL DEFAULT '',"
+         " result_words TEXT,"
+         " error TEXT NOT NULL DEFAULT '',"
+         " request BLOB,"
+         " result BLOB,"
+         " UNIQUE (command_uuid, eid));"
+         "CREATE INDEX iot_packages_eid ON iot_packages(eid, id);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -281,6 +309,11 @@ enum {
     S_OUTBOX_ADD,
     S_OUTBOX_DEL,
     S_OUTBOX_LIST,
+    S_IOT_GET,
+    S_IOT_PUT,
+    S_IOT_LIST,
+    S_IOT_PKG_PUT,
+    S_IOT_PKG_LIST,
     S_COUNT
 };
 
@@ -387,6 +420,31 @@ static const char *const statement_sql[S_COUNT] = {
         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [S_CMD_GET] =
         "SELECT uuid, request_type, priority, created_at, expires_at FROM commands WHERE uuid = ?1",
+    [S_IOT_GET] = "SELECT eid, state, association_token, counter, last_poll_ms, registered_ms, "
+                  "updated_ms, last_error, euicc_cert FROM iot_devices WHERE eid = ?1",
+    [S_IOT_PUT] =
+        "INSERT INTO iot_devices (eid, state, association_token, counter, last_poll_ms, "
+        "registered_ms, updated_ms, last_error, euicc_cert) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+        " ?8, ?9) ON CONFLICT (eid) DO UPDATE SET state = excluded.state,"
+        " association_token = excluded.association_token, counter = excluded.counter,"
+        " last_poll_ms = excluded.last_poll_ms, registered_ms = excluded.registered_ms,"
+        " updated_ms = excluded.updated_ms, last_error = excluded.last_error,"
+        " euicc_cert = excluded.euicc_cert",
+    [S_IOT_LIST] = "SELECT eid, state, association_token, counter, last_poll_ms, registered_ms, "
+                   "updated_ms, last_error FROM iot_devices WHERE eid > ?1 ORDER BY eid LIMIT ?2",
+    [S_IOT_PKG_PUT] =
+        "INSERT INTO iot_packages (command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
+        "answered_ms, summary, result_words, error, request, result) VALUES (?1, ?2, ?3, ?4, ?5, "
+        "?6, ?7, ?8, ?9, ?10,"
+        " ?11, ?12, ?13) ON CONFLICT (command_uuid, eid) DO UPDATE SET kind = excluded.kind,"
+        " state = excluded.state, counter = excluded.counter, sent_ms = excluded.sent_ms,"
+        " answered_ms = excluded.answered_ms, summary = excluded.summary,"
+        " result_words = excluded.result_words, error = excluded.error,"
+        " request = excluded.request, result = excluded.result",
+    [S_IOT_PKG_LIST] = "SELECT command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
+                       "answered_ms, summary, result_words, error, request, result FROM "
+                       "iot_packages WHERE (?1 = '' OR eid = ?1)"
+                       " AND (?2 = '' OR command_uuid = ?2) ORDER BY id DESC LIMIT ?3",
     [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES (?1, ?2, ?3)",
     [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = ?1",
     [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > ?1"
@@ -703,6 +761,141 @@ static esim_err sq_event_add(store *base, int64_t now, const char *kind, const c
 {
     return exec_stmt((sqlite_store *)base, err, S_EVENT, "ittttb", now, kind, udid, uuid, detail,
                      raw, raw_len);
+}
+
+/* ---- IoT devices and packages ------------------------------------------------------- */
+
+static void sq_iot_row(sqlite3_stmt *st, store_iot_device *d)
+{
+    col_text(st, 0, d->eid, sizeof d->eid);
+    col_text(st, 1, d->state, sizeof d->state);
+    d->association_token = sqlite3_column_int64(st, 2);
+    d->counter = sqlite3_column_int64(st, 3);
+    d->last_poll_ms = sqlite3_column_int64(st, 4);
+    d->registered_ms = sqlite3_column_int64(st, 5);
+    d->updated_ms = sqlite3_column_int64(st, 6);
+    col_text(st, 7, d->last_error, sizeof d->last_error);
+}
+
+static esim_err col_blob(sqlite3_stmt *st, int col, esim_buf *out)
+{
+    const void *b = sqlite3_column_blob(st, col);
+    int len = sqlite3_column_bytes(st, col);
+    return b && len > 0 ? esim_buf_append(out, b, (size_t)len) : ESIM_OK;
+}
+
+static esim_err sq_iot_get(store *base, const char *eid, bool with_cert, store_iot_device *out,
+                           esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_IOT_GET, "t", eid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_stmt *st = s->stmt[S_IOT_GET];
+    esim_err rc = ESIM_OK;
+    if (r != SQLITE_ROW) {
+        rc = ESIM_ENOTFOUND;
+    } else {
+        sq_iot_row(st, out);
+        if (with_cert && col_blob(st, 8, &out->euicc_cert) != ESIM_OK)
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static esim_err sq_iot_put(store *base, const store_iot_device *d, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_IOT_PUT, "ttiiiiiTb", d->eid, d->state,
+                     d->association_token, d->counter, d->last_poll_ms, d->registered_ms,
+                     d->updated_ms, d->last_error, d->euicc_cert.len ? d->euicc_cert.data : NULL,
+                     d->euicc_cert.len);
+}
+
+static esim_err sq_iot_list(store *base, const char *after, size_t limit, store_iot_device **out,
+                            size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    store_iot_device *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_IOT_LIST, "ti", after, (int64_t)limit);
+    sqlite3_stmt *st = r >= 0 ? s->stmt[S_IOT_LIST] : NULL;
+    size_t count = 0;
+    while (r == SQLITE_ROW && count < limit) {
+        sq_iot_row(st, &list[count++]);
+        r = sqlite3_step(st);
+    }
+    esim_err rc = ESIM_OK;
+    if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "list the IoT devices");
+    if (st)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        free(list);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return ESIM_OK;
+}
+
+static esim_err sq_iot_pkg_put(store *base, const store_iot_package *p, int64_t now,
+                               esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_IOT_PKG_PUT, "ttttiiiiTtTbb", p->command_uuid,
+                     p->eid, p->kind, p->state, p->counter, p->created_ms ? p->created_ms : now,
+                     p->sent_ms, p->answered_ms, p->summary, p->result_words, p->error,
+                     p->request.len ? p->request.data : NULL, p->request.len,
+                     p->result.len ? p->result.data : NULL, p->result.len);
+}
+
+static esim_err sq_iot_pkg_list(store *base, const char *eid, const char *uuid, size_t limit,
+                                store_iot_package **out, size_t *n, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    store_iot_package *list = calloc(limit, sizeof *list);
+    if (!list)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    int r = run(s, err, S_IOT_PKG_LIST, "tti", eid, uuid, (int64_t)limit);
+    sqlite3_stmt *st = r >= 0 ? s->stmt[S_IOT_PKG_LIST] : NULL;
+    size_t count = 0;
+    esim_err rc = ESIM_OK;
+    while (r == SQLITE_ROW && count < limit) {
+        store_iot_package *p = &list[count++];
+        col_text(st, 0, p->command_uuid, sizeof p->command_uuid);
+        col_text(st, 1, p->eid, sizeof p->eid);
+        col_text(st, 2, p->kind, sizeof p->kind);
+        col_text(st, 3, p->state, sizeof p->state);
+        p->counter = sqlite3_column_int64(st, 4);
+        p->created_ms = sqlite3_column_int64(st, 5);
+        p->sent_ms = sqlite3_column_int64(st, 6);
+        p->answered_ms = sqlite3_column_int64(st, 7);
+        col_text(st, 8, p->summary, sizeof p->summary);
+        const unsigned char *w = sqlite3_column_text(st, 9);
+        if (w && !(p->result_words = strdup((const char *)w)))
+            rc = ESIM_ENOMEM;
+        col_text(st, 10, p->error, sizeof p->error);
+        if (rc == ESIM_OK &&
+            (col_blob(st, 11, &p->request) != ESIM_OK || col_blob(st, 12, &p->result) != ESIM_OK))
+            rc = ESIM_ENOMEM;
+        if (rc != ESIM_OK)
+            break;
+        r = sqlite3_step(st);
+    }
+    if (rc != ESIM_OK)
+        esim_fail(err, rc, "out of memory");
+    else if (r != SQLITE_ROW && r != SQLITE_DONE)
+        rc = r < 0 ? ESIM_ESTORE : db_fail(s, err, "list the IoT packages");
+    if (st)
+        sqlite3_reset(st);
+    if (rc != ESIM_OK) {
+        esim_store_iot_packages_free(list, count);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return ESIM_OK;
 }
 
 /* ---- the webhook outbox ------------------------------------------------------------ */
@@ -1891,6 +2084,11 @@ static const struct store_ops sqlite_ops = {
     .outbox_add = sq_outbox_add,
     .outbox_delete = sq_outbox_delete,
     .outbox_list = sq_outbox_list,
+    .iot_get = sq_iot_get,
+    .iot_put = sq_iot_put,
+    .iot_list = sq_iot_list,
+    .iot_pkg_put = sq_iot_pkg_put,
+    .iot_pkg_list = sq_iot_pkg_list,
     .events_list = sq_events_list,
     .event_latest = sq_event_latest,
     .audit_add = sq_audit_add,

@@ -602,6 +602,110 @@ static void test_webhook_outbox(void **state)
     esim_store_close(st);
 }
 
+/* IoT devices: registration (once; a polled EID becomes registered), polls
+ * of unknown EIDs kept, counters strictly increasing and kept over a
+ * reopen, the certificate and state, refusals that change nothing; and the
+ * packages with their DER, listed by EID and by command. */
+static void test_iot_devices_and_packages(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    char e1[ESIM_EID_LEN + 1] = "89049032000000000000000000000100";
+    char e2[ESIM_EID_LEN + 1] = "89049032000000000000000000000200";
+    assert_int_equal(esim_eid_set_check_digits(e1, NULL), ESIM_OK);
+    assert_int_equal(esim_eid_set_check_digits(e2, NULL), ESIM_OK);
+    bool created = false;
+    esim_error e = {0};
+    assert_int_equal(esim_store_iot_register(st, "123", 1, 0, 10, &created, &e), ESIM_EINVAL);
+    assert_int_equal(esim_store_iot_register(st, e1, 0, 0, 10, &created, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_iot_register(st, e1, 5, -1, 10, &created, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_iot_register(st, e1, 5, 3, 10, &created, NULL), ESIM_OK);
+    assert_true(created);
+    assert_int_equal(esim_store_iot_register(st, e1, 6, 0, 11, &created, NULL), ESIM_EEXIST);
+    /* An unknown EID polls: kept as unregistered, gets no counter. */
+    store_iot_device d;
+    assert_int_equal(esim_store_iot_poll(st, e2, 20, &d, NULL), ESIM_OK);
+    assert_string_equal(d.state, "unregistered");
+    assert_int_equal(d.last_poll_ms, 20);
+    esim_buf_free(&d.euicc_cert);
+    int64_t c = 0;
+    assert_int_equal(esim_store_iot_counter_next(st, e2, 21, &c, NULL), ESIM_ESTATE);
+    assert_int_equal(esim_store_iot_register(st, e2, 9, 0, 22, &created, NULL), ESIM_OK);
+    assert_false(created);
+    assert_int_equal(esim_store_iot_counter_next(st, e1, 30, &c, NULL), ESIM_OK);
+    assert_int_equal(c, 4);
+    assert_int_equal(esim_store_iot_counter_next(st, e1, 31, &c, NULL), ESIM_OK);
+    assert_int_equal(c, 5);
+    assert_int_equal(esim_store_iot_update(st, e1, "gone", NULL, 0, NULL, 32, NULL), ESIM_EINVAL);
+    assert_int_equal(
+        esim_store_iot_update(st, e1, "ready", "\x30\x03\x02\x01\x01", 5, "", 33, NULL), ESIM_OK);
+    /* A counter taken in a unit that is undone is not taken. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_iot_counter_next(st, e1, 34, &c, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, false, NULL), ESIM_OK);
+
+    store_iot_package p = {0};
+    snprintf(p.command_uuid, sizeof p.command_uuid, "CMD-1");
+    snprintf(p.eid, sizeof p.eid, "%s", e1);
+    snprintf(p.kind, sizeof p.kind, "psmo");
+    snprintf(p.state, sizeof p.state, "queued");
+    snprintf(p.summary, sizeof p.summary, "enable 8944...");
+    assert_int_equal(esim_store_iot_package_put(st, &p, 40, NULL), ESIM_OK);
+    snprintf(p.state, sizeof p.state, "sent");
+    p.counter = 5;
+    p.sent_ms = 41;
+    assert_int_equal(esim_buf_append(&p.request, "\xBF\x51\x00", 3), ESIM_OK);
+    assert_int_equal(esim_store_iot_package_put(st, &p, 41, NULL), ESIM_OK);
+    esim_buf_free(&p.request);
+    snprintf(p.command_uuid, sizeof p.command_uuid, "CMD-2");
+    snprintf(p.state, sizeof p.state, "queued");
+    p.counter = 0;
+    assert_int_equal(esim_store_iot_package_put(st, &p, 42, NULL), ESIM_OK);
+    p.kind[0] = '\0';
+    assert_int_equal(esim_store_iot_package_put(st, &p, 42, NULL), ESIM_EINVAL);
+    esim_store_close(st);
+
+    st = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_iot_get(st, e1, &d, NULL), ESIM_OK);
+    assert_string_equal(d.state, "ready");
+    assert_int_equal(d.association_token, 5);
+    assert_int_equal(d.counter, 5);
+    assert_int_equal(d.registered_ms, 10);
+    assert_int_equal(d.euicc_cert.len, 5);
+    esim_buf_free(&d.euicc_cert);
+    assert_int_equal(esim_store_iot_counter_next(st, e1, 50, &c, NULL), ESIM_OK);
+    assert_int_equal(c, 6);
+    store_iot_device *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_iot_list(st, "", 10, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].eid, e1);
+    assert_string_equal(list[1].state, "registered");
+    free(list);
+    assert_int_equal(esim_store_iot_list(st, e1, 10, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    free(list);
+
+    store_iot_package *pk = NULL;
+    assert_int_equal(esim_store_iot_packages(st, NULL, NULL, 10, &pk, &n, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_iot_packages(st, e1, NULL, 10, &pk, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(pk[0].command_uuid, "CMD-2"); /* newest first */
+    assert_string_equal(pk[1].state, "sent");
+    assert_int_equal(pk[1].counter, 5);
+    assert_int_equal(pk[1].created_ms, 40);
+    assert_int_equal(pk[1].request.len, 3);
+    assert_null(pk[1].result_words);
+    esim_store_iot_packages_free(pk, n);
+    assert_int_equal(esim_store_iot_packages(st, NULL, "CMD-1", 10, &pk, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(pk[0].summary, "enable 8944...");
+    esim_store_iot_packages_free(pk, n);
+    esim_store_close(st);
+}
+
 static void test_features(void **state)
 {
     (void)state;
@@ -1109,6 +1213,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_group_sync),
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_webhook_outbox),
+        cmocka_unit_test(test_iot_devices_and_packages),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_imports_groups_tags_facts),
