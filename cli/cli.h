@@ -43,6 +43,7 @@ int cmd_smdp(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_campaign(int argc, char **argv);
 int cmd_diagnose(int argc, char **argv);
+int cmd_iot(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 
 /* The helpers below live in options.c, with the option parser (options.h). */

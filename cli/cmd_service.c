@@ -59,6 +59,10 @@ static const char serve_usage[] =
     "  --wns-client-id ID --wns-secret-file F   the WNS client id and its secret (a private "
     "file)\n"
     "  --wns-ca PEM              CA for WNS (default: system trust store)\n"
+    "  --eim-id ID               the eIM's eimId for IoT eUICCs (default esim-mdm)\n"
+    "  --eim-key PEM --eim-cert PEM   the eIM's signing key (ECDSA P-256) and certificate:\n"
+    "                            serve ESipa (POST /gsma/rsp2/asn1) to IoT devices\n"
+    "  --euicc-ci PEM            the CI certificate(s) eUICC certificates must chain to\n"
     "  --max-body BYTES          largest device message (default 1048576)\n"
     "  --device-rate N           requests per second per device (default 20, burst 2N)\n"
     "  --not-now-backoff S       seconds before re-pushing a device that said NotNow (default 30)\n"
@@ -116,6 +120,10 @@ enum {
     O_WNS_CLIENT_ID,
     O_WNS_SECRET_FILE,
     O_WNS_CA,
+    O_EIM_ID,
+    O_EIM_KEY,
+    O_EIM_CERT,
+    O_EUICC_CI,
     O_MAX_BODY,
     O_DEVICE_RATE,
     O_NOT_NOW_BACKOFF,
@@ -159,6 +167,10 @@ static const cli_option serve_options[] = {
     {"wns-client-id", true, O_WNS_CLIENT_ID},
     {"wns-secret-file", true, O_WNS_SECRET_FILE},
     {"wns-ca", true, O_WNS_CA},
+    {"eim-id", true, O_EIM_ID},
+    {"eim-key", true, O_EIM_KEY},
+    {"eim-cert", true, O_EIM_CERT},
+    {"euicc-ci", true, O_EUICC_CI},
     {"max-body", true, O_MAX_BODY},
     {"device-rate", true, O_DEVICE_RATE},
     {"not-now-backoff", true, O_NOT_NOW_BACKOFF},
@@ -394,6 +406,18 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_WNS_CA:
         o->cfg.wns_ca_path = v;
+        break;
+    case O_EIM_ID:
+        o->cfg.eim_id = v;
+        break;
+    case O_EIM_KEY:
+        o->cfg.eim_key_path = v;
+        break;
+    case O_EIM_CERT:
+        o->cfg.eim_cert_path = v;
+        break;
+    case O_EUICC_CI:
+        o->cfg.euicc_ci_path = v;
         break;
     case O_MAX_BODY:
         if ((rc = cli_client_long("serve", "max-body", v, 1024, 64L * 1024 * 1024, &n)) ==

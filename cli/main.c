@@ -31,6 +31,7 @@ static const subcommand subcommands[] = {
     {"smdp", cmd_smdp, "run the SM-DP+ (operator download server) simulator"},
     {"devsim", cmd_devsim, "run simulated iOS devices with virtual eUICCs"},
     {"campaign", cmd_campaign, "create and follow eSIM roll-out campaigns"},
+    {"iot", cmd_iot, "IoT eUICCs and their eIM packages (admin API client)"},
     {"diagnose", cmd_diagnose, "explain where one device stands and what to do next"},
     {"import", cmd_import, "import EID manifests and activation codes"},
     {"demo", cmd_demo, "run the whole system on this machine and roll eSIMs out"},

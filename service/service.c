@@ -179,7 +179,7 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, hook_job *hooks, 
     if (hook) {
         esim_service_result r = {
             msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0,
-            held};
+            held, NULL};
         svc_run_result_hooks(svc, &r);
     }
 }
@@ -534,6 +534,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         svc->dev_req = NULL;
     } else if (path && strcmp(path, OMADM_PATH) == 0) {
         omadm_handle(svc, req);
+    } else if (path && strcmp(path, EIM_PATH) == 0) {
+        eim_handle(svc, req);
     } else {
         api_dispatch(svc, req);
     }
@@ -766,6 +768,10 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
     svc->wns_client_id = dup_or_null(cfg->wns_client_id, &oom);
     svc->wns_secret_path = dup_or_null(cfg->wns_secret_path, &oom);
     svc->wns_ca_path = dup_or_null(cfg->wns_ca_path, &oom);
+    svc->eim_id = dup_or_null(cfg->eim_id && *cfg->eim_id ? cfg->eim_id : "esim-mdm", &oom);
+    svc->eim_key_path = dup_or_null(cfg->eim_key_path, &oom);
+    svc->eim_cert_path = dup_or_null(cfg->eim_cert_path, &oom);
+    svc->euicc_ci_path = dup_or_null(cfg->euicc_ci_path, &oom);
     if (cfg->n_webhook_urls) {
         svc->webhook_urls = calloc(cfg->n_webhook_urls, sizeof *svc->webhook_urls);
         if (!svc->webhook_urls)
@@ -836,6 +842,8 @@ static esim_err start(esim_service *svc, esim_error *err)
         return rc;
     if ((rc = wns_init(svc, err)) != ESIM_OK)
         return rc;
+    if ((rc = eim_init(svc, err)) != ESIM_OK)
+        return rc;
     if ((rc = group_commit_start(svc, err)) != ESIM_OK)
         return rc;
     if ((rc = http_setup(svc, err)) != ESIM_OK)
@@ -903,6 +911,7 @@ void esim_service_free(esim_service *svc)
     push_free(svc);
     wns_free(svc);
     omadm_free(svc);
+    eim_free(svc);
     webhooks_free(svc);
     if (svc->tick_ev)
         event_free(svc->tick_ev);
@@ -944,6 +953,10 @@ void esim_service_free(esim_service *svc)
     free(svc->wns_client_id);
     free(svc->wns_secret_path);
     free(svc->wns_ca_path);
+    free(svc->eim_id);
+    free(svc->eim_key_path);
+    free(svc->eim_cert_path);
+    free(svc->euicc_ci_path);
     for (size_t i = 0; svc->webhook_urls && i < svc->cfg.n_webhook_urls; i++)
         free(svc->webhook_urls[i]);
     free(svc->webhook_urls);
@@ -1188,6 +1201,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->api_throttled);
     push_metrics(svc, out);
     wns_metrics(svc, out);
+    eim_metrics(svc, out);
     conn_metrics(svc, out);
     for (size_t i = 0; i < svc->n_metrics; i++)
         svc->metrics[i].fn(svc, out, svc->metrics[i].arg);

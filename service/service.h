@@ -249,6 +249,18 @@ typedef struct {
     int wns_max_attempts;  /* per push, 406/429/5xx retried with back-off; default 4 */
     int wns_retry_base_ms; /* default 500, doubling */
 
+    /* The eIM (SGP.32, docs/iot.md): IoT eUICCs poll POST /gsma/rsp2/asn1
+     * on the device listener. eim_id names it to the eUICCs (default
+     * "esim-mdm"); packages are signed with eim_key_path (PEM, ECDSA
+     * P-256) whose certificate is eim_cert_path; eUICC certificates are
+     * verified against the CI certificate(s) in euicc_ci_path. Without a
+     * key the endpoint answers 503 (the IoT API still registers devices
+     * and queues packages). */
+    const char *eim_id;
+    const char *eim_key_path;
+    const char *eim_cert_path;
+    const char *euicc_ci_path;
+
     /* Logs (above): the lowest level written (default ESIM_LOG_OFF), JSON
      * instead of logfmt, the descriptor (0 = standard error), and an
      * access log line per request at info (method, path without the query,
@@ -343,6 +355,10 @@ typedef struct {
      * False when the answer went already (or carries a command): then a
      * command queued now needs a push to reach the device. */
     bool answer_held;
+    /* "iot": the package's result in words, as JSON text ({"kind", "state",
+     * "results": [{"op", "code", "words"...}], "profiles": [...]...}:
+     * docs/iot.md); NULL for other platforms. */
+    const char *iot_result;
 } esim_service_result;
 
 /* Called on the service's loop after the result's transaction (its batch)
@@ -566,6 +582,39 @@ ESIM_EXTERN esim_err esim_service_enqueue_syncml(esim_service *svc, const char *
                                                  const esim_enqueue_opts *opts,
                                                  esim_push_state *pushes, char uuid_out[128],
                                                  esim_error *err);
+
+/*
+ * Registers an IoT eUICC with the eIM (as a manufacturer's association
+ * list does): its EID, the association token its eUICC gave the eIM's
+ * configuration, and the last counter value used (0 when none). The device
+ * becomes a device of platform "iot" (UDID = EID) and its first package,
+ * an IpaEuiccDataRequest for its certificates, is queued. *created says
+ * whether the EID was new to the eIM (one that only polled is not).
+ *   ESIM_EINVAL  a bad EID, token or counter;
+ *   ESIM_EEXIST  registered already (nothing changes);
+ *   ESIM_ESTORE.
+ */
+ESIM_EXTERN esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t token,
+                                               int64_t counter, bool *created, esim_error *err);
+
+/*
+ * Queues one eIM package for the |n| registered IoT eUICCs |eids|, all or
+ * nothing. |package_json| describes it (docs/iot.md, "Packages"):
+ *   {"operations": [{"op": "enable", "iccid": "..."}, ...]}  PSMOs
+ *     (enable, disable, delete, list_profiles, get_rat) or eCOs (add_eim,
+ *     delete_eim, update_eim, list_eim), not both;
+ *   {"download": {"activation_code": "1$SMDP$MATCHING"}}
+ *   {"euicc_data": true}
+ * Each eUICC gets it at its next poll, signed with its next counter value.
+ * |uuid| NULL: a fresh command UUID, written to |uuid_out| (may be NULL).
+ *   ESIM_EINVAL     a bad description (|err| names the field), no EIDs;
+ *   ESIM_ENOTFOUND  an EID not registered with the eIM;
+ *   ESIM_EEXIST     the UUID was used before;  ESIM_ESTORE.
+ */
+ESIM_EXTERN esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid,
+                                              const char *package_json, const char *const *eids,
+                                              size_t n, const esim_enqueue_opts *opts,
+                                              char uuid_out[128], esim_error *err);
 
 /* Pushes one device now; *state (may be NULL) says what happened (a device
  * without a token is not an error: ESIM_PUSH_NO_TOKEN).

@@ -183,6 +183,7 @@ typedef struct hook_job hook_job;
 typedef struct svc_push svc_push;
 typedef struct svc_omadm svc_omadm;
 typedef struct svc_wns svc_wns;
+typedef struct svc_eim svc_eim;
 
 struct esim_service {
     struct event_base *base;
@@ -243,6 +244,8 @@ struct esim_service {
     svc_webhooks *webhooks;
     svc_omadm *omadm; /* Windows sessions (omadm.c) */
     svc_wns *wns;     /* WNS client (wns.c) */
+    svc_eim *eim;     /* the eIM for IoT eUICCs (eim.c) */
+    char *eim_id, *eim_key_path, *eim_cert_path, *euicc_ci_path;
     char *wns_token_url, *wns_client_id, *wns_secret_path, *wns_ca_path;
 
     svc_key *keys; /* the API token first (as "api-token"), then api_keys */
@@ -443,6 +446,22 @@ void omadm_tick(esim_service *svc, int64_t now);
 size_t omadm_sessions(const esim_service *svc);
 /* The admin API routes for Windows devices (api_windows.c). */
 esim_err api_windows_routes(esim_service *svc, esim_error *err);
+
+/* ---- IoT eUICCs: the eIM (eim.c, api_iot.c) ------------------------------------------- */
+
+#define EIM_PATH "/gsma/rsp2/asn1"
+esim_err eim_init(esim_service *svc, esim_error *err);
+void eim_free(esim_service *svc);
+void eim_handle(esim_service *svc, struct evhttp_request *req);
+void eim_metrics(esim_service *svc, esim_buf *out);
+/* The admin API routes for IoT eUICCs (api_iot.c). */
+esim_err api_iot_routes(esim_service *svc, esim_error *err);
+/* Reads a package description (esim_service_enqueue_iot) into its stored
+ * form |*norm| (caller's, json_decref), its kind ("psmo", "eco",
+ * "download", "euicc_data"), SGP.32 request type and a summary in words.
+ * ESIM_EINVAL with |field| naming what is wrong. */
+esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char request_type[64],
+                          char summary[256], char field[64], esim_error *err);
 
 esim_err wns_init(esim_service *svc, esim_error *err);
 void wns_free(esim_service *svc);
