@@ -39,6 +39,8 @@ int cmd_audit(int argc, char **argv);
 /* cmd_sim.c */
 int cmd_devsim(int argc, char **argv);
 int cmd_smdp(int argc, char **argv);
+/* cmd_card.c: `sim card` */
+int cmd_sim(int argc, char **argv);
 /* cmd_campaign.c */
 int cmd_demo(int argc, char **argv);
 int cmd_campaign(int argc, char **argv);

@@ -30,6 +30,7 @@ static const subcommand subcommands[] = {
     {"wns-mock", cmd_wns_mock, "run a WNS stand-in on loopback for simulated Windows PCs"},
     {"smdp", cmd_smdp, "run the SM-DP+ (operator download server) simulator"},
     {"devsim", cmd_devsim, "run simulated iOS devices with virtual eUICCs"},
+    {"sim", cmd_sim, "attach a virtual eUICC to PC/SC as a card in vpcd (sim card)"},
     {"campaign", cmd_campaign, "create and follow eSIM roll-out campaigns"},
     {"iot", cmd_iot, "IoT eUICCs and their eIM packages (admin API client)"},
     {"diagnose", cmd_diagnose, "explain where one device stands and what to do next"},

@@ -13,6 +13,7 @@ packages=(
   python3 python3-yaml python3-jsonschema valgrind libxml2-dev
   clang libclang-rt-14-dev
   chromium
+  pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev
 )
 # npm (the dashboard test's `npm ci`): Debian packages it apart from nodejs;
 # other builds of nodejs (NodeSource's) carry it and conflict with it.

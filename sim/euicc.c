@@ -30,6 +30,11 @@ struct sim_euicc {
     sim_notification *notifs;
     size_t n_notifs, cap_notifs; /* grown on demand: most eUICCs owe nothing */
     uint32_t next_seq;
+    sim_eim_info *eims; /* SGP.32: the associated eIMs, at most SIM_MAX_EIMS */
+    size_t n_eims;
+    int64_t next_token; /* the next association token handed out, >= 1 */
+    bool auto_enable;   /* configureAutoEnable */
+    char auto_enable_smdp[256];
     bool dirty;
 };
 
@@ -183,6 +188,7 @@ esim_err sim_euicc_new(const sim_pki *pki, const char *eid, sim_euicc **out, esi
     e->pki = pki;
     memcpy(e->eid, eid, ESIM_EID_LEN + 1);
     e->next_seq = 1;
+    e->next_token = 1;
     /* The key pair and certificate are made when first used (the first
      * download), then kept: 100,000 simulated phones start in moments. */
     e->dirty = true;
@@ -229,6 +235,9 @@ void sim_euicc_free(sim_euicc *e)
     esim_buf_free(&e->eum_der);
     free(e->profiles);
     free(e->notifs);
+    for (size_t i = 0; i < e->n_eims; i++)
+        esim_buf_free(&e->eims[i].key_der);
+    free(e->eims);
     free(e);
 }
 
@@ -457,6 +466,116 @@ esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq)
     return ESIM_ENOTFOUND;
 }
 
+/* ---- SGP.32: associated eIMs ------------------------------------------------ */
+
+size_t sim_euicc_eim_count(const sim_euicc *e)
+{
+    return e->n_eims;
+}
+
+const sim_eim_info *sim_euicc_eim_at(const sim_euicc *e, size_t i)
+{
+    return i < e->n_eims ? &e->eims[i] : NULL;
+}
+
+const sim_eim_info *sim_euicc_eim_find(const sim_euicc *e, const char *eim_id)
+{
+    for (size_t i = 0; eim_id && i < e->n_eims; i++)
+        if (strcmp(e->eims[i].eim_id, eim_id) == 0)
+            return &e->eims[i];
+    return NULL;
+}
+
+/* A deep copy of |c| into |dst| (its key DER duplicated). */
+static esim_err eim_copy(sim_eim_info *dst, const sim_eim_info *c)
+{
+    sim_eim_info n = *c;
+    n.key_der = (esim_buf){0};
+    if (c->key_der.len && esim_buf_append(&n.key_der, c->key_der.data, c->key_der.len) != ESIM_OK)
+        return ESIM_ENOMEM;
+    *dst = n;
+    return ESIM_OK;
+}
+
+esim_err sim_euicc_eim_add(sim_euicc *e, const sim_eim_info *c, int64_t *token)
+{
+    if (!c->eim_id[0])
+        return ESIM_EINVAL;
+    if (sim_euicc_eim_find(e, c->eim_id))
+        return ESIM_EEXIST;
+    if (e->n_eims == SIM_MAX_EIMS)
+        return ESIM_ETOOBIG;
+    sim_eim_info *grown = realloc(e->eims, (e->n_eims + 1) * sizeof *grown);
+    if (!grown)
+        return ESIM_ENOMEM;
+    e->eims = grown;
+    sim_eim_info *n = &e->eims[e->n_eims];
+    if (eim_copy(n, c) != ESIM_OK)
+        return ESIM_ENOMEM;
+    /* The eUICC chooses the token: unique per eUICC, never handed out twice. */
+    n->association_token = e->next_token++;
+    e->n_eims++;
+    e->dirty = true;
+    if (token)
+        *token = n->association_token;
+    return ESIM_OK;
+}
+
+esim_err sim_euicc_eim_update(sim_euicc *e, const sim_eim_info *c)
+{
+    sim_eim_info *cur = (sim_eim_info *)sim_euicc_eim_find(e, c->eim_id);
+    if (!cur)
+        return ESIM_ENOTFOUND;
+    sim_eim_info n;
+    if (eim_copy(&n, c) != ESIM_OK)
+        return ESIM_ENOMEM;
+    n.association_token = cur->association_token;
+    esim_buf_free(&cur->key_der);
+    *cur = n;
+    e->dirty = true;
+    return ESIM_OK;
+}
+
+esim_err sim_euicc_eim_delete(sim_euicc *e, const char *eim_id)
+{
+    sim_eim_info *cur = (sim_eim_info *)sim_euicc_eim_find(e, eim_id);
+    if (!cur)
+        return ESIM_ENOTFOUND;
+    esim_buf_free(&cur->key_der);
+    size_t i = (size_t)(cur - e->eims);
+    memmove(&e->eims[i], &e->eims[i + 1], (e->n_eims - i - 1) * sizeof *e->eims);
+    e->n_eims--;
+    e->dirty = true;
+    return ESIM_OK;
+}
+
+void sim_euicc_eim_accept_counter(sim_euicc *e, const char *eim_id, uint64_t counter)
+{
+    sim_eim_info *cur = (sim_eim_info *)sim_euicc_eim_find(e, eim_id);
+    if (cur && counter > cur->counter) {
+        cur->counter = counter;
+        e->dirty = true;
+    }
+}
+
+uint32_t sim_euicc_take_seq(sim_euicc *e)
+{
+    e->dirty = true;
+    return e->next_seq++;
+}
+
+void sim_euicc_set_auto_enable(sim_euicc *e, bool on, const char *smdp)
+{
+    e->auto_enable = on;
+    snprintf(e->auto_enable_smdp, sizeof e->auto_enable_smdp, "%s", smdp ? smdp : "");
+    e->dirty = true;
+}
+
+bool sim_euicc_auto_enable(const sim_euicc *e)
+{
+    return e->auto_enable;
+}
+
 /* ---- crypto hooks ----------------------------------------------------------- */
 
 esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],
@@ -495,7 +614,100 @@ esim_err sim_euicc_cert_b64(const sim_euicc *e, esim_buf *euicc_b64, esim_buf *e
     return rc;
 }
 
+esim_err sim_euicc_cert_der(const sim_euicc *e, const esim_buf **euicc, const esim_buf **eum,
+                            esim_error *err)
+{
+    esim_err rc = ensure_credentials((sim_euicc *)e, err);
+    if (rc != ESIM_OK)
+        return rc;
+    *euicc = &e->cert_der;
+    *eum = eum_of(e);
+    return ESIM_OK;
+}
+
 /* ---- JSON form and files --------------------------------------------------- */
+
+static esim_err copy_field(char *dst, size_t n, const json_t *o, const char *key, esim_error *err);
+
+/* The SGP.32 part: written only once the eUICC has met an eIM, so the
+ * state files of iPhones' eUICCs stay as they were. */
+static esim_err eims_to_json(const sim_euicc *e, json_t *j)
+{
+    if (e->n_eims == 0 && e->next_token == 1 && !e->auto_enable)
+        return ESIM_OK;
+    json_t *arr = json_array();
+    if (!arr)
+        return ESIM_ENOMEM;
+    json_object_set_new(j, "eims", arr);
+    json_object_set_new(j, "next_association_token", json_integer(e->next_token));
+    if (e->auto_enable)
+        json_object_set_new(j, "auto_enable_smdp", json_string(e->auto_enable_smdp));
+    for (size_t i = 0; i < e->n_eims; i++) {
+        const sim_eim_info *m = &e->eims[i];
+        json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:b, s:i, s:b}", "eim_id", m->eim_id,
+                              "fqdn", m->fqdn, "id_type", m->id_type, "counter",
+                              (json_int_t)m->counter, "association_token",
+                              (json_int_t)m->association_token, "key_is_cert", m->key_is_cert,
+                              "protocols", (int)m->protocols, "has_protocols", m->has_protocols);
+        if (!o || json_array_append_new(arr, o) != 0)
+            return ESIM_ENOMEM;
+        if (m->key_der.len &&
+            sim_json_set_b64(o, "key", m->key_der.data, m->key_der.len) != ESIM_OK)
+            return ESIM_ENOMEM;
+    }
+    return ESIM_OK;
+}
+
+static esim_err eims_from_json(sim_euicc *e, const json_t *j, esim_error *err)
+{
+    json_t *arr = json_object_get(j, "eims"), *tok = json_object_get(j, "next_association_token");
+    if (!arr && !tok)
+        return ESIM_OK;
+    if (!json_is_array(arr) || json_array_size(arr) > SIM_MAX_EIMS || !json_is_integer(tok) ||
+        json_integer_value(tok) < 1)
+        return esim_fail(err, ESIM_EINVAL, "eUICC state: eims or next_association_token malformed");
+    e->next_token = json_integer_value(tok);
+    const char *ae = sim_json_str(j, "auto_enable_smdp");
+    if (ae) {
+        e->auto_enable = true;
+        if (sim_copy(e->auto_enable_smdp, sizeof e->auto_enable_smdp, ae, "auto_enable_smdp",
+                     err) != ESIM_OK)
+            return ESIM_EINVAL;
+    }
+    size_t n = json_array_size(arr);
+    if (n && !(e->eims = calloc(n, sizeof *e->eims)))
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        sim_eim_info *m = &e->eims[i];
+        json_t *ctr = json_object_get(o, "counter"), *at = json_object_get(o, "association_token"),
+               *it = json_object_get(o, "id_type"), *pr = json_object_get(o, "protocols");
+        esim_err rc = copy_field(m->eim_id, sizeof m->eim_id, o, "eim_id", err);
+        if (rc == ESIM_OK)
+            rc = copy_field(m->fqdn, sizeof m->fqdn, o, "fqdn", err);
+        if (rc != ESIM_OK)
+            return rc;
+        e->n_eims++; /* from here its key is freed with the eUICC */
+        if (!m->eim_id[0] || !json_is_integer(ctr) || json_integer_value(ctr) < 0 ||
+            !json_is_integer(at) || json_integer_value(at) < 1 ||
+            json_integer_value(at) >= e->next_token || !json_is_integer(it) ||
+            json_integer_value(it) < 0 || json_integer_value(it) > 3 || !json_is_integer(pr) ||
+            json_integer_value(pr) < 0 || json_integer_value(pr) > 255)
+            return esim_fail(err, ESIM_EINVAL, "eUICC state: eIM %zu is malformed", i + 1);
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(e->eims[k].eim_id, m->eim_id) == 0)
+                return esim_fail(err, ESIM_EINVAL, "eUICC state: eIM %s appears twice", m->eim_id);
+        m->counter = (uint64_t)json_integer_value(ctr);
+        m->association_token = json_integer_value(at);
+        m->id_type = (int)json_integer_value(it);
+        m->protocols = (uint8_t)json_integer_value(pr);
+        m->has_protocols = json_is_true(json_object_get(o, "has_protocols"));
+        m->key_is_cert = json_is_true(json_object_get(o, "key_is_cert"));
+        if (json_object_get(o, "key") && (rc = sim_json_b64(o, "key", &m->key_der, err)) != ESIM_OK)
+            return rc;
+    }
+    return ESIM_OK;
+}
 
 json_t *sim_euicc_to_json(const sim_euicc *e)
 {
@@ -529,6 +741,9 @@ json_t *sim_euicc_to_json(const sim_euicc *e)
     }
     json_object_set_new(j, "profiles", profiles);
     json_object_set_new(j, "notifications", notifs);
+    profiles = notifs = NULL;
+    if (eims_to_json(e, j) != ESIM_OK)
+        goto fail;
     return j;
 fail:
     json_decref(j);
@@ -607,6 +822,7 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
     if (!e)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     e->pki = pki;
+    e->next_token = 1;
     memcpy(e->eid, eid, ESIM_EID_LEN + 1);
     json_t *seq = json_object_get(j, "next_seq");
     json_t *profiles = json_object_get(j, "profiles"),
@@ -690,6 +906,8 @@ esim_err sim_euicc_from_json(const sim_pki *pki, const json_t *j, sim_euicc **ou
         }
         e->n_notifs++;
     }
+    if ((rc = eims_from_json(e, j, err)) != ESIM_OK)
+        goto fail;
     *out = e;
     return ESIM_OK;
 fail:

@@ -18,6 +18,7 @@
 #ifndef ESIM_SIM_SIM_H
 #define ESIM_SIM_SIM_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -155,6 +156,30 @@ const sim_notification *sim_euicc_notification_at(const sim_euicc *e, size_t i);
 /* Drops the notification |seq| once its server confirmed it; ESIM_ENOTFOUND. */
 esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq);
 
+/*
+ * SGP.32 state: the eIMs associated with the eUICC (EimConfigurationData as
+ * it was added, with the counter of the last package accepted from it and
+ * the association token the eUICC gave it) and the auto-enable setting.
+ * Changed only through sim_euicc_es10(); saved with the rest of the state.
+ */
+#define SIM_MAX_EIMS 8
+#define SIM_EIM_ID_MAX 128
+typedef struct {
+    char eim_id[SIM_EIM_ID_MAX + 1];
+    char fqdn[256];            /* may be empty */
+    int id_type;               /* eimIdType: 1 oid, 2 fqdn, 3 proprietary; 0 absent */
+    uint64_t counter;          /* counterValue: the last accepted package's counter */
+    int64_t association_token; /* >= 1 */
+    esim_buf key_der; /* the eIM's certificate or SubjectPublicKeyInfo, DER; may be empty */
+    bool key_is_cert;
+    uint8_t protocols; /* eimSupportedProtocol bits, bit 0 = retrieveHttps */
+    bool has_protocols;
+} sim_eim_info;
+
+size_t sim_euicc_eim_count(const sim_euicc *e);
+const sim_eim_info *sim_euicc_eim_at(const sim_euicc *e, size_t i);
+const sim_eim_info *sim_euicc_eim_find(const sim_euicc *e, const char *eim_id); /* NULL: none */
+
 /* True when the state changed since the last save/load. */
 bool sim_euicc_dirty(const sim_euicc *e);
 
@@ -162,6 +187,64 @@ bool sim_euicc_dirty(const sim_euicc *e);
 esim_err sim_euicc_save(sim_euicc *e, const char *path, esim_error *err);
 /* ESIM_ENOTFOUND, ESIM_EIO, ESIM_EINVAL (a damaged file: |err| says what). */
 esim_err sim_euicc_load(const sim_pki *pki, const char *path, sim_euicc **out, esim_error *err);
+
+/* ---- SGP.32 ES10 and the eUICC as a smart card (es10.c, card.c, vpcd.c) -- */
+
+/*
+ * Runs one ES10 request (DER, e.g. BF3E.., BF55 00, BF57.., BF51.., BF2D..,
+ * BF2B 00, BF30.. (RemoveNotificationFromList), BF22 00, BF3C 00, BF43 00,
+ * and the certificate request the IPA needs for an IpaEuiccDataRequest)
+ * against the eUICC and appends the DER answer to |out|. Bad input -> a DER
+ * error answer where the spec has one, else ESIM_EINVAL (|err| says why);
+ * nothing changes then. A package (BF51) is checked as SGP.32 says (EID,
+ * associated eimId, eimSignature with that eIM's key, counter) and answered
+ * with a EuiccPackageResult signed by the eUICC's key. The caller saves the
+ * eUICC (sim_euicc_dirty) when it wants the change to survive.
+ */
+esim_err sim_euicc_es10(sim_euicc *e, const uint8_t *req, size_t len, esim_buf *out,
+                        esim_error *err);
+
+/* The ISD-R, where ES10 requests go (SGP.22 §2.2.3). */
+#define SIM_ISDR_AID "A0000005591010FFFFFFFF8900000100"
+
+/*
+ * A card face for an eUICC: ISO 7816-4 APDUs as a UICC answers them —
+ * MANAGE CHANNEL open/close (channels 1-19), SELECT of the ISD-R by AID on
+ * any open channel, TERMINAL CAPABILITY, STORE DATA (80/81 E2 11|91 block#)
+ * chained and passed whole to sim_euicc_es10(), answers as 61xx + GET
+ * RESPONSE (default, as T=0 cards do) or, in direct mode, data + 90 00.
+ * Errors are status words (6700, 6881, 6985, 6A80, 6A82, 6A86, 6D00, 6E00).
+ * |e| is borrowed and must outlive the card.
+ */
+typedef struct sim_card sim_card;
+esim_err sim_card_new(sim_euicc *e, sim_card **out, esim_error *err);
+void sim_card_free(sim_card *c);
+/* Direct mode: answers of up to 256 bytes come with 90 00, no 61xx. */
+void sim_card_set_direct(sim_card *c, bool direct);
+/* Power on, off or reset: every channel but 0 closed, nothing selected. */
+void sim_card_reset(sim_card *c);
+/* The ATR (offers T=0, then T=1); static. */
+const uint8_t *sim_card_atr(size_t *len);
+/* Appends the response APDU (data and SW1 SW2) for |apdu| to |rsp|: always
+ * ESIM_OK with a status word, except ESIM_ENOMEM. */
+esim_err sim_card_apdu(sim_card *c, const uint8_t *apdu, size_t len, esim_buf *rsp,
+                       esim_error *err);
+
+/* vsmartcard's vpcd (the pcscd reader driver) listens on TCP, 35963 for its
+ * first reader; the card connects to it. */
+#define SIM_VPCD_PORT 35963
+typedef struct {
+    const char *host; /* e.g. "127.0.0.1" */
+    uint16_t port;
+    const volatile sig_atomic_t *stop;      /* polled every 200 ms; may be NULL */
+    void (*after_apdu)(void *arg);          /* e.g. save the eUICC; may be NULL */
+    void (*on_connect)(void *arg, bool up); /* may be NULL */
+    void *arg;
+} sim_vpcd_opts;
+/* Attaches |c| to vpcd until *o->stop: connects (again every 200 ms while
+ * vpcd is not there or after it closed the connection), answers power, reset
+ * and ATR controls and APDUs. ESIM_OK when stopped; ESIM_ENOMEM/ESIM_EIO. */
+esim_err sim_vpcd_run(sim_card *c, const sim_vpcd_opts *o, esim_error *err);
 
 /* ---- HTTP client on libevent + libcurl multi ------------------------------ */
 

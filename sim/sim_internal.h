@@ -117,6 +117,23 @@ X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_err
 esim_err sim_euicc_reissue(sim_euicc *e, const esim_cert *eum, X509 *eum_for_chain,
                            esim_error *err);
 
+/* SGP.32 state (euicc.c), changed by es10.c. sim_euicc_eim_add copies |c|
+ * and gives it the next association token (*token): ESIM_EEXIST for a known
+ * eimId, ESIM_ETOOBIG when SIM_MAX_EIMS are there, ESIM_EINVAL without an
+ * eimId. sim_euicc_eim_update replaces all but the token (ESIM_ENOTFOUND). */
+esim_err sim_euicc_eim_add(sim_euicc *e, const sim_eim_info *c, int64_t *token);
+esim_err sim_euicc_eim_update(sim_euicc *e, const sim_eim_info *c);
+esim_err sim_euicc_eim_delete(sim_euicc *e, const char *eim_id);
+/* Records |counter| as the last accepted from |eim_id| (only ever upwards). */
+void sim_euicc_eim_accept_counter(sim_euicc *e, const char *eim_id, uint64_t counter);
+/* The next sequence number (shared with notifications), used up. */
+uint32_t sim_euicc_take_seq(sim_euicc *e);
+void sim_euicc_set_auto_enable(sim_euicc *e, bool on, const char *smdp);
+bool sim_euicc_auto_enable(const sim_euicc *e);
+/* The eUICC and EUM certificates, DER (made on first use); borrowed. */
+esim_err sim_euicc_cert_der(const sim_euicc *e, const esim_buf **euicc, const esim_buf **eum,
+                            esim_error *err);
+
 /* ---- device internals ---- */
 /* Appends the PEM form of the DER certificate |der| to |out|. */
 esim_err sim_pem_append(esim_buf *out, const esim_buf *der);
