@@ -22,6 +22,7 @@ static const char pki_help[] =
     "  ci         GSMA test CI, root of the eSIM chain (P-256)\n"
     "  eum        eUICC manufacturer certificate, signed by ci\n"
     "  dpauth     SM-DP+ authentication certificate, signed by ci\n"
+    "  eim        eIM package-signing certificate (SGP.32, P-256), signed by ca\n"
     "\n"
     "These certificates are for tests and demos on one machine, never for\n"
     "production devices.\n"

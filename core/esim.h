@@ -277,6 +277,8 @@ ESIM_EXTERN esim_err esim_cert_load(const char *cert_path, const char *key_path,
  *   ci         GSMA test CI (root of the eSIM chain, P-256)
  *   eum        EUM certificate, signed by ci: it signs each eUICC certificate
  *   dpauth     SM-DP+ authentication certificate, signed by ci
+ *   eim        the eIM's package-signing certificate (SGP.32 eimSignature,
+ *              ECDSA P-256), signed by ca
  * plus push.topic, a text file holding "com.apple.mgmt.External.<uuid>".
  */
 ESIM_EXTERN esim_err esim_pki_create(const char *dir, esim_error *err);

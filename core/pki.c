@@ -51,7 +51,8 @@ static bool add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 static bool add_extensions(X509 *cert, X509 *issuer, const esim_cert_spec *spec)
 {
     char san[600];
-    if (!add_ext(cert, issuer, NID_basic_constraints, spec->is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE"))
+    if (!add_ext(cert, issuer, NID_basic_constraints,
+                 spec->is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE"))
         return false;
     if (!add_ext(cert, issuer, NID_key_usage,
                  spec->is_ca ? "critical,keyCertSign,cRLSign,digitalSignature"
@@ -138,7 +139,8 @@ void esim_cert_clear(esim_cert *c)
 }
 
 /* Serializes with a PEM writer into memory, then replaces the file atomically. */
-static esim_err save_pem(const char *path, unsigned mode, X509 *cert, EVP_PKEY *key, esim_error *err)
+static esim_err save_pem(const char *path, unsigned mode, X509 *cert, EVP_PKEY *key,
+                         esim_error *err)
 {
     BIO *mem = BIO_new(BIO_s_mem());
     if (!mem)
@@ -166,7 +168,8 @@ esim_err esim_cert_save(const esim_cert *c, const char *cert_path, const char *k
     return rc;
 }
 
-esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *out, esim_error *err)
+esim_err esim_cert_load(const char *cert_path, const char *key_path, esim_cert *out,
+                        esim_error *err)
 {
     esim_cert c = {0};
     FILE *f = fopen(cert_path, "r");
@@ -248,22 +251,38 @@ esim_err esim_pki_create(const char *dir, esim_error *err)
     esim_buf_free(&existing);
 
     esim_cert ca = {0}, leaf = {0}, device_ca = {0}, ci = {0}, eum = {0};
-    const esim_cert_spec ca_spec = {.common_name = "esim-mdm test CA", .organization = "esim-mdm test",
-                                    .is_ca = true, .days = 3650};
-    const esim_cert_spec server_spec = {.common_name = "localhost", .organization = "esim-mdm test",
-                                        .dns_name = "localhost", .server_auth = true};
-    const esim_cert_spec push_spec = {.common_name = "APSP:esim-mdm test push", .uid = topic,
-                                      .organization = "esim-mdm test", .client_auth = true,
+    const esim_cert_spec ca_spec = {.common_name = "esim-mdm test CA",
+                                    .organization = "esim-mdm test",
+                                    .is_ca = true,
+                                    .days = 3650};
+    const esim_cert_spec server_spec = {.common_name = "localhost",
+                                        .organization = "esim-mdm test",
+                                        .dns_name = "localhost",
+                                        .server_auth = true};
+    const esim_cert_spec push_spec = {.common_name = "APSP:esim-mdm test push",
+                                      .uid = topic,
+                                      .organization = "esim-mdm test",
+                                      .client_auth = true,
                                       .key_type = ESIM_KEY_RSA2048};
     const esim_cert_spec device_ca_spec = {.common_name = "esim-mdm test device CA",
-                                           .organization = "esim-mdm test", .is_ca = true,
-                                           .key_type = ESIM_KEY_RSA2048, .days = 3650};
-    const esim_cert_spec ci_spec = {.common_name = "esim-mdm test CI", .organization = "GSMA test",
-                                    .is_ca = true, .days = 3650};
-    const esim_cert_spec eum_spec = {.common_name = "esim-mdm test EUM", .organization = "EUM test",
-                                     .is_ca = true, .days = 3650};
+                                           .organization = "esim-mdm test",
+                                           .is_ca = true,
+                                           .key_type = ESIM_KEY_RSA2048,
+                                           .days = 3650};
+    const esim_cert_spec ci_spec = {.common_name = "esim-mdm test CI",
+                                    .organization = "GSMA test",
+                                    .is_ca = true,
+                                    .days = 3650};
+    const esim_cert_spec eum_spec = {.common_name = "esim-mdm test EUM",
+                                     .organization = "EUM test",
+                                     .is_ca = true,
+                                     .days = 3650};
     const esim_cert_spec dpauth_spec = {.common_name = "esim-mdm test SM-DP+ auth",
-                                        .organization = "SM-DP+ test", .dns_name = "localhost"};
+                                        .organization = "SM-DP+ test",
+                                        .dns_name = "localhost"};
+    /* The eIM's package-signing key (SGP.32 eimSignature): ECDSA P-256. */
+    const esim_cert_spec eim_spec = {.common_name = "esim-mdm test eIM",
+                                     .organization = "esim-mdm test"};
 
     if ((rc = ensure(dir, "ca", &ca_spec, NULL, &ca, err)) ||
         (rc = ensure(dir, "server", &server_spec, &ca, &leaf, err)))
@@ -286,6 +305,9 @@ esim_err esim_pki_create(const char *dir, esim_error *err)
         (rc = ensure(dir, "ci", &ci_spec, NULL, &ci, err)) ||
         (rc = ensure(dir, "eum", &eum_spec, &ci, &eum, err)) ||
         (rc = ensure(dir, "dpauth", &dpauth_spec, &ci, &leaf, err)))
+        goto done;
+    esim_cert_clear(&leaf);
+    if ((rc = ensure(dir, "eim", &eim_spec, &ca, &leaf, err)))
         goto done;
 done:
     esim_cert_clear(&ca);

@@ -14,6 +14,7 @@ packages=(
   clang libclang-rt-14-dev
   chromium
   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev
+  asn1c
 )
 # npm (the dashboard test's `npm ci`): Debian packages it apart from nodejs;
 # other builds of nodejs (NodeSource's) carry it and conflict with it.
