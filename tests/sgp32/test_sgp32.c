@@ -153,6 +153,26 @@ static void test_strict_der_refusals(void **state)
     void *o = NULL;
     assert_int_equal(sgp32_decode(&asn_DEF_GetEimPackageRequest, b.data, b.len, &o, NULL),
                      ESIM_EINVAL);
+    /* an eidValue of 15 bytes, twice: asn1c 0.9.28 forgot a constrained
+     * alias's own check after the type's first use (sgp32/asn1c.cmake) */
+    for (int k = 0; k < 2; k++) {
+        hex_to("bf4f115a0f"
+               "890490321234512345123456789012",
+               &b);
+        assert_int_equal(sgp32_decode(&asn_DEF_GetEimPackageRequest, b.data, b.len, &o, NULL),
+                         ESIM_EINVAL);
+        assert_null(o);
+        hex_to("bf4f115a0f"
+               "890490321234512345123456789012",
+               &b);
+        assert_int_equal(sgp32_decode(&asn_DEF_EsipaMessageFromIpaToEim, b.data, b.len, &o, NULL),
+                         ESIM_EINVAL);
+        hex_to("bf4f125a10" EID, &b);
+        assert_int_equal(sgp32_decode(&asn_DEF_GetEimPackageRequest, b.data, b.len, &o, NULL),
+                         ESIM_OK);
+        sgp32_free(&asn_DEF_GetEimPackageRequest, o);
+        o = NULL;
+    }
     /* size limit */
     uint8_t *big = calloc(1, SGP32_DER_MAX + 1);
     assert_int_equal(sgp32_decode(&asn_DEF_GetEimPackageRequest, big, SGP32_DER_MAX + 1, &o, NULL),
