@@ -3,8 +3,8 @@
  * pcscd (in a private mount namespace, so its socket and pid file are this
  * test's) with vsmartcard's vpcd driver on free ports, `esim-mdm sim card`
  * attached to it, then a PC/SC client (libpcsclite) and pcsc-tools'
- * scriptor open a logical channel, select the ISD-R and read the EID
- * (BF3E). Needs root (mount namespace); every
+ * scriptor open a logical channel, select the ISD-R, read the EID (BF3E)
+ * and the eIM configuration (BF55). Needs root (mount namespace); every
  * child dies with the test and is stopped at the end.
  */
 #include <setjmp.h>
@@ -21,7 +21,10 @@
 #include <cmocka.h>
 #include <winscard.h>
 
+#include "sgp32/sgp32.h"
 #include "tests/sim/sim_test.h"
+
+#define EIM_ID "eim.pcsc.test"
 
 static struct {
     char *dir;
@@ -100,6 +103,30 @@ static void print_log(const char *name)
         fprintf(stderr, "---- %s ----\n%.*s\n", name, (int)b.len, (const char *)b.data);
     }
     esim_buf_free(&b);
+}
+
+/* AddInitialEim through the eUICC's own ES10 entry point, as the IPA does
+ * when the device is made: the eIM configuration the card must give back. */
+static void associate(sim_euicc *e)
+{
+    EimConfigurationData_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    assert_int_equal(OCTET_STRING_fromString(&c->eimId, EIM_ID), 0);
+    c->eimFqdn = OCTET_STRING_new_fromBuf(&asn_DEF_UTF8String, "127.0.0.1:8443", -1);
+    c->counterValue = calloc(1, sizeof *c->counterValue); /* 0 */
+    AddInitialEimRequest_t *q = calloc(1, sizeof *q);
+    assert_non_null(q);
+    ASN_SEQUENCE_ADD(&q->eimConfigurationDataList.list, c);
+    esim_buf req = {0}, out = {0};
+    assert_int_equal(sgp32_encode(&asn_DEF_AddInitialEimRequest, q, &req, NULL), ESIM_OK);
+    sgp32_free(&asn_DEF_AddInitialEimRequest, q);
+    esim_error err;
+    assert_int_equal(sim_euicc_es10(e, req.data, req.len, &out, &err), ESIM_OK);
+    /* BF57 { A0 { 84 01 01 } }: the first association token */
+    assert_int_equal(out.len, 8);
+    assert_memory_equal(out.data, "\xBF\x57\x05\xA0\x03\x84\x01\x01", 8);
+    esim_buf_free(&req);
+    esim_buf_free(&out);
 }
 
 static int setup_all(void **state)
@@ -231,10 +258,11 @@ static void wait_card(SCARDCONTEXT ctx, char *reader, size_t len)
 static void test_pcsc_stack(void **state)
 {
     (void)state;
-    /* The card's state as the device left it. */
+    /* The card's state as the device left it: associated with one eIM. */
     sim_euicc *e = NULL;
     esim_error err;
     assert_int_equal(sim_euicc_new(fx.pki, fx.eid, &e, &err), ESIM_OK);
+    associate(e);
     assert_int_equal(sim_euicc_save(e, fx.state, &err), ESIM_OK);
     sim_euicc_free(e);
 
@@ -271,6 +299,19 @@ static void test_pcsc_stack(void **state)
     assert_int_equal(d.len, 0);
     assert_int_equal(transmit(h, "81E29101035C015A", &d), 0x9000);
     assert_memory_equal(d.data + 5, eid.data, 16);
+    /* GetEimConfigurationData: the eIM added above, counter 0, token 1. */
+    assert_int_equal(transmit(h, "81E2910003BF5500", &d), 0x9000);
+    GetEimConfigurationDataResponse_t *g = NULL;
+    assert_int_equal(
+        sgp32_decode(&asn_DEF_GetEimConfigurationDataResponse, d.data, d.len, (void **)&g, NULL),
+        ESIM_OK);
+    assert_int_equal(g->eimConfigurationDataList.list.count, 1);
+    const EimConfigurationData_t *c = g->eimConfigurationDataList.list.array[0];
+    assert_int_equal(c->eimId.size, strlen(EIM_ID));
+    assert_memory_equal(c->eimId.buf, EIM_ID, strlen(EIM_ID));
+    assert_int_equal(*c->counterValue, 0);
+    assert_int_equal(*c->associationToken, 1);
+    sgp32_free(&asn_DEF_GetEimConfigurationDataResponse, g);
     /* Errors come back as status words. */
     assert_int_equal(transmit(h, "81CA000000", &d), 0x6D00);
     assert_int_equal(transmit(h, "02A4040010" SIM_ISDR_AID, &d), 0x6881);
@@ -289,7 +330,8 @@ static void test_pcsc_stack(void **state)
     const char *apdus = "00 70 00 00 01\n"
                         "01 A4 04 00 10 A0 00 00 05 59 10 10 FF FF FF FF 89 00 00 01 00\n"
                         "81 E2 91 00 06 BF 3E 03 5C 01 5A\n"
-                        "01 C0 00 00 15\n";
+                        "01 C0 00 00 15\n"
+                        "81 E2 91 00 03 BF 55 00\n";
     assert_int_equal(esim_write_file_atomic(script, apdus, strlen(apdus), 0600, NULL), ESIM_OK);
     snprintf(cmdline, sizeof cmdline, "timeout 30 scriptor -r '%s' -p T=0 '%s' > '%s' 2>&1", reader,
              script, out);
@@ -314,6 +356,8 @@ static void test_pcsc_stack(void **state)
     assert_non_null(strstr((const char *)o.data, "< 01 90 00"));
     assert_non_null(strstr((const char *)o.data, (const char *)want.data));
     assert_non_null(strstr((const char *)o.data, "< 61 "));
+    /* and BF55's answer started (61xx: scriptor does not fetch it) */
+    assert_non_null(strstr((const char *)o.data, "> 81 E2 91 00 03 BF 55 00< 61 "));
     esim_buf_free(&want);
     esim_buf_free(&o);
     esim_buf_free(&eid);
@@ -327,6 +371,7 @@ static void test_pcsc_stack(void **state)
     sim_euicc *back = NULL;
     assert_int_equal(sim_euicc_load(fx.pki, fx.state, &back, &err), ESIM_OK);
     assert_string_equal(sim_euicc_eid(back), fx.eid);
+    assert_int_equal(sim_euicc_eim_count(back), 1);
     sim_euicc_free(back);
     fx.passed = true;
 }
