@@ -11,7 +11,14 @@
 #include <string.h>
 
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
+#include "EUICCInfo2Sgp22.h"
+#include "EuiccConfiguredAddressesRequest.h"
+#include "EuiccConfiguredAddressesResponse.h"
+#include "GetEuiccInfo2Request.h"
+#include "GetRatRequest.h"
+#include "GetRatResponse.h"
 #include "sgp32/sgp32.h"
 #include "sim/sim_internal.h"
 
@@ -167,6 +174,92 @@ static esim_err get_certs(sim_euicc *e, const uint8_t *req, size_t len, esim_buf
         return rc;
     }
     return answer(&asn_DEF_GetCertsResponse, a, out, err);
+}
+
+/* ---- chip information: EUICCInfo2, configured addresses, RAT ------------------ */
+
+/* The root SM-DS every eUICC is configured with (SGP.22 §3.4). */
+#define SIM_ROOT_SMDS "lpa.ds.gsma.com"
+
+static bool version_set(OCTET_STRING_t *o, uint8_t a, uint8_t b, uint8_t c)
+{
+    uint8_t v[3] = {a, b, c};
+    return str_set(o, v, sizeof v);
+}
+
+/* ES10c GetEUICCInfo2: what this virtual eUICC is, in SGP.22 v2.2 terms. */
+static esim_err euicc_info2(sim_euicc *e, const uint8_t *req, size_t len, esim_buf *out,
+                            esim_error *err)
+{
+    void *q = NULL;
+    esim_err rc = sgp32_decode(&asn_DEF_GetEuiccInfo2Request, req, len, &q, err);
+    if (rc != ESIM_OK)
+        return bad(rc, err, "GetEUICCInfo2");
+    sgp32_free(&asn_DEF_GetEuiccInfo2Request, q);
+    EUICCInfo2Sgp22_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    /* extCardResource: installed applications (81), free NVM (82), free RAM (83). */
+    size_t free_slots = SIM_MAX_PROFILES - sim_euicc_profile_count(e);
+    uint8_t res[] = {0x81, 0x01, (uint8_t)sim_euicc_profile_count(e),
+                     0x82, 0x03, (uint8_t)(free_slots * 2),
+                     0x00, 0x00, 0x83,
+                     0x02, 0x10, 0x00};
+    bool ok =
+        version_set(&a->profileVersion, 2, 3, 1) && version_set(&a->svn, 2, 2, 2) &&
+        version_set(&a->euiccFirmwareVer, 1, 0, 0) && version_set(&a->ppVersion, 1, 0, 0) &&
+        str_set(&a->extCardResource, res, sizeof res) && /* usimSupport, isimSupport, akaMilenage */
+        bits_set(&a->uiccCapability, 1u << 1 | 1u << 2 | 1u << 4) &&
+        bits_set(&a->rspCapability, 1u << 0 | 1u << 3) && /* additionalProfile, test */
+        str_set(&a->sasAcreditationNumber, "esim-mdm-sim", 12) &&
+        (a->euiccCategory = long_new(1)) != NULL;
+    /* The CI it trusts, for verifying and for signing: the test CI's key id. */
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(sim_euicc_trusted_ci(e));
+    for (int i = 0; ok && ski && i < 2; i++) {
+        OCTET_STRING_t *id = str_new(ASN1_STRING_get0_data(ski), (size_t)ASN1_STRING_length(ski));
+        void *list = i == 0 ? (void *)&a->euiccCiPKIdListForVerification.list
+                            : (void *)&a->euiccCiPKIdListForSigning.list;
+        if (!id || ASN_SEQUENCE_ADD(list, id) != 0) {
+            sgp32_free(&asn_DEF_SubjectKeyIdentifier, id);
+            ok = false;
+        }
+    }
+    if (!ok) {
+        sgp32_free(&asn_DEF_EUICCInfo2Sgp22, a);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    return answer(&asn_DEF_EUICCInfo2Sgp22, a, out, err);
+}
+
+static esim_err configured_addresses(sim_euicc *e, const uint8_t *req, size_t len, esim_buf *out,
+                                     esim_error *err)
+{
+    void *q = NULL;
+    esim_err rc = sgp32_decode(&asn_DEF_EuiccConfiguredAddressesRequest, req, len, &q, err);
+    if (rc != ESIM_OK)
+        return bad(rc, err, "EuiccConfiguredAddresses");
+    sgp32_free(&asn_DEF_EuiccConfiguredAddressesRequest, q);
+    EuiccConfiguredAddressesResponse_t *a = calloc(1, sizeof *a);
+    const char *dp = sim_euicc_auto_enable_smdp(e);
+    if (!a || !str_set(&a->rootDsAddress, SIM_ROOT_SMDS, strlen(SIM_ROOT_SMDS)) ||
+        (dp[0] && !(a->defaultDpAddress = str_new(dp, strlen(dp))))) {
+        sgp32_free(&asn_DEF_EuiccConfiguredAddressesResponse, a);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    return answer(&asn_DEF_EuiccConfiguredAddressesResponse, a, out, err);
+}
+
+static esim_err get_rat(const uint8_t *req, size_t len, esim_buf *out, esim_error *err)
+{
+    void *q = NULL;
+    esim_err rc = sgp32_decode(&asn_DEF_GetRatRequest, req, len, &q, err);
+    if (rc != ESIM_OK)
+        return bad(rc, err, "GetRAT");
+    sgp32_free(&asn_DEF_GetRatRequest, q);
+    GetRatResponse_t *a = calloc(1, sizeof *a); /* no rule authorised: an empty RAT */
+    if (!a)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    return answer(&asn_DEF_GetRatResponse, a, out, err);
 }
 
 /* ---- eIM configuration ----------------------------------------------------------- */
@@ -872,6 +965,12 @@ esim_err sim_euicc_es10(sim_euicc *e, const uint8_t *req, size_t len, esim_buf *
         return remove_notification(e, req, len, out, err);
     case 0x56: /* GetCerts: the eUICC and EUM certificates for the IPA */
         return get_certs(e, req, len, out, err);
+    case 0x22: /* GetEUICCInfo2 */
+        return euicc_info2(e, req, len, out, err);
+    case 0x3C: /* EuiccConfiguredAddresses */
+        return configured_addresses(e, req, len, out, err);
+    case 0x43: /* GetRAT */
+        return get_rat(req, len, out, err);
     default:
         return esim_fail(err, ESIM_EINVAL, "ES10 request BF%02X is not one this eUICC knows",
                          req[1]);

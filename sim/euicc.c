@@ -576,6 +576,11 @@ bool sim_euicc_auto_enable(const sim_euicc *e)
     return e->auto_enable;
 }
 
+const char *sim_euicc_auto_enable_smdp(const sim_euicc *e)
+{
+    return e->auto_enable ? e->auto_enable_smdp : "";
+}
+
 /* ---- crypto hooks ----------------------------------------------------------- */
 
 esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsigned char sig[64],

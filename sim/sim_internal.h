@@ -130,6 +130,8 @@ void sim_euicc_eim_accept_counter(sim_euicc *e, const char *eim_id, uint64_t cou
 uint32_t sim_euicc_take_seq(sim_euicc *e);
 void sim_euicc_set_auto_enable(sim_euicc *e, bool on, const char *smdp);
 bool sim_euicc_auto_enable(const sim_euicc *e);
+/* The SM-DP+ address configureAutoEnable set ("" when none or off). */
+const char *sim_euicc_auto_enable_smdp(const sim_euicc *e);
 /* The eUICC and EUM certificates, DER (made on first use); borrowed. */
 esim_err sim_euicc_cert_der(const sim_euicc *e, const esim_buf **euicc, const esim_buf **eum,
                             esim_error *err);

@@ -13,6 +13,8 @@
 
 #include <cmocka.h>
 
+#include "EUICCInfo2Sgp22.h"
+#include "EuiccConfiguredAddressesResponse.h"
 #include "sgp32/sgp32.h"
 #include "tests/sim/sim_test.h"
 
@@ -291,7 +293,30 @@ static void test_get_eid_and_certs(void **state)
     assert_int_equal(der.len, cert->len);
     assert_memory_equal(der.data, cert->data, der.len);
     sgp32_free(&asn_DEF_GetCertsResponse, c);
+    /* Chip information PC/SC clients ask for: EUICCInfo2, addresses, RAT. */
+    esim_buf_reset(&out);
+    assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x22\x00", 3, &out, NULL), ESIM_OK);
+    EUICCInfo2Sgp22_t *i2 = NULL;
+    assert_int_equal(sgp32_decode(&asn_DEF_EUICCInfo2Sgp22, out.data, out.len, (void **)&i2, NULL),
+                     ESIM_OK);
+    assert_memory_equal(i2->svn.buf, "\x02\x02\x02", 3);
+    assert_int_equal(i2->euiccCiPKIdListForVerification.list.count, 1);
+    sgp32_free(&asn_DEF_EUICCInfo2Sgp22, i2);
+    esim_buf_reset(&out);
+    assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x3C\x00", 3, &out, NULL), ESIM_OK);
+    EuiccConfiguredAddressesResponse_t *ca = NULL;
+    assert_int_equal(sgp32_decode(&asn_DEF_EuiccConfiguredAddressesResponse, out.data, out.len,
+                                  (void **)&ca, NULL),
+                     ESIM_OK);
+    assert_null(ca->defaultDpAddress);
+    assert_memory_equal(ca->rootDsAddress.buf, "lpa.ds.gsma.com", 15);
+    sgp32_free(&asn_DEF_EuiccConfiguredAddressesResponse, ca);
+    esim_buf_reset(&out);
+    assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x43\x00", 3, &out, NULL), ESIM_OK);
+    assert_int_equal(out.len, 5);
+    assert_memory_equal(out.data, "\xBF\x43\x02\xA0\x00", 5);
     /* Unknown tags and bad DER: ESIM_EINVAL and nothing appended. */
+    esim_buf_reset(&out);
     esim_buf_reset(&out);
     assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x77\x00", 3, &out, NULL),
                      ESIM_EINVAL);
