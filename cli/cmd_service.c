@@ -34,8 +34,10 @@ static const char serve_usage[] =
     "  --listen ADDR:PORT        where to listen (default 127.0.0.1:8080; port 0 = any free one)\n"
     "  --port-file F             write the bound port to F once listening\n"
     "  --data-dir DIR            state directory (default ./esim-mdm-data)\n"
-    "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db); postgres:// is not "
-    "supported yet\n"
+    "  --store SPEC              sqlite:PATH (default DIR/esim-mdm.db), or a PostgreSQL URI\n"
+    "                            (postgres://user@host/db, postgresql://...)\n"
+    "  --store-pool N            PostgreSQL: N worker connections run device check-ins and\n"
+    "                            results off the event loop (default 4; 0: on the loop)\n"
     "  --store-sync MODE         group (default): answers wait for one shared fsync per loop "
     "turn;\n"
     "                            full: fsync per commit; normal: no fsync (survives crashes, not "
@@ -103,6 +105,7 @@ enum {
     O_DATA_DIR,
     O_STORE,
     O_STORE_SYNC,
+    O_STORE_POOL,
     O_API_TOKEN_FILE,
     O_API_KEYS_FILE,
     O_DEVICE_AUTH,
@@ -150,6 +153,7 @@ static const cli_option serve_options[] = {
     {"data-dir", true, O_DATA_DIR},
     {"store", true, O_STORE},
     {"store-sync", true, O_STORE_SYNC},
+    {"store-pool", true, O_STORE_POOL},
     {"api-token-file", true, O_API_TOKEN_FILE},
     {"api-keys-file", true, O_API_KEYS_FILE},
     {"device-auth", true, O_DEVICE_AUTH},
@@ -353,6 +357,10 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_STORE_SYNC:
         o->store_sync = v;
+        break;
+    case O_STORE_POOL:
+        if ((rc = cli_client_long("serve", "store-pool", v, 0, 64, &n)) == CLI_EXIT_OK)
+            o->cfg.store_pool = (int)n;
         break;
     case O_API_TOKEN_FILE:
         o->api_token_file = v;

@@ -210,28 +210,82 @@ static void answer_bootstrap(esim_service *svc, struct evhttp_request *req, cons
     plist_to_xml_free(xml);
 }
 
-static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
-                           const auth_identity *id, const void *raw, size_t len)
+/* ---- one device request's store operation ----------------------------------------
+ * A check-in or a result is one store operation. Its job carries what the
+ * operation needs, copied, so that it can run on a pool worker (pool.c)
+ * while the loop serves other devices; the answer is finished on the loop
+ * (mdm_job_done). Without the pool both halves run at once, on the loop. */
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    struct evhttp_request *req;
+    esim_msg msg; /* owned */
+    const void *raw;
+    size_t raw_len;
+    esim_buf raw_copy; /* the body, when the job outlives the request handler */
+    auth_identity id;
+    bool duplicate;
+    /* check-ins */
+    esim_buf token;
+    int64_t tally;
+    /* results */
+    char eid[ESIM_EID_LEN + 1];
+    char *chain;
+    char *skip[64];
+    size_t n_skip;
+    int64_t backoff_ms;
+    store_exchange_out out;
+} mdm_job;
+
+static void mdm_job_free(mdm_job *j)
 {
-    esim_error e = {{0}};
-    esim_err rc;
-    int64_t now = esim_now_ms();
-    svc_event_extra x = {request_query(req), -1};
-    esim_buf token = {0};
-    /* A device enrolled under another push certificate could never be
-     * woken by this service: its Topic must be the one pushes go out on. */
-    const char *topic = push_topic(svc);
-    if (topic && (msg->kind == ESIM_MSG_AUTHENTICATE || msg->kind == ESIM_MSG_TOKEN_UPDATE) &&
-        strcmp(topic, msg->topic) != 0) {
-        svc->m.auth_refused++;
-        esim_fail(&e, ESIM_EAUTH,
-                  "Topic '%.200s' is not this service's push topic '%.200s': the "
-                  "enrolment profile names another MDM push certificate",
-                  msg->topic, topic);
-        log_refused(svc, req, SVC_LOGLIM_DEVICE_AUTH, "device_refused", 403, e.msg);
-        reply_text(svc, req, 403, e.msg);
+    if (j->token.data)
+        OPENSSL_cleanse(j->token.data, j->token.len);
+    esim_buf_free(&j->token);
+    esim_buf_free(&j->raw_copy);
+    esim_buf_free(&j->out.next.body);
+    free(j->chain);
+    for (size_t i = 0; i < j->n_skip; i++)
+        free(j->skip[i]);
+    esim_msg_free(&j->msg);
+    free(j);
+}
+
+/* Runs the job's store operation (on a worker, or on the loop without a
+ * pool), then finishes its answer on the loop. Takes |j|. */
+static void mdm_job_go(esim_service *svc, mdm_job *j)
+{
+    if (pool_on(svc)) {
+        if (j->raw_len && esim_buf_append(&j->raw_copy, j->raw, j->raw_len) != ESIM_OK) {
+            reply_text(svc, j->req, 503, "out of memory");
+            mdm_job_free(j);
+            return;
+        }
+        if (j->raw_len)
+            j->raw = j->raw_copy.data;
+        pool_submit(svc, &j->job);
         return;
     }
+    j->job.rc = ESIM_OK;
+    j->job.run(svc->st, &j->job);
+    j->job.ran = true;
+    j->job.done(svc, &j->job);
+}
+
+/* The device request of |j| is the one being handled (logs name it). */
+static void mdm_job_enter(esim_service *svc, mdm_job *j)
+{
+    svc->dev_req = j->req;
+    snprintf(svc->dev_udid, sizeof svc->dev_udid, "%s", j->msg.udid);
+}
+
+static void checkin_run(store *st, pool_job *pj)
+{
+    mdm_job *j = (mdm_job *)pj;
+    const esim_msg *msg = &j->msg;
+    const auth_identity *id = &j->id;
+    esim_error *e = &pj->e;
+    int64_t now = esim_now_ms();
+    esim_err rc;
     switch (msg->kind) {
     case ESIM_MSG_AUTHENTICATE: {
         store_authenticate_in in = {
@@ -248,7 +302,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
             .device_name = msg->device_name,
             .imei = msg->imei,
         };
-        rc = esim_store_device_authenticate(svc->st, &in, now, &e);
+        rc = esim_store_device_authenticate(st, &in, now, e);
         break;
     }
     case ESIM_MSG_TOKEN_UPDATE: {
@@ -258,44 +312,52 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         esim_buf hex = {0};
         rc = esim_hex_encode(msg->token.data, msg->token.len, &hex);
         if (rc == ESIM_OK)
-            rc = esim_store_device_token_update(svc->st, msg->udid, id->cert_sha256, msg->topic,
-                                                (const char *)hex.data, msg->push_magic, now, &e);
+            rc = esim_store_device_token_update(st, msg->udid, id->cert_sha256, msg->topic,
+                                                (const char *)hex.data, msg->push_magic, now, e);
         esim_buf_free(&hex);
         store_device d;
-        if (rc == ESIM_OK && esim_store_device_get(svc->st, msg->udid, &d, NULL) == ESIM_OK)
-            x.tally = d.token_update_tally;
+        if (rc == ESIM_OK && esim_store_device_get(st, msg->udid, &d, NULL) == ESIM_OK)
+            j->tally = d.token_update_tally;
         break;
     }
     case ESIM_MSG_CHECKOUT:
-        rc = esim_store_device_checkout(svc->st, msg->udid, id->cert_sha256, now, &e);
+        rc = esim_store_device_checkout(st, msg->udid, id->cert_sha256, now, e);
         break;
     case ESIM_MSG_SET_BOOTSTRAP_TOKEN:
-        rc = esim_store_device_bootstrap_set(svc->st, msg->udid, id->cert_sha256,
+        rc = esim_store_device_bootstrap_set(st, msg->udid, id->cert_sha256,
                                              msg->bootstrap_token.data, msg->bootstrap_token.len,
-                                             now, &e);
+                                             now, e);
         break;
     case ESIM_MSG_GET_BOOTSTRAP_TOKEN:
-        rc = esim_store_device_bootstrap_get(svc->st, msg->udid, id->cert_sha256, &token, now, &e);
+        rc = esim_store_device_bootstrap_get(st, msg->udid, id->cert_sha256, &j->token, now, e);
         break;
     case ESIM_MSG_USER_AUTHENTICATE:
-        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256, "user_authenticate",
-                                       "declined: the user channel is off", now, &e);
+        rc = esim_store_device_checkin(st, msg->udid, id->cert_sha256, "user_authenticate",
+                                       "declined: the user channel is off", now, e);
         break;
     case ESIM_MSG_DECLARATIVE_MANAGEMENT:
-        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256,
-                                       "declarative_management", msg->dm_endpoint, now, &e);
+        rc = esim_store_device_checkin(st, msg->udid, id->cert_sha256, "declarative_management",
+                                       msg->dm_endpoint, now, e);
         break;
     case ESIM_MSG_GET_TOKEN:
-        rc = esim_store_device_checkin(svc->st, msg->udid, id->cert_sha256, "get_token",
-                                       msg->token_service_type, now, &e);
+        rc = esim_store_device_checkin(st, msg->udid, id->cert_sha256, "get_token",
+                                       msg->token_service_type, now, e);
         break;
     default:
-        rc = esim_fail(&e, ESIM_EINVAL, "not a check-in message");
+        rc = esim_fail(e, ESIM_EINVAL, "not a check-in message");
     }
-    if (rc != ESIM_OK) {
-        reply_store_error(svc, req, rc, &e);
-        esim_buf_free(&token);
-        return;
+    pj->rc = rc;
+}
+
+static void checkin_done(esim_service *svc, pool_job *pj)
+{
+    mdm_job *j = (mdm_job *)pj;
+    struct evhttp_request *req = j->req;
+    esim_msg *msg = &j->msg;
+    mdm_job_enter(svc, j);
+    if (pj->rc != ESIM_OK) {
+        reply_store_error(svc, req, pj->rc, &pj->e);
+        goto out;
     }
     svc->m.checkins[msg->kind - 1]++;
     switch (msg->kind) {
@@ -304,7 +366,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         reply_text(svc, req, 410, "the user channel is off: esim-mdm manages the device channel");
         break;
     case ESIM_MSG_GET_BOOTSTRAP_TOKEN:
-        answer_bootstrap(svc, req, &token);
+        answer_bootstrap(svc, req, &j->token);
         break;
     case ESIM_MSG_DECLARATIVE_MANAGEMENT:
         answer_declarative(svc, req, msg);
@@ -320,10 +382,47 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
     default:
         http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
-    if (token.data)
-        OPENSSL_cleanse(token.data, token.len);
-    esim_buf_free(&token);
-    svc_after_commit(svc, msg, raw, len, &x, false, NULL, NULL);
+    svc_event_extra x = {request_query(req), msg->kind == ESIM_MSG_TOKEN_UPDATE ? j->tally : -1};
+    svc_after_commit(svc, msg, j->raw, j->raw_len, &x, false, NULL, NULL);
+out:
+    svc->dev_req = NULL;
+    mdm_job_free(j);
+}
+
+/* Takes |msg| (left zeroed). */
+static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
+                           const auth_identity *id, const void *raw, size_t len)
+{
+    esim_error e = {{0}};
+    /* A device enrolled under another push certificate could never be
+     * woken by this service: its Topic must be the one pushes go out on. */
+    const char *topic = push_topic(svc);
+    if (topic && (msg->kind == ESIM_MSG_AUTHENTICATE || msg->kind == ESIM_MSG_TOKEN_UPDATE) &&
+        strcmp(topic, msg->topic) != 0) {
+        svc->m.auth_refused++;
+        esim_fail(&e, ESIM_EAUTH,
+                  "Topic '%.200s' is not this service's push topic '%.200s': the "
+                  "enrolment profile names another MDM push certificate",
+                  msg->topic, topic);
+        log_refused(svc, req, SVC_LOGLIM_DEVICE_AUTH, "device_refused", 403, e.msg);
+        reply_text(svc, req, 403, e.msg);
+        return;
+    }
+    mdm_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_text(svc, req, 503, "out of memory");
+        return;
+    }
+    j->job.run = checkin_run;
+    j->job.done = checkin_done;
+    j->req = req;
+    j->msg = *msg;
+    memset(msg, 0, sizeof *msg);
+    j->raw = raw;
+    j->raw_len = len;
+    j->id = *id;
+    j->tally = -1;
+    mdm_job_go(svc, j);
 }
 
 /* ---- results ---------------------------------------------------------------------------- */
@@ -362,64 +461,53 @@ static void learned_eid(const esim_msg *msg, char eid[ESIM_EID_LEN + 1])
     free(subs);
 }
 
-static void handle_result(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
-                          const char *cert, bool duplicate, const void *raw, size_t len)
+static void result_run(store *st, pool_job *pj)
 {
-    const char *status = esim_status_name(msg->status);
+    mdm_job *j = (mdm_job *)pj;
+    const esim_msg *msg = &j->msg;
     bool idle = msg->status == ESIM_STATUS_IDLE;
-    char eid[ESIM_EID_LEN + 1];
-    learned_eid(msg, eid);
-    char *chain = error_chain_json(msg);
-
-    svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
-    bool same_device = c && strcmp(c->udid, msg->udid) == 0;
-    /* The command now answered NotNow must not come straight back either. */
-    const char *skip_buf[64];
-    size_t n_skip = 0;
-    for (size_t i = 0; same_device && i < c->n_skip && n_skip < 63; i++)
-        skip_buf[n_skip++] = c->skip[i];
-    if (msg->status == ESIM_STATUS_NOT_NOW)
-        skip_buf[n_skip++] = msg->command_uuid;
-
-    int64_t backoff = 0;
-    if (msg->status == ESIM_STATUS_NOT_NOW)
-        backoff = svc->cfg.not_now_backoff_ms;
     store_exchange_in in = {
         .udid = msg->udid,
-        .cert_sha256 = cert,
-        .status = status,
+        .cert_sha256 = j->id.cert_sha256,
+        .status = esim_status_name(msg->status),
         .command_uuid = idle ? NULL : msg->command_uuid,
-        .raw = raw,
-        .raw_len = len,
-        .error_chain_json = chain,
-        .eid = eid[0] ? eid : NULL,
-        .skip_uuids = skip_buf,
-        .n_skip = n_skip,
-        .not_now_backoff_ms = backoff,
-        .hold_next = duplicate,
+        .raw = j->raw,
+        .raw_len = j->raw_len,
+        .error_chain_json = j->chain,
+        .eid = j->eid[0] ? j->eid : NULL,
+        .skip_uuids = (const char *const *)j->skip,
+        .n_skip = j->n_skip,
+        .not_now_backoff_ms = j->backoff_ms,
+        .hold_next = j->duplicate,
     };
-    store_exchange_out out = {0};
-    esim_error e = {{0}};
-    esim_err rc = esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, &e);
-    free(chain);
-    if (rc != ESIM_OK) {
-        reply_store_error(svc, req, rc, &e);
-        return;
+    pj->rc = esim_store_device_exchange(st, &in, esim_now_ms(), &j->out, &pj->e);
+}
+
+static void result_done(esim_service *svc, pool_job *pj)
+{
+    mdm_job *j = (mdm_job *)pj;
+    struct evhttp_request *req = j->req;
+    esim_msg *msg = &j->msg;
+    bool duplicate = j->duplicate;
+    mdm_job_enter(svc, j);
+    if (pj->rc != ESIM_OK) {
+        reply_store_error(svc, req, pj->rc, &pj->e);
+        goto out;
     }
+    store_exchange_out *out = &j->out;
     svc->m.results[msg->status]++;
-    if (out.outcome == STORE_RESULT_ANOMALY)
+    if (out->outcome == STORE_RESULT_ANOMALY)
         svc->m.anomalies++;
-    if (out.outcome == STORE_RESULT_APPLIED && msg->status == ESIM_STATUS_NOT_NOW)
+    if (out->outcome == STORE_RESULT_APPLIED && msg->status == ESIM_STATUS_NOT_NOW)
         conn_remember_not_now(svc, req, msg->udid, msg->command_uuid);
     svc_reply *held = NULL;
-    if (out.next.present) {
+    if (out->next.present) {
         svc->m.commands_sent++;
-        http_reply(svc, req, M_ROUTE_MDM, 200, command_content_type(&out.next.body),
-                   out.next.body.data, out.next.body.len);
+        http_reply(svc, req, M_ROUTE_MDM, 200, command_content_type(&out->next.body),
+                   out->next.body.data, out->next.body.len);
     } else {
         held = http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
-    esim_buf_free(&out.next.body);
     /* A duplicate got no command: if it was the device itself, a push
      * brings it back (with a fresh signature) for what it is owed. */
     if (duplicate && replay_push_allowed(svc, msg->udid, esim_now_ms()))
@@ -427,10 +515,49 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     /* A final answer with nothing after it: what the result hooks queue
      * next for the device can still go in this answer (mdm_refill_answers).
      * Not after NotNow (the device is busy) nor a duplicate. */
-    bool applied = out.outcome == STORE_RESULT_APPLIED;
+    bool applied = out->outcome == STORE_RESULT_APPLIED;
     bool refill = applied && held && !duplicate && msg->status != ESIM_STATUS_NOT_NOW;
     svc_event_extra x = {request_query(req), -1};
-    svc_after_commit(svc, msg, raw, len, &x, applied, refill ? held : NULL, cert);
+    svc_after_commit(svc, msg, j->raw, j->raw_len, &x, applied, refill ? held : NULL,
+                     j->id.cert_sha256);
+out:
+    svc->dev_req = NULL;
+    mdm_job_free(j);
+}
+
+/* Takes |msg| (left zeroed). */
+static void handle_result(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
+                          const auth_identity *id, bool duplicate, const void *raw, size_t len)
+{
+    mdm_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        reply_text(svc, req, 503, "out of memory");
+        return;
+    }
+    j->job.run = result_run;
+    j->job.done = result_done;
+    j->req = req;
+    j->raw = raw;
+    j->raw_len = len;
+    j->id = *id;
+    j->duplicate = duplicate;
+    learned_eid(msg, j->eid);
+    j->chain = error_chain_json(msg);
+    j->backoff_ms = msg->status == ESIM_STATUS_NOT_NOW ? svc->cfg.not_now_backoff_ms : 0;
+
+    svc_conn *c = conn_of(svc, evhttp_request_get_connection(req));
+    bool same_device = c && strcmp(c->udid, msg->udid) == 0;
+    /* The command now answered NotNow must not come straight back either.
+     * Copies: the connection may close before a pool worker gets to it. */
+    for (size_t i = 0; same_device && i < c->n_skip && j->n_skip < 63; i++)
+        if ((j->skip[j->n_skip] = strdup(c->skip[i])) != NULL)
+            j->n_skip++;
+    if (msg->status == ESIM_STATUS_NOT_NOW &&
+        (j->skip[j->n_skip] = strdup(msg->command_uuid)) != NULL)
+        j->n_skip++;
+    j->msg = *msg;
+    memset(msg, 0, sizeof *msg);
+    mdm_job_go(svc, j);
 }
 
 void mdm_refill_answers(esim_service *svc, svc_deferred *list)
@@ -601,7 +728,7 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
         return;
     }
     if (msg.kind == ESIM_MSG_RESULT)
-        handle_result(svc, req, &msg, id.cert_sha256, duplicate, body, len);
+        handle_result(svc, req, &msg, &id, duplicate, body, len);
     else
         handle_checkin(svc, req, &msg, &id, body, len);
     esim_msg_free(&msg);

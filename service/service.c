@@ -25,6 +25,7 @@ void esim_service_config_init(esim_service_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->listen = "127.0.0.1:8080";
+    cfg->store_pool = 4;
     cfg->device_auth = ESIM_DEVICE_AUTH_SIGNATURE;
     cfg->max_body = 1024 * 1024;
     cfg->max_depth = 32;
@@ -846,6 +847,8 @@ static esim_err start(esim_service *svc, esim_error *err)
         return rc;
     if ((rc = group_commit_start(svc, err)) != ESIM_OK)
         return rc;
+    if ((rc = pool_start(svc, err)) != ESIM_OK)
+        return rc;
     if ((rc = http_setup(svc, err)) != ESIM_OK)
         return rc;
     if (pipe2(svc->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
@@ -897,6 +900,7 @@ void esim_service_free(esim_service *svc)
 {
     if (!svc)
         return;
+    pool_stop(svc); /* its last answers join the batch group_commit_stop ends */
     group_commit_stop(svc);
     svc->bound = NULL; /* evhttp_free frees the listener before the connections */
     if (svc->http)
@@ -1235,6 +1239,11 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)bs.queries, (unsigned long long)bs.failures,
                     (unsigned long long)bs.reconnects, (unsigned long long)bs.commits,
                     (unsigned long long)bs.rollbacks);
+    esim_buf_printf(out,
+                    "# TYPE esim_mdm_store_statement_timeouts_total counter\n"
+                    "esim_mdm_store_statement_timeouts_total %llu\n",
+                    (unsigned long long)bs.statement_timeouts);
+    pool_metrics(svc, out);
     store_stats ss;
     /* The database away (restarting, unreachable): everything else is still
      * worth reading, above all the store's own series; the counts wait. */
@@ -1316,6 +1325,7 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     RESTART_IF(!same_text(cfg->data_dir, svc->data_dir), "data-dir");
     RESTART_IF(!same_text(cfg->store, svc->store_spec), "store");
     RESTART_IF(cfg->store_sync != svc->cfg.store_sync, "store-sync");
+    RESTART_IF(cfg->store_pool != svc->cfg.store_pool, "store-pool");
     RESTART_IF(cfg->device_auth != svc->cfg.device_auth, "device-auth");
     RESTART_IF(!cfg->tls_cert_path != !svc->tls_cert_path, "tls (on or off)");
     RESTART_IF(!same_text(cfg->apns_url, svc->apns_url) ||

@@ -134,6 +134,11 @@ typedef struct {
      * for one shared fsync per loop turn), FULL (fsync per commit) or NORMAL
      * (no fsync: survives process crashes, not power cuts). */
     store_sync store_sync;
+    /* PostgreSQL: how many worker threads, each with a connection of its
+     * own, run the device path's store operations (check-ins, results) off
+     * the event loop. Default 4 (esim_service_config_init); 0 runs them on
+     * the loop on the service's one connection. Ignored for SQLite. */
+    int store_pool;
 
     /* Bearer token for /v1/: an admin key named "api-token". NULL or empty
      * and no api_keys: the admin API answers 401 to everything (the device

@@ -184,6 +184,7 @@ typedef struct svc_push svc_push;
 typedef struct svc_omadm svc_omadm;
 typedef struct svc_wns svc_wns;
 typedef struct svc_eim svc_eim;
+typedef struct svc_pool svc_pool;
 
 struct esim_service {
     struct event_base *base;
@@ -229,6 +230,7 @@ struct esim_service {
     struct event *sync_done_ev;
     struct event *stop_ev;
     int stop_pipe[2];
+    svc_pool *pool; /* store worker pool (pool.c); NULL: store calls on the loop */
 
     svc_metrics m;
     int64_t started_ms;
@@ -411,6 +413,33 @@ void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
  * the hooks queued one (one store batch for all; if it cannot be committed
  * the answers stay empty and those devices are pushed instead). */
 void mdm_refill_answers(esim_service *svc, svc_deferred *list);
+
+/* ---- the store worker pool (pool.c) ----------------------------------------------- */
+
+#define SVC_POOL_MAX 64
+
+/* One store operation handed to a worker: |run| on the worker's thread with
+ * its own store (it sets |rc| and |e|, and touches nothing of the service),
+ * then |done| on the loop, which answers and frees the job. */
+typedef struct pool_job {
+    struct pool_job *next;
+    void (*run)(store *st, struct pool_job *j);
+    void (*done)(esim_service *svc, struct pool_job *j);
+    esim_err rc;
+    esim_error e;
+    bool ran; /* false: it never reached a worker (the service stopped) */
+} pool_job;
+
+/* Starts the pool when the store is PostgreSQL and cfg.store_pool > 0:
+ * opens one connection per worker. */
+esim_err pool_start(esim_service *svc, esim_error *err);
+/* True when device store operations go to the pool. */
+bool pool_on(const esim_service *svc);
+void pool_submit(esim_service *svc, pool_job *j);
+/* Joins the workers, completes every job (those never run with
+ * ESIM_ESTORE), closes the connections. */
+void pool_stop(esim_service *svc);
+void pool_metrics(esim_service *svc, esim_buf *out);
 
 /* Who signed a device request, as auth.c found it. */
 typedef struct {

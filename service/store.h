@@ -273,12 +273,14 @@ ESIM_EXTERN unsigned esim_store_features(const store *st);
 
 /* How the back end's connection to its database fares, for /metrics. */
 typedef struct {
-    uint64_t connections; /* open and usable now (SQLite: its one handle) */
-    uint64_t queries;     /* statements sent (0 for SQLite: no round trips) */
-    uint64_t failures;    /* statements that failed */
-    uint64_t reconnects;  /* connections remade after one was lost */
-    uint64_t commits;     /* transactions committed */
-    uint64_t rollbacks;   /* transactions undone */
+    uint64_t connections;        /* open and usable now (SQLite: its one handle) */
+    uint64_t queries;            /* statements sent (0 for SQLite: no round trips) */
+    uint64_t failures;           /* statements that failed */
+    uint64_t reconnects;         /* connections remade after one was lost */
+    uint64_t commits;            /* transactions committed */
+    uint64_t rollbacks;          /* transactions undone */
+    uint64_t statement_timeouts; /* statements cancelled by the back end's
+                                  * time limit (PostgreSQL's statement_timeout) */
 } store_backend_stats;
 ESIM_EXTERN void esim_store_backend_stats(store *st, store_backend_stats *out);
 

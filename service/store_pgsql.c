@@ -559,7 +559,7 @@ typedef struct {
     bool tx_failed;         /* a step failed: the transaction can only be undone */
     bool unique_violation;  /* the last statement broke a unique constraint */
     /* For /metrics (esim_store_metrics). */
-    uint64_t queries, failures, reconnects, tx_commits, tx_rollbacks;
+    uint64_t queries, failures, reconnects, tx_commits, tx_rollbacks, timeouts;
 } pg_store;
 
 #define MAX_PARAMS 24
@@ -575,6 +575,10 @@ static esim_err pg_fail(pg_store *s, esim_error *err, const char *what, const PG
     while (n && (clean[n - 1] == '\n' || clean[n - 1] == ' '))
         clean[--n] = '\0';
     s->failures++;
+    /* 57014 query_canceled: statement_timeout ran out (nobody else cancels). */
+    const char *code = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (code && strcmp(code, "57014") == 0)
+        s->timeouts++;
     return esim_fail(err, ESIM_ESTORE, "store (pgsql): %s: %s", what, clean);
 }
 
@@ -1855,6 +1859,7 @@ static void pg_backend_stats(store *base, store_backend_stats *out)
     out->reconnects = s->reconnects;
     out->commits = s->tx_commits;
     out->rollbacks = s->tx_rollbacks;
+    out->statement_timeouts = s->timeouts;
 }
 
 static const struct store_ops pgsql_ops = {

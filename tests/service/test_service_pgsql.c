@@ -5,8 +5,10 @@
  * instances, and against a cluster of its own (scripts/pg-fixture.sh) that
  * it stops and starts for the restart; skipped without ESIM_TEST_STORE.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "service/svc_harness.h"
 
@@ -187,11 +190,263 @@ static void test_database_restart(void **state)
     restart_dir[0] = '\0';
 }
 
+/* ---- the store worker pool ------------------------------------------------------ */
+
+/* A device sending one Idle on a thread of its own. */
+typedef struct {
+    test_device *dev;
+    long code;
+    atomic_int finished; /* 1 once its answer came */
+    pthread_t thread;
+} idle_call;
+
+static void *idle_main(void *arg)
+{
+    idle_call *c = arg;
+    c->code = device_result(c->dev, ESIM_STATUS_IDLE, NULL, NULL);
+    atomic_store(&c->finished, 1);
+    return NULL;
+}
+
+static PGconn *pg_connect(const char *spec)
+{
+    PGconn *c = PQconnectdb(spec);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    return c;
+}
+
+static void pg_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+static long pg_count(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+#define NOTHERS 4
+
+/* A device whose operation waits on a row lock (a slow query, as a lock
+ * held by another instance or an admin's long transaction is) holds one
+ * pool worker, not the loop: other devices' check-ins complete meanwhile.
+ * Then its statement runs out of statement_timeout: a clean 503, counted in
+ * /metrics, and the device gets through once the lock is gone. With the
+ * device path on the loop (store_pool 0) the other devices would wait for
+ * the stuck one, which would end first: this test fails. */
+static void test_slow_query_holds_one_worker(void **state)
+{
+    (void)state;
+    if (!have_pgsql())
+        skip();
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "slow-query", &cfg, ts.data_dir);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D4000", cfg.store);
+    cfg.store = spec;
+    if (getenv("ESIM_TEST_STORE_POOL")) /* the control: 0 makes this test fail */
+        cfg.store_pool = atoi(getenv("ESIM_TEST_STORE_POOL"));
+    harness_start(&ts, &cfg);
+    test_device slow, others[NOTHERS];
+    device_new(&slow, &env, "00008110-PGSLOW0000001", ts.url);
+    device_enroll(&slow);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGFAST%07d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    /* Another session locks the slow device's row. */
+    PGconn *locker = pg_connect(spec), *watch = pg_connect(spec);
+    pg_ok(locker, "BEGIN");
+    pg_ok(locker, "SELECT 1 FROM devices WHERE udid = '00008110-PGSLOW0000001' FOR UPDATE");
+    idle_call stuck = {.dev = &slow};
+    assert_int_equal(pthread_create(&stuck.thread, NULL, idle_main, &stuck), 0);
+    /* Until the service's statement waits on that lock. */
+    long waiting = 0;
+    for (int i = 0; i < 200 && waiting == 0; i++) {
+        waiting = pg_count(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                  "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
+        if (!waiting)
+            usleep(20000);
+    }
+    assert_int_equal(waiting, 1);
+    /* The others get through while it waits. */
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    assert_int_equal(atomic_load(&stuck.finished), 0);
+    assert_true(api_metric(ts.url, "esim_mdm_store_pool_busy") >= 1);
+    /* The stuck statement times out: a clean 503. */
+    pthread_join(stuck.thread, NULL);
+    assert_int_equal(stuck.code, 503);
+    assert_true(api_metric(ts.url, "esim_mdm_store_pool_statement_timeouts_total") >= 1);
+    pg_ok(locker, "ROLLBACK");
+    device_reconnect(&slow);
+    assert_int_equal(device_result(&slow, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_store_pool_connections{state=\"size\"}"), 4);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&slow);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+}
+
+#define RDEV 4
+#define RCMD 12
+
+/* A device answering its queue in a loop until told to stop: every answer
+ * 200 or 503 (the database away), nothing else. */
+typedef struct {
+    test_device *dev;
+    char (*uuids)[128];
+    atomic_int acked, unavailable, other, stop;
+    pthread_t thread;
+} traffic;
+
+static void *traffic_main(void *arg)
+{
+    traffic *t = arg;
+    char answered[128] = "";
+    while (!atomic_load(&t->stop)) {
+        esim_cmd_parsed next = {0};
+        long code = device_result(t->dev, answered[0] ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_IDLE,
+                                  answered[0] ? answered : NULL, &next);
+        if (code == 200) {
+            if (answered[0])
+                atomic_fetch_add(&t->acked, 1);
+            snprintf(answered, sizeof answered, "%s", next.command_uuid);
+        } else if (code == 503) {
+            /* The answer was not taken: the same one again (as a device
+             * retries), or an Idle when it was one. */
+            atomic_fetch_add(&t->unavailable, 1);
+            device_reconnect(t->dev);
+            usleep(50000);
+        } else {
+            atomic_fetch_add(&t->other, 1);
+        }
+        esim_cmd_parsed_free(&next);
+        if (!answered[0] && code == 200)
+            usleep(20000); /* nothing to do: idle along */
+    }
+    return NULL;
+}
+
+/* The database restarts under traffic from several devices: requests in
+ * flight get 503, never anything else; nothing is half-written (each
+ * command answered once, in the ledger once); the pool reconnects by itself
+ * and every command is acknowledged. */
+static void test_database_restart_under_traffic(void **state)
+{
+    (void)state;
+    if (!have_pgsql() || !getenv("ESIM_SOURCE_DIR"))
+        skip();
+    snprintf(restart_dir, sizeof restart_dir, "/tmp/esim-pg-traffic-%d", (int)getpid());
+    cluster("start", restart_dir);
+    char spec[256];
+    snprintf(spec, sizeof spec, "postgresql:///postgres?host=%s&connect_timeout=5", restart_dir);
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "traffic", &cfg, ts.data_dir);
+    cfg.store = spec;
+    cfg.device_rate = 1000;
+    cfg.device_burst = 1000;
+    harness_start(&ts, &cfg);
+    test_device dev[RDEV];
+    static char uuids[RDEV][RCMD][128];
+    traffic t[RDEV];
+    memset(t, 0, sizeof t);
+    for (int i = 0; i < RDEV; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGTRAF%07d", i + 1);
+        device_new(&dev[i], &env, udid, ts.url);
+        device_enroll(&dev[i]);
+        for (int k = 0; k < RCMD; k++)
+            api_enqueue_refresh(ts.url, udid, "smdp.example.com", uuids[i][k]);
+        t[i].dev = &dev[i];
+        t[i].uuids = uuids[i];
+    }
+    for (int i = 0; i < RDEV; i++)
+        assert_int_equal(pthread_create(&t[i].thread, NULL, traffic_main, &t[i]), 0);
+    /* Some progress, then the database goes away for a while, under load. */
+    for (int i = 0; i < 500; i++) {
+        int acked = 0;
+        for (int d = 0; d < RDEV; d++)
+            acked += atomic_load(&t[d].acked);
+        if (acked >= RDEV)
+            break;
+        usleep(10000);
+    }
+    cluster("stop-keep", restart_dir);
+    for (int i = 0; i < 300; i++) { /* until every device has seen it */
+        int seen = 0;
+        for (int d = 0; d < RDEV; d++)
+            seen += atomic_load(&t[d].unavailable) > 0;
+        if (seen == RDEV)
+            break;
+        usleep(10000);
+    }
+    cluster("restart", restart_dir);
+    for (int i = 0; i < 3000; i++) { /* every command acknowledged */
+        int acked = 0;
+        for (int d = 0; d < RDEV; d++)
+            acked += atomic_load(&t[d].acked);
+        if (acked >= RDEV * RCMD)
+            break;
+        usleep(10000);
+    }
+    int unavailable = 0;
+    for (int d = 0; d < RDEV; d++) {
+        atomic_store(&t[d].stop, 1);
+        pthread_join(t[d].thread, NULL);
+        unavailable += atomic_load(&t[d].unavailable);
+        assert_int_equal(atomic_load(&t[d].other), 0);
+    }
+    assert_true(unavailable >= RDEV);
+    for (int d = 0; d < RDEV; d++)
+        for (int k = 0; k < RCMD; k++) {
+            char st[32];
+            int attempts = 0;
+            api_entry_state(ts.url, uuids[d][k], dev[d].udid, st, &attempts, NULL);
+            assert_string_equal(st, "acknowledged");
+        }
+    /* Each answer applied once: one result per command in the ledger, and
+     * no command handed out to its device twice while it was still owed. */
+    assert_int_equal(
+        harness_store_query(&cfg, "SELECT count(*) FROM events WHERE kind = 'result'", NULL, 0),
+        RDEV * RCMD);
+    assert_int_equal(
+        harness_store_query(&cfg, "SELECT count(*) FROM events WHERE kind = 'anomaly'", NULL, 0),
+        0);
+    assert_true(api_metric(ts.url, "esim_mdm_store_pool_reconnects_total") >= 1);
+    assert_true(
+        api_metric(ts.url, "esim_mdm_store_pool_operations_total{outcome=\"store_error\"}") >= 1);
+    for (int i = 0; i < RDEV; i++)
+        device_free(&dev[i]);
+    harness_stop(&ts);
+    cluster("stop", restart_dir);
+    restart_dir[0] = '\0';
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_instances_one_queue),
         cmocka_unit_test(test_database_restart),
+        cmocka_unit_test(test_slow_query_holds_one_worker),
+        cmocka_unit_test(test_database_restart_under_traffic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
