@@ -24,18 +24,33 @@ else
   echo "-- campaign engine bench not built ($engine); skipped"
 fi
 
-echo "-- end to end on loopback, $n devices (push ceiling $pps/s)"
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# demo_run OUT [ARGS...]: the whole system once; its JSON summary into OUT.
+demo_run() {
+  local o=$1
+  shift
+  local st=0
+  "$bin" demo --devices "$n" --no-extras --json --pushes-per-second "$pps" --timeout 3600 "$@" \
+    >"$o.log" 2>/dev/null || st=$?
+  tail -n 1 "$o.log" >"$o"
+  return $st
+}
+work=$(mktemp -d)
+pgdir=/tmp/esim-pg-cbench-$$
+fixture="$(cd "$(dirname "$0")/../.." && pwd)/scripts/pg-fixture.sh"
+cleanup() {
+  [[ -d "$pgdir" ]] && "$fixture" stop "$pgdir" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "-- end to end on loopback, $n devices (push ceiling $pps/s), store SQLite"
 status=0
-"$bin" demo --devices "$n" --no-extras --json --pushes-per-second "$pps" --timeout 3600 \
-  >"$out" 2>/dev/null || status=$?
-summary=$(tail -n 1 "$out")
+demo_run "$work/sqlite.json" || status=$?
 if ! command -v python3 >/dev/null; then
-  echo "$summary"
+  cat "$work/sqlite.json"
   exit $status
 fi
-python3 - "$summary" "$n" <<'PY'
+python3 - "$(cat "$work/sqlite.json")" "$n" <<'PY'
 import json, sys
 s = json.loads(sys.argv[1]); n = int(sys.argv[2])
 d = s["duration_s"]
@@ -56,5 +71,44 @@ print(f"  the campaign holds {s.get('service_campaign_kib_per_device', 0)*1024:.
       f"(goal: under 1 KiB beyond the store)")
 goal = s["devices"] >= 100000 and s["verified"] == s.get("verifiable") and d <= 60
 print(f"  goal (100000 verified within 60 s): {'met' if goal else 'not met at this size; see docs/campaigns.md'}")
+PY
+
+# The same campaign on PostgreSQL (a throw-away cluster on a unix socket,
+# scripts/pg-fixture.sh), with the store worker pool (the default, 4
+# connections) and without it (--store-pool 0: every store call on the
+# loop), as ratios to the SQLite run above.
+if [[ "${PGSQL:-1}" == 0 ]] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "-- pgsql: skipped (no PostgreSQL here, or PGSQL=0)"
+  exit $status
+fi
+"$fixture" start "$pgdir" 2>/dev/null
+psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE pool" -c "CREATE DATABASE onloop"
+echo "-- the same on PostgreSQL: store pool of 4 connections, then none (store calls on the loop)"
+demo_run "$work/pool.json" --store "postgresql:///pool?host=$pgdir" || status=$?
+ESIM_MDM_STORE_POOL=0 demo_run "$work/onloop.json" --store "postgresql:///onloop?host=$pgdir" ||
+  status=$?
+python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+def load(name):
+    try:
+        return json.loads(open(f"{w}/{name}.json").read())
+    except Exception:
+        return None
+ref = load("sqlite")
+for name, label in (("pool", "pgsql, pool 4"), ("onloop", "pgsql, pool 0")):
+    s = load(name)
+    if not s or not ref:
+        print(f"  {label}: no summary (see the demo's output)")
+        continue
+    d = s["duration_s"]
+    print(f"  {label}: verified {s['verified']} of {s.get('verifiable', s['devices'])} in {d:.1f} s, "
+          f"commands {s['commands_per_s']:.0f}/s, service {s.get('service_cpu_s', 0):.1f} s CPU; "
+          f"ratio to SQLite: time {d/ref['duration_s']:.2f}, commands/s "
+          f"{s['commands_per_s']/max(ref['commands_per_s'], 1e-9):.2f}, service CPU "
+          f"{s.get('service_cpu_s', 0)/max(ref.get('service_cpu_s', 0), 1e-9):.2f}")
+p, o = load("pool"), load("onloop")
+if p and o:
+    print(f"  ratio: pool 4 / pool 0 commands/s = {p['commands_per_s']/max(o['commands_per_s'], 1e-9):.2f}")
 PY
 exit $status

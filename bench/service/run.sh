@@ -80,33 +80,42 @@ pg_cleanup() {
 }
 trap pg_cleanup EXIT
 "$fixture" start "$pgdir" 2>/dev/null
-serve_pg() { # NAME DB
+serve_pg() { # NAME DB [POOL]
   mkdir -p "$dir/$1"
   "$bin" serve --listen 127.0.0.1:0 --port-file "$dir/$1/port" --data-dir "$dir/$1" \
     --api-token-file "$dir/token" --device-auth none --device-rate 100000 \
-    --store "postgresql:///$2?host=$pgdir" >"$dir/$1/serve.log" 2>&1 &
+    --store "postgresql:///$2?host=$pgdir" --store-pool "${3:-4}" >"$dir/$1/serve.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 200); do [[ -s "$dir/$1/port" ]] && break; sleep 0.05; done
 }
 rate_of() { grep -o '[0-9]* round trips/s' "$1" | awk '{print $1}'; }
-psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE one" -c "CREATE DATABASE two"
+psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE one" -c "CREATE DATABASE two" \
+  -c "CREATE DATABASE zero"
+# First without the store pool (--store-pool 0: every store call on the
+# service's loop, one connection), then with it (the default, 4).
+serve_pg pg0 zero 0
+"$gen" "$(cat "$dir/pg0/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
+  >"$dir/pg0.out"
+zero=$(rate_of "$dir/pg0.out")
+echo "pgsql x1, pool 0: $(grep '^round trips' "$dir/pg0.out" | sed 's/^round trips: *//')"
 serve_pg pg1 one
-"$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
+"$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[2]}" \
   >"$dir/pg1.out"
 one=$(rate_of "$dir/pg1.out")
 echo "pgsql x1:    $(grep '^round trips' "$dir/pg1.out" | sed 's/^round trips: *//')"
 serve_pg pg2a two
 serve_pg pg2b two
 half=$((devices / 2))
-"$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[2]}" 0 0 \
+"$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[3]}" 0 0 \
   >"$dir/pg2a.out" &
 g1=$!
-"$gen" "$(cat "$dir/pg2b/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[3]}" 0 "$half" \
+"$gen" "$(cat "$dir/pg2b/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[4]}" 0 "$half" \
   >"$dir/pg2b.out" &
 g2=$!
 wait $g1 $g2
 two=$(( $(rate_of "$dir/pg2a.out") + $(rate_of "$dir/pg2b.out") ))
 echo "pgsql x2:    $two round trips/s together (two instances, one database, $half devices each)"
-awk -v s="$sqlite_rt" -v o="$one" -v t="$two" 'BEGIN {
-  if (s > 0) printf "ratio:       pgsql x1 / sqlite = %.2f, pgsql x2 / sqlite = %.2f\n", o / s, t / s;
+awk -v s="$sqlite_rt" -v z="$zero" -v o="$one" -v t="$two" 'BEGIN {
+  if (s > 0) printf "ratio:       pgsql x1 / sqlite = %.2f, pgsql x2 / sqlite = %.2f, pgsql x1 pool 0 / sqlite = %.2f\n", o / s, t / s, z / s;
+  if (z > 0) printf "ratio:       pgsql x1 pool 4 / pool 0 = %.2f\n", o / z;
   if (o > 0) printf "ratio:       pgsql x2 / pgsql x1 = %.2f\n", t / o }'

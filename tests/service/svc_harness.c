@@ -133,6 +133,9 @@ void harness_config(const harness_env *env, const char *name, esim_service_confi
     cfg->device_auth = ESIM_DEVICE_AUTH_SIGNATURE;
     cfg->device_ca_path = env->device_ca;
     cfg->tick_ms = 100;
+    /* PostgreSQL: the store worker pool's size (a control run with 0). */
+    if (getenv("ESIM_TEST_STORE_POOL"))
+        cfg->store_pool = atoi(getenv("ESIM_TEST_STORE_POOL"));
 }
 
 static void *service_thread(void *arg)

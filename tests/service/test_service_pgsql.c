@@ -240,8 +240,8 @@ static long pg_count(PGconn *c, const char *sql)
  * pool worker, not the loop: other devices' check-ins complete meanwhile.
  * Then its statement runs out of statement_timeout: a clean 503, counted in
  * /metrics, and the device gets through once the lock is gone. With the
- * device path on the loop (store_pool 0) the other devices would wait for
- * the stuck one, which would end first: this test fails. */
+ * device path on the loop (ESIM_TEST_STORE_POOL=0) the other devices wait for
+ * the stuck one, which ends first: this test fails. */
 static void test_slow_query_holds_one_worker(void **state)
 {
     (void)state;
@@ -253,8 +253,6 @@ static void test_slow_query_holds_one_worker(void **state)
     char spec[600];
     snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D4000", cfg.store);
     cfg.store = spec;
-    if (getenv("ESIM_TEST_STORE_POOL")) /* the control: 0 makes this test fail */
-        cfg.store_pool = atoi(getenv("ESIM_TEST_STORE_POOL"));
     harness_start(&ts, &cfg);
     test_device slow, others[NOTHERS];
     device_new(&slow, &env, "00008110-PGSLOW0000001", ts.url);
