@@ -223,7 +223,7 @@ void pool_metrics(esim_service *svc, esim_buf *out)
     pthread_mutex_unlock(&p->mu);
     esim_buf_printf(out,
                     "# HELP esim_mdm_store_pool_connections The store worker pool's database "
-                    "connections (open and usable / all).\n"
+                    "connections: usable as of each one's last operation, and all.\n"
                     "# TYPE esim_mdm_store_pool_connections gauge\n"
                     "esim_mdm_store_pool_connections{state=\"open\"} %llu\n"
                     "esim_mdm_store_pool_connections{state=\"size\"} %zu\n"
