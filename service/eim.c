@@ -314,7 +314,7 @@ esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char reque
                 return rc;
             }
         }
-        snprintf(kind, 16, "%s", k);
+        snprintf(kind, 16, "%s", k ? k : "");
         snprintf(request_type, 64, "EuiccPackage.%s", strcmp(k, "psmo") == 0 ? "PSMO" : "eCO");
         *norm = list ? json_pack("{s:s,s:o}", "kind", kind, "operations", list) : NULL;
     }

@@ -63,7 +63,7 @@ static esim_err check_tlv(const uint8_t *p, size_t len, size_t *tlv_len, int dep
     if (constructed) {
         size_t off = 0;
         while (off < body) {
-            size_t inner;
+            size_t inner = 0;
             esim_err rc = check_tlv(p + i + off, body - off, &inner, depth + 1, err);
             if (rc != ESIM_OK)
                 return rc;
@@ -100,7 +100,7 @@ esim_err sgp32_decode(const asn_TYPE_descriptor_t *td, const uint8_t *der, size_
     if (len > SGP32_DER_MAX)
         return esim_fail(err, ESIM_ETOOBIG, "DER of %zu bytes is over the %d-byte limit", len,
                          SGP32_DER_MAX);
-    size_t tlv_len;
+    size_t tlv_len = 0;
     esim_err rc = check_tlv(der, len, &tlv_len, 0, err);
     if (rc != ESIM_OK)
         return rc;
@@ -193,7 +193,7 @@ esim_err sgp32_decode_explicit(uint16_t tag, const asn_TYPE_descriptor_t *td, co
     if (len > SGP32_DER_MAX)
         return esim_fail(err, ESIM_ETOOBIG, "DER of %zu bytes is over the %d-byte limit", len,
                          SGP32_DER_MAX);
-    size_t tlv_len;
+    size_t tlv_len = 0;
     esim_err rc = check_tlv(der, len, &tlv_len, 0, err);
     if (rc != ESIM_OK)
         return rc;
@@ -413,9 +413,9 @@ static esim_err result_parts(const EuiccPackageResult_t *r, const asn_TYPE_descr
 esim_err sgp32_result_sign(EuiccPackageResult_t *r, EVP_PKEY *key, const uint8_t *eim_sig,
                            size_t eim_sig_len, esim_error *err)
 {
-    const asn_TYPE_descriptor_t *td;
-    const void *data;
-    OCTET_STRING_t *sig_field;
+    const asn_TYPE_descriptor_t *td = NULL;
+    const void *data = NULL;
+    OCTET_STRING_t *sig_field = NULL;
     esim_err rc = result_parts(r, &td, &data, &sig_field, err);
     if (rc != ESIM_OK)
         return rc;
@@ -433,9 +433,9 @@ esim_err sgp32_result_sign(EuiccPackageResult_t *r, EVP_PKEY *key, const uint8_t
 esim_err sgp32_result_verify(const EuiccPackageResult_t *r, EVP_PKEY *pub, const uint8_t *eim_sig,
                              size_t eim_sig_len, esim_error *err)
 {
-    const asn_TYPE_descriptor_t *td;
-    const void *data;
-    OCTET_STRING_t *sig_field;
+    const asn_TYPE_descriptor_t *td = NULL;
+    const void *data = NULL;
+    OCTET_STRING_t *sig_field = NULL;
     esim_err rc = result_parts(r, &td, &data, &sig_field, err);
     if (rc != ESIM_OK)
         return rc;
