@@ -1369,12 +1369,14 @@ static esim_err list_add(udid_list *l, const char *udid)
     return ESIM_OK;
 }
 
-/* "ios" for iPhones, "ipados" for iPads, "macos", "tvos", "windows", else
- * "unknown". */
+/* "ios" for iPhones, "ipados" for iPads, "macos", "tvos", "windows", "iot",
+ * else "unknown". */
 static const char *device_platform(const store_device *d)
 {
     if (strcmp(d->platform, "windows") == 0)
         return "windows";
+    if (strcmp(d->platform, "iot") == 0)
+        return "iot";
     const char *p = d->product_name[0] ? d->product_name : d->model;
     if (strncmp(p, "iPhone", 6) == 0)
         return "ios";
@@ -1445,12 +1447,12 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
     if (platform) {
         if (!json_is_string(platform))
             return bad_field(field, "target.platform", err,
-                             "must be ios, ipados, macos, tvos or windows");
+                             "must be ios, ipados, macos, tvos, windows or iot");
         want = json_string_value(platform);
         if (strcmp(want, "ios") && strcmp(want, "ipados") && strcmp(want, "macos") &&
-            strcmp(want, "tvos") && strcmp(want, "windows"))
+            strcmp(want, "tvos") && strcmp(want, "windows") && strcmp(want, "iot"))
             return bad_field(field, "target.platform", err,
-                             "must be ios, ipados, macos, tvos or windows");
+                             "must be ios, ipados, macos, tvos, windows or iot");
     } else if (!json_is_true(all))
         return bad_field(field, "target.all", err, "must be true");
     char after[65] = "";

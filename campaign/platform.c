@@ -12,6 +12,7 @@ const campaign_platform *campaign_platform_get(uint8_t id)
     static const campaign_platform *const platforms[CAMPAIGN_PLATFORM_COUNT] = {
         [CAMPAIGN_PLATFORM_APPLE] = &campaign_platform_apple,
         [CAMPAIGN_PLATFORM_WINDOWS] = &campaign_platform_windows,
+        [CAMPAIGN_PLATFORM_IOT] = &campaign_platform_iot,
     };
     return id < CAMPAIGN_PLATFORM_COUNT ? platforms[id] : NULL;
 }
@@ -20,6 +21,8 @@ campaign_platform_id campaign_platform_of(const store_device *d)
 {
     if (d && strcmp(d->platform, "windows") == 0)
         return CAMPAIGN_PLATFORM_WINDOWS;
+    if (d && strcmp(d->platform, "iot") == 0)
+        return CAMPAIGN_PLATFORM_IOT;
     return CAMPAIGN_PLATFORM_APPLE;
 }
 
@@ -27,6 +30,8 @@ campaign_platform_id campaign_platform_of_result(const esim_service_result *r)
 {
     if (r->platform && strcmp(r->platform, "windows") == 0)
         return CAMPAIGN_PLATFORM_WINDOWS;
+    if (r->platform && strcmp(r->platform, "iot") == 0)
+        return CAMPAIGN_PLATFORM_IOT;
     return r->msg ? CAMPAIGN_PLATFORM_APPLE : CAMPAIGN_PLATFORM_COUNT;
 }
 

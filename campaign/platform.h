@@ -13,7 +13,8 @@
  * Apple (platform_apple.c: MDM commands as plists, one for a whole batch)
  * and Windows (platform_windows.c: eUICCs CSP SyncML; its commands name the
  * device's eUICC by EID, so one command per device, and its verification
- * reads the profile's State from a Get's Results).
+ * reads the profile's State from a Get's Results) and IoT (platform_iot.c:
+ * eIM packages for one eUICC each; its verification lists the profiles).
  */
 #ifndef ESIM_CAMPAIGN_PLATFORM_H
 #define ESIM_CAMPAIGN_PLATFORM_H
@@ -25,6 +26,7 @@
 typedef enum {
     CAMPAIGN_PLATFORM_APPLE = 0,   /* iPhone, iPad: Apple MDM over APNs */
     CAMPAIGN_PLATFORM_WINDOWS = 1, /* Windows PCs: OMA-DM, the eUICCs CSP, WNS */
+    CAMPAIGN_PLATFORM_IOT = 2,     /* IoT eUICCs: the service's eIM (SGP.32), polled */
     CAMPAIGN_PLATFORM_COUNT
 } campaign_platform_id;
 
@@ -100,10 +102,11 @@ campaign_platform_id campaign_platform_of(const store_device *d);
  * messages (r->msg) today. */
 campaign_platform_id campaign_platform_of_result(const esim_service_result *r);
 
-/* The adapters (platform_apple.c, platform_windows.c); the registry above
+/* The adapters (platform_apple.c, platform_windows.c, platform_iot.c); the registry above
  * is platform.c. */
 extern const campaign_platform campaign_platform_apple;
 extern const campaign_platform campaign_platform_windows;
+extern const campaign_platform campaign_platform_iot;
 
 /* An eUICCs ErrorDetail code in words ("ProfileNotReleasedByOperator");
  * "Unknown" for a code the CSP does not define. */
