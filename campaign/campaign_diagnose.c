@@ -229,6 +229,7 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                                "no device %s: it never enrolled with this service", udid)
                    : rc;
     bool windows = strcmp(dev.platform, "windows") == 0;
+    bool iot = strcmp(dev.platform, "iot") == 0;
     diag d = {.checks = json_array()};
     if (!d.checks)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -273,13 +274,34 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                  "; the token is %zu bytes, not an APNs device token's 32: APNs judges it at "
                  "push time (BadDeviceToken if it is a placeholder)",
                  token_bytes);
-    if (!windows)
+    if (iot) {
+        /* An IoT eUICC is not pushed: its IPA polls the eIM. */
+        store_iot_device idev;
+        esim_err irc = esim_store_iot_get(st, udid, &idev, NULL);
+        bool ready = irc == ESIM_OK && strcmp(idev.state, "ready") == 0;
+        fmt_time(irc == ESIM_OK ? idev.last_poll_ms : 0, t1);
+        check(&d, "eim_registration", ready, "%s",
+              irc != ESIM_OK ? "not known to the eIM"
+              : ready        ? "registered, eUICC certificate verified"
+                             : "registered, waiting for its eUICC certificates");
+        check(&d, "eim_poll", irc == ESIM_OK && idev.last_poll_ms > 0, "last poll %s", t1);
+        if (irc == ESIM_OK && idev.last_poll_ms == 0)
+            conclude(&d, "never_polled",
+                     "Check that the device's IPA has this eIM's address and is online; it "
+                     "gets its packages when it polls.",
+                     "The device's IPA never polled the eIM.");
+        else if (irc == ESIM_OK && idev.last_error[0])
+            check(&d, "eim_last_error", 0, "%s", idev.last_error);
+        if (irc == ESIM_OK)
+            esim_buf_free(&idev.euicc_cert);
+    }
+    if (!windows && !iot)
         check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)%s",
               dev.push_state == STORE_PUSH_VALID  ? "valid"
               : dev.push_state == STORE_PUSH_DEAD ? "dead: APNs refused it"
                                                   : "none: the device never sent TokenUpdate",
               t1, odd_token);
-    if (windows) {
+    if (windows || iot) {
     } else if (dev.push_state == STORE_PUSH_DEAD)
         conclude(&d, "token_dead",
                  "Wait for the device to check in on its own (it then sends a new token), or "
