@@ -19,7 +19,7 @@
 #define EIM_CONTENT_TYPE "application/x-gsma-rsp-asn1"
 #define EIM_ADMIN_PROTOCOL "gsma/rsp/v2.1.0"
 
-typedef struct eim_relay eim_relay;
+typedef struct eim_relay_state eim_relay_state;
 
 struct svc_eim {
     bool on;          /* key, certificate and CI loaded: the endpoint serves */
@@ -27,7 +27,7 @@ struct svc_eim {
     esim_cert cert;   /* the eIM's certificate and signing key */
     esim_buf cert_der;
     X509_STORE *ci; /* the eUICC CI(s) the eUICC certificates must chain to */
-    eim_relay *relay;
+    eim_relay_state *relay;
     struct {
         uint64_t polls[3];   /* a package, none, unregistered EID */
         uint64_t results[4]; /* done, failed, signature_error, counter_error */
@@ -43,6 +43,11 @@ void eim_reply(esim_service *svc, struct evhttp_request *req, int code, const vo
 /* One ESipa message, its HTTP checks passed: decodes it and answers it
  * (eim_esipa.c). */
 void eim_esipa(esim_service *svc, struct evhttp_request *req, const unsigned char *der, size_t len);
+
+/* An indirect-download request (BF39, BF3B, BF3A, BF3D, BF41; |msg| its
+ * decoded EsipaMessageFromIpaToEim) for the SM-DP+ (eim_relay.c). */
+void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, const uint8_t *der,
+               size_t len);
 
 /* Frees the ES9+ relay's pending requests (eim_relay.c). */
 void eim_relay_free(struct svc_eim *e);

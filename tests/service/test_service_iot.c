@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "sgp32/sgp32.h"
 #include "svc_harness.h"
 
 static harness_env env;
@@ -241,11 +242,267 @@ static void test_endpoint_http_checks(void **state)
     harness_stop(&ts);
 }
 
+/* ---- DER round trips, as an IPA and its eUICC make them ------------------------------------ */
+
+static long esipa(const char *base, const esim_buf *body, esim_buf *reply)
+{
+    return esipa_post(base, "POST", "application/x-gsma-rsp-asn1", "gsma/rsp/v2.1.0", body->data,
+                      body->len, reply);
+}
+
+/* A poll of |eid|: the decoded GetEimPackageResponse (the caller frees). */
+static GetEimPackageResponse_t *poll_eim(const char *base, const char *eid)
+{
+    esim_buf req = {0}, reply = {0};
+    assert_int_equal(sgp32_get_package_request(eid, &req, NULL), ESIM_OK);
+    assert_int_equal(esipa(base, &req, &reply), 200);
+    void *obj = NULL;
+    esim_error e = {{0}};
+    assert_int_equal(sgp32_decode(&asn_DEF_GetEimPackageResponse, reply.data, reply.len, &obj, &e),
+                     ESIM_OK);
+    esim_buf_free(&req);
+    esim_buf_free(&reply);
+    return obj;
+}
+
+static Certificate_t *cert_of(X509 *x)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509(x, &der);
+    assert_true(len > 0);
+    void *obj = NULL;
+    assert_int_equal(sgp32_decode(&asn_DEF_Certificate, der, (size_t)len, &obj, NULL), ESIM_OK);
+    OPENSSL_free(der);
+    return obj;
+}
+
+/* Sends |r| wrapped as the IPA does; returns the status, the reply in |reply|. */
+static long send_result(const char *base, ProvideEimPackageResult_t *r, esim_buf *reply)
+{
+    EsipaMessageFromIpaToEim_t m = {.present = EsipaMessageFromIpaToEim_PR_provideEimPackageResult};
+    m.choice.provideEimPackageResult = *r;
+    esim_buf der = {0};
+    esim_error e = {{0}};
+    assert_int_equal(sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, &m, &der, &e), ESIM_OK);
+    long st = esipa(base, &der, reply);
+    esim_buf_free(&der);
+    return st;
+}
+
+/* The signed result of a package (enable ok + one profile listed enabled),
+ * with |counter| and signed by |key|; sent; returns the status. */
+static long answer_package(const char *base, const char *eid, const EuiccPackageRequest_t *q,
+                           long counter, EVP_PKEY *key, const char *iccid, esim_buf *reply)
+{
+    ProvideEimPackageResult_t *r = calloc(1, sizeof *r);
+    r->present = ProvideEimPackageResult_PR_euiccPackageResult;
+    EuiccPackageResult_t *epr = &r->choice.euiccPackageResult;
+    epr->present = EuiccPackageResult_PR_euiccPackageResultSigned;
+    EuiccPackageResultDataSigned_t *d =
+        &epr->choice.euiccPackageResultSigned.euiccPackageResultDataSigned;
+    OCTET_STRING_fromBuf(&d->eimId, (const char *)q->euiccPackageSigned.eimId.buf,
+                         (int)q->euiccPackageSigned.eimId.size);
+    d->counterValue = counter;
+    uint8_t eb[16];
+    assert_int_equal(sgp32_eid_to_bytes(eid, eb, NULL), ESIM_OK);
+    d->transactionId = OCTET_STRING_new_fromBuf(&asn_DEF_TransactionId, (const char *)eb, 16);
+    d->seqNumber = 7;
+    EuiccResultData_t *en = calloc(1, sizeof *en);
+    en->present = EuiccResultData_PR_enableResult;
+    en->choice.enableResult = 0;
+    ASN_SEQUENCE_ADD(&d->euiccResult.list, en);
+    EuiccResultData_t *li = calloc(1, sizeof *li);
+    li->present = EuiccResultData_PR_listProfileInfoResult;
+    li->choice.listProfileInfoResult.present = Sgp32ProfileInfoListResponse_PR_profileInfoListOk;
+    ProfileInfo_t *pi = calloc(1, sizeof *pi);
+    uint8_t ib[10];
+    assert_int_equal(sgp32_iccid_to_bytes(iccid, ib, NULL), ESIM_OK);
+    pi->iccid = OCTET_STRING_new_fromBuf(&asn_DEF_Iccid, (const char *)ib, 10);
+    pi->profileState = calloc(1, sizeof *pi->profileState);
+    *pi->profileState = 1;
+    ASN_SEQUENCE_ADD(&li->choice.listProfileInfoResult.choice.profileInfoListOk.list, pi);
+    ASN_SEQUENCE_ADD(&d->euiccResult.list, li);
+    assert_int_equal(sgp32_result_sign(epr, key, q->eimSignature.buf, q->eimSignature.size, NULL),
+                     ESIM_OK);
+    long st = send_result(base, r, reply);
+    sgp32_free(&asn_DEF_ProvideEimPackageResult, r);
+    return st;
+}
+
+static json_t *package_of(const char *base, const char *uuid)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/iot/packages/%s", uuid);
+    json_t *out = NULL;
+    assert_int_equal(api_call(base, TEST_TOKEN, "GET", path, NULL, NULL, &out), 200);
+    return out;
+}
+
+static void enqueue_enable(const char *base, const char *eid, const char *iccid, char uuid[128])
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"eids\":[\"%s\"],\"operations\":[{\"op\":\"enable\",\"iccid\":\"%s\"},"
+             "{\"op\":\"list_profiles\"}]}",
+             eid, iccid);
+    json_t *out = NULL;
+    assert_int_equal(api_call(base, TEST_TOKEN, "POST", "/v1/iot/packages", body, NULL, &out), 201);
+    snprintf(uuid, 128, "%s", json_string_value(json_object_get(out, "command_uuid")));
+    json_decref(out);
+}
+
+static void test_package_round_trip(void **state)
+{
+    (void)state;
+    test_service ts;
+    start(&ts, "iot-der", true);
+    char eid[ESIM_EID_LEN + 1], stranger[ESIM_EID_LEN + 1];
+    make_eid(eid, 10);
+    make_eid(stranger, 11);
+    const char *iccid = "8944476500000000013";
+    /* The eUICC: a P-256 key and certificate under the test EUM, naming its EID. */
+    esim_cert eum = {0}, euicc = {0}, other = {0}, eim = {0};
+    assert_int_equal(esim_pki_load(env.pki, "eum", &eum, NULL), ESIM_OK);
+    esim_cert_spec spec = {
+        .common_name = "test eUICC", .serial_number = eid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, &eum, &euicc, NULL), ESIM_OK);
+    esim_cert_spec ospec = {.common_name = "another key", .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&ospec, NULL, &other, NULL), ESIM_OK);
+    assert_int_equal(esim_cert_load(eim_cert_path, NULL, &eim, NULL), ESIM_OK);
+    EVP_PKEY *eim_pub = X509_get_pubkey(eim.x509);
+
+    /* Not registered: no package, and diagnosis says so. */
+    GetEimPackageResponse_t *g = poll_eim(ts.url, stranger);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_eimPackageError);
+    assert_int_equal(g->choice.eimPackageError, 1);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    char path[256];
+    json_t *out = NULL;
+    snprintf(path, sizeof path, "/v1/iot/devices/%s", stranger);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &out), 200);
+    assert_string_equal(json_string_value(json_object_get(out, "state")), "unregistered");
+    assert_non_null(
+        strstr(json_string_value(json_object_get(out, "next_action")), "not registered"));
+    json_decref(out);
+
+    /* Bad DER: 400, nothing changes. */
+    esim_buf junk = {0}, reply = {0};
+    assert_int_equal(esim_buf_append(&junk, "\xBF\x4F\x05\x5A\x01", 5), ESIM_OK);
+    assert_int_equal(esipa(ts.url, &junk, &reply), 400);
+    esim_buf_free(&junk);
+
+    char body[256];
+    snprintf(body, sizeof body, "{\"eid\":\"%s\",\"association_token\":5}", eid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/iot/devices", body, NULL, NULL),
+                     200);
+    char uuid[128];
+    enqueue_enable(ts.url, eid, iccid, uuid);
+
+    /* First: the eUICC data request, answered with the certificates. */
+    g = poll_eim(ts.url, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_ipaEuiccDataRequest);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    ProvideEimPackageResult_t *r = calloc(1, sizeof *r);
+    r->present = ProvideEimPackageResult_PR_ipaEuiccDataResponse;
+    r->choice.ipaEuiccDataResponse.present = IpaEuiccDataResponse_PR_ipaEuiccData;
+    r->choice.ipaEuiccDataResponse.choice.ipaEuiccData.euiccCertificate = cert_of(euicc.x509);
+    r->choice.ipaEuiccDataResponse.choice.ipaEuiccData.eumCertificate = cert_of(eum.x509);
+    assert_int_equal(send_result(ts.url, r, &reply), 200);
+    sgp32_free(&asn_DEF_ProvideEimPackageResult, r);
+    snprintf(path, sizeof path, "/v1/iot/devices/%s", eid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &out), 200);
+    assert_string_equal(json_string_value(json_object_get(out, "state")), "ready");
+    json_decref(out);
+
+    /* The package: signed by the eIM over its counter and the token. */
+    g = poll_eim(ts.url, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_euiccPackageRequest);
+    EuiccPackageRequest_t *q = &g->choice.euiccPackageRequest;
+    long token = 5;
+    assert_int_equal(q->euiccPackageSigned.counterValue, 1);
+    assert_int_equal(sgp32_package_verify(q, eim_pub, &token, NULL), ESIM_OK);
+    assert_int_equal(q->euiccPackageSigned.euiccPackage.present, EuiccPackage_PR_psmoList);
+    assert_int_equal(q->euiccPackageSigned.euiccPackage.choice.psmoList.list.count, 2);
+    assert_int_equal(answer_package(ts.url, eid, q, 1, euicc.key, iccid, &reply), 200);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    /* The eIM acknowledges the result's notification (seqNumber 7). */
+    void *obj = NULL;
+    assert_int_equal(
+        sgp32_decode(&asn_DEF_ProvideEimPackageResultResponse, reply.data, reply.len, &obj, NULL),
+        ESIM_OK);
+    ProvideEimPackageResultResponse_t *resp = obj;
+    assert_non_null(resp->eimAcknowledgements);
+    assert_int_equal(resp->eimAcknowledgements->list.count, 1);
+    assert_int_equal(*resp->eimAcknowledgements->list.array[0], 7);
+    sgp32_free(&asn_DEF_ProvideEimPackageResultResponse, obj);
+    out = package_of(ts.url, uuid);
+    json_t *dev = json_array_get(json_object_get(out, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(dev, "state")), "done");
+    assert_string_equal(json_string_value(json_object_get(dev, "queue_state")), "acknowledged");
+    const char *words = json_string_value(json_object_get(json_object_get(dev, "result"), "words"));
+    assert_non_null(strstr(words, "enable: ok"));
+    assert_non_null(strstr(words, "1 profile"));
+    json_decref(out);
+    /* Nothing more queued. */
+    g = poll_eim(ts.url, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_eimPackageError);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+
+    /* A result echoing another counter: kept, as a counter error. */
+    enqueue_enable(ts.url, eid, iccid, uuid);
+    g = poll_eim(ts.url, eid);
+    assert_int_equal(g->choice.euiccPackageRequest.euiccPackageSigned.counterValue, 2);
+    assert_int_equal(
+        answer_package(ts.url, eid, &g->choice.euiccPackageRequest, 99, euicc.key, iccid, &reply),
+        200);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    out = package_of(ts.url, uuid);
+    dev = json_array_get(json_object_get(out, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(dev, "state")), "counter_error");
+    assert_string_equal(json_string_value(json_object_get(dev, "queue_state")), "error");
+    assert_non_null(strstr(json_string_value(json_object_get(dev, "error")), "counter 99"));
+    json_decref(out);
+    /* A result signed by another key: kept, as a signature error. */
+    enqueue_enable(ts.url, eid, iccid, uuid);
+    g = poll_eim(ts.url, eid);
+    assert_int_equal(g->choice.euiccPackageRequest.euiccPackageSigned.counterValue, 3);
+    assert_int_equal(
+        answer_package(ts.url, eid, &g->choice.euiccPackageRequest, 3, other.key, iccid, &reply),
+        200);
+    /* Answered again: no package waits for it any more. */
+    assert_int_equal(
+        answer_package(ts.url, eid, &g->choice.euiccPackageRequest, 3, euicc.key, iccid, &reply),
+        400);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    out = package_of(ts.url, uuid);
+    dev = json_array_get(json_object_get(out, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(dev, "state")), "signature_error");
+    assert_non_null(strstr(json_string_value(json_object_get(dev, "error")), "does not verify"));
+    json_decref(out);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &out), 200);
+    assert_non_null(
+        strstr(json_string_value(json_object_get(out, "next_action")), "failed verification"));
+    json_decref(out);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_eim_results_total{state=\"signature_error\"}"),
+                     1);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_eim_results_total{state=\"done\"}"), 2);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_eim_results_total{state=\"counter_error\"}"), 1);
+
+    esim_buf_free(&reply);
+    EVP_PKEY_free(eim_pub);
+    esim_cert_clear(&eim);
+    esim_cert_clear(&other);
+    esim_cert_clear(&euicc);
+    esim_cert_clear(&eum);
+    harness_stop(&ts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_register_and_queue),
         cmocka_unit_test(test_endpoint_http_checks),
+        cmocka_unit_test(test_package_round_trip),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
