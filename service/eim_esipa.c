@@ -623,6 +623,14 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
                                                          : 3]++;
     svc->m.results[ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR]++;
     if (out.outcome == STORE_RESULT_APPLIED) {
+        /* Webhooks as for every result (acknowledge_event, the DER in
+         * raw_payload), written to the outbox in the same batch. */
+        esim_msg m = {.kind = ESIM_MSG_RESULT, .status = ok ? ESIM_STATUS_ACKNOWLEDGED
+                                                            : ESIM_STATUS_ERROR};
+        snprintf(m.udid, sizeof m.udid, "%s", p->eid);
+        snprintf(m.command_uuid, sizeof m.command_uuid, "%s", p->command_uuid);
+        svc_after_commit(svc, &m, der, len, NULL, false, NULL, NULL);
+        esim_msg_free(&m);
         result_hook_ctx *h = calloc(1, sizeof *h);
         if (h) {
             snprintf(h->udid, sizeof h->udid, "%s", p->eid);
