@@ -1592,6 +1592,8 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
                 ESIM_OK) {
         } else if (d.eid[0]) {
             snprintf(eids[i], sizeof eids[i], "%s", d.eid);
+        } else if (strcmp(d.platform, "iot") == 0) {
+            snprintf(eids[i], sizeof eids[i], "%s", udid); /* an IoT eUICC's UDID is its EID */
         } else if (spec.steps[CAMPAIGN_STEP_VERIFY]) {
             add_warning(warnings, &n_warn, udid, NULL,
                         "no expected EID: import the OEM manifest (esim-mdm import eids) or it "

@@ -5,7 +5,7 @@
  * words the service hands the result hooks (esim_service_result.iot_result).
  *
  *   refresh   a profile download trigger with the activation code
- *             1$SMDP$ (the SM-DP+ of the campaign, no MatchingID: the
+ *             1$SMDP (the SM-DP+ of the campaign, no MatchingID: the
  *             SM-DP+ hands what it released for the EID, as
  *             RefreshCellularPlans does on an iPhone)
  *   verify    PSMOs: enable the expected profile (when its ICCID is known)
@@ -77,7 +77,7 @@ static esim_err iot_build(void *ctx, const campaign_order *o, const char *uuid,
     switch (o->step) {
     case CAMPAIGN_STEP_REFRESH: {
         char code[300];
-        snprintf(code, sizeof code, "1$%s$", smdp);
+        snprintf(code, sizeof code, "1$%s", smdp);
         pkg = json_pack("{s:{s:s}}", "download", "activation_code", code);
         kind = "ProfileDownloadTrigger";
         break;

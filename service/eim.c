@@ -255,6 +255,40 @@ static esim_err op_read(json_t *in, size_t i, const char **kind, json_t *ops, ch
     return ESIM_OK;
 }
 
+/* An activation code as an IPA takes it: "1$ADDRESS$MATCHING_ID[$OID]",
+ * at most 255 bytes. The address is a host name, or host:port / an IP
+ * address and port (test SM-DP+s listen on loopback ports). */
+static esim_err activation_code_check(const char *code, esim_activation_code *out, esim_error *err)
+{
+    char with_prefix[300];
+    snprintf(with_prefix, sizeof with_prefix, "LPA:%.290s", code);
+    if (strlen(code) > 255)
+        return esim_fail(err, ESIM_EINVAL, "an activation code has at most 255 bytes");
+    if (esim_activation_code_parse(with_prefix, out, NULL) == ESIM_OK)
+        return ESIM_OK;
+    /* host:port: check the host and the port, then the rest without them. */
+    const char *addr = strncmp(code, "1$", 2) == 0 ? code + 2 : NULL;
+    size_t alen = addr ? strcspn(addr, "$") : 0;
+    const char *colon = addr ? memchr(addr, ':', alen) : NULL;
+    char host[256] = "";
+    long port = 0;
+    char *end = NULL;
+    if (colon && (size_t)(colon - addr) < sizeof host) {
+        memcpy(host, addr, (size_t)(colon - addr));
+        port = strtol(colon + 1, &end, 10);
+    }
+    bool host_ok = host[0] && (esim_fqdn_validate(host, NULL) == ESIM_OK ||
+                               strspn(host, "0123456789.") == strlen(host));
+    if (!host_ok || port < 1 || port > 65535 || end != addr + alen)
+        return esim_activation_code_parse(with_prefix, out, err);
+    char rest[300];
+    snprintf(rest, sizeof rest, "LPA:1$smdp.invalid%s", addr + alen);
+    esim_err rc = esim_activation_code_parse(rest, out, err);
+    if (rc == ESIM_OK)
+        snprintf(out->smdp_address, sizeof out->smdp_address, "%.*s", (int)alen, addr);
+    return rc;
+}
+
 esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char request_type[64],
                           char summary[256], char field[64], esim_error *err)
 {
@@ -290,9 +324,8 @@ esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char reque
                              "%s: the activation code the IPA downloads with (1$SMDP$MATCHING)",
                              field);
         const char *code = strncmp(ac, "LPA:", 4) == 0 ? ac + 4 : ac;
-        if (esim_activation_code_parse(ac, &parsed, &e) != ESIM_OK || strlen(code) > 255)
-            return esim_fail(err, ESIM_EINVAL, "%s: %s", field,
-                             e.msg[0] ? e.msg : "at most 255 bytes");
+        if (activation_code_check(code, &parsed, &e) != ESIM_OK)
+            return esim_fail(err, ESIM_EINVAL, "%s: %s", field, e.msg);
         field[0] = '\0';
         snprintf(kind, 16, "download");
         snprintf(request_type, 64, "ProfileDownloadTrigger");

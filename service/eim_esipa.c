@@ -256,7 +256,7 @@ static void on_poll(esim_service *svc, struct evhttp_request *req, const GetEimP
     json_t *desc = NULL;
     rc = esim_store_unit_begin(svc->st, &err);
     if (rc == ESIM_OK) {
-        store_exchange_in in = {.udid = eid, .status = "Idle"};
+        store_exchange_in in = {.udid = eid, .status = "Idle", .eid = eid};
         rc = esim_store_device_exchange(svc->st, &in, now, &out, &err);
     }
     bool have = rc == ESIM_OK && out.next.present;
@@ -625,8 +625,8 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
     if (out.outcome == STORE_RESULT_APPLIED) {
         /* Webhooks as for every result (acknowledge_event, the DER in
          * raw_payload), written to the outbox in the same batch. */
-        esim_msg m = {.kind = ESIM_MSG_RESULT, .status = ok ? ESIM_STATUS_ACKNOWLEDGED
-                                                            : ESIM_STATUS_ERROR};
+        esim_msg m = {.kind = ESIM_MSG_RESULT,
+                      .status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR};
         snprintf(m.udid, sizeof m.udid, "%s", p->eid);
         snprintf(m.command_uuid, sizeof m.command_uuid, "%s", p->command_uuid);
         svc_after_commit(svc, &m, der, len, NULL, false, NULL, NULL);

@@ -308,7 +308,11 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
     esim_err rc = esim_store_push_target(svc->st, udid, &t, err);
     if (rc != ESIM_OK)
         return rc;
-    if (!t.enrolled || t.push_state == STORE_PUSH_NONE || !t.push_token[0]) {
+    if (strcmp(t.platform, "iot") == 0) {
+        /* IoT eUICCs are not woken: their IPA polls the eIM and gets its
+         * packages then. */
+        ps = ESIM_PUSH_PENDING;
+    } else if (!t.enrolled || t.push_state == STORE_PUSH_NONE || !t.push_token[0]) {
         ps = ESIM_PUSH_NO_TOKEN;
     } else if (t.push_state == STORE_PUSH_DEAD) {
         ps = ESIM_PUSH_DEAD_TOKEN;

@@ -178,9 +178,15 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, hook_job *hooks, 
 {
     webhooks_launch(svc, hooks);
     if (hook) {
-        esim_service_result r = {
-            msg->udid, msg->command_uuid, esim_status_name(msg->status), msg, "apple", NULL, 0,
-            held, NULL};
+        esim_service_result r = {msg->udid,
+                                 msg->command_uuid,
+                                 esim_status_name(msg->status),
+                                 msg,
+                                 "apple",
+                                 NULL,
+                                 0,
+                                 held,
+                                 NULL};
         svc_run_result_hooks(svc, &r);
     }
 }

@@ -543,9 +543,10 @@ typedef struct {
 
 /* What happened to one device's push. */
 typedef enum {
-    ESIM_PUSH_SENT = 0,   /* handed to the APNs client */
-    ESIM_PUSH_PENDING,    /* no APNs configured: the device gets it at its next check-in */
-    ESIM_PUSH_NO_TOKEN,   /* the device has not sent TokenUpdate */
+    ESIM_PUSH_SENT = 0, /* handed to the APNs client */
+    ESIM_PUSH_PENDING,  /* no APNs configured (or an IoT eUICC, which polls): the device gets it at
+                           its next check-in */
+    ESIM_PUSH_NO_TOKEN, /* the device has not sent TokenUpdate */
     ESIM_PUSH_DEAD_TOKEN, /* APNs said the token is dead: wait for a TokenUpdate */
     ESIM_PUSH_FAILED,     /* the APNs client refused it (credential stopped, full) */
     ESIM_PUSH_SKIPPED,    /* push was not asked for */

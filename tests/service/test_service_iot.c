@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -497,12 +498,175 @@ static void test_package_round_trip(void **state)
     harness_stop(&ts);
 }
 
+/* Registers |eid| (token 5) and answers its eUICC data request: ready. */
+static void make_ready(const char *base, const char *eid, const esim_cert *euicc,
+                       const esim_cert *eum)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"eid\":\"%s\",\"association_token\":5}", eid);
+    assert_int_equal(api_call(base, TEST_TOKEN, "POST", "/v1/iot/devices", body, NULL, NULL), 200);
+    GetEimPackageResponse_t *g = poll_eim(base, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_ipaEuiccDataRequest);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    ProvideEimPackageResult_t *r = calloc(1, sizeof *r);
+    r->present = ProvideEimPackageResult_PR_ipaEuiccDataResponse;
+    r->choice.ipaEuiccDataResponse.present = IpaEuiccDataResponse_PR_ipaEuiccData;
+    r->choice.ipaEuiccDataResponse.choice.ipaEuiccData.euiccCertificate = cert_of(euicc->x509);
+    r->choice.ipaEuiccDataResponse.choice.ipaEuiccData.eumCertificate = cert_of(eum->x509);
+    esim_buf reply = {0};
+    assert_int_equal(send_result(base, r, &reply), 200);
+    esim_buf_free(&reply);
+    sgp32_free(&asn_DEF_ProvideEimPackageResult, r);
+}
+
+/* Polls until a package comes (a campaign queues on its own schedule). */
+static GetEimPackageResponse_t *poll_until_package(const char *base, const char *eid)
+{
+    for (int i = 0; i < 200; i++) {
+        GetEimPackageResponse_t *g = poll_eim(base, eid);
+        if (g->present != GetEimPackageResponse_PR_eimPackageError)
+            return g;
+        sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+        usleep(50 * 1000);
+    }
+    fail_msg("no package came");
+    return NULL;
+}
+
+/* The IPA's download result: a successful ProfileInstallationResult for
+ * |iccid|, with the EID echoed in eimTransactionId. */
+static long answer_download(const char *base, const char *eid, const char *iccid)
+{
+    ProvideEimPackageResult_t *r = calloc(1, sizeof *r);
+    r->present = ProvideEimPackageResult_PR_profileDownloadTriggerResult;
+    ProfileDownloadTriggerResult_t *t = &r->choice.profileDownloadTriggerResult;
+    uint8_t eb[16], ib[10];
+    assert_int_equal(sgp32_eid_to_bytes(eid, eb, NULL), ESIM_OK);
+    assert_int_equal(sgp32_iccid_to_bytes(iccid, ib, NULL), ESIM_OK);
+    t->eimTransactionId = OCTET_STRING_new_fromBuf(&asn_DEF_TransactionId, (const char *)eb, 16);
+    t->profileDownloadTriggerResultData.present =
+        ProfileDownloadTriggerResult__profileDownloadTriggerResultData_PR_profileInstallationResult;
+    ProfileInstallationResult_t *pir =
+        &t->profileDownloadTriggerResultData.choice.profileInstallationResult;
+    ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
+    OCTET_STRING_fromBuf(&d->transactionId, "\x01\x02\x03\x04", 4);
+    d->notificationMetadata.seqNumber = 3;
+    static const uint8_t install_bit = 0x80;
+    d->notificationMetadata.profileManagementOperation.buf = malloc(1);
+    d->notificationMetadata.profileManagementOperation.buf[0] = install_bit;
+    d->notificationMetadata.profileManagementOperation.size = 1;
+    d->notificationMetadata.profileManagementOperation.bits_unused = 7;
+    OCTET_STRING_fromBuf(&d->notificationMetadata.notificationAddress, "127.0.0.1", -1);
+    d->notificationMetadata.iccid = OCTET_STRING_new_fromBuf(&asn_DEF_Iccid, (const char *)ib, 10);
+    unsigned arcs[] = {2, 999, 10};
+    assert_int_equal(OBJECT_IDENTIFIER_set_arcs(&d->smdpOid, arcs, sizeof arcs[0], 3), 0);
+    d->finalResult.present = ProfileInstallationResultData__finalResult_PR_successResult;
+    OCTET_STRING_fromBuf(&d->finalResult.choice.successResult.aid,
+                         "\xA0\x00\x00\x05\x59\x10\x10\x01\x02\x03\x04\x05\x06\x07\x08\x09", 16);
+    OCTET_STRING_fromBuf(&d->finalResult.choice.successResult.simaResponse, "", 0);
+    uint8_t sig[64] = {1};
+    OCTET_STRING_fromBuf(&pir->euiccSignPIR, (const char *)sig, 64);
+    esim_buf reply = {0};
+    long st = send_result(base, r, &reply);
+    if (st == 200) {
+        void *obj = NULL;
+        assert_int_equal(sgp32_decode(&asn_DEF_ProvideEimPackageResultResponse, reply.data,
+                                      reply.len, &obj, NULL),
+                         ESIM_OK);
+        ProvideEimPackageResultResponse_t *resp = obj;
+        assert_non_null(resp->eimAcknowledgements);
+        assert_int_equal(*resp->eimAcknowledgements->list.array[0], 3);
+        sgp32_free(&asn_DEF_ProvideEimPackageResultResponse, obj);
+    }
+    esim_buf_free(&reply);
+    sgp32_free(&asn_DEF_ProvideEimPackageResult, r);
+    return st;
+}
+
+/* A campaign over an IoT eUICC, end to end through the campaign layer:
+ * install (a download trigger from the campaign's SM-DP+), then verify (a
+ * PSMO package enabling the expected ICCID and listing the profiles). */
+static void test_campaign_end_to_end(void **state)
+{
+    (void)state;
+    test_service ts;
+    start(&ts, "iot-campaign", true);
+    char eid[ESIM_EID_LEN + 1];
+    make_eid(eid, 20);
+    const char *iccid = "8944476500000000021";
+    esim_cert eum = {0}, euicc = {0};
+    assert_int_equal(esim_pki_load(env.pki, "eum", &eum, NULL), ESIM_OK);
+    esim_cert_spec spec = {
+        .common_name = "test eUICC", .serial_number = eid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, &eum, &euicc, NULL), ESIM_OK);
+    make_ready(ts.url, eid, &euicc, &eum);
+    char body[512];
+    snprintf(body, sizeof body, "%s,LPA:1$smdp.example.com$IOT-1,%s\n", eid, iccid);
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "POST", "/v1/import/activation-codes", body, "text/csv", NULL),
+        200);
+    snprintf(body, sizeof body,
+             "{\"name\":\"iot\",\"target\":{\"platform\":\"iot\"},\"steps\":[\"refresh\","
+             "\"verify\"],\"smdp_url\":\"https://127.0.0.1:9\",\"settings\":{\"verify_attempts\":"
+             "1,\"retry_base_s\":0.2}}");
+    json_t *out = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "POST", "/v1/campaigns", body, NULL, &out), 201);
+    char id[128];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(out, "id")));
+    json_decref(out);
+
+    GetEimPackageResponse_t *g = poll_until_package(ts.url, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_profileDownloadTriggerRequest);
+    ProfileDownloadData_t *pd = g->choice.profileDownloadTriggerRequest.profileDownloadData;
+    assert_non_null(pd);
+    assert_int_equal(pd->present, ProfileDownloadData_PR_activationCode);
+    assert_int_equal(pd->choice.activationCode.size, strlen("1$127.0.0.1:9"));
+    assert_memory_equal(pd->choice.activationCode.buf, "1$127.0.0.1:9", 13);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+    assert_int_equal(answer_download(ts.url, eid, iccid), 200);
+
+    g = poll_until_package(ts.url, eid);
+    assert_int_equal(g->present, GetEimPackageResponse_PR_euiccPackageRequest);
+    EuiccPackage_t *pkg = &g->choice.euiccPackageRequest.euiccPackageSigned.euiccPackage;
+    assert_int_equal(pkg->choice.psmoList.list.count, 2);
+    assert_int_equal(pkg->choice.psmoList.list.array[0]->present, Psmo_PR_enable);
+    assert_int_equal(pkg->choice.psmoList.list.array[1]->present, Psmo_PR_listProfileInfo);
+    esim_buf reply = {0};
+    assert_int_equal(answer_package(ts.url, eid, &g->choice.euiccPackageRequest,
+                                    g->choice.euiccPackageRequest.euiccPackageSigned.counterValue,
+                                    euicc.key, iccid, &reply),
+                     200);
+    esim_buf_free(&reply);
+    sgp32_free(&asn_DEF_GetEimPackageResponse, g);
+
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", id);
+    const char *st = NULL;
+    for (int i = 0; i < 200; i++) {
+        assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &out), 200);
+        st = json_string_value(json_object_get(out, "state"));
+        if (st && strcmp(st, "finished") == 0)
+            break;
+        json_decref(out);
+        out = NULL;
+        usleep(50 * 1000);
+    }
+    assert_non_null(out);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(out, "counts"), "verified")), 1);
+    json_decref(out);
+    esim_cert_clear(&euicc);
+    esim_cert_clear(&eum);
+    harness_stop(&ts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_register_and_queue),
         cmocka_unit_test(test_endpoint_http_checks),
         cmocka_unit_test(test_package_round_trip),
+        cmocka_unit_test(test_campaign_end_to_end),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
