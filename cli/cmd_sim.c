@@ -96,9 +96,21 @@ static const char devsim_help[] =
     "                          it the PCs only poll\n"
     "  --windows-poll-ms N     each PC's polling interval, ±10% (default 60000)\n"
     "  --smdp-resolve NAME=HOST:PORT\n"
-    "                          where the PCs reach the SM-DP+ named NAME in ServerName or\n"
-    "                          DownloadServers (repeatable; NAME * = every name without a\n"
-    "                          port); other names are https://NAME\n"
+    "                          where the PCs and IoT devices reach the SM-DP+ named NAME\n"
+    "                          (ServerName, DownloadServers, an activation code; repeatable;\n"
+    "                          NAME * = every name without a port); others are https://NAME\n"
+    "\n"
+    "IoT devices (SGP.32: an IPA polling the eIM over ESipa, a virtual eUICC each):\n"
+    "  --iot-devices N         N IoT devices besides the --devices (--devices may be 0)\n"
+    "  --iot-poll-ms N         each IPA's poll interval, ±10% (default 60000)\n"
+    "  --iot-offline-share F   share offline for --offline-ms first (3 s) (default 0)\n"
+    "  --iot-fail-share F      share whose downloads all fail (default 0)\n"
+    "  --eim-url URL           the eIM (default --server; /gsma/rsp2/asn1 is added when\n"
+    "                          the URL has no path); its HOST:PORT is the eimFqdn\n"
+    "  --eim-id ID             the eimId the eUICCs are associated with (default esim-mdm)\n"
+    "  --api-url URL           the service's admin API: the IoT devices' association list\n"
+    "                          goes to POST URL/v1/iot/devices at start (default: not sent)\n"
+    "  --api-key KEY           an operator API key for it\n"
     "\n"
     "user actions (honouring the device's restrictions):\n"
     "  delete-esim        refused when allowESIMModification is false\n"
@@ -568,7 +580,15 @@ int cmd_devsim(int argc, char **argv)
         O_WIN_SERVER,
         O_WNS,
         O_WIN_POLL,
-        O_RESOLVE
+        O_RESOLVE,
+        O_IOT,
+        O_IOT_POLL,
+        O_IOT_OFFLINE,
+        O_IOT_FAIL,
+        O_EIM_URL,
+        O_EIM_ID,
+        O_API_URL,
+        O_API_KEY
     };
     static const cli_option opts[] = {{"server", true, O_SERVER},
                                       {"apns-mock", true, O_APNS},
@@ -595,8 +615,17 @@ int cmd_devsim(int argc, char **argv)
                                       {"wns-mock", true, O_WNS},
                                       {"windows-poll-ms", true, O_WIN_POLL},
                                       {"smdp-resolve", true, O_RESOLVE},
+                                      {"iot-devices", true, O_IOT},
+                                      {"iot-poll-ms", true, O_IOT_POLL},
+                                      {"iot-offline-share", true, O_IOT_OFFLINE},
+                                      {"iot-fail-share", true, O_IOT_FAIL},
+                                      {"eim-url", true, O_EIM_URL},
+                                      {"eim-id", true, O_EIM_ID},
+                                      {"api-url", true, O_API_URL},
+                                      {"api-key", true, O_API_KEY},
                                       {NULL, false, 0}};
     sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
+    bool have_devices = false;
     const char *status_file = NULL;
     const char *resolve[16];
     unsigned long long v;
@@ -613,9 +642,10 @@ int cmd_devsim(int argc, char **argv)
             cfg.apns_url = p.value;
             break;
         case O_DEVICES:
-            if (!parse_uint(p.value, 10000000, &v) || v == 0)
-                return cli_bad_value(&p, "wants 1..10000000");
+            if (!parse_uint(p.value, 10000000, &v))
+                return cli_bad_value(&p, "wants 0..10000000");
             cfg.devices = (unsigned)v;
+            have_devices = true;
             break;
         case O_PKI:
             cfg.pki_dir = p.value;
@@ -701,6 +731,34 @@ int cmd_devsim(int argc, char **argv)
             resolve[cfg.n_smdp_resolve++] = p.value;
             cfg.smdp_resolve = resolve;
             break;
+        case O_IOT:
+            if (!parse_uint(p.value, 1000000, &v))
+                return cli_bad_value(&p, "wants 0..1000000");
+            cfg.iot_devices = (unsigned)v;
+            break;
+        case O_IOT_POLL:
+            if (!parse_uint(p.value, 86400000, &v) || v < 100)
+                return cli_bad_value(&p, "wants 100..86400000 milliseconds");
+            cfg.iot_poll_ms = (unsigned)v;
+            break;
+        case O_IOT_OFFLINE:
+        case O_IOT_FAIL:
+            if (!parse_share(p.value,
+                             c == O_IOT_FAIL ? &cfg.iot_fail_share : &cfg.iot_offline_share))
+                return cli_bad_value(&p, "shares are numbers from 0 to 1");
+            break;
+        case O_EIM_URL:
+            cfg.eim_url = p.value;
+            break;
+        case O_EIM_ID:
+            cfg.eim_id = p.value;
+            break;
+        case O_API_URL:
+            cfg.api_url = p.value;
+            break;
+        case O_API_KEY:
+            cfg.api_key = p.value;
+            break;
         case CLI_ARG:
             return cli_unexpected("devsim", p.value);
         default:
@@ -711,8 +769,12 @@ int cmd_devsim(int argc, char **argv)
         return cli_missing("devsim", "--server URL");
     if (!cfg.apns_url)
         return cli_missing("devsim", "--apns-mock URL");
-    if (!cfg.devices)
+    if (!have_devices)
         return cli_missing("devsim", "--devices N");
+    if (!cfg.devices && !cfg.iot_devices)
+        return cli_usage_error("devsim: --devices 0 needs --iot-devices N");
+    if (cfg.api_key && !cfg.api_url)
+        return cli_usage_error("devsim: --api-key needs --api-url");
     if (status_file && !cfg.status_listen)
         return cli_usage_error("devsim: --status-port-file needs --status-listen");
     if (cfg.windows_pcs && cfg.windows_share > 0)
@@ -733,6 +795,8 @@ int cmd_devsim(int argc, char **argv)
         printf("esim-mdm devsim: %u devices against %s", cfg.devices, cfg.server_url);
         if (sim_devsim_windows_count(s))
             printf(" (%zu of them Windows PCs)", sim_devsim_windows_count(s));
+        if (sim_devsim_iot_count(s))
+            printf(" and %zu IoT devices", sim_devsim_iot_count(s));
         if (cfg.status_listen)
             printf(", status on http://127.0.0.1:%u/stats", sim_devsim_status_port(s));
         printf("\n");
@@ -751,6 +815,14 @@ int cmd_devsim(int argc, char **argv)
                    t.windows_pcs, t.win_sessions, t.win_session_errors, t.wns_pushes,
                    t.wns_channels, t.wns_expired, t.win_downloads_ok + t.win_downloads_failed,
                    t.win_downloads_failed, t.win_resets);
+        if (t.iot.devices)
+            printf("esim-mdm devsim: %zu IoT devices, %zu poll cycles (%zu failed), %zu polls, "
+                   "%zu packages (%zu refused by the eUICC), %zu data requests, %zu downloads "
+                   "(%zu failed), %zu notifications acknowledged, %zu registered\n",
+                   t.iot.devices, t.iot.cycles, t.iot.cycle_errors, t.iot.polls,
+                   t.iot.packages_ok + t.iot.packages_refused, t.iot.packages_refused,
+                   t.iot.data_requests, t.iot.downloads_ok + t.iot.downloads_failed,
+                   t.iot.downloads_failed, t.iot.acknowledged, t.iot.registered);
     }
     sim_devsim_free(s);
     if (base)

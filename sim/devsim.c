@@ -90,6 +90,7 @@ struct sim_devsim {
     uint16_t status_port;
     sim_devsim_stats stats;
     sim_winfleet *win; /* the Windows PCs (winfleet.c); NULL when none */
+    sim_iotfleet *iot; /* the IoT devices (iotfleet.c); NULL when none */
     char win_url[2100];
 };
 
@@ -871,6 +872,26 @@ static json_t *stats_json(const sim_devsim *s)
                       "downloads_ok", (json_int_t)w.win_downloads_ok, "downloads_failed",
                       (json_int_t)w.win_downloads_failed, "resets", (json_int_t)w.win_resets));
     }
+    if (j && s->iot) {
+        const sim_iotfleet_stats *o = &w.iot;
+        json_t *iot = json_pack(
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices",
+            (json_int_t)o->devices, "offline_now", (json_int_t)o->offline_now, "cycles",
+            (json_int_t)o->cycles, "cycle_errors", (json_int_t)o->cycle_errors, "polls",
+            (json_int_t)o->polls, "packages_ok", (json_int_t)o->packages_ok, "packages_refused",
+            (json_int_t)o->packages_refused, "package_errors", (json_int_t)o->package_errors,
+            "data_requests", (json_int_t)o->data_requests, "downloads_ok",
+            (json_int_t)o->downloads_ok, "downloads_failed", (json_int_t)o->downloads_failed);
+        if (iot) {
+            json_object_set_new(iot, "acknowledged", json_integer((json_int_t)o->acknowledged));
+            json_object_set_new(iot, "registered", json_integer((json_int_t)o->registered));
+            json_object_set_new(iot, "already_registered",
+                                json_integer((json_int_t)o->already_registered));
+            json_object_set_new(iot, "register_errors",
+                                json_integer((json_int_t)o->register_errors));
+        }
+        json_object_set_new(j, "iot", iot);
+    }
     return j;
 }
 
@@ -1119,11 +1140,24 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         strncmp(cfg->apns_url, "https://", 8) != 0)
         return esim_fail(err, ESIM_EINVAL,
                          "--apns-mock must be the http:// URL of the mock's delivery listener");
-    if (cfg->devices == 0 || cfg->devices > 10000000)
+    if ((cfg->devices == 0 && cfg->iot_devices == 0) || cfg->devices > 10000000)
         return esim_fail(err, ESIM_EINVAL, "--devices must be 1..10000000");
-    double shares[] = {cfg->supervised_share, cfg->notnow_share,  cfg->offline_share,
-                       cfg->fail_share,       cfg->no_esim_share, cfg->windows_share};
-    for (size_t k = 0; k < 6; k++)
+    if (cfg->iot_devices > 1000000)
+        return esim_fail(err, ESIM_EINVAL, "--iot-devices must be 0..1000000");
+    if ((cfg->eim_url && strncmp(cfg->eim_url, "http://", 7) != 0 &&
+         strncmp(cfg->eim_url, "https://", 8) != 0) ||
+        (cfg->api_url && strncmp(cfg->api_url, "http://", 7) != 0 &&
+         strncmp(cfg->api_url, "https://", 8) != 0))
+        return esim_fail(err, ESIM_EINVAL, "--eim-url and --api-url must be http(s):// URLs");
+    if ((cfg->eim_url && strlen(cfg->eim_url) >= 500) ||
+        (cfg->api_url && strlen(cfg->api_url) >= 500) ||
+        (cfg->api_key && strlen(cfg->api_key) >= 500) ||
+        (cfg->eim_id && strlen(cfg->eim_id) >= 128))
+        return esim_fail(err, ESIM_EINVAL, "an IoT URL, key or eIM ID is too long");
+    double shares[] = {cfg->supervised_share,  cfg->notnow_share,  cfg->offline_share,
+                       cfg->fail_share,        cfg->no_esim_share, cfg->windows_share,
+                       cfg->iot_offline_share, cfg->iot_fail_share};
+    for (size_t k = 0; k < 8; k++)
         if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     if (cfg->windows_pcs > cfg->devices)
@@ -1255,6 +1289,32 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         /* A factory-fresh phone is not written yet: its first real change
          * (enrolment) writes it, so starting 100,000 costs no disk at all. */
     }
+    if (cfg->iot_devices) {
+        sim_iotfleet_config ic = {.base = base,
+                                  .http = s->http,
+                                  .pki = s->pki,
+                                  .pki_dir = cfg->pki_dir,
+                                  .ca_file = sim_pki_ca_file(s->pki),
+                                  .eim_url = cfg->eim_url ? cfg->eim_url : cfg->server_url,
+                                  .eim_id = cfg->eim_id,
+                                  .api_url = cfg->api_url,
+                                  .api_key = cfg->api_key,
+                                  .data_dir = s->data_dir,
+                                  .poll_ms = cfg->iot_poll_ms,
+                                  .offline_ms = s->offline_ms,
+                                  .max_concurrent = s->max_concurrent,
+                                  .offline_share = cfg->iot_offline_share,
+                                  .fail_share = cfg->iot_fail_share,
+                                  .seed = cfg->seed,
+                                  .smdp_resolve = cfg->smdp_resolve,
+                                  .n_smdp_resolve = cfg->n_smdp_resolve};
+        if ((rc = sim_iotfleet_new(&ic, cfg->iot_devices, &s->iot, err)) != ESIM_OK)
+            goto fail;
+        for (unsigned i = 0; i < cfg->iot_devices; i++)
+            if ((rc = sim_iotfleet_add(s->iot, i, err)) != ESIM_OK)
+                goto fail;
+        sim_iotfleet_start(s->iot);
+    }
     if (cfg->status_listen && (rc = start_status(s, cfg->status_listen, err)) != ESIM_OK)
         goto fail;
     struct timeval tv = {0, TICK_MS * 1000};
@@ -1279,6 +1339,7 @@ void sim_devsim_free(sim_devsim *s)
     sim_http_free(s->http);
     s->http = NULL;
     sim_winfleet_free(s->win);
+    sim_iotfleet_free(s->iot);
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
         if (s->slots[i].dev) {
@@ -1312,7 +1373,21 @@ sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
     sim_devsim_stats t = s->stats;
     t.devices = s->n + sim_winfleet_count(s->win);
     sim_winfleet_stats(s->win, &t);
+    t.iot = sim_iotfleet_get_stats(s->iot);
     return t;
+}
+
+size_t sim_devsim_iot_count(const sim_devsim *s)
+{
+    return sim_iotfleet_count(s->iot);
+}
+sim_euicc *sim_devsim_iot_euicc_at(sim_devsim *s, size_t i)
+{
+    return s->iot ? sim_iotfleet_euicc_at(s->iot, i) : NULL;
+}
+long sim_devsim_iot_token_at(const sim_devsim *s, size_t i)
+{
+    return s->iot ? sim_iotfleet_token_at(s->iot, i) : 0;
 }
 
 size_t sim_devsim_windows_count(const sim_devsim *s)

@@ -332,6 +332,56 @@ typedef void (*sim_notify_cb)(void *arg, size_t still_pending);
 esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, const char *ca_file,
                                     sim_notify_cb cb, void *arg, esim_error *err);
 
+/* ---- The IPA of an IoT device (SGP.32 IPAd, ipa.c) ------------------------- */
+
+/*
+ * ES10b AddInitialEim on |e|: the eIM |eim_id| at |eim_fqdn| (HOST:PORT),
+ * eimIdType fqdn, counter 0, its certificate |eim_cert_der| (DER), protocol
+ * retrieveHttps. *token gets the association token the eUICC chose.
+ * ESIM_ESTATE the eUICC refused (|err| has its code), ESIM_EPROTO an answer
+ * without a token, ESIM_EINVAL a certificate that is not DER, ESIM_ENOMEM.
+ */
+esim_err sim_ipa_add_initial_eim(sim_euicc *e, const char *eim_id, const char *eim_fqdn,
+                                 const esim_buf *eim_cert_der, long *token, esim_error *err);
+
+typedef struct sim_ipa sim_ipa;
+typedef struct {
+    sim_http *http;                  /* not owned; outlives the IPA's requests */
+    const char *eim_url;             /* http[s]://eimFqdn/gsma/rsp2/asn1 */
+    const char *ca_file;             /* trust anchor for https (eIM and SM-DP+); NULL = system */
+    const char *const *smdp_resolve; /* "NAME=HOST:PORT" ("*=HOST:PORT"), as devsim's */
+    size_t n_smdp_resolve;
+    bool fail_downloads; /* every download trigger fails (no data connection) */
+} sim_ipa_config;
+
+/* What one poll cycle did. err: ESIM_OK (ended on noEimPackageAvailable or
+ * after 16 packages), ESIM_EUNAVAIL (eIM unreachable), ESIM_EPROTO (an
+ * answer that was not ESipa DER, or HTTP other than 200); |message| says. */
+typedef struct {
+    esim_err err;
+    unsigned polls, packages_ok, packages_refused, package_errors, data_requests, downloads_ok,
+        downloads_failed, acknowledged;
+    char message[256];
+} sim_ipa_poll_result;
+typedef void (*sim_ipa_cb)(void *arg, const sim_ipa_poll_result *r);
+
+/* An IPA for |e| (borrowed; it must outlive the IPA). ESIM_EINVAL: no
+ * http(s):// eIM URL. */
+esim_err sim_ipa_new(sim_euicc *e, const sim_ipa_config *cfg, sim_ipa **out, esim_error *err);
+void sim_ipa_free(sim_ipa *ipa); /* NULL ok; not while a poll runs */
+/*
+ * One poll cycle: GetEimPackageRequest; a BF51 package goes to the eUICC
+ * unchanged (sim_euicc_es10) and its signed answer back; a BF52 data request
+ * is answered with the eUICC's certificates (ES10 GetCerts); a BF54 trigger
+ * runs the download (sim_lpa_download, then the install notification to the
+ * SM-DP+) and reports ProfileDownloadTriggerResult; each result goes in
+ * ProvideEimPackageResult and the notifications the eIM acknowledges are
+ * removed from the eUICC; then the next poll, until noEimPackageAvailable.
+ * |cb| runs once, from the loop. ESIM_ESTATE when a cycle is running.
+ */
+esim_err sim_ipa_poll(sim_ipa *ipa, sim_ipa_cb cb, void *arg, esim_error *err);
+bool sim_ipa_busy(const sim_ipa *ipa);
+
 /* ---- SM-DP+ simulator ------------------------------------------------------ */
 
 typedef enum {
@@ -702,7 +752,33 @@ typedef struct {
      * a port). A name not listed is https://NAME (a ":port" in it is kept). */
     const char *const *smdp_resolve;
     size_t n_smdp_resolve;
+    /* IoT devices (SGP.32), apart from |devices|: each a virtual eUICC with an
+     * IPA that polls the eIM at eim_url (the service's device listener, path
+     * /gsma/rsp2/asn1 added when none) every iot_poll_ms (±10%; 0 = 60,000);
+     * iot_offline_share of them stay away offline_ms first, iot_fail_share
+     * fail every download. With api_url (+ api_key, an operator key) devsim
+     * sends their association list to POST /v1/iot/devices at start. */
+    unsigned iot_devices;
+    unsigned iot_poll_ms;
+    double iot_offline_share, iot_fail_share;
+    const char *eim_url; /* NULL: server_url */
+    const char *eim_id;  /* NULL: "esim-mdm" */
+    const char *api_url; /* the service's admin API base; NULL: no registration */
+    const char *api_key;
 } sim_devsim_config;
+
+/* IoT devices (iotfleet.c): how many; poll cycles and their failures
+ * (eIM unreachable, bad answers); GetEimPackageRequests answered; eUICC
+ * packages executed (signed result) or refused (signed or unsigned error)
+ * and packages the eUICC could not read; IPA data requests answered;
+ * downloads; notifications removed on the eIM's acknowledgement; the
+ * association list sent to the eIM (registered, already there, errors);
+ * devices offline right now. */
+typedef struct {
+    size_t devices, cycles, cycle_errors, polls, packages_ok, packages_refused, package_errors,
+        data_requests, downloads_ok, downloads_failed, acknowledged, registered, already_registered,
+        register_errors, offline_now;
+} sim_iotfleet_stats;
 
 typedef struct {
     size_t devices, enrolled, pushes, checkins, commands;
@@ -713,6 +789,7 @@ typedef struct {
      * downloads and discoveries (ok/failed); factory resets. */
     size_t windows_pcs, win_sessions, win_session_errors, win_messages, wns_pushes, wns_channels,
         wns_expired, win_downloads_ok, win_downloads_failed, win_resets;
+    sim_iotfleet_stats iot;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;
@@ -748,6 +825,10 @@ bool sim_devsim_is_windows(unsigned devices, unsigned pcs, unsigned i);
 size_t sim_devsim_windows_count(const sim_devsim *s);
 sim_winpc *sim_devsim_windows_at(sim_devsim *s, size_t i);
 sim_winpc *sim_devsim_find_windows(sim_devsim *s, const char *device_id);
+/* The IoT devices' eUICCs and the association token each got. */
+size_t sim_devsim_iot_count(const sim_devsim *s);
+sim_euicc *sim_devsim_iot_euicc_at(sim_devsim *s, size_t i);
+long sim_devsim_iot_token_at(const sim_devsim *s, size_t i);
 /* Starts an OMA-DM session of that PC now (as a person clicking "Sync" in
  * Settings > Accounts > Access work or school). ESIM_ENOTFOUND. */
 esim_err sim_devsim_windows_sync(sim_devsim *s, const char *device_id, esim_error *err);

@@ -191,4 +191,37 @@ esim_err sim_winfleet_user_action(sim_winfleet *f, const char *device_id, sim_us
 /* Adds the fleet's counters into |t|. */
 void sim_winfleet_stats(const sim_winfleet *f, sim_devsim_stats *t);
 
+/* ---- IoT devices inside devsim (iotfleet.c) ---- */
+
+typedef struct sim_iotfleet sim_iotfleet;
+typedef struct {
+    struct event_base *base;
+    sim_http *http; /* shared with devsim; outlives the fleet's requests */
+    const sim_pki *pki;
+    const char *pki_dir;  /* where eim.pem is */
+    const char *ca_file;  /* trust anchor for https (eIM, SM-DP+, API) */
+    const char *eim_url;  /* http[s]://HOST:PORT[/path]; /gsma/rsp2/asn1 added without a path */
+    const char *eim_id;   /* NULL: "esim-mdm" */
+    const char *api_url;  /* NULL: no registration */
+    const char *api_key;  /* NULL: none */
+    const char *data_dir; /* "" or NULL: nothing persisted; else DIR/iot/<EID>.json */
+    unsigned poll_ms, offline_ms, max_concurrent;
+    double offline_share, fail_share;
+    uint64_t seed;
+    const char *const *smdp_resolve;
+    size_t n_smdp_resolve;
+} sim_iotfleet_config;
+esim_err sim_iotfleet_new(const sim_iotfleet_config *cfg, size_t capacity, sim_iotfleet **out,
+                          esim_error *err);
+/* Makes (or loads) IoT device |i| (AddInitialEim on a new eUICC) and arms
+ * its first poll. */
+esim_err sim_iotfleet_add(sim_iotfleet *f, unsigned i, esim_error *err);
+/* Sends the association list to the eIM's admin API (in batches). */
+void sim_iotfleet_start(sim_iotfleet *f);
+void sim_iotfleet_free(sim_iotfleet *f); /* saves what changed; NULL ok */
+size_t sim_iotfleet_count(const sim_iotfleet *f);
+sim_euicc *sim_iotfleet_euicc_at(sim_iotfleet *f, size_t i);
+long sim_iotfleet_token_at(const sim_iotfleet *f, size_t i);
+sim_iotfleet_stats sim_iotfleet_get_stats(const sim_iotfleet *f);
+
 #endif
