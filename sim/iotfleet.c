@@ -160,7 +160,9 @@ static void register_next(sim_iotfleet *f)
             json_object_set_new(d, "counter", json_integer(0));
         json_array_append_new(devs, d);
     }
-    char *text = json_dumps(json_pack("{s:o}", "devices", devs), JSON_COMPACT);
+    json_t *body = json_pack("{s:o}", "devices", devs);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
     const char *headers[] = {"Content-Type: application/json", f->auth};
     sim_http_request req = {.method = "POST",
                             .url = f->api_url,

@@ -364,14 +364,30 @@ static void test_iot_devices_poll_the_eim(void **state)
         fail_msg("devsim: %s", err.msg);
     assert_int_equal(sim_devsim_iot_count(s), N_DEVICES);
     int64_t start = esim_mono_ms();
-    while (m.done_devices < N_DEVICES && esim_mono_ms() - start < 60000)
+    /* until every IPA has finished the cycle that ended on "no package" */
+    for (;;) {
+        sim_iotfleet_stats o = sim_devsim_get_stats(s).iot;
+        if ((m.done_devices == N_DEVICES && o.packages_ok >= N_DEVICES &&
+             o.packages_refused >= N_DEVICES && o.downloads_failed >= N_DEVICES) ||
+            esim_mono_ms() - start > 60000)
+            break;
         event_base_loop(m.base, EVLOOP_ONCE);
+    }
     sim_devsim_stats t = sim_devsim_get_stats(s);
     print_message("iot: %zu cycles, %zu polls, %zu packages ok, %zu refused, %zu data, "
                   "%zu downloads failed, %zu acknowledged, %zu registered\n",
                   t.iot.cycles, t.iot.polls, t.iot.packages_ok, t.iot.packages_refused,
                   t.iot.data_requests, t.iot.downloads_failed, t.iot.acknowledged,
                   t.iot.registered);
+    for (size_t i = 0; i < m.n_devs; i++)
+        print_message("eim: %s step %d bad %d data %d ok %d replay %d dl %d\n", m.devs[i].eid,
+                      m.devs[i].step, m.devs[i].bad, m.devs[i].data_answers,
+                      m.devs[i].results_verified, m.devs[i].replays_refused,
+                      m.devs[i].downloads_failed);
+    print_message("iot: cycle errors %zu, package errors %zu\n", t.iot.cycle_errors,
+                  t.iot.package_errors);
+    print_message("eim: %d unknown polls, %d bad requests, %.1f s\n", m.polls_unknown,
+                  m.bad_requests, (esim_mono_ms() - start) / 1000.0);
     assert_int_equal(m.done_devices, N_DEVICES);
     assert_int_equal(m.bad_requests, 0);
     assert_int_equal(t.iot.registered, N_DEVICES);
