@@ -806,6 +806,17 @@ int cmd_serve(int argc, char **argv)
  * and --token-file F (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token),
  * prints a table for people, or the API's JSON with --json. */
 
+/* The end of every admin client's --help: the options they all take. */
+#define CLIENT_COMMON_HELP                                                                         \
+    "common options:\n"                                                                            \
+    "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"        \
+    "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"  \
+    "  --cacert PEM      the CA of an https:// service with its own CA (default\n"                 \
+    "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "           \
+    "system's)\n"                                                                                  \
+    "  --json            the API's JSON answer on stdout, nothing else\n"                          \
+    "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n"
+
 typedef struct {
     const char *server, *token_file, *cacert;
     bool json;
@@ -1065,14 +1076,7 @@ static const char enqueue_usage[] =
     "example:\n"
     "  esim-mdm enqueue --udid 00008110-000A1B2C3D4E5F60 --refresh-plans smdp.example.com \\\n"
     "      --server https://mdm.example.com:8443 --cacert /etc/esim-mdm/ca.pem\n"
-    "\n"
-    "common options:\n"
-    "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-    "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
-    "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-    "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the system's)\n"
-    "  --json            the API's JSON answer on stdout, nothing else\n"
-    "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n";
+    "\n" CLIENT_COMMON_HELP;
 
 int cmd_enqueue(int argc, char **argv)
 {
@@ -1160,23 +1164,13 @@ out:
 int cmd_status(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts(
-            "usage: esim-mdm status COMMAND_UUID [--server URL] [--token-file F] [--cacert PEM] "
-            "[--json]\n"
-            "Shows where a command stands on each device: state, attempts, NotNow count, errors.\n"
-            "\n"
-            "example:\n"
-            "  esim-mdm status 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
-            "\n"
-            "common options:\n"
-            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
-            "esim-mdm-data/api-token)\n"
-            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
-            "system's)\n"
-            "  --json            the API's JSON answer on stdout, nothing else\n"
-            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        puts("usage: esim-mdm status COMMAND_UUID [--server URL] [--token-file F] [--cacert PEM] "
+             "[--json]\n"
+             "Shows where a command stands on each device: state, attempts, NotNow count, errors.\n"
+             "\n"
+             "example:\n"
+             "  esim-mdm status 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
+             "\n" CLIENT_COMMON_HELP);
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -1297,16 +1291,7 @@ int cmd_devices(int argc, char **argv)
             "examples:\n"
             "  esim-mdm devices\n"
             "  esim-mdm devices --csv > inventory.csv\n"
-            "\n"
-            "common options:\n"
-            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
-            "esim-mdm-data/api-token)\n"
-            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
-            "system's)\n"
-            "  --json            the API's JSON answer on stdout, nothing else\n"
-            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+            "\n" CLIENT_COMMON_HELP);
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -1379,23 +1364,13 @@ int cmd_devices(int argc, char **argv)
 int cmd_cancel(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts(
-            "usage: esim-mdm cancel UDID COMMAND_UUID [--server URL] [--token-file F] "
-            "[--cacert PEM] [--json]\n"
-            "Cancels a command still waiting on a device's queue.\n"
-            "\n"
-            "example:\n"
-            "  esim-mdm cancel 00008110-000A1B2C3D4E5F60 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
-            "\n"
-            "common options:\n"
-            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
-            "esim-mdm-data/api-token)\n"
-            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
-            "system's)\n"
-            "  --json            the API's JSON answer on stdout, nothing else\n"
-            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        puts("usage: esim-mdm cancel UDID COMMAND_UUID [--server URL] [--token-file F] "
+             "[--cacert PEM] [--json]\n"
+             "Cancels a command still waiting on a device's queue.\n"
+             "\n"
+             "example:\n"
+             "  esim-mdm cancel 00008110-000A1B2C3D4E5F60 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11\n"
+             "\n" CLIENT_COMMON_HELP);
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -1428,25 +1403,15 @@ int cmd_cancel(int argc, char **argv)
 int cmd_retire(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts(
-            "usage: esim-mdm retire UDID [--server URL] [--token-file F] [--cacert PEM] [--json]\n"
-            "Retires a device that left the fleet (DELETE /v1/devices/UDID; an admin key):\n"
-            "the commands still waiting on it are canceled, it is no longer enrolled, its\n"
-            "push token is forgotten and its identity released; its record and ledger stay.\n"
-            "It does not touch the phone: send RemoveProfile first for that.\n"
-            "\n"
-            "example:\n"
-            "  esim-mdm retire 00008110-000A1B2C3D4E5F60\n"
-            "\n"
-            "common options:\n"
-            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
-            "esim-mdm-data/api-token)\n"
-            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
-            "system's)\n"
-            "  --json            the API's JSON answer on stdout, nothing else\n"
-            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        puts("usage: esim-mdm retire UDID [--server URL] [--token-file F] [--cacert PEM] [--json]\n"
+             "Retires a device that left the fleet (DELETE /v1/devices/UDID; an admin key):\n"
+             "the commands still waiting on it are canceled, it is no longer enrolled, its\n"
+             "push token is forgotten and its identity released; its record and ledger stay.\n"
+             "It does not touch the phone: send RemoveProfile first for that.\n"
+             "\n"
+             "example:\n"
+             "  esim-mdm retire 00008110-000A1B2C3D4E5F60\n"
+             "\n" CLIENT_COMMON_HELP);
         return CLI_EXIT_OK;
     }
     client_opts c = {0};
@@ -1496,25 +1461,15 @@ static int audit_opt(void *ctx, int id, const char *v)
 int cmd_audit(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        puts(
-            "usage: esim-mdm audit [--after ID] [--limit N] [--server URL] [--token-file F] "
-            "[--cacert PEM] [--json]\n"
-            "Shows the audit log of admin actions (GET /v1/audit; an admin key), oldest\n"
-            "first: when, which API key and role, what (method and path), and the result.\n"
-            "--limit N entries (1 to 1000, default 100) after the entry --after ID.\n"
-            "\n"
-            "example:\n"
-            "  esim-mdm audit --after 1200 --limit 50\n"
-            "\n"
-            "common options:\n"
-            "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
-            "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or "
-            "esim-mdm-data/api-token)\n"
-            "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
-            "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the "
-            "system's)\n"
-            "  --json            the API's JSON answer on stdout, nothing else\n"
-            "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n");
+        puts("usage: esim-mdm audit [--after ID] [--limit N] [--server URL] [--token-file F] "
+             "[--cacert PEM] [--json]\n"
+             "Shows the audit log of admin actions (GET /v1/audit; an admin key), oldest\n"
+             "first: when, which API key and role, what (method and path), and the result.\n"
+             "--limit N entries (1 to 1000, default 100) after the entry --after ID.\n"
+             "\n"
+             "example:\n"
+             "  esim-mdm audit --after 1200 --limit 50\n"
+             "\n" CLIENT_COMMON_HELP);
         return CLI_EXIT_OK;
     }
     client_opts c = {0};

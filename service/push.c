@@ -12,6 +12,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -20,7 +21,50 @@
 
 struct svc_push {
     apns_client *client; /* NULL without --apns */
+    /* SHA-256 of the certificate and key files |client| was made from: a
+     * reload makes a new client only when they changed (a new client
+     * cancels the pushes in flight). */
+    unsigned char files_sha256[32];
+    /* That certificate's topic (its UID; empty if none) and notAfter (ms). */
+    char cert_topic[256];
+    int64_t cert_not_after;
+    /* --apns-cert, --apns-key, --apns-topic as started (NULL if not given). */
+    char *cfg_cert, *cfg_key, *cfg_topic;
 };
+
+/* A client made by a reload, not in use yet. */
+struct push_fresh {
+    apns_client *client;
+    unsigned char files_sha256[32];
+    char cert_topic[256];
+    int64_t cert_not_after;
+};
+
+static esim_err file_cert_facts(const char *path, char topic[256], int64_t *not_after,
+                                esim_error *err);
+
+/* SHA-256 over the bytes of |cert| then |key|. */
+static esim_err files_digest(const char *cert, const char *key, unsigned char out[32],
+                             esim_error *err)
+{
+    esim_buf c = {0}, k = {0};
+    esim_err rc = esim_read_file(cert, 1 << 20, &c, err);
+    if (rc == ESIM_OK)
+        rc = esim_read_file(key, 1 << 20, &k, err);
+    EVP_MD_CTX *md = rc == ESIM_OK ? EVP_MD_CTX_new() : NULL;
+    unsigned int n = 0;
+    if (rc == ESIM_OK &&
+        (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+         EVP_DigestUpdate(md, c.data, c.len) != 1 || EVP_DigestUpdate(md, k.data, k.len) != 1 ||
+         EVP_DigestFinal_ex(md, out, &n) != 1 || n != 32))
+        rc = esim_fail(err, ESIM_ECRYPTO, "cannot hash the push certificate");
+    EVP_MD_CTX_free(md);
+    if (k.data)
+        OPENSSL_cleanse(k.data, k.len);
+    esim_buf_free(&c);
+    esim_buf_free(&k);
+    return rc;
+}
 
 bool push_configured(const esim_service *svc)
 {
@@ -116,6 +160,11 @@ esim_err push_init(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (!svc->apns_url)
         return ESIM_OK;
+    svc_push *p = svc->push;
+    if ((svc->apns_cert_path && !(p->cfg_cert = strdup(svc->apns_cert_path))) ||
+        (svc->apns_key_path && !(p->cfg_key = strdup(svc->apns_key_path))) ||
+        (svc->apns_topic && !(p->cfg_topic = strdup(svc->apns_topic))))
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
     /* No --apns-cert: a certificate uploaded earlier (PUT /v1/pushcert)
      * is used again. */
     char cert[600], key[600];
@@ -127,8 +176,84 @@ esim_err push_init(esim_service *svc, esim_error *err)
         if (!svc->apns_cert_path || !svc->apns_key_path)
             return esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
-    return client_new(svc, svc->apns_cert_path, svc->apns_key_path, svc->apns_topic,
-                      &svc->push->client, err);
+    esim_err rc =
+        client_new(svc, svc->apns_cert_path, svc->apns_key_path, svc->apns_topic, &p->client, err);
+    if (rc == ESIM_OK && svc->apns_cert_path && svc->apns_key_path)
+        rc = files_digest(svc->apns_cert_path, svc->apns_key_path, p->files_sha256, err);
+    /* A certificate without a UID still pushes with --apns-topic. */
+    if (rc == ESIM_OK && svc->apns_cert_path &&
+        file_cert_facts(svc->apns_cert_path, p->cert_topic, &p->cert_not_after, NULL) != ESIM_OK)
+        p->cert_topic[0] = '\0';
+    return rc;
+}
+
+const char *push_configured_cert(const esim_service *svc)
+{
+    return svc->push ? svc->push->cfg_cert : NULL;
+}
+
+const char *push_configured_key(const esim_service *svc)
+{
+    return svc->push ? svc->push->cfg_key : NULL;
+}
+
+const char *push_configured_topic(const esim_service *svc)
+{
+    return svc->push ? svc->push->cfg_topic : NULL;
+}
+
+esim_err push_reload_prepare(esim_service *svc, struct push_fresh **fresh, esim_error *err)
+{
+    *fresh = NULL;
+    if (!push_configured(svc) || !svc->apns_cert_path || !svc->apns_key_path)
+        return ESIM_OK;
+    unsigned char sha[32];
+    esim_err rc = files_digest(svc->apns_cert_path, svc->apns_key_path, sha, err);
+    if (rc != ESIM_OK || memcmp(sha, svc->push->files_sha256, sizeof sha) == 0)
+        return rc;
+    struct push_fresh *f = calloc(1, sizeof *f);
+    if (!f)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    memcpy(f->files_sha256, sha, sizeof sha);
+    rc = client_new(svc, svc->apns_cert_path, svc->apns_key_path, svc->apns_topic, &f->client, err);
+    if (rc != ESIM_OK) {
+        free(f);
+        return rc;
+    }
+    /* Without --apns-topic the topic is the certificate's UID: checked as
+     * PUT /v1/pushcert checks it. */
+    rc = file_cert_facts(svc->apns_cert_path, f->cert_topic, &f->cert_not_after, err);
+    if (rc != ESIM_OK && svc->apns_topic) {
+        f->cert_topic[0] = '\0';
+        rc = ESIM_OK;
+    }
+    if (rc != ESIM_OK) {
+        push_reload_discard(f);
+        return rc;
+    }
+    *fresh = f;
+    return ESIM_OK;
+}
+
+void push_reload_commit(esim_service *svc, struct push_fresh *fresh)
+{
+    if (!fresh)
+        return;
+    /* As for PUT: the old client's pushes in flight end as canceled. */
+    esim_apns_client_free(svc->push->client);
+    svc->push->client = fresh->client;
+    memcpy(svc->push->files_sha256, fresh->files_sha256, sizeof fresh->files_sha256);
+    memcpy(svc->push->cert_topic, fresh->cert_topic, sizeof fresh->cert_topic);
+    svc->push->cert_not_after = fresh->cert_not_after;
+    free(fresh);
+}
+
+void push_reload_discard(struct push_fresh *fresh)
+{
+    if (!fresh)
+        return;
+    esim_apns_client_free(fresh->client);
+    free(fresh);
 }
 
 /* The topic (the subject's UID) and notAfter of a push certificate. */
@@ -150,22 +275,36 @@ static esim_err cert_facts(X509 *x, char topic[256], int64_t *not_after, esim_er
     return ESIM_OK;
 }
 
+/* The topic and notAfter of the certificate in the file |path|. */
+static esim_err file_cert_facts(const char *path, char topic[256], int64_t *not_after,
+                                esim_error *err)
+{
+    BIO *bio = BIO_new_file(path, "r");
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    ERR_clear_error();
+    if (!x)
+        return esim_fail(err, ESIM_ECRYPTO, "cannot read the push certificate %s", path);
+    esim_err rc = cert_facts(x, topic, not_after, err);
+    X509_free(x);
+    return rc;
+}
+
 esim_err push_cert_info(esim_service *svc, char topic[256], int64_t *not_after, esim_error *err)
 {
     if (!push_configured(svc) || !svc->apns_cert_path)
         return esim_fail(err, ESIM_ENOTFOUND,
                          "no push certificate is loaded (give --apns-cert and --apns-key, or "
                          "PUT one to /v1/pushcert)");
-    BIO *bio = BIO_new_file(svc->apns_cert_path, "r");
-    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
-    BIO_free(bio);
-    ERR_clear_error();
-    if (!x)
-        return esim_fail(err, ESIM_ECRYPTO, "cannot read the push certificate %s",
+    /* The certificate the running client was made from, whatever the file
+     * holds now (a SIGHUP reads it again). */
+    if (!svc->push->cert_topic[0])
+        return esim_fail(err, ESIM_ECRYPTO,
+                         "the push certificate %s has no topic (no UID in its subject)",
                          svc->apns_cert_path);
-    esim_err rc = cert_facts(x, topic, not_after, err);
-    X509_free(x);
-    return rc;
+    memcpy(topic, svc->push->cert_topic, 256);
+    *not_after = svc->push->cert_not_after;
+    return ESIM_OK;
 }
 
 esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char topic[256],
@@ -264,6 +403,9 @@ esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char 
         rc = client_new(svc, tmp_cert, tmp_key, NULL, &fresh, err);
     if (rc == ESIM_OK && (rename(tmp_cert, cert_path) != 0 || rename(tmp_key, key_path) != 0))
         rc = esim_fail(err, ESIM_EIO, "cannot store the push certificate in %s", cert_path);
+    unsigned char sha[32];
+    if (rc == ESIM_OK)
+        rc = files_digest(cert_path, key_path, sha, err);
     char *cp = rc == ESIM_OK ? strdup(cert_path) : NULL,
          *kp = rc == ESIM_OK ? strdup(key_path) : NULL;
     if (rc == ESIM_OK && (!cp || !kp))
@@ -280,6 +422,9 @@ esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char 
      * they were for are pushed again by their next enqueue or debt. */
     esim_apns_client_free(svc->push->client);
     svc->push->client = fresh;
+    memcpy(svc->push->files_sha256, sha, sizeof sha);
+    memcpy(svc->push->cert_topic, topic, 256);
+    svc->push->cert_not_after = *not_after;
     free(svc->apns_cert_path);
     free(svc->apns_key_path);
     free(svc->apns_topic);
@@ -294,6 +439,9 @@ void push_free(esim_service *svc)
     if (!svc->push)
         return;
     esim_apns_client_free(svc->push->client); /* pending pushes end as canceled */
+    free(svc->push->cfg_cert);
+    free(svc->push->cfg_key);
+    free(svc->push->cfg_topic);
     free(svc->push);
     svc->push = NULL;
 }

@@ -1334,11 +1334,14 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     RESTART_IF(cfg->store_pool != svc->cfg.store_pool, "store-pool");
     RESTART_IF(cfg->device_auth != svc->cfg.device_auth, "device-auth");
     RESTART_IF(!cfg->tls_cert_path != !svc->tls_cert_path, "tls (on or off)");
+    /* The push certificate's files are read again below; other files, or
+     * another APNs, need a restart. Compared with what the service started
+     * with, not with what PUT /v1/pushcert stored since. */
     RESTART_IF(!same_text(cfg->apns_url, svc->apns_url) ||
-                   !same_text(cfg->apns_cert_path, svc->apns_cert_path) ||
-                   !same_text(cfg->apns_key_path, svc->apns_key_path) ||
+                   !same_text(cfg->apns_cert_path, push_configured_cert(svc)) ||
+                   !same_text(cfg->apns_key_path, push_configured_key(svc)) ||
                    !same_text(cfg->apns_ca_path, svc->apns_ca_path) ||
-                   !same_text(cfg->apns_topic, svc->apns_topic),
+                   !same_text(cfg->apns_topic, push_configured_topic(svc)),
                "apns");
     bool hooks_same = cfg->n_webhook_urls == svc->cfg.n_webhook_urls &&
                       same_text(cfg->webhook_secret, svc->webhook_secret);
@@ -1372,6 +1375,9 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
                            ca_path ? ca_path : svc->device_ca_path, &tls, err);
     else if (rc == ESIM_OK && svc->tls && (!cfg->tls_cert_path != !cfg->tls_key_path))
         rc = esim_fail(err, ESIM_EINVAL, "--tls-cert and --tls-key go together");
+    struct push_fresh *push = NULL;
+    if (rc == ESIM_OK)
+        rc = push_reload_prepare(svc, &push, err);
     /* Keys last: esim_service_set_api_keys checks before it replaces. */
     char *paths[4] = {NULL, NULL, NULL, NULL};
     if (rc == ESIM_OK) {
@@ -1387,6 +1393,7 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     if (rc != ESIM_OK) {
         X509_STORE_free(ca);
         SSL_CTX_free(tls);
+        push_reload_discard(push);
         for (int i = 0; i < 4; i++)
             free(paths[i]);
         esim_buf_free(&later);
@@ -1404,6 +1411,8 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
         SSL_CTX_free(svc->tls);
         svc->tls = tls;
     }
+    bool push_new = push != NULL;
+    push_reload_commit(svc, push);
     if (svc->api_token)
         OPENSSL_cleanse(svc->api_token, strlen(svc->api_token));
     free(svc->api_token);
@@ -1435,7 +1444,7 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     char n_keys[16];
     snprintf(n_keys, sizeof n_keys, "%zu", svc->n_keys);
     svc_log(svc, ESIM_LOG_INFO, "reloaded", "api_keys", n_keys, "tls", tls ? "new" : NULL,
-            "device_ca", ca ? "new" : NULL, NULL);
+            "device_ca", ca ? "new" : NULL, "push_cert", push_new ? "new" : NULL, NULL);
     if (later.len) {
         svc_log(svc, ESIM_LOG_WARN, "restart_needed", "settings", (const char *)later.data, NULL);
         if (restart && restart_len)

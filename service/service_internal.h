@@ -181,6 +181,7 @@ typedef struct {
 typedef struct svc_webhooks svc_webhooks;
 typedef struct hook_job hook_job;
 typedef struct svc_push svc_push;
+struct push_fresh;
 typedef struct svc_omadm svc_omadm;
 typedef struct svc_wns svc_wns;
 typedef struct svc_eim svc_eim;
@@ -555,6 +556,24 @@ esim_err push_cert_info(esim_service *svc, char topic[256], int64_t *not_after, 
  * URL, ESIM_ECRYPTO unusable; nothing changes then. */
 esim_err push_replace_cert(esim_service *svc, const void *pem, size_t len, char topic[256],
                            int64_t *not_after, esim_error *err);
+/* SIGHUP, first half: reads the push certificate and key files in use
+ * again (those of --apns-cert/--apns-key, or the ones PUT /v1/pushcert
+ * stored) and, when their bytes changed, makes *fresh a client from them.
+ * Nothing in |svc| changes; *fresh is NULL when there is nothing new.
+ * ESIM_ECRYPTO or ESIM_EIO: the new files are unusable (the reload is
+ * refused). */
+esim_err push_reload_prepare(esim_service *svc, struct push_fresh **fresh, esim_error *err);
+/* Second half: the running client replaced by |fresh| (NULL: nothing);
+ * takes |fresh|. */
+void push_reload_commit(esim_service *svc, struct push_fresh *fresh);
+/* Frees an unused |fresh| (NULL accepted). */
+void push_reload_discard(struct push_fresh *fresh);
+/* The certificate and key files the push client was made from, as
+ * configured (NULL when the service started without --apns-cert, whatever
+ * PUT /v1/pushcert stored since): what a reload compares its config with. */
+const char *push_configured_cert(const esim_service *svc);
+const char *push_configured_key(const esim_service *svc);
+const char *push_configured_topic(const esim_service *svc);
 /* Appends push-client metrics (Prometheus lines) to |out|. */
 void push_metrics(esim_service *svc, esim_buf *out);
 

@@ -46,6 +46,33 @@ typedef struct {
     void *attach_arg;
 } test_service;
 
+/* Defines |name|, a file's shared harness_env, and the cmocka group setup
+ * and teardown that make it before the file's tests and remove it after
+ * them (pass group_setup, group_teardown to cmocka_run_group_tests).
+ * |after_setup| and |before_teardown| (void functions, or NULL) add what a
+ * file needs on top. */
+#define HARNESS_ENV_GROUP_HOOKS(name, after_setup, before_teardown)                                \
+    static harness_env name;                                                                       \
+    static int group_setup(void **state)                                                           \
+    {                                                                                              \
+        void (*const up)(void) = after_setup;                                                      \
+        (void)state;                                                                               \
+        harness_env_setup(&name);                                                                  \
+        if (up)                                                                                    \
+            up();                                                                                  \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int group_teardown(void **state)                                                        \
+    {                                                                                              \
+        void (*const down)(void) = before_teardown;                                                \
+        (void)state;                                                                               \
+        if (down)                                                                                  \
+            down();                                                                                \
+        harness_env_teardown(&name);                                                               \
+        return 0;                                                                                  \
+    }
+#define HARNESS_ENV_GROUP(name) HARNESS_ENV_GROUP_HOOKS(name, NULL, NULL)
+
 /* Config with the test's defaults: loopback port 0, data dir |name| under
  * env->dir, TEST_TOKEN, signature auth against the test device CA. The
  * store is the data dir's SQLite file, or, when ESIM_TEST_STORE names a

@@ -27,22 +27,8 @@
 #include "apns/apns_mock.h"
 #include "service/svc_harness.h"
 
-static harness_env env;
+HARNESS_ENV_GROUP(env)
 static int counter;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    harness_env_setup(&env);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    harness_env_teardown(&env);
-    return 0;
-}
 
 static void next_udid(char udid[65])
 {

@@ -24,27 +24,13 @@
 
 #include "service/svc_harness.h"
 
-static harness_env env;
+HARNESS_ENV_GROUP(env)
 
 typedef struct {
     test_service ts;
     test_device dev;
     esim_service_config cfg;
 } fixture;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    harness_env_setup(&env);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    harness_env_teardown(&env);
-    return 0;
-}
 
 static int counter;
 

@@ -27,21 +27,7 @@
 
 #include "service/svc_harness.h"
 
-static harness_env env;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    harness_env_setup(&env);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    harness_env_teardown(&env);
-    return 0;
-}
+HARNESS_ENV_GROUP(env)
 
 static void start(test_service *ts, const char *name, esim_service_config *cfg)
 {

@@ -29,21 +29,7 @@
 #define READER_TOKEN "reader-token-aaaaaaaaaaaa"
 #define WRONG_TOKEN "wrong-token-zzzzzzzzzzzz"
 
-static harness_env env;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    harness_env_setup(&env);
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    harness_env_teardown(&env);
-    return 0;
-}
+HARNESS_ENV_GROUP(env)
 
 static const esim_api_key keys[] = {{"reader", READER_TOKEN, ESIM_ROLE_READ_ONLY}};
 

@@ -21,27 +21,17 @@
 
 #include "service/svc_harness.h"
 
-static harness_env env;
-
-static int group_setup(void **state)
-{
-    (void)state;
-    harness_env_setup(&env);
-    return 0;
-}
-
 /* The cluster of test_database_restart, removed even when it fails. */
 static char restart_dir[64];
 static void cluster(const char *verb, const char *dir);
 
-static int group_teardown(void **state)
+static void stop_restart_cluster(void)
 {
-    (void)state;
     if (restart_dir[0])
         cluster("stop", restart_dir);
-    harness_env_teardown(&env);
-    return 0;
 }
+
+HARNESS_ENV_GROUP_HOOKS(env, NULL, stop_restart_cluster)
 
 static bool have_pgsql(void)
 {

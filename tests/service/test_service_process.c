@@ -21,28 +21,22 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "service/svc_harness.h"
 
-static harness_env env;
 static const char *bin;
 
-static int group_setup(void **state)
+static void find_bin(void)
 {
-    (void)state;
     bin = getenv("ESIM_MDM_BIN");
     if (!bin)
         bin = "esim-mdm";
-    harness_env_setup(&env);
-    return 0;
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    harness_env_teardown(&env);
-    return 0;
-}
+HARNESS_ENV_GROUP_HOOKS(env, find_bin, NULL)
 
 typedef struct {
     pid_t pid;
@@ -433,6 +427,114 @@ static void test_sighup_reloads_keys_and_refuses_bad_config(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* A self-signed push certificate for |topic| (its subject's UID) valid for
+ * |days|, and its key, written to |cert| and |key| (0600). */
+static void write_push_cert(const char *cert, const char *key, const char *topic, int days)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    assert_non_null(k);
+    assert_non_null(x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_NID(n, NID_userId, MBSTRING_ASC, (const unsigned char *)topic, -1, -1,
+                               0);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"APSP:test", -1, -1,
+                               0);
+    X509_set_issuer_name(x, n);
+    X509_set_pubkey(x, k);
+    assert_true(X509_sign(x, k, EVP_sha256()) > 0);
+    FILE *f = fopen(cert, "w");
+    assert_non_null(f);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(key, "w");
+    assert_non_null(f);
+    PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    chmod(key, 0600);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+/* Polls GET /v1/pushcert until its topic is |topic| (or 5 s pass). */
+static bool pushcert_topic_becomes(const char *url, const char *topic)
+{
+    for (int i = 0; i < 200; i++) {
+        json_t *r = NULL;
+        long st = api_call(url, TEST_TOKEN, "GET", "/v1/pushcert", NULL, NULL, &r);
+        const char *t = json_string_value(json_object_get(r, "topic"));
+        bool same = st == 200 && t && strcmp(t, topic) == 0;
+        json_decref(r);
+        if (same)
+            return true;
+        usleep(25 * 1000);
+    }
+    return false;
+}
+
+/* Waits until the server's log holds |needle|; returns the log (free). */
+static char *log_with(const server *s, const char *needle)
+{
+    for (int i = 0; i < 200; i++) {
+        esim_buf b = {0};
+        esim_read_file(s->log, 1 << 20, &b, NULL);
+        esim_buf_append(&b, "", 1);
+        if (strstr((char *)b.data, needle))
+            return (char *)b.data;
+        esim_buf_free(&b);
+        usleep(25 * 1000);
+    }
+    return NULL;
+}
+
+/* SIGHUP reads the APNs push certificate and key files again: a new pair
+ * replaces the running client (GET /v1/pushcert shows it), an unusable one
+ * is refused and the running one kept. */
+static void test_sighup_reloads_push_certificate(void **state)
+{
+    (void)state;
+    server s;
+    server_prepare(&s, "hupcert");
+    char cert[400], key[400], text[4096];
+    snprintf(cert, sizeof cert, "%s/hupcert-push.pem", env.dir);
+    snprintf(key, sizeof key, "%s/hupcert-push.key", env.dir);
+    write_push_cert(cert, key, "com.apple.mgmt.External.first", 30);
+    esim_buf conf = {0};
+    assert_int_equal(esim_read_file(s.config, 1 << 16, &conf, NULL), ESIM_OK);
+    /* Nothing listens on port 9: pushes fail, which does not matter here. */
+    snprintf(text, sizeof text, "%.*sapns https://127.0.0.1:9\napns-cert %s\napns-key %s\n",
+             (int)conf.len, (const char *)conf.data, cert, key);
+    esim_buf_free(&conf);
+    write_text(s.config, text);
+    server_start(&s);
+    assert_true(pushcert_topic_becomes(s.url, "com.apple.mgmt.External.first"));
+    /* A renewed certificate in the same files. */
+    write_push_cert(cert, key, "com.apple.mgmt.External.second", 365);
+    kill(s.pid, SIGHUP);
+    char *log = log_with(&s, "event=reload");
+    if (!pushcert_topic_becomes(s.url, "com.apple.mgmt.External.second"))
+        fail_msg("not reloaded: %s", log ? log : "(no log)");
+    free(log);
+    log = log_with(&s, "push_cert=new");
+    assert_non_null(log);
+    assert_null(strstr(log, "restart_needed"));
+    free(log);
+    /* A certificate file that is not one: refused, the running one kept. */
+    write_text(cert, "not a certificate\n");
+    kill(s.pid, SIGHUP);
+    log = log_with(&s, "event=reload_refused");
+    assert_non_null(log);
+    free(log);
+    assert_true(pushcert_topic_becomes(s.url, "com.apple.mgmt.External.second"));
+    int status = server_kill(&s, SIGTERM);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* Issue 10 item 10: serve refuses an API token or webhook secret file that
  * other users may read, naming the file and the fix, and starts nothing. */
 static void test_serve_refuses_readable_secrets(void **state)
@@ -467,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_cli_clients_and_config_file),
         cmocka_unit_test(test_kill_at_random_instants_loses_nothing),
         cmocka_unit_test(test_serve_refuses_readable_secrets),
+        cmocka_unit_test(test_sighup_reloads_push_certificate),
         cmocka_unit_test(test_sighup_reloads_keys_and_refuses_bad_config),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

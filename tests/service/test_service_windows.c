@@ -30,26 +30,23 @@
 #define ICCID "8988247000001234567"
 #define CHANNEL "https://wns.example.test/?token=AwYAAAB1"
 
-static harness_env env;
 static char ca[400], server_cert[400], server_key[400];
+static void use_test_pki(void);
+static void forget_test_pki(void);
 
-static int group_setup(void **state)
+HARNESS_ENV_GROUP_HOOKS(env, use_test_pki, forget_test_pki)
+
+static void use_test_pki(void)
 {
-    (void)state;
-    harness_env_setup(&env);
     snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
     snprintf(server_cert, sizeof server_cert, "%s/server.pem", env.pki);
     snprintf(server_key, sizeof server_key, "%s/server.key", env.pki);
     harness_set_api_ca(ca);
-    return 0;
 }
 
-static int group_teardown(void **state)
+static void forget_test_pki(void)
 {
-    (void)state;
     harness_set_api_ca(NULL);
-    harness_env_teardown(&env);
-    return 0;
 }
 
 /* ---- a hand-driven Windows PC -------------------------------------------------------- */
