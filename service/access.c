@@ -539,5 +539,5 @@ void access_audit_write(esim_service *svc, api_request *r, const char *method, c
     svc_utf8_sanitize(a.detail);
     esim_error e;
     if (esim_store_audit_add(svc->st, &a, &e) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
 }

@@ -48,6 +48,10 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
     /* Messages quote what the client sent (paths, keys): keep them JSON. */
     svc_utf8_sanitize(msg);
     access_audit_note(r->svc, r->req, 0, msg);
+    if (code == 503) { /* the store failed (api_status_for) */
+        svc_store_failed(r->svc, msg);
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", "5");
+    }
     json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
     if (e && field)
         json_object_set_new(e, "field", json_string(field));
@@ -70,6 +74,8 @@ int api_status_for(esim_err rc)
         return 409;
     case ESIM_EAUTH:
         return 403;
+    case ESIM_ESTORE: /* undone whole: the client may try again */
+        return 503;
     default:
         return 500;
     }

@@ -146,12 +146,12 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
         /* The database failed or went away (restarting, unreachable): the
          * operation was undone whole, so the device may simply come back.
          * 503 says so; the next request reconnects. */
-        svc->m.store_errors++;
+        svc_store_failed(svc, e->msg);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
         reply_text(svc, req, 503, "the store is unavailable; try again later");
         return;
     default:
-        svc->m.store_errors++;
+        svc_store_failed(svc, e->msg);
         reply_text(svc, req, 500, "the store failed; try again later");
     }
 }
@@ -604,7 +604,7 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list)
             svc->m.commands_sent++;
             d->refill = r;
         } else if (rc == ESIM_ESTORE) {
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         }
         esim_buf_free(&out.next.body);
     }
@@ -612,7 +612,7 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list)
         return;
     /* Undone: the commands are queued still; the devices get empty answers
      * and a push brings them back for those commands. */
-    svc->m.store_errors++;
+    svc_store_failed(svc, NULL);
     for (svc_deferred *d = list; d; d = d->next) {
         if (!d->refill)
             continue;

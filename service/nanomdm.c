@@ -160,7 +160,7 @@ void nano_migration(api_request *r)
                                      now, &e);
     if (rc != ESIM_OK) {
         if (rc == ESIM_ESTORE)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
     } else {
         api_reply_json(r, 200,

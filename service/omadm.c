@@ -376,7 +376,7 @@ static void verify_event(esim_service *svc, const char *udid, const char *op_uui
 {
     if (esim_store_event_append(svc->st, "verify", udid, op_uuid, detail, NULL, 0, esim_now_ms(),
                                 NULL) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
 }
 
 /* The EID and the object path ("Profiles/ICCID", "DownloadServers/FQDN")
@@ -778,7 +778,7 @@ static void learn_channel(esim_service *svc, omadm_dev *d, const char *uri)
     esim_error e = {{0}};
     if (esim_store_device_token_update(svc->st, d->udid, d->cert, OMADM_PROVIDER_ID, uri, "wns",
                                        esim_now_ms(), &e) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
     else
         svc->m.windows_channels++;
 }
@@ -845,7 +845,7 @@ static void apply_internal(esim_service *svc, omadm_dev *d, const omadm_cmd *c)
                                     .hold_next = true};
             store_exchange_out out = {0};
             if (esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, NULL) != ESIM_OK)
-                svc->m.store_errors++;
+                svc_store_failed(svc, NULL);
             esim_buf_free(&out.next.body);
         }
     }
@@ -995,7 +995,7 @@ static esim_err deliver(esim_service *svc, omadm_dev *d, writer *w, esim_error *
                                     .hold_next = true};
             store_exchange_out fo = {0};
             if (esim_store_device_exchange(svc->st, &fe, esim_now_ms(), &fo, NULL) != ESIM_OK)
-                svc->m.store_errors++;
+                svc_store_failed(svc, NULL);
             esim_buf_free(&fo.next.body);
             continue;
         }
@@ -1034,7 +1034,7 @@ static void reply_store_error(esim_service *svc, struct evhttp_request *req, esi
         svc->m.malformed++;
         reply_text(svc, req, 400, e->msg);
     } else {
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
         reply_text(svc, req, 500, "the store failed; try again later");
     }
 }
@@ -1074,7 +1074,7 @@ static esim_err generic_alerts(esim_service *svc, omadm_dev *d, const omadm_msg 
             svc_utf8_sanitize(detail);
             if (esim_store_event_append(svc->st, "generic_alert", d->udid, NULL, detail, NULL, 0,
                                         esim_now_ms(), NULL) != ESIM_OK)
-                svc->m.store_errors++;
+                svc_store_failed(svc, NULL);
         }
     }
     return ESIM_OK;
@@ -1338,7 +1338,7 @@ esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const 
     rc = esim_store_command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
     if (rc != ESIM_OK) {
         if (rc == ESIM_ESTORE)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         return rc;
     }
     if (uuid_out)

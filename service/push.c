@@ -112,17 +112,17 @@ static void on_push_result(const apns_result *r, void *arg)
         apns_health(svc, false, esim_apns_outcome_name(r->outcome), r->status, r->reason);
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
         if (esim_store_push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
     } else if (r->outcome == APNS_OUTCOME_TOKEN_DEAD) {
         if (esim_store_push_recorded(svc->st, t->udid, true, now, NULL) != ESIM_OK)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
         snprintf(detail, sizeof detail, "%s: %d %s", esim_apns_outcome_name(r->outcome), r->status,
                  r->reason);
         if (esim_store_event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
                                     NULL) != ESIM_OK)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
     }
     free(t);
 }

@@ -115,14 +115,70 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
  * follows the CPU, not the disk's fsync latency. Both halves depend on what
  * the back end declares (ESIM_STORE_FEATURE_BATCH, _DEFERRED_SYNC). */
 
-static void send_batch(svc_reply *r, bool ok)
+/* ---- the store's health ------------------------------------------------------------ */
+
+void svc_store_failed(esim_service *svc, const char *reason)
+{
+    svc->m.store_errors++;
+    svc->store_failures++;
+    if (svc->store_failing)
+        return;
+    svc->store_failing = true;
+    char shown[300];
+    snprintf(shown, sizeof shown, "%s", reason && *reason ? reason : "unknown");
+    svc_utf8_sanitize(shown);
+    svc_log(svc, ESIM_LOG_ERROR, "store_failing", "store",
+            svc->st ? esim_store_backend(svc->st) : NULL, "reason", shown, NULL);
+}
+
+void svc_store_ok(esim_service *svc)
+{
+    if (!svc->store_failing)
+        return;
+    char n[24];
+    snprintf(n, sizeof n, "%llu", (unsigned long long)svc->store_failures);
+    svc_log(svc, ESIM_LOG_INFO, "store_recovered", "failures", n, NULL);
+    svc->store_failing = false;
+    svc->store_failures = 0;
+}
+
+/* Whether |req| changes something (a store write when answered 2xx). */
+static bool is_write(struct evhttp_request *req)
+{
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    return m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD;
+}
+
+/* The answer to every request whose batch could not be committed (or made
+ * durable): nothing of it was kept, so the client may send it again. */
+#define STORE_UNAVAILABLE_WORDS                                                                    \
+    "the store could not commit this request (the disk may be full or the database "               \
+    "unavailable); nothing of it was kept: try again later"
+
+static void send_store_unavailable(struct evhttp_request *req, bool json)
+{
+    static const char text[] = STORE_UNAVAILABLE_WORDS "\n";
+    static const char body[] =
+        "{\"error\":{\"status\":503,\"message\":\"" STORE_UNAVAILABLE_WORDS "\"}}\n";
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+    if (json)
+        send_now(req, 503, "application/json", body, sizeof body - 1);
+    else
+        send_now(req, 503, "text/plain; charset=utf-8", text, sizeof text - 1);
+}
+
+static void send_batch(esim_service *svc, svc_reply *r, bool ok)
 {
     while (r) {
         svc_reply *next = r->next;
-        if (ok)
+        if (ok) {
+            if (r->code < 300 && is_write(r->req))
+                svc_store_ok(svc);
             send_now(r->req, r->code, r->content_type, r->body.data, r->body.len);
-        else
-            send_now(r->req, 500, "text/plain", "the store could not sync; try again\n", 36);
+        } else {
+            send_store_unavailable(
+                r->req, r->content_type && strncmp(r->content_type, "application/json", 16) == 0);
+        }
         esim_buf_free(&r->body);
         free(r);
         r = next;
@@ -241,7 +297,7 @@ void svc_batch_open(esim_service *svc)
         !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH))
         return;
     if (esim_store_batch_begin(svc->st, NULL) != ESIM_OK) {
-        svc->m.store_errors++; /* operations then run as transactions of their own */
+        svc_store_failed(svc, NULL); /* operations then run as transactions of their own */
         return;
     }
     svc->batch_open = true;
@@ -295,9 +351,10 @@ static bool batch_finish(esim_service *svc)
     bool ok = true;
     if (svc->batch_open) { /* else each operation committed on its own */
         svc->batch_open = false;
-        ok = esim_store_batch_commit(svc->st, NULL) == ESIM_OK;
+        esim_error e = {{0}};
+        ok = esim_store_batch_commit(svc->st, &e) == ESIM_OK;
         if (!ok)
-            svc->m.store_errors++;
+            svc_store_failed(svc, e.msg);
     }
     svc_deferred *list = svc->deferred;
     svc->deferred = NULL;
@@ -343,7 +400,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     svc->replies = NULL;
     svc->replies_tail = &svc->replies;
     if (!committed) {
-        send_batch(batch, false);
+        send_batch(svc, batch, false);
         return;
     }
     int64_t count = esim_store_commit_count(svc->st);
@@ -353,7 +410,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     if (count == svc->synced_count || svc->cfg.store_sync == STORE_SYNC_NORMAL ||
         !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_DEFERRED_SYNC)) {
         svc->synced_count = count;
-        send_batch(batch, true);
+        send_batch(svc, batch, true);
         return;
     }
     svc->syncing = batch;
@@ -378,11 +435,11 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     if (ok)
         svc->synced_count = svc->syncing_count;
     else
-        svc->m.store_errors++;
+        svc_store_failed(svc, "the store could not make its commits durable (sync failed)");
     svc_reply *batch = svc->syncing;
     svc->syncing = NULL;
     svc->sync_busy = false;
-    send_batch(batch, ok);
+    send_batch(svc, batch, ok);
     if (svc->replies || svc->batch_open)
         on_flush(-1, 0, svc);
 }
@@ -480,6 +537,8 @@ svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, 
     if (svc->cfg.access_log && svc_log_on(svc, ESIM_LOG_INFO))
         log_access(svc, req, code, len);
     if (!svc->flush_ev) {
+        if (code < 300 && is_write(req))
+            svc_store_ok(svc); /* committed on its own already */
         send_now(req, code, content_type, body, len);
         return NULL;
     }
@@ -707,12 +766,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     int64_t now = esim_now_ms();
     /* Expiry: a command past its expiry is never delivered; make it final. */
     if (esim_store_expire(svc->st, now, NULL, NULL) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
     /* Owed pushes: devices that said NotNow get woken after their back-off. */
     char due[64][65];
     size_t n = 0;
     if (esim_store_push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
     for (size_t i = 0; i < n; i++)
         push_device(svc, due[i], NULL, NULL, NULL);
     mdm_prune_buckets(svc, now);
@@ -996,7 +1055,7 @@ struct event_base *esim_service_base(esim_service *svc)
 void esim_service_count_store_error(esim_service *svc)
 {
     if (svc)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
 }
 
 /* Each kind of hook is an array of {fn, arg} of SVC_MAX_HOOKS slots. */
@@ -1110,7 +1169,7 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
     esim_cmd_parsed_free(&cmd);
     if (rc != ESIM_OK) {
         if (rc == ESIM_ESTORE)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         return rc;
     }
     svc->m.enqueued += n;
@@ -1254,7 +1313,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
     /* The database away (restarting, unreachable): everything else is still
      * worth reading, above all the store's own series; the counts wait. */
     if (esim_store_stats(svc->st, &ss, NULL) != ESIM_OK) {
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
         return esim_buf_printf(out,
                                "# TYPE esim_mdm_uptime_seconds gauge\n"
                                "esim_mdm_uptime_seconds %lld\n",

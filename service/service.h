@@ -527,10 +527,11 @@ struct json_t;
 ESIM_EXTERN struct json_t *esim_api_body_json(esim_api_request *r);
 /* Answers |code| with |body| as JSON (stolen; NULL answers 500). */
 ESIM_EXTERN void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body);
-/* Answers {"error": {"code", "field" (when not NULL), "message"}}. */
+/* Answers {"error": {"status", "field" (when not NULL), "message"}}. */
 ESIM_EXTERN void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt,
                                 ...) __attribute__((format(printf, 4, 5)));
-/* The HTTP status the admin API gives an esim_err (ESIM_ENOTFOUND 404, ...). */
+/* The HTTP status the admin API gives an esim_err (ESIM_ENOTFOUND 404,
+ * ESIM_ESTORE 503 with Retry-After, ...). */
 ESIM_EXTERN int esim_api_status_for(esim_err rc);
 
 /* ---- enqueue and push, as the admin API does them ------------------------------ */

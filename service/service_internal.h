@@ -220,6 +220,10 @@ struct esim_service {
     svc_reply *replies, **replies_tail;
     svc_reply *syncing;
     bool sync_busy;
+    /* The store's health: failing since the first error after a healthy
+     * spell (logged once), until a write is committed again. */
+    bool store_failing;
+    uint64_t store_failures; /* in this failing spell */
     int64_t synced_count, syncing_count;
     pthread_t sync_thread;
     bool sync_thread_started;
@@ -405,6 +409,16 @@ void svc_log(esim_service *svc, esim_log_level level, const char *event, ...);
 /* The same, at most 10 lines per 10 s for |kind| (SVC_LOGLIM_*); the next
  * line written says how many were left out (suppressed=N). */
 void svc_log_limited(esim_service *svc, int kind, esim_log_level level, const char *event, ...);
+
+/* ---- the store's health (service.c) ------------------------------------------------ */
+
+/* A store operation failed (|reason|, the error's words, may be NULL):
+ * counted in esim_mdm_store_errors_total, and the first failure after a
+ * healthy spell is logged as event=store_failing with its reason. */
+void svc_store_failed(esim_service *svc, const char *reason);
+/* A write was committed and answered: after failures, logged once as
+ * event=store_recovered with how many failures there were. */
+void svc_store_ok(esim_service *svc);
 
 /* ---- the device endpoint (mdm.c) -------------------------------------------------- */
 

@@ -67,7 +67,7 @@ static void outbox_done(hook_job *j)
         return;
     svc_batch_open(svc);
     if (esim_store_outbox_delete(svc->st, j->outbox_id, NULL) != ESIM_OK)
-        svc->m.store_errors++;
+        svc_store_failed(svc, NULL);
     j->outbox_id = 0;
 }
 
@@ -502,7 +502,7 @@ hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *r
          * memory only: early beats never. */
         if (esim_store_outbox_add(svc->st, wh->url_keys[u], body, plen, now, &j->outbox_id, NULL) !=
             ESIM_OK) {
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
             j->outbox_id = 0;
         }
         *tail = j;
@@ -563,7 +563,7 @@ static void restart_outbox(svc_webhooks *wh)
         store_outbox_row *rows = NULL;
         size_t n = 0;
         if (esim_store_outbox_list(svc->st, after, 1000, &rows, &n, NULL) != ESIM_OK) {
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
             return;
         }
         for (size_t i = 0; i < n; i++) {
@@ -581,7 +581,7 @@ static void restart_outbox(svc_webhooks *wh)
             if (!j) {
                 svc->m.webhooks_dropped++;
                 if (esim_store_outbox_delete(svc->st, rows[i].id, NULL) != ESIM_OK)
-                    svc->m.store_errors++;
+                    svc_store_failed(svc, NULL);
                 continue;
             }
             j->outbox_id = rows[i].id;

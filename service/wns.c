@@ -273,14 +273,14 @@ static void push_done(svc_wns *w, wns_job *j, CURLcode res, long code)
     if (res == CURLE_OK && code == 200) {
         count(w, WNS_DELIVERED);
         if (esim_store_push_recorded(svc->st, j->udid, false, now, NULL) != ESIM_OK)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         job_free(j);
     } else if (res == CURLE_OK && (code == 410 || code == 404)) {
         /* The channel expired: no push reaches the device until it reports
          * a new ChannelURI in its next (scheduled) session. */
         count(w, WNS_EXPIRED);
         if (esim_store_push_recorded(svc->st, j->udid, true, now, NULL) != ESIM_OK)
-            svc->m.store_errors++;
+            svc_store_failed(svc, NULL);
         esim_store_event_append(svc->st, "push_failed", j->udid, NULL,
                                 code == 410 ? "WNS: 410, the channel expired; waiting for the "
                                               "device to report a new one"
