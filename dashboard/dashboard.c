@@ -275,7 +275,7 @@ static void h_asset(esim_api_request *r, void *arg)
     const dash_asset *a = asset(esim_api_param(r, 0));
     if (!a || strcmp(a->name, "index.html") == 0 || strcmp(a->name, "login.html") == 0) {
         security_headers(r, true);
-        esim_api_reply(r, 404, "text/plain; charset=utf-8", "not found\n", 10);
+        esim_api_error(r, 404, NULL, "no such dashboard file: %s", esim_api_path(r));
         return;
     }
     reply_asset(r, a, false);

@@ -24,8 +24,8 @@ void api_reply_json(api_request *r, int code, json_t *body)
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {
-        http_reply(r->svc, r->req, M_ROUTE_API, 500, "application/json",
-                   "{\"error\":{\"message\":\"out of memory\"}}", 37);
+        static const char oom[] = "{\"error\":{\"status\":500,\"message\":\"out of memory\"}}\n";
+        http_reply(r->svc, r->req, M_ROUTE_API, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
     size_t len = strlen(text);
@@ -213,7 +213,7 @@ static void h_metrics(api_request *r)
     esim_buf b = {0};
     if (svc_metrics_text(r->svc, &b) != ESIM_OK) {
         esim_buf_free(&b);
-        http_reply(r->svc, r->req, M_ROUTE_OTHER, 500, "text/plain", "store failed\n", 13);
+        api_error(r, 500, NULL, "the metrics could not be gathered (out of memory)");
         return;
     }
     http_reply(r->svc, r->req, M_ROUTE_OTHER, 200, "text/plain; version=0.0.4", b.data, b.len);
@@ -925,6 +925,41 @@ static bool text_valid(api_request *r, const char *pattern)
     return true;
 }
 
+/* 405 for |path|, which exists: the methods it takes go in the Allow
+ * header and the message. */
+static void method_not_allowed(api_request *r, const char *path, const char *method_name)
+{
+    static const struct {
+        enum evhttp_cmd_type cmd;
+        const char *word;
+    } names[] = {{EVHTTP_REQ_GET, "GET"},
+                 {EVHTTP_REQ_POST, "POST"},
+                 {EVHTTP_REQ_PUT, "PUT"},
+                 {EVHTTP_REQ_DELETE, "DELETE"},
+                 {EVHTTP_REQ_PATCH, "PATCH"}};
+    unsigned mask = 0;
+    size_t n_table = sizeof routes / sizeof routes[0];
+    for (size_t i = 0; i < n_table + r->svc->n_routes; i++) {
+        char *decoded[API_MAX_PARAMS] = {0};
+        api_request probe = {.svc = r->svc, .req = r->req};
+        const char *pattern = i < n_table ? routes[i].pattern : r->svc->routes[i - n_table].pattern;
+        if (route_match(pattern, path, &probe, decoded))
+            mask |= i < n_table ? (unsigned)routes[i].method
+                                : (unsigned)r->svc->routes[i - n_table].method;
+        for (size_t k = 0; k < API_MAX_PARAMS; k++)
+            free(decoded[k]);
+    }
+    char allow[64] = "";
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (mask & (unsigned)names[i].cmd)
+            snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
+                     allow[0] ? ", " : "", names[i].word);
+    if (allow[0])
+        esim_api_add_header(r, "Allow", allow);
+    api_error(r, 405, NULL, "%s is not allowed on %s: use %s", method_name, path,
+              allow[0] ? allow : "another method");
+}
+
 void api_dispatch(esim_service *svc, struct evhttp_request *req)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -961,7 +996,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
     svc->audit = &r;
     if (!hit && !module_hit) {
         if (path_known)
-            api_error(&r, 405, NULL, "method not allowed on %s", path);
+            method_not_allowed(&r, path, method_name);
         else
             api_error(&r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
     } else if (needs_token && !access_check_request(svc, &r, method_name, path)) {

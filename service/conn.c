@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -187,31 +188,71 @@ static void raw_answer(esim_service *svc, svc_conn *c, int code, const char *rea
     evutil_socket_t fd = bufferevent_getfd(c->bev);
     if (fd < 0)
         return;
-    char msg[512];
+    /* The admin API's error object (every text here is plain ASCII without
+     * quotes): a device ignores the body, an API client can parse it. */
+    char body[400], msg[700];
+    int b =
+        snprintf(body, sizeof body, "{\"error\":{\"status\":%d,\"message\":\"%s\"}}\n", code, text);
+    if (b <= 0 || (size_t)b >= sizeof body)
+        return;
     int n = snprintf(msg, sizeof msg,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Connection: close\r\n%sContent-Length: %zu\r\n\r\n%s\n",
-                     code, reason, code == 503 ? "Retry-After: 1\r\n" : "", strlen(text) + 1, text);
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Connection: close\r\n%sContent-Length: %d\r\n\r\n%s",
+                     code, reason, code == 503 ? "Retry-After: 1\r\n" : "", b, body);
     if (n > 0 && (size_t)n < sizeof msg) {
         ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
 }
 
-/* Refuses the connection: the answer now, the connection freed from its
+/* Answers |code| and closes: the answer now, the connection freed from its
  * timer (never from inside evhttp's own callbacks). */
-static void refuse(esim_service *svc, svc_conn *c, int reason, const char *text)
+static void close_with(esim_service *svc, svc_conn *c, int code, const char *reason,
+                       const char *text)
 {
     if (c->phase == PHASE_REFUSING)
         return;
-    svc->m.conn_refused[reason]++;
-    raw_answer(svc, c, 503, "Service Unavailable", text);
+    raw_answer(svc, c, code, reason, text);
     c->phase = PHASE_REFUSING;
     /* Its bytes go with it, in this loop pass: they must not push the
      * peer's other requests over the limit meanwhile. */
     pending_release(svc, c);
     event_del(c->timer);
     event_active(c->timer, EV_TIMEOUT, 0);
+}
+
+/* Refuses the connection (a limit): 503. */
+static void refuse(esim_service *svc, svc_conn *c, int reason, const char *text)
+{
+    if (c->phase == PHASE_REFUSING)
+        return;
+    svc->m.conn_refused[reason]++;
+    close_with(svc, c, 503, "Service Unavailable", text);
+}
+
+/* The Content-Length of the request header at the start of |buf| (up to
+ * its blank line), or -1 when it has none or its start was read already. */
+static long long declared_length(struct evbuffer *buf)
+{
+    char head[8192];
+    ev_ssize_t n = evbuffer_copyout(buf, head, sizeof head - 1);
+    if (n <= 0)
+        return -1;
+    head[n] = '\0';
+    /* Only a whole header: it starts with a request line. */
+    if (!strstr(head, " HTTP/1."))
+        return -1;
+    for (char *line = strchr(head, '\n'); line; line = strchr(line, '\n')) {
+        line++;
+        if (*line == '\r' || *line == '\n' || !*line)
+            break; /* the blank line: the body follows */
+        if (strncasecmp(line, "Content-Length:", 15) != 0)
+            continue;
+        char *end = NULL;
+        long long v = strtoll(line + 15, &end, 10);
+        return end && end != line + 15 && v >= 0 ? v : -1;
+    }
+    return -1;
 }
 
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
@@ -338,6 +379,13 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
                     c->phase = PHASE_BODY;
                     event_del(c->timer);
                     schedule(c, svc->cfg.body_timeout_ms);
+                    /* A body announced over the limit is refused before
+                     * it is read (plain HTTP; over TLS, and when the
+                     * header came in pieces, once it is read: service.c). */
+                    long long declared = svc->tls ? -1 : declared_length(buf);
+                    if (declared > (long long)svc->cfg.max_body)
+                        close_with(svc, c, 413, "Payload Too Large",
+                                   "the body is over the size limit (max-body)");
                     return;
                 }
                 if (c->line_len)

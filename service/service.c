@@ -592,6 +592,19 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!conn_request_started(svc, req))
         return;
+    /* The body limit is checked here rather than by evhttp, whose refusal
+     * is an HTML page (conn.c refuses a body announced too big earlier). */
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > svc->cfg.max_body) {
+        static const char body[] = "{\"error\":{\"status\":413,\"message\":\"the body is over "
+                                   "the size limit (max-body)\"}}\n";
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        http_reply(svc, req,
+                   path && (is_device_path(svc, path) || strcmp(path, OMADM_PATH) == 0)
+                       ? M_ROUTE_MDM
+                       : M_ROUTE_API,
+                   413, "application/json", body, sizeof body - 1);
+        return;
+    }
     svc_batch_open(svc);
     if (path && is_device_path(svc, path)) {
         svc->dev_req = req;
@@ -731,12 +744,18 @@ static esim_err http_setup(esim_service *svc, esim_error *err)
     if (!svc->http)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     evhttp_set_gencb(svc->http, on_request, svc);
-    evhttp_set_max_body_size(svc->http, (ev_ssize_t)svc->cfg.max_body);
+    /* No limit in evhttp: on_request and conn.c apply --max-body (a
+     * reload's new value too) and answer JSON; the bytes a request can hold
+     * are capped by conn.c's pending-bytes limits whatever it announces. */
+    evhttp_set_max_body_size(svc->http, -1);
     evhttp_set_max_headers_size(svc->http, 64 * 1024);
     evhttp_set_timeout(svc->http, 60);
+    /* Every method reaches the routes, which answer 405 (JSON, with Allow)
+     * to one they do not take; evhttp's own refusal is an HTML 501. */
     evhttp_set_allowed_methods(svc->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
-                                              EVHTTP_REQ_PATCH);
+                                              EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS |
+                                              EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_bevcb(svc->http, new_bev, svc);
     if ((rc = conn_setup(svc, err)) != ESIM_OK)
         return rc;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -75,6 +76,144 @@ static void test_api_requires_token(void **state)
     assert_int_equal(api_call(ts.url, NULL, "GET", "/healthz", NULL, NULL, NULL), 200);
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/nothing", NULL, NULL, NULL), 404);
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "PUT", "/v1/devices", "", NULL, NULL), 405);
+    harness_stop(&ts);
+}
+
+/* ---- every error is the same JSON object ---- */
+
+typedef struct {
+    const char *method, *path, *token, *content_type;
+    size_t body_len; /* 0: no body; the body is that many '{' */
+    bool chunked;
+    long status;
+    const char *allow; /* the Allow header a 405 carries, or NULL */
+    const char *words; /* in the message */
+} error_case;
+
+static size_t header_cb(char *line, size_t size, size_t n, void *arg)
+{
+    char *allow = arg;
+    size_t len = size * n;
+    if (len > 7 && strncasecmp(line, "Allow: ", 7) == 0)
+        snprintf(allow, 64, "%.*s", (int)(len - 9 > 60 ? 60 : len - 9), line + 7);
+    return len;
+}
+
+static size_t body_cb(char *data, size_t size, size_t n, void *arg)
+{
+    esim_buf_append(arg, data, size * n);
+    return size * n;
+}
+
+/* Runs |c| and checks the answer: its status, application/json, and
+ * {"error": {"status": N, "message": "..."}} with the same N. */
+static void check_error_case(const char *url, const error_case *c, const char *big)
+{
+    CURL *h = curl_easy_init();
+    char full[512], auth[160], allow[64] = "";
+    snprintf(full, sizeof full, "%s%s", url, c->path);
+    struct curl_slist *hd = NULL;
+    if (c->token) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
+        hd = curl_slist_append(hd, auth);
+    }
+    if (c->content_type) {
+        char ct[128];
+        snprintf(ct, sizeof ct, "Content-Type: %s", c->content_type);
+        hd = curl_slist_append(hd, ct);
+    }
+    if (c->chunked)
+        hd = curl_slist_append(hd, "Transfer-Encoding: chunked");
+    esim_buf reply = {0};
+    curl_easy_setopt(h, CURLOPT_URL, full);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, c->method);
+    if (strcmp(c->method, "HEAD") == 0)
+        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    if (c->body_len) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, big);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, c->chunked ? -1L : (long)c->body_len);
+    }
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, (void *)allow);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    char *ctype = NULL;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ctype);
+    if (rc != CURLE_OK && status == 0)
+        fail_msg("%s %s: %s", c->method, c->path, curl_easy_strerror(rc));
+    if (status != c->status)
+        fail_msg("%s %s: %ld, not %ld: %.*s", c->method, c->path, status, c->status, (int)reply.len,
+                 (const char *)reply.data);
+    if (!ctype || strncmp(ctype, "application/json", 16) != 0)
+        fail_msg("%s %s: Content-Type %s", c->method, c->path, ctype ? ctype : "none");
+    if (strcmp(c->method, "HEAD") != 0) {
+        json_t *j = json_loadb((const char *)reply.data, reply.len, 0, NULL);
+        json_t *e = json_object_get(j, "error");
+        if (!json_is_object(e) || json_integer_value(json_object_get(e, "status")) != status)
+            fail_msg("%s %s: not the error object: %.*s", c->method, c->path, (int)reply.len,
+                     (const char *)reply.data);
+        const char *msg = json_string_value(json_object_get(e, "message"));
+        assert_non_null(msg);
+        /* One style: a lower-case start (or a name: API, HTTP...), no final full stop. */
+        if (!(msg[0] >= 'a' && msg[0] <= 'z') && strncmp(msg, "API", 3) != 0 &&
+            strncmp(msg, "GET", 3) != 0 && strncmp(msg, "PUT", 3) != 0 &&
+            strncmp(msg, "OPTIONS", 7) != 0 && strncmp(msg, "TRACE", 5) != 0 &&
+            strncmp(msg, "PATCH", 5) != 0)
+            fail_msg("%s %s: message style: %s", c->method, c->path, msg);
+        assert_int_not_equal(msg[strlen(msg) - 1], '.');
+        if (c->words && !strstr(msg, c->words))
+            fail_msg("%s %s: '%s' lacks '%s'", c->method, c->path, msg, c->words);
+        json_decref(j);
+    }
+    if (c->allow)
+        assert_string_equal(allow, c->allow);
+    esim_buf_free(&reply);
+    curl_slist_free_all(hd);
+    curl_easy_cleanup(h);
+}
+
+static void test_api_errors_are_json(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "errors", &cfg, ts.data_dir);
+    cfg.max_body = 4096;
+    esim_api_key keys[] = {{"reader", "reader-token-0123456789", ESIM_ROLE_READ_ONLY}};
+    cfg.api_keys = keys;
+    cfg.n_api_keys = 1;
+    harness_start(&ts, &cfg);
+    static char big[8192];
+    memset(big, '{', sizeof big - 1);
+    const char *T = TEST_TOKEN;
+    const error_case cases[] = {
+        {"GET", "/v1/devices", NULL, NULL, 0, false, 401, NULL, "token"},
+        {"GET", "/v1/devices", "wrong-token-0000000000", NULL, 0, false, 401, NULL, "token"},
+        {"POST", "/v1/commands", "reader-token-0123456789", "application/json", 2, false, 403, NULL,
+         "role"},
+        {"GET", "/v1/nothing", T, NULL, 0, false, 404, NULL, "no such endpoint"},
+        {"GET", "/nothing-at-all", NULL, NULL, 0, false, 404, NULL, "no such endpoint"},
+        {"GET", "/v1/devices/00008130-0000000000000099", T, NULL, 0, false, 404, NULL, NULL},
+        {"GET", "/v1/commands/no-such-command", T, NULL, 0, false, 404, NULL, NULL},
+        {"PUT", "/v1/devices", T, NULL, 0, false, 405, "GET", "use GET"},
+        {"OPTIONS", "/v1/devices", T, NULL, 0, false, 405, "GET", "use GET"},
+        {"TRACE", "/v1/commands", T, NULL, 0, false, 405, "POST", "use POST"},
+        {"PATCH", "/healthz", NULL, NULL, 0, false, 405, "GET", NULL},
+        {"POST", "/v1/commands", T, "application/json", 5, false, 400, NULL, "JSON"},
+        {"POST", "/v1/commands", T, "application/json", 5000, false, 413, NULL, "size limit"},
+        {"POST", "/v1/commands", T, "application/json", 5000, true, 413, NULL, "size limit"},
+        {"PUT", "/v1/enqueue/00008130-0000000000000099", T, "application/xml", 5000, false, 413,
+         NULL, "size limit"},
+        {"DELETE", "/v1/devices/00008130-0000000000000099/queue/x", T, NULL, 0, false, 404, NULL,
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_error_case(ts.url, &cases[i], big);
     harness_stop(&ts);
 }
 
@@ -1004,6 +1143,7 @@ int main(void)
         cmocka_unit_test(test_webhook_receiver_silent_and_shutdown_in_flight),
         cmocka_unit_test(test_push_through_apns_mock),
         cmocka_unit_test(test_module_hooks_routes_metrics_close),
+        cmocka_unit_test(test_api_errors_are_json),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
