@@ -168,8 +168,11 @@ static const char *push_words(uint8_t s)
     return s < 6 ? w[s] : "unknown";
 }
 
-static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const campaign_dev *cd,
-                               const store_device_facts *f, const store_device *dev)
+/* Returns how many of the campaign's keys this device ignores (its iOS or
+ * supervision): something to know, not a failure, as nothing can fix it
+ * from here. */
+static size_t check_restrictions(diag *d, campaigns *cs, const campaign *c, const campaign_dev *cd,
+                                 const store_device_facts *f, const store_device *dev)
 {
     (void)cs;
     const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
@@ -178,7 +181,7 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
         (cd->step > CAMPAIGN_STEP_PROFILE || cd->state == CDEV_VERIFIED || cd->state == CDEV_DONE);
     if (!installed) {
         check(d, "restrictions", -1, "no eSIM restrictions profile was installed by a campaign");
-        return;
+        return 0;
     }
     const char *os = f->os_version[0] ? f->os_version : dev->os_version;
     esim_ignored_key ig[4];
@@ -203,10 +206,30 @@ static void check_restrictions(diag *d, campaigns *cs, const campaign *c, const 
     for (size_t i = 0; i < n && p < sizeof ignored; i++)
         p += (size_t)snprintf(ignored + p, sizeof ignored - p, "%s%s %s", i ? "; " : "", ig[i].key,
                               ig[i].reason);
-    check(d, "restrictions", n == 0, "in force: %s%s%s", o ? inforce : "none",
+    check(d, "restrictions", n == 0 ? 1 : -1, "in force: %s%s%s", o ? inforce : "none",
           n ? ". Ignored by this device: " : "", n ? ignored : "");
     if (f->supervised < 0)
         check(d, "supervision", -1, "unknown: no DeviceInformation answer has said yet");
+    return n;
+}
+
+/* Whether a stored error chain holds NSURLErrorDomain -1003
+ * (NSURLErrorCannotFindHost): the SM-DP+'s host name did not resolve. */
+static bool chain_says_dns(const char *json)
+{
+    json_t *arr = json ? json_loads(json, 0, NULL) : NULL;
+    bool dns = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(arr, i, e)
+    {
+        const char *dom = json_string_value(json_object_get(e, "error_domain"));
+        if (dom && strcmp(dom, "NSURLErrorDomain") == 0 &&
+            json_integer_value(json_object_get(e, "error_code")) == -1003)
+            dns = true;
+    }
+    json_decref(arr);
+    return dns;
 }
 
 /* The device's latest "pushed" or "push_failed" ledger event. */
@@ -354,7 +377,12 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     size_t nq = 0;
     json_t *cmds = json_array();
     char last_error[400] = "";
-    int64_t last_code = 0;
+    int64_t last_code = 0, last_error_at = 0;
+    bool last_error_dns = false;
+    /* The store gives the waiting entries first (delivery order), then the
+     * final ones newest first; the list shows them oldest first, so the
+     * newest is last, with the ones still waiting after them. */
+    json_t *waiting = json_array();
     if (esim_store_device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
         for (size_t i = 0; i < nq; i++) {
             char words[400];
@@ -376,14 +404,42 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                     snprintf(last_error, sizeof last_error, "%.63s answered %.320s",
                              q[i].request_type, words);
                     last_code = code;
+                    last_error_at = q[i].answered_at;
+                    last_error_dns = chain_says_dns(q[i].error_chain_json);
                 }
             }
-            json_array_append_new(cmds, e);
+            bool final = q[i].state == STORE_Q_ACKNOWLEDGED || q[i].state == STORE_Q_ERROR ||
+                         q[i].state == STORE_Q_FORMAT_ERROR || q[i].state == STORE_Q_EXPIRED ||
+                         q[i].state == STORE_Q_CANCELED;
+            if (final)
+                json_array_insert_new(cmds, 0, e); /* newest first: reversed */
+            else
+                json_array_append_new(waiting, e);
         }
         esim_store_queue_entries_free(q, nq);
     }
-    check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
-          nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);
+    json_array_extend(cmds, waiting);
+    json_decref(waiting);
+    /* What the device reported since: an error older than its verified
+     * eSIM belongs to an attempt that was overtaken (an old campaign). */
+    store_device_facts f;
+    esim_store_facts_get(st, udid, &f, NULL);
+    const char *eid = cd && cd->eid[0] ? cd->eid : "";
+    bool verified_since_error = last_error[0] && f.verified_ms && eid[0] &&
+                                strcmp(f.eid, eid) == 0 && f.verified_ms >= last_error_at;
+    if (verified_since_error) {
+        fmt_time(f.verified_ms, t1);
+        check(&d, "commands", 1,
+              "%zu command%s on record; no error since the eSIM was verified (%s; an earlier "
+              "attempt's: %s)",
+              nq, nq == 1 ? "" : "s", t1, last_error);
+        last_error[0] = '\0';
+        last_code = 0;
+        last_error_dns = false;
+    } else {
+        check(&d, "commands", last_error[0] == '\0', "%zu command%s on record%s%s", nq,
+              nq == 1 ? "" : "s", last_error[0] ? "; latest error: " : "", last_error);
+    }
 
     /* Windows: what verification found of the last eSIM operation. */
     store_event ve;
@@ -408,19 +464,16 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
               (unsigned)cd->not_now, cd->not_now == 1 ? "" : "s", campaign_id(c));
 
     /* 4. restrictions, expected eSIM, SM-DP+, verification */
-    store_device_facts f;
-    esim_store_facts_get(st, udid, &f, NULL);
-    if (cd)
-        check_restrictions(&d, cs, c, cd, &f, &dev);
-    const char *eid = cd && cd->eid[0] ? cd->eid : "";
+    size_t ignored_keys = cd ? check_restrictions(&d, cs, c, cd, &f, &dev) : 0;
     const char *iccid = cd && cd->iccid[0] ? cd->iccid : "";
     check(&d, "expected_esim", eid[0] != '\0', eid[0] ? "EID %s%s%s" : "%s",
           eid[0] ? eid : "no expected EID: import the OEM manifest (esim-mdm import eids)",
           iccid[0] ? ", ICCID " : "", iccid);
     const campaign_spec *spec = c ? campaign_get_spec(c) : NULL;
-    check(&d, "smdp", -1, "%s%s",
+    check(&d, "smdp", last_error_dns ? 0 : -1, "%s%s%s",
           spec && spec->smdp_url ? "profiles come from " : "no SM-DP+ named by a campaign",
-          spec && spec->smdp_url ? spec->smdp_url : "");
+          spec && spec->smdp_url ? spec->smdp_url : "",
+          last_error_dns ? "; the device could not resolve its host name (DNS)" : "");
     bool verified =
         (cd && cd->state == CDEV_VERIFIED) || (f.verified_ms && eid[0] && strcmp(f.eid, eid) == 0);
     fmt_time(f.verified_ms, t1);
@@ -437,17 +490,42 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     if (!cd)
         conclude(&d, "no_campaign", "Create a campaign for it (esim-mdm campaign create).",
                  "No campaign has targeted this device yet.");
+    /* A failure the device's own report overtook: it has the expected
+     * eSIM now (verified after the campaign gave up on it). */
+    bool overtaken =
+        cd && verified && cd->state != CDEV_VERIFIED &&
+        (cd->state == CDEV_FAILED || cd->state == CDEV_UNVERIFIED || cd->state == CDEV_TIMED_OUT) &&
+        f.verified_ms >= cd->changed_ms;
+    if (cd && !overtaken && last_error_dns && cd->state != CDEV_VERIFIED &&
+        cd->state != CDEV_DONE && cd->state != CDEV_CANCELED)
+        conclude(&d, "smdp_dns",
+                 "Check the SM-DP+ address of the campaign (a typo?) and that the device's "
+                 "network resolves it (DNS), then re-run the campaign for this device.",
+                 "The device could not find the SM-DP+ %s: its host name does not resolve (a DNS "
+                 "failure), so nothing was downloaded.",
+                 spec && spec->smdp_url ? spec->smdp_url : "host");
     if (cd) {
         const char *step = campaign_step_name((campaign_step)cd->step);
         const char *why = cd->reason ? cd->reason : "";
-        switch (cd->state) {
+        char note[200] = "";
+        if (f.supervised == 0)
+            snprintf(note, sizeof note,
+                     " Note: the device is not supervised, so the eSIM restrictions are not "
+                     "enforced.");
+        else if (ignored_keys)
+            snprintf(note, sizeof note,
+                     " Note: this device ignores %zu of the restrictions (see restrictions).",
+                     ignored_keys);
+        char gave_up[200] = "";
+        if (overtaken)
+            snprintf(gave_up, sizeof gave_up,
+                     " (Campaign %s had marked it %s before the device reported it.)",
+                     campaign_id(c), campaign_dev_state_name((campaign_dev_state)cd->state));
+        switch (overtaken ? CDEV_VERIFIED : cd->state) {
         case CDEV_VERIFIED:
-            conclude(&d, "verified",
-                     f.supervised == 0 ? "Nothing to do for the eSIM. Note: the device is not "
-                                         "supervised, so the eSIM restrictions are not enforced."
-                                       : "Nothing to do.",
-                     "The eSIM is installed and verified: the device reports EID %s%s%s.", eid,
-                     iccid[0] ? " with ICCID " : "", iccid);
+            conclude(&d, "verified", note[0] ? "Nothing to do for the eSIM." : "Nothing to do.",
+                     "The eSIM is installed and verified: the device reports EID %s%s%s.%s%s", eid,
+                     iccid[0] ? " with ICCID " : "", iccid, note, gave_up);
             break;
         case CDEV_DONE:
             conclude(&d, "done", "Nothing to do.", "Every step of campaign %s finished%s%s.",

@@ -117,13 +117,13 @@ static const char mock_help[] =
     "                            no delivery)\n"
     "\n"
     "On start it prints one JSON line with the bound ports, e.g.\n"
-    "  {\"listening\":{\"tls\":2197,\"open\":0,\"h2c\":0,\"delivery\":8081}}\n"
+    "  {\"listening\":{\"tls\":2197,\"open\":0,\"h2c\":0,\"delivery\":2198}}\n"
     "and on exit a line with its counters.\n"
     "\n"
     "example:\n"
     "  esim-mdm pki --dir pki\n"
     "  esim-mdm apns-mock --listen 127.0.0.1:2197 --tls-cert pki/server.pem \\\n"
-    "      --tls-key pki/server.key --client-ca pki/ca.pem --delivery-listen 127.0.0.1:8081\n"
+    "      --tls-key pki/server.key --client-ca pki/ca.pem --delivery-listen 127.0.0.1:2198\n"
     "\n"
     "exit status: 0 stopped by a signal, 1 failed at run time, 2 bad options.\n";
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli/campaign_http.h"
+#include "cli/progress.h"
 #include "cli/cli.h"
 #include "cli/options.h"
 
@@ -45,27 +46,25 @@ static void sleep_ms(long ms)
 static const char *const final_states[] = {"verified",  "done",     "unverified", "failed",
                                            "timed_out", "canceled", "staged"};
 
-/* One line: a bar of finished devices and the counts that matter. */
-void campaign_progress_line(FILE *out, const json_t *summary, double elapsed_s, bool tty)
+/* One line: the counts that matter and, on a terminal (|columns| > 0), a
+ * bar of finished devices, redrawn in place within its width. */
+void campaign_progress_line(FILE *out, const json_t *summary, double elapsed_s, int columns)
 {
     const json_t *counts = json_object_get(summary, "counts");
-    long total = jint(summary, "devices");
-    long finished = 0;
+    progress_counts c = {.total = jint(summary, "devices"),
+                         .verified = jint(counts, "verified"),
+                         .refresh_acked = jint(summary, "refresh_acknowledged"),
+                         .active = jint(counts, "active") + jint(counts, "pending"),
+                         .waiting = jint(counts, "retry_wait"),
+                         .failed = jint(counts, "failed"),
+                         .unverified = jint(counts, "unverified"),
+                         .timed_out = jint(counts, "timed_out"),
+                         .elapsed_s = elapsed_s};
     for (size_t i = 0; i < sizeof final_states / sizeof final_states[0]; i++)
-        finished += jint(counts, final_states[i]);
-    int width = 30;
-    int fill = total > 0 ? (int)((double)finished * width / (double)total) : 0;
-    char bar[64];
-    for (int i = 0; i < width; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[width] = '\0';
-    fprintf(out,
-            "%s[%s] %ld/%ld  verified %ld  refresh-acked %ld  active %ld  waiting %ld  failed %ld  "
-            "unverified %ld  timed out %ld  %.1fs%s",
-            tty ? "\r" : "", bar, finished, total, jint(counts, "verified"),
-            jint(summary, "refresh_acknowledged"), jint(counts, "active") + jint(counts, "pending"),
-            jint(counts, "retry_wait"), jint(counts, "failed"), jint(counts, "unverified"),
-            jint(counts, "timed_out"), elapsed_s, tty ? "\033[K" : "\n");
+        c.finished += jint(counts, final_states[i]);
+    char line[400];
+    progress_format(line, sizeof line, &c, columns);
+    fprintf(out, columns > 0 ? "\r%s\033[K" : "%s\n", line);
     fflush(out);
 }
 
@@ -78,6 +77,7 @@ void campaign_progress_line(FILE *out, const json_t *summary, double elapsed_s, 
 int campaign_follow(chttp *c, const char *id, double max_s, bool quiet, json_t **last)
 {
     bool tty = isatty(STDERR_FILENO);
+    int columns = progress_columns(STDERR_FILENO);
     int64_t start = esim_mono_ms(), last_line = 0;
     char path[256];
     snprintf(path, sizeof path, "/v1/campaigns/%s?limit=0", id);
@@ -97,7 +97,7 @@ int campaign_follow(chttp *c, const char *id, double max_s, bool quiet, json_t *
         const char *state = jstr(s, "state");
         bool done = strcmp(state, "finished") == 0 || strcmp(state, "canceled") == 0;
         if (!quiet && (tty || done || esim_mono_ms() - last_line >= 2000)) {
-            campaign_progress_line(stderr, s, el, tty);
+            campaign_progress_line(stderr, s, el, columns);
             last_line = esim_mono_ms();
         }
         json_decref(*last);
@@ -536,7 +536,7 @@ static const char diagnose_help[] =
     "$ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE); --ca is the SM-DP+'s.\n"
     "\n"
     "example:\n"
-    "  esim-mdm diagnose 00008110-000A1B2C3D4E5F60 --smdp https://127.0.0.1:8444 --ca pki/ca.pem\n"
+    "  esim-mdm diagnose 00008110-000A1B2C3D4E5F60 --smdp https://127.0.0.1:9443 --ca pki/ca.pem\n"
     "\n"
     "exit status: 0 diagnosed, 1 the service could not be asked, 2 bad options.\n";
 

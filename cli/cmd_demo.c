@@ -39,7 +39,8 @@ static const char demo_help[] =
     "\n"
     "options:\n"
     "  --devices N              simulated devices (default 1000)\n"
-    "  --json                   the last line of output is one JSON summary object\n"
+    "  --json                   standard output is one JSON summary object (the\n"
+    "                           story goes to standard error)\n"
     "  --pushes-per-second N    the campaign's push ceiling (default 5000)\n"
     "  --max-in-flight N        devices with a command outstanding at once (default 500;\n"
     "                           0: no limit)\n"
@@ -133,6 +134,7 @@ typedef struct {
     int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
     double inventory_s; /* one DeviceInformation round to every device */
     long inventory_answered;
+    long inventory_not_now;     /* NotNow answers meanwhile: not answers */
     long service_rss_before_kb; /* the service's memory just before the campaign */
     long service_rss_after_kb;  /* ... and when it finished */
     chttp api, sim, smdp;
@@ -367,6 +369,7 @@ static bool wait_enrolled(demo *d, double *secs)
 {
     int64_t start = esim_mono_ms(), progress_at = start;
     long enrolled = 0;
+    char refused[400] = "";
     for (;;) {
         int64_t now = esim_mono_ms();
         if (d->enrol_timeout_s > 0 ? now - start >= (int64_t)(d->enrol_timeout_s * 1000.0)
@@ -376,8 +379,17 @@ static bool wait_enrolled(demo *d, double *secs)
             return false;
         json_t *s = NULL;
         long seen = enrolled;
-        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
+        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
             seen = jint(s, "enrolled_now");
+            /* Why the service refused enrolments, in its words. */
+            const json_t *r = json_object_get(s, "enrolment_refused");
+            if (r)
+                snprintf(refused, sizeof refused,
+                         "; the service refused %ld enrolment%s, the "
+                         "last (HTTP %ld): %s",
+                         jint(r, "count"), jint(r, "count") == 1 ? "" : "s", jint(r, "status"),
+                         jstr(r, "reason"));
+        }
         json_decref(s);
         if (seen > enrolled)
             progress_at = esim_mono_ms();
@@ -389,12 +401,12 @@ static bool wait_enrolled(demo *d, double *secs)
         sup_sleep_ms(100);
     }
     if (d->enrol_timeout_s > 0)
-        fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within %.0f s\n", enrolled,
-                d->devices, d->enrol_timeout_s);
+        fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within %.0f s%s\n",
+                enrolled, d->devices, d->enrol_timeout_s, refused);
     else
         fprintf(stderr,
-                "esim-mdm demo: only %ld of %u devices enrolled, none more in the last 120 s\n",
-                enrolled, d->devices);
+                "esim-mdm demo: only %ld of %u devices enrolled, none more in the last 120 s%s\n",
+                enrolled, d->devices, refused);
     return false;
 }
 
@@ -577,7 +589,9 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
 {
     json_t *before = NULL;
     call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &before);
-    long acked0 = jint(before, "acknowledged") + jint(before, "not_now") + jint(before, "errors");
+    /* NotNow is not an answer: the device keeps the command for later. */
+    long acked0 = jint(before, "acknowledged") + jint(before, "errors");
+    long not_now0 = jint(before, "not_now"), not_now = 0;
     json_decref(before);
     for (size_t start = 0; start < n; start += 20000) {
         json_t *udids = json_array();
@@ -594,8 +608,10 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     long answered = 0;
     while (esim_mono_ms() - start < 15000 && !sup_stopping()) {
         json_t *s = NULL;
-        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
-            answered = jint(s, "acknowledged") + jint(s, "not_now") + jint(s, "errors") - acked0;
+        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
+            answered = jint(s, "acknowledged") + jint(s, "errors") - acked0;
+            not_now = jint(s, "not_now") - not_now0;
+        }
         json_decref(s);
         if (answered >= (long)(n * 95 / 100))
             break;
@@ -603,10 +619,11 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     }
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
     d->inventory_answered = answered < (long)n ? answered : (long)n;
+    d->inventory_not_now = not_now;
     say(d,
         "  inventory: %ld of %zu devices answered DeviceInformation (IsSupervised, OSVersion) in "
-        "%.1f s\n",
-        d->inventory_answered, n, d->inventory_s);
+        "%.1f s; %ld NotNow (busy devices, asked again later)\n",
+        d->inventory_answered, n, d->inventory_s, not_now);
 }
 
 static json_t *campaign_body(demo *d, const char *name, json_t *target, const char *const *steps,
@@ -996,6 +1013,7 @@ static int run(demo *d)
         json_object_set_new(j, "verifiable", json_integer(verifiable));
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
+        json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));
         json_object_set_new(j, "service_campaign_kib_per_device", json_real(campaign_kib));
         for (size_t k = 0; j && k < sizeof child_names / sizeof child_names[0]; k++) {
             if (!sup_started(&d->sup, child_names[k]))
@@ -1136,7 +1154,9 @@ int cmd_demo(int argc, char **argv)
     }
     if (sample)
         return demo_print_sample();
-    d.out = stdout;
+    /* With --json, standard output is the summary object alone: what
+     * people read goes to standard error. */
+    d.out = d.json ? stderr : stdout;
     if (!sup_init(&d.sup, "esim-mdm demo"))
         return CLI_EXIT_FAIL;
     d.sup.dir = d.dir;

@@ -533,6 +533,20 @@ static int cmd_manifest(int argc, char **argv)
     return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }
 
+/* The service refused a device's enrolment: say why, once per reason. */
+static void say_refused(void *arg, const char *udid, long status, const char *reason)
+{
+    (void)arg;
+    if (status)
+        fprintf(stderr,
+                "esim-mdm devsim: the service refused to enrol %s (HTTP %ld): %s; the devices "
+                "retry with back-off\n",
+                udid, status, reason);
+    else
+        fprintf(stderr, "esim-mdm devsim: enrolling %s: %s; the devices retry with back-off\n",
+                udid, reason);
+}
+
 /* ---- devsim ------------------------------------------------------------------------- */
 
 int cmd_devsim(int argc, char **argv)
@@ -624,7 +638,8 @@ int cmd_devsim(int argc, char **argv)
                                       {"api-url", true, O_API_URL},
                                       {"api-key", true, O_API_KEY},
                                       {NULL, false, 0}};
-    sim_devsim_config cfg = {.pki_dir = "pki", .supervised_share = 1.0, .seed = 1};
+    sim_devsim_config cfg = {
+        .pki_dir = "pki", .supervised_share = 1.0, .seed = 1, .on_enrol_refused = say_refused};
     bool have_devices = false;
     const char *status_file = NULL;
     const char *resolve[16];

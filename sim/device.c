@@ -639,19 +639,23 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
         return answer_error(d, command_uuid, 36001, "CTCellularPlanErrorDomain", msg, result, err);
     /* Unreachable (refused, reset, timed out): as an iPhone says it, the
      * plan error with the URL loading error under it, NSURLErrorDomain
-     * -1004 "Could not connect to the server". Nothing was downloaded. */
+     * -1004 "Could not connect to the server", or -1003 when the host name
+     * did not resolve (NSURLErrorCannotFindHost). Nothing was downloaded. */
+    const char *url_words = r->host_unknown
+                                ? "A server with the specified hostname could not be found."
+                                : "Could not connect to the server.";
     esim_error_chain_entry chain[2] = {0};
     chain[0].code = 36001;
     snprintf(chain[0].domain, sizeof chain[0].domain, "CTCellularPlanErrorDomain");
     snprintf(chain[0].localized_description, sizeof chain[0].localized_description, "%.500s", msg);
     snprintf(chain[0].us_english_description, sizeof chain[0].us_english_description, "%.500s",
              msg);
-    chain[1].code = -1004;
+    chain[1].code = r->host_unknown ? -1003 : -1004;
     snprintf(chain[1].domain, sizeof chain[1].domain, "NSURLErrorDomain");
-    snprintf(chain[1].localized_description, sizeof chain[1].localized_description,
-             "Could not connect to the server.");
-    snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description,
-             "Could not connect to the server.");
+    snprintf(chain[1].localized_description, sizeof chain[1].localized_description, "%s",
+             url_words);
+    snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description, "%s",
+             url_words);
     esim_buf_reset(result);
     return esim_msg_build_result(d->udid, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL,
                                  ESIM_PLIST_XML, result, err);

@@ -58,6 +58,13 @@ typedef struct {
 
 struct sim_devsim {
     struct event_base *base;
+    /* Enrolments the service refused, the last one's words (the /stats
+     * "enrolment_refused" object), and the hook told of a new reason. */
+    size_t enrol_refused;
+    long refused_status;
+    char refused_udid[65], refused_reason[300];
+    void (*on_enrol_refused)(void *arg, const char *udid, long status, const char *reason);
+    void *enrol_refused_arg;
     sim_pki *pki;
     sim_http *http;
     char mdm_url[1024];
@@ -470,6 +477,43 @@ static void handle_command(req_ctx *ctx, sim_http_response *r)
     free(ctx);
 }
 
+/* The service's reason for refusing an enrolment, from its answer: the
+ * message of a JSON error object, or the text, on one line. */
+static void note_enrol_refused(sim_devsim *s, const char *udid, const sim_http_response *r)
+{
+    char reason[300] = "";
+    if (r->err != ESIM_OK) {
+        snprintf(reason, sizeof reason, "no answer: %s", r->errmsg);
+    } else {
+        json_t *j = r->body.len && r->body.data[0] == '{'
+                        ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL)
+                        : NULL;
+        const char *msg =
+            json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        if (msg)
+            snprintf(reason, sizeof reason, "%s", msg);
+        else
+            snprintf(reason, sizeof reason, "%.*s", (int)(r->body.len < 299 ? r->body.len : 299),
+                     r->body.len ? (const char *)r->body.data : "");
+        json_decref(j);
+        for (char *c = reason; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+        size_t n = strlen(reason);
+        while (n && reason[n - 1] == ' ')
+            reason[--n] = '\0';
+        if (!n)
+            snprintf(reason, sizeof reason, "HTTP %ld without a reason", r->status);
+    }
+    s->enrol_refused++;
+    bool fresh = strcmp(reason, s->refused_reason) != 0 || r->status != s->refused_status;
+    s->refused_status = r->err == ESIM_OK ? r->status : 0;
+    snprintf(s->refused_udid, sizeof s->refused_udid, "%s", udid);
+    snprintf(s->refused_reason, sizeof s->refused_reason, "%s", reason);
+    if (fresh && s->on_enrol_refused)
+        s->on_enrol_refused(s->enrol_refused_arg, udid, s->refused_status, reason);
+}
+
 static void on_service_reply(void *arg, sim_http_response *r)
 {
     req_ctx *ctx = arg;
@@ -479,6 +523,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
     if (r->err != ESIM_OK || r->status != 200) {
         s->stats.http_errors++;
         bool enrolling = ctx->kind != REQ_CHECKIN;
+        if (enrolling)
+            note_enrol_refused(s, sim_device_udid(sl->dev), r);
         free(ctx);
         session_end(s, i);
         /* Enrolment is retried for ever with back-off (1 s doubling to 64 s);
@@ -851,6 +897,11 @@ static json_t *stats_json(const sim_devsim *s)
                   (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
                   (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
                   "http_errors", (json_int_t)w.http_errors);
+    if (j && s->enrol_refused)
+        json_object_set_new(j, "enrolment_refused",
+                            json_pack("{s:I, s:s, s:I, s:s}", "count", (json_int_t)s->enrol_refused,
+                                      "udid", s->refused_udid, "status",
+                                      (json_int_t)s->refused_status, "reason", s->refused_reason));
     if (j && s->win) {
         /* Windows PCs: known = had at least one session. */
         size_t known = 0, pc_esim = 0, with_channel = 0;
@@ -1205,6 +1256,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     s->base = base;
+    s->on_enrol_refused = cfg->on_enrol_refused;
+    s->enrol_refused_arg = cfg->enrol_refused_arg;
     s->n = cfg->devices - pcs; /* the iPhones; the PCs live in s->win */
     s->max_concurrent = cfg->max_concurrent ? cfg->max_concurrent : 64;
     s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;

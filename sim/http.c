@@ -145,6 +145,7 @@ static void check_done(sim_http *h)
                     : (res == CURLE_SSL_CONNECT_ERROR || res == CURLE_PEER_FAILED_VERIFICATION)
                         ? ESIM_ECRYPTO
                         : ESIM_EUNAVAIL;
+            r.host_unknown = res == CURLE_COULDNT_RESOLVE_HOST;
             snprintf(r.errmsg, sizeof r.errmsg, "%s",
                      x->too_big     ? "response too large"
                      : x->errbuf[0] ? x->errbuf

@@ -123,6 +123,7 @@ static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb
 static json_t *parse_answer(lpa_op *op, sim_http_response *r)
 {
     if (r->err != ESIM_OK) {
+        op->res.host_unknown = r->host_unknown;
         fail_op(op, ESIM_EUNAVAIL, "SM-DP+ unreachable: %s", r->errmsg);
         return NULL;
     }

@@ -279,6 +279,7 @@ typedef struct {
     long status;   /* HTTP status */
     esim_buf body; /* owned by the client; valid during the callback */
     char errmsg[256];
+    bool host_unknown; /* the host name did not resolve (DNS) */
 } sim_http_response;
 
 typedef void (*sim_http_cb)(void *arg, sim_http_response *resp);
@@ -303,6 +304,7 @@ typedef struct {
     char subject_code[16]; /* SM-DP+ statusCodeData when it refused, else "" */
     char reason_code[16];
     char message[256]; /* in words, for the error chain */
+    bool host_unknown; /* ESIM_EUNAVAIL because the SM-DP+'s name did not resolve */
 } sim_download_result;
 
 typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
@@ -765,6 +767,12 @@ typedef struct {
     const char *eim_id;  /* NULL: "esim-mdm" */
     const char *api_url; /* the service's admin API base; NULL: no registration */
     const char *api_key;
+    /* Optional: told when the service refuses an enrolment (Authenticate or
+     * TokenUpdate answered other than 200), with the HTTP status (0: no
+     * answer) and the service's reason in words; once per distinct reason
+     * (a device retries with back-off, and a fleet would repeat it). */
+    void (*on_enrol_refused)(void *arg, const char *udid, long status, const char *reason);
+    void *enrol_refused_arg;
 } sim_devsim_config;
 
 /* IoT devices (iotfleet.c): how many; poll cycles and their failures

@@ -33,6 +33,7 @@ typedef enum {
     REFRESH_HW_ERROR,
     REFRESH_CONSUMED,       /* the SM-DP+ refused: the profile was downloaded before */
     REFRESH_ALWAYS_NOT_NOW, /* locked for good */
+    REFRESH_DNS,            /* the SM-DP+'s host name does not resolve (NSURLErrorDomain -1003) */
     REFRESH_REFUSED_AGAIN,  /* the device simulator's answer when the SM-DP+ says "already
                                downloaded" (sim/device.c: sim_device_finish_download) */
 } refresh_way;
@@ -164,6 +165,17 @@ static int sdev_checkin(sdev *s)
                 snprintf(e[1].us_english_description, sizeof e[1].us_english_description,
                          "SM-DP+ refused the download: 8.2/3.7 profile already downloaded: not "
                          "available for a new binding");
+                st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, e, 2, NULL, &next);
+            } else if (s->refresh == REFRESH_DNS) {
+                /* As an iPhone (and the device simulator) says it. */
+                esim_error_chain_entry e[2] = {{.code = 36001}, {.code = -1003}};
+                snprintf(e[0].domain, sizeof e[0].domain, "CTCellularPlanErrorDomain");
+                snprintf(e[0].us_english_description, sizeof e[0].us_english_description,
+                         "The cellular plan server could not be reached: Could not resolve "
+                         "host: smdp.invalid");
+                snprintf(e[1].domain, sizeof e[1].domain, "NSURLErrorDomain");
+                snprintf(e[1].us_english_description, sizeof e[1].us_english_description,
+                         "A server with the specified hostname could not be found.");
                 st = device_result_ex(&s->dev, ESIM_STATUS_ERROR, uuid, e, 2, NULL, &next);
             } else if (s->refresh == REFRESH_BUSY_ONCE && s->busy_left > 0) {
                 s->busy_left--;
@@ -885,6 +897,89 @@ static void test_restart_mid_campaign(void **state)
         assert_int_equal(d[i].refreshes, 1); /* never a second download */
 }
 
+/* Issue 11, truthful output: a restriction the device ignores is not a
+ * failure when there is nothing to do; the commands list ends with the
+ * newest; an old campaign's failure goes once the device is verified; an
+ * SM-DP+ whose name does not resolve is called a DNS failure. */
+static void test_diagnosis_tells_the_truth(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    d[0].os = "17.1"; /* ignores allowESIMOutgoingTransfers (iOS 18) */
+    sdev_enroll(&d[0]);
+    import_identities(d, NDEV, true);
+    d[1].refresh = REFRESH_CONSUMED;
+    d[2].refresh = REFRESH_DNS;
+    char body[2048];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\","
+          "\"verify\"],\"smdp_url\":\"smdp.invalid\",\"policy\":{\"esim_outgoing_transfers\":"
+          "\"deny\"},\"settings\":{\"retry_base_s\":0.02,\"retry_max_s\":0.05,"
+          "\"max_retries\":1}}",
+          d[0].dev.udid, d[1].dev.udid, d[2].dev.udid);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_decref(drive(d, 3, id, 200));
+
+    /* Verified on an iOS that ignores a key: noted, not failed. */
+    json_t *g = diagnose(d[0].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(g, "checks"), i, v)
+    {
+        if (json_is_false(json_object_get(v, "ok")))
+            fail_msg("'nothing to do' with a failed check: %s: %s", jstr(v, "name"),
+                     jstr(v, "detail"));
+        if (strcmp(jstr(v, "name"), "restrictions") == 0)
+            assert_non_null(strstr(jstr(v, "detail"), "allowESIMOutgoingTransfers"));
+    }
+    assert_non_null(strstr(jstr(g, "conclusion"), "ignores 1 of the restrictions"));
+    json_decref(g);
+
+    /* The DNS failure, in those words. */
+    g = diagnose(d[2].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "smdp_dns");
+    assert_non_null(strstr(jstr(g, "conclusion"), "DNS"));
+    assert_non_null(strstr(jstr(g, "conclusion"), "smdp.invalid"));
+    assert_non_null(strstr(jstr(g, "next_action"), "DNS"));
+    json_decref(g);
+
+    /* d[1] failed (profile consumed); a new campaign verifies it. */
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "profile_consumed");
+    json_decref(g);
+    d[1].refresh = REFRESH_ACK;
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",%s}",
+          d[1].dev.udid, fast_settings);
+    c = create(body, 201);
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    json_decref(drive(&d[1], 1, id, 100));
+    g = diagnose(d[1].dev.udid);
+    assert_string_equal(jstr(g, "kind"), "verified");
+    json_array_foreach(json_object_get(g, "checks"), i, v)
+    {
+        if (json_is_false(json_object_get(v, "ok")))
+            fail_msg("an old failure kept: %s: %s", jstr(v, "name"), jstr(v, "detail"));
+    }
+    /* Oldest first, newest last: the failed refresh, ..., the last verify. */
+    json_t *cmds = json_object_get(g, "commands");
+    size_t n = json_array_size(cmds);
+    assert_true(n >= 4);
+    assert_string_equal(jstr(json_array_get(cmds, 0), "request_type"), "InstallProfile");
+    assert_string_equal(jstr(json_array_get(cmds, 1), "request_type"), "RefreshCellularPlans");
+    assert_string_equal(jstr(json_array_get(cmds, 1), "state"), "error");
+    assert_string_equal(jstr(json_array_get(cmds, n - 1), "request_type"), "DeviceInformation");
+    assert_string_equal(jstr(json_array_get(cmds, n - 2), "request_type"), "RefreshCellularPlans");
+    assert_string_equal(jstr(json_array_get(cmds, n - 2), "state"), "acknowledged");
+    json_decref(g);
+}
+
 static void test_diagnosis_of_locked_staged_and_unknown_eid(void **state)
 {
     fixture *f = *state;
@@ -1342,6 +1437,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_diagnosis_tells_the_truth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
                                         teardown),
     };

@@ -215,6 +215,30 @@ static void test_cli_clients_and_config_file(void **state)
     assert_string_equal(json_string_value(json_object_get(last, "who")), "api-token");
     json_decref(audit);
     esim_buf_reset(&out);
+    /* --json: standard output is one JSON document and nothing else (the
+     * whole of it parses), or nothing at all when the service refuses. */
+    char json_cmds[6][200];
+    snprintf(json_cmds[0], sizeof json_cmds[0], "devices --json");
+    snprintf(json_cmds[1], sizeof json_cmds[1], "devices %s --json", dev.udid);
+    snprintf(json_cmds[2], sizeof json_cmds[2], "status %s --json", uuid);
+    snprintf(json_cmds[3], sizeof json_cmds[3], "campaign list --json");
+    snprintf(json_cmds[4], sizeof json_cmds[4], "diagnose %s --json", dev.udid);
+    snprintf(json_cmds[5], sizeof json_cmds[5], "audit --limit 2 --json");
+    for (size_t i = 0; i < 6; i++) {
+        assert_int_equal(run_cli(&s, &out, "%s", json_cmds[i]), 0);
+        esim_buf_append(&out, "", 1);
+        json_error_t je;
+        json_t *j = json_loads((const char *)out.data, 0, &je);
+        if (!j)
+            fail_msg("esim-mdm %s: not one JSON document (%s): %s", json_cmds[i], je.text,
+                     (const char *)out.data);
+        json_decref(j);
+        esim_buf_reset(&out);
+    }
+    assert_int_equal(run_cli(&s, &out, "retire 00008130-00000000000000FF --json"), 1);
+    assert_int_equal(out.len, 0);
+    assert_int_equal(run_cli(&s, &out, "status 9C1E6C6A-2F41-4C7B-8E0B-3D0F2A9B7C11 --json"), 1);
+    assert_int_equal(out.len, 0);
     /* Every admin command's help has an example. */
     static const char *const admin[] = {"enqueue", "status",   "devices",  "cancel", "retire",
                                         "audit",   "campaign", "diagnose", "import"};
@@ -535,6 +559,48 @@ static void test_sighup_reloads_push_certificate(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* Every command's --help names the same port for the same part: the
+ * service 8080, the APNs mock 2197 (delivery 2198), the SM-DP+ 9443, the
+ * device simulator's status 7070, the WNS mock 2443 (delivery 2444), vpcd
+ * 35963; 8443 only for an example service behind TLS. */
+static void test_help_texts_agree_on_ports(void **state)
+{
+    (void)state;
+    static const char *const cmds[] = {
+        "compose", "check",  "pki",      "serve", "enqueue",   "status",   "devices",
+        "cancel",  "retire", "audit",    "push",  "apns-mock", "wns-mock", "smdp",
+        "devsim",  "sim",    "campaign", "iot",   "diagnose",  "import",   "demo"};
+    static const int known[] = {8080, 8443, 2197, 2198, 9443, 7070, 2443, 2444, 35963};
+    size_t ports_seen = 0;
+    for (size_t k = 0; k < sizeof cmds / sizeof cmds[0]; k++) {
+        char cmd[600], out[16384];
+        snprintf(cmd, sizeof cmd, "'%s' %s --help 2>&1", bin, cmds[k]);
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        size_t got = fread(out, 1, sizeof out - 1, p);
+        out[got] = '\0';
+        pclose(p);
+        assert_true(got > 0);
+        /* Every HOST:PORT with a literal port (not PORT, not 0). */
+        for (const char *c = strstr(out, "127.0.0.1:"); c; c = strstr(c + 1, "127.0.0.1:")) {
+            int port = atoi(c + 10);
+            if (port == 0)
+                continue;
+            bool ok = false;
+            for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+                ok |= port == known[i];
+            if (!ok)
+                fail_msg("esim-mdm %s --help names port %d: %.60s", cmds[k], port, c);
+            ports_seen++;
+        }
+        /* The SM-DP+ is 9443 wherever an example points at it on loopback. */
+        for (const char *c = strstr(out, "--smdp https://127.0.0.1:"); c;
+             c = strstr(c + 1, "--smdp https://127.0.0.1:"))
+            assert_int_equal(atoi(c + 25), 9443);
+    }
+    assert_true(ports_seen >= 10);
+}
+
 /* Issue 10 item 10: serve refuses an API token or webhook secret file that
  * other users may read, naming the file and the fix, and starts nothing. */
 static void test_serve_refuses_readable_secrets(void **state)
@@ -570,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_kill_at_random_instants_loses_nothing),
         cmocka_unit_test(test_serve_refuses_readable_secrets),
         cmocka_unit_test(test_sighup_reloads_push_certificate),
+        cmocka_unit_test(test_help_texts_agree_on_ports),
         cmocka_unit_test(test_sighup_reloads_keys_and_refuses_bad_config),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -10,6 +10,8 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
 
 #include "tests/sim/sim_test.h"
 
@@ -197,6 +199,86 @@ static void test_status_and_restart(void **state)
     event_base_free(base);
 }
 
+/* A service that refuses every enrolment, as esim-mdm does a device whose
+ * identity its device CA did not issue. */
+static void refuse_device(struct evhttp_request *req, void *arg)
+{
+    int *seen = arg;
+    (*seen)++;
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "the device identity was not issued by the device CA\n");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; charset=utf-8");
+    evhttp_send_reply(req, 403, "Forbidden", b);
+    evbuffer_free(b);
+}
+
+typedef struct {
+    int calls;
+    long status;
+    char reason[300];
+} refusals;
+
+static void on_refused(void *arg, const char *udid, long status, const char *reason)
+{
+    refusals *r = arg;
+    (void)udid;
+    r->calls++;
+    r->status = status;
+    snprintf(r->reason, sizeof r->reason, "%s", reason);
+}
+
+/* The device simulator says why the service refused an enrolment: the
+ * hook once per reason, and /stats. */
+static void test_enrolment_refused_with_reason(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    struct evhttp *srv = evhttp_new(base);
+    int requests = 0;
+    evhttp_set_gencb(srv, refuse_device, &requests);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv, "127.0.0.1", 0);
+    assert_non_null(bs);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u",
+             sim_bound_port(evhttp_bound_socket_get_fd(bs)));
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    refusals got = {0};
+    sim_devsim_config c = {.server_url = url,
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .devices = 3,
+                           .supervised_share = 1.0,
+                           .seed = 7,
+                           .status_listen = "127.0.0.1:0",
+                           .on_enrol_refused = on_refused,
+                           .enrol_refused_arg = &got};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    int64_t start = esim_mono_ms();
+    while ((requests < 3 || got.calls < 1) && esim_mono_ms() - start < 20000)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(requests >= 3);
+    assert_int_equal(got.calls, 1); /* three devices, one reason */
+    assert_int_equal(got.status, 403);
+    assert_string_equal(got.reason, "the device identity was not issued by the device CA");
+    long st;
+    json_t *j = status(base, h, s, "GET", "/stats", &st);
+    assert_int_equal(st, 200);
+    json_t *r = json_object_get(j, "enrolment_refused");
+    assert_true(json_integer_value(json_object_get(r, "count")) >= 1);
+    assert_int_equal(json_integer_value(json_object_get(r, "status")), 403);
+    assert_string_equal(sim_json_str(r, "reason"),
+                        "the device identity was not issued by the device CA");
+    json_decref(j);
+    sim_devsim_free(s);
+    sim_http_free(h);
+    evhttp_free(srv);
+    event_base_free(base);
+}
+
 /* Windows PCs in the runtime without a service: spread over the indices,
  * listed and described on the status endpoint, a person's action, a sync,
  * failed sessions counted, and a PC kept across a restart. */
@@ -306,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_config_refused),
         cmocka_unit_test(test_status_and_restart),
         cmocka_unit_test(test_windows_pcs),
+        cmocka_unit_test(test_enrolment_refused_with_reason),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
