@@ -125,7 +125,8 @@ void svc_store_failed(esim_service *svc, const char *reason)
         return;
     svc->store_failing = true;
     char shown[300];
-    snprintf(shown, sizeof shown, "%s", reason && *reason ? reason : "unknown");
+    snprintf(shown, sizeof shown, "%.*s", (int)sizeof shown - 1,
+             reason && *reason ? reason : "unknown");
     svc_utf8_sanitize(shown);
     svc_log(svc, ESIM_LOG_ERROR, "store_failing", "store",
             svc->st ? esim_store_backend(svc->st) : NULL, "reason", shown, NULL);
