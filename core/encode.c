@@ -62,56 +62,81 @@ esim_err esim_base64_encode(const void *data, size_t len, esim_buf *out)
     return ESIM_OK;
 }
 
-static bool is_b64_char(unsigned char c)
-{
-    return isalnum(c) || c == '+' || c == '/';
-}
+/* Each byte's value as a base64 digit; B64_PAD for '=', B64_SPACE for
+ * what isspace() calls space in the C locale, B64_BAD for anything else. */
+#define B64_BAD (-1)
+#define B64_PAD (-2)
+#define B64_SPACE (-3)
+static const signed char b64_digit[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -3, -3, -3, -3, -3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -2, -1, -1, -1, 0,  1,  2,  3,  4,  5,  6,
+    7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+    49, 50, 51, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
 
+/* Two passes over the text, the first only checks it (so bad input leaves
+ * |out| untouched), the second decodes straight into |out|: the device's
+ * Mdm-Signature header is decoded on every message. */
 esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out, esim_error *err)
 {
     if (len > INT32_MAX / 2)
         return esim_fail(err, ESIM_ETOOBIG, "base64 text too long");
-    /* Gather the significant characters; padding may be missing. */
-    esim_buf clean = {0};
-    esim_err rc = esim_buf_reserve(&clean, len + 4);
+    /* Whitespace is skipped; padding may be missing, but nothing follows it. */
+    size_t sig = 0, pad = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64_digit[(unsigned char)text[i]];
+        if (v >= 0 && pad == 0)
+            sig++;
+        else if (v == B64_PAD)
+            pad++;
+        else if (v != B64_SPACE)
+            return esim_fail(err, ESIM_EINVAL, "not base64: unexpected character at offset %zu", i);
+    }
+    if (pad > 2 || sig % 4 == 1 || (pad > 0 && (sig + pad) % 4 != 0))
+        return esim_fail(err, ESIM_EINVAL, "not base64: wrong length or padding");
+    esim_buf_reset(out);
+    esim_err rc = esim_buf_reserve(out, sig / 4 * 3 + 3);
     if (rc != ESIM_OK)
         return rc;
-    size_t pad = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (isspace(c))
-            continue;
-        if (c == '=') {
-            pad++;
-            continue;
+    uint32_t acc = 0;
+    size_t n = 0, o = 0;
+    if (sig + pad == len) { /* no whitespace (a header): whole groups first */
+        const unsigned char *t = (const unsigned char *)text;
+        for (; n + 4 <= sig; n += 4, t += 4) {
+            uint32_t g = (uint32_t)b64_digit[t[0]] << 18 | (uint32_t)b64_digit[t[1]] << 12 |
+                         (uint32_t)b64_digit[t[2]] << 6 | (uint32_t)b64_digit[t[3]];
+            out->data[o++] = (unsigned char)(g >> 16);
+            out->data[o++] = (unsigned char)(g >> 8);
+            out->data[o++] = (unsigned char)g;
         }
-        if (!is_b64_char(c) || pad > 0) {
-            esim_buf_free(&clean);
-            return esim_fail(err, ESIM_EINVAL, "not base64: unexpected character at offset %zu", i);
+    }
+    for (size_t i = n; i < len && n < sig; i++) {
+        int v = b64_digit[(unsigned char)text[i]];
+        if (v < 0)
+            continue; /* whitespace */
+        acc = acc << 6 | (uint32_t)v;
+        if (++n % 4 == 0) {
+            out->data[o++] = (unsigned char)(acc >> 16);
+            out->data[o++] = (unsigned char)(acc >> 8);
+            out->data[o++] = (unsigned char)acc;
+            acc = 0;
         }
-        clean.data[clean.len++] = c;
     }
-    size_t sig = clean.len;
-    if (pad > 2 || sig % 4 == 1 || (pad > 0 && (sig + pad) % 4 != 0)) {
-        esim_buf_free(&clean);
-        return esim_fail(err, ESIM_EINVAL, "not base64: wrong length or padding");
+    /* A last group of 2 or 3 digits carries 1 or 2 bytes. */
+    if (n % 4 == 2) {
+        out->data[o++] = (unsigned char)(acc >> 4);
+    } else if (n % 4 == 3) {
+        out->data[o++] = (unsigned char)(acc >> 10);
+        out->data[o++] = (unsigned char)(acc >> 2);
     }
-    while (clean.len % 4)
-        clean.data[clean.len++] = '=';
-    clean.data[clean.len] = '\0';
-
-    esim_buf_reset(out);
-    if ((rc = esim_buf_reserve(out, clean.len / 4 * 3)) != ESIM_OK) {
-        esim_buf_free(&clean);
-        return rc;
-    }
-    int n = clean.len ? EVP_DecodeBlock(out->data, clean.data, (int)clean.len) : 0;
-    esim_buf_free(&clean);
-    if (n < 0)
-        return esim_fail(err, ESIM_EINVAL, "not base64");
-    /* EVP_DecodeBlock counts padding as zero bytes: the true length follows
-     * from the number of significant characters. */
-    out->len = sig / 4 * 3 + (sig % 4 == 2 ? 1 : sig % 4 == 3 ? 2 : 0);
+    out->len = o;
     out->data[out->len] = '\0';
     return ESIM_OK;
 }

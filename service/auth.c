@@ -54,6 +54,7 @@ esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err
 static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
                              esim_error *err)
 {
+    svc->m.identity_chain_checks++;
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     if (!ctx || X509_STORE_CTX_init(ctx, svc->device_ca, leaf, untrusted) != 1) {
         X509_STORE_CTX_free(ctx);
@@ -160,20 +161,35 @@ static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_
 /* ---- the certificate cache -------------------------------------------------------
  * Direct-mapped by the SHA-256 of the certificate's DER: a fixed 4096 slots,
  * so memory stays bounded whatever the fleet. An entry holds the parsed
- * certificate and when its chain to the device CA last verified; it is
- * verified again after AUTH_REVERIFY_MS (validity periods move on). */
+ * certificate (a few KiB each, so not one per device of a large fleet).
+ *
+ * Whether a certificate's chain to the device CA verified, and when, is kept
+ * apart in a table keyed by the same digest that grows with the fleet (48
+ * bytes an entry): a fleet larger than the 4096 slots parses a certificate
+ * again when its slot was taken, but does not verify its chain again until
+ * AUTH_REVERIFY_MS has passed (validity periods move on). Verifying a chain
+ * costs about as much as parsing the certificate, and at 10,000 devices and
+ * more almost every message missed the slots. */
 
 #define AUTH_CACHE_SLOTS 4096
 #define AUTH_REVERIFY_MS (5 * 60 * 1000)
+#define AUTH_VERIFIED_MIN 1024
+#define AUTH_VERIFIED_MAX (1u << 22) /* about 200 MiB at most: 4 million devices */
 
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    X509 *x509;          /* NULL: empty slot */
-    int64_t verified_at; /* 0: chain not verified (or failed) */
+    X509 *x509; /* NULL: empty slot */
 } auth_entry;
+
+typedef struct {
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    int64_t verified_at; /* 0: empty */
+} auth_verified;
 
 struct auth_cache {
     auth_entry slot[AUTH_CACHE_SLOTS];
+    auth_verified *ver; /* open addressing, linear probing; cap a power of two */
+    size_t ver_cap, ver_len;
 };
 
 void auth_cache_free(esim_service *svc)
@@ -182,8 +198,84 @@ void auth_cache_free(esim_service *svc)
         return;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         X509_free(svc->auth_cache->slot[i].x509);
+    free(svc->auth_cache->ver);
     free(svc->auth_cache);
     svc->auth_cache = NULL;
+}
+
+static size_t ver_index(const unsigned char *sha, size_t cap)
+{
+    uint64_t h = 0;
+    memcpy(&h, sha + 8, sizeof h); /* a digest: any 8 bytes are uniform */
+    return (size_t)h & (cap - 1);
+}
+
+/* The entry for this digest, or the empty one where it would go. */
+static auth_verified *ver_slot(auth_verified *tab, size_t cap, const unsigned char *sha)
+{
+    for (size_t i = ver_index(sha, cap);; i = (i + 1) & (cap - 1))
+        if (!tab[i].verified_at || memcmp(tab[i].sha, sha, SHA256_DIGEST_LENGTH) == 0)
+            return &tab[i];
+}
+
+/* When this certificate's chain last verified (0: not recently). */
+static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c || !c->ver)
+        return 0;
+    auth_verified *v = ver_slot(c->ver, c->ver_cap, sha);
+    return v->verified_at && now - v->verified_at <= AUTH_REVERIFY_MS ? v->verified_at : 0;
+}
+
+/* Rebuilds the table with |cap| slots, keeping the entries verified within
+ * AUTH_REVERIFY_MS. False when memory runs out (the old table stays). */
+static bool ver_rebuild(struct auth_cache *c, size_t cap, int64_t now)
+{
+    auth_verified *tab = calloc(cap, sizeof *tab);
+    if (!tab)
+        return false;
+    size_t len = 0;
+    for (size_t i = 0; i < c->ver_cap; i++) {
+        const auth_verified *o = &c->ver[i];
+        if (o->verified_at && now - o->verified_at <= AUTH_REVERIFY_MS) {
+            *ver_slot(tab, cap, o->sha) = *o;
+            len++;
+        }
+    }
+    free(c->ver);
+    c->ver = tab;
+    c->ver_cap = cap;
+    c->ver_len = len;
+    return true;
+}
+
+/* Records that this certificate's chain verified at |now|. Best effort: out
+ * of memory, the chain is simply verified again next time. */
+static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c)
+        return;
+    /* At most 3/4 full: past that, grow (or, at the ceiling, drop what is
+     * stale; if nothing is, start over: every chain is verified again). */
+    if (!c->ver || (c->ver_len + 1) * 4 > c->ver_cap * 3) {
+        size_t cap = c->ver ? c->ver_cap : AUTH_VERIFIED_MIN;
+        if (c->ver && cap < AUTH_VERIFIED_MAX)
+            cap *= 2;
+        if (!ver_rebuild(c, cap, now))
+            return;
+        if ((c->ver_len + 1) * 4 > c->ver_cap * 3) {
+            memset(c->ver, 0, c->ver_cap * sizeof *c->ver);
+            c->ver_len = 0;
+        }
+    }
+    auth_verified *v = ver_slot(c->ver, c->ver_cap, sha);
+    if (!v->verified_at) {
+        memcpy(v->sha, sha, SHA256_DIGEST_LENGTH);
+        c->ver_len++;
+    }
+    v->verified_at = now;
 }
 
 /* The cached certificate for these DER bytes, parsing it on a miss. NULL
@@ -211,7 +303,6 @@ static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t
     X509_free(e->x509);
     e->x509 = x;
     memcpy(e->sha, sha, sizeof sha);
-    e->verified_at = 0;
     return e;
 }
 
@@ -380,16 +471,6 @@ static esim_err check_digests(CMS_ContentInfo *cms, esim_error *err)
     return ESIM_OK;
 }
 
-/* The slot holding the certificate with this digest, or NULL. */
-static auth_entry *cache_find(esim_service *svc, const unsigned char sha[SHA256_DIGEST_LENGTH])
-{
-    if (!svc->auth_cache)
-        return NULL;
-    size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
-    auth_entry *e = &svc->auth_cache->slot[idx];
-    return e->x509 && memcmp(e->sha, sha, SHA256_DIGEST_LENGTH) == 0 ? e : NULL;
-}
-
 /* The fast path: certificates come from the cache, the signature is checked
  * against them, and a signer whose chain verified recently is not verified
  * again. ESIM_ENOTFOUND: this CMS needs the ordinary path.
@@ -444,14 +525,13 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
         if (li == n) {
             rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
         } else {
-            /* The slot may have been taken over by a later certificate of
-             * this same signature: then the chain is verified every time. */
-            auth_entry *e = cache_find(svc, shas[li]);
+            /* By digest, not by slot: the signer's slot may have been
+             * taken over by a later certificate of this same signature. */
             int64_t now = esim_now_ms();
-            if (!e || !e->verified_at || now - e->verified_at > AUTH_REVERIFY_MS) {
+            if (!ver_get(svc, shas[li], now)) {
                 rc = verify_chain(svc, leaf, stack, err);
-                if (e)
-                    e->verified_at = rc == ESIM_OK ? now : 0;
+                if (rc == ESIM_OK)
+                    ver_put(svc, shas[li], now);
             }
         }
         if (rc == ESIM_OK) {

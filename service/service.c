@@ -1265,7 +1265,11 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     "esim_mdm_store_errors_total %llu\n"
                     "# TYPE esim_mdm_identity_cache_total counter\n"
                     "esim_mdm_identity_cache_total{result=\"hit\"} %llu\n"
-                    "esim_mdm_identity_cache_total{result=\"miss\"} %llu\n",
+                    "esim_mdm_identity_cache_total{result=\"miss\"} %llu\n"
+                    "# HELP esim_mdm_identity_chain_checks_total Identity certificate chains "
+                    "verified up to the device CA (once per certificate every 5 minutes).\n"
+                    "# TYPE esim_mdm_identity_chain_checks_total counter\n"
+                    "esim_mdm_identity_chain_checks_total %llu\n",
                     (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
                     (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
                     (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
@@ -1273,7 +1277,8 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
                     (unsigned long long)m->replays_duplicate,
                     (unsigned long long)m->signatures_without_time,
                     (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
-                    (unsigned long long)m->identity_cache_misses);
+                    (unsigned long long)m->identity_cache_misses,
+                    (unsigned long long)m->identity_chain_checks);
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");
     for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)

@@ -40,6 +40,7 @@ typedef struct {
     uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
+    uint64_t identity_chain_checks; /* chains verified up to the device CA */
     uint64_t replays_stale, replays_duplicate, signatures_without_time;
     uint64_t api_auth_refused, api_forbidden, api_throttled; /* admin API: 401, 403, 429 */
     uint64_t conn_refused[4];                                /* by M_REFUSED_* */

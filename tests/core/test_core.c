@@ -87,6 +87,31 @@ static void test_base64_round_trip_and_leniency(void **state)
     assert_non_null(strstr(err.msg, "offset 4"));
     assert_int_equal(esim_base64_decode("Z", 1, &dec, &err), ESIM_EINVAL);
     assert_int_equal(esim_base64_decode("Zg=a", 4, &dec, &err), ESIM_EINVAL);
+    /* Bad input leaves the output as it was. */
+    assert_int_equal(esim_base64_decode("Zm9v", 4, &dec, NULL), ESIM_OK);
+    assert_int_equal(esim_base64_decode("Zm9vYm=FyYQ", 11, &dec, &err), ESIM_EINVAL);
+    assert_int_equal(esim_base64_decode("Zm9vY", 5, &dec, &err), ESIM_EINVAL);
+    assert_string_equal((char *)dec.data, "foo");
+    /* Every byte value, every tail length, padded or not, with whitespace
+     * anywhere. */
+    unsigned char bin[300];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (unsigned char)(i * 37 + 11);
+    for (size_t n = 0; n < sizeof bin; n += 1 + n / 8) {
+        assert_int_equal(esim_base64_encode(bin, n, &enc), ESIM_OK);
+        char text[512];
+        size_t t = 0;
+        for (size_t i = 0; i < enc.len; i++) {
+            if (i % 7 == 3)
+                text[t++] = i % 2 ? '\n' : ' ';
+            if (enc.data[i] != '=' || n % 2)
+                text[t++] = (char)enc.data[i];
+        }
+        assert_int_equal(esim_base64_decode(text, t, &dec, NULL), ESIM_OK);
+        assert_int_equal(dec.len, n);
+        if (n)
+            assert_memory_equal(dec.data, bin, n);
+    }
     esim_buf_free(&enc);
     esim_buf_free(&dec);
 }

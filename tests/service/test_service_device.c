@@ -486,6 +486,73 @@ static void test_signature_certificates_sharing_a_cache_slot(void **state)
     stop(f);
 }
 
+/* Two devices whose identities share a cache slot, taking turns: each
+ * message parses its certificate again (the slot was taken), but neither
+ * chain is verified up to the device CA again within 5 minutes (a fleet
+ * larger than the 4096 slots verified a chain per message before). A
+ * certificate that does not chain is refused every time, however often. */
+static void test_chain_verified_once_when_slots_are_shared(void **state)
+{
+    (void)state;
+    fixture *f = start("chainonce", NULL);
+    /* Both identities come from an EC intermediate of the device CA (sent
+     * along with the leaf), so that finding a certificate for a given slot
+     * takes ECDSA signatures, not thousands of RSA ones. */
+    esim_cert ca = {0}, sub = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    esim_cert_spec sub_spec = {
+        .common_name = "SCEP EC", .is_ca = true, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&sub_spec, &ca, &sub, NULL), ESIM_OK);
+    test_device d[2];
+    const char *udids[2] = {"00008110-SLOTMATE000001", "00008110-SLOTMATE000002"};
+    for (int i = 0; i < 2; i++) {
+        device_new(&d[i], &env, udids[i], f->ts.url);
+        esim_cert_clear(&d[i].identity);
+        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&spec, &sub, &d[i].identity, NULL), ESIM_OK);
+        d[i].extra_certs[0] = sub.x509;
+        d[i].n_extra_certs = 1;
+    }
+    /* The second identity re-signed (ECDSA: a new encoding each time)
+     * until it falls into the first one's slot. */
+    unsigned slot = cache_slot(d[0].identity.x509);
+    while (cache_slot(d[1].identity.x509) != slot)
+        assert_true(X509_sign(d[1].identity.x509, sub.key, EVP_sha256()) > 0);
+    device_enroll(&d[0]);
+    device_enroll(&d[1]);
+    double checks = api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total");
+    double misses = api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}");
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(device_result(&d[0], ESIM_STATUS_IDLE, NULL, NULL), 200);
+        assert_int_equal(device_result(&d[1], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    }
+    assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}") >=
+                misses + 6);
+    assert_true(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total") == checks);
+    /* The same key in a certificate the intermediate did not sign: refused
+     * on every message, each one checked. */
+    esim_cert forged = {.x509 = X509_dup(d[0].identity.x509), .key = d[0].identity.key};
+    assert_non_null(forged.x509);
+    assert_true(X509_sign(forged.x509, d[0].identity.key, EVP_sha256()) > 0);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(d[0].udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(device_put_signed_by(&d[0], &forged, idle.data, idle.len, NULL), 403);
+    assert_true(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total") == checks + 2);
+    assert_int_equal(device_result(&d[0], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    esim_buf_free(&idle);
+    X509_free(forged.x509);
+    for (int i = 0; i < 2; i++) {
+        d[i].n_extra_certs = 0;
+        device_free(&d[i]);
+    }
+    esim_cert_clear(&sub);
+    esim_cert_clear(&ca);
+    stop(f);
+}
+
 static void test_erase_lets_exactly_one_new_identity_in(void **state)
 {
     (void)state;
@@ -1047,6 +1114,7 @@ int main(void)
         cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
         cmocka_unit_test(test_identity_rules),
         cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
+        cmocka_unit_test(test_chain_verified_once_when_slots_are_shared),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_replayed_idle_gets_no_command),
         cmocka_unit_test(test_replayed_checkins_change_nothing),
