@@ -164,7 +164,7 @@ static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_
  * certificate (a few KiB each, so not one per device of a large fleet).
  *
  * Whether a certificate's chain to the device CA verified, and when, is kept
- * apart in a table keyed by the same digest that grows with the fleet (48
+ * apart in a table keyed by the same digest that grows with the fleet (40
  * bytes an entry): a fleet larger than the 4096 slots parses a certificate
  * again when its slot was taken, but does not verify its chain again until
  * AUTH_REVERIFY_MS has passed (validity periods move on). Verifying a chain
