@@ -22,6 +22,18 @@
 /* Answers are batched this long before their next commands are queued. */
 #define CAMPAIGN_FLUSH_MS 5
 #define CAMPAIGN_MAX_DEVICES 2000000u
+/* Several instances on one store: each campaign is driven by the holder of
+ * its lease, renewed this often and lapsing this long after its holder
+ * stopped renewing (died, or lost the database). */
+#define CAMPAIGN_LEASE_RENEW_MS 1000
+#define CAMPAIGN_LEASE_TTL_MS 4000
+/* The owner reads the answers other instances recorded this often, in
+ * case their notification was lost (an instance killed between its commit
+ * and its NOTIFY). */
+#define CAMPAIGN_CATCH_UP_MS 5000
+/* A campaign another instance drives is read again from the store when the
+ * API shows it and this copy is older than this. */
+#define CAMPAIGN_SNAPSHOT_MS 500
 #define CAMPAIGN_MAX_WARNINGS 1000u
 
 /* Fates of a push, as kept in campaign_dev.push_state. */
@@ -55,6 +67,12 @@ typedef struct camp_slot {
     /* The warnings given at creation ({"total", "by_kind", "first"}), kept
      * in memory for the dashboard; NULL after a restart. */
     json_t *creation_warnings;
+    /* Driven here: this instance holds the campaign's lease (always, on a
+     * store of one instance). Otherwise |c| is a copy read from the store
+     * at |loaded_ms|, shown by the API and never driven or written. */
+    bool owned;
+    int64_t loaded_ms;
+    char holder[64]; /* who drives it, as last read */
 } camp_slot;
 
 typedef struct {
@@ -72,6 +90,10 @@ struct campaigns {
     bool flush_armed;
     store_device_facts *facts; /* learned since the last write */
     size_t n_facts, cap_facts;
+    bool shared;                   /* the store is shared by several instances */
+    int64_t next_lease_ms;         /* when leases are renewed and taken next */
+    int64_t next_catch_up_ms;      /* when owned campaigns read others' answers */
+    uint64_t takeovers, forwarded; /* for /metrics */
 };
 
 static esim_err vec_push(idx_vec *v, uint32_t x)
@@ -132,6 +154,19 @@ static const map_entry *map_find(campaigns *cs, const char *uuid)
         k = (k + 1) & (cs->map_cap - 1);
     }
     return NULL;
+}
+
+/* Builds the map again from every slot's commands (a slot was replaced). */
+static esim_err map_rebuild(campaigns *cs)
+{
+    free(cs->map);
+    cs->map = NULL;
+    cs->map_cap = cs->map_len = 0;
+    for (uint32_t k = 0; k < cs->n_slots; k++)
+        for (uint32_t j = 0; j < cs->slots[k]->n_cmds; j++)
+            if (map_insert(cs, k, j) != ESIM_OK)
+                return ESIM_ENOMEM;
+    return ESIM_OK;
 }
 
 static uint32_t slot_index(campaigns *cs, const camp_slot *s)
@@ -387,53 +422,60 @@ static void device_record(const camp_slot *s, size_t i, store_campaign_device *o
 /* Device records go to the store this many at a time. */
 #define RECORDS_PER_SAVE 512
 
-/* Writes every changed record (campaign rows, new commands, changed
- * devices, learned facts) into the store's open unit. */
-static esim_err write_records(campaigns *cs, int64_t now, esim_error *err)
+/* Writes what changed of campaign |s| (its row, new commands, changed
+ * devices) into the store's open unit. */
+static esim_err write_one(campaigns *cs, camp_slot *s, int64_t now, esim_error *err)
 {
     store *st = esim_service_store(cs->svc);
-    store_campaign_device *recs = NULL;
+    campaign *c = s->c;
+    if (campaign_get_state(c) != s->last_state) {
+        s->row_dirty = true;
+        s->last_state = campaign_get_state(c);
+    }
+    store_campaign row = {.id = campaign_id(c),
+                          .name = campaign_name(c),
+                          .definition = s->spec_json,
+                          .state = (int)campaign_get_state(c),
+                          .created_ms = campaign_created_ms(c)};
+    store_campaign_command *cmds = NULL;
+    size_t n_cmds = s->n_cmds - s->n_cmds_saved;
+    if (n_cmds && !(cmds = malloc(n_cmds * sizeof *cmds)))
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t j = 0; j < n_cmds; j++) {
+        snprintf(cmds[j].uuid, sizeof cmds[j].uuid, "%s", s->cmds[s->n_cmds_saved + j].uuid);
+        cmds[j].step = s->cmds[s->n_cmds_saved + j].step;
+    }
     esim_err rc = ESIM_OK;
-    for (size_t k = 0; rc == ESIM_OK && k < cs->n_slots; k++) {
-        camp_slot *s = cs->slots[k];
-        campaign *c = s->c;
-        if (campaign_get_state(c) != s->last_state) {
-            s->row_dirty = true;
-            s->last_state = campaign_get_state(c);
-        }
-        store_campaign row = {.id = campaign_id(c),
-                              .name = campaign_name(c),
-                              .definition = s->spec_json,
-                              .state = (int)campaign_get_state(c),
-                              .created_ms = campaign_created_ms(c)};
-        store_campaign_command *cmds = NULL;
-        size_t n_cmds = s->n_cmds - s->n_cmds_saved;
-        if (n_cmds && !(cmds = malloc(n_cmds * sizeof *cmds))) {
-            free(recs);
-            return esim_fail(err, ESIM_ENOMEM, "out of memory");
-        }
-        for (size_t j = 0; j < n_cmds; j++) {
-            snprintf(cmds[j].uuid, sizeof cmds[j].uuid, "%s", s->cmds[s->n_cmds_saved + j].uuid);
-            cmds[j].step = s->cmds[s->n_cmds_saved + j].step;
-        }
-        if (s->row_dirty || n_cmds)
-            rc = esim_store_campaign_save(st, campaign_id(c), s->row_dirty ? &row : NULL, cmds,
-                                          n_cmds, NULL, 0, now, err);
-        free(cmds);
-        size_t n = 0;
-        const size_t *dirty = campaign_take_dirty(c, &n);
-        if (rc == ESIM_OK && n && !recs && !(recs = malloc(RECORDS_PER_SAVE * sizeof *recs)))
-            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
-        for (size_t j = 0; rc == ESIM_OK && j < n; j += RECORDS_PER_SAVE) {
-            size_t m = n - j < RECORDS_PER_SAVE ? n - j : RECORDS_PER_SAVE;
-            for (size_t x = 0; x < m; x++)
-                device_record(s, dirty[j + x], &recs[x]);
-            rc = esim_store_campaign_save(st, campaign_id(c), NULL, NULL, 0, recs, m, now, err);
-        }
+    if (s->row_dirty || n_cmds)
+        rc = esim_store_campaign_save(st, campaign_id(c), s->row_dirty ? &row : NULL, cmds, n_cmds,
+                                      NULL, 0, now, err);
+    free(cmds);
+    size_t n = 0;
+    const size_t *dirty = campaign_take_dirty(c, &n);
+    store_campaign_device *recs = NULL;
+    if (rc == ESIM_OK && n && !(recs = malloc(RECORDS_PER_SAVE * sizeof *recs)))
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    for (size_t j = 0; rc == ESIM_OK && j < n; j += RECORDS_PER_SAVE) {
+        size_t m = n - j < RECORDS_PER_SAVE ? n - j : RECORDS_PER_SAVE;
+        for (size_t x = 0; x < m; x++)
+            device_record(s, dirty[j + x], &recs[x]);
+        rc = esim_store_campaign_save(st, campaign_id(c), NULL, NULL, 0, recs, m, now, err);
     }
     free(recs);
+    return rc;
+}
+
+/* Writes every changed record (campaign rows, new commands, changed
+ * devices, learned facts) into the store's open unit: of the campaigns
+ * this instance drives only (another instance writes its own). */
+static esim_err write_records(campaigns *cs, int64_t now, esim_error *err)
+{
+    esim_err rc = ESIM_OK;
+    for (size_t k = 0; rc == ESIM_OK && k < cs->n_slots; k++)
+        if (cs->slots[k]->owned)
+            rc = write_one(cs, cs->slots[k], now, err);
     if (rc == ESIM_OK)
-        rc = esim_store_facts_put(st, cs->facts, cs->n_facts, err);
+        rc = esim_store_facts_put(esim_service_store(cs->svc), cs->facts, cs->n_facts, err);
     return rc;
 }
 
@@ -573,15 +615,29 @@ static void on_results_done(esim_service *svc, void *arg)
     flush(cs);
 }
 
+static void leases_tick(campaigns *cs, int64_t now);
+static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent);
+static void lease_release_one(campaigns *cs, const char *id);
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     campaigns *cs = arg;
     int64_t now = esim_now_ms();
+    if (cs->shared && now >= cs->next_lease_ms)
+        leases_tick(cs, now);
+    if (cs->shared && now >= cs->next_catch_up_ms) {
+        cs->next_catch_up_ms = now + CAMPAIGN_CATCH_UP_MS;
+        for (size_t k = 0; k < cs->n_slots; k++)
+            if (cs->slots[k]->owned && campaign_get_state(cs->slots[k]->c) == CAMPAIGN_RUNNING)
+                replay_recorded_answers(cs, cs->slots[k], false);
+    }
     size_t changed = 0;
     for (size_t k = 0; k < cs->n_slots; k++) {
         camp_slot *s = cs->slots[k];
+        if (!s->owned)
+            continue;
         campaign_io io = slot_io(s);
         changed += campaign_tick(s->c, now, &io);
         if (campaign_get_state(s->c) != s->last_state)
@@ -644,12 +700,28 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
     arm_flush(cs);
 }
 
+/* An answer to a command this instance does not drive (or does not know:
+ * a campaign another instance created or queued for since this copy was
+ * read) is in the store already; tell the campaign's owner, which replays
+ * it from there (on_notify). */
+static void forward_result(campaigns *cs, const esim_service_result *r)
+{
+    char payload[300];
+    snprintf(payload, sizeof payload, "%s %s", r->udid, r->command_uuid);
+    if (esim_service_notify(cs->svc, "campaign_result", payload, NULL) == ESIM_OK)
+        cs->forwarded++;
+}
+
+static void replay_device(campaigns *cs, camp_slot *s, size_t i, int64_t now);
+
 static void on_result(esim_service *svc, const esim_service_result *r, void *arg)
 {
     (void)svc;
     campaigns *cs = arg;
     int64_t now = esim_now_ms();
     const map_entry *m = map_find(cs, r->command_uuid);
+    if (cs->shared && (!m || !cs->slots[m->slot]->owned))
+        forward_result(cs, r);
     if (!m) {
         /* Not a campaign's command (an inventory, say): keep what it says
          * about the device. */
@@ -667,6 +739,8 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
         return;
     }
     camp_slot *s = cs->slots[m->slot];
+    if (!s->owned)
+        return; /* its owner replays it from the store (forward_result) */
     long i = campaign_find_device(s->c, r->udid);
     if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
         return; /* not this campaign's device, or an older command of it */
@@ -904,44 +978,95 @@ static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot 
 
 /* ---- restore at start-up ------------------------------------------------------------------ */
 
-/* After a crash between the service recording an answer and this module
- * writing what it did with it (answers reach campaigns after the service's
- * commit, and campaigns write their records a moment later), the device's
- * record still waits for that answer: replay it from the device's queue,
- * where the service kept it. */
-static void replay_recorded_answers(campaigns *cs, camp_slot *s)
+/* Feeds device |i| of |s| the answer its queue entry |q| recorded, when
+ * the entry is answered and the device still waits on that command. */
+static void replay_entry(campaigns *cs, camp_slot *s, size_t i, const store_queue_entry *q,
+                         int64_t now)
+{
+    const campaign_dev *d = campaign_device_at(s->c, i);
+    if (d->state != CDEV_ACTIVE || d->cmd >= s->n_cmds ||
+        strcmp(q->command_uuid, s->cmds[d->cmd].uuid) != 0 ||
+        (q->state != STORE_Q_ACKNOWLEDGED && q->state != STORE_Q_ERROR &&
+         q->state != STORE_Q_FORMAT_ERROR) ||
+        !q->result.len)
+        return;
+    esim_msg m = {0};
+    if (esim_msg_parse(q->result.data, q->result.len, NULL, &m, NULL) == ESIM_OK) {
+        esim_service_result r = {.udid = d->udid,
+                                 .command_uuid = m.command_uuid,
+                                 .status = esim_status_name(m.status),
+                                 .msg = &m,
+                                 .platform = "apple"};
+        feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &r, now);
+    }
+    esim_msg_free(&m);
+}
+
+/* Device |i|'s answer to the command it waits on, from its queue (another
+ * instance received it: forward_result). */
+static void replay_device(campaigns *cs, camp_slot *s, size_t i, int64_t now)
+{
+    store_queue_entry *q = NULL;
+    size_t nq = 0;
+    if (esim_store_device_queue(esim_service_store(cs->svc), campaign_device_at(s->c, i)->udid,
+                                true, &q, &nq, NULL) != ESIM_OK)
+        return;
+    for (size_t k = 0; k < nq; k++)
+        replay_entry(cs, s, i, &q[k], now);
+    esim_store_queue_entries_free(q, nq);
+}
+
+/* Answers the service recorded that the engine has not seen: after a crash
+ * between the service recording an answer and this module writing what it
+ * did with it, when this instance takes a campaign over, and when another
+ * instance's notification may have been lost. Read per command (one
+ * command serves a whole batch of devices), and only for commands some
+ * device still waits on. */
+#define REPLAY_PAGE 500
+static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent)
 {
     campaign *c = s->c;
     store *st = esim_service_store(cs->svc);
     int64_t now = esim_now_ms();
+    size_t n_cmds = s->n_cmds;
+    uint8_t *waiting = n_cmds ? calloc(n_cmds, 1) : NULL;
+    if (!waiting)
+        return;
     for (size_t i = 0; i < campaign_device_count(c); i++) {
         const campaign_dev *d = campaign_device_at(c, i);
-        if (d->state != CDEV_ACTIVE || d->cmd >= s->n_cmds)
-            continue;
-        store_queue_entry *q = NULL;
-        size_t nq = 0;
-        if (esim_store_device_queue(st, d->udid, true, &q, &nq, NULL) != ESIM_OK)
-            continue;
-        for (size_t k = 0; k < nq; k++) {
-            if (strcmp(q[k].command_uuid, s->cmds[d->cmd].uuid) != 0 ||
-                (q[k].state != STORE_Q_ACKNOWLEDGED && q[k].state != STORE_Q_ERROR &&
-                 q[k].state != STORE_Q_FORMAT_ERROR) ||
-                !q[k].result.len)
-                continue;
-            esim_msg m = {0};
-            if (esim_msg_parse(q[k].result.data, q[k].result.len, NULL, &m, NULL) == ESIM_OK) {
-                esim_service_result r = {.udid = d->udid,
-                                         .command_uuid = m.command_uuid,
-                                         .status = esim_status_name(m.status),
-                                         .msg = &m,
-                                         .platform = "apple"};
-                feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &r, now);
-            }
-            esim_msg_free(&m);
-            break;
-        }
-        esim_store_queue_entries_free(q, nq);
+        if (d->state == CDEV_ACTIVE && d->cmd < n_cmds)
+            waiting[d->cmd] = 1;
     }
+    for (size_t k = 0; k < n_cmds; k++) {
+        char uuid[sizeof s->cmds[k].uuid], after[65] = "";
+        snprintf(uuid, sizeof uuid, "%s", s->cmds[k].uuid);
+        for (bool more = waiting[k]; more;) {
+            store_command_info info;
+            store_queue_entry *q = NULL;
+            size_t nq = 0;
+            if (esim_store_command_get(st, uuid, after, REPLAY_PAGE, &info, &q, &nq, NULL) !=
+                ESIM_OK)
+                break;
+            for (size_t j = 0; j < nq; j++) {
+                long i = campaign_find_device(c, q[j].udid);
+                if (i < 0 || campaign_device_at(c, (size_t)i)->cmd != k)
+                    continue;
+                replay_entry(cs, s, (size_t)i, &q[j], now);
+                /* Taken over from an instance that died between queueing
+                 * and pushing: a push costs a check-in, a lost one a
+                 * device left waiting. */
+                if (push_unsent && (q[j].state == STORE_Q_QUEUED || q[j].state == STORE_Q_PUSHED) &&
+                    campaign_device_at(c, (size_t)i)->state == CDEV_ACTIVE &&
+                    vec_push(&s->pushes, (uint32_t)i) == ESIM_OK)
+                    arm_flush(cs);
+            }
+            more = nq == REPLAY_PAGE;
+            if (nq)
+                snprintf(after, sizeof after, "%s", q[nq - 1].udid);
+            esim_store_queue_entries_free(q, nq);
+        }
+    }
+    free(waiting);
 }
 
 /* The engine's record of device |r|, from the store's. */
@@ -972,7 +1097,11 @@ static esim_err device_from_record(const store_campaign_device *r, campaign_dev 
     return ESIM_OK;
 }
 
-static esim_err restore_campaign(campaigns *cs, const store_campaign *row, esim_error *err)
+/* Reads campaign |row| from the store into a new slot (*out, may be NULL):
+ * driven here when |owned| (then the answers it missed are replayed), a
+ * copy for the API otherwise. */
+static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool owned,
+                                 camp_slot **out, esim_error *err)
 {
     store *st = esim_service_store(cs->svc);
     json_error_t jerr;
@@ -1029,11 +1158,177 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, esim_
         }
         size_t dn;
         campaign_take_dirty(c, &dn);
-        if (rc == ESIM_OK)
-            replay_recorded_answers(cs, s);
+        s->owned = owned;
+        s->loaded_ms = esim_now_ms();
+        if (rc == ESIM_OK && owned)
+            replay_recorded_answers(cs, s, cs->shared);
+        if (out)
+            *out = s;
     }
     esim_store_campaign_devices_free(recs, n);
     return rc;
+}
+
+/* ---- several instances: leases ------------------------------------------------------------ */
+
+static void lease_name(const char *id, char *out, size_t len)
+{
+    snprintf(out, len, "campaign:%s", id);
+}
+
+/* Takes or renews the lease of campaign |id|; false when another instance
+ * holds it (or the store failed), its holder in |holder|. */
+static bool lease_take(campaigns *cs, const char *id, char holder[64])
+{
+    char name[300];
+    lease_name(id, name, sizeof name);
+    bool held = false;
+    if (esim_store_lease(esim_service_store(cs->svc), name, esim_service_instance_id(cs->svc),
+                         CAMPAIGN_LEASE_TTL_MS, &held, holder, NULL) != ESIM_OK)
+        return false;
+    return held;
+}
+
+/* Replaces slot |k| by a fresh read of its campaign from the store (driven
+ * here when |owned|). The slot keeps its place and its creation warnings. */
+static esim_err slot_reload(campaigns *cs, size_t k, bool owned, esim_error *err)
+{
+    camp_slot *old = cs->slots[k];
+    store_campaign *rows = NULL;
+    size_t n = 0;
+    esim_err rc = esim_store_campaigns(esim_service_store(cs->svc), &rows, &n, err);
+    const store_campaign *row = NULL;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        if (strcmp(rows[i].id, campaign_id(old->c)) == 0)
+            row = &rows[i];
+    camp_slot *fresh = NULL;
+    if (rc == ESIM_OK && !row)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "campaign %s is no longer in the store",
+                       campaign_id(old->c));
+    if (rc == ESIM_OK)
+        rc = restore_campaign(cs, row, false, &fresh, err);
+    esim_store_campaigns_free(rows, n);
+    if (rc != ESIM_OK || !fresh)
+        return rc != ESIM_OK ? rc : esim_fail(err, ESIM_ESTORE, "campaign has no devices");
+    /* |fresh| was appended: put it in |old|'s place. */
+    cs->slots[k] = fresh;
+    cs->n_slots--;
+    fresh->creation_warnings = old->creation_warnings;
+    old->creation_warnings = NULL;
+    snprintf(fresh->holder, sizeof fresh->holder, "%s", old->holder);
+    slot_free(old);
+    if (map_rebuild(cs) != ESIM_OK)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    fresh->owned = owned;
+    if (owned)
+        replay_recorded_answers(cs, fresh, true);
+    return ESIM_OK;
+}
+
+static camp_slot *slot_by_id(campaigns *cs, const char *id, size_t *k)
+{
+    for (size_t i = 0; id && i < cs->n_slots; i++)
+        if (strcmp(campaign_id(cs->slots[i]->c), id) == 0) {
+            if (k)
+                *k = i;
+            return cs->slots[i];
+        }
+    return NULL;
+}
+
+/* Every campaign of the store: the ones this instance holds (or now takes
+ * over) are driven here, the others are copies. A campaign taken over is
+ * read again from the store (its records as the last owner wrote them)
+ * and the answers recorded since are replayed, as at a restart. */
+static void leases_tick(campaigns *cs, int64_t now)
+{
+    cs->next_lease_ms = now + CAMPAIGN_LEASE_RENEW_MS;
+    store *st = esim_service_store(cs->svc);
+    store_campaign *rows = NULL;
+    size_t n = 0;
+    if (esim_store_campaigns(st, &rows, &n, NULL) != ESIM_OK)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = 0;
+        camp_slot *s = slot_by_id(cs, rows[i].id, &k);
+        bool final = rows[i].state == CAMPAIGN_FINISHED || rows[i].state == CAMPAIGN_CANCELED;
+        if (!s && final) {
+            restore_campaign(cs, &rows[i], false, NULL, NULL); /* for the API */
+            continue;
+        }
+        if (s && final && !s->owned)
+            continue;
+        char holder[64] = "";
+        bool held = lease_take(cs, rows[i].id, holder);
+        if (!s) {
+            camp_slot *fresh = NULL;
+            if (restore_campaign(cs, &rows[i], held, &fresh, NULL) == ESIM_OK && fresh)
+                snprintf(fresh->holder, sizeof fresh->holder, "%s", holder);
+            continue;
+        }
+        snprintf(s->holder, sizeof s->holder, "%s", holder);
+        if (held && !s->owned) {
+            esim_error e = {{0}};
+            if (slot_reload(cs, k, true, &e) == ESIM_OK)
+                cs->takeovers++;
+            else
+                lease_release_one(cs, rows[i].id);
+        } else if (!held && s->owned && holder[0]) {
+            /* Another instance took it over (this one could not renew in
+             * time): it drives the campaign from its records now. */
+            s->owned = false;
+            s->loaded_ms = 0;
+        }
+    }
+    esim_store_campaigns_free(rows, n);
+}
+
+static void lease_release_one(campaigns *cs, const char *id)
+{
+    char name[300];
+    lease_name(id, name, sizeof name);
+    esim_store_lease_release(esim_service_store(cs->svc), name, esim_service_instance_id(cs->svc),
+                             NULL);
+}
+
+/* Another instance said something about campaigns (or, with |topic| NULL,
+ * this one may have missed what they said). */
+static void on_notify(esim_service *svc, const char *topic, const char *payload, void *arg)
+{
+    (void)svc;
+    campaigns *cs = arg;
+    int64_t now = esim_now_ms();
+    if (!topic) {
+        cs->next_catch_up_ms = 0;
+        cs->next_lease_ms = 0;
+        return;
+    }
+    if (strcmp(topic, "campaign_result") == 0) {
+        char udid[65] = "", uuid[128] = "";
+        if (sscanf(payload, "%64s %127s", udid, uuid) != 2)
+            return;
+        const map_entry *m = map_find(cs, uuid);
+        if (!m || !cs->slots[m->slot]->owned)
+            return;
+        camp_slot *s = cs->slots[m->slot];
+        long i = campaign_find_device(s->c, udid);
+        if (i >= 0 && campaign_device_at(s->c, (size_t)i)->cmd == m->cmd)
+            replay_device(cs, s, (size_t)i, now);
+    } else if (strcmp(topic, "campaign_changed") == 0) {
+        /* "ID INSTANCE": INSTANCE wrote campaign ID's records. */
+        char id[256] = "", from[64] = "";
+        if (sscanf(payload, "%255s %63s", id, from) != 2 ||
+            strcmp(from, esim_service_instance_id(cs->svc)) == 0)
+            return;
+        size_t k = 0;
+        camp_slot *s = slot_by_id(cs, id, &k);
+        if (!s)
+            cs->next_lease_ms = 0; /* a new campaign: read it at the next tick */
+        else if (!s->owned)
+            s->loaded_ms = 0; /* the copy is stale */
+        else
+            slot_reload(cs, k, true, NULL); /* paused, resumed or canceled elsewhere */
+    }
 }
 
 static esim_err restore_all(campaigns *cs, esim_error *err)
@@ -1041,8 +1336,15 @@ static esim_err restore_all(campaigns *cs, esim_error *err)
     store_campaign *rows = NULL;
     size_t n = 0;
     esim_err rc = esim_store_campaigns(esim_service_store(cs->svc), &rows, &n, err);
-    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
-        rc = restore_campaign(cs, &rows[i], err);
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+        /* On a shared store, only what this instance holds is driven. */
+        char holder[64] = "";
+        bool owned = !cs->shared || lease_take(cs, rows[i].id, holder);
+        camp_slot *s = NULL;
+        rc = restore_campaign(cs, &rows[i], owned, &s, err);
+        if (s)
+            snprintf(s->holder, sizeof s->holder, "%s", holder);
+    }
     esim_store_campaigns_free(rows, n);
     return rc;
 }
@@ -1055,6 +1357,7 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, campaigns **out,
     if (!cs)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     cs->svc = svc;
+    cs->shared = (esim_store_features(esim_service_store(svc)) & ESIM_STORE_FEATURE_SHARED) != 0;
     /* Where an earlier version kept campaigns beside the store. */
     char path[4096];
     snprintf(path, sizeof path, "%s/campaigns.db", data_dir && *data_dir ? data_dir : ".");
@@ -1072,6 +1375,8 @@ esim_err campaigns_new(esim_service *svc, const char *data_dir, campaigns **out,
         rc = esim_service_add_result_hook(svc, on_result, cs);
     if (rc == ESIM_OK)
         rc = esim_service_add_results_done(svc, on_results_done, cs);
+    if (rc == ESIM_OK && cs->shared)
+        rc = esim_service_add_notify_hook(svc, on_notify, cs);
     if (rc == ESIM_OK) {
         struct timeval tv = {0, CAMPAIGN_TICK_MS * 1000};
         event_add(cs->tick_ev, &tv);
@@ -1092,6 +1397,10 @@ void campaigns_free(campaigns *cs)
      * restart resumes exactly here. */
     if (cs->flush_ev && cs->n_slots)
         flush(cs);
+    /* Hand the campaigns over at once rather than when the leases lapse. */
+    for (size_t i = 0; cs->shared && i < cs->n_slots; i++)
+        if (cs->slots[i]->owned)
+            lease_release_one(cs, campaign_id(cs->slots[i]->c));
     if (cs->flush_ev)
         event_free(cs->flush_ev);
     if (cs->tick_ev)
@@ -1142,12 +1451,25 @@ esim_service *campaigns_service(campaigns *cs)
     return cs->svc;
 }
 
+/* A copy of a campaign another instance drives, read again when stale. */
+static void refresh_copy(campaigns *cs, size_t k)
+{
+    camp_slot *s = cs->slots[k];
+    if (!s->owned && esim_now_ms() - s->loaded_ms >= CAMPAIGN_SNAPSHOT_MS)
+        slot_reload(cs, k, false, NULL);
+}
+
 campaign *campaigns_find(campaigns *cs, const char *id)
 {
-    for (size_t i = 0; id && i < cs->n_slots; i++)
-        if (strcmp(campaign_id(cs->slots[i]->c), id) == 0)
-            return cs->slots[i]->c;
-    return NULL;
+    size_t k = 0;
+    if (!slot_by_id(cs, id, &k) && cs->shared) {
+        leases_tick(cs, esim_now_ms()); /* created on another instance a moment ago? */
+        if (!slot_by_id(cs, id, &k))
+            return NULL;
+    } else if (!slot_by_id(cs, id, &k))
+        return NULL;
+    refresh_copy(cs, k);
+    return cs->slots[k]->c;
 }
 
 static camp_slot *slot_of(campaigns *cs, const campaign *c)
@@ -1171,6 +1493,13 @@ campaign *campaigns_latest_for_device(campaigns *cs, const char *udid, long *ind
     return NULL;
 }
 
+static void notify_changed(campaigns *cs, const char *id)
+{
+    char payload[400];
+    snprintf(payload, sizeof payload, "%s %s", id, esim_service_instance_id(cs->svc));
+    esim_service_notify(cs->svc, "campaign_changed", payload, NULL);
+}
+
 esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_error *err)
 {
     int64_t now = esim_now_ms();
@@ -1186,6 +1515,37 @@ esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_er
     if (rc != ESIM_OK)
         return rc;
     camp_slot *s = slot_of(cs, c);
+    if (s && !s->owned) {
+        /* Another instance drives it: write the change to the store (and
+         * take the canceled commands off the queues) from this fresh copy,
+         * then tell the owner, which reads the campaign again. */
+        if (strcmp(verb, "cancel") == 0)
+            for (size_t i = 0; i < campaign_device_count(c); i++) {
+                const campaign_dev *d = campaign_device_at(c, i);
+                if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
+                    esim_store_queue_cancel(esim_service_store(cs->svc), d->udid,
+                                            s->cmds[d->cmd].uuid, now, NULL);
+            }
+        s->owned = true; /* for this one write */
+        s->row_dirty = true;
+        s->n_cmds_saved = s->n_cmds;
+        esim_error e = {{0}};
+        store *st = esim_service_store(cs->svc);
+        esim_err wrc = esim_store_unit_begin(st, &e);
+        if (wrc == ESIM_OK) {
+            wrc = write_one(cs, s, now, &e);
+            esim_err end = esim_store_unit_end(st, wrc == ESIM_OK, &e);
+            if (wrc == ESIM_OK)
+                wrc = end;
+        }
+        s->owned = false;
+        s->loaded_ms = 0;
+        if (wrc != ESIM_OK)
+            return esim_fail(err, ESIM_ESTORE, "the campaign could not be changed: %s", e.msg);
+        s->row_dirty = false;
+        notify_changed(cs, campaign_id(c));
+        return ESIM_OK;
+    }
     if (strcmp(verb, "cancel") == 0 && s) {
         /* Take the campaign's commands off the devices' queues. */
         store *st = esim_service_store(cs->svc);
@@ -1304,6 +1664,14 @@ json_t *campaigns_summary_json(campaigns *cs, const campaign *c)
     return o;
 }
 
+static size_t owned_count(const campaigns *cs)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < cs->n_slots; k++)
+        n += cs->slots[k]->owned;
+    return n;
+}
+
 void campaigns_metrics(campaigns *cs, esim_buf *out)
 {
     if (!cs)
@@ -1312,6 +1680,8 @@ void campaigns_metrics(campaigns *cs, esim_buf *out)
                              "# TYPE esim_mdm_campaign_devices gauge\n");
     for (size_t k = 0; k < cs->n_slots; k++) {
         const campaign *c = cs->slots[k]->c;
+        if (!cs->slots[k]->owned)
+            continue; /* its owner reports it */
         size_t counts[CDEV_STATE_COUNT];
         campaign_counts(c, counts);
         for (int st = 0; st < CDEV_STATE_COUNT; st++)
@@ -1322,13 +1692,33 @@ void campaigns_metrics(campaigns *cs, esim_buf *out)
     esim_buf_append_str(out, "# HELP esim_mdm_campaign_pushes_total Pushes sent by campaigns.\n"
                              "# TYPE esim_mdm_campaign_pushes_total counter\n");
     for (size_t k = 0; k < cs->n_slots; k++)
-        esim_buf_printf(out, "esim_mdm_campaign_pushes_total{campaign=\"%s\"} %llu\n",
-                        campaign_id(cs->slots[k]->c),
-                        (unsigned long long)campaign_pushes(cs->slots[k]->c));
+        if (cs->slots[k]->owned)
+            esim_buf_printf(out, "esim_mdm_campaign_pushes_total{campaign=\"%s\"} %llu\n",
+                            campaign_id(cs->slots[k]->c),
+                            (unsigned long long)campaign_pushes(cs->slots[k]->c));
+    if (cs->shared)
+        esim_buf_printf(out,
+                        "# HELP esim_mdm_campaign_leases Campaigns this instance drives (holds"
+                        " the lease of).\n# TYPE esim_mdm_campaign_leases gauge\n"
+                        "esim_mdm_campaign_leases %zu\n"
+                        "# HELP esim_mdm_campaign_takeovers_total Campaigns taken over from an"
+                        " instance whose lease lapsed.\n"
+                        "# TYPE esim_mdm_campaign_takeovers_total counter\n"
+                        "esim_mdm_campaign_takeovers_total %llu\n"
+                        "# HELP esim_mdm_campaign_results_forwarded_total Answers to another"
+                        " instance's campaign commands, announced to it.\n"
+                        "# TYPE esim_mdm_campaign_results_forwarded_total counter\n"
+                        "esim_mdm_campaign_results_forwarded_total %llu\n",
+                        owned_count(cs), (unsigned long long)cs->takeovers,
+                        (unsigned long long)cs->forwarded);
 }
 
 json_t *campaigns_list_json(campaigns *cs)
 {
+    if (cs->shared)
+        leases_tick(cs, esim_now_ms()); /* campaigns created elsewhere */
+    for (size_t k = 0; k < cs->n_slots; k++)
+        refresh_copy(cs, k);
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < cs->n_slots; i++) {
         const campaign *c = cs->slots[i]->c;
@@ -1681,10 +2071,15 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     if ((rc = slot_add(cs, c, err, &s)) != ESIM_OK)
         goto out;
     s->row_dirty = true;
-    c = NULL; /* the slot owns it */
+    s->owned = true; /* the instance that creates a campaign drives it */
+    c = NULL;        /* the slot owns it */
     /* Written whole before anything is sent: a crash now leaves a campaign
      * that resumes, never commands without a campaign. */
     persist(cs, now);
+    if (cs->shared) {
+        lease_take(cs, campaign_id(s->c), s->holder);
+        notify_changed(cs, campaign_id(s->c));
+    }
     json_t *o = campaigns_summary_json(cs, s->c);
     json_object_set_new(o, "distribution", json_string(dist));
     json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));

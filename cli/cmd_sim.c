@@ -59,7 +59,9 @@ static const char devsim_help[] =
     "SM-DP+ in eSIMServerURL onto the device's virtual eUICC.\n"
     "\n"
     "options:\n"
-    "  --server URL            the service (…/mdm is added when the URL has no path)\n"
+    "  --server URL            the service (…/mdm is added when the URL has no path);\n"
+    "                          given up to 8 times, several instances of it: each\n"
+    "                          request goes to the next, so every phone uses all\n"
     "  --apns-mock URL         the APNs mock's delivery listener (http://HOST:PORT)\n"
     "  --devices N             how many devices\n"
     "  --pki DIR               test PKI (default ./pki)\n"
@@ -642,6 +644,8 @@ int cmd_devsim(int argc, char **argv)
         .pki_dir = "pki", .supervised_share = 1.0, .seed = 1, .on_enrol_refused = say_refused};
     bool have_devices = false;
     const char *status_file = NULL;
+    const char *more_servers[7];
+    size_t n_more_servers = 0;
     const char *resolve[16];
     unsigned long long v;
     unsigned duration = 0;
@@ -651,7 +655,13 @@ int cmd_devsim(int argc, char **argv)
     while ((c = cli_next(&p)) != CLI_END) {
         switch (c) {
         case O_SERVER:
-            cfg.server_url = p.value;
+            /* Given again: another instance of the service. */
+            if (!cfg.server_url)
+                cfg.server_url = p.value;
+            else if (n_more_servers < 7)
+                more_servers[n_more_servers++] = p.value;
+            else
+                return cli_usage_error("devsim: at most 8 --server URLs");
             break;
         case O_APNS:
             cfg.apns_url = p.value;
@@ -782,6 +792,8 @@ int cmd_devsim(int argc, char **argv)
     }
     if (!cfg.server_url)
         return cli_missing("devsim", "--server URL");
+    cfg.more_server_urls = more_servers;
+    cfg.n_more_server_urls = n_more_servers;
     if (!cfg.apns_url)
         return cli_missing("devsim", "--apns-mock URL");
     if (!have_devices)

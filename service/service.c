@@ -798,6 +798,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     replay_prune(svc, now);
     omadm_tick(svc, now);
     conn_tick(svc);
+    notify_tick(svc, now);
+    webhooks_tick(svc, now);
     for (size_t i = 0; i < svc->n_ticks; i++)
         svc->ticks[i].fn(svc, now, svc->ticks[i].arg);
 }
@@ -920,6 +922,7 @@ static esim_err start(esim_service *svc, esim_error *err)
     store_options so = {.sync = svc->cfg.store_sync};
     if ((rc = esim_store_open(svc->store_spec, svc->data_dir, &so, &svc->st, err)) != ESIM_OK)
         return rc;
+    notify_start(svc);
     if ((rc = push_init(svc, err)) != ESIM_OK)
         return rc;
     if ((rc = webhooks_init(svc, err)) != ESIM_OK)
@@ -1010,6 +1013,7 @@ void esim_service_free(esim_service *svc)
         if (svc->stop_pipe[i] >= 0)
             close(svc->stop_pipe[i]);
     replay_free(svc);
+    notify_free(svc);
     for (size_t i = 0; i < SVC_BUCKETS; i++)
         for (svc_bucket *b = svc->buckets[i], *next; b; b = next) {
             next = b->next;
@@ -1110,6 +1114,11 @@ esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, voi
     ADD_HOOK(svc->closes, svc->n_closes, fn, arg);
 }
 
+esim_err esim_service_add_notify_hook(esim_service *svc, esim_service_notify_fn fn, void *arg)
+{
+    ADD_HOOK(svc->notify_hooks, svc->n_notify_hooks, fn, arg);
+}
+
 esim_err esim_service_add_results_done(esim_service *svc, esim_service_results_done_fn fn,
                                        void *arg)
 {
@@ -1135,6 +1144,7 @@ void esim_service_remove_hooks(esim_service *svc, void *arg)
     REMOVE_HOOKS(svc->metrics, svc->n_metrics, arg);
     REMOVE_HOOKS(svc->closes, svc->n_closes, arg);
     REMOVE_HOOKS(svc->results_done, svc->n_results_done, arg);
+    REMOVE_HOOKS(svc->notify_hooks, svc->n_notify_hooks, arg);
     size_t kept = 0;
     for (size_t i = 0; i < svc->n_routes; i++) {
         if (svc->routes[i].arg == arg)
@@ -1297,6 +1307,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
     wns_metrics(svc, out);
     eim_metrics(svc, out);
     conn_metrics(svc, out);
+    notify_metrics(svc, out);
     for (size_t i = 0; i < svc->n_metrics; i++)
         svc->metrics[i].fn(svc, out, svc->metrics[i].arg);
     esim_buf_printf(out,

@@ -391,6 +391,13 @@ typedef void (*esim_service_metrics_fn)(esim_service *svc, esim_buf *out, void *
  * registration. */
 typedef void (*esim_service_close_fn)(esim_service *svc, void *arg);
 
+/* A notification from an instance sharing the store (this one included):
+ * |topic| and |payload| as given to esim_service_notify. Called with both
+ * NULL after the listener was lost and is back: notifications sent
+ * meanwhile are gone, so the module catches up from the store. */
+typedef void (*esim_service_notify_fn)(esim_service *svc, const char *topic, const char *payload,
+                                       void *arg);
+
 /* Registers a hook (at most 16 of each kind); call before the loop runs.
  *   ESIM_EINVAL  NULL service or function;  ESIM_ETOOBIG  16 already. */
 ESIM_EXTERN esim_err esim_service_add_result_hook(esim_service *svc, esim_service_result_hook fn,
@@ -399,6 +406,23 @@ ESIM_EXTERN esim_err esim_service_add_tick(esim_service *svc, esim_service_tick_
 ESIM_EXTERN esim_err esim_service_add_metrics(esim_service *svc, esim_service_metrics_fn fn,
                                               void *arg);
 ESIM_EXTERN esim_err esim_service_add_close(esim_service *svc, esim_service_close_fn fn, void *arg);
+ESIM_EXTERN esim_err esim_service_add_notify_hook(esim_service *svc, esim_service_notify_fn fn,
+                                                  void *arg);
+
+/* ---- several instances on one store ----
+ * Instances sharing a PostgreSQL store (ESIM_STORE_FEATURE_SHARED) tell
+ * each other of work through it (LISTEN/NOTIFY, on a connection of its own
+ * watched by the loop); on a store of one instance nothing is sent. */
+
+/* This instance's name among those sharing the store: host, process and a
+ * random part, fresh at every start (the owner of its leases). */
+ESIM_EXTERN const char *esim_service_instance_id(const esim_service *svc);
+/* Sends |topic| (1 to 63 of [a-z_]) and |payload| (may be NULL, up to 7000
+ * bytes) to every instance's notify hooks, this one's included; inside an
+ * open unit of the store it goes when the unit commits. As
+ * esim_store_notify. */
+ESIM_EXTERN esim_err esim_service_notify(esim_service *svc, const char *topic, const char *payload,
+                                         esim_error *err);
 ESIM_EXTERN esim_err esim_service_add_results_done(esim_service *svc,
                                                    esim_service_results_done_fn fn, void *arg);
 

@@ -294,6 +294,19 @@ struct esim_service {
         void *arg;
     } results_done[SVC_MAX_HOOKS];
     size_t n_results_done;
+    struct {
+        esim_service_notify_fn fn;
+        void *arg;
+    } notify_hooks[SVC_MAX_HOOKS];
+    size_t n_notify_hooks;
+    /* Other instances' notifications (notify.c). */
+    char instance_id[64];
+    struct {
+        store_listener *l;
+        struct event *ev;
+        int64_t retry_at;
+        uint64_t received, opens;
+    } notify;
     struct svc_route *routes; /* admin API routes of modules (api.c) */
     size_t n_routes, cap_routes;
     esim_api_session_fn session_fn; /* browsers' sessions (the dashboard), access.c */
@@ -399,6 +412,15 @@ bool access_check_request(esim_service *svc, api_request *r, const char *method,
 void access_audit_note(esim_service *svc, struct evhttp_request *req, int code, const char *msg);
 /* Writes the audit entry of |r| to the store. */
 void access_audit_write(esim_service *svc, api_request *r, const char *method, const char *path);
+
+/* ---- other instances (notify.c) ------------------------------------------------------ */
+
+/* Names this instance and, on a shared store, opens the listener. */
+void notify_start(esim_service *svc);
+/* Reopens a lost listener (then the hooks catch up). */
+void notify_tick(esim_service *svc, int64_t now);
+void notify_free(esim_service *svc);
+void notify_metrics(esim_service *svc, esim_buf *out);
 
 /* ---- logs (log.c) ------------------------------------------------------------------ */
 
@@ -598,6 +620,9 @@ void push_metrics(esim_service *svc, esim_buf *out);
  * holds from before a restart. */
 esim_err webhooks_init(esim_service *svc, esim_error *err);
 void webhooks_free(esim_service *svc);
+/* A shared outbox (several instances): renews this instance's claims and
+ * takes the rows of an instance that died. */
+void webhooks_tick(esim_service *svc, int64_t now);
 /* The deliveries of a device message (|msg| parsed, |raw| the body the
  * device sent), one per URL, each written to the store's outbox at once:
  * inside the open batch when there is one, so the row commits with the

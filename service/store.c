@@ -917,6 +917,64 @@ esim_err esim_store_outbox_list(store *st, int64_t after, size_t limit, store_ou
     return st->ops->outbox_list(st, after, limit, out, n, err);
 }
 
+esim_err esim_store_outbox_add_claimed(store *st, int64_t url_key, const void *body, size_t len,
+                                       const char *owner, int64_t claim_ms, int64_t now,
+                                       int64_t *id, esim_error *err)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_SHARED))
+        return esim_store_outbox_add(st, url_key, body, len, now, id, err);
+    if (!body || !len || !owner || !*owner || claim_ms < 1)
+        return esim_fail(err, ESIM_EINVAL, "a claimed webhook delivery needs a body and an owner");
+    int64_t row = 0;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->outbox_add(st, url_key, body, len, now, &row, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->outbox_claim_row(st, row, owner, claim_ms, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK && id)
+        *id = row;
+    return rc;
+}
+
+esim_err esim_store_outbox_claim(store *st, const char *owner, int64_t claim_ms, size_t limit,
+                                 store_outbox_row **out, size_t *n, esim_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!(st->ops->features & ESIM_STORE_FEATURE_SHARED))
+        return st->ops->outbox_list(st, 0, limit, out, n, err);
+    if (!owner || !*owner || claim_ms < 1)
+        return esim_fail(err, ESIM_EINVAL, "a claim needs an owner and a time");
+    if (limit == 0)
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->outbox_claim(st, owner, claim_ms, limit, out, n, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc != ESIM_OK) {
+        esim_store_outbox_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+esim_err esim_store_outbox_renew(store *st, const char *owner, int64_t claim_ms, esim_error *err)
+{
+    if (!(st->ops->features & ESIM_STORE_FEATURE_SHARED))
+        return ESIM_OK;
+    if (!owner || !*owner || claim_ms < 1)
+        return esim_fail(err, ESIM_EINVAL, "a claim needs an owner and a time");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->outbox_renew(st, owner, claim_ms, err);
+    return st->ops->op_end(st, rc, err);
+}
+
 void esim_store_outbox_free(store_outbox_row *rows, size_t n)
 {
     for (size_t i = 0; rows && i < n; i++)
@@ -1105,6 +1163,97 @@ void esim_store_iot_packages_free(store_iot_package *p, size_t n)
         esim_buf_free(&p[i].result);
     }
     free(p);
+/* ---- several instances -------------------------------------------------------------------- */
+
+static bool shared(const store *st)
+{
+    return (st->ops->features & ESIM_STORE_FEATURE_SHARED) != 0;
+}
+
+static bool lease_name_ok(const char *s, size_t max)
+{
+    return s && *s && strlen(s) <= max;
+}
+
+esim_err esim_store_lease(store *st, const char *name, const char *owner, int64_t ttl_ms,
+                          bool *held, char holder[64], esim_error *err)
+{
+    if (!lease_name_ok(name, 255) || !lease_name_ok(owner, 63) || ttl_ms < 1 || !held)
+        return esim_fail(err, ESIM_EINVAL,
+                         "a lease needs a name, an owner (1 to 63 characters)"
+                         " and a time to live of at least 1 ms");
+    char who[64] = "";
+    *held = false;
+    esim_err rc = ESIM_OK;
+    if (!shared(st)) {
+        *held = true; /* the one instance */
+        snprintf(who, sizeof who, "%s", owner);
+    } else if ((rc = st->ops->op_begin(st, err)) == ESIM_OK) {
+        rc = st->ops->lease(st, name, owner, ttl_ms, held, who, err);
+        rc = st->ops->op_end(st, rc, err);
+        if (rc != ESIM_OK)
+            *held = false;
+    }
+    if (holder)
+        snprintf(holder, 64, "%s", rc == ESIM_OK ? who : "");
+    return rc;
+}
+
+esim_err esim_store_lease_release(store *st, const char *name, const char *owner, esim_error *err)
+{
+    if (!lease_name_ok(name, 255) || !lease_name_ok(owner, 63))
+        return esim_fail(err, ESIM_EINVAL, "a lease needs a name and an owner");
+    if (!shared(st))
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->lease_release(st, name, owner, err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_notify(store *st, const char *topic, const char *payload, esim_error *err)
+{
+    size_t tl = topic ? strlen(topic) : 0;
+    if (tl == 0 || tl > 63 || strspn(topic, "abcdefghijklmnopqrstuvwxyz_") != tl)
+        return esim_fail(err, ESIM_EINVAL, "a notification's topic is 1 to 63 of [a-z_]");
+    if (payload && strlen(payload) > 7000)
+        return esim_fail(err, ESIM_EINVAL, "a notification's payload is at most 7000 bytes");
+    if (!shared(st))
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->notify(st, topic, payload ? payload : "", err);
+    return st->ops->op_end(st, rc, err);
+}
+
+esim_err esim_store_listen(store *st, store_listener **out, esim_error *err)
+{
+    *out = NULL;
+    if (!shared(st))
+        return esim_fail(err, ESIM_ESTATE,
+                         "the %s store has one instance: there is nothing to listen to",
+                         st->ops->name);
+    return st->ops->listen(st, out, err);
+}
+
+int esim_store_listener_fd(const store_listener *l)
+{
+    return l->ops->listener_fd(l);
+}
+
+esim_err esim_store_listener_read(store_listener *l,
+                                  void (*fn)(const char *topic, const char *payload, void *arg),
+                                  void *arg, esim_error *err)
+{
+    return l->ops->listener_read(l, fn, arg, err);
+}
+
+void esim_store_listener_free(store_listener *l)
+{
+    if (l)
+        l->ops->listener_free(l);
 }
 
 /* ---- group commit ----------------------------------------------------------------------- */

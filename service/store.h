@@ -267,6 +267,11 @@ enum {
      * Without it a commit is as durable as it will get when it returns, and
      * esim_store_sync does nothing. */
     ESIM_STORE_FEATURE_DEFERRED_SYNC = 1u << 1,
+    /* Several service instances may share the store (PostgreSQL): leases
+     * are real (esim_store_lease), and notifications reach every instance
+     * (esim_store_notify, esim_store_listen). Without it the one process
+     * holds every lease, and there is nobody to notify. */
+    ESIM_STORE_FEATURE_SHARED = 1u << 2,
 };
 /* The ESIM_STORE_FEATURE_* bits of this store. */
 ESIM_EXTERN unsigned esim_store_features(const store *st);
@@ -608,6 +613,29 @@ ESIM_EXTERN esim_err esim_store_iot_packages(store *st, const char *eid, const c
                                              size_t limit, store_iot_package **out, size_t *n,
                                              esim_error *err);
 ESIM_EXTERN void esim_store_iot_packages_free(store_iot_package *p, size_t n); /* NULL ok */
+/* Several instances on one store (ESIM_STORE_FEATURE_SHARED) share the
+ * outbox: each row is claimed by the instance that sends it, for
+ * |claim_ms| on the database's clock, and renewed while it keeps trying;
+ * a row whose claim lapsed (its instance died) is claimed by another. A
+ * row is sent by one instance at a time, at least once overall (an
+ * instance killed after the receiver's 2xx and before the row's delete
+ * leaves it to be sent again, with the same event id).
+ * esim_store_outbox_add_claimed: as esim_store_outbox_add, the new row
+ *   claimed by |owner|.
+ * esim_store_outbox_claim: up to |limit| rows nobody holds (or whose claim
+ *   lapsed), oldest first, now claimed by |owner| (rows another instance
+ *   holds are skipped, never waited for); as esim_store_outbox_list.
+ * esim_store_outbox_renew: extends every claim |owner| holds.
+ * Without the feature there is one instance: add_claimed is outbox_add,
+ * claim lists from the first row, renew does nothing. */
+ESIM_EXTERN esim_err esim_store_outbox_add_claimed(store *st, int64_t url_key, const void *body,
+                                                   size_t len, const char *owner, int64_t claim_ms,
+                                                   int64_t now, int64_t *id, esim_error *err);
+ESIM_EXTERN esim_err esim_store_outbox_claim(store *st, const char *owner, int64_t claim_ms,
+                                             size_t limit, store_outbox_row **out, size_t *n,
+                                             esim_error *err);
+ESIM_EXTERN esim_err esim_store_outbox_renew(store *st, const char *owner, int64_t claim_ms,
+                                             esim_error *err);
 
 /* Counts for /metrics and /healthz. */
 ESIM_EXTERN esim_err esim_store_stats(store *st, store_stats *out, esim_error *err);
@@ -771,6 +799,54 @@ ESIM_EXTERN esim_err esim_store_facts_put(store *st, const store_device_facts *f
 /* ESIM_ENOTFOUND when nothing is known (|out| then reads unknown). */
 ESIM_EXTERN esim_err esim_store_facts_get(store *st, const char *udid, store_device_facts *out,
                                           esim_error *err);
+
+/* ---- several instances: leases and notifications -----------------------------
+ * A lease names a piece of work one instance drives at a time (a campaign:
+ * "campaign:ID"); its holder renews it well within |ttl_ms|, and any
+ * instance takes it over once it has lapsed (its holder died or lost the
+ * database). Expiry is reckoned on the database's clock, so the instances'
+ * clocks need not agree. Without ESIM_STORE_FEATURE_SHARED there is one
+ * instance and it holds every lease. */
+
+/* Takes the lease |name| for |owner| (1 to 63 characters), or renews it when
+ * |owner| holds it, until |ttl_ms| from now. *held says whether |owner| holds
+ * it now; |holder| (may be NULL) gets who does ("" when nobody could be
+ * read).  ESIM_EINVAL  a missing name or owner, or ttl_ms < 1. */
+ESIM_EXTERN esim_err esim_store_lease(store *st, const char *name, const char *owner,
+                                      int64_t ttl_ms, bool *held, char holder[64], esim_error *err);
+/* Gives the lease up when |owner| holds it (another instance may take it at
+ * once); nothing when it does not. */
+ESIM_EXTERN esim_err esim_store_lease_release(store *st, const char *name, const char *owner,
+                                              esim_error *err);
+
+/* Tells every instance listening on this store (this one included)
+ * |topic| (1 to 63 characters of [a-z_]) with |payload| (up to 7000 bytes,
+ * no NUL; may be NULL). Inside an open unit or batch it is delivered when
+ * that commits, and not at all when it is undone. Does nothing without
+ * ESIM_STORE_FEATURE_SHARED.  ESIM_EINVAL  a bad topic or an overlong
+ * payload. */
+ESIM_EXTERN esim_err esim_store_notify(store *st, const char *topic, const char *payload,
+                                       esim_error *err);
+
+/* A connection of its own that receives the notifications of the store, to
+ * be watched by the caller's event loop. */
+typedef struct store_listener store_listener;
+/* Opens one (*out is the caller's: esim_store_listener_free).
+ *   ESIM_ESTATE  the store has no ESIM_STORE_FEATURE_SHARED;
+ *   ESIM_ESTORE  the database could not be reached. */
+ESIM_EXTERN esim_err esim_store_listen(store *st, store_listener **out, esim_error *err);
+/* The socket to watch for reading. */
+ESIM_EXTERN int esim_store_listener_fd(const store_listener *l);
+/* Reads what the socket has and calls |fn| once per notification received,
+ * in order (|payload| is "" when none was given). Never blocks.
+ *   ESIM_ESTORE  the connection is lost: free the listener and open another
+ *                (notifications sent meanwhile are lost; catch up from the
+ *                store). */
+ESIM_EXTERN esim_err esim_store_listener_read(store_listener *l,
+                                              void (*fn)(const char *topic, const char *payload,
+                                                         void *arg),
+                                              void *arg, esim_error *err);
+ESIM_EXTERN void esim_store_listener_free(store_listener *l); /* NULL ok */
 
 /* ---- group commit -----------------------------------------------------------
  * Batching (ESIM_STORE_FEATURE_BATCH): between batch_begin and batch_commit

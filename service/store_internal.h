@@ -21,6 +21,11 @@ struct store {
     const struct store_ops *ops;
 };
 
+/* Every back end's listener starts with this. */
+struct store_listener {
+    const struct store_ops *ops;
+};
+
 /* Which list of names names_list reads. */
 typedef enum {
     STORE_NAMES_GROUP_MEMBERS, /* key: a group */
@@ -267,6 +272,28 @@ struct store_ops {
     void (*batch_rollback)(store *st);                    /* FEATURE_BATCH */
     int64_t (*commit_count)(store *st);                   /* FEATURE_DEFERRED_SYNC */
     esim_err (*sync)(store *st, esim_error *err);         /* FEATURE_DEFERRED_SYNC */
+
+    /* ---- several instances: present only with FEATURE_SHARED ---- */
+    /* Takes or renews lease |name| for |owner| for |ttl_ms|; *held, and
+     * |holder| filled ("" when unknown). A step of the front's operation. */
+    esim_err (*lease)(store *st, const char *name, const char *owner, int64_t ttl_ms, bool *held,
+                      char holder[64], esim_error *err);
+    esim_err (*lease_release)(store *st, const char *name, const char *owner, esim_error *err);
+    /* Sends "topic payload" on the store's channel (a step: transactional). */
+    esim_err (*notify)(store *st, const char *topic, const char *payload, esim_error *err);
+    esim_err (*listen)(store *st, store_listener **out, esim_error *err);
+    int (*listener_fd)(const store_listener *l);
+    esim_err (*listener_read)(store_listener *l,
+                              void (*fn)(const char *topic, const char *payload, void *arg),
+                              void *arg, esim_error *err);
+    void (*listener_free)(store_listener *l);
+    /* The shared outbox (esim_store_outbox_claim...): claim row |id| for
+     * |owner|; claim up to |limit| free or lapsed rows; renew |owner|'s. */
+    esim_err (*outbox_claim_row)(store *st, int64_t id, const char *owner, int64_t claim_ms,
+                                 esim_error *err);
+    esim_err (*outbox_claim)(store *st, const char *owner, int64_t claim_ms, size_t limit,
+                             store_outbox_row **out, size_t *n, esim_error *err);
+    esim_err (*outbox_renew)(store *st, const char *owner, int64_t claim_ms, esim_error *err);
 };
 
 /* Opens (creating and migrating) the SQLite database at |path|. */
@@ -279,6 +306,16 @@ int store_sqlite_schema_version(void);
  * the libpq connection string or URI |conninfo|. */
 esim_err store_pgsql_open(const char *conninfo, const store_options *opts, store **out,
                           esim_error *err);
+/* The PostgreSQL back end's listener (store_pgsql_listen.c): a connection
+ * of its own to |conninfo| that LISTENs on |channel|; |ops| is the back
+ * end's table. */
+esim_err pgsql_listener_open(const struct store_ops *ops, const char *conninfo, const char *channel,
+                             store_listener **out, esim_error *err);
+int pgsql_listener_fd(const store_listener *l);
+esim_err pgsql_listener_read(store_listener *l,
+                             void (*fn)(const char *topic, const char *payload, void *arg),
+                             void *arg, esim_error *err);
+void pgsql_listener_free(store_listener *l);
 /* The newest schema version of the PostgreSQL back end: always the SQLite
  * back end's (the same migrations, in each one's SQL). */
 int store_pgsql_schema_version(void);

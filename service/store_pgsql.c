@@ -217,6 +217,12 @@ static const migration migrations[] = {
          " result BYTEA,"
          " UNIQUE (command_uuid, eid));"
          "CREATE INDEX iot_packages_eid ON iot_packages(eid, id);"},
+    {11, "CREATE TABLE leases ("
+         " name TEXT PRIMARY KEY,"
+         " owner TEXT NOT NULL,"
+         " expires_at BIGINT NOT NULL);"
+         "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';"
+         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -314,6 +320,13 @@ enum {
     S_IOT_LIST,
     S_IOT_PKG_PUT,
     S_IOT_PKG_LIST,
+    S_LEASE,
+    S_LEASE_HOLDER,
+    S_LEASE_RELEASE,
+    S_NOTIFY,
+    S_OUTBOX_CLAIM_ROW,
+    S_OUTBOX_CLAIM,
+    S_OUTBOX_RENEW,
     S_COUNT
 };
 
@@ -548,12 +561,39 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_BIND_CERT] = "UPDATE devices SET cert_sha256 = $2 WHERE udid = $1",
     [S_DEV_BOOTSTRAP_SET] = "UPDATE devices SET bootstrap_token = $2 WHERE udid = $1",
     [S_DEV_BOOTSTRAP_GET] = "SELECT bootstrap_token FROM devices WHERE udid = $1",
+    /* The database's clock, in ms: every instance reckons expiry on it. */
+    [S_LEASE] = "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2,"
+                " (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $3)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+                " expires_at = excluded.expires_at"
+                " WHERE leases.owner = excluded.owner"
+                " OR leases.expires_at < (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+                " RETURNING owner",
+    [S_LEASE_HOLDER] = "SELECT owner FROM leases WHERE name = $1",
+    [S_LEASE_RELEASE] = "DELETE FROM leases WHERE name = $1 AND owner = $2",
+    [S_NOTIFY] = "SELECT pg_notify($1, $2)",
+    [S_OUTBOX_CLAIM_ROW] = "UPDATE webhook_outbox SET claimed_by = $2,"
+                           " claimed_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+                           " + $3 WHERE id = $1",
+    /* Rows another instance is claiming right now are skipped, not waited
+     * for: two instances scanning at once take different rows. */
+    [S_OUTBOX_CLAIM] =
+        "UPDATE webhook_outbox SET claimed_by = $1,"
+        " claimed_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2"
+        " WHERE id IN (SELECT id FROM webhook_outbox WHERE claimed_until <"
+        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        " ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, url_key, created_at, body",
+    [S_OUTBOX_RENEW] = "UPDATE webhook_outbox SET claimed_until ="
+                       " (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2"
+                       " WHERE claimed_by = $1",
 };
 
 typedef struct {
     store base;
     PGconn *conn;
     char *conninfo;
+    char channel[80];       /* the notification channel: "esim_" and the schema */
     bool prepared[S_COUNT]; /* on this connection */
     int depth;              /* operations begun and not ended (they nest) */
     bool tx_failed;         /* a step failed: the transaction can only be undone */
@@ -1382,14 +1422,15 @@ static esim_err pg_outbox_delete(store *base, int64_t id, esim_error *err)
     return exec_stmt((pg_store *)base, err, S_OUTBOX_DEL, "i", id);
 }
 
-static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_outbox_row **out,
-                               size_t *n, esim_error *err)
+static int cmp_outbox_id(const void *x, const void *y)
 {
-    if (limit == 0)
-        return ESIM_OK;
-    PGresult *r = run((pg_store *)base, err, S_OUTBOX_LIST, "ii", after, (int64_t)limit);
-    if (!r)
-        return ESIM_ESTORE;
+    int64_t a = ((const store_outbox_row *)x)->id, b = ((const store_outbox_row *)y)->id;
+    return a < b ? -1 : a > b;
+}
+
+/* The rows (id, url_key, created_at, body) of |r| in id order; clears |r|. */
+static esim_err outbox_rows(PGresult *r, store_outbox_row **out, size_t *n, esim_error *err)
+{
     size_t rows = (size_t)PQntuples(r);
     store_outbox_row *list = calloc(rows ? rows : 1, sizeof *list);
     if (!list) {
@@ -1409,6 +1450,7 @@ static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_o
         }
     }
     PQclear(r);
+    qsort(list, rows, sizeof *list, cmp_outbox_id);
     *out = list;
     *n = rows;
     return ESIM_OK;
@@ -1524,6 +1566,15 @@ static esim_err pg_iot_pkg_list(store *base, const char *eid, const char *uuid, 
     *out = list;
     *n = rows;
     return ESIM_OK;
+static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_outbox_row **out,
+                               size_t *n, esim_error *err)
+{
+    if (limit == 0)
+        return ESIM_OK;
+    PGresult *r = run((pg_store *)base, err, S_OUTBOX_LIST, "ii", after, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    return outbox_rows(r, out, n, err);
 }
 
 static esim_err pg_audit_add(store *base, const store_audit *in, esim_error *err)
@@ -1837,6 +1888,70 @@ static esim_err pg_facts_get(store *base, const char *udid, store_device_facts *
     return ESIM_OK;
 }
 
+/* ---- several instances ------------------------------------------------------------ */
+
+static esim_err pg_lease(store *base, const char *name, const char *owner, int64_t ttl_ms,
+                         bool *held, char holder[64], esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    PGresult *r = run(s, err, S_LEASE, "tti", name, owner, ttl_ms);
+    if (!r)
+        return ESIM_ESTORE;
+    *held = PQntuples(r) > 0;
+    PQclear(r);
+    if (*held) {
+        snprintf(holder, 64, "%s", owner);
+        return ESIM_OK;
+    }
+    /* Someone else holds it: who (for the API and the logs). */
+    if (!(r = run(s, err, S_LEASE_HOLDER, "t", name)))
+        return ESIM_ESTORE;
+    if (PQntuples(r) > 0)
+        col_text(r, 0, 0, holder, 64);
+    PQclear(r);
+    return ESIM_OK;
+}
+
+static esim_err pg_lease_release(store *base, const char *name, const char *owner, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_LEASE_RELEASE, "tt", name, owner);
+}
+
+static esim_err pg_notify(store *base, const char *topic, const char *payload, esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    char msg[7100];
+    snprintf(msg, sizeof msg, "%s %s", topic, payload);
+    return exec_stmt(s, err, S_NOTIFY, "tt", s->channel, msg);
+}
+
+static esim_err pg_outbox_claim_row(store *base, int64_t id, const char *owner, int64_t claim_ms,
+                                    esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_OUTBOX_CLAIM_ROW, "iti", id, owner, claim_ms);
+}
+
+static esim_err pg_outbox_claim(store *base, const char *owner, int64_t claim_ms, size_t limit,
+                                store_outbox_row **out, size_t *n, esim_error *err)
+{
+    PGresult *r =
+        run((pg_store *)base, err, S_OUTBOX_CLAIM, "tii", owner, claim_ms, (int64_t)limit);
+    if (!r)
+        return ESIM_ESTORE;
+    return outbox_rows(r, out, n, err);
+}
+
+static esim_err pg_outbox_renew(store *base, const char *owner, int64_t claim_ms, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_OUTBOX_RENEW, "ti", owner, claim_ms);
+}
+
+static esim_err pg_listen(store *base, store_listener **out, esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    return pgsql_listener_open(base->ops, s->conninfo, s->channel, out, err);
+}
+
 /* ---- open, migrate, close -------------------------------------------------------- */
 
 static void pg_close(store *base)
@@ -1864,7 +1979,7 @@ static void pg_backend_stats(store *base, store_backend_stats *out)
 
 static const struct store_ops pgsql_ops = {
     .name = "pgsql",
-    .features = 0,
+    .features = ESIM_STORE_FEATURE_SHARED,
     .close = pg_close,
     .op_begin = pg_op_begin,
     .op_end = pg_op_end,
@@ -1934,6 +2049,16 @@ static const struct store_ops pgsql_ops = {
     .device_bind_cert = pg_device_bind_cert,
     .device_bootstrap_set = pg_device_bootstrap_set,
     .device_bootstrap_get = pg_device_bootstrap_get,
+    .lease = pg_lease,
+    .lease_release = pg_lease_release,
+    .notify = pg_notify,
+    .listen = pg_listen,
+    .listener_fd = pgsql_listener_fd,
+    .listener_read = pgsql_listener_read,
+    .listener_free = pgsql_listener_free,
+    .outbox_claim_row = pg_outbox_claim_row,
+    .outbox_claim = pg_outbox_claim,
+    .outbox_renew = pg_outbox_renew,
 };
 
 int store_pgsql_schema_version(void)
@@ -2073,6 +2198,12 @@ esim_err store_pgsql_open(const char *conninfo, const store_options *opts, store
         rc = session_setup(s, err);
     if (rc == ESIM_OK)
         rc = migrate(s, err);
+    /* Notifications are per database, tables per schema: the channel is
+     * named after the schema, so stores in other schemas hear nothing. */
+    char schema[64];
+    if (rc == ESIM_OK &&
+        (rc = query_value(s, "SELECT current_schema()", schema, sizeof schema, err)) == ESIM_OK)
+        snprintf(s->channel, sizeof s->channel, "esim_%s", schema);
     if (rc != ESIM_OK) {
         pg_close(&s->base);
         return rc;

@@ -213,6 +213,14 @@ static const migration migrations[] = {
          " result BLOB,"
          " UNIQUE (command_uuid, eid));"
          "CREATE INDEX iot_packages_eid ON iot_packages(eid, id);"},
+    /* Leases and outbox claims are PostgreSQL's (several instances); the
+     * tables are the same in both back ends. */
+    {11, "CREATE TABLE leases ("
+         " name TEXT PRIMARY KEY,"
+         " owner TEXT NOT NULL,"
+         " expires_at INTEGER NOT NULL);"
+         "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';"
+         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;"},
     /* New migrations go here, with the next version number. */
 };
 

@@ -8,6 +8,10 @@
  * the change it reports and deleted once answered 2xx (or given up, or
  * dropped): a restart starts again every delivery still in the outbox, with
  * the same body and event id, so an event is delivered at least once.
+ * Instances sharing a store share the outbox: each row is claimed by the
+ * instance sending it (renewed from the tick while it tries), and one
+ * whose instance died is claimed and sent by another once the claim
+ * lapses (WEBHOOK_CLAIM_MS), with the same body and event id.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +48,11 @@ struct svc_webhooks {
     uint64_t *failing; /* per URL: failed attempts in a row (0: healthy) */
     int64_t *url_keys; /* per URL, its key in the outbox */
 };
+
+/* How long an instance's claim on its outbox rows lasts unless renewed (from
+ * every tick): a dead instance's deliveries start again elsewhere after
+ * this. */
+#define WEBHOOK_CLAIM_MS 10000
 
 static void job_start(hook_job *j);
 static void check_finished(svc_webhooks *wh);
@@ -500,8 +509,8 @@ hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *r
             continue;
         /* A row that cannot be written (store error) still goes out, from
          * memory only: early beats never. */
-        if (esim_store_outbox_add(svc->st, wh->url_keys[u], body, plen, now, &j->outbox_id, NULL) !=
-            ESIM_OK) {
+        if (esim_store_outbox_add_claimed(svc->st, wh->url_keys[u], body, plen, svc->instance_id,
+                                          WEBHOOK_CLAIM_MS, now, &j->outbox_id, NULL) != ESIM_OK) {
             svc_store_failed(svc, NULL);
             j->outbox_id = 0;
         }
@@ -552,12 +561,49 @@ void webhooks_discard(hook_job *jobs)
     }
 }
 
+static bool shared_outbox(const esim_service *svc)
+{
+    return (esim_store_features(svc->st) & ESIM_STORE_FEATURE_SHARED) != 0;
+}
+
+/* Starts the deliveries of outbox |rows| (same body, same event id). Rows
+ * for a receiver no longer configured are dropped; so are those beyond the
+ * queue's cap, counted. */
+static void start_rows(svc_webhooks *wh, const store_outbox_row *rows, size_t n)
+{
+    esim_service *svc = wh->svc;
+    for (size_t i = 0; i < n; i++) {
+        size_t u = 0;
+        while (u < svc->cfg.n_webhook_urls && wh->url_keys[u] != rows[i].url_key)
+            u++;
+        char *body = NULL;
+        if (u < svc->cfg.n_webhook_urls && wh->n_jobs < svc->cfg.webhook_queue_max &&
+            (body = malloc(rows[i].body.len + 1)) != NULL) {
+            memcpy(body, rows[i].body.data, rows[i].body.len);
+            body[rows[i].body.len] = '\0';
+        }
+        hook_job *j = body ? job_new(wh, u, body, rows[i].body.len) : NULL;
+        if (!j) {
+            svc->m.webhooks_dropped++;
+            if (esim_store_outbox_delete(svc->st, rows[i].id, NULL) != ESIM_OK)
+                svc_store_failed(svc, NULL);
+            continue;
+        }
+        j->outbox_id = rows[i].id;
+        job_enqueue(wh, j);
+    }
+}
+
 /* At start-up: every delivery the outbox still holds, oldest first, as it
- * was (same body, same event id). Rows for a receiver no longer configured
- * are dropped; so are those beyond the queue's cap, counted. */
+ * was. On a shared outbox only the rows nobody holds: those of a live
+ * instance are its own to send. */
 static void restart_outbox(svc_webhooks *wh)
 {
     esim_service *svc = wh->svc;
+    if (shared_outbox(svc)) {
+        webhooks_tick(svc, esim_now_ms());
+        return;
+    }
     int64_t after = 0;
     for (;;) {
         store_outbox_row *rows = NULL;
@@ -566,29 +612,41 @@ static void restart_outbox(svc_webhooks *wh)
             svc_store_failed(svc, NULL);
             return;
         }
-        for (size_t i = 0; i < n; i++) {
-            after = rows[i].id;
-            size_t u = 0;
-            while (u < svc->cfg.n_webhook_urls && wh->url_keys[u] != rows[i].url_key)
-                u++;
-            char *body = NULL;
-            if (u < svc->cfg.n_webhook_urls && wh->n_jobs < svc->cfg.webhook_queue_max &&
-                (body = malloc(rows[i].body.len + 1)) != NULL) {
-                memcpy(body, rows[i].body.data, rows[i].body.len);
-                body[rows[i].body.len] = '\0';
-            }
-            hook_job *j = body ? job_new(wh, u, body, rows[i].body.len) : NULL;
-            if (!j) {
-                svc->m.webhooks_dropped++;
-                if (esim_store_outbox_delete(svc->st, rows[i].id, NULL) != ESIM_OK)
-                    svc_store_failed(svc, NULL);
-                continue;
-            }
-            j->outbox_id = rows[i].id;
-            job_enqueue(wh, j);
-        }
+        if (n)
+            after = rows[n - 1].id;
+        start_rows(wh, rows, n);
         esim_store_outbox_free(rows, n);
         if (n < 1000)
             return;
+    }
+}
+
+/* On a shared outbox, every tick: this instance's claims are renewed, and
+ * the rows of an instance that died (claims lapsed) are taken, as many as
+ * the queue has room for. */
+void webhooks_tick(esim_service *svc, int64_t now)
+{
+    (void)now;
+    svc_webhooks *wh = svc->webhooks;
+    if (!wh || !shared_outbox(svc))
+        return;
+    if (wh->n_jobs &&
+        esim_store_outbox_renew(svc->st, svc->instance_id, WEBHOOK_CLAIM_MS, NULL) != ESIM_OK)
+        svc_store_failed(svc, NULL);
+    size_t room =
+        svc->cfg.webhook_queue_max > wh->n_jobs ? svc->cfg.webhook_queue_max - wh->n_jobs : 0;
+    while (room > 0) {
+        store_outbox_row *rows = NULL;
+        size_t n = 0, want = room < 1000 ? room : 1000;
+        if (esim_store_outbox_claim(svc->st, svc->instance_id, WEBHOOK_CLAIM_MS, want, &rows, &n,
+                                    NULL) != ESIM_OK) {
+            svc_store_failed(svc, NULL);
+            return;
+        }
+        start_rows(wh, rows, n);
+        esim_store_outbox_free(rows, n);
+        if (n < want)
+            return;
+        room -= n;
     }
 }

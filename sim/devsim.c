@@ -67,7 +67,9 @@ struct sim_devsim {
     void *enrol_refused_arg;
     sim_pki *pki;
     sim_http *http;
-    char mdm_url[1024];
+    char mdm_url[8][1024]; /* the instances of the service, used in turn */
+    size_t n_mdm_urls;
+    uint64_t next_url; /* requests sent so far: which instance is next */
     char apns_url[512];
     char channel[128];
     char data_dir[SIM_PATH_MAX];
@@ -298,7 +300,7 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     if (rc != ESIM_OK)
         return rc;
     sim_http_request req = {.method = "PUT",
-                            .url = s->mdm_url,
+                            .url = s->mdm_url[s->next_url++ % s->n_mdm_urls],
                             .headers = hdrs,
                             .n_headers = nh,
                             .body = body->data,
@@ -1187,6 +1189,18 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                              strncmp(cfg->server_url, "https://", 8) != 0))
         return esim_fail(err, ESIM_EINVAL,
                          "--server must be an http:// or https:// URL of the MDM service");
+    if (cfg->n_more_server_urls > 7 || (cfg->n_more_server_urls && !cfg->more_server_urls))
+        return esim_fail(err, ESIM_EINVAL, "at most 8 --server URLs");
+    for (size_t u = 0; u < cfg->n_more_server_urls; u++)
+        if (!cfg->more_server_urls[u] ||
+            (strncmp(cfg->more_server_urls[u], "http://", 7) != 0 &&
+             strncmp(cfg->more_server_urls[u], "https://", 8) != 0) ||
+            strlen(cfg->more_server_urls[u]) >= 1000 ||
+            (strncmp(cfg->more_server_urls[u], "https://", 8) == 0) !=
+                (strncmp(cfg->server_url, "https://", 8) == 0))
+            return esim_fail(err, ESIM_EINVAL,
+                             "every --server must be an http:// or https:// URL of the MDM "
+                             "service, all with the same scheme");
     if (cfg->apns_url && strncmp(cfg->apns_url, "http://", 7) != 0 &&
         strncmp(cfg->apns_url, "https://", 8) != 0)
         return esim_fail(err, ESIM_EINVAL,
@@ -1266,14 +1280,17 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     s->no_identity = cfg->no_identity;
     snprintf(s->channel, sizeof s->channel, "%s", cfg->channel ? cfg->channel : "devsim");
     /* A URL without a path gets the conventional /mdm (check-in and commands share it). */
-    const char *after_scheme = strstr(cfg->server_url, "://") + 3;
-    const char *path = strchr(after_scheme, '/');
-    if (!path || strcmp(path, "/") == 0)
-        snprintf(s->mdm_url, sizeof s->mdm_url, "%.*s/mdm",
-                 (int)(path ? (size_t)(path - cfg->server_url) : strlen(cfg->server_url)),
-                 cfg->server_url);
-    else
-        snprintf(s->mdm_url, sizeof s->mdm_url, "%s", cfg->server_url);
+    for (size_t u = 0; u <= cfg->n_more_server_urls; u++) {
+        const char *url = u ? cfg->more_server_urls[u - 1] : cfg->server_url;
+        const char *after_scheme = strstr(url, "://") + 3;
+        const char *path = strchr(after_scheme, '/');
+        if (!path || strcmp(path, "/") == 0)
+            snprintf(s->mdm_url[u], sizeof s->mdm_url[u], "%.*s/mdm",
+                     (int)(path ? (size_t)(path - url) : strlen(url)), url);
+        else
+            snprintf(s->mdm_url[u], sizeof s->mdm_url[u], "%s", url);
+    }
+    s->n_mdm_urls = cfg->n_more_server_urls + 1;
     s->https_server = strncmp(cfg->server_url, "https://", 8) == 0;
     if (cfg->apns_url) {
         snprintf(s->apns_url, sizeof s->apns_url, "%s", cfg->apns_url);

@@ -722,10 +722,16 @@ esim_err sim_winpc_describe_json(const sim_winpc *pc, esim_buf *out, esim_error 
 
 typedef struct {
     const char *server_url; /* the service's check-in/command URL base (…/mdm added when no path) */
-    const char *apns_url;   /* APNs mock delivery listener */
-    const char *pki_dir;    /* required: the test PKI (created if missing) */
-    const char *data_dir;   /* NULL: nothing persisted; else DIR/devices/<UDID>.json */
-    const char *channel;    /* APNs mock channel; NULL = "devsim" */
+    /* More instances of the service (behind no load balancer): each request
+     * of a phone goes to the next of server_url and these in turn, and a
+     * failed one is tried again at the next, so every phone talks to every
+     * instance. Up to 7; may be NULL. */
+    const char *const *more_server_urls;
+    size_t n_more_server_urls;
+    const char *apns_url;      /* APNs mock delivery listener */
+    const char *pki_dir;       /* required: the test PKI (created if missing) */
+    const char *data_dir;      /* NULL: nothing persisted; else DIR/devices/<UDID>.json */
+    const char *channel;       /* APNs mock channel; NULL = "devsim" */
     const char *status_listen; /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
     unsigned devices;
     double supervised_share, notnow_share, offline_share, fail_share;

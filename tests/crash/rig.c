@@ -132,18 +132,24 @@ static void remove_port_file(rig *r, const char *name)
     unlink(path);
 }
 
-static bool start_service(rig *r)
+/* Instance |k| (0: "service", 1: "service2"). */
+static bool start_instance(rig *r, int which)
 {
+    const char *name = which ? "service2" : "service";
+    int *port = which ? &r->svc2_port : &r->svc_port;
+    chttp *api = which ? &r->api2 : &r->api;
     char port_file[PATH_MAX + 32], data[PATH_MAX + 32], devca[PATH_MAX + 48], push[PATH_MAX + 48],
         pushkey[PATH_MAX + 48], ca[PATH_MAX + 48], apns[64], listen[64], hook[64];
-    path_in(r, port_file, sizeof port_file, "service.port");
-    path_in(r, data, sizeof data, "service");
+    char pf_name[32];
+    snprintf(pf_name, sizeof pf_name, "%s.port", name);
+    path_in(r, port_file, sizeof port_file, pf_name);
+    path_in(r, data, sizeof data, name);
     snprintf(devca, sizeof devca, "%s/pki/device-ca.pem", r->dir);
     snprintf(push, sizeof push, "%s/pki/push.pem", r->dir);
     snprintf(pushkey, sizeof pushkey, "%s/pki/push.key", r->dir);
     snprintf(ca, sizeof ca, "%s/pki/ca.pem", r->dir);
     snprintf(apns, sizeof apns, "https://127.0.0.1:%d", r->apns_tls);
-    snprintf(listen, sizeof listen, "127.0.0.1:%d", r->svc_port);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", *port);
     snprintf(hook, sizeof hook, "http://127.0.0.1:%d/hook", hook_sink_port(r->hooks));
     char *argv[] = {"esim-mdm",
                     "serve",
@@ -169,8 +175,10 @@ static bool start_service(rig *r)
                     "1",
                     "--webhook",
                     hook,
+                    r->store ? "--store" : NULL,
+                    (char *)r->store,
                     NULL};
-    remove_port_file(r, "service");
+    remove_port_file(r, name);
     pid_t pid;
     if (r->valgrind) {
         /* valgrind runs the binary: the same arguments after its own. */
@@ -194,31 +202,47 @@ static bool start_service(rig *r)
         pid = sup_start(&r->sup, "service", vargv);
         snprintf(r->sup.self, sizeof r->sup.self, "%s", self);
     } else {
-        pid = sup_start(&r->sup, "service", argv);
+        pid = sup_start(&r->sup, name, argv);
     }
-    if (pid < 0 || !wait_port(r, "service", &r->svc_port))
+    if (pid < 0 || !wait_port(r, name, port))
         return false;
     char url[64], token[PATH_MAX + 48];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", r->svc_port);
-    snprintf(token, sizeof token, "%s/service/api-token", r->dir);
-    chttp_close(&r->api);
-    if (!chttp_open_api(&r->api, url, token))
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", *port);
+    snprintf(token, sizeof token, "%s/%s/api-token", r->dir, name);
+    chttp_close(api);
+    if (!chttp_open_api(api, url, token))
         return false;
     for (int64_t until = esim_mono_ms() + 180000; esim_mono_ms() < until; sup_sleep_ms(50))
-        if (call(&r->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL, true))
+        if (call(api, "GET", "/healthz", NULL, NULL, 0, 200, NULL, true))
             return true;
     note("the service does not answer /healthz");
     return false;
 }
 
+static bool start_service(rig *r)
+{
+    return start_instance(r, 0) && (r->instances < 2 || start_instance(r, 1));
+}
+
+bool rig_kill_first_instance(rig *r)
+{
+    if (!sup_kill(&r->sup, "service", SIGKILL))
+        return false;
+    chttp_close(&r->api);
+    r->api = r->api2;
+    memset(&r->api2, 0, sizeof r->api2);
+    return true;
+}
+
 static bool start_devsim(rig *r)
 {
-    char port_file[PATH_MAX + 32], data[PATH_MAX + 32], pki[PATH_MAX + 32], url[64], n[16],
-        apns[64], status[64];
+    char port_file[PATH_MAX + 32], data[PATH_MAX + 32], pki[PATH_MAX + 32], url[64], url2[64],
+        n[16], apns[64], status[64];
     path_in(r, port_file, sizeof port_file, "devsim.port");
     path_in(r, data, sizeof data, "devsim");
     path_in(r, pki, sizeof pki, "pki");
     snprintf(url, sizeof url, "http://127.0.0.1:%d", r->svc_port);
+    snprintf(url2, sizeof url2, "http://127.0.0.1:%d", r->svc2_port);
     snprintf(n, sizeof n, "%u", r->devices);
     snprintf(apns, sizeof apns, "http://127.0.0.1:%d", r->apns_delivery);
     snprintf(status, sizeof status, "127.0.0.1:%d", r->sim_port);
@@ -242,6 +266,8 @@ static bool start_devsim(rig *r)
                     port_file,
                     "--max-concurrent",
                     "128",
+                    r->instances > 1 ? "--server" : NULL,
+                    url2,
                     NULL};
     remove_port_file(r, "devsim");
     if (sup_start(&r->sup, "devsim", argv) < 0 || !wait_port(r, "devsim", &r->sim_port))
@@ -735,6 +761,15 @@ bool rig_check(rig *r, rig_report *rep)
                 authn++;
             else if (strcmp(kind, "token_update") == 0)
                 tokens++;
+            if (strcmp(kind, "sent") == 0) {
+                long times = 0;
+                for (size_t q = 0; q < k; q++) {
+                    json_t *x = json_array_get(events, q);
+                    times += strcmp(jstr(x, "kind"), "sent") == 0 &&
+                             strcmp(jstr(x, "command_uuid"), cmd) == 0;
+                }
+                rep->resent += times == 1; /* counted once, at its second sending */
+            }
             if (strcmp(kind, "result") != 0)
                 continue;
             rep->results++;
@@ -772,9 +807,10 @@ bool rig_check(rig *r, rig_report *rep)
     free(ev);
     note("%ld verified; %ld ledger events read, %ld results; %ld webhooks received (%ld "
          "repeated with the same event id), %ld lost; orders: %ld installed, at most %ld "
-         "download(s) each, %ld download retries",
+         "download(s) each, %ld download retries, %ld commands sent more than once",
          rep->verified, rep->events_checked, rep->results, rep->webhooks, rep->webhook_dups_same_id,
-         rep->webhook_lost, rep->orders_installed, rep->downloads_max, rep->download_retries);
+         rep->webhook_lost, rep->orders_installed, rep->downloads_max, rep->download_retries,
+         rep->resent);
     return ok;
 }
 
@@ -805,6 +841,7 @@ void rig_stop(rig *r)
 {
     sup_stop_all(&r->sup);
     chttp_close(&r->api);
+    chttp_close(&r->api2);
     chttp_close(&r->sim);
     chttp_close(&r->smdp);
     hook_sink_stop(r->hooks);

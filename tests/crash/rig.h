@@ -40,6 +40,15 @@ typedef struct {
     char campaign[64];
     unsigned restarts[4]; /* per part, indexed by rig_part */
     const char *valgrind; /* non-NULL: the service runs under this valgrind */
+    /* Several instances (set before rig_start): |store| is the --store spec
+     * they share (NULL: SQLite in the data directory), |instances| 1 or 2;
+     * the second is "service2" on |svc2_port|, devsim sends each request to
+     * the next instance, and |api| is the first instance's API until
+     * rig_kill_first_instance. */
+    const char *store;
+    int instances;
+    int svc2_port;
+    chttp api2;
     char valgrind_log[PATH_MAX + 32];
 } rig;
 
@@ -56,6 +65,8 @@ json_t *rig_campaign_summary(rig *r);
  * it serves. Or the two halves apart (a part down for a while). */
 bool rig_kill_restart(rig *r, rig_part part);
 bool rig_kill(rig *r, rig_part part);
+/* SIGKILLs the first instance for good; |api| is the second's from then on. */
+bool rig_kill_first_instance(rig *r);
 bool rig_restart(rig *r, rig_part part);
 /* Devices in a final state in a campaign summary. */
 long rig_finals(const json_t *summary);
@@ -70,6 +81,7 @@ bool rig_follow(rig *r, double max_s, int n_kills, rig_part part, int *kills_dur
 typedef struct {
     long verified, events_checked, results, webhooks, webhook_dups_same_id, webhook_lost;
     long downloads_max, orders_installed, download_retries;
+    long resent; /* (device, command) pairs the ledger shows sent more than once */
 } rig_report;
 bool rig_check(rig *r, rig_report *rep);
 /* SIGTERM to the service and a wait (up to |max_s|) for its exit status:

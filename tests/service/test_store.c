@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -704,6 +705,112 @@ static void test_iot_devices_and_packages(void **state)
     assert_string_equal(pk[0].summary, "enable 8944...");
     esim_store_iot_packages_free(pk, n);
     esim_store_close(st);
+/* Several instances: leases, notifications, the shared outbox. Two handles
+ * on one store stand for two instances. */
+static void on_note(const char *topic, const char *payload, void *arg)
+{
+    char *got = arg;
+    size_t len = strlen(got);
+    snprintf(got + len, 256 - len, "%s=%s;", topic, payload);
+}
+
+/* Reads |l| until |got| holds |want| or 3 s passed. */
+static bool heard(store_listener *l, char *got, const char *want)
+{
+    for (int64_t until = esim_mono_ms() + 3000; esim_mono_ms() < until;) {
+        struct pollfd p = {.fd = esim_store_listener_fd(l), .events = POLLIN};
+        poll(&p, 1, 50);
+        assert_int_equal(esim_store_listener_read(l, on_note, got, NULL), ESIM_OK);
+        if (strstr(got, want))
+            return true;
+    }
+    return false;
+}
+
+static void test_instances(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *a = open_fresh(spec);
+    bool shared = (esim_store_features(a) & ESIM_STORE_FEATURE_SHARED) != 0;
+    bool held = false;
+    char holder[64];
+    assert_int_equal(esim_store_lease(a, "campaign:x", "", 100, &held, holder, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_lease(a, "campaign:x", "A", 0, &held, holder, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_notify(a, "Bad-Topic", "x", NULL), ESIM_EINVAL);
+    store_listener *l = NULL;
+    if (!shared) {
+        /* One instance: it holds every lease, and nobody listens. */
+        assert_int_equal(esim_store_lease(a, "campaign:x", "A", 100, &held, holder, NULL), ESIM_OK);
+        assert_true(held);
+        assert_int_equal(esim_store_lease(a, "campaign:x", "B", 100, &held, holder, NULL), ESIM_OK);
+        assert_true(held);
+        assert_int_equal(esim_store_notify(a, "t", "p", NULL), ESIM_OK);
+        assert_int_equal(esim_store_listen(a, &l, NULL), ESIM_ESTATE);
+        esim_store_close(a);
+        return;
+    }
+    store *b = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &b, NULL), ESIM_OK);
+    /* A lease: one holder, renewed by it, taken over once it lapsed. */
+    assert_int_equal(esim_store_lease(a, "campaign:x", "A", 300, &held, holder, NULL), ESIM_OK);
+    assert_true(held);
+    assert_string_equal(holder, "A");
+    assert_int_equal(esim_store_lease(b, "campaign:x", "B", 300, &held, holder, NULL), ESIM_OK);
+    assert_false(held);
+    assert_string_equal(holder, "A");
+    assert_int_equal(esim_store_lease(a, "campaign:x", "A", 300, &held, holder, NULL), ESIM_OK);
+    assert_true(held);
+    usleep(400 * 1000);
+    assert_int_equal(esim_store_lease(b, "campaign:x", "B", 300, &held, holder, NULL), ESIM_OK);
+    assert_true(held);
+    assert_int_equal(esim_store_lease(a, "campaign:x", "A", 300, &held, holder, NULL), ESIM_OK);
+    assert_false(held);
+    assert_string_equal(holder, "B");
+    /* Released: free for the next at once; a release by a non-holder does nothing. */
+    assert_int_equal(esim_store_lease_release(a, "campaign:x", "A", NULL), ESIM_OK);
+    assert_int_equal(esim_store_lease_release(b, "campaign:x", "B", NULL), ESIM_OK);
+    assert_int_equal(esim_store_lease(a, "campaign:x", "A", 60000, &held, holder, NULL), ESIM_OK);
+    assert_true(held);
+
+    /* Notifications reach a listener on another connection; inside a unit
+     * only when it commits. */
+    assert_int_equal(esim_store_listen(b, &l, NULL), ESIM_OK);
+    char got[256] = "";
+    assert_int_equal(esim_store_notify(a, "campaign_result", "U1 C1", NULL), ESIM_OK);
+    assert_true(heard(l, got, "campaign_result=U1 C1;"));
+    assert_int_equal(esim_store_unit_begin(a, NULL), ESIM_OK);
+    assert_int_equal(esim_store_notify(a, "undone", NULL, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(a, false, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_begin(a, NULL), ESIM_OK);
+    assert_int_equal(esim_store_notify(a, "kept", NULL, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(a, true, NULL), ESIM_OK);
+    assert_true(heard(l, got, "kept=;"));
+    assert_null(strstr(got, "undone"));
+    esim_store_listener_free(l);
+
+    /* The shared outbox: a claimed row is its claimer's; a free or lapsed
+     * one goes to the first to claim it, once. */
+    int64_t r1 = 0, r2 = 0, r3 = 0;
+    assert_int_equal(esim_store_outbox_add_claimed(a, 7, "{\"a\":1}", 7, "A", 60000, 1, &r1, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_outbox_add(a, 7, "{\"b\":2}", 7, 2, &r2, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_add_claimed(a, 7, "{\"c\":3}", 7, "A", 1, 3, &r3, NULL),
+                     ESIM_OK);
+    usleep(20 * 1000); /* r3's claim lapses */
+    store_outbox_row *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_outbox_claim(b, "B", 60000, 10, &rows, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_true(rows[0].id == r2 && rows[1].id == r3);
+    assert_memory_equal(rows[1].body.data, "{\"c\":3}", 7);
+    esim_store_outbox_free(rows, n);
+    assert_int_equal(esim_store_outbox_renew(b, "B", 60000, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_claim(a, "A", 60000, 10, &rows, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
+    esim_store_outbox_free(rows, n);
+    esim_store_close(b);
+    esim_store_close(a);
 }
 
 static void test_features(void **state)
@@ -713,7 +820,8 @@ static void test_features(void **state)
     store *st = open_fresh(spec);
     assert_non_null(esim_store_backend(st));
     unsigned f = esim_store_features(st);
-    assert_int_equal(f & ~(unsigned)(ESIM_STORE_FEATURE_BATCH | ESIM_STORE_FEATURE_DEFERRED_SYNC),
+    assert_int_equal(f & ~(unsigned)(ESIM_STORE_FEATURE_BATCH | ESIM_STORE_FEATURE_DEFERRED_SYNC |
+                                     ESIM_STORE_FEATURE_SHARED),
                      0);
     /* Without batching, the batch calls are harmless and every operation
      * commits on its own. */
@@ -1214,6 +1322,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_iot_devices_and_packages),
+        cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_imports_groups_tags_facts),
