@@ -2075,11 +2075,13 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
     c = NULL;        /* the slot owns it */
     /* Written whole before anything is sent: a crash now leaves a campaign
      * that resumes, never commands without a campaign. */
-    persist(cs, now);
-    if (cs->shared) {
+    /* The lease before the records: another instance that sees the new
+     * campaign finds it held. */
+    if (cs->shared)
         lease_take(cs, campaign_id(s->c), s->holder);
+    persist(cs, now);
+    if (cs->shared)
         notify_changed(cs, campaign_id(s->c));
-    }
     json_t *o = campaigns_summary_json(cs, s->c);
     json_object_set_new(o, "distribution", json_string(dist));
     json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));

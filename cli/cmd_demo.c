@@ -59,6 +59,10 @@ static const char demo_help[] =
     "  --store SPEC             the service's store instead of SQLite in that directory,\n"
     "                           e.g. postgres://user@host/db (an empty database, or one\n"
     "                           given to the demo: it enrols devices into it)\n"
+    "  --instances N            N (1 or 2) instances of the service on the one --store\n"
+    "                           (PostgreSQL only): the devices send each request to\n"
+    "                           the next instance, the campaign is created on the\n"
+    "                           second and followed on the first (default 1)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
     "exit status: 0 every device that can be verified is verified (and the extras\n"
@@ -124,7 +128,10 @@ out:
 typedef struct {
     char dir[PATH_MAX];
     bool keep, json, quiet_mix, inventory, extras, keep_running;
-    const char *store; /* --store, or NULL: SQLite in the service's data dir */
+    const char *store;  /* --store, or NULL: SQLite in the service's data dir */
+    unsigned instances; /* of the service, on the one --store (1 or 2) */
+    int svc2_port;      /* the second instance's */
+    chttp api2;         /* the second instance's admin API */
     unsigned devices;
     double pps, timeout_s;
     double enrol_timeout_s; /* 0: as long as enrolment moves */
@@ -328,6 +335,25 @@ static bool start_parts(demo *d)
     if (sup_start(&d->sup, "service", svc_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "service", 30000, &d->svc_port))
         return false;
+    char url2[64] = "", svc2_dir[PATH_MAX + 32];
+    if (d->instances > 1) {
+        /* The second instance: its own port and data directory, the same
+         * store (the first one migrated it). */
+        char svc2_port_file[PATH_MAX + 32];
+        snprintf(svc2_port_file, sizeof svc2_port_file, "%s/service2.port", d->dir);
+        snprintf(svc2_dir, sizeof svc2_dir, "%s/service2", d->dir);
+        svc_argv[5] = svc2_port_file;
+        svc_argv[7] = svc2_dir;
+        if (sup_start(&d->sup, "service2", svc_argv) < 0 ||
+            !sup_wait_port_file(&d->sup, "service2", 30000, &d->svc2_port))
+            return false;
+        char token2[PATH_MAX + 48];
+        snprintf(url2, sizeof url2, "http://127.0.0.1:%d", d->svc2_port);
+        snprintf(token2, sizeof token2, "%s/api-token", svc2_dir);
+        if (!chttp_open_api(&d->api2, url2, token2) ||
+            !call(d, &d->api2, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
+            return false;
+    }
     char url[64], token_file[PATH_MAX + 48];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", d->svc_port);
     snprintf(token_file, sizeof token_file, "%s/api-token", svc_dir);
@@ -351,7 +377,8 @@ static bool start_parts(demo *d)
                         d->quiet_mix ? "0" : "0.03", "--offline-share", d->quiet_mix ? "0" : "0.02",
                         /* busy once (36003), and a few models without eSIM (36002) */
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
-                        d->quiet_mix ? "0" : "0.005", NULL};
+                        d->quiet_mix ? "0" : "0.005", d->instances > 1 ? "--server" : NULL, url2,
+                        NULL};
     if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
         return false;
@@ -666,7 +693,9 @@ static void show_warnings(demo *d, const json_t *created)
 static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, json_t **summary)
 {
     *summary = NULL;
-    if (!post_json(d, &d->api, "/v1/campaigns", body, 201, created))
+    /* With two instances: created on the second, followed on the first
+     * (the campaign API answers on any instance). */
+    if (!post_json(d, d->instances > 1 ? &d->api2 : &d->api, "/v1/campaigns", body, 201, created))
         return false;
     int rc = campaign_follow(&d->api, jstr(*created, "id"), d->timeout_s + 30, quiet, summary);
     return rc == CLI_EXIT_OK && !sup_stopping();
@@ -904,8 +933,14 @@ static int run(demo *d)
         d->devices, d->dir);
     if (!start_parts(d))
         return CLI_EXIT_FAIL;
-    say(d, "  started the APNs mock (:%d), the service (:%d) and the device simulator (:%d)\n",
-        d->apns_tls, d->svc_port, d->sim_port);
+    if (d->instances > 1)
+        say(d,
+            "  started the APNs mock (:%d), two instances of the service on one PostgreSQL "
+            "(:%d, :%d) and the device simulator (:%d), its devices using both\n",
+            d->apns_tls, d->svc_port, d->svc2_port, d->sim_port);
+    else
+        say(d, "  started the APNs mock (:%d), the service (:%d) and the device simulator (:%d)\n",
+            d->apns_tls, d->svc_port, d->sim_port);
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
@@ -1051,7 +1086,8 @@ int cmd_demo(int argc, char **argv)
               .timeout_s = 300,
               .seed = 7,
               .inventory = true,
-              .extras = true};
+              .extras = true,
+              .instances = 1};
     const char *keep = NULL;
     bool sample = false;
     enum {
@@ -1068,7 +1104,8 @@ int cmd_demo(int argc, char **argv)
         ENROL_TIMEOUT,
         SEED,
         KEEP,
-        STORE
+        STORE,
+        INSTANCES
     };
     static const cli_option options[] = {
         {"sample", false, SAMPLE},
@@ -1085,6 +1122,7 @@ int cmd_demo(int argc, char **argv)
         {"seed", true, SEED},
         {"keep", true, KEEP},
         {"store", true, STORE},
+        {"instances", true, INSTANCES},
         {NULL, false, 0},
     };
     /* The numbers' ranges, by id. */
@@ -1146,6 +1184,11 @@ int cmd_demo(int argc, char **argv)
         case STORE:
             d.store = p.value;
             break;
+        case INSTANCES:
+            if (strcmp(p.value, "1") != 0 && strcmp(p.value, "2") != 0)
+                return cli_bad_value(&p, "1 or 2");
+            d.instances = (unsigned)atoi(p.value);
+            break;
         case CLI_ARG:
             return cli_unexpected("demo", p.value);
         default:
@@ -1154,6 +1197,10 @@ int cmd_demo(int argc, char **argv)
     }
     if (sample)
         return demo_print_sample();
+    if (d.instances > 1 && (!d.store || (strncmp(d.store, "postgres://", 11) != 0 &&
+                                         strncmp(d.store, "postgresql://", 13) != 0)))
+        return cli_usage_error("demo: --instances 2 needs --store postgres://...: several "
+                               "instances share one PostgreSQL, never a SQLite file");
     /* With --json, standard output is the summary object alone: what
      * people read goes to standard error. */
     d.out = d.json ? stderr : stdout;
@@ -1191,6 +1238,7 @@ int cmd_demo(int argc, char **argv)
 
     sup_stop_all(&d.sup);
     chttp_close(&d.api);
+    chttp_close(&d.api2);
     chttp_close(&d.sim);
     chttp_close(&d.smdp);
     if (rc != CLI_EXIT_OK && !d.keep && !sup_stopping())

@@ -27,6 +27,8 @@
 #define REGISTER_BATCH 2000
 #define LONGPOLL_WAIT_MS 20000
 #define RETRY_MS 1000
+/* An instance of the service that did not answer is skipped this long. */
+#define URL_DOWN_MS 5000
 
 enum {
     F_QUEUED = 1u << 0,       /* waiting in the check-in queue */
@@ -69,7 +71,8 @@ struct sim_devsim {
     sim_http *http;
     char mdm_url[8][1024]; /* the instances of the service, used in turn */
     size_t n_mdm_urls;
-    uint64_t next_url; /* requests sent so far: which instance is next */
+    uint64_t next_url;         /* requests sent so far: which instance is next */
+    int64_t url_down_until[8]; /* an instance that refused a connection is left alone a while */
     char apns_url[512];
     char channel[128];
     char data_dir[SIM_PATH_MAX];
@@ -256,6 +259,7 @@ typedef struct {
     req_kind kind;
     char uuid[128]; /* the command being answered, for a download */
     bool erase_after, preserve_data_plan;
+    size_t url; /* which instance of the service it went to */
 } req_ctx;
 
 static void on_service_reply(void *arg, sim_http_response *r);
@@ -299,8 +303,14 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     esim_buf_free(&sig);
     if (rc != ESIM_OK)
         return rc;
+    /* As a load balancer would: the next instance in turn, skipping one
+     * that just failed to answer at all (a dead instance). */
+    int64_t now = esim_mono_ms();
+    ctx->url = s->next_url++ % s->n_mdm_urls;
+    for (size_t k = 0; k < s->n_mdm_urls && s->url_down_until[ctx->url] > now; k++)
+        ctx->url = s->next_url++ % s->n_mdm_urls;
     sim_http_request req = {.method = "PUT",
-                            .url = s->mdm_url[s->next_url++ % s->n_mdm_urls],
+                            .url = s->mdm_url[ctx->url],
                             .headers = hdrs,
                             .n_headers = nh,
                             .body = body->data,
@@ -524,6 +534,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
     slot *sl = &s->slots[i];
     if (r->err != ESIM_OK || r->status != 200) {
         s->stats.http_errors++;
+        if (r->err != ESIM_OK && s->n_mdm_urls > 1)
+            s->url_down_until[ctx->url] = esim_mono_ms() + URL_DOWN_MS;
         bool enrolling = ctx->kind != REQ_CHECKIN;
         if (enrolling)
             note_enrol_refused(s, sim_device_udid(sl->dev), r);
