@@ -48,6 +48,10 @@ typedef struct {
     sim_http_conn *conn; /* the phone's own connection, during a session only */
     uint32_t flags;
     uint8_t retries;
+    /* A command answer whose PUT got no reply (the service died, or the
+     * connection broke): an iPhone sends it again before anything else,
+     * rather than asking for (and running) the command again. */
+    esim_buf *unanswered;
 } slot;
 
 typedef enum { TIMED_ONLINE, TIMED_UNLOCK, TIMED_ENROLL, TIMED_CHECKIN } timed_kind;
@@ -259,7 +263,8 @@ typedef struct {
     req_kind kind;
     char uuid[128]; /* the command being answered, for a download */
     bool erase_after, preserve_data_plan;
-    size_t url; /* which instance of the service it went to */
+    size_t url;          /* which instance of the service it went to */
+    bool carries_answer; /* the body answers a command (slot.unanswered) */
 } req_ctx;
 
 static void on_service_reply(void *arg, sim_http_response *r);
@@ -373,15 +378,19 @@ static void checkin_start(sim_devsim *s, size_t i)
     sl->flags &= ~(F_QUEUED | F_PUSH_PENDING);
     esim_buf body = {0};
     req_ctx *ctx = calloc(1, sizeof *ctx);
-    /* A woken device first says Idle; the answer is its next command. */
-    if (!ctx || esim_msg_build_result(sim_device_udid(sl->dev), ESIM_STATUS_IDLE, NULL, NULL, 0,
-                                      NULL, ESIM_PLIST_XML, &body, NULL) != ESIM_OK) {
+    bool answer = sl->unanswered != NULL;
+    /* A woken device first says Idle (or sends again the answer that got
+     * no reply); the answer is its next command. */
+    if (!ctx ||
+        (answer ? esim_buf_append(&body, sl->unanswered->data, sl->unanswered->len)
+                : esim_msg_build_result(sim_device_udid(sl->dev), ESIM_STATUS_IDLE, NULL, NULL, 0,
+                                        NULL, ESIM_PLIST_XML, &body, NULL)) != ESIM_OK) {
         free(ctx);
         esim_buf_free(&body);
         at(s, RETRY_MS, i, TIMED_CHECKIN);
         return;
     }
-    *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_CHECKIN};
+    *ctx = (req_ctx){.s = s, .slot = i, .kind = REQ_CHECKIN, .carries_answer = answer};
     s->stats.checkins++;
     if (!session_begin(s, i) || put_to_service(ctx, &body, false) != ESIM_OK) {
         free(ctx);
@@ -420,6 +429,18 @@ static void send_result(req_ctx *ctx, esim_buf *result)
                       .kind = REQ_CHECKIN,
                       .erase_after = ctx->erase_after,
                       .preserve_data_plan = ctx->preserve_data_plan};
+    /* Kept until the service replies (an erase's answer is not: the phone
+     * wipes itself either way). */
+    slot *sl = &ctx->s->slots[ctx->slot];
+    if (!ctx->erase_after) {
+        if (!sl->unanswered)
+            sl->unanswered = calloc(1, sizeof *sl->unanswered);
+        if (sl->unanswered) {
+            sl->unanswered->len = 0;
+            if (esim_buf_append(sl->unanswered, result->data, result->len) == ESIM_OK)
+                next->carries_answer = true;
+        }
+    }
     if (put_to_service(next, result, false) != ESIM_OK) {
         free(next);
         ctx->s->stats.http_errors++;
@@ -526,6 +547,15 @@ static void note_enrol_refused(sim_devsim *s, const char *udid, const sim_http_r
         s->on_enrol_refused(s->enrol_refused_arg, udid, s->refused_status, reason);
 }
 
+static void drop_unanswered(slot *sl)
+{
+    if (sl->unanswered) {
+        esim_buf_free(sl->unanswered);
+        free(sl->unanswered);
+        sl->unanswered = NULL;
+    }
+}
+
 static void on_service_reply(void *arg, sim_http_response *r)
 {
     req_ctx *ctx = arg;
@@ -536,6 +566,10 @@ static void on_service_reply(void *arg, sim_http_response *r)
         s->stats.http_errors++;
         if (r->err != ESIM_OK && s->n_mdm_urls > 1)
             s->url_down_until[ctx->url] = esim_mono_ms() + URL_DOWN_MS;
+        /* Refused (4xx): the service read it and will not take it; sending
+         * it again would not help. Otherwise it goes again. */
+        if (ctx->carries_answer && r->err == ESIM_OK && r->status >= 400 && r->status < 500)
+            drop_unanswered(sl);
         bool enrolling = ctx->kind != REQ_CHECKIN;
         if (enrolling)
             note_enrol_refused(s, sim_device_udid(sl->dev), r);
@@ -555,6 +589,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
         return;
     }
     sl->retries = 0;
+    if (ctx->carries_answer)
+        drop_unanswered(sl);
     if (ctx->kind == REQ_AUTH) {
         size_t tl;
         const unsigned char *tok = sim_device_push_token(sl->dev, &tl);
@@ -1424,6 +1460,7 @@ void sim_devsim_free(sim_devsim *s)
     sim_iotfleet_free(s->iot);
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
+        drop_unanswered(&s->slots[i]);
         if (s->slots[i].dev) {
             save_if_dirty(s, i);
             sim_device_free(s->slots[i].dev);
