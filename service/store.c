@@ -1163,6 +1163,8 @@ void esim_store_iot_packages_free(store_iot_package *p, size_t n)
         esim_buf_free(&p[i].result);
     }
     free(p);
+}
+
 /* ---- several instances -------------------------------------------------------------------- */
 
 static bool shared(const store *st)

@@ -1566,6 +1566,8 @@ static esim_err pg_iot_pkg_list(store *base, const char *eid, const char *uuid, 
     *out = list;
     *n = rows;
     return ESIM_OK;
+}
+
 static esim_err pg_outbox_list(store *base, int64_t after, size_t limit, store_outbox_row **out,
                                size_t *n, esim_error *err)
 {

@@ -705,6 +705,8 @@ static void test_iot_devices_and_packages(void **state)
     assert_string_equal(pk[0].summary, "enable 8944...");
     esim_store_iot_packages_free(pk, n);
     esim_store_close(st);
+}
+
 /* Several instances: leases, notifications, the shared outbox. Two handles
  * on one store stand for two instances. */
 static void on_note(const char *topic, const char *payload, void *arg)
