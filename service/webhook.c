@@ -55,6 +55,12 @@ struct svc_webhooks {
 #define WEBHOOK_CLAIM_MS 10000
 
 static void job_start(hook_job *j);
+
+static bool shared_outbox(const esim_service *svc)
+{
+    return (esim_store_features(svc->st) & ESIM_STORE_FEATURE_SHARED) != 0;
+}
+
 static void check_finished(svc_webhooks *wh);
 static int64_t url_key(const char *url);
 static void restart_outbox(svc_webhooks *wh);
@@ -327,6 +333,10 @@ void webhooks_free(esim_service *svc)
     svc_webhooks *wh = svc->webhooks;
     if (!wh)
         return;
+    /* Stopping: what this instance still held is another's to send at
+     * once, not after its claim lapses. */
+    if (wh->n_jobs && shared_outbox(svc))
+        esim_store_outbox_renew(svc->st, svc->instance_id, 1, NULL);
     while (wh->head)
         job_free(wh->head);
     curl_loop_free(&wh->loop);
@@ -559,11 +569,6 @@ void webhooks_discard(hook_job *jobs)
         job_free_unlisted(jobs);
         jobs = next;
     }
-}
-
-static bool shared_outbox(const esim_service *svc)
-{
-    return (esim_store_features(svc->st) & ESIM_STORE_FEATURE_SHARED) != 0;
 }
 
 /* Starts the deliveries of outbox |rows| (same body, same event id). Rows
