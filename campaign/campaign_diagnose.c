@@ -138,17 +138,19 @@ static void windows_failure(diag *d, const char *why)
                  "Check the activation code for this EID (esim-mdm import activation-codes) and "
                  "queue the profile again.",
                  "The SM-DP+ refused the matching ID the PC presented (%s).", why);
+    /* DiscoveryState 4 first: its words also name an unreachable server as
+     * one possible cause, and the order is what to look at first. */
+    else if (strstr(why, "DiscoveryState 4"))
+        conclude(d, "nothing_released",
+                 "Check the SM-DP+ order for this EID (released? linked to this EID?), then run "
+                 "the campaign again for this PC.",
+                 "Discovery at the SM-DP+ found nothing for this PC (%s).", why);
     else if (strstr(why, "RemoteServerUnreachable") || strstr(why, "ErrorDetail 14") ||
              strstr(why, "unreachable"))
         conclude(d, "smdp_unreachable",
                  "Check that the PC can reach the SM-DP+ (network, proxy, firewall, DNS), then "
                  "run the campaign again for it.",
                  "The PC could not reach the SM-DP+ (%s).", why);
-    else if (strstr(why, "DiscoveryState 4"))
-        conclude(d, "nothing_released",
-                 "Check the SM-DP+ order for this EID (released? linked to this EID?), then run "
-                 "the campaign again for this PC.",
-                 "Discovery at the SM-DP+ found nothing for this PC (%s).", why);
     else if (strstr(why, "405"))
         conclude(d, "csp_refused",
                  "The command writes a node the eUICCs CSP does not let it write: check the "

@@ -85,8 +85,8 @@ static esim_err win_build(void *ctx, const campaign_order *o, const char *uuid,
         snprintf(server, sizeof server, "%s", x->server);
     esim_windows_op op = {.eid = o->eid};
     const char *kind = NULL;
-    char nodes[3][300];
-    const char *np[3] = {nodes[0], nodes[1], nodes[2]};
+    char nodes[4][300];
+    const char *np[4] = {nodes[0], nodes[1], nodes[2], nodes[3]};
     switch (o->step) {
     case CAMPAIGN_STEP_PROFILE:
         op.kind = ESIM_WIN_LOCAL_UI;
@@ -107,6 +107,14 @@ static esim_err win_build(void *ctx, const campaign_order *o, const char *uuid,
             snprintf(nodes[1], sizeof nodes[1], "Profiles/%s/State", o->iccid);
             snprintf(nodes[2], sizeof nodes[2], "Profiles/%s/ErrorDetail", o->iccid);
             op.n_nodes = 3;
+            /* The profile node appears only when discovery found it: a
+             * discovery that failed (nothing released for the EID) is read
+             * from the server's node, or the device would look merely
+             * "not there yet" until the verification gives up. */
+            if (server[0]) {
+                snprintf(nodes[3], sizeof nodes[3], "DownloadServers/%s/DiscoveryState", server);
+                op.n_nodes = 4;
+            }
         } else if (server[0]) {
             snprintf(nodes[1], sizeof nodes[1], "DownloadServers/%s/DiscoveryState", server);
             op.n_nodes = 2;
@@ -245,7 +253,7 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
                      "the profile is in State 4 (Error), ErrorDetail %ld %s", code,
                      campaign_windows_error_detail(code));
             out->result.error_text = out->error_text;
-        } else if (state == 1 || state == 3 || dstate == 1 || dstate == 2) {
+        } else if (state == 1 || state == 3 || (state != 2 && (dstate == 1 || dstate == 2))) {
             /* Still downloading, or discovery still running: later. */
             out->result.status = ESIM_STATUS_ERROR;
             out->result.busy = true;
@@ -254,7 +262,7 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
                      : state == 3 ? "the profile is being deleted (State 3)"
                                   : "discovery at the SM-DP+ is still running");
             out->result.error_text = out->error_text;
-        } else if (dstate == 4) {
+        } else if (dstate == 4 && state != 2) {
             out->result.status = ESIM_STATUS_ERROR;
             out->result.error_code = 4;
             snprintf(out->error_text, sizeof out->error_text,

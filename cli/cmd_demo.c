@@ -1,9 +1,10 @@
 /*
  * cmd_demo.c — `esim-mdm demo`: the product's main job on one machine. It
- * starts the APNs mock, the service on SQLite in a temporary directory, N
- * simulated iPhones and the SM-DP+ simulator as child processes of this
- * binary on loopback, drives them only through their public APIs (as an
- * admin would), and stops everything it started whatever happens.
+ * starts the APNs mock, the WNS mock, the service on SQLite in a temporary
+ * directory, N simulated devices (iPhones and, a fifth by default, Windows
+ * 11 PCs) and the SM-DP+ simulator as child processes of this binary on
+ * loopback, drives them only through their public APIs (as an admin would),
+ * and stops everything it started whatever happens.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -27,12 +28,15 @@ static const char demo_help[] =
     "       esim-mdm demo --sample\n"
     "\n"
     "Runs the whole system on this machine, on loopback: the MDM service on an\n"
-    "embedded SQLite store in a temporary directory, the APNs mock, the SM-DP+\n"
-    "simulator with one order per device, and N simulated iPhones (a realistic\n"
-    "mix: some unsupervised, some on an old iOS, a few answering NotNow, a few\n"
-    "offline for a while). It enrols them, imports the OEM manifest and the\n"
-    "activation codes, runs a campaign (restrictions profile, RefreshCellularPlans,\n"
-    "verification) with a progress bar, then shows the erase that keeps the eSIM\n"
+    "embedded SQLite store in a temporary directory, the APNs mock, the WNS mock,\n"
+    "the SM-DP+ simulator with one order per device, and N simulated devices: iPhones\n"
+    "(a realistic mix: some unsupervised, some on an old iOS, a few answering NotNow,\n"
+    "a few offline for a while) and, a fifth of them by default, Windows 11 PCs\n"
+    "managed over OMA-DM (TLS with client certificates, woken through WNS; a few\n"
+    "whose profile the operator did not release, or never ordered). It enrols them,\n"
+    "imports the OEM manifest and the activation codes, runs one campaign for both\n"
+    "platforms (restrictions profile / LocalUIEnabled, RefreshCellularPlans /\n"
+    "DownloadServers, verification) with a progress bar, then shows the erase that keeps the eSIM\n"
     "(EraseDevice PreserveDataPlan, re-enrolment, eSIM still verified) and the\n"
     "restrictions blocking a user's eSIM deletion and Quick Transfer. It ends with\n"
     "a summary table and one sample diagnosis, and stops everything it started.\n"
@@ -45,6 +49,9 @@ static const char demo_help[] =
     "  --max-in-flight N        devices with a command outstanding at once (default 500;\n"
     "                           0: no limit)\n"
     "  --seed N                 the simulator's identities and misbehaviour (default 7)\n"
+    "  --windows-share F        share of the devices that are Windows PCs (default 0.2;\n"
+    "                           0: iPhones only, and the service on plain HTTP; with\n"
+    "                           --instances 2 always 0)\n"
     "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices\n"
     "  --no-inventory           skip the DeviceInformation inventory before the campaign\n"
     "                           (warnings then cannot know supervision)\n"
@@ -65,12 +72,15 @@ static const char demo_help[] =
     "                           second and followed on the first (default 1)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
-    "exit status: 0 every device that can be verified is verified (and the extras\n"
+    "exit status: 0 every device that can be verified is verified, the PCs made to\n"
+    "fail failed with their reason (and the extras\n"
     "worked), 1 not, or a part failed to start, 2 bad options.\n";
 
 /* ---- the sample campaign (no processes) ------------------------------------------ */
 
 #define DEMO_SMDP_URL "https://smdp.example.com"
+/* The WNS client id the demo's service presents (a Store app's package SID). */
+#define DEMO_WNS_CLIENT "ms-app://s-1-15-2-3141592653-demo"
 
 static esim_policy demo_policy(void)
 {
@@ -137,9 +147,11 @@ typedef struct {
     double enrol_timeout_s; /* 0: as long as enrolment moves */
     unsigned max_in_flight;
     unsigned seed;
-    supervisor sup; /* the child processes (cli/supervisor.h) */
+    double windows_share; /* of --devices; 0: iPhones only, plain HTTP */
+    supervisor sup;       /* the child processes (cli/supervisor.h) */
     int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
-    double inventory_s; /* one DeviceInformation round to every device */
+    int wns_https, wns_delivery; /* the WNS mock, when there are PCs */
+    double inventory_s;          /* one DeviceInformation round to every device */
     long inventory_answered;
     long inventory_not_now;     /* NotNow answers meanwhile: not answers */
     long service_rss_before_kb; /* the service's memory just before the campaign */
@@ -159,7 +171,7 @@ static void say(demo *d, const char *fmt, ...)
     fflush(d->out);
 }
 
-static const char *const child_names[] = {"apns-mock", "service", "devsim", "smdp"};
+static const char *const child_names[] = {"apns-mock", "wns-mock", "service", "devsim", "smdp"};
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -171,11 +183,13 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 /* ---- waiting for the parts ----------------------------------------------------------------- */
 
-/* The APNs mock prints {"listening":{...}} first. */
-static bool wait_apns_ports(demo *d)
+/* The APNs and WNS mocks print {"listening":{...}} first: the ports named
+ * |k1| and |k2|. */
+static bool wait_mock_ports(demo *d, const char *name, const char *k1, int *p1, const char *k2,
+                            int *p2)
 {
     char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/apns-mock.log", d->dir);
+    snprintf(path, sizeof path, "%s/%s.log", d->dir, name);
     for (int64_t until = esim_mono_ms() + 30000; esim_mono_ms() < until;) {
         if (sup_stopping() || !sup_alive(&d->sup))
             return false;
@@ -185,17 +199,17 @@ static bool wait_apns_ports(demo *d)
             const char *nl = p ? strchr(p, '\n') : NULL;
             json_t *j = nl ? json_loadb(p, (size_t)(nl - p), 0, NULL) : NULL;
             json_t *l = json_object_get(j, "listening");
-            d->apns_tls = (int)json_integer_value(json_object_get(l, "tls"));
-            d->apns_delivery = (int)json_integer_value(json_object_get(l, "delivery"));
+            *p1 = (int)json_integer_value(json_object_get(l, k1));
+            *p2 = (int)json_integer_value(json_object_get(l, k2));
             json_decref(j);
         }
         esim_buf_free(&b);
-        if (d->apns_tls > 0 && d->apns_delivery > 0)
+        if (*p1 > 0 && *p2 > 0)
             return true;
         sup_sleep_ms(20);
     }
-    fprintf(stderr, "esim-mdm demo: the APNs mock did not start within 30 s\n");
-    sup_show_log_tail(&d->sup, "apns-mock");
+    fprintf(stderr, "esim-mdm demo: the %s did not start within 30 s\n", name);
+    sup_show_log_tail(&d->sup, name);
     return false;
 }
 
@@ -267,8 +281,38 @@ static bool start_parts(demo *d)
                          "--tls-cert",  cert,        "--tls-key",         key,
                          "--client-ca", ca,          "--delivery-listen", "127.0.0.1:0",
                          NULL};
-    if (sup_start(&d->sup, "apns-mock", apns_argv) < 0 || !wait_apns_ports(d))
+    if (sup_start(&d->sup, "apns-mock", apns_argv) < 0 ||
+        !wait_mock_ports(d, "apns-mock", "tls", &d->apns_tls, "delivery", &d->apns_delivery))
         return false;
+
+    /* With PCs: the WNS mock, its client secret in a private file for the
+     * service, as a real deployment keeps the Store app's secret. */
+    char wns_secret_file[PATH_MAX + 32], wns_token_url[64];
+    snprintf(wns_secret_file, sizeof wns_secret_file, "%s/wns-secret", d->dir);
+    if (d->windows_share > 0) {
+        unsigned char raw[24];
+        char secret[49];
+        esim_error se = {{0}};
+        if (esim_random_bytes(raw, sizeof raw) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm demo: no randomness for the WNS secret\n");
+            return false;
+        }
+        for (size_t i = 0; i < sizeof raw; i++)
+            snprintf(secret + 2 * i, 3, "%02x", raw[i]);
+        if (esim_write_file_atomic(wns_secret_file, secret, strlen(secret), 0600, &se) != ESIM_OK) {
+            fprintf(stderr, "esim-mdm demo: %s\n", se.msg);
+            return false;
+        }
+        char *wns_argv[] = {"esim-mdm",          "wns-mock",    "--listen",    "127.0.0.1:0",
+                            "--tls-cert",        cert,          "--tls-key",   key,
+                            "--delivery-listen", "127.0.0.1:0", "--client-id", DEMO_WNS_CLIENT,
+                            "--client-secret",   secret,        NULL};
+        if (sup_start(&d->sup, "wns-mock", wns_argv) < 0 ||
+            !wait_mock_ports(d, "wns-mock", "https", &d->wns_https, "delivery", &d->wns_delivery))
+            return false;
+        snprintf(wns_token_url, sizeof wns_token_url, "https://127.0.0.1:%d/accesstoken.srf",
+                 d->wns_https);
+    }
 
     char svc_port_file[PATH_MAX + 32], svc_dir[PATH_MAX + 32], apns_url[64];
     snprintf(svc_port_file, sizeof svc_port_file, "%s/service.port", d->dir);
@@ -324,13 +368,38 @@ static bool start_parts(demo *d)
                         "off",
                         NULL,
                         NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
                         NULL};
+    size_t na = 0;
+    while (svc_argv[na])
+        na++;
     if (d->store) {
-        size_t n = 0;
-        while (svc_argv[n])
-            n++;
-        svc_argv[n] = "--store";
-        svc_argv[n + 1] = (char *)d->store;
+        svc_argv[na++] = "--store";
+        svc_argv[na++] = (char *)d->store;
+    }
+    /* Windows PCs speak OMA-DM over TLS with their client certificate (the
+     * service asks every TLS client for one; iPhones sign their messages
+     * and send none), and are woken through WNS. */
+    if (d->windows_share > 0) {
+        char *extra[] = {"--tls-cert",        cert,
+                         "--tls-key",         key,
+                         "--wns-token-url",   wns_token_url,
+                         "--wns-client-id",   DEMO_WNS_CLIENT,
+                         "--wns-secret-file", wns_secret_file,
+                         "--wns-ca",          ca};
+        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+            svc_argv[na++] = extra[i];
     }
     if (sup_start(&d->sup, "service", svc_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "service", 30000, &d->svc_port))
@@ -348,24 +417,28 @@ static bool start_parts(demo *d)
             !sup_wait_port_file(&d->sup, "service2", 30000, &d->svc2_port))
             return false;
         char token2[PATH_MAX + 48];
-        snprintf(url2, sizeof url2, "http://127.0.0.1:%d", d->svc2_port);
+        snprintf(url2, sizeof url2, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http",
+                 d->svc2_port);
         snprintf(token2, sizeof token2, "%s/api-token", svc2_dir);
         if (!chttp_open_api(&d->api2, url2, token2) ||
             !call(d, &d->api2, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
             return false;
     }
     char url[64], token_file[PATH_MAX + 48];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", d->svc_port);
+    snprintf(url, sizeof url, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http",
+             d->svc_port);
     snprintf(token_file, sizeof token_file, "%s/api-token", svc_dir);
     /* The service writes its token before it listens. */
     if (!chttp_open_api(&d->api, url, token_file))
         return false;
+    if (d->windows_share > 0)
+        chttp_set_ca(&d->api, ca);
     if (!call(d, &d->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
         return false;
     say(d, "dashboard: %s/dashboard/ (log in with the API key in %s, or the read-only one in %s)\n",
         url, token_file, ro_file);
 
-    char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64];
+    char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], share[32], wns_deliv[64];
     snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
     snprintf(n, sizeof n, "%u", d->devices);
     snprintf(seed, sizeof seed, "%u", d->seed);
@@ -377,8 +450,22 @@ static bool start_parts(demo *d)
                         d->quiet_mix ? "0" : "0.03", "--offline-share", d->quiet_mix ? "0" : "0.02",
                         /* busy once (36003), and a few models without eSIM (36002) */
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
-                        d->quiet_mix ? "0" : "0.005", d->instances > 1 ? "--server" : NULL, url2,
-                        NULL};
+                        d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    size_t k = 0;
+    while (sim_argv[k])
+        k++;
+    if (d->instances > 1) {
+        sim_argv[k++] = "--server";
+        sim_argv[k++] = url2;
+    }
+    if (d->windows_share > 0) {
+        snprintf(share, sizeof share, "%g", d->windows_share);
+        snprintf(wns_deliv, sizeof wns_deliv, "http://127.0.0.1:%d", d->wns_delivery);
+        sim_argv[k++] = "--windows-share";
+        sim_argv[k++] = share;
+        sim_argv[k++] = "--wns-mock";
+        sim_argv[k++] = wns_deliv;
+    }
     if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
         return false;
@@ -407,7 +494,9 @@ static bool wait_enrolled(demo *d, double *secs)
         json_t *s = NULL;
         long seen = enrolled;
         if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
-            seen = jint(s, "enrolled_now");
+            /* iPhones enrolled, and PCs that finished a session (the service
+             * then knows them, bound to their certificate, and their EID). */
+            seen = jint(s, "enrolled_now") + jint(json_object_get(s, "windows"), "known");
             /* Why the service refused enrolments, in its words. */
             const json_t *r = json_object_get(s, "enrolment_refused");
             if (r)
@@ -437,12 +526,29 @@ static bool wait_enrolled(demo *d, double *secs)
     return false;
 }
 
+/* What the demo does to a PC's order on the SM-DP+, so a few fail the way
+ * PCs fail in the field. */
+typedef enum {
+    PC_FINE,
+    PC_NOT_RELEASED, /* the operator prepared the profile but never released it */
+    PC_NO_ORDER,     /* the operator has no profile for this EID */
+} pc_fault;
+
 typedef struct {
-    char udid[65];
+    char udid[65]; /* a PC's DeviceID */
     char eid[ESIM_EID_LEN + 1];
     char iccid[21];
-    char serial[64];
+    char serial[64]; /* "" for a PC: its EID comes over OMA-DM, not in the manifest */
+    bool windows;
+    pc_fault fault;
 } demo_dev;
+
+/* Every 25th PC from the 4th has its order left unreleased, every 25th from
+ * the 8th none at all: two in the first ten PCs, 8 % of a large fleet. */
+static pc_fault pc_fault_of(size_t k)
+{
+    return k % 25 == 3 ? PC_NOT_RELEASED : k % 25 == 7 ? PC_NO_ORDER : PC_FINE;
+}
 
 static int cmp_udid(const void *a, const void *b)
 {
@@ -463,10 +569,16 @@ static bool collect_devices(demo *d, demo_dev **out)
         json_decref(s);
         return false;
     }
+    size_t pcs = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
-        snprintf(devs[i].udid, sizeof devs[i].udid, "%s", jstr(v, "udid"));
+        devs[i].windows = strcmp(jstr(v, "platform"), "windows") == 0;
+        snprintf(devs[i].udid, sizeof devs[i].udid, "%s",
+                 devs[i].windows ? jstr(v, "device_id") : jstr(v, "udid"));
         snprintf(devs[i].eid, sizeof devs[i].eid, "%s", jstr(v, "eid"));
+        if (devs[i].windows && !d->quiet_mix)
+            devs[i].fault = pc_fault_of(pcs);
+        pcs += devs[i].windows;
         /* One order per device: ICCIDs 8944 0000 ..., Luhn-completed. */
         snprintf(devs[i].iccid, sizeof devs[i].iccid, "89440000%010u0",
                  (unsigned)((i + 1) % 1000000000u));
@@ -474,9 +586,12 @@ static bool collect_devices(demo *d, demo_dev **out)
     }
     json_decref(s);
     qsort(devs, n, sizeof *devs, cmp_udid);
-    /* Serial numbers, from the service's inventory, page by page. */
+    /* Serial numbers, from the service's inventory, page by page (PCs
+     * have none: they are known by DeviceID and certificate). */
     char after[80] = "";
     size_t found = 0;
+    for (size_t i = 0; i < n; i++)
+        found += devs[i].windows;
     for (;;) {
         char path[320];
         snprintf(path, sizeof path, "/v1/devices?limit=1000%s%s", after[0] ? "&after=" : "", after);
@@ -493,7 +608,7 @@ static bool collect_devices(demo *d, demo_dev **out)
             demo_dev key;
             snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
             demo_dev *hit = bsearch(&key, devs, n, sizeof *devs, cmp_udid);
-            if (hit && !hit->serial[0]) {
+            if (hit && !hit->windows && !hit->serial[0]) {
                 snprintf(hit->serial, sizeof hit->serial, "%s", jstr(v, "serial_number"));
                 found++;
             }
@@ -531,7 +646,8 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
 {
     esim_buf csv = {0};
     for (size_t i = 0; i < n; i++)
-        esim_buf_printf(&csv, "%s,%s,DEMO-%06zu\n", devs[i].eid, devs[i].iccid, i + 1);
+        if (devs[i].fault == PC_FINE)
+            esim_buf_printf(&csv, "%s,%s,DEMO-%06zu\n", devs[i].eid, devs[i].iccid, i + 1);
     bool ok = write_text(d, "orders.csv", &csv);
     esim_buf_free(&csv);
     if (!ok)
@@ -557,6 +673,18 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
         snprintf(d->smdp.token, sizeof d->smdp.token, "%.*s",
                  (int)strcspn((const char *)tok.data, "\r\n"), (const char *)tok.data);
     esim_buf_free(&tok);
+    /* The orders the operator prepared but did not release. */
+    for (size_t i = 0; i < n; i++) {
+        if (devs[i].fault != PC_NOT_RELEASED)
+            continue;
+        char mid[32];
+        snprintf(mid, sizeof mid, "DEMO-%06zu", i + 1);
+        if (!post_json(d, &d->smdp, "/admin/orders",
+                       json_pack("{s:s, s:s, s:s, s:b}", "eid", devs[i].eid, "iccid", devs[i].iccid,
+                                 "matching_id", mid, "released", 0),
+                       201, NULL))
+            return false;
+    }
     return true;
 }
 
@@ -567,7 +695,8 @@ static bool import_files(demo *d, const demo_dev *devs, size_t n)
     esim_buf manifest = {0}, codes = {0};
     esim_buf_append_str(&manifest, "serial,eid\n");
     for (size_t i = 0; i < n; i++) {
-        esim_buf_printf(&manifest, "%s,%s\n", devs[i].serial, devs[i].eid);
+        if (!devs[i].windows)
+            esim_buf_printf(&manifest, "%s,%s\n", devs[i].serial, devs[i].eid);
         esim_buf_printf(&codes, "%s,LPA:1$127.0.0.1$DEMO-%06zu,%s\n", devs[i].eid, i + 1,
                         devs[i].iccid);
     }
@@ -620,10 +749,18 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     long acked0 = jint(before, "acknowledged") + jint(before, "errors");
     long not_now0 = jint(before, "not_now"), not_now = 0;
     json_decref(before);
+    size_t phones = 0;
+    for (size_t i = 0; i < n; i++)
+        phones += !devs[i].windows;
     for (size_t start = 0; start < n; start += 20000) {
         json_t *udids = json_array();
         for (size_t i = start; i < n && i < start + 20000; i++)
-            json_array_append_new(udids, json_string(devs[i].udid));
+            if (!devs[i].windows) /* an Apple command; PCs tell their EID over OMA-DM */
+                json_array_append_new(udids, json_string(devs[i].udid));
+        if (!json_array_size(udids)) {
+            json_decref(udids);
+            continue;
+        }
         json_t *body =
             json_pack("{s:o, s:{s:s, s:[s,s]}, s:b}", "udids", udids, "command", "request_type",
                       "DeviceInformation", "queries", "IsSupervised", "OSVersion", "push", 1);
@@ -640,17 +777,17 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
             not_now = jint(s, "not_now") - not_now0;
         }
         json_decref(s);
-        if (answered >= (long)(n * 95 / 100))
+        if (answered >= (long)(phones * 95 / 100))
             break;
         sup_sleep_ms(100);
     }
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
-    d->inventory_answered = answered < (long)n ? answered : (long)n;
+    d->inventory_answered = answered < (long)phones ? answered : (long)phones;
     d->inventory_not_now = not_now;
     say(d,
-        "  inventory: %ld of %zu devices answered DeviceInformation (IsSupervised, OSVersion) in "
+        "  inventory: %ld of %zu iPhones answered DeviceInformation (IsSupervised, OSVersion) in "
         "%.1f s; %ld NotNow (busy devices, asked again later)\n",
-        d->inventory_answered, n, d->inventory_s, not_now);
+        d->inventory_answered, phones, d->inventory_s, not_now);
 }
 
 static json_t *campaign_body(demo *d, const char *name, json_t *target, const char *const *steps,
@@ -701,21 +838,43 @@ static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, js
     return rc == CLI_EXIT_OK && !sup_stopping();
 }
 
-/* Failed devices whose hardware has no eSIM (error 36002). */
-static long count_no_esim(demo *d, const char *campaign_id)
+/* Failed devices whose hardware has no eSIM (error 36002), and PCs the demo
+ * made fail that failed for that reason (discovery at the SM-DP+ failed:
+ * nothing released for the EID). */
+static long count_no_esim(demo *d, const char *campaign_id, const demo_dev *devs, size_t n_devs,
+                          long *pcs_failed_as_made)
 {
     char path[320];
     snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed&limit=10000", campaign_id);
     json_t *r = NULL;
     long n = 0;
+    *pcs_failed_as_made = 0;
     if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
         return 0;
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(r, "devices"), i, v) n +=
-        strstr(jstr(v, "reason"), "36002") != NULL;
+    json_array_foreach(json_object_get(r, "devices"), i, v)
+    {
+        n += strstr(jstr(v, "reason"), "36002") != NULL;
+        demo_dev key;
+        snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
+        const demo_dev *hit = bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
+        *pcs_failed_as_made += hit && hit->windows && hit->fault != PC_FINE &&
+                               strstr(jstr(v, "reason"), "DiscoveryState 4") != NULL;
+    }
     json_decref(r);
     return n;
+}
+
+/* The campaign's counts for one platform ("apple", "windows"). */
+static void print_platform(demo *d, const json_t *s, const char *platform, const char *label)
+{
+    const json_t *p = json_object_get(json_object_get(s, "by_platform"), platform);
+    if (!p)
+        return;
+    say(d, "  %-26s %10ld   (verified %ld, failed %ld, unverified %ld, timed out %ld)\n", label,
+        jint(p, "devices"), jint(p, "verified"), jint(p, "failed"), jint(p, "unverified"),
+        jint(p, "timed_out"));
 }
 
 static void print_table(demo *d, const json_t *s, double secs)
@@ -733,6 +892,8 @@ static void print_table(demo *d, const json_t *s, double secs)
     say(d, "  %-26s %10ld   (%.2f per device)\n", "pushes", pushes,
         n ? (double)pushes / (double)n : 0);
     say(d, "  %-26s %10ld\n", "commands", commands);
+    print_platform(d, s, "apple", "iPhones");
+    print_platform(d, s, "windows", "Windows PCs");
     say(d, "  %-26s %10.2f s\n", "campaign duration", secs);
     if (secs > 0)
         say(d, "  %-26s %10.0f verified/s, %.0f pushes/s, %.0f commands/s\n", "rates",
@@ -938,13 +1099,21 @@ static int run(demo *d)
             "  started the APNs mock (:%d), two instances of the service on one PostgreSQL "
             "(:%d, :%d) and the device simulator (:%d), its devices using both\n",
             d->apns_tls, d->svc_port, d->svc2_port, d->sim_port);
+    else if (d->windows_share > 0)
+        say(d,
+            "  started the APNs mock (:%d), the WNS mock (:%d), the service (:%d, TLS: PCs present "
+            "client certificates) and the device simulator (:%d)\n",
+            d->apns_tls, d->wns_https, d->svc_port, d->sim_port);
     else
         say(d, "  started the APNs mock (:%d), the service (:%d) and the device simulator (:%d)\n",
             d->apns_tls, d->svc_port, d->sim_port);
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
-    say(d, "  %u devices enrolled in %.1f s (Authenticate, TokenUpdate)\n", d->devices, enrol_s);
+    say(d,
+        "  %u devices enrolled in %.1f s (iPhones: Authenticate, TokenUpdate; PCs: a first "
+        "OMA-DM session that told their EID and WNS channel)\n",
+        d->devices, enrol_s);
     demo_dev *devs = NULL;
     if (!collect_devices(d, &devs))
         return CLI_EXIT_FAIL;
@@ -963,6 +1132,9 @@ static int run(demo *d)
     bool svc_up = sup_usage(&d->sup, "service", &svc_use);
     d->service_rss_before_kb = svc_use.rss_kb;
     say(d, "\n== campaign: restrictions profile, RefreshCellularPlans, verify (all devices)\n");
+    if (d->windows_share > 0)
+        say(d, "  (Windows PCs: eUICCs CSP Policies/LocalUIEnabled, DownloadServers/{SM-DP+} with "
+               "AutoEnable, then Profiles/{ICCID}/State read back)\n");
     static const char *const steps[] = {"profile", "refresh", "verify"};
     int64_t t0 = esim_mono_ms();
     json_t *body = campaign_body(d, "demo roll-out", json_pack("{s:b}", "all", 1), steps, 3, true);
@@ -977,10 +1149,20 @@ static int run(demo *d)
     sup_usage(&d->sup, "service", &svc_use);
     d->service_rss_after_kb = svc_use.rss_kb;
     print_table(d, sum, secs);
-    long no_esim_hw = count_no_esim(d, jstr(created, "id"));
+    long pcs_failed_as_made = 0, pcs_made_to_fail = 0, pcs = 0;
+    for (size_t i = 0; i < n; i++) {
+        pcs += devs[i].windows;
+        pcs_made_to_fail += devs[i].fault != PC_FINE;
+    }
+    long no_esim_hw = count_no_esim(d, jstr(created, "id"), devs, n, &pcs_failed_as_made);
     if (no_esim_hw)
         say(d, "  %-26s %10ld   (failed with 36002: no eSIM hardware; they cannot be verified)\n",
             "models without eSIM", no_esim_hw);
+    if (pcs_made_to_fail)
+        say(d,
+            "  %-26s %10ld   (%ld of %ld failed with DiscoveryState 4: their order was not "
+            "released, or never made, on the SM-DP+)\n",
+            "PCs without a profile", pcs_made_to_fail, pcs_failed_as_made, pcs_made_to_fail);
 
     sample_diagnosis(d, jstr(created, "id"));
     size_t erased = 0, still = 0;
@@ -1020,12 +1202,18 @@ static int run(demo *d)
     long total = jint(sum, "devices"), ver = jint(c, "verified");
     /* Every device that can take an eSIM must be verified; the models
      * without eSIM hardware (36002) cannot, and must say so. */
-    long verifiable = total - no_esim_hw;
-    bool all = ver == verifiable && total == (long)n && jint(c, "failed") == no_esim_hw;
+    long verifiable = total - no_esim_hw - pcs_made_to_fail;
+    bool all = ver == verifiable && total == (long)n &&
+               jint(c, "failed") == no_esim_hw + pcs_made_to_fail &&
+               pcs_failed_as_made == pcs_made_to_fail;
     double total_s = (double)(esim_mono_ms() - t_start) / 1000.0;
     say(d,
-        "\n%s: %ld of %ld devices that can take an eSIM verified in %.1f s (whole demo %.1f s)%s\n",
-        all && extras_ok ? "OK" : "NOT OK", ver, verifiable, secs, total_s,
+        "\n%s: %ld of %ld devices that can take an eSIM verified (%ld iPhones, %ld Windows PCs) in "
+        "%.1f s (whole demo %.1f s)%s\n",
+        all && extras_ok ? "OK" : "NOT OK", ver, verifiable,
+        jint(json_object_get(json_object_get(sum, "by_platform"), "apple"), "verified"),
+        jint(json_object_get(json_object_get(sum, "by_platform"), "windows"), "verified"), secs,
+        total_s,
         d->extras ? (extras_ok ? "; erase-keep-eSIM and user-action restrictions as expected"
                                : "; the erase or user-action demonstration did not go as expected")
                   : "");
@@ -1046,6 +1234,20 @@ static int run(demo *d)
             all && extras_ok);
         json_object_set_new(j, "cannot_take_esim", json_integer(no_esim_hw));
         json_object_set_new(j, "verifiable", json_integer(verifiable));
+        const json_t *bp = json_object_get(sum, "by_platform");
+        const json_t *wp = json_object_get(bp, "windows"), *ap = json_object_get(bp, "apple");
+        json_object_set_new(j, "windows",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices",
+                                      (json_int_t)pcs, "verified", (json_int_t)jint(wp, "verified"),
+                                      "failed", (json_int_t)jint(wp, "failed"), "unverified",
+                                      (json_int_t)jint(wp, "unverified"), "timed_out",
+                                      (json_int_t)jint(wp, "timed_out"), "made_to_fail",
+                                      (json_int_t)pcs_made_to_fail, "failed_as_made",
+                                      (json_int_t)pcs_failed_as_made));
+        json_object_set_new(j, "iphones",
+                            json_pack("{s:I, s:I, s:I}", "devices", (json_int_t)(total - pcs),
+                                      "verified", (json_int_t)jint(ap, "verified"), "failed",
+                                      (json_int_t)jint(ap, "failed")));
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));
@@ -1085,11 +1287,12 @@ int cmd_demo(int argc, char **argv)
               .max_in_flight = 500,
               .timeout_s = 300,
               .seed = 7,
+              .windows_share = 0.2,
               .inventory = true,
               .extras = true,
               .instances = 1};
     const char *keep = NULL;
-    bool sample = false;
+    bool sample = false, windows_share_given = false;
     enum {
         SAMPLE,
         JSON,
@@ -1103,6 +1306,7 @@ int cmd_demo(int argc, char **argv)
         TIMEOUT,
         ENROL_TIMEOUT,
         SEED,
+        WINDOWS_SHARE,
         KEEP,
         STORE,
         INSTANCES
@@ -1120,6 +1324,7 @@ int cmd_demo(int argc, char **argv)
         {"timeout", true, TIMEOUT},
         {"enrol-timeout", true, ENROL_TIMEOUT},
         {"seed", true, SEED},
+        {"windows-share", true, WINDOWS_SHARE},
         {"keep", true, KEEP},
         {"store", true, STORE},
         {"instances", true, INSTANCES},
@@ -1134,12 +1339,14 @@ int cmd_demo(int argc, char **argv)
                  [MAX_IN_FLIGHT] = {0, 1e7, "a number from 0 to 10000000"},
                  [TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
                  [ENROL_TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
-                 [SEED] = {0, 4e9, "a number from 0 to 4000000000"}};
+                 [SEED] = {0, 4e9, "a number from 0 to 4000000000"},
+                 [WINDOWS_SHARE] = {0, 1, "a share from 0 to 1"}};
     cli_parser p;
     cli_parser_init(&p, "demo", options, argc, argv, 1);
     for (int c; (c = cli_next(&p)) != CLI_END;) {
         double x = 0;
-        if (c >= DEVICES && c <= SEED && !cli_parse_double(p.value, range[c].lo, range[c].hi, &x))
+        if (c >= DEVICES && c <= WINDOWS_SHARE &&
+            !cli_parse_double(p.value, range[c].lo, range[c].hi, &x))
             return cli_bad_value(&p, range[c].what);
         switch (c) {
         case SAMPLE:
@@ -1178,6 +1385,10 @@ int cmd_demo(int argc, char **argv)
         case SEED:
             d.seed = (unsigned)x;
             break;
+        case WINDOWS_SHARE:
+            d.windows_share = x;
+            windows_share_given = true;
+            break;
         case KEEP:
             keep = p.value;
             break;
@@ -1201,6 +1412,15 @@ int cmd_demo(int argc, char **argv)
                                          strncmp(d.store, "postgresql://", 13) != 0)))
         return cli_usage_error("demo: --instances 2 needs --store postgres://...: several "
                                "instances share one PostgreSQL, never a SQLite file");
+    /* A PC's answer that reaches the instance not driving its campaign is
+     * recorded but not yet handed to the driving one (docs/scaling.md): two
+     * instances run an iPhone fleet. */
+    if (d.instances > 1) {
+        if (windows_share_given && d.windows_share > 0)
+            return cli_usage_error("demo: --instances 2 runs iPhones only: Windows PCs' answers "
+                                   "are not yet handed between instances (--windows-share 0)");
+        d.windows_share = 0;
+    }
     /* With --json, standard output is the summary object alone: what
      * people read goes to standard error. */
     d.out = d.json ? stderr : stdout;

@@ -1,8 +1,8 @@
 /*
  * test_campaign_demo.c — `esim-mdm demo --devices 50 --json` end to end (real
  * processes on loopback): the last line is the summary object and every
- * device is verified; and when the demo is stopped by a signal halfway,
- * every part it started is stopped too (their ports refuse connections).
+ * device that can be is verified, iPhones and Windows PCs alike; and when the demo is stopped by a
+ * signal halfway, every part it started is stopped too (their ports refuse connections).
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -107,11 +107,22 @@ static void test_demo_50_devices_json(void **state)
         fail_msg("standard output is not one JSON object (%s): %s", je.text, last);
     assert_int_equal(json_integer_value(json_object_get(j, "devices")), 50);
     /* Every device that can take an eSIM is verified; a model without eSIM
-     * hardware (the simulator draws a few) fails with 36002 and says so. */
+     * hardware (the simulator draws a few) fails with 36002 and says so. A
+     * fifth are Windows PCs (OMA-DM over TLS, woken through WNS): two of the
+     * ten have no released order on the SM-DP+ and fail with their reason. */
     json_int_t cannot = json_integer_value(json_object_get(j, "cannot_take_esim"));
-    assert_int_equal(json_integer_value(json_object_get(j, "verifiable")), 50 - cannot);
-    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 50 - cannot);
-    assert_int_equal(json_integer_value(json_object_get(j, "failed")), cannot);
+    json_t *win = json_object_get(j, "windows");
+    assert_int_equal(json_integer_value(json_object_get(win, "devices")), 10);
+    assert_int_equal(json_integer_value(json_object_get(win, "made_to_fail")), 2);
+    assert_int_equal(json_integer_value(json_object_get(win, "failed_as_made")), 2);
+    assert_int_equal(json_integer_value(json_object_get(win, "failed")), 2);
+    assert_int_equal(json_integer_value(json_object_get(win, "verified")), 8);
+    json_t *phones = json_object_get(j, "iphones");
+    assert_int_equal(json_integer_value(json_object_get(phones, "devices")), 40);
+    assert_int_equal(json_integer_value(json_object_get(phones, "verified")), 40 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "verifiable")), 48 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 48 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), cannot + 2);
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
     assert_true(json_integer_value(json_object_get(j, "pushes")) >= 50);
@@ -134,6 +145,7 @@ static void test_demo_50_devices_json(void **state)
     assert_non_null(strstr((const char *)out.data, "verified"));
     assert_non_null(strstr((const char *)out.data, "conclusion:"));
     assert_non_null(strstr((const char *)out.data, "NotNow"));
+    assert_non_null(strstr((const char *)out.data, "Windows PCs"));
     esim_buf_free(&out);
     /* Everything it started is stopped. */
     static const char *const parts[] = {"service", "devsim", "smdp"};
@@ -193,6 +205,9 @@ static void test_demo_usage(void **state)
     char cmd[600];
     snprintf(cmd, sizeof cmd, "'%s' demo --devices 0 2>/dev/null", bin());
     int st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --windows-share 1.5 2>/dev/null", bin());
+    st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --sample >/dev/null", bin());
     st = system(cmd);
