@@ -36,6 +36,7 @@ int cmd_devices(int argc, char **argv);
 int cmd_cancel(int argc, char **argv);
 int cmd_retire(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+int cmd_windows(int argc, char **argv); /* windows esim|command|status */
 /* cmd_sim.c */
 int cmd_devsim(int argc, char **argv);
 int cmd_smdp(int argc, char **argv);

@@ -1513,3 +1513,377 @@ int cmd_audit(int argc, char **argv)
     chttp_close(&c.http);
     return rc;
 }
+
+/* ---- windows: the Windows operations of the admin API ----
+ * `esim-mdm windows esim|command|status`: POST /v1/windows/esim,
+ * POST /v1/windows/commands and GET /v1/windows/esim/{uuid}. */
+
+static const char windows_usage[] =
+    "usage: esim-mdm windows esim OPERATION --udid ID [--udid ID...] [fields] [options]\n"
+    "       esim-mdm windows command --udid ID [--udid ID...] --syncml FILE [options]\n"
+    "       esim-mdm windows status COMMAND_UUID [options]\n"
+    "\n"
+    "Windows PCs managed over OMA-DM (the eUICCs CSP). `esim` queues an eSIM operation\n"
+    "(one command per PC, its paths naming the PC's eUICC) and prints each PC's command\n"
+    "UUID; `status` shows what became of it: each item's status code and the\n"
+    "verification the service runs in the PC's later sessions (a 200 on Add only means\n"
+    "accepted). `command` queues a raw SyncBody fragment (Add, Replace, Get, Exec,\n"
+    "Delete, Atomic); FILE `-` reads standard input.\n"
+    "\n"
+    "OPERATION and its fields (docs/api.md, \"POST /v1/windows/esim\"):\n"
+    "  add-server      --smdp FQDN [--auto-enable on|off] [--discovery on|off]\n"
+    "  delete-server   --smdp FQDN\n"
+    "  add-profile     --iccid ICCID --smdp FQDN --matching-id ID, or --activation-code\n"
+    "                  LPA:1$FQDN$ID (or neither: from the imported activation codes)\n"
+    "                  [--enabled on|off]\n"
+    "  enable-profile  --iccid ICCID --enabled on|off\n"
+    "  delete-profile  --iccid ICCID\n"
+    "  local-ui        --local-ui on|off\n"
+    "  reset           (Exec Actions/ResetToFactoryState: erases every profile)\n"
+    "  --eid EID       the eUICC to address (one PC only; default: the EID it reported)\n"
+    "\n"
+    "queueing options (esim, command):\n"
+    "  --priority N      -1000..1000 (default 0)\n"
+    "  --expires-in S    the command expires after S seconds\n"
+    "  --no-push         do not wake the PCs through WNS (they get it at their next poll)\n"
+    "  --uuid U          (command) the command's UUID, its CmdID (default: a new one)\n"
+    "  --request-type T  (command) what the ledger calls it (default: the first element)\n"
+    "\n"
+    "examples:\n"
+    "  esim-mdm windows esim add-profile --udid 1EED4F6BAE0CE745B0D6C9BC5E8F6E3E \\\n"
+    "      --iccid 8988247000001234567 --smdp smdp.example.com \\\n"
+    "      --matching-id 0A1B2-C3D4E-5F6A7-B8C9D --enabled on\n"
+    "  esim-mdm windows status 5F0C2D1E-8A47-4B6C-9D3E-1F2A3B4C5D6E\n"
+    "\n"
+    "common options:\n"
+    "  --server URL      the service (default $ESIM_MDM_SERVER or http://127.0.0.1:8080)\n"
+    "  --token-file F    the API key (default $ESIM_MDM_TOKEN_FILE or esim-mdm-data/api-token)\n"
+    "  --cacert PEM      the CA of an https:// service with its own CA (default\n"
+    "                    $ESIM_MDM_CACERT, $CURL_CA_BUNDLE or $SSL_CERT_FILE, else the system's)\n"
+    "  --json            the API's JSON answer on stdout, nothing else\n"
+    "exit status: 0 done, 1 the service refused or could not be reached, 2 bad options.\n";
+
+enum {
+    W_UDID = C_OWN,
+    W_SMDP,
+    W_ICCID,
+    W_MID,
+    W_AC,
+    W_EID,
+    W_ENABLED,
+    W_AUTO,
+    W_DISCOVERY,
+    W_LOCAL_UI,
+    W_PRIORITY,
+    W_EXPIRES,
+    W_NO_PUSH,
+    W_SYNCML,
+    W_UUID,
+    W_TYPE,
+};
+
+static const cli_option windows_options[] = {
+    {"udid", true, W_UDID},
+    {"smdp", true, W_SMDP},
+    {"iccid", true, W_ICCID},
+    {"matching-id", true, W_MID},
+    {"activation-code", true, W_AC},
+    {"eid", true, W_EID},
+    {"enabled", true, W_ENABLED},
+    {"auto-enable", true, W_AUTO},
+    {"discovery", true, W_DISCOVERY},
+    {"local-ui", true, W_LOCAL_UI},
+    {"priority", true, W_PRIORITY},
+    {"expires-in", true, W_EXPIRES},
+    {"no-push", false, W_NO_PUSH},
+    {"syncml", true, W_SYNCML},
+    {"uuid", true, W_UUID},
+    {"request-type", true, W_TYPE},
+    {NULL, false, 0},
+};
+
+typedef struct {
+    const char *sub; /* "esim", "command", "status" */
+    json_t *body;    /* the request, filled as options come */
+    json_t *udids;
+    const char *syncml_path;
+} windows_ctx;
+
+/* The JSON key each string-valued option fills, and for which subcommand. */
+static const struct {
+    int id;
+    const char *key;
+    bool esim; /* esim (true) or command (false) */
+} windows_string_keys[] = {
+    {W_SMDP, "server", true},        {W_ICCID, "iccid", true}, {W_MID, "matching_id", true},
+    {W_AC, "activation_code", true}, {W_EID, "eid", true},     {W_UUID, "uuid", false},
+    {W_TYPE, "request_type", false},
+};
+
+/* on|off (true|false) options and their JSON keys (esim only). */
+static const struct {
+    int id;
+    const char *key;
+} windows_bool_keys[] = {{W_ENABLED, "enabled"},
+                         {W_AUTO, "auto_enable"},
+                         {W_DISCOVERY, "discovery"},
+                         {W_LOCAL_UI, "local_ui_enabled"}};
+
+static int windows_opt(void *ctx, int id, const char *v)
+{
+    windows_ctx *x = ctx;
+    const char *cmd = "windows";
+    bool esim = strcmp(x->sub, "esim") == 0, command = strcmp(x->sub, "command") == 0;
+    const char *name = NULL;
+    for (size_t i = 0; windows_options[i].name; i++)
+        if (windows_options[i].id == id)
+            name = windows_options[i].name;
+    if (!esim && !command) {
+        fprintf(stderr, "esim-mdm windows: --%s does not apply to `windows %s`\n", name, x->sub);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof windows_string_keys / sizeof windows_string_keys[0]; i++) {
+        if (windows_string_keys[i].id != id)
+            continue;
+        if (windows_string_keys[i].esim != esim) {
+            fprintf(stderr, "esim-mdm windows: --%s does not apply to `windows %s`\n", name,
+                    x->sub);
+            return -1;
+        }
+        json_object_set_new(x->body, windows_string_keys[i].key, json_string(v));
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof windows_bool_keys / sizeof windows_bool_keys[0]; i++) {
+        if (windows_bool_keys[i].id != id)
+            continue;
+        if (!esim) {
+            fprintf(stderr, "esim-mdm windows: --%s does not apply to `windows %s`\n", name,
+                    x->sub);
+            return -1;
+        }
+        bool on = strcmp(v, "on") == 0 || strcmp(v, "true") == 0;
+        if (!on && strcmp(v, "off") != 0 && strcmp(v, "false") != 0) {
+            cli_bad_option_value(cmd, name, v, "on or off");
+            return -1;
+        }
+        json_object_set_new(x->body, windows_bool_keys[i].key, json_boolean(on));
+        return 0;
+    }
+    long n = 0;
+    switch (id) {
+    case W_UDID:
+        json_array_append_new(x->udids, json_string(v));
+        return 0;
+    case W_PRIORITY:
+        if (cli_client_long(cmd, "priority", v, -1000, 1000, &n) != CLI_EXIT_OK)
+            return -1;
+        json_object_set_new(x->body, "priority", json_integer(n));
+        return 0;
+    case W_EXPIRES:
+        if (cli_client_long(cmd, "expires-in", v, 1, 315360000, &n) != CLI_EXIT_OK)
+            return -1;
+        json_object_set_new(x->body, "expires_in_s", json_integer(n));
+        return 0;
+    case W_NO_PUSH:
+        json_object_set_new(x->body, "push", json_false());
+        return 0;
+    case W_SYNCML:
+        if (!command) {
+            fprintf(stderr, "esim-mdm windows: --syncml applies to `windows command` only\n");
+            return -1;
+        }
+        x->syncml_path = v;
+        return 0;
+    }
+    return -1;
+}
+
+/* "add-profile" -> "add_profile", when it is an operation of the API. */
+static bool windows_operation(const char *word, char *out, size_t len)
+{
+    static const char *const ops[] = {"add-server",     "delete-server",  "add-profile",
+                                      "enable-profile", "delete-profile", "local-ui",
+                                      "reset"};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        if (strcmp(word, ops[i]) != 0)
+            continue;
+        snprintf(out, len, "%s", word);
+        for (char *c = out; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        return true;
+    }
+    return false;
+}
+
+/* The SyncML of --syncml FILE (or - for stdin), into *out (caller frees). */
+static int windows_read_syncml(const char *path, char **out)
+{
+    esim_buf b = {0};
+    esim_error e = {{0}};
+    if (strcmp(path, "-") == 0) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
+            if (esim_buf_append(&b, chunk, n) != ESIM_OK || b.len > (1u << 20))
+                break;
+        if (b.len > (1u << 20)) {
+            esim_buf_free(&b);
+            fprintf(stderr, "esim-mdm windows: --syncml -: more than 1 MiB\n");
+            return CLI_EXIT_USAGE;
+        }
+    } else if (esim_read_file(path, 1u << 20, &b, &e) != ESIM_OK) {
+        fprintf(stderr, "esim-mdm windows: --syncml %s: %s\n", path, e.msg);
+        return CLI_EXIT_USAGE;
+    }
+    *out = strndup(b.data ? (const char *)b.data : "", b.len);
+    esim_buf_free(&b);
+    return *out ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
+
+static void windows_print_queued(json_t *root)
+{
+    json_t *cmds = json_object_get(root, "commands");
+    if (json_is_array(cmds)) {
+        printf("%s queued for %zu PC(s)\n%-34s  %-36s  %s\n", jstr(root, "operation"),
+               json_array_size(cmds), "DEVICE", "COMMAND_UUID", "PUSH");
+        size_t i;
+        json_t *c;
+        json_array_foreach(cmds, i, c)
+            printf("%-34s  %-36s  %s\n", jstr(c, "udid"), jstr(c, "command_uuid"), jstr(c, "push"));
+        return;
+    }
+    printf("command %s queued\n%-34s  %s\n", jstr(root, "command_uuid"), "DEVICE", "PUSH");
+    const char *udid;
+    json_t *d;
+    json_object_foreach(json_object_get(root, "devices"), udid, d)
+        printf("%-34s  %s\n", udid, jstr(d, "push"));
+}
+
+static void windows_print_status(json_t *root)
+{
+    printf("command %s (%s)\n", jstr(root, "command_uuid"), jstr(root, "request_type"));
+    size_t i, k;
+    json_t *d, *it;
+    json_array_foreach(json_object_get(root, "devices"), i, d)
+    {
+        json_t *v = json_object_get(d, "verification");
+        printf("%s  %s  verification %s%s%s\n", jstr(d, "udid"), jstr(d, "state"),
+               json_is_string(v) ? json_string_value(v) : "(no answer yet)",
+               json_is_string(json_object_get(d, "detail")) ? ": " : "",
+               json_is_string(json_object_get(d, "detail")) ? jstr(d, "detail") : "");
+        json_array_foreach(json_object_get(d, "syncml"), k, it)
+        {
+            json_t *hr = json_object_get(it, "hresult"), *data = json_object_get(it, "data");
+            printf("  %-7s %3lld  %s%s%s%s%s\n", jstr(it, "cmd"),
+                   (long long)json_integer_value(json_object_get(it, "code")), jstr(it, "target"),
+                   json_is_string(hr) ? "  HRESULT " : "",
+                   json_is_string(hr) ? jstr(it, "hresult") : "",
+                   json_is_string(data) ? "  = " : "",
+                   json_is_string(data) ? jstr(it, "data") : "");
+        }
+    }
+}
+
+int cmd_windows(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv) || argc < 2) {
+        if (argc < 2 && !cli_wants_help(argc, argv)) {
+            fputs(windows_usage, stderr);
+            return CLI_EXIT_USAGE;
+        }
+        fputs(windows_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *sub = argv[1];
+    if (strcmp(sub, "esim") != 0 && strcmp(sub, "command") != 0 && strcmp(sub, "status") != 0)
+        return cli_usage_error("windows: give esim, command or status (esim-mdm windows --help)");
+    windows_ctx x = {.sub = sub, .body = json_object(), .udids = json_array()};
+    client_opts c = {0};
+    const char *pos[1] = {NULL};
+    int n_pos = 0, rc = CLI_EXIT_USAGE;
+    char *syncml = NULL, *text = NULL, path[160];
+    client_reply r = {0};
+    /* Parse from the subcommand on, named "windows esim" (...) in messages. */
+    char name[32];
+    snprintf(name, sizeof name, "windows %s", sub);
+    char **av = calloc((size_t)argc, sizeof *av);
+    if (!av) {
+        rc = CLI_EXIT_FAIL;
+        goto out;
+    }
+    av[0] = name;
+    for (int i = 2; i < argc; i++)
+        av[i - 1] = argv[i];
+    int parsed = client_parse(&c, argc - 1, av, windows_options, windows_opt, &x, pos, 1, &n_pos);
+    free(av);
+    if (parsed != 0)
+        goto out;
+    if (strcmp(sub, "status") == 0) {
+        if (n_pos != 1 || strlen(pos[0]) > 100 || strchr(pos[0], '/') || strchr(pos[0], '?')) {
+            rc = cli_usage_error("windows status: give the command's UUID, as printed by "
+                                 "`esim-mdm windows esim`");
+            goto out;
+        }
+        snprintf(path, sizeof path, "/v1/windows/esim/%s", pos[0]);
+    } else {
+        if (!json_array_size(x.udids)) {
+            rc = cli_missing("windows", "--udid ID (one per PC)");
+            goto out;
+        }
+        json_object_set(x.body, "udids", x.udids);
+        if (strcmp(sub, "esim") == 0) {
+            char op[32];
+            if (n_pos != 1 || !windows_operation(pos[0], op, sizeof op)) {
+                rc = cli_usage_error("windows esim: give one operation: add-server, "
+                                     "delete-server, add-profile, enable-profile, "
+                                     "delete-profile, local-ui or reset");
+                goto out;
+            }
+            json_object_set_new(x.body, "operation", json_string(op));
+            snprintf(path, sizeof path, "/v1/windows/esim");
+        } else {
+            if (n_pos != 0) {
+                rc = cli_unexpected("windows", pos[0]);
+                goto out;
+            }
+            if (!x.syncml_path) {
+                rc = cli_missing("windows", "--syncml FILE (the SyncBody fragment; - for stdin)");
+                goto out;
+            }
+            if ((rc = windows_read_syncml(x.syncml_path, &syncml)) != CLI_EXIT_OK)
+                goto out;
+            json_object_set_new(x.body, "syncml", json_string(syncml));
+            if (!json_object_get(x.body, "syncml")) {
+                fprintf(stderr, "esim-mdm windows: --syncml %s is not UTF-8 text\n", x.syncml_path);
+                rc = CLI_EXIT_USAGE;
+                goto out;
+            }
+            snprintf(path, sizeof path, "/v1/windows/commands");
+        }
+        text = json_dumps(x.body, JSON_COMPACT);
+    }
+    if ((rc = client_init(&c)) != CLI_EXIT_OK)
+        goto out;
+    rc = client_call(&c, text ? "POST" : "GET", path, text, text ? "application/json" : NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200 && r.status != 201)
+        rc = client_error(&r);
+    else if (rc == CLI_EXIT_OK && c.json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (rc == CLI_EXIT_OK) {
+        json_t *root = json_loadb((const char *)r.body.data, r.body.len, 0, NULL);
+        if (text)
+            windows_print_queued(root);
+        else
+            windows_print_status(root);
+        json_decref(root);
+    }
+out:
+    esim_buf_free(&r.body);
+    chttp_close(&c.http);
+    free(syncml);
+    free(text);
+    json_decref(x.body);
+    json_decref(x.udids);
+    return rc;
+}

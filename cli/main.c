@@ -25,6 +25,8 @@ static const subcommand subcommands[] = {
     {"cancel", cmd_cancel, "cancel a queued command for a device (admin API client)"},
     {"retire", cmd_retire, "retire a device that left the fleet (admin API client)"},
     {"audit", cmd_audit, "show the audit log of admin actions (admin API client)"},
+    {"windows", cmd_windows,
+     "eSIM operations and SyncML commands for Windows PCs (admin API client)"},
     {"push", cmd_push, "send MDM pushes to APNs from a token file"},
     {"apns-mock", cmd_apns_mock, "run a faithful APNs stand-in on loopback"},
     {"wns-mock", cmd_wns_mock, "run a WNS stand-in on loopback for simulated Windows PCs"},

@@ -69,7 +69,6 @@ typedef struct omadm_dev {
     /* Verification polls queued during this session: for the next one. */
     char later[OMADM_MAX_SENT][128];
     size_t n_later;
-    int64_t wake_at;     /* push the device then (a verification poll is due); 0 none */
     esim_buf last_reply; /* for a repeated MsgID */
 } omadm_dev;
 
@@ -151,11 +150,7 @@ void omadm_tick(esim_service *svc, int64_t now)
             omadm_dev *d = *pp;
             if (d->in_session && now - d->touched_ms > OMADM_SESSION_IDLE_MS)
                 session_clear(d);
-            if (d->wake_at && d->wake_at <= now && !d->in_session) {
-                d->wake_at = 0;
-                push_device(svc, d->udid, NULL, NULL, NULL);
-            }
-            if (!d->in_session && d->n_nodes == 0 && !d->wake_at) {
+            if (!d->in_session && d->n_nodes == 0) {
                 *pp = d->next;
                 free(d);
                 o->n_devs--;
@@ -456,7 +451,11 @@ static void verify_poll(esim_service *svc, omadm_dev *d, const char *op_uuid, ve
     }
     if (d->n_later < OMADM_MAX_SENT)
         snprintf(d->later[d->n_later++], sizeof d->later[0], "%s", uuid);
-    d->wake_at = esim_now_ms() + svc->cfg.windows_verify_interval_ms;
+    /* The wake-up for the poll is a push owed in the store: it survives a
+     * restart of the service, as the queued poll and the ledger do. */
+    if (esim_store_device_owe_push(
+            svc->st, d->udid, esim_now_ms() + svc->cfg.windows_verify_interval_ms, NULL) != ESIM_OK)
+        svc->m.store_errors++;
 }
 
 /* The data and code of the answer's item whose target ends with |leaf|. */

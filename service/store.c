@@ -856,6 +856,16 @@ esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead, 
     return st->ops->op_end(st, rc, err);
 }
 
+esim_err esim_store_device_owe_push(store *st, const char *udid, int64_t at, esim_error *err)
+{
+    if (!udid || !*udid || at <= 0)
+        return esim_fail(err, ESIM_EINVAL, "a device and a time are needed");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->op_end(st, st->ops->device_owe_push(st, udid, at, err), err);
+}
+
 esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max, size_t *n,
                              esim_error *err)
 {

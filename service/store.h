@@ -442,6 +442,13 @@ ESIM_EXTERN esim_err esim_store_push_target(store *st, const char *udid, store_p
 ESIM_EXTERN esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead,
                                               int64_t now, esim_error *err);
 
+/* The device is owed a push at |at| (kept in the store, so it survives a
+ * restart; an earlier debt stays). esim_store_push_due hands it out then;
+ * a recorded push clears it. ESIM_EINVAL for |at| <= 0; an unknown device
+ * changes nothing. */
+ESIM_EXTERN esim_err esim_store_device_owe_push(store *st, const char *udid, int64_t at,
+                                                esim_error *err);
+
 /* Up to |max| devices owed a push at |now| (push_due_at <= now); their debt
  * is cleared. |udids| gets them, *n how many. */
 ESIM_EXTERN esim_err esim_store_push_due(store *st, int64_t now, char (*udids)[65], size_t max,

@@ -378,6 +378,18 @@ static void test_anomalies_and_not_now(void **state)
     assert_string_equal(due[0], "U1");
     assert_int_equal(esim_store_push_due(st, 600, due, 4, &n, NULL), ESIM_OK);
     assert_int_equal(n, 0); /* the debt is paid once */
+    /* A push owed directly (a Windows verification poll's wake-up): kept,
+     * an earlier debt wins over a later one, handed out once when due. */
+    assert_int_equal(esim_store_device_owe_push(st, "U2", 900, NULL), ESIM_OK);
+    assert_int_equal(esim_store_device_owe_push(st, "U2", 950, NULL), ESIM_OK);
+    assert_int_equal(esim_store_device_owe_push(st, "U2", 0, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_push_due(st, 899, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(esim_store_push_due(st, 900, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(due[0], "U2");
+    assert_int_equal(esim_store_push_due(st, 1000, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
     assert_int_equal(esim_store_push_recorded(st, "U1", false, 601, NULL), ESIM_OK);
     assert_int_equal(state_of(st, "a", "U1"), STORE_Q_PUSHED);
     assert_int_equal(esim_store_push_recorded(st, "U1", true, 602, NULL), ESIM_OK);

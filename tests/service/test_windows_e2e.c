@@ -6,8 +6,10 @@
  * API against the simulator (a released profile installed and verified, a
  * profile the operator did not release failed with its ErrorDetail in
  * words, discovery with AutoEnable, LocalUIEnabled, reset), the Windows
- * diagnosis, WNS channel expiry (410) and re-registration, and a campaign
- * whose PCs get their eSIM through the Windows adapter.
+ * diagnosis, WNS channel expiry (410) and re-registration, a campaign
+ * whose PCs get their eSIM through the Windows adapter, `esim-mdm windows`
+ * (the CLI of these routes), and a restart of the service in the middle of
+ * a verification.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -35,6 +38,9 @@ static struct {
     wns_mock *wns;
     sim_devsim *ds;
     test_service ts;
+    esim_service_config cfg; /* kept for restarts */
+    char data[320];
+    char token_file[600];
     char id[NPC][65];
     char eid[NPC][ESIM_EID_LEN + 1];
     char smdp_name[64];
@@ -153,8 +159,7 @@ static int setup(void **state)
 
     /* The service: TLS with the simulators' PKI, WNS through the mock. */
     esim_service_config cfg;
-    char data[320];
-    harness_config(&fx.env, "win-e2e", &cfg, data);
+    harness_config(&fx.env, "win-e2e", &cfg, fx.data);
     cfg.tls_cert_path = cert;
     cfg.tls_key_path = key;
     /* Both device CAs: the simulated PCs' and the scripted iPhone's. */
@@ -178,6 +183,11 @@ static int setup(void **state)
     harness_start(&fx.ts, &cfg);
     harness_set_api_ca(ca);
     snprintf(fx.ca, sizeof fx.ca, "%s", ca);
+    fx.cfg = cfg;
+    snprintf(fx.token_file, sizeof fx.token_file, "%s/api-token-cli", fx.dir);
+    if (esim_write_file_atomic(fx.token_file, TEST_TOKEN "\n", strlen(TEST_TOKEN) + 1, 0600,
+                               NULL) != ESIM_OK)
+        return -1;
 
     char url[160], deliv[64];
     snprintf(url, sizeof url, "%s/ManagementServer/MDM.svc", fx.ts.url);
@@ -487,6 +497,188 @@ static void test_mixed_campaign(void **state)
     device_free(&phone);
 }
 
+/* Runs `esim-mdm windows ARGS` against the service (|input| on its stdin,
+ * may be NULL); returns its exit status and *out its stdout (caller frees). */
+static int cli(const char *args, const char *input, char **out)
+{
+    const char *bin = getenv("ESIM_MDM_BIN");
+    if (!bin)
+        fail_msg("ESIM_MDM_BIN is not set (run the test through ctest)");
+    char in_path[700] = "/dev/null", cmd[3000];
+    if (input) {
+        snprintf(in_path, sizeof in_path, "%s/cli-stdin", fx.dir);
+        assert_int_equal(esim_write_file_atomic(in_path, input, strlen(input), 0600, NULL),
+                         ESIM_OK);
+    }
+    snprintf(cmd, sizeof cmd,
+             "'%s' windows %s --server %s --token-file '%s' --cacert '%s' <'%s' 2>/dev/null", bin,
+             args, fx.ts.url, fx.token_file, fx.ca, in_path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    esim_buf b = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        esim_buf_append(&b, buf, n);
+    esim_buf_append(&b, "", 1);
+    int st = pclose(p);
+    *out = (char *)b.data;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `esim-mdm windows esim|command|status`: the three routes from the command
+ * line, --json giving the API's answer and nothing else. */
+static void test_cli(void **state)
+{
+    (void)state;
+    char *out = NULL, args[600];
+    snprintf(args, sizeof args, "esim local-ui --udid %s --local-ui off --json", fx.id[1]);
+    assert_int_equal(cli(args, NULL, &out), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "operation")), "local_ui");
+    char uuid[80];
+    snprintf(uuid, sizeof uuid, "%s",
+             json_string_value(json_object_get(json_array_get(json_object_get(j, "commands"), 0),
+                                               "command_uuid")));
+    json_decref(j);
+    free(out);
+    /* The PC gets it through WNS (waited for through the API); then the
+     * CLI's status shows the item's code. */
+    char path[160];
+    snprintf(path, sizeof path, "/v1/commands/%s", uuid);
+    bool acked = false;
+    for (int k = 0; k < 200 && !acked; k++) {
+        json_t *c = get_json(path);
+        acked = c && json_integer_value(
+                         json_object_get(json_object_get(c, "counts"), "acknowledged")) == 1;
+        json_decref(c);
+        if (!acked)
+            pump(50);
+    }
+    assert_true(acked);
+    snprintf(args, sizeof args, "status %s --json", uuid);
+    assert_int_equal(cli(args, NULL, &out), 0);
+    j = json_loads(out, 0, NULL);
+    free(out);
+    json_t *d = json_array_get(json_object_get(j, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(d, "state")), "acknowledged");
+    json_t *item = json_array_get(json_object_get(d, "syncml"), 0);
+    assert_string_equal(json_string_value(json_object_get(item, "cmd")), "Replace");
+    assert_int_equal(json_integer_value(json_object_get(item, "code")), 200);
+    json_decref(j);
+    /* The table form names the item and its code. */
+    snprintf(args, sizeof args, "status %s", uuid);
+    assert_int_equal(cli(args, NULL, &out), 0);
+    assert_non_null(strstr(out, "Replace"));
+    assert_non_null(strstr(out, "200"));
+    assert_non_null(strstr(out, "Policies/LocalUIEnabled"));
+    free(out);
+
+    /* A raw SyncML Get from stdin; its Results data comes back. */
+    snprintf(args, sizeof args, "command --udid %s --syncml - --uuid cli-get-1 --json", fx.id[1]);
+    assert_int_equal(cli(args,
+                         "<Get><CmdID>cli-get-1</CmdID><Item><Target><LocURI>./Device/Vendor/MSFT/"
+                         "eUICCs</LocURI></Target></Item></Get>",
+                         &out),
+                     0);
+    j = json_loads(out, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "command_uuid")), "cli-get-1");
+    json_decref(j);
+    free(out);
+    acked = false;
+    for (int k = 0; k < 200 && !acked; k++) {
+        json_t *c = get_json("/v1/commands/cli-get-1");
+        acked = c && json_integer_value(
+                         json_object_get(json_object_get(c, "counts"), "acknowledged")) == 1;
+        json_decref(c);
+        if (!acked)
+            pump(50);
+    }
+    assert_true(acked);
+    assert_int_equal(cli("status cli-get-1 --json", NULL, &out), 0);
+    j = json_loads(out, 0, NULL);
+    free(out);
+    item = json_array_get(
+        json_object_get(json_array_get(json_object_get(j, "devices"), 0), "syncml"), 0);
+    const char *data = json_string_value(json_object_get(item, "data"));
+    bool got = data && strstr(data, fx.eid[1]) != NULL;
+    json_decref(j);
+    assert_true(got);
+
+    /* Bad input: refused by the service (400: exit 2, field named on
+     * stderr) or here; nothing queued. */
+    snprintf(args, sizeof args,
+             "esim add-profile --udid %s --iccid 8944000000000000001 --smdp smdp.example.com "
+             "--matching-id not-a-matching-id",
+             fx.id[1]);
+    assert_int_equal(cli(args, NULL, &out), 2);
+    free(out);
+    snprintf(args, sizeof args, "esim frobnicate --udid %s", fx.id[1]);
+    assert_int_equal(cli(args, NULL, &out), 2);
+    free(out);
+    assert_int_equal(cli("esim reset", NULL, &out), 2); /* no --udid */
+    free(out);
+    assert_int_equal(cli("status", NULL, &out), 2);
+    free(out);
+    snprintf(args, sizeof args, "esim local-ui --udid %s --local-ui maybe", fx.id[1]);
+    assert_int_equal(cli(args, NULL, &out), 2);
+    free(out);
+}
+
+/* Restarts the service on the same port and data directory. */
+static void restart_service(int64_t verify_interval_ms)
+{
+    int port = atoi(strrchr(fx.ts.url, ':') + 1);
+    harness_stop(&fx.ts);
+    static char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    fx.cfg.listen = listen;
+    fx.cfg.windows_verify_interval_ms = verify_interval_ms;
+    harness_start(&fx.ts, &fx.cfg);
+}
+
+/* The service restarts while it verifies an operation: the queued poll,
+ * the ledger and the wake-up for the poll (a push owed in the store) are
+ * all in the store, so after the restart the PC (which would not poll on
+ * its own for 10 minutes) is woken and the verification ends "done". */
+static void test_verification_survives_restart(void **state)
+{
+    (void)state;
+    /* Polls 3 s apart: the restart comes well before the first is due. */
+    restart_service(3000);
+    esim_error err;
+    char iccid[SIM_ICCID_MAX + 1], f[600];
+    st_iccid(800, iccid);
+    assert_int_equal(
+        sim_smdp_add_order(fx.smdp, fx.eid[0], iccid, "2B3C4-D5E6F-7A8B9-C0D1E", true, &err),
+        ESIM_OK);
+    snprintf(f, sizeof f,
+             "\"operation\":\"add_profile\",\"iccid\":\"%s\",\"matching_id\":"
+             "\"2B3C4-D5E6F-7A8B9-C0D1E\",\"server\":\"%s\",\"enabled\":false",
+             iccid, fx.smdp_name);
+    char *uuid = op(0, f);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/windows/esim/%s", uuid);
+    /* Until the Add is accepted and the first poll queued. */
+    bool pending = false;
+    for (int k = 0; k < 200 && !pending; k++) {
+        json_t *j = get_json(path);
+        const char *v = json_string_value(
+            json_object_get(json_array_get(json_object_get(j, "devices"), 0), "verification"));
+        pending = v && strcmp(v, "pending") == 0;
+        json_decref(j);
+        if (!pending)
+            pump(50);
+    }
+    assert_true(pending);
+    restart_service(300);
+    json_t *d = wait_verdict(uuid);
+    assert_string_equal(json_string_value(json_object_get(d, "verification")), "done");
+    json_decref(d);
+    free(uuid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -494,6 +686,8 @@ int main(void)
         cmocka_unit_test(test_wns_expiry_and_reregistration),
         cmocka_unit_test(test_campaign_on_windows),
         cmocka_unit_test(test_mixed_campaign),
+        cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_verification_survives_restart),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
