@@ -616,9 +616,40 @@ static void verify_after(esim_service *svc, omadm_dev *d, const omadm_sent *sent
     verify_poll(svc, d, op_uuid, k, op_name, eid, obj, poll + 1);
 }
 
+/* The webhook event of a Windows result, in the shape of an Apple one
+ * (mdm.Connect, acknowledge_event): the DeviceID as udid, status
+ * Acknowledged or Error, the command UUID, the request's query as
+ * url_params, and as raw_payload the device's Status and Results elements
+ * for the command, inside a SyncBody: each item's code (and HRESULT, and
+ * Results data) as the PC sent them. Its outbox row joins the batch. */
+static void result_webhook(esim_service *svc, const char *udid, const char *uuid, bool ok,
+                           const esim_buf *raw, const char *query)
+{
+    if (!svc->webhooks)
+        return;
+    esim_msg *msg = calloc(1, sizeof *msg);
+    esim_buf body = {0};
+    if (!msg || esim_buf_append_str(&body, "<SyncBody>") != ESIM_OK ||
+        esim_buf_append(&body, raw->data, raw->len) != ESIM_OK ||
+        esim_buf_append_str(&body, "</SyncBody>") != ESIM_OK) {
+        free(msg);
+        esim_buf_free(&body);
+        return;
+    }
+    msg->kind = ESIM_MSG_RESULT;
+    snprintf(msg->udid, sizeof msg->udid, "%s", udid);
+    snprintf(msg->command_uuid, sizeof msg->command_uuid, "%s", uuid);
+    msg->status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR;
+    svc_event_extra x = {.query = query, .tally = -1};
+    svc_after_commit(svc, msg, body.data, body.len, &x, false, NULL, NULL);
+    esim_msg_free(msg);
+    free(msg);
+    esim_buf_free(&body);
+}
+
 /* Applies the Status and Results the device sent for queue command |uuid|. */
 static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m, const char *uuid,
-                             esim_error *err)
+                             const char *query, esim_error *err)
 {
     const omadm_sent *sent = sent_find(d, uuid);
     omadm_msg cmds = {0};
@@ -703,6 +734,8 @@ static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m
     esim_err rc = esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, err);
     esim_buf_free(&out.next.body);
     free(items_json);
+    if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED)
+        result_webhook(svc, d->udid, uuid, ok, &raw, query);
     esim_buf_free(&raw);
     if (rc == ESIM_OK && out.outcome == STORE_RESULT_ANOMALY)
         svc->m.anomalies++;
@@ -1212,7 +1245,8 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
         if (seen || n_done == OMADM_MAX_SENT)
             continue;
         memcpy(done[n_done++], u, sizeof u);
-        rc = apply_answer(svc, d, &m, u, &e);
+        const struct evhttp_uri *req_uri = evhttp_request_get_evhttp_uri(req);
+        rc = apply_answer(svc, d, &m, u, req_uri ? evhttp_uri_get_query(req_uri) : NULL, &e);
     }
     bool unenrolled = false;
     if (rc == ESIM_OK)

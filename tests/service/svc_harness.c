@@ -18,7 +18,11 @@
 #include <cmocka.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/http.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <openssl/cms.h>
 
 #include "campaign/campaign.h"
@@ -518,4 +522,66 @@ long long api_metric(const char *base_url, const char *series)
     }
     esim_buf_free(&reply);
     return v;
+}
+
+/* ---- a webhook receiver writing each body as one line of a file ---- */
+
+static void on_hook(struct evhttp_request *req, void *arg)
+{
+    hook_receiver *rc = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char *body = calloc(1, len + 1);
+    evbuffer_remove(in, body, len);
+    fprintf(rc->out, "%s\n", body);
+    fflush(rc->out);
+    rc->requests++;
+    free(body);
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static void *receiver_thread(void *arg)
+{
+    hook_receiver *rc = arg;
+    event_base_dispatch(rc->base);
+    return NULL;
+}
+
+static void on_receiver_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopexit(arg, NULL);
+}
+
+int hook_receiver_start(hook_receiver *rc, const char *file)
+{
+    memset(rc, 0, sizeof *rc);
+    rc->out = fopen(file, "w");
+    assert_non_null(rc->out);
+    rc->base = event_base_new();
+    rc->http = evhttp_new(rc->base);
+    evhttp_set_gencb(rc->http, on_hook, rc);
+    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(rc->http, "127.0.0.1", 0);
+    assert_non_null(sock);
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof sin;
+    getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&sin, &sl);
+    assert_int_equal(pipe(rc->stop_pipe), 0);
+    rc->stop_ev = event_new(rc->base, rc->stop_pipe[0], EV_READ, on_receiver_stop, rc->base);
+    event_add(rc->stop_ev, NULL);
+    pthread_create(&rc->thread, NULL, receiver_thread, rc);
+    return ntohs(sin.sin_port);
+}
+
+void hook_receiver_stop(hook_receiver *rc)
+{
+    assert_int_equal(write(rc->stop_pipe[1], "x", 1), 1);
+    pthread_join(rc->thread, NULL);
+    close(rc->stop_pipe[0]);
+    close(rc->stop_pipe[1]);
+    event_free(rc->stop_ev);
+    evhttp_free(rc->http);
+    event_base_free(rc->base);
+    fclose(rc->out);
 }

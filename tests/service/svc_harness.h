@@ -9,6 +9,7 @@
 #define ESIM_TESTS_SERVICE_SVC_HARNESS_H
 
 #include <pthread.h>
+#include <stdio.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -167,5 +168,20 @@ void api_entry_state(const char *base_url, const char *uuid, const char *udid, c
                      int *attempts, int *not_now);
 /* A metric's value from /metrics (the line starting with |series|). */
 long long api_metric(const char *base_url, const char *series);
+
+/* A webhook receiver on loopback, on its own thread, writing each body it
+ * gets as one line of |file| and answering 200; returns its port. */
+typedef struct {
+    struct event_base *base;
+    struct evhttp *http;
+    FILE *out;
+    int requests;
+    pthread_t thread;
+    int stop_pipe[2];
+    struct event *stop_ev;
+} hook_receiver;
+int hook_receiver_start(hook_receiver *rc, const char *file);
+/* Stops it and closes the file; rc->requests says how many came. */
+void hook_receiver_stop(hook_receiver *rc);
 
 #endif

@@ -397,78 +397,6 @@ static void test_pushcert(void **state)
     esim_buf_free(&wrong);
 }
 
-/* ---- a webhook receiver writing each body as one line of a file ---- */
-
-typedef struct {
-    struct event_base *base;
-    struct evhttp *http;
-    FILE *out;
-    int requests;
-    pthread_t thread;
-    int stop_pipe[2];
-    struct event *stop_ev;
-} receiver;
-
-static void on_hook(struct evhttp_request *req, void *arg)
-{
-    receiver *rc = arg;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    char *body = calloc(1, len + 1);
-    evbuffer_remove(in, body, len);
-    fprintf(rc->out, "%s\n", body);
-    fflush(rc->out);
-    rc->requests++;
-    free(body);
-    evhttp_send_reply(req, 200, "OK", NULL);
-}
-
-static void *receiver_thread(void *arg)
-{
-    receiver *rc = arg;
-    event_base_dispatch(rc->base);
-    return NULL;
-}
-
-static void on_receiver_stop(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    event_base_loopexit(arg, NULL);
-}
-
-static int receiver_start(receiver *rc, const char *file)
-{
-    memset(rc, 0, sizeof *rc);
-    rc->out = fopen(file, "w");
-    assert_non_null(rc->out);
-    rc->base = event_base_new();
-    rc->http = evhttp_new(rc->base);
-    evhttp_set_gencb(rc->http, on_hook, rc);
-    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(rc->http, "127.0.0.1", 0);
-    assert_non_null(sock);
-    struct sockaddr_in sin;
-    socklen_t sl = sizeof sin;
-    getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&sin, &sl);
-    assert_int_equal(pipe(rc->stop_pipe), 0);
-    rc->stop_ev = event_new(rc->base, rc->stop_pipe[0], EV_READ, on_receiver_stop, rc->base);
-    event_add(rc->stop_ev, NULL);
-    pthread_create(&rc->thread, NULL, receiver_thread, rc);
-    return ntohs(sin.sin_port);
-}
-
-static void receiver_stop(receiver *rc)
-{
-    assert_int_equal(write(rc->stop_pipe[1], "x", 1), 1);
-    pthread_join(rc->thread, NULL);
-    close(rc->stop_pipe[0]);
-    close(rc->stop_pipe[1]);
-    event_free(rc->stop_ev);
-    evhttp_free(rc->http);
-    event_base_free(rc->base);
-    fclose(rc->out);
-}
-
 static long checkin(test_device *d, const char *type, const char *extra, esim_buf *reply)
 {
     char body[2000];
@@ -489,8 +417,8 @@ static void test_checkins_and_webhooks(void **state)
     (void)state;
     char bodies[400];
     snprintf(bodies, sizeof bodies, "%s/webhooks.jsonl", env.dir);
-    receiver rc;
-    int port = receiver_start(&rc, bodies);
+    hook_receiver rc;
+    int port = hook_receiver_start(&rc, bodies);
     char hook[100];
     snprintf(hook, sizeof hook, "http://127.0.0.1:%d/hook", port);
     const char *urls[] = {hook};
@@ -586,7 +514,7 @@ static void test_checkins_and_webhooks(void **state)
     esim_buf_free(&reply);
     device_free(&d);
     harness_stop(&ts);
-    receiver_stop(&rc);
+    hook_receiver_stop(&rc);
     assert_int_equal(rc.requests, want);
 
     /* The bodies: tallies 1 then 2; Idle without command_uuid; url_params. */

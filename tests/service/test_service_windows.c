@@ -8,7 +8,7 @@
  * the API, and what is refused without changing anything: malformed
  * SyncML (400), WBXML (415), no certificate (401), another device's
  * certificate or an Apple DeviceID (403), MsgID out of order, the session
- * limit.
+ * limit; and the webhook events of Windows results.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -730,6 +731,128 @@ static void test_verification(void **state)
     free(ts);
 }
 
+/* Windows results reach webhooks as Apple results do: mdm.Connect with an
+ * acknowledge_event (the DeviceID as udid, Acknowledged or Error, the
+ * command UUID, the request's query as url_params), the raw payload the
+ * PC's Status and Results elements with every item's code and HRESULT;
+ * every body valid against NanoMDM's event schema. */
+static void test_result_webhooks(void **state)
+{
+    (void)state;
+    char bodies[400];
+    snprintf(bodies, sizeof bodies, "%s/win-webhooks.jsonl", env.dir);
+    hook_receiver rc;
+    int port = hook_receiver_start(&rc, bodies);
+    char hook[100];
+    snprintf(hook, sizeof hook, "http://127.0.0.1:%d/hook", port);
+    const char *urls[] = {hook};
+    test_service *ts = calloc(1, sizeof *ts);
+    esim_service_config cfg;
+    char dir[320];
+    harness_config(&env, "win-hooks", &cfg, dir);
+    cfg.tls_cert_path = server_cert;
+    cfg.tls_key_path = server_key;
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    harness_start(ts, &cfg);
+    pc p;
+    pc_new(&p, "7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B", ts->url);
+    first_session(&p); /* the service's own Gets: no webhook */
+    json_t *reply = NULL;
+    assert_int_equal(api_call(ts->url, TEST_TOKEN, "POST", "/v1/windows/commands",
+                              "{\"udids\":[\"7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B\"],"
+                              "\"uuid\":\"wh-get-1\",\"request_type\":\"Get\",\"syncml\":"
+                              "\"<Get><CmdID>wh-get-1</CmdID><Item><Target><LocURI>./DevDetail/SwV"
+                              "</LocURI></Target></Item></Get>\"}",
+                              "application/json", &reply),
+                     201);
+    json_decref(reply);
+    assert_int_equal(api_call(ts->url, TEST_TOKEN, "POST", "/v1/windows/commands",
+                              "{\"udids\":[\"7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B7B\"],"
+                              "\"uuid\":\"wh-rep-1\",\"request_type\":\"Replace\",\"syncml\":"
+                              "\"<Replace><CmdID>wh-rep-1</CmdID><Item><Target><LocURI>./Device/"
+                              "Vendor/MSFT/eUICCs/slot0/Identifier</LocURI></Target><Data>x</Data>"
+                              "</Item></Replace>\"}",
+                              "application/json", &reply),
+                     201);
+    json_decref(reply);
+    esim_buf buf = {0};
+    open_session(&p, &buf);
+    reply_doc r;
+    rd_open(&r, &buf);
+    assert_int_equal(rd_commands(&r), 2);
+    rd_close(&r);
+    p.msg_id++;
+    char inner[2048];
+    snprintf(inner, sizeof inner,
+             "<Status><CmdID>1</CmdID><MsgRef>%u</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd>"
+             "<Data>200</Data></Status>"
+             "<Status><CmdID>2</CmdID><MsgRef>%u</MsgRef><CmdRef>wh-get-1</CmdRef><Cmd>Get</Cmd>"
+             "<Data>200</Data></Status>"
+             "<Results><CmdID>3</CmdID><MsgRef>%u</MsgRef><CmdRef>wh-get-1</CmdRef><Item>"
+             "<Source><LocURI>./DevDetail/SwV</LocURI></Source><Data>10.0.22631.4460</Data>"
+             "</Item></Results>"
+             "<Status xmlns:msft=\"http://schemas.microsoft.com/MobileDevice/MDM\"><CmdID>4"
+             "</CmdID><MsgRef>%u</MsgRef><CmdRef>wh-rep-1</CmdRef><Cmd>Replace</Cmd>"
+             "<Data msft:originalerror=\"0x86000002\">405</Data></Status>",
+             p.msg_id - 1, p.msg_id - 1, p.msg_id - 1, p.msg_id - 1);
+    assert_int_equal(pc_send(&p, inner, &buf), 200);
+    esim_buf_free(&buf);
+    /* Both deliveries, then the bodies. */
+    for (int k = 0; k < 200 && rc.requests < 2; k++) {
+        struct timespec ts_wait = {0, 20 * 1000000L};
+        nanosleep(&ts_wait, NULL);
+    }
+    hook_receiver_stop(&rc);
+    assert_int_equal(rc.requests, 2);
+    esim_buf all = {0};
+    assert_int_equal(esim_read_file(bodies, 1 << 20, &all, NULL), ESIM_OK);
+    esim_buf_append(&all, "", 1);
+    int seen = 0;
+    for (char *save = NULL, *line = strtok_r((char *)all.data, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        json_t *ev = json_loads(line, 0, NULL);
+        assert_non_null(ev);
+        assert_string_equal(json_string_value(json_object_get(ev, "topic")), "mdm.Connect");
+        json_t *ae = json_object_get(ev, "acknowledge_event");
+        assert_string_equal(json_string_value(json_object_get(ae, "udid")), p.id);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(ae, "url_params"), "mode")),
+            "Maintenance");
+        esim_buf raw = {0};
+        const char *b64 = json_string_value(json_object_get(ae, "raw_payload"));
+        assert_int_equal(esim_base64_decode(b64, strlen(b64), &raw, NULL), ESIM_OK);
+        esim_buf_append(&raw, "", 1);
+        const char *uuid = json_string_value(json_object_get(ae, "command_uuid"));
+        const char *status = json_string_value(json_object_get(ae, "status"));
+        if (strcmp(uuid, "wh-get-1") == 0) {
+            assert_string_equal(status, "Acknowledged");
+            assert_non_null(strstr((const char *)raw.data, "10.0.22631.4460"));
+            seen |= 1;
+        } else {
+            assert_string_equal(uuid, "wh-rep-1");
+            assert_string_equal(status, "Error");
+            assert_non_null(strstr((const char *)raw.data, ">405</Data>"));
+            assert_non_null(strstr((const char *)raw.data, "0x86000002"));
+            seen |= 2;
+        }
+        esim_buf_free(&raw);
+        json_decref(ev);
+    }
+    esim_buf_free(&all);
+    assert_int_equal(seen, 3);
+    const char *src = getenv("ESIM_SOURCE_DIR");
+    assert_non_null(src);
+    char cmd[1500];
+    snprintf(cmd, sizeof cmd,
+             "python3 '%s/tests/service/validate_webhooks.py' "
+             "'%s/tests/data/nanomdm-webhook.schema.json' '%s'",
+             src, src, bodies);
+    assert_int_equal(system(cmd), 0);
+    pc_free(&p);
+    stop(ts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -737,6 +860,7 @@ int main(void)
         cmocka_unit_test(test_session_and_commands),
         cmocka_unit_test(test_refused_changes_nothing),
         cmocka_unit_test(test_apple_udid_refused),
+        cmocka_unit_test(test_result_webhooks),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -6,13 +6,16 @@
 BODIES holds one JSON body per line, as a receiver got them. Each must
 validate against SCHEMA (tests/data/nanomdm-webhook.schema.json, JSON Schema
 2020-12), and beyond what a schema says: raw_payload is base64 of a plist
-whose MessageType (or Status) agrees with the topic, token_update_tally
+whose MessageType (or Status) agrees with the topic (for a Windows PC's
+result: the SyncML Status and Results elements in a SyncBody, naming the
+command, with a status that agrees with their codes), token_update_tally
 comes with mdm.TokenUpdate only, and an Idle result has no command_uuid
 (absent, not empty). Prints each problem; exits 1 if there was one.
 """
 import base64
 import json
 import plistlib
+import re
 import sys
 
 import jsonschema
@@ -25,7 +28,13 @@ def check(event, validator):
     topic = event["topic"]
     body = event.get("checkin_event") or event.get("acknowledge_event")
     try:
-        raw = plistlib.loads(base64.b64decode(body["raw_payload"], validate=True))
+        data = base64.b64decode(body["raw_payload"], validate=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        return [f"raw_payload is not base64: {exc}"]
+    if data.startswith(b"<SyncBody>"):
+        return check_windows(topic, body, data.decode("utf-8", "replace"))
+    try:
+        raw = plistlib.loads(data)
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
         return [f"raw_payload is not base64 of a plist: {exc}"]
     if topic == "mdm.Connect":
@@ -42,6 +51,27 @@ def check(event, validator):
     ident = body.get("udid", body.get("enrollment_id"))
     if "ids" in body and body["ids"]["id"] != ident:
         problems.append("ids.id is not the device's udid / enrollment_id")
+    return problems
+
+
+def check_windows(topic, body, text):
+    """A Windows PC's result: the Status and Results elements it sent for
+    the command, in a SyncBody. Each names the command (CmdRef UUID or
+    UUID.N); the status is Acknowledged when every Status code is 2xx."""
+    problems = []
+    if topic != "mdm.Connect" or "status" not in body:
+        return ["a SyncML raw_payload on another event than a result"]
+    uuid = body.get("command_uuid", "")
+    refs = re.findall(r"<CmdRef>([^<]*)</CmdRef>", text)
+    codes = [int(c) for c in re.findall(r"<Status\b.*?<Data\b[^>]*>([0-9]{3})</Data>", text, re.S)]
+    if not refs or not codes:
+        problems.append("no Status element in the SyncML raw_payload")
+    for ref in refs:
+        if ref != uuid and not ref.startswith(uuid + "."):
+            problems.append(f"CmdRef {ref} is not command {uuid}")
+    ok = all(200 <= c <= 299 for c in codes)
+    if body["status"] != ("Acknowledged" if ok else "Error"):
+        problems.append(f"status {body['status']} but the item codes are {codes}")
     return problems
 
 
