@@ -1449,9 +1449,12 @@ int cmd_demo(int argc, char **argv)
     int rc = run(&d);
     if (d.keep_running && d.svc_port > 0 && !sup_stopping()) {
         say(&d,
-            "\nkept running: the dashboard is at http://127.0.0.1:%d/dashboard/ (admin key in "
-            "%s/service/api-token, read-only key in %s/read-only-key); Ctrl-C stops every part\n",
-            d.svc_port, d.dir, d.dir);
+            "\nkept running: the dashboard is at %s://127.0.0.1:%d/dashboard/ (admin key in "
+            "%s/service/api-token, read-only key in %s/read-only-key%s); Ctrl-C stops every "
+            "part\n",
+            d.windows_share > 0 ? "https" : "http", d.svc_port, d.dir, d.dir,
+            d.windows_share > 0 ? "; the service's certificate is from the test CA, pki/ca.pem"
+                                : "");
         while (!sup_stopping())
             pause();
     }

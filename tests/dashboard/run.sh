@@ -36,7 +36,7 @@ trap cleanup EXIT
 
 # Seed 4 gives one device without eSIM hardware among the 20: a failed
 # device to diagnose.
-"$bin" demo --devices 20 --seed 4 --no-extras --timeout 120 --keep "$work/demo" --keep-running \
+"$bin" demo --devices 20 --seed 4 --windows-share 0 --no-extras --timeout 120 --keep "$work/demo" --keep-running \
   >"$work/demo.out" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do
