@@ -25,3 +25,25 @@ foreach(f ${generated})
     file(WRITE ${f} "${patched}")
   endif()
 endforeach()
+# asn1c 0.9.28's UTF8String__process computes dst + dstlen with dst NULL
+# when it is only asked for the length (UBSan, clang: "applying zero offset
+# to null pointer"; found by tests/fuzz esipa_result and esipa_download).
+file(READ ${OUT}/UTF8String.c text)
+string(REPLACE "uint32_t *dstend = dst + dstlen;" "uint32_t *dstend = dst ? dst + dstlen : dst;"
+  patched "${text}")
+if(patched STREQUAL text)
+  message(FATAL_ERROR "asn1c.cmake: UTF8String.c no longer has the line to patch")
+endif()
+file(WRITE ${OUT}/UTF8String.c "${patched}")
+# We decode DER only, and asn1c's BER decoder loops forever on some
+# indefinite lengths nested in a value sent with a primitive tag (it does
+# not check the constructed bit; found by tests/fuzz esipa_result): its
+# length reader refuses the indefinite form outright.
+file(READ ${OUT}/ber_tlv_length.c text)
+string(REPLACE "if(_is_constructed && oct == 0x80) {\n\t\t\t*len_r = -1;\t/* Indefinite length */\n\t\t\treturn 1;\n\t\t}"
+  "if(oct == 0x80) {\n\t\t\treturn -1;\t/* DER only: no indefinite length */\n\t\t}"
+  patched "${text}")
+if(patched STREQUAL text)
+  message(FATAL_ERROR "asn1c.cmake: ber_tlv_length.c no longer has the lines to patch")
+endif()
+file(WRITE ${OUT}/ber_tlv_length.c "${patched}")
