@@ -50,3 +50,17 @@ void campaign_reading_free(campaign_reading *r)
     free(r->subs);
     memset(r, 0, sizeof *r);
 }
+
+void campaign_platform_host_of(const char *url, char *out, size_t out_len)
+{
+    out[0] = '\0';
+    if (!url)
+        return;
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t n = strcspn(p, "/?#");
+    if (n < out_len) {
+        memcpy(out, p, n);
+        out[n] = '\0';
+    }
+}

@@ -108,6 +108,12 @@ extern const campaign_platform campaign_platform_apple;
 extern const campaign_platform campaign_platform_windows;
 extern const campaign_platform campaign_platform_iot;
 
+/* The host (and port) of a URL: "https://smdp.example.com/x" ->
+ * "smdp.example.com", "https://127.0.0.1:8443" -> "127.0.0.1:8443" (the port
+ * is kept, as the device connects to it); "" when it does not fit |out_len|
+ * or |url| is NULL. */
+void campaign_platform_host_of(const char *url, char *out, size_t out_len);
+
 /* An eUICCs ErrorDetail code in words ("ProfileNotReleasedByOperator");
  * "Unknown" for a code the CSP does not define. */
 const char *campaign_windows_error_detail(long code);

@@ -25,26 +25,12 @@ typedef struct {
     char smdp[256]; /* the SM-DP+ address of the campaign's URL (host[:port]) */
 } iot_ctx;
 
-static void address_of(const char *url, char *out, size_t out_len)
-{
-    out[0] = '\0';
-    if (!url)
-        return;
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    size_t n = strcspn(p, "/?#");
-    if (n < out_len) {
-        memcpy(out, p, n);
-        out[n] = '\0';
-    }
-}
-
 static esim_err iot_prepare(const campaign_spec *spec, void **out, esim_error *err)
 {
     iot_ctx *x = calloc(1, sizeof *x);
     if (!x)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    address_of(spec->smdp_url, x->smdp, sizeof x->smdp);
+    campaign_platform_host_of(spec->smdp_url, x->smdp, sizeof x->smdp);
     *out = x;
     return ESIM_OK;
 }
@@ -69,7 +55,7 @@ static esim_err iot_build(void *ctx, const campaign_order *o, const char *uuid,
         esim_uuid_new(fresh);
         uuid = fresh;
     }
-    address_of(o->smdp_url, smdp, sizeof smdp);
+    campaign_platform_host_of(o->smdp_url, smdp, sizeof smdp);
     if (!smdp[0])
         snprintf(smdp, sizeof smdp, "%s", x->smdp);
     json_t *pkg = NULL;

@@ -30,28 +30,12 @@ typedef struct {
     bool local_ui_open; /* LocalUIEnabled for the profile step */
 } windows_ctx;
 
-/* "https://smdp.example.com/x" -> "smdp.example.com" (a port is kept:
- * "https://127.0.0.1:8443" -> "127.0.0.1:8443", as the PC connects to it). */
-static void fqdn_of(const char *url, char *out, size_t out_len)
-{
-    out[0] = '\0';
-    if (!url)
-        return;
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    size_t n = strcspn(p, "/?#");
-    if (n < out_len) {
-        memcpy(out, p, n);
-        out[n] = '\0';
-    }
-}
-
 static esim_err win_prepare(const campaign_spec *spec, void **out, esim_error *err)
 {
     windows_ctx *x = calloc(1, sizeof *x);
     if (!x)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    fqdn_of(spec->smdp_url, x->server, sizeof x->server);
+    campaign_platform_host_of(spec->smdp_url, x->server, sizeof x->server);
     x->local_ui_open = spec->policy.allow_esim_modification != ESIM_TRI_FALSE;
     *out = x;
     return ESIM_OK;
@@ -80,7 +64,7 @@ static esim_err win_build(void *ctx, const campaign_order *o, const char *uuid,
     if (!o->eid || !*o->eid)
         return esim_fail(err, ESIM_EINVAL,
                          "the PC has not reported its EID yet: its eUICC cannot be named");
-    fqdn_of(o->smdp_url, server, sizeof server);
+    campaign_platform_host_of(o->smdp_url, server, sizeof server);
     if (!server[0])
         snprintf(server, sizeof server, "%s", x->server);
     esim_windows_op op = {.eid = o->eid};

@@ -21,7 +21,7 @@
 #include "service/auth_internal.h"
 #include "service/service_internal.h"
 
-esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err)
+esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out, esim_error *err)
 {
     esim_buf pem = {0};
     esim_err rc = esim_read_file(path, 4 * 1024 * 1024, &pem, err);
@@ -43,7 +43,7 @@ esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (count == 0) {
         X509_STORE_free(cas);
-        return esim_fail(err, ESIM_ECRYPTO, "device CA %s holds no PEM certificate", path);
+        return esim_fail(err, ESIM_ECRYPTO, "%s %s holds no PEM certificate", what, path);
     }
     *out = cas;
     return ESIM_OK;

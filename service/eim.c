@@ -17,34 +17,6 @@
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
-static esim_err load_ci(const char *path, X509_STORE **out, esim_error *err)
-{
-    esim_buf pem = {0};
-    esim_err rc = esim_read_file(path, 4 * 1024 * 1024, &pem, err);
-    if (rc != ESIM_OK)
-        return rc;
-    X509_STORE *cas = X509_STORE_new();
-    BIO *bio = BIO_new_mem_buf(pem.data, (int)pem.len);
-    size_t count = 0;
-    X509 *x;
-    while (cas && bio && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        if (X509_STORE_add_cert(cas, x) == 1)
-            count++;
-        X509_free(x);
-    }
-    ERR_clear_error();
-    BIO_free(bio);
-    esim_buf_free(&pem);
-    if (!cas)
-        return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    if (count == 0) {
-        X509_STORE_free(cas);
-        return esim_fail(err, ESIM_ECRYPTO, "eUICC CI file %s holds no PEM certificate", path);
-    }
-    *out = cas;
-    return ESIM_OK;
-}
-
 esim_err eim_init(esim_service *svc, esim_error *err)
 {
     svc_eim *e = calloc(1, sizeof *e);
@@ -77,7 +49,7 @@ esim_err eim_init(esim_service *svc, esim_error *err)
     OPENSSL_free(der);
     if (rc != ESIM_OK)
         return esim_fail(err, rc, "out of memory");
-    if ((rc = load_ci(svc->euicc_ci_path, &e->ci, err)) != ESIM_OK)
+    if ((rc = auth_load_ca_file(svc->euicc_ci_path, "eUICC CI file", &e->ci, err)) != ESIM_OK)
         return rc;
     e->on = true;
     return ESIM_OK;

@@ -914,7 +914,8 @@ static esim_err start(esim_service *svc, esim_error *err)
                              svc->cfg.device_auth == ESIM_DEVICE_AUTH_MTLS     ? "mtls"
                              : svc->cfg.device_auth == ESIM_DEVICE_AUTH_HEADER ? "header"
                                                                                : "signature");
-        if ((rc = auth_load_device_ca(svc->device_ca_path, &svc->device_ca, err)) != ESIM_OK)
+        if ((rc = auth_load_ca_file(svc->device_ca_path, "device CA", &svc->device_ca, err)) !=
+            ESIM_OK)
             return rc;
     }
     if ((rc = tls_setup(svc, err)) != ESIM_OK)
@@ -1252,43 +1253,42 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
     for (int s = ESIM_STATUS_IDLE; s <= ESIM_STATUS_NOT_NOW; s++)
         esim_buf_printf(out, "esim_mdm_results_total{status=\"%s\"} %llu\n",
                         esim_status_name((esim_status)s), (unsigned long long)m->results[s]);
-    esim_buf_printf(out,
-                    "# TYPE esim_mdm_result_anomalies_total counter\n"
-                    "esim_mdm_result_anomalies_total %llu\n"
-                    "# TYPE esim_mdm_commands_sent_total counter\n"
-                    "esim_mdm_commands_sent_total %llu\n"
-                    "# TYPE esim_mdm_commands_enqueued_total counter\n"
-                    "esim_mdm_commands_enqueued_total %llu\n"
-                    "# TYPE esim_mdm_device_refused_total counter\n"
-                    "esim_mdm_device_refused_total{reason=\"auth\"} %llu\n"
-                    "esim_mdm_device_refused_total{reason=\"rate\"} %llu\n"
-                    "esim_mdm_device_refused_total{reason=\"malformed\"} %llu\n"
-                    "esim_mdm_device_refused_total{reason=\"too_big\"} %llu\n"
-                    "esim_mdm_device_refused_total{reason=\"replay\"} %llu\n"
-                    "# HELP esim_mdm_replay_duplicates_total Signed messages taken twice: "
-                    "answered with nothing.\n"
-                    "# TYPE esim_mdm_replay_duplicates_total counter\n"
-                    "esim_mdm_replay_duplicates_total %llu\n"
-                    "# TYPE esim_mdm_signatures_without_time_total counter\n"
-                    "esim_mdm_signatures_without_time_total %llu\n"
-                    "# TYPE esim_mdm_store_errors_total counter\n"
-                    "esim_mdm_store_errors_total %llu\n"
-                    "# TYPE esim_mdm_identity_cache_total counter\n"
-                    "esim_mdm_identity_cache_total{result=\"hit\"} %llu\n"
-                    "esim_mdm_identity_cache_total{result=\"miss\"} %llu\n"
-                    "# HELP esim_mdm_identity_chain_checks_total Identity certificate chains "
-                    "verified up to the device CA (once per certificate every 5 minutes).\n"
-                    "# TYPE esim_mdm_identity_chain_checks_total counter\n"
-                    "esim_mdm_identity_chain_checks_total %llu\n",
-                    (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
-                    (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
-                    (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
-                    (unsigned long long)m->too_big, (unsigned long long)m->replays_stale,
-                    (unsigned long long)m->replays_duplicate,
-                    (unsigned long long)m->signatures_without_time,
-                    (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
-                    (unsigned long long)m->identity_cache_misses,
-                    (unsigned long long)m->identity_chain_checks);
+    esim_buf_printf(
+        out,
+        "# TYPE esim_mdm_result_anomalies_total counter\n"
+        "esim_mdm_result_anomalies_total %llu\n"
+        "# TYPE esim_mdm_commands_sent_total counter\n"
+        "esim_mdm_commands_sent_total %llu\n"
+        "# TYPE esim_mdm_commands_enqueued_total counter\n"
+        "esim_mdm_commands_enqueued_total %llu\n"
+        "# TYPE esim_mdm_device_refused_total counter\n"
+        "esim_mdm_device_refused_total{reason=\"auth\"} %llu\n"
+        "esim_mdm_device_refused_total{reason=\"rate\"} %llu\n"
+        "esim_mdm_device_refused_total{reason=\"malformed\"} %llu\n"
+        "esim_mdm_device_refused_total{reason=\"too_big\"} %llu\n"
+        "esim_mdm_device_refused_total{reason=\"replay\"} %llu\n"
+        "# HELP esim_mdm_replay_duplicates_total Signed messages taken twice: "
+        "answered with nothing.\n"
+        "# TYPE esim_mdm_replay_duplicates_total counter\n"
+        "esim_mdm_replay_duplicates_total %llu\n"
+        "# TYPE esim_mdm_signatures_without_time_total counter\n"
+        "esim_mdm_signatures_without_time_total %llu\n"
+        "# TYPE esim_mdm_store_errors_total counter\n"
+        "esim_mdm_store_errors_total %llu\n"
+        "# TYPE esim_mdm_identity_cache_total counter\n"
+        "esim_mdm_identity_cache_total{result=\"hit\"} %llu\n"
+        "esim_mdm_identity_cache_total{result=\"miss\"} %llu\n"
+        "# HELP esim_mdm_identity_chain_checks_total Identity certificate chains "
+        "verified up to the device CA (once per certificate every 5 minutes).\n"
+        "# TYPE esim_mdm_identity_chain_checks_total counter\n"
+        "esim_mdm_identity_chain_checks_total %llu\n",
+        (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
+        (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
+        (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
+        (unsigned long long)m->too_big, (unsigned long long)m->replays_stale,
+        (unsigned long long)m->replays_duplicate, (unsigned long long)m->signatures_without_time,
+        (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
+        (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_chain_checks);
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");
     for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)
@@ -1463,7 +1463,7 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
         if (!ca_path)
             rc = esim_fail(err, ESIM_EINVAL, "the device CA is required: device auth is not none");
         else
-            rc = auth_load_device_ca(ca_path, &ca, err);
+            rc = auth_load_ca_file(ca_path, "device CA", &ca, err);
     }
     if (rc == ESIM_OK && svc->tls && cfg->tls_cert_path && cfg->tls_key_path)
         rc = tls_ctx_build(svc, cfg->tls_cert_path, cfg->tls_key_path,

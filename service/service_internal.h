@@ -40,7 +40,7 @@ typedef struct {
     uint64_t enqueued; /* queue entries created through the service */
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
-    uint64_t identity_chain_checks; /* chains verified up to the device CA */
+    uint64_t identity_chain_checks;                      /* chains verified up to the device CA */
     uint64_t replays_stale, replays_duplicate, signatures_without_time;
     uint64_t api_auth_refused, api_forbidden, api_throttled; /* admin API: 401, 403, 429 */
     uint64_t conn_refused[4];                                /* by M_REFUSED_* */
@@ -492,7 +492,7 @@ typedef struct {
 esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              const unsigned char *body, size_t len, auth_identity *id,
                              esim_error *err);
-esim_err auth_load_device_ca(const char *path, X509_STORE **out, esim_error *err);
+esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
 
 /* The TLS client certificate of the request, chained to the device CA
