@@ -375,6 +375,18 @@ static void words_add(char *w, size_t len, const char *fmt, const char *a, const
         snprintf(w + used, len - used, "%s%s%s%s", used ? "; " : "", a, fmt, b ? b : "");
 }
 
+/* One operation's result code on |o| and in |words|; |failed| clears
+ * *all_ok. */
+static void put_code(json_t *o, char *words, size_t len, const char *op, long code, const char *cw,
+                     bool failed, bool *all_ok)
+{
+    json_object_set_new(o, "code", json_integer(code));
+    json_object_set_new(o, "words", json_string(cw));
+    words_add(words, len, ": ", op, cw);
+    if (failed)
+        *all_ok = false;
+}
+
 /* The result list of a signed result in words: |res| gets "results",
  * "profiles", "eims"; |words| a sentence; *all_ok whether every operation
  * succeeded. */
@@ -417,11 +429,7 @@ static void results_words(const EuiccPackageResultDataSigned_t *d, json_t *res, 
                                                                                 : "processing";
             const char *cw = code_words(r->present, code);
             json_object_set_new(o, "op", json_string(op));
-            json_object_set_new(o, "code", json_integer(code));
-            json_object_set_new(o, "words", json_string(cw));
-            words_add(words, len, ": ", op, cw);
-            if (code != 0)
-                *all_ok = false;
+            put_code(o, words, len, op, code, cw, code != 0, all_ok);
             break;
         }
         case EuiccResultData_PR_listProfileInfoResult: {
@@ -448,10 +456,7 @@ static void results_words(const EuiccPackageResultDataSigned_t *d, json_t *res, 
                 const char *cw = code == 1    ? "incorrectInputValues"
                                  : code == 11 ? "profileChangeOngoing"
                                               : "undefinedError";
-                json_object_set_new(o, "code", json_integer(code));
-                json_object_set_new(o, "words", json_string(cw));
-                words_add(words, len, ": ", "list profiles", cw);
-                *all_ok = false;
+                put_code(o, words, len, "list profiles", code, cw, true, all_ok);
             }
             break;
         }
@@ -472,11 +477,7 @@ static void results_words(const EuiccPackageResultDataSigned_t *d, json_t *res, 
             } else {
                 long code = a->choice.addEimResultCode;
                 const char *cw = code_words(r->present, code);
-                json_object_set_new(o, "code", json_integer(code));
-                json_object_set_new(o, "words", json_string(cw));
-                words_add(words, len, ": ", "add eIM", cw);
-                if (code != 0)
-                    *all_ok = false;
+                put_code(o, words, len, "add eIM", code, cw, code != 0, all_ok);
             }
             break;
         }
