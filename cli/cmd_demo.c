@@ -1,10 +1,11 @@
 /*
  * cmd_demo.c — `esim-mdm demo`: the product's main job on one machine. It
  * starts the APNs mock, the WNS mock, the service on SQLite in a temporary
- * directory, N simulated devices (iPhones and, a fifth by default, Windows
- * 11 PCs) and the SM-DP+ simulator as child processes of this binary on
- * loopback, drives them only through their public APIs (as an admin would),
- * and stops everything it started whatever happens.
+ * directory, N simulated devices (iPhones, a fifth by default Windows 11
+ * PCs, a tenth IoT devices polling the service's eIM) and the SM-DP+
+ * simulator as child processes of this binary on loopback, drives them only
+ * through their public APIs (as an admin would), and stops everything it
+ * started whatever happens.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -33,10 +34,13 @@ static const char demo_help[] =
     "(a realistic mix: some unsupervised, some on an old iOS, a few answering NotNow,\n"
     "a few offline for a while) and, a fifth of them by default, Windows 11 PCs\n"
     "managed over OMA-DM (TLS with client certificates, woken through WNS; a few\n"
-    "whose profile the operator did not release, or never ordered). It enrols them,\n"
-    "imports the OEM manifest and the activation codes, runs one campaign for both\n"
-    "platforms (restrictions profile / LocalUIEnabled, RefreshCellularPlans /\n"
-    "DownloadServers, verification) with a progress bar, then shows the erase that keeps the eSIM\n"
+    "whose profile the operator did not release, or never ordered) and, a tenth by\n"
+    "default, IoT devices whose IPA polls the service's eIM (GSMA SGP.32). It enrols\n"
+    "them, imports the OEM manifest and the activation codes, runs one campaign for\n"
+    "the iPhones and PCs (restrictions profile / LocalUIEnabled, RefreshCellularPlans /\n"
+    "DownloadServers, verification) with a progress bar and one for the IoT devices\n"
+    "(download trigger by activation code, enable, list profiles), switches a few IoT\n"
+    "devices to a second profile and back, then shows the erase that keeps the eSIM\n"
     "(EraseDevice PreserveDataPlan, re-enrolment, eSIM still verified) and the\n"
     "restrictions blocking a user's eSIM deletion and Quick Transfer. It ends with\n"
     "a summary table and one sample diagnosis, and stops everything it started.\n"
@@ -52,7 +56,10 @@ static const char demo_help[] =
     "  --windows-share F        share of the devices that are Windows PCs (default 0.2;\n"
     "                           0: iPhones only, and the service on plain HTTP; with\n"
     "                           --instances 2 always 0)\n"
-    "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices\n"
+    "  --iot-share F            share of the devices that are IoT devices managed through\n"
+    "                           the eIM (default 0.1; 0: none)\n"
+    "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices,\n"
+    "                           no PC or IoT device made to fail\n"
     "  --no-inventory           skip the DeviceInformation inventory before the campaign\n"
     "                           (warnings then cannot know supervision)\n"
     "  --no-extras              skip the erase and user-action demonstrations\n"
@@ -72,9 +79,9 @@ static const char demo_help[] =
     "                           second and followed on the first (default 1)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
-    "exit status: 0 every device that can be verified is verified, the PCs made to\n"
-    "fail failed with their reason (and the extras\n"
-    "worked), 1 not, or a part failed to start, 2 bad options.\n";
+    "exit status: 0 every device that can be verified is verified, the PCs and IoT\n"
+    "devices made to fail failed with their reason, the IoT profile switches were\n"
+    "verified (and the extras worked), 1 not, or a part failed to start, 2 bad options.\n";
 
 /* ---- the sample campaign (no processes) ------------------------------------------ */
 
@@ -148,6 +155,9 @@ typedef struct {
     unsigned max_in_flight;
     unsigned seed;
     double windows_share; /* of --devices; 0: iPhones only, plain HTTP */
+    double iot_share;     /* of --devices; 0: no IoT devices, no eIM */
+    unsigned windows_pcs; /* --devices x windows_share, rounded */
+    unsigned iot_devices; /* --devices x iot_share, rounded (at most what PCs leave) */
     supervisor sup;       /* the child processes (cli/supervisor.h) */
     int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
     int wns_https, wns_delivery; /* the WNS mock, when there are PCs */
@@ -380,6 +390,14 @@ static bool start_parts(demo *d)
                         NULL,
                         NULL,
                         NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
                         NULL};
     size_t na = 0;
     while (svc_argv[na])
@@ -398,6 +416,17 @@ static bool start_parts(demo *d)
                          "--wns-client-id",   DEMO_WNS_CLIENT,
                          "--wns-secret-file", wns_secret_file,
                          "--wns-ca",          ca};
+        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+            svc_argv[na++] = extra[i];
+    }
+    /* IoT devices: the eIM signs their packages with the test PKI's eIM
+     * key and verifies their eUICCs' certificates up to its CI. */
+    char eim_key[PATH_MAX + 32], eim_cert[PATH_MAX + 32], ci[PATH_MAX + 32];
+    snprintf(eim_key, sizeof eim_key, "%s/eim.key", pki);
+    snprintf(eim_cert, sizeof eim_cert, "%s/eim.pem", pki);
+    snprintf(ci, sizeof ci, "%s/ci.pem", pki);
+    if (d->iot_devices) {
+        char *extra[] = {"--eim-key", eim_key, "--eim-cert", eim_cert, "--euicc-ci", ci};
         for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
             svc_argv[na++] = extra[i];
     }
@@ -438,9 +467,11 @@ static bool start_parts(demo *d)
     say(d, "dashboard: %s/dashboard/ (log in with the API key in %s, or the read-only one in %s)\n",
         url, token_file, ro_file);
 
-    char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], share[32], wns_deliv[64];
+    char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], pcs[16], wns_deliv[64];
+    char iot_n[16], iot_poll[16], api_url[80];
     snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
-    snprintf(n, sizeof n, "%u", d->devices);
+    /* The iPhones and PCs; the IoT devices come besides them. */
+    snprintf(n, sizeof n, "%u", d->devices - d->iot_devices);
     snprintf(seed, sizeof seed, "%u", d->seed);
     snprintf(apns_deliv, sizeof apns_deliv, "http://127.0.0.1:%d", d->apns_delivery);
     char *sim_argv[] = {"esim-mdm", "devsim", "--server", url, "--apns-mock", apns_deliv,
@@ -450,7 +481,9 @@ static bool start_parts(demo *d)
                         d->quiet_mix ? "0" : "0.03", "--offline-share", d->quiet_mix ? "0" : "0.02",
                         /* busy once (36003), and a few models without eSIM (36002) */
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
-                        d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+                        d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL};
     size_t k = 0;
     while (sim_argv[k])
         k++;
@@ -459,12 +492,31 @@ static bool start_parts(demo *d)
         sim_argv[k++] = url2;
     }
     if (d->windows_share > 0) {
-        snprintf(share, sizeof share, "%g", d->windows_share);
+        /* The PCs by number: their share is of the whole fleet, IoT devices
+         * included, as --windows-share says. */
+        snprintf(pcs, sizeof pcs, "%u", d->windows_pcs);
         snprintf(wns_deliv, sizeof wns_deliv, "http://127.0.0.1:%d", d->wns_delivery);
-        sim_argv[k++] = "--windows-share";
-        sim_argv[k++] = share;
+        sim_argv[k++] = "--windows-pcs";
+        sim_argv[k++] = pcs;
         sim_argv[k++] = "--wns-mock";
         sim_argv[k++] = wns_deliv;
+    }
+    if (d->iot_devices) {
+        /* Each IPA polls the eIM (the service's device listener) about once
+         * a second, less often in a large fleet: at most ~500 polls/s. The
+         * manufacturer's association list (EID, association token) goes to
+         * the admin API with the admin's key, read from its file. */
+        snprintf(iot_n, sizeof iot_n, "%u", d->iot_devices);
+        snprintf(iot_poll, sizeof iot_poll, "%u", d->iot_devices > 500 ? d->iot_devices * 2 : 1000);
+        snprintf(api_url, sizeof api_url, "%s", url);
+        char *extra[] = {"--iot-devices",       iot_n,
+                         "--iot-poll-ms",       iot_poll,
+                         "--iot-offline-share", d->quiet_mix ? "0" : "0.02",
+                         "--eim-url",           url,
+                         "--api-url",           api_url,
+                         "--api-key-file",      token_file};
+        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+            sim_argv[k++] = extra[i];
     }
     if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
@@ -494,9 +546,12 @@ static bool wait_enrolled(demo *d, double *secs)
         json_t *s = NULL;
         long seen = enrolled;
         if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
-            /* iPhones enrolled, and PCs that finished a session (the service
-             * then knows them, bound to their certificate, and their EID). */
-            seen = jint(s, "enrolled_now") + jint(json_object_get(s, "windows"), "known");
+            /* iPhones enrolled, PCs that finished a session (the service
+             * then knows them, bound to their certificate, and their EID),
+             * and IoT eUICCs the eIM registered from the association list. */
+            const json_t *iot = json_object_get(s, "iot");
+            seen = jint(s, "enrolled_now") + jint(json_object_get(s, "windows"), "known") +
+                   jint(iot, "registered") + jint(iot, "already_registered");
             /* Why the service refused enrolments, in its words. */
             const json_t *r = json_object_get(s, "enrolment_refused");
             if (r)
@@ -526,13 +581,13 @@ static bool wait_enrolled(demo *d, double *secs)
     return false;
 }
 
-/* What the demo does to a PC's order on the SM-DP+, so a few fail the way
- * PCs fail in the field. */
+/* What the demo does to a PC's or an IoT device's order on the SM-DP+, so
+ * a few fail the way they fail in the field. */
 typedef enum {
-    PC_FINE,
-    PC_NOT_RELEASED, /* the operator prepared the profile but never released it */
-    PC_NO_ORDER,     /* the operator has no profile for this EID */
-} pc_fault;
+    FAULT_NONE,
+    FAULT_NOT_RELEASED, /* the operator prepared the profile but never released it */
+    FAULT_NO_ORDER,     /* the operator has no profile for this EID */
+} dev_fault;
 
 typedef struct {
     char udid[65]; /* a PC's DeviceID */
@@ -540,19 +595,55 @@ typedef struct {
     char iccid[21];
     char serial[64]; /* "" for a PC: its EID comes over OMA-DM, not in the manifest */
     bool windows;
-    pc_fault fault;
+    bool iot; /* an IoT eUICC: its UDID is its EID */
+    dev_fault fault;
 } demo_dev;
 
-/* Every 25th PC from the 4th has its order left unreleased, every 25th from
- * the 8th none at all: two in the first ten PCs, 8 % of a large fleet. */
-static pc_fault pc_fault_of(size_t k)
+/* Every 25th PC (and IoT device) from the 4th has its order left
+ * unreleased, every 25th from the 8th none at all: two in the first ten,
+ * 8 % of a large fleet. */
+static dev_fault fault_of(size_t k)
 {
-    return k % 25 == 3 ? PC_NOT_RELEASED : k % 25 == 7 ? PC_NO_ORDER : PC_FINE;
+    return k % 25 == 3 ? FAULT_NOT_RELEASED : k % 25 == 7 ? FAULT_NO_ORDER : FAULT_NONE;
 }
 
 static int cmp_udid(const void *a, const void *b)
 {
     return strcmp(((const demo_dev *)a)->udid, ((const demo_dev *)b)->udid);
+}
+
+/* The IoT eUICCs the eIM registered (the manufacturer's association list
+ * came from the simulator), appended to |devs| from |*n| on. */
+static bool collect_iot(demo *d, demo_dev *devs, size_t *n, size_t cap)
+{
+    char after[80] = "";
+    size_t k = 0;
+    for (;;) {
+        char path[200];
+        json_t *r = NULL;
+        snprintf(path, sizeof path, "/v1/iot/devices?limit=1000%s%s", after[0] ? "&after=" : "",
+                 after);
+        if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+            return false;
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(r, "devices"), i, v)
+        {
+            if (*n == cap)
+                break;
+            demo_dev *x = &devs[(*n)++];
+            x->iot = true;
+            snprintf(x->udid, sizeof x->udid, "%s", jstr(v, "eid"));
+            snprintf(x->eid, sizeof x->eid, "%s", jstr(v, "eid"));
+            if (!d->quiet_mix)
+                x->fault = fault_of(k);
+            k++;
+        }
+        snprintf(after, sizeof after, "%s", jstr(r, "next_after"));
+        json_decref(r);
+        if (!after[0] || *n == cap)
+            return true;
+    }
 }
 
 /* What the simulator says its devices are (UDID, EID), and the service's
@@ -563,8 +654,8 @@ static bool collect_devices(demo *d, demo_dev **out)
     if (!call(d, &d->sim, "GET", "/devices", NULL, NULL, 0, 200, &s))
         return false;
     json_t *arr = json_object_get(s, "devices");
-    size_t n = json_array_size(arr);
-    demo_dev *devs = calloc(n ? n : 1, sizeof *devs);
+    size_t n_sim = json_array_size(arr), n = n_sim;
+    demo_dev *devs = calloc(n_sim + d->iot_devices + 1, sizeof *devs);
     if (!devs) {
         json_decref(s);
         return false;
@@ -577,7 +668,7 @@ static bool collect_devices(demo *d, demo_dev **out)
                  devs[i].windows ? jstr(v, "device_id") : jstr(v, "udid"));
         snprintf(devs[i].eid, sizeof devs[i].eid, "%s", jstr(v, "eid"));
         if (devs[i].windows && !d->quiet_mix)
-            devs[i].fault = pc_fault_of(pcs);
+            devs[i].fault = fault_of(pcs);
         pcs += devs[i].windows;
         /* One order per device: ICCIDs 8944 0000 ..., Luhn-completed. */
         snprintf(devs[i].iccid, sizeof devs[i].iccid, "89440000%010u0",
@@ -585,13 +676,24 @@ static bool collect_devices(demo *d, demo_dev **out)
         esim_iccid_set_check_digit(devs[i].iccid, NULL);
     }
     json_decref(s);
+    if (d->iot_devices && !collect_iot(d, devs, &n, n_sim + d->iot_devices)) {
+        free(devs);
+        return false;
+    }
+    /* One order per IoT device too, after the phones' and PCs' ICCIDs. */
+    for (size_t i = n_sim; i < n; i++) {
+        snprintf(devs[i].iccid, sizeof devs[i].iccid, "89440000%010u0",
+                 (unsigned)((i + 1) % 1000000000u));
+        esim_iccid_set_check_digit(devs[i].iccid, NULL);
+    }
     qsort(devs, n, sizeof *devs, cmp_udid);
     /* Serial numbers, from the service's inventory, page by page (PCs
-     * have none: they are known by DeviceID and certificate). */
+     * have none: they are known by DeviceID and certificate; nor IoT
+     * devices, known by EID). */
     char after[80] = "";
     size_t found = 0;
     for (size_t i = 0; i < n; i++)
-        found += devs[i].windows;
+        found += devs[i].windows || devs[i].iot;
     for (;;) {
         char path[320];
         snprintf(path, sizeof path, "/v1/devices?limit=1000%s%s", after[0] ? "&after=" : "", after);
@@ -608,7 +710,7 @@ static bool collect_devices(demo *d, demo_dev **out)
             demo_dev key;
             snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
             demo_dev *hit = bsearch(&key, devs, n, sizeof *devs, cmp_udid);
-            if (hit && !hit->windows && !hit->serial[0]) {
+            if (hit && !hit->windows && !hit->iot && !hit->serial[0]) {
                 snprintf(hit->serial, sizeof hit->serial, "%s", jstr(v, "serial_number"));
                 found++;
             }
@@ -619,9 +721,9 @@ static bool collect_devices(demo *d, demo_dev **out)
         if (!after[0])
             break;
     }
-    if (found != n) {
-        fprintf(stderr, "esim-mdm demo: the service knows %zu of the %zu simulated devices\n",
-                found, n);
+    if (found != n || n != d->devices) {
+        fprintf(stderr, "esim-mdm demo: the service knows %zu of the %u simulated devices\n", found,
+                d->devices);
         free(devs);
         return false;
     }
@@ -646,7 +748,7 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
 {
     esim_buf csv = {0};
     for (size_t i = 0; i < n; i++)
-        if (devs[i].fault == PC_FINE)
+        if (devs[i].fault == FAULT_NONE)
             esim_buf_printf(&csv, "%s,%s,DEMO-%06zu\n", devs[i].eid, devs[i].iccid, i + 1);
     bool ok = write_text(d, "orders.csv", &csv);
     esim_buf_free(&csv);
@@ -675,7 +777,7 @@ static bool start_smdp(demo *d, const demo_dev *devs, size_t n)
     esim_buf_free(&tok);
     /* The orders the operator prepared but did not release. */
     for (size_t i = 0; i < n; i++) {
-        if (devs[i].fault != PC_NOT_RELEASED)
+        if (devs[i].fault != FAULT_NOT_RELEASED)
             continue;
         char mid[32];
         snprintf(mid, sizeof mid, "DEMO-%06zu", i + 1);
@@ -695,7 +797,7 @@ static bool import_files(demo *d, const demo_dev *devs, size_t n)
     esim_buf manifest = {0}, codes = {0};
     esim_buf_append_str(&manifest, "serial,eid\n");
     for (size_t i = 0; i < n; i++) {
-        if (!devs[i].windows)
+        if (!devs[i].windows && !devs[i].iot)
             esim_buf_printf(&manifest, "%s,%s\n", devs[i].serial, devs[i].eid);
         esim_buf_printf(&codes, "%s,LPA:1$127.0.0.1$DEMO-%06zu,%s\n", devs[i].eid, i + 1,
                         devs[i].iccid);
@@ -751,11 +853,12 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     json_decref(before);
     size_t phones = 0;
     for (size_t i = 0; i < n; i++)
-        phones += !devs[i].windows;
+        phones += !devs[i].windows && !devs[i].iot;
     for (size_t start = 0; start < n; start += 20000) {
         json_t *udids = json_array();
         for (size_t i = start; i < n && i < start + 20000; i++)
-            if (!devs[i].windows) /* an Apple command; PCs tell their EID over OMA-DM */
+            if (!devs[i].windows && !devs[i].iot) /* an Apple command; PCs tell their EID
+                                                    over OMA-DM, the eIM knows IoT EIDs */
                 json_array_append_new(udids, json_string(devs[i].udid));
         if (!json_array_size(udids)) {
             json_decref(udids);
@@ -859,7 +962,7 @@ static long count_no_esim(demo *d, const char *campaign_id, const demo_dev *devs
         demo_dev key;
         snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
         const demo_dev *hit = bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
-        *pcs_failed_as_made += hit && hit->windows && hit->fault != PC_FINE &&
+        *pcs_failed_as_made += hit && hit->windows && hit->fault != FAULT_NONE &&
                                strstr(jstr(v, "reason"), "DiscoveryState 4") != NULL;
     }
     json_decref(r);
@@ -894,10 +997,235 @@ static void print_table(demo *d, const json_t *s, double secs)
     say(d, "  %-26s %10ld\n", "commands", commands);
     print_platform(d, s, "apple", "iPhones");
     print_platform(d, s, "windows", "Windows PCs");
+    print_platform(d, s, "iot", "IoT devices");
     say(d, "  %-26s %10.2f s\n", "campaign duration", secs);
     if (secs > 0)
         say(d, "  %-26s %10.0f verified/s, %.0f pushes/s, %.0f commands/s\n", "rates",
             (double)jint(c, "verified") / secs, (double)pushes / secs, (double)commands / secs);
+}
+
+/* ---- IoT devices ------------------------------------------------------------------------ */
+
+#define DEMO_GROUP "demo-phones-and-pcs"
+
+/* With IoT devices the main campaign (restrictions profile first, which an
+ * IoT eUICC has no package for) goes to a group of the iPhones and PCs; the
+ * IoT devices get a campaign of their own. Members in parts under the
+ * service's body limit. */
+static bool make_group(demo *d, const demo_dev *devs, size_t n)
+{
+    bool created = false;
+    for (size_t i = 0; i < n;) {
+        json_t *udids = json_array();
+        for (; i < n && json_array_size(udids) < 5000; i++)
+            if (!devs[i].iot)
+                json_array_append_new(udids, json_string(devs[i].udid));
+        if (!json_array_size(udids)) {
+            json_decref(udids);
+            continue;
+        }
+        bool ok = created ? post_json(d, &d->api, "/v1/groups/" DEMO_GROUP "/members",
+                                      json_pack("{s:o}", "add", udids), 200, NULL)
+                          : post_json(d, &d->api, "/v1/groups",
+                                      json_pack("{s:s, s:o}", "name", DEMO_GROUP, "udids", udids),
+                                      201, NULL);
+        if (!ok)
+            return false;
+        created = true;
+    }
+    return created;
+}
+
+/* |a| + |b|: two campaigns' summaries as one (counts, pushes, commands,
+ * memory added; platforms side by side). */
+static json_t *merge_summaries(const json_t *a, const json_t *b)
+{
+    json_t *m = json_deep_copy(a);
+    if (!m || !b)
+        return m;
+    static const char *const sums[] = {"devices", "refresh_acknowledged", "pushes", "commands",
+                                       "memory_bytes"};
+    for (size_t i = 0; i < sizeof sums / sizeof sums[0]; i++)
+        json_object_set_new(m, sums[i], json_integer(jint(a, sums[i]) + jint(b, sums[i])));
+    json_t *c = json_object_get(m, "counts");
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(b, "counts"), k, v)
+        json_object_set_new(c, k, json_integer(jint(c, k) + (long)json_integer_value(v)));
+    json_t *bp = json_object_get(m, "by_platform");
+    json_object_foreach(json_object_get(b, "by_platform"), k, v) json_object_set(bp, k, v);
+    return m;
+}
+
+/* IoT devices of |campaign_id| the demo made fail that failed for that
+ * reason: the SM-DP+'s answer to their download, in the eIM's words. */
+static long iot_failed_as_made(demo *d, const char *campaign_id, const demo_dev *devs,
+                               size_t n_devs, char *why_out, size_t why_len)
+{
+    char path[320];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed&limit=10000", campaign_id);
+    json_t *r = NULL;
+    long n = 0;
+    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+        return 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(r, "devices"), i, v)
+    {
+        demo_dev key;
+        snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
+        const demo_dev *hit = bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
+        const char *why = jstr(v, "reason");
+        bool as_made = hit && hit->iot &&
+                       ((hit->fault == FAULT_NOT_RELEASED && strstr(why, "not released")) ||
+                        (hit->fault == FAULT_NO_ORDER && strstr(why, "no profile ordered")));
+        if (as_made && !n)
+            snprintf(why_out, why_len, "%s", why);
+        n += as_made;
+    }
+    json_decref(r);
+    return n;
+}
+
+/* A package's outcome for its one EID: its state ("queued", "sent",
+ * "done", "failed", ...) and, when |iccid| is given, whether the listed
+ * profiles show it enabled. */
+static const char *package_state(demo *d, const char *uuid, const char *iccid, bool *enabled,
+                                 char *words, size_t words_len)
+{
+    static char state[32];
+    char path[120];
+    snprintf(path, sizeof path, "/v1/iot/packages/%s", uuid);
+    json_t *r = NULL;
+    snprintf(state, sizeof state, "unknown");
+    *enabled = false;
+    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+        return state;
+    const json_t *dev = json_array_get(json_object_get(r, "devices"), 0);
+    snprintf(state, sizeof state, "%s", jstr(dev, "state"));
+    const json_t *res = json_object_get(dev, "result");
+    snprintf(words, words_len, "%s", jstr(res, "words"));
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(res, "profiles"), i,
+                       p) if (iccid && strcmp(jstr(p, "iccid"), iccid) == 0 &&
+                              strcmp(jstr(p, "state"), "enabled") == 0) *enabled = true;
+    json_decref(r);
+    return state;
+}
+
+static bool package_final(const char *state)
+{
+    return strcmp(state, "queued") != 0 && strcmp(state, "sent") != 0;
+}
+
+/* Every 10th verified IoT device is switched to a second profile and back,
+ * as an admin does it through the eIM: a second order released on the
+ * SM-DP+, a download trigger with its activation code, a package enabling
+ * it and listing the profiles, then one enabling the first again and
+ * listing them. Each list must show the profile just enabled. */
+static bool iot_switch(demo *d, const demo_dev *devs, size_t n, const char *campaign_id,
+                       long *tried, long *switched)
+{
+    *tried = *switched = 0;
+    char path[320];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=verified&limit=10000", campaign_id);
+    json_t *ver = NULL;
+    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &ver))
+        return false;
+    typedef struct {
+        const demo_dev *dev;
+        char iccid2[21], uuid[3][ESIM_UUID_LEN + 1];
+    } sw;
+    sw *list = calloc(n ? n : 1, sizeof *list);
+    size_t m = 0, k = 0;
+    for (size_t i = 0; list && i < n; i++) {
+        if (!devs[i].iot)
+            continue;
+        bool verified = false;
+        size_t j;
+        json_t *v;
+        json_array_foreach(json_object_get(ver, "devices"), j, v) verified |=
+            strcmp(jstr(v, "udid"), devs[i].udid) == 0;
+        if (verified && k++ % 10 == 0) {
+            list[m].dev = &devs[i];
+            snprintf(list[m].iccid2, sizeof list[m].iccid2, "89440001%010u0",
+                     (unsigned)((i + 1) % 1000000000u));
+            esim_iccid_set_check_digit(list[m].iccid2, NULL);
+            m++;
+        }
+    }
+    json_decref(ver);
+    bool ok = list != NULL;
+    for (size_t i = 0; ok && i < m; i++) {
+        const demo_dev *x = list[i].dev;
+        char mid[32], code[120];
+        snprintf(mid, sizeof mid, "DEMO2-%06zu", (size_t)(x - devs) + 1);
+        snprintf(code, sizeof code, "1$127.0.0.1:%d$%s", d->smdp_port, mid);
+        json_t *r = NULL;
+        ok = post_json(d, &d->smdp, "/admin/orders",
+                       json_pack("{s:s, s:s, s:s, s:b}", "eid", x->eid, "iccid", list[i].iccid2,
+                                 "matching_id", mid, "released", 1),
+                       201, NULL);
+        json_t *bodies[3] = {
+            json_pack("{s:[s], s:{s:s}}", "eids", x->eid, "download", "activation_code", code),
+            json_pack("{s:[s], s:[{s:s, s:s}, {s:s}]}", "eids", x->eid, "operations", "op",
+                      "enable", "iccid", list[i].iccid2, "op", "list_profiles"),
+            json_pack("{s:[s], s:[{s:s, s:s}, {s:s}]}", "eids", x->eid, "operations", "op",
+                      "enable", "iccid", x->iccid, "op", "list_profiles")};
+        for (int b = 0; b < 3; b++) {
+            if (ok && post_json(d, &d->api, "/v1/iot/packages", bodies[b], 201, &r))
+                snprintf(list[i].uuid[b], sizeof list[i].uuid[b], "%s", jstr(r, "command_uuid"));
+            else if (ok)
+                ok = false;
+            else
+                json_decref(bodies[b]);
+            json_decref(r);
+            r = NULL;
+        }
+    }
+    *tried = (long)m;
+    /* The IPAs take them at their next polls, one after the other. */
+    size_t done = 0;
+    int64_t until = esim_mono_ms() + (int64_t)(d->timeout_s * 1000.0);
+    while (ok && done < m && esim_mono_ms() < until && !sup_stopping()) {
+        done = 0;
+        for (size_t i = 0; i < m; i++) {
+            char w[300];
+            bool en;
+            done += package_final(package_state(d, list[i].uuid[2], NULL, &en, w, sizeof w));
+        }
+        if (done < m)
+            sup_sleep_ms(200);
+    }
+    for (size_t i = 0; ok && i < m; i++) {
+        char w[3][300];
+        bool en2 = false, en1 = false, unused;
+        bool dl = strcmp(package_state(d, list[i].uuid[0], NULL, &unused, w[0], sizeof w[0]),
+                         "done") == 0;
+        bool one =
+            strcmp(package_state(d, list[i].uuid[1], list[i].iccid2, &en2, w[1], sizeof w[1]),
+                   "done") == 0 &&
+            en2;
+        bool back =
+            strcmp(package_state(d, list[i].uuid[2], list[i].dev->iccid, &en1, w[2], sizeof w[2]),
+                   "done") == 0 &&
+            en1;
+        *switched += dl && one && back;
+        if (i < 3 || !(dl && one && back))
+            say(d, "  %s: downloaded %s: %s; enabled it: %s (%s); enabled %s again: %s (%s)\n",
+                list[i].dev->eid, list[i].iccid2, dl ? "yes" : "NO", en2 ? "listed enabled" : "NOT",
+                w[1][0] ? w[1] : "no answer", list[i].dev->iccid, en1 ? "listed enabled" : "NOT",
+                w[2][0] ? w[2] : "no answer");
+    }
+    if (m > 3)
+        say(d, "  ... and %zu more\n", m - 3);
+    say(d,
+        "  %ld of %ld IoT devices switched to a second profile and back, the enabled profile "
+        "listed by the eUICC after each switch\n",
+        *switched, *tried);
+    free(list);
+    return ok && *switched == *tried;
 }
 
 /* Pick devices from the simulator: verified, supervised, on iOS >= |min_major|. */
@@ -1112,14 +1440,18 @@ static int run(demo *d)
         return CLI_EXIT_FAIL;
     say(d,
         "  %u devices enrolled in %.1f s (iPhones: Authenticate, TokenUpdate; PCs: a first "
-        "OMA-DM session that told their EID and WNS channel)\n",
-        d->devices, enrol_s);
+        "OMA-DM session that told their EID and WNS channel%s)\n",
+        d->devices, enrol_s,
+        d->iot_devices ? "; IoT devices: registered with the eIM from the manufacturer's "
+                         "association list (EID, association token)"
+                       : "");
     demo_dev *devs = NULL;
     if (!collect_devices(d, &devs))
         return CLI_EXIT_FAIL;
     size_t n = d->devices;
     int rc = CLI_EXIT_FAIL;
     json_t *created = NULL, *sum = NULL, *verified = NULL;
+    json_t *iot_created = NULL, *iot_sum = NULL, *main_sum = NULL;
     if (!start_smdp(d, devs, n))
         goto out;
     say(d, "  started the SM-DP+ (:%d) with %zu released orders, one per EID\n", d->smdp_port, n);
@@ -1131,28 +1463,57 @@ static int run(demo *d)
     esim_proc_usage svc_use;
     bool svc_up = sup_usage(&d->sup, "service", &svc_use);
     d->service_rss_before_kb = svc_use.rss_kb;
-    say(d, "\n== campaign: restrictions profile, RefreshCellularPlans, verify (all devices)\n");
+    say(d, "\n== campaign: restrictions profile, RefreshCellularPlans, verify (%s)\n",
+        d->iot_devices ? "the iPhones and PCs, group " DEMO_GROUP : "all devices");
     if (d->windows_share > 0)
         say(d, "  (Windows PCs: eUICCs CSP Policies/LocalUIEnabled, DownloadServers/{SM-DP+} with "
                "AutoEnable, then Profiles/{ICCID}/State read back)\n");
     static const char *const steps[] = {"profile", "refresh", "verify"};
+    if (d->iot_devices && !make_group(d, devs, n))
+        goto out;
     int64_t t0 = esim_mono_ms();
-    json_t *body = campaign_body(d, "demo roll-out", json_pack("{s:b}", "all", 1), steps, 3, true);
+    json_t *body = campaign_body(d, "demo roll-out",
+                                 d->iot_devices ? json_pack("{s:s}", "group", DEMO_GROUP)
+                                                : json_pack("{s:b}", "all", 1),
+                                 steps, 3, true);
     if (!post_json(d, &d->api, "/v1/campaigns", body, 201, &created))
         goto out;
     show_warnings(d, created);
+    if (d->iot_devices) {
+        /* The IoT devices' own campaign, at the same time: the eIM queues
+         * a download trigger (activation code 1$SM-DP+: what the operator
+         * released for the EID), then enable + list profiles. It is
+         * driven by the instance the IPAs poll. */
+        static const char *const iot_steps[] = {"refresh", "verify"};
+        say(d,
+            "  and one for the %u IoT devices through the eIM: a download trigger (activation "
+            "code), then enable and list profiles, each package signed for its eUICC\n",
+            d->iot_devices);
+        if (!post_json(d, &d->api, "/v1/campaigns",
+                       campaign_body(d, "demo IoT roll-out", json_pack("{s:s}", "platform", "iot"),
+                                     iot_steps, 2, false),
+                       201, &iot_created))
+            goto out;
+    }
     if (campaign_follow(&d->api, jstr(created, "id"), d->timeout_s + 30, false, &sum) !=
             CLI_EXIT_OK ||
         sup_stopping())
         goto out;
+    if (iot_created && (campaign_follow(&d->api, jstr(iot_created, "id"), d->timeout_s + 30, true,
+                                        &iot_sum) != CLI_EXIT_OK ||
+                        sup_stopping()))
+        goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
     sup_usage(&d->sup, "service", &svc_use);
     d->service_rss_after_kb = svc_use.rss_kb;
+    /* Both campaigns as one fleet in the table and the summary. */
+    main_sum = sum;
+    sum = merge_summaries(main_sum, iot_sum);
     print_table(d, sum, secs);
     long pcs_failed_as_made = 0, pcs_made_to_fail = 0, pcs = 0;
     for (size_t i = 0; i < n; i++) {
         pcs += devs[i].windows;
-        pcs_made_to_fail += devs[i].fault != PC_FINE;
+        pcs_made_to_fail += devs[i].windows && devs[i].fault != FAULT_NONE;
     }
     long no_esim_hw = count_no_esim(d, jstr(created, "id"), devs, n, &pcs_failed_as_made);
     if (no_esim_hw)
@@ -1163,6 +1524,22 @@ static int run(demo *d)
             "  %-26s %10ld   (%ld of %ld failed with DiscoveryState 4: their order was not "
             "released, or never made, on the SM-DP+)\n",
             "PCs without a profile", pcs_made_to_fail, pcs_failed_as_made, pcs_made_to_fail);
+    long iot_made_to_fail = 0, iot_failed = 0, iot_tried = 0, iot_switched = 0;
+    bool iot_ok = true;
+    for (size_t i = 0; i < n; i++)
+        iot_made_to_fail += devs[i].iot && devs[i].fault != FAULT_NONE;
+    if (iot_created) {
+        char why[400] = "";
+        iot_failed = iot_failed_as_made(d, jstr(iot_created, "id"), devs, n, why, sizeof why);
+        if (iot_made_to_fail)
+            say(d,
+                "  %-26s %10ld   (%ld of %ld failed with the SM-DP+'s reason: their order was "
+                "not released, or never made; e.g. \"%s\")\n",
+                "IoT devices w/o a profile", iot_made_to_fail, iot_failed, iot_made_to_fail, why);
+        say(d, "\n== IoT profile switch through the eIM: download a second profile, enable it, "
+               "enable the first again\n");
+        iot_ok = iot_switch(d, devs, n, jstr(iot_created, "id"), &iot_tried, &iot_switched);
+    }
 
     sample_diagnosis(d, jstr(created, "id"));
     size_t erased = 0, still = 0;
@@ -1202,17 +1579,18 @@ static int run(demo *d)
     long total = jint(sum, "devices"), ver = jint(c, "verified");
     /* Every device that can take an eSIM must be verified; the models
      * without eSIM hardware (36002) cannot, and must say so. */
-    long verifiable = total - no_esim_hw - pcs_made_to_fail;
+    long verifiable = total - no_esim_hw - pcs_made_to_fail - iot_made_to_fail;
     bool all = ver == verifiable && total == (long)n &&
-               jint(c, "failed") == no_esim_hw + pcs_made_to_fail &&
-               pcs_failed_as_made == pcs_made_to_fail;
+               jint(c, "failed") == no_esim_hw + pcs_made_to_fail + iot_made_to_fail &&
+               pcs_failed_as_made == pcs_made_to_fail && iot_failed == iot_made_to_fail && iot_ok;
     double total_s = (double)(esim_mono_ms() - t_start) / 1000.0;
     say(d,
-        "\n%s: %ld of %ld devices that can take an eSIM verified (%ld iPhones, %ld Windows PCs) in "
-        "%.1f s (whole demo %.1f s)%s\n",
+        "\n%s: %ld of %ld devices that can take an eSIM verified (%ld iPhones, %ld Windows PCs, "
+        "%ld IoT devices) in %.1f s (whole demo %.1f s)%s\n",
         all && extras_ok ? "OK" : "NOT OK", ver, verifiable,
         jint(json_object_get(json_object_get(sum, "by_platform"), "apple"), "verified"),
-        jint(json_object_get(json_object_get(sum, "by_platform"), "windows"), "verified"), secs,
+        jint(json_object_get(json_object_get(sum, "by_platform"), "windows"), "verified"),
+        jint(json_object_get(json_object_get(sum, "by_platform"), "iot"), "verified"), secs,
         total_s,
         d->extras ? (extras_ok ? "; erase-keep-eSIM and user-action restrictions as expected"
                                : "; the erase or user-action demonstration did not go as expected")
@@ -1244,9 +1622,21 @@ static int run(demo *d)
                                       (json_int_t)jint(wp, "timed_out"), "made_to_fail",
                                       (json_int_t)pcs_made_to_fail, "failed_as_made",
                                       (json_int_t)pcs_failed_as_made));
+        const json_t *ip = json_object_get(bp, "iot");
+        json_object_set_new(
+            j, "iot",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I}}", "devices",
+                      (json_int_t)d->iot_devices, "verified", (json_int_t)jint(ip, "verified"),
+                      "failed", (json_int_t)jint(ip, "failed"), "unverified",
+                      (json_int_t)jint(ip, "unverified"), "timed_out",
+                      (json_int_t)jint(ip, "timed_out"), "made_to_fail",
+                      (json_int_t)iot_made_to_fail, "failed_as_made", (json_int_t)iot_failed,
+                      "profile_switch", "devices", (json_int_t)iot_tried, "switched_and_back",
+                      (json_int_t)iot_switched));
         json_object_set_new(j, "iphones",
-                            json_pack("{s:I, s:I, s:I}", "devices", (json_int_t)(total - pcs),
-                                      "verified", (json_int_t)jint(ap, "verified"), "failed",
+                            json_pack("{s:I, s:I, s:I}", "devices",
+                                      (json_int_t)(total - pcs - (long)d->iot_devices), "verified",
+                                      (json_int_t)jint(ap, "verified"), "failed",
                                       (json_int_t)jint(ap, "failed")));
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
@@ -1272,6 +1662,9 @@ out:
     json_decref(created);
     json_decref(sum);
     json_decref(verified);
+    json_decref(iot_created);
+    json_decref(iot_sum);
+    json_decref(main_sum);
     free(devs);
     return rc;
 }
@@ -1288,6 +1681,7 @@ int cmd_demo(int argc, char **argv)
               .timeout_s = 300,
               .seed = 7,
               .windows_share = 0.2,
+              .iot_share = 0.1,
               .inventory = true,
               .extras = true,
               .instances = 1};
@@ -1307,6 +1701,7 @@ int cmd_demo(int argc, char **argv)
         ENROL_TIMEOUT,
         SEED,
         WINDOWS_SHARE,
+        IOT_SHARE,
         KEEP,
         STORE,
         INSTANCES
@@ -1325,6 +1720,7 @@ int cmd_demo(int argc, char **argv)
         {"enrol-timeout", true, ENROL_TIMEOUT},
         {"seed", true, SEED},
         {"windows-share", true, WINDOWS_SHARE},
+        {"iot-share", true, IOT_SHARE},
         {"keep", true, KEEP},
         {"store", true, STORE},
         {"instances", true, INSTANCES},
@@ -1340,12 +1736,13 @@ int cmd_demo(int argc, char **argv)
                  [TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
                  [ENROL_TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
                  [SEED] = {0, 4e9, "a number from 0 to 4000000000"},
-                 [WINDOWS_SHARE] = {0, 1, "a share from 0 to 1"}};
+                 [WINDOWS_SHARE] = {0, 1, "a share from 0 to 1"},
+                 [IOT_SHARE] = {0, 1, "a share from 0 to 1"}};
     cli_parser p;
     cli_parser_init(&p, "demo", options, argc, argv, 1);
     for (int c; (c = cli_next(&p)) != CLI_END;) {
         double x = 0;
-        if (c >= DEVICES && c <= WINDOWS_SHARE &&
+        if (c >= DEVICES && c <= IOT_SHARE &&
             !cli_parse_double(p.value, range[c].lo, range[c].hi, &x))
             return cli_bad_value(&p, range[c].what);
         switch (c) {
@@ -1389,6 +1786,9 @@ int cmd_demo(int argc, char **argv)
             d.windows_share = x;
             windows_share_given = true;
             break;
+        case IOT_SHARE:
+            d.iot_share = x;
+            break;
         case KEEP:
             keep = p.value;
             break;
@@ -1421,6 +1821,17 @@ int cmd_demo(int argc, char **argv)
                                    "are not yet handed between instances (--windows-share 0)");
         d.windows_share = 0;
     }
+    if (d.windows_share + d.iot_share > 1.0)
+        return cli_usage_error("demo: --windows-share and --iot-share add up to more than 1");
+    /* The fleet's parts, rounded as the simulator rounds: PCs and IoT
+     * devices are shares of --devices, the rest iPhones. */
+    d.windows_pcs = (unsigned)(d.devices * d.windows_share + 0.5);
+    d.iot_devices = (unsigned)(d.devices * d.iot_share + 0.5);
+    if (d.iot_devices > d.devices - d.windows_pcs)
+        d.iot_devices = d.devices - d.windows_pcs;
+    if (d.iot_devices == d.devices)
+        return cli_usage_error("demo: the fleet needs at least one iPhone or PC besides the IoT "
+                               "devices (lower --iot-share)");
     /* With --json, standard output is the summary object alone: what
      * people read goes to standard error. */
     d.out = d.json ? stderr : stdout;

@@ -113,6 +113,7 @@ static const char devsim_help[] =
     "  --api-url URL           the service's admin API: the IoT devices' association list\n"
     "                          goes to POST URL/v1/iot/devices at start (default: not sent)\n"
     "  --api-key KEY           an operator API key for it\n"
+    "  --api-key-file F        ... or the file holding it (its first line)\n"
     "\n"
     "user actions (honouring the device's restrictions):\n"
     "  delete-esim        refused when allowESIMModification is false\n"
@@ -604,7 +605,8 @@ int cmd_devsim(int argc, char **argv)
         O_EIM_URL,
         O_EIM_ID,
         O_API_URL,
-        O_API_KEY
+        O_API_KEY,
+        O_API_KEY_FILE
     };
     static const cli_option opts[] = {{"server", true, O_SERVER},
                                       {"apns-mock", true, O_APNS},
@@ -639,6 +641,7 @@ int cmd_devsim(int argc, char **argv)
                                       {"eim-id", true, O_EIM_ID},
                                       {"api-url", true, O_API_URL},
                                       {"api-key", true, O_API_KEY},
+                                      {"api-key-file", true, O_API_KEY_FILE},
                                       {NULL, false, 0}};
     sim_devsim_config cfg = {
         .pki_dir = "pki", .supervised_share = 1.0, .seed = 1, .on_enrol_refused = say_refused};
@@ -649,6 +652,7 @@ int cmd_devsim(int argc, char **argv)
     const char *resolve[16];
     unsigned long long v;
     unsigned duration = 0;
+    char api_key[512] = "";
     cli_parser p;
     cli_parser_init(&p, "devsim", opts, argc, argv, 1);
     int c;
@@ -784,6 +788,22 @@ int cmd_devsim(int argc, char **argv)
         case O_API_KEY:
             cfg.api_key = p.value;
             break;
+        case O_API_KEY_FILE: {
+            /* The key kept off the command line (ps shows arguments). */
+            esim_buf kb = {0};
+            esim_error ke = {{0}};
+            if (esim_read_file(p.value, 4096, &kb, &ke) != ESIM_OK) {
+                fprintf(stderr, "esim-mdm devsim: --api-key-file %s: %s\n", p.value, ke.msg);
+                return CLI_EXIT_USAGE;
+            }
+            size_t kl = strcspn(kb.len ? (const char *)kb.data : "", "\r\n");
+            snprintf(api_key, sizeof api_key, "%.*s", (int)kl, kb.len ? (const char *)kb.data : "");
+            esim_buf_free(&kb);
+            if (!api_key[0])
+                return cli_bad_value(&p, "names an empty file");
+            cfg.api_key = api_key;
+            break;
+        }
         case CLI_ARG:
             return cli_unexpected("devsim", p.value);
         default:

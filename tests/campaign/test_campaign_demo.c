@@ -1,7 +1,9 @@
 /*
  * test_campaign_demo.c — `esim-mdm demo --devices 50 --json` end to end (real
  * processes on loopback): the last line is the summary object and every
- * device that can be is verified, iPhones and Windows PCs alike; and when the demo is stopped by a
+ * device that can be is verified, iPhones, Windows PCs and IoT devices
+ * (devsim's IPAs polling the service's eIM, downloading from the SM-DP+
+ * simulator) alike; and when the demo is stopped by a
  * signal halfway, every part it started is stopped too (their ports refuse connections).
  */
 #include <setjmp.h>
@@ -109,7 +111,12 @@ static void test_demo_50_devices_json(void **state)
     /* Every device that can take an eSIM is verified; a model without eSIM
      * hardware (the simulator draws a few) fails with 36002 and says so. A
      * fifth are Windows PCs (OMA-DM over TLS, woken through WNS): two of the
-     * ten have no released order on the SM-DP+ and fail with their reason. */
+     * ten have no released order on the SM-DP+ and fail with their reason.
+     * A tenth are IoT devices: the eIM registers them from the association
+     * list devsim sends, a campaign triggers their downloads and verifies
+     * them by listing profiles; the 4th has its order not released and
+     * fails with the SM-DP+'s reason; the first verified one is switched to
+     * a second profile and back, each verified. */
     json_int_t cannot = json_integer_value(json_object_get(j, "cannot_take_esim"));
     json_t *win = json_object_get(j, "windows");
     assert_int_equal(json_integer_value(json_object_get(win, "devices")), 10);
@@ -117,16 +124,26 @@ static void test_demo_50_devices_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(win, "failed_as_made")), 2);
     assert_int_equal(json_integer_value(json_object_get(win, "failed")), 2);
     assert_int_equal(json_integer_value(json_object_get(win, "verified")), 8);
+    json_t *iot = json_object_get(j, "iot");
+    assert_int_equal(json_integer_value(json_object_get(iot, "devices")), 5);
+    assert_int_equal(json_integer_value(json_object_get(iot, "made_to_fail")), 1);
+    assert_int_equal(json_integer_value(json_object_get(iot, "failed_as_made")), 1);
+    assert_int_equal(json_integer_value(json_object_get(iot, "failed")), 1);
+    assert_int_equal(json_integer_value(json_object_get(iot, "verified")), 4);
+    json_t *sw = json_object_get(iot, "profile_switch");
+    assert_int_equal(json_integer_value(json_object_get(sw, "devices")), 1);
+    assert_int_equal(json_integer_value(json_object_get(sw, "switched_and_back")), 1);
     json_t *phones = json_object_get(j, "iphones");
-    assert_int_equal(json_integer_value(json_object_get(phones, "devices")), 40);
-    assert_int_equal(json_integer_value(json_object_get(phones, "verified")), 40 - cannot);
-    assert_int_equal(json_integer_value(json_object_get(j, "verifiable")), 48 - cannot);
-    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 48 - cannot);
-    assert_int_equal(json_integer_value(json_object_get(j, "failed")), cannot + 2);
+    assert_int_equal(json_integer_value(json_object_get(phones, "devices")), 35);
+    assert_int_equal(json_integer_value(json_object_get(phones, "verified")), 35 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "verifiable")), 47 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 47 - cannot);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), cannot + 3);
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
     assert_true(json_integer_value(json_object_get(j, "pushes")) >= 50);
-    assert_true(json_integer_value(json_object_get(j, "commands")) >= 150);
+    /* three steps for the iPhones and PCs, two for the IoT devices */
+    assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
     assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
     json_t *erase = json_object_get(j, "erase_keep_esim");
     assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
@@ -146,6 +163,8 @@ static void test_demo_50_devices_json(void **state)
     assert_non_null(strstr((const char *)out.data, "conclusion:"));
     assert_non_null(strstr((const char *)out.data, "NotNow"));
     assert_non_null(strstr((const char *)out.data, "Windows PCs"));
+    assert_non_null(strstr((const char *)out.data, "IoT devices"));
+    assert_non_null(strstr((const char *)out.data, "switched to a second profile and back"));
     esim_buf_free(&out);
     /* Everything it started is stopped. */
     static const char *const parts[] = {"service", "devsim", "smdp"};
@@ -207,6 +226,12 @@ static void test_demo_usage(void **state)
     int st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --windows-share 1.5 2>/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --iot-share 1.5 2>/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --windows-share 0.5 --iot-share 0.6 2>/dev/null", bin());
     st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --sample >/dev/null", bin());

@@ -2,7 +2,7 @@
 # tests/dashboard/run.sh BUILD_DIR: the dashboard in headless Chromium.
 # Installs playwright-core from the committed lockfile (npm ci, into
 # BUILD_DIR/dashboard-test; again only when the lockfile changed), starts
-# `esim-mdm demo --keep-running` (20 simulated devices: service, APNs mock,
+# `esim-mdm demo --keep-running` (20 simulated iPhones: service, APNs mock,
 # SM-DP+ and device simulators), runs dashboard.test.mjs against it, stops
 # the demo. Screenshots land in BUILD_DIR/dashboard-screenshots/.
 set -euo pipefail
@@ -36,7 +36,7 @@ trap cleanup EXIT
 
 # Seed 4 gives one device without eSIM hardware among the 20: a failed
 # device to diagnose.
-"$bin" demo --devices 20 --seed 4 --windows-share 0 --no-extras --timeout 120 --keep "$work/demo" --keep-running \
+"$bin" demo --devices 20 --seed 4 --windows-share 0 --iot-share 0 --no-extras --timeout 120 --keep "$work/demo" --keep-running \
   >"$work/demo.out" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do
