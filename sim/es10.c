@@ -507,16 +507,64 @@ static unsigned notif_bit(sim_notif_event ev)
     return 0;
 }
 
-/* One pending notification as an OtherSignedNotification: its metadata
- * signed by the eUICC, with the eUICC and EUM certificates. (An install is
- * reported the same way: the virtual eUICC keeps no ProfileInstallationResult
- * after the download.) */
+/* An install's notification, as SGP.22 (5.7.3) and SGP.32 keep it: the
+ * ProfileInstallationResult of the download, its data (the session's
+ * transactionId, the notification's metadata, the SM-DP+'s OID, a success
+ * with the ISD-P's AID) signed by the eUICC (euiccSignPIR). The virtual
+ * eUICC keeps no SM-DP+ OID or ISD-P AID: both are the test values the
+ * IPA's trigger result also uses. */
+static esim_err install_result(sim_euicc *e, const sim_notification *n,
+                               ProfileInstallationResult_t *pir, esim_error *err)
+{
+    ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
+    NotificationMetadata_t *nm = &d->notificationMetadata;
+    static const uint8_t aid[16] = {0xa0, 0x00, 0x00, 0x05, 0x59, 0x10, 0x10, 0x01,
+                                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01};
+    static const uint8_t sima_ok[] = {0x30, 0x07, 0xa0, 0x05, 0x30, 0x03, 0x80, 0x01, 0x00};
+    static const uint32_t oid[] = {2, 999, 10};
+    uint8_t iccid[10];
+    nm->seqNumber = (long)n->seq;
+    bool ok = str_set(&d->transactionId, n->transaction_id, sizeof n->transaction_id) &&
+              bits_set(&nm->profileManagementOperation, notif_bit(n->event)) &&
+              str_set(&nm->notificationAddress, n->smdp_address, strlen(n->smdp_address)) &&
+              OBJECT_IDENTIFIER_set_arcs(&d->smdpOid, oid, sizeof oid[0], 3) == 0;
+    if (ok && sgp32_iccid_to_bytes(n->iccid, iccid, NULL) == ESIM_OK)
+        ok = (nm->iccid = str_new(iccid, sizeof iccid)) != NULL;
+    d->finalResult.present = ProfileInstallationResultData__finalResult_PR_successResult;
+    ok = ok && str_set(&d->finalResult.choice.successResult.aid, aid, sizeof aid) &&
+         str_set(&d->finalResult.choice.successResult.simaResponse, sima_ok, sizeof sima_ok);
+    if (!ok)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    esim_buf tbs = {0};
+    uint8_t sig[64];
+    esim_err rc = sgp32_encode(&asn_DEF_ProfileInstallationResultData, d, &tbs, err);
+    if (rc == ESIM_OK)
+        rc = sim_euicc_sign(e, tbs.data, tbs.len, sig, err);
+    esim_buf_free(&tbs);
+    if (rc == ESIM_OK && !str_set(&pir->euiccSignPIR, sig, sizeof sig))
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    return rc;
+}
+
+/* One pending notification: an install as its ProfileInstallationResult
+ * (install_result), any other event as an OtherSignedNotification, its
+ * metadata signed by the eUICC, with the eUICC and EUM certificates. */
 static esim_err pending_notification(sim_euicc *e, const sim_notification *n,
                                      PendingNotification_t **out, esim_error *err)
 {
     PendingNotification_t *pn = calloc(1, sizeof *pn);
     if (!pn)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (n->event == SIM_NOTIF_INSTALL) {
+        pn->present = PendingNotification_PR_profileInstallationResult;
+        esim_err rc = install_result(e, n, &pn->choice.profileInstallationResult, err);
+        if (rc != ESIM_OK) {
+            sgp32_free(&asn_DEF_PendingNotification, pn);
+            return rc;
+        }
+        *out = pn;
+        return ESIM_OK;
+    }
     pn->present = PendingNotification_PR_otherSignedNotification;
     OtherSignedNotification_t *o = &pn->choice.otherSignedNotification;
     NotificationMetadata_t *t = &o->tbsOtherNotification;

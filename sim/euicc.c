@@ -35,6 +35,7 @@ struct sim_euicc {
     int64_t next_token; /* the next association token handed out, >= 1 */
     bool auto_enable;   /* configureAutoEnable */
     char auto_enable_smdp[256];
+    uint8_t session_txid[16]; /* the RSP session installing now (sim_euicc_set_session) */
     bool dirty;
 };
 
@@ -323,6 +324,15 @@ static void notify(sim_euicc *e, sim_notif_event ev, const sim_profile *p)
     n->event = ev;
     memcpy(n->iccid, p->iccid, sizeof n->iccid);
     memcpy(n->smdp_address, p->smdp_address, sizeof n->smdp_address);
+    if (ev == SIM_NOTIF_INSTALL) {
+        memcpy(n->transaction_id, e->session_txid, sizeof n->transaction_id);
+        memset(e->session_txid, 0, sizeof e->session_txid);
+    }
+}
+
+void sim_euicc_set_session(sim_euicc *e, const uint8_t transaction_id[16])
+{
+    memcpy(e->session_txid, transaction_id, sizeof e->session_txid);
 }
 
 esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, esim_error *err)
@@ -741,6 +751,13 @@ json_t *sim_euicc_to_json(const sim_euicc *e)
         json_t *o = json_pack("{s:I, s:s, s:s, s:s}", "seq", (json_int_t)n->seq, "event",
                               sim_notif_event_name(n->event), "iccid", n->iccid, "smdp_address",
                               n->smdp_address);
+        static const uint8_t zero[16];
+        if (o && memcmp(n->transaction_id, zero, sizeof zero) != 0) {
+            char hex[33];
+            for (size_t k = 0; k < 16; k++)
+                snprintf(hex + 2 * k, 3, "%02X", n->transaction_id[k]);
+            json_object_set_new(o, "transaction_id", json_string(hex));
+        }
         if (!o || json_array_append_new(notifs, o) != 0)
             goto fail;
     }
@@ -814,6 +831,16 @@ static esim_err notif_from_json(const json_t *o, sim_notification *n, esim_error
     esim_err rc = copy_field(n->iccid, sizeof n->iccid, o, "iccid", err);
     if (rc == ESIM_OK)
         rc = copy_field(n->smdp_address, sizeof n->smdp_address, o, "smdp_address", err);
+    const char *txid = sim_json_str(o, "transaction_id");
+    if (rc == ESIM_OK && txid) {
+        esim_buf b = {0};
+        if (esim_hex_decode(txid, &b, NULL) != ESIM_OK || b.len != sizeof n->transaction_id)
+            rc = esim_fail(err, ESIM_EINVAL,
+                           "eUICC state: a notification's transaction_id is not 16 bytes of hex");
+        else
+            memcpy(n->transaction_id, b.data, b.len);
+        esim_buf_free(&b);
+    }
     return rc;
 }
 

@@ -3,7 +3,9 @@
  * IPA (ipa.c) associated with the eIM at creation (AddInitialEim), the
  * association list sent to the eIM's admin API (POST /v1/iot/devices) as a
  * manufacturer would, then a poll cycle per device every poll interval
- * (±10% jitter) on its own libevent timer, at most max_concurrent at once;
+ * (±10% jitter) on its own libevent timer, at most max_concurrent at once
+ * (a batch of the list the service did not take, for want of an answer or
+ * with a 429 or 5xx, is sent again a second later);
  * a share of the devices stays offline for a while, a share fails every
  * download.
  */
@@ -21,6 +23,7 @@
 
 #define REGISTER_BATCH 1000
 #define BUSY_RETRY_MS 50
+#define REGISTER_RETRY_MS 1000
 #define IOT_INDEX_BASE 5000000u /* IoT EIDs come from indices far from the phones' */
 
 typedef struct {
@@ -42,6 +45,8 @@ struct sim_iotfleet {
     size_t n, active;
     uint64_t rng;
     size_t registered_next; /* the next slot to send to the admin API */
+    size_t batch_start;     /* the first slot of the batch on its way */
+    struct event *reg_retry;
     bool registering;
     sim_iotfleet_stats st;
 };
@@ -118,10 +123,34 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 static void register_next(sim_iotfleet *f);
 
+static void on_register_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    register_next(arg);
+}
+
+/* The batch from batch_start goes again in a second. */
+static void register_again(sim_iotfleet *f)
+{
+    f->registered_next = f->batch_start;
+    if (!f->reg_retry && !(f->reg_retry = evtimer_new(f->cfg.base, on_register_retry, f)))
+        return;
+    struct timeval tv = {REGISTER_RETRY_MS / 1000, (REGISTER_RETRY_MS % 1000) * 1000};
+    evtimer_add(f->reg_retry, &tv);
+}
+
 static void on_registered(void *arg, sim_http_response *r)
 {
     sim_iotfleet *f = arg;
     f->registering = false;
+    if (r->err != ESIM_OK || r->status == 429 || r->status >= 500) {
+        /* Not taken (no answer, busy, or the service's trouble): the
+         * manufacturer sends the batch again. */
+        f->st.register_errors++;
+        register_again(f);
+        return;
+    }
     json_t *j = r->err == ESIM_OK && r->status == 200
                     ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL)
                     : NULL;
@@ -151,6 +180,7 @@ static void register_next(sim_iotfleet *f)
     if (!f->api_url[0] || f->registering || f->registered_next >= f->n)
         return;
     json_t *devs = json_array();
+    f->batch_start = f->registered_next;
     size_t end = f->registered_next + REGISTER_BATCH;
     for (; f->registered_next < f->n && f->registered_next < end; f->registered_next++) {
         iot_slot *sl = &f->slots[f->registered_next];
@@ -175,6 +205,7 @@ static void register_next(sim_iotfleet *f)
     if (!text || sim_http_send(f->cfg.http, &req, on_registered, f, NULL) != ESIM_OK) {
         f->registering = false;
         f->st.register_errors++;
+        register_again(f);
     }
     free(text);
 }
@@ -318,6 +349,8 @@ void sim_iotfleet_free(sim_iotfleet *f)
 {
     if (!f)
         return;
+    if (f->reg_retry)
+        event_free(f->reg_retry);
     for (size_t i = 0; i < f->n; i++) {
         iot_slot *sl = &f->slots[i];
         if (sl->timer)

@@ -376,6 +376,12 @@ static void after_bpp(lpa_op *op, json_t *j)
     json_decref(bpp);
     sim_result res;
     esim_error e2;
+    /* The session's transactionId (hex from the SM-DP+) goes into the
+     * install notification, a ProfileInstallationResult. */
+    esim_buf tx = {0};
+    if (esim_hex_decode(op->txid, &tx, NULL) == ESIM_OK && tx.len == 16)
+        sim_euicc_set_session(op->e, tx.data);
+    esim_buf_free(&tx);
     esim_err rc = sim_euicc_install(op->e, &p, &res, &e2);
     if (rc != ESIM_OK) {
         fail_op(op, rc, "the eUICC refused the profile: %s", e2.msg);

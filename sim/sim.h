@@ -108,6 +108,9 @@ typedef struct {
     sim_notif_event event;
     char iccid[SIM_ICCID_MAX + 1];
     char smdp_address[128]; /* the SM-DP+ the notification is for */
+    /* An install's RSP session (its ProfileInstallationResult carries
+     * it); all zero when unknown or another event. */
+    uint8_t transaction_id[16];
 } sim_notification;
 
 typedef struct sim_euicc sim_euicc;
@@ -130,6 +133,11 @@ const char *sim_euicc_eid(const sim_euicc *e);
  * iccidAlreadyExists or insufficientMemory (then nothing changed).
  */
 esim_err sim_euicc_install(sim_euicc *e, const sim_profile *p, sim_result *res, esim_error *err);
+
+/* The transactionId (16 bytes) of the RSP session whose profile the next
+ * sim_euicc_install() installs: its install notification (a
+ * ProfileInstallationResult) carries it. */
+void sim_euicc_set_session(sim_euicc *e, const uint8_t transaction_id[16]);
 
 /*
  * Profile operations. Enabling one profile disables the enabled one (which

@@ -160,6 +160,9 @@ static sim_euicc *new_associated(void)
         snprintf(p.service_provider, sizeof p.service_provider, "Operator %d", i);
         snprintf(p.smdp_address, sizeof p.smdp_address, "smdp.example:9443");
         sim_result r;
+        uint8_t txid[16];
+        memset(txid, 0x10 + i, sizeof txid); /* the RSP session's */
+        sim_euicc_set_session(e, txid);
         assert_int_equal(sim_euicc_install(e, &p, &r, NULL), ESIM_OK);
         assert_int_equal(r, SIM_RES_OK);
     }
@@ -634,7 +637,9 @@ static void test_profiles_and_notifications(void **state)
     assert_memory_equal(p->choice.profileInfoListOk.list.array[0]->iccid->buf, b, 10);
     sgp32_free(&asn_DEF_ProfileInfoListResponse, p);
 
-    /* RetrieveNotificationsList (BF2B): the two installs, signed by the eUICC. */
+    /* RetrieveNotificationsList (BF2B): the two installs, each as its
+     * ProfileInstallationResult (the session's transactionId, a success),
+     * signed by the eUICC (euiccSignPIR). */
     esim_buf_reset(&out);
     assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x2B\x00", 3, &out, NULL), ESIM_OK);
     RetrieveNotificationsListResponse_t *n = NULL;
@@ -644,21 +649,64 @@ static void test_profiles_and_notifications(void **state)
                      ESIM_OK);
     assert_int_equal(n->present, RetrieveNotificationsListResponse_PR_notificationList);
     assert_int_equal(n->choice.notificationList.list.count, 2);
-    const OtherSignedNotification_t *o =
-        &n->choice.notificationList.list.array[0]->choice.otherSignedNotification;
-    long seq = o->tbsOtherNotification.seqNumber;
-    esim_buf tbs = {0};
-    assert_int_equal(
-        sgp32_encode(&asn_DEF_NotificationMetadata, &o->tbsOtherNotification, &tbs, NULL), ESIM_OK);
     const esim_buf *cert, *eum;
     assert_int_equal(sim_euicc_cert_der(e, &cert, &eum, NULL), ESIM_OK);
     X509 *x = sim_x509_from_der(cert->data, cert->len);
     EVP_PKEY *pub = X509_get_pubkey(x);
+    long seq = 0;
+    for (int i = 0; i < 2; i++) {
+        const PendingNotification_t *pn = n->choice.notificationList.list.array[i];
+        assert_int_equal(pn->present, PendingNotification_PR_profileInstallationResult);
+        const ProfileInstallationResult_t *pir = &pn->choice.profileInstallationResult;
+        const ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
+        if (i == 0)
+            seq = d->notificationMetadata.seqNumber;
+        uint8_t txid[16], b10[10];
+        memset(txid, 0x10 + i, sizeof txid);
+        assert_int_equal(d->transactionId.size, 16);
+        assert_memory_equal(d->transactionId.buf, txid, 16);
+        assert_int_equal(sgp32_iccid_to_bytes(fx.iccid[i], b10, NULL), ESIM_OK);
+        assert_non_null(d->notificationMetadata.iccid);
+        assert_memory_equal(d->notificationMetadata.iccid->buf, b10, 10);
+        assert_int_equal(d->finalResult.present,
+                         ProfileInstallationResultData__finalResult_PR_successResult);
+        esim_buf tbs = {0};
+        assert_int_equal(sgp32_encode(&asn_DEF_ProfileInstallationResultData, d, &tbs, NULL),
+                         ESIM_OK);
+        assert_int_equal(sgp32_verify_rs(pub, tbs.data, tbs.len, pir->euiccSignPIR.buf, NULL),
+                         ESIM_OK);
+        esim_buf_free(&tbs);
+    }
+    sgp32_free(&asn_DEF_RetrieveNotificationsListResponse, n);
+    /* The install's transactionId outlives a save and a load. */
+    json_t *saved = sim_euicc_to_json(e);
+    assert_non_null(saved);
+    sim_euicc *again = NULL;
+    assert_int_equal(sim_euicc_from_json(fx.pki, saved, &again, NULL), ESIM_OK);
+    assert_memory_equal(sim_euicc_notification_at(again, 1)->transaction_id,
+                        sim_euicc_notification_at(e, 1)->transaction_id, 16);
+    sim_euicc_free(again);
+    json_decref(saved);
+    /* Any other event is an OtherSignedNotification, its metadata signed. */
+    assert_int_equal(sim_euicc_enable(e, fx.iccid[1]), SIM_RES_OK);
+    esim_buf_reset(&out);
+    assert_int_equal(sim_euicc_es10(e, (const uint8_t *)"\xBF\x2B\x00", 3, &out, NULL), ESIM_OK);
+    assert_int_equal(sgp32_decode_explicit(SGP32_TAG_NOTIFICATIONS_LIST,
+                                           &asn_DEF_RetrieveNotificationsListResponse, out.data,
+                                           out.len, (void **)&n, NULL),
+                     ESIM_OK);
+    assert_int_equal(n->choice.notificationList.list.count, 3);
+    const PendingNotification_t *last = n->choice.notificationList.list.array[2];
+    assert_int_equal(last->present, PendingNotification_PR_otherSignedNotification);
+    const OtherSignedNotification_t *o = &last->choice.otherSignedNotification;
+    esim_buf tbs = {0};
+    assert_int_equal(
+        sgp32_encode(&asn_DEF_NotificationMetadata, &o->tbsOtherNotification, &tbs, NULL), ESIM_OK);
     assert_int_equal(
         sgp32_verify_rs(pub, tbs.data, tbs.len, o->euiccNotificationSignature.buf, NULL), ESIM_OK);
+    esim_buf_free(&tbs);
     EVP_PKEY_free(pub);
     X509_free(x);
-    esim_buf_free(&tbs);
     sgp32_free(&asn_DEF_RetrieveNotificationsListResponse, n);
 
     /* Through the card: over 256 bytes, so 61 00 and GET RESPONSE in parts. */
@@ -691,7 +739,7 @@ static void test_profiles_and_notifications(void **state)
                                            &asn_DEF_RetrieveNotificationsListResponse, all.data,
                                            all.len, (void **)&n, NULL),
                      ESIM_OK);
-    assert_int_equal(n->choice.notificationList.list.count, 2);
+    assert_int_equal(n->choice.notificationList.list.count, 3);
     sgp32_free(&asn_DEF_RetrieveNotificationsListResponse, n);
     sim_card_free(card);
     esim_buf_free(&apdu);
@@ -710,7 +758,7 @@ static void test_profiles_and_notifications(void **state)
         assert_int_equal(a->deleteNotificationStatus, i == 0 ? 0 : 1);
         sgp32_free(&asn_DEF_NotificationSentResponse, a);
     }
-    assert_int_equal(sim_euicc_notification_count(e), 1);
+    assert_int_equal(sim_euicc_notification_count(e), 2);
     esim_buf_free(&out);
     sim_euicc_free(e);
 }

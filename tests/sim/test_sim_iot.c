@@ -2,7 +2,8 @@
  * test_sim_iot.c — simulated IoT devices (devsim's IoT fleet: a virtual
  * eUICC and an IPA each) against a small eIM written here on sgp32/ and
  * evhttp: the association list arrives at POST /v1/iot/devices with the
- * tokens the eUICCs gave at AddInitialEim; each device's polls get an
+ * tokens the eUICCs gave at AddInitialEim (sent again after a first 503);
+ * each device's polls get an
  * IpaEuiccDataRequest (answered with its certificates), a signed PSMO
  * package (list profiles + get RAT: a result signed by the eUICC, verified
  * here with the certificate it sent, counter and eimId echoed), the same
@@ -43,6 +44,7 @@ typedef struct {
     eim_dev devs[N_DEVICES];
     size_t n_devs;
     json_t *registered; /* what POST /v1/iot/devices brought */
+    int register_calls; /* the first is answered 503: devsim sends the list again */
     eim_dev *last;      /* the device given the last package */
     int bad_requests, polls_unknown, done_devices;
 } mini_eim;
@@ -291,6 +293,10 @@ static void on_register(struct evhttp_request *req, void *arg)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (m->register_calls++ == 0) {
+        evhttp_send_reply(req, 503, "Service Unavailable", NULL);
+        return;
+    }
     json_t *j = json_loadb((const char *)evbuffer_pullup(in, (ssize_t)len), len, 0, NULL);
     json_t *answer = json_pack("{s:[]}", "devices");
     if (!auth || strcmp(auth, "Bearer operator-key") != 0 ||
@@ -391,6 +397,7 @@ static void test_iot_devices_poll_the_eim(void **state)
     assert_int_equal(m.done_devices, N_DEVICES);
     assert_int_equal(m.bad_requests, 0);
     assert_int_equal(t.iot.registered, N_DEVICES);
+    assert_int_equal(t.iot.register_errors, 1); /* the 503, then the list again */
     /* every device: its association token registered, its certificate sent,
      * one verified result, one replay refused, one failed download */
     for (size_t i = 0; i < N_DEVICES; i++) {
