@@ -1079,8 +1079,11 @@ static long iot_failed_as_made(demo *d, const char *campaign_id, const demo_dev 
         bool as_made = hit && hit->iot &&
                        ((hit->fault == FAULT_NOT_RELEASED && strstr(why, "not released")) ||
                         (hit->fault == FAULT_NO_ORDER && strstr(why, "no profile ordered")));
-        if (as_made && !n)
-            snprintf(why_out, why_len, "%s", why);
+        if (as_made && !n) {
+            /* the SM-DP+'s words, without the campaign's account around them */
+            const char *w = strstr(why, "SM-DP+ refused: ");
+            snprintf(why_out, why_len, "%.*s", (int)strcspn(w ? w : why, ";"), w ? w : why);
+        }
         n += as_made;
     }
     json_decref(r);

@@ -2,7 +2,7 @@
  * pki.c — the project's test PKI, made with OpenSSL: certificates for TLS on
  * loopback, the APNs push certificate (topic in the subject UID), the device
  * identity CA that stands in for SCEP, and the GSMA-style eSIM chain
- * (CI -> EUM -> eUICC, CI -> DPauth) whose eUICC certificates carry the EID
+ * (CI -> EUM -> eUICC, CI -> DPauth, CI -> eIM) whose eUICC certificates carry the EID
  * as subject serialNumber. Used by `esim-mdm pki`, the demo and the tests.
  */
 #include <stdio.h>
@@ -280,7 +280,9 @@ esim_err esim_pki_create(const char *dir, esim_error *err)
     const esim_cert_spec dpauth_spec = {.common_name = "esim-mdm test SM-DP+ auth",
                                         .organization = "SM-DP+ test",
                                         .dns_name = "localhost"};
-    /* The eIM's package-signing key (SGP.32 eimSignature): ECDSA P-256. */
+    /* The eIM's package-signing key (SGP.32 eimSignature): ECDSA P-256,
+     * certified by the CI, which the eUICCs check it against when it is
+     * associated (AddInitialEim, addEim). */
     const esim_cert_spec eim_spec = {.common_name = "esim-mdm test eIM",
                                      .organization = "esim-mdm test"};
 
@@ -307,8 +309,18 @@ esim_err esim_pki_create(const char *dir, esim_error *err)
         (rc = ensure(dir, "dpauth", &dpauth_spec, &ci, &leaf, err)))
         goto done;
     esim_cert_clear(&leaf);
-    if ((rc = ensure(dir, "eim", &eim_spec, &ca, &leaf, err)))
+    if ((rc = ensure(dir, "eim", &eim_spec, &ci, &leaf, err)))
         goto done;
+    if (X509_check_issued(ci.x509, leaf.x509) != X509_V_OK) {
+        /* From an older PKI, issued by the test CA: the eUICCs would refuse
+         * it (ciPKUnknown). Issued again, by the CI. */
+        char path[4096];
+        esim_cert_clear(&leaf);
+        snprintf(path, sizeof path, "%s/eim.pem", dir);
+        remove(path);
+        if ((rc = ensure(dir, "eim", &eim_spec, &ci, &leaf, err)))
+            goto done;
+    }
 done:
     esim_cert_clear(&ca);
     esim_cert_clear(&leaf);

@@ -311,6 +311,37 @@ static esim_err eim_from_config(const EimConfigurationData_t *c, sim_eim_info *m
     return ESIM_OK;
 }
 
+/* Whether the eUICC can trust the eIM key of |c| by its CI (SGP.32: the
+ * eIM's certificate is verified with the CI public key euiccCiPKId names;
+ * ciPKUnknown otherwise): a euiccCiPKId must name the eUICC's CI, and an
+ * eimCertificate must chain to it. A bare eimPublicKey has nothing to
+ * verify: it is taken as given (AddInitialEim comes from the device's own
+ * IPA, an eCO is signed by an eIM already trusted). */
+static bool eim_ci_ok(const sim_euicc *e, const EimConfigurationData_t *c)
+{
+    X509 *ci = sim_euicc_trusted_ci(e);
+    if (c->euiccCiPKId) {
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(ci);
+        if (!ski || ASN1_STRING_length(ski) != (int)c->euiccCiPKId->size ||
+            memcmp(ASN1_STRING_get0_data(ski), c->euiccCiPKId->buf, c->euiccCiPKId->size) != 0)
+            return false;
+    }
+    if (!c->eimPublicKeyData ||
+        c->eimPublicKeyData->present != EimConfigurationData__eimPublicKeyData_PR_eimCertificate)
+        return true;
+    esim_buf der = {0};
+    bool ok = false;
+    if (sgp32_encode(&asn_DEF_Certificate, &c->eimPublicKeyData->choice.eimCertificate, &der,
+                     NULL) == ESIM_OK) {
+        const unsigned char *p = der.data;
+        X509 *x = d2i_X509(NULL, &p, (long)der.len);
+        ok = x && sim_chain_verify(ci, NULL, x, NULL) == ESIM_OK;
+        X509_free(x);
+    }
+    esim_buf_free(&der);
+    return ok;
+}
+
 /* The EimConfigurationData the eUICC gives back for |m| (no key: the eIM
  * knows its own). */
 static EimConfigurationData_t *eim_to_config(const sim_eim_info *m)
@@ -394,6 +425,9 @@ static esim_err add_initial_eim(sim_euicc *e, const uint8_t *req, size_t len, es
             if (strcmp(cfg[k].eim_id, cfg[i].eim_id) == 0)
                 rc = esim_fail(err, ESIM_EINVAL, "AddInitialEim: eIM %s twice", cfg[i].eim_id);
     }
+    for (size_t i = 0; rc == ESIM_OK && !code && i < n; i++)
+        if (!eim_ci_ok(e, q->eimConfigurationDataList.list.array[i]))
+            code = AddInitialEimResponse__addInitialEimError_ciPKUnknown;
     if (rc == ESIM_OK && code)
         rc = add_initial_error(code, out, err);
     else if (rc == ESIM_OK) {
@@ -766,6 +800,11 @@ static esim_err run_eco(sim_euicc *e, const Eco_t *c, EuiccResultData_t *r)
             a->choice.addEimResultCode = AddEimResult__addEimResultCode_commandError;
             return ESIM_OK;
         }
+        if (!eim_ci_ok(e, &c->choice.addEim)) {
+            esim_buf_free(&m.key_der);
+            a->choice.addEimResultCode = AddEimResult__addEimResultCode_ciPKUnknown;
+            return ESIM_OK;
+        }
         int64_t token = 0;
         esim_err rc = sim_euicc_eim_add(e, &m, &token);
         esim_buf_free(&m.key_der);
@@ -797,6 +836,11 @@ static esim_err run_eco(sim_euicc *e, const Eco_t *c, EuiccResultData_t *r)
         r->present = EuiccResultData_PR_updateEimResult;
         if (eim_from_config(&c->choice.updateEim, &m, NULL) != ESIM_OK) {
             r->choice.updateEimResult = EuiccResultData__updateEimResult_commandError;
+            return ESIM_OK;
+        }
+        if (!eim_ci_ok(e, &c->choice.updateEim)) {
+            esim_buf_free(&m.key_der);
+            r->choice.updateEimResult = EuiccResultData__updateEimResult_ciPKUnknown;
             return ESIM_OK;
         }
         const sim_eim_info *cur = sim_euicc_eim_find(e, m.eim_id);

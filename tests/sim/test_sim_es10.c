@@ -26,8 +26,9 @@ static struct {
     sim_pki *pki;
     esim_cert eim; /* the test PKI's eIM certificate and key */
     esim_buf eim_der;
-    esim_cert other; /* a second eIM key */
+    esim_cert other; /* a second eIM key, certified by the CI */
     esim_buf other_der;
+    esim_buf stray_der; /* an eIM certificate from the test CA, not the CI */
     char eid[ESIM_EID_LEN + 1];
     char iccid[2][SIM_ICCID_MAX + 1];
 } fx;
@@ -45,12 +46,20 @@ static int setup_all(void **state)
     snprintf(key, sizeof key, "%s/eim.key", pkidir);
     if (esim_cert_load(cert, key, &fx.eim, &err) != ESIM_OK)
         return fprintf(stderr, "eim: %s\n", err.msg), -1;
+    esim_cert ci = {0}, ca = {0}, stray = {0};
     esim_cert_spec spec = {.common_name = "another eIM", .key_type = ESIM_KEY_EC_P256, .days = 30};
-    if (esim_cert_issue(&spec, &fx.eim, &fx.other, &err) != ESIM_OK)
+    if (esim_pki_load(pkidir, "ci", &ci, &err) != ESIM_OK ||
+        esim_pki_load(pkidir, "ca", &ca, &err) != ESIM_OK ||
+        esim_cert_issue(&spec, &ci, &fx.other, &err) != ESIM_OK ||
+        esim_cert_issue(&spec, &ca, &stray, &err) != ESIM_OK)
         return fprintf(stderr, "other: %s\n", err.msg), -1;
     if (sim_x509_to_der(fx.eim.x509, &fx.eim_der) != ESIM_OK ||
-        sim_x509_to_der(fx.other.x509, &fx.other_der) != ESIM_OK)
+        sim_x509_to_der(fx.other.x509, &fx.other_der) != ESIM_OK ||
+        sim_x509_to_der(stray.x509, &fx.stray_der) != ESIM_OK)
         return -1;
+    esim_cert_clear(&ci);
+    esim_cert_clear(&ca);
+    esim_cert_clear(&stray);
     st_eid(31, fx.eid);
     st_iccid(1, fx.iccid[0]);
     st_iccid(2, fx.iccid[1]);
@@ -64,6 +73,7 @@ static int teardown_all(void **state)
     esim_cert_clear(&fx.other);
     esim_buf_free(&fx.eim_der);
     esim_buf_free(&fx.other_der);
+    esim_buf_free(&fx.stray_der);
     sim_pki_free(fx.pki);
     st_rmrf(fx.dir);
     free(fx.dir);
@@ -370,6 +380,17 @@ static void test_add_initial_eim_and_config(void **state)
     assert_int_equal(run(f, &asn_DEF_AddInitialEimRequest, q, &out), ESIM_EINVAL);
     assert_int_equal(sim_euicc_eim_count(f), 0);
     esim_buf_free(&junk);
+    /* An eIM certificate that does not chain to the eUICC's CI, or a
+     * euiccCiPKId naming another CI: ciPKUnknown, nothing kept. */
+    assert_int_equal(add_initial(f, eim_config(EIM_B, &fx.stray_der, 0)),
+                     -AddInitialEimResponse__addInitialEimError_ciPKUnknown);
+    EimConfigurationData_t *other_ci = eim_config(EIM_B, &fx.other_der, 0);
+    other_ci->euiccCiPKId = calloc(1, sizeof *other_ci->euiccCiPKId);
+    OCTET_STRING_fromBuf(other_ci->euiccCiPKId, "not-our-CI-key-id...", 20);
+    assert_int_equal(add_initial(f, other_ci),
+                     -AddInitialEimResponse__addInitialEimError_ciPKUnknown);
+    assert_int_equal(sim_euicc_eim_count(f), 0);
+    assert_int_equal(add_initial(f, eim_config(EIM_B, &fx.other_der, 0)), 1);
     sim_euicc_free(f);
     esim_buf_free(&out);
     sim_euicc_free(e);
@@ -579,6 +600,18 @@ static void test_ecos_and_persistence(void **state)
     c->choice.addEim = *cfg;
     free(cfg);
     add_eco(r, c);
+    c = calloc(1, sizeof *c); /* a certificate not from the eUICC's CI */
+    c->present = Eco_PR_addEim;
+    cfg = eim_config("eim-d.example", &fx.stray_der, 0);
+    c->choice.addEim = *cfg;
+    free(cfg);
+    add_eco(r, c);
+    c = calloc(1, sizeof *c);
+    c->present = Eco_PR_updateEim;
+    cfg = eim_config(EIM_A, &fx.stray_der, 5);
+    c->choice.updateEim = *cfg;
+    free(cfg);
+    add_eco(r, c);
     l = load(e, r, fx.eim.key, 1);
     d = result_data(&l);
     assert_int_equal(d->euiccResult.list.array[0]->choice.updateEimResult,
@@ -588,7 +621,15 @@ static void test_ecos_and_persistence(void **state)
     assert_int_equal(d->euiccResult.list.array[2]->choice.deleteEimResult,
                      EuiccResultData__deleteEimResult_ok);
     assert_int_equal(d->euiccResult.list.array[3]->choice.addEimResult.choice.associationToken, 3);
+    assert_int_equal(d->euiccResult.list.array[4]->choice.addEimResult.present,
+                     AddEimResult_PR_addEimResultCode);
+    assert_int_equal(d->euiccResult.list.array[4]->choice.addEimResult.choice.addEimResultCode,
+                     AddEimResult__addEimResultCode_ciPKUnknown);
+    assert_int_equal(d->euiccResult.list.array[5]->choice.updateEimResult,
+                     EuiccResultData__updateEimResult_ciPKUnknown);
     loaded_free(&l);
+    assert_null(sim_euicc_eim_find(e, "eim-d.example"));
+    assert_int_equal(counter_of(e, EIM_A), 2);
     assert_null(sim_euicc_eim_find(e, EIM_B));
     r = package(EIM_A, fx.eid, 3, false);
     c = calloc(1, sizeof *c);
