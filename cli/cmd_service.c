@@ -65,6 +65,8 @@ static const char serve_usage[] =
     "  --eim-key PEM --eim-cert PEM   the eIM's signing key (ECDSA P-256) and certificate:\n"
     "                            serve ESipa (POST /gsma/rsp2/asn1) to IoT devices\n"
     "  --euicc-ci PEM            the CI certificate(s) eUICC certificates must chain to\n"
+    "  --eim-smdp-ca PEM         CA for the SM-DP+s the eIM relays indirect downloads to\n"
+    "                            (default: system trust store)\n"
     "  --max-body BYTES          largest device message (default 1048576)\n"
     "  --device-rate N           requests per second per device (default 20, burst 2N)\n"
     "  --not-now-backoff S       seconds before re-pushing a device that said NotNow (default 30)\n"
@@ -127,6 +129,7 @@ enum {
     O_EIM_KEY,
     O_EIM_CERT,
     O_EUICC_CI,
+    O_EIM_SMDP_CA,
     O_MAX_BODY,
     O_DEVICE_RATE,
     O_NOT_NOW_BACKOFF,
@@ -175,6 +178,7 @@ static const cli_option serve_options[] = {
     {"eim-key", true, O_EIM_KEY},
     {"eim-cert", true, O_EIM_CERT},
     {"euicc-ci", true, O_EUICC_CI},
+    {"eim-smdp-ca", true, O_EIM_SMDP_CA},
     {"max-body", true, O_MAX_BODY},
     {"device-rate", true, O_DEVICE_RATE},
     {"not-now-backoff", true, O_NOT_NOW_BACKOFF},
@@ -426,6 +430,9 @@ static int apply_option(serve_opts *o, int id, const char *v)
         break;
     case O_EUICC_CI:
         o->cfg.euicc_ci_path = v;
+        break;
+    case O_EIM_SMDP_CA:
+        o->cfg.eim_smdp_ca_path = v;
         break;
     case O_MAX_BODY:
         if ((rc = cli_client_long("serve", "max-body", v, 1024, 64L * 1024 * 1024, &n)) ==

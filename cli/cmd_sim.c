@@ -107,6 +107,8 @@ static const char devsim_help[] =
     "  --iot-poll-ms N         each IPA's poll interval, ±10% (default 60000)\n"
     "  --iot-offline-share F   share offline for --offline-ms first (3 s) (default 0)\n"
     "  --iot-fail-share F      share whose downloads all fail (default 0)\n"
+    "  --iot-indirect-share F  share that downloads through the eIM's relay (SGP.32\n"
+    "                          indirect download) instead of from the SM-DP+ (default 0)\n"
     "  --eim-url URL           the eIM (default --server; /gsma/rsp2/asn1 is added when\n"
     "                          the URL has no path); its HOST:PORT is the eimFqdn\n"
     "  --eim-id ID             the eimId the eUICCs are associated with (default esim-mdm)\n"
@@ -602,6 +604,7 @@ int cmd_devsim(int argc, char **argv)
         O_IOT_POLL,
         O_IOT_OFFLINE,
         O_IOT_FAIL,
+        O_IOT_INDIRECT,
         O_EIM_URL,
         O_EIM_ID,
         O_API_URL,
@@ -637,6 +640,7 @@ int cmd_devsim(int argc, char **argv)
                                       {"iot-poll-ms", true, O_IOT_POLL},
                                       {"iot-offline-share", true, O_IOT_OFFLINE},
                                       {"iot-fail-share", true, O_IOT_FAIL},
+                                      {"iot-indirect-share", true, O_IOT_INDIRECT},
                                       {"eim-url", true, O_EIM_URL},
                                       {"eim-id", true, O_EIM_ID},
                                       {"api-url", true, O_API_URL},
@@ -772,8 +776,10 @@ int cmd_devsim(int argc, char **argv)
             break;
         case O_IOT_OFFLINE:
         case O_IOT_FAIL:
-            if (!parse_share(p.value,
-                             c == O_IOT_FAIL ? &cfg.iot_fail_share : &cfg.iot_offline_share))
+        case O_IOT_INDIRECT:
+            if (!parse_share(p.value, c == O_IOT_FAIL       ? &cfg.iot_fail_share
+                                      : c == O_IOT_INDIRECT ? &cfg.iot_indirect_share
+                                                            : &cfg.iot_offline_share))
                 return cli_bad_value(&p, "shares are numbers from 0 to 1");
             break;
         case O_EIM_URL:

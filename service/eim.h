@@ -52,4 +52,34 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
 /* Frees the ES9+ relay's pending requests (eim_relay.c). */
 void eim_relay_free(struct svc_eim *e);
 
+/* The ES9+ functions the relay calls. */
+typedef enum {
+    EIM_ES9_INITIATE,
+    EIM_ES9_AUTHENTICATE,
+    EIM_ES9_BPP,
+    EIM_ES9_CANCEL,
+    EIM_ES9_NOTIFY
+} eim_es9_fn;
+
+/*
+ * The SM-DP+'s answer to ES9+ function |fn| (HTTP |status|, |body| of
+ * |len| bytes, JSON as SGP.22 gives it: base64 DER fields) as the ESipa DER
+ * answer for the IPA, in |der| (empty for handleNotification). ESIM_OK: the
+ * function succeeded and |der| carries its Ok answer (an initiate's
+ * transactionId in |txid|, *txid_len bytes). ESIM_EPROTO: the SM-DP+
+ * refused, answered with something else than that, or an answer that is
+ * not the right DER; |der| is the ESipa error of that step (the SGP.22
+ * subject/reason codes mapped to its code, else undefinedError 127) and
+ * |why| says it in words. ESIM_ENOMEM. (No I/O: tests/fuzz es9_relay.)
+ */
+esim_err eim_es9_to_esipa(eim_es9_fn fn, long status, const uint8_t *body, size_t len,
+                          esim_buf *der, uint8_t txid[16], size_t *txid_len, char *why,
+                          size_t why_len);
+
+/* Why the last relay to SM-DP+ |smdp| (HOST[:PORT]) for eUICC |eid| failed
+ * (or, before the eUICC was known, for any eUICC: unreachable, refusing to
+ * start), if that was in the last ten minutes; else NULL. For a failed
+ * download's result in words. */
+const char *eim_relay_failure(const struct svc_eim *e, const char *smdp, const char *eid);
+
 #endif

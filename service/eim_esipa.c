@@ -915,6 +915,40 @@ static bool on_euicc_data(esim_service *svc, struct evhttp_request *req,
     return true;
 }
 
+/* The SM-DP+ address (HOST[:PORT]) of the activation code of the download
+ * trigger |p| as it was sent. */
+static bool trigger_smdp(const store_iot_package *p, char smdp[256])
+{
+    EsipaMessageFromEimToIpa_t *m = NULL;
+    bool ok = false;
+    if (p->request.len &&
+        sgp32_decode(&asn_DEF_EsipaMessageFromEimToIpa, p->request.data, p->request.len,
+                     (void **)&m, NULL) == ESIM_OK &&
+        m->present == EsipaMessageFromEimToIpa_PR_getEimPackageResponse &&
+        m->choice.getEimPackageResponse.present ==
+            GetEimPackageResponse_PR_profileDownloadTriggerRequest) {
+        const ProfileDownloadTriggerRequest_t *t =
+            &m->choice.getEimPackageResponse.choice.profileDownloadTriggerRequest;
+        if (t->profileDownloadData &&
+            t->profileDownloadData->present == ProfileDownloadData_PR_activationCode) {
+            const OCTET_STRING_t *ac = &t->profileDownloadData->choice.activationCode;
+            char code[256];
+            snprintf(code, sizeof code, "%.*s", ac->size > 255 ? 255 : ac->size,
+                     (const char *)ac->buf);
+            const char *a = strncmp(code, "LPA:", 4) == 0 ? code + 4 : code;
+            if (strncmp(a, "1$", 2) == 0) {
+                a += 2;
+                size_t n = strcspn(a, "$");
+                ok = n > 0 && n < 256;
+                if (ok)
+                    snprintf(smdp, 256, "%.*s", (int)n, a);
+            }
+        }
+    }
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, m);
+    return ok;
+}
+
 static bool on_download_result(esim_service *svc, struct evhttp_request *req,
                                const ProfileDownloadTriggerResult_t *r, const uint8_t *der,
                                size_t len, long *seq)
@@ -965,9 +999,14 @@ static bool on_download_result(esim_service *svc, struct evhttp_request *req,
     } else {
         const OCTET_STRING_t *er =
             r->profileDownloadTriggerResultData.choice.profileDownloadError.errorResponse;
-        snprintf(words, sizeof words, "the IPA could not download the profile%s%.*s",
+        /* An indirect download the eIM's relay could not complete: its
+         * reason (the SM-DP+ unreachable, refusing) goes with the IPA's. */
+        char smdp[256];
+        const char *relay = trigger_smdp(p, smdp) ? eim_relay_failure(svc->eim, smdp, eid) : NULL;
+        snprintf(words, sizeof words, "the IPA could not download the profile%s%.*s%s%.150s",
                  er && er->size ? ": " : "", er ? (int)(er->size > 200 ? 200 : er->size) : 0,
-                 er ? (const char *)er->buf : "");
+                 er ? (const char *)er->buf : "", relay ? "; the eIM's relay: " : "",
+                 relay ? relay : "");
         svc_utf8_sanitize(words);
     }
     esim_error err = {{0}};

@@ -860,6 +860,7 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
     svc->eim_key_path = dup_or_null(cfg->eim_key_path, &oom);
     svc->eim_cert_path = dup_or_null(cfg->eim_cert_path, &oom);
     svc->euicc_ci_path = dup_or_null(cfg->euicc_ci_path, &oom);
+    svc->eim_smdp_ca_path = dup_or_null(cfg->eim_smdp_ca_path, &oom);
     if (cfg->n_webhook_urls) {
         svc->webhook_urls = calloc(cfg->n_webhook_urls, sizeof *svc->webhook_urls);
         if (!svc->webhook_urls)
@@ -1051,6 +1052,7 @@ void esim_service_free(esim_service *svc)
     free(svc->eim_key_path);
     free(svc->eim_cert_path);
     free(svc->euicc_ci_path);
+    free(svc->eim_smdp_ca_path);
     for (size_t i = 0; svc->webhook_urls && i < svc->cfg.n_webhook_urls; i++)
         free(svc->webhook_urls[i]);
     free(svc->webhook_urls);

@@ -265,6 +265,10 @@ typedef struct {
     const char *eim_key_path;
     const char *eim_cert_path;
     const char *euicc_ci_path;
+    /* The indirect download: the eIM relays the IPA's SGP.22 mutual
+     * authentication to the SM-DP+ named in it over ES9+ (HTTPS), trusting
+     * the CA(s) in eim_smdp_ca_path (NULL: the system's). */
+    const char *eim_smdp_ca_path;
 
     /* Logs (above): the lowest level written (default ESIM_LOG_OFF), JSON
      * instead of logfmt, the descriptor (0 = standard error), and an

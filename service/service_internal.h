@@ -253,7 +253,7 @@ struct esim_service {
     svc_omadm *omadm; /* Windows sessions (omadm.c) */
     svc_wns *wns;     /* WNS client (wns.c) */
     svc_eim *eim;     /* the eIM for IoT eUICCs (eim.c) */
-    char *eim_id, *eim_key_path, *eim_cert_path, *euicc_ci_path;
+    char *eim_id, *eim_key_path, *eim_cert_path, *euicc_ci_path, *eim_smdp_ca_path;
     char *wns_token_url, *wns_client_id, *wns_secret_path, *wns_ca_path;
 
     svc_key *keys; /* the API token first (as "api-token"), then api_keys */

@@ -531,3 +531,63 @@ esim_err sgp32_get_package_request(const char *eid, esim_buf *out, esim_error *e
     ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_GetEimPackageRequest, &req);
     return rc;
 }
+
+/* ---- one TLV around bytes -------------------------------------------------------------- */
+
+esim_err sgp32_tlv_wrap(uint16_t tag, const uint8_t *value, size_t len, esim_buf *out)
+{
+    uint8_t t[2] = {(uint8_t)(tag >> 8), (uint8_t)tag};
+    size_t before = out->len;
+    esim_err rc = tag > 0xff ? esim_buf_append(out, t, 2) : esim_buf_append(out, t + 1, 1);
+    if (rc == ESIM_OK)
+        rc = append_len(out, len);
+    if (rc == ESIM_OK && len)
+        rc = esim_buf_append(out, value, len);
+    if (rc != ESIM_OK)
+        out->len = before;
+    return rc;
+}
+
+esim_err sgp32_tlv_unwrap(uint16_t tag, const uint8_t *der, size_t len, const uint8_t **value,
+                          size_t *value_len, esim_error *err)
+{
+    size_t tlv_len = 0, tag_len = tag > 0xff ? 2 : 1;
+    if (!der || len < tag_len + 1)
+        return esim_fail(err, ESIM_EINVAL, "not a %04X TLV: too short", tag);
+    if (len > SGP32_DER_MAX)
+        return esim_fail(err, ESIM_ETOOBIG, "DER of %zu bytes is over the %d-byte limit", len,
+                         SGP32_DER_MAX);
+    if ((tag_len == 2 && (der[0] != (uint8_t)(tag >> 8) || der[1] != (uint8_t)tag)) ||
+        (tag_len == 1 && der[0] != (uint8_t)tag))
+        return esim_fail(err, ESIM_EINVAL, "not a %04X TLV", tag);
+    esim_err rc = check_tlv(der, len, &tlv_len, 0, err);
+    if (rc != ESIM_OK)
+        return rc;
+    if (tlv_len != len)
+        return esim_fail(err, ESIM_EINVAL, "%zu bytes after the %04X TLV", len - tlv_len, tag);
+    uint8_t l = der[tag_len];
+    size_t hdr = tag_len + (l < 0x80 ? 1 : 1 + (size_t)(l & 0x7f));
+    *value = der + hdr;
+    *value_len = len - hdr;
+    return ESIM_OK;
+}
+
+/* ---- the simulators' bound profile package ------------------------------------------------ */
+
+esim_err sgp32_bpp_sign_input(const Es9BoundProfilePackage_t *b, const OCTET_STRING_t *euicc_sig2,
+                              esim_buf *out)
+{
+    const InitialiseSecureChannelRequest_t *i = &b->initialiseSecureChannelRequest;
+    esim_err rc = esim_buf_append(out, i->transactionId.buf, i->transactionId.size);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(out, i->smdpOtpk.buf, i->smdpOtpk.size);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(out, euicc_sig2->buf, euicc_sig2->size);
+    for (int k = 0; rc == ESIM_OK && k < b->sequenceOf88.list.count; k++)
+        rc = esim_buf_append(out, b->sequenceOf88.list.array[k]->buf,
+                             b->sequenceOf88.list.array[k]->size);
+    for (int k = 0; rc == ESIM_OK && k < b->sequenceOf86.list.count; k++)
+        rc = esim_buf_append(out, b->sequenceOf86.list.array[k]->buf,
+                             b->sequenceOf86.list.array[k]->size);
+    return rc;
+}

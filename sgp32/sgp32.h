@@ -30,6 +30,11 @@
 /* The generated types (each pulls in what it uses). */
 #include "AddInitialEimRequest.h"
 #include "AddInitialEimResponse.h"
+#include "AuthenticateServerResponse.h"
+#include "CancelSessionResponse.h"
+#include "Es9BoundProfilePackage.h"
+#include "Es9SmdpSigned2.h"
+#include "Es9StoreMetadataRequest.h"
 #include "EsipaMessageFromEimToIpa.h"
 #include "EsipaMessageFromIpaToEim.h"
 #include "GetCertsRequest.h"
@@ -41,6 +46,7 @@
 #include "NotificationSentRequest.h"
 #include "NotificationSentResponse.h"
 #include "OpaqueSequence.h"
+#include "PrepareDownloadResponse.h"
 #include "ProfileInfoListResponse.h"
 #include "RetrieveNotificationsListRequest.h"
 #include "RetrieveNotificationsListResponse.h"
@@ -199,6 +205,28 @@ esim_err sgp32_get_package_request(const char *eid, esim_buf *out, esim_error *e
  * '84' len <content> would carry it (helper for the token TLV, exposed for
  * tests). Appends the TLV to |out|. */
 esim_err sgp32_append_int_tlv(uint8_t tag, long v, esim_buf *out);
+
+/*
+ * One TLV around bytes, and back (the indirect download: ESipa carries
+ * ES10b answers as the CHOICE's alternative under its own tag, ES9+ as the
+ * whole TLV, e.g. BF38 around it; SGP.22 signatures travel as 5F37 TLVs).
+ * |tag| is one byte (0x04) or two (0xBF38, 0x5F37). sgp32_tlv_unwrap()
+ * checks that |der| is exactly one well-formed TLV with that tag and points
+ * *value at its contents (inside |der|).
+ */
+esim_err sgp32_tlv_wrap(uint16_t tag, const uint8_t *value, size_t len, esim_buf *out);
+esim_err sgp32_tlv_unwrap(uint16_t tag, const uint8_t *der, size_t len, const uint8_t **value,
+                          size_t *value_len, esim_error *err);
+
+/*
+ * The simulators' bound profile package (SGP.22's shape, the metadata and
+ * profile in clear): smdpSign is the SM-DP+'s signature over the
+ * transactionId, its one-time key, the eUICC's euiccSignature2 (binding the
+ * package to the eUICC that made it) and the 88 and 86 blocks. Appends that
+ * input to |out|.
+ */
+esim_err sgp32_bpp_sign_input(const Es9BoundProfilePackage_t *b, const OCTET_STRING_t *euicc_sig2,
+                              esim_buf *out);
 
 #ifdef __cplusplus
 }

@@ -1267,10 +1267,10 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         (cfg->api_key && strlen(cfg->api_key) >= 500) ||
         (cfg->eim_id && strlen(cfg->eim_id) >= 128))
         return esim_fail(err, ESIM_EINVAL, "an IoT URL, key or eIM ID is too long");
-    double shares[] = {cfg->supervised_share,  cfg->notnow_share,  cfg->offline_share,
-                       cfg->fail_share,        cfg->no_esim_share, cfg->windows_share,
-                       cfg->iot_offline_share, cfg->iot_fail_share};
-    for (size_t k = 0; k < 8; k++)
+    double shares[] = {cfg->supervised_share,  cfg->notnow_share,   cfg->offline_share,
+                       cfg->fail_share,        cfg->no_esim_share,  cfg->windows_share,
+                       cfg->iot_offline_share, cfg->iot_fail_share, cfg->iot_indirect_share};
+    for (size_t k = 0; k < sizeof shares / sizeof shares[0]; k++)
         if (!(shares[k] >= 0.0 && shares[k] <= 1.0))
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     if (cfg->windows_pcs > cfg->devices)
@@ -1423,6 +1423,7 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                                   .max_concurrent = s->max_concurrent,
                                   .offline_share = cfg->iot_offline_share,
                                   .fail_share = cfg->iot_fail_share,
+                                  .indirect_share = cfg->iot_indirect_share,
                                   .seed = cfg->seed,
                                   .smdp_resolve = cfg->smdp_resolve,
                                   .n_smdp_resolve = cfg->n_smdp_resolve};

@@ -219,7 +219,7 @@ esim_err sim_iotfleet_new(const sim_iotfleet_config *cfg, size_t capacity, sim_i
         (strncmp(cfg->eim_url, "http://", 7) != 0 && strncmp(cfg->eim_url, "https://", 8) != 0))
         return esim_fail(err, ESIM_EINVAL, "IoT devices need the eIM's http(s):// URL");
     if (!(cfg->offline_share >= 0 && cfg->offline_share <= 1 && cfg->fail_share >= 0 &&
-          cfg->fail_share <= 1))
+          cfg->fail_share <= 1 && cfg->indirect_share >= 0 && cfg->indirect_share <= 1))
         return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     sim_iotfleet *f = calloc(1, sizeof *f);
     if (!f || !(f->slots = calloc(capacity ? capacity : 1, sizeof *f->slots))) {
@@ -310,12 +310,16 @@ esim_err sim_iotfleet_add(sim_iotfleet *f, unsigned i, esim_error *err)
     }
     sl->fail = (double)(mix(&f->rng) % 10000) / 10000.0 < f->cfg.fail_share;
     sl->offline = (double)(mix(&f->rng) % 10000) / 10000.0 < f->cfg.offline_share;
+    /* Drawn only when asked for: a seed's other draws stay as they were. */
+    bool indirect = f->cfg.indirect_share > 0 &&
+                    (double)(mix(&f->rng) % 10000) / 10000.0 < f->cfg.indirect_share;
     sim_ipa_config ic = {.http = f->cfg.http,
                          .eim_url = f->eim_url,
                          .ca_file = f->cfg.ca_file,
                          .smdp_resolve = f->cfg.smdp_resolve,
                          .n_smdp_resolve = f->cfg.n_smdp_resolve,
-                         .fail_downloads = sl->fail};
+                         .fail_downloads = sl->fail,
+                         .indirect_downloads = indirect};
     if (rc == ESIM_OK)
         rc = sim_ipa_new(sl->e, &ic, &sl->ipa, err);
     if (rc == ESIM_OK && !(sl->timer = evtimer_new(f->cfg.base, on_timer, sl)))

@@ -26,13 +26,15 @@ struct sim_ipa {
     const char *const *resolve;
     size_t n_resolve;
     bool fail_downloads;
+    bool indirect_downloads;
     bool busy;
     sim_http_conn *conn; /* one device, one connection, for a poll cycle */
     sim_ipa_cb cb;
     void *cb_arg;
     sim_ipa_poll_result res;
     unsigned packages;
-    char eim_txid[40]; /* the trigger's eimTransactionId, hex */
+    char eim_txid[40];            /* the trigger's eimTransactionId, hex */
+    struct download_op *indirect; /* the indirect download running (on_indirect) */
 };
 
 esim_err sim_ipa_new(sim_euicc *e, const sim_ipa_config *cfg, sim_ipa **out, esim_error *err)
@@ -50,6 +52,7 @@ esim_err sim_ipa_new(sim_euicc *e, const sim_ipa_config *cfg, sim_ipa **out, esi
     ipa->resolve = cfg->smdp_resolve;
     ipa->n_resolve = cfg->n_smdp_resolve;
     ipa->fail_downloads = cfg->fail_downloads;
+    ipa->indirect_downloads = cfg->indirect_downloads;
     *out = ipa;
     return ESIM_OK;
 }
@@ -322,11 +325,20 @@ static void run_data_request(sim_ipa *ipa)
 
 /* ---- BF54: a profile download ----------------------------------------------------------- */
 
-typedef struct {
+typedef struct download_op {
     sim_ipa *ipa;
     TransactionId_t *eim_txid;
     char smdp[256];
     sim_download_result dl;
+    /* the indirect download (below) */
+    int step;
+    char mid[256];
+    uint8_t challenge[16], txid[16];
+    size_t txid_len;
+    X509 *server_cert;      /* verified against the eUICC's CI */
+    unsigned char sig2[64]; /* euiccSignature2: what the package must be bound to */
+    size_t notified;        /* notifications of the list already tried */
+    long notify_seq;
 } download_op;
 
 /* ProfileDownloadTriggerResult [84]: the installation result or an error. */
@@ -414,6 +426,539 @@ static void after_download(void *arg, const sim_download_result *r)
         send_download_result(op);
 }
 
+/* ---- BF54 through the eIM: the indirect download -------------------------------------
+ *
+ * SGP.32 3.2.3: an IPA that cannot reach the SM-DP+ runs SGP.22's mutual
+ * authentication and download through the eIM, in ESipa DER: BF39
+ * InitiateAuthentication, BF3B AuthenticateClient, BF3A
+ * GetBoundProfilePackage (BF41 CancelSession when the eUICC refuses), then
+ * the install notification as BF3D. The eUICC's side is the direct path's:
+ * it verifies the SM-DP+ certificate against its CI and each signature,
+ * signs euiccSigned1/euiccSigned2, and installs the package. */
+
+enum { IND_INITIATE = 1, IND_AUTHENTICATE, IND_BPP, IND_CANCEL, IND_NOTIFY };
+
+static void ind_fail(download_op *op, esim_err code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void ind_fail(download_op *op, esim_err code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    op->dl.err = code;
+    vsnprintf(op->dl.message, sizeof op->dl.message, fmt, ap);
+    va_end(ap);
+    X509_free(op->server_cert);
+    op->server_cert = NULL;
+    op->ipa->indirect = NULL;
+    send_download_result(op);
+}
+
+static void on_indirect(void *arg, sim_http_response *r);
+
+/* Posts one EsipaMessageFromIpaToEim of |op| (its step set); false: failed. */
+static bool ind_post(download_op *op, const EsipaMessageFromIpaToEim_t *m)
+{
+    esim_buf body = {0};
+    esim_error e;
+    esim_err rc = sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, m, &body, &e);
+    if (rc == ESIM_OK && post(op->ipa, &body, on_indirect) != ESIM_OK)
+        rc = esim_fail(&e, ESIM_EUNAVAIL, "cannot reach the eIM");
+    esim_buf_free(&body);
+    if (rc != ESIM_OK)
+        ind_fail(op, rc, "indirect download: %s", e.msg);
+    return rc == ESIM_OK;
+}
+
+/* Decodes the DER of an opaque SGP.22 structure (|td|, untagged SEQUENCE OF)
+ * as the typed |as| after putting |tag| in place of its SEQUENCE tag. */
+static void *retyped(const asn_TYPE_descriptor_t *td, const void *obj, uint16_t tag,
+                     const asn_TYPE_descriptor_t *as)
+{
+    esim_buf der = {0}, tagged = {0};
+    const uint8_t *v;
+    size_t n;
+    void *out = NULL;
+    if (sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+        sgp32_tlv_unwrap(0x30, der.data, der.len, &v, &n, NULL) == ESIM_OK &&
+        sgp32_tlv_wrap(tag, v, n, &tagged) == ESIM_OK)
+        sgp32_decode(as, tagged.data, tagged.len, &out, NULL);
+    esim_buf_free(&der);
+    esim_buf_free(&tagged);
+    return out;
+}
+
+/* |cert| verifies |sig| over the DER of |obj|. */
+static bool ind_sig_ok(X509 *cert, const asn_TYPE_descriptor_t *td, const void *obj,
+                       const OCTET_STRING_t *sig)
+{
+    esim_buf der = {0};
+    EVP_PKEY *pub = X509_get0_pubkey(cert);
+    bool ok = pub && sig->size == 64 && sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+              sim_ecdsa_verify_raw(pub, der.data, der.len, sig->buf, 64, NULL) == ESIM_OK;
+    esim_buf_free(&der);
+    return ok;
+}
+
+/* The eUICC signs the DER of |obj| into |sig| (an OCTET STRING of 64). */
+static bool ind_sign(download_op *op, const asn_TYPE_descriptor_t *td, const void *obj,
+                     OCTET_STRING_t *sig, unsigned char raw[64])
+{
+    esim_buf der = {0};
+    bool ok = sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+              sim_euicc_sign(op->ipa->e, der.data, der.len, raw, NULL) == ESIM_OK &&
+              OCTET_STRING_fromBuf(sig, (const char *)raw, 64) == 0;
+    esim_buf_free(&der);
+    return ok;
+}
+
+/* An ES10b answer (|td|, a tagged CHOICE) as ESipa carries it: the
+ * alternative's TLV, without the CHOICE's own tag |tag|. */
+static bool ind_choice_any(uint16_t tag, const asn_TYPE_descriptor_t *td, const void *obj,
+                           OpaqueTlv_t *any)
+{
+    esim_buf der = {0};
+    const uint8_t *v;
+    size_t n;
+    bool ok = sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+              sgp32_tlv_unwrap(tag, der.data, der.len, &v, &n, NULL) == ESIM_OK &&
+              OCTET_STRING_fromBuf((OCTET_STRING_t *)any, (const char *)v, (int)n) == 0;
+    esim_buf_free(&der);
+    return ok;
+}
+
+/* SGP.22: once the server authenticated the eUICC, a refusal ends the
+ * session with the eUICC's signed CancelSession (then the failure is
+ * reported; the SM-DP+ keeps the order Released). */
+static void ind_cancel(download_op *op, long reason, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void ind_cancel(download_op *op, long reason, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    op->dl.err = ESIM_ECRYPTO;
+    vsnprintf(op->dl.message, sizeof op->dl.message, fmt, ap);
+    va_end(ap);
+    EsipaMessageFromIpaToEim_t m = {.present =
+                                        EsipaMessageFromIpaToEim_PR_cancelSessionRequestEsipa};
+    CancelSessionRequestEsipa_t *c = &m.choice.cancelSessionRequestEsipa;
+    CancelSessionResponse_t a = {.present = CancelSessionResponse_PR_cancelSessionResponseOk};
+    EuiccCancelSessionSigned_t *s = &a.choice.cancelSessionResponseOk.euiccCancelSessionSigned;
+    static const uint32_t oid[] = {2, 999, 10};
+    unsigned char sig[64];
+    s->reason = reason;
+    bool ok =
+        OCTET_STRING_fromBuf(&s->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        OCTET_STRING_fromBuf(&c->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        OBJECT_IDENTIFIER_set_arcs(&s->smdpOid, oid, sizeof oid[0], 3) == 0 &&
+        ind_sign(op, &asn_DEF_EuiccCancelSessionSigned, s,
+                 &a.choice.cancelSessionResponseOk.euiccCancelSessionSignature, sig) &&
+        ind_choice_any(0xBF41, &asn_DEF_CancelSessionResponse, &a, &c->cancelSessionResponse);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_CancelSessionResponse, &a);
+    op->step = IND_CANCEL;
+    if (ok)
+        ok = ind_post(op, &m);
+    else
+        ind_fail(op, ESIM_ECRYPTO, "%s", op->dl.message);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+}
+
+static bool ind_initiate(download_op *op)
+{
+    EsipaMessageFromIpaToEim_t m = {
+        .present = EsipaMessageFromIpaToEim_PR_initiateAuthenticationRequestEsipa};
+    InitiateAuthenticationRequestEsipa_t *q = &m.choice.initiateAuthenticationRequestEsipa;
+    static const uint8_t svn[3] = {2, 2, 0};
+    q->smdpAddress = OCTET_STRING_new_fromBuf(&asn_DEF_UTF8String, op->smdp, -1);
+    q->euiccInfo1 = calloc(1, sizeof *q->euiccInfo1);
+    bool ok = esim_random_bytes(op->challenge, 16) == ESIM_OK && q->smdpAddress && q->euiccInfo1 &&
+              OCTET_STRING_fromBuf(&q->euiccChallenge, (const char *)op->challenge, 16) == 0 &&
+              OCTET_STRING_fromBuf(&q->euiccInfo1->svn, (const char *)svn, 3) == 0;
+    op->step = IND_INITIATE;
+    if (ok)
+        ok = ind_post(op, &m);
+    else
+        ind_fail(op, ESIM_ENOMEM, "out of memory");
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+    return ok;
+}
+
+static OpaqueTlv_t *any_add(void *list, const void *tlv, size_t len)
+{
+    OpaqueTlv_t *a = calloc(1, sizeof *a);
+    if (a && (OCTET_STRING_fromBuf((OCTET_STRING_t *)a, tlv, (int)len) != 0 ||
+              ASN_SEQUENCE_ADD(list, a) != 0)) {
+        ASN_STRUCT_FREE(asn_DEF_OpaqueTlv, a);
+        return NULL;
+    }
+    return a;
+}
+
+/* ES10b AuthenticateServer: the SM-DP+ checked, euiccSigned1 signed. */
+static void ind_after_initiate(download_op *op, InitiateAuthenticationOkEsipa_t *ok)
+{
+    sim_ipa *ipa = op->ipa;
+    esim_buf cert = {0}, cert64 = {0};
+    esim_error e = {{0}};
+    if (sgp32_encode(&asn_DEF_Certificate, &ok->serverCertificate, &cert, NULL) == ESIM_OK &&
+        esim_base64_encode(cert.data, cert.len, &cert64) == ESIM_OK)
+        op->server_cert = sim_euicc_verify_server_cert(ipa->e, (const char *)cert64.data, &e);
+    esim_buf_free(&cert);
+    esim_buf_free(&cert64);
+    if (!op->server_cert) {
+        ind_fail(op, ESIM_ECRYPTO,
+                 "the eUICC refused the SM-DP+: its certificate does not chain to the trusted CI");
+        return;
+    }
+    ServerSigned1_t *s1 = &ok->serverSigned1;
+    if (!ind_sig_ok(op->server_cert, &asn_DEF_ServerSigned1, s1, &ok->serverSignature1) ||
+        s1->euiccChallenge.size != 16 || memcmp(s1->euiccChallenge.buf, op->challenge, 16) != 0 ||
+        (size_t)s1->serverAddress.size != strlen(op->smdp) ||
+        memcmp(s1->serverAddress.buf, op->smdp, s1->serverAddress.size) != 0 ||
+        s1->transactionId.size > (int)sizeof op->txid) {
+        ind_fail(op, ESIM_ECRYPTO,
+                 "the eUICC refused the SM-DP+: serverSignature1 invalid or not for its challenge");
+        return;
+    }
+    memcpy(op->txid, s1->transactionId.buf, s1->transactionId.size);
+    op->txid_len = (size_t)s1->transactionId.size;
+
+    AuthenticateServerResponse_t a = {.present =
+                                          AuthenticateServerResponse_PR_authenticateResponseOk};
+    AuthenticateResponseOk_t *r = &a.choice.authenticateResponseOk;
+    EuiccSigned1_t *es = &r->euiccSigned1;
+    struct CtxParamsForCommonAuthentication *ctx =
+        &es->ctxParams1.choice.ctxParamsForCommonAuthentication;
+    es->ctxParams1.present = Es9CtxParams1_PR_ctxParamsForCommonAuthentication;
+    static const uint8_t tac[] = {0x80, 0x04, 0x35, 0x33, 0x20, 0x11}, caps[] = {0xa1, 0x00};
+    const esim_buf *ecert, *eum;
+    void *c1 = NULL, *c2 = NULL;
+    unsigned char sig[64];
+    bool good =
+        OCTET_STRING_fromBuf(&es->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        OCTET_STRING_fromBuf(&es->serverAddress, op->smdp, -1) == 0 &&
+        OCTET_STRING_fromBuf(&es->serverChallenge, (const char *)s1->serverChallenge.buf,
+                             s1->serverChallenge.size) == 0 &&
+        (!op->mid[0] ||
+         (ctx->matchingId = OCTET_STRING_new_fromBuf(&asn_DEF_UTF8String, op->mid, -1))) &&
+        any_add(&ctx->deviceInfo.list, tac, sizeof tac) &&
+        any_add(&ctx->deviceInfo.list, caps, sizeof caps) &&
+        sim_euicc_cert_der(ipa->e, &ecert, &eum, NULL) == ESIM_OK &&
+        sgp32_decode(&asn_DEF_Certificate, ecert->data, ecert->len, &c1, NULL) == ESIM_OK &&
+        sgp32_decode(&asn_DEF_Certificate, eum->data, eum->len, &c2, NULL) == ESIM_OK &&
+        ind_sign(op, &asn_DEF_EuiccSigned1, es, &r->euiccSignature1, sig);
+    if (c1) {
+        r->euiccCertificate = *(Certificate_t *)c1;
+        free(c1);
+    }
+    if (c2) {
+        r->eumCertificate = *(Certificate_t *)c2;
+        free(c2);
+    }
+    EsipaMessageFromIpaToEim_t m = {.present =
+                                        EsipaMessageFromIpaToEim_PR_authenticateClientRequestEsipa};
+    AuthenticateClientRequestEsipa_t *q = &m.choice.authenticateClientRequestEsipa;
+    good =
+        good &&
+        OCTET_STRING_fromBuf(&q->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        ind_choice_any(0xBF38, &asn_DEF_AuthenticateServerResponse, &a,
+                       &q->authenticateServerResponse);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_AuthenticateServerResponse, &a);
+    op->step = IND_AUTHENTICATE;
+    if (good)
+        ind_post(op, &m);
+    else
+        ind_fail(op, ESIM_EINVAL, "the eUICC could not answer AuthenticateServer");
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+}
+
+/* ES10b PrepareDownload: smdpSigned2 checked, euiccSigned2 signed. */
+static void ind_after_authenticate(download_op *op, AuthenticateClientOkDPEsipa_t *ok)
+{
+    Es9SmdpSigned2_t *s2 = NULL;
+    Es9StoreMetadataRequest_t *md = NULL;
+    bool valid =
+        ind_sig_ok(op->server_cert, &asn_DEF_SmdpSigned2, &ok->smdpSigned2, &ok->smdpSignature2) &&
+        (s2 = retyped(&asn_DEF_SmdpSigned2, &ok->smdpSigned2, 0x30, &asn_DEF_Es9SmdpSigned2)) &&
+        s2->transactionId.size == (int)op->txid_len &&
+        memcmp(s2->transactionId.buf, op->txid, op->txid_len) == 0;
+    sgp32_free(&asn_DEF_Es9SmdpSigned2, s2);
+    if (!valid) {
+        ind_cancel(op, 127, "the eUICC refused the SM-DP+: smdpSignature2 invalid");
+        return;
+    }
+    if (ok->profileMetaData)
+        md = retyped(&asn_DEF_StoreMetadataRequest, ok->profileMetaData, 0xBF25,
+                     &asn_DEF_Es9StoreMetadataRequest);
+    if (!md ||
+        sgp32_iccid_from_bytes(md->iccid.buf, md->iccid.size, op->dl.iccid, NULL) != ESIM_OK) {
+        sgp32_free(&asn_DEF_Es9StoreMetadataRequest, md);
+        ind_cancel(op, 4, "the eUICC refused the profile: no readable profile metadata");
+        return;
+    }
+    sgp32_free(&asn_DEF_Es9StoreMetadataRequest, md);
+    PrepareDownloadResponse_t a = {.present = PrepareDownloadResponse_PR_downloadResponseOk};
+    EuiccSigned2_t *es = &a.choice.downloadResponseOk.euiccSigned2;
+    uint8_t otpk[65];
+    otpk[0] = 0x04;
+    EsipaMessageFromIpaToEim_t m = {
+        .present = EsipaMessageFromIpaToEim_PR_getBoundProfilePackageRequestEsipa};
+    GetBoundProfilePackageRequestEsipa_t *q = &m.choice.getBoundProfilePackageRequestEsipa;
+    bool good =
+        esim_random_bytes(otpk + 1, 64) == ESIM_OK &&
+        OCTET_STRING_fromBuf(&es->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        OCTET_STRING_fromBuf(&es->euiccOtpk, (const char *)otpk, sizeof otpk) == 0 &&
+        ind_sign(op, &asn_DEF_EuiccSigned2, es, &a.choice.downloadResponseOk.euiccSignature2,
+                 op->sig2) &&
+        OCTET_STRING_fromBuf(&q->transactionId, (const char *)op->txid, (int)op->txid_len) == 0 &&
+        ind_choice_any(0xBF21, &asn_DEF_PrepareDownloadResponse, &a, &q->prepareDownloadResponse);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_PrepareDownloadResponse, &a);
+    op->step = IND_BPP;
+    if (good)
+        ind_post(op, &m);
+    else
+        ind_fail(op, ESIM_EINVAL, "the eUICC could not answer PrepareDownload");
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+}
+
+static void ind_notify_next(download_op *op);
+
+/* ES10b LoadBoundProfilePackage: smdpSign checked, the profile installed. */
+static void ind_after_bpp(download_op *op, GetBoundProfilePackageOkEsipa_t *ok)
+{
+    Es9BoundProfilePackage_t *b = retyped(&asn_DEF_BoundProfilePackage, &ok->boundProfilePackage,
+                                          0xBF36, &asn_DEF_Es9BoundProfilePackage);
+    esim_buf input = {0};
+    OCTET_STRING_t sig2 = {.buf = op->sig2, .size = 64};
+    const InitialiseSecureChannelRequest_t *i = b ? &b->initialiseSecureChannelRequest : NULL;
+    Es9StoreMetadataRequest_t *md = NULL;
+    bool valid =
+        i && i->transactionId.size == (int)op->txid_len &&
+        memcmp(i->transactionId.buf, op->txid, op->txid_len) == 0 && i->smdpSign.size == 64 &&
+        sgp32_bpp_sign_input(b, &sig2, &input) == ESIM_OK &&
+        sim_ecdsa_verify_raw(X509_get0_pubkey(op->server_cert), input.data, input.len,
+                             i->smdpSign.buf, 64, NULL) == ESIM_OK &&
+        b->sequenceOf88.list.count == 1 &&
+        sgp32_decode(&asn_DEF_Es9StoreMetadataRequest, b->sequenceOf88.list.array[0]->buf,
+                     (size_t)b->sequenceOf88.list.array[0]->size, (void **)&md, NULL) == ESIM_OK;
+    esim_buf_free(&input);
+    sim_profile p = {0};
+    char iccid[21] = "";
+    if (valid)
+        valid = sgp32_iccid_from_bytes(md->iccid.buf, md->iccid.size, iccid, NULL) == ESIM_OK &&
+                strcmp(iccid, op->dl.iccid) == 0 &&
+                md->serviceProviderName.size < (int)sizeof p.service_provider &&
+                md->profileName.size < (int)sizeof p.profile_name;
+    if (valid) {
+        p.profile_class = SIM_CLASS_OPERATIONAL;
+        snprintf(p.iccid, sizeof p.iccid, "%s", iccid);
+        memcpy(p.service_provider, md->serviceProviderName.buf, md->serviceProviderName.size);
+        memcpy(p.profile_name, md->profileName.buf, md->profileName.size);
+        snprintf(p.nickname, sizeof p.nickname, "%s", p.service_provider);
+        snprintf(p.smdp_address, sizeof p.smdp_address, "%.127s", op->smdp);
+        if (md->profilePolicyRules && md->profilePolicyRules->size > 0)
+            p.ppr = (unsigned)(md->profilePolicyRules->buf[0] >> 5) & (SIM_PPR1 | SIM_PPR2);
+    }
+    sgp32_free(&asn_DEF_Es9StoreMetadataRequest, md);
+    sgp32_free(&asn_DEF_Es9BoundProfilePackage, b);
+    if (!valid) {
+        /* The SM-DP+ already counts the order Downloaded: it serves this
+         * eUICC again on its next attempt (a download retry). */
+        ind_fail(op, ESIM_ECRYPTO,
+                 "the eUICC refused the bound profile package: bad signature, not bound to it or "
+                 "not the announced profile");
+        return;
+    }
+    sim_result res;
+    esim_error e;
+    if (sim_euicc_install(op->ipa->e, &p, &res, &e) != ESIM_OK || res != SIM_RES_OK) {
+        ind_fail(op, ESIM_ESTATE, "the eUICC refused the profile: %s",
+                 res != SIM_RES_OK ? sim_result_name(res) : e.msg);
+        return;
+    }
+    op->dl.err = ESIM_OK;
+    op->notified = 0;
+    ind_notify_next(op);
+}
+
+/* The eUICC's pending notifications for this SM-DP+ (ES10b
+ * RetrieveNotificationsList), each as BF3D through the eIM; the SM-DP+
+ * confirms each (HTTP 204) and the IPA removes it from the eUICC. */
+static void ind_notify_next(download_op *op)
+{
+    sim_ipa *ipa = op->ipa;
+    static const uint8_t list_req[] = {0xbf, 0x2b, 0x00};
+    esim_buf ans = {0};
+    RetrieveNotificationsListResponse_t *l = NULL;
+    PendingNotification_t *pn = NULL;
+    if (es10(ipa, list_req, sizeof list_req, &ans, NULL) == ESIM_OK &&
+        sgp32_decode_explicit(SGP32_TAG_NOTIFICATIONS_LIST,
+                              &asn_DEF_RetrieveNotificationsListResponse, ans.data, ans.len,
+                              (void **)&l, NULL) == ESIM_OK &&
+        l->present == RetrieveNotificationsListResponse_PR_notificationList) {
+        for (int k = 0; k < l->choice.notificationList.list.count && !pn; k++) {
+            PendingNotification_t *c = l->choice.notificationList.list.array[k];
+            if (c->present == PendingNotification_PR_otherSignedNotification &&
+                (size_t)k >= op->notified &&
+                (size_t)c->choice.otherSignedNotification.tbsOtherNotification.notificationAddress
+                        .size == strlen(op->smdp) &&
+                memcmp(
+                    c->choice.otherSignedNotification.tbsOtherNotification.notificationAddress.buf,
+                    op->smdp, strlen(op->smdp)) == 0) {
+                pn = c;
+                op->notified = (size_t)k + 1;
+                op->notify_seq = c->choice.otherSignedNotification.tbsOtherNotification.seqNumber;
+            }
+        }
+    }
+    esim_buf_free(&ans);
+    if (!pn) {
+        sgp32_free(&asn_DEF_RetrieveNotificationsListResponse, l);
+        X509_free(op->server_cert);
+        op->server_cert = NULL;
+        ipa->indirect = NULL;
+        send_download_result(op);
+        return;
+    }
+    EsipaMessageFromIpaToEim_t m = {.present = EsipaMessageFromIpaToEim_PR_handleNotificationEsipa};
+    m.choice.handleNotificationEsipa.present = HandleNotificationEsipa_PR_pendingNotification;
+    m.choice.handleNotificationEsipa.choice.pendingNotification = *pn;
+    esim_buf body = {0};
+    op->step = IND_NOTIFY;
+    esim_err rc = sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, &m, &body, NULL);
+    sgp32_free(&asn_DEF_RetrieveNotificationsListResponse, l); /* pn was borrowed */
+    if (rc != ESIM_OK || post(ipa, &body, on_indirect) != ESIM_OK) {
+        /* The notification stays on the eUICC for a later attempt. */
+        X509_free(op->server_cert);
+        op->server_cert = NULL;
+        ipa->indirect = NULL;
+        send_download_result(op);
+    }
+    esim_buf_free(&body);
+}
+
+/* ESipa error codes in words (v1.0 names). */
+static const char *ind_error_name(int step, long code)
+{
+    switch (step) {
+    case IND_INITIATE:
+        return code == 1    ? "invalidDpAddress"
+               : code == 2  ? "euiccVersionNotSupportedByDp"
+               : code == 3  ? "ciPKIdNotSupported"
+               : code == 50 ? "smdpAddressMismatch"
+               : code == 51 ? "smdpOidMismatch"
+                            : "undefinedError";
+    case IND_AUTHENTICATE:
+        return code == 1    ? "eumCertificateInvalid"
+               : code == 3  ? "euiccCertificateInvalid"
+               : code == 5  ? "euiccSignatureInvalid"
+               : code == 6  ? "matchingIdRefused"
+               : code == 7  ? "eidMismatch"
+               : code == 8  ? "noEligibleProfile"
+               : code == 10 ? "invalidTransactionId"
+                            : "undefinedError";
+    default:
+        return code == 1    ? "euiccSignatureInvalid"
+               : code == 5  ? "bppRebindingRefused"
+               : code == 6  ? "downloadOrderExpired"
+               : code == 95 ? "invalidTransactionId"
+                            : "undefinedError";
+    }
+}
+
+static void on_indirect(void *arg, sim_http_response *r)
+{
+    sim_ipa *ipa = arg;
+    download_op *op = ipa->indirect;
+    static const char *const fn[] = {"",
+                                     "initiateAuthentication",
+                                     "authenticateClient",
+                                     "getBoundProfilePackage",
+                                     "cancelSession",
+                                     "handleNotification"};
+    if (op->step == IND_NOTIFY) {
+        /* 204: the SM-DP+ has it; the eUICC drops it (RemoveNotificationFromList). */
+        if (r->err == ESIM_OK && r->status == 204) {
+            NotificationSentRequest_t ns = {.seqNumber = op->notify_seq};
+            esim_buf req = {0}, ans = {0};
+            if (sgp32_encode(&asn_DEF_NotificationSentRequest, &ns, &req, NULL) == ESIM_OK &&
+                es10(ipa, req.data, req.len, &ans, NULL) == ESIM_OK)
+                op->notified--; /* the list shrank */
+            esim_buf_free(&req);
+            esim_buf_free(&ans);
+        }
+        ind_notify_next(op);
+        return;
+    }
+    if (op->step == IND_CANCEL) {
+        ind_fail(op, op->dl.err, "%s", op->dl.message);
+        return;
+    }
+    if (r->err != ESIM_OK || r->status != 200) {
+        if (r->err != ESIM_OK)
+            ind_fail(op, ESIM_EUNAVAIL, "indirect download: eIM unreachable: %s", r->errmsg);
+        else
+            ind_fail(op, ESIM_EPROTO, "indirect download: the eIM answered %s with HTTP %ld",
+                     fn[op->step], r->status);
+        return;
+    }
+    EsipaMessageFromEimToIpa_t *m = NULL;
+    esim_error e;
+    if (sgp32_decode(&asn_DEF_EsipaMessageFromEimToIpa, r->body.data, r->body.len, (void **)&m,
+                     &e) != ESIM_OK) {
+        ind_fail(op, ESIM_EPROTO, "indirect download: the eIM's %s answer: %s", fn[op->step],
+                 e.msg);
+        return;
+    }
+    long code = -1;
+    switch (op->step) {
+    case IND_INITIATE:
+        if (m->present != EsipaMessageFromEimToIpa_PR_initiateAuthenticationResponseEsipa)
+            break;
+        if (m->choice.initiateAuthenticationResponseEsipa.present ==
+            InitiateAuthenticationResponseEsipa_PR_initiateAuthenticationOkEsipa) {
+            ind_after_initiate(op, &m->choice.initiateAuthenticationResponseEsipa.choice
+                                        .initiateAuthenticationOkEsipa);
+            code = -2;
+        } else {
+            code = m->choice.initiateAuthenticationResponseEsipa.choice
+                       .initiateAuthenticationErrorEsipa;
+        }
+        break;
+    case IND_AUTHENTICATE:
+        if (m->present != EsipaMessageFromEimToIpa_PR_authenticateClientResponseEsipa)
+            break;
+        if (m->choice.authenticateClientResponseEsipa.present ==
+            AuthenticateClientResponseEsipa_PR_authenticateClientOkDPEsipa) {
+            ind_after_authenticate(
+                op, &m->choice.authenticateClientResponseEsipa.choice.authenticateClientOkDPEsipa);
+            code = -2;
+        } else if (m->choice.authenticateClientResponseEsipa.present ==
+                   AuthenticateClientResponseEsipa_PR_authenticateClientErrorEsipa) {
+            code = m->choice.authenticateClientResponseEsipa.choice.authenticateClientErrorEsipa;
+        }
+        break;
+    case IND_BPP:
+        if (m->present != EsipaMessageFromEimToIpa_PR_getBoundProfilePackageResponseEsipa)
+            break;
+        if (m->choice.getBoundProfilePackageResponseEsipa.present ==
+            GetBoundProfilePackageResponseEsipa_PR_getBoundProfilePackageOkEsipa) {
+            ind_after_bpp(op, &m->choice.getBoundProfilePackageResponseEsipa.choice
+                                   .getBoundProfilePackageOkEsipa);
+            code = -2;
+        } else {
+            code = m->choice.getBoundProfilePackageResponseEsipa.choice
+                       .getBoundProfilePackageErrorEsipa;
+        }
+        break;
+    }
+    if (code >= 0)
+        ind_fail(op, ESIM_EAUTH, "indirect download: the eIM relayed %s: %s (%ld)", fn[op->step],
+                 ind_error_name(op->step, code), code);
+    else if (code == -1)
+        ind_fail(op, ESIM_EPROTO, "indirect download: the eIM did not answer %s", fn[op->step]);
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, m);
+}
+
 /* "[LPA:]1$SMDP$MATCHING" -> the SM-DP+ address and matching ID. */
 static bool split_code(const char *code, char *smdp, size_t smdp_len, char *mid, size_t mid_len)
 {
@@ -449,12 +994,12 @@ static void run_download(sim_ipa *ipa, ProfileDownloadTriggerRequest_t *t)
     op->ipa = ipa;
     op->eim_txid = t->eimTransactionId; /* moved into the result */
     t->eimTransactionId = NULL;
-    char mid[256] = "", url[600];
+    char *mid = op->mid, url[600];
     op->dl.err = ESIM_EINVAL;
     if (!t->profileDownloadData ||
         t->profileDownloadData->present != ProfileDownloadData_PR_activationCode ||
         !split_code((const char *)t->profileDownloadData->choice.activationCode.buf, op->smdp,
-                    sizeof op->smdp, mid, sizeof mid)) {
+                    sizeof op->smdp, mid, sizeof op->mid)) {
         snprintf(op->dl.message, sizeof op->dl.message,
                  "the trigger carries no activation code this IPA understands");
         send_download_result(op);
@@ -465,6 +1010,11 @@ static void run_download(sim_ipa *ipa, ProfileDownloadTriggerRequest_t *t)
         snprintf(op->dl.message, sizeof op->dl.message,
                  "simulated failure: no data connection to %.180s", op->smdp);
         send_download_result(op);
+        return;
+    }
+    if (ipa->indirect_downloads) {
+        ipa->indirect = op;
+        ind_initiate(op);
         return;
     }
     /* Where the SM-DP+ is, as DNS would say (devsim's --smdp-resolve). */

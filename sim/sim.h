@@ -362,6 +362,10 @@ typedef struct {
     const char *const *smdp_resolve; /* "NAME=HOST:PORT" ("*=HOST:PORT"), as devsim's */
     size_t n_smdp_resolve;
     bool fail_downloads; /* every download trigger fails (no data connection) */
+    /* Downloads go through the eIM (SGP.32 indirect download: ESipa BF39,
+     * BF3B, BF3A, BF41, BF3D, relayed by the eIM to the SM-DP+) rather than
+     * to the SM-DP+ directly. */
+    bool indirect_downloads;
 } sim_ipa_config;
 
 /* What one poll cycle did. err: ESIM_OK (ended on noEimPackageAvailable or
@@ -772,11 +776,12 @@ typedef struct {
      * IPA that polls the eIM at eim_url (the service's device listener, path
      * /gsma/rsp2/asn1 added when none) every iot_poll_ms (±10%; 0 = 60,000);
      * iot_offline_share of them stay away offline_ms first, iot_fail_share
-     * fail every download. With api_url (+ api_key, an operator key) devsim
-     * sends their association list to POST /v1/iot/devices at start. */
+     * fail every download, iot_indirect_share download through the eIM's
+     * relay (SGP.32 indirect download) instead of from the SM-DP+. With api_url (+ api_key, an
+     * operator key) devsim sends their association list to POST /v1/iot/devices at start. */
     unsigned iot_devices;
     unsigned iot_poll_ms;
-    double iot_offline_share, iot_fail_share;
+    double iot_offline_share, iot_fail_share, iot_indirect_share;
     const char *eim_url; /* NULL: server_url */
     const char *eim_id;  /* NULL: "esim-mdm" */
     const char *api_url; /* the service's admin API base; NULL: no registration */

@@ -207,6 +207,7 @@ typedef struct {
     const char *data_dir; /* "" or NULL: nothing persisted; else DIR/iot/<EID>.json */
     unsigned poll_ms, offline_ms, max_concurrent;
     double offline_share, fail_share;
+    double indirect_share; /* share whose downloads go through the eIM (drawn only when > 0) */
     uint64_t seed;
     const char *const *smdp_resolve;
     size_t n_smdp_resolve;

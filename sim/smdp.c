@@ -22,8 +22,10 @@
 #include <event2/keyvalq_struct.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "core/internal.h"
+#include "sgp32/sgp32.h"
 #include "sim/sim_internal.h"
 
 #define SMDP_MAX_BODY (256 * 1024)
@@ -41,6 +43,7 @@ typedef struct session {
     struct session *next;
     char txid[33];
     enum session_state state;
+    bool der; /* SGP.22's base64 DER form (the ES9+ section below) */
     unsigned char euicc_challenge[16];
     unsigned char server_challenge[16];
     char server_address[128];
@@ -653,6 +656,9 @@ static bool b64_equals(const char *b64, const unsigned char *bytes, size_t n)
 
 /* ---- ES9+ ----------------------------------------------------------------------- */
 
+static void *get_der(const json_t *body, const char *key, const asn_TYPE_descriptor_t *td);
+static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp);
+
 static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
     esim_buf chal = {0};
@@ -666,6 +672,17 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
         esim_buf_free(&chal);
         reply_failed(req, "8.8.1", "3.8", "this is not the SM-DP+ address the eUICC asked for");
         return;
+    }
+    /* euiccInfo1 as base64 DER: the eUICC speaks SGP.22's DER form. */
+    bool der = json_is_string(json_object_get(body, "euiccInfo1"));
+    if (der) {
+        void *info1 = get_der(body, "euiccInfo1", &asn_DEF_EUICCInfo1);
+        sgp32_free(&asn_DEF_EUICCInfo1, info1);
+        if (!info1) {
+            esim_buf_free(&chal);
+            reply_failed(req, "8.1", "2.1", "euiccInfo1 is not DER EUICCInfo1");
+            return;
+        }
     }
     sessions_expire(s);
     if (s->n_sessions >= s->max_sessions) {
@@ -687,6 +704,7 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
     memcpy(ss->euicc_challenge, chal.data, 16);
     snprintf(ss->server_address, sizeof ss->server_address, "%s", addr);
     ss->state = SESSION_INITIATED;
+    ss->der = der;
     ss->created_ms = esim_mono_ms();
     ss->next = s->sessions;
     s->sessions = ss;
@@ -702,7 +720,9 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
     json_t *resp = json_pack("{s:o, s:s, s:s}", "header", header_ok(), "transactionId", ss->txid,
                              "serverCertificate", s->dpauth_b64);
     esim_err rc = ESIM_ENOMEM;
-    if (resp && signed1) {
+    if (resp && der) {
+        rc = initiate_der_answer(s, ss, resp);
+    } else if (resp && signed1) {
         rc = sign_blob(s, resp, "serverSigned1", "serverSignature1", signed1);
         signed1 = NULL;
     }
@@ -814,11 +834,449 @@ static size_t choose_order(sim_smdp *s, struct evhttp_request *req, const char *
     return SIZE_MAX;
 }
 
+/* An install notification from |eid| (verified) for |iccid|; |result| NULL
+ * or "ok": installed. Only the eUICC the profile was bound to can report
+ * its installation; a repeated notification is confirmed again but counted
+ * once. */
+static void note_install(sim_smdp *s, const char *eid, const char *iccid, const char *result)
+{
+    size_t i = idx_lookup(s, s->by_iccid, iccid, KEY_ICCID);
+    if (i == SIZE_MAX || strcmp(s->orders[i].o.eid, eid) != 0)
+        return;
+    sim_order *o = &s->orders[i].o;
+    if (o->state != SIM_ORDER_DOWNLOADED)
+        return;
+    if (!result || strcmp(result, "ok") == 0) {
+        o->state = SIM_ORDER_INSTALLED;
+        o->installs++;
+    } else {
+        o->state = SIM_ORDER_ERROR;
+        snprintf(o->error, sizeof o->error, "installation failed: %s", result);
+    }
+    journal_append(s, o); /* before the 204 confirms it to the eUICC */
+    schedule_save(s);
+}
+
+/* ---- ES9+ in SGP.22's own form: base64 DER fields ------------------------------------
+ *
+ * An eUICC that speaks DER (the IoT devices' IPA, through the eIM's relay)
+ * sends euiccInfo1, authenticateServerResponse, prepareDownloadResponse,
+ * cancelSessionResponse and pendingNotification as base64 DER, as SGP.22
+ * 6.5.2 specifies, and gets serverSigned1, smdpSigned2, profileMetadata and
+ * the boundProfilePackage the same way; signatures are 5F37 TLVs. Sessions,
+ * orders and the checks are those of the JSON form above. */
+
+static bool txid_bytes(const session *ss, uint8_t out[16])
+{
+    for (size_t i = 0; i < 16; i++) {
+        unsigned v;
+        if (sscanf(ss->txid + 2 * i, "%2X", &v) != 1)
+            return false;
+        out[i] = (uint8_t)v;
+    }
+    return true;
+}
+
+static bool txid_is(const session *ss, const TransactionId_t *t)
+{
+    uint8_t b[16];
+    return t && t->size == 16 && txid_bytes(ss, b) && memcmp(t->buf, b, 16) == 0;
+}
+
+/* Base64 of |td|'s DER into |resp|[key]. */
+static esim_err set_der(json_t *resp, const char *key, const asn_TYPE_descriptor_t *td,
+                        const void *obj)
+{
+    esim_buf der = {0};
+    esim_err rc = sgp32_encode(td, obj, &der, NULL);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, key, der.data, der.len);
+    esim_buf_free(&der);
+    return rc;
+}
+
+/* Signs |data| with our key; |resp|[key] gets base64 of the 5F37 TLV. */
+static esim_err set_sig(sim_smdp *s, json_t *resp, const char *key, const esim_buf *data,
+                        unsigned char sig[64])
+{
+    esim_buf tlv = {0};
+    esim_err rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, data->data, data->len, sig, NULL);
+    if (rc == ESIM_OK)
+        rc = sgp32_tlv_wrap(0x5F37, sig, 64, &tlv);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, key, tlv.data, tlv.len);
+    esim_buf_free(&tlv);
+    return rc;
+}
+
+/* The base64 DER at |key| decoded as |td| (sgp32_decode's strict DER). */
+static void *get_der(const json_t *body, const char *key, const asn_TYPE_descriptor_t *td)
+{
+    esim_buf raw = {0};
+    void *obj = NULL;
+    if (sim_json_b64(body, key, &raw, NULL) == ESIM_OK)
+        sgp32_decode(td, raw.data, raw.len, &obj, NULL);
+    esim_buf_free(&raw);
+    return obj;
+}
+
+/* |cert|'s public key verifies |sig| (64 bytes, r‖s) over |td|'s DER of |obj|. */
+static bool der_sig_ok(X509 *cert, const asn_TYPE_descriptor_t *td, const void *obj,
+                       const OCTET_STRING_t *sig)
+{
+    esim_buf der = {0};
+    EVP_PKEY *pub = X509_get0_pubkey(cert);
+    bool ok = pub && sig->size == 64 && sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+              sim_ecdsa_verify_raw(pub, der.data, der.len, sig->buf, 64, NULL) == ESIM_OK;
+    esim_buf_free(&der);
+    return ok;
+}
+
+static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
+{
+    ServerSigned1_t s1 = {0};
+    uint8_t tx[16];
+    esim_buf der = {0}, skid = {0};
+    unsigned char sig[64];
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(s->pki->ci.x509);
+    esim_err rc = txid_bytes(ss, tx) && ski ? ESIM_OK : ESIM_EINVAL;
+    if (rc == ESIM_OK &&
+        (OCTET_STRING_fromBuf(&s1.transactionId, (const char *)tx, 16) != 0 ||
+         OCTET_STRING_fromBuf(&s1.euiccChallenge, (const char *)ss->euicc_challenge, 16) != 0 ||
+         OCTET_STRING_fromString(&s1.serverAddress, ss->server_address) != 0 ||
+         OCTET_STRING_fromBuf(&s1.serverChallenge, (const char *)ss->server_challenge, 16) != 0))
+        rc = ESIM_ENOMEM;
+    if (rc == ESIM_OK)
+        rc = sgp32_encode(&asn_DEF_ServerSigned1, &s1, &der, NULL);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, "serverSigned1", der.data, der.len);
+    if (rc == ESIM_OK)
+        rc = set_sig(s, resp, "serverSignature1", &der, sig);
+    if (rc == ESIM_OK)
+        rc = sgp32_tlv_wrap(0x04, ASN1_STRING_get0_data(ski), (size_t)ASN1_STRING_length(ski),
+                            &skid);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, "euiccCiPKIdToBeUsed", skid.data, skid.len);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_ServerSigned1, &s1);
+    esim_buf_free(&der);
+    esim_buf_free(&skid);
+    return rc;
+}
+
+/* The eUICC's certificates from the DER answer, checked as verify_euicc does. */
+static bool verify_euicc_der(sim_smdp *s, struct evhttp_request *req, const Certificate_t *euicc,
+                             const Certificate_t *eum, X509 **euicc_out, char eid[ESIM_EID_LEN + 1])
+{
+    esim_buf a = {0}, b = {0}, a64 = {0}, b64 = {0};
+    json_t *o = json_object();
+    bool ok =
+        o && sgp32_encode(&asn_DEF_Certificate, euicc, &a, NULL) == ESIM_OK &&
+        sgp32_encode(&asn_DEF_Certificate, eum, &b, NULL) == ESIM_OK &&
+        esim_base64_encode(a.data, a.len, &a64) == ESIM_OK &&
+        esim_base64_encode(b.data, b.len, &b64) == ESIM_OK &&
+        json_object_set_new(o, "euiccCertificate", json_string((const char *)a64.data)) == 0 &&
+        json_object_set_new(o, "eumCertificate", json_string((const char *)b64.data)) == 0;
+    if (!ok)
+        reply_failed(req, "8.1.3", "6.1", "eUICC certificate is not DER");
+    else
+        ok = verify_euicc(s, req, o, euicc_out, eid);
+    json_decref(o);
+    esim_buf_free(&a);
+    esim_buf_free(&b);
+    esim_buf_free(&a64);
+    esim_buf_free(&b64);
+    return ok;
+}
+
+static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req, json_t *body,
+                                        session *ss)
+{
+    AuthenticateServerResponse_t *asr =
+        get_der(body, "authenticateServerResponse", &asn_DEF_AuthenticateServerResponse);
+    X509 *euicc = NULL;
+    char eid[ESIM_EID_LEN + 1];
+    json_t *resp = NULL;
+    if (!asr || asr->present != AuthenticateServerResponse_PR_authenticateResponseOk) {
+        reply_failed(req, "8.1", "2.2",
+                     asr ? "the eUICC refused the authentication"
+                         : "authenticateServerResponse is not DER AuthenticateServerResponse");
+        goto fail;
+    }
+    AuthenticateResponseOk_t *ok = &asr->choice.authenticateResponseOk;
+    if (!verify_euicc_der(s, req, &ok->euiccCertificate, &ok->eumCertificate, &euicc, eid))
+        goto fail;
+    if (!der_sig_ok(euicc, &asn_DEF_EuiccSigned1, &ok->euiccSigned1, &ok->euiccSignature1)) {
+        reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        goto fail;
+    }
+    EuiccSigned1_t *s1 = &ok->euiccSigned1;
+    if (s1->serverChallenge.size != 16 ||
+        memcmp(s1->serverChallenge.buf, ss->server_challenge, 16) != 0 ||
+        !txid_is(ss, &s1->transactionId) ||
+        (size_t)s1->serverAddress.size != strlen(ss->server_address) ||
+        memcmp(s1->serverAddress.buf, ss->server_address, s1->serverAddress.size) != 0) {
+        reply_failed(req, "8.1", "6.1", "eUICC signed another session's challenge");
+        goto fail;
+    }
+    char mid[65] = "";
+    const UTF8String_t *m =
+        s1->ctxParams1.present == Es9CtxParams1_PR_ctxParamsForCommonAuthentication
+            ? s1->ctxParams1.choice.ctxParamsForCommonAuthentication.matchingId
+            : NULL;
+    if (m && ((size_t)m->size >= sizeof mid || memchr(m->buf, 0, (size_t)m->size))) {
+        reply_failed(req, "8.2.6", "3.8", "matching ID refused: not a matching ID");
+        goto fail;
+    }
+    if (m)
+        memcpy(mid, m->buf, m->size);
+    size_t oi = choose_order(s, req, eid, mid);
+    if (oi == SIZE_MAX)
+        goto fail;
+    const sim_order *o = &s->orders[oi].o;
+    ss->state = SESSION_AUTHENTICATED;
+    ss->order = oi;
+    ss->euicc_cert = euicc;
+    euicc = NULL;
+    memcpy(ss->eid, eid, sizeof eid);
+
+    Es9StoreMetadataRequest_t md = {0};
+    Es9SmdpSigned2_t s2 = {0};
+    uint8_t iccid[10], tx[16];
+    long cls = ProfileClass_operational;
+    esim_buf der = {0};
+    unsigned char sig[64];
+    resp = json_pack("{s:o, s:s, s:s}", "header", header_ok(), "transactionId", ss->txid,
+                     "smdpCertificate", s->dpauth_b64);
+    esim_err rc =
+        resp && sgp32_iccid_to_bytes(o->iccid, iccid, NULL) == ESIM_OK && txid_bytes(ss, tx) &&
+                OCTET_STRING_fromBuf(&md.iccid, (const char *)iccid, 10) == 0 &&
+                OCTET_STRING_fromString(&md.serviceProviderName, s->service_provider) == 0 &&
+                OCTET_STRING_fromString(&md.profileName, "Simulated eSIM") == 0 &&
+                OCTET_STRING_fromBuf(&s2.transactionId, (const char *)tx, 16) == 0
+            ? ESIM_OK
+            : ESIM_ENOMEM;
+    md.profileClass = &cls;
+    if (rc == ESIM_OK)
+        rc = set_der(resp, "profileMetadata", &asn_DEF_Es9StoreMetadataRequest, &md);
+    if (rc == ESIM_OK)
+        rc = sgp32_encode(&asn_DEF_Es9SmdpSigned2, &s2, &der, NULL);
+    if (rc == ESIM_OK)
+        rc = sim_json_set_b64(resp, "smdpSigned2", der.data, der.len);
+    if (rc == ESIM_OK)
+        rc = set_sig(s, resp, "smdpSignature2", &der, sig);
+    md.profileClass = NULL;
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_Es9StoreMetadataRequest, &md);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_Es9SmdpSigned2, &s2);
+    esim_buf_free(&der);
+    sgp32_free(&asn_DEF_AuthenticateServerResponse, asr);
+    if (rc != ESIM_OK) {
+        json_decref(resp);
+        reply(req, 500, NULL);
+        return;
+    }
+    reply(req, 200, resp);
+    return;
+fail:
+    session_remove(s, ss);
+    X509_free(euicc);
+    sgp32_free(&asn_DEF_AuthenticateServerResponse, asr);
+}
+
+/* The order a GetBoundProfilePackage of |ss| may take; NULL: answered.
+ * Consume once: whichever session gets here first takes the profile.
+ * Download retry (*retry): an order Downloaded by this very eUICC, with no
+ * install notification since (the package never got there: the phone was
+ * switched off, the connection dropped), is served to it again and counted
+ * as a retry; any notification, or another EID, ends that. */
+static sim_order *order_to_bind(sim_smdp *s, struct evhttp_request *req, session *ss, bool *retry)
+{
+    sim_order *o = &s->orders[ss->order].o;
+    *retry = o->state == SIM_ORDER_DOWNLOADED && strcmp(o->eid, ss->eid) == 0;
+    if (o->state != SIM_ORDER_RELEASED && !*retry) {
+        session_remove(s, ss);
+        reply_failed(req, "8.2", "3.7",
+                     "profile already downloaded: not available for a new binding");
+        return NULL;
+    }
+    return o;
+}
+
+static void order_bound(sim_smdp *s, sim_order *o, bool retry)
+{
+    o->state = SIM_ORDER_DOWNLOADED;
+    if (retry)
+        o->retries++;
+    else
+        o->downloads++;
+    journal_append(s, o); /* before the package goes out */
+    schedule_save(s);
+}
+
+static OCTET_STRING_t *octets_add(void *list, const void *data, size_t len)
+{
+    OCTET_STRING_t *o = OCTET_STRING_new_fromBuf(&asn_DEF_OCTET_STRING, data, (int)len);
+    if (o && ASN_SEQUENCE_ADD(list, o) != 0) {
+        ASN_STRUCT_FREE(asn_DEF_OCTET_STRING, o);
+        return NULL;
+    }
+    return o;
+}
+
+static esim_err bpp_der_answer(sim_smdp *s, session *ss, const sim_order *o,
+                               const OCTET_STRING_t *euicc_sig2, json_t *resp)
+{
+    Es9BoundProfilePackage_t b = {0};
+    Es9StoreMetadataRequest_t md = {0};
+    InitialiseSecureChannelRequest_t *i = &b.initialiseSecureChannelRequest;
+    uint8_t tx[16], iccid[10], otpk[65];
+    static const uint8_t key_type = 0x88, key_len = 0x10;
+    static const char profile[] = "simulated profile elements";
+    long cls = ProfileClass_operational;
+    esim_buf md_der = {0}, input = {0};
+    unsigned char sig[64];
+    otpk[0] = 0x04;
+    esim_err rc = txid_bytes(ss, tx) && sgp32_iccid_to_bytes(o->iccid, iccid, NULL) == ESIM_OK &&
+                          esim_random_bytes(otpk + 1, 64) == ESIM_OK
+                      ? ESIM_OK
+                      : ESIM_EINVAL;
+    md.profileClass = &cls;
+    if (rc == ESIM_OK &&
+        (OCTET_STRING_fromBuf(&md.iccid, (const char *)iccid, 10) != 0 ||
+         OCTET_STRING_fromString(&md.serviceProviderName, s->service_provider) != 0 ||
+         OCTET_STRING_fromString(&md.profileName, "Simulated eSIM") != 0))
+        rc = ESIM_ENOMEM;
+    if (rc == ESIM_OK)
+        rc = sgp32_encode(&asn_DEF_Es9StoreMetadataRequest, &md, &md_der, NULL);
+    i->remoteOpId = InitialiseSecureChannelRequest__remoteOpId_installBoundProfilePackage;
+    size_t host = strlen(ss->server_address) > 16 ? 16 : strlen(ss->server_address);
+    if (rc == ESIM_OK &&
+        (OCTET_STRING_fromBuf(&i->transactionId, (const char *)tx, 16) != 0 ||
+         OCTET_STRING_fromBuf(&i->controlRefTemplate.keyType, (const char *)&key_type, 1) != 0 ||
+         OCTET_STRING_fromBuf(&i->controlRefTemplate.keyLen, (const char *)&key_len, 1) != 0 ||
+         OCTET_STRING_fromBuf(&i->controlRefTemplate.hostId, ss->server_address, (int)host) != 0 ||
+         OCTET_STRING_fromBuf(&i->smdpOtpk, (const char *)otpk, sizeof otpk) != 0 ||
+         !octets_add(&b.sequenceOf88.list, md_der.data, md_der.len) ||
+         !octets_add(&b.sequenceOf86.list, profile, sizeof profile - 1)))
+        rc = ESIM_ENOMEM;
+    if (rc == ESIM_OK)
+        rc = sgp32_bpp_sign_input(&b, euicc_sig2, &input);
+    if (rc == ESIM_OK)
+        rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, input.data, input.len, sig, NULL);
+    if (rc == ESIM_OK && OCTET_STRING_fromBuf(&i->smdpSign, (const char *)sig, 64) != 0)
+        rc = ESIM_ENOMEM;
+    if (rc == ESIM_OK)
+        rc = set_der(resp, "boundProfilePackage", &asn_DEF_Es9BoundProfilePackage, &b);
+    md.profileClass = NULL;
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_Es9StoreMetadataRequest, &md);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_Es9BoundProfilePackage, &b);
+    esim_buf_free(&md_der);
+    esim_buf_free(&input);
+    return rc;
+}
+
+static void es9_get_bpp_der(sim_smdp *s, struct evhttp_request *req, json_t *body, session *ss)
+{
+    PrepareDownloadResponse_t *pdr =
+        get_der(body, "prepareDownloadResponse", &asn_DEF_PrepareDownloadResponse);
+    PrepareDownloadResponseOk_t *ok =
+        pdr && pdr->present == PrepareDownloadResponse_PR_downloadResponseOk
+            ? &pdr->choice.downloadResponseOk
+            : NULL;
+    if (!ok ||
+        !der_sig_ok(ss->euicc_cert, &asn_DEF_EuiccSigned2, &ok->euiccSigned2,
+                    &ok->euiccSignature2) ||
+        !txid_is(ss, &ok->euiccSigned2.transactionId)) {
+        sgp32_free(&asn_DEF_PrepareDownloadResponse, pdr);
+        session_remove(s, ss);
+        reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        return;
+    }
+    bool retry;
+    sim_order *o = order_to_bind(s, req, ss, &retry);
+    if (!o) {
+        sgp32_free(&asn_DEF_PrepareDownloadResponse, pdr);
+        return;
+    }
+    json_t *resp = json_pack("{s:o, s:s}", "header", header_ok(), "transactionId", ss->txid);
+    esim_err rc = resp ? bpp_der_answer(s, ss, o, &ok->euiccSignature2, resp) : ESIM_ENOMEM;
+    sgp32_free(&asn_DEF_PrepareDownloadResponse, pdr);
+    if (rc != ESIM_OK) {
+        json_decref(resp);
+        reply(req, 500, NULL);
+        return;
+    }
+    order_bound(s, o, retry);
+    session_remove(s, ss);
+    reply(req, 200, resp);
+}
+
+/* A DER PendingNotification: an OtherSignedNotification (the virtual eUICC
+ * reports its install that way too), verified with the certificates it
+ * carries; an install of an order bound to that eUICC marks it Installed.
+ * The session ended with its package, so a ProfileInstallationResult (to be
+ * verified with the session's certificate) is not taken. */
+static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req, json_t *body)
+{
+    PendingNotification_t *pn = get_der(body, "pendingNotification", &asn_DEF_PendingNotification);
+    if (!pn || pn->present != PendingNotification_PR_otherSignedNotification) {
+        reply_failed(req, "8.1", "2.1",
+                     pn ? "a ProfileInstallationResult after the session ended: send the install "
+                          "as an OtherSignedNotification"
+                        : "pendingNotification is not DER PendingNotification");
+        sgp32_free(&asn_DEF_PendingNotification, pn);
+        return;
+    }
+    OtherSignedNotification_t *o = &pn->choice.otherSignedNotification;
+    NotificationMetadata_t *t = &o->tbsOtherNotification;
+    X509 *euicc = NULL;
+    char eid[ESIM_EID_LEN + 1], iccid[21] = "";
+    if (verify_euicc_der(s, req, &o->euiccCertificate, &o->eumCertificate, &euicc, eid)) {
+        if (!der_sig_ok(euicc, &asn_DEF_NotificationMetadata, t, &o->euiccNotificationSignature)) {
+            reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        } else {
+            bool install = t->profileManagementOperation.size >= 1 &&
+                           (t->profileManagementOperation.buf[0] & 0x80);
+            if (install && t->iccid &&
+                sgp32_iccid_from_bytes(t->iccid->buf, t->iccid->size, iccid, NULL) == ESIM_OK)
+                note_install(s, eid, iccid, NULL);
+            reply(req, 204, NULL);
+        }
+    }
+    X509_free(euicc);
+    sgp32_free(&asn_DEF_PendingNotification, pn);
+}
+
+static void es9_cancel_der(sim_smdp *s, struct evhttp_request *req, json_t *body, session *ss)
+{
+    if (ss->state == SESSION_AUTHENTICATED) {
+        CancelSessionResponse_t *c =
+            get_der(body, "cancelSessionResponse", &asn_DEF_CancelSessionResponse);
+        bool ok =
+            c && c->present == CancelSessionResponse_PR_cancelSessionResponseOk &&
+            txid_is(ss,
+                    &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned.transactionId) &&
+            der_sig_ok(ss->euicc_cert, &asn_DEF_EuiccCancelSessionSigned,
+                       &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned,
+                       &c->choice.cancelSessionResponseOk.euiccCancelSessionSignature);
+        sgp32_free(&asn_DEF_CancelSessionResponse, c);
+        if (!ok) {
+            reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+            return;
+        }
+    }
+    session_remove(s, ss);
+    reply(req, 200, json_pack("{s:o}", "header", header_ok()));
+}
+
 static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
     session *ss = session_find(s, sim_json_str(body, "transactionId"));
     if (!ss || ss->state != SESSION_INITIATED) {
         reply_failed(req, "8.10.1", "3.9", "unknown or already used transactionId");
+        return;
+    }
+    if (ss->der) {
+        es9_authenticate_client_der(s, req, body, ss);
         return;
     }
     json_t *asr = json_object_get(body, "authenticateServerResponse");
@@ -894,6 +1352,10 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
         reply_failed(req, "8.10.1", "3.9", "unknown transactionId or session not authenticated");
         return;
     }
+    if (ss->der) {
+        es9_get_bpp_der(s, req, body, ss);
+        return;
+    }
     json_t *pdr = json_object_get(body, "prepareDownloadResponse"), *signed2 = NULL;
     esim_buf raw = {0};
     if (!json_is_object(pdr) || !signed_blob(pdr, "euiccSigned2", &raw, &signed2) ||
@@ -908,19 +1370,10 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     }
     esim_buf_free(&raw);
     json_decref(signed2);
-    sim_order *o = &s->orders[ss->order].o;
-    /* Consume once: whichever session gets here first takes the profile.
-     * Download retry: an order Downloaded by this very eUICC, with no
-     * install notification since (the package never got there: the phone
-     * was switched off, the connection dropped), is served to it again and
-     * counted as a retry; any notification, or another EID, ends that. */
-    bool retry = o->state == SIM_ORDER_DOWNLOADED && strcmp(o->eid, ss->eid) == 0;
-    if (o->state != SIM_ORDER_RELEASED && !retry) {
-        session_remove(s, ss);
-        reply_failed(req, "8.2", "3.7",
-                     "profile already downloaded: not available for a new binding");
+    bool retry;
+    sim_order *o = order_to_bind(s, req, ss, &retry);
+    if (!o)
         return;
-    }
     json_t *bpp = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:s}", "transactionId", ss->txid,
                             "eid", ss->eid, "iccid", o->iccid, "profileName", "Simulated eSIM",
                             "serviceProviderName", s->service_provider, "profileClass",
@@ -935,13 +1388,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
         reply(req, 500, NULL);
         return;
     }
-    o->state = SIM_ORDER_DOWNLOADED;
-    if (retry)
-        o->retries++;
-    else
-        o->downloads++;
-    journal_append(s, o); /* before the package goes out */
-    schedule_save(s);
+    order_bound(s, o, retry);
     session_remove(s, ss);
     reply(req, 200, resp);
 }
@@ -952,6 +1399,10 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *n = NULL;
+    if (!json_object_get(body, "euiccCertificate")) {
+        es9_handle_notification_der(s, req, body);
+        return;
+    }
     if (!verify_euicc(s, req, body, &euicc, eid))
         return;
     if (!signed_blob(body, "pendingNotification", &raw, &n) ||
@@ -960,24 +1411,8 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
         goto out;
     }
     const char *ev = sim_json_str(n, "event"), *iccid = sim_json_str(n, "iccid");
-    size_t i = idx_lookup(s, s->by_iccid, iccid, KEY_ICCID);
-    /* Only the eUICC the profile was bound to can report its installation;
-     * a repeated notification is confirmed again but counted once. */
-    if (ev && strcmp(ev, "install") == 0 && i != SIZE_MAX && strcmp(s->orders[i].o.eid, eid) == 0) {
-        sim_order *o = &s->orders[i].o;
-        const char *result = sim_json_str(n, "result");
-        if (o->state == SIM_ORDER_DOWNLOADED) {
-            if (!result || strcmp(result, "ok") == 0) {
-                o->state = SIM_ORDER_INSTALLED;
-                o->installs++;
-            } else {
-                o->state = SIM_ORDER_ERROR;
-                snprintf(o->error, sizeof o->error, "installation failed: %s", result);
-            }
-            journal_append(s, o); /* before the 204 confirms it to the eUICC */
-            schedule_save(s);
-        }
-    }
+    if (ev && strcmp(ev, "install") == 0 && iccid)
+        note_install(s, eid, iccid, sim_json_str(n, "result"));
     reply(req, 204, NULL); /* SGP.22: handleNotification answers 204 No Content */
 out:
     X509_free(euicc);
@@ -990,6 +1425,10 @@ static void es9_cancel(sim_smdp *s, struct evhttp_request *req, json_t *body)
     session *ss = session_find(s, sim_json_str(body, "transactionId"));
     if (!ss) {
         reply_failed(req, "8.10.1", "3.9", "unknown transactionId");
+        return;
+    }
+    if (ss->der) {
+        es9_cancel_der(s, req, body, ss);
         return;
     }
     if (ss->state == SESSION_AUTHENTICATED) {

@@ -1,0 +1,281 @@
+/*
+ * test_iot_indirect.c — the indirect profile download end to end: the real
+ * service (its eIM relays ESipa BF39/BF3B/BF3A/BF3D to the SM-DP+ over
+ * ES9+ HTTPS) on its own thread; the SM-DP+ simulator and devsim's IoT
+ * devices, every one of them downloading through the eIM, on this thread's
+ * loop. Two devices get their profile (by matching ID, and by default
+ * SM-DP+ discovery by EID), installed and verified by a list of profiles,
+ * the SM-DP+ told of the install by the relayed notification; a third is
+ * refused by the SM-DP+ (unknown matching ID), then names an SM-DP+ nobody
+ * answers at: each a failed package with the reason in words, and nothing
+ * installed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "service/svc_harness.h"
+#include "tests/sim/sim_test.h"
+
+#define N_IOT 3
+#define SEED 1616
+
+static struct {
+    harness_env env;
+    char *dir;
+    char pki_dir[600];
+    sim_pki *pki;
+    struct event_base *base; /* the simulators' loop (this thread) */
+    sim_smdp *smdp;
+    sim_devsim *ds;
+    test_service ts;
+    char data[320];
+    char smdp_name[64];
+    char eid[N_IOT][ESIM_EID_LEN + 1];
+} fx;
+
+static void pump(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(fx.base, &tv);
+    event_base_dispatch(fx.base);
+}
+
+static json_t *get_json(const char *path)
+{
+    json_t *j = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &j);
+    if (code != 200) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Queues |fields| for device |i|; the package's UUID (free it). */
+static char *enqueue(int i, const char *fields)
+{
+    char body[700];
+    snprintf(body, sizeof body, "{\"eids\":[\"%s\"],%s}", fx.eid[i], fields);
+    json_t *j = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "POST", "/v1/iot/packages", body, NULL, &j);
+    if (code != 201)
+        fail_msg("POST /v1/iot/packages: %ld for %s", code, body);
+    char *uuid = strdup(json_string_value(json_object_get(j, "command_uuid")));
+    json_decref(j);
+    return uuid;
+}
+
+/* Pumps the simulators until the package is answered; its device entry. */
+static json_t *wait_answered(const char *uuid)
+{
+    char path[200];
+    snprintf(path, sizeof path, "/v1/iot/packages/%s", uuid);
+    for (int k = 0; k < 600; k++) {
+        json_t *j = get_json(path);
+        json_t *d = json_array_get(json_object_get(j, "devices"), 0);
+        const char *st = json_string_value(json_object_get(d, "state"));
+        if (st && strcmp(st, "queued") != 0 && strcmp(st, "sent") != 0) {
+            json_incref(d);
+            json_decref(j);
+            return d;
+        }
+        json_decref(j);
+        pump(50);
+    }
+    fail_msg("package %s was never answered", uuid);
+    return NULL;
+}
+
+static const char *words_of(const json_t *d)
+{
+    const char *w = json_string_value(json_object_get(json_object_get(d, "result"), "words"));
+    return w ? w : "";
+}
+
+static void expect_state(const json_t *d, const char *want)
+{
+    const char *st = json_string_value(json_object_get(d, "state"));
+    if (!st || strcmp(st, want) != 0)
+        fail_msg("package %s, wanted %s: %s %s", st ? st : "?", want, words_of(d),
+                 json_string_value(json_object_get(d, "error"))
+                     ? json_string_value(json_object_get(d, "error"))
+                     : "");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    harness_env_setup(&fx.env);
+    fx.dir = st_tempdir();
+    snprintf(fx.pki_dir, sizeof fx.pki_dir, "%s/pki", fx.dir);
+    if (sim_pki_open(fx.pki_dir, &fx.pki, NULL) != ESIM_OK)
+        return -1;
+    fx.base = event_base_new();
+    esim_error err;
+    sim_smdp_config sc = {.pki = fx.pki};
+    if (sim_smdp_new(fx.base, &sc, &fx.smdp, &err) != ESIM_OK)
+        return -1;
+    snprintf(fx.smdp_name, sizeof fx.smdp_name, "127.0.0.1:%u", sim_smdp_port(fx.smdp));
+
+    /* The service's eIM: the simulators' eIM key, their CI for the eUICC
+     * certificates, their TLS CA for the SM-DP+ it relays to. */
+    static char key[700], cert[700], ci[700], ca[700];
+    snprintf(key, sizeof key, "%s/eim.key", fx.pki_dir);
+    snprintf(cert, sizeof cert, "%s/eim.pem", fx.pki_dir);
+    snprintf(ci, sizeof ci, "%s/ci.pem", fx.pki_dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
+    esim_service_config cfg;
+    harness_config(&fx.env, "iot-indirect", &cfg, fx.data);
+    cfg.eim_key_path = key;
+    cfg.eim_cert_path = cert;
+    cfg.euicc_ci_path = ci;
+    cfg.eim_smdp_ca_path = ca;
+    harness_start(&fx.ts, &cfg);
+
+    sim_devsim_config dc = {.server_url = fx.ts.url,
+                            .pki_dir = fx.pki_dir,
+                            .iot_devices = N_IOT,
+                            .iot_poll_ms = 200,
+                            .iot_indirect_share = 1.0,
+                            .api_url = fx.ts.url,
+                            .api_key = TEST_TOKEN,
+                            .seed = SEED};
+    if (sim_devsim_new(fx.base, &dc, &fx.ds, &err) != ESIM_OK) {
+        fprintf(stderr, "devsim: %s\n", err.msg);
+        return -1;
+    }
+    for (int i = 0; i < N_IOT; i++)
+        snprintf(fx.eid[i], sizeof fx.eid[i], "%s",
+                 sim_euicc_eid(sim_devsim_iot_euicc_at(fx.ds, (size_t)i)));
+    /* Registered by devsim, then ready once the first poll brought the
+     * eUICC's certificates. */
+    for (int i = 0; i < N_IOT; i++) {
+        char path[160];
+        snprintf(path, sizeof path, "/v1/iot/devices/%s", fx.eid[i]);
+        int k = 0;
+        for (; k < 400; k++) {
+            json_t *d = get_json(path);
+            const char *st = json_string_value(json_object_get(d, "state"));
+            bool ready = st && strcmp(st, "ready") == 0;
+            json_decref(d);
+            if (ready)
+                break;
+            pump(50);
+        }
+        if (k == 400) {
+            fprintf(stderr, "IoT device %s never became ready\n", fx.eid[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    harness_stop(&fx.ts);
+    sim_devsim_free(fx.ds);
+    sim_smdp_free(fx.smdp);
+    event_base_free(fx.base);
+    sim_pki_free(fx.pki);
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    harness_env_teardown(&fx.env);
+    return 0;
+}
+
+static void test_indirect_downloads(void **state)
+{
+    (void)state;
+    esim_error err;
+    char iccid[N_IOT][SIM_ICCID_MAX + 1];
+    for (int i = 0; i < N_IOT; i++)
+        st_iccid(1600 + (unsigned)i, iccid[i]);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[0], iccid[0], "IOT-RELAY-0", true, &err),
+                     ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[1], iccid[1], NULL, true, &err), ESIM_OK);
+    assert_int_equal(sim_smdp_add_order(fx.smdp, fx.eid[2], iccid[2], "IOT-RELAY-2", true, &err),
+                     ESIM_OK);
+
+    char f[300];
+    char *uuid[N_IOT];
+    snprintf(f, sizeof f, "\"download\":{\"activation_code\":\"1$%s$IOT-RELAY-0\"}", fx.smdp_name);
+    uuid[0] = enqueue(0, f);
+    snprintf(f, sizeof f, "\"download\":{\"activation_code\":\"1$%s\"}", fx.smdp_name);
+    uuid[1] = enqueue(1, f);
+    snprintf(f, sizeof f, "\"download\":{\"activation_code\":\"1$%s$NO-SUCH-ORDER\"}",
+             fx.smdp_name);
+    uuid[2] = enqueue(2, f);
+
+    for (int i = 0; i < 2; i++) {
+        json_t *d = wait_answered(uuid[i]);
+        expect_state(d, "done");
+        assert_non_null(strstr(words_of(d), iccid[i]));
+        json_decref(d);
+    }
+    /* The SM-DP+ refused the third: the ESipa error (matchingIdRefused) and
+     * the SM-DP+'s own words, through the eIM. */
+    json_t *d = wait_answered(uuid[2]);
+    expect_state(d, "failed");
+    assert_non_null(strstr(words_of(d), "matchingIdRefused"));
+    assert_non_null(strstr(words_of(d), "the eIM's relay: the SM-DP+ refused authenticateClient"));
+    assert_non_null(strstr(words_of(d), "matching ID refused"));
+    json_decref(d);
+    for (int i = 0; i < N_IOT; i++)
+        free(uuid[i]);
+
+    /* An SM-DP+ nobody answers at: failed, saying so; the IPA goes on. */
+    char *gone = enqueue(2, "\"download\":{\"activation_code\":\"1$127.0.0.1:1$IOT-RELAY-2\"}");
+    d = wait_answered(gone);
+    expect_state(d, "failed");
+    assert_non_null(strstr(words_of(d), "initiateAuthentication: undefinedError (127)"));
+    assert_non_null(strstr(words_of(d), "the SM-DP+ 127.0.0.1:1 could not be reached"));
+    json_decref(d);
+    free(gone);
+
+    /* Verified by a list of profiles: the two are there (enabled now), the
+     * third eUICC has none; the SM-DP+ heard of both installs. */
+    for (int i = 0; i < N_IOT; i++) {
+        if (i < 2)
+            snprintf(f, sizeof f,
+                     "\"operations\":[{\"op\":\"enable\",\"iccid\":\"%s\"},{\"op\":"
+                     "\"list_profiles\"}]",
+                     iccid[i]);
+        else
+            snprintf(f, sizeof f, "\"operations\":[{\"op\":\"list_profiles\"}]");
+        char *u = enqueue(i, f);
+        d = wait_answered(u);
+        expect_state(d, "done");
+        json_t *profiles = json_object_get(json_object_get(d, "result"), "profiles");
+        if (i < 2) {
+            assert_int_equal(json_array_size(profiles), 1);
+            json_t *p = json_array_get(profiles, 0);
+            assert_string_equal(json_string_value(json_object_get(p, "iccid")), iccid[i]);
+            assert_string_equal(json_string_value(json_object_get(p, "state")), "enabled");
+            assert_int_equal(sim_smdp_find_order(fx.smdp, iccid[i])->state, SIM_ORDER_INSTALLED);
+        } else {
+            assert_int_equal(json_array_size(profiles), 0);
+            assert_int_equal(sim_smdp_find_order(fx.smdp, iccid[i])->state, SIM_ORDER_RELEASED);
+        }
+        json_decref(d);
+        free(u);
+    }
+    /* Counted: four relayed calls per download (initiate, authenticate,
+     * package, notification), and the two failures. */
+    assert_true(api_metric(fx.ts.url, "esim_mdm_eim_relayed_total{outcome=\"ok\"}") >= 8);
+    assert_true(api_metric(fx.ts.url, "esim_mdm_eim_relayed_total{outcome=\"failed\"}") >= 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_indirect_downloads),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
