@@ -673,17 +673,11 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
         reply_failed(req, "8.8.1", "3.8", "this is not the SM-DP+ address the eUICC asked for");
         return;
     }
-    /* euiccInfo1 as base64 DER: the eUICC speaks SGP.22's DER form. */
-    bool der = json_is_string(json_object_get(body, "euiccInfo1"));
-    if (der) {
-        void *info1 = get_der(body, "euiccInfo1", &asn_DEF_EUICCInfo1);
-        sgp32_free(&asn_DEF_EUICCInfo1, info1);
-        if (!info1) {
-            esim_buf_free(&chal);
-            reply_failed(req, "8.1", "2.1", "euiccInfo1 is not DER EUICCInfo1");
-            return;
-        }
-    }
+    /* euiccInfo1 as base64 DER of EUICCInfo1: the eUICC speaks SGP.22's DER
+     * form (anything else there is the JSON form's, which ignores it). */
+    void *info1 = get_der(body, "euiccInfo1", &asn_DEF_EUICCInfo1);
+    bool der = info1 != NULL;
+    sgp32_free(&asn_DEF_EUICCInfo1, info1);
     sessions_expire(s);
     if (s->n_sessions >= s->max_sessions) {
         esim_buf_free(&chal);

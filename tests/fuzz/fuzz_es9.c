@@ -5,8 +5,10 @@
  * (initiateAuthentication, authenticateClient, getBoundProfilePackage,
  * handleNotification, cancelSession, and the admin orders endpoints); the
  * rest is the body, where "@TXID@" is replaced by the transaction id of a
- * live session (made by a real initiateAuthentication), so inputs reach the
- * session code and not only the first lookup. A crash, a sanitizer report
+ * live session (made by a real initiateAuthentication) and "@DERTXID@" by
+ * one of a session in SGP.22's DER form (euiccInfo1 as base64 DER), so
+ * inputs reach the session code of both forms and not only the first
+ * lookup. A crash, a sanitizer report
  * or a request left without an answer is a finding.
  */
 #include <ftw.h>
@@ -32,6 +34,7 @@ static struct {
     char dir[64];
     char url[128];
     char txid[128];
+    char der_txid[128];
     unsigned long inputs;
 } g;
 
@@ -51,19 +54,29 @@ static void teardown(void)
     nftw(g.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static void new_session(void)
+static void open_session(const char *body, char txid[128])
 {
-    static const char body[] = "{\"euiccChallenge\":\"AAECAwQFBgcICQoLDA0ODw==\","
-                               "\"euiccInfo1\":\"vyAA\",\"smdpAddress\":\"127.0.0.1\"}";
     char url[256];
     snprintf(url, sizeof url, "%s/gsma/rsp2/es9plus/initiateAuthentication", g.url);
     esim_buf reply = {0};
-    fuzz_http_send("POST", url, "application/json", NULL, body, sizeof body - 1, &reply);
+    fuzz_http_send("POST", url, "application/json", NULL, (const unsigned char *)body,
+                   strlen(body), &reply);
     json_t *j = reply.len ? json_loadb((const char *)reply.data, reply.len, 0, NULL) : NULL;
     const char *tx = json_string_value(json_object_get(j, "transactionId"));
-    snprintf(g.txid, sizeof g.txid, "%s", tx ? tx : "none");
+    snprintf(txid, 128, "%s", tx ? tx : "none");
     json_decref(j);
     esim_buf_free(&reply);
+}
+
+static void new_session(void)
+{
+    open_session("{\"euiccChallenge\":\"AAECAwQFBgcICQoLDA0ODw==\","
+                 "\"euiccInfo1\":\"vyAA\",\"smdpAddress\":\"127.0.0.1\"}",
+                 g.txid);
+    /* euiccInfo1 = BF20 09 {82 03 020200, A9 00, AA 00} */
+    open_session("{\"euiccChallenge\":\"AAECAwQFBgcICQoLDA0ODw==\","
+                 "\"euiccInfo1\":\"vyAJggMCAgCpAKoA\",\"smdpAddress\":\"127.0.0.1\"}",
+                 g.der_txid);
 }
 
 static void setup(void)
@@ -118,6 +131,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *s = (const char *)data + 1, *end = (const char *)data + size;
     while (s < end) {
         const char *mark = memmem(s, (size_t)(end - s), "@TXID@", 6);
+        const char *der = memmem(s, (size_t)(end - s), "@DERTXID@", 9);
+        if (der && (!mark || der < mark)) {
+            esim_buf_append(&body, s, (size_t)(der - s));
+            esim_buf_append_str(&body, g.der_txid);
+            s = der + 9;
+            continue;
+        }
         if (!mark) {
             esim_buf_append(&body, s, (size_t)(end - s));
             break;
