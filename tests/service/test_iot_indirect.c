@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "service/svc_harness.h"
+#include "sgp32/sgp32.h"
 #include "tests/sim/sim_test.h"
 
 #define N_IOT 3
@@ -272,10 +273,93 @@ static void test_indirect_downloads(void **state)
     assert_true(api_metric(fx.ts.url, "esim_mdm_eim_relayed_total{outcome=\"failed\"}") >= 2);
 }
 
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    esim_buf_append(arg, p, size * n);
+    return size * n;
+}
+
+/* POSTs one ESipa message; its DER answer decoded (NULL: not 200 DER). */
+static EsipaMessageFromEimToIpa_t *esipa(const EsipaMessageFromIpaToEim_t *m)
+{
+    esim_buf body = {0}, reply = {0};
+    assert_int_equal(sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, m, &body, NULL), ESIM_OK);
+    CURL *c = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "%s" SGP32_ESIPA_PATH, fx.ts.url);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: " SGP32_ESIPA_CONTENT_TYPE);
+    h = curl_slist_append(h, "X-Admin-Protocol: " SGP32_ADMIN_PROTOCOL);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body.len);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    long status = 0;
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    void *out = NULL;
+    if (status == 200)
+        assert_int_equal(
+            sgp32_decode(&asn_DEF_EsipaMessageFromEimToIpa, reply.data, reply.len, &out, NULL),
+            ESIM_OK);
+    esim_buf_free(&body);
+    esim_buf_free(&reply);
+    return out;
+}
+
+/* Requests the eIM cannot relay get that step's ESipa error and reach no
+ * SM-DP+: a later step of a session it never relayed, an initiation
+ * without an SM-DP+ address or with one that is not a host name. */
+static void test_relay_refusals(void **state)
+{
+    (void)state;
+    long failed = api_metric(fx.ts.url, "esim_mdm_eim_relayed_total{outcome=\"failed\"}");
+    EsipaMessageFromIpaToEim_t m = {.present =
+                                        EsipaMessageFromIpaToEim_PR_authenticateClientRequestEsipa};
+    AuthenticateClientRequestEsipa_t *a = &m.choice.authenticateClientRequestEsipa;
+    assert_int_equal(OCTET_STRING_fromBuf(&a->transactionId, "0123456789abcdef", 16), 0);
+    assert_int_equal(
+        OCTET_STRING_fromBuf((OCTET_STRING_t *)&a->authenticateServerResponse, "\xa0\x00", 2), 0);
+    EsipaMessageFromEimToIpa_t *r = esipa(&m);
+    assert_non_null(r);
+    assert_int_equal(r->present, EsipaMessageFromEimToIpa_PR_authenticateClientResponseEsipa);
+    assert_int_equal(r->choice.authenticateClientResponseEsipa.choice.authenticateClientErrorEsipa,
+                     10); /* invalidTransactionId */
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, r);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+
+    static const char *const addresses[] = {NULL, "evil.example/x?y", ""};
+    for (size_t k = 0; k < 3; k++) {
+        EsipaMessageFromIpaToEim_t q = {
+            .present = EsipaMessageFromIpaToEim_PR_initiateAuthenticationRequestEsipa};
+        InitiateAuthenticationRequestEsipa_t *i = &q.choice.initiateAuthenticationRequestEsipa;
+        assert_int_equal(OCTET_STRING_fromBuf(&i->euiccChallenge, "0123456789abcdef", 16), 0);
+        if (addresses[k])
+            i->smdpAddress = OCTET_STRING_new_fromBuf(&asn_DEF_UTF8String, addresses[k], -1);
+        r = esipa(&q);
+        assert_non_null(r);
+        assert_int_equal(r->present,
+                         EsipaMessageFromEimToIpa_PR_initiateAuthenticationResponseEsipa);
+        assert_int_equal(r->choice.initiateAuthenticationResponseEsipa.present,
+                         InitiateAuthenticationResponseEsipa_PR_initiateAuthenticationErrorEsipa);
+        assert_int_equal(
+            r->choice.initiateAuthenticationResponseEsipa.choice.initiateAuthenticationErrorEsipa,
+            1); /* invalidDpAddress */
+        sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, r);
+        ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &q);
+    }
+    assert_int_equal(api_metric(fx.ts.url, "esim_mdm_eim_relayed_total{outcome=\"failed\"}"),
+                     failed + 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indirect_downloads),
+        cmocka_unit_test(test_relay_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
