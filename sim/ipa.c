@@ -770,6 +770,9 @@ static void ind_after_bpp(download_op *op, GetBoundProfilePackageOkEsipa_t *ok)
     }
     sim_result res;
     esim_error e;
+    /* Its install notification (a ProfileInstallationResult) names the session. */
+    if (op->txid_len == 16)
+        sim_euicc_set_session(op->ipa->e, op->txid);
     if (sim_euicc_install(op->ipa->e, &p, &res, &e) != ESIM_OK || res != SIM_RES_OK) {
         ind_fail(op, ESIM_ESTATE, "the eUICC refused the profile: %s",
                  res != SIM_RES_OK ? sim_result_name(res) : e.msg);
@@ -797,16 +800,17 @@ static void ind_notify_next(download_op *op)
         l->present == RetrieveNotificationsListResponse_PR_notificationList) {
         for (int k = 0; k < l->choice.notificationList.list.count && !pn; k++) {
             PendingNotification_t *c = l->choice.notificationList.list.array[k];
-            if (c->present == PendingNotification_PR_otherSignedNotification &&
-                (size_t)k >= op->notified &&
-                (size_t)c->choice.otherSignedNotification.tbsOtherNotification.notificationAddress
-                        .size == strlen(op->smdp) &&
-                memcmp(
-                    c->choice.otherSignedNotification.tbsOtherNotification.notificationAddress.buf,
-                    op->smdp, strlen(op->smdp)) == 0) {
+            const NotificationMetadata_t *md =
+                c->present == PendingNotification_PR_profileInstallationResult
+                    ? &c->choice.profileInstallationResult.profileInstallationResultData
+                           .notificationMetadata
+                    : &c->choice.otherSignedNotification.tbsOtherNotification;
+            if ((size_t)k >= op->notified &&
+                (size_t)md->notificationAddress.size == strlen(op->smdp) &&
+                memcmp(md->notificationAddress.buf, op->smdp, strlen(op->smdp)) == 0) {
                 pn = c;
                 op->notified = (size_t)k + 1;
-                op->notify_seq = c->choice.otherSignedNotification.tbsOtherNotification.seqNumber;
+                op->notify_seq = md->seqNumber;
             }
         }
     }

@@ -37,7 +37,10 @@
 #define SMDP_CERT_CACHE 1024
 #define SMDP_SAVE_DELAY_MS 100
 
-enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED };
+/* SESSION_DOWNLOADED: a DER session between its package and its install
+ * notification, a ProfileInstallationResult verified with the session's
+ * eUICC certificate (es9_handle_notification_der); it expires like any. */
+enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED, SESSION_DOWNLOADED };
 
 typedef struct session {
     struct session *next;
@@ -1200,23 +1203,50 @@ static void es9_get_bpp_der(sim_smdp *s, struct evhttp_request *req, json_t *bod
         return;
     }
     order_bound(s, o, retry);
-    session_remove(s, ss);
+    ss->state = SESSION_DOWNLOADED;
     reply(req, 200, resp);
 }
 
-/* A DER PendingNotification: an OtherSignedNotification (the virtual eUICC
- * reports its install that way too), verified with the certificates it
- * carries; an install of an order bound to that eUICC marks it Installed.
- * The session ended with its package, so a ProfileInstallationResult (to be
- * verified with the session's certificate) is not taken. */
+/* A DER PendingNotification: a ProfileInstallationResult of a session of
+ * ours (verified with that session's eUICC certificate), or an
+ * OtherSignedNotification (verified with the certificates it carries); an
+ * install of an order bound to that eUICC marks it Installed (or Error). */
 static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
     PendingNotification_t *pn = get_der(body, "pendingNotification", &asn_DEF_PendingNotification);
-    if (!pn || pn->present != PendingNotification_PR_otherSignedNotification) {
-        reply_failed(req, "8.1", "2.1",
-                     pn ? "a ProfileInstallationResult after the session ended: send the install "
-                          "as an OtherSignedNotification"
-                        : "pendingNotification is not DER PendingNotification");
+    if (!pn) {
+        reply_failed(req, "8.1", "2.1", "pendingNotification is not DER PendingNotification");
+        return;
+    }
+    if (pn->present == PendingNotification_PR_profileInstallationResult) {
+        ProfileInstallationResult_t *pir = &pn->choice.profileInstallationResult;
+        ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
+        session *ss = NULL;
+        for (session *it = s->sessions; it && !ss; it = it->next)
+            if (it->state == SESSION_DOWNLOADED && txid_is(it, &d->transactionId))
+                ss = it;
+        char iccid[21] = "", why[64];
+        if (!ss) {
+            reply_failed(req, "8.10.1", "3.9", "unknown transactionId: no session awaits it");
+        } else if (!der_sig_ok(ss->euicc_cert, &asn_DEF_ProfileInstallationResultData, d,
+                               &pir->euiccSignPIR)) {
+            reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
+        } else {
+            if (d->notificationMetadata.iccid &&
+                sgp32_iccid_from_bytes(d->notificationMetadata.iccid->buf,
+                                       (size_t)d->notificationMetadata.iccid->size, iccid,
+                                       NULL) == ESIM_OK) {
+                bool ok = d->finalResult.present ==
+                          ProfileInstallationResultData__finalResult_PR_successResult;
+                if (!ok)
+                    snprintf(why, sizeof why, "bppCommandId %ld, errorReason %ld",
+                             d->finalResult.choice.errorResult.bppCommandId,
+                             d->finalResult.choice.errorResult.errorReason);
+                note_install(s, ss->eid, iccid, ok ? NULL : why);
+            }
+            session_remove(s, ss);
+            reply(req, 204, NULL);
+        }
         sgp32_free(&asn_DEF_PendingNotification, pn);
         return;
     }
@@ -1242,7 +1272,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
 
 static void es9_cancel_der(sim_smdp *s, struct evhttp_request *req, json_t *body, session *ss)
 {
-    if (ss->state == SESSION_AUTHENTICATED) {
+    if (ss->state != SESSION_INITIATED) {
         CancelSessionResponse_t *c =
             get_der(body, "cancelSessionResponse", &asn_DEF_CancelSessionResponse);
         bool ok =
