@@ -662,28 +662,22 @@ static void remember_facts(campaigns *cs, const char *udid, const store_device_f
     cs->n_facts++;
 }
 
-/* Feeds the answer |r| of device |i| of |s| to the engine, read by the
- * device's platform adapter, and keeps what it taught about the device. */
-static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
-                        const esim_service_result *r, int64_t now)
+/* Feeds device |i| of |s| its answer |rd| to the command of |step| (read
+ * by the device's platform adapter), and keeps what it taught about the
+ * device. |answer_held|: the device still waits for the service's answer. */
+static void feed_reading(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
+                         campaign_reading *rd, bool answer_held, int64_t now)
 {
     const campaign_dev *d = campaign_device_at(s->c, i);
-    const campaign_platform *pl = campaign_platform_get(d->platform);
-    campaign_reading rd;
-    if (!pl || pl->read(step, r, &rd) != ESIM_OK) {
-        campaign_fail_device(s->c, i, "the device's answer could not be read", now);
-        arm_flush(cs);
-        return;
-    }
-    store_device_facts facts = {.supervised = rd.supervised, .updated_ms = now};
-    snprintf(facts.os_version, sizeof facts.os_version, "%s", rd.os_version);
+    store_device_facts facts = {.supervised = rd->supervised, .updated_ms = now};
+    snprintf(facts.os_version, sizeof facts.os_version, "%s", rd->os_version);
     if (step == CAMPAIGN_STEP_VERIFY &&
-        campaign_subscriptions_match(rd.subs, rd.n_subs, d->eid, d->iccid)) {
+        campaign_subscriptions_match(rd->subs, rd->n_subs, d->eid, d->iccid)) {
         snprintf(facts.eid, sizeof facts.eid, "%s", d->eid);
-        for (size_t k = 0; k < rd.n_subs; k++)
-            if (strcmp(rd.subs[k].eid, d->eid) == 0 &&
-                (!d->iccid[0] || strcmp(rd.subs[k].iccid, d->iccid) == 0))
-                snprintf(facts.iccid, sizeof facts.iccid, "%.20s", rd.subs[k].iccid);
+        for (size_t k = 0; k < rd->n_subs; k++)
+            if (strcmp(rd->subs[k].eid, d->eid) == 0 &&
+                (!d->iccid[0] || strcmp(rd->subs[k].iccid, d->iccid) == 0))
+                snprintf(facts.iccid, sizeof facts.iccid, "%.20s", rd->subs[k].iccid);
         facts.verified_ms = now;
     }
     if (facts.supervised >= 0 || facts.os_version[0] || facts.eid[0])
@@ -692,12 +686,27 @@ static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step ste
     /* The device waits for the service's answer to this result: the next
      * step's command, queued before that answer goes (on_results_done),
      * rides in it and needs no push. */
-    io.push_after_answer = !r->answer_held;
-    campaign_on_result(s->c, i, step, &rd.result, now, &io);
-    campaign_reading_free(&rd);
+    io.push_after_answer = !answer_held;
+    campaign_on_result(s->c, i, step, &rd->result, now, &io);
+    campaign_reading_free(rd);
     /* An erased phone re-enrols with a new identity: the service admits it
      * because the EraseDevice was delivered (store.c: rebind_after_erase). */
     arm_flush(cs);
+}
+
+/* Feeds the answer |r| of device |i| of |s| to the engine, read by the
+ * device's platform adapter. */
+static void feed_result(campaigns *cs, camp_slot *s, size_t i, campaign_step step,
+                        const esim_service_result *r, int64_t now)
+{
+    const campaign_platform *pl = campaign_platform_get(campaign_device_at(s->c, i)->platform);
+    campaign_reading rd;
+    if (!pl || pl->read(step, r, &rd) != ESIM_OK) {
+        campaign_fail_device(s->c, i, "the device's answer could not be read", now);
+        arm_flush(cs);
+        return;
+    }
+    feed_reading(cs, s, i, step, &rd, r->answer_held, now);
 }
 
 /* An answer to a command this instance does not drive (or does not know:
@@ -988,18 +997,14 @@ static void replay_entry(campaigns *cs, camp_slot *s, size_t i, const store_queu
         strcmp(q->command_uuid, s->cmds[d->cmd].uuid) != 0 ||
         (q->state != STORE_Q_ACKNOWLEDGED && q->state != STORE_Q_ERROR &&
          q->state != STORE_Q_FORMAT_ERROR) ||
-        !q->result.len)
+        strcmp(q->udid, d->udid) != 0)
         return;
-    esim_msg m = {0};
-    if (esim_msg_parse(q->result.data, q->result.len, NULL, &m, NULL) == ESIM_OK) {
-        esim_service_result r = {.udid = d->udid,
-                                 .command_uuid = m.command_uuid,
-                                 .status = esim_status_name(m.status),
-                                 .msg = &m,
-                                 .platform = "apple"};
-        feed_result(cs, s, i, (campaign_step)s->cmds[d->cmd].step, &r, now);
-    }
-    esim_msg_free(&m);
+    /* Each platform keeps its answers its own way: its adapter reads them. */
+    const campaign_platform *pl = campaign_platform_get(d->platform);
+    campaign_step step = (campaign_step)s->cmds[d->cmd].step;
+    campaign_reading rd;
+    if (pl && pl->read_recorded(esim_service_store(cs->svc), step, q, &rd) == ESIM_OK)
+        feed_reading(cs, s, i, step, &rd, false, now);
 }
 
 /* Device |i|'s answer to the command it waits on, from its queue (another

@@ -89,6 +89,16 @@ typedef struct campaign_platform {
      * a command that is no campaign's: only the facts are read. ESIM_EINVAL
      * when the answer is not one this platform gives. */
     esim_err (*read)(campaign_step step, const esim_service_result *r, campaign_reading *out);
+    /* Reads the answer the store recorded for the queue entry |q| (answered:
+     * acknowledged, error or format_error) as read() reads the answer
+     * itself: how the instance driving a campaign replays an answer another
+     * instance received, or one recorded before a restart. The service keeps
+     * each platform's answer its own way (Apple: the result plist; Windows:
+     * the items of the SyncML Status and Results; IoT: the eIM's result in
+     * words), so each adapter reads its own. ESIM_ENOTFOUND when the entry
+     * holds no answer this platform can read. */
+    esim_err (*read_recorded)(store *st, campaign_step step, const store_queue_entry *q,
+                              campaign_reading *out);
 } campaign_platform;
 
 /* The adapter for |id|; NULL for an unknown one. */

@@ -201,6 +201,29 @@ static esim_err apple_read(campaign_step step, const esim_service_result *r, cam
     return ESIM_OK;
 }
 
+/* The service keeps an Apple answer whole: the result plist. */
+static esim_err apple_read_recorded(store *st, campaign_step step, const store_queue_entry *q,
+                                    campaign_reading *out)
+{
+    (void)st;
+    memset(out, 0, sizeof *out);
+    out->supervised = -1;
+    esim_msg m = {0};
+    if (!q->result.len ||
+        esim_msg_parse(q->result.data, q->result.len, NULL, &m, NULL) != ESIM_OK) {
+        esim_msg_free(&m);
+        return ESIM_ENOTFOUND;
+    }
+    esim_service_result r = {.udid = q->udid,
+                             .command_uuid = m.command_uuid,
+                             .status = esim_status_name(m.status),
+                             .msg = &m,
+                             .platform = "apple"};
+    esim_err rc = apple_read(step, &r, out);
+    esim_msg_free(&m);
+    return rc;
+}
+
 const campaign_platform campaign_platform_apple = {
     .name = "apple",
     .per_device_commands = false,
@@ -210,4 +233,5 @@ const campaign_platform campaign_platform_apple = {
     .build = apple_build,
     .enqueue = apple_enqueue,
     .read = apple_read,
+    .read_recorded = apple_read_recorded,
 };

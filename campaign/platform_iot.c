@@ -172,6 +172,32 @@ static esim_err iot_read(campaign_step step, const esim_service_result *r, campa
     return ESIM_OK;
 }
 
+/* The eIM keeps a result in words with its package (the queue entry holds
+ * the DER the IPA sent). */
+static esim_err iot_read_recorded(store *st, campaign_step step, const store_queue_entry *q,
+                                  campaign_reading *out)
+{
+    memset(out, 0, sizeof *out);
+    out->supervised = -1;
+    store_iot_package *p = NULL;
+    size_t n = 0;
+    if (esim_store_iot_packages(st, q->udid, q->command_uuid, 1, &p, &n, NULL) != ESIM_OK)
+        return ESIM_ENOTFOUND;
+    esim_err rc = ESIM_ENOTFOUND;
+    if (n == 1 && p[0].result_words) {
+        esim_service_result r = {
+            .udid = q->udid,
+            .command_uuid = q->command_uuid,
+            .status = q->state == STORE_Q_ACKNOWLEDGED ? "Acknowledged" : "Error",
+            .platform = "iot",
+            .iot_result = p[0].result_words,
+        };
+        rc = iot_read(step, &r, out);
+    }
+    esim_store_iot_packages_free(p, n);
+    return rc;
+}
+
 const campaign_platform campaign_platform_iot = {
     .name = "iot",
     .per_device_commands = true,
@@ -181,4 +207,5 @@ const campaign_platform campaign_platform_iot = {
     .build = iot_build,
     .enqueue = iot_enqueue,
     .read = iot_read,
+    .read_recorded = iot_read_recorded,
 };

@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "campaign/platform.h"
 #include "restrictions/restrictions.h"
 
@@ -296,6 +298,60 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
     return ESIM_OK;
 }
 
+/* The service keeps a PC's answer as its items ({"syncml": [{"cmd_ref",
+ * "cmd", "target", "code", "hresult", "data"}...]}, service/omadm.c) with
+ * the queue entry: the same items its result hook carried. */
+static const char *json_text(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
+static esim_err win_read_recorded(store *st, campaign_step step, const store_queue_entry *q,
+                                  campaign_reading *out)
+{
+    (void)st;
+    memset(out, 0, sizeof *out);
+    out->supervised = -1;
+    json_t *j = q->error_chain_json ? json_loads(q->error_chain_json, 0, NULL) : NULL;
+    json_t *arr = json_object_get(j, "syncml");
+    if (!json_is_array(arr)) {
+        json_decref(j);
+        return ESIM_ENOTFOUND;
+    }
+    size_t n = json_array_size(arr);
+    esim_syncml_status *items = calloc(n + 1, sizeof *items);
+    if (!items) {
+        json_decref(j);
+        return ESIM_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        items[i] = (esim_syncml_status){
+            .cmd_ref = json_text(o, "cmd_ref"),
+            .cmd = json_text(o, "cmd"),
+            .target = json_text(o, "target"),
+            .code = (int)json_integer_value(json_object_get(o, "code")),
+            .hresult = json_text(o, "hresult"),
+            .data = json_string_value(json_object_get(o, "data")),
+        };
+    }
+    esim_service_result r = {
+        .udid = q->udid,
+        .command_uuid = q->command_uuid,
+        .status = q->state == STORE_Q_ACKNOWLEDGED   ? "Acknowledged"
+                  : q->state == STORE_Q_FORMAT_ERROR ? "CommandFormatError"
+                                                     : "Error",
+        .platform = "windows",
+        .syncml = items,
+        .n_syncml = n,
+    };
+    esim_err rc = win_read(step, &r, out);
+    free(items);
+    json_decref(j);
+    return rc;
+}
+
 const campaign_platform campaign_platform_windows = {
     .name = "windows",
     .per_device_commands = true,
@@ -305,4 +361,5 @@ const campaign_platform campaign_platform_windows = {
     .build = win_build,
     .enqueue = win_enqueue,
     .read = win_read,
+    .read_recorded = win_read_recorded,
 };

@@ -54,8 +54,7 @@ static const char demo_help[] =
     "                           0: no limit)\n"
     "  --seed N                 the simulator's identities and misbehaviour (default 7)\n"
     "  --windows-share F        share of the devices that are Windows PCs (default 0.2;\n"
-    "                           0: iPhones only, and the service on plain HTTP; with\n"
-    "                           --instances 2 always 0)\n"
+    "                           0: iPhones only, and the service on plain HTTP)\n"
     "  --iot-share F            share of the devices that are IoT devices managed through\n"
     "                           the eIM (default 0.1; 0: none)\n"
     "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices,\n"
@@ -74,9 +73,10 @@ static const char demo_help[] =
     "                           e.g. postgres://user@host/db (an empty database, or one\n"
     "                           given to the demo: it enrols devices into it)\n"
     "  --instances N            N (1 or 2) instances of the service on the one --store\n"
-    "                           (PostgreSQL only): the devices send each request to\n"
-    "                           the next instance, the campaign is created on the\n"
-    "                           second and followed on the first (default 1)\n"
+    "                           (PostgreSQL only): the iPhones send each request to\n"
+    "                           the next instance, the PCs to the first; the campaign\n"
+    "                           is created on (driven by) the second and followed on\n"
+    "                           the first (default 1)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
     "exit status: 0 every device that can be verified is verified, the PCs and IoT\n"
@@ -449,8 +449,11 @@ static bool start_parts(demo *d)
         snprintf(url2, sizeof url2, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http",
                  d->svc2_port);
         snprintf(token2, sizeof token2, "%s/api-token", svc2_dir);
-        if (!chttp_open_api(&d->api2, url2, token2) ||
-            !call(d, &d->api2, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
+        if (!chttp_open_api(&d->api2, url2, token2))
+            return false;
+        if (d->windows_share > 0)
+            chttp_set_ca(&d->api2, ca);
+        if (!call(d, &d->api2, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
             return false;
     }
     char url[64], token_file[PATH_MAX + 48];
@@ -1425,7 +1428,14 @@ static int run(demo *d)
         d->devices, d->dir);
     if (!start_parts(d))
         return CLI_EXIT_FAIL;
-    if (d->instances > 1)
+    if (d->instances > 1 && d->windows_share > 0)
+        say(d,
+            "  started the APNs mock (:%d), the WNS mock (:%d), two instances of the service on "
+            "one PostgreSQL (:%d, :%d, TLS) and the device simulator (:%d): its iPhones use "
+            "both instances, its PCs the first (the campaign is driven by the second, which "
+            "replays the PCs' answers from the store)\n",
+            d->apns_tls, d->wns_https, d->svc_port, d->svc2_port, d->sim_port);
+    else if (d->instances > 1)
         say(d,
             "  started the APNs mock (:%d), two instances of the service on one PostgreSQL "
             "(:%d, :%d) and the device simulator (:%d), its devices using both\n",
@@ -1479,20 +1489,24 @@ static int run(demo *d)
                                  d->iot_devices ? json_pack("{s:s}", "group", DEMO_GROUP)
                                                 : json_pack("{s:b}", "all", 1),
                                  steps, 3, true);
-    if (!post_json(d, &d->api, "/v1/campaigns", body, 201, &created))
+    /* With two instances: created on the second, which drives it, and
+     * followed on the first, which the PCs and IPAs talk to: their answers
+     * reach the instance that does not drive the campaign. */
+    if (!post_json(d, d->instances > 1 ? &d->api2 : &d->api, "/v1/campaigns", body, 201, &created))
         goto out;
     show_warnings(d, created);
     if (d->iot_devices) {
         /* The IoT devices' own campaign, at the same time: the eIM queues
          * a download trigger (activation code 1$SM-DP+: what the operator
-         * released for the EID), then enable + list profiles. It is
-         * driven by the instance the IPAs poll. */
+         * released for the EID), then enable + list profiles. With two
+         * instances it is created on (driven by) the second, the IPAs
+         * poll the first. */
         static const char *const iot_steps[] = {"refresh", "verify"};
         say(d,
             "  and one for the %u IoT devices through the eIM: a download trigger (activation "
             "code), then enable and list profiles, each package signed for its eUICC\n",
             d->iot_devices);
-        if (!post_json(d, &d->api, "/v1/campaigns",
+        if (!post_json(d, d->instances > 1 ? &d->api2 : &d->api, "/v1/campaigns",
                        campaign_body(d, "demo IoT roll-out", json_pack("{s:s}", "platform", "iot"),
                                      iot_steps, 2, false),
                        201, &iot_created))
@@ -1689,7 +1703,7 @@ int cmd_demo(int argc, char **argv)
               .extras = true,
               .instances = 1};
     const char *keep = NULL;
-    bool sample = false, windows_share_given = false;
+    bool sample = false;
     enum {
         SAMPLE,
         JSON,
@@ -1787,7 +1801,6 @@ int cmd_demo(int argc, char **argv)
             break;
         case WINDOWS_SHARE:
             d.windows_share = x;
-            windows_share_given = true;
             break;
         case IOT_SHARE:
             d.iot_share = x;
@@ -1815,15 +1828,6 @@ int cmd_demo(int argc, char **argv)
                                          strncmp(d.store, "postgresql://", 13) != 0)))
         return cli_usage_error("demo: --instances 2 needs --store postgres://...: several "
                                "instances share one PostgreSQL, never a SQLite file");
-    /* A PC's answer that reaches the instance not driving its campaign is
-     * recorded but not yet handed to the driving one (docs/scaling.md): two
-     * instances run an iPhone fleet. */
-    if (d.instances > 1) {
-        if (windows_share_given && d.windows_share > 0)
-            return cli_usage_error("demo: --instances 2 runs iPhones only: Windows PCs' answers "
-                                   "are not yet handed between instances (--windows-share 0)");
-        d.windows_share = 0;
-    }
     if (d.windows_share + d.iot_share > 1.0)
         return cli_usage_error("demo: --windows-share and --iot-share add up to more than 1");
     /* The fleet's parts, rounded as the simulator rounds: PCs and IoT

@@ -5,6 +5,8 @@
  * (devsim's IPAs polling the service's eIM, downloading from the SM-DP+
  * simulator) alike; and when the demo is stopped by a
  * signal halfway, every part it started is stopped too (their ports refuse connections).
+ * On the PostgreSQL fixture it runs the demo with two instances and PCs
+ * instead (test_demo_two_instances_with_pcs).
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -239,8 +241,72 @@ static void test_demo_usage(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* Two instances on one PostgreSQL (ESIM_TEST_STORE, the ctest fixture's
+ * cluster) with a mixed fleet: the campaign is created on, and driven by,
+ * the second instance, the PCs talk to the first only, so every PC answer
+ * reaches the instance that does not drive the campaign and is replayed by
+ * the driving one from the store; every PC that can be ends verified. */
+static void test_demo_two_instances_with_pcs(void **state)
+{
+    (void)state;
+    const char *tmpl = getenv("ESIM_TEST_STORE");
+    const char *at = tmpl ? strstr(tmpl, "{n}") : NULL;
+    if (!at) {
+        print_message("ESIM_TEST_STORE names no PostgreSQL cluster: skipped\n");
+        skip();
+    }
+    char spec[600], work[320], cmd[1800];
+    snprintf(spec, sizeof spec, "%.*sdemo2_%ld%s", (int)(at - tmpl), tmpl, (long)getpid(), at + 3);
+    snprintf(work, sizeof work, "%s/work", g_dir);
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 20 --windows-share 0.5 --store '%s' --instances 2 --no-extras "
+             "--no-inventory --quiet-mix --json --timeout 120 --keep '%s' 2>'%s/stderr'",
+             bin(), spec, work, g_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    esim_buf out = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        esim_buf_append(&out, buf, n);
+    int st = pclose(p);
+    esim_buf_append(&out, "", 1);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        char tail[400];
+        snprintf(tail, sizeof tail, "tail -30 '%s/stderr' >&2", g_dir);
+        if (system(tail) != 0)
+            print_message("(no standard error kept)\n");
+        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                 (const char *)out.data);
+    }
+    json_error_t je;
+    json_t *j = json_loads((const char *)out.data, 0, &je);
+    if (!j)
+        fail_msg("standard output is not one JSON object (%s): %s", je.text,
+                 (const char *)out.data);
+    json_t *win = json_object_get(j, "windows");
+    json_int_t pcs = json_integer_value(json_object_get(win, "devices"));
+    json_int_t made = json_integer_value(json_object_get(win, "made_to_fail"));
+    assert_int_equal(pcs, 10);
+    assert_int_equal(json_integer_value(json_object_get(win, "verified")), pcs - made);
+    assert_int_equal(json_integer_value(json_object_get(win, "failed_as_made")), made);
+    assert_int_equal(json_integer_value(json_object_get(win, "timed_out")), 0);
+    assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
+    assert_true(json_is_true(json_object_get(j, "ok")));
+    json_decref(j);
+    esim_buf_free(&out);
+}
+
 int main(void)
 {
+    /* On the PostgreSQL fixture (campaign_demo_instances): the two-instance
+     * run only; the others run once, on SQLite. */
+    if (getenv("ESIM_TEST_STORE")) {
+        const struct CMUnitTest pg[] = {
+            cmocka_unit_test_setup_teardown(test_demo_two_instances_with_pcs, setup, teardown),
+        };
+        return cmocka_run_group_tests(pg, NULL, NULL);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_demo_usage),
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),

@@ -275,6 +275,53 @@ static void test_apple_reads_answers(void **state)
     assert_int_equal(campaign_platform_apple.read(CAMPAIGN_STEP_VERIFY, &none, &rd), ESIM_EINVAL);
 }
 
+/* What the service records with a Windows PC's answer (service/omadm.c)
+ * reads as the live answer does: an instance that did not receive it
+ * replays it from the store. */
+static void test_windows_recorded_answers(void **state)
+{
+    (void)state;
+    const campaign_platform *pl = &campaign_platform_windows;
+    store_queue_entry q = {.udid = UDID, .command_uuid = UUID, .state = STORE_Q_ACKNOWLEDGED};
+    char json[1200];
+    snprintf(json, sizeof json,
+             "{\"syncml\":[{\"cmd_ref\":\"%s.1\",\"cmd\":\"Get\",\"target\":"
+             "\"./Device/Vendor/MSFT/eUICCs/%s/Profiles\",\"code\":200,\"data\":\"%s\"},"
+             "{\"cmd_ref\":\"%s.2\",\"cmd\":\"Get\",\"target\":"
+             "\"./Device/Vendor/MSFT/eUICCs/%s/Profiles/%s/State\",\"code\":200,\"data\":"
+             "\"%s\"}]}",
+             UUID, WEID, ICCID, UUID, WEID, ICCID, "2");
+    q.error_chain_json = json;
+    campaign_reading rd;
+    assert_int_equal(pl->read_recorded(NULL, CAMPAIGN_STEP_VERIFY, &q, &rd), ESIM_OK);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ACKNOWLEDGED);
+    assert_int_equal(rd.result.n_subs, 1);
+    assert_string_equal(rd.result.subs[0].eid, WEID);
+    assert_string_equal(rd.result.subs[0].iccid, ICCID);
+    campaign_reading_free(&rd);
+    /* An Add refused, with its HRESULT, as an error in words. */
+    snprintf(json, sizeof json,
+             "{\"syncml\":[{\"cmd_ref\":\"%s.2\",\"cmd\":\"Add\",\"target\":"
+             "\"./Device/Vendor/MSFT/eUICCs/%s/DownloadServers/x\",\"code\":405,"
+             "\"hresult\":\"0x86000002\"}]}",
+             UUID, WEID);
+    q.state = STORE_Q_ERROR;
+    assert_int_equal(pl->read_recorded(NULL, CAMPAIGN_STEP_REFRESH, &q, &rd), ESIM_OK);
+    assert_int_equal(rd.result.status, ESIM_STATUS_ERROR);
+    assert_int_equal(rd.result.error_code, 405);
+    assert_non_null(strstr(rd.result.error_text, "0x86000002"));
+    campaign_reading_free(&rd);
+    /* Nothing recorded that Windows reads. */
+    q.error_chain_json = NULL;
+    assert_int_equal(pl->read_recorded(NULL, CAMPAIGN_STEP_VERIFY, &q, &rd), ESIM_ENOTFOUND);
+    snprintf(json, sizeof json, "[{\"code\":36003}]");
+    q.error_chain_json = json;
+    assert_int_equal(pl->read_recorded(NULL, CAMPAIGN_STEP_VERIFY, &q, &rd), ESIM_ENOTFOUND);
+    /* Apple's recorded answer is the plist: none here. */
+    assert_int_equal(campaign_platform_apple.read_recorded(NULL, CAMPAIGN_STEP_VERIFY, &q, &rd),
+                     ESIM_ENOTFOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -282,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_apple_steps_become_commands),
         cmocka_unit_test(test_apple_reads_answers),
         cmocka_unit_test(test_windows_steps_and_answers),
+        cmocka_unit_test(test_windows_recorded_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
