@@ -134,7 +134,7 @@ static void control(campaigns *cs, esim_api_request *r, const char *verb)
     if (!c)
         return;
     esim_error e = {{0}};
-    esim_err rc = campaigns_control(cs, c, verb, &e);
+    esim_err rc = campaigns_control(cs, &c, verb, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;

@@ -73,6 +73,11 @@ typedef struct camp_slot {
     bool owned;
     int64_t loaded_ms;
     char holder[64]; /* who drives it, as last read */
+    /* The version of the campaign's row as this instance last wrote or
+     * read it (0: not in the store yet), and the one the open unit writes
+     * (0: none); a state is written only over the version seen
+     * (write_state, campaigns_control). */
+    int64_t version, version_unit;
 } camp_slot;
 
 typedef struct {
@@ -419,6 +424,8 @@ static void device_record(const camp_slot *s, size_t i, store_campaign_device *o
     out->platform = d->platform;
 }
 
+static esim_err write_state(campaigns *cs, camp_slot *s, int64_t now, esim_error *err);
+
 /* Device records go to the store this many at a time. */
 #define RECORDS_PER_SAVE 512
 
@@ -446,9 +453,16 @@ static esim_err write_one(campaigns *cs, camp_slot *s, int64_t now, esim_error *
         cmds[j].step = s->cmds[s->n_cmds_saved + j].step;
     }
     esim_err rc = ESIM_OK;
-    if (s->row_dirty || n_cmds)
-        rc = esim_store_campaign_save(st, campaign_id(c), s->row_dirty ? &row : NULL, cmds, n_cmds,
-                                      NULL, 0, now, err);
+    /* Once the row is in the store, its state changes only over the
+     * version this instance saw. */
+    bool create = s->row_dirty && s->version == 0;
+    if (s->row_dirty && !create)
+        rc = write_state(cs, s, now, err);
+    if (rc == ESIM_OK && (create || n_cmds))
+        rc = esim_store_campaign_save(st, campaign_id(c), create ? &row : NULL, cmds, n_cmds, NULL,
+                                      0, now, err);
+    if (rc == ESIM_OK && create)
+        s->version_unit = 1;
     free(cmds);
     size_t n = 0;
     const size_t *dirty = campaign_take_dirty(c, &n);
@@ -484,8 +498,12 @@ static void records_written(campaigns *cs)
 {
     cs->n_facts = 0;
     for (size_t k = 0; k < cs->n_slots; k++) {
-        cs->slots[k]->n_cmds_saved = cs->slots[k]->n_cmds;
-        cs->slots[k]->row_dirty = false;
+        camp_slot *s = cs->slots[k];
+        s->n_cmds_saved = s->n_cmds;
+        s->row_dirty = false;
+        if (s->version_unit)
+            s->version = s->version_unit;
+        s->version_unit = 0;
     }
 }
 
@@ -494,6 +512,7 @@ static void records_lost(campaigns *cs, const char *why, int64_t now)
 {
     for (size_t k = 0; k < cs->n_slots; k++) {
         cs->slots[k]->row_dirty = true;
+        cs->slots[k]->version_unit = 0;
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     esim_service_count_store_error(cs->svc);
@@ -615,6 +634,8 @@ static void on_results_done(esim_service *svc, void *arg)
     flush(cs);
 }
 
+static void engine_apply(campaigns *cs, camp_slot *s, campaign_state to, int64_t now);
+static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version, int64_t now);
 static void leases_tick(campaigns *cs, int64_t now);
 static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent);
 static void lease_release_one(campaigns *cs, const char *id);
@@ -1131,10 +1152,16 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
     for (size_t i = 0; rc == ESIM_OK && i < n; i++)
         if (device_from_record(&recs[i], &devs[i]) != ESIM_OK)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    /* Canceled by an instance that did not drive it, and its driver gone
+     * before it did the cancel: the new driver finishes it (below). */
+    bool cancel_left = false;
+    for (size_t i = 0; owned && row->state == CAMPAIGN_CANCELED && rc == ESIM_OK && i < n; i++)
+        if (!campaign_dev_state_final((campaign_dev_state)devs[i].state))
+            cancel_left = true;
     campaign *c = NULL;
     if (rc == ESIM_OK && n > 0)
-        rc = campaign_restore(&spec, (campaign_state)row->state, row->created_ms, devs, n,
-                              esim_now_ms(), &c, err);
+        rc = campaign_restore(&spec, cancel_left ? CAMPAIGN_PAUSED : (campaign_state)row->state,
+                              row->created_ms, devs, n, esim_now_ms(), &c, err);
     for (size_t i = 0; devs && i < n; i++)
         free(devs[i].reason);
     free(devs);
@@ -1165,6 +1192,12 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
         campaign_take_dirty(c, &dn);
         s->owned = owned;
         s->loaded_ms = esim_now_ms();
+        s->version = row->version;
+        if (rc == ESIM_OK && cancel_left) {
+            engine_apply(cs, s, CAMPAIGN_CANCELED, s->loaded_ms);
+            s->last_state = campaign_get_state(c);
+            arm_flush(cs);
+        }
         if (rc == ESIM_OK && owned)
             replay_recorded_answers(cs, s, cs->shared);
         if (out)
@@ -1272,6 +1305,10 @@ static void leases_tick(campaigns *cs, int64_t now)
             continue;
         }
         snprintf(s->holder, sizeof s->holder, "%s", holder);
+        /* Paused, resumed or canceled by another instance (its announcement
+         * may have been lost): do it here too. */
+        if (held && s->owned && rows[i].version != s->version)
+            adopt_state(cs, s, rows[i].state, rows[i].version, now);
         if (held && !s->owned) {
             esim_error e = {{0}};
             if (slot_reload(cs, k, true, &e) == ESIM_OK)
@@ -1327,12 +1364,13 @@ static void on_notify(esim_service *svc, const char *topic, const char *payload,
             return;
         size_t k = 0;
         camp_slot *s = slot_by_id(cs, id, &k);
-        if (!s)
-            cs->next_lease_ms = 0; /* a new campaign: read it at the next tick */
-        else if (!s->owned)
-            s->loaded_ms = 0; /* the copy is stale */
+        if (!s || s->owned)
+            /* A new campaign, or one this instance drives paused, resumed
+             * or canceled elsewhere: the lease tick reads the rows now and
+             * adopts the change (adopt_state). */
+            cs->next_lease_ms = 0;
         else
-            slot_reload(cs, k, true, NULL); /* paused, resumed or canceled elsewhere */
+            s->loaded_ms = 0; /* the copy is stale */
     }
 }
 
@@ -1505,69 +1543,152 @@ static void notify_changed(campaigns *cs, const char *id)
     esim_service_notify(cs->svc, "campaign_changed", payload, NULL);
 }
 
-esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_error *err)
+/* The state |verb| takes a campaign in state |from| to; ESIM_ESTATE (as
+ * the engine words it) when it cannot. */
+static esim_err control_target(const campaign *c, campaign_state from, const char *verb,
+                               campaign_state *to, esim_error *err)
+{
+    const char *id = campaign_id(c), *now = campaign_state_name(from);
+    if (strcmp(verb, "pause") == 0) {
+        if (from != CAMPAIGN_RUNNING)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a running campaign can be paused", id, now);
+        *to = CAMPAIGN_PAUSED;
+    } else if (strcmp(verb, "resume") == 0) {
+        if (from != CAMPAIGN_PAUSED && from != CAMPAIGN_STAGED)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a paused or staged campaign can be resumed",
+                             id, now);
+        *to = CAMPAIGN_RUNNING;
+    } else if (strcmp(verb, "cancel") == 0) {
+        if (from == CAMPAIGN_CANCELED || from == CAMPAIGN_FINISHED)
+            return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", id, now);
+        *to = CAMPAIGN_CANCELED;
+    } else
+        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
+    return ESIM_OK;
+}
+
+/* Takes the canceled devices' commands off their queues, and forgets what
+ * was still to be queued or pushed. */
+static void cancel_queued(campaigns *cs, camp_slot *s, int64_t now)
+{
+    store *st = esim_service_store(cs->svc);
+    for (size_t i = 0; i < campaign_device_count(s->c); i++) {
+        const campaign_dev *d = campaign_device_at(s->c, i);
+        if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
+            esim_store_queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
+    }
+    for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
+        for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
+            s->pending[p][k].n = 0;
+    s->pushes.n = 0;
+}
+
+/* Moves the engine of |s| to |to| (pause, resume, cancel): what a control
+ * does to the campaign in memory once the store has the new state. */
+static void engine_apply(campaigns *cs, camp_slot *s, campaign_state to, int64_t now)
+{
+    campaign_state from = campaign_get_state(s->c);
+    if (from == to)
+        return;
+    if (to == CAMPAIGN_PAUSED && from == CAMPAIGN_RUNNING)
+        campaign_pause(s->c, now, NULL);
+    else if (to == CAMPAIGN_RUNNING && (from == CAMPAIGN_PAUSED || from == CAMPAIGN_STAGED))
+        campaign_resume(s->c, now, NULL);
+    else if (to == CAMPAIGN_CANCELED && from != CAMPAIGN_FINISHED && from != CAMPAIGN_CANCELED &&
+             campaign_cancel(s->c, now, NULL) == ESIM_OK && s->owned)
+        cancel_queued(cs, s, now);
+}
+
+/* The campaign row says |stored| at |version|, written by another
+ * instance (a pause, resume or cancel taken there): the driving instance
+ * does it too. A campaign finished here stays finished (its devices are
+ * all final: nothing is left to pause or cancel), and the row says so at
+ * the next write. */
+static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version, int64_t now)
+{
+    s->version = version;
+    engine_apply(cs, s, (campaign_state)stored, now);
+    s->last_state = campaign_get_state(s->c);
+    if ((int)s->last_state != stored)
+        s->row_dirty = true;
+    arm_flush(cs);
+}
+
+/* Writes the engine's state to the row of |s| in the open unit, as a
+ * compare-and-set on the version this instance last saw: a change another
+ * instance made meanwhile is adopted first (adopt_state), never
+ * overwritten unseen. */
+static esim_err write_state(campaigns *cs, camp_slot *s, int64_t now, esim_error *err)
+{
+    store *st = esim_service_store(cs->svc);
+    for (int tries = 0;; tries++) {
+        int cur = 0;
+        int64_t ver = 0;
+        esim_err rc = esim_store_campaign_set_state(
+            st, campaign_id(s->c), (int)campaign_get_state(s->c), s->version, now, &cur, &ver, err);
+        if (rc == ESIM_OK) {
+            s->version_unit = ver; /* s->version once the unit is committed */
+            return ESIM_OK;
+        }
+        if (rc != ESIM_ESTATE || tries == 4)
+            return rc;
+        adopt_state(cs, s, cur, ver, now);
+        if (cur == (int)campaign_get_state(s->c))
+            return ESIM_OK; /* the row says it already */
+    }
+}
+
+esim_err campaigns_control(campaigns *cs, campaign **cp, const char *verb, esim_error *err)
 {
     int64_t now = esim_now_ms();
-    esim_err rc;
-    if (strcmp(verb, "pause") == 0)
-        rc = campaign_pause(c, now, err);
-    else if (strcmp(verb, "resume") == 0)
-        rc = campaign_resume(c, now, err);
-    else if (strcmp(verb, "cancel") == 0)
-        rc = campaign_cancel(c, now, err);
-    else
-        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
-    if (rc != ESIM_OK)
-        return rc;
-    camp_slot *s = slot_of(cs, c);
-    if (s && !s->owned) {
-        /* Another instance drives it: write the change to the store (and
-         * take the canceled commands off the queues) from this fresh copy,
-         * then tell the owner, which reads the campaign again. */
-        if (strcmp(verb, "cancel") == 0)
-            for (size_t i = 0; i < campaign_device_count(c); i++) {
-                const campaign_dev *d = campaign_device_at(c, i);
-                if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
-                    esim_store_queue_cancel(esim_service_store(cs->svc), d->udid,
-                                            s->cmds[d->cmd].uuid, now, NULL);
-            }
-        s->owned = true; /* for this one write */
-        s->row_dirty = true;
-        s->n_cmds_saved = s->n_cmds;
+    size_t k = 0;
+    camp_slot *s = slot_by_id(cs, campaign_id(*cp), &k);
+    if (!s)
+        return esim_fail(err, ESIM_ENOTFOUND, "no such campaign");
+    store *st = esim_service_store(cs->svc);
+    /* A compare-and-set of the campaign's row (its version): a change
+     * another instance makes in the same instant is seen, adopted, and the
+     * action decided again on it, never overwritten unseen. The instance
+     * that drives the campaign then does it; another one only writes the
+     * row and tells the driving one (campaign_changed), which adopts it. */
+    for (int tries = 0;; tries++) {
+        if (!s->owned) {
+            /* Decide on the campaign as the store has it now. */
+            esim_error e = {{0}};
+            if (slot_reload(cs, k, false, &e) != ESIM_OK)
+                return esim_fail(err, ESIM_ESTORE, "the campaign could not be read: %s", e.msg);
+            s = cs->slots[k];
+            *cp = s->c;
+        }
+        campaign_state to;
+        esim_err rc = control_target(s->c, campaign_get_state(s->c), verb, &to, err);
+        if (rc != ESIM_OK)
+            return rc;
+        int cur = 0;
+        int64_t ver = 0;
         esim_error e = {{0}};
-        store *st = esim_service_store(cs->svc);
-        esim_err wrc = esim_store_unit_begin(st, &e);
-        if (wrc == ESIM_OK) {
-            wrc = write_one(cs, s, now, &e);
-            esim_err end = esim_store_unit_end(st, wrc == ESIM_OK, &e);
-            if (wrc == ESIM_OK)
-                wrc = end;
+        rc = esim_store_campaign_set_state(st, campaign_id(s->c), (int)to, s->version, now, &cur,
+                                           &ver, &e);
+        if (rc == ESIM_OK) {
+            s->version = ver;
+            engine_apply(cs, s, to, now);
+            s->last_state = campaign_get_state(s->c);
+            if (s->owned) {
+                flush(cs); /* the canceled devices' records, the resumed pushes */
+            } else {
+                s->loaded_ms = 0; /* shown as the store has it from now on */
+                notify_changed(cs, campaign_id(s->c));
+            }
+            return ESIM_OK;
         }
-        s->owned = false;
-        s->loaded_ms = 0;
-        if (wrc != ESIM_OK)
-            return esim_fail(err, ESIM_ESTORE, "the campaign could not be changed: %s", e.msg);
-        s->row_dirty = false;
-        notify_changed(cs, campaign_id(c));
-        return ESIM_OK;
+        if (rc != ESIM_ESTATE || tries == 4)
+            return esim_fail(err, rc == ESIM_ESTATE ? ESIM_ESTATE : ESIM_ESTORE,
+                             "the campaign could not be changed: %s", e.msg);
+        if (s->owned)
+            adopt_state(cs, s, cur, ver, now); /* then decide again on it */
     }
-    if (strcmp(verb, "cancel") == 0 && s) {
-        /* Take the campaign's commands off the devices' queues. */
-        store *st = esim_service_store(cs->svc);
-        for (size_t i = 0; i < campaign_device_count(c); i++) {
-            const campaign_dev *d = campaign_device_at(c, i);
-            if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
-                esim_store_queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
-        }
-        for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
-            for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
-                s->pending[p][k].n = 0;
-        s->pushes.n = 0;
-    }
-    if (s)
-        s->row_dirty = true;
-    flush(cs);
-    return ESIM_OK;
 }
 
 /* ---- JSON views -------------------------------------------------------------------------------

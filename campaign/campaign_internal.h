@@ -58,8 +58,10 @@ esim_service *campaigns_service(campaigns *cs);
 esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
                           esim_error *err);
 campaign *campaigns_find(campaigns *cs, const char *id);
-/* "pause", "resume", "cancel". ESIM_ESTATE, ESIM_EINVAL (verb). */
-esim_err campaigns_control(campaigns *cs, campaign *c, const char *verb, esim_error *err);
+/* "pause", "resume", "cancel" of *c. On a campaign another instance drives,
+ * *c is read again from the store first (the pointer changes). ESIM_ESTATE,
+ * ESIM_EINVAL (verb), ESIM_ESTORE. */
+esim_err campaigns_control(campaigns *cs, campaign **c, const char *verb, esim_error *err);
 /* {id, name, state, steps, devices, counts{...}, refresh_acknowledged,
  *  pushes, commands, created_ms, smdp_url} */
 /* The warnings given when |c| was created ({"total", "by_kind", "first":

@@ -1346,6 +1346,41 @@ esim_err esim_store_campaign_save(store *st, const char *campaign_id, const stor
     return st->ops->op_end(st, rc, err);
 }
 
+esim_err esim_store_campaign_set_state(store *st, const char *campaign_id, int state,
+                                       int64_t expect_version, int64_t now, int *cur_state,
+                                       int64_t *version, esim_error *err)
+{
+    if (!campaign_id || !*campaign_id)
+        return esim_fail(err, ESIM_EINVAL, "a campaign record needs its campaign's id");
+    int cur = 0;
+    int64_t ver = 0;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    rc = st->ops->campaign_state_get(st, campaign_id, &cur, &ver, err);
+    if (rc == ESIM_ENOTFOUND)
+        esim_fail(err, rc, "no campaign %s in the store", campaign_id);
+    else if (rc == ESIM_OK && ver != expect_version)
+        rc = esim_fail(err, ESIM_ESTATE,
+                       "campaign %s changed meanwhile (version %lld, expected %lld)", campaign_id,
+                       (long long)ver, (long long)expect_version);
+    else if (rc == ESIM_OK &&
+             (rc = st->ops->campaign_state_put(st, campaign_id, state, now, err)) == ESIM_OK) {
+        cur = state;
+        ver++;
+    }
+    esim_err end = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK)
+        rc = end;
+    if (rc == ESIM_OK || rc == ESIM_ESTATE) {
+        if (cur_state)
+            *cur_state = cur;
+        if (version)
+            *version = ver;
+    }
+    return rc;
+}
+
 esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n, esim_error *err)
 {
     *out = NULL;

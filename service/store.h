@@ -675,6 +675,7 @@ typedef struct {
     int state;
     int64_t created_ms;
     int64_t updated_ms; /* when read */
+    int64_t version;    /* when read: 1 at creation, one more at every write of the row */
 } store_campaign;
 
 /* One device of a campaign. */
@@ -708,6 +709,23 @@ ESIM_EXTERN esim_err esim_store_campaign_save(store *st, const char *campaign_id
                                               const store_campaign_command *cmds, size_t n_cmds,
                                               const store_campaign_device *devs, size_t n_devs,
                                               int64_t now, esim_error *err);
+
+/*
+ * Changes the state of campaign |campaign_id| to |state| only if its row is
+ * still at |expect_version| (as read with esim_store_campaigns, or returned
+ * by an earlier call): a compare-and-set, with the row locked for the
+ * operation, so two instances changing one campaign at once never overwrite
+ * each other unseen. On success the row's version goes up by one; *version
+ * (may be NULL) gets the row's version and *cur_state (may be NULL) its
+ * state, as they are after the call, on success and on ESIM_ESTATE alike.
+ *   ESIM_ENOTFOUND  no such campaign;
+ *   ESIM_ESTATE     the row is at another version (someone changed it since):
+ *                   nothing changed; read what it is now and decide again.
+ */
+ESIM_EXTERN esim_err esim_store_campaign_set_state(store *st, const char *campaign_id, int state,
+                                                   int64_t expect_version, int64_t now,
+                                                   int *cur_state, int64_t *version,
+                                                   esim_error *err);
 
 /* Every campaign, oldest first. *out and its strings are the caller's
  * (esim_store_campaigns_free). */

@@ -207,7 +207,8 @@ struct store_ops {
                              store_iot_package **out, size_t *n, esim_error *err);
 
     /* ---- campaign records (steps) ---- */
-    /* Creates the row, or replaces its state, definition and updated time. */
+    /* Creates the row (version 1), or replaces its state, definition and
+     * updated time (version + 1). */
     esim_err (*campaign_put)(store *st, const store_campaign *c, int64_t now, esim_error *err);
     /* Records a command; one already recorded keeps its place. */
     esim_err (*campaign_command_put)(store *st, const char *campaign_id,
@@ -215,6 +216,13 @@ struct store_ops {
     /* Replaces the record at d->index. */
     esim_err (*campaign_device_put)(store *st, const char *campaign_id,
                                     const store_campaign_device *d, esim_error *err);
+    /* The row's state and version, the row locked until the operation ends
+     * (several instances); ESIM_ENOTFOUND (|err| untouched) when none. */
+    esim_err (*campaign_state_get)(store *st, const char *id, int *state, int64_t *version,
+                                   esim_error *err);
+    /* Replaces the row's state and updated time; its version goes up by one. */
+    esim_err (*campaign_state_put)(store *st, const char *id, int state, int64_t now,
+                                   esim_error *err);
     /* Reads, as esim_store_campaigns, _campaign_devices, _campaign_commands. */
     esim_err (*campaigns_list)(store *st, store_campaign **out, size_t *n, esim_error *err);
     esim_err (*campaign_devices)(store *st, const char *campaign_id, store_campaign_device **out,

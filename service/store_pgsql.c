@@ -223,6 +223,10 @@ static const migration migrations[] = {
          " expires_at BIGINT NOT NULL);"
          "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';"
          "ALTER TABLE webhook_outbox ADD COLUMN claimed_until BIGINT NOT NULL DEFAULT 0;"},
+    /* A campaign row's version, one more at every write: a pause, resume or
+     * cancel from an instance that does not drive the campaign is a
+     * compare-and-set on it (esim_store_campaign_set_state). */
+    {12, "ALTER TABLE campaigns ADD COLUMN version BIGINT NOT NULL DEFAULT 1;"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -287,6 +291,8 @@ enum {
     S_CAMP_CMD_PUT,
     S_CAMP_DEV_PUT,
     S_CAMP_LIST,
+    S_CAMP_STATE_GET,
+    S_CAMP_STATE_PUT,
     S_CAMP_DEVS,
     S_CAMP_CMDS,
     S_MANIFEST_PUT,
@@ -495,7 +501,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_CAMP_PUT] = "INSERT INTO campaigns (id, name, definition, state, created_ms, updated_ms)"
                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET"
                    " definition = excluded.definition, state = excluded.state,"
-                   " updated_ms = excluded.updated_ms",
+                   " updated_ms = excluded.updated_ms, version = campaigns.version + 1",
     [S_CAMP_CMD_PUT] = "INSERT INTO campaign_commands (uuid, campaign, step) VALUES ($1, $2, $3)"
                        " ON CONFLICT (uuid) DO UPDATE SET campaign = excluded.campaign,"
                        " step = excluded.step",
@@ -513,8 +519,12 @@ static const char *const statement_sql[S_COUNT] = {
         " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
         " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
         " reason = excluded.reason",
-    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms FROM campaigns"
-                    " ORDER BY created_ms, id",
+    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version"
+                    " FROM campaigns ORDER BY created_ms, id",
+    /* Locked until the operation ends: a compare-and-set of the state. */
+    [S_CAMP_STATE_GET] = "SELECT state, version FROM campaigns WHERE id = $1 FOR UPDATE",
+    [S_CAMP_STATE_PUT] = "UPDATE campaigns SET state = $2, updated_ms = $3,"
+                         " version = version + 1 WHERE id = $1",
     [S_CAMP_DEVS] =
         "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
         " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
@@ -1663,6 +1673,28 @@ static esim_err pg_campaign_device_put(store *base, const char *campaign_id,
                      d->reason, (int64_t)d->platform);
 }
 
+static esim_err pg_campaign_state_get(store *base, const char *id, int *state, int64_t *version,
+                                      esim_error *err)
+{
+    PGresult *r = run((pg_store *)base, err, S_CAMP_STATE_GET, "t", id);
+    if (!r)
+        return ESIM_ESTORE;
+    esim_err rc = ESIM_ENOTFOUND;
+    if (PQntuples(r) > 0) {
+        *state = col_int(r, 0, 0);
+        *version = col_i64(r, 0, 1);
+        rc = ESIM_OK;
+    }
+    PQclear(r);
+    return rc;
+}
+
+static esim_err pg_campaign_state_put(store *base, const char *id, int state, int64_t now,
+                                      esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_CAMP_STATE_PUT, "tii", id, (int64_t)state, now);
+}
+
 static esim_err pg_campaigns_list(store *base, store_campaign **out, size_t *n, esim_error *err)
 {
     PGresult *r = run((pg_store *)base, err, S_CAMP_LIST, "");
@@ -1681,6 +1713,7 @@ static esim_err pg_campaigns_list(store *base, store_campaign **out, size_t *n, 
         c->state = col_int(r, (int)i, 3);
         c->created_ms = col_i64(r, (int)i, 4);
         c->updated_ms = col_i64(r, (int)i, 5);
+        c->version = col_i64(r, (int)i, 6);
         if (!c->id || !c->name || !c->definition)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
@@ -2031,6 +2064,8 @@ static const struct store_ops pgsql_ops = {
     .campaign_put = pg_campaign_put,
     .campaign_command_put = pg_campaign_command_put,
     .campaign_device_put = pg_campaign_device_put,
+    .campaign_state_get = pg_campaign_state_get,
+    .campaign_state_put = pg_campaign_state_put,
     .campaigns_list = pg_campaigns_list,
     .campaign_devices = pg_campaign_devices,
     .campaign_commands = pg_campaign_commands,

@@ -221,6 +221,10 @@ static const migration migrations[] = {
          " expires_at INTEGER NOT NULL);"
          "ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';"
          "ALTER TABLE webhook_outbox ADD COLUMN claimed_until INTEGER NOT NULL DEFAULT 0;"},
+    /* A campaign row's version, one more at every write: a pause, resume or
+     * cancel from an instance that does not drive the campaign is a
+     * compare-and-set on it (esim_store_campaign_set_state). */
+    {12, "ALTER TABLE campaigns ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -289,6 +293,8 @@ enum {
     S_CAMP_CMD_PUT,
     S_CAMP_DEV_PUT,
     S_CAMP_LIST,
+    S_CAMP_STATE_GET,
+    S_CAMP_STATE_PUT,
     S_CAMP_DEVS,
     S_CAMP_CMDS,
     S_MANIFEST_PUT,
@@ -483,7 +489,7 @@ static const char *const statement_sql[S_COUNT] = {
     [S_CAMP_PUT] = "INSERT INTO campaigns (id, name, definition, state, created_ms, updated_ms)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET"
                    " definition = excluded.definition, state = excluded.state,"
-                   " updated_ms = excluded.updated_ms",
+                   " updated_ms = excluded.updated_ms, version = campaigns.version + 1",
     [S_CAMP_CMD_PUT] = "INSERT INTO campaign_commands (uuid, campaign, step) VALUES (?1, ?2, ?3)"
                        " ON CONFLICT (uuid) DO UPDATE SET campaign = excluded.campaign,"
                        " step = excluded.step",
@@ -501,8 +507,11 @@ static const char *const statement_sql[S_COUNT] = {
         " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
         " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
         " reason = excluded.reason",
-    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms FROM campaigns"
-                    " ORDER BY created_ms, id",
+    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version"
+                    " FROM campaigns ORDER BY created_ms, id",
+    [S_CAMP_STATE_GET] = "SELECT state, version FROM campaigns WHERE id = ?1",
+    [S_CAMP_STATE_PUT] = "UPDATE campaigns SET state = ?2, updated_ms = ?3,"
+                         " version = version + 1 WHERE id = ?1",
     [S_CAMP_DEVS] =
         "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
         " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
@@ -1724,6 +1733,28 @@ static char *col_dup(sqlite3_stmt *st, int col)
     return strdup(v ? (const char *)v : "");
 }
 
+static esim_err sq_campaign_state_get(store *base, const char *id, int *state, int64_t *version,
+                                      esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_CAMP_STATE_GET, "t", id);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_stmt *st = s->stmt[S_CAMP_STATE_GET];
+    if (r == SQLITE_ROW) {
+        *state = sqlite3_column_int(st, 0);
+        *version = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    return r == SQLITE_ROW ? ESIM_OK : ESIM_ENOTFOUND;
+}
+
+static esim_err sq_campaign_state_put(store *base, const char *id, int state, int64_t now,
+                                      esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_STATE_PUT, "tii", id, (int64_t)state, now);
+}
+
 static esim_err sq_campaigns_list(store *base, store_campaign **out, size_t *n, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
@@ -1745,6 +1776,7 @@ static esim_err sq_campaigns_list(store *base, store_campaign **out, size_t *n, 
         c->state = sqlite3_column_int(st, 3);
         c->created_ms = sqlite3_column_int64(st, 4);
         c->updated_ms = sqlite3_column_int64(st, 5);
+        c->version = sqlite3_column_int64(st, 6);
         if (!c->id || !c->name || !c->definition) {
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
             break;
@@ -2107,6 +2139,8 @@ static const struct store_ops sqlite_ops = {
     .campaign_put = sq_campaign_put,
     .campaign_command_put = sq_campaign_command_put,
     .campaign_device_put = sq_campaign_device_put,
+    .campaign_state_get = sq_campaign_state_get,
+    .campaign_state_put = sq_campaign_state_put,
     .campaigns_list = sq_campaigns_list,
     .campaign_devices = sq_campaign_devices,
     .campaign_commands = sq_campaign_commands,

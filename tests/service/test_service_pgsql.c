@@ -4,6 +4,7 @@
  * running service. Runs against ESIM_TEST_STORE (the ctest cluster) for the
  * instances, and against a cluster of its own (scripts/pg-fixture.sh) that
  * it stops and starts for the restart; skipped without ESIM_TEST_STORE.
+ * Also: pause, resume and cancel racing between two instances.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -428,10 +429,149 @@ static void test_database_restart_under_traffic(void **state)
     restart_dir[0] = '\0';
 }
 
+/* One control request of the race: |verb| of campaign |id| on |url|, sent
+ * when the other thread is ready too. */
+typedef struct {
+    const char *url, *id, *verb;
+    pthread_barrier_t *go;
+    long status;
+} control_req;
+
+static void *control_main(void *arg)
+{
+    control_req *q = arg;
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/%s", q->id, q->verb);
+    pthread_barrier_wait(q->go);
+    q->status = api_call(q->url, TEST_TOKEN, "POST", path, NULL, NULL, NULL);
+    return NULL;
+}
+
+/* Sends |va| to instance |a| and |vb| to |b| at the same instant; the
+ * two statuses in *sa and *sb. */
+static void control_race(const char *a, const char *va, const char *b, const char *vb,
+                         const char *id, long *sa, long *sb)
+{
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 2);
+    control_req qa = {a, id, va, &go, 0}, qb = {b, id, vb, &go, 0};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, control_main, &qa), 0);
+    assert_int_equal(pthread_create(&tb, NULL, control_main, &qb), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    pthread_barrier_destroy(&go);
+    *sa = qa.status;
+    *sb = qb.status;
+}
+
+/* Waits (bounded) until |url| shows campaign |id| in |state| with |canceled|
+ * devices canceled (-1: any); false if it never does. */
+static bool shows(const char *url, const char *id, const char *state, long canceled)
+{
+    char path[200];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", id);
+    for (int k = 0; k < 100; k++) {
+        json_t *r = NULL;
+        if (api_call(url, TEST_TOKEN, "GET", path, NULL, NULL, &r) == 200) {
+            const char *st = json_string_value(json_object_get(r, "state"));
+            long c =
+                (long)json_integer_value(json_object_get(json_object_get(r, "counts"), "canceled"));
+            bool ok = st && strcmp(st, state) == 0 && (canceled < 0 || c == canceled);
+            if (ok) {
+                json_decref(r);
+                return true;
+            }
+        }
+        json_decref(r);
+        usleep(50 * 1000);
+    }
+    return false;
+}
+
+#define NRACE 3
+
+/* Pause, resume and cancel sent to the instance that drives a campaign and
+ * to the one that does not, at the same instant: the campaign's row is a
+ * compare-and-set, so each pair is decided in some order, exactly one of
+ * two identical actions succeeds (the other is refused, 409), both
+ * instances then agree with the store, and a cancel leaves every device
+ * canceled and its command off the queue, whoever took it. */
+static void test_control_race_between_instances(void **state)
+{
+    (void)state;
+    if (!have_pgsql())
+        skip();
+    test_service a = {0}, b = {0};
+    esim_service_config ca, cb;
+    harness_config(&env, "race-a", &ca, a.data_dir);
+    harness_config(&env, "race-b", &cb, b.data_dir);
+    cb.store = ca.store;
+    harness_start(&a, &ca);
+    harness_start(&b, &cb);
+    test_device dev[NRACE];
+    for (int i = 0; i < NRACE; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-RC%014d", i + 1);
+        device_new(&dev[i], &env, udid, a.url);
+        device_enroll(&dev[i]);
+    }
+    /* Created on |a|, which drives it; the devices never answer, so it
+     * stays running (their pushes go nowhere). */
+    json_t *r = NULL;
+    assert_int_equal(api_call(a.url, TEST_TOKEN, "POST", "/v1/campaigns",
+                              "{\"target\":{\"all\":true},\"steps\":[\"verify\"]}", NULL, &r),
+                     201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", json_string_value(json_object_get(r, "id")));
+    json_decref(r);
+    assert_true(shows(b.url, id, "running", 0));
+    for (int round = 0; round < 8; round++) {
+        const char *verb = round % 2 ? "resume" : "pause";
+        long sa = 0, sb = 0;
+        control_race(a.url, verb, b.url, verb, id, &sa, &sb);
+        if (!((sa == 200 && sb == 409) || (sa == 409 && sb == 200)))
+            fail_msg("round %d: %s answered %ld on the driving instance and %ld on the other;"
+                     " exactly one should succeed",
+                     round, verb, sa, sb);
+        const char *want = round % 2 ? "running" : "paused";
+        assert_true(shows(a.url, id, want, 0));
+        assert_true(shows(b.url, id, want, 0));
+    }
+    /* Cancel on the instance that does not drive it, pause on the one that
+     * does: canceled in the end, whichever came first. */
+    long sa = 0, sb = 0;
+    control_race(a.url, "pause", b.url, "cancel", id, &sa, &sb);
+    assert_int_equal(sb, 200);
+    assert_true(sa == 200 || sa == 409);
+    assert_true(shows(a.url, id, "canceled", NRACE));
+    assert_true(shows(b.url, id, "canceled", NRACE));
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM campaigns WHERE id = '%s' AND state = 3", id);
+    assert_int_equal(harness_store_query(&ca, sql, NULL, 0), 1);
+    /* The driving instance took the commands off the queues. */
+    for (int k = 0; k < 100 && harness_store_query(&ca,
+                                                   "SELECT count(*) FROM queue WHERE state IN"
+                                                   " ('queued', 'pushed', 'sent', 'not_now')",
+                                                   NULL, 0) > 0;
+         k++)
+        usleep(50 * 1000);
+    assert_int_equal(harness_store_query(&ca,
+                                         "SELECT count(*) FROM queue WHERE state IN"
+                                         " ('queued', 'pushed', 'sent', 'not_now')",
+                                         NULL, 0),
+                     0);
+    for (int i = 0; i < NRACE; i++)
+        device_free(&dev[i]);
+    harness_stop(&a);
+    harness_stop(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_instances_one_queue),
+        cmocka_unit_test(test_control_race_between_instances),
         cmocka_unit_test(test_database_restart),
         cmocka_unit_test(test_slow_query_holds_one_worker),
         cmocka_unit_test(test_database_restart_under_traffic),

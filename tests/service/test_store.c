@@ -996,6 +996,75 @@ static void test_campaign_records(void **state)
     esim_store_close(st);
 }
 
+/* A campaign's state as a compare-and-set on its row's version, from two
+ * handles on one store (two instances): the second writer over a version
+ * it did not see is refused, changes nothing and learns what the row says
+ * now; a write of the whole row counts as a change too. */
+static void test_campaign_state_compare_and_set(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    store *other = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &other, NULL), ESIM_OK);
+    store_campaign c = {.id = "camp-1", .definition = "{}", .state = 0, .created_ms = 100};
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", &c, NULL, 0, NULL, 0, 200, NULL),
+                     ESIM_OK);
+    store_campaign *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_campaigns(other, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(list[0].version, 1);
+    esim_store_campaigns_free(list, n);
+    int cur = -1;
+    int64_t ver = 0;
+    /* Both saw version 1; the first to write wins. */
+    assert_int_equal(esim_store_campaign_set_state(other, "camp-1", 2, 1, 300, &cur, &ver, NULL),
+                     ESIM_OK);
+    assert_int_equal(cur, 2);
+    assert_int_equal(ver, 2);
+    esim_error e = {{0}};
+    assert_int_equal(esim_store_campaign_set_state(st, "camp-1", 3, 1, 301, &cur, &ver, &e),
+                     ESIM_ESTATE);
+    assert_non_null(strstr(e.msg, "changed meanwhile"));
+    assert_int_equal(cur, 2); /* what the other wrote */
+    assert_int_equal(ver, 2);
+    /* Decided again on version 2. */
+    assert_int_equal(esim_store_campaign_set_state(st, "camp-1", 3, 2, 302, &cur, &ver, NULL),
+                     ESIM_OK);
+    assert_int_equal(ver, 3);
+    /* A save of the row moves the version on too. */
+    c.state = 4;
+    assert_int_equal(esim_store_campaign_save(other, "camp-1", &c, NULL, 0, NULL, 0, 400, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_campaign_set_state(st, "camp-1", 2, 3, 401, &cur, &ver, NULL),
+                     ESIM_ESTATE);
+    assert_int_equal(cur, 4);
+    assert_int_equal(ver, 4);
+    assert_int_equal(esim_store_campaigns(st, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(list[0].state, 4);
+    assert_int_equal(list[0].updated_ms, 400);
+    assert_int_equal(list[0].version, 4);
+    esim_store_campaigns_free(list, n);
+    assert_int_equal(esim_store_campaign_set_state(st, "nope", 2, 1, 500, NULL, NULL, NULL),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_campaign_set_state(st, "", 2, 1, 500, NULL, NULL, NULL),
+                     ESIM_EINVAL);
+    /* Inside a unit, refused, the unit goes on. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaign_set_state(st, "camp-1", 2, 1, 600, &cur, &ver, NULL),
+                     ESIM_ESTATE);
+    assert_int_equal(esim_store_campaign_set_state(st, "camp-1", 0, 4, 600, &cur, &ver, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaigns(other, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(list[0].state, 0);
+    assert_int_equal(list[0].version, 5);
+    esim_store_campaigns_free(list, n);
+    esim_store_close(other);
+    esim_store_close(st);
+}
+
 static void test_imports_groups_tags_facts(void **state)
 {
     (void)state;
@@ -1339,6 +1408,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
+        cmocka_unit_test(test_campaign_state_compare_and_set),
         cmocka_unit_test(test_imports_groups_tags_facts),
         cmocka_unit_test(test_tally_retro_bind_bootstrap),
         cmocka_unit_test(test_retire),
