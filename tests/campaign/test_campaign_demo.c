@@ -242,10 +242,11 @@ static void test_demo_usage(void **state)
 }
 
 /* Two instances on one PostgreSQL (ESIM_TEST_STORE, the ctest fixture's
- * cluster) with a mixed fleet: the campaign is created on, and driven by,
- * the second instance, the PCs talk to the first only, so every PC answer
- * reaches the instance that does not drive the campaign and is replayed by
- * the driving one from the store; every PC that can be ends verified. */
+ * cluster) with a mixed fleet: the campaigns are created on, and driven by,
+ * the second instance, the PCs and IPAs talk to the first only, so every
+ * PC answer and eIM result reaches the instance that does not drive the
+ * campaign and is replayed by the driving one from the store; every PC and
+ * IoT device that can be ends verified. */
 static void test_demo_two_instances_with_pcs(void **state)
 {
     (void)state;
@@ -291,6 +292,12 @@ static void test_demo_two_instances_with_pcs(void **state)
     assert_int_equal(json_integer_value(json_object_get(win, "verified")), pcs - made);
     assert_int_equal(json_integer_value(json_object_get(win, "failed_as_made")), made);
     assert_int_equal(json_integer_value(json_object_get(win, "timed_out")), 0);
+    /* The IoT devices' results too (a tenth of the fleet, by default). */
+    json_t *iot = json_object_get(j, "iot");
+    json_int_t iots = json_integer_value(json_object_get(iot, "devices"));
+    assert_int_equal(iots, 2);
+    assert_int_equal(json_integer_value(json_object_get(iot, "verified")),
+                     iots - json_integer_value(json_object_get(iot, "made_to_fail")));
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
     json_decref(j);
