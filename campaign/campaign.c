@@ -1662,7 +1662,7 @@ esim_err campaigns_control(campaigns *cs, campaign **cp, const char *verb, esim_
             s = cs->slots[k];
             *cp = s->c;
         }
-        campaign_state to;
+        campaign_state to = CAMPAIGN_RUNNING;
         esim_err rc = control_target(s->c, campaign_get_state(s->c), verb, &to, err);
         if (rc != ESIM_OK)
             return rc;
