@@ -340,7 +340,11 @@ static const char *const statement_sql[S_COUNT] = {
     [S_ROLLBACK_TO] = "ROLLBACK TO op",
     [S_DEV_IDENTITY] =
         "SELECT enrolled, cert_sha256, enrolled_at, serial_number FROM devices WHERE udid = ?1",
-    [S_DEV_BY_CERT] = "SELECT udid FROM devices WHERE cert_sha256 = ?1 AND udid <> ?2 LIMIT 1",
+    /* "<> ''" lets the planner use the partial index devices_cert: a
+     * bound value alone does not prove it, and without it every
+     * Authenticate scanned the whole table (O(fleet) per enrolment). */
+    [S_DEV_BY_CERT] = "SELECT udid FROM devices WHERE cert_sha256 = ?1 AND cert_sha256 <> ''"
+                      " AND udid <> ?2 LIMIT 1",
     [S_DEV_AUTH_UPSERT] =
         "INSERT INTO devices (udid, is_enrollment_id, enrolled, topic, serial_number, os_version,"
         " build_version, product_name, model, device_name, imei, cert_sha256, push_token,"
