@@ -1451,6 +1451,10 @@ static int run(demo *d)
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
+    /* Each part's CPU so far: what enrolment cost (start-up included). */
+    esim_proc_usage enrol_use[sizeof child_names / sizeof child_names[0]] = {{0}};
+    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
+        sup_usage(&d->sup, child_names[k], &enrol_use[k]);
     say(d,
         "  %u devices enrolled in %.1f s (iPhones: Authenticate, TokenUpdate; PCs: a first "
         "OMA-DM session that told their EID and WNS channel%s)\n",
@@ -1659,6 +1663,9 @@ static int run(demo *d)
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));
         json_object_set_new(j, "service_campaign_kib_per_device", json_real(campaign_kib));
+        json_object_set_new(j, "enrol_s", json_real(enrol_s));
+        json_object_set_new(j, "enrolments_per_s",
+                            json_real(enrol_s > 0 ? (double)n / enrol_s : 0.0));
         for (size_t k = 0; j && k < sizeof child_names / sizeof child_names[0]; k++) {
             if (!sup_started(&d->sup, child_names[k]))
                 continue;
@@ -1667,6 +1674,8 @@ static int run(demo *d)
             json_object_set_new(j, key, json_integer(use[k].peak_rss_kb));
             snprintf(key, sizeof key, "%s_cpu_s", child_names[k]);
             json_object_set_new(j, key, json_real(use[k].cpu_s));
+            snprintf(key, sizeof key, "%s_enrol_cpu_s", child_names[k]);
+            json_object_set_new(j, key, json_real(enrol_use[k].cpu_s));
         }
         char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (t)
