@@ -307,6 +307,10 @@ struct store_ops {
 /* Opens (creating and migrating) the SQLite database at |path|. */
 esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,
                            esim_error *err);
+/* Rows the SQLite back end's statements have stepped through in full-table
+ * scans since it opened (a statement that needs an index it cannot use
+ * shows here; the tests check the device path has none). */
+uint64_t store_sqlite_fullscan_steps(store *st);
 /* The newest schema version of the SQLite back end. */
 int store_sqlite_schema_version(void);
 

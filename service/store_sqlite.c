@@ -2230,6 +2230,16 @@ static esim_err migrate(sqlite_store *s, esim_error *err)
     return ESIM_OK;
 }
 
+uint64_t store_sqlite_fullscan_steps(store *st)
+{
+    sqlite_store *s = (sqlite_store *)st;
+    uint64_t n = 0;
+    for (size_t i = 0; i < S_COUNT; i++)
+        if (s->stmt[i])
+            n += (uint64_t)sqlite3_stmt_status(s->stmt[i], SQLITE_STMTSTATUS_FULLSCAN_STEP, 0);
+    return n;
+}
+
 esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,
                            esim_error *err)
 {

@@ -32,6 +32,7 @@
 #include <sqlite3.h>
 
 #include "service/store.h"
+#include "service/store_internal.h"
 
 static char dir[64];
 static char spec_template[512];
@@ -1386,6 +1387,30 @@ static void test_search_and_fleet_counts(void **state)
     esim_store_close(st);
 }
 
+/* Enrolment stays O(1) in the fleet's size: with many devices enrolled, no
+ * statement of Authenticate, TokenUpdate or a check-in walks the whole
+ * devices table (the lookup of an identity's device must use its index). */
+static void test_enrolment_uses_indexes(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    if (strcmp(st->ops->name, "sqlite") != 0) {
+        esim_store_close(st);
+        skip();
+    }
+    char udid[64], cert[65];
+    for (int i = 0; i < 200; i++) {
+        snprintf(udid, sizeof udid, "00008110-%016d", i);
+        snprintf(cert, sizeof cert, "%064d", i + 1);
+        enroll(st, udid, cert);
+        assert_int_equal(esim_store_device_checkin(st, udid, cert, "idle", NULL, 1002, NULL),
+                         ESIM_OK);
+    }
+    assert_int_equal(store_sqlite_fullscan_steps(st), 0);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -1395,6 +1420,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_open_specs),
         cmocka_unit_test(test_newer_schema_refused),
         cmocka_unit_test(test_identity_binding_and_checkout),
+        cmocka_unit_test(test_enrolment_uses_indexes),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
