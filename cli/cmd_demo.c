@@ -530,6 +530,16 @@ static bool start_parts(demo *d)
     return true;
 }
 
+/* How often the demo asks the simulator for its /stats while it waits:
+ * every 100 ms up to 10,000 devices, then less often (1 s at 100,000), as
+ * each answer walks every device in the simulator's loop, which the devices
+ * are waiting for. */
+static int stats_poll_ms(const demo *d)
+{
+    unsigned ms = d->devices / 100;
+    return ms < 100 ? 100 : ms > 1000 ? 1000 : (int)ms;
+}
+
 /* Waits until the simulator's devices are all enrolled: with
  * --enrol-timeout, at most that long; by default as long as enrolment moves
  * (it gives up after 120 s without one more device enrolled), so the limit
@@ -572,7 +582,7 @@ static bool wait_enrolled(demo *d, double *secs)
             *secs = (double)(esim_mono_ms() - start) / 1000.0;
             return true;
         }
-        sup_sleep_ms(100);
+        sup_sleep_ms(stats_poll_ms(d));
     }
     if (d->enrol_timeout_s > 0)
         fprintf(stderr, "esim-mdm demo: only %ld of %u devices enrolled within %.0f s%s\n",
@@ -885,7 +895,7 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
         json_decref(s);
         if (answered >= (long)(phones * 95 / 100))
             break;
-        sup_sleep_ms(100);
+        sup_sleep_ms(stats_poll_ms(d));
     }
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
     d->inventory_answered = answered < (long)phones ? answered : (long)phones;
