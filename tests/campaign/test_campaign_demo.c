@@ -147,6 +147,14 @@ static void test_demo_50_devices_json(void **state)
     /* three steps for the iPhones and PCs, two for the IoT devices */
     assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
     assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
+    /* Enrolment's time and each part's CPU by then, no more than in all. */
+    assert_true(json_number_value(json_object_get(j, "enrol_s")) > 0);
+    assert_true(json_number_value(json_object_get(j, "enrolments_per_s")) > 0);
+    assert_true(json_is_number(json_object_get(j, "service_enrol_cpu_s")));
+    assert_true(json_number_value(json_object_get(j, "service_enrol_cpu_s")) <=
+                json_number_value(json_object_get(j, "service_cpu_s")));
+    assert_true(json_number_value(json_object_get(j, "devsim_enrol_cpu_s")) <=
+                json_number_value(json_object_get(j, "devsim_cpu_s")));
     json_t *erase = json_object_get(j, "erase_keep_esim");
     assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
     assert_int_equal(json_integer_value(json_object_get(erase, "still_verified")),
