@@ -1,6 +1,7 @@
 /*
  * file.c — whole-file reads with a size cap, crash-safe replacement of a
- * file (write a temporary, fsync, rename, fsync the directory), mkdir -p,
+ * file (write a temporary, fsync, rename, fsync the directory) and the same
+ * without the fsyncs for files that can be made again, mkdir -p,
  * and the two clocks.
  */
 #include <errno.h>
@@ -191,8 +192,8 @@ static esim_err fsync_dir_of(const char *path, esim_error *err)
     return rc;
 }
 
-esim_err esim_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
-                                esim_error *err)
+static esim_err write_replace(const char *path, const void *data, size_t len, unsigned mode,
+                              bool sync, esim_error *err)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
@@ -217,7 +218,7 @@ esim_err esim_write_file_atomic(const char *path, const void *data, size_t len, 
     }
     /* The data must be on disk before the rename makes it visible, or a
      * crash could leave the new name pointing at an empty file. */
-    if (fsync(fd) != 0 || close(fd) != 0) {
+    if ((sync && fsync(fd) != 0) || close(fd) != 0) {
         esim_fail(err, ESIM_EIO, "cannot sync %s: %s", tmp, strerror(errno));
         unlink(tmp);
         return ESIM_EIO;
@@ -227,7 +228,19 @@ esim_err esim_write_file_atomic(const char *path, const void *data, size_t len, 
         unlink(tmp);
         return ESIM_EIO;
     }
-    return fsync_dir_of(path, err);
+    return sync ? fsync_dir_of(path, err) : ESIM_OK;
+}
+
+esim_err esim_write_file_atomic(const char *path, const void *data, size_t len, unsigned mode,
+                                esim_error *err)
+{
+    return write_replace(path, data, len, mode, true, err);
+}
+
+esim_err esim_write_file_replace(const char *path, const void *data, size_t len, unsigned mode,
+                                 esim_error *err)
+{
+    return write_replace(path, data, len, mode, false, err);
 }
 
 esim_err esim_mkdirs(const char *path, unsigned mode, esim_error *err)

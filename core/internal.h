@@ -31,6 +31,15 @@ uint64_t esim_hash_bytes(const void *data, size_t len);
  */
 void *esim_grow(void *items, size_t *cap, size_t need, size_t size);
 
+/* Replaces |path| with |data| as esim_write_file_atomic does (a temporary
+ * renamed over it: a reader sees the old or the new content, never a
+ * mix) but without its fsyncs, so a crash may lose the new content or leave
+ * the file empty: for files that are made again when they are wrong (the
+ * device simulator's identity files), where an fsync (≈ 10 ms on a busy
+ * disk) would stall an event loop serving thousands of devices. */
+esim_err esim_write_file_replace(const char *path, const void *data, size_t len, unsigned mode,
+                                 esim_error *err);
+
 /* What a process uses, from /proc (Linux). */
 typedef struct {
     long rss_kb;      /* resident memory now (VmRSS) */

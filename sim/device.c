@@ -287,7 +287,7 @@ esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *c
                 have.len == pem.len && memcmp(have.data, pem.data, pem.len) == 0;
     esim_buf_free(&have);
     if (rc == ESIM_OK && !same)
-        rc = esim_write_file_atomic(cert_path, pem.data, pem.len, 0644, err);
+        rc = esim_write_file_replace(cert_path, pem.data, pem.len, 0644, err);
     else if (rc != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
     esim_buf_free(&pem);

@@ -12,6 +12,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include "core/internal.h"
 #include "sim/sim_internal.h"
 
 #define MAX_PROFILE_NODES 16
@@ -220,7 +221,7 @@ esim_err sim_winpc_identity_files(sim_winpc *pc, const char *dir, char *cert_pat
     bool same = rc == ESIM_OK && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
                 have.len == pem.len && memcmp(have.data, pem.data, pem.len) == 0;
     if (rc == ESIM_OK && !same)
-        rc = esim_write_file_atomic(cert_path, pem.data, pem.len, 0644, err);
+        rc = esim_write_file_replace(cert_path, pem.data, pem.len, 0644, err);
     else if (rc != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
     esim_buf_free(&pem);

@@ -241,6 +241,22 @@ static void test_files_atomic_write_and_limits(void **state)
     esim_error err = {{0}};
     assert_int_equal(esim_read_file(path, 100, &b, &err), ESIM_ENOTFOUND);
     assert_non_null(strstr(err.msg, "missing"));
+    /* The same replacement without the fsyncs: new content, its mode, no
+     * temporary left beside it; a directory that is not there is an error. */
+    snprintf(path, sizeof path, "%s/sub/dir/g", tmpdir);
+    assert_int_equal(esim_write_file_replace(path, "one", 3, 0644, NULL), ESIM_OK);
+    assert_int_equal(esim_write_file_replace(path, "two!", 4, 0644, NULL), ESIM_OK);
+    assert_int_equal(esim_read_file(path, 100, &b, NULL), ESIM_OK);
+    assert_string_equal((char *)b.data, "two!");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644 & ~(unsigned)umask(umask(0)));
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    assert_int_not_equal(access(tmp, F_OK), 0);
+    snprintf(path, sizeof path, "%s/nowhere/g", tmpdir);
+    assert_int_equal(esim_write_file_replace(path, "x", 1, 0644, &err), ESIM_EIO);
+    assert_non_null(strstr(err.msg, "nowhere"));
     esim_buf_free(&b);
 }
 
