@@ -93,6 +93,12 @@ struct sim_devsim {
     size_t *equeue; /* ring of slots waiting to enrol */
     size_t e_head, e_len;
     size_t active; /* sessions in flight */
+    /* How many may be in flight now (at most max_concurrent): one more per
+     * prompt answer, halved (at most once a second) when the service answers
+     * slowly or not at all, so an overloaded service is not buried under
+     * handshakes that time out and are all made again. */
+    double window;
+    int64_t window_cut_at;
     timed *timers;
     size_t n_timers, cap_timers;
     struct event *tick;
@@ -265,6 +271,7 @@ typedef struct {
     bool erase_after, preserve_data_plan;
     size_t url;          /* which instance of the service it went to */
     bool carries_answer; /* the body answers a command (slot.unanswered) */
+    int64_t sent_ms;     /* when the request went (esim_mono_ms) */
 } req_ctx;
 
 static void on_service_reply(void *arg, sim_http_response *r);
@@ -314,6 +321,7 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     ctx->url = s->next_url++ % s->n_mdm_urls;
     for (size_t k = 0; k < s->n_mdm_urls && s->url_down_until[ctx->url] > now; k++)
         ctx->url = s->next_url++ % s->n_mdm_urls;
+    ctx->sent_ms = now;
     sim_http_request req = {.method = "PUT",
                             .url = s->mdm_url[ctx->url],
                             .headers = hdrs,
@@ -556,12 +564,37 @@ static void drop_unanswered(slot *sl)
     }
 }
 
+/* An answer within SLOW_ANSWER_MS opens the window by one session; a
+ * slower one, or none (a timeout, a failed connection or handshake), halves
+ * it, at most once a second (the answers of one burst say the same). */
+#define SLOW_ANSWER_MS 5000 /* half of the connection timeout */
+#define MIN_WINDOW 8.0
+
+static void window_feedback(sim_devsim *s, const req_ctx *ctx, const sim_http_response *r)
+{
+    int64_t now = esim_mono_ms();
+    bool answered = r->err == ESIM_OK && r->status != 503;
+    if (answered && now - ctx->sent_ms < SLOW_ANSWER_MS) {
+        s->window += 1.0;
+        if (s->window > (double)s->max_concurrent)
+            s->window = (double)s->max_concurrent;
+        return;
+    }
+    if (r->err == ESIM_ETOOBIG || now - s->window_cut_at < 1000)
+        return;
+    s->window_cut_at = now;
+    s->window /= 2.0;
+    if (s->window < MIN_WINDOW)
+        s->window = MIN_WINDOW;
+}
+
 static void on_service_reply(void *arg, sim_http_response *r)
 {
     req_ctx *ctx = arg;
     sim_devsim *s = ctx->s;
     size_t i = ctx->slot;
     slot *sl = &s->slots[i];
+    window_feedback(s, ctx, r);
     if (r->err != ESIM_OK || r->status != 200) {
         s->stats.http_errors++;
         if (r->err != ESIM_OK && s->n_mdm_urls > 1)
@@ -898,7 +931,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     sim_winfleet_tick(s->win);
     /* Enrolments and check-ins share the concurrency limit, taking turns. */
     bool enrol_turn = false;
-    while ((s->q_len > 0 || s->e_len > 0) && s->active < s->max_concurrent) {
+    while ((s->q_len > 0 || s->e_len > 0) && s->active < s->max_concurrent &&
+           (double)s->active < s->window) {
         enrol_turn = s->e_len > 0 && (!enrol_turn || s->q_len == 0);
         if (enrol_turn) {
             size_t i = s->equeue[s->e_head];
@@ -947,6 +981,8 @@ static json_t *stats_json(const sim_devsim *s)
                   (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
                   (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
                   "http_errors", (json_int_t)w.http_errors);
+    if (j)
+        json_object_set_new(j, "window", json_integer((json_int_t)s->window));
     if (j && s->enrol_refused)
         json_object_set_new(j, "enrolment_refused",
                             json_pack("{s:I, s:s, s:I, s:s}", "count", (json_int_t)s->enrol_refused,
@@ -1322,6 +1358,7 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     s->enrol_refused_arg = cfg->enrol_refused_arg;
     s->n = cfg->devices - pcs; /* the iPhones; the PCs live in s->win */
     s->max_concurrent = cfg->max_concurrent ? cfg->max_concurrent : 64;
+    s->window = s->max_concurrent < 32 ? (double)s->max_concurrent : 32.0;
     s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;
     s->notnow_ms = cfg->notnow_ms ? cfg->notnow_ms : 2000;
     s->tls_client_auth = cfg->tls_client_auth;

@@ -279,6 +279,80 @@ static void test_enrolment_refused_with_reason(void **state)
     event_base_free(base);
 }
 
+/* A service that is overloaded (503) until told otherwise, then answers
+ * every enrolment request at once. */
+typedef struct {
+    bool busy;
+    int requests;
+} busy_service;
+
+static void busy_then_fine(struct evhttp_request *req, void *arg)
+{
+    busy_service *b = arg;
+    b->requests++;
+    if (b->busy)
+        evhttp_send_reply(req, 503, "Service Unavailable", NULL);
+    else
+        evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+static long stats_int(struct event_base *base, sim_http *h, sim_devsim *s, const char *key)
+{
+    long st;
+    json_t *j = status(base, h, s, "GET", "/stats", &st);
+    assert_int_equal(st, 200);
+    long v = (long)json_integer_value(json_object_get(j, key));
+    json_decref(j);
+    return v;
+}
+
+/* The sessions in flight follow the service: the window halves (once a
+ * second, down to 8) while it answers 503, and opens to --max-concurrent
+ * again once it answers promptly; every device enrols in the end. */
+static void test_window_follows_the_service(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    struct evhttp *srv = evhttp_new(base);
+    busy_service b = {.busy = true};
+    evhttp_set_gencb(srv, busy_then_fine, &b);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv, "127.0.0.1", 0);
+    assert_non_null(bs);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u",
+             sim_bound_port(evhttp_bound_socket_get_fd(bs)));
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    sim_devsim_config c = {.server_url = url,
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .devices = 100,
+                           .supervised_share = 1.0,
+                           .seed = 7,
+                           .max_concurrent = 40,
+                           .status_listen = "127.0.0.1:0"};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    assert_int_equal(stats_int(base, h, s, "window"), 32);
+    int64_t start = esim_mono_ms();
+    while (esim_mono_ms() - start < 3500)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(b.requests > 0);
+    assert_int_equal(stats_int(base, h, s, "window"), 8);
+    b.busy = false;
+    start = esim_mono_ms();
+    while (stats_int(base, h, s, "enrolled_now") < 100 && esim_mono_ms() - start < 60000)
+        for (int k = 0; k < 50; k++)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 100);
+    assert_int_equal(stats_int(base, h, s, "window"), 40);
+    sim_devsim_free(s);
+    sim_http_free(h);
+    evhttp_free(srv);
+    event_base_free(base);
+}
+
 /* Windows PCs in the runtime without a service: spread over the indices,
  * listed and described on the status endpoint, a person's action, a sync,
  * failed sessions counted, and a PC kept across a restart. */
@@ -389,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_status_and_restart),
         cmocka_unit_test(test_windows_pcs),
         cmocka_unit_test(test_enrolment_refused_with_reason),
+        cmocka_unit_test(test_window_follows_the_service),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
