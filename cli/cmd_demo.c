@@ -471,7 +471,7 @@ static bool start_parts(demo *d)
         url, token_file, ro_file);
 
     char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], pcs[16], wns_deliv[64];
-    char iot_n[16], iot_poll[16], api_url[80];
+    char iot_n[16], iot_poll[16], api_url[80], pc_poll[16];
     snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
     /* The iPhones and PCs; the IoT devices come besides them. */
     snprintf(n, sizeof n, "%u", d->devices - d->iot_devices);
@@ -486,7 +486,7 @@ static bool start_parts(demo *d)
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
                         d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL};
+                        NULL, NULL, NULL};
     size_t k = 0;
     while (sim_argv[k])
         k++;
@@ -503,6 +503,14 @@ static bool start_parts(demo *d)
         sim_argv[k++] = pcs;
         sim_argv[k++] = "--wns-mock";
         sim_argv[k++] = wns_deliv;
+        /* Each PC polls every minute (pushes reach it through WNS), less
+         * often in a large fleet: at most ~10 polls a second, each a TLS
+         * handshake and an OMA-DM session (Windows' own schedule is every
+         * 8 hours after the first few). */
+        snprintf(pc_poll, sizeof pc_poll, "%u",
+                 d->windows_pcs > 600 ? d->windows_pcs * 100 : 60000);
+        sim_argv[k++] = "--windows-poll-ms";
+        sim_argv[k++] = pc_poll;
     }
     if (d->iot_devices) {
         /* Each IPA polls the eIM (the service's device listener) about once
