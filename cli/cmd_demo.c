@@ -504,11 +504,11 @@ static bool start_parts(demo *d)
         sim_argv[k++] = "--wns-mock";
         sim_argv[k++] = wns_deliv;
         /* Each PC polls every minute (pushes reach it through WNS), less
-         * often in a large fleet: at most ~10 polls a second, each a TLS
+         * often in a large fleet: at most ~2 polls a second, each a TLS
          * handshake and an OMA-DM session (Windows' own schedule is every
          * 8 hours after the first few). */
         snprintf(pc_poll, sizeof pc_poll, "%u",
-                 d->windows_pcs > 600 ? d->windows_pcs * 100 : 60000);
+                 d->windows_pcs > 120 ? d->windows_pcs * 500 : 60000);
         sim_argv[k++] = "--windows-poll-ms";
         sim_argv[k++] = pc_poll;
     }
