@@ -14,9 +14,12 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <openssl/cms.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #include "service/auth_internal.h"
 #include "service/service_internal.h"
@@ -190,6 +193,8 @@ struct auth_cache {
     auth_entry slot[AUTH_CACHE_SLOTS];
     auth_verified *ver; /* open addressing, linear probing; cap a power of two */
     size_t ver_cap, ver_len;
+    EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
+    EVP_MD_CTX *dctx; /* reused for every digest (SHA256() fetches SHA-256 each call) */
 };
 
 void auth_cache_free(esim_service *svc)
@@ -199,6 +204,9 @@ void auth_cache_free(esim_service *svc)
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         X509_free(svc->auth_cache->slot[i].x509);
     free(svc->auth_cache->ver);
+    for (size_t i = 0; i < sizeof svc->auth_cache->md / sizeof svc->auth_cache->md[0]; i++)
+        EVP_MD_free(svc->auth_cache->md[i]);
+    EVP_MD_CTX_free(svc->auth_cache->dctx);
     free(svc->auth_cache);
     svc->auth_cache = NULL;
 }
@@ -278,6 +286,39 @@ static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now)
     v->verified_at = now;
 }
 
+/* The fetched digest |i| of digest_of(), fetched on first use. */
+static EVP_MD *cached_md(esim_service *svc, int i, int nid)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c->md[i])
+        c->md[i] = EVP_MD_fetch(NULL, OBJ_nid2sn(nid), NULL);
+    return c->md[i];
+}
+
+/* |md| over |data| into |out| (*out_len bytes) with the cache's reused
+ * context. False on failure. */
+static bool digest_with(esim_service *svc, EVP_MD *md, const void *data, size_t len,
+                        unsigned char *out, unsigned *out_len)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c->dctx && !(c->dctx = EVP_MD_CTX_new()))
+        return false;
+    bool ok = md && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
+              EVP_DigestUpdate(c->dctx, data ? data : "", len) == 1 &&
+              EVP_DigestFinal_ex(c->dctx, out, out_len) == 1;
+    if (!ok)
+        ERR_clear_error();
+    return ok;
+}
+
+void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char out[32])
+{
+    unsigned n = 0;
+    if ((!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache))) ||
+        !digest_with(svc, cached_md(svc, 2, NID_sha256), data, len, out, &n) || n != 32)
+        SHA256(data ? data : (const void *)"", len, out);
+}
+
 /* The cached certificate for these DER bytes, parsing it on a miss. NULL
  * when the bytes are not a certificate or memory runs out. */
 static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t len)
@@ -285,7 +326,7 @@ static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t
     if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache)))
         return NULL;
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    SHA256(der, len, sha);
+    svc_sha256(svc, der, len, sha);
     size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
     auth_entry *e = &svc->auth_cache->slot[idx];
     if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0) {
@@ -471,6 +512,314 @@ static esim_err check_digests(CMS_ContentInfo *cms, esim_error *err)
     return ESIM_OK;
 }
 
+/* ---- the signature checked directly ------------------------------------------------
+ * OpenSSL's CMS_verify costs about 1,000,000 instructions for one P-256
+ * signature, of which the signature itself is 823,000: the rest is decoding
+ * the CMS into objects, matching the signer, encoding the signed attributes
+ * again and fetching the digest and signature algorithms each time. The
+ * common shape of an Mdm-Signature (one signer, signed attributes, a digest
+ * of the SHA-2 family or SHA-1, ECDSA or RSA PKCS#1) is checked here from
+ * its DER bytes with the same checks: the body's digest equals the signed
+ * messageDigest, the content type is data, and the signer's key verifies
+ * the signature over the signed attributes exactly as they were sent.
+ * Anything else (several signers, no signed attributes, RSA-PSS, MD5,
+ * attributes out of DER order, a signer named differently from its
+ * certificate's bytes) goes to CMS_verify, which decides. */
+
+/* One TLV at *p (before |end|): its tag and value; *p moves past it. */
+static bool der_take(const unsigned char **p, const unsigned char *end, unsigned *tag,
+                     const unsigned char **val, size_t *len)
+{
+    size_t hdr;
+    if (*p >= end || !der_header(*p, (size_t)(end - *p), tag, &hdr, len))
+        return false;
+    *val = *p + hdr;
+    *p = *val + *len;
+    return true;
+}
+
+static bool bytes_are(const unsigned char *p, size_t len, const char *want, size_t want_len)
+{
+    return len == want_len && memcmp(p, want, len) == 0;
+}
+
+#define OID_IS(p, len, lit) bytes_are(p, len, lit, sizeof lit - 1)
+
+/* An AlgorithmIdentifier's OID (value bytes); its parameters must be
+ * absent or NULL. */
+static bool der_algorithm(const unsigned char *v, size_t vl, const unsigned char **oid,
+                          size_t *oid_len)
+{
+    const unsigned char *p = v, *end = v + vl, *pv;
+    unsigned tag;
+    size_t pl;
+    if (!der_take(&p, end, &tag, oid, oid_len) || tag != 0x06)
+        return false;
+    if (p == end)
+        return true;
+    return der_take(&p, end, &tag, &pv, &pl) && tag == 0x05 && pl == 0 && p == end;
+}
+
+/* The digest named by an OID: index into auth_cache.md and its NID. */
+static int digest_of(const unsigned char *oid, size_t len, int *nid)
+{
+    static const struct {
+        const char *oid;
+        size_t len;
+        int nid;
+    } tab[] = {
+        {"\x2b\x0e\x03\x02\x1a", 5, NID_sha1},
+        {"\x60\x86\x48\x01\x65\x03\x04\x02\x04", 9, NID_sha224},
+        {"\x60\x86\x48\x01\x65\x03\x04\x02\x01", 9, NID_sha256},
+        {"\x60\x86\x48\x01\x65\x03\x04\x02\x02", 9, NID_sha384},
+        {"\x60\x86\x48\x01\x65\x03\x04\x02\x03", 9, NID_sha512},
+    };
+    for (int i = 0; i < (int)(sizeof tab / sizeof tab[0]); i++)
+        if (bytes_are(oid, len, tab[i].oid, tab[i].len)) {
+            *nid = tab[i].nid;
+            return i;
+        }
+    return -1;
+}
+
+/* The signature algorithm named by an OID: the key type it needs and the
+ * digest it names (NID_undef: the SignerInfo's digest). False: not one the
+ * direct check takes. */
+static bool signature_alg_of(const unsigned char *oid, size_t len, int *key_type, int *md_nid)
+{
+    static const struct {
+        const char *oid;
+        size_t len;
+        int key, md;
+    } tab[] = {
+        {"\x2a\x86\x48\xce\x3d\x02\x01", 7, EVP_PKEY_EC, NID_undef}, /* id-ecPublicKey */
+        {"\x2a\x86\x48\xce\x3d\x04\x01", 7, EVP_PKEY_EC, NID_sha1},
+        {"\x2a\x86\x48\xce\x3d\x04\x03\x01", 8, EVP_PKEY_EC, NID_sha224},
+        {"\x2a\x86\x48\xce\x3d\x04\x03\x02", 8, EVP_PKEY_EC, NID_sha256},
+        {"\x2a\x86\x48\xce\x3d\x04\x03\x03", 8, EVP_PKEY_EC, NID_sha384},
+        {"\x2a\x86\x48\xce\x3d\x04\x03\x04", 8, EVP_PKEY_EC, NID_sha512},
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01", 9, EVP_PKEY_RSA, NID_undef}, /* rsaEncryption */
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x05", 9, EVP_PKEY_RSA, NID_sha1},
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0e", 9, EVP_PKEY_RSA, NID_sha224},
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0b", 9, EVP_PKEY_RSA, NID_sha256},
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0c", 9, EVP_PKEY_RSA, NID_sha384},
+        {"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0d", 9, EVP_PKEY_RSA, NID_sha512},
+    };
+    for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+        if (bytes_are(oid, len, tab[i].oid, tab[i].len)) {
+            *key_type = tab[i].key;
+            *md_nid = tab[i].md;
+            return true;
+        }
+    return false;
+}
+
+/* Whether |x| is the certificate a SignerIdentifier names, comparing its
+ * encoded issuer and serial number (or its subject key identifier). */
+static bool signer_is(X509 *x, unsigned sid_tag, const unsigned char *sid, size_t sid_len)
+{
+    if (sid_tag == 0x80) {
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(x);
+        return ski && (size_t)ASN1_STRING_length(ski) == sid_len &&
+               memcmp(ASN1_STRING_get0_data(ski), sid, sid_len) == 0;
+    }
+    const unsigned char *p = sid, *end = sid + sid_len, *name = p, *v;
+    unsigned tag;
+    size_t l;
+    if (!der_take(&p, end, &tag, &v, &l) || tag != 0x30)
+        return false;
+    size_t name_len = (size_t)(p - name);
+    const unsigned char *serial = p;
+    if (!der_take(&p, end, &tag, &v, &l) || tag != 0x02 || p != end)
+        return false;
+    size_t serial_len = (size_t)(p - serial);
+    const unsigned char *ider = NULL;
+    size_t ilen = 0;
+    if (X509_NAME_get0_der(X509_get_issuer_name(x), &ider, &ilen) != 1 || ilen != name_len ||
+        memcmp(ider, name, name_len) != 0)
+        return false;
+    unsigned char buf[64], *out = buf;
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(x);
+    int n = i2d_ASN1_INTEGER(sn, NULL);
+    if (n <= 0 || (size_t)n != serial_len || n > (int)sizeof buf)
+        return false;
+    i2d_ASN1_INTEGER(sn, &out);
+    return memcmp(buf, serial, serial_len) == 0;
+}
+
+/*
+ * Checks the Mdm-Signature |der| over |body| against the certificates of
+ * |stack| (already parsed, in the order the CMS carries them). ESIM_OK: it
+ * verifies; *signer is the signer's index in |stack|, *signed_at its
+ * signingTime (0: none). ESIM_EAUTH: it does not. ESIM_ENOTFOUND: not the
+ * shape this reads; CMS_verify decides.
+ */
+static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsigned char *body,
+                              size_t len, STACK_OF(X509) * stack, size_t *signer,
+                              int64_t *signed_at, esim_error *err)
+{
+    const unsigned char *p = der->data, *end = p + der->len, *v, *sd, *sd_end, *oid;
+    unsigned tag;
+    size_t l, oid_len;
+    /* ContentInfo { id-signedData, [0] SignedData } */
+    if (!der_take(&p, end, &tag, &v, &l) || tag != 0x30 || p != end)
+        return ESIM_ENOTFOUND;
+    p = v;
+    end = v + l;
+    if (!der_take(&p, end, &tag, &oid, &oid_len) || tag != 0x06 ||
+        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02") ||
+        !der_take(&p, end, &tag, &v, &l) || tag != 0xa0 || p != end)
+        return ESIM_ENOTFOUND;
+    p = v;
+    end = v + l;
+    if (!der_take(&p, end, &tag, &sd, &l) || tag != 0x30 || p != end)
+        return ESIM_ENOTFOUND;
+    sd_end = sd + l;
+    p = sd;
+    /* version, digestAlgorithms, encapContentInfo { id-data } (detached) */
+    const unsigned char *eci;
+    if (!der_take(&p, sd_end, &tag, &v, &l) || tag != 0x02 || !der_take(&p, sd_end, &tag, &v, &l) ||
+        tag != 0x31 || !der_take(&p, sd_end, &tag, &eci, &l) || tag != 0x30)
+        return ESIM_ENOTFOUND;
+    const unsigned char *q = eci;
+    if (!der_take(&q, eci + l, &tag, &oid, &oid_len) || tag != 0x06 || q != eci + l ||
+        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
+        return ESIM_ENOTFOUND;
+    /* certificates [0] (already taken apart), no crls [1], signerInfos */
+    if (!der_take(&p, sd_end, &tag, &v, &l))
+        return ESIM_ENOTFOUND;
+    if (tag == 0xa0 && !der_take(&p, sd_end, &tag, &v, &l))
+        return ESIM_ENOTFOUND;
+    if (tag != 0x31 || p != sd_end)
+        return ESIM_ENOTFOUND;
+    /* exactly one SignerInfo */
+    const unsigned char *si, *si_end, *set_end = v + l;
+    p = v;
+    if (!der_take(&p, set_end, &tag, &si, &l) || tag != 0x30 || p != set_end)
+        return ESIM_ENOTFOUND;
+    si_end = si + l;
+    p = si;
+    /* version, sid, digestAlgorithm, [0] signedAttrs, signatureAlgorithm,
+     * signature, [1] unsignedAttrs (optional) */
+    const unsigned char *sid, *dalg, *attrs_tlv, *attrs, *salg, *sig;
+    size_t sid_len, dalg_len, attrs_len, salg_len, sig_len;
+    unsigned sid_tag;
+    if (!der_take(&p, si_end, &tag, &v, &l) || tag != 0x02)
+        return ESIM_ENOTFOUND;
+    if (!der_take(&p, si_end, &sid_tag, &sid, &sid_len) || (sid_tag != 0x30 && sid_tag != 0x80) ||
+        !der_take(&p, si_end, &tag, &dalg, &dalg_len) || tag != 0x30)
+        return ESIM_ENOTFOUND;
+    attrs_tlv = p;
+    if (!der_take(&p, si_end, &tag, &attrs, &attrs_len) || tag != 0xa0)
+        return ESIM_ENOTFOUND;
+    size_t attrs_tlv_len = (size_t)(p - attrs_tlv);
+    if (!der_take(&p, si_end, &tag, &salg, &salg_len) || tag != 0x30 ||
+        !der_take(&p, si_end, &tag, &sig, &sig_len) || tag != 0x04 || sig_len == 0)
+        return ESIM_ENOTFOUND;
+    if (p != si_end && (!der_take(&p, si_end, &tag, &v, &l) || tag != 0xa1 || p != si_end))
+        return ESIM_ENOTFOUND;
+    /* The algorithms: a digest this takes, a signature algorithm of the
+     * signer's key type naming no other digest. */
+    int md_nid = NID_undef, key_type = 0, sig_md = NID_undef;
+    if (!der_algorithm(dalg, dalg_len, &oid, &oid_len))
+        return ESIM_ENOTFOUND;
+    int md_i = digest_of(oid, oid_len, &md_nid);
+    if (md_i < 0 || !der_algorithm(salg, salg_len, &oid, &oid_len) ||
+        !signature_alg_of(oid, oid_len, &key_type, &sig_md) ||
+        (sig_md != NID_undef && sig_md != md_nid))
+        return ESIM_ENOTFOUND;
+    size_t n = (size_t)sk_X509_num(stack), li = n;
+    for (size_t i = 0; i < n && li == n; i++)
+        if (signer_is(sk_X509_value(stack, (int)i), sid_tag, sid, sid_len))
+            li = i;
+    if (li == n)
+        return ESIM_ENOTFOUND;
+    EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(stack, (int)li));
+    if (!key || EVP_PKEY_get_base_id(key) != key_type)
+        return ESIM_ENOTFOUND;
+    /* The signed attributes, in DER order, each of the three read here at
+     * most once, with exactly one value. */
+    const unsigned char *digest = NULL, *when = NULL, *prev = NULL;
+    size_t digest_len = 0, when_len = 0, prev_len = 0;
+    bool content_type = false;
+    for (p = attrs; p < attrs + attrs_len;) {
+        const unsigned char *a = p, *av, *vals, *val, *ap;
+        size_t al, vals_len, val_len;
+        if (!der_take(&p, attrs + attrs_len, &tag, &av, &al) || tag != 0x30)
+            return ESIM_ENOTFOUND;
+        size_t a_len = (size_t)(p - a);
+        if (prev) {
+            size_t m = prev_len < a_len ? prev_len : a_len;
+            int c = memcmp(prev, a, m);
+            if (c > 0 || (c == 0 && prev_len > a_len))
+                return ESIM_ENOTFOUND;
+        }
+        prev = a;
+        prev_len = a_len;
+        ap = av;
+        if (!der_take(&ap, av + al, &tag, &oid, &oid_len) || tag != 0x06 ||
+            !der_take(&ap, av + al, &tag, &vals, &vals_len) || tag != 0x31 || ap != av + al)
+            return ESIM_ENOTFOUND;
+        bool is_type = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x03");
+        bool is_digest = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x04");
+        bool is_time = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x05");
+        if (!is_type && !is_digest && !is_time)
+            continue;
+        const unsigned char *vp = vals;
+        if (!der_take(&vp, vals + vals_len, &tag, &val, &val_len) || vp != vals + vals_len)
+            return ESIM_ENOTFOUND;
+        if (is_type) {
+            if (content_type || tag != 0x06 ||
+                !OID_IS(val, val_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
+                return ESIM_ENOTFOUND;
+            content_type = true;
+        } else if (is_digest) {
+            if (digest || tag != 0x04)
+                return ESIM_ENOTFOUND;
+            digest = val;
+            digest_len = val_len;
+        } else {
+            if (when || (tag != 0x17 && tag != 0x18))
+                return ESIM_ENOTFOUND;
+            when = vals; /* the time's own TLV */
+            when_len = vals_len;
+        }
+    }
+    if (!digest || !content_type)
+        return ESIM_ENOTFOUND;
+    /* The body's digest, then the signature over the attributes (their
+     * SET OF tag in place of the [0] they are sent with). */
+    EVP_MD *md = cached_md(svc, md_i, md_nid);
+    unsigned char mine[EVP_MAX_MD_SIZE];
+    unsigned mine_len = 0;
+    if (!digest_with(svc, md, body, len, mine, &mine_len))
+        return ESIM_ENOTFOUND;
+    if (mine_len != digest_len || CRYPTO_memcmp(mine, digest, digest_len) != 0)
+        return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx)
+        return ESIM_ENOTFOUND;
+    static const unsigned char set_tag = 0x31;
+    int ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) == 1 &&
+             EVP_DigestVerifyUpdate(ctx, &set_tag, 1) == 1 &&
+             EVP_DigestVerifyUpdate(ctx, attrs_tlv + 1, attrs_tlv_len - 1) == 1 &&
+             EVP_DigestVerifyFinal(ctx, sig, sig_len) == 1;
+    EVP_MD_CTX_free(ctx);
+    ERR_clear_error();
+    if (!ok)
+        return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
+    *signer = li;
+    *signed_at = 0;
+    if (when) {
+        const unsigned char *tp = when;
+        ASN1_TIME *t = d2i_ASN1_TIME(NULL, &tp, (long)when_len);
+        *signed_at = t && tp == when + when_len ? time_ms(t) : 0;
+        ASN1_TIME_free(t);
+        ERR_clear_error();
+    }
+    return ESIM_OK;
+}
+
 /* The fast path: certificates come from the cache, the signature is checked
  * against them, and a signer whose chain verified recently is not verified
  * again. ESIM_ENOTFOUND: this CMS needs the ordinary path.
@@ -504,25 +853,45 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
             memcpy(shas[i], e->sha, sizeof shas[i]);
         }
     }
-    const unsigned char *p = stripped.data;
-    CMS_ContentInfo *cms = rc == ESIM_OK ? d2i_CMS_ContentInfo(NULL, &p, (long)stripped.len) : NULL;
-    BIO *content = cms ? BIO_new_mem_buf(body ? (const void *)body : "", (int)len) : NULL;
-    if (rc == ESIM_OK && (!cms || !content))
-        rc = ESIM_ENOTFOUND;
-    if (rc == ESIM_OK)
-        rc = check_digests(cms, err);
-    if (rc == ESIM_OK &&
-        CMS_verify(cms, stack, NULL, content, NULL, CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1)
-        rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
+    /* The signature: directly when it has the usual shape, else by
+     * CMS_verify over the same structure without its certificates. */
+    size_t li = n;
+    int64_t signed_at = 0;
+    CMS_ContentInfo *cms = NULL;
+    BIO *content = NULL;
+    esim_err direct = ESIM_ENOTFOUND;
     if (rc == ESIM_OK) {
-        STACK_OF(X509) *signers = CMS_get0_signers(cms);
-        X509 *leaf = signers && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
-        size_t li = n;
-        for (size_t i = 0; leaf && i < n; i++)
-            if (sk_X509_value(stack, (int)i) == leaf)
-                li = i;
-        sk_X509_free(signers);
-        if (li == n) {
+        direct = verify_direct(svc, der, body, len, stack, &li, &signed_at, err);
+        if (direct != ESIM_ENOTFOUND)
+            rc = direct;
+        if (direct == ESIM_OK)
+            svc->m.signatures_direct++;
+    }
+    if (rc == ESIM_OK && direct == ESIM_ENOTFOUND) {
+        svc->m.signatures_cms++;
+        const unsigned char *p = stripped.data;
+        cms = d2i_CMS_ContentInfo(NULL, &p, (long)stripped.len);
+        content = cms ? BIO_new_mem_buf(body ? (const void *)body : "", (int)len) : NULL;
+        if (!cms || !content)
+            rc = ESIM_ENOTFOUND;
+        if (rc == ESIM_OK)
+            rc = check_digests(cms, err);
+        if (rc == ESIM_OK && CMS_verify(cms, stack, NULL, content, NULL,
+                                        CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1)
+            rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
+        if (rc == ESIM_OK) {
+            STACK_OF(X509) *signers = CMS_get0_signers(cms);
+            X509 *leaf = signers && sk_X509_num(signers) > 0 ? sk_X509_value(signers, 0) : NULL;
+            for (size_t i = 0; leaf && i < n; i++)
+                if (sk_X509_value(stack, (int)i) == leaf)
+                    li = i;
+            sk_X509_free(signers);
+            signed_at = signing_time(cms);
+        }
+    }
+    if (rc == ESIM_OK) {
+        X509 *leaf = li < n ? sk_X509_value(stack, (int)li) : NULL;
+        if (!leaf) {
             rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
         } else {
             /* By digest, not by slot: the signer's slot may have been
@@ -541,7 +910,7 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
                 memcpy(out->cert_sha256, hex.data, 65);
             esim_buf_free(&hex);
             out->not_before_ms = time_ms(X509_get0_notBefore(leaf));
-            out->signed_at_ms = signing_time(cms);
+            out->signed_at_ms = signed_at;
         }
     }
     ERR_clear_error();

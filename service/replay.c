@@ -45,10 +45,10 @@ static size_t seen_index(const char *udid)
     return h % SVC_BUCKETS;
 }
 
-static uint64_t body_key(const void *body, size_t len)
+static uint64_t body_key(esim_service *svc, const void *body, size_t len)
 {
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    SHA256(body ? body : (const void *)"", len, sha);
+    svc_sha256(svc, body, len, sha);
     uint64_t k;
     memcpy(&k, sha, sizeof k);
     return k;
@@ -81,7 +81,7 @@ svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t sig
     svc_seen *s = svc->seen[i];
     while (s && strcmp(s->udid, udid) != 0)
         s = s->next;
-    uint64_t key = body_key(body, len);
+    uint64_t key = body_key(svc, body, len);
     if (s) {
         if (signed_at <= s->floor_ms || signed_at < s->newest_ms - SVC_REPLAY_REORDER_MS) {
             esim_fail(err, ESIM_EAUTH,

@@ -1283,14 +1283,20 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         "# HELP esim_mdm_identity_chain_checks_total Identity certificate chains "
         "verified up to the device CA (once per certificate every 5 minutes).\n"
         "# TYPE esim_mdm_identity_chain_checks_total counter\n"
-        "esim_mdm_identity_chain_checks_total %llu\n",
+        "esim_mdm_identity_chain_checks_total %llu\n"
+        "# HELP esim_mdm_signature_checks_total Mdm-Signatures of known certificates "
+        "checked from their DER bytes (direct) or by OpenSSL's CMS_verify (cms).\n"
+        "# TYPE esim_mdm_signature_checks_total counter\n"
+        "esim_mdm_signature_checks_total{path=\"direct\"} %llu\n"
+        "esim_mdm_signature_checks_total{path=\"cms\"} %llu\n",
         (unsigned long long)m->anomalies, (unsigned long long)m->commands_sent,
         (unsigned long long)m->enqueued, (unsigned long long)m->auth_refused,
         (unsigned long long)m->rate_limited, (unsigned long long)m->malformed,
         (unsigned long long)m->too_big, (unsigned long long)m->replays_stale,
         (unsigned long long)m->replays_duplicate, (unsigned long long)m->signatures_without_time,
         (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
-        (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_chain_checks);
+        (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_chain_checks,
+        (unsigned long long)m->signatures_direct, (unsigned long long)m->signatures_cms);
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");
     for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)

@@ -41,6 +41,8 @@ typedef struct {
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t identity_chain_checks;                      /* chains verified up to the device CA */
+    uint64_t signatures_direct, signatures_cms; /* Mdm-Signatures checked by auth.c's own reader
+                                                   / by CMS_verify (fast path only) */
     uint64_t replays_stale, replays_duplicate, signatures_without_time;
     uint64_t api_auth_refused, api_forbidden, api_throttled; /* admin API: 401, 403, 429 */
     uint64_t conn_refused[4];                                /* by M_REFUSED_* */
@@ -494,6 +496,9 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              esim_error *err);
 esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
+/* SHA-256 of |data| with a digest fetched once (OpenSSL 3.0's SHA256()
+ * fetches it on every call, which costs more than hashing a message). */
+void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char out[32]);
 
 /* The TLS client certificate of the request, chained to the device CA
  * (Windows devices; mode none: no identity, an empty hash). ESIM_EAUTH ->

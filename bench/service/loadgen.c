@@ -5,6 +5,10 @@
  * call, then drive the check-in round trip (Idle -> command -> Acknowledged
  * -> empty); finally the same number of requests against /healthz with the
  * same generator, which is the ceiling the round trips are compared with.
+ * With LOADGEN_PKI=DIR (a test PKI, `esim-mdm pki`) every device signs each
+ * message as a phone does (Mdm-Signature: CMS, detached, signingTime) with
+ * a P-256 identity issued from DIR's device CA, for a service run with
+ * --device-auth signature.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/cms.h>
 
 #include "core/internal.h"
 
@@ -104,6 +109,48 @@ static void body_for(slot *s, struct evbuffer *out)
     }
 }
 
+/* ---- signing, with LOADGEN_PKI ---- */
+
+static esim_cert sign_ca;     /* the device CA; .x509 NULL: nothing is signed */
+static esim_cert *identities; /* one per device, issued on first use */
+
+static const esim_cert *identity_of(int device)
+{
+    esim_cert *c = &identities[device];
+    char udid[48];
+    udid_of(device, udid);
+    esim_cert_spec spec = {.common_name = udid, .key_type = ESIM_KEY_EC_P256};
+    if (!c->x509 && esim_cert_issue(&spec, &sign_ca, c, NULL) != ESIM_OK) {
+        fprintf(stderr, "loadgen: cannot issue an identity\n");
+        exit(1);
+    }
+    return c;
+}
+
+/* The Mdm-Signature header of |body|, signed by |device|'s identity. */
+static void sign_into(struct evkeyvalq *h, int device, struct evbuffer *body)
+{
+    size_t len = evbuffer_get_length(body);
+    BIO *in = BIO_new_mem_buf(evbuffer_pullup(body, -1), (int)len);
+    const esim_cert *id = identity_of(device);
+    CMS_ContentInfo *cms =
+        in ? CMS_sign(id->x509, id->key, NULL, in, CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP)
+           : NULL;
+    unsigned char *der = NULL;
+    int der_len = cms ? i2d_CMS_ContentInfo(cms, &der) : -1;
+    esim_buf b64 = {0};
+    if (der_len <= 0 || esim_base64_encode(der, (size_t)der_len, &b64) != ESIM_OK) {
+        fprintf(stderr, "loadgen: cannot sign\n");
+        exit(1);
+    }
+    esim_buf_append(&b64, "", 1);
+    evhttp_add_header(h, "Mdm-Signature", (const char *)b64.data);
+    esim_buf_free(&b64);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+}
+
 static void issue(slot *s);
 
 /* The next device for this slot, or stop when the work queue is empty. */
@@ -181,6 +228,8 @@ static void issue(slot *s)
         return;
     }
     body_for(s, evhttp_request_get_output_buffer(req));
+    if (sign_ca.x509)
+        sign_into(h, s->device, evhttp_request_get_output_buffer(req));
     evhttp_make_request(s->conn, req, EVHTTP_REQ_PUT, "/mdm");
 }
 
@@ -279,6 +328,15 @@ int main(int argc, char **argv)
     g.conc = atoi(argv[4]);
     int pid = atoi(argv[5]);
     udid_base = argc > 7 ? atoi(argv[7]) : 0;
+    const char *pki = getenv("LOADGEN_PKI");
+    if (pki && *pki) {
+        esim_error e = {{0}};
+        if (esim_pki_load(pki, "device-ca", &sign_ca, &e) != ESIM_OK) {
+            fprintf(stderr, "loadgen: %s\n", e.msg);
+            return 2;
+        }
+        identities = calloc((size_t)g.devices, sizeof *identities);
+    }
     g.base = event_base_new();
     g.slots = calloc((size_t)g.conc, sizeof *g.slots);
     for (int i = 0; i < g.conc; i++) {
@@ -356,5 +414,9 @@ int main(int argc, char **argv)
         evhttp_connection_free(g.slots[i].conn);
     free(g.slots);
     event_base_free(g.base);
+    for (int i = 0; identities && i < g.devices; i++)
+        esim_cert_clear(&identities[i]);
+    free(identities);
+    esim_cert_clear(&sign_ca);
     return rt_errors ? 1 : 0;
 }

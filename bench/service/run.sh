@@ -3,7 +3,8 @@
 # Acknowledged -> empty) for many devices over loopback, against the same
 # server's /healthz driven by the same generator in the same run (the
 # ceiling), plus memory per enrolled device. Usage: run.sh BUILD_DIR
-# Env: DEVICES (default 20000), CONC (default 64), SYNC (group|full|normal, default group).
+# Env: DEVICES (default 20000), CONC (default 64), SYNC (group|full|normal, default group),
+# SIG_DEVICES (default 2000: the same with every message signed, Mdm-Signature).
 set -euo pipefail
 build=$(cd "${1:?usage: bench/service/run.sh BUILD_DIR}" && pwd)
 bin="$build/cli/esim-mdm"
@@ -14,7 +15,12 @@ conc=${CONC:-64}
 sync=${SYNC:-group}
 dir=$(mktemp -d)
 pid=
-cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
+sig_pid=
+cleanup() {
+  for p in $pid $sig_pid; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 echo "bench-token-0123456789" > "$dir/token"
 chmod 600 "$dir/token"
@@ -29,35 +35,59 @@ echo "service: $devices devices, $conc connections, store sqlite (WAL, synchrono
 db=$(du -k "$dir/data/esim-mdm.db" "$dir/data/esim-mdm.db-wal" 2>/dev/null | awk '{s+=$1} END {print s}')
 echo "store:       $db KiB on disk after the run ($(( db * 1024 / devices )) bytes per device, ledger included)"
 
+# The same round trips with device identity on, as phones send them: every
+# message signed (Mdm-Signature, CMS, a P-256 identity per device from the
+# device CA of a test PKI) and checked by the service.
+"$bin" pki --dir "$dir/pki" >/dev/null
+sig_devices=${SIG_DEVICES:-2000}
+"$bin" serve --listen 127.0.0.1:0 --port-file "$dir/sig.port" --data-dir "$dir/sigdata" \
+  --api-token-file "$dir/token" --device-auth signature --device-ca "$dir/pki/device-ca.pem" \
+  --device-rate 100000 --store-sync "$sync" >"$dir/sig.log" 2>&1 &
+sig_pid=$!
+for _ in $(seq 100); do [[ -s "$dir/sig.port" ]] && break; sleep 0.05; done
+echo "signed:      $sig_devices devices, $conc connections, device auth signature (Mdm-Signature, P-256)"
+LOADGEN_PKI="$dir/pki" "$gen" "$(cat "$dir/sig.port")" "bench-token-0123456789" "$sig_devices" \
+  "$conc" "$sig_pid" | sed 's/^/  /'
+kill "$sig_pid" 2>/dev/null || true
+wait "$sig_pid" 2>/dev/null || true
+
 # Callgrind: instructions the service executes per check-in round trip, a
 # figure that does not move with the machine's load. Two bounded runs under
 # valgrind (CG_DEVICES devices over one connection, 1 and 3 rounds of
 # enqueue + round trips); their difference divided by the extra round trips
-# leaves out start-up, enrolment and shutdown.
+# leaves out start-up, enrolment and shutdown. Once without device identity,
+# once with every message signed.
 if command -v valgrind >/dev/null; then
   cg_devices=${CG_DEVICES:-50}
-  cg_run() {
-    local rounds=$1 d="$dir/cg$1" cpid
+  cg_run() { # ROUNDS MODE
+    local rounds=$1 d="$dir/cg$1$2" cpid auth=(--device-auth none) env=()
+    if [[ "$2" == signature ]]; then
+      auth=(--device-auth signature --device-ca "$dir/pki/device-ca.pem")
+      env=(LOADGEN_PKI="$dir/pki")
+    fi
     mkdir -p "$d"
     valgrind --tool=callgrind --callgrind-out-file="$d/out" \
       "$bin" serve --listen 127.0.0.1:0 --port-file "$d/port" --data-dir "$d/data" \
-      --api-token-file "$dir/token" --device-auth none --device-rate 100000 \
+      --api-token-file "$dir/token" "${auth[@]}" --device-rate 100000 \
       >"$d/serve.log" 2>&1 &
     cpid=$!
     for _ in $(seq 600); do [[ -s "$d/port" ]] && break; sleep 0.1; done
-    timeout 300 "$gen" "$(cat "$d/port")" "bench-token-0123456789" "$cg_devices" 1 "$cpid" "$rounds" >/dev/null
+    env "${env[@]}" timeout 300 "$gen" "$(cat "$d/port")" "bench-token-0123456789" "$cg_devices" 1 \
+      "$cpid" "$rounds" >/dev/null
     kill -TERM "$cpid"
     wait "$cpid" 2>/dev/null || true
     awk '/^(summary|totals):/ {print $2; exit}' "$d/out"
   }
-  ir1=$(cg_run 1)
-  ir3=$(cg_run 3)
-  if [[ -n "$ir1" && -n "$ir3" ]]; then
-    echo "callgrind:   $(( (ir3 - ir1) / (2 * cg_devices) )) instructions per check-in round trip" \
-      "(service under valgrind, $cg_devices devices, one connection, 3 rounds minus 1)"
-  else
-    echo "callgrind:   no figure (valgrind run failed)" >&2
-  fi
+  for mode in none signature; do
+    ir1=$(cg_run 1 $mode)
+    ir3=$(cg_run 3 $mode)
+    if [[ -n "$ir1" && -n "$ir3" ]]; then
+      echo "callgrind:   $(( (ir3 - ir1) / (2 * cg_devices) )) instructions per check-in round trip," \
+        "device auth $mode (service under valgrind, $cg_devices devices, one connection, 3 rounds minus 1)"
+    else
+      echo "callgrind:   no figure for device auth $mode (valgrind run failed)" >&2
+    fi
+  done
 fi
 
 # The same round trips on PostgreSQL (a throw-away cluster on a unix

@@ -402,6 +402,133 @@ static void test_identity_rules(void **state)
     stop(f);
 }
 
+/* One DER TLV at |p| (single-byte tag, definite length): the value's
+ * offset and length. */
+static void tlv(const unsigned char *p, size_t *hdr, size_t *len)
+{
+    size_t l = p[1];
+    *hdr = 2;
+    if (l & 0x80) {
+        size_t n = l & 0x7f;
+        l = 0;
+        for (size_t i = 0; i < n; i++)
+            l = l << 8 | p[2 + i];
+        *hdr = 2 + n;
+    }
+    *len = l;
+}
+
+/* Every byte of who signed, of the signed attributes (the body's digest,
+ * the content type, signingTime) and of the signature value changed in
+ * turn, in a signature that verifies as sent: each is refused, none reaches
+ * the device's queue. The
+ * same holds for the service's own reader of the usual shape (auth.c,
+ * counted as "direct") and for CMS_verify, which takes what it does not
+ * read. */
+static void tamper_every_byte(fixture *f, bool p256)
+{
+    if (p256) { /* a P-256 identity from the device CA, as newer iPhones have */
+        esim_cert ca = {0};
+        assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+        esim_cert_clear(&f->dev.identity);
+        esim_cert_spec spec = {.common_name = f->dev.udid, .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
+        esim_cert_clear(&ca);
+    }
+    device_enroll(&f->dev);
+    long long direct = api_metric(f->ts.url, "esim_mdm_signature_checks_total{path=\"direct\"}");
+    assert_true(direct >= 1); /* the enrolment's messages went the direct way */
+    char a[128];
+    api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(f->dev.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    /* The device's signature over the Idle, sent with another body (401)
+     * to have it without the Idle being taken. */
+    assert_int_equal(device_put_mismatched(&f->dev, idle.data, idle.len, "x", 1), 401);
+    char *sig = strdup(f->dev.last_signature);
+    esim_buf der = {0};
+    assert_int_equal(esim_base64_decode(sig, strlen(sig), &der, NULL), ESIM_OK);
+    /* ContentInfo -> [0] -> SignedData -> its last field, signerInfos ->
+     * the one SignerInfo -> past its version. */
+    size_t h, l, off;
+    tlv(der.data, &h, &l);
+    off = h;
+    size_t oh, ol;
+    tlv(der.data + off, &oh, &ol); /* contentType */
+    off += oh + ol;
+    tlv(der.data + off, &h, &l); /* [0] */
+    off += h;
+    tlv(der.data + off, &h, &l); /* SignedData */
+    size_t sd_end = off + h + l;
+    off += h;
+    size_t last = off;
+    while (off < sd_end) {
+        last = off;
+        tlv(der.data + off, &h, &l);
+        off += h + l;
+    }
+    assert_int_equal(der.data[last], 0x31);
+    tlv(der.data + last, &h, &l);
+    size_t si = last + h;
+    assert_int_equal(der.data[si], 0x30);
+    tlv(der.data + si, &h, &l);
+    size_t si_end = si + h + l;
+    /* The signer's name, the signed attributes and the signature value:
+     * the version and the two algorithm identifiers are not signed (OpenSSL
+     * takes an RSA signature whose rsaEncryption parameters are not NULL;
+     * it still verifies over the same bytes). */
+    size_t at = si + h, spans[3][2], n_spans = 0;
+    for (int field = 0; at < si_end; field++) {
+        tlv(der.data + at, &h, &l);
+        if (field == 1 || field == 3 || field == 5) { /* sid, [0] signedAttrs, signature */
+            spans[n_spans][0] = at;
+            spans[n_spans++][1] = at + h + l;
+        }
+        at += h + l;
+    }
+    assert_int_equal(n_spans, 3);
+    assert_int_equal(der.data[spans[1][0]], 0xa0);
+    assert_int_equal(der.data[spans[2][0]], 0x04);
+    size_t refused = 0;
+    for (size_t k = 0; k < n_spans; k++)
+        for (size_t i = spans[k][0]; i < spans[k][1]; i++) {
+            der.data[i] ^= 0x01;
+            esim_buf b64 = {0};
+            assert_int_equal(esim_base64_encode(der.data, der.len, &b64), ESIM_OK);
+            assert_int_equal(esim_buf_append(&b64, "", 1), ESIM_OK);
+            long code = device_put_raw(&f->dev, (const char *)b64.data, idle.data, idle.len, NULL);
+            esim_buf_free(&b64);
+            der.data[i] ^= 0x01;
+            if (code != 401 && code != 403)
+                fail_msg("byte %zu of %zu changed: HTTP %ld", i, der.len, code);
+            refused++;
+        }
+    assert_true(refused > 100);
+    /* The Idle signed afresh is taken: its command. */
+    esim_buf reply = {0};
+    f->dev.sign = SIGN_SHA256;
+    assert_int_equal(device_put(&f->dev, idle.data, idle.len, &reply), 200);
+    assert_non_null(memmem(reply.data, reply.len, a, strlen(a)));
+    assert_true(api_metric(f->ts.url, "esim_mdm_signature_checks_total{path=\"direct\"}") > direct);
+    esim_buf_free(&reply);
+    esim_buf_free(&der);
+    esim_buf_free(&idle);
+    free(sig);
+}
+
+static void test_signature_tampered_anywhere(void **state)
+{
+    (void)state;
+    fixture *f = start("tamper-rsa", NULL);
+    tamper_every_byte(f, false);
+    stop(f);
+    f = start("tamper-p256", NULL);
+    tamper_every_byte(f, true);
+    stop(f);
+}
+
 /* A fresh identity from the device CA, as SCEP issues one after a wipe. */
 static void issue_identity(const char *udid, esim_cert *out)
 {
@@ -1114,6 +1241,7 @@ int main(void)
         cmocka_unit_test(test_answer_for_command_never_sent_is_an_anomaly),
         cmocka_unit_test(test_identity_rules),
         cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
+        cmocka_unit_test(test_signature_tampered_anywhere),
         cmocka_unit_test(test_chain_verified_once_when_slots_are_shared),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_replayed_idle_gets_no_command),
