@@ -102,8 +102,19 @@ svc_replay_verdict replay_check(esim_service *svc, const char *udid, int64_t sig
         svc->seen[i] = s;
     }
     /* Remember it; what falls out of the memory raises the floor, so it
-     * can never come back. */
-    if (s->n_recent == SVC_REPLAY_RECENT) {
+     * can never come back. The memory grows first, up to its bound (out of
+     * memory, it stays as it is and the oldest falls out sooner). */
+    if (s->n_recent == s->cap_recent && s->cap_recent < SVC_REPLAY_RECENT) {
+        size_t cap = s->cap_recent ? (size_t)s->cap_recent * 2 : SVC_REPLAY_FIRST;
+        svc_seen_msg *r = realloc(s->recent, cap * sizeof *r);
+        if (r) {
+            s->recent = r;
+            s->cap_recent = (uint8_t)cap;
+        }
+    }
+    if (s->cap_recent == 0)
+        return SVC_REPLAY_FRESH; /* out of memory is not the device's fault */
+    if (s->n_recent == s->cap_recent) {
         size_t oldest = 0;
         for (size_t k = 1; k < s->n_recent; k++)
             if (s->recent[k].at < s->recent[oldest].at)
@@ -140,6 +151,7 @@ void replay_prune(esim_service *svc, int64_t now)
             /* Anything it could refuse is outside the window by now. */
             if (s->newest_ms < now - svc->cfg.replay_window_ms - SVC_REPLAY_REORDER_MS) {
                 *pp = s->next;
+                free(s->recent);
                 free(s);
             } else {
                 pp = &s->next;
@@ -154,6 +166,7 @@ void replay_free(esim_service *svc)
         while (svc->seen[i]) {
             svc_seen *s = svc->seen[i];
             svc->seen[i] = s->next;
+            free(s->recent);
             free(s);
         }
 }

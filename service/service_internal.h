@@ -107,20 +107,25 @@ typedef struct svc_bucket {
 
 #define SVC_BUCKETS 4096
 
-/* What replay.c remembers of a device's signed requests. */
+/* What replay.c remembers of a device's signed requests: its last
+ * SVC_REPLAY_RECENT messages at most, in an array that grows from
+ * SVC_REPLAY_FIRST as the device sends more within the window (most send a
+ * few: about 300 bytes a device instead of 900). */
 #define SVC_REPLAY_RECENT 32
+#define SVC_REPLAY_FIRST 4
 #define SVC_REPLAY_REORDER_MS 5000
+typedef struct svc_seen_msg {
+    int64_t at;
+    uint64_t key;    /* of the body */
+    uint64_t origin; /* the peer address it came from, hashed; 0 unknown */
+} svc_seen_msg;
 typedef struct svc_seen {
     struct svc_seen *next;
     int64_t floor_ms;  /* signatures made at or before this are refused */
     int64_t newest_ms; /* the newest signing time taken */
     int64_t pushed_ms; /* last push sent because of a duplicate */
-    struct {
-        int64_t at;
-        uint64_t key;    /* of the body */
-        uint64_t origin; /* the peer address it came from, hashed; 0 unknown */
-    } recent[SVC_REPLAY_RECENT];
-    size_t n_recent;
+    svc_seen_msg *recent;
+    uint8_t n_recent, cap_recent;
     char udid[65];
 } svc_seen;
 
