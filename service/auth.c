@@ -99,6 +99,13 @@ static int64_t signing_time(CMS_ContentInfo *cms)
     return time_ms(v->value.utctime);
 }
 
+static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now);
+static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now);
+
+/* The TLS client certificate (verified possession of its key in the
+ * handshake). Its chain to the device CA is verified once per certificate
+ * every AUTH_REVERIFY_MS, as for Mdm-Signatures, not on every request of
+ * every session: a Windows PC or an mtls device sends several per session. */
 static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_identity *out,
                          esim_error *err)
 {
@@ -109,7 +116,17 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     if (!peer)
         return esim_fail(err, ESIM_EAUTH,
                          "no TLS client certificate: the device must present its identity");
-    esim_err rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), err);
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    unsigned n = 0;
+    bool digested = X509_digest(peer, EVP_sha256(), sha, &n) == 1 && n == sizeof sha;
+    ERR_clear_error();
+    int64_t now = esim_now_ms();
+    esim_err rc = ESIM_OK;
+    if (!digested || !ver_get(svc, sha, now)) {
+        rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), err);
+        if (rc == ESIM_OK && digested)
+            ver_put(svc, sha, now);
+    }
     if (rc == ESIM_OK)
         rc = esim_cert_sha256_hex(peer, out->cert_sha256);
     out->not_before_ms = time_ms(X509_get0_notBefore(peer));
@@ -262,9 +279,9 @@ static bool ver_rebuild(struct auth_cache *c, size_t cap, int64_t now)
  * of memory, the chain is simply verified again next time. */
 static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now)
 {
-    struct auth_cache *c = svc->auth_cache;
-    if (!c)
+    if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache)))
         return;
+    struct auth_cache *c = svc->auth_cache;
     /* At most 3/4 full: past that, grow (or, at the ceiling, drop what is
      * stale; if nothing is, start over: every chain is verified again). */
     if (!c->ver || (c->ver_len + 1) * 4 > c->ver_cap * 3) {

@@ -510,6 +510,8 @@ long long api_metric(const char *base_url, const char *series)
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    if (api_ca)
+        curl_easy_setopt(c, CURLOPT_CAINFO, api_ca);
     assert_int_equal(curl_easy_perform(c), CURLE_OK);
     curl_easy_cleanup(c);
     long long v = -1;

@@ -479,7 +479,7 @@ static void tamper_every_byte(fixture *f, bool p256)
      * the version and the two algorithm identifiers are not signed (OpenSSL
      * takes an RSA signature whose rsaEncryption parameters are not NULL;
      * it still verifies over the same bytes). */
-    size_t at = si + h, spans[3][2], n_spans = 0;
+    size_t at = si + h, spans[3][2] = {{0}}, n_spans = 0;
     for (int field = 0; at < si_end; field++) {
         tlv(der.data + at, &h, &l);
         if (field == 1 || field == 3 || field == 5) { /* sid, [0] signedAttrs, signature */
@@ -1224,6 +1224,26 @@ static void test_mtls_identity(void **state)
     assert_int_equal(device_result(&f->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
     assert_string_equal(next.command_uuid, a);
     esim_cmd_parsed_free(&next);
+    /* Each certificate's chain was verified once (the device's over four
+     * requests on three connections, the other device's once), not per
+     * request. A certificate from no trusted CA is refused every time, each
+     * one checked. */
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), 2);
+    char rogue_cert[600], rogue_key[600];
+    snprintf(rogue_cert, sizeof rogue_cert, "%s/mtls-rogue.pem", env.dir);
+    snprintf(rogue_key, sizeof rogue_key, "%s/mtls-rogue.key", env.dir);
+    esim_cert rogue = {0};
+    esim_cert_spec rogue_spec = {.common_name = f->dev.udid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&rogue_spec, NULL, &rogue, NULL), ESIM_OK);
+    assert_int_equal(esim_cert_save(&rogue, rogue_cert, rogue_key, NULL), ESIM_OK);
+    esim_cert_clear(&rogue);
+    f->dev.client_cert = rogue_cert;
+    f->dev.client_key = rogue_key;
+    for (int i = 0; i < 2; i++) {
+        device_reconnect(&f->dev);
+        assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 403);
+    }
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), 4);
     esim_buf_free(&idle);
     device_free(&other);
     stop(f);
