@@ -54,7 +54,7 @@ static const char demo_help[] =
     "                           0: no limit)\n"
     "  --seed N                 the simulator's identities and misbehaviour (default 7)\n"
     "  --windows-share F        share of the devices that are Windows PCs (default 0.2;\n"
-    "                           0: iPhones only, and the service on plain HTTP)\n"
+    "                           0: no PCs, and the service on plain HTTP)\n"
     "  --iot-share F            share of the devices that are IoT devices managed through\n"
     "                           the eIM (default 0.1; 0: none)\n"
     "  --quiet-mix              no NotNow, offline, busy, eSIM-less or unsupervised devices,\n"
