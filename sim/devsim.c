@@ -45,7 +45,8 @@ enum {
 
 typedef struct {
     sim_device *dev;
-    sim_http_conn *conn; /* the phone's own connection, during a session only */
+    sim_http_conn *conn;  /* the phone's own connection, during a session only */
+    sim_tls_session *tls; /* its TLS session with the service, kept between sessions */
     uint32_t flags;
     uint8_t retries;
     /* A command answer whose PUT got no reply (the service died, or the
@@ -332,7 +333,8 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
                             .client_cert_file = cert[0] ? cert : NULL,
                             .client_key_file = key[0] ? key : NULL,
                             .timeout_ms = 30000,
-                            .conn = s->slots[ctx->slot].conn};
+                            .conn = s->slots[ctx->slot].conn,
+                            .tls = s->https_server ? &s->slots[ctx->slot].tls : NULL};
     return sim_http_send(s->http, &req, on_service_reply, ctx, NULL);
 }
 
@@ -479,6 +481,7 @@ static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
     sim_device_erase(sl->dev, keep_esim);
     token_put(s, i);
     sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE); /* a new identity */
+    sim_tls_session_forget(sl->tls);                           /* ... so a new full handshake */
     save_if_dirty(s, i);
     /* A reset eUICC owes its SM-DP+s the delete notifications. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
@@ -983,6 +986,14 @@ static json_t *stats_json(const sim_devsim *s)
                   "http_errors", (json_int_t)w.http_errors);
     if (j)
         json_object_set_new(j, "window", json_integer((json_int_t)s->window));
+    /* Every TLS connection the simulator opened (to the service, the
+     * SM-DP+, the mocks): full handshakes, resumed ones, and client
+     * certificates sent (in full handshakes only). */
+    if (j)
+        json_object_set_new(j, "tls",
+                            json_pack("{s:I, s:I, s:I}", "full", (json_int_t)w.tls_full, "resumed",
+                                      (json_int_t)w.tls_resumed, "client_certificates",
+                                      (json_int_t)w.tls_client_certs));
     if (j && s->enrol_refused)
         json_object_set_new(j, "enrolment_refused",
                             json_pack("{s:I, s:s, s:I, s:s}", "count", (json_int_t)s->enrol_refused,
@@ -1498,6 +1509,7 @@ void sim_devsim_free(sim_devsim *s)
     sim_iotfleet_free(s->iot);
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
+        sim_tls_session_free(s->slots[i].tls);
         drop_unanswered(&s->slots[i]);
         if (s->slots[i].dev) {
             save_if_dirty(s, i);
@@ -1531,6 +1543,12 @@ sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
     t.devices = s->n + sim_winfleet_count(s->win);
     sim_winfleet_stats(s->win, &t);
     t.iot = sim_iotfleet_get_stats(s->iot);
+    if (s->http) {
+        sim_http_tls_stats tls = sim_http_get_tls_stats(s->http);
+        t.tls_full = tls.full;
+        t.tls_resumed = tls.resumed;
+        t.tls_client_certs = tls.client_certs;
+    }
     return t;
 }
 
@@ -1603,6 +1621,7 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
         token_put(s, i);
         if (out->erased) {
             sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE);
+            sim_tls_session_forget(sl->tls);
             at(s, 200, i, TIMED_ENROLL);
         }
     }

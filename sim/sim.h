@@ -268,6 +268,20 @@ typedef struct sim_http_conn sim_http_conn;
 esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err);
 void sim_http_conn_free(sim_http_conn *c); /* NULL ok; closes the connection */
 
+/*
+ * One device's TLS session, kept between its connections as a phone's TLS
+ * stack keeps it: a request that names one (sim_http_request.tls) offers the
+ * session the device's last full handshake or resumption got, so a new
+ * connection to the same server resumes it (no certificates, no
+ * signatures). The device's first connection is always a full handshake,
+ * and its client certificate is sent only then, when the server asks for
+ * it. Made on first use; forget it when the device's identity changes (an
+ * erase); free it once none of the device's connections is open.
+ */
+typedef struct sim_tls_session sim_tls_session;
+void sim_tls_session_forget(sim_tls_session *t); /* NULL ok: the next connection is full */
+void sim_tls_session_free(sim_tls_session *t);   /* NULL ok */
+
 typedef struct {
     const char *method; /* "GET", "POST", "PUT" */
     const char *url;
@@ -280,6 +294,9 @@ typedef struct {
     const char *client_cert_file; /* PEM, TLS client authentication; may be NULL */
     const char *client_key_file;
     sim_http_conn *conn; /* NULL: the client's shared connection cache */
+    /* NULL: new connections resume the client's shared TLS sessions (by
+     * host); else the device's own (*tls made on first use). */
+    sim_tls_session **tls;
 } sim_http_request;
 
 typedef struct {
@@ -303,6 +320,14 @@ void sim_http_free(sim_http *h);
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
                        esim_error *err);
 size_t sim_http_in_flight(const sim_http *h);
+
+/* TLS handshakes the client made: full (certificates checked), resumed,
+ * and client certificates sent (each in a full handshake the server asked
+ * one in). */
+typedef struct {
+    size_t full, resumed, client_certs;
+} sim_http_tls_stats;
+sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h);
 
 /* ---- LPA side of SGP.22 ES9+ (what the device does with the eUICC) -------- */
 
@@ -817,6 +842,9 @@ typedef struct {
     size_t windows_pcs, win_sessions, win_session_errors, win_messages, wns_pushes, wns_channels,
         wns_expired, win_downloads_ok, win_downloads_failed, win_resets;
     sim_iotfleet_stats iot;
+    /* TLS handshakes of every connection (service, SM-DP+, mocks): full,
+     * resumed, and client certificates sent (full handshakes only). */
+    size_t tls_full, tls_resumed, tls_client_certs;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;

@@ -29,6 +29,7 @@ enum {
 typedef struct {
     sim_winpc *pc;
     sim_http_conn *conn;
+    sim_tls_session *tls;    /* its TLS session with the service, kept between sessions */
     int64_t channel_expires; /* wall ms; 0 = none */
     uint16_t flags;
     uint8_t retries;
@@ -269,6 +270,7 @@ void sim_winfleet_free(sim_winfleet *f)
         return;
     for (size_t i = 0; i < f->n; i++) {
         sim_http_conn_free(f->slots[i].conn);
+        sim_tls_session_free(f->slots[i].tls);
         save_if_dirty(f, i);
         sim_winpc_free(f->slots[i].pc);
     }
@@ -373,7 +375,8 @@ static esim_err post(sim_winfleet *f, size_t i, const esim_buf *body, bool pushe
         .ca_file = strncmp(url, "https://", 8) == 0 ? sim_pki_ca_file(f->cfg.pki) : NULL,
         .client_cert_file = cert,
         .client_key_file = key,
-        .conn = sl->conn};
+        .conn = sl->conn,
+        .tls = strncmp(url, "https://", 8) == 0 ? &sl->tls : NULL};
     rc = sim_http_send(f->cfg.http, &req, on_reply, ctx, NULL);
     if (rc != ESIM_OK)
         free(ctx);

@@ -187,6 +187,8 @@ int main(int argc, char **argv)
            "%zu downloads, %zu session errors\n",
            (unsigned)atomic_load(&verified), n, wall, st.win_sessions, (double)st.win_sessions / n,
            st.win_downloads_ok, st.win_session_errors);
+    printf("  TLS handshakes     %zu full, %zu resumed, %zu client certificates sent\n",
+           st.tls_full, st.tls_resumed, st.tls_client_certs);
     printf("  reference: one ECDSA P-256 signature = %.1f us of CPU (this run)\n", ref_us);
     printf("  device simulator   %6.3f ms CPU per Windows PC = %.1f signatures "
            "(goal 0.5 ms = %.1f signatures: %s); %.3f ms per session\n",

@@ -35,6 +35,10 @@ typedef struct {
 typedef struct {
     char id[65];
     int sessions, alert1200, violations;
+    /* Sessions that began on a full TLS handshake (client certificate
+     * verified) or on a resumed one; whether the PC's first one was full. */
+    int tls_full, tls_resumed;
+    bool first_tls_full;
     bool in_session;
     unsigned msg; /* our MsgID in the current session */
     char sid[16];
@@ -213,6 +217,13 @@ static inline void omadm_on_request(struct evhttp_request *req, void *arg)
             p->alert1200++;
         free(alert);
         free(devid);
+        bool resumed = ssl && SSL_session_reused(ssl);
+        if (p->tls_full + p->tls_resumed == 0)
+            p->first_tls_full = !resumed;
+        if (resumed)
+            p->tls_resumed++;
+        else
+            p->tls_full++;
         p->in_session = true;
         p->msg = 0;
         snprintf(p->sid, sizeof p->sid, "%s", sid);

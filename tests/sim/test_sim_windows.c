@@ -436,6 +436,17 @@ static void test_windows_end_to_end(void **state)
     assert_int_equal(st.win_resets, 1);
     /* The SM-DP+ saw the install notifications. */
     assert_int_equal(sim_smdp_find_order(smdp, iccid[0])->state, SIM_ORDER_INSTALLED);
+    /* TLS as a PC does it: each PC's first session is a full handshake with
+     * its client certificate (the server requires one), later sessions
+     * resume the PC's own session, so each certificate went once. */
+    int resumed = 0;
+    for (int i = 0; i < NPC; i++) {
+        assert_true(srv.os->pcs[i].first_tls_full);
+        resumed += srv.os->pcs[i].tls_resumed;
+    }
+    assert_true(srv.os->pcs[0].tls_resumed >= 3);
+    assert_int_equal(st.tls_client_certs, NPC);
+    assert_true(st.tls_resumed >= (size_t)resumed);
 
     sim_http_free(h);
     sim_devsim_free(ds);
