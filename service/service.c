@@ -637,8 +637,28 @@ static struct bufferevent *new_bev(struct event_base *base, void *arg)
 static int accept_any_client_cert(int ok, X509_STORE_CTX *ctx)
 {
     (void)ok;
-    (void)ctx;
+    /* A client that shows a certificate gets no session ticket: a resumed
+     * session would carry no chain to check its identity with. */
+    SSL *ssl = X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    if (ssl)
+        SSL_set_num_tickets(ssl, 0);
     return 1;
+}
+
+/* Which offered sessions may be resumed: those of clients that showed no
+ * certificate (an iPhone signing its messages), never one that carried a
+ * client certificate (it has no chain: a full handshake checks it again). */
+static SSL_TICKET_RETURN resumable_ticket(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
+                                          size_t name_len, SSL_TICKET_STATUS status, void *arg)
+{
+    (void)ssl, (void)name, (void)name_len, (void)arg;
+    if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
+        return status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER
+                   ? SSL_TICKET_RETURN_ABORT
+                   : SSL_TICKET_RETURN_IGNORE_RENEW;
+    if (!sess || SSL_SESSION_get0_peer(sess))
+        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
 }
 
 /* A server TLS context from |cert_path| and |key_path|, asking clients for
@@ -667,17 +687,17 @@ static esim_err tls_ctx_build(const esim_service *svc, const char *cert_path, co
      * never required: a client without one still connects. */
     if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_client_cert);
-        /* No TLS session resumption while client certificates are asked
-         * for: a resumed session carries no certificate chain
+        /* No TLS session resumption for a client that showed a
+         * certificate: a resumed session carries no certificate chain
          * (SSL_get_peer_cert_chain is NULL), so the identity could not be
-         * checked up to the device CA again. Without this, OpenSSL hands out
-         * tickets, and a client that offers one back (curl, Windows, the
-         * simulated PCs between their sessions) gets an "internal error"
-         * alert: there is no session ID context. */
+         * checked up to the device CA again; such a client gets no ticket,
+         * and one it offers anyway is ignored (a full handshake). A client
+         * without one (an iPhone that signs its messages) resumes with a
+         * stateless ticket, as it would with any web server. The session ID
+         * context is needed once client certificates are asked for. */
         SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"esim-mdm", 8);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_session_ticket_cb(ctx, NULL, resumable_ticket, NULL);
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca_path);
         if (names)
             SSL_CTX_set_client_CA_list(ctx, names);

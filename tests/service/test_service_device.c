@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "service/svc_harness.h"
@@ -1169,6 +1170,56 @@ static void test_device_hangs_up_before_the_answer(void **state)
     stop(f);
 }
 
+/* One TLS connection to |port| (GET /healthz), offering |*sess| when set
+ * and keeping the session the server gave in its place; with |cert| it
+ * shows that client certificate. Whether the handshake resumed. */
+static bool tls_get(int port, const char *ca, const char *cert, const char *key, SSL_SESSION **sess)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (cert) {
+        assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, cert), 1);
+        assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM), 1);
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    if (*sess)
+        SSL_set_session(ssl, *sess);
+    assert_int_equal(SSL_connect(ssl), 1);
+    bool resumed = SSL_session_reused(ssl) == 1;
+    static const char get[] =
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+    /* The whole answer (the tickets come before it), read before the
+     * server's close: OpenSSL makes a session not resumable when the
+     * connection ends without close_notify. */
+    char buf[4096];
+    size_t got = 0, want = 0;
+    int n;
+    while ((!want || got < want) &&
+           (n = SSL_read(ssl, buf + got, (int)(sizeof buf - 1 - got))) > 0) {
+        got += (size_t)n;
+        buf[got] = '\0';
+        const char *end = strstr(buf, "\r\n\r\n"), *cl = strstr(buf, "Content-Length:");
+        if (end && cl)
+            want = (size_t)(end + 4 - buf) + (size_t)atol(cl + 15);
+    }
+    assert_non_null(strstr(buf, " 200 "));
+    SSL_SESSION_free(*sess);
+    *sess = SSL_get1_session(ssl);
+    SSL_shutdown(ssl);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    return resumed;
+}
+
 /* mTLS: the identity is the TLS client certificate, bound at Authenticate. */
 static void test_mtls_identity(void **state)
 {
@@ -1245,6 +1296,21 @@ static void test_mtls_identity(void **state)
     }
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), 4);
     esim_buf_free(&idle);
+
+    /* TLS resumption: a client without a certificate (an iPhone signing
+     * its messages) resumes its session; one that showed a certificate
+     * gets a full handshake every time, so its chain is checked again. */
+    int port = atoi(strrchr(f->ts.url, ':') + 1);
+    SSL_SESSION *sess = NULL;
+    assert_false(tls_get(port, ca, NULL, NULL, &sess));
+    assert_true(tls_get(port, ca, NULL, NULL, &sess));
+    assert_true(tls_get(port, ca, NULL, NULL, &sess));
+    SSL_SESSION_free(sess);
+    sess = NULL;
+    assert_false(tls_get(port, ca, id_cert, id_key, &sess));
+    assert_false(tls_get(port, ca, id_cert, id_key, &sess));
+    SSL_SESSION_free(sess);
+
     device_free(&other);
     stop(f);
     harness_set_api_ca(NULL);
