@@ -19,13 +19,44 @@
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
+void api_send(api_request *r, int code, const char *content_type, const void *body, size_t len)
+{
+    if (!r->on_worker) {
+        http_reply(r->svc, r->req, M_ROUTE_API, code, content_type, body, len);
+        return;
+    }
+    esim_buf_free(&r->held.body);
+    if (len && esim_buf_append(&r->held.body, body, len) != ESIM_OK) {
+        static const char oom[] = "{\"error\":{\"status\":500,\"message\":\"out of memory\"}}\n";
+        code = 500;
+        content_type = "application/json";
+        esim_buf_free(&r->held.body);
+        esim_buf_append(&r->held.body, oom, sizeof oom - 1);
+    }
+    r->held.set = true;
+    r->held.code = code;
+    r->held.type = content_type;
+}
+
+void api_add_header(api_request *r, const char *name, const char *value)
+{
+    if (!r->on_worker) {
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
+        return;
+    }
+    if (r->held.n_headers < sizeof r->held.headers / sizeof r->held.headers[0]) {
+        r->held.headers[r->held.n_headers][0] = name;
+        r->held.headers[r->held.n_headers++][1] = value;
+    }
+}
+
 void api_reply_json(api_request *r, int code, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {
         static const char oom[] = "{\"error\":{\"status\":500,\"message\":\"out of memory\"}}\n";
-        http_reply(r->svc, r->req, M_ROUTE_API, 500, "application/json", oom, sizeof oom - 1);
+        api_send(r, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
     size_t len = strlen(text);
@@ -34,7 +65,7 @@ void api_reply_json(api_request *r, int code, json_t *body)
     esim_buf_append(&b, text, len);
     esim_buf_append(&b, "\n", 1);
     free(text);
-    http_reply(r->svc, r->req, M_ROUTE_API, code, "application/json", b.data, b.len);
+    api_send(r, code, "application/json", b.data, b.len);
     esim_buf_free(&b);
 }
 
@@ -47,10 +78,18 @@ void api_error(api_request *r, int code, const char *field, const char *fmt, ...
     va_end(ap);
     /* Messages quote what the client sent (paths, keys): keep them JSON. */
     svc_utf8_sanitize(msg);
-    access_audit_note(r->svc, r->req, 0, msg);
+    if (r->on_worker) { /* what access_audit_note does, on the loop */
+        size_t l = strnlen(msg, sizeof r->detail - 1);
+        memcpy(r->detail, msg, l);
+        r->detail[l] = '\0';
+    } else
+        access_audit_note(r->svc, r->req, 0, msg);
     if (code == 503) { /* the store failed (api_status_for) */
-        svc_store_failed(r->svc, msg);
-        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", "5");
+        if (r->on_worker)
+            r->held.store_failed = true; /* svc_store_failed on the loop */
+        else
+            svc_store_failed(r->svc, msg);
+        api_add_header(r, "Retry-After", "5");
     }
     json_t *e = json_pack("{s:i,s:s}", "status", code, "message", msg);
     if (e && field)
@@ -222,11 +261,50 @@ static void h_metrics(api_request *r)
 
 #define MAX_UDIDS_PER_CALL 100000
 
+/* POST /v1/commands: the store's half on a pool worker when there is one,
+ * then post_commands_then on the loop (counts, pushes, the answer). */
+typedef struct {
+    json_t *body; /* the request's JSON: |list| points into it */
+    const char **list;
+    esim_push_state *ps;
+    size_t n;
+    esim_cmd cmd;
+    esim_enqueue_opts opts;
+    char uuid[128];
+} post_commands;
+
+static void post_commands_free(post_commands *pc)
+{
+    esim_cmd_free(&pc->cmd);
+    free(pc->list);
+    free(pc->ps);
+    json_decref(pc->body);
+    free(pc);
+}
+
+static void post_commands_then(api_request *r, void *arg)
+{
+    post_commands *pc = arg;
+    svc_enqueue_after(r->svc, pc->list, pc->n, &pc->opts, pc->ps);
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:o}", "command_uuid", pc->uuid, "request_type",
+                             pc->cmd.request_type, "devices",
+                             push_states_json(pc->list, pc->ps, pc->n)));
+    post_commands_free(pc);
+}
+
 static void h_post_commands(api_request *r)
 {
-    json_t *body = api_body_json(r);
-    if (!body)
+    post_commands *pc = calloc(1, sizeof *pc);
+    if (!pc) {
+        api_error(r, 500, NULL, "out of memory");
         return;
+    }
+    json_t *body = pc->body = api_body_json(r);
+    if (!body) {
+        free(pc);
+        return;
+    }
     static const char *const keys[] = {"udids",        "command", "priority",
                                        "expires_in_s", "push",    NULL};
     const char *key;
@@ -239,49 +317,45 @@ static void h_post_commands(api_request *r)
         if (!ok) {
             api_error(r, 400, key,
                       "%s: unknown key; known: udids, command, priority, expires_in_s, push", key);
-            json_decref(body);
-            return;
+            goto fail;
         }
     }
     json_t *udids = json_object_get(body, "udids");
     json_t *prio = json_object_get(body, "priority");
     json_t *exp = json_object_get(body, "expires_in_s");
     json_t *push = json_object_get(body, "push");
-    size_t n = json_array_size(udids);
-    const char **list = NULL;
-    esim_push_state *ps = NULL;
-    esim_cmd cmd = {0};
+    size_t n = pc->n = json_array_size(udids);
     esim_error e = {{0}};
     char field[96];
 
     if (!json_is_array(udids) || n == 0) {
         api_error(r, 400, "udids", "udids: must be a non-empty array of device UDIDs");
-        goto done;
+        goto fail;
     }
     if (n > MAX_UDIDS_PER_CALL) {
         api_error(r, 400, "udids", "udids: at most %d devices per call", MAX_UDIDS_PER_CALL);
-        goto done;
+        goto fail;
     }
     if (prio && (!json_is_integer(prio) || json_integer_value(prio) < -1000 ||
                  json_integer_value(prio) > 1000)) {
         api_error(r, 400, "priority", "priority: must be an integer from -1000 to 1000");
-        goto done;
+        goto fail;
     }
     if (exp && (!json_is_integer(exp) || json_integer_value(exp) <= 0 ||
                 json_integer_value(exp) > 10LL * 365 * 24 * 3600)) {
         api_error(r, 400, "expires_in_s",
                   "expires_in_s: must be a positive number of seconds (at most 10 years)");
-        goto done;
+        goto fail;
     }
     if (push && !json_is_boolean(push)) {
         api_error(r, 400, "push", "push: must be true or false");
-        goto done;
+        goto fail;
     }
-    list = calloc(n, sizeof *list);
-    ps = calloc(n, sizeof *ps);
-    if (!list || !ps) {
+    pc->list = calloc(n, sizeof *pc->list);
+    pc->ps = calloc(n, sizeof *pc->ps);
+    if (!pc->list || !pc->ps) {
         api_error(r, 500, NULL, "out of memory");
-        goto done;
+        goto fail;
     }
     for (size_t i = 0; i < n; i++) {
         json_t *u = json_array_get(udids, i);
@@ -289,35 +363,35 @@ static void h_post_commands(api_request *r)
             snprintf(field, sizeof field, "udids[%zu]", i);
             api_error(r, 400, field, "%s: %s", field,
                       json_is_string(u) ? e.msg : "must be a string (a device UDID)");
-            goto done;
+            goto fail;
         }
-        list[i] = json_string_value(u);
+        pc->list[i] = json_string_value(u);
     }
-    if (api_compose_command(json_object_get(body, "command"), &cmd, field, &e) != ESIM_OK) {
+    if (api_compose_command(json_object_get(body, "command"), &pc->cmd, field, &e) != ESIM_OK) {
         api_error(r, 400, field, "%s", e.msg);
-        goto done;
+        goto fail;
     }
-    esim_enqueue_opts opts = {
+    pc->opts = (esim_enqueue_opts){
         .priority = prio ? (int)json_integer_value(prio) : 0,
         .expires_at = exp ? esim_now_ms() + (int64_t)json_integer_value(exp) * 1000 : 0,
         .push = push ? json_is_true(push) : true,
     };
-    char uuid[128];
-    esim_err rc =
-        esim_service_enqueue(r->svc, cmd.body.data, cmd.body.len, list, n, &opts, ps, uuid, &e);
+    esim_err rc = svc_enqueue_store(r->svc, r->st, pc->cmd.body.data, pc->cmd.body.len, pc->list, n,
+                                    &pc->opts, pc->uuid, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : NULL,
                   "%s", e.msg);
-        goto done;
+        goto fail;
     }
-    api_reply_json(r, 200,
-                   json_pack("{s:s,s:s,s:o}", "command_uuid", uuid, "request_type",
-                             cmd.request_type, "devices", push_states_json(list, ps, n)));
-done:
-    esim_cmd_free(&cmd);
-    free(list);
-    free(ps);
-    json_decref(body);
+    if (r->on_worker) {
+        r->then = post_commands_then;
+        r->then_arg = pc;
+    } else {
+        post_commands_then(r, pc);
+    }
+    return;
+fail:
+    post_commands_free(pc);
 }
 
 /* ---- NanoMDM's enqueue and push ------------------------------------------------------
@@ -488,7 +562,7 @@ static void h_enqueue_raw(api_request *r)
  * device, and the entries of one page of devices (udid order). */
 static void h_get_command(api_request *r)
 {
-    store *st = r->svc->st;
+    store *st = r->st;
     const char *lim = query_get(r, "limit");
     long limit = lim ? strtol(lim, NULL, 10) : 1000;
     if (limit < 0 || limit > 10000) {
@@ -565,7 +639,7 @@ static void devices_csv(api_request *r)
         store_device *list = NULL;
         size_t n = 0;
         esim_error e = {{0}};
-        esim_err rc = esim_store_device_list(r->svc->st, after, 1000, &list, &n, &e);
+        esim_err rc = esim_store_device_list(r->st, after, 1000, &list, &n, &e);
         if (rc != ESIM_OK) {
             esim_buf_free(&b);
             api_error(r, api_status_for(rc), NULL, "%s", e.msg);
@@ -597,9 +671,8 @@ static void devices_csv(api_request *r)
         if (n < 1000)
             break;
     }
-    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Disposition",
-                      "attachment; filename=\"esim-mdm-devices.csv\"");
-    http_reply(r->svc, r->req, M_ROUTE_API, 200, "text/csv; charset=utf-8", b.data, b.len);
+    api_add_header(r, "Content-Disposition", "attachment; filename=\"esim-mdm-devices.csv\"");
+    api_send(r, 200, "text/csv; charset=utf-8", b.data, b.len);
     esim_buf_free(&b);
 }
 
@@ -625,7 +698,7 @@ static void h_list_devices(api_request *r)
     size_t n = 0;
     esim_error e = {{0}};
     const char *q = query_get(r, "q");
-    esim_err rc = esim_store_device_search(r->svc->st, q, after, (size_t)limit, &list, &n, &e);
+    esim_err rc = esim_store_device_search(r->st, q, after, (size_t)limit, &list, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -642,7 +715,7 @@ static void h_get_device(api_request *r)
 {
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_get(r->svc->st, r->params[0], &d, &e);
+    esim_err rc = esim_store_device_get(r->st, r->params[0], &d, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -657,7 +730,7 @@ static void h_device_queue(api_request *r)
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_queue(r->svc->st, r->params[0], with_done, &entries, &n, &e);
+    esim_err rc = esim_store_device_queue(r->st, r->params[0], with_done, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -683,11 +756,11 @@ static void h_device_events(api_request *r)
     }
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_get(r->svc->st, r->params[0], &d, &e);
+    esim_err rc = esim_store_device_get(r->st, r->params[0], &d, &e);
     store_event *ev = NULL;
     size_t n = 0;
     if (rc == ESIM_OK)
-        rc = esim_store_events_list(r->svc->st, r->params[0], after, (size_t)limit, &ev, &n, &e);
+        rc = esim_store_events_list(r->st, r->params[0], after, (size_t)limit, &ev, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -713,8 +786,7 @@ static void h_device_events(api_request *r)
 static void h_cancel(api_request *r)
 {
     esim_error e = {{0}};
-    esim_err rc =
-        esim_store_queue_cancel(r->svc->st, r->params[0], r->params[1], esim_now_ms(), &e);
+    esim_err rc = esim_store_queue_cancel(r->st, r->params[0], r->params[1], esim_now_ms(), &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "command_uuid" : NULL, "%s", e.msg);
         return;
@@ -731,7 +803,7 @@ static void h_retire(api_request *r)
     char detail[128];
     snprintf(detail, sizeof detail, "retired through the API by key '%s'", r->who);
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_retire(r->svc->st, r->params[0], detail, esim_now_ms(), &e);
+    esim_err rc = esim_store_device_retire(r->st, r->params[0], detail, esim_now_ms(), &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
         return;
@@ -760,7 +832,7 @@ static void h_audit(api_request *r)
     store_audit *list = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_audit_list(r->svc->st, after, (size_t)limit, &list, &n, &e);
+    esim_err rc = esim_store_audit_list(r->st, after, (size_t)limit, &list, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -814,24 +886,24 @@ static void h_push(api_request *r)
 /* ---- the route table: one line per endpoint ------------------------------------------------ */
 
 static const api_route routes[] = {
-    {EVHTTP_REQ_GET, "/healthz", h_healthz, false},
-    {EVHTTP_REQ_GET, "/metrics", h_metrics, false},
-    {EVHTTP_REQ_POST, "/v1/commands", h_post_commands, true},
-    {EVHTTP_REQ_GET, "/v1/commands/:", h_get_command, true},
-    {API_ANY_METHOD, "/v1/enqueue/:", h_enqueue_raw, true}, /* NanoMDM takes any method */
-    {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true},
-    {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true},
-    {EVHTTP_REQ_DELETE, "/v1/devices/:", h_retire, true},
-    {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true},
-    {EVHTTP_REQ_GET, "/v1/devices/:/events", h_device_events, true},
-    {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true},
-    {EVHTTP_REQ_GET, "/v1/audit", h_audit, true},
-    {API_ANY_METHOD, "/v1/push/:", h_push, true},
+    {EVHTTP_REQ_GET, "/healthz", h_healthz, false, false},
+    {EVHTTP_REQ_GET, "/metrics", h_metrics, false, false},
+    {EVHTTP_REQ_POST, "/v1/commands", h_post_commands, true, true},
+    {EVHTTP_REQ_GET, "/v1/commands/:", h_get_command, true, true},
+    {API_ANY_METHOD, "/v1/enqueue/:", h_enqueue_raw, true, false}, /* NanoMDM takes any method */
+    {EVHTTP_REQ_GET, "/v1/devices", h_list_devices, true, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:", h_get_device, true, true},
+    {EVHTTP_REQ_DELETE, "/v1/devices/:", h_retire, true, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/queue", h_device_queue, true, true},
+    {EVHTTP_REQ_GET, "/v1/devices/:/events", h_device_events, true, true},
+    {EVHTTP_REQ_DELETE, "/v1/devices/:/queue/:", h_cancel, true, true},
+    {EVHTTP_REQ_GET, "/v1/audit", h_audit, true, true},
+    {API_ANY_METHOD, "/v1/push/:", h_push, true, false},
     /* NanoMDM's other endpoints (nanomdm.c) */
-    {EVHTTP_REQ_GET, "/version", nano_version, false},
-    {EVHTTP_REQ_POST | EVHTTP_REQ_PUT, "/migration", nano_migration, true},
-    {EVHTTP_REQ_GET, "/v1/pushcert", nano_pushcert_get, true},
-    {EVHTTP_REQ_PUT, "/v1/pushcert", nano_pushcert_put, true},
+    {EVHTTP_REQ_GET, "/version", nano_version, false, false},
+    {EVHTTP_REQ_POST | EVHTTP_REQ_PUT, "/migration", nano_migration, true, false},
+    {EVHTTP_REQ_GET, "/v1/pushcert", nano_pushcert_get, true, false},
+    {EVHTTP_REQ_PUT, "/v1/pushcert", nano_pushcert_put, true, false},
 };
 
 /* Matches |path| against |pattern|, decoding ':' segments into |r|. |decoded|
@@ -960,17 +1032,91 @@ static void method_not_allowed(api_request *r, const char *path, const char *met
               allow[0] ? allow : "another method");
 }
 
+/* ---- admin requests on the store pool ----------------------------------------------
+ * With PostgreSQL and a store pool, a route marked |pooled| runs on a pool
+ * worker with the worker's connection (as the device path's operations
+ * do, mdm.c), so a slow or blocked admin query holds a worker, not the
+ * loop, and never the other devices' check-ins. Its answer is held in the
+ * request and given on the loop (api_call_done), where the audit entry is
+ * written after it as before. Without a pool the same handler runs on the
+ * loop at once. */
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    api_request r;
+    api_handler fn;
+    struct evkeyvalq query;
+    char *decoded[API_MAX_PARAMS];
+    const char *method_name, *path;
+} api_call;
+
+/* What follows every admin answer: the audit entry, then the request's
+ * memory. */
+static void api_call_end(esim_service *svc, api_call *c)
+{
+    svc->audit = NULL;
+    if (c->r.audited)
+        access_audit_write(svc, &c->r, c->method_name, c->path);
+    evhttp_clear_headers(&c->query);
+    for (size_t k = 0; k < API_MAX_PARAMS; k++)
+        free(c->decoded[k]);
+    esim_buf_free(&c->r.held.body);
+    free(c);
+}
+
+static void api_call_run(store *st, pool_job *pj)
+{
+    api_call *c = (api_call *)pj;
+    c->r.st = st;
+    c->r.on_worker = true;
+    c->fn(&c->r);
+    c->r.on_worker = false;
+}
+
+static void api_call_done(esim_service *svc, pool_job *pj)
+{
+    api_call *c = (api_call *)pj;
+    api_request *r = &c->r;
+    r->st = svc->st;
+    svc->audit = r;
+    if (!pj->ran) {
+        api_error(r, 503, NULL, "the service is stopping");
+    } else if (r->then) {
+        r->then(r, r->then_arg);
+    } else {
+        for (size_t i = 0; i < r->held.n_headers; i++)
+            evhttp_add_header(evhttp_request_get_output_headers(r->req), r->held.headers[i][0],
+                              r->held.headers[i][1]);
+        if (r->held.store_failed)
+            svc_store_failed(svc, r->detail);
+        if (r->held.set)
+            http_reply(svc, r->req, M_ROUTE_API, r->held.code, r->held.type, r->held.body.data,
+                       r->held.body.len);
+        else
+            api_error(r, 500, NULL, "the request was not answered");
+    }
+    api_call_end(svc, c);
+}
+
 void api_dispatch(esim_service *svc, struct evhttp_request *req)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    api_request r = {.svc = svc, .req = req};
+    api_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        http_reply(svc, req, M_ROUTE_API, 503, "text/plain", "out of memory\n", 14);
+        return;
+    }
+    api_request *r = &c->r;
+    *r = (api_request){.svc = svc, .req = req, .st = svc->st};
+    TAILQ_INIT(&c->query);
+    c->path = path;
     if (!path) {
-        api_error(&r, 400, NULL, "bad request target");
+        api_error(r, 400, NULL, "bad request target");
+        api_call_end(svc, c);
         return;
     }
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
-    char *decoded[API_MAX_PARAMS] = {0};
+    char **decoded = c->decoded;
     const api_route *hit = NULL;
     const svc_route *module_hit = NULL;
     bool path_known = false;
@@ -981,7 +1127,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             decoded[k] = NULL;
         }
         const char *pattern = i < n_table ? routes[i].pattern : svc->routes[i - n_table].pattern;
-        if (!route_match(pattern, path, &r, decoded))
+        if (!route_match(pattern, path, r, decoded))
             continue;
         path_known = true;
         if (i < n_table && (routes[i].method & method) != 0)
@@ -990,40 +1136,42 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             module_hit = &svc->routes[i - n_table];
     }
     bool needs_token = (module_hit && !module_hit->public_route) || (hit && hit->needs_token);
-    const char *method_name = access_method_name(method);
-    struct evkeyvalq query;
-    TAILQ_INIT(&query);
-    svc->audit = &r;
+    const char *method_name = c->method_name = access_method_name(method);
+    svc->audit = r;
     if (!hit && !module_hit) {
         if (path_known)
-            method_not_allowed(&r, path, method_name);
+            method_not_allowed(r, path, method_name);
         else
-            api_error(&r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
-    } else if (needs_token && !access_check_request(svc, &r, method_name, path)) {
+            api_error(r, 404, NULL, "no such endpoint: %s (see docs/api.md)", path);
+    } else if (needs_token && !access_check_request(svc, r, method_name, path)) {
         /* answered: 401, 403 (audited) or 429 */
     } else {
         /* Every change made with a key is an admin action; reads are not. */
-        r.audited = needs_token && ((method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) ||
-                                    strncmp(path, "/v1/push/", 9) == 0);
+        r->audited = needs_token && ((method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) ||
+                                     strncmp(path, "/v1/push/", 9) == 0);
         const char *q = evhttp_uri_get_query(uri);
-        if (q && evhttp_parse_query_str(q, &query) == 0)
-            r.query = &query;
+        if (q && evhttp_parse_query_str(q, &c->query) == 0)
+            r->query = &c->query;
         else if (q) {
-            api_error(&r, 400, NULL, "bad query string");
+            api_error(r, 400, NULL, "bad query string");
             hit = NULL;
             module_hit = NULL;
         }
-        if (hit && text_valid(&r, hit->pattern))
-            hit->fn(&r);
-        else if (module_hit && text_valid(&r, module_hit->pattern))
-            module_hit->fn(&r, module_hit->arg);
+        if (hit && text_valid(r, hit->pattern)) {
+            if (hit->pooled && pool_on(svc)) {
+                c->fn = hit->fn;
+                c->job.run = api_call_run;
+                c->job.done = api_call_done;
+                c->job.admin = true;
+                svc->audit = NULL;
+                pool_submit(svc, &c->job);
+                return; /* api_call_done answers */
+            }
+            hit->fn(r);
+        } else if (module_hit && text_valid(r, module_hit->pattern))
+            module_hit->fn(r, module_hit->arg);
     }
-    svc->audit = NULL;
-    if (r.audited)
-        access_audit_write(svc, &r, method_name, path);
-    evhttp_clear_headers(&query);
-    for (size_t k = 0; k < API_MAX_PARAMS; k++)
-        free(decoded[k]);
+    api_call_end(svc, c);
 }
 
 /* ---- routes of modules (service.h) ---------------------------------------------------------- */

@@ -32,7 +32,7 @@ struct svc_pool {
     bool quit;
     pool_job *todo, **todo_tail; /* waiting for a worker */
     pool_job *done, **done_tail; /* finished, waiting for the loop */
-    size_t waiting, busy;
+    size_t waiting, busy, busy_admin;
     uint64_t jobs, errors;
     int pipe[2];
     struct event *done_ev;
@@ -40,22 +40,36 @@ struct svc_pool {
     size_t n;
 };
 
+/* The first job a worker may take, under the lock: the oldest, except that
+ * admin jobs (the admin API's, the campaigns') hold at most half the
+ * workers, so that however slow they are, device requests keep the rest. */
+static pool_job **next_job(svc_pool *p)
+{
+    size_t admin_max = (p->n + 1) / 2;
+    for (pool_job **at = &p->todo; *at; at = &(*at)->next)
+        if (!(*at)->admin || p->busy_admin < admin_max)
+            return at;
+    return NULL;
+}
+
 static void *worker_main(void *arg)
 {
     pool_worker *w = arg;
     svc_pool *p = w->pool;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->todo && !p->quit)
+        pool_job **at = NULL;
+        while (!p->quit && !(at = next_job(p)))
             pthread_cond_wait(&p->cv, &p->mu);
         if (p->quit)
             break;
-        pool_job *j = p->todo;
-        p->todo = j->next;
-        if (!p->todo)
-            p->todo_tail = &p->todo;
+        pool_job *j = *at;
+        *at = j->next;
+        if (!*at)
+            p->todo_tail = at;
         p->waiting--;
         p->busy++;
+        p->busy_admin += j->admin;
         pthread_mutex_unlock(&p->mu);
 
         j->rc = ESIM_OK;
@@ -67,6 +81,10 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&p->mu);
         w->stats = bs;
         p->busy--;
+        if (j->admin) {
+            p->busy_admin--;
+            pthread_cond_broadcast(&p->cv); /* an admin job waiting may go now */
+        }
         p->jobs++;
         p->errors += j->rc == ESIM_ESTORE;
         j->next = NULL;
@@ -162,7 +180,8 @@ void pool_submit(esim_service *svc, pool_job *j)
     *p->todo_tail = j;
     p->todo_tail = &j->next;
     p->waiting++;
-    pthread_cond_signal(&p->cv);
+    /* Every worker looks: the one woken might be unable to take an admin job. */
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }
 

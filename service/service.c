@@ -1188,13 +1188,10 @@ void svc_run_result_hooks(esim_service *svc, const esim_service_result *r)
 
 /* ---- enqueue and push ---------------------------------------------------------------- */
 
-esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
-                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
-                              esim_push_state *pushes, char uuid_out[128], esim_error *err)
+esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *command_plist,
+                           size_t len, const char *const *udids, size_t n,
+                           const esim_enqueue_opts *opts, char uuid_out[128], esim_error *err)
 {
-    esim_enqueue_opts none = {0};
-    if (!opts)
-        opts = &none;
     esim_parse_limits limits = {svc->cfg.max_body, svc->cfg.max_depth};
     esim_cmd_parsed cmd = {0};
     esim_err rc = esim_cmd_parse(command_plist, len, &limits, &cmd, err);
@@ -1216,15 +1213,16 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
         .priority = opts->priority,
         .expires_at = opts->expires_at,
     };
-    rc = esim_store_command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
+    rc = esim_store_command_enqueue(st, &in, udids, n, esim_now_ms(), err);
     if (rc == ESIM_OK && uuid_out)
         snprintf(uuid_out, 128, "%s", cmd.command_uuid);
     esim_cmd_parsed_free(&cmd);
-    if (rc != ESIM_OK) {
-        if (rc == ESIM_ESTORE)
-            svc_store_failed(svc, NULL);
-        return rc;
-    }
+    return rc;
+}
+
+void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
+                       const esim_enqueue_opts *opts, esim_push_state *pushes)
+{
     svc->m.enqueued += n;
     for (size_t i = 0; svc->refill_tab && i < n; i++)
         refill_mark(svc, udids[i]);
@@ -1237,6 +1235,23 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
         if (pushes)
             pushes[i] = ps;
     }
+}
+
+esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
+                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                              esim_push_state *pushes, char uuid_out[128], esim_error *err)
+{
+    esim_enqueue_opts none = {0};
+    if (!opts)
+        opts = &none;
+    esim_err rc =
+        svc_enqueue_store(svc, svc->st, command_plist, len, udids, n, opts, uuid_out, err);
+    if (rc != ESIM_OK) {
+        if (rc == ESIM_ESTORE)
+            svc_store_failed(svc, NULL);
+        return rc;
+    }
+    svc_enqueue_after(svc, udids, n, opts, pushes);
     return ESIM_OK;
 }
 

@@ -349,6 +349,21 @@ struct esim_api_request {
     bool audited;     /* an admin action: written to the audit log once answered */
     int status;       /* the answer's HTTP status, once given */
     char detail[256]; /* the error's message, when it failed */
+    store *st;        /* the store the handler uses: the service's, or a pool worker's */
+    /* A route marked |pooled| runs on a store pool worker when there is one
+     * (api.c, "admin requests on the store pool"): its answer is held here
+     * and given on the loop, or |then| runs there to finish it. */
+    bool on_worker;
+    struct {
+        bool set, store_failed;
+        int code;
+        const char *type; /* static */
+        esim_buf body;
+        const char *headers[2][2]; /* static names and values */
+        size_t n_headers;
+    } held;
+    void (*then)(struct esim_api_request *r, void *arg);
+    void *then_arg;
 };
 typedef struct esim_api_request api_request;
 
@@ -359,6 +374,10 @@ typedef struct {
     const char *pattern; /* "/v1/devices/:/queue/:" - ':' matches one segment */
     api_handler fn;
     bool needs_token; /* bearer token required */
+    bool pooled;      /* with a store pool, runs on a worker: reads only the request's
+                       * params and query, uses r->st, answers with api_reply_json,
+                       * api_error or api_send, and touches nothing else of the
+                       * service (what must run on the loop goes in r->then) */
 } api_route;
 
 /* A route's method that matches every method the server takes (NanoMDM's
@@ -385,6 +404,11 @@ void api_routes_free(esim_service *svc);
 /* JSON replies: api_reply_json steals |body|; api_error writes
  * {"error": {"code": ..., "field": ..., "message": ...}}. */
 void api_reply_json(api_request *r, int code, json_t *body);
+/* Answers |code| with |body| of |content_type| (static), or holds it when
+ * on a worker. */
+void api_send(api_request *r, int code, const char *content_type, const void *body, size_t len);
+/* Adds an answer header (|name| and |value| static when on a worker). */
+void api_add_header(api_request *r, const char *name, const char *value);
 void api_error(api_request *r, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Parses the body as a JSON object; on failure answers 400 and returns NULL. */
@@ -459,6 +483,15 @@ void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
  * the answers stay empty and those devices are pushed instead). */
 void mdm_refill_answers(esim_service *svc, svc_deferred *list);
 
+/* esim_service_enqueue in two halves: the store's (checks the command and
+ * queues it on |st|; safe on a pool worker, it touches nothing else of the
+ * service) and the loop's (counts, refills held answers, pushes). */
+esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *command_plist,
+                           size_t len, const char *const *udids, size_t n,
+                           const esim_enqueue_opts *opts, char uuid_out[128], esim_error *err);
+void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
+                       const esim_enqueue_opts *opts, esim_push_state *pushes);
+
 /* ---- the store worker pool (pool.c) ----------------------------------------------- */
 
 #define SVC_POOL_MAX 64
@@ -472,7 +505,8 @@ typedef struct pool_job {
     void (*done)(esim_service *svc, struct pool_job *j);
     esim_err rc;
     esim_error e;
-    bool ran; /* false: it never reached a worker (the service stopped) */
+    bool ran;   /* false: it never reached a worker (the service stopped) */
+    bool admin; /* the admin API's or the campaigns': at most half the workers at once */
 } pool_job;
 
 /* Starts the pool when the store is PostgreSQL and cfg.store_pool > 0:

@@ -8,7 +8,8 @@
 #      SM-DP+ and device simulator) over ESIM_BENCH_DEVICES devices (default
 #      2000; the goal is 100000), against one plain DeviceInformation round
 #      to the same fleet: time to all verified, pushes/s, commands/s, peak
-#      memory of the service and of the simulator per device.
+#      memory of the service and of the simulator per device; then the same
+#      on PostgreSQL (store pool 4 and 0, one and two instances), as ratios.
 set -euo pipefail
 build=$(cd "${1:?usage: bench/campaign/run.sh BUILD_DIR}" && pwd)
 bin="$build/cli/esim-mdm"
@@ -84,11 +85,21 @@ if [[ "${PGSQL:-1}" == 0 ]] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 
   exit $status
 fi
 "$fixture" start "$pgdir" 2>/dev/null
-psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE pool" -c "CREATE DATABASE onloop"
+psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE pool" -c "CREATE DATABASE onloop" \
+  -c "CREATE DATABASE iphones1" -c "CREATE DATABASE iphones2"
 echo "-- the same on PostgreSQL: store pool of 4 connections, then none (store calls on the loop)"
 demo_run "$work/pool.json" --store "postgresql:///pool?host=$pgdir" || status=$?
 ESIM_MDM_STORE_POOL=0 demo_run "$work/onloop.json" --store "postgresql:///onloop?host=$pgdir" ||
   status=$?
+# One instance, then two instances on the one database (demo --instances 2:
+# the devices spread over both, the campaign driven by its lease holder).
+# Two instances run iPhones only (docs/scaling.md), so both runs here do.
+echo "-- iPhones only: SQLite, then PostgreSQL with one instance, then two on the one database"
+demo_run "$work/sqlite_i.json" --windows-share 0 || status=$?
+demo_run "$work/x1.json" --windows-share 0 --store "postgresql:///iphones1?host=$pgdir" ||
+  status=$?
+demo_run "$work/x2.json" --windows-share 0 --instances 2 \
+  --store "postgresql:///iphones2?host=$pgdir" || status=$?
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -112,5 +123,25 @@ for name, label in (("pool", "pgsql, pool 4"), ("onloop", "pgsql, pool 0")):
 p, o = load("pool"), load("onloop")
 if p and o:
     print(f"  ratio: pool 4 / pool 0 commands/s = {p['commands_per_s']/max(o['commands_per_s'], 1e-9):.2f}")
+one, two = load("x1"), load("x2")
+for s, label in ((one, "pgsql x1, iPhones only"), (two, "pgsql x2, iPhones only")):
+    if not s:
+        print(f"  {label}: no summary (see the demo's output)")
+        continue
+    print(f"  {label}: verified {s['verified']} of {s.get('verifiable', s['devices'])} in "
+          f"{s['duration_s']:.1f} s, commands {s['commands_per_s']:.0f}/s, "
+          f"{s['verified']/max(s['duration_s'], 1e-9):.0f} devices verified/s")
+if one and two:
+    print(f"  ratio: pgsql x2 / x1 commands/s = "
+          f"{two['commands_per_s']/max(one['commands_per_s'], 1e-9):.2f}, time "
+          f"{two['duration_s']/max(one['duration_s'], 1e-9):.2f}")
+si = load("sqlite_i")
+if si:
+    print(f"  sqlite, iPhones only: verified {si['verified']} in {si['duration_s']:.1f} s, "
+          f"commands {si['commands_per_s']:.0f}/s")
+    for s, label in ((one, "x1"), (two, "x2")):
+        if s:
+            print(f"  ratio: pgsql {label} / sqlite (iPhones only) commands/s = "
+                  f"{s['commands_per_s']/max(si['commands_per_s'], 1e-9):.2f}")
 PY
 exit $status

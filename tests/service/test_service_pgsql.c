@@ -293,6 +293,114 @@ static void test_slow_query_holds_one_worker(void **state)
     harness_stop(&ts);
 }
 
+/* An admin API call on a thread of its own. */
+typedef struct {
+    const char *url, *method, *path, *body;
+    long code;
+    atomic_int finished;
+    pthread_t thread;
+} admin_call;
+
+static void *admin_main(void *arg)
+{
+    admin_call *c = arg;
+    c->code = api_call(c->url, TEST_TOKEN, c->method, c->path, c->body,
+                       c->body ? "application/json" : NULL, NULL);
+    atomic_store(&c->finished, 1);
+    return NULL;
+}
+
+/* Admin requests that wait on a lock (an enqueue for a device whose row
+ * another session holds, a retirement of it) hold pool workers, at most
+ * half of them, and never the loop: other devices' check-ins and the
+ * admin API's reads go on meanwhile; then each statement runs out of
+ * statement_timeout and its caller gets a clean 503 with nothing written.
+ * With the admin API on the loop's own connection (ESIM_TEST_STORE_POOL=0,
+ * as before the admin API went to the pool) the check-ins wait behind the
+ * stuck admin request: this test fails. */
+static void test_slow_admin_holds_no_loop(void **state)
+{
+    (void)state;
+    if (!have_pgsql())
+        skip();
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "slow-admin", &cfg, ts.data_dir);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D4000", cfg.store);
+    cfg.store = spec;
+    harness_start(&ts, &cfg);
+    test_device locked, others[NOTHERS];
+    device_new(&locked, &env, "00008110-PGADMINLOCKED1", ts.url);
+    device_enroll(&locked);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGADMINFAST%03d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    PGconn *locker = pg_connect(spec), *watch = pg_connect(spec);
+    pg_ok(locker, "BEGIN");
+    pg_ok(locker, "SELECT 1 FROM devices WHERE udid = '00008110-PGADMINLOCKED1' FOR UPDATE");
+    char body[600];
+    snprintf(body, sizeof body,
+             "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"DeviceInformation\","
+             "\"queries\":[\"UDID\"]},\"push\":false}",
+             locked.udid);
+    admin_call calls[2] = {
+        {.url = ts.url, .method = "POST", .path = "/v1/commands", .body = body},
+        {.url = ts.url, .method = "DELETE", .path = "/v1/devices/00008110-PGADMINLOCKED1"},
+    };
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&calls[i].thread, NULL, admin_main, &calls[i]), 0);
+    /* Until both admin statements wait on the lock. */
+    long waiting = 0;
+    for (int i = 0; i < 200 && waiting < 2; i++) {
+        waiting = pg_count(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                  "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
+        if (waiting < 2)
+            usleep(20000);
+    }
+    assert_int_equal(waiting, 2);
+    /* Devices check in, and the API still reads, while they wait. */
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    char path[128];
+    snprintf(path, sizeof path, "/v1/devices/%s", others[0].udid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, NULL), 200);
+    assert_int_equal(atomic_load(&calls[0].finished), 0);
+    assert_int_equal(atomic_load(&calls[1].finished), 0);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_store_pool_busy"), 2);
+    /* Their statements time out: clean 503s, nothing queued or retired. */
+    for (int i = 0; i < 2; i++) {
+        pthread_join(calls[i].thread, NULL);
+        assert_int_equal(calls[i].code, 503);
+    }
+    pg_ok(locker, "ROLLBACK");
+    json_t *q = NULL;
+    snprintf(path, sizeof path, "/v1/devices/%s/queue", locked.udid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &q), 200);
+    assert_int_equal(json_array_size(json_object_get(q, "queue")), 0);
+    json_decref(q);
+    snprintf(path, sizeof path, "/v1/devices/%s", locked.udid);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &q), 200);
+    assert_true(json_is_true(json_object_get(q, "enrolled")));
+    json_decref(q);
+    /* And once the lock is gone the same calls go through. */
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", body, "application/json", NULL), 200);
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "DELETE", path, NULL, NULL, NULL), 200);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&locked);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+}
+
 #define RDEV 4
 #define RCMD 12
 
@@ -574,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_control_race_between_instances),
         cmocka_unit_test(test_database_restart),
         cmocka_unit_test(test_slow_query_holds_one_worker),
+        cmocka_unit_test(test_slow_admin_holds_no_loop),
         cmocka_unit_test(test_database_restart_under_traffic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
