@@ -641,10 +641,8 @@ static esim_err pg_fail(pg_store *s, esim_error *err, const char *what, const PG
  * connection is already undone by the server, and its operation failed. */
 static esim_err session_setup(pg_store *s, esim_error *err);
 
-static esim_err ensure_conn(pg_store *s, esim_error *err)
+static esim_err reconnect(pg_store *s, esim_error *err)
 {
-    if (PQstatus(s->conn) == CONNECTION_OK)
-        return ESIM_OK;
     PQreset(s->conn);
     s->reconnects++;
     memset(s->prepared, 0, sizeof s->prepared);
@@ -653,30 +651,31 @@ static esim_err ensure_conn(pg_store *s, esim_error *err)
     return session_setup(s, err);
 }
 
+static esim_err ensure_conn(pg_store *s, esim_error *err)
+{
+    if (PQstatus(s->conn) == CONNECTION_OK)
+        return ESIM_OK;
+    return reconnect(s, err);
+}
+
 /*
  * Runs statement |id| with parameters from |fmt|: 't' text (NULL is SQL
  * NULL), 'T' text (NULL is ''), 'i' int64, 'b' bytes (pointer, size_t; NULL
  * is SQL NULL). Returns the result (PQclear it) or NULL with |err| set.
  */
+/* The server said farewell to this session before our statement (it was
+ * stopped or restarted, or is starting): the statement was not run. */
+static bool farewell(const PGresult *res)
+{
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return code && strncmp(code, "57P0", 4) == 0;
+}
+
 static PGresult *vrun(pg_store *s, esim_error *err, int id, const char *fmt, va_list ap)
 {
     s->unique_violation = false;
     if (s->depth == 0 && ensure_conn(s, err) != ESIM_OK)
         return NULL;
-    if (!s->prepared[id]) {
-        char name[16];
-        snprintf(name, sizeof name, "s%d", id);
-        PGresult *res = PQprepare(s->conn, name, statement_sql[id], 0, NULL);
-        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-        if (!ok)
-            pg_fail(s, err, "prepare", res);
-        PQclear(res);
-        if (!ok) {
-            s->tx_failed = s->depth > 0;
-            return NULL;
-        }
-        s->prepared[id] = true;
-    }
     const char *values[MAX_PARAMS];
     int lengths[MAX_PARAMS], formats[MAX_PARAMS];
     char nums[MAX_PARAMS][24];
@@ -709,18 +708,48 @@ static PGresult *vrun(pg_store *s, esim_error *err, int id, const char *fmt, va_
     }
     char name[16];
     snprintf(name, sizeof name, "s%d", id);
-    s->queries++;
-    PGresult *res = PQexecPrepared(s->conn, name, n, values, lengths, formats, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        pg_fail(s, err, statement_sql[id], res);
-        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        s->unique_violation = code && strcmp(code, "23505") == 0;
-        PQclear(res);
-        s->tx_failed = s->depth > 0;
-        return NULL;
+    /* Outside a transaction, a connection the server left since the last
+     * operation (a restart: libpq may not have noticed yet) is remade and
+     * the statement tried once more: nothing of it ran. Inside one, the
+     * operation fails whole and its caller answers 503. */
+    for (bool again = s->depth == 0;; again = false) {
+        if (!s->prepared[id]) {
+            PGresult *res = PQprepare(s->conn, name, statement_sql[id], 0, NULL);
+            bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+            if (!ok && again && (PQstatus(s->conn) != CONNECTION_OK || farewell(res))) {
+                PQclear(res);
+                if (reconnect(s, err) != ESIM_OK)
+                    return NULL;
+                continue;
+            }
+            if (!ok)
+                pg_fail(s, err, "prepare", res);
+            PQclear(res);
+            if (!ok) {
+                s->tx_failed = s->depth > 0;
+                return NULL;
+            }
+            s->prepared[id] = true;
+        }
+        s->queries++;
+        PGresult *res = PQexecPrepared(s->conn, name, n, values, lengths, formats, 0);
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            if (again && farewell(res)) {
+                PQclear(res);
+                if (reconnect(s, err) != ESIM_OK)
+                    return NULL;
+                continue;
+            }
+            pg_fail(s, err, statement_sql[id], res);
+            const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            s->unique_violation = code && strcmp(code, "23505") == 0;
+            PQclear(res);
+            s->tx_failed = s->depth > 0;
+            return NULL;
+        }
+        return res;
     }
-    return res;
 }
 
 static PGresult *run(pg_store *s, esim_error *err, int id, const char *fmt, ...)
@@ -802,9 +831,10 @@ static esim_err pg_op_begin(store *base, esim_error *err)
     if (rc == ESIM_OK) {
         rc = simple(s, "BEGIN", err);
         /* Nothing was done yet: a connection found dead here (the server
-         * restarted since the last operation) is remade and tried once more. */
-        if (rc != ESIM_OK && PQstatus(s->conn) != CONNECTION_OK &&
-            (rc = ensure_conn(s, err)) == ESIM_OK)
+         * restarted since the last operation; libpq may have read the
+         * server's farewell without noticing the close yet, so its status
+         * can still say OK) is remade and tried once more. */
+        if (rc != ESIM_OK && (rc = reconnect(s, err)) == ESIM_OK)
             rc = simple(s, "BEGIN", err);
     }
     if (rc != ESIM_OK)

@@ -119,23 +119,44 @@ serve_pg() { # NAME DB [POOL]
   for _ in $(seq 200); do [[ -s "$dir/$1/port" ]] && break; sleep 0.05; done
 }
 rate_of() { grep -o '[0-9]* round trips/s' "$1" | awk '{print $1}'; }
+# The cluster's CPU so far in clock ticks: the postmaster, the backends it
+# has reaped and those alive (CPU time, which the machine's load does not
+# inflate as it does wall time).
+pg_ticks() {
+  local pm
+  pm=$(head -1 "$pgdir/data/postmaster.pid")
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '$2 == "(postgres)" && $1 == pm {t += $14 + $15 + $16 + $17}
+    $2 == "(postgres)" && $4 == pm {t += $14 + $15} END {print t + 0}'
+}
+# db_cpu BEFORE DEVICES: the database's CPU per device since BEFORE, over a
+# generator's whole run: per device its enrolment (2 check-ins), its share
+# of the enqueue, one round trip (2 requests) and its share of /healthz.
+db_cpu() {
+  awk -v a="$1" -v b="$(pg_ticks)" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { if (n > 0) printf "database CPU %.0f us per device (enrolment + enqueue + round trip)", (b - a) * 1e6 / hz / n }'
+}
 psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE one" -c "CREATE DATABASE two" \
   -c "CREATE DATABASE zero"
 # First without the store pool (--store-pool 0: every store call on the
 # service's loop, one connection), then with it (the default, 4).
 serve_pg pg0 zero 0
+t0=$(pg_ticks)
 "$gen" "$(cat "$dir/pg0/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
   >"$dir/pg0.out"
 zero=$(rate_of "$dir/pg0.out")
 echo "pgsql x1, pool 0: $(grep '^round trips' "$dir/pg0.out" | sed 's/^round trips: *//')"
+echo "                  $(grep '^server CPU' "$dir/pg0.out" | sed 's/^server CPU: *//' | cut -d'(' -f1); $(db_cpu "$t0" "$devices")"
 serve_pg pg1 one
+t0=$(pg_ticks)
 "$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[2]}" \
   >"$dir/pg1.out"
 one=$(rate_of "$dir/pg1.out")
 echo "pgsql x1:    $(grep '^round trips' "$dir/pg1.out" | sed 's/^round trips: *//')"
+echo "             $(grep '^server CPU' "$dir/pg1.out" | sed 's/^server CPU: *//' | cut -d'(' -f1); $(db_cpu "$t0" "$devices")"
 serve_pg pg2a two
 serve_pg pg2b two
 half=$((devices / 2))
+t0=$(pg_ticks)
 "$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[3]}" 0 0 \
   >"$dir/pg2a.out" &
 g1=$!
@@ -145,6 +166,7 @@ g2=$!
 wait $g1 $g2
 two=$(( $(rate_of "$dir/pg2a.out") + $(rate_of "$dir/pg2b.out") ))
 echo "pgsql x2:    $two round trips/s together (two instances, one database, $half devices each)"
+echo "             $(db_cpu "$t0" "$devices")"
 awk -v s="$sqlite_rt" -v z="$zero" -v o="$one" -v t="$two" 'BEGIN {
   if (s > 0) printf "ratio:       pgsql x1 / sqlite = %.2f, pgsql x2 / sqlite = %.2f, pgsql x1 pool 0 / sqlite = %.2f\n", o / s, t / s, z / s;
   if (z > 0) printf "ratio:       pgsql x1 pool 4 / pool 0 = %.2f\n", o / z;
