@@ -32,7 +32,8 @@ demo_run() {
   local st=0
   # --iot-share 0: the iPhone and PC campaign alone (IoT devices poll their
   # eIM on an interval of their own; docs/demo.md)
-  "$bin" demo --devices "$n" --no-extras --iot-share 0 --json --pushes-per-second "$pps" --timeout 3600 "$@" \
+  "$bin" demo --devices "$n" --no-extras --iot-share 0 --json --pushes-per-second "$pps" \
+    --timeout "${DEMO_TIMEOUT:-3600}" "$@" \
     >"$o.log" 2>/dev/null || st=$?
   tail -n 1 "$o.log" >"$o"
   return $st
@@ -92,13 +93,16 @@ demo_run "$work/pool.json" --store "postgresql:///pool?host=$pgdir" || status=$?
 ESIM_MDM_STORE_POOL=0 demo_run "$work/onloop.json" --store "postgresql:///onloop?host=$pgdir" ||
   status=$?
 # One instance, then two instances on the one database (demo --instances 2:
-# the devices spread over both, the campaign driven by its lease holder).
-# Two instances run iPhones only (docs/scaling.md), so both runs here do.
+# the devices spread over both, the campaign driven by its lease holder),
+# an iPhone fleet (the PCs' OMA-DM sessions use the loop's own connection
+# and dominate a mixed fleet's time on PostgreSQL: docs/scaling.md).
 echo "-- iPhones only: SQLite, then PostgreSQL with one instance, then two on the one database"
 demo_run "$work/sqlite_i.json" --windows-share 0 || status=$?
 demo_run "$work/x1.json" --windows-share 0 --store "postgresql:///iphones1?host=$pgdir" ||
   status=$?
-demo_run "$work/x2.json" --windows-share 0 --instances 2 \
+# Bounded: on 5 December 2026 this run stalled with answers not replayed
+# between the instances (docs/scaling.md); its summary then says so.
+DEMO_TIMEOUT=900 demo_run "$work/x2.json" --windows-share 0 --instances 2 \
   --store "postgresql:///iphones2?host=$pgdir" || status=$?
 python3 - "$work" <<'PY'
 import json, sys
@@ -129,8 +133,8 @@ for s, label in ((one, "pgsql x1, iPhones only"), (two, "pgsql x2, iPhones only"
         print(f"  {label}: no summary (see the demo's output)")
         continue
     print(f"  {label}: verified {s['verified']} of {s.get('verifiable', s['devices'])} in "
-          f"{s['duration_s']:.1f} s, commands {s['commands_per_s']:.0f}/s, "
-          f"{s['verified']/max(s['duration_s'], 1e-9):.0f} devices verified/s")
+          f"{s['duration_s']:.1f} s (timed out {s.get('timed_out', 0)}), commands "
+          f"{s['commands_per_s']:.0f}/s, {s['verified']/max(s['duration_s'], 1e-9):.0f} devices verified/s")
 if one and two:
     print(f"  ratio: pgsql x2 / x1 commands/s = "
           f"{two['commands_per_s']/max(one['commands_per_s'], 1e-9):.2f}, time "
