@@ -279,6 +279,19 @@ esim_err sgp32_verify_rs(EVP_PKEY *pub, const uint8_t *data, size_t len,
     return ESIM_OK;
 }
 
+esim_err sgp32_verify_rs_der(EVP_PKEY *pub, const asn_TYPE_descriptor_t *td, const void *obj,
+                             const OCTET_STRING_t *sig, esim_error *err)
+{
+    if (!pub || !sig || sig->size != SGP32_SIG_LEN)
+        return esim_fail(err, ESIM_ECRYPTO, "no key, or a signature that is not 64 bytes of r‖s");
+    esim_buf der = {0};
+    esim_err rc = sgp32_encode(td, obj, &der, err);
+    if (rc == ESIM_OK)
+        rc = sgp32_verify_rs(pub, der.data, der.len, sig->buf, err);
+    esim_buf_free(&der);
+    return rc;
+}
+
 /* ---- signature inputs -------------------------------------------------- */
 
 /* A DER length. */

@@ -128,6 +128,13 @@ esim_err sgp32_sign_rs(EVP_PKEY *key, const uint8_t *data, size_t len, uint8_t s
 esim_err sgp32_verify_rs(EVP_PKEY *pub, const uint8_t *data, size_t len,
                          const uint8_t sig[SGP32_SIG_LEN], esim_error *err);
 
+/* The same over the DER of |obj| (type |td|), the way SGP.22 signs its
+ * structures (euiccSigned1, serverSigned1, smdpSigned2, notification
+ * metadata, …): ESIM_OK when |sig| is 64 bytes of r‖s by |pub| (NULL: no
+ * key) over that DER, else ESIM_ECRYPTO or the encoder's error. */
+esim_err sgp32_verify_rs_der(EVP_PKEY *pub, const asn_TYPE_descriptor_t *td, const void *obj,
+                             const OCTET_STRING_t *sig, esim_error *err);
+
 /*
  * The data the eIM signs for a package (eimSignature): DER(EuiccPackageSigned)
  * followed, when the association has a token (|token| not NULL), by the

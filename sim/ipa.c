@@ -487,16 +487,11 @@ static void *retyped(const asn_TYPE_descriptor_t *td, const void *obj, uint16_t 
     return out;
 }
 
-/* |cert| verifies |sig| over the DER of |obj|. */
+/* |cert|'s public key verifies |sig| (64 bytes, r‖s) over |td|'s DER of |obj|. */
 static bool ind_sig_ok(X509 *cert, const asn_TYPE_descriptor_t *td, const void *obj,
                        const OCTET_STRING_t *sig)
 {
-    esim_buf der = {0};
-    EVP_PKEY *pub = X509_get0_pubkey(cert);
-    bool ok = pub && sig->size == 64 && sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
-              sim_ecdsa_verify_raw(pub, der.data, der.len, sig->buf, 64, NULL) == ESIM_OK;
-    esim_buf_free(&der);
-    return ok;
+    return sgp32_verify_rs_der(X509_get0_pubkey(cert), td, obj, sig, NULL) == ESIM_OK;
 }
 
 /* The eUICC signs the DER of |obj| into |sig| (an OCTET STRING of 64). */

@@ -923,12 +923,7 @@ static void *get_der(const json_t *body, const char *key, const asn_TYPE_descrip
 static bool der_sig_ok(X509 *cert, const asn_TYPE_descriptor_t *td, const void *obj,
                        const OCTET_STRING_t *sig)
 {
-    esim_buf der = {0};
-    EVP_PKEY *pub = X509_get0_pubkey(cert);
-    bool ok = pub && sig->size == 64 && sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
-              sim_ecdsa_verify_raw(pub, der.data, der.len, sig->buf, 64, NULL) == ESIM_OK;
-    esim_buf_free(&der);
-    return ok;
+    return sgp32_verify_rs_der(X509_get0_pubkey(cert), td, obj, sig, NULL) == ESIM_OK;
 }
 
 static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
