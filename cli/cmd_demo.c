@@ -962,27 +962,41 @@ static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, js
     return rc == CLI_EXIT_OK && !sup_stopping();
 }
 
+/* The campaign's failed devices (GET …/devices?state=failed), NULL when the
+ * call failed; the caller frees it. */
+static json_t *failed_devices(demo *d, const char *campaign_id)
+{
+    char path[320];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed&limit=10000", campaign_id);
+    json_t *r = NULL;
+    return call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r) ? r : NULL;
+}
+
+/* The demo's own record of the device |udid| (|devs| sorted), or NULL. */
+static const demo_dev *demo_dev_of(const demo_dev *devs, size_t n_devs, const char *udid)
+{
+    demo_dev key;
+    snprintf(key.udid, sizeof key.udid, "%s", udid);
+    return bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
+}
+
 /* Failed devices whose hardware has no eSIM (error 36002), and PCs the demo
  * made fail that failed for that reason (discovery at the SM-DP+ failed:
  * nothing released for the EID). */
 static long count_no_esim(demo *d, const char *campaign_id, const demo_dev *devs, size_t n_devs,
                           long *pcs_failed_as_made)
 {
-    char path[320];
-    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed&limit=10000", campaign_id);
-    json_t *r = NULL;
     long n = 0;
     *pcs_failed_as_made = 0;
-    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+    json_t *r = failed_devices(d, campaign_id);
+    if (!r)
         return 0;
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "devices"), i, v)
     {
         n += strstr(jstr(v, "reason"), "36002") != NULL;
-        demo_dev key;
-        snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
-        const demo_dev *hit = bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
+        const demo_dev *hit = demo_dev_of(devs, n_devs, jstr(v, "udid"));
         *pcs_failed_as_made += hit && hit->windows && hit->fault != FAULT_NONE &&
                                strstr(jstr(v, "reason"), "DiscoveryState 4") != NULL;
     }
@@ -1083,19 +1097,15 @@ static json_t *merge_summaries(const json_t *a, const json_t *b)
 static long iot_failed_as_made(demo *d, const char *campaign_id, const demo_dev *devs,
                                size_t n_devs, char *why_out, size_t why_len)
 {
-    char path[320];
-    snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=failed&limit=10000", campaign_id);
-    json_t *r = NULL;
     long n = 0;
-    if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+    json_t *r = failed_devices(d, campaign_id);
+    if (!r)
         return 0;
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(r, "devices"), i, v)
     {
-        demo_dev key;
-        snprintf(key.udid, sizeof key.udid, "%s", jstr(v, "udid"));
-        const demo_dev *hit = bsearch(&key, devs, n_devs, sizeof *devs, cmp_udid);
+        const demo_dev *hit = demo_dev_of(devs, n_devs, jstr(v, "udid"));
         const char *why = jstr(v, "reason");
         bool as_made = hit && hit->iot &&
                        ((hit->fault == FAULT_NOT_RELEASED && strstr(why, "not released")) ||
