@@ -270,6 +270,22 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- the story ------------------------------------------------------------------------------ */
 
+/* Opens |c| on the service instance listening on |port| with data
+ * directory |dir| (it writes DIR/api-token before it listens), trusting
+ * |ca| when the service is on TLS (PCs in the fleet), and checks /healthz.
+ * Its URL goes to |url|, the token file's path to |token_file|. */
+static bool open_instance_api(demo *d, chttp *c, int port, const char *dir, const char *ca,
+                              char (*url)[64], char (*token_file)[PATH_MAX + 48])
+{
+    snprintf(*url, sizeof *url, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http", port);
+    snprintf(*token_file, sizeof *token_file, "%s/api-token", dir);
+    if (!chttp_open_api(c, *url, *token_file))
+        return false;
+    if (d->windows_share > 0)
+        chttp_set_ca(c, ca);
+    return call(d, c, "GET", "/healthz", NULL, NULL, 0, 200, NULL);
+}
+
 static bool start_parts(demo *d)
 {
     char pki[PATH_MAX + 16], cert[PATH_MAX + 32], key[PATH_MAX + 32], ca[PATH_MAX + 32];
@@ -446,26 +462,11 @@ static bool start_parts(demo *d)
             !sup_wait_port_file(&d->sup, "service2", 30000, &d->svc2_port))
             return false;
         char token2[PATH_MAX + 48];
-        snprintf(url2, sizeof url2, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http",
-                 d->svc2_port);
-        snprintf(token2, sizeof token2, "%s/api-token", svc2_dir);
-        if (!chttp_open_api(&d->api2, url2, token2))
-            return false;
-        if (d->windows_share > 0)
-            chttp_set_ca(&d->api2, ca);
-        if (!call(d, &d->api2, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
+        if (!open_instance_api(d, &d->api2, d->svc2_port, svc2_dir, ca, &url2, &token2))
             return false;
     }
     char url[64], token_file[PATH_MAX + 48];
-    snprintf(url, sizeof url, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http",
-             d->svc_port);
-    snprintf(token_file, sizeof token_file, "%s/api-token", svc_dir);
-    /* The service writes its token before it listens. */
-    if (!chttp_open_api(&d->api, url, token_file))
-        return false;
-    if (d->windows_share > 0)
-        chttp_set_ca(&d->api, ca);
-    if (!call(d, &d->api, "GET", "/healthz", NULL, NULL, 0, 200, NULL))
+    if (!open_instance_api(d, &d->api, d->svc_port, svc_dir, ca, &url, &token_file))
         return false;
     say(d, "dashboard: %s/dashboard/ (log in with the API key in %s, or the read-only one in %s)\n",
         url, token_file, ro_file);
