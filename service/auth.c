@@ -664,6 +664,142 @@ static bool signer_is(X509 *x, unsigned sid_tag, const unsigned char *sid, size_
     return memcmp(buf, serial, serial_len) == 0;
 }
 
+bool auth_signer_parse(const unsigned char *der, size_t len, auth_signer_info *out)
+{
+    const unsigned char *p = der, *end = der + len, *v, *sd, *sd_end, *oid;
+    unsigned tag;
+    size_t l, oid_len;
+    /* ContentInfo { id-signedData, [0] SignedData } */
+    if (!der_take(&p, end, &tag, &v, &l) || tag != 0x30 || p != end)
+        return false;
+    p = v;
+    end = v + l;
+    if (!der_take(&p, end, &tag, &oid, &oid_len) || tag != 0x06 ||
+        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02") ||
+        !der_take(&p, end, &tag, &v, &l) || tag != 0xa0 || p != end)
+        return false;
+    p = v;
+    end = v + l;
+    if (!der_take(&p, end, &tag, &sd, &l) || tag != 0x30 || p != end)
+        return false;
+    sd_end = sd + l;
+    p = sd;
+    /* version, digestAlgorithms, encapContentInfo { id-data } (detached) */
+    const unsigned char *eci;
+    if (!der_take(&p, sd_end, &tag, &v, &l) || tag != 0x02 || !der_take(&p, sd_end, &tag, &v, &l) ||
+        tag != 0x31 || !der_take(&p, sd_end, &tag, &eci, &l) || tag != 0x30)
+        return false;
+    const unsigned char *q = eci;
+    if (!der_take(&q, eci + l, &tag, &oid, &oid_len) || tag != 0x06 || q != eci + l ||
+        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
+        return false;
+    /* certificates [0] (already taken apart), no crls [1], signerInfos */
+    if (!der_take(&p, sd_end, &tag, &v, &l))
+        return false;
+    if (tag == 0xa0 && !der_take(&p, sd_end, &tag, &v, &l))
+        return false;
+    if (tag != 0x31 || p != sd_end)
+        return false;
+    /* exactly one SignerInfo */
+    const unsigned char *si, *si_end, *set_end = v + l;
+    p = v;
+    if (!der_take(&p, set_end, &tag, &si, &l) || tag != 0x30 || p != set_end)
+        return false;
+    si_end = si + l;
+    p = si;
+    /* version, sid, digestAlgorithm, [0] signedAttrs, signatureAlgorithm,
+     * signature, [1] unsignedAttrs (optional) */
+    const unsigned char *sid, *dalg, *attrs_tlv, *attrs, *salg, *sig;
+    size_t sid_len, dalg_len, attrs_len, salg_len, sig_len;
+    unsigned sid_tag;
+    if (!der_take(&p, si_end, &tag, &v, &l) || tag != 0x02)
+        return false;
+    if (!der_take(&p, si_end, &sid_tag, &sid, &sid_len) || (sid_tag != 0x30 && sid_tag != 0x80) ||
+        !der_take(&p, si_end, &tag, &dalg, &dalg_len) || tag != 0x30)
+        return false;
+    attrs_tlv = p;
+    if (!der_take(&p, si_end, &tag, &attrs, &attrs_len) || tag != 0xa0)
+        return false;
+    size_t attrs_tlv_len = (size_t)(p - attrs_tlv);
+    if (!der_take(&p, si_end, &tag, &salg, &salg_len) || tag != 0x30 ||
+        !der_take(&p, si_end, &tag, &sig, &sig_len) || tag != 0x04 || sig_len == 0)
+        return false;
+    if (p != si_end && (!der_take(&p, si_end, &tag, &v, &l) || tag != 0xa1 || p != si_end))
+        return false;
+    /* The algorithms: a digest this takes, a signature algorithm of the
+     * signer's key type naming no other digest. */
+    int sig_md = NID_undef;
+    if (!der_algorithm(dalg, dalg_len, &oid, &oid_len))
+        return false;
+    out->md_i = digest_of(oid, oid_len, &out->md_nid);
+    if (out->md_i < 0 || !der_algorithm(salg, salg_len, &oid, &oid_len) ||
+        !signature_alg_of(oid, oid_len, &out->key_type, &sig_md) ||
+        (sig_md != NID_undef && sig_md != out->md_nid))
+        return false;
+    /* The signed attributes, in DER order, each of the three read here at
+     * most once, with exactly one value. */
+    const unsigned char *digest = NULL, *when = NULL, *prev = NULL;
+    size_t digest_len = 0, when_len = 0, prev_len = 0;
+    bool content_type = false;
+    for (p = attrs; p < attrs + attrs_len;) {
+        const unsigned char *a = p, *av, *vals, *val, *ap;
+        size_t al, vals_len, val_len;
+        if (!der_take(&p, attrs + attrs_len, &tag, &av, &al) || tag != 0x30)
+            return false;
+        size_t a_len = (size_t)(p - a);
+        if (prev) {
+            size_t m = prev_len < a_len ? prev_len : a_len;
+            int c = memcmp(prev, a, m);
+            if (c > 0 || (c == 0 && prev_len > a_len))
+                return false;
+        }
+        prev = a;
+        prev_len = a_len;
+        ap = av;
+        if (!der_take(&ap, av + al, &tag, &oid, &oid_len) || tag != 0x06 ||
+            !der_take(&ap, av + al, &tag, &vals, &vals_len) || tag != 0x31 || ap != av + al)
+            return false;
+        bool is_type = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x03");
+        bool is_digest = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x04");
+        bool is_time = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x05");
+        if (!is_type && !is_digest && !is_time)
+            continue;
+        const unsigned char *vp = vals;
+        if (!der_take(&vp, vals + vals_len, &tag, &val, &val_len) || vp != vals + vals_len)
+            return false;
+        if (is_type) {
+            if (content_type || tag != 0x06 ||
+                !OID_IS(val, val_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
+                return false;
+            content_type = true;
+        } else if (is_digest) {
+            if (digest || tag != 0x04)
+                return false;
+            digest = val;
+            digest_len = val_len;
+        } else {
+            if (when || (tag != 0x17 && tag != 0x18))
+                return false;
+            when = vals; /* the time's own TLV */
+            when_len = vals_len;
+        }
+    }
+    if (!digest || !content_type)
+        return false;
+    out->sid_tag = sid_tag;
+    out->sid = sid;
+    out->sid_len = sid_len;
+    out->attrs_tlv = attrs_tlv;
+    out->attrs_tlv_len = attrs_tlv_len;
+    out->sig = sig;
+    out->sig_len = sig_len;
+    out->digest = digest;
+    out->digest_len = digest_len;
+    out->when = when;
+    out->when_len = when_len;
+    return true;
+}
+
 /*
  * Checks the Mdm-Signature |der| over |body| against the certificates of
  * |stack| (already parsed, in the order the CMS carries them). ESIM_OK: it
@@ -675,143 +811,26 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
                               size_t len, STACK_OF(X509) * stack, size_t *signer,
                               int64_t *signed_at, esim_error *err)
 {
-    const unsigned char *p = der->data, *end = p + der->len, *v, *sd, *sd_end, *oid;
-    unsigned tag;
-    size_t l, oid_len;
-    /* ContentInfo { id-signedData, [0] SignedData } */
-    if (!der_take(&p, end, &tag, &v, &l) || tag != 0x30 || p != end)
-        return ESIM_ENOTFOUND;
-    p = v;
-    end = v + l;
-    if (!der_take(&p, end, &tag, &oid, &oid_len) || tag != 0x06 ||
-        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02") ||
-        !der_take(&p, end, &tag, &v, &l) || tag != 0xa0 || p != end)
-        return ESIM_ENOTFOUND;
-    p = v;
-    end = v + l;
-    if (!der_take(&p, end, &tag, &sd, &l) || tag != 0x30 || p != end)
-        return ESIM_ENOTFOUND;
-    sd_end = sd + l;
-    p = sd;
-    /* version, digestAlgorithms, encapContentInfo { id-data } (detached) */
-    const unsigned char *eci;
-    if (!der_take(&p, sd_end, &tag, &v, &l) || tag != 0x02 || !der_take(&p, sd_end, &tag, &v, &l) ||
-        tag != 0x31 || !der_take(&p, sd_end, &tag, &eci, &l) || tag != 0x30)
-        return ESIM_ENOTFOUND;
-    const unsigned char *q = eci;
-    if (!der_take(&q, eci + l, &tag, &oid, &oid_len) || tag != 0x06 || q != eci + l ||
-        !OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
-        return ESIM_ENOTFOUND;
-    /* certificates [0] (already taken apart), no crls [1], signerInfos */
-    if (!der_take(&p, sd_end, &tag, &v, &l))
-        return ESIM_ENOTFOUND;
-    if (tag == 0xa0 && !der_take(&p, sd_end, &tag, &v, &l))
-        return ESIM_ENOTFOUND;
-    if (tag != 0x31 || p != sd_end)
-        return ESIM_ENOTFOUND;
-    /* exactly one SignerInfo */
-    const unsigned char *si, *si_end, *set_end = v + l;
-    p = v;
-    if (!der_take(&p, set_end, &tag, &si, &l) || tag != 0x30 || p != set_end)
-        return ESIM_ENOTFOUND;
-    si_end = si + l;
-    p = si;
-    /* version, sid, digestAlgorithm, [0] signedAttrs, signatureAlgorithm,
-     * signature, [1] unsignedAttrs (optional) */
-    const unsigned char *sid, *dalg, *attrs_tlv, *attrs, *salg, *sig;
-    size_t sid_len, dalg_len, attrs_len, salg_len, sig_len;
-    unsigned sid_tag;
-    if (!der_take(&p, si_end, &tag, &v, &l) || tag != 0x02)
-        return ESIM_ENOTFOUND;
-    if (!der_take(&p, si_end, &sid_tag, &sid, &sid_len) || (sid_tag != 0x30 && sid_tag != 0x80) ||
-        !der_take(&p, si_end, &tag, &dalg, &dalg_len) || tag != 0x30)
-        return ESIM_ENOTFOUND;
-    attrs_tlv = p;
-    if (!der_take(&p, si_end, &tag, &attrs, &attrs_len) || tag != 0xa0)
-        return ESIM_ENOTFOUND;
-    size_t attrs_tlv_len = (size_t)(p - attrs_tlv);
-    if (!der_take(&p, si_end, &tag, &salg, &salg_len) || tag != 0x30 ||
-        !der_take(&p, si_end, &tag, &sig, &sig_len) || tag != 0x04 || sig_len == 0)
-        return ESIM_ENOTFOUND;
-    if (p != si_end && (!der_take(&p, si_end, &tag, &v, &l) || tag != 0xa1 || p != si_end))
-        return ESIM_ENOTFOUND;
-    /* The algorithms: a digest this takes, a signature algorithm of the
-     * signer's key type naming no other digest. */
-    int md_nid = NID_undef, key_type = 0, sig_md = NID_undef;
-    if (!der_algorithm(dalg, dalg_len, &oid, &oid_len))
-        return ESIM_ENOTFOUND;
-    int md_i = digest_of(oid, oid_len, &md_nid);
-    if (md_i < 0 || !der_algorithm(salg, salg_len, &oid, &oid_len) ||
-        !signature_alg_of(oid, oid_len, &key_type, &sig_md) ||
-        (sig_md != NID_undef && sig_md != md_nid))
+    auth_signer_info si;
+    if (!auth_signer_parse(der->data, der->len, &si))
         return ESIM_ENOTFOUND;
     size_t n = (size_t)sk_X509_num(stack), li = n;
     for (size_t i = 0; i < n && li == n; i++)
-        if (signer_is(sk_X509_value(stack, (int)i), sid_tag, sid, sid_len))
+        if (signer_is(sk_X509_value(stack, (int)i), si.sid_tag, si.sid, si.sid_len))
             li = i;
     if (li == n)
         return ESIM_ENOTFOUND;
     EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(stack, (int)li));
-    if (!key || EVP_PKEY_get_base_id(key) != key_type)
-        return ESIM_ENOTFOUND;
-    /* The signed attributes, in DER order, each of the three read here at
-     * most once, with exactly one value. */
-    const unsigned char *digest = NULL, *when = NULL, *prev = NULL;
-    size_t digest_len = 0, when_len = 0, prev_len = 0;
-    bool content_type = false;
-    for (p = attrs; p < attrs + attrs_len;) {
-        const unsigned char *a = p, *av, *vals, *val, *ap;
-        size_t al, vals_len, val_len;
-        if (!der_take(&p, attrs + attrs_len, &tag, &av, &al) || tag != 0x30)
-            return ESIM_ENOTFOUND;
-        size_t a_len = (size_t)(p - a);
-        if (prev) {
-            size_t m = prev_len < a_len ? prev_len : a_len;
-            int c = memcmp(prev, a, m);
-            if (c > 0 || (c == 0 && prev_len > a_len))
-                return ESIM_ENOTFOUND;
-        }
-        prev = a;
-        prev_len = a_len;
-        ap = av;
-        if (!der_take(&ap, av + al, &tag, &oid, &oid_len) || tag != 0x06 ||
-            !der_take(&ap, av + al, &tag, &vals, &vals_len) || tag != 0x31 || ap != av + al)
-            return ESIM_ENOTFOUND;
-        bool is_type = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x03");
-        bool is_digest = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x04");
-        bool is_time = OID_IS(oid, oid_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x09\x05");
-        if (!is_type && !is_digest && !is_time)
-            continue;
-        const unsigned char *vp = vals;
-        if (!der_take(&vp, vals + vals_len, &tag, &val, &val_len) || vp != vals + vals_len)
-            return ESIM_ENOTFOUND;
-        if (is_type) {
-            if (content_type || tag != 0x06 ||
-                !OID_IS(val, val_len, "\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"))
-                return ESIM_ENOTFOUND;
-            content_type = true;
-        } else if (is_digest) {
-            if (digest || tag != 0x04)
-                return ESIM_ENOTFOUND;
-            digest = val;
-            digest_len = val_len;
-        } else {
-            if (when || (tag != 0x17 && tag != 0x18))
-                return ESIM_ENOTFOUND;
-            when = vals; /* the time's own TLV */
-            when_len = vals_len;
-        }
-    }
-    if (!digest || !content_type)
+    if (!key || EVP_PKEY_get_base_id(key) != si.key_type)
         return ESIM_ENOTFOUND;
     /* The body's digest, then the signature over the attributes (their
      * SET OF tag in place of the [0] they are sent with). */
-    EVP_MD *md = cached_md(svc, md_i, md_nid);
+    EVP_MD *md = cached_md(svc, si.md_i, si.md_nid);
     unsigned char mine[EVP_MAX_MD_SIZE];
     unsigned mine_len = 0;
     if (!digest_with(svc, md, body, len, mine, &mine_len))
         return ESIM_ENOTFOUND;
-    if (mine_len != digest_len || CRYPTO_memcmp(mine, digest, digest_len) != 0)
+    if (mine_len != si.digest_len || CRYPTO_memcmp(mine, si.digest, si.digest_len) != 0)
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (!ctx)
@@ -819,18 +838,18 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
     static const unsigned char set_tag = 0x31;
     int ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) == 1 &&
              EVP_DigestVerifyUpdate(ctx, &set_tag, 1) == 1 &&
-             EVP_DigestVerifyUpdate(ctx, attrs_tlv + 1, attrs_tlv_len - 1) == 1 &&
-             EVP_DigestVerifyFinal(ctx, sig, sig_len) == 1;
+             EVP_DigestVerifyUpdate(ctx, si.attrs_tlv + 1, si.attrs_tlv_len - 1) == 1 &&
+             EVP_DigestVerifyFinal(ctx, si.sig, si.sig_len) == 1;
     EVP_MD_CTX_free(ctx);
     ERR_clear_error();
     if (!ok)
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
     *signer = li;
     *signed_at = 0;
-    if (when) {
-        const unsigned char *tp = when;
-        ASN1_TIME *t = d2i_ASN1_TIME(NULL, &tp, (long)when_len);
-        *signed_at = t && tp == when + when_len ? time_ms(t) : 0;
+    if (si.when) {
+        const unsigned char *tp = si.when;
+        ASN1_TIME *t = d2i_ASN1_TIME(NULL, &tp, (long)si.when_len);
+        *signed_at = t && tp == si.when + si.when_len ? time_ms(t) : 0;
         ASN1_TIME_free(t);
         ERR_clear_error();
     }

@@ -3,8 +3,11 @@
  * walks attacker-supplied DER before any signature is checked. Whatever it
  * accepts must be self-consistent: every certificate span inside the input,
  * the stripped structure exactly what its header says, and parseable by
- * OpenSSL whenever the input itself is.
+ * OpenSSL whenever the input itself is. The same input goes through the
+ * direct signature check's reader (auth_signer_parse): every span it
+ * returns lies inside the input.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +19,31 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* |p|, |n| lie inside |data|, |size| (|p| may be NULL only when |nullable|). */
+static void inside(const uint8_t *data, size_t size, const unsigned char *p, size_t n,
+                   bool nullable)
+{
+    if (!p) {
+        if (!nullable)
+            abort();
+        return;
+    }
+    if (p < data || n > size || (size_t)(p - data) > size - n)
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    auth_signer_info si;
+    if (auth_signer_parse(data, size, &si)) {
+        inside(data, size, si.sid, si.sid_len, false);
+        inside(data, size, si.attrs_tlv, si.attrs_tlv_len, false);
+        inside(data, size, si.sig, si.sig_len, false);
+        inside(data, size, si.digest, si.digest_len, false);
+        inside(data, size, si.when, si.when_len, true);
+        if (si.md_i < 0 || si.attrs_tlv_len < 2 || si.attrs_tlv[0] != 0xa0 || si.sig_len == 0)
+            abort();
+    }
     const unsigned char *certs[8];
     size_t lens[8], n = 99;
     esim_buf stripped = {0};
