@@ -70,6 +70,7 @@ typedef struct omadm_dev {
     char later[OMADM_MAX_SENT][128];
     size_t n_later;
     esim_buf last_reply; /* for a repeated MsgID */
+    bool busy;           /* a message's store half is on a pool worker: it owns the session */
 } omadm_dev;
 
 struct svc_omadm {
@@ -148,6 +149,10 @@ void omadm_tick(esim_service *svc, int64_t now)
         omadm_dev **pp = &o->devs[i];
         while (*pp) {
             omadm_dev *d = *pp;
+            if (d->busy) { /* its message's job owns it until its done */
+                pp = &d->next;
+                continue;
+            }
             if (d->in_session && now - d->touched_ms > OMADM_SESSION_IDLE_MS)
                 session_clear(d);
             if (!d->in_session && d->n_nodes == 0) {
@@ -270,6 +275,47 @@ typedef struct {
     char *strings; /* one block holding every item's strings */
 } omadm_hook_ctx;
 
+/* ---- one message's store half -------------------------------------------------------------
+ * A message's store operations (the identity binding, its answers, the
+ * answers to the service's own Gets, generic alerts, the commands handed
+ * out, verification polls) are one job: with PostgreSQL and a store pool
+ * they run on a worker with the worker's store, while the loop serves
+ * other devices; without a pool, at once on the loop with the service's.
+ * The job owns the device's session (d->busy) until its done. What is the
+ * loop's (counters, webhooks, result hooks, the answer) is gathered in the
+ * job and done on the loop (omadm_job_done), in the order it happened. */
+
+/* A result the store applied: its webhook, then its result hooks. */
+typedef struct omadm_applied {
+    struct omadm_applied *next;
+    char uuid[128];
+    bool ok;
+    esim_buf raw;         /* the device's Status and Results elements for it */
+    omadm_hook_ctx *hook; /* NULL when out of memory */
+} omadm_applied;
+
+typedef struct {
+    pool_job job;            /* first: the pool's view of it */
+    const esim_service *svc; /* its configuration only, on a worker */
+    store *st;
+    struct evhttp_request *req;
+    omadm_dev *d;
+    omadm_msg m;
+    char cert[65];
+    char *query; /* the request's query, for webhooks */
+    size_t len;  /* the message's bytes */
+    int64_t now;
+    bool starts;
+    /* What the loop does with it. */
+    bool limit; /* the session's limits reached: 413 */
+    bool ended; /* a reply of Status only: the session is over */
+    esim_buf reply;
+    omadm_applied *applied, **applied_tail;
+    /* Counters for svc->m, and store failures to report. */
+    unsigned anomalies, results[2], bad_channels, channels, commands_sent, enqueued;
+    unsigned store_failed, store_errors, sessions, refused;
+} omadm_job;
+
 static void hook_ctx_free(void *p)
 {
     omadm_hook_ctx *h = p;
@@ -366,12 +412,11 @@ static verify_kind verify_kind_of(const char *request_type, bool *is_poll)
     return V_NONE;
 }
 
-static void verify_event(esim_service *svc, const char *udid, const char *op_uuid,
-                         const char *detail)
+static void verify_event(omadm_job *j, const char *udid, const char *op_uuid, const char *detail)
 {
-    if (esim_store_event_append(svc->st, "verify", udid, op_uuid, detail, NULL, 0, esim_now_ms(),
+    if (esim_store_event_append(j->st, "verify", udid, op_uuid, detail, NULL, 0, esim_now_ms(),
                                 NULL) != ESIM_OK)
-        svc_store_failed(svc, NULL);
+        j->store_failed++;
 }
 
 /* The EID and the object path ("Profiles/ICCID", "DownloadServers/FQDN")
@@ -408,7 +453,12 @@ static bool op_target(const esim_buf *body, const char *uuid, char eid[ESIM_EID_
 }
 
 /* Queues poll |n| of the operation |op_uuid| and asks for a push later. */
-static void verify_poll(esim_service *svc, omadm_dev *d, const char *op_uuid, verify_kind k,
+static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
+                                  const char *request_type, const char *syncml, size_t len,
+                                  const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                                  char uuid_out[128], bool *enqueue_failed, esim_error *err);
+
+static void verify_poll(omadm_job *j, omadm_dev *d, const char *op_uuid, verify_kind k,
                         const char *op_name, const char *eid, const char *obj, int n)
 {
     char nodes[2][300];
@@ -439,23 +489,27 @@ static void verify_poll(esim_service *svc, omadm_dev *d, const char *op_uuid, ve
     esim_err rc = esim_windows_op_syncml(&get, uuid, &body, &e);
     const char *udid = d->udid;
     esim_enqueue_opts o = {.push = false};
+    bool failed = false;
     if (rc == ESIM_OK)
-        rc = esim_service_enqueue_syncml(svc, uuid, rt, (const char *)body.data, body.len, &udid, 1,
-                                         &o, NULL, NULL, &e);
+        rc = syncml_enqueue_on(j->svc, j->st, uuid, rt, (const char *)body.data, body.len, &udid, 1,
+                               &o, NULL, &failed, &e);
     esim_buf_free(&body);
+    j->store_failed += failed;
     if (rc != ESIM_OK) {
         char detail[600];
         snprintf(detail, sizeof detail, "failed: cannot queue verification poll %d: %s", n, e.msg);
-        verify_event(svc, d->udid, op_uuid, detail);
+        verify_event(j, d->udid, op_uuid, detail);
         return;
     }
+    j->enqueued++;
     if (d->n_later < OMADM_MAX_SENT)
         snprintf(d->later[d->n_later++], sizeof d->later[0], "%s", uuid);
     /* The wake-up for the poll is a push owed in the store: it survives a
      * restart of the service, as the queued poll and the ledger do. */
-    if (esim_store_device_owe_push(
-            svc->st, d->udid, esim_now_ms() + svc->cfg.windows_verify_interval_ms, NULL) != ESIM_OK)
-        svc->m.store_errors++;
+    if (esim_store_device_owe_push(j->st, d->udid,
+                                   esim_now_ms() + j->svc->cfg.windows_verify_interval_ms,
+                                   NULL) != ESIM_OK)
+        j->store_errors++;
 }
 
 /* The data and code of the answer's item whose target ends with |leaf|. */
@@ -555,7 +609,7 @@ static int judge(verify_kind k, const item_view *iv, size_t n, char *why, size_t
 
 /* After an answer to |sent| was applied: start, continue or end its
  * verification. */
-static void verify_after(esim_service *svc, omadm_dev *d, const omadm_sent *sent, bool ok,
+static void verify_after(omadm_job *j, omadm_dev *d, const omadm_sent *sent, bool ok,
                          const item_view *iv, size_t n)
 {
     bool is_poll = false;
@@ -585,35 +639,35 @@ static void verify_after(esim_service *svc, omadm_dev *d, const omadm_sent *sent
             snprintf(detail, sizeof detail, "failed: %s %.200s answered %d%s%s",
                      bad ? bad->cmd : "?", bad ? bad->target : "", bad ? bad->code : 0,
                      bad && bad->hresult[0] ? " " : "", bad ? bad->hresult : "");
-            verify_event(svc, d->udid, op_uuid, detail);
+            verify_event(j, d->udid, op_uuid, detail);
             return;
         }
-        verify_event(svc, d->udid, op_uuid, "pending: accepted, polling");
-        verify_poll(svc, d, op_uuid, k, op_name, eid, obj, 1);
+        verify_event(j, d->udid, op_uuid, "pending: accepted, polling");
+        verify_poll(j, d, op_uuid, k, op_name, eid, obj, 1);
         return;
     }
     int verdict = judge(k, iv, n, why, sizeof why);
     if (verdict != 0) {
         snprintf(detail, sizeof detail, "%s: %s", verdict > 0 ? "done" : "failed", why);
-        verify_event(svc, d->udid, op_uuid, detail);
+        verify_event(j, d->udid, op_uuid, detail);
         return;
     }
     store_command_info info;
     store_queue_entry *entries = NULL;
     size_t ne = 0;
     int64_t started = esim_now_ms();
-    if (esim_store_command_get(svc->st, op_uuid, NULL, 0, &info, &entries, &ne, NULL) == ESIM_OK)
+    if (esim_store_command_get(j->st, op_uuid, NULL, 0, &info, &entries, &ne, NULL) == ESIM_OK)
         started = info.created_at;
     esim_store_queue_entries_free(entries, ne);
-    if (esim_now_ms() - started > svc->cfg.windows_verify_timeout_ms) {
+    if (esim_now_ms() - started > j->svc->cfg.windows_verify_timeout_ms) {
         snprintf(detail, sizeof detail, "timeout: still %s after %lld s", why,
                  (long long)((esim_now_ms() - started) / 1000));
-        verify_event(svc, d->udid, op_uuid, detail);
+        verify_event(j, d->udid, op_uuid, detail);
         return;
     }
     snprintf(detail, sizeof detail, "pending: %s (poll %d)", why, poll);
-    verify_event(svc, d->udid, op_uuid, detail);
-    verify_poll(svc, d, op_uuid, k, op_name, eid, obj, poll + 1);
+    verify_event(j, d->udid, op_uuid, detail);
+    verify_poll(j, d, op_uuid, k, op_name, eid, obj, poll + 1);
 }
 
 /* The webhook event of a Windows result, in the shape of an Apple one
@@ -648,8 +702,8 @@ static void result_webhook(esim_service *svc, const char *udid, const char *uuid
 }
 
 /* Applies the Status and Results the device sent for queue command |uuid|. */
-static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m, const char *uuid,
-                             const char *query, esim_error *err)
+static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, const char *uuid,
+                             esim_error *err)
 {
     const omadm_sent *sent = sent_find(d, uuid);
     omadm_msg cmds = {0};
@@ -731,16 +785,25 @@ static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m
         .hold_next = true,
     };
     store_exchange_out out = {0};
-    esim_err rc = esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, err);
+    esim_err rc = esim_store_device_exchange(job->st, &in, esim_now_ms(), &out, err);
     esim_buf_free(&out.next.body);
     free(items_json);
-    if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED)
-        result_webhook(svc, d->udid, uuid, ok, &raw, query);
+    /* Its webhook and hooks, for the loop (omadm_job_done), in this order. */
+    omadm_applied *a = NULL;
+    if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED &&
+        (a = calloc(1, sizeof *a)) != NULL) {
+        snprintf(a->uuid, sizeof a->uuid, "%s", uuid);
+        a->ok = ok;
+        a->raw = raw;
+        memset(&raw, 0, sizeof raw);
+        *job->applied_tail = a;
+        job->applied_tail = &a->next;
+    }
     esim_buf_free(&raw);
     if (rc == ESIM_OK && out.outcome == STORE_RESULT_ANOMALY)
-        svc->m.anomalies++;
+        job->anomalies++;
     if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED) {
-        svc->m.windows_results[ok ? 0 : 1]++;
+        job->results[ok ? 0 : 1]++;
         /* The hook's copy: one block of strings, pointers into it. */
         size_t total = 0;
         for (size_t j = 0; j < n; j++)
@@ -774,16 +837,18 @@ static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m
             h->items = items;
             h->n_items = n;
             h->strings = block;
-            svc_after_commit_call(svc, hook_run, h, hook_ctx_free);
-            block = NULL;
-            items = NULL;
-            h = NULL;
+            if (a) {
+                a->hook = h;
+                block = NULL;
+                items = NULL;
+                h = NULL;
+            }
         }
         free(h);
         free(block);
         free(items);
         if (sent)
-            verify_after(svc, d, sent, ok, iv, n);
+            verify_after(job, d, sent, ok, iv, n);
     }
     free(iv);
     omadm_msg_free(&cmds);
@@ -792,38 +857,38 @@ static esim_err apply_answer(esim_service *svc, omadm_dev *d, const omadm_msg *m
 
 /* The ChannelURI the device reported: a new or revived one replaces the
  * stored push address (a 410 from WNS marked the old one dead). */
-static void learn_channel(esim_service *svc, omadm_dev *d, const char *uri)
+static void learn_channel(omadm_job *j, omadm_dev *d, const char *uri)
 {
     if (!uri || strncmp(uri, "https://", 8) != 0 || strlen(uri) >= STORE_PUSH_TOKEN_MAX) {
-        svc->m.windows_bad_channels++;
+        j->bad_channels++;
         return;
     }
     for (const char *c = uri; *c; c++)
         if ((unsigned char)*c <= ' ' || *c == '"' || *c == '<' || *c == '>') {
-            svc->m.windows_bad_channels++;
+            j->bad_channels++;
             return;
         }
     store_push_target t;
-    if (esim_store_push_target(svc->st, d->udid, &t, NULL) == ESIM_OK &&
+    if (esim_store_push_target(j->st, d->udid, &t, NULL) == ESIM_OK &&
         t.push_state == STORE_PUSH_VALID && strcmp(t.push_token, uri) == 0)
         return;
     esim_error e = {{0}};
-    if (esim_store_device_token_update(svc->st, d->udid, d->cert, OMADM_PROVIDER_ID, uri, "wns",
+    if (esim_store_device_token_update(j->st, d->udid, d->cert, OMADM_PROVIDER_ID, uri, "wns",
                                        esim_now_ms(), &e) != ESIM_OK)
-        svc_store_failed(svc, NULL);
+        j->store_failed++;
     else
-        svc->m.windows_channels++;
+        j->channels++;
 }
 
 /* The service's own Gets: the ChannelURI, the eUICC list, an Identifier. */
-static void apply_internal(esim_service *svc, omadm_dev *d, const omadm_cmd *c)
+static void apply_internal(omadm_job *j, omadm_dev *d, const omadm_cmd *c)
 {
     const char *ref = c->cmd_ref;
     if (c->verb == OMADM_STATUS)
         return; /* a Get that failed (404: no eUICC, no push channel) says nothing more */
     const char *data = c->n_items ? c->items[0].data : NULL;
     if (strcmp(ref, OMADM_ID_CHANNEL) == 0) {
-        learn_channel(svc, d, data);
+        learn_channel(j, d, data);
     } else if (strcmp(ref, OMADM_ID_EUICCS) == 0) {
         /* Children joined with '/'; ask each unknown one its Identifier. */
         char names[OMADM_MAX_NODES][65];
@@ -876,8 +941,8 @@ static void apply_internal(esim_service *svc, omadm_dev *d, const omadm_cmd *c)
                                     .eid = data,
                                     .hold_next = true};
             store_exchange_out out = {0};
-            if (esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, NULL) != ESIM_OK)
-                svc_store_failed(svc, NULL);
+            if (esim_store_device_exchange(j->st, &in, esim_now_ms(), &out, NULL) != ESIM_OK)
+                j->store_failed++;
             esim_buf_free(&out.next.body);
         }
     }
@@ -905,11 +970,10 @@ static const char *devinfo(const omadm_msg *m, const char *leaf)
 
 /* Binds the DeviceID to the certificate at its first session, or checks
  * the binding. ESIM_EAUTH/ESIM_ESTATE: 403, nothing changed. */
-static esim_err bind_identity(esim_service *svc, const omadm_msg *m, const char *cert,
-                              esim_error *err)
+static esim_err bind_identity(omadm_job *j, const omadm_msg *m, const char *cert, esim_error *err)
 {
     store_device dev;
-    esim_err rc = esim_store_device_get(svc->st, m->source, &dev, NULL);
+    esim_err rc = esim_store_device_get(j->st, m->source, &dev, NULL);
     if (rc == ESIM_OK && strcmp(dev.platform, "windows") != 0)
         return esim_fail(err, ESIM_EAUTH,
                          "DeviceID %s is enrolled as an Apple device: an OMA-DM client cannot "
@@ -936,7 +1000,7 @@ static esim_err bind_identity(esim_service *svc, const omadm_msg *m, const char 
         .os_version = devinfo(m, "SwV"),
         .platform = "windows",
     };
-    return esim_store_device_authenticate(svc->st, &in, esim_now_ms(), err);
+    return esim_store_device_authenticate(j->st, &in, esim_now_ms(), err);
 }
 
 /* ---- the endpoint ------------------------------------------------------------------------ */
@@ -987,9 +1051,9 @@ static esim_err body_for_device(const omadm_dev *d, const esim_buf *body, esim_b
 }
 
 /* Hands out queued commands into |w| (up to a budget) and remembers them. */
-static esim_err deliver(esim_service *svc, omadm_dev *d, writer *w, esim_error *err)
+static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
 {
-    size_t budget = svc->cfg.max_body / 2;
+    size_t budget = j->svc->cfg.max_body / 2;
     while (d->n_sent < OMADM_MAX_SENT && w->b.len < budget) {
         const char *skip[2 * OMADM_MAX_SENT];
         size_t n_skip = 0;
@@ -1005,7 +1069,7 @@ static esim_err deliver(esim_service *svc, omadm_dev *d, writer *w, esim_error *
             .n_skip = n_skip,
         };
         store_exchange_out out = {0};
-        esim_err rc = esim_store_device_exchange(svc->st, &in, esim_now_ms(), &out, err);
+        esim_err rc = esim_store_device_exchange(j->st, &in, esim_now_ms(), &out, err);
         if (rc != ESIM_OK || !out.next.present) {
             esim_buf_free(&out.next.body);
             return rc;
@@ -1026,8 +1090,8 @@ static esim_err deliver(esim_service *svc, omadm_dev *d, writer *w, esim_error *
                                     .raw_len = 20,
                                     .hold_next = true};
             store_exchange_out fo = {0};
-            if (esim_store_device_exchange(svc->st, &fe, esim_now_ms(), &fo, NULL) != ESIM_OK)
-                svc_store_failed(svc, NULL);
+            if (esim_store_device_exchange(j->st, &fe, esim_now_ms(), &fo, NULL) != ESIM_OK)
+                j->store_failed++;
             esim_buf_free(&fo.next.body);
             continue;
         }
@@ -1041,8 +1105,7 @@ static esim_err deliver(esim_service *svc, omadm_dev *d, writer *w, esim_error *
             w->rc = esim_buf_append(&w->b, wire.data, wire.len);
         esim_buf_free(&wire);
         w->commands++;
-        svc->m.commands_sent++;
-        svc->m.windows_commands_sent++;
+        j->commands_sent++;
     }
     return ESIM_OK;
 }
@@ -1082,8 +1145,8 @@ static bool has_alert(const omadm_msg *m, const char *code)
 
 /* A generic alert (1226): unenrolment ends the device's enrolment; others
  * go to the ledger. */
-static esim_err generic_alerts(esim_service *svc, omadm_dev *d, const omadm_msg *m,
-                               bool *unenrolled, esim_error *err)
+static esim_err generic_alerts(omadm_job *j, omadm_dev *d, const omadm_msg *m, bool *unenrolled,
+                               esim_error *err)
 {
     for (size_t i = 0; i < m->n_cmds; i++) {
         const omadm_cmd *c = &m->cmds[i];
@@ -1094,7 +1157,7 @@ static esim_err generic_alerts(esim_service *svc, omadm_dev *d, const omadm_msg 
             const char *type = it->type ? it->type : c->meta_type ? c->meta_type : "";
             if (strcmp(type, "com.microsoft:mdm.unenrollment.userrequest") == 0) {
                 esim_err rc =
-                    esim_store_device_checkout(svc->st, d->udid, d->cert, esim_now_ms(), err);
+                    esim_store_device_checkout(j->st, d->udid, d->cert, esim_now_ms(), err);
                 if (rc != ESIM_OK)
                     return rc;
                 *unenrolled = true;
@@ -1104,12 +1167,197 @@ static esim_err generic_alerts(esim_service *svc, omadm_dev *d, const omadm_msg 
             snprintf(detail, sizeof detail, "generic alert %.120s: %.200s", type,
                      it->data ? it->data : "");
             svc_utf8_sanitize(detail);
-            if (esim_store_event_append(svc->st, "generic_alert", d->udid, NULL, detail, NULL, 0,
+            if (esim_store_event_append(j->st, "generic_alert", d->udid, NULL, detail, NULL, 0,
                                         esim_now_ms(), NULL) != ESIM_OK)
-                svc_store_failed(svc, NULL);
+                j->store_failed++;
         }
     }
     return ESIM_OK;
+}
+
+/* The message's store half, on a worker (or on the loop without a pool):
+ * everything after the checks of omadm_handle, up to the answer. Touches
+ * the job, its device's session and |st| only. */
+static void omadm_job_run(store *st, pool_job *pj)
+{
+    omadm_job *j = (omadm_job *)pj;
+    j->st = st;
+    omadm_dev *d = j->d;
+    const omadm_msg *m = &j->m;
+    esim_error *e = &pj->e;
+    esim_err rc;
+    if (j->starts) {
+        /* Who is this? Bound at the first session, checked at every one. */
+        if ((rc = bind_identity(j, m, j->cert, e)) != ESIM_OK) {
+            pj->rc = rc;
+            return;
+        }
+        session_clear(d);
+        d->in_session = true;
+        snprintf(d->session_id, sizeof d->session_id, "%s", m->session_id);
+        snprintf(d->cert, sizeof d->cert, "%s", j->cert);
+        snprintf(d->server_uri, sizeof d->server_uri, "%s", m->target ? m->target : "");
+        j->sessions++;
+    }
+    d->msgs++;
+    d->bytes += j->len;
+    d->touched_ms = j->now;
+    d->last_msg_id = m->msg_id;
+    if (d->msgs > j->svc->cfg.windows_max_messages ||
+        d->bytes > j->svc->cfg.windows_max_session_bytes) {
+        j->refused++;
+        session_clear(d);
+        j->limit = true;
+        return;
+    }
+
+    /* The device's answers, each queue command in one store operation. */
+    char done[OMADM_MAX_SENT][128];
+    size_t n_done = 0;
+    rc = ESIM_OK;
+    for (size_t i = 0; i < m->n_cmds && rc == ESIM_OK; i++) {
+        const omadm_cmd *c = &m->cmds[i];
+        if (c->verb != OMADM_STATUS && c->verb != OMADM_RESULTS)
+            continue;
+        if (strcmp(c->cmd_ref, "0") == 0)
+            continue; /* the device's Status of our SyncHdr */
+        if (is_internal(c->cmd_ref)) {
+            apply_internal(j, d, c);
+            continue;
+        }
+        char u[128];
+        uuid_of_ref(c->cmd_ref, u);
+        bool seen = false;
+        for (size_t k = 0; k < n_done && !seen; k++)
+            seen = strcmp(done[k], u) == 0;
+        if (seen || n_done == OMADM_MAX_SENT)
+            continue;
+        memcpy(done[n_done++], u, sizeof u);
+        rc = apply_answer(j, d, m, u, e);
+    }
+    bool unenrolled = false;
+    if (rc == ESIM_OK)
+        rc = generic_alerts(j, d, m, &unenrolled, e);
+    if (rc != ESIM_OK) {
+        session_clear(d);
+        pj->rc = rc;
+        return;
+    }
+
+    if (d->ids_asked) { /* this message carried the Identifiers */
+        d->ids_asked = false;
+        d->n_pending_nodes = 0;
+    }
+    writer w = {.next_id = 1};
+    w_printf(&w, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+                 "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD>"
+                 "<VerProto>DM/1.2</VerProto><SessionID>");
+    w_text(&w, m->session_id);
+    w_printf(&w, "</SessionID><MsgID>%lu</MsgID><Target><LocURI>", m->msg_id);
+    w_text(&w, m->source);
+    w_printf(&w, "</LocURI></Target><Source><LocURI>");
+    w_text(&w, m->target && m->target[0] ? m->target : d->server_uri);
+    w_printf(&w, "</LocURI></Source></SyncHdr><SyncBody>");
+    char msg_ref[24];
+    snprintf(msg_ref, sizeof msg_ref, "%lu", m->msg_id);
+    w_status(&w, msg_ref, "0", "SyncHdr", 200);
+    for (size_t i = 0; i < m->n_cmds; i++) {
+        const omadm_cmd *c = &m->cmds[i];
+        if (c->verb == OMADM_STATUS)
+            continue;
+        int code = c->verb == OMADM_OTHER ? 406 : 200;
+        w_status(&w, msg_ref, c->cmd_id, c->name, code);
+    }
+    bool ending = unenrolled || has_alert(m, "1223");
+    if (!ending && j->starts) {
+        /* Every session: where WNS reaches the device now, and its eUICCs. */
+        w_get(&w, OMADM_ID_CHANNEL, OMADM_CHANNEL_URI);
+        w_get(&w, OMADM_ID_EUICCS, OMADM_EUICCS);
+        d->asked_discovery = true;
+    } else if (!ending && d->n_pending_nodes > 0 && !d->ids_asked) {
+        for (size_t k = 0; k < d->n_pending_nodes; k++) {
+            char id_ref[48], uri[160];
+            snprintf(id_ref, sizeof id_ref, "%s%zu", OMADM_ID_EUICC, k);
+            snprintf(uri, sizeof uri, "%s/%s/Identifier", OMADM_EUICCS, d->pending_nodes[k]);
+            w_get(&w, id_ref, uri);
+        }
+        /* Their answers name the nodes by index: kept until they come. */
+        d->ids_asked = true;
+    } else if (!ending) {
+        /* Every Get of the service was answered in this message (a device
+         * answers all of a message in the next): the eUICC nodes are known. */
+        rc = deliver(j, d, &w, e);
+    }
+    w_printf(&w, "<Final/></SyncBody></SyncML>\n");
+    if (rc != ESIM_OK || w.rc != ESIM_OK) {
+        esim_buf_free(&w.b);
+        session_clear(d);
+        if (rc == ESIM_OK)
+            rc = esim_fail(e, ESIM_ENOMEM, "out of memory");
+        pj->rc = rc;
+        return;
+    }
+    j->reply = w.b;
+    j->ended = w.commands == 0;
+}
+
+static void omadm_job_free(omadm_job *j)
+{
+    while (j->applied) {
+        omadm_applied *a = j->applied;
+        j->applied = a->next;
+        esim_buf_free(&a->raw);
+        hook_ctx_free(a->hook);
+        free(a);
+    }
+    esim_buf_free(&j->reply);
+    omadm_msg_free(&j->m);
+    free(j->query);
+    free(j);
+}
+
+/* Back on the loop: the counters, each applied result's webhook and
+ * hooks (after their commit, as svc_after_commit orders them), then the
+ * answer. */
+static void omadm_job_done(esim_service *svc, pool_job *pj)
+{
+    omadm_job *j = (omadm_job *)pj;
+    omadm_dev *d = j->d;
+    d->busy = false;
+    svc->m.anomalies += j->anomalies;
+    svc->m.windows_results[0] += j->results[0];
+    svc->m.windows_results[1] += j->results[1];
+    svc->m.windows_bad_channels += j->bad_channels;
+    svc->m.windows_channels += j->channels;
+    svc->m.commands_sent += j->commands_sent;
+    svc->m.windows_commands_sent += j->commands_sent;
+    svc->m.enqueued += j->enqueued;
+    svc->m.store_errors += j->store_errors;
+    svc->m.windows_sessions += j->sessions;
+    svc->m.windows_refused += j->refused;
+    for (unsigned i = 0; i < j->store_failed; i++)
+        svc_store_failed(svc, NULL);
+    for (omadm_applied *a = j->applied; a; a = a->next) {
+        result_webhook(svc, d->udid, a->uuid, a->ok, &a->raw, j->query);
+        if (a->hook) {
+            svc_after_commit_call(svc, hook_run, a->hook, hook_ctx_free);
+            a->hook = NULL;
+        }
+    }
+    if (pj->rc != ESIM_OK)
+        reply_store_error(svc, j->req, pj->rc, &pj->e);
+    else if (j->limit)
+        reply_text(svc, j->req, 413,
+                   "session limit reached (messages or bytes): start a new session");
+    else {
+        reply_syncml(svc, j->req, d, &j->reply);
+        if (j->ended) {
+            /* Status only: the session is over. */
+            session_clear(d);
+            svc->m.windows_sessions_ended++;
+        }
+    }
+    omadm_job_free(j);
 }
 
 void omadm_handle(esim_service *svc, struct evhttp_request *req)
@@ -1164,7 +1412,14 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
         omadm_msg_free(&m);
         return;
     }
-    int64_t now = esim_now_ms();
+    if (d->busy) {
+        /* Its previous message is still with the store (a client that did
+         * not wait for the answer): it asks again, as after a lost answer. */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        reply_text(svc, req, 503, "the previous message of this session is in progress");
+        omadm_msg_free(&m);
+        return;
+    }
     bool starts = m.msg_id == 1;
     if (starts) {
         if (!has_alert(&m, "1201") && !has_alert(&m, "1200")) {
@@ -1174,18 +1429,6 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
             omadm_msg_free(&m);
             return;
         }
-        /* Who is this? Bound at the first session, checked at every one. */
-        if ((rc = bind_identity(svc, &m, id.cert_sha256, &e)) != ESIM_OK) {
-            reply_store_error(svc, req, rc, &e);
-            omadm_msg_free(&m);
-            return;
-        }
-        session_clear(d);
-        d->in_session = true;
-        snprintf(d->session_id, sizeof d->session_id, "%s", m.session_id);
-        snprintf(d->cert, sizeof d->cert, "%s", id.cert_sha256);
-        snprintf(d->server_uri, sizeof d->server_uri, "%s", m.target ? m.target : "");
-        svc->m.windows_sessions++;
     } else if (!d->in_session || strcmp(d->session_id, m.session_id) != 0) {
         svc->m.malformed++;
         reply_text(svc, req, 400,
@@ -1211,128 +1454,49 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
         omadm_msg_free(&m);
         return;
     }
-    d->msgs++;
-    d->bytes += len;
-    d->touched_ms = now;
-    d->last_msg_id = m.msg_id;
-    if (d->msgs > svc->cfg.windows_max_messages || d->bytes > svc->cfg.windows_max_session_bytes) {
-        svc->m.windows_refused++;
-        session_clear(d);
-        reply_text(svc, req, 413, "session limit reached (messages or bytes): start a new session");
+    /* The rest is the store's: a job (omadm_job_run, then omadm_job_done). */
+    omadm_job *j = calloc(1, sizeof *j);
+    const struct evhttp_uri *req_uri = evhttp_request_get_evhttp_uri(req);
+    const char *query = req_uri ? evhttp_uri_get_query(req_uri) : NULL;
+    if (!j || (query && !(j->query = strdup(query)))) {
+        free(j);
+        reply_text(svc, req, 503, "out of memory");
         omadm_msg_free(&m);
         return;
     }
-
-    /* The device's answers, each queue command in one store operation. */
-    char done[OMADM_MAX_SENT][128];
-    size_t n_done = 0;
-    rc = ESIM_OK;
-    for (size_t i = 0; i < m.n_cmds && rc == ESIM_OK; i++) {
-        const omadm_cmd *c = &m.cmds[i];
-        if (c->verb != OMADM_STATUS && c->verb != OMADM_RESULTS)
-            continue;
-        if (strcmp(c->cmd_ref, "0") == 0)
-            continue; /* the device's Status of our SyncHdr */
-        if (is_internal(c->cmd_ref)) {
-            apply_internal(svc, d, c);
-            continue;
-        }
-        char u[128];
-        uuid_of_ref(c->cmd_ref, u);
-        bool seen = false;
-        for (size_t k = 0; k < n_done && !seen; k++)
-            seen = strcmp(done[k], u) == 0;
-        if (seen || n_done == OMADM_MAX_SENT)
-            continue;
-        memcpy(done[n_done++], u, sizeof u);
-        const struct evhttp_uri *req_uri = evhttp_request_get_evhttp_uri(req);
-        rc = apply_answer(svc, d, &m, u, req_uri ? evhttp_uri_get_query(req_uri) : NULL, &e);
-    }
-    bool unenrolled = false;
-    if (rc == ESIM_OK)
-        rc = generic_alerts(svc, d, &m, &unenrolled, &e);
-    if (rc != ESIM_OK) {
-        session_clear(d);
-        reply_store_error(svc, req, rc, &e);
-        omadm_msg_free(&m);
+    j->job.run = omadm_job_run;
+    j->job.done = omadm_job_done;
+    j->svc = svc;
+    j->req = req;
+    j->d = d;
+    j->m = m;
+    snprintf(j->cert, sizeof j->cert, "%s", id.cert_sha256);
+    j->len = len;
+    j->now = esim_now_ms();
+    j->starts = starts;
+    j->applied_tail = &j->applied;
+    d->busy = true;
+    if (pool_on(svc)) {
+        pool_submit(svc, &j->job);
         return;
     }
-
-    if (d->ids_asked) { /* this message carried the Identifiers */
-        d->ids_asked = false;
-        d->n_pending_nodes = 0;
-    }
-    writer w = {.next_id = 1};
-    w_printf(&w, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-                 "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD>"
-                 "<VerProto>DM/1.2</VerProto><SessionID>");
-    w_text(&w, m.session_id);
-    w_printf(&w, "</SessionID><MsgID>%lu</MsgID><Target><LocURI>", m.msg_id);
-    w_text(&w, m.source);
-    w_printf(&w, "</LocURI></Target><Source><LocURI>");
-    w_text(&w, m.target && m.target[0] ? m.target : d->server_uri);
-    w_printf(&w, "</LocURI></Source></SyncHdr><SyncBody>");
-    char msg_ref[24];
-    snprintf(msg_ref, sizeof msg_ref, "%lu", m.msg_id);
-    w_status(&w, msg_ref, "0", "SyncHdr", 200);
-    for (size_t i = 0; i < m.n_cmds; i++) {
-        const omadm_cmd *c = &m.cmds[i];
-        if (c->verb == OMADM_STATUS)
-            continue;
-        int code = c->verb == OMADM_OTHER ? 406 : 200;
-        w_status(&w, msg_ref, c->cmd_id, c->name, code);
-    }
-    bool ending = unenrolled || has_alert(&m, "1223");
-    if (!ending && starts) {
-        /* Every session: where WNS reaches the device now, and its eUICCs. */
-        w_get(&w, OMADM_ID_CHANNEL, OMADM_CHANNEL_URI);
-        w_get(&w, OMADM_ID_EUICCS, OMADM_EUICCS);
-        d->asked_discovery = true;
-    } else if (!ending && d->n_pending_nodes > 0 && !d->ids_asked) {
-        for (size_t k = 0; k < d->n_pending_nodes; k++) {
-            char id_ref[48], uri[160];
-            snprintf(id_ref, sizeof id_ref, "%s%zu", OMADM_ID_EUICC, k);
-            snprintf(uri, sizeof uri, "%s/%s/Identifier", OMADM_EUICCS, d->pending_nodes[k]);
-            w_get(&w, id_ref, uri);
-        }
-        /* Their answers name the nodes by index: kept until they come. */
-        d->ids_asked = true;
-    } else if (!ending) {
-        /* Every Get of the service was answered in this message (a device
-         * answers all of a message in the next): the eUICC nodes are known. */
-        rc = deliver(svc, d, &w, &e);
-    }
-    w_printf(&w, "<Final/></SyncBody></SyncML>\n");
-    if (rc != ESIM_OK || w.rc != ESIM_OK) {
-        esim_buf_free(&w.b);
-        session_clear(d);
-        if (rc == ESIM_OK)
-            esim_fail(&e, ESIM_ENOMEM, "out of memory");
-        reply_store_error(svc, req, rc == ESIM_OK ? ESIM_ENOMEM : rc, &e);
-        omadm_msg_free(&m);
-        return;
-    }
-    reply_syncml(svc, req, d, &w.b);
-    if (w.commands == 0) {
-        /* Status only: the session is over. */
-        session_clear(d);
-        svc->m.windows_sessions_ended++;
-    }
-    esim_buf_free(&w.b);
-    omadm_msg_free(&m);
+    j->job.rc = ESIM_OK;
+    j->job.run(svc->st, &j->job);
+    j->job.ran = true;
+    j->job.done(svc, &j->job);
 }
 
 /* ---- queueing Windows commands ----------------------------------------------------------- */
 
-esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const char *request_type,
-                                     const char *syncml, size_t len, const char *const *udids,
-                                     size_t n, const esim_enqueue_opts *opts,
-                                     esim_push_state *pushes, char uuid_out[128], esim_error *err)
+/* The store half of esim_service_enqueue_syncml, on |st| (the service's,
+ * or a pool worker's): checks and queues, nothing else. |enqueue_failed|:
+ * the store failed to queue it (a store failure to count). */
+static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
+                                  const char *request_type, const char *syncml, size_t len,
+                                  const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                                  char uuid_out[128], bool *enqueue_failed, esim_error *err)
 {
-    esim_enqueue_opts none = {0};
-    if (!opts)
-        opts = &none;
-    if (!svc || !syncml || !request_type || !*request_type || !svc_utf8_valid(request_type) ||
+    if (!syncml || !request_type || !*request_type || !svc_utf8_valid(request_type) ||
         strlen(request_type) >= 64)
         return esim_fail(err, ESIM_EINVAL, "a Windows command needs SyncML and a request type");
     if (len > svc->cfg.max_body)
@@ -1352,7 +1516,7 @@ esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const 
         return rc;
     for (size_t i = 0; i < n; i++) {
         store_device d;
-        rc = esim_store_device_get(svc->st, udids[i], &d, NULL);
+        rc = esim_store_device_get(st, udids[i], &d, NULL);
         if (rc == ESIM_OK && strcmp(d.platform, "windows") != 0)
             return esim_fail(err, ESIM_EINVAL,
                              "device %s is an Apple device: SyncML commands go to Windows devices",
@@ -1368,14 +1532,33 @@ esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const 
         .priority = opts->priority,
         .expires_at = opts->expires_at,
     };
-    rc = esim_store_command_enqueue(svc->st, &in, udids, n, esim_now_ms(), err);
+    rc = esim_store_command_enqueue(st, &in, udids, n, esim_now_ms(), err);
     if (rc != ESIM_OK) {
-        if (rc == ESIM_ESTORE)
-            svc_store_failed(svc, NULL);
+        *enqueue_failed = rc == ESIM_ESTORE;
         return rc;
     }
     if (uuid_out)
         snprintf(uuid_out, 128, "%s", uuid);
+    return ESIM_OK;
+}
+
+esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const char *request_type,
+                                     const char *syncml, size_t len, const char *const *udids,
+                                     size_t n, const esim_enqueue_opts *opts,
+                                     esim_push_state *pushes, char uuid_out[128], esim_error *err)
+{
+    esim_enqueue_opts none = {0};
+    if (!opts)
+        opts = &none;
+    if (!svc)
+        return esim_fail(err, ESIM_EINVAL, "a Windows command needs SyncML and a request type");
+    bool failed = false;
+    esim_err rc = syncml_enqueue_on(svc, svc->st, uuid, request_type, syncml, len, udids, n, opts,
+                                    uuid_out, &failed, err);
+    if (failed)
+        svc_store_failed(svc, NULL);
+    if (rc != ESIM_OK)
+        return rc;
     svc->m.enqueued += n;
     for (size_t i = 0; i < n; i++) {
         esim_push_state ps = ESIM_PUSH_SKIPPED;

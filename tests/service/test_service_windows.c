@@ -8,7 +8,8 @@
  * the API, and what is refused without changing anything: malformed
  * SyncML (400), WBXML (415), no certificate (401), another device's
  * certificate or an Apple DeviceID (403), MsgID out of order, the session
- * limit; and the webhook events of Windows results.
+ * limit; and the webhook events of Windows results. On PostgreSQL: a
+ * session waiting on the store holds a pool worker, not the event loop.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,8 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
@@ -853,6 +858,131 @@ static void test_result_webhooks(void **state)
     stop(ts);
 }
 
+/* ---- a slow store under a session (PostgreSQL) ------------------------------------------ */
+
+/* A PC's later session (package 1, then the answers to the service's Gets)
+ * on a thread of its own: no assertions off the main thread, codes kept. */
+typedef struct {
+    pc *p;
+    long start_code, code;
+    atomic_int finished;
+    pthread_t thread;
+} session_call;
+
+static void *session_main(void *arg)
+{
+    session_call *c = arg;
+    pc *p = c->p;
+    esim_buf reply = {0};
+    c->start_code = pc_start(p, &reply);
+    p->msg_id++;
+    c->code = pc_send(p,
+                      "<Status><CmdID>1</CmdID><MsgRef>1</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr"
+                      "</Cmd><Data>200</Data></Status>"
+                      "<Results><CmdID>2</CmdID><MsgRef>1</MsgRef><CmdRef>esim-mdm.channel"
+                      "</CmdRef><Item><Source><LocURI>x</LocURI></Source><Data>" CHANNEL
+                      "</Data></Item></Results>"
+                      "<Results><CmdID>3</CmdID><MsgRef>1</MsgRef><CmdRef>esim-mdm.euiccs"
+                      "</CmdRef><Item><Source><LocURI>./Device/Vendor/MSFT/eUICCs</LocURI>"
+                      "</Source><Data>slot0</Data></Item></Results>",
+                      &reply);
+    esim_buf_free(&reply);
+    atomic_store(&c->finished, 1);
+    return NULL;
+}
+
+static bool on_pgsql(void)
+{
+    const char *spec = getenv("ESIM_TEST_STORE");
+    return spec &&
+           (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0);
+}
+
+static long pg_waiting_on_locks(PGconn *c)
+{
+    PGresult *r = PQexec(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+static void pg_exec_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+/* A PC whose session waits on the store (its device row locked by another
+ * session, as another instance or a long admin transaction may hold it)
+ * holds one store pool worker, not the event loop: another PC's whole
+ * session and an iPhone's check-in complete meanwhile, and the stuck
+ * session completes once the lock is gone. With the OMA-DM sessions on the
+ * loop's own connection (ESIM_TEST_STORE_POOL=0, as before they went to
+ * the pool) the others wait behind the stuck one: this test fails. */
+static void test_slow_session_holds_no_loop(void **state)
+{
+    (void)state;
+    if (!on_pgsql())
+        skip();
+    test_service *ts = calloc(1, sizeof *ts);
+    esim_service_config cfg;
+    char dir[320], spec[600];
+    harness_config(&env, "win-slow", &cfg, dir);
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    cfg.store = spec;
+    cfg.tls_cert_path = server_cert;
+    cfg.tls_key_path = server_key;
+    harness_start(ts, &cfg);
+    pc slow, fast;
+    pc_new(&slow, "5A0E5A0E5A0E5A0E5A0E5A0E5A0E5A01", ts->url);
+    pc_new(&fast, "FA57FA57FA57FA57FA57FA57FA57FA01", ts->url);
+    first_session(&slow);
+    first_session(&fast);
+    test_device phone;
+    device_new(&phone, &env, "00008110-WINSLOWPHONE01", ts->url);
+    phone.ca_file = ca;
+    device_enroll(&phone);
+
+    PGconn *locker = PQconnectdb(spec), *watch = PQconnectdb(spec);
+    assert_int_equal(PQstatus(locker), CONNECTION_OK);
+    assert_int_equal(PQstatus(watch), CONNECTION_OK);
+    pg_exec_ok(locker, "BEGIN");
+    pg_exec_ok(locker, "SELECT 1 FROM devices WHERE udid = '5A0E5A0E5A0E5A0E5A0E5A0E5A0E5A01' "
+                       "FOR UPDATE");
+    session_call stuck = {.p = &slow};
+    assert_int_equal(pthread_create(&stuck.thread, NULL, session_main, &stuck), 0);
+    /* Until its session's statement waits on that lock. */
+    long waiting = 0;
+    for (int i = 0; i < 300 && waiting == 0; i++) {
+        waiting = pg_waiting_on_locks(watch);
+        if (!waiting)
+            usleep(20000);
+    }
+    assert_int_equal(waiting, 1);
+    /* Another PC's session and an iPhone get through while it waits. */
+    esim_buf reply = {0};
+    open_session(&fast, &reply);
+    esim_buf_free(&reply);
+    assert_int_equal(device_result(&phone, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(atomic_load(&stuck.finished), 0);
+    /* The lock goes: the stuck session carries on. */
+    pg_exec_ok(locker, "ROLLBACK");
+    pthread_join(stuck.thread, NULL);
+    assert_int_equal(stuck.start_code, 200);
+    assert_int_equal(stuck.code, 200);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&phone);
+    pc_free(&slow);
+    pc_free(&fast);
+    stop(ts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -861,6 +991,7 @@ int main(void)
         cmocka_unit_test(test_refused_changes_nothing),
         cmocka_unit_test(test_apple_udid_refused),
         cmocka_unit_test(test_result_webhooks),
+        cmocka_unit_test(test_slow_session_holds_no_loop),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
