@@ -53,25 +53,50 @@ esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out,
 }
 
 /* Identity certificates issued by SCEP often carry no extended key usage,
- * so the chain is verified without asking for any purpose. */
-static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
-                             esim_error *err)
+ * so the chain is verified without asking for any purpose. X509_V_OK or
+ * what is wrong with it (X509_V_ERR_OUT_OF_MEM when nothing could be
+ * checked). */
+static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted)
 {
     svc->m.identity_chain_checks++;
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     if (!ctx || X509_STORE_CTX_init(ctx, svc->device_ca, leaf, untrusted) != 1) {
         X509_STORE_CTX_free(ctx);
-        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        ERR_clear_error();
+        return X509_V_ERR_OUT_OF_MEM;
     }
     int ok = X509_verify_cert(ctx);
     int code = X509_STORE_CTX_get_error(ctx);
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
-    if (ok != 1)
-        return esim_fail(err, ESIM_ECRYPTO,
-                         "the identity certificate does not chain to the device CA: %s",
-                         X509_verify_cert_error_string(code));
-    return ESIM_OK;
+    if (ok == 1)
+        return X509_V_OK;
+    return code != X509_V_OK ? code : X509_V_ERR_UNSPECIFIED;
+}
+
+static esim_err chain_refused(int code, esim_error *err)
+{
+    if (code == X509_V_ERR_OUT_OF_MEM)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    return esim_fail(err, ESIM_ECRYPTO,
+                     "the identity certificate does not chain to the device CA: %s",
+                     X509_verify_cert_error_string(code));
+}
+
+static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
+                             esim_error *err)
+{
+    int code = chain_code(svc, leaf, untrusted);
+    return code == X509_V_OK ? ESIM_OK : chain_refused(code, err);
+}
+
+/* Whether |x| is within its validity period now. */
+static bool cert_current(X509 *x)
+{
+    bool ok = X509_cmp_current_time(X509_get0_notBefore(x)) < 0 &&
+              X509_cmp_current_time(X509_get0_notAfter(x)) > 0;
+    ERR_clear_error();
+    return ok;
 }
 
 /* An ASN1_TIME as ms since the epoch; 0 when unreadable. */
@@ -103,9 +128,17 @@ static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now)
 static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now);
 
 /* The TLS client certificate (verified possession of its key in the
- * handshake). Its chain to the device CA is verified once per certificate
- * every AUTH_REVERIFY_MS, as for Mdm-Signatures, not on every request of
- * every session: a Windows PC or an mtls device sends several per session. */
+ * handshake, or in the full handshake of the session it resumed). Its chain
+ * to the device CA is verified once per certificate every AUTH_REVERIFY_MS,
+ * as for Mdm-Signatures, not on every request of every session: a Windows
+ * PC or an mtls device sends several per session. The handshake verified it
+ * already (auth_tls_verify): a certificate refused there is refused here
+ * with the same reason, without a second check; one that verified is in
+ * the table. Its validity period is checked on every request: a session
+ * (resumed or long-lived) outlasts neither the certificate nor the 5
+ * minutes after which the chain is verified again (from the leaf alone
+ * when the session was resumed: a ticket keeps no chain, so the device CA
+ * file must hold the CA that issues identities). */
 static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_identity *out,
                          esim_error *err)
 {
@@ -116,6 +149,16 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     if (!peer)
         return esim_fail(err, ESIM_EAUTH,
                          "no TLS client certificate: the device must present its identity");
+    long handshake = SSL_get_verify_result(ssl);
+    if (handshake != X509_V_OK) {
+        X509_free(peer);
+        return chain_refused((int)handshake, err);
+    }
+    if (!cert_current(peer)) {
+        X509_free(peer);
+        return esim_fail(err, ESIM_ECRYPTO,
+                         "the identity certificate is outside its validity period");
+    }
     unsigned char sha[SHA256_DIGEST_LENGTH];
     unsigned n = 0;
     bool digested = X509_digest(peer, EVP_sha256(), sha, &n) == 1 && n == sizeof sha;
@@ -132,6 +175,103 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     out->not_before_ms = time_ms(X509_get0_notBefore(peer));
     X509_free(peer);
     return rc;
+}
+
+/* ---- TLS session resumption with client certificates ------------------------------
+ * A resumed session has the peer certificate of the full handshake it came
+ * from (inside the ticket, which OpenSSL encrypts and authenticates with
+ * keys it made at random for this server context: they never leave the
+ * process, a restart or a new context voids every ticket), but no chain
+ * and no new proof of the key. So a ticket is only worth an identity when
+ * the full handshake verified the chain: each certificate session's ticket
+ * carries a note (auth_ticket_note) saying when, under which device CA,
+ * and resumption is refused (a full handshake instead) without a good one.
+ * See docs/security.md, "TLS session resumption with client certificates". */
+
+#define AUTH_TICKET_MS (15 * 60 * 1000) /* a resumed identity lives this long at most */
+
+static const unsigned char ticket_magic[4] = {'e', 'm', 't', '1'};
+
+typedef struct {
+    unsigned char magic[4];
+    uint32_t ca_epoch;   /* svc->device_ca_epoch when the chain verified */
+    int64_t verified_at; /* ms; 0: the certificate did not verify */
+} auth_ticket_note;
+
+int auth_tls_verify(X509_STORE_CTX *xs, void *arg)
+{
+    esim_service *svc = arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    X509 *leaf = X509_STORE_CTX_get0_cert(xs);
+    int code = X509_V_ERR_UNSPECIFIED;
+    if (leaf && svc->device_ca) {
+        unsigned char sha[SHA256_DIGEST_LENGTH];
+        unsigned n = 0;
+        bool digested = X509_digest(leaf, EVP_sha256(), sha, &n) == 1 && n == sizeof sha;
+        int64_t now = esim_now_ms();
+        if (digested && ver_get(svc, sha, now) && cert_current(leaf))
+            code = X509_V_OK;
+        else if ((code = chain_code(svc, leaf, X509_STORE_CTX_get0_untrusted(xs))) == X509_V_OK &&
+                 digested)
+            ver_put(svc, sha, now);
+    }
+    svc->m.tls_cert_full++;
+    /* What SSL_get_verify_result says for this session: from_tls refuses
+     * every request of it with this reason. No ticket for it (TLS 1.3; a
+     * TLS 1.2 ticket, decided before the certificate came, is noted as
+     * unverified by auth_tls_ticket_new and never resumes). */
+    X509_STORE_CTX_set_error(xs, code);
+    if (code != X509_V_OK && ssl)
+        SSL_set_num_tickets(ssl, 0);
+    ERR_clear_error();
+    return 1;
+}
+
+int auth_tls_ticket_new(SSL *ssl, void *arg)
+{
+    esim_service *svc = arg;
+    SSL_SESSION *sess = SSL_get0_session(ssl);
+    if (!sess || !SSL_SESSION_get0_peer(sess))
+        return 1; /* no certificate: no identity to note */
+    if (SSL_session_reused(ssl))
+        return 1; /* a renewed ticket keeps the note of the handshake that verified */
+    auth_ticket_note note = {.ca_epoch = svc->device_ca_epoch};
+    memcpy(note.magic, ticket_magic, sizeof note.magic);
+    if (SSL_get_verify_result(ssl) == X509_V_OK)
+        note.verified_at = esim_now_ms();
+    /* Out of memory the ticket goes without a note: it never resumes. */
+    if (SSL_SESSION_set1_ticket_appdata(sess, &note, sizeof note) != 1)
+        ERR_clear_error();
+    return 1;
+}
+
+SSL_TICKET_RETURN auth_tls_ticket_use(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
+                                      size_t name_len, SSL_TICKET_STATUS status, void *arg)
+{
+    (void)ssl, (void)name, (void)name_len;
+    esim_service *svc = arg;
+    if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
+        return status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER
+                   ? SSL_TICKET_RETURN_ABORT
+                   : SSL_TICKET_RETURN_IGNORE_RENEW;
+    if (!sess)
+        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    X509 *peer = SSL_SESSION_get0_peer(sess);
+    if (peer) {
+        void *data = NULL;
+        size_t len = 0;
+        auth_ticket_note note;
+        if (SSL_SESSION_get0_ticket_appdata(sess, &data, &len) != 1 || len != sizeof note)
+            return SSL_TICKET_RETURN_IGNORE_RENEW;
+        memcpy(&note, data, sizeof note);
+        int64_t age = esim_now_ms() - note.verified_at;
+        if (memcmp(note.magic, ticket_magic, sizeof note.magic) != 0 || note.verified_at <= 0 ||
+            note.ca_epoch != svc->device_ca_epoch || age < 0 || age > AUTH_TICKET_MS ||
+            !cert_current(peer))
+            return SSL_TICKET_RETURN_IGNORE_RENEW;
+        svc->m.tls_cert_resumed++;
+    }
+    return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
 }
 
 /* A TLS-terminating proxy's header (NanoMDM's -cert-header): RFC 9440's

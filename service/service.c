@@ -630,40 +630,9 @@ static struct bufferevent *new_bev(struct event_base *base, void *arg)
     return conn_new_bufferevent(arg);
 }
 
-/* Client certificates are asked for and taken as they come: whether one
- * chains to the device CA is decided per request (auth.c), so a device with
- * a bad certificate gets an HTTP 403 it can log rather than a broken
- * handshake. */
-static int accept_any_client_cert(int ok, X509_STORE_CTX *ctx)
-{
-    (void)ok;
-    /* A client that shows a certificate gets no session ticket: a resumed
-     * session would carry no chain to check its identity with. */
-    SSL *ssl = X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    if (ssl)
-        SSL_set_num_tickets(ssl, 0);
-    return 1;
-}
-
-/* Which offered sessions may be resumed: those of clients that showed no
- * certificate (an iPhone signing its messages), never one that carried a
- * client certificate (it has no chain: a full handshake checks it again). */
-static SSL_TICKET_RETURN resumable_ticket(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
-                                          size_t name_len, SSL_TICKET_STATUS status, void *arg)
-{
-    (void)ssl, (void)name, (void)name_len, (void)arg;
-    if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
-        return status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER
-                   ? SSL_TICKET_RETURN_ABORT
-                   : SSL_TICKET_RETURN_IGNORE_RENEW;
-    if (!sess || SSL_SESSION_get0_peer(sess))
-        return SSL_TICKET_RETURN_IGNORE_RENEW;
-    return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
-}
-
 /* A server TLS context from |cert_path| and |key_path|, asking clients for
  * a certificate from |client_ca_path| when device auth needs one. */
-static esim_err tls_ctx_build(const esim_service *svc, const char *cert_path, const char *key_path,
+static esim_err tls_ctx_build(esim_service *svc, const char *cert_path, const char *key_path,
                               const char *client_ca_path, SSL_CTX **out, esim_error *err)
 {
     *out = NULL;
@@ -686,18 +655,20 @@ static esim_err tls_ctx_build(const esim_service *svc, const char *cert_path, co
      * certificate; Apple devices do with --device-auth mtls. Asked for,
      * never required: a client without one still connects. */
     if (svc->cfg.device_auth != ESIM_DEVICE_AUTH_NONE) {
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_client_cert);
-        /* No TLS session resumption for a client that showed a
-         * certificate: a resumed session carries no certificate chain
-         * (SSL_get_peer_cert_chain is NULL), so the identity could not be
-         * checked up to the device CA again; such a client gets no ticket,
-         * and one it offers anyway is ignored (a full handshake). A client
-         * without one (an iPhone that signs its messages) resumes with a
-         * stateless ticket, as it would with any web server. The session ID
-         * context is needed once client certificates are asked for. */
+        /* Client certificates are asked for and taken as they come: the
+         * chain to the device CA is checked by auth_tls_verify, which never
+         * fails the handshake (a device with a bad certificate gets an
+         * HTTP 403 it can log, per request). Sessions resume from stateless
+         * tickets: a client without a certificate (an iPhone that signs its
+         * messages) as with any web server; one with a certificate only
+         * from a ticket of a handshake that verified it, for a bounded time
+         * (auth.c; docs/security.md). The session ID context is needed
+         * once client certificates are asked for. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_cert_verify_callback(ctx, auth_tls_verify, svc);
         SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"esim-mdm", 8);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_session_ticket_cb(ctx, NULL, resumable_ticket, NULL);
+        SSL_CTX_set_session_ticket_cb(ctx, auth_tls_ticket_new, auth_tls_ticket_use, svc);
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca_path);
         if (names)
             SSL_CTX_set_client_CA_list(ctx, names);
@@ -1319,6 +1290,11 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         "verified up to the device CA (once per certificate every 5 minutes).\n"
         "# TYPE esim_mdm_identity_chain_checks_total counter\n"
         "esim_mdm_identity_chain_checks_total %llu\n"
+        "# HELP esim_mdm_tls_client_cert_handshakes_total TLS handshakes with a client "
+        "certificate: full (its chain checked) or resumed from a ticket of one that verified.\n"
+        "# TYPE esim_mdm_tls_client_cert_handshakes_total counter\n"
+        "esim_mdm_tls_client_cert_handshakes_total{kind=\"full\"} %llu\n"
+        "esim_mdm_tls_client_cert_handshakes_total{kind=\"resumed\"} %llu\n"
         "# HELP esim_mdm_signature_checks_total Mdm-Signatures of known certificates "
         "checked from their DER bytes (direct) or by OpenSSL's CMS_verify (cms).\n"
         "# TYPE esim_mdm_signature_checks_total counter\n"
@@ -1331,6 +1307,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         (unsigned long long)m->replays_duplicate, (unsigned long long)m->signatures_without_time,
         (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
         (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_chain_checks,
+        (unsigned long long)m->tls_cert_full, (unsigned long long)m->tls_cert_resumed,
         (unsigned long long)m->signatures_direct, (unsigned long long)m->signatures_cms);
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");
@@ -1543,7 +1520,8 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     if (ca) {
         X509_STORE_free(svc->device_ca);
         svc->device_ca = ca;
-        auth_cache_free(svc); /* certificates verified against the old CA */
+        auth_cache_free(svc);   /* certificates verified against the old CA */
+        svc->device_ca_epoch++; /* and the tickets of their sessions */
     }
     if (tls) {
         SSL_CTX_free(svc->tls);

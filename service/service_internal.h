@@ -41,6 +41,8 @@ typedef struct {
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t identity_chain_checks;                      /* chains verified up to the device CA */
+    uint64_t tls_cert_full, tls_cert_resumed;   /* TLS handshakes with a client certificate:
+                                                   full (chain checked), resumed from a ticket */
     uint64_t signatures_direct, signatures_cms; /* Mdm-Signatures checked by auth.c's own reader
                                                    / by CMS_verify (fast path only) */
     uint64_t replays_stale, replays_duplicate, signatures_without_time;
@@ -212,6 +214,7 @@ struct esim_service {
     SSL_CTX *tls;
     X509_STORE *device_ca;
     struct auth_cache *auth_cache; /* identity certificates already parsed and verified */
+    uint32_t device_ca_epoch;      /* +1 when the device CA is replaced: older tickets void */
 
     struct event *tick_ev;
     /* Group commit: answers wait in |replies| until a store sync that
@@ -544,6 +547,22 @@ void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char o
  * 401 (none presented), ESIM_ECRYPTO -> 403 (does not chain). */
 esim_err auth_tls_identity(esim_service *svc, struct evhttp_request *req, auth_identity *id,
                            esim_error *err);
+/* TLS client certificates in the handshake and session resumption for them
+ * (auth.c; installed by service.c on the server context when device auth is
+ * on, |arg| the service). auth_tls_verify is the context's certificate
+ * verification: the chain to the device CA is checked (once per certificate
+ * every 5 minutes), the handshake always goes on (a refused identity gets
+ * its 403 per request) and a client whose certificate did not verify gets
+ * no session ticket. auth_tls_ticket_new notes in each ticket of a
+ * certificate session whether and when its chain verified;
+ * auth_tls_ticket_use resumes a certificate session only from such a
+ * ticket, within AUTH_TICKET_MS of that verification, under the same device
+ * CA and while the certificate is within its validity period (docs/
+ * security.md, "TLS session resumption with client certificates"). */
+int auth_tls_verify(X509_STORE_CTX *ctx, void *arg);
+int auth_tls_ticket_new(SSL *ssl, void *arg);
+SSL_TICKET_RETURN auth_tls_ticket_use(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
+                                      size_t name_len, SSL_TICKET_STATUS status, void *arg);
 /* The per-device rate limit (mdm.c): false when |udid| is over it. */
 bool rate_allow(esim_service *svc, const char *udid, int64_t now);
 

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -1170,10 +1171,13 @@ static void test_device_hangs_up_before_the_answer(void **state)
     stop(f);
 }
 
-/* One TLS connection to |port| (GET /healthz), offering |*sess| when set
- * and keeping the session the server gave in its place; with |cert| it
- * shows that client certificate. Whether the handshake resumed. */
-static bool tls_get(int port, const char *ca, const char *cert, const char *key, SSL_SESSION **sess)
+/* One TLS connection to |port| with one request (|body| is PUT to /mdm,
+ * or GET /healthz when NULL), offering |*sess| when set and keeping the
+ * session the server gave in its place; with |cert| it shows that client
+ * certificate. The answer's status; *resumed says whether the handshake
+ * resumed. */
+static int tls_request(int port, const char *ca, const char *cert, const char *key,
+                       SSL_SESSION **sess, const esim_buf *body, bool *resumed)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     assert_non_null(ctx);
@@ -1192,16 +1196,25 @@ static bool tls_get(int port, const char *ca, const char *cert, const char *key,
     if (*sess)
         SSL_set_session(ssl, *sess);
     assert_int_equal(SSL_connect(ssl), 1);
-    bool resumed = SSL_session_reused(ssl) == 1;
-    static const char get[] =
-        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+    *resumed = SSL_session_reused(ssl) == 1;
+    char head[256];
+    int hl = body ? snprintf(head, sizeof head,
+                             "PUT /mdm HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                             "Content-Length: %zu\r\n\r\n",
+                             body->len)
+                  : snprintf(head, sizeof head,
+                             "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: "
+                             "close\r\n\r\n");
+    assert_int_equal(SSL_write(ssl, head, hl), hl);
+    if (body)
+        assert_int_equal(SSL_write(ssl, body->data, (int)body->len), (int)body->len);
     /* The whole answer (the tickets come before it), read before the
      * server's close: OpenSSL makes a session not resumable when the
      * connection ends without close_notify. */
-    char buf[4096];
+    static char buf[65536];
     size_t got = 0, want = 0;
     int n;
+    buf[0] = '\0';
     while ((!want || got < want) &&
            (n = SSL_read(ssl, buf + got, (int)(sizeof buf - 1 - got))) > 0) {
         got += (size_t)n;
@@ -1210,13 +1223,22 @@ static bool tls_get(int port, const char *ca, const char *cert, const char *key,
         if (end && cl)
             want = (size_t)(end + 4 - buf) + (size_t)atol(cl + 15);
     }
-    assert_non_null(strstr(buf, " 200 "));
+    assert_true(got > 12 && memcmp(buf, "HTTP/1.1 ", 9) == 0);
+    int status = atoi(buf + 9);
     SSL_SESSION_free(*sess);
     *sess = SSL_get1_session(ssl);
     SSL_shutdown(ssl);
     SSL_free(ssl);
     close(fd);
     SSL_CTX_free(ctx);
+    return status;
+}
+
+/* GET /healthz over TLS (see tls_request): whether the handshake resumed. */
+static bool tls_get(int port, const char *ca, const char *cert, const char *key, SSL_SESSION **sess)
+{
+    bool resumed = false;
+    assert_int_equal(tls_request(port, ca, cert, key, sess, NULL, &resumed), 200);
     return resumed;
 }
 
@@ -1295,21 +1317,86 @@ static void test_mtls_identity(void **state)
         assert_int_equal(device_put(&f->dev, idle.data, idle.len, NULL), 403);
     }
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), 4);
-    esim_buf_free(&idle);
 
     /* TLS resumption: a client without a certificate (an iPhone signing
-     * its messages) resumes its session; one that showed a certificate
-     * gets a full handshake every time, so its chain is checked again. */
+     * its messages) resumes its session. */
     int port = atoi(strrchr(f->ts.url, ':') + 1);
     SSL_SESSION *sess = NULL;
     assert_false(tls_get(port, ca, NULL, NULL, &sess));
     assert_true(tls_get(port, ca, NULL, NULL, &sess));
     assert_true(tls_get(port, ca, NULL, NULL, &sess));
+    /* A ticket of a session without a certificate resumes, but as no one:
+     * a device that offers it (certificate at hand) is not asked for one
+     * and gets 401. */
+    bool resumed = false;
+    assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 401);
+    assert_true(resumed);
     SSL_SESSION_free(sess);
     sess = NULL;
-    assert_false(tls_get(port, ca, id_cert, id_key, &sess));
-    assert_false(tls_get(port, ca, id_cert, id_key, &sess));
+
+    /* One with a verified certificate resumes too, and the resumed session
+     * is that certificate's identity: this device's Idle gets its answer
+     * (the queue is empty now) after the full handshake, on the resumed
+     * session, and on the one resumed from that. */
+    long long full0 =
+        api_metric(f->ts.url, "esim_mdm_tls_client_cert_handshakes_total{kind=\"full\"}");
+    long long chains0 = api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total");
+    assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
+    assert_false(resumed);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
+        assert_true(resumed);
+    }
+    assert_int_equal(
+        api_metric(f->ts.url, "esim_mdm_tls_client_cert_handshakes_total{kind=\"full\"}"),
+        full0 + 1);
+    assert_true(
+        api_metric(f->ts.url, "esim_mdm_tls_client_cert_handshakes_total{kind=\"resumed\"}") >= 2);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), chains0);
     SSL_SESSION_free(sess);
+    sess = NULL;
+    /* The other device's session, resumed, is the other device: its
+     * certificate on this UDID is refused as it was in a full handshake. */
+    assert_int_equal(tls_request(port, ca, other_cert, other_key, &sess, &idle, &resumed), 403);
+    assert_false(resumed);
+    assert_int_equal(tls_request(port, ca, other_cert, other_key, &sess, &idle, &resumed), 403);
+    assert_true(resumed);
+    SSL_SESSION_free(sess);
+    sess = NULL;
+
+    /* A certificate from no trusted CA never gets a ticket: its session is
+     * not resumable, and offered anyway it gets a full handshake (and 403). */
+    assert_int_equal(tls_request(port, ca, rogue_cert, rogue_key, &sess, &idle, &resumed), 403);
+    assert_false(resumed);
+    assert_false(SSL_SESSION_is_resumable(sess));
+    assert_int_equal(tls_request(port, ca, rogue_cert, rogue_key, &sess, &idle, &resumed), 403);
+    assert_false(resumed);
+    SSL_SESSION_free(sess);
+    sess = NULL;
+
+    /* A device-CA certificate that expires between its full handshake and
+     * the resumption: the ticket is refused (a full handshake, in which the
+     * chain no longer verifies) and the device gets 403. */
+    char short_cert[600], short_key[600];
+    snprintf(short_cert, sizeof short_cert, "%s/mtls-short.pem", env.dir);
+    snprintf(short_key, sizeof short_key, "%s/mtls-short.key", env.dir);
+    esim_cert dca = {0}, brief = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &dca, NULL), ESIM_OK);
+    esim_cert_spec brief_spec = {.common_name = "00008110-MTLSBRIEF0000001",
+                                 .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&brief_spec, &dca, &brief, NULL), ESIM_OK);
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(brief.x509), 2));
+    assert_true(X509_sign(brief.x509, dca.key, EVP_sha256()) > 0);
+    assert_int_equal(esim_cert_save(&brief, short_cert, short_key, NULL), ESIM_OK);
+    esim_cert_clear(&brief);
+    esim_cert_clear(&dca);
+    assert_false(tls_get(port, ca, short_cert, short_key, &sess));
+    assert_true(SSL_SESSION_is_resumable(sess));
+    sleep(3);
+    assert_int_equal(tls_request(port, ca, short_cert, short_key, &sess, &idle, &resumed), 403);
+    assert_false(resumed);
+    SSL_SESSION_free(sess);
+    esim_buf_free(&idle);
 
     device_free(&other);
     stop(f);
