@@ -77,6 +77,10 @@ static const char demo_help[] =
     "                           the next instance, the PCs and IoT devices to the first;\n"
     "                           the campaigns are created on (driven by) the second and\n"
     "                           followed on the first (default 1)\n"
+    "  --device-auth MODE       how iPhones prove who they are: signature (default: an\n"
+    "                           Mdm-Signature on every message) or mtls (their identity\n"
+    "                           certificate as TLS client certificate, the session resumed\n"
+    "                           afterwards; the service then runs on TLS)\n"
     "  --sample                 only print the commands a campaign sends, and exit\n"
     "\n"
     "exit status: 0 every device that can be verified is verified, the PCs and IoT\n"
@@ -147,6 +151,7 @@ typedef struct {
     bool keep, json, quiet_mix, inventory, extras, keep_running;
     const char *store;  /* --store, or NULL: SQLite in the service's data dir */
     unsigned instances; /* of the service, on the one --store (1 or 2) */
+    bool mtls;          /* --device-auth mtls: iPhones show their identity in TLS */
     int svc2_port;      /* the second instance's */
     chttp api2;         /* the second instance's admin API */
     unsigned devices;
@@ -272,16 +277,22 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* Opens |c| on the service instance listening on |port| with data
  * directory |dir| (it writes DIR/api-token before it listens), trusting
- * |ca| when the service is on TLS (PCs in the fleet), and checks /healthz.
+ * |ca| when the service is on TLS (PCs in the fleet, or mtls), and checks /healthz.
  * Its URL goes to |url|, the token file's path to |token_file|. */
+/* Whether the service is on TLS: for the PCs, and for iPhones on mtls. */
+static bool service_on_tls(const demo *d)
+{
+    return d->windows_share > 0 || d->mtls;
+}
+
 static bool open_instance_api(demo *d, chttp *c, int port, const char *dir, const char *ca,
                               char (*url)[64], char (*token_file)[PATH_MAX + 48])
 {
-    snprintf(*url, sizeof *url, "%s://127.0.0.1:%d", d->windows_share > 0 ? "https" : "http", port);
+    snprintf(*url, sizeof *url, "%s://127.0.0.1:%d", service_on_tls(d) ? "https" : "http", port);
     snprintf(*token_file, sizeof *token_file, "%s/api-token", dir);
     if (!chttp_open_api(c, *url, *token_file))
         return false;
-    if (d->windows_share > 0)
+    if (service_on_tls(d))
         chttp_set_ca(c, ca);
     return call(d, c, "GET", "/healthz", NULL, NULL, 0, 200, NULL);
 }
@@ -414,6 +425,10 @@ static bool start_parts(demo *d)
                         NULL,
                         NULL,
                         NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
                         NULL};
     size_t na = 0;
     while (svc_argv[na])
@@ -425,15 +440,23 @@ static bool start_parts(demo *d)
     /* Windows PCs speak OMA-DM over TLS with their client certificate (the
      * service asks every TLS client for one; iPhones sign their messages
      * and send none), and are woken through WNS. */
+    if (service_on_tls(d)) {
+        svc_argv[na++] = "--tls-cert";
+        svc_argv[na++] = cert;
+        svc_argv[na++] = "--tls-key";
+        svc_argv[na++] = key;
+    }
     if (d->windows_share > 0) {
-        char *extra[] = {"--tls-cert",        cert,
-                         "--tls-key",         key,
-                         "--wns-token-url",   wns_token_url,
-                         "--wns-client-id",   DEMO_WNS_CLIENT,
-                         "--wns-secret-file", wns_secret_file,
-                         "--wns-ca",          ca};
+        char *extra[] = {"--wns-token-url",   wns_token_url,   "--wns-client-id", DEMO_WNS_CLIENT,
+                         "--wns-secret-file", wns_secret_file, "--wns-ca",        ca};
         for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
             svc_argv[na++] = extra[i];
+    }
+    /* With mtls the iPhones' identity is their TLS client certificate (the
+     * PCs' always is), checked in the handshake; their sessions resume. */
+    if (d->mtls) {
+        svc_argv[na++] = "--device-auth";
+        svc_argv[na++] = "mtls";
     }
     /* IoT devices: the eIM signs their packages with the test PKI's eIM
      * key and verifies their eUICCs' certificates up to its CI. */
@@ -487,7 +510,7 @@ static bool start_parts(demo *d)
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
                         d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, NULL};
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     size_t k = 0;
     while (sim_argv[k])
         k++;
@@ -529,6 +552,15 @@ static bool start_parts(demo *d)
                          "--api-key-file",      token_file};
         for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
             sim_argv[k++] = extra[i];
+    }
+    char sim_dir[PATH_MAX + 32];
+    if (d->mtls) {
+        /* The simulator writes each identity's certificate to a file there. */
+        snprintf(sim_dir, sizeof sim_dir, "%s/devsim", d->dir);
+        sim_argv[k++] = "--device-auth";
+        sim_argv[k++] = "mtls";
+        sim_argv[k++] = "--data-dir";
+        sim_argv[k++] = sim_dir;
     }
     if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
         !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
@@ -1471,12 +1503,15 @@ static int run(demo *d)
             d->apns_tls, d->svc_port, d->svc2_port, d->sim_port);
     else if (d->windows_share > 0)
         say(d,
-            "  started the APNs mock (:%d), the WNS mock (:%d), the service (:%d, TLS: PCs present "
+            "  started the APNs mock (:%d), the WNS mock (:%d), the service (:%d, TLS: %s present "
             "client certificates) and the device simulator (:%d)\n",
-            d->apns_tls, d->wns_https, d->svc_port, d->sim_port);
+            d->apns_tls, d->wns_https, d->svc_port, d->mtls ? "iPhones and PCs" : "PCs",
+            d->sim_port);
     else
-        say(d, "  started the APNs mock (:%d), the service (:%d) and the device simulator (:%d)\n",
-            d->apns_tls, d->svc_port, d->sim_port);
+        say(d,
+            "  started the APNs mock (:%d), the service (:%d%s) and the device simulator (:%d)\n",
+            d->apns_tls, d->svc_port, d->mtls ? ", TLS: iPhones present client certificates" : "",
+            d->sim_port);
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
@@ -1661,6 +1696,7 @@ static int run(demo *d)
             "delete_esim_blocked", del_blocked, "transfer_esim_blocked", xfer_blocked, "ok",
             all && extras_ok);
         json_object_set_new(j, "cannot_take_esim", json_integer(no_esim_hw));
+        json_object_set_new(j, "device_auth", json_string(d->mtls ? "mtls" : "signature"));
         json_object_set_new(j, "verifiable", json_integer(verifiable));
         const json_t *bp = json_object_get(sum, "by_platform");
         const json_t *wp = json_object_get(bp, "windows"), *ap = json_object_get(bp, "apple");
@@ -1759,7 +1795,8 @@ int cmd_demo(int argc, char **argv)
         IOT_SHARE,
         KEEP,
         STORE,
-        INSTANCES
+        INSTANCES,
+        DEVICE_AUTH
     };
     static const cli_option options[] = {
         {"sample", false, SAMPLE},
@@ -1779,6 +1816,7 @@ int cmd_demo(int argc, char **argv)
         {"keep", true, KEEP},
         {"store", true, STORE},
         {"instances", true, INSTANCES},
+        {"device-auth", true, DEVICE_AUTH},
         {NULL, false, 0},
     };
     /* The numbers' ranges, by id. */
@@ -1854,6 +1892,11 @@ int cmd_demo(int argc, char **argv)
                 return cli_bad_value(&p, "1 or 2");
             d.instances = (unsigned)atoi(p.value);
             break;
+        case DEVICE_AUTH:
+            if (strcmp(p.value, "mtls") != 0 && strcmp(p.value, "signature") != 0)
+                return cli_bad_value(&p, "signature or mtls");
+            d.mtls = strcmp(p.value, "mtls") == 0;
+            break;
         case CLI_ARG:
             return cli_unexpected("demo", p.value);
         default:
@@ -1908,9 +1951,9 @@ int cmd_demo(int argc, char **argv)
             "\nkept running: the dashboard is at %s://127.0.0.1:%d/dashboard/ (admin key in "
             "%s/service/api-token, read-only key in %s/read-only-key%s); Ctrl-C stops every "
             "part\n",
-            d.windows_share > 0 ? "https" : "http", d.svc_port, d.dir, d.dir,
-            d.windows_share > 0 ? "; the service's certificate is from the test CA, pki/ca.pem"
-                                : "");
+            service_on_tls(&d) ? "https" : "http", d.svc_port, d.dir, d.dir,
+            service_on_tls(&d) ? "; the service's certificate is from the test CA, pki/ca.pem"
+                               : "");
         while (!sup_stopping())
             pause();
     }

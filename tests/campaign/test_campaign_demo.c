@@ -143,6 +143,7 @@ static void test_demo_50_devices_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "failed")), cannot + 3);
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
+    assert_string_equal(json_string_value(json_object_get(j, "device_auth")), "signature");
     assert_true(json_integer_value(json_object_get(j, "pushes")) >= 50);
     /* three steps for the iPhones and PCs, two for the IoT devices */
     assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
@@ -244,9 +245,56 @@ static void test_demo_usage(void **state)
     snprintf(cmd, sizeof cmd, "'%s' demo --windows-share 0.5 --iot-share 0.6 2>/dev/null", bin());
     st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --device-auth none 2>/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --sample >/dev/null", bin());
     st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* --device-auth mtls: the iPhones' identity is their TLS client
+ * certificate (the service on TLS although there are no PCs), their later
+ * sessions resume; every device verified, and the erase that keeps the
+ * eSIM re-enrols the erased phones with their new identities (a session
+ * of the old one must not be resumed). */
+static void test_demo_mtls(void **state)
+{
+    (void)state;
+    char work[320], cmd[1200];
+    snprintf(work, sizeof work, "%s/work-mtls", g_dir);
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 16 --device-auth mtls --windows-share 0 --iot-share 0 "
+             "--quiet-mix --no-inventory --json --timeout 120 --keep '%s' 2>'%s/stderr-mtls'",
+             bin(), work, g_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    esim_buf out = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        esim_buf_append(&out, buf, n);
+    int st = pclose(p);
+    esim_buf_append(&out, "", 1);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "%s\n", (const char *)out.data);
+        esim_buf_free(&out);
+        fail_msg("demo exit status %d (its story: stderr-mtls)",
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    json_error_t je;
+    json_t *j = json_loads((const char *)out.data, 0, &je);
+    esim_buf_free(&out);
+    if (!j)
+        fail_msg("standard output is not one JSON object (%s)", je.text);
+    assert_string_equal(json_string_value(json_object_get(j, "device_auth")), "mtls");
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 16);
+    assert_true(json_is_true(json_object_get(j, "ok")));
+    json_t *erase = json_object_get(j, "erase_keep_esim");
+    assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
+    assert_int_equal(json_integer_value(json_object_get(erase, "still_verified")),
+                     json_integer_value(json_object_get(erase, "devices")));
+    json_decref(j);
 }
 
 /* Two instances on one PostgreSQL (ESIM_TEST_STORE, the ctest fixture's
@@ -324,6 +372,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_demo_usage),
+        cmocka_unit_test_setup_teardown(test_demo_mtls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
     };
