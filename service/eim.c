@@ -73,7 +73,7 @@ void eim_metrics(esim_service *svc, esim_buf *out)
     svc_eim *e = svc->eim;
     if (!e)
         return;
-    char text[1600];
+    char text[2000];
     snprintf(text, sizeof text,
              "# TYPE esim_mdm_eim_polls_total counter\n"
              "esim_mdm_eim_polls_total{outcome=\"package\"} %llu\n"
@@ -88,12 +88,18 @@ void eim_metrics(esim_service *svc, esim_buf *out)
              "esim_mdm_eim_refused_total %llu\n"
              "# TYPE esim_mdm_eim_relayed_total counter\n"
              "esim_mdm_eim_relayed_total{outcome=\"ok\"} %llu\n"
-             "esim_mdm_eim_relayed_total{outcome=\"failed\"} %llu\n",
+             "esim_mdm_eim_relayed_total{outcome=\"failed\"} %llu\n"
+             "# TYPE esim_mdm_eim_relay_refused_total counter\n"
+             "esim_mdm_eim_relay_refused_total{reason=\"smdp_address\"} %llu\n"
+             "esim_mdm_eim_relay_refused_total{reason=\"eid\"} %llu\n"
+             "esim_mdm_eim_relay_refused_total{reason=\"notification_address\"} %llu\n",
              (unsigned long long)e->m.polls[0], (unsigned long long)e->m.polls[1],
              (unsigned long long)e->m.polls[2], (unsigned long long)e->m.results[0],
              (unsigned long long)e->m.results[1], (unsigned long long)e->m.results[2],
              (unsigned long long)e->m.results[3], (unsigned long long)e->m.refused,
-             (unsigned long long)e->m.relayed[0], (unsigned long long)e->m.relayed[1]);
+             (unsigned long long)e->m.relayed[0], (unsigned long long)e->m.relayed[1],
+             (unsigned long long)e->m.relay_refused[0], (unsigned long long)e->m.relay_refused[1],
+             (unsigned long long)e->m.relay_refused[2]);
     esim_buf_append(out, text, strlen(text));
 }
 

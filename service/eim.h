@@ -33,6 +33,10 @@ struct svc_eim {
         uint64_t results[4]; /* done, failed, signature_error, counter_error */
         uint64_t refused;    /* bad headers or DER */
         uint64_t relayed[2]; /* ES9+ relay: ok, failed */
+        /* ES9+ relay requests refused before any connection: an SM-DP+
+         * address no pending trigger names, an eUICC no trigger is for, a
+         * notification address no trigger named (eim_relay.c) */
+        uint64_t relay_refused[3];
     } m;
 };
 
@@ -75,6 +79,13 @@ typedef enum {
 esim_err eim_es9_to_esipa(eim_es9_fn fn, long status, const uint8_t *body, size_t len,
                           esim_buf *der, uint8_t txid[16], size_t *txid_len, char *why,
                           size_t why_len);
+
+/* An SM-DP+ address (|n| bytes: HOST or HOST:PORT, as an activation code
+ * gives it) as the relay compares it, in |out|: the host (letters, digits,
+ * '.', '-', not starting with '.' or '-') in lower case, ':', the port (1 to
+ * 65535; 443 when none is given). false: not such an address. */
+#define EIM_SMDP_KEY_LEN 262
+bool eim_smdp_key(const char *p, size_t n, char out[EIM_SMDP_KEY_LEN]);
 
 /* Why the last relay to SM-DP+ |smdp| (HOST[:PORT]) for eUICC |eid| failed
  * (or, before the eUICC was known, for any eUICC: unreachable, refusing to

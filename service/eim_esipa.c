@@ -224,6 +224,8 @@ static esim_err build_package(svc_eim *e, const store_iot_device *dev, const jso
     return rc;
 }
 
+static bool trigger_smdp(const store_iot_package *p, char smdp[256]);
+
 /* ---- a poll -------------------------------------------------------------------------------- */
 
 static void on_poll(esim_service *svc, struct evhttp_request *req, const GetEimPackageRequest_t *g)
@@ -282,6 +284,12 @@ static void on_poll(esim_service *svc, struct evhttp_request *req, const GetEimP
             p->sent_ms = now;
             esim_buf_free(&p->request);
             rc = esim_buf_append(&p->request, der.data, der.len);
+            /* A trigger, now signed and delivered: its SM-DP+ is one the
+             * relay may reach, until the result comes (eim_relay.c). */
+            char smdp[256];
+            p->smdp[0] = '\0';
+            if (rc == ESIM_OK && strcmp(kind, "download") == 0 && trigger_smdp(p, smdp))
+                eim_smdp_key(smdp, strlen(smdp), p->smdp);
             if (rc == ESIM_OK)
                 rc = esim_store_iot_package_put(svc->st, p, now, &err);
         }

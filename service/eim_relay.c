@@ -11,6 +11,13 @@
  * of the right type. An SM-DP+ that cannot be reached, times out or refuses
  * becomes the ESipa error of that step, and the reason is logged and kept
  * for the download's result (eim_relay_failure).
+ *
+ * ESipa has no client authentication, so the relay connects only where the
+ * eIM sent the device: the SM-DP+ of a download trigger it signed and
+ * delivered and still awaits (and, from authenticateClient on, one for the
+ * eUICC whose certificate comes); anything else is refused before any
+ * connection. The allowlist and the sessions (transactionId -> SM-DP+) are
+ * store look-ups, so every instance on one database sees the same.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,7 +35,6 @@
 
 #define RELAY_TIMEOUT_MS 20000
 #define RELAY_MAX_CALLS 1024             /* relayed requests in flight at once */
-#define RELAY_MAX_SESSIONS 4096          /* transactionId -> SM-DP+ */
 #define RELAY_SESSION_TTL_MS (5 * 60000) /* an SGP.22 session is a few round trips */
 #define RELAY_MAX_ANSWER (2 * SGP32_DER_MAX)
 #define RELAY_FAILURES 64           /* the last failure per SM-DP+, for the results */
@@ -38,15 +44,6 @@
 static const char *const fn_name[] = {"initiateAuthentication", "authenticateClient",
                                       "getBoundProfilePackage", "cancelSession",
                                       "handleNotification"};
-
-typedef struct relay_session {
-    struct relay_session *next;
-    uint8_t txid[16];
-    size_t txid_len;
-    char smdp[256];
-    char eid[ESIM_EID_LEN + 1]; /* from the eUICC certificate, once authenticateClient came */
-    int64_t created_ms;
-} relay_session;
 
 typedef struct relay_call {
     struct relay_call *next;
@@ -62,6 +59,8 @@ typedef struct relay_call {
     uint8_t txid[16];
     size_t txid_len;
     char eid[ESIM_EID_LEN + 1]; /* "" before authenticateClient */
+    int64_t session_ms;         /* when its session began (the later steps) */
+    char why[300];              /* why it is not relayed */
 } relay_call;
 
 /* A failure is the eUICC's (by EID) from authenticateClient on; before,
@@ -78,8 +77,6 @@ struct eim_relay_state {
     curl_loop loop;
     relay_call *calls;
     size_t n_calls;
-    relay_session *sessions;
-    size_t n_sessions;
     relay_failure failures[RELAY_FAILURES];
     size_t next_failure;
 };
@@ -433,53 +430,70 @@ static bool set_txid(json_t *j, const TransactionId_t *t)
     return json_object_set_new(j, "transactionId", json_string(hex)) == 0;
 }
 
-/* An SM-DP+ address as the eIM will connect to it: a host name or IPv4
- * address with an optional port. */
-static bool smdp_address_ok(const uint8_t *p, size_t n)
+bool eim_smdp_key(const char *p, size_t n, char out[EIM_SMDP_KEY_LEN])
 {
-    if (n == 0 || n > 253)
+    const char *colon = p ? memchr(p, ':', n) : NULL;
+    size_t host_len = colon ? (size_t)(colon - p) : n;
+    if (!p || host_len == 0 || host_len > 253 || p[0] == '.' || p[0] == '-')
         return false;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < host_len; i++)
         if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
-              (p[i] >= '0' && p[i] <= '9') || p[i] == '.' || p[i] == '-' || p[i] == ':'))
+              (p[i] >= '0' && p[i] <= '9') || p[i] == '.' || p[i] == '-'))
             return false;
-    return p[0] != '-' && p[0] != '.' && p[0] != ':';
+    long port = 443;
+    if (colon) {
+        size_t digits = n - host_len - 1;
+        if (digits < 1 || digits > 5)
+            return false;
+        port = 0;
+        for (size_t i = host_len + 1; i < n; i++) {
+            if (p[i] < '0' || p[i] > '9')
+                return false;
+            port = port * 10 + (p[i] - '0');
+        }
+        if (port < 1 || port > 65535)
+            return false;
+    }
+    for (size_t i = 0; i < host_len; i++)
+        out[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] - 'A' + 'a' : p[i]);
+    snprintf(out + host_len, EIM_SMDP_KEY_LEN - host_len, ":%ld", port);
+    return true;
+}
+
+static void txid_hex(const uint8_t *t, size_t n, char hex[33])
+{
+    hex[0] = '\0';
+    for (size_t i = 0; i < n && i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02X", t[i]);
 }
 
 /* ---- sessions and failures ------------------------------------------------------------- */
 
-static void sessions_expire(eim_relay_state *r, int64_t now)
+/* The sessions (transactionId -> SM-DP+) are in the store, so a later step
+ * that reaches another instance on the same store goes on where the first
+ * began. A store failure loses a session: the IPA's later step gets
+ * invalidTransactionId, the SM-DP+ times its session out. */
+static void session_put(esim_service *svc, const uint8_t *txid, size_t txid_len, const char *smdp,
+                        const char *eid, int64_t created_ms)
 {
-    for (relay_session **pp = &r->sessions; *pp;) {
-        if (now - (*pp)->created_ms > RELAY_SESSION_TTL_MS) {
-            relay_session *dead = *pp;
-            *pp = dead->next;
-            free(dead);
-            r->n_sessions--;
-        } else {
-            pp = &(*pp)->next;
-        }
+    store_relay_session rs = {.created_ms = created_ms};
+    txid_hex(txid, txid_len, rs.txid);
+    snprintf(rs.smdp, sizeof rs.smdp, "%s", smdp);
+    snprintf(rs.eid, sizeof rs.eid, "%s", eid);
+    esim_error err = {{0}};
+    if (esim_store_relay_session_put(svc->st, &rs, esim_now_ms() - RELAY_SESSION_TTL_MS, &err) !=
+        ESIM_OK) {
+        svc->m.store_errors++;
+        svc_log(svc, ESIM_LOG_WARN, "eim_relay_failed", "smdp", smdp, "reason", err.msg, NULL);
     }
 }
 
-static relay_session *session_find(eim_relay_state *r, const uint8_t *t, size_t n)
+static void session_drop(esim_service *svc, const uint8_t *txid, size_t txid_len)
 {
-    for (relay_session *s = r->sessions; s; s = s->next)
-        if (s->txid_len == n && memcmp(s->txid, t, n) == 0)
-            return s;
-    return NULL;
-}
-
-static void session_drop(eim_relay_state *r, const uint8_t *t, size_t n)
-{
-    for (relay_session **pp = &r->sessions; *pp; pp = &(*pp)->next)
-        if ((*pp)->txid_len == n && memcmp((*pp)->txid, t, n) == 0) {
-            relay_session *dead = *pp;
-            *pp = dead->next;
-            free(dead);
-            r->n_sessions--;
-            return;
-        }
+    char hex[33];
+    txid_hex(txid, txid_len, hex);
+    if (esim_store_relay_session_drop(svc->st, hex, NULL) != ESIM_OK)
+        svc->m.store_errors++; /* it expires */
 }
 
 static void note_failure(eim_relay_state *r, const char *smdp, const char *eid, const char *why)
@@ -580,21 +594,10 @@ static void call_done(eim_relay_state *r, relay_call *c, CURLcode res, long code
     }
     if (rc == ESIM_OK) {
         svc->eim->m.relayed[0]++;
-        if (c->fn == EIM_ES9_INITIATE && txid_len) {
-            sessions_expire(r, esim_mono_ms());
-            relay_session *s = r->n_sessions < RELAY_MAX_SESSIONS ? calloc(1, sizeof *s) : NULL;
-            if (s) {
-                memcpy(s->txid, txid, txid_len);
-                s->txid_len = txid_len;
-                snprintf(s->smdp, sizeof s->smdp, "%s", c->smdp);
-                s->created_ms = esim_mono_ms();
-                s->next = r->sessions;
-                r->sessions = s;
-                r->n_sessions++;
-            }
-        }
+        if (c->fn == EIM_ES9_INITIATE && txid_len)
+            session_put(svc, txid, txid_len, c->smdp, "", esim_now_ms());
         if (c->fn == EIM_ES9_BPP || c->fn == EIM_ES9_CANCEL)
-            session_drop(r, c->txid, c->txid_len); /* the SM-DP+ ended it */
+            session_drop(svc, c->txid, c->txid_len); /* the SM-DP+ ended it */
         /* A package came: an earlier failure explains nothing any more. */
         for (size_t i = 0; c->fn == EIM_ES9_BPP && c->eid[0] && i < RELAY_FAILURES; i++)
             if (strcmp(r->failures[i].eid, c->eid) == 0)
@@ -605,7 +608,7 @@ static void call_done(eim_relay_state *r, relay_call *c, CURLcode res, long code
         svc_log(svc, ESIM_LOG_WARN, "eim_relay_failed", "smdp", c->smdp, "function", fn_name[c->fn],
                 "reason", why, NULL);
         if (c->fn != EIM_ES9_INITIATE && c->fn != EIM_ES9_NOTIFY)
-            session_drop(r, c->txid, c->txid_len);
+            session_drop(svc, c->txid, c->txid_len);
     }
     if (c->fn == EIM_ES9_NOTIFY) {
         /* No ESipa answer: 204 once the SM-DP+ has it, else the IPA keeps
@@ -664,26 +667,70 @@ static eim_relay_state *relay_state(esim_service *svc)
     return r;
 }
 
-/* Fills |body| (an object) and picks the SM-DP+ for |m|; false with |why|
- * (and the error code in *code) when the request cannot be relayed. */
-static bool es9_request(eim_relay_state *r, const EsipaMessageFromIpaToEim_t *m, relay_call *c,
-                        json_t *body, long *code, const char **why)
+enum { REFUSED_ADDRESS, REFUSED_EID, REFUSED_NOTIFICATION };
+static const char *const refused_name[] = {"smdp_address", "eid", "notification_address"};
+
+/* Whether a download trigger the eIM signed and delivered names the SM-DP+
+ * |addr| (for |eid|, "" any; with |pending|, one whose result has not come).
+ * A store failure is a no with *store_failed. */
+static bool trigger_named(relay_call *c, const char *addr, const char *eid, bool pending,
+                          bool *store_failed)
 {
+    char key[EIM_SMDP_KEY_LEN];
+    bool found = false;
+    esim_error err = {{0}};
+    *store_failed = false;
+    if (!eim_smdp_key(addr, strlen(addr), key))
+        return false;
+    if (esim_store_iot_trigger_find(c->svc->st, key, eid, pending, &found, &err) != ESIM_OK) {
+        c->svc->m.store_errors++;
+        *store_failed = true;
+        snprintf(c->why, sizeof c->why, "the eIM's store failed: %.200s", err.msg);
+        return false;
+    }
+    return found;
+}
+
+/* Fills |body| (an object) and picks the SM-DP+ for |m|; false with |why|
+ * (and the error code in *code) when the request cannot be relayed, with
+ * *refused (REFUSED_*) when that is because the eIM does not relay there. */
+static bool es9_request(const EsipaMessageFromIpaToEim_t *m, relay_call *c, json_t *body,
+                        long *code, const char **why, int *refused)
+{
+    esim_service *svc = c->svc;
     const TransactionId_t *t = NULL;
+    char key[EIM_SMDP_KEY_LEN];
+    bool store_failed = false;
     *code = 127;
+    *refused = -1;
     switch (m->present) {
     case EsipaMessageFromIpaToEim_PR_initiateAuthenticationRequestEsipa: {
         const InitiateAuthenticationRequestEsipa_t *q =
             &m->choice.initiateAuthenticationRequestEsipa;
         c->fn = EIM_ES9_INITIATE;
         /* The IPA names the SM-DP+ (from the activation code). */
-        if (!q->smdpAddress || !smdp_address_ok(q->smdpAddress->buf, q->smdpAddress->size)) {
+        if (!q->smdpAddress ||
+            !eim_smdp_key((const char *)q->smdpAddress->buf, q->smdpAddress->size, key)) {
             *code = 1; /* invalidDpAddress */
             *why = "no usable smdpAddress";
             return false;
         }
         memcpy(c->smdp, q->smdpAddress->buf, q->smdpAddress->size);
         c->smdp[q->smdpAddress->size] = '\0';
+        /* Only to the SM-DP+ of a download trigger the eIM signed and
+         * delivered and whose result has not come: the request names no
+         * eUICC, so any eUICC's (authenticateClient checks the eUICC). */
+        if (!trigger_named(c, c->smdp, "", true, &store_failed)) {
+            *why = c->why;
+            if (store_failed)
+                return false;
+            *code = 50; /* smdpAddressMismatch */
+            *refused = REFUSED_ADDRESS;
+            snprintf(c->why, sizeof c->why,
+                     "SM-DP+ %.200s is not that of a download the eIM triggered and awaits",
+                     c->smdp);
+            return false;
+        }
         return set_b64(body, "euiccChallenge", q->euiccChallenge.buf, q->euiccChallenge.size) &&
                json_object_set_new(body, "smdpAddress", json_string(c->smdp)) == 0 &&
                (!q->euiccInfo1 || set_der(body, "euiccInfo1", &asn_DEF_EUICCInfo1, q->euiccInfo1));
@@ -724,35 +771,78 @@ static bool es9_request(eim_relay_state *r, const EsipaMessageFromIpaToEim_t *m,
                 ? &pn->choice.profileInstallationResult.profileInstallationResultData
                        .notificationMetadata
                 : &pn->choice.otherSignedNotification.tbsOtherNotification;
-        /* A notification goes where it says (notificationAddress). */
-        if (!smdp_address_ok(md->notificationAddress.buf, md->notificationAddress.size)) {
+        /* A notification goes where it says (notificationAddress), when a
+         * download trigger the eIM delivered named that SM-DP+ (the
+         * notification may come after the download's result). */
+        if (!eim_smdp_key((const char *)md->notificationAddress.buf, md->notificationAddress.size,
+                          key)) {
             *why = "the notification's address is not an SM-DP+ address";
             return false;
         }
         memcpy(c->smdp, md->notificationAddress.buf, md->notificationAddress.size);
         c->smdp[md->notificationAddress.size] = '\0';
+        if (!trigger_named(c, c->smdp, "", false, &store_failed)) {
+            *why = c->why;
+            if (!store_failed) {
+                *refused = REFUSED_NOTIFICATION;
+                snprintf(c->why, sizeof c->why,
+                         "the notification's address %.200s is not that of a download the eIM "
+                         "triggered",
+                         c->smdp);
+            }
+            return false;
+        }
         return set_der(body, "pendingNotification", &asn_DEF_PendingNotification, pn);
     }
     default:
         return false;
     }
-    /* The later steps go where the session began. */
-    relay_session *s = NULL;
-    sessions_expire(r, esim_mono_ms());
-    if (t->size >= 1 && t->size <= 16)
-        s = session_find(r, t->buf, (size_t)t->size);
-    if (!s) {
+    /* The later steps go where the session began (on any instance). */
+    store_relay_session rs;
+    esim_error err = {{0}};
+    esim_err rc = ESIM_ENOTFOUND;
+    char hex[33];
+    if (t->size >= 1 && t->size <= 16) {
+        txid_hex(t->buf, (size_t)t->size, hex);
+        rc = esim_store_relay_session_get(svc->st, hex, &rs, &err);
+    }
+    if (rc == ESIM_OK && rs.created_ms < esim_now_ms() - RELAY_SESSION_TTL_MS)
+        rc = ESIM_ENOTFOUND;
+    if (rc != ESIM_OK && rc != ESIM_ENOTFOUND) {
+        svc->m.store_errors++;
+        snprintf(c->why, sizeof c->why, "the eIM's store failed: %.200s", err.msg);
+        *why = c->why;
+        return false;
+    }
+    if (rc == ESIM_ENOTFOUND) {
         *code = c->fn == EIM_ES9_AUTHENTICATE ? 10 : c->fn == EIM_ES9_BPP ? 95 : 1;
         *why = "unknown transactionId: no session relayed by this eIM";
         return false;
     }
-    snprintf(c->smdp, sizeof c->smdp, "%s", s->smdp);
-    if (c->eid[0])
-        snprintf(s->eid, sizeof s->eid, "%s", c->eid);
-    else
-        snprintf(c->eid, sizeof c->eid, "%s", s->eid);
+    snprintf(c->smdp, sizeof c->smdp, "%s", rs.smdp);
+    c->session_ms = rs.created_ms;
     memcpy(c->txid, t->buf, (size_t)t->size);
     c->txid_len = (size_t)t->size;
+    if (c->fn == EIM_ES9_AUTHENTICATE && c->eid[0]) {
+        /* The eUICC (its certificate's EID) must be one the eIM triggered
+         * this SM-DP+'s download for, that download still awaited. */
+        if (!trigger_named(c, c->smdp, c->eid, true, &store_failed)) {
+            *why = c->why;
+            if (store_failed)
+                return false;
+            *code = 7; /* eidMismatch */
+            *refused = REFUSED_EID;
+            snprintf(c->why, sizeof c->why,
+                     "the eUICC %.32s has no download from SM-DP+ %.180s that the eIM triggered "
+                     "and awaits",
+                     c->eid, c->smdp);
+            return false;
+        }
+        if (strcmp(rs.eid, c->eid) != 0)
+            session_put(svc, t->buf, (size_t)t->size, rs.smdp, c->eid, rs.created_ms);
+    } else if (!c->eid[0]) {
+        snprintf(c->eid, sizeof c->eid, "%s", rs.eid);
+    }
     return set_txid(body, t);
 }
 
@@ -770,6 +860,7 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
     relay_call *c = calloc(1, sizeof *c);
     json_t *body = json_object();
     long code = 127;
+    int refused = -1;
     const char *why = "out of memory";
     bool ok = c && body && r->n_calls < RELAY_MAX_CALLS;
     if (c && body && !ok)
@@ -778,10 +869,18 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
         c->svc = svc;
         c->req = req;
         why = "the request cannot be put in ES9+ form";
-        ok = es9_request(r, m, c, body, &code, &why);
+        ok = es9_request(m, c, body, &code, &why, &refused);
     }
     if (!ok) {
         svc->eim->m.relayed[1]++;
+        if (refused >= 0) {
+            /* No connection: the eIM relays only to the SM-DP+s of the
+             * downloads it triggered. */
+            svc->eim->m.relay_refused[refused]++;
+            svc_log(svc, ESIM_LOG_WARN, "eim_relay_refused", "smdp", c->smdp, "function",
+                    fn_name[c->fn], "eid", c->eid, "refused", refused_name[refused], "reason", why,
+                    NULL);
+        }
         esim_buf a = {0};
         if (c && c->fn == EIM_ES9_NOTIFY)
             eim_reply(svc, req, 400, NULL, 0, why);
@@ -846,11 +945,6 @@ void eim_relay_free(struct svc_eim *e)
         call_free(c);
     }
     curl_loop_free(&r->loop);
-    while (r->sessions) {
-        relay_session *s = r->sessions;
-        r->sessions = s->next;
-        free(s);
-    }
     free(r);
     e->relay = NULL;
 }

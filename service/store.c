@@ -1165,6 +1165,50 @@ esim_err esim_store_iot_packages(store *st, const char *eid, const char *uuid, s
     return st->ops->iot_pkg_list(st, eid ? eid : "", uuid ? uuid : "", limit, out, n, err);
 }
 
+esim_err esim_store_iot_trigger_find(store *st, const char *smdp, const char *eid, bool pending,
+                                     bool *found, esim_error *err)
+{
+    *found = false;
+    if (!smdp || !*smdp)
+        return ESIM_OK;
+    return st->ops->iot_trigger_find(st, smdp, eid ? eid : "", pending, found, err);
+}
+
+esim_err esim_store_relay_session_put(store *st, const store_relay_session *s,
+                                      int64_t expired_before, esim_error *err)
+{
+    if (!s->txid[0] || !s->smdp[0])
+        return esim_fail(err, ESIM_EINVAL, "a relay session needs a transactionId and an SM-DP+");
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->op_end(st, st->ops->relay_session_put(st, s, expired_before, err), err);
+}
+
+esim_err esim_store_relay_session_get(store *st, const char *txid, store_relay_session *out,
+                                      esim_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!txid || !*txid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no transactionId");
+    esim_err rc = st->ops->relay_session_get(st, txid, out, err);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, rc, "no relay session %s", txid);
+    if (rc == ESIM_OK)
+        snprintf(out->txid, sizeof out->txid, "%s", txid);
+    return rc;
+}
+
+esim_err esim_store_relay_session_drop(store *st, const char *txid, esim_error *err)
+{
+    if (!txid || !*txid)
+        return ESIM_OK;
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    return st->ops->op_end(st, st->ops->relay_session_drop(st, txid, err), err);
+}
+
 void esim_store_iot_packages_free(store_iot_package *p, size_t n)
 {
     for (size_t i = 0; p && i < n; i++) {

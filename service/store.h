@@ -606,6 +606,11 @@ typedef struct {
     char error[256];    /* a signature, counter or format error; "" none */
     esim_buf request;   /* the signed DER sent; empty until sent */
     esim_buf result;    /* the DER answered; empty until answered */
+    /* A download trigger, once delivered: the SM-DP+ of its activation code
+     * as the eIM relays to it (eim_smdp_key: "host:port", the host in lower
+     * case, port 443 when the code names none); "" otherwise. A put with ""
+     * keeps the stored one. */
+    char smdp[262];
 } store_iot_package;
 
 /* Creates or replaces the package (command_uuid, eid) with every field of
@@ -620,6 +625,31 @@ ESIM_EXTERN esim_err esim_store_iot_packages(store *st, const char *eid, const c
                                              size_t limit, store_iot_package **out, size_t *n,
                                              esim_error *err);
 ESIM_EXTERN void esim_store_iot_packages_free(store_iot_package *p, size_t n); /* NULL ok */
+
+/* ---- the eIM's relay of indirect downloads (eim_relay.c) ---------------------
+ * esim_store_iot_trigger_find: *found is whether a download trigger the eIM
+ *   delivered names SM-DP+ |smdp| (store_iot_package.smdp), for |eid| ("" or
+ *   NULL: any EID); with |pending|, only one whose result has not come yet
+ *   (state "sent").
+ * A relay session (SGP.22 transactionId -> the SM-DP+ it runs on), shared by
+ * the instances on one store:
+ * esim_store_relay_session_put: creates or replaces s->txid, and removes the
+ *   sessions created before |expired_before|.
+ * esim_store_relay_session_get: ESIM_ENOTFOUND when there is none.
+ * esim_store_relay_session_drop: removes it (none is fine). */
+typedef struct {
+    char txid[33]; /* upper-case hex */
+    char smdp[256];
+    char eid[ESIM_EID_LEN + 1]; /* "" until known (authenticateClient) */
+    int64_t created_ms;
+} store_relay_session;
+ESIM_EXTERN esim_err esim_store_iot_trigger_find(store *st, const char *smdp, const char *eid,
+                                                 bool pending, bool *found, esim_error *err);
+ESIM_EXTERN esim_err esim_store_relay_session_put(store *st, const store_relay_session *s,
+                                                  int64_t expired_before, esim_error *err);
+ESIM_EXTERN esim_err esim_store_relay_session_get(store *st, const char *txid,
+                                                  store_relay_session *out, esim_error *err);
+ESIM_EXTERN esim_err esim_store_relay_session_drop(store *st, const char *txid, esim_error *err);
 /* Several instances on one store (ESIM_STORE_FEATURE_SHARED) share the
  * outbox: each row is claimed by the instance that sends it, for
  * |claim_ms| on the database's clock, and renewed while it keeps trying;

@@ -205,6 +205,16 @@ struct store_ops {
     /* As esim_store_iot_packages ("" for a key not filtered on). */
     esim_err (*iot_pkg_list)(store *st, const char *eid, const char *uuid, size_t limit,
                              store_iot_package **out, size_t *n, esim_error *err);
+    /* As esim_store_iot_trigger_find (|eid| "" for any). */
+    esim_err (*iot_trigger_find)(store *st, const char *smdp, const char *eid, bool pending,
+                                 bool *found, esim_error *err);
+    /* As esim_store_relay_session_put, _get (ESIM_ENOTFOUND, |err|
+     * untouched), _drop. */
+    esim_err (*relay_session_put)(store *st, const store_relay_session *s, int64_t expired_before,
+                                  esim_error *err);
+    esim_err (*relay_session_get)(store *st, const char *txid, store_relay_session *out,
+                                  esim_error *err);
+    esim_err (*relay_session_drop)(store *st, const char *txid, esim_error *err);
 
     /* ---- campaign records (steps) ---- */
     /* Creates the row (version 1), or replaces its state, definition and

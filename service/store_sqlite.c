@@ -225,6 +225,18 @@ static const migration migrations[] = {
      * cancel from an instance that does not drive the campaign is a
      * compare-and-set on it (esim_store_campaign_set_state). */
     {12, "ALTER TABLE campaigns ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"},
+    /* 13: the eIM relays an indirect download only to the SM-DP+ of a
+     * download trigger it delivered (smdp: "host:port" lowercased, '' for
+     * other packages), and its relay sessions (transactionId -> SM-DP+) are
+     * shared by the instances on one store. */
+    {13, "ALTER TABLE iot_packages ADD COLUMN smdp TEXT NOT NULL DEFAULT '';"
+         "CREATE INDEX iot_packages_smdp ON iot_packages(smdp, state) WHERE smdp <> '';"
+         "CREATE TABLE iot_relay_sessions ("
+         " txid TEXT PRIMARY KEY,"
+         " smdp TEXT NOT NULL,"
+         " eid TEXT NOT NULL DEFAULT '',"
+         " created_ms INTEGER NOT NULL);"
+         "CREATE INDEX iot_relay_sessions_created ON iot_relay_sessions(created_ms);"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -328,6 +340,11 @@ enum {
     S_IOT_LIST,
     S_IOT_PKG_PUT,
     S_IOT_PKG_LIST,
+    S_IOT_TRIGGER_FIND,
+    S_RELAY_PUT,
+    S_RELAY_EXPIRE,
+    S_RELAY_GET,
+    S_RELAY_DROP,
     S_COUNT
 };
 
@@ -452,17 +469,27 @@ static const char *const statement_sql[S_COUNT] = {
                    "updated_ms, last_error FROM iot_devices WHERE eid > ?1 ORDER BY eid LIMIT ?2",
     [S_IOT_PKG_PUT] =
         "INSERT INTO iot_packages (command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
-        "answered_ms, summary, result_words, error, request, result) VALUES (?1, ?2, ?3, ?4, ?5, "
+        "answered_ms, summary, result_words, error, request, result, smdp) VALUES (?1, ?2, ?3, ?4, "
+        "?5, "
         "?6, ?7, ?8, ?9, ?10,"
-        " ?11, ?12, ?13) ON CONFLICT (command_uuid, eid) DO UPDATE SET kind = excluded.kind,"
+        " ?11, ?12, ?13, ?14) ON CONFLICT (command_uuid, eid) DO UPDATE SET kind = excluded.kind,"
         " state = excluded.state, counter = excluded.counter, sent_ms = excluded.sent_ms,"
         " answered_ms = excluded.answered_ms, summary = excluded.summary,"
         " result_words = excluded.result_words, error = excluded.error,"
-        " request = excluded.request, result = excluded.result",
+        " request = excluded.request, result = excluded.result,"
+        " smdp = CASE WHEN excluded.smdp = '' THEN iot_packages.smdp ELSE excluded.smdp END",
     [S_IOT_PKG_LIST] = "SELECT command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
-                       "answered_ms, summary, result_words, error, request, result FROM "
+                       "answered_ms, summary, result_words, error, request, result, smdp FROM "
                        "iot_packages WHERE (?1 = '' OR eid = ?1)"
                        " AND (?2 = '' OR command_uuid = ?2) ORDER BY id DESC LIMIT ?3",
+    [S_IOT_TRIGGER_FIND] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND kind = 'download'"
+                           " AND (?2 = '' OR eid = ?2) AND (?3 = 0 OR state = 'sent') LIMIT 1",
+    [S_RELAY_PUT] = "INSERT INTO iot_relay_sessions (txid, smdp, eid, created_ms) VALUES (?1, ?2,"
+                    " ?3, ?4) ON CONFLICT (txid) DO UPDATE SET smdp = excluded.smdp,"
+                    " eid = excluded.eid, created_ms = excluded.created_ms",
+    [S_RELAY_EXPIRE] = "DELETE FROM iot_relay_sessions WHERE created_ms < ?1",
+    [S_RELAY_GET] = "SELECT smdp, eid, created_ms FROM iot_relay_sessions WHERE txid = ?1",
+    [S_RELAY_DROP] = "DELETE FROM iot_relay_sessions WHERE txid = ?1",
     [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES (?1, ?2, ?3)",
     [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = ?1",
     [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > ?1"
@@ -864,11 +891,59 @@ static esim_err sq_iot_list(store *base, const char *after, size_t limit, store_
 static esim_err sq_iot_pkg_put(store *base, const store_iot_package *p, int64_t now,
                                esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_IOT_PKG_PUT, "ttttiiiiTtTbb", p->command_uuid,
+    return exec_stmt((sqlite_store *)base, err, S_IOT_PKG_PUT, "ttttiiiiTtTbbt", p->command_uuid,
                      p->eid, p->kind, p->state, p->counter, p->created_ms ? p->created_ms : now,
                      p->sent_ms, p->answered_ms, p->summary, p->result_words, p->error,
                      p->request.len ? p->request.data : NULL, p->request.len,
-                     p->result.len ? p->result.data : NULL, p->result.len);
+                     p->result.len ? p->result.data : NULL, p->result.len, p->smdp);
+}
+
+static esim_err sq_iot_trigger_find(store *base, const char *smdp, const char *eid, bool pending,
+                                    bool *found, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_IOT_TRIGGER_FIND, "tti", smdp, eid, (int64_t)pending);
+    if (r < 0)
+        return ESIM_ESTORE;
+    *found = r == SQLITE_ROW;
+    sqlite3_reset(s->stmt[S_IOT_TRIGGER_FIND]);
+    return r == SQLITE_ROW || r == SQLITE_DONE ? ESIM_OK
+                                               : db_fail(s, err, "look up the download triggers");
+}
+
+static esim_err sq_relay_session_put(store *base, const store_relay_session *rs,
+                                     int64_t expired_before, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_RELAY_EXPIRE, "i", expired_before);
+    return rc != ESIM_OK ? rc
+                         : exec_stmt(s, err, S_RELAY_PUT, "ttti", rs->txid, rs->smdp, rs->eid,
+                                     rs->created_ms);
+}
+
+static esim_err sq_relay_session_get(store *base, const char *txid, store_relay_session *out,
+                                     esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_RELAY_GET, "t", txid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_stmt *st = s->stmt[S_RELAY_GET];
+    esim_err rc = ESIM_OK;
+    if (r == SQLITE_ROW) {
+        col_text(st, 0, out->smdp, sizeof out->smdp);
+        col_text(st, 1, out->eid, sizeof out->eid);
+        out->created_ms = sqlite3_column_int64(st, 2);
+    } else {
+        rc = r == SQLITE_DONE ? ESIM_ENOTFOUND : db_fail(s, err, "read a relay session");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static esim_err sq_relay_session_drop(store *base, const char *txid, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_RELAY_DROP, "t", txid);
 }
 
 static esim_err sq_iot_pkg_list(store *base, const char *eid, const char *uuid, size_t limit,
@@ -900,6 +975,7 @@ static esim_err sq_iot_pkg_list(store *base, const char *eid, const char *uuid, 
         if (rc == ESIM_OK &&
             (col_blob(st, 11, &p->request) != ESIM_OK || col_blob(st, 12, &p->result) != ESIM_OK))
             rc = ESIM_ENOMEM;
+        col_text(st, 13, p->smdp, sizeof p->smdp);
         if (rc != ESIM_OK)
             break;
         r = sqlite3_step(st);
@@ -2133,6 +2209,10 @@ static const struct store_ops sqlite_ops = {
     .iot_list = sq_iot_list,
     .iot_pkg_put = sq_iot_pkg_put,
     .iot_pkg_list = sq_iot_pkg_list,
+    .iot_trigger_find = sq_iot_trigger_find,
+    .relay_session_put = sq_relay_session_put,
+    .relay_session_get = sq_relay_session_get,
+    .relay_session_drop = sq_relay_session_drop,
     .events_list = sq_events_list,
     .event_latest = sq_event_latest,
     .audit_add = sq_audit_add,

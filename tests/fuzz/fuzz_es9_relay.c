@@ -7,9 +7,13 @@
  * the body. Whatever comes, the eIM must answer the IPA with well-formed
  * ESipa DER of that step (an Ok or that step's error), never crash or leak.
  * Seeds in tests/data/fuzz/es9_relay: real answers of the SM-DP+ simulator.
+ * The same bytes also go through eim_smdp_key (an SM-DP+ address as the
+ * relay compares it, from the IPA): a key it makes is lower case, has a
+ * port and is its own key.
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "service/eim.h"
 #include "sgp32/sgp32.h"
@@ -43,5 +47,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     esim_buf_free(&der);
+
+    char key[EIM_SMDP_KEY_LEN], again[EIM_SMDP_KEY_LEN];
+    if (eim_smdp_key((const char *)data + 1, size - 1, key)) {
+        const char *colon = strchr(key, ':');
+        if (!colon || strlen(key) >= EIM_SMDP_KEY_LEN || strpbrk(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+            abort();
+        if (!eim_smdp_key(key, strlen(key), again) || strcmp(key, again) != 0)
+            abort();
+    }
     return 0;
 }

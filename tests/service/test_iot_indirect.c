@@ -8,14 +8,23 @@
  * the SM-DP+ told of the install by the relayed notification; a third is
  * refused by the SM-DP+ (unknown matching ID), then names an SM-DP+ nobody
  * answers at: each a failed package with the reason in words, and nothing
- * installed.
+ * installed. The relay reaches only the SM-DP+ of a download the eIM
+ * triggered and awaits, and only for that eUICC: any other address is
+ * refused before a connection is made.
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -40,11 +49,16 @@ static struct {
     char eid[N_IOT][ESIM_EID_LEN + 1];
 } fx;
 
-static void pump(int ms)
+static void pump_on(struct event_base *base, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_base_loopexit(fx.base, &tv);
-    event_base_dispatch(fx.base);
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
+static void pump(int ms)
+{
+    pump_on(fx.base, ms);
 }
 
 static json_t *get_json(const char *path)
@@ -279,11 +293,18 @@ static size_t collect(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* POSTs one ESipa message; its DER answer decoded (NULL: not 200 DER). */
-static EsipaMessageFromEimToIpa_t *esipa(const EsipaMessageFromIpaToEim_t *m)
+typedef struct {
+    esim_buf body, reply;
+    long status;
+    bool done;
+    pthread_mutex_t mu;
+} esipa_post;
+
+/* POSTs p->body to the ESipa endpoint (no cmocka checks: it may run on a
+ * thread of its own). */
+static void *post_run(void *arg)
 {
-    esim_buf body = {0}, reply = {0};
-    assert_int_equal(sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, m, &body, NULL), ESIM_OK);
+    esipa_post *p = arg;
     CURL *c = curl_easy_init();
     char url[256];
     snprintf(url, sizeof url, "%s" SGP32_ESIPA_PATH, fx.ts.url);
@@ -291,23 +312,61 @@ static EsipaMessageFromEimToIpa_t *esipa(const EsipaMessageFromIpaToEim_t *m)
     h = curl_slist_append(h, "X-Admin-Protocol: " SGP32_ADMIN_PROTOCOL);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body.len);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body.data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)p->body.len);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
-    long status = 0;
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &p->reply);
+    long status = -1;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
+    pthread_mutex_lock(&p->mu);
+    p->status = status;
+    p->done = true;
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* POSTs one ESipa message; its DER answer decoded (NULL: not 200 DER).
+ * With |pumped| not NULL, that loop runs meanwhile (the SM-DP+ the eIM
+ * relays to is on it). */
+static EsipaMessageFromEimToIpa_t *esipa_do(const EsipaMessageFromIpaToEim_t *m,
+                                            struct event_base *pumped)
+{
+    esipa_post p = {.status = -1};
+    pthread_mutex_init(&p.mu, NULL);
+    assert_int_equal(sgp32_encode(&asn_DEF_EsipaMessageFromIpaToEim, m, &p.body, NULL), ESIM_OK);
+    if (pumped) {
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, post_run, &p), 0);
+        for (;;) {
+            pthread_mutex_lock(&p.mu);
+            bool done = p.done;
+            pthread_mutex_unlock(&p.mu);
+            if (done)
+                break;
+            pump_on(pumped, 20);
+        }
+        pthread_join(t, NULL);
+    } else {
+        post_run(&p);
+    }
+    pthread_mutex_destroy(&p.mu);
+    assert_true(p.status > 0);
     void *out = NULL;
-    if (status == 200)
+    if (p.status == 200)
         assert_int_equal(
-            sgp32_decode(&asn_DEF_EsipaMessageFromEimToIpa, reply.data, reply.len, &out, NULL),
+            sgp32_decode(&asn_DEF_EsipaMessageFromEimToIpa, p.reply.data, p.reply.len, &out, NULL),
             ESIM_OK);
-    esim_buf_free(&body);
-    esim_buf_free(&reply);
+    esim_buf_free(&p.body);
+    esim_buf_free(&p.reply);
     return out;
+}
+
+static EsipaMessageFromEimToIpa_t *esipa(const EsipaMessageFromIpaToEim_t *m)
+{
+    return esipa_do(m, NULL);
 }
 
 /* Requests the eIM cannot relay get that step's ESipa error and reach no
@@ -355,11 +414,222 @@ static void test_relay_refusals(void **state)
                      failed + 4);
 }
 
+/* A listening socket on a loopback port: an SM-DP+ address nobody
+ * triggered a download from; the eIM must never connect to it. */
+static int bare_listener(unsigned *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &n), 0);
+    assert_int_equal(fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Whether anybody connected to |fd| (the kernel queues a connection even
+ * before accept). */
+static bool anybody_connected(int fd)
+{
+    int c = accept(fd, NULL, NULL);
+    if (c < 0) {
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+        return false;
+    }
+    close(c);
+    return true;
+}
+
+/* BF39 naming |smdp|: 0 and the transactionId when the SM-DP+ answered,
+ * else the ESipa error code. */
+static long initiate(const char *smdp, struct event_base *pumped, uint8_t txid[16],
+                     size_t *txid_len)
+{
+    static const uint8_t svn[3] = {2, 2, 0};
+    EsipaMessageFromIpaToEim_t q = {
+        .present = EsipaMessageFromIpaToEim_PR_initiateAuthenticationRequestEsipa};
+    InitiateAuthenticationRequestEsipa_t *i = &q.choice.initiateAuthenticationRequestEsipa;
+    assert_int_equal(OCTET_STRING_fromBuf(&i->euiccChallenge, "0123456789abcdef", 16), 0);
+    i->smdpAddress = OCTET_STRING_new_fromBuf(&asn_DEF_UTF8String, smdp, -1);
+    i->euiccInfo1 = calloc(1, sizeof *i->euiccInfo1);
+    assert_non_null(i->euiccInfo1);
+    assert_int_equal(OCTET_STRING_fromBuf(&i->euiccInfo1->svn, (const char *)svn, 3), 0);
+    EsipaMessageFromEimToIpa_t *r = esipa_do(&q, pumped);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &q);
+    assert_non_null(r);
+    assert_int_equal(r->present, EsipaMessageFromEimToIpa_PR_initiateAuthenticationResponseEsipa);
+    InitiateAuthenticationResponseEsipa_t *a = &r->choice.initiateAuthenticationResponseEsipa;
+    long code = 0;
+    if (a->present == InitiateAuthenticationResponseEsipa_PR_initiateAuthenticationOkEsipa) {
+        TransactionId_t *t = a->choice.initiateAuthenticationOkEsipa.transactionId;
+        assert_non_null(t);
+        assert_true(t->size >= 1 && t->size <= 16);
+        memcpy(txid, t->buf, (size_t)t->size);
+        *txid_len = (size_t)t->size;
+    } else {
+        code = a->choice.initiateAuthenticationErrorEsipa;
+    }
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, r);
+    return code;
+}
+
+/* BF3B for session |txid| with an AuthenticateServerResponse carrying the
+ * certificates of devsim's eUICC |k| (the eIM reads the EID there; the
+ * signature is the SM-DP+'s to check): 0 when relayed and answered Ok, else
+ * the ESipa error code. */
+static long authenticate_as(size_t k, const char *smdp, struct event_base *pumped,
+                            const uint8_t *txid, size_t txid_len)
+{
+    static const uint8_t tac[] = {0x80, 0x04, 0x35, 0x33, 0x20, 0x11}, caps[] = {0xa1, 0x00};
+    static const uint8_t sig[64] = {0};
+    AuthenticateServerResponse_t a = {.present =
+                                          AuthenticateServerResponse_PR_authenticateResponseOk};
+    AuthenticateResponseOk_t *ok = &a.choice.authenticateResponseOk;
+    EuiccSigned1_t *es = &ok->euiccSigned1;
+    es->ctxParams1.present = Es9CtxParams1_PR_ctxParamsForCommonAuthentication;
+    DeviceInfo_t *di = &es->ctxParams1.choice.ctxParamsForCommonAuthentication.deviceInfo;
+    OpaqueTlv_t *t1 = calloc(1, sizeof *t1), *t2 = calloc(1, sizeof *t2);
+    assert_true(t1 && t2);
+    assert_int_equal(OCTET_STRING_fromBuf((OCTET_STRING_t *)t1, (const char *)tac, sizeof tac), 0);
+    assert_int_equal(OCTET_STRING_fromBuf((OCTET_STRING_t *)t2, (const char *)caps, sizeof caps),
+                     0);
+    assert_int_equal(ASN_SEQUENCE_ADD(&di->list, t1), 0);
+    assert_int_equal(ASN_SEQUENCE_ADD(&di->list, t2), 0);
+    assert_int_equal(OCTET_STRING_fromBuf(&es->transactionId, (const char *)txid, (int)txid_len),
+                     0);
+    assert_int_equal(OCTET_STRING_fromBuf(&es->serverAddress, smdp, -1), 0);
+    assert_int_equal(OCTET_STRING_fromBuf(&es->serverChallenge, "0123456789abcdef", 16), 0);
+    assert_int_equal(OCTET_STRING_fromBuf(&ok->euiccSignature1, (const char *)sig, 64), 0);
+    const esim_buf *ecert, *eum;
+    void *c1 = NULL, *c2 = NULL;
+    assert_int_equal(sim_euicc_cert_der(sim_devsim_iot_euicc_at(fx.ds, k), &ecert, &eum, NULL),
+                     ESIM_OK);
+    assert_int_equal(sgp32_decode(&asn_DEF_Certificate, ecert->data, ecert->len, &c1, NULL),
+                     ESIM_OK);
+    assert_int_equal(sgp32_decode(&asn_DEF_Certificate, eum->data, eum->len, &c2, NULL), ESIM_OK);
+    ok->euiccCertificate = *(Certificate_t *)c1;
+    ok->eumCertificate = *(Certificate_t *)c2;
+    free(c1);
+    free(c2);
+    esim_buf der = {0};
+    const uint8_t *v;
+    size_t n;
+    assert_int_equal(sgp32_encode(&asn_DEF_AuthenticateServerResponse, &a, &der, NULL), ESIM_OK);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_AuthenticateServerResponse, &a);
+    assert_int_equal(sgp32_tlv_unwrap(0xBF38, der.data, der.len, &v, &n, NULL), ESIM_OK);
+    EsipaMessageFromIpaToEim_t m = {.present =
+                                        EsipaMessageFromIpaToEim_PR_authenticateClientRequestEsipa};
+    AuthenticateClientRequestEsipa_t *q = &m.choice.authenticateClientRequestEsipa;
+    assert_int_equal(OCTET_STRING_fromBuf(&q->transactionId, (const char *)txid, (int)txid_len), 0);
+    assert_int_equal(OCTET_STRING_fromBuf((OCTET_STRING_t *)&q->authenticateServerResponse,
+                                          (const char *)v, (int)n),
+                     0);
+    esim_buf_free(&der);
+    EsipaMessageFromEimToIpa_t *r = esipa_do(&m, pumped);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+    assert_non_null(r);
+    assert_int_equal(r->present, EsipaMessageFromEimToIpa_PR_authenticateClientResponseEsipa);
+    long code = r->choice.authenticateClientResponseEsipa.present ==
+                        AuthenticateClientResponseEsipa_PR_authenticateClientErrorEsipa
+                    ? r->choice.authenticateClientResponseEsipa.choice.authenticateClientErrorEsipa
+                    : 0;
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, r);
+    return code;
+}
+
+/* The IPA polls for device |i| (as devsim would): the download trigger
+ * queued for it is delivered, signed. */
+static void deliver(size_t i)
+{
+    uint8_t b[16];
+    assert_int_equal(sgp32_eid_to_bytes(fx.eid[i], b, NULL), ESIM_OK);
+    EsipaMessageFromIpaToEim_t m = {.present = EsipaMessageFromIpaToEim_PR_getEimPackageRequest};
+    assert_int_equal(
+        OCTET_STRING_fromBuf(&m.choice.getEimPackageRequest.eidValue, (const char *)b, 16), 0);
+    EsipaMessageFromEimToIpa_t *r = esipa(&m);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &m);
+    assert_non_null(r);
+    assert_int_equal(r->present, EsipaMessageFromEimToIpa_PR_getEimPackageResponse);
+    assert_int_equal(r->choice.getEimPackageResponse.present,
+                     GetEimPackageResponse_PR_profileDownloadTriggerRequest);
+    sgp32_free(&asn_DEF_EsipaMessageFromEimToIpa, r);
+}
+
+/* The relay reaches only the SM-DP+ of a download the eIM triggered and
+ * awaits (host without regard to case, port exactly; 443 when none), and
+ * only for the eUICC it triggered it for; anything else is refused before
+ * any connection: smdpAddressMismatch (50) for the address, eidMismatch (7)
+ * for another eUICC. */
+static void test_relay_only_to_triggered(void **state)
+{
+    (void)state;
+    unsigned port;
+    int lfd = bare_listener(&port);
+    char bare[64], upper[64];
+    snprintf(bare, sizeof bare, "127.0.0.1:%u", port);
+    long refused =
+        api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"smdp_address\"}");
+    long eid_refused = api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"eid\"}");
+    uint8_t txid[16];
+    size_t txid_len = 0;
+
+    /* No trigger names the listener; the first test's triggers named the
+     * SM-DP+ simulator, but their results came: all refused, nobody
+     * contacted. */
+    const char *no[] = {bare, "127.0.0.1", "localhost", fx.smdp_name};
+    for (size_t k = 0; k < sizeof no / sizeof *no; k++)
+        assert_int_equal(initiate(no[k], NULL, txid, &txid_len), 50); /* smdpAddressMismatch */
+    assert_false(anybody_connected(lfd));
+    assert_int_equal(
+        api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"smdp_address\"}"),
+        refused + 4);
+
+    /* A second SM-DP+ on a loop of its own (devsim stays still: its IPA
+     * would take the trigger below and finish it). A trigger for device 0
+     * naming it, delivered and not yet answered: that SM-DP+ (and that one
+     * only) is relayed to. */
+    struct event_base *quiet = event_base_new();
+    sim_smdp *smdp2 = NULL;
+    sim_smdp_config sc = {.pki = fx.pki};
+    assert_int_equal(sim_smdp_new(quiet, &sc, &smdp2, NULL), ESIM_OK);
+    char name2[64], f[300];
+    snprintf(name2, sizeof name2, "127.0.0.1:%u", sim_smdp_port(smdp2));
+    snprintf(f, sizeof f, "\"download\":{\"activation_code\":\"1$%s$IOT-ALLOW-0\"}", name2);
+    char *uuid = enqueue(0, f);
+    deliver(0);
+    assert_int_equal(initiate(bare, NULL, txid, &txid_len), 50);
+    assert_false(anybody_connected(lfd));
+    snprintf(upper, sizeof upper, "LOCALHOST:%u", sim_smdp_port(smdp2));
+    assert_int_equal(initiate(upper, NULL, txid, &txid_len), 50); /* another host */
+    assert_int_equal(initiate(name2, quiet, txid, &txid_len), 0);
+
+    /* The session goes on only for the eUICC the trigger is for: device
+     * 1's certificate is refused by the eIM itself (eidMismatch; the
+     * SM-DP+, asked, would have refused the made-up signature). */
+    assert_int_equal(authenticate_as(1, name2, quiet, txid, txid_len), 7); /* eidMismatch */
+    assert_int_equal(api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"eid\"}"),
+                     eid_refused + 1);
+    /* Device 0's is relayed: the SM-DP+ refuses the made-up signature. */
+    assert_int_equal(authenticate_as(0, name2, quiet, txid, txid_len),
+                     5); /* euiccSignatureInvalid */
+    assert_int_equal(api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"eid\"}"),
+                     eid_refused + 1);
+    assert_false(anybody_connected(lfd));
+    sim_smdp_free(smdp2);
+    event_base_free(quiet);
+    close(lfd);
+    free(uuid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indirect_downloads),
         cmocka_unit_test(test_relay_refusals),
+        cmocka_unit_test(test_relay_only_to_triggered),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -620,6 +620,88 @@ static void test_webhook_outbox(void **state)
  * of unknown EIDs kept, counters strictly increasing and kept over a
  * reopen, the certificate and state, refusals that change nothing; and the
  * packages with their DER, listed by EID and by command. */
+/* The eIM relay's look-ups: the SM-DP+ of a delivered download trigger
+ * (kept through later puts that name none), by EID and pending or not;
+ * relay sessions with their expiry. */
+static void test_iot_relay(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    char e1[ESIM_EID_LEN + 1] = "89049032000000000000000000000300";
+    char e2[ESIM_EID_LEN + 1] = "89049032000000000000000000000400";
+    assert_int_equal(esim_eid_set_check_digits(e1, NULL), ESIM_OK);
+    assert_int_equal(esim_eid_set_check_digits(e2, NULL), ESIM_OK);
+    bool found = true;
+    assert_int_equal(esim_store_iot_trigger_find(st, "smdp.example:443", "", false, &found, NULL),
+                     ESIM_OK);
+    assert_false(found);
+    store_iot_package p = {0};
+    snprintf(p.command_uuid, sizeof p.command_uuid, "DL-1");
+    snprintf(p.eid, sizeof p.eid, "%s", e1);
+    snprintf(p.kind, sizeof p.kind, "download");
+    snprintf(p.state, sizeof p.state, "queued");
+    assert_int_equal(esim_store_iot_package_put(st, &p, 40, NULL), ESIM_OK);
+    assert_int_equal(esim_store_iot_trigger_find(st, "smdp.example:443", "", false, &found, NULL),
+                     ESIM_OK);
+    assert_false(found); /* not delivered: no address yet */
+    snprintf(p.state, sizeof p.state, "sent");
+    snprintf(p.smdp, sizeof p.smdp, "smdp.example:443");
+    assert_int_equal(esim_store_iot_package_put(st, &p, 41, NULL), ESIM_OK);
+    struct {
+        const char *smdp, *eid;
+        bool pending, want;
+    } cases[] = {
+        {"smdp.example:443", "", true, true},    {"smdp.example:443", e1, true, true},
+        {"smdp.example:443", e2, true, false},   {"smdp.example:8443", "", false, false},
+        {"other.example:443", e1, false, false},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        assert_int_equal(esim_store_iot_trigger_find(st, cases[k].smdp, cases[k].eid,
+                                                     cases[k].pending, &found, NULL),
+                         ESIM_OK);
+        assert_int_equal(found, cases[k].want);
+    }
+    /* The result came: no longer pending, still named; a put without an
+     * address keeps it. */
+    snprintf(p.state, sizeof p.state, "done");
+    p.smdp[0] = '\0';
+    assert_int_equal(esim_store_iot_package_put(st, &p, 42, NULL), ESIM_OK);
+    assert_int_equal(esim_store_iot_trigger_find(st, "smdp.example:443", e1, true, &found, NULL),
+                     ESIM_OK);
+    assert_false(found);
+    assert_int_equal(esim_store_iot_trigger_find(st, "smdp.example:443", e1, false, &found, NULL),
+                     ESIM_OK);
+    assert_true(found);
+    store_iot_package *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_iot_packages(st, e1, "DL-1", 1, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(list[0].smdp, "smdp.example:443");
+    esim_store_iot_packages_free(list, n);
+
+    store_relay_session rs = {.txid = "0A0B", .smdp = "smdp.example", .created_ms = 100};
+    store_relay_session got;
+    assert_int_equal(esim_store_relay_session_get(st, "0A0B", &got, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_relay_session_put(st, &rs, 0, NULL), ESIM_OK);
+    snprintf(rs.eid, sizeof rs.eid, "%s", e1);
+    assert_int_equal(esim_store_relay_session_put(st, &rs, 0, NULL), ESIM_OK);
+    assert_int_equal(esim_store_relay_session_get(st, "0A0B", &got, NULL), ESIM_OK);
+    assert_string_equal(got.smdp, "smdp.example");
+    assert_string_equal(got.eid, e1);
+    assert_int_equal(got.created_ms, 100);
+    store_relay_session later = {.txid = "0C", .smdp = "b.example:8443", .created_ms = 200};
+    assert_int_equal(esim_store_relay_session_put(st, &later, 150, NULL),
+                     ESIM_OK); /* expires 0A0B */
+    assert_int_equal(esim_store_relay_session_get(st, "0A0B", &got, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_relay_session_drop(st, "0C", NULL), ESIM_OK);
+    assert_int_equal(esim_store_relay_session_get(st, "0C", &got, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_relay_session_drop(st, "0C", NULL), ESIM_OK);
+    rs.smdp[0] = '\0';
+    assert_int_equal(esim_store_relay_session_put(st, &rs, 0, NULL), ESIM_EINVAL);
+    esim_store_close(st);
+}
+
 static void test_iot_devices_and_packages(void **state)
 {
     (void)state;
@@ -1431,6 +1513,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_iot_devices_and_packages),
+        cmocka_unit_test(test_iot_relay),
         cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
