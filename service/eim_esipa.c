@@ -1028,8 +1028,14 @@ static bool on_download_result(esim_service *svc, struct evhttp_request *req,
     return true;
 }
 
+/* A ProvideEimPackageResult, on its own (answered with its
+ * ProvideEimPackageResultResponse) or in a HandleNotificationEsipa (SGP.32
+ * v1.0 lets an IPA send it there; answered 204: HandleNotification has no
+ * ESipa answer, so the acknowledgements stay unsaid and the IPA sends those
+ * notifications again). */
 static void on_result(esim_service *svc, struct evhttp_request *req,
-                      const ProvideEimPackageResult_t *r, const uint8_t *der, size_t len)
+                      const ProvideEimPackageResult_t *r, const uint8_t *der, size_t len,
+                      bool in_notification)
 {
     ProvideEimPackageResultResponse_t *resp = calloc(1, sizeof *resp);
     EimAcknowledgements_t *ack = calloc(1, sizeof *ack);
@@ -1068,7 +1074,9 @@ static void on_result(esim_service *svc, struct evhttp_request *req,
         ok = false;
         break;
     }
-    if (ok) {
+    if (ok && in_notification) {
+        eim_reply(svc, req, 204, "", 0, NULL);
+    } else if (ok) {
         esim_buf out = {0};
         esim_error err = {{0}};
         if (ack->list.count > 0) {
@@ -1104,13 +1112,20 @@ void eim_esipa(esim_service *svc, struct evhttp_request *req, const unsigned cha
         on_poll(svc, req, &m->choice.getEimPackageRequest);
         break;
     case EsipaMessageFromIpaToEim_PR_provideEimPackageResult:
-        on_result(svc, req, &m->choice.provideEimPackageResult, der, len);
+        on_result(svc, req, &m->choice.provideEimPackageResult, der, len, false);
+        break;
+    case EsipaMessageFromIpaToEim_PR_handleNotificationEsipa:
+        if (m->choice.handleNotificationEsipa.present ==
+            HandleNotificationEsipa_PR_provideEimPackageResult)
+            on_result(svc, req, &m->choice.handleNotificationEsipa.choice.provideEimPackageResult,
+                      der, len, true);
+        else
+            eim_relay(svc, req, m, der, len); /* a pendingNotification, for its SM-DP+ */
         break;
     case EsipaMessageFromIpaToEim_PR_initiateAuthenticationRequestEsipa:
     case EsipaMessageFromIpaToEim_PR_authenticateClientRequestEsipa:
     case EsipaMessageFromIpaToEim_PR_getBoundProfilePackageRequestEsipa:
     case EsipaMessageFromIpaToEim_PR_cancelSessionRequestEsipa:
-    case EsipaMessageFromIpaToEim_PR_handleNotificationEsipa:
         eim_relay(svc, req, m, der, len);
         break;
     default:

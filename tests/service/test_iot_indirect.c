@@ -331,6 +331,8 @@ static void *post_run(void *arg)
 /* POSTs one ESipa message; its DER answer decoded (NULL: not 200 DER).
  * With |pumped| not NULL, that loop runs meanwhile (the SM-DP+ the eIM
  * relays to is on it). */
+static long last_status; /* of the last esipa_do */
+
 static EsipaMessageFromEimToIpa_t *esipa_do(const EsipaMessageFromIpaToEim_t *m,
                                             struct event_base *pumped)
 {
@@ -354,6 +356,7 @@ static EsipaMessageFromEimToIpa_t *esipa_do(const EsipaMessageFromIpaToEim_t *m,
     }
     pthread_mutex_destroy(&p.mu);
     assert_true(p.status > 0);
+    last_status = p.status;
     void *out = NULL;
     if (p.status == 200)
         assert_int_equal(
@@ -618,6 +621,35 @@ static void test_relay_only_to_triggered(void **state)
     assert_int_equal(api_metric(fx.ts.url, "esim_mdm_eim_relay_refused_total{reason=\"eid\"}"),
                      eid_refused + 1);
     assert_false(anybody_connected(lfd));
+
+    /* The IPA reports the failed download in a HandleNotificationEsipa
+     * (SGP.32 v1.0 lets it carry a ProvideEimPackageResult): taken as a
+     * ProvideEimPackageResult is, answered 204 (HandleNotification has no
+     * ESipa answer). */
+    uint8_t b[16];
+    assert_int_equal(sgp32_eid_to_bytes(fx.eid[0], b, NULL), ESIM_OK);
+    EsipaMessageFromIpaToEim_t hn = {.present =
+                                         EsipaMessageFromIpaToEim_PR_handleNotificationEsipa};
+    hn.choice.handleNotificationEsipa.present = HandleNotificationEsipa_PR_provideEimPackageResult;
+    ProvideEimPackageResult_t *pr =
+        &hn.choice.handleNotificationEsipa.choice.provideEimPackageResult;
+    pr->present = ProvideEimPackageResult_PR_profileDownloadTriggerResult;
+    ProfileDownloadTriggerResult_t *tr = &pr->choice.profileDownloadTriggerResult;
+    tr->eimTransactionId = OCTET_STRING_new_fromBuf(&asn_DEF_TransactionId, (const char *)b, 16);
+    assert_non_null(tr->eimTransactionId);
+    tr->profileDownloadTriggerResultData.present =
+        ProfileDownloadTriggerResult__profileDownloadTriggerResultData_PR_profileDownloadError;
+    tr->profileDownloadTriggerResultData.choice.profileDownloadError.errorResponse =
+        OCTET_STRING_new_fromBuf(&asn_DEF_OCTET_STRING, "indirect download: refused", -1);
+    EsipaMessageFromEimToIpa_t *none = esipa(&hn);
+    ASN_STRUCT_FREE_CONTENTS_ONLY(asn_DEF_EsipaMessageFromIpaToEim, &hn);
+    assert_null(none);
+    assert_int_equal(last_status, 204);
+    json_t *d = wait_answered(uuid);
+    expect_state(d, "failed");
+    assert_non_null(strstr(words_of(d), "the IPA could not download the profile: indirect "
+                                        "download: refused"));
+    json_decref(d);
     sim_smdp_free(smdp2);
     event_base_free(quiet);
     close(lfd);
