@@ -98,6 +98,62 @@ static void apns_health(esim_service *svc, bool ok, const char *outcome, int sta
     }
 }
 
+/* What an APNs answer leaves in the store (the push recorded, its token
+ * dead, or a push_failed event): with a store pool, on a worker (an admin
+ * job), the loop going on meanwhile; nothing waits for it but the count of
+ * store failures. */
+typedef enum { NOTE_SENT, NOTE_DEAD, NOTE_FAILED } push_note_kind;
+
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    push_note_kind kind;
+    char udid[65];
+    char detail[300];
+    int64_t now;
+} push_note;
+
+static void push_note_run(store *st, pool_job *pj)
+{
+    push_note *n = (push_note *)pj;
+    if (n->kind == NOTE_FAILED)
+        pj->rc = esim_store_event_append(st, "push_failed", n->udid, NULL, n->detail, NULL, 0,
+                                         n->now, NULL);
+    else
+        pj->rc = esim_store_push_recorded(st, n->udid, n->kind == NOTE_DEAD, n->now, NULL);
+}
+
+static void push_note_done(esim_service *svc, pool_job *pj)
+{
+    if (pj->ran && pj->rc != ESIM_OK)
+        svc_store_failed(svc, NULL);
+    free(pj);
+}
+
+static void push_note_write(esim_service *svc, push_note_kind kind, const char *udid,
+                            const char *detail, int64_t now)
+{
+    push_note *n = calloc(1, sizeof *n);
+    if (!n) {
+        svc_store_failed(svc, "out of memory");
+        return;
+    }
+    n->job.run = push_note_run;
+    n->job.done = push_note_done;
+    n->job.admin = true;
+    n->kind = kind;
+    snprintf(n->udid, sizeof n->udid, "%s", udid);
+    snprintf(n->detail, sizeof n->detail, "%s", detail ? detail : "");
+    n->now = now;
+    if (pool_on(svc)) {
+        pool_submit(svc, &n->job);
+        return;
+    }
+    n->job.rc = ESIM_OK;
+    push_note_run(svc->st, &n->job);
+    n->job.ran = true;
+    push_note_done(svc, &n->job);
+}
+
 static void on_push_result(const apns_result *r, void *arg)
 {
     esim_service *svc = arg;
@@ -111,18 +167,14 @@ static void on_push_result(const apns_result *r, void *arg)
     else if (r->outcome != APNS_OUTCOME_CANCELED)
         apns_health(svc, false, esim_apns_outcome_name(r->outcome), r->status, r->reason);
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
-        if (esim_store_push_recorded(svc->st, t->udid, false, now, NULL) != ESIM_OK)
-            svc_store_failed(svc, NULL);
+        push_note_write(svc, NOTE_SENT, t->udid, NULL, now);
     } else if (r->outcome == APNS_OUTCOME_TOKEN_DEAD) {
-        if (esim_store_push_recorded(svc->st, t->udid, true, now, NULL) != ESIM_OK)
-            svc_store_failed(svc, NULL);
+        push_note_write(svc, NOTE_DEAD, t->udid, NULL, now);
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
         snprintf(detail, sizeof detail, "%s: %d %s", esim_apns_outcome_name(r->outcome), r->status,
                  r->reason);
-        if (esim_store_event_append(svc->st, "push_failed", t->udid, NULL, detail, NULL, 0, now,
-                                    NULL) != ESIM_OK)
-            svc_store_failed(svc, NULL);
+        push_note_write(svc, NOTE_FAILED, t->udid, detail, now);
     }
     free(t);
 }

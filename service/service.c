@@ -769,22 +769,63 @@ static esim_err http_setup(esim_service *svc, esim_error *err)
 
 /* ---- housekeeping ---------------------------------------------------------------- */
 
+/* The tick's store half: expiry (a command past its expiry is never
+ * delivered; made final) and the pushes owed (devices that said NotNow,
+ * woken after their back-off). With a store pool it runs on a worker (an
+ * admin job: at most half of them) and its pushes go out on the loop when
+ * it is back; one at a time, a tick finding it still running skips it. */
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    int64_t now;
+    esim_err expire_rc, due_rc;
+    char due[64][65];
+    size_t n_due;
+} tick_job;
+
+static void tick_run(store *st, pool_job *pj)
+{
+    tick_job *j = (tick_job *)pj;
+    j->expire_rc = esim_store_expire(st, j->now, NULL, NULL);
+    j->due_rc = esim_store_push_due(st, j->now, j->due, 64, &j->n_due, NULL);
+}
+
+static void tick_done(esim_service *svc, pool_job *pj)
+{
+    tick_job *j = (tick_job *)pj;
+    svc->tick_busy = false;
+    if (pj->ran) { /* else the service is stopping: nothing was done */
+        if (j->expire_rc != ESIM_OK)
+            svc_store_failed(svc, NULL);
+        if (j->due_rc != ESIM_OK)
+            svc_store_failed(svc, NULL);
+        for (size_t i = 0; i < j->n_due; i++)
+            push_device(svc, j->due[i], NULL, NULL, NULL);
+    }
+    free(j);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     esim_service *svc = arg;
     int64_t now = esim_now_ms();
-    /* Expiry: a command past its expiry is never delivered; make it final. */
-    if (esim_store_expire(svc->st, now, NULL, NULL) != ESIM_OK)
-        svc_store_failed(svc, NULL);
-    /* Owed pushes: devices that said NotNow get woken after their back-off. */
-    char due[64][65];
-    size_t n = 0;
-    if (esim_store_push_due(svc->st, now, due, 64, &n, NULL) != ESIM_OK)
-        svc_store_failed(svc, NULL);
-    for (size_t i = 0; i < n; i++)
-        push_device(svc, due[i], NULL, NULL, NULL);
+    tick_job *tj = svc->tick_busy ? NULL : calloc(1, sizeof *tj);
+    if (tj) {
+        tj->job.run = tick_run;
+        tj->job.done = tick_done;
+        tj->job.admin = true;
+        tj->now = now;
+        svc->tick_busy = true;
+        if (pool_on(svc)) {
+            pool_submit(svc, &tj->job);
+        } else {
+            tj->job.rc = ESIM_OK;
+            tick_run(svc->st, &tj->job);
+            tj->job.ran = true;
+            tick_done(svc, &tj->job);
+        }
+    }
     mdm_prune_buckets(svc, now);
     replay_prune(svc, now);
     omadm_tick(svc, now);

@@ -247,6 +247,7 @@ struct esim_service {
     struct event *stop_ev;
     int stop_pipe[2];
     svc_pool *pool; /* store worker pool (pool.c); NULL: store calls on the loop */
+    bool tick_busy; /* the tick's expiry and owed pushes are on a pool worker */
 
     svc_metrics m;
     int64_t started_ms;
