@@ -560,6 +560,79 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     mdm_job_go(svc, j);
 }
 
+/* With a store pool, each held answer's refill is a job: the device's
+ * Idle exchange runs on a worker, the answer stays held (send_batch passes
+ * it by) and goes out from refill_done, with the command or empty as
+ * before. Its batch is committed already: nothing waits but that answer. */
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    svc_reply *r;
+    char udid[sizeof((esim_msg *)0)->udid];
+    char cert[65];
+    char *skip[64]; /* copies: the connection may close meanwhile */
+    size_t n_skip;
+    store_exchange_out out;
+} refill_job;
+
+static void refill_run(store *st, pool_job *pj)
+{
+    refill_job *j = (refill_job *)pj;
+    store_exchange_in in = {
+        .udid = j->udid,
+        .cert_sha256 = j->cert,
+        .status = "Idle",
+        .skip_uuids = (const char *const *)j->skip,
+        .n_skip = j->n_skip,
+    };
+    pj->rc = esim_store_device_exchange(st, &in, esim_now_ms(), &j->out, &pj->e);
+}
+
+static void refill_done(esim_service *svc, pool_job *pj)
+{
+    refill_job *j = (refill_job *)pj;
+    svc_reply *r = j->r;
+    if (pj->ran && pj->rc == ESIM_OK && j->out.next.present) {
+        esim_buf_free(&r->body);
+        r->body = j->out.next.body;
+        memset(&j->out.next.body, 0, sizeof j->out.next.body);
+        r->content_type = command_content_type(&r->body);
+        svc->m.commands_sent++;
+    } else if (pj->ran && pj->rc == ESIM_ESTORE) {
+        svc_store_failed(svc, NULL);
+    }
+    svc_reply_send(svc, r);
+    esim_buf_free(&j->out.next.body);
+    for (size_t i = 0; i < j->n_skip; i++)
+        free(j->skip[i]);
+    free(j);
+}
+
+static void refill_on_pool(esim_service *svc, svc_deferred *list)
+{
+    for (svc_deferred *d = list; d; d = d->next) {
+        svc_reply *r = d->refill;
+        if (!r)
+            continue;
+        d->refill = NULL;
+        if (!evhttp_request_get_connection(r->req))
+            continue; /* the device hung up: it gets its command when it comes back */
+        refill_job *j = calloc(1, sizeof *j);
+        if (!j)
+            continue; /* out of memory: the empty answer stands */
+        j->job.run = refill_run;
+        j->job.done = refill_done;
+        j->r = r;
+        snprintf(j->udid, sizeof j->udid, "%s", d->msg.udid);
+        snprintf(j->cert, sizeof j->cert, "%s", d->cert_sha256);
+        svc_conn *c = conn_of(svc, evhttp_request_get_connection(r->req));
+        for (size_t i = 0; c && strcmp(c->udid, d->msg.udid) == 0 && i < c->n_skip && i < 64; i++)
+            if ((j->skip[j->n_skip] = strdup(c->skip[i])) != NULL)
+                j->n_skip++;
+        r->held = true;
+        pool_submit(svc, &j->job);
+    }
+}
+
 void mdm_refill_answers(esim_service *svc, svc_deferred *list)
 {
     size_t n = 0;
@@ -570,6 +643,10 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list)
     }
     if (n == 0)
         return;
+    if (pool_on(svc)) {
+        refill_on_pool(svc, list);
+        return;
+    }
     /* One commit for them all, when the back end batches. */
     bool batched = (esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH) &&
                    esim_store_batch_begin(svc->st, NULL) == ESIM_OK;

@@ -172,6 +172,10 @@ static void send_batch(esim_service *svc, svc_reply *r, bool ok)
 {
     while (r) {
         svc_reply *next = r->next;
+        if (r->held) { /* its refill job has it, and sends it (mdm_refill_answers) */
+            r = next;
+            continue;
+        }
         if (ok) {
             if (r->code < 300 && is_write(r->req))
                 svc_store_ok(svc);
@@ -184,6 +188,13 @@ static void send_batch(esim_service *svc, svc_reply *r, bool ok)
         free(r);
         r = next;
     }
+}
+
+void svc_reply_send(esim_service *svc, svc_reply *r)
+{
+    r->held = false;
+    r->next = NULL;
+    send_batch(svc, r, true);
 }
 
 static void free_replies(svc_reply *r)

@@ -138,6 +138,8 @@ typedef struct svc_reply {
     int code;
     const char *content_type; /* static strings only */
     esim_buf body;
+    bool held; /* its refill runs on a pool worker (mdm.c), which sends it: send_batch passes it by
+                */
 } svc_reply;
 
 /* A device message whose webhooks and result hooks wait for its batch to
@@ -724,6 +726,8 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
                       const char *cert);
 /* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
  * once without a batch), then |free_ctx|(ctx) (may be NULL). */
+/* Sends one held answer whose batch is committed, and frees it. */
+void svc_reply_send(esim_service *svc, svc_reply *r);
 void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
                            void (*free_ctx)(void *));
 /* Writes the Prometheus text for /metrics into |out|. */
