@@ -1,72 +1,132 @@
 /*
- * http.c — the simulator's HTTP client: libcurl's multi interface driven by
- * a libevent loop (socket and timer callbacks), so thousands of devices share
- * one thread and curl's connection cache instead of a thread or socket each.
+ * http.c — the simulator's HTTP/1.1 client: non-blocking sockets and OpenSSL
+ * driven by a libevent loop, so thousands of devices share one thread.
  *
- * TLS is set up per connection in ssl_ctx_cb (curl's CURLOPT_SSL_CTX_FUNCTION):
- * resumption of the device's own session, the client certificate loaded
- * only when a full handshake asks for it (the identity key parsed once per
- * client, not per connection), and the handshake counters. The CA file is
- * read once (curl's CA cache) instead of for every connection.
+ * One SSL_CTX per trust anchor (the CA file parsed once for the whole
+ * fleet); each connection is an SSL object on it with the device's own
+ * session offered for resumption (or the client's shared one, by host), its
+ * client certificate loaded only when a full handshake asks for it (the
+ * identity key parsed once per client), and the handshake counters.
+ * Connections are kept alive: a private one (sim_http_conn, one phone's
+ * connection) for its owner's next request, the others in a pool by
+ * destination. The response reader is http_parse.c.
  */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
-#include <pthread.h>
-
-#include <curl/curl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
+#include "sim/http_parse.h"
 #include "sim/sim_internal.h"
 
 #define SIM_HTTP_MAX_RESPONSE (8u << 20)
+#define POOL_MAX 256     /* idle shared connections kept */
+#define CONNECT_MS 10000 /* to set up a connection (TCP and TLS) */
+#define N_CTX 8          /* trust anchors (CA files) with their SSL_CTX */
+#define N_SHARED_SESS 32 /* shared TLS sessions, by destination */
+#define N_RESOLVED 16    /* host names resolved */
+
+typedef struct hconn hconn;
 
 typedef struct xfer {
-    struct xfer *prev, *next;
+    struct xfer *prev, *next; /* h->xfers */
     sim_http *h;
-    CURL *easy;
-    struct curl_slist *headers;
-    esim_buf req_body;
-    esim_buf resp;
-    bool too_big;
+    hconn *c; /* the connection carrying it; NULL: none yet */
     sim_http_cb cb;
     void *arg;
-    sim_tls_session *tls; /* the device's TLS session; NULL: shared */
-    int kind;             /* which spare handles it comes from and goes to */
-    char *cert, *key;     /* the request's identity files; NULL: none */
-    char errbuf[CURL_ERROR_SIZE];
+    esim_buf req; /* the request's bytes */
+    struct event *timer;
+    long timeout_ms;
+    bool retried; /* sent again after a kept connection turned out closed */
+    /* Where it goes. */
+    char *key; /* scheme, host, port, CA and identity: what a connection must match */
+    char host[256];
+    uint16_t port;
+    bool tls;
+    char *ca_file, *cert, *key_file;
+    sim_tls_session *sess; /* the device's TLS session; NULL: shared */
+    sim_http_conn *owner;  /* the private connection it names; NULL: pool */
 } xfer;
 
-typedef struct sock_ctx {
-    struct sock_ctx *prev, *next;
-    struct event *ev;
-    short kind; /* what ev waits for */
-} sock_ctx;
+enum { C_START, C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_SENDING, C_READING, C_IDLE };
 
-#define SIM_HTTP_SPARE_HANDLES 64
+struct hconn {
+    hconn *prev, *next;   /* h->conns: every open connection */
+    hconn *iprev, *inext; /* h->idle: the pool's idle ones, oldest first */
+    bool in_pool;
+    sim_http *h;
+    sim_http_conn *owner; /* NULL: a pool connection (or a spare one) */
+    char *key;
+    char host[256];
+    uint16_t port;
+    bool tls;
+    sim_tls_session *sess;
+    char *cert, *key_file; /* the identity files (owned by the connection) */
+    SSL_CTX *ctx;
+    int fd;
+    SSL *ssl;
+    struct event *ev;
+    short ev_what; /* what ev waits for; 0: not armed */
+    struct evdns_getaddrinfo_request *dns;
+    int state;
+    bool reused;    /* has carried a request before */
+    bool doomed;    /* closes after its request (its owner let go of it) */
+    bool *dns_done; /* set when the resolver's callback ran */
+    size_t out_off;
+    xfer *x;
+    sim_http_parser p;
+};
+
+struct sim_http_conn {
+    hconn *c; /* its connection; NULL: none open */
+};
+
+struct sim_tls_session {
+    SSL_SESSION *sess; /* the last one the server gave; NULL: none yet */
+};
 
 struct sim_http {
     struct event_base *base;
-    CURLM *multi;
-    /* Finished easy handles, reset for reuse: [0] those that use the shared
-     * TLS session cache, [1] those of private connections (curl would
-     * forget a handle's own session cache when it joins the shared one). */
-    CURL *spare[2][SIM_HTTP_SPARE_HANDLES];
-    size_t n_spare[2];
-    struct event *timer;
+    struct evdns_base *dns;
+    hconn *conns;
+    hconn *idle_head, *idle_tail;
+    size_t n_idle;
     xfer *xfers;
-    sock_ctx *socks; /* every socket curl asked us to watch */
     size_t in_flight;
-    bool closing;      /* sim_http_free is cancelling: no new requests */
-    CURLSH *tls_share; /* TLS sessions of the shared connection cache, by host */
+    bool closing; /* sim_http_free is cancelling: no new requests */
     sim_http_tls_stats tls;
+    struct {
+        char *ca; /* NULL: the system's trust store */
+        SSL_CTX *ctx;
+    } ctx[N_CTX];
+    size_t n_ctx;
+    struct {
+        char *key;
+        SSL_SESSION *sess;
+    } shared[N_SHARED_SESS];
+    size_t next_shared;
+    struct {
+        char host[256];
+        struct sockaddr_storage ss;
+        socklen_t len;
+    } resolved[N_RESOLVED];
+    size_t next_resolved;
     char key_path[SIM_PATH_MAX]; /* the client identity key, parsed once */
     EVP_PKEY *key;
     /* The CA certificates identity files carry after the device's own (the
@@ -79,9 +139,13 @@ struct sim_http {
     size_t n_chain;
 };
 
-struct sim_tls_session {
-    SSL_SESSION *sess; /* the last one the server gave; NULL: none yet */
-};
+static int ssl_idx = -1;
+static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
+
+static void make_index(void)
+{
+    ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
 
 void sim_tls_session_forget(sim_tls_session *t)
 {
@@ -97,69 +161,61 @@ void sim_tls_session_free(sim_tls_session *t)
     free(t);
 }
 
-/* What a connection's TLS callbacks need, hung on its SSL_CTX (curl makes
- * one per connection) and freed with it: the transfer that opened the
- * connection may be long gone when a session ticket arrives. */
-typedef struct {
-    sim_http *h;
-    sim_tls_session *t; /* NULL: curl's shared session cache */
-    char *cert, *key;   /* client identity files; NULL: none */
-} tls_conn;
-
-static int ctx_idx = -1, ssl_idx = -1;
-static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
-
-static void tls_conn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-                          void *argp)
+sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h)
 {
-    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
-    tls_conn *c = ptr;
-    if (!c)
-        return;
-    free(c->cert);
-    free(c->key);
-    free(c);
+    return h->tls;
 }
 
-static void make_indexes(void)
+uint16_t sim_bound_port(int fd)
 {
-    ctx_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_conn_free);
-    ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-}
-
-static tls_conn *conn_of(const SSL *ssl)
-{
-    return ctx_idx < 0 ? NULL : SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_idx);
-}
-
-/* Handshake start: offer the device's session. Handshake done: count it. */
-static void tls_info(const SSL *cssl, int where, int ret)
-{
-    (void)ret;
-    SSL *ssl = (SSL *)cssl;
-    tls_conn *c = conn_of(ssl);
-    if (!c)
-        return;
-    if ((where & SSL_CB_HANDSHAKE_START) && !SSL_get_ex_data(ssl, ssl_idx) && c->t && c->t->sess)
-        SSL_set_session(ssl, c->t->sess);
-    if ((where & SSL_CB_HANDSHAKE_DONE) && !SSL_get_ex_data(ssl, ssl_idx)) {
-        SSL_set_ex_data(ssl, ssl_idx, c); /* counted once, whatever follows */
-        if (SSL_session_reused(ssl))
-            c->h->tls.resumed++;
-        else
-            c->h->tls.full++;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 a6;
+        memcpy(&a6, &ss, sizeof a6);
+        return ntohs(a6.sin6_port);
     }
+    struct sockaddr_in a4;
+    memcpy(&a4, &ss, sizeof a4);
+    return ntohs(a4.sin_port);
 }
 
-/* A session (ticket) from the server: the device keeps the newest. */
+/* ---- TLS ------------------------------------------------------------------ */
+
+static hconn *conn_of(const SSL *ssl)
+{
+    return ssl_idx < 0 ? NULL : SSL_get_ex_data(ssl, ssl_idx);
+}
+
+/* A session (ticket) from the server: the device keeps the newest, or the
+ * client for its shared connections to that destination. */
 static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
 {
-    tls_conn *c = conn_of(ssl);
-    if (!c || !c->t)
+    hconn *c = conn_of(ssl);
+    if (!c)
         return 0;
-    SSL_SESSION_free(c->t->sess);
-    c->t->sess = sess;
-    return 1; /* the reference is ours */
+    if (c->sess) {
+        SSL_SESSION_free(c->sess->sess);
+        c->sess->sess = sess;
+        return 1; /* the reference is ours */
+    }
+    sim_http *h = c->h;
+    size_t k = 0;
+    while (k < N_SHARED_SESS && h->shared[k].key && strcmp(h->shared[k].key, c->key) != 0)
+        k++;
+    if (k == N_SHARED_SESS) {
+        k = h->next_shared++ % N_SHARED_SESS;
+        free(h->shared[k].key);
+        h->shared[k].key = NULL;
+    }
+    if (!h->shared[k].key && !(h->shared[k].key = strdup(c->key)))
+        return 0;
+    SSL_SESSION_free(h->shared[k].sess);
+    h->shared[k].sess = sess;
+    return 1;
 }
 
 /* The server asked for a client certificate (a full handshake): the
@@ -167,15 +223,15 @@ static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
 static int tls_client_cert(SSL *ssl, void *arg)
 {
     (void)arg;
-    tls_conn *c = conn_of(ssl);
+    hconn *c = conn_of(ssl);
     if (!c || !c->cert)
         return 1; /* none: the server decides */
     sim_http *h = c->h;
-    if (!h->key || strcmp(h->key_path, c->key) != 0) {
+    if (!h->key || strcmp(h->key_path, c->key_file) != 0) {
         EVP_PKEY_free(h->key);
         h->key = NULL;
         h->key_path[0] = '\0';
-        FILE *f = fopen(c->key, "r");
+        FILE *f = fopen(c->key_file, "r");
         if (f) {
             h->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
             fclose(f);
@@ -184,7 +240,7 @@ static int tls_client_cert(SSL *ssl, void *arg)
             ERR_clear_error();
             return 1;
         }
-        snprintf(h->key_path, sizeof h->key_path, "%s", c->key);
+        snprintf(h->key_path, sizeof h->key_path, "%s", c->key_file);
     }
     /* The identity file: the device's certificate, then its CA chain. */
     FILE *f = fopen(c->cert, "r");
@@ -235,315 +291,707 @@ static int tls_client_cert(SSL *ssl, void *arg)
     return 1;
 }
 
-/* curl's hook on each new connection's SSL_CTX, before its SSL is made. */
-static CURLcode ssl_ctx_cb(CURL *curl, void *ssl_ctx, void *userptr)
+/* The context for trust anchor |ca| (NULL: the system's), made once. */
+static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
 {
-    (void)curl;
-    SSL_CTX *ctx = ssl_ctx;
-    xfer *x = userptr;
-    pthread_once(&idx_once, make_indexes);
-    tls_conn *c = calloc(1, sizeof *c);
-    if (!c || ctx_idx < 0 || ssl_idx < 0)
-        goto nomem;
-    c->h = x->h;
-    c->t = x->tls;
-    if (x->cert && (!(c->cert = strdup(x->cert)) || !(c->key = strdup(x->key))))
-        goto nomem;
-    if (!SSL_CTX_set_ex_data(ctx, ctx_idx, c))
-        goto nomem;
-    SSL_CTX_set_info_callback(ctx, tls_info);
-    if (c->cert)
-        SSL_CTX_set_cert_cb(ctx, tls_client_cert, NULL);
-    if (c->t) {
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
-        SSL_CTX_sess_set_new_cb(ctx, tls_new_session);
+    for (size_t k = 0; k < h->n_ctx; k++)
+        if ((!ca && !h->ctx[k].ca) || (ca && h->ctx[k].ca && strcmp(ca, h->ctx[k].ca) == 0))
+            return h->ctx[k].ctx;
+    if (h->n_ctx == N_CTX) { /* a fleet uses one or two: let the oldest go */
+        free(h->ctx[0].ca);
+        SSL_CTX_free(h->ctx[0].ctx);
+        memmove(&h->ctx[0], &h->ctx[1], sizeof h->ctx[0] * (N_CTX - 1));
+        h->n_ctx--;
     }
-    return CURLE_OK;
-nomem:
-    tls_conn_free(NULL, c, NULL, 0, 0, NULL);
-    return CURLE_OUT_OF_MEMORY;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    char *dup = ca ? strdup(ca) : NULL;
+    if (!ctx || (ca && !dup)) {
+        snprintf(why, why_len, "out of memory");
+        goto fail;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if ((ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
+            : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+        snprintf(why, why_len, "error setting certificate file: %.150s", ca ? ca : "(system)");
+        goto fail;
+    }
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, tls_new_session);
+    SSL_CTX_set_cert_cb(ctx, tls_client_cert, NULL);
+    h->ctx[h->n_ctx].ca = dup;
+    h->ctx[h->n_ctx++].ctx = ctx;
+    return ctx;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    free(dup);
+    return NULL;
 }
 
-sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h)
+/* ---- connections ----------------------------------------------------------- */
+
+static void on_conn_event(evutil_socket_t fd, short what, void *arg);
+static void xfer_start(sim_http *h, xfer *x);
+
+static void arm(hconn *c, short what)
 {
-    return h->tls;
+    if (c->ev_what == what)
+        return;
+    event_del(c->ev);
+    event_assign(c->ev, c->h->base, c->fd, what | EV_PERSIST, on_conn_event, c);
+    c->ev_what = what;
+    event_add(c->ev, NULL);
 }
 
-static void sock_unlink(sim_http *h, sock_ctx *c)
+static void pool_remove(hconn *c)
 {
+    if (!c->in_pool)
+        return;
+    sim_http *h = c->h;
+    if (c->iprev)
+        c->iprev->inext = c->inext;
+    else
+        h->idle_head = c->inext;
+    if (c->inext)
+        c->inext->iprev = c->iprev;
+    else
+        h->idle_tail = c->iprev;
+    c->iprev = c->inext = NULL;
+    c->in_pool = false;
+    h->n_idle--;
+}
+
+/* Closes |c| (its request, if any, must have been taken off it). */
+static void conn_close(hconn *c)
+{
+    sim_http *h = c->h;
+    pool_remove(c);
+    if (c->owner && c->owner->c == c)
+        c->owner->c = NULL;
+    if (c->x)
+        c->x->c = NULL;
+    if (c->dns) {
+        struct evdns_getaddrinfo_request *r = c->dns;
+        c->dns = NULL;
+        evdns_getaddrinfo_cancel(r); /* its callback sees EVUTIL_EAI_CANCEL */
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
-        h->socks = c->next;
+        h->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     if (c->ev)
         event_free(c->ev);
+    if (c->ssl) {
+        if (c->state == C_IDLE)
+            SSL_shutdown(c->ssl); /* a close_notify, as a TLS stack sends */
+        SSL_free(c->ssl);
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    sim_http_parser_free(&c->p);
+    free(c->key);
+    free(c->cert);
+    free(c->key_file);
     free(c);
 }
 
-struct sim_http_conn {
-    CURLSH *share; /* shares only a connection cache: the private connection */
-};
-
-esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err)
+static void pool_put(hconn *c)
 {
-    sim_http_conn *c = calloc(1, sizeof *c);
-    if (!c || !(c->share = curl_share_init())) {
-        free(c);
-        return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    }
-    curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
-    *out = c;
-    return ESIM_OK;
+    sim_http *h = c->h;
+    c->in_pool = true;
+    c->inext = NULL;
+    c->iprev = h->idle_tail;
+    if (h->idle_tail)
+        h->idle_tail->inext = c;
+    else
+        h->idle_head = c;
+    h->idle_tail = c;
+    if (++h->n_idle > POOL_MAX)
+        conn_close(h->idle_head);
 }
 
-void sim_http_conn_free(sim_http_conn *c)
+static char *dup_or_null(const char *s, bool *ok)
 {
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *ok = false;
+    return d;
+}
+
+static hconn *conn_new(sim_http *h, const xfer *x)
+{
+    hconn *c = calloc(1, sizeof *c);
     if (!c)
-        return;
-    curl_share_cleanup(c->share);
-    free(c);
+        return NULL;
+    bool ok = true;
+    c->h = h;
+    c->fd = -1;
+    c->key = dup_or_null(x->key, &ok);
+    memcpy(c->host, x->host, sizeof c->host);
+    c->port = x->port;
+    c->tls = x->tls;
+    c->sess = x->sess;
+    c->cert = dup_or_null(x->cert, &ok);
+    c->key_file = dup_or_null(x->key_file, &ok);
+    c->ev = event_new(h->base, -1, 0, on_conn_event, c);
+    if (!ok || !c->ev) {
+        if (c->ev)
+            event_free(c->ev);
+        free(c->key);
+        free(c->cert);
+        free(c->key_file);
+        free(c);
+        return NULL;
+    }
+    c->next = h->conns;
+    if (h->conns)
+        h->conns->prev = c;
+    h->conns = c;
+    return c;
 }
 
-uint16_t sim_bound_port(int fd)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
-        return 0;
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 a6;
-        memcpy(&a6, &ss, sizeof a6);
-        return ntohs(a6.sin6_port);
-    }
-    struct sockaddr_in a4;
-    memcpy(&a4, &ss, sizeof a4);
-    return ntohs(a4.sin_port);
-}
-
-static void release_easy(sim_http *h, CURL *e, int kind)
-{
-    if (h->n_spare[kind] < SIM_HTTP_SPARE_HANDLES && !h->closing) {
-        /* curl_easy_reset keeps a share attached: let go of it first. */
-        curl_easy_setopt(e, CURLOPT_SHARE, NULL);
-        curl_easy_reset(e);
-        h->spare[kind][h->n_spare[kind]++] = e;
-    } else {
-        curl_easy_cleanup(e);
-    }
-}
+/* ---- requests ------------------------------------------------------------- */
 
 static void xfer_free(xfer *x)
 {
-    esim_buf_free(&x->req_body);
-    esim_buf_free(&x->resp);
-    free(x->cert);
+    if (x->timer)
+        event_free(x->timer);
+    esim_buf_free(&x->req);
     free(x->key);
+    free(x->ca_file);
+    free(x->cert);
+    free(x->key_file);
     free(x);
 }
 
-static void check_done(sim_http *h)
+/* Takes |x| off the client and runs its callback, once. */
+static void xfer_finish(xfer *x, sim_http_response *r)
 {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(h->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        xfer *x = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-        CURLcode res = msg->data.result;
-        curl_multi_remove_handle(h->multi, x->easy);
-        if (x->prev)
-            x->prev->next = x->next;
-        else
-            h->xfers = x->next;
-        if (x->next)
-            x->next->prev = x->prev;
-        h->in_flight--;
-        sim_http_response r = {0};
-        r.body = x->resp;
-        if (res == CURLE_OK && !x->too_big) {
-            curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &r.status);
-            r.err = ESIM_OK;
-        } else {
-            r.err = x->too_big                        ? ESIM_ETOOBIG
-                    : res == CURLE_OPERATION_TIMEDOUT ? ESIM_ETIMEOUT
-                    : (res == CURLE_SSL_CONNECT_ERROR || res == CURLE_PEER_FAILED_VERIFICATION)
-                        ? ESIM_ECRYPTO
-                        : ESIM_EUNAVAIL;
-            r.host_unknown = res == CURLE_COULDNT_RESOLVE_HOST;
-            snprintf(r.errmsg, sizeof r.errmsg, "%s",
-                     x->too_big     ? "response too large"
-                     : x->errbuf[0] ? x->errbuf
-                                    : curl_easy_strerror(res));
+    sim_http *h = x->h;
+    if (x->c) {
+        x->c->x = NULL;
+        x->c = NULL;
+    }
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        h->xfers = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    h->in_flight--;
+    x->cb(x->arg, r);
+    xfer_free(x);
+}
+
+static void xfer_fail(xfer *x, esim_err err, const char *prefix, const char *detail)
+{
+    sim_http_response r = {.err = err};
+    snprintf(r.errmsg, sizeof r.errmsg, "%s%s", prefix, detail);
+    xfer_finish(x, &r);
+}
+
+/* |c| failed: close it and fail its request (or send the request again on
+ * a new connection when a kept one had been closed before it answered). */
+static void conn_fail(hconn *c, esim_err err, const char *prefix, const char *detail)
+{
+    xfer *x = c->x;
+    bool again = x && c->reused && !x->retried && err == ESIM_EUNAVAIL &&
+                 (c->state == C_SENDING || c->state == C_READING) &&
+                 !sim_http_parser_started(&c->p);
+    if (x) {
+        x->c = NULL;
+        c->x = NULL;
+    }
+    conn_close(c);
+    if (!x)
+        return;
+    if (again && !x->h->closing) {
+        x->retried = true;
+        xfer_start(x->h, x);
+        return;
+    }
+    xfer_fail(x, err, prefix, detail);
+}
+
+static const char *ssl_why(hconn *c, char *buf, size_t len)
+{
+    long v = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+    unsigned long e = ERR_peek_last_error();
+    if (v != X509_V_OK)
+        snprintf(buf, len, "SSL certificate problem: %s", X509_verify_cert_error_string(v));
+    else if (e)
+        snprintf(buf, len, "%s", ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "error");
+    else
+        snprintf(buf, len, "%s", strerror(errno ? errno : ECONNRESET));
+    ERR_clear_error();
+    return buf;
+}
+
+/* The response is whole: the request's callback, the connection kept or
+ * closed. Nothing touches |c| after the callback (which may free it). */
+static void conn_response(hconn *c)
+{
+    xfer *x = c->x;
+    sim_http_response r = {.err = ESIM_OK, .status = c->p.status};
+    r.body = c->p.body; /* the body goes with the answer */
+    memset(&c->p.body, 0, sizeof c->p.body);
+    bool keep = c->p.keep_alive && !c->doomed && !c->h->closing;
+    sim_http_parser_free(&c->p);
+    x->c = NULL;
+    c->x = NULL;
+    if (keep) {
+        c->state = C_IDLE;
+        c->reused = true;
+        arm(c, EV_READ); /* a close (or a late session ticket) while idle */
+        if (!c->owner)
+            pool_put(c);
+    } else {
+        conn_close(c);
+    }
+    xfer_finish(x, &r);
+    esim_buf_free(&r.body);
+}
+
+/* Reads what the socket has: TLS records or plain bytes. >0 bytes, 0 closed,
+ * -1 nothing now (|want| set), -2 an error. */
+static ssize_t conn_read(hconn *c, char *buf, size_t len, short *want)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, buf, (int)len);
+        if (n > 0)
+            return n;
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            *want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+            return -1;
         }
-        /* The easy handle goes before the callback, so the callback may free
-         * the private connection it used: reset (which lets go of the share)
-         * and kept for the next request, as curl_easy_init costs more. */
-        release_easy(h, x->easy, x->kind);
-        curl_slist_free_all(x->headers);
-        x->cb(x->arg, &r);
-        xfer_free(x);
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
+            return 0;
+        return -2;
+    }
+    ssize_t n = recv(c->fd, buf, len, 0);
+    if (n >= 0)
+        return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        *want = EV_READ;
+        return -1;
+    }
+    return -2;
+}
+
+static void conn_step(hconn *c);
+
+static void conn_connect(hconn *c, const struct sockaddr *sa, socklen_t len)
+{
+    c->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        conn_fail(c, ESIM_EUNAVAIL, "socket: ", strerror(errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->state = C_CONNECTING;
+    if (connect(c->fd, sa, len) != 0 && errno != EINPROGRESS) {
+        char why[200];
+        snprintf(why, sizeof why, "Failed to connect to %.100s port %u: %.60s", c->host, c->port,
+                 strerror(errno));
+        conn_fail(c, ESIM_EUNAVAIL, "", why);
+        return;
+    }
+    arm(c, EV_WRITE);
+}
+
+static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    hconn *c = arg;
+    if (c->dns_done) {
+        *c->dns_done = true;
+        c->dns_done = NULL;
+    }
+    if (result == EVUTIL_EAI_CANCEL) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        return; /* the connection is going */
+    }
+    c->dns = NULL;
+    if (result != 0 || !res) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        xfer *x = c->x;
+        if (x) {
+            x->c = NULL;
+            c->x = NULL;
+        }
+        conn_close(c);
+        if (x) {
+            sim_http_response r = {.err = ESIM_EUNAVAIL, .host_unknown = true};
+            snprintf(r.errmsg, sizeof r.errmsg, "Could not resolve host: %.200s", x->host);
+            xfer_finish(x, &r);
+        }
+        return;
+    }
+    sim_http *h = c->h;
+    size_t k = h->next_resolved++ % N_RESOLVED;
+    snprintf(h->resolved[k].host, sizeof h->resolved[k].host, "%s", c->host);
+    memcpy(&h->resolved[k].ss, res->ai_addr, res->ai_addrlen);
+    h->resolved[k].len = (socklen_t)res->ai_addrlen;
+    struct sockaddr_storage ss;
+    memcpy(&ss, res->ai_addr, res->ai_addrlen);
+    socklen_t len = (socklen_t)res->ai_addrlen;
+    evutil_freeaddrinfo(res);
+    if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons(c->port);
+    else
+        ((struct sockaddr_in *)&ss)->sin_port = htons(c->port);
+    conn_connect(c, (struct sockaddr *)&ss, len);
+}
+
+/* Where the connection goes: an address literal, localhost, a name
+ * resolved before, or the resolver (libevent's, not blocking the loop). */
+static void conn_begin(hconn *c)
+{
+    sim_http *h = c->h;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len = 0;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    const char *host = strcmp(c->host, "localhost") == 0 ? "127.0.0.1" : c->host;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        len = sizeof *a6;
+    } else {
+        for (size_t k = 0; k < N_RESOLVED && !len; k++)
+            if (h->resolved[k].len && strcmp(h->resolved[k].host, host) == 0) {
+                memcpy(&ss, &h->resolved[k].ss, h->resolved[k].len);
+                len = h->resolved[k].len;
+            }
+    }
+    if (len) {
+        if (ss.ss_family == AF_INET6)
+            a6->sin6_port = htons(c->port);
+        else
+            a4->sin_port = htons(c->port);
+        conn_connect(c, (struct sockaddr *)&ss, len);
+        return;
+    }
+    if (!h->dns && !(h->dns = evdns_base_new(h->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                                          EVDNS_BASE_DISABLE_WHEN_INACTIVE))) {
+        conn_fail(c, ESIM_EUNAVAIL, "Could not resolve host (no resolver): ", c->host);
+        return;
+    }
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->state = C_RESOLVING;
+    /* The callback may run before this returns (the hosts file), and may
+     * close |c|: only |done| says whether it did. */
+    bool done = false;
+    c->dns_done = &done;
+    struct evdns_getaddrinfo_request *r =
+        evdns_getaddrinfo(h->dns, c->host, NULL, &hints, on_resolved, c);
+    if (!done) {
+        c->dns_done = NULL;
+        c->dns = r;
     }
 }
 
-static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+static bool conn_tls_setup(hconn *c)
 {
-    sim_http *h = arg;
-    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    int running;
-    curl_multi_socket_action(h->multi, fd, flags, &running);
-    check_done(h);
+    char why[200] = "";
+    pthread_once(&idx_once, make_index);
+    SSL_CTX *ctx = ssl_idx < 0 ? NULL : ctx_for(c->h, c->x->ca_file, why, sizeof why);
+    if (!ctx) {
+        conn_fail(c, ESIM_ECRYPTO, "", why[0] ? why : "TLS set-up failed");
+        return false;
+    }
+    c->ctx = ctx;
+    if (!(c->ssl = SSL_new(ctx)) || SSL_set_fd(c->ssl, c->fd) != 1 ||
+        !SSL_set_ex_data(c->ssl, ssl_idx, c)) {
+        conn_fail(c, ESIM_ENOMEM, "", "out of memory");
+        return false;
+    }
+    struct in6_addr ip;
+    bool literal = inet_pton(AF_INET, c->host, &ip) == 1 || inet_pton(AF_INET6, c->host, &ip) == 1;
+    if (literal) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->host);
+    } else {
+        SSL_set_tlsext_host_name(c->ssl, c->host);
+        SSL_set1_host(c->ssl, c->host);
+    }
+    SSL_SESSION *s = NULL;
+    if (c->sess) {
+        s = c->sess->sess;
+    } else {
+        for (size_t k = 0; k < N_SHARED_SESS && !s; k++)
+            if (c->h->shared[k].key && strcmp(c->h->shared[k].key, c->key) == 0)
+                s = c->h->shared[k].sess;
+    }
+    if (s)
+        SSL_set_session(c->ssl, s);
+    c->state = C_HANDSHAKE;
+    return true;
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+/* Runs the connection as far as it goes without waiting. */
+static void conn_step(hconn *c)
+{
+    char why[200];
+    for (;;) {
+        switch (c->state) {
+        case C_START:
+            conn_begin(c);
+            return;
+        case C_RESOLVING:
+            return;
+        case C_CONNECTING: {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+                soerr = errno;
+            if (soerr == EINPROGRESS)
+                return;
+            if (soerr) {
+                snprintf(why, sizeof why, "Failed to connect to %.100s port %u: %.60s", c->host,
+                         c->port, strerror(soerr));
+                conn_fail(c, ESIM_EUNAVAIL, "", why);
+                return;
+            }
+            if (c->tls) {
+                if (!conn_tls_setup(c))
+                    return;
+            } else {
+                c->state = C_SENDING;
+            }
+            break;
+        }
+        case C_HANDSHAKE: {
+            ERR_clear_error();
+            int r = SSL_connect(c->ssl);
+            if (r == 1) {
+                if (SSL_session_reused(c->ssl))
+                    c->h->tls.resumed++;
+                else
+                    c->h->tls.full++;
+                c->state = C_SENDING;
+                break;
+            }
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                arm(c, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE);
+                return;
+            }
+            /* A resumed session refused (the server forgot it) is not an
+             * error; a failed handshake forgets the device's session. */
+            ssl_why(c, why, sizeof why);
+            if (c->sess)
+                sim_tls_session_forget(c->sess);
+            conn_fail(c, ESIM_ECRYPTO, "TLS handshake failed: ", why);
+            return;
+        }
+        case C_SENDING: {
+            xfer *x = c->x;
+            size_t left = x->req.len - c->out_off;
+            const unsigned char *p = x->req.data + c->out_off;
+            if (c->ssl) {
+                ERR_clear_error();
+                int n = SSL_write(c->ssl, p, (int)left);
+                if (n <= 0) {
+                    int e = SSL_get_error(c->ssl, n);
+                    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                        arm(c, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE);
+                        return;
+                    }
+                    conn_fail(c, ESIM_EUNAVAIL, "Send failure: ", ssl_why(c, why, sizeof why));
+                    return;
+                }
+                c->out_off += (size_t)n;
+            } else {
+                ssize_t n = send(c->fd, p, left, MSG_NOSIGNAL);
+                if (n < 0) {
+                    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                        arm(c, EV_WRITE);
+                        return;
+                    }
+                    conn_fail(c, ESIM_EUNAVAIL, "Send failure: ", strerror(errno));
+                    return;
+                }
+                c->out_off += (size_t)n;
+            }
+            if (c->out_off == x->req.len) {
+                c->state = C_READING;
+                sim_http_parser_init(&c->p, SIM_HTTP_MAX_RESPONSE);
+                c->p.head_only = strncmp((const char *)x->req.data, "HEAD ", 5) == 0;
+            }
+            break;
+        }
+        case C_READING: {
+            char buf[16384];
+            short want = 0;
+            ssize_t n = conn_read(c, buf, sizeof buf, &want);
+            if (n == -1) {
+                arm(c, want);
+                return;
+            }
+            if (n == -2) {
+                conn_fail(c, ESIM_EUNAVAIL, "Recv failure: ", ssl_why(c, why, sizeof why));
+                return;
+            }
+            sim_http_parse_rc rc;
+            size_t used = 0;
+            if (n == 0) {
+                rc = sim_http_parse_eof(&c->p);
+                c->p.keep_alive = false;
+            } else {
+                rc = sim_http_parse(&c->p, buf, (size_t)n, &used);
+                if (rc == SIM_HTTP_PARSE_DONE && used < (size_t)n)
+                    c->p.keep_alive = false; /* bytes nobody asked for */
+            }
+            if (rc == SIM_HTTP_PARSE_DONE) {
+                conn_response(c);
+                return;
+            }
+            if (rc == SIM_HTTP_PARSE_ERROR) {
+                if (n == 0 && !sim_http_parser_started(&c->p)) {
+                    conn_fail(c, ESIM_EUNAVAIL, "", "Empty reply from server");
+                    return;
+                }
+                bool big = c->p.too_big;
+                snprintf(why, sizeof why, "%s", c->p.err ? c->p.err : "bad response");
+                conn_fail(c, big ? ESIM_ETOOBIG : ESIM_EUNAVAIL, "", why);
+                return;
+            }
+            break;
+        }
+        case C_IDLE: {
+            char buf[256];
+            short want = 0;
+            ssize_t n = conn_read(c, buf, sizeof buf, &want);
+            if (n == -1 && want == EV_READ)
+                return;    /* a session ticket, nothing else */
+            conn_close(c); /* closed by the server, or bytes nobody asked for */
+            return;
+        }
+        default:
+            return;
+        }
+    }
+}
+
+static void on_conn_event(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    sim_http *h = arg;
-    int running;
-    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done(h);
+    conn_step(arg);
 }
 
-static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    (void)easy;
-    sim_http *h = userp;
-    sock_ctx *c = socketp;
-    if (what == CURL_POLL_REMOVE) {
-        if (c) {
-            sock_unlink(h, c);
-            curl_multi_assign(h->multi, s, NULL);
-        }
-        return 0;
+    (void)fd;
+    (void)what;
+    xfer *x = arg;
+    if (x->c) {
+        hconn *c = x->c;
+        c->x = NULL;
+        x->c = NULL;
+        conn_close(c);
     }
-    short kind =
-        EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    char ms[48];
+    snprintf(ms, sizeof ms, "%ld milliseconds", x->timeout_ms);
+    xfer_fail(x, ESIM_ETIMEOUT, "Operation timed out after ", ms);
+}
+
+/* Puts |x| on a connection: its owner's, an idle one from the pool, or a
+ * new one; the work starts from the event loop. */
+static void xfer_start(sim_http *h, xfer *x)
+{
+    hconn *c = NULL;
+    if (x->owner) {
+        hconn *o = x->owner->c;
+        if (o && o->state == C_IDLE && !o->x && strcmp(o->key, x->key) == 0 && o->sess == x->sess)
+            c = o;
+        else if (o && !o->x)
+            conn_close(o); /* another destination: the phone's connection moves */
+    } else {
+        for (hconn *i = h->idle_tail; i && !c; i = i->iprev)
+            if (i->sess == x->sess && strcmp(i->key, x->key) == 0)
+                c = i;
+        if (c)
+            pool_remove(c);
+    }
     if (!c) {
-        c = calloc(1, sizeof *c);
-        if (!c)
-            return -1;
-        c->next = h->socks;
-        if (h->socks)
-            h->socks->prev = c;
-        h->socks = c;
-        curl_multi_assign(h->multi, s, c);
-    } else if (c->ev && c->kind == kind) {
-        return 0; /* already waiting for that */
+        if (!(c = conn_new(h, x))) {
+            xfer_fail(x, ESIM_ENOMEM, "", "out of memory");
+            return;
+        }
+        if (x->owner && !x->owner->c) {
+            c->owner = x->owner;
+            x->owner->c = c;
+        } else if (x->owner) {
+            c->doomed = true; /* a second request of a busy private connection */
+        }
+        c->x = x;
+        x->c = c;
+        event_active(c->ev, EV_TIMEOUT, 1); /* C_START, from the loop */
+    } else {
+        c->x = x;
+        x->c = c;
+        c->state = C_SENDING;
+        c->out_off = 0;
+        arm(c, EV_WRITE); /* writable at once: sent from the loop */
     }
-    /* One event per socket, re-armed in place when curl wants other events. */
-    if (!c->ev && !(c->ev = event_new(h->base, s, kind, on_socket_event, h)))
-        return -1;
-    if (c->kind) {
-        event_del(c->ev);
-        event_assign(c->ev, h->base, s, kind, on_socket_event, h);
-    }
-    c->kind = kind;
-    event_add(c->ev, NULL);
-    return 0;
 }
 
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+static bool parse_url(xfer *x, const char *url, const char **path)
 {
-    (void)multi;
-    sim_http *h = userp;
-    if (timeout_ms < 0) {
-        evtimer_del(h->timer);
-        return 0;
+    const char *p;
+    if (strncmp(url, "https://", 8) == 0) {
+        x->tls = true;
+        p = url + 8;
+    } else if (strncmp(url, "http://", 7) == 0) {
+        p = url + 7;
+    } else {
+        return false;
     }
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    evtimer_add(h->timer, &tv);
-    return 0;
-}
-
-static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-    xfer *x = userdata;
-    size_t n = size * nmemb;
-    if (x->resp.len + n > SIM_HTTP_MAX_RESPONSE) {
-        x->too_big = true;
-        return 0;
+    const char *end = p + strcspn(p, "/?#");
+    const char *host = p, *host_end, *colon;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', (size_t)(end - p));
+        if (!rb)
+            return false;
+        host = p + 1;
+        host_end = rb;
+        colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+        if (!colon && rb + 1 != end)
+            return false;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        host_end = colon ? colon : end;
     }
-    return esim_buf_append(&x->resp, ptr, n) == ESIM_OK ? n : 0;
-}
-
-esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err)
-{
-    if (!base || !out)
-        return esim_fail(err, ESIM_EINVAL, "sim_http_new needs an event base");
-    sim_http *h = calloc(1, sizeof *h);
-    if (!h)
-        return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    h->base = base;
-    h->multi = curl_multi_init();
-    h->timer = evtimer_new(base, on_timer, h);
-    h->tls_share = curl_share_init();
-    if (!h->multi || !h->timer || !h->tls_share) {
-        sim_http_free(h);
-        return esim_fail(err, ESIM_ENOMEM, "could not create the HTTP client");
+    size_t hl = (size_t)(host_end - host);
+    if (hl == 0 || hl >= sizeof x->host || memchr(host, '@', hl))
+        return false;
+    memcpy(x->host, host, hl);
+    x->host[hl] = '\0';
+    unsigned long port = x->tls ? 443 : 80;
+    if (colon) {
+        char *e = NULL;
+        if (colon + 1 == end)
+            return false;
+        port = strtoul(colon + 1, &e, 10);
+        if (e != end || port == 0 || port > 65535)
+            return false;
     }
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-    /* Many devices talk to few servers: keep a generous connection cache. */
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 256L);
-    curl_share_setopt(h->tls_share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
-    *out = h;
-    return ESIM_OK;
-}
-
-void sim_http_free(sim_http *h)
-{
-    if (!h)
-        return;
-    h->closing = true;
-    while (h->xfers) {
-        xfer *x = h->xfers;
-        h->xfers = x->next;
-        if (h->xfers)
-            h->xfers->prev = NULL;
-        h->in_flight--;
-        curl_multi_remove_handle(h->multi, x->easy);
-        curl_easy_cleanup(x->easy);
-        curl_slist_free_all(x->headers);
-        /* Every request gets its one callback, so its owner can free what
-         * it attached; new requests from inside it are refused. */
-        sim_http_response r = {.err = ESIM_EUNAVAIL};
-        snprintf(r.errmsg, sizeof r.errmsg, "cancelled: the client is shutting down");
-        x->cb(x->arg, &r);
-        xfer_free(x);
-    }
-    for (int k = 0; k < 2; k++)
-        while (h->n_spare[k] > 0)
-            curl_easy_cleanup(h->spare[k][--h->n_spare[k]]);
-    if (h->multi)
-        curl_multi_cleanup(h->multi);
-    if (h->tls_share)
-        curl_share_cleanup(h->tls_share);
-    EVP_PKEY_free(h->key);
-    for (size_t k = 0; k < h->n_chain; k++) {
-        OPENSSL_free(h->chain[k].der);
-        X509_free(h->chain[k].x);
-    }
-    while (h->socks) { /* what curl closed without telling the socket callback */
-        sock_ctx *c = h->socks;
-        h->socks = c->next;
-        if (c->ev)
-            event_free(c->ev);
-        free(c);
-    }
-    if (h->timer)
-        event_free(h->timer);
-    free(h);
-}
-
-size_t sim_http_in_flight(const sim_http *h)
-{
-    return h->in_flight;
+    x->port = (uint16_t)port;
+    *path = *end == '/' || *end == '?' ? end : "/";
+    return true;
 }
 
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
@@ -559,82 +1007,161 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     x->h = h;
     x->cb = cb;
     x->arg = arg;
-    if (req->tls && !*req->tls && !(*req->tls = calloc(1, sizeof **req->tls)))
-        goto nomem;
-    x->tls = req->tls ? *req->tls : NULL;
-    x->kind = req->conn || x->tls ? 1 : 0;
-    x->easy = h->n_spare[x->kind] > 0 ? h->spare[x->kind][--h->n_spare[x->kind]] : curl_easy_init();
-    if (!x->easy)
-        goto nomem;
-    for (size_t i = 0; i < req->n_headers; i++) {
-        struct curl_slist *n = curl_slist_append(x->headers, req->headers[i]);
-        if (!n)
-            goto nomem;
-        x->headers = n;
-    }
-    /* No "Expect: 100-continue" round trip: devices send small bodies. */
-    struct curl_slist *n = curl_slist_append(x->headers, "Expect:");
-    if (!n)
-        goto nomem;
-    x->headers = n;
-    if (req->body && req->body_len &&
-        esim_buf_append(&x->req_body, req->body, req->body_len) != ESIM_OK)
-        goto nomem;
-    CURL *e = x->easy;
-    curl_easy_setopt(e, CURLOPT_URL, req->url);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-    if (strcmp(req->method, "GET") != 0) {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body.data ? (char *)x->req_body.data : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)x->req_body.len);
-    }
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 30000L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (req->ca_file) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
-        /* No CA directory beside the file: curl then keeps the parsed file
-         * (its CA cache, 24 h) instead of reading it for each connection. */
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-    }
-    if (req->conn)
-        curl_easy_setopt(e, CURLOPT_SHARE, req->conn->share);
-    else if (x->kind == 0)
-        curl_easy_setopt(e, CURLOPT_SHARE, h->tls_share);
-    if (strncmp(req->url, "https://", 8) == 0) {
-        /* The identity goes in only when a full handshake asks for it. */
-        if (req->client_cert_file &&
-            (!(x->cert = strdup(req->client_cert_file)) ||
-             !(x->key =
-                   strdup(req->client_key_file ? req->client_key_file : req->client_cert_file))))
-            goto nomem;
-        if (x->tls)
-            curl_easy_setopt(e, CURLOPT_SSL_SESSIONID_CACHE, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
-        curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, x);
-    }
-    if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
-        curl_easy_cleanup(x->easy);
-        curl_slist_free_all(x->headers);
-        xfer_free(x);
+    const char *path = "/";
+    if (!parse_url(x, req->url, &path)) {
+        free(x);
         return esim_fail(err, ESIM_EUNAVAIL, "could not start the request to %s", req->url);
     }
+    if (req->tls && !*req->tls && !(*req->tls = calloc(1, sizeof **req->tls)))
+        goto nomem;
+    x->sess = x->tls && req->tls ? *req->tls : NULL;
+    x->owner = req->conn;
+    bool ok = true;
+    if (x->tls) {
+        x->ca_file = dup_or_null(req->ca_file, &ok);
+        /* The identity goes in only when a full handshake asks for it. */
+        if (req->client_cert_file) {
+            x->cert = dup_or_null(req->client_cert_file, &ok);
+            x->key_file = dup_or_null(
+                req->client_key_file ? req->client_key_file : req->client_cert_file, &ok);
+        }
+    }
+    esim_buf key = {0};
+    if (!ok || esim_buf_printf(&key, "%s|%s|%u|%s|%s|%s", x->tls ? "s" : "p", x->host, x->port,
+                               x->ca_file ? x->ca_file : "", x->cert ? x->cert : "",
+                               x->key_file ? x->key_file : "") != ESIM_OK)
+        goto nomem;
+    x->key = (char *)esim_buf_steal(&key, NULL);
+    /* The request: the Host a client sends, the caller's headers, the body
+     * with its length (no "Expect: 100-continue": devices send small bodies). */
+    bool v6 = strchr(x->host, ':') != NULL, default_port = x->port == (x->tls ? 443 : 80);
+    char port[8] = "";
+    if (!default_port)
+        snprintf(port, sizeof port, ":%u", x->port);
+    size_t plen = strcspn(path, "#");
+    if (esim_buf_printf(&x->req, "%s %.*s HTTP/1.1\r\nHost: %s%s%s%s\r\nAccept: */*\r\n",
+                        req->method, (int)plen, path, v6 ? "[" : "", x->host, v6 ? "]" : "",
+                        port) != ESIM_OK)
+        goto nomem;
+    for (size_t i = 0; i < req->n_headers; i++) {
+        const char *hd = req->headers[i];
+        if (!hd || strpbrk(hd, "\r\n"))
+            continue;
+        const char *colon = strchr(hd, ':');
+        if (colon && colon[1 + strspn(colon + 1, " \t")] == '\0')
+            continue; /* "Name:" with no value: curl's way to send none */
+        if (esim_buf_append_str(&x->req, hd) != ESIM_OK ||
+            esim_buf_append(&x->req, "\r\n", 2) != ESIM_OK)
+            goto nomem;
+    }
+    bool has_body = strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0;
+    if ((has_body && esim_buf_printf(&x->req, "Content-Length: %zu\r\n",
+                                     req->body ? req->body_len : 0) != ESIM_OK) ||
+        esim_buf_append(&x->req, "\r\n", 2) != ESIM_OK ||
+        (has_body && req->body && req->body_len &&
+         esim_buf_append(&x->req, req->body, req->body_len) != ESIM_OK))
+        goto nomem;
+    x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 30000L;
+    if (!(x->timer = evtimer_new(h->base, on_timeout, x)))
+        goto nomem;
+    struct timeval tv = {x->timeout_ms / 1000, (x->timeout_ms % 1000) * 1000};
+    evtimer_add(x->timer, &tv);
     x->next = h->xfers;
     if (h->xfers)
         h->xfers->prev = x;
     h->xfers = x;
     h->in_flight++;
+    xfer_start(h, x);
     return ESIM_OK;
 nomem:
-    if (x->easy)
-        curl_easy_cleanup(x->easy);
-    curl_slist_free_all(x->headers);
     xfer_free(x);
     return esim_fail(err, ESIM_ENOMEM, "out of memory");
+}
+
+esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err)
+{
+    sim_http_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    *out = c;
+    return ESIM_OK;
+}
+
+void sim_http_conn_free(sim_http_conn *c)
+{
+    if (!c)
+        return;
+    if (c->c) {
+        hconn *hc = c->c;
+        hc->owner = NULL;
+        c->c = NULL;
+        if (!hc->x)
+            conn_close(hc);
+        /* else: its request still runs; the connection closes after it */
+        else
+            hc->doomed = true;
+    }
+    free(c);
+}
+
+esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err)
+{
+    if (!base || !out)
+        return esim_fail(err, ESIM_EINVAL, "sim_http_new needs an event base");
+    sim_http *h = calloc(1, sizeof *h);
+    if (!h)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    h->base = base;
+    /* A peer that closed its end must not kill the process on a write
+     * (OpenSSL writes without MSG_NOSIGNAL): unless the program chose. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+    *out = h;
+    return ESIM_OK;
+}
+
+void sim_http_free(sim_http *h)
+{
+    if (!h)
+        return;
+    h->closing = true;
+    while (h->xfers) {
+        xfer *x = h->xfers;
+        if (x->c) {
+            hconn *c = x->c;
+            c->x = NULL;
+            x->c = NULL;
+            conn_close(c);
+        }
+        /* Every request gets its one callback, so its owner can free what
+         * it attached; new requests from inside it are refused. */
+        xfer_fail(x, ESIM_EUNAVAIL, "", "cancelled: the client is shutting down");
+    }
+    while (h->conns) {
+        if (h->conns->owner)
+            h->conns->owner->c = NULL;
+        conn_close(h->conns);
+    }
+    if (h->dns)
+        evdns_base_free(h->dns, 1);
+    for (size_t k = 0; k < h->n_ctx; k++) {
+        free(h->ctx[k].ca);
+        SSL_CTX_free(h->ctx[k].ctx);
+    }
+    for (size_t k = 0; k < N_SHARED_SESS; k++) {
+        free(h->shared[k].key);
+        SSL_SESSION_free(h->shared[k].sess);
+    }
+    EVP_PKEY_free(h->key);
+    for (size_t k = 0; k < h->n_chain; k++) {
+        OPENSSL_free(h->chain[k].der);
+        X509_free(h->chain[k].x);
+    }
+    free(h);
+}
+
+size_t sim_http_in_flight(const sim_http *h)
+{
+    return h->in_flight;
 }
