@@ -81,8 +81,11 @@ struct hconn {
     SSL_CTX *ctx;
     int fd;
     SSL *ssl;
-    struct event *ev;
-    short ev_what; /* what ev waits for; 0: not armed */
+    /* Readability is watched from the connection's start to its end (one
+     * epoll registration); writability only while a write must wait. */
+    struct event *ev;  /* EV_READ, persistent; made before the socket, to start it */
+    struct event *wev; /* EV_WRITE, once */
+    bool ev_added;
     struct evdns_getaddrinfo_request *dns;
     int state;
     bool reused;    /* has carried a request before */
@@ -334,14 +337,16 @@ fail:
 static void on_conn_event(evutil_socket_t fd, short what, void *arg);
 static void xfer_start(sim_http *h, xfer *x);
 
+/* Waits for |what|: reading is always watched once the socket is
+ * connected; a write that must wait adds the one-shot write event. */
 static void arm(hconn *c, short what)
 {
-    if (c->ev_what == what)
-        return;
-    event_del(c->ev);
-    event_assign(c->ev, c->h->base, c->fd, what | EV_PERSIST, on_conn_event, c);
-    c->ev_what = what;
-    event_add(c->ev, NULL);
+    if (!c->ev_added && c->state != C_CONNECTING) {
+        event_add(c->ev, NULL);
+        c->ev_added = true;
+    }
+    if (what == EV_WRITE && !event_pending(c->wev, EV_WRITE, NULL))
+        event_add(c->wev, NULL);
 }
 
 static void pool_remove(hconn *c)
@@ -384,6 +389,8 @@ static void conn_close(hconn *c)
         c->next->prev = c->prev;
     if (c->ev)
         event_free(c->ev);
+    if (c->wev)
+        event_free(c->wev);
     if (c->ssl) {
         if (c->state == C_IDLE)
             SSL_shutdown(c->ssl); /* a close_notify, as a TLS stack sends */
@@ -438,7 +445,7 @@ static hconn *conn_new(sim_http *h, const xfer *x)
     c->sess = x->sess;
     c->cert = dup_or_null(x->cert, &ok);
     c->key_file = dup_or_null(x->key_file, &ok);
-    c->ev = event_new(h->base, -1, 0, on_conn_event, c);
+    c->ev = event_new(h->base, -1, EV_READ | EV_PERSIST, on_conn_event, c);
     if (!ok || !c->ev) {
         if (c->ev)
             event_free(c->ev);
@@ -597,6 +604,12 @@ static void conn_connect(hconn *c, const struct sockaddr *sa, socklen_t len)
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->state = C_CONNECTING;
+    /* Not pending now (it only ran by event_active): it takes the socket. */
+    event_assign(c->ev, c->h->base, c->fd, EV_READ | EV_PERSIST, on_conn_event, c);
+    if (!(c->wev = event_new(c->h->base, c->fd, EV_WRITE, on_conn_event, c))) {
+        conn_fail(c, ESIM_ENOMEM, "", "out of memory");
+        return;
+    }
     if (connect(c->fd, sa, len) != 0 && errno != EINPROGRESS) {
         char why[200];
         snprintf(why, sizeof why, "Failed to connect to %.100s port %u: %.60s", c->host, c->port,
@@ -945,7 +958,7 @@ static void xfer_start(sim_http *h, xfer *x)
         x->c = c;
         c->state = C_SENDING;
         c->out_off = 0;
-        arm(c, EV_WRITE); /* writable at once: sent from the loop */
+        event_active(c->ev, EV_WRITE, 1); /* sent from the loop, no waiting */
     }
 }
 
@@ -1039,7 +1052,7 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     if (!default_port)
         snprintf(port, sizeof port, ":%u", x->port);
     size_t plen = strcspn(path, "#");
-    if (esim_buf_printf(&x->req, "%s %.*s HTTP/1.1\r\nHost: %s%s%s%s\r\nAccept: */*\r\n",
+    if (esim_buf_printf(&x->req, "%s %.*s HTTP/1.1\r\nHost: %s%s%s%s\r\n",
                         req->method, (int)plen, path, v6 ? "[" : "", x->host, v6 ? "]" : "",
                         port) != ESIM_OK)
         goto nomem;

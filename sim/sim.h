@@ -254,7 +254,7 @@ typedef struct {
  * and ATR controls and APDUs. ESIM_OK when stopped; ESIM_ENOMEM/ESIM_EIO. */
 esim_err sim_vpcd_run(sim_card *c, const sim_vpcd_opts *o, esim_error *err);
 
-/* ---- HTTP client on libevent + libcurl multi ------------------------------ */
+/* ---- HTTP/1.1 client on libevent and OpenSSL (http.c) --------------------- */
 
 typedef struct sim_http sim_http;
 
@@ -316,7 +316,7 @@ esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err);
 void sim_http_free(sim_http *h);
 /* Starts a request; |cb| runs later from the event loop, exactly once.
  * ESIM_EINVAL no method/URL/callback; ESIM_EUNAVAIL the client is shutting
- * down or curl refused the transfer; ESIM_ENOMEM. */
+ * down or the URL is not http[s]://HOST[:PORT][/PATH]; ESIM_ENOMEM. */
 esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb, void *arg,
                        esim_error *err);
 size_t sim_http_in_flight(const sim_http *h);
