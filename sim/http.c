@@ -859,6 +859,12 @@ static void conn_step(hconn *c)
             }
             sim_http_parse_rc rc;
             size_t used = 0;
+            if (n == 0 && !sim_http_parser_started(&c->p)) {
+                /* Closed before a byte of the answer: a kept connection the
+                 * server had let go of (sent again), or nothing at all. */
+                conn_fail(c, ESIM_EUNAVAIL, "", "Empty reply from server");
+                return;
+            }
             if (n == 0) {
                 rc = sim_http_parse_eof(&c->p);
                 c->p.keep_alive = false;
@@ -872,10 +878,6 @@ static void conn_step(hconn *c)
                 return;
             }
             if (rc == SIM_HTTP_PARSE_ERROR) {
-                if (n == 0 && !sim_http_parser_started(&c->p)) {
-                    conn_fail(c, ESIM_EUNAVAIL, "", "Empty reply from server");
-                    return;
-                }
                 bool big = c->p.too_big;
                 snprintf(why, sizeof why, "%s", c->p.err ? c->p.err : "bad response");
                 conn_fail(c, big ? ESIM_ETOOBIG : ESIM_EUNAVAIL, "", why);
@@ -1052,9 +1054,8 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     if (!default_port)
         snprintf(port, sizeof port, ":%u", x->port);
     size_t plen = strcspn(path, "#");
-    if (esim_buf_printf(&x->req, "%s %.*s HTTP/1.1\r\nHost: %s%s%s%s\r\n",
-                        req->method, (int)plen, path, v6 ? "[" : "", x->host, v6 ? "]" : "",
-                        port) != ESIM_OK)
+    if (esim_buf_printf(&x->req, "%s %.*s HTTP/1.1\r\nHost: %s%s%s%s\r\n", req->method, (int)plen,
+                        path, v6 ? "[" : "", x->host, v6 ? "]" : "", port) != ESIM_OK)
         goto nomem;
     for (size_t i = 0; i < req->n_headers; i++) {
         const char *hd = req->headers[i];
