@@ -73,10 +73,11 @@ static const char demo_help[] =
     "                           e.g. postgres://user@host/db (an empty database, or one\n"
     "                           given to the demo: it enrols devices into it)\n"
     "  --instances N            N (1 or 2) instances of the service on the one --store\n"
-    "                           (PostgreSQL only): the iPhones send each request to\n"
-    "                           the next instance, the PCs and IoT devices to the first;\n"
-    "                           the campaigns are created on (driven by) the second and\n"
-    "                           followed on the first (default 1)\n"
+    "                           (PostgreSQL only): the iPhones send each request, the PCs\n"
+    "                           each OMA-DM session, to the next instance; the IoT\n"
+    "                           devices poll the first; the campaigns are created on\n"
+    "                           (driven by) the second and followed on the first\n"
+    "                           (default 1)\n"
     "  --device-auth MODE       how iPhones prove who they are: signature (default: an\n"
     "                           Mdm-Signature on every message) or mtls (their identity\n"
     "                           certificate as TLS client certificate, the session resumed\n"
@@ -186,7 +187,8 @@ static void say(demo *d, const char *fmt, ...)
     fflush(d->out);
 }
 
-static const char *const child_names[] = {"apns-mock", "wns-mock", "service", "devsim", "smdp"};
+static const char *const child_names[] = {"apns-mock", "wns-mock", "service",
+                                          "service2",  "devsim",   "smdp"};
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -983,6 +985,49 @@ static void show_warnings(demo *d, const json_t *created)
         say(d, "    %6lld devices: %s\n", (long long)json_integer_value(v), k);
 }
 
+/* With two instances, the campaign's pushes and commands as counted by
+ * the instance that drove it: those counters are the engine's, kept in
+ * the memory of its lease holder, so the copy on the instance the demo
+ * follows (|summary|) shows none. The larger of the two instances' counts
+ * is kept (the demo kills no instance, so the lease stays where it was
+ * taken). */
+static void counts_from_driver(demo *d, const char *campaign_id, json_t *summary)
+{
+    if (d->instances < 2 || !summary || !campaign_id)
+        return;
+    char path[300];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", campaign_id);
+    json_t *r = NULL;
+    if (!call(d, &d->api2, "GET", path, NULL, NULL, 0, 200, &r))
+        return;
+    static const char *const keys[] = {"pushes", "commands"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (jint(r, keys[k]) > jint(summary, keys[k]))
+            json_object_set_new(summary, keys[k], json_integer(jint(r, keys[k])));
+    json_decref(r);
+}
+
+/* The value of the /metrics line that starts with |key| ("name{labels}")
+ * on instance |c|, -1 when it did not say. */
+static long metric_of(chttp *c, const char *key)
+{
+    long status = 0, n = -1;
+    esim_buf b = {0};
+    size_t kl = strlen(key);
+    if (chttp_request(c, "GET", "/metrics", NULL, NULL, 0, &status, &b, NULL) == ESIM_OK &&
+        status == 200 && esim_buf_append(&b, "", 1) == ESIM_OK) {
+        for (const char *at = (const char *)b.data; at; at = strchr(at, '\n')) {
+            at += *at == '\n';
+            if (strncmp(at, key, kl) == 0 && at[kl] == ' ') {
+                n = strtol(at + kl + 1, NULL, 10);
+                break;
+            }
+        }
+    }
+    esim_buf_free(&b);
+    return n;
+}
+
 /* Runs a campaign to its end; *summary is the last status. */
 static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, json_t **summary)
 {
@@ -992,6 +1037,7 @@ static bool run_campaign(demo *d, json_t *body, bool quiet, json_t **created, js
     if (!post_json(d, d->instances > 1 ? &d->api2 : &d->api, "/v1/campaigns", body, 201, created))
         return false;
     int rc = campaign_follow(&d->api, jstr(*created, "id"), d->timeout_s + 30, quiet, summary);
+    counts_from_driver(d, jstr(*created, "id"), *summary);
     return rc == CLI_EXIT_OK && !sup_stopping();
 }
 
@@ -1492,9 +1538,10 @@ static int run(demo *d)
     if (d->instances > 1 && d->windows_share > 0)
         say(d,
             "  started the APNs mock (:%d), the WNS mock (:%d), two instances of the service on "
-            "one PostgreSQL (:%d, :%d, TLS) and the device simulator (:%d): its iPhones use "
-            "both instances, its PCs the first (the campaign is driven by the second, which "
-            "replays the PCs' answers from the store)\n",
+            "one PostgreSQL (:%d, :%d, TLS) and the device simulator (:%d): its iPhones and "
+            "PCs use both instances, the PCs a session on one then the next on the other (the "
+            "campaign is driven by the second, which replays from the store the answers the "
+            "first received)\n",
             d->apns_tls, d->wns_https, d->svc_port, d->svc2_port, d->sim_port);
     else if (d->instances > 1)
         say(d,
@@ -1558,8 +1605,9 @@ static int run(demo *d)
                                                 : json_pack("{s:b}", "all", 1),
                                  steps, 3, true);
     /* With two instances: created on the second, which drives it, and
-     * followed on the first, which the PCs and IPAs talk to: their answers
-     * reach the instance that does not drive the campaign. */
+     * followed on the first, which the IPAs and every other session of a
+     * PC talk to: their answers reach the instance that does not drive the
+     * campaign. */
     if (!post_json(d, d->instances > 1 ? &d->api2 : &d->api, "/v1/campaigns", body, 201, &created))
         goto out;
     show_warnings(d, created);
@@ -1589,6 +1637,9 @@ static int run(demo *d)
                         sup_stopping()))
         goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
+    counts_from_driver(d, jstr(created, "id"), sum);
+    if (iot_created)
+        counts_from_driver(d, jstr(iot_created, "id"), iot_sum);
     sup_usage(&d->sup, "service", &svc_use);
     d->service_rss_after_kb = svc_use.rss_kb;
     /* Both campaigns as one fleet in the table and the summary. */
@@ -1641,6 +1692,23 @@ static int run(demo *d)
         extras_ok &= erase_keep_esim(d, json_object_get(verified, "devices"), &erased, &still);
     }
 
+    long win_sessions[2] = {-1, -1}, takeovers = 0;
+    if (d->instances > 1) {
+        static const char sessions[] = "esim_mdm_windows_sessions_total{event=\"started\"}",
+                          taken[] = "esim_mdm_campaign_takeovers_total";
+        win_sessions[0] = metric_of(&d->api, sessions);
+        win_sessions[1] = metric_of(&d->api2, sessions);
+        if (pcs > 0)
+            say(d, "  %-26s %10ld + %ld   (on the first + the second instance)\n",
+                "PC OMA-DM sessions", win_sessions[0], win_sessions[1]);
+        long t1 = metric_of(&d->api, taken), t2 = metric_of(&d->api2, taken);
+        takeovers = (t1 > 0 ? t1 : 0) + (t2 > 0 ? t2 : 0);
+        if (takeovers)
+            say(d,
+                "  %-26s %10ld   (a holder did not renew a campaign's lease within 4 s: the "
+                "pushes and commands above are the last holder's only)\n",
+                "campaign lease takeovers", takeovers);
+    }
     say(d, "\n== resources (peak resident memory, CPU time)\n");
     /* Measured just before they are stopped. */
     esim_proc_usage use[sizeof child_names / sizeof child_names[0]];
@@ -1719,6 +1787,13 @@ static int run(demo *d)
                       (json_int_t)iot_made_to_fail, "failed_as_made", (json_int_t)iot_failed,
                       "profile_switch", "devices", (json_int_t)iot_tried, "switched_and_back",
                       (json_int_t)iot_switched));
+        if (d->instances > 1)
+            json_object_set_new(j, "lease_takeovers", json_integer(takeovers));
+        if (d->instances > 1 && pcs > 0)
+            /* Each instance's OMA-DM sessions: the PCs' sessions spread. */
+            json_object_set_new(
+                json_object_get(j, "windows"), "sessions_by_instance",
+                json_pack("[I, I]", (json_int_t)win_sessions[0], (json_int_t)win_sessions[1]));
         json_object_set_new(j, "iphones",
                             json_pack("{s:I, s:I, s:I}", "devices",
                                       (json_int_t)(total - pcs - (long)d->iot_devices), "verified",

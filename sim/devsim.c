@@ -112,9 +112,9 @@ struct sim_devsim {
     struct evhttp *status;
     uint16_t status_port;
     sim_devsim_stats stats;
-    sim_winfleet *win; /* the Windows PCs (winfleet.c); NULL when none */
-    sim_iotfleet *iot; /* the IoT devices (iotfleet.c); NULL when none */
-    char win_url[2100];
+    sim_winfleet *win;     /* the Windows PCs (winfleet.c); NULL when none */
+    sim_iotfleet *iot;     /* the IoT devices (iotfleet.c); NULL when none */
+    char win_url[8][2100]; /* the PCs' OMA-DM endpoint at each instance */
 };
 
 /* ---- identities ------------------------------------------------------------------- */
@@ -1418,20 +1418,28 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         goto fail;
     }
     if (pcs) {
-        /* The PCs' OMA-DM endpoint: --windows-server, else the service's URL
-         * with the path Windows uses when the URL has none. */
-        const char *wurl = cfg->windows_server_url ? cfg->windows_server_url : cfg->server_url;
-        const char *wpath = strchr(strstr(wurl, "://") + 3, '/');
-        if (!wpath || strcmp(wpath, "/") == 0)
-            snprintf(s->win_url, sizeof s->win_url,
-                     "%.*s/ManagementServer/MDM.svc?mode=Maintenance&Platform=WoA",
-                     (int)(wpath ? (size_t)(wpath - wurl) : strlen(wurl)), wurl);
-        else
-            snprintf(s->win_url, sizeof s->win_url, "%s", wurl);
+        /* The PCs' OMA-DM endpoint: --windows-server, else each instance's
+         * URL (--server) with the path Windows uses when the URL has none. */
+        const char *wurls[8];
+        size_t n_wurls = cfg->windows_server_url ? 1 : cfg->n_more_server_urls + 1;
+        for (size_t u = 0; u < n_wurls; u++) {
+            const char *wurl = cfg->windows_server_url ? cfg->windows_server_url
+                               : u                     ? cfg->more_server_urls[u - 1]
+                                                       : cfg->server_url;
+            const char *wpath = strchr(strstr(wurl, "://") + 3, '/');
+            if (!wpath || strcmp(wpath, "/") == 0)
+                snprintf(s->win_url[u], sizeof s->win_url[u],
+                         "%.*s/ManagementServer/MDM.svc?mode=Maintenance&Platform=WoA",
+                         (int)(wpath ? (size_t)(wpath - wurl) : strlen(wurl)), wurl);
+            else
+                snprintf(s->win_url[u], sizeof s->win_url[u], "%s", wurl);
+            wurls[u] = s->win_url[u];
+        }
         sim_winfleet_config wc = {.base = base,
                                   .http = s->http,
                                   .pki = s->pki,
-                                  .url = s->win_url,
+                                  .urls = wurls,
+                                  .n_urls = n_wurls,
                                   .wns_url = cfg->wns_url,
                                   .channel = s->channel,
                                   .data_dir = s->data_dir,

@@ -762,7 +762,9 @@ typedef struct {
     /* More instances of the service (behind no load balancer): each request
      * of a phone goes to the next of server_url and these in turn, and a
      * failed one is tried again at the next, so every phone talks to every
-     * instance. Up to 7; may be NULL. */
+     * instance; each OMA-DM session of a PC goes to the next in turn too,
+     * all of a session's messages to the one it started on (session
+     * affinity), unless windows_server_url is set. Up to 7; may be NULL. */
     const char *const *more_server_urls;
     size_t n_more_server_urls;
     const char *apns_url;      /* APNs mock delivery listener */

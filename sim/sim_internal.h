@@ -166,7 +166,12 @@ typedef struct {
     struct event_base *base;
     sim_http *http; /* shared with devsim; outlives the fleet's requests */
     const sim_pki *pki;
-    const char *url;      /* the OMA-DM endpoint, complete */
+    /* The OMA-DM endpoints, complete: one per instance of the service
+     * (1 to 8). Each session goes to the next in turn, all its messages to
+     * that one (as a load balancer with session affinity would); one that
+     * did not answer at all is skipped a while. */
+    const char *const *urls;
+    size_t n_urls;
     const char *wns_url;  /* NULL: no push */
     const char *channel;  /* WNS mock delivery channel name */
     const char *data_dir; /* "" or NULL: nothing persisted */

@@ -16,6 +16,9 @@
 #define REQUEST_BATCH 2000
 #define LONGPOLL_WAIT_MS 20000
 #define RETRY_MS 1000
+#define MAX_URLS 8
+/* An instance of the service that did not answer is skipped this long. */
+#define URL_DOWN_MS 5000
 
 enum {
     W_BUSY = 1u << 0,   /* a session is in flight */
@@ -34,6 +37,7 @@ typedef struct {
     uint16_t flags;
     uint8_t retries;
     uint8_t jobs; /* background jobs in flight */
+    uint8_t url;  /* which instance of the service the session in flight talks to */
 } wslot;
 
 typedef struct {
@@ -48,7 +52,11 @@ struct sim_winfleet {
     sim_winfleet_config cfg;
     char resolve_name[MAX_RESOLVE][256], resolve_to[MAX_RESOLVE][300];
     size_t n_resolve;
-    char url[2100], wns_url[512], channel[128], data_dir[SIM_PATH_MAX], id_dir[SIM_PATH_MAX + 32];
+    char urls[MAX_URLS][2100], wns_url[512], channel[128], data_dir[SIM_PATH_MAX],
+        id_dir[SIM_PATH_MAX + 32];
+    size_t n_urls;
+    uint64_t next_url;                /* sessions started so far: which instance is next */
+    int64_t url_down_until[MAX_URLS]; /* an instance that did not answer is left alone a while */
     wslot *slots;
     size_t n, cap;
     size_t *idx; /* open addressing on the DeviceID: slot + 1; 0 empty */
@@ -174,7 +182,10 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
         f->cfg.poll_ms = 60000;
     if (!f->cfg.max_concurrent)
         f->cfg.max_concurrent = 64;
-    snprintf(f->url, sizeof f->url, "%s", cfg->url);
+    f->n_urls = cfg->n_urls < MAX_URLS ? cfg->n_urls : MAX_URLS;
+    for (size_t u = 0; u < f->n_urls; u++)
+        snprintf(f->urls[u], sizeof f->urls[u], "%s", cfg->urls[u]);
+    f->cfg.urls = NULL; /* borrowed for the call only */
     snprintf(f->wns_url, sizeof f->wns_url, "%s", cfg->wns_url ? cfg->wns_url : "");
     size_t wl = strlen(f->wns_url);
     while (wl > 0 && f->wns_url[wl - 1] == '/')
@@ -427,9 +438,18 @@ static void session_start(sim_winfleet *f, size_t i)
     /* A channel about to expire is renewed first (Windows renews halfway). */
     if (sl->channel_expires && sl->channel_expires - esim_now_ms() < (int64_t)f->cfg.poll_ms)
         mark_need_channel(f, i);
+    /* As a load balancer would: each session to the next instance in turn,
+     * skipping one that just failed to answer at all (a dead instance);
+     * the session's later messages follow the first (session affinity: the
+     * service keeps an OMA-DM session's state in the instance's memory). */
+    int64_t now = esim_mono_ms();
+    size_t u = (size_t)(f->next_url++ % f->n_urls);
+    for (size_t k = 0; k < f->n_urls && f->url_down_until[u] > now; k++)
+        u = (size_t)(f->next_url++ % f->n_urls);
+    sl->url = (uint8_t)u;
     esim_buf body = {0};
     if (sim_http_conn_new(&sl->conn, NULL) != ESIM_OK ||
-        sim_winpc_session_start(sl->pc, f->url, pushed, &body, NULL) != ESIM_OK) {
+        sim_winpc_session_start(sl->pc, f->urls[u], pushed, &body, NULL) != ESIM_OK) {
         esim_buf_free(&body);
         sim_http_conn_free(sl->conn);
         sl->conn = NULL;
@@ -454,6 +474,8 @@ static void on_reply(void *arg, sim_http_response *r)
     wslot *sl = &f->slots[i];
     if (r->err != ESIM_OK || r->status != 200) {
         f->st.http_errors++;
+        if (r->err != ESIM_OK && f->n_urls > 1)
+            f->url_down_until[sl->url] = esim_mono_ms() + URL_DOWN_MS;
         session_failed(f, i);
         return;
     }

@@ -299,10 +299,13 @@ static void test_demo_mtls(void **state)
 
 /* Two instances on one PostgreSQL (ESIM_TEST_STORE, the ctest fixture's
  * cluster) with a mixed fleet: the campaigns are created on, and driven by,
- * the second instance, the PCs and IPAs talk to the first only, so every
- * PC answer and eIM result reaches the instance that does not drive the
- * campaign and is replayed by the driving one from the store; every PC and
- * IoT device that can be ends verified. */
+ * the second instance; the IPAs talk to the first only and each PC's
+ * OMA-DM sessions go to one instance then the other (devsim, as a load
+ * balancer with session affinity), so eIM results and PC answers reach
+ * the instance that does not drive the campaign and are replayed by the
+ * driving one from the store, and a PC's sessions work whichever instance
+ * they reach: every PC and IoT device that can be ends verified, and both
+ * instances ran PC sessions. */
 static void test_demo_two_instances_with_pcs(void **state)
 {
     (void)state;
@@ -348,6 +351,13 @@ static void test_demo_two_instances_with_pcs(void **state)
     assert_int_equal(json_integer_value(json_object_get(win, "verified")), pcs - made);
     assert_int_equal(json_integer_value(json_object_get(win, "failed_as_made")), made);
     assert_int_equal(json_integer_value(json_object_get(win, "timed_out")), 0);
+    /* Each instance started PC sessions (devsim spreads them). */
+    json_t *by = json_object_get(win, "sessions_by_instance");
+    assert_int_equal(json_array_size(by), 2);
+    assert_true(json_integer_value(json_array_get(by, 0)) > 0);
+    assert_true(json_integer_value(json_array_get(by, 1)) > 0);
+    /* The campaign's commands as its driver counted them. */
+    assert_true(json_integer_value(json_object_get(j, "commands")) > 0);
     /* The IoT devices' results too (a tenth of the fleet, by default). */
     json_t *iot = json_object_get(j, "iot");
     json_int_t iots = json_integer_value(json_object_get(iot, "devices"));
