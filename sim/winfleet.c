@@ -174,6 +174,9 @@ static void save_if_dirty(sim_winfleet *f, size_t i)
 esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_winfleet **out,
                           esim_error *err)
 {
+    if (!cfg->urls || cfg->n_urls == 0 || cfg->n_urls > MAX_URLS)
+        return esim_fail(err, ESIM_EINVAL, "the Windows PCs need 1 to %d OMA-DM endpoints",
+                         MAX_URLS);
     sim_winfleet *f = calloc(1, sizeof *f);
     if (!f)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -182,7 +185,7 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
         f->cfg.poll_ms = 60000;
     if (!f->cfg.max_concurrent)
         f->cfg.max_concurrent = 64;
-    f->n_urls = cfg->n_urls < MAX_URLS ? cfg->n_urls : MAX_URLS;
+    f->n_urls = cfg->n_urls;
     for (size_t u = 0; u < f->n_urls; u++)
         snprintf(f->urls[u], sizeof f->urls[u], "%s", cfg->urls[u]);
     f->cfg.urls = NULL; /* borrowed for the call only */
