@@ -242,9 +242,16 @@ static bool io_seen_since(void *arg, campaign *c, size_t dev, int64_t since_ms)
            d.last_seen_at > since_ms;
 }
 
+/* IoT eUICCs poll the eIM: nothing is sent to wake them. */
+static bool io_wakes(void *arg, campaign *c, size_t dev)
+{
+    (void)arg;
+    return campaign_device_at(c, dev)->platform != CAMPAIGN_PLATFORM_IOT;
+}
+
 static campaign_io slot_io(camp_slot *s)
 {
-    campaign_io io = {s, io_queue, io_push, true, io_seen_since};
+    campaign_io io = {s, io_queue, io_push, true, io_seen_since, io_wakes};
     return io;
 }
 

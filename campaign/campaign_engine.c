@@ -20,6 +20,8 @@ typedef struct {
     uint16_t gen;
 } timer_entry;
 
+#define CAMPAIGN_LINES 4
+
 struct campaign {
     char id[ESIM_UUID_LEN + 1];
     char *name;
@@ -46,6 +48,14 @@ struct campaign {
     size_t counts[CDEV_STATE_COUNT];
     size_t refresh_acked;
     uint64_t pushes, commands;
+    /* The line of pushed devices: the latest push time among devices that
+     * answered since their push, and when the last such answer came. A
+     * silent device pushed after every device that answered is still in
+     * line (the service and the devices work through the pushes in order),
+     * not lost: see fire_timer. One line per platform (by
+     * campaign_dev.platform; the last one shared by the rest): PCs woken
+     * through WNS do not queue behind iPhones woken through APNs. */
+    int64_t line_push_ms[CAMPAIGN_LINES], line_answer_ms[CAMPAIGN_LINES];
 
     size_t *dirty; /* indices, capacity n */
     size_t n_dirty;
@@ -53,6 +63,11 @@ struct campaign {
     uint32_t *index; /* open addressing: device index + 1 by UDID hash */
     size_t index_cap;
 };
+
+static unsigned line_of(const campaign_dev *d)
+{
+    return d->platform < CAMPAIGN_LINES ? d->platform : CAMPAIGN_LINES - 1;
+}
 
 static const char *const step_names[CAMPAIGN_STEP_COUNT] = {"profile", "refresh", "verify",
                                                             "erase_keep_esim", "esim_wipe"};
@@ -450,7 +465,8 @@ static void push_device(campaign *c, size_t i, int64_t now, const campaign_io *i
         if (!d->install_error) /* the refresh's error stays the reason */
             set_reason(c, i, "the push could not be sent: %s", why.msg);
     } else {
-        c->pushes++;
+        if (!io->wakes || io->wakes(io->arg, c, i))
+            c->pushes++;
         d->last_push_ms = now;
         if (d->pushes < UINT16_MAX)
             d->pushes++;
@@ -547,6 +563,15 @@ esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const c
     campaign_dev *d = &c->devs[dev];
     if (campaign_dev_state_final((campaign_dev_state)d->state) || d->step != step)
         return ESIM_ESTATE;
+    /* The line moves: an answer to a push of this step. Only an answer to
+     * a first push tells how far the line got: a device pushed again is
+     * back at its old place in it, not at its re-push's. */
+    if (d->pushes) {
+        unsigned l = line_of(d);
+        if (d->pushes == 1 && d->last_push_ms > c->line_push_ms[l])
+            c->line_push_ms[l] = d->last_push_ms;
+        c->line_answer_ms[l] = now;
+    }
     const char *stepname = campaign_step_name(step);
     switch (r->status) {
     case ESIM_STATUS_ACKNOWLEDGED:
@@ -721,6 +746,15 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
         int64_t wait = repush_delay(c, d->pushes);
         int64_t since = d->last_push_ms > now - wait ? d->last_push_ms : now - wait;
         if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, since))
+            arm(c, i, now + wait);
+        /* Still in line: no device pushed at or after it has answered yet,
+         * while answers to earlier pushes keep coming. A loaded service (or
+         * simulator) takes the pushed devices in turn; pushing one again
+         * before its turn only adds a wake-up (and, if it lands during its
+         * session, a second session). Once a later-pushed device answers,
+         * or the answers stop for a re-push delay, it is pushed again. */
+        else if (d->pushes && d->last_push_ms > c->line_push_ms[line_of(d)] &&
+                 c->line_answer_ms[line_of(d)] && now - c->line_answer_ms[line_of(d)] < wait)
             arm(c, i, now + wait);
         else
             again_add(c, i);

@@ -230,6 +230,11 @@ typedef struct {
      * |since_ms|: it got its command and is working on it (a download takes
      * a while), so a re-push would only add load. */
     bool (*seen_since)(void *arg, campaign *c, size_t dev, int64_t since_ms);
+    /* May be NULL (every push wakes its device). False when a push of
+     * device |dev| wakes nothing because the device polls (IoT eUICCs poll
+     * the eIM): the engine still times it as a push but does not count it
+     * in campaign_pushes(). */
+    bool (*wakes)(void *arg, campaign *c, size_t dev);
 } campaign_io;
 
 /* A device's answer to a step, as a platform adapter read it
@@ -280,6 +285,8 @@ void campaign_counts(const campaign *c, size_t counts[CDEV_STATE_COUNT]);
 /* Devices whose refresh was acknowledged (an acknowledged refresh is not an
  * installed eSIM: compare with counts[CDEV_VERIFIED]). */
 size_t campaign_refresh_acked(const campaign *c);
+/* Pushes sent (wake-ups: not the polled devices' nudges, campaign_io.wakes),
+ * first pushes and re-pushes; commands queued. */
 uint64_t campaign_pushes(const campaign *c);
 uint64_t campaign_commands(const campaign *c);
 

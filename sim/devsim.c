@@ -646,7 +646,8 @@ static void on_service_reply(void *arg, sim_http_response *r)
         free(ctx);
         sim_device_set_enrolled(sl->dev, true);
         s->stats.enrolled++;
-        mark_need_reg(s, i);
+        if (!(sl->flags & F_REGISTERED)) /* registered first: no check-in needed */
+            mark_need_reg(s, i);
         session_end(s, i);
         return;
     }
@@ -753,8 +754,10 @@ static void on_registered(void *arg, sim_http_response *r)
             continue;
         }
         sl->flags |= F_REGISTERED;
-        /* A freshly enrolled device checks in once, so nothing pushed before
-         * its token reached the mock is missed. */
+        /* A device that enrolled before its token reached the mock checks
+         * in once, so nothing pushed meanwhile is missed (want_checkin does
+         * nothing for one not enrolled yet: the usual case, registered
+         * first). */
         want_checkin(s, rc->slots[k]);
     }
     if (!ok) {
@@ -1266,12 +1269,16 @@ static esim_err make_or_load(sim_devsim *s, const sim_devsim_config *cfg, unsign
         sl->flags |= F_LOCK_ON_PUSH;
     if (offline)
         sl->flags |= F_OFFLINE_ON_PUSH;
-    if (sim_device_enrolled(d)) {
+    /* The token goes on the mock's channel before the device enrols (the
+     * mock does not remember tokens across runs), as a phone's APNs
+     * connection is up before its MDM enrolment: then nothing the service
+     * pushes after the TokenUpdate can miss it, and the device needs no
+     * check-in of its own after enrolling (on_registered). */
+    mark_need_reg(s, k);
+    if (sim_device_enrolled(d))
         s->stats.enrolled++;
-        mark_need_reg(s, k); /* the mock does not remember tokens across runs */
-    } else {
+    else
         at(s, 0, k, TIMED_ENROLL);
-    }
     return ESIM_OK;
 }
 

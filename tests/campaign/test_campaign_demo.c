@@ -186,6 +186,45 @@ static void test_demo_50_devices_json(void **state)
     }
 }
 
+/* Issue 17: one push per online phone. 40 iPhones, all online and willing
+ * (--quiet-mix: no NotNow, no offline or eSIM-less phones), the devsim
+ * phones against the real service on loopback: each is pushed once and
+ * gets its restrictions profile, refresh and verification in that one
+ * session (held answers); a re-push of a phone still waiting its turn, or
+ * a step that needs a push of its own, makes it fail. A count, not a
+ * duration. */
+static void test_demo_one_push_per_phone(void **state)
+{
+    (void)state;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 40 --json --quiet-mix --windows-share 0 --iot-share 0 "
+             "--no-inventory --no-extras --timeout 240 2>'%s/stderr'",
+             bin(), g_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    esim_buf out = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
+        esim_buf_append(&out, buf, n);
+    int st = pclose(p);
+    esim_buf_append(&out, "", 1);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+                 (const char *)out.data);
+    json_error_t je;
+    json_t *j = json_loads((const char *)out.data, 0, &je);
+    if (!j)
+        fail_msg("standard output is not one JSON object (%s)", je.text);
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 40);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 40);
+    assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 40);
+    assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 40);
+    json_decref(j);
+    esim_buf_free(&out);
+}
+
 static void test_demo_stops_everything_on_sigterm(void **state)
 {
     (void)state;
@@ -384,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_demo_usage),
         cmocka_unit_test_setup_teardown(test_demo_mtls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_one_push_per_phone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -111,7 +111,7 @@ static void test_steps_in_order_and_verified(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(true, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 1000, &c, NULL), ESIM_OK);
     assert_int_equal(count(c, CDEV_PENDING), 3);
@@ -155,7 +155,7 @@ static void test_ack_without_matching_eid_is_not_verified(void **state)
     make_fleet(&f, 2, "8944000000000000001");
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -200,7 +200,7 @@ static void test_unknown_expected_eid_is_unverified(void **state)
     campaign_target t = {.udid = "NO-EID-1"};
     campaign_spec spec = make_spec(false, false, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, &t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -220,7 +220,7 @@ static void test_not_now_backs_off_and_repushes_without_requeue(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -252,7 +252,7 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     make_fleet(&f, 2, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -298,7 +298,7 @@ static void test_refresh_error_then_verified(void **state)
     make_fleet(&f, 2, NULL);
     campaign_spec spec = make_spec(false, true, false); /* no verify step asked */
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -349,7 +349,7 @@ static void test_refresh_error_without_eid_fails(void **state)
     f.t[0].expected_eid = NULL;
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -368,7 +368,7 @@ static void test_silent_device_repushed_then_timed_out(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 12000; t += 100)
@@ -385,6 +385,85 @@ static void test_silent_device_repushed_then_timed_out(void **state)
     campaign_free(c);
 }
 
+/* Issue 17: under load the devices reach the service in the order they
+ * were pushed, some of them after the re-push delay. A silent device is
+ * pushed again only once a device pushed after it has answered (it was
+ * passed over: lost push, device off), or when answers stopped coming for
+ * a re-push delay, not while it waits its turn. Lines are per platform. */
+static esim_err wake_all(void *arg, campaign *c, size_t dev, esim_error *err)
+{
+    return rec_push(arg, c, dev, err);
+}
+
+static bool wakes_not_iot(void *arg, campaign *c, size_t dev)
+{
+    (void)arg;
+    return campaign_device_at(c, dev)->platform != 2;
+}
+
+static void test_no_repush_while_in_line(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 5, NULL);
+    f.t[4].platform = 1; /* a PC: its own line */
+    campaign_spec spec = make_spec(true, false, false);
+    spec.settings.pushes_per_second = 1; /* one push a second: 1, 2, 3, 4, 5 s */
+    spec.settings.repush_after_ms = 10000;
+    spec.settings.expiry_ms = 1000000;
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, wake_all, false, NULL, NULL};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 5, 0, &c, NULL), ESIM_OK);
+    /* In target order: A=0 at 1 s, B=1 at 2 s, C=2 at 3 s, D=3 at 4 s, the PC at 5 s. */
+    for (int64_t t = 1000; t <= 5000; t += 1000)
+        campaign_tick(c, t, &io);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(r.pushed[i], 1);
+    campaign_result a = ack();
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_PROFILE, &a, 6000, &io), ESIM_OK);
+    assert_int_equal(campaign_on_result(c, 4, CAMPAIGN_STEP_PROFILE, &a, 6000, &io), ESIM_OK);
+    /* 12 to 14 s: B, C and D are silent past the delay, but nobody pushed
+     * after them answered (the PC's answer is another line): in line. */
+    for (int64_t t = 6000; t <= 14500; t += 100)
+        campaign_tick(c, t, &io);
+    assert_int_equal(r.pushed[1], 1);
+    assert_int_equal(r.pushed[2], 1);
+    assert_int_equal(r.pushed[3], 1);
+    /* C answers at 15 s: B (pushed before C) was passed over and is pushed
+     * again at its next check (22 s); D, pushed after C, is still in line
+     * then, and is pushed again once answers stopped for 10 s. */
+    assert_int_equal(campaign_on_result(c, 2, CAMPAIGN_STEP_PROFILE, &a, 15000, &io), ESIM_OK);
+    for (int64_t t = 14600; t <= 30000; t += 100)
+        campaign_tick(c, t, &io);
+    assert_int_equal(r.pushed[1], 2);
+    assert_int_equal(r.pushed[3], 1);
+    /* B answers its re-push (22 s): it was in line at 2 s, so D, pushed at
+     * 4 s, is not passed over by it. */
+    assert_int_equal(campaign_on_result(c, 1, CAMPAIGN_STEP_PROFILE, &a, 23000, &io), ESIM_OK);
+    for (int64_t t = 30100; t <= 32900; t += 100)
+        campaign_tick(c, t, &io);
+    assert_int_equal(r.pushed[3], 1);
+    for (int64_t t = 33000; t <= 44000; t += 100)
+        campaign_tick(c, t, &io);
+    assert_int_equal(r.pushed[3], 2);
+    assert_int_equal(campaign_pushes(c), 7);
+    campaign_free(c);
+
+    /* A device that polls (io.wakes false) is timed like a pushed one but
+     * its nudges are not counted as pushes. */
+    make_fleet(&f, 3, NULL);
+    f.t[2].platform = 2;
+    spec = make_spec(true, false, false);
+    rec r2 = {0};
+    campaign_io io2 = {&r2, rec_queue, wake_all, false, NULL, wakes_not_iot};
+    assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io2);
+    assert_int_equal(r2.total_pushed, 3);
+    assert_int_equal(campaign_pushes(c), 2);
+    campaign_free(c);
+}
+
 static void test_pushes_per_second_ceiling(void **state)
 {
     (void)state;
@@ -395,7 +474,7 @@ static void test_pushes_per_second_ceiling(void **state)
     spec.settings.repush_after_ms = 100000;
     spec.settings.expiry_ms = 1000000;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 200, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 2000; t += 10) {
@@ -415,7 +494,7 @@ static void test_pause_resume_cancel(void **state)
     make_fleet(&f, 4, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     esim_error err;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
@@ -460,7 +539,7 @@ static void test_distribution_none_and_custom(void **state)
     campaign_spec spec = make_spec(false, true, false);
     spec.staged = true;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
     assert_int_equal(campaign_get_state(c), CAMPAIGN_STAGED);
@@ -496,7 +575,7 @@ static void test_installed_esim_is_never_downloaded_twice(void **state)
     f.t[0].esim_installed = true;
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -557,7 +636,7 @@ static void test_queue_failure_fails_device_with_reason(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {.fail_queue = true};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -574,7 +653,7 @@ static void test_dirty_records_and_restore(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
     size_t n = 0;
@@ -624,7 +703,7 @@ static void test_push_after_answer_and_lookup(void **state)
     make_fleet(&f, 50, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, true, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, true, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 50, 0, &c, NULL), ESIM_OK);
     for (size_t i = 0; i < 50; i++)
@@ -659,7 +738,7 @@ static void test_no_repush_while_the_device_is_talking(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, always_seen};
+    campaign_io io = {&r, rec_queue, rec_push, false, always_seen, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 12000; t += 100)
@@ -687,7 +766,7 @@ static void test_repush_once_the_device_went_quiet(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, seen_at_500};
+    campaign_io io = {&r, rec_queue, rec_push, false, seen_at_500, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 1000; t += 100)
@@ -710,7 +789,7 @@ static void test_window_of_devices_in_flight(void **state)
     spec.settings.max_in_flight = 5;
     spec.settings.repush_after_ms = 500;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 20, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -762,6 +841,7 @@ int main(void)
         cmocka_unit_test(test_refresh_error_then_verified),
         cmocka_unit_test(test_refresh_error_without_eid_fails),
         cmocka_unit_test(test_silent_device_repushed_then_timed_out),
+        cmocka_unit_test(test_no_repush_while_in_line),
         cmocka_unit_test(test_pushes_per_second_ceiling),
         cmocka_unit_test(test_pause_resume_cancel),
         cmocka_unit_test(test_distribution_none_and_custom),
