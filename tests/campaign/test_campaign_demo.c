@@ -82,14 +82,12 @@ static bool port_open(int port)
     return ok;
 }
 
-static void test_demo_50_devices_json(void **state)
+/* Runs |cmd| (a demo with --json, its standard error sent to
+ * g_dir/|stderr_name|) and returns its standard output as the one JSON
+ * object it must be; fails the test, with the output and the tail of the
+ * standard error, when the demo exits non-zero or prints anything else. */
+static json_t *demo_json(const char *cmd, const char *stderr_name)
 {
-    (void)state;
-    char work[320], cmd[1200];
-    snprintf(work, sizeof work, "%s/work", g_dir);
-    snprintf(cmd, sizeof cmd,
-             "'%s' demo --devices 50 --json --timeout 120 --keep '%s' 2>'%s/stderr'", bin(), work,
-             g_dir);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     esim_buf out = {0};
@@ -98,17 +96,33 @@ static void test_demo_50_devices_json(void **state)
     while ((n = fread(buf, 1, sizeof buf, p)) > 0)
         esim_buf_append(&out, buf, n);
     int st = pclose(p);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
-                 out.data ? (const char *)out.data : "");
-    assert_non_null(out.data);
-    /* Standard output is one JSON object and nothing else. */
     esim_buf_append(&out, "", 1);
-    const char *last = (const char *)out.data;
+    const char *text = (const char *)out.data;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        char tail[400];
+        snprintf(tail, sizeof tail, "tail -30 '%s/%s' >&2", g_dir, stderr_name);
+        if (system(tail) != 0)
+            print_message("(no standard error kept)\n");
+        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, text);
+    }
     json_error_t je;
-    json_t *j = json_loads(last, 0, &je);
+    json_t *j = json_loads(text, 0, &je);
     if (!j)
-        fail_msg("standard output is not one JSON object (%s): %s", je.text, last);
+        fail_msg("standard output is not one JSON object (%s): %s", je.text, text);
+    esim_buf_free(&out);
+    return j;
+}
+
+static void test_demo_50_devices_json(void **state)
+{
+    (void)state;
+    char work[320], cmd[1200];
+    snprintf(work, sizeof work, "%s/work", g_dir);
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 50 --json --timeout 120 --keep '%s' 2>'%s/stderr'", bin(), work,
+             g_dir);
+    /* Standard output is one JSON object and nothing else. */
+    json_t *j = demo_json(cmd, "stderr");
     assert_int_equal(json_integer_value(json_object_get(j, "devices")), 50);
     /* Every device that can take an eSIM is verified; a model without eSIM
      * hardware (the simulator draws a few) fails with 36002 and says so. A
@@ -165,7 +179,7 @@ static void test_demo_50_devices_json(void **state)
     assert_true(json_is_true(json_object_get(ua, "transfer_esim_blocked")));
     json_decref(j);
     /* The story on standard error: a summary table and a sample diagnosis. */
-    esim_buf_free(&out);
+    esim_buf out = {0};
     char err_path[400];
     snprintf(err_path, sizeof err_path, "%s/stderr", g_dir);
     assert_int_equal(esim_read_file(err_path, 1 << 24, &out, NULL), ESIM_OK);
@@ -201,28 +215,12 @@ static void test_demo_one_push_per_phone(void **state)
              "'%s' demo --devices 40 --json --quiet-mix --windows-share 0 --iot-share 0 "
              "--no-inventory --no-extras --timeout 240 2>'%s/stderr'",
              bin(), g_dir);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    esim_buf out = {0};
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-        esim_buf_append(&out, buf, n);
-    int st = pclose(p);
-    esim_buf_append(&out, "", 1);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
-                 (const char *)out.data);
-    json_error_t je;
-    json_t *j = json_loads((const char *)out.data, 0, &je);
-    if (!j)
-        fail_msg("standard output is not one JSON object (%s)", je.text);
+    json_t *j = demo_json(cmd, "stderr");
     assert_int_equal(json_integer_value(json_object_get(j, "devices")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "verified")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 40);
     json_decref(j);
-    esim_buf_free(&out);
 }
 
 static void test_demo_stops_everything_on_sigterm(void **state)
@@ -306,26 +304,7 @@ static void test_demo_mtls(void **state)
              "'%s' demo --devices 16 --device-auth mtls --windows-share 0 --iot-share 0 "
              "--quiet-mix --no-inventory --json --timeout 120 --keep '%s' 2>'%s/stderr-mtls'",
              bin(), work, g_dir);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    esim_buf out = {0};
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-        esim_buf_append(&out, buf, n);
-    int st = pclose(p);
-    esim_buf_append(&out, "", 1);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "%s\n", (const char *)out.data);
-        esim_buf_free(&out);
-        fail_msg("demo exit status %d (its story: stderr-mtls)",
-                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    }
-    json_error_t je;
-    json_t *j = json_loads((const char *)out.data, 0, &je);
-    esim_buf_free(&out);
-    if (!j)
-        fail_msg("standard output is not one JSON object (%s)", je.text);
+    json_t *j = demo_json(cmd, "stderr-mtls");
     assert_string_equal(json_string_value(json_object_get(j, "device_auth")), "mtls");
     assert_int_equal(json_integer_value(json_object_get(j, "verified")), 16);
     assert_true(json_is_true(json_object_get(j, "ok")));
@@ -361,28 +340,7 @@ static void test_demo_two_instances_with_pcs(void **state)
              "'%s' demo --devices 20 --windows-share 0.5 --store '%s' --instances 2 --no-extras "
              "--no-inventory --quiet-mix --json --timeout 120 --keep '%s' 2>'%s/stderr'",
              bin(), spec, work, g_dir);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    esim_buf out = {0};
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0)
-        esim_buf_append(&out, buf, n);
-    int st = pclose(p);
-    esim_buf_append(&out, "", 1);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        char tail[400];
-        snprintf(tail, sizeof tail, "tail -30 '%s/stderr' >&2", g_dir);
-        if (system(tail) != 0)
-            print_message("(no standard error kept)\n");
-        fail_msg("demo exit status %d; output:\n%s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
-                 (const char *)out.data);
-    }
-    json_error_t je;
-    json_t *j = json_loads((const char *)out.data, 0, &je);
-    if (!j)
-        fail_msg("standard output is not one JSON object (%s): %s", je.text,
-                 (const char *)out.data);
+    json_t *j = demo_json(cmd, "stderr");
     json_t *win = json_object_get(j, "windows");
     json_int_t pcs = json_integer_value(json_object_get(win, "devices"));
     json_int_t made = json_integer_value(json_object_get(win, "made_to_fail"));
@@ -406,7 +364,6 @@ static void test_demo_two_instances_with_pcs(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
     json_decref(j);
-    esim_buf_free(&out);
 }
 
 int main(void)
