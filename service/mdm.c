@@ -262,13 +262,8 @@ static void mdm_job_go(esim_service *svc, mdm_job *j)
         }
         if (j->raw_len)
             j->raw = j->raw_copy.data;
-        pool_submit(svc, &j->job);
-        return;
     }
-    j->job.rc = ESIM_OK;
-    j->job.run(svc->st, &j->job);
-    j->job.ran = true;
-    j->job.done(svc, &j->job);
+    pool_run(svc, &j->job);
 }
 
 /* The device request of |j| is the one being handled (logs name it). */

@@ -1476,14 +1476,7 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
     j->starts = starts;
     j->applied_tail = &j->applied;
     d->busy = true;
-    if (pool_on(svc)) {
-        pool_submit(svc, &j->job);
-        return;
-    }
-    j->job.rc = ESIM_OK;
-    j->job.run(svc->st, &j->job);
-    j->job.ran = true;
-    j->job.done(svc, &j->job);
+    pool_run(svc, &j->job);
 }
 
 /* ---- queueing Windows commands ----------------------------------------------------------- */

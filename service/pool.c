@@ -185,6 +185,18 @@ void pool_submit(esim_service *svc, pool_job *j)
     pthread_mutex_unlock(&p->mu);
 }
 
+void pool_run(esim_service *svc, pool_job *j)
+{
+    if (pool_on(svc)) {
+        pool_submit(svc, j);
+        return;
+    }
+    j->rc = ESIM_OK;
+    j->run(svc->st, j);
+    j->ran = true;
+    j->done(svc, j);
+}
+
 void pool_stop(esim_service *svc)
 {
     svc_pool *p = svc->pool;

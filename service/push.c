@@ -144,14 +144,7 @@ static void push_note_write(esim_service *svc, push_note_kind kind, const char *
     snprintf(n->udid, sizeof n->udid, "%s", udid);
     snprintf(n->detail, sizeof n->detail, "%s", detail ? detail : "");
     n->now = now;
-    if (pool_on(svc)) {
-        pool_submit(svc, &n->job);
-        return;
-    }
-    n->job.rc = ESIM_OK;
-    push_note_run(svc->st, &n->job);
-    n->job.ran = true;
-    push_note_done(svc, &n->job);
+    pool_run(svc, &n->job);
 }
 
 static void on_push_result(const apns_result *r, void *arg)

@@ -828,14 +828,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         tj->job.admin = true;
         tj->now = now;
         svc->tick_busy = true;
-        if (pool_on(svc)) {
-            pool_submit(svc, &tj->job);
-        } else {
-            tj->job.rc = ESIM_OK;
-            tick_run(svc->st, &tj->job);
-            tj->job.ran = true;
-            tick_done(svc, &tj->job);
-        }
+        pool_run(svc, &tj->job);
     }
     mdm_prune_buckets(svc, now);
     replay_prune(svc, now);

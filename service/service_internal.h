@@ -138,8 +138,7 @@ typedef struct svc_reply {
     int code;
     const char *content_type; /* static strings only */
     esim_buf body;
-    bool held; /* its refill runs on a pool worker (mdm.c), which sends it: send_batch passes it by
-                */
+    bool held; /* its refill (mdm.c), on a pool worker, sends it: send_batch passes it by */
 } svc_reply;
 
 /* A device message whose webhooks and result hooks wait for its batch to
@@ -521,6 +520,9 @@ esim_err pool_start(esim_service *svc, esim_error *err);
 /* True when device store operations go to the pool. */
 bool pool_on(const esim_service *svc);
 void pool_submit(esim_service *svc, pool_job *j);
+/* Runs |j|: on a worker when there is a pool (pool_submit), else at once on
+ * the loop's own store, its |done| called before this returns. */
+void pool_run(esim_service *svc, pool_job *j);
 /* Joins the workers, completes every job (those never run with
  * ESIM_ESTORE), closes the connections. */
 void pool_stop(esim_service *svc);
@@ -724,10 +726,10 @@ void svc_batch_open(esim_service *svc);
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
                       const svc_event_extra *x, bool hook, struct svc_reply *refill,
                       const char *cert);
-/* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
- * once without a batch), then |free_ctx|(ctx) (may be NULL). */
 /* Sends one held answer whose batch is committed, and frees it. */
 void svc_reply_send(esim_service *svc, svc_reply *r);
+/* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at
+ * once without a batch), then |free_ctx|(ctx) (may be NULL). */
 void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
                            void (*free_ctx)(void *));
 /* Writes the Prometheus text for /metrics into |out|. */
