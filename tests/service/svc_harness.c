@@ -57,6 +57,46 @@ bool harness_store_is_sqlite(void)
     return !spec || !*spec || strncmp(spec, "sqlite:", 7) == 0;
 }
 
+bool harness_store_is_pgsql(void)
+{
+    const char *spec = getenv("ESIM_TEST_STORE");
+    return spec &&
+           (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0);
+}
+
+PGconn *harness_pg_connect(const char *spec)
+{
+    PGconn *c = PQconnectdb(spec);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    return c;
+}
+
+void harness_pg_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+long harness_pg_await_lock_waits(PGconn *watch, long want, int tries)
+{
+    long waiting = 0;
+    for (int i = 0; i < tries; i++) {
+        PGresult *r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "wait_event_type = 'Lock' AND query NOT LIKE "
+                                    "'%pg_stat_activity%'");
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        waiting = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        if (waiting >= want)
+            break;
+        usleep(20000);
+    }
+    return waiting;
+}
+
 /* ESIM_TEST_STORE (a spec with "{n}", as test_store takes): the store of the
  * service whose data dir is |data_dir| in this process, the same spec for
  * the same data dir (a restart finds its store again), a fresh one for

@@ -13,6 +13,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "core/esim.h"
 #include "plist/esim_plist.h"
@@ -83,6 +84,16 @@ void harness_config(const harness_env *env, const char *name, esim_service_confi
 /* False when ESIM_TEST_STORE names another back end than SQLite (a test
  * reading the database file behind the service's back skips that part). */
 bool harness_store_is_sqlite(void);
+/* True when ESIM_TEST_STORE names a PostgreSQL cluster (ctest's _pgsql runs). */
+bool harness_store_is_pgsql(void);
+/* A connection of the test's own to PostgreSQL |spec|, beside the
+ * service's (to hold a lock, to watch); asserts it connected. */
+PGconn *harness_pg_connect(const char *spec);
+/* Runs |sql| on |c|; fails the test with the server's message on an error. */
+void harness_pg_exec(PGconn *c, const char *sql);
+/* Waits (up to |tries| x 20 ms) until |want| statements of other sessions
+ * wait on a lock, watched from |watch|, and returns how many do then. */
+long harness_pg_await_lock_waits(PGconn *watch, long want, int tries);
 /* Runs |sql| (a query, or a change with RETURNING) on the store of the
  * service configured by |cfg| (SQLite file or PostgreSQL, behind the
  * service's back; stop the service first to change it) and returns the first column of

@@ -34,13 +34,6 @@ static void stop_restart_cluster(void)
 
 HARNESS_ENV_GROUP_HOOKS(env, NULL, stop_restart_cluster)
 
-static bool have_pgsql(void)
-{
-    const char *spec = getenv("ESIM_TEST_STORE");
-    return spec &&
-           (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0);
-}
-
 #define NDEV 6
 #define NCMD 3
 
@@ -51,7 +44,7 @@ static bool have_pgsql(void)
 static void test_two_instances_one_queue(void **state)
 {
     (void)state;
-    if (!have_pgsql())
+    if (!harness_store_is_pgsql())
         skip();
     test_service a = {0}, b = {0};
     esim_service_config ca, cb;
@@ -134,7 +127,7 @@ static void cluster(const char *verb, const char *dir)
 static void test_database_restart(void **state)
 {
     (void)state;
-    if (!have_pgsql() || !getenv("ESIM_SOURCE_DIR"))
+    if (!harness_store_is_pgsql() || !getenv("ESIM_SOURCE_DIR"))
         skip();
     const char *dir = restart_dir;
     snprintf(restart_dir, sizeof restart_dir, "/tmp/esim-pg-restart-%d", (int)getpid());
@@ -199,31 +192,6 @@ static void *idle_main(void *arg)
     return NULL;
 }
 
-static PGconn *pg_connect(const char *spec)
-{
-    PGconn *c = PQconnectdb(spec);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    return c;
-}
-
-static void pg_ok(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-}
-
-static long pg_count(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
-    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return n;
-}
-
 #define NOTHERS 4
 
 /* A device whose operation waits on a row lock (a slow query, as a lock
@@ -236,7 +204,7 @@ static long pg_count(PGconn *c, const char *sql)
 static void test_slow_query_holds_one_worker(void **state)
 {
     (void)state;
-    if (!have_pgsql())
+    if (!harness_store_is_pgsql())
         skip();
     test_service ts = {0};
     esim_service_config cfg;
@@ -255,20 +223,14 @@ static void test_slow_query_holds_one_worker(void **state)
         device_enroll(&others[i]);
     }
     /* Another session locks the slow device's row. */
-    PGconn *locker = pg_connect(spec), *watch = pg_connect(spec);
-    pg_ok(locker, "BEGIN");
-    pg_ok(locker, "SELECT 1 FROM devices WHERE udid = '00008110-PGSLOW0000001' FOR UPDATE");
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker,
+                    "SELECT 1 FROM devices WHERE udid = '00008110-PGSLOW0000001' FOR UPDATE");
     idle_call stuck = {.dev = &slow};
     assert_int_equal(pthread_create(&stuck.thread, NULL, idle_main, &stuck), 0);
     /* Until the service's statement waits on that lock. */
-    long waiting = 0;
-    for (int i = 0; i < 200 && waiting == 0; i++) {
-        waiting = pg_count(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                                  "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
-        if (!waiting)
-            usleep(20000);
-    }
-    assert_int_equal(waiting, 1);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 200), 1);
     /* The others get through while it waits. */
     for (int i = 0; i < NOTHERS; i++) {
         esim_cmd_parsed next = {0};
@@ -281,7 +243,7 @@ static void test_slow_query_holds_one_worker(void **state)
     pthread_join(stuck.thread, NULL);
     assert_int_equal(stuck.code, 503);
     assert_true(api_metric(ts.url, "esim_mdm_store_pool_statement_timeouts_total") >= 1);
-    pg_ok(locker, "ROLLBACK");
+    harness_pg_exec(locker, "ROLLBACK");
     device_reconnect(&slow);
     assert_int_equal(device_result(&slow, ESIM_STATUS_IDLE, NULL, NULL), 200);
     assert_int_equal(api_metric(ts.url, "esim_mdm_store_pool_connections{state=\"size\"}"), 4);
@@ -321,7 +283,7 @@ static void *admin_main(void *arg)
 static void test_slow_admin_holds_no_loop(void **state)
 {
     (void)state;
-    if (!have_pgsql())
+    if (!harness_store_is_pgsql())
         skip();
     test_service ts = {0};
     esim_service_config cfg;
@@ -339,9 +301,10 @@ static void test_slow_admin_holds_no_loop(void **state)
         device_new(&others[i], &env, udid, ts.url);
         device_enroll(&others[i]);
     }
-    PGconn *locker = pg_connect(spec), *watch = pg_connect(spec);
-    pg_ok(locker, "BEGIN");
-    pg_ok(locker, "SELECT 1 FROM devices WHERE udid = '00008110-PGADMINLOCKED1' FOR UPDATE");
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker,
+                    "SELECT 1 FROM devices WHERE udid = '00008110-PGADMINLOCKED1' FOR UPDATE");
     char body[600];
     snprintf(body, sizeof body,
              "{\"udids\":[\"%s\"],\"command\":{\"request_type\":\"DeviceInformation\","
@@ -354,14 +317,7 @@ static void test_slow_admin_holds_no_loop(void **state)
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&calls[i].thread, NULL, admin_main, &calls[i]), 0);
     /* Until both admin statements wait on the lock. */
-    long waiting = 0;
-    for (int i = 0; i < 200 && waiting < 2; i++) {
-        waiting = pg_count(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                                  "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
-        if (waiting < 2)
-            usleep(20000);
-    }
-    assert_int_equal(waiting, 2);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 2, 200), 2);
     assert_int_equal(api_metric(ts.url, "esim_mdm_store_pool_busy"), 2);
     /* Devices check in, and the API still reads, while they wait. */
     for (int i = 0; i < NOTHERS; i++) {
@@ -376,7 +332,7 @@ static void test_slow_admin_holds_no_loop(void **state)
         pthread_join(calls[i].thread, NULL);
         assert_int_equal(calls[i].code, 503);
     }
-    pg_ok(locker, "ROLLBACK");
+    harness_pg_exec(locker, "ROLLBACK");
     json_t *q = NULL;
     char path[128];
     snprintf(path, sizeof path, "/v1/devices/%s/queue", locked.udid);
@@ -446,7 +402,7 @@ static void *traffic_main(void *arg)
 static void test_database_restart_under_traffic(void **state)
 {
     (void)state;
-    if (!have_pgsql() || !getenv("ESIM_SOURCE_DIR"))
+    if (!harness_store_is_pgsql() || !getenv("ESIM_SOURCE_DIR"))
         skip();
     snprintf(restart_dir, sizeof restart_dir, "/tmp/esim-pg-traffic-%d", (int)getpid());
     cluster("start", restart_dir);
@@ -606,7 +562,7 @@ static bool shows(const char *url, const char *id, const char *state, long cance
 static void test_control_race_between_instances(void **state)
 {
     (void)state;
-    if (!have_pgsql())
+    if (!harness_store_is_pgsql())
         skip();
     test_service a = {0}, b = {0};
     esim_service_config ca, cb;

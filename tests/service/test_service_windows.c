@@ -891,32 +891,6 @@ static void *session_main(void *arg)
     return NULL;
 }
 
-static bool on_pgsql(void)
-{
-    const char *spec = getenv("ESIM_TEST_STORE");
-    return spec &&
-           (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0);
-}
-
-static long pg_waiting_on_locks(PGconn *c)
-{
-    PGresult *r = PQexec(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                            "'Lock' AND query NOT LIKE '%pg_stat_activity%'");
-    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
-    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return n;
-}
-
-static void pg_exec_ok(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-}
-
 /* A PC whose session waits on the store (its device row locked by another
  * session, as another instance or a long admin transaction may hold it)
  * holds one store pool worker, not the event loop: another PC's whole
@@ -927,7 +901,7 @@ static void pg_exec_ok(PGconn *c, const char *sql)
 static void test_slow_session_holds_no_loop(void **state)
 {
     (void)state;
-    if (!on_pgsql())
+    if (!harness_store_is_pgsql())
         skip();
     test_service *ts = calloc(1, sizeof *ts);
     esim_service_config cfg;
@@ -948,22 +922,14 @@ static void test_slow_session_holds_no_loop(void **state)
     phone.ca_file = ca;
     device_enroll(&phone);
 
-    PGconn *locker = PQconnectdb(spec), *watch = PQconnectdb(spec);
-    assert_int_equal(PQstatus(locker), CONNECTION_OK);
-    assert_int_equal(PQstatus(watch), CONNECTION_OK);
-    pg_exec_ok(locker, "BEGIN");
-    pg_exec_ok(locker, "SELECT 1 FROM devices WHERE udid = '5A0E5A0E5A0E5A0E5A0E5A0E5A0E5A01' "
-                       "FOR UPDATE");
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "SELECT 1 FROM devices WHERE udid = '5A0E5A0E5A0E5A0E5A0E5A0E5A0E5A01' "
+                            "FOR UPDATE");
     session_call stuck = {.p = &slow};
     assert_int_equal(pthread_create(&stuck.thread, NULL, session_main, &stuck), 0);
     /* Until its session's statement waits on that lock. */
-    long waiting = 0;
-    for (int i = 0; i < 300 && waiting == 0; i++) {
-        waiting = pg_waiting_on_locks(watch);
-        if (!waiting)
-            usleep(20000);
-    }
-    assert_int_equal(waiting, 1);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 300), 1);
     /* Another PC's session and an iPhone get through while it waits. */
     esim_buf reply = {0};
     open_session(&fast, &reply);
@@ -971,7 +937,7 @@ static void test_slow_session_holds_no_loop(void **state)
     assert_int_equal(device_result(&phone, ESIM_STATUS_IDLE, NULL, NULL), 200);
     assert_int_equal(atomic_load(&stuck.finished), 0);
     /* The lock goes: the stuck session carries on. */
-    pg_exec_ok(locker, "ROLLBACK");
+    harness_pg_exec(locker, "ROLLBACK");
     pthread_join(stuck.thread, NULL);
     assert_int_equal(stuck.start_code, 200);
     assert_int_equal(stuck.code, 200);
