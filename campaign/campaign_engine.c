@@ -69,6 +69,16 @@ static unsigned line_of(const campaign_dev *d)
     return d->platform < CAMPAIGN_LINES ? d->platform : CAMPAIGN_LINES - 1;
 }
 
+/* Whether |d|, pushed and silent, is still in its line at |now|: no device
+ * pushed at or after it has answered yet, while answers to earlier pushes
+ * came within |wait|. */
+static bool still_in_line(const campaign *c, const campaign_dev *d, int64_t now, int64_t wait)
+{
+    unsigned l = line_of(d);
+    return d->pushes && d->last_push_ms > c->line_push_ms[l] && c->line_answer_ms[l] &&
+           now - c->line_answer_ms[l] < wait;
+}
+
 static const char *const step_names[CAMPAIGN_STEP_COUNT] = {"profile", "refresh", "verify",
                                                             "erase_keep_esim", "esim_wipe"};
 static const char *const dev_state_names[CDEV_STATE_COUNT] = {
@@ -753,8 +763,7 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
          * before its turn only adds a wake-up (and, if it lands during its
          * session, a second session). Once a later-pushed device answers,
          * or the answers stop for a re-push delay, it is pushed again. */
-        else if (d->pushes && d->last_push_ms > c->line_push_ms[line_of(d)] &&
-                 c->line_answer_ms[line_of(d)] && now - c->line_answer_ms[line_of(d)] < wait)
+        else if (still_in_line(c, d, now, wait))
             arm(c, i, now + wait);
         else
             again_add(c, i);

@@ -277,16 +277,16 @@ static const char *jstr(const json_t *o, const char *k)
 
 /* ---- the story ------------------------------------------------------------------------------ */
 
-/* Opens |c| on the service instance listening on |port| with data
- * directory |dir| (it writes DIR/api-token before it listens), trusting
- * |ca| when the service is on TLS (PCs in the fleet, or mtls), and checks /healthz.
- * Its URL goes to |url|, the token file's path to |token_file|. */
 /* Whether the service is on TLS: for the PCs, and for iPhones on mtls. */
 static bool service_on_tls(const demo *d)
 {
     return d->windows_share > 0 || d->mtls;
 }
 
+/* Opens |c| on the service instance listening on |port| with data
+ * directory |dir| (it writes DIR/api-token before it listens), trusting
+ * |ca| when the service is on TLS (service_on_tls), and checks /healthz.
+ * Its URL goes to |url|, the token file's path to |token_file|. */
 static bool open_instance_api(demo *d, chttp *c, int port, const char *dir, const char *ca,
                               char (*url)[64], char (*token_file)[PATH_MAX + 48])
 {
