@@ -31,14 +31,22 @@ load_before=$(load)
 echo "-- scale: $n devices, whole demo on loopback (release build, at most $limit s)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-status=0
-start=$(date +%s)
+# One demo over $n devices, bounded by $limit, its standard output in $1,
+# further flags after it; sets $wall and returns the demo's exit status.
 # The campaign's expiry (--timeout) is 60% of the bound, so that a slow run
 # still ends by itself with its summary (devices timed out are counted)
 # rather than being killed with none; enrolment and the inventory have the rest.
-timeout --kill-after=30 "$limit" "$bin" demo --devices "$n" --no-extras --json \
-  --iot-share 0 --timeout $((limit * 6 / 10)) >"$out" 2>/dev/null || status=$?
-wall=$(($(date +%s) - start))
+run_demo() {
+  local into=$1 start rc=0
+  shift
+  start=$(date +%s)
+  timeout --kill-after=30 "$limit" "$bin" demo --devices "$n" --no-extras --json \
+    --iot-share 0 --timeout $((limit * 6 / 10)) "$@" >"$into" 2>/dev/null || rc=$?
+  wall=$(($(date +%s) - start))
+  return $rc
+}
+status=0
+run_demo "$out" || status=$?
 load_after=$(load)
 ref_after=$(ref || true)
 summary=$(tail -n 1 "$out")
@@ -106,10 +114,8 @@ echo "-- scale: $n devices, the same demo with --device-auth mtls"
 out_mtls=$(mktemp)
 trap 'rm -f "$out" "$out_mtls"' EXIT
 status_mtls=0
-start=$(date +%s)
-timeout --kill-after=30 "$limit" "$bin" demo --devices "$n" --no-extras --json \
-  --iot-share 0 --timeout $((limit * 6 / 10)) --device-auth mtls >"$out_mtls" 2>/dev/null || status_mtls=$?
-wall_mtls=$(($(date +%s) - start))
+run_demo "$out_mtls" --device-auth mtls || status_mtls=$?
+wall_mtls=$wall
 ref_mtls=$(ref || true)
 summary_mtls=$(tail -n 1 "$out_mtls")
 if [[ "$summary_mtls" != "{"* ]]; then
