@@ -255,8 +255,8 @@ static void group_write(campaigns *cs, esim_api_request *r, const char *name, js
         return;
     }
     esim_error e = {{0}};
-    esim_err rc = esim_store_group_put(esim_service_store(campaigns_service(cs)), name, add, n_add,
-                                       rem, n_rem, create, esim_now_ms(), &e);
+    esim_err rc = esim_store_group_put(esim_api_store(r), name, add, n_add, rem, n_rem, create,
+                                       esim_now_ms(), &e);
     free(add);
     free(rem);
     if (rc != ESIM_OK) {
@@ -265,8 +265,7 @@ static void group_write(campaigns *cs, esim_api_request *r, const char *name, js
     }
     char(*members)[65] = NULL;
     size_t n = 0;
-    if (esim_store_group_members(esim_service_store(campaigns_service(cs)), name, &members, &n,
-                                 &e) != ESIM_OK) {
+    if (esim_store_group_members(esim_api_store(r), name, &members, &n, &e) != ESIM_OK) {
         fail(r, ESIM_ESTORE, NULL, &e);
         return;
     }
@@ -301,11 +300,11 @@ static void api_group_members(esim_api_request *r, void *arg)
 
 static void api_group_list(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
+    (void)arg;
     store_group *groups = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_groups(esim_service_store(campaigns_service(cs)), &groups, &n, &e);
+    esim_err rc = esim_store_groups(esim_api_store(r), &groups, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
@@ -320,12 +319,12 @@ static void api_group_list(esim_api_request *r, void *arg)
 
 static void api_group_get(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
+    (void)arg;
     char(*members)[65] = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_group_members(esim_service_store(campaigns_service(cs)),
-                                           esim_api_param(r, 0), &members, &n, &e);
+    esim_err rc =
+        esim_store_group_members(esim_api_store(r), esim_api_param(r, 0), &members, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "name", &e);
         return;
@@ -340,10 +339,9 @@ static void api_group_get(esim_api_request *r, void *arg)
 
 static void api_group_delete(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
+    (void)arg;
     esim_error e = {{0}};
-    esim_err rc = esim_store_group_delete(esim_service_store(campaigns_service(cs)),
-                                          esim_api_param(r, 0), &e);
+    esim_err rc = esim_store_group_delete(esim_api_store(r), esim_api_param(r, 0), &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "name", &e);
         return;
@@ -354,12 +352,11 @@ static void api_group_delete(esim_api_request *r, void *arg)
 
 static void api_device_tags_get(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
+    (void)arg;
     char(*tags)[65] = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_tags(esim_service_store(campaigns_service(cs)),
-                                         esim_api_param(r, 0), &tags, &n, &e);
+    esim_err rc = esim_store_device_tags(esim_api_store(r), esim_api_param(r, 0), &tags, &n, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
@@ -376,8 +373,7 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
     campaigns *cs = arg;
     store_device d;
     esim_error e = {{0}};
-    esim_err rc = esim_store_device_get(esim_service_store(campaigns_service(cs)),
-                                        esim_api_param(r, 0), &d, &e);
+    esim_err rc = esim_store_device_get(esim_api_store(r), esim_api_param(r, 0), &d, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, "udid", &e);
         return;
@@ -389,8 +385,8 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
     size_t n_add = 0, n_rem = 0;
     if (string_array(r, json_object_get(body, "add"), "add", &add, &n_add) &&
         string_array(r, json_object_get(body, "remove"), "remove", &rem, &n_rem)) {
-        rc = esim_store_tags_set(esim_service_store(campaigns_service(cs)), esim_api_param(r, 0),
-                                 add, n_add, rem, n_rem, &e);
+        rc = esim_store_tags_set(esim_api_store(r), esim_api_param(r, 0), add, n_add, rem, n_rem,
+                                 &e);
         if (rc != ESIM_OK)
             fail(r, rc, "add", &e);
         else
@@ -420,31 +416,36 @@ static void api_device_diagnosis(esim_api_request *r, void *arg)
 
 esim_err campaigns_add_routes(campaigns *cs, esim_error *err)
 {
+    /* |store|: the handler's only work is the store (groups, tags), so it
+     * runs on the store pool when there is one (esim_service_add_store_route).
+     * The campaign routes, the imports and the diagnosis read or change the
+     * engine's memory, which is the loop's, and stay there. */
     static const struct {
         const char *method, *pattern;
         esim_api_handler fn;
+        bool store;
     } routes[] = {
-        {"POST", "/v1/campaigns", api_campaign_create},
-        {"GET", "/v1/campaigns", api_campaign_list},
-        {"GET", "/v1/campaigns/:", api_campaign_get},
-        {"GET", "/v1/campaigns/:/devices", api_campaign_devices},
-        {"POST", "/v1/campaigns/:/pause", api_campaign_pause},
-        {"POST", "/v1/campaigns/:/resume", api_campaign_resume},
-        {"POST", "/v1/campaigns/:/cancel", api_campaign_cancel},
-        {"POST", "/v1/import/eids", api_import_eids},
-        {"POST", "/v1/import/activation-codes", api_import_codes},
-        {"POST", "/v1/groups", api_group_create},
-        {"GET", "/v1/groups", api_group_list},
-        {"GET", "/v1/groups/:", api_group_get},
-        {"POST", "/v1/groups/:/members", api_group_members},
-        {"DELETE", "/v1/groups/:", api_group_delete},
-        {"GET", "/v1/devices/:/tags", api_device_tags_get},
-        {"POST", "/v1/devices/:/tags", api_device_tags_post},
-        {"GET", "/v1/devices/:/diagnosis", api_device_diagnosis},
+        {"POST", "/v1/campaigns", api_campaign_create, false},
+        {"GET", "/v1/campaigns", api_campaign_list, false},
+        {"GET", "/v1/campaigns/:", api_campaign_get, false},
+        {"GET", "/v1/campaigns/:/devices", api_campaign_devices, false},
+        {"POST", "/v1/campaigns/:/pause", api_campaign_pause, false},
+        {"POST", "/v1/campaigns/:/resume", api_campaign_resume, false},
+        {"POST", "/v1/campaigns/:/cancel", api_campaign_cancel, false},
+        {"POST", "/v1/import/eids", api_import_eids, false},
+        {"POST", "/v1/import/activation-codes", api_import_codes, false},
+        {"POST", "/v1/groups", api_group_create, true},
+        {"GET", "/v1/groups", api_group_list, true},
+        {"GET", "/v1/groups/:", api_group_get, true},
+        {"POST", "/v1/groups/:/members", api_group_members, true},
+        {"DELETE", "/v1/groups/:", api_group_delete, true},
+        {"GET", "/v1/devices/:/tags", api_device_tags_get, true},
+        {"POST", "/v1/devices/:/tags", api_device_tags_post, true},
+        {"GET", "/v1/devices/:/diagnosis", api_device_diagnosis, false},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        esim_err rc = esim_service_add_route(campaigns_service(cs), routes[i].method,
-                                             routes[i].pattern, routes[i].fn, cs);
+        esim_err rc = (routes[i].store ? esim_service_add_store_route : esim_service_add_route)(
+            campaigns_service(cs), routes[i].method, routes[i].pattern, routes[i].fn, cs);
         if (rc != ESIM_OK)
             return esim_fail(err, rc, "cannot add the route %s %s: %s", routes[i].method,
                              routes[i].pattern, esim_strerror(rc));

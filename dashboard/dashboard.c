@@ -449,6 +449,7 @@ static void dash_close(esim_service *svc, void *arg)
 {
     dashboard *d = arg;
     json_decref(d->fleet.json);
+    pthread_mutex_destroy(&d->fleet.lock);
     OPENSSL_cleanse(d->sessions, sizeof d->sessions);
     free(d);
 }
@@ -461,6 +462,7 @@ esim_err esim_dashboard_attach(esim_service *svc, esim_error *err)
     if (!d)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     d->svc = svc;
+    pthread_mutex_init(&d->fleet.lock, NULL);
     static const struct {
         const char *method, *pattern;
         esim_api_handler fn;

@@ -61,14 +61,18 @@ static void h_fleet(esim_api_request *r, void *arg)
     dash_fleet_cache *c = dash_fleet_cache_of(d);
     int64_t now = esim_now_ms();
     /* Kept FLEET_CACHE_MS, or 30 times what the last count took (a large
-     * fleet: the loop gives at most ~3% of its time to it). */
+     * fleet: the store gives at most ~3% of a connection's time to it). The
+     * route runs on pool workers: the cache is read and replaced under its
+     * lock, the count itself runs outside it. */
+    pthread_mutex_lock(&c->lock);
     int64_t keep = c->took_ms * 30 > FLEET_CACHE_MS ? c->took_ms * 30 : FLEET_CACHE_MS;
-    if (!c->json || now - c->at_ms > keep) {
+    json_t *answer = c->json && now - c->at_ms <= keep ? json_deep_copy(c->json) : NULL;
+    pthread_mutex_unlock(&c->lock);
+    if (!answer) {
         store_fleet_row *rows = NULL;
         size_t n = 0;
         esim_error e = {{0}};
-        esim_err rc =
-            esim_store_fleet_counts(esim_service_store(esim_api_service(r)), &rows, &n, &e);
+        esim_err rc = esim_store_fleet_counts(esim_api_store(r), &rows, &n, &e);
         if (rc != ESIM_OK) {
             esim_api_error(r, esim_api_status_for(rc), NULL, "%s", e.msg);
             return;
@@ -93,13 +97,21 @@ static void h_fleet(esim_api_request *r, void *arg)
             }
         }
         free(rows);
-        json_decref(c->json);
-        c->json = json_pack("{s:o,s:o,s:I}", "total", total, "platforms", platforms, "at_ms",
-                            (json_int_t)now);
-        c->at_ms = now;
-        c->took_ms = esim_now_ms() - now;
+        answer = json_pack("{s:o,s:o,s:I}", "total", total, "platforms", platforms, "at_ms",
+                           (json_int_t)now);
+        json_t *kept = answer ? json_deep_copy(answer) : NULL;
+        pthread_mutex_lock(&c->lock);
+        if (kept && now >= c->at_ms) {
+            json_decref(c->json);
+            c->json = kept;
+            kept = NULL;
+            c->at_ms = now;
+            c->took_ms = esim_now_ms() - now;
+        }
+        pthread_mutex_unlock(&c->lock);
+        json_decref(kept);
     }
-    esim_api_reply_json(r, 200, json_copy(c->json));
+    esim_api_reply_json(r, 200, answer);
 }
 
 /* ---- GET /v1/dashboard/devices?q=&after=&limit= ------------------------------------------- */
@@ -113,7 +125,7 @@ static void h_devices(esim_api_request *r, void *arg)
         esim_api_error(r, 400, "limit", "limit: must be from 1 to 500");
         return;
     }
-    store *st = esim_service_store(esim_api_service(r));
+    store *st = esim_api_store(r);
     store_device *list = NULL;
     size_t n = 0;
     esim_error e = {{0}};
@@ -174,7 +186,7 @@ static json_t *subscriptions_json(const esim_subscription *s, size_t n)
 
 static void h_device(esim_api_request *r, void *arg)
 {
-    store *st = esim_service_store(esim_api_service(r));
+    store *st = esim_api_store(r);
     const char *udid = esim_api_param(r, 0);
     store_device dev;
     esim_error e = {{0}};
@@ -239,10 +251,11 @@ static void h_device(esim_api_request *r, void *arg)
 
 esim_err dash_api_add_routes(dashboard *d, esim_service *svc, esim_error *err)
 {
-    esim_err rc = esim_service_add_route(svc, "GET", "/v1/dashboard/fleet", h_fleet, d);
+    /* Store reads only: on the store pool when there is one. */
+    esim_err rc = esim_service_add_store_route(svc, "GET", "/v1/dashboard/fleet", h_fleet, d);
     if (rc == ESIM_OK)
-        rc = esim_service_add_route(svc, "GET", "/v1/dashboard/devices", h_devices, d);
+        rc = esim_service_add_store_route(svc, "GET", "/v1/dashboard/devices", h_devices, d);
     if (rc == ESIM_OK)
-        rc = esim_service_add_route(svc, "GET", "/v1/dashboard/devices/:", h_device, d);
+        rc = esim_service_add_store_route(svc, "GET", "/v1/dashboard/devices/:", h_device, d);
     return rc;
 }

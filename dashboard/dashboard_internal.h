@@ -4,6 +4,7 @@
 #ifndef ESIM_DASHBOARD_INTERNAL_H
 #define ESIM_DASHBOARD_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,8 +24,10 @@ typedef struct dashboard dashboard;
 
 /* The JSON endpoints under /v1/dashboard/ (dashboard_api.c). */
 esim_err dash_api_add_routes(dashboard *d, esim_service *svc, esim_error *err);
-/* The cached fleet counts (dashboard_api.c), freed with the dashboard. */
+/* The cached fleet counts (dashboard_api.c), freed with the dashboard.
+ * |lock| guards the rest: the route runs on store pool workers. */
 typedef struct {
+    pthread_mutex_t lock;
     json_t *json;
     int64_t at_ms, took_ms;
 } dash_fleet_cache;

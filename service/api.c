@@ -34,6 +34,7 @@ void api_send(api_request *r, int code, const char *content_type, const void *bo
         esim_buf_append(&r->held.body, oom, sizeof oom - 1);
     }
     r->held.set = true;
+    r->held.route = M_ROUTE_API;
     r->held.code = code;
     r->held.type = content_type;
 }
@@ -1044,6 +1045,7 @@ typedef struct {
     pool_job job; /* first: the pool's view of it */
     api_request r;
     api_handler fn;
+    const svc_route *module; /* a module's store route instead of |fn| */
     struct evkeyvalq query;
     char *decoded[API_MAX_PARAMS];
     const char *method_name, *path;
@@ -1068,7 +1070,10 @@ static void api_call_run(store *st, pool_job *pj)
     api_call *c = (api_call *)pj;
     c->r.st = st;
     c->r.on_worker = true;
-    c->fn(&c->r);
+    if (c->module)
+        c->module->fn(&c->r, c->module->arg);
+    else
+        c->fn(&c->r);
     c->r.on_worker = false;
 }
 
@@ -1089,7 +1094,7 @@ static void api_call_done(esim_service *svc, pool_job *pj)
         if (r->held.store_failed)
             svc_store_failed(svc, r->detail);
         if (r->held.set)
-            http_reply(svc, r->req, M_ROUTE_API, r->held.code, r->held.type, r->held.body.data,
+            http_reply(svc, r->req, r->held.route, r->held.code, r->held.type, r->held.body.data,
                        r->held.body.len);
         else
             api_error(r, 500, NULL, "the request was not answered");
@@ -1157,9 +1162,11 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
             hit = NULL;
             module_hit = NULL;
         }
-        if (hit && text_valid(r, hit->pattern)) {
-            if (hit->pooled && pool_on(svc)) {
-                c->fn = hit->fn;
+        if ((hit && text_valid(r, hit->pattern)) ||
+            (module_hit && module_hit->pooled && text_valid(r, module_hit->pattern))) {
+            if ((hit ? hit->pooled : module_hit->pooled) && pool_on(svc)) {
+                c->fn = hit ? hit->fn : NULL;
+                c->module = hit ? NULL : module_hit;
                 c->job.run = api_call_run;
                 c->job.done = api_call_done;
                 c->job.admin = true;
@@ -1167,8 +1174,11 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
                 pool_submit(svc, &c->job);
                 return; /* api_call_done answers */
             }
-            hit->fn(r);
-        } else if (module_hit && text_valid(r, module_hit->pattern))
+            if (hit)
+                hit->fn(r);
+            else
+                module_hit->fn(r, module_hit->arg);
+        } else if (module_hit && !module_hit->pooled && text_valid(r, module_hit->pattern))
             module_hit->fn(r, module_hit->arg);
     }
     api_call_end(svc, c);
@@ -1177,7 +1187,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
 /* ---- routes of modules (service.h) ---------------------------------------------------------- */
 
 static esim_err add_route(esim_service *svc, const char *method, const char *pattern,
-                          esim_api_handler fn, void *arg, bool public_route)
+                          esim_api_handler fn, void *arg, bool public_route, bool pooled)
 {
     static const struct {
         const char *word;
@@ -1216,20 +1226,31 @@ static esim_err add_route(esim_service *svc, const char *method, const char *pat
     char *copy = strdup(pattern);
     if (!copy)
         return ESIM_ENOMEM;
-    svc->routes[svc->n_routes++] = (svc_route){methods[m].cmd, copy, fn, arg, public_route};
+    svc->routes[svc->n_routes++] = (svc_route){methods[m].cmd, copy, fn, arg, public_route, pooled};
     return ESIM_OK;
 }
 
 esim_err esim_service_add_route(esim_service *svc, const char *method, const char *pattern,
                                 esim_api_handler fn, void *arg)
 {
-    return add_route(svc, method, pattern, fn, arg, false);
+    return add_route(svc, method, pattern, fn, arg, false, false);
+}
+
+esim_err esim_service_add_store_route(esim_service *svc, const char *method, const char *pattern,
+                                      esim_api_handler fn, void *arg)
+{
+    return add_route(svc, method, pattern, fn, arg, false, true);
+}
+
+store *esim_api_store(esim_api_request *r)
+{
+    return r->st;
 }
 
 esim_err esim_service_add_public_route(esim_service *svc, const char *method, const char *pattern,
                                        esim_api_handler fn, void *arg)
 {
-    return add_route(svc, method, pattern, fn, arg, true);
+    return add_route(svc, method, pattern, fn, arg, true, false);
 }
 
 esim_err esim_service_set_session_auth(esim_service *svc, esim_api_session_fn fn, void *arg)
@@ -1279,13 +1300,21 @@ const char *esim_api_header(const esim_api_request *r, const char *name)
 
 void esim_api_add_header(esim_api_request *r, const char *name, const char *value)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
+    if (r->on_worker)
+        api_add_header(r, name, value);
+    else
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
 }
 
 void esim_api_reply(esim_api_request *r, int code, const char *content_type, const void *body,
                     size_t len)
 {
-    http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
+    if (!r->on_worker) {
+        http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
+        return;
+    }
+    api_send(r, code, content_type, body, len);
+    r->held.route = M_ROUTE_OTHER;
 }
 
 void api_routes_free(esim_service *svc)

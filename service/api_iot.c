@@ -131,7 +131,7 @@ static void h_get_devices(esim_api_request *r, void *arg)
     size_t n = 0;
     esim_error e = {{0}};
     esim_err rc =
-        esim_store_iot_list(r->svc->st, esim_api_query(r, "after"), (size_t)limit, &list, &n, &e);
+        esim_store_iot_list(r->st, esim_api_query(r, "after"), (size_t)limit, &list, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -189,14 +189,14 @@ static void h_get_device(esim_api_request *r, void *arg)
     const char *eid = esim_api_param(r, 0);
     store_iot_device d;
     esim_error e = {{0}};
-    esim_err rc = esim_store_iot_get(r->svc->st, eid, &d, &e);
+    esim_err rc = esim_store_iot_get(r->st, eid, &d, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
     }
     store_iot_package *p = NULL;
     size_t n = 0;
-    rc = esim_store_iot_packages(r->svc->st, eid, NULL, IOT_PACKAGES_SHOWN, &p, &n, &e);
+    rc = esim_store_iot_packages(r->st, eid, NULL, IOT_PACKAGES_SHOWN, &p, &n, &e);
     if (rc != ESIM_OK) {
         esim_buf_free(&d.euicc_cert);
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
@@ -293,12 +293,11 @@ static void h_get_package(esim_api_request *r, void *arg)
     store_queue_entry *entries = NULL;
     size_t ne = 0;
     esim_error e = {{0}};
-    esim_err rc =
-        esim_store_command_get(r->svc->st, uuid, NULL, IOT_MAX_EIDS, &info, &entries, &ne, &e);
+    esim_err rc = esim_store_command_get(r->st, uuid, NULL, IOT_MAX_EIDS, &info, &entries, &ne, &e);
     store_iot_package *p = NULL;
     size_t n = 0;
     if (rc == ESIM_OK)
-        rc = esim_store_iot_packages(r->svc->st, NULL, uuid, IOT_MAX_EIDS, &p, &n, &e);
+        rc = esim_store_iot_packages(r->st, NULL, uuid, IOT_MAX_EIDS, &p, &n, &e);
     if (rc == ESIM_OK && n == 0)
         rc = esim_fail(&e, ESIM_ENOTFOUND, "command %s is not an IoT package", uuid);
     if (rc != ESIM_OK) {
@@ -325,11 +324,18 @@ static void h_get_package(esim_api_request *r, void *arg)
 
 esim_err api_iot_routes(esim_service *svc, esim_error *err)
 {
-    if (esim_service_add_route(svc, "GET", "/v1/iot/devices", h_get_devices, NULL) != ESIM_OK ||
-        esim_service_add_route(svc, "GET", "/v1/iot/devices/:", h_get_device, NULL) != ESIM_OK ||
+    /* The reads are store work only: on the store pool when there is one.
+     * The registrations and packages stay on the loop (POST): they write
+     * through esim_service_iot_register and esim_service_enqueue_iot, which
+     * use the service's connection and its counters. */
+    if (esim_service_add_store_route(svc, "GET", "/v1/iot/devices", h_get_devices, NULL) !=
+            ESIM_OK ||
+        esim_service_add_store_route(svc, "GET", "/v1/iot/devices/:", h_get_device, NULL) !=
+            ESIM_OK ||
         esim_service_add_route(svc, "POST", "/v1/iot/devices", h_post_devices, NULL) != ESIM_OK ||
         esim_service_add_route(svc, "POST", "/v1/iot/packages", h_post_packages, NULL) != ESIM_OK ||
-        esim_service_add_route(svc, "GET", "/v1/iot/packages/:", h_get_package, NULL) != ESIM_OK)
+        esim_service_add_store_route(svc, "GET", "/v1/iot/packages/:", h_get_package, NULL) !=
+            ESIM_OK)
         return esim_fail(err, ESIM_ENOMEM, "cannot add the IoT API routes");
     return ESIM_OK;
 }

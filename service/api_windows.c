@@ -275,7 +275,7 @@ static void h_post_esim(esim_api_request *r, void *arg)
 
 /* The newest "verify" ledger event of |udid| for |uuid|, copied into |out|
  * ("" when none). */
-static esim_err latest_verify(esim_service *svc, const char *udid, const char *uuid, char *out,
+static esim_err latest_verify(store *st, const char *udid, const char *uuid, char *out,
                               size_t out_len)
 {
     out[0] = '\0';
@@ -283,7 +283,7 @@ static esim_err latest_verify(esim_service *svc, const char *udid, const char *u
     for (;;) {
         store_event *ev = NULL;
         size_t n = 0;
-        esim_err rc = esim_store_events_list(svc->st, udid, after, 500, &ev, &n, NULL);
+        esim_err rc = esim_store_events_list(st, udid, after, 500, &ev, &n, NULL);
         if (rc != ESIM_OK)
             return rc;
         for (size_t i = 0; i < n; i++)
@@ -308,7 +308,7 @@ static void h_get_esim(esim_api_request *r, void *arg)
     store_queue_entry *entries = NULL;
     size_t n = 0;
     esim_error e = {{0}};
-    esim_err rc = esim_store_command_get(r->svc->st, uuid, NULL, 1000, &info, &entries, &n, &e);
+    esim_err rc = esim_store_command_get(r->st, uuid, NULL, 1000, &info, &entries, &n, &e);
     if (rc != ESIM_OK) {
         api_error(r, api_status_for(rc), NULL, "%s", e.msg);
         return;
@@ -316,7 +316,7 @@ static void h_get_esim(esim_api_request *r, void *arg)
     json_t *devs = json_array();
     for (size_t i = 0; i < n; i++) {
         char v[600];
-        if (latest_verify(r->svc, entries[i].udid, uuid, v, sizeof v) != ESIM_OK) {
+        if (latest_verify(r->st, entries[i].udid, uuid, v, sizeof v) != ESIM_OK) {
             json_decref(devs);
             esim_store_queue_entries_free(entries, n);
             api_error(r, 500, NULL, "the store failed");
@@ -346,7 +346,10 @@ static void h_get_esim(esim_api_request *r, void *arg)
 
 esim_err api_windows_routes(esim_service *svc, esim_error *err)
 {
-    if (esim_service_add_route(svc, "GET", "/v1/windows/esim/:", h_get_esim, NULL) != ESIM_OK)
+    /* The read is store work only: on the store pool when there is one. The
+     * POSTs stay on the loop: they enqueue through esim_service_enqueue_syncml
+     * (the service's connection) and push at once. */
+    if (esim_service_add_store_route(svc, "GET", "/v1/windows/esim/:", h_get_esim, NULL) != ESIM_OK)
         return esim_fail(err, ESIM_ENOMEM, "cannot add the Windows API routes");
     if (esim_service_add_route(svc, "POST", "/v1/windows/commands", h_post_commands, NULL) !=
             ESIM_OK ||

@@ -453,6 +453,24 @@ ESIM_EXTERN esim_err esim_service_add_route(esim_service *svc, const char *metho
                                             const char *pattern, esim_api_handler fn, void *arg);
 
 /*
+ * As esim_service_add_route, for a handler whose only work besides the
+ * request is the store: with a store pool (PostgreSQL: docs/architecture.md,
+ * "PostgreSQL on the event loop") it runs on a pool worker with that
+ * worker's own connection, so a slow or blocked statement holds a worker,
+ * not the event loop and the other devices' check-ins. Such a handler reads
+ * only the request (esim_api_param, esim_api_query, esim_api_body,
+ * esim_api_body_json, esim_api_header, esim_api_caller), reaches the store
+ * through esim_api_store(r) only, answers with esim_api_reply,
+ * esim_api_reply_json or esim_api_error (esim_api_add_header with static
+ * strings), and touches nothing else of the service or of memory the loop
+ * uses; the answer and the audit entry go out on the loop. Without a pool
+ * (SQLite) it runs on the loop like any route. Same errors.
+ */
+ESIM_EXTERN esim_err esim_service_add_store_route(esim_service *svc, const char *method,
+                                                  const char *pattern, esim_api_handler fn,
+                                                  void *arg);
+
+/*
  * The admin API's access check, for anything that serves people on the
  * service's behalf (the dashboard) with the same keys and roles: who holds
  * |token| (the key itself, not the header), and whether that key may do
@@ -521,6 +539,9 @@ ESIM_EXTERN void esim_service_remove_hooks(esim_service *svc, void *arg);
 
 /* The service a request came to. */
 ESIM_EXTERN esim_service *esim_api_service(esim_api_request *r);
+/* The store a handler uses: a pool worker's on a store route running there
+ * (esim_service_add_store_route), else the service's (esim_service_store). */
+ESIM_EXTERN store *esim_api_store(esim_api_request *r);
 /* The name and role of the API key the request came with. */
 ESIM_EXTERN const char *esim_api_caller(const esim_api_request *r);
 ESIM_EXTERN esim_role esim_api_caller_role(const esim_api_request *r);

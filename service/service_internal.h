@@ -362,6 +362,7 @@ struct esim_api_request {
     struct {
         bool set, store_failed;
         int code;
+        int route;        /* M_ROUTE_* it is counted under */
         const char *type; /* static */
         esim_buf body;
         const char *headers[2][2]; /* static names and values */
@@ -398,6 +399,7 @@ typedef struct svc_route {
     esim_api_handler fn;
     void *arg;
     bool public_route; /* no token asked: the handler decides */
+    bool pooled;       /* esim_service_add_store_route: on a pool worker when there is one */
 } svc_route;
 
 /* Dispatches any request that is not the device endpoint: the table's

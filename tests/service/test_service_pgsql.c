@@ -355,6 +355,65 @@ static void test_slow_admin_holds_no_loop(void **state)
     harness_stop(&ts);
 }
 
+/* The routes modules add whose only work is the store (here a device's
+ * tags, the campaigns module's, and the IoT device list, the eIM's) run on
+ * the pool too: with their tables locked by another session, both wait on a
+ * worker while other devices' check-ins go on, and answer once the lock is
+ * gone. With every call on the loop's own connection
+ * (ESIM_TEST_STORE_POOL=0) the check-ins wait behind them and the calls end
+ * first (statement timeouts): this test fails. */
+static void test_slow_module_route_holds_no_loop(void **state)
+{
+    (void)state;
+    if (!harness_store_is_pgsql())
+        skip();
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "slow-module", &cfg, ts.data_dir);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    cfg.store = spec;
+    harness_start(&ts, &cfg);
+    test_device tagged, others[NOTHERS];
+    device_new(&tagged, &env, "00008110-PGMODULETAGS1", ts.url);
+    device_enroll(&tagged);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGMODULEFAST%02d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "LOCK TABLE device_tags, iot_devices IN ACCESS EXCLUSIVE MODE");
+    admin_call calls[2] = {
+        {.url = ts.url, .method = "GET", .path = "/v1/devices/00008110-PGMODULETAGS1/tags"},
+        {.url = ts.url, .method = "GET", .path = "/v1/iot/devices"},
+    };
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&calls[i].thread, NULL, admin_main, &calls[i]), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 2, 200), 2);
+    assert_int_equal(api_metric(ts.url, "esim_mdm_store_pool_busy"), 2);
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    assert_int_equal(atomic_load(&calls[0].finished), 0);
+    assert_int_equal(atomic_load(&calls[1].finished), 0);
+    harness_pg_exec(locker, "ROLLBACK");
+    for (int i = 0; i < 2; i++) {
+        pthread_join(calls[i].thread, NULL);
+        assert_int_equal(calls[i].code, 200);
+    }
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&tagged);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+}
+
 #define RDEV 4
 #define RCMD 12
 
@@ -637,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_database_restart),
         cmocka_unit_test(test_slow_query_holds_one_worker),
         cmocka_unit_test(test_slow_admin_holds_no_loop),
+        cmocka_unit_test(test_slow_module_route_holds_no_loop),
         cmocka_unit_test(test_database_restart_under_traffic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
