@@ -261,6 +261,7 @@ static void h_metrics(api_request *r)
 }
 
 #define MAX_UDIDS_PER_CALL 100000
+#define MAX_TARGETS_READ 1000
 
 /* POST /v1/commands: the store's half on a pool worker when there is one,
  * then post_commands_then on the loop (counts, pushes, the answer). */
@@ -268,6 +269,7 @@ typedef struct {
     json_t *body; /* the request's JSON: |list| points into it */
     const char **list;
     esim_push_state *ps;
+    store_push_target *targets; /* read on the worker, for a call of few devices */
     size_t n;
     esim_cmd cmd;
     esim_enqueue_opts opts;
@@ -279,6 +281,7 @@ static void post_commands_free(post_commands *pc)
     esim_cmd_free(&pc->cmd);
     free(pc->list);
     free(pc->ps);
+    free(pc->targets);
     json_decref(pc->body);
     free(pc);
 }
@@ -286,7 +289,7 @@ static void post_commands_free(post_commands *pc)
 static void post_commands_then(api_request *r, void *arg)
 {
     post_commands *pc = arg;
-    svc_enqueue_after(r->svc, pc->list, pc->n, &pc->opts, pc->ps);
+    svc_enqueue_after(r->svc, pc->list, pc->n, &pc->opts, pc->targets, pc->ps);
     api_reply_json(r, 200,
                    json_pack("{s:s,s:s,s:o}", "command_uuid", pc->uuid, "request_type",
                              pc->cmd.request_type, "devices",
@@ -383,6 +386,17 @@ static void h_post_commands(api_request *r)
         api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : NULL,
                   "%s", e.msg);
         goto fail;
+    }
+    /* The push targets are read here too, on the worker's connection, for
+     * a call of up to MAX_TARGETS_READ devices (bigger ones read them on
+     * the loop: the targets would be ~1.5 KB each in memory). */
+    if (r->on_worker && pc->opts.push && n <= MAX_TARGETS_READ &&
+        (pc->targets = calloc(n, sizeof *pc->targets)) != NULL) {
+        for (size_t i = 0; i < n && pc->targets; i++)
+            if (esim_store_push_target(r->st, pc->list[i], &pc->targets[i], NULL) != ESIM_OK) {
+                free(pc->targets);
+                pc->targets = NULL;
+            }
     }
     if (r->on_worker) {
         r->then = post_commands_then;

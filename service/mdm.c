@@ -506,7 +506,7 @@ static void result_done(esim_service *svc, pool_job *pj)
     /* A duplicate got no command: if it was the device itself, a push
      * brings it back (with a fresh signature) for what it is owed. */
     if (duplicate && replay_push_allowed(svc, msg->udid, esim_now_ms()))
-        push_device(svc, msg->udid, NULL, NULL, NULL);
+        push_later(svc, msg->udid);
     /* A final answer with nothing after it: what the result hooks queue
      * next for the device can still go in this answer (mdm_refill_answers).
      * Not after NotNow (the device is busy) nor a duplicate. */
@@ -692,7 +692,7 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list)
         d->refill->content_type = NULL;
         svc->m.commands_sent--;
         d->refill = NULL;
-        push_device(svc, d->msg.udid, NULL, NULL, NULL);
+        push_later(svc, d->msg.udid);
     }
 }
 

@@ -98,28 +98,27 @@ static void apns_health(esim_service *svc, bool ok, const char *outcome, int sta
     }
 }
 
-/* What an APNs answer leaves in the store (the push recorded, its token
- * dead, or a push_failed event): with a store pool, on a worker (an admin
- * job), the loop going on meanwhile; nothing waits for it but the count of
- * store failures. */
-typedef enum { NOTE_SENT, NOTE_DEAD, NOTE_FAILED } push_note_kind;
-
+/* What an APNs or WNS answer leaves in the store (the push recorded, its
+ * token dead, or a push_failed event): with a store pool, on a worker (an
+ * admin job), the loop going on meanwhile; nothing waits for it but the
+ * count of store failures. */
 typedef struct {
     pool_job job; /* first: the pool's view of it */
     push_note_kind kind;
+    bool no_device; /* a push_failed event of no device (WNS's token endpoint) */
     char udid[65];
     char detail[300];
     int64_t now;
-} push_note;
+} push_note_job;
 
 static void push_note_run(store *st, pool_job *pj)
 {
-    push_note *n = (push_note *)pj;
-    if (n->kind == NOTE_FAILED)
-        pj->rc = esim_store_event_append(st, "push_failed", n->udid, NULL, n->detail, NULL, 0,
-                                         n->now, NULL);
+    push_note_job *n = (push_note_job *)pj;
+    if (n->kind == PUSH_NOTE_FAILED)
+        pj->rc = esim_store_event_append(st, "push_failed", n->no_device ? NULL : n->udid, NULL,
+                                         n->detail, NULL, 0, n->now, NULL);
     else
-        pj->rc = esim_store_push_recorded(st, n->udid, n->kind == NOTE_DEAD, n->now, NULL);
+        pj->rc = esim_store_push_recorded(st, n->udid, n->kind == PUSH_NOTE_DEAD, n->now, NULL);
 }
 
 static void push_note_done(esim_service *svc, pool_job *pj)
@@ -129,10 +128,10 @@ static void push_note_done(esim_service *svc, pool_job *pj)
     free(pj);
 }
 
-static void push_note_write(esim_service *svc, push_note_kind kind, const char *udid,
-                            const char *detail, int64_t now)
+void push_note(esim_service *svc, push_note_kind kind, const char *udid, const char *detail,
+               int64_t now)
 {
-    push_note *n = calloc(1, sizeof *n);
+    push_note_job *n = calloc(1, sizeof *n);
     if (!n) {
         svc_store_failed(svc, "out of memory");
         return;
@@ -141,7 +140,8 @@ static void push_note_write(esim_service *svc, push_note_kind kind, const char *
     n->job.done = push_note_done;
     n->job.admin = true;
     n->kind = kind;
-    snprintf(n->udid, sizeof n->udid, "%s", udid);
+    n->no_device = udid == NULL;
+    snprintf(n->udid, sizeof n->udid, "%s", udid ? udid : "");
     snprintf(n->detail, sizeof n->detail, "%s", detail ? detail : "");
     n->now = now;
     pool_run(svc, &n->job);
@@ -160,14 +160,14 @@ static void on_push_result(const apns_result *r, void *arg)
     else if (r->outcome != APNS_OUTCOME_CANCELED)
         apns_health(svc, false, esim_apns_outcome_name(r->outcome), r->status, r->reason);
     if (r->outcome == APNS_OUTCOME_ACCEPTED) {
-        push_note_write(svc, NOTE_SENT, t->udid, NULL, now);
+        push_note(svc, PUSH_NOTE_SENT, t->udid, NULL, now);
     } else if (r->outcome == APNS_OUTCOME_TOKEN_DEAD) {
-        push_note_write(svc, NOTE_DEAD, t->udid, NULL, now);
+        push_note(svc, PUSH_NOTE_DEAD, t->udid, NULL, now);
     } else if (r->outcome != APNS_OUTCOME_CANCELED) {
         char detail[300];
         snprintf(detail, sizeof detail, "%s: %d %s", esim_apns_outcome_name(r->outcome), r->status,
                  r->reason);
-        push_note_write(svc, NOTE_FAILED, t->udid, detail, now);
+        push_note(svc, PUSH_NOTE_FAILED, t->udid, detail, now);
     }
     free(t);
 }
@@ -497,20 +497,29 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
     if (apns_id)
         apns_id[0] = '\0';
     store_push_target t;
-    esim_push_state ps;
     esim_err rc = esim_store_push_target(svc->st, udid, &t, err);
     if (rc != ESIM_OK)
         return rc;
-    if (strcmp(t.platform, "iot") == 0) {
+    push_send(svc, &t, state, apns_id, err);
+    return ESIM_OK;
+}
+
+void push_send(esim_service *svc, const store_push_target *t, esim_push_state *state,
+               char apns_id[ESIM_UUID_LEN + 1], esim_error *err)
+{
+    if (apns_id)
+        apns_id[0] = '\0';
+    esim_push_state ps;
+    if (strcmp(t->platform, "iot") == 0) {
         /* IoT eUICCs are not woken: their IPA polls the eIM and gets its
          * packages then. */
         ps = ESIM_PUSH_PENDING;
-    } else if (!t.enrolled || t.push_state == STORE_PUSH_NONE || !t.push_token[0]) {
+    } else if (!t->enrolled || t->push_state == STORE_PUSH_NONE || !t->push_token[0]) {
         ps = ESIM_PUSH_NO_TOKEN;
-    } else if (t.push_state == STORE_PUSH_DEAD) {
+    } else if (t->push_state == STORE_PUSH_DEAD) {
         ps = ESIM_PUSH_DEAD_TOKEN;
-    } else if (strcmp(t.platform, "windows") == 0) {
-        ps = wns_push(svc, t.udid, t.push_token); /* wns.c: WNS, not APNs */
+    } else if (strcmp(t->platform, "windows") == 0) {
+        ps = wns_push(svc, t->udid, t->push_token); /* wns.c: WNS, not APNs */
     } else if (!push_configured(svc)) {
         /* No APNs: nothing is lost, the device gets its commands at its next
          * check-in. */
@@ -520,13 +529,13 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
         ps = ESIM_PUSH_FAILED;
         if (ticket) {
             ticket->svc = svc;
-            memcpy(ticket->udid, t.udid, sizeof ticket->udid);
+            memcpy(ticket->udid, t->udid, sizeof ticket->udid);
             /* Our own apns-id, which APNs keeps: the API can name the push
              * at once (NanoMDM's push_result) while its answer is pending. */
             char id[ESIM_UUID_LEN + 1];
             esim_uuid_new(id);
-            apns_push p = {.token = t.push_token,
-                           .push_magic = t.push_magic,
+            apns_push p = {.token = t->push_token,
+                           .push_magic = t->push_magic,
                            .apns_id = id,
                            .user_data = ticket};
             esim_error pe = {{0}};
@@ -545,7 +554,45 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
     svc->m.pushes[ps]++;
     if (state)
         *state = ps;
-    return ESIM_OK;
+}
+
+/* A push whose caller waits for nothing (a duplicate's, an undone refill's):
+ * the store read of its target on a pool worker, the push on the loop when
+ * it is back. */
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    store_push_target t;
+    char udid[65];
+} push_later_job;
+
+static void push_later_run(store *st, pool_job *pj)
+{
+    push_later_job *j = (push_later_job *)pj;
+    pj->rc = esim_store_push_target(st, j->udid, &j->t, NULL);
+}
+
+static void push_later_done(esim_service *svc, pool_job *pj)
+{
+    push_later_job *j = (push_later_job *)pj;
+    if (pj->ran && pj->rc == ESIM_OK)
+        push_send(svc, &j->t, NULL, NULL, NULL);
+    else if (pj->ran && pj->rc == ESIM_ESTORE)
+        svc_store_failed(svc, NULL);
+    free(j);
+}
+
+void push_later(esim_service *svc, const char *udid)
+{
+    push_later_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        svc_store_failed(svc, "out of memory");
+        return;
+    }
+    j->job.run = push_later_run;
+    j->job.done = push_later_done;
+    j->job.admin = true;
+    snprintf(j->udid, sizeof j->udid, "%s", udid);
+    pool_run(svc, &j->job);
 }
 
 void push_metrics(esim_service *svc, esim_buf *out)

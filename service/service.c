@@ -790,6 +790,8 @@ typedef struct {
     int64_t now;
     esim_err expire_rc, due_rc;
     char due[64][65];
+    store_push_target *targets; /* n_due of them, read with the list on the worker */
+    bool have_target[64];
     size_t n_due;
 } tick_job;
 
@@ -798,6 +800,10 @@ static void tick_run(store *st, pool_job *pj)
     tick_job *j = (tick_job *)pj;
     j->expire_rc = esim_store_expire(st, j->now, NULL, NULL);
     j->due_rc = esim_store_push_due(st, j->now, j->due, 64, &j->n_due, NULL);
+    if (j->due_rc == ESIM_OK && j->n_due > 0)
+        j->targets = calloc(j->n_due, sizeof *j->targets);
+    for (size_t i = 0; j->targets && i < j->n_due; i++)
+        j->have_target[i] = esim_store_push_target(st, j->due[i], &j->targets[i], NULL) == ESIM_OK;
 }
 
 static void tick_done(esim_service *svc, pool_job *pj)
@@ -809,9 +815,14 @@ static void tick_done(esim_service *svc, pool_job *pj)
             svc_store_failed(svc, NULL);
         if (j->due_rc != ESIM_OK)
             svc_store_failed(svc, NULL);
-        for (size_t i = 0; i < j->n_due; i++)
-            push_device(svc, j->due[i], NULL, NULL, NULL);
+        for (size_t i = 0; i < j->n_due; i++) {
+            if (j->have_target[i])
+                push_send(svc, &j->targets[i], NULL, NULL, NULL);
+            else if (!j->targets)
+                push_later(svc, j->due[i]); /* out of memory on the worker */
+        }
     }
+    free(j->targets);
     free(j);
 }
 
@@ -1237,7 +1248,8 @@ esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *comma
 }
 
 void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
-                       const esim_enqueue_opts *opts, esim_push_state *pushes)
+                       const esim_enqueue_opts *opts, const store_push_target *targets,
+                       esim_push_state *pushes)
 {
     svc->m.enqueued += n;
     for (size_t i = 0; svc->refill_tab && i < n; i++)
@@ -1246,7 +1258,9 @@ void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
      * the device then drains its queue in one session. */
     for (size_t i = 0; i < n; i++) {
         esim_push_state ps = ESIM_PUSH_SKIPPED;
-        if (opts->push)
+        if (opts->push && targets)
+            push_send(svc, &targets[i], &ps, NULL, NULL);
+        else if (opts->push)
             push_device(svc, udids[i], &ps, NULL, NULL);
         if (pushes)
             pushes[i] = ps;
@@ -1267,7 +1281,7 @@ esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size
             svc_store_failed(svc, NULL);
         return rc;
     }
-    svc_enqueue_after(svc, udids, n, opts, pushes);
+    svc_enqueue_after(svc, udids, n, opts, NULL, pushes);
     return ESIM_OK;
 }
 

@@ -492,12 +492,15 @@ void mdm_refill_answers(esim_service *svc, svc_deferred *list);
 
 /* esim_service_enqueue in two halves: the store's (checks the command and
  * queues it on |st|; safe on a pool worker, it touches nothing else of the
- * service) and the loop's (counts, refills held answers, pushes). */
+ * service) and the loop's (counts, refills held answers, pushes). |targets|
+ * (may be NULL: read on the loop) are the devices' push targets, read with
+ * the store half on the worker. */
 esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *command_plist,
                            size_t len, const char *const *udids, size_t n,
                            const esim_enqueue_opts *opts, char uuid_out[128], esim_error *err);
 void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
-                       const esim_enqueue_opts *opts, esim_push_state *pushes);
+                       const esim_enqueue_opts *opts, const store_push_target *targets,
+                       esim_push_state *pushes);
 
 /* ---- the store worker pool (pool.c) ----------------------------------------------- */
 
@@ -651,6 +654,21 @@ void push_free(esim_service *svc);
  * (empty unless sent). */
 esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state,
                      char apns_id[ESIM_UUID_LEN + 1], esim_error *err);
+/* As push_device, with the device's push target already read from the store
+ * (on a pool worker): no store call. */
+void push_send(esim_service *svc, const store_push_target *t, esim_push_state *state,
+               char apns_id[ESIM_UUID_LEN + 1], esim_error *err);
+/* Pushes the device when no one waits for the outcome: its target is read
+ * on a store pool worker (at once on the loop without a pool), the push
+ * goes out on the loop afterwards. */
+void push_later(esim_service *svc, const char *udid);
+/* What a push's answer (APNs or WNS) leaves in the store, written as an
+ * admin job on the store pool (at once without one): the push recorded
+ * (SENT), the token dead (DEAD), or a push_failed event with |detail|
+ * (FAILED; |udid| NULL for one of no device). */
+typedef enum { PUSH_NOTE_SENT, PUSH_NOTE_DEAD, PUSH_NOTE_FAILED } push_note_kind;
+void push_note(esim_service *svc, push_note_kind kind, const char *udid, const char *detail,
+               int64_t now);
 bool push_configured(const esim_service *svc);
 /* The APNs topic pushes go out under, or NULL without APNs. */
 const char *push_topic(const esim_service *svc);

@@ -152,9 +152,8 @@ static void release_waiting(svc_wns *w, bool ok)
             job_start(j);
         } else {
             count(w, WNS_FAILED);
-            esim_store_event_append(w->svc->st, "push_failed", j->udid, NULL,
-                                    "WNS: no access token from the token endpoint", NULL, 0,
-                                    esim_now_ms(), NULL);
+            push_note(w->svc, PUSH_NOTE_FAILED, j->udid,
+                      "WNS: no access token from the token endpoint", esim_now_ms());
             job_free(j);
         }
     }
@@ -184,8 +183,7 @@ static void token_done(svc_wns *w, wns_job *j, CURLcode res, long code)
         char detail[200];
         snprintf(detail, sizeof detail, "WNS token endpoint answered %ld (%s)", code,
                  curl_easy_strerror(res));
-        esim_store_event_append(w->svc->st, "push_failed", NULL, NULL, detail, NULL, 0,
-                                esim_now_ms(), NULL);
+        push_note(w->svc, PUSH_NOTE_FAILED, NULL, detail, esim_now_ms());
     }
     job_free(j);
     release_waiting(w, ok);
@@ -246,8 +244,7 @@ static void retry_later(wns_job *j, const char *why)
         count(w, WNS_FAILED);
         char detail[300];
         snprintf(detail, sizeof detail, "WNS: gave up after %d attempts (%s)", j->attempts, why);
-        esim_store_event_append(svc->st, "push_failed", j->udid, NULL, detail, NULL, 0,
-                                esim_now_ms(), NULL);
+        push_note(svc, PUSH_NOTE_FAILED, j->udid, detail, esim_now_ms());
         job_free(j);
         return;
     }
@@ -272,20 +269,18 @@ static void push_done(svc_wns *w, wns_job *j, CURLcode res, long code)
     int64_t now = esim_now_ms();
     if (res == CURLE_OK && code == 200) {
         count(w, WNS_DELIVERED);
-        if (esim_store_push_recorded(svc->st, j->udid, false, now, NULL) != ESIM_OK)
-            svc_store_failed(svc, NULL);
+        push_note(svc, PUSH_NOTE_SENT, j->udid, NULL, now);
         job_free(j);
     } else if (res == CURLE_OK && (code == 410 || code == 404)) {
         /* The channel expired: no push reaches the device until it reports
          * a new ChannelURI in its next (scheduled) session. */
         count(w, WNS_EXPIRED);
-        if (esim_store_push_recorded(svc->st, j->udid, true, now, NULL) != ESIM_OK)
-            svc_store_failed(svc, NULL);
-        esim_store_event_append(svc->st, "push_failed", j->udid, NULL,
-                                code == 410 ? "WNS: 410, the channel expired; waiting for the "
-                                              "device to report a new one"
-                                            : "WNS: 404, the channel is not known",
-                                NULL, 0, now, NULL);
+        push_note(svc, PUSH_NOTE_DEAD, j->udid, NULL, now);
+        push_note(svc, PUSH_NOTE_FAILED, j->udid,
+                  code == 410 ? "WNS: 410, the channel expired; waiting for the "
+                                "device to report a new one"
+                              : "WNS: 404, the channel is not known",
+                  now);
         job_free(j);
     } else if (res == CURLE_OK && code == 401 && !j->reauthed) {
         count(w, WNS_REAUTH);
@@ -306,7 +301,7 @@ static void push_done(svc_wns *w, wns_job *j, CURLcode res, long code)
         count(w, WNS_FAILED);
         char detail[200];
         snprintf(detail, sizeof detail, "WNS refused the notification: HTTP %ld", code);
-        esim_store_event_append(svc->st, "push_failed", j->udid, NULL, detail, NULL, 0, now, NULL);
+        push_note(svc, PUSH_NOTE_FAILED, j->udid, detail, now);
         job_free(j);
     }
 }
