@@ -78,6 +78,11 @@ typedef struct camp_slot {
      * (0: none); a state is written only over the version seen
      * (write_state, campaigns_control). */
     int64_t version, version_unit;
+    /* The campaign's totals (campaign_pushes, campaign_commands) as the
+     * store has them, and as the open unit writes them (|totals_unit|):
+     * the instance that takes the campaign over goes on from them. */
+    uint64_t pushes_saved, commands_saved, pushes_unit, commands_unit;
+    bool totals_unit;
 } camp_slot;
 
 typedef struct {
@@ -471,6 +476,14 @@ static esim_err write_one(campaigns *cs, camp_slot *s, int64_t now, esim_error *
     if (rc == ESIM_OK && create)
         s->version_unit = 1;
     free(cmds);
+    uint64_t pushes = campaign_pushes(c), commands = campaign_commands(c);
+    if (rc == ESIM_OK && (pushes != s->pushes_saved || commands != s->commands_saved)) {
+        rc =
+            esim_store_campaign_totals(st, campaign_id(c), (int64_t)pushes, (int64_t)commands, err);
+        s->pushes_unit = pushes;
+        s->commands_unit = commands;
+        s->totals_unit = rc == ESIM_OK;
+    }
     size_t n = 0;
     const size_t *dirty = campaign_take_dirty(c, &n);
     store_campaign_device *recs = NULL;
@@ -511,6 +524,11 @@ static void records_written(campaigns *cs)
         if (s->version_unit)
             s->version = s->version_unit;
         s->version_unit = 0;
+        if (s->totals_unit) {
+            s->pushes_saved = s->pushes_unit;
+            s->commands_saved = s->commands_unit;
+        }
+        s->totals_unit = false;
     }
 }
 
@@ -520,6 +538,7 @@ static void records_lost(campaigns *cs, const char *why, int64_t now)
     for (size_t k = 0; k < cs->n_slots; k++) {
         cs->slots[k]->row_dirty = true;
         cs->slots[k]->version_unit = 0;
+        cs->slots[k]->totals_unit = false;
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     esim_service_count_store_error(cs->svc);
@@ -1200,6 +1219,9 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
         s->owned = owned;
         s->loaded_ms = esim_now_ms();
         s->version = row->version;
+        campaign_set_totals(c, (uint64_t)row->pushes, (uint64_t)row->commands);
+        s->pushes_saved = (uint64_t)row->pushes;
+        s->commands_saved = (uint64_t)row->commands;
         if (rc == ESIM_OK && cancel_left) {
             engine_apply(cs, s, CAMPAIGN_CANCELED, s->loaded_ms);
             s->last_state = campaign_get_state(c);

@@ -196,6 +196,12 @@ uint64_t campaign_commands(const campaign *c)
     return c->commands;
 }
 
+void campaign_set_totals(campaign *c, uint64_t pushes, uint64_t commands)
+{
+    c->pushes = pushes;
+    c->commands = commands;
+}
+
 const campaign_dev *campaign_device_at(const campaign *c, size_t i)
 {
     return i < c->n ? &c->devs[i] : NULL;

@@ -289,6 +289,9 @@ size_t campaign_refresh_acked(const campaign *c);
  * first pushes and re-pushes; commands queued. */
 uint64_t campaign_pushes(const campaign *c);
 uint64_t campaign_commands(const campaign *c);
+/* Sets both (a campaign restored from the store goes on from the totals
+ * its earlier driver wrote). */
+void campaign_set_totals(campaign *c, uint64_t pushes, uint64_t commands);
 
 /*
  * Advances time to |now_ms|: refills the push allowance (at most a tenth of

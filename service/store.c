@@ -1425,6 +1425,27 @@ esim_err esim_store_campaign_set_state(store *st, const char *campaign_id, int s
     return rc;
 }
 
+esim_err esim_store_campaign_totals(store *st, const char *campaign_id, int64_t pushes,
+                                    int64_t commands, esim_error *err)
+{
+    if (!campaign_id || !*campaign_id)
+        return esim_fail(err, ESIM_EINVAL, "a campaign record needs its campaign's id");
+    if (pushes < 0 || commands < 0)
+        return esim_fail(err, ESIM_EINVAL, "campaign %s: totals are never negative", campaign_id);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    int cur = 0;
+    int64_t ver = 0;
+    rc = st->ops->campaign_state_get(st, campaign_id, &cur, &ver, err);
+    if (rc == ESIM_ENOTFOUND)
+        esim_fail(err, rc, "no campaign %s in the store", campaign_id);
+    else if (rc == ESIM_OK)
+        rc = st->ops->campaign_totals_put(st, campaign_id, pushes, commands, err);
+    esim_err end = st->ops->op_end(st, rc, err);
+    return rc == ESIM_OK ? end : rc;
+}
+
 esim_err esim_store_campaigns(store *st, store_campaign **out, size_t *n, esim_error *err)
 {
     *out = NULL;

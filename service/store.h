@@ -704,8 +704,10 @@ typedef struct {
     const char *definition; /* the campaign's definition as its layer wrote it; required */
     int state;
     int64_t created_ms;
-    int64_t updated_ms; /* when read */
-    int64_t version;    /* when read: 1 at creation, one more at every write of the row */
+    int64_t updated_ms;       /* when read */
+    int64_t version;          /* when read: 1 at creation, one more at every write of the row */
+    int64_t pushes, commands; /* when read: the totals last written with
+                                 esim_store_campaign_totals (0 before) */
 } store_campaign;
 
 /* One device of a campaign. */
@@ -739,6 +741,19 @@ ESIM_EXTERN esim_err esim_store_campaign_save(store *st, const char *campaign_id
                                               const store_campaign_command *cmds, size_t n_cmds,
                                               const store_campaign_device *devs, size_t n_devs,
                                               int64_t now, esim_error *err);
+
+/*
+ * Replaces campaign |campaign_id|'s totals (the pushes it sent and the
+ * commands it queued over its whole life, as the instance that drives it
+ * counts them), read back with esim_store_campaigns: the instance that
+ * takes the campaign over goes on from them. Not a change of the row: its
+ * version stays. Inside a unit (esim_store_unit_begin) it commits with the
+ * rest of the campaign's records.
+ *   ESIM_EINVAL     a missing id or a negative total;
+ *   ESIM_ENOTFOUND  no such campaign.
+ */
+ESIM_EXTERN esim_err esim_store_campaign_totals(store *st, const char *campaign_id, int64_t pushes,
+                                                int64_t commands, esim_error *err);
 
 /*
  * Changes the state of campaign |campaign_id| to |state| only if its row is

@@ -233,6 +233,9 @@ struct store_ops {
     /* Replaces the row's state and updated time; its version goes up by one. */
     esim_err (*campaign_state_put)(store *st, const char *id, int state, int64_t now,
                                    esim_error *err);
+    /* Replaces the row's totals (esim_store_campaign_totals); version unchanged. */
+    esim_err (*campaign_totals_put)(store *st, const char *id, int64_t pushes, int64_t commands,
+                                    esim_error *err);
     /* Reads, as esim_store_campaigns, _campaign_devices, _campaign_commands. */
     esim_err (*campaigns_list)(store *st, store_campaign **out, size_t *n, esim_error *err);
     esim_err (*campaign_devices)(store *st, const char *campaign_id, store_campaign_device **out,

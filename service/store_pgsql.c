@@ -239,6 +239,11 @@ static const migration migrations[] = {
          " eid TEXT NOT NULL DEFAULT '',"
          " created_ms BIGINT NOT NULL);"
          "CREATE INDEX iot_relay_sessions_created ON iot_relay_sessions(created_ms);"},
+    /* 14: a campaign's pushes and commands over its whole life, written by
+     * whichever instance holds its lease, so the one that takes it over
+     * counts on from there (esim_store_campaign_totals). */
+    {14, "ALTER TABLE campaigns ADD COLUMN pushes BIGINT NOT NULL DEFAULT 0;"
+         "ALTER TABLE campaigns ADD COLUMN commands BIGINT NOT NULL DEFAULT 0;"},
     /* New migrations go here, with the SQLite back end's next number. */
 };
 
@@ -305,6 +310,7 @@ enum {
     S_CAMP_LIST,
     S_CAMP_STATE_GET,
     S_CAMP_STATE_PUT,
+    S_CAMP_TOTALS_PUT,
     S_CAMP_DEVS,
     S_CAMP_CMDS,
     S_MANIFEST_PUT,
@@ -551,12 +557,15 @@ static const char *const statement_sql[S_COUNT] = {
         " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
         " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
         " reason = excluded.reason",
-    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version"
+    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version,"
+                    " pushes, commands"
                     " FROM campaigns ORDER BY created_ms, id",
     /* Locked until the operation ends: a compare-and-set of the state. */
     [S_CAMP_STATE_GET] = "SELECT state, version FROM campaigns WHERE id = $1 FOR UPDATE",
     [S_CAMP_STATE_PUT] = "UPDATE campaigns SET state = $2, updated_ms = $3,"
                          " version = version + 1 WHERE id = $1",
+    /* Not a change of the row's state: its version stays. */
+    [S_CAMP_TOTALS_PUT] = "UPDATE campaigns SET pushes = $2, commands = $3 WHERE id = $1",
     [S_CAMP_DEVS] =
         "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
         " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
@@ -1802,6 +1811,12 @@ static esim_err pg_campaign_state_put(store *base, const char *id, int state, in
     return exec_stmt((pg_store *)base, err, S_CAMP_STATE_PUT, "tii", id, (int64_t)state, now);
 }
 
+static esim_err pg_campaign_totals_put(store *base, const char *id, int64_t pushes,
+                                       int64_t commands, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_CAMP_TOTALS_PUT, "tii", id, pushes, commands);
+}
+
 static esim_err pg_campaigns_list(store *base, store_campaign **out, size_t *n, esim_error *err)
 {
     PGresult *r = run((pg_store *)base, err, S_CAMP_LIST, "");
@@ -1821,6 +1836,8 @@ static esim_err pg_campaigns_list(store *base, store_campaign **out, size_t *n, 
         c->created_ms = col_i64(r, (int)i, 4);
         c->updated_ms = col_i64(r, (int)i, 5);
         c->version = col_i64(r, (int)i, 6);
+        c->pushes = col_i64(r, (int)i, 7);
+        c->commands = col_i64(r, (int)i, 8);
         if (!c->id || !c->name || !c->definition)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
@@ -2177,6 +2194,7 @@ static const struct store_ops pgsql_ops = {
     .campaign_device_put = pg_campaign_device_put,
     .campaign_state_get = pg_campaign_state_get,
     .campaign_state_put = pg_campaign_state_put,
+    .campaign_totals_put = pg_campaign_totals_put,
     .campaigns_list = pg_campaigns_list,
     .campaign_devices = pg_campaign_devices,
     .campaign_commands = pg_campaign_commands,

@@ -237,6 +237,11 @@ static const migration migrations[] = {
          " eid TEXT NOT NULL DEFAULT '',"
          " created_ms INTEGER NOT NULL);"
          "CREATE INDEX iot_relay_sessions_created ON iot_relay_sessions(created_ms);"},
+    /* 14: a campaign's pushes and commands over its whole life, written by
+     * whichever instance holds its lease, so the one that takes it over
+     * counts on from there (esim_store_campaign_totals). */
+    {14, "ALTER TABLE campaigns ADD COLUMN pushes INTEGER NOT NULL DEFAULT 0;"
+         "ALTER TABLE campaigns ADD COLUMN commands INTEGER NOT NULL DEFAULT 0;"},
     /* New migrations go here, with the next version number. */
 };
 
@@ -307,6 +312,7 @@ enum {
     S_CAMP_LIST,
     S_CAMP_STATE_GET,
     S_CAMP_STATE_PUT,
+    S_CAMP_TOTALS_PUT,
     S_CAMP_DEVS,
     S_CAMP_CMDS,
     S_MANIFEST_PUT,
@@ -538,11 +544,14 @@ static const char *const statement_sql[S_COUNT] = {
         " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
         " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
         " reason = excluded.reason",
-    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version"
+    [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version,"
+                    " pushes, commands"
                     " FROM campaigns ORDER BY created_ms, id",
     [S_CAMP_STATE_GET] = "SELECT state, version FROM campaigns WHERE id = ?1",
     [S_CAMP_STATE_PUT] = "UPDATE campaigns SET state = ?2, updated_ms = ?3,"
                          " version = version + 1 WHERE id = ?1",
+    /* Not a change of the row's state: its version stays. */
+    [S_CAMP_TOTALS_PUT] = "UPDATE campaigns SET pushes = ?2, commands = ?3 WHERE id = ?1",
     [S_CAMP_DEVS] =
         "SELECT idx, udid, eid, iccid, state, step, retries, verify_tries, flags, pushes,"
         " not_now, changed_ms, next_ms, deadline_ms, last_push_ms, push_state, command_uuid,"
@@ -1835,6 +1844,12 @@ static esim_err sq_campaign_state_put(store *base, const char *id, int state, in
     return exec_stmt((sqlite_store *)base, err, S_CAMP_STATE_PUT, "tii", id, (int64_t)state, now);
 }
 
+static esim_err sq_campaign_totals_put(store *base, const char *id, int64_t pushes,
+                                       int64_t commands, esim_error *err)
+{
+    return exec_stmt((sqlite_store *)base, err, S_CAMP_TOTALS_PUT, "tii", id, pushes, commands);
+}
+
 static esim_err sq_campaigns_list(store *base, store_campaign **out, size_t *n, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
@@ -1857,6 +1872,8 @@ static esim_err sq_campaigns_list(store *base, store_campaign **out, size_t *n, 
         c->created_ms = sqlite3_column_int64(st, 4);
         c->updated_ms = sqlite3_column_int64(st, 5);
         c->version = sqlite3_column_int64(st, 6);
+        c->pushes = sqlite3_column_int64(st, 7);
+        c->commands = sqlite3_column_int64(st, 8);
         if (!c->id || !c->name || !c->definition) {
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
             break;
@@ -2225,6 +2242,7 @@ static const struct store_ops sqlite_ops = {
     .campaign_device_put = sq_campaign_device_put,
     .campaign_state_get = sq_campaign_state_get,
     .campaign_state_put = sq_campaign_state_put,
+    .campaign_totals_put = sq_campaign_totals_put,
     .campaigns_list = sq_campaigns_list,
     .campaign_devices = sq_campaign_devices,
     .campaign_commands = sq_campaign_commands,

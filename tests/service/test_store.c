@@ -1148,6 +1148,51 @@ static void test_campaign_state_compare_and_set(void **state)
     esim_store_close(st);
 }
 
+/* A campaign's totals: written by the instance driving it, read back by
+ * the next (esim_store_campaigns); the row's version stays. */
+static void test_campaign_totals(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    store *other = NULL;
+    assert_int_equal(esim_store_open(spec, NULL, NULL, &other, NULL), ESIM_OK);
+    store_campaign c = {.id = "camp-t", .definition = "{}", .state = 1, .created_ms = 100};
+    assert_int_equal(esim_store_campaign_save(st, "camp-t", &c, NULL, 0, NULL, 0, 200, NULL),
+                     ESIM_OK);
+    store_campaign *list = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_campaigns(other, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(list[0].pushes, 0);
+    assert_int_equal(list[0].commands, 0);
+    esim_store_campaigns_free(list, n);
+    /* In a unit, as the campaign layer writes them with its records. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaign_totals(st, "camp-t", 2048, 6001, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaign_totals(other, "camp-t", 2049, 6002, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaigns(st, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(list[0].pushes, 2049);
+    assert_int_equal(list[0].commands, 6002);
+    assert_int_equal(list[0].version, 1);
+    assert_int_equal(list[0].state, 1);
+    esim_store_campaigns_free(list, n);
+    /* Undone with its unit. */
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaign_totals(st, "camp-t", 1, 1, NULL), ESIM_OK);
+    assert_int_equal(esim_store_unit_end(st, false, NULL), ESIM_OK);
+    assert_int_equal(esim_store_campaigns(other, &list, &n, NULL), ESIM_OK);
+    assert_int_equal(list[0].pushes, 2049);
+    esim_store_campaigns_free(list, n);
+    esim_error e = {{0}};
+    assert_int_equal(esim_store_campaign_totals(st, "nope", 1, 1, &e), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_campaign_totals(st, "camp-t", -1, 1, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_campaign_totals(st, "", 1, 1, NULL), ESIM_EINVAL);
+    esim_store_close(other);
+    esim_store_close(st);
+}
+
 static void test_imports_groups_tags_facts(void **state)
 {
     (void)state;
@@ -1518,6 +1563,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
         cmocka_unit_test(test_campaign_state_compare_and_set),
+        cmocka_unit_test(test_campaign_totals),
         cmocka_unit_test(test_imports_groups_tags_facts),
         cmocka_unit_test(test_tally_retro_bind_bootstrap),
         cmocka_unit_test(test_retire),
