@@ -11,12 +11,15 @@
 #include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
+#include "sim/cert_view.h"
 #include "sim/sim_internal.h"
 
 /* ---- PKI ---------------------------------------------------------------- */
@@ -367,13 +370,23 @@ esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];     /* the certificate's DER */
     unsigned char via_sha[SHA256_DIGEST_LENGTH]; /* its intermediate's DER; zero: none */
-    X509 *x509;
+    X509 *x509;                                  /* sim_cert_cache_verify's entries */
+    EVP_PKEY *key; /* sim_cert_cache_verify_issued's: the public key and serial */
+    char serial[48];
     int64_t verified_ms;
 } cert_slot;
 
 struct sim_cert_cache {
     size_t n; /* a power of two */
     cert_slot *slots;
+    /* The last issuer of sim_cert_cache_verify_issued (a reference), ready:
+     * its subject Name's DER, its digest, a verification context on its key. */
+    X509 *issuer;
+    unsigned char *issuer_name;
+    int issuer_name_len;
+    unsigned char issuer_sha[SHA256_DIGEST_LENGTH];
+    EVP_PKEY_CTX *issuer_verify;
+    EVP_PKEY_CTX *fromdata; /* P-256 public keys from their point */
 };
 
 sim_cert_cache *sim_cert_cache_new(size_t slots)
@@ -394,9 +407,15 @@ void sim_cert_cache_free(sim_cert_cache *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < c->n; i++)
+    for (size_t i = 0; i < c->n; i++) {
         X509_free(c->slots[i].x509);
+        EVP_PKEY_free(c->slots[i].key);
+    }
     free(c->slots);
+    X509_free(c->issuer);
+    OPENSSL_free(c->issuer_name);
+    EVP_PKEY_CTX_free(c->issuer_verify);
+    EVP_PKEY_CTX_free(c->fromdata);
     free(c);
 }
 
@@ -443,6 +462,8 @@ X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *
     /* The slot keeps its own reference; the caller gets another. */
     if (X509_up_ref(x)) {
         X509_free(e->x509);
+        EVP_PKEY_free(e->key);
+        e->key = NULL;
         e->x509 = x;
         memcpy(e->sha, sha, sizeof sha);
         memcpy(e->via_sha, via, sizeof via);
@@ -450,6 +471,145 @@ X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *
     }
     *why = ESIM_OK;
     return x;
+}
+
+/* Makes |issuer| the cache's current issuer; false when it may not issue
+ * certificates (not a CA, or its keyUsage lacks keyCertSign). */
+static bool issuer_ready(sim_cert_cache *c, X509 *issuer)
+{
+    if (c->issuer == issuer)
+        return true;
+    X509_free(c->issuer);
+    OPENSSL_free(c->issuer_name);
+    EVP_PKEY_CTX_free(c->issuer_verify);
+    c->issuer = NULL;
+    c->issuer_name = NULL;
+    c->issuer_verify = NULL;
+    unsigned int vl = sizeof c->issuer_sha;
+    EVP_PKEY *pub = X509_get0_pubkey(issuer);
+    if (X509_check_ca(issuer) < 1 ||
+        ((X509_get_extension_flags(issuer) & EXFLAG_KUSAGE) &&
+         !(X509_get_key_usage(issuer) & KU_KEY_CERT_SIGN)) ||
+        !pub || X509_digest(issuer, EVP_sha256(), c->issuer_sha, &vl) != 1)
+        return false;
+    c->issuer_name_len = i2d_X509_NAME(X509_get_subject_name(issuer), &c->issuer_name);
+    c->issuer_verify = EVP_PKEY_CTX_new(pub, NULL);
+    if (c->issuer_name_len <= 0 || !c->issuer_verify ||
+        EVP_PKEY_verify_init(c->issuer_verify) != 1 || !X509_up_ref(issuer)) {
+        OPENSSL_free(c->issuer_name);
+        EVP_PKEY_CTX_free(c->issuer_verify);
+        c->issuer_name = NULL;
+        c->issuer_verify = NULL;
+        return false;
+    }
+    c->issuer = issuer;
+    return true;
+}
+
+/* The P-256 public key of the uncompressed |point| (65 bytes). */
+static EVP_PKEY *p256_key(sim_cert_cache *c, const unsigned char *point)
+{
+    if (!c->fromdata) {
+        c->fromdata = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+        if (!c->fromdata || EVP_PKEY_fromdata_init(c->fromdata) != 1) {
+            EVP_PKEY_CTX_free(c->fromdata);
+            c->fromdata = NULL;
+            return NULL;
+        }
+    }
+    char group[] = "prime256v1";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, 65),
+        OSSL_PARAM_construct_end()};
+    EVP_PKEY *k = NULL;
+    if (EVP_PKEY_fromdata(c->fromdata, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        return NULL;
+    return k;
+}
+
+EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer,
+                                       char *serial, size_t serial_len, esim_err *why,
+                                       esim_error *err)
+{
+    esim_buf der = {0};
+    EVP_PKEY *key = NULL;
+    *why = ESIM_EINVAL;
+    serial[0] = 0;
+    if (!b64 || esim_base64_decode(b64, strlen(b64), &der, NULL) != ESIM_OK) {
+        esim_buf_free(&der);
+        esim_fail(err, ESIM_EINVAL, "certificate is not base64");
+        return NULL;
+    }
+    if (!issuer_ready(c, issuer)) {
+        esim_buf_free(&der);
+        *why = ESIM_ECRYPTO;
+        esim_fail(err, ESIM_ECRYPTO, "the issuer may not issue certificates");
+        return NULL;
+    }
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    SHA256(der.data, der.len, sha);
+    size_t idx = (((size_t)sha[0] << 8) | sha[1] | ((size_t)sha[2] << 16)) & (c->n - 1);
+    cert_slot *e = &c->slots[idx];
+    int64_t now = esim_mono_ms();
+    if (e->key && memcmp(e->sha, sha, sizeof sha) == 0 &&
+        memcmp(e->via_sha, c->issuer_sha, sizeof sha) == 0 &&
+        now - e->verified_ms < CERT_CACHE_REVERIFY_MS && strlen(e->serial) < serial_len &&
+        EVP_PKEY_up_ref(e->key)) {
+        esim_buf_free(&der);
+        strcpy(serial, e->serial);
+        *why = ESIM_OK;
+        return e->key;
+    }
+    sim_cert_view v;
+    unsigned char dgst[SHA256_DIGEST_LENGTH];
+    int64_t t = (int64_t)time(NULL);
+    const char *bad = NULL;
+    if (!sim_cert_view_parse(der.data, der.len, &v)) {
+        esim_buf_free(&der);
+        esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509 with a P-256 key");
+        return NULL;
+    }
+    if (v.issuer_len != (size_t)c->issuer_name_len ||
+        memcmp(v.issuer, c->issuer_name, v.issuer_len) != 0)
+        bad = "unable to get local issuer certificate";
+    else if (!SHA256(v.tbs, v.tbs_len, dgst) ||
+             EVP_PKEY_verify(c->issuer_verify, v.sig, v.sig_len, dgst, sizeof dgst) != 1)
+        bad = "certificate signature failure";
+    else if (t < v.not_before)
+        bad = "certificate is not yet valid";
+    else if (t > v.not_after)
+        bad = "certificate has expired";
+    else if (v.has_key_usage && !(v.key_usage & SIM_KU_DIGITAL_SIGNATURE))
+        bad = "its keyUsage does not allow signatures";
+    else if (v.serial && (v.serial_len >= serial_len || v.serial_len >= sizeof e->serial ||
+                          memchr(v.serial, 0, v.serial_len)))
+        bad = "its serialNumber is too long";
+    else if (!(key = p256_key(c, v.point)))
+        bad = "its public key is not a P-256 point";
+    if (bad) {
+        esim_buf_free(&der);
+        *why = ESIM_ECRYPTO;
+        esim_fail(err, ESIM_ECRYPTO, "certificate chain does not verify: %s", bad);
+        return NULL;
+    }
+    if (v.serial) {
+        memcpy(serial, v.serial, v.serial_len);
+        serial[v.serial_len] = 0;
+    }
+    esim_buf_free(&der);
+    if (EVP_PKEY_up_ref(key)) {
+        X509_free(e->x509);
+        EVP_PKEY_free(e->key);
+        e->x509 = NULL;
+        e->key = key;
+        strcpy(e->serial, serial);
+        memcpy(e->sha, sha, sizeof sha);
+        memcpy(e->via_sha, c->issuer_sha, sizeof sha);
+        e->verified_ms = now;
+    }
+    *why = ESIM_OK;
+    return key;
 }
 
 esim_err sim_x509_to_der(X509 *x, esim_buf *out)

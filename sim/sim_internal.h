@@ -67,6 +67,20 @@ void sim_cert_cache_free(sim_cert_cache *c); /* NULL ok */
  * verify) and |err| saying why. */
 X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
                             esim_err *why, esim_error *err);
+/* An end-entity certificate in base64 DER |b64| (a P-256 key, ECDSA-SHA256)
+ * issued by |issuer|, which the caller has verified (sim_cert_cache_verify):
+ * checked as a chain verifier checks the last link (the issuer is a CA
+ * that may sign certificates, the names chain, one ECDSA verification of
+ * the certificate by the issuer's key, the validity dates, no critical
+ * extension it does not know, keyUsage when present allowing
+ * digitalSignature), read in place (cert_view.h) instead of through
+ * d2i_X509 and X509_verify_cert. Remembered like the others. Returns its
+ * public key (the caller's reference) and the subject's serialNumber in
+ * |serial| (|serial_len| bytes with the NUL; "" when it has none), or NULL
+ * with *why and |err| as sim_cert_cache_verify. */
+EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer,
+                                       char *serial, size_t serial_len, esim_err *why,
+                                       esim_error *err);
 /* DER <-> base64. */
 esim_err sim_x509_to_b64(X509 *x, esim_buf *out);
 X509 *sim_x509_from_b64(const char *b64, esim_error *err);

@@ -52,8 +52,8 @@ typedef struct session {
     unsigned char server_challenge[16];
     char server_address[128];
     char eid[ESIM_EID_LEN + 1];
-    size_t order;     /* index into orders, once authenticated */
-    X509 *euicc_cert; /* verified, once authenticated */
+    size_t order;        /* index into orders, once authenticated */
+    EVP_PKEY *euicc_key; /* its certificate's, verified, once authenticated */
     int64_t created_ms;
 } session;
 
@@ -528,7 +528,7 @@ static esim_err load_saved_orders(sim_smdp *s, esim_error *err)
 static void session_free(session *ss)
 {
     if (ss) {
-        X509_free(ss->euicc_cert);
+        EVP_PKEY_free(ss->euicc_key);
         free(ss);
     }
 }
@@ -737,33 +737,37 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
 }
 
 /* Verifies the eUICC and EUM certificates in |o| against our CI and returns
- * the eUICC certificate and its EID (from the certificate, never the body). */
-static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o, X509 **euicc_out,
-                         char eid[ESIM_EID_LEN + 1])
+ * the eUICC certificate's public key and its EID (from the certificate,
+ * never the body). */
+static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o,
+                         EVP_PKEY **euicc_out, char eid[ESIM_EID_LEN + 1])
 {
     /* Both verified once and then remembered (by their DER): every eUICC
      * of an EUM sends the same EUM, and each eUICC its own certificate with
-     * authenticateClient and again with each notification. */
+     * authenticateClient and again with each notification. The EUM is
+     * verified to the CI by OpenSSL (X509_verify_cert); an eUICC certificate
+     * is then the chain's last link, checked against that EUM with one
+     * signature verification (sim_cert_cache_verify_issued). */
     esim_err why;
     X509 *eum = sim_cert_cache_verify(s->certs, sim_json_str(o, "eumCertificate"), s->pki->ci.x509,
                                       NULL, &why, NULL);
-    X509 *euicc = eum ? sim_cert_cache_verify(s->certs, sim_json_str(o, "euiccCertificate"),
-                                              s->pki->ci.x509, eum, &why, NULL)
-                      : NULL;
-    bool ok = false;
     char serial[64] = "";
+    EVP_PKEY *euicc =
+        eum ? sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"), eum,
+                                           serial, sizeof serial, &why, NULL)
+            : NULL;
+    bool ok = false;
     if (!eum)
         reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
     else if (!euicc)
         reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not verify against the EUM");
-    else if (esim_cert_subject_field(euicc, NID_serialNumber, serial, sizeof serial) != ESIM_OK ||
-             esim_eid_validate(serial, NULL) != ESIM_OK)
+    else if (esim_eid_validate(serial, NULL) != ESIM_OK)
         reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not carry a valid EID");
     else
         ok = true;
     X509_free(eum);
     if (!ok) {
-        X509_free(euicc);
+        EVP_PKEY_free(euicc);
         return false;
     }
     memcpy(eid, serial, ESIM_EID_LEN + 1);
@@ -771,10 +775,9 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
     return true;
 }
 
-static bool verify_sig(X509 *cert, const esim_buf *data, const json_t *o, const char *sig_key)
+static bool verify_sig(EVP_PKEY *pub, const esim_buf *data, const json_t *o, const char *sig_key)
 {
     esim_buf sig = {0};
-    EVP_PKEY *pub = X509_get0_pubkey(cert);
     bool ok = pub && sim_json_b64(o, sig_key, &sig, NULL) == ESIM_OK &&
               sim_ecdsa_verify_raw(pub, data->data, data->len, sig.data, sig.len, NULL) == ESIM_OK;
     esim_buf_free(&sig);
@@ -920,10 +923,10 @@ static void *get_der(const json_t *body, const char *key, const asn_TYPE_descrip
 }
 
 /* |cert|'s public key verifies |sig| (64 bytes, r‖s) over |td|'s DER of |obj|. */
-static bool der_sig_ok(X509 *cert, const asn_TYPE_descriptor_t *td, const void *obj,
+static bool der_sig_ok(EVP_PKEY *pub, const asn_TYPE_descriptor_t *td, const void *obj,
                        const OCTET_STRING_t *sig)
 {
-    return sgp32_verify_rs_der(X509_get0_pubkey(cert), td, obj, sig, NULL) == ESIM_OK;
+    return sgp32_verify_rs_der(pub, td, obj, sig, NULL) == ESIM_OK;
 }
 
 static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
@@ -959,7 +962,8 @@ static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
 
 /* The eUICC's certificates from the DER answer, checked as verify_euicc does. */
 static bool verify_euicc_der(sim_smdp *s, struct evhttp_request *req, const Certificate_t *euicc,
-                             const Certificate_t *eum, X509 **euicc_out, char eid[ESIM_EID_LEN + 1])
+                             const Certificate_t *eum, EVP_PKEY **euicc_out,
+                             char eid[ESIM_EID_LEN + 1])
 {
     esim_buf a = {0}, b = {0}, a64 = {0}, b64 = {0};
     json_t *o = json_object();
@@ -987,7 +991,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
 {
     AuthenticateServerResponse_t *asr =
         get_der(body, "authenticateServerResponse", &asn_DEF_AuthenticateServerResponse);
-    X509 *euicc = NULL;
+    EVP_PKEY *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     json_t *resp = NULL;
     if (!asr || asr->present != AuthenticateServerResponse_PR_authenticateResponseOk) {
@@ -1029,7 +1033,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
     const sim_order *o = &s->orders[oi].o;
     ss->state = SESSION_AUTHENTICATED;
     ss->order = oi;
-    ss->euicc_cert = euicc;
+    ss->euicc_key = euicc;
     euicc = NULL;
     memcpy(ss->eid, eid, sizeof eid);
 
@@ -1072,7 +1076,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
     return;
 fail:
     session_remove(s, ss);
-    X509_free(euicc);
+    EVP_PKEY_free(euicc);
     sgp32_free(&asn_DEF_AuthenticateServerResponse, asr);
 }
 
@@ -1177,7 +1181,7 @@ static void es9_get_bpp_der(sim_smdp *s, struct evhttp_request *req, json_t *bod
             ? &pdr->choice.downloadResponseOk
             : NULL;
     if (!ok ||
-        !der_sig_ok(ss->euicc_cert, &asn_DEF_EuiccSigned2, &ok->euiccSigned2,
+        !der_sig_ok(ss->euicc_key, &asn_DEF_EuiccSigned2, &ok->euiccSigned2,
                     &ok->euiccSignature2) ||
         !txid_is(ss, &ok->euiccSigned2.transactionId)) {
         sgp32_free(&asn_DEF_PrepareDownloadResponse, pdr);
@@ -1225,7 +1229,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
         char iccid[21] = "", why[64];
         if (!ss) {
             reply_failed(req, "8.10.1", "3.9", "unknown transactionId: no session awaits it");
-        } else if (!der_sig_ok(ss->euicc_cert, &asn_DEF_ProfileInstallationResultData, d,
+        } else if (!der_sig_ok(ss->euicc_key, &asn_DEF_ProfileInstallationResultData, d,
                                &pir->euiccSignPIR)) {
             reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         } else {
@@ -1249,7 +1253,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
     }
     OtherSignedNotification_t *o = &pn->choice.otherSignedNotification;
     NotificationMetadata_t *t = &o->tbsOtherNotification;
-    X509 *euicc = NULL;
+    EVP_PKEY *euicc = NULL;
     char eid[ESIM_EID_LEN + 1], iccid[21] = "";
     if (verify_euicc_der(s, req, &o->euiccCertificate, &o->eumCertificate, &euicc, eid)) {
         if (!der_sig_ok(euicc, &asn_DEF_NotificationMetadata, t, &o->euiccNotificationSignature)) {
@@ -1263,7 +1267,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
             reply(req, 204, NULL);
         }
     }
-    X509_free(euicc);
+    EVP_PKEY_free(euicc);
     sgp32_free(&asn_DEF_PendingNotification, pn);
 }
 
@@ -1276,7 +1280,7 @@ static void es9_cancel_der(sim_smdp *s, struct evhttp_request *req, json_t *body
             c && c->present == CancelSessionResponse_PR_cancelSessionResponseOk &&
             txid_is(ss,
                     &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned.transactionId) &&
-            der_sig_ok(ss->euicc_cert, &asn_DEF_EuiccCancelSessionSigned,
+            der_sig_ok(ss->euicc_key, &asn_DEF_EuiccCancelSessionSigned,
                        &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned,
                        &c->choice.cancelSessionResponseOk.euiccCancelSessionSignature);
         sgp32_free(&asn_DEF_CancelSessionResponse, c);
@@ -1301,7 +1305,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
         return;
     }
     json_t *asr = json_object_get(body, "authenticateServerResponse");
-    X509 *euicc = NULL;
+    EVP_PKEY *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *signed1 = NULL;
@@ -1333,7 +1337,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
     const sim_order *o = &s->orders[oi].o;
     ss->state = SESSION_AUTHENTICATED;
     ss->order = oi;
-    ss->euicc_cert = euicc;
+    ss->euicc_key = euicc;
     euicc = NULL;
     memcpy(ss->eid, eid, sizeof eid);
 
@@ -1361,7 +1365,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
 fail_quiet:
     /* A failed authentication ends the session: the eUICC must start over. */
     session_remove(s, ss);
-    X509_free(euicc);
+    EVP_PKEY_free(euicc);
     esim_buf_free(&raw);
     json_decref(signed1);
 }
@@ -1380,7 +1384,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     json_t *pdr = json_object_get(body, "prepareDownloadResponse"), *signed2 = NULL;
     esim_buf raw = {0};
     if (!json_is_object(pdr) || !signed_blob(pdr, "euiccSigned2", &raw, &signed2) ||
-        !verify_sig(ss->euicc_cert, &raw, pdr, "euiccSignature2") ||
+        !verify_sig(ss->euicc_key, &raw, pdr, "euiccSignature2") ||
         !sim_json_str(signed2, "transactionId") ||
         strcmp(sim_json_str(signed2, "transactionId"), ss->txid) != 0) {
         esim_buf_free(&raw);
@@ -1416,7 +1420,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
 
 static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
-    X509 *euicc = NULL;
+    EVP_PKEY *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *n = NULL;
@@ -1436,7 +1440,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
         note_install(s, eid, iccid, sim_json_str(n, "result"));
     reply(req, 204, NULL); /* SGP.22: handleNotification answers 204 No Content */
 out:
-    X509_free(euicc);
+    EVP_PKEY_free(euicc);
     esim_buf_free(&raw);
     json_decref(n);
 }
@@ -1457,7 +1461,7 @@ static void es9_cancel(sim_smdp *s, struct evhttp_request *req, json_t *body)
         esim_buf raw = {0};
         bool ok = json_is_object(c) &&
                   signed_blob(c, "euiccCancelSessionSigned", &raw, &signed_c) &&
-                  verify_sig(ss->euicc_cert, &raw, c, "euiccCancelSessionSignature");
+                  verify_sig(ss->euicc_key, &raw, c, "euiccCancelSessionSignature");
         esim_buf_free(&raw);
         json_decref(signed_c);
         if (!ok) {

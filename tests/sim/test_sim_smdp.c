@@ -3,6 +3,9 @@
  * loopback: a full download and install notification, consume-once, the
  * order errors (no order, wrong EID, not released), mutual authentication
  * attacks (forged signature, foreign CI on either side, replayed challenge),
+ * the eUICC certificate checks (dates, names, issuer's signature,
+ * extensions: what X509_verify_cert checked before the SM-DP+ read the
+ * certificate in place),
  * the admin endpoint, CSV manifests and order persistence.
  */
 #include <setjmp.h>
@@ -11,6 +14,10 @@
 
 #include <cmocka.h>
 
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "sim/cert_view.h"
 #include "tests/sim/sim_test.h"
 
 typedef struct {
@@ -361,6 +368,147 @@ static void test_forged_signature(void **state)
     json_decref(init);
     sim_euicc_free(victim);
     sim_euicc_free(attacker);
+}
+
+/* ---- eUICC certificates made here with OpenSSL, signed by the EUM ---- */
+
+typedef enum {
+    CERT_OK,
+    CERT_EXPIRED,
+    CERT_NOT_YET_VALID,
+    CERT_OTHER_ISSUER_NAME,
+    CERT_OTHER_EUM_KEY,
+    CERT_CRITICAL_UNKNOWN,
+    CERT_KU_CERT_SIGN_ONLY,
+    CERT_BAD_SIGNATURE,
+    CERT_CASES
+} cert_case;
+
+static EVP_PKEY *read_key(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", fx.dir, name);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(k);
+    return k;
+}
+
+static X509 *read_cert(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", fx.dir, name);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(x);
+    return x;
+}
+
+static void add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    assert_non_null(e);
+    assert_int_equal(X509_add_ext(x, e, -1), 1);
+    X509_EXTENSION_free(e);
+}
+
+/* The base64 DER of an eUICC certificate for EID |eid| as |c| wants it. */
+static void make_euicc_cert(cert_case c, const char *eid, esim_buf *b64)
+{
+    EVP_PKEY *eum_key = read_key(c == CERT_OTHER_EUM_KEY ? "other-pki/eum.key" : "pki/eum.key");
+    X509 *eum = read_cert("pki/eum.pem"), *ci = read_cert("pki/ci.pem");
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *x = X509_new();
+    assert_non_null(k);
+    assert_non_null(x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
+    X509_set_issuer_name(x, X509_get_subject_name(c == CERT_OTHER_ISSUER_NAME ? ci : eum));
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"test eUICC", -1, -1,
+                               0);
+    X509_NAME_add_entry_by_NID(n, NID_serialNumber, MBSTRING_ASC, (const unsigned char *)eid, -1,
+                               -1, 0);
+    X509_gmtime_adj(X509_getm_notBefore(x), c == CERT_NOT_YET_VALID ? 86400 : -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), c == CERT_EXPIRED ? -60 : 86400 * 365L);
+    X509_set_pubkey(x, k);
+    add_ext(x, eum, NID_basic_constraints, "critical,CA:FALSE");
+    add_ext(x, eum, NID_key_usage,
+            c == CERT_KU_CERT_SIGN_ONLY ? "critical,keyCertSign" : "critical,digitalSignature");
+    add_ext(x, eum, NID_subject_key_identifier, "hash");
+    if (c == CERT_CRITICAL_UNKNOWN)
+        add_ext(x, eum, NID_inhibit_any_policy, "critical,0");
+    assert_true(X509_sign(x, eum_key, EVP_sha256()) > 0);
+    esim_buf der = {0};
+    assert_int_equal(sim_x509_to_der(x, &der), ESIM_OK);
+    if (c == CERT_BAD_SIGNATURE)
+        der.data[der.len - 3] ^= 0x01; /* inside s */
+    if (c == CERT_OK) {
+        /* The in-place reading agrees with OpenSSL's. */
+        sim_cert_view v;
+        assert_true(sim_cert_view_parse(der.data, der.len, &v));
+        assert_int_equal(v.serial_len, strlen(eid));
+        assert_memory_equal(v.serial, eid, v.serial_len);
+        assert_true(v.has_key_usage && (v.key_usage & SIM_KU_DIGITAL_SIGNATURE));
+        assert_true(v.has_basic_constraints && !v.is_ca);
+        assert_int_equal(ASN1_TIME_cmp_time_t(X509_get0_notBefore(x), (time_t)v.not_before), 0);
+        assert_int_equal(ASN1_TIME_cmp_time_t(X509_get0_notAfter(x), (time_t)v.not_after), 0);
+        for (size_t cut = 0; cut < der.len; cut++) /* every truncation is refused */
+            assert_false(sim_cert_view_parse(der.data, cut, &v));
+    }
+    esim_buf_reset(b64);
+    assert_int_equal(esim_base64_encode(der.data, der.len, b64), ESIM_OK);
+    esim_buf_free(&der);
+    X509_free(x);
+    X509_free(eum);
+    X509_free(ci);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(eum_key);
+}
+
+static void test_euicc_certificate_checks(void **state)
+{
+    (void)state;
+    sim_euicc *e = euicc(fx.pki, 450);
+    order(e, 450, NULL, true);
+    esim_buf genuine = {0}, eum = {0}, cert = {0};
+    sim_euicc_cert_b64(e, &genuine, &eum);
+    for (int c = 0; c < CERT_CASES; c++) {
+        make_euicc_cert((cert_case)c, sim_euicc_eid(e), &cert);
+        char chal[64], sc[64], buf[64], txid[64];
+        json_t *init = initiate(chal);
+        snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
+        /* Signed by the genuine eUICC's key: the certificate's own key is
+         * another, so a certificate that passes fails at the signature. */
+        json_t *body = auth_body(txid, server_challenge(init, sc), e, e);
+        json_object_set_new(json_object_get(body, "authenticateServerResponse"), "euiccCertificate",
+                            json_string((const char *)cert.data));
+        json_t *r = es9("authenticateClient", body, NULL);
+        assert_string_equal(status_of(r, buf, sizeof buf), c == CERT_OK ? "8.1/6.1" : "8.1.3/6.1");
+        json_decref(r);
+        json_decref(init);
+    }
+    /* The genuine one still works, twice (the second from the cache). */
+    for (int i = 0; i < 2; i++) {
+        char chal[64], sc[64], buf[64], txid[64];
+        json_t *init = initiate(chal);
+        snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
+        json_t *r =
+            es9("authenticateClient", auth_body(txid, server_challenge(init, sc), e, e), NULL);
+        assert_string_equal(status_of(r, buf, sizeof buf), "Executed-Success");
+        json_decref(r);
+        json_decref(init);
+    }
+    esim_buf_free(&genuine);
+    esim_buf_free(&eum);
+    esim_buf_free(&cert);
+    sim_euicc_free(e);
 }
 
 static void test_replayed_challenge(void **state)
@@ -772,6 +920,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_order_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_ci, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_signature, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_euicc_certificate_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replayed_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_from_other_eid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_install_failure_reported, setup, teardown),
