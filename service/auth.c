@@ -52,11 +52,18 @@ esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out,
     return ESIM_OK;
 }
 
+static int64_t time_ms(const ASN1_TIME *t);
+static bool der_header(const unsigned char *p, size_t avail, unsigned *tag, size_t *hdr,
+                       size_t *len);
+static void der_put_header(esim_buf *out, unsigned tag, size_t len);
+static size_t der_header_size(size_t len);
+
 /* Identity certificates issued by SCEP often carry no extended key usage,
  * so the chain is verified without asking for any purpose. X509_V_OK or
  * what is wrong with it (X509_V_ERR_OUT_OF_MEM when nothing could be
- * checked). */
-static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted)
+ * checked). With X509_V_OK, *until (when given) is the earliest notAfter
+ * in the verified chain, ms: how long that verification can hold. */
+static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted, int64_t *until)
 {
     svc->m.identity_chain_checks++;
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
@@ -67,6 +74,15 @@ static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted)
     }
     int ok = X509_verify_cert(ctx);
     int code = X509_STORE_CTX_get_error(ctx);
+    if (ok == 1 && until) {
+        STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
+        *until = INT64_MAX;
+        for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+            int64_t t = time_ms(X509_get0_notAfter(sk_X509_value(chain, i)));
+            if (t < *until)
+                *until = t; /* 0 (unreadable) holds for nothing */
+        }
+    }
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
     if (ok == 1)
@@ -84,9 +100,9 @@ static esim_err chain_refused(int code, esim_error *err)
 }
 
 static esim_err verify_chain(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
-                             esim_error *err)
+                             int64_t *until, esim_error *err)
 {
-    int code = chain_code(svc, leaf, untrusted);
+    int code = chain_code(svc, leaf, untrusted, until);
     return code == X509_V_OK ? ESIM_OK : chain_refused(code, err);
 }
 
@@ -124,21 +140,71 @@ static int64_t signing_time(CMS_ContentInfo *cms)
     return time_ms(v->value.utctime);
 }
 
-static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now);
-static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now);
+static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now, int64_t *until);
+static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now, int64_t until);
+
+/* ---- TLS session resumption with client certificates ------------------------------
+ * Sessions resume from a table in this process (tls_session.h), keyed by
+ * the session ID that TLS 1.3 sends as the ticket (stateful tickets) or
+ * that TLS 1.2 resumes by. The table keeps each session's DER without the
+ * peer certificate: OpenSSL 3.0 would decode the certificate's key again
+ * on every resumption (≈ 3.7 M instructions), and the certificate is a
+ * few hundred bytes per device. What a resumed session needs of it is in
+ * an identity note (auth_session_note) the table's copy carries in its
+ * ticket_appdata: the certificate's digest, when and under which device CA
+ * its chain verified, and how long that verification holds. A session is
+ * only ever built from the table, never from bytes a client sent, and a
+ * session whose certificate did not verify is not kept at all. See
+ * docs/security.md, "TLS session resumption with client certificates". */
+
+#define AUTH_TICKET_MS (15 * 60 * 1000) /* a resumed identity lives this long at most */
+
+static const unsigned char note_magic[4] = {'e', 'm', 's', '1'};
+
+typedef struct {
+    unsigned char magic[4];
+    uint32_t ca_epoch;                       /* svc->device_ca_epoch when the chain verified */
+    int64_t verified_at;                     /* ms */
+    int64_t until;                           /* ms: the verified chain's earliest notAfter */
+    int64_t not_before_ms;                   /* the certificate's notBefore */
+    unsigned char sha[SHA256_DIGEST_LENGTH]; /* the certificate's digest */
+} auth_session_note;
+
+/* The identity note of |sess|, or NULL when it has none. */
+static const auth_session_note *session_note(SSL_SESSION *sess)
+{
+    void *data = NULL;
+    size_t len = 0;
+    if (!sess || SSL_SESSION_get0_ticket_appdata(sess, &data, &len) != 1 ||
+        len != sizeof(auth_session_note) || memcmp(data, note_magic, sizeof note_magic) != 0)
+        return NULL;
+    return data;
+}
+
+/* Why a noted identity does not hold now, or NULL when it does. */
+static const char *note_refused(esim_service *svc, const auth_session_note *n, int64_t now)
+{
+    if (n->ca_epoch != svc->device_ca_epoch)
+        return "the identity certificate was verified under a device CA since replaced: "
+               "connect again";
+    if (now >= n->until || now < n->not_before_ms)
+        return "the identity certificate is outside its validity period";
+    return NULL;
+}
 
 /* The TLS client certificate (verified possession of its key in the
- * handshake, or in the full handshake of the session it resumed). Its chain
- * to the device CA is verified once per certificate every AUTH_REVERIFY_MS,
- * as for Mdm-Signatures, not on every request of every session: a Windows
- * PC or an mtls device sends several per session. The handshake verified it
- * already (auth_tls_verify): a certificate refused there is refused here
- * with the same reason, without a second check; one that verified is in
- * the table. Its validity period is checked on every request: a session
- * (resumed or long-lived) outlasts neither the certificate nor the 5
- * minutes after which the chain is verified again (from the leaf alone
- * when the session was resumed: a ticket keeps no chain, so the device CA
- * file must hold the CA that issues identities). */
+ * handshake). Its chain to the device CA is verified once per certificate
+ * every AUTH_REVERIFY_MS, as for Mdm-Signatures, not on every request of
+ * every session: a Windows PC or an mtls device sends several per session.
+ * The handshake verified it already (auth_tls_verify): a certificate
+ * refused there is refused here with the same reason, without a second
+ * check; one that verified is in the table. Its validity period is checked
+ * on every request: a session outlasts neither the certificate nor the 5
+ * minutes after which the chain is verified again. A resumed session has
+ * no certificate but the identity note of the session it resumed, checked
+ * on every request: the device CA unchanged since, every certificate of
+ * the verified chain still valid (nothing else that verification found
+ * can change without a new device CA: no CRLs are checked). */
 static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_identity *out,
                          esim_error *err)
 {
@@ -146,9 +212,24 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
     X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
-    if (!peer)
-        return esim_fail(err, ESIM_EAUTH,
-                         "no TLS client certificate: the device must present its identity");
+    if (!peer) {
+        const auth_session_note *n =
+            ssl && SSL_session_reused(ssl) ? session_note(SSL_get0_session(ssl)) : NULL;
+        if (!n)
+            return esim_fail(err, ESIM_EAUTH,
+                             "no TLS client certificate: the device must present its identity");
+        const char *why = note_refused(svc, n, esim_now_ms());
+        if (why)
+            return esim_fail(err, ESIM_ECRYPTO, "%s", why);
+        static const char hex[] = "0123456789abcdef";
+        for (size_t i = 0; i < sizeof n->sha; i++) {
+            out->cert_sha256[2 * i] = hex[n->sha[i] >> 4];
+            out->cert_sha256[2 * i + 1] = hex[n->sha[i] & 15];
+        }
+        out->cert_sha256[2 * sizeof n->sha] = '\0';
+        out->not_before_ms = n->not_before_ms;
+        return ESIM_OK;
+    }
     long handshake = SSL_get_verify_result(ssl);
     if (handshake != X509_V_OK) {
         X509_free(peer);
@@ -165,10 +246,11 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     ERR_clear_error();
     int64_t now = esim_now_ms();
     esim_err rc = ESIM_OK;
-    if (!digested || !ver_get(svc, sha, now)) {
-        rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), err);
+    if (!digested || !ver_get(svc, sha, now, NULL)) {
+        int64_t until = 0;
+        rc = verify_chain(svc, peer, SSL_get_peer_cert_chain(ssl), &until, err);
         if (rc == ESIM_OK && digested)
-            ver_put(svc, sha, now);
+            ver_put(svc, sha, now, until);
     }
     if (rc == ESIM_OK)
         rc = esim_cert_sha256_hex(peer, out->cert_sha256);
@@ -176,27 +258,6 @@ static esim_err from_tls(esim_service *svc, struct evhttp_request *req, auth_ide
     X509_free(peer);
     return rc;
 }
-
-/* ---- TLS session resumption with client certificates ------------------------------
- * A resumed session has the peer certificate of the full handshake it came
- * from (inside the ticket, which OpenSSL encrypts and authenticates with
- * keys it made at random for this server context: they never leave the
- * process, a restart or a new context voids every ticket), but no chain
- * and no new proof of the key. So a ticket is only worth an identity when
- * the full handshake verified the chain: each certificate session's ticket
- * carries a note (auth_ticket_note) saying when, under which device CA,
- * and resumption is refused (a full handshake instead) without a good one.
- * See docs/security.md, "TLS session resumption with client certificates". */
-
-#define AUTH_TICKET_MS (15 * 60 * 1000) /* a resumed identity lives this long at most */
-
-static const unsigned char ticket_magic[4] = {'e', 'm', 't', '1'};
-
-typedef struct {
-    unsigned char magic[4];
-    uint32_t ca_epoch;   /* svc->device_ca_epoch when the chain verified */
-    int64_t verified_at; /* ms; 0: the certificate did not verify */
-} auth_ticket_note;
 
 int auth_tls_verify(X509_STORE_CTX *xs, void *arg)
 {
@@ -208,18 +269,19 @@ int auth_tls_verify(X509_STORE_CTX *xs, void *arg)
         unsigned char sha[SHA256_DIGEST_LENGTH];
         unsigned n = 0;
         bool digested = X509_digest(leaf, EVP_sha256(), sha, &n) == 1 && n == sizeof sha;
-        int64_t now = esim_now_ms();
-        if (digested && ver_get(svc, sha, now) && cert_current(leaf))
+        int64_t now = esim_now_ms(), until = 0;
+        if (digested && ver_get(svc, sha, now, NULL) && cert_current(leaf))
             code = X509_V_OK;
-        else if ((code = chain_code(svc, leaf, X509_STORE_CTX_get0_untrusted(xs))) == X509_V_OK &&
+        else if ((code = chain_code(svc, leaf, X509_STORE_CTX_get0_untrusted(xs), &until)) ==
+                     X509_V_OK &&
                  digested)
-            ver_put(svc, sha, now);
+            ver_put(svc, sha, now, until);
     }
     svc->m.tls_cert_full++;
     /* What SSL_get_verify_result says for this session: from_tls refuses
      * every request of it with this reason. No ticket for it (TLS 1.3; a
-     * TLS 1.2 ticket, decided before the certificate came, is noted as
-     * unverified by auth_tls_ticket_new and never resumes). */
+     * TLS 1.2 session, its ID given before the certificate came, is not
+     * kept by auth_tls_session_new and never resumes). */
     X509_STORE_CTX_set_error(xs, code);
     if (code != X509_V_OK && ssl)
         SSL_set_num_tickets(ssl, 0);
@@ -227,51 +289,120 @@ int auth_tls_verify(X509_STORE_CTX *xs, void *arg)
     return 1;
 }
 
-int auth_tls_ticket_new(SSL *ssl, void *arg)
+/* |der| (an SSL_SESSION's encoding) without its peer certificate, the
+ * [3] EXPLICIT field of the session's SEQUENCE, into |out|. False when the
+ * encoding is not the DER this expects. */
+static bool session_der_without_peer(const unsigned char *der, size_t len, esim_buf *out)
 {
-    esim_service *svc = arg;
-    SSL_SESSION *sess = SSL_get0_session(ssl);
-    if (!sess || !SSL_SESSION_get0_peer(sess))
-        return 1; /* no certificate: no identity to note */
-    if (SSL_session_reused(ssl))
-        return 1; /* a renewed ticket keeps the note of the handshake that verified */
-    auth_ticket_note note = {.ca_epoch = svc->device_ca_epoch};
-    memcpy(note.magic, ticket_magic, sizeof note.magic);
-    if (SSL_get_verify_result(ssl) == X509_V_OK)
-        note.verified_at = esim_now_ms();
-    /* Out of memory the ticket goes without a note: it never resumes. */
-    if (SSL_SESSION_set1_ticket_appdata(sess, &note, sizeof note) != 1)
-        ERR_clear_error();
-    return 1;
+    unsigned tag;
+    size_t hdr, body;
+    if (!der_header(der, len, &tag, &hdr, &body) || tag != 0x30 || hdr + body != len)
+        return false;
+    const unsigned char *p = der + hdr, *end = der + len;
+    size_t keep = 0;
+    const unsigned char *skip = NULL;
+    size_t skip_len = 0;
+    while (p < end) {
+        size_t eh, el;
+        if (!der_header(p, (size_t)(end - p), &tag, &eh, &el))
+            return false;
+        if (tag == 0xa3) {
+            skip = p;
+            skip_len = eh + el;
+        } else {
+            keep += eh + el;
+        }
+        p += eh + el;
+    }
+    out->len = 0;
+    der_put_header(out, 0x30, keep);
+    if (!skip) {
+        esim_buf_append(out, der + hdr, body);
+    } else {
+        esim_buf_append(out, der + hdr, (size_t)(skip - (der + hdr)));
+        esim_buf_append(out, skip + skip_len, (size_t)(end - (skip + skip_len)));
+    }
+    return out->len == der_header_size(keep) + keep;
 }
 
-SSL_TICKET_RETURN auth_tls_ticket_use(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
-                                      size_t name_len, SSL_TICKET_STATUS status, void *arg)
+int auth_tls_session_new(SSL *ssl, SSL_SESSION *sess)
 {
-    (void)ssl, (void)name, (void)name_len;
-    esim_service *svc = arg;
-    if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
-        return status == SSL_TICKET_FATAL_ERR_MALLOC || status == SSL_TICKET_FATAL_ERR_OTHER
-                   ? SSL_TICKET_RETURN_ABORT
-                   : SSL_TICKET_RETURN_IGNORE_RENEW;
-    if (!sess)
-        return SSL_TICKET_RETURN_IGNORE_RENEW;
+    esim_service *svc = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    if (!svc || !svc->tls_sessions)
+        return 0;
     X509 *peer = SSL_SESSION_get0_peer(sess);
     if (peer) {
-        void *data = NULL;
-        size_t len = 0;
-        auth_ticket_note note;
-        if (SSL_SESSION_get0_ticket_appdata(sess, &data, &len) != 1 || len != sizeof note)
-            return SSL_TICKET_RETURN_IGNORE_RENEW;
-        memcpy(&note, data, sizeof note);
-        int64_t age = esim_now_ms() - note.verified_at;
-        if (memcmp(note.magic, ticket_magic, sizeof note.magic) != 0 || note.verified_at <= 0 ||
-            note.ca_epoch != svc->device_ca_epoch || age < 0 || age > AUTH_TICKET_MS ||
-            !cert_current(peer))
-            return SSL_TICKET_RETURN_IGNORE_RENEW;
+        /* A full handshake with a certificate: kept only when its chain
+         * verified, with the note of that verification. */
+        if (SSL_get_verify_result(ssl) != X509_V_OK)
+            return 0;
+        auth_session_note note = {.ca_epoch = svc->device_ca_epoch};
+        memcpy(note.magic, note_magic, sizeof note.magic);
+        unsigned n = 0;
+        int64_t now = esim_now_ms();
+        if (X509_digest(peer, EVP_sha256(), note.sha, &n) != 1 || n != sizeof note.sha ||
+            !(note.verified_at = ver_get(svc, note.sha, now, &note.until)) ||
+            !(note.not_before_ms = time_ms(X509_get0_notBefore(peer))) ||
+            SSL_SESSION_set1_ticket_appdata(sess, &note, sizeof note) != 1) {
+            ERR_clear_error();
+            return 0;
+        }
+    }
+    /* Without a certificate: a session resumed from the table keeps its
+     * note (a renewed ticket keeps the verification of the full handshake),
+     * one of a client that showed none has none (it resumes as no one). */
+    int der_len = i2d_SSL_SESSION(sess, NULL);
+    unsigned char *der = der_len > 0 ? malloc((size_t)der_len) : NULL;
+    unsigned char *w = der;
+    esim_buf kept = {0};
+    unsigned id_len = 0;
+    const unsigned char *id = SSL_SESSION_get_id(sess, &id_len);
+    long timeout = SSL_SESSION_get_timeout(sess);
+    int64_t now = esim_now_ms();
+    if (der && i2d_SSL_SESSION(sess, &w) == der_len &&
+        session_der_without_peer(der, (size_t)der_len, &kept) && timeout > 0)
+        tls_sessions_put(svc->tls_sessions, id, id_len, kept.data, kept.len,
+                         now + (int64_t)timeout * 1000, now);
+    free(der);
+    esim_buf_free(&kept);
+    ERR_clear_error();
+    return 0; /* the table keeps its own copy */
+}
+
+SSL_SESSION *auth_tls_session_get(SSL *ssl, const unsigned char *id, int id_len, int *copy)
+{
+    *copy = 0;
+    esim_service *svc = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    if (!svc || !svc->tls_sessions || id_len <= 0)
+        return NULL;
+    int64_t now = esim_now_ms();
+    size_t len = 0;
+    const unsigned char *der = tls_sessions_get(svc->tls_sessions, id, (size_t)id_len, now, &len);
+    if (!der)
+        return NULL;
+    const unsigned char *r = der;
+    SSL_SESSION *sess = d2i_SSL_SESSION(NULL, &r, (long)len);
+    /* A TLS 1.3 ticket is used once: the resumed session gets a new one.
+     * TLS 1.2 resumes by the same ID again and again. */
+    if (!sess || SSL_SESSION_get_protocol_version(sess) >= TLS1_3_VERSION)
+        tls_sessions_remove(svc->tls_sessions, id, (size_t)id_len);
+    if (!sess) {
+        ERR_clear_error();
+        return NULL;
+    }
+    const auth_session_note *n = session_note(sess);
+    if (n) {
+        /* An identity resumes within AUTH_TICKET_MS of the handshake that
+         * verified it, and while the verification holds; otherwise a full
+         * handshake, which verifies again. */
+        int64_t age = now - n->verified_at;
+        if (age < 0 || age > AUTH_TICKET_MS || note_refused(svc, n, now)) {
+            SSL_SESSION_free(sess);
+            return NULL;
+        }
         svc->m.tls_cert_resumed++;
     }
-    return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+    return sess;
 }
 
 /* A TLS-terminating proxy's header (NanoMDM's -cert-header): RFC 9440's
@@ -310,7 +441,7 @@ static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_
                          "the %s header is not a certificate: expected RFC 9440 ':base64 DER:' "
                          "or a URL-escaped PEM",
                          svc->cert_header);
-    esim_err rc = verify_chain(svc, cert, NULL, err);
+    esim_err rc = verify_chain(svc, cert, NULL, NULL, err);
     if (rc == ESIM_OK)
         rc = esim_cert_sha256_hex(cert, out->cert_sha256);
     out->not_before_ms = time_ms(X509_get0_notBefore(cert));
@@ -324,7 +455,7 @@ static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_
  * certificate (a few KiB each, so not one per device of a large fleet).
  *
  * Whether a certificate's chain to the device CA verified, and when, is kept
- * apart in a table keyed by the same digest that grows with the fleet (40
+ * apart in a table keyed by the same digest that grows with the fleet (48
  * bytes an entry): a fleet larger than the 4096 slots parses a certificate
  * again when its slot was taken, but does not verify its chain again until
  * AUTH_REVERIFY_MS has passed (validity periods move on). Verifying a chain
@@ -344,6 +475,7 @@ typedef struct {
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
     int64_t verified_at; /* 0: empty */
+    int64_t until;       /* the verified chain's earliest notAfter, ms */
 } auth_verified;
 
 struct auth_cache {
@@ -383,14 +515,19 @@ static auth_verified *ver_slot(auth_verified *tab, size_t cap, const unsigned ch
             return &tab[i];
 }
 
-/* When this certificate's chain last verified (0: not recently). */
-static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now)
+/* When this certificate's chain last verified (0: not recently), and
+ * (|until| when given) the earliest notAfter in that chain. */
+static int64_t ver_get(esim_service *svc, const unsigned char *sha, int64_t now, int64_t *until)
 {
     struct auth_cache *c = svc->auth_cache;
     if (!c || !c->ver)
         return 0;
     auth_verified *v = ver_slot(c->ver, c->ver_cap, sha);
-    return v->verified_at && now - v->verified_at <= AUTH_REVERIFY_MS ? v->verified_at : 0;
+    if (!v->verified_at || now - v->verified_at > AUTH_REVERIFY_MS)
+        return 0;
+    if (until)
+        *until = v->until;
+    return v->verified_at;
 }
 
 /* Rebuilds the table with |cap| slots, keeping the entries verified within
@@ -415,9 +552,10 @@ static bool ver_rebuild(struct auth_cache *c, size_t cap, int64_t now)
     return true;
 }
 
-/* Records that this certificate's chain verified at |now|. Best effort: out
- * of memory, the chain is simply verified again next time. */
-static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now)
+/* Records that this certificate's chain verified at |now|, good until
+ * |until|. Best effort: out of memory, the chain is simply verified again
+ * next time. */
+static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now, int64_t until)
 {
     if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache)))
         return;
@@ -441,6 +579,7 @@ static void ver_put(esim_service *svc, const unsigned char *sha, int64_t now)
         c->ver_len++;
     }
     v->verified_at = now;
+    v->until = until;
 }
 
 /* The fetched digest |i| of digest_of(), fetched on first use. */
@@ -1073,10 +1212,11 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
             /* By digest, not by slot: the signer's slot may have been
              * taken over by a later certificate of this same signature. */
             int64_t now = esim_now_ms();
-            if (!ver_get(svc, shas[li], now)) {
-                rc = verify_chain(svc, leaf, stack, err);
+            int64_t until = 0;
+            if (!ver_get(svc, shas[li], now, NULL)) {
+                rc = verify_chain(svc, leaf, stack, &until, err);
                 if (rc == ESIM_OK)
-                    ver_put(svc, shas[li], now);
+                    ver_put(svc, shas[li], now, until);
             }
         }
         if (rc == ESIM_OK) {
@@ -1138,7 +1278,7 @@ static esim_err from_signature(esim_service *svc, struct evhttp_request *req,
         if (!leaf)
             rc = esim_fail(err, ESIM_EAUTH, "the Mdm-Signature carries no signer certificate");
         else
-            rc = verify_chain(svc, leaf, certs, err);
+            rc = verify_chain(svc, leaf, certs, NULL, err);
         if (rc == ESIM_OK) {
             rc = esim_cert_sha256_hex(leaf, out->cert_sha256);
             out->not_before_ms = time_ms(X509_get0_notBefore(leaf));

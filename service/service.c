@@ -669,17 +669,28 @@ static esim_err tls_ctx_build(esim_service *svc, const char *cert_path, const ch
         /* Client certificates are asked for and taken as they come: the
          * chain to the device CA is checked by auth_tls_verify, which never
          * fails the handshake (a device with a bad certificate gets an
-         * HTTP 403 it can log, per request). Sessions resume from stateless
-         * tickets: a client without a certificate (an iPhone that signs its
-         * messages) as with any web server; one with a certificate only
-         * from a ticket of a handshake that verified it, for a bounded time
-         * (auth.c; docs/security.md). The session ID context is needed
-         * once client certificates are asked for. */
+         * HTTP 403 it can log, per request). Sessions resume from this
+         * process's table (stateful tickets: SSL_OP_NO_TICKET, one per
+         * handshake): a client without a certificate (an iPhone that
+         * signs its messages) as with any web server; one with a
+         * certificate only from a handshake that verified it, for a
+         * bounded time, and without decoding its certificate again (auth.c;
+         * docs/security.md). The session ID context is needed once client
+         * certificates are asked for. */
+        if (!svc->tls_sessions && !(svc->tls_sessions = tls_sessions_new(AUTH_SESSIONS_MAX))) {
+            SSL_CTX_free(ctx);
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        SSL_CTX_set_app_data(ctx, svc);
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
         SSL_CTX_set_cert_verify_callback(ctx, auth_tls_verify, svc);
         SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"esim-mdm", 8);
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_session_ticket_cb(ctx, auth_tls_ticket_new, auth_tls_ticket_use, svc);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 1);
+        SSL_CTX_set_timeout(ctx, AUTH_SESSION_TIMEOUT_S);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+        SSL_CTX_sess_set_new_cb(ctx, auth_tls_session_new);
+        SSL_CTX_sess_set_get_cb(ctx, auth_tls_session_get);
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca_path);
         if (names)
             SSL_CTX_set_client_CA_list(ctx, names);
@@ -1072,6 +1083,7 @@ void esim_service_free(esim_service *svc)
     pthread_mutex_destroy(&svc->sync_mu);
     pthread_cond_destroy(&svc->sync_cv);
     SSL_CTX_free(svc->tls);
+    tls_sessions_free(svc->tls_sessions);
     auth_cache_free(svc);
     X509_STORE_free(svc->device_ca);
     free(svc->listen);
@@ -1350,7 +1362,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         "# TYPE esim_mdm_identity_chain_checks_total counter\n"
         "esim_mdm_identity_chain_checks_total %llu\n"
         "# HELP esim_mdm_tls_client_cert_handshakes_total TLS handshakes with a client "
-        "certificate: full (its chain checked) or resumed from a ticket of one that verified.\n"
+        "certificate: full (its chain checked) or resumed from a session of one that verified.\n"
         "# TYPE esim_mdm_tls_client_cert_handshakes_total counter\n"
         "esim_mdm_tls_client_cert_handshakes_total{kind=\"full\"} %llu\n"
         "esim_mdm_tls_client_cert_handshakes_total{kind=\"resumed\"} %llu\n"
@@ -1368,6 +1380,12 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_chain_checks,
         (unsigned long long)m->tls_cert_full, (unsigned long long)m->tls_cert_resumed,
         (unsigned long long)m->signatures_direct, (unsigned long long)m->signatures_cms);
+    esim_buf_printf(out,
+                    "# HELP esim_mdm_tls_sessions Resumable TLS sessions the service keeps "
+                    "(bounded; about 300 bytes each).\n"
+                    "# TYPE esim_mdm_tls_sessions gauge\n"
+                    "esim_mdm_tls_sessions %zu\n",
+                    tls_sessions_count(svc->tls_sessions));
     esim_buf_append_str(out, "# HELP esim_mdm_pushes_total Pushes asked for, by what happened.\n"
                              "# TYPE esim_mdm_pushes_total counter\n");
     for (int p = 0; p <= ESIM_PUSH_SKIPPED; p++)
@@ -1585,6 +1603,7 @@ esim_err esim_service_reload(esim_service *svc, const esim_service_config *cfg, 
     if (tls) {
         SSL_CTX_free(svc->tls);
         svc->tls = tls;
+        tls_sessions_clear(svc->tls_sessions); /* a new context: every session ends */
     }
     bool push_new = push != NULL;
     push_reload_commit(svc, push);

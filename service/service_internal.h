@@ -16,6 +16,7 @@
 
 #include "service/service.h"
 #include "service/store.h"
+#include "service/tls_session.h"
 
 #define SVC_MAX_HOOKS 16
 
@@ -216,6 +217,7 @@ struct esim_service {
     X509_STORE *device_ca;
     struct auth_cache *auth_cache; /* identity certificates already parsed and verified */
     uint32_t device_ca_epoch;      /* +1 when the device CA is replaced: older tickets void */
+    tls_sessions *tls_sessions;    /* resumable TLS sessions (auth.c), NULL without TLS */
 
     struct event *tick_ev;
     /* Group commit: answers wait in |replies| until a store sync that
@@ -559,20 +561,24 @@ esim_err auth_tls_identity(esim_service *svc, struct evhttp_request *req, auth_i
                            esim_error *err);
 /* TLS client certificates in the handshake and session resumption for them
  * (auth.c; installed by service.c on the server context when device auth is
- * on, |arg| the service). auth_tls_verify is the context's certificate
- * verification: the chain to the device CA is checked (once per certificate
- * every 5 minutes), the handshake always goes on (a refused identity gets
- * its 403 per request) and a client whose certificate did not verify gets
- * no session ticket. auth_tls_ticket_new notes in each ticket of a
- * certificate session whether and when its chain verified;
- * auth_tls_ticket_use resumes a certificate session only from such a
- * ticket, within AUTH_TICKET_MS of that verification, under the same device
- * CA and while the certificate is within its validity period (docs/
- * security.md, "TLS session resumption with client certificates"). */
+ * on: |arg| and the context's app data are the service). auth_tls_verify
+ * is the context's certificate verification: the chain to the device CA is
+ * checked (once per certificate every 5 minutes), the handshake always goes
+ * on (a refused identity gets its 403 per request) and a client whose
+ * certificate did not verify gets no session ticket. Sessions resume from
+ * svc->tls_sessions (stateful: the client holds only a session ID):
+ * auth_tls_session_new keeps each new session there without its peer
+ * certificate, a certificate session only when its chain verified and
+ * with an identity note of that verification (its digest, when, under
+ * which device CA, until when it holds); auth_tls_session_get resumes a
+ * certificate session within AUTH_TICKET_MS of that verification, under
+ * the same device CA and while the verified chain is within its validity
+ * (docs/security.md, "TLS session resumption with client certificates"). */
+#define AUTH_SESSION_TIMEOUT_S (15 * 60) /* a TLS session's lifetime, whoever holds it */
+#define AUTH_SESSIONS_MAX (1u << 18)     /* sessions kept at most, ≈ 300 bytes each */
 int auth_tls_verify(X509_STORE_CTX *ctx, void *arg);
-int auth_tls_ticket_new(SSL *ssl, void *arg);
-SSL_TICKET_RETURN auth_tls_ticket_use(SSL *ssl, SSL_SESSION *sess, const unsigned char *name,
-                                      size_t name_len, SSL_TICKET_STATUS status, void *arg);
+int auth_tls_session_new(SSL *ssl, SSL_SESSION *sess);
+SSL_SESSION *auth_tls_session_get(SSL *ssl, const unsigned char *id, int id_len, int *copy);
 /* The per-device rate limit (mdm.c): false when |udid| is over it. */
 bool rate_allow(esim_service *svc, const char *udid, int64_t now);
 

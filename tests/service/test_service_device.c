@@ -1172,6 +1172,37 @@ static void test_device_hangs_up_before_the_answer(void **state)
     stop(f);
 }
 
+/* One HTTP answer read whole from |ssl|: its status. */
+static int tls_read_status(SSL *ssl)
+{
+    static char buf[65536];
+    size_t got = 0, want = 0;
+    int n;
+    buf[0] = '\0';
+    while ((!want || got < want) &&
+           (n = SSL_read(ssl, buf + got, (int)(sizeof buf - 1 - got))) > 0) {
+        got += (size_t)n;
+        buf[got] = '\0';
+        const char *end = strstr(buf, "\r\n\r\n"), *cl = strstr(buf, "Content-Length:");
+        if (end && cl)
+            want = (size_t)(end + 4 - buf) + (size_t)atol(cl + 15);
+    }
+    assert_true(got > 12 && memcmp(buf, "HTTP/1.1 ", 9) == 0);
+    return atoi(buf + 9);
+}
+
+/* PUT |body| to /mdm on an open TLS connection, kept open: the status. */
+static int tls_put_keepalive(SSL *ssl, const esim_buf *body)
+{
+    char head[256];
+    int hl =
+        snprintf(head, sizeof head,
+                 "PUT /mdm HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n", body->len);
+    assert_int_equal(SSL_write(ssl, head, hl), hl);
+    assert_int_equal(SSL_write(ssl, body->data, (int)body->len), (int)body->len);
+    return tls_read_status(ssl);
+}
+
 /* One TLS connection to |port| with one request (|body| is PUT to /mdm,
  * or GET /healthz when NULL), offering |*sess| when set and keeping the
  * session the server gave in its place; with |cert| it shows that client
@@ -1212,20 +1243,7 @@ static int tls_request(int port, const char *ca, const char *cert, const char *k
     /* The whole answer (the tickets come before it), read before the
      * server's close: OpenSSL makes a session not resumable when the
      * connection ends without close_notify. */
-    static char buf[65536];
-    size_t got = 0, want = 0;
-    int n;
-    buf[0] = '\0';
-    while ((!want || got < want) &&
-           (n = SSL_read(ssl, buf + got, (int)(sizeof buf - 1 - got))) > 0) {
-        got += (size_t)n;
-        buf[got] = '\0';
-        const char *end = strstr(buf, "\r\n\r\n"), *cl = strstr(buf, "Content-Length:");
-        if (end && cl)
-            want = (size_t)(end + 4 - buf) + (size_t)atol(cl + 15);
-    }
-    assert_true(got > 12 && memcmp(buf, "HTTP/1.1 ", 9) == 0);
-    int status = atoi(buf + 9);
+    int status = tls_read_status(ssl);
     SSL_SESSION_free(*sess);
     *sess = SSL_get1_session(ssl);
     SSL_shutdown(ssl);
@@ -1361,6 +1379,61 @@ static void test_mtls_identity(void **state)
     assert_int_equal(tls_request(port, ca, other_cert, other_key, &sess, &idle, &resumed), 403);
     assert_false(resumed);
     assert_int_equal(tls_request(port, ca, other_cert, other_key, &sess, &idle, &resumed), 403);
+    assert_true(resumed);
+    SSL_SESSION_free(sess);
+    sess = NULL;
+
+    /* A resumed session after the device CA is replaced (a reload): the
+     * open connection's next request is refused (its identity was verified
+     * under the old CA, and the session has no certificate to verify
+     * again), and the session does not resume any more: a full handshake,
+     * which verifies the chain under the new CA, and 200 again. */
+    assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
+    assert_false(resumed);
+    /* The service keeps one session per client that resumes (one ticket
+     * per handshake, a TLS 1.3 ticket used once), not one per connection:
+     * these resumptions leave the count where it was, but for the metric
+     * call's own connection (curl, a full handshake without a ticket to
+     * offer). */
+    long long kept = api_metric(f->ts.url, "esim_mdm_tls_sessions");
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
+        assert_true(resumed);
+    }
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_tls_sessions"), kept + 1);
+    {
+        SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+        assert_non_null(ctx);
+        assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+        assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, id_cert), 1);
+        assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, id_key, SSL_FILETYPE_PEM), 1);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        SSL_set_session(ssl, sess);
+        assert_int_equal(SSL_connect(ssl), 1);
+        assert_int_equal(SSL_session_reused(ssl), 1);
+        assert_int_equal(tls_put_keepalive(ssl, &idle), 200);
+        char restart[256];
+        esim_error e;
+        assert_int_equal(esim_service_reload(f->ts.svc, &cfg, restart, sizeof restart, &e),
+                         ESIM_OK);
+        assert_int_equal(tls_put_keepalive(ssl, &idle), 403);
+        SSL_SESSION_free(sess);
+        sess = SSL_get1_session(ssl);
+        SSL_shutdown(ssl);
+        SSL_free(ssl);
+        close(fd);
+        SSL_CTX_free(ctx);
+    }
+    chains0 = api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total");
+    assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
+    assert_false(resumed);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), chains0 + 1);
+    assert_int_equal(tls_request(port, ca, id_cert, id_key, &sess, &idle, &resumed), 200);
     assert_true(resumed);
     SSL_SESSION_free(sess);
     sess = NULL;
