@@ -100,14 +100,32 @@ static void logfmt_value(esim_buf *b, const char *v)
     esim_buf_append_str(b, "\"");
 }
 
+/* The line's time, UTC with milliseconds. The text up to the seconds is
+ * kept per thread and made again only when the second changes: every
+ * request writes an access line, and gmtime_r with a formatted print cost
+ * more than the rest of the line. */
 static void now_text(char out[48])
 {
+    static _Thread_local time_t last_sec = -1;
+    static _Thread_local char last_text[40];
     struct timespec tsp;
     clock_gettime(CLOCK_REALTIME, &tsp);
-    struct tm tm;
-    gmtime_r(&tsp.tv_sec, &tm);
-    snprintf(out, 48, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tsp.tv_nsec / 1000000));
+    if (tsp.tv_sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&tsp.tv_sec, &tm);
+        snprintf(last_text, sizeof last_text, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        last_sec = tsp.tv_sec;
+    }
+    int ms = (int)(tsp.tv_nsec / 1000000);
+    size_t n = strlen(last_text);
+    memcpy(out, last_text, n);
+    out[n] = '.';
+    out[n + 1] = (char)('0' + ms / 100);
+    out[n + 2] = (char)('0' + ms / 10 % 10);
+    out[n + 3] = (char)('0' + ms % 10);
+    out[n + 4] = 'Z';
+    out[n + 5] = '\0';
 }
 
 static void write_line(esim_service *svc, esim_log_level level, const char *event,
@@ -116,6 +134,7 @@ static void write_line(esim_service *svc, esim_log_level level, const char *even
     esim_buf b = {0};
     char ts[48];
     now_text(ts);
+    (void)esim_buf_reserve(&b, 256); /* one allocation for most lines */
     if (svc->log_journal)
         esim_buf_printf(&b, "<%d>", level_priority(level));
     if (svc->cfg.log_json) {
@@ -141,15 +160,22 @@ static void write_line(esim_service *svc, esim_log_level level, const char *even
             esim_buf_append_str(&b, text);
         free(text);
     } else {
-        if (!svc->log_journal)
-            esim_buf_printf(&b, "ts=%s ", ts);
-        esim_buf_printf(&b, "level=%s event=", level_name(level));
+        if (!svc->log_journal) {
+            esim_buf_append_str(&b, "ts=");
+            esim_buf_append_str(&b, ts);
+            esim_buf_append_str(&b, " ");
+        }
+        esim_buf_append_str(&b, "level=");
+        esim_buf_append_str(&b, level_name(level));
+        esim_buf_append_str(&b, " event=");
         logfmt_value(&b, event);
         for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *)) {
             const char *v = va_arg(ap, const char *);
             if (!v)
                 continue;
-            esim_buf_printf(&b, " %s=", k);
+            esim_buf_append_str(&b, " ");
+            esim_buf_append_str(&b, k);
+            esim_buf_append_str(&b, "=");
             logfmt_value(&b, v);
         }
         if (suppressed)
