@@ -1535,6 +1535,21 @@ static void test_enrolment_uses_indexes(void **state)
                          ESIM_OK);
     }
     assert_int_equal(store_sqlite_fullscan_steps(st), 0);
+    /* The round trip too: the command found, answered, the next one looked
+     * for, all by index. */
+    char uuid[64], next[128];
+    for (int i = 0; i < 200; i++) {
+        snprintf(udid, sizeof udid, "00008110-%016d", i);
+        snprintf(cert, sizeof cert, "%064d", i + 1);
+        snprintf(uuid, sizeof uuid, "cmd-%d", i);
+        enqueue(st, uuid, udid, 0, 0);
+        assert_int_equal(exchange(st, udid, "Idle", NULL, NULL, 0, 3000, next, NULL), ESIM_OK);
+        assert_string_equal(next, uuid);
+        assert_int_equal(exchange(st, udid, "Acknowledged", uuid, NULL, 0, 3001, next, NULL),
+                         ESIM_OK);
+        assert_string_equal(next, "");
+    }
+    assert_int_equal(store_sqlite_fullscan_steps(st), 0);
     esim_store_close(st);
 }
 
