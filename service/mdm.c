@@ -630,6 +630,7 @@ static void refill_on_pool(esim_service *svc, svc_deferred *list)
 
 void mdm_refill_answers(esim_service *svc, svc_deferred *list)
 {
+    omadm_refill_answers(svc, list); /* the Windows devices' answers among them */
     size_t n = 0;
     for (svc_deferred *d = list; d; d = d->next) {
         if (!d->refill_wanted)

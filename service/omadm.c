@@ -37,6 +37,7 @@
 #define OMADM_ID_CHANNEL "esim-mdm.channel"
 #define OMADM_ID_EUICCS "esim-mdm.euiccs"
 #define OMADM_ID_EUICC "esim-mdm.euicc."
+#define REPLY_END "<Final/></SyncBody></SyncML>\n"
 
 typedef struct {
     char uuid[128];
@@ -273,6 +274,7 @@ typedef struct {
     esim_syncml_status *items;
     size_t n_items;
     char *strings; /* one block holding every item's strings */
+    bool held;     /* the device's answer waits for the hooks (omadm_refill_answers) */
 } omadm_hook_ctx;
 
 /* ---- one message's store half -------------------------------------------------------------
@@ -294,7 +296,7 @@ typedef struct omadm_applied {
     omadm_hook_ctx *hook; /* NULL when out of memory */
 } omadm_applied;
 
-typedef struct {
+typedef struct omadm_job {
     pool_job job;            /* first: the pool's view of it */
     const esim_service *svc; /* its configuration only, on a worker */
     store *st;
@@ -307,9 +309,15 @@ typedef struct {
     int64_t now;
     bool starts;
     /* What the loop does with it. */
-    bool limit; /* the session's limits reached: 413 */
-    bool ended; /* a reply of Status only: the session is over */
+    bool limit;  /* the session's limits reached: 413 */
+    bool ended;  /* a reply of Status only: the session is over */
+    bool ending; /* the device unenrolled or aborted the session: nothing more goes */
     esim_buf reply;
+    /* A reply held for the next command (omadm_refill_answers): the
+     * service's copy being sent, and what to undo if the refill is. */
+    struct svc_reply *held;
+    size_t n_sent_before, reply_len_before;
+    struct omadm_job *next_inline;
     omadm_applied *applied, **applied_tail;
     /* Counters for svc->m, and store failures to report. */
     unsigned anomalies, results[2], bad_channels, channels, commands_sent, enqueued;
@@ -337,6 +345,7 @@ static void hook_run(esim_service *svc, void *p)
         .platform = "windows",
         .syncml = h->items,
         .n_syncml = h->n_items,
+        .answer_held = h->held,
     };
     svc_run_result_hooks(svc, &r);
 }
@@ -1110,12 +1119,12 @@ static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
     return ESIM_OK;
 }
 
-static void reply_syncml(esim_service *svc, struct evhttp_request *req, omadm_dev *d,
-                         const esim_buf *b)
+static svc_reply *reply_syncml(esim_service *svc, struct evhttp_request *req, omadm_dev *d,
+                               const esim_buf *b)
 {
     esim_buf_free(&d->last_reply);
     esim_buf_append(&d->last_reply, b->data, b->len);
-    http_reply(svc, req, M_ROUTE_MDM, 200, "application/vnd.syncml.dm+xml", b->data, b->len);
+    return http_reply(svc, req, M_ROUTE_MDM, 200, "application/vnd.syncml.dm+xml", b->data, b->len);
 }
 
 /* The store refused: 403 for identity, 500 for the store. */
@@ -1288,7 +1297,7 @@ static void omadm_job_run(store *st, pool_job *pj)
          * answers all of a message in the next): the eUICC nodes are known. */
         rc = deliver(j, d, &w, e);
     }
-    w_printf(&w, "<Final/></SyncBody></SyncML>\n");
+    w_printf(&w, REPLY_END);
     if (rc != ESIM_OK || w.rc != ESIM_OK) {
         esim_buf_free(&w.b);
         session_clear(d);
@@ -1299,9 +1308,11 @@ static void omadm_job_run(store *st, pool_job *pj)
     }
     j->reply = w.b;
     j->ended = w.commands == 0;
+    j->ending = ending;
 }
 
-static void omadm_job_free(omadm_job *j)
+/* What a job holds of its message; the job itself and its reply stay. */
+static void omadm_job_trim(omadm_job *j)
 {
     while (j->applied) {
         omadm_applied *a = j->applied;
@@ -1310,9 +1321,16 @@ static void omadm_job_free(omadm_job *j)
         hook_ctx_free(a->hook);
         free(a);
     }
-    esim_buf_free(&j->reply);
     omadm_msg_free(&j->m);
+    memset(&j->m, 0, sizeof j->m);
     free(j->query);
+    j->query = NULL;
+}
+
+static void omadm_job_free(omadm_job *j)
+{
+    omadm_job_trim(j);
+    esim_buf_free(&j->reply);
     free(j);
 }
 
@@ -1337,10 +1355,21 @@ static void omadm_job_done(esim_service *svc, pool_job *pj)
     svc->m.windows_refused += j->refused;
     for (unsigned i = 0; i < j->store_failed; i++)
         svc_store_failed(svc, NULL);
+    /* A reply with no command to a message that carried results waits for
+     * their batch and their hooks: the next command those queue for the
+     * device goes in it (omadm_refill_answers), and the session goes on
+     * instead of a push starting another. */
+    bool hold = pj->rc == ESIM_OK && !j->limit && j->ended && !j->ending &&
+                (svc->batch_open || svc->flush_ev);
+    bool hooks = false;
+    for (omadm_applied *a = j->applied; a; a = a->next)
+        hooks |= a->hook != NULL;
+    hold = hold && hooks;
     for (omadm_applied *a = j->applied; a; a = a->next) {
         result_webhook(svc, d->udid, a->uuid, a->ok, &a->raw, j->query);
         if (a->hook) {
-            svc_after_commit_call(svc, hook_run, a->hook, hook_ctx_free);
+            a->hook->held = hold;
+            svc_after_commit_result(svc, hook_run, a->hook, hook_ctx_free);
             a->hook = NULL;
         }
     }
@@ -1350,7 +1379,13 @@ static void omadm_job_done(esim_service *svc, pool_job *pj)
         reply_text(svc, j->req, 413,
                    "session limit reached (messages or bytes): start a new session");
     else {
-        reply_syncml(svc, j->req, d, &j->reply);
+        svc_reply *r = reply_syncml(svc, j->req, d, &j->reply);
+        if (hold && svc_after_commit_refill(svc, d->udid, r, j)) {
+            /* The held answer owns the session until it goes. */
+            d->busy = true;
+            omadm_job_trim(j);
+            return;
+        }
         if (j->ended) {
             /* Status only: the session is over. */
             session_clear(d);
@@ -1358,6 +1393,148 @@ static void omadm_job_done(esim_service *svc, pool_job *pj)
         }
     }
     omadm_job_free(j);
+}
+
+/* ---- held answers ---------------------------------------------------------------------------
+ * A held reply (omadm_job_done) is completed once its batch committed and
+ * the result and results-done hooks ran: when they queued a command for
+ * the device, deliver() puts it (and whatever else is queued) before the
+ * reply's Final, as in any message of the session; the device answers it
+ * in the same session. The job that made the reply does this too: with a
+ * store pool on a worker (the answer stays held, send_batch passes it by,
+ * and goes from refill_done), else on the loop in one batch for them all
+ * (the answers go with the flush that committed their results, after its
+ * sync). Nothing was queued: the reply goes as it is and the session ends. */
+
+/* The refill is undone (its batch failed): the reply as it was. */
+static void refill_undo(omadm_job *j)
+{
+    omadm_dev *d = j->d;
+    for (size_t i = j->n_sent_before; i < d->n_sent; i++)
+        esim_buf_free(&d->sent[i].body);
+    d->n_sent = j->n_sent_before;
+    /* The buffer only grew: putting the end back needs no memory. */
+    j->reply.len = j->reply_len_before - strlen(REPLY_END);
+    esim_buf_append_str(&j->reply, REPLY_END);
+    j->commands_sent = 0;
+}
+
+static void refill_run(store *st, pool_job *pj)
+{
+    omadm_job *j = (omadm_job *)pj;
+    j->st = st;
+    omadm_dev *d = j->d;
+    j->n_sent_before = d->n_sent;
+    j->reply_len_before = j->reply.len;
+    writer w = {.b = j->reply, .next_id = 1};
+    w.b.len -= strlen(REPLY_END);
+    pj->rc = deliver(j, d, &w, &pj->e);
+    w_printf(&w, REPLY_END);
+    j->reply = w.b;
+    if (w.rc != ESIM_OK)
+        refill_undo(j);
+}
+
+/* Back on the loop: the counts, the reply's new body, the session. */
+static void refill_finish(esim_service *svc, omadm_job *j)
+{
+    omadm_dev *d = j->d;
+    svc_reply *r = j->held;
+    svc->m.commands_sent += j->commands_sent;
+    svc->m.windows_commands_sent += j->commands_sent;
+    for (unsigned i = 0; i < j->store_failed; i++)
+        svc_store_failed(svc, NULL);
+    d->busy = false;
+    if (j->commands_sent && r) {
+        esim_buf_free(&r->body);
+        r->body = j->reply;
+        memset(&j->reply, 0, sizeof j->reply);
+        esim_buf_free(&d->last_reply);
+        esim_buf_append(&d->last_reply, r->body.data, r->body.len);
+        return;
+    }
+    session_clear(d); /* Status only, as it was: the session is over */
+    svc->m.windows_sessions_ended++;
+}
+
+static void refill_done(esim_service *svc, pool_job *pj)
+{
+    omadm_job *j = (omadm_job *)pj;
+    svc_reply *r = j->held;
+    if (!pj->ran)
+        j->commands_sent = 0;
+    else if (pj->rc == ESIM_ESTORE)
+        svc_store_failed(svc, NULL);
+    refill_finish(svc, j);
+    svc_reply_send(svc, r);
+    omadm_job_free(j);
+}
+
+void omadm_held_release(esim_service *svc, omadm_job *j)
+{
+    j->commands_sent = 0;
+    j->store_failed = 0;
+    j->held = NULL; /* its batch's fate answers it (send_batch) */
+    refill_finish(svc, j);
+    omadm_job_free(j);
+}
+
+void omadm_refill_answers(esim_service *svc, svc_deferred *list)
+{
+    omadm_job *todo = NULL;
+    bool began = false, batched = false;
+    for (svc_deferred *x = list; x; x = x->next) {
+        omadm_job *j = x->omadm;
+        if (!j)
+            continue;
+        svc_reply *r = x->refill;
+        x->omadm = NULL;
+        x->refill = NULL; /* not mdm.c's to refill */
+        j->held = r;
+        j->commands_sent = 0;
+        j->store_failed = 0;
+        if (!x->refill_wanted || !r || !evhttp_request_get_connection(r->req)) {
+            /* Nothing new for it (or it hung up): the reply as it is. */
+            refill_finish(svc, j);
+            omadm_job_free(j);
+            continue;
+        }
+        j->job.run = refill_run;
+        j->job.done = refill_done;
+        if (pool_on(svc)) {
+            r->held = true;
+            pool_submit(svc, &j->job);
+            continue;
+        }
+        if (!began) { /* one commit for them all, when the back end batches */
+            began = true;
+            batched = (esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH) &&
+                      esim_store_batch_begin(svc->st, NULL) == ESIM_OK;
+        }
+        j->job.rc = ESIM_OK;
+        refill_run(svc->st, &j->job);
+        j->next_inline = todo;
+        todo = j;
+    }
+    if (!began)
+        return;
+    bool ok = !batched || esim_store_batch_commit(svc->st, NULL) == ESIM_OK;
+    if (!ok)
+        svc_store_failed(svc, NULL);
+    while (todo) {
+        omadm_job *j = todo;
+        todo = j->next_inline;
+        if (!ok && j->commands_sent) {
+            /* Undone: the commands are queued still; the reply goes without
+             * them and a push brings the device back for them. */
+            refill_undo(j);
+            push_later(svc, j->d->udid);
+        } else if (j->job.rc == ESIM_ESTORE) {
+            svc_store_failed(svc, NULL);
+        }
+        refill_finish(svc, j);
+        omadm_job_free(j);
+    }
 }
 
 void omadm_handle(esim_service *svc, struct evhttp_request *req)
@@ -1552,13 +1729,7 @@ esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const 
         svc_store_failed(svc, NULL);
     if (rc != ESIM_OK)
         return rc;
-    svc->m.enqueued += n;
-    for (size_t i = 0; i < n; i++) {
-        esim_push_state ps = ESIM_PUSH_SKIPPED;
-        if (opts->push)
-            push_device(svc, udids[i], &ps, NULL, NULL);
-        if (pushes)
-            pushes[i] = ps;
-    }
+    /* Counted, pushed, and put in the device's held answer if there is one. */
+    svc_enqueue_after(svc, udids, n, opts, NULL, pushes);
     return ESIM_OK;
 }

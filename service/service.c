@@ -228,10 +228,12 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
-static void free_deferred(svc_deferred *d)
+static void free_deferred(esim_service *svc, svc_deferred *d)
 {
     while (d) {
         svc_deferred *next = d->next;
+        if (d->omadm)
+            omadm_held_release(svc, d->omadm);
         if (d->free_ctx)
             d->free_ctx(d->ctx);
         webhooks_discard(d->hooks);
@@ -319,6 +321,39 @@ void svc_batch_open(esim_service *svc)
     }
 }
 
+void svc_after_commit_result(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
+                             void (*free_ctx)(void *))
+{
+    svc_deferred *d = svc->batch_open || svc->flush_ev ? calloc(1, sizeof *d) : NULL;
+    if (!d) { /* answers are not held (or out of memory: early beats never) */
+        fn(svc, ctx);
+        if (free_ctx)
+            free_ctx(ctx);
+        return;
+    }
+    d->fn = fn;
+    d->ctx = ctx;
+    d->free_ctx = free_ctx;
+    d->result = true;
+    *svc->deferred_tail = d;
+    svc->deferred_tail = &d->next;
+}
+
+bool svc_after_commit_refill(esim_service *svc, const char *udid, svc_reply *r, struct omadm_job *j)
+{
+    if (!r || (!svc->batch_open && !svc->flush_ev))
+        return false;
+    svc_deferred *d = calloc(1, sizeof *d);
+    if (!d)
+        return false;
+    snprintf(d->msg.udid, sizeof d->msg.udid, "%s", udid);
+    d->refill = r;
+    d->omadm = j;
+    *svc->deferred_tail = d;
+    svc->deferred_tail = &d->next;
+    return true;
+}
+
 /* Indexes the held answers of |list| by UDID for refill_mark. Out of
  * memory: no index, and those answers simply go without a command. */
 static void refill_tab_build(esim_service *svc, svc_deferred *list)
@@ -379,6 +414,7 @@ static bool batch_finish(esim_service *svc)
     for (svc_deferred *d = list; ok && d; d = d->next) {
         if (d->fn) {
             d->fn(svc, d->ctx);
+            results |= d->result;
         } else {
             run_after_commit(svc, &d->msg, d->hooks, d->hook, d->refill != NULL);
             d->hooks = NULL;
@@ -392,7 +428,7 @@ static bool batch_finish(esim_service *svc)
     svc->refill_cap = 0;
     if (ok)
         mdm_refill_answers(svc, list);
-    free_deferred(list);
+    free_deferred(svc, list);
     return ok;
 }
 
@@ -502,7 +538,7 @@ static void group_commit_stop(esim_service *svc)
             d->hooks = NULL;
         }
     svc->batch_open = false;
-    free_deferred(svc->deferred);
+    free_deferred(svc, svc->deferred);
     svc->deferred = NULL;
     svc->deferred_tail = &svc->deferred;
     free_replies(svc->replies);

@@ -158,6 +158,13 @@ typedef struct svc_deferred {
     struct svc_reply *refill;
     bool refill_wanted;   /* a command was queued for the device while the hooks ran */
     char cert_sha256[65]; /* the identity that sent it, for the refill */
+    /* |fn| runs a device's result hooks (svc_after_commit_result): the
+     * results-done hooks follow, as after an Apple result. */
+    bool result;
+    /* A Windows device's held answer (|refill|, with |msg.udid|): the
+     * session's message job, which omadm_refill_answers completes, or
+     * omadm_held_release lets go when the batch was undone. */
+    struct omadm_job *omadm;
 } svc_deferred;
 
 /* Failed admin API authentications from one peer address (access.c). */
@@ -491,6 +498,14 @@ void mdm_prune_buckets(esim_service *svc, int64_t now_ms);
  * the hooks queued one (one store batch for all; if it cannot be committed
  * the answers stay empty and those devices are pushed instead). */
 void mdm_refill_answers(esim_service *svc, svc_deferred *list);
+/* The same for Windows devices' held SyncML answers (omadm.c): the next
+ * queued commands go in before Final, so the session goes on. Called by
+ * mdm_refill_answers first; leaves those entries without |refill|. An
+ * entry whose |refill| went already (NULL) just ends its session. */
+void omadm_refill_answers(esim_service *svc, svc_deferred *list);
+/* A held Windows answer whose batch was undone (or the service stops):
+ * its session is let go as it would have been without the hold. */
+void omadm_held_release(esim_service *svc, struct omadm_job *j);
 
 /* esim_service_enqueue in two halves: the store's (checks the command and
  * queues it on |st|; safe on a pool worker, it touches nothing else of the
@@ -752,6 +767,17 @@ void svc_batch_open(esim_service *svc);
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
                       const svc_event_extra *x, bool hook, struct svc_reply *refill,
                       const char *cert);
+/* Like svc_after_commit_call for a |fn| that runs the result hooks of a
+ * result: deferred whenever answers wait for their batch (as
+ * svc_after_commit), and followed by the results-done hooks. */
+void svc_after_commit_result(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
+                             void (*free_ctx)(void *));
+/* Holds |r|, the Windows device |udid|'s answer with no command in it,
+ * for omadm_refill_answers once the hooks of its batch ran; |j| is the
+ * message's job (omadm.c). False when answers are not held (nothing to
+ * wait for) or out of memory: then |r| goes as it is. */
+bool svc_after_commit_refill(esim_service *svc, const char *udid, struct svc_reply *r,
+                             struct omadm_job *j);
 /* Sends one held answer whose batch is committed, and frees it. */
 void svc_reply_send(esim_service *svc, svc_reply *r);
 /* Calls |fn|(svc, |ctx|) once the changes made so far are committed (at

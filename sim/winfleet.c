@@ -36,8 +36,9 @@ typedef struct {
     int64_t channel_expires; /* wall ms; 0 = none */
     uint16_t flags;
     uint8_t retries;
-    uint8_t jobs; /* background jobs in flight */
-    uint8_t url;  /* which instance of the service the session in flight talks to */
+    uint8_t jobs;      /* background jobs in flight */
+    uint8_t url;       /* which instance of the service the session in flight talks to */
+    esim_buf *waiting; /* the session's next message, sent once its jobs finished */
 } wslot;
 
 typedef struct {
@@ -285,6 +286,10 @@ void sim_winfleet_free(sim_winfleet *f)
     for (size_t i = 0; i < f->n; i++) {
         sim_http_conn_free(f->slots[i].conn);
         sim_tls_session_free(f->slots[i].tls);
+        if (f->slots[i].waiting) {
+            esim_buf_free(f->slots[i].waiting);
+            free(f->slots[i].waiting);
+        }
         save_if_dirty(f, i);
         sim_winpc_free(f->slots[i].pc);
     }
@@ -497,11 +502,36 @@ static void on_reply(void *arg, sim_http_response *r)
         return;
     }
     f->st.win_messages++;
+    /* What this message's commands started (a discovery, a download) runs
+     * now, and the PC sends its answer once that is done: the service's
+     * next command in this session (the campaign's verification) reads
+     * what the eUICC did, without another session and another push. */
+    run_jobs(f, i);
+    if (sl->jobs > 0 && (sl->waiting = malloc(sizeof *sl->waiting)) != NULL) {
+        *sl->waiting = next;
+        return;
+    }
     if (post(f, i, &next, false) != ESIM_OK) {
         f->st.http_errors++;
         session_failed(f, i);
     }
     esim_buf_free(&next);
+}
+
+/* The session's next message waited for the jobs its commands started. */
+static void post_waiting(sim_winfleet *f, size_t i)
+{
+    wslot *sl = &f->slots[i];
+    esim_buf *next = sl->waiting;
+    if (!next || sl->jobs > 0)
+        return;
+    sl->waiting = NULL;
+    if (post(f, i, next, false) != ESIM_OK) {
+        f->st.http_errors++;
+        session_failed(f, i);
+    }
+    esim_buf_free(next);
+    free(next);
 }
 
 esim_err sim_winfleet_sync(sim_winfleet *f, const char *device_id, esim_error *err)
@@ -535,7 +565,9 @@ static void job_finished(void *arg, size_t still)
     }
     sl->jobs--;
     save_if_dirty(f, j->slot);
+    size_t slot = j->slot;
     free(j);
+    post_waiting(f, slot);
 }
 
 static void after_download(void *arg, const sim_download_result *r)

@@ -158,7 +158,8 @@ static void test_demo_50_devices_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "timed_out")), 0);
     assert_true(json_is_true(json_object_get(j, "ok")));
     assert_string_equal(json_string_value(json_object_get(j, "device_auth")), "signature");
-    assert_true(json_integer_value(json_object_get(j, "pushes")) >= 50);
+    /* A wake-up for every iPhone and PC (IoT devices poll: none). */
+    assert_true(json_integer_value(json_object_get(j, "pushes")) >= 45);
     /* three steps for the iPhones and PCs, two for the IoT devices */
     assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
     assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
@@ -220,6 +221,26 @@ static void test_demo_one_push_per_phone(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "verified")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 40);
     assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 40);
+    json_decref(j);
+}
+
+/* The same for Windows PCs: a PC's answer to a step waits for the
+ * campaign to queue the next one, which goes out in the same OMA-DM
+ * session (omadm_refill_answers), so one WNS push per PC carries the
+ * restrictions profile, the refresh and the verification. */
+static void test_demo_one_push_per_pc(void **state)
+{
+    (void)state;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 20 --json --quiet-mix --windows-share 1 --iot-share 0 "
+             "--no-inventory --no-extras --timeout 240 2>'%s/stderr'",
+             bin(), g_dir);
+    json_t *j = demo_json(cmd, "stderr");
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 20);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 20);
+    assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 20);
+    assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 20);
     json_decref(j);
 }
 
@@ -381,6 +402,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_demo_mtls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_phone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_one_push_per_pc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
