@@ -6,7 +6,7 @@ set -euo pipefail
 build=$(cd "${1:?usage: bench/run.sh BUILD_DIR}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 status=0
-for area in apns service campaign sim scale dashboard; do
+for area in apns service tls campaign sim scale dashboard; do
   script="$here/$area/run.sh"
   [[ -x "$script" ]] || continue
   echo "== bench: $area"
