@@ -83,6 +83,7 @@ typedef struct camp_slot {
      * the instance that takes the campaign over goes on from them. */
     uint64_t pushes_saved, commands_saved, pushes_unit, commands_unit;
     bool totals_unit;
+    bool in_flush; /* named by the flush on a store worker: not replaced until it is back */
 } camp_slot;
 
 typedef struct {
@@ -104,6 +105,14 @@ struct campaigns {
     int64_t next_lease_ms;         /* when leases are renewed and taken next */
     int64_t next_catch_up_ms;      /* when owned campaigns read others' answers */
     uint64_t takeovers, forwarded; /* for /metrics */
+    /* With a store pool, a flush is a store job (flush_start): at most one
+     * at a time; what asks for one meanwhile sets |again|, and the held
+     * answers of results that asked wait in |next_holds| for that next one. */
+    struct flush_job *job;
+    bool again;
+    bool fed; /* a result of this batch went to an engine: its answers wait for the flush */
+    esim_answer_hold **next_holds;
+    size_t n_next_holds, cap_next_holds;
 };
 
 static esim_err vec_push(idx_vec *v, uint32_t x)
@@ -290,11 +299,25 @@ typedef struct {
     uint32_t ref;
     uint32_t *devs;
     size_t n;
+    /* As a store job (flush_start): the devices' UDIDs, copied, and whether
+     * the all-or-nothing enqueue refused the batch, with why. */
+    char **udids;
+    bool refused;
+    esim_error why;
 } step_batch;
+
+static void batch_udids_free(step_batch *b)
+{
+    for (size_t k = 0; b->udids && k < b->n; k++)
+        free(b->udids[k]);
+    free(b->udids);
+    b->udids = NULL;
+}
 
 static void batch_free(step_batch *b)
 {
     campaign_command_free(&b->cmd);
+    batch_udids_free(b);
     free(b->devs);
 }
 
@@ -346,8 +369,11 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
     esim_err rc = udids && pl ? ESIM_OK : esim_fail(&e, ESIM_ENOMEM, "out of memory");
     for (size_t k = 0; rc == ESIM_OK && k < b->n; k++)
         udids[k] = campaign_device_at(c, b->devs[k])->udid;
+    store *st = esim_service_store(cs->svc);
     if (rc == ESIM_OK)
-        rc = pl->enqueue(cs->svc, &b->cmd, udids, b->n, &e);
+        rc = pl->enqueue(cs->svc, st, &b->cmd, udids, b->n, &e);
+    if (rc == ESIM_OK)
+        esim_service_enqueued(cs->svc, udids, b->n);
     if (rc != ESIM_OK && rc != ESIM_ENOMEM && rc != ESIM_ESTORE) {
         for (size_t k = 0; k < b->n; k++) {
             const char *one = udids[k];
@@ -359,10 +385,11 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
             if (r1 == ESIM_OK)
                 r1 = add_cmd(cs, s, single.uuid, b->step, &ref);
             if (r1 == ESIM_OK)
-                r1 = pl->enqueue(cs->svc, &single, &one, 1, &e1);
-            if (r1 == ESIM_OK)
+                r1 = pl->enqueue(cs->svc, st, &single, &one, 1, &e1);
+            if (r1 == ESIM_OK) {
+                esim_service_enqueued(cs->svc, &one, 1);
                 campaign_set_cmd(c, b->devs[k], ref);
-            else
+            } else
                 campaign_fail_device(c, b->devs[k], e1.msg[0] ? e1.msg : "could not queue", now);
             campaign_command_free(&single);
         }
@@ -546,6 +573,37 @@ static void records_lost(campaigns *cs, const char *why, int64_t now)
                             NULL, 0, now, NULL);
 }
 
+/* Writes what changed of campaign |s| alone, as one unit of the service's
+ * store (a campaign just created, with a flush on a store worker). */
+static void persist_slot(campaigns *cs, camp_slot *s, int64_t now)
+{
+    store *st = esim_service_store(cs->svc);
+    esim_error e = {{0}};
+    esim_err rc = esim_store_unit_begin(st, &e);
+    if (rc == ESIM_OK) {
+        rc = write_one(cs, s, now, &e);
+        esim_err end = esim_store_unit_end(st, rc == ESIM_OK, &e);
+        if (rc == ESIM_OK)
+            rc = end;
+    }
+    if (rc == ESIM_OK) {
+        s->n_cmds_saved = s->n_cmds;
+        s->row_dirty = false;
+        if (s->version_unit)
+            s->version = s->version_unit;
+        if (s->totals_unit) {
+            s->pushes_saved = s->pushes_unit;
+            s->commands_saved = s->commands_unit;
+        }
+    } else {
+        s->row_dirty = true;
+        campaign_mark_all_dirty(s->c);
+        esim_service_count_store_error(cs->svc);
+    }
+    s->version_unit = 0;
+    s->totals_unit = false;
+}
+
 /* Writes what changed, as one unit of the store. */
 static void persist(campaigns *cs, int64_t now)
 {
@@ -564,13 +622,11 @@ static void persist(campaigns *cs, int64_t now)
         records_lost(cs, e.msg, now);
 }
 
-/* Queues what the engine asked for and writes the records that name those
- * commands in the same unit of the store: a record never names a command
- * the store lacks, and a queued command always has its record. Then the
- * pushes (a push only says "check in"), and the records of their fates. */
-static void flush(campaigns *cs)
+/* The batches of what the engine asked for (*out, the caller's): the
+ * pending devices of each campaign, platform and step, one command per
+ * batch (or per device), recorded in the campaign before it is queued. */
+static size_t prepare_batches(campaigns *cs, int64_t now, step_batch **out)
 {
-    int64_t now = esim_now_ms();
     size_t nb = 0, cap = 0;
     step_batch *batches = NULL;
     for (size_t k = 0; k < cs->n_slots; k++) {
@@ -606,6 +662,20 @@ static void flush(campaigns *cs)
             }
         }
     }
+    *out = batches;
+    return nb;
+}
+
+/* Queues what the engine asked for and writes the records that name those
+ * commands in the same unit of the store: a record never names a command
+ * the store lacks, and a queued command always has its record. Then the
+ * pushes (a push only says "check in"), and the records of their fates.
+ * At once on the loop, with the service's store (no store pool). */
+static void flush_inline(campaigns *cs)
+{
+    int64_t now = esim_now_ms();
+    step_batch *batches = NULL;
+    size_t nb = prepare_batches(cs, now, &batches);
     if (nb) {
         store *st = esim_service_store(cs->svc);
         esim_error e = {{0}};
@@ -638,6 +708,518 @@ static void flush(campaigns *cs)
     persist(cs, now);
 }
 
+static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version, int64_t now);
+
+/* ---- the flush as a store job (PostgreSQL with a store pool) -----------------------------
+ * The same unit (the batches' enqueues, then the records that name them, the
+ * campaign row's state as a compare-and-set on its version, the facts) runs
+ * on a pool worker with its own connection, so a statement that waits (a
+ * device row another transaction holds) holds that worker and never the
+ * loop. Everything it needs is copied on the loop first (flush_start); the
+ * engine and the slots are touched on the loop only, in flush_done, when the
+ * unit is back. One flush at a time: what asks for another meanwhile waits
+ * for it (|again|), and so do the held answers of the results that asked
+ * (esim_service_answers_hold). */
+
+/* What one flush writes of one campaign, copied from its slot. */
+typedef struct {
+    camp_slot *s;
+    bool create;    /* the row is new: written whole */
+    bool set_state; /* the row's state changes, over version |expect| */
+    int64_t expect;
+    store_campaign row; /* its strings are copies */
+    store_campaign_command *cmds;
+    size_t n_cmds, cmds_upto; /* s->cmds[0..cmds_upto) are in the store once committed */
+    store_campaign_device *recs;
+    size_t n_recs;
+    bool totals; /* the campaign's pushes and commands, to write */
+    uint64_t pushes, commands;
+    /* The job's answer: the row's version after it; on a conflict (another
+     * instance changed the state first) its state and version as found. */
+    bool conflict;
+    int cur_state;
+    int64_t version;
+} slot_write;
+
+typedef struct flush_job {
+    campaigns *cs;
+    const esim_service *svc;
+    int64_t now;
+    int round; /* tries of the same batches (a refused batch split, a conflict adopted) */
+    step_batch *batches;
+    size_t nb;
+    slot_write *w;
+    size_t nw;
+    store_device_facts *facts;
+    size_t n_facts;
+    esim_answer_hold **holds; /* released when the flush is over */
+    size_t n_holds;
+    esim_err rc;
+    esim_error e;
+    bool refused, conflict;
+} flush_job;
+
+#define FLUSH_ROUNDS 8
+
+static void slot_write_free(slot_write *w)
+{
+    free((char *)w->row.id);
+    free((char *)w->row.name);
+    free((char *)w->row.definition);
+    free(w->cmds);
+    for (size_t i = 0; i < w->n_recs; i++)
+        free(w->recs[i].reason);
+    free(w->recs);
+}
+
+static void job_writes_free(flush_job *j)
+{
+    for (size_t i = 0; i < j->nw; i++)
+        slot_write_free(&j->w[i]);
+    free(j->w);
+    j->w = NULL;
+    j->nw = 0;
+    free(j->facts);
+    j->facts = NULL;
+    j->n_facts = 0;
+}
+
+/* Copies what changed of campaign |s| (as write_one writes it) into |w|.
+ * false when nothing did. */
+static bool snapshot_slot(camp_slot *s, slot_write *w)
+{
+    campaign *c = s->c;
+    memset(w, 0, sizeof *w);
+    if (campaign_get_state(c) != s->last_state) {
+        s->row_dirty = true;
+        s->last_state = campaign_get_state(c);
+    }
+    size_t n = 0;
+    const size_t *dirty = campaign_take_dirty(c, &n);
+    size_t n_cmds = s->n_cmds - s->n_cmds_saved;
+    w->pushes = campaign_pushes(c);
+    w->commands = campaign_commands(c);
+    w->totals = w->pushes != s->pushes_saved || w->commands != s->commands_saved;
+    if (!s->row_dirty && !n_cmds && !n && !w->totals)
+        return false;
+    w->s = s;
+    w->create = s->row_dirty && s->version == 0;
+    w->set_state = s->row_dirty && !w->create;
+    w->expect = s->version;
+    w->row.id = strdup(campaign_id(c));
+    w->row.name = campaign_name(c) ? strdup(campaign_name(c)) : NULL;
+    w->row.definition = s->spec_json ? strdup(s->spec_json) : NULL;
+    w->row.state = (int)campaign_get_state(c);
+    w->row.created_ms = campaign_created_ms(c);
+    w->cmds = n_cmds ? malloc(n_cmds * sizeof *w->cmds) : NULL;
+    w->recs = n ? calloc(n, sizeof *w->recs) : NULL;
+    bool ok = w->row.id && w->row.definition && (!campaign_name(c) || w->row.name) &&
+              (!n_cmds || w->cmds) && (!n || w->recs);
+    for (size_t j = 0; ok && j < n_cmds; j++) {
+        snprintf(w->cmds[j].uuid, sizeof w->cmds[j].uuid, "%s", s->cmds[s->n_cmds_saved + j].uuid);
+        w->cmds[j].step = s->cmds[s->n_cmds_saved + j].step;
+    }
+    w->n_cmds = ok ? n_cmds : 0;
+    w->cmds_upto = s->n_cmds;
+    for (size_t j = 0; ok && j < n; j++) {
+        device_record(s, dirty[j], &w->recs[j]);
+        const char *why = w->recs[j].reason;
+        w->recs[j].reason = NULL;
+        if (why && !(w->recs[j].reason = strdup(why)))
+            ok = false;
+        w->n_recs = j + 1;
+    }
+    if (!ok) { /* out of memory: all of it next time */
+        slot_write_free(w);
+        memset(w, 0, sizeof *w);
+        campaign_mark_all_dirty(c);
+        return false;
+    }
+    s->row_dirty = false; /* taken: set again if the unit is not committed */
+    return true;
+}
+
+/* Copies what every campaign this instance drives has to write, and the
+ * facts learned, into |j|. */
+static void snapshot_records(campaigns *cs, flush_job *j)
+{
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        camp_slot *s = cs->slots[k];
+        if (!s->owned)
+            continue;
+        if (j->nw % 8 == 0) {
+            slot_write *grown = realloc(j->w, (j->nw + 8) * sizeof *grown);
+            if (!grown) {
+                campaign_mark_all_dirty(s->c);
+                continue;
+            }
+            j->w = grown;
+        }
+        if (snapshot_slot(s, &j->w[j->nw]))
+            j->nw++;
+    }
+    j->facts = cs->facts;
+    j->n_facts = cs->n_facts;
+    cs->facts = NULL;
+    cs->n_facts = cs->cap_facts = 0;
+}
+
+/* The batches' UDIDs, copied (the engine's memory stays on the loop). */
+static bool batch_copy_udids(step_batch *b)
+{
+    batch_udids_free(b);
+    b->udids = calloc(b->n ? b->n : 1, sizeof *b->udids);
+    for (size_t k = 0; b->udids && k < b->n; k++)
+        if (!(b->udids[k] = strdup(campaign_device_at(b->s->c, b->devs[k])->udid)))
+            return false;
+    return b->udids != NULL;
+}
+
+/* The records of |j| into the open unit on |st|. */
+static esim_err write_snapshot(store *st, flush_job *j)
+{
+    for (size_t i = 0; i < j->nw; i++) {
+        slot_write *w = &j->w[i];
+        esim_err rc = ESIM_OK;
+        if (w->set_state) {
+            int cur = 0;
+            int64_t ver = 0;
+            rc = esim_store_campaign_set_state(st, w->row.id, w->row.state, w->expect, j->now, &cur,
+                                               &ver, &j->e);
+            if (rc == ESIM_ESTATE && cur == w->row.state)
+                rc = ESIM_OK; /* the row says it already */
+            if (rc == ESIM_ESTATE) {
+                w->conflict = true;
+                w->cur_state = cur;
+                j->conflict = true;
+            }
+            w->version = ver;
+            if (rc != ESIM_OK)
+                return rc;
+        }
+        if (w->create || w->n_cmds)
+            rc = esim_store_campaign_save(st, w->row.id, w->create ? &w->row : NULL, w->cmds,
+                                          w->n_cmds, NULL, 0, j->now, &j->e);
+        if (rc == ESIM_OK && w->create)
+            w->version = 1;
+        if (rc == ESIM_OK && w->totals)
+            rc = esim_store_campaign_totals(st, w->row.id, (int64_t)w->pushes, (int64_t)w->commands,
+                                            &j->e);
+        for (size_t k = 0; rc == ESIM_OK && k < w->n_recs; k += RECORDS_PER_SAVE) {
+            size_t m = w->n_recs - k < RECORDS_PER_SAVE ? w->n_recs - k : RECORDS_PER_SAVE;
+            rc = esim_store_campaign_save(st, w->row.id, NULL, NULL, 0, &w->recs[k], m, j->now,
+                                          &j->e);
+        }
+        if (rc != ESIM_OK)
+            return rc;
+    }
+    return esim_store_facts_put(st, j->facts, j->n_facts, &j->e);
+}
+
+/* On a pool worker: |j|'s unit on the worker's store. Touches |j| only. */
+static void flush_run(store *st, void *arg)
+{
+    flush_job *j = arg;
+    j->refused = j->conflict = false;
+    esim_err rc = esim_store_unit_begin(st, &j->e);
+    if (rc != ESIM_OK) {
+        j->rc = rc;
+        return;
+    }
+    for (size_t i = 0; rc == ESIM_OK && i < j->nb; i++) {
+        step_batch *b = &j->batches[i];
+        const campaign_platform *pl = campaign_platform_get(b->platform);
+        memset(&b->why, 0, sizeof b->why);
+        esim_err r = pl->enqueue(j->svc, st, &b->cmd, (const char *const *)b->udids, b->n, &b->why);
+        if (r == ESIM_ESTORE || r == ESIM_ENOMEM) {
+            rc = r;
+            j->e = b->why;
+        } else if (r != ESIM_OK) {
+            /* Refused as a whole (a device checked out meanwhile): the
+             * unit as it was; the loop tries its devices one by one. */
+            b->refused = true;
+            j->refused = true;
+        }
+    }
+    if (rc == ESIM_OK && !j->refused)
+        rc = write_snapshot(st, j);
+    esim_err end = esim_store_unit_end(st, rc == ESIM_OK && !j->refused, &j->e);
+    j->rc = rc == ESIM_OK ? end : rc;
+}
+
+static void flush_start(campaigns *cs);
+static void flush_submit(campaigns *cs, flush_job *j);
+
+static void job_mark_slots(flush_job *j, bool on)
+{
+    for (size_t i = 0; i < j->nb; i++)
+        j->batches[i].s->in_flush = on;
+    for (size_t i = 0; i < j->nw; i++)
+        j->w[i].s->in_flush = on;
+}
+
+/* The unit was not committed: what it would have written is written again
+ * next time. */
+static void job_records_lost(flush_job *j)
+{
+    for (size_t i = 0; i < j->nw; i++) {
+        camp_slot *s = j->w[i].s;
+        if (j->w[i].create || j->w[i].set_state)
+            s->row_dirty = true;
+        campaign_mark_all_dirty(s->c);
+    }
+}
+
+/* Keeps of batch |b| the devices still waiting on its command (neither
+ * canceled nor moved on while the unit ran); false when none is left. */
+static bool batch_still_wanted(step_batch *b)
+{
+    size_t kept = 0;
+    for (size_t k = 0; k < b->n; k++) {
+        const campaign_dev *d = campaign_device_at(b->s->c, b->devs[k]);
+        if (d->state == CDEV_ACTIVE && d->step == b->step && d->cmd == b->ref)
+            b->devs[kept++] = b->devs[k];
+    }
+    batch_udids_free(b);
+    b->n = kept;
+    return kept > 0;
+}
+
+/* A batch the all-or-nothing enqueue refused: each of its devices gets a
+ * command of its own (tried next round) so that one bad device fails
+ * alone; a batch of one device fails that device. Appends to |out|. */
+static void batch_split(campaigns *cs, step_batch *b, step_batch **out, size_t *n_out,
+                        size_t *cap_out, int64_t now)
+{
+    camp_slot *s = b->s;
+    for (size_t k = 0; k < b->n; k++) {
+        size_t dev = b->devs[k];
+        if (b->n == 1) {
+            campaign_fail_device(s->c, dev, b->why.msg[0] ? b->why.msg : "could not queue", now);
+            continue;
+        }
+        step_batch one = {.s = s, .platform = b->platform, .step = b->step, .n = 1};
+        esim_error e1 = {{0}};
+        one.devs = malloc(sizeof *one.devs);
+        esim_err r1 =
+            one.devs ? build_step_command(s, b->platform, b->step, (long)dev, NULL, &one.cmd, &e1)
+                     : esim_fail(&e1, ESIM_ENOMEM, "out of memory");
+        if (r1 == ESIM_OK)
+            r1 = add_cmd(cs, s, one.cmd.uuid, b->step, &one.ref);
+        if (r1 == ESIM_OK && *n_out == *cap_out) {
+            step_batch *grown = esim_grow(*out, cap_out, *n_out + 1, sizeof *grown);
+            if (grown)
+                *out = grown;
+            else
+                r1 = esim_fail(&e1, ESIM_ENOMEM, "out of memory");
+        }
+        if (r1 != ESIM_OK) {
+            campaign_fail_device(s->c, dev, e1.msg[0] ? e1.msg : "could not queue", now);
+            batch_free(&one);
+            continue;
+        }
+        one.devs[0] = (uint32_t)dev;
+        campaign_set_cmd(s->c, dev, one.ref);
+        (*out)[(*n_out)++] = one;
+    }
+}
+
+/* Another round of the same batches after a refusal or a conflict: the
+ * states found are adopted, refused batches split, and the records taken
+ * again. false when nothing is left to queue or write. */
+static void job_retry(campaigns *cs, flush_job *j, int64_t now)
+{
+    job_records_lost(j);
+    for (size_t i = 0; i < j->nw; i++)
+        if (j->w[i].conflict)
+            adopt_state(cs, j->w[i].s, j->w[i].cur_state, j->w[i].version, now);
+    step_batch *next = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < j->nb; i++) {
+        step_batch *b = &j->batches[i];
+        bool keep = batch_still_wanted(b);
+        if (keep && b->refused) {
+            batch_split(cs, b, &next, &n, &cap, now);
+            keep = false;
+        }
+        if (keep && n == cap) {
+            step_batch *grown = esim_grow(next, &cap, n + 1, sizeof *grown);
+            if (grown)
+                next = grown;
+            else {
+                for (size_t k = 0; k < b->n; k++)
+                    campaign_fail_device(b->s->c, b->devs[k], "out of memory", now);
+                keep = false;
+            }
+        }
+        if (keep) {
+            b->refused = false;
+            next[n++] = *b;
+        } else
+            batch_free(b);
+    }
+    free(j->batches);
+    j->batches = next;
+    j->nb = n;
+    job_writes_free(j);
+}
+
+static void release_holds(campaigns *cs, esim_answer_hold **holds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        esim_service_answers_release(cs->svc, holds[i]);
+    free(holds);
+}
+
+static void job_free(flush_job *j)
+{
+    for (size_t i = 0; i < j->nb; i++)
+        batch_free(&j->batches[i]);
+    free(j->batches);
+    job_writes_free(j);
+    free(j);
+}
+
+/* On the loop: the unit is back (or never ran: |ran| false, the service
+ * stopping). The engine and the slots learn what happened, then the pushes
+ * go and the held answers are completed, and a flush asked for meanwhile
+ * starts. */
+static void flush_done(esim_service *svc, void *arg, bool ran)
+{
+    flush_job *j = arg;
+    campaigns *cs = j->cs;
+    int64_t now = esim_now_ms();
+    job_mark_slots(j, false);
+    cs->job = NULL;
+    if (!ran) {
+        /* Nothing of it is in the store: its devices are queued again by
+         * the next flush (at shutdown, the last one, on the loop). */
+        for (size_t i = 0; i < j->nb; i++) {
+            step_batch *b = &j->batches[i];
+            if (!batch_still_wanted(b))
+                continue;
+            for (size_t k = 0; k < b->n; k++)
+                vec_push(&b->s->pending[b->platform][b->step], b->devs[k]);
+        }
+        job_records_lost(j);
+        cs->again = true;
+    } else if (j->rc == ESIM_OK) {
+        store *st = esim_service_store(svc);
+        for (size_t i = 0; i < j->nb; i++) {
+            step_batch *b = &j->batches[i];
+            esim_service_enqueued(svc, (const char *const *)b->udids, b->n);
+            /* Canceled while the unit ran (cancel_queued found nothing yet
+             * to take off): taken off now. */
+            for (size_t k = 0; k < b->n; k++)
+                if (campaign_device_at(b->s->c, b->devs[k])->state == CDEV_CANCELED)
+                    esim_store_queue_cancel(st, b->udids[k], b->cmd.uuid, now, NULL);
+        }
+        for (size_t i = 0; i < j->nw; i++) {
+            slot_write *w = &j->w[i];
+            if (w->cmds_upto > w->s->n_cmds_saved)
+                w->s->n_cmds_saved = w->cmds_upto;
+            if ((w->create || w->set_state) && w->version > w->s->version)
+                w->s->version = w->version;
+            if (w->totals) {
+                w->s->pushes_saved = w->pushes;
+                w->s->commands_saved = w->commands;
+            }
+        }
+    } else if ((j->refused || (j->rc == ESIM_ESTATE && j->conflict)) && j->round < FLUSH_ROUNDS) {
+        job_retry(cs, j, now);
+        j->round++;
+        snapshot_records(cs, j);
+        if (j->nb || j->nw || j->n_facts) {
+            flush_submit(cs, j);
+            return;
+        }
+    } else {
+        /* Neither the commands nor their records are in the store. */
+        for (size_t i = 0; i < j->nb; i++)
+            for (size_t k = 0; k < j->batches[i].n; k++)
+                campaign_fail_device(j->batches[i].s->c, j->batches[i].devs[k],
+                                     j->e.msg[0] ? j->e.msg : "the store failed", now);
+        job_records_lost(j);
+        records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now);
+    }
+    bool pushed = false;
+    for (size_t k = 0; k < cs->n_slots; k++)
+        if (cs->slots[k]->owned && cs->slots[k]->pushes.n) {
+            flush_pushes(cs, cs->slots[k], now);
+            pushed = true;
+        }
+    release_holds(cs, j->holds, j->n_holds);
+    j->holds = NULL;
+    job_free(j);
+    if (cs->again)
+        flush_start(cs);
+    else if (pushed)
+        arm_flush(cs); /* the pushes' fates, in the next unit */
+}
+
+static void flush_submit(campaigns *cs, flush_job *j)
+{
+    cs->job = j;
+    job_mark_slots(j, true);
+    if (esim_service_store_job(cs->svc, flush_run, flush_done, j) != ESIM_OK) {
+        j->rc = ESIM_ENOMEM;
+        snprintf(j->e.msg, sizeof j->e.msg, "out of memory");
+        flush_done(cs->svc, j, true);
+    }
+}
+
+/* Starts a flush as a store job, with the held answers waiting for it. */
+static void flush_start(campaigns *cs)
+{
+    cs->again = false;
+    esim_answer_hold **holds = cs->next_holds;
+    size_t n_holds = cs->n_next_holds;
+    cs->next_holds = NULL;
+    cs->n_next_holds = cs->cap_next_holds = 0;
+    flush_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        release_holds(cs, holds, n_holds);
+        arm_flush(cs);
+        return;
+    }
+    j->cs = cs;
+    j->svc = cs->svc;
+    j->now = esim_now_ms();
+    j->holds = holds;
+    j->n_holds = n_holds;
+    j->nb = prepare_batches(cs, j->now, &j->batches);
+    for (size_t i = 0; i < j->nb; i++)
+        if (!batch_copy_udids(&j->batches[i])) {
+            for (size_t k = 0; k < j->batches[i].n; k++)
+                campaign_fail_device(j->batches[i].s->c, j->batches[i].devs[k], "out of memory",
+                                     j->now);
+            batch_udids_free(&j->batches[i]);
+            j->batches[i].n = 0;
+        }
+    snapshot_records(cs, j);
+    if (!j->nb && !j->nw && !j->n_facts) {
+        /* Nothing to write: the pushes (a replay's) and the answers go. */
+        flush_done(cs->svc, j, true);
+        return;
+    }
+    flush_submit(cs, j);
+}
+
+/* Queues what the engine asked for and writes what changed: at once on
+ * the loop without a store pool, else as a store job (after the one in
+ * flight, if any). */
+static void flush(campaigns *cs)
+{
+    if (!esim_service_store_jobs_async(cs->svc)) {
+        flush_inline(cs);
+        return;
+    }
+    if (cs->job)
+        cs->again = true;
+    else
+        flush_start(cs);
+}
+
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -648,15 +1230,32 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The service is about to complete the answers of the results it just
- * gave us: what those results asked for is queued now, so it goes in them. */
+ * gave us: what those results asked for is queued now, so it goes in them.
+ * As a store job, those answers wait for it (esim_service_answers_hold). */
 static void on_results_done(esim_service *svc, void *arg)
 {
-    (void)svc;
     campaigns *cs = arg;
+    bool fed = cs->fed;
+    cs->fed = false;
     if (!cs->flush_armed)
         return;
     evtimer_del(cs->flush_ev);
     cs->flush_armed = false;
+    /* Only a batch whose results fed an engine waits: the others' answers
+     * have nothing coming from campaigns. */
+    esim_answer_hold *h = fed ? esim_service_answers_hold(svc) : NULL;
+    if (h && cs->n_next_holds == cs->cap_next_holds) {
+        esim_answer_hold **grown =
+            esim_grow(cs->next_holds, &cs->cap_next_holds, cs->n_next_holds + 1, sizeof *grown);
+        if (grown)
+            cs->next_holds = grown;
+        else {
+            esim_service_answers_release(svc, h); /* the answers go as they are */
+            h = NULL;
+        }
+    }
+    if (h)
+        cs->next_holds[cs->n_next_holds++] = h;
     flush(cs);
 }
 
@@ -800,6 +1399,7 @@ static void on_result(esim_service *svc, const esim_service_result *r, void *arg
     long i = campaign_find_device(s->c, r->udid);
     if (i < 0 || campaign_device_at(s->c, (size_t)i)->cmd != m->cmd)
         return; /* not this campaign's device, or an older command of it */
+    cs->fed = true;
     feed_result(cs, s, (size_t)i, (campaign_step)s->cmds[m->cmd].step, r, now);
 }
 
@@ -1261,6 +1861,8 @@ static bool lease_take(campaigns *cs, const char *id, char holder[64])
 static esim_err slot_reload(campaigns *cs, size_t k, bool owned, esim_error *err)
 {
     camp_slot *old = cs->slots[k];
+    if (old->in_flush) /* its flush is on a store worker: later */
+        return esim_fail(err, ESIM_ESTATE, "campaign %s is being written", campaign_id(old->c));
     store_campaign *rows = NULL;
     size_t n = 0;
     esim_err rc = esim_store_campaigns(esim_service_store(cs->svc), &rows, &n, err);
@@ -1338,7 +1940,9 @@ static void leases_tick(campaigns *cs, int64_t now)
          * may have been lost): do it here too. */
         if (held && s->owned && rows[i].version != s->version)
             adopt_state(cs, s, rows[i].state, rows[i].version, now);
-        if (held && !s->owned) {
+        if (held && !s->owned && s->in_flush) {
+            cs->next_lease_ms = now; /* its flush is still out: the next tick */
+        } else if (held && !s->owned) {
             esim_error e = {{0}};
             if (slot_reload(cs, k, true, &e) == ESIM_OK)
                 cs->takeovers++;
@@ -1479,6 +2083,7 @@ void campaigns_free(campaigns *cs)
         event_free(cs->tick_ev);
     for (size_t i = 0; i < cs->n_slots; i++)
         slot_free(cs->slots[i]);
+    release_holds(cs, cs->next_holds, cs->n_next_holds);
     free(cs->slots);
     free(cs->map);
     free(cs->facts);
@@ -2234,7 +2839,10 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
      * campaign finds it held. */
     if (cs->shared)
         lease_take(cs, campaign_id(s->c), s->holder);
-    persist(cs, now);
+    if (esim_service_store_jobs_async(cs->svc))
+        persist_slot(cs, s, now); /* a flush on a store worker writes the others */
+    else
+        persist(cs, now);
     if (cs->shared)
         notify_changed(cs, campaign_id(s->c));
     json_t *o = campaigns_summary_json(cs, s->c);

@@ -80,10 +80,12 @@ typedef struct campaign_platform {
     /* The command for |o|, identified by |uuid| (NULL: a fresh one). */
     esim_err (*build)(void *ctx, const campaign_order *o, const char *uuid, campaign_command *out,
                       esim_error *err);
-    /* Queues |cmd| for the |n| devices through the service, all or nothing
-     * (esim_service_enqueue's errors). */
-    esim_err (*enqueue)(esim_service *svc, const campaign_command *cmd, const char *const *udids,
-                        size_t n, esim_error *err);
+    /* Queues |cmd| for the |n| devices on |st| (the service's store, or a
+     * store job's), all or nothing, through the service's store half
+     * (esim_service_enqueue_on and its kin, with their errors); nothing
+     * else: the glue calls esim_service_enqueued once it is committed. */
+    esim_err (*enqueue)(const esim_service *svc, store *st, const campaign_command *cmd,
+                        const char *const *udids, size_t n, esim_error *err);
     /* Reads the answer |r| to the command of |step| into |out| (zeroed
      * first; campaign_reading_free after). |step| is CAMPAIGN_STEP_COUNT for
      * a command that is no campaign's: only the facts are read. ESIM_EINVAL

@@ -95,12 +95,11 @@ static esim_err apple_build(void *ctx, const campaign_order *o, const char *uuid
     return ESIM_OK;
 }
 
-static esim_err apple_enqueue(esim_service *svc, const campaign_command *cmd,
+static esim_err apple_enqueue(const esim_service *svc, store *st, const campaign_command *cmd,
                               const char *const *udids, size_t n, esim_error *err)
 {
     esim_enqueue_opts opts = {0};
-    return esim_service_enqueue(svc, cmd->body.data, cmd->body.len, udids, n, &opts, NULL, NULL,
-                                err);
+    return esim_service_enqueue_on(svc, st, cmd->body.data, cmd->body.len, udids, n, &opts, err);
 }
 
 /* What Apple's error codes mean when the device gives no description. */

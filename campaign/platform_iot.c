@@ -102,7 +102,7 @@ static esim_err iot_build(void *ctx, const campaign_order *o, const char *uuid,
     return ESIM_OK;
 }
 
-static esim_err iot_enqueue(esim_service *svc, const campaign_command *cmd,
+static esim_err iot_enqueue(const esim_service *svc, store *st, const campaign_command *cmd,
                             const char *const *udids, size_t n, esim_error *err)
 {
     /* The body is NUL-free JSON built above; the service reads a string. */
@@ -112,7 +112,7 @@ static esim_err iot_enqueue(esim_service *svc, const campaign_command *cmd,
     memcpy(text, cmd->body.data, cmd->body.len);
     text[cmd->body.len] = '\0';
     esim_enqueue_opts opts = {0};
-    esim_err rc = esim_service_enqueue_iot(svc, cmd->uuid, text, udids, n, &opts, NULL, err);
+    esim_err rc = esim_service_enqueue_iot_on(svc, st, cmd->uuid, text, udids, n, &opts, err);
     free(text);
     return rc;
 }

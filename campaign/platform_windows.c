@@ -127,12 +127,13 @@ static esim_err win_build(void *ctx, const campaign_order *o, const char *uuid,
     return ESIM_OK;
 }
 
-static esim_err win_enqueue(esim_service *svc, const campaign_command *cmd,
+static esim_err win_enqueue(const esim_service *svc, store *st, const campaign_command *cmd,
                             const char *const *udids, size_t n, esim_error *err)
 {
     esim_enqueue_opts opts = {0};
-    return esim_service_enqueue_syncml(svc, cmd->uuid, cmd->kind, (const char *)cmd->body.data,
-                                       cmd->body.len, udids, n, &opts, NULL, NULL, err);
+    return esim_service_enqueue_syncml_on(svc, st, cmd->uuid, cmd->kind,
+                                          (const char *)cmd->body.data, cmd->body.len, udids, n,
+                                          &opts, err);
 }
 
 /* The item whose LocURI ends with |leaf|. */

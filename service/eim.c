@@ -334,11 +334,12 @@ esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char reque
 
 /* ---- registration and queueing ----------------------------------------------------------- */
 
-/* Queues |norm| for |eids| with its package records, as one unit. */
-static esim_err enqueue_package(esim_service *svc, const char *uuid, json_t *norm, const char *kind,
-                                const char *request_type, const char *summary,
-                                const char *const *eids, size_t n, const esim_enqueue_opts *opts,
-                                esim_error *err)
+/* Queues |norm| for |eids| with its package records on |st|, as one unit;
+ * nothing else. */
+static esim_err enqueue_package_on(store *st, const char *uuid, json_t *norm, const char *kind,
+                                   const char *request_type, const char *summary,
+                                   const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                                   esim_error *err)
 {
     char *body = json_dumps(norm, JSON_COMPACT | JSON_SORT_KEYS);
     if (!body)
@@ -352,9 +353,9 @@ static esim_err enqueue_package(esim_service *svc, const char *uuid, json_t *nor
         .priority = opts ? opts->priority : 0,
         .expires_at = opts ? opts->expires_at : 0,
     };
-    esim_err rc = esim_store_unit_begin(svc->st, err);
+    esim_err rc = esim_store_unit_begin(st, err);
     if (rc == ESIM_OK) {
-        rc = esim_store_command_enqueue(svc->st, &in, eids, n, now, err);
+        rc = esim_store_command_enqueue(st, &in, eids, n, now, err);
         for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
             store_iot_package p = {0};
             snprintf(p.command_uuid, sizeof p.command_uuid, "%s", uuid);
@@ -363,13 +364,24 @@ static esim_err enqueue_package(esim_service *svc, const char *uuid, json_t *nor
             snprintf(p.state, sizeof p.state, "queued");
             snprintf(p.summary, sizeof p.summary, "%s", summary);
             p.created_ms = now;
-            rc = esim_store_iot_package_put(svc->st, &p, now, err);
+            rc = esim_store_iot_package_put(st, &p, now, err);
         }
-        esim_err end = esim_store_unit_end(svc->st, rc == ESIM_OK, err);
+        esim_err end = esim_store_unit_end(st, rc == ESIM_OK, err);
         if (rc == ESIM_OK)
             rc = end;
     }
     free(body);
+    return rc;
+}
+
+/* enqueue_package_on the service's store, counted. */
+static esim_err enqueue_package(esim_service *svc, const char *uuid, json_t *norm, const char *kind,
+                                const char *request_type, const char *summary,
+                                const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                                esim_error *err)
+{
+    esim_err rc =
+        enqueue_package_on(svc->st, uuid, norm, kind, request_type, summary, eids, n, opts, err);
     if (rc == ESIM_ESTORE)
         svc->m.store_errors++;
     if (rc == ESIM_OK)
@@ -407,11 +419,13 @@ esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t t
     return rc == ESIM_OK ? end : rc;
 }
 
-esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const char *package_json,
-                                  const char *const *eids, size_t n, const esim_enqueue_opts *opts,
-                                  char uuid_out[128], esim_error *err)
+/* The checks and the queueing of esim_service_enqueue_iot on |st|, nothing
+ * else (the caller counts). */
+static esim_err enqueue_iot_on(store *st, const char *uuid, const char *package_json,
+                               const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                               char uuid_out[128], esim_error *err)
 {
-    if (!svc || !package_json || !eids || n == 0)
+    if (!st || !package_json || !eids || n == 0)
         return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
     char fresh[ESIM_UUID_LEN + 1];
     if (!uuid) {
@@ -430,7 +444,7 @@ esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const cha
     json_decref(desc);
     for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
         store_iot_device d;
-        rc = esim_store_iot_get(svc->st, eids[i], &d, NULL);
+        rc = esim_store_iot_get(st, eids[i], &d, NULL);
         esim_buf_free(&d.euicc_cert);
         if (rc == ESIM_ENOTFOUND || (rc == ESIM_OK && strcmp(d.state, "unregistered") == 0))
             rc = esim_fail(err, ESIM_ENOTFOUND,
@@ -439,11 +453,34 @@ esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const cha
             rc = esim_fail(err, rc, "the store failed");
     }
     if (rc == ESIM_OK)
-        rc = enqueue_package(svc, uuid, norm, kind, rt, summary, eids, n, opts, err);
+        rc = enqueue_package_on(st, uuid, norm, kind, rt, summary, eids, n, opts, err);
     json_decref(norm);
     if (rc == ESIM_OK && uuid_out)
         snprintf(uuid_out, 128, "%s", uuid);
     return rc;
+}
+
+esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const char *package_json,
+                                  const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                                  char uuid_out[128], esim_error *err)
+{
+    if (!svc)
+        return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
+    esim_err rc = enqueue_iot_on(svc->st, uuid, package_json, eids, n, opts, uuid_out, err);
+    if (rc == ESIM_ESTORE)
+        svc->m.store_errors++;
+    if (rc == ESIM_OK)
+        svc->m.enqueued += n;
+    return rc;
+}
+
+esim_err esim_service_enqueue_iot_on(const esim_service *svc, store *st, const char *uuid,
+                                     const char *package_json, const char *const *eids, size_t n,
+                                     const esim_enqueue_opts *opts, esim_error *err)
+{
+    if (!svc)
+        return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
+    return enqueue_iot_on(st, uuid, package_json, eids, n, opts, NULL, err);
 }
 
 /* ---- the endpoint ------------------------------------------------------------------------- */

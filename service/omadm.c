@@ -1712,6 +1712,19 @@ static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char
     return ESIM_OK;
 }
 
+esim_err esim_service_enqueue_syncml_on(const esim_service *svc, store *st, const char *uuid,
+                                        const char *request_type, const char *syncml, size_t len,
+                                        const char *const *udids, size_t n,
+                                        const esim_enqueue_opts *opts, esim_error *err)
+{
+    esim_enqueue_opts none = {0};
+    if (!svc || !st)
+        return esim_fail(err, ESIM_EINVAL, "a Windows command needs SyncML and a request type");
+    bool failed = false;
+    return syncml_enqueue_on(svc, st, uuid, request_type, syncml, len, udids, n,
+                             opts ? opts : &none, NULL, &failed, err);
+}
+
 esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const char *request_type,
                                      const char *syncml, size_t len, const char *const *udids,
                                      size_t n, const esim_enqueue_opts *opts,

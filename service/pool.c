@@ -177,6 +177,17 @@ void pool_submit(esim_service *svc, pool_job *j)
     j->next = NULL;
     j->ran = false;
     pthread_mutex_lock(&p->mu);
+    if (p->quit) {
+        /* Submitted by a |done| while the pool stops (a module's next
+         * job, a held answer's refill): the workers are gone, so it runs
+         * at once on the loop's own store. */
+        pthread_mutex_unlock(&p->mu);
+        j->rc = ESIM_OK;
+        j->run(svc->st, j);
+        j->ran = true;
+        j->done(svc, j);
+        return;
+    }
     *p->todo_tail = j;
     p->todo_tail = &j->next;
     p->waiting++;

@@ -380,13 +380,91 @@ static void refill_tab_build(esim_service *svc, svc_deferred *list)
     }
 }
 
-/* A command was queued for |udid|: if its answer is held, it is to carry it. */
-static void refill_mark(esim_service *svc, const char *udid)
+/* A command was queued for |udid|: if its answer is held in |tab|, it is to
+ * carry it. */
+static void refill_mark_in(svc_deferred **tab, size_t cap, const char *udid)
 {
-    size_t cap = svc->refill_cap;
-    for (size_t k = esim_hash_str(udid) & (cap - 1); svc->refill_tab[k]; k = (k + 1) & (cap - 1))
-        if (strcmp(svc->refill_tab[k]->msg.udid, udid) == 0)
-            svc->refill_tab[k]->refill_wanted = true;
+    for (size_t k = esim_hash_str(udid) & (cap - 1); tab[k]; k = (k + 1) & (cap - 1))
+        if (strcmp(tab[k]->msg.udid, udid) == 0)
+            tab[k]->refill_wanted = true;
+}
+
+/* ---- held answers waiting for a module's store job ------------------------------------ */
+
+struct esim_answer_hold {
+    struct esim_answer_hold *next;
+    int refs;           /* holds taken and not released */
+    svc_deferred *list; /* the batch's results, its held answers among them; NULL while
+                         * the results-done hooks still run */
+    svc_deferred **tab; /* its held answers by UDID (refill_tab_build) */
+    size_t cap;
+};
+
+/* Every answer of |h| goes now: with the command queued for its device
+ * meanwhile (mdm_refill_answers), or as it is. */
+static void hold_finish(esim_service *svc, esim_answer_hold *h)
+{
+    for (esim_answer_hold **at = &svc->holds; *at; at = &(*at)->next)
+        if (*at == h) {
+            *at = h->next;
+            break;
+        }
+    for (svc_deferred *d = h->list; d; d = d->next) {
+        if (!d->refill)
+            continue;
+        d->refill->held = false;
+        if (!d->refill_wanted || !pool_on(svc) || !evhttp_request_get_connection(d->refill->req)) {
+            svc_reply_send(svc, d->refill);
+            d->refill = NULL;
+        }
+    }
+    mdm_refill_answers(svc, h->list); /* with a pool: a job per answer, which sends it */
+    free_deferred(h->list);
+    free(h->tab);
+    free(h);
+}
+
+esim_answer_hold *esim_service_answers_hold(esim_service *svc)
+{
+    if (!svc || !svc->in_results_done || !svc->refill_tab || !pool_on(svc))
+        return NULL;
+    if (!svc->hold_new && !(svc->hold_new = calloc(1, sizeof *svc->hold_new)))
+        return NULL; /* out of memory: the answers go as they are */
+    svc->hold_new->refs++;
+    return svc->hold_new;
+}
+
+void esim_service_answers_release(esim_service *svc, esim_answer_hold *h)
+{
+    if (!svc || !h || --h->refs > 0)
+        return;
+    if (h->list) /* else its batch is still running its hooks: it finishes as usual */
+        hold_finish(svc, h);
+}
+
+/* After the results-done hooks of |list|: when a hook holds its answers,
+ * they wait out of the batch's replies (and |list| is the hold's). */
+static bool hold_take(esim_service *svc, svc_deferred *list)
+{
+    esim_answer_hold *h = svc->hold_new;
+    svc->hold_new = NULL;
+    if (!h)
+        return false;
+    if (h->refs == 0) { /* released already */
+        free(h);
+        return false;
+    }
+    h->list = list;
+    h->tab = svc->refill_tab;
+    h->cap = svc->refill_cap;
+    svc->refill_tab = NULL;
+    svc->refill_cap = 0;
+    for (svc_deferred *d = list; d; d = d->next)
+        if (d->refill)
+            d->refill->held = true; /* send_batch passes it by */
+    h->next = svc->holds;
+    svc->holds = h;
+    return true;
 }
 
 /* Commits the open batch, then lets the webhooks and result hooks it held
@@ -421,8 +499,12 @@ static bool batch_finish(esim_service *svc)
             results |= d->hook;
         }
     }
+    svc->in_results_done = ok;
     for (size_t i = 0; results && i < svc->n_results_done; i++)
         svc->results_done[i].fn(svc, svc->results_done[i].arg);
+    svc->in_results_done = false;
+    if (hold_take(svc, list))
+        return ok;
     free(svc->refill_tab);
     svc->refill_tab = NULL;
     svc->refill_cap = 0;
@@ -1299,9 +1381,7 @@ void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
                        const esim_enqueue_opts *opts, const store_push_target *targets,
                        esim_push_state *pushes)
 {
-    svc->m.enqueued += n;
-    for (size_t i = 0; svc->refill_tab && i < n; i++)
-        refill_mark(svc, udids[i]);
+    esim_service_enqueued(svc, udids, n);
     /* One push per device for the whole call: a push only says "check in";
      * the device then drains its queue in one session. */
     for (size_t i = 0; i < n; i++) {
@@ -1313,6 +1393,76 @@ void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
         if (pushes)
             pushes[i] = ps;
     }
+}
+
+void esim_service_enqueued(esim_service *svc, const char *const *udids, size_t n)
+{
+    if (!svc)
+        return;
+    svc->m.enqueued += n;
+    for (size_t i = 0; svc->refill_tab && i < n; i++)
+        refill_mark_in(svc->refill_tab, svc->refill_cap, udids[i]);
+    for (esim_answer_hold *h = svc->holds; h; h = h->next)
+        for (size_t i = 0; h->tab && i < n; i++)
+            refill_mark_in(h->tab, h->cap, udids[i]);
+}
+
+esim_err esim_service_enqueue_on(const esim_service *svc, store *st, const void *command_plist,
+                                 size_t len, const char *const *udids, size_t n,
+                                 const esim_enqueue_opts *opts, esim_error *err)
+{
+    esim_enqueue_opts none = {0};
+    if (!svc || !st)
+        return esim_fail(err, ESIM_EINVAL, "esim_service_enqueue_on needs a service and a store");
+    return svc_enqueue_store(svc, st, command_plist, len, udids, n, opts ? opts : &none, NULL, err);
+}
+
+/* ---- a module's store jobs -------------------------------------------------------------- */
+
+typedef struct {
+    pool_job job; /* first: the pool's view of it */
+    void (*run)(store *st, void *arg);
+    void (*done)(esim_service *svc, void *arg, bool ran);
+    void *arg;
+} module_job;
+
+static void module_job_run(store *st, pool_job *pj)
+{
+    module_job *j = (module_job *)pj;
+    j->run(st, j->arg);
+}
+
+static void module_job_done(esim_service *svc, pool_job *pj)
+{
+    module_job *j = (module_job *)pj;
+    bool ran = pj->ran;
+    void (*done)(esim_service *, void *, bool) = j->done;
+    void *arg = j->arg;
+    free(j);
+    done(svc, arg, ran);
+}
+
+esim_err esim_service_store_job(esim_service *svc, void (*run)(store *st, void *arg),
+                                void (*done)(esim_service *svc, void *arg, bool ran), void *arg)
+{
+    if (!svc || !run || !done)
+        return ESIM_EINVAL;
+    module_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return ESIM_ENOMEM;
+    j->job.run = module_job_run;
+    j->job.done = module_job_done;
+    j->job.admin = true;
+    j->run = run;
+    j->done = done;
+    j->arg = arg;
+    pool_run(svc, &j->job);
+    return ESIM_OK;
+}
+
+bool esim_service_store_jobs_async(const esim_service *svc)
+{
+    return svc && pool_on(svc);
 }
 
 esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,

@@ -430,6 +430,38 @@ ESIM_EXTERN esim_err esim_service_notify(esim_service *svc, const char *topic, c
 ESIM_EXTERN esim_err esim_service_add_results_done(esim_service *svc,
                                                    esim_service_results_done_fn fn, void *arg);
 
+/* ---- a module's store work off the loop ----------------------------------------------
+ * With PostgreSQL and a store pool, a statement may wait (a row another
+ * transaction holds, a slow disk); on the loop it would hold every device.
+ * A module runs such work as a store job: |run| on a pool worker with that
+ * worker's own connection, then |done| on the loop. Without a pool (SQLite,
+ * --store-pool 0) both run at once on the loop, with the service's store,
+ * before esim_service_store_job returns. */
+
+/* |run(st, arg)| may use |st| and |arg| only: nothing of the service and
+ * nothing the loop touches. |done(svc, arg, ran)| follows on the loop, in
+ * the order the jobs finished; |ran| false: the service stopped before a
+ * worker took the job, and nothing of it was done. Jobs of modules take at
+ * most half the workers at once, as the admin API's do.
+ *   ESIM_EINVAL  NULL service or function;  ESIM_ENOMEM  (nothing runs). */
+ESIM_EXTERN esim_err esim_service_store_job(esim_service *svc, void (*run)(store *st, void *arg),
+                                            void (*done)(esim_service *svc, void *arg, bool ran),
+                                            void *arg);
+/* Whether esim_service_store_job runs jobs off the loop (a store pool). */
+ESIM_EXTERN bool esim_service_store_jobs_async(const esim_service *svc);
+
+/* The held answers of the batch whose results-done hooks are running (the
+ * devices that wait for their next command on the connection they sent the
+ * result on), kept out of that batch's replies until each hold taken is
+ * released: a module whose queueing runs as a store job takes a hold there
+ * and releases it from the job's |done|, after esim_service_enqueued; the
+ * commands queued still go in those answers. NULL (nothing to wait for)
+ * outside a results-done hook, when no answer is held, or without a store
+ * pool. A hold must be released, once. */
+typedef struct esim_answer_hold esim_answer_hold;
+ESIM_EXTERN esim_answer_hold *esim_service_answers_hold(esim_service *svc);
+ESIM_EXTERN void esim_service_answers_release(esim_service *svc, esim_answer_hold *h);
+
 /* ---- admin API routes of modules ---------------------------------------------------
  * A module adds endpoints to the admin API. They answer after the service's
  * own routes are tried, and always require the API token. */
@@ -671,6 +703,30 @@ ESIM_EXTERN esim_err esim_service_enqueue_iot(esim_service *svc, const char *uui
                                               const char *package_json, const char *const *eids,
                                               size_t n, const esim_enqueue_opts *opts,
                                               char uuid_out[128], esim_error *err);
+
+/* The store halves of esim_service_enqueue, esim_service_enqueue_syncml and
+ * esim_service_enqueue_iot: the same checks and the same queueing, on |st|
+ * (the service's store, or a store job's), and nothing else: no push, no
+ * count, nothing of the service's memory touched (safe in a store job's
+ * |run|). Once what they queued is committed, esim_service_enqueued, on the
+ * loop, does the rest. Errors as those functions'. */
+ESIM_EXTERN esim_err esim_service_enqueue_on(const esim_service *svc, store *st,
+                                             const void *command_plist, size_t len,
+                                             const char *const *udids, size_t n,
+                                             const esim_enqueue_opts *opts, esim_error *err);
+ESIM_EXTERN esim_err esim_service_enqueue_syncml_on(const esim_service *svc, store *st,
+                                                    const char *uuid, const char *request_type,
+                                                    const char *syncml, size_t len,
+                                                    const char *const *udids, size_t n,
+                                                    const esim_enqueue_opts *opts, esim_error *err);
+ESIM_EXTERN esim_err esim_service_enqueue_iot_on(const esim_service *svc, store *st,
+                                                 const char *uuid, const char *package_json,
+                                                 const char *const *eids, size_t n,
+                                                 const esim_enqueue_opts *opts, esim_error *err);
+/* A command queued with an esim_service_enqueue*_on for |udids| is
+ * committed: counted, and put in a held answer of one of those devices
+ * (esim_service_answers_hold). Pushes are the caller's. */
+ESIM_EXTERN void esim_service_enqueued(esim_service *svc, const char *const *udids, size_t n);
 
 /* Pushes one device now; *state (may be NULL) says what happened (a device
  * without a token is not an error: ESIM_PUSH_NO_TOKEN).

@@ -238,6 +238,11 @@ struct esim_service {
      * those devices marks its answer to be completed. */
     svc_deferred **refill_tab;
     size_t refill_cap;
+    /* Held answers a module keeps waiting for its store job
+     * (esim_service_answers_hold): the hold being taken while the
+     * results-done hooks run, and the holds waiting for their release. */
+    bool in_results_done;
+    struct esim_answer_hold *hold_new, *holds;
     svc_reply *replies, **replies_tail;
     svc_reply *syncing;
     bool sync_busy;

@@ -6,7 +6,9 @@
  * cancel, imports with bad rows, diagnosis conclusions, and a restart in the
  * middle of a campaign.
  */
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -738,8 +740,11 @@ static void test_pause_resume_cancel(void **state)
     snprintf(path, sizeof path, "/v1/campaigns/%s/pause", id);
     assert_int_equal(api("POST", path, "", NULL), 200);
     assert_int_equal(api("POST", path, "", NULL), 409);
-    /* Answers still count while paused; the next step waits. */
-    sdev_checkin(&d[0]);
+    /* Answers still count while paused; the next step waits. ("active" is
+     * the engine's word: the command may reach the store a moment later, as
+     * the batch commits on a store worker; bounded.) */
+    for (int k = 0; k < 100 && sdev_checkin(&d[0]) == 0; k++)
+        sleep_ms(20);
     sleep_ms(100);
     assert_int_equal(sdev_checkin(&d[0]), 0);
     snprintf(path, sizeof path, "/v1/campaigns/%s/resume", id);
@@ -1394,6 +1399,117 @@ static void attach_over_directory(esim_service *svc, void *arg)
     snprintf(attach_msg, sizeof attach_msg, "%s", e.msg);
 }
 
+/* ---- a campaign's batch waiting on the database holds no loop (PostgreSQL) -------------- */
+
+/* One device's check-in on a thread of its own (it waits for its campaign's
+ * batch): Idle, then every command handed over, acknowledged, with no
+ * assertion (a failed one here would jump out of another thread). */
+typedef struct {
+    sdev *s;
+    pthread_t thread;
+    long codes[8];
+    int n_codes, answered;
+    atomic_int finished;
+} slow_checkin;
+
+static void *slow_checkin_main(void *arg)
+{
+    slow_checkin *c = arg;
+    sdev *s = c->s;
+    device_reconnect(&s->dev);
+    esim_cmd_parsed next = {0};
+    long st = device_result(&s->dev, ESIM_STATUS_IDLE, NULL, &next);
+    c->codes[c->n_codes++] = st;
+    while (st == 200 && next.root && c->n_codes < 8) {
+        esim_cmd_parsed cur = next;
+        memset(&next, 0, sizeof next);
+        char uuid[128];
+        snprintf(uuid, sizeof uuid, "%s", cur.command_uuid);
+        if (strcmp(cur.request_type, "DeviceInformation") == 0) {
+            plist_t extra = info_answer(s);
+            st = device_result_ex(&s->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, extra, &next);
+            plist_free(extra);
+        } else {
+            if (strcmp(cur.request_type, "RefreshCellularPlans") == 0) {
+                s->refreshes++;
+                s->installed = true;
+            }
+            st = device_result(&s->dev, ESIM_STATUS_ACKNOWLEDGED, uuid, &next);
+        }
+        c->codes[c->n_codes++] = st;
+        c->answered++;
+        esim_cmd_parsed_free(&cur);
+    }
+    esim_cmd_parsed_free(&next);
+    atomic_store(&c->finished, 1);
+    return NULL;
+}
+
+/* With a device's campaign record locked from another session, the
+ * campaign's batch (its next command and its records, one transaction)
+ * waits on a store worker: other devices' check-ins complete meanwhile,
+ * and the device waiting for that batch gets its next command in the
+ * answer it holds once the lock goes; the campaign then finishes. With
+ * ESIM_TEST_STORE_POOL=0 (the control) the batch holds the loop and this
+ * fails. */
+static void test_slow_batch_holds_no_loop(void **state)
+{
+    fixture *f = *state;
+    if (!harness_store_is_pgsql())
+        skip();
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2048];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":30,\"expiry_s\":60}}",
+          d[0].dev.udid);
+    json_t *c = create(body, 201);
+    char id[64], sql[2400];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 200 && count_of(id, "active") < 1; k++)
+        sleep_ms(20);
+    assert_int_equal(count_of(id, "active"), 1);
+    sleep_ms(100); /* the push's record written too */
+
+    PGconn *locker = harness_pg_connect(f->cfg.store), *watch = harness_pg_connect(f->cfg.store);
+    harness_pg_exec(locker, "BEGIN");
+    snprintf(sql, sizeof sql,
+             "SELECT 1 FROM campaign_devices WHERE campaign = '%s' AND udid = '%s' FOR UPDATE", id,
+             d[0].dev.udid);
+    harness_pg_exec(locker, sql);
+    /* The device answers its first command: the batch with its next one
+     * waits on the lock, and so does the answer that is to carry it. */
+    slow_checkin stuck = {.s = &d[0]};
+    assert_int_equal(pthread_create(&stuck.thread, NULL, slow_checkin_main, &stuck), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 300), 1);
+    /* Devices outside the campaign get through meanwhile, and the batch
+     * still waits. */
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 2; i < NDEV; i++) {
+            device_reconnect(&d[i].dev);
+            assert_int_equal(device_result(&d[i].dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+        }
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 1), 1);
+    assert_int_equal(atomic_load(&stuck.finished), 0);
+    /* The lock goes: the batch commits, and the held answer carries the
+     * next command. */
+    harness_pg_exec(locker, "ROLLBACK");
+    pthread_join(stuck.thread, NULL);
+    for (int k = 0; k < stuck.n_codes; k++)
+        assert_int_equal(stuck.codes[k], 200);
+    assert_true(stuck.answered >= 2); /* the profile, then the refresh it was handed */
+    json_t *r = drive(d, 1, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 1);
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 1);
+    PQfinish(locker);
+    PQfinish(watch);
+}
+
 static void test_attach_failure_leaves_service_untouched(void **state)
 {
     (void)state;
@@ -1435,6 +1551,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_campaigns_db_is_imported_at_first_start, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_batch_holds_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_tells_the_truth, setup, teardown),
