@@ -409,17 +409,29 @@ static void hold_finish(esim_service *svc, esim_answer_hold *h)
             *at = h->next;
             break;
         }
+    /* The answers no refill job will send (the batch's send_batch passed
+     * them by), chained through |next|: a Windows session's goes after
+     * omadm_refill_answers finished its session's part. */
+    svc_reply *now = NULL;
     for (svc_deferred *d = h->list; d; d = d->next) {
-        if (!d->refill)
+        svc_reply *r = d->refill;
+        if (!r)
             continue;
-        d->refill->held = false;
-        if (!d->refill_wanted || !pool_on(svc) || !evhttp_request_get_connection(d->refill->req)) {
-            svc_reply_send(svc, d->refill);
-            d->refill = NULL;
+        r->held = false;
+        if (!d->refill_wanted || !pool_on(svc) || !evhttp_request_get_connection(r->req)) {
+            r->next = now;
+            now = r;
+            if (!d->omadm)
+                d->refill = NULL;
         }
     }
     mdm_refill_answers(svc, h->list); /* with a pool: a job per answer, which sends it */
-    free_deferred(h->list);
+    while (now) {
+        svc_reply *next = now->next;
+        svc_reply_send(svc, now);
+        now = next;
+    }
+    free_deferred(svc, h->list);
     free(h->tab);
     free(h);
 }
