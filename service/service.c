@@ -261,6 +261,13 @@ static void run_after_commit(esim_service *svc, esim_msg *msg, hook_job *hooks, 
     }
 }
 
+/* Puts |d| at the end of the list the next batch's commit runs. */
+static void defer_append(esim_service *svc, svc_deferred *d)
+{
+    *svc->deferred_tail = d;
+    svc->deferred_tail = &d->next;
+}
+
 void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t len,
                       const svc_event_extra *x, bool hook, svc_reply *refill, const char *cert)
 {
@@ -284,15 +291,16 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
         d->refill = refill;
         snprintf(d->cert_sha256, sizeof d->cert_sha256, "%s", cert ? cert : "");
     }
-    *svc->deferred_tail = d;
-    svc->deferred_tail = &d->next;
+    defer_append(svc, d);
 }
 
-void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
-                           void (*free_ctx)(void *))
+/* |fn| after the commit when |wait| (a batch to wait for), else at once; at
+ * once as well out of memory: early beats never. */
+static void defer_call(esim_service *svc, bool wait, bool result,
+                       void (*fn)(esim_service *, void *), void *ctx, void (*free_ctx)(void *))
 {
-    svc_deferred *d = svc->batch_open ? calloc(1, sizeof *d) : NULL;
-    if (!d) { /* no batch (or out of memory: early beats never) */
+    svc_deferred *d = wait ? calloc(1, sizeof *d) : NULL;
+    if (!d) {
         fn(svc, ctx);
         if (free_ctx)
             free_ctx(ctx);
@@ -301,8 +309,14 @@ void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *)
     d->fn = fn;
     d->ctx = ctx;
     d->free_ctx = free_ctx;
-    *svc->deferred_tail = d;
-    svc->deferred_tail = &d->next;
+    d->result = result;
+    defer_append(svc, d);
+}
+
+void svc_after_commit_call(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
+                           void (*free_ctx)(void *))
+{
+    defer_call(svc, svc->batch_open, false, fn, ctx, free_ctx);
 }
 
 void svc_batch_open(esim_service *svc)
@@ -324,19 +338,8 @@ void svc_batch_open(esim_service *svc)
 void svc_after_commit_result(esim_service *svc, void (*fn)(esim_service *, void *), void *ctx,
                              void (*free_ctx)(void *))
 {
-    svc_deferred *d = svc->batch_open || svc->flush_ev ? calloc(1, sizeof *d) : NULL;
-    if (!d) { /* answers are not held (or out of memory: early beats never) */
-        fn(svc, ctx);
-        if (free_ctx)
-            free_ctx(ctx);
-        return;
-    }
-    d->fn = fn;
-    d->ctx = ctx;
-    d->free_ctx = free_ctx;
-    d->result = true;
-    *svc->deferred_tail = d;
-    svc->deferred_tail = &d->next;
+    /* Held while answers are (group commit), even between batches. */
+    defer_call(svc, svc->batch_open || svc->flush_ev, true, fn, ctx, free_ctx);
 }
 
 bool svc_after_commit_refill(esim_service *svc, const char *udid, svc_reply *r, struct omadm_job *j)
@@ -349,8 +352,7 @@ bool svc_after_commit_refill(esim_service *svc, const char *udid, svc_reply *r, 
     snprintf(d->msg.udid, sizeof d->msg.udid, "%s", udid);
     d->refill = r;
     d->omadm = j;
-    *svc->deferred_tail = d;
-    svc->deferred_tail = &d->next;
+    defer_append(svc, d);
     return true;
 }
 
