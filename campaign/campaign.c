@@ -666,6 +666,17 @@ static size_t prepare_batches(campaigns *cs, int64_t now, step_batch **out)
     return nb;
 }
 
+/* The unit that would have queued |batches| was not committed: neither the
+ * commands nor their records are in the store, so their devices fail with
+ * the store's reason. */
+static void fail_batches(step_batch *batches, size_t nb, const char *why, int64_t now)
+{
+    for (size_t i = 0; i < nb; i++)
+        for (size_t k = 0; k < batches[i].n; k++)
+            campaign_fail_device(batches[i].s->c, batches[i].devs[k],
+                                 why[0] ? why : "the store failed", now);
+}
+
 /* Queues what the engine asked for and writes the records that name those
  * commands in the same unit of the store: a record never names a command
  * the store lacks, and a queued command always has its record. Then the
@@ -691,11 +702,7 @@ static void flush_inline(campaigns *cs)
         if (rc == ESIM_OK) {
             records_written(cs);
         } else {
-            /* Neither the commands nor their records are in the store. */
-            for (size_t i = 0; i < nb; i++)
-                for (size_t k = 0; k < batches[i].n; k++)
-                    campaign_fail_device(batches[i].s->c, batches[i].devs[k],
-                                         e.msg[0] ? e.msg : "the store failed", now);
+            fail_batches(batches, nb, e.msg, now);
             records_lost(cs, e.msg, now);
         }
     }
@@ -1134,11 +1141,7 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
             return;
         }
     } else {
-        /* Neither the commands nor their records are in the store. */
-        for (size_t i = 0; i < j->nb; i++)
-            for (size_t k = 0; k < j->batches[i].n; k++)
-                campaign_fail_device(j->batches[i].s->c, j->batches[i].devs[k],
-                                     j->e.msg[0] ? j->e.msg : "the store failed", now);
+        fail_batches(j->batches, j->nb, j->e.msg, now);
         job_records_lost(j);
         records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now);
     }
