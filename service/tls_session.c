@@ -1,13 +1,13 @@
 /*
  * tls_session.c — the server-side TLS session table (tls_session.h).
- * Chained hashing on the ID (IDs are random: any 8 of their bytes will
- * do), and one list from the oldest session to the newest for expiry and
- * eviction: every session lives as long as the others, so the oldest is
- * also the first to expire.
+ * Chained hashing on the ID (esim_hash_bytes), and one list from the
+ * oldest session to the newest for expiry and eviction: every session lives
+ * as long as the others, so the oldest is also the first to expire.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
 #include "service/tls_session.h"
 
 #define ID_MAX 32
@@ -31,10 +31,7 @@ struct tls_sessions {
 
 static size_t bucket_of(const unsigned char *id, size_t id_len, size_t cap)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a: IDs shorter than 8 bytes too */
-    for (size_t i = 0; i < id_len && i < 16; i++)
-        h = (h ^ id[i]) * 1099511628211ull;
-    return (size_t)(h ^ h >> 29) & (cap - 1);
+    return (size_t)esim_hash_bytes(id, id_len) & (cap - 1);
 }
 
 tls_sessions *tls_sessions_new(size_t max)
