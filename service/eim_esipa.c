@@ -593,6 +593,15 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
     bool ok = strcmp(state, "done") == 0;
     esim_err rc = esim_store_unit_begin(svc->st, err);
     store_exchange_out out = {0};
+    /* Its webhook event (acknowledge_event, the DER in raw_payload), as for
+     * every result. */
+    esim_msg m = {.kind = ESIM_MSG_RESULT,
+                  .status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR};
+    snprintf(m.udid, sizeof m.udid, "%s", p->eid);
+    snprintf(m.command_uuid, sizeof m.command_uuid, "%s", p->command_uuid);
+    /* On a store without batches its outbox rows are written in this unit. */
+    bool in_unit = webhooks_in_unit(svc);
+    hook_job *hooks = NULL;
     if (rc == ESIM_OK) {
         store_exchange_in in = {
             .udid = p->eid,
@@ -619,12 +628,16 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
     }
     if (rc == ESIM_OK && error && *error)
         rc = esim_store_iot_update(svc->st, p->eid, NULL, NULL, 0, error, now, err);
+    if (rc == ESIM_OK && in_unit && out.outcome == STORE_RESULT_APPLIED)
+        rc = webhooks_write(svc, svc->st, webhooks_event(svc, &m, der, len, NULL), &hooks, err);
     esim_err end = esim_store_unit_end(svc->st, rc == ESIM_OK, err);
     if (rc == ESIM_OK)
         rc = end;
     free(text);
-    if (rc != ESIM_OK)
+    if (rc != ESIM_OK) {
+        webhooks_discard(hooks);
         return rc;
+    }
     svc_eim *e = svc->eim;
     e->m.results[strcmp(state, "done") == 0              ? 0
                  : strcmp(state, "failed") == 0          ? 1
@@ -632,13 +645,12 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
                                                          : 3]++;
     svc->m.results[ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR]++;
     if (out.outcome == STORE_RESULT_APPLIED) {
-        /* Webhooks as for every result (acknowledge_event, the DER in
-         * raw_payload), written to the outbox in the same batch. */
-        esim_msg m = {.kind = ESIM_MSG_RESULT,
-                      .status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR};
-        snprintf(m.udid, sizeof m.udid, "%s", p->eid);
-        snprintf(m.command_uuid, sizeof m.command_uuid, "%s", p->command_uuid);
-        svc_after_commit(svc, &m, der, len, NULL, false, NULL, NULL);
+        /* Its webhooks: written with the unit above, or to the outbox in
+         * the loop turn's batch (SQLite). */
+        if (in_unit)
+            svc_after_commit_written(svc, &m, hooks, false, NULL, NULL);
+        else
+            svc_after_commit(svc, &m, der, len, NULL, false, NULL, NULL);
         esim_msg_free(&m);
         result_hook_ctx *h = calloc(1, sizeof *h);
         if (h) {

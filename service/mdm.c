@@ -216,7 +216,8 @@ static void answer_bootstrap(esim_service *svc, struct evhttp_request *req, cons
  * while the loop serves other devices; the answer is finished on the loop
  * (mdm_job_done). Without the pool both halves run at once, on the loop. */
 typedef struct {
-    pool_job job; /* first: the pool's view of it */
+    pool_job job;            /* first: the pool's view of it */
+    const esim_service *svc; /* its configuration only, on a worker */
     struct evhttp_request *req;
     esim_msg msg; /* owned */
     const void *raw;
@@ -234,6 +235,12 @@ typedef struct {
     size_t n_skip;
     int64_t backoff_ms;
     store_exchange_out out;
+    /* With webhooks on a store without batches (webhooks_in_unit): the
+     * operation and its event's outbox rows are one unit, and |hooks| the
+     * deliveries written in it, started from the done. */
+    bool in_unit;
+    char *query; /* the request's query, for url_params */
+    hook_job *hooks;
 } mdm_job;
 
 static void mdm_job_free(mdm_job *j)
@@ -246,8 +253,63 @@ static void mdm_job_free(mdm_job *j)
     free(j->chain);
     for (size_t i = 0; i < j->n_skip; i++)
         free(j->skip[i]);
+    free(j->query);
+    webhooks_discard(j->hooks);
     esim_msg_free(&j->msg);
     free(j);
+}
+
+/* Sets |j| up to write its event's outbox rows in its own unit when the
+ * store has no batches to put them in; false out of memory. */
+static bool mdm_job_unit(esim_service *svc, mdm_job *j)
+{
+    j->svc = svc;
+    j->in_unit = webhooks_in_unit(svc);
+    const char *q = j->in_unit ? request_query(j->req) : NULL;
+    return !q || (j->query = strdup(q)) != NULL;
+}
+
+/* The unit of a job that writes its outbox rows (mdm_job_unit): begun
+ * before its operation; false (pj->rc set) when it could not be. */
+static bool mdm_unit_begin(mdm_job *j, store *st)
+{
+    if (!j->in_unit)
+        return true;
+    j->job.rc = esim_store_unit_begin_whole(st, &j->job.e);
+    return j->job.rc == ESIM_OK;
+}
+
+/* Ends it: the event's body (its id made here, once) and its rows join the
+ * change, or the whole is undone. */
+static void mdm_unit_end(mdm_job *j, store *st, int64_t tally)
+{
+    pool_job *pj = &j->job;
+    if (!j->in_unit)
+        return;
+    if (pj->rc == ESIM_OK) {
+        svc_event_extra x = {j->query, tally};
+        char *payload = webhooks_event(j->svc, &j->msg, j->raw, j->raw_len, &x);
+        pj->rc = webhooks_write(j->svc, st, payload, &j->hooks, &pj->e);
+    }
+    esim_err end = esim_store_unit_end(st, pj->rc == ESIM_OK, &pj->e);
+    if (pj->rc == ESIM_OK)
+        pj->rc = end;
+    if (pj->rc != ESIM_OK) {
+        webhooks_discard(j->hooks);
+        j->hooks = NULL;
+    }
+}
+
+/* On the loop: its webhooks (and result hooks) once committed. */
+static void mdm_after_commit(esim_service *svc, mdm_job *j, const svc_event_extra *x, bool hook,
+                             svc_reply *refill)
+{
+    if (j->in_unit) {
+        svc_after_commit_written(svc, &j->msg, j->hooks, hook, refill, j->id.cert_sha256);
+        j->hooks = NULL;
+    } else {
+        svc_after_commit(svc, &j->msg, j->raw, j->raw_len, x, hook, refill, j->id.cert_sha256);
+    }
 }
 
 /* Runs the job's store operation (on a worker, or on the loop without a
@@ -281,6 +343,8 @@ static void checkin_run(store *st, pool_job *pj)
     esim_error *e = &pj->e;
     int64_t now = esim_now_ms();
     esim_err rc;
+    if (!mdm_unit_begin(j, st))
+        return;
     switch (msg->kind) {
     case ESIM_MSG_AUTHENTICATE: {
         store_authenticate_in in = {
@@ -342,6 +406,7 @@ static void checkin_run(store *st, pool_job *pj)
         rc = esim_fail(e, ESIM_EINVAL, "not a check-in message");
     }
     pj->rc = rc;
+    mdm_unit_end(j, st, msg->kind == ESIM_MSG_TOKEN_UPDATE ? j->tally : -1);
 }
 
 static void checkin_done(esim_service *svc, pool_job *pj)
@@ -378,7 +443,7 @@ static void checkin_done(esim_service *svc, pool_job *pj)
         http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
     svc_event_extra x = {request_query(req), msg->kind == ESIM_MSG_TOKEN_UPDATE ? j->tally : -1};
-    svc_after_commit(svc, msg, j->raw, j->raw_len, &x, false, NULL, NULL);
+    mdm_after_commit(svc, j, &x, false, NULL);
 out:
     svc->dev_req = NULL;
     mdm_job_free(j);
@@ -411,6 +476,11 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
     j->job.run = checkin_run;
     j->job.done = checkin_done;
     j->req = req;
+    if (!mdm_job_unit(svc, j)) {
+        reply_text(svc, req, 503, "out of memory");
+        mdm_job_free(j);
+        return;
+    }
     j->msg = *msg;
     memset(msg, 0, sizeof *msg);
     j->raw = raw;
@@ -475,7 +545,10 @@ static void result_run(store *st, pool_job *pj)
         .not_now_backoff_ms = j->backoff_ms,
         .hold_next = j->duplicate,
     };
+    if (!mdm_unit_begin(j, st))
+        return;
     pj->rc = esim_store_device_exchange(st, &in, esim_now_ms(), &j->out, &pj->e);
+    mdm_unit_end(j, st, -1);
 }
 
 static void result_done(esim_service *svc, pool_job *pj)
@@ -513,8 +586,7 @@ static void result_done(esim_service *svc, pool_job *pj)
     bool applied = out->outcome == STORE_RESULT_APPLIED;
     bool refill = applied && held && !duplicate && msg->status != ESIM_STATUS_NOT_NOW;
     svc_event_extra x = {request_query(req), -1};
-    svc_after_commit(svc, msg, j->raw, j->raw_len, &x, applied, refill ? held : NULL,
-                     j->id.cert_sha256);
+    mdm_after_commit(svc, j, &x, applied, refill ? held : NULL);
 out:
     svc->dev_req = NULL;
     mdm_job_free(j);
@@ -532,6 +604,11 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     j->job.run = result_run;
     j->job.done = result_done;
     j->req = req;
+    if (!mdm_job_unit(svc, j)) {
+        reply_text(svc, req, 503, "out of memory");
+        mdm_job_free(j);
+        return;
+    }
     j->raw = raw;
     j->raw_len = len;
     j->id = *id;

@@ -294,6 +294,10 @@ typedef struct omadm_applied {
     bool ok;
     esim_buf raw;         /* the device's Status and Results elements for it */
     omadm_hook_ctx *hook; /* NULL when out of memory */
+    /* Its webhook deliveries, written with the result in its unit
+     * (webhooks_in_unit), to be started from the done. */
+    bool written;
+    struct hook_job *hooks;
 } omadm_applied;
 
 typedef struct omadm_job {
@@ -684,7 +688,23 @@ static void verify_after(omadm_job *j, omadm_dev *d, const omadm_sent *sent, boo
  * Acknowledged or Error, the command UUID, the request's query as
  * url_params, and as raw_payload the device's Status and Results elements
  * for the command, inside a SyncBody: each item's code (and HRESULT, and
- * Results data) as the PC sent them. Its outbox row joins the batch. */
+ * Results data) as the PC sent them. Its message in |msg|, its raw payload
+ * in |body| (the caller's to free); false out of memory. */
+static bool result_event(const char *udid, const char *uuid, bool ok, const esim_buf *raw,
+                         esim_msg *msg, esim_buf *body)
+{
+    if (esim_buf_append_str(body, "<SyncBody>") != ESIM_OK ||
+        esim_buf_append(body, raw->data, raw->len) != ESIM_OK ||
+        esim_buf_append_str(body, "</SyncBody>") != ESIM_OK)
+        return false;
+    msg->kind = ESIM_MSG_RESULT;
+    snprintf(msg->udid, sizeof msg->udid, "%s", udid);
+    snprintf(msg->command_uuid, sizeof msg->command_uuid, "%s", uuid);
+    msg->status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR;
+    return true;
+}
+
+/* Its outbox row joins the batch (a store with batches: SQLite). */
 static void result_webhook(esim_service *svc, const char *udid, const char *uuid, bool ok,
                            const esim_buf *raw, const char *query)
 {
@@ -692,22 +712,32 @@ static void result_webhook(esim_service *svc, const char *udid, const char *uuid
         return;
     esim_msg *msg = calloc(1, sizeof *msg);
     esim_buf body = {0};
-    if (!msg || esim_buf_append_str(&body, "<SyncBody>") != ESIM_OK ||
-        esim_buf_append(&body, raw->data, raw->len) != ESIM_OK ||
-        esim_buf_append_str(&body, "</SyncBody>") != ESIM_OK) {
-        free(msg);
-        esim_buf_free(&body);
-        return;
+    if (msg && result_event(udid, uuid, ok, raw, msg, &body)) {
+        svc_event_extra x = {.query = query, .tally = -1};
+        svc_after_commit(svc, msg, body.data, body.len, &x, false, NULL, NULL);
+        esim_msg_free(msg);
     }
-    msg->kind = ESIM_MSG_RESULT;
-    snprintf(msg->udid, sizeof msg->udid, "%s", udid);
-    snprintf(msg->command_uuid, sizeof msg->command_uuid, "%s", uuid);
-    msg->status = ok ? ESIM_STATUS_ACKNOWLEDGED : ESIM_STATUS_ERROR;
-    svc_event_extra x = {.query = query, .tally = -1};
-    svc_after_commit(svc, msg, body.data, body.len, &x, false, NULL, NULL);
-    esim_msg_free(msg);
     free(msg);
     esim_buf_free(&body);
+}
+
+/* Or its outbox rows written with the result, in its unit on |job|'s store
+ * (a store without batches: PostgreSQL), the deliveries in *hooks. */
+static esim_err result_webhook_write(omadm_job *job, const char *udid, const char *uuid, bool ok,
+                                     const esim_buf *raw, struct hook_job **hooks, esim_error *err)
+{
+    esim_msg *msg = calloc(1, sizeof *msg);
+    esim_buf body = {0};
+    esim_err rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (msg && result_event(udid, uuid, ok, raw, msg, &body)) {
+        svc_event_extra x = {.query = job->query, .tally = -1};
+        char *payload = webhooks_event(job->svc, msg, body.data, body.len, &x);
+        rc = webhooks_write(job->svc, job->st, payload, hooks, err);
+        esim_msg_free(msg);
+    }
+    free(msg);
+    esim_buf_free(&body);
+    return rc;
 }
 
 /* Applies the Status and Results the device sent for queue command |uuid|. */
@@ -794,7 +824,25 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
         .hold_next = true,
     };
     store_exchange_out out = {0};
-    esim_err rc = esim_store_device_exchange(job->st, &in, esim_now_ms(), &out, err);
+    /* With webhooks on a store without batches, the result and its
+     * event's outbox rows are one unit. */
+    bool in_unit = webhooks_in_unit(job->svc);
+    struct hook_job *hooks = NULL;
+    esim_err rc = in_unit ? esim_store_unit_begin_whole(job->st, err) : ESIM_OK;
+    if (rc == ESIM_OK) {
+        rc = esim_store_device_exchange(job->st, &in, esim_now_ms(), &out, err);
+        if (in_unit) {
+            if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED)
+                rc = result_webhook_write(job, d->udid, uuid, ok, &raw, &hooks, err);
+            esim_err end = esim_store_unit_end(job->st, rc == ESIM_OK, err);
+            if (rc == ESIM_OK)
+                rc = end;
+            if (rc != ESIM_OK) {
+                webhooks_discard(hooks);
+                hooks = NULL;
+            }
+        }
+    }
     esim_buf_free(&out.next.body);
     free(items_json);
     /* Its webhook and hooks, for the loop (omadm_job_done), in this order. */
@@ -803,12 +851,16 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
         (a = calloc(1, sizeof *a)) != NULL) {
         snprintf(a->uuid, sizeof a->uuid, "%s", uuid);
         a->ok = ok;
+        a->written = in_unit;
+        a->hooks = hooks;
+        hooks = NULL;
         a->raw = raw;
         memset(&raw, 0, sizeof raw);
         *job->applied_tail = a;
         job->applied_tail = &a->next;
     }
     esim_buf_free(&raw);
+    webhooks_discard(hooks); /* out of memory: the rows stay for a restart */
     if (rc == ESIM_OK && out.outcome == STORE_RESULT_ANOMALY)
         job->anomalies++;
     if (rc == ESIM_OK && out.outcome == STORE_RESULT_APPLIED) {
@@ -1317,6 +1369,7 @@ static void omadm_job_trim(omadm_job *j)
     while (j->applied) {
         omadm_applied *a = j->applied;
         j->applied = a->next;
+        webhooks_discard(a->hooks);
         esim_buf_free(&a->raw);
         hook_ctx_free(a->hook);
         free(a);
@@ -1366,7 +1419,14 @@ static void omadm_job_done(esim_service *svc, pool_job *pj)
         hooks |= a->hook != NULL;
     hold = hold && hooks;
     for (omadm_applied *a = j->applied; a; a = a->next) {
-        result_webhook(svc, d->udid, a->uuid, a->ok, &a->raw, j->query);
+        if (a->written) {
+            esim_msg m = {0};
+            svc_after_commit_written(svc, &m, a->hooks, false, NULL, NULL);
+            a->hooks = NULL;
+            esim_msg_free(&m);
+        } else {
+            result_webhook(svc, d->udid, a->uuid, a->ok, &a->raw, j->query);
+        }
         if (a->hook) {
             a->hook->held = hold;
             svc_after_commit_result(svc, hook_run, a->hook, hook_ctx_free);

@@ -272,7 +272,12 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
                       const svc_event_extra *x, bool hook, svc_reply *refill, const char *cert)
 {
     /* The webhook outbox rows join the batch of the change they report. */
-    hook_job *hooks = webhooks_prepare(svc, msg, raw, len, x);
+    svc_after_commit_written(svc, msg, webhooks_prepare(svc, msg, raw, len, x), hook, refill, cert);
+}
+
+void svc_after_commit_written(esim_service *svc, esim_msg *msg, hook_job *hooks, bool hook,
+                              svc_reply *refill, const char *cert)
+{
     /* Answers are sent at once (no group commit): nothing to wait for. */
     if (!svc->batch_open && !svc->flush_ev) {
         run_after_commit(svc, msg, hooks, hook, false);

@@ -1355,6 +1355,13 @@ esim_err esim_store_unit_begin(store *st, esim_error *err)
     return st->ops->op_begin(st, err);
 }
 
+esim_err esim_store_unit_begin_whole(store *st, esim_error *err)
+{
+    if (st->ops->op_begin_whole)
+        return st->ops->op_begin_whole(st, err);
+    return st->ops->op_begin(st, err);
+}
+
 esim_err esim_store_unit_end(store *st, bool ok, esim_error *err)
 {
     if (!ok) {

@@ -690,6 +690,12 @@ ESIM_EXTERN esim_err esim_store_unit_begin(store *st, esim_error *err);
 /* Commits the unit when |ok|, undoes it otherwise (and returns ESIM_OK).
  *   ESIM_ESTORE  it could not be committed: all of it is undone. */
 ESIM_EXTERN esim_err esim_store_unit_end(store *st, bool ok, esim_error *err);
+/* A unit for a caller that undoes all of it when any operation in it
+ * fails (it ends with ok false then): the operations skip what makes each
+ * one undoable on its own (on PostgreSQL a savepoint each, two round trips
+ * to the server), and the first failure fails the whole unit. Ended by
+ * esim_store_unit_end; inside an operation or a batch, a unit as above. */
+ESIM_EXTERN esim_err esim_store_unit_begin_whole(store *st, esim_error *err);
 
 /* ---- campaign records -------------------------------------------------------
  * The campaign layer's records, kept in the same store (and database) as the

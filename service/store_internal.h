@@ -64,6 +64,11 @@ struct store_ops {
      * undoes every step otherwise. Returns |rc|, or ESIM_ESTORE when the
      * commit failed (then undone too). */
     esim_err (*op_end)(store *st, esim_err rc, esim_error *err);
+    /* Optional (NULL: op_begin): begins a unit whose operations are not
+     * undone one by one (no savepoint each): the first that fails fails
+     * the whole, which op_end then undoes. Never inside another operation
+     * or a batch (then it is op_begin). */
+    esim_err (*op_begin_whole)(store *st, esim_error *err);
 
     /* ---- device steps ---- */
     /* ESIM_ENOTFOUND (|err| untouched) when there is no such device. */

@@ -648,6 +648,7 @@ typedef struct {
     bool prepared[S_COUNT]; /* on this connection */
     int depth;              /* operations begun and not ended (they nest) */
     bool tx_failed;         /* a step failed: the transaction can only be undone */
+    bool whole;             /* the transaction is a whole unit: no savepoints inside */
     bool unique_violation;  /* the last statement broke a unique constraint */
     /* For /metrics (esim_store_metrics). */
     uint64_t queries, failures, reconnects, tx_commits, tx_rollbacks, timeouts;
@@ -859,6 +860,7 @@ static esim_err pg_op_begin(store *base, esim_error *err)
         esim_err rc = s->tx_failed ? esim_fail(err, ESIM_ESTORE,
                                                "store (pgsql): the transaction "
                                                "failed")
+                      : s->whole   ? ESIM_OK
                                    : simple(s, "SAVEPOINT op", err);
         if (rc == ESIM_OK)
             s->depth++;
@@ -878,7 +880,20 @@ static esim_err pg_op_begin(store *base, esim_error *err)
         return rc;
     s->depth = 1;
     s->tx_failed = false;
+    s->whole = false;
     return ESIM_OK;
+}
+
+/* A whole unit (esim_store_unit_begin_whole): its operations take no
+ * savepoint; the first that fails fails the transaction. */
+static esim_err pg_op_begin_whole(store *base, esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    bool outer = s->depth == 0;
+    esim_err rc = pg_op_begin(base, err);
+    if (rc == ESIM_OK && outer)
+        s->whole = true;
+    return rc;
 }
 
 static esim_err pg_op_end(store *base, esim_err rc, esim_error *err)
@@ -887,6 +902,13 @@ static esim_err pg_op_end(store *base, esim_err rc, esim_error *err)
     if (s->depth <= 0)
         return rc;
     s->depth--;
+    if (s->depth == 0)
+        s->whole = false;
+    if (s->depth > 0 && s->whole) {
+        if (rc != ESIM_OK)
+            s->tx_failed = true; /* nothing to undo it alone with: the unit fails */
+        return rc;
+    }
     if (s->depth > 0) {
         if (rc == ESIM_OK && !s->tx_failed) {
             if (simple(s, "RELEASE SAVEPOINT op", err) == ESIM_OK)
@@ -2142,6 +2164,7 @@ static const struct store_ops pgsql_ops = {
     .close = pg_close,
     .op_begin = pg_op_begin,
     .op_end = pg_op_end,
+    .op_begin_whole = pg_op_begin_whole,
     .device_identity = pg_device_identity,
     .device_by_cert = pg_device_by_cert,
     .device_enroll = pg_device_enroll,

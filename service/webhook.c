@@ -5,13 +5,13 @@
  * slow or dead receiver never holds up a device: deliveries wait in memory,
  * retry with back-off, and the oldest are dropped (and counted) beyond a cap.
  * Each delivery is also a row of the store's outbox, written in the batch of
- * the change it reports and deleted once answered 2xx (or given up, or
- * dropped): a restart starts again every delivery still in the outbox, with
- * the same body and event id, so an event is delivered at least once.
- * Instances sharing a store share the outbox: each row is claimed by the
- * instance sending it (renewed from the tick while it tries), and one
- * whose instance died is claimed and sent by another once the claim
- * lapses (WEBHOOK_CLAIM_MS), with the same body and event id.
+ * the change it reports (SQLite), or in the change's own unit (PostgreSQL:
+ * webhooks_event and webhooks_write, on the pool worker that runs it), and
+ * deleted once answered 2xx (or given up, or dropped): a restart starts again every delivery still
+ * in the outbox, with the same body and event id, so an event is delivered at least once. Instances
+ * sharing a store share the outbox: each row is claimed by the instance sending it (renewed from
+ * the tick while it tries), and one whose instance died is claimed and sent by another once the
+ * claim lapses (WEBHOOK_CLAIM_MS), with the same body and event id.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -496,6 +496,53 @@ static hook_job *job_new(svc_webhooks *wh, size_t url, char *body, size_t len)
     j->len = len;
     j->headers = headers_for(wh->svc, body, len);
     return j;
+}
+
+bool webhooks_in_unit(const esim_service *svc)
+{
+    return svc->webhooks && !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH);
+}
+
+char *webhooks_event(const esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
+                     const svc_event_extra *x)
+{
+    return svc->webhooks ? build_payload(msg, raw, len, x) : NULL;
+}
+
+esim_err webhooks_write(const esim_service *svc, store *st, char *payload, hook_job **out,
+                        esim_error *err)
+{
+    *out = NULL;
+    svc_webhooks *wh = svc->webhooks;
+    if (!wh || !payload) {
+        free(payload);
+        return wh ? esim_fail(err, ESIM_ENOMEM, "out of memory") : ESIM_OK;
+    }
+    size_t plen = strlen(payload);
+    hook_job *first = NULL, **tail = &first;
+    int64_t now = esim_now_ms();
+    esim_err rc = ESIM_OK;
+    for (size_t u = 0; u < svc->cfg.n_webhook_urls && rc == ESIM_OK; u++) {
+        char *body = u + 1 == svc->cfg.n_webhook_urls ? payload : strdup(payload);
+        if (body == payload)
+            payload = NULL;
+        hook_job *j = body ? job_new(wh, u, body, plen) : NULL;
+        if (!j) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            break;
+        }
+        *tail = j;
+        tail = &j->next;
+        rc = esim_store_outbox_add_claimed(st, wh->url_keys[u], body, plen, svc->instance_id,
+                                           WEBHOOK_CLAIM_MS, now, &j->outbox_id, err);
+    }
+    free(payload);
+    if (rc != ESIM_OK) {
+        webhooks_discard(first);
+        return rc;
+    }
+    *out = first;
+    return ESIM_OK;
 }
 
 hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len,

@@ -1,0 +1,385 @@
+/*
+ * test_outbox_kill.c — "each webhook event at least once" across the death
+ * of an instance on PostgreSQL with a store pool: `esim-mdm serve` (a real
+ * process, its store a schema of the ctest cluster) is SIGKILLed after a
+ * device's change committed on a pool worker and before the loop ran that
+ * job's done (which starts the delivery). Another instance on the same
+ * database must then deliver the change's event, with the event id the
+ * dead instance gave it, to a real HTTP receiver.
+ *
+ * The window is made with the database's own locks, no hook in the
+ * service: the device's row is locked so its job waits on its worker; the
+ * loop is then held in a statement of its own (deleting a delivered
+ * webhook's row, locked by the test) while the device's row is let go; the
+ * job commits on its worker, and the instance is killed while its loop
+ * still waits. PostgreSQL only (skipped without ESIM_TEST_STORE).
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <libpq-fe.h>
+
+#include "crash/hook_sink.h"
+#include "service/svc_harness.h"
+
+static const char *bin;
+
+static void find_bin(void)
+{
+    bin = getenv("ESIM_MDM_BIN");
+    if (!bin)
+        bin = "esim-mdm";
+}
+
+HARNESS_ENV_GROUP_HOOKS(env, find_bin, NULL)
+
+typedef struct {
+    pid_t pid;
+    char url[64];
+    char config[400];
+    char port_file[400];
+    char log[400];
+} server;
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* An instance |name| on store |spec|, its webhook to |hook_url|. */
+static void server_prepare(server *s, const char *name, const char *spec, const char *hook_url)
+{
+    char data[400], token[400], text[4096];
+    snprintf(data, sizeof data, "%s/%s", env.dir, name);
+    snprintf(s->config, sizeof s->config, "%s/%s.conf", env.dir, name);
+    snprintf(s->port_file, sizeof s->port_file, "%s/%s.port", env.dir, name);
+    snprintf(token, sizeof token, "%s/%s.token", env.dir, name);
+    snprintf(s->log, sizeof s->log, "%s/%s.stderr", env.dir, name);
+    write_text(token, TEST_TOKEN "\n");
+    chmod(token, 0600);
+    snprintf(text, sizeof text,
+             "listen 127.0.0.1:0\n"
+             "port-file %s\n"
+             "data-dir %s\n"
+             "api-token-file %s\n"
+             "device-auth none\n"
+             "device-rate 100000\n"
+             "store %s\n"
+             "store-pool 4\n"
+             "webhook %s\n",
+             s->port_file, data, token, spec, hook_url);
+    write_text(s->config, text);
+}
+
+static void server_start(server *s)
+{
+    unlink(s->port_file);
+    s->pid = fork();
+    assert_true(s->pid >= 0);
+    if (s->pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(devnull, 1);
+        dup2(log >= 0 ? log : devnull, 2);
+        execl(bin, bin, "serve", "--config", s->config, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 1200; i++) {
+        FILE *f = fopen(s->port_file, "r");
+        int port = 0;
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (port > 0) {
+            snprintf(s->url, sizeof s->url, "http://127.0.0.1:%d", port);
+            return;
+        }
+        usleep(25 * 1000);
+    }
+    fail_msg("esim-mdm serve did not write its port file (see %s)", s->log);
+}
+
+/* Its standard error so far, on the test's output (when a step fails). */
+static void server_log(const server *s)
+{
+    FILE *f = fopen(s->log, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof line, f))
+        print_message("%s: %s", s->log, line);
+    if (f)
+        fclose(f);
+}
+
+/* Fails (showing its log) when the instance stopped. */
+static void server_alive(const server *s)
+{
+    if (waitpid(s->pid, NULL, WNOHANG) != 0) {
+        server_log(s);
+        fail_msg("esim-mdm serve (%s) stopped", s->config);
+    }
+}
+
+static void server_signal(server *s, int sig)
+{
+    kill(s->pid, sig);
+    int status = 0;
+    waitpid(s->pid, &status, 0);
+}
+
+/* The number of the server's statements waiting on a lock that the
+ * test's session |holder| holds. */
+static long blocked_by(PGconn *watch, PGconn *holder)
+{
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE %d = ANY(pg_blocking_pids(pid))",
+             PQbackendPID(holder));
+    PGresult *r = PQexec(watch, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+static bool await_blocked(PGconn *watch, PGconn *holder, long want)
+{
+    for (int i = 0; i < 1500; i++) { /* a generous bound: 30 s */
+        if (blocked_by(watch, holder) >= want)
+            return true;
+        usleep(20 * 1000);
+    }
+    return false;
+}
+
+/* The first column of the first row of |sql| (copied into |out|); false
+ * when no row. */
+static bool query_text(PGconn *c, const char *sql, char *out, size_t len)
+{
+    PGresult *r = PQexec(c, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    bool any = PQntuples(r) > 0;
+    if (any)
+        snprintf(out, len, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return any;
+}
+
+/* How many deliveries of event |id| the receiver answered, and of |topic|
+ * for |udid| in all. */
+static size_t received(hook_sink *h, const char *id, const char *topic, const char *udid,
+                       size_t *of_topic)
+{
+    size_t n = 0, same = 0, t = 0;
+    hook_event *ev = hook_sink_events(h, &n);
+    for (size_t i = 0; i < n; i++) {
+        same += strcmp(ev[i].event_id, id) == 0;
+        t += strcmp(ev[i].topic, topic) == 0 && strcmp(ev[i].udid, udid) == 0;
+    }
+    free(ev);
+    if (of_topic)
+        *of_topic = t;
+    return same;
+}
+
+typedef struct {
+    test_device *d;
+    long code;
+    CURLcode res;
+} put_arg;
+
+/* The device's second TokenUpdate, on its own thread and connection: its
+ * instance dies before answering it. */
+static void *token_update_main(void *arg)
+{
+    put_arg *p = arg;
+    esim_buf b = {0};
+    unsigned char token[32];
+    memset(token, 0x5a, sizeof token);
+    p->res = CURLE_FAILED_INIT;
+    CURL *c = curl_easy_init();
+    if (c && esim_msg_build_token_update(p->d->udid, p->d->topic, token, sizeof token, "magic-5678",
+                                         &b, NULL) == ESIM_OK) {
+        char url[256];
+        snprintf(url, sizeof url, "%s/mdm", p->d->base_url);
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type:");
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, b.data);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)b.len);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
+        p->res = curl_easy_perform(c);
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &p->code);
+        curl_slist_free_all(h);
+    }
+    curl_easy_cleanup(c);
+    esim_buf_free(&b);
+    return NULL;
+}
+
+static void test_killed_between_commit_and_delivery(void **state)
+{
+    (void)state;
+    if (!harness_store_is_pgsql())
+        skip();
+    /* The store: this test's schema of the cluster, statements allowed to
+     * wait on the test's locks longer than the test takes. */
+    esim_service_config cfg;
+    char data_dir[320], spec[1024];
+    harness_config(&env, "outbox-kill", &cfg, data_dir);
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D120000", cfg.store);
+    assert_non_null(strstr(cfg.store, "options="));
+    assert_null(strchr(strstr(cfg.store, "options="), '&')); /* options is last */
+
+    hook_sink *sink = hook_sink_start();
+    assert_non_null(sink);
+    char hook_url[96];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", hook_sink_port(sink));
+    server a, b;
+    server_prepare(&a, "inst-a", spec, hook_url);
+    server_prepare(&b, "inst-b", spec, hook_url);
+    server_start(&a);
+
+    test_device d1, d2;
+    device_new(&d1, &env, "00008140-00000000000000K1", a.url);
+    device_new(&d2, &env, "00008140-00000000000000K2", a.url);
+    d1.sign = d2.sign = SIGN_NONE;
+    server_alive(&a);
+    device_enroll(&d1);
+    device_enroll(&d2);
+    for (int i = 0; i < 1500 && hook_sink_count(sink) < 4; i++)
+        usleep(20 * 1000);
+    assert_int_equal(hook_sink_count(sink), 4);
+
+    PGconn *p1 = harness_pg_connect(spec), *p2 = harness_pg_connect(spec),
+           *watch = harness_pg_connect(spec);
+    /* 1. The device's row locked: its next change waits on a worker. */
+    harness_pg_exec(p1, "BEGIN");
+    harness_pg_exec(p1, "SELECT 1 FROM devices WHERE udid = '00008140-00000000000000K1' "
+                        "FOR UPDATE");
+    put_arg put = {&d1, 0, CURLE_OK};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, token_update_main, &put), 0);
+    if (!await_blocked(watch, p1, 1)) {
+        server_alive(&a);
+        fail_msg("the TokenUpdate never waited on the device's row");
+    }
+
+    /* 2. The loop held: another device's event is answered slowly, and
+     * its row locked, so that the loop's statement that deletes (or
+     * renews) it once delivered waits. */
+    hook_sink_set_mode(sink, HOOK_SLOW, 1500);
+    server_alive(&a);
+    assert_int_equal(device_result(&d2, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    char d2_id[64] = "";
+    for (int i = 0; i < 1500 && !d2_id[0]; i++) {
+        if (!query_text(
+                p2,
+                "SELECT convert_from(body, 'UTF8')::json->>'event_id' FROM webhook_outbox WHERE "
+                "convert_from(body, 'UTF8') LIKE '%00008140-00000000000000K2%'",
+                d2_id, sizeof d2_id))
+            usleep(20 * 1000);
+    }
+    assert_string_not_equal(d2_id, "");
+    harness_pg_exec(p2, "BEGIN");
+    harness_pg_exec(p2, "SELECT id FROM webhook_outbox FOR UPDATE");
+    if (!await_blocked(watch, p2, 1)) {
+        server_alive(&a);
+        fail_msg("the loop never waited on the outbox row");
+    }
+
+    /* 3. The device's row let go: its change commits on the worker while
+     * the loop, which would run the job's done, still waits. */
+    harness_pg_exec(p1, "COMMIT");
+    char tally[32] = "";
+    for (int i = 0; i < 1500; i++) {
+        assert_true(query_text(p1,
+                               "SELECT token_update_tally FROM devices WHERE "
+                               "udid = '00008140-00000000000000K1'",
+                               tally, sizeof tally));
+        if (strcmp(tally, "2") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    server_alive(&a);
+    assert_string_equal(tally, "2");
+    assert_true(blocked_by(watch, p2) >= 1); /* the loop has not moved */
+
+    /* 4. Killed there. */
+    server_signal(&a, SIGKILL);
+    pthread_join(t, NULL);
+    assert_int_not_equal(put.res, CURLE_OK); /* the device never heard back */
+    harness_pg_exec(p2, "ROLLBACK");
+    hook_sink_set_mode(sink, HOOK_OK, 0);
+
+    /* The change's event is in the outbox, written with it (the id the
+     * dead instance made). */
+    char d1_id[64] = "";
+    bool kept =
+        query_text(watch,
+                   "SELECT convert_from(body, 'UTF8')::json->>'event_id' FROM webhook_outbox WHERE "
+                   "convert_from(body, 'UTF8') LIKE '%mdm.TokenUpdate%' AND "
+                   "convert_from(body, 'UTF8') LIKE '%00008140-00000000000000K1%'",
+                   d1_id, sizeof d1_id);
+    if (!kept)
+        fail_msg("the TokenUpdate committed on the killed instance's worker has no webhook "
+                 "outbox row: its event is lost");
+
+    /* 5. Another instance on the same database delivers it (once the dead
+     * one's claim lapsed), with that id; and the other device's event,
+     * whose row the dead instance never deleted, again with its id. */
+    server_start(&b);
+    size_t got = 0, d2_got = 0, updates = 0;
+    for (int i = 0; i < 3000; i++) { /* a generous bound: 60 s */
+        got = received(sink, d1_id, "mdm.TokenUpdate", d1.udid, &updates);
+        d2_got = received(sink, d2_id, "mdm.Connect", d2.udid, NULL);
+        if (got >= 1 && d2_got >= 1)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_true(got >= 1);
+    assert_true(d2_got >= 1);
+    assert_int_equal(updates, 1 + got); /* the enrolment's, then this one (same id) */
+    /* And the outbox empties. */
+    char left[32] = "";
+    for (int i = 0; i < 500; i++) {
+        assert_true(query_text(watch, "SELECT count(*) FROM webhook_outbox", left, sizeof left));
+        if (strcmp(left, "0") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_string_equal(left, "0");
+
+    server_signal(&b, SIGTERM);
+    PQfinish(p1);
+    PQfinish(p2);
+    PQfinish(watch);
+    device_free(&d1);
+    device_free(&d2);
+    hook_sink_stop(sink);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_killed_between_commit_and_delivery),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
