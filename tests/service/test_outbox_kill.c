@@ -12,7 +12,9 @@
  * loop is then held in a statement of its own (deleting a delivered
  * webhook's row, locked by the test) while the device's row is let go; the
  * job commits on its worker, and the instance is killed while its loop
- * still waits. PostgreSQL only (skipped without ESIM_TEST_STORE).
+ * still waits. Also: a change whose event the outbox refuses is undone
+ * with it, with the pool and without. PostgreSQL only (skipped without
+ * ESIM_TEST_STORE).
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -376,10 +378,85 @@ static void test_killed_between_commit_and_delivery(void **state)
     hook_sink_stop(sink);
 }
 
+/* A change and its events are one transaction, with the store pool
+ * (|pool| workers) and without it (0: on the loop's connection): when the
+ * outbox refuses the event's row (a trigger the test puts there), the
+ * device's change is undone with it and the device told to come back
+ * (503); once the outbox takes rows again, change and event are kept and
+ * the event delivered. */
+static void outbox_refused_undoes_change(int pool)
+{
+    if (!harness_store_is_pgsql())
+        skip();
+    hook_sink *sink = hook_sink_start();
+    assert_non_null(sink);
+    char hook_url[96], name[32];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", hook_sink_port(sink));
+    const char *urls[1] = {hook_url};
+    snprintf(name, sizeof name, "outbox-unit-%d", pool);
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, name, &cfg, ts.data_dir);
+    cfg.store_pool = pool;
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    harness_start(&ts, &cfg);
+    test_device d;
+    device_new(&d, &env, pool ? "00008140-00000000000000U4" : "00008140-00000000000000U0", ts.url);
+    device_enroll(&d);
+    PGconn *c = harness_pg_connect(cfg.store);
+    harness_pg_exec(c, "CREATE FUNCTION refuse_outbox() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'the outbox refuses rows'; END $$");
+    harness_pg_exec(c, "CREATE TRIGGER refuse BEFORE INSERT ON webhook_outbox "
+                       "FOR EACH ROW EXECUTE FUNCTION refuse_outbox()");
+    char sql[200], tally[32] = "";
+    snprintf(sql, sizeof sql, "SELECT token_update_tally FROM devices WHERE udid = '%s'", d.udid);
+    esim_buf b = {0};
+    unsigned char token[32];
+    memset(token, 0x3c, sizeof token);
+    assert_int_equal(
+        esim_msg_build_token_update(d.udid, d.topic, token, sizeof token, "magic-9", &b, NULL),
+        ESIM_OK);
+    assert_int_equal(device_put(&d, b.data, b.len, NULL), 503);
+    assert_true(query_text(c, sql, tally, sizeof tally));
+    assert_string_equal(tally, "1"); /* the change went with its event */
+
+    harness_pg_exec(c, "DROP TRIGGER refuse ON webhook_outbox");
+    assert_int_equal(device_put(&d, b.data, b.len, NULL), 200);
+    assert_true(query_text(c, sql, tally, sizeof tally));
+    assert_string_equal(tally, "2");
+    size_t updates = 0;
+    for (int i = 0; i < 1500 && updates < 2; i++) {
+        received(sink, "", "mdm.TokenUpdate", d.udid, &updates);
+        if (updates < 2)
+            usleep(20 * 1000);
+    }
+    assert_int_equal(updates, 2); /* the enrolment's and this one; none for the refused */
+    esim_buf_free(&b);
+    PQfinish(c);
+    device_free(&d);
+    harness_stop(&ts);
+    hook_sink_stop(sink);
+}
+
+static void test_outbox_refused_undoes_change_pool(void **state)
+{
+    (void)state;
+    outbox_refused_undoes_change(4);
+}
+
+static void test_outbox_refused_undoes_change_no_pool(void **state)
+{
+    (void)state;
+    outbox_refused_undoes_change(0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_killed_between_commit_and_delivery),
+        cmocka_unit_test(test_outbox_refused_undoes_change_pool),
+        cmocka_unit_test(test_outbox_refused_undoes_change_no_pool),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
