@@ -52,18 +52,8 @@ static void api_campaign_create(esim_api_request *r, void *arg)
 {
     campaigns *cs = arg;
     json_t *body = esim_api_body_json(r);
-    if (!body)
-        return;
-    json_t *out = NULL;
-    const char *field = NULL;
-    esim_error e = {{0}};
-    esim_err rc = campaigns_create(cs, body, &out, &field, &e);
-    /* |field| may point at a key of |body|: answer before letting it go. */
-    if (rc != ESIM_OK)
-        fail(r, rc, field, &e);
-    else
-        esim_api_reply_json(r, json_is_true(json_object_get(out, "dry_run")) ? 200 : 201, out);
-    json_decref(body);
+    if (body)
+        campaigns_create(cs, r, body); /* answers, now or once its store job is back */
 }
 
 static void api_campaign_list(esim_api_request *r, void *arg)
@@ -130,16 +120,8 @@ static void api_campaign_devices(esim_api_request *r, void *arg)
 
 static void control(campaigns *cs, esim_api_request *r, const char *verb)
 {
-    campaign *c = find_or_404(cs, r);
-    if (!c)
-        return;
-    esim_error e = {{0}};
-    esim_err rc = campaigns_control(cs, &c, verb, &e);
-    if (rc != ESIM_OK) {
-        fail(r, rc, NULL, &e);
-        return;
-    }
-    esim_api_reply_json(r, 200, campaigns_summary_json(cs, c));
+    /* Answers, now or once its store job is back. */
+    campaigns_control(cs, r, esim_api_param(r, 0), verb);
 }
 
 static void api_campaign_pause(esim_api_request *r, void *arg)

@@ -91,6 +91,16 @@ typedef struct {
     bool used;
 } map_entry;
 
+typedef struct {
+    esim_api_request *r;
+    char id[128];
+} flush_waiter;
+
+typedef struct {
+    char udid[65];
+    char uuid[128];
+} queue_cancel;
+
 struct campaigns {
     esim_service *svc;
     camp_slot **slots;
@@ -113,7 +123,31 @@ struct campaigns {
     bool fed; /* a result of this batch went to an engine: its answers wait for the flush */
     esim_answer_hold **next_holds;
     size_t n_next_holds, cap_next_holds;
+    /* Requests answered once the next flush is back (a pause, resume or
+     * cancel: what it changed is written first), and the queue entries of
+     * canceled devices that flush takes off, in its own unit. */
+    flush_waiter *next_waiters;
+    size_t n_next_waiters, cap_next_waiters;
+    queue_cancel *cancels;
+    size_t n_cancels, cap_cancels;
 };
+
+/* Takes |uuid| off |udid|'s queue in the next flush's unit; false when out
+ * of memory (then the caller does it at once). */
+static bool cancel_later(campaigns *cs, const char *udid, const char *uuid)
+{
+    if (cs->n_cancels == cs->cap_cancels) {
+        queue_cancel *grown =
+            esim_grow(cs->cancels, &cs->cap_cancels, cs->n_cancels + 1, sizeof *grown);
+        if (!grown)
+            return false;
+        cs->cancels = grown;
+    }
+    queue_cancel *q = &cs->cancels[cs->n_cancels++];
+    snprintf(q->udid, sizeof q->udid, "%s", udid);
+    snprintf(q->uuid, sizeof q->uuid, "%s", uuid);
+    return true;
+}
 
 static esim_err vec_push(idx_vec *v, uint32_t x)
 {
@@ -435,10 +469,11 @@ static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
     s->pushes.n = 0;
 }
 
-/* The store's record of device |i| of |s|. */
-static void device_record(const camp_slot *s, size_t i, store_campaign_device *out)
+/* The store's record of device |i| of |c|, whose commands are |cmds|. */
+static void device_record_of(const campaign *c, const cmd_rec *cmds, size_t n_cmds, size_t i,
+                             store_campaign_device *out)
 {
-    const campaign_dev *d = campaign_device_at(s->c, i);
+    const campaign_dev *d = campaign_device_at(c, i);
     memset(out, 0, sizeof *out);
     out->index = i;
     snprintf(out->udid, sizeof out->udid, "%s", d->udid);
@@ -457,10 +492,16 @@ static void device_record(const camp_slot *s, size_t i, store_campaign_device *o
     out->deadline_ms = d->deadline_ms;
     out->last_push_ms = d->last_push_ms;
     out->push_state = d->push_state;
-    if (d->cmd < s->n_cmds)
-        snprintf(out->command_uuid, sizeof out->command_uuid, "%s", s->cmds[d->cmd].uuid);
+    if (d->cmd < n_cmds)
+        snprintf(out->command_uuid, sizeof out->command_uuid, "%s", cmds[d->cmd].uuid);
     out->reason = d->reason;
     out->platform = d->platform;
+}
+
+/* The store's record of device |i| of |s|. */
+static void device_record(const camp_slot *s, size_t i, store_campaign_device *out)
+{
+    device_record_of(s->c, s->cmds, s->n_cmds, i, out);
 }
 
 static esim_err write_state(campaigns *cs, camp_slot *s, int64_t now, esim_error *err);
@@ -573,37 +614,6 @@ static void records_lost(campaigns *cs, const char *why, int64_t now)
                             NULL, 0, now, NULL);
 }
 
-/* Writes what changed of campaign |s| alone, as one unit of the service's
- * store (a campaign just created, with a flush on a store worker). */
-static void persist_slot(campaigns *cs, camp_slot *s, int64_t now)
-{
-    store *st = esim_service_store(cs->svc);
-    esim_error e = {{0}};
-    esim_err rc = esim_store_unit_begin(st, &e);
-    if (rc == ESIM_OK) {
-        rc = write_one(cs, s, now, &e);
-        esim_err end = esim_store_unit_end(st, rc == ESIM_OK, &e);
-        if (rc == ESIM_OK)
-            rc = end;
-    }
-    if (rc == ESIM_OK) {
-        s->n_cmds_saved = s->n_cmds;
-        s->row_dirty = false;
-        if (s->version_unit)
-            s->version = s->version_unit;
-        if (s->totals_unit) {
-            s->pushes_saved = s->pushes_unit;
-            s->commands_saved = s->commands_unit;
-        }
-    } else {
-        s->row_dirty = true;
-        campaign_mark_all_dirty(s->c);
-        esim_service_count_store_error(cs->svc);
-    }
-    s->version_unit = 0;
-    s->totals_unit = false;
-}
-
 /* Writes what changed, as one unit of the store. */
 static void persist(campaigns *cs, int64_t now)
 {
@@ -712,6 +722,11 @@ static void flush_inline(campaigns *cs)
     for (size_t k = 0; k < cs->n_slots; k++)
         if (cs->slots[k]->pushes.n)
             flush_pushes(cs, cs->slots[k], now);
+    /* Left by store jobs (the pool stopped since). */
+    for (size_t i = 0; i < cs->n_cancels; i++)
+        esim_store_queue_cancel(esim_service_store(cs->svc), cs->cancels[i].udid,
+                                cs->cancels[i].uuid, now, NULL);
+    cs->n_cancels = 0;
     persist(cs, now);
 }
 
@@ -761,6 +776,10 @@ typedef struct flush_job {
     size_t n_facts;
     esim_answer_hold **holds; /* released when the flush is over */
     size_t n_holds;
+    flush_waiter *waiters; /* answered when the flush is over */
+    size_t n_waiters;
+    queue_cancel *cancels; /* queue entries taken off in the unit */
+    size_t n_cancels;
     esim_err rc;
     esim_error e;
     bool refused, conflict;
@@ -950,6 +969,12 @@ static void flush_run(store *st, void *arg)
     }
     if (rc == ESIM_OK && !j->refused)
         rc = write_snapshot(st, j);
+    /* The canceled devices' commands off their queues (one already final
+     * or gone is left as it is). */
+    for (size_t i = 0; rc == ESIM_OK && !j->refused && i < j->n_cancels; i++)
+        if (esim_store_queue_cancel(st, j->cancels[i].udid, j->cancels[i].uuid, j->now, &j->e) ==
+            ESIM_ESTORE)
+            rc = ESIM_ESTORE;
     esim_err end = esim_store_unit_end(st, rc == ESIM_OK && !j->refused, &j->e);
     j->rc = rc == ESIM_OK ? end : rc;
 }
@@ -1078,8 +1103,27 @@ static void release_holds(campaigns *cs, esim_answer_hold **holds, size_t n)
     free(holds);
 }
 
+/* The queue cancels of a unit that was not committed: into the next. */
+static void job_cancels_back(campaigns *cs, flush_job *j)
+{
+    for (size_t i = 0; i < j->n_cancels; i++)
+        if (!cancel_later(cs, j->cancels[i].udid, j->cancels[i].uuid))
+            break;
+    j->n_cancels = 0;
+}
+
+static void answer_summary(campaigns *cs, esim_api_request *r, const char *id);
+
+static void answer_waiters(campaigns *cs, flush_waiter *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        answer_summary(cs, w[i].r, w[i].id);
+    free(w);
+}
+
 static void job_free(flush_job *j)
 {
+    free(j->cancels);
     for (size_t i = 0; i < j->nb; i++)
         batch_free(&j->batches[i]);
     free(j->batches);
@@ -1109,17 +1153,18 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
                 vec_push(&b->s->pending[b->platform][b->step], b->devs[k]);
         }
         job_records_lost(j);
+        job_cancels_back(cs, j);
         cs->again = true;
     } else if (j->rc == ESIM_OK) {
-        store *st = esim_service_store(svc);
         for (size_t i = 0; i < j->nb; i++) {
             step_batch *b = &j->batches[i];
             esim_service_enqueued(svc, (const char *const *)b->udids, b->n);
             /* Canceled while the unit ran (cancel_queued found nothing yet
-             * to take off): taken off now. */
+             * to take off): taken off by the next unit. */
             for (size_t k = 0; k < b->n; k++)
-                if (campaign_device_at(b->s->c, b->devs[k])->state == CDEV_CANCELED)
-                    esim_store_queue_cancel(st, b->udids[k], b->cmd.uuid, now, NULL);
+                if (campaign_device_at(b->s->c, b->devs[k])->state == CDEV_CANCELED &&
+                    cancel_later(cs, b->udids[k], b->cmd.uuid))
+                    cs->again = true;
         }
         for (size_t i = 0; i < j->nw; i++) {
             slot_write *w = &j->w[i];
@@ -1136,13 +1181,14 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
         job_retry(cs, j, now);
         j->round++;
         snapshot_records(cs, j);
-        if (j->nb || j->nw || j->n_facts) {
+        if (j->nb || j->nw || j->n_facts || j->n_cancels) {
             flush_submit(cs, j);
             return;
         }
     } else {
         fail_batches(j->batches, j->nb, j->e.msg, now);
         job_records_lost(j);
+        job_cancels_back(cs, j);
         records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now);
     }
     bool pushed = false;
@@ -1153,6 +1199,8 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
         }
     release_holds(cs, j->holds, j->n_holds);
     j->holds = NULL;
+    answer_waiters(cs, j->waiters, j->n_waiters);
+    j->waiters = NULL;
     job_free(j);
     if (cs->again)
         flush_start(cs);
@@ -1190,6 +1238,14 @@ static void flush_start(campaigns *cs)
     j->now = esim_now_ms();
     j->holds = holds;
     j->n_holds = n_holds;
+    j->waiters = cs->next_waiters;
+    j->n_waiters = cs->n_next_waiters;
+    cs->next_waiters = NULL;
+    cs->n_next_waiters = cs->cap_next_waiters = 0;
+    j->cancels = cs->cancels;
+    j->n_cancels = cs->n_cancels;
+    cs->cancels = NULL;
+    cs->n_cancels = cs->cap_cancels = 0;
     j->nb = prepare_batches(cs, j->now, &j->batches);
     for (size_t i = 0; i < j->nb; i++)
         if (!batch_copy_udids(&j->batches[i])) {
@@ -1200,7 +1256,7 @@ static void flush_start(campaigns *cs)
             j->batches[i].n = 0;
         }
     snapshot_records(cs, j);
-    if (!j->nb && !j->nw && !j->n_facts) {
+    if (!j->nb && !j->nw && !j->n_facts && !j->n_cancels) {
         /* Nothing to write: the pushes (a replay's) and the answers go. */
         flush_done(cs->svc, j, true);
         return;
@@ -1752,13 +1808,44 @@ static esim_err device_from_record(const store_campaign_device *r, campaign_dev 
     return ESIM_OK;
 }
 
-/* Reads campaign |row| from the store into a new slot (*out, may be NULL):
- * driven here when |owned| (then the answers it missed are replayed), a
- * copy for the API otherwise. */
-static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool owned,
-                                 camp_slot **out, esim_error *err)
+/* What a slot is rebuilt from, read from the store (on a pool worker or
+ * on the loop): the campaign's row (in |rows|, which holds its strings),
+ * its device records and its commands. */
+typedef struct {
+    store_campaign *rows;
+    size_t n_rows;
+    const store_campaign *row;
+    store_campaign_device *recs;
+    size_t n;
+    store_campaign_command *cmds;
+    size_t nc;
+} camp_read;
+
+static void camp_read_free(camp_read *rd)
 {
-    store *st = esim_service_store(cs->svc);
+    esim_store_campaigns_free(rd->rows, rd->n_rows);
+    esim_store_campaign_devices_free(rd->recs, rd->n);
+    free(rd->cmds);
+    memset(rd, 0, sizeof *rd);
+}
+
+/* Reads the records of campaign |row| (one of rd->rows) from |st|. */
+static esim_err camp_read_load(store *st, const store_campaign *row, camp_read *rd, esim_error *err)
+{
+    rd->row = row;
+    esim_err rc = esim_store_campaign_devices(st, row->id, &rd->recs, &rd->n, err);
+    if (rc == ESIM_OK && rd->n)
+        rc = esim_store_campaign_commands(st, row->id, &rd->cmds, &rd->nc, err);
+    return rc;
+}
+
+/* Builds a new slot (*out, may be NULL) from campaign records |rd| read
+ * from the store: driven here when |owned| (then the answers it missed are
+ * replayed), a copy for the API otherwise. */
+static esim_err restore_loaded(campaigns *cs, const camp_read *rd, bool owned, camp_slot **out,
+                               esim_error *err)
+{
+    const store_campaign *row = rd->row;
     json_error_t jerr;
     json_t *j = json_loads(row->definition, 0, &jerr);
     campaign_spec spec;
@@ -1770,11 +1857,9 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
     }
     json_decref(j);
     spec.id = row->id;
-    store_campaign_device *recs = NULL;
-    size_t n = 0;
-    esim_err rc = esim_store_campaign_devices(st, row->id, &recs, &n, err);
-    if (rc != ESIM_OK)
-        return rc;
+    const store_campaign_device *recs = rd->recs;
+    size_t n = rd->n;
+    esim_err rc = ESIM_OK;
     campaign_dev *devs = n ? calloc(n, sizeof *devs) : NULL;
     if (n && !devs)
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -1798,15 +1883,11 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
     if (rc == ESIM_OK && c && (rc = slot_add(cs, c, err, &s)) != ESIM_OK)
         campaign_free(c);
     if (rc == ESIM_OK && s) {
-        store_campaign_command *cmds = NULL;
-        size_t nc = 0;
-        rc = esim_store_campaign_commands(st, row->id, &cmds, &nc, err);
-        for (size_t k = 0; rc == ESIM_OK && k < nc; k++) {
+        for (size_t k = 0; rc == ESIM_OK && k < rd->nc; k++) {
             uint32_t ref;
-            if (add_cmd(cs, s, cmds[k].uuid, cmds[k].step, &ref) != ESIM_OK)
+            if (add_cmd(cs, s, rd->cmds[k].uuid, rd->cmds[k].step, &ref) != ESIM_OK)
                 rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
         }
-        free(cmds);
         s->n_cmds_saved = s->n_cmds;
         /* Point each device at its command by UUID. The records and the
          * commands were written in one transaction with the queue entries,
@@ -1835,7 +1916,19 @@ static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool 
         if (out)
             *out = s;
     }
-    esim_store_campaign_devices_free(recs, n);
+    return rc;
+}
+
+/* Reads campaign |row| from the store into a new slot, on the loop (at
+ * start-up, and without a store pool): restore_loaded. */
+static esim_err restore_campaign(campaigns *cs, const store_campaign *row, bool owned,
+                                 camp_slot **out, esim_error *err)
+{
+    camp_read rd = {0};
+    esim_err rc = camp_read_load(esim_service_store(cs->svc), row, &rd, err);
+    if (rc == ESIM_OK)
+        rc = restore_loaded(cs, &rd, owned, out, err);
+    camp_read_free(&rd);
     return rc;
 }
 
@@ -1859,27 +1952,17 @@ static bool lease_take(campaigns *cs, const char *id, char holder[64])
     return held;
 }
 
-/* Replaces slot |k| by a fresh read of its campaign from the store (driven
- * here when |owned|). The slot keeps its place and its creation warnings. */
-static esim_err slot_reload(campaigns *cs, size_t k, bool owned, esim_error *err)
+/* Replaces slot |k| by campaign records |rd| just read from the store
+ * (driven here when |owned|). The slot keeps its place and its creation
+ * warnings. */
+static esim_err slot_replace(campaigns *cs, size_t k, const camp_read *rd, bool owned,
+                             esim_error *err)
 {
     camp_slot *old = cs->slots[k];
     if (old->in_flush) /* its flush is on a store worker: later */
         return esim_fail(err, ESIM_ESTATE, "campaign %s is being written", campaign_id(old->c));
-    store_campaign *rows = NULL;
-    size_t n = 0;
-    esim_err rc = esim_store_campaigns(esim_service_store(cs->svc), &rows, &n, err);
-    const store_campaign *row = NULL;
-    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
-        if (strcmp(rows[i].id, campaign_id(old->c)) == 0)
-            row = &rows[i];
     camp_slot *fresh = NULL;
-    if (rc == ESIM_OK && !row)
-        rc = esim_fail(err, ESIM_ENOTFOUND, "campaign %s is no longer in the store",
-                       campaign_id(old->c));
-    if (rc == ESIM_OK)
-        rc = restore_campaign(cs, row, false, &fresh, err);
-    esim_store_campaigns_free(rows, n);
+    esim_err rc = restore_loaded(cs, rd, false, &fresh, err);
     if (rc != ESIM_OK || !fresh)
         return rc != ESIM_OK ? rc : esim_fail(err, ESIM_ESTORE, "campaign has no devices");
     /* |fresh| was appended: put it in |old|'s place. */
@@ -1895,6 +1978,40 @@ static esim_err slot_reload(campaigns *cs, size_t k, bool owned, esim_error *err
     if (owned)
         replay_recorded_answers(cs, fresh, true);
     return ESIM_OK;
+}
+
+/* Reads campaign |id|'s records from |st| into |rd|. ESIM_ENOTFOUND when
+ * the store no longer has it. */
+static esim_err camp_read_id(store *st, const char *id, camp_read *rd, esim_error *err)
+{
+    memset(rd, 0, sizeof *rd);
+    esim_err rc = esim_store_campaigns(st, &rd->rows, &rd->n_rows, err);
+    const store_campaign *row = NULL;
+    for (size_t i = 0; rc == ESIM_OK && i < rd->n_rows; i++)
+        if (strcmp(rd->rows[i].id, id) == 0)
+            row = &rd->rows[i];
+    if (rc == ESIM_OK && !row)
+        rc = esim_fail(err, ESIM_ENOTFOUND, "campaign %s is no longer in the store", id);
+    if (rc == ESIM_OK)
+        rc = camp_read_load(st, row, rd, err);
+    return rc;
+}
+
+/* Replaces slot |k| by a fresh read of its campaign from the store, on the
+ * loop (driven here when |owned|). */
+static esim_err slot_reload(campaigns *cs, size_t k, bool owned, esim_error *err)
+{
+    camp_slot *old = cs->slots[k];
+    if (old->in_flush) /* its flush is on a store worker: later */
+        return esim_fail(err, ESIM_ESTATE, "campaign %s is being written", campaign_id(old->c));
+    char id[128];
+    snprintf(id, sizeof id, "%s", campaign_id(old->c));
+    camp_read rd;
+    esim_err rc = camp_read_id(esim_service_store(cs->svc), id, &rd, err);
+    if (rc == ESIM_OK)
+        rc = slot_replace(cs, k, &rd, owned, err);
+    camp_read_free(&rd);
+    return rc;
 }
 
 static camp_slot *slot_by_id(campaigns *cs, const char *id, size_t *k)
@@ -2087,6 +2204,11 @@ void campaigns_free(campaigns *cs)
     for (size_t i = 0; i < cs->n_slots; i++)
         slot_free(cs->slots[i]);
     release_holds(cs, cs->next_holds, cs->n_next_holds);
+    /* Every answer waiting for a flush was given when the pool stopped (its
+     * last jobs, then the ones their dones started, ran): what is left is
+     * only memory. */
+    free(cs->next_waiters);
+    free(cs->cancels);
     free(cs->slots);
     free(cs->map);
     free(cs->facts);
@@ -2180,42 +2302,21 @@ static void notify_changed(campaigns *cs, const char *id)
     esim_service_notify(cs->svc, "campaign_changed", payload, NULL);
 }
 
-/* The state |verb| takes a campaign in state |from| to; ESIM_ESTATE (as
- * the engine words it) when it cannot. */
-static esim_err control_target(const campaign *c, campaign_state from, const char *verb,
-                               campaign_state *to, esim_error *err)
-{
-    const char *id = campaign_id(c), *now = campaign_state_name(from);
-    if (strcmp(verb, "pause") == 0) {
-        if (from != CAMPAIGN_RUNNING)
-            return esim_fail(err, ESIM_ESTATE,
-                             "campaign %s is %s: only a running campaign can be paused", id, now);
-        *to = CAMPAIGN_PAUSED;
-    } else if (strcmp(verb, "resume") == 0) {
-        if (from != CAMPAIGN_PAUSED && from != CAMPAIGN_STAGED)
-            return esim_fail(err, ESIM_ESTATE,
-                             "campaign %s is %s: only a paused or staged campaign can be resumed",
-                             id, now);
-        *to = CAMPAIGN_RUNNING;
-    } else if (strcmp(verb, "cancel") == 0) {
-        if (from == CAMPAIGN_CANCELED || from == CAMPAIGN_FINISHED)
-            return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", id, now);
-        *to = CAMPAIGN_CANCELED;
-    } else
-        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
-    return ESIM_OK;
-}
-
 /* Takes the canceled devices' commands off their queues, and forgets what
  * was still to be queued or pushed. */
 static void cancel_queued(campaigns *cs, camp_slot *s, int64_t now)
 {
     store *st = esim_service_store(cs->svc);
+    bool later = esim_service_store_jobs_async(cs->svc);
     for (size_t i = 0; i < campaign_device_count(s->c); i++) {
         const campaign_dev *d = campaign_device_at(s->c, i);
-        if (d->state == CDEV_CANCELED && d->cmd < s->n_cmds)
+        if (d->state != CDEV_CANCELED || d->cmd >= s->n_cmds)
+            continue;
+        if (!later || !cancel_later(cs, d->udid, s->cmds[d->cmd].uuid))
             esim_store_queue_cancel(st, d->udid, s->cmds[d->cmd].uuid, now, NULL);
     }
+    if (later && cs->n_cancels)
+        arm_flush(cs);
     for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
         for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
             s->pending[p][k].n = 0;
@@ -2277,55 +2378,307 @@ static esim_err write_state(campaigns *cs, camp_slot *s, int64_t now, esim_error
     }
 }
 
-esim_err campaigns_control(campaigns *cs, campaign **cp, const char *verb, esim_error *err)
+/* A pause, resume or cancel is a store job too: the compare-and-set of the
+ * campaign's row (its version) runs on a pool worker with that worker's
+ * connection, and the engine follows on the loop in control_done. A change
+ * another instance makes in the same instant is seen, adopted, and the
+ * action decided again on it, never overwritten unseen. The instance that
+ * drives the campaign decides on its engine and then does it (the queue
+ * cancels go in the next flush's unit, and the answer waits for that
+ * flush); another one decides on the row as the store has it, writes only
+ * the row and tells the driving one (campaign_changed), which adopts it.
+ * Without a pool the job runs at once on the loop. */
+#define CONTROL_TRIES 5
+
+typedef struct {
+    campaigns *cs;
+    esim_api_request *r;
+    char id[128], verb[8], instance[64];
+    bool shared;
+    bool copy; /* decided on the row as the store has it (another instance drives it) */
+    int to;    /* not |copy|: the state to write over |expect| */
+    int64_t expect;
+    int tries;
+    /* The job's answer: on success the row's version; on ESIM_ESTATE from
+     * the compare-and-set, its state and version as found. |fresh| is the
+     * campaign as read after the change (|copy|). */
+    esim_err rc;
+    esim_error e;
+    int cur;
+    int64_t ver;
+    bool missing; /* the store has no such campaign */
+    camp_read fresh;
+} control_job;
+
+/* The state |verb| takes campaign |id| in state |from| to; ESIM_ESTATE (as
+ * the engine words it) when it cannot. */
+static esim_err control_target(const char *id, campaign_state from, const char *verb,
+                               campaign_state *to, esim_error *err)
 {
+    const char *now = campaign_state_name(from);
+    if (strcmp(verb, "pause") == 0) {
+        if (from != CAMPAIGN_RUNNING)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a running campaign can be paused", id, now);
+        *to = CAMPAIGN_PAUSED;
+    } else if (strcmp(verb, "resume") == 0) {
+        if (from != CAMPAIGN_PAUSED && from != CAMPAIGN_STAGED)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a paused or staged campaign can be resumed",
+                             id, now);
+        *to = CAMPAIGN_RUNNING;
+    } else if (strcmp(verb, "cancel") == 0) {
+        if (from == CAMPAIGN_CANCELED || from == CAMPAIGN_FINISHED)
+            return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", id, now);
+        *to = CAMPAIGN_CANCELED;
+    } else
+        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
+    return ESIM_OK;
+}
+
+/* On a pool worker (or at once on the loop without a pool). */
+static void control_run(store *st, void *arg)
+{
+    control_job *j = arg;
     int64_t now = esim_now_ms();
-    size_t k = 0;
-    camp_slot *s = slot_by_id(cs, campaign_id(*cp), &k);
-    if (!s)
-        return esim_fail(err, ESIM_ENOTFOUND, "no such campaign");
-    store *st = esim_service_store(cs->svc);
-    /* A compare-and-set of the campaign's row (its version): a change
-     * another instance makes in the same instant is seen, adopted, and the
-     * action decided again on it, never overwritten unseen. The instance
-     * that drives the campaign then does it; another one only writes the
-     * row and tells the driving one (campaign_changed), which adopts it. */
+    camp_read_free(&j->fresh);
+    if (!j->copy) {
+        j->rc = esim_store_campaign_set_state(st, j->id, j->to, j->expect, now, &j->cur, &j->ver,
+                                              &j->e);
+        return;
+    }
+    /* Decide on the campaign as the store has it now, and again on what
+     * another instance wrote in the same instant. */
     for (int tries = 0;; tries++) {
-        if (!s->owned) {
-            /* Decide on the campaign as the store has it now. */
-            esim_error e = {{0}};
-            if (slot_reload(cs, k, false, &e) != ESIM_OK)
-                return esim_fail(err, ESIM_ESTORE, "the campaign could not be read: %s", e.msg);
-            s = cs->slots[k];
-            *cp = s->c;
+        camp_read rd;
+        esim_error e = {{0}};
+        esim_err rc = camp_read_id(st, j->id, &rd, &e);
+        if (rc != ESIM_OK) {
+            j->missing = rc == ESIM_ENOTFOUND;
+            camp_read_free(&rd);
+            j->rc = esim_fail(&j->e, ESIM_ESTORE, "the campaign could not be read: %s", e.msg);
+            return;
         }
         campaign_state to = CAMPAIGN_RUNNING;
-        esim_err rc = control_target(s->c, campaign_get_state(s->c), verb, &to, err);
-        if (rc != ESIM_OK)
-            return rc;
-        int cur = 0;
-        int64_t ver = 0;
-        esim_error e = {{0}};
-        rc = esim_store_campaign_set_state(st, campaign_id(s->c), (int)to, s->version, now, &cur,
-                                           &ver, &e);
-        if (rc == ESIM_OK) {
-            s->version = ver;
-            engine_apply(cs, s, to, now);
-            s->last_state = campaign_get_state(s->c);
-            if (s->owned) {
-                flush(cs); /* the canceled devices' records, the resumed pushes */
-            } else {
-                s->loaded_ms = 0; /* shown as the store has it from now on */
-                notify_changed(cs, campaign_id(s->c));
-            }
-            return ESIM_OK;
+        rc = control_target(j->id, (campaign_state)rd.row->state, j->verb, &to, &j->e);
+        int64_t expect = rd.row->version;
+        camp_read_free(&rd);
+        if (rc != ESIM_OK) {
+            j->rc = rc;
+            return;
         }
-        if (rc != ESIM_ESTATE || tries == 4)
-            return esim_fail(err, rc == ESIM_ESTATE ? ESIM_ESTATE : ESIM_ESTORE,
-                             "the campaign could not be changed: %s", e.msg);
-        if (s->owned)
-            adopt_state(cs, s, cur, ver, now); /* then decide again on it */
+        rc = esim_store_campaign_set_state(st, j->id, (int)to, expect, now, &j->cur, &j->ver, &e);
+        if (rc == ESIM_OK) {
+            j->to = (int)to;
+            break;
+        }
+        if (rc != ESIM_ESTATE || tries == CONTROL_TRIES - 1) {
+            j->rc = esim_fail(&j->e, rc == ESIM_ESTATE ? ESIM_ESTATE : ESIM_ESTORE,
+                              "the campaign could not be changed: %s", e.msg);
+            return;
+        }
     }
+    j->rc = ESIM_OK;
+    if (j->shared) {
+        char payload[400];
+        snprintf(payload, sizeof payload, "%s %s", j->id, j->instance);
+        esim_store_notify(st, "campaign_changed", payload, NULL);
+    }
+    /* Shown as the store has it from now on. */
+    if (camp_read_id(st, j->id, &j->fresh, NULL) != ESIM_OK)
+        camp_read_free(&j->fresh);
+}
+
+static void control_job_free(control_job *j)
+{
+    camp_read_free(&j->fresh);
+    free(j);
+}
+
+static void control_fail(control_job *j, esim_err rc)
+{
+    esim_api_error(j->r, esim_api_status_for(rc), NULL, "%s",
+                   j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+    control_job_free(j);
+}
+
+static void control_submit(campaigns *cs, control_job *j);
+
+/* Answers |r| with campaign |id| as it is now. */
+static void answer_summary(campaigns *cs, esim_api_request *r, const char *id)
+{
+    camp_slot *s = slot_by_id(cs, id, NULL);
+    if (!s)
+        esim_api_error(r, 404, "id", "no campaign with id %s", id);
+    else
+        esim_api_reply_json(r, 200, campaigns_summary_json(cs, s->c));
+}
+
+/* The flush that writes what the change did (the canceled devices' records
+ * and queue cancels, the resumed pushes) first, then the answer. */
+static void flush_then_answer(campaigns *cs, esim_api_request *r, const char *id)
+{
+    if (!esim_service_store_jobs_async(cs->svc)) {
+        flush(cs);
+        answer_summary(cs, r, id);
+        return;
+    }
+    if (cs->n_next_waiters == cs->cap_next_waiters) {
+        flush_waiter *grown = esim_grow(cs->next_waiters, &cs->cap_next_waiters,
+                                        cs->n_next_waiters + 1, sizeof *grown);
+        if (!grown) {
+            flush(cs);
+            answer_summary(cs, r, id);
+            return;
+        }
+        cs->next_waiters = grown;
+    }
+    flush_waiter *w = &cs->next_waiters[cs->n_next_waiters++];
+    w->r = r;
+    snprintf(w->id, sizeof w->id, "%s", id);
+    flush(cs);
+}
+
+static void control_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    control_job *j = arg;
+    campaigns *cs = j->cs;
+    int64_t now = esim_now_ms();
+    if (!ran) {
+        esim_api_error(j->r, 503, NULL, "the service is stopping");
+        control_job_free(j);
+        return;
+    }
+    size_t k = 0;
+    camp_slot *s = slot_by_id(cs, j->id, &k);
+    if (j->copy) {
+        if (j->rc != ESIM_OK && j->missing && !s) {
+            esim_api_error(j->r, 404, "id", "no campaign with id %s", j->id);
+            control_job_free(j);
+            return;
+        }
+        if (j->rc != ESIM_OK) {
+            control_fail(j, j->rc);
+            return;
+        }
+        if (s && s->owned) {
+            /* This instance took the campaign over meanwhile: it does it. */
+            adopt_state(cs, s, j->to, j->ver, now);
+            flush_then_answer(cs, j->r, j->id);
+        } else {
+            esim_error e = {{0}};
+            if (j->fresh.row) {
+                if (s)
+                    slot_replace(cs, k, &j->fresh, false, &e);
+                else
+                    restore_loaded(cs, &j->fresh, false, NULL, &e);
+            }
+            s = slot_by_id(cs, j->id, &k);
+            if (s && !s->owned) {
+                if (s->version < j->ver) { /* not replaced (being written): as the row says */
+                    s->version = j->ver;
+                    engine_apply(cs, s, (campaign_state)j->to, now);
+                    s->last_state = campaign_get_state(s->c);
+                }
+                s->loaded_ms = 0; /* shown as the store has it from now on */
+            }
+            answer_summary(cs, j->r, j->id);
+        }
+        control_job_free(j);
+        return;
+    }
+    if (!s) {
+        esim_api_error(j->r, 404, "id", "no campaign with id %s", j->id);
+        control_job_free(j);
+        return;
+    }
+    if (j->rc == ESIM_OK) {
+        if (j->ver > s->version)
+            s->version = j->ver;
+        engine_apply(cs, s, (campaign_state)j->to, now);
+        s->last_state = campaign_get_state(s->c);
+        if (s->owned) {
+            flush_then_answer(cs, j->r, j->id);
+        } else {
+            /* Its lease went meanwhile: the instance that drives it now
+             * adopts the change. */
+            s->loaded_ms = 0;
+            notify_changed(cs, j->id);
+            answer_summary(cs, j->r, j->id);
+        }
+        control_job_free(j);
+        return;
+    }
+    if (j->rc != ESIM_ESTATE || ++j->tries == CONTROL_TRIES) {
+        esim_err rc = j->rc == ESIM_ESTATE ? ESIM_ESTATE : ESIM_ESTORE;
+        esim_error e = j->e;
+        esim_fail(&j->e, rc, "the campaign could not be changed: %s", e.msg);
+        control_fail(j, rc);
+        return;
+    }
+    /* Changed by another instance in the same instant: adopted, then the
+     * action is decided again on it. */
+    if (s->owned)
+        adopt_state(cs, s, j->cur, j->ver, now);
+    else
+        j->copy = true;
+    campaign_state to = CAMPAIGN_RUNNING;
+    memset(&j->e, 0, sizeof j->e);
+    if (!j->copy) {
+        esim_err rc = control_target(j->id, campaign_get_state(s->c), j->verb, &to, &j->e);
+        if (rc != ESIM_OK) {
+            control_fail(j, rc);
+            return;
+        }
+        j->to = (int)to;
+        j->expect = s->version;
+    }
+    control_submit(cs, j);
+}
+
+static void control_submit(campaigns *cs, control_job *j)
+{
+    if (esim_service_store_job(cs->svc, control_run, control_done, j) != ESIM_OK) {
+        j->e.msg[0] = '\0';
+        control_fail(j, ESIM_ENOMEM);
+    }
+}
+
+void campaigns_control(campaigns *cs, esim_api_request *r, const char *id, const char *verb)
+{
+    size_t k = 0;
+    camp_slot *s = slot_by_id(cs, id, &k);
+    if (!s && !cs->shared) {
+        esim_api_error(r, 404, "id", "no campaign with id %s", id);
+        return;
+    }
+    control_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        esim_api_error(r, 500, NULL, "out of memory");
+        return;
+    }
+    j->cs = cs;
+    j->r = r;
+    j->shared = cs->shared;
+    snprintf(j->id, sizeof j->id, "%s", id);
+    snprintf(j->verb, sizeof j->verb, "%s", verb);
+    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+    /* Not here: created on another instance a moment ago, perhaps; the job
+     * reads it from the store. */
+    j->copy = !s || !s->owned;
+    if (!j->copy) {
+        campaign_state to = CAMPAIGN_RUNNING;
+        esim_err rc = control_target(id, campaign_get_state(s->c), verb, &to, &j->e);
+        if (rc != ESIM_OK) {
+            control_fail(j, rc);
+            return;
+        }
+        j->to = (int)to;
+        j->expect = s->version;
+    }
+    esim_api_defer(r);
+    control_submit(cs, j);
 }
 
 /* ---- JSON views -------------------------------------------------------------------------------
@@ -2542,7 +2895,7 @@ static const char *device_platform(const store_device *d)
     return "unknown";
 }
 
-static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list *out,
+static esim_err target_from_json(store *st, const json_t *target, udid_list *out,
                                  const char **field, esim_error *err)
 {
     if (!json_is_object(target))
@@ -2557,7 +2910,6 @@ static esim_err target_from_json(campaigns *cs, const json_t *target, udid_list 
     if (kinds != 1)
         return bad_field(field, "target", err,
                          "give exactly one of udids, group, tag, platform or all");
-    store *st = esim_service_store(cs->svc);
     if (udids) {
         if (!json_is_array(udids) || json_array_size(udids) == 0)
             return bad_field(field, "target.udids", err, "must be a non-empty array of UDIDs");
@@ -2652,12 +3004,46 @@ static void add_warning(json_t *warnings, size_t *total, const char *udid, const
     json_array_append_new(warnings, w);
 }
 
-esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
-                          esim_error *err)
+/* Creating a campaign is a store job (esim_service_store_job): the body is
+ * checked on the loop; the target's reads (its devices, their manifest
+ * EIDs, codes and facts), the engine's new campaign, its lease and its
+ * first records (the row and every device, one unit) on a pool worker with
+ * that worker's connection; the slot is added and the request answered on
+ * the loop in create_done. Without a pool the job runs at once on the
+ * loop, as before. */
+typedef struct {
+    campaigns *cs;
+    esim_api_request *r;
+    json_t *body; /* the request's: |spec| and |field| may point into it */
+    campaign_spec spec;
+    spec_strings strs;
+    const char *dist;
+    json_t *custom;
+    bool dry_run, shared;
+    char instance[64];
+    store_device_facts *facts; /* learned, maybe not in the store yet */
+    size_t n_facts;
+    /* The job's answer. */
+    esim_err rc;
+    esim_error e;
+    const char *field;
+    json_t *out;      /* a dry run's answer */
+    json_t *warnings; /* [0] the counts by kind, then the first ones */
+    size_t n_warn;
+    campaign *c;
+    char holder[64];
+    bool written; /* the row and the records are in the store */
+} create_job;
+
+/* The body's checks that need no store. */
+static esim_err create_parse(create_job *j)
 {
     static const char *const known[] = {"name",    "target", "distribution", "custom_udids",
                                         "steps",   "policy", "smdp_url",     "settings",
                                         "dry_run", NULL};
+    const json_t *body = j->body;
+    const char **field = &j->field;
+    esim_error *err = &j->e;
     const char *key;
     json_t *v;
     json_object_foreach((json_t *)body, key, v)
@@ -2668,45 +3054,49 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         if (!ok)
             return bad_field(field, key, err, "unknown key (see docs/campaigns.md)");
     }
-    campaign_spec spec;
-    spec_strings strs;
-    esim_err rc = spec_from_json(body, &spec, &strs, field, err);
+    esim_err rc = spec_from_json(body, &j->spec, &j->strs, field, err);
     if (rc != ESIM_OK)
         return rc;
-    flush(cs); /* facts learned moments ago count for the warnings */
-    const char *dist = "all";
+    j->dist = "all";
     json_t *dj = json_object_get(body, "distribution");
     if (dj) {
         if (!json_is_string(dj) ||
             (strcmp(json_string_value(dj), "all") && strcmp(json_string_value(dj), "none") &&
              strcmp(json_string_value(dj), "custom")))
             return bad_field(field, "distribution", err, "must be all, none or custom");
-        dist = json_string_value(dj);
+        j->dist = json_string_value(dj);
     }
-    json_t *custom = json_object_get(body, "custom_udids");
-    if (strcmp(dist, "custom") == 0 && (!json_is_array(custom) || json_array_size(custom) == 0))
+    json_t *custom = j->custom = json_object_get(body, "custom_udids");
+    if (strcmp(j->dist, "custom") == 0 && (!json_is_array(custom) || json_array_size(custom) == 0))
         return bad_field(
             field, "custom_udids", err,
             "distribution custom needs custom_udids: the devices that get the campaign");
-    if (custom && strcmp(dist, "custom") != 0)
+    if (custom && strcmp(j->dist, "custom") != 0)
         return bad_field(field, "custom_udids", err, "only with distribution custom");
-    spec.staged = strcmp(dist, "none") == 0;
+    j->spec.staged = strcmp(j->dist, "none") == 0;
     json_t *dry = json_object_get(body, "dry_run");
     if (dry && !json_is_boolean(dry))
         return bad_field(field, "dry_run", err, "must be true or false");
-    bool dry_run = json_is_true(dry);
+    j->dry_run = json_is_true(dry);
+    return ESIM_OK;
+}
 
+/* The target's reads, the warnings, and the engine's campaign (j->c), or a
+ * dry run's answer (j->out). Touches |j| and |st| only. */
+static esim_err create_read(store *st, create_job *j, int64_t now)
+{
+    const char **field = &j->field;
+    esim_error *err = &j->e;
+    const campaign_spec *spec = &j->spec;
     udid_list list = {0};
     campaign_target *targets = NULL;
     char(*eids)[ESIM_EID_LEN + 1] = NULL;
     char(*iccids)[21] = NULL;
-    /* warnings[0] holds the counts by kind until the reply is built */
-    json_t *warnings = json_array();
-    json_array_append_new(warnings, json_object());
+    json_t *warnings = j->warnings;
     size_t n_warn = 0;
-    campaign *c = NULL;
-    store *st = esim_service_store(cs->svc);
-    if ((rc = target_from_json(cs, json_object_get(body, "target"), &list, field, err)) != ESIM_OK)
+    esim_err rc;
+    if ((rc = target_from_json(st, json_object_get(j->body, "target"), &list, field, err)) !=
+        ESIM_OK)
         goto out;
     if (list.n > CAMPAIGN_MAX_DEVICES) {
         rc = bad_field(field, "target", err, "%zu devices: the limit is %u per campaign", list.n,
@@ -2726,8 +3116,7 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         esim_error why = {{0}};
         if ((rc = esim_store_device_get(st, udid, &d, &why)) != ESIM_OK) {
             if (rc == ESIM_ENOTFOUND) {
-                if (field)
-                    *field = "target";
+                *field = "target";
                 rc = esim_fail(err, ESIM_ENOTFOUND, "device %s is not known to the service", udid);
             } else
                 rc = esim_fail(err, rc, "%s", why.msg);
@@ -2741,13 +3130,12 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         /* The expected EID: the OEM manifest by serial number, else what the
          * device itself reported. */
         if (d.serial_number[0] &&
-            esim_store_manifest_eid(esim_service_store(cs->svc), d.serial_number, eids[i], NULL) ==
-                ESIM_OK) {
+            esim_store_manifest_eid(st, d.serial_number, eids[i], NULL) == ESIM_OK) {
         } else if (d.eid[0]) {
             snprintf(eids[i], sizeof eids[i], "%s", d.eid);
         } else if (strcmp(d.platform, "iot") == 0) {
             snprintf(eids[i], sizeof eids[i], "%s", udid); /* an IoT eUICC's UDID is its EID */
-        } else if (spec.steps[CAMPAIGN_STEP_VERIFY]) {
+        } else if (spec->steps[CAMPAIGN_STEP_VERIFY]) {
             add_warning(warnings, &n_warn, udid, NULL,
                         "no expected EID: import the OEM manifest (esim-mdm import eids) or it "
                         "cannot be verified");
@@ -2756,45 +3144,45 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
         if (eids[i][0] && esim_eid_validate(eids[i], NULL) != ESIM_OK)
             eids[i][0] = '\0';
         if (eids[i][0])
-            esim_store_code_for_eid(esim_service_store(cs->svc), eids[i], iccids[i], mid, NULL);
+            esim_store_code_for_eid(st, eids[i], iccids[i], mid, NULL);
         targets[i].expected_eid = eids[i];
         targets[i].expected_iccid = iccids[i];
         store_device_facts f;
-        bool known_facts =
-            esim_store_facts_get(esim_service_store(cs->svc), udid, &f, NULL) == ESIM_OK;
+        bool known_facts = esim_store_facts_get(st, udid, &f, NULL) == ESIM_OK;
         if (known_facts && f.verified_ms && eids[i][0] && strcmp(f.eid, eids[i]) == 0 &&
             (!iccids[i][0] || strcmp(f.iccid, iccids[i]) == 0))
             targets[i].esim_installed = true;
         const char *os = f.os_version[0] ? f.os_version : d.os_version;
-        if (spec.steps[CAMPAIGN_STEP_PROFILE]) {
+        if (spec->steps[CAMPAIGN_STEP_PROFILE]) {
             if (f.supervised < 0)
                 add_warning(warnings, &n_warn, udid, NULL,
                             "supervision unknown (no DeviceInformation answer yet): the eSIM "
                             "restrictions apply only to supervised devices");
             esim_ignored_key ig[4];
             size_t k =
-                esim_policy_ignored_keys(&spec.policy, os[0] ? os : NULL, f.supervised != 0, ig);
-            for (size_t j = 0; j < k; j++)
-                add_warning(warnings, &n_warn, udid, ig[j].key, ig[j].reason);
+                esim_policy_ignored_keys(&spec->policy, os[0] ? os : NULL, f.supervised != 0, ig);
+            for (size_t x = 0; x < k; x++)
+                add_warning(warnings, &n_warn, udid, ig[x].key, ig[x].reason);
         }
-        if (spec.steps[CAMPAIGN_STEP_REFRESH] && os[0]) {
+        if (spec->steps[CAMPAIGN_STEP_REFRESH] && os[0]) {
             esim_os_version ov, min = {13, 0, 0};
             if (esim_os_version_parse(os, &ov, NULL) == ESIM_OK && esim_os_version_cmp(ov, min) < 0)
                 add_warning(warnings, &n_warn, udid, NULL,
                             "RefreshCellularPlans needs iOS 13 or later: this device will answer "
                             "with an error");
         }
-        if (targets[i].esim_installed && spec.steps[CAMPAIGN_STEP_REFRESH])
+        if (targets[i].esim_installed && spec->steps[CAMPAIGN_STEP_REFRESH])
             add_warning(warnings, &n_warn, udid, NULL,
                         "its eSIM is already installed and verified: no second download will be "
                         "asked (a consumed profile needs a reset on the SM-DP+ first)");
     }
-    if (custom) {
+    if (j->custom) {
         /* Only the listed devices get the campaign; the rest stay staged. */
         for (size_t i = 0; i < list.n; i++)
             targets[i].staged = true;
         size_t i;
-        json_array_foreach(custom, i, v)
+        json_t *v;
+        json_array_foreach(j->custom, i, v)
         {
             bool found = false;
             for (size_t k = 0; json_is_string(v) && k < list.n; k++)
@@ -2809,66 +3197,212 @@ esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const
             }
         }
     }
-    if (dry_run) {
+    j->n_warn = n_warn;
+    if (j->dry_run) {
         /* Everything is checked and the warnings found: nothing is created. */
         size_t staged = 0;
         for (size_t i = 0; i < list.n; i++)
             staged += targets[i].staged;
         json_t *o = json_pack("{s:b,s:I,s:I,s:s}", "dry_run", 1, "devices", (json_int_t)list.n,
-                              "staged", (json_int_t)staged, "distribution", dist);
+                              "staged", (json_int_t)staged, "distribution", j->dist);
         json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));
         json_array_remove(warnings, 0);
         json_object_set_new(o, "warnings", warnings);
         json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
-        warnings = NULL;
-        *out = o;
+        j->warnings = NULL;
+        j->out = o;
         goto out;
     }
-    int64_t now = esim_now_ms();
-    if ((rc = campaign_new(&spec, targets, list.n, now, &c, err)) != ESIM_OK) {
-        if (field)
-            *field = "target";
-        goto out;
-    }
-    camp_slot *s = NULL;
-    if ((rc = slot_add(cs, c, err, &s)) != ESIM_OK)
-        goto out;
-    s->row_dirty = true;
-    s->owned = true; /* the instance that creates a campaign drives it */
-    c = NULL;        /* the slot owns it */
-    /* Written whole before anything is sent: a crash now leaves a campaign
-     * that resumes, never commands without a campaign. */
-    /* The lease before the records: another instance that sees the new
-     * campaign finds it held. */
-    if (cs->shared)
-        lease_take(cs, campaign_id(s->c), s->holder);
-    if (esim_service_store_jobs_async(cs->svc))
-        persist_slot(cs, s, now); /* a flush on a store worker writes the others */
-    else
-        persist(cs, now);
-    if (cs->shared)
-        notify_changed(cs, campaign_id(s->c));
-    json_t *o = campaigns_summary_json(cs, s->c);
-    json_object_set_new(o, "distribution", json_string(dist));
-    json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));
-    json_array_remove(warnings, 0);
-    json_object_set_new(o, "warnings", warnings);
-    json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
-    json_t *first = json_array();
-    for (size_t i = 0; i < json_array_size(warnings) && i < 100; i++)
-        json_array_append(first, json_array_get(warnings, i));
-    s->creation_warnings = json_pack("{s:I,s:O,s:o}", "total", (json_int_t)n_warn, "by_kind",
-                                     json_object_get(o, "warnings_by_kind"), "first", first);
-    warnings = NULL;
-    *out = o;
+    if ((rc = campaign_new(spec, targets, list.n, now, &j->c, err)) != ESIM_OK)
+        *field = "target";
 out:
-    campaign_free(c);
-    json_decref(warnings);
     free(list.udids);
     free(targets);
     free(eids);
     free(iccids);
     return rc;
+}
+
+/* The new campaign's lease (on a shared store: another instance that sees
+ * it finds it held), then its row and every device's record as one unit:
+ * written whole before anything is sent, so a crash leaves a campaign that
+ * resumes, never commands without a campaign. */
+static esim_err create_write(store *st, create_job *j, int64_t now)
+{
+    campaign *c = j->c;
+    esim_error *err = &j->e;
+    if (j->shared) {
+        char name[300];
+        bool held = false;
+        lease_name(campaign_id(c), name, sizeof name);
+        esim_store_lease(st, name, j->instance, CAMPAIGN_LEASE_TTL_MS, &held, j->holder, NULL);
+    }
+    json_t *sj = spec_to_json(campaign_get_spec(c));
+    char *spec_json = sj ? json_dumps(sj, JSON_COMPACT) : NULL;
+    json_decref(sj);
+    size_t n = campaign_device_count(c);
+    store_campaign_device *recs = malloc(RECORDS_PER_SAVE * sizeof *recs);
+    if (!spec_json || !recs) {
+        free(spec_json);
+        free(recs);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    }
+    store_campaign row = {.id = campaign_id(c),
+                          .name = campaign_name(c),
+                          .definition = spec_json,
+                          .state = (int)campaign_get_state(c),
+                          .created_ms = campaign_created_ms(c)};
+    esim_err rc = esim_store_unit_begin(st, err);
+    if (rc == ESIM_OK) {
+        rc = esim_store_campaign_save(st, row.id, &row, NULL, 0, NULL, 0, now, err);
+        for (size_t k = 0; rc == ESIM_OK && k < n; k += RECORDS_PER_SAVE) {
+            size_t m = n - k < RECORDS_PER_SAVE ? n - k : RECORDS_PER_SAVE;
+            for (size_t x = 0; x < m; x++)
+                device_record_of(c, NULL, 0, k + x, &recs[x]);
+            rc = esim_store_campaign_save(st, row.id, NULL, NULL, 0, recs, m, now, err);
+        }
+        if (rc == ESIM_OK && j->shared) {
+            char payload[400];
+            snprintf(payload, sizeof payload, "%s %s", row.id, j->instance);
+            esim_store_notify(st, "campaign_changed", payload, NULL);
+        }
+        esim_err end = esim_store_unit_end(st, rc == ESIM_OK, err);
+        if (rc == ESIM_OK)
+            rc = end;
+    }
+    free(spec_json);
+    free(recs);
+    return rc;
+}
+
+/* On a pool worker (or at once on the loop without a pool). */
+static void create_run(store *st, void *arg)
+{
+    create_job *j = arg;
+    int64_t now = esim_now_ms();
+    /* Facts learned moments ago count for the warnings. */
+    if (j->n_facts)
+        esim_store_facts_put(st, j->facts, j->n_facts, NULL);
+    j->rc = create_read(st, j, now);
+    /* A store that fails here leaves the campaign to the next flush, which
+     * writes it whole before its first commands (as on the loop before). */
+    if (j->rc == ESIM_OK && j->c)
+        j->written = create_write(st, j, now) == ESIM_OK;
+}
+
+static void create_job_free(create_job *j)
+{
+    campaign_free(j->c);
+    json_decref(j->out);
+    json_decref(j->warnings);
+    json_decref(j->body);
+    free(j->facts);
+    free(j);
+}
+
+/* On the loop: the campaign joins the ones this instance drives, and the
+ * request is answered (201, or 200 for a dry run). */
+static void create_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    create_job *j = arg;
+    campaigns *cs = j->cs;
+    esim_api_request *r = j->r;
+    if (!ran) {
+        esim_api_error(r, 503, NULL, "the service is stopping");
+        create_job_free(j);
+        return;
+    }
+    esim_err rc = j->rc;
+    camp_slot *s = NULL;
+    if (rc == ESIM_OK && j->c && (rc = slot_add(cs, j->c, &j->e, &s)) == ESIM_OK) {
+        j->c = NULL;     /* the slot owns it */
+        s->owned = true; /* the instance that creates a campaign drives it */
+        snprintf(s->holder, sizeof s->holder, "%s", j->holder);
+        if (j->written) {
+            size_t dn;
+            campaign_take_dirty(s->c, &dn);
+            s->version = 1;
+        } else {
+            /* Not in the store: the next flush writes it whole, with the
+             * first commands, as a store error before did. */
+            s->row_dirty = true;
+            campaign_mark_all_dirty(s->c);
+            esim_service_count_store_error(cs->svc);
+        }
+    }
+    if (rc != ESIM_OK) {
+        esim_api_error(r, esim_api_status_for(rc), j->field, "%s",
+                       j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+    } else if (j->out) {
+        json_t *o = j->out;
+        j->out = NULL;
+        esim_api_reply_json(r, 200, o);
+    } else {
+        json_t *warnings = j->warnings;
+        size_t n_warn = j->n_warn;
+        j->warnings = NULL;
+        json_t *o = campaigns_summary_json(cs, s->c);
+        json_object_set_new(o, "distribution", json_string(j->dist));
+        json_object_set(o, "warnings_by_kind", json_array_get(warnings, 0));
+        json_array_remove(warnings, 0);
+        json_object_set_new(o, "warnings", warnings);
+        json_object_set_new(o, "warnings_total", json_integer((json_int_t)n_warn));
+        json_t *first = json_array();
+        for (size_t i = 0; i < json_array_size(warnings) && i < 100; i++)
+            json_array_append(first, json_array_get(warnings, i));
+        s->creation_warnings = json_pack("{s:I,s:O,s:o}", "total", (json_int_t)n_warn, "by_kind",
+                                         json_object_get(o, "warnings_by_kind"), "first", first);
+        esim_api_reply_json(r, 201, o);
+    }
+    create_job_free(j);
+}
+
+void campaigns_create(campaigns *cs, esim_api_request *r, json_t *body)
+{
+    create_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        json_decref(body);
+        esim_api_error(r, 500, NULL, "out of memory");
+        return;
+    }
+    j->cs = cs;
+    j->r = r;
+    j->body = body;
+    j->shared = cs->shared;
+    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+    j->warnings = json_array();
+    json_array_append_new(j->warnings, json_object());
+    esim_err rc = create_parse(j);
+    if (rc != ESIM_OK) {
+        /* |field| may point at a key of |body|: answer before letting it go. */
+        esim_api_error(r, esim_api_status_for(rc), j->field, "%s",
+                       j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+        create_job_free(j);
+        return;
+    }
+    if (!esim_service_store_jobs_async(cs->svc)) {
+        flush(cs); /* facts learned moments ago count for the warnings */
+    } else {
+        /* Those not written yet, and those of the flush in flight, go in the
+         * job's own connection first. */
+        size_t n = cs->n_facts + (cs->job ? cs->job->n_facts : 0);
+        j->facts = n ? malloc(n * sizeof *j->facts) : NULL;
+        if (j->facts) {
+            if (cs->job && cs->job->n_facts)
+                memcpy(j->facts, cs->job->facts, cs->job->n_facts * sizeof *j->facts);
+            if (cs->n_facts)
+                memcpy(j->facts + (cs->job ? cs->job->n_facts : 0), cs->facts,
+                       cs->n_facts * sizeof *j->facts);
+            j->n_facts = n;
+        }
+    }
+    esim_api_defer(r);
+    if (esim_service_store_job(cs->svc, create_run, create_done, j) != ESIM_OK) {
+        j->rc = esim_fail(&j->e, ESIM_ENOMEM, "out of memory");
+        j->field = NULL;
+        create_done(cs->svc, j, true);
+    }
 }
 
 /* ---- imports ------------------------------------------------------------------------------------

@@ -52,16 +52,20 @@ void campaigns_free(campaigns *cs);
 
 esim_service *campaigns_service(campaigns *cs);
 
-/* Creating a campaign from the API's JSON (docs/campaigns.md). On success
- * *out is the 201 body (caller's). ESIM_EINVAL with *field (static) and
- * |err|; ESIM_ENOTFOUND for an unknown group or device; ESIM_ESTORE. */
-esim_err campaigns_create(campaigns *cs, const json_t *body, json_t **out, const char **field,
-                          esim_error *err);
+/* Creating a campaign from the API's JSON |body| (docs/campaigns.md,
+ * taken) and answering |r|: 201 with the campaign, 200 for a dry run;
+ * 400 with the field; 404 for an unknown group or device; 503 when the
+ * store fails. The store's part runs as a store job (on a pool worker
+ * with PostgreSQL), so |r| may be answered after this returns. */
+void campaigns_create(campaigns *cs, esim_api_request *r, json_t *body);
 campaign *campaigns_find(campaigns *cs, const char *id);
-/* "pause", "resume", "cancel" of *c. On a campaign another instance drives,
- * *c is read again from the store first (the pointer changes). ESIM_ESTATE,
- * ESIM_EINVAL (verb), ESIM_ESTORE. */
-esim_err campaigns_control(campaigns *cs, campaign **c, const char *verb, esim_error *err);
+/* "pause", "resume", "cancel" of campaign |id|, answering |r|: 200 with the
+ * campaign; 404 unknown; 409 (ESIM_ESTATE) when its state does not allow
+ * it; 503 when the store fails. On a campaign another instance drives the
+ * decision is taken on the store's row. The store's part runs as a store
+ * job (on a pool worker with PostgreSQL): |r| may be answered after this
+ * returns. */
+void campaigns_control(campaigns *cs, esim_api_request *r, const char *id, const char *verb);
 /* {id, name, state, steps, devices, counts{...}, refresh_acknowledged,
  *  pushes, commands, created_ms, smdp_url} */
 /* The warnings given when |c| was created ({"total", "by_kind", "first":

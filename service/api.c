@@ -6,6 +6,7 @@
  * every endpoint here.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -1195,7 +1196,41 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         } else if (module_hit && !module_hit->pooled && text_valid(r, module_hit->pattern))
             module_hit->fn(r, module_hit->arg);
     }
+    if (r->deferred && !r->answered) {
+        r->late = true; /* answered from a store job's done: api_deferred_end */
+        svc->audit = NULL;
+        return;
+    }
     api_call_end(svc, c);
+}
+
+/* ---- answers that wait on a store job (esim_api_defer) ------------------------------- */
+
+void esim_api_defer(esim_api_request *r)
+{
+    if (r && !r->on_worker)
+        r->deferred = true;
+}
+
+/* Before a module's answer: a deferred request answered after its handler
+ * returned is the audit's request again for that answer. */
+static bool api_deferred_begin(api_request *r)
+{
+    if (!r->deferred)
+        return false;
+    r->answered = true;
+    if (!r->late)
+        return false;
+    r->svc->audit = r;
+    return true;
+}
+
+/* After it: the audit entry and the request's memory, as api_dispatch
+ * would have done. */
+static void api_deferred_end(api_request *r)
+{
+    api_call *c = (api_call *)((char *)r - offsetof(api_call, r));
+    api_call_end(r->svc, c);
 }
 
 /* ---- routes of modules (service.h) ---------------------------------------------------------- */
@@ -1324,7 +1359,10 @@ void esim_api_reply(esim_api_request *r, int code, const char *content_type, con
                     size_t len)
 {
     if (!r->on_worker) {
+        bool late = api_deferred_begin(r);
         http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
+        if (late)
+            api_deferred_end(r);
         return;
     }
     api_send(r, code, content_type, body, len);
@@ -1377,7 +1415,10 @@ struct json_t *esim_api_body_json(esim_api_request *r)
 
 void esim_api_reply_json(esim_api_request *r, int code, struct json_t *body)
 {
+    bool late = api_deferred_begin(r);
     api_reply_json(r, code, body);
+    if (late)
+        api_deferred_end(r);
 }
 
 void esim_api_error(esim_api_request *r, int code, const char *field, const char *fmt, ...)
@@ -1387,7 +1428,10 @@ void esim_api_error(esim_api_request *r, int code, const char *field, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    bool late = api_deferred_begin(r);
     api_error(r, code, field, "%s", msg);
+    if (late)
+        api_deferred_end(r);
 }
 
 int esim_api_status_for(esim_err rc)

@@ -569,6 +569,18 @@ ESIM_EXTERN esim_err esim_service_reload(esim_service *svc, const esim_service_c
  * with |arg|: for a module that failed half-way through attaching. */
 ESIM_EXTERN void esim_service_remove_hooks(esim_service *svc, void *arg);
 
+/* Keeps |r| open after its handler returns, for an answer that waits on
+ * a store job (esim_service_store_job): the handler returns without
+ * answering, and the module answers |r| once, on the loop (from the job's
+ * |done|), with esim_api_reply, esim_api_reply_json or esim_api_error;
+ * the audit entry follows that answer. Until then |r| stays valid and
+ * esim_api_param, esim_api_query, esim_api_header and esim_api_caller may
+ * still be read. Answering before the handler returns is allowed (a job
+ * that ran at once, without a pool). Only for routes added with
+ * esim_service_add_route (not on a pool worker). Every |done| must answer,
+ * |ran| false included: the service answers nothing deferred itself. */
+ESIM_EXTERN void esim_api_defer(esim_api_request *r);
+
 /* The service a request came to. */
 ESIM_EXTERN esim_service *esim_api_service(esim_api_request *r);
 /* The store a handler uses: a pool worker's on a store route running there

@@ -384,6 +384,10 @@ struct esim_api_request {
     } held;
     void (*then)(struct esim_api_request *r, void *arg);
     void *then_arg;
+    /* A module route's answer that waits on a store job (esim_api_defer):
+     * |answered| once given; |late| when the handler had returned by then
+     * (the answer ends the request: audit entry, memory). */
+    bool deferred, answered, late;
 };
 typedef struct esim_api_request api_request;
 
