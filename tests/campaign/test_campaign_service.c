@@ -1510,6 +1510,98 @@ static void test_slow_batch_holds_no_loop(void **state)
     PQfinish(watch);
 }
 
+/* An admin API call made from a thread of its own (it may wait on a lock). */
+typedef struct {
+    pthread_t thread;
+    const char *method;
+    char path[200];
+    const char *body;
+    long code;
+    json_t *out;
+    atomic_int finished;
+} slow_call;
+
+static void *slow_call_main(void *arg)
+{
+    slow_call *c = arg;
+    c->code = api(c->method, c->path, c->body, &c->out);
+    atomic_store(&c->finished, 1);
+    return NULL;
+}
+
+/* Runs |method| |path| while |locker| holds what it writes (taken with
+ * |lock_sql| in an open transaction): it waits on a store worker, and
+ * devices outside the campaign (d[2..NDEV)) check in meanwhile. Then the
+ * lock goes and the call completes: its answer, in c->out. */
+static void call_while_locked(fixture *f, PGconn *locker, PGconn *watch, const char *lock_sql,
+                              slow_call *c)
+{
+    sdev *d = f->devs;
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, lock_sql);
+    assert_int_equal(pthread_create(&c->thread, NULL, slow_call_main, c), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 300), 1);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 2; i < NDEV; i++) {
+            device_reconnect(&d[i].dev);
+            assert_int_equal(device_result(&d[i].dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+        }
+    assert_true(harness_pg_await_lock_waits(watch, 1, 1) >= 1);
+    assert_int_equal(atomic_load(&c->finished), 0);
+    harness_pg_exec(locker, "ROLLBACK");
+    pthread_join(c->thread, NULL);
+}
+
+/* Creating a campaign, pausing, resuming and canceling it wait on the
+ * store on a worker, never on the loop: with the rows each writes locked
+ * from another session (the campaigns table for the creation, the
+ * campaign's row for the others), devices outside the campaign check in
+ * meanwhile, and each call answers as ever once the lock goes. With
+ * ESIM_TEST_STORE_POOL=0 (the control) the loop waits and this fails. */
+static void test_slow_campaign_controls_hold_no_loop(void **state)
+{
+    fixture *f = *state;
+    if (!harness_store_is_pgsql())
+        skip();
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2048], sql[400];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":30,\"expiry_s\":60}}",
+          d[0].dev.udid, d[1].dev.udid);
+    PGconn *locker = harness_pg_connect(f->cfg.store), *watch = harness_pg_connect(f->cfg.store);
+    slow_call mk = {.method = "POST", .path = "/v1/campaigns", .body = body};
+    call_while_locked(f, locker, watch, "LOCK TABLE campaigns IN EXCLUSIVE MODE", &mk);
+    if (mk.code != 201)
+        fail_msg("POST /v1/campaigns: %ld", mk.code);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(mk.out, "id"));
+    assert_int_equal(jint(mk.out, "devices"), 2);
+    json_decref(mk.out);
+    for (int k = 0; k < 200 && count_of(id, "active") < 2; k++)
+        sleep_ms(20);
+    snprintf(sql, sizeof sql, "SELECT 1 FROM campaigns WHERE id = '%s' FOR UPDATE", id);
+    static const char *const verbs[] = {"pause", "resume", "cancel"};
+    static const char *const states[] = {"paused", "running", "canceled"};
+    for (int v = 0; v < 3; v++) {
+        slow_call ctl = {.method = "POST", .body = ""};
+        snprintf(ctl.path, sizeof ctl.path, "/v1/campaigns/%s/%s", id, verbs[v]);
+        call_while_locked(f, locker, watch, sql, &ctl);
+        if (ctl.code != 200)
+            fail_msg("%s: %ld", ctl.path, ctl.code);
+        assert_string_equal(jstr(ctl.out, "state"), states[v]);
+        json_decref(ctl.out);
+    }
+    /* The cancel took the devices' commands off their queues. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(sdev_checkin(&d[i]), 0);
+    assert_int_equal(count_of(id, "canceled"), 2);
+    PQfinish(locker);
+    PQfinish(watch);
+}
+
 static void test_attach_failure_leaves_service_untouched(void **state)
 {
     (void)state;
@@ -1552,11 +1644,14 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_batch_holds_no_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_campaign_controls_hold_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_tells_the_truth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_of_locked_staged_and_unknown_eid, setup,
                                         teardown),
     };
+    if (getenv("CMOCKA_TEST_FILTER")) /* one test while working on it */
+        cmocka_set_test_filter(getenv("CMOCKA_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
