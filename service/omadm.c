@@ -65,11 +65,15 @@ typedef struct omadm_dev {
     bool ids_asked;                          /* the Identifier Gets of pending_nodes went out */
     char pending_nodes[OMADM_MAX_NODES][65]; /* children whose Identifier was asked */
     size_t n_pending_nodes;
-    omadm_sent sent[OMADM_MAX_SENT];
-    size_t n_sent;
-    /* Verification polls queued during this session: for the next one. */
-    char later[OMADM_MAX_SENT][128];
-    size_t n_later;
+    /* The commands handed out in this session, and the verification polls
+     * queued during it (for the next one): each grown on demand up to
+     * OMADM_MAX_SENT and freed when the session ends, so a PC between
+     * sessions costs its eUICC map only (not 64 of each: ~23 KB a PC, kept
+     * for every PC of the fleet). */
+    omadm_sent *sent;
+    size_t n_sent, cap_sent;
+    char (*later)[128];
+    size_t n_later, cap_later;
     esim_buf last_reply; /* for a repeated MsgID */
     bool busy;           /* a message's store half is on a pool worker: it owns the session */
 } omadm_dev;
@@ -85,8 +89,12 @@ static void session_clear(omadm_dev *d)
 {
     for (size_t i = 0; i < d->n_sent; i++)
         esim_buf_free(&d->sent[i].body);
-    d->n_sent = 0;
-    d->n_later = 0;
+    free(d->sent);
+    d->sent = NULL;
+    d->n_sent = d->cap_sent = 0;
+    free(d->later);
+    d->later = NULL;
+    d->n_later = d->cap_later = 0;
     esim_buf_free(&d->last_reply);
     d->in_session = false;
     d->session_id[0] = '\0';
@@ -96,6 +104,31 @@ static void session_clear(omadm_dev *d)
     d->asked_discovery = false;
     d->ids_asked = false;
     d->n_pending_nodes = 0;
+}
+
+/* Room for one more command handed out in this session: false when it
+ * has OMADM_MAX_SENT already, or memory ran out. */
+static bool sent_room(omadm_dev *d)
+{
+    if (d->n_sent >= OMADM_MAX_SENT)
+        return false;
+    omadm_sent *s = esim_grow(d->sent, &d->cap_sent, d->n_sent + 1, sizeof *s);
+    if (!s)
+        return false;
+    d->sent = s;
+    return true;
+}
+
+/* The same for the verification polls queued for the next session. */
+static bool later_room(omadm_dev *d)
+{
+    if (d->n_later >= OMADM_MAX_SENT)
+        return false;
+    char(*l)[128] = esim_grow(d->later, &d->cap_later, d->n_later + 1, sizeof *l);
+    if (!l)
+        return false;
+    d->later = l;
+    return true;
 }
 
 static omadm_dev *dev_find(esim_service *svc, const char *udid, bool create)
@@ -515,7 +548,7 @@ static void verify_poll(omadm_job *j, omadm_dev *d, const char *op_uuid, verify_
         return;
     }
     j->enqueued++;
-    if (d->n_later < OMADM_MAX_SENT)
+    if (later_room(d))
         snprintf(d->later[d->n_later++], sizeof d->later[0], "%s", uuid);
     /* The wake-up for the poll is a push owed in the store: it survives a
      * restart of the service, as the queued poll and the ledger do. */
@@ -1115,7 +1148,7 @@ static esim_err body_for_device(const omadm_dev *d, const esim_buf *body, esim_b
 static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
 {
     size_t budget = j->svc->cfg.max_body / 2;
-    while (d->n_sent < OMADM_MAX_SENT && w->b.len < budget) {
+    while (w->b.len < budget && sent_room(d)) {
         const char *skip[2 * OMADM_MAX_SENT];
         size_t n_skip = 0;
         for (size_t i = 0; i < d->n_sent; i++)
