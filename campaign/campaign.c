@@ -123,6 +123,8 @@ struct campaigns {
     bool fed; /* a result of this batch went to an engine: its answers wait for the flush */
     esim_answer_hold **next_holds;
     size_t n_next_holds, cap_next_holds;
+    size_t replays_out;          /* replay jobs not back yet */
+    struct lease_job *lease_job; /* the lease tick's job, while it is out */
     /* Requests answered once the next flush is back (a pause, resume or
      * cancel: what it changed is written first), and the queue entries of
      * canceled devices that flush takes off, in its own unit. */
@@ -1321,6 +1323,7 @@ static void on_results_done(esim_service *svc, void *arg)
 static void engine_apply(campaigns *cs, camp_slot *s, campaign_state to, int64_t now);
 static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version, int64_t now);
 static void leases_tick(campaigns *cs, int64_t now);
+static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop);
 static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent);
 static void lease_release_one(campaigns *cs, const char *id);
 
@@ -1331,8 +1334,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     campaigns *cs = arg;
     int64_t now = esim_now_ms();
     if (cs->shared && now >= cs->next_lease_ms)
-        leases_tick(cs, now);
-    if (cs->shared && now >= cs->next_catch_up_ms) {
+        leases_tick_run(cs, now, false);
+    if (cs->shared && now >= cs->next_catch_up_ms && !cs->replays_out) {
         cs->next_catch_up_ms = now + CAMPAIGN_CATCH_UP_MS;
         for (size_t k = 0; k < cs->n_slots; k++)
             if (cs->slots[k]->owned && campaign_get_state(cs->slots[k]->c) == CAMPAIGN_RUNNING)
@@ -1693,89 +1696,217 @@ static esim_err slot_add(campaigns *cs, campaign *c, esim_error *err, camp_slot 
 
 /* ---- restore at start-up ------------------------------------------------------------------ */
 
-/* Feeds device |i| of |s| the answer its queue entry |q| recorded, when
- * the entry is answered and the device still waits on that command. */
-static void replay_entry(campaigns *cs, camp_slot *s, size_t i, const store_queue_entry *q,
-                         int64_t now)
-{
-    const campaign_dev *d = campaign_device_at(s->c, i);
-    if (d->state != CDEV_ACTIVE || d->cmd >= s->n_cmds ||
-        strcmp(q->command_uuid, s->cmds[d->cmd].uuid) != 0 ||
-        (q->state != STORE_Q_ACKNOWLEDGED && q->state != STORE_Q_ERROR &&
-         q->state != STORE_Q_FORMAT_ERROR) ||
-        strcmp(q->udid, d->udid) != 0)
-        return;
-    /* Each platform keeps its answers its own way: its adapter reads them. */
-    const campaign_platform *pl = campaign_platform_get(d->platform);
-    campaign_step step = (campaign_step)s->cmds[d->cmd].step;
+/* Answers the service recorded that the engine has not seen: after a crash
+ * between the service recording an answer and this module writing what it
+ * did with it, when this instance takes a campaign over, when another
+ * instance announces one (forward_result), and when such an announcement
+ * may have been lost. Read per command (one command serves a whole batch
+ * of devices), and only for commands some device still waits on; or, for
+ * an announcement, in one device's queue. The reads (and each platform's
+ * reading of what it recorded) are a store job, on a pool worker with
+ * PostgreSQL; the engine is fed on the loop in replay_done, for the devices
+ * that still wait on that command then. */
+#define REPLAY_PAGE 500
+
+static camp_slot *slot_by_id(campaigns *cs, const char *id, size_t *k);
+
+typedef struct {
+    char uuid[128];
+    uint8_t step, platform;
+} replay_cmd;
+
+typedef struct {
+    char udid[65];
+    uint32_t cmd;  /* index in replay_job.cmds */
+    bool answered; /* |rd| holds the device's answer */
     campaign_reading rd;
-    if (pl && pl->read_recorded(esim_service_store(cs->svc), step, q, &rd) == ESIM_OK)
-        feed_reading(cs, s, i, step, &rd, false, now);
+} replay_item;
+
+typedef struct {
+    campaigns *cs;
+    char id[128];
+    bool push_unsent; /* queued or pushed but not answered: pushed again */
+    char udid[65];    /* one device's queue, or "" for the commands' entries */
+    replay_cmd *cmds;
+    size_t n_cmds;
+    replay_item *items;
+    size_t n_items, cap_items;
+} replay_job;
+
+static bool replay_answered(const store_queue_entry *q)
+{
+    return q->state == STORE_Q_ACKNOWLEDGED || q->state == STORE_Q_ERROR ||
+           q->state == STORE_Q_FORMAT_ERROR;
+}
+
+/* Keeps what entry |q| of command |k| says, when it says something. */
+static void replay_keep(store *st, replay_job *j, uint32_t k, const store_queue_entry *q)
+{
+    const replay_cmd *c = &j->cmds[k];
+    bool answered = replay_answered(q);
+    if (!answered &&
+        !(j->push_unsent && (q->state == STORE_Q_QUEUED || q->state == STORE_Q_PUSHED)))
+        return;
+    if (j->n_items == j->cap_items) {
+        replay_item *grown = esim_grow(j->items, &j->cap_items, j->n_items + 1, sizeof *grown);
+        if (!grown)
+            return;
+        j->items = grown;
+    }
+    replay_item *it = &j->items[j->n_items];
+    memset(it, 0, sizeof *it);
+    snprintf(it->udid, sizeof it->udid, "%s", q->udid);
+    it->cmd = k;
+    if (answered) {
+        /* Each platform keeps its answers its own way: its adapter reads them. */
+        const campaign_platform *pl = campaign_platform_get(c->platform);
+        if (!pl || pl->read_recorded(st, (campaign_step)c->step, q, &it->rd) != ESIM_OK)
+            return;
+        it->answered = true;
+    }
+    j->n_items++;
+}
+
+/* On a pool worker (or at once on the loop without a pool). */
+static void replay_run(store *st, void *arg)
+{
+    replay_job *j = arg;
+    if (j->udid[0]) {
+        store_queue_entry *q = NULL;
+        size_t nq = 0;
+        if (esim_store_device_queue(st, j->udid, true, &q, &nq, NULL) != ESIM_OK)
+            return;
+        for (size_t k = 0; k < nq; k++)
+            if (strcmp(q[k].command_uuid, j->cmds[0].uuid) == 0 && strcmp(q[k].udid, j->udid) == 0)
+                replay_keep(st, j, 0, &q[k]);
+        esim_store_queue_entries_free(q, nq);
+        return;
+    }
+    for (uint32_t k = 0; k < j->n_cmds; k++) {
+        char after[65] = "";
+        for (bool more = true; more;) {
+            store_command_info info;
+            store_queue_entry *q = NULL;
+            size_t nq = 0;
+            if (esim_store_command_get(st, j->cmds[k].uuid, after, REPLAY_PAGE, &info, &q, &nq,
+                                       NULL) != ESIM_OK)
+                break;
+            for (size_t x = 0; x < nq; x++)
+                replay_keep(st, j, k, &q[x]);
+            more = nq == REPLAY_PAGE;
+            if (nq)
+                snprintf(after, sizeof after, "%s", q[nq - 1].udid);
+            esim_store_queue_entries_free(q, nq);
+        }
+    }
+}
+
+static void replay_job_free(replay_job *j)
+{
+    for (size_t i = 0; i < j->n_items; i++)
+        if (j->items[i].answered)
+            campaign_reading_free(&j->items[i].rd);
+    free(j->items);
+    free(j->cmds);
+    free(j);
+}
+
+/* On the loop: the devices that still wait on the command an entry
+ * answered get that answer; the ones not answered yet are pushed (a
+ * campaign taken over from an instance that died between queueing and
+ * pushing: a push costs a check-in, a lost one a device left waiting). */
+static void replay_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    replay_job *j = arg;
+    campaigns *cs = j->cs;
+    cs->replays_out--;
+    camp_slot *s = ran ? slot_by_id(cs, j->id, NULL) : NULL;
+    int64_t now = esim_now_ms();
+    for (size_t x = 0; s && s->owned && x < j->n_items; x++) {
+        replay_item *it = &j->items[x];
+        long i = campaign_find_device(s->c, it->udid);
+        if (i < 0)
+            continue;
+        const campaign_dev *d = campaign_device_at(s->c, (size_t)i);
+        if (d->state != CDEV_ACTIVE || d->cmd >= s->n_cmds ||
+            strcmp(s->cmds[d->cmd].uuid, j->cmds[it->cmd].uuid) != 0)
+            continue;
+        if (it->answered) {
+            it->answered = false; /* feed_reading frees it */
+            feed_reading(cs, s, (size_t)i, (campaign_step)j->cmds[it->cmd].step, &it->rd, false,
+                         now);
+        } else if (vec_push(&s->pushes, (uint32_t)i) == ESIM_OK)
+            arm_flush(cs);
+    }
+    replay_job_free(j);
+}
+
+static void replay_submit(campaigns *cs, replay_job *j)
+{
+    cs->replays_out++;
+    if (esim_service_store_job(cs->svc, replay_run, replay_done, j) != ESIM_OK) {
+        cs->replays_out--;
+        replay_job_free(j);
+    }
 }
 
 /* Device |i|'s answer to the command it waits on, from its queue (another
  * instance received it: forward_result). */
 static void replay_device(campaigns *cs, camp_slot *s, size_t i, int64_t now)
 {
-    store_queue_entry *q = NULL;
-    size_t nq = 0;
-    if (esim_store_device_queue(esim_service_store(cs->svc), campaign_device_at(s->c, i)->udid,
-                                true, &q, &nq, NULL) != ESIM_OK)
+    (void)now;
+    const campaign_dev *d = campaign_device_at(s->c, i);
+    if (d->cmd >= s->n_cmds)
         return;
-    for (size_t k = 0; k < nq; k++)
-        replay_entry(cs, s, i, &q[k], now);
-    esim_store_queue_entries_free(q, nq);
+    replay_job *j = calloc(1, sizeof *j);
+    if (!j || !(j->cmds = calloc(1, sizeof *j->cmds))) {
+        free(j);
+        return;
+    }
+    j->cs = cs;
+    snprintf(j->id, sizeof j->id, "%s", campaign_id(s->c));
+    snprintf(j->udid, sizeof j->udid, "%s", d->udid);
+    snprintf(j->cmds[0].uuid, sizeof j->cmds[0].uuid, "%s", s->cmds[d->cmd].uuid);
+    j->cmds[0].step = s->cmds[d->cmd].step;
+    j->cmds[0].platform = d->platform;
+    j->n_cmds = 1;
+    replay_submit(cs, j);
 }
 
-/* Answers the service recorded that the engine has not seen: after a crash
- * between the service recording an answer and this module writing what it
- * did with it, when this instance takes a campaign over, and when another
- * instance's notification may have been lost. Read per command (one
- * command serves a whole batch of devices), and only for commands some
- * device still waits on. */
-#define REPLAY_PAGE 500
+/* The answers recorded to every command of |s| some device still waits on. */
 static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent)
 {
     campaign *c = s->c;
-    store *st = esim_service_store(cs->svc);
-    int64_t now = esim_now_ms();
     size_t n_cmds = s->n_cmds;
     uint8_t *waiting = n_cmds ? calloc(n_cmds, 1) : NULL;
     if (!waiting)
         return;
+    size_t n = 0;
     for (size_t i = 0; i < campaign_device_count(c); i++) {
         const campaign_dev *d = campaign_device_at(c, i);
-        if (d->state == CDEV_ACTIVE && d->cmd < n_cmds)
-            waiting[d->cmd] = 1;
-    }
-    for (size_t k = 0; k < n_cmds; k++) {
-        char uuid[sizeof s->cmds[k].uuid], after[65] = "";
-        snprintf(uuid, sizeof uuid, "%s", s->cmds[k].uuid);
-        for (bool more = waiting[k]; more;) {
-            store_command_info info;
-            store_queue_entry *q = NULL;
-            size_t nq = 0;
-            if (esim_store_command_get(st, uuid, after, REPLAY_PAGE, &info, &q, &nq, NULL) !=
-                ESIM_OK)
-                break;
-            for (size_t j = 0; j < nq; j++) {
-                long i = campaign_find_device(c, q[j].udid);
-                if (i < 0 || campaign_device_at(c, (size_t)i)->cmd != k)
-                    continue;
-                replay_entry(cs, s, (size_t)i, &q[j], now);
-                /* Taken over from an instance that died between queueing
-                 * and pushing: a push costs a check-in, a lost one a
-                 * device left waiting. */
-                if (push_unsent && (q[j].state == STORE_Q_QUEUED || q[j].state == STORE_Q_PUSHED) &&
-                    campaign_device_at(c, (size_t)i)->state == CDEV_ACTIVE &&
-                    vec_push(&s->pushes, (uint32_t)i) == ESIM_OK)
-                    arm_flush(cs);
-            }
-            more = nq == REPLAY_PAGE;
-            if (nq)
-                snprintf(after, sizeof after, "%s", q[nq - 1].udid);
-            esim_store_queue_entries_free(q, nq);
+        if (d->state == CDEV_ACTIVE && d->cmd < n_cmds && !waiting[d->cmd]) {
+            waiting[d->cmd] = (uint8_t)(1 + d->platform);
+            n++;
         }
+    }
+    replay_job *j = n ? calloc(1, sizeof *j) : NULL;
+    if (j && !(j->cmds = calloc(n, sizeof *j->cmds))) {
+        free(j);
+        j = NULL;
+    }
+    if (j) {
+        j->cs = cs;
+        j->push_unsent = push_unsent;
+        snprintf(j->id, sizeof j->id, "%s", campaign_id(c));
+        for (size_t k = 0; k < n_cmds; k++)
+            if (waiting[k]) {
+                replay_cmd *rc = &j->cmds[j->n_cmds++];
+                snprintf(rc->uuid, sizeof rc->uuid, "%s", s->cmds[k].uuid);
+                rc->step = s->cmds[k].step;
+                rc->platform = (uint8_t)(waiting[k] - 1);
+            }
+        replay_submit(cs, j);
     }
     free(waiting);
 }
@@ -2025,57 +2156,183 @@ static camp_slot *slot_by_id(campaigns *cs, const char *id, size_t *k)
     return NULL;
 }
 
-/* Every campaign of the store: the ones this instance holds (or now takes
- * over) are driven here, the others are copies. A campaign taken over is
- * read again from the store (its records as the last owner wrote them)
- * and the answers recorded since are replayed, as at a restart. */
-static void leases_tick(campaigns *cs, int64_t now)
+/* The lease tick is a store job: the campaign rows, the leases taken or
+ * renewed, and the records of each campaign to read (one this instance
+ * does not show yet, one it takes over) on a pool worker with that
+ * worker's connection; the slots change on the loop in lease_done, from
+ * what the job found. One at a time: a tick that finds the last one still
+ * out leaves it. */
+enum { LEASE_NEW_COPY, LEASE_NEW, LEASE_KNOWN };
+
+typedef struct {
+    char id[128];
+    bool owned;
+} lease_known;
+
+typedef struct {
+    int kind;
+    const store_campaign *row; /* in lease_job.rows */
+    bool held;
+    char holder[64];
+    camp_read rd; /* read when rd.row is set */
+} lease_entry;
+
+typedef struct lease_job {
+    campaigns *cs;
+    char instance[64];
+    lease_known *known; /* the campaigns this instance shows, as the job started */
+    size_t n_known;
+    store_campaign *rows;
+    size_t n_rows;
+    lease_entry *e;
+    size_t n;
+} lease_job;
+
+static void lease_job_free(lease_job *j)
 {
-    cs->next_lease_ms = now + CAMPAIGN_LEASE_RENEW_MS;
-    store *st = esim_service_store(cs->svc);
-    store_campaign *rows = NULL;
-    size_t n = 0;
-    if (esim_store_campaigns(st, &rows, &n, NULL) != ESIM_OK)
+    for (size_t i = 0; i < j->n; i++)
+        camp_read_free(&j->e[i].rd); /* rd.rows is NULL: the rows are the job's */
+    free(j->e);
+    esim_store_campaigns_free(j->rows, j->n_rows);
+    free(j->known);
+    free(j);
+}
+
+/* Reads campaign |e->row|'s records into e->rd (left empty when it cannot). */
+static void lease_read(store *st, lease_entry *e)
+{
+    if (camp_read_load(st, e->row, &e->rd, NULL) != ESIM_OK) {
+        camp_read_free(&e->rd);
+        e->rd.row = NULL;
+    }
+}
+
+/* On a pool worker (or at once on the loop). */
+static void lease_run(store *st, void *arg)
+{
+    lease_job *j = arg;
+    if (esim_store_campaigns(st, &j->rows, &j->n_rows, NULL) != ESIM_OK)
         return;
-    for (size_t i = 0; i < n; i++) {
-        size_t k = 0;
-        camp_slot *s = slot_by_id(cs, rows[i].id, &k);
-        bool final = rows[i].state == CAMPAIGN_FINISHED || rows[i].state == CAMPAIGN_CANCELED;
-        if (!s && final) {
-            restore_campaign(cs, &rows[i], false, NULL, NULL); /* for the API */
+    j->e = j->n_rows ? calloc(j->n_rows, sizeof *j->e) : NULL;
+    if (!j->e)
+        return;
+    for (size_t i = 0; i < j->n_rows; i++) {
+        const store_campaign *row = &j->rows[i];
+        const lease_known *known = NULL;
+        for (size_t k = 0; k < j->n_known && !known; k++)
+            if (strcmp(j->known[k].id, row->id) == 0)
+                known = &j->known[k];
+        bool final = row->state == CAMPAIGN_FINISHED || row->state == CAMPAIGN_CANCELED;
+        lease_entry *e = &j->e[j->n];
+        e->row = row;
+        if (!known && final) {
+            e->kind = LEASE_NEW_COPY; /* for the API */
+            lease_read(st, e);
+            j->n++;
             continue;
         }
-        if (s && final && !s->owned)
+        if (known && final && !known->owned)
             continue;
-        char holder[64] = "";
-        bool held = lease_take(cs, rows[i].id, holder);
+        char name[300];
+        lease_name(row->id, name, sizeof name);
+        if (esim_store_lease(st, name, j->instance, CAMPAIGN_LEASE_TTL_MS, &e->held, e->holder,
+                             NULL) != ESIM_OK)
+            e->held = false;
+        e->kind = known ? LEASE_KNOWN : LEASE_NEW;
+        if (!known || (e->held && !known->owned))
+            lease_read(st, e);
+        j->n++;
+    }
+}
+
+/* On the loop: every campaign of the store: the ones this instance holds
+ * (or now takes over) are driven here, the others are copies. A campaign
+ * taken over is rebuilt from the records as the last owner wrote them, and
+ * the answers recorded since are replayed, as at a restart. */
+static void lease_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    lease_job *j = arg;
+    campaigns *cs = j->cs;
+    if (cs->lease_job == j)
+        cs->lease_job = NULL;
+    int64_t now = esim_now_ms();
+    for (size_t i = 0; ran && i < j->n; i++) {
+        lease_entry *e = &j->e[i];
+        size_t k = 0;
+        camp_slot *s = slot_by_id(cs, e->row->id, &k);
         if (!s) {
             camp_slot *fresh = NULL;
-            if (restore_campaign(cs, &rows[i], held, &fresh, NULL) == ESIM_OK && fresh)
-                snprintf(fresh->holder, sizeof fresh->holder, "%s", holder);
+            if (e->kind != LEASE_KNOWN && e->rd.row &&
+                restore_loaded(cs, &e->rd, e->kind == LEASE_NEW && e->held, &fresh, NULL) ==
+                    ESIM_OK &&
+                fresh)
+                snprintf(fresh->holder, sizeof fresh->holder, "%s", e->holder);
             continue;
         }
-        snprintf(s->holder, sizeof s->holder, "%s", holder);
+        if (e->kind != LEASE_KNOWN)
+            continue; /* shown meanwhile (created here, or read by an API call) */
+        snprintf(s->holder, sizeof s->holder, "%s", e->holder);
         /* Paused, resumed or canceled by another instance (its announcement
-         * may have been lost): do it here too. */
-        if (held && s->owned && rows[i].version != s->version)
-            adopt_state(cs, s, rows[i].state, rows[i].version, now);
-        if (held && !s->owned && s->in_flush) {
-            cs->next_lease_ms = now; /* its flush is still out: the next tick */
-        } else if (held && !s->owned) {
-            esim_error e = {{0}};
-            if (slot_reload(cs, k, true, &e) == ESIM_OK)
+         * may have been lost): do it here too. The row as read may be older
+         * than what this instance wrote since: only a newer one counts. */
+        if (e->held && s->owned && e->row->version > s->version)
+            adopt_state(cs, s, e->row->state, e->row->version, now);
+        if (e->held && !s->owned && (s->in_flush || !e->rd.row)) {
+            cs->next_lease_ms = now; /* its flush is still out (or was owned then): the next tick */
+        } else if (e->held && !s->owned) {
+            esim_error err = {{0}};
+            if (slot_replace(cs, k, &e->rd, true, &err) == ESIM_OK)
                 cs->takeovers++;
             else
-                lease_release_one(cs, rows[i].id);
-        } else if (!held && s->owned && holder[0]) {
+                lease_release_one(cs, e->row->id);
+        } else if (!e->held && s->owned && e->holder[0]) {
             /* Another instance took it over (this one could not renew in
              * time): it drives the campaign from its records now. */
             s->owned = false;
             s->loaded_ms = 0;
         }
     }
-    esim_store_campaigns_free(rows, n);
+    lease_job_free(j);
+}
+
+/* Renews and takes the leases: as a store job from the tick, at once on
+ * the loop when an API call needs the answer (|now_on_loop|). */
+static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop)
+{
+    if (!now_on_loop && cs->lease_job)
+        return; /* the last one is still out: the next tick */
+    cs->next_lease_ms = now + CAMPAIGN_LEASE_RENEW_MS;
+    lease_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return;
+    j->cs = cs;
+    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+    j->known = cs->n_slots ? calloc(cs->n_slots, sizeof *j->known) : NULL;
+    if (cs->n_slots && !j->known) {
+        free(j);
+        return;
+    }
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        snprintf(j->known[k].id, sizeof j->known[k].id, "%s", campaign_id(cs->slots[k]->c));
+        j->known[k].owned = cs->slots[k]->owned;
+    }
+    j->n_known = cs->n_slots;
+    if (now_on_loop) {
+        lease_run(esim_service_store(cs->svc), j);
+        lease_done(cs->svc, j, true);
+        return;
+    }
+    cs->lease_job = j;
+    if (esim_service_store_job(cs->svc, lease_run, lease_done, j) != ESIM_OK) {
+        cs->lease_job = NULL;
+        lease_job_free(j);
+    }
+}
+
+static void leases_tick(campaigns *cs, int64_t now)
+{
+    leases_tick_run(cs, now, true);
 }
 
 static void lease_release_one(campaigns *cs, const char *id)

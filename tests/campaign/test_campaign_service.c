@@ -1602,6 +1602,94 @@ static void test_slow_campaign_controls_hold_no_loop(void **state)
     PQfinish(watch);
 }
 
+/* Devices outside the campaign (d[2..NDEV)) check in while |watch| sees a
+ * statement of the service waiting on a lock, which it still does after. */
+static void checkins_while_waiting(fixture *f, PGconn *watch)
+{
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 300), 1);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 2; i < NDEV; i++) {
+            device_reconnect(&f->devs[i].dev);
+            assert_int_equal(device_result(&f->devs[i].dev, ESIM_STATUS_IDLE, NULL, NULL), 200);
+        }
+    assert_true(harness_pg_await_lock_waits(watch, 1, 1) >= 1);
+}
+
+static long metric(const char *name)
+{
+    esim_buf m = {0};
+    metrics_text(&m);
+    esim_buf_append(&m, "", 1);
+    char key[200];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr((const char *)m.data, key);
+    long v = at ? strtol(at + strlen(key), NULL, 10) : -1;
+    esim_buf_free(&m);
+    return v;
+}
+
+/* The lease tick (renewing the campaign's lease, taking a campaign over and
+ * reading its records, replaying its recorded answers) waits on the store
+ * on a worker, never on the loop: with the lease's row locked from another
+ * session, then with the campaign's device records locked while this
+ * instance takes it over from a holder that stopped renewing, devices
+ * outside the campaign check in meanwhile; the takeover completes once the
+ * lock goes. With ESIM_TEST_STORE_POOL=0 (the control) this fails. */
+static void test_slow_lease_tick_holds_no_loop(void **state)
+{
+    fixture *f = *state;
+    if (!harness_store_is_pgsql())
+        skip();
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    char body[2048], sql[600];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":30,\"expiry_s\":60}}",
+          d[0].dev.udid, d[1].dev.udid);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 200 && count_of(id, "active") < 2; k++)
+        sleep_ms(20);
+    PGconn *locker = harness_pg_connect(f->cfg.store), *watch = harness_pg_connect(f->cfg.store);
+    /* The renewal waits on the lease's row. */
+    harness_pg_exec(locker, "BEGIN");
+    snprintf(sql, sizeof sql, "SELECT 1 FROM leases WHERE name = 'campaign:%s' FOR UPDATE", id);
+    harness_pg_exec(locker, sql);
+    checkins_while_waiting(f, watch);
+    harness_pg_exec(locker, "ROLLBACK");
+    assert_int_equal(metric("esim_mdm_campaign_leases"), 1);
+    /* Another holder for a moment: this instance lets the campaign go, then
+     * takes it over once that lease lapses, reading its records. */
+    snprintf(sql, sizeof sql,
+             "UPDATE leases SET owner = 'another-instance', expires_at = "
+             "(extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1500 "
+             "WHERE name = 'campaign:%s'",
+             id);
+    harness_pg_exec(locker, sql);
+    for (int k = 0; k < 200 && metric("esim_mdm_campaign_leases") != 0; k++)
+        sleep_ms(20);
+    assert_int_equal(metric("esim_mdm_campaign_leases"), 0);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "LOCK TABLE campaign_devices IN ACCESS EXCLUSIVE MODE");
+    checkins_while_waiting(f, watch);
+    harness_pg_exec(locker, "ROLLBACK");
+    for (int k = 0; k < 200 && metric("esim_mdm_campaign_takeovers_total") < 1; k++)
+        sleep_ms(20);
+    assert_int_equal(metric("esim_mdm_campaign_takeovers_total"), 1);
+    assert_int_equal(metric("esim_mdm_campaign_leases"), 1);
+    /* Driven here again: the campaign finishes. */
+    json_t *r = drive(d, 2, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 2);
+    json_decref(r);
+    PQfinish(locker);
+    PQfinish(watch);
+}
+
 static void test_attach_failure_leaves_service_untouched(void **state)
 {
     (void)state;
@@ -1645,6 +1733,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_batch_holds_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_campaign_controls_hold_no_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_lease_tick_holds_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_tells_the_truth, setup, teardown),
