@@ -25,6 +25,10 @@
 #define BUSY_RETRY_MS 50
 #define REGISTER_RETRY_MS 1000
 #define IOT_INDEX_BASE 5000000u /* IoT EIDs come from indices far from the phones' */
+/* A device that polls at least this often keeps its connection to the eIM
+ * between cycles (the service lets an idle one go after 60 s); one that
+ * polls less often connects for each cycle, resuming its TLS session. */
+#define KEEP_CONNECTION_POLL_MS 5000
 
 typedef struct {
     sim_iotfleet *f;
@@ -65,10 +69,15 @@ static void arm(iot_slot *sl, int64_t ms)
     evtimer_add(sl->timer, &tv);
 }
 
+static int64_t poll_ms_of(const sim_iotfleet *f)
+{
+    return f->cfg.poll_ms ? f->cfg.poll_ms : 60000;
+}
+
 /* The poll interval with ±10% jitter. */
 static int64_t next_poll_ms(sim_iotfleet *f)
 {
-    int64_t p = f->cfg.poll_ms ? f->cfg.poll_ms : 60000;
+    int64_t p = poll_ms_of(f);
     int64_t span = p / 5;
     return p - p / 10 + (span > 0 ? (int64_t)(mix(&f->rng) % (uint64_t)span) : 0);
 }
@@ -319,7 +328,8 @@ esim_err sim_iotfleet_add(sim_iotfleet *f, unsigned i, esim_error *err)
                          .smdp_resolve = f->cfg.smdp_resolve,
                          .n_smdp_resolve = f->cfg.n_smdp_resolve,
                          .fail_downloads = sl->fail,
-                         .indirect_downloads = indirect};
+                         .indirect_downloads = indirect,
+                         .keep_connection = poll_ms_of(f) <= KEEP_CONNECTION_POLL_MS};
     if (rc == ESIM_OK)
         rc = sim_ipa_new(sl->e, &ic, &sl->ipa, err);
     if (rc == ESIM_OK && !(sl->timer = evtimer_new(f->cfg.base, on_timer, sl)))
@@ -334,7 +344,7 @@ esim_err sim_iotfleet_add(sim_iotfleet *f, unsigned i, esim_error *err)
     f->st.devices++;
     /* The first poll: spread over one interval; an offline device only
      * after its time away. */
-    int64_t p = f->cfg.poll_ms ? f->cfg.poll_ms : 60000;
+    int64_t p = poll_ms_of(f);
     int64_t first = (int64_t)(mix(&f->rng) % (uint64_t)(p > 0 ? p : 1));
     if (sl->offline) {
         f->st.offline_now++;

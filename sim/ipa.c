@@ -28,7 +28,9 @@ struct sim_ipa {
     bool fail_downloads;
     bool indirect_downloads;
     bool busy;
-    sim_http_conn *conn; /* one device, one connection, for a poll cycle */
+    bool keep_connection;
+    sim_http_conn *conn;  /* one device, one connection, for a poll cycle (or all of them) */
+    sim_tls_session *tls; /* its TLS session with the eIM, resumed by its next connection */
     sim_ipa_cb cb;
     void *cb_arg;
     sim_ipa_poll_result res;
@@ -53,14 +55,17 @@ esim_err sim_ipa_new(sim_euicc *e, const sim_ipa_config *cfg, sim_ipa **out, esi
     ipa->n_resolve = cfg->n_smdp_resolve;
     ipa->fail_downloads = cfg->fail_downloads;
     ipa->indirect_downloads = cfg->indirect_downloads;
+    ipa->keep_connection = cfg->keep_connection;
     *out = ipa;
     return ESIM_OK;
 }
 
 void sim_ipa_free(sim_ipa *ipa)
 {
-    if (ipa)
+    if (ipa) {
         sim_http_conn_free(ipa->conn);
+        sim_tls_session_free(ipa->tls);
+    }
     free(ipa);
 }
 
@@ -154,8 +159,11 @@ static void finish(sim_ipa *ipa, esim_err code, const char *fmt, ...)
         va_end(ap);
     }
     ipa->busy = false;
-    sim_http_conn_free(ipa->conn);
-    ipa->conn = NULL;
+    /* A cycle that failed starts the next one on a new connection. */
+    if (!ipa->keep_connection || code != ESIM_OK) {
+        sim_http_conn_free(ipa->conn);
+        ipa->conn = NULL;
+    }
     sim_ipa_poll_result r = ipa->res;
     ipa->cb(ipa->cb_arg, &r);
 }
@@ -172,7 +180,8 @@ static esim_err post(sim_ipa *ipa, const esim_buf *body, sim_http_cb cb)
                             .body = body->data,
                             .body_len = body->len,
                             .ca_file = ipa->ca_file[0] ? ipa->ca_file : NULL,
-                            .conn = ipa->conn};
+                            .conn = ipa->conn,
+                            .tls = strncmp(ipa->eim_url, "https://", 8) == 0 ? &ipa->tls : NULL};
     return sim_http_send(ipa->http, &req, cb, ipa, NULL);
 }
 
@@ -196,7 +205,7 @@ esim_err sim_ipa_poll(sim_ipa *ipa, sim_ipa_cb cb, void *arg, esim_error *err)
 {
     if (ipa->busy)
         return esim_fail(err, ESIM_ESTATE, "a poll is already running");
-    if (sim_http_conn_new(&ipa->conn, err) != ESIM_OK)
+    if (!ipa->conn && sim_http_conn_new(&ipa->conn, err) != ESIM_OK)
         return ESIM_ENOMEM;
     ipa->busy = true;
     ipa->cb = cb;

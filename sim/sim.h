@@ -323,9 +323,11 @@ size_t sim_http_in_flight(const sim_http *h);
 
 /* TLS handshakes the client made: full (certificates checked), resumed,
  * and client certificates sent (each in a full handshake the server asked
- * one in). */
+ * one in); verified_again: full handshakes whose server chain was one this
+ * client had verified for the same trust anchor and host (its dates
+ * checked again, not its signatures up to the CA). */
 typedef struct {
-    size_t full, resumed, client_certs;
+    size_t full, resumed, client_certs, verified_again;
 } sim_http_tls_stats;
 sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h);
 
@@ -391,6 +393,12 @@ typedef struct {
      * BF3B, BF3A, BF41, BF3D, relayed by the eIM to the SM-DP+) rather than
      * to the SM-DP+ directly. */
     bool indirect_downloads;
+    /* The connection to the eIM stays open from one poll cycle to the next
+     * (a device that polls every few seconds, as a phone keeps its
+     * connection); without it each cycle opens one. Either way a new
+     * connection resumes the device's own TLS session: its first is the
+     * only full handshake. */
+    bool keep_connection;
 } sim_ipa_config;
 
 /* What one poll cycle did. err: ESIM_OK (ended on noEimPackageAvailable or
@@ -845,8 +853,9 @@ typedef struct {
         wns_expired, win_downloads_ok, win_downloads_failed, win_resets;
     sim_iotfleet_stats iot;
     /* TLS handshakes of every connection (service, SM-DP+, mocks): full,
-     * resumed, and client certificates sent (full handshakes only). */
-    size_t tls_full, tls_resumed, tls_client_certs;
+     * resumed, and client certificates sent (full handshakes only); full
+     * handshakes whose server chain had verified before (sim_http_tls_stats). */
+    size_t tls_full, tls_resumed, tls_client_certs, tls_verified_again;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;

@@ -9,7 +9,8 @@
  * here with the certificate it sent, counter and eimId echoed), the same
  * package again (refused: replayError, signed), a download trigger (fails:
  * no data connection / no SM-DP+) and then nothing more; results are
- * acknowledged and the IPA removes them from the eUICC.
+ * acknowledged and the IPA removes them from the eUICC. Polling often, each
+ * device keeps one connection from cycle to cycle.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,6 +35,8 @@ typedef struct {
     long counter;         /* counter of the last package */
     int results_verified, replays_refused, data_answers, downloads_failed, bad;
     long last_seq;
+    uint16_t port;   /* the client port of its last poll */
+    int connections; /* the connections its polls came on */
 } eim_dev;
 
 typedef struct {
@@ -120,6 +123,13 @@ static void on_poll(mini_eim *m, struct evhttp_request *req, const GetEimPackage
     }
     eim_dev *d = dev_for(m, eid);
     long token = token_of(m, eid);
+    char *peer = NULL;
+    uint16_t port = 0;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+    if (d && port != d->port) {
+        d->port = port;
+        d->connections++;
+    }
     if (!d || token < 0) {
         m->polls_unknown++;
         sgp32_no_package(&out);
@@ -407,6 +417,8 @@ static void test_iot_devices_poll_the_eim(void **state)
         assert_int_equal(d->results_verified, 1);
         assert_int_equal(d->replays_refused, 1);
         assert_int_equal(d->downloads_failed, 1);
+        /* polling every 150 ms, it kept its connection from cycle to cycle */
+        assert_int_equal(d->connections, 1);
         X509_free(d->cert);
     }
     for (size_t i = 0; i < N_DEVICES; i++) {
