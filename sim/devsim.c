@@ -994,9 +994,10 @@ static json_t *stats_json(const sim_devsim *s)
      * certificates sent (in full handshakes only). */
     if (j)
         json_object_set_new(j, "tls",
-                            json_pack("{s:I, s:I, s:I}", "full", (json_int_t)w.tls_full, "resumed",
-                                      (json_int_t)w.tls_resumed, "client_certificates",
-                                      (json_int_t)w.tls_client_certs));
+                            json_pack("{s:I, s:I, s:I, s:I}", "full", (json_int_t)w.tls_full,
+                                      "resumed", (json_int_t)w.tls_resumed, "client_certificates",
+                                      (json_int_t)w.tls_client_certs, "chain_verified_again",
+                                      (json_int_t)w.tls_verified_again));
     if (j && s->enrol_refused)
         json_object_set_new(j, "enrolment_refused",
                             json_pack("{s:I, s:s, s:I, s:s}", "count", (json_int_t)s->enrol_refused,
@@ -1563,6 +1564,7 @@ sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
         t.tls_full = tls.full;
         t.tls_resumed = tls.resumed;
         t.tls_client_certs = tls.client_certs;
+        t.tls_verified_again = tls.verified_again;
     }
     return t;
 }

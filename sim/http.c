@@ -41,6 +41,7 @@
 #define N_CTX 8          /* trust anchors (CA files) with their SSL_CTX */
 #define N_SHARED_SESS 32 /* shared TLS sessions, by destination */
 #define N_RESOLVED 16    /* host names resolved */
+#define N_VERIFIED 8     /* server chains verified, by trust anchor and host */
 
 typedef struct hconn hconn;
 
@@ -140,10 +141,27 @@ struct sim_http {
         X509 *x;
     } chain[4];
     size_t n_chain;
+    /* Server certificate chains that verified (X509_verify_cert), each for
+     * the context (trust anchor) and host it verified against, recognised
+     * by the SHA-256 of the chain's bytes; the certificates it built, kept
+     * for their dates. */
+    struct {
+        SSL_CTX *ctx;
+        char host[256];
+        unsigned char sha[32];
+        STACK_OF(X509) * chain;
+    } verified[N_VERIFIED];
+    size_t next_verified;
 };
 
 static int ssl_idx = -1;
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
+
+static void verified_clear(sim_http *h, size_t k)
+{
+    sk_X509_pop_free(h->verified[k].chain, X509_free);
+    memset(&h->verified[k], 0, sizeof h->verified[k]);
+}
 
 static void make_index(void)
 {
@@ -294,6 +312,71 @@ static int tls_client_cert(SSL *ssl, void *arg)
     return 1;
 }
 
+/* SHA-256 over the DER of every certificate the server sent, in order. */
+static bool chain_digest(STACK_OF(X509) * sent, unsigned char sha[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = md && sent && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    for (int i = 0; ok && i < sk_X509_num(sent); i++) {
+        unsigned char *der = NULL;
+        int len = i2d_X509(sk_X509_value(sent, i), &der);
+        ok = len > 0 && EVP_DigestUpdate(md, der, (size_t)len) == 1;
+        OPENSSL_free(der);
+    }
+    unsigned n = 0;
+    ok = ok && EVP_DigestFinal_ex(md, sha, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+/* Every certificate of |chain| is within its dates now. */
+static bool chain_current(STACK_OF(X509) * chain)
+{
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        if (X509_cmp_current_time(X509_get0_notBefore(x)) >= 0 ||
+            X509_cmp_current_time(X509_get0_notAfter(x)) <= 0)
+            return false;
+    }
+    return sk_X509_num(chain) > 0;
+}
+
+/* The server's certificates in a full handshake. A chain this client
+ * verified before (the same bytes, for the same trust anchor and host) is
+ * taken again once its certificates' dates still hold, as the outcome of
+ * X509_verify_cert would be the same; any other goes to X509_verify_cert,
+ * which checks the signatures, the names, the dates and the purpose. Each
+ * simulated device's full handshake still gets the server's certificate and
+ * its signature over the handshake (checked by libssl); what is not done
+ * again is the chain's verification up to the CA. */
+static int tls_verify_server(X509_STORE_CTX *xs, void *arg)
+{
+    sim_http *h = arg;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    hconn *c = ssl ? conn_of(ssl) : NULL;
+    unsigned char sha[32];
+    bool digested = c && chain_digest(X509_STORE_CTX_get0_untrusted(xs), sha);
+    SSL_CTX *ctx = ssl ? SSL_get_SSL_CTX(ssl) : NULL;
+    for (size_t k = 0; digested && k < N_VERIFIED; k++)
+        if (h->verified[k].ctx == ctx && memcmp(h->verified[k].sha, sha, sizeof sha) == 0 &&
+            strcmp(h->verified[k].host, c->host) == 0 && chain_current(h->verified[k].chain)) {
+            X509_STORE_CTX_set_error(xs, X509_V_OK);
+            h->tls.verified_again++;
+            return 1;
+        }
+    int ok = X509_verify_cert(xs);
+    STACK_OF(X509) *built = ok == 1 && digested ? X509_STORE_CTX_get1_chain(xs) : NULL;
+    if (built) {
+        size_t k = h->next_verified++ % N_VERIFIED;
+        verified_clear(h, k);
+        h->verified[k].ctx = ctx;
+        snprintf(h->verified[k].host, sizeof h->verified[k].host, "%s", c->host);
+        memcpy(h->verified[k].sha, sha, sizeof sha);
+        h->verified[k].chain = built;
+    }
+    return ok;
+}
+
 /* The context for trust anchor |ca| (NULL: the system's), made once. */
 static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
 {
@@ -301,6 +384,9 @@ static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
         if ((!ca && !h->ctx[k].ca) || (ca && h->ctx[k].ca && strcmp(ca, h->ctx[k].ca) == 0))
             return h->ctx[k].ctx;
     if (h->n_ctx == N_CTX) { /* a fleet uses one or two: let the oldest go */
+        for (size_t k = 0; k < N_VERIFIED; k++)
+            if (h->verified[k].ctx == h->ctx[0].ctx)
+                verified_clear(h, k);
         free(h->ctx[0].ca);
         SSL_CTX_free(h->ctx[0].ctx);
         memmove(&h->ctx[0], &h->ctx[1], sizeof h->ctx[0] * (N_CTX - 1));
@@ -314,6 +400,7 @@ static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_cert_verify_callback(ctx, tls_verify_server, h);
     if ((ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
             : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
         snprintf(why, why_len, "error setting certificate file: %.150s", ca ? ca : "(system)");
@@ -1168,6 +1255,8 @@ void sim_http_free(sim_http *h)
         SSL_SESSION_free(h->shared[k].sess);
     }
     EVP_PKEY_free(h->key);
+    for (size_t k = 0; k < N_VERIFIED; k++)
+        verified_clear(h, k);
     for (size_t k = 0; k < h->n_chain; k++) {
         OPENSSL_free(h->chain[k].der);
         X509_free(h->chain[k].x);

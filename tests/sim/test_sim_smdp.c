@@ -881,6 +881,57 @@ static void test_authenticate_without_response(void **state)
 
 /* Issue 10 item 8: sessions are capped by a small bound and expire, so
  * abandoned sessions cannot pile up. */
+/* One TLS request to the SM-DP+ on a connection of its own with a session
+ * of its own (a full handshake): its transport result. */
+static esim_err tls_get(const char *ca, sim_tls_session **sess)
+{
+    sim_http_conn *conn = NULL;
+    assert_int_equal(sim_http_conn_new(&conn, NULL), ESIM_OK);
+    st_reply w = {0};
+    char url[200];
+    snprintf(url, sizeof url, "%s/admin/orders", fx.url);
+    sim_http_request req = {.method = "GET", .url = url, .ca_file = ca, .conn = conn, .tls = sess};
+    assert_int_equal(sim_http_send(fx.http, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_true(w.done);
+    esim_buf_free(&w.body);
+    sim_http_conn_free(conn);
+    return w.err;
+}
+
+/* The client verifies a server chain up to its CA once per trust anchor and
+ * host: a second device's full handshake with the same chain takes the
+ * result again (the handshake's own signature is still checked), and the
+ * same chain under another trust anchor is refused. */
+static void test_tls_chain_verified_once(void **state)
+{
+    (void)state;
+    sim_tls_session *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &a), ESIM_OK);
+    sim_http_tls_stats t = sim_http_get_tls_stats(fx.http);
+    assert_int_equal(t.full, 1);
+    assert_int_equal(t.verified_again, 0);
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &b), ESIM_OK);
+    t = sim_http_get_tls_stats(fx.http);
+    assert_int_equal(t.full, 2);
+    assert_int_equal(t.verified_again, 1);
+    /* Resumed: no certificate at all. */
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &b), ESIM_OK);
+    t = sim_http_get_tls_stats(fx.http);
+    assert_int_equal(t.full, 2);
+    assert_int_equal(t.resumed, 1);
+    /* Another CA: the chain verified above is not taken. */
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.other_pki), &c), ESIM_ECRYPTO);
+    assert_int_equal(sim_http_get_tls_stats(fx.http).verified_again, 1);
+    /* And the right one still works after the refusal. */
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &d), ESIM_OK);
+    assert_int_equal(sim_http_get_tls_stats(fx.http).verified_again, 2);
+    sim_tls_session_free(a);
+    sim_tls_session_free(b);
+    sim_tls_session_free(c);
+    sim_tls_session_free(d);
+}
+
 static void test_session_cap_and_expiry(void **state)
 {
     (void)state;
@@ -930,6 +981,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_needs_a_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authenticate_without_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cap_and_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_chain_verified_once, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
