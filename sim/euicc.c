@@ -128,8 +128,7 @@ static const esim_buf *eum_of(const sim_euicc *e)
 
 static EVP_PKEY *key_from_der(const esim_buf *b)
 {
-    const unsigned char *p = b->data;
-    return d2i_AutoPrivateKey(NULL, &p, (long)b->len);
+    return sim_private_key_from_der(b->data, b->len);
 }
 
 /* Issues a fresh key and certificate for the eUICC from |eum|. */

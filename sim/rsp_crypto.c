@@ -5,6 +5,7 @@
  * and the JSON/base64 glue every sim/ file uses.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -504,6 +506,59 @@ static bool issuer_ready(sim_cert_cache *c, X509 *issuer)
     }
     c->issuer = issuer;
     return true;
+}
+
+/* The P-256 key pair of |priv| (32 bytes, big-endian) and its uncompressed
+ * public |point| (65 bytes); EVP_PKEY_fromdata checks the point is on the
+ * curve. */
+static EVP_PKEY *p256_pair(const unsigned char *priv, const unsigned char *point)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    BIGNUM *bn = BN_bin2bn(priv, 32, NULL);
+    unsigned char native[32];
+    EVP_PKEY *k = NULL;
+    if (ctx && bn && EVP_PKEY_fromdata_init(ctx) == 1 &&
+        BN_bn2nativepad(bn, native, sizeof native) == sizeof native) {
+        char group[] = "prime256v1";
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
+            OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_PRIV_KEY, native, sizeof native),
+            OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, 65),
+            OSSL_PARAM_construct_end()};
+        if (EVP_PKEY_fromdata(ctx, &k, EVP_PKEY_KEYPAIR, params) != 1)
+            k = NULL;
+    }
+    OPENSSL_cleanse(native, sizeof native);
+    BN_clear_free(bn);
+    EVP_PKEY_CTX_free(ctx);
+    return k;
+}
+
+EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len)
+{
+    /* ECPrivateKey ::= SEQUENCE { version 1, privateKey OCTET STRING (32),
+     * [0] prime256v1, [1] BIT STRING (0x00 0x04 X Y) } */
+    static const unsigned char curve[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                          0xce, 0x3d, 0x03, 0x01, 0x07};
+    const unsigned char *p = der, *end = der + len, *seq, *v, *priv, *c0, *c1, *bits;
+    size_t seq_len, v_len, priv_len, c0_len, c1_len, bits_len;
+    if (sim_der_read(&p, end, 0x30, &seq, &seq_len) && p == end) {
+        const unsigned char *q = seq, *qe = seq + seq_len;
+        if (sim_der_read(&q, qe, 0x02, &v, &v_len) && v_len == 1 && v[0] == 1 &&
+            sim_der_read(&q, qe, 0x04, &priv, &priv_len) && priv_len == 32 &&
+            sim_der_read(&q, qe, 0xa0, &c0, &c0_len) && c0_len == sizeof curve &&
+            memcmp(c0, curve, sizeof curve) == 0 && sim_der_read(&q, qe, 0xa1, &c1, &c1_len) &&
+            q == qe) {
+            const unsigned char *r = c1;
+            if (sim_der_read(&r, c1 + c1_len, 0x03, &bits, &bits_len) && r == c1 + c1_len &&
+                bits_len == 66 && bits[0] == 0 && bits[1] == 0x04)
+                return p256_pair(priv, bits + 1);
+        }
+    }
+    const unsigned char *d = der;
+    EVP_PKEY *k = len <= LONG_MAX ? d2i_AutoPrivateKey(NULL, &d, (long)len) : NULL;
+    ERR_clear_error();
+    return k;
 }
 
 /* The P-256 public key of the uncompressed |point| (65 bytes). */

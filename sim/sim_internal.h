@@ -47,6 +47,12 @@ esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
                                 unsigned char sig[64], esim_error *err);
 /* A signing context for |key| (EVP_PKEY_sign_init done), or NULL. */
 EVP_PKEY_CTX *sim_sign_ctx(EVP_PKEY *key);
+/* A private key from its DER: an RFC 5915 ECPrivateKey on P-256 with its
+ * public key (what sim_euicc_issue writes) built from its numbers
+ * (EVP_PKEY_fromdata, about a tenth of the instructions OpenSSL 3.0's
+ * decoders take), any other form through d2i_AutoPrivateKey. NULL: not a
+ * key. */
+EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len);
 /* ESIM_OK when |sig| (raw r||s) is |pub|'s signature of |data|, ESIM_ECRYPTO otherwise. */
 esim_err sim_ecdsa_verify_raw(EVP_PKEY *pub, const void *data, size_t len, const unsigned char *sig,
                               size_t sig_len, esim_error *err);
