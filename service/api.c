@@ -23,6 +23,7 @@
 void api_send(api_request *r, int code, const char *content_type, const void *body, size_t len)
 {
     if (!r->on_worker) {
+        r->answered = true;
         http_reply(r->svc, r->req, M_ROUTE_API, code, content_type, body, len);
         return;
     }
@@ -265,13 +266,18 @@ static void h_metrics(api_request *r)
 #define MAX_TARGETS_READ 1000
 
 /* POST /v1/commands: the store's half on a pool worker when there is one,
- * then post_commands_then on the loop (counts, pushes, the answer). */
+ * then post_commands_then on the loop (counts, pushes, the answer). The
+ * devices' push targets are read on workers too, MAX_TARGETS_READ at a
+ * time (a target is ~2 KB in memory): the first slice with the enqueue,
+ * each further one in a job of its own, its pushes sent on the loop when
+ * it is back, and the answer once the last one went. */
 typedef struct {
     json_t *body; /* the request's JSON: |list| points into it */
     const char **list;
     esim_push_state *ps;
-    store_push_target *targets; /* read on the worker, for a call of few devices */
-    size_t n;
+    push_read *targets; /* the devices |from| to |upto|, read on a worker */
+    size_t n, from, upto;
+    bool counted; /* esim_service_enqueued done */
     esim_cmd cmd;
     esim_enqueue_opts opts;
     char uuid[128];
@@ -287,10 +293,50 @@ static void post_commands_free(post_commands *pc)
     free(pc);
 }
 
+/* The push targets of the devices |from| to |upto|, on a worker (NULL when
+ * out of memory: pushed with push_device on the loop). */
+static void post_commands_read(api_request *r, void *arg)
+{
+    post_commands *pc = arg;
+    free(pc->targets);
+    pc->targets = push_read_targets(r->st, pc->list + pc->from, pc->upto - pc->from);
+}
+
 static void post_commands_then(api_request *r, void *arg)
 {
     post_commands *pc = arg;
-    svc_enqueue_after(r->svc, pc->list, pc->n, &pc->opts, pc->targets, pc->ps);
+    if (r->stopped && pc->counted) {
+        /* Queued, but the service stops before the last pushes: the
+         * devices get the command at their next check-in. */
+        for (size_t i = pc->from; pc->opts.push && i < pc->n; i++)
+            pc->ps[i] = ESIM_PUSH_PENDING;
+        pc->from = pc->upto = pc->n;
+    } else if (api_job_answered(r)) {
+        post_commands_free(pc);
+        return;
+    }
+    if (!pc->counted) {
+        esim_service_enqueued(r->svc, pc->list, pc->n);
+        for (size_t i = 0; i < pc->n; i++)
+            pc->ps[i] = ESIM_PUSH_SKIPPED;
+        pc->counted = true;
+    }
+    /* One push per device for the whole call: a push only says "check in";
+     * the device then drains its queue in one session. */
+    for (size_t i = pc->from; pc->opts.push && i < pc->upto; i++) {
+        esim_push_state ps = ESIM_PUSH_SKIPPED;
+        if (pc->targets)
+            push_read_send(r->svc, &pc->targets[i - pc->from], &ps, NULL, NULL);
+        else
+            push_device(r->svc, pc->list[i], &ps, NULL, NULL);
+        pc->ps[i] = ps;
+    }
+    if (pc->opts.push && pc->upto < pc->n) {
+        pc->from = pc->upto;
+        pc->upto = pc->from + MAX_TARGETS_READ < pc->n ? pc->from + MAX_TARGETS_READ : pc->n;
+        api_store_job(r, post_commands_read, post_commands_then, pc);
+        return;
+    }
     api_reply_json(r, 200,
                    json_pack("{s:s,s:s,s:o}", "command_uuid", pc->uuid, "request_type",
                              pc->cmd.request_type, "devices",
@@ -388,16 +434,13 @@ static void h_post_commands(api_request *r)
                   "%s", e.msg);
         goto fail;
     }
-    /* The push targets are read here too, on the worker's connection, for
-     * a call of up to MAX_TARGETS_READ devices (bigger ones read them on
-     * the loop: the targets would be ~1.5 KB each in memory). */
-    if (r->on_worker && pc->opts.push && n <= MAX_TARGETS_READ &&
-        (pc->targets = calloc(n, sizeof *pc->targets)) != NULL) {
-        for (size_t i = 0; i < n && pc->targets; i++)
-            if (esim_store_push_target(r->st, pc->list[i], &pc->targets[i], NULL) != ESIM_OK) {
-                free(pc->targets);
-                pc->targets = NULL;
-            }
+    /* Without a pool (SQLite) every push reads its target on the loop, as
+     * push_device does; with one, the first slice is read here, on the
+     * worker's connection. */
+    pc->upto = pc->opts.push ? n : 0;
+    if (r->on_worker && pc->opts.push) {
+        pc->upto = n < MAX_TARGETS_READ ? n : MAX_TARGETS_READ;
+        post_commands_read(r, pc);
     }
     if (r->on_worker) {
         r->then = post_commands_then;
@@ -513,65 +556,127 @@ static size_t split_ids(api_request *r, const char *key, const char *list, char 
     return n;
 }
 
-/* /v1/enqueue/{id,id,...}, any method as NanoMDM takes it: the body is a
- * whole command plist, so existing MDM tooling can drive esim-mdm.
- * ?nopush=1 skips the push. All or nothing: a refused call stores and
- * pushes nothing. */
-static void h_enqueue_raw(api_request *r)
-{
+/* /v1/enqueue/{id,id,...} and /v1/push/{id,id,...}: what the loop copies
+ * for the worker (the ids, the body's place), what the worker leaves for
+ * the loop (the enqueue's outcome, the push targets). */
+typedef struct {
     char buf[8192];
     const char *udids[256];
-    size_t n = split_ids(r, "command_error", r->params[0], buf, sizeof buf, udids, 256);
-    if (n == 0)
-        return;
-    for (size_t i = 0; i < n; i++)
-        if (user_channel_id(udids[i])) {
-            json_t *status = json_pack("{s:{s:s}}", udids[i], "command_error", USER_CHANNEL_WORDS);
-            nano_refuse(r, 400, "udids", "command_error", status, "%s: %s", udids[i],
-                        USER_CHANNEL_WORDS);
-            return;
-        }
-    size_t len = 0;
-    const unsigned char *body = http_body(r->req, &len);
-    if (!body) {
-        nano_refuse(r, 400, "body", "command_error", NULL,
-                    "the body must be a command plist (CommandUUID, Command.RequestType)");
+    size_t n;
+    const unsigned char *body; /* the request's: it lives until the answer */
+    size_t len;
+    bool push;
+    esim_err rc;
+    esim_error e;
+    esim_cmd_parsed parsed;
+    char uuid[128];
+    push_read *targets; /* NULL: out of memory, read on the loop */
+} nano_call;
+
+static void nano_call_free(nano_call *nc)
+{
+    esim_cmd_parsed_free(&nc->parsed);
+    free(nc->targets);
+    free(nc);
+}
+
+/* One device's push with its target read on the worker, as push_device. */
+static esim_err nano_push_one(api_request *r, nano_call *nc, size_t i, esim_push_state *ps,
+                              char apns_id[ESIM_UUID_LEN + 1], esim_error *e)
+{
+    if (nc->targets)
+        return push_read_send(r->svc, &nc->targets[i], ps, apns_id, e);
+    return push_device(r->svc, nc->udids[i], ps, apns_id, e);
+}
+
+static void enqueue_raw_run(api_request *r, void *arg)
+{
+    nano_call *nc = arg;
+    esim_parse_limits limits = {r->svc->cfg.max_body, r->svc->cfg.max_depth};
+    esim_enqueue_opts opts = {.push = false}; /* pushed on the loop, to name each push */
+    nc->rc = esim_cmd_parse(nc->body, nc->len, &limits, &nc->parsed, &nc->e);
+    if (nc->rc == ESIM_OK)
+        nc->rc = svc_enqueue_store(r->svc, r->st, nc->body, nc->len, nc->udids, nc->n, &opts,
+                                   nc->uuid, &nc->e);
+    if (nc->rc == ESIM_OK && nc->push)
+        nc->targets = push_read_targets(r->st, nc->udids, nc->n);
+}
+
+static void enqueue_raw_then(api_request *r, void *arg)
+{
+    nano_call *nc = arg;
+    if (api_job_answered(r)) {
+        nano_call_free(nc);
         return;
     }
-    const char *nopush = query_get(r, "nopush");
-    bool push = !(nopush && (strcmp(nopush, "1") == 0 || strcmp(nopush, "true") == 0));
-    esim_enqueue_opts opts = {.push = false}; /* pushed below, to name each push */
-    esim_push_state ps[256];
-    char uuid[128];
-    esim_error e = {{0}};
-    esim_cmd_parsed parsed = {0};
-    esim_parse_limits limits = {r->svc->cfg.max_body, r->svc->cfg.max_depth};
-    esim_err rc = esim_cmd_parse(body, len, &limits, &parsed, &e);
-    if (rc == ESIM_OK)
-        rc = esim_service_enqueue(r->svc, body, len, udids, n, &opts, NULL, uuid, &e);
+    esim_err rc = nc->rc;
     if (rc != ESIM_OK) {
+        if (rc == ESIM_ESTORE)
+            svc_store_failed(r->svc, NULL);
         nano_refuse(r, api_status_for(rc == ESIM_ETOOBIG ? ESIM_EINVAL : rc),
                     rc == ESIM_ENOTFOUND || rc == ESIM_ESTATE ? "udids" : "body", "command_error",
-                    NULL, "%s", e.msg);
-        esim_cmd_parsed_free(&parsed);
+                    NULL, "%s", nc->e.msg);
+        nano_call_free(nc);
         return;
     }
+    esim_enqueue_opts opts = {.push = false};
+    svc_enqueue_after(r->svc, nc->udids, nc->n, &opts, NULL, NULL);
+    esim_push_state ps[256];
     json_t *status = json_object();
     size_t failed = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < nc->n; i++) {
         char apns_id[ESIM_UUID_LEN + 1] = "";
         esim_error pe = {{0}};
         ps[i] = ESIM_PUSH_SKIPPED;
-        if (push && push_device(r->svc, udids[i], &ps[i], apns_id, &pe) != ESIM_OK)
+        if (nc->push && nano_push_one(r, nc, i, &ps[i], apns_id, &pe) != ESIM_OK)
             ps[i] = ESIM_PUSH_FAILED;
         failed += push_state_failed(ps[i]);
-        json_object_set_new(status, udids[i], nano_push_status(ps[i], apns_id, pe.msg));
+        json_object_set_new(status, nc->udids[i], nano_push_status(ps[i], apns_id, pe.msg));
     }
-    api_reply_json(r, nano_code(failed, n),
-                   json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", uuid, "request_type",
-                             parsed.request_type, "no_push", !push, "status", status, "devices",
-                             push_states_json(udids, ps, n)));
-    esim_cmd_parsed_free(&parsed);
+    api_reply_json(r, nano_code(failed, nc->n),
+                   json_pack("{s:s,s:s,s:b,s:o,s:o}", "command_uuid", nc->uuid, "request_type",
+                             nc->parsed.request_type, "no_push", !nc->push, "status", status,
+                             "devices", push_states_json(nc->udids, ps, nc->n)));
+    nano_call_free(nc);
+}
+
+/* /v1/enqueue/{id,id,...}, any method as NanoMDM takes it: the body is a
+ * whole command plist, so existing MDM tooling can drive esim-mdm.
+ * ?nopush=1 skips the push. All or nothing: a refused call stores and
+ * pushes nothing. The checks here; the enqueue and the push targets'
+ * reads on a store pool worker; the pushes and the answer on the loop. */
+static void h_enqueue_raw(api_request *r)
+{
+    nano_call *nc = calloc(1, sizeof *nc);
+    if (!nc) {
+        nano_refuse(r, 500, NULL, "command_error", NULL, "out of memory");
+        return;
+    }
+    size_t n = nc->n =
+        split_ids(r, "command_error", r->params[0], nc->buf, sizeof nc->buf, nc->udids, 256);
+    if (n == 0) {
+        nano_call_free(nc);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (user_channel_id(nc->udids[i])) {
+            json_t *status =
+                json_pack("{s:{s:s}}", nc->udids[i], "command_error", USER_CHANNEL_WORDS);
+            nano_refuse(r, 400, "udids", "command_error", status, "%s: %s", nc->udids[i],
+                        USER_CHANNEL_WORDS);
+            nano_call_free(nc);
+            return;
+        }
+    nc->body = http_body(r->req, &nc->len);
+    if (!nc->body) {
+        nano_refuse(r, 400, "body", "command_error", NULL,
+                    "the body must be a command plist (CommandUUID, Command.RequestType)");
+        nano_call_free(nc);
+        return;
+    }
+    const char *nopush = query_get(r, "nopush");
+    nc->push = !(nopush && (strcmp(nopush, "1") == 0 || strcmp(nopush, "true") == 0));
+    api_store_job(r, enqueue_raw_run, enqueue_raw_then, nc);
 }
 
 /* GET /v1/commands/{uuid}?after=UDID&limit=N: counts by state for every
@@ -865,38 +970,61 @@ static void h_audit(api_request *r)
     api_reply_json(r, 200, json_pack("{s:o,s:o}", "entries", arr, "next_after", next));
 }
 
-/* /v1/push/{id,id,...}, any method: wakes the devices now. */
-static void h_push(api_request *r)
+static void push_run(api_request *r, void *arg)
 {
-    char buf[8192];
-    const char *udids[256];
-    size_t n = split_ids(r, "push_error", r->params[0], buf, sizeof buf, udids, 256);
-    if (n == 0)
+    nano_call *nc = arg;
+    nc->targets = push_read_targets(r->st, nc->udids, nc->n);
+}
+
+static void push_then(api_request *r, void *arg)
+{
+    nano_call *nc = arg;
+    if (api_job_answered(r)) {
+        nano_call_free(nc);
         return;
+    }
     json_t *devices = json_object(), *status = json_object();
     size_t failed = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < nc->n; i++) {
+        const char *udid = nc->udids[i];
         esim_push_state ps = ESIM_PUSH_FAILED;
         char apns_id[ESIM_UUID_LEN + 1] = "";
         esim_error e = {{0}};
-        esim_err rc = user_channel_id(udids[i])
+        esim_err rc = user_channel_id(udid)
                           ? esim_fail(&e, ESIM_ENOTFOUND, "%s", USER_CHANNEL_WORDS)
-                          : push_device(r->svc, udids[i], &ps, apns_id, &e);
+                          : nano_push_one(r, nc, i, &ps, apns_id, &e);
         if (rc != ESIM_OK) {
             failed++;
-            json_object_set_new(devices, udids[i],
+            json_object_set_new(devices, udid,
                                 json_pack("{s:s,s:s}", "push", "failed", "error", e.msg));
-            json_object_set_new(status, udids[i],
+            json_object_set_new(status, udid,
                                 json_pack("{s:s,s:s}", "push", "failed", "push_error", e.msg));
             continue;
         }
         failed += push_state_failed(ps);
-        json_object_set_new(devices, udids[i],
-                            json_pack("{s:s}", "push", esim_push_state_name(ps)));
-        json_object_set_new(status, udids[i], nano_push_status(ps, apns_id, e.msg));
+        json_object_set_new(devices, udid, json_pack("{s:s}", "push", esim_push_state_name(ps)));
+        json_object_set_new(status, udid, nano_push_status(ps, apns_id, e.msg));
     }
-    api_reply_json(r, nano_code(failed, n),
+    api_reply_json(r, nano_code(failed, nc->n),
                    json_pack("{s:o,s:o}", "status", status, "devices", devices));
+    nano_call_free(nc);
+}
+
+/* /v1/push/{id,id,...}, any method: wakes the devices now. Their push
+ * targets are read on a store pool worker, the pushes go out on the loop. */
+static void h_push(api_request *r)
+{
+    nano_call *nc = calloc(1, sizeof *nc);
+    if (!nc) {
+        nano_refuse(r, 500, NULL, "push_error", NULL, "out of memory");
+        return;
+    }
+    nc->n = split_ids(r, "push_error", r->params[0], nc->buf, sizeof nc->buf, nc->udids, 256);
+    if (nc->n == 0) {
+        nano_call_free(nc);
+        return;
+    }
+    api_store_job(r, push_run, push_then, nc);
 }
 
 /* ---- the route table: one line per endpoint ------------------------------------------------ */
@@ -1060,7 +1188,9 @@ typedef struct {
     pool_job job; /* first: the pool's view of it */
     api_request r;
     api_handler fn;
-    const svc_route *module; /* a module's store route instead of |fn| */
+    const svc_route *module;                    /* a module's store route instead of |fn| */
+    void (*job_run)(api_request *r, void *arg); /* api_store_job's, instead of both */
+    bool handed;                                /* with api_store_job's job */
     struct evkeyvalq query;
     char *decoded[API_MAX_PARAMS];
     const char *method_name, *path;
@@ -1085,11 +1215,46 @@ static void api_call_run(store *st, pool_job *pj)
     api_call *c = (api_call *)pj;
     c->r.st = st;
     c->r.on_worker = true;
-    if (c->module)
+    if (c->job_run)
+        c->job_run(&c->r, c->r.then_arg);
+    else if (c->module)
         c->module->fn(&c->r, c->module->arg);
     else
         c->fn(&c->r);
     c->r.on_worker = false;
+}
+
+/* The answer a worker held, given on the loop. */
+static void send_held(esim_service *svc, api_request *r)
+{
+    for (size_t i = 0; i < r->held.n_headers; i++)
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), r->held.headers[i][0],
+                          r->held.headers[i][1]);
+    r->held.n_headers = 0;
+    if (r->held.store_failed)
+        svc_store_failed(svc, r->detail);
+    r->held.store_failed = false;
+    r->held.set = false;
+    r->answered = true;
+    http_reply(svc, r->req, r->held.route, r->held.code, r->held.type, r->held.body.data,
+               r->held.body.len);
+}
+
+bool api_job_answered(const api_request *r)
+{
+    return r->held.set || r->stopped || r->answered;
+}
+
+/* A |then| that handed the request on: false. */
+static bool call_then(api_request *r)
+{
+    api_call *c = (api_call *)((char *)r - offsetof(api_call, r));
+    void (*then)(api_request *, void *) = r->then;
+    r->then = NULL;
+    c->handed = false;
+    c->job_run = NULL;
+    then(r, r->then_arg);
+    return !c->handed;
 }
 
 static void api_call_done(esim_service *svc, pool_job *pj)
@@ -1098,23 +1263,44 @@ static void api_call_done(esim_service *svc, pool_job *pj)
     api_request *r = &c->r;
     r->st = svc->st;
     svc->audit = r;
-    if (!pj->ran) {
-        api_error(r, 503, NULL, "the service is stopping");
-    } else if (r->then) {
-        r->then(r, r->then_arg);
-    } else {
-        for (size_t i = 0; i < r->held.n_headers; i++)
-            evhttp_add_header(evhttp_request_get_output_headers(r->req), r->held.headers[i][0],
-                              r->held.headers[i][1]);
-        if (r->held.store_failed)
-            svc_store_failed(svc, r->detail);
-        if (r->held.set)
-            http_reply(svc, r->req, r->held.route, r->held.code, r->held.type, r->held.body.data,
-                       r->held.body.len);
-        else
-            api_error(r, 500, NULL, "the request was not answered");
+    r->stopped = !pj->ran;
+    if (r->then && !call_then(r)) {
+        svc->audit = NULL;
+        return; /* handed on: another job answers */
     }
+    if (r->answered)
+        ;
+    else if (r->held.set)
+        send_held(svc, r);
+    else if (r->stopped)
+        api_error(r, 503, NULL, "the service is stopping");
+    else
+        api_error(r, 500, NULL, "the request was not answered");
     api_call_end(svc, c);
+}
+
+void api_store_job(api_request *r, void (*run)(api_request *r, void *arg),
+                   void (*then)(api_request *r, void *arg), void *arg)
+{
+    esim_service *svc = r->svc;
+    api_call *c = (api_call *)((char *)r - offsetof(api_call, r));
+    r->then = then;
+    r->then_arg = arg;
+    if (pool_on(svc)) {
+        c->job_run = run;
+        c->handed = true;
+        c->job = (pool_job){.run = api_call_run, .done = api_call_done, .admin = true};
+        svc->audit = NULL;
+        pool_submit(svc, &c->job);
+        return;
+    }
+    /* No pool: both at once, the answer of |run| held as on a worker. */
+    r->on_worker = true;
+    run(r, arg);
+    r->on_worker = false;
+    r->stopped = false;
+    if (call_then(r) && !r->answered && r->held.set)
+        send_held(svc, r);
 }
 
 void api_dispatch(esim_service *svc, struct evhttp_request *req)
@@ -1196,6 +1382,8 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         } else if (module_hit && !module_hit->pooled && text_valid(r, module_hit->pattern))
             module_hit->fn(r, module_hit->arg);
     }
+    if (c->handed)
+        return; /* api_store_job: api_call_done answers */
     if (r->deferred && !r->answered) {
         r->late = true; /* answered from a store job's done: api_deferred_end */
         svc->audit = NULL;

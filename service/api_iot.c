@@ -16,9 +16,9 @@
 
 /* ---- registration ------------------------------------------------------------------ */
 
-/* One {"eid", "association_token", "counter"?} registered: its line of the
- * answer. */
-static json_t *register_one(esim_service *svc, json_t *d, size_t i)
+/* One {"eid", "association_token", "counter"?} registered on |st|: its
+ * line of the answer. */
+static json_t *register_one(store *st, eim_counts *counts, json_t *d, size_t i)
 {
     const char *eid = json_string_value(json_object_get(d, "eid"));
     json_t *tok = json_object_get(d, "association_token");
@@ -39,14 +39,63 @@ static json_t *register_one(esim_service *svc, json_t *d, size_t i)
         return json_pack("{s:s?,s:s,s:s}", "eid", eid, "result", "error", "error", msg);
     bool created = false;
     esim_error e = {{0}};
-    esim_err rc = esim_service_iot_register(svc, eid, json_integer_value(tok),
-                                            ctr ? json_integer_value(ctr) : 0, &created, &e);
+    esim_err rc = eim_iot_register_on(st, eid, json_integer_value(tok),
+                                      ctr ? json_integer_value(ctr) : 0, &created, counts, &e);
     if (rc == ESIM_OK)
         return json_pack("{s:s,s:s}", "eid", eid, "result", "registered");
     if (rc == ESIM_EEXIST)
         return json_pack("{s:s,s:s}", "eid", eid, "result", "exists");
     return json_pack("{s:s,s:s,s:s}", "eid", eid, "result", "error", "error",
                      e.msg[0] ? e.msg : esim_strerror(rc));
+}
+
+/* A registration call or a package: the request's JSON (what the worker
+ * reads), what the loop counts afterwards. */
+typedef struct {
+    json_t *body, *list;
+    const char **eids;
+    size_t n;
+    char *text;
+    const char *uuid;
+    esim_enqueue_opts opts;
+    eim_counts counts;
+} iot_call;
+
+static void iot_call_free(iot_call *c)
+{
+    json_decref(c->list);
+    json_decref(c->body);
+    free(c->eids);
+    free(c->text);
+    free(c);
+}
+
+/* Every registration of the call, each its own unit, and the answer
+ * (held), on a store pool worker. */
+static void post_devices_run(esim_api_request *r, void *arg)
+{
+    iot_call *c = arg;
+    json_t *out = json_array();
+    size_t registered = 0, errors = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        json_t *line = register_one(r->st, &c->counts, json_array_get(c->list, i), i);
+        const char *res = json_string_value(json_object_get(line, "result"));
+        registered += res && strcmp(res, "registered") == 0;
+        errors += res && strcmp(res, "error") == 0;
+        json_array_append_new(out, line);
+    }
+    api_reply_json(r, 200,
+                   json_pack("{s:o,s:I,s:I}", "devices", out, "registered", (json_int_t)registered,
+                             "errors", (json_int_t)errors));
+}
+
+/* On the loop: the counts (eIM packages are never pushed: the eUICCs poll). */
+static void iot_call_then(esim_api_request *r, void *arg)
+{
+    iot_call *c = arg;
+    r->svc->m.store_errors += c->counts.store_errors;
+    r->svc->m.enqueued += c->counts.enqueued;
+    iot_call_free(c);
 }
 
 /* POST /v1/iot/devices {"devices": [{eid, association_token, counter?}]}
@@ -65,24 +114,20 @@ static void h_post_devices(esim_api_request *r, void *arg)
         json_incref(list);
     }
     size_t n = json_array_size(list);
+    iot_call *c = NULL;
     if (!json_is_array(list) || n == 0 || n > IOT_MAX_EIDS) {
         api_error(r, 400, "devices",
                   "devices: an array of 1 to %d {eid, association_token, counter?} (or one "
                   "such object)",
                   IOT_MAX_EIDS);
+    } else if (!(c = calloc(1, sizeof *c))) {
+        api_error(r, 500, NULL, "out of memory");
     } else {
-        json_t *out = json_array();
-        size_t registered = 0, errors = 0;
-        for (size_t i = 0; i < n; i++) {
-            json_t *line = register_one(r->svc, json_array_get(list, i), i);
-            const char *res = json_string_value(json_object_get(line, "result"));
-            registered += res && strcmp(res, "registered") == 0;
-            errors += res && strcmp(res, "error") == 0;
-            json_array_append_new(out, line);
-        }
-        api_reply_json(r, 200,
-                       json_pack("{s:o,s:I,s:I}", "devices", out, "registered",
-                                 (json_int_t)registered, "errors", (json_int_t)errors));
+        c->body = body;
+        c->list = list;
+        c->n = n;
+        api_store_job(r, post_devices_run, iot_call_then, c);
+        return;
     }
     json_decref(list);
     json_decref(body);
@@ -217,8 +262,24 @@ static void h_get_device(esim_api_request *r, void *arg)
 
 /* ---- packages ---------------------------------------------------------------------------- */
 
+static void post_packages_run(esim_api_request *r, void *arg)
+{
+    iot_call *c = arg;
+    char out_uuid[128] = "";
+    esim_error e = {{0}};
+    esim_err rc =
+        eim_enqueue_iot_on(r->st, c->uuid, c->text, c->eids, c->n, &c->opts, out_uuid, &e);
+    c->counts.store_errors += rc == ESIM_ESTORE;
+    c->counts.enqueued += rc == ESIM_OK ? c->n : 0;
+    if (rc == ESIM_OK)
+        api_reply_json(r, 201,
+                       json_pack("{s:s,s:I}", "command_uuid", out_uuid, "eids", (json_int_t)c->n));
+    else
+        api_error(r, api_status_for(rc), NULL, "%s", e.msg[0] ? e.msg : esim_strerror(rc));
+}
+
 /* POST /v1/iot/packages {eids, operations | download | euicc_data, uuid?,
- * priority?, expires_in_s?} */
+ * priority?, expires_in_s?}: checked here, queued on a store pool worker. */
 static void h_post_packages(esim_api_request *r, void *arg)
 {
     (void)arg;
@@ -263,19 +324,18 @@ static void h_post_packages(esim_api_request *r, void *arg)
             .priority = prio ? (int)json_integer_value(prio) : 0,
             .expires_at = exp ? esim_now_ms() + json_integer_value(exp) * 1000 : 0,
         };
-        if (ok && !text) {
+        iot_call *c = ok && text ? calloc(1, sizeof *c) : NULL;
+        if (ok && !c) {
             api_error(r, 500, NULL, "out of memory");
         } else if (ok) {
-            char out_uuid[128] = "";
-            esim_error e = {{0}};
-            esim_err rc = esim_service_enqueue_iot(r->svc, json_string_value(uuid), text, list, n,
-                                                   &o, out_uuid, &e);
-            if (rc == ESIM_OK)
-                api_reply_json(
-                    r, 201,
-                    json_pack("{s:s,s:I}", "command_uuid", out_uuid, "eids", (json_int_t)n));
-            else
-                api_error(r, api_status_for(rc), NULL, "%s", e.msg[0] ? e.msg : esim_strerror(rc));
+            c->body = body;
+            c->eids = list;
+            c->n = n;
+            c->text = text;
+            c->uuid = json_string_value(uuid);
+            c->opts = o;
+            api_store_job(r, post_packages_run, iot_call_then, c);
+            return;
         }
         free(text);
     }
@@ -325,9 +385,8 @@ static void h_get_package(esim_api_request *r, void *arg)
 esim_err api_iot_routes(esim_service *svc, esim_error *err)
 {
     /* The reads are store work only: on the store pool when there is one.
-     * The registrations and packages stay on the loop (POST): they write
-     * through esim_service_iot_register and esim_service_enqueue_iot, which
-     * use the service's connection and its counters. */
+     * The registrations and packages (POST) are checked on the loop, then
+     * written on a worker (api_store_job) and counted on the loop. */
     if (esim_service_add_store_route(svc, "GET", "/v1/iot/devices", h_get_devices, NULL) !=
             ESIM_OK ||
         esim_service_add_store_route(svc, "GET", "/v1/iot/devices/:", h_get_device, NULL) !=

@@ -80,7 +80,75 @@ static json_t *push_json(const char *const *udids, const esim_push_state *ps, si
     return o;
 }
 
-/* POST /v1/windows/commands {udids, syncml, request_type?, priority?, expires_in_s?, push?} */
+/* A POST's call: what the loop read from the request, what the worker
+ * leaves (each queued command's outcome, the push targets). */
+typedef struct {
+    json_t *body; /* the request's JSON: the strings below point into it */
+    const char **udids;
+    size_t n, queued;
+    esim_enqueue_opts o;
+    esim_push_state *ps;
+    push_read *targets; /* NULL: read on the loop (out of memory) */
+    esim_err rc;
+    bool failed; /* the store failed to queue (counted on the loop) */
+    esim_error e;
+    /* POST /v1/windows/commands */
+    const char *uuid, *rt, *syncml;
+    char out_uuid[128];
+    /* POST /v1/windows/esim */
+    esim_windows_op op;
+    esim_activation_code code;
+    const char *eid_given, *server, *iccid, *mid, *field;
+    esim_buf *bodies;
+    char (*uuids)[ESIM_UUID_LEN + 1];
+} win_call;
+
+static void win_call_free(win_call *c)
+{
+    for (size_t i = 0; c->bodies && i < c->n; i++)
+        esim_buf_free(&c->bodies[i]);
+    free(c->bodies);
+    free(c->uuids);
+    free(c->targets);
+    free(c->ps);
+    free(c->udids);
+    json_decref(c->body);
+    free(c);
+}
+
+static void post_commands_run(esim_api_request *r, void *arg)
+{
+    win_call *c = arg;
+    c->rc = svc_syncml_enqueue_on(r->svc, r->st, c->uuid, c->rt, c->syncml, strlen(c->syncml),
+                                  c->udids, c->n, &c->o, c->out_uuid, &c->failed, &c->e);
+    if (c->rc == ESIM_OK && c->o.push)
+        c->targets = push_read_targets(r->st, c->udids, c->n);
+}
+
+static void post_commands_then(esim_api_request *r, void *arg)
+{
+    win_call *c = arg;
+    if (api_job_answered(r)) {
+        win_call_free(c);
+        return;
+    }
+    if (c->failed)
+        svc_store_failed(r->svc, NULL);
+    if (c->rc == ESIM_OK) {
+        /* Counted, pushed, and put in the device's held answer if there is one. */
+        svc_enqueue_after(r->svc, c->udids, c->n, &c->o, c->targets, c->ps);
+        api_reply_json(r, 201,
+                       json_pack("{s:s,s:o}", "command_uuid", c->out_uuid, "devices",
+                                 push_json(c->udids, c->ps, c->n)));
+    } else {
+        api_error(r, api_status_for(c->rc), c->rc == ESIM_EINVAL ? "syncml" : NULL, "%s",
+                  c->e.msg[0] ? c->e.msg : esim_strerror(c->rc));
+    }
+    win_call_free(c);
+}
+
+/* POST /v1/windows/commands {udids, syncml, request_type?, priority?, expires_in_s?, push?}:
+ * checked here, queued on a store pool worker, pushed on the loop. */
 static void h_post_commands(esim_api_request *r, void *arg)
 {
     (void)arg;
@@ -99,22 +167,24 @@ static void h_post_commands(esim_api_request *r, void *arg)
     } else if (rt && !json_is_string(rt)) {
         api_error(r, 400, "request_type", "request_type: must be a string");
     } else if (read_udids(r, body, &udids, &n) && read_opts(r, body, &o)) {
+        win_call *c = calloc(1, sizeof *c);
         esim_push_state *ps = calloc(n, sizeof *ps);
-        const char *uuid = json_string_value(json_object_get(body, "uuid"));
-        char out_uuid[128] = "";
-        esim_error e = {{0}};
-        esim_err rc =
-            ps ? esim_service_enqueue_syncml(r->svc, uuid, rt ? json_string_value(rt) : "SyncML",
-                                             syncml, strlen(syncml), udids, n, &o, ps, out_uuid, &e)
-               : ESIM_ENOMEM;
-        if (rc == ESIM_OK)
-            api_reply_json(r, 201,
-                           json_pack("{s:s,s:o}", "command_uuid", out_uuid, "devices",
-                                     push_json(udids, ps, n)));
-        else
-            api_error(r, api_status_for(rc), rc == ESIM_EINVAL ? "syncml" : NULL, "%s",
-                      e.msg[0] ? e.msg : esim_strerror(rc));
-        free(ps);
+        if (!c || !ps) {
+            free(c);
+            free(ps);
+            api_error(r, api_status_for(ESIM_ENOMEM), NULL, "%s", esim_strerror(ESIM_ENOMEM));
+        } else {
+            c->body = body;
+            c->udids = udids;
+            c->n = n;
+            c->o = o;
+            c->ps = ps;
+            c->syncml = syncml;
+            c->rt = rt ? json_string_value(rt) : "SyncML";
+            c->uuid = json_string_value(json_object_get(body, "uuid"));
+            api_store_job(r, post_commands_run, post_commands_then, c);
+            return;
+        }
     }
     free(udids);
     json_decref(body);
@@ -139,6 +209,95 @@ static bool get_tri(api_request *r, json_t *body, const char *key, esim_tri *out
     }
     *out = json_is_true(v) ? ESIM_TRI_TRUE : ESIM_TRI_FALSE;
     return true;
+}
+
+/* On a store pool worker: every device's command first (nothing queued if
+ * one is wrong), then queued, one command per device, and the push
+ * targets of those queued read. */
+static void post_esim_run(esim_api_request *r, void *arg)
+{
+    win_call *c = arg;
+    esim_windows_op op = c->op;
+    const esim_activation_code *code = &c->code;
+    esim_error *e = &c->e;
+    esim_err rc = ESIM_OK;
+    for (size_t i = 0; rc == ESIM_OK && i < c->n; i++) {
+        store_device d;
+        rc = esim_store_device_get(r->st, c->udids[i], &d, e);
+        if (rc == ESIM_OK && strcmp(d.platform, "windows") != 0)
+            rc = esim_fail(e, ESIM_EINVAL, "device %s is not a Windows device", c->udids[i]);
+        const char *eid = c->eid_given ? c->eid_given : d.eid;
+        if (rc == ESIM_OK && !eid[0])
+            rc = esim_fail(e, ESIM_EINVAL,
+                           "device %s has not reported its EID yet: give eid, or wait for its "
+                           "next session",
+                           c->udids[i]);
+        /* The activation-code import feeds the profile: server, MatchingID
+         * and ICCID of the code imported for this EID. */
+        char iccid_buf[21] = "", mid_buf[256] = "";
+        op.eid = eid;
+        op.server = c->server ? c->server : code->smdp_address[0] ? code->smdp_address : NULL;
+        op.matching_id = c->mid ? c->mid : code->matching_id[0] ? code->matching_id : NULL;
+        op.iccid = c->iccid;
+        if (rc == ESIM_OK && op.kind == ESIM_WIN_ADD_PROFILE && (!op.matching_id || !op.iccid) &&
+            esim_store_code_for_eid(r->st, eid, iccid_buf, mid_buf, NULL) == ESIM_OK) {
+            if (!op.matching_id && mid_buf[0])
+                op.matching_id = mid_buf;
+            if (!op.iccid && iccid_buf[0])
+                op.iccid = iccid_buf;
+        }
+        if (rc == ESIM_OK) {
+            esim_uuid_new(c->uuids[i]);
+            rc = esim_windows_op_syncml(&op, c->uuids[i], &c->bodies[i], e);
+            if (rc == ESIM_EINVAL)
+                c->field = strstr(e->msg, "MatchingID") ? "matching_id"
+                           : strstr(e->msg, "ICCID")    ? "iccid"
+                           : strstr(e->msg, "server")   ? "server"
+                           : strstr(e->msg, "EID")      ? "eid"
+                                                        : NULL;
+        }
+    }
+    for (size_t i = 0; rc == ESIM_OK && i < c->n; i++) {
+        bool failed = false;
+        rc = svc_syncml_enqueue_on(r->svc, r->st, c->uuids[i], op_request_types[op.kind],
+                                   (const char *)c->bodies[i].data, c->bodies[i].len, &c->udids[i],
+                                   1, &c->o, NULL, &failed, e);
+        c->failed |= failed;
+        if (rc == ESIM_OK)
+            c->queued++;
+    }
+    c->rc = rc;
+    if (c->queued && c->o.push)
+        c->targets = push_read_targets(r->st, c->udids, c->queued);
+}
+
+/* On the loop: each queued command counted and pushed, then the answer. */
+static void post_esim_then(esim_api_request *r, void *arg)
+{
+    win_call *c = arg;
+    if (api_job_answered(r)) {
+        win_call_free(c);
+        return;
+    }
+    json_t *cmds = json_array();
+    for (size_t i = 0; i < c->queued; i++) {
+        esim_push_state ps = ESIM_PUSH_SKIPPED;
+        svc_enqueue_after(r->svc, &c->udids[i], 1, &c->o, c->targets ? &c->targets[i] : NULL, &ps);
+        json_array_append_new(cmds, json_pack("{s:s,s:s,s:s}", "udid", c->udids[i], "command_uuid",
+                                              c->uuids[i], "push", esim_push_state_name(ps)));
+    }
+    if (c->failed)
+        svc_store_failed(r->svc, NULL);
+    if (c->rc == ESIM_OK)
+        api_reply_json(r, 201,
+                       json_pack("{s:s,s:o}", "operation", esim_windows_op_name(c->op.kind),
+                                 "commands", cmds));
+    else {
+        json_decref(cmds);
+        api_error(r, api_status_for(c->rc), c->field, "%s",
+                  c->e.msg[0] ? c->e.msg : esim_strerror(c->rc));
+    }
+    win_call_free(c);
 }
 
 /* POST /v1/windows/esim {udids, operation, eid?, server?, auto_enable?,
@@ -205,72 +364,31 @@ static void h_post_esim(esim_api_request *r, void *arg)
         json_decref(body);
         return;
     }
-    /* Every device's command first (nothing queued if one is wrong)... */
-    esim_buf *bodies = calloc(n, sizeof *bodies);
-    char(*uuids)[ESIM_UUID_LEN + 1] = calloc(n, sizeof *uuids);
-    esim_err rc = bodies && uuids ? ESIM_OK : ESIM_ENOMEM;
-    const char *field = NULL;
-    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-        store_device d;
-        rc = esim_store_device_get(r->svc->st, udids[i], &d, &e);
-        if (rc == ESIM_OK && strcmp(d.platform, "windows") != 0)
-            rc = esim_fail(&e, ESIM_EINVAL, "device %s is not a Windows device", udids[i]);
-        const char *eid = eid_given ? eid_given : d.eid;
-        if (rc == ESIM_OK && !eid[0])
-            rc = esim_fail(&e, ESIM_EINVAL,
-                           "device %s has not reported its EID yet: give eid, or wait for its "
-                           "next session",
-                           udids[i]);
-        /* The activation-code import feeds the profile: server, MatchingID
-         * and ICCID of the code imported for this EID. */
-        char iccid_buf[21] = "", mid_buf[256] = "";
-        op.eid = eid;
-        op.server = server ? server : code.smdp_address[0] ? code.smdp_address : NULL;
-        op.matching_id = mid ? mid : code.matching_id[0] ? code.matching_id : NULL;
-        op.iccid = iccid;
-        if (rc == ESIM_OK && op.kind == ESIM_WIN_ADD_PROFILE && (!op.matching_id || !op.iccid) &&
-            esim_store_code_for_eid(r->svc->st, eid, iccid_buf, mid_buf, NULL) == ESIM_OK) {
-            if (!op.matching_id && mid_buf[0])
-                op.matching_id = mid_buf;
-            if (!op.iccid && iccid_buf[0])
-                op.iccid = iccid_buf;
-        }
-        if (rc == ESIM_OK) {
-            esim_uuid_new(uuids[i]);
-            rc = esim_windows_op_syncml(&op, uuids[i], &bodies[i], &e);
-            if (rc == ESIM_EINVAL)
-                field = strstr(e.msg, "MatchingID") ? "matching_id"
-                        : strstr(e.msg, "ICCID")    ? "iccid"
-                        : strstr(e.msg, "server")   ? "server"
-                        : strstr(e.msg, "EID")      ? "eid"
-                                                    : NULL;
-        }
+    win_call *c = calloc(1, sizeof *c);
+    if (c) {
+        c->bodies = calloc(n, sizeof *c->bodies);
+        c->uuids = calloc(n, sizeof *c->uuids);
+        c->ps = calloc(n, sizeof *c->ps);
     }
-    /* ...then queued, one command per device. */
-    json_t *cmds = json_array();
-    for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-        esim_push_state ps = ESIM_PUSH_SKIPPED;
-        rc = esim_service_enqueue_syncml(r->svc, uuids[i], op_request_types[op.kind],
-                                         (const char *)bodies[i].data, bodies[i].len, &udids[i], 1,
-                                         &o, &ps, NULL, &e);
-        if (rc == ESIM_OK)
-            json_array_append_new(cmds, json_pack("{s:s,s:s,s:s}", "udid", udids[i], "command_uuid",
-                                                  uuids[i], "push", esim_push_state_name(ps)));
+    if (!c || !c->bodies || !c->uuids || !c->ps) {
+        if (c)
+            win_call_free(c);
+        api_error(r, api_status_for(ESIM_ENOMEM), NULL, "%s", esim_strerror(ESIM_ENOMEM));
+        free(udids);
+        json_decref(body);
+        return;
     }
-    if (rc == ESIM_OK)
-        api_reply_json(
-            r, 201,
-            json_pack("{s:s,s:o}", "operation", esim_windows_op_name(op.kind), "commands", cmds));
-    else {
-        json_decref(cmds);
-        api_error(r, api_status_for(rc), field, "%s", e.msg[0] ? e.msg : esim_strerror(rc));
-    }
-    for (size_t i = 0; bodies && i < n; i++)
-        esim_buf_free(&bodies[i]);
-    free(bodies);
-    free(uuids);
-    free(udids);
-    json_decref(body);
+    c->body = body;
+    c->udids = udids;
+    c->n = n;
+    c->o = o;
+    c->op = op;
+    c->code = code;
+    c->eid_given = eid_given;
+    c->server = server;
+    c->iccid = iccid;
+    c->mid = mid;
+    api_store_job(r, post_esim_run, post_esim_then, c);
 }
 
 /* The newest "verify" ledger event of |udid| for |uuid|, copied into |out|
@@ -347,8 +465,8 @@ static void h_get_esim(esim_api_request *r, void *arg)
 esim_err api_windows_routes(esim_service *svc, esim_error *err)
 {
     /* The read is store work only: on the store pool when there is one. The
-     * POSTs stay on the loop: they enqueue through esim_service_enqueue_syncml
-     * (the service's connection) and push at once. */
+     * POSTs are checked on the loop, queued on a worker (api_store_job),
+     * counted and pushed on the loop. */
     if (esim_service_add_store_route(svc, "GET", "/v1/windows/esim/:", h_get_esim, NULL) != ESIM_OK)
         return esim_fail(err, ESIM_ENOMEM, "cannot add the Windows API routes");
     if (esim_service_add_route(svc, "POST", "/v1/windows/commands", h_post_commands, NULL) !=

@@ -374,32 +374,17 @@ static esim_err enqueue_package_on(store *st, const char *uuid, json_t *norm, co
     return rc;
 }
 
-/* enqueue_package_on the service's store, counted. */
-static esim_err enqueue_package(esim_service *svc, const char *uuid, json_t *norm, const char *kind,
-                                const char *request_type, const char *summary,
-                                const char *const *eids, size_t n, const esim_enqueue_opts *opts,
-                                esim_error *err)
-{
-    esim_err rc =
-        enqueue_package_on(svc->st, uuid, norm, kind, request_type, summary, eids, n, opts, err);
-    if (rc == ESIM_ESTORE)
-        svc->m.store_errors++;
-    if (rc == ESIM_OK)
-        svc->m.enqueued += n;
-    return rc;
-}
-
-esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t token,
-                                   int64_t counter, bool *created, esim_error *err)
+esim_err eim_iot_register_on(store *st, const char *eid, int64_t token, int64_t counter,
+                             bool *created, eim_counts *counts, esim_error *err)
 {
     int64_t now = esim_now_ms();
-    esim_err rc = esim_store_unit_begin(svc->st, err);
+    esim_err rc = esim_store_unit_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = esim_store_iot_register(svc->st, eid, token, counter, now, created, err);
+    rc = esim_store_iot_register(st, eid, token, counter, now, created, err);
     if (rc == ESIM_OK) {
         store_authenticate_in in = {.udid = eid, .topic = "iot", .platform = "iot"};
-        rc = esim_store_device_authenticate(svc->st, &in, now, err);
+        rc = esim_store_device_authenticate(st, &in, now, err);
     }
     if (rc == ESIM_OK) {
         /* The eIM's first package: the eUICC's certificates, so every
@@ -408,22 +393,34 @@ esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t t
         char uuid[ESIM_UUID_LEN + 1];
         esim_uuid_new(uuid);
         esim_enqueue_opts first = {.priority = 1000};
-        rc = norm ? enqueue_package(svc, uuid, norm, "euicc_data", "IpaEuiccDataRequest",
-                                    "eUICC data (certificates)", &eid, 1, &first, err)
+        rc = norm ? enqueue_package_on(st, uuid, norm, "euicc_data", "IpaEuiccDataRequest",
+                                       "eUICC data (certificates)", &eid, 1, &first, err)
                   : esim_fail(err, ESIM_ENOMEM, "out of memory");
         json_decref(norm);
+        counts->store_errors += rc == ESIM_ESTORE;
+        counts->enqueued += rc == ESIM_OK;
     }
-    esim_err end = esim_store_unit_end(svc->st, rc == ESIM_OK, err);
+    esim_err end = esim_store_unit_end(st, rc == ESIM_OK, err);
     if (rc == ESIM_ESTORE || end != ESIM_OK)
-        svc->m.store_errors++;
+        counts->store_errors++;
     return rc == ESIM_OK ? end : rc;
+}
+
+esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t token,
+                                   int64_t counter, bool *created, esim_error *err)
+{
+    eim_counts counts = {0};
+    esim_err rc = eim_iot_register_on(svc->st, eid, token, counter, created, &counts, err);
+    svc->m.store_errors += counts.store_errors;
+    svc->m.enqueued += counts.enqueued;
+    return rc;
 }
 
 /* The checks and the queueing of esim_service_enqueue_iot on |st|, nothing
  * else (the caller counts). */
-static esim_err enqueue_iot_on(store *st, const char *uuid, const char *package_json,
-                               const char *const *eids, size_t n, const esim_enqueue_opts *opts,
-                               char uuid_out[128], esim_error *err)
+esim_err eim_enqueue_iot_on(store *st, const char *uuid, const char *package_json,
+                            const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                            char uuid_out[128], esim_error *err)
 {
     if (!st || !package_json || !eids || n == 0)
         return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
@@ -466,7 +463,7 @@ esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const cha
 {
     if (!svc)
         return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
-    esim_err rc = enqueue_iot_on(svc->st, uuid, package_json, eids, n, opts, uuid_out, err);
+    esim_err rc = eim_enqueue_iot_on(svc->st, uuid, package_json, eids, n, opts, uuid_out, err);
     if (rc == ESIM_ESTORE)
         svc->m.store_errors++;
     if (rc == ESIM_OK)
@@ -480,7 +477,7 @@ esim_err esim_service_enqueue_iot_on(const esim_service *svc, store *st, const c
 {
     if (!svc)
         return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
-    return enqueue_iot_on(st, uuid, package_json, eids, n, opts, NULL, err);
+    return eim_enqueue_iot_on(st, uuid, package_json, eids, n, opts, NULL, err);
 }
 
 /* ---- the endpoint ------------------------------------------------------------------------- */

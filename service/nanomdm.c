@@ -76,6 +76,68 @@ void nano_pushcert_put(api_request *r)
     api_reply_json(r, 200, json_pack("{s:s,s:o}", "topic", topic, "not_after", rfc3339(not_after)));
 }
 
+/* The store half of a migration, on a store pool worker (at once on the
+ * loop without one): the check-in's change and its ledger event, answered
+ * (held) from here; the loop counts a store failure. */
+typedef struct {
+    esim_msg msg;
+    esim_err rc;
+} migration;
+
+static void migration_run(api_request *r, void *arg)
+{
+    migration *m = arg;
+    esim_msg *msg = &m->msg;
+    store *st = r->st;
+    esim_error e = {{0}};
+    esim_err rc;
+    int64_t now = esim_now_ms();
+    if (msg->kind == ESIM_MSG_AUTHENTICATE) {
+        store_authenticate_in in = {
+            .udid = msg->udid,
+            .is_enrollment_id = msg->is_enrollment_id,
+            .topic = msg->topic,
+            .cert_sha256 = "",
+            .serial_number = msg->serial_number,
+            .os_version = msg->os_version,
+            .build_version = msg->build_version,
+            .product_name = msg->product_name,
+            .model = msg->model,
+            .device_name = msg->device_name,
+            .imei = msg->imei,
+        };
+        rc = esim_store_device_authenticate(st, &in, now, &e);
+    } else if (msg->kind == ESIM_MSG_TOKEN_UPDATE) {
+        esim_buf hex = {0};
+        rc = esim_hex_encode(msg->token.data, msg->token.len, &hex);
+        if (rc == ESIM_OK)
+            rc = esim_store_device_token_update(st, msg->udid, NULL, msg->topic,
+                                                (const char *)hex.data, msg->push_magic, now, &e);
+        esim_buf_free(&hex);
+    } else {
+        rc = esim_store_device_bootstrap_set(st, msg->udid, NULL, msg->bootstrap_token.data,
+                                             msg->bootstrap_token.len, now, &e);
+    }
+    if (rc == ESIM_OK)
+        rc = esim_store_event_append(st, "migrated", msg->udid, NULL, msg->message_type, NULL, 0,
+                                     now, &e);
+    m->rc = rc;
+    if (rc != ESIM_OK)
+        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
+    else
+        api_reply_json(
+            r, 200, json_pack("{s:s,s:s}", "udid", msg->udid, "message_type", msg->message_type));
+}
+
+static void migration_then(api_request *r, void *arg)
+{
+    migration *m = arg;
+    if (!r->stopped && m->rc == ESIM_ESTORE)
+        svc_store_failed(r->svc, NULL); /* then the held 503 counts it, as before */
+    esim_msg_free(&m->msg);
+    free(m);
+}
+
 /*
  * POST|PUT /migration: one check-in plist of a device enrolled with another
  * server (NanoMDM's nano2nano and micro2nano's llorne send them): its
@@ -128,43 +190,13 @@ void nano_migration(api_request *r)
         esim_msg_free(&msg);
         return;
     }
-    int64_t now = esim_now_ms();
-    if (msg.kind == ESIM_MSG_AUTHENTICATE) {
-        store_authenticate_in in = {
-            .udid = msg.udid,
-            .is_enrollment_id = msg.is_enrollment_id,
-            .topic = msg.topic,
-            .cert_sha256 = "",
-            .serial_number = msg.serial_number,
-            .os_version = msg.os_version,
-            .build_version = msg.build_version,
-            .product_name = msg.product_name,
-            .model = msg.model,
-            .device_name = msg.device_name,
-            .imei = msg.imei,
-        };
-        rc = esim_store_device_authenticate(svc->st, &in, now, &e);
-    } else if (msg.kind == ESIM_MSG_TOKEN_UPDATE) {
-        esim_buf hex = {0};
-        rc = esim_hex_encode(msg.token.data, msg.token.len, &hex);
-        if (rc == ESIM_OK)
-            rc = esim_store_device_token_update(svc->st, msg.udid, NULL, msg.topic,
-                                                (const char *)hex.data, msg.push_magic, now, &e);
-        esim_buf_free(&hex);
-    } else {
-        rc = esim_store_device_bootstrap_set(svc->st, msg.udid, NULL, msg.bootstrap_token.data,
-                                             msg.bootstrap_token.len, now, &e);
+    migration *m = malloc(sizeof *m);
+    if (!m) {
+        api_error(r, 500, NULL, "out of memory");
+        esim_msg_free(&msg);
+        return;
     }
-    if (rc == ESIM_OK)
-        rc = esim_store_event_append(svc->st, "migrated", msg.udid, NULL, msg.message_type, NULL, 0,
-                                     now, &e);
-    if (rc != ESIM_OK) {
-        if (rc == ESIM_ESTORE)
-            svc_store_failed(svc, NULL);
-        api_error(r, api_status_for(rc), rc == ESIM_ENOTFOUND ? "udid" : NULL, "%s", e.msg);
-    } else {
-        api_reply_json(r, 200,
-                       json_pack("{s:s,s:s}", "udid", msg.udid, "message_type", msg.message_type));
-    }
-    esim_msg_free(&msg);
+    m->msg = msg;
+    m->rc = ESIM_OK;
+    api_store_job(r, migration_run, migration_then, m);
 }

@@ -1805,6 +1805,15 @@ static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char
     return ESIM_OK;
 }
 
+esim_err svc_syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
+                               const char *request_type, const char *syncml, size_t len,
+                               const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                               char uuid_out[128], bool *enqueue_failed, esim_error *err)
+{
+    return syncml_enqueue_on(svc, st, uuid, request_type, syncml, len, udids, n, opts, uuid_out,
+                             enqueue_failed, err);
+}
+
 esim_err esim_service_enqueue_syncml_on(const esim_service *svc, store *st, const char *uuid,
                                         const char *request_type, const char *syncml, size_t len,
                                         const char *const *udids, size_t n,

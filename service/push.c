@@ -556,6 +556,28 @@ void push_send(esim_service *svc, const store_push_target *t, esim_push_state *s
         *state = ps;
 }
 
+push_read *push_read_targets(store *st, const char *const *udids, size_t n)
+{
+    push_read *out = calloc(n ? n : 1, sizeof *out);
+    for (size_t i = 0; out && i < n; i++)
+        out[i].rc = esim_store_push_target(st, udids[i], &out[i].t, &out[i].e);
+    return out;
+}
+
+esim_err push_read_send(esim_service *svc, const push_read *pr, esim_push_state *state,
+                        char apns_id[ESIM_UUID_LEN + 1], esim_error *err)
+{
+    if (apns_id)
+        apns_id[0] = '\0';
+    if (pr->rc != ESIM_OK) {
+        if (err)
+            *err = pr->e;
+        return pr->rc;
+    }
+    push_send(svc, &pr->t, state, apns_id, err);
+    return ESIM_OK;
+}
+
 /* A push whose caller waits for nothing (a duplicate's, an undone refill's):
  * the store read of its target on a pool worker, the push on the loop when
  * it is back. */

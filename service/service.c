@@ -1397,7 +1397,7 @@ esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *comma
 }
 
 void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
-                       const esim_enqueue_opts *opts, const store_push_target *targets,
+                       const esim_enqueue_opts *opts, const push_read *targets,
                        esim_push_state *pushes)
 {
     esim_service_enqueued(svc, udids, n);
@@ -1406,7 +1406,7 @@ void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
     for (size_t i = 0; i < n; i++) {
         esim_push_state ps = ESIM_PUSH_SKIPPED;
         if (opts->push && targets)
-            push_send(svc, &targets[i], &ps, NULL, NULL);
+            push_read_send(svc, &targets[i], &ps, NULL, NULL);
         else if (opts->push)
             push_device(svc, udids[i], &ps, NULL, NULL);
         if (pushes)

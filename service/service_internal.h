@@ -385,11 +385,26 @@ struct esim_api_request {
     void (*then)(struct esim_api_request *r, void *arg);
     void *then_arg;
     /* A module route's answer that waits on a store job (esim_api_defer):
-     * |answered| once given; |late| when the handler had returned by then
-     * (the answer ends the request: audit entry, memory). */
+     * |late| when the handler had returned by then (the answer ends the
+     * request: audit entry, memory). |answered|: given on the loop already
+     * (api_send, or a deferred answer). */
     bool deferred, answered, late;
+    bool stopped; /* |then| of a job that never ran: the service is stopping */
 };
 typedef struct esim_api_request api_request;
+
+/* From a handler on the loop (or from a |then|): |run| on a store pool
+ * worker with the worker's store in r->st and r->on_worker set (it answers
+ * an error, held, or leaves the answer to |then|), then |then| on the loop
+ * with the service's store, which answers unless |run| did (r->held.set)
+ * or the service stopped first (r->stopped), and frees |arg|. |then| may
+ * hand the request on again. Without a pool both run at once on the loop,
+ * |run| with the service's store and its answer held all the same. */
+void api_store_job(api_request *r, void (*run)(api_request *r, void *arg),
+                   void (*then)(api_request *r, void *arg), void *arg);
+/* True in a |then| when |run| answered (an error) or the service stopped:
+ * |then| only frees what it holds. */
+bool api_job_answered(const api_request *r);
 
 typedef void (*api_handler)(api_request *r);
 
@@ -524,9 +539,18 @@ void omadm_held_release(esim_service *svc, struct omadm_job *j);
 esim_err svc_enqueue_store(const esim_service *svc, store *st, const void *command_plist,
                            size_t len, const char *const *udids, size_t n,
                            const esim_enqueue_opts *opts, char uuid_out[128], esim_error *err);
+struct push_read;
 void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
-                       const esim_enqueue_opts *opts, const store_push_target *targets,
+                       const esim_enqueue_opts *opts, const struct push_read *targets,
                        esim_push_state *pushes);
+
+/* The store half of esim_service_enqueue_syncml (omadm.c), on |st|: checks
+ * and queues, nothing else; |enqueue_failed|: the store failed to queue it
+ * (a store failure for the loop to count). */
+esim_err svc_syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
+                               const char *request_type, const char *syncml, size_t len,
+                               const char *const *udids, size_t n, const esim_enqueue_opts *opts,
+                               char uuid_out[128], bool *enqueue_failed, esim_error *err);
 
 /* ---- the store worker pool (pool.c) ----------------------------------------------- */
 
@@ -632,6 +656,18 @@ esim_err api_iot_routes(esim_service *svc, esim_error *err);
  * ESIM_EINVAL with |field| naming what is wrong. */
 esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char request_type[64],
                           char summary[256], char field[64], esim_error *err);
+/* What the store halves below leave for the loop to count. */
+typedef struct {
+    uint64_t store_errors, enqueued;
+} eim_counts;
+/* esim_service_iot_register's store half, on |st| (a pool worker's, or the
+ * service's): one unit; |counts| add up what the loop counts. */
+esim_err eim_iot_register_on(store *st, const char *eid, int64_t token, int64_t counter,
+                             bool *created, eim_counts *counts, esim_error *err);
+/* esim_service_enqueue_iot's store half on |st|: checks and queues. */
+esim_err eim_enqueue_iot_on(store *st, const char *uuid, const char *package_json,
+                            const char *const *eids, size_t n, const esim_enqueue_opts *opts,
+                            char uuid_out[128], esim_error *err);
 
 esim_err wns_init(esim_service *svc, esim_error *err);
 void wns_free(esim_service *svc);
@@ -688,6 +724,19 @@ esim_err push_device(esim_service *svc, const char *udid, esim_push_state *state
  * (on a pool worker): no store call. */
 void push_send(esim_service *svc, const store_push_target *t, esim_push_state *state,
                char apns_id[ESIM_UUID_LEN + 1], esim_error *err);
+/* A device's push target as push_device reads it, read on a pool worker
+ * for a push on the loop: the target, or why it could not be read. */
+typedef struct push_read {
+    store_push_target t;
+    esim_err rc;
+    esim_error e;
+} push_read;
+/* Reads the targets of |udids| on |st| (a worker's): NULL when out of
+ * memory (the caller pushes with push_device on the loop instead). */
+push_read *push_read_targets(store *st, const char *const *udids, size_t n);
+/* push_device with the target read already: the same outcome, no store. */
+esim_err push_read_send(esim_service *svc, const push_read *pr, esim_push_state *state,
+                        char apns_id[ESIM_UUID_LEN + 1], esim_error *err);
 /* Pushes the device when no one waits for the outcome: its target is read
  * on a store pool worker (at once on the loop without a pool), the push
  * goes out on the loop afterwards. */

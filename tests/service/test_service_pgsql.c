@@ -414,6 +414,150 @@ static void test_slow_module_route_holds_no_loop(void **state)
     harness_stop(&ts);
 }
 
+/* The admin API's writes that queue and push (the NanoMDM enqueue, the
+ * Windows and IoT POSTs, an IoT registration, POST /v1/commands beyond
+ * 1,000 devices, whose push targets are read a slice at a time) are
+ * checked on the loop, then written on a pool worker: with the rows they
+ * write locked by another session, they wait on workers (two at a time, the
+ * admin share; the rest wait for one) while other devices check in, and
+ * answer as before once the lock is gone. With every call on the loop's
+ * own connection (ESIM_TEST_STORE_POOL=0) the check-ins wait behind them
+ * and the calls end first (statement timeouts): this test fails. */
+#define WIDE 1500
+static void test_slow_api_writes_hold_no_loop(void **state)
+{
+    (void)state;
+    if (!harness_store_is_pgsql())
+        skip();
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "slow-writes", &cfg, ts.data_dir);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    cfg.store = spec;
+    harness_start(&ts, &cfg);
+    test_device apple, others[NOTHERS];
+    device_new(&apple, &env, "00008110-PGWRITEAPPLE1", ts.url);
+    device_enroll(&apple);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGWRITEFAST%02d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    static const char eid[] = "89049032000001000000000000001529";
+    static const char eid2[] = "89049032000001000000000000001626";
+    char body[8192];
+    snprintf(body, sizeof body, "{\"eid\":\"%s\",\"association_token\":7}", eid);
+    json_t *reply = NULL;
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "POST", "/v1/iot/devices", body, "application/json", &reply),
+        200);
+    assert_int_equal(json_integer_value(json_object_get(reply, "registered")), 1);
+    json_decref(reply);
+    /* A Windows PC, and a wide fleet, written as enrolment would leave them. */
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker,
+                    "INSERT INTO devices (udid, enrolled, platform, eid) VALUES "
+                    "('PGWRITEWINDOWS1', 1, 'windows', '89049032000001000000000000001723')");
+    harness_pg_exec(locker, "INSERT INTO devices (udid, enrolled, push_token, push_magic, "
+                            "push_state) SELECT 'PGWIDE-' || lpad(i::text, 5, '0'), 1, 'aa', "
+                            "'m', 'valid' FROM generate_series(1, 1500) i");
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "SELECT 1 FROM devices WHERE udid IN ('00008110-PGWRITEAPPLE1', "
+                            "'PGWRITEWINDOWS1', 'PGWIDE-00001', '89049032000001000000000000001529')"
+                            " FOR UPDATE");
+    harness_pg_exec(locker, "INSERT INTO devices (udid) VALUES "
+                            "('89049032000001000000000000001626')");
+    char wide[WIDE * 16 + 200];
+    size_t at = (size_t)snprintf(wide, sizeof wide, "{\"udids\":[");
+    for (int i = 1; i <= WIDE; i++)
+        at +=
+            (size_t)snprintf(wide + at, sizeof wide - at, "%s\"PGWIDE-%05d\"", i > 1 ? "," : "", i);
+    snprintf(wide + at, sizeof wide - at,
+             "],\"command\":{\"request_type\":\"DeviceInformation\",\"queries\":[\"UDID\"]}}");
+    char enq_path[128], reg[256], pkg[256];
+    snprintf(enq_path, sizeof enq_path, "/v1/enqueue/%s", apple.udid);
+    snprintf(reg, sizeof reg, "{\"eid\":\"%s\",\"association_token\":9}", eid2);
+    snprintf(pkg, sizeof pkg, "{\"eids\":[\"%s\"],\"operations\":[{\"op\":\"get_rat\"}]}", eid);
+    static const char plist[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST "
+        "1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\"><plist version=\"1.0\">"
+        "<dict><key>CommandUUID</key><string>pg-nano-1</string><key>Command</key><dict>"
+        "<key>RequestType</key><string>DeviceInformation</string><key>Queries</key><array>"
+        "<string>UDID</string></array></dict></dict></plist>";
+    admin_call calls[] = {
+        {.url = ts.url, .method = "POST", .path = enq_path, .body = plist},
+        {.url = ts.url,
+         .method = "POST",
+         .path = "/v1/windows/commands",
+         .body = "{\"udids\":[\"PGWRITEWINDOWS1\"],\"uuid\":\"pg-win-1\",\"request_type\":\"Get\","
+                 "\"syncml\":\"<Get><CmdID>pg-win-1</CmdID><Item><Target><LocURI>./DevDetail/"
+                 "SwV</LocURI></Target></Item></Get>\"}"},
+        {.url = ts.url,
+         .method = "POST",
+         .path = "/v1/windows/esim",
+         .body = "{\"udids\":[\"PGWRITEWINDOWS1\"],\"operation\":\"local_ui\","
+                 "\"local_ui_enabled\":true}"},
+        {.url = ts.url, .method = "POST", .path = "/v1/iot/packages", .body = pkg},
+        {.url = ts.url, .method = "POST", .path = "/v1/iot/devices", .body = reg},
+        {.url = ts.url, .method = "POST", .path = "/v1/commands", .body = wide},
+    };
+    enum { NCALLS = sizeof calls / sizeof calls[0] };
+    for (int i = 0; i < NCALLS; i++)
+        assert_int_equal(pthread_create(&calls[i].thread, NULL, admin_main, &calls[i]), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 2, 200), 2);
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    for (int i = 0; i < NCALLS; i++) {
+        if (atomic_load(&calls[i].finished))
+            print_message("%s %s: %ld before the lock went\n", calls[i].method, calls[i].path,
+                          calls[i].code);
+        assert_int_equal(atomic_load(&calls[i].finished), 0);
+    }
+    harness_pg_exec(locker, "ROLLBACK");
+    static const long want[NCALLS] = {200, 201, 201, 201, 200, 200};
+    for (int i = 0; i < NCALLS; i++) {
+        pthread_join(calls[i].thread, NULL);
+        assert_int_equal(calls[i].code, want[i]);
+    }
+    /* What they wrote: each device's command queued; the wide call's pushes
+     * all read (every device pending: no APNs here). */
+    assert_int_equal(harness_store_query(&cfg,
+                                         "SELECT count(*) FROM queue WHERE udid IN "
+                                         "('00008110-PGWRITEAPPLE1', 'PGWRITEWINDOWS1', "
+                                         "'89049032000001000000000000001626')",
+                                         NULL, 0),
+                     4);
+    assert_int_equal(
+        harness_store_query(&cfg, "SELECT count(*) FROM queue WHERE udid LIKE 'PGWIDE-%'", NULL, 0),
+        WIDE);
+    assert_int_equal(
+        api_call(ts.url, TEST_TOKEN, "POST", "/v1/commands", wide, "application/json", &reply),
+        200);
+    json_t *devs = json_object_get(reply, "devices");
+    assert_int_equal(json_object_size(devs), WIDE);
+    const char *key;
+    json_t *v;
+    size_t pending = 0;
+    json_object_foreach(devs, key, v)
+    {
+        const char *p = json_string_value(json_object_get(v, "push"));
+        pending += p && strcmp(p, "pending") == 0;
+    }
+    assert_int_equal(pending, WIDE);
+    json_decref(reply);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&apple);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+}
+
 #define RDEV 4
 #define RCMD 12
 
@@ -697,6 +841,7 @@ int main(void)
         cmocka_unit_test(test_slow_query_holds_one_worker),
         cmocka_unit_test(test_slow_admin_holds_no_loop),
         cmocka_unit_test(test_slow_module_route_holds_no_loop),
+        cmocka_unit_test(test_slow_api_writes_hold_no_loop),
         cmocka_unit_test(test_database_restart_under_traffic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
