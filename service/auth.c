@@ -14,9 +14,11 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <openssl/cms.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -455,14 +457,19 @@ static esim_err from_header(esim_service *svc, struct evhttp_request *req, auth_
  * certificate (a few KiB each, so not one per device of a large fleet).
  *
  * Whether a certificate's chain to the device CA verified, and when, is kept
- * apart in a table keyed by the same digest that grows with the fleet (48
- * bytes an entry): a fleet larger than the 4096 slots parses a certificate
- * again when its slot was taken, but does not verify its chain again until
- * AUTH_REVERIFY_MS has passed (validity periods move on). Verifying a chain
- * costs about as much as parsing the certificate, and at 10,000 devices and
- * more almost every message missed the slots. */
+ * apart in a table keyed by the same digest that grows with the fleet (160
+ * bytes an entry): its chain is not verified again until AUTH_REVERIFY_MS
+ * has passed (validity periods move on), and for a P-256 key the entry
+ * keeps what a signature's check needs (the point, the signer's names, the
+ * notBefore), so a message whose certificate lost its slot (a fleet larger
+ * than the 4096 slots: at 10,000 devices and more almost every message) is
+ * checked with that key, its certificate not parsed again (≈ 1.5 M
+ * instructions with OpenSSL 3.0, nearly all decoding the key; making the
+ * key from its point ≈ 0.2 M). */
 
+#ifndef AUTH_CACHE_SLOTS /* a build may take fewer (bench/service: the path past the slots) */
 #define AUTH_CACHE_SLOTS 4096
+#endif
 #define AUTH_REVERIFY_MS (5 * 60 * 1000)
 #define AUTH_VERIFIED_MIN 1024
 #define AUTH_VERIFIED_MAX (1u << 22) /* about 200 MiB at most: 4 million devices */
@@ -472,10 +479,23 @@ typedef struct {
     X509 *x509; /* NULL: empty slot */
 } auth_entry;
 
+/* A verified certificate. With a P-256 key, also what an Mdm-Signature's
+ * check needs of it once its parsed slot was taken by another (auth_key):
+ * so a fleet larger than the slots neither parses nor verifies a chain
+ * again, and keeps about 160 bytes per certificate instead of an X509. */
+typedef struct {
+    unsigned char sid[16];   /* SHA-256 of its issuer Name's DER and serialNumber's, 16 bytes */
+    unsigned char ski[20];   /* its subjectKeyIdentifier */
+    unsigned char ski_len;   /* 0: it has none */
+    unsigned char point[65]; /* its public key, uncompressed; point[0] == 0: none kept */
+    int64_t not_before_ms;
+} auth_key;
+
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
     int64_t verified_at; /* 0: empty */
     int64_t until;       /* the verified chain's earliest notAfter, ms */
+    auth_key key;
 } auth_verified;
 
 struct auth_cache {
@@ -484,6 +504,7 @@ struct auth_cache {
     size_t ver_cap, ver_len;
     EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
     EVP_MD_CTX *dctx; /* reused for every digest (SHA256() fetches SHA-256 each call) */
+    EVP_PKEY_CTX *ec; /* makes EC public keys from auth_key points */
 };
 
 void auth_cache_free(esim_service *svc)
@@ -496,6 +517,7 @@ void auth_cache_free(esim_service *svc)
     for (size_t i = 0; i < sizeof svc->auth_cache->md / sizeof svc->auth_cache->md[0]; i++)
         EVP_MD_free(svc->auth_cache->md[i]);
     EVP_MD_CTX_free(svc->auth_cache->dctx);
+    EVP_PKEY_CTX_free(svc->auth_cache->ec);
     free(svc->auth_cache);
     svc->auth_cache = NULL;
 }
@@ -615,17 +637,26 @@ void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char o
         SHA256(data ? data : (const void *)"", len, out);
 }
 
-/* The cached certificate for these DER bytes, parsing it on a miss. NULL
- * when the bytes are not a certificate or memory runs out. */
-static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t len)
+/* The parsed-certificate slot for the digest |sha|. */
+static auth_entry *cache_slot(esim_service *svc, const unsigned char *sha)
 {
-    if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache)))
-        return NULL;
-    unsigned char sha[SHA256_DIGEST_LENGTH];
-    svc_sha256(svc, der, len, sha);
-    size_t idx = ((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS;
-    auth_entry *e = &svc->auth_cache->slot[idx];
-    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0) {
+    return &svc->auth_cache->slot[((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS];
+}
+
+static bool cache_has(esim_service *svc, const unsigned char *sha)
+{
+    const auth_entry *e = cache_slot(svc, sha);
+    return e->x509 && memcmp(e->sha, sha, sizeof e->sha) == 0;
+}
+
+/* The cached certificate for these DER bytes (|sha| their SHA-256),
+ * parsing it on a miss. NULL when the bytes are not a certificate or
+ * memory runs out. */
+static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t len,
+                             const unsigned char *sha)
+{
+    auth_entry *e = cache_slot(svc, sha);
+    if (e->x509 && memcmp(e->sha, sha, sizeof e->sha) == 0) {
         svc->m.identity_cache_hits++;
         return e;
     }
@@ -639,7 +670,7 @@ static auth_entry *cache_get(esim_service *svc, const unsigned char *der, size_t
     }
     X509_free(e->x509);
     e->x509 = x;
-    memcpy(e->sha, sha, sizeof sha);
+    memcpy(e->sha, sha, sizeof e->sha);
     return e;
 }
 
@@ -1086,6 +1117,10 @@ bool auth_signer_parse(const unsigned char *der, size_t len, auth_signer_info *o
  * signingTime (0: none). ESIM_EAUTH: it does not. ESIM_ENOTFOUND: not the
  * shape this reads; CMS_verify decides.
  */
+static esim_err verify_with_key(esim_service *svc, const auth_signer_info *si,
+                                const unsigned char *body, size_t len, EVP_PKEY *key,
+                                int64_t *signed_at, esim_error *err);
+
 static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsigned char *body,
                               size_t len, STACK_OF(X509) * stack, size_t *signer,
                               int64_t *signed_at, esim_error *err)
@@ -1100,10 +1135,22 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
     if (li == n)
         return ESIM_ENOTFOUND;
     EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(stack, (int)li));
+    esim_err rc = verify_with_key(svc, &si, body, len, key, signed_at, err);
+    if (rc == ESIM_OK)
+        *signer = li;
+    return rc;
+}
+
+/* The checks of verify_direct once the signer's key is known: the body's
+ * digest, then the signature over the attributes (their SET OF tag in
+ * place of the [0] they are sent with), and the signingTime. */
+static esim_err verify_with_key(esim_service *svc, const auth_signer_info *sip,
+                                const unsigned char *body, size_t len, EVP_PKEY *key,
+                                int64_t *signed_at, esim_error *err)
+{
+    const auth_signer_info si = *sip;
     if (!key || EVP_PKEY_get_base_id(key) != si.key_type)
         return ESIM_ENOTFOUND;
-    /* The body's digest, then the signature over the attributes (their
-     * SET OF tag in place of the [0] they are sent with). */
     EVP_MD *md = cached_md(svc, si.md_i, si.md_nid);
     unsigned char mine[EVP_MAX_MD_SIZE];
     unsigned mine_len = 0;
@@ -1123,7 +1170,6 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
     ERR_clear_error();
     if (!ok)
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
-    *signer = li;
     *signed_at = 0;
     if (si.when) {
         const unsigned char *tp = si.when;
@@ -1133,6 +1179,143 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
         ERR_clear_error();
     }
     return ESIM_OK;
+}
+
+/* What an Mdm-Signature's check needs of |leaf| (whose chain just
+ * verified, its digest |sha|), kept in its verified entry: a P-256 key's
+ * point, the names a SignerIdentifier may give it by, its notBefore. Other
+ * keys keep nothing (their messages parse the certificate on a slot miss). */
+static void ver_note_key(esim_service *svc, const unsigned char *sha, X509 *leaf)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c || !c->ver)
+        return;
+    auth_verified *v = ver_slot(c->ver, c->ver_cap, sha);
+    if (!v->verified_at || v->key.point[0])
+        return;
+    auth_key k = {0};
+    EVP_PKEY *key = X509_get0_pubkey(leaf);
+    char group[32];
+    size_t glen = 0, plen = 0;
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(leaf);
+    const unsigned char *name = NULL;
+    size_t name_len = 0;
+    unsigned char serial[64], *w = serial;
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(leaf);
+    int serial_len = sn ? i2d_ASN1_INTEGER(sn, NULL) : -1;
+    bool ok = key && EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+              EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
+              strcmp(group, "prime256v1") == 0 &&
+              EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, k.point, sizeof k.point,
+                                              &plen) == 1 &&
+              plen == sizeof k.point && k.point[0] == 0x04 &&
+              (!ski || (size_t)ASN1_STRING_length(ski) <= sizeof k.ski) &&
+              X509_NAME_get0_der(X509_get_issuer_name(leaf), &name, &name_len) == 1 &&
+              serial_len > 0 && serial_len <= (int)sizeof serial &&
+              i2d_ASN1_INTEGER(sn, &w) == serial_len &&
+              (k.not_before_ms = time_ms(X509_get0_notBefore(leaf))) != 0;
+    if (ok && ski) {
+        k.ski_len = (unsigned char)ASN1_STRING_length(ski);
+        memcpy(k.ski, ASN1_STRING_get0_data(ski), k.ski_len);
+    }
+    unsigned char sid[SHA256_DIGEST_LENGTH];
+    if (ok) {
+        /* The issuerAndSerialNumber's contents as a SignerIdentifier sends
+         * them: the Name's DER, then the INTEGER's. */
+        unsigned n = 0;
+        EVP_MD *md = cached_md(svc, 2, NID_sha256);
+        ok = md && c->dctx && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
+             EVP_DigestUpdate(c->dctx, name, name_len) == 1 &&
+             EVP_DigestUpdate(c->dctx, serial, (size_t)serial_len) == 1 &&
+             EVP_DigestFinal_ex(c->dctx, sid, &n) == 1 && n == sizeof sid;
+    }
+    ERR_clear_error();
+    if (!ok)
+        return;
+    memcpy(k.sid, sid, sizeof k.sid);
+    v->key = k;
+}
+
+/* |si|'s signer among the verified entries of |shas| (n certificates):
+ * one whose chain verified within AUTH_REVERIFY_MS and whose kept key
+ * matches the SignerIdentifier. NULL: none. */
+static const auth_verified *known_signer(esim_service *svc, const auth_signer_info *si,
+                                         unsigned char (*shas)[SHA256_DIGEST_LENGTH], size_t n,
+                                         int64_t now, size_t *which)
+{
+    struct auth_cache *c = svc->auth_cache;
+    unsigned char sid[SHA256_DIGEST_LENGTH];
+    if (si->sid_tag != 0x80)
+        svc_sha256(svc, si->sid, si->sid_len, sid);
+    for (size_t i = 0; i < n; i++) {
+        const auth_verified *v = ver_slot(c->ver, c->ver_cap, shas[i]);
+        if (!v->verified_at || now - v->verified_at > AUTH_REVERIFY_MS || !v->key.point[0])
+            continue;
+        bool match = si->sid_tag == 0x80 ? v->key.ski_len && v->key.ski_len == si->sid_len &&
+                                               memcmp(v->key.ski, si->sid, si->sid_len) == 0
+                                         : memcmp(v->key.sid, sid, sizeof v->key.sid) == 0;
+        if (match) {
+            *which = i;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+/* A P-256 public key from its uncompressed point. NULL on failure. */
+static EVP_PKEY *p256_key(esim_service *svc, const unsigned char point[65])
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c->ec && !(c->ec = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)))
+        return NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)"prime256v1", 0),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, 65),
+        OSSL_PARAM_construct_end()};
+    EVP_PKEY *key = NULL;
+    if (EVP_PKEY_fromdata_init(c->ec) != 1 ||
+        EVP_PKEY_fromdata(c->ec, &key, EVP_PKEY_PUBLIC_KEY, params) != 1) {
+        EVP_PKEY_free(key);
+        key = NULL;
+    }
+    ERR_clear_error();
+    return key;
+}
+
+/* The path for a signer whose parsed slot was taken (a fleet larger than
+ * the slots): its chain verified recently and its key was kept
+ * (ver_note_key), so the signature is checked with that key, nothing
+ * parsed. The same checks as verify_direct; the identity is the
+ * certificate whose key verified. ESIM_ENOTFOUND: not known, or not the
+ * shape verify_direct reads; the ordinary path decides. */
+static esim_err verify_known(esim_service *svc, const esim_buf *der,
+                             unsigned char (*shas)[SHA256_DIGEST_LENGTH], size_t n,
+                             const unsigned char *body, size_t len, auth_identity *out,
+                             esim_error *err)
+{
+    auth_signer_info si;
+    if (!svc->auth_cache->ver || !auth_signer_parse(der->data, der->len, &si) ||
+        si.key_type != EVP_PKEY_EC)
+        return ESIM_ENOTFOUND;
+    size_t li = 0;
+    const auth_verified *v = known_signer(svc, &si, shas, n, esim_now_ms(), &li);
+    EVP_PKEY *key = v ? p256_key(svc, v->key.point) : NULL;
+    if (!key)
+        return ESIM_ENOTFOUND;
+    int64_t signed_at = 0;
+    esim_err rc = verify_with_key(svc, &si, body, len, key, &signed_at, err);
+    EVP_PKEY_free(key);
+    if (rc != ESIM_OK)
+        return rc;
+    svc->m.identity_cache_keys++;
+    esim_buf hex = {0};
+    rc = esim_hex_encode(shas[li], SHA256_DIGEST_LENGTH, &hex);
+    if (rc == ESIM_OK)
+        memcpy(out->cert_sha256, hex.data, 65);
+    esim_buf_free(&hex);
+    out->not_before_ms = v->key.not_before_ms;
+    out->signed_at_ms = signed_at;
+    return rc;
 }
 
 /* The fast path: certificates come from the cache, the signature is checked
@@ -1154,18 +1337,32 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
         esim_buf_free(&stripped);
         return ESIM_ENOTFOUND;
     }
-    STACK_OF(X509) *stack = sk_X509_new_null();
+    if (!svc->auth_cache && !(svc->auth_cache = calloc(1, sizeof *svc->auth_cache))) {
+        esim_buf_free(&stripped);
+        return ESIM_ENOTFOUND;
+    }
     unsigned char shas[8][SHA256_DIGEST_LENGTH];
+    bool parsed = true;
+    for (size_t i = 0; i < n; i++) {
+        svc_sha256(svc, certs[i], cert_lens[i], shas[i]);
+        parsed = parsed && cache_has(svc, shas[i]);
+    }
+    if (!parsed) {
+        esim_err known = verify_known(svc, der, shas, n, body, len, out, err);
+        if (known != ESIM_ENOTFOUND) {
+            esim_buf_free(&stripped);
+            return known;
+        }
+    }
+    STACK_OF(X509) *stack = sk_X509_new_null();
     esim_err rc = stack ? ESIM_OK : ESIM_ENOMEM;
     for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
-        auth_entry *e = cache_get(svc, certs[i], cert_lens[i]);
+        auth_entry *e = cache_get(svc, certs[i], cert_lens[i], shas[i]);
         if (!e || !X509_up_ref(e->x509)) {
             rc = ESIM_ENOTFOUND;
         } else if (!sk_X509_push(stack, e->x509)) {
             X509_free(e->x509);
             rc = ESIM_ENOTFOUND;
-        } else {
-            memcpy(shas[i], e->sha, sizeof shas[i]);
         }
     }
     /* The signature: directly when it has the usual shape, else by
@@ -1218,6 +1415,8 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
                 if (rc == ESIM_OK)
                     ver_put(svc, shas[li], now, until);
             }
+            if (rc == ESIM_OK)
+                ver_note_key(svc, shas[li], leaf);
         }
         if (rc == ESIM_OK) {
             esim_buf hex = {0};
