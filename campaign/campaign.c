@@ -62,6 +62,12 @@ typedef struct camp_slot {
     /* devices whose step command is to be queued, by platform and step */
     idx_vec pending[CAMPAIGN_PLATFORM_COUNT][CAMPAIGN_STEP_COUNT];
     idx_vec pushes; /* devices to push after the queueing */
+    /* pushes[0..pushes_ready): asked for before the store job in flight
+     * took its batches, so whatever they wake the device for is in that
+     * job's unit; the rest wait for the next job's (a push must not reach
+     * a device before the command it is for is committed: the device
+     * would check in, find nothing, and the campaign would wait on it). */
+    size_t pushes_ready;
     bool row_dirty; /* the campaign row changed (state) */
     campaign_state last_state;
     /* The warnings given at creation ({"total", "by_kind", "first"}), kept
@@ -437,10 +443,13 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
     free(udids);
 }
 
-static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
+/* Pushes the devices of s->pushes[0..upto) and keeps the rest for later. */
+static void flush_pushes(campaigns *cs, camp_slot *s, size_t upto, int64_t now)
 {
+    if (upto > s->pushes.n)
+        upto = s->pushes.n;
     campaign *c = s->c;
-    for (size_t k = 0; k < s->pushes.n; k++) {
+    for (size_t k = 0; k < upto; k++) {
         size_t i = s->pushes.v[k];
         const campaign_dev *d = campaign_device_at(c, i);
         if (d->state != CDEV_ACTIVE)
@@ -468,7 +477,9 @@ static void flush_pushes(campaigns *cs, camp_slot *s, int64_t now)
         if (why)
             campaign_on_push_failed(c, i, why, now);
     }
-    s->pushes.n = 0;
+    memmove(s->pushes.v, s->pushes.v + upto, (s->pushes.n - upto) * sizeof *s->pushes.v);
+    s->pushes.n -= upto;
+    s->pushes_ready = 0;
 }
 
 /* The store's record of device |i| of |c|, whose commands are |cmds|. */
@@ -723,7 +734,7 @@ static void flush_inline(campaigns *cs)
     free(batches);
     for (size_t k = 0; k < cs->n_slots; k++)
         if (cs->slots[k]->pushes.n)
-            flush_pushes(cs, cs->slots[k], now);
+            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes.n, now);
     /* Left by store jobs (the pool stopped since). */
     for (size_t i = 0; i < cs->n_cancels; i++)
         esim_store_queue_cancel(esim_service_store(cs->svc), cs->cancels[i].udid,
@@ -1195,8 +1206,8 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
     }
     bool pushed = false;
     for (size_t k = 0; k < cs->n_slots; k++)
-        if (cs->slots[k]->owned && cs->slots[k]->pushes.n) {
-            flush_pushes(cs, cs->slots[k], now);
+        if (cs->slots[k]->owned && cs->slots[k]->pushes_ready) {
+            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes_ready, now);
             pushed = true;
         }
     release_holds(cs, j->holds, j->n_holds);
@@ -1248,6 +1259,8 @@ static void flush_start(campaigns *cs)
     j->n_cancels = cs->n_cancels;
     cs->cancels = NULL;
     cs->n_cancels = cs->cap_cancels = 0;
+    for (size_t k = 0; k < cs->n_slots; k++)
+        cs->slots[k]->pushes_ready = cs->slots[k]->pushes.n;
     j->nb = prepare_batches(cs, j->now, &j->batches);
     for (size_t i = 0; i < j->nb; i++)
         if (!batch_copy_udids(&j->batches[i])) {
@@ -2577,7 +2590,7 @@ static void cancel_queued(campaigns *cs, camp_slot *s, int64_t now)
     for (int p = 0; p < CAMPAIGN_PLATFORM_COUNT; p++)
         for (int k = 0; k < CAMPAIGN_STEP_COUNT; k++)
             s->pending[p][k].n = 0;
-    s->pushes.n = 0;
+    s->pushes.n = s->pushes_ready = 0;
 }
 
 /* Moves the engine of |s| to |to| (pause, resume, cancel): what a control
