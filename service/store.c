@@ -1044,7 +1044,7 @@ esim_err esim_store_iot_get(store *st, const char *eid, store_iot_device *out, e
     memset(out, 0, sizeof *out);
     if (!eid || !*eid)
         return esim_fail(err, ESIM_ENOTFOUND, "no EID");
-    esim_err rc = st->ops->iot_get(st, eid, true, out, err);
+    esim_err rc = st->ops->iot_get(st, eid, false, out, err);
     if (rc == ESIM_ENOTFOUND)
         return esim_fail(err, rc, "EID %s is not known to the eIM", eid);
     return rc;

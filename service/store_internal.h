@@ -197,9 +197,13 @@ struct store_ops {
                             size_t *n, esim_error *err);
 
     /* ---- IoT devices and packages ---- */
-    /* ESIM_ENOTFOUND (|err| untouched) when none; the certificate only when
-     * |with_cert|. */
-    esim_err (*iot_get)(store *st, const char *eid, bool with_cert, store_iot_device *out,
+    /* ESIM_ENOTFOUND (|err| untouched) when none. |for_update|: the caller
+     * writes the record back in the same operation, so the record, or the
+     * EID while there is none yet, stays locked until the transaction ends:
+     * two instances' read-modify-writes of one EID (a registration and a
+     * poll, two counters) run one after the other, never over each other
+     * (PostgreSQL; SQLite writes one transaction at a time anyway). */
+    esim_err (*iot_get)(store *st, const char *eid, bool for_update, store_iot_device *out,
                         esim_error *err);
     /* Creates or replaces the whole record (certificate included). */
     esim_err (*iot_put)(store *st, const store_iot_device *d, esim_error *err);

@@ -250,6 +250,7 @@ static const migration migrations[] = {
 /* Any number, as long as every instance uses the same one: instances
  * starting together queue on it and migrate one after the other. */
 #define MIGRATION_LOCK_KEY 0x65736d6d /* "esmm" */
+#define IOT_LOCK_CLASS "6909812"      /* "iot" */
 
 /* ---- statements ------------------------------------------------------------ */
 
@@ -340,6 +341,8 @@ enum {
     S_OUTBOX_DEL,
     S_OUTBOX_LIST,
     S_IOT_GET,
+    S_IOT_GET_LOCKED,
+    S_IOT_KEY_LOCK,
     S_IOT_PUT,
     S_IOT_LIST,
     S_IOT_PKG_PUT,
@@ -477,6 +480,13 @@ static const char *const statement_sql[S_COUNT] = {
                       " WHERE udid = $1 AND id > $2 ORDER BY id LIMIT $3",
     [S_IOT_GET] = "SELECT eid, state, association_token, counter, last_poll_ms, registered_ms, "
                   "updated_ms, last_error, euicc_cert FROM iot_devices WHERE eid = $1",
+    [S_IOT_GET_LOCKED] = "SELECT eid, state, association_token, counter, last_poll_ms, "
+                         "registered_ms, updated_ms, last_error, euicc_cert FROM iot_devices "
+                         "WHERE eid = $1 FOR UPDATE",
+    /* An EID with no record yet: FOR UPDATE has no row to lock, so the key
+     * itself is locked (in a key space of its own beside the migrations'
+     * single-key lock), until the transaction ends. */
+    [S_IOT_KEY_LOCK] = "SELECT pg_advisory_xact_lock(" IOT_LOCK_CLASS ", hashtext($1))::text",
     [S_IOT_PUT] =
         "INSERT INTO iot_devices (eid, state, association_token, counter, last_poll_ms, "
         "registered_ms, updated_ms, last_error, euicc_cert) VALUES ($1, $2, $3, $4, $5, $6, $7,"
@@ -1573,10 +1583,22 @@ static void pg_iot_row(const PGresult *r, int i, store_iot_device *d)
     col_text(r, i, 7, d->last_error, sizeof d->last_error);
 }
 
-static esim_err pg_iot_get(store *base, const char *eid, bool with_cert, store_iot_device *out,
+static esim_err pg_iot_get(store *base, const char *eid, bool for_update, store_iot_device *out,
                            esim_error *err)
 {
-    PGresult *r = run((pg_store *)base, err, S_IOT_GET, "t", eid);
+    pg_store *s = (pg_store *)base;
+    int stmt = for_update ? S_IOT_GET_LOCKED : S_IOT_GET;
+    PGresult *r = run(s, err, stmt, "t", eid);
+    if (r && for_update && PQntuples(r) == 0) {
+        /* None yet: lock the EID, then read again (whoever created it
+         * meanwhile held that lock and has committed). */
+        PQclear(r);
+        r = run(s, err, S_IOT_KEY_LOCK, "t", eid);
+        if (r) {
+            PQclear(r);
+            r = run(s, err, stmt, "t", eid);
+        }
+    }
     if (!r)
         return ESIM_ESTORE;
     esim_err rc = ESIM_OK;
@@ -1584,7 +1606,7 @@ static esim_err pg_iot_get(store *base, const char *eid, bool with_cert, store_i
         rc = ESIM_ENOTFOUND;
     } else {
         pg_iot_row(r, 0, out);
-        if (with_cert && col_bytes(r, 0, 8, &out->euicc_cert) != ESIM_OK)
+        if (col_bytes(r, 0, 8, &out->euicc_cert) != ESIM_OK)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     PQclear(r);

@@ -856,9 +856,10 @@ static esim_err col_blob(sqlite3_stmt *st, int col, esim_buf *out)
     return b && len > 0 ? esim_buf_append(out, b, (size_t)len) : ESIM_OK;
 }
 
-static esim_err sq_iot_get(store *base, const char *eid, bool with_cert, store_iot_device *out,
+static esim_err sq_iot_get(store *base, const char *eid, bool for_update, store_iot_device *out,
                            esim_error *err)
 {
+    (void)for_update; /* one writer at a time */
     sqlite_store *s = (sqlite_store *)base;
     int r = run(s, err, S_IOT_GET, "t", eid);
     if (r < 0)
@@ -869,7 +870,7 @@ static esim_err sq_iot_get(store *base, const char *eid, bool with_cert, store_i
         rc = ESIM_ENOTFOUND;
     } else {
         sq_iot_row(st, out);
-        if (with_cert && col_blob(st, 8, &out->euicc_cert) != ESIM_OK)
+        if (col_blob(st, 8, &out->euicc_cert) != ESIM_OK)
             rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     sqlite3_reset(st);

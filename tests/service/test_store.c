@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -699,6 +700,83 @@ static void test_iot_relay(void **state)
     assert_int_equal(esim_store_relay_session_drop(st, "0C", NULL), ESIM_OK);
     rs.smdp[0] = '\0';
     assert_int_equal(esim_store_relay_session_put(st, &rs, 0, NULL), ESIM_EINVAL);
+    esim_store_close(st);
+}
+
+typedef struct {
+    const char *spec, *eid;
+    esim_err rc;
+    store_iot_device d;
+} iot_poller;
+
+/* An EID's poll from a second handle (another instance). */
+static void *iot_poll_main(void *arg)
+{
+    iot_poller *p = arg;
+    store *other = NULL;
+    p->rc = esim_store_open(p->spec, NULL, NULL, &other, NULL);
+    if (p->rc == ESIM_OK) {
+        p->rc = esim_store_iot_poll(other, p->eid, 2000, &p->d, NULL);
+        esim_buf_free(&p->d.euicc_cert);
+        esim_store_close(other);
+    }
+    return NULL;
+}
+
+/* Until |watch| sees a statement on iot_devices (or the lock on an EID
+ * without a record) waiting on a lock: false after ~10 s. */
+static bool iot_statement_waits(PGconn *watch)
+{
+    for (int i = 0; i < 500; i++) {
+        PGresult *r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "wait_event_type = 'Lock' AND (query LIKE '%iot_devices%' "
+                                    "OR query LIKE '%pg_advisory_xact_lock(6909812%')");
+        bool waits = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
+        PQclear(r);
+        if (waits)
+            return true;
+        usleep(20000);
+    }
+    return false;
+}
+
+/* An EID's first poll while its registration, in a unit still open on
+ * another instance, has written its record: the poll waits for the unit,
+ * then records itself on the registered record, instead of writing an
+ * "unregistered" one over it once the registration commits (the poll had
+ * found no record; the eIM then never sent the device anything). */
+static void test_iot_poll_waits_for_registration(void **state)
+{
+    (void)state;
+    if (testing_sqlite())
+        skip(); /* one writer at a time */
+    char spec[600];
+    store *st = open_fresh(spec);
+    char eid[ESIM_EID_LEN + 1] = "89049032000000000000000000000300";
+    assert_int_equal(esim_eid_set_check_digits(eid, NULL), ESIM_OK);
+    PGconn *watch = PQconnectdb(spec);
+    assert_int_equal(PQstatus(watch), CONNECTION_OK);
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    bool created = false;
+    assert_int_equal(esim_store_iot_register(st, eid, 7, 0, 1000, &created, NULL), ESIM_OK);
+    iot_poller p = {.spec = spec, .eid = eid};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, iot_poll_main, &p), 0);
+    bool waited = iot_statement_waits(watch);
+    esim_err end = esim_store_unit_end(st, true, NULL);
+    pthread_join(t, NULL);
+    PQfinish(watch);
+    assert_true(waited);
+    assert_int_equal(end, ESIM_OK);
+    assert_int_equal(p.rc, ESIM_OK);
+    assert_string_equal(p.d.state, "registered");
+    store_iot_device d = {0};
+    assert_int_equal(esim_store_iot_get(st, eid, &d, NULL), ESIM_OK);
+    assert_string_equal(d.state, "registered");
+    assert_int_equal(d.association_token, 7);
+    assert_int_equal(d.registered_ms, 1000);
+    assert_int_equal(d.last_poll_ms, 2000);
+    esim_buf_free(&d.euicc_cert);
     esim_store_close(st);
 }
 
@@ -1573,6 +1651,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_iot_devices_and_packages),
+        cmocka_unit_test(test_iot_poll_waits_for_registration),
         cmocka_unit_test(test_iot_relay),
         cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
