@@ -629,7 +629,7 @@ static esim_err apply_result(esim_service *svc, store_iot_package *p, const char
     if (rc == ESIM_OK && error && *error)
         rc = esim_store_iot_update(svc->st, p->eid, NULL, NULL, 0, error, now, err);
     if (rc == ESIM_OK && in_unit && out.outcome == STORE_RESULT_APPLIED)
-        rc = webhooks_write(svc, svc->st, webhooks_event(svc, &m, der, len, NULL), &hooks, err);
+        rc = webhooks_write(svc, svc->st, &m, der, len, NULL, &hooks, err);
     esim_err end = esim_store_unit_end(svc->st, rc == ESIM_OK, err);
     if (rc == ESIM_OK)
         rc = end;

@@ -288,8 +288,7 @@ static void mdm_unit_end(mdm_job *j, store *st, int64_t tally)
         return;
     if (pj->rc == ESIM_OK) {
         svc_event_extra x = {j->query, tally};
-        char *payload = webhooks_event(j->svc, &j->msg, j->raw, j->raw_len, &x);
-        pj->rc = webhooks_write(j->svc, st, payload, &j->hooks, &pj->e);
+        pj->rc = webhooks_write(j->svc, st, &j->msg, j->raw, j->raw_len, &x, &j->hooks, &pj->e);
     }
     esim_err end = esim_store_unit_end(st, pj->rc == ESIM_OK, &pj->e);
     if (pj->rc == ESIM_OK)

@@ -764,8 +764,7 @@ static esim_err result_webhook_write(omadm_job *job, const char *udid, const cha
     esim_err rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (msg && result_event(udid, uuid, ok, raw, msg, &body)) {
         svc_event_extra x = {.query = job->query, .tally = -1};
-        char *payload = webhooks_event(job->svc, msg, body.data, body.len, &x);
-        rc = webhooks_write(job->svc, job->st, payload, hooks, err);
+        rc = webhooks_write(job->svc, job->st, msg, body.data, body.len, &x, hooks, err);
         esim_msg_free(msg);
     }
     free(msg);

@@ -797,21 +797,18 @@ void webhooks_tick(esim_service *svc, int64_t now);
  * change it reports. Not started yet; NULL without webhooks. Never blocks. */
 hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
                            const svc_event_extra *x);
-/* The same in two halves, for a store without batches (PostgreSQL), so
- * that the rows commit in the unit of the change they report: the event's
- * body (a new event id; NULL without webhooks or out of memory), then its
- * rows, one per URL, written on |st| inside the caller's open unit, claimed
- * by this instance; the deliveries, not started, in *out (NULL without
- * webhooks). Takes |payload|. Both run on any thread (a pool worker's, with
- * the worker's store): they read the service's configuration only. An
- * error fails the unit (the caller undoes it: change and events together
- * or neither). */
-char *webhooks_event(const esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
-                     const svc_event_extra *x);
-esim_err webhooks_write(const esim_service *svc, store *st, char *payload, hook_job **out,
-                        esim_error *err);
+/* The same for a store without batches (PostgreSQL), so that the rows
+ * commit in the unit of the change they report: the event (a new event id)
+ * and its rows, one per URL, written on |st| inside the caller's open unit,
+ * claimed by this instance; the deliveries, not started, in *out (NULL
+ * without webhooks). Runs on any thread (a pool worker's, with the
+ * worker's store): it reads the service's configuration only. An error
+ * fails the unit (the caller undoes it: change and events together or
+ * neither). */
+esim_err webhooks_write(const esim_service *svc, store *st, const esim_msg *msg, const void *raw,
+                        size_t len, const svc_event_extra *x, hook_job **out, esim_error *err);
 /* Whether device paths write their events' rows in their own unit
- * (webhooks_event, webhooks_write) rather than in the loop turn's batch
+ * (webhooks_write) rather than in the loop turn's batch
  * (webhooks_prepare): with webhooks, on a store without batches. */
 bool webhooks_in_unit(const esim_service *svc);
 /* Starts them once their batch committed; or forgets them when it was

@@ -6,7 +6,7 @@
  * retry with back-off, and the oldest are dropped (and counted) beyond a cap.
  * Each delivery is also a row of the store's outbox, written in the batch of
  * the change it reports (SQLite), or in the change's own unit (PostgreSQL:
- * webhooks_event and webhooks_write, on the pool worker that runs it), and
+ * webhooks_write, on the pool worker that runs it), and
  * deleted once answered 2xx (or given up, or dropped): a restart starts again every delivery still
  * in the outbox, with the same body and event id, so an event is delivered at least once. Instances
  * sharing a store share the outbox: each row is claimed by the instance sending it (renewed from
@@ -503,21 +503,15 @@ bool webhooks_in_unit(const esim_service *svc)
     return svc->webhooks && !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH);
 }
 
-char *webhooks_event(const esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
-                     const svc_event_extra *x)
+/* One delivery of |payload| (taken) per receiver, each with its outbox
+ * row written on |st| and claimed by this instance. |whole|: all or none,
+ * a row or memory that fails undoes the lot (its error in |err|); else a
+ * delivery whose row could not be written still goes, from memory only
+ * (early beats never), and is counted in *rows_failed. */
+static esim_err deliveries_of(const esim_service *svc, store *st, char *payload, bool whole,
+                              hook_job **out, size_t *rows_failed, esim_error *err)
 {
-    return svc->webhooks ? build_payload(msg, raw, len, x) : NULL;
-}
-
-esim_err webhooks_write(const esim_service *svc, store *st, char *payload, hook_job **out,
-                        esim_error *err)
-{
-    *out = NULL;
     svc_webhooks *wh = svc->webhooks;
-    if (!wh || !payload) {
-        free(payload);
-        return wh ? esim_fail(err, ESIM_ENOMEM, "out of memory") : ESIM_OK;
-    }
     size_t plen = strlen(payload);
     hook_job *first = NULL, **tail = &first;
     int64_t now = esim_now_ms();
@@ -528,54 +522,57 @@ esim_err webhooks_write(const esim_service *svc, store *st, char *payload, hook_
             payload = NULL;
         hook_job *j = body ? job_new(wh, u, body, plen) : NULL;
         if (!j) {
-            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
-            break;
+            if (whole)
+                rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            continue;
         }
         *tail = j;
         tail = &j->next;
-        rc = esim_store_outbox_add_claimed(st, wh->url_keys[u], body, plen, svc->instance_id,
-                                           WEBHOOK_CLAIM_MS, now, &j->outbox_id, err);
+        esim_err wrc =
+            esim_store_outbox_add_claimed(st, wh->url_keys[u], body, plen, svc->instance_id,
+                                          WEBHOOK_CLAIM_MS, now, &j->outbox_id, whole ? err : NULL);
+        if (wrc != ESIM_OK && whole) {
+            rc = wrc;
+        } else if (wrc != ESIM_OK) {
+            (*rows_failed)++;
+            j->outbox_id = 0;
+        }
     }
     free(payload);
     if (rc != ESIM_OK) {
         webhooks_discard(first);
-        return rc;
+        first = NULL;
     }
     *out = first;
-    return ESIM_OK;
+    return rc;
+}
+
+esim_err webhooks_write(const esim_service *svc, store *st, const esim_msg *msg, const void *raw,
+                        size_t len, const svc_event_extra *x, hook_job **out, esim_error *err)
+{
+    *out = NULL;
+    if (!svc->webhooks)
+        return ESIM_OK;
+    char *payload = build_payload(msg, raw, len, x);
+    if (!payload)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    return deliveries_of(svc, st, payload, true, out, NULL, err);
 }
 
 hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *raw, size_t len,
                            const svc_event_extra *x)
 {
-    svc_webhooks *wh = svc->webhooks;
-    if (!wh)
+    if (!svc->webhooks)
         return NULL;
     char *payload = build_payload(msg, raw, len, x);
     if (!payload)
         return NULL;
-    size_t plen = strlen(payload);
-    hook_job *first = NULL, **tail = &first;
-    int64_t now = esim_now_ms();
-    for (size_t u = 0; u < svc->cfg.n_webhook_urls; u++) {
-        char *body = u + 1 == svc->cfg.n_webhook_urls ? payload : strdup(payload);
-        if (body == payload)
-            payload = NULL;
-        hook_job *j = body ? job_new(wh, u, body, plen) : NULL;
-        if (!j)
-            continue;
-        /* A row that cannot be written (store error) still goes out, from
-         * memory only: early beats never. */
-        if (esim_store_outbox_add_claimed(svc->st, wh->url_keys[u], body, plen, svc->instance_id,
-                                          WEBHOOK_CLAIM_MS, now, &j->outbox_id, NULL) != ESIM_OK) {
-            svc_store_failed(svc, NULL);
-            j->outbox_id = 0;
-        }
-        *tail = j;
-        tail = &j->next;
-    }
-    free(payload);
-    return first;
+    hook_job *jobs = NULL;
+    size_t rows_failed = 0;
+    (void)deliveries_of(svc, svc->st, payload, false, &jobs, &rows_failed, NULL);
+    while (rows_failed--)
+        svc_store_failed(svc, NULL);
+    return jobs;
 }
 
 /* Puts |j| at the end of the list and starts it; never lets a dead
