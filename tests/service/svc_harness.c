@@ -4,6 +4,7 @@
  * bodies with CMS (SHA-256 or SHA-1, leaf certificate only), API helpers.
  */
 #include <ctype.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -626,4 +627,44 @@ void hook_receiver_stop(hook_receiver *rc)
     evhttp_free(rc->http);
     event_base_free(rc->base);
     fclose(rc->out);
+}
+
+void harness_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+pid_t harness_serve(const char *bin, const char *config, const char *port_file, const char *log,
+                    char url[64])
+{
+    unlink(port_file);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(devnull, 1);
+        dup2(fd >= 0 ? fd : devnull, 2);
+        execl(bin, bin, "serve", "--config", config, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 1200; i++) {
+        FILE *f = fopen(port_file, "r");
+        int port = 0;
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1)
+                port = 0;
+            fclose(f);
+        }
+        if (port > 0) {
+            snprintf(url, 64, "http://127.0.0.1:%d", port);
+            return pid;
+        }
+        usleep(25 * 1000);
+    }
+    fail_msg("esim-mdm serve did not write its port file (see %s)", log);
+    return -1;
 }

@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -89,6 +90,15 @@ bool harness_store_is_pgsql(void);
 /* A connection of the test's own to PostgreSQL |spec|, beside the
  * service's (to hold a lock, to watch); asserts it connected. */
 PGconn *harness_pg_connect(const char *spec);
+
+/* |text| into the file |path| (created or emptied). */
+void harness_write_text(const char *path, const char *text);
+/* `|bin| serve --config |config|` as a child process, its standard error
+ * appended to |log|: its pid, once it wrote its port into |port_file|
+ * (removed first), with url set to http://127.0.0.1:PORT. Fails the test
+ * when no port comes within 30 s. */
+pid_t harness_serve(const char *bin, const char *config, const char *port_file, const char *log,
+                    char url[64]);
 /* Runs |sql| on |c|; fails the test with the server's message on an error. */
 void harness_pg_exec(PGconn *c, const char *sql);
 /* Waits (up to |tries| x 20 ms) until |want| statements of other sessions

@@ -55,14 +55,6 @@ typedef struct {
     char log[400];
 } server;
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* An instance |name| on store |spec|, its webhook to |hook_url|. */
 static void server_prepare(server *s, const char *name, const char *spec, const char *hook_url)
 {
@@ -72,7 +64,7 @@ static void server_prepare(server *s, const char *name, const char *spec, const 
     snprintf(s->port_file, sizeof s->port_file, "%s/%s.port", env.dir, name);
     snprintf(token, sizeof token, "%s/%s.token", env.dir, name);
     snprintf(s->log, sizeof s->log, "%s/%s.stderr", env.dir, name);
-    write_text(token, TEST_TOKEN "\n");
+    harness_write_text(token, TEST_TOKEN "\n");
     chmod(token, 0600);
     snprintf(text, sizeof text,
              "listen 127.0.0.1:0\n"
@@ -85,37 +77,12 @@ static void server_prepare(server *s, const char *name, const char *spec, const 
              "store-pool 4\n"
              "webhook %s\n",
              s->port_file, data, token, spec, hook_url);
-    write_text(s->config, text);
+    harness_write_text(s->config, text);
 }
 
 static void server_start(server *s)
 {
-    unlink(s->port_file);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(devnull, 1);
-        dup2(log >= 0 ? log : devnull, 2);
-        execl(bin, bin, "serve", "--config", s->config, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 1200; i++) {
-        FILE *f = fopen(s->port_file, "r");
-        int port = 0;
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (port > 0) {
-            snprintf(s->url, sizeof s->url, "http://127.0.0.1:%d", port);
-            return;
-        }
-        usleep(25 * 1000);
-    }
-    fail_msg("esim-mdm serve did not write its port file (see %s)", s->log);
+    s->pid = harness_serve(bin, s->config, s->port_file, s->log, s->url);
 }
 
 /* Its standard error so far, on the test's output (when a step fails). */

@@ -47,14 +47,6 @@ typedef struct {
     char log[400]; /* its standard error */
 } server;
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void server_prepare(server *s, const char *name)
 {
     char data[400], text[2048];
@@ -63,7 +55,7 @@ static void server_prepare(server *s, const char *name)
     snprintf(s->port_file, sizeof s->port_file, "%s/%s.port", env.dir, name);
     snprintf(s->token_file, sizeof s->token_file, "%s/%s.token", env.dir, name);
     snprintf(s->log, sizeof s->log, "%s/%s.stderr", env.dir, name);
-    write_text(s->token_file, TEST_TOKEN "\n");
+    harness_write_text(s->token_file, TEST_TOKEN "\n");
     chmod(s->token_file, 0600); /* a token others may read is refused */
     snprintf(text, sizeof text,
              "# esim-mdm serve configuration for the process test\n"
@@ -74,37 +66,12 @@ static void server_prepare(server *s, const char *name)
              "device-auth none\n"
              "device-rate 100000\n",
              s->port_file, data, s->token_file);
-    write_text(s->config, text);
+    harness_write_text(s->config, text);
 }
 
 static void server_start(server *s)
 {
-    unlink(s->port_file);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(devnull, 1);
-        dup2(log >= 0 ? log : devnull, 2);
-        execl(bin, bin, "serve", "--config", s->config, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 400; i++) {
-        FILE *f = fopen(s->port_file, "r");
-        int port = 0;
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (port > 0) {
-            snprintf(s->url, sizeof s->url, "http://127.0.0.1:%d", port);
-            return;
-        }
-        usleep(25 * 1000);
-    }
-    fail_msg("esim-mdm serve did not write its port file");
+    s->pid = harness_serve(bin, s->config, s->port_file, s->log, s->url);
 }
 
 static int server_kill(server *s, int sig)
@@ -396,18 +363,18 @@ static void test_sighup_reloads_keys_and_refuses_bad_config(void **state)
     server_prepare(&s, "hup");
     char keys[400], text[4096];
     snprintf(keys, sizeof keys, "%s/hup.keys", env.dir);
-    write_text(keys, "first read-only first-token-000000000\n");
+    harness_write_text(keys, "first read-only first-token-000000000\n");
     chmod(keys, 0600);
     esim_buf conf = {0};
     assert_int_equal(esim_read_file(s.config, 1 << 16, &conf, NULL), ESIM_OK);
     snprintf(text, sizeof text, "%.*sapi-keys-file %s\n", (int)conf.len, (const char *)conf.data,
              keys);
-    write_text(s.config, text);
+    harness_write_text(s.config, text);
     server_start(&s);
     assert_int_equal(
         api_call(s.url, "first-token-000000000", "GET", "/v1/devices", NULL, NULL, NULL), 200);
     /* New keys: the old one goes, the new one works, the server stays. */
-    write_text(keys, "second operator second-token-00000000\n");
+    harness_write_text(keys, "second operator second-token-00000000\n");
     kill(s.pid, SIGHUP);
     long st = 0;
     for (int i = 0; i < 200 && st != 200; i++) {
@@ -421,8 +388,8 @@ static void test_sighup_reloads_keys_and_refuses_bad_config(void **state)
     /* A bad config file (an unknown option): refused, logged, old kept. */
     snprintf(text, sizeof text, "%.*sapi-keys-file %s\nno-such-option 1\n", (int)conf.len,
              (const char *)conf.data, keys);
-    write_text(s.config, text);
-    write_text(keys, "third admin third-token-000000000000\n");
+    harness_write_text(s.config, text);
+    harness_write_text(keys, "third admin third-token-000000000000\n");
     kill(s.pid, SIGHUP);
     char *log = NULL;
     for (int i = 0; i < 200; i++) {
@@ -533,7 +500,7 @@ static void test_sighup_reloads_push_certificate(void **state)
     snprintf(text, sizeof text, "%.*sapns https://127.0.0.1:9\napns-cert %s\napns-key %s\n",
              (int)conf.len, (const char *)conf.data, cert, key);
     esim_buf_free(&conf);
-    write_text(s.config, text);
+    harness_write_text(s.config, text);
     server_start(&s);
     assert_true(pushcert_topic_becomes(s.url, "com.apple.mgmt.External.first"));
     /* A renewed certificate in the same files. */
@@ -548,7 +515,7 @@ static void test_sighup_reloads_push_certificate(void **state)
     assert_null(strstr(log, "restart_needed"));
     free(log);
     /* A certificate file that is not one: refused, the running one kept. */
-    write_text(cert, "not a certificate\n");
+    harness_write_text(cert, "not a certificate\n");
     kill(s.pid, SIGHUP);
     log = log_with(&s, "event=reload_refused");
     assert_non_null(log);
@@ -612,7 +579,7 @@ static void test_serve_refuses_readable_secrets(void **state)
     for (size_t k = 0; k < 2; k++) {
         char secret[450], cmd[2000], out[4096] = "";
         snprintf(secret, sizeof secret, "%s.%zu", s.token_file, k);
-        write_text(secret, "s3cret\n");
+        harness_write_text(secret, "s3cret\n");
         chmod(secret, 0644);
         snprintf(cmd, sizeof cmd,
                  "'%s' serve --config '%s' %s '%s' --webhook http://127.0.0.1:9/h 2>&1", bin,
