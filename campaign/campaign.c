@@ -1335,8 +1335,7 @@ static void on_results_done(esim_service *svc, void *arg)
 
 static void engine_apply(campaigns *cs, camp_slot *s, campaign_state to, int64_t now);
 static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version, int64_t now);
-static void leases_tick(campaigns *cs, int64_t now);
-static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop);
+static void leases_refresh(campaigns *cs, int64_t now, bool at_once);
 static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent);
 static void lease_release_one(campaigns *cs, const char *id);
 
@@ -1347,7 +1346,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     campaigns *cs = arg;
     int64_t now = esim_now_ms();
     if (cs->shared && now >= cs->next_lease_ms)
-        leases_tick_run(cs, now, false);
+        leases_refresh(cs, now, false);
     if (cs->shared && now >= cs->next_catch_up_ms && !cs->replays_out) {
         cs->next_catch_up_ms = now + CAMPAIGN_CATCH_UP_MS;
         for (size_t k = 0; k < cs->n_slots; k++)
@@ -2310,10 +2309,10 @@ static void lease_done(esim_service *svc, void *arg, bool ran)
 }
 
 /* Renews and takes the leases: as a store job from the tick, at once on
- * the loop when an API call needs the answer (|now_on_loop|). */
-static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop)
+ * the loop when an API call needs the answer (|at_once|). */
+static void leases_refresh(campaigns *cs, int64_t now, bool at_once)
 {
-    if (!now_on_loop && cs->lease_job)
+    if (!at_once && cs->lease_job)
         return; /* the last one is still out: the next tick */
     cs->next_lease_ms = now + CAMPAIGN_LEASE_RENEW_MS;
     lease_job *j = calloc(1, sizeof *j);
@@ -2331,7 +2330,7 @@ static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop)
         j->known[k].owned = cs->slots[k]->owned;
     }
     j->n_known = cs->n_slots;
-    if (now_on_loop) {
+    if (at_once) {
         lease_run(esim_service_store(cs->svc), j);
         lease_done(cs->svc, j, true);
         return;
@@ -2341,11 +2340,6 @@ static void leases_tick_run(campaigns *cs, int64_t now, bool now_on_loop)
         cs->lease_job = NULL;
         lease_job_free(j);
     }
-}
-
-static void leases_tick(campaigns *cs, int64_t now)
-{
-    leases_tick_run(cs, now, true);
 }
 
 static void lease_release_one(campaigns *cs, const char *id)
@@ -2535,7 +2529,7 @@ campaign *campaigns_find(campaigns *cs, const char *id)
 {
     size_t k = 0;
     if (!slot_by_id(cs, id, &k) && cs->shared) {
-        leases_tick(cs, esim_now_ms()); /* created on another instance a moment ago? */
+        leases_refresh(cs, esim_now_ms(), true); /* created on another instance a moment ago? */
         if (!slot_by_id(cs, id, &k))
             return NULL;
     } else if (!slot_by_id(cs, id, &k))
@@ -2680,32 +2674,6 @@ typedef struct {
     camp_read fresh;
 } control_job;
 
-/* The state |verb| takes campaign |id| in state |from| to; ESIM_ESTATE (as
- * the engine words it) when it cannot. */
-static esim_err control_target(const char *id, campaign_state from, const char *verb,
-                               campaign_state *to, esim_error *err)
-{
-    const char *now = campaign_state_name(from);
-    if (strcmp(verb, "pause") == 0) {
-        if (from != CAMPAIGN_RUNNING)
-            return esim_fail(err, ESIM_ESTATE,
-                             "campaign %s is %s: only a running campaign can be paused", id, now);
-        *to = CAMPAIGN_PAUSED;
-    } else if (strcmp(verb, "resume") == 0) {
-        if (from != CAMPAIGN_PAUSED && from != CAMPAIGN_STAGED)
-            return esim_fail(err, ESIM_ESTATE,
-                             "campaign %s is %s: only a paused or staged campaign can be resumed",
-                             id, now);
-        *to = CAMPAIGN_RUNNING;
-    } else if (strcmp(verb, "cancel") == 0) {
-        if (from == CAMPAIGN_CANCELED || from == CAMPAIGN_FINISHED)
-            return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", id, now);
-        *to = CAMPAIGN_CANCELED;
-    } else
-        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
-    return ESIM_OK;
-}
-
 /* On a pool worker (or at once on the loop without a pool). */
 static void control_run(store *st, void *arg)
 {
@@ -2730,7 +2698,7 @@ static void control_run(store *st, void *arg)
             return;
         }
         campaign_state to = CAMPAIGN_RUNNING;
-        rc = control_target(j->id, (campaign_state)rd.row->state, j->verb, &to, &j->e);
+        rc = campaign_transition(j->id, (campaign_state)rd.row->state, j->verb, &to, &j->e);
         int64_t expect = rd.row->version;
         camp_read_free(&rd);
         if (rc != ESIM_OK) {
@@ -2896,7 +2864,7 @@ static void control_done(esim_service *svc, void *arg, bool ran)
     campaign_state to = CAMPAIGN_RUNNING;
     memset(&j->e, 0, sizeof j->e);
     if (!j->copy) {
-        esim_err rc = control_target(j->id, campaign_get_state(s->c), j->verb, &to, &j->e);
+        esim_err rc = campaign_transition(j->id, campaign_get_state(s->c), j->verb, &to, &j->e);
         if (rc != ESIM_OK) {
             control_fail(j, rc);
             return;
@@ -2939,7 +2907,7 @@ void campaigns_control(campaigns *cs, esim_api_request *r, const char *id, const
     j->copy = !s || !s->owned;
     if (!j->copy) {
         campaign_state to = CAMPAIGN_RUNNING;
-        esim_err rc = control_target(id, campaign_get_state(s->c), verb, &to, &j->e);
+        esim_err rc = campaign_transition(id, campaign_get_state(s->c), verb, &to, &j->e);
         if (rc != ESIM_OK) {
             control_fail(j, rc);
             return;
@@ -3102,7 +3070,7 @@ void campaigns_metrics(campaigns *cs, esim_buf *out)
 json_t *campaigns_list_json(campaigns *cs)
 {
     if (cs->shared)
-        leases_tick(cs, esim_now_ms()); /* campaigns created elsewhere */
+        leases_refresh(cs, esim_now_ms(), true); /* campaigns created elsewhere */
     for (size_t k = 0; k < cs->n_slots; k++)
         refresh_copy(cs, k);
     json_t *arr = json_array();

@@ -851,15 +851,39 @@ size_t campaign_tick(campaign *c, int64_t now, const campaign_io *io)
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+esim_err campaign_transition(const char *id, campaign_state from, const char *verb,
+                             campaign_state *to, esim_error *err)
+{
+    const char *name = campaign_state_name(from);
+    if (strcmp(verb, "pause") == 0) {
+        if (from != CAMPAIGN_RUNNING)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a running campaign can be paused", id, name);
+        *to = CAMPAIGN_PAUSED;
+    } else if (strcmp(verb, "resume") == 0) {
+        if (from != CAMPAIGN_PAUSED && from != CAMPAIGN_STAGED)
+            return esim_fail(err, ESIM_ESTATE,
+                             "campaign %s is %s: only a paused or staged campaign can be resumed",
+                             id, name);
+        *to = CAMPAIGN_RUNNING;
+    } else if (strcmp(verb, "cancel") == 0) {
+        if (from == CAMPAIGN_CANCELED || from == CAMPAIGN_FINISHED)
+            return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", id, name);
+        *to = CAMPAIGN_CANCELED;
+    } else {
+        return esim_fail(err, ESIM_EINVAL, "unknown action '%s': pause, resume or cancel", verb);
+    }
+    return ESIM_OK;
+}
+
 esim_err campaign_pause(campaign *c, int64_t now, esim_error *err)
 {
     (void)now;
-    if (c->state != CAMPAIGN_RUNNING)
-        return esim_fail(err, ESIM_ESTATE,
-                         "campaign %s is %s: only a running campaign can be paused", c->id,
-                         campaign_state_name(c->state));
-    c->state = CAMPAIGN_PAUSED;
-    return ESIM_OK;
+    campaign_state to;
+    esim_err rc = campaign_transition(c->id, c->state, "pause", &to, err);
+    if (rc == ESIM_OK)
+        c->state = to;
+    return rc;
 }
 
 static void start_staged(campaign *c, int64_t now)
@@ -884,20 +908,21 @@ esim_err campaign_resume(campaign *c, int64_t now, esim_error *err)
         c->ticked = false;
         return ESIM_OK;
     }
-    if (c->state != CAMPAIGN_PAUSED)
-        return esim_fail(err, ESIM_ESTATE,
-                         "campaign %s is %s: only a paused or staged campaign can be resumed",
-                         c->id, campaign_state_name(c->state));
-    c->state = CAMPAIGN_RUNNING;
+    campaign_state to;
+    esim_err rc = campaign_transition(c->id, c->state, "resume", &to, err);
+    if (rc != ESIM_OK)
+        return rc;
+    c->state = to;
     c->ticked = false; /* no allowance saved up while paused */
     return ESIM_OK;
 }
 
 esim_err campaign_cancel(campaign *c, int64_t now, esim_error *err)
 {
-    if (c->state == CAMPAIGN_CANCELED || c->state == CAMPAIGN_FINISHED)
-        return esim_fail(err, ESIM_ESTATE, "campaign %s is already %s", c->id,
-                         campaign_state_name(c->state));
+    campaign_state to;
+    esim_err rc = campaign_transition(c->id, c->state, "cancel", &to, err);
+    if (rc != ESIM_OK)
+        return rc;
     for (size_t i = 0; i < c->n; i++) {
         if (campaign_dev_state_final((campaign_dev_state)c->devs[i].state))
             continue;

@@ -334,6 +334,12 @@ void campaign_set_push_state(campaign *c, size_t dev, uint8_t push_state);
 esim_err campaign_pause(campaign *c, int64_t now_ms, esim_error *err);
 esim_err campaign_resume(campaign *c, int64_t now_ms, esim_error *err);
 esim_err campaign_cancel(campaign *c, int64_t now_ms, esim_error *err);
+/* The rule those three apply, for a campaign known only by its stored
+ * state (campaign |id| in state |from|): the state |to| that |verb|
+ * ("pause", "resume", "cancel") takes it to, or ESIM_ESTATE worded as they
+ * word it (ESIM_EINVAL for another verb). */
+esim_err campaign_transition(const char *id, campaign_state from, const char *verb,
+                             campaign_state *to, esim_error *err);
 
 /* Indices of devices changed since the last call (each once), for the
  * caller to persist; *n is set. The array is owned by |c| and valid until
