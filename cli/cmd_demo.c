@@ -61,6 +61,9 @@ static const char demo_help[] =
     "                           no PC or IoT device made to fail\n"
     "  --no-inventory           skip the DeviceInformation inventory before the campaign\n"
     "                           (warnings then cannot know supervision)\n"
+    "  --inventory-wait S       how long the inventory wakes iPhones (--max-in-flight at\n"
+    "                           a time) before the campaign starts (default 15); the rest\n"
+    "                           answer it in the campaign's first wake-up\n"
     "  --no-extras              skip the erase and user-action demonstrations\n"
     "  --timeout S              give up on the campaign after S seconds (default 300,\n"
     "                           or 20 ms per device in a fleet of more than 15,000)\n"
@@ -171,8 +174,15 @@ typedef struct {
     double inventory_s;          /* one DeviceInformation round to every device */
     long inventory_answered;
     long inventory_not_now;     /* NotNow answers meanwhile: not answers */
-    long service_rss_before_kb; /* the service's memory just before the campaign */
-    long service_rss_after_kb;  /* ... and when it finished */
+    double inventory_wait_s;    /* how long the inventory may wake iPhones */
+    char (*inventory_cmds)[64]; /* its commands' UUIDs (20,000 iPhones each) */
+    size_t n_inventory_cmds;
+    long inventory_woken;          /* iPhones it pushed */
+    long inventory_folded;         /* iPhones left for the campaign's first wake-up */
+    long inventory_peak_in_flight; /* most pushed and not yet answered at once */
+    long inventory_answered_all;   /* answers by the campaign's end */
+    long service_rss_before_kb;    /* the service's memory just before the campaign */
+    long service_rss_after_kb;     /* ... and when it finished */
     chttp api, sim, smdp;
     FILE *out; /* the human-readable story */
 } demo;
@@ -898,56 +908,170 @@ static bool import_files(demo *d, const demo_dev *devs, size_t n)
     return ok;
 }
 
-/* DeviceInformation (IsSupervised, OSVersion) to every device, as MDM
- * servers do after enrolment, so campaign warnings know who is supervised. */
+/* The inventory's commands' answers so far, by the service's own counts
+ * (GET /v1/commands/{uuid}?limit=0 for each of its commands): acknowledged,
+ * error or format error. False when a count cannot be read. */
+static bool inventory_answered_now(demo *d, long *answered)
+{
+    long sum = 0;
+    for (size_t k = 0; k < d->n_inventory_cmds; k++) {
+        char path[128];
+        snprintf(path, sizeof path, "/v1/commands/%s?limit=0", d->inventory_cmds[k]);
+        json_t *r = NULL;
+        if (!call(d, &d->api, "GET", path, NULL, NULL, 0, 200, &r))
+            return false;
+        const json_t *c = json_object_get(r, "counts");
+        sum += jint(c, "acknowledged") + jint(c, "error") + jint(c, "format_error");
+        json_decref(r);
+    }
+    *answered = sum;
+    return true;
+}
+
+/* Wakes the iPhones |idx|[0..|n|) (/v1/push, at most 256 a call); adds
+ * how many pushes APNs was handed to *|sent| and the rest (no token, a dead
+ * token, the client refusing) to *|failed|. False on a call that failed as
+ * a whole. */
+static bool inventory_wake(demo *d, const demo_dev *devs, const size_t *idx, size_t n, long *sent,
+                           long *failed)
+{
+    esim_buf path = {0};
+    bool ok = true;
+    for (size_t at = 0; ok && at < n; at += 256) {
+        size_t m = n - at < 256 ? n - at : 256;
+        path.len = 0;
+        esim_buf_append_str(&path, "/v1/push/");
+        for (size_t i = 0; i < m; i++) {
+            if (i)
+                esim_buf_append_str(&path, ",");
+            esim_buf_append_str(&path, devs[idx[at + i]].udid);
+        }
+        esim_buf_append(&path, "", 1);
+        long status = 0;
+        json_t *r = NULL;
+        esim_error e = {{0}};
+        /* 207: some pushes failed, 500: all did; each says so per device. */
+        if (chttp_call(&d->api, "POST", (const char *)path.data, NULL, NULL, 0, &status, &r, &e) !=
+                ESIM_OK ||
+            (status != 200 && status != 207 && status != 500) || !json_object_get(r, "devices")) {
+            if (!sup_stopping())
+                fprintf(stderr, "esim-mdm demo: POST /v1/push/...: %s\n",
+                        e.msg[0] ? e.msg : chttp_error_message(r));
+            ok = false;
+        } else {
+            const char *k;
+            json_t *v;
+            json_object_foreach(json_object_get(r, "devices"), k, v)
+            {
+                if (strcmp(jstr(v, "push"), "sent") == 0)
+                    (*sent)++;
+                else
+                    (*failed)++;
+            }
+        }
+        json_decref(r);
+    }
+    esim_buf_free(&path);
+    return ok;
+}
+
+/* DeviceInformation (IsSupervised, OSVersion) to every iPhone, as MDM
+ * servers do after enrolment, so campaign warnings know who is supervised.
+ * The command is queued for every iPhone at once, without a push; then the
+ * iPhones are woken the way a service wakes a large fleet, at most
+ * max_in_flight of them pushed and not yet answered (by the service's
+ * counts), for at most inventory_wait_s. An iPhone not woken by then keeps
+ * the command in its queue and answers it in the same wake-up as the
+ * campaign's first command. (Pushing all 80,000 iPhones of a 100,000-device
+ * fleet at once put the campaign's first devices behind every one of them
+ * in the simulator: issue 17.) */
 static void inventory(demo *d, const demo_dev *devs, size_t n)
 {
     json_t *before = NULL;
     call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &before);
     /* NotNow is not an answer: the device keeps the command for later. */
-    long acked0 = jint(before, "acknowledged") + jint(before, "errors");
-    long not_now0 = jint(before, "not_now"), not_now = 0;
+    long not_now0 = jint(before, "not_now");
     json_decref(before);
     size_t phones = 0;
+    size_t *idx = calloc(n ? n : 1, sizeof *idx);
+    if (!idx)
+        return;
     for (size_t i = 0; i < n; i++)
-        phones += !devs[i].windows && !devs[i].iot;
-    for (size_t start = 0; start < n; start += 20000) {
+        if (!devs[i].windows && !devs[i].iot) /* an Apple command; PCs tell their EID
+                                                over OMA-DM, the eIM knows IoT EIDs */
+            idx[phones++] = i;
+    size_t n_cmds = (phones + 19999) / 20000;
+    d->inventory_cmds = calloc(n_cmds ? n_cmds : 1, sizeof *d->inventory_cmds);
+    if (!d->inventory_cmds) {
+        free(idx);
+        return;
+    }
+    /* At most 20,000 devices a call: the API's body limit. */
+    for (size_t start = 0; start < phones; start += 20000) {
         json_t *udids = json_array();
-        for (size_t i = start; i < n && i < start + 20000; i++)
-            if (!devs[i].windows && !devs[i].iot) /* an Apple command; PCs tell their EID
-                                                    over OMA-DM, the eIM knows IoT EIDs */
-                json_array_append_new(udids, json_string(devs[i].udid));
-        if (!json_array_size(udids)) {
-            json_decref(udids);
-            continue;
-        }
+        for (size_t i = start; i < phones && i < start + 20000; i++)
+            json_array_append_new(udids, json_string(devs[idx[i]].udid));
         json_t *body =
             json_pack("{s:o, s:{s:s, s:[s,s]}, s:b}", "udids", udids, "command", "request_type",
-                      "DeviceInformation", "queries", "IsSupervised", "OSVersion", "push", 1);
-        if (!post_json(d, &d->api, "/v1/commands", body, 200, NULL))
+                      "DeviceInformation", "queries", "IsSupervised", "OSVersion", "push", 0);
+        json_t *r = NULL;
+        if (!post_json(d, &d->api, "/v1/commands", body, 200, &r)) {
+            free(idx);
             return;
-    }
-    /* Offline and locked devices answer later; wait for most, not all. */
-    int64_t start = esim_mono_ms();
-    long answered = 0;
-    while (esim_mono_ms() - start < 15000 && !sup_stopping()) {
-        json_t *s = NULL;
-        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
-            answered = jint(s, "acknowledged") + jint(s, "errors") - acked0;
-            not_now = jint(s, "not_now") - not_now0;
         }
-        json_decref(s);
-        if (answered >= (long)(phones * 95 / 100))
+        snprintf(d->inventory_cmds[d->n_inventory_cmds++], sizeof d->inventory_cmds[0], "%s",
+                 jstr(r, "command_uuid"));
+        json_decref(r);
+    }
+    size_t window = d->max_in_flight ? d->max_in_flight : phones;
+    int64_t start = esim_mono_ms(), limit_ms = (int64_t)(d->inventory_wait_s * 1000.0);
+    long answered = 0, woken = 0, failed = 0, peak = 0;
+    size_t next = 0; /* idx[next..phones) not woken yet */
+    while (!sup_stopping()) {
+        if (!inventory_answered_now(d, &answered))
             break;
+        long in_flight = woken - failed - answered;
+        if (in_flight < 0)
+            in_flight = 0;
+        /* Offline and locked devices answer later; wait for most, not all. */
+        if (next == phones && answered >= (long)(phones * 95 / 100))
+            break;
+        if (esim_mono_ms() - start >= limit_ms)
+            break;
+        if (next < phones && (size_t)in_flight < window) {
+            size_t m = window - (size_t)in_flight;
+            if (m > phones - next)
+                m = phones - next;
+            long sent = 0;
+            bool ok = inventory_wake(d, devs, idx + next, m, &sent, &failed);
+            woken += sent + (ok ? 0 : (long)m - sent); /* unknown: assume out */
+            next += m;
+            if (in_flight + sent > peak)
+                peak = in_flight + sent;
+        }
         sup_sleep_ms(stats_poll_ms(d));
     }
+    free(idx);
+    json_t *s = NULL;
+    long not_now = 0;
+    if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
+        not_now = jint(s, "not_now") - not_now0;
+    json_decref(s);
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
     d->inventory_answered = answered < (long)phones ? answered : (long)phones;
     d->inventory_not_now = not_now;
+    d->inventory_woken = woken;
+    d->inventory_folded = (long)(phones - next);
+    d->inventory_peak_in_flight = peak;
     say(d,
         "  inventory: %ld of %zu iPhones answered DeviceInformation (IsSupervised, OSVersion) in "
         "%.1f s; %ld NotNow (busy devices, asked again later)\n",
         d->inventory_answered, phones, d->inventory_s, not_now);
+    if (d->inventory_folded)
+        say(d,
+            "  (woken at most %zu at a time; the other %ld iPhones have it queued and answer it "
+            "in the same wake-up as the campaign's first command)\n",
+            window, d->inventory_folded);
 }
 
 static json_t *campaign_body(demo *d, const char *name, json_t *target, const char *const *steps,
@@ -1642,6 +1766,10 @@ static int run(demo *d)
                         sup_stopping()))
         goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
+    if (d->n_inventory_cmds && inventory_answered_now(d, &d->inventory_answered_all) &&
+        d->inventory_folded)
+        say(d, "  inventory: %ld iPhones answered DeviceInformation in all\n",
+            d->inventory_answered_all);
     counts_from_driver(d, jstr(created, "id"), sum);
     if (iot_created)
         counts_from_driver(d, jstr(iot_created, "id"), iot_sum);
@@ -1807,6 +1935,12 @@ static int run(demo *d)
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));
+        json_object_set_new(j, "inventory_woken", json_integer(d->inventory_woken));
+        json_object_set_new(j, "inventory_folded", json_integer(d->inventory_folded));
+        json_object_set_new(j, "inventory_peak_in_flight",
+                            json_integer(d->inventory_peak_in_flight));
+        json_object_set_new(j, "inventory_answered_in_all",
+                            json_integer(d->inventory_answered_all));
         json_object_set_new(j, "service_campaign_kib_per_device", json_real(campaign_kib));
         json_object_set_new(j, "enrol_s", json_real(enrol_s));
         json_object_set_new(j, "enrolments_per_s",
@@ -1864,6 +1998,7 @@ int cmd_demo(int argc, char **argv)
               .windows_share = 0.2,
               .iot_share = 0.1,
               .inventory = true,
+              .inventory_wait_s = 15,
               .extras = true,
               .instances = 1};
     const char *keep = NULL;
@@ -1880,6 +2015,7 @@ int cmd_demo(int argc, char **argv)
         MAX_IN_FLIGHT,
         TIMEOUT,
         ENROL_TIMEOUT,
+        INVENTORY_WAIT,
         SEED,
         WINDOWS_SHARE,
         IOT_SHARE,
@@ -1900,6 +2036,7 @@ int cmd_demo(int argc, char **argv)
         {"max-in-flight", true, MAX_IN_FLIGHT},
         {"timeout", true, TIMEOUT},
         {"enrol-timeout", true, ENROL_TIMEOUT},
+        {"inventory-wait", true, INVENTORY_WAIT},
         {"seed", true, SEED},
         {"windows-share", true, WINDOWS_SHARE},
         {"iot-share", true, IOT_SHARE},
@@ -1918,6 +2055,7 @@ int cmd_demo(int argc, char **argv)
                  [MAX_IN_FLIGHT] = {0, 1e7, "a number from 0 to 10000000"},
                  [TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
                  [ENROL_TIMEOUT] = {1, 86400, "seconds from 1 to 86400"},
+                 [INVENTORY_WAIT] = {0, 86400, "seconds from 0 to 86400"},
                  [SEED] = {0, 4e9, "a number from 0 to 4000000000"},
                  [WINDOWS_SHARE] = {0, 1, "a share from 0 to 1"},
                  [IOT_SHARE] = {0, 1, "a share from 0 to 1"}};
@@ -1961,6 +2099,9 @@ int cmd_demo(int argc, char **argv)
             break;
         case ENROL_TIMEOUT:
             d.enrol_timeout_s = x;
+            break;
+        case INVENTORY_WAIT:
+            d.inventory_wait_s = x;
             break;
         case SEED:
             d.seed = (unsigned)x;
@@ -2051,6 +2192,7 @@ int cmd_demo(int argc, char **argv)
     }
 
     sup_stop_all(&d.sup);
+    free(d.inventory_cmds);
     chttp_close(&d.api);
     chttp_close(&d.api2);
     chttp_close(&d.sim);

@@ -421,6 +421,47 @@ static void test_demo_retries_pushed_after_queueing(void **state)
     }
 }
 
+/* Issue 17: the inventory wakes at most --max-in-flight iPhones at a time
+ * (pushed, not yet answered, by the service's counts), and the iPhones it
+ * did not wake in its time answer DeviceInformation in the same wake-up as
+ * the campaign's first command. 30 quiet iPhones: with a window of 4, the
+ * service never had more than 4 inventory devices out and every iPhone
+ * answered; with --inventory-wait 0 none is woken for the inventory, and
+ * each answers it in the campaign's one push (30 pushes in all, the same 90
+ * campaign commands). Counts, not durations. */
+static void test_demo_inventory_bounded_then_folded(void **state)
+{
+    (void)state;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 30 --json --quiet-mix --windows-share 0 --iot-share 0 "
+             "--no-extras --max-in-flight 4 --timeout 240 2>'%s/stderr'",
+             bin(), g_dir);
+    json_t *j = demo_json(cmd, "stderr");
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 30);
+    json_int_t peak = json_integer_value(json_object_get(j, "inventory_peak_in_flight"));
+    assert_true(peak >= 1 && peak <= 4);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_woken")) +
+                         json_integer_value(json_object_get(j, "inventory_folded")),
+                     30);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_answered_in_all")), 30);
+    json_decref(j);
+
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 30 --json --quiet-mix --windows-share 0 --iot-share 0 "
+             "--no-extras --inventory-wait 0 --timeout 240 2>'%s/stderr-folded'",
+             bin(), g_dir);
+    j = demo_json(cmd, "stderr-folded");
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 30);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_woken")), 0);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_folded")), 30);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_answered")), 0);
+    assert_int_equal(json_integer_value(json_object_get(j, "inventory_answered_in_all")), 30);
+    assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 30);
+    assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 30);
+    json_decref(j);
+}
+
 int main(void)
 {
     /* On the PostgreSQL fixture (campaign_demo_instances): the two-instance
@@ -439,6 +480,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_phone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_pc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_inventory_bounded_then_folded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
