@@ -101,8 +101,11 @@ struct sim_http_conn {
     hconn *c; /* its connection; NULL: none open */
 };
 
+/* The last session the server gave, as DER without the server's
+ * certificate (session_keep); NULL: none yet. */
 struct sim_tls_session {
-    SSL_SESSION *sess; /* the last one the server gave; NULL: none yet */
+    unsigned char *der;
+    size_t len;
 };
 
 struct sim_http {
@@ -172,8 +175,53 @@ void sim_tls_session_forget(sim_tls_session *t)
 {
     if (!t)
         return;
-    SSL_SESSION_free(t->sess);
-    t->sess = NULL;
+    free(t->der);
+    t->der = NULL;
+    t->len = 0;
+}
+
+const unsigned char *sim_tls_session_der(const sim_tls_session *t, size_t *len)
+{
+    *len = t && t->der ? t->len : 0;
+    return t ? t->der : NULL;
+}
+
+/* Keeps |sess| in |t| as the device keeps it: its DER (i2d_SSL_SESSION)
+ * without the server's certificate (the session's [3] peer). A client
+ * resuming a session does not look at the server's certificate again (the
+ * session's secret authenticates the server), yet OpenSSL holds it parsed
+ * in every session: about 3.5 KB for a P-256 certificate in OpenSSL 3.0,
+ * beside the session's own 1.2 KB, for each device, which was most of the
+ * simulator's 9.6 KB per device at 100,000 devices (issue 17). As DER
+ * without it: about 350 bytes, read back by conn_tls_setup (about 5 us
+ * with no certificate to parse). False, |t| forgotten, when it cannot be
+ * encoded (the next connection is a full handshake). */
+static bool session_keep(sim_tls_session *t, SSL_SESSION *sess)
+{
+    sim_tls_session_forget(t);
+    unsigned char *der = NULL;
+    int n = i2d_SSL_SESSION(sess, &der);
+    const unsigned char *p = der, *end = der + (n > 0 ? n : 0), *body = NULL;
+    size_t body_len = 0;
+    esim_buf out = {0}, kept = {0};
+    bool ok = n > 0 && sim_der_read(&p, end, 0x30, &body, &body_len) && p == end;
+    for (const unsigned char *q = body; ok && q < body + body_len;) {
+        const unsigned char *el = q, *content;
+        size_t len;
+        ok = (*el & 0x1f) != 0x1f && /* one-byte tags only, as the session's are */
+             sim_der_read(&q, body + body_len, *el, &content, &len);
+        if (ok && *el != 0xa3) /* [3] EXPLICIT Certificate: the server's */
+            ok = esim_buf_append(&kept, el, (size_t)(q - el)) == ESIM_OK;
+    }
+    ok = ok && sim_der_put(&out, 0x30, kept.data, kept.len) == ESIM_OK;
+    OPENSSL_free(der);
+    esim_buf_free(&kept);
+    if (ok && (t->der = malloc(out.len)) != NULL) { /* its exact size: one per device */
+        memcpy(t->der, out.data, out.len);
+        t->len = out.len;
+    }
+    esim_buf_free(&out);
+    return t->der != NULL;
 }
 
 void sim_tls_session_free(sim_tls_session *t)
@@ -219,9 +267,8 @@ static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
     if (!c)
         return 0;
     if (c->sess) {
-        SSL_SESSION_free(c->sess->sess);
-        c->sess->sess = sess;
-        return 1; /* the reference is ours */
+        session_keep(c->sess, sess);
+        return 0; /* libssl frees |sess|: the device keeps its DER */
     }
     sim_http *h = c->h;
     size_t k = 0;
@@ -826,16 +873,19 @@ static bool conn_tls_setup(hconn *c)
         SSL_set_tlsext_host_name(c->ssl, c->host);
         SSL_set1_host(c->ssl, c->host);
     }
-    SSL_SESSION *s = NULL;
-    if (c->sess) {
-        s = c->sess->sess;
-    } else {
+    SSL_SESSION *s = NULL, *own = NULL;
+    if (c->sess && c->sess->der) {
+        const unsigned char *p = c->sess->der;
+        if (!(s = own = d2i_SSL_SESSION(NULL, &p, (long)c->sess->len)))
+            sim_tls_session_forget(c->sess); /* a full handshake, then */
+    } else if (!c->sess) {
         for (size_t k = 0; k < N_SHARED_SESS && !s; k++)
             if (c->h->shared[k].key && strcmp(c->h->shared[k].key, c->key) == 0)
                 s = c->h->shared[k].sess;
     }
     if (s)
         SSL_set_session(c->ssl, s);
+    SSL_SESSION_free(own); /* the connection holds its own reference */
     c->state = C_HANDSHAKE;
     return true;
 }

@@ -281,6 +281,9 @@ void sim_http_conn_free(sim_http_conn *c); /* NULL ok; closes the connection */
 typedef struct sim_tls_session sim_tls_session;
 void sim_tls_session_forget(sim_tls_session *t); /* NULL ok: the next connection is full */
 void sim_tls_session_free(sim_tls_session *t);   /* NULL ok */
+/* The session as kept: its DER without the server's certificate (none
+ * yet: NULL, *len 0). */
+const unsigned char *sim_tls_session_der(const sim_tls_session *t, size_t *len);
 
 typedef struct {
     const char *method; /* "GET", "POST", "PUT" */
