@@ -56,10 +56,14 @@ static void api_campaign_create(esim_api_request *r, void *arg)
         campaigns_create(cs, r, body); /* answers, now or once its store job is back */
 }
 
+static void answer_list(campaigns *cs, esim_api_request *r)
+{
+    esim_api_reply_json(r, 200, json_pack("{s:o}", "campaigns", campaigns_list_json(cs)));
+}
+
 static void api_campaign_list(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
-    esim_api_reply_json(r, 200, json_pack("{s:o}", "campaigns", campaigns_list_json(cs)));
+    campaigns_view(arg, r, NULL, answer_list);
 }
 
 /* Devices of |c| from index |after| on, in |state| (or all), at most |limit|. */
@@ -77,9 +81,8 @@ static json_t *device_page(const campaign *c, int state, size_t start, size_t li
     return arr;
 }
 
-static void api_campaign_get(esim_api_request *r, void *arg)
+static void answer_get(campaigns *cs, esim_api_request *r)
 {
-    campaigns *cs = arg;
     campaign *c = find_or_404(cs, r);
     long limit;
     if (!c || !query_long(r, "limit", 1000, 0, 10000, &limit))
@@ -92,9 +95,13 @@ static void api_campaign_get(esim_api_request *r, void *arg)
     esim_api_reply_json(r, 200, o);
 }
 
-static void api_campaign_devices(esim_api_request *r, void *arg)
+static void api_campaign_get(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
+    campaigns_view(arg, r, esim_api_param(r, 0), answer_get);
+}
+
+static void answer_devices(campaigns *cs, esim_api_request *r)
+{
     campaign *c = find_or_404(cs, r);
     long limit, after;
     if (!c || !query_long(r, "limit", 1000, 1, 10000, &limit) ||
@@ -116,6 +123,11 @@ static void api_campaign_devices(esim_api_request *r, void *arg)
     esim_api_reply_json(r, 200,
                         json_pack("{s:s, s:o, s:o}", "id", campaign_id(c), "devices", arr,
                                   "next_after", next >= 0 ? json_integer(next) : json_null()));
+}
+
+static void api_campaign_devices(esim_api_request *r, void *arg)
+{
+    campaigns_view(arg, r, esim_api_param(r, 0), answer_devices);
 }
 
 static void control(campaigns *cs, esim_api_request *r, const char *verb)
@@ -161,7 +173,7 @@ static void shift_lines(json_t *o, long offset)
     }
 }
 
-static void import(campaigns *cs, esim_api_request *r, bool codes)
+static void import(esim_api_request *r, bool codes)
 {
     long offset;
     if (!query_long(r, "line_offset", 0, 0, 100000000, &offset))
@@ -170,8 +182,9 @@ static void import(campaigns *cs, esim_api_request *r, bool codes)
     const unsigned char *body = esim_api_body(r, &len);
     json_t *out = NULL;
     esim_error e = {{0}};
-    esim_err rc = codes ? campaigns_import_codes(cs, body ? (const char *)body : "", len, &out, &e)
-                        : campaigns_import_eids(cs, body ? (const char *)body : "", len, &out, &e);
+    store *st = esim_api_store(r);
+    esim_err rc = codes ? campaigns_import_codes(st, body ? (const char *)body : "", len, &out, &e)
+                        : campaigns_import_eids(st, body ? (const char *)body : "", len, &out, &e);
     if (rc != ESIM_OK) {
         fail(r, rc, NULL, &e);
         return;
@@ -182,13 +195,13 @@ static void import(campaigns *cs, esim_api_request *r, bool codes)
 
 static void api_import_eids(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
-    import(cs, r, false);
+    (void)arg;
+    import(r, false);
 }
 static void api_import_codes(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
-    import(cs, r, true);
+    (void)arg;
+    import(r, true);
 }
 
 /* ---- groups and tags --------------------------------------------------------------- */
@@ -383,25 +396,19 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
 
 static void api_device_diagnosis(esim_api_request *r, void *arg)
 {
-    campaigns *cs = arg;
-    json_t *out = NULL;
-    esim_error e = {{0}};
-    esim_err rc = campaigns_diagnose(cs, esim_api_param(r, 0), &out, &e);
-    if (rc != ESIM_OK) {
-        fail(r, rc, "udid", &e);
-        return;
-    }
-    esim_api_reply_json(r, 200, out);
+    campaigns_diagnose(arg, r, esim_api_param(r, 0)); /* answers, now or once its job is back */
 }
 
 /* ---- the routes ------------------------------------------------------------------------ */
 
 esim_err campaigns_add_routes(campaigns *cs, esim_error *err)
 {
-    /* |store|: the handler's only work is the store (groups, tags), so it
-     * runs on the store pool when there is one (esim_service_add_store_route).
-     * The campaign routes, the imports and the diagnosis read or change the
-     * engine's memory, which is the loop's, and stay there. */
+    /* |store|: the handler's only work is the store (groups, tags, the
+     * imports), so it runs on the store pool when there is one
+     * (esim_service_add_store_route). The campaign routes and the diagnosis
+     * read or change the engine's memory, which is the loop's: they stay
+     * there, and their store work is a store job (campaigns_view,
+     * campaigns_create, campaigns_control, campaigns_diagnose). */
     static const struct {
         const char *method, *pattern;
         esim_api_handler fn;
@@ -414,8 +421,8 @@ esim_err campaigns_add_routes(campaigns *cs, esim_error *err)
         {"POST", "/v1/campaigns/:/pause", api_campaign_pause, false},
         {"POST", "/v1/campaigns/:/resume", api_campaign_resume, false},
         {"POST", "/v1/campaigns/:/cancel", api_campaign_cancel, false},
-        {"POST", "/v1/import/eids", api_import_eids, false},
-        {"POST", "/v1/import/activation-codes", api_import_codes, false},
+        {"POST", "/v1/import/eids", api_import_eids, true},
+        {"POST", "/v1/import/activation-codes", api_import_codes, true},
         {"POST", "/v1/groups", api_group_create, true},
         {"GET", "/v1/groups", api_group_list, true},
         {"GET", "/v1/groups/:", api_group_get, true},

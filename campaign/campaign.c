@@ -107,6 +107,19 @@ typedef struct {
     char uuid[128];
 } queue_cancel;
 
+/* The engine's question at a re-push timer (campaign_io.ask_seen): has
+ * device |dev| of |s| talked to the service since |since|? Read from the
+ * store by a store job (a device may check in on another instance),
+ * answered on the loop. */
+typedef struct {
+    struct camp_slot *s;
+    const campaign *c;
+    uint32_t dev, token;
+    int64_t since;
+    char udid[65];
+    bool seen;
+} seen_ask;
+
 struct campaigns {
     esim_service *svc;
     camp_slot **slots;
@@ -138,6 +151,9 @@ struct campaigns {
     size_t n_next_waiters, cap_next_waiters;
     queue_cancel *cancels;
     size_t n_cancels, cap_cancels;
+    seen_ask *asks; /* asked by the engines, not yet in a store job */
+    size_t n_asks, cap_asks;
+    bool seen_out; /* their store job is out: one at a time, the next tick's wait */
 };
 
 /* Takes |uuid| off |udid|'s queue in the next flush's unit; false when out
@@ -298,6 +314,94 @@ static bool io_seen_since(void *arg, campaign *c, size_t dev, int64_t since_ms)
            d.last_seen_at > since_ms;
 }
 
+/* With a store pool: the question is kept, and the tick's end reads the
+ * answers in a store job (seen_submit). Out of memory: no answer (the
+ * device's timer stays, as for a device seen). */
+static void io_ask_seen(void *arg, campaign *c, size_t dev, int64_t since_ms, uint32_t token)
+{
+    camp_slot *s = arg;
+    campaigns *cs = s->owner;
+    if (cs->n_asks == cs->cap_asks) {
+        seen_ask *grown = esim_grow(cs->asks, &cs->cap_asks, cs->n_asks + 1, sizeof *grown);
+        if (!grown)
+            return;
+        cs->asks = grown;
+    }
+    seen_ask *a = &cs->asks[cs->n_asks++];
+    a->s = s;
+    a->c = c;
+    a->dev = (uint32_t)dev;
+    a->token = token;
+    a->since = since_ms;
+    a->seen = false;
+    snprintf(a->udid, sizeof a->udid, "%s", campaign_device_at(c, dev)->udid);
+}
+
+typedef struct {
+    campaigns *cs;
+    seen_ask *asks;
+    size_t n;
+} seen_job;
+
+/* On a pool worker: each device's last check-in, as the store has it
+ * (written by whichever instance the device reached). A device the store
+ * cannot read counts as not seen, as on the loop. */
+static void seen_run(store *st, void *arg)
+{
+    seen_job *j = arg;
+    for (size_t i = 0; i < j->n; i++) {
+        store_device d;
+        j->asks[i].seen = esim_store_device_get(st, j->asks[i].udid, &d, NULL) == ESIM_OK &&
+                          d.last_seen_at > j->asks[i].since;
+    }
+}
+
+static bool slot_alive(campaigns *cs, const camp_slot *s, const campaign *c)
+{
+    for (size_t k = 0; k < cs->n_slots; k++)
+        if (cs->slots[k] == s)
+            return s->c == c;
+    return false;
+}
+
+/* On the loop: the answers to the engines of the campaigns still driven
+ * here (a campaign replaced or let go meanwhile asks again). */
+static void seen_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    seen_job *j = arg;
+    j->cs->seen_out = false;
+    int64_t now = esim_now_ms();
+    for (size_t i = 0; ran && i < j->n; i++) {
+        seen_ask *a = &j->asks[i];
+        if (slot_alive(j->cs, a->s, a->c) && a->s->owned)
+            campaign_seen_answer(a->s->c, a->dev, a->token, a->seen, now);
+    }
+    free(j->asks);
+    free(j);
+}
+
+/* The questions the engines asked since the last job, as one store job. */
+static void seen_submit(campaigns *cs)
+{
+    seen_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        cs->n_asks = 0;
+        return;
+    }
+    j->cs = cs;
+    j->asks = cs->asks;
+    j->n = cs->n_asks;
+    cs->asks = NULL;
+    cs->n_asks = cs->cap_asks = 0;
+    cs->seen_out = true;
+    if (esim_service_store_job(cs->svc, seen_run, seen_done, j) != ESIM_OK) {
+        cs->seen_out = false;
+        free(j->asks);
+        free(j);
+    }
+}
+
 /* IoT eUICCs poll the eIM: nothing is sent to wake them. */
 static bool io_wakes(void *arg, campaign *c, size_t dev)
 {
@@ -307,7 +411,10 @@ static bool io_wakes(void *arg, campaign *c, size_t dev)
 
 static campaign_io slot_io(camp_slot *s)
 {
-    campaign_io io = {s, io_queue, io_push, true, io_seen_since, io_wakes};
+    campaign_io io = {s, io_queue, io_push, true, io_seen_since, io_wakes, NULL};
+    /* With a store pool the store is read off the loop. */
+    if (esim_service_store_jobs_async(s->owner->svc))
+        io.ask_seen = io_ask_seen;
     return io;
 }
 
@@ -443,11 +550,30 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
     free(udids);
 }
 
-/* Pushes the devices of s->pushes[0..upto) and keeps the rest for later. */
-static void flush_pushes(campaigns *cs, camp_slot *s, size_t upto, int64_t now)
+/* The push targets (token, magic, platform) of a slot's s->pushes[0..n),
+ * read on a store worker by the flush's job (flush_run). */
+typedef struct {
+    char udid[65];
+    esim_err rc;
+    esim_error e;
+    store_push_target t;
+} push_read_one;
+
+typedef struct {
+    camp_slot *s;
+    size_t n;
+    push_read_one *r;
+} push_group;
+
+/* Pushes the devices of s->pushes[0..upto) and keeps the rest for later.
+ * |g| (may be NULL: read here, on the loop) holds their targets as read
+ * on a store worker. */
+static void flush_pushes(campaigns *cs, camp_slot *s, size_t upto, int64_t now, const push_group *g)
 {
     if (upto > s->pushes.n)
         upto = s->pushes.n;
+    if (g && g->n != upto)
+        g = NULL;
     campaign *c = s->c;
     for (size_t k = 0; k < upto; k++) {
         size_t i = s->pushes.v[k];
@@ -456,7 +582,15 @@ static void flush_pushes(campaigns *cs, camp_slot *s, size_t upto, int64_t now)
             continue; /* failed while queueing, or canceled */
         esim_push_state ps = ESIM_PUSH_FAILED;
         esim_error e = {{0}};
-        esim_err rc = esim_service_push(cs->svc, d->udid, &ps, &e);
+        esim_err rc;
+        if (g && strcmp(g->r[k].udid, d->udid) == 0) {
+            rc = g->r[k].rc;
+            if (rc == ESIM_OK)
+                esim_service_push_to(cs->svc, &g->r[k].t, &ps, &e);
+            else
+                e = g->r[k].e;
+        } else
+            rc = esim_service_push(cs->svc, d->udid, &ps, &e);
         uint8_t code = PUSH_FAILED;
         const char *why = NULL;
         if (rc != ESIM_OK)
@@ -613,8 +747,10 @@ static void records_written(campaigns *cs)
     }
 }
 
-/* Nothing of this unit is in the store: write it all again next time. */
-static void records_lost(campaigns *cs, const char *why, int64_t now)
+/* Nothing of this unit is in the store: write it all again next time.
+ * The campaign_store_error event is appended here unless |written| (a
+ * store job's run did it, on its own connection). */
+static void records_lost(campaigns *cs, const char *why, int64_t now, bool written)
 {
     for (size_t k = 0; k < cs->n_slots; k++) {
         cs->slots[k]->row_dirty = true;
@@ -623,8 +759,9 @@ static void records_lost(campaigns *cs, const char *why, int64_t now)
         campaign_mark_all_dirty(cs->slots[k]->c);
     }
     esim_service_count_store_error(cs->svc);
-    esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL, why,
-                            NULL, 0, now, NULL);
+    if (!written)
+        esim_store_event_append(esim_service_store(cs->svc), "campaign_store_error", NULL, NULL,
+                                why, NULL, 0, now, NULL);
 }
 
 /* Writes what changed, as one unit of the store. */
@@ -642,7 +779,7 @@ static void persist(campaigns *cs, int64_t now)
     if (rc == ESIM_OK)
         records_written(cs);
     else
-        records_lost(cs, e.msg, now);
+        records_lost(cs, e.msg, now, false);
 }
 
 /* The batches of what the engine asked for (*out, the caller's): the
@@ -726,7 +863,7 @@ static void flush_inline(campaigns *cs)
             records_written(cs);
         } else {
             fail_batches(batches, nb, e.msg, now);
-            records_lost(cs, e.msg, now);
+            records_lost(cs, e.msg, now, false);
         }
     }
     for (size_t i = 0; i < nb; i++)
@@ -734,7 +871,7 @@ static void flush_inline(campaigns *cs)
     free(batches);
     for (size_t k = 0; k < cs->n_slots; k++)
         if (cs->slots[k]->pushes.n)
-            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes.n, now);
+            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes.n, now, NULL);
     /* Left by store jobs (the pool stopped since). */
     for (size_t i = 0; i < cs->n_cancels; i++)
         esim_store_queue_cancel(esim_service_store(cs->svc), cs->cancels[i].udid,
@@ -793,6 +930,13 @@ typedef struct flush_job {
     size_t n_waiters;
     queue_cancel *cancels; /* queue entries taken off in the unit */
     size_t n_cancels;
+    /* The pushes asked for before the job took its batches, by campaign,
+     * and their targets, read on the worker after the unit
+     * (|targets_read|): the loop only sends them. */
+    push_group *pg;
+    size_t n_pg;
+    bool targets_read;
+    bool event_written; /* the campaign_store_error event of a unit that failed for good */
     esim_err rc;
     esim_error e;
     bool refused, conflict;
@@ -955,11 +1099,51 @@ static esim_err write_snapshot(store *st, flush_job *j)
     return esim_store_facts_put(st, j->facts, j->n_facts, &j->e);
 }
 
-/* On a pool worker: |j|'s unit on the worker's store. Touches |j| only. */
+static bool job_writes(const flush_job *j)
+{
+    return j->nb || j->nw || j->n_facts || j->n_cancels;
+}
+
+/* On a pool worker: the push targets of |j|'s pushes, once its unit is
+ * over (committed or not: the pushes that still wake a device go either
+ * way). */
+static void read_targets(store *st, flush_job *j)
+{
+    for (size_t g = 0; g < j->n_pg; g++)
+        for (size_t k = 0; k < j->pg[g].n; k++) {
+            push_read_one *r = &j->pg[g].r[k];
+            memset(&r->e, 0, sizeof r->e);
+            r->rc = esim_store_push_target(st, r->udid, &r->t, &r->e);
+        }
+    j->targets_read = true;
+}
+
+static void flush_unit(store *st, flush_job *j);
+
+/* On a pool worker: |j|'s unit on the worker's store, then its pushes'
+ * targets. Touches |j| only. */
 static void flush_run(store *st, void *arg)
 {
     flush_job *j = arg;
     j->refused = j->conflict = false;
+    j->rc = ESIM_OK;
+    j->event_written = false;
+    if (job_writes(j))
+        flush_unit(st, j);
+    /* Failed for good (not another round, see flush_done): the event on
+     * this connection (when it cannot be written either, the store is
+     * down, and the loop does not try again). */
+    bool again = (j->refused || (j->rc == ESIM_ESTATE && j->conflict)) && j->round < FLUSH_ROUNDS;
+    if (j->rc != ESIM_OK && !again) {
+        esim_store_event_append(st, "campaign_store_error", NULL, NULL,
+                                j->e.msg[0] ? j->e.msg : "the store failed", NULL, 0, j->now, NULL);
+        j->event_written = true;
+    }
+    read_targets(st, j);
+}
+
+static void flush_unit(store *st, flush_job *j)
+{
     esim_err rc = esim_store_unit_begin(st, &j->e);
     if (rc != ESIM_OK) {
         j->rc = rc;
@@ -1001,6 +1185,8 @@ static void job_mark_slots(flush_job *j, bool on)
         j->batches[i].s->in_flush = on;
     for (size_t i = 0; i < j->nw; i++)
         j->w[i].s->in_flush = on;
+    for (size_t i = 0; i < j->n_pg; i++)
+        j->pg[i].s->in_flush = on;
 }
 
 /* The unit was not committed: what it would have written is written again
@@ -1136,6 +1322,9 @@ static void answer_waiters(campaigns *cs, flush_waiter *w, size_t n)
 
 static void job_free(flush_job *j)
 {
+    for (size_t i = 0; i < j->n_pg; i++)
+        free(j->pg[i].r);
+    free(j->pg);
     free(j->cancels);
     for (size_t i = 0; i < j->nb; i++)
         batch_free(&j->batches[i]);
@@ -1194,7 +1383,7 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
         job_retry(cs, j, now);
         j->round++;
         snapshot_records(cs, j);
-        if (j->nb || j->nw || j->n_facts || j->n_cancels) {
+        if (job_writes(j)) {
             flush_submit(cs, j);
             return;
         }
@@ -1202,12 +1391,18 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
         fail_batches(j->batches, j->nb, j->e.msg, now);
         job_records_lost(j);
         job_cancels_back(cs, j);
-        records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now);
+        records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now, j->event_written);
     }
     bool pushed = false;
     for (size_t k = 0; k < cs->n_slots; k++)
         if (cs->slots[k]->owned && cs->slots[k]->pushes_ready) {
-            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes_ready, now);
+            /* Their targets as the worker read them; not read (the service
+             * stopping): read here. */
+            const push_group *g = NULL;
+            for (size_t i = 0; j->targets_read && !g && i < j->n_pg; i++)
+                if (j->pg[i].s == cs->slots[k])
+                    g = &j->pg[i];
+            flush_pushes(cs, cs->slots[k], cs->slots[k]->pushes_ready, now, g);
             pushed = true;
         }
     release_holds(cs, j->holds, j->n_holds);
@@ -1229,6 +1424,32 @@ static void flush_submit(campaigns *cs, flush_job *j)
         j->rc = ESIM_ENOMEM;
         snprintf(j->e.msg, sizeof j->e.msg, "out of memory");
         flush_done(cs->svc, j, true);
+    }
+}
+
+/* The UDIDs of the pushes asked for so far (s->pushes[0..pushes_ready) of
+ * each campaign driven here), copied into |j| for the worker to read their
+ * targets. Out of memory: a campaign's are read on the loop, in done. */
+static void job_take_pushes(campaigns *cs, flush_job *j)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < cs->n_slots; k++)
+        n += cs->slots[k]->owned && cs->slots[k]->pushes_ready;
+    if (!n || !(j->pg = calloc(n, sizeof *j->pg)))
+        return;
+    for (size_t k = 0; k < cs->n_slots; k++) {
+        camp_slot *s = cs->slots[k];
+        if (!s->owned || !s->pushes_ready)
+            continue;
+        push_group *g = &j->pg[j->n_pg];
+        if (!(g->r = calloc(s->pushes_ready, sizeof *g->r)))
+            continue;
+        g->s = s;
+        g->n = s->pushes_ready;
+        for (size_t i = 0; i < g->n; i++)
+            snprintf(g->r[i].udid, sizeof g->r[i].udid, "%s",
+                     campaign_device_at(s->c, s->pushes.v[i])->udid);
+        j->n_pg++;
     }
 }
 
@@ -1261,6 +1482,7 @@ static void flush_start(campaigns *cs)
     cs->n_cancels = cs->cap_cancels = 0;
     for (size_t k = 0; k < cs->n_slots; k++)
         cs->slots[k]->pushes_ready = cs->slots[k]->pushes.n;
+    job_take_pushes(cs, j);
     j->nb = prepare_batches(cs, j->now, &j->batches);
     for (size_t i = 0; i < j->nb; i++)
         if (!batch_copy_udids(&j->batches[i])) {
@@ -1271,8 +1493,8 @@ static void flush_start(campaigns *cs)
             j->batches[i].n = 0;
         }
     snapshot_records(cs, j);
-    if (!j->nb && !j->nw && !j->n_facts && !j->n_cancels) {
-        /* Nothing to write: the pushes (a replay's) and the answers go. */
+    if (!job_writes(j) && !j->n_pg) {
+        /* Nothing to write or push: the answers go. */
         flush_done(cs->svc, j, true);
         return;
     }
@@ -1338,6 +1560,7 @@ static void adopt_state(campaigns *cs, camp_slot *s, int stored, int64_t version
 static void leases_refresh(campaigns *cs, int64_t now, bool at_once);
 static void replay_recorded_answers(campaigns *cs, camp_slot *s, bool push_unsent);
 static void lease_release_one(campaigns *cs, const char *id);
+static void lease_release_later(campaigns *cs, const char *id);
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -1363,6 +1586,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (campaign_get_state(s->c) != s->last_state)
             changed++;
     }
+    if (cs->n_asks && !cs->seen_out)
+        seen_submit(cs);
     if (changed)
         arm_flush(cs);
 }
@@ -2297,7 +2522,7 @@ static void lease_done(esim_service *svc, void *arg, bool ran)
             if (slot_replace(cs, k, &e->rd, true, &err) == ESIM_OK)
                 cs->takeovers++;
             else
-                lease_release_one(cs, e->row->id);
+                lease_release_later(cs, e->row->id);
         } else if (!e->held && s->owned && e->holder[0]) {
             /* Another instance took it over (this one could not renew in
              * time): it drives the campaign from its records now. */
@@ -2310,26 +2535,35 @@ static void lease_done(esim_service *svc, void *arg, bool ran)
 
 /* Renews and takes the leases: as a store job from the tick, at once on
  * the loop when an API call needs the answer (|at_once|). */
-static void leases_refresh(campaigns *cs, int64_t now, bool at_once)
+/* A lease job for the campaigns shown now (NULL: out of memory). */
+static lease_job *lease_job_new(campaigns *cs, int64_t now)
 {
-    if (!at_once && cs->lease_job)
-        return; /* the last one is still out: the next tick */
     cs->next_lease_ms = now + CAMPAIGN_LEASE_RENEW_MS;
     lease_job *j = calloc(1, sizeof *j);
     if (!j)
-        return;
+        return NULL;
     j->cs = cs;
     snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
     j->known = cs->n_slots ? calloc(cs->n_slots, sizeof *j->known) : NULL;
     if (cs->n_slots && !j->known) {
         free(j);
-        return;
+        return NULL;
     }
     for (size_t k = 0; k < cs->n_slots; k++) {
         snprintf(j->known[k].id, sizeof j->known[k].id, "%s", campaign_id(cs->slots[k]->c));
         j->known[k].owned = cs->slots[k]->owned;
     }
     j->n_known = cs->n_slots;
+    return j;
+}
+
+static void leases_refresh(campaigns *cs, int64_t now, bool at_once)
+{
+    if (!at_once && cs->lease_job)
+        return; /* the last one is still out: the next tick */
+    lease_job *j = lease_job_new(cs, now);
+    if (!j)
+        return;
     if (at_once) {
         lease_run(esim_service_store(cs->svc), j);
         lease_done(cs->svc, j, true);
@@ -2348,6 +2582,37 @@ static void lease_release_one(campaigns *cs, const char *id)
     lease_name(id, name, sizeof name);
     esim_store_lease_release(esim_service_store(cs->svc), name, esim_service_instance_id(cs->svc),
                              NULL);
+}
+
+/* The same as a store job (on a pool worker with a pool): a lease given
+ * back while the service runs (a takeover that could not be built). */
+typedef struct {
+    char name[300];
+    char instance[64];
+} lease_release_job;
+
+static void lease_release_run(store *st, void *arg)
+{
+    lease_release_job *j = arg;
+    esim_store_lease_release(st, j->name, j->instance, NULL);
+}
+
+static void lease_release_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    (void)ran;
+    free(arg);
+}
+
+static void lease_release_later(campaigns *cs, const char *id)
+{
+    lease_release_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return; /* the lease lapses by itself */
+    lease_name(id, j->name, sizeof j->name);
+    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+    if (esim_service_store_job(cs->svc, lease_release_run, lease_release_done, j) != ESIM_OK)
+        free(j);
 }
 
 /* Another instance said something about campaigns (or, with |topic| NULL,
@@ -2473,6 +2738,7 @@ void campaigns_free(campaigns *cs)
      * only memory. */
     free(cs->next_waiters);
     free(cs->cancels);
+    free(cs->asks);
     free(cs->slots);
     free(cs->map);
     free(cs->facts);
@@ -2527,15 +2793,121 @@ static void refresh_copy(campaigns *cs, size_t k)
 
 campaign *campaigns_find(campaigns *cs, const char *id)
 {
+    camp_slot *s = slot_by_id(cs, id, NULL);
+    return s ? s->c : NULL;
+}
+
+/* ---- what the API shows of campaigns other instances drive ----------------------------------
+ * A campaign another instance drives is shown from a copy read from the
+ * store, read again when older than CAMPAIGN_SNAPSHOT_MS; an unknown id or
+ * the list first reads the rows and leases, as the tick would (created on
+ * another instance a moment ago?). With a store pool these reads are one
+ * store job and the route answers from its done (esim_api_defer). */
+
+typedef struct {
+    char id[128];
+    esim_err rc;
+    camp_read rd;
+} view_read;
+
+typedef struct {
+    campaigns *cs;
+    esim_api_request *r;
+    campaigns_answer_fn answer;
+    lease_job *lj;    /* the rows and leases, for the list or an unknown id */
+    view_read *reads; /* the copies to read again */
+    size_t n_reads;
+} view_job;
+
+static bool copy_stale(const camp_slot *s, int64_t now)
+{
+    return !s->owned && now - s->loaded_ms >= CAMPAIGN_SNAPSHOT_MS;
+}
+
+static void view_run(store *st, void *arg)
+{
+    view_job *j = arg;
+    if (j->lj)
+        lease_run(st, j->lj);
+    for (size_t i = 0; i < j->n_reads; i++)
+        j->reads[i].rc = camp_read_id(st, j->reads[i].id, &j->reads[i].rd, NULL);
+}
+
+static void view_job_free(view_job *j)
+{
+    for (size_t i = 0; i < j->n_reads; i++)
+        camp_read_free(&j->reads[i].rd);
+    free(j->reads);
+    free(j);
+}
+
+static void view_done(esim_service *svc, void *arg, bool ran)
+{
+    view_job *j = arg;
+    campaigns *cs = j->cs;
+    if (j->lj)
+        lease_done(svc, j->lj, ran);
+    for (size_t i = 0; ran && i < j->n_reads; i++) {
+        size_t k = 0;
+        camp_slot *s = slot_by_id(cs, j->reads[i].id, &k);
+        /* Still a copy (not taken over meanwhile) and not being written. */
+        if (s && !s->owned && !s->in_flush && j->reads[i].rc == ESIM_OK)
+            slot_replace(cs, k, &j->reads[i].rd, false, NULL);
+    }
+    j->answer(cs, j->r);
+    view_job_free(j);
+}
+
+void campaigns_view(campaigns *cs, esim_api_request *r, const char *id, campaigns_answer_fn answer)
+{
+    int64_t now = esim_now_ms();
     size_t k = 0;
-    if (!slot_by_id(cs, id, &k) && cs->shared) {
-        leases_refresh(cs, esim_now_ms(), true); /* created on another instance a moment ago? */
-        if (!slot_by_id(cs, id, &k))
-            return NULL;
-    } else if (!slot_by_id(cs, id, &k))
-        return NULL;
-    refresh_copy(cs, k);
-    return cs->slots[k]->c;
+    bool known = id && slot_by_id(cs, id, &k);
+    bool leases = cs->shared && !known;
+    size_t n_stale = 0;
+    for (size_t i = 0; i < cs->n_slots; i++)
+        n_stale += (!id || (known && i == k)) && copy_stale(cs->slots[i], now);
+    if (!leases && !n_stale) {
+        answer(cs, r);
+        return;
+    }
+    if (!esim_service_store_jobs_async(cs->svc)) { /* on the loop, at once */
+        if (leases)
+            leases_refresh(cs, now, true);
+        for (size_t i = 0; i < cs->n_slots; i++)
+            if (!id || strcmp(campaign_id(cs->slots[i]->c), id) == 0)
+                refresh_copy(cs, i);
+        answer(cs, r);
+        return;
+    }
+    view_job *j = calloc(1, sizeof *j);
+    if (j)
+        j->reads = n_stale ? calloc(n_stale, sizeof *j->reads) : NULL;
+    if (j && leases)
+        j->lj = lease_job_new(cs, now);
+    if (!j || (n_stale && !j->reads) || (leases && !j->lj)) {
+        if (j && j->lj)
+            lease_job_free(j->lj);
+        if (j)
+            view_job_free(j);
+        answer(cs, r); /* out of memory: what this instance has */
+        return;
+    }
+    j->cs = cs;
+    j->r = r;
+    j->answer = answer;
+    for (size_t i = 0; i < cs->n_slots; i++)
+        if ((!id || (known && i == k)) && copy_stale(cs->slots[i], now))
+            snprintf(j->reads[j->n_reads++].id, sizeof j->reads[0].id, "%s",
+                     campaign_id(cs->slots[i]->c));
+    if (esim_service_store_job(cs->svc, view_run, view_done, j) != ESIM_OK) {
+        if (j->lj)
+            lease_job_free(j->lj);
+        view_job_free(j);
+        answer(cs, r);
+        return;
+    }
+    esim_api_defer(r);
 }
 
 static camp_slot *slot_of(campaigns *cs, const campaign *c)
@@ -3069,10 +3441,6 @@ void campaigns_metrics(campaigns *cs, esim_buf *out)
 
 json_t *campaigns_list_json(campaigns *cs)
 {
-    if (cs->shared)
-        leases_refresh(cs, esim_now_ms(), true); /* campaigns created elsewhere */
-    for (size_t k = 0; k < cs->n_slots; k++)
-        refresh_copy(cs, k);
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < cs->n_slots; i++) {
         const campaign *c = cs->slots[i]->c;
@@ -3656,9 +4024,8 @@ static json_t *bad_lines_json(const campaign_import *imp)
 }
 
 /* Serial numbers of every known device, for matching a manifest. */
-static esim_err known_serials(campaigns *cs, char (**serials)[64], size_t *n, esim_error *err)
+static esim_err known_serials(store *st, char (**serials)[64], size_t *n, esim_error *err)
 {
-    store *st = esim_service_store(cs->svc);
     char after[65] = "";
     size_t cap = 0, len = 0;
     char(*out)[64] = NULL;
@@ -3701,20 +4068,19 @@ static int cmp_serial(const void *a, const void *b)
 }
 
 /* The parsed rows, into the store in one operation. */
-static esim_err import_manifest(campaigns *cs, const campaign_import *imp, esim_error *err)
+static esim_err import_manifest(store *st, const campaign_import *imp, esim_error *err)
 {
     store_manifest_row *rows = malloc((imp->n_eids ? imp->n_eids : 1) * sizeof *rows);
     if (!rows)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     for (size_t i = 0; i < imp->n_eids; i++)
         rows[i] = (store_manifest_row){imp->eids[i].serial, imp->eids[i].eid};
-    esim_err rc = esim_store_manifest_import(esim_service_store(cs->svc), rows, imp->n_eids,
-                                             esim_now_ms(), err);
+    esim_err rc = esim_store_manifest_import(st, rows, imp->n_eids, esim_now_ms(), err);
     free(rows);
     return rc;
 }
 
-static esim_err import_codes(campaigns *cs, const campaign_import *imp, esim_error *err)
+static esim_err import_codes(store *st, const campaign_import *imp, esim_error *err)
 {
     store_code_row *rows = malloc((imp->n_codes ? imp->n_codes : 1) * sizeof *rows);
     if (!rows)
@@ -3723,13 +4089,12 @@ static esim_err import_codes(campaigns *cs, const campaign_import *imp, esim_err
         const campaign_code_row *c = &imp->codes[i];
         rows[i] = (store_code_row){c->eid, c->code, c->smdp_address, c->matching_id, c->iccid};
     }
-    esim_err rc = esim_store_codes_import(esim_service_store(cs->svc), rows, imp->n_codes,
-                                          esim_now_ms(), err);
+    esim_err rc = esim_store_codes_import(st, rows, imp->n_codes, esim_now_ms(), err);
     free(rows);
     return rc;
 }
 
-esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json_t **out,
+esim_err campaigns_import_eids(store *st, const char *text, size_t len, json_t **out,
                                esim_error *err)
 {
     campaign_import imp = {0};
@@ -3738,8 +4103,8 @@ esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json
         return rc;
     char(*serials)[64] = NULL;
     size_t n_serials = 0;
-    if ((rc = import_manifest(cs, &imp, err)) == ESIM_OK)
-        rc = known_serials(cs, &serials, &n_serials, err);
+    if ((rc = import_manifest(st, &imp, err)) == ESIM_OK)
+        rc = known_serials(st, &serials, &n_serials, err);
     if (rc != ESIM_OK) {
         campaign_import_free(&imp);
         return rc;
@@ -3770,14 +4135,14 @@ esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json
     return *out ? ESIM_OK : esim_fail(err, ESIM_ENOMEM, "out of memory");
 }
 
-esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, json_t **out,
+esim_err campaigns_import_codes(store *st, const char *text, size_t len, json_t **out,
                                 esim_error *err)
 {
     campaign_import imp = {0};
     esim_err rc = campaign_import_parse_codes(text, len, &imp, err);
     if (rc != ESIM_OK)
         return rc;
-    if ((rc = import_codes(cs, &imp, err)) != ESIM_OK) {
+    if ((rc = import_codes(st, &imp, err)) != ESIM_OK) {
         campaign_import_free(&imp);
         return rc;
     }

@@ -241,18 +241,67 @@ static bool last_push_event(store *st, const char *udid, store_event *out)
     return esim_store_event_latest(st, udid, kinds, 2, out, NULL) == ESIM_OK;
 }
 
-esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err)
-{
-    esim_err rc = esim_udid_validate(udid, err);
-    if (rc != ESIM_OK)
-        return rc;
-    store *st = esim_service_store(campaigns_service(cs));
+/* What the diagnosis reads of the store, read in one go: on a store pool
+ * worker with a pool (diagnose_run), the engines' memory then read on the
+ * loop (diagnose_build). */
+typedef struct {
+    char udid[65];
+    esim_err rc; /* of the device's record */
+    esim_error err;
     store_device dev;
-    if ((rc = esim_store_device_get(st, udid, &dev, err)) != ESIM_OK)
-        return rc == ESIM_ENOTFOUND
-                   ? esim_fail(err, ESIM_ENOTFOUND,
-                               "no device %s: it never enrolled with this service", udid)
-                   : rc;
+    esim_err irc; /* of the IoT record (an IoT device only) */
+    store_iot_device idev;
+    bool have_ev; /* the latest "pushed" or "push_failed" event */
+    store_event last_push_ev;
+    esim_err qrc; /* of the queue */
+    store_queue_entry *q;
+    size_t nq;
+    store_device_facts f;
+    bool have_ve; /* the latest "verify" event (a Windows PC only) */
+    store_event ve;
+} diag_read;
+
+static void diagnose_read(store *st, diag_read *in)
+{
+    const char *udid = in->udid;
+    esim_err rc = esim_store_device_get(st, udid, &in->dev, &in->err);
+    if (rc != ESIM_OK) {
+        in->rc = rc == ESIM_ENOTFOUND
+                     ? esim_fail(&in->err, ESIM_ENOTFOUND,
+                                 "no device %s: it never enrolled with this service", udid)
+                     : rc;
+        return;
+    }
+    in->irc = ESIM_ENOTFOUND;
+    if (strcmp(in->dev.platform, "iot") == 0)
+        in->irc = esim_store_iot_get(st, udid, &in->idev, NULL);
+    in->have_ev = last_push_event(st, udid, &in->last_push_ev);
+    in->qrc = esim_store_device_queue(st, udid, true, &in->q, &in->nq, NULL);
+    esim_store_facts_get(st, udid, &in->f, NULL);
+    in->have_ve = strcmp(in->dev.platform, "windows") == 0 && last_verify(st, udid, &in->ve);
+}
+
+static void diag_read_free(diag_read *in)
+{
+    if (in->irc == ESIM_OK)
+        esim_buf_free(&in->idev.euicc_cert);
+    if (in->qrc == ESIM_OK)
+        esim_store_queue_entries_free(in->q, in->nq);
+    in->q = NULL;
+    in->nq = 0;
+}
+
+/* The diagnosis of |in| (read from the store) and of what the engines hold
+ * of the device. */
+static esim_err diagnose_build(campaigns *cs, const diag_read *in, json_t **out, esim_error *err)
+{
+    const char *udid = in->udid;
+    if (in->rc != ESIM_OK) {
+        if (err)
+            *err = in->err;
+        return in->rc;
+    }
+    const store_device dev = in->dev;
     bool windows = strcmp(dev.platform, "windows") == 0;
     bool iot = strcmp(dev.platform, "iot") == 0;
     diag d = {.checks = json_array()};
@@ -301,8 +350,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                  token_bytes);
     if (iot) {
         /* An IoT eUICC is not pushed: its IPA polls the eIM. */
-        store_iot_device idev;
-        esim_err irc = esim_store_iot_get(st, udid, &idev, NULL);
+        const store_iot_device idev = in->idev;
+        esim_err irc = in->irc;
         bool ready = irc == ESIM_OK && strcmp(idev.state, "ready") == 0;
         fmt_time(irc == ESIM_OK ? idev.last_poll_ms : 0, t1);
         check(&d, "eim_registration", ready, "%s",
@@ -317,8 +366,6 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                      "The device's IPA never polled the eIM.");
         else if (irc == ESIM_OK && idev.last_error[0])
             check(&d, "eim_last_error", 0, "%s", idev.last_error);
-        if (irc == ESIM_OK)
-            esim_buf_free(&idev.euicc_cert);
     }
     if (!windows && !iot)
         check(&d, "push_token", dev.push_state == STORE_PUSH_VALID, "%s (last TokenUpdate %s)%s",
@@ -343,8 +390,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     fmt_time(dev.last_seen_at, t2);
     /* APNs's own answer is in the ledger: "pushed" when it accepted the
      * push, "push_failed" with the outcome and reason otherwise. */
-    store_event last_push_ev;
-    bool have_ev = last_push_event(st, udid, &last_push_ev);
+    const store_event last_push_ev = in->last_push_ev;
+    bool have_ev = in->have_ev;
     bool apns_refused = have_ev && strcmp(last_push_ev.kind, "push_failed") == 0;
     char apns_words[600] = "";
     if (have_ev) {
@@ -375,8 +422,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
                  last_push_ev.detail);
 
     /* 3. the commands and their answers */
-    store_queue_entry *q = NULL;
-    size_t nq = 0;
+    const store_queue_entry *q = in->q;
+    size_t nq = in->nq;
     json_t *cmds = json_array();
     char last_error[400] = "";
     int64_t last_code = 0, last_error_at = 0;
@@ -385,7 +432,7 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
      * final ones newest first; the list shows them oldest first, so the
      * newest is last, with the ones still waiting after them. */
     json_t *waiting = json_array();
-    if (esim_store_device_queue(st, udid, true, &q, &nq, NULL) == ESIM_OK) {
+    if (in->qrc == ESIM_OK) {
         for (size_t i = 0; i < nq; i++) {
             char words[400];
             int64_t code = 0;
@@ -418,14 +465,13 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
             else
                 json_array_append_new(waiting, e);
         }
-        esim_store_queue_entries_free(q, nq);
-    }
+    } else
+        nq = 0;
     json_array_extend(cmds, waiting);
     json_decref(waiting);
     /* What the device reported since: an error older than its verified
      * eSIM belongs to an attempt that was overtaken (an old campaign). */
-    store_device_facts f;
-    esim_store_facts_get(st, udid, &f, NULL);
+    const store_device_facts f = in->f;
     const char *eid = cd && cd->eid[0] ? cd->eid : "";
     bool verified_since_error = last_error[0] && f.verified_ms && eid[0] &&
                                 strcmp(f.eid, eid) == 0 && f.verified_ms >= last_error_at;
@@ -444,8 +490,8 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
     }
 
     /* Windows: what verification found of the last eSIM operation. */
-    store_event ve;
-    if (windows && last_verify(st, udid, &ve)) {
+    const store_event ve = in->ve;
+    if (windows && in->have_ve) {
         fmt_time(ve.at, t1);
         bool good = strncmp(ve.detail, "done", 4) == 0;
         bool bad = strncmp(ve.detail, "failed", 6) == 0 || strncmp(ve.detail, "timeout", 7) == 0;
@@ -629,4 +675,57 @@ esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     *out = o;
     return ESIM_OK;
+}
+
+/* ---- the diagnosis route: its reads as a store job ------------------------------------------ */
+
+typedef struct {
+    campaigns *cs;
+    esim_api_request *r;
+    diag_read in;
+} diag_job;
+
+static void diagnose_run(store *st, void *arg)
+{
+    diag_job *j = arg;
+    diagnose_read(st, &j->in);
+}
+
+static void diagnose_done(esim_service *svc, void *arg, bool ran)
+{
+    (void)svc;
+    diag_job *j = arg;
+    json_t *out = NULL;
+    esim_error e = {{0}};
+    esim_err rc = ran ? diagnose_build(j->cs, &j->in, &out, &e)
+                      : esim_fail(&e, ESIM_ESTORE, "the service is stopping");
+    if (rc != ESIM_OK)
+        esim_api_error(j->r, esim_api_status_for(rc), "udid", "%s",
+                       e.msg[0] ? e.msg : esim_strerror(rc));
+    else
+        esim_api_reply_json(j->r, 200, out);
+    diag_read_free(&j->in);
+    free(j);
+}
+
+void campaigns_diagnose(campaigns *cs, esim_api_request *r, const char *udid)
+{
+    esim_error e = {{0}};
+    esim_err rc = esim_udid_validate(udid, &e);
+    diag_job *j = rc == ESIM_OK ? calloc(1, sizeof *j) : NULL;
+    if (rc == ESIM_OK && !j)
+        rc = esim_fail(&e, ESIM_ENOMEM, "out of memory");
+    if (rc != ESIM_OK) {
+        esim_api_error(r, esim_api_status_for(rc), "udid", "%s",
+                       e.msg[0] ? e.msg : esim_strerror(rc));
+        return;
+    }
+    j->cs = cs;
+    j->r = r;
+    snprintf(j->in.udid, sizeof j->in.udid, "%s", udid);
+    esim_api_defer(r);
+    if (esim_service_store_job(campaigns_service(cs), diagnose_run, diagnose_done, j) != ESIM_OK) {
+        j->in.rc = esim_fail(&j->in.err, ESIM_ENOMEM, "out of memory");
+        diagnose_done(campaigns_service(cs), j, true);
+    }
 }

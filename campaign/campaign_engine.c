@@ -761,7 +761,11 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
          * the service, say, and its retries over) is pushed again. */
         int64_t wait = repush_delay(c, d->pushes);
         int64_t since = d->last_push_ms > now - wait ? d->last_push_ms : now - wait;
-        if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, since))
+        if (io->ask_seen && d->pushes) {
+            /* As if seen until the answer comes (campaign_seen_answer). */
+            arm(c, i, now + wait);
+            io->ask_seen(io->arg, c, i, since, d->gen);
+        } else if (io->seen_since && d->pushes && io->seen_since(io->arg, c, i, since))
             arm(c, i, now + wait);
         /* Still in line: no device pushed at or after it has answered yet,
          * while answers to earlier pushes keep coming. A loaded service (or
@@ -778,6 +782,20 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
     default:
         break;
     }
+}
+
+void campaign_seen_answer(campaign *c, size_t dev, uint32_t token, bool seen, int64_t now)
+{
+    if (!c || dev >= c->n || seen || c->state != CAMPAIGN_RUNNING)
+        return;
+    campaign_dev *d = &c->devs[dev];
+    if (d->gen != token || d->state != CDEV_ACTIVE || !d->next_ms)
+        return;
+    if (still_in_line(c, d, now, repush_delay(c, d->pushes)))
+        return; /* its timer stays */
+    disarm(c, dev);
+    mark_dirty(c, dev);
+    again_add(c, dev);
 }
 
 /* Sends what the device in the FIFO needs; true when a push went out. */

@@ -235,6 +235,12 @@ typedef struct {
      * the eIM): the engine still times it as a push but does not count it
      * in campaign_pushes(). */
     bool (*wakes)(void *arg, campaign *c, size_t dev);
+    /* May be NULL. The same question asked without waiting for the answer
+     * (used instead of seen_since when set: the caller reads the store off
+     * the loop): the engine keeps the device's timer at the next re-push
+     * delay, as for a device seen, and the caller gives the answer later
+     * with campaign_seen_answer(c, dev, |token|, ...). */
+    void (*ask_seen)(void *arg, campaign *c, size_t dev, int64_t since_ms, uint32_t token);
 } campaign_io;
 
 /* A device's answer to a step, as a platform adapter read it
@@ -311,6 +317,14 @@ size_t campaign_tick(campaign *c, int64_t now_ms, const campaign_io *io);
  */
 esim_err campaign_on_result(campaign *c, size_t dev, campaign_step step, const campaign_result *r,
                             int64_t now_ms, const campaign_io *io);
+
+/* The answer to io->ask_seen(.., dev, since, |token|): whether device
+ * |dev| talked to the service after |since|. Not seen, and no longer in
+ * its line, it is pushed again (at the next tick); seen, nothing changes.
+ * An answer for a device whose timer or state changed since it was asked
+ * (|token| is no longer its own), or while the campaign is not running,
+ * changes nothing. */
+void campaign_seen_answer(campaign *c, size_t dev, uint32_t token, bool seen, int64_t now_ms);
 
 /* The push for |dev| could not be delivered to APNs for good (|why|, e.g.
  * "the push token is dead (410 Unregistered)"): the reason is kept; the

@@ -58,7 +58,18 @@ esim_service *campaigns_service(campaigns *cs);
  * store fails. The store's part runs as a store job (on a pool worker
  * with PostgreSQL), so |r| may be answered after this returns. */
 void campaigns_create(campaigns *cs, esim_api_request *r, json_t *body);
+/* Campaign |id| as this instance shows it now (its memory only). */
 campaign *campaigns_find(campaigns *cs, const char *id);
+/* What answers an API read of campaigns, from memory (campaigns_find,
+ * campaigns_list_json). */
+typedef void (*campaigns_answer_fn)(campaigns *cs, esim_api_request *r);
+/* Brings up to date what the API shows of campaign |id| (NULL: of the
+ * list) before |answer| runs: on a store several instances share, a copy
+ * of a campaign another instance drives older than half a second is read
+ * again, and an unknown id or the list first reads the rows and leases.
+ * With a store pool those reads are a store job and |answer| runs from its
+ * done (|r| deferred); else, and when nothing is to be read, at once. */
+void campaigns_view(campaigns *cs, esim_api_request *r, const char *id, campaigns_answer_fn answer);
 /* "pause", "resume", "cancel" of campaign |id|, answering |r|: 200 with the
  * campaign; 404 unknown; 409 (ESIM_ESTATE) when its state does not allow
  * it; 503 when the store fails. On a campaign another instance drives the
@@ -81,19 +92,26 @@ void campaigns_metrics(campaigns *cs, esim_buf *out);
 /* The most recent campaign record of |udid| (NULL, -1 when none). */
 campaign *campaigns_latest_for_device(campaigns *cs, const char *udid, long *index);
 
-/* Offline imports through the API. |text| is the file. */
-esim_err campaigns_import_eids(campaigns *cs, const char *text, size_t len, json_t **out,
+/* Offline imports through the API. |text| is the file. They touch the
+ * store |st| only (nothing of the engines'), so their routes run on a
+ * store pool worker with that worker's store. */
+esim_err campaigns_import_eids(store *st, const char *text, size_t len, json_t **out,
                                esim_error *err);
-esim_err campaigns_import_codes(campaigns *cs, const char *text, size_t len, json_t **out,
+esim_err campaigns_import_codes(store *st, const char *text, size_t len, json_t **out,
                                 esim_error *err);
 
 /* ======================================================================
  * Diagnosis (campaign_diagnose.c)
  * ====================================================================== */
 
-/* What a support engineer would check, as JSON: checks[] (each with name,
- * ok, detail), conclusion, next_action, kind. ESIM_ENOTFOUND unknown device. */
-esim_err campaigns_diagnose(campaigns *cs, const char *udid, json_t **out, esim_error *err);
+/* Answers |r| with what a support engineer would check of device |udid|,
+ * as JSON: checks[] (each with name, ok, detail), conclusion, next_action,
+ * kind; 400 for a bad UDID, 404 for an unknown device, 503 when the store
+ * fails. The store's part (the device, its queue, facts and ledger) is a
+ * store job (on a pool worker with PostgreSQL), what the campaigns hold of
+ * the device is read on the loop when it is back: |r| may be answered
+ * after this returns. */
+void campaigns_diagnose(campaigns *cs, esim_api_request *r, const char *udid);
 
 /* ======================================================================
  * Admin API (api_campaign.c)

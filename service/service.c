@@ -1508,6 +1508,12 @@ esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state 
     return push_device(svc, udid, state, NULL, err);
 }
 
+void esim_service_push_to(esim_service *svc, const store_push_target *t, esim_push_state *state,
+                          esim_error *err)
+{
+    push_send(svc, t, state, NULL, err);
+}
+
 /* ---- /metrics ---------------------------------------------------------------------------- */
 
 esim_err svc_metrics_text(esim_service *svc, esim_buf *out)

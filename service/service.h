@@ -745,6 +745,11 @@ ESIM_EXTERN void esim_service_enqueued(esim_service *svc, const char *const *udi
  *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTORE  the store failed. */
 ESIM_EXTERN esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
                                        esim_error *err);
+/* Pushes one device whose target |t| was read with esim_store_push_target
+ * (on a store job's store, say): esim_service_push without its store read.
+ * |err| (may be NULL) says why when *state is ESIM_PUSH_FAILED. */
+ESIM_EXTERN void esim_service_push_to(esim_service *svc, const store_push_target *t,
+                                      esim_push_state *state, esim_error *err);
 
 #ifdef __cplusplus
 }

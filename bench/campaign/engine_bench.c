@@ -70,7 +70,7 @@ int main(int argc, char **argv)
     spec.smdp_url = "https://smdp.example.com";
     campaign_settings_init(&spec.settings);
     spec.settings.pushes_per_second = 1e7;
-    campaign_io io = {NULL, q, p, true, NULL, NULL};
+    campaign_io io = {NULL, q, p, true, NULL, NULL, NULL};
 
     long rss0 = rss_kb();
     double t0 = now_s();

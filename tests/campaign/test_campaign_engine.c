@@ -111,7 +111,7 @@ static void test_steps_in_order_and_verified(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(true, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 1000, &c, NULL), ESIM_OK);
     assert_int_equal(count(c, CDEV_PENDING), 3);
@@ -155,7 +155,7 @@ static void test_ack_without_matching_eid_is_not_verified(void **state)
     make_fleet(&f, 2, "8944000000000000001");
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -200,7 +200,7 @@ static void test_unknown_expected_eid_is_unverified(void **state)
     campaign_target t = {.udid = "NO-EID-1"};
     campaign_spec spec = make_spec(false, false, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, &t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 1, &io);
@@ -220,7 +220,7 @@ static void test_not_now_backs_off_and_repushes_without_requeue(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -252,7 +252,7 @@ static void test_busy_36003_requeues_other_errors_fail(void **state)
     make_fleet(&f, 2, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -298,7 +298,7 @@ static void test_refresh_error_then_verified(void **state)
     make_fleet(&f, 2, NULL);
     campaign_spec spec = make_spec(false, true, false); /* no verify step asked */
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -349,7 +349,7 @@ static void test_refresh_error_without_eid_fails(void **state)
     f.t[0].expected_eid = NULL;
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -368,7 +368,7 @@ static void test_silent_device_repushed_then_timed_out(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 12000; t += 100)
@@ -412,7 +412,7 @@ static void test_no_repush_while_in_line(void **state)
     spec.settings.repush_after_ms = 10000;
     spec.settings.expiry_ms = 1000000;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, wake_all, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, wake_all, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 5, 0, &c, NULL), ESIM_OK);
     /* In target order: A=0 at 1 s, B=1 at 2 s, C=2 at 3 s, D=3 at 4 s, the PC at 5 s. */
@@ -456,7 +456,7 @@ static void test_no_repush_while_in_line(void **state)
     f.t[2].platform = 2;
     spec = make_spec(true, false, false);
     rec r2 = {0};
-    campaign_io io2 = {&r2, rec_queue, wake_all, false, NULL, wakes_not_iot};
+    campaign_io io2 = {&r2, rec_queue, wake_all, false, NULL, wakes_not_iot, NULL};
     assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io2);
     assert_int_equal(r2.total_pushed, 3);
@@ -474,7 +474,7 @@ static void test_pushes_per_second_ceiling(void **state)
     spec.settings.repush_after_ms = 100000;
     spec.settings.expiry_ms = 1000000;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 200, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 2000; t += 10) {
@@ -494,7 +494,7 @@ static void test_pause_resume_cancel(void **state)
     make_fleet(&f, 4, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     esim_error err;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
@@ -539,7 +539,7 @@ static void test_distribution_none_and_custom(void **state)
     campaign_spec spec = make_spec(false, true, false);
     spec.staged = true;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 4, 0, &c, NULL), ESIM_OK);
     assert_int_equal(campaign_get_state(c), CAMPAIGN_STAGED);
@@ -575,7 +575,7 @@ static void test_installed_esim_is_never_downloaded_twice(void **state)
     f.t[0].esim_installed = true;
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -636,7 +636,7 @@ static void test_queue_failure_fails_device_with_reason(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {.fail_queue = true};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -653,7 +653,7 @@ static void test_dirty_records_and_restore(void **state)
     make_fleet(&f, 3, NULL);
     campaign_spec spec = make_spec(false, true, true);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 3, 0, &c, NULL), ESIM_OK);
     size_t n = 0;
@@ -703,7 +703,7 @@ static void test_push_after_answer_and_lookup(void **state)
     make_fleet(&f, 50, NULL);
     campaign_spec spec = make_spec(true, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, true, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, true, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 50, 0, &c, NULL), ESIM_OK);
     for (size_t i = 0; i < 50; i++)
@@ -738,7 +738,7 @@ static void test_no_repush_while_the_device_is_talking(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, always_seen, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, always_seen, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 12000; t += 100)
@@ -766,7 +766,7 @@ static void test_repush_once_the_device_went_quiet(void **state)
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, seen_at_500, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, seen_at_500, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     for (int64_t t = 0; t <= 1000; t += 100)
@@ -780,6 +780,72 @@ static void test_repush_once_the_device_went_quiet(void **state)
     campaign_free(c);
 }
 
+/* The question asked without waiting (ask_seen): kept, answered later. */
+static struct {
+    size_t dev;
+    uint32_t token;
+    int64_t since;
+    int asked;
+} g_ask;
+
+static void ask_seen(void *arg, campaign *c, size_t dev, int64_t since, uint32_t token)
+{
+    (void)arg;
+    (void)c;
+    g_ask.dev = dev;
+    g_ask.token = token;
+    g_ask.since = since;
+    g_ask.asked++;
+}
+
+/* Asked at a re-push timer, the engine keeps the device's timer until the
+ * answer: "seen" changes nothing, "not seen" pushes it again at the next
+ * tick, and an answer to a question that no longer stands (the device
+ * answered meanwhile) changes nothing. */
+static void test_repush_decided_by_a_later_answer(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 1, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {0};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, ask_seen};
+    campaign *c = NULL;
+    memset(&g_ask, 0, sizeof g_ask);
+    assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(r.pushed[0], 1);
+    campaign_tick(c, 1000, &io); /* the re-push timer: asked, not pushed */
+    assert_int_equal(g_ask.asked, 1);
+    assert_int_equal(g_ask.since, 0);
+    assert_int_equal(r.pushed[0], 1);
+    campaign_seen_answer(c, 0, g_ask.token, true, 1010);
+    campaign_tick(c, 1020, &io);
+    assert_int_equal(r.pushed[0], 1); /* seen: left to work */
+    campaign_tick(c, 2000, &io);      /* asked again a re-push delay later */
+    assert_int_equal(g_ask.asked, 2);
+    campaign_seen_answer(c, 0, g_ask.token + 1, false, 2010); /* not its question */
+    campaign_tick(c, 2020, &io);
+    assert_int_equal(r.pushed[0], 1);
+    campaign_seen_answer(c, 0, g_ask.token, false, 2030);
+    campaign_tick(c, 2040, &io);
+    assert_int_equal(r.pushed[0], 2);                     /* not seen: pushed again */
+    campaign_seen_answer(c, 0, g_ask.token, false, 2050); /* answered already */
+    campaign_tick(c, 2060, &io);
+    assert_int_equal(r.pushed[0], 2);
+    /* Asked again, then the device answers before the store does. */
+    for (int64_t t = 2100; g_ask.asked < 3 && t <= 8000; t += 100)
+        campaign_tick(c, t, &io);
+    assert_int_equal(g_ask.asked, 3);
+    campaign_result ok = ack();
+    assert_int_equal(campaign_on_result(c, 0, CAMPAIGN_STEP_REFRESH, &ok, 5000, &io), ESIM_OK);
+    campaign_seen_answer(c, 0, g_ask.token, false, 5010);
+    campaign_tick(c, 5020, &io);
+    assert_int_equal(r.pushed[0], 2);
+    assert_int_equal(count(c, CDEV_DONE), 1);
+    campaign_free(c);
+}
+
 static void test_window_of_devices_in_flight(void **state)
 {
     (void)state;
@@ -789,7 +855,7 @@ static void test_window_of_devices_in_flight(void **state)
     spec.settings.max_in_flight = 5;
     spec.settings.repush_after_ms = 500;
     rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 20, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
@@ -852,6 +918,7 @@ int main(void)
         cmocka_unit_test(test_push_after_answer_and_lookup),
         cmocka_unit_test(test_no_repush_while_the_device_is_talking),
         cmocka_unit_test(test_repush_once_the_device_went_quiet),
+        cmocka_unit_test(test_repush_decided_by_a_later_answer),
         cmocka_unit_test(test_window_of_devices_in_flight),
         cmocka_unit_test(test_names_round_trip),
     };

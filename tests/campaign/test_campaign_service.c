@@ -1693,8 +1693,35 @@ static void test_slow_lease_tick_holds_no_loop(void **state)
     assert_int_equal(metric("esim_mdm_campaign_leases"), 0);
     harness_pg_exec(locker, "BEGIN");
     harness_pg_exec(locker, "LOCK TABLE campaign_devices IN ACCESS EXCLUSIVE MODE");
-    checkins_while_waiting(f, watch);
+    /* The API shows the copy another instance drives: read again, and the
+     * list with the rows and leases, on workers too. */
+    slow_call one = {.method = "GET"}, all = {.method = "GET", .path = "/v1/campaigns"};
+    snprintf(one.path, sizeof one.path, "/v1/campaigns/%s", id);
+    assert_int_equal(pthread_create(&one.thread, NULL, slow_call_main, &one), 0);
+    assert_int_equal(pthread_create(&all.thread, NULL, slow_call_main, &all), 0);
+    /* No assertion until the calls are joined: they use this frame. */
+    bool ok = harness_pg_await_lock_waits(watch, 2, 300) >= 2;
+    for (int k = 0; k < 2 && ok; k++)
+        for (size_t i = 2; i < NDEV && ok; i++) {
+            device_reconnect(&d[i].dev);
+            ok = device_result(&d[i].dev, ESIM_STATUS_IDLE, NULL, NULL) == 200;
+        }
+    ok = ok && harness_pg_await_lock_waits(watch, 1, 1) >= 1 && !atomic_load(&one.finished) &&
+         !atomic_load(&all.finished);
     harness_pg_exec(locker, "ROLLBACK");
+    pthread_join(one.thread, NULL);
+    pthread_join(all.thread, NULL);
+    if (!ok) {
+        json_decref(one.out);
+        json_decref(all.out);
+        fail_msg("the reads of the copy did not wait on workers while devices checked in");
+    }
+    assert_int_equal(one.code, 200);
+    assert_string_equal(jstr(one.out, "id"), id);
+    assert_int_equal(all.code, 200);
+    assert_int_equal(json_array_size(json_object_get(all.out, "campaigns")), 1);
+    json_decref(one.out);
+    json_decref(all.out);
     for (int k = 0; k < 200 && metric("esim_mdm_campaign_takeovers_total") < 1; k++)
         sleep_ms(20);
     assert_int_equal(metric("esim_mdm_campaign_takeovers_total"), 1);
@@ -1704,6 +1731,154 @@ static void test_slow_lease_tick_holds_no_loop(void **state)
     assert_string_equal(jstr(r, "state"), "finished");
     assert_int_equal(jint(json_object_get(r, "counts"), "verified"), 2);
     json_decref(r);
+    PQfinish(locker);
+    PQfinish(watch);
+}
+
+/* Whether the loop answers requests that need no store (GET /healthz, and
+ * campaign |id|, which this instance drives, from memory) within 3 s while
+ * |locker| holds its lock; lets the lock go either way, and joins. */
+static bool loop_answers_while_locked(PGconn *locker, const char *id)
+{
+    slow_call h = {.method = "GET", .path = "/healthz"}, c = {.method = "GET"};
+    snprintf(c.path, sizeof c.path, "/v1/campaigns/%s", id);
+    assert_int_equal(pthread_create(&h.thread, NULL, slow_call_main, &h), 0);
+    assert_int_equal(pthread_create(&c.thread, NULL, slow_call_main, &c), 0);
+    for (int k = 0; k < 150 && !(atomic_load(&h.finished) && atomic_load(&c.finished)); k++)
+        sleep_ms(20);
+    bool answered = atomic_load(&h.finished) && atomic_load(&c.finished);
+    harness_pg_exec(locker, "ROLLBACK");
+    pthread_join(h.thread, NULL);
+    pthread_join(c.thread, NULL);
+    json_decref(h.out);
+    json_decref(c.out);
+    return answered && h.code == 200 && c.code == 200;
+}
+
+static long pushes_of(const char *id)
+{
+    json_t *c = campaign_get(id);
+    long n = jint(c, "pushes");
+    json_decref(c);
+    return n;
+}
+
+/* Whether the first device of campaign |id| was pushed (its command
+ * committed first): its last push has a fate. */
+static bool first_pushed(const char *id)
+{
+    json_t *c = campaign_get(id);
+    const char *p = jstr(json_array_get(json_object_get(c, "device_states"), 0), "last_push");
+    bool pushed = p[0] && strcmp(p, "none") != 0;
+    json_decref(c);
+    return pushed;
+}
+
+/* The store reads on a campaign's hot path happen on store workers, never
+ * on the loop: the engine's "has the device been seen since its push?" at
+ * a re-push timer (a silent device), and the push targets (token, magic)
+ * of a batch's pushes (a device's push after its NotNow back-off). Each
+ * is a plain read of the devices table, which waits only on a table lock,
+ * so the table is locked (and check-ins wait too): the loop still answers
+ * what needs no store meanwhile, and once the lock goes each device is
+ * pushed. With ESIM_TEST_STORE_POOL=0 (the control) the loop waits and
+ * this fails. */
+static void test_slow_repush_reads_hold_no_loop(void **state)
+{
+    fixture *f = *state;
+    if (!harness_store_is_pgsql())
+        skip();
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    PGconn *locker = harness_pg_connect(f->cfg.store), *watch = harness_pg_connect(f->cfg.store);
+    /* A silent device: its re-push timer asks the store whether it was seen. */
+    char body[2048], id[64];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":0.3,\"expiry_s\":60}}",
+          d[0].dev.udid);
+    json_t *c = create(body, 201);
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 200 && !first_pushed(id); k++)
+        sleep_ms(20);
+    assert_int_equal(pushes_of(id), 1);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "LOCK TABLE devices IN ACCESS EXCLUSIVE MODE");
+    sleep_ms(600); /* its re-push timer (0.3 s after the push) has asked */
+    assert_true(harness_pg_await_lock_waits(watch, 1, 300) >= 1);
+    assert_true(loop_answers_while_locked(locker, id));
+    for (int k = 0; k < 200 && pushes_of(id) < 2; k++)
+        sleep_ms(20);
+    assert_true(pushes_of(id) >= 2); /* not seen since: pushed again */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/campaigns/%s/cancel", id);
+    assert_int_equal(api("POST", path, "", NULL), 200);
+    /* A device that said NotNow: pushed again after its back-off, its
+     * target read with the batch. */
+    d[1].refresh = REFRESH_NOT_NOW_ONCE;
+    d[1].not_now_left = 1;
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\"]},\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",\"policy\":{\"esim_modification\":\"deny\"},"
+          "\"settings\":{\"pushes_per_second\":1000,\"repush_after_s\":30,\"expiry_s\":60,"
+          "\"retry_base_s\":1,\"retry_max_s\":1}}",
+          d[1].dev.udid);
+    c = create(body, 201);
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 200 && !first_pushed(id); k++)
+        sleep_ms(20);
+    int answered = sdev_checkin(&d[1]);
+    if (answered < 2) /* the profile, then NotNow to the refresh */
+        fail_msg("answered %d commands", answered);
+    assert_int_equal(count_of(id, "retry_wait"), 1);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "LOCK TABLE devices IN ACCESS EXCLUSIVE MODE");
+    sleep_ms(1200); /* the back-off (1 s from the NotNow) is over: its push is asked for */
+    assert_true(harness_pg_await_lock_waits(watch, 1, 300) >= 1);
+    assert_true(loop_answers_while_locked(locker, id));
+    for (int k = 0; k < 200 && pushes_of(id) < 2; k++)
+        sleep_ms(20);
+    assert_int_equal(pushes_of(id), 2);
+    PQfinish(locker);
+    PQfinish(watch);
+}
+
+/* The imports and the diagnosis wait on the store on a worker, never on
+ * the loop: with the table each reads or writes locked from another
+ * session (the manifest, the activation codes, the device facts), devices
+ * outside them check in meanwhile, and each call answers as ever once the
+ * lock goes. With ESIM_TEST_STORE_POOL=0 (the control) this fails. */
+static void test_slow_imports_and_diagnosis_hold_no_loop(void **state)
+{
+    fixture *f = *state;
+    if (!harness_store_is_pgsql())
+        skip();
+    sdev *d = f->devs;
+    PGconn *locker = harness_pg_connect(f->cfg.store), *watch = harness_pg_connect(f->cfg.store);
+    char eids[400], codes[400];
+    bodyf(eids, sizeof eids, "serial,eid\n%s,%s\n", d[0].serial, d[0].eid);
+    slow_call imp = {.method = "POST", .path = "/v1/import/eids", .body = eids};
+    call_while_locked(f, locker, watch, "LOCK TABLE eid_manifest IN ACCESS EXCLUSIVE MODE", &imp);
+    assert_int_equal(imp.code, 200);
+    assert_int_equal(jint(imp.out, "imported"), 1);
+    assert_int_equal(jint(imp.out, "matched"), 1);
+    json_decref(imp.out);
+    bodyf(codes, sizeof codes, "%s,LPA:1$smdp.example.com$M-1,%s\n", d[0].eid, d[0].iccid);
+    slow_call cod = {.method = "POST", .path = "/v1/import/activation-codes", .body = codes};
+    call_while_locked(f, locker, watch, "LOCK TABLE activation_codes IN ACCESS EXCLUSIVE MODE",
+                      &cod);
+    assert_int_equal(cod.code, 200);
+    assert_int_equal(jint(cod.out, "imported"), 1);
+    json_decref(cod.out);
+    slow_call dia = {.method = "GET"};
+    snprintf(dia.path, sizeof dia.path, "/v1/devices/%.64s/diagnosis", d[0].dev.udid);
+    call_while_locked(f, locker, watch, "LOCK TABLE device_facts IN ACCESS EXCLUSIVE MODE", &dia);
+    assert_int_equal(dia.code, 200);
+    assert_string_equal(jstr(dia.out, "udid"), d[0].dev.udid);
+    json_decref(dia.out);
     PQfinish(locker);
     PQfinish(watch);
 }
@@ -1752,6 +1927,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_batch_holds_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_campaign_controls_hold_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_lease_tick_holds_no_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_repush_reads_hold_no_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_imports_and_diagnosis_hold_no_loop, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_in_progress_done_and_no_token, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_diagnosis_tells_the_truth, setup, teardown),
