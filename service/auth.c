@@ -5,7 +5,10 @@
  * chain to the configured device CA. The caller binds its hash to the UDID.
  * Devices send the same certificate with every message, so each one is
  * parsed and verified once and then recognised by its bytes (OpenSSL 3.0
- * spends most of a verification decoding the certificate's key).
+ * spends most of a verification decoding the certificate's key). A new
+ * P-256 identity from an issuer already seen in a verified chain is not
+ * parsed by OpenSSL at all: read in place (cert_der.c) and checked
+ * against that issuer (verify_fresh).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +25,10 @@
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "service/auth_internal.h"
+#include "service/cert_der.h"
 #include "service/service_internal.h"
 
 esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out, esim_error *err)
@@ -65,6 +70,8 @@ static size_t der_header_size(size_t len);
  * what is wrong with it (X509_V_ERR_OUT_OF_MEM when nothing could be
  * checked). With X509_V_OK, *until (when given) is the earliest notAfter
  * in the verified chain, ms: how long that verification can hold. */
+static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until);
+
 static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted, int64_t *until)
 {
     svc->m.identity_chain_checks++;
@@ -84,6 +91,7 @@ static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
             if (t < *until)
                 *until = t; /* 0 (unreadable) holds for nothing */
         }
+        issuer_note(svc, chain, *until);
     }
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
@@ -498,8 +506,39 @@ typedef struct {
     auth_key key;
 } auth_verified;
 
+/* The public key made from a kept point (auth_key), by certificate
+ * digest: a device's later messages reuse it (making it costs ≈ 0.2 M
+ * instructions, about a fifth of the verification). Direct-mapped like
+ * the parsed slots; an EC public key is ≈ 1 KiB where an X509 is ≈ 5. */
+typedef struct {
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    EVP_PKEY *key; /* NULL: empty slot */
+} auth_key_slot;
+
+/* A certificate that issued a device identity whose chain OpenSSL
+ * verified (X509_verify_cert): the next identities it issued are checked
+ * against it directly (verify_fresh), with what OpenSSL checked of the
+ * rest of the chain held for AUTH_REVERIFY_MS, as a verified chain is.
+ * Kept only when nothing above the identity depends on the identity
+ * itself: no name or policy constraints in the chain, the issuer a CA
+ * that may sign certificates, the only one of its name in the trust
+ * store. */
+#define AUTH_ISSUERS 8
+typedef struct {
+    unsigned char sha[SHA256_DIGEST_LENGTH]; /* its DER's digest */
+    unsigned char *subject;                  /* its subject Name's DER; NULL: empty */
+    size_t subject_len;
+    EVP_PKEY *key;
+    unsigned char ski[64];
+    size_t ski_len;          /* 0: it has no subjectKeyIdentifier */
+    bool anchor;             /* in the trust store (else it must come with the identity) */
+    int64_t noted_at, until; /* ms; until: the chain's earliest notAfter */
+} auth_issuer;
+
 struct auth_cache {
     auth_entry slot[AUTH_CACHE_SLOTS];
+    auth_key_slot keys[AUTH_CACHE_SLOTS];
+    auth_issuer issuers[AUTH_ISSUERS];
     auth_verified *ver; /* open addressing, linear probing; cap a power of two */
     size_t ver_cap, ver_len;
     EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
@@ -511,8 +550,14 @@ void auth_cache_free(esim_service *svc)
 {
     if (!svc->auth_cache)
         return;
-    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
+    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++) {
         X509_free(svc->auth_cache->slot[i].x509);
+        EVP_PKEY_free(svc->auth_cache->keys[i].key);
+    }
+    for (size_t i = 0; i < AUTH_ISSUERS; i++) {
+        free(svc->auth_cache->issuers[i].subject);
+        EVP_PKEY_free(svc->auth_cache->issuers[i].key);
+    }
     free(svc->auth_cache->ver);
     for (size_t i = 0; i < sizeof svc->auth_cache->md / sizeof svc->auth_cache->md[0]; i++)
         EVP_MD_free(svc->auth_cache->md[i]);
@@ -1282,6 +1327,24 @@ static EVP_PKEY *p256_key(esim_service *svc, const unsigned char point[65])
     return key;
 }
 
+/* The key of the certificate |sha| made from its kept |point|, from its
+ * slot or made now (the slot keeps it). NULL on failure. */
+static EVP_PKEY *kept_key(esim_service *svc, const unsigned char *sha,
+                          const unsigned char point[65])
+{
+    auth_key_slot *k =
+        &svc->auth_cache->keys[((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS];
+    if (k->key && memcmp(k->sha, sha, sizeof k->sha) == 0)
+        return k->key;
+    EVP_PKEY *key = p256_key(svc, point);
+    if (!key)
+        return NULL;
+    EVP_PKEY_free(k->key);
+    k->key = key;
+    memcpy(k->sha, sha, sizeof k->sha);
+    return key;
+}
+
 /* The path for a signer whose parsed slot was taken (a fleet larger than
  * the slots): its chain verified recently and its key was kept
  * (ver_note_key), so the signature is checked with that key, nothing
@@ -1299,12 +1362,11 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
         return ESIM_ENOTFOUND;
     size_t li = 0;
     const auth_verified *v = known_signer(svc, &si, shas, n, esim_now_ms(), &li);
-    EVP_PKEY *key = v ? p256_key(svc, v->key.point) : NULL;
+    EVP_PKEY *key = v ? kept_key(svc, shas[li], v->key.point) : NULL;
     if (!key)
         return ESIM_ENOTFOUND;
     int64_t signed_at = 0;
     esim_err rc = verify_with_key(svc, &si, body, len, key, &signed_at, err);
-    EVP_PKEY_free(key);
     if (rc != ESIM_OK)
         return rc;
     svc->m.identity_cache_keys++;
@@ -1316,6 +1378,226 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
     out->not_before_ms = v->key.not_before_ms;
     out->signed_at_ms = signed_at;
     return rc;
+}
+
+/* Keeps chain[1], the issuer of a device identity whose chain OpenSSL
+ * just verified (until: that chain's earliest notAfter), as an issuer the
+ * next identities it signed are checked against directly (verify_fresh),
+ * when nothing OpenSSL checked above the identity depends on the identity:
+ * see auth_issuer. */
+static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until)
+{
+    struct auth_cache *c = svc->auth_cache;
+    int n = chain ? sk_X509_num(chain) : 0;
+    if (!c || n < 2 || until <= 0)
+        return;
+    for (int i = 0; i < n; i++) {
+        X509 *x = sk_X509_value(chain, i);
+        if (X509_get_ext_by_NID(x, NID_name_constraints, -1) >= 0 ||
+            X509_get_ext_by_NID(x, NID_policy_constraints, -1) >= 0 ||
+            X509_get_ext_by_NID(x, NID_policy_mappings, -1) >= 0 ||
+            X509_get_ext_by_NID(x, NID_inhibit_any_policy, -1) >= 0)
+            return;
+    }
+    X509 *iss = sk_X509_value(chain, 1);
+    uint32_t flags = X509_get_extension_flags(iss);
+    EVP_PKEY *key = X509_get0_pubkey(iss);
+    const unsigned char *name = NULL;
+    size_t name_len = 0;
+    int type = key ? EVP_PKEY_get_base_id(key) : 0;
+    if (X509_check_ca(iss) != 1 || (flags & EXFLAG_INVALID) ||
+        ((flags & EXFLAG_KUSAGE) && !(X509_get_key_usage(iss) & KU_KEY_CERT_SIGN)) ||
+        (type != EVP_PKEY_EC && type != EVP_PKEY_RSA) ||
+        X509_NAME_get0_der(X509_get_subject_name(iss), &name, &name_len) != 1) {
+        ERR_clear_error();
+        return;
+    }
+    /* OpenSSL looks for an issuer in the trust store first: no other
+     * certificate there may have this name. */
+    bool anchor = false;
+    STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(svc->device_ca);
+    for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
+        X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+        const unsigned char *xn = NULL;
+        size_t xn_len = 0;
+        if (!x || X509_NAME_get0_der(X509_get_subject_name(x), &xn, &xn_len) != 1 ||
+            xn_len != name_len || memcmp(xn, name, name_len) != 0)
+            continue;
+        if (X509_cmp(x, iss) != 0)
+            return;
+        anchor = true;
+    }
+    if (anchor != (n == 2))
+        return;
+    unsigned char *der = NULL;
+    int der_len = i2d_X509(iss, &der);
+    if (der_len <= 0) {
+        ERR_clear_error();
+        return;
+    }
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    svc_sha256(svc, der, (size_t)der_len, sha);
+    OPENSSL_free(der);
+    /* Its own entry again, else an empty one, else the oldest. */
+    auth_issuer *e = NULL;
+    for (size_t i = 0; i < AUTH_ISSUERS && !e; i++)
+        if (c->issuers[i].subject && memcmp(c->issuers[i].sha, sha, sizeof sha) == 0)
+            e = &c->issuers[i];
+    for (size_t i = 0; i < AUTH_ISSUERS && !e; i++)
+        if (!c->issuers[i].subject)
+            e = &c->issuers[i];
+    if (!e) {
+        e = &c->issuers[0];
+        for (size_t i = 1; i < AUTH_ISSUERS; i++)
+            if (c->issuers[i].noted_at < e->noted_at)
+                e = &c->issuers[i];
+    }
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(iss);
+    size_t ski_len = ski ? (size_t)ASN1_STRING_length(ski) : 0;
+    if (ski_len > sizeof e->ski)
+        return;
+    unsigned char *subject = malloc(name_len);
+    if (!subject)
+        return;
+    if (!EVP_PKEY_up_ref(key)) {
+        free(subject);
+        return;
+    }
+    free(e->subject);
+    EVP_PKEY_free(e->key);
+    memset(e, 0, sizeof *e);
+    memcpy(e->sha, sha, sizeof sha);
+    memcpy(subject, name, name_len);
+    e->subject = subject;
+    e->subject_len = name_len;
+    e->key = key;
+    e->ski_len = ski_len;
+    if (ski_len)
+        memcpy(e->ski, ASN1_STRING_get0_data(ski), ski_len);
+    e->anchor = anchor;
+    e->noted_at = esim_now_ms();
+    e->until = until;
+}
+
+/* The one kept issuer of |leaf|, or NULL: none, or not one alone, or its
+ * note too old. */
+static const auth_issuer *issuer_of(esim_service *svc, const cert_der_view *leaf, int64_t now)
+{
+    const auth_issuer *found = NULL;
+    for (size_t i = 0; i < AUTH_ISSUERS; i++) {
+        const auth_issuer *e = &svc->auth_cache->issuers[i];
+        if (!e->subject || e->subject_len != leaf->issuer_len ||
+            memcmp(e->subject, leaf->issuer, leaf->issuer_len) != 0)
+            continue;
+        if (found || now - e->noted_at > AUTH_REVERIFY_MS || now >= e->until)
+            return NULL;
+        found = e;
+    }
+    return found;
+}
+
+/* A device's first message whose identity was issued by a kept issuer
+ * (issuer_note): the certificate read in place (cert_der.c) instead of by
+ * d2i_X509, its link to the issuer checked here (the issuer's name and key
+ * identifier, its signature over the TBS, the identity's dates) instead of
+ * by X509_verify_cert, which checked the rest of the chain for an earlier
+ * identity of that issuer. Then the message's signature as verify_known
+ * checks it, and the identity is kept as a verified one (ver_put, its key
+ * noted) so its later messages go that way too.
+ *
+ * Only ever accepts: anything it does not take (another shape, another
+ * issuer, a signature that does not verify, dates at the edge) returns
+ * ESIM_ENOTFOUND and the ordinary path decides, with its own refusal. */
+static esim_err verify_fresh(esim_service *svc, const esim_buf *der, const unsigned char **certs,
+                             const size_t *cert_lens, unsigned char (*shas)[SHA256_DIGEST_LENGTH],
+                             size_t n, const unsigned char *body, size_t len, auth_identity *out,
+                             esim_error *err)
+{
+    auth_signer_info si;
+    if (!svc->device_ca || !auth_signer_parse(der->data, der->len, &si) ||
+        si.key_type != EVP_PKEY_EC)
+        return ESIM_ENOTFOUND;
+    /* The signer: the one certificate the SignerIdentifier names. */
+    cert_der_view v = {0};
+    size_t li = n;
+    for (size_t i = 0; i < n; i++) {
+        cert_der_view w;
+        if (!cert_der_parse(certs[i], cert_lens[i], &w))
+            continue;
+        bool named =
+            si.sid_tag == 0x80
+                ? w.ski && w.ski_len == si.sid_len && memcmp(w.ski, si.sid, si.sid_len) == 0
+                : si.sid_len == w.issuer_len + w.serial_len &&
+                      memcmp(si.sid, w.issuer, w.issuer_len) == 0 &&
+                      memcmp(si.sid + w.issuer_len, w.serial, w.serial_len) == 0;
+        if (named) {
+            if (li != n)
+                return ESIM_ENOTFOUND;
+            li = i;
+            v = w;
+        }
+    }
+    if (li == n || (v.ski && v.ski_len > sizeof((auth_key *)0)->ski) ||
+        (v.issuer_len == v.subject_len && memcmp(v.issuer, v.subject, v.issuer_len) == 0))
+        return ESIM_ENOTFOUND;
+    int64_t now = esim_now_ms();
+    const auth_issuer *iss = issuer_of(svc, &v, now);
+    if (!iss)
+        return ESIM_ENOTFOUND;
+    /* What OpenSSL would build the chain from: the identity, and the
+     * issuer itself when it is not in the trust store; nothing else. */
+    for (size_t i = 0; i < n; i++)
+        if (i != li && memcmp(shas[i], iss->sha, sizeof iss->sha) != 0)
+            return ESIM_ENOTFOUND;
+    if (!iss->anchor && n != 2)
+        return ESIM_ENOTFOUND;
+    if (v.aki && (v.aki_len != iss->ski_len || memcmp(v.aki, iss->ski, v.aki_len) != 0))
+        return ESIM_ENOTFOUND;
+    int64_t secs = now / 1000;
+    if (!(v.not_before < secs && secs + 1 < v.not_after))
+        return ESIM_ENOTFOUND;
+    int type = EVP_PKEY_get_base_id(iss->key);
+    if ((v.sig_alg == CERT_DER_ECDSA_SHA256) != (type == EVP_PKEY_EC) ||
+        (v.sig_alg == CERT_DER_RSA_SHA256) != (type == EVP_PKEY_RSA))
+        return ESIM_ENOTFOUND;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD *sha256 = cached_md(svc, 2, NID_sha256);
+    bool linked = ctx && sha256 && EVP_DigestVerifyInit(ctx, NULL, sha256, NULL, iss->key) == 1 &&
+                  EVP_DigestVerify(ctx, v.sig, v.sig_len, v.tbs, v.tbs_len) == 1;
+    EVP_MD_CTX_free(ctx);
+    ERR_clear_error();
+    if (!linked)
+        return ESIM_ENOTFOUND;
+    /* The identity is verified: kept as a verified chain would be. */
+    svc->m.identity_chain_checks++;
+    svc->m.identity_cache_reads++;
+    int64_t until = v.not_after * 1000 < iss->until ? v.not_after * 1000 : iss->until;
+    ver_put(svc, shas[li], now, until);
+    struct auth_cache *c = svc->auth_cache;
+    auth_verified *e = c->ver ? ver_slot(c->ver, c->ver_cap, shas[li]) : NULL;
+    if (!e || !e->verified_at)
+        return ESIM_ENOTFOUND;
+    if (!e->key.point[0]) {
+        auth_key k = {0};
+        memcpy(k.point, v.point, sizeof k.point);
+        k.ski_len = (unsigned char)(v.ski ? v.ski_len : 0);
+        if (v.ski)
+            memcpy(k.ski, v.ski, v.ski_len);
+        k.not_before_ms = v.not_before * 1000;
+        /* As ver_note_key: the issuer Name's DER, then the INTEGER's. */
+        unsigned char sid[SHA256_DIGEST_LENGTH];
+        unsigned sid_n = 0;
+        bool ok = c->dctx && EVP_DigestInit_ex2(c->dctx, sha256, NULL) == 1 &&
+                  EVP_DigestUpdate(c->dctx, v.issuer, v.issuer_len) == 1 &&
+                  EVP_DigestUpdate(c->dctx, v.serial, v.serial_len) == 1 &&
+                  EVP_DigestFinal_ex(c->dctx, sid, &sid_n) == 1 && sid_n == sizeof sid;
+        ERR_clear_error();
+        if (!ok)
+            return ESIM_ENOTFOUND;
+        memcpy(k.sid, sid, sizeof k.sid);
+        e->key = k;
+    }
+    return verify_known(svc, der, shas, n, body, len, out, err);
 }
 
 /* The fast path: certificates come from the cache, the signature is checked
@@ -1349,6 +1631,8 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     }
     if (!parsed) {
         esim_err known = verify_known(svc, der, shas, n, body, len, out, err);
+        if (known == ESIM_ENOTFOUND)
+            known = verify_fresh(svc, der, certs, cert_lens, shas, n, body, len, out, err);
         if (known != ESIM_ENOTFOUND) {
             esim_buf_free(&stripped);
             return known;

@@ -64,6 +64,8 @@ void eim_free(esim_service *svc)
     esim_cert_clear(&e->cert);
     esim_buf_free(&e->cert_der);
     X509_STORE_free(e->ci);
+    for (size_t i = 0; i < EIM_KEY_SLOTS; i++)
+        EVP_PKEY_free(e->keys[i].key);
     free(e);
     svc->eim = NULL;
 }

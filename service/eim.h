@@ -21,6 +21,8 @@
 
 typedef struct eim_relay_state eim_relay_state;
 
+#define EIM_KEY_SLOTS 1024
+
 struct svc_eim {
     bool on;          /* key, certificate and CI loaded: the endpoint serves */
     char eim_id[129]; /* eimId, as the eUICCs know it */
@@ -28,6 +30,14 @@ struct svc_eim {
     esim_buf cert_der;
     X509_STORE *ci; /* the eUICC CI(s) the eUICC certificates must chain to */
     eim_relay_state *relay;
+    /* The public keys of the eUICC certificates of recent package results,
+     * by the certificate's digest (eim_esipa.c, euicc_key): a package
+     * result's signature is checked without decoding the certificate
+     * again (d2i_X509 of a P-256 certificate ≈ 1.1 M instructions). */
+    struct {
+        unsigned char sha[32];
+        EVP_PKEY *key; /* NULL: empty */
+    } keys[EIM_KEY_SLOTS];
     struct {
         uint64_t polls[3];   /* a package, none, unregistered EID */
         uint64_t results[4]; /* done, failed, signature_error, counter_error */

@@ -672,11 +672,30 @@ static EVP_PKEY *euicc_key(esim_service *svc, const char *eid)
     store_iot_device d;
     if (esim_store_iot_get(svc->st, eid, &d, NULL) != ESIM_OK)
         return NULL;
+    if (!d.euicc_cert.len) {
+        esim_buf_free(&d.euicc_cert);
+        return NULL;
+    }
+    /* The same certificate's key from its slot (the bytes are what the
+     * eIM stored once they verified, so their digest names them). */
+    unsigned char sha[32];
+    svc_sha256(svc, d.euicc_cert.data, d.euicc_cert.len, sha);
+    svc_eim *e = svc->eim;
+    size_t i = ((size_t)sha[0] | (size_t)sha[1] << 8) % EIM_KEY_SLOTS;
+    if (e->keys[i].key && memcmp(e->keys[i].sha, sha, sizeof sha) == 0) {
+        esim_buf_free(&d.euicc_cert);
+        return EVP_PKEY_up_ref(e->keys[i].key) ? e->keys[i].key : NULL;
+    }
     const unsigned char *p = d.euicc_cert.data;
-    X509 *x = d.euicc_cert.len ? d2i_X509(NULL, &p, (long)d.euicc_cert.len) : NULL;
+    X509 *x = d2i_X509(NULL, &p, (long)d.euicc_cert.len);
     EVP_PKEY *k = x ? X509_get_pubkey(x) : NULL;
     X509_free(x);
     esim_buf_free(&d.euicc_cert);
+    if (k && EVP_PKEY_up_ref(k)) {
+        EVP_PKEY_free(e->keys[i].key);
+        e->keys[i].key = k;
+        memcpy(e->keys[i].sha, sha, sizeof sha);
+    }
     return k;
 }
 

@@ -1569,6 +1569,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         "esim_mdm_identity_cache_total{result=\"hit\"} %llu\n"
         "esim_mdm_identity_cache_total{result=\"miss\"} %llu\n"
         "esim_mdm_identity_cache_total{result=\"key\"} %llu\n"
+        "esim_mdm_identity_cache_total{result=\"read\"} %llu\n"
         "# HELP esim_mdm_identity_chain_checks_total Identity certificate chains "
         "verified up to the device CA (once per certificate every 5 minutes).\n"
         "# TYPE esim_mdm_identity_chain_checks_total counter\n"
@@ -1590,9 +1591,9 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         (unsigned long long)m->replays_duplicate, (unsigned long long)m->signatures_without_time,
         (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
         (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_cache_keys,
-        (unsigned long long)m->identity_chain_checks, (unsigned long long)m->tls_cert_full,
-        (unsigned long long)m->tls_cert_resumed, (unsigned long long)m->signatures_direct,
-        (unsigned long long)m->signatures_cms);
+        (unsigned long long)m->identity_cache_reads, (unsigned long long)m->identity_chain_checks,
+        (unsigned long long)m->tls_cert_full, (unsigned long long)m->tls_cert_resumed,
+        (unsigned long long)m->signatures_direct, (unsigned long long)m->signatures_cms);
     esim_buf_printf(out,
                     "# HELP esim_mdm_tls_sessions Resumable TLS sessions the service keeps "
                     "(bounded; about 300 bytes each).\n"

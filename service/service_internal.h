@@ -43,6 +43,8 @@ typedef struct {
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t identity_cache_keys;   /* ...checked with a kept key, the certificate not parsed */
     uint64_t identity_chain_checks; /* chains verified up to the device CA */
+    uint64_t
+        identity_cache_reads; /* ...of them identities read in place, linked to a kept issuer */
     uint64_t tls_cert_full, tls_cert_resumed;   /* TLS handshakes with a client certificate:
                                                    full (chain checked), resumed from a ticket */
     uint64_t signatures_direct, signatures_cms; /* Mdm-Signatures checked by auth.c's own reader

@@ -700,6 +700,96 @@ static void test_chain_verified_once_when_slots_are_shared(void **state)
     stop(f);
 }
 
+/* A device's first message whose identity was issued by an issuer a
+ * verified chain went through before: the certificate read in place and
+ * checked against that issuer (esim_mdm_identity_cache_total{result="read"}),
+ * not parsed by OpenSSL; as strict as the ordinary path. What that path
+ * does not take goes the ordinary way and is refused there: a certificate
+ * the issuer did not sign (another key under the same name), one out of
+ * its dates, one whose own issuer is not the one sent along. */
+static void test_identity_read_in_place(void **state)
+{
+    (void)state;
+    fixture *f = start("readinplace", NULL);
+    esim_cert ca = {0}, sub = {0}, twin = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    esim_cert_spec sub_spec = {
+        .common_name = "SCEP EC", .is_ca = true, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&sub_spec, &ca, &sub, NULL), ESIM_OK);
+    assert_int_equal(esim_cert_issue(&sub_spec, NULL, &twin, NULL), ESIM_OK); /* same name */
+    test_device d[3];
+    const char *udids[3] = {"00008110-READINPLACE0001", "00008110-READINPLACE0002",
+                            "00008110-READINPLACE0003"};
+    for (int i = 0; i < 3; i++) {
+        device_new(&d[i], &env, udids[i], f->ts.url);
+        esim_cert_clear(&d[i].identity);
+        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&spec, &sub, &d[i].identity, NULL), ESIM_OK);
+        d[i].extra_certs[0] = sub.x509;
+        d[i].n_extra_certs = 1;
+    }
+    /* The first: OpenSSL parses it and verifies its chain. */
+    device_enroll(&d[0]);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);
+    long long checks = api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total");
+    long long misses = api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}");
+    /* Refused, each the ordinary way: signed by the twin's key under the
+     * same issuer name; expired; the twin sent along as the issuer. */
+    esim_cert forged = {.x509 = X509_dup(d[1].identity.x509), .key = d[1].identity.key};
+    assert_non_null(forged.x509);
+    assert_true(X509_sign(forged.x509, twin.key, EVP_sha256()) > 0);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(d[1].udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    assert_int_equal(device_put_signed_by(&d[1], &forged, idle.data, idle.len, NULL), 403);
+    esim_cert expired = {.x509 = X509_dup(d[2].identity.x509), .key = d[2].identity.key};
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(expired.x509), -10 * 86400L));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(expired.x509), -86400L));
+    assert_true(X509_sign(expired.x509, sub.key, EVP_sha256()) > 0);
+    assert_int_equal(device_put_signed_by(&d[2], &expired, idle.data, idle.len, NULL), 403);
+    d[1].extra_certs[0] = twin.x509;
+    assert_int_equal(device_put_signed_by(&d[1], &d[1].identity, idle.data, idle.len, NULL), 403);
+    d[1].extra_certs[0] = sub.x509;
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), checks + 3);
+    /* The next two identities of that issuer: read in place, one chain
+     * check each, nothing parsed, and their later messages checked with
+     * their kept keys. A body that is not the one signed: refused. */
+    long long keys = api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"key\"}");
+    misses = api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}");
+    for (int i = 1; i < 3; i++) {
+        device_enroll(&d[i]);
+        assert_int_equal(device_result(&d[i], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    }
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 2);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), checks + 5);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}"),
+                     misses);
+    assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"key\"}") >= keys + 4);
+    assert_int_equal(device_put_mismatched(&d[1], idle.data, idle.len, "x", 1), 401);
+    /* The identities are bound as the ordinary path binds them. */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/devices/%s", d[2].udid);
+    json_t *dev = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &dev), 200);
+    char want[65];
+    assert_int_equal(esim_cert_sha256_hex(d[2].identity.x509, want), ESIM_OK);
+    assert_string_equal(json_string_value(json_object_get(dev, "identity_sha256")), want);
+    json_decref(dev);
+    esim_buf_free(&idle);
+    X509_free(forged.x509);
+    X509_free(expired.x509);
+    for (int i = 0; i < 3; i++) {
+        d[i].n_extra_certs = 0;
+        device_free(&d[i]);
+    }
+    esim_cert_clear(&twin);
+    esim_cert_clear(&sub);
+    esim_cert_clear(&ca);
+    stop(f);
+}
+
 static void test_erase_lets_exactly_one_new_identity_in(void **state)
 {
     (void)state;
@@ -1511,6 +1601,7 @@ int main(void)
         cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
         cmocka_unit_test(test_signature_tampered_anywhere),
         cmocka_unit_test(test_chain_verified_once_when_slots_are_shared),
+        cmocka_unit_test(test_identity_read_in_place),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_replayed_idle_gets_no_command),
         cmocka_unit_test(test_replayed_checkins_change_nothing),
