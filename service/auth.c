@@ -1413,15 +1413,12 @@ static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until
         return;
     }
     /* OpenSSL looks for an issuer in the trust store first: no other
-     * certificate there may have this name. */
+     * certificate there may have this name (as OpenSSL compares names). */
     bool anchor = false;
     STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(svc->device_ca);
     for (int i = 0; objs && i < sk_X509_OBJECT_num(objs); i++) {
         X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
-        const unsigned char *xn = NULL;
-        size_t xn_len = 0;
-        if (!x || X509_NAME_get0_der(X509_get_subject_name(x), &xn, &xn_len) != 1 ||
-            xn_len != name_len || memcmp(xn, name, name_len) != 0)
+        if (!x || X509_NAME_cmp(X509_get_subject_name(x), X509_get_subject_name(iss)) != 0)
             continue;
         if (X509_cmp(x, iss) != 0)
             return;
