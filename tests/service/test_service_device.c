@@ -672,8 +672,10 @@ static void test_chain_verified_once_when_slots_are_shared(void **state)
                      ESIM_OK);
     double keys = api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"key\"}");
     assert_int_equal(device_put_mismatched(&d[0], idle0.data, idle0.len, "x", 1), 401);
-    assert_int_equal(device_put_signed_by(&d[0], &d[1].identity, idle0.data, idle0.len, NULL), 403);
     assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"key\"}") == keys);
+    /* (The second identity was read in place, test_identity_read_in_place:
+     * its signature verifies with its kept key, and the UDID refuses it.) */
+    assert_int_equal(device_put_signed_by(&d[0], &d[1].identity, idle0.data, idle0.len, NULL), 403);
     assert_true(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"miss\"}") == misses);
     esim_buf_free(&idle0);
     /* The same key in a certificate the intermediate did not sign: refused
@@ -748,9 +750,13 @@ static void test_identity_read_in_place(void **state)
     assert_non_null(X509_gmtime_adj(X509_getm_notAfter(expired.x509), -86400L));
     assert_true(X509_sign(expired.x509, sub.key, EVP_sha256()) > 0);
     assert_int_equal(device_put_signed_by(&d[2], &expired, idle.data, idle.len, NULL), 403);
+    esim_cert other = {0};
+    esim_cert_spec other_spec = {.common_name = udids[1], .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&other_spec, &sub, &other, NULL), ESIM_OK);
     d[1].extra_certs[0] = twin.x509;
-    assert_int_equal(device_put_signed_by(&d[1], &d[1].identity, idle.data, idle.len, NULL), 403);
+    assert_int_equal(device_put_signed_by(&d[1], &other, idle.data, idle.len, NULL), 403);
     d[1].extra_certs[0] = sub.x509;
+    esim_cert_clear(&other);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_chain_checks_total"), checks + 3);
     /* The next two identities of that issuer: read in place, one chain
