@@ -147,6 +147,15 @@ void esim_store_backend_stats(store *st, store_backend_stats *out)
 
 /* ---- identity ------------------------------------------------------------------ */
 
+/* LOCK ORDER. On a store several connections write at once (PostgreSQL), an
+ * operation that changes a device's row and its queue entries changes the
+ * row first. A command request changes the row (last seen) before it
+ * chooses the next entry, and waits for an entry another transaction holds
+ * (a push being recorded, a cancel) rather than passing over it: passed
+ * over, the device was answered with nothing while its command waited, and
+ * a campaign waited on it until it expired. Two requests of one device wait
+ * for each other on its row, so no command is handed out twice. */
+
 /* Checks that |udid| exists, is enrolled and (when both sides have one) is
  * bound to |cert|. |verb| names the request in messages. */
 static esim_err check_identity(store *st, const char *udid, const char *cert, const char *verb,
@@ -232,9 +241,9 @@ static esim_err rebind_after_erase(store *st, const store_identity *id,
                          "Authenticate for erased device %s reports serial number '%.64s', not "
                          "the erased device's",
                          in->udid, in->serial_number ? in->serial_number : "");
-    rc = st->ops->entry_retire(st, erase, now, err);
+    rc = st->ops->device_restart_enrolment(st, in->udid, now, err); /* LOCK ORDER */
     if (rc == ESIM_OK)
-        rc = st->ops->device_restart_enrolment(st, in->udid, now, err);
+        rc = st->ops->entry_retire(st, erase, now, err);
     if (rc == ESIM_OK)
         rc =
             st->ops->event_add(st, now, "reenrolled_after_erase", in->udid, NULL,
@@ -374,11 +383,12 @@ esim_err esim_store_device_checkout(store *st, const char *udid, const char *cer
         return rc;
     rc = check_identity(st, udid, cert_sha256, "CheckOut", now, err);
     /* CheckOut closes the queue: what was still pending will never be
-     * delivered to this enrolment, so it is canceled, visibly. */
-    if (rc == ESIM_OK)
-        rc = st->ops->entries_cancel_device(st, udid, "canceled", "device checked out", now, err);
+     * delivered to this enrolment, so it is canceled, visibly. The device's
+     * row first (LOCK ORDER above). */
     if (rc == ESIM_OK)
         rc = st->ops->device_unenroll(st, udid, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->entries_cancel_device(st, udid, "canceled", "device checked out", now, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "checkout", udid, NULL, NULL, NULL, 0, err);
     return st->ops->op_end(st, rc, err);
@@ -396,10 +406,10 @@ esim_err esim_store_device_retire(store *st, const char *udid, const char *detai
     rc = st->ops->device_identity(st, udid, &id, err);
     if (rc == ESIM_ENOTFOUND)
         rc = esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    if (rc == ESIM_OK) /* the device's row first (LOCK ORDER above) */
+        rc = st->ops->device_unenroll(st, udid, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->entries_cancel_device(st, udid, "canceled", "device retired", now, err);
-    if (rc == ESIM_OK)
-        rc = st->ops->device_unenroll(st, udid, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "retired", udid, NULL, detail, NULL, 0, err);
     return st->ops->op_end(st, rc, err);
@@ -847,9 +857,12 @@ esim_err esim_store_push_recorded(store *st, const char *udid, bool token_dead, 
         if (rc == ESIM_OK)
             rc = st->ops->event_add(st, now, "push_token_dead", udid, NULL, NULL, NULL, 0, err);
     } else {
-        rc = st->ops->entries_pushed(st, udid, now, err);
+        /* The device's row first (LOCK ORDER above): with its entries held
+         * while it waited for the row, a check-in holding the row would
+         * wait for them in turn. */
+        rc = st->ops->device_push_paid(st, udid, err);
         if (rc == ESIM_OK)
-            rc = st->ops->device_push_paid(st, udid, err);
+            rc = st->ops->entries_pushed(st, udid, now, err);
         if (rc == ESIM_OK)
             rc = st->ops->event_add(st, now, "pushed", udid, NULL, NULL, NULL, 0, err);
     }

@@ -8,8 +8,10 @@
  * ... COMMIT, or a savepoint when operations nest). Several service
  * instances may share one database, so the steps that pick work lock what
  * they pick and skip what another instance holds (FOR UPDATE SKIP LOCKED):
- * a command is handed out by one transaction at a time, a push debt is paid
- * by one instance, an expiry is logged once. The schema is the SQLite back
+ * a push debt is paid by one instance, an outbox row is claimed by one; a
+ * device's next command is locked (FOR UPDATE, waiting: store.c's LOCK
+ * ORDER), so it is handed out by one transaction at a time; an expiry is
+ * logged once. The schema is the SQLite back
  * end's, version for version, in PostgreSQL's types; the migrations run in
  * one transaction under an advisory lock, so instances starting together
  * migrate once. The schema lives in the first schema of search_path (made
@@ -431,13 +433,17 @@ static const char *const statement_sql[S_COUNT] = {
     [S_Q_ANSWER] =
         "UPDATE queue SET state = $2, active = $3, answered_at = $4, updated_at = $4,"
         " not_now_count = not_now_count + $5, error_chain = $6, result = $7 WHERE id = $1",
-    /* The entry chosen is locked until the operation ends; an instance
-     * serving the same device at the same moment passes over it, so one
-     * command is never handed out by two transactions at once. */
+    /* The entry chosen is locked until the operation ends. An entry
+     * another transaction holds is waited for, not passed over (store.c,
+     * LOCK ORDER): a push being recorded holds the device's entries, and a
+     * request passing over them answered the device with nothing. Two
+     * requests of one device already wait for each other on its row
+     * (device_seen comes first), so one command is never handed out by two
+     * transactions at once. */
     [S_Q_NEXT] = "SELECT q.id, q.command_uuid, c.request_type, c.body FROM queue q"
                  " JOIN commands c ON c.uuid = q.command_uuid"
                  " WHERE q.udid = $1 AND q.active = 1 AND (q.expires_at = 0 OR q.expires_at > $2)"
-                 " ORDER BY q.priority DESC, q.id LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
+                 " ORDER BY q.priority DESC, q.id LIMIT $3 FOR UPDATE OF q",
     [S_Q_MARK_SENT] = "UPDATE queue SET state = 'sent', attempts = attempts + 1, sent_at = $2,"
                       " updated_at = $2 WHERE id = $1",
     [S_Q_INSERT] = "INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -777,6 +778,152 @@ static void test_iot_poll_waits_for_registration(void **state)
     assert_int_equal(d.registered_ms, 1000);
     assert_int_equal(d.last_poll_ms, 2000);
     esim_buf_free(&d.euicc_cert);
+    esim_store_close(st);
+}
+
+/* A device's operation from a second handle (another instance, or another
+ * worker of the pool). */
+typedef enum { OP_IDLE, OP_PUSHED, OP_RETIRE, OP_CHECKOUT } device_op_kind;
+
+typedef struct {
+    const char *spec, *udid, *cert;
+    device_op_kind kind;
+    esim_err rc;
+    char next[128];
+    atomic_int finished;
+} device_op;
+
+static void *device_op_main(void *arg)
+{
+    device_op *o = arg;
+    store *other = NULL;
+    o->rc = esim_store_open(o->spec, NULL, NULL, &other, NULL);
+    if (o->rc == ESIM_OK) {
+        switch (o->kind) {
+        case OP_IDLE:
+            o->rc = exchange(other, o->udid, "Idle", NULL, NULL, 0, 5000, o->next, NULL);
+            break;
+        case OP_PUSHED:
+            o->rc = esim_store_push_recorded(other, o->udid, false, 5000, NULL);
+            break;
+        case OP_RETIRE:
+            o->rc = esim_store_device_retire(other, o->udid, NULL, 5000, NULL);
+            break;
+        case OP_CHECKOUT:
+            o->rc = esim_store_device_checkout(other, o->udid, o->cert, 5000, NULL);
+            break;
+        }
+        esim_store_close(other);
+    }
+    atomic_store(&o->finished, 1);
+    return NULL;
+}
+
+/* Until |watch| sees a statement on |table| waiting on a lock (true), or
+ * |o| finished first or ~10 s passed (false). */
+static bool op_waits_on(PGconn *watch, const char *table, device_op *o)
+{
+    char q[300];
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+             "query ~ '\\m%s\\M'",
+             table);
+    for (int i = 0; i < 500 && !atomic_load(&o->finished); i++) {
+        PGresult *r = PQexec(watch, q);
+        bool waits = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
+        PQclear(r);
+        if (waits)
+            return true;
+        usleep(20000);
+    }
+    return false;
+}
+
+static void sql_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType t = PQresultStatus(r);
+    if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+}
+
+/* A command request while another transaction holds the device's queue
+ * entry (a push being recorded marks the entry pushed, as its APNs answer
+ * comes back just when the woken device checks in): the request waits for
+ * that transaction and hands the command out. It passed over the entry
+ * (FOR UPDATE SKIP LOCKED) and answered the device with nothing; the
+ * device, seen since its push, was not pushed again, and its campaign
+ * waited on it until it expired (campaign_demo_instances under load). Then
+ * the lock order that keeps that wait free of deadlocks: a push being
+ * recorded, a retirement and a CheckOut wait for the device's row (held
+ * here as a command request holds it before it chooses its entry) holding
+ * none of its entries, for which the request would otherwise wait in turn. */
+static void test_checkin_waits_for_a_held_entry(void **state)
+{
+    (void)state;
+    if (testing_sqlite())
+        skip(); /* one writer at a time */
+    char spec[600];
+    store *st = open_fresh(spec);
+    enroll(st, "U1", "c1");
+    enqueue(st, "cmd-held", "U1", 0, 0);
+    PGconn *locker = PQconnectdb(spec), *watch = PQconnectdb(spec);
+    assert_int_equal(PQstatus(locker), CONNECTION_OK);
+    assert_int_equal(PQstatus(watch), CONNECTION_OK);
+    sql_ok(locker, "BEGIN");
+    sql_ok(locker, "UPDATE queue SET state = 'pushed', pushed_at = 4000 WHERE udid = 'U1' AND "
+                   "active = 1");
+    device_op idle = {.spec = spec, .udid = "U1", .kind = OP_IDLE};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, device_op_main, &idle), 0);
+    bool waited = op_waits_on(watch, "queue", &idle);
+    sql_ok(locker, "COMMIT");
+    pthread_join(t, NULL);
+    if (!waited)
+        fail_msg("the request did not wait for the held entry: answered '%s'", idle.next);
+    assert_int_equal(idle.rc, ESIM_OK);
+    assert_string_equal(idle.next, "cmd-held");
+    assert_int_equal(state_of(st, "cmd-held", "U1"), STORE_Q_SENT);
+
+    /* The device's row first. */
+    enroll(st, "U2", "c2");
+    enroll(st, "U3", "c3");
+    enqueue(st, "cmd-2", "U1", 0, 0);
+    enqueue(st, "cmd-3", "U2", 0, 0);
+    enqueue(st, "cmd-4", "U3", 0, 0);
+    const device_op ops[] = {{.udid = "U1", .kind = OP_PUSHED},
+                             {.udid = "U2", .kind = OP_RETIRE},
+                             {.udid = "U3", .cert = "c3", .kind = OP_CHECKOUT}};
+    for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++) {
+        char sql[200];
+        sql_ok(locker, "BEGIN");
+        snprintf(sql, sizeof sql, "UPDATE devices SET last_seen_at = 4500 WHERE udid = '%s'",
+                 ops[k].udid);
+        sql_ok(locker, sql);
+        device_op o = ops[k];
+        o.spec = spec;
+        assert_int_equal(pthread_create(&t, NULL, device_op_main, &o), 0);
+        waited = op_waits_on(watch, "devices", &o);
+        snprintf(sql, sizeof sql,
+                 "SELECT id FROM queue WHERE udid = '%s' AND active = 1 FOR UPDATE NOWAIT",
+                 ops[k].udid);
+        PGresult *r = PQexec(locker, sql);
+        bool entries_free = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+        PQclear(r);
+        sql_ok(locker, entries_free ? "COMMIT" : "ROLLBACK");
+        pthread_join(t, NULL);
+        if (!waited || !entries_free)
+            fail_msg("operation %zu: %s", k,
+                     !waited ? "did not wait for the device's row"
+                             : "held the device's entries while it waited for its row");
+        assert_int_equal(o.rc, ESIM_OK);
+    }
+    assert_int_equal(state_of(st, "cmd-2", "U1"), STORE_Q_PUSHED);
+    assert_int_equal(state_of(st, "cmd-3", "U2"), STORE_Q_CANCELED);
+    assert_int_equal(state_of(st, "cmd-4", "U3"), STORE_Q_CANCELED);
+    PQfinish(locker);
+    PQfinish(watch);
     esim_store_close(st);
 }
 
@@ -1652,6 +1799,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_webhook_outbox),
         cmocka_unit_test(test_iot_devices_and_packages),
         cmocka_unit_test(test_iot_poll_waits_for_registration),
+        cmocka_unit_test(test_checkin_waits_for_a_held_entry),
         cmocka_unit_test(test_iot_relay),
         cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
