@@ -93,13 +93,16 @@ fi
 # The same round trips on PostgreSQL (a throw-away cluster on a unix
 # socket, scripts/pg-fixture.sh), one instance, then two instances on the
 # one database with a generator each (disjoint devices, run together: their
-# rates add up), against the SQLite figure above.
+# rates add up), against SQLite over the same number of devices in the same
+# run (PG_DEVICES, default 2000: PostgreSQL's round trips are slower, and
+# the part stays within minutes), with the load average before and after
+# each part (on a busy machine the ratios hold, the rates do not).
 fixture="$(cd "$(dirname "$0")/../.." && pwd)/scripts/pg-fixture.sh"
 if [[ "${PGSQL:-1}" == 0 ]] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "pgsql:       skipped (no PostgreSQL here, or PGSQL=0)"
   exit 0
 fi
-sqlite_rt=$(grep -o '[0-9]* round trips/s' "$dir/sqlite.out" 2>/dev/null | awk '{print $1}')
+pg_devices=${PG_DEVICES:-2000}
 pgdir=/tmp/esim-pg-bench-$$
 pids=("$pid") # the SQLite run's service too: stopped before anything is waited for
 pg_cleanup() {
@@ -125,7 +128,8 @@ rate_of() { grep -o '[0-9]* round trips/s' "$1" | awk '{print $1}'; }
 pg_ticks() {
   local pm
   pm=$(head -1 "$pgdir/data/postmaster.pid")
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '$2 == "(postgres)" && $1 == pm {t += $14 + $15 + $16 + $17}
+  # (a process that ends between the glob and cat fails cat: not the bench)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '$2 == "(postgres)" && $1 == pm {t += $14 + $15 + $16 + $17}
     $2 == "(postgres)" && $4 == pm {t += $14 + $15} END {print t + 0}'
 }
 # db_cpu BEFORE DEVICES: the database's CPU per device since BEFORE, over a
@@ -137,35 +141,55 @@ db_cpu() {
 }
 psql -q "postgresql:///postgres?host=$pgdir" -c "CREATE DATABASE one" -c "CREATE DATABASE two" \
   -c "CREATE DATABASE zero"
+la() { cut -d' ' -f1 /proc/loadavg; }
+kill "$pid" 2>/dev/null || true # the SQLite run's service: done with
+devices=$pg_devices
+# The reference: SQLite again, over the same devices.
+mkdir -p "$dir/sq"
+"$bin" serve --listen 127.0.0.1:0 --port-file "$dir/sq/port" --data-dir "$dir/sq" \
+  --api-token-file "$dir/token" --device-auth none --device-rate 100000 --store-sync "$sync" \
+  >"$dir/sq/serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do [[ -s "$dir/sq/port" ]] && break; sleep 0.05; done
+l0=$(la)
+"$gen" "$(cat "$dir/sq/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
+  >"$dir/sq.out"
+sqlite_rt=$(grep -o '[0-9]* round trips/s' "$dir/sq.out" | awk '{print $1}')
+echo "-- PostgreSQL beside SQLite, $devices devices, $conc connections"
+echo "sqlite:      $(grep '^round trips' "$dir/sq.out" | sed 's/^round trips: *//') (load $l0 -> $(la))"
+kill "${pids[1]}" 2>/dev/null || true
 # First without the store pool (--store-pool 0: every store call on the
 # service's loop, one connection), then with it (the default, 4).
 serve_pg pg0 zero 0
 t0=$(pg_ticks)
-"$gen" "$(cat "$dir/pg0/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[1]}" \
+l0=$(la)
+"$gen" "$(cat "$dir/pg0/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[2]}" \
   >"$dir/pg0.out"
 zero=$(rate_of "$dir/pg0.out")
-echo "pgsql x1, pool 0: $(grep '^round trips' "$dir/pg0.out" | sed 's/^round trips: *//')"
+echo "pgsql x1, pool 0: $(grep '^round trips' "$dir/pg0.out" | sed 's/^round trips: *//') (load $l0 -> $(la))"
 echo "                  $(grep '^server CPU' "$dir/pg0.out" | sed 's/^server CPU: *//' | cut -d'(' -f1); $(db_cpu "$t0" "$devices")"
 serve_pg pg1 one
 t0=$(pg_ticks)
-"$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[2]}" \
+l0=$(la)
+"$gen" "$(cat "$dir/pg1/port")" "bench-token-0123456789" "$devices" "$conc" "${pids[3]}" \
   >"$dir/pg1.out"
 one=$(rate_of "$dir/pg1.out")
-echo "pgsql x1:    $(grep '^round trips' "$dir/pg1.out" | sed 's/^round trips: *//')"
+echo "pgsql x1:    $(grep '^round trips' "$dir/pg1.out" | sed 's/^round trips: *//') (load $l0 -> $(la))"
 echo "             $(grep '^server CPU' "$dir/pg1.out" | sed 's/^server CPU: *//' | cut -d'(' -f1); $(db_cpu "$t0" "$devices")"
 serve_pg pg2a two
 serve_pg pg2b two
 half=$((devices / 2))
 t0=$(pg_ticks)
-"$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[3]}" 0 0 \
+l0=$(la)
+"$gen" "$(cat "$dir/pg2a/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[4]}" 0 0 \
   >"$dir/pg2a.out" &
 g1=$!
-"$gen" "$(cat "$dir/pg2b/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[4]}" 0 "$half" \
+"$gen" "$(cat "$dir/pg2b/port")" "bench-token-0123456789" "$half" $((conc / 2)) "${pids[5]}" 0 "$half" \
   >"$dir/pg2b.out" &
 g2=$!
 wait $g1 $g2
 two=$(( $(rate_of "$dir/pg2a.out") + $(rate_of "$dir/pg2b.out") ))
-echo "pgsql x2:    $two round trips/s together (two instances, one database, $half devices each)"
+echo "pgsql x2:    $two round trips/s together (two instances, one database, $half devices each; load $l0 -> $(la))"
 echo "             $(db_cpu "$t0" "$devices")"
 awk -v s="$sqlite_rt" -v z="$zero" -v o="$one" -v t="$two" 'BEGIN {
   if (s > 0) printf "ratio:       pgsql x1 / sqlite = %.2f, pgsql x2 / sqlite = %.2f, pgsql x1 pool 0 / sqlite = %.2f\n", o / s, t / s, z / s;
