@@ -393,7 +393,11 @@ static void test_demo_two_instances_with_pcs(void **state)
  * its worker went out with that job, before the next job queued the
  * command: the device checked in to an empty queue and the campaign waited
  * on it until it expired, in about half of such runs). Every iPhone and PC
- * that can be ends verified, three runs in a row. */
+ * that can be ends verified, three runs in a row. The campaign expires
+ * after 120 s: the debug build's campaign took over 60 s at load 25 to 28
+ * (19 and 136 of 196 devices unfinished at 60 s; the release build, 16 to
+ * 28 s at that load); a device left waiting is still caught, the demo's
+ * re-push coming after 120 s. */
 static void test_demo_retries_pushed_after_queueing(void **state)
 {
     (void)state;
@@ -407,7 +411,7 @@ static void test_demo_retries_pushed_after_queueing(void **state)
                  run, at + 3);
         snprintf(cmd, sizeof cmd,
                  "'%s' demo --devices 200 --iot-share 0 --store '%s' --no-extras --json "
-                 "--timeout 60 2>'%s/stderr'",
+                 "--timeout 120 2>'%s/stderr'",
                  bin(), spec, g_dir);
         json_t *j = demo_json(cmd, "stderr");
         json_int_t verifiable = json_integer_value(json_object_get(j, "verifiable"));
