@@ -264,6 +264,12 @@ X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_err
     return sim_cert_cache_verify(e->pki->server_certs, b64, e->pki->ci.x509, NULL, &why, err);
 }
 
+esim_err sim_euicc_verify_by(const sim_euicc *e, X509 *cert, const void *data, size_t len,
+                             const unsigned char *sig, size_t sig_len)
+{
+    return sim_cert_cache_verify_by(e->pki->server_certs, cert, data, len, sig, sig_len, NULL);
+}
+
 /* ---- profiles -------------------------------------------------------------- */
 
 static sim_profile *find(sim_euicc *e, const char *iccid)

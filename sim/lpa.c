@@ -159,14 +159,14 @@ static json_t *parse_answer(lpa_op *op, sim_http_response *r)
 
 /* The base64 JSON blob at |key| with its raw bytes, verified against |sig_key|
  * by |cert|'s key. NULL when anything is off. */
-static json_t *verified_blob(const json_t *o, const char *key, const char *sig_key, X509 *cert)
+static json_t *verified_blob(const lpa_op *op, const json_t *o, const char *key,
+                             const char *sig_key, X509 *cert)
 {
     esim_buf raw = {0}, sig = {0};
     json_t *blob = NULL;
-    EVP_PKEY *pub = X509_get0_pubkey(cert);
-    if (pub && sim_json_b64(o, key, &raw, NULL) == ESIM_OK &&
+    if (cert && sim_json_b64(o, key, &raw, NULL) == ESIM_OK &&
         sim_json_b64(o, sig_key, &sig, NULL) == ESIM_OK &&
-        sim_ecdsa_verify_raw(pub, raw.data, raw.len, sig.data, sig.len, NULL) == ESIM_OK) {
+        sim_euicc_verify_by(op->e, cert, raw.data, raw.len, sig.data, sig.len) == ESIM_OK) {
         blob = json_loadb((const char *)raw.data, raw.len, 0, NULL);
         if (!json_is_object(blob)) {
             json_decref(blob);
@@ -268,7 +268,7 @@ static void after_initiate(lpa_op *op, json_t *j)
     }
     op->server_cert = cert;
     snprintf(op->txid, sizeof op->txid, "%s", txid);
-    json_t *s1 = verified_blob(j, "serverSigned1", "serverSignature1", cert);
+    json_t *s1 = verified_blob(op, j, "serverSigned1", "serverSignature1", cert);
     esim_buf chal = {0};
     esim_base64_encode(op->euicc_challenge, 16, &chal);
     bool ok = s1 && str_eq(sim_json_str(s1, "transactionId"), txid) &&
@@ -318,7 +318,7 @@ static void after_initiate(lpa_op *op, json_t *j)
 
 static void after_authenticate(lpa_op *op, json_t *j)
 {
-    json_t *s2 = verified_blob(j, "smdpSigned2", "smdpSignature2", op->server_cert);
+    json_t *s2 = verified_blob(op, j, "smdpSigned2", "smdpSignature2", op->server_cert);
     const char *iccid = sim_json_str(json_object_get(j, "profileMetadata"), "iccid");
     if (!s2 || !str_eq(sim_json_str(s2, "transactionId"), op->txid) || !iccid) {
         json_decref(s2);
@@ -354,7 +354,7 @@ static void after_authenticate(lpa_op *op, json_t *j)
 
 static void after_bpp(lpa_op *op, json_t *j)
 {
-    json_t *bpp = verified_blob(j, "boundProfilePackage", "bppSignature", op->server_cert);
+    json_t *bpp = verified_blob(op, j, "boundProfilePackage", "bppSignature", op->server_cert);
     if (!bpp || !str_eq(sim_json_str(bpp, "transactionId"), op->txid) ||
         !str_eq(sim_json_str(bpp, "eid"), sim_euicc_eid(op->e))) {
         json_decref(bpp);

@@ -388,8 +388,25 @@ struct sim_cert_cache {
     int issuer_name_len;
     unsigned char issuer_sha[SHA256_DIGEST_LENGTH];
     EVP_PKEY_CTX *issuer_verify;
-    EVP_PKEY_CTX *fromdata; /* P-256 public keys from their point */
+    unsigned char issuer_point[65]; /* its P-256 public key; [0] == 0: not one */
+    EVP_PKEY_CTX *fromdata;         /* P-256 public keys from their point */
+    /* Keys that sign again and again (the issuer above; the SM-DP+'s key
+     * at the eUICCs): counted, and verified through a precomputed table
+     * (ec_fixed.c) once a key has signed FIXED_AFTER times. */
+    struct {
+        unsigned char point[65];
+        unsigned uses;
+        sim_ec_fixed *f;
+    } fixed[2];
+    size_t next_fixed;
+    X509 *signer; /* the last certificate of sim_cert_cache_verify_by (a reference) */
+    unsigned char signer_point[65];
 };
+
+/* Signatures by one key before its table is built: the table costs about
+ * 160 verifications' worth of instructions once and halves each one after,
+ * so a short run (a test, a few devices) does not pay for it. */
+#define FIXED_AFTER 256
 
 sim_cert_cache *sim_cert_cache_new(size_t slots)
 {
@@ -418,7 +435,72 @@ void sim_cert_cache_free(sim_cert_cache *c)
     OPENSSL_free(c->issuer_name);
     EVP_PKEY_CTX_free(c->issuer_verify);
     EVP_PKEY_CTX_free(c->fromdata);
+    for (size_t i = 0; i < sizeof c->fixed / sizeof c->fixed[0]; i++)
+        sim_ec_fixed_free(c->fixed[i].f);
+    X509_free(c->signer);
     free(c);
+}
+
+/* The uncompressed point of |pub| when it is a P-256 key; false otherwise. */
+static bool p256_point(EVP_PKEY *pub, unsigned char point[65])
+{
+    char group[32];
+    size_t len = 0;
+    return pub && EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC &&
+           EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
+                                          NULL) == 1 &&
+           strcmp(group, "prime256v1") == 0 &&
+           EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, 65,
+                                           &len) == 1 &&
+           len == 65 && point[0] == 0x04;
+}
+
+/* The precomputed verifier of the key at |point|, counting one more use;
+ * NULL while the key has signed fewer than FIXED_AFTER times (or the
+ * table could not be built): the caller verifies through EVP then. */
+static sim_ec_fixed *fixed_for(sim_cert_cache *c, const unsigned char point[65])
+{
+    size_t n = sizeof c->fixed / sizeof c->fixed[0], k = 0;
+    while (k < n && (c->fixed[k].point[0] != 0x04 || memcmp(c->fixed[k].point, point, 65) != 0))
+        k++;
+    if (k == n) {
+        k = c->next_fixed++ % n;
+        sim_ec_fixed_free(c->fixed[k].f);
+        c->fixed[k].f = NULL;
+        c->fixed[k].uses = 0;
+        memcpy(c->fixed[k].point, point, 65);
+    }
+    if (!c->fixed[k].f && ++c->fixed[k].uses == FIXED_AFTER)
+        c->fixed[k].f = sim_ec_fixed_new(point);
+    return c->fixed[k].f;
+}
+
+esim_err sim_cert_cache_verify_by(sim_cert_cache *c, X509 *signer, const void *data, size_t len,
+                                  const unsigned char *sig, size_t sig_len, esim_error *err)
+{
+    EVP_PKEY *pub = X509_get0_pubkey(signer);
+    if (!pub)
+        return esim_fail(err, ESIM_ECRYPTO, "the signer's certificate has no usable key");
+    if (c->signer != signer) {
+        X509_free(c->signer);
+        c->signer = NULL;
+        if (!p256_point(pub, c->signer_point))
+            c->signer_point[0] = 0;
+        if (X509_up_ref(signer))
+            c->signer = signer;
+    }
+    sim_ec_fixed *f = c->signer == signer && c->signer_point[0] == 0x04 && sig_len == 64
+                          ? fixed_for(c, c->signer_point)
+                          : NULL;
+    if (f) {
+        unsigned char dgst[SHA256_DIGEST_LENGTH];
+        int ok = SHA256(data, len, dgst) ? sim_ec_fixed_verify(f, dgst, sig) : -1;
+        if (ok == 1)
+            return ESIM_OK;
+        if (ok == 0)
+            return esim_fail(err, ESIM_ECRYPTO, "signature does not verify");
+    }
+    return sim_ecdsa_verify_raw(pub, data, len, sig, sig_len, err);
 }
 
 X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
@@ -494,6 +576,8 @@ static bool issuer_ready(sim_cert_cache *c, X509 *issuer)
          !(X509_get_key_usage(issuer) & KU_KEY_CERT_SIGN)) ||
         !pub || X509_digest(issuer, EVP_sha256(), c->issuer_sha, &vl) != 1)
         return false;
+    if (!p256_point(pub, c->issuer_point))
+        c->issuer_point[0] = 0;
     c->issuer_name_len = i2d_X509_NAME(X509_get_subject_name(issuer), &c->issuer_name);
     c->issuer_verify = EVP_PKEY_CTX_new(pub, NULL);
     if (c->issuer_name_len <= 0 || !c->issuer_verify ||
@@ -583,6 +667,18 @@ static EVP_PKEY *p256_key(sim_cert_cache *c, const unsigned char *point)
     return k;
 }
 
+/* The issuer's DER signature over |dgst|, through its precomputed table
+ * once it has signed often enough. */
+static bool issuer_signed(sim_cert_cache *c, const unsigned char *dgst, const unsigned char *sig,
+                          size_t sig_len)
+{
+    sim_ec_fixed *f = c->issuer_point[0] == 0x04 ? fixed_for(c, c->issuer_point) : NULL;
+    int ok = f ? sim_ec_fixed_verify_der(f, dgst, sig, sig_len) : -1;
+    if (ok >= 0)
+        return ok == 1;
+    return EVP_PKEY_verify(c->issuer_verify, sig, sig_len, dgst, SHA256_DIGEST_LENGTH) == 1;
+}
+
 EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer,
                                        char *serial, size_t serial_len, esim_err *why,
                                        esim_error *err)
@@ -628,8 +724,7 @@ EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 
     if (v.issuer_len != (size_t)c->issuer_name_len ||
         memcmp(v.issuer, c->issuer_name, v.issuer_len) != 0)
         bad = "unable to get local issuer certificate";
-    else if (!SHA256(v.tbs, v.tbs_len, dgst) ||
-             EVP_PKEY_verify(c->issuer_verify, v.sig, v.sig_len, dgst, sizeof dgst) != 1)
+    else if (!SHA256(v.tbs, v.tbs_len, dgst) || !issuer_signed(c, dgst, v.sig, v.sig_len))
         bad = "certificate signature failure";
     else if (t < v.not_before)
         bad = "certificate is not yet valid";

@@ -8,6 +8,9 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/sha.h>
 
 #include "tests/sim/sim_test.h"
 
@@ -341,6 +344,111 @@ static void test_persistence(void **state)
     assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_EINVAL);
 }
 
+/* The fixed-key verifier (ec_fixed.c) agrees with EVP's ECDSA verification:
+ * good signatures pass, a changed digest, a changed r or s, another key's
+ * signature, r or s of 0 or n, and non-canonical DER fail. */
+static void test_ec_fixed_verify(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    assert_non_null(k);
+    assert_non_null(other);
+    unsigned char point[65];
+    size_t plen = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+                                                     sizeof point, &plen),
+                     1);
+    assert_int_equal(plen, 65);
+    sim_ec_fixed *f = sim_ec_fixed_new(point);
+    assert_non_null(f);
+    for (int i = 0; i < 20; i++) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "message %d", i);
+        unsigned char rs[64], dg[32], bad[64];
+        assert_int_equal(sim_ecdsa_sign_raw(k, msg, strlen(msg), rs, NULL), ESIM_OK);
+        SHA256((const unsigned char *)msg, strlen(msg), dg);
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 1);
+        assert_int_equal(sim_ecdsa_verify_raw(k, msg, strlen(msg), rs, 64, NULL), ESIM_OK);
+        memcpy(bad, rs, 64);
+        bad[i % 64] ^= 0x01;
+        assert_int_equal(sim_ec_fixed_verify(f, dg, bad), 0);
+        dg[31] ^= 0x80;
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 0);
+        dg[31] ^= 0x80;
+        /* Another key's signature of the same message. */
+        assert_int_equal(sim_ecdsa_sign_raw(other, msg, strlen(msg), bad, NULL), ESIM_OK);
+        assert_int_equal(sim_ec_fixed_verify(f, dg, bad), 0);
+        /* DER: the canonical encoding passes, a padded one does not. */
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        assert_non_null(es);
+        assert_int_equal(ECDSA_SIG_set0(es, BN_bin2bn(rs, 32, NULL), BN_bin2bn(rs + 32, 32, NULL)),
+                         1);
+        unsigned char *der = NULL;
+        int n = i2d_ECDSA_SIG(es, &der);
+        assert_true(n > 0);
+        assert_int_equal(sim_ec_fixed_verify_der(f, dg, der, (size_t)n), 1);
+        unsigned char longer[96];
+        memcpy(longer, der, (size_t)n);
+        longer[n] = 0;
+        assert_int_equal(sim_ec_fixed_verify_der(f, dg, longer, (size_t)n + 1), 0);
+        OPENSSL_free(der);
+        ECDSA_SIG_free(es);
+    }
+    /* r or s out of [1, n-1]. */
+    static const unsigned char n_p256[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00,
+                                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                             0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84,
+                                             0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+    unsigned char rs[64], dg[32];
+    assert_int_equal(sim_ecdsa_sign_raw(k, "x", 1, rs, NULL), ESIM_OK);
+    SHA256((const unsigned char *)"x", 1, dg);
+    unsigned char edge[64];
+    memcpy(edge, rs, 64);
+    memset(edge, 0, 32);
+    assert_int_equal(sim_ec_fixed_verify(f, dg, edge), 0);
+    memcpy(edge, rs, 64);
+    memcpy(edge + 32, n_p256, 32);
+    assert_int_equal(sim_ec_fixed_verify(f, dg, edge), 0);
+    /* Not a point on the curve. */
+    point[64] ^= 1;
+    assert_null(sim_ec_fixed_new(point));
+    sim_ec_fixed_free(f);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(other);
+}
+
+/* sim_cert_cache_verify_by: the same answers before and after the signer's
+ * table is built (past 256 signatures by one key), other keys untouched. */
+static void test_cert_cache_verify_by(void **state)
+{
+    (void)state;
+    sim_cert_cache *c = sim_cert_cache_new(16);
+    assert_non_null(c);
+    X509 *signer = fx.pki->dpauth.x509, *other = fx.pki->eum.x509;
+    for (int i = 0; i < 300; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "blob %d", i);
+        unsigned char rs[64];
+        assert_int_equal(sim_ecdsa_sign_raw(fx.pki->dpauth.key, msg, strlen(msg), rs, NULL),
+                         ESIM_OK);
+        assert_int_equal(sim_cert_cache_verify_by(c, signer, msg, strlen(msg), rs, 64, NULL),
+                         ESIM_OK);
+        if (i % 50 == 0 || i > 290) {
+            assert_int_equal(sim_cert_cache_verify_by(c, other, msg, strlen(msg), rs, 64, NULL),
+                             ESIM_ECRYPTO);
+            assert_int_equal(
+                sim_cert_cache_verify_by(c, signer, msg, strlen(msg) - 1, rs, 64, NULL),
+                ESIM_ECRYPTO);
+            rs[40] ^= 4;
+            assert_int_equal(sim_cert_cache_verify_by(c, signer, msg, strlen(msg), rs, 64, NULL),
+                             ESIM_ECRYPTO);
+            assert_int_equal(sim_cert_cache_verify_by(c, signer, msg, strlen(msg), rs, 63, NULL),
+                             ESIM_ECRYPTO);
+        }
+    }
+    sim_cert_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -351,6 +459,8 @@ int main(void)
         cmocka_unit_test(test_memory_reset),
         cmocka_unit_test(test_notifications),
         cmocka_unit_test(test_persistence),
+        cmocka_unit_test(test_ec_fixed_verify),
+        cmocka_unit_test(test_cert_cache_verify_by),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
