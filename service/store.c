@@ -924,12 +924,28 @@ esim_err esim_store_outbox_add(store *st, int64_t url_key, const void *body, siz
 {
     if (!body || !len)
         return esim_fail(err, ESIM_EINVAL, "a webhook delivery needs a body");
-    return st->ops->outbox_add(st, url_key, body, len, now, id, err);
+    return st->ops->outbox_add(st, url_key, body, len, now, NULL, 0, id, err);
 }
 
 esim_err esim_store_outbox_delete(store *st, int64_t id, esim_error *err)
 {
     return st->ops->outbox_delete(st, id, err);
+}
+
+esim_err esim_store_outbox_delete_ids(store *st, const int64_t *ids, size_t n, esim_error *err)
+{
+    if (n == 0)
+        return ESIM_OK;
+    if (!ids)
+        return esim_fail(err, ESIM_EINVAL, "no outbox rows to delete");
+    if (st->ops->outbox_delete_ids)
+        return st->ops->outbox_delete_ids(st, ids, n, err);
+    esim_err rc = st->ops->op_begin(st, err);
+    if (rc != ESIM_OK)
+        return rc;
+    for (size_t i = 0; rc == ESIM_OK && i < n; i++)
+        rc = st->ops->outbox_delete(st, ids[i], err);
+    return st->ops->op_end(st, rc, err);
 }
 
 esim_err esim_store_outbox_list(store *st, int64_t after, size_t limit, store_outbox_row **out,
@@ -944,21 +960,11 @@ esim_err esim_store_outbox_add_claimed(store *st, int64_t url_key, const void *b
                                        const char *owner, int64_t claim_ms, int64_t now,
                                        int64_t *id, esim_error *err)
 {
-    if (!(st->ops->features & ESIM_STORE_FEATURE_SHARED))
-        return esim_store_outbox_add(st, url_key, body, len, now, id, err);
     if (!body || !len || !owner || !*owner || claim_ms < 1)
         return esim_fail(err, ESIM_EINVAL, "a claimed webhook delivery needs a body and an owner");
-    int64_t row = 0;
-    esim_err rc = st->ops->op_begin(st, err);
-    if (rc != ESIM_OK)
-        return rc;
-    rc = st->ops->outbox_add(st, url_key, body, len, now, &row, err);
-    if (rc == ESIM_OK)
-        rc = st->ops->outbox_claim_row(st, row, owner, claim_ms, err);
-    rc = st->ops->op_end(st, rc, err);
-    if (rc == ESIM_OK && id)
-        *id = row;
-    return rc;
+    /* One INSERT that writes the claim with the row (it was an INSERT and
+     * then an UPDATE of its claim). */
+    return st->ops->outbox_add(st, url_key, body, len, now, owner, claim_ms, id, err);
 }
 
 esim_err esim_store_outbox_claim(store *st, const char *owner, int64_t claim_ms, size_t limit,

@@ -522,6 +522,10 @@ ESIM_EXTERN esim_err esim_store_outbox_add(store *st, int64_t url_key, const voi
                                            int64_t now, int64_t *id, esim_error *err);
 /* Deletes row |id| (one already gone is no error). */
 ESIM_EXTERN esim_err esim_store_outbox_delete(store *st, int64_t id, esim_error *err);
+/* Deletes the |n| rows |ids| (those already gone are no error), all or
+ * none: on PostgreSQL one statement.  ESIM_EINVAL  NULL |ids| with n > 0. */
+ESIM_EXTERN esim_err esim_store_outbox_delete_ids(store *st, const int64_t *ids, size_t n,
+                                                  esim_error *err);
 /* Up to |limit| rows with id > |after|, oldest first; *out is the caller's
  * (esim_store_outbox_free). */
 ESIM_EXTERN esim_err esim_store_outbox_list(store *st, int64_t after, size_t limit,
@@ -658,13 +662,14 @@ ESIM_EXTERN esim_err esim_store_relay_session_drop(store *st, const char *txid, 
  * instance killed after the receiver's 2xx and before the row's delete
  * leaves it to be sent again, with the same event id).
  * esim_store_outbox_add_claimed: as esim_store_outbox_add, the new row
- *   claimed by |owner|.
+ *   claimed by |owner|, in the same one INSERT.
  * esim_store_outbox_claim: up to |limit| rows nobody holds (or whose claim
  *   lapsed), oldest first, now claimed by |owner| (rows another instance
  *   holds are skipped, never waited for); as esim_store_outbox_list.
  * esim_store_outbox_renew: extends every claim |owner| holds.
- * Without the feature there is one instance: add_claimed is outbox_add,
- * claim lists from the first row, renew does nothing. */
+ * Without the feature there is one instance: add_claimed writes the claim
+ * (never read), claim lists from the first row, renew does nothing.
+ *   ESIM_EINVAL  add_claimed without a body, an owner or claim_ms > 0. */
 ESIM_EXTERN esim_err esim_store_outbox_add_claimed(store *st, int64_t url_key, const void *body,
                                                    size_t len, const char *owner, int64_t claim_ms,
                                                    int64_t now, int64_t *id, esim_error *err);

@@ -190,9 +190,12 @@ struct store_ops {
     esim_err (*audit_list)(store *st, int64_t after, size_t limit, store_audit **out, size_t *n,
                            esim_error *err);
     /* ---- the webhook outbox ---- */
+    /* One INSERT; |owner| NULL (or claim_ms 0): not claimed. */
     esim_err (*outbox_add)(store *st, int64_t url_key, const void *body, size_t len, int64_t now,
-                           int64_t *id, esim_error *err);
+                           const char *owner, int64_t claim_ms, int64_t *id, esim_error *err);
     esim_err (*outbox_delete)(store *st, int64_t id, esim_error *err);
+    /* Deletes the |n| rows |ids| in one statement; NULL: one by one. */
+    esim_err (*outbox_delete_ids)(store *st, const int64_t *ids, size_t n, esim_error *err);
     esim_err (*outbox_list)(store *st, int64_t after, size_t limit, store_outbox_row **out,
                             size_t *n, esim_error *err);
 
@@ -317,10 +320,8 @@ struct store_ops {
                               void (*fn)(const char *topic, const char *payload, void *arg),
                               void *arg, esim_error *err);
     void (*listener_free)(store_listener *l);
-    /* The shared outbox (esim_store_outbox_claim...): claim row |id| for
-     * |owner|; claim up to |limit| free or lapsed rows; renew |owner|'s. */
-    esim_err (*outbox_claim_row)(store *st, int64_t id, const char *owner, int64_t claim_ms,
-                                 esim_error *err);
+    /* The shared outbox (esim_store_outbox_claim...): claim up to |limit|
+     * free or lapsed rows; renew |owner|'s. */
     esim_err (*outbox_claim)(store *st, const char *owner, int64_t claim_ms, size_t limit,
                              store_outbox_row **out, size_t *n, esim_error *err);
     esim_err (*outbox_renew)(store *st, const char *owner, int64_t claim_ms, esim_error *err);

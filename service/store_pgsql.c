@@ -341,6 +341,7 @@ enum {
     S_AUDIT_LIST,
     S_OUTBOX_ADD,
     S_OUTBOX_DEL,
+    S_OUTBOX_DEL_IDS,
     S_OUTBOX_LIST,
     S_IOT_GET,
     S_IOT_GET_LOCKED,
@@ -358,7 +359,6 @@ enum {
     S_LEASE_HOLDER,
     S_LEASE_RELEASE,
     S_NOTIFY,
-    S_OUTBOX_CLAIM_ROW,
     S_OUTBOX_CLAIM,
     S_OUTBOX_RENEW,
     S_COUNT
@@ -528,9 +528,14 @@ static const char *const statement_sql[S_COUNT] = {
     [S_RELAY_EXPIRE] = "DELETE FROM iot_relay_sessions WHERE created_ms < $1",
     [S_RELAY_GET] = "SELECT smdp, eid, created_ms FROM iot_relay_sessions WHERE txid = $1",
     [S_RELAY_DROP] = "DELETE FROM iot_relay_sessions WHERE txid = $1",
-    [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES ($1, $2, $3)"
-                     " RETURNING id",
+    /* The row and its claim (when $5 > 0) in one statement. */
+    [S_OUTBOX_ADD] =
+        "INSERT INTO webhook_outbox (url_key, created_at, body, claimed_by,"
+        " claimed_until) VALUES ($1, $2, $3, $4, CASE WHEN $5::bigint > 0 THEN"
+        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $5::bigint ELSE 0 END)"
+        " RETURNING id",
     [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = $1",
+    [S_OUTBOX_DEL_IDS] = "DELETE FROM webhook_outbox WHERE id = ANY($1::bigint[])",
     [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > $1"
                       " ORDER BY id LIMIT $2",
     [S_AUDIT_ADD] = "INSERT INTO audit (at, who, role, method, target, status, detail)"
@@ -639,9 +644,6 @@ static const char *const statement_sql[S_COUNT] = {
     [S_LEASE_HOLDER] = "SELECT owner FROM leases WHERE name = $1",
     [S_LEASE_RELEASE] = "DELETE FROM leases WHERE name = $1 AND owner = $2",
     [S_NOTIFY] = "SELECT pg_notify($1, $2)",
-    [S_OUTBOX_CLAIM_ROW] = "UPDATE webhook_outbox SET claimed_by = $2,"
-                           " claimed_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-                           " + $3 WHERE id = $1",
     /* Rows another instance is claiming right now are skipped, not waited
      * for: two instances scanning at once take different rows. */
     [S_OUTBOX_CLAIM] =
@@ -1525,9 +1527,13 @@ static esim_err pg_events_list(store *base, const char *udid, int64_t after, siz
 }
 
 static esim_err pg_outbox_add(store *base, int64_t url_key, const void *body, size_t len,
-                              int64_t now, int64_t *id, esim_error *err)
+                              int64_t now, const char *owner, int64_t claim_ms, int64_t *id,
+                              esim_error *err)
 {
-    PGresult *r = run((pg_store *)base, err, S_OUTBOX_ADD, "iib", url_key, now, body, len);
+    if (!owner)
+        claim_ms = 0;
+    PGresult *r = run((pg_store *)base, err, S_OUTBOX_ADD, "iibti", url_key, now, body, len,
+                      owner ? owner : "", claim_ms);
     if (!r)
         return ESIM_ESTORE;
     if (id)
@@ -1539,6 +1545,30 @@ static esim_err pg_outbox_add(store *base, int64_t url_key, const void *body, si
 static esim_err pg_outbox_delete(store *base, int64_t id, esim_error *err)
 {
     return exec_stmt((pg_store *)base, err, S_OUTBOX_DEL, "i", id);
+}
+
+/* One statement for up to 1,000 rows at a time (an array literal). */
+static esim_err pg_outbox_delete_ids(store *base, const int64_t *ids, size_t n, esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    esim_err rc = ESIM_OK;
+    for (size_t from = 0; rc == ESIM_OK && from < n; from += 1000) {
+        size_t upto = n - from < 1000 ? n : from + 1000;
+        esim_buf b = {0};
+        esim_buf_append_str(&b, "{");
+        for (size_t i = from; i < upto; i++) {
+            char one[24];
+            snprintf(one, sizeof one, "%s%lld", i > from ? "," : "", (long long)ids[i]);
+            esim_buf_append_str(&b, one);
+        }
+        if (esim_buf_append(&b, "}", 2) != ESIM_OK) {
+            esim_buf_free(&b);
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
+        rc = exec_stmt(s, err, S_OUTBOX_DEL_IDS, "t", (const char *)b.data);
+        esim_buf_free(&b);
+    }
+    return rc;
 }
 
 static int cmp_outbox_id(const void *x, const void *y)
@@ -2134,12 +2164,6 @@ static esim_err pg_notify(store *base, const char *topic, const char *payload, e
     return exec_stmt(s, err, S_NOTIFY, "tt", s->channel, msg);
 }
 
-static esim_err pg_outbox_claim_row(store *base, int64_t id, const char *owner, int64_t claim_ms,
-                                    esim_error *err)
-{
-    return exec_stmt((pg_store *)base, err, S_OUTBOX_CLAIM_ROW, "iti", id, owner, claim_ms);
-}
-
 static esim_err pg_outbox_claim(store *base, const char *owner, int64_t claim_ms, size_t limit,
                                 store_outbox_row **out, size_t *n, esim_error *err)
 {
@@ -2225,6 +2249,7 @@ static const struct store_ops pgsql_ops = {
     .event_latest = pg_event_latest,
     .outbox_add = pg_outbox_add,
     .outbox_delete = pg_outbox_delete,
+    .outbox_delete_ids = pg_outbox_delete_ids,
     .outbox_list = pg_outbox_list,
     .iot_get = pg_iot_get,
     .iot_put = pg_iot_put,
@@ -2273,7 +2298,6 @@ static const struct store_ops pgsql_ops = {
     .listener_fd = pgsql_listener_fd,
     .listener_read = pgsql_listener_read,
     .listener_free = pgsql_listener_free,
-    .outbox_claim_row = pg_outbox_claim_row,
     .outbox_claim = pg_outbox_claim,
     .outbox_renew = pg_outbox_renew,
 };

@@ -498,7 +498,8 @@ static const char *const statement_sql[S_COUNT] = {
     [S_RELAY_EXPIRE] = "DELETE FROM iot_relay_sessions WHERE created_ms < ?1",
     [S_RELAY_GET] = "SELECT smdp, eid, created_ms FROM iot_relay_sessions WHERE txid = ?1",
     [S_RELAY_DROP] = "DELETE FROM iot_relay_sessions WHERE txid = ?1",
-    [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body) VALUES (?1, ?2, ?3)",
+    [S_OUTBOX_ADD] = "INSERT INTO webhook_outbox (url_key, created_at, body, claimed_by,"
+                     " claimed_until) VALUES (?1, ?2, ?3, ?4, ?5)",
     [S_OUTBOX_DEL] = "DELETE FROM webhook_outbox WHERE id = ?1",
     [S_OUTBOX_LIST] = "SELECT id, url_key, created_at, body FROM webhook_outbox WHERE id > ?1"
                       " ORDER BY id LIMIT ?2",
@@ -1022,11 +1023,16 @@ static esim_err sq_iot_pkg_list(store *base, const char *eid, const char *uuid, 
 
 /* ---- the webhook outbox ------------------------------------------------------------ */
 
+/* One INSERT, with the claim when there is one (one instance: never read). */
 static esim_err sq_outbox_add(store *base, int64_t url_key, const void *body, size_t len,
-                              int64_t now, int64_t *id, esim_error *err)
+                              int64_t now, const char *owner, int64_t claim_ms, int64_t *id,
+                              esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    esim_err rc = exec_stmt(s, err, S_OUTBOX_ADD, "iib", url_key, now, body, len);
+    if (!owner)
+        claim_ms = 0;
+    esim_err rc = exec_stmt(s, err, S_OUTBOX_ADD, "iibti", url_key, now, body, len,
+                            owner ? owner : "", claim_ms > 0 ? now + claim_ms : (int64_t)0);
     if (rc == ESIM_OK && id)
         *id = sqlite3_last_insert_rowid(s->db);
     return rc;

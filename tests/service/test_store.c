@@ -615,6 +615,26 @@ static void test_webhook_outbox(void **state)
     assert_true(rows[0].id == c);
     assert_memory_equal(rows[0].body.data, "{\"c\":3}", 7);
     esim_store_outbox_free(rows, n);
+    /* Several rows at once (PostgreSQL: one statement), those gone no
+     * error; a claimed row too, its claim written with it. */
+    int64_t d = 0, e = 0, ids[4];
+    assert_int_equal(esim_store_outbox_add(st, 7, "{\"d\":4}", 7, 14, &d, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_add_claimed(st, 7, "{\"e\":5}", 7, "A", 60000, 15, &e, NULL),
+                     ESIM_OK);
+    assert_int_equal(
+        esim_store_outbox_add_claimed(st, 7, "{\"e\":5}", 7, NULL, 60000, 15, NULL, NULL),
+        ESIM_EINVAL);
+    ids[0] = a;
+    ids[1] = b; /* gone */
+    ids[2] = d;
+    ids[3] = e;
+    assert_int_equal(esim_store_outbox_delete_ids(st, NULL, 2, NULL), ESIM_EINVAL);
+    assert_int_equal(esim_store_outbox_delete_ids(st, ids, 0, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_delete_ids(st, ids, 4, NULL), ESIM_OK);
+    assert_int_equal(esim_store_outbox_list(st, 0, 10, &rows, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 1);
+    assert_true(rows[0].id == c);
+    esim_store_outbox_free(rows, n);
     esim_store_close(st);
 }
 
