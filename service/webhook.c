@@ -12,6 +12,14 @@
  * sharing a store share the outbox: each row is claimed by the instance sending it (renewed from
  * the tick while it tries), and one whose instance died is claimed and sent by another once the
  * claim lapses (WEBHOOK_CLAIM_MS), with the same body and event id.
+ *
+ * On a store without batches (PostgreSQL) the bookkeeping after a delivery
+ * is store jobs (on a pool worker, never holding the loop): the rows of the
+ * deliveries that ended meanwhile are deleted together, one job at a time
+ * (outbox_flush), and the tick's renewal of this instance's claims and its
+ * take-over of a dead instance's rows are one job at a time too
+ * (webhooks_tick); a row stays in the outbox until its delete commits, so an
+ * instance killed before that leaves it to be sent again with its id.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +48,28 @@ struct hook_job {
     struct event *retry_ev; /* waiting for the next attempt */
 };
 
+/* A webhook_failed event waiting for the next delete job. */
+typedef struct {
+    int64_t at;
+    char detail[600];
+} failed_note;
+
+/* The bookkeeping of ended deliveries, written by one store job: the rows
+ * to delete and the give-ups to record. */
+typedef struct {
+    int64_t *ids;
+    size_t n_ids, cap_ids;
+    failed_note *notes;
+    size_t n_notes, cap_notes;
+} outbox_work;
+
 struct svc_webhooks {
     esim_service *svc;
-    curl_loop loop; /* its requests on the service's loop */
+    outbox_work todo;       /* ended since the last delete job started */
+    bool flush_busy;        /* a delete job is out */
+    bool tick_busy;         /* a claims job is out */
+    struct event *flush_ev; /* the delete job's start, once per loop turn */
+    curl_loop loop;         /* its requests on the service's loop */
     hook_job *head, *tail;
     size_t n_jobs;
     uint64_t *failing; /* per URL: failed attempts in a row (0: healthy) */
@@ -73,17 +100,168 @@ static void job_free_unlisted(hook_job *j)
     free(j);
 }
 
-/* The delivery is over (delivered, given up or dropped): its outbox row
- * goes, in the loop turn's batch. */
+static void outbox_flush_soon(svc_webhooks *wh);
+
+/* Whether the outbox's bookkeeping is store jobs (PostgreSQL) rather than
+ * a part of the loop turn's batch (SQLite). */
+static bool jobs_outbox(const esim_service *svc)
+{
+    return !(esim_store_features(svc->st) & ESIM_STORE_FEATURE_BATCH);
+}
+
+static bool work_add_id(outbox_work *w, int64_t id)
+{
+    if (w->n_ids == w->cap_ids) {
+        size_t cap = w->cap_ids ? 2 * w->cap_ids : 64;
+        int64_t *v = realloc(w->ids, cap * sizeof *v);
+        if (!v)
+            return false;
+        w->ids = v;
+        w->cap_ids = cap;
+    }
+    w->ids[w->n_ids++] = id;
+    return true;
+}
+
+static bool work_add_note(outbox_work *w, const char *detail)
+{
+    if (w->n_notes == w->cap_notes) {
+        size_t cap = w->cap_notes ? 2 * w->cap_notes : 8;
+        failed_note *v = realloc(w->notes, cap * sizeof *v);
+        if (!v)
+            return false;
+        w->notes = v;
+        w->cap_notes = cap;
+    }
+    failed_note *n = &w->notes[w->n_notes++];
+    n->at = esim_now_ms();
+    snprintf(n->detail, sizeof n->detail, "%s", detail);
+    return true;
+}
+
+static void work_free(outbox_work *w)
+{
+    free(w->ids);
+    free(w->notes);
+    memset(w, 0, sizeof *w);
+}
+
+/* Row |id|'s delivery is over (delivered, given up or dropped): the row
+ * goes, in the loop turn's batch (SQLite) or the next delete job. */
+static void outbox_forget(svc_webhooks *wh, int64_t id)
+{
+    esim_service *svc = wh->svc;
+    if (!id)
+        return;
+    if (jobs_outbox(svc)) {
+        if (work_add_id(&wh->todo, id))
+            outbox_flush_soon(wh);
+        else /* out of memory: the row is sent again, later or elsewhere */
+            svc_store_failed(svc, "out of memory");
+        return;
+    }
+    svc_batch_open(svc);
+    if (esim_store_outbox_delete(svc->st, id, NULL) != ESIM_OK)
+        svc_store_failed(svc, NULL);
+}
+
 static void outbox_done(hook_job *j)
 {
-    esim_service *svc = j->wh->svc;
-    if (!j->outbox_id)
-        return;
-    svc_batch_open(svc);
-    if (esim_store_outbox_delete(svc->st, j->outbox_id, NULL) != ESIM_OK)
-        svc_store_failed(svc, NULL);
+    outbox_forget(j->wh, j->outbox_id);
     j->outbox_id = 0;
+}
+
+/* A delivery given up: the webhook_failed event, with the loop turn's
+ * batch (SQLite) or in the next delete job. */
+static void outbox_failed_note(svc_webhooks *wh, const char *detail)
+{
+    esim_service *svc = wh->svc;
+    if (jobs_outbox(svc)) {
+        if (work_add_note(&wh->todo, detail))
+            outbox_flush_soon(wh);
+        return;
+    }
+    esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0, esim_now_ms(),
+                            NULL);
+}
+
+/* The delete job: what ended since the last one, on a worker. */
+typedef struct {
+    svc_webhooks *wh;
+    outbox_work w;
+    esim_err rc;
+} flush_job;
+
+static void flush_run(store *st, void *arg)
+{
+    flush_job *f = arg;
+    f->rc = esim_store_outbox_delete_ids(st, f->w.ids, f->w.n_ids, NULL);
+    for (size_t i = 0; i < f->w.n_notes; i++)
+        esim_store_event_append(st, "webhook_failed", NULL, NULL, f->w.notes[i].detail, NULL, 0,
+                                f->w.notes[i].at, NULL);
+}
+
+static void outbox_flush(svc_webhooks *wh);
+
+static void flush_done(esim_service *svc, void *arg, bool ran)
+{
+    flush_job *f = arg;
+    svc_webhooks *wh = f->wh;
+    wh->flush_busy = false;
+    if (ran && f->rc != ESIM_OK)
+        svc_store_failed(svc, NULL);
+    if (!ran || f->rc != ESIM_OK) {
+        /* Not deleted: tried again with the next job (and at the latest
+         * when the service stops). Meanwhile the rows stay claimed by this
+         * instance, and are sent once more only if it dies. */
+        for (size_t i = 0; i < f->w.n_ids; i++)
+            (void)work_add_id(&wh->todo, f->w.ids[i]);
+        for (size_t i = 0; !ran && i < f->w.n_notes; i++)
+            (void)work_add_note(&wh->todo, f->w.notes[i].detail);
+    }
+    bool again = ran && f->rc == ESIM_OK && (wh->todo.n_ids || wh->todo.n_notes);
+    work_free(&f->w);
+    free(f);
+    if (again) /* after a failure, the next ended delivery or tick tries */
+        outbox_flush_soon(wh);
+}
+
+/* Starts a delete job with what waits, unless one is out (its |done| starts
+ * the next). */
+static void outbox_flush(svc_webhooks *wh)
+{
+    if (wh->flush_busy || (!wh->todo.n_ids && !wh->todo.n_notes))
+        return;
+    flush_job *f = calloc(1, sizeof *f);
+    if (!f)
+        return; /* tried again at the next ended delivery or tick */
+    f->wh = wh;
+    f->w = wh->todo;
+    memset(&wh->todo, 0, sizeof wh->todo);
+    wh->flush_busy = true;
+    if (esim_service_store_job(wh->svc, flush_run, flush_done, f) != ESIM_OK) {
+        wh->flush_busy = false;
+        wh->todo = f->w;
+        free(f);
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    outbox_flush(arg);
+}
+
+/* The deliveries that end in one loop turn share a delete job. */
+static void outbox_flush_soon(svc_webhooks *wh)
+{
+    if (wh->flush_busy)
+        return;
+    if (wh->flush_ev)
+        event_active(wh->flush_ev, EV_TIMEOUT, 0);
+    else
+        outbox_flush(wh);
 }
 
 static void job_free(hook_job *j)
@@ -171,8 +349,7 @@ static void job_failed_attempt(hook_job *j)
         redact_url(svc->webhook_urls[j->url], shown, sizeof shown);
         snprintf(detail, sizeof detail, "gave up on %s after %d attempts", shown, j->attempts);
         outbox_done(j);
-        esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, detail, NULL, 0,
-                                esim_now_ms(), NULL);
+        outbox_failed_note(wh, detail);
         job_free(j);
         return;
     }
@@ -324,6 +501,9 @@ esim_err webhooks_init(esim_service *svc, esim_error *err)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
     for (size_t i = 0; i < svc->cfg.n_webhook_urls; i++)
         wh->url_keys[i] = url_key(svc->webhook_urls[i]);
+    wh->flush_ev = event_new(svc->base, -1, 0, on_flush, wh);
+    if (!wh->flush_ev)
+        return esim_fail(err, ESIM_ENOMEM, "cannot set up webhooks: out of memory");
     restart_outbox(wh);
     return ESIM_OK;
 }
@@ -333,8 +513,19 @@ void webhooks_free(esim_service *svc)
     svc_webhooks *wh = svc->webhooks;
     if (!wh)
         return;
-    /* Stopping: what this instance still held is another's to send at
-     * once, not after its claim lapses. */
+    /* Stopping (the store pool stopped already, its jobs' |done|s ran):
+     * the rows of the deliveries that ended go now, on the loop; what this
+     * instance still held is another's to send at once, not after its
+     * claim lapses. */
+    if (wh->todo.n_ids &&
+        esim_store_outbox_delete_ids(svc->st, wh->todo.ids, wh->todo.n_ids, NULL) != ESIM_OK)
+        svc_store_failed(svc, NULL);
+    for (size_t i = 0; i < wh->todo.n_notes; i++)
+        esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, wh->todo.notes[i].detail,
+                                NULL, 0, wh->todo.notes[i].at, NULL);
+    work_free(&wh->todo);
+    if (wh->flush_ev)
+        event_free(wh->flush_ev);
     if (wh->n_jobs && shared_outbox(svc))
         esim_store_outbox_renew(svc->st, svc->instance_id, 1, NULL);
     while (wh->head)
@@ -577,11 +768,13 @@ hook_job *webhooks_prepare(esim_service *svc, const esim_msg *msg, const void *r
 
 /* Puts |j| at the end of the list and starts it; never lets a dead
  * receiver grow memory without bound: beyond the cap the oldest delivery
- * goes first, counted and out of the outbox. */
-static void job_enqueue(svc_webhooks *wh, hook_job *j)
+ * goes first, counted and out of the outbox (|room_made|: a row the tick's
+ * job claimed when there was room for it goes in as well; the claims are
+ * bounded by the cap, so memory is too). */
+static void job_enqueue_room(svc_webhooks *wh, hook_job *j, bool room_made)
 {
     esim_service *svc = wh->svc;
-    while (wh->n_jobs >= svc->cfg.webhook_queue_max && wh->head) {
+    while (!room_made && wh->n_jobs >= svc->cfg.webhook_queue_max && wh->head) {
         svc->m.webhooks_dropped++;
         outbox_done(wh->head);
         job_free(wh->head);
@@ -595,6 +788,11 @@ static void job_enqueue(svc_webhooks *wh, hook_job *j)
     wh->tail = j;
     wh->n_jobs++;
     job_start(j);
+}
+
+static void job_enqueue(svc_webhooks *wh, hook_job *j)
+{
+    job_enqueue_room(wh, j, false);
 }
 
 void webhooks_launch(esim_service *svc, hook_job *jobs)
@@ -617,8 +815,9 @@ void webhooks_discard(hook_job *jobs)
 
 /* Starts the deliveries of outbox |rows| (same body, same event id). Rows
  * for a receiver no longer configured are dropped; so are those beyond the
- * queue's cap, counted. */
-static void start_rows(svc_webhooks *wh, const store_outbox_row *rows, size_t n)
+ * queue's cap, counted, unless |claimed| (the tick's job claimed them when
+ * there was room: they go in whatever came meanwhile). */
+static void start_rows(svc_webhooks *wh, const store_outbox_row *rows, size_t n, bool claimed)
 {
     esim_service *svc = wh->svc;
     for (size_t i = 0; i < n; i++) {
@@ -626,7 +825,7 @@ static void start_rows(svc_webhooks *wh, const store_outbox_row *rows, size_t n)
         while (u < svc->cfg.n_webhook_urls && wh->url_keys[u] != rows[i].url_key)
             u++;
         char *body = NULL;
-        if (u < svc->cfg.n_webhook_urls && wh->n_jobs < svc->cfg.webhook_queue_max &&
+        if (u < svc->cfg.n_webhook_urls && (claimed || wh->n_jobs < svc->cfg.webhook_queue_max) &&
             (body = malloc(rows[i].body.len + 1)) != NULL) {
             memcpy(body, rows[i].body.data, rows[i].body.len);
             body[rows[i].body.len] = '\0';
@@ -634,12 +833,11 @@ static void start_rows(svc_webhooks *wh, const store_outbox_row *rows, size_t n)
         hook_job *j = body ? job_new(wh, u, body, rows[i].body.len) : NULL;
         if (!j) {
             svc->m.webhooks_dropped++;
-            if (esim_store_outbox_delete(svc->st, rows[i].id, NULL) != ESIM_OK)
-                svc_store_failed(svc, NULL);
+            outbox_forget(wh, rows[i].id);
             continue;
         }
         j->outbox_id = rows[i].id;
-        job_enqueue(wh, j);
+        job_enqueue_room(wh, j, claimed);
     }
 }
 
@@ -663,39 +861,90 @@ static void restart_outbox(svc_webhooks *wh)
         }
         if (n)
             after = rows[n - 1].id;
-        start_rows(wh, rows, n);
+        start_rows(wh, rows, n, false);
         esim_store_outbox_free(rows, n);
         if (n < 1000)
             return;
     }
 }
 
-/* On a shared outbox, every tick: this instance's claims are renewed, and
- * the rows of an instance that died (claims lapsed) are taken, as many as
- * the queue has room for. */
+/* On a shared outbox, every tick, one store job at a time (a tick that
+ * finds the last one out skips it): this instance's claims are renewed,
+ * and the rows of an instance that died (claims lapsed) are taken, as many
+ * as the queue had room for when the job started; their deliveries start
+ * on the loop when it is back. */
+typedef struct {
+    svc_webhooks *wh;
+    char owner[128];
+    bool renew;
+    size_t room;
+    esim_err rc;
+    store_outbox_row *rows;
+    size_t n;
+} claims_job;
+
+static void claims_run(store *st, void *arg)
+{
+    claims_job *c = arg;
+    if (c->renew && esim_store_outbox_renew(st, c->owner, WEBHOOK_CLAIM_MS, NULL) != ESIM_OK)
+        c->rc = ESIM_ESTORE;
+    size_t room = c->room;
+    while (room > 0) {
+        store_outbox_row *rows = NULL;
+        size_t n = 0, want = room < 1000 ? room : 1000;
+        if (esim_store_outbox_claim(st, c->owner, WEBHOOK_CLAIM_MS, want, &rows, &n, NULL) !=
+            ESIM_OK) {
+            c->rc = ESIM_ESTORE;
+            return;
+        }
+        store_outbox_row *all = n ? realloc(c->rows, (c->n + n) * sizeof *all) : c->rows;
+        if (n && !all) { /* out of memory: left to lapse, and claimed again */
+            esim_store_outbox_free(rows, n);
+            return;
+        }
+        c->rows = all;
+        if (n)
+            memcpy(c->rows + c->n, rows, n * sizeof *rows);
+        c->n += n;
+        free(rows); /* the bodies moved to c->rows */
+        if (n < want)
+            return;
+        room -= n;
+    }
+}
+
+static void claims_done(esim_service *svc, void *arg, bool ran)
+{
+    claims_job *c = arg;
+    svc_webhooks *wh = c->wh;
+    wh->tick_busy = false;
+    if (ran && c->rc != ESIM_OK)
+        svc_store_failed(svc, NULL);
+    start_rows(wh, c->rows, c->n, true);
+    esim_store_outbox_free(c->rows, c->n);
+    free(c);
+}
+
 void webhooks_tick(esim_service *svc, int64_t now)
 {
     (void)now;
     svc_webhooks *wh = svc->webhooks;
-    if (!wh || !shared_outbox(svc))
+    if (!wh)
         return;
-    if (wh->n_jobs &&
-        esim_store_outbox_renew(svc->st, svc->instance_id, WEBHOOK_CLAIM_MS, NULL) != ESIM_OK)
-        svc_store_failed(svc, NULL);
-    size_t room =
-        svc->cfg.webhook_queue_max > wh->n_jobs ? svc->cfg.webhook_queue_max - wh->n_jobs : 0;
-    while (room > 0) {
-        store_outbox_row *rows = NULL;
-        size_t n = 0, want = room < 1000 ? room : 1000;
-        if (esim_store_outbox_claim(svc->st, svc->instance_id, WEBHOOK_CLAIM_MS, want, &rows, &n,
-                                    NULL) != ESIM_OK) {
-            svc_store_failed(svc, NULL);
-            return;
-        }
-        start_rows(wh, rows, n);
-        esim_store_outbox_free(rows, n);
-        if (n < want)
-            return;
-        room -= n;
+    outbox_flush(wh); /* what a failed delete job left */
+    if (!shared_outbox(svc) || wh->tick_busy)
+        return;
+    claims_job *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->wh = wh;
+    snprintf(c->owner, sizeof c->owner, "%s", svc->instance_id);
+    /* Its deliveries' rows, and those of ended ones not deleted yet. */
+    c->renew = wh->n_jobs > 0 || wh->todo.n_ids > 0 || wh->flush_busy;
+    c->room = svc->cfg.webhook_queue_max > wh->n_jobs ? svc->cfg.webhook_queue_max - wh->n_jobs : 0;
+    wh->tick_busy = true;
+    if (esim_service_store_job(svc, claims_run, claims_done, c) != ESIM_OK) {
+        wh->tick_busy = false;
+        free(c);
     }
 }

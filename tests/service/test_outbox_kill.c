@@ -2,19 +2,22 @@
  * test_outbox_kill.c — "each webhook event at least once" across the death
  * of an instance on PostgreSQL with a store pool: `esim-mdm serve` (a real
  * process, its store a schema of the ctest cluster) is SIGKILLed after a
- * device's change committed on a pool worker and before the loop ran that
- * job's done (which starts the delivery). Another instance on the same
- * database must then deliver the change's event, with the event id the
- * dead instance gave it, to a real HTTP receiver.
+ * device's change committed on a pool worker (its event written in the
+ * same transaction) and before the event was delivered, and after another
+ * event was delivered but before its row's delete committed. Another
+ * instance on the same database must then deliver both events, with the
+ * event ids the dead instance gave them, to a real HTTP receiver.
  *
- * The window is made with the database's own locks, no hook in the
- * service: the device's row is locked so its job waits on its worker; the
- * loop is then held in a statement of its own (deleting a delivered
- * webhook's row, locked by the test) while the device's row is let go; the
- * job commits on its worker, and the instance is killed while its loop
- * still waits. Also: a change whose event the outbox refuses is undone
- * with it, with the pool and without. PostgreSQL only (skipped without
- * ESIM_TEST_STORE).
+ * The windows are made with the database's own locks and a receiver that
+ * refuses, no hook in the service: the device's row is locked so its job
+ * waits on its worker; a delivered event's row is locked so its delete
+ * waits on another; the receiver refuses every delivery while the first
+ * device's row is let go and its change commits; the instance is killed
+ * then. Also: a change whose event the outbox refuses is undone with it,
+ * with the pool and without (the events are written in the change's own
+ * transaction, never after it); and the outbox's bookkeeping waits on
+ * workers, not on the loop (test_slow_outbox_holds_no_loop). PostgreSQL
+ * only (skipped without ESIM_TEST_STORE).
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -251,9 +254,9 @@ static void test_killed_between_commit_and_delivery(void **state)
         fail_msg("the TokenUpdate never waited on the device's row");
     }
 
-    /* 2. The loop held: another device's event is answered slowly, and
-     * its row locked, so that the loop's statement that deletes (or
-     * renews) it once delivered waits. */
+    /* 2. Another device's event is answered slowly, and its row locked,
+     * so that the statement that deletes it once delivered (and the one
+     * that renews the claims) waits, on a worker. */
     hook_sink_set_mode(sink, HOOK_SLOW, 1500);
     server_alive(&a);
     assert_int_equal(device_result(&d2, ESIM_STATUS_IDLE, NULL, NULL), 200);
@@ -271,11 +274,17 @@ static void test_killed_between_commit_and_delivery(void **state)
     harness_pg_exec(p2, "SELECT id FROM webhook_outbox FOR UPDATE");
     if (!await_blocked(watch, p2, 1)) {
         server_alive(&a);
-        fail_msg("the loop never waited on the outbox row");
+        fail_msg("the delivered row's delete never waited on its lock");
     }
+    for (int i = 0; i < 1500 && received(sink, d2_id, "mdm.Connect", d2.udid, NULL) < 1; i++)
+        usleep(20 * 1000);
+    assert_int_equal(received(sink, d2_id, "mdm.Connect", d2.udid, NULL), 1);
 
-    /* 3. The device's row let go: its change commits on the worker while
-     * the loop, which would run the job's done, still waits. */
+    /* 3. The receiver refuses from now on; the device's row let go: its
+     * change commits on the worker, with its event's row, whose delivery
+     * is refused. */
+    hook_sink_set_mode(sink, HOOK_FAIL, 0);
+    size_t refused = hook_sink_refused(sink);
     harness_pg_exec(p1, "COMMIT");
     char tally[32] = "";
     for (int i = 0; i < 1500; i++) {
@@ -289,12 +298,14 @@ static void test_killed_between_commit_and_delivery(void **state)
     }
     server_alive(&a);
     assert_string_equal(tally, "2");
-    assert_true(blocked_by(watch, p2) >= 1); /* the loop has not moved */
+    for (int i = 0; i < 1500 && hook_sink_refused(sink) <= refused; i++)
+        usleep(20 * 1000);
+    assert_true(hook_sink_refused(sink) > refused); /* its delivery tried, refused */
+    assert_true(blocked_by(watch, p2) >= 1);        /* the delivered row still there */
 
     /* 4. Killed there. */
     server_signal(&a, SIGKILL);
     pthread_join(t, NULL);
-    assert_int_not_equal(put.res, CURLE_OK); /* the device never heard back */
     harness_pg_exec(p2, "ROLLBACK");
     hook_sink_set_mode(sink, HOOK_OK, 0);
 
@@ -313,7 +324,8 @@ static void test_killed_between_commit_and_delivery(void **state)
 
     /* 5. Another instance on the same database delivers it (once the dead
      * one's claim lapsed), with that id; and the other device's event,
-     * whose row the dead instance never deleted, again with its id. */
+     * whose row the dead instance never deleted, again with its id (at
+     * least once: a receiver may see an event twice, never under two ids). */
     server_start(&b);
     size_t got = 0, d2_got = 0, updates = 0;
     for (int i = 0; i < 3000; i++) { /* a generous bound: 60 s */
@@ -406,6 +418,134 @@ static void outbox_refused_undoes_change(int pool)
     hook_sink_stop(sink);
 }
 
+#define NOTHERS 4
+
+/* How many of the service's statements that start with |prefix| wait on a
+ * lock since before |since| (the database's clock, as text). */
+static long waiting_since(PGconn *watch, const char *prefix, const char *since)
+{
+    char sql[400];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+             "query LIKE '%s%%' AND query_start < '%s'::timestamptz",
+             prefix, since);
+    PGresult *r = PQexec(watch, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+/* The outbox's bookkeeping after a delivery (the delivered row's delete,
+ * this instance's claims renewed) runs as store jobs on the pool: with a
+ * delivered event's row locked by another session, both statements wait
+ * on workers while other devices check in, their events written and
+ * delivered; once the lock goes the rows go and the outbox empties. With
+ * the bookkeeping on the loop's connection (ESIM_TEST_STORE_POOL=0, the
+ * control) the loop waits in the delete until statement_timeout ends it,
+ * before the other devices are served: this test fails. */
+static void test_slow_outbox_holds_no_loop(void **state)
+{
+    (void)state;
+    if (!harness_store_is_pgsql())
+        skip();
+    hook_sink *sink = hook_sink_start();
+    assert_non_null(sink);
+    char hook_url[96];
+    snprintf(hook_url, sizeof hook_url, "http://127.0.0.1:%d/hook", hook_sink_port(sink));
+    const char *urls[1] = {hook_url};
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "outbox-slow", &cfg, ts.data_dir);
+    char spec[1024];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    cfg.store = spec;
+    cfg.webhook_urls = urls;
+    cfg.n_webhook_urls = 1;
+    cfg.webhook_retry_base_ms = 100;
+    harness_start(&ts, &cfg);
+    test_device locked, others[NOTHERS];
+    device_new(&locked, &env, "00008140-0000000000000SL0", ts.url);
+    device_enroll(&locked);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008140-0000000000000SF%d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    char left[32] = "";
+    for (int i = 0; i < 1500; i++) { /* the enrolments' events delivered, their rows gone */
+        assert_true(query_text(watch, "SELECT count(*) FROM webhook_outbox", left, sizeof left));
+        if (strcmp(left, "0") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_string_equal(left, "0");
+
+    /* One device's event refused by the receiver, its row locked, then
+     * taken: the row's delete (and the claims' renewal) wait on the lock. */
+    hook_sink_set_mode(sink, HOOK_FAIL, 0);
+    assert_int_equal(device_result(&locked, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    char id[64] = "";
+    for (int i = 0; i < 1500 && !id[0]; i++)
+        if (!query_text(watch,
+                        "SELECT convert_from(body, 'UTF8')::json->>'event_id' FROM webhook_outbox "
+                        "WHERE convert_from(body, 'UTF8') LIKE '%00008140-0000000000000SL0%'",
+                        id, sizeof id))
+            usleep(20 * 1000);
+    assert_string_not_equal(id, "");
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "SELECT id FROM webhook_outbox FOR UPDATE");
+    hook_sink_set_mode(sink, HOOK_OK, 0);
+    long waits = 0;
+    for (int i = 0; i < 1500 && waits < 2; i++) {
+        waits = blocked_by(watch, locker);
+        if (waits < 2)
+            usleep(20 * 1000);
+    }
+    assert_true(received(sink, id, "mdm.Connect", locked.udid, NULL) >= 1);
+    char since[64] = "";
+    assert_true(query_text(watch, "SELECT clock_timestamp()::text", since, sizeof since));
+
+    /* The other devices check in, their events written and delivered. */
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    for (int i = 0; i < NOTHERS; i++) {
+        size_t got = 0;
+        for (int k = 0; k < 1500 && got < 1; k++) {
+            received(sink, "", "mdm.Connect", others[i].udid, &got);
+            if (got < 1)
+                usleep(20 * 1000);
+        }
+        assert_int_equal(got, 1);
+    }
+    /* Meanwhile the delete and the renewal still wait, as they did before
+     * the check-ins: on workers, not on the loop. */
+    assert_int_equal(waiting_since(watch, "DELETE FROM webhook_outbox", since), 1);
+    assert_int_equal(waiting_since(watch, "UPDATE webhook_outbox SET claimed_until", since), 1);
+
+    harness_pg_exec(locker, "ROLLBACK");
+    for (int i = 0; i < 1500; i++) {
+        assert_true(query_text(watch, "SELECT count(*) FROM webhook_outbox", left, sizeof left));
+        if (strcmp(left, "0") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_string_equal(left, "0");
+    assert_int_equal(received(sink, id, "mdm.Connect", locked.udid, NULL), 1);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&locked);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+    hook_sink_stop(sink);
+}
+
 static void test_outbox_refused_undoes_change_pool(void **state)
 {
     (void)state;
@@ -422,6 +562,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_killed_between_commit_and_delivery),
+        cmocka_unit_test(test_slow_outbox_holds_no_loop),
         cmocka_unit_test(test_outbox_refused_undoes_change_pool),
         cmocka_unit_test(test_outbox_refused_undoes_change_no_pool),
     };
