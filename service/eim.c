@@ -408,17 +408,7 @@ esim_err eim_iot_register_on(store *st, const char *eid, int64_t token, int64_t 
     return rc == ESIM_OK ? end : rc;
 }
 
-esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t token,
-                                   int64_t counter, bool *created, esim_error *err)
-{
-    eim_counts counts = {0};
-    esim_err rc = eim_iot_register_on(svc->st, eid, token, counter, created, &counts, err);
-    svc->m.store_errors += counts.store_errors;
-    svc->m.enqueued += counts.enqueued;
-    return rc;
-}
-
-/* The checks and the queueing of esim_service_enqueue_iot on |st|, nothing
+/* The checks and the queueing of esim_service_enqueue_iot_on on |st|, nothing
  * else (the caller counts). */
 esim_err eim_enqueue_iot_on(store *st, const char *uuid, const char *package_json,
                             const char *const *eids, size_t n, const esim_enqueue_opts *opts,
@@ -456,20 +446,6 @@ esim_err eim_enqueue_iot_on(store *st, const char *uuid, const char *package_jso
     json_decref(norm);
     if (rc == ESIM_OK && uuid_out)
         snprintf(uuid_out, 128, "%s", uuid);
-    return rc;
-}
-
-esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid, const char *package_json,
-                                  const char *const *eids, size_t n, const esim_enqueue_opts *opts,
-                                  char uuid_out[128], esim_error *err)
-{
-    if (!svc)
-        return esim_fail(err, ESIM_EINVAL, "an IoT package needs a description and EIDs");
-    esim_err rc = eim_enqueue_iot_on(svc->st, uuid, package_json, eids, n, opts, uuid_out, err);
-    if (rc == ESIM_ESTORE)
-        svc->m.store_errors++;
-    if (rc == ESIM_OK)
-        svc->m.enqueued += n;
     return rc;
 }
 

@@ -1825,25 +1825,3 @@ esim_err esim_service_enqueue_syncml_on(const esim_service *svc, store *st, cons
     return syncml_enqueue_on(svc, st, uuid, request_type, syncml, len, udids, n,
                              opts ? opts : &none, NULL, &failed, err);
 }
-
-esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid, const char *request_type,
-                                     const char *syncml, size_t len, const char *const *udids,
-                                     size_t n, const esim_enqueue_opts *opts,
-                                     esim_push_state *pushes, char uuid_out[128], esim_error *err)
-{
-    esim_enqueue_opts none = {0};
-    if (!opts)
-        opts = &none;
-    if (!svc)
-        return esim_fail(err, ESIM_EINVAL, "a Windows command needs SyncML and a request type");
-    bool failed = false;
-    esim_err rc = syncml_enqueue_on(svc, svc->st, uuid, request_type, syncml, len, udids, n, opts,
-                                    uuid_out, &failed, err);
-    if (failed)
-        svc_store_failed(svc, NULL);
-    if (rc != ESIM_OK)
-        return rc;
-    /* Counted, pushed, and put in the device's held answer if there is one. */
-    svc_enqueue_after(svc, udids, n, opts, NULL, pushes);
-    return ESIM_OK;
-}

@@ -1484,24 +1484,6 @@ bool esim_service_store_jobs_async(const esim_service *svc)
     return svc && pool_on(svc);
 }
 
-esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
-                              const char *const *udids, size_t n, const esim_enqueue_opts *opts,
-                              esim_push_state *pushes, char uuid_out[128], esim_error *err)
-{
-    esim_enqueue_opts none = {0};
-    if (!opts)
-        opts = &none;
-    esim_err rc =
-        svc_enqueue_store(svc, svc->st, command_plist, len, udids, n, opts, uuid_out, err);
-    if (rc != ESIM_OK) {
-        if (rc == ESIM_ESTORE)
-            svc_store_failed(svc, NULL);
-        return rc;
-    }
-    svc_enqueue_after(svc, udids, n, opts, NULL, pushes);
-    return ESIM_OK;
-}
-
 esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,
                            esim_error *err)
 {

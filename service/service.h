@@ -372,15 +372,15 @@ typedef struct {
 
 /* Called on the service's loop after the result's transaction (its batch)
  * committed, for results applied to their queue entry (never for Idle,
- * never for anomalies). The hook may call esim_service_enqueue(),
- * esim_service_push() and the store's operations; it must not free the
- * service. */
+ * never for anomalies). The hook may queue (esim_service_enqueue_on in a
+ * store job), push (esim_service_push_to from that job's done) and use the
+ * store; it must not free the service. */
 typedef void (*esim_service_result_hook)(esim_service *svc, const esim_service_result *r,
                                          void *arg);
 /* Called once after the result hooks of one committed batch have all run
  * (only when there was at least one result), before the held answers are
  * completed with the devices' next commands: a module that gathers what
- * its result hooks decided queues it here (esim_service_enqueue), in as few
+ * its result hooks decided queues it here (esim_service_enqueue_on), in as few
  * store operations as it likes, and it still rides in those answers. */
 typedef void (*esim_service_results_done_fn)(esim_service *svc, void *arg);
 /* Called every tick_ms with the wall-clock time. */
@@ -648,80 +648,41 @@ typedef enum {
 ESIM_EXTERN const char *esim_push_state_name(esim_push_state s); /* "sent", "pending", ... */
 
 /*
- * Queues |command_plist| (a whole command, as esim_cmd_parse reads it) for
- * the |n| devices, all or nothing, then pushes each device once when
- * opts->push. |pushes| (may be NULL) receives one state per device.
- * |uuid_out| (may be NULL) gets the command's CommandUUID.
- *   ESIM_EINVAL     not a command plist, no devices, a device twice;
- *   ESIM_ENOTFOUND  a device is unknown;  ESIM_ESTATE  one checked out;
+ * Queueing commands, in two halves so that the store's half runs in a store
+ * job (esim_service_store_job: on a pool worker with PostgreSQL, never
+ * holding the loop) and the service's half on the loop once it committed.
+ *
+ * esim_service_enqueue_on: queues |command_plist| (a whole command, as
+ * esim_cmd_parse reads it) for the |n| devices on |st|, all or nothing.
+ * esim_service_enqueue_syncml_on: queues a Windows command for the |n|
+ * devices (each must be a Windows device): |syncml| is the SyncBody
+ * fragment the device gets (Add, Replace, Get, Exec, Delete or Atomic
+ * elements whose CmdIDs are |uuid| (NULL: a fresh one) or "UUID.N" inside
+ * it; paths under ./Device/Vendor/MSFT/eUICCs/{EID}/ name the eUICC by EID
+ * and are rewritten to the node the device reports); |request_type| names
+ * it in the API ("eUICCs.AddProfile", ...).
+ * esim_service_enqueue_iot_on: queues one eIM package for the |n|
+ * registered IoT eUICCs |eids|, all or nothing; |package_json| describes it
+ * (docs/iot.md, "Packages": {"operations": [...]}, {"download":
+ * {"activation_code": ...}} or {"euicc_data": true}); each eUICC gets it at
+ * its next poll.
+ * Each does the checks and the queueing on |st| (the service's store, or a
+ * store job's), and nothing else: no push, no count, nothing of the
+ * service's memory touched (safe in a store job's |run|). Once what they
+ * queued is committed, esim_service_enqueued, on the loop, does the rest,
+ * and the pushes are the caller's (esim_service_push_to, with the targets
+ * read in the same job).
+ *   ESIM_EINVAL     not a command plist (or SyncML fragment, or package
+ *                   description: |err| says why), no devices, a device
+ *                   twice, a device of another platform;
+ *   ESIM_ENOTFOUND  a device is unknown (an EID not registered);
+ *   ESIM_ESTATE     one checked out;
  *   ESIM_EEXIST     the CommandUUID was used before;
  *   ESIM_ETOOBIG    the plist is over max_body or nested deeper than max_depth;
  *   ESIM_ESTORE     the store failed.  |err| (may be NULL) names the problem.
- */
-ESIM_EXTERN esim_err esim_service_enqueue(esim_service *svc, const void *command_plist, size_t len,
-                                          const char *const *udids, size_t n,
-                                          const esim_enqueue_opts *opts, esim_push_state *pushes,
-                                          char uuid_out[128], esim_error *err);
-
-/*
- * Queues a Windows command for the |n| devices (each must be a Windows
- * device), all or nothing, then wakes each through WNS when opts->push.
- * |syncml| is the SyncBody fragment the device gets: Add, Replace, Get,
- * Exec, Delete or Atomic elements whose CmdIDs are |uuid| (NULL: a fresh
- * one, written to |uuid_out|) or "UUID.N" inside it. Paths under
- * ./Device/Vendor/MSFT/eUICCs/{EID}/ name the eUICC by EID; the service
- * rewrites them to the node the device reports for that EID.
- * |request_type| names it in the API ("eUICCs.AddProfile", ...).
- *   ESIM_EINVAL     not such a fragment (|err| says why), no devices, a
- *                   device twice, an Apple device;
- *   the rest as esim_service_enqueue.
- */
-ESIM_EXTERN esim_err esim_service_enqueue_syncml(esim_service *svc, const char *uuid,
-                                                 const char *request_type, const char *syncml,
-                                                 size_t len, const char *const *udids, size_t n,
-                                                 const esim_enqueue_opts *opts,
-                                                 esim_push_state *pushes, char uuid_out[128],
-                                                 esim_error *err);
-
-/*
- * Registers an IoT eUICC with the eIM (as a manufacturer's association
- * list does): its EID, the association token its eUICC gave the eIM's
- * configuration, and the last counter value used (0 when none). The device
- * becomes a device of platform "iot" (UDID = EID) and its first package,
- * an IpaEuiccDataRequest for its certificates, is queued. *created says
- * whether the EID was new to the eIM (one that only polled is not).
- *   ESIM_EINVAL  a bad EID, token or counter;
- *   ESIM_EEXIST  registered already (nothing changes);
- *   ESIM_ESTORE.
- */
-ESIM_EXTERN esim_err esim_service_iot_register(esim_service *svc, const char *eid, int64_t token,
-                                               int64_t counter, bool *created, esim_error *err);
-
-/*
- * Queues one eIM package for the |n| registered IoT eUICCs |eids|, all or
- * nothing. |package_json| describes it (docs/iot.md, "Packages"):
- *   {"operations": [{"op": "enable", "iccid": "..."}, ...]}  PSMOs
- *     (enable, disable, delete, list_profiles, get_rat) or eCOs (add_eim,
- *     delete_eim, update_eim, list_eim), not both;
- *   {"download": {"activation_code": "1$SMDP$MATCHING"}}
- *   {"euicc_data": true}
- * Each eUICC gets it at its next poll, signed with its next counter value.
- * |uuid| NULL: a fresh command UUID, written to |uuid_out| (may be NULL).
- *   ESIM_EINVAL     a bad description (|err| names the field), no EIDs;
- *   ESIM_ENOTFOUND  an EID not registered with the eIM;
- *   ESIM_EEXIST     the UUID was used before;  ESIM_ESTORE.
- */
-ESIM_EXTERN esim_err esim_service_enqueue_iot(esim_service *svc, const char *uuid,
-                                              const char *package_json, const char *const *eids,
-                                              size_t n, const esim_enqueue_opts *opts,
-                                              char uuid_out[128], esim_error *err);
-
-/* The store halves of esim_service_enqueue, esim_service_enqueue_syncml and
- * esim_service_enqueue_iot: the same checks and the same queueing, on |st|
- * (the service's store, or a store job's), and nothing else: no push, no
- * count, nothing of the service's memory touched (safe in a store job's
- * |run|). Once what they queued is committed, esim_service_enqueued, on the
- * loop, does the rest. Errors as those functions'. */
+ * (The one-call forms that queued and pushed on the service's own store,
+ * on the loop, are gone: no module used them, and on PostgreSQL a slow
+ * statement there held every device.) */
 ESIM_EXTERN esim_err esim_service_enqueue_on(const esim_service *svc, store *st,
                                              const void *command_plist, size_t len,
                                              const char *const *udids, size_t n,
@@ -740,7 +701,13 @@ ESIM_EXTERN esim_err esim_service_enqueue_iot_on(const esim_service *svc, store 
  * (esim_service_answers_hold). Pushes are the caller's. */
 ESIM_EXTERN void esim_service_enqueued(esim_service *svc, const char *const *udids, size_t n);
 
-/* Pushes one device now; *state (may be NULL) says what happened (a device
+/* Pushes one device now, its push facts read on the service's own store
+ * on the loop: with PostgreSQL a slow statement there holds every device,
+ * so it is for callers where that is harmless (start-up, shutdown, tests,
+ * SQLite). On a device's or a request's path read the facts in the
+ * caller's store job (esim_store_push_target on the job's store, as
+ * esim_service_store_job's |run|) and push from its |done| with
+ * esim_service_push_to. *state (may be NULL) says what happened (a device
  * without a token is not an error: ESIM_PUSH_NO_TOKEN).
  *   ESIM_ENOTFOUND  unknown device;  ESIM_ESTORE  the store failed. */
 ESIM_EXTERN esim_err esim_service_push(esim_service *svc, const char *udid, esim_push_state *state,

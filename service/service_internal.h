@@ -484,8 +484,11 @@ bool access_check_request(esim_service *svc, api_request *r, const char *method,
 /* Notes the answer (|code|, the error's |msg|, either may be 0/NULL) of the
  * admin request being handled, when |req| is it. */
 void access_audit_note(esim_service *svc, struct evhttp_request *req, int code, const char *msg);
-/* Writes the audit entry of |r| to the store. */
+/* Writes the audit entry of |r| to the service's store (a failure counted). */
 void access_audit_write(esim_service *svc, api_request *r, const char *method, const char *path);
+/* Writes it to |st| (a pool worker's, in the request's own job), with
+ * status r->status; nothing of the service touched. */
+esim_err access_audit_add(store *st, const api_request *r, const char *method, const char *path);
 
 /* ---- other instances (notify.c) ------------------------------------------------------ */
 
@@ -534,7 +537,7 @@ void omadm_refill_answers(esim_service *svc, svc_deferred *list);
  * its session is let go as it would have been without the hold. */
 void omadm_held_release(esim_service *svc, struct omadm_job *j);
 
-/* esim_service_enqueue in two halves: the store's (checks the command and
+/* An enqueue in two halves: the store's (checks the command and
  * queues it on |st|; safe on a pool worker, it touches nothing else of the
  * service) and the loop's (counts, refills held answers, pushes). |targets|
  * (may be NULL: read on the loop) are the devices' push targets, read with
@@ -547,7 +550,7 @@ void svc_enqueue_after(esim_service *svc, const char *const *udids, size_t n,
                        const esim_enqueue_opts *opts, const struct push_read *targets,
                        esim_push_state *pushes);
 
-/* The store half of esim_service_enqueue_syncml (omadm.c), on |st|: checks
+/* esim_service_enqueue_syncml_on (omadm.c), on |st|: checks
  * and queues, nothing else; |enqueue_failed|: the store failed to queue it
  * (a store failure for the loop to count). */
 esim_err svc_syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
@@ -653,7 +656,7 @@ void eim_handle(esim_service *svc, struct evhttp_request *req);
 void eim_metrics(esim_service *svc, esim_buf *out);
 /* The admin API routes for IoT eUICCs (api_iot.c). */
 esim_err api_iot_routes(esim_service *svc, esim_error *err);
-/* Reads a package description (esim_service_enqueue_iot) into its stored
+/* Reads a package description (esim_service_enqueue_iot_on) into its stored
  * form |*norm| (caller's, json_decref), its kind ("psmo", "eco",
  * "download", "euicc_data"), SGP.32 request type and a summary in words.
  * ESIM_EINVAL with |field| naming what is wrong. */
@@ -663,11 +666,11 @@ esim_err eim_package_read(json_t *desc, json_t **norm, char kind[16], char reque
 typedef struct {
     uint64_t store_errors, enqueued;
 } eim_counts;
-/* esim_service_iot_register's store half, on |st| (a pool worker's, or the
+/* An IoT eUICC's registration (POST /v1/iot/devices), on |st| (a pool worker's, or the
  * service's): one unit; |counts| add up what the loop counts. */
 esim_err eim_iot_register_on(store *st, const char *eid, int64_t token, int64_t counter,
                              bool *created, eim_counts *counts, esim_error *err);
-/* esim_service_enqueue_iot's store half on |st|: checks and queues. */
+/* esim_service_enqueue_iot_on, the UUID used in |uuid_out|: checks and queues. */
 esim_err eim_enqueue_iot_on(store *st, const char *uuid, const char *package_json,
                             const char *const *eids, size_t n, const esim_enqueue_opts *opts,
                             char uuid_out[128], esim_error *err);
