@@ -527,6 +527,12 @@ void access_audit_note(esim_service *svc, struct evhttp_request *req, int code, 
 
 void access_audit_write(esim_service *svc, api_request *r, const char *method, const char *path)
 {
+    if (access_audit_add(svc->st, r, method, path) != ESIM_OK)
+        svc_store_failed(svc, NULL);
+}
+
+esim_err access_audit_add(store *st, const api_request *r, const char *method, const char *path)
+{
     store_audit a = {.at = esim_now_ms(), .status = r->status};
     snprintf(a.who, sizeof a.who, "%s", r->who);
     snprintf(a.role, sizeof a.role, "%s", esim_role_name(r->role));
@@ -538,6 +544,5 @@ void access_audit_write(esim_service *svc, api_request *r, const char *method, c
     snprintf(a.detail, sizeof a.detail, "%s", r->detail);
     svc_utf8_sanitize(a.detail);
     esim_error e;
-    if (esim_store_audit_add(svc->st, &a, &e) != ESIM_OK)
-        svc_store_failed(svc, NULL);
+    return esim_store_audit_add(st, &a, &e);
 }

@@ -1222,6 +1222,17 @@ static void api_call_run(store *st, pool_job *pj)
     else
         c->fn(&c->r);
     c->r.on_worker = false;
+    /* An answer held with nothing left for the loop to do but send it: its
+     * audit entry is written here, in the change's own job, before the
+     * answer goes (a /v1/audit read after it shows the entry), not on the
+     * loop's connection. When a |then| follows, the loop may still change
+     * the answer: the entry is written there, after it (api_call_end); so
+     * it is when this fails. */
+    if (c->r.audited && c->r.held.set && !c->r.then) {
+        c->r.status = c->r.held.code;
+        if (access_audit_add(st, &c->r, c->method_name, c->path) == ESIM_OK)
+            c->r.audited = false;
+    }
 }
 
 /* The answer a worker held, given on the loop. */

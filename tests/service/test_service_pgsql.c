@@ -355,6 +355,70 @@ static void test_slow_admin_holds_no_loop(void **state)
     harness_stop(&ts);
 }
 
+/* The audit entry of an admin change answered on a pool worker (here a
+ * retirement) is written in the change's own job, before the answer: with
+ * the audit table locked by another session it waits on the worker while
+ * other devices check in, and /v1/audit read right after the answer shows
+ * it. With the entry on the loop's connection (ESIM_TEST_STORE_POOL=0, the
+ * control) the check-ins wait behind it and the call ends first: this test
+ * fails. */
+static void test_slow_audit_holds_no_loop(void **state)
+{
+    (void)state;
+    if (!harness_store_is_pgsql())
+        skip();
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "slow-audit", &cfg, ts.data_dir);
+    char spec[600];
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    cfg.store = spec;
+    harness_start(&ts, &cfg);
+    test_device retired, others[NOTHERS];
+    device_new(&retired, &env, "00008110-PGAUDITRETIRE1", ts.url);
+    device_enroll(&retired);
+    for (int i = 0; i < NOTHERS; i++) {
+        char udid[65];
+        snprintf(udid, sizeof udid, "00008110-PGAUDITFAST%03d", i + 1);
+        device_new(&others[i], &env, udid, ts.url);
+        device_enroll(&others[i]);
+    }
+    PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
+    harness_pg_exec(locker, "BEGIN");
+    harness_pg_exec(locker, "LOCK TABLE audit IN ACCESS EXCLUSIVE MODE");
+    admin_call call = {
+        .url = ts.url, .method = "DELETE", .path = "/v1/devices/00008110-PGAUDITRETIRE1"};
+    assert_int_equal(pthread_create(&call.thread, NULL, admin_main, &call), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 1, 200), 1);
+    for (int i = 0; i < NOTHERS; i++) {
+        esim_cmd_parsed next = {0};
+        assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
+        esim_cmd_parsed_free(&next);
+    }
+    assert_int_equal(atomic_load(&call.finished), 0);
+    harness_pg_exec(locker, "ROLLBACK");
+    pthread_join(call.thread, NULL);
+    assert_int_equal(call.code, 200);
+    /* Read right after the answer: the entry is there. */
+    json_t *a = NULL;
+    assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/audit?limit=1000", NULL, NULL, &a),
+                     200);
+    json_t *entries = json_object_get(a, "entries");
+    json_t *last = json_array_get(entries, json_array_size(entries) - 1);
+    assert_non_null(last);
+    assert_string_equal(json_string_value(json_object_get(last, "method")), "DELETE");
+    assert_string_equal(json_string_value(json_object_get(last, "target")),
+                        "/v1/devices/00008110-PGAUDITRETIRE1");
+    assert_int_equal(json_integer_value(json_object_get(last, "status")), 200);
+    json_decref(a);
+    PQfinish(locker);
+    PQfinish(watch);
+    device_free(&retired);
+    for (int i = 0; i < NOTHERS; i++)
+        device_free(&others[i]);
+    harness_stop(&ts);
+}
+
 /* The routes modules add whose only work is the store (here a device's
  * tags, the campaigns module's, and the IoT device list, the eIM's) run on
  * the pool too: with their tables locked by another session, both wait on a
@@ -841,6 +905,7 @@ int main(void)
         cmocka_unit_test(test_slow_query_holds_one_worker),
         cmocka_unit_test(test_slow_admin_holds_no_loop),
         cmocka_unit_test(test_slow_module_route_holds_no_loop),
+        cmocka_unit_test(test_slow_audit_holds_no_loop),
         cmocka_unit_test(test_slow_api_writes_hold_no_loop),
         cmocka_unit_test(test_database_restart_under_traffic),
     };
