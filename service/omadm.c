@@ -1750,7 +1750,7 @@ void omadm_handle(esim_service *svc, struct evhttp_request *req)
 
 /* ---- queueing Windows commands ----------------------------------------------------------- */
 
-/* The store half of esim_service_enqueue_syncml, on |st| (the service's,
+/* esim_service_enqueue_syncml_on's work, on |st| (the service's,
  * or a pool worker's): checks and queues, nothing else. |enqueue_failed|:
  * the store failed to queue it (a store failure to count). */
 static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char *uuid,
