@@ -1,6 +1,6 @@
 /*
  * platform_iot.c — the IoT adapter of the platform seam (platform.h):
- * steps become eIM packages (esim_service_enqueue_iot, docs/iot.md) for
+ * steps become eIM packages (esim_service_enqueue_iot_on, docs/iot.md) for
  * the device's eUICC, one per device; answers are the package results in
  * words the service hands the result hooks (esim_service_result.iot_result).
  *
