@@ -386,8 +386,13 @@ static void test_slow_audit_holds_no_loop(void **state)
     PGconn *locker = harness_pg_connect(spec), *watch = harness_pg_connect(spec);
     harness_pg_exec(locker, "BEGIN");
     harness_pg_exec(locker, "LOCK TABLE audit IN ACCESS EXCLUSIVE MODE");
-    admin_call call = {
-        .url = ts.url, .method = "DELETE", .path = "/v1/devices/00008110-PGAUDITRETIRE1"};
+    /* Static: in the control the test fails while the call's thread still
+     * runs, and it must not write to a stack frame that is gone. */
+    static admin_call call;
+    memset(&call, 0, sizeof call);
+    call.url = ts.url;
+    call.method = "DELETE";
+    call.path = "/v1/devices/00008110-PGAUDITRETIRE1";
     assert_int_equal(pthread_create(&call.thread, NULL, admin_main, &call), 0);
     assert_int_equal(harness_pg_await_lock_waits(watch, 1, 200), 1);
     for (int i = 0; i < NOTHERS; i++) {
