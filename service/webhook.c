@@ -185,16 +185,19 @@ static void outbox_failed_note(svc_webhooks *wh, const char *detail)
                             NULL);
 }
 
-/* The delete job: what ended since the last one, on a worker. */
+/* The delete job: what ended since the last one, on a worker. Not an
+ * admin job: it is a part of the device path's work (the admin jobs' half
+ * of the workers is the API's and the campaigns'), and one statement. */
 typedef struct {
+    pool_job job; /* first: the pool's view of it */
     svc_webhooks *wh;
     outbox_work w;
     esim_err rc;
 } flush_job;
 
-static void flush_run(store *st, void *arg)
+static void flush_run(store *st, pool_job *pj)
 {
-    flush_job *f = arg;
+    flush_job *f = (flush_job *)pj;
     f->rc = esim_store_outbox_delete_ids(st, f->w.ids, f->w.n_ids, NULL);
     for (size_t i = 0; i < f->w.n_notes; i++)
         esim_store_event_append(st, "webhook_failed", NULL, NULL, f->w.notes[i].detail, NULL, 0,
@@ -203,9 +206,10 @@ static void flush_run(store *st, void *arg)
 
 static void outbox_flush(svc_webhooks *wh);
 
-static void flush_done(esim_service *svc, void *arg, bool ran)
+static void flush_done(esim_service *svc, pool_job *pj)
 {
-    flush_job *f = arg;
+    flush_job *f = (flush_job *)pj;
+    bool ran = pj->ran;
     svc_webhooks *wh = f->wh;
     wh->flush_busy = false;
     if (ran && f->rc != ESIM_OK)
@@ -239,11 +243,9 @@ static void outbox_flush(svc_webhooks *wh)
     f->w = wh->todo;
     memset(&wh->todo, 0, sizeof wh->todo);
     wh->flush_busy = true;
-    if (esim_service_store_job(wh->svc, flush_run, flush_done, f) != ESIM_OK) {
-        wh->flush_busy = false;
-        wh->todo = f->w;
-        free(f);
-    }
+    f->job.run = flush_run;
+    f->job.done = flush_done;
+    pool_run(wh->svc, &f->job);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -874,6 +876,7 @@ static void restart_outbox(svc_webhooks *wh)
  * as the queue had room for when the job started; their deliveries start
  * on the loop when it is back. */
 typedef struct {
+    pool_job job; /* first: the pool's view of it (not an admin job, as the delete's) */
     svc_webhooks *wh;
     char owner[128];
     bool renew;
@@ -883,9 +886,9 @@ typedef struct {
     size_t n;
 } claims_job;
 
-static void claims_run(store *st, void *arg)
+static void claims_run(store *st, pool_job *pj)
 {
-    claims_job *c = arg;
+    claims_job *c = (claims_job *)pj;
     if (c->renew && esim_store_outbox_renew(st, c->owner, WEBHOOK_CLAIM_MS, NULL) != ESIM_OK)
         c->rc = ESIM_ESTORE;
     size_t room = c->room;
@@ -913,9 +916,10 @@ static void claims_run(store *st, void *arg)
     }
 }
 
-static void claims_done(esim_service *svc, void *arg, bool ran)
+static void claims_done(esim_service *svc, pool_job *pj)
 {
-    claims_job *c = arg;
+    claims_job *c = (claims_job *)pj;
+    bool ran = pj->ran;
     svc_webhooks *wh = c->wh;
     wh->tick_busy = false;
     if (ran && c->rc != ESIM_OK)
@@ -943,8 +947,7 @@ void webhooks_tick(esim_service *svc, int64_t now)
     c->renew = wh->n_jobs > 0 || wh->todo.n_ids > 0 || wh->flush_busy;
     c->room = svc->cfg.webhook_queue_max > wh->n_jobs ? svc->cfg.webhook_queue_max - wh->n_jobs : 0;
     wh->tick_busy = true;
-    if (esim_service_store_job(svc, claims_run, claims_done, c) != ESIM_OK) {
-        wh->tick_busy = false;
-        free(c);
-    }
+    c->job.run = claims_run;
+    c->job.done = claims_done;
+    pool_run(svc, &c->job);
 }
