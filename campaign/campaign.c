@@ -1956,6 +1956,7 @@ typedef struct {
     char udid[65];
     uint32_t cmd;  /* index in replay_job.cmds */
     bool answered; /* |rd| holds the device's answer */
+    bool text;     /* it has an error text: rd.error_text, pointed at in done */
     campaign_reading rd;
 } replay_item;
 
@@ -2000,6 +2001,10 @@ static void replay_keep(store *st, replay_job *j, uint32_t k, const store_queue_
         if (!pl || pl->read_recorded(st, (campaign_step)c->step, q, &it->rd) != ESIM_OK)
             return;
         it->answered = true;
+        /* The reading's text points into itself, and j->items moves as it
+         * grows: replay_done points it again once the array is final. */
+        it->text = it->rd.result.error_text != NULL;
+        it->rd.result.error_text = NULL;
     }
     j->n_items++;
 }
@@ -2071,6 +2076,7 @@ static void replay_done(esim_service *svc, void *arg, bool ran)
             continue;
         if (it->answered) {
             it->answered = false; /* feed_reading frees it */
+            it->rd.result.error_text = it->text ? it->rd.error_text : NULL;
             feed_reading(cs, s, (size_t)i, (campaign_step)j->cmds[it->cmd].step, &it->rd, false,
                          now);
         } else if (vec_push(&s->pushes, (uint32_t)i) == ESIM_OK)

@@ -1270,6 +1270,61 @@ static void test_restart_replays_a_recorded_answer(void **state)
     assert_int_equal(d[0].refreshes, 1);
 }
 
+/* Two recorded error answers replayed at start-up: the replay kept each
+ * device's reading in an array that grew under it, and the first reading's
+ * error text pointed into the array's old place (ASan: heap-use-after-free
+ * in feed_reading, seen in campaign_service_pgsql). Both devices end failed
+ * with their answer's text. */
+static void test_restart_replays_recorded_errors(void **state)
+{
+    fixture *f = *state;
+    sdev *d = f->devs;
+    import_identities(d, NDEV, true);
+    d[0].refresh = d[1].refresh = REFRESH_HW_ERROR;
+    char body[2000];
+    bodyf(body, sizeof body,
+          "{\"target\":{\"udids\":[\"%s\",\"%s\"]},\"steps\":[\"refresh\",\"verify\"],"
+          "\"smdp_url\":\"smdp.example.com\",%s}",
+          d[0].dev.udid, d[1].dev.udid, fast_settings);
+    json_t *c = create(body, 201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jstr(c, "id"));
+    json_decref(c);
+    for (int k = 0; k < 100 && (d[0].refreshes == 0 || d[1].refreshes == 0); k++) {
+        sleep_ms(20);
+        sdev_checkin(&d[0]);
+        sdev_checkin(&d[1]);
+    }
+    assert_int_equal(d[0].refreshes, 1);
+    assert_int_equal(d[1].refreshes, 1);
+    sleep_ms(100);
+    harness_stop(&f->ts);
+    /* Rewind both records to "waiting for the refresh's answer". */
+    char sql[2400];
+    for (int i = 0; i < 2; i++) {
+        snprintf(sql, sizeof sql,
+                 "UPDATE campaign_devices SET state=2, step=1, flags=flags & ~2, "
+                 "command_uuid=(SELECT uuid FROM campaign_commands WHERE step=1 LIMIT 1) "
+                 "WHERE udid='%s' RETURNING 1",
+                 d[i].dev.udid);
+        assert_int_equal(store_sql(f, sql), 1);
+    }
+    snprintf(sql, sizeof sql, "UPDATE campaigns SET state=0 WHERE id='%s' RETURNING 1", id);
+    assert_int_equal(store_sql(f, sql), 1);
+    harness_start(&f->ts, &f->cfg);
+    g_url = f->ts.url;
+    for (int i = 0; i < 2; i++) {
+        d[i].dev.base_url = f->ts.url;
+        device_reconnect(&d[i].dev);
+    }
+    json_t *r = drive(d, 2, id, 100);
+    assert_string_equal(jstr(r, "state"), "finished");
+    assert_int_equal(jint(json_object_get(r, "counts"), "failed"), 2);
+    json_decref(r);
+    assert_int_equal(d[0].refreshes, 1); /* nothing asked again */
+    assert_int_equal(d[1].refreshes, 1);
+}
+
 static void test_diagnosis_in_progress_done_and_no_token(void **state)
 {
     fixture *f = *state;
@@ -1924,6 +1979,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_campaigns_db_is_imported_at_first_start, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_a_recorded_answer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_replays_recorded_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_batch_holds_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_campaign_controls_hold_no_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_lease_tick_holds_no_loop, setup, teardown),
