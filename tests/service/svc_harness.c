@@ -65,10 +65,22 @@ bool harness_store_is_pgsql(void)
            (strncmp(spec, "postgres://", 11) == 0 || strncmp(spec, "postgresql://", 13) == 0);
 }
 
+/* The name this process's own sessions go by: the lock waits a test counts
+ * are the ones they cause (the cluster is shared by tests running at once,
+ * whose sessions wait on locks of their own). */
+static void harness_pg_app_name(char *out, size_t len)
+{
+    snprintf(out, len, "esim-test-%ld", (long)getpid());
+}
+
 PGconn *harness_pg_connect(const char *spec)
 {
     PGconn *c = PQconnectdb(spec);
     assert_int_equal(PQstatus(c), CONNECTION_OK);
+    char name[64], sql[128];
+    harness_pg_app_name(name, sizeof name);
+    snprintf(sql, sizeof sql, "SET application_name = '%s'", name);
+    harness_pg_exec(c, sql);
     return c;
 }
 
@@ -83,11 +95,20 @@ void harness_pg_exec(PGconn *c, const char *sql)
 
 long harness_pg_await_lock_waits(PGconn *watch, long want, int tries)
 {
+    /* The statements waiting, directly or behind another waiter, on a
+     * lock one of this process's sessions holds. */
+    char name[64], sql[700];
+    harness_pg_app_name(name, sizeof name);
+    snprintf(sql, sizeof sql,
+             "WITH RECURSIVE held(pid) AS (SELECT pid FROM pg_stat_activity WHERE "
+             "application_name = '%s' UNION SELECT a.pid FROM pg_stat_activity a JOIN held h "
+             "ON h.pid = ANY(pg_blocking_pids(a.pid))) SELECT count(*) FROM pg_stat_activity s "
+             "JOIN held USING (pid) WHERE s.wait_event_type = 'Lock' AND s.query NOT LIKE "
+             "'%%pg_stat_activity%%'",
+             name);
     long waiting = 0;
     for (int i = 0; i < tries; i++) {
-        PGresult *r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                    "wait_event_type = 'Lock' AND query NOT LIKE "
-                                    "'%pg_stat_activity%'");
+        PGresult *r = PQexec(watch, sql);
         assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
         waiting = strtol(PQgetvalue(r, 0, 0), NULL, 10);
         PQclear(r);

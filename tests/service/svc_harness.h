@@ -101,8 +101,11 @@ pid_t harness_serve(const char *bin, const char *config, const char *port_file, 
                     char url[64]);
 /* Runs |sql| on |c|; fails the test with the server's message on an error. */
 void harness_pg_exec(PGconn *c, const char *sql);
-/* Waits (up to |tries| x 20 ms) until |want| statements of other sessions
- * wait on a lock, watched from |watch|, and returns how many do then. */
+/* Waits (up to |tries| x 20 ms) until |want| statements wait on a lock a
+ * session of this process holds (one from harness_pg_connect: directly,
+ * or queued behind another such waiter), watched from |watch|, and
+ * returns how many do then. Other tests' waits on the shared cluster are
+ * not counted. */
 long harness_pg_await_lock_waits(PGconn *watch, long want, int tries);
 /* Runs |sql| (a query, or a change with RETURNING) on the store of the
  * service configured by |cfg| (SQLite file or PostgreSQL, behind the
