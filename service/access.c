@@ -458,6 +458,7 @@ static bool session_check(esim_service *svc, api_request *r, const char *method,
     }
     if (r->role < esim_api_role_needed(method, path)) {
         r->audited = true; /* a refused action is an action too */
+        r->hold = pool_on(svc);
         api_error(r, 403, NULL, "API key '%s' has role %s; %s %s needs %s", r->who,
                   esim_role_name(r->role), method, path,
                   esim_role_name(esim_api_role_needed(method, path)));
@@ -499,6 +500,7 @@ bool access_check_request(esim_service *svc, api_request *r, const char *method,
                         esim_role_name(esim_api_role_needed(method, path)), "method", method,
                         "path", path, NULL);
         r->audited = true; /* a refused action is an action too */
+        r->hold = pool_on(svc);
         api_error(r, 403, NULL, "API key '%s' has role %s; %s %s needs %s", r->who,
                   esim_role_name(r->role), method, path,
                   esim_role_name(esim_api_role_needed(method, path)));

@@ -22,7 +22,7 @@
 
 void api_send(api_request *r, int code, const char *content_type, const void *body, size_t len)
 {
-    if (!r->on_worker) {
+    if (!r->on_worker && !r->hold) {
         r->answered = true;
         http_reply(r->svc, r->req, M_ROUTE_API, code, content_type, body, len);
         return;
@@ -43,7 +43,7 @@ void api_send(api_request *r, int code, const char *content_type, const void *bo
 
 void api_add_header(api_request *r, const char *name, const char *value)
 {
-    if (!r->on_worker) {
+    if (!r->on_worker) { /* held on the loop too: the request keeps its headers */
         evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
         return;
     }
@@ -1196,18 +1196,55 @@ typedef struct {
     const char *method_name, *path;
 } api_call;
 
-/* What follows every admin answer: the audit entry, then the request's
- * memory. */
-static void api_call_end(esim_service *svc, api_call *c)
+static void api_call_free(api_call *c)
 {
-    svc->audit = NULL;
-    if (c->r.audited)
-        access_audit_write(svc, &c->r, c->method_name, c->path);
     evhttp_clear_headers(&c->query);
     for (size_t k = 0; k < API_MAX_PARAMS; k++)
         free(c->decoded[k]);
     esim_buf_free(&c->r.held.body);
     free(c);
+}
+
+static void send_held(esim_service *svc, api_request *r);
+
+/* On a worker: the audit entry of an answer held on the loop (r->hold). */
+static void audit_run(store *st, pool_job *pj)
+{
+    api_call *c = (api_call *)pj;
+    if (access_audit_add(st, &c->r, c->method_name, c->path) == ESIM_OK)
+        c->r.audited = false;
+}
+
+/* Back on the loop: the answer goes once its entry is in; written here
+ * when the job could not write it (a store failure, counted, or a job that
+ * never ran). */
+static void audit_done(esim_service *svc, pool_job *pj)
+{
+    api_call *c = (api_call *)pj;
+    if (c->r.audited)
+        access_audit_write(svc, &c->r, c->method_name, c->path);
+    send_held(svc, &c->r);
+    api_call_free(c);
+}
+
+/* What follows every admin answer: the audit entry, then the request's
+ * memory. An answer held on the loop (r->hold) waits for its entry,
+ * written by a job on the pool. */
+static void api_call_end(esim_service *svc, api_call *c)
+{
+    svc->audit = NULL;
+    if (c->r.hold && c->r.held.set) {
+        c->r.status = c->r.held.code;
+        if (c->r.audited) {
+            c->job = (pool_job){.run = audit_run, .done = audit_done, .admin = true};
+            pool_submit(svc, &c->job);
+            return;
+        }
+        send_held(svc, &c->r);
+    }
+    if (c->r.audited)
+        access_audit_write(svc, &c->r, c->method_name, c->path);
+    api_call_free(c);
 }
 
 static void api_call_run(store *st, pool_job *pj)
@@ -1281,9 +1318,10 @@ static void api_call_done(esim_service *svc, pool_job *pj)
     }
     if (r->answered)
         ;
-    else if (r->held.set)
-        send_held(svc, r);
-    else if (r->stopped)
+    else if (r->held.set) {
+        if (!r->hold)
+            send_held(svc, r); /* else api_call_end, after its audit entry */
+    } else if (r->stopped)
         api_error(r, 503, NULL, "the service is stopping");
     else
         api_error(r, 500, NULL, "the request was not answered");
@@ -1366,6 +1404,7 @@ void api_dispatch(esim_service *svc, struct evhttp_request *req)
         /* Every change made with a key is an admin action; reads are not. */
         r->audited = needs_token && ((method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) ||
                                      strncmp(path, "/v1/push/", 9) == 0);
+        r->hold = r->audited && pool_on(svc);
         const char *q = evhttp_uri_get_query(uri);
         if (q && evhttp_parse_query_str(q, &c->query) == 0)
             r->query = &c->query;
@@ -1559,7 +1598,11 @@ void esim_api_reply(esim_api_request *r, int code, const char *content_type, con
 {
     if (!r->on_worker) {
         bool late = api_deferred_begin(r);
-        http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
+        if (r->hold) { /* given by api_call_end once its audit entry is in */
+            api_send(r, code, content_type, body, len);
+            r->held.route = M_ROUTE_OTHER;
+        } else
+            http_reply(r->svc, r->req, M_ROUTE_OTHER, code, content_type, body, len);
         if (late)
             api_deferred_end(r);
         return;

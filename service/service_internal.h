@@ -376,6 +376,12 @@ struct esim_api_request {
      * (api.c, "admin requests on the store pool"): its answer is held here
      * and given on the loop, or |then| runs there to finish it. */
     bool on_worker;
+    /* An admin action's answer on the loop, with a store pool: held here
+     * as a worker's is, and given once its audit entry is written by a
+     * job of its own (api.c, api_call_end): a /v1/audit read after the
+     * answer shows it, and a slow audit write holds a worker, not the
+     * loop. */
+    bool hold;
     struct {
         bool set, store_failed;
         int code;

@@ -355,13 +355,15 @@ static void test_slow_admin_holds_no_loop(void **state)
     harness_stop(&ts);
 }
 
-/* The audit entry of an admin change answered on a pool worker (here a
- * retirement) is written in the change's own job, before the answer: with
- * the audit table locked by another session it waits on the worker while
- * other devices check in, and /v1/audit read right after the answer shows
- * it. With the entry on the loop's connection (ESIM_TEST_STORE_POOL=0, the
- * control) the check-ins wait behind it and the call ends first: this test
- * fails. */
+/* The audit entry of an admin change is written on a pool worker before
+ * the answer: in the change's own job when the worker gives the answer
+ * (here a retirement), in a job of its own when the loop finishes it (here
+ * POST /v1/commands, whose pushes and answer come from the loop). With the
+ * audit table locked by another session both wait on workers while other
+ * devices check in, and /v1/audit read right after each answer shows its
+ * entry. With the entries on the loop's connection (ESIM_TEST_STORE_POOL=0,
+ * the control) the check-ins wait behind them and the calls end first:
+ * this test fails. */
 static void test_slow_audit_holds_no_loop(void **state)
 {
     (void)state;
@@ -388,33 +390,55 @@ static void test_slow_audit_holds_no_loop(void **state)
     harness_pg_exec(locker, "LOCK TABLE audit IN ACCESS EXCLUSIVE MODE");
     /* Static: in the control the test fails while the call's thread still
      * runs, and it must not write to a stack frame that is gone. */
-    static admin_call call;
+    static admin_call call, enqueue;
+    static char url[128];
+    snprintf(url, sizeof url, "%s", ts.url);
     memset(&call, 0, sizeof call);
-    call.url = ts.url;
+    call.url = url;
     call.method = "DELETE";
     call.path = "/v1/devices/00008110-PGAUDITRETIRE1";
     assert_int_equal(pthread_create(&call.thread, NULL, admin_main, &call), 0);
     assert_int_equal(harness_pg_await_lock_waits(watch, 1, 200), 1);
+    memset(&enqueue, 0, sizeof enqueue);
+    enqueue.url = url;
+    enqueue.method = "POST";
+    enqueue.path = "/v1/commands";
+    enqueue.body = "{\"udids\":[\"00008110-PGAUDITFAST001\"],\"command\":{\"request_type\":"
+                   "\"DeviceInformation\",\"queries\":[\"UDID\"]},\"push\":false}";
+    assert_int_equal(pthread_create(&enqueue.thread, NULL, admin_main, &enqueue), 0);
+    assert_int_equal(harness_pg_await_lock_waits(watch, 2, 200), 2);
     for (int i = 0; i < NOTHERS; i++) {
         esim_cmd_parsed next = {0};
         assert_int_equal(device_result(&others[i], ESIM_STATUS_IDLE, NULL, &next), 200);
         esim_cmd_parsed_free(&next);
     }
     assert_int_equal(atomic_load(&call.finished), 0);
+    assert_int_equal(atomic_load(&enqueue.finished), 0);
     harness_pg_exec(locker, "ROLLBACK");
     pthread_join(call.thread, NULL);
+    pthread_join(enqueue.thread, NULL);
     assert_int_equal(call.code, 200);
-    /* Read right after the answer: the entry is there. */
+    assert_int_equal(enqueue.code, 200);
+    /* Read right after the answers: both entries are there. */
     json_t *a = NULL;
     assert_int_equal(api_call(ts.url, TEST_TOKEN, "GET", "/v1/audit?limit=1000", NULL, NULL, &a),
                      200);
     json_t *entries = json_object_get(a, "entries");
-    json_t *last = json_array_get(entries, json_array_size(entries) - 1);
-    assert_non_null(last);
-    assert_string_equal(json_string_value(json_object_get(last, "method")), "DELETE");
-    assert_string_equal(json_string_value(json_object_get(last, "target")),
-                        "/v1/devices/00008110-PGAUDITRETIRE1");
-    assert_int_equal(json_integer_value(json_object_get(last, "status")), 200);
+    bool retired_seen = false, enqueued_seen = false;
+    for (size_t k = 0; k < json_array_size(entries); k++) {
+        json_t *e = json_array_get(entries, k);
+        const char *method = json_string_value(json_object_get(e, "method"));
+        const char *target = json_string_value(json_object_get(e, "target"));
+        json_int_t status = json_integer_value(json_object_get(e, "status"));
+        if (method && target && strcmp(method, "DELETE") == 0 &&
+            strcmp(target, "/v1/devices/00008110-PGAUDITRETIRE1") == 0 && status == 200)
+            retired_seen = true;
+        if (method && target && strcmp(method, "POST") == 0 &&
+            strcmp(target, "/v1/commands") == 0 && status == 200)
+            enqueued_seen = true;
+    }
+    assert_true(retired_seen);
+    assert_true(enqueued_seen);
     json_decref(a);
     PQfinish(locker);
     PQfinish(watch);
