@@ -421,14 +421,18 @@ static void outbox_refused_undoes_change(int pool)
 #define NOTHERS 4
 
 /* How many of the service's statements that start with |prefix| wait on a
- * lock since before |since| (the database's clock, as text). */
-static long waiting_since(PGconn *watch, const char *prefix, const char *since)
+ * lock |holder| holds (directly, or queued behind a statement that does)
+ * since before |since| (the database's clock, as text): only this test's
+ * (the cluster is shared by the tests running beside it). */
+static long waiting_since(PGconn *watch, PGconn *holder, const char *prefix, const char *since)
 {
-    char sql[400];
+    char sql[700];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-             "query LIKE '%s%%' AND query_start < '%s'::timestamptz",
-             prefix, since);
+             "SELECT count(*) FROM pg_stat_activity a WHERE wait_event_type = 'Lock' AND "
+             "(%d = ANY(pg_blocking_pids(pid)) OR EXISTS (SELECT 1 FROM pg_stat_activity b "
+             "WHERE b.pid = ANY(pg_blocking_pids(a.pid)) AND %d = ANY(pg_blocking_pids(b.pid)))) "
+             "AND query LIKE '%s%%' AND query_start < '%s'::timestamptz",
+             PQbackendPID(holder), PQbackendPID(holder), prefix, since);
     PGresult *r = PQexec(watch, sql);
     assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
     long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
@@ -458,7 +462,10 @@ static void test_slow_outbox_holds_no_loop(void **state)
     esim_service_config cfg;
     harness_config(&env, "outbox-slow", &cfg, ts.data_dir);
     char spec[1024];
-    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D8000", cfg.store);
+    /* Long enough that the delete and the renewal are still the ones that
+     * began waiting before the check-ins when they are looked at: with 8 s,
+     * under ctest -j2 a renewal timed out and a new one began after them. */
+    snprintf(spec, sizeof spec, "%s%%20-cstatement_timeout%%3D30000", cfg.store);
     cfg.store = spec;
     cfg.webhook_urls = urls;
     cfg.n_webhook_urls = 1;
@@ -525,8 +532,9 @@ static void test_slow_outbox_holds_no_loop(void **state)
     }
     /* Meanwhile the delete and the renewal still wait, as they did before
      * the check-ins: on workers, not on the loop. */
-    assert_int_equal(waiting_since(watch, "DELETE FROM webhook_outbox", since), 1);
-    assert_int_equal(waiting_since(watch, "UPDATE webhook_outbox SET claimed_until", since), 1);
+    assert_int_equal(waiting_since(watch, locker, "DELETE FROM webhook_outbox", since), 1);
+    assert_int_equal(waiting_since(watch, locker, "UPDATE webhook_outbox SET claimed_until", since),
+                     1);
 
     harness_pg_exec(locker, "ROLLBACK");
     for (int i = 0; i < 1500; i++) {
