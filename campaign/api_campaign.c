@@ -14,7 +14,7 @@ static const char *query_get(esim_api_request *r, const char *key)
     return esim_api_query(r, key);
 }
 
-static void fail(esim_api_request *r, esim_err rc, const char *field, const esim_error *e)
+void campaigns_api_fail(esim_api_request *r, esim_err rc, const char *field, const esim_error *e)
 {
     esim_api_error(r, esim_api_status_for(rc), field, "%s", e->msg[0] ? e->msg : esim_strerror(rc));
 }
@@ -186,7 +186,7 @@ static void import(esim_api_request *r, bool codes)
     esim_err rc = codes ? campaigns_import_codes(st, body ? (const char *)body : "", len, &out, &e)
                         : campaigns_import_eids(st, body ? (const char *)body : "", len, &out, &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, NULL, &e);
+        campaigns_api_fail(r, rc, NULL, &e);
         return;
     }
     shift_lines(out, offset);
@@ -255,13 +255,13 @@ static void group_write(campaigns *cs, esim_api_request *r, const char *name, js
     free(add);
     free(rem);
     if (rc != ESIM_OK) {
-        fail(r, rc, "name", &e);
+        campaigns_api_fail(r, rc, "name", &e);
         return;
     }
     char(*members)[65] = NULL;
     size_t n = 0;
     if (esim_store_group_members(esim_api_store(r), name, &members, &n, &e) != ESIM_OK) {
-        fail(r, ESIM_ESTORE, NULL, &e);
+        campaigns_api_fail(r, ESIM_ESTORE, NULL, &e);
         return;
     }
     free(members);
@@ -301,7 +301,7 @@ static void api_group_list(esim_api_request *r, void *arg)
     esim_error e = {{0}};
     esim_err rc = esim_store_groups(esim_api_store(r), &groups, &n, &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, NULL, &e);
+        campaigns_api_fail(r, rc, NULL, &e);
         return;
     }
     json_t *arr = json_array();
@@ -321,7 +321,7 @@ static void api_group_get(esim_api_request *r, void *arg)
     esim_err rc =
         esim_store_group_members(esim_api_store(r), esim_api_param(r, 0), &members, &n, &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, "name", &e);
+        campaigns_api_fail(r, rc, "name", &e);
         return;
     }
     json_t *arr = json_array();
@@ -338,7 +338,7 @@ static void api_group_delete(esim_api_request *r, void *arg)
     esim_error e = {{0}};
     esim_err rc = esim_store_group_delete(esim_api_store(r), esim_api_param(r, 0), &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, "name", &e);
+        campaigns_api_fail(r, rc, "name", &e);
         return;
     }
     esim_api_reply_json(r, 200,
@@ -353,7 +353,7 @@ static void api_device_tags_get(esim_api_request *r, void *arg)
     esim_error e = {{0}};
     esim_err rc = esim_store_device_tags(esim_api_store(r), esim_api_param(r, 0), &tags, &n, &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, NULL, &e);
+        campaigns_api_fail(r, rc, NULL, &e);
         return;
     }
     json_t *arr = json_array();
@@ -370,7 +370,7 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
     esim_error e = {{0}};
     esim_err rc = esim_store_device_get(esim_api_store(r), esim_api_param(r, 0), &d, &e);
     if (rc != ESIM_OK) {
-        fail(r, rc, "udid", &e);
+        campaigns_api_fail(r, rc, "udid", &e);
         return;
     }
     json_t *body = esim_api_body_json(r);
@@ -383,7 +383,7 @@ static void api_device_tags_post(esim_api_request *r, void *arg)
         rc = esim_store_tags_set(esim_api_store(r), esim_api_param(r, 0), add, n_add, rem, n_rem,
                                  &e);
         if (rc != ESIM_OK)
-            fail(r, rc, "add", &e);
+            campaigns_api_fail(r, rc, "add", &e);
         else
             api_device_tags_get(r, cs);
     }

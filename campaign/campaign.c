@@ -1120,6 +1120,13 @@ static void read_targets(store *st, flush_job *j)
 
 static void flush_unit(store *st, flush_job *j);
 
+/* A unit that was refused (a batch as a whole) or met a version conflict,
+ * with a round left: flush_done tries it again rather than failing it. */
+static bool job_again(const flush_job *j)
+{
+    return (j->refused || (j->rc == ESIM_ESTATE && j->conflict)) && j->round < FLUSH_ROUNDS;
+}
+
 /* On a pool worker: |j|'s unit on the worker's store, then its pushes'
  * targets. Touches |j| only. */
 static void flush_run(store *st, void *arg)
@@ -1133,8 +1140,7 @@ static void flush_run(store *st, void *arg)
     /* Failed for good (not another round, see flush_done): the event on
      * this connection (when it cannot be written either, the store is
      * down, and the loop does not try again). */
-    bool again = (j->refused || (j->rc == ESIM_ESTATE && j->conflict)) && j->round < FLUSH_ROUNDS;
-    if (j->rc != ESIM_OK && !again) {
+    if (j->rc != ESIM_OK && !job_again(j)) {
         esim_store_event_append(st, "campaign_store_error", NULL, NULL,
                                 j->e.msg[0] ? j->e.msg : "the store failed", NULL, 0, j->now, NULL);
         j->event_written = true;
@@ -1379,7 +1385,7 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
                 w->s->commands_saved = w->commands;
             }
         }
-    } else if ((j->refused || (j->rc == ESIM_ESTATE && j->conflict)) && j->round < FLUSH_ROUNDS) {
+    } else if (job_again(j)) {
         job_retry(cs, j, now);
         j->round++;
         snapshot_records(cs, j);
@@ -2582,25 +2588,30 @@ static void leases_refresh(campaigns *cs, int64_t now, bool at_once)
     }
 }
 
-static void lease_release_one(campaigns *cs, const char *id)
-{
-    char name[300];
-    lease_name(id, name, sizeof name);
-    esim_store_lease_release(esim_service_store(cs->svc), name, esim_service_instance_id(cs->svc),
-                             NULL);
-}
-
-/* The same as a store job (on a pool worker with a pool): a lease given
- * back while the service runs (a takeover that could not be built). */
+/* A lease this instance gives back: its name and the holder. */
 typedef struct {
     char name[300];
     char instance[64];
 } lease_release_job;
 
+static void lease_release_fill(campaigns *cs, const char *id, lease_release_job *j)
+{
+    lease_name(id, j->name, sizeof j->name);
+    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+}
+
 static void lease_release_run(store *st, void *arg)
 {
     lease_release_job *j = arg;
     esim_store_lease_release(st, j->name, j->instance, NULL);
+}
+
+/* At once, on the loop's store (at shutdown). */
+static void lease_release_one(campaigns *cs, const char *id)
+{
+    lease_release_job j;
+    lease_release_fill(cs, id, &j);
+    lease_release_run(esim_service_store(cs->svc), &j);
 }
 
 static void lease_release_done(esim_service *svc, void *arg, bool ran)
@@ -2610,13 +2621,14 @@ static void lease_release_done(esim_service *svc, void *arg, bool ran)
     free(arg);
 }
 
+/* The same as a store job (on a pool worker with a pool): a lease given
+ * back while the service runs (a takeover that could not be built). */
 static void lease_release_later(campaigns *cs, const char *id)
 {
     lease_release_job *j = calloc(1, sizeof *j);
     if (!j)
         return; /* the lease lapses by itself */
-    lease_name(id, j->name, sizeof j->name);
-    snprintf(j->instance, sizeof j->instance, "%s", esim_service_instance_id(cs->svc));
+    lease_release_fill(cs, id, j);
     if (esim_service_store_job(cs->svc, lease_release_run, lease_release_done, j) != ESIM_OK)
         free(j);
 }
@@ -3113,8 +3125,7 @@ static void control_job_free(control_job *j)
 
 static void control_fail(control_job *j, esim_err rc)
 {
-    esim_api_error(j->r, esim_api_status_for(rc), NULL, "%s",
-                   j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+    campaigns_api_fail(j->r, rc, NULL, &j->e);
     control_job_free(j);
 }
 
@@ -3944,8 +3955,7 @@ static void create_done(esim_service *svc, void *arg, bool ran)
         }
     }
     if (rc != ESIM_OK) {
-        esim_api_error(r, esim_api_status_for(rc), j->field, "%s",
-                       j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+        campaigns_api_fail(r, rc, j->field, &j->e);
     } else if (j->out) {
         json_t *o = j->out;
         j->out = NULL;
@@ -3988,8 +3998,7 @@ void campaigns_create(campaigns *cs, esim_api_request *r, json_t *body)
     esim_err rc = create_parse(j);
     if (rc != ESIM_OK) {
         /* |field| may point at a key of |body|: answer before letting it go. */
-        esim_api_error(r, esim_api_status_for(rc), j->field, "%s",
-                       j->e.msg[0] ? j->e.msg : esim_strerror(rc));
+        campaigns_api_fail(r, rc, j->field, &j->e);
         create_job_free(j);
         return;
     }

@@ -700,8 +700,7 @@ static void diagnose_done(esim_service *svc, void *arg, bool ran)
     esim_err rc = ran ? diagnose_build(j->cs, &j->in, &out, &e)
                       : esim_fail(&e, ESIM_ESTORE, "the service is stopping");
     if (rc != ESIM_OK)
-        esim_api_error(j->r, esim_api_status_for(rc), "udid", "%s",
-                       e.msg[0] ? e.msg : esim_strerror(rc));
+        campaigns_api_fail(j->r, rc, "udid", &e);
     else
         esim_api_reply_json(j->r, 200, out);
     diag_read_free(&j->in);
@@ -716,8 +715,7 @@ void campaigns_diagnose(campaigns *cs, esim_api_request *r, const char *udid)
     if (rc == ESIM_OK && !j)
         rc = esim_fail(&e, ESIM_ENOMEM, "out of memory");
     if (rc != ESIM_OK) {
-        esim_api_error(r, esim_api_status_for(rc), "udid", "%s",
-                       e.msg[0] ? e.msg : esim_strerror(rc));
+        campaigns_api_fail(r, rc, "udid", &e);
         return;
     }
     j->cs = cs;

@@ -121,4 +121,9 @@ void campaigns_diagnose(campaigns *cs, esim_api_request *r, const char *udid);
  * (docs/campaigns.md) to |cs|'s service. What esim_service_add_route says. */
 esim_err campaigns_add_routes(campaigns *cs, esim_error *err);
 
+/* Answers |r| with the status that |rc| maps to (esim_api_status_for) and
+ * |e|'s message, or esim_strerror(rc) when |e| has none; |field| (may be
+ * NULL) names the request field at fault. */
+void campaigns_api_fail(esim_api_request *r, esim_err rc, const char *field, const esim_error *e);
+
 #endif

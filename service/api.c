@@ -1207,12 +1207,20 @@ static void api_call_free(api_call *c)
 
 static void send_held(esim_service *svc, api_request *r);
 
+/* On a worker: the audit entry of |c|'s held answer, on the worker's
+ * connection; r.audited stays set when it could not be written (the loop
+ * writes it then). */
+static void audit_in_job(store *st, api_call *c)
+{
+    c->r.status = c->r.held.code;
+    if (access_audit_add(st, &c->r, c->method_name, c->path) == ESIM_OK)
+        c->r.audited = false;
+}
+
 /* On a worker: the audit entry of an answer held on the loop (r->hold). */
 static void audit_run(store *st, pool_job *pj)
 {
-    api_call *c = (api_call *)pj;
-    if (access_audit_add(st, &c->r, c->method_name, c->path) == ESIM_OK)
-        c->r.audited = false;
+    audit_in_job(st, (api_call *)pj);
 }
 
 /* Back on the loop: the answer goes once its entry is in; written here
@@ -1265,11 +1273,8 @@ static void api_call_run(store *st, pool_job *pj)
      * loop's connection. When a |then| follows, the loop may still change
      * the answer: the entry is written there, after it (api_call_end); so
      * it is when this fails. */
-    if (c->r.audited && c->r.held.set && !c->r.then) {
-        c->r.status = c->r.held.code;
-        if (access_audit_add(st, &c->r, c->method_name, c->path) == ESIM_OK)
-            c->r.audited = false;
-    }
+    if (c->r.audited && c->r.held.set && !c->r.then)
+        audit_in_job(st, c);
 }
 
 /* The answer a worker held, given on the loop. */

@@ -1226,6 +1226,40 @@ static esim_err verify_with_key(esim_service *svc, const auth_signer_info *sip,
     return ESIM_OK;
 }
 
+/* Keeps in verified entry |v| what an Mdm-Signature's check needs of its
+ * certificate (auth_key): its P-256 |point| (65 bytes, uncompressed), its
+ * subjectKeyIdentifier |ski| (NULL: none; at most 20 bytes), its notBefore,
+ * and the digest of the issuerAndSerialNumber's contents as a
+ * SignerIdentifier sends them: the issuer Name's DER (|issuer|), then the
+ * serialNumber INTEGER's (|serial|). false, |v| untouched, when the digest
+ * cannot be made. */
+static bool ver_key_fill(esim_service *svc, auth_verified *v, const unsigned char *point,
+                         const unsigned char *ski, size_t ski_len, int64_t not_before_ms,
+                         const unsigned char *issuer, size_t ilen, const unsigned char *serial,
+                         size_t slen)
+{
+    struct auth_cache *c = svc->auth_cache;
+    auth_key k = {0};
+    memcpy(k.point, point, sizeof k.point);
+    k.ski_len = (unsigned char)(ski ? ski_len : 0);
+    if (ski)
+        memcpy(k.ski, ski, ski_len);
+    k.not_before_ms = not_before_ms;
+    unsigned char sid[SHA256_DIGEST_LENGTH];
+    unsigned n = 0;
+    EVP_MD *md = cached_md(svc, 2, NID_sha256);
+    bool ok = md && c->dctx && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
+              EVP_DigestUpdate(c->dctx, issuer, ilen) == 1 &&
+              EVP_DigestUpdate(c->dctx, serial, slen) == 1 &&
+              EVP_DigestFinal_ex(c->dctx, sid, &n) == 1 && n == sizeof sid;
+    ERR_clear_error();
+    if (!ok)
+        return false;
+    memcpy(k.sid, sid, sizeof k.sid);
+    v->key = k;
+    return true;
+}
+
 /* What an Mdm-Signature's check needs of |leaf| (whose chain just
  * verified, its digest |sha|), kept in its verified entry: a P-256 key's
  * point, the names a SignerIdentifier may give it by, its notBefore. Other
@@ -1238,7 +1272,8 @@ static void ver_note_key(esim_service *svc, const unsigned char *sha, X509 *leaf
     auth_verified *v = ver_slot(c->ver, c->ver_cap, sha);
     if (!v->verified_at || v->key.point[0])
         return;
-    auth_key k = {0};
+    unsigned char point[sizeof v->key.point];
+    int64_t not_before_ms = 0;
     EVP_PKEY *key = X509_get0_pubkey(leaf);
     char group[32];
     size_t glen = 0, plen = 0;
@@ -1251,34 +1286,20 @@ static void ver_note_key(esim_service *svc, const unsigned char *sha, X509 *leaf
     bool ok = key && EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
               EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
               strcmp(group, "prime256v1") == 0 &&
-              EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, k.point, sizeof k.point,
+              EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
                                               &plen) == 1 &&
-              plen == sizeof k.point && k.point[0] == 0x04 &&
-              (!ski || (size_t)ASN1_STRING_length(ski) <= sizeof k.ski) &&
+              plen == sizeof point && point[0] == 0x04 &&
+              (!ski || (size_t)ASN1_STRING_length(ski) <= sizeof v->key.ski) &&
               X509_NAME_get0_der(X509_get_issuer_name(leaf), &name, &name_len) == 1 &&
               serial_len > 0 && serial_len <= (int)sizeof serial &&
               i2d_ASN1_INTEGER(sn, &w) == serial_len &&
-              (k.not_before_ms = time_ms(X509_get0_notBefore(leaf))) != 0;
-    if (ok && ski) {
-        k.ski_len = (unsigned char)ASN1_STRING_length(ski);
-        memcpy(k.ski, ASN1_STRING_get0_data(ski), k.ski_len);
-    }
-    unsigned char sid[SHA256_DIGEST_LENGTH];
-    if (ok) {
-        /* The issuerAndSerialNumber's contents as a SignerIdentifier sends
-         * them: the Name's DER, then the INTEGER's. */
-        unsigned n = 0;
-        EVP_MD *md = cached_md(svc, 2, NID_sha256);
-        ok = md && c->dctx && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
-             EVP_DigestUpdate(c->dctx, name, name_len) == 1 &&
-             EVP_DigestUpdate(c->dctx, serial, (size_t)serial_len) == 1 &&
-             EVP_DigestFinal_ex(c->dctx, sid, &n) == 1 && n == sizeof sid;
-    }
+              (not_before_ms = time_ms(X509_get0_notBefore(leaf))) != 0;
     ERR_clear_error();
     if (!ok)
         return;
-    memcpy(k.sid, sid, sizeof k.sid);
-    v->key = k;
+    (void)ver_key_fill(svc, v, point, ski ? ASN1_STRING_get0_data(ski) : NULL,
+                       ski ? (size_t)ASN1_STRING_length(ski) : 0, not_before_ms, name, name_len,
+                       serial, (size_t)serial_len);
 }
 
 /* |si|'s signer among the verified entries of |shas| (n certificates):
@@ -1574,26 +1595,9 @@ static esim_err verify_fresh(esim_service *svc, const esim_buf *der, const unsig
     auth_verified *e = c->ver ? ver_slot(c->ver, c->ver_cap, shas[li]) : NULL;
     if (!e || !e->verified_at)
         return ESIM_ENOTFOUND;
-    if (!e->key.point[0]) {
-        auth_key k = {0};
-        memcpy(k.point, v.point, sizeof k.point);
-        k.ski_len = (unsigned char)(v.ski ? v.ski_len : 0);
-        if (v.ski)
-            memcpy(k.ski, v.ski, v.ski_len);
-        k.not_before_ms = v.not_before * 1000;
-        /* As ver_note_key: the issuer Name's DER, then the INTEGER's. */
-        unsigned char sid[SHA256_DIGEST_LENGTH];
-        unsigned sid_n = 0;
-        bool ok = c->dctx && EVP_DigestInit_ex2(c->dctx, sha256, NULL) == 1 &&
-                  EVP_DigestUpdate(c->dctx, v.issuer, v.issuer_len) == 1 &&
-                  EVP_DigestUpdate(c->dctx, v.serial, v.serial_len) == 1 &&
-                  EVP_DigestFinal_ex(c->dctx, sid, &sid_n) == 1 && sid_n == sizeof sid;
-        ERR_clear_error();
-        if (!ok)
-            return ESIM_ENOTFOUND;
-        memcpy(k.sid, sid, sizeof k.sid);
-        e->key = k;
-    }
+    if (!e->key.point[0] && !ver_key_fill(svc, e, v.point, v.ski, v.ski_len, v.not_before * 1000,
+                                          v.issuer, v.issuer_len, v.serial, v.serial_len))
+        return ESIM_ENOTFOUND;
     return verify_known(svc, der, shas, n, body, len, out, err);
 }
 

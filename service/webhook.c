@@ -32,6 +32,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "core/internal.h"
 #include "service/curl_loop.h"
 #include "service/service_internal.h"
 
@@ -112,12 +113,10 @@ static bool jobs_outbox(const esim_service *svc)
 static bool work_add_id(outbox_work *w, int64_t id)
 {
     if (w->n_ids == w->cap_ids) {
-        size_t cap = w->cap_ids ? 2 * w->cap_ids : 64;
-        int64_t *v = realloc(w->ids, cap * sizeof *v);
+        int64_t *v = esim_grow(w->ids, &w->cap_ids, w->n_ids + 1, sizeof *v);
         if (!v)
             return false;
         w->ids = v;
-        w->cap_ids = cap;
     }
     w->ids[w->n_ids++] = id;
     return true;
@@ -126,17 +125,26 @@ static bool work_add_id(outbox_work *w, int64_t id)
 static bool work_add_note(outbox_work *w, const char *detail)
 {
     if (w->n_notes == w->cap_notes) {
-        size_t cap = w->cap_notes ? 2 * w->cap_notes : 8;
-        failed_note *v = realloc(w->notes, cap * sizeof *v);
+        failed_note *v = esim_grow(w->notes, &w->cap_notes, w->n_notes + 1, sizeof *v);
         if (!v)
             return false;
         w->notes = v;
-        w->cap_notes = cap;
     }
     failed_note *n = &w->notes[w->n_notes++];
     n->at = esim_now_ms();
     snprintf(n->detail, sizeof n->detail, "%s", detail);
     return true;
+}
+
+/* Writes |w| on |st|: its rows deleted (all or none), then its notes as
+ * webhook_failed events. Returns what the delete returned. */
+static esim_err work_write(store *st, const outbox_work *w)
+{
+    esim_err rc = esim_store_outbox_delete_ids(st, w->ids, w->n_ids, NULL);
+    for (size_t i = 0; i < w->n_notes; i++)
+        esim_store_event_append(st, "webhook_failed", NULL, NULL, w->notes[i].detail, NULL, 0,
+                                w->notes[i].at, NULL);
+    return rc;
 }
 
 static void work_free(outbox_work *w)
@@ -198,10 +206,7 @@ typedef struct {
 static void flush_run(store *st, pool_job *pj)
 {
     flush_job *f = (flush_job *)pj;
-    f->rc = esim_store_outbox_delete_ids(st, f->w.ids, f->w.n_ids, NULL);
-    for (size_t i = 0; i < f->w.n_notes; i++)
-        esim_store_event_append(st, "webhook_failed", NULL, NULL, f->w.notes[i].detail, NULL, 0,
-                                f->w.notes[i].at, NULL);
+    f->rc = work_write(st, &f->w);
 }
 
 static void outbox_flush(svc_webhooks *wh);
@@ -519,12 +524,8 @@ void webhooks_free(esim_service *svc)
      * the rows of the deliveries that ended go now, on the loop; what this
      * instance still held is another's to send at once, not after its
      * claim lapses. */
-    if (wh->todo.n_ids &&
-        esim_store_outbox_delete_ids(svc->st, wh->todo.ids, wh->todo.n_ids, NULL) != ESIM_OK)
+    if (work_write(svc->st, &wh->todo) != ESIM_OK)
         svc_store_failed(svc, NULL);
-    for (size_t i = 0; i < wh->todo.n_notes; i++)
-        esim_store_event_append(svc->st, "webhook_failed", NULL, NULL, wh->todo.notes[i].detail,
-                                NULL, 0, wh->todo.notes[i].at, NULL);
     work_free(&wh->todo);
     if (wh->flush_ev)
         event_free(wh->flush_ev);

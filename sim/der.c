@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "core/der.h"
 #include "sim/sim_internal.h"
 
 /* ---- writing ------------------------------------------------------------- */
@@ -69,24 +70,10 @@ static esim_err wrap(esim_buf *out, unsigned tag, esim_buf *inner)
 bool sim_der_read(const unsigned char **p, const unsigned char *end, unsigned tag,
                   const unsigned char **content, size_t *len)
 {
-    const unsigned char *q = *p;
-    if (end - q < 2 || *q != (unsigned char)tag)
+    esim_der r = {*p, end};
+    if (!esim_der_take(&r, (unsigned char)tag, NULL, NULL, content, len))
         return false;
-    q++;
-    size_t n = *q++;
-    if (n & 0x80) {
-        size_t k = n & 0x7f;
-        if (k == 0 || k > 3 || (size_t)(end - q) < k)
-            return false;
-        n = 0;
-        while (k--)
-            n = (n << 8) | *q++;
-    }
-    if ((size_t)(end - q) < n)
-        return false;
-    *content = q;
-    *len = n;
-    *p = q + n;
+    *p = r.p;
     return true;
 }
 

@@ -196,8 +196,10 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
                          EVP_PKEY **key, esim_error *err);
 /* Appends tag, length and |content| to |out|. */
 esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t len);
-/* Reads one TLV with |tag| at *p (short tags, lengths up to 2^24): its
- * content, and *p moved past it. False when malformed or another tag. */
+/* Reads one TLV with the one-byte |tag| at *p, in strict DER (core/der.h's
+ * esim_der_take: lengths definite, in their shortest form, below 2^24): its
+ * content, and *p moved past it. False (*p unchanged) when malformed or
+ * another tag. */
 bool sim_der_read(const unsigned char **p, const unsigned char *end, unsigned tag,
                   const unsigned char **content, size_t *len);
 /* The DER identity certificate for |cn| (the UDID): the shared P-256 key,
