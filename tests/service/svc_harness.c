@@ -24,6 +24,7 @@
 #include <event2/http.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <openssl/cms.h>
 
 #include "campaign/campaign.h"
@@ -672,6 +673,12 @@ pid_t harness_serve(const char *bin, const char *config, const char *port_file, 
         execl(bin, bin, "serve", "--config", config, (char *)NULL);
         _exit(127);
     }
+    snprintf(url, 64, "http://127.0.0.1:%d", harness_await_port(port_file, pid, log));
+    return pid;
+}
+
+int harness_await_port(const char *port_file, pid_t pid, const char *log)
+{
     for (int i = 0; i < 1200; i++) {
         FILE *f = fopen(port_file, "r");
         int port = 0;
@@ -680,12 +687,13 @@ pid_t harness_serve(const char *bin, const char *config, const char *port_file, 
                 port = 0;
             fclose(f);
         }
-        if (port > 0) {
-            snprintf(url, 64, "http://127.0.0.1:%d", port);
-            return pid;
-        }
+        if (port > 0)
+            return port;
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            fail_msg("esim-mdm serve exited with %d (see %s)", status, log ? log : "its stderr");
         usleep(25 * 1000);
     }
-    fail_msg("esim-mdm serve did not write its port file (see %s)", log);
-    return -1;
+    fail_msg("esim-mdm serve did not write %s (see %s)", port_file, log ? log : "its stderr");
+    return 0;
 }

@@ -96,9 +96,13 @@ void harness_write_text(const char *path, const char *text);
 /* `|bin| serve --config |config|` as a child process, its standard error
  * appended to |log|: its pid, once it wrote its port into |port_file|
  * (removed first), with url set to http://127.0.0.1:PORT. Fails the test
- * when no port comes within 30 s. */
+ * as harness_await_port does. */
 pid_t harness_serve(const char *bin, const char *config, const char *port_file, const char *log,
                     char url[64]);
+/* The port a `serve` child |pid| wrote into |port_file|, waiting for it;
+ * fails the test when the child exits first or no port comes within 30 s,
+ * naming |log| (may be NULL) as where to look. */
+int harness_await_port(const char *port_file, pid_t pid, const char *log);
 /* Runs |sql| on |c|; fails the test with the server's message on an error. */
 void harness_pg_exec(PGconn *c, const char *sql);
 /* Waits (up to |tries| x 20 ms) until |want| statements wait on a lock a

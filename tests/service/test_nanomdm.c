@@ -693,27 +693,6 @@ static pid_t serve_with_env(const char *const *env_vars, const char *extra_arg,
     return pid;
 }
 
-static int wait_port(const char *port_file, pid_t pid)
-{
-    for (int i = 0; i < 400; i++) {
-        FILE *f = fopen(port_file, "r");
-        int port = 0;
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1)
-                port = 0;
-            fclose(f);
-        }
-        if (port > 0)
-            return port;
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            fail_msg("esim-mdm serve exited with %d", status);
-        usleep(25 * 1000);
-    }
-    fail_msg("esim-mdm serve did not write %s", port_file);
-    return 0;
-}
-
 static void test_environment_configuration(void **state)
 {
     (void)state;
@@ -740,7 +719,7 @@ static void test_environment_configuration(void **state)
         "ESIM_MDM_CONFIG", conf, "ESIM_MDM_PORT_FILE", port_b, "ESIM_MDM_MIGRATION", "1", NULL};
     pid_t pid = serve_with_env(vars, NULL, NULL);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", wait_port(port_b, pid));
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", harness_await_port(port_b, pid, NULL));
     assert_int_not_equal(access(port_a, F_OK), 0);
     json_t *r = NULL;
     assert_int_equal(basic_call(url, "POST", "/migration", "<plist><dict/></plist>", &r), 400);
@@ -751,7 +730,7 @@ static void test_environment_configuration(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     /* The command line beats the environment. */
     pid = serve_with_env(vars, "--port-file", port_c);
-    wait_port(port_c, pid);
+    harness_await_port(port_c, pid, NULL);
     kill(pid, SIGTERM);
     waitpid(pid, &status, 0);
     /* A bad value from the environment is a usage error naming the variable. */

@@ -616,6 +616,22 @@ static void test_signature_certificates_sharing_a_cache_slot(void **state)
     stop(f);
 }
 
+/* |n| test devices at |url|, UDIDs |udids|, each with a P-256 identity
+ * that intermediate |sub| issued and sends along (d[i].extra_certs[0]; set
+ * n_extra_certs to 0 before device_free). */
+static void devices_under(test_device *d, const char *const *udids, int n, const esim_cert *sub,
+                          const char *url)
+{
+    for (int i = 0; i < n; i++) {
+        device_new(&d[i], &env, udids[i], url);
+        esim_cert_clear(&d[i].identity);
+        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&spec, sub, &d[i].identity, NULL), ESIM_OK);
+        d[i].extra_certs[0] = sub->x509;
+        d[i].n_extra_certs = 1;
+    }
+}
+
 /* Two devices whose identities share a cache slot, taking turns: neither
  * certificate is parsed again nor its chain verified up to the device CA
  * again within 5 minutes (a fleet larger than the 4096 slots verified a
@@ -636,14 +652,7 @@ static void test_chain_verified_once_when_slots_are_shared(void **state)
     assert_int_equal(esim_cert_issue(&sub_spec, &ca, &sub, NULL), ESIM_OK);
     test_device d[2];
     const char *udids[2] = {"00008110-SLOTMATE000001", "00008110-SLOTMATE000002"};
-    for (int i = 0; i < 2; i++) {
-        device_new(&d[i], &env, udids[i], f->ts.url);
-        esim_cert_clear(&d[i].identity);
-        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
-        assert_int_equal(esim_cert_issue(&spec, &sub, &d[i].identity, NULL), ESIM_OK);
-        d[i].extra_certs[0] = sub.x509;
-        d[i].n_extra_certs = 1;
-    }
+    devices_under(d, udids, 2, &sub, f->ts.url);
     /* The second identity re-signed (ECDSA: a new encoding each time)
      * until it falls into the first one's slot. */
     unsigned slot = cache_slot(d[0].identity.x509);
@@ -722,14 +731,7 @@ static void test_identity_read_in_place(void **state)
     test_device d[3];
     const char *udids[3] = {"00008110-READINPLACE0001", "00008110-READINPLACE0002",
                             "00008110-READINPLACE0003"};
-    for (int i = 0; i < 3; i++) {
-        device_new(&d[i], &env, udids[i], f->ts.url);
-        esim_cert_clear(&d[i].identity);
-        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
-        assert_int_equal(esim_cert_issue(&spec, &sub, &d[i].identity, NULL), ESIM_OK);
-        d[i].extra_certs[0] = sub.x509;
-        d[i].n_extra_certs = 1;
-    }
+    devices_under(d, udids, 3, &sub, f->ts.url);
     /* The first: OpenSSL parses it and verifies its chain. */
     device_enroll(&d[0]);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);

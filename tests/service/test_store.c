@@ -724,34 +724,65 @@ static void test_iot_relay(void **state)
     esim_store_close(st);
 }
 
-typedef struct {
-    const char *spec, *eid;
-    esim_err rc;
-    store_iot_device d;
-} iot_poller;
+/* A device's operation from a second handle (another instance, or another
+ * worker of the pool). OP_IOT_POLL is an EID's poll: |udid| holds the EID,
+ * and |iot_state| the state of the record the poll returned. */
+typedef enum { OP_IDLE, OP_PUSHED, OP_RETIRE, OP_CHECKOUT, OP_IOT_POLL } device_op_kind;
 
-/* An EID's poll from a second handle (another instance). */
-static void *iot_poll_main(void *arg)
+typedef struct {
+    const char *spec, *udid, *cert;
+    device_op_kind kind;
+    esim_err rc;
+    char next[128];
+    char iot_state[16];
+    atomic_int finished;
+} device_op;
+
+static void *device_op_main(void *arg)
 {
-    iot_poller *p = arg;
+    device_op *o = arg;
     store *other = NULL;
-    p->rc = esim_store_open(p->spec, NULL, NULL, &other, NULL);
-    if (p->rc == ESIM_OK) {
-        p->rc = esim_store_iot_poll(other, p->eid, 2000, &p->d, NULL);
-        esim_buf_free(&p->d.euicc_cert);
+    o->rc = esim_store_open(o->spec, NULL, NULL, &other, NULL);
+    if (o->rc == ESIM_OK) {
+        switch (o->kind) {
+        case OP_IDLE:
+            o->rc = exchange(other, o->udid, "Idle", NULL, NULL, 0, 5000, o->next, NULL);
+            break;
+        case OP_PUSHED:
+            o->rc = esim_store_push_recorded(other, o->udid, false, 5000, NULL);
+            break;
+        case OP_RETIRE:
+            o->rc = esim_store_device_retire(other, o->udid, NULL, 5000, NULL);
+            break;
+        case OP_CHECKOUT:
+            o->rc = esim_store_device_checkout(other, o->udid, o->cert, 5000, NULL);
+            break;
+        case OP_IOT_POLL: {
+            store_iot_device d = {0};
+            o->rc = esim_store_iot_poll(other, o->udid, 2000, &d, NULL);
+            snprintf(o->iot_state, sizeof o->iot_state, "%s", d.state);
+            esim_buf_free(&d.euicc_cert);
+            break;
+        }
+        }
         esim_store_close(other);
     }
+    atomic_store(&o->finished, 1);
     return NULL;
 }
 
-/* Until |watch| sees a statement on iot_devices (or the lock on an EID
- * without a record) waiting on a lock: false after ~10 s. */
-static bool iot_statement_waits(PGconn *watch)
+/* Until |watch| sees a statement on |table| (a word, or a regular
+ * expression of words) waiting on a lock (true), or |o| finished first or
+ * ~10 s passed (false). */
+static bool op_waits_on(PGconn *watch, const char *table, device_op *o)
 {
-    for (int i = 0; i < 500; i++) {
-        PGresult *r = PQexec(watch, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                    "wait_event_type = 'Lock' AND (query LIKE '%iot_devices%' "
-                                    "OR query LIKE '%pg_advisory_xact_lock(6909812%')");
+    char q[300];
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+             "query ~ '\\m%s\\M'",
+             table);
+    for (int i = 0; i < 500 && !atomic_load(&o->finished); i++) {
+        PGresult *r = PQexec(watch, q);
         bool waits = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
         PQclear(r);
         if (waits)
@@ -780,17 +811,18 @@ static void test_iot_poll_waits_for_registration(void **state)
     assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
     bool created = false;
     assert_int_equal(esim_store_iot_register(st, eid, 7, 0, 1000, &created, NULL), ESIM_OK);
-    iot_poller p = {.spec = spec, .eid = eid};
+    device_op p = {.spec = spec, .udid = eid, .kind = OP_IOT_POLL};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, iot_poll_main, &p), 0);
-    bool waited = iot_statement_waits(watch);
+    assert_int_equal(pthread_create(&t, NULL, device_op_main, &p), 0);
+    /* A statement on iot_devices, or the lock on an EID without a record. */
+    bool waited = op_waits_on(watch, "(iot_devices|pg_advisory_xact_lock\\(6909812)", &p);
     esim_err end = esim_store_unit_end(st, true, NULL);
     pthread_join(t, NULL);
     PQfinish(watch);
     assert_true(waited);
     assert_int_equal(end, ESIM_OK);
     assert_int_equal(p.rc, ESIM_OK);
-    assert_string_equal(p.d.state, "registered");
+    assert_string_equal(p.iot_state, "registered");
     store_iot_device d = {0};
     assert_int_equal(esim_store_iot_get(st, eid, &d, NULL), ESIM_OK);
     assert_string_equal(d.state, "registered");
@@ -799,64 +831,6 @@ static void test_iot_poll_waits_for_registration(void **state)
     assert_int_equal(d.last_poll_ms, 2000);
     esim_buf_free(&d.euicc_cert);
     esim_store_close(st);
-}
-
-/* A device's operation from a second handle (another instance, or another
- * worker of the pool). */
-typedef enum { OP_IDLE, OP_PUSHED, OP_RETIRE, OP_CHECKOUT } device_op_kind;
-
-typedef struct {
-    const char *spec, *udid, *cert;
-    device_op_kind kind;
-    esim_err rc;
-    char next[128];
-    atomic_int finished;
-} device_op;
-
-static void *device_op_main(void *arg)
-{
-    device_op *o = arg;
-    store *other = NULL;
-    o->rc = esim_store_open(o->spec, NULL, NULL, &other, NULL);
-    if (o->rc == ESIM_OK) {
-        switch (o->kind) {
-        case OP_IDLE:
-            o->rc = exchange(other, o->udid, "Idle", NULL, NULL, 0, 5000, o->next, NULL);
-            break;
-        case OP_PUSHED:
-            o->rc = esim_store_push_recorded(other, o->udid, false, 5000, NULL);
-            break;
-        case OP_RETIRE:
-            o->rc = esim_store_device_retire(other, o->udid, NULL, 5000, NULL);
-            break;
-        case OP_CHECKOUT:
-            o->rc = esim_store_device_checkout(other, o->udid, o->cert, 5000, NULL);
-            break;
-        }
-        esim_store_close(other);
-    }
-    atomic_store(&o->finished, 1);
-    return NULL;
-}
-
-/* Until |watch| sees a statement on |table| waiting on a lock (true), or
- * |o| finished first or ~10 s passed (false). */
-static bool op_waits_on(PGconn *watch, const char *table, device_op *o)
-{
-    char q[300];
-    snprintf(q, sizeof q,
-             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-             "query ~ '\\m%s\\M'",
-             table);
-    for (int i = 0; i < 500 && !atomic_load(&o->finished); i++) {
-        PGresult *r = PQexec(watch, q);
-        bool waits = PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) > 0;
-        PQclear(r);
-        if (waits)
-            return true;
-        usleep(20000);
-    }
-    return false;
 }
 
 static void sql_ok(PGconn *c, const char *sql)
