@@ -14,7 +14,9 @@
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1596,6 +1598,98 @@ static void test_mtls_identity(void **state)
     harness_set_api_ca(NULL);
 }
 
+/* The service's end of the loopback connection whose client end is |fd|
+ * (the service runs in this process): its descriptor, or -1. */
+static int service_end_of(int fd)
+{
+    struct sockaddr_in mine, theirs;
+    socklen_t ml = sizeof mine, tl = sizeof theirs;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&mine, &ml), 0);
+    assert_int_equal(getpeername(fd, (struct sockaddr *)&theirs, &tl), 0);
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int found = -1;
+    for (struct dirent *e; found < 0 && (e = readdir(d)) != NULL;) {
+        int other = atoi(e->d_name);
+        struct sockaddr_in local, peer;
+        socklen_t ll = sizeof local, pl = sizeof peer;
+        if (other == fd || other == dirfd(d) ||
+            getsockname(other, (struct sockaddr *)&local, &ll) != 0 ||
+            getpeername(other, (struct sockaddr *)&peer, &pl) != 0 || local.sin_family != AF_INET)
+            continue;
+        if (local.sin_port == theirs.sin_port && peer.sin_port == mine.sin_port &&
+            local.sin_addr.s_addr == theirs.sin_addr.s_addr)
+            found = other;
+    }
+    closedir(d);
+    return found;
+}
+
+/* Over TLS an answer leaves in several writes (the session ticket, a record
+ * for the header, one for the body); with Nagle's algorithm on its socket
+ * the service held each write after the first until the client's delayed
+ * ACK came, about 40 ms per answer on Linux, and an mtls campaign of 3,000
+ * phones took 39.5 s instead of 7 (issue 17). The service's end of every
+ * connection has TCP_NODELAY, for a device with a client certificate and
+ * for one without, on a full handshake and on a resumed one. */
+static void test_tls_answers_not_held_back(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320], cert[400], key[400], ca[400], id_cert[400], id_key[400];
+    harness_config(&env, "nodelay-cfg", &cfg, dir);
+    snprintf(cert, sizeof cert, "%s/server.pem", env.pki);
+    snprintf(key, sizeof key, "%s/server.key", env.pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
+    cfg.tls_cert_path = cert;
+    cfg.tls_key_path = key;
+    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    fixture *f = start("nodelay", &cfg);
+    snprintf(id_cert, sizeof id_cert, "%s/nodelay-dev.pem", env.dir);
+    snprintf(id_key, sizeof id_key, "%s/nodelay-dev.key", env.dir);
+    assert_int_equal(esim_cert_save(&f->dev.identity, id_cert, id_key, NULL), ESIM_OK);
+    int port = atoi(strrchr(f->ts.url, ':') + 1);
+    for (int with_cert = 0; with_cert < 2; with_cert++) {
+        SSL_SESSION *sess = NULL;
+        for (int round = 0; round < 2; round++) {
+            SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+            assert_non_null(ctx);
+            assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+            if (with_cert) {
+                assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, id_cert), 1);
+                assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, id_key, SSL_FILETYPE_PEM), 1);
+            }
+            int fd = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+            SSL *ssl = SSL_new(ctx);
+            SSL_set_fd(ssl, fd);
+            if (sess)
+                SSL_set_session(ssl, sess);
+            assert_int_equal(SSL_connect(ssl), 1);
+            assert_int_equal(SSL_session_reused(ssl) == 1, round == 1);
+            static const char get[] = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+            assert_int_equal(SSL_write(ssl, get, (int)strlen(get)), (int)strlen(get));
+            assert_int_equal(tls_read_status(ssl), 200); /* admitted: the connection is set up */
+            int theirs = service_end_of(fd);
+            assert_true(theirs >= 0);
+            int nodelay = 0;
+            socklen_t nl = sizeof nodelay;
+            assert_int_equal(getsockopt(theirs, IPPROTO_TCP, TCP_NODELAY, &nodelay, &nl), 0);
+            assert_int_not_equal(nodelay, 0);
+            SSL_SESSION_free(sess);
+            sess = SSL_get1_session(ssl);
+            SSL_shutdown(ssl);
+            SSL_free(ssl);
+            close(fd);
+            SSL_CTX_free(ctx);
+        }
+        SSL_SESSION_free(sess);
+    }
+    stop(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1620,6 +1714,7 @@ int main(void)
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
         cmocka_unit_test(test_device_hangs_up_before_the_answer),
         cmocka_unit_test(test_mtls_identity),
+        cmocka_unit_test(test_tls_answers_not_held_back),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
