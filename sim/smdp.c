@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -1714,6 +1715,11 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
                        host, cfg->port);
         goto fail;
     }
+    /* Answers without Nagle (the connections accepted take the listener's
+     * TCP_NODELAY on Linux): over TLS an answer is several writes, and each
+     * after the first waited about 40 ms for the client's delayed ACK. */
+    int one = 1;
+    (void)setsockopt(evhttp_bound_socket_get_fd(bs), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     s->port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
     if (s->port == 0) {
         rc = esim_fail(err, ESIM_EIO, "cannot read the bound port");

@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -942,6 +943,11 @@ static esim_err bind_to(struct evhttp *h, const char *addr, int *port, esim_erro
     if (!bs)
         return esim_fail(err, ESIM_EIO, "cannot listen on %s (in use or not a local address)",
                          addr);
+    /* Answers without Nagle (the connections accepted take the listener's
+     * TCP_NODELAY on Linux): over TLS an answer is several writes, and each
+     * after the first waited about 40 ms for the client's delayed ACK. */
+    int one = 1;
+    (void)setsockopt(evhttp_bound_socket_get_fd(bs), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     *port = bound_port(bs);
     return *port ? ESIM_OK : esim_fail(err, ESIM_EIO, "cannot read the port bound on %s", addr);
 }

@@ -6,11 +6,16 @@
 #ifndef ESIM_TESTS_SIM_SIM_TEST_H
 #define ESIM_TESTS_SIM_SIM_TEST_H
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -103,6 +108,34 @@ static inline void st_iccid(unsigned n, char iccid[SIM_ICCID_MAX + 1])
 {
     snprintf(iccid, SIM_ICCID_MAX + 1, "8901260%012u0", n);
     esim_iccid_set_check_digit(iccid, NULL);
+}
+
+/* The connections a server running in this process accepted on TCP |port|
+ * (IPv4): how many are open now; *without_nodelay counts those with
+ * Nagle's algorithm on (whose answers wait for the client's delayed ACK). */
+static inline size_t st_accepted_on(uint16_t port, size_t *without_nodelay)
+{
+    size_t n = 0;
+    *without_nodelay = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int fd = atoi(e->d_name);
+        struct sockaddr_in local, peer;
+        socklen_t ll = sizeof local, pl = sizeof peer;
+        if (fd == dirfd(d) || getsockname(fd, (struct sockaddr *)&local, &ll) != 0 ||
+            local.sin_family != AF_INET || ntohs(local.sin_port) != port ||
+            getpeername(fd, (struct sockaddr *)&peer, &pl) != 0)
+            continue; /* not a socket of |port|, or its listener */
+        int on = 0;
+        socklen_t ol = sizeof on;
+        n++;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &ol) != 0 || !on)
+            (*without_nodelay)++;
+    }
+    closedir(d);
+    return n;
 }
 
 #endif

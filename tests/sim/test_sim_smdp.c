@@ -981,6 +981,27 @@ static void test_session_cap_and_expiry(void **state)
     json_decref(r);
 }
 
+/* Over TLS an answer is several writes; with Nagle's algorithm on the
+ * SM-DP+'s sockets each write after the first waited for the client's
+ * delayed ACK, about 40 ms per ES9+ answer on Linux (issue 17). Every
+ * connection it accepts has TCP_NODELAY. */
+static void test_answers_not_held_back(void **state)
+{
+    (void)state;
+    st_reply w = {0};
+    char url[200];
+    snprintf(url, sizeof url, "%s/admin/orders", fx.url);
+    sim_http_request req = {.method = "GET", .url = url, .ca_file = sim_pki_ca_file(fx.pki)};
+    assert_int_equal(sim_http_send(fx.http, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_int_equal(w.err, ESIM_OK);
+    esim_buf_free(&w.body);
+    size_t nagle = 0;
+    /* The client keeps its connection for the next request: still open. */
+    assert_int_equal(st_accepted_on((uint16_t)atoi(strrchr(fx.url, ':') + 1), &nagle), 1);
+    assert_int_equal(nagle, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -999,6 +1020,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_authenticate_without_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cap_and_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_chain_verified_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answers_not_held_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

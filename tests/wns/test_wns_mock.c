@@ -177,6 +177,13 @@ static void test_tokens(void **state)
     assert_int_equal(s.token_requests, 4);
     assert_int_equal(s.tokens_issued, 1);
     assert_int_equal(s.token_refused, 3);
+    /* The client kept its connection (open still), and the mock's end of
+     * it answers without Nagle's algorithm: over TLS an answer is several
+     * writes, each after the first held about 40 ms for the client's
+     * delayed ACK with it (issue 17). */
+    size_t nagle = 0;
+    assert_true(st_accepted_on((uint16_t)wns_mock_port(m, WNS_MOCK_PORT_HTTPS), &nagle) >= 1);
+    assert_int_equal(nagle, 0);
     wns_mock_free(m);
 }
 
