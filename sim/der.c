@@ -126,13 +126,15 @@ static const unsigned char OID_CN[] = {0x06, 0x03, 0x55, 0x04, 0x03};
 static const unsigned char OID_O[] = {0x06, 0x03, 0x55, 0x04, 0x0a};
 
 /* ECDSA over |data| hashed with SHA-256; the DER Ecdsa-Sig-Value in |sig|. */
-static esim_err ec_sign(EVP_PKEY_CTX *ctx, const void *data, size_t len, unsigned char sig[80],
+static esim_err ec_sign(sim_ec_signer *signer, const void *data, size_t len, unsigned char sig[80],
                         size_t *sig_len)
 {
-    unsigned char dgst[SHA256_DIGEST_LENGTH];
-    SHA256(data, len, dgst);
-    *sig_len = 80;
-    return EVP_PKEY_sign(ctx, sig, sig_len, dgst, sizeof dgst) == 1 ? ESIM_OK : ESIM_ECRYPTO;
+    unsigned char dgst[SHA256_DIGEST_LENGTH], rs[64];
+    sim_sha256(data, len, dgst);
+    if (!sim_ec_signer_sign(signer, dgst, rs))
+        return ESIM_ECRYPTO;
+    *sig_len = sim_ecdsa_raw_to_der(rs, sig);
+    return ESIM_OK;
 }
 
 /* AlgorithmIdentifier ecdsa-with-SHA256 (no parameters, RFC 5758). */
@@ -209,7 +211,7 @@ static esim_err put_tbs_head(esim_buf *tbs, const esim_buf *issuer, time_t not_b
 
 /* Certificate ::= SEQUENCE { |tbs| as a SEQUENCE, ecdsa-with-SHA256, the
  * signature by |signer| } into |out| (reset first). |tbs| is consumed. */
-static esim_err put_signed_certificate(EVP_PKEY_CTX *signer, esim_buf *tbs, esim_buf *out)
+static esim_err put_signed_certificate(sim_ec_signer *signer, esim_buf *tbs, esim_buf *out)
 {
     esim_buf cert = {0};
     unsigned char sig[81];
@@ -255,7 +257,7 @@ esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void 
     if (!cert_issuer_serial(cert, &issuer, &issuer_len, &serial, &serial_len))
         return esim_fail(err, ESIM_ECRYPTO, "the identity certificate is not DER X.509");
     unsigned char dgst[SHA256_DIGEST_LENGTH];
-    SHA256(body ? body : (const void *)"", len, dgst);
+    sim_sha256(body ? body : (const void *)"", len, dgst);
     static const unsigned char one[] = {0x02, 0x01, 0x01};
     esim_buf attrs = {0}, attr = {0}, set = {0}, si = {0}, sd = {0}, tmp = {0}, ci = {0};
     /* signedAttrs: contentType id-data, then messageDigest (DER order). */

@@ -1,7 +1,9 @@
 /*
  * ec_fixed.c — ECDSA P-256 verification for a public key that signs again
  * and again (the EUM's key over every eUICC certificate at the SM-DP+, the
- * SM-DP+'s key over every download at the eUICCs).
+ * SM-DP+'s key over every download at the eUICCs), and ECDSA P-256 signing
+ * by a private key that signs again and again (the identity key's
+ * Mdm-Signatures, an eUICC's ES10 signatures, the EUM's certificates).
  *
  * The check is ECDSA's own (SEC 1 §4.1.4): r and s in [1, n-1],
  * w = s⁻¹ mod n, u1 = e·w, u2 = r·w, R = u1·G + u2·Q not at infinity, and
@@ -12,33 +14,288 @@
  * Q, with its table built once, turns the variable-point multiplication —
  * most of a verification's ~825,000 instructions — into a table walk like
  * u1·G's. The table is ~150 KB and takes about as long to build as a few
- * verifications; it pays from the fourth or so signature by the same key.
+ * hundred verifications; it pays from a few hundred signatures by one key.
+ *
+ * The arithmetic modulo the group order n (s⁻¹, the products) is done here
+ * in four 64-bit limbs rather than with BIGNUMs: BN_mod_inverse alone took
+ * ~155,000 instructions of a ~430,000-instruction verification; Kaliski's
+ * almost Montgomery inverse here takes ~50,000. R.x is compared in
+ * Jacobian coordinates (X = r·Z²) instead of converting R to affine.
+ *
+ * Signing (SEC 1 §4.1.3) is k random in [1, n-1], R = k·G through
+ * OpenSSL's table for G (constant time), r = R.x mod n,
+ * s = k⁻¹·(e + r·d) mod n, k⁻¹ computed as b·(k·b)⁻¹ with a fresh random b
+ * so that the inversion's timing says nothing about k: about 0.7 of
+ * EVP_PKEY_sign's instructions, which also derives k from the key, the
+ * digest and fresh randomness through SHA-512, inverts k by Fermat and goes
+ * through the provider's dispatch on each call. The signatures are ordinary
+ * ECDSA (tests verify them with OpenSSL).
  */
-#define OPENSSL_SUPPRESS_DEPRECATED /* EC_GROUP_precompute_mult */
+#define OPENSSL_SUPPRESS_DEPRECATED /* EC_GROUP_precompute_mult, SHA256_*, Jprojective */
 
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/obj_mac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #include "sim/sim_internal.h"
+
+/* ---- arithmetic modulo n, the P-256 group order ---------------------------- */
+
+/* Numbers below n as four 64-bit limbs, least significant first. */
+typedef uint64_t ord4[4];
+typedef unsigned __int128 u128;
+
+static const ord4 ORD_N = {0xf3b9cac2fc632551u, 0xbce6faada7179e84u, 0xffffffffffffffffu,
+                           0xffffffff00000000u};
+static const uint64_t ORD_N0 = 0xccd1c8aaee00bc4fu; /* -n⁻¹ mod 2^64 */
+static const ord4 ORD_RR = {0x83244c95be79eea2u, 0x4699799c49bd6fa6u, 0x2845b2392b6bec59u,
+                            0x66e12d94f3d95620u}; /* 2^512 mod n */
+
+static void ord_from_bytes(ord4 a, const unsigned char b[32])
+{
+    for (int i = 0; i < 4; i++) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++)
+            v = v << 8 | b[(3 - i) * 8 + j];
+        a[i] = v;
+    }
+}
+
+static void ord_to_bytes(unsigned char b[32], const ord4 a)
+{
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++)
+            b[(3 - i) * 8 + j] = (unsigned char)(a[i] >> (56 - 8 * j));
+}
+
+/* a - b into r, the borrow (0 or 1) returned. */
+static uint64_t ord_sub(ord4 r, const ord4 a, const ord4 b)
+{
+    uint64_t borrow = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 d = (u128)a[i] - b[i] - borrow;
+        r[i] = (uint64_t)d;
+        borrow = (uint64_t)(d >> 64) & 1;
+    }
+    return borrow;
+}
+
+/* r = v when |take| is all ones, unchanged when 0 (no branch). */
+static void ord_select(ord4 r, const ord4 v, uint64_t take)
+{
+    for (int i = 0; i < 4; i++)
+        r[i] = (r[i] & ~take) | (v[i] & take);
+}
+
+static bool ord_is_zero(const ord4 a)
+{
+    return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
+/* a < n */
+static bool ord_below_n(const ord4 a)
+{
+    ord4 t;
+    return ord_sub(t, a, ORD_N) == 1;
+}
+
+/* a mod n for any 256-bit a (a < 2n, as 2^256 < 2n). */
+static void ord_reduce_once(ord4 a)
+{
+    ord4 t;
+    uint64_t borrow = ord_sub(t, a, ORD_N);
+    ord_select(a, t, borrow - 1);
+}
+
+/* (a + b) mod n for a, b < n. */
+static void ord_add(ord4 r, const ord4 a, const ord4 b)
+{
+    ord4 s, t;
+    uint64_t carry = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 v = (u128)a[i] + b[i] + carry;
+        s[i] = (uint64_t)v;
+        carry = (uint64_t)(v >> 64);
+    }
+    uint64_t borrow = ord_sub(t, s, ORD_N);
+    /* s - n when s >= n, i.e. a carry out or no borrow */
+    ord_select(s, t, (uint64_t)0 - (carry | (borrow ^ 1)));
+    memcpy(r, s, sizeof s);
+}
+
+/* Montgomery product a·b·2^-256 mod n (CIOS), for a, b < n. */
+static void ord_mont_mul(ord4 r, const ord4 a, const ord4 b)
+{
+    uint64_t t[6] = {0};
+    for (int i = 0; i < 4; i++) {
+        u128 c = 0;
+        for (int j = 0; j < 4; j++) {
+            c = (u128)a[j] * b[i] + t[j] + (uint64_t)(c >> 64);
+            t[j] = (uint64_t)c;
+        }
+        c = (u128)t[4] + (uint64_t)(c >> 64);
+        t[4] = (uint64_t)c;
+        t[5] = (uint64_t)(c >> 64);
+        uint64_t m = t[0] * ORD_N0;
+        c = (u128)m * ORD_N[0] + t[0];
+        for (int j = 1; j < 4; j++) {
+            c = (u128)m * ORD_N[j] + t[j] + (uint64_t)(c >> 64);
+            t[j - 1] = (uint64_t)c;
+        }
+        c = (u128)t[4] + (uint64_t)(c >> 64);
+        t[3] = (uint64_t)c;
+        t[4] = t[5] + (uint64_t)(c >> 64);
+    }
+    ord4 lo = {t[0], t[1], t[2], t[3]}, d;
+    uint64_t borrow = ord_sub(d, lo, ORD_N);
+    /* t < 2n: subtract n when t >= n (a carry in t[4], or no borrow) */
+    ord_select(lo, d, (uint64_t)0 - (t[4] | (borrow ^ 1)));
+    memcpy(r, lo, sizeof lo);
+}
+
+/* a·b mod n */
+static void ord_mul(ord4 r, const ord4 a, const ord4 b)
+{
+    ord_mont_mul(r, a, b);     /* a·b·2^-256 */
+    ord_mont_mul(r, r, ORD_RR); /* ·2^256 */
+}
+
+/* (a - b) mod n for a, b < n. */
+static void ord_sub_mod(ord4 r, const ord4 a, const ord4 b)
+{
+    ord4 d, e;
+    uint64_t borrow = ord_sub(d, a, b), carry = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 v = (u128)d[i] + ORD_N[i] + carry;
+        e[i] = (uint64_t)v;
+        carry = (uint64_t)(v >> 64);
+    }
+    ord_select(d, e, (uint64_t)0 - borrow);
+    memcpy(r, d, sizeof d);
+}
+
+/* 2^j mod n for j = 0 .. 256, made once. */
+static ord4 pow2[257];
+static pthread_once_t pow2_once = PTHREAD_ONCE_INIT;
+
+static void pow2_init(void)
+{
+    pow2[0][0] = 1;
+    for (int j = 1; j <= 256; j++)
+        ord_add(pow2[j], pow2[j - 1], pow2[j - 1]);
+}
+
+/* a⁻¹ mod n for 0 < a < n: Kaliski's almost Montgomery inverse (a shift,
+ * a subtraction and an addition per bit, no reduction modulo n inside the
+ * loop) gives a⁻¹·2^k for some 256 <= k <= 512, then two Montgomery
+ * products take 2^k out. ~50,000 instructions; BN_mod_inverse takes
+ * ~155,000. Its time depends on a: for public values (a signature's s), or
+ * a secret multiplied by a fresh random blinding factor first
+ * (sim_ec_signer_sign). */
+static void ord_inv_vartime(ord4 out, const ord4 a)
+{
+    uint64_t u[4], v[4], r[5] = {0}, s[5] = {1, 0, 0, 0, 0};
+    memcpy(u, ORD_N, sizeof u);
+    memcpy(v, a, sizeof v);
+    unsigned k = 0;
+    while ((v[0] | v[1] | v[2] | v[3]) != 0 && k < 600) {
+        uint64_t *half, *dbl;
+        if (!(u[0] & 1)) {
+            half = u;
+            dbl = s;
+        } else if (!(v[0] & 1)) {
+            half = v;
+            dbl = r;
+        } else {
+            ord4 d;
+            uint64_t carry = 0;
+            if (ord_sub(d, u, v) == 0 && (d[0] | d[1] | d[2] | d[3]) != 0) { /* u > v */
+                memcpy(u, d, sizeof d);
+                half = u;
+                dbl = s;
+                for (int i = 0; i < 5; i++) { /* r += s */
+                    u128 t = (u128)r[i] + s[i] + carry;
+                    r[i] = (uint64_t)t;
+                    carry = (uint64_t)(t >> 64);
+                }
+            } else {
+                ord_sub(v, v, u);
+                half = v;
+                dbl = r;
+                for (int i = 0; i < 5; i++) { /* s += r */
+                    u128 t = (u128)s[i] + r[i] + carry;
+                    s[i] = (uint64_t)t;
+                    carry = (uint64_t)(t >> 64);
+                }
+            }
+        }
+        for (int i = 0; i < 3; i++)
+            half[i] = half[i] >> 1 | half[i + 1] << 63;
+        half[3] >>= 1;
+        for (int i = 4; i > 0; i--)
+            dbl[i] = dbl[i] << 1 | dbl[i - 1] >> 63;
+        dbl[0] <<= 1;
+        k++;
+    }
+    /* r < 2n: r mod n, then n - r = a⁻¹·2^k */
+    ord4 x = {r[0], r[1], r[2], r[3]}, t;
+    if (r[4] || ord_sub(t, x, ORD_N) == 0)
+        ord_sub(x, x, ORD_N);
+    ord_sub_mod(x, (const uint64_t *)ORD_N, x); /* n - x, 0 when x = 0 */
+    ord_reduce_once(x);
+    /* ·2^-256, then ·2^(512-k)·2^-256 */
+    static const ord4 one = {1, 0, 0, 0};
+    pthread_once(&pow2_once, pow2_init);
+    ord_mont_mul(x, x, one);
+    ord_mont_mul(out, x, pow2[k < 512 ? 512 - k : 0]);
+}
+
+static BIGNUM *bn_from_ord(const ord4 a, BIGNUM *out)
+{
+    unsigned char b[32];
+    ord_to_bytes(b, a);
+    return BN_bin2bn(b, 32, out);
+}
+
+/* ---- SHA-256 -------------------------------------------------------------------- */
+
+void sim_sha256(const void *data, size_t len, unsigned char out[32])
+{
+    /* The low-level functions: SHA256() fetches the algorithm on each call
+     * in OpenSSL 3.0 (~14,000 instructions before the first byte). */
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, data, len);
+    SHA256_Final(out, &c);
+}
 
 struct sim_ec_fixed {
     unsigned char point[65]; /* Q, uncompressed */
     EC_GROUP *g;             /* P-256 */
     EC_GROUP *gq;            /* P-256 with Q as its generator, table built */
-    const BIGNUM *n;         /* the order (g's) */
+    BIGNUM *p;               /* the field prime */
     BN_CTX *bn;
+    EC_POINT *p1, *p2; /* u1·G, u2·Q */
 };
 
 void sim_ec_fixed_free(sim_ec_fixed *f)
 {
     if (!f)
         return;
+    EC_POINT_free(f->p1);
+    EC_POINT_free(f->p2);
     EC_GROUP_free(f->g);
     EC_GROUP_free(f->gq);
+    BN_free(f->p);
     BN_CTX_free(f->bn);
     free(f);
 }
@@ -52,12 +309,16 @@ sim_ec_fixed *sim_ec_fixed_new(const unsigned char point[65])
     f->g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
     f->gq = f->g ? EC_GROUP_dup(f->g) : NULL;
     f->bn = BN_CTX_new();
+    f->p = BN_new();
     EC_POINT *q = f->g ? EC_POINT_new(f->g) : NULL;
-    bool ok = f->gq && f->bn && q && EC_POINT_oct2point(f->g, q, point, 65, f->bn) == 1 &&
+    const BIGNUM *n = f->g ? EC_GROUP_get0_order(f->g) : NULL;
+    bool ok = f->gq && f->bn && f->p && q && n &&
+              EC_GROUP_get_curve(f->g, f->p, NULL, NULL, f->bn) == 1 &&
+              EC_POINT_oct2point(f->g, q, point, 65, f->bn) == 1 &&
               EC_POINT_is_at_infinity(f->g, q) == 0 && EC_POINT_is_on_curve(f->g, q, f->bn) == 1 &&
-              (f->n = EC_GROUP_get0_order(f->g)) != NULL &&
-              EC_GROUP_set_generator(f->gq, q, f->n, EC_GROUP_get0_cofactor(f->g)) == 1 &&
-              EC_GROUP_precompute_mult(f->gq, f->bn) == 1;
+              EC_GROUP_set_generator(f->gq, q, n, EC_GROUP_get0_cofactor(f->g)) == 1 &&
+              EC_GROUP_precompute_mult(f->gq, f->bn) == 1 && (f->p1 = EC_POINT_new(f->g)) &&
+              (f->p2 = EC_POINT_new(f->gq));
     EC_POINT_free(q);
     if (!ok) {
         sim_ec_fixed_free(f);
@@ -73,38 +334,48 @@ const unsigned char *sim_ec_fixed_point(const sim_ec_fixed *f)
 
 int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32], const unsigned char rs[64])
 {
+    ord4 r, s, e, w, u1, u2;
+    ord_from_bytes(r, rs);
+    ord_from_bytes(s, rs + 32);
+    if (ord_is_zero(r) || !ord_below_n(r) || ord_is_zero(s) || !ord_below_n(s))
+        return 0;
+    /* A 256-bit digest for a 256-bit order: e is taken whole (no
+     * truncation) and reduced once. */
+    ord_from_bytes(e, digest);
+    ord_reduce_once(e);
+    ord_inv_vartime(w, s); /* s is public */
+    ord_mul(u1, e, w);
+    ord_mul(u2, r, w);
     BN_CTX *ctx = f->bn;
     BN_CTX_start(ctx);
-    BIGNUM *r = BN_CTX_get(ctx), *s = BN_CTX_get(ctx), *e = BN_CTX_get(ctx);
-    BIGNUM *w = BN_CTX_get(ctx), *u1 = BN_CTX_get(ctx), *u2 = BN_CTX_get(ctx);
-    BIGNUM *x = BN_CTX_get(ctx);
-    EC_POINT *p1 = EC_POINT_new(f->g), *p2 = EC_POINT_new(f->gq);
+    BIGNUM *b1 = BN_CTX_get(ctx), *b2 = BN_CTX_get(ctx), *x = BN_CTX_get(ctx);
+    BIGNUM *z = BN_CTX_get(ctx), *t = BN_CTX_get(ctx);
     int res = -1;
-    if (!x || !p1 || !p2 || !BN_bin2bn(rs, 32, r) || !BN_bin2bn(rs + 32, 32, s) ||
-        !BN_bin2bn(digest, 32, e))
+    if (!t || !bn_from_ord(u1, b1) || !bn_from_ord(u2, b2) ||
+        EC_POINT_mul(f->g, f->p1, b1, NULL, NULL, ctx) != 1 ||
+        EC_POINT_mul(f->gq, f->p2, b2, NULL, NULL, ctx) != 1 ||
+        EC_POINT_add(f->g, f->p1, f->p1, f->p2, ctx) != 1)
         goto done;
-    if (BN_is_zero(r) || BN_is_negative(r) || BN_cmp(r, f->n) >= 0 || BN_is_zero(s) ||
-        BN_is_negative(s) || BN_cmp(s, f->n) >= 0) {
+    if (EC_POINT_is_at_infinity(f->g, f->p1)) {
         res = 0;
         goto done;
     }
-    /* A 256-bit digest for a 256-bit order: e is taken whole (no
-     * truncation), reduced with the products below. */
-    if (!BN_mod_inverse(w, s, f->n, ctx) || !BN_mod_mul(u1, e, w, f->n, ctx) ||
-        !BN_mod_mul(u2, r, w, f->n, ctx) || EC_POINT_mul(f->g, p1, u1, NULL, NULL, ctx) != 1 ||
-        EC_POINT_mul(f->gq, p2, u2, NULL, NULL, ctx) != 1 ||
-        EC_POINT_add(f->g, p1, p1, p2, ctx) != 1)
+    /* R.x mod n = r, with R.x = X/Z²: X = r'·Z² for r' = r or, when it is
+     * still below p, r + n (the x-coordinates in [n, p) reduce to r too). */
+    if (EC_POINT_get_Jprojective_coordinates_GFp(f->g, f->p1, x, NULL, z, ctx) != 1 ||
+        !BN_mod_sqr(z, z, f->p, ctx) || !bn_from_ord(r, b1) || !BN_mod_mul(t, b1, z, f->p, ctx))
         goto done;
-    if (EC_POINT_is_at_infinity(f->g, p1)) {
-        res = 0;
-        goto done;
+    res = BN_cmp(t, x) == 0;
+    if (!res) {
+        if (!BN_add(b1, b1, EC_GROUP_get0_order(f->g)))
+            goto done;
+        if (BN_cmp(b1, f->p) < 0) {
+            if (!BN_mod_mul(t, b1, z, f->p, ctx))
+                goto done;
+            res = BN_cmp(t, x) == 0;
+        }
     }
-    if (EC_POINT_get_affine_coordinates(f->g, p1, x, NULL, ctx) != 1 || !BN_nnmod(x, x, f->n, ctx))
-        goto done;
-    res = BN_cmp(x, r) == 0;
 done:
-    EC_POINT_free(p1);
-    EC_POINT_free(p2);
     BN_CTX_end(ctx);
     return res;
 }
@@ -129,4 +400,150 @@ int sim_ec_fixed_verify_der(sim_ec_fixed *f, const unsigned char digest[32],
     OPENSSL_free(again);
     ECDSA_SIG_free(es);
     return res;
+}
+
+/* ---- signing ----------------------------------------------------------------- */
+
+static EC_GROUP *p256;
+static pthread_once_t p256_once = PTHREAD_ONCE_INIT;
+
+static void p256_init(void)
+{
+    p256 = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+}
+
+struct sim_ec_signer {
+    ord4 dm;    /* the private key d in Montgomery form (d·2^256 mod n) */
+    BN_CTX *bn; /* this signer's (one thread at a time) */
+    EC_POINT *r;
+    BIGNUM *k, *x;
+};
+
+void sim_ec_signer_free(sim_ec_signer *s)
+{
+    if (!s)
+        return;
+    OPENSSL_cleanse(s->dm, sizeof s->dm);
+    EC_POINT_free(s->r);
+    BN_clear_free(s->k);
+    BN_free(s->x);
+    BN_CTX_free(s->bn);
+    free(s);
+}
+
+sim_ec_signer *sim_ec_signer_new_raw(const unsigned char d[32])
+{
+    pthread_once(&p256_once, p256_init);
+    ord4 dv;
+    ord_from_bytes(dv, d);
+    if (!p256 || ord_is_zero(dv) || !ord_below_n(dv))
+        return NULL;
+    sim_ec_signer *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    ord_mont_mul(s->dm, dv, ORD_RR);
+    OPENSSL_cleanse(dv, sizeof dv);
+    s->bn = BN_CTX_new();
+    s->r = EC_POINT_new(p256);
+    s->k = BN_secure_new();
+    s->x = BN_new();
+    if (!s->bn || !s->r || !s->k || !s->x) {
+        sim_ec_signer_free(s);
+        return NULL;
+    }
+    BN_set_flags(s->k, BN_FLG_CONSTTIME);
+    return s;
+}
+
+sim_ec_signer *sim_ec_signer_new(EVP_PKEY *key)
+{
+    char group[32];
+    BIGNUM *priv = NULL;
+    unsigned char d[32];
+    sim_ec_signer *s = NULL;
+    if (key && EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+        EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
+                                       NULL) == 1 &&
+        strcmp(group, "prime256v1") == 0 &&
+        EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_PRIV_KEY, &priv) == 1 &&
+        BN_bn2binpad(priv, d, sizeof d) == sizeof d)
+        s = sim_ec_signer_new_raw(d);
+    OPENSSL_cleanse(d, sizeof d);
+    BN_clear_free(priv);
+    return s;
+}
+
+bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsigned char rs[64])
+{
+    ord4 e, k, r, sv, t, b;
+    unsigned char kb[32], xb[32], bb[32];
+    ord_from_bytes(e, digest);
+    ord_reduce_once(e);
+    bool ok = false;
+    for (int tries = 0; tries < 16 && !ok; tries++) {
+        /* k uniform in [1, n-1]: 32 random bytes, drawn again when not
+         * below n (a chance of about 2^-32). */
+        if (RAND_priv_bytes(kb, sizeof kb) != 1)
+            break;
+        ord_from_bytes(k, kb);
+        if (ord_is_zero(k) || !ord_below_n(k))
+            continue;
+        if (!BN_bin2bn(kb, sizeof kb, s->k) ||
+            EC_POINT_mul(p256, s->r, s->k, NULL, NULL, s->bn) != 1 ||
+            EC_POINT_get_affine_coordinates(p256, s->r, s->x, NULL, s->bn) != 1 ||
+            BN_bn2binpad(s->x, xb, sizeof xb) != sizeof xb)
+            break;
+        ord_from_bytes(r, xb); /* x < p < 2n */
+        ord_reduce_once(r);
+        if (ord_is_zero(r))
+            continue;
+        /* k⁻¹ = b·(k·b)⁻¹ with b a fresh random blinding factor, so the
+         * inversion's time says nothing about k. */
+        if (RAND_bytes(bb, sizeof bb) != 1)
+            break;
+        ord_from_bytes(b, bb);
+        ord_reduce_once(b);
+        if (ord_is_zero(b))
+            continue;
+        ord_mul(t, k, b);
+        ord_inv_vartime(t, t);
+        ord_mul(k, t, b);          /* k⁻¹ */
+        ord_mont_mul(t, r, s->dm); /* r·d */
+        ord_add(t, t, e);          /* e + r·d */
+        ord_mul(sv, t, k);         /* k⁻¹·(e + r·d) */
+        if (ord_is_zero(sv))
+            continue;
+        ord_to_bytes(rs, r);
+        ord_to_bytes(rs + 32, sv);
+        ok = true;
+    }
+    OPENSSL_cleanse(kb, sizeof kb);
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(t, sizeof t);
+    OPENSSL_cleanse(b, sizeof b);
+    BN_zero(s->k);
+    return ok;
+}
+
+size_t sim_ecdsa_raw_to_der(const unsigned char rs[64], unsigned char der[72])
+{
+    unsigned char body[70];
+    size_t n = 0;
+    for (int h = 0; h < 2; h++) {
+        const unsigned char *v = rs + 32 * h;
+        size_t i = 0;
+        while (i < 31 && v[i] == 0)
+            i++;
+        size_t len = 32 - i + (v[i] >= 0x80);
+        body[n++] = 0x02;
+        body[n++] = (unsigned char)len;
+        if (v[i] >= 0x80)
+            body[n++] = 0;
+        memcpy(body + n, v + i, 32 - i);
+        n += 32 - i;
+    }
+    der[0] = 0x30;
+    der[1] = (unsigned char)n;
+    memcpy(der + 2, body, n);
+    return n + 2;
 }

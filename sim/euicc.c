@@ -22,7 +22,7 @@ struct sim_euicc {
     char eid[ESIM_EID_LEN + 1];
     esim_buf key_der;      /* private key, DER; parsed only when signing */
     EVP_PKEY *key;         /* key_der parsed, while the device is in a session */
-    EVP_PKEY_CTX *sign;    /* and ready to sign */
+    sim_ec_signer *sign;   /* and ready to sign */
     esim_buf cert_der;     /* eUICC certificate, DER */
     esim_buf eum_der;      /* the EUM that signed it, DER; empty when it is the PKI's (shared) */
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
@@ -609,15 +609,19 @@ esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsign
     sim_euicc *m = (sim_euicc *)e;
     if (!m->key && !(m->key = key_from_der(&e->key_der)))
         return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
-    if (!m->sign && !(m->sign = sim_sign_ctx(m->key)))
+    if (!m->sign && !(m->sign = sim_ec_signer_new(m->key)))
         return esim_fail(err, ESIM_ECRYPTO, "cannot sign with the eUICC key of %s", e->eid);
-    return sim_ecdsa_sign_raw_ctx(m->sign, data, len, sig, err);
+    unsigned char dgst[32];
+    sim_sha256(data, len, dgst);
+    if (!sim_ec_signer_sign(m->sign, dgst, sig))
+        return esim_fail(err, ESIM_ECRYPTO, "ECDSA signing failed");
+    return ESIM_OK;
 }
 
 void sim_euicc_release_key(sim_euicc *e)
 {
     if (e) {
-        EVP_PKEY_CTX_free(e->sign);
+        sim_ec_signer_free(e->sign);
         e->sign = NULL;
         EVP_PKEY_free(e->key);
         e->key = NULL;

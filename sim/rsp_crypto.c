@@ -137,11 +137,11 @@ static esim_err load_identity(struct sim_pki *p, esim_error *err)
     ok = n > 0 && esim_buf_append(&p->scep_name_der, der, (size_t)n) == ESIM_OK;
     OPENSSL_free(der);
     ok = ok && sim_x509_to_der(p->scep.x509, &p->scep_der) == ESIM_OK;
-    p->identity_sign = ok ? EVP_PKEY_CTX_new(p->identity_key, NULL) : NULL;
-    p->scep_sign = p->identity_sign ? EVP_PKEY_CTX_new(p->scep.key, NULL) : NULL;
-    if (!p->scep_sign || EVP_PKEY_sign_init(p->identity_sign) != 1 ||
-        EVP_PKEY_sign_init(p->scep_sign) != 1)
-        return esim_fail(err, ESIM_ECRYPTO, "could not prepare the simulator identity keys");
+    p->identity_sign = ok ? sim_ec_signer_new(p->identity_key) : NULL;
+    p->scep_sign = p->identity_sign ? sim_ec_signer_new(p->scep.key) : NULL;
+    if (!p->scep_sign)
+        return esim_fail(err, ESIM_ECRYPTO,
+                         "could not prepare the simulator identity keys (P-256 keys?)");
     return ESIM_OK;
 }
 
@@ -156,10 +156,9 @@ static esim_err prepare_eum(struct sim_pki *p, esim_error *err)
     if (ok && ski)
         ok = esim_buf_append(&p->eum_ski, ASN1_STRING_get0_data(ski),
                              (size_t)ASN1_STRING_length(ski)) == ESIM_OK;
-    p->eum_sign = ok ? EVP_PKEY_CTX_new(p->eum.key, NULL) : NULL;
+    p->eum_sign = ok ? sim_ec_signer_new(p->eum.key) : NULL;
     p->ec_keygen = p->eum_sign ? EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL) : NULL;
-    if (!p->ec_keygen || EVP_PKEY_sign_init(p->eum_sign) != 1 ||
-        EVP_PKEY_keygen_init(p->ec_keygen) != 1 ||
+    if (!p->ec_keygen || EVP_PKEY_keygen_init(p->ec_keygen) != 1 ||
         EVP_PKEY_CTX_set_group_name(p->ec_keygen, "P-256") != 1)
         return esim_fail(err, ESIM_ECRYPTO, "could not prepare the EUM for issuing eUICCs");
     return ESIM_OK;
@@ -236,15 +235,15 @@ void sim_pki_free(sim_pki *p)
     esim_cert_clear(&p->dpauth);
     EVP_PKEY_free(p->identity_key);
     esim_cert_clear(&p->scep);
-    EVP_PKEY_CTX_free(p->identity_sign);
-    EVP_PKEY_CTX_free(p->scep_sign);
+    sim_ec_signer_free(p->identity_sign);
+    sim_ec_signer_free(p->scep_sign);
     esim_buf_free(&p->identity_spki);
     esim_buf_free(&p->scep_name_der);
     esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
     sim_cert_cache_free(p->server_certs);
     EVP_PKEY_CTX_free(p->ec_keygen);
-    EVP_PKEY_CTX_free(p->eum_sign);
+    sim_ec_signer_free(p->eum_sign);
     esim_buf_free(&p->eum_name_der);
     esim_buf_free(&p->eum_ski);
     free(p);
@@ -292,7 +291,7 @@ esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
 {
     unsigned char dgst[SHA256_DIGEST_LENGTH], der[80];
     size_t der_len = sizeof der;
-    SHA256(data, len, dgst);
+    sim_sha256(data, len, dgst);
     esim_err rc = ESIM_ECRYPTO;
     if (ctx && EVP_PKEY_sign(ctx, der, &der_len, dgst, sizeof dgst) == 1) {
         const unsigned char *p = der;
@@ -494,7 +493,8 @@ esim_err sim_cert_cache_verify_by(sim_cert_cache *c, X509 *signer, const void *d
                           : NULL;
     if (f) {
         unsigned char dgst[SHA256_DIGEST_LENGTH];
-        int ok = SHA256(data, len, dgst) ? sim_ec_fixed_verify(f, dgst, sig) : -1;
+        sim_sha256(data, len, dgst);
+        int ok = sim_ec_fixed_verify(f, dgst, sig);
         if (ok == 1)
             return ESIM_OK;
         if (ok == 0)

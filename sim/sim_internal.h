@@ -16,6 +16,8 @@
 
 #define SIM_PATH_MAX 1024
 
+typedef struct sim_ec_signer sim_ec_signer; /* ec_fixed.c */
+
 struct sim_pki {
     char dir[SIM_PATH_MAX];
     char topic[256];
@@ -28,11 +30,11 @@ struct sim_pki {
     esim_buf identity_spki; /* identity_key's SubjectPublicKeyInfo, DER */
     esim_buf scep_name_der; /* scep's subject Name, DER: the identities' issuer */
     esim_buf scep_der;      /* scep's certificate, DER: sent along with each identity */
-    EVP_PKEY_CTX *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
+    sim_ec_signer *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
     esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
     struct sim_cert_cache *server_certs; /* SM-DP+ certificates the eUICCs verified (lpa.c) */
     EVP_PKEY_CTX *ec_keygen;             /* P-256 key generation, set up once */
-    EVP_PKEY_CTX *eum_sign;              /* eum's key, ready to sign a SHA-256 digest */
+    sim_ec_signer *eum_sign;             /* eum's key, ready to sign a SHA-256 digest */
     esim_buf eum_name_der;               /* eum's subject Name, DER: the eUICCs' issuer */
     esim_buf eum_ski;                    /* eum's subjectKeyIdentifier (may be empty) */
 };
@@ -75,6 +77,23 @@ int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32],
 /* The same with a DER ECDSA-Sig-Value, which must be canonical. */
 int sim_ec_fixed_verify_der(sim_ec_fixed *f, const unsigned char digest[32],
                             const unsigned char *sig, size_t sig_len);
+/*
+ * ECDSA P-256 signing by one private key that signs many times (ec_fixed.c):
+ * set up once, then each signature is a random k, k·G through OpenSSL's
+ * precomputed generator table and the arithmetic modulo n in 64-bit limbs
+ * (about three quarters of EVP_PKEY_sign's instructions). Ordinary ECDSA
+ * signatures. NULL when |key| is not a P-256 private key (or d is not in
+ * [1, n-1]). Not for use from two threads at once.
+ */
+sim_ec_signer *sim_ec_signer_new(EVP_PKEY *key);
+sim_ec_signer *sim_ec_signer_new_raw(const unsigned char d[32]); /* d big-endian */
+void sim_ec_signer_free(sim_ec_signer *s);                       /* NULL ok */
+/* The signature of the SHA-256 |digest| as raw r||s; false on failure. */
+bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsigned char rs[64]);
+/* The DER ECDSA-Sig-Value of raw |rs| (canonical); its length (at most 72). */
+size_t sim_ecdsa_raw_to_der(const unsigned char rs[64], unsigned char der[72]);
+/* SHA-256 without OpenSSL 3.0's per-call algorithm fetch (SHA256()). */
+void sim_sha256(const void *data, size_t len, unsigned char out[32]);
 /* Verifies |leaf| up to the trusted root |ci| through |intermediate| (may be NULL). */
 esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *err);
 /*

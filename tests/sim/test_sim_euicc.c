@@ -417,6 +417,101 @@ static void test_ec_fixed_verify(void **state)
     EVP_PKEY_free(other);
 }
 
+/* The ECDSA signer (ec_fixed.c) makes ordinary P-256 signatures: each
+ * verifies with OpenSSL (EVP over its DER, which is canonical) and with the
+ * fixed-key verifier, a fresh k each time (two signatures of one digest
+ * differ), and signatures by OpenSSL verify with the fixed-key verifier
+ * (the arithmetic modulo n both ways, over enough signatures to meet r or
+ * s with a leading zero byte or the top bit set). Not P-256, d = 0 or
+ * d >= n: no signer. */
+static void test_ec_signer(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    assert_non_null(k);
+    unsigned char point[65];
+    size_t plen = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+                                                     sizeof point, &plen),
+                     1);
+    sim_ec_fixed *f = sim_ec_fixed_new(point);
+    sim_ec_signer *s = sim_ec_signer_new(k);
+    assert_non_null(f);
+    assert_non_null(s);
+    EVP_PKEY_CTX *vctx = EVP_PKEY_CTX_new(k, NULL);
+    assert_non_null(vctx);
+    assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+    int padded = 0;
+    for (int i = 0; i < 300; i++) {
+        unsigned char dg[32], rs[64], rs2[64], der[72];
+        char msg[32];
+        snprintf(msg, sizeof msg, "signed %d", i);
+        SHA256((const unsigned char *)msg, strlen(msg), dg);
+        if (i == 299)
+            memset(dg, 0xff, sizeof dg); /* a digest above n */
+        assert_true(sim_ec_signer_sign(s, dg, rs));
+        size_t n = sim_ecdsa_raw_to_der(rs, der);
+        assert_int_equal(EVP_PKEY_verify(vctx, der, n, dg, sizeof dg), 1);
+        const unsigned char *p = der;
+        ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)n);
+        assert_non_null(es);
+        unsigned char *again = NULL;
+        assert_int_equal(i2d_ECDSA_SIG(es, &again), (int)n);
+        assert_memory_equal(again, der, n);
+        OPENSSL_free(again);
+        ECDSA_SIG_free(es);
+        padded += rs[0] >= 0x80 || rs[32] >= 0x80;
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 1);
+        assert_int_equal(sim_ecdsa_verify_raw(k, msg, strlen(msg), rs, 64, NULL),
+                         i == 299 ? ESIM_ECRYPTO : ESIM_OK);
+        assert_true(sim_ec_signer_sign(s, dg, rs2));
+        assert_memory_not_equal(rs, rs2, 64);
+        dg[0] ^= 1;
+        assert_int_not_equal(EVP_PKEY_verify(vctx, der, n, dg, sizeof dg), 1);
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 0);
+        /* OpenSSL's signature, checked by the fixed-key verifier. */
+        assert_int_equal(sim_ecdsa_sign_raw(k, msg, strlen(msg), rs, NULL), ESIM_OK);
+        SHA256((const unsigned char *)msg, strlen(msg), dg);
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 1);
+    }
+    assert_true(padded > 0);
+    /* Signatures whose r or s has a leading zero byte (about one in 128):
+     * a shorter DER INTEGER, still canonical and valid. */
+    int short_der = 0;
+    for (int i = 0; i < 20000 && short_der < 3; i++) {
+        unsigned char dg[32] = {(unsigned char)i, (unsigned char)(i >> 8)}, rs[64], der[72];
+        assert_true(sim_ec_signer_sign(s, dg, rs));
+        if (rs[0] != 0 && rs[32] != 0)
+            continue;
+        short_der++;
+        size_t n = sim_ecdsa_raw_to_der(rs, der);
+        assert_true(n < 72);
+        assert_int_equal(EVP_PKEY_verify(vctx, der, n, dg, sizeof dg), 1);
+        assert_int_equal(sim_ec_fixed_verify(f, dg, rs), 1);
+    }
+    assert_int_equal(short_der, 3);
+    EVP_PKEY_CTX_free(vctx);
+    sim_ec_signer_free(s);
+    sim_ec_fixed_free(f);
+    EVP_PKEY_free(k);
+    /* Not a P-256 private key. */
+    EVP_PKEY *p384 = EVP_EC_gen("P-384");
+    assert_null(sim_ec_signer_new(p384));
+    EVP_PKEY_free(p384);
+    assert_null(sim_ec_signer_new(NULL));
+    unsigned char d[32] = {0};
+    assert_null(sim_ec_signer_new_raw(d));
+    static const unsigned char n_p256[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00,
+                                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                             0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84,
+                                             0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+    assert_null(sim_ec_signer_new_raw(n_p256));
+    d[31] = 1;
+    sim_ec_signer *one = sim_ec_signer_new_raw(d);
+    assert_non_null(one);
+    sim_ec_signer_free(one);
+}
+
 /* sim_cert_cache_verify_by: the same answers before and after the signer's
  * table is built (past 256 signatures by one key), other keys untouched. */
 static void test_cert_cache_verify_by(void **state)
@@ -460,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_notifications),
         cmocka_unit_test(test_persistence),
         cmocka_unit_test(test_ec_fixed_verify),
+        cmocka_unit_test(test_ec_signer),
         cmocka_unit_test(test_cert_cache_verify_by),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
