@@ -266,7 +266,8 @@ static esim_err get_rat(const uint8_t *req, size_t len, esim_buf *out, esim_erro
 
 /* The state's form of an EimConfigurationData; m->key_der is the caller's.
  * ESIM_EINVAL (|err| says why) for a config the eUICC cannot keep. */
-static esim_err eim_from_config(const EimConfigurationData_t *c, sim_eim_info *m, esim_error *err)
+static esim_err eim_from_config(const sim_euicc *e, const EimConfigurationData_t *c,
+                                sim_eim_info *m, esim_error *err)
 {
     memset(m, 0, sizeof *m);
     if (!str_copy(&c->eimId, m->eim_id, sizeof m->eim_id) || !m->eim_id[0])
@@ -296,7 +297,7 @@ static esim_err eim_from_config(const EimConfigurationData_t *c, sim_eim_info *m
         m->key_is_cert = cert;
         /* A key the eUICC cannot use would make every package fail later. */
         const unsigned char *p = m->key_der.data;
-        X509 *x = cert ? d2i_X509(NULL, &p, (long)m->key_der.len) : NULL;
+        X509 *x = cert ? sim_euicc_parse_cert_der(e, p, m->key_der.len) : NULL;
         EVP_PKEY *pk =
             cert ? (x ? X509_get_pubkey(x) : NULL) : d2i_PUBKEY(NULL, &p, (long)m->key_der.len);
         bool ok = pk && EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC;
@@ -333,9 +334,8 @@ static bool eim_ci_ok(const sim_euicc *e, const EimConfigurationData_t *c)
     bool ok = false;
     if (sgp32_encode(&asn_DEF_Certificate, &c->eimPublicKeyData->choice.eimCertificate, &der,
                      NULL) == ESIM_OK) {
-        const unsigned char *p = der.data;
-        X509 *x = d2i_X509(NULL, &p, (long)der.len);
-        ok = x && sim_chain_verify(ci, NULL, x, NULL) == ESIM_OK;
+        X509 *x = sim_euicc_verify_ci_cert_der(e, der.data, der.len);
+        ok = x != NULL;
         X509_free(x);
     }
     esim_buf_free(&der);
@@ -420,7 +420,7 @@ static esim_err add_initial_eim(sim_euicc *e, const uint8_t *req, size_t len, es
     else if (n > SIM_MAX_EIMS)
         code = AddInitialEimResponse__addInitialEimError_insufficientMemory;
     for (size_t i = 0; rc == ESIM_OK && !code && i < n; i++) {
-        rc = eim_from_config(q->eimConfigurationDataList.list.array[i], &cfg[i], err);
+        rc = eim_from_config(e, q->eimConfigurationDataList.list.array[i], &cfg[i], err);
         for (size_t k = 0; rc == ESIM_OK && k < i; k++)
             if (strcmp(cfg[k].eim_id, cfg[i].eim_id) == 0)
                 rc = esim_fail(err, ESIM_EINVAL, "AddInitialEim: eIM %s twice", cfg[i].eim_id);
@@ -705,14 +705,14 @@ static esim_err remove_notification(sim_euicc *e, const uint8_t *req, size_t len
 /* ---- LoadEuiccPackage -------------------------------------------------------------- */
 
 /* The eIM's public key from its configuration; NULL when it has none. */
-static EVP_PKEY *eim_public_key(const sim_eim_info *m)
+static EVP_PKEY *eim_public_key(const sim_euicc *e, const sim_eim_info *m)
 {
     if (!m->key_der.len)
         return NULL;
     const unsigned char *p = m->key_der.data;
     if (!m->key_is_cert)
         return d2i_PUBKEY(NULL, &p, (long)m->key_der.len);
-    X509 *x = d2i_X509(NULL, &p, (long)m->key_der.len);
+    X509 *x = sim_euicc_parse_cert_der(e, m->key_der.data, m->key_der.len);
     EVP_PKEY *k = x ? X509_get_pubkey(x) : NULL;
     X509_free(x);
     return k;
@@ -796,7 +796,7 @@ static esim_err run_eco(sim_euicc *e, const Eco_t *c, EuiccResultData_t *r)
         r->present = EuiccResultData_PR_addEimResult;
         AddEimResult_t *a = &r->choice.addEimResult;
         a->present = AddEimResult_PR_addEimResultCode;
-        if (eim_from_config(&c->choice.addEim, &m, NULL) != ESIM_OK) {
+        if (eim_from_config(e, &c->choice.addEim, &m, NULL) != ESIM_OK) {
             a->choice.addEimResultCode = AddEimResult__addEimResultCode_commandError;
             return ESIM_OK;
         }
@@ -834,7 +834,7 @@ static esim_err run_eco(sim_euicc *e, const Eco_t *c, EuiccResultData_t *r)
     }
     case Eco_PR_updateEim: {
         r->present = EuiccResultData_PR_updateEimResult;
-        if (eim_from_config(&c->choice.updateEim, &m, NULL) != ESIM_OK) {
+        if (eim_from_config(e, &c->choice.updateEim, &m, NULL) != ESIM_OK) {
             r->choice.updateEimResult = EuiccResultData__updateEimResult_commandError;
             return ESIM_OK;
         }
@@ -995,7 +995,7 @@ static esim_err load_package(sim_euicc *e, const uint8_t *req, size_t len, esim_
         eim = sim_euicc_eim_find(e, eim_id);
     bool verified = false;
     if (rc == ESIM_OK && eim) {
-        EVP_PKEY *pub = eim_public_key(eim);
+        EVP_PKEY *pub = eim_public_key(e, eim);
         long token = (long)eim->association_token;
         verified = pub && sgp32_package_verify(q, pub, &token, NULL) == ESIM_OK;
         EVP_PKEY_free(pub);

@@ -264,6 +264,18 @@ X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_err
     return sim_cert_cache_verify(e->pki->server_certs, b64, e->pki->ci.x509, NULL, &why, err);
 }
 
+X509 *sim_euicc_verify_ci_cert_der(const sim_euicc *e, const unsigned char *der, size_t len)
+{
+    esim_err why;
+    return sim_cert_cache_verify_der(e->pki->server_certs, der, len, e->pki->ci.x509, NULL, &why,
+                                     NULL);
+}
+
+X509 *sim_euicc_parse_cert_der(const sim_euicc *e, const unsigned char *der, size_t len)
+{
+    return sim_cert_cache_parse_der(e->pki->server_certs, der, len);
+}
+
 esim_err sim_euicc_verify_by(const sim_euicc *e, X509 *cert, const void *data, size_t len,
                              const unsigned char *sig, size_t sig_len)
 {

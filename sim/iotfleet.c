@@ -53,6 +53,7 @@ struct sim_iotfleet {
     struct event *reg_retry;
     bool registering;
     sim_iotfleet_stats st;
+    esim_buf eim_der; /* eim.pem as DER, read once for every new device */
 };
 
 static uint64_t mix(uint64_t *x)
@@ -268,22 +269,29 @@ esim_err sim_iotfleet_new(const sim_iotfleet_config *cfg, size_t capacity, sim_i
     return ESIM_OK;
 }
 
-/* The eIM's certificate (DER) from the test PKI. */
-static esim_err eim_cert(const sim_iotfleet *f, esim_buf *out, esim_error *err)
+/* The eIM's certificate (DER) from the test PKI, read at the first new
+ * device and kept for the others (every IPA hands its eUICC the same one). */
+static esim_err eim_cert(sim_iotfleet *f, esim_buf *out, esim_error *err)
 {
-    char path[SIM_PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s/eim.pem", f->cfg.pki_dir);
-    FILE *fp = fopen(path, "r");
-    X509 *x = fp ? PEM_read_X509(fp, NULL, NULL, NULL) : NULL;
-    if (fp)
-        fclose(fp);
-    unsigned char *der = NULL;
-    int n = x ? i2d_X509(x, &der) : -1;
-    X509_free(x);
-    esim_err rc = n > 0 ? esim_buf_append(out, der, (size_t)n)
-                        : esim_fail(err, ESIM_ECRYPTO, "no eIM certificate in %s", path);
-    OPENSSL_free(der);
-    return rc;
+    if (!f->eim_der.len) {
+        char path[SIM_PATH_MAX + 16];
+        snprintf(path, sizeof path, "%s/eim.pem", f->cfg.pki_dir);
+        FILE *fp = fopen(path, "r");
+        X509 *x = fp ? PEM_read_X509(fp, NULL, NULL, NULL) : NULL;
+        if (fp)
+            fclose(fp);
+        unsigned char *der = NULL;
+        int n = x ? i2d_X509(x, &der) : -1;
+        X509_free(x);
+        esim_err rc = n > 0 ? esim_buf_append(&f->eim_der, der, (size_t)n)
+                            : esim_fail(err, ESIM_ECRYPTO, "no eIM certificate in %s", path);
+        OPENSSL_free(der);
+        if (rc != ESIM_OK) {
+            esim_buf_free(&f->eim_der);
+            return rc;
+        }
+    }
+    return esim_buf_append(out, f->eim_der.data, f->eim_der.len);
 }
 
 esim_err sim_iotfleet_add(sim_iotfleet *f, unsigned i, esim_error *err)
@@ -378,6 +386,7 @@ void sim_iotfleet_free(sim_iotfleet *f)
         sim_euicc_free(sl->e);
     }
     free(f->slots);
+    esim_buf_free(&f->eim_der);
     free(f);
 }
 

@@ -208,7 +208,7 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     p->topic[n] = '\0';
     esim_buf_free(&t);
     rc = load_identity(p, err);
-    if (rc == ESIM_OK && !(p->server_certs = sim_cert_cache_new(16)))
+    if (rc == ESIM_OK && !(p->server_certs = sim_cert_cache_new(64)))
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (rc == ESIM_OK)
         rc = prepare_eum(p, err);
@@ -400,6 +400,7 @@ struct sim_cert_cache {
     size_t next_fixed;
     X509 *signer; /* the last certificate of sim_cert_cache_verify_by (a reference) */
     unsigned char signer_point[65];
+    size_t chain_checks; /* X509_verify_cert runs (sim_cert_cache_verify_der's misses) */
 };
 
 /* Signatures by one key before its table is built: the table costs about
@@ -513,31 +514,42 @@ X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *
         esim_fail(err, ESIM_EINVAL, "certificate is not base64");
         return NULL;
     }
+    X509 *x = sim_cert_cache_verify_der(c, der.data, der.len, ci, intermediate, why, err);
+    esim_buf_free(&der);
+    return x;
+}
+
+static cert_slot *slot_of(sim_cert_cache *c, const unsigned char sha[SHA256_DIGEST_LENGTH])
+{
+    return &c->slots[(((size_t)sha[0] << 8) | sha[1] | ((size_t)sha[2] << 16)) & (c->n - 1)];
+}
+
+X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, size_t len, X509 *ci,
+                                X509 *intermediate, esim_err *why, esim_error *err)
+{
     unsigned char sha[SHA256_DIGEST_LENGTH], via[SHA256_DIGEST_LENGTH] = {0};
     unsigned int vl = sizeof via;
-    SHA256(der.data, der.len, sha);
+    *why = ESIM_EINVAL;
+    SHA256(der, len, sha);
     if (intermediate && X509_digest(intermediate, EVP_sha256(), via, &vl) != 1) {
-        esim_buf_free(&der);
         *why = ESIM_ECRYPTO;
         esim_fail(err, ESIM_ECRYPTO, "cannot hash the intermediate certificate");
         return NULL;
     }
-    size_t idx = (((size_t)sha[0] << 8) | sha[1] | ((size_t)sha[2] << 16)) & (c->n - 1);
-    cert_slot *e = &c->slots[idx];
+    cert_slot *e = slot_of(c, sha);
     int64_t now = esim_mono_ms();
     if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 &&
         memcmp(e->via_sha, via, sizeof via) == 0 && now - e->verified_ms < CERT_CACHE_REVERIFY_MS &&
         X509_up_ref(e->x509)) {
-        esim_buf_free(&der);
         *why = ESIM_OK;
         return e->x509;
     }
-    X509 *x = sim_x509_from_der(der.data, der.len);
-    esim_buf_free(&der);
+    X509 *x = sim_x509_from_der(der, len);
     if (!x) {
         esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509");
         return NULL;
     }
+    c->chain_checks++;
     if (sim_chain_verify(ci, intermediate, x, err) != ESIM_OK) {
         X509_free(x);
         *why = ESIM_ECRYPTO;
@@ -555,6 +567,21 @@ X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *
     }
     *why = ESIM_OK;
     return x;
+}
+
+size_t sim_cert_cache_chain_checks(const sim_cert_cache *c)
+{
+    return c->chain_checks;
+}
+
+X509 *sim_cert_cache_parse_der(sim_cert_cache *c, const unsigned char *der, size_t len)
+{
+    unsigned char sha[SHA256_DIGEST_LENGTH];
+    SHA256(der, len, sha);
+    cert_slot *e = slot_of(c, sha);
+    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 && X509_up_ref(e->x509))
+        return e->x509;
+    return sim_x509_from_der(der, len);
 }
 
 /* Makes |issuer| the cache's current issuer; false when it may not issue
@@ -700,8 +727,7 @@ EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 
     }
     unsigned char sha[SHA256_DIGEST_LENGTH];
     SHA256(der.data, der.len, sha);
-    size_t idx = (((size_t)sha[0] << 8) | sha[1] | ((size_t)sha[2] << 16)) & (c->n - 1);
-    cert_slot *e = &c->slots[idx];
+    cert_slot *e = slot_of(c, sha);
     int64_t now = esim_mono_ms();
     if (e->key && memcmp(e->sha, sha, sizeof sha) == 0 &&
         memcmp(e->via_sha, c->issuer_sha, sizeof sha) == 0 &&

@@ -32,7 +32,9 @@ struct sim_pki {
     esim_buf scep_der;      /* scep's certificate, DER: sent along with each identity */
     sim_ec_signer *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
     esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
-    struct sim_cert_cache *server_certs; /* SM-DP+ certificates the eUICCs verified (lpa.c) */
+    /* Certificates the eUICCs verified against the CI: the SM-DP+'s (lpa.c)
+     * and the eIMs' (es10.c), so a fleet checks each one once. */
+    struct sim_cert_cache *server_certs;
     EVP_PKEY_CTX *ec_keygen;             /* P-256 key generation, set up once */
     sim_ec_signer *eum_sign;             /* eum's key, ready to sign a SHA-256 digest */
     esim_buf eum_name_der;               /* eum's subject Name, DER: the eUICCs' issuer */
@@ -111,6 +113,16 @@ void sim_cert_cache_free(sim_cert_cache *c); /* NULL ok */
  * verify) and |err| saying why. */
 X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
                             esim_err *why, esim_error *err);
+/* The same with the certificate's DER (|len| bytes). */
+X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, size_t len, X509 *ci,
+                                X509 *intermediate, esim_err *why, esim_error *err);
+/* The certificate |der| parsed (nothing verified): the cache's own parse
+ * of these same bytes when one of its verified entries has this DER
+ * (whatever its age), else d2i_X509's. A reference the caller frees, or
+ * NULL when it is not DER X.509. */
+X509 *sim_cert_cache_parse_der(sim_cert_cache *c, const unsigned char *der, size_t len);
+/* How many chains sim_cert_cache_verify(_der) verified (not from the cache). */
+size_t sim_cert_cache_chain_checks(const sim_cert_cache *c);
 /* An end-entity certificate in base64 DER |b64| (a P-256 key, ECDSA-SHA256)
  * issued by |issuer|, which the caller has verified (sim_cert_cache_verify):
  * checked as a chain verifier checks the last link (the issuer is a CA
@@ -177,6 +189,13 @@ X509 *sim_euicc_trusted_ci(const sim_euicc *e);
 /* The SM-DP+ certificate in base64 DER, verified to chain to that CI (the
  * PKI's cache remembers certificates that did); a reference, or NULL. */
 X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_error *err);
+/* A certificate in DER (an eIM's) issued by that CI, verified through the
+ * same cache: a fleet's eUICCs check the one eIM certificate once. A
+ * reference, or NULL when it is not one or does not verify. */
+X509 *sim_euicc_verify_ci_cert_der(const sim_euicc *e, const unsigned char *der, size_t len);
+/* A certificate in DER parsed (not verified): the cache's parse of the same
+ * bytes when it holds one (sim_cert_cache_parse_der). A reference or NULL. */
+X509 *sim_euicc_parse_cert_der(const sim_euicc *e, const unsigned char *der, size_t len);
 /* ESIM_OK when |sig| (raw r||s) is the signature of |data| by |cert| (an
  * SM-DP+ certificate sim_euicc_verify_server_cert returned), through the
  * PKI's certificate cache (sim_cert_cache_verify_by). */
