@@ -512,7 +512,10 @@ typedef struct {
  * the parsed slots; an EC public key is ≈ 1 KiB where an X509 is ≈ 5. */
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    EVP_PKEY *key; /* NULL: empty slot */
+    EVP_PKEY *key;       /* NULL: empty slot */
+    EVP_PKEY_CTX *vctx;  /* |key| made ready to verify (EVP_PKEY_verify_init), once:
+                          * that init fetches the signature algorithm, ≈ 24,000
+                          * instructions a message */
 } auth_key_slot;
 
 /* A certificate that issued a device identity whose chain OpenSSL
@@ -526,6 +529,8 @@ typedef struct {
 #define AUTH_ISSUERS 8
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH]; /* its DER's digest */
+    unsigned char *der;                      /* its DER (OPENSSL_malloc'd) */
+    size_t der_len;
     unsigned char *subject;                  /* its subject Name's DER; NULL: empty */
     size_t subject_len;
     EVP_PKEY *key;
@@ -552,10 +557,12 @@ void auth_cache_free(esim_service *svc)
         return;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++) {
         X509_free(svc->auth_cache->slot[i].x509);
+        EVP_PKEY_CTX_free(svc->auth_cache->keys[i].vctx);
         EVP_PKEY_free(svc->auth_cache->keys[i].key);
     }
     for (size_t i = 0; i < AUTH_ISSUERS; i++) {
         free(svc->auth_cache->issuers[i].subject);
+        OPENSSL_free(svc->auth_cache->issuers[i].der);
         EVP_PKEY_free(svc->auth_cache->issuers[i].key);
     }
     free(svc->auth_cache->ver);
@@ -1164,7 +1171,7 @@ bool auth_signer_parse(const unsigned char *der, size_t len, auth_signer_info *o
  */
 static esim_err verify_with_key(esim_service *svc, const auth_signer_info *si,
                                 const unsigned char *body, size_t len, EVP_PKEY *key,
-                                int64_t *signed_at, esim_error *err);
+                                EVP_PKEY_CTX **vctx, int64_t *signed_at, esim_error *err);
 
 static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsigned char *body,
                               size_t len, STACK_OF(X509) * stack, size_t *signer,
@@ -1180,18 +1187,39 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
     if (li == n)
         return ESIM_ENOTFOUND;
     EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(stack, (int)li));
-    esim_err rc = verify_with_key(svc, &si, body, len, key, signed_at, err);
+    esim_err rc = verify_with_key(svc, &si, body, len, key, NULL, signed_at, err);
     if (rc == ESIM_OK)
         *signer = li;
     return rc;
 }
 
+/* |md| over |tag| then |data| into |out| (*out_len bytes) with the
+ * cache's reused context. False on failure. */
+static bool digest_tagged(esim_service *svc, EVP_MD *md, unsigned char tag, const void *data,
+                          size_t len, unsigned char *out, unsigned *out_len)
+{
+    struct auth_cache *c = svc->auth_cache;
+    if (!c->dctx && !(c->dctx = EVP_MD_CTX_new()))
+        return false;
+    bool ok = md && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
+              EVP_DigestUpdate(c->dctx, &tag, 1) == 1 &&
+              EVP_DigestUpdate(c->dctx, data, len) == 1 &&
+              EVP_DigestFinal_ex(c->dctx, out, out_len) == 1;
+    if (!ok)
+        ERR_clear_error();
+    return ok;
+}
+
 /* The checks of verify_direct once the signer's key is known: the body's
  * digest, then the signature over the attributes (their SET OF tag in
- * place of the [0] they are sent with), and the signingTime. */
+ * place of the [0] they are sent with), and the signingTime. With |vctx|
+ * (an EC key's verify context kept beside it, made here on first use) the
+ * attributes' digest is made here and ECDSA_verify checks the signature
+ * over it through that context, as EVP_DigestVerifyFinal does after making
+ * the same digest: the same check without fetching the algorithm again. */
 static esim_err verify_with_key(esim_service *svc, const auth_signer_info *sip,
                                 const unsigned char *body, size_t len, EVP_PKEY *key,
-                                int64_t *signed_at, esim_error *err)
+                                EVP_PKEY_CTX **vctx, int64_t *signed_at, esim_error *err)
 {
     const auth_signer_info si = *sip;
     if (!key || EVP_PKEY_get_base_id(key) != si.key_type)
@@ -1203,15 +1231,34 @@ static esim_err verify_with_key(esim_service *svc, const auth_signer_info *sip,
         return ESIM_ENOTFOUND;
     if (mine_len != si.digest_len || CRYPTO_memcmp(mine, si.digest, si.digest_len) != 0)
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx)
-        return ESIM_ENOTFOUND;
     static const unsigned char set_tag = 0x31;
-    int ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) == 1 &&
+    int ok;
+    if (vctx && si.key_type == EVP_PKEY_EC) {
+        if (!*vctx) {
+            EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+            if (!c || EVP_PKEY_verify_init(c) != 1) {
+                EVP_PKEY_CTX_free(c);
+                ERR_clear_error();
+                return ESIM_ENOTFOUND;
+            }
+            *vctx = c;
+        }
+        unsigned char attrs[EVP_MAX_MD_SIZE];
+        unsigned attrs_len = 0;
+        if (!digest_tagged(svc, md, set_tag, si.attrs_tlv + 1, si.attrs_tlv_len - 1, attrs,
+                           &attrs_len))
+            return ESIM_ENOTFOUND;
+        ok = EVP_PKEY_verify(*vctx, si.sig, si.sig_len, attrs, attrs_len) == 1;
+    } else {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        if (!ctx)
+            return ESIM_ENOTFOUND;
+        ok = EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) == 1 &&
              EVP_DigestVerifyUpdate(ctx, &set_tag, 1) == 1 &&
              EVP_DigestVerifyUpdate(ctx, si.attrs_tlv + 1, si.attrs_tlv_len - 1) == 1 &&
              EVP_DigestVerifyFinal(ctx, si.sig, si.sig_len) == 1;
-    EVP_MD_CTX_free(ctx);
+        EVP_MD_CTX_free(ctx);
+    }
     ERR_clear_error();
     if (!ok)
         return esim_fail(err, ESIM_EAUTH, "the Mdm-Signature does not verify over the body");
@@ -1348,22 +1395,25 @@ static EVP_PKEY *p256_key(esim_service *svc, const unsigned char point[65])
     return key;
 }
 
-/* The key of the certificate |sha| made from its kept |point|, from its
- * slot or made now (the slot keeps it). NULL on failure. */
-static EVP_PKEY *kept_key(esim_service *svc, const unsigned char *sha,
-                          const unsigned char point[65])
+/* The slot holding the key of the certificate |sha| made from its kept
+ * |point|: found, or made now (the slot keeps it, its verify context made
+ * on first use). NULL on failure. */
+static auth_key_slot *kept_key(esim_service *svc, const unsigned char *sha,
+                               const unsigned char point[65])
 {
     auth_key_slot *k =
         &svc->auth_cache->keys[((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS];
     if (k->key && memcmp(k->sha, sha, sizeof k->sha) == 0)
-        return k->key;
+        return k;
     EVP_PKEY *key = p256_key(svc, point);
     if (!key)
         return NULL;
+    EVP_PKEY_CTX_free(k->vctx);
+    k->vctx = NULL;
     EVP_PKEY_free(k->key);
     k->key = key;
     memcpy(k->sha, sha, sizeof k->sha);
-    return key;
+    return k;
 }
 
 /* The path for a signer whose parsed slot was taken (a fleet larger than
@@ -1383,11 +1433,11 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
         return ESIM_ENOTFOUND;
     size_t li = 0;
     const auth_verified *v = known_signer(svc, &si, shas, n, esim_now_ms(), &li);
-    EVP_PKEY *key = v ? kept_key(svc, shas[li], v->key.point) : NULL;
-    if (!key)
+    auth_key_slot *k = v ? kept_key(svc, shas[li], v->key.point) : NULL;
+    if (!k)
         return ESIM_ENOTFOUND;
     int64_t signed_at = 0;
-    esim_err rc = verify_with_key(svc, &si, body, len, key, &signed_at, err);
+    esim_err rc = verify_with_key(svc, &si, body, len, k->key, &k->vctx, &signed_at, err);
     if (rc != ESIM_OK)
         return rc;
     svc->m.identity_cache_keys++;
@@ -1455,7 +1505,6 @@ static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until
     }
     unsigned char sha[SHA256_DIGEST_LENGTH];
     svc_sha256(svc, der, (size_t)der_len, sha);
-    OPENSSL_free(der);
     /* Its own entry again, else an empty one, else the oldest. */
     auth_issuer *e = NULL;
     for (size_t i = 0; i < AUTH_ISSUERS && !e; i++)
@@ -1472,19 +1521,19 @@ static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until
     }
     const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(iss);
     size_t ski_len = ski ? (size_t)ASN1_STRING_length(ski) : 0;
-    if (ski_len > sizeof e->ski)
-        return;
-    unsigned char *subject = malloc(name_len);
-    if (!subject)
-        return;
-    if (!EVP_PKEY_up_ref(key)) {
+    unsigned char *subject = ski_len <= sizeof e->ski ? malloc(name_len) : NULL;
+    if (!subject || !EVP_PKEY_up_ref(key)) {
         free(subject);
+        OPENSSL_free(der);
         return;
     }
     free(e->subject);
+    OPENSSL_free(e->der);
     EVP_PKEY_free(e->key);
     memset(e, 0, sizeof *e);
     memcpy(e->sha, sha, sizeof sha);
+    e->der = der;
+    e->der_len = (size_t)der_len;
     memcpy(subject, name, name_len);
     e->subject = subject;
     e->subject_len = name_len;
@@ -1601,6 +1650,23 @@ static esim_err verify_fresh(esim_service *svc, const esim_buf *der, const unsig
     return verify_known(svc, der, shas, n, body, len, out, err);
 }
 
+/* The digest of the certificate |der| (|len| bytes) when those are the
+ * bytes of a kept issuer (a device sends its CA's certificate with every
+ * message): copied from that issuer's entry, not made again. False: not
+ * one of them. */
+static bool issuer_digest(esim_service *svc, const unsigned char *der, size_t len,
+                          unsigned char *sha)
+{
+    for (size_t i = 0; i < AUTH_ISSUERS; i++) {
+        const auth_issuer *e = &svc->auth_cache->issuers[i];
+        if (e->der && e->der_len == len && memcmp(e->der, der, len) == 0) {
+            memcpy(sha, e->sha, sizeof e->sha);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The fast path: certificates come from the cache, the signature is checked
  * against them, and a signer whose chain verified recently is not verified
  * again. ESIM_ENOTFOUND: this CMS needs the ordinary path.
@@ -1627,7 +1693,8 @@ static esim_err verify_cached(esim_service *svc, const esim_buf *der, const unsi
     unsigned char shas[8][SHA256_DIGEST_LENGTH];
     bool parsed = true;
     for (size_t i = 0; i < n; i++) {
-        svc_sha256(svc, certs[i], cert_lens[i], shas[i]);
+        if (!issuer_digest(svc, certs[i], cert_lens[i], shas[i]))
+            svc_sha256(svc, certs[i], cert_lens[i], shas[i]);
         parsed = parsed && cache_has(svc, shas[i]);
     }
     if (!parsed) {

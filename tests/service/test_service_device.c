@@ -429,8 +429,12 @@ static void tlv(const unsigned char *p, size_t *hdr, size_t *len)
  * the device's queue. The
  * same holds for the service's own reader of the usual shape (auth.c,
  * counted as "direct") and for CMS_verify, which takes what it does not
- * read. */
-static void tamper_every_byte(fixture *f, bool p256)
+ * read. With |kept|, an identity read in place (a second one of its
+ * issuer): its messages are checked with its kept key and the verify
+ * context kept with it ("key"), the signature value's bytes are changed
+ * first and each refused there, nothing parsed (what breaks the shape of
+ * the rest goes the ordinary way, which parses the certificate). */
+static void tamper_every_byte(fixture *f, bool p256, bool kept)
 {
     if (p256) { /* a P-256 identity from the device CA, as newer iPhones have */
         esim_cert ca = {0};
@@ -440,9 +444,13 @@ static void tamper_every_byte(fixture *f, bool p256)
         assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
         esim_cert_clear(&ca);
     }
+    static const char key[] = "esim_mdm_identity_cache_total{result=\"key\"}";
+    static const char miss[] = "esim_mdm_identity_cache_total{result=\"miss\"}";
+    const char *path = kept ? key : "esim_mdm_signature_checks_total{path=\"direct\"}";
+    long long misses = api_metric(f->ts.url, miss);
     device_enroll(&f->dev);
-    long long direct = api_metric(f->ts.url, "esim_mdm_signature_checks_total{path=\"direct\"}");
-    assert_true(direct >= 1); /* the enrolment's messages went the direct way */
+    long long direct = api_metric(f->ts.url, path);
+    assert_true(direct >= 1); /* the enrolment's messages went that way */
     char a[128];
     api_enqueue_refresh(f->ts.url, f->dev.udid, "smdp.example.com", a);
     esim_buf idle = {0};
@@ -497,8 +505,14 @@ static void tamper_every_byte(fixture *f, bool p256)
     assert_int_equal(der.data[spans[1][0]], 0xa0);
     assert_int_equal(der.data[spans[2][0]], 0x04);
     size_t refused = 0;
-    for (size_t k = 0; k < n_spans; k++)
-        for (size_t i = spans[k][0]; i < spans[k][1]; i++) {
+    tlv(der.data + spans[2][0], &h, &l);
+    size_t sig_value = spans[2][0] + h;
+    for (size_t k = n_spans; k-- > 0;) /* the signature value's bytes first */
+        for (size_t i = spans[k][1]; i-- > spans[k][0];) {
+            if (kept && i == sig_value - 1) { /* all of them refused the kept way */
+                assert_int_equal(api_metric(f->ts.url, miss), misses);
+                assert_int_equal(api_metric(f->ts.url, key), direct);
+            }
             der.data[i] ^= 0x01;
             esim_buf b64 = {0};
             assert_int_equal(esim_base64_encode(der.data, der.len, &b64), ESIM_OK);
@@ -516,7 +530,8 @@ static void tamper_every_byte(fixture *f, bool p256)
     f->dev.sign = SIGN_SHA256;
     assert_int_equal(device_put(&f->dev, idle.data, idle.len, &reply), 200);
     assert_non_null(memmem(reply.data, reply.len, a, strlen(a)));
-    assert_true(api_metric(f->ts.url, "esim_mdm_signature_checks_total{path=\"direct\"}") > direct);
+    if (!kept)
+        assert_true(api_metric(f->ts.url, path) > direct);
     esim_buf_free(&reply);
     esim_buf_free(&der);
     esim_buf_free(&idle);
@@ -527,10 +542,53 @@ static void test_signature_tampered_anywhere(void **state)
 {
     (void)state;
     fixture *f = start("tamper-rsa", NULL);
-    tamper_every_byte(f, false);
+    tamper_every_byte(f, false, false);
     stop(f);
     f = start("tamper-p256", NULL);
-    tamper_every_byte(f, true);
+    tamper_every_byte(f, true, false);
+    stop(f);
+    /* A second P-256 identity of the same device CA is read in place and
+     * its messages checked with its kept key and the verify context kept
+     * with it, made by its first message: every tampered byte is refused,
+     * and the context takes each signature on its own digest (SHA-1 after
+     * SHA-256, then SHA-256 again; on a device of its own, whose
+     * certificate nothing parsed). */
+    static const char key[] = "esim_mdm_identity_cache_total{result=\"key\"}";
+    f = start("tamper-kept", NULL);
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    test_device first;
+    device_new(&first, &env, "00008110-TAMPERFIRST0001", f->ts.url);
+    esim_cert_clear(&first.identity);
+    esim_cert_spec spec = {.common_name = first.udid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, &ca, &first.identity, NULL), ESIM_OK);
+    device_enroll(&first);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);
+    tamper_every_byte(f, true, true);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 1);
+    test_device third;
+    device_new(&third, &env, "00008110-TAMPERTHIRD0001", f->ts.url);
+    esim_cert_clear(&third.identity);
+    esim_cert_spec spec3 = {.common_name = third.udid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec3, &ca, &third.identity, NULL), ESIM_OK);
+    esim_cert_clear(&ca);
+    device_enroll(&third);
+    assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 2);
+    long long keys = api_metric(f->ts.url, key);
+    third.sign = SIGN_SHA1;
+    assert_int_equal(device_result(&third, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(f->ts.url, key), keys + 1);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(third.udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    assert_int_equal(device_put_mismatched(&third, idle.data, idle.len, "x", 1), 401);
+    esim_buf_free(&idle);
+    third.sign = SIGN_SHA256;
+    assert_int_equal(device_result(&third, ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(f->ts.url, key), keys + 2);
+    device_free(&third);
+    device_free(&first);
     stop(f);
 }
 
