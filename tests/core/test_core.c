@@ -92,6 +92,13 @@ static void test_base64_round_trip_and_leniency(void **state)
     assert_int_equal(esim_base64_decode("Zm9vYm=FyYQ", 11, &dec, &err), ESIM_EINVAL);
     assert_int_equal(esim_base64_decode("Zm9vY", 5, &dec, &err), ESIM_EINVAL);
     assert_string_equal((char *)dec.data, "foo");
+    /* Past the first eight-digit runs (read eight at a time), the same. */
+    assert_int_equal(esim_base64_decode("Zm9vYmFyZm9vYmFy!m9v", 20, &dec, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "offset 16"));
+    assert_int_equal(esim_base64_decode("Zm9vYmFyZm9vYmF=Zm9v", 20, &dec, &err), ESIM_EINVAL);
+    assert_string_equal((char *)dec.data, "foo");
+    assert_int_equal(esim_base64_decode("Zm9vYmFy\nZm9vYmE=", 17, &dec, NULL), ESIM_OK);
+    assert_string_equal((char *)dec.data, "foobarfooba");
     /* Every byte value, every tail length, padded or not, with whitespace
      * anywhere. */
     unsigned char bin[300];
