@@ -549,6 +549,7 @@ struct auth_cache {
     EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
     EVP_MD_CTX *dctx; /* reused for every digest (SHA256() fetches SHA-256 each call) */
     EVP_PKEY_CTX *ec; /* makes EC public keys from auth_key points */
+    EVP_PKEY *p256;   /* the first key made so: the next ones are copies of it */
 };
 
 void auth_cache_free(esim_service *svc)
@@ -570,6 +571,7 @@ void auth_cache_free(esim_service *svc)
         EVP_MD_free(svc->auth_cache->md[i]);
     EVP_MD_CTX_free(svc->auth_cache->dctx);
     EVP_PKEY_CTX_free(svc->auth_cache->ec);
+    EVP_PKEY_free(svc->auth_cache->p256);
     free(svc->auth_cache);
     svc->auth_cache = NULL;
 }
@@ -1375,10 +1377,28 @@ static const auth_verified *known_signer(esim_service *svc, const auth_signer_in
     return NULL;
 }
 
-/* A P-256 public key from its uncompressed point. NULL on failure. */
+/* A P-256 public key from its uncompressed point. NULL on failure.
+ *
+ * EVP_PKEY_fromdata builds the curve's group again from its name for every
+ * key (≈ 140,000 of its ≈ 200,000 instructions). So only the first key is
+ * made that way; the next ones are copies of it (EVP_PKEY_dup copies the
+ * group) whose point is then replaced: EC_KEY_oct2key reads it with the
+ * same EC_POINT_oct2point as fromdata, which refuses a point off the
+ * curve. */
 static EVP_PKEY *p256_key(esim_service *svc, const unsigned char point[65])
 {
     struct auth_cache *c = svc->auth_cache;
+    if (point[0] != 0x04) /* uncompressed, never the point at infinity */
+        return NULL;
+    if (c->p256) {
+        EVP_PKEY *key = EVP_PKEY_dup(c->p256);
+        if (key && EVP_PKEY_set1_encoded_public_key(key, point, 65) != 1) {
+            EVP_PKEY_free(key);
+            key = NULL;
+        }
+        ERR_clear_error();
+        return key;
+    }
     if (!c->ec && !(c->ec = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL)))
         return NULL;
     OSSL_PARAM params[] = {
@@ -1391,6 +1411,8 @@ static EVP_PKEY *p256_key(esim_service *svc, const unsigned char point[65])
         EVP_PKEY_free(key);
         key = NULL;
     }
+    if (key && EVP_PKEY_up_ref(key))
+        c->p256 = key;
     ERR_clear_error();
     return key;
 }

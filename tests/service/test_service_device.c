@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include <openssl/cms.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
@@ -854,6 +855,155 @@ static void test_identity_read_in_place(void **state)
     }
     esim_cert_clear(&twin);
     esim_cert_clear(&sub);
+    esim_cert_clear(&ca);
+    stop(f);
+}
+
+/* |x| (issued by |ca|, P-256) with byte |at| of its point's Y changed
+ * and signed again by |ca|: a certificate its issuer signed whose point is
+ * off the curve, as long as |x| (so that it can stand in its place). */
+static esim_buf off_curve_copy(X509 *x, const esim_cert *ca, size_t at)
+{
+    unsigned char *der = NULL;
+    int len = i2d_X509(x, &der);
+    assert_true(len > 0);
+    unsigned char *point = memmem(der, (size_t)len, "\x03\x42\x00\x04", 4);
+    assert_non_null(point);
+    point[4 + 32 + at] ^= 0x01;
+    size_t h, l;
+    tlv(der, &h, &l);
+    const unsigned char *tbs = der + h;
+    size_t th, tl;
+    tlv(tbs, &th, &tl);
+    size_t tbs_len = th + tl;
+    size_t alg_len, ah;
+    tlv(tbs + tbs_len, &ah, &alg_len);
+    alg_len += ah;
+    esim_buf out = {0};
+    for (int tries = 0; tries < 64; tries++) {
+        unsigned char sig[512];
+        size_t sig_len = sizeof sig;
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        assert_non_null(ctx);
+        assert_int_equal(EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, ca->key), 1);
+        assert_int_equal(EVP_DigestSign(ctx, sig, &sig_len, tbs, tbs_len), 1);
+        EVP_MD_CTX_free(ctx);
+        esim_buf body = {0}, bits = {0};
+        assert_int_equal(esim_buf_append(&body, tbs, tbs_len + alg_len), ESIM_OK);
+        unsigned char zero = 0;
+        assert_int_equal(esim_buf_append(&bits, &zero, 1), ESIM_OK);
+        assert_int_equal(esim_buf_append(&bits, sig, sig_len), ESIM_OK);
+        unsigned char hdr[4] = {0x03, 0x81, 0, 0};
+        size_t hn = 2;
+        if (bits.len < 0x80) {
+            hdr[1] = (unsigned char)bits.len;
+        } else if (bits.len < 0x100) {
+            hdr[2] = (unsigned char)bits.len;
+            hn = 3;
+        } else {
+            hdr[1] = 0x82;
+            hdr[2] = (unsigned char)(bits.len >> 8);
+            hdr[3] = (unsigned char)bits.len;
+            hn = 4;
+        }
+        assert_int_equal(esim_buf_append(&body, hdr, hn), ESIM_OK);
+        assert_int_equal(esim_buf_append(&body, bits.data, bits.len), ESIM_OK);
+        esim_buf_free(&bits);
+        esim_buf_reset(&out);
+        unsigned char outer[4] = {0x30, 0x82, (unsigned char)(body.len >> 8),
+                                  (unsigned char)body.len};
+        assert_int_equal(esim_buf_append(&out, outer, 4), ESIM_OK);
+        assert_int_equal(esim_buf_append(&out, body.data, body.len), ESIM_OK);
+        esim_buf_free(&body);
+        if (out.len == (size_t)len)
+            break;
+    }
+    assert_int_equal(out.len, (size_t)len);
+    OPENSSL_free(der);
+    return out;
+}
+
+/* A P-256 identity whose point is off the curve, in a certificate its
+ * issuer did sign, sent in place of a device's own in that device's
+ * signature: refused, when the service makes that key from the point
+ * (EVP_PKEY_fromdata: no key made from a point before) and when it makes
+ * it as a copy of a key made before with the point replaced; nothing
+ * counted as checked with a kept key. The device's own certificate goes
+ * the copy way and is taken. */
+static void test_identity_point_off_the_curve(void **state)
+{
+    (void)state;
+    fixture *f = start("offcurve", NULL);
+    static const char key[] = "esim_mdm_identity_cache_total{result=\"key\"}";
+    static const char read[] = "esim_mdm_identity_cache_total{result=\"read\"}";
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    test_device d[3];
+    const char *udids[3] = {"00008110-OFFCURVE000001", "00008110-OFFCURVE000002",
+                            "00008110-OFFCURVE000003"};
+    for (int i = 0; i < 3; i++) {
+        device_new(&d[i], &env, udids[i], f->ts.url);
+        esim_cert_clear(&d[i].identity);
+        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&spec, &ca, &d[i].identity, NULL), ESIM_OK);
+    }
+    device_enroll(&d[0]); /* parsed; its issuer kept: the next are read in place */
+    unsigned char *good = NULL;
+    int good_len = i2d_X509(d[2].identity.x509, &good);
+    assert_true(good_len > 0);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(d[2].udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1)
+            device_enroll(&d[1]); /* the first key made from a point: the next are copies */
+        /* d[2]'s signature over the Idle (made here: nothing of d[2]
+         * sent yet), its certificate swapped for one off the curve (each
+         * round its own: once parsed, a certificate is not read in place
+         * again). */
+        esim_buf bad = off_curve_copy(d[2].identity.x509, &ca, 31 - (size_t)round);
+        assert_int_equal(bad.len, (size_t)good_len);
+        BIO *in = BIO_new_mem_buf(idle.data, (int)idle.len);
+        assert_non_null(in);
+        CMS_ContentInfo *cms = CMS_sign(d[2].identity.x509, d[2].identity.key, NULL, in,
+                                        CMS_DETACHED | CMS_BINARY | CMS_NOSMIMECAP);
+        assert_non_null(cms);
+        unsigned char *cms_der = NULL;
+        int cms_len = i2d_CMS_ContentInfo(cms, &cms_der);
+        assert_true(cms_len > 0);
+        esim_buf sig = {0};
+        assert_int_equal(esim_buf_append(&sig, cms_der, (size_t)cms_len), ESIM_OK);
+        OPENSSL_free(cms_der);
+        CMS_ContentInfo_free(cms);
+        BIO_free(in);
+        unsigned char *at = memmem(sig.data, sig.len, good, (size_t)good_len);
+        assert_non_null(at);
+        memcpy(at, bad.data, bad.len);
+        esim_buf b64 = {0};
+        assert_int_equal(esim_base64_encode(sig.data, sig.len, &b64), ESIM_OK);
+        assert_int_equal(esim_buf_append(&b64, "", 1), ESIM_OK);
+        long long keys = api_metric(f->ts.url, key), reads = api_metric(f->ts.url, read);
+        for (int i = 0; i < 2; i++) {
+            long code = device_put_raw(&d[2], (const char *)b64.data, idle.data, idle.len, NULL);
+            assert_true(code == 401 || code == 403);
+        }
+        /* Read in place and its link to the issuer checked, as far as
+         * making its key, which fails (then parsed, and refused again). */
+        assert_int_equal(api_metric(f->ts.url, read), reads + 1);
+        assert_int_equal(api_metric(f->ts.url, key), keys);
+        esim_buf_free(&b64);
+        esim_buf_free(&sig);
+        esim_buf_free(&bad);
+    }
+    long long keys = api_metric(f->ts.url, key);
+    device_enroll(&d[2]);
+    assert_int_equal(device_result(&d[2], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_true(api_metric(f->ts.url, key) >= keys + 3);
+    OPENSSL_free(good);
+    esim_buf_free(&idle);
+    for (int i = 0; i < 3; i++)
+        device_free(&d[i]);
     esim_cert_clear(&ca);
     stop(f);
 }
@@ -1762,6 +1912,7 @@ int main(void)
         cmocka_unit_test(test_signature_tampered_anywhere),
         cmocka_unit_test(test_chain_verified_once_when_slots_are_shared),
         cmocka_unit_test(test_identity_read_in_place),
+        cmocka_unit_test(test_identity_point_off_the_curve),
         cmocka_unit_test(test_erase_lets_exactly_one_new_identity_in),
         cmocka_unit_test(test_replayed_idle_gets_no_command),
         cmocka_unit_test(test_replayed_checkins_change_nothing),
