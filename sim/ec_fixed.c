@@ -332,7 +332,12 @@ const unsigned char *sim_ec_fixed_point(const sim_ec_fixed *f)
     return f->point;
 }
 
-int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32], const unsigned char rs[64])
+/* ECDSA's check of |rs| over |digest| on P-256 (|g|, field prime |p|):
+ * R = u1·G + u2·Q into |p1|, Q either the generator of |gq| (its table
+ * built; |p2| a point of it) or the point |q|. 1, 0, or -1 (failed). */
+static int verify_rs(const EC_GROUP *g, const BIGNUM *p, const EC_GROUP *gq, EC_POINT *p2,
+                     const EC_POINT *q, EC_POINT *p1, BN_CTX *ctx, const unsigned char digest[32],
+                     const unsigned char rs[64])
 {
     ord4 r, s, e, w, u1, u2;
     ord_from_bytes(r, rs);
@@ -346,31 +351,32 @@ int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32], const u
     ord_inv_vartime(w, s); /* s is public */
     ord_mul(u1, e, w);
     ord_mul(u2, r, w);
-    BN_CTX *ctx = f->bn;
     BN_CTX_start(ctx);
     BIGNUM *b1 = BN_CTX_get(ctx), *b2 = BN_CTX_get(ctx), *x = BN_CTX_get(ctx);
     BIGNUM *z = BN_CTX_get(ctx), *t = BN_CTX_get(ctx);
     int res = -1;
-    if (!t || !bn_from_ord(u1, b1) || !bn_from_ord(u2, b2) ||
-        EC_POINT_mul(f->g, f->p1, b1, NULL, NULL, ctx) != 1 ||
-        EC_POINT_mul(f->gq, f->p2, b2, NULL, NULL, ctx) != 1 ||
-        EC_POINT_add(f->g, f->p1, f->p1, f->p2, ctx) != 1)
+    if (!t || !bn_from_ord(u1, b1) || !bn_from_ord(u2, b2))
         goto done;
-    if (EC_POINT_is_at_infinity(f->g, f->p1)) {
+    if (gq ? EC_POINT_mul(g, p1, b1, NULL, NULL, ctx) != 1 ||
+                 EC_POINT_mul(gq, p2, b2, NULL, NULL, ctx) != 1 ||
+                 EC_POINT_add(g, p1, p1, p2, ctx) != 1
+           : EC_POINT_mul(g, p1, b1, q, b2, ctx) != 1)
+        goto done;
+    if (EC_POINT_is_at_infinity(g, p1)) {
         res = 0;
         goto done;
     }
     /* R.x mod n = r, with R.x = X/Z²: X = r'·Z² for r' = r or, when it is
      * still below p, r + n (the x-coordinates in [n, p) reduce to r too). */
-    if (EC_POINT_get_Jprojective_coordinates_GFp(f->g, f->p1, x, NULL, z, ctx) != 1 ||
-        !BN_mod_sqr(z, z, f->p, ctx) || !bn_from_ord(r, b1) || !BN_mod_mul(t, b1, z, f->p, ctx))
+    if (EC_POINT_get_Jprojective_coordinates_GFp(g, p1, x, NULL, z, ctx) != 1 ||
+        !BN_mod_sqr(z, z, p, ctx) || !bn_from_ord(r, b1) || !BN_mod_mul(t, b1, z, p, ctx))
         goto done;
     res = BN_cmp(t, x) == 0;
     if (!res) {
-        if (!BN_add(b1, b1, EC_GROUP_get0_order(f->g)))
+        if (!BN_add(b1, b1, EC_GROUP_get0_order(g)))
             goto done;
-        if (BN_cmp(b1, f->p) < 0) {
-            if (!BN_mod_mul(t, b1, z, f->p, ctx))
+        if (BN_cmp(b1, p) < 0) {
+            if (!BN_mod_mul(t, b1, z, p, ctx))
                 goto done;
             res = BN_cmp(t, x) == 0;
         }
@@ -378,6 +384,11 @@ int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32], const u
 done:
     BN_CTX_end(ctx);
     return res;
+}
+
+int sim_ec_fixed_verify(sim_ec_fixed *f, const unsigned char digest[32], const unsigned char rs[64])
+{
+    return verify_rs(f->g, f->p, f->gq, f->p2, NULL, f->p1, f->bn, digest, rs);
 }
 
 int sim_ec_fixed_verify_der(sim_ec_fixed *f, const unsigned char digest[32],
@@ -400,6 +411,64 @@ int sim_ec_fixed_verify_der(sim_ec_fixed *f, const unsigned char digest[32],
     OPENSSL_free(again);
     ECDSA_SIG_free(es);
     return res;
+}
+
+/* ---- any key, by its point ------------------------------------------------------ */
+
+struct sim_ec_p256 {
+    EC_GROUP *g; /* P-256 */
+    BIGNUM *p;   /* the field prime */
+    BN_CTX *bn;
+    EC_POINT *q, *r; /* the key; R */
+};
+
+void sim_ec_p256_free(sim_ec_p256 *v)
+{
+    if (!v)
+        return;
+    EC_POINT_free(v->q);
+    EC_POINT_free(v->r);
+    EC_GROUP_free(v->g);
+    BN_free(v->p);
+    BN_CTX_free(v->bn);
+    free(v);
+}
+
+sim_ec_p256 *sim_ec_p256_new(void)
+{
+    sim_ec_p256 *v = calloc(1, sizeof *v);
+    if (!v)
+        return NULL;
+    v->g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    v->bn = BN_CTX_new();
+    v->p = BN_new();
+    if (!v->g || !v->bn || !v->p || EC_GROUP_get_curve(v->g, v->p, NULL, NULL, v->bn) != 1 ||
+        !(v->q = EC_POINT_new(v->g)) || !(v->r = EC_POINT_new(v->g))) {
+        sim_ec_p256_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* |point| into v->q: false when it is not an uncompressed point on the
+ * curve (EC_POINT_oct2point refuses a point off it). */
+static bool load_point(sim_ec_p256 *v, const unsigned char point[65])
+{
+    return point[0] == 0x04 && EC_POINT_oct2point(v->g, v->q, point, 65, v->bn) == 1 &&
+           EC_POINT_is_at_infinity(v->g, v->q) == 0 && EC_POINT_is_on_curve(v->g, v->q, v->bn) == 1;
+}
+
+bool sim_ec_p256_point_ok(sim_ec_p256 *v, const unsigned char point[65])
+{
+    return load_point(v, point);
+}
+
+int sim_ec_p256_verify(sim_ec_p256 *v, const unsigned char point[65],
+                       const unsigned char digest[32], const unsigned char rs[64])
+{
+    if (!load_point(v, point))
+        return 0;
+    return verify_rs(v->g, v->p, NULL, NULL, v->q, v->r, v->bn, digest, rs);
 }
 
 /* ---- signing ----------------------------------------------------------------- */

@@ -372,8 +372,8 @@ typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];     /* the certificate's DER */
     unsigned char via_sha[SHA256_DIGEST_LENGTH]; /* its intermediate's DER; zero: none */
     X509 *x509;                                  /* sim_cert_cache_verify's entries */
-    EVP_PKEY *key; /* sim_cert_cache_verify_issued's: the public key and serial */
-    char serial[48];
+    unsigned char point[65]; /* sim_cert_cache_verify_issued's: the public key ([0] == 0x04) */
+    char serial[48];         /* and the serialNumber */
     int64_t verified_ms;
 } cert_slot;
 
@@ -388,7 +388,7 @@ struct sim_cert_cache {
     unsigned char issuer_sha[SHA256_DIGEST_LENGTH];
     EVP_PKEY_CTX *issuer_verify;
     unsigned char issuer_point[65]; /* its P-256 public key; [0] == 0: not one */
-    EVP_PKEY_CTX *fromdata;         /* P-256 public keys from their point */
+    sim_ec_p256 *p256;              /* verifications by any key's point, set up at first use */
     /* Keys that sign again and again (the issuer above; the SM-DP+'s key
      * at the eUICCs): counted, and verified through a precomputed table
      * (ec_fixed.c) once a key has signed FIXED_AFTER times. */
@@ -426,15 +426,13 @@ void sim_cert_cache_free(sim_cert_cache *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < c->n; i++) {
+    for (size_t i = 0; i < c->n; i++)
         X509_free(c->slots[i].x509);
-        EVP_PKEY_free(c->slots[i].key);
-    }
     free(c->slots);
     X509_free(c->issuer);
     OPENSSL_free(c->issuer_name);
     EVP_PKEY_CTX_free(c->issuer_verify);
-    EVP_PKEY_CTX_free(c->fromdata);
+    sim_ec_p256_free(c->p256);
     for (size_t i = 0; i < sizeof c->fixed / sizeof c->fixed[0]; i++)
         sim_ec_fixed_free(c->fixed[i].f);
     X509_free(c->signer);
@@ -530,7 +528,7 @@ X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, siz
     unsigned char sha[SHA256_DIGEST_LENGTH], via[SHA256_DIGEST_LENGTH] = {0};
     unsigned int vl = sizeof via;
     *why = ESIM_EINVAL;
-    SHA256(der, len, sha);
+    sim_sha256(der, len, sha);
     if (intermediate && X509_digest(intermediate, EVP_sha256(), via, &vl) != 1) {
         *why = ESIM_ECRYPTO;
         esim_fail(err, ESIM_ECRYPTO, "cannot hash the intermediate certificate");
@@ -558,8 +556,7 @@ X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, siz
     /* The slot keeps its own reference; the caller gets another. */
     if (X509_up_ref(x)) {
         X509_free(e->x509);
-        EVP_PKEY_free(e->key);
-        e->key = NULL;
+        e->point[0] = 0;
         e->x509 = x;
         memcpy(e->sha, sha, sizeof sha);
         memcpy(e->via_sha, via, sizeof via);
@@ -577,7 +574,7 @@ size_t sim_cert_cache_chain_checks(const sim_cert_cache *c)
 X509 *sim_cert_cache_parse_der(sim_cert_cache *c, const unsigned char *der, size_t len)
 {
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    SHA256(der, len, sha);
+    sim_sha256(der, len, sha);
     cert_slot *e = slot_of(c, sha);
     if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 && X509_up_ref(e->x509))
         return e->x509;
@@ -672,26 +669,12 @@ EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len)
     return k;
 }
 
-/* The P-256 public key of the uncompressed |point| (65 bytes). */
-static EVP_PKEY *p256_key(sim_cert_cache *c, const unsigned char *point)
+/* The cache's verifier by point, set up at its first use. */
+static sim_ec_p256 *p256_of(sim_cert_cache *c)
 {
-    if (!c->fromdata) {
-        c->fromdata = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
-        if (!c->fromdata || EVP_PKEY_fromdata_init(c->fromdata) != 1) {
-            EVP_PKEY_CTX_free(c->fromdata);
-            c->fromdata = NULL;
-            return NULL;
-        }
-    }
-    char group[] = "prime256v1";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
-        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, 65),
-        OSSL_PARAM_construct_end()};
-    EVP_PKEY *k = NULL;
-    if (EVP_PKEY_fromdata(c->fromdata, &k, EVP_PKEY_PUBLIC_KEY, params) != 1)
-        return NULL;
-    return k;
+    if (!c->p256)
+        c->p256 = sim_ec_p256_new();
+    return c->p256;
 }
 
 /* The issuer's DER signature over |dgst|, through its precomputed table
@@ -706,37 +689,36 @@ static bool issuer_signed(sim_cert_cache *c, const unsigned char *dgst, const un
     return EVP_PKEY_verify(c->issuer_verify, sig, sig_len, dgst, SHA256_DIGEST_LENGTH) == 1;
 }
 
-EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer,
-                                       char *serial, size_t serial_len, esim_err *why,
-                                       esim_error *err)
+bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer, char *serial,
+                                  size_t serial_len, unsigned char point[65], esim_err *why,
+                                  esim_error *err)
 {
     esim_buf der = {0};
-    EVP_PKEY *key = NULL;
     *why = ESIM_EINVAL;
     serial[0] = 0;
     if (!b64 || esim_base64_decode(b64, strlen(b64), &der, NULL) != ESIM_OK) {
         esim_buf_free(&der);
         esim_fail(err, ESIM_EINVAL, "certificate is not base64");
-        return NULL;
+        return false;
     }
     if (!issuer_ready(c, issuer)) {
         esim_buf_free(&der);
         *why = ESIM_ECRYPTO;
         esim_fail(err, ESIM_ECRYPTO, "the issuer may not issue certificates");
-        return NULL;
+        return false;
     }
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    SHA256(der.data, der.len, sha);
+    sim_sha256(der.data, der.len, sha);
     cert_slot *e = slot_of(c, sha);
     int64_t now = esim_mono_ms();
-    if (e->key && memcmp(e->sha, sha, sizeof sha) == 0 &&
+    if (e->point[0] == 0x04 && memcmp(e->sha, sha, sizeof sha) == 0 &&
         memcmp(e->via_sha, c->issuer_sha, sizeof sha) == 0 &&
-        now - e->verified_ms < CERT_CACHE_REVERIFY_MS && strlen(e->serial) < serial_len &&
-        EVP_PKEY_up_ref(e->key)) {
+        now - e->verified_ms < CERT_CACHE_REVERIFY_MS && strlen(e->serial) < serial_len) {
         esim_buf_free(&der);
         strcpy(serial, e->serial);
+        memcpy(point, e->point, 65);
         *why = ESIM_OK;
-        return e->key;
+        return true;
     }
     sim_cert_view v;
     unsigned char dgst[SHA256_DIGEST_LENGTH];
@@ -745,12 +727,14 @@ EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 
     if (!sim_cert_view_parse(der.data, der.len, &v)) {
         esim_buf_free(&der);
         esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509 with a P-256 key");
-        return NULL;
+        return false;
     }
+    sim_ec_p256 *p256 = p256_of(c);
+    sim_sha256(v.tbs, v.tbs_len, dgst);
     if (v.issuer_len != (size_t)c->issuer_name_len ||
         memcmp(v.issuer, c->issuer_name, v.issuer_len) != 0)
         bad = "unable to get local issuer certificate";
-    else if (!SHA256(v.tbs, v.tbs_len, dgst) || !issuer_signed(c, dgst, v.sig, v.sig_len))
+    else if (!issuer_signed(c, dgst, v.sig, v.sig_len))
         bad = "certificate signature failure";
     else if (t < v.not_before)
         bad = "certificate is not yet valid";
@@ -761,31 +745,47 @@ EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 
     else if (v.serial && (v.serial_len >= serial_len || v.serial_len >= sizeof e->serial ||
                           memchr(v.serial, 0, v.serial_len)))
         bad = "its serialNumber is too long";
-    else if (!(key = p256_key(c, v.point)))
+    else if (!p256 || !sim_ec_p256_point_ok(p256, v.point))
         bad = "its public key is not a P-256 point";
     if (bad) {
         esim_buf_free(&der);
         *why = ESIM_ECRYPTO;
         esim_fail(err, ESIM_ECRYPTO, "certificate chain does not verify: %s", bad);
-        return NULL;
+        return false;
     }
     if (v.serial) {
         memcpy(serial, v.serial, v.serial_len);
         serial[v.serial_len] = 0;
     }
+    memcpy(point, v.point, 65);
     esim_buf_free(&der);
-    if (EVP_PKEY_up_ref(key)) {
-        X509_free(e->x509);
-        EVP_PKEY_free(e->key);
-        e->x509 = NULL;
-        e->key = key;
-        strcpy(e->serial, serial);
-        memcpy(e->sha, sha, sizeof sha);
-        memcpy(e->via_sha, c->issuer_sha, sizeof sha);
-        e->verified_ms = now;
-    }
+    X509_free(e->x509);
+    e->x509 = NULL;
+    memcpy(e->point, point, 65);
+    strcpy(e->serial, serial);
+    memcpy(e->sha, sha, sizeof sha);
+    memcpy(e->via_sha, c->issuer_sha, sizeof sha);
+    e->verified_ms = now;
     *why = ESIM_OK;
-    return key;
+    return true;
+}
+
+esim_err sim_cert_cache_verify_point(sim_cert_cache *c, const unsigned char point[65],
+                                     const void *data, size_t len, const unsigned char *sig,
+                                     size_t sig_len, esim_error *err)
+{
+    if (sig_len != 64)
+        return esim_fail(err, ESIM_ECRYPTO, "signature is %zu bytes, a raw P-256 one is 64",
+                         sig_len);
+    sim_ec_p256 *p256 = p256_of(c);
+    unsigned char dgst[SHA256_DIGEST_LENGTH];
+    sim_sha256(data, len, dgst);
+    int ok = p256 ? sim_ec_p256_verify(p256, point, dgst, sig) : -1;
+    if (ok < 0)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    if (ok == 0)
+        return esim_fail(err, ESIM_ECRYPTO, "signature does not verify");
+    return ESIM_OK;
 }
 
 esim_err sim_x509_to_der(X509 *x, esim_buf *out)

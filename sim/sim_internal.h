@@ -96,6 +96,22 @@ bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsign
 size_t sim_ecdsa_raw_to_der(const unsigned char rs[64], unsigned char der[72]);
 /* SHA-256 without OpenSSL 3.0's per-call algorithm fetch (SHA256()). */
 void sim_sha256(const void *data, size_t len, unsigned char out[32]);
+/*
+ * ECDSA P-256 verification for any key, given as its uncompressed point
+ * (ec_fixed.c): one group for every key and the arithmetic of
+ * sim_ec_fixed_verify, where EVP_PKEY_fromdata and EVP_DigestVerify set up
+ * each key and each verification anew. Not for use from two threads at
+ * once.
+ */
+typedef struct sim_ec_p256 sim_ec_p256;
+sim_ec_p256 *sim_ec_p256_new(void);
+void sim_ec_p256_free(sim_ec_p256 *v); /* NULL ok */
+/* Whether |point| is an uncompressed point on the curve. */
+bool sim_ec_p256_point_ok(sim_ec_p256 *v, const unsigned char point[65]);
+/* As sim_ec_fixed_verify, by the key at |point| (0 when it is not a point
+ * on the curve). */
+int sim_ec_p256_verify(sim_ec_p256 *v, const unsigned char point[65],
+                       const unsigned char digest[32], const unsigned char rs[64]);
 /* Verifies |leaf| up to the trusted root |ci| through |intermediate| (may be NULL). */
 esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *err);
 /*
@@ -129,14 +145,21 @@ size_t sim_cert_cache_chain_checks(const sim_cert_cache *c);
  * that may sign certificates, the names chain, one ECDSA verification of
  * the certificate by the issuer's key, the validity dates, no critical
  * extension it does not know, keyUsage when present allowing
- * digitalSignature), read in place (cert_view.h) instead of through
- * d2i_X509 and X509_verify_cert. Remembered like the others. Returns its
- * public key (the caller's reference) and the subject's serialNumber in
- * |serial| (|serial_len| bytes with the NUL; "" when it has none), or NULL
- * with *why and |err| as sim_cert_cache_verify. */
-EVP_PKEY *sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer,
-                                       char *serial, size_t serial_len, esim_err *why,
-                                       esim_error *err);
+ * digitalSignature, its key a point on the curve), read in place
+ * (cert_view.h) instead of through d2i_X509 and X509_verify_cert.
+ * Remembered like the others. True with its public key's uncompressed
+ * |point| and the subject's serialNumber in |serial| (|serial_len| bytes
+ * with the NUL; "" when it has none), or false with *why and |err| as
+ * sim_cert_cache_verify. */
+bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer, char *serial,
+                                  size_t serial_len, unsigned char point[65], esim_err *why,
+                                  esim_error *err);
+/* ESIM_OK when |sig| (raw r||s, 64 bytes) is the P-256 signature of |data|
+ * by the key at |point| (one sim_cert_cache_verify_issued gave),
+ * ESIM_ECRYPTO when it is not (ESIM_ENOMEM: could not compute). */
+esim_err sim_cert_cache_verify_point(sim_cert_cache *c, const unsigned char point[65],
+                                     const void *data, size_t len, const unsigned char *sig,
+                                     size_t sig_len, esim_error *err);
 /* ESIM_OK when |sig| (raw r||s) is |signer|'s P-256 signature of |data|
  * (a certificate the caller verified), ESIM_ECRYPTO otherwise: as
  * sim_ecdsa_verify_raw, through a precomputed table (ec_fixed.c) once the

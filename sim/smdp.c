@@ -44,6 +44,12 @@
  * eUICC certificate (es9_handle_notification_der); it expires like any. */
 enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED, SESSION_DOWNLOADED };
 
+/* An eUICC's public key: its certificate's point, verified against the
+ * EUM (sim_cert_cache_verify_issued), for sim_cert_cache_verify_point. */
+typedef struct {
+    unsigned char q[65];
+} euicc_key;
+
 typedef struct session {
     struct session *next;
     char txid[33];
@@ -54,7 +60,7 @@ typedef struct session {
     char server_address[128];
     char eid[ESIM_EID_LEN + 1];
     size_t order;        /* index into orders, once authenticated */
-    EVP_PKEY *euicc_key; /* its certificate's, verified, once authenticated */
+    euicc_key *euicc_key; /* its certificate's, verified, once authenticated */
     int64_t created_ms;
 } session;
 
@@ -84,7 +90,7 @@ struct sim_smdp {
     int64_t session_ttl_ms;
     sim_cert_cache *certs;     /* EUM and eUICC certificates that verified against the CI */
     char *dpauth_b64;          /* our certificate as sent in every authentication */
-    EVP_PKEY_CTX *dpauth_sign; /* our key, ready to sign */
+    sim_ec_signer *dpauth_sign; /* our key, ready to sign */
     struct event *save_timer;
     bool save_pending;
     int journal_fd; /* DIR/orders.journal, O_APPEND; -1 without a data dir */
@@ -529,7 +535,7 @@ static esim_err load_saved_orders(sim_smdp *s, esim_error *err)
 static void session_free(session *ss)
 {
     if (ss) {
-        EVP_PKEY_free(ss->euicc_key);
+        free(ss->euicc_key);
         free(ss);
     }
 }
@@ -634,6 +640,17 @@ static bool signed_blob(const json_t *o, const char *key, esim_buf *raw, json_t 
     return true;
 }
 
+/* Our signature (DPauth's key) of |data| as raw r||s. */
+static esim_err dp_sign(sim_smdp *s, const void *data, size_t len, unsigned char sig[64],
+                        esim_error *err)
+{
+    unsigned char dgst[32];
+    sim_sha256(data, len, dgst);
+    if (!sim_ec_signer_sign(s->dpauth_sign, dgst, sig))
+        return esim_fail(err, ESIM_ECRYPTO, "ECDSA signing failed");
+    return ESIM_OK;
+}
+
 static esim_err sign_blob(sim_smdp *s, json_t *resp, const char *blob_key, const char *sig_key,
                           json_t *blob)
 {
@@ -641,7 +658,7 @@ static esim_err sign_blob(sim_smdp *s, json_t *resp, const char *blob_key, const
     unsigned char sig[64];
     esim_err rc = sim_json_dump(blob, &raw);
     if (rc == ESIM_OK)
-        rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, raw.data, raw.len, sig, NULL);
+        rc = dp_sign(s, raw.data, raw.len, sig, NULL);
     if (rc == ESIM_OK)
         rc = sim_json_set_b64(resp, blob_key, raw.data, raw.len);
     if (rc == ESIM_OK)
@@ -741,7 +758,7 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
  * the eUICC certificate's public key and its EID (from the certificate,
  * never the body). */
 static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *o,
-                         EVP_PKEY **euicc_out, char eid[ESIM_EID_LEN + 1])
+                         euicc_key **euicc_out, char eid[ESIM_EID_LEN + 1])
 {
     /* Both verified once and then remembered (by their DER): every eUICC
      * of an EUM sends the same EUM, and each eUICC its own certificate with
@@ -753,14 +770,16 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
     X509 *eum = sim_cert_cache_verify(s->certs, sim_json_str(o, "eumCertificate"), s->pki->ci.x509,
                                       NULL, &why, NULL);
     char serial[64] = "";
-    EVP_PKEY *euicc =
-        eum ? sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"), eum,
-                                           serial, sizeof serial, &why, NULL)
-            : NULL;
+    euicc_key *euicc = eum ? malloc(sizeof *euicc) : NULL;
+    bool issued = euicc && sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"),
+                                                        eum, serial, sizeof serial, euicc->q, &why,
+                                                        NULL);
     bool ok = false;
     if (!eum)
         reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
     else if (!euicc)
+        reply(req, 500, NULL);
+    else if (!issued)
         reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not verify against the EUM");
     else if (esim_eid_validate(serial, NULL) != ESIM_OK)
         reply_failed(req, "8.1.3", "6.1", "eUICC certificate does not carry a valid EID");
@@ -768,7 +787,7 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
         ok = true;
     X509_free(eum);
     if (!ok) {
-        EVP_PKEY_free(euicc);
+        free(euicc);
         return false;
     }
     memcpy(eid, serial, ESIM_EID_LEN + 1);
@@ -776,11 +795,13 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
     return true;
 }
 
-static bool verify_sig(EVP_PKEY *pub, const esim_buf *data, const json_t *o, const char *sig_key)
+static bool verify_sig(sim_smdp *s, const euicc_key *pub, const esim_buf *data, const json_t *o,
+                       const char *sig_key)
 {
     esim_buf sig = {0};
     bool ok = pub && sim_json_b64(o, sig_key, &sig, NULL) == ESIM_OK &&
-              sim_ecdsa_verify_raw(pub, data->data, data->len, sig.data, sig.len, NULL) == ESIM_OK;
+              sim_cert_cache_verify_point(s->certs, pub->q, data->data, data->len, sig.data,
+                                          sig.len, NULL) == ESIM_OK;
     esim_buf_free(&sig);
     return ok;
 }
@@ -903,7 +924,7 @@ static esim_err set_sig(sim_smdp *s, json_t *resp, const char *key, const esim_b
                         unsigned char sig[64])
 {
     esim_buf tlv = {0};
-    esim_err rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, data->data, data->len, sig, NULL);
+    esim_err rc = dp_sign(s, data->data, data->len, sig, NULL);
     if (rc == ESIM_OK)
         rc = sgp32_tlv_wrap(0x5F37, sig, 64, &tlv);
     if (rc == ESIM_OK)
@@ -923,11 +944,18 @@ static void *get_der(const json_t *body, const char *key, const asn_TYPE_descrip
     return obj;
 }
 
-/* |cert|'s public key verifies |sig| (64 bytes, r‖s) over |td|'s DER of |obj|. */
-static bool der_sig_ok(EVP_PKEY *pub, const asn_TYPE_descriptor_t *td, const void *obj,
-                       const OCTET_STRING_t *sig)
+/* |pub| verifies |sig| (64 bytes, r‖s) over |td|'s DER of |obj|. */
+static bool der_sig_ok(sim_smdp *s, const euicc_key *pub, const asn_TYPE_descriptor_t *td,
+                       const void *obj, const OCTET_STRING_t *sig)
 {
-    return sgp32_verify_rs_der(pub, td, obj, sig, NULL) == ESIM_OK;
+    if (!pub || !sig || sig->size != 64)
+        return false;
+    esim_buf der = {0};
+    bool ok = sgp32_encode(td, obj, &der, NULL) == ESIM_OK &&
+              sim_cert_cache_verify_point(s->certs, pub->q, der.data, der.len, sig->buf, 64,
+                                          NULL) == ESIM_OK;
+    esim_buf_free(&der);
+    return ok;
 }
 
 static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
@@ -963,7 +991,7 @@ static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp)
 
 /* The eUICC's certificates from the DER answer, checked as verify_euicc does. */
 static bool verify_euicc_der(sim_smdp *s, struct evhttp_request *req, const Certificate_t *euicc,
-                             const Certificate_t *eum, EVP_PKEY **euicc_out,
+                             const Certificate_t *eum, euicc_key **euicc_out,
                              char eid[ESIM_EID_LEN + 1])
 {
     esim_buf a = {0}, b = {0}, a64 = {0}, b64 = {0};
@@ -992,7 +1020,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
 {
     AuthenticateServerResponse_t *asr =
         get_der(body, "authenticateServerResponse", &asn_DEF_AuthenticateServerResponse);
-    EVP_PKEY *euicc = NULL;
+    euicc_key *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     json_t *resp = NULL;
     if (!asr || asr->present != AuthenticateServerResponse_PR_authenticateResponseOk) {
@@ -1004,7 +1032,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
     AuthenticateResponseOk_t *ok = &asr->choice.authenticateResponseOk;
     if (!verify_euicc_der(s, req, &ok->euiccCertificate, &ok->eumCertificate, &euicc, eid))
         goto fail;
-    if (!der_sig_ok(euicc, &asn_DEF_EuiccSigned1, &ok->euiccSigned1, &ok->euiccSignature1)) {
+    if (!der_sig_ok(s, euicc, &asn_DEF_EuiccSigned1, &ok->euiccSigned1, &ok->euiccSignature1)) {
         reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         goto fail;
     }
@@ -1077,7 +1105,7 @@ static void es9_authenticate_client_der(sim_smdp *s, struct evhttp_request *req,
     return;
 fail:
     session_remove(s, ss);
-    EVP_PKEY_free(euicc);
+    free(euicc);
     sgp32_free(&asn_DEF_AuthenticateServerResponse, asr);
 }
 
@@ -1160,7 +1188,7 @@ static esim_err bpp_der_answer(sim_smdp *s, session *ss, const sim_order *o,
     if (rc == ESIM_OK)
         rc = sgp32_bpp_sign_input(&b, euicc_sig2, &input);
     if (rc == ESIM_OK)
-        rc = sim_ecdsa_sign_raw_ctx(s->dpauth_sign, input.data, input.len, sig, NULL);
+        rc = dp_sign(s, input.data, input.len, sig, NULL);
     if (rc == ESIM_OK && OCTET_STRING_fromBuf(&i->smdpSign, (const char *)sig, 64) != 0)
         rc = ESIM_ENOMEM;
     if (rc == ESIM_OK)
@@ -1182,7 +1210,7 @@ static void es9_get_bpp_der(sim_smdp *s, struct evhttp_request *req, json_t *bod
             ? &pdr->choice.downloadResponseOk
             : NULL;
     if (!ok ||
-        !der_sig_ok(ss->euicc_key, &asn_DEF_EuiccSigned2, &ok->euiccSigned2,
+        !der_sig_ok(s, ss->euicc_key, &asn_DEF_EuiccSigned2, &ok->euiccSigned2,
                     &ok->euiccSignature2) ||
         !txid_is(ss, &ok->euiccSigned2.transactionId)) {
         sgp32_free(&asn_DEF_PrepareDownloadResponse, pdr);
@@ -1230,7 +1258,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
         char iccid[21] = "", why[64];
         if (!ss) {
             reply_failed(req, "8.10.1", "3.9", "unknown transactionId: no session awaits it");
-        } else if (!der_sig_ok(ss->euicc_key, &asn_DEF_ProfileInstallationResultData, d,
+        } else if (!der_sig_ok(s, ss->euicc_key, &asn_DEF_ProfileInstallationResultData, d,
                                &pir->euiccSignPIR)) {
             reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         } else {
@@ -1254,10 +1282,10 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
     }
     OtherSignedNotification_t *o = &pn->choice.otherSignedNotification;
     NotificationMetadata_t *t = &o->tbsOtherNotification;
-    EVP_PKEY *euicc = NULL;
+    euicc_key *euicc = NULL;
     char eid[ESIM_EID_LEN + 1], iccid[21] = "";
     if (verify_euicc_der(s, req, &o->euiccCertificate, &o->eumCertificate, &euicc, eid)) {
-        if (!der_sig_ok(euicc, &asn_DEF_NotificationMetadata, t, &o->euiccNotificationSignature)) {
+        if (!der_sig_ok(s, euicc, &asn_DEF_NotificationMetadata, t, &o->euiccNotificationSignature)) {
             reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         } else {
             bool install = t->profileManagementOperation.size >= 1 &&
@@ -1268,7 +1296,7 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
             reply(req, 204, NULL);
         }
     }
-    EVP_PKEY_free(euicc);
+    free(euicc);
     sgp32_free(&asn_DEF_PendingNotification, pn);
 }
 
@@ -1281,7 +1309,7 @@ static void es9_cancel_der(sim_smdp *s, struct evhttp_request *req, json_t *body
             c && c->present == CancelSessionResponse_PR_cancelSessionResponseOk &&
             txid_is(ss,
                     &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned.transactionId) &&
-            der_sig_ok(ss->euicc_key, &asn_DEF_EuiccCancelSessionSigned,
+            der_sig_ok(s, ss->euicc_key, &asn_DEF_EuiccCancelSessionSigned,
                        &c->choice.cancelSessionResponseOk.euiccCancelSessionSigned,
                        &c->choice.cancelSessionResponseOk.euiccCancelSessionSignature);
         sgp32_free(&asn_DEF_CancelSessionResponse, c);
@@ -1306,7 +1334,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
         return;
     }
     json_t *asr = json_object_get(body, "authenticateServerResponse");
-    EVP_PKEY *euicc = NULL;
+    euicc_key *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *signed1 = NULL;
@@ -1317,7 +1345,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
     if (!verify_euicc(s, req, asr, &euicc, eid))
         goto fail_quiet;
     if (!signed_blob(asr, "euiccSigned1", &raw, &signed1) ||
-        !verify_sig(euicc, &raw, asr, "euiccSignature1")) {
+        !verify_sig(s, euicc, &raw, asr, "euiccSignature1")) {
         reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         goto fail_quiet;
     }
@@ -1366,7 +1394,7 @@ static void es9_authenticate_client(sim_smdp *s, struct evhttp_request *req, jso
 fail_quiet:
     /* A failed authentication ends the session: the eUICC must start over. */
     session_remove(s, ss);
-    EVP_PKEY_free(euicc);
+    free(euicc);
     esim_buf_free(&raw);
     json_decref(signed1);
 }
@@ -1385,7 +1413,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
     json_t *pdr = json_object_get(body, "prepareDownloadResponse"), *signed2 = NULL;
     esim_buf raw = {0};
     if (!json_is_object(pdr) || !signed_blob(pdr, "euiccSigned2", &raw, &signed2) ||
-        !verify_sig(ss->euicc_key, &raw, pdr, "euiccSignature2") ||
+        !verify_sig(s, ss->euicc_key, &raw, pdr, "euiccSignature2") ||
         !sim_json_str(signed2, "transactionId") ||
         strcmp(sim_json_str(signed2, "transactionId"), ss->txid) != 0) {
         esim_buf_free(&raw);
@@ -1421,7 +1449,7 @@ static void es9_get_bpp(sim_smdp *s, struct evhttp_request *req, json_t *body)
 
 static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
-    EVP_PKEY *euicc = NULL;
+    euicc_key *euicc = NULL;
     char eid[ESIM_EID_LEN + 1];
     esim_buf raw = {0};
     json_t *n = NULL;
@@ -1432,7 +1460,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
     if (!verify_euicc(s, req, body, &euicc, eid))
         return;
     if (!signed_blob(body, "pendingNotification", &raw, &n) ||
-        !verify_sig(euicc, &raw, body, "euiccNotificationSignature")) {
+        !verify_sig(s, euicc, &raw, body, "euiccNotificationSignature")) {
         reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         goto out;
     }
@@ -1441,7 +1469,7 @@ static void es9_handle_notification(sim_smdp *s, struct evhttp_request *req, jso
         note_install(s, eid, iccid, sim_json_str(n, "result"));
     reply(req, 204, NULL); /* SGP.22: handleNotification answers 204 No Content */
 out:
-    EVP_PKEY_free(euicc);
+    free(euicc);
     esim_buf_free(&raw);
     json_decref(n);
 }
@@ -1462,7 +1490,7 @@ static void es9_cancel(sim_smdp *s, struct evhttp_request *req, json_t *body)
         esim_buf raw = {0};
         bool ok = json_is_object(c) &&
                   signed_blob(c, "euiccCancelSessionSigned", &raw, &signed_c) &&
-                  verify_sig(ss->euicc_key, &raw, c, "euiccCancelSessionSignature");
+                  verify_sig(s, ss->euicc_key, &raw, c, "euiccCancelSessionSignature");
         esim_buf_free(&raw);
         json_decref(signed_c);
         if (!ok) {
@@ -1665,8 +1693,12 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     esim_err rc = ESIM_OK;
     esim_buf b64 = {0};
     s->certs = sim_cert_cache_new(SMDP_CERT_CACHE);
-    s->dpauth_sign = sim_sign_ctx(s->pki->dpauth.key);
-    if (!s->certs || !s->dpauth_sign || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
+    /* GSMA's curve: DPauth's key signs with ECDSA P-256 (SGP.22 §2.6.5). */
+    if (!(s->dpauth_sign = sim_ec_signer_new(s->pki->dpauth.key))) {
+        rc = esim_fail(err, ESIM_ECRYPTO, "the PKI's DPauth key is not a P-256 private key");
+        goto fail;
+    }
+    if (!s->certs || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
         !(s->dpauth_b64 = strdup((const char *)b64.data))) {
         esim_buf_free(&b64);
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -1754,7 +1786,7 @@ void sim_smdp_free(sim_smdp *s)
         s->sessions = n;
     }
     sim_cert_cache_free(s->certs);
-    EVP_PKEY_CTX_free(s->dpauth_sign);
+    sim_ec_signer_free(s->dpauth_sign);
     free(s->dpauth_b64);
     free(s->orders);
     free(s->by_iccid);

@@ -417,6 +417,73 @@ static void test_ec_fixed_verify(void **state)
     EVP_PKEY_free(other);
 }
 
+/* The verifier by point (ec_fixed.c, each eUICC's key at the SM-DP+)
+ * agrees with OpenSSL: its signatures verify (enough of them to meet r or
+ * s with a leading zero byte), a changed bit, digest or key does not, r or
+ * s out of [1, n-1] does not, and a point off the curve or not
+ * uncompressed is no key. One verifier for several keys in turn. */
+static void test_ec_p256_verify(void **state)
+{
+    (void)state;
+    EVP_PKEY *k[2] = {EVP_EC_gen("P-256"), EVP_EC_gen("P-256")};
+    unsigned char point[2][65];
+    for (int j = 0; j < 2; j++) {
+        size_t plen = 0;
+        assert_non_null(k[j]);
+        assert_int_equal(EVP_PKEY_get_octet_string_param(k[j], OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+                                                         point[j], 65, &plen),
+                         1);
+        assert_int_equal(plen, 65);
+    }
+    sim_ec_p256 *v = sim_ec_p256_new();
+    assert_non_null(v);
+    assert_true(sim_ec_p256_point_ok(v, point[0]));
+    for (int i = 0; i < 300; i++) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "message %d", i);
+        int j = i % 2;
+        unsigned char rs[64], dg[32], bad[64];
+        assert_int_equal(sim_ecdsa_sign_raw(k[j], msg, strlen(msg), rs, NULL), ESIM_OK);
+        SHA256((const unsigned char *)msg, strlen(msg), dg);
+        assert_int_equal(sim_ec_p256_verify(v, point[j], dg, rs), 1);
+        assert_int_equal(sim_ec_p256_verify(v, point[1 - j], dg, rs), 0);
+        memcpy(bad, rs, 64);
+        bad[i % 64] ^= (unsigned char)(1u << (i % 8));
+        assert_int_equal(sim_ec_p256_verify(v, point[j], dg, bad), 0);
+        assert_int_not_equal(sim_ecdsa_verify_raw(k[j], msg, strlen(msg), bad, 64, NULL), ESIM_OK);
+        dg[i % 32] ^= 0x01;
+        assert_int_equal(sim_ec_p256_verify(v, point[j], dg, rs), 0);
+    }
+    static const unsigned char n_p256[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00,
+                                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                             0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84,
+                                             0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+    unsigned char rs[64], dg[32], edge[64];
+    assert_int_equal(sim_ecdsa_sign_raw(k[0], "x", 1, rs, NULL), ESIM_OK);
+    SHA256((const unsigned char *)"x", 1, dg);
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, rs), 1);
+    memcpy(edge, rs, 64);
+    memset(edge, 0, 32);
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, edge), 0);
+    memcpy(edge, rs, 64);
+    memcpy(edge + 32, n_p256, 32);
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, edge), 0);
+    memcpy(edge, n_p256, 32);
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, edge), 0);
+    /* Not a point on the curve, or not uncompressed: no key. */
+    point[0][64] ^= 1;
+    assert_false(sim_ec_p256_point_ok(v, point[0]));
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, rs), 0);
+    point[0][64] ^= 1;
+    point[0][0] = 0x02;
+    assert_false(sim_ec_p256_point_ok(v, point[0]));
+    point[0][0] = 0x04;
+    assert_int_equal(sim_ec_p256_verify(v, point[0], dg, rs), 1);
+    sim_ec_p256_free(v);
+    EVP_PKEY_free(k[0]);
+    EVP_PKEY_free(k[1]);
+}
+
 /* The ECDSA signer (ec_fixed.c) makes ordinary P-256 signatures: each
  * verifies with OpenSSL (EVP over its DER, which is canonical) and with the
  * fixed-key verifier, a fresh k each time (two signatures of one digest
@@ -555,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_notifications),
         cmocka_unit_test(test_persistence),
         cmocka_unit_test(test_ec_fixed_verify),
+        cmocka_unit_test(test_ec_p256_verify),
         cmocka_unit_test(test_ec_signer),
         cmocka_unit_test(test_cert_cache_verify_by),
     };
