@@ -867,6 +867,8 @@ esim_err sim_json_set_b64(json_t *o, const char *key, const void *data, size_t l
 
 esim_err sim_json_dump(const json_t *o, esim_buf *out)
 {
+    if (sim_json_dump_plain(o, out))
+        return ESIM_OK;
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!s)
         return ESIM_ENOMEM;

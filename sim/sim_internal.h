@@ -180,6 +180,18 @@ uint16_t sim_bound_port(int fd);
 /* ---- JSON helpers ---- */
 
 /* The string at |key| or NULL when absent or not a string. */
+/* What json_loadb(|buf|, |len|, 0, NULL) returns (a new reference, or NULL
+ * when it is not JSON), read in one pass when it is an object of the plain
+ * subset (json_fast.c: strings of printable ASCII without escapes,
+ * integers without sign, fraction or exponent, true, false, null, nesting
+ * up to 32), through json_loadb otherwise. */
+json_t *sim_json_loadb(const char *buf, size_t len);
+/* The one pass alone: NULL for anything outside the plain subset (tests). */
+json_t *sim_json_loadb_plain(const char *buf, size_t len);
+/* An object of that subset (no reals, strings needing no escape) written
+ * into |out| (reset first) exactly as json_dumps(JSON_COMPACT) writes it;
+ * false (|out| empty) for anything else. sim_json_dump tries it first. */
+bool sim_json_dump_plain(const json_t *o, esim_buf *out);
 const char *sim_json_str(const json_t *o, const char *key);
 /* Base64 string at |key| decoded into |out|; ESIM_EINVAL names the key. */
 esim_err sim_json_b64(const json_t *o, const char *key, esim_buf *out, esim_error *err);

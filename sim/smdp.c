@@ -583,11 +583,10 @@ static void reply(struct evhttp_request *req, int code, json_t *body)
     struct evbuffer *out = evbuffer_new();
     if (body && out) {
         evhttp_add_header(h, "Content-Type", "application/json");
-        char *txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        if (txt) {
-            evbuffer_add(out, txt, strlen(txt));
-            free(txt);
-        }
+        esim_buf txt = {0};
+        if (sim_json_dump(body, &txt) == ESIM_OK)
+            evbuffer_add(out, txt.data, txt.len);
+        esim_buf_free(&txt);
     }
     json_decref(body);
     evhttp_send_reply(req, code, code == 204 ? "No Content" : code < 300 ? "OK" : "Error", out);
@@ -618,7 +617,7 @@ static json_t *read_json_body(struct evhttp_request *req)
     if (n == 0 || n > SMDP_MAX_BODY)
         return NULL;
     unsigned char *p = evbuffer_pullup(in, (ssize_t)n);
-    json_t *j = json_loadb((const char *)p, n, 0, NULL);
+    json_t *j = sim_json_loadb((const char *)p, n);
     if (!json_is_object(j)) {
         json_decref(j);
         return NULL;
@@ -631,7 +630,7 @@ static bool signed_blob(const json_t *o, const char *key, esim_buf *raw, json_t 
 {
     if (sim_json_b64(o, key, raw, NULL) != ESIM_OK)
         return false;
-    *obj = json_loadb((const char *)raw->data, raw->len, 0, NULL);
+    *obj = sim_json_loadb((const char *)raw->data, raw->len);
     if (!json_is_object(*obj)) {
         json_decref(*obj);
         *obj = NULL;
