@@ -690,9 +690,20 @@ static void on_channels(void *arg, sim_http_response *r)
             const char *uri = sim_json_str(it, "channel_uri");
             if (i == SIZE_MAX || !uri)
                 continue;
-            sim_winpc_set_channel_uri(f->slots[i].pc, uri, NULL);
+            sim_winpc *pc = f->slots[i].pc;
+            const char *cur = sim_winpc_channel_uri(pc);
+            bool fresh = !cur || strcmp(cur, uri) != 0;
+            sim_winpc_set_channel_uri(pc, uri, NULL);
             f->slots[i].channel_expires = json_integer_value(json_object_get(it, "expires_ms"));
             f->st.wns_channels++;
+            /* A PC that has talked to its server already tells it the new
+             * channel now, in a session of its own, as a push client updates
+             * its server when the channel URI changes: until then the
+             * server has no channel, or a dead one, and cannot wake it (a
+             * first session that raced its channel grant waited for the
+             * next poll, minutes later, and held a campaign's end). */
+            if (fresh && sim_winpc_sessions(pc) > 0)
+                want_session(f, i, false);
         }
     }
     json_decref(j);
