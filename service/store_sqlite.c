@@ -7,6 +7,7 @@
  * an entry to evolve it, never edit an old one).
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2360,9 +2361,24 @@ uint64_t store_sqlite_fullscan_steps(store *st)
     return n;
 }
 
+/* SQLite's memory statistics, on by default, take a global mutex around
+ * every allocation and free, and this library (Debian's, built without
+ * lookaside) allocates for nearly every value a statement reads or
+ * writes: about 230 allocations per check-in round trip, the mutex and the
+ * counters ≈ 25,000 instructions of it (callgrind). Nothing here reads the
+ * statistics (sqlite3_memory_used, a soft heap limit), so they are off,
+ * once, before SQLite initialises (afterwards the call is refused, which
+ * only leaves them on). */
+static void memstatus_off(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,
                            esim_error *err)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, memstatus_off);
     sqlite_store *s = calloc(1, sizeof *s);
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");

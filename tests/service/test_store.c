@@ -1772,6 +1772,26 @@ static void test_enrolment_uses_indexes(void **state)
     esim_store_close(st);
 }
 
+/* SQLite's memory statistics stay off (a global mutex per allocation):
+ * with them on, the allocation count after an enrolment is above zero. */
+static void test_sqlite_memory_statistics_off(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    if (strcmp(st->ops->name, "sqlite") != 0) {
+        esim_store_close(st);
+        skip();
+    }
+    enroll(st, "M1", NULL);
+    sqlite3_int64 now = -1, high = -1;
+    assert_int_equal(sqlite3_status64(SQLITE_STATUS_MALLOC_COUNT, &now, &high, 0), SQLITE_OK);
+    assert_int_equal(now, 0);
+    assert_int_equal(sqlite3_status64(SQLITE_STATUS_MEMORY_USED, &now, &high, 0), SQLITE_OK);
+    assert_int_equal(now, 0);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -1782,6 +1802,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_newer_schema_refused),
         cmocka_unit_test(test_identity_binding_and_checkout),
         cmocka_unit_test(test_enrolment_uses_indexes),
+        cmocka_unit_test(test_sqlite_memory_statistics_off),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
