@@ -199,6 +199,24 @@ static esim_err check_identity(store *st, const char *udid, const char *cert, co
     return ESIM_OK;
 }
 
+/* check_identity, then last_seen_at = |now| (the EID too when |eid| is not
+ * NULL): one statement where the back end has it and the device passes as
+ * it is (nearly every request of a known device), the two steps otherwise. */
+static esim_err check_identity_seen(store *st, const char *udid, const char *cert,
+                                    const char *eid, const char *verb, int64_t now,
+                                    esim_error *err)
+{
+    if (st->ops->device_seen_verified) {
+        esim_err rc = st->ops->device_seen_verified(st, udid, cert, eid, now, err);
+        if (rc != ESIM_ENOTFOUND)
+            return rc;
+    }
+    esim_err rc = check_identity(st, udid, cert, verb, now, err);
+    if (rc == ESIM_OK)
+        rc = st->ops->device_seen(st, udid, eid, now, err);
+    return rc;
+}
+
 /*
  * ...unless we wiped it. An erased device comes back through setup and
  * enrols with a fresh identity from SCEP, often without having answered the
@@ -365,9 +383,7 @@ esim_err esim_store_device_checkin(store *st, const char *udid, const char *cert
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = check_identity(st, udid, cert_sha256, kind, now, err);
-    if (rc == ESIM_OK)
-        rc = st->ops->device_seen(st, udid, NULL, now, err);
+    rc = check_identity_seen(st, udid, cert_sha256, NULL, kind, now, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, kind, udid, NULL, detail, NULL, 0, err);
     return st->ops->op_end(st, rc, err);
@@ -505,9 +521,8 @@ esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int6
     esim_err rc = st->ops->op_begin(st, err);
     if (rc != ESIM_OK)
         return rc;
-    rc = check_identity(st, in->udid, in->cert_sha256, in->status, now, err);
-    if (rc == ESIM_OK)
-        rc = st->ops->device_seen(st, in->udid, in->eid && *in->eid ? in->eid : NULL, now, err);
+    rc = check_identity_seen(st, in->udid, in->cert_sha256, in->eid && *in->eid ? in->eid : NULL,
+                             in->status, now, err);
     if (rc == ESIM_OK && fx)
         rc = record_answer(st, in, fx, now, out, err);
     if (rc == ESIM_OK)

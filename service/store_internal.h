@@ -97,6 +97,15 @@ struct store_ops {
     /* last_seen_at = |now|; the EID too when |eid| is not NULL. */
     esim_err (*device_seen)(store *st, const char *udid, const char *eid, int64_t now,
                             esim_error *err);
+    /* Optional (NULL: device_identity, then device_seen): device_seen in
+     * one statement with the identity check of a device's request, when it
+     * passes as it is: the device enrolled and |cert_sha256| (NULL or "":
+     * none presented) the identity bound to it. ESIM_OK when so; else
+     * ESIM_ENOTFOUND (|err| untouched, nothing changed), and the caller
+     * finds out why (an unknown device, one checked out, another identity,
+     * a first identity to bind) through device_identity. */
+    esim_err (*device_seen_verified)(store *st, const char *udid, const char *cert_sha256,
+                                     const char *eid, int64_t now, esim_error *err);
     /* A push is owed at |at|, unless an earlier one already is. */
     esim_err (*device_owe_push)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Push state |ps|, and no push owed any more. */
@@ -334,6 +343,10 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
  * scans since it opened (a statement that needs an index it cannot use
  * shows here; the tests check the device path has none). */
 uint64_t store_sqlite_fullscan_steps(store *st);
+/* Tests: how many times the SQLite store's statements ran so far
+ * (SQLITE_STMTSTATUS_RUN over its cached statements, BEGIN and COMMIT
+ * included). */
+uint64_t store_sqlite_statements_run(store *st);
 /* The newest schema version of the SQLite back end. */
 int store_sqlite_schema_version(void);
 

@@ -275,6 +275,7 @@ enum {
     S_DEV_CHECKOUT,
     S_DEV_SEEN,
     S_DEV_SEEN_EID,
+    S_DEV_SEEN_VERIFIED,
     S_DEV_GET,
     S_DEV_LIST,
     S_DEV_SEARCH,
@@ -408,6 +409,10 @@ static const char *const statement_sql[S_COUNT] = {
                        " last_seen_at = $2 WHERE udid = $1",
     [S_DEV_SEEN] = "UPDATE devices SET last_seen_at = $2 WHERE udid = $1",
     [S_DEV_SEEN_EID] = "UPDATE devices SET last_seen_at = $2, eid = $3 WHERE udid = $1",
+    /* check_identity's conditions for a request that passes as it is. */
+    [S_DEV_SEEN_VERIFIED] =
+        "UPDATE devices SET last_seen_at = $2, eid = coalesce($4, eid) WHERE udid = $1"
+        " AND enrolled = 1 AND ($3 = '' OR (cert_sha256 <> '' AND cert_sha256 = $3))",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = $1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 ORDER BY udid LIMIT $2",
     [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 AND"
@@ -1079,6 +1084,17 @@ static esim_err pg_device_seen(store *base, const char *udid, const char *eid, i
     if (eid)
         return exec_stmt((pg_store *)base, err, S_DEV_SEEN_EID, "tit", udid, now, eid);
     return exec_stmt((pg_store *)base, err, S_DEV_SEEN, "ti", udid, now);
+}
+
+static esim_err pg_device_seen_verified(store *base, const char *udid, const char *cert,
+                                        const char *eid, int64_t now, esim_error *err)
+{
+    PGresult *res = run((pg_store *)base, err, S_DEV_SEEN_VERIFIED, "tiTt", udid, now, cert, eid);
+    if (!res)
+        return ESIM_ESTORE;
+    bool seen = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return seen ? ESIM_OK : ESIM_ENOTFOUND;
 }
 
 static esim_err pg_device_owe_push(store *base, const char *udid, int64_t at, esim_error *err)
@@ -2224,6 +2240,7 @@ static const struct store_ops pgsql_ops = {
     .device_set_token = pg_device_set_token,
     .device_unenroll = pg_device_unenroll,
     .device_seen = pg_device_seen,
+    .device_seen_verified = pg_device_seen_verified,
     .device_owe_push = pg_device_owe_push,
     .device_set_push_state = pg_device_set_push_state,
     .device_push_paid = pg_device_push_paid,

@@ -272,6 +272,7 @@ enum {
     S_DEV_TOKEN,
     S_DEV_CHECKOUT,
     S_DEV_SEEN,
+    S_DEV_SEEN_VERIFIED,
     S_DEV_EID,
     S_DEV_GET,
     S_DEV_LIST,
@@ -406,6 +407,10 @@ static const char *const statement_sql[S_COUNT] = {
                        " token_update_tally = 0,"
                        " last_seen_at = ?2 WHERE udid = ?1",
     [S_DEV_SEEN] = "UPDATE devices SET last_seen_at = ?2 WHERE udid = ?1",
+    /* check_identity's conditions for a request that passes as it is. */
+    [S_DEV_SEEN_VERIFIED] =
+        "UPDATE devices SET last_seen_at = ?2, eid = coalesce(?4, eid) WHERE udid = ?1"
+        " AND enrolled = 1 AND (?3 = '' OR (cert_sha256 <> '' AND cert_sha256 = ?3))",
     [S_DEV_EID] = "UPDATE devices SET eid = ?2 WHERE udid = ?1",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = ?1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 ORDER BY udid LIMIT ?2",
@@ -1185,6 +1190,16 @@ static esim_err sq_device_seen(store *base, const char *udid, const char *eid, i
     esim_err rc = exec_stmt(s, err, S_DEV_SEEN, "ti", udid, now);
     if (rc == ESIM_OK && eid)
         rc = exec_stmt(s, err, S_DEV_EID, "tt", udid, eid);
+    return rc;
+}
+
+static esim_err sq_device_seen_verified(store *base, const char *udid, const char *cert,
+                                        const char *eid, int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_DEV_SEEN_VERIFIED, "tiTt", udid, now, cert, eid);
+    if (rc == ESIM_OK && sqlite3_changes(s->db) == 0)
+        rc = ESIM_ENOTFOUND;
     return rc;
 }
 
@@ -2220,6 +2235,7 @@ static const struct store_ops sqlite_ops = {
     .device_set_token = sq_device_set_token,
     .device_unenroll = sq_device_unenroll,
     .device_seen = sq_device_seen,
+    .device_seen_verified = sq_device_seen_verified,
     .device_owe_push = sq_device_owe_push,
     .device_set_push_state = sq_device_set_push_state,
     .device_push_paid = sq_device_push_paid,
@@ -2358,6 +2374,16 @@ uint64_t store_sqlite_fullscan_steps(store *st)
     for (size_t i = 0; i < S_COUNT; i++)
         if (s->stmt[i])
             n += (uint64_t)sqlite3_stmt_status(s->stmt[i], SQLITE_STMTSTATUS_FULLSCAN_STEP, 0);
+    return n;
+}
+
+uint64_t store_sqlite_statements_run(store *st)
+{
+    sqlite_store *s = (sqlite_store *)st;
+    uint64_t n = 0;
+    for (size_t i = 0; i < S_COUNT; i++)
+        if (s->stmt[i])
+            n += (uint64_t)sqlite3_stmt_status(s->stmt[i], SQLITE_STMTSTATUS_RUN, 0);
     return n;
 }
 

@@ -1772,6 +1772,60 @@ static void test_enrolment_uses_indexes(void **state)
     esim_store_close(st);
 }
 
+/* A known device's check-in and round trip: the identity check and
+ * last_seen_at are one statement (device_seen_verified), and what does
+ * not pass as it is still gets its refusal (test_identity_binding_and_checkout
+ * has the others). */
+static void test_round_trip_statements(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    if (strcmp(st->ops->name, "sqlite") != 0) {
+        esim_store_close(st);
+        skip();
+    }
+    const char *cert = "0000000000000000000000000000000000000000000000000000000000000001";
+    enroll(st, "S1", cert);
+    enqueue(st, "c1", "S1", 0, 0);
+    char next[128];
+    /* BEGIN, the device's row, the next entry, its mark, the ledger, COMMIT */
+    uint64_t before = store_sqlite_statements_run(st);
+    assert_int_equal(exchange(st, "S1", "Idle", NULL, NULL, 0, 3000, next, NULL), ESIM_OK);
+    assert_string_equal(next, "c1");
+    assert_int_equal(store_sqlite_statements_run(st) - before, 6);
+    /* BEGIN, the row, the entry found and answered, the ledger, the next, COMMIT */
+    before = store_sqlite_statements_run(st);
+    store_exchange_in in = {.udid = "S1",
+                            .cert_sha256 = cert,
+                            .status = "Acknowledged",
+                            .command_uuid = "c1",
+                            .eid = "89049032000001000000000000000001"};
+    store_exchange_out out = {0};
+    assert_int_equal(esim_store_device_exchange(st, &in, 3001, &out, NULL), ESIM_OK);
+    assert_int_equal(out.outcome, STORE_RESULT_APPLIED);
+    assert_false(out.next.present);
+    assert_int_equal(store_sqlite_statements_run(st) - before, 7);
+    store_device d;
+    assert_int_equal(esim_store_device_get(st, "S1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.last_seen_at, 3001);
+    assert_string_equal(d.eid, "89049032000001000000000000000001");
+    /* Another identity, or none bound yet: refused or bound, as before. */
+    const char *other = "0000000000000000000000000000000000000000000000000000000000000002";
+    assert_int_equal(esim_store_device_checkin(st, "S1", other, "idle", NULL, 3002, NULL),
+                     ESIM_EAUTH);
+    enroll(st, "S2", NULL);
+    assert_int_equal(esim_store_device_checkin(st, "S2", other, "idle", NULL, 3003, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_device_checkin(st, "S2", cert, "idle", NULL, 3004, NULL),
+                     ESIM_EAUTH);
+    assert_int_equal(esim_store_device_checkin(st, "S9", NULL, "idle", NULL, 3005, NULL),
+                     ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_get(st, "S2", &d, NULL), ESIM_OK);
+    assert_int_equal(d.last_seen_at, 3003);
+    esim_store_close(st);
+}
+
 /* SQLite's memory statistics stay off (a global mutex per allocation):
  * with them on, the allocation count after an enrolment is above zero. */
 static void test_sqlite_memory_statistics_off(void **state)
@@ -1803,6 +1857,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_identity_binding_and_checkout),
         cmocka_unit_test(test_enrolment_uses_indexes),
         cmocka_unit_test(test_sqlite_memory_statistics_off),
+        cmocka_unit_test(test_round_trip_statements),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
