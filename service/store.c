@@ -447,13 +447,39 @@ static const status_effect status_effects[] = {
     {"NotNow", STORE_Q_NOT_NOW, 1},
 };
 
+/* After an answer was recorded in its entry. */
+static esim_err answer_recorded(store *st, const store_exchange_in *in, const status_effect *fx,
+                                int64_t now, store_exchange_out *out, esim_error *err)
+{
+    esim_err rc = ESIM_OK;
+    /* NotNow: the device did not keep the command; wake it again after a
+     * back-off rather than waiting for it to come back by itself. */
+    if (fx->not_now && in->not_now_backoff_ms > 0)
+        rc = st->ops->device_owe_push(st, in->udid, now + in->not_now_backoff_ms, err);
+    if (rc != ESIM_OK)
+        return rc;
+    out->outcome = STORE_RESULT_APPLIED;
+    return st->ops->event_add(st, now, "result", in->udid, in->command_uuid, in->status, NULL, 0,
+                              err);
+}
+
 /* Applies a non-Idle answer to its queue entry, or logs it as an anomaly. */
 static esim_err record_answer(store *st, const store_exchange_in *in, const status_effect *fx,
                               int64_t now, store_exchange_out *out, esim_error *err)
 {
     int64_t entry = 0;
     store_qstate state = STORE_Q_QUEUED;
-    esim_err rc = st->ops->entry_find(st, in->udid, in->command_uuid, &entry, &state, err);
+    esim_err rc = ESIM_ENOTFOUND;
+    /* The usual answer, to the command handed out: found and recorded in
+     * one statement where the back end has it. */
+    if (st->ops->entry_answer_sent)
+        rc = st->ops->entry_answer_sent(st, in->udid, in->command_uuid, fx->state, fx->not_now,
+                                        in->error_chain_json, in->raw, in->raw_len, now, err);
+    if (rc == ESIM_OK)
+        return answer_recorded(st, in, fx, now, out, err);
+    if (rc != ESIM_ENOTFOUND)
+        return rc;
+    rc = st->ops->entry_find(st, in->udid, in->command_uuid, &entry, &state, err);
     if (rc != ESIM_OK && rc != ESIM_ENOTFOUND)
         return rc;
     /* Only a command we handed to the device (state sent) awaits an answer.
@@ -474,15 +500,9 @@ static esim_err record_answer(store *st, const store_exchange_in *in, const stat
     }
     rc = st->ops->entry_answer(st, entry, fx->state, fx->not_now, in->error_chain_json, in->raw,
                                in->raw_len, now, err);
-    /* NotNow: the device did not keep the command; wake it again after a
-     * back-off rather than waiting for it to come back by itself. */
-    if (rc == ESIM_OK && fx->not_now && in->not_now_backoff_ms > 0)
-        rc = st->ops->device_owe_push(st, in->udid, now + in->not_now_backoff_ms, err);
     if (rc != ESIM_OK)
         return rc;
-    out->outcome = STORE_RESULT_APPLIED;
-    return st->ops->event_add(st, now, "result", in->udid, in->command_uuid, in->status, NULL, 0,
-                              err);
+    return answer_recorded(st, in, fx, now, out, err);
 }
 
 /* Chooses the next deliverable command and marks it sent. */

@@ -140,6 +140,15 @@ struct store_ops {
     esim_err (*entry_answer)(store *st, int64_t entry, store_qstate state, int not_now_add,
                              const char *error_chain_json, const void *raw, size_t raw_len,
                              int64_t now, esim_error *err);
+    /* Optional (NULL: entry_find, then entry_answer): entry_answer in one
+     * statement for the entry of |udid| and |uuid| when it awaits an
+     * answer (state sent). ESIM_OK when so; else ESIM_ENOTFOUND (|err|
+     * untouched, nothing changed), and the caller reads the entry with
+     * entry_find. */
+    esim_err (*entry_answer_sent)(store *st, const char *udid, const char *uuid,
+                                  store_qstate state, int not_now_add,
+                                  const char *error_chain_json, const void *raw, size_t raw_len,
+                                  int64_t now, esim_error *err);
     /* The device's deliverable entry with the highest priority, then the
      * oldest, whose command is not expired at |now| and whose uuid is not one
      * of |skip|: *entry and |next| (uuid, request type, body appended to

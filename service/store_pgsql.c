@@ -286,6 +286,7 @@ enum {
     S_DEV_DUE_CLEAR,
     S_Q_FIND,
     S_Q_ANSWER,
+    S_Q_ANSWER_SENT,
     S_Q_NEXT,
     S_Q_MARK_SENT,
     S_Q_INSERT,
@@ -438,6 +439,10 @@ static const char *const statement_sql[S_COUNT] = {
     [S_Q_ANSWER] =
         "UPDATE queue SET state = $2, active = $3, answered_at = $4, updated_at = $4,"
         " not_now_count = not_now_count + $5, error_chain = $6, result = $7 WHERE id = $1",
+    [S_Q_ANSWER_SENT] =
+        "UPDATE queue SET state = $3, active = $4, answered_at = $5, updated_at = $5,"
+        " not_now_count = not_now_count + $6, error_chain = $7, result = $8"
+        " WHERE udid = $1 AND command_uuid = $2 AND state = 'sent'",
     /* The entry chosen is locked until the operation ends. An entry
      * another transaction holds is waited for, not passed over (store.c,
      * LOCK ORDER): a push being recorded holds the device's entries, and a
@@ -1168,6 +1173,21 @@ static esim_err pg_entry_answer(store *base, int64_t entry, store_qstate state, 
     return exec_stmt((pg_store *)base, err, S_Q_ANSWER, "itiiitb", entry,
                      esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state), now,
                      (int64_t)not_now_add, error_chain_json, raw, raw_len);
+}
+
+static esim_err pg_entry_answer_sent(store *base, const char *udid, const char *uuid,
+                                     store_qstate state, int not_now_add,
+                                     const char *error_chain_json, const void *raw,
+                                     size_t raw_len, int64_t now, esim_error *err)
+{
+    PGresult *res = run((pg_store *)base, err, S_Q_ANSWER_SENT, "tttiiitb", udid, uuid,
+                        esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state),
+                        now, (int64_t)not_now_add, error_chain_json, raw, raw_len);
+    if (!res)
+        return ESIM_ESTORE;
+    bool answered = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return answered ? ESIM_OK : ESIM_ENOTFOUND;
 }
 
 static bool skipped(const char *const *skip, size_t n_skip, const char *uuid)
@@ -2251,6 +2271,7 @@ static const struct store_ops pgsql_ops = {
     .entry_insert = pg_entry_insert,
     .entry_find = pg_entry_find,
     .entry_answer = pg_entry_answer,
+    .entry_answer_sent = pg_entry_answer_sent,
     .entry_next = pg_entry_next,
     .entry_mark_sent = pg_entry_mark_sent,
     .entry_cancel = pg_entry_cancel,

@@ -284,6 +284,7 @@ enum {
     S_DEV_DUE_CLEAR,
     S_Q_FIND,
     S_Q_ANSWER,
+    S_Q_ANSWER_SENT,
     S_Q_NEXT,
     S_Q_MARK_SENT,
     S_Q_INSERT,
@@ -431,6 +432,10 @@ static const char *const statement_sql[S_COUNT] = {
     [S_Q_ANSWER] =
         "UPDATE queue SET state = ?2, active = ?3, answered_at = ?4, updated_at = ?4,"
         " not_now_count = not_now_count + ?5, error_chain = ?6, result = ?7 WHERE id = ?1",
+    [S_Q_ANSWER_SENT] =
+        "UPDATE queue SET state = ?3, active = ?4, answered_at = ?5, updated_at = ?5,"
+        " not_now_count = not_now_count + ?6, error_chain = ?7, result = ?8"
+        " WHERE udid = ?1 AND command_uuid = ?2 AND state = 'sent'",
     [S_Q_NEXT] = "SELECT q.id, q.command_uuid, c.request_type, c.body FROM queue q"
                  " JOIN commands c ON c.uuid = q.command_uuid"
                  " WHERE q.udid = ?1 AND q.active = 1 AND (q.expires_at = 0 OR q.expires_at > ?2)"
@@ -1287,6 +1292,21 @@ static esim_err sq_entry_answer(store *base, int64_t entry, store_qstate state, 
     return exec_stmt((sqlite_store *)base, err, S_Q_ANSWER, "itiiitb", entry,
                      esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state), now,
                      (int64_t)not_now_add, error_chain_json, raw, raw_len);
+}
+
+static esim_err sq_entry_answer_sent(store *base, const char *udid, const char *uuid,
+                                     store_qstate state, int not_now_add,
+                                     const char *error_chain_json, const void *raw,
+                                     size_t raw_len, int64_t now, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = exec_stmt(s, err, S_Q_ANSWER_SENT, "tttiiitb", udid, uuid,
+                            esim_store_qstate_name(state),
+                            (int64_t)esim_store_qstate_active(state), now, (int64_t)not_now_add,
+                            error_chain_json, raw, raw_len);
+    if (rc == ESIM_OK && sqlite3_changes(s->db) == 0)
+        rc = ESIM_ENOTFOUND;
+    return rc;
 }
 
 static bool skipped(const char *const *skip, size_t n_skip, const char *uuid)
@@ -2246,6 +2266,7 @@ static const struct store_ops sqlite_ops = {
     .entry_insert = sq_entry_insert,
     .entry_find = sq_entry_find,
     .entry_answer = sq_entry_answer,
+    .entry_answer_sent = sq_entry_answer_sent,
     .entry_next = sq_entry_next,
     .entry_mark_sent = sq_entry_mark_sent,
     .entry_cancel = sq_entry_cancel,
