@@ -740,10 +740,9 @@ static void tx_undo(sqlite_store *s)
     }
 }
 
-/* Ends an operation: commit (or release) when |rc| is ESIM_OK, undo it
- * otherwise. Statements left on a row are reset first so no read outlives
- * it. */
-static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
+/* Resets the statements taken since the last reset (a statement left on a
+ * row would keep its read open); the others are reset already. */
+static void reset_used(sqlite_store *s)
 {
     for (int k = 0; k < s->n_used; k++) {
         int i = s->used_ids[k];
@@ -752,6 +751,14 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
             sqlite3_reset(s->stmt[i]);
     }
     s->n_used = 0;
+}
+
+/* Ends an operation: commit (or release) when |rc| is ESIM_OK, undo it
+ * otherwise. Statements left on a row are reset first so no read outlives
+ * it. */
+static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
+{
+    reset_used(s);
     s->depth--;
     if (rc == ESIM_OK) {
         if (run(s, err, tx_nested(s) ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
@@ -779,9 +786,7 @@ static void sq_batch_rollback(store *base)
     if (!s->in_batch)
         return;
     s->in_batch = false;
-    for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
-        if (s->stmt[i])
-            sqlite3_reset(s->stmt[i]);
+    reset_used(s);
     if (sqlite3_get_autocommit(s->db) == 0)
         run(s, NULL, S_ROLLBACK, "");
 }
@@ -792,9 +797,7 @@ static esim_err sq_batch_commit(store *base, esim_error *err)
     if (!s->in_batch)
         return ESIM_OK;
     s->in_batch = false;
-    for (int i = S_DEV_IDENTITY; i < S_COUNT; i++)
-        if (s->stmt[i])
-            sqlite3_reset(s->stmt[i]);
+    reset_used(s);
     if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
         return ESIM_OK;
     if (sqlite3_get_autocommit(s->db) == 0)
