@@ -199,6 +199,14 @@ static esim_err check_identity(store *st, const char *udid, const char *cert, co
     return ESIM_OK;
 }
 
+/* An operation whose refusals all come before its first write. */
+static esim_err op_begin_checked(store *st, esim_error *err)
+{
+    if (st->ops->op_begin_checked)
+        return st->ops->op_begin_checked(st, err);
+    return st->ops->op_begin(st, err);
+}
+
 /* check_identity, then last_seen_at = |now| (the EID too when |eid| is not
  * NULL): one statement where the back end has it and the device passes as
  * it is (nearly every request of a known device), the two steps otherwise. */
@@ -322,7 +330,7 @@ esim_err esim_store_device_token_update(store *st, const char *udid, const char 
 {
     if (!udid || !topic || !token_hex || !*token_hex || !push_magic || !*push_magic)
         return esim_fail(err, ESIM_EINVAL, "TokenUpdate needs a UDID, Topic, Token and PushMagic");
-    esim_err rc = st->ops->op_begin(st, err);
+    esim_err rc = op_begin_checked(st, err);
     if (rc != ESIM_OK)
         return rc;
     rc = check_identity(st, udid, cert_sha256, "TokenUpdate", now, err);
@@ -380,7 +388,7 @@ esim_err esim_store_device_checkin(store *st, const char *udid, const char *cert
 {
     if (!udid || !kind)
         return esim_fail(err, ESIM_EINVAL, "a check-in needs a UDID and a kind");
-    esim_err rc = st->ops->op_begin(st, err);
+    esim_err rc = op_begin_checked(st, err);
     if (rc != ESIM_OK)
         return rc;
     rc = check_identity_seen(st, udid, cert_sha256, NULL, kind, now, err);
@@ -538,7 +546,7 @@ esim_err esim_store_device_exchange(store *st, const store_exchange_in *in, int6
 
     esim_buf_free(&out->next.body);
     memset(out, 0, sizeof *out);
-    esim_err rc = st->ops->op_begin(st, err);
+    esim_err rc = op_begin_checked(st, err);
     if (rc != ESIM_OK)
         return rc;
     rc = check_identity_seen(st, in->udid, in->cert_sha256, in->eid && *in->eid ? in->eid : NULL,

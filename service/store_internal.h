@@ -69,6 +69,12 @@ struct store_ops {
      * the whole, which op_end then undoes. Never inside another operation
      * or a batch (then it is op_begin). */
     esim_err (*op_begin_whole)(store *st, esim_error *err);
+    /* Optional (NULL: op_begin): begins an operation whose every refusal
+     * comes before its first write (after one, only the store itself can
+     * fail it). Directly in the open batch it may take no savepoint: a
+     * refusal leaves the batch as it was, as ever, and a failure after it
+     * wrote makes the batch's commit fail, undoing the batch whole. */
+    esim_err (*op_begin_checked)(store *st, esim_error *err);
 
     /* ---- device steps ---- */
     /* ESIM_ENOTFOUND (|err| untouched) when there is no such device. */

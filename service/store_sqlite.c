@@ -620,6 +620,12 @@ typedef struct {
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
     bool in_batch;  /* operations are savepoints inside one transaction */
+    /* An operation begun with op_begin_checked directly in the batch, with
+     * no savepoint, and the store's change count when it began. */
+    bool unsaved;
+    int64_t unsaved_changes;
+    bool batch_broken; /* such an operation failed after it wrote: the batch
+                        * cannot commit */
     int depth;      /* operations begun and not ended (they nest) */
     char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
     int wal_fd;     /* opened once the log exists (group mode) */
@@ -760,6 +766,15 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
 {
     reset_used(s);
     s->depth--;
+    if (s->unsaved && s->depth == 0) {
+        s->unsaved = false;
+        /* A refusal before any write leaves the batch as it was; anything
+         * else (the store failed, maybe half-way) cannot be undone alone. */
+        if (rc != ESIM_OK &&
+            (rc == ESIM_ESTORE || sqlite3_total_changes64(s->db) != s->unsaved_changes))
+            s->batch_broken = true;
+        return rc;
+    }
     if (rc == ESIM_OK) {
         if (run(s, err, tx_nested(s) ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
             return ESIM_OK;
@@ -777,6 +792,22 @@ static esim_err sq_batch_begin(store *base, esim_error *err)
     if (run(s, err, S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
     s->in_batch = true;
+    s->batch_broken = false;
+    return ESIM_OK;
+}
+
+/* Directly in the batch, an operation whose refusals come before its
+ * writes takes no savepoint (SAVEPOINT, RELEASE and the sub-journal's copy
+ * of every page it touches: ≈ 9,000 instructions per operation); see
+ * tx_end for what a failure does. */
+static esim_err sq_op_begin_checked(store *base, esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (!s->in_batch || s->depth > 0 || s->batch_broken || sqlite3_get_autocommit(s->db))
+        return tx_begin(s, err);
+    s->unsaved = true;
+    s->unsaved_changes = sqlite3_total_changes64(s->db);
+    s->depth++;
     return ESIM_OK;
 }
 
@@ -786,6 +817,7 @@ static void sq_batch_rollback(store *base)
     if (!s->in_batch)
         return;
     s->in_batch = false;
+    s->batch_broken = false;
     reset_used(s);
     if (sqlite3_get_autocommit(s->db) == 0)
         run(s, NULL, S_ROLLBACK, "");
@@ -798,6 +830,14 @@ static esim_err sq_batch_commit(store *base, esim_error *err)
         return ESIM_OK;
     s->in_batch = false;
     reset_used(s);
+    if (s->batch_broken) {
+        s->batch_broken = false;
+        if (sqlite3_get_autocommit(s->db) == 0)
+            run(s, NULL, S_ROLLBACK, "");
+        return esim_fail(err, ESIM_ESTORE,
+                         "store (sqlite): an operation of the batch failed after it wrote; "
+                         "the batch is undone");
+    }
     if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
         return ESIM_OK;
     if (sqlite3_get_autocommit(s->db) == 0)
@@ -2251,6 +2291,7 @@ static const struct store_ops sqlite_ops = {
     .close = sq_close,
     .op_begin = sq_op_begin,
     .op_end = sq_op_end,
+    .op_begin_checked = sq_op_begin_checked,
     .device_identity = sq_device_identity,
     .device_by_cert = sq_device_by_cert,
     .device_enroll = sq_device_enroll,

@@ -1826,6 +1826,68 @@ static void test_round_trip_statements(void **state)
     esim_store_close(st);
 }
 
+/* Directly in a batch, a device's request takes no savepoint: a refusal
+ * (before any write) leaves the batch as it was, and a failure after the
+ * request wrote undoes the batch whole (its commit fails), where a
+ * savepoint used to undo that request alone. */
+static void test_batch_requests_without_savepoints(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    if (strcmp(st->ops->name, "sqlite") != 0) {
+        esim_store_close(st);
+        skip();
+    }
+    enroll(st, "B1", NULL);
+    enroll(st, "B2", NULL);
+    enqueue(st, "b1", "B1", 0, 0);
+    enqueue(st, "b2", "B2", 0, 0);
+    char next[128];
+    /* Idle in the batch: the device's row, the next entry, its mark and
+     * the ledger; no SAVEPOINT, no RELEASE. */
+    assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+    uint64_t before = store_sqlite_statements_run(st);
+    assert_int_equal(exchange(st, "B1", "Idle", NULL, NULL, 0, 3000, next, NULL), ESIM_OK);
+    assert_string_equal(next, "b1");
+    assert_int_equal(store_sqlite_statements_run(st) - before, 4);
+    /* Refused before it wrote: the batch goes on and commits. */
+    assert_int_equal(exchange(st, "B9", "Idle", NULL, NULL, 0, 3001, next, NULL), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_batch_commit(st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "b1", "B1"), STORE_Q_SENT);
+    /* A failure after the request wrote (its ledger row refused): the
+     * batch, the other device's request with it, is undone. */
+    const char *file = strchr(path, ':') ? strchr(path, ':') + 1 : path;
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(file, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "CREATE TRIGGER boom BEFORE INSERT ON events WHEN "
+                                  "NEW.udid = 'B2' AND NEW.kind = 'sent' BEGIN "
+                                  "SELECT RAISE(ABORT, 'boom'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3002, next, NULL),
+                     ESIM_OK);
+    assert_int_equal(exchange(st, "B2", "Idle", NULL, NULL, 0, 3003, next, NULL), ESIM_ESTORE);
+    esim_error e;
+    assert_int_equal(esim_store_batch_commit(st, &e), ESIM_ESTORE);
+    assert_int_equal(state_of(st, "b1", "B1"), STORE_Q_SENT);
+    assert_int_equal(state_of(st, "b2", "B2"), STORE_Q_QUEUED);
+    store_device d;
+    assert_int_equal(esim_store_device_get(st, "B2", &d, NULL), ESIM_OK);
+    assert_true(d.last_seen_at < 3003);
+    /* The next batch starts clean. */
+    assert_int_equal(sqlite3_exec(db, "DROP TRIGGER boom", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3004, next, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_batch_commit(st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "b1", "B1"), STORE_Q_ACKNOWLEDGED);
+    esim_store_close(st);
+}
+
 /* SQLite's memory statistics stay off (a global mutex per allocation):
  * with them on, the allocation count after an enrolment is above zero. */
 static void test_sqlite_memory_statistics_off(void **state)
@@ -1858,6 +1920,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_enrolment_uses_indexes),
         cmocka_unit_test(test_sqlite_memory_statistics_off),
         cmocka_unit_test(test_round_trip_statements),
+        cmocka_unit_test(test_batch_requests_without_savepoints),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
