@@ -81,6 +81,7 @@ struct sim_devsim {
     char apns_url[512];
     char channel[128];
     char data_dir[SIM_PATH_MAX];
+    char id_dir[SIM_PATH_MAX + 32]; /* identity files for TLS client auth */
     bool https_server;
     bool tls_client_auth;
     bool no_identity;
@@ -295,15 +296,12 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     if (s->tls_client_auth) {
         /* The identity file is written once per identity, not per request. */
         slot *sl = &s->slots[ctx->slot];
-        char dir[SIM_PATH_MAX + 16];
-        snprintf(dir, sizeof dir, "%s/identities", s->data_dir);
         if (!(sl->flags & F_ID_FILE)) {
-            esim_mkdirs(dir, 0700, NULL);
-            rc = sim_device_identity_files(d, dir, cert, sizeof cert, key, sizeof key, NULL);
+            rc = sim_device_identity_files(d, s->id_dir, cert, sizeof cert, key, sizeof key, NULL);
             if (rc == ESIM_OK)
                 sl->flags |= F_ID_FILE;
         } else {
-            snprintf(cert, sizeof cert, "%s/%s.identity.pem", dir, sim_device_udid(d));
+            snprintf(cert, sizeof cert, "%s/%s.identity.pem", s->id_dir, sim_device_udid(d));
             snprintf(key, sizeof key, "%s/sim-identity-p256.key", sim_pki_dir(s->pki));
         }
     } else if (!s->no_identity) {
@@ -1353,9 +1351,6 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     if ((cfg->wns_url && strlen(cfg->wns_url) >= 500) ||
         (cfg->windows_server_url && strlen(cfg->windows_server_url) >= 2000))
         return esim_fail(err, ESIM_EINVAL, "a URL is too long");
-    if (cfg->tls_client_auth && !cfg->data_dir)
-        return esim_fail(err, ESIM_EINVAL,
-                         "TLS client authentication needs --data-dir for the identity files");
     if ((cfg->channel && strlen(cfg->channel) >= 128) ||
         (cfg->data_dir && strlen(cfg->data_dir) >= SIM_PATH_MAX - 128) ||
         strlen(cfg->server_url) >= 1000 || (cfg->apns_url && strlen(cfg->apns_url) >= 500))
@@ -1413,6 +1408,17 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     if ((rc = sim_pki_open(cfg->pki_dir, &s->pki, err)) != ESIM_OK ||
         (rc = sim_http_new(base, &s->http, err)) != ESIM_OK)
         goto fail;
+    /* Identity files (TLS client auth): beside the device files, else in
+     * the PKI directory, as the Windows PCs' are. Without --data-dir no
+     * device's state is written: the identities need no more than this. */
+    if (s->tls_client_auth) {
+        if (s->data_dir[0])
+            snprintf(s->id_dir, sizeof s->id_dir, "%s/identities", s->data_dir);
+        else
+            snprintf(s->id_dir, sizeof s->id_dir, "%s/sim-identities", sim_pki_dir(s->pki));
+        if ((rc = esim_mkdirs(s->id_dir, 0700, err)) != ESIM_OK)
+            goto fail;
+    }
     s->token_cap = 64;
     while (s->token_cap < s->n * 2)
         s->token_cap *= 2;

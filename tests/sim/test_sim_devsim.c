@@ -81,9 +81,6 @@ static void test_config_refused(void **state)
     c.channel = "bad channel";
     assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
     c.channel = NULL;
-    c.tls_client_auth = true; /* needs a data directory for the identity files */
-    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
-    c.tls_client_auth = false;
     c.status_listen = "nonsense";
     assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
     assert_null(s);
