@@ -404,8 +404,9 @@ struct sim_cert_cache {
 };
 
 /* Signatures by one key before its table is built: the table costs about
- * 160 verifications' worth of instructions once and halves each one after,
- * so a short run (a test, a few devices) does not pay for it. */
+ * 320 verifications' worth of instructions once and makes each one after
+ * about a third (ec_fixed.c), so a short run (a test, a few devices) does
+ * not pay for it. */
 #define FIXED_AFTER 256
 
 sim_cert_cache *sim_cert_cache_new(size_t slots)
