@@ -36,7 +36,11 @@
  * opens sessions and walks away cannot hold more than this many. */
 #define SMDP_MAX_SESSIONS 1024
 #define SMDP_SESSION_TTL_MS (60 * 1000)
-#define SMDP_CERT_CACHE 1024
+/* Certificate slots (direct-mapped, ~200 bytes each): a download's eUICC
+ * certificate comes with authenticateClient and again with its
+ * notifications, while hundreds of other downloads put theirs in; with
+ * 1024 slots a quarter of them had been pushed out by then. */
+#define SMDP_CERT_CACHE 8192
 #define SMDP_SAVE_DELAY_MS 100
 
 /* SESSION_DOWNLOADED: a DER session between its package and its install
