@@ -243,7 +243,23 @@ typedef struct {
     hook_job *hooks;
 } mdm_job;
 
-static void mdm_job_free(mdm_job *j)
+/* A zeroed job: a spare one, or a new one. */
+static mdm_job *mdm_job_new(esim_service *svc)
+{
+    if (svc->n_spare_jobs == 0)
+        return calloc(1, sizeof(mdm_job));
+    mdm_job *j = svc->spare_jobs[--svc->n_spare_jobs];
+    memset(j, 0, sizeof *j);
+    return j;
+}
+
+void mdm_spare_jobs_free(esim_service *svc)
+{
+    while (svc->n_spare_jobs)
+        free(svc->spare_jobs[--svc->n_spare_jobs]);
+}
+
+static void mdm_job_free(esim_service *svc, mdm_job *j)
 {
     if (j->token.data)
         OPENSSL_cleanse(j->token.data, j->token.len);
@@ -256,7 +272,10 @@ static void mdm_job_free(mdm_job *j)
     free(j->query);
     webhooks_discard(j->hooks);
     esim_msg_free(&j->msg);
-    free(j);
+    if (svc->n_spare_jobs < SVC_SPARE_JOBS)
+        svc->spare_jobs[svc->n_spare_jobs++] = j;
+    else
+        free(j);
 }
 
 /* Sets |j| up to write its event's outbox rows in its own unit when the
@@ -318,7 +337,7 @@ static void mdm_job_go(esim_service *svc, mdm_job *j)
     if (pool_on(svc)) {
         if (j->raw_len && esim_buf_append(&j->raw_copy, j->raw, j->raw_len) != ESIM_OK) {
             reply_text(svc, j->req, 503, "out of memory");
-            mdm_job_free(j);
+            mdm_job_free(svc, j);
             return;
         }
         if (j->raw_len)
@@ -445,7 +464,7 @@ static void checkin_done(esim_service *svc, pool_job *pj)
     mdm_after_commit(svc, j, &x, false, NULL);
 out:
     svc->dev_req = NULL;
-    mdm_job_free(j);
+    mdm_job_free(svc, j);
 }
 
 /* Takes |msg| (left zeroed). */
@@ -467,7 +486,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
         reply_text(svc, req, 403, e.msg);
         return;
     }
-    mdm_job *j = calloc(1, sizeof *j);
+    mdm_job *j = mdm_job_new(svc);
     if (!j) {
         reply_text(svc, req, 503, "out of memory");
         return;
@@ -477,7 +496,7 @@ static void handle_checkin(esim_service *svc, struct evhttp_request *req, esim_m
     j->req = req;
     if (!mdm_job_unit(svc, j)) {
         reply_text(svc, req, 503, "out of memory");
-        mdm_job_free(j);
+        mdm_job_free(svc, j);
         return;
     }
     j->msg = *msg;
@@ -588,14 +607,14 @@ static void result_done(esim_service *svc, pool_job *pj)
     mdm_after_commit(svc, j, &x, applied, refill ? held : NULL);
 out:
     svc->dev_req = NULL;
-    mdm_job_free(j);
+    mdm_job_free(svc, j);
 }
 
 /* Takes |msg| (left zeroed). */
 static void handle_result(esim_service *svc, struct evhttp_request *req, esim_msg *msg,
                           const auth_identity *id, bool duplicate, const void *raw, size_t len)
 {
-    mdm_job *j = calloc(1, sizeof *j);
+    mdm_job *j = mdm_job_new(svc);
     if (!j) {
         reply_text(svc, req, 503, "out of memory");
         return;
@@ -605,7 +624,7 @@ static void handle_result(esim_service *svc, struct evhttp_request *req, esim_ms
     j->req = req;
     if (!mdm_job_unit(svc, j)) {
         reply_text(svc, req, 503, "out of memory");
-        mdm_job_free(j);
+        mdm_job_free(svc, j);
         return;
     }
     j->raw = raw;

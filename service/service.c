@@ -278,6 +278,11 @@ void svc_after_commit(esim_service *svc, esim_msg *msg, const void *raw, size_t 
 void svc_after_commit_written(esim_service *svc, esim_msg *msg, hook_job *hooks, bool hook,
                               svc_reply *refill, const char *cert)
 {
+    /* Nothing waits for the commit (no webhook, no result hook, no answer
+     * to refill: every Idle and check-in without webhooks): no entry, and
+     * no copy of the message, in the batch's list. */
+    if (!hooks && !hook && !refill)
+        return;
     /* Answers are sent at once (no group commit): nothing to wait for. */
     if (!svc->batch_open && !svc->flush_ev) {
         run_after_commit(svc, msg, hooks, hook, false);
@@ -1216,6 +1221,7 @@ void esim_service_free(esim_service *svc)
             next = b->next;
             free(b);
         }
+    mdm_spare_jobs_free(svc);
     esim_store_close(svc->st);
     pthread_mutex_destroy(&svc->sync_mu);
     pthread_cond_destroy(&svc->sync_cv);
