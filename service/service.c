@@ -220,7 +220,7 @@ static void *sync_main(void *arg)
     pthread_mutex_lock(&svc->sync_mu);
     for (;;) {
         while (!svc->sync_requested[i] && !svc->sync_quit)
-            pthread_cond_wait(&svc->sync_cv[i], &svc->sync_mu);
+            pthread_cond_wait(&svc->sync_cv, &svc->sync_mu);
         if (svc->sync_quit)
             break;
         svc->sync_requested[i] = false;
@@ -586,7 +586,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         svc->sync_busy &= svc->sync_running[k];
     pthread_mutex_lock(&svc->sync_mu);
     svc->sync_requested[i] = true;
-    pthread_cond_signal(&svc->sync_cv[i]); /* that thread only */
+    pthread_cond_broadcast(&svc->sync_cv);
     pthread_mutex_unlock(&svc->sync_mu);
 }
 
@@ -675,8 +675,7 @@ static void group_commit_stop(esim_service *svc)
 {
     pthread_mutex_lock(&svc->sync_mu);
     svc->sync_quit = true;
-    for (int i = 0; i < SVC_SYNCS; i++)
-        pthread_cond_signal(&svc->sync_cv[i]);
+    pthread_cond_broadcast(&svc->sync_cv);
     pthread_mutex_unlock(&svc->sync_mu);
     for (int i = 0; i < SVC_SYNCS; i++)
         if (svc->sync_thread_started[i]) {
@@ -1233,8 +1232,7 @@ esim_err esim_service_new(struct event_base *base, const esim_service_config *cf
     svc->deferred_tail = &svc->deferred;
     svc->sync_pipe[0] = svc->sync_pipe[1] = -1;
     pthread_mutex_init(&svc->sync_mu, NULL);
-    for (int i = 0; i < SVC_SYNCS; i++)
-        pthread_cond_init(&svc->sync_cv[i], NULL);
+    pthread_cond_init(&svc->sync_cv, NULL);
     esim_err rc = copy_config(svc, cfg, err);
     if (rc == ESIM_OK)
         rc = start(svc, err);
@@ -1284,8 +1282,7 @@ void esim_service_free(esim_service *svc)
     mdm_spare_jobs_free(svc);
     esim_store_close(svc->st);
     pthread_mutex_destroy(&svc->sync_mu);
-    for (int i = 0; i < SVC_SYNCS; i++)
-        pthread_cond_destroy(&svc->sync_cv[i]);
+    pthread_cond_destroy(&svc->sync_cv);
     SSL_CTX_free(svc->tls);
     tls_sessions_free(svc->tls_sessions);
     auth_cache_free(svc);

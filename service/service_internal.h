@@ -264,7 +264,7 @@ struct esim_service {
     pthread_t sync_thread[SVC_SYNCS];
     bool sync_thread_started[SVC_SYNCS];
     pthread_mutex_t sync_mu;
-    pthread_cond_t sync_cv[SVC_SYNCS]; /* one per thread: a request wakes only its own */
+    pthread_cond_t sync_cv;
     bool sync_requested[SVC_SYNCS], sync_finished[SVC_SYNCS], sync_quit;
     esim_err sync_result[SVC_SYNCS];
     int sync_pipe[2]; /* the thread says "done" through it */
