@@ -207,28 +207,20 @@ static void free_replies(svc_reply *r)
     }
 }
 
-typedef struct {
-    esim_service *svc;
-    int i;
-} sync_arg;
-
 static void *sync_main(void *arg)
 {
-    esim_service *svc = ((sync_arg *)arg)->svc;
-    int i = ((sync_arg *)arg)->i;
-    free(arg);
+    esim_service *svc = arg;
     pthread_mutex_lock(&svc->sync_mu);
     for (;;) {
-        while (!svc->sync_requested[i] && !svc->sync_quit)
+        while (!svc->sync_requested && !svc->sync_quit)
             pthread_cond_wait(&svc->sync_cv, &svc->sync_mu);
         if (svc->sync_quit)
             break;
-        svc->sync_requested[i] = false;
+        svc->sync_requested = false;
         pthread_mutex_unlock(&svc->sync_mu);
         esim_err rc = esim_store_sync(svc->st, NULL);
         pthread_mutex_lock(&svc->sync_mu);
-        svc->sync_result[i] = rc;
-        svc->sync_finished[i] = true;
+        svc->sync_result = rc;
         ssize_t w = write(svc->sync_pipe[1], "s", 1);
         (void)w;
     }
@@ -575,18 +567,12 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
         send_batch(svc, batch, true);
         return;
     }
-    int i = 0;
-    while (svc->sync_running[i])
-        i++;
-    svc->syncing[i] = batch;
-    svc->syncing_count[i] = count;
-    svc->sync_running[i] = true;
+    svc->syncing = batch;
+    svc->syncing_count = count;
     svc->sync_busy = true;
-    for (int k = 0; k < SVC_SYNCS; k++)
-        svc->sync_busy &= svc->sync_running[k];
     pthread_mutex_lock(&svc->sync_mu);
-    svc->sync_requested[i] = true;
-    pthread_cond_broadcast(&svc->sync_cv);
+    svc->sync_requested = true;
+    pthread_cond_signal(&svc->sync_cv);
     pthread_mutex_unlock(&svc->sync_mu);
 }
 
@@ -597,48 +583,18 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     char buf[16];
     while (read(fd, buf, sizeof buf) > 0)
         ;
-    bool finished[SVC_SYNCS];
-    esim_err result[SVC_SYNCS];
     pthread_mutex_lock(&svc->sync_mu);
-    for (int i = 0; i < SVC_SYNCS; i++) {
-        finished[i] = svc->sync_finished[i];
-        result[i] = svc->sync_result[i];
-        svc->sync_finished[i] = false;
-    }
+    bool ok = svc->sync_result == ESIM_OK;
     pthread_mutex_unlock(&svc->sync_mu);
-    /* Earliest first: a sync covers every commit before it began, so the
-     * batch of an earlier sync still running goes with a later one's. */
-    for (;;) {
-        int i = -1;
-        for (int k = 0; k < SVC_SYNCS; k++)
-            if (finished[k] && (i < 0 || svc->syncing_count[k] < svc->syncing_count[i]))
-                i = k;
-        if (i < 0)
-            break;
-        finished[i] = false;
-        svc->sync_running[i] = false;
-        bool ok = result[i] == ESIM_OK;
-        if (!ok) {
-            svc_store_failed(svc, "the store could not make its commits durable (sync failed)");
-        } else {
-            if (svc->syncing_count[i] > svc->synced_count)
-                svc->synced_count = svc->syncing_count[i];
-            for (int k = 0; k < SVC_SYNCS; k++)
-                if (k != i && svc->sync_running[k] &&
-                    svc->syncing_count[k] <= svc->syncing_count[i]) {
-                    svc_reply *earlier = svc->syncing[k];
-                    svc->syncing[k] = NULL;
-                    send_batch(svc, earlier, true);
-                }
-        }
-        svc_reply *batch = svc->syncing[i];
-        svc->syncing[i] = NULL;
-        send_batch(svc, batch, ok);
-    }
-    svc->sync_busy = true;
-    for (int k = 0; k < SVC_SYNCS; k++)
-        svc->sync_busy &= svc->sync_running[k];
-    if (!svc->sync_busy && (svc->replies || svc->batch_open))
+    if (ok)
+        svc->synced_count = svc->syncing_count;
+    else
+        svc_store_failed(svc, "the store could not make its commits durable (sync failed)");
+    svc_reply *batch = svc->syncing;
+    svc->syncing = NULL;
+    svc->sync_busy = false;
+    send_batch(svc, batch, ok);
+    if (svc->replies || svc->batch_open)
         on_flush(-1, 0, svc);
 }
 
@@ -657,31 +613,22 @@ static esim_err group_commit_start(esim_service *svc, esim_error *err)
     svc->synced_count = esim_store_commit_count(svc->st);
     if (svc->cfg.store_sync != STORE_SYNC_GROUP)
         return ESIM_OK;
-    for (int i = 0; i < SVC_SYNCS; i++) {
-        sync_arg *a = malloc(sizeof *a);
-        if (!a)
-            return esim_fail(err, ESIM_ENOMEM, "out of memory");
-        *a = (sync_arg){svc, i};
-        if (pthread_create(&svc->sync_thread[i], NULL, sync_main, a) != 0) {
-            free(a);
-            return esim_fail(err, ESIM_EIO, "cannot start the store sync thread");
-        }
-        svc->sync_thread_started[i] = true;
-    }
+    if (pthread_create(&svc->sync_thread, NULL, sync_main, svc) != 0)
+        return esim_fail(err, ESIM_EIO, "cannot start the store sync thread");
+    svc->sync_thread_started = true;
     return ESIM_OK;
 }
 
 static void group_commit_stop(esim_service *svc)
 {
-    pthread_mutex_lock(&svc->sync_mu);
-    svc->sync_quit = true;
-    pthread_cond_broadcast(&svc->sync_cv);
-    pthread_mutex_unlock(&svc->sync_mu);
-    for (int i = 0; i < SVC_SYNCS; i++)
-        if (svc->sync_thread_started[i]) {
-            pthread_join(svc->sync_thread[i], NULL);
-            svc->sync_thread_started[i] = false;
-        }
+    if (svc->sync_thread_started) {
+        pthread_mutex_lock(&svc->sync_mu);
+        svc->sync_quit = true;
+        pthread_cond_signal(&svc->sync_cv);
+        pthread_mutex_unlock(&svc->sync_mu);
+        pthread_join(svc->sync_thread, NULL);
+        svc->sync_thread_started = false;
+    }
     /* The uncommitted batch is undone: nobody was told of it, and devices
      * whose answers it held will send them again. Whatever runs after this
      * (modules shutting down) commits on its own. Unsent answers: their
@@ -701,13 +648,8 @@ static void group_commit_stop(esim_service *svc)
     svc->deferred = NULL;
     svc->deferred_tail = &svc->deferred;
     free_replies(svc->replies);
-    svc->replies = NULL;
-    for (int i = 0; i < SVC_SYNCS; i++) {
-        free_replies(svc->syncing[i]);
-        svc->syncing[i] = NULL;
-        svc->sync_running[i] = false;
-    }
-    svc->sync_busy = false;
+    free_replies(svc->syncing);
+    svc->replies = svc->syncing = NULL;
     svc->replies_tail = &svc->replies;
     if (svc->flush_ev)
         event_free(svc->flush_ev);

@@ -176,7 +176,6 @@ typedef struct {
     unsigned failures;
     int64_t last_ms, locked_until_ms;
 } svc_authfail;
-#define SVC_SYNCS 2
 #define SVC_SPARE_JOBS 64
 #define SVC_AUTHFAIL_SLOTS 256
 
@@ -233,12 +232,8 @@ struct esim_service {
 
     struct event *tick_ev;
     /* Group commit: answers wait in |replies| until a store sync that
-     * started after their changes has finished. The fsyncs run on
-     * |sync_thread|s, up to SVC_SYNCS at once: while one runs, the next
-     * batch commits and starts its own; |syncing[i]| is the batch sync i
-     * covers, NULL once sent (an earlier sync's batch goes when a later
-     * sync, which covers it too, finishes first); |sync_busy|: every sync
-     * thread is busy. */
+     * started after their changes has finished. The fsync runs on
+     * |sync_thread|; |syncing| is the batch it covers. */
     struct event *flush_ev;
     bool batch_open; /* the store's operations are being batched */
     svc_deferred *deferred, **deferred_tail;
@@ -253,20 +248,19 @@ struct esim_service {
     bool in_results_done;
     struct esim_answer_hold *hold_new, *holds;
     svc_reply *replies, **replies_tail;
-    svc_reply *syncing[SVC_SYNCS];
-    bool sync_running[SVC_SYNCS];
+    svc_reply *syncing;
     bool sync_busy;
     /* The store's health: failing since the first error after a healthy
      * spell (logged once), until a write is committed again. */
     bool store_failing;
     uint64_t store_failures; /* in this failing spell */
-    int64_t synced_count, syncing_count[SVC_SYNCS];
-    pthread_t sync_thread[SVC_SYNCS];
-    bool sync_thread_started[SVC_SYNCS];
+    int64_t synced_count, syncing_count;
+    pthread_t sync_thread;
+    bool sync_thread_started;
     pthread_mutex_t sync_mu;
     pthread_cond_t sync_cv;
-    bool sync_requested[SVC_SYNCS], sync_finished[SVC_SYNCS], sync_quit;
-    esim_err sync_result[SVC_SYNCS];
+    bool sync_requested, sync_quit;
+    esim_err sync_result;
     int sync_pipe[2]; /* the thread says "done" through it */
     struct event *sync_done_ev;
     struct event *stop_ev;
