@@ -701,8 +701,10 @@ static void on_channels(void *arg, sim_http_response *r)
              * its server when the channel URI changes: until then the
              * server has no channel, or a dead one, and cannot wake it (a
              * first session that raced its channel grant waited for the
-             * next poll, minutes later, and held a campaign's end). */
-            if (fresh && sim_winpc_sessions(pc) > 0)
+             * next poll, minutes later, and held a campaign's end). A PC
+             * in its first session may have answered the server's
+             * ChannelURI Get already: one more session after it. */
+            if (fresh && (sim_winpc_sessions(pc) > 0 || (f->slots[i].flags & W_BUSY)))
                 want_session(f, i, false);
         }
     }
