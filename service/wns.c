@@ -55,6 +55,7 @@ typedef struct wns_job {
 struct svc_wns {
     esim_service *svc;
     curl_loop loop; /* its requests on the service's loop */
+    CURLSH *share;  /* TLS sessions, shared by its requests */
     wns_job *head, *tail;
     size_t n_jobs;
     char *secret;
@@ -369,6 +370,13 @@ static void job_start(wns_job *j)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, j);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    /* A new connection resumes the TLS session of an earlier one (each
+     * request is a new handle, whose own session cache starts empty): a
+     * burst of pushes opens connections in parallel, and a full handshake,
+     * the server's chain verified, costs ≈ 4.6 M instructions, a resumed
+     * one about half. */
+    if (w->share)
+        curl_easy_setopt(e, CURLOPT_SHARE, w->share);
     if (svc->wns_ca_path)
         curl_easy_setopt(e, CURLOPT_CAINFO, svc->wns_ca_path);
     if (!j->headers || curl_multi_add_handle(w->loop.multi, e) != CURLM_OK) {
@@ -425,6 +433,15 @@ esim_err wns_init(esim_service *svc, esim_error *err)
         return rc;
     if (curl_loop_init(&w->loop, svc->base, on_finished, w) != 0)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up WNS: out of memory");
+    /* A burst of pushes opens connections in parallel (HTTP/1.1, one push
+     * each); up to 64 stay open for the next burst instead of the multi
+     * handle's default of four per transfer in progress, which closed
+     * them all once the burst was over. */
+    curl_multi_setopt(w->loop.multi, CURLMOPT_MAXCONNECTS, 64L);
+    /* Used on the service's loop only: no lock callbacks. */
+    if (!(w->share = curl_share_init()) ||
+        curl_share_setopt(w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK)
+        return esim_fail(err, ESIM_ENOMEM, "cannot set up WNS: out of memory");
     return ESIM_OK;
 }
 
@@ -436,6 +453,8 @@ void wns_free(esim_service *svc)
     while (w->head)
         job_free(w->head);
     curl_loop_free(&w->loop);
+    if (w->share)
+        curl_share_cleanup(w->share); /* after every handle that used it */
     if (w->secret) {
         memset(w->secret, 0, strlen(w->secret));
         free(w->secret);

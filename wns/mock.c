@@ -667,6 +667,8 @@ static void on_notification(wns_mock *m, struct evhttp_request *req, const char 
 static void on_https(struct evhttp_request *req, void *arg)
 {
     wns_mock *m = arg;
+    if (m->cfg.close_connections)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
         m->stats.status[4]++;
         evhttp_send_reply(req, 405, "Method Not Allowed", NULL);
@@ -689,12 +691,29 @@ static void on_https(struct evhttp_request *req, void *arg)
     free(body);
 }
 
+/* Counts each completed handshake once (the SSL's app data marks it not
+ * yet counted): full, or resumed. */
+static void tls_info(const SSL *cssl, int where, int ret)
+{
+    (void)ret;
+    SSL *ssl = (SSL *)cssl;
+    if (!(where & SSL_CB_HANDSHAKE_DONE) || !SSL_get_app_data(ssl))
+        return;
+    SSL_set_app_data(ssl, NULL);
+    wns_mock *m = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    if (m && SSL_session_reused(ssl))
+        m->stats.tls_resumed++;
+    else if (m)
+        m->stats.tls_full++;
+}
+
 static struct bufferevent *make_tls_bev(struct event_base *base, void *arg)
 {
     wns_mock *m = arg;
     SSL *ssl = SSL_new(m->ssl);
     if (!ssl)
         return NULL;
+    SSL_set_app_data(ssl, m);
     return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                           BEV_OPT_CLOSE_ON_FREE);
 }
@@ -865,7 +884,7 @@ static json_t *stats_json(const wns_mock *m)
         if (m->channels.e[i].key && live(m->channels.e[i].val))
             live_n++;
     return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-                     "s:I, s:I, s:I, s:I}",
+                     "s:I, s:I, s:I, s:I, s:I, s:I}",
                      "token_requests", (json_int_t)s->token_requests, "tokens_issued",
                      (json_int_t)s->tokens_issued, "token_refused", (json_int_t)s->token_refused,
                      "notifications", (json_int_t)s->notifications, "accepted",
@@ -876,7 +895,8 @@ static json_t *stats_json(const wns_mock *m)
                      (json_int_t)s->bad_request, "throttled", (json_int_t)s->throttled, "injected",
                      (json_int_t)s->injected, "channels", (json_int_t)s->channels, "expired",
                      (json_int_t)s->expired, "delivered", (json_int_t)s->delivered, "channels_live",
-                     (json_int_t)live_n, "seq", (json_int_t)m->seq);
+                     (json_int_t)live_n, "seq", (json_int_t)m->seq, "tls_full",
+                     (json_int_t)s->tls_full, "tls_resumed", (json_int_t)s->tls_resumed);
 }
 
 static void on_delivery(struct evhttp_request *req, void *arg)
@@ -994,6 +1014,8 @@ esim_err wns_mock_new(struct event_base *base, const wns_mock_config *cfg, wns_m
         goto fail;
     }
     SSL_CTX_set_min_proto_version(m->ssl, TLS1_2_VERSION);
+    SSL_CTX_set_app_data(m->ssl, m);
+    SSL_CTX_set_info_callback(m->ssl, tls_info);
     m->https = evhttp_new(base);
     if (!m->https) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");

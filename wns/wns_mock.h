@@ -54,6 +54,9 @@ typedef struct {
     /* Most undelivered notifications one delivery channel holds (default
      * 100000); beyond it notifications for its PCs get 406. */
     size_t delivery_cap;
+    /* Close each HTTPS connection after its answer ("Connection: close"),
+     * as a server that keeps none alive: every request a new connection. */
+    bool close_connections;
 } wns_mock_config;
 
 void wns_mock_config_init(wns_mock_config *cfg);
@@ -106,6 +109,8 @@ typedef struct {
     uint64_t channels;      /* channel URIs handed out */
     uint64_t expired;       /* channels expired (by time, request or API) */
     uint64_t delivered;     /* queued on a delivery channel */
+    uint64_t tls_full;      /* HTTPS handshakes completed: full */
+    uint64_t tls_resumed;   /* ... and resumed (a session the client offered back) */
 } wns_mock_stats;
 
 void wns_mock_stats_get(const wns_mock *m, wns_mock_stats *out);

@@ -148,6 +148,7 @@ static int setup(void **state)
     wc.tls_key = key;
     wc.client_id = "ms-app://s-1-15-2-esim-mdm-test";
     wc.client_secret = "wns-secret-0123456789";
+    wc.close_connections = true; /* every push a new connection (test_wns_sessions_resume) */
     if (wns_mock_new(fx.base, &wc, &fx.wns, &err) != ESIM_OK)
         return -1;
     snprintf(secret, sizeof secret, "%s/wns.secret", fx.dir);
@@ -403,6 +404,21 @@ static void test_wns_expiry_and_reregistration(void **state)
         pump(100);
     }
     assert_string_equal(st, "acknowledged");
+}
+
+/* The service's requests to WNS (the token, the pushes of the tests
+ * before this one), each on a new connection here, resume the TLS session
+ * of an earlier one instead of a full handshake each (≈ 4.6 M instructions,
+ * the mock's chain verified again): 93 for 60 PCs in a 300-device demo. */
+static void test_wns_sessions_resume(void **state)
+{
+    (void)state;
+    wns_mock_stats st;
+    wns_mock_stats_get(fx.wns, &st);
+    assert_true(st.notifications >= 3);
+    assert_true(st.tls_full >= 1);
+    assert_true(st.tls_resumed >= 1);
+    assert_true(st.tls_resumed >= st.tls_full);
 }
 
 /* A campaign: its PCs get their eSIM by discovery (refresh) and are
@@ -692,6 +708,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_operation),
         cmocka_unit_test(test_wns_expiry_and_reregistration),
+        cmocka_unit_test(test_wns_sessions_resume),
         cmocka_unit_test(test_campaign_on_windows),
         cmocka_unit_test(test_mixed_campaign),
         cmocka_unit_test(test_cli),
