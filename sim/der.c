@@ -8,6 +8,7 @@
  * Everything written here is read back by OpenSSL (the service, the tests).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -467,4 +468,18 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
     }
     *key = k;
     return ESIM_OK;
+}
+
+void sim_buf_fit(esim_buf *b)
+{
+    if (!b->data || b->cap <= b->len + 1)
+        return;
+    unsigned char *p = malloc(b->len + 1);
+    if (!p)
+        return;
+    memcpy(p, b->data, b->len + 1);
+    OPENSSL_cleanse(b->data, b->cap);
+    free(b->data);
+    b->data = p;
+    b->cap = b->len + 1;
 }

@@ -228,6 +228,7 @@ static esim_err ensure_identity(sim_device *d, esim_error *err)
     esim_err rc = sim_identity_issue(d->pki, d->udid, &d->identity_der, err);
     if (rc != ESIM_OK)
         esim_buf_free(&d->identity_der);
+    sim_buf_fit(&d->identity_der); /* kept for the device's life */
     d->dirty = true;
     return rc;
 }

@@ -28,13 +28,14 @@ struct sim_euicc {
     sim_profile *profiles; /* grown on demand, at most SIM_MAX_PROFILES */
     size_t n_profiles, cap_profiles;
     sim_notification *notifs;
-    size_t n_notifs, cap_notifs; /* grown on demand: most eUICCs owe nothing */
+    size_t n_notifs, cap_notifs; /* grown on demand from one, freed when none is owed: */
+    /* most eUICCs owe nothing once their SM-DP+ confirmed the install */
     uint32_t next_seq;
     sim_eim_info *eims; /* SGP.32: the associated eIMs, at most SIM_MAX_EIMS */
     size_t n_eims;
     int64_t next_token; /* the next association token handed out, >= 1 */
     bool auto_enable;   /* configureAutoEnable */
-    char auto_enable_smdp[256];
+    char *auto_enable_smdp; /* NULL unless set (SGP.32 IoT eUICCs only); < 256 bytes */
     uint8_t session_txid[16]; /* the RSP session installing now (sim_euicc_set_session) */
     bool dirty;
 };
@@ -167,6 +168,8 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
     /* The new key is used right away (the download that made it signs next). */
     sim_euicc_release_key(e);
     e->key = k;
+    sim_buf_fit(&key); /* kept for the eUICC's life: their exact size, not the */
+    sim_buf_fit(&cert); /* encoder's doubled room (~500 bytes per eUICC) */
     e->key_der = key;
     e->cert_der = cert;
     e->eum_der = eumd;
@@ -212,6 +215,8 @@ static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
     esim_buf_free(&e->eum_der); /* the PKI's, shared */
     sim_euicc_release_key(e);
     e->key = k;
+    sim_buf_fit(&key); /* kept for the eUICC's life: their exact size, not the */
+    sim_buf_fit(&cert); /* encoder's doubled room (~500 bytes per eUICC) */
     e->key_der = key;
     e->cert_der = cert;
     e->dirty = true;
@@ -238,6 +243,7 @@ void sim_euicc_free(sim_euicc *e)
     for (size_t i = 0; i < e->n_eims; i++)
         esim_buf_free(&e->eims[i].key_der);
     free(e->eims);
+    free(e->auto_enable_smdp);
     free(e);
 }
 
@@ -326,7 +332,7 @@ static void notify(sim_euicc *e, sim_notif_event ev, const sim_profile *p)
         e->n_notifs--;
     }
     if (e->n_notifs == e->cap_notifs) {
-        size_t cap = e->cap_notifs ? e->cap_notifs * 2 : 4;
+        size_t cap = e->cap_notifs ? e->cap_notifs * 2 : 1;
         if (cap > SIM_MAX_NOTIFICATIONS)
             cap = SIM_MAX_NOTIFICATIONS;
         sim_notification *nn = realloc(e->notifs, cap * sizeof *nn);
@@ -480,12 +486,28 @@ const sim_notification *sim_euicc_notification_at(const sim_euicc *e, size_t i)
     return i < e->n_notifs ? &e->notifs[i] : NULL;
 }
 
+size_t sim_euicc_heap_bytes(const sim_euicc *e)
+{
+    size_t n = e->key_der.cap + e->cert_der.cap + e->eum_der.cap +
+               e->cap_profiles * sizeof *e->profiles + e->cap_notifs * sizeof *e->notifs +
+               e->n_eims * sizeof *e->eims +
+               (e->auto_enable_smdp ? strlen(e->auto_enable_smdp) + 1 : 0);
+    for (size_t i = 0; i < e->n_eims; i++)
+        n += e->eims[i].key_der.cap;
+    return n;
+}
+
 esim_err sim_euicc_notification_remove(sim_euicc *e, uint32_t seq)
 {
     for (size_t i = 0; i < e->n_notifs; i++) {
         if (e->notifs[i].seq == seq) {
             memmove(&e->notifs[i], &e->notifs[i + 1], (e->n_notifs - i - 1) * sizeof *e->notifs);
             e->n_notifs--;
+            if (e->n_notifs == 0) { /* nothing owed: hold no room for it (~180 bytes each) */
+                free(e->notifs);
+                e->notifs = NULL;
+                e->cap_notifs = 0;
+            }
             e->dirty = true;
             return ESIM_OK;
         }
@@ -594,7 +616,10 @@ uint32_t sim_euicc_take_seq(sim_euicc *e)
 void sim_euicc_set_auto_enable(sim_euicc *e, bool on, const char *smdp)
 {
     e->auto_enable = on;
-    snprintf(e->auto_enable_smdp, sizeof e->auto_enable_smdp, "%s", smdp ? smdp : "");
+    free(e->auto_enable_smdp);
+    /* At most 255 bytes, as before it was held in a 256-byte array; NULL
+     * when out of memory or empty, which reads as "". */
+    e->auto_enable_smdp = smdp && *smdp ? strndup(smdp, 255) : NULL;
     e->dirty = true;
 }
 
@@ -605,7 +630,7 @@ bool sim_euicc_auto_enable(const sim_euicc *e)
 
 const char *sim_euicc_auto_enable_smdp(const sim_euicc *e)
 {
-    return e->auto_enable ? e->auto_enable_smdp : "";
+    return e->auto_enable && e->auto_enable_smdp ? e->auto_enable_smdp : "";
 }
 
 /* ---- crypto hooks ----------------------------------------------------------- */
@@ -677,7 +702,7 @@ static esim_err eims_to_json(const sim_euicc *e, json_t *j)
     json_object_set_new(j, "eims", arr);
     json_object_set_new(j, "next_association_token", json_integer(e->next_token));
     if (e->auto_enable)
-        json_object_set_new(j, "auto_enable_smdp", json_string(e->auto_enable_smdp));
+        json_object_set_new(j, "auto_enable_smdp", json_string(sim_euicc_auto_enable_smdp(e)));
     for (size_t i = 0; i < e->n_eims; i++) {
         const sim_eim_info *m = &e->eims[i];
         json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:I, s:b, s:i, s:b}", "eim_id", m->eim_id,
@@ -706,9 +731,11 @@ static esim_err eims_from_json(sim_euicc *e, const json_t *j, esim_error *err)
     const char *ae = sim_json_str(j, "auto_enable_smdp");
     if (ae) {
         e->auto_enable = true;
-        if (sim_copy(e->auto_enable_smdp, sizeof e->auto_enable_smdp, ae, "auto_enable_smdp",
-                     err) != ESIM_OK)
-            return ESIM_EINVAL;
+        if (strlen(ae) > 255)
+            return esim_fail(err, ESIM_EINVAL,
+                             "auto_enable_smdp is too long (%zu bytes, at most 255)", strlen(ae));
+        if (*ae && !(e->auto_enable_smdp = strdup(ae)))
+            return esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     size_t n = json_array_size(arr);
     if (n && !(e->eims = calloc(n, sizeof *e->eims)))

@@ -265,6 +265,13 @@ esim_err sim_pem_append(esim_buf *out, const esim_buf *der);
 /* ---- DER the simulator writes itself (der.c) ---- */
 /* A fresh P-256 key for eUICC |eid| and its certificate from the PKI's EUM:
  * *key_der (RFC 5915), *cert_der and *key (the caller's). */
+/* Shrinks |b|'s allocation to its length (and terminator), for buffers kept
+ * per device: the encoder's doubling leaves up to twice the room. The old
+ * block is cleansed (it may hold a key). Unchanged when out of memory. */
+void sim_buf_fit(esim_buf *b);
+/* Bytes of heap an eUICC holds beyond its struct (its buffers and arrays at
+ * their allocated sizes), for tests of what per-device state keeps. */
+size_t sim_euicc_heap_bytes(const sim_euicc *e);
 esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der, esim_buf *cert_der,
                          EVP_PKEY **key, esim_error *err);
 /* Appends tag, length and |content| to |out|. */

@@ -263,6 +263,68 @@ static void test_notifications(void **state)
     sim_euicc_free(e);
 }
 
+/* What an eUICC keeps between sessions (issue 17, the simulator's memory
+ * per device): its credentials at their exact size, no room for
+ * notifications once none is owed, no SM-DP+ address for auto-enable
+ * unless one is set; behaviour as before. */
+static void test_kept_memory(void **state)
+{
+    (void)state;
+    sim_euicc *e = new_euicc(9);
+    assert_int_equal(sim_euicc_heap_bytes(e), 0); /* credentials made on first use */
+    const esim_buf *cert = NULL, *eum = NULL;
+    assert_int_equal(sim_euicc_cert_der(e, &cert, &eum, NULL), ESIM_OK);
+    size_t creds = sim_euicc_heap_bytes(e);
+    /* the certificate and its terminator, and a P-256 ECPrivateKey (121 bytes) */
+    assert_int_equal(cert->cap, cert->len + 1);
+    assert_in_range(creds - cert->cap, 100, 140);
+    sim_profile a = profile(60, SIM_CLASS_OPERATIONAL, 0);
+    install(e, &a);
+    size_t with_notif = sim_euicc_heap_bytes(e);
+    assert_int_equal(with_notif, creds + sizeof(sim_profile) + sizeof(sim_notification));
+    assert_int_equal(sim_euicc_notification_remove(e, last_notif(e)->seq), ESIM_OK);
+    assert_int_equal(sim_euicc_notification_count(e), 0);
+    assert_int_equal(sim_euicc_heap_bytes(e), creds + sizeof(sim_profile));
+    /* Owing again after none was owed: the next sequence number, kept. */
+    assert_int_equal(sim_euicc_enable(e, a.iccid), SIM_RES_OK);
+    assert_int_equal(sim_euicc_notification_count(e), 1);
+    assert_int_equal(last_notif(e)->seq, 2);
+    assert_int_equal(last_notif(e)->event, SIM_NOTIF_ENABLE);
+    /* The signature still verifies with the fitted key and certificate. */
+    esim_buf c1 = {0};
+    assert_int_equal(sim_euicc_cert_b64(e, &c1, NULL), ESIM_OK);
+
+    /* Auto-enable's SM-DP+ address: "" when off, at most 255 bytes, and
+     * through a save and load. */
+    assert_string_equal(sim_euicc_auto_enable_smdp(e), "");
+    char longer[300];
+    memset(longer, 'a', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    sim_euicc_set_auto_enable(e, true, longer);
+    assert_int_equal(strlen(sim_euicc_auto_enable_smdp(e)), 255);
+    sim_euicc_set_auto_enable(e, true, "smdp.example.com");
+    assert_true(sim_euicc_auto_enable(e));
+    assert_string_equal(sim_euicc_auto_enable_smdp(e), "smdp.example.com");
+    char path[600];
+    snprintf(path, sizeof path, "%s/euicc9.json", fx.dir);
+    esim_error err;
+    assert_int_equal(sim_euicc_save(e, path, &err), ESIM_OK);
+    sim_euicc *r = NULL;
+    assert_int_equal(sim_euicc_load(fx.pki, path, &r, &err), ESIM_OK);
+    assert_true(sim_euicc_auto_enable(r));
+    assert_string_equal(sim_euicc_auto_enable_smdp(r), "smdp.example.com");
+    esim_buf c2 = {0};
+    assert_int_equal(sim_euicc_cert_b64(r, &c2, NULL), ESIM_OK);
+    assert_string_equal(c1.data, c2.data);
+    sim_euicc_set_auto_enable(r, false, NULL);
+    assert_false(sim_euicc_auto_enable(r));
+    assert_string_equal(sim_euicc_auto_enable_smdp(r), "");
+    esim_buf_free(&c1);
+    esim_buf_free(&c2);
+    sim_euicc_free(r);
+    sim_euicc_free(e);
+}
+
 static void test_persistence(void **state)
 {
     (void)state;
@@ -620,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_policy_rules),
         cmocka_unit_test(test_memory_reset),
         cmocka_unit_test(test_notifications),
+        cmocka_unit_test(test_kept_memory),
         cmocka_unit_test(test_persistence),
         cmocka_unit_test(test_ec_fixed_verify),
         cmocka_unit_test(test_ec_p256_verify),
