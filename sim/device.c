@@ -14,6 +14,9 @@
 
 #define RESTRICTIONS_TYPE "com.apple.applicationaccess"
 
+/* A configuration profile as read (InstallProfile, or the state file),
+ * with its limits: strings past them are cut (InstallProfile) or refused
+ * (the state file). */
 typedef struct {
     char identifier[256];
     char uuid[64];
@@ -21,7 +24,37 @@ typedef struct {
     bool has_policy;
     esim_policy policy; /* the profile's restrictions payloads merged */
     char first_payload_type[64];
+} profile_in;
+
+/* ... and as the device keeps it: its four strings in one block of their
+ * own lengths (the arrays above are 640 bytes per installed profile, most of
+ * it empty, on every simulated iPhone: issue 17). */
+typedef struct {
+    char *identifier; /* the block: identifier, uuid, display_name, payload type */
+    const char *uuid, *display_name, *first_payload_type;
+    bool has_policy;
+    esim_policy policy;
 } dev_profile;
+
+static esim_err profile_keep(const profile_in *in, dev_profile *out)
+{
+    size_t a = strlen(in->identifier) + 1, b = strlen(in->uuid) + 1,
+           c = strlen(in->display_name) + 1, t = strlen(in->first_payload_type) + 1;
+    char *m = malloc(a + b + c + t);
+    if (!m)
+        return ESIM_ENOMEM;
+    memcpy(m, in->identifier, a);
+    memcpy(m + a, in->uuid, b);
+    memcpy(m + a + b, in->display_name, c);
+    memcpy(m + a + b + c, in->first_payload_type, t);
+    out->identifier = m;
+    out->uuid = m + a;
+    out->display_name = m + a + b;
+    out->first_payload_type = m + a + b + c;
+    out->has_policy = in->has_policy;
+    out->policy = in->policy;
+    return ESIM_OK;
+}
 
 struct sim_device {
     const sim_pki *pki;
@@ -116,6 +149,8 @@ void sim_device_free(sim_device *d)
         return;
     sim_euicc_free(d->euicc);
     esim_buf_free(&d->identity_der);
+    for (size_t i = 0; i < d->n_profiles; i++)
+        free(d->profiles[i].identifier);
     free(d->profiles);
     free(d);
 }
@@ -360,7 +395,7 @@ static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, es
         snprintf(msg, sizeof msg, "The profile could not be installed: %s", perr.msg);
         return answer_error(d, uuid, 1000, "MCProfileErrorDomain", msg, out, err);
     }
-    dev_profile p = {0};
+    profile_in p = {0};
     const char *ident = dict_str(root, "PayloadIdentifier");
     snprintf(p.identifier, sizeof p.identifier, "%s", ident ? ident : "");
     snprintf(p.uuid, sizeof p.uuid, "%s",
@@ -404,14 +439,21 @@ static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, es
     for (i = 0; i < d->n_profiles; i++)
         if (strcmp(d->profiles[i].identifier, p.identifier) == 0)
             break;
+    dev_profile kept;
+    if (profile_keep(&p, &kept) != ESIM_OK)
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (i == d->n_profiles) {
         dev_profile *n = realloc(d->profiles, (d->n_profiles + 1) * sizeof *n);
-        if (!n)
+        if (!n) {
+            free(kept.identifier);
             return esim_fail(err, ESIM_ENOMEM, "out of memory");
+        }
         d->profiles = n;
         d->n_profiles++;
+    } else {
+        free(d->profiles[i].identifier);
     }
-    d->profiles[i] = p;
+    d->profiles[i] = kept;
     d->dirty = true;
     rc = build(d, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, NULL, out, err);
     return rc;
@@ -425,6 +467,7 @@ static esim_err remove_profile(sim_device *d, const char *uuid, plist_t cmd, esi
         return build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, out, err);
     for (size_t i = 0; i < d->n_profiles; i++)
         if (strcmp(d->profiles[i].identifier, ident) == 0) {
+            free(d->profiles[i].identifier);
             memmove(&d->profiles[i], &d->profiles[i + 1],
                     (d->n_profiles - i - 1) * sizeof *d->profiles);
             d->n_profiles--;
@@ -664,6 +707,8 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
 
 void sim_device_erase(sim_device *d, bool keep_esim)
 {
+    for (size_t i = 0; i < d->n_profiles; i++)
+        free(d->profiles[i].identifier);
     free(d->profiles);
     d->profiles = NULL;
     d->n_profiles = 0;
@@ -949,7 +994,7 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
     json_t *it;
     json_array_foreach(profiles, i, it)
     {
-        dev_profile *p = &d->profiles[i];
+        profile_in in = {0}, *p = &in;
         const char *pt = sim_json_str(it, "payload_type");
         json_t *pol = json_object_get(it, "restrictions");
         if ((rc = sim_copy(p->identifier, sizeof p->identifier, sim_json_str(it, "identifier"),
@@ -967,6 +1012,10 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
             goto fail;
         }
         p->has_policy = pol != NULL;
+        if (profile_keep(p, &d->profiles[i]) != ESIM_OK) {
+            rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
+            goto fail;
+        }
         d->n_profiles++;
     }
     rc = sim_euicc_from_json(pki, json_object_get(j, "euicc"), &d->euicc, err);

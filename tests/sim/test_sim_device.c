@@ -145,6 +145,26 @@ static void test_restrictions_merge_and_apply(void **state)
     plist_t list = plist_dict_get_item(m.root, "ProfileList");
     assert_non_null(list);
     assert_int_equal(plist_array_get_size(list), 2);
+    /* Each kept profile's strings (kept packed in one block, issue 17). */
+    const char *want[] = {"com.example.a", "com.example.b"};
+    for (uint32_t i = 0; i < 2; i++) {
+        plist_t e = plist_array_get_item(list, i);
+        char *ident = NULL, *uuid = NULL, *type = NULL;
+        plist_get_string_val(plist_dict_get_item(e, "PayloadIdentifier"), &ident);
+        plist_get_string_val(plist_dict_get_item(e, "PayloadUUID"), &uuid);
+        plist_get_string_val(
+            plist_dict_get_item(plist_array_get_item(plist_dict_get_item(e, "PayloadContent"), 0),
+                                "PayloadType"),
+            &type);
+        assert_string_equal(ident, want[i]);
+        assert_string_equal(sim_device_profile_identifier(d, i), want[i]);
+        assert_non_null(uuid);
+        assert_true(strlen(uuid) > 0);
+        assert_string_equal(type, "com.apple.applicationaccess");
+        free(ident);
+        free(uuid);
+        free(type);
+    }
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
     esim_cmd_free(&cmd);
