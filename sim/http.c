@@ -446,6 +446,9 @@ static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
         goto fail;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* An idle connection gives back its 16 KB read and write buffers: the
+     * simulator holds hundreds of connections open at once (issue 17). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     /* TLS 1.3 suites in an iPhone's order: AES-128-GCM with SHA-256 first
      * (OpenSSL's default puts AES-256 with SHA-384 first, whose key
      * schedule costs a little more in every handshake). */
