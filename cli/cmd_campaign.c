@@ -562,7 +562,12 @@ static void smdp_check(json_t *diag, const char *smdp, const char *ca, const cha
     json_object_set_new(check, "name", json_string("smdp_order"));
     char detail[600];
     json_t *ok = json_null();
-    if (chttp_call(&c, "GET", "/admin/orders", NULL, NULL, 0, &status, &r, &e) != ESIM_OK ||
+    /* That EID's orders only (the loop below still picks by EID): the whole
+     * list costs the SM-DP+ ~2 KB of memory per order while it is built. */
+    char opath[96] = "/admin/orders";
+    if (eid[0] && esim_eid_validate(eid, NULL) == ESIM_OK)
+        snprintf(opath, sizeof opath, "/admin/orders?eid=%s", eid);
+    if (chttp_call(&c, "GET", opath, NULL, NULL, 0, &status, &r, &e) != ESIM_OK ||
         status != 200) {
         snprintf(detail, sizeof detail, "could not ask the SM-DP+: %s",
                  e.msg[0] ? e.msg : chttp_error_message(r));

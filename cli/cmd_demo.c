@@ -1641,7 +1641,9 @@ static void sample_diagnosis(demo *d, const char *campaign_id)
     }
     /* The operator's side, as the CLI's --smdp shows it: the order's state. */
     json_t *orders = NULL;
-    if (call(d, &d->smdp, "GET", "/admin/orders", NULL, NULL, 0, 200, &orders)) {
+    char opath[96]; /* that EID's orders only: all of them are ~2 KB per device in the SM-DP+ */
+    snprintf(opath, sizeof opath, "/admin/orders?eid=%s", jstr(dg, "expected_eid"));
+    if (call(d, &d->smdp, "GET", opath, NULL, NULL, 0, 200, &orders)) {
         json_array_foreach(json_object_get(orders, "orders"), i, v)
         {
             if (strcmp(jstr(v, "eid"), jstr(dg, "expected_eid")) != 0)

@@ -763,6 +763,42 @@ static void test_admin_and_csv(void **state)
     assert_int_equal(json_integer_value(json_object_get(r, "total")), 3);
     assert_int_equal(json_array_size(json_object_get(r, "orders")), 0);
     json_decref(r);
+
+    /* ?eid=: that EID's orders only, every one of them; counts over all. */
+    char one[260], i3[21];
+    st_iccid(703, i3);
+    body = json_pack("{s:s, s:s}", "eid", e1, "iccid", i3);
+    r = st_request(fx.base, fx.http, "POST", url, sim_pki_ca_file(fx.pki), body, auth, 1, &st);
+    assert_int_equal(st, 201);
+    json_decref(r);
+    json_decref(body);
+    snprintf(one, sizeof one, "%s?eid=%s", url, e2);
+    r = st_request(fx.base, fx.http, "GET", one, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_integer_value(json_object_get(r, "total")), 4);
+    assert_int_equal(json_array_size(json_object_get(r, "orders")), 1);
+    assert_string_equal(sim_json_str(json_array_get(json_object_get(r, "orders"), 0), "iccid"), i2);
+    json_decref(r);
+    snprintf(one, sizeof one, "%s?eid=%s", url, e1);
+    r = st_request(fx.base, fx.http, "GET", one, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
+    assert_int_equal(st, 200);
+    json_t *two = json_object_get(r, "orders");
+    assert_int_equal(json_array_size(two), 2);
+    assert_string_equal(sim_json_str(json_array_get(two, 0), "eid"), e1);
+    assert_string_equal(sim_json_str(json_array_get(two, 1), "eid"), e1);
+    json_decref(r);
+    char none[33];
+    st_eid(799, none);
+    snprintf(one, sizeof one, "%s?eid=%s", url, none);
+    r = st_request(fx.base, fx.http, "GET", one, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_array_size(json_object_get(r, "orders")), 0);
+    json_decref(r);
+    snprintf(one, sizeof one, "%s?eid=123", url);
+    r = st_request(fx.base, fx.http, "GET", one, sim_pki_ca_file(fx.pki), NULL, auth, 1, &st);
+    assert_int_equal(st, 400);
+    assert_non_null(strstr(sim_json_str(r, "error"), "EID"));
+    json_decref(r);
 }
 
 static void test_admin_token_and_persistence(void **state)
