@@ -1933,6 +1933,18 @@ static int run(demo *d)
                                       (json_int_t)(total - pcs - (long)d->iot_devices), "verified",
                                       (json_int_t)jint(ap, "verified"), "failed",
                                       (json_int_t)jint(ap, "failed")));
+        /* The simulator's iPhones: its session places (--max-concurrent),
+         * its check-ins, and those that waited in its queue for a place
+         * (queued while every place was taken): a device the campaign
+         * counts in flight may be waiting there rather than working. */
+        json_t *ss = NULL;
+        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &ss)) {
+            json_object_set_new(j, "sim_max_concurrent", json_integer(jint(ss, "max_concurrent")));
+            json_object_set_new(j, "sim_checkins", json_integer(jint(ss, "checkins")));
+            json_object_set_new(j, "sim_checkins_waited",
+                                json_integer(jint(ss, "checkins_waited")));
+        }
+        json_decref(ss);
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));

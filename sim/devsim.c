@@ -258,6 +258,9 @@ static void want_checkin(sim_devsim *s, size_t i)
         return;
     sl->flags |= F_QUEUED;
     s->queue[(s->q_head + s->q_len++) % s->n] = i;
+    /* Behind the cap (or the window): it waits for a session to end. */
+    if (s->active >= s->max_concurrent || (double)s->active >= s->window)
+        s->stats.checkins_waited++;
 }
 
 /* ---- HTTP to the service ----------------------------------------------------------------------
@@ -985,8 +988,13 @@ static json_t *stats_json(const sim_devsim *s)
                   (json_int_t)t->errors, "not_now", (json_int_t)t->not_now, "downloads_ok",
                   (json_int_t)t->downloads_ok, "downloads_failed", (json_int_t)t->downloads_failed,
                   "http_errors", (json_int_t)w.http_errors);
-    if (j)
+    if (j) {
         json_object_set_new(j, "window", json_integer((json_int_t)s->window));
+        json_object_set_new(j, "max_concurrent", json_integer((json_int_t)s->max_concurrent));
+        json_object_set_new(j, "sessions_now", json_integer((json_int_t)w.sessions_now));
+        json_object_set_new(j, "checkins_waiting", json_integer((json_int_t)w.checkins_waiting));
+        json_object_set_new(j, "checkins_waited", json_integer((json_int_t)w.checkins_waited));
+    }
     /* Every TLS connection the simulator opened (to the service, the
      * SM-DP+, the mocks): full handshakes, resumed ones, and client
      * certificates sent (in full handshakes only). */
@@ -1563,6 +1571,8 @@ sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
 {
     sim_devsim_stats t = s->stats;
     t.devices = s->n + sim_winfleet_count(s->win);
+    t.sessions_now = s->active;
+    t.checkins_waiting = s->q_len;
     sim_winfleet_stats(s->win, &t);
     t.iot = sim_iotfleet_get_stats(s->iot);
     if (s->http) {

@@ -859,6 +859,11 @@ typedef struct {
      * resumed, and client certificates sent (full handshakes only); full
      * handshakes whose server chain had verified before (sim_http_tls_stats). */
     size_t tls_full, tls_resumed, tls_client_certs, tls_verified_again;
+    /* The iPhones' sessions (enrolments, check-ins) in flight now; check-ins
+     * waiting for one to end (behind --max-concurrent or the window); and
+     * check-ins that had to wait so (queued while every place was taken),
+     * since the start. */
+    size_t sessions_now, checkins_waiting, checkins_waited;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;

@@ -165,6 +165,14 @@ static void test_demo_50_devices_json(void **state)
     /* three steps for the iPhones and PCs, two for the IoT devices */
     assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
     assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
+    /* The simulator's queue: 128 session places (the demo's), every
+     * iPhone checked in at least once, and those that waited for a place
+     * are some of those check-ins. */
+    assert_int_equal(json_integer_value(json_object_get(j, "sim_max_concurrent")), 128);
+    assert_true(json_integer_value(json_object_get(j, "sim_checkins")) >= 35);
+    assert_true(json_integer_value(json_object_get(j, "sim_checkins_waited")) >= 0);
+    assert_true(json_integer_value(json_object_get(j, "sim_checkins_waited")) <=
+                json_integer_value(json_object_get(j, "sim_checkins")));
     /* Enrolment's time and each part's CPU by then, no more than in all. */
     assert_true(json_number_value(json_object_get(j, "enrol_s")) > 0);
     assert_true(json_number_value(json_object_get(j, "enrolments_per_s")) > 0);
