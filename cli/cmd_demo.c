@@ -1729,6 +1729,11 @@ static int run(demo *d)
     static const char *const steps[] = {"profile", "refresh", "verify"};
     if (d->iot_devices && !make_group(d, devs, n))
         goto out;
+    /* Each part's CPU over the campaign alone (the inventory and
+     * enrolment before it not counted): what the campaign's seconds used. */
+    esim_proc_usage camp_use0[sizeof child_names / sizeof child_names[0]] = {{0}}, camp_use1[sizeof child_names / sizeof child_names[0]] = {{0}};
+    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
+        sup_usage(&d->sup, child_names[k], &camp_use0[k]);
     int64_t t0 = esim_mono_ms();
     json_t *body = campaign_body(d, "demo roll-out",
                                  d->iot_devices ? json_pack("{s:s}", "group", DEMO_GROUP)
@@ -1767,6 +1772,8 @@ static int run(demo *d)
                         sup_stopping()))
         goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
+    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
+        sup_usage(&d->sup, child_names[k], &camp_use1[k]);
     if (d->n_inventory_cmds && inventory_answered_now(d, &d->inventory_answered_all) &&
         d->inventory_folded)
         say(d, "  inventory: %ld iPhones answered DeviceInformation in all\n",
@@ -1958,6 +1965,7 @@ static int run(demo *d)
         json_object_set_new(j, "enrol_s", json_real(enrol_s));
         json_object_set_new(j, "enrolments_per_s",
                             json_real(enrol_s > 0 ? (double)n / enrol_s : 0.0));
+        double campaign_cpu = 0;
         for (size_t k = 0; j && k < sizeof child_names / sizeof child_names[0]; k++) {
             if (!sup_started(&d->sup, child_names[k]))
                 continue;
@@ -1968,7 +1976,15 @@ static int run(demo *d)
             json_object_set_new(j, key, json_real(use[k].cpu_s));
             snprintf(key, sizeof key, "%s_enrol_cpu_s", child_names[k]);
             json_object_set_new(j, key, json_real(enrol_use[k].cpu_s));
+            double camp_cpu = camp_use1[k].cpu_s - camp_use0[k].cpu_s;
+            snprintf(key, sizeof key, "%s_campaign_cpu_s", child_names[k]);
+            json_object_set_new(j, key, json_real(camp_cpu > 0 ? camp_cpu : 0.0));
+            campaign_cpu += camp_cpu > 0 ? camp_cpu : 0.0;
         }
+        /* How many of the machine's cores the parts used while the
+         * campaign ran (its CPU seconds over duration_s). */
+        json_object_set_new(j, "campaign_cpu_s", json_real(campaign_cpu));
+        json_object_set_new(j, "campaign_cores", json_real(secs > 0 ? campaign_cpu / secs : 0.0));
         char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (t)
             printf("%s\n", t);

@@ -82,6 +82,12 @@ rate = ver / dur
 print(f"  campaign: {ver} of the {verifiable} devices that can take an eSIM verified in {dur:.1f} s "
       f"= {rate:.0f} verified/s (100,000 in 60 s needs 1667/s: ratio {rate/1667:.2f}); "
       f"failed {s.get('failed', 0)}, timed out {s.get('timed_out', 0)}, ok={s.get('ok')}")
+if "campaign_cpu_s" in s:
+    parts = ", ".join(f"{p} {s.get(p + '_campaign_cpu_s', 0):.1f} s"
+                      for p in ("service", "devsim", "smdp") if f"{p}_campaign_cpu_s" in s)
+    print(f"  campaign CPU: {s['campaign_cpu_s']:.1f} s in {dur:.1f} s = "
+          f"{s.get('campaign_cores', 0):.2f} of the machine's cores ({parts}; the inventory "
+          f"before it not counted)")
 print(f"  pushes per device {s.get('pushes', 0)/dev:.2f} (goal 1), "
       f"commands per device {s.get('commands', 0)/dev:.2f}")
 print(f"  {'process':10s} {'enrolment':>14s} {'whole run':>14s} {'':>12s} {'peak memory':>16s}")

@@ -181,6 +181,21 @@ static void test_demo_50_devices_json(void **state)
                 json_number_value(json_object_get(j, "service_cpu_s")));
     assert_true(json_number_value(json_object_get(j, "devsim_enrol_cpu_s")) <=
                 json_number_value(json_object_get(j, "devsim_cpu_s")));
+    /* Each part's CPU over the campaign alone: within its whole run's, and
+     * all of them together in campaign_cpu_s. */
+    double camp = 0;
+    static const char *const parts_cpu[] = {"service", "devsim", "smdp"};
+    for (size_t k = 0; k < 3; k++) {
+        char key[64], whole[64];
+        snprintf(key, sizeof key, "%s_campaign_cpu_s", parts_cpu[k]);
+        snprintf(whole, sizeof whole, "%s_cpu_s", parts_cpu[k]);
+        assert_true(json_is_number(json_object_get(j, key)));
+        assert_true(json_number_value(json_object_get(j, key)) <=
+                    json_number_value(json_object_get(j, whole)));
+        camp += json_number_value(json_object_get(j, key));
+    }
+    assert_true(json_number_value(json_object_get(j, "campaign_cpu_s")) >= camp - 1e-6);
+    assert_true(json_number_value(json_object_get(j, "campaign_cores")) >= 0);
     json_t *erase = json_object_get(j, "erase_keep_esim");
     assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
     assert_int_equal(json_integer_value(json_object_get(erase, "still_verified")),
