@@ -619,16 +619,16 @@ typedef struct {
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
     store_sync sync;
-    bool in_batch;  /* operations are savepoints inside one transaction */
+    bool in_batch; /* operations are savepoints inside one transaction */
     /* An operation begun with op_begin_checked directly in the batch, with
      * no savepoint, and the store's change count when it began. */
     bool unsaved;
     int64_t unsaved_changes;
     bool batch_broken; /* such an operation failed after it wrote: the batch
                         * cannot commit */
-    int depth;      /* operations begun and not ended (they nest) */
-    char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
-    int wal_fd;     /* opened once the log exists (group mode) */
+    int depth;         /* operations begun and not ended (they nest) */
+    char *wal_path;    /* "<db>-wal", fsynced by sq_sync in group mode */
+    int wal_fd;        /* opened once the log exists (group mode) */
     /* The statements taken since the last operation ended: the ones its end
      * resets (not all of them: an exchange uses about ten of ninety). */
     bool used[S_COUNT];
@@ -1339,14 +1339,13 @@ static esim_err sq_entry_answer(store *base, int64_t entry, store_qstate state, 
 
 static esim_err sq_entry_answer_sent(store *base, const char *udid, const char *uuid,
                                      store_qstate state, int not_now_add,
-                                     const char *error_chain_json, const void *raw,
-                                     size_t raw_len, int64_t now, esim_error *err)
+                                     const char *error_chain_json, const void *raw, size_t raw_len,
+                                     int64_t now, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
     esim_err rc = exec_stmt(s, err, S_Q_ANSWER_SENT, "tttiiitb", udid, uuid,
-                            esim_store_qstate_name(state),
-                            (int64_t)esim_store_qstate_active(state), now, (int64_t)not_now_add,
-                            error_chain_json, raw, raw_len);
+                            esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state),
+                            now, (int64_t)not_now_add, error_chain_json, raw, raw_len);
     if (rc == ESIM_OK && sqlite3_changes(s->db) == 0)
         rc = ESIM_ENOTFOUND;
     return rc;
@@ -2432,24 +2431,25 @@ static esim_err migrate(sqlite_store *s, esim_error *err)
     return ESIM_OK;
 }
 
-uint64_t store_sqlite_fullscan_steps(store *st)
+/* One of sqlite3_stmt_status's counters summed over the cached statements. */
+static uint64_t stmt_status_sum(store *st, int counter)
 {
     sqlite_store *s = (sqlite_store *)st;
     uint64_t n = 0;
     for (size_t i = 0; i < S_COUNT; i++)
         if (s->stmt[i])
-            n += (uint64_t)sqlite3_stmt_status(s->stmt[i], SQLITE_STMTSTATUS_FULLSCAN_STEP, 0);
+            n += (uint64_t)sqlite3_stmt_status(s->stmt[i], counter, 0);
     return n;
+}
+
+uint64_t store_sqlite_fullscan_steps(store *st)
+{
+    return stmt_status_sum(st, SQLITE_STMTSTATUS_FULLSCAN_STEP);
 }
 
 uint64_t store_sqlite_statements_run(store *st)
 {
-    sqlite_store *s = (sqlite_store *)st;
-    uint64_t n = 0;
-    for (size_t i = 0; i < S_COUNT; i++)
-        if (s->stmt[i])
-            n += (uint64_t)sqlite3_stmt_status(s->stmt[i], SQLITE_STMTSTATUS_RUN, 0);
-    return n;
+    return stmt_status_sum(st, SQLITE_STMTSTATUS_RUN);
 }
 
 /* SQLite's memory statistics, on by default, take a global mutex around

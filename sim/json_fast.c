@@ -57,6 +57,24 @@ static bool plain_string(reader *r, const char **s, size_t *n)
 
 static json_t *value(reader *r);
 
+/* After an object's member or an array's element: 1 when a ',' follows
+ * (consumed, with the blanks after it), 0 when the closing `close` does
+ * (consumed), -1 for anything else. */
+static int after_member(reader *r, char close)
+{
+    skip_ws(r);
+    if (r->p < r->end && *r->p == ',') {
+        r->p++;
+        skip_ws(r);
+        return 1;
+    }
+    if (r->p < r->end && *r->p == close) {
+        r->p++;
+        return 0;
+    }
+    return -1;
+}
+
 static json_t *object(reader *r)
 {
     json_t *o = json_object();
@@ -84,16 +102,11 @@ static json_t *object(reader *r)
          * last value replaces the first in its place. */
         if (!v || json_object_set_new_nocheck(o, key, v) != 0)
             break;
-        skip_ws(r);
-        if (r->p < r->end && *r->p == ',') {
-            r->p++;
-            skip_ws(r);
+        int next = after_member(r, '}');
+        if (next > 0)
             continue;
-        }
-        if (r->p < r->end && *r->p == '}') {
-            r->p++;
+        if (next == 0)
             return o;
-        }
         break;
     }
     json_decref(o);
@@ -113,16 +126,11 @@ static json_t *array(reader *r)
         json_t *v = value(r);
         if (!v || json_array_append_new(a, v) != 0)
             break;
-        skip_ws(r);
-        if (r->p < r->end && *r->p == ',') {
-            r->p++;
-            skip_ws(r);
+        int next = after_member(r, ']');
+        if (next > 0)
             continue;
-        }
-        if (r->p < r->end && *r->p == ']') {
-            r->p++;
+        if (next == 0)
             return a;
-        }
         break;
     }
     json_decref(a);
