@@ -567,8 +567,7 @@ static void smdp_check(json_t *diag, const char *smdp, const char *ca, const cha
     char opath[96] = "/admin/orders";
     if (eid[0] && esim_eid_validate(eid, NULL) == ESIM_OK)
         snprintf(opath, sizeof opath, "/admin/orders?eid=%s", eid);
-    if (chttp_call(&c, "GET", opath, NULL, NULL, 0, &status, &r, &e) != ESIM_OK ||
-        status != 200) {
+    if (chttp_call(&c, "GET", opath, NULL, NULL, 0, &status, &r, &e) != ESIM_OK || status != 200) {
         snprintf(detail, sizeof detail, "could not ask the SM-DP+: %s",
                  e.msg[0] ? e.msg : chttp_error_message(r));
     } else {

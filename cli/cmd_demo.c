@@ -1731,7 +1731,9 @@ static int run(demo *d)
         goto out;
     /* Each part's CPU over the campaign alone (the inventory and
      * enrolment before it not counted): what the campaign's seconds used. */
-    esim_proc_usage camp_use0[sizeof child_names / sizeof child_names[0]] = {{0}}, camp_use1[sizeof child_names / sizeof child_names[0]] = {{0}};
+    esim_proc_usage camp_use0[sizeof child_names / sizeof child_names[0]] = {{0}},
+                                                          camp_use1[sizeof child_names /
+                                                                    sizeof child_names[0]] = {{0}};
     for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
         sup_usage(&d->sup, child_names[k], &camp_use0[k]);
     int64_t t0 = esim_mono_ms();

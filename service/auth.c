@@ -512,10 +512,10 @@ typedef struct {
  * the parsed slots; an EC public key is ≈ 1 KiB where an X509 is ≈ 5. */
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
-    EVP_PKEY *key;       /* NULL: empty slot */
-    EVP_PKEY_CTX *vctx;  /* |key| made ready to verify (EVP_PKEY_verify_init), once:
-                          * that init fetches the signature algorithm, ≈ 24,000
-                          * instructions a message */
+    EVP_PKEY *key;      /* NULL: empty slot */
+    EVP_PKEY_CTX *vctx; /* |key| made ready to verify (EVP_PKEY_verify_init), once:
+                         * that init fetches the signature algorithm, ≈ 24,000
+                         * instructions a message */
 } auth_key_slot;
 
 /* A certificate that issued a device identity whose chain OpenSSL
@@ -531,7 +531,7 @@ typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH]; /* its DER's digest */
     unsigned char *der;                      /* its DER (OPENSSL_malloc'd) */
     size_t der_len;
-    unsigned char *subject;                  /* its subject Name's DER; NULL: empty */
+    unsigned char *subject; /* its subject Name's DER; NULL: empty */
     size_t subject_len;
     EVP_PKEY *key;
     unsigned char ski[64];

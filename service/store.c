@@ -210,9 +210,8 @@ static esim_err op_begin_checked(store *st, esim_error *err)
 /* check_identity, then last_seen_at = |now| (the EID too when |eid| is not
  * NULL): one statement where the back end has it and the device passes as
  * it is (nearly every request of a known device), the two steps otherwise. */
-static esim_err check_identity_seen(store *st, const char *udid, const char *cert,
-                                    const char *eid, const char *verb, int64_t now,
-                                    esim_error *err)
+static esim_err check_identity_seen(store *st, const char *udid, const char *cert, const char *eid,
+                                    const char *verb, int64_t now, esim_error *err)
 {
     if (st->ops->device_seen_verified) {
         esim_err rc = st->ops->device_seen_verified(st, udid, cert, eid, now, err);

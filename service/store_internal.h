@@ -151,10 +151,9 @@ struct store_ops {
      * answer (state sent). ESIM_OK when so; else ESIM_ENOTFOUND (|err|
      * untouched, nothing changed), and the caller reads the entry with
      * entry_find. */
-    esim_err (*entry_answer_sent)(store *st, const char *udid, const char *uuid,
-                                  store_qstate state, int not_now_add,
-                                  const char *error_chain_json, const void *raw, size_t raw_len,
-                                  int64_t now, esim_error *err);
+    esim_err (*entry_answer_sent)(store *st, const char *udid, const char *uuid, store_qstate state,
+                                  int not_now_add, const char *error_chain_json, const void *raw,
+                                  size_t raw_len, int64_t now, esim_error *err);
     /* The device's deliverable entry with the highest priority, then the
      * oldest, whose command is not expired at |now| and whose uuid is not one
      * of |skip|: *entry and |next| (uuid, request type, body appended to

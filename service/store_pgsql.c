@@ -1177,8 +1177,8 @@ static esim_err pg_entry_answer(store *base, int64_t entry, store_qstate state, 
 
 static esim_err pg_entry_answer_sent(store *base, const char *udid, const char *uuid,
                                      store_qstate state, int not_now_add,
-                                     const char *error_chain_json, const void *raw,
-                                     size_t raw_len, int64_t now, esim_error *err)
+                                     const char *error_chain_json, const void *raw, size_t raw_len,
+                                     int64_t now, esim_error *err)
 {
     PGresult *res = run((pg_store *)base, err, S_Q_ANSWER_SENT, "tttiiitb", udid, uuid,
                         esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state),

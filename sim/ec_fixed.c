@@ -165,7 +165,7 @@ static void ord_mont_mul(ord4 r, const ord4 a, const ord4 b)
 /* a·b mod n */
 static void ord_mul(ord4 r, const ord4 a, const ord4 b)
 {
-    ord_mont_mul(r, a, b);     /* a·b·2^-256 */
+    ord_mont_mul(r, a, b);      /* a·b·2^-256 */
     ord_mont_mul(r, r, ORD_RR); /* ·2^256 */
 }
 

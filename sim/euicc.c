@@ -33,9 +33,9 @@ struct sim_euicc {
     uint32_t next_seq;
     sim_eim_info *eims; /* SGP.32: the associated eIMs, at most SIM_MAX_EIMS */
     size_t n_eims;
-    int64_t next_token; /* the next association token handed out, >= 1 */
-    bool auto_enable;   /* configureAutoEnable */
-    char *auto_enable_smdp; /* NULL unless set (SGP.32 IoT eUICCs only); < 256 bytes */
+    int64_t next_token;       /* the next association token handed out, >= 1 */
+    bool auto_enable;         /* configureAutoEnable */
+    char *auto_enable_smdp;   /* NULL unless set (SGP.32 IoT eUICCs only); < 256 bytes */
     uint8_t session_txid[16]; /* the RSP session installing now (sim_euicc_set_session) */
     bool dirty;
 };
@@ -168,7 +168,7 @@ static esim_err issue_cert(sim_euicc *e, const esim_cert *eum, X509 *eum_for_cha
     /* The new key is used right away (the download that made it signs next). */
     sim_euicc_release_key(e);
     e->key = k;
-    sim_buf_fit(&key); /* kept for the eUICC's life: their exact size, not the */
+    sim_buf_fit(&key);  /* kept for the eUICC's life: their exact size, not the */
     sim_buf_fit(&cert); /* encoder's doubled room (~500 bytes per eUICC) */
     e->key_der = key;
     e->cert_der = cert;
@@ -215,7 +215,7 @@ static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
     esim_buf_free(&e->eum_der); /* the PKI's, shared */
     sim_euicc_release_key(e);
     e->key = k;
-    sim_buf_fit(&key); /* kept for the eUICC's life: their exact size, not the */
+    sim_buf_fit(&key);  /* kept for the eUICC's life: their exact size, not the */
     sim_buf_fit(&cert); /* encoder's doubled room (~500 bytes per eUICC) */
     e->key_der = key;
     e->cert_der = cert;

@@ -35,10 +35,10 @@ struct sim_pki {
     /* Certificates the eUICCs verified against the CI: the SM-DP+'s (lpa.c)
      * and the eIMs' (es10.c), so a fleet checks each one once. */
     struct sim_cert_cache *server_certs;
-    EVP_PKEY_CTX *ec_keygen;             /* P-256 key generation, set up once */
-    sim_ec_signer *eum_sign;             /* eum's key, ready to sign a SHA-256 digest */
-    esim_buf eum_name_der;               /* eum's subject Name, DER: the eUICCs' issuer */
-    esim_buf eum_ski;                    /* eum's subjectKeyIdentifier (may be empty) */
+    EVP_PKEY_CTX *ec_keygen; /* P-256 key generation, set up once */
+    sim_ec_signer *eum_sign; /* eum's key, ready to sign a SHA-256 digest */
+    esim_buf eum_name_der;   /* eum's subject Name, DER: the eUICCs' issuer */
+    esim_buf eum_ski;        /* eum's subjectKeyIdentifier (may be empty) */
 };
 
 /* ---- GSMA crypto (rsp_crypto.c) ---- */

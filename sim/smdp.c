@@ -63,7 +63,7 @@ typedef struct session {
     unsigned char server_challenge[16];
     char server_address[128];
     char eid[ESIM_EID_LEN + 1];
-    size_t order;        /* index into orders, once authenticated */
+    size_t order;         /* index into orders, once authenticated */
     euicc_key *euicc_key; /* its certificate's, verified, once authenticated */
     int64_t created_ms;
 } session;
@@ -92,8 +92,8 @@ struct sim_smdp {
     session *sessions;
     size_t n_sessions, max_sessions;
     int64_t session_ttl_ms;
-    sim_cert_cache *certs;     /* EUM and eUICC certificates that verified against the CI */
-    char *dpauth_b64;          /* our certificate as sent in every authentication */
+    sim_cert_cache *certs;      /* EUM and eUICC certificates that verified against the CI */
+    char *dpauth_b64;           /* our certificate as sent in every authentication */
     sim_ec_signer *dpauth_sign; /* our key, ready to sign */
     struct event *save_timer;
     bool save_pending;
@@ -774,9 +774,9 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
                                       NULL, &why, NULL);
     char serial[64] = "";
     euicc_key *euicc = eum ? malloc(sizeof *euicc) : NULL;
-    bool issued = euicc && sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"),
-                                                        eum, serial, sizeof serial, euicc->q, &why,
-                                                        NULL);
+    bool issued =
+        euicc && sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"), eum,
+                                              serial, sizeof serial, euicc->q, &why, NULL);
     bool ok = false;
     if (!eum)
         reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
@@ -1288,7 +1288,8 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
     euicc_key *euicc = NULL;
     char eid[ESIM_EID_LEN + 1], iccid[21] = "";
     if (verify_euicc_der(s, req, &o->euiccCertificate, &o->eumCertificate, &euicc, eid)) {
-        if (!der_sig_ok(s, euicc, &asn_DEF_NotificationMetadata, t, &o->euiccNotificationSignature)) {
+        if (!der_sig_ok(s, euicc, &asn_DEF_NotificationMetadata, t,
+                        &o->euiccNotificationSignature)) {
             reply_failed(req, "8.1", "6.1", "eUICC signature is invalid");
         } else {
             bool install = t->profileManagementOperation.size >= 1 &&

@@ -1815,8 +1815,7 @@ static void test_round_trip_statements(void **state)
     assert_int_equal(esim_store_device_checkin(st, "S1", other, "idle", NULL, 3002, NULL),
                      ESIM_EAUTH);
     enroll(st, "S2", NULL);
-    assert_int_equal(esim_store_device_checkin(st, "S2", other, "idle", NULL, 3003, NULL),
-                     ESIM_OK);
+    assert_int_equal(esim_store_device_checkin(st, "S2", other, "idle", NULL, 3003, NULL), ESIM_OK);
     assert_int_equal(esim_store_device_checkin(st, "S2", cert, "idle", NULL, 3004, NULL),
                      ESIM_EAUTH);
     assert_int_equal(esim_store_device_checkin(st, "S9", NULL, "idle", NULL, 3005, NULL),
@@ -1867,8 +1866,7 @@ static void test_batch_requests_without_savepoints(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
-    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3002, next, NULL),
-                     ESIM_OK);
+    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3002, next, NULL), ESIM_OK);
     assert_int_equal(exchange(st, "B2", "Idle", NULL, NULL, 0, 3003, next, NULL), ESIM_ESTORE);
     esim_error e;
     assert_int_equal(esim_store_batch_commit(st, &e), ESIM_ESTORE);
@@ -1881,8 +1879,7 @@ static void test_batch_requests_without_savepoints(void **state)
     assert_int_equal(sqlite3_exec(db, "DROP TRIGGER boom", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
-    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3004, next, NULL),
-                     ESIM_OK);
+    assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3004, next, NULL), ESIM_OK);
     assert_int_equal(esim_store_batch_commit(st, NULL), ESIM_OK);
     assert_int_equal(state_of(st, "b1", "B1"), STORE_Q_ACKNOWLEDGED);
     esim_store_close(st);

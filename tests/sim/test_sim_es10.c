@@ -420,8 +420,7 @@ static void test_eim_cert_verified_once_per_pki(void **state)
     assert_int_equal(sim_euicc_eim_count(e[1]), 1);
     assert_true(sim_euicc_eim_at(e[1], 0)->key_is_cert);
     assert_int_equal(sim_euicc_eim_at(e[1], 0)->key_der.len, fx.eim_der.len);
-    assert_memory_equal(sim_euicc_eim_at(e[1], 0)->key_der.data, fx.eim_der.data,
-                        fx.eim_der.len);
+    assert_memory_equal(sim_euicc_eim_at(e[1], 0)->key_der.data, fx.eim_der.data, fx.eim_der.len);
     for (int k = 0; k < 2; k++)
         assert_int_equal(add_initial(e[2], eim_config(EIM_B, &fx.stray_der, 0)),
                          -AddInitialEimResponse__addInitialEimError_ciPKUnknown);
