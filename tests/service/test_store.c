@@ -84,6 +84,17 @@ static store *open_fresh(char path[600])
     return st;
 }
 
+/* A fresh store when the store under test is SQLite; NULL (and nothing
+ * left open) for the tests of SQLite's own statements on another store. */
+static store *open_fresh_sqlite(char path[600])
+{
+    store *st = open_fresh(path);
+    if (strcmp(st->ops->name, "sqlite") == 0)
+        return st;
+    esim_store_close(st);
+    return NULL;
+}
+
 static void enroll(store *st, const char *udid, const char *cert)
 {
     store_authenticate_in in = {.udid = udid,
@@ -1740,11 +1751,9 @@ static void test_enrolment_uses_indexes(void **state)
 {
     (void)state;
     char path[600];
-    store *st = open_fresh(path);
-    if (strcmp(st->ops->name, "sqlite") != 0) {
-        esim_store_close(st);
+    store *st = open_fresh_sqlite(path);
+    if (!st)
         skip();
-    }
     char udid[64], cert[65];
     for (int i = 0; i < 200; i++) {
         snprintf(udid, sizeof udid, "00008110-%016d", i);
@@ -1780,11 +1789,9 @@ static void test_round_trip_statements(void **state)
 {
     (void)state;
     char path[600];
-    store *st = open_fresh(path);
-    if (strcmp(st->ops->name, "sqlite") != 0) {
-        esim_store_close(st);
+    store *st = open_fresh_sqlite(path);
+    if (!st)
         skip();
-    }
     const char *cert = "0000000000000000000000000000000000000000000000000000000000000001";
     enroll(st, "S1", cert);
     enqueue(st, "c1", "S1", 0, 0);
@@ -1833,11 +1840,9 @@ static void test_batch_requests_without_savepoints(void **state)
 {
     (void)state;
     char path[600];
-    store *st = open_fresh(path);
-    if (strcmp(st->ops->name, "sqlite") != 0) {
-        esim_store_close(st);
+    store *st = open_fresh_sqlite(path);
+    if (!st)
         skip();
-    }
     enroll(st, "B1", NULL);
     enroll(st, "B2", NULL);
     enqueue(st, "b1", "B1", 0, 0);
@@ -1891,11 +1896,9 @@ static void test_sqlite_memory_statistics_off(void **state)
 {
     (void)state;
     char path[600];
-    store *st = open_fresh(path);
-    if (strcmp(st->ops->name, "sqlite") != 0) {
-        esim_store_close(st);
+    store *st = open_fresh_sqlite(path);
+    if (!st)
         skip();
-    }
     enroll(st, "M1", NULL);
     sqlite3_int64 now = -1, high = -1;
     assert_int_equal(sqlite3_status64(SQLITE_STATUS_MALLOC_COUNT, &now, &high, 0), SQLITE_OK);
