@@ -667,20 +667,28 @@ static EVP_MD *cached_md(esim_service *svc, int i, int nid)
     return c->md[i];
 }
 
-/* |md| over |data| into |out| (*out_len bytes) with the cache's reused
- * context. False on failure. */
-static bool digest_with(esim_service *svc, EVP_MD *md, const void *data, size_t len,
-                        unsigned char *out, unsigned *out_len)
+/* |md| over |a| then |b| (|b| may be NULL with |blen| 0) into |out|
+ * (*out_len bytes) with the cache's reused context. False on failure. */
+static bool digest_two(esim_service *svc, EVP_MD *md, const void *a, size_t alen, const void *b,
+                       size_t blen, unsigned char *out, unsigned *out_len)
 {
     struct auth_cache *c = svc->auth_cache;
     if (!c->dctx && !(c->dctx = EVP_MD_CTX_new()))
         return false;
     bool ok = md && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
-              EVP_DigestUpdate(c->dctx, data ? data : "", len) == 1 &&
+              EVP_DigestUpdate(c->dctx, a ? a : "", alen) == 1 &&
+              (blen == 0 || EVP_DigestUpdate(c->dctx, b, blen) == 1) &&
               EVP_DigestFinal_ex(c->dctx, out, out_len) == 1;
     if (!ok)
         ERR_clear_error();
     return ok;
+}
+
+/* |md| over |data| into |out| (*out_len bytes). False on failure. */
+static bool digest_with(esim_service *svc, EVP_MD *md, const void *data, size_t len,
+                        unsigned char *out, unsigned *out_len)
+{
+    return digest_two(svc, md, data, len, NULL, 0, out, out_len);
 }
 
 void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char out[32])
@@ -1195,23 +1203,6 @@ static esim_err verify_direct(esim_service *svc, const esim_buf *der, const unsi
     return rc;
 }
 
-/* |md| over |tag| then |data| into |out| (*out_len bytes) with the
- * cache's reused context. False on failure. */
-static bool digest_tagged(esim_service *svc, EVP_MD *md, unsigned char tag, const void *data,
-                          size_t len, unsigned char *out, unsigned *out_len)
-{
-    struct auth_cache *c = svc->auth_cache;
-    if (!c->dctx && !(c->dctx = EVP_MD_CTX_new()))
-        return false;
-    bool ok = md && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
-              EVP_DigestUpdate(c->dctx, &tag, 1) == 1 &&
-              EVP_DigestUpdate(c->dctx, data, len) == 1 &&
-              EVP_DigestFinal_ex(c->dctx, out, out_len) == 1;
-    if (!ok)
-        ERR_clear_error();
-    return ok;
-}
-
 /* The checks of verify_direct once the signer's key is known: the body's
  * digest, then the signature over the attributes (their SET OF tag in
  * place of the [0] they are sent with), and the signingTime. With |vctx|
@@ -1247,8 +1238,8 @@ static esim_err verify_with_key(esim_service *svc, const auth_signer_info *sip,
         }
         unsigned char attrs[EVP_MAX_MD_SIZE];
         unsigned attrs_len = 0;
-        if (!digest_tagged(svc, md, set_tag, si.attrs_tlv + 1, si.attrs_tlv_len - 1, attrs,
-                           &attrs_len))
+        if (!digest_two(svc, md, &set_tag, 1, si.attrs_tlv + 1, si.attrs_tlv_len - 1, attrs,
+                        &attrs_len))
             return ESIM_ENOTFOUND;
         ok = EVP_PKEY_verify(*vctx, si.sig, si.sig_len, attrs, attrs_len) == 1;
     } else {
@@ -1287,7 +1278,6 @@ static bool ver_key_fill(esim_service *svc, auth_verified *v, const unsigned cha
                          const unsigned char *issuer, size_t ilen, const unsigned char *serial,
                          size_t slen)
 {
-    struct auth_cache *c = svc->auth_cache;
     auth_key k = {0};
     memcpy(k.point, point, sizeof k.point);
     k.ski_len = (unsigned char)(ski ? ski_len : 0);
@@ -1296,13 +1286,8 @@ static bool ver_key_fill(esim_service *svc, auth_verified *v, const unsigned cha
     k.not_before_ms = not_before_ms;
     unsigned char sid[SHA256_DIGEST_LENGTH];
     unsigned n = 0;
-    EVP_MD *md = cached_md(svc, 2, NID_sha256);
-    bool ok = md && c->dctx && EVP_DigestInit_ex2(c->dctx, md, NULL) == 1 &&
-              EVP_DigestUpdate(c->dctx, issuer, ilen) == 1 &&
-              EVP_DigestUpdate(c->dctx, serial, slen) == 1 &&
-              EVP_DigestFinal_ex(c->dctx, sid, &n) == 1 && n == sizeof sid;
-    ERR_clear_error();
-    if (!ok)
+    if (!digest_two(svc, cached_md(svc, 2, NID_sha256), issuer, ilen, serial, slen, sid, &n) ||
+        n != sizeof sid)
         return false;
     memcpy(k.sid, sid, sizeof k.sid);
     v->key = k;
