@@ -670,6 +670,30 @@ static const char *status_name(const char *detail)
     return detail;
 }
 
+/* Each device the campaign did not verify, with its state, step and reason
+ * (the first 20 of each final state other than done): a rare failure then
+ * tells its story in the test's output. */
+static void note_unverified(rig *r)
+{
+    static const char *const states[] = {"unverified", "failed", "timed_out", "canceled"};
+    for (size_t k = 0; k < sizeof states / sizeof *states; k++) {
+        char path[200];
+        snprintf(path, sizeof path, "/v1/campaigns/%s/devices?state=%s&limit=20", r->campaign,
+                 states[k]);
+        json_t *page = NULL;
+        if (!call(&r->api, "GET", path, NULL, NULL, 0, 200, &page, false))
+            continue;
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(page, "devices"), i, v)
+        {
+            note("FAIL: %s %s at step %s after %ld pushes: %s", jstr(v, "udid"), states[k],
+                 jstr(v, "step"), jint(v, "pushes"), jstr(v, "reason"));
+        }
+        json_decref(page);
+    }
+}
+
 bool rig_check(rig *r, rig_report *rep)
 {
     memset(rep, 0, sizeof *rep);
@@ -683,6 +707,7 @@ bool rig_check(rig *r, rig_report *rep)
              counts ? counts : "no summary");
         free(counts);
         ok = false;
+        note_unverified(r);
     }
     json_decref(s);
 
