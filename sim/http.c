@@ -266,6 +266,7 @@ static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
     hconn *c = conn_of(ssl);
     if (!c)
         return 0;
+    c->h->tls.tickets++;
     if (c->sess) {
         session_keep(c->sess, sess);
         return 0; /* libssl frees |sess|: the device keeps its DER */

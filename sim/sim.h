@@ -328,9 +328,10 @@ size_t sim_http_in_flight(const sim_http *h);
  * and client certificates sent (each in a full handshake the server asked
  * one in); verified_again: full handshakes whose server chain was one this
  * client had verified for the same trust anchor and host (its dates
- * checked again, not its signatures up to the CA). */
+ * checked again, not its signatures up to the CA); tickets: sessions
+ * (TLS 1.3 tickets, or TLS 1.2 sessions) servers gave it. */
 typedef struct {
-    size_t full, resumed, client_certs, verified_again;
+    size_t full, resumed, client_certs, verified_again, tickets;
 } sim_http_tls_stats;
 sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h);
 
