@@ -7,7 +7,10 @@
 # costs). Two bounded runs of `esim-mdm serve` under valgrind per kind,
 # `openssl s_client` making a full handshake and then 2 and 12 resumed
 # connections (GET /healthz); the difference over 10 leaves out start-up,
-# the full handshake and shutdown.
+# the full handshake and shutdown. Then bench/tls/handshake.c
+# (tls_handshake_bench: client and server in one process) under callgrind:
+# the instructions of each side per full handshake, per full handshake with
+# a client certificate and per resumed one, with X25519 and with P-256.
 set -euo pipefail
 build=$(cd "${1:?usage: bench/tls/run.sh BUILD_DIR}" && pwd)
 bin="$build/cli/esim-mdm"
@@ -62,3 +65,28 @@ echo "callgrind: ${per[0]} instructions per resumed TLS connection with a client
   "(--device-auth mtls), ${per[1]} without one"
 awk -v c="${per[0]}" -v n="${per[1]}" \
   'BEGIN { printf "ratio: resumed with a certificate / without = %.2f (goal: about 1)\n", c / n }'
+
+# Each side's instructions per handshake: callgrind's inclusive counts of
+# the harness's client_* and server_* functions, 11 handshakes less 1,
+# over 10.
+hs="$build/bench/tls/tls_handshake_bench"
+[[ -x "$hs" ]] || exit 0
+cp "$dir/pki/server.pem" "$dir/pki/server.key" "$dir/pki/ca.pem" "$dir/pki/device-ca.pem" "$dir/"
+sides() { # ARGS...: prints "client server"
+  local n out
+  for n in 1 11; do
+    out="$dir/hs.$n"
+    timeout 600 valgrind --tool=callgrind --callgrind-out-file="$out" "$hs" "$dir" "$n" "$@" \
+      >"$out.log" 2>&1
+    callgrind_annotate --inclusive=yes --threshold=100 "$out" 2>/dev/null |
+      awk -v tag="$n" 'match($0, /:(client|server)_(step|new|end|write|read)[. ]/) {
+        v = $1; gsub(",", "", v); sum[substr($0, RSTART + 1, 6)] += v }
+        END { print tag, sum["client"] + 0, sum["server"] + 0 }'
+  done | awk '{ c[NR] = $2; s[NR] = $3 } END { printf "%d %d\n", (c[2] - c[1]) / 10, (s[2] - s[1]) / 10 }'
+}
+echo "callgrind, tls_handshake_bench (client / server instructions per handshake):"
+for args in "" "--groups P-256" "--client-cert" "--resume" "--resume --groups P-256" \
+  "--tickets 2" "--tickets 0"; do
+  read -r c s < <(sides $args)
+  printf "  %-26s %10d / %10d\n" "${args:-full, X25519, 1 ticket}" "$c" "$s"
+done
