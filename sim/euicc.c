@@ -264,17 +264,28 @@ X509 *sim_euicc_trusted_ci(const sim_euicc *e)
     return e->pki->ci.x509;
 }
 
+/* Each eUICC checks the certificate it is shown itself, every time: no
+ * eUICC takes another's verdict (the cache lends the parse and the CI
+ * key's precomputed table, not a result). */
 X509 *sim_euicc_verify_server_cert(const sim_euicc *e, const char *b64, esim_error *err)
 {
     esim_err why;
-    return sim_cert_cache_verify(e->pki->server_certs, b64, e->pki->ci.x509, NULL, &why, err);
+    esim_buf der = {0};
+    if (!b64 || esim_base64_decode(b64, strlen(b64), &der, NULL) != ESIM_OK) {
+        esim_buf_free(&der);
+        esim_fail(err, ESIM_EINVAL, "certificate is not base64");
+        return NULL;
+    }
+    X509 *x =
+        sim_cert_cache_check(e->pki->server_certs, der.data, der.len, e->pki->ci.x509, &why, err);
+    esim_buf_free(&der);
+    return x;
 }
 
 X509 *sim_euicc_verify_ci_cert_der(const sim_euicc *e, const unsigned char *der, size_t len)
 {
     esim_err why;
-    return sim_cert_cache_verify_der(e->pki->server_certs, der, len, e->pki->ci.x509, NULL, &why,
-                                     NULL);
+    return sim_cert_cache_check(e->pki->server_certs, der, len, e->pki->ci.x509, &why, NULL);
 }
 
 X509 *sim_euicc_parse_cert_der(const sim_euicc *e, const unsigned char *der, size_t len)

@@ -367,13 +367,14 @@ esim_err sim_chain_verify(X509 *ci, X509 *intermediate, X509 *leaf, esim_error *
 /* ---- verified certificates ------------------------------------------------- */
 
 #define CERT_CACHE_REVERIFY_MS (10 * 60 * 1000)
+#define SERIAL_MAX 48
 
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];     /* the certificate's DER */
     unsigned char via_sha[SHA256_DIGEST_LENGTH]; /* its intermediate's DER; zero: none */
     X509 *x509;                                  /* sim_cert_cache_verify's entries */
     unsigned char point[65]; /* sim_cert_cache_verify_issued's: the public key ([0] == 0x04) */
-    char serial[48];         /* and the serialNumber */
+    char serial[SERIAL_MAX]; /* and the serialNumber */
     int64_t verified_ms;
 } cert_slot;
 
@@ -399,6 +400,10 @@ struct sim_cert_cache {
     } fixed[2];
     size_t next_fixed;
     X509 *signer; /* the last certificate of sim_cert_cache_verify_by (a reference) */
+    /* The last certificate sim_cert_cache_check parsed (a parse, not a
+     * verdict: the same bytes give the same object), by its SHA-256. */
+    X509 *checked;
+    unsigned char checked_sha[SHA256_DIGEST_LENGTH];
     unsigned char signer_point[65];
     size_t chain_checks; /* X509_verify_cert runs (sim_cert_cache_verify_der's misses) */
 };
@@ -437,6 +442,7 @@ void sim_cert_cache_free(sim_cert_cache *c)
     for (size_t i = 0; i < sizeof c->fixed / sizeof c->fixed[0]; i++)
         sim_ec_fixed_free(c->fixed[i].f);
     X509_free(c->signer);
+    X509_free(c->checked);
     free(c);
 }
 
@@ -579,6 +585,8 @@ X509 *sim_cert_cache_parse_der(sim_cert_cache *c, const unsigned char *der, size
     cert_slot *e = slot_of(c, sha);
     if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 && X509_up_ref(e->x509))
         return e->x509;
+    if (c->checked && memcmp(c->checked_sha, sha, sizeof sha) == 0 && X509_up_ref(c->checked))
+        return c->checked;
     return sim_x509_from_der(der, len);
 }
 
@@ -690,6 +698,9 @@ static bool issuer_signed(sim_cert_cache *c, const unsigned char *dgst, const un
     return EVP_PKEY_verify(c->issuer_verify, sig, sig_len, dgst, SHA256_DIGEST_LENGTH) == 1;
 }
 
+static bool check_link(sim_cert_cache *c, const unsigned char *der, size_t len, char *serial,
+                       size_t serial_len, unsigned char point[65], esim_err *why, esim_error *err);
+
 bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer, char *serial,
                                   size_t serial_len, unsigned char point[65], esim_err *why,
                                   esim_error *err)
@@ -721,12 +732,33 @@ bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issu
         *why = ESIM_OK;
         return true;
     }
+    bool ok = check_link(c, der.data, der.len, serial, serial_len, point, why, err);
+    esim_buf_free(&der);
+    if (!ok)
+        return false;
+    X509_free(e->x509);
+    e->x509 = NULL;
+    memcpy(e->point, point, 65);
+    strcpy(e->serial, serial);
+    memcpy(e->sha, sha, sizeof sha);
+    memcpy(e->via_sha, c->issuer_sha, sizeof sha);
+    e->verified_ms = now;
+    return true;
+}
+
+/* The certificate |der| checked as the last link of a chain below the
+ * cache's current issuer (issuer_ready), afresh: see
+ * sim_cert_cache_verify_issued. */
+static bool check_link(sim_cert_cache *c, const unsigned char *der, size_t len, char *serial,
+                       size_t serial_len, unsigned char point[65], esim_err *why, esim_error *err)
+{
     sim_cert_view v;
     unsigned char dgst[SHA256_DIGEST_LENGTH];
     int64_t t = (int64_t)time(NULL);
     const char *bad = NULL;
-    if (!sim_cert_view_parse(der.data, der.len, &v)) {
-        esim_buf_free(&der);
+    *why = ESIM_EINVAL;
+    serial[0] = 0;
+    if (!sim_cert_view_parse(der, len, &v)) {
         esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509 with a P-256 key");
         return false;
     }
@@ -743,13 +775,12 @@ bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issu
         bad = "certificate has expired";
     else if (v.has_key_usage && !(v.key_usage & SIM_KU_DIGITAL_SIGNATURE))
         bad = "its keyUsage does not allow signatures";
-    else if (v.serial && (v.serial_len >= serial_len || v.serial_len >= sizeof e->serial ||
+    else if (v.serial && (v.serial_len >= serial_len || v.serial_len >= SERIAL_MAX ||
                           memchr(v.serial, 0, v.serial_len)))
         bad = "its serialNumber is too long";
     else if (!p256 || !sim_ec_p256_point_ok(p256, v.point))
         bad = "its public key is not a P-256 point";
     if (bad) {
-        esim_buf_free(&der);
         *why = ESIM_ECRYPTO;
         esim_fail(err, ESIM_ECRYPTO, "certificate chain does not verify: %s", bad);
         return false;
@@ -759,16 +790,48 @@ bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issu
         serial[v.serial_len] = 0;
     }
     memcpy(point, v.point, 65);
-    esim_buf_free(&der);
-    X509_free(e->x509);
-    e->x509 = NULL;
-    memcpy(e->point, point, 65);
-    strcpy(e->serial, serial);
-    memcpy(e->sha, sha, sizeof sha);
-    memcpy(e->via_sha, c->issuer_sha, sizeof sha);
-    e->verified_ms = now;
     *why = ESIM_OK;
     return true;
+}
+
+X509 *sim_cert_cache_check(sim_cert_cache *c, const unsigned char *der, size_t len, X509 *ci,
+                           esim_err *why, esim_error *err)
+{
+    char serial[SERIAL_MAX];
+    unsigned char point[65], sha[SHA256_DIGEST_LENGTH];
+    *why = ESIM_ECRYPTO;
+    if (!issuer_ready(c, ci)) {
+        esim_fail(err, ESIM_ECRYPTO, "the issuer may not issue certificates");
+        return NULL;
+    }
+    bool viewed = sim_cert_view_parse(der, len, &(sim_cert_view){0});
+    c->chain_checks++;
+    if (viewed && !check_link(c, der, len, serial, sizeof serial, point, why, err))
+        return NULL;
+    sim_sha256(der, len, sha);
+    X509 *x = c->checked && memcmp(c->checked_sha, sha, sizeof sha) == 0 && X509_up_ref(c->checked)
+                  ? c->checked
+                  : sim_x509_from_der(der, len);
+    if (!x) {
+        *why = ESIM_EINVAL;
+        esim_fail(err, ESIM_EINVAL, "certificate is not DER X.509");
+        return NULL;
+    }
+    /* Another shape (a key other than P-256): OpenSSL's verifier, every time. */
+    if (!viewed) {
+        if (sim_chain_verify(ci, NULL, x, err) != ESIM_OK) {
+            X509_free(x);
+            *why = ESIM_ECRYPTO;
+            return NULL;
+        }
+    }
+    if (x != c->checked && X509_up_ref(x)) {
+        X509_free(c->checked);
+        c->checked = x;
+        memcpy(c->checked_sha, sha, sizeof sha);
+    }
+    *why = ESIM_OK;
+    return x;
 }
 
 esim_err sim_cert_cache_verify_point(sim_cert_cache *c, const unsigned char point[65],

@@ -132,12 +132,24 @@ X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *
 /* The same with the certificate's DER (|len| bytes). */
 X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, size_t len, X509 *ci,
                                 X509 *intermediate, esim_err *why, esim_error *err);
+/* The certificate |der| checked against |ci| (its issuer) afresh, as an
+ * eUICC checks what the server shows it: nothing of an earlier check is
+ * taken again. A P-256 certificate is read in place and checked as the
+ * chain's last link is (sim_cert_cache_verify_issued: names, one ECDSA
+ * verification by the CI's key, dates, keyUsage, critical extensions, its
+ * key on the curve); another goes through X509_verify_cert. Its parse
+ * (d2i_X509 of the same bytes) is kept for the next call. A reference the
+ * caller frees, or NULL with *why and |err| as sim_cert_cache_verify. */
+X509 *sim_cert_cache_check(sim_cert_cache *c, const unsigned char *der, size_t len, X509 *ci,
+                           esim_err *why, esim_error *err);
 /* The certificate |der| parsed (nothing verified): the cache's own parse
- * of these same bytes when one of its verified entries has this DER
- * (whatever its age), else d2i_X509's. A reference the caller frees, or
- * NULL when it is not DER X.509. */
+ * of these same bytes when one of its verified entries (or the last
+ * sim_cert_cache_check) has this DER (whatever its age), else
+ * d2i_X509's. A reference the caller frees, or NULL when it is not DER
+ * X.509. */
 X509 *sim_cert_cache_parse_der(sim_cert_cache *c, const unsigned char *der, size_t len);
-/* How many chains sim_cert_cache_verify(_der) verified (not from the cache). */
+/* How many chains sim_cert_cache_verify(_der) verified (not from the
+ * cache), and certificates sim_cert_cache_check checked. */
 size_t sim_cert_cache_chain_checks(const sim_cert_cache *c);
 /* An end-entity certificate in base64 DER |b64| (a P-256 key, ECDSA-SHA256)
  * issued by |issuer|, which the caller has verified (sim_cert_cache_verify):

@@ -396,12 +396,13 @@ static void test_add_initial_eim_and_config(void **state)
     sim_euicc_free(e);
 }
 
-/* A fleet's eUICCs share the PKI: the eIM certificate they are all given
- * is verified against the CI once (its DER's digest remembered), and
- * what did not verify is not remembered as verified: a stray certificate
- * is refused each time, a copy of the good one with its signature
- * changed is refused although the good one is remembered. */
-static void test_eim_cert_verified_once_per_pki(void **state)
+/* A fleet's eUICCs share the PKI, not their verdicts: each eUICC given
+ * the eIM certificate verifies it against the CI itself, each time it is
+ * given it (no eUICC takes another's result, nor its own earlier one);
+ * a stray certificate is refused each time, a copy of the good one with
+ * its signature changed is refused although the good one verified just
+ * before. */
+static void test_eim_cert_verified_by_each_euicc(void **state)
 {
     (void)state;
     /* A PKI of its own: the other tests' eUICCs verified on fx.pki. */
@@ -415,7 +416,7 @@ static void test_eim_cert_verified_once_per_pki(void **state)
     assert_int_equal(sim_cert_cache_chain_checks(pki->server_certs), 0);
     for (int i = 0; i < 2; i++)
         assert_int_equal(add_initial(e[i], eim_config(EIM_A, &fx.eim_der, 0)), 1);
-    assert_int_equal(sim_cert_cache_chain_checks(pki->server_certs), 1);
+    assert_int_equal(sim_cert_cache_chain_checks(pki->server_certs), 2);
     /* The key each keeps is the certificate's. */
     assert_int_equal(sim_euicc_eim_count(e[1]), 1);
     assert_true(sim_euicc_eim_at(e[1], 0)->key_is_cert);
@@ -430,11 +431,11 @@ static void test_eim_cert_verified_once_per_pki(void **state)
     assert_int_equal(add_initial(e[3], eim_config(EIM_A, &forged, 0)),
                      -AddInitialEimResponse__addInitialEimError_ciPKUnknown);
     assert_int_equal(sim_euicc_eim_count(e[2]) + sim_euicc_eim_count(e[3]), 0);
-    /* The good one still verifies from the cache. */
     size_t n = sim_cert_cache_chain_checks(pki->server_certs);
-    assert_int_equal(n, 4); /* the first, the stray twice, the forged */
+    assert_int_equal(n, 5); /* the first two, the stray twice, the forged */
+    /* The good one is checked again by the next eUICC shown it. */
     assert_int_equal(add_initial(e[3], eim_config(EIM_A, &fx.eim_der, 0)), 1);
-    assert_int_equal(sim_cert_cache_chain_checks(pki->server_certs), n);
+    assert_int_equal(sim_cert_cache_chain_checks(pki->server_certs), n + 1);
     esim_buf_free(&forged);
     for (int i = 0; i < 4; i++)
         sim_euicc_free(e[i]);
@@ -854,7 +855,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_eid_and_certs),
         cmocka_unit_test(test_add_initial_eim_and_config),
-        cmocka_unit_test(test_eim_cert_verified_once_per_pki),
+        cmocka_unit_test(test_eim_cert_verified_by_each_euicc),
         cmocka_unit_test(test_package_enable_and_counter),
         cmocka_unit_test(test_package_bad_signature),
         cmocka_unit_test(test_ecos_and_persistence),

@@ -152,9 +152,12 @@ static void test_download_install_once(void **state)
     order(e, 100, NULL, true);
     char iccid[21];
     st_iccid(100, iccid);
+    /* The eUICC checks the SM-DP+'s certificate against its CI itself. */
+    size_t checks = sim_cert_cache_chain_checks(fx.pki->server_certs);
     sim_download_result r = download(e, NULL, sim_pki_ca_file(fx.pki));
     assert_int_equal(r.err, ESIM_OK);
     assert_string_equal(r.iccid, iccid);
+    assert_int_equal(sim_cert_cache_chain_checks(fx.pki->server_certs), checks + 1);
     const sim_profile *p = sim_euicc_find(e, iccid);
     assert_non_null(p);
     assert_int_equal(p->state, SIM_PROFILE_DISABLED);
@@ -209,7 +212,11 @@ static void test_order_errors(void **state)
     r = download(c, NULL, sim_pki_ca_file(fx.pki));
     assert_int_equal(r.err, ESIM_OK);
 
+    /* a checks the SM-DP+'s certificate itself, although b and c just
+     * checked the same one: no eUICC takes another's verdict. */
+    size_t checks = sim_cert_cache_chain_checks(fx.pki->server_certs);
     r = download(a, "AAAAA-BBBBB-CCCCC-DDDDD", sim_pki_ca_file(fx.pki));
+    assert_int_equal(sim_cert_cache_chain_checks(fx.pki->server_certs), checks + 1);
     assert_int_equal(r.err, ESIM_OK);
     sim_euicc_free(a);
     sim_euicc_free(b);
