@@ -842,7 +842,7 @@ static void on_deliveries(void *arg, sim_http_response *r)
     sim_devsim *s = arg;
     s->polling = false;
     json_t *j = r->err == ESIM_OK && r->status == 200
-                    ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL)
+                    ? sim_json_loadb((const char *)r->body.data, r->body.len)
                     : NULL;
     json_t *pushes = json_object_get(j, "pushes"), *next = json_object_get(j, "next");
     if (!json_is_array(pushes) || !json_is_integer(next)) {

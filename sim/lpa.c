@@ -119,21 +119,23 @@ static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb
     return rc;
 }
 
-/* Parses an ES9+ answer; on Failed copies the status codes into the result. */
-static json_t *parse_answer(lpa_op *op, sim_http_response *r)
+/* Checks an ES9+ answer, |j| its body parsed (consumed); on Failed copies
+ * the status codes into the result. */
+static json_t *parse_answer(lpa_op *op, sim_http_response *r, json_t *j)
 {
     if (r->err != ESIM_OK) {
+        json_decref(j);
         op->res.host_unknown = r->host_unknown;
         fail_op(op, ESIM_EUNAVAIL, "SM-DP+ unreachable: %s", r->errmsg);
         return NULL;
     }
     if (r->status != 200) {
+        json_decref(j);
         char s[32];
         snprintf(s, sizeof s, "%ld", r->status);
         fail_op(op, ESIM_EPROTO, "SM-DP+ answered HTTP %s", s);
         return NULL;
     }
-    json_t *j = json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
     json_t *st = json_object_get(json_object_get(j, "header"), "functionExecutionStatus");
     const char *status = sim_json_str(st, "status");
     if (!json_is_object(j) || !status) {
@@ -167,7 +169,7 @@ static json_t *verified_blob(const lpa_op *op, const json_t *o, const char *key,
     if (cert && sim_json_b64(o, key, &raw, NULL) == ESIM_OK &&
         sim_json_b64(o, sig_key, &sig, NULL) == ESIM_OK &&
         sim_euicc_verify_by(op->e, cert, raw.data, raw.len, sig.data, sig.len) == ESIM_OK) {
-        blob = json_loadb((const char *)raw.data, raw.len, 0, NULL);
+        blob = sim_json_loadb((const char *)raw.data, raw.len);
         if (!json_is_object(blob)) {
             json_decref(blob);
             blob = NULL;
@@ -401,17 +403,15 @@ static esim_err initiate(lpa_op *op, esim_error *err);
 
 /* The SM-DP+ no longer knows the session (8.10.1/3.9: it restarted between
  * two steps): the download starts again once, from a new authentication. */
-static bool session_lost(lpa_op *op, sim_http_response *r)
+static bool session_lost(lpa_op *op, const json_t *j)
 {
-    if (op->restarted || op->step == STEP_INITIATE || r->err != ESIM_OK || r->status != 200)
+    if (op->restarted || op->step == STEP_INITIATE || !j)
         return false;
-    json_t *j = json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
     json_t *scd = json_object_get(
         json_object_get(json_object_get(j, "header"), "functionExecutionStatus"), "statusCodeData");
     bool lost = sim_json_str(scd, "subjectCode") && sim_json_str(scd, "reasonCode") &&
                 strcmp(sim_json_str(scd, "subjectCode"), "8.10.1") == 0 &&
                 strcmp(sim_json_str(scd, "reasonCode"), "3.9") == 0;
-    json_decref(j);
     if (!lost)
         return false;
     op->restarted = true;
@@ -427,9 +427,15 @@ static bool session_lost(lpa_op *op, sim_http_response *r)
 static void on_response(void *arg, sim_http_response *r)
 {
     lpa_op *op = arg;
-    if (session_lost(op, r))
+    /* The body is parsed once, for both looks at it. */
+    json_t *j = r->err == ESIM_OK && r->status == 200
+                    ? sim_json_loadb((const char *)r->body.data, r->body.len)
+                    : NULL;
+    if (session_lost(op, j)) {
+        json_decref(j);
         return;
-    json_t *j = parse_answer(op, r);
+    }
+    j = parse_answer(op, r, j);
     if (!j)
         return;
     switch (op->step) {
@@ -543,7 +549,7 @@ static void on_notify_response(void *arg, sim_http_response *r)
     if (r->err == ESIM_OK && (r->status == 204 || r->status == 200)) {
         bool failed = false;
         if (r->status == 200 && r->body.len) {
-            json_t *j = json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
+            json_t *j = sim_json_loadb((const char *)r->body.data, r->body.len);
             const char *st = sim_json_str(
                 json_object_get(json_object_get(j, "header"), "functionExecutionStatus"), "status");
             failed = st && strcmp(st, "Executed-Success") != 0;
