@@ -304,29 +304,10 @@ esim_err sim_pem_append(esim_buf *out, const esim_buf *der)
     return rc;
 }
 
-esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *cert_path,
-                                   size_t cert_len, char *key_path, size_t key_len, esim_error *err)
+esim_err sim_device_identity(const sim_device *d, const esim_buf **der, esim_error *err)
 {
     esim_err rc = ensure_identity((sim_device *)d, err);
-    if (rc != ESIM_OK)
-        return rc;
-    snprintf(cert_path, cert_len, "%s/%s.identity.pem", dir, d->udid);
-    snprintf(key_path, key_len, "%s/sim-identity-p256.key", sim_pki_dir(d->pki));
-    /* The identity, then its issuing CA: TLS sends the chain to the device CA. */
-    esim_buf pem = {0};
-    rc = sim_pem_append(&pem, &d->identity_der);
-    if (rc == ESIM_OK)
-        rc = sim_pem_append(&pem, &d->pki->scep_der);
-    /* Written once per identity: a request reuses the file already there. */
-    esim_buf have = {0};
-    bool same = rc == ESIM_OK && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
-                have.len == pem.len && memcmp(have.data, pem.data, pem.len) == 0;
-    esim_buf_free(&have);
-    if (rc == ESIM_OK && !same)
-        rc = esim_write_file_replace(cert_path, pem.data, pem.len, 0644, err);
-    else if (rc != ESIM_OK)
-        rc = esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
-    esim_buf_free(&pem);
+    *der = rc == ESIM_OK ? &d->identity_der : NULL;
     return rc;
 }
 

@@ -40,7 +40,6 @@ enum {
     F_ENROLL_QUEUED = 1u << 6,   /* waiting in the enrolment queue */
     F_LOCK_ON_PUSH = 1u << 7,    /* NotNow share: locked when the first command comes */
     F_OFFLINE_ON_PUSH = 1u << 8, /* offline share: out of coverage when the first push comes */
-    F_ID_FILE = 1u << 9,         /* its identity file for TLS client auth is written */
 };
 
 typedef struct {
@@ -81,7 +80,6 @@ struct sim_devsim {
     char apns_url[512];
     char channel[128];
     char data_dir[SIM_PATH_MAX];
-    char id_dir[SIM_PATH_MAX + 32]; /* identity files for TLS client auth */
     bool https_server;
     bool tls_client_auth;
     bool no_identity;
@@ -294,19 +292,12 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
     hdrs[nh++] = checkin_msg ? "Content-Type: application/x-apple-aspen-mdm-checkin"
                              : "Content-Type: application/x-apple-aspen-mdm";
     hdrs[nh++] = "User-Agent: MDM/1.0";
-    char cert[SIM_PATH_MAX + 128] = "", key[SIM_PATH_MAX + 64] = "";
+    const esim_buf *id = NULL;
     esim_err rc = ESIM_OK;
     if (s->tls_client_auth) {
-        /* The identity file is written once per identity, not per request. */
-        slot *sl = &s->slots[ctx->slot];
-        if (!(sl->flags & F_ID_FILE)) {
-            rc = sim_device_identity_files(d, s->id_dir, cert, sizeof cert, key, sizeof key, NULL);
-            if (rc == ESIM_OK)
-                sl->flags |= F_ID_FILE;
-        } else {
-            snprintf(cert, sizeof cert, "%s/%s.identity.pem", s->id_dir, sim_device_udid(d));
-            snprintf(key, sizeof key, "%s/sim-identity-p256.key", sim_pki_dir(s->pki));
-        }
+        /* The identity as the phone holds it: in memory, sent (with the
+         * issuing CA) when a full handshake asks for it. */
+        rc = sim_device_identity(d, &id, NULL);
     } else if (!s->no_identity) {
         rc = sim_device_sign(d, body->data, body->len, &sig, NULL);
         if (rc == ESIM_OK && sig.len + 32 < sizeof sig_hdr) {
@@ -331,8 +322,11 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
                             .body = body->data,
                             .body_len = body->len,
                             .ca_file = s->https_server ? sim_pki_ca_file(s->pki) : NULL,
-                            .client_cert_file = cert[0] ? cert : NULL,
-                            .client_key_file = key[0] ? key : NULL,
+                            .client_cert_der = id ? id->data : NULL,
+                            .client_cert_der_len = id ? id->len : 0,
+                            .client_chain_der = id ? s->pki->scep_der.data : NULL,
+                            .client_chain_der_len = id ? s->pki->scep_der.len : 0,
+                            .client_key = id ? s->pki->identity_key : NULL,
                             .timeout_ms = 30000,
                             .conn = s->slots[ctx->slot].conn,
                             .tls = s->https_server ? &s->slots[ctx->slot].tls : NULL};
@@ -481,8 +475,8 @@ static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
     token_forget(s, i);
     sim_device_erase(sl->dev, keep_esim);
     token_put(s, i);
-    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE); /* a new identity */
-    sim_tls_session_forget(sl->tls);                           /* ... so a new full handshake */
+    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING); /* a new identity */
+    sim_tls_session_forget(sl->tls);               /* ... so a new full handshake */
     save_if_dirty(s, i);
     /* A reset eUICC owes its SM-DP+s the delete notifications. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
@@ -1416,17 +1410,6 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     if ((rc = sim_pki_open(cfg->pki_dir, &s->pki, err)) != ESIM_OK ||
         (rc = sim_http_new(base, &s->http, err)) != ESIM_OK)
         goto fail;
-    /* Identity files (TLS client auth): beside the device files, else in
-     * the PKI directory, as the Windows PCs' are. Without --data-dir no
-     * device's state is written: the identities need no more than this. */
-    if (s->tls_client_auth) {
-        if (s->data_dir[0])
-            snprintf(s->id_dir, sizeof s->id_dir, "%s/identities", s->data_dir);
-        else
-            snprintf(s->id_dir, sizeof s->id_dir, "%s/sim-identities", sim_pki_dir(s->pki));
-        if ((rc = esim_mkdirs(s->id_dir, 0700, err)) != ESIM_OK)
-            goto fail;
-    }
     s->token_cap = 64;
     while (s->token_cap < s->n * 2)
         s->token_cap *= 2;
@@ -1653,7 +1636,7 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
     if (erases) {
         token_put(s, i);
         if (out->erased) {
-            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING | F_ID_FILE);
+            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
             sim_tls_session_forget(sl->tls);
             at(s, 200, i, TIMED_ENROLL);
         }

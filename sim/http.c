@@ -5,8 +5,8 @@
  * One SSL_CTX per trust anchor (the CA file parsed once for the whole
  * fleet); each connection is an SSL object on it with the device's own
  * session offered for resumption (or the client's shared one, by host), its
- * client certificate loaded only when a full handshake asks for it (the
- * identity key parsed once per client), and the handshake counters.
+ * client certificate (the device's DER, from memory) parsed only when a
+ * full handshake asks for it, and the handshake counters.
  * Connections are kept alive: a private one (sim_http_conn, one phone's
  * connection) for its owner's next request, the others in a pool by
  * destination. The response reader is http_parse.c.
@@ -45,6 +45,16 @@
 
 typedef struct hconn hconn;
 
+/* A client identity: its certificate's DER (owned), the CA certificate
+ * sent after it (the caller's) and its key (the caller's). */
+typedef struct {
+    unsigned char *der;
+    size_t len;
+    const unsigned char *chain;
+    size_t chain_len;
+    EVP_PKEY *key;
+} identity;
+
 typedef struct xfer {
     struct xfer *prev, *next; /* h->xfers */
     sim_http *h;
@@ -60,7 +70,8 @@ typedef struct xfer {
     char host[256];
     uint16_t port;
     bool tls;
-    char *ca_file, *cert, *key_file;
+    char *ca_file;
+    identity id;           /* TLS client authentication; id.der NULL: none */
     sim_tls_session *sess; /* the device's TLS session; NULL: shared */
     sim_http_conn *owner;  /* the private connection it names; NULL: pool */
 } xfer;
@@ -78,7 +89,7 @@ struct hconn {
     uint16_t port;
     bool tls;
     sim_tls_session *sess;
-    char *cert, *key_file; /* the identity files (owned by the connection) */
+    identity id; /* the client identity (its DER owned by the connection) */
     SSL_CTX *ctx;
     int fd;
     SSL *ssl;
@@ -134,10 +145,8 @@ struct sim_http {
         socklen_t len;
     } resolved[N_RESOLVED];
     size_t next_resolved;
-    char key_path[SIM_PATH_MAX]; /* the client identity key, parsed once */
-    EVP_PKEY *key;
-    /* The CA certificates identity files carry after the device's own (the
-     * same for every device), parsed once and recognised by their bytes. */
+    /* The CA certificates sent after the devices' own (the same for every
+     * device), parsed once and recognised by their bytes. */
     struct {
         unsigned char *der;
         long len;
@@ -287,74 +296,52 @@ static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
     return 1;
 }
 
+/* The CA certificate |der| sent after a device's own: parsed once for the
+ * client (the same for every device), recognised by its bytes. NULL when
+ * it does not parse (or the cache is full and it cannot be kept: *fresh
+ * then holds it, for the caller to free). */
+static X509 *chain_cert(sim_http *h, const unsigned char *der, size_t len, X509 **fresh)
+{
+    *fresh = NULL;
+    for (size_t k = 0; k < h->n_chain; k++)
+        if ((size_t)h->chain[k].len == len && memcmp(h->chain[k].der, der, len) == 0)
+            return h->chain[k].x;
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    unsigned char *copy =
+        x && h->n_chain < sizeof h->chain / sizeof h->chain[0] ? OPENSSL_memdup(der, len) : NULL;
+    if (copy) {
+        h->chain[h->n_chain].der = copy;
+        h->chain[h->n_chain].len = (long)len;
+        h->chain[h->n_chain++].x = x;
+        return x;
+    }
+    *fresh = x;
+    return x;
+}
+
 /* The server asked for a client certificate (a full handshake): the
- * device's chain from its identity file and the key, parsed once. */
+ * device's certificate from its DER, as the device holds it (in memory,
+ * no file), the CA certificate after it and the key. */
 static int tls_client_cert(SSL *ssl, void *arg)
 {
     (void)arg;
     hconn *c = conn_of(ssl);
-    if (!c || !c->cert)
+    if (!c || !c->id.der || !c->id.key)
         return 1; /* none: the server decides */
     sim_http *h = c->h;
-    if (!h->key || strcmp(h->key_path, c->key_file) != 0) {
-        EVP_PKEY_free(h->key);
-        h->key = NULL;
-        h->key_path[0] = '\0';
-        FILE *f = fopen(c->key_file, "r");
-        if (f) {
-            h->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-            fclose(f);
-        }
-        if (!h->key) {
-            ERR_clear_error();
-            return 1;
-        }
-        snprintf(h->key_path, sizeof h->key_path, "%s", c->key_file);
+    const unsigned char *p = c->id.der;
+    X509 *leaf = d2i_X509(NULL, &p, (long)c->id.len), *fresh = NULL;
+    bool ok =
+        leaf && SSL_use_certificate(ssl, leaf) == 1 && SSL_use_PrivateKey(ssl, c->id.key) == 1;
+    if (ok && c->id.chain) {
+        X509 *ca = chain_cert(h, c->id.chain, c->id.chain_len, &fresh);
+        ok = ca && SSL_add1_chain_cert(ssl, ca) == 1;
     }
-    /* The identity file: the device's certificate, then its CA chain. */
-    FILE *f = fopen(c->cert, "r");
-    if (!f)
-        return 1;
-    X509 *leaf = NULL;
-    bool ok = true;
-    char *name = NULL, *header = NULL;
-    unsigned char *der = NULL;
-    long len = 0;
-    while (ok && PEM_read(f, &name, &header, &der, &len) == 1) {
-        if (strcmp(name, PEM_STRING_X509) == 0) {
-            const unsigned char *p = der;
-            if (!leaf) {
-                ok = (leaf = d2i_X509(NULL, &p, len)) && SSL_use_certificate(ssl, leaf) == 1 &&
-                     SSL_use_PrivateKey(ssl, h->key) == 1;
-            } else {
-                X509 *ca = NULL, *fresh = NULL;
-                for (size_t k = 0; k < h->n_chain && !ca; k++)
-                    if (h->chain[k].len == len && memcmp(h->chain[k].der, der, (size_t)len) == 0)
-                        ca = h->chain[k].x;
-                if (!ca && (fresh = d2i_X509(NULL, &p, len)) != NULL) {
-                    ca = fresh;
-                    if (h->n_chain < sizeof h->chain / sizeof h->chain[0]) {
-                        h->chain[h->n_chain].der = der;
-                        h->chain[h->n_chain].len = len;
-                        h->chain[h->n_chain++].x = fresh;
-                        der = NULL; /* the cache's now */
-                        fresh = NULL;
-                    }
-                }
-                ok = ca && SSL_add1_chain_cert(ssl, ca) == 1;
-                X509_free(fresh);
-            }
-        }
-        OPENSSL_free(name);
-        OPENSSL_free(header);
-        OPENSSL_free(der);
-        name = header = NULL;
-        der = NULL;
-    }
-    fclose(f);
+    X509_free(fresh);
     X509_free(leaf);
     ERR_clear_error();
-    if (!ok || !leaf)
+    if (!ok)
         return 1;
     h->tls.client_certs++;
     return 1;
@@ -543,8 +530,7 @@ static void conn_close(hconn *c)
         close(c->fd);
     sim_http_parser_free(&c->p);
     free(c->key);
-    free(c->cert);
-    free(c->key_file);
+    free(c->id.der);
     free(c);
 }
 
@@ -586,15 +572,18 @@ static hconn *conn_new(sim_http *h, const xfer *x)
     c->port = x->port;
     c->tls = x->tls;
     c->sess = x->sess;
-    c->cert = dup_or_null(x->cert, &ok);
-    c->key_file = dup_or_null(x->key_file, &ok);
+    c->id = x->id;
+    c->id.der = NULL;
+    if (x->id.der && (c->id.der = malloc(x->id.len)) != NULL)
+        memcpy(c->id.der, x->id.der, x->id.len);
+    else if (x->id.der)
+        ok = false;
     c->ev = event_new(h->base, -1, EV_READ | EV_PERSIST, on_conn_event, c);
     if (!ok || !c->ev) {
         if (c->ev)
             event_free(c->ev);
         free(c->key);
-        free(c->cert);
-        free(c->key_file);
+        free(c->id.der);
         free(c);
         return NULL;
     }
@@ -614,8 +603,7 @@ static void xfer_free(xfer *x)
     esim_buf_free(&x->req);
     free(x->key);
     free(x->ca_file);
-    free(x->cert);
-    free(x->key_file);
+    free(x->id.der);
     free(x);
 }
 
@@ -1069,6 +1057,14 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     xfer_fail(x, ESIM_ETIMEOUT, "Operation timed out after ", ms);
 }
 
+/* A connection made with identity |a| may carry a request with |b|. */
+static bool same_identity(const identity *a, const identity *b)
+{
+    return a->len == b->len && a->key == b->key && a->chain_len == b->chain_len &&
+           (a->len == 0 || memcmp(a->der, b->der, a->len) == 0) &&
+           (a->chain_len == 0 || memcmp(a->chain, b->chain, a->chain_len) == 0);
+}
+
 /* Puts |x| on a connection: its owner's, an idle one from the pool, or a
  * new one; the work starts from the event loop. */
 static void xfer_start(sim_http *h, xfer *x)
@@ -1076,13 +1072,14 @@ static void xfer_start(sim_http *h, xfer *x)
     hconn *c = NULL;
     if (x->owner) {
         hconn *o = x->owner->c;
-        if (o && o->state == C_IDLE && !o->x && strcmp(o->key, x->key) == 0 && o->sess == x->sess)
+        if (o && o->state == C_IDLE && !o->x && strcmp(o->key, x->key) == 0 && o->sess == x->sess &&
+            same_identity(&o->id, &x->id))
             c = o;
         else if (o && !o->x)
             conn_close(o); /* another destination: the phone's connection moves */
     } else {
         for (hconn *i = h->idle_tail; i && !c; i = i->iprev)
-            if (i->sess == x->sess && strcmp(i->key, x->key) == 0)
+            if (i->sess == x->sess && strcmp(i->key, x->key) == 0 && same_identity(&i->id, &x->id))
                 c = i;
         if (c)
             pool_remove(c);
@@ -1181,16 +1178,20 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     if (x->tls) {
         x->ca_file = dup_or_null(req->ca_file, &ok);
         /* The identity goes in only when a full handshake asks for it. */
-        if (req->client_cert_file) {
-            x->cert = dup_or_null(req->client_cert_file, &ok);
-            x->key_file = dup_or_null(
-                req->client_key_file ? req->client_key_file : req->client_cert_file, &ok);
+        if (req->client_cert_der && req->client_cert_der_len && req->client_key) {
+            if ((x->id.der = malloc(req->client_cert_der_len)) != NULL)
+                memcpy(x->id.der, req->client_cert_der, req->client_cert_der_len);
+            else
+                ok = false;
+            x->id.len = req->client_cert_der_len;
+            x->id.chain = req->client_chain_der_len ? req->client_chain_der : NULL;
+            x->id.chain_len = x->id.chain ? req->client_chain_der_len : 0;
+            x->id.key = req->client_key;
         }
     }
     esim_buf key = {0};
-    if (!ok || esim_buf_printf(&key, "%s|%s|%u|%s|%s|%s", x->tls ? "s" : "p", x->host, x->port,
-                               x->ca_file ? x->ca_file : "", x->cert ? x->cert : "",
-                               x->key_file ? x->key_file : "") != ESIM_OK)
+    if (!ok || esim_buf_printf(&key, "%s|%s|%u|%s", x->tls ? "s" : "p", x->host, x->port,
+                               x->ca_file ? x->ca_file : "") != ESIM_OK)
         goto nomem;
     x->key = (char *)esim_buf_steal(&key, NULL);
     /* The request: the Host a client sends, the caller's headers, the body
@@ -1313,7 +1314,6 @@ void sim_http_free(sim_http *h)
         free(h->shared[k].key);
         SSL_SESSION_free(h->shared[k].sess);
     }
-    EVP_PKEY_free(h->key);
     for (size_t k = 0; k < N_VERIFIED; k++)
         verified_clear(h, k);
     for (size_t k = 0; k < h->n_chain; k++) {

@@ -292,10 +292,17 @@ typedef struct {
     size_t n_headers;
     const void *body; /* copied; may be NULL */
     size_t body_len;
-    long timeout_ms;              /* 0 = 30 s */
-    const char *ca_file;          /* trust anchor for https; NULL = system */
-    const char *client_cert_file; /* PEM, TLS client authentication; may be NULL */
-    const char *client_key_file;
+    long timeout_ms;     /* 0 = 30 s */
+    const char *ca_file; /* trust anchor for https; NULL = system */
+    /* TLS client authentication, sent when a full handshake asks for it:
+     * the certificate's DER (copied; NULL: none), the CA certificate sent
+     * after it (DER, one the caller keeps for the client's life; may be
+     * NULL) and the private key (the caller's, kept as long). */
+    const unsigned char *client_cert_der;
+    size_t client_cert_der_len;
+    const unsigned char *client_chain_der;
+    size_t client_chain_der_len;
+    struct evp_pkey_st *client_key;
     sim_http_conn *conn; /* NULL: the client's shared connection cache */
     /* NULL: new connections resume the client's shared TLS sessions (by
      * host); else the device's own (*tls made on first use). */
@@ -555,12 +562,10 @@ void sim_device_new_push_identity(sim_device *d);
  * ESIM_ECRYPTO when signing fails, ESIM_ENOMEM. */
 esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim_buf *out,
                          esim_error *err);
-/* PEM files of the identity certificate and key, for TLS client auth: the
- * certificate is written to |dir|/<UDID>.identity.pem (the shared key stays
- * in the PKI directory); both paths are returned. ESIM_EIO, ESIM_ECRYPTO. */
-esim_err sim_device_identity_files(const sim_device *d, const char *dir, char *cert_path,
-                                   size_t cert_len, char *key_path, size_t key_len,
-                                   esim_error *err);
+/* The identity certificate's DER (issued at first use), for TLS client
+ * auth: *der points into the device (valid until it is erased or freed);
+ * the key is the PKI's shared identity key. ESIM_ECRYPTO. */
+esim_err sim_device_identity(const sim_device *d, const esim_buf **der, esim_error *err);
 
 /* Misbehaviour switches, as the runtime or a test sets them. */
 typedef struct {
@@ -692,10 +697,10 @@ unsigned sim_winpc_sessions(const sim_winpc *pc);
 esim_err sim_winpc_set_channel_uri(sim_winpc *pc, const char *uri, esim_error *err);
 const char *sim_winpc_channel_uri(const sim_winpc *pc);
 
-/* Writes DIR/<DeviceID>.identity.pem (identity + issuing CA) once and names
- * it and the shared key file for TLS client authentication. */
-esim_err sim_winpc_identity_files(sim_winpc *pc, const char *dir, char *cert_path, size_t cert_len,
-                                  char *key_path, size_t key_len, esim_error *err);
+/* The PC's identity certificate's DER (issued at first use), for TLS
+ * client authentication with the PKI's shared identity key: *der points
+ * into the PC (valid until it is reset or freed). ESIM_ECRYPTO. */
+esim_err sim_winpc_identity(sim_winpc *pc, const esim_buf **der, esim_error *err);
 
 /*
  * Session engine. sim_winpc_session_start() writes package 1 into |out|

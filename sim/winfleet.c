@@ -26,7 +26,6 @@ enum {
     W_PUSHED = 1u << 2, /* the queued session answers a push (Alert 1200) */
     W_WANT = 1u << 3,   /* a session is wanted once the current one ends */
     W_NEED_CHANNEL = 1u << 4,
-    W_ID_FILE = 1u << 5,
 };
 
 typedef struct {
@@ -53,8 +52,7 @@ struct sim_winfleet {
     sim_winfleet_config cfg;
     char resolve_name[MAX_RESOLVE][256], resolve_to[MAX_RESOLVE][300];
     size_t n_resolve;
-    char urls[MAX_URLS][2100], wns_url[512], channel[128], data_dir[SIM_PATH_MAX],
-        id_dir[SIM_PATH_MAX + 32];
+    char urls[MAX_URLS][2100], wns_url[512], channel[128], data_dir[SIM_PATH_MAX];
     size_t n_urls;
     uint64_t next_url;                /* sessions started so far: which instance is next */
     int64_t url_down_until[MAX_URLS]; /* an instance that did not answer is left alone a while */
@@ -196,11 +194,6 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
         f->wns_url[--wl] = '\0';
     snprintf(f->channel, sizeof f->channel, "%s", cfg->channel ? cfg->channel : "devsim");
     snprintf(f->data_dir, sizeof f->data_dir, "%s", cfg->data_dir ? cfg->data_dir : "");
-    /* Identity files: beside the device files, else in the PKI directory. */
-    if (f->data_dir[0])
-        snprintf(f->id_dir, sizeof f->id_dir, "%s/identities", f->data_dir);
-    else
-        snprintf(f->id_dir, sizeof f->id_dir, "%s/sim-identities", sim_pki_dir(cfg->pki));
     f->rng = cfg->seed ^ 0x5eed5eedull;
     f->cfg.smdp_resolve = NULL;
     for (size_t k = 0; k < cfg->n_smdp_resolve && k < MAX_RESOLVE; k++) {
@@ -219,8 +212,6 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
     esim_err rc = ESIM_OK;
     if (!f->slots || !f->queue || !f->idx)
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu Windows PCs", capacity);
-    if (rc == ESIM_OK)
-        rc = esim_mkdirs(f->id_dir, 0700, err);
     if (rc == ESIM_OK && f->data_dir[0]) {
         char d[SIM_PATH_MAX + 16];
         snprintf(d, sizeof d, "%s/windows", f->data_dir);
@@ -360,17 +351,11 @@ static void run_jobs(sim_winfleet *f, size_t i);
 static esim_err post(sim_winfleet *f, size_t i, const esim_buf *body, bool pushed)
 {
     wslot *sl = &f->slots[i];
-    char cert[SIM_PATH_MAX + 128], key[SIM_PATH_MAX + 64];
-    esim_err rc = ESIM_OK;
-    if (!(sl->flags & W_ID_FILE)) {
-        rc = sim_winpc_identity_files(sl->pc, f->id_dir, cert, sizeof cert, key, sizeof key, NULL);
-        if (rc != ESIM_OK)
-            return rc;
-        sl->flags |= W_ID_FILE;
-    } else {
-        snprintf(cert, sizeof cert, "%s/%s.identity.pem", f->id_dir, sim_winpc_device_id(sl->pc));
-        snprintf(key, sizeof key, "%s/sim-identity-p256.key", sim_pki_dir(f->cfg.pki));
-    }
+    /* The PC's identity, held in memory, goes with a full handshake. */
+    const esim_buf *id = NULL;
+    esim_err rc = sim_winpc_identity(sl->pc, &id, NULL);
+    if (rc != ESIM_OK)
+        return rc;
     const char *hdrs[] = {
         "Content-Type: application/vnd.syncml.dm+xml",
         "Accept: application/vnd.syncml.dm+xml, application/vnd.syncml.dm+wbxml, "
@@ -392,8 +377,11 @@ static esim_err post(sim_winfleet *f, size_t i, const esim_buf *body, bool pushe
         .body_len = body->len,
         .timeout_ms = 30000,
         .ca_file = strncmp(url, "https://", 8) == 0 ? sim_pki_ca_file(f->cfg.pki) : NULL,
-        .client_cert_file = cert,
-        .client_key_file = key,
+        .client_cert_der = id->data,
+        .client_cert_der_len = id->len,
+        .client_chain_der = f->cfg.pki->scep_der.data,
+        .client_chain_der_len = f->cfg.pki->scep_der.len,
+        .client_key = f->cfg.pki->identity_key,
         .conn = sl->conn,
         .tls = strncmp(url, "https://", 8) == 0 ? &sl->tls : NULL};
     rc = sim_http_send(f->cfg.http, &req, on_reply, ctx, NULL);

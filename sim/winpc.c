@@ -200,33 +200,19 @@ esim_err sim_winpc_set_channel_uri(sim_winpc *pc, const char *uri, esim_error *e
     return ESIM_OK;
 }
 
-esim_err sim_winpc_identity_files(sim_winpc *pc, const char *dir, char *cert_path, size_t cert_len,
-                                  char *key_path, size_t key_len, esim_error *err)
+esim_err sim_winpc_identity(sim_winpc *pc, const esim_buf **der, esim_error *err)
 {
-    esim_err rc = ESIM_OK;
+    *der = NULL;
     if (!pc->identity_der.len) {
-        rc = sim_identity_issue(pc->pki, pc->device_id, &pc->identity_der, err);
+        esim_err rc = sim_identity_issue(pc->pki, pc->device_id, &pc->identity_der, err);
         if (rc != ESIM_OK) {
             esim_buf_free(&pc->identity_der);
             return rc;
         }
         pc->dirty = true;
     }
-    snprintf(cert_path, cert_len, "%s/%s.identity.pem", dir, pc->device_id);
-    snprintf(key_path, key_len, "%s/sim-identity-p256.key", sim_pki_dir(pc->pki));
-    esim_buf pem = {0}, have = {0};
-    rc = sim_pem_append(&pem, &pc->identity_der);
-    if (rc == ESIM_OK)
-        rc = sim_pem_append(&pem, &pc->pki->scep_der);
-    bool same = rc == ESIM_OK && esim_read_file(cert_path, 64 * 1024, &have, NULL) == ESIM_OK &&
-                have.len == pem.len && memcmp(have.data, pem.data, pem.len) == 0;
-    if (rc == ESIM_OK && !same)
-        rc = esim_write_file_replace(cert_path, pem.data, pem.len, 0644, err);
-    else if (rc != ESIM_OK)
-        rc = esim_fail(err, ESIM_ECRYPTO, "could not encode the identity certificate");
-    esim_buf_free(&pem);
-    esim_buf_free(&have);
-    return rc;
+    *der = &pc->identity_der;
+    return ESIM_OK;
 }
 
 /* ---- the CSP state ------------------------------------------------------------------ */
