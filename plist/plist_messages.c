@@ -294,9 +294,9 @@ esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *l
 {
     if (!out)
         return esim_fail(err, ESIM_EINVAL, "no place to put the message");
-    esim_msg *m = calloc(1, sizeof *m);
-    if (!m)
-        return esim_fail(err, ESIM_ENOMEM, "out of memory reading a device message");
+    /* On the stack: a 2 KiB block from malloc cost more than the rest of a
+     * small message's reading (the callgrind count of bench/service). */
+    esim_msg local = {0}, *m = &local;
     esim_err rc = esim_plist_parse_dict(body, len, limits, &m->root, err);
     if (rc != ESIM_OK)
         goto done;
@@ -321,7 +321,6 @@ esim_err esim_msg_parse(const void *body, size_t len, const esim_parse_limits *l
     }
 done:
     esim_msg_free(m);
-    free(m);
     return rc;
 }
 

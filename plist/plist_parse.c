@@ -593,6 +593,133 @@ static tree_verdict check_tree(plist_t node, unsigned depth_left, tree_check *tc
     return v == TREE_OK ? check_dict_keys(node, tc) : v;
 }
 
+/* ---- the flat XML fast path ------------------------------------------------------
+ * Nearly every message a device sends on its busy path (Idle, Acknowledged,
+ * the check-ins without data) is one dictionary of short ASCII strings.
+ * Such a body is read here in one pass into the tree libplist would have
+ * built (a dict of PLIST_STRING and PLIST_BOOLEAN values in document order),
+ * without the nesting pre-scan, libplist's tokenizer and the tree walk after
+ * it, which cost about three quarters of a message's parse. The shape is
+ * narrow on purpose: an XML declaration and a DOCTYPE without '<', '[' or
+ * single quotes, <plist ...>, one <dict> whose entries are <key>text</key>
+ * followed by <string>text</string>, <string/>, <true/> or <false/>, and
+ * text of printable ASCII without '&' (so no entity, CDATA or comment to
+ * decode). Anything else, a repeated key included, returns NULL and the
+ * body takes the general path, which refuses or accepts it as before
+ * (tests/plist: the two paths build the same tree). */
+
+#define FLAT_MAX_ENTRIES 64
+#define FLAT_MAX_TEXT 1024
+
+static void flat_space(const char *p, size_t len, size_t *i)
+{
+    while (*i < len && xml_is_space(p[*i]))
+        (*i)++;
+}
+
+static bool flat_lit(const char *p, size_t len, size_t *i, const char *lit, size_t n)
+{
+    if (len - *i < n || memcmp(p + *i, lit, n) != 0)
+        return false;
+    *i += n;
+    return true;
+}
+
+/* Printable ASCII up to the next |stop|, none of it in |refused|. In
+ * markup (|quotes|) libplist skips double-quoted runs, so a quote must be
+ * closed and hold no '>' or '?' that would end the markup for a reader
+ * that does not. */
+static bool flat_run(const char *p, size_t len, size_t *i, char stop, const char *refused,
+                     bool quotes)
+{
+    bool quoted = false;
+    for (; *i < len; (*i)++) {
+        unsigned char c = (unsigned char)p[*i];
+        if (c == (unsigned char)stop && !quoted)
+            return true;
+        if (c < 0x20 || c > 0x7E || strchr(refused, c))
+            return false;
+        if (quotes && c == '"')
+            quoted = !quoted;
+        else if (quoted && (c == '>' || c == '?'))
+            return false;
+    }
+    return false;
+}
+
+/* Element text into |out| (NUL-terminated), then the closing tag. */
+static bool flat_text(const char *p, size_t len, size_t *i, const char *close, size_t close_len,
+                      char *out)
+{
+    size_t at = *i;
+    if (!flat_run(p, len, i, '<', "&>", false) || *i - at >= FLAT_MAX_TEXT)
+        return false;
+    memcpy(out, p + at, *i - at);
+    out[*i - at] = '\0';
+    return flat_lit(p, len, i, close, close_len);
+}
+
+plist_t plist_xml_flat_dict(const void *data, size_t len)
+{
+    const char *p = data;
+    size_t i = 0;
+    flat_space(p, len, &i);
+    if (flat_lit(p, len, &i, "<?xml", 5)) {
+        if (!flat_run(p, len, &i, '?', "<>", true) || !flat_lit(p, len, &i, "?>", 2))
+            return NULL;
+        flat_space(p, len, &i);
+    }
+    if (flat_lit(p, len, &i, "<!DOCTYPE", 9)) {
+        if (!flat_run(p, len, &i, '>', "<['", true) || !flat_lit(p, len, &i, ">", 1))
+            return NULL;
+        flat_space(p, len, &i);
+    }
+    if (!flat_lit(p, len, &i, "<plist", 6) || i >= len || (p[i] != '>' && p[i] != ' '))
+        return NULL;
+    if (!flat_run(p, len, &i, '>', "</'", true) || !flat_lit(p, len, &i, ">", 1))
+        return NULL;
+    flat_space(p, len, &i);
+    if (!flat_lit(p, len, &i, "<dict>", 6))
+        return NULL;
+    plist_t dict = plist_new_dict();
+    char key[FLAT_MAX_TEXT], text[FLAT_MAX_TEXT];
+    size_t entries = 0;
+    for (;;) {
+        flat_space(p, len, &i);
+        if (!dict || flat_lit(p, len, &i, "</dict>", 7))
+            break;
+        plist_t value = NULL;
+        if (entries == FLAT_MAX_ENTRIES || !flat_lit(p, len, &i, "<key>", 5) ||
+            !flat_text(p, len, &i, "</key>", 6, key) || !key[0] || plist_dict_get_item(dict, key))
+            goto general;
+        flat_space(p, len, &i);
+        if (flat_lit(p, len, &i, "<string>", 8)) {
+            if (!flat_text(p, len, &i, "</string>", 9, text))
+                goto general;
+            value = plist_new_string(text);
+        } else if (flat_lit(p, len, &i, "<string/>", 9)) {
+            value = plist_new_string("");
+        } else if (flat_lit(p, len, &i, "<true/>", 7)) {
+            value = plist_new_bool(1);
+        } else if (flat_lit(p, len, &i, "<false/>", 8)) {
+            value = plist_new_bool(0);
+        }
+        if (!value)
+            goto general;
+        plist_dict_set_item(dict, key, value);
+        entries++;
+    }
+    flat_space(p, len, &i);
+    if (!dict || !flat_lit(p, len, &i, "</plist>", 8))
+        goto general;
+    flat_space(p, len, &i);
+    if (i == len)
+        return dict;
+general:
+    plist_free(dict);
+    return NULL;
+}
+
 esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_limits *limits,
                                plist_t *root, esim_error *err)
 {
@@ -606,6 +733,13 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
                          len, l.max_body);
     const unsigned char *p = data;
     bool binary = len >= BPLIST_MAGIC_LEN && memcmp(p, BPLIST_MAGIC, BPLIST_MAGIC_LEN) == 0;
+    if (!binary) {
+        plist_t flat = plist_xml_flat_dict(data, len);
+        if (flat) {
+            *root = flat;
+            return ESIM_OK;
+        }
+    }
     esim_err rc;
     size_t xml_dict_values = 0;
     if (binary) {

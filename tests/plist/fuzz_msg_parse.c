@@ -1,7 +1,8 @@
 /*
  * fuzz_msg_parse.c — libFuzzer target for what a device may send: every
  * byte string goes through esim_msg_parse (and, when it parses, the
- * ServiceSubscriptions reader), plus esim_cmd_parse and esim_profile_parse.
+ * ServiceSubscriptions reader), plus esim_cmd_parse and esim_profile_parse;
+ * a body the flat XML fast path takes must give libplist's own tree.
  * A crash, a leak, or a broken promise of the API (abort below) is a finding.
  *
  * Built two ways: with clang -fsanitize=fuzzer (ESIM_LIBFUZZER=ON) for real
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "plist/esim_plist.h"
+#include "plist/plist_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -50,8 +52,29 @@ static void check_msg_promises(esim_err rc, const esim_msg *m, const esim_error 
     }
 }
 
+/* The fast path's tree is the one libplist's reader builds (compared as XML). */
+static void check_flat_path(const uint8_t *data, size_t size)
+{
+    plist_t fast = plist_xml_flat_dict(data, size);
+    if (!fast)
+        return;
+    plist_t slow = NULL;
+    plist_from_xml((const char *)data, (uint32_t)size, &slow);
+    esim_buf a = {0}, b = {0};
+    if (!slow || esim_plist_serialize(fast, ESIM_PLIST_XML, &a, NULL) != ESIM_OK ||
+        esim_plist_serialize(slow, ESIM_PLIST_XML, &b, NULL) != ESIM_OK || a.len != b.len ||
+        memcmp(a.data, b.data, a.len) != 0)
+        abort();
+    esim_buf_free(&a);
+    esim_buf_free(&b);
+    plist_free(fast);
+    plist_free(slow);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (size < UINT32_MAX)
+        check_flat_path(data, size);
     /* A small limit too, so the size and depth refusals are exercised. */
     const esim_parse_limits tight = {.max_body = 4096, .max_depth = 4};
     const esim_parse_limits *limits[] = {NULL, &tight};

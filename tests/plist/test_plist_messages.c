@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "plist/esim_plist.h"
+#include "plist/plist_internal.h"
 
 static const char UDID[] = "00008030-001A2B3C4D5E6F70";
 static const char TOPIC[] = "com.apple.mgmt.External.5f7e6a2c-1111-4222-8333-944455556666";
@@ -935,6 +936,108 @@ static void test_parse_dict_and_serialize(void **state)
     esim_buf_free(&bin);
 }
 
+/* ---- the flat XML fast path ------------------------------------------------------ */
+
+/* What libplist's own reader builds from |xml| (NULL: nothing). */
+static plist_t libplist_tree(const char *xml)
+{
+    plist_t t = NULL;
+    plist_from_xml(xml, (uint32_t)strlen(xml), &t);
+    return t;
+}
+
+static void test_flat_fast_path(void **state)
+{
+    (void)state;
+    /* Taken: the fast path builds exactly libplist's tree. */
+    const char *const flat[] = {
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>Status</key>"
+        "<string>Idle</string><key>UDID</key><string>BENCH-1</string></dict></plist>",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST "
+        "1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n"
+        "<dict>\n\t<key>CommandUUID</key>\n\t<string>0f8fad5b-d9cb-469f-a165-70867728950e</string>"
+        "\n\t<key>Status</key>\n\t<string>Acknowledged</string>\n\t<key>UDID</key>\n\t<string>"
+        "00008030-001A2B3C4D5E6F70</string>\n</dict>\n</plist>\n",
+        "<plist><dict><key>UDID</key><string> spaced  out </string><key>Empty</key><string/>"
+        "<key>Yes</key><true/><key>No</key><false/><key>Status</key><string>Idle</string>"
+        "<key>Q</key><string>\"quoted\" 'single' / ? ! = ;</string></dict></plist>",
+        "<plist><dict></dict></plist>",
+    };
+    for (size_t k = 0; k < sizeof flat / sizeof flat[0]; k++) {
+        plist_t fast = plist_xml_flat_dict(flat[k], strlen(flat[k]));
+        plist_t slow = libplist_tree(flat[k]);
+        assert_non_null(fast);
+        assert_non_null(slow);
+        assert_true(plist_equal(fast, slow));
+        plist_free(fast);
+        plist_free(slow);
+    }
+    esim_msg m;
+    esim_error err = {{0}};
+    assert_int_equal(parse_text(flat[1], &m, &err), ESIM_OK);
+    assert_int_equal(m.status, ESIM_STATUS_ACKNOWLEDGED);
+    assert_string_equal(m.udid, "00008030-001A2B3C4D5E6F70");
+    assert_string_equal(m.command_uuid, "0f8fad5b-d9cb-469f-a165-70867728950e");
+    esim_msg_free(&m);
+
+    /* Left to the general path, which decides as before. */
+    static const struct {
+        const char *xml;
+        esim_err rc;
+    } general[] = {
+        {RESULT("<key>Status</key><string>Idle</string><key>N</key><string>a&amp;b</string>"),
+         ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><key>N</key><string>caf\xc3\xa9</string>"),
+         ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><key>N</key><integer>7</integer>"), ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><key>N</key><dict/>"), ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><!-- c --><key>N</key><string>x</string>"),
+         ESIM_OK},
+        {RESULT("<key>Status</key><string><![CDATA[Idle]]></string>"), ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><key>N</key><string>a\tb</string>"),
+         ESIM_OK},
+        {RESULT("<key>Status</key><string>Idle</string><key>UDID</key><string>X</string>"),
+         ESIM_EINVAL},
+        {RESULT("<key>Status</key><string>Idle</string><key></key><string>x</string>"), ESIM_OK},
+        {"<?xml version=\"1.0\x01\"?><plist><dict><key>UDID</key><string>A</string><key>Status"
+         "</key><string>Idle</string></dict></plist>",
+         ESIM_OK},
+    };
+    for (size_t k = 0; k < sizeof general / sizeof general[0]; k++) {
+        const char *xml = general[k].xml;
+        assert_null(plist_xml_flat_dict(xml, strlen(xml)));
+        esim_error e = {{0}};
+        esim_err rc = parse_text(xml, &m, &e);
+        if (rc == ESIM_OK)
+            esim_msg_free(&m);
+        assert_int_equal(rc, general[k].rc);
+    }
+    /* Not flat, whatever the general path makes of them. */
+    const char *const odd[] = {
+        "<plist version=\">\"><dict><key>UDID</key><string>A</string></dict></plist>",
+        "<plist><dict><key>UDID</key><string>A</string></dict></plist>x",
+        "<plist><dict><key>UDID</key><string>A>B</string></dict></plist>",
+        "<plist><dict><key>UDID</key><string>A</string></dict>",
+        "<plist><dict><key>UDID</key></dict></plist>",
+        "<plist><dict><key>UDID</key><true></true></dict></plist>",
+        "<plist/>",
+        "<!DOCTYPE plist [<!ENTITY x \"y\">]><plist><dict></dict></plist>",
+        "\xef\xbb\xbf<plist><dict></dict></plist>",
+        /* libplist skips quoted text in markup: an unclosed quote hides the
+         * rest of the declaration from it (a fuzzing find). */
+        "<?xml version=*1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST "
+        "1.0//EN\" \"x\">\n<plist version=\"1.0\"><dict><key>UDID</key><string>A</string></dict>"
+        "</plist>",
+        "<?xml version=\"1.0?>\"?><plist><dict></dict></plist>",
+        "<plist version=\"1.0>\"><dict></dict></plist>",
+    };
+    for (size_t k = 0; k < sizeof odd / sizeof odd[0]; k++)
+        assert_null(plist_xml_flat_dict(odd[k], strlen(odd[k])));
+    /* A NUL the general path refuses is no text for the fast path either. */
+    const char nul[] = "<plist><dict><key>UDID</key><string>A\0B</string></dict></plist>";
+    assert_null(plist_xml_flat_dict(nul, sizeof nul - 1));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -960,6 +1063,7 @@ int main(void)
         cmocka_unit_test(test_depth_scan_not_fooled_by_markup),
         cmocka_unit_test(test_depth_ceiling_holds),
         cmocka_unit_test(test_duplicate_keys_refused),
+        cmocka_unit_test(test_flat_fast_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
