@@ -200,6 +200,17 @@ static void say(demo *d, const char *fmt, ...)
 
 static const char *const child_names[] = {"apns-mock", "wns-mock", "service",
                                           "service2",  "devsim",   "smdp"};
+#define N_CHILDREN (sizeof child_names / sizeof child_names[0])
+
+/* What every part had used at one moment of the run, and the device
+ * simulator's counts then: the phases of the run are the differences
+ * between two marks (enrolment, the preparation, the inventory, the
+ * campaign, what follows it). */
+typedef struct {
+    esim_proc_usage use[N_CHILDREN];
+    bool ok[N_CHILDREN];                                 /* the part's usage could be read */
+    long pushes, checkins, tls, pc_sessions, wns_pushes; /* the simulator's counts */
+} phase_mark;
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -1658,6 +1669,46 @@ static void sample_diagnosis(demo *d, const char *campaign_id)
     json_decref(dg);
 }
 
+/* Each part's CPU so far and the simulator's counts (its iPhones' pushes
+ * and check-ins, its TLS connections to every server, its PCs' OMA-DM
+ * sessions and WNS pushes). */
+static void mark_phase(demo *d, phase_mark *m)
+{
+    memset(m, 0, sizeof *m);
+    for (size_t k = 0; k < N_CHILDREN; k++)
+        m->ok[k] = sup_usage(&d->sup, child_names[k], &m->use[k]);
+    json_t *s = NULL;
+    if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
+        const json_t *tls = json_object_get(s, "tls"), *win = json_object_get(s, "windows");
+        m->pushes = jint(s, "pushes");
+        m->checkins = jint(s, "checkins");
+        m->tls = jint(tls, "full") + jint(tls, "resumed");
+        m->pc_sessions = jint(win, "sessions");
+        m->wns_pushes = jint(win, "wns_pushes");
+    }
+    json_decref(s);
+}
+
+/* One phase, |a| to |b|, as a JSON object: each started part's CPU
+ * seconds, and the simulator's pushes, check-ins, TLS connections and PC
+ * sessions in it. */
+static json_t *phase_json(const demo *d, const phase_mark *a, const phase_mark *b)
+{
+    json_t *cpu = json_object();
+    for (size_t k = 0; k < N_CHILDREN; k++) {
+        if (!sup_started(&d->sup, child_names[k]))
+            continue;
+        double c = b->use[k].cpu_s - a->use[k].cpu_s;
+        json_object_set_new(cpu, child_names[k], json_real(c > 0 ? c : 0.0));
+    }
+    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I}", "cpu_s", cpu, "pushes",
+                     (json_int_t)(b->pushes - a->pushes), "checkins",
+                     (json_int_t)(b->checkins - a->checkins), "tls_connections",
+                     (json_int_t)(b->tls - a->tls), "pc_sessions",
+                     (json_int_t)(b->pc_sessions - a->pc_sessions), "wns_pushes",
+                     (json_int_t)(b->wns_pushes - a->wns_pushes));
+}
+
 static int run(demo *d)
 {
     int64_t t_start = esim_mono_ms();
@@ -1692,10 +1743,13 @@ static int run(demo *d)
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
-    /* Each part's CPU so far: what enrolment cost (start-up included). */
-    esim_proc_usage enrol_use[sizeof child_names / sizeof child_names[0]] = {{0}};
-    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
-        sup_usage(&d->sup, child_names[k], &enrol_use[k]);
+    /* Each part's CPU so far: what enrolment cost (start-up included);
+     * then the same at the inventory's start, the campaign's start and
+     * end, and the run's end (phase_json). */
+    phase_mark start_mark = {0}, enrol_mark = {0}, inv_mark = {0}, camp_mark = {0},
+               camp_end_mark = {0}, end_mark = {0};
+    mark_phase(d, &enrol_mark);
+    const esim_proc_usage *enrol_use = enrol_mark.use;
     say(d,
         "  %u devices enrolled in %.1f s (iPhones: Authenticate, TokenUpdate; PCs: a first "
         "OMA-DM session that told their EID and WNS channel%s)\n",
@@ -1715,6 +1769,7 @@ static int run(demo *d)
     say(d, "  started the SM-DP+ (:%d) with %zu released orders, one per EID\n", d->smdp_port, n);
     if (!import_files(d, devs, n))
         goto out;
+    mark_phase(d, &inv_mark);
     if (d->inventory)
         inventory(d, devs, n);
 
@@ -1731,11 +1786,8 @@ static int run(demo *d)
         goto out;
     /* Each part's CPU over the campaign alone (the inventory and
      * enrolment before it not counted): what the campaign's seconds used. */
-    esim_proc_usage camp_use0[sizeof child_names / sizeof child_names[0]] = {{0}},
-                                                          camp_use1[sizeof child_names /
-                                                                    sizeof child_names[0]] = {{0}};
-    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
-        sup_usage(&d->sup, child_names[k], &camp_use0[k]);
+    mark_phase(d, &camp_mark);
+    const esim_proc_usage *camp_use0 = camp_mark.use, *camp_use1 = camp_end_mark.use;
     int64_t t0 = esim_mono_ms();
     json_t *body = campaign_body(d, "demo roll-out",
                                  d->iot_devices ? json_pack("{s:s}", "group", DEMO_GROUP)
@@ -1774,8 +1826,7 @@ static int run(demo *d)
                         sup_stopping()))
         goto out;
     double secs = (double)(esim_mono_ms() - t0) / 1000.0;
-    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++)
-        sup_usage(&d->sup, child_names[k], &camp_use1[k]);
+    mark_phase(d, &camp_end_mark);
     if (d->n_inventory_cmds && inventory_answered_now(d, &d->inventory_answered_all) &&
         d->inventory_folded)
         say(d, "  inventory: %ld iPhones answered DeviceInformation in all\n",
@@ -1854,9 +1905,10 @@ static int run(demo *d)
     }
     say(d, "\n== resources (peak resident memory, CPU time)\n");
     /* Measured just before they are stopped. */
-    esim_proc_usage use[sizeof child_names / sizeof child_names[0]];
-    for (size_t k = 0; k < sizeof child_names / sizeof child_names[0]; k++) {
-        if (!sup_usage(&d->sup, child_names[k], &use[k]))
+    mark_phase(d, &end_mark);
+    const esim_proc_usage *use = end_mark.use;
+    for (size_t k = 0; k < N_CHILDREN; k++) {
+        if (!end_mark.ok[k])
             continue;
         say(d, "  %-10s %8.1f MiB  %6.1f s CPU  (%.2f KiB per device)\n", child_names[k],
             (double)use[k].peak_rss_kb / 1024.0, use[k].cpu_s,
@@ -1987,6 +2039,15 @@ static int run(demo *d)
          * campaign ran (its CPU seconds over duration_s). */
         json_object_set_new(j, "campaign_cpu_s", json_real(campaign_cpu));
         json_object_set_new(j, "campaign_cores", json_real(secs > 0 ? campaign_cpu / secs : 0.0));
+        /* Each phase's CPU per part and the simulator's counts in it: what
+         * happens between enrolment and the campaign (issue 17). */
+        json_object_set_new(j, "phases",
+                            json_pack("{s:o, s:o, s:o, s:o, s:o}", "enrol",
+                                      phase_json(d, &start_mark, &enrol_mark), "prepare",
+                                      phase_json(d, &enrol_mark, &inv_mark), "inventory",
+                                      phase_json(d, &inv_mark, &camp_mark), "campaign",
+                                      phase_json(d, &camp_mark, &camp_end_mark), "after",
+                                      phase_json(d, &camp_end_mark, &end_mark)));
         char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (t)
             printf("%s\n", t);

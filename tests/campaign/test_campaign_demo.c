@@ -114,6 +114,28 @@ static json_t *demo_json(const char *cmd, const char *stderr_name)
     return j;
 }
 
+/* The simulator's count |key| summed over the demo's phases (enrolment,
+ * preparation, inventory, campaign, after): the whole run's. */
+static json_int_t phases_sum(const json_t *j, const char *key)
+{
+    const char *name;
+    json_t *ph;
+    json_int_t sum = 0;
+    json_object_foreach(json_object_get(j, "phases"), name, ph)
+    {
+        assert_true(json_is_integer(json_object_get(ph, key)));
+        sum += json_integer_value(json_object_get(ph, key));
+    }
+    return sum;
+}
+
+static json_int_t phase_count(const json_t *j, const char *phase, const char *key)
+{
+    const json_t *v = json_object_get(json_object_get(json_object_get(j, "phases"), phase), key);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
 static void test_demo_50_devices_json(void **state)
 {
     (void)state;
@@ -195,6 +217,12 @@ static void test_demo_50_devices_json(void **state)
     }
     assert_true(json_number_value(json_object_get(j, "campaign_cpu_s")) >= camp - 1e-6);
     assert_true(json_number_value(json_object_get(j, "campaign_cores")) >= 0);
+    /* No PC is woken between enrolment and the campaign: its first OMA-DM
+     * session, right after its enrolment, told the service its EID and
+     * WNS channel; the inventory is the iPhones' only. */
+    assert_int_equal(phase_count(j, "prepare", "wns_pushes"), 0);
+    assert_int_equal(phase_count(j, "inventory", "wns_pushes"), 0);
+    assert_true(phase_count(j, "inventory", "pushes") >= 1);
     json_t *erase = json_object_get(j, "erase_keep_esim");
     assert_true(json_integer_value(json_object_get(erase, "devices")) > 0);
     assert_int_equal(json_integer_value(json_object_get(erase, "still_verified")),
@@ -467,7 +495,12 @@ static void test_demo_retries_pushed_after_queueing(void **state)
  * service never had more than 4 inventory devices out and every iPhone
  * answered; with --inventory-wait 0 none is woken for the inventory, and
  * each answers it in the campaign's one push (30 pushes in all, the same 90
- * campaign commands). Counts, not durations. */
+ * campaign commands). The simulator's own counts per phase say the same:
+ * with the window, each iPhone woken for the inventory is pushed twice in
+ * the whole run (that wake-up, as a service pushes a device after its
+ * first TokenUpdate, and the campaign's); folded, one push per iPhone in
+ * the whole run and no push, check-in or connection between enrolment and
+ * the campaign. Counts, not durations. */
 static void test_demo_inventory_bounded_then_folded(void **state)
 {
     (void)state;
@@ -484,6 +517,14 @@ static void test_demo_inventory_bounded_then_folded(void **state)
                          json_integer_value(json_object_get(j, "inventory_folded")),
                      30);
     assert_int_equal(json_integer_value(json_object_get(j, "inventory_answered_in_all")), 30);
+    /* Enrolment wakes no one; every push the iPhones got is the
+     * inventory's or the campaign's. */
+    json_int_t woken = json_integer_value(json_object_get(j, "inventory_woken"));
+    assert_int_equal(phase_count(j, "enrol", "pushes"), 0);
+    assert_int_equal(phases_sum(j, "pushes"),
+                     woken + json_integer_value(json_object_get(j, "pushes")));
+    assert_true(phase_count(j, "inventory", "pushes") >= 1);
+    assert_true(phase_count(j, "inventory", "checkins") >= 1);
     json_decref(j);
 
     snprintf(cmd, sizeof cmd,
@@ -498,6 +539,9 @@ static void test_demo_inventory_bounded_then_folded(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "inventory_answered_in_all")), 30);
     assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 30);
     assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 30);
+    assert_int_equal(phases_sum(j, "pushes"), 30);
+    assert_int_equal(phase_count(j, "inventory", "pushes"), 0);
+    assert_int_equal(phase_count(j, "inventory", "checkins"), 0);
     json_decref(j);
 }
 
