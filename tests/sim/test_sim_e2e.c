@@ -408,6 +408,10 @@ static void test_end_to_end(void **state)
 
     sim_devsim_stats stats = sim_devsim_get_stats(w.ds);
     assert_true(stats.not_now > 0); /* the locked phones really said NotNow */
+    /* Every answer counted once by its Status, each command acknowledged
+     * by every phone in the end. */
+    assert_int_equal(stats.acknowledged + stats.not_now + stats.errors, stats.commands);
+    assert_true(stats.acknowledged >= 3 * N_DEVICES);
     for (unsigned i = 0; i < N_DEVICES; i++) {
         sim_device *d = sim_devsim_device_at(w.ds, i);
         const sim_euicc *e = sim_device_euicc_const(d);
