@@ -16,10 +16,10 @@
  * u1·G's. The table is ~150 KB and takes about as long to build as a few
  * hundred verifications; it pays from a few hundred signatures by one key.
  *
- * The arithmetic modulo the group order n (s⁻¹, the products) is done here
- * in four 64-bit limbs rather than with BIGNUMs: BN_mod_inverse alone took
+ * The arithmetic modulo the group order n (s⁻¹, the products) is core/p256.c's
+ * (four 64-bit limbs rather than BIGNUMs: BN_mod_inverse alone took
  * ~155,000 instructions of a ~430,000-instruction verification; Kaliski's
- * almost Montgomery inverse here takes ~50,000. R.x is compared in
+ * almost Montgomery inverse there takes ~50,000). R.x is compared in
  * Jacobian coordinates (X = r·Z²) instead of converting R to affine.
  *
  * Signing (SEC 1 §4.1.3) is k random in [1, n-1], R = k·G through
@@ -46,223 +46,17 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "core/p256.h"
 #include "sim/sim_internal.h"
 
-/* ---- arithmetic modulo n, the P-256 group order ---------------------------- */
+/* ---- arithmetic modulo n: core/p256.c ------------------------------------ */
 
-/* Numbers below n as four 64-bit limbs, least significant first. */
-typedef uint64_t ord4[4];
-typedef unsigned __int128 u128;
-
-static const ord4 ORD_N = {0xf3b9cac2fc632551u, 0xbce6faada7179e84u, 0xffffffffffffffffu,
-                           0xffffffff00000000u};
-static const uint64_t ORD_N0 = 0xccd1c8aaee00bc4fu; /* -n⁻¹ mod 2^64 */
-static const ord4 ORD_RR = {0x83244c95be79eea2u, 0x4699799c49bd6fa6u, 0x2845b2392b6bec59u,
-                            0x66e12d94f3d95620u}; /* 2^512 mod n */
-
-static void ord_from_bytes(ord4 a, const unsigned char b[32])
-{
-    for (int i = 0; i < 4; i++) {
-        uint64_t v = 0;
-        for (int j = 0; j < 8; j++)
-            v = v << 8 | b[(3 - i) * 8 + j];
-        a[i] = v;
-    }
-}
-
-static void ord_to_bytes(unsigned char b[32], const ord4 a)
-{
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 8; j++)
-            b[(3 - i) * 8 + j] = (unsigned char)(a[i] >> (56 - 8 * j));
-}
-
-/* a - b into r, the borrow (0 or 1) returned. */
-static uint64_t ord_sub(ord4 r, const ord4 a, const ord4 b)
-{
-    uint64_t borrow = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 d = (u128)a[i] - b[i] - borrow;
-        r[i] = (uint64_t)d;
-        borrow = (uint64_t)(d >> 64) & 1;
-    }
-    return borrow;
-}
-
-/* r = v when |take| is all ones, unchanged when 0 (no branch). */
-static void ord_select(ord4 r, const ord4 v, uint64_t take)
-{
-    for (int i = 0; i < 4; i++)
-        r[i] = (r[i] & ~take) | (v[i] & take);
-}
-
-static bool ord_is_zero(const ord4 a)
-{
-    return (a[0] | a[1] | a[2] | a[3]) == 0;
-}
-
-/* a < n */
-static bool ord_below_n(const ord4 a)
-{
-    ord4 t;
-    return ord_sub(t, a, ORD_N) == 1;
-}
-
-/* a mod n for any 256-bit a (a < 2n, as 2^256 < 2n). */
-static void ord_reduce_once(ord4 a)
-{
-    ord4 t;
-    uint64_t borrow = ord_sub(t, a, ORD_N);
-    ord_select(a, t, borrow - 1);
-}
-
-/* (a + b) mod n for a, b < n. */
-static void ord_add(ord4 r, const ord4 a, const ord4 b)
-{
-    ord4 s, t;
-    uint64_t carry = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 v = (u128)a[i] + b[i] + carry;
-        s[i] = (uint64_t)v;
-        carry = (uint64_t)(v >> 64);
-    }
-    uint64_t borrow = ord_sub(t, s, ORD_N);
-    /* s - n when s >= n, i.e. a carry out or no borrow */
-    ord_select(s, t, (uint64_t)0 - (carry | (borrow ^ 1)));
-    memcpy(r, s, sizeof s);
-}
-
-/* Montgomery product a·b·2^-256 mod n (CIOS), for a, b < n. */
-static void ord_mont_mul(ord4 r, const ord4 a, const ord4 b)
-{
-    uint64_t t[6] = {0};
-    for (int i = 0; i < 4; i++) {
-        u128 c = 0;
-        for (int j = 0; j < 4; j++) {
-            c = (u128)a[j] * b[i] + t[j] + (uint64_t)(c >> 64);
-            t[j] = (uint64_t)c;
-        }
-        c = (u128)t[4] + (uint64_t)(c >> 64);
-        t[4] = (uint64_t)c;
-        t[5] = (uint64_t)(c >> 64);
-        uint64_t m = t[0] * ORD_N0;
-        c = (u128)m * ORD_N[0] + t[0];
-        for (int j = 1; j < 4; j++) {
-            c = (u128)m * ORD_N[j] + t[j] + (uint64_t)(c >> 64);
-            t[j - 1] = (uint64_t)c;
-        }
-        c = (u128)t[4] + (uint64_t)(c >> 64);
-        t[3] = (uint64_t)c;
-        t[4] = t[5] + (uint64_t)(c >> 64);
-    }
-    ord4 lo = {t[0], t[1], t[2], t[3]}, d;
-    uint64_t borrow = ord_sub(d, lo, ORD_N);
-    /* t < 2n: subtract n when t >= n (a carry in t[4], or no borrow) */
-    ord_select(lo, d, (uint64_t)0 - (t[4] | (borrow ^ 1)));
-    memcpy(r, lo, sizeof lo);
-}
-
-/* a·b mod n */
-static void ord_mul(ord4 r, const ord4 a, const ord4 b)
-{
-    ord_mont_mul(r, a, b);      /* a·b·2^-256 */
-    ord_mont_mul(r, r, ORD_RR); /* ·2^256 */
-}
-
-/* (a - b) mod n for a, b < n. */
-static void ord_sub_mod(ord4 r, const ord4 a, const ord4 b)
-{
-    ord4 d, e;
-    uint64_t borrow = ord_sub(d, a, b), carry = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 v = (u128)d[i] + ORD_N[i] + carry;
-        e[i] = (uint64_t)v;
-        carry = (uint64_t)(v >> 64);
-    }
-    ord_select(d, e, (uint64_t)0 - borrow);
-    memcpy(r, d, sizeof d);
-}
-
-/* 2^j mod n for j = 0 .. 256, made once. */
-static ord4 pow2[257];
-static pthread_once_t pow2_once = PTHREAD_ONCE_INIT;
-
-static void pow2_init(void)
-{
-    pow2[0][0] = 1;
-    for (int j = 1; j <= 256; j++)
-        ord_add(pow2[j], pow2[j - 1], pow2[j - 1]);
-}
-
-/* a⁻¹ mod n for 0 < a < n: Kaliski's almost Montgomery inverse (a shift,
- * a subtraction and an addition per bit, no reduction modulo n inside the
- * loop) gives a⁻¹·2^k for some 256 <= k <= 512, then two Montgomery
- * products take 2^k out. ~50,000 instructions; BN_mod_inverse takes
- * ~155,000. Its time depends on a: for public values (a signature's s), or
- * a secret multiplied by a fresh random blinding factor first
- * (sim_ec_signer_sign). */
-static void ord_inv_vartime(ord4 out, const ord4 a)
-{
-    uint64_t u[4], v[4], r[5] = {0}, s[5] = {1, 0, 0, 0, 0};
-    memcpy(u, ORD_N, sizeof u);
-    memcpy(v, a, sizeof v);
-    unsigned k = 0;
-    while ((v[0] | v[1] | v[2] | v[3]) != 0 && k < 600) {
-        uint64_t *half, *dbl;
-        if (!(u[0] & 1)) {
-            half = u;
-            dbl = s;
-        } else if (!(v[0] & 1)) {
-            half = v;
-            dbl = r;
-        } else {
-            ord4 d;
-            uint64_t carry = 0;
-            if (ord_sub(d, u, v) == 0 && (d[0] | d[1] | d[2] | d[3]) != 0) { /* u > v */
-                memcpy(u, d, sizeof d);
-                half = u;
-                dbl = s;
-                for (int i = 0; i < 5; i++) { /* r += s */
-                    u128 t = (u128)r[i] + s[i] + carry;
-                    r[i] = (uint64_t)t;
-                    carry = (uint64_t)(t >> 64);
-                }
-            } else {
-                ord_sub(v, v, u);
-                half = v;
-                dbl = r;
-                for (int i = 0; i < 5; i++) { /* s += r */
-                    u128 t = (u128)s[i] + r[i] + carry;
-                    s[i] = (uint64_t)t;
-                    carry = (uint64_t)(t >> 64);
-                }
-            }
-        }
-        for (int i = 0; i < 3; i++)
-            half[i] = half[i] >> 1 | half[i + 1] << 63;
-        half[3] >>= 1;
-        for (int i = 4; i > 0; i--)
-            dbl[i] = dbl[i] << 1 | dbl[i - 1] >> 63;
-        dbl[0] <<= 1;
-        k++;
-    }
-    /* r < 2n: r mod n, then n - r = a⁻¹·2^k */
-    ord4 x = {r[0], r[1], r[2], r[3]}, t;
-    if (r[4] || ord_sub(t, x, ORD_N) == 0)
-        ord_sub(x, x, ORD_N);
-    ord_sub_mod(x, (const uint64_t *)ORD_N, x); /* n - x, 0 when x = 0 */
-    ord_reduce_once(x);
-    /* ·2^-256, then ·2^(512-k)·2^-256 */
-    static const ord4 one = {1, 0, 0, 0};
-    pthread_once(&pow2_once, pow2_init);
-    ord_mont_mul(x, x, one);
-    ord_mont_mul(out, x, pow2[k < 512 ? 512 - k : 0]);
-}
+typedef esim_p256_ord ord4;
 
 static BIGNUM *bn_from_ord(const ord4 a, BIGNUM *out)
 {
     unsigned char b[32];
-    ord_to_bytes(b, a);
+    esim_p256_ord_to_bytes(b, a);
     return BN_bin2bn(b, 32, out);
 }
 
@@ -339,18 +133,10 @@ static int verify_rs(const EC_GROUP *g, const BIGNUM *p, const EC_GROUP *gq, EC_
                      const EC_POINT *q, EC_POINT *p1, BN_CTX *ctx, const unsigned char digest[32],
                      const unsigned char rs[64])
 {
-    ord4 r, s, e, w, u1, u2;
-    ord_from_bytes(r, rs);
-    ord_from_bytes(s, rs + 32);
-    if (ord_is_zero(r) || !ord_below_n(r) || ord_is_zero(s) || !ord_below_n(s))
+    ord4 r, u1, u2;
+    if (!esim_p256_ecdsa_scalars(digest, 32, rs, u1, u2))
         return 0;
-    /* A 256-bit digest for a 256-bit order: e is taken whole (no
-     * truncation) and reduced once. */
-    ord_from_bytes(e, digest);
-    ord_reduce_once(e);
-    ord_inv_vartime(w, s); /* s is public */
-    ord_mul(u1, e, w);
-    ord_mul(u2, r, w);
+    esim_p256_ord_from_bytes(r, rs);
     BN_CTX_start(ctx);
     BIGNUM *b1 = BN_CTX_get(ctx), *b2 = BN_CTX_get(ctx), *x = BN_CTX_get(ctx);
     BIGNUM *z = BN_CTX_get(ctx), *t = BN_CTX_get(ctx);
@@ -504,13 +290,13 @@ sim_ec_signer *sim_ec_signer_new_raw(const unsigned char d[32])
 {
     pthread_once(&p256_once, p256_init);
     ord4 dv;
-    ord_from_bytes(dv, d);
-    if (!p256 || ord_is_zero(dv) || !ord_below_n(dv))
+    esim_p256_ord_from_bytes(dv, d);
+    if (!p256 || esim_p256_ord_is_zero(dv) || !esim_p256_ord_below_n(dv))
         return NULL;
     sim_ec_signer *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    ord_mont_mul(s->dm, dv, ORD_RR);
+    esim_p256_ord_mont_mul(s->dm, dv, esim_p256_ord_rr);
     OPENSSL_cleanse(dv, sizeof dv);
     s->bn = BN_CTX_new();
     s->r = EC_POINT_new(p256);
@@ -546,44 +332,44 @@ bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsign
 {
     ord4 e, k, r, sv, t, b;
     unsigned char kb[32], xb[32], bb[32];
-    ord_from_bytes(e, digest);
-    ord_reduce_once(e);
+    esim_p256_ord_from_bytes(e, digest);
+    esim_p256_ord_reduce_once(e);
     bool ok = false;
     for (int tries = 0; tries < 16 && !ok; tries++) {
         /* k uniform in [1, n-1]: 32 random bytes, drawn again when not
          * below n (a chance of about 2^-32). */
         if (RAND_priv_bytes(kb, sizeof kb) != 1)
             break;
-        ord_from_bytes(k, kb);
-        if (ord_is_zero(k) || !ord_below_n(k))
+        esim_p256_ord_from_bytes(k, kb);
+        if (esim_p256_ord_is_zero(k) || !esim_p256_ord_below_n(k))
             continue;
         if (!BN_bin2bn(kb, sizeof kb, s->k) ||
             EC_POINT_mul(p256, s->r, s->k, NULL, NULL, s->bn) != 1 ||
             EC_POINT_get_affine_coordinates(p256, s->r, s->x, NULL, s->bn) != 1 ||
             BN_bn2binpad(s->x, xb, sizeof xb) != sizeof xb)
             break;
-        ord_from_bytes(r, xb); /* x < p < 2n */
-        ord_reduce_once(r);
-        if (ord_is_zero(r))
+        esim_p256_ord_from_bytes(r, xb); /* x < p < 2n */
+        esim_p256_ord_reduce_once(r);
+        if (esim_p256_ord_is_zero(r))
             continue;
         /* k⁻¹ = b·(k·b)⁻¹ with b a fresh random blinding factor, so the
          * inversion's time says nothing about k. */
         if (RAND_bytes(bb, sizeof bb) != 1)
             break;
-        ord_from_bytes(b, bb);
-        ord_reduce_once(b);
-        if (ord_is_zero(b))
+        esim_p256_ord_from_bytes(b, bb);
+        esim_p256_ord_reduce_once(b);
+        if (esim_p256_ord_is_zero(b))
             continue;
-        ord_mul(t, k, b);
-        ord_inv_vartime(t, t);
-        ord_mul(k, t, b);          /* k⁻¹ */
-        ord_mont_mul(t, r, s->dm); /* r·d */
-        ord_add(t, t, e);          /* e + r·d */
-        ord_mul(sv, t, k);         /* k⁻¹·(e + r·d) */
-        if (ord_is_zero(sv))
+        esim_p256_ord_mul(t, k, b);
+        esim_p256_ord_inv_vartime(t, t);
+        esim_p256_ord_mul(k, t, b);          /* k⁻¹ */
+        esim_p256_ord_mont_mul(t, r, s->dm); /* r·d */
+        esim_p256_ord_add(t, t, e);          /* e + r·d */
+        esim_p256_ord_mul(sv, t, k);         /* k⁻¹·(e + r·d) */
+        if (esim_p256_ord_is_zero(sv))
             continue;
-        ord_to_bytes(rs, r);
-        ord_to_bytes(rs + 32, sv);
+        esim_p256_ord_to_bytes(rs, r);
+        esim_p256_ord_to_bytes(rs + 32, sv);
         ok = true;
     }
     OPENSSL_cleanse(kb, sizeof kb);

@@ -1,0 +1,839 @@
+/*
+ * p256.c — P-256 arithmetic modulo the group order n and the field prime p,
+ * and an ECDSA verification for keys that verify many signatures (see
+ * p256.h).
+ *
+ * Why not OpenSSL's: its verification (ecp_nistz256, the assembly one)
+ * takes ~830,000 instructions here, three quarters of them in u2·Q, a
+ * variable-point multiplication of 255 doublings. A key that verifies
+ * again and again (a device's identity key, ~8 messages a phone) can keep
+ * a small table instead: with 2^64·Q, 2^128·Q and 2^192·Q known, u2·Q is
+ * four 64-bit multiplications sharing one chain of 64 doublings, and u1·G
+ * rides on the same chain with the same split of G (tables made once per
+ * process). Scalars are in width-w NAF (w = 5 for Q's eight odd multiples
+ * per base, 7 for G's thirty-two), the tables affine so that each addition
+ * is a mixed one. About 1,300 field products a verification; the table
+ * about 2,400 once per key.
+ *
+ * Field elements are in Montgomery form (a·2^256 mod p), always fully
+ * reduced, so that equality is equality of limbs. Points are Jacobian
+ * (X/Z², Y/Z³), Z = 0 the point at infinity; the additions handle equal
+ * and opposite points.
+ */
+#include "core/p256.h"
+
+#include <pthread.h>
+#include <string.h>
+
+typedef unsigned __int128 u128;
+typedef uint64_t fe[4];
+
+/* ---- a Montgomery product modulo an odd 256-bit m (CIOS) ---------------- */
+
+/* a·b·2^-256 mod m, a and b below m; m0 = -m⁻¹ mod 2^64. */
+static inline void mont_mul(uint64_t r[4], const uint64_t a[4], const uint64_t b[4],
+                            const uint64_t m[4], uint64_t m0)
+{
+    uint64_t t[6] = {0};
+    for (int i = 0; i < 4; i++) {
+        u128 c = 0;
+        for (int j = 0; j < 4; j++) {
+            c = (u128)a[j] * b[i] + t[j] + (uint64_t)(c >> 64);
+            t[j] = (uint64_t)c;
+        }
+        c = (u128)t[4] + (uint64_t)(c >> 64);
+        t[4] = (uint64_t)c;
+        t[5] = (uint64_t)(c >> 64);
+        uint64_t q = t[0] * m0;
+        c = (u128)q * m[0] + t[0];
+        for (int j = 1; j < 4; j++) {
+            c = (u128)q * m[j] + t[j] + (uint64_t)(c >> 64);
+            t[j - 1] = (uint64_t)c;
+        }
+        c = (u128)t[4] + (uint64_t)(c >> 64);
+        t[3] = (uint64_t)c;
+        t[4] = t[5] + (uint64_t)(c >> 64);
+    }
+    /* t < 2m: subtract m when t >= m (a carry in t[4], or no borrow) */
+    uint64_t d[4], borrow = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 v = (u128)t[i] - m[i] - borrow;
+        d[i] = (uint64_t)v;
+        borrow = (uint64_t)(v >> 64) & 1;
+    }
+    uint64_t take = (uint64_t)0 - (t[4] | (borrow ^ 1));
+    for (int i = 0; i < 4; i++)
+        r[i] = (t[i] & ~take) | (d[i] & take);
+}
+
+/* a - b into r, the borrow (0 or 1) returned. */
+static inline uint64_t sub4(uint64_t r[4], const uint64_t a[4], const uint64_t b[4])
+{
+    uint64_t borrow = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 d = (u128)a[i] - b[i] - borrow;
+        r[i] = (uint64_t)d;
+        borrow = (uint64_t)(d >> 64) & 1;
+    }
+    return borrow;
+}
+
+/* a + b into r, the carry (0 or 1) returned. */
+static inline uint64_t add4(uint64_t r[4], const uint64_t a[4], const uint64_t b[4])
+{
+    uint64_t carry = 0;
+    for (int i = 0; i < 4; i++) {
+        u128 v = (u128)a[i] + b[i] + carry;
+        r[i] = (uint64_t)v;
+        carry = (uint64_t)(v >> 64);
+    }
+    return carry;
+}
+
+/* (a - b) mod m, a and b below m. */
+static inline void sub_mod(uint64_t r[4], const uint64_t a[4], const uint64_t b[4],
+                           const uint64_t m[4])
+{
+    if (sub4(r, a, b))
+        add4(r, r, m);
+}
+
+static bool is_zero4(const uint64_t a[4])
+{
+    return (a[0] | a[1] | a[2] | a[3]) == 0;
+}
+
+static void from_bytes(uint64_t a[4], const unsigned char b[32])
+{
+    for (int i = 0; i < 4; i++) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; j++)
+            v = v << 8 | b[(3 - i) * 8 + j];
+        a[i] = v;
+    }
+}
+
+/* ---- numbers modulo n ------------------------------------------------------ */
+
+const esim_p256_ord esim_p256_ord_n = {0xf3b9cac2fc632551u, 0xbce6faada7179e84u,
+                                       0xffffffffffffffffu, 0xffffffff00000000u};
+static const uint64_t ORD_N0 = 0xccd1c8aaee00bc4fu; /* -n⁻¹ mod 2^64 */
+const esim_p256_ord esim_p256_ord_rr = {0x83244c95be79eea2u, 0x4699799c49bd6fa6u,
+                                        0x2845b2392b6bec59u, 0x66e12d94f3d95620u};
+
+void esim_p256_ord_from_bytes(esim_p256_ord a, const unsigned char b[32])
+{
+    from_bytes(a, b);
+}
+
+void esim_p256_ord_to_bytes(unsigned char b[32], const esim_p256_ord a)
+{
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++)
+            b[(3 - i) * 8 + j] = (unsigned char)(a[i] >> (56 - 8 * j));
+}
+
+bool esim_p256_ord_is_zero(const esim_p256_ord a)
+{
+    return is_zero4(a);
+}
+
+bool esim_p256_ord_below_n(const esim_p256_ord a)
+{
+    uint64_t t[4];
+    return sub4(t, a, esim_p256_ord_n) == 1;
+}
+
+void esim_p256_ord_reduce_once(esim_p256_ord a)
+{
+    uint64_t t[4];
+    uint64_t borrow = sub4(t, a, esim_p256_ord_n);
+    uint64_t take = borrow - 1; /* all ones when a >= n; no branch (signing uses it) */
+    for (int i = 0; i < 4; i++)
+        a[i] = (a[i] & ~take) | (t[i] & take);
+}
+
+void esim_p256_ord_add(esim_p256_ord r, const esim_p256_ord a, const esim_p256_ord b)
+{
+    /* No branch on the values: the signer adds secrets with it. */
+    uint64_t s[4], t[4];
+    uint64_t carry = add4(s, a, b);
+    uint64_t borrow = sub4(t, s, esim_p256_ord_n);
+    uint64_t take = (uint64_t)0 - (carry | (borrow ^ 1));
+    for (int i = 0; i < 4; i++)
+        r[i] = (s[i] & ~take) | (t[i] & take);
+}
+
+void esim_p256_ord_mont_mul(esim_p256_ord r, const esim_p256_ord a, const esim_p256_ord b)
+{
+    mont_mul(r, a, b, esim_p256_ord_n, ORD_N0);
+}
+
+void esim_p256_ord_mul(esim_p256_ord r, const esim_p256_ord a, const esim_p256_ord b)
+{
+    mont_mul(r, a, b, esim_p256_ord_n, ORD_N0);                /* a·b·2^-256 */
+    mont_mul(r, r, esim_p256_ord_rr, esim_p256_ord_n, ORD_N0); /* ·2^256 */
+}
+
+/* 2^j mod n for j = 0 .. 256, made once. */
+static esim_p256_ord pow2[257];
+static pthread_once_t pow2_once = PTHREAD_ONCE_INIT;
+
+static void pow2_init(void)
+{
+    pow2[0][0] = 1;
+    for (int j = 1; j <= 256; j++)
+        esim_p256_ord_add(pow2[j], pow2[j - 1], pow2[j - 1]);
+}
+
+/* Kaliski's almost Montgomery inverse (a shift, a subtraction and an
+ * addition per bit, no reduction modulo n inside the loop) gives
+ * a⁻¹·2^k for some 256 <= k <= 512, then two Montgomery products take 2^k
+ * out. ~50,000 instructions; BN_mod_inverse takes ~155,000. */
+void esim_p256_ord_inv_vartime(esim_p256_ord out, const esim_p256_ord a)
+{
+    uint64_t u[4], v[4], r[5] = {0}, s[5] = {1, 0, 0, 0, 0};
+    memcpy(u, esim_p256_ord_n, sizeof u);
+    memcpy(v, a, sizeof v);
+    unsigned k = 0;
+    while (!is_zero4(v) && k < 600) {
+        uint64_t *half, *dbl;
+        if (!(u[0] & 1)) {
+            half = u;
+            dbl = s;
+        } else if (!(v[0] & 1)) {
+            half = v;
+            dbl = r;
+        } else {
+            uint64_t d[4], carry = 0;
+            if (sub4(d, u, v) == 0 && !is_zero4(d)) { /* u > v */
+                memcpy(u, d, sizeof d);
+                half = u;
+                dbl = s;
+                for (int i = 0; i < 5; i++) { /* r += s */
+                    u128 t = (u128)r[i] + s[i] + carry;
+                    r[i] = (uint64_t)t;
+                    carry = (uint64_t)(t >> 64);
+                }
+            } else {
+                sub4(v, v, u);
+                half = v;
+                dbl = r;
+                for (int i = 0; i < 5; i++) { /* s += r */
+                    u128 t = (u128)s[i] + r[i] + carry;
+                    s[i] = (uint64_t)t;
+                    carry = (uint64_t)(t >> 64);
+                }
+            }
+        }
+        for (int i = 0; i < 3; i++)
+            half[i] = half[i] >> 1 | half[i + 1] << 63;
+        half[3] >>= 1;
+        for (int i = 4; i > 0; i--)
+            dbl[i] = dbl[i] << 1 | dbl[i - 1] >> 63;
+        dbl[0] <<= 1;
+        k++;
+    }
+    /* r < 2n: r mod n, then n - r = a⁻¹·2^k */
+    uint64_t x[4] = {r[0], r[1], r[2], r[3]}, t[4];
+    if (r[4] || sub4(t, x, esim_p256_ord_n) == 0)
+        sub4(x, x, esim_p256_ord_n);
+    sub_mod(x, esim_p256_ord_n, x, esim_p256_ord_n); /* n - x, n when x = 0 */
+    esim_p256_ord_reduce_once(x);
+    /* ·2^-256, then ·2^(512-k)·2^-256 */
+    static const esim_p256_ord one = {1, 0, 0, 0};
+    pthread_once(&pow2_once, pow2_init);
+    esim_p256_ord_mont_mul(x, x, one);
+    esim_p256_ord_mont_mul(out, x, pow2[k < 512 ? 512 - k : 0]);
+}
+
+bool esim_p256_ecdsa_scalars(const unsigned char *digest, size_t digest_len,
+                             const unsigned char rs[64], esim_p256_ord u1, esim_p256_ord u2)
+{
+    esim_p256_ord r, s, e, w;
+    from_bytes(r, rs);
+    from_bytes(s, rs + 32);
+    if (is_zero4(r) || !esim_p256_ord_below_n(r) || is_zero4(s) || !esim_p256_ord_below_n(s))
+        return false;
+    /* e: the digest's leftmost 256 bits (n has 256), as an integer. */
+    unsigned char eb[32] = {0};
+    size_t take = digest_len < 32 ? digest_len : 32;
+    if (take)
+        memcpy(eb + 32 - take, digest, take);
+    from_bytes(e, eb);
+    esim_p256_ord_reduce_once(e);
+    esim_p256_ord_inv_vartime(w, s);
+    esim_p256_ord_mul(u1, e, w);
+    esim_p256_ord_mul(u2, r, w);
+    return true;
+}
+
+/* ---- the field: numbers modulo p, in Montgomery form -------------------- */
+
+static const fe P = {0xffffffffffffffffu, 0x00000000ffffffffu, 0, 0xffffffff00000001u};
+/* -p⁻¹ mod 2^64 is 1: p ≡ -1 mod 2^64. */
+static const fe P_RR = {0x0000000000000003u, 0xfffffffbffffffffu, 0xfffffffffffffffeu,
+                        0x00000004fffffffdu}; /* 2^512 mod p */
+static const fe P_ONE = {0x0000000000000001u, 0xffffffff00000000u, 0xffffffffffffffffu,
+                         0x00000000fffffffeu}; /* 2^256 mod p: 1 in Montgomery form */
+
+/* Add with carry: a + b + *c, the carry out into *c. x86-64's own
+ * instruction where there is one (gcc makes poor carry chains of 128-bit
+ * additions: ~2x the instructions), else 128-bit arithmetic. */
+#if defined(__x86_64__) && !defined(ESIM_P256_PORTABLE)
+#include <x86intrin.h>
+static inline uint64_t adc(uint64_t a, uint64_t b, unsigned char *c)
+{
+    unsigned long long out;
+    *c = _addcarry_u64(*c, a, b, &out);
+    return out;
+}
+/* Subtract with borrow: a - b - *c, the borrow out into *c. */
+static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
+{
+    unsigned long long out;
+    *c = _subborrow_u64(*c, a, b, &out);
+    return out;
+}
+#else
+static inline uint64_t adc(uint64_t a, uint64_t b, unsigned char *c)
+{
+    u128 v = (u128)a + b + *c;
+    *c = (unsigned char)(v >> 64);
+    return (uint64_t)v;
+}
+static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
+{
+    u128 v = (u128)a - b - *c;
+    *c = (unsigned char)(v >> 64) & 1;
+    return (uint64_t)v;
+}
+#endif
+
+/* One round of the Montgomery product: t += a·bi, then t += q·p for
+ * q = t0 (-p⁻¹ mod 2^64 is 1) and t shifted down a limb. p's limbs are
+ * 2^64 - 1, 2^32 - 1, 0, 2^64 - 2^32 + 1: t0 + q·p0 = q·2^64 exactly (a
+ * carry of q, nothing left), p2 contributes nothing. t < 2p throughout,
+ * so t4 is 0 or 1. */
+#define FE_ROUND(bi)                                                                               \
+    do {                                                                                           \
+        u128 m0_ = (u128)a0 * (bi), m1_ = (u128)a1 * (bi), m2_ = (u128)a2 * (bi),                  \
+             m3_ = (u128)a3 * (bi);                                                                \
+        unsigned char c_ = 0;                                                                      \
+        t0 = adc(t0, (uint64_t)m0_, &c_);                                                          \
+        t1 = adc(t1, (uint64_t)m1_, &c_);                                                          \
+        t2 = adc(t2, (uint64_t)m2_, &c_);                                                          \
+        t3 = adc(t3, (uint64_t)m3_, &c_);                                                          \
+        t4 = adc(t4, 0, &c_);                                                                      \
+        uint64_t t5_ = c_;                                                                         \
+        c_ = 0;                                                                                    \
+        t1 = adc(t1, (uint64_t)(m0_ >> 64), &c_);                                                  \
+        t2 = adc(t2, (uint64_t)(m1_ >> 64), &c_);                                                  \
+        t3 = adc(t3, (uint64_t)(m2_ >> 64), &c_);                                                  \
+        t4 = adc(t4, (uint64_t)(m3_ >> 64), &c_);                                                  \
+        t5_ += c_;                                                                                 \
+        uint64_t q_ = t0;                                                                          \
+        u128 r1_ = (u128)q_ * 0x00000000ffffffffu, r3_ = (u128)q_ * 0xffffffff00000001u;           \
+        c_ = 0;                                                                                    \
+        t0 = adc(t1, q_, &c_);                                                                     \
+        t1 = adc(t2, 0, &c_);                                                                      \
+        t2 = adc(t3, 0, &c_);                                                                      \
+        t3 = adc(t4, 0, &c_);                                                                      \
+        t4 = t5_ + c_;                                                                             \
+        c_ = 0;                                                                                    \
+        t0 = adc(t0, (uint64_t)r1_, &c_);                                                          \
+        t1 = adc(t1, (uint64_t)(r1_ >> 64), &c_);                                                  \
+        t2 = adc(t2, (uint64_t)r3_, &c_);                                                          \
+        t3 = adc(t3, (uint64_t)(r3_ >> 64), &c_);                                                  \
+        t4 += c_;                                                                                  \
+    } while (0)
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ESIM_P256_PORTABLE)
+/* The same rounds in x86-64 assembly (mul and adc only, no BMI2/ADX):
+ * gcc spills most of the C version's 128-bit temporaries, ~300
+ * instructions a product against ~130 here. The six accumulator limbs
+ * rotate: round i's t0 becomes round i+1's t5 (zeroed). The reduction
+ * adds q·p: q·p0 + q·2^64 cancels t0, q·p1 + q (the carry of q) is
+ * q·2^32 (q << 32 and q >> 32 into the next two limbs), q·p3 a mul. */
+static const uint64_t P3 = 0xffffffff00000001u;
+#define FE_ASM_ROUND(off, A, B, C, D, E, F)                                                        \
+    "movq " #off "(%[b]), %[bi]\n\t"                                                               \
+    "movq 0(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                        \
+    "addq %%rax, %[" #A "]\n\tadcq $0, %%rdx\n\tmovq %%rdx, %[h]\n\t"                              \
+    "movq 8(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                        \
+    "addq %[h], %[" #B "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #B "]\n\tadcq $0, %%rdx\n\t"        \
+    "movq %%rdx, %[h]\n\t"                                                                         \
+    "movq 16(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                       \
+    "addq %[h], %[" #C "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #C "]\n\tadcq $0, %%rdx\n\t"        \
+    "movq %%rdx, %[h]\n\t"                                                                         \
+    "movq 24(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                       \
+    "addq %[h], %[" #D "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #D "]\n\tadcq $0, %%rdx\n\t"        \
+    "addq %%rdx, %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
+    "movq %[" #A "], %%rax\n\tmulq %[p3]\n\t"                                                      \
+    "movq %[" #A "], %[h]\n\tshlq $32, %[h]\n\tshrq $32, %[" #A "]\n\t"                            \
+    "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %%rax, %[" #D "]\n\t"               \
+    "adcq %%rdx, %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
+    "xorl %k[" #A "], %k[" #A "]\n\t"
+
+/* a·b·2^-256 mod p, a and b below p. */
+static inline void fe_mul(fe r, const fe a, const fe b)
+{
+    uint64_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0, t5 = 0, bi, h;
+    __asm__(FE_ASM_ROUND(0, t0, t1, t2, t3, t4, t5) FE_ASM_ROUND(8, t1, t2, t3, t4, t5, t0)
+                FE_ASM_ROUND(16, t2, t3, t4, t5, t0, t1) FE_ASM_ROUND(24, t3, t4, t5, t0, t1, t2)
+            : [t0] "+&r"(t0), [t1] "+&r"(t1), [t2] "+&r"(t2), [t3] "+&r"(t3), [t4] "+&r"(t4),
+              [t5] "+&r"(t5), [bi] "=&r"(bi), [h] "=&r"(h)
+            : [a] "r"(a), [b] "r"(b), [p3] "m"(P3)
+            : "rax", "rdx", "cc", "memory");
+    /* t4, t5, t0, t1 and the carry t2: below 2p; p subtracted when t >= p */
+    unsigned char w = 0;
+    uint64_t d0 = sbb(t4, P[0], &w), d1 = sbb(t5, P[1], &w), d2 = sbb(t0, 0, &w),
+             d3 = sbb(t1, P[3], &w);
+    if (t2 || !w) {
+        r[0] = d0, r[1] = d1, r[2] = d2, r[3] = d3;
+    } else {
+        r[0] = t4, r[1] = t5, r[2] = t0, r[3] = t1;
+    }
+}
+#else
+/* a·b·2^-256 mod p, a and b below p. */
+static inline void fe_mul(fe r, const fe a, const fe b)
+{
+    uint64_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    uint64_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0;
+    FE_ROUND(b[0]);
+    FE_ROUND(b[1]);
+    FE_ROUND(b[2]);
+    FE_ROUND(b[3]);
+    /* t < 2p: subtract p when t >= p (a carry in t4, or no borrow) */
+    u128 d = (u128)t0 - P[0];
+    uint64_t d0 = (uint64_t)d;
+    d = (u128)t1 - P[1] - ((uint64_t)(d >> 64) & 1);
+    uint64_t d1 = (uint64_t)d;
+    d = (u128)t2 - ((uint64_t)(d >> 64) & 1);
+    uint64_t d2 = (uint64_t)d;
+    d = (u128)t3 - P[3] - ((uint64_t)(d >> 64) & 1);
+    uint64_t d3 = (uint64_t)d, borrow = (uint64_t)(d >> 64) & 1;
+    if (t4 | (borrow ^ 1)) {
+        r[0] = d0, r[1] = d1, r[2] = d2, r[3] = d3;
+    } else {
+        r[0] = t0, r[1] = t1, r[2] = t2, r[3] = t3;
+    }
+}
+#endif
+
+static inline void fe_sqr(fe r, const fe a)
+{
+    fe_mul(r, a, a);
+}
+
+/* (a + b) mod p */
+static inline void fe_add(fe r, const fe a, const fe b)
+{
+    unsigned char c = 0, w = 0;
+    uint64_t s0 = adc(a[0], b[0], &c), s1 = adc(a[1], b[1], &c), s2 = adc(a[2], b[2], &c),
+             s3 = adc(a[3], b[3], &c);
+    uint64_t d0 = sbb(s0, P[0], &w), d1 = sbb(s1, P[1], &w), d2 = sbb(s2, 0, &w),
+             d3 = sbb(s3, P[3], &w);
+    if (c || !w) { /* the sum is p or more */
+        r[0] = d0, r[1] = d1, r[2] = d2, r[3] = d3;
+    } else {
+        r[0] = s0, r[1] = s1, r[2] = s2, r[3] = s3;
+    }
+}
+
+/* (a - b) mod p */
+static inline void fe_sub(fe r, const fe a, const fe b)
+{
+    unsigned char w = 0, c = 0;
+    uint64_t d0 = sbb(a[0], b[0], &w), d1 = sbb(a[1], b[1], &w), d2 = sbb(a[2], b[2], &w),
+             d3 = sbb(a[3], b[3], &w);
+    uint64_t m = (uint64_t)0 - w; /* add p back when it borrowed */
+    r[0] = adc(d0, P[0] & m, &c);
+    r[1] = adc(d1, P[1] & m, &c);
+    r[2] = adc(d2, 0, &c);
+    r[3] = adc(d3, P[3] & m, &c);
+}
+
+/* a⁻¹ (Montgomery form in and out) as a^(p-2), a ≠ 0: rare (tables). */
+static void fe_inv(fe r, const fe a)
+{
+    /* p - 2 = ffffffff 00000001 00000000 00000000 00000000 ffffffff ffffffff fffffffd */
+    static const fe e = {0xfffffffffffffffdu, 0x00000000ffffffffu, 0, 0xffffffff00000001u};
+    fe x;
+    memcpy(x, P_ONE, sizeof x);
+    for (int i = 255; i >= 0; i--) {
+        fe_sqr(x, x);
+        if (e[i / 64] >> (i % 64) & 1)
+            fe_mul(x, x, a);
+    }
+    memcpy(r, x, sizeof x);
+}
+
+/* The curve's b, Montgomery form, made once with the G tables. */
+static fe curve_b;
+
+/* ---- points -------------------------------------------------------------- */
+
+typedef struct {
+    fe x, y, z;
+} jac;
+
+typedef struct {
+    fe x, y;
+} aff;
+
+/* 2·a (dbl-2001-b, a = -3): infinity stays infinity (Z3 = 0). */
+static void pt_dbl(jac *r, const jac *a)
+{
+    fe delta, gamma, beta, alpha, t0, t1;
+    fe_sqr(delta, a->z);
+    fe_sqr(gamma, a->y);
+    fe_mul(beta, a->x, gamma);
+    fe_sub(t0, a->x, delta);
+    fe_add(t1, a->x, delta);
+    fe_mul(alpha, t0, t1);
+    fe_add(t0, alpha, alpha);
+    fe_add(alpha, t0, alpha); /* 3(X - δ)(X + δ) */
+    fe_add(t0, a->y, a->z);
+    fe_sqr(t0, t0);
+    fe_sub(t0, t0, gamma);
+    fe_sub(r->z, t0, delta); /* (Y + Z)² - γ - δ */
+    fe_add(beta, beta, beta);
+    fe_add(beta, beta, beta); /* 4β */
+    fe_sqr(t0, alpha);
+    fe_add(t1, beta, beta);
+    fe_sub(r->x, t0, t1); /* α² - 8β */
+    fe_sub(t0, beta, r->x);
+    fe_mul(t0, alpha, t0);
+    fe_sqr(gamma, gamma);
+    fe_add(gamma, gamma, gamma);
+    fe_add(gamma, gamma, gamma);
+    fe_add(gamma, gamma, gamma); /* 8γ² */
+    fe_sub(r->y, t0, gamma);
+}
+
+/* a + (bx, by) with the affine point never infinity (madd-2007-bl). */
+static void pt_add_aff(jac *r, const jac *a, const fe bx, const fe by)
+{
+    if (is_zero4(a->z)) {
+        memcpy(r->x, bx, sizeof r->x);
+        memcpy(r->y, by, sizeof r->y);
+        memcpy(r->z, P_ONE, sizeof r->z);
+        return;
+    }
+    fe z1z1, u2, s2, h, hh, i, j, rr, v, t;
+    fe_sqr(z1z1, a->z);
+    fe_mul(u2, bx, z1z1);
+    fe_mul(s2, by, a->z);
+    fe_mul(s2, s2, z1z1);
+    fe_sub(h, u2, a->x);
+    fe_sub(rr, s2, a->y);
+    if (is_zero4(h)) {
+        if (is_zero4(rr)) {
+            pt_dbl(r, a);
+        } else {
+            memset(r, 0, sizeof *r);
+        }
+        return;
+    }
+    fe_sqr(hh, h);
+    fe_add(i, hh, hh);
+    fe_add(i, i, i);
+    fe_mul(j, h, i);
+    fe_add(rr, rr, rr);
+    fe_mul(v, a->x, i);
+    fe_add(t, a->z, h);
+    fe_sqr(t, t);
+    fe_sub(t, t, z1z1);
+    fe_sub(r->z, t, hh); /* (Z1 + H)² - Z1Z1 - HH */
+    fe y1j;
+    fe_mul(y1j, a->y, j);
+    fe_sqr(t, rr);
+    fe_sub(t, t, j);
+    fe_sub(t, t, v);
+    fe_sub(r->x, t, v); /* r² - J - 2V */
+    fe_sub(t, v, r->x);
+    fe_mul(t, rr, t);
+    fe_add(y1j, y1j, y1j);
+    fe_sub(r->y, t, y1j); /* r(V - X3) - 2·Y1·J */
+}
+
+/* a + b, both Jacobian (add-2007-bl): table making only. */
+static void pt_add(jac *r, const jac *a, const jac *b)
+{
+    if (is_zero4(a->z)) {
+        *r = *b;
+        return;
+    }
+    if (is_zero4(b->z)) {
+        *r = *a;
+        return;
+    }
+    fe z1z1, z2z2, u1, u2, s1, s2, h, i, j, rr, v, t;
+    fe_sqr(z1z1, a->z);
+    fe_sqr(z2z2, b->z);
+    fe_mul(u1, a->x, z2z2);
+    fe_mul(u2, b->x, z1z1);
+    fe_mul(s1, a->y, b->z);
+    fe_mul(s1, s1, z2z2);
+    fe_mul(s2, b->y, a->z);
+    fe_mul(s2, s2, z1z1);
+    fe_sub(h, u2, u1);
+    fe_sub(rr, s2, s1);
+    if (is_zero4(h)) {
+        if (is_zero4(rr))
+            pt_dbl(r, a);
+        else
+            memset(r, 0, sizeof *r);
+        return;
+    }
+    fe_add(i, h, h);
+    fe_sqr(i, i);
+    fe_mul(j, h, i);
+    fe_add(rr, rr, rr);
+    fe_mul(v, u1, i);
+    fe_add(t, a->z, b->z);
+    fe_sqr(t, t);
+    fe_sub(t, t, z1z1);
+    fe_sub(t, t, z2z2);
+    fe_mul(r->z, t, h);
+    fe_sqr(t, rr);
+    fe_sub(t, t, j);
+    fe_sub(t, t, v);
+    fe_sub(r->x, t, v);
+    fe_sub(t, v, r->x);
+    fe_mul(t, rr, t);
+    fe_mul(s1, s1, j);
+    fe_add(s1, s1, s1);
+    fe_sub(r->y, t, s1);
+}
+
+/* The odd multiples 1·B .. (2m-1)·B of B, 2^64·B, 2^128·B, 2^192·B for
+ * B = |base| (not infinity), affine, into out[4][m]: m Jacobian points a
+ * base made, then one inversion for them all (Montgomery's trick). Every
+ * multiple is below n, so none is infinity. */
+static void make_table(uint64_t (*out)[2][4], int m, const jac *base, jac *work, fe *prefix)
+{
+    jac b = *base;
+    for (int q = 0; q < 4; q++) {
+        if (q)
+            for (int i = 0; i < 64; i++)
+                pt_dbl(&b, &b);
+        jac d;
+        pt_dbl(&d, &b);
+        work[q * m] = b;
+        for (int i = 1; i < m; i++)
+            pt_add(&work[q * m + i], &work[q * m + i - 1], &d);
+    }
+    int cnt = 4 * m;
+    memcpy(prefix[0], work[0].z, sizeof(fe));
+    for (int i = 1; i < cnt; i++)
+        fe_mul(prefix[i], prefix[i - 1], work[i].z);
+    fe inv, zi, zi2;
+    fe_inv(inv, prefix[cnt - 1]);
+    for (int i = cnt - 1; i >= 0; i--) {
+        if (i) {
+            fe_mul(zi, inv, prefix[i - 1]);
+            fe_mul(inv, inv, work[i].z);
+        } else {
+            memcpy(zi, inv, sizeof zi);
+        }
+        fe_sqr(zi2, zi);
+        fe_mul(out[i][0], work[i].x, zi2);
+        fe_mul(zi2, zi2, zi);
+        fe_mul(out[i][1], work[i].y, zi2);
+    }
+}
+
+#define WG 7 /* G's window: 32 odd multiples a base */
+#define WQ 5 /* Q's: 8 */
+static uint64_t g_table[4][1 << (WG - 2)][2][4];
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void g_init(void)
+{
+    static const unsigned char gx[32] = {0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47,
+                                         0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2,
+                                         0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0,
+                                         0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96};
+    static const unsigned char gy[32] = {0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b,
+                                         0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16,
+                                         0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce,
+                                         0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5};
+    static const unsigned char b[32] = {0x5a, 0xc6, 0x35, 0xd8, 0xaa, 0x3a, 0x93, 0xe7,
+                                        0xb3, 0xeb, 0xbd, 0x55, 0x76, 0x98, 0x86, 0xbc,
+                                        0x65, 0x1d, 0x06, 0xb0, 0xcc, 0x53, 0xb0, 0xf6,
+                                        0x3b, 0xce, 0x3c, 0x3e, 0x27, 0xd2, 0x60, 0x4b};
+    fe t;
+    from_bytes(t, b);
+    fe_mul(curve_b, t, P_RR);
+    jac g;
+    from_bytes(t, gx);
+    fe_mul(g.x, t, P_RR);
+    from_bytes(t, gy);
+    fe_mul(g.y, t, P_RR);
+    memcpy(g.z, P_ONE, sizeof g.z);
+    static jac work[4 << (WG - 2)];
+    static fe prefix[4 << (WG - 2)];
+    make_table(&g_table[0][0], 1 << (WG - 2), &g, work, prefix);
+}
+
+bool esim_p256_key_init(esim_p256_key *k, const unsigned char point[65])
+{
+    pthread_once(&g_once, g_init);
+    if (point[0] != 0x04)
+        return false;
+    fe x, y, t;
+    from_bytes(x, point + 1);
+    from_bytes(y, point + 33);
+    if (!sub4(t, x, P) || !sub4(t, y, P)) /* coordinates below p */
+        return false;
+    jac q;
+    fe_mul(q.x, x, P_RR);
+    fe_mul(q.y, y, P_RR);
+    memcpy(q.z, P_ONE, sizeof q.z);
+    /* y² = x³ - 3x + b */
+    fe lhs, rhs;
+    fe_sqr(lhs, q.y);
+    fe_sqr(rhs, q.x);
+    fe_mul(rhs, rhs, q.x);
+    fe_sub(rhs, rhs, q.x);
+    fe_sub(rhs, rhs, q.x);
+    fe_sub(rhs, rhs, q.x);
+    fe_add(rhs, rhs, curve_b);
+    if (memcmp(lhs, rhs, sizeof lhs) != 0)
+        return false;
+    jac work[4 << (WQ - 2)];
+    fe prefix[4 << (WQ - 2)];
+    make_table(&k->t[0][0], 1 << (WQ - 2), &q, work, prefix);
+    return true;
+}
+
+/* |a| (below 2^256) in width-w NAF into digits[0..256]: odd digits in
+ * (-2^(w-1), 2^(w-1)) or 0, at most one nonzero in any w in a row. */
+static void wnaf(signed char digits[257], const esim_p256_ord a, int w)
+{
+    uint64_t k[5] = {a[0], a[1], a[2], a[3], 0};
+    const int64_t full = (int64_t)1 << w, half = full >> 1;
+    memset(digits, 0, 257);
+    for (int i = 0; i < 257 && (k[0] | k[1] | k[2] | k[3] | k[4]); i++) {
+        if (k[0] & 1) {
+            int64_t d = (int64_t)(k[0] & (uint64_t)(full - 1));
+            if (d >= half)
+                d -= full;
+            digits[i] = (signed char)d;
+            if (d > 0) { /* k -= d: its low w bits are d, no borrow out of k[0] */
+                k[0] -= (uint64_t)d;
+            } else { /* k += -d */
+                uint64_t add = (uint64_t)-d;
+                for (int l = 0; l < 5 && add; l++) {
+                    k[l] += add;
+                    add = k[l] < add;
+                }
+            }
+        }
+        for (int l = 0; l < 4; l++)
+            k[l] = k[l] >> 1 | k[l + 1] << 63;
+        k[4] >>= 1;
+    }
+}
+
+/* acc + d·T for the table entry of odd digit d (negated point for d < 0). */
+static void add_digit(jac *acc, const uint64_t (*tab)[2][4], int d)
+{
+    const uint64_t(*e)[4] = tab[(d < 0 ? -d : d) >> 1];
+    if (d > 0) {
+        pt_add_aff(acc, acc, e[0], e[1]);
+    } else {
+        fe ny;
+        fe_sub(ny, (const uint64_t[4]){0, 0, 0, 0}, e[1]);
+        pt_add_aff(acc, acc, e[0], ny);
+    }
+}
+
+int esim_p256_verify(const esim_p256_key *k, const unsigned char *digest, size_t digest_len,
+                     const unsigned char rs[64])
+{
+    esim_p256_ord u1, u2;
+    if (!esim_p256_ecdsa_scalars(digest, digest_len, rs, u1, u2))
+        return 0;
+    pthread_once(&g_once, g_init);
+    signed char n1[257], n2[257];
+    wnaf(n1, u1, WG);
+    wnaf(n2, u2, WQ);
+    /* Digit i of a scalar multiplies 2^(64j)·P by 2^(i-64j), j = min(i/64, 3):
+     * one chain of 65 doublings serves the four bases of both points. */
+    jac acc;
+    memset(&acc, 0, sizeof acc);
+    for (int c = 64; c >= 0; c--) {
+        pt_dbl(&acc, &acc);
+        for (int j = c == 64 ? 3 : 0; j < 4; j++) {
+            int i = 64 * j + c;
+            if (n1[i])
+                add_digit(&acc, g_table[j], n1[i]);
+            if (n2[i])
+                add_digit(&acc, k->t[j], n2[i]);
+        }
+    }
+    if (is_zero4(acc.z))
+        return 0;
+    /* R.x mod n = r, R.x = X/Z²: X = r'·Z² for r' = r, or r + n when that
+     * is still below p (x-coordinates in [n, p) reduce to r too). */
+    fe r, z2, t, rm;
+    from_bytes(r, rs);
+    fe_sqr(z2, acc.z);
+    fe_mul(rm, r, P_RR);
+    fe_mul(t, rm, z2);
+    if (memcmp(t, acc.x, sizeof t) == 0)
+        return 1;
+    if (add4(r, r, esim_p256_ord_n) || !sub4(t, r, P))
+        return 0;
+    fe_mul(rm, r, P_RR);
+    fe_mul(t, rm, z2);
+    return memcmp(t, acc.x, sizeof t) == 0;
+}
+
+/* One DER INTEGER at *p (before |end|), non-negative and minimal, into
+ * 32 bytes big-endian: false when it is not one or is 2^256 or more. */
+static bool der_uint256(const unsigned char **p, const unsigned char *end, unsigned char out[32])
+{
+    const unsigned char *q = *p;
+    if (end - q < 2 || q[0] != 0x02 || q[1] & 0x80) /* short lengths only: <= 33 bytes */
+        return false;
+    size_t len = q[1];
+    q += 2;
+    if (len == 0 || (size_t)(end - q) < len || q[0] & 0x80) /* empty, short, negative */
+        return false;
+    if (q[0] == 0 && len > 1 && !(q[1] & 0x80)) /* a needless leading zero */
+        return false;
+    const unsigned char *v = q;
+    size_t vl = len;
+    if (v[0] == 0 && vl > 1) {
+        v++;
+        vl--;
+    }
+    if (vl > 32)
+        return false;
+    memset(out, 0, 32);
+    memcpy(out + 32 - vl, v, vl);
+    *p = q + len;
+    return true;
+}
+
+bool esim_p256_sig_from_der(const unsigned char *der, size_t len, unsigned char rs[64])
+{
+    if (!der || len < 2 || der[0] != 0x30 || der[1] & 0x80 || (size_t)der[1] != len - 2)
+        return false;
+    const unsigned char *p = der + 2, *end = der + len;
+    return der_uint256(&p, end, rs) && der_uint256(&p, end, rs + 32) && p == end;
+}
+
+int esim_p256_verify_der(const esim_p256_key *k, const unsigned char *digest, size_t digest_len,
+                         const unsigned char *der, size_t der_len)
+{
+    unsigned char rs[64];
+    if (!esim_p256_sig_from_der(der, der_len, rs))
+        return 0;
+    return esim_p256_verify(k, digest, digest_len, rs);
+}

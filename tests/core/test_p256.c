@@ -1,0 +1,372 @@
+/*
+ * test_p256.c — core/p256.c's ECDSA P-256 verification against OpenSSL's
+ * (EVP_PKEY_verify) on the same keys, digests and signatures: thousands of
+ * valid signatures by many keys, every kind of tampering (bits of r, s,
+ * the digest, the key), r or s zero or at least n, high s, short r and s,
+ * digests longer and shorter than 32 bytes, R.x in [n, p), points off the
+ * curve, and DER encodings OpenSSL refuses.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
+#include <openssl/rand.h>
+
+#include "core/p256.h"
+
+/* OpenSSL's answer: 1 verified, 0 not (a key it refuses verifies nothing). */
+static int theirs(const unsigned char point[65], const unsigned char *digest, size_t dlen,
+                  const unsigned char *sig, size_t slen)
+{
+    EVP_PKEY_CTX *mk = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)"prime256v1", 0),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, 65),
+        OSSL_PARAM_construct_end()};
+    EVP_PKEY *key = NULL;
+    int ok = 0;
+    if (mk && EVP_PKEY_fromdata_init(mk) == 1 &&
+        EVP_PKEY_fromdata(mk, &key, EVP_PKEY_PUBLIC_KEY, params) == 1) {
+        EVP_PKEY_CTX *v = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+        ok = v && EVP_PKEY_verify_init(v) == 1 && EVP_PKEY_verify(v, sig, slen, digest, dlen) == 1;
+        EVP_PKEY_CTX_free(v);
+    }
+    EVP_PKEY_free(key);
+    EVP_PKEY_CTX_free(mk);
+    return ok;
+}
+
+static int mine(const unsigned char point[65], const unsigned char *digest, size_t dlen,
+                const unsigned char *sig, size_t slen)
+{
+    esim_p256_key k;
+    if (!esim_p256_key_init(&k, point))
+        return 0;
+    return esim_p256_verify_der(&k, digest, dlen, sig, slen);
+}
+
+static void new_key(EVP_PKEY **key, unsigned char point[65])
+{
+    *key = EVP_EC_gen("P-256");
+    assert_non_null(*key);
+    size_t len = 0;
+    assert_int_equal(
+        EVP_PKEY_get_octet_string_param(*key, OSSL_PKEY_PARAM_PUB_KEY, point, 65, &len), 1);
+    assert_int_equal(len, 65);
+}
+
+static size_t sign(EVP_PKEY *key, const unsigned char *digest, size_t dlen, unsigned char *sig)
+{
+    size_t slen = 80;
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_sign_init(c), 1);
+    assert_int_equal(EVP_PKEY_sign(c, sig, &slen, digest, dlen), 1);
+    EVP_PKEY_CTX_free(c);
+    return slen;
+}
+
+/* The DER of (r, s), any non-negative values. */
+static size_t der_of(const BIGNUM *r, const BIGNUM *s, unsigned char *out, size_t cap)
+{
+    ECDSA_SIG *sig = ECDSA_SIG_new();
+    assert_non_null(sig);
+    assert_int_equal(ECDSA_SIG_set0(sig, BN_dup(r), BN_dup(s)), 1);
+    unsigned char *der = NULL;
+    int n = i2d_ECDSA_SIG(sig, &der);
+    assert_true(n > 0 && (size_t)n <= cap);
+    memcpy(out, der, (size_t)n);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(sig);
+    return (size_t)n;
+}
+
+static void parse(const unsigned char *sig, size_t slen, BIGNUM **r, BIGNUM **s)
+{
+    const unsigned char *p = sig;
+    ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)slen);
+    assert_non_null(es);
+    const BIGNUM *rr, *ss;
+    ECDSA_SIG_get0(es, &rr, &ss);
+    *r = BN_dup(rr);
+    *s = BN_dup(ss);
+    ECDSA_SIG_free(es);
+}
+
+static void test_agrees_with_openssl_on_random_signatures(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {32, 48, 64, 20, 28, 33, 31, 1};
+    int valid = 0, short_rs = 0, total = 0;
+    for (int ki = 0; ki < 48; ki++) {
+        EVP_PKEY *key;
+        unsigned char point[65];
+        new_key(&key, point);
+        esim_p256_key k;
+        assert_true(esim_p256_key_init(&k, point));
+        for (int m = 0; m < 40; m++) {
+            unsigned char d[64], sig[80], t[80], dt[64];
+            size_t dlen = lens[(ki + m) % 8];
+            assert_int_equal(RAND_bytes(d, sizeof d), 1);
+            size_t slen = sign(key, d, dlen, sig);
+            short_rs += slen < 70;
+            assert_int_equal(esim_p256_verify_der(&k, d, dlen, sig, slen), 1);
+            assert_int_equal(theirs(point, d, dlen, sig, slen), 1);
+            valid++;
+            /* one flipped bit of the signature, of the digest */
+            for (int f = 0; f < 4; f++) {
+                memcpy(t, sig, slen);
+                memcpy(dt, d, sizeof d);
+                unsigned bit = (unsigned)rand();
+                if (f < 2)
+                    t[(bit / 8) % slen] ^= (unsigned char)(1u << bit % 8);
+                else
+                    dt[(bit / 8) % dlen] ^= (unsigned char)(1u << bit % 8);
+                assert_int_equal(esim_p256_verify_der(&k, dt, dlen, t, slen),
+                                 theirs(point, dt, dlen, t, slen));
+                total++;
+            }
+            /* high s: (r, n - s) is a valid signature too */
+            BIGNUM *r, *s;
+            parse(sig, slen, &r, &s);
+            BIGNUM *n = BN_bin2bn((const unsigned char[32]){0}, 32, NULL);
+            unsigned char nb[32];
+            esim_p256_ord_to_bytes(nb, esim_p256_ord_n);
+            assert_non_null(BN_bin2bn(nb, 32, n));
+            BIGNUM *hs = BN_new();
+            assert_int_equal(BN_sub(hs, n, s), 1);
+            size_t tl = der_of(r, hs, t, sizeof t);
+            assert_int_equal(esim_p256_verify_der(&k, d, dlen, t, tl), 1);
+            assert_int_equal(theirs(point, d, dlen, t, tl), 1);
+            /* r + n, s + n: the same numbers modulo n, refused */
+            BIGNUM *big = BN_new();
+            assert_int_equal(BN_add(big, r, n), 1);
+            tl = der_of(big, s, t, sizeof t);
+            assert_int_equal(esim_p256_verify_der(&k, d, dlen, t, tl), 0);
+            assert_int_equal(theirs(point, d, dlen, t, tl), 0);
+            assert_int_equal(BN_add(big, s, n), 1);
+            tl = der_of(r, big, t, sizeof t);
+            assert_int_equal(esim_p256_verify_der(&k, d, dlen, t, tl), 0);
+            assert_int_equal(theirs(point, d, dlen, t, tl), 0);
+            BN_free(big);
+            BN_free(hs);
+            BN_free(n);
+            BN_free(r);
+            BN_free(s);
+        }
+        /* one flipped bit of the key: off the curve (refused) or another key */
+        for (int f = 0; f < 8; f++) {
+            unsigned char q[65], d[32], sig[80];
+            memcpy(q, point, 65);
+            unsigned bit = (unsigned)rand() % (64 * 8);
+            q[1 + bit / 8] ^= (unsigned char)(1u << bit % 8);
+            assert_int_equal(RAND_bytes(d, sizeof d), 1);
+            size_t slen = sign(key, d, sizeof d, sig);
+            esim_p256_key other;
+            bool on = esim_p256_key_init(&other, q);
+            assert_int_equal(mine(q, d, sizeof d, sig, slen), theirs(q, d, sizeof d, sig, slen));
+            assert_int_equal(on ? esim_p256_verify_der(&other, d, sizeof d, sig, slen) : 0, 0);
+        }
+        EVP_PKEY_free(key);
+    }
+    assert_int_equal(valid, 48 * 40);
+    assert_true(total > 7000);
+    assert_true(short_rs > 0); /* some r or s had a leading zero byte */
+}
+
+static void test_refuses_out_of_range_r_and_s(void **state)
+{
+    (void)state;
+    EVP_PKEY *key;
+    unsigned char point[65], d[32];
+    new_key(&key, point);
+    esim_p256_key k;
+    assert_true(esim_p256_key_init(&k, point));
+    assert_int_equal(RAND_bytes(d, sizeof d), 1);
+    unsigned char nb[32], rs[64];
+    esim_p256_ord_to_bytes(nb, esim_p256_ord_n);
+    BIGNUM *n = BN_bin2bn(nb, 32, NULL), *v[6];
+    v[0] = BN_new();  /* 0 */
+    v[1] = BN_dup(n); /* n */
+    v[2] = BN_dup(n); /* n + 1 */
+    v[3] = BN_dup(n); /* n - 1 */
+    v[4] = BN_new();  /* 1 */
+    v[5] = BN_new();  /* 2^256 - 1 */
+    assert_int_equal(BN_add_word(v[2], 1), 1);
+    assert_int_equal(BN_sub_word(v[3], 1), 1);
+    assert_int_equal(BN_one(v[4]), 1);
+    assert_int_equal(BN_set_bit(v[5], 256), 1);
+    assert_int_equal(BN_sub_word(v[5], 1), 1);
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            unsigned char t[80];
+            size_t tl = der_of(v[i], v[j], t, sizeof t);
+            assert_int_equal(esim_p256_verify_der(&k, d, sizeof d, t, tl),
+                             theirs(point, d, sizeof d, t, tl));
+            assert_int_equal(esim_p256_verify_der(&k, d, sizeof d, t, tl), 0);
+            assert_int_equal(BN_bn2binpad(v[i], rs, 32), 32);
+            assert_int_equal(BN_bn2binpad(v[j], rs + 32, 32), 32);
+            assert_int_equal(esim_p256_verify(&k, d, sizeof d, rs), 0);
+        }
+    for (int i = 0; i < 6; i++)
+        BN_free(v[i]);
+    BN_free(n);
+    EVP_PKEY_free(key);
+}
+
+/* A key for which R = u1·G + u2·Q has R.x >= n, so that r = R.x - n: with
+ * R a point of x in [n, p), r = R.x - n, any s and e, the key
+ * Q = r⁻¹·(s·R - e·G) makes it so. Both verifications must take it. */
+static void test_takes_r_from_x_above_n(void **state)
+{
+    (void)state;
+    EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+    BN_CTX *bn = BN_CTX_new();
+    BIGNUM *p = BN_new(), *x = BN_new(), *r = BN_new(), *s = BN_new(), *e = BN_new();
+    BIGNUM *ri = BN_new(), *a = BN_new(), *b = BN_new();
+    EC_POINT *R = EC_POINT_new(g), *Q = EC_POINT_new(g);
+    assert_non_null(g && bn && p && x && r && s && e && ri && a && b && R && Q);
+    const BIGNUM *n = EC_GROUP_get0_order(g);
+    assert_int_equal(EC_GROUP_get_curve(g, p, NULL, NULL, bn), 1);
+    assert_int_equal(BN_copy(x, n) != NULL, 1);
+    int found = 0;
+    for (int i = 1; i < 200 && !found; i++) {
+        assert_int_equal(BN_add_word(x, 1), 1);
+        found = EC_POINT_set_compressed_coordinates(g, R, x, 0, bn) == 1;
+    }
+    ERR_clear_error();
+    assert_true(found);
+    assert_true(BN_cmp(x, p) < 0);
+    assert_int_equal(BN_sub(r, x, n), 1);
+    unsigned char d[32], point[65], sig[80];
+    for (int round = 0; round < 8; round++) {
+        assert_int_equal(RAND_bytes(d, sizeof d), 1);
+        assert_non_null(BN_bin2bn(d, 32, e));
+        assert_int_equal(BN_rand_range(s, n), 1);
+        if (BN_is_zero(s))
+            continue;
+        /* Q = r⁻¹·s·R - r⁻¹·e·G */
+        assert_non_null(BN_mod_inverse(ri, r, n, bn));
+        assert_int_equal(BN_mod_mul(a, ri, s, n, bn), 1);
+        assert_int_equal(BN_mod_mul(b, ri, e, n, bn), 1);
+        assert_int_equal(BN_mod_sub(b, n, b, n, bn), 1); /* -r⁻¹·e */
+        assert_int_equal(EC_POINT_mul(g, Q, b, R, a, bn), 1);
+        assert_int_equal(EC_POINT_point2oct(g, Q, POINT_CONVERSION_UNCOMPRESSED, point, 65, bn),
+                         65);
+        size_t sl = der_of(r, s, sig, sizeof sig);
+        assert_int_equal(theirs(point, d, sizeof d, sig, sl), 1);
+        assert_int_equal(mine(point, d, sizeof d, sig, sl), 1);
+        /* and r = R.x itself (not reduced) is refused by both: it is >= n */
+        size_t sl2 = der_of(x, s, sig, sizeof sig);
+        assert_int_equal(theirs(point, d, sizeof d, sig, sl2), 0);
+        assert_int_equal(mine(point, d, sizeof d, sig, sl2), 0);
+    }
+    EC_POINT_free(R);
+    EC_POINT_free(Q);
+    BN_free(p);
+    BN_free(x);
+    BN_free(r);
+    BN_free(s);
+    BN_free(e);
+    BN_free(ri);
+    BN_free(a);
+    BN_free(b);
+    BN_CTX_free(bn);
+    EC_GROUP_free(g);
+}
+
+static void test_refuses_points_off_the_curve(void **state)
+{
+    (void)state;
+    EVP_PKEY *key;
+    unsigned char point[65], q[65];
+    new_key(&key, point);
+    esim_p256_key k;
+    memcpy(q, point, 65);
+    q[0] = 0x02; /* compressed: not this reader's */
+    assert_false(esim_p256_key_init(&k, q));
+    memcpy(q, point, 65);
+    q[64] ^= 1; /* y off by one: not on the curve */
+    assert_false(esim_p256_key_init(&k, q));
+    memset(q, 0, 65);
+    q[0] = 0x04; /* (0, 0) */
+    assert_false(esim_p256_key_init(&k, q));
+    memset(q + 1, 0xff, 64); /* coordinates >= p */
+    assert_false(esim_p256_key_init(&k, q));
+    /* x + p for a valid x is >= p too: refused, not reduced */
+    assert_true(esim_p256_key_init(&k, point));
+    EVP_PKEY_free(key);
+}
+
+static void test_reads_der_as_openssl_does(void **state)
+{
+    (void)state;
+    unsigned char rs[64];
+    /* r = 1, s = 1 */
+    assert_true(
+        esim_p256_sig_from_der((const unsigned char *)"\x30\x06\x02\x01\x01\x02\x01\x01", 8, rs));
+    assert_int_equal(rs[31], 1);
+    assert_int_equal(rs[63], 1);
+    static const struct {
+        const char *der;
+        size_t len;
+    } bad[] = {
+        {"\x30\x06\x02\x01\x01\x02\x01\x01\x00", 9},          /* trailing byte */
+        {"\x30\x07\x02\x01\x01\x02\x01\x01", 8},              /* length past the end */
+        {"\x30\x07\x02\x02\x00\x01\x02\x01\x01", 9},          /* needless leading zero */
+        {"\x30\x06\x02\x01\x81\x02\x01\x01", 8},              /* negative r */
+        {"\x30\x05\x02\x00\x02\x01\x01", 7},                  /* empty r */
+        {"\x30\x81\x06\x02\x01\x01\x02\x01\x01", 9},          /* long-form length */
+        {"\x31\x06\x02\x01\x01\x02\x01\x01", 8},              /* a SET */
+        {"\x30\x06\x03\x01\x01\x02\x01\x01", 8},              /* a BIT STRING */
+        {"\x30\x03\x02\x01\x01", 5},                          /* no s */
+        {"\x30\x09\x02\x01\x01\x02\x01\x01\x02\x01\x01", 11}, /* a third INTEGER */
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(esim_p256_sig_from_der((const unsigned char *)bad[i].der, bad[i].len, rs));
+        const unsigned char *p = (const unsigned char *)bad[i].der;
+        ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)bad[i].len);
+        unsigned char *again = NULL;
+        int n = sig ? i2d_ECDSA_SIG(sig, &again) : -1;
+        /* OpenSSL's verification refuses it too: it does not read, or its
+         * DER differs from the input */
+        assert_true(!sig || n != (int)bad[i].len || memcmp(again, bad[i].der, bad[i].len) != 0);
+        OPENSSL_free(again);
+        ECDSA_SIG_free(sig);
+    }
+    ERR_clear_error();
+    /* 33 bytes with its zero for a high first byte: read; 33 without: too big */
+    unsigned char big[2 + 2 + 33 + 3] = {0x30, 2 + 33 + 3, 0x02, 33, 0x00, 0x80};
+    big[37] = 0x02;
+    big[38] = 0x01;
+    big[39] = 0x01;
+    assert_true(esim_p256_sig_from_der(big, sizeof big, rs));
+    assert_int_equal(rs[0], 0x80);
+    big[4] = 0x01;
+    assert_false(esim_p256_sig_from_der(big, sizeof big, rs));
+}
+
+int main(void)
+{
+    srand(17);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agrees_with_openssl_on_random_signatures),
+        cmocka_unit_test(test_refuses_out_of_range_r_and_s),
+        cmocka_unit_test(test_takes_r_from_x_above_n),
+        cmocka_unit_test(test_refuses_points_off_the_curve),
+        cmocka_unit_test(test_reads_der_as_openssl_does),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
