@@ -31,6 +31,7 @@ static struct {
     volatile int accepts; /* connections accepted */
     volatile int requests;
     bool v6;
+    char head[1024]; /* the last request's line and headers, up to the blank line */
 } srv;
 
 /* The answer to |path|; *close_after: close the connection after it. */
@@ -98,6 +99,10 @@ static void *serve(void *arg)
                 if (end && have[k - 1] >= (size_t)(end + 4 - buf[k - 1]) + body) {
                     char path[64] = "";
                     sscanf(buf[k - 1], "%*s %63s", path);
+                    size_t hl = (size_t)(end + 4 - buf[k - 1]);
+                    hl = hl < sizeof srv.head ? hl : sizeof srv.head - 1;
+                    memcpy(srv.head, buf[k - 1], hl);
+                    srv.head[hl] = '\0';
                     srv.requests++;
                     have[k - 1] = 0;
                     bool close_after, silent;
@@ -218,6 +223,12 @@ static void test_framing(void **state)
 {
     client *c = *state;
     expect(get(c, "127.0.0.1", "/len", NULL, 0), 200, "hello");
+    char want[256];
+    snprintf(want, sizeof want,
+             "POST /len HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nContent-Type: text/plain\r\n"
+             "Content-Length: 3\r\n\r\n",
+             srv.port);
+    assert_string_equal(srv.head, want);
     expect(get(c, "127.0.0.1", "/chunked", NULL, 0), 201, "abcdefg");
     expect(get(c, "127.0.0.1", "/interim", NULL, 0), 429, "slow");
     assert_int_equal(srv.accepts, 1); /* one kept connection for all three */
@@ -306,6 +317,15 @@ static void test_ipv6_literal(void **state)
     assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
     client c = {base, h};
     expect(get(&c, "[::1]", "/len", NULL, 0), 200, "hello");
+    /* What the client wrote: the request line, Host with the bracketed
+     * literal and the port, the caller's headers (not the empty one), the
+     * body's length. */
+    char want[256];
+    snprintf(want, sizeof want,
+             "POST /len HTTP/1.1\r\nHost: [::1]:%u\r\nContent-Type: text/plain\r\n"
+             "Content-Length: 3\r\n\r\n",
+             srv.port);
+    assert_string_equal(srv.head, want);
     sim_http_free(h);
     event_base_free(base);
 }
