@@ -358,6 +358,35 @@ static void test_reads_der_as_openssl_does(void **state)
     assert_false(esim_p256_sig_from_der(big, sizeof big, rs));
 }
 
+/* a·a⁻¹ = 1 modulo n: random a, and 1, 2, n-1, n-2, powers of two. */
+static void test_order_inverse(void **state)
+{
+    (void)state;
+    esim_p256_ord a, inv, prod;
+    static const esim_p256_ord one = {1, 0, 0, 0};
+    for (int i = 0; i < 3000; i++) {
+        unsigned char b[32];
+        if (i < 256) { /* 2^i */
+            memset(b, 0, sizeof b);
+            b[31 - i / 8] = (unsigned char)(1u << i % 8);
+        } else {
+            assert_int_equal(RAND_bytes(b, sizeof b), 1);
+        }
+        esim_p256_ord_from_bytes(a, b);
+        esim_p256_ord_reduce_once(a);
+        if (i == 256 || i == 257) { /* n - 1, n - 2 */
+            memcpy(a, esim_p256_ord_n, sizeof a);
+            a[0] -= (uint64_t)(i - 255);
+        }
+        if (esim_p256_ord_is_zero(a))
+            continue;
+        esim_p256_ord_inv_vartime(inv, a);
+        assert_true(esim_p256_ord_below_n(inv));
+        esim_p256_ord_mul(prod, a, inv);
+        assert_memory_equal(prod, one, sizeof one);
+    }
+}
+
 int main(void)
 {
     srand(17);
@@ -367,6 +396,7 @@ int main(void)
         cmocka_unit_test(test_takes_r_from_x_above_n),
         cmocka_unit_test(test_refuses_points_off_the_curve),
         cmocka_unit_test(test_reads_der_as_openssl_does),
+        cmocka_unit_test(test_order_inverse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
