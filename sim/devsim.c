@@ -102,6 +102,9 @@ struct sim_devsim {
     timed *timers;
     size_t n_timers, cap_timers;
     struct event *tick;
+    /* Serves the session queues in the loop's next turn: a place freed or a
+     * pushed device queued does not wait for the tick. */
+    struct event *kick;
     bool registering;
     size_t need_reg;      /* devices flagged F_NEED_REG: the tick skips the scan when 0 */
     int64_t reg_retry_at; /* after a failed registration, not before this */
@@ -243,6 +246,24 @@ static void mark_need_reg(sim_devsim *s, size_t i)
     }
 }
 
+/* The queues are served in the loop's next turn (start_queued), never from
+ * inside the callback that freed a place or queued a device: that callback
+ * may still be using the slot. */
+static void kick(sim_devsim *s)
+{
+    if (s->kick)
+        event_active(s->kick, EV_TIMEOUT, 1);
+}
+
+/* The iPhone's slot by UDID; SIZE_MAX when none. */
+static size_t slot_of(const sim_devsim *s, const char *udid)
+{
+    for (size_t i = 0; udid && i < s->n; i++)
+        if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
+            return i;
+    return SIZE_MAX;
+}
+
 static void want_checkin(sim_devsim *s, size_t i)
 {
     slot *sl = &s->slots[i];
@@ -259,6 +280,8 @@ static void want_checkin(sim_devsim *s, size_t i)
     /* Behind the cap (or the window): it waits for a session to end. */
     if (s->active >= s->max_concurrent || (double)s->active >= s->window)
         s->stats.checkins_waited++;
+    else
+        kick(s);
 }
 
 /* ---- HTTP to the service ----------------------------------------------------------------------
@@ -411,6 +434,8 @@ static void session_end(sim_devsim *s, size_t i)
     if (sl->flags & F_BUSY) {
         sl->flags &= ~F_BUSY;
         s->active--;
+        if (s->q_len > 0 || s->e_len > 0)
+            kick(s); /* the place goes to the next in line at once */
     }
     sim_http_conn_free(sl->conn);
     sl->conn = NULL;
@@ -921,16 +946,10 @@ static void run_timers(sim_devsim *s)
     }
 }
 
-static void on_tick(evutil_socket_t fd, short what, void *arg)
+/* Starts what waits for a session place, within the cap and the window:
+ * enrolments and check-ins share them, taking turns. */
+static void start_queued(sim_devsim *s)
 {
-    (void)fd;
-    (void)what;
-    sim_devsim *s = arg;
-    run_timers(s);
-    register_tokens(s);
-    poll_deliveries(s);
-    sim_winfleet_tick(s->win);
-    /* Enrolments and check-ins share the concurrency limit, taking turns. */
     bool enrol_turn = false;
     while ((s->q_len > 0 || s->e_len > 0) && s->active < s->max_concurrent &&
            (double)s->active < s->window) {
@@ -959,6 +978,25 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         }
         checkin_start(s, i);
     }
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    start_queued(arg);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sim_devsim *s = arg;
+    run_timers(s);
+    register_tokens(s);
+    poll_deliveries(s);
+    sim_winfleet_tick(s->win);
+    start_queued(s);
 }
 
 /* ---- status endpoint ---------------------------------------------------------------------------
@@ -1165,7 +1203,8 @@ static void on_status(struct evhttp_request *req, void *arg)
             on_status_windows(s, req, pc, slash, m);
             return;
         }
-        sim_device *d = sim_devsim_find(s, udid);
+        size_t di = slot_of(s, udid);
+        sim_device *d = di != SIZE_MAX ? s->slots[di].dev : NULL;
         if (!d) {
             status_reply_json(req, 404, json_pack("{s:s}", "error", "no such device"));
             return;
@@ -1175,6 +1214,16 @@ static void on_status(struct evhttp_request *req, void *arg)
             sim_device_describe_json(d, &b, NULL);
             status_reply(req, 200, (const char *)b.data);
             esim_buf_free(&b);
+            return;
+        }
+        if (slash && strcmp(slash, "/sync") == 0 && m == EVHTTP_REQ_POST) {
+            /* A check-in as a push would start one (an enrolled phone). */
+            bool enrolled = sim_device_enrolled(d);
+            if (enrolled)
+                want_checkin(s, di);
+            status_reply_json(req, enrolled ? 200 : 409,
+                              enrolled ? json_pack("{s:s, s:b}", "udid", udid, "sync", 1)
+                                       : json_pack("{s:s}", "error", "not enrolled"));
             return;
         }
         if (slash && strncmp(slash, "/actions/", 9) == 0 && m == EVHTTP_REQ_POST) {
@@ -1418,7 +1467,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     s->equeue = calloc(s->n ? s->n : 1, sizeof *s->equeue);
     s->token_idx = calloc(s->token_cap, sizeof *s->token_idx);
     s->tick = event_new(base, -1, EV_PERSIST, on_tick, s);
-    if (!s->slots || !s->queue || !s->equeue || !s->token_idx || !s->tick) {
+    s->kick = event_new(base, -1, 0, on_kick, s);
+    if (!s->slots || !s->queue || !s->equeue || !s->token_idx || !s->tick || !s->kick) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", s->n);
         goto fail;
     }
@@ -1497,7 +1547,8 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     }
     if (cfg->status_listen && (rc = start_status(s, cfg->status_listen, err)) != ESIM_OK)
         goto fail;
-    struct timeval tv = {0, TICK_MS * 1000};
+    unsigned tick_ms = cfg->tick_ms ? cfg->tick_ms : TICK_MS;
+    struct timeval tv = {(time_t)(tick_ms / 1000), (suseconds_t)(tick_ms % 1000) * 1000};
     event_add(s->tick, &tv);
     *out = s;
     return ESIM_OK;
@@ -1520,6 +1571,10 @@ void sim_devsim_free(sim_devsim *s)
     s->http = NULL;
     sim_winfleet_free(s->win);
     sim_iotfleet_free(s->iot);
+    /* After the cancelled requests' callbacks, which may have kicked it. */
+    if (s->kick)
+        event_free(s->kick);
+    s->kick = NULL;
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
         sim_tls_session_free(s->slots[i].tls);
@@ -1600,10 +1655,8 @@ esim_err sim_devsim_windows_sync(sim_devsim *s, const char *device_id, esim_erro
 
 sim_device *sim_devsim_find(sim_devsim *s, const char *udid)
 {
-    for (size_t i = 0; udid && i < s->n; i++)
-        if (strcmp(sim_device_udid(s->slots[i].dev), udid) == 0)
-            return s->slots[i].dev;
-    return NULL;
+    size_t i = slot_of(s, udid);
+    return i != SIZE_MAX ? s->slots[i].dev : NULL;
 }
 
 static void after_action_notifications(void *arg, size_t still)

@@ -801,6 +801,10 @@ typedef struct {
     unsigned offline_ms;          /* how long an offline device stays away; 0 = 3000 */
     unsigned notnow_ms;           /* how long a locked device stays locked; 0 = 2000 */
     unsigned max_concurrent;      /* check-ins in flight at once; 0 = 64 */
+    /* The timer tick (device timers, token registration, the push long-poll,
+     * the PCs' poll schedule); 0 = 50 ms. A session waiting for a place
+     * starts as soon as one frees, not on the tick. */
+    unsigned tick_ms;
     /* Windows 11 PCs among the |devices|: windows_pcs of them, or else the
      * share windows_share (rounded), spread evenly over the indices (device i
      * keeps the EID sim_devsim_identity gives, so one manifest covers both). */

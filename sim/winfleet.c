@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "core/internal.h"
 #include "sim/sim_internal.h"
 
@@ -63,6 +65,9 @@ struct sim_winfleet {
     size_t *queue; /* ring of slots waiting for a session place */
     size_t q_head, q_len;
     size_t active;
+    /* Serves the queue in the loop's next turn: a place freed or a pushed
+     * PC queued does not wait for the tick. */
+    struct event *kick;
     wtimer *heap;
     size_t n_heap, cap_heap;
     uint64_t rng;
@@ -72,6 +77,9 @@ struct sim_winfleet {
     uint64_t after_seq;
     sim_devsim_stats st;
 };
+
+static void on_kick(evutil_socket_t fd, short what, void *arg);
+static void start_queued(sim_winfleet *f);
 
 static uint64_t mix(uint64_t *x)
 {
@@ -210,7 +218,8 @@ esim_err sim_winfleet_new(const sim_winfleet_config *cfg, size_t capacity, sim_w
     f->queue = calloc(f->cap, sizeof *f->queue);
     f->idx = calloc(f->idx_cap, sizeof *f->idx);
     esim_err rc = ESIM_OK;
-    if (!f->slots || !f->queue || !f->idx)
+    f->kick = cfg->base ? event_new(cfg->base, -1, 0, on_kick, f) : NULL;
+    if (!f->slots || !f->queue || !f->idx || (cfg->base && !f->kick))
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu Windows PCs", capacity);
     if (rc == ESIM_OK && f->data_dir[0]) {
         char d[SIM_PATH_MAX + 16];
@@ -284,6 +293,8 @@ void sim_winfleet_free(sim_winfleet *f)
         save_if_dirty(f, i);
         sim_winpc_free(f->slots[i].pc);
     }
+    if (f->kick)
+        event_free(f->kick);
     free(f->slots);
     free(f->queue);
     free(f->idx);
@@ -325,6 +336,15 @@ void sim_winfleet_stats(const sim_winfleet *f, sim_devsim_stats *t)
 /* ---- sessions ----------------------------------------------------------------------------------
  */
 
+/* The queue is served in the loop's next turn (start_queued), never from
+ * inside the callback that freed a place or queued a PC: that callback may
+ * still be using the slot (a failed session schedules its retry after). */
+static void kick(sim_winfleet *f)
+{
+    if (f->kick)
+        event_active(f->kick, EV_TIMEOUT, 1);
+}
+
 static void want_session(sim_winfleet *f, size_t i, bool pushed)
 {
     wslot *sl = &f->slots[i];
@@ -338,6 +358,8 @@ static void want_session(sim_winfleet *f, size_t i, bool pushed)
         return;
     sl->flags |= W_QUEUED;
     f->queue[(f->q_head + f->q_len++) % f->cap] = i;
+    if (f->active < f->cfg.max_concurrent)
+        kick(f);
 }
 
 typedef struct {
@@ -396,6 +418,8 @@ static void session_end(sim_winfleet *f, size_t i, bool ok)
     if (sl->flags & W_BUSY) {
         sl->flags &= (uint16_t)~W_BUSY;
         f->active--;
+        if (f->q_len > 0)
+            kick(f); /* the place goes to the next in line at once */
     }
     sim_http_conn_free(sl->conn);
     sl->conn = NULL;
@@ -803,6 +827,13 @@ static void poll_deliveries(sim_winfleet *f)
 /* ---- the tick
  * ------------------------------------------------------------------------------------ */
 
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    start_queued(arg);
+}
+
 void sim_winfleet_tick(sim_winfleet *f)
 {
     if (!f || f->n == 0)
@@ -817,6 +848,12 @@ void sim_winfleet_tick(sim_winfleet *f)
     }
     request_channels(f);
     poll_deliveries(f);
+    start_queued(f);
+}
+
+/* Starts the queued sessions the cap lets in. */
+static void start_queued(sim_winfleet *f)
+{
     while (f->q_len > 0 && f->active < f->cfg.max_concurrent) {
         size_t i = f->queue[f->q_head];
         f->q_head = (f->q_head + 1) % f->cap;

@@ -350,6 +350,103 @@ static void test_window_follows_the_service(void **state)
     event_base_free(base);
 }
 
+/* A session waiting for a place starts as soon as one frees, and a device
+ * queued while a place is free starts at once: neither waits for the tick
+ * (an hour here, so nothing the tick does can start them). With one place,
+ * three iPhones told to check in (POST /devices/UDID/sync) all reach the
+ * service, one after the other; so do two PCs. */
+static void test_sessions_start_without_the_tick(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    struct evhttp *srv = evhttp_new(base);
+    busy_service b = {.busy = false};
+    evhttp_set_gencb(srv, busy_then_fine, &b);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv, "127.0.0.1", 0);
+    assert_non_null(bs);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u",
+             sim_bound_port(evhttp_bound_socket_get_fd(bs)));
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    char data[700];
+    snprintf(data, sizeof data, "%s/devsim-kick", fx.dir);
+    /* Enrolled first, with the usual tick. */
+    sim_devsim_config c = {.server_url = url,
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .data_dir = data,
+                           .devices = 3,
+                           .supervised_share = 1.0,
+                           .seed = 11,
+                           .max_concurrent = 1,
+                           .status_listen = "127.0.0.1:0"};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    int64_t start = esim_mono_ms();
+    while (stats_int(base, h, s, "enrolled_now") < 3 && esim_mono_ms() - start < 60000)
+        for (int k = 0; k < 50; k++)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 3);
+    sim_devsim_free(s);
+
+    c.tick_ms = 3600 * 1000;
+    s = NULL;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 3);
+    b.requests = 0;
+    long st;
+    for (size_t i = 0; i < 3; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "/devices/%s/sync",
+                 sim_device_udid(sim_devsim_device_at(s, i)));
+        json_decref(status(base, h, s, "POST", path, &st));
+        assert_int_equal(st, 200);
+    }
+    start = esim_mono_ms();
+    while (stats_int(base, h, s, "checkins") < 3 && esim_mono_ms() - start < 30000)
+        for (int k = 0; k < 50; k++)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(stats_int(base, h, s, "checkins"), 3);
+    assert_int_equal(b.requests, 3); /* three Idle check-ins, each answered empty */
+    sim_devsim_free(s);
+
+    /* Two PCs and one place: each session fails (the service answers
+     * nothing OMA-DM), which frees the place for the next. The iPhone
+     * beside them never enrols (no tick): told to check in, it is refused. */
+    sim_devsim_config w = {.server_url = url,
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .devices = 3,
+                           .windows_pcs = 2,
+                           .seed = 11,
+                           .max_concurrent = 1,
+                           .tick_ms = 3600 * 1000,
+                           .status_listen = "127.0.0.1:0"};
+    s = NULL;
+    assert_int_equal(sim_devsim_new(base, &w, &s, &err), ESIM_OK);
+    b.requests = 0;
+    char path[128];
+    snprintf(path, sizeof path, "/devices/%s/sync", sim_device_udid(sim_devsim_device_at(s, 0)));
+    json_decref(status(base, h, s, "POST", path, &st));
+    assert_int_equal(st, 409);
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "/devices/%s/sync",
+                 sim_winpc_device_id(sim_devsim_windows_at(s, i)));
+        json_decref(status(base, h, s, "POST", path, &st));
+        assert_int_equal(st, 200);
+    }
+    start = esim_mono_ms();
+    while (b.requests < 2 && esim_mono_ms() - start < 30000)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(b.requests, 2);
+    sim_devsim_free(s);
+    sim_http_free(h);
+    evhttp_free(srv);
+    event_base_free(base);
+}
+
 /* Windows PCs in the runtime without a service: spread over the indices,
  * listed and described on the status endpoint, a person's action, a sync,
  * failed sessions counted, and a PC kept across a restart. */
@@ -461,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_windows_pcs),
         cmocka_unit_test(test_enrolment_refused_with_reason),
         cmocka_unit_test(test_window_follows_the_service),
+        cmocka_unit_test(test_sessions_start_without_the_tick),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
