@@ -856,6 +856,8 @@ static void on_push(sim_devsim *s, size_t i)
     want_checkin(s, i);
 }
 
+static void poll_deliveries(sim_devsim *s);
+
 static void on_deliveries(void *arg, sim_http_response *r)
 {
     sim_devsim *s = arg;
@@ -889,6 +891,9 @@ static void on_deliveries(void *arg, sim_http_response *r)
         esim_buf_free(&tok);
     }
     json_decref(j);
+    /* The next long-poll at once, as a push client's connection stays
+     * open: a push does not wait for the tick to be fetched. */
+    poll_deliveries(s);
 }
 
 static void poll_deliveries(sim_devsim *s)
@@ -1550,6 +1555,7 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     unsigned tick_ms = cfg->tick_ms ? cfg->tick_ms : TICK_MS;
     struct timeval tv = {(time_t)(tick_ms / 1000), (suseconds_t)(tick_ms % 1000) * 1000};
     event_add(s->tick, &tv);
+    event_active(s->tick, EV_TIMEOUT, 1); /* the first one in the loop's first turn */
     *out = s;
     return ESIM_OK;
 fail:

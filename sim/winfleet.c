@@ -770,6 +770,8 @@ static void request_channels(sim_winfleet *f)
     free(txt);
 }
 
+static void poll_deliveries(sim_winfleet *f);
+
 static void on_deliveries(void *arg, sim_http_response *r)
 {
     sim_winfleet *f = arg;
@@ -808,6 +810,9 @@ static void on_deliveries(void *arg, sim_http_response *r)
         }
     }
     json_decref(j);
+    /* The next long-poll at once, as a push client's connection stays
+     * open: a push does not wait for the tick to be fetched. */
+    poll_deliveries(f);
 }
 
 static void poll_deliveries(sim_winfleet *f)

@@ -146,6 +146,11 @@ static void test_status_and_restart(void **state)
     j = status(base, h, s, "GET", "/devices/00008110-NOPE", &st);
     assert_int_equal(st, 404);
     json_decref(j);
+    /* Not enrolled (the service is away): told to check in, it is refused. */
+    snprintf(path, sizeof path, "/devices/%s/sync", udid);
+    j = status(base, h, s, "POST", path, &st);
+    assert_int_equal(st, 409);
+    json_decref(j);
     snprintf(path, sizeof path, "/devices/%s/actions/reboot", udid);
     j = status(base, h, s, "POST", path, &st);
     assert_int_equal(st, 400);
@@ -413,12 +418,11 @@ static void test_sessions_start_without_the_tick(void **state)
     sim_devsim_free(s);
 
     /* Two PCs and one place: each session fails (the service answers
-     * nothing OMA-DM), which frees the place for the next. The iPhone
-     * beside them never enrols (no tick): told to check in, it is refused. */
+     * nothing OMA-DM), which frees the place for the next. */
     sim_devsim_config w = {.server_url = url,
                            .apns_url = "http://127.0.0.1:1",
                            .pki_dir = fx.pki,
-                           .devices = 3,
+                           .devices = 2,
                            .windows_pcs = 2,
                            .seed = 11,
                            .max_concurrent = 1,
@@ -427,11 +431,8 @@ static void test_sessions_start_without_the_tick(void **state)
     s = NULL;
     assert_int_equal(sim_devsim_new(base, &w, &s, &err), ESIM_OK);
     b.requests = 0;
-    char path[128];
-    snprintf(path, sizeof path, "/devices/%s/sync", sim_device_udid(sim_devsim_device_at(s, 0)));
-    json_decref(status(base, h, s, "POST", path, &st));
-    assert_int_equal(st, 409);
     for (size_t i = 0; i < 2; i++) {
+        char path[128];
         snprintf(path, sizeof path, "/devices/%s/sync",
                  sim_winpc_device_id(sim_devsim_windows_at(s, i)));
         json_decref(status(base, h, s, "POST", path, &st));
@@ -442,6 +443,131 @@ static void test_sessions_start_without_the_tick(void **state)
         event_base_loop(base, EVLOOP_ONCE);
     assert_int_equal(b.requests, 2);
     sim_devsim_free(s);
+    sim_http_free(h);
+    evhttp_free(srv);
+    event_base_free(base);
+}
+
+/* A service and both push mocks in one: pushes handed out one per
+ * long-poll (a push for the first device, then one for the second, then
+ * the poll is held), registrations refused, check-ins and OMA-DM messages
+ * counted and answered empty. */
+typedef struct {
+    bool serve_pushes;
+    char token[2][65], magic[2][128], pc[2][65];
+    int checkins, omadm;
+    struct evhttp_request *held[4];
+    size_t n_held;
+} push_fake;
+
+static void push_fake_cb(struct evhttp_request *req, void *arg)
+{
+    push_fake *p = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    bool apns = strncmp(uri, "/apns/", 6) == 0, wns = strncmp(uri, "/wns/", 5) == 0;
+    if ((apns || wns) && strstr(uri, "/deliveries")) {
+        const char *a = strstr(uri, "after=");
+        int after = a ? atoi(a + 6) : 0;
+        if (!p->serve_pushes || after > 1) {
+            if (p->n_held < 4)
+                p->held[p->n_held++] = req; /* answered never: the devsim drops it */
+            else
+                evhttp_send_reply(req, 503, "Busy", NULL);
+            return;
+        }
+        struct evbuffer *b = evbuffer_new();
+        if (apns)
+            evbuffer_add_printf(b,
+                                "{\"pushes\":[{\"token\":\"%s\",\"push_magic\":\"%s\"}],"
+                                "\"next\":%d}",
+                                p->token[after], p->magic[after], after + 1);
+        else
+            evbuffer_add_printf(b,
+                                "{\"deliveries\":[{\"tag\":\"%s\",\"kind\":\"push\"}],"
+                                "\"next\":%d}",
+                                p->pc[after], after + 1);
+        evhttp_send_reply(req, 200, "OK", b);
+        evbuffer_free(b);
+        return;
+    }
+    if (apns || wns) { /* token registration, channel requests */
+        evhttp_send_reply(req, 500, "No", NULL);
+        return;
+    }
+    if (strstr(uri, "/ManagementServer/"))
+        p->omadm++;
+    else if (evhttp_request_get_command(req) == EVHTTP_REQ_PUT && p->serve_pushes)
+        p->checkins++;
+    evhttp_send_reply(req, 200, "OK", NULL);
+}
+
+/* A push is fetched as soon as the previous long-poll answered, not at the
+ * next tick (an hour here): two pushes handed out one per poll reach both
+ * iPhones and both PCs. */
+static void test_pushes_fetched_without_the_tick(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    struct evhttp *srv = evhttp_new(base);
+    push_fake p = {0};
+    evhttp_set_gencb(srv, push_fake_cb, &p);
+    evhttp_set_allowed_methods(srv, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(srv, "127.0.0.1", 0);
+    assert_non_null(bs);
+    unsigned port = sim_bound_port(evhttp_bound_socket_get_fd(bs));
+    char url[64], apns[64], wns[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u", port);
+    snprintf(apns, sizeof apns, "http://127.0.0.1:%u/apns", port);
+    snprintf(wns, sizeof wns, "http://127.0.0.1:%u/wns", port);
+    sim_http *h = NULL;
+    assert_int_equal(sim_http_new(base, &h, NULL), ESIM_OK);
+    char data[700];
+    snprintf(data, sizeof data, "%s/devsim-push", fx.dir);
+    sim_devsim_config c = {.server_url = url,
+                           .apns_url = apns,
+                           .wns_url = wns,
+                           .pki_dir = fx.pki,
+                           .data_dir = data,
+                           .devices = 4,
+                           .windows_pcs = 2,
+                           .supervised_share = 1.0,
+                           .seed = 13,
+                           .status_listen = "127.0.0.1:0"};
+    sim_devsim *s = NULL;
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    int64_t start = esim_mono_ms();
+    while (stats_int(base, h, s, "enrolled_now") < 2 && esim_mono_ms() - start < 60000)
+        for (int k = 0; k < 50; k++)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 2);
+    sim_devsim_free(s);
+    for (size_t k = 0; k < p.n_held; k++)
+        evhttp_send_reply(p.held[k], 503, "Busy", NULL);
+    p.n_held = 0;
+
+    c.tick_ms = 3600 * 1000;
+    s = NULL;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
+    for (size_t i = 0; i < 2; i++) {
+        sim_device *d = sim_devsim_device_at(s, i);
+        size_t len = 0;
+        const unsigned char *tok = sim_device_push_token(d, &len);
+        assert_int_equal(len, 32);
+        for (size_t k = 0; k < 32; k++)
+            snprintf(p.token[i] + 2 * k, 3, "%02x", tok[k]);
+        snprintf(p.magic[i], sizeof p.magic[i], "%s", sim_device_push_magic(d));
+        snprintf(p.pc[i], sizeof p.pc[i], "%s", sim_winpc_device_id(sim_devsim_windows_at(s, i)));
+    }
+    p.serve_pushes = true;
+    start = esim_mono_ms();
+    while ((p.checkins < 2 || p.omadm < 2) && esim_mono_ms() - start < 30000)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(p.checkins, 2);
+    assert_int_equal(p.omadm, 2);
+    sim_devsim_free(s);
+    for (size_t k = 0; k < p.n_held; k++)
+        evhttp_send_reply(p.held[k], 503, "Busy", NULL);
     sim_http_free(h);
     evhttp_free(srv);
     event_base_free(base);
@@ -559,6 +685,7 @@ int main(void)
         cmocka_unit_test(test_enrolment_refused_with_reason),
         cmocka_unit_test(test_window_follows_the_service),
         cmocka_unit_test(test_sessions_start_without_the_tick),
+        cmocka_unit_test(test_pushes_fetched_without_the_tick),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
