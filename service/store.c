@@ -454,9 +454,10 @@ static const status_effect status_effects[] = {
     {"NotNow", STORE_Q_NOT_NOW, 1},
 };
 
-/* After an answer was recorded in its entry. */
+/* After an answer was recorded in its entry (and, when |logged|, its
+ * ledger row with it). */
 static esim_err answer_recorded(store *st, const store_exchange_in *in, const status_effect *fx,
-                                int64_t now, store_exchange_out *out, esim_error *err)
+                                bool logged, int64_t now, store_exchange_out *out, esim_error *err)
 {
     esim_err rc = ESIM_OK;
     /* NotNow: the device did not keep the command; wake it again after a
@@ -466,6 +467,8 @@ static esim_err answer_recorded(store *st, const store_exchange_in *in, const st
     if (rc != ESIM_OK)
         return rc;
     out->outcome = STORE_RESULT_APPLIED;
+    if (logged)
+        return ESIM_OK;
     return st->ops->event_add(st, now, "result", in->udid, in->command_uuid, in->status, NULL, 0,
                               err);
 }
@@ -479,11 +482,16 @@ static esim_err record_answer(store *st, const store_exchange_in *in, const stat
     esim_err rc = ESIM_ENOTFOUND;
     /* The usual answer, to the command handed out: found and recorded in
      * one statement where the back end has it. */
-    if (st->ops->entry_answer_sent)
+    bool logged = st->ops->entry_answer_sent_logged != NULL;
+    if (logged)
+        rc = st->ops->entry_answer_sent_logged(st, in->udid, in->command_uuid, fx->state,
+                                               fx->not_now, in->error_chain_json, in->raw,
+                                               in->raw_len, in->status, now, err);
+    else if (st->ops->entry_answer_sent)
         rc = st->ops->entry_answer_sent(st, in->udid, in->command_uuid, fx->state, fx->not_now,
                                         in->error_chain_json, in->raw, in->raw_len, now, err);
     if (rc == ESIM_OK)
-        return answer_recorded(st, in, fx, now, out, err);
+        return answer_recorded(st, in, fx, logged, now, out, err);
     if (rc != ESIM_ENOTFOUND)
         return rc;
     rc = st->ops->entry_find(st, in->udid, in->command_uuid, &entry, &state, err);
@@ -509,7 +517,7 @@ static esim_err record_answer(store *st, const store_exchange_in *in, const stat
                                in->raw_len, now, err);
     if (rc != ESIM_OK)
         return rc;
-    return answer_recorded(st, in, fx, now, out, err);
+    return answer_recorded(st, in, fx, false, now, out, err);
 }
 
 /* Chooses the next deliverable command and marks it sent. */
@@ -521,6 +529,8 @@ static esim_err pick_next(store *st, const store_exchange_in *in, int64_t now,
         st->ops->entry_next(st, in->udid, now, in->skip_uuids, in->n_skip, &entry, next, err);
     if (rc != ESIM_OK || !next->present)
         return rc;
+    if (st->ops->entry_mark_sent_logged)
+        return st->ops->entry_mark_sent_logged(st, entry, next->request_type, now, err);
     rc = st->ops->entry_mark_sent(st, entry, now, err);
     if (rc != ESIM_OK)
         return rc;

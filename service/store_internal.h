@@ -136,6 +136,19 @@ struct store_ops {
      * (|err| untouched) when the device already has an entry for it. */
     esim_err (*entry_insert)(store *st, const char *udid, const store_command_in *cmd, int64_t now,
                              esim_error *err);
+    /* Optional, for a back end where each statement is a round trip: an
+     * answered entry (as entry_answer_sent, ESIM_ENOTFOUND with nothing
+     * written) together with its "result" ledger row (detail |status|), and
+     * an entry marked sent (as entry_mark_sent) together with its "sent"
+     * row (detail |request_type|), each in one statement. Without them the
+     * front makes the two calls. */
+    esim_err (*entry_answer_sent_logged)(store *st, const char *udid, const char *uuid,
+                                         store_qstate state, int not_now_add,
+                                         const char *error_chain_json, const void *raw,
+                                         size_t raw_len, const char *status, int64_t now,
+                                         esim_error *err);
+    esim_err (*entry_mark_sent_logged)(store *st, int64_t entry, const char *request_type,
+                                       int64_t now, esim_error *err);
     /* ESIM_ENOTFOUND (|err| untouched) when the command is not on the
      * device's queue. */
     esim_err (*entry_find)(store *st, const char *udid, const char *uuid, int64_t *entry,

@@ -287,8 +287,10 @@ enum {
     S_Q_FIND,
     S_Q_ANSWER,
     S_Q_ANSWER_SENT,
+    S_Q_ANSWER_SENT_LOGGED,
     S_Q_NEXT,
     S_Q_MARK_SENT,
+    S_Q_MARK_SENT_LOGGED,
     S_Q_INSERT,
     S_Q_CANCEL_ALL,
     S_Q_CANCEL_ONE,
@@ -454,6 +456,18 @@ static const char *const statement_sql[S_COUNT] = {
                  " JOIN commands c ON c.uuid = q.command_uuid"
                  " WHERE q.udid = $1 AND q.active = 1 AND (q.expires_at = 0 OR q.expires_at > $2)"
                  " ORDER BY q.priority DESC, q.id LIMIT $3 FOR UPDATE OF q",
+    /* The two steps above with their ledger rows, one round trip each. */
+    [S_Q_ANSWER_SENT_LOGGED] =
+        "WITH x AS (UPDATE queue SET state = $3, active = $4, answered_at = $5, updated_at = $5,"
+        " not_now_count = not_now_count + $6, error_chain = $7, result = $8"
+        " WHERE udid = $1 AND command_uuid = $2 AND state = 'sent' RETURNING udid, command_uuid)"
+        " INSERT INTO events (at, kind, udid, command_uuid, detail)"
+        " SELECT $5::bigint, 'result', udid, command_uuid, $9::text FROM x",
+    [S_Q_MARK_SENT_LOGGED] =
+        "WITH x AS (UPDATE queue SET state = 'sent', attempts = attempts + 1, sent_at = $2,"
+        " updated_at = $2 WHERE id = $1 RETURNING udid, command_uuid)"
+        " INSERT INTO events (at, kind, udid, command_uuid, detail)"
+        " SELECT $2::bigint, 'sent', udid, command_uuid, $3::text FROM x",
     [S_Q_MARK_SENT] = "UPDATE queue SET state = 'sent', attempts = attempts + 1, sent_at = $2,"
                       " updated_at = $2 WHERE id = $1",
     [S_Q_INSERT] = "INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"
@@ -1190,6 +1204,22 @@ static esim_err pg_entry_answer_sent(store *base, const char *udid, const char *
     return answered ? ESIM_OK : ESIM_ENOTFOUND;
 }
 
+static esim_err pg_entry_answer_sent_logged(store *base, const char *udid, const char *uuid,
+                                            store_qstate state, int not_now_add,
+                                            const char *error_chain_json, const void *raw,
+                                            size_t raw_len, const char *status, int64_t now,
+                                            esim_error *err)
+{
+    PGresult *res = run((pg_store *)base, err, S_Q_ANSWER_SENT_LOGGED, "tttiiitbt", udid, uuid,
+                        esim_store_qstate_name(state), (int64_t)esim_store_qstate_active(state),
+                        now, (int64_t)not_now_add, error_chain_json, raw, raw_len, status);
+    if (!res)
+        return ESIM_ESTORE;
+    bool answered = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return answered ? ESIM_OK : ESIM_ENOTFOUND;
+}
+
 static bool skipped(const char *const *skip, size_t n_skip, const char *uuid)
 {
     for (size_t i = 0; i < n_skip; i++)
@@ -1227,6 +1257,12 @@ static esim_err pg_entry_next(store *base, const char *udid, int64_t now, const 
 static esim_err pg_entry_mark_sent(store *base, int64_t entry, int64_t now, esim_error *err)
 {
     return exec_stmt((pg_store *)base, err, S_Q_MARK_SENT, "ii", entry, now);
+}
+
+static esim_err pg_entry_mark_sent_logged(store *base, int64_t entry, const char *request_type,
+                                          int64_t now, esim_error *err)
+{
+    return exec_stmt((pg_store *)base, err, S_Q_MARK_SENT_LOGGED, "iit", entry, now, request_type);
 }
 
 static esim_err pg_entry_cancel(store *base, int64_t entry, int64_t now, esim_error *err)
@@ -2274,6 +2310,8 @@ static const struct store_ops pgsql_ops = {
     .entry_answer_sent = pg_entry_answer_sent,
     .entry_next = pg_entry_next,
     .entry_mark_sent = pg_entry_mark_sent,
+    .entry_answer_sent_logged = pg_entry_answer_sent_logged,
+    .entry_mark_sent_logged = pg_entry_mark_sent_logged,
     .entry_cancel = pg_entry_cancel,
     .entry_retire = pg_entry_retire,
     .entry_last_sent = pg_entry_last_sent,

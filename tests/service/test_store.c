@@ -1832,6 +1832,91 @@ static void test_round_trip_statements(void **state)
     esim_store_close(st);
 }
 
+/* On a back end where every statement is a round trip (PostgreSQL), an
+ * entry marked sent and an answer take their ledger rows in the same
+ * statement: an exchange is BEGIN, the device's row, two statements and
+ * COMMIT (was six). The ledger says the same as before, and a NotNow still
+ * owes its push. */
+static void test_round_trip_queries(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    store_backend_stats b0, b1;
+    esim_store_backend_stats(st, &b0);
+    bool counted = b0.queries > 0; /* SQLite sends no queries */
+    const char *cert = "0000000000000000000000000000000000000000000000000000000000000001";
+    enroll(st, "Q1", cert);
+    enqueue(st, "q1", "Q1", 0, 0);
+    enqueue(st, "q2", "Q1", 0, 0);
+    char next[128];
+    esim_store_backend_stats(st, &b0);
+    assert_int_equal(exchange(st, "Q1", "Idle", NULL, NULL, 0, 3000, next, NULL), ESIM_OK);
+    assert_string_equal(next, "q1");
+    esim_store_backend_stats(st, &b1);
+    if (counted)
+        assert_int_equal(b1.queries - b0.queries, 5);
+    store_exchange_in in = {
+        .udid = "Q1", .cert_sha256 = cert, .status = "Acknowledged", .command_uuid = "q1"};
+    store_exchange_out out = {0};
+    esim_store_backend_stats(st, &b0);
+    assert_int_equal(esim_store_device_exchange(st, &in, 3001, &out, NULL), ESIM_OK);
+    assert_int_equal(out.outcome, STORE_RESULT_APPLIED);
+    assert_true(out.next.present);
+    assert_string_equal(out.next.command_uuid, "q2");
+    esim_buf_free(&out.next.body);
+    esim_store_backend_stats(st, &b1);
+    if (counted) /* BEGIN, row, answer + ledger, next, mark + ledger, COMMIT */
+        assert_int_equal(b1.queries - b0.queries, 6);
+    /* NotNow: recorded, logged, and the device owes a push. */
+    store_exchange_in nn = {.udid = "Q1",
+                            .cert_sha256 = cert,
+                            .status = "NotNow",
+                            .command_uuid = "q2",
+                            .skip_uuids = (const char *const[]){"q2"},
+                            .n_skip = 1,
+                            .not_now_backoff_ms = 500};
+    assert_int_equal(esim_store_device_exchange(st, &nn, 3002, &out, NULL), ESIM_OK);
+    assert_int_equal(out.outcome, STORE_RESULT_APPLIED);
+    assert_false(out.next.present);
+    assert_int_equal(state_of(st, "q2", "Q1"), STORE_Q_NOT_NOW);
+    char due[4][65];
+    size_t n_due = 0;
+    assert_int_equal(esim_store_push_due(st, 3502, due, 4, &n_due, NULL), ESIM_OK);
+    assert_int_equal(n_due, 1);
+    assert_string_equal(due[0], "Q1");
+    /* A second answer to q1 is an anomaly, written as before (and q2,
+     * NotNow'd on another connection, is handed out again). */
+    assert_int_equal(esim_store_device_exchange(st, &in, 3003, &out, NULL), ESIM_OK);
+    assert_int_equal(out.outcome, STORE_RESULT_ANOMALY);
+    esim_buf_free(&out.next.body);
+    store_event *ev = NULL;
+    size_t nev = 0;
+    assert_int_equal(esim_store_events_list(st, "Q1", 0, 100, &ev, &nev, NULL), ESIM_OK);
+    const char *want[][3] = {{"sent", "q1", "ProfileList"},
+                             {"result", "q1", "Acknowledged"},
+                             {"sent", "q2", "ProfileList"},
+                             {"result", "q2", "NotNow"},
+                             {"anomaly", "q1", NULL},
+                             {"sent", "q2", "ProfileList"}}; /* a NotNow'd entry comes back */
+    size_t k = 0;
+    for (size_t i = 0; i < nev; i++) {
+        if (strcmp(ev[i].kind, "sent") != 0 && strcmp(ev[i].kind, "result") != 0 &&
+            strcmp(ev[i].kind, "anomaly") != 0)
+            continue;
+        assert_true(k < 6);
+        assert_string_equal(ev[i].kind, want[k][0]);
+        assert_string_equal(ev[i].udid, "Q1");
+        assert_string_equal(ev[i].command_uuid, want[k][1]);
+        if (want[k][2])
+            assert_string_equal(ev[i].detail, want[k][2]);
+        k++;
+    }
+    assert_int_equal(k, 6);
+    esim_store_events_free(ev, nev);
+    esim_store_close(st);
+}
+
 /* Directly in a batch, a device's request takes no savepoint: a refusal
  * (before any write) leaves the batch as it was, and a failure after the
  * request wrote undoes the batch whole (its commit fails), where a
@@ -1920,6 +2005,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_enrolment_uses_indexes),
         cmocka_unit_test(test_sqlite_memory_statistics_off),
         cmocka_unit_test(test_round_trip_statements),
+        cmocka_unit_test(test_round_trip_queries),
         cmocka_unit_test(test_batch_requests_without_savepoints),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
