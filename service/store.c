@@ -852,6 +852,15 @@ esim_err esim_store_command_enqueue(store *st, const store_command_in *cmd,
     if (rc == ESIM_EEXIST)
         rc = esim_fail(err, ESIM_EEXIST, "command uuid %s is already used", cmd->uuid);
     for (size_t i = 0; rc == ESIM_OK && i < n; i++) {
+        /* An enrolled device, the usual case, in one statement where the
+         * back end has it; anything else below, which says why. */
+        if (udids[i] && st->ops->entry_enqueue) {
+            rc = st->ops->entry_enqueue(st, udids[i], cmd, now, err);
+            if (rc == ESIM_EEXIST)
+                rc = esim_fail(err, ESIM_EINVAL, "device %s is listed twice", udids[i]);
+            if (rc != ESIM_ENOTFOUND)
+                continue;
+        }
         store_identity id;
         rc = udids[i] ? st->ops->device_identity(st, udids[i], &id, err) : ESIM_ENOTFOUND;
         if (rc == ESIM_ENOTFOUND)

@@ -149,6 +149,13 @@ struct store_ops {
                                          esim_error *err);
     esim_err (*entry_mark_sent_logged)(store *st, int64_t entry, const char *request_type,
                                        int64_t now, esim_error *err);
+    /* Optional, as the two above: the usual enqueue of one device in one
+     * statement, its entry (as entry_insert) and its "enqueued" ledger row,
+     * written only when the device exists and is enrolled; ESIM_ENOTFOUND
+     * (|err| untouched, nothing written) otherwise, and the front finds out
+     * why; ESIM_EEXIST as entry_insert. */
+    esim_err (*entry_enqueue)(store *st, const char *udid, const store_command_in *cmd, int64_t now,
+                              esim_error *err);
     /* ESIM_ENOTFOUND (|err| untouched) when the command is not on the
      * device's queue. */
     esim_err (*entry_find)(store *st, const char *udid, const char *uuid, int64_t *entry,

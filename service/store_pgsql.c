@@ -292,6 +292,7 @@ enum {
     S_Q_MARK_SENT,
     S_Q_MARK_SENT_LOGGED,
     S_Q_INSERT,
+    S_Q_ENQUEUE_LOGGED,
     S_Q_CANCEL_ALL,
     S_Q_CANCEL_ONE,
     S_Q_PUSHED,
@@ -472,6 +473,12 @@ static const char *const statement_sql[S_COUNT] = {
                       " updated_at = $2 WHERE id = $1",
     [S_Q_INSERT] = "INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"
                    " enqueued_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', 1, $5, $5)",
+    [S_Q_ENQUEUE_LOGGED] =
+        "WITH x AS (INSERT INTO queue (udid, command_uuid, priority, expires_at, state, active,"
+        " enqueued_at, updated_at) SELECT udid, $2::text, $3::bigint, $4::bigint, 'queued', 1,"
+        " $5::bigint, $5::bigint FROM devices WHERE udid = $1 AND enrolled = 1 RETURNING udid)"
+        " INSERT INTO events (at, kind, udid, command_uuid, detail)"
+        " SELECT $5::bigint, 'enqueued', udid, $2::text, $6::text FROM x",
     [S_Q_CANCEL_ALL] =
         "WITH x AS (UPDATE queue SET state = 'canceled', active = 0, updated_at = $2"
         " WHERE udid = $1 AND active = 1 RETURNING id, udid, command_uuid)"
@@ -1164,6 +1171,19 @@ static esim_err pg_entry_insert(store *base, const char *udid, const store_comma
     esim_err rc = exec_stmt(s, err, S_Q_INSERT, "ttiii", udid, cmd->uuid, (int64_t)cmd->priority,
                             cmd->expires_at, now);
     return rc != ESIM_OK && s->unique_violation ? ESIM_EEXIST : rc;
+}
+
+static esim_err pg_entry_enqueue(store *base, const char *udid, const store_command_in *cmd,
+                                 int64_t now, esim_error *err)
+{
+    pg_store *s = (pg_store *)base;
+    PGresult *res = run(s, err, S_Q_ENQUEUE_LOGGED, "ttiiit", udid, cmd->uuid,
+                        (int64_t)cmd->priority, cmd->expires_at, now, cmd->request_type);
+    if (!res)
+        return s->unique_violation ? ESIM_EEXIST : ESIM_ESTORE;
+    bool queued = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return queued ? ESIM_OK : ESIM_ENOTFOUND;
 }
 
 static esim_err pg_entry_find(store *base, const char *udid, const char *uuid, int64_t *entry,
@@ -2310,6 +2330,7 @@ static const struct store_ops pgsql_ops = {
     .entry_answer_sent = pg_entry_answer_sent,
     .entry_next = pg_entry_next,
     .entry_mark_sent = pg_entry_mark_sent,
+    .entry_enqueue = pg_entry_enqueue,
     .entry_answer_sent_logged = pg_entry_answer_sent_logged,
     .entry_mark_sent_logged = pg_entry_mark_sent_logged,
     .entry_cancel = pg_entry_cancel,

@@ -1917,6 +1917,60 @@ static void test_round_trip_queries(void **state)
     esim_store_close(st);
 }
 
+/* On PostgreSQL an enrolled device's entry and its "enqueued" row are one
+ * statement; every refusal is as before, with nothing queued. */
+static void test_enqueue_queries(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh(path);
+    store_backend_stats b0, b1;
+    esim_store_backend_stats(st, &b0);
+    bool counted = b0.queries > 0; /* SQLite sends no queries */
+    enroll(st, "E1", NULL);
+    enroll(st, "E2", NULL);
+    enroll(st, "E3", NULL);
+    enroll(st, "E4", NULL);
+    assert_int_equal(esim_store_device_checkout(st, "E4", NULL, 1500, NULL), ESIM_OK);
+    store_command_in c = {
+        .uuid = "e1", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    const char *three[] = {"E1", "E2", "E3"};
+    esim_store_backend_stats(st, &b0);
+    assert_int_equal(esim_store_command_enqueue(st, &c, three, 3, 2000, NULL), ESIM_OK);
+    esim_store_backend_stats(st, &b1);
+    if (counted) /* BEGIN, the command, one per device, COMMIT (was 3 + 3 per device) */
+        assert_int_equal(b1.queries - b0.queries, 6);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(state_of(st, "e1", three[i]), STORE_Q_QUEUED);
+        store_event *ev = NULL;
+        size_t nev = 0;
+        assert_int_equal(esim_store_events_list(st, three[i], 0, 100, &ev, &nev, NULL), ESIM_OK);
+        assert_true(nev > 0);
+        assert_string_equal(ev[nev - 1].kind, "enqueued");
+        assert_string_equal(ev[nev - 1].command_uuid, "e1");
+        assert_string_equal(ev[nev - 1].detail, "ProfileList");
+        esim_store_events_free(ev, nev);
+    }
+    /* Refusals, each undoing the whole call. */
+    esim_error e;
+    const char *unknown[] = {"E1", "E9"};
+    c.uuid = "e2";
+    assert_int_equal(esim_store_command_enqueue(st, &c, unknown, 2, 2001, &e), ESIM_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "no device E9"));
+    const char *out[] = {"E2", "E4"};
+    assert_int_equal(esim_store_command_enqueue(st, &c, out, 2, 2002, &e), ESIM_ESTATE);
+    assert_non_null(strstr(e.msg, "E4 is not enrolled"));
+    const char *twice[] = {"E3", "E1", "E3"};
+    assert_int_equal(esim_store_command_enqueue(st, &c, twice, 3, 2003, &e), ESIM_EINVAL);
+    assert_non_null(strstr(e.msg, "E3 is listed twice"));
+    store_command_info info;
+    store_queue_entry *entries = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_command_get(st, "e2", NULL, 10, &info, &entries, &n, NULL),
+                     ESIM_ENOTFOUND);
+    esim_store_close(st);
+}
+
 /* Directly in a batch, a device's request takes no savepoint: a refusal
  * (before any write) leaves the batch as it was, and a failure after the
  * request wrote undoes the batch whole (its commit fails), where a
@@ -2006,6 +2060,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sqlite_memory_statistics_off),
         cmocka_unit_test(test_round_trip_statements),
         cmocka_unit_test(test_round_trip_queries),
+        cmocka_unit_test(test_enqueue_queries),
         cmocka_unit_test(test_batch_requests_without_savepoints),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
