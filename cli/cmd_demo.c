@@ -2004,8 +2004,26 @@ static int run(demo *d)
             json_object_set_new(j, "sim_checkins", json_integer(jint(ss, "checkins")));
             json_object_set_new(j, "sim_checkins_waited",
                                 json_integer(jint(ss, "checkins_waited")));
+            /* The simulator's TLS handshakes (every server) and its
+             * devices' downloads, beside the SM-DP+'s handshakes: how many
+             * each download cost it. */
+            json_t *tls = json_object_get(ss, "tls");
+            if (tls)
+                json_object_set(j, "sim_tls", tls);
+            json_object_set_new(
+                j, "sim_downloads",
+                json_integer(jint(ss, "downloads_ok") + jint(ss, "downloads_failed") +
+                             jint(json_object_get(ss, "windows"), "downloads_ok") +
+                             jint(json_object_get(ss, "windows"), "downloads_failed") +
+                             jint(json_object_get(ss, "iot"), "downloads_ok") +
+                             jint(json_object_get(ss, "iot"), "downloads_failed")));
         }
         json_decref(ss);
+        json_t *os = NULL;
+        if (call(d, &d->smdp, "GET", "/admin/orders?summary=1", NULL, NULL, 0, 200, &os) &&
+            json_object_get(os, "tls"))
+            json_object_set(j, "smdp_tls", json_object_get(os, "tls"));
+        json_decref(os);
         json_object_set_new(j, "inventory_s", json_real(d->inventory_s));
         json_object_set_new(j, "inventory_answered", json_integer(d->inventory_answered));
         json_object_set_new(j, "inventory_not_now", json_integer(d->inventory_not_now));

@@ -46,6 +46,7 @@ typedef struct {
     sim_device *dev;
     sim_http_conn *conn;  /* the phone's own connection, during a session only */
     sim_tls_session *tls; /* its TLS session with the service, kept between sessions */
+    sim_lpa_link *es9;    /* its LPA's connection and TLS session with the SM-DP+ */
     uint32_t flags;
     uint8_t retries;
     /* A command answer whose PUT got no reply (the service died, or the
@@ -502,11 +503,12 @@ static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
     token_put(s, i);
     sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING); /* a new identity */
     sim_tls_session_forget(sl->tls);               /* ... so a new full handshake */
+    sim_lpa_link_forget(sl->es9);                  /* with every server */
     save_if_dirty(s, i);
     /* A reset eUICC owes its SM-DP+s the delete notifications. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
-        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), sim_pki_ca_file(s->pki),
-                                   after_action_notifications, NULL, NULL);
+        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), &sl->es9,
+                                   sim_pki_ca_file(s->pki), after_action_notifications, NULL, NULL);
     /* The wiped phone goes through setup and enrols again. */
     at(s, 200, i, TIMED_ENROLL);
 }
@@ -734,8 +736,9 @@ static void after_download(void *arg, const sim_download_result *r)
     save_if_dirty(s, ctx->slot);
     /* Install and enable notifications go to the SM-DP+ before the device
      * reports back, so "Acknowledged" means the operator knows too. */
-    if (sim_lpa_send_notifications(s->http, sim_device_euicc(d), sim_pki_ca_file(s->pki),
-                                   after_notifications, dc, NULL) != ESIM_OK)
+    if (sim_lpa_send_notifications(s->http, sim_device_euicc(d), &s->slots[ctx->slot].es9,
+                                   sim_pki_ca_file(s->pki), after_notifications, dc,
+                                   NULL) != ESIM_OK)
         after_notifications(dc, 0);
 }
 
@@ -744,8 +747,8 @@ static void start_download(req_ctx *ctx, const char *url)
     sim_devsim *s = ctx->s;
     sim_device *d = s->slots[ctx->slot].dev;
     esim_error err;
-    if (sim_lpa_download(s->http, sim_device_euicc(d), url, sim_pki_ca_file(s->pki), NULL,
-                         after_download, ctx, &err) != ESIM_OK) {
+    if (sim_lpa_download(s->http, sim_device_euicc(d), &s->slots[ctx->slot].es9, url,
+                         sim_pki_ca_file(s->pki), NULL, after_download, ctx, &err) != ESIM_OK) {
         sim_download_result r = {.err = ESIM_EINVAL};
         snprintf(r.message, sizeof r.message, "%.250s", err.msg);
         after_download(ctx, &r);
@@ -1039,8 +1042,8 @@ static json_t *stats_json(const sim_devsim *s)
         json_object_set_new(j, "tls",
                             json_pack("{s:I, s:I, s:I, s:I}", "full", (json_int_t)w.tls_full,
                                       "resumed", (json_int_t)w.tls_resumed, "client_certificates",
-                                      (json_int_t)w.tls_client_certs, "chain_verified_again",
-                                      (json_int_t)w.tls_verified_again));
+                                      (json_int_t)w.tls_client_certs, "chains_verified",
+                                      (json_int_t)w.tls_chains_verified));
     if (j && s->enrol_refused)
         json_object_set_new(j, "enrolment_refused",
                             json_pack("{s:I, s:s, s:I, s:s}", "count", (json_int_t)s->enrol_refused,
@@ -1584,6 +1587,7 @@ void sim_devsim_free(sim_devsim *s)
     for (size_t i = 0; s->slots && i < s->n; i++) {
         sim_http_conn_free(s->slots[i].conn);
         sim_tls_session_free(s->slots[i].tls);
+        sim_lpa_link_free(s->slots[i].es9);
         drop_unanswered(&s->slots[i]);
         if (s->slots[i].dev) {
             save_if_dirty(s, i);
@@ -1624,7 +1628,7 @@ sim_devsim_stats sim_devsim_get_stats(const sim_devsim *s)
         t.tls_full = tls.full;
         t.tls_resumed = tls.resumed;
         t.tls_client_certs = tls.client_certs;
-        t.tls_verified_again = tls.verified_again;
+        t.tls_chains_verified = tls.chains_verified;
     }
     return t;
 }
@@ -1697,13 +1701,14 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
         if (out->erased) {
             sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
             sim_tls_session_forget(sl->tls);
+            sim_lpa_link_forget(sl->es9);
             at(s, 200, i, TIMED_ENROLL);
         }
     }
     /* Deletions owe the SM-DP+ a notification. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
-        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), sim_pki_ca_file(s->pki),
-                                   after_action_notifications, NULL, NULL);
+        sim_lpa_send_notifications(s->http, sim_device_euicc(sl->dev), &sl->es9,
+                                   sim_pki_ca_file(s->pki), after_action_notifications, NULL, NULL);
     save_if_dirty(s, i);
     return rc;
 }

@@ -4,12 +4,16 @@
  *
  * One SSL_CTX per trust anchor (the CA file parsed once for the whole
  * fleet); each connection is an SSL object on it with the device's own
- * session offered for resumption (or the client's shared one, by host), its
- * client certificate (the device's DER, from memory) parsed only when a
- * full handshake asks for it, and the handshake counters.
- * Connections are kept alive: a private one (sim_http_conn, one phone's
- * connection) for its owner's next request, the others in a pool by
- * destination. The response reader is http_parse.c.
+ * session offered for resumption, its client certificate (the device's DER,
+ * from memory) parsed only when a full handshake asks for it, and the
+ * handshake counters. Every full handshake verifies the server's chain
+ * (X509_verify_cert): no verdict is shared between devices.
+ * Connections are kept alive: a private one (sim_http_conn, one device's
+ * connection) for its owner's next request; a request that names a device's
+ * session but no private connection gets a connection of its own, closed
+ * after its answer; only requests that name no session (the simulator's
+ * own calls to the mocks, on no device's behalf) share a pool by
+ * destination, and resume nothing. The response reader is http_parse.c.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -40,9 +44,7 @@
 #define POOL_MAX 256     /* idle shared connections kept */
 #define CONNECT_MS 10000 /* to set up a connection (TCP and TLS) */
 #define N_CTX 8          /* trust anchors (CA files) with their SSL_CTX */
-#define N_SHARED_SESS 32 /* shared TLS sessions, by destination */
 #define N_RESOLVED 16    /* host names resolved */
-#define N_VERIFIED 8     /* server chains verified, by trust anchor and host */
 
 typedef struct hconn hconn;
 
@@ -73,8 +75,8 @@ typedef struct xfer {
     bool tls;
     char *ca_file;
     identity id;           /* TLS client authentication; id.der NULL: none */
-    sim_tls_session *sess; /* the device's TLS session; NULL: shared */
-    sim_http_conn *owner;  /* the private connection it names; NULL: pool */
+    sim_tls_session *sess; /* the device's TLS session; NULL: none (pool) */
+    sim_http_conn *owner;  /* the private connection it names (a reference); NULL: none */
 } xfer;
 
 enum { C_START, C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_SENDING, C_READING, C_IDLE };
@@ -84,7 +86,7 @@ struct hconn {
     hconn *iprev, *inext; /* h->idle: the pool's idle ones, oldest first */
     bool in_pool;
     sim_http *h;
-    sim_http_conn *owner; /* NULL: a pool connection (or a spare one) */
+    sim_http_conn *owner; /* NULL: a pool connection, or one request's alone (doomed) */
     char *key;
     char host[256];
     uint16_t port;
@@ -109,8 +111,13 @@ struct hconn {
     sim_http_parser p;
 };
 
+/* Freed when its owner has let go (sim_http_conn_free) and no request
+ * names it any more: a request sent again after its connection broke
+ * still finds it. */
 struct sim_http_conn {
-    hconn *c; /* its connection; NULL: none open */
+    hconn *c;      /* its connection; NULL: none open */
+    unsigned refs; /* the owner's (until freed) and each request's naming it */
+    bool freed;    /* the owner let go: requests naming it get connections of their own */
 };
 
 /* The last session the server gave, as DER without the server's
@@ -136,11 +143,6 @@ struct sim_http {
     } ctx[N_CTX];
     size_t n_ctx;
     struct {
-        char *key;
-        SSL_SESSION *sess;
-    } shared[N_SHARED_SESS];
-    size_t next_shared;
-    struct {
         char host[256];
         struct sockaddr_storage ss;
         socklen_t len;
@@ -154,27 +156,10 @@ struct sim_http {
         X509 *x;
     } chain[4];
     size_t n_chain;
-    /* Server certificate chains that verified (X509_verify_cert), each for
-     * the context (trust anchor) and host it verified against, recognised
-     * by the SHA-256 of the chain's bytes; the certificates it built, kept
-     * for their dates. */
-    struct {
-        SSL_CTX *ctx;
-        char host[256];
-        unsigned char sha[32];
-        STACK_OF(X509) * chain;
-    } verified[N_VERIFIED];
-    size_t next_verified;
 };
 
 static int ssl_idx = -1;
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
-
-static void verified_clear(sim_http *h, size_t k)
-{
-    sk_X509_pop_free(h->verified[k].chain, X509_free);
-    memset(&h->verified[k], 0, sizeof h->verified[k]);
-}
 
 static void make_index(void)
 {
@@ -269,32 +254,17 @@ static hconn *conn_of(const SSL *ssl)
     return ssl_idx < 0 ? NULL : SSL_get_ex_data(ssl, ssl_idx);
 }
 
-/* A session (ticket) from the server: the device keeps the newest, or the
- * client for its shared connections to that destination. */
+/* A session (ticket) from the server: the device keeps the newest; a
+ * connection on no device's behalf keeps none. */
 static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
 {
     hconn *c = conn_of(ssl);
     if (!c)
         return 0;
     c->h->tls.tickets++;
-    if (c->sess) {
+    if (c->sess)
         session_keep(c->sess, sess);
-        return 0; /* libssl frees |sess|: the device keeps its DER */
-    }
-    sim_http *h = c->h;
-    size_t k = 0;
-    while (k < N_SHARED_SESS && h->shared[k].key && strcmp(h->shared[k].key, c->key) != 0)
-        k++;
-    if (k == N_SHARED_SESS) {
-        k = h->next_shared++ % N_SHARED_SESS;
-        free(h->shared[k].key);
-        h->shared[k].key = NULL;
-    }
-    if (!h->shared[k].key && !(h->shared[k].key = strdup(c->key)))
-        return 0;
-    SSL_SESSION_free(h->shared[k].sess);
-    h->shared[k].sess = sess;
-    return 1;
+    return 0; /* libssl frees |sess|: the device keeps its DER */
 }
 
 /* The CA certificate |der| sent after a device's own: parsed once for the
@@ -348,69 +318,16 @@ static int tls_client_cert(SSL *ssl, void *arg)
     return 1;
 }
 
-/* SHA-256 over the DER of every certificate the server sent, in order. */
-static bool chain_digest(STACK_OF(X509) * sent, unsigned char sha[32])
-{
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    bool ok = md && sent && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
-    for (int i = 0; ok && i < sk_X509_num(sent); i++) {
-        unsigned char *der = NULL;
-        int len = i2d_X509(sk_X509_value(sent, i), &der);
-        ok = len > 0 && EVP_DigestUpdate(md, der, (size_t)len) == 1;
-        OPENSSL_free(der);
-    }
-    unsigned n = 0;
-    ok = ok && EVP_DigestFinal_ex(md, sha, &n) == 1 && n == 32;
-    EVP_MD_CTX_free(md);
-    return ok;
-}
-
-/* Every certificate of |chain| is within its dates now. */
-static bool chain_current(STACK_OF(X509) * chain)
-{
-    for (int i = 0; i < sk_X509_num(chain); i++) {
-        X509 *x = sk_X509_value(chain, i);
-        if (X509_cmp_current_time(X509_get0_notBefore(x)) >= 0 ||
-            X509_cmp_current_time(X509_get0_notAfter(x)) <= 0)
-            return false;
-    }
-    return sk_X509_num(chain) > 0;
-}
-
-/* The server's certificates in a full handshake. A chain this client
- * verified before (the same bytes, for the same trust anchor and host) is
- * taken again once its certificates' dates still hold, as the outcome of
- * X509_verify_cert would be the same; any other goes to X509_verify_cert,
- * which checks the signatures, the names, the dates and the purpose. Each
- * simulated device's full handshake still gets the server's certificate and
- * its signature over the handshake (checked by libssl); what is not done
- * again is the chain's verification up to the CA. */
+/* The server's certificates in a full handshake: X509_verify_cert checks
+ * the signatures up to the trust anchor, the name or address, the dates
+ * and the purpose, in every full handshake of every device (a resumed one
+ * has no certificate: the session's secret, which the device got from a
+ * handshake that verified, authenticates the server). Counted. */
 static int tls_verify_server(X509_STORE_CTX *xs, void *arg)
 {
     sim_http *h = arg;
-    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
-    hconn *c = ssl ? conn_of(ssl) : NULL;
-    unsigned char sha[32];
-    bool digested = c && chain_digest(X509_STORE_CTX_get0_untrusted(xs), sha);
-    SSL_CTX *ctx = ssl ? SSL_get_SSL_CTX(ssl) : NULL;
-    for (size_t k = 0; digested && k < N_VERIFIED; k++)
-        if (h->verified[k].ctx == ctx && memcmp(h->verified[k].sha, sha, sizeof sha) == 0 &&
-            strcmp(h->verified[k].host, c->host) == 0 && chain_current(h->verified[k].chain)) {
-            X509_STORE_CTX_set_error(xs, X509_V_OK);
-            h->tls.verified_again++;
-            return 1;
-        }
-    int ok = X509_verify_cert(xs);
-    STACK_OF(X509) *built = ok == 1 && digested ? X509_STORE_CTX_get1_chain(xs) : NULL;
-    if (built) {
-        size_t k = h->next_verified++ % N_VERIFIED;
-        verified_clear(h, k);
-        h->verified[k].ctx = ctx;
-        snprintf(h->verified[k].host, sizeof h->verified[k].host, "%s", c->host);
-        memcpy(h->verified[k].sha, sha, sizeof sha);
-        h->verified[k].chain = built;
-    }
-    return ok;
+    h->tls.chains_verified++;
+    return X509_verify_cert(xs);
 }
 
 /* The context for trust anchor |ca| (NULL: the system's), made once. */
@@ -420,9 +337,6 @@ static SSL_CTX *ctx_for(sim_http *h, const char *ca, char *why, size_t why_len)
         if ((!ca && !h->ctx[k].ca) || (ca && h->ctx[k].ca && strcmp(ca, h->ctx[k].ca) == 0))
             return h->ctx[k].ctx;
     if (h->n_ctx == N_CTX) { /* a fleet uses one or two: let the oldest go */
-        for (size_t k = 0; k < N_VERIFIED; k++)
-            if (h->verified[k].ctx == h->ctx[0].ctx)
-                verified_clear(h, k);
         free(h->ctx[0].ca);
         SSL_CTX_free(h->ctx[0].ctx);
         memmove(&h->ctx[0], &h->ctx[1], sizeof h->ctx[0] * (N_CTX - 1));
@@ -597,8 +511,16 @@ static hconn *conn_new(sim_http *h, const xfer *x)
 
 /* ---- requests ------------------------------------------------------------- */
 
+/* Lets go of one reference to |o|: the last frees it. */
+static void owner_unref(sim_http_conn *o)
+{
+    if (o && --o->refs == 0)
+        free(o);
+}
+
 static void xfer_free(xfer *x)
 {
+    owner_unref(x->owner);
     if (x->timer)
         event_free(x->timer);
     esim_buf_free(&x->req);
@@ -679,7 +601,9 @@ static void conn_response(hconn *c)
     sim_http_response r = {.err = ESIM_OK, .status = c->p.status};
     r.body = c->p.body; /* the body goes with the answer */
     memset(&c->p.body, 0, sizeof c->p.body);
-    bool keep = c->p.keep_alive && !c->doomed && !c->h->closing;
+    /* Kept: a device's private connection, or one on no device's behalf
+     * (the pool); a device's other connections close after their answer. */
+    bool keep = c->p.keep_alive && !c->doomed && !c->h->closing && (c->owner || !c->sess);
     sim_http_parser_free(&c->p);
     x->c = NULL;
     c->x = NULL;
@@ -871,19 +795,16 @@ static bool conn_tls_setup(hconn *c)
         SSL_set_tlsext_host_name(c->ssl, c->host);
         SSL_set1_host(c->ssl, c->host);
     }
-    SSL_SESSION *s = NULL, *own = NULL;
+    /* The device's own session, if it has one; none else (a full handshake). */
     if (c->sess && c->sess->der) {
         const unsigned char *p = c->sess->der;
-        if (!(s = own = d2i_SSL_SESSION(NULL, &p, (long)c->sess->len)))
+        SSL_SESSION *s = d2i_SSL_SESSION(NULL, &p, (long)c->sess->len);
+        if (s)
+            SSL_set_session(c->ssl, s);
+        else
             sim_tls_session_forget(c->sess); /* a full handshake, then */
-    } else if (!c->sess) {
-        for (size_t k = 0; k < N_SHARED_SESS && !s; k++)
-            if (c->h->shared[k].key && strcmp(c->h->shared[k].key, c->key) == 0)
-                s = c->h->shared[k].sess;
+        SSL_SESSION_free(s);                 /* the connection holds its own reference */
     }
-    if (s)
-        SSL_set_session(c->ssl, s);
-    SSL_SESSION_free(own); /* the connection holds its own reference */
     c->state = C_HANDSHAKE;
     return true;
 }
@@ -1066,19 +987,23 @@ static bool same_identity(const identity *a, const identity *b)
            (a->chain_len == 0 || memcmp(a->chain, b->chain, a->chain_len) == 0);
 }
 
-/* Puts |x| on a connection: its owner's, an idle one from the pool, or a
- * new one; the work starts from the event loop. */
+/* Puts |x| on a connection: its owner's, an idle one from the pool (a
+ * request on no device's behalf), or a new one; the work starts from the
+ * event loop. A device's connections are never another's: a request that
+ * names the device's session without a private connection (or one whose
+ * owner let go) gets a new one. */
 static void xfer_start(sim_http *h, xfer *x)
 {
     hconn *c = NULL;
-    if (x->owner) {
-        hconn *o = x->owner->c;
+    sim_http_conn *owner = x->owner && !x->owner->freed ? x->owner : NULL;
+    if (owner) {
+        hconn *o = owner->c;
         if (o && o->state == C_IDLE && !o->x && strcmp(o->key, x->key) == 0 && o->sess == x->sess &&
             same_identity(&o->id, &x->id))
             c = o;
         else if (o && !o->x)
             conn_close(o); /* another destination: the phone's connection moves */
-    } else {
+    } else if (!x->sess && !x->owner) {
         for (hconn *i = h->idle_tail; i && !c; i = i->iprev)
             if (i->sess == x->sess && strcmp(i->key, x->key) == 0 && same_identity(&i->id, &x->id))
                 c = i;
@@ -1090,11 +1015,13 @@ static void xfer_start(sim_http *h, xfer *x)
             xfer_fail(x, ESIM_ENOMEM, "", "out of memory");
             return;
         }
-        if (x->owner && !x->owner->c) {
-            c->owner = x->owner;
-            x->owner->c = c;
-        } else if (x->owner) {
-            c->doomed = true; /* a second request of a busy private connection */
+        if (owner && !owner->c) {
+            c->owner = owner;
+            owner->c = c;
+        } else if (x->owner || x->sess) {
+            /* A second request of a busy private connection, or a device's
+             * request without one: this connection is its alone. */
+            c->doomed = true;
         }
         c->x = x;
         x->c = c;
@@ -1197,7 +1124,8 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     if (req->tls && !*req->tls && !(*req->tls = calloc(1, sizeof **req->tls)))
         goto nomem;
     x->sess = x->tls && req->tls ? *req->tls : NULL;
-    x->owner = req->conn;
+    if ((x->owner = req->conn) != NULL)
+        x->owner->refs++;
     bool ok = true;
     if (x->tls) {
         x->ca_file = dup_or_null(req->ca_file, &ok);
@@ -1274,14 +1202,16 @@ esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err)
     sim_http_conn *c = calloc(1, sizeof *c);
     if (!c)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
+    c->refs = 1;
     *out = c;
     return ESIM_OK;
 }
 
 void sim_http_conn_free(sim_http_conn *c)
 {
-    if (!c)
+    if (!c || c->freed)
         return;
+    c->freed = true;
     if (c->c) {
         hconn *hc = c->c;
         hc->owner = NULL;
@@ -1292,7 +1222,7 @@ void sim_http_conn_free(sim_http_conn *c)
         else
             hc->doomed = true;
     }
-    free(c);
+    owner_unref(c); /* requests naming it may still be in flight */
 }
 
 esim_err sim_http_new(struct event_base *base, sim_http **out, esim_error *err)
@@ -1340,12 +1270,6 @@ void sim_http_free(sim_http *h)
         free(h->ctx[k].ca);
         SSL_CTX_free(h->ctx[k].ctx);
     }
-    for (size_t k = 0; k < N_SHARED_SESS; k++) {
-        free(h->shared[k].key);
-        SSL_SESSION_free(h->shared[k].sess);
-    }
-    for (size_t k = 0; k < N_VERIFIED; k++)
-        verified_clear(h, k);
     for (size_t k = 0; k < h->n_chain; k++) {
         OPENSSL_free(h->chain[k].der);
         X509_free(h->chain[k].x);

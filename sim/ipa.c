@@ -31,6 +31,7 @@ struct sim_ipa {
     bool keep_connection;
     sim_http_conn *conn;  /* one device, one connection, for a poll cycle (or all of them) */
     sim_tls_session *tls; /* its TLS session with the eIM, resumed by its next connection */
+    sim_lpa_link *es9;    /* its LPA's connection and TLS session with the SM-DP+ */
     sim_ipa_cb cb;
     void *cb_arg;
     sim_ipa_poll_result res;
@@ -65,6 +66,7 @@ void sim_ipa_free(sim_ipa *ipa)
     if (ipa) {
         sim_http_conn_free(ipa->conn);
         sim_tls_session_free(ipa->tls);
+        sim_lpa_link_free(ipa->es9);
     }
     free(ipa);
 }
@@ -429,7 +431,7 @@ static void after_download(void *arg, const sim_download_result *r)
     esim_error e;
     /* SGP.22: the install notification goes to the SM-DP+ (direct path). */
     if (r->err != ESIM_OK ||
-        sim_lpa_send_notifications(op->ipa->http, op->ipa->e,
+        sim_lpa_send_notifications(op->ipa->http, op->ipa->e, &op->ipa->es9,
                                    op->ipa->ca_file[0] ? op->ipa->ca_file : NULL,
                                    after_notifications, op, &e) != ESIM_OK)
         send_download_result(op);
@@ -1038,7 +1040,7 @@ static void run_download(sim_ipa *ipa, ProfileDownloadTriggerRequest_t *t)
             to = ipa->resolve[k] + 2;
     snprintf(url, sizeof url, "https://%s", to ? to : op->smdp);
     esim_error e;
-    if (sim_lpa_download(ipa->http, ipa->e, url, ipa->ca_file[0] ? ipa->ca_file : NULL,
+    if (sim_lpa_download(ipa->http, ipa->e, &ipa->es9, url, ipa->ca_file[0] ? ipa->ca_file : NULL,
                          mid[0] ? mid : NULL, after_download, op, &e) != ESIM_OK) {
         op->dl.err = ESIM_EUNAVAIL;
         snprintf(op->dl.message, sizeof op->dl.message, "%.200s", e.msg);

@@ -2,7 +2,8 @@
  * lpa.c — the device's Local Profile Assistant: drives an SGP.22 ES9+ profile
  * download from an SM-DP+ (mutual authentication, bound profile package,
  * install on the virtual eUICC) and delivers the eUICC's pending
- * notifications, all asynchronously on the shared sim_http client.
+ * notifications, all asynchronously on the simulator's sim_http client, on
+ * the device's own connection with its own TLS session (sim_lpa_link).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,11 +14,100 @@
 
 #define ES9_PATH "/gsma/rsp2/es9plus/"
 
+struct sim_lpa_link {
+    sim_http_conn *conn;  /* open while the device's LPA works; NULL: none */
+    sim_tls_session *tls; /* its TLS session with the SM-DP+ */
+    /* Its holder's (until sim_lpa_link_free), each LPA call's running on it
+     * and each request's in flight: the last one frees it. */
+    unsigned refs;
+    unsigned calls; /* LPA calls running on it */
+    bool freed;     /* the holder let go (or there is none: a call's own) */
+};
+
+/* The link in *slot (made when none; slot NULL: one for this call only),
+ * with an LPA call running on it. NULL: out of memory. */
+static sim_lpa_link *link_begin(sim_lpa_link **slot)
+{
+    sim_lpa_link *l = slot ? *slot : NULL;
+    if (!l) {
+        if (!(l = calloc(1, sizeof *l)))
+            return NULL;
+        if (slot) {
+            l->refs = 1; /* the holder's */
+            *slot = l;
+        } else {
+            l->freed = true;
+        }
+    }
+    l->refs++;
+    l->calls++;
+    return l;
+}
+
+static void link_unref(sim_lpa_link *l)
+{
+    if (--l->refs > 0)
+        return;
+    /* No request in flight: its connection (idle, if open) closes now,
+     * before the session it points at goes. */
+    sim_http_conn_free(l->conn);
+    sim_tls_session_free(l->tls);
+    free(l);
+}
+
+/* An LPA call on |l| ends. Its connection closes when no other call runs,
+ * unless |hold|: a download installed a profile and the device's
+ * notifications come next, on the same connection. */
+static void link_end(sim_lpa_link *l, bool hold)
+{
+    if (--l->calls == 0 && (!hold || l->freed)) {
+        sim_http_conn_free(l->conn); /* after the request it carries, if any */
+        l->conn = NULL;
+    }
+    link_unref(l);
+}
+
+void sim_lpa_link_forget(sim_lpa_link *l)
+{
+    if (l)
+        sim_tls_session_forget(l->tls);
+}
+
+void sim_lpa_link_free(sim_lpa_link *l)
+{
+    if (!l || l->freed)
+        return;
+    l->freed = true;
+    if (l->calls == 0) {
+        sim_http_conn_free(l->conn);
+        l->conn = NULL;
+    }
+    link_unref(l);
+}
+
+/* Sends |req| on the device's connection with its TLS session; the
+ * request holds the link until |cb| has run (the callback must call
+ * link_unref last). */
+static esim_err link_send(sim_lpa_link *l, sim_http *h, sim_http_request *req, sim_http_cb cb,
+                          void *arg, esim_error *err)
+{
+    if (!l->conn)
+        sim_http_conn_new(&l->conn, NULL); /* none (out of memory): a connection of its own */
+    req->conn = l->conn;
+    req->tls = &l->tls;
+    l->refs++;
+    esim_err rc = sim_http_send(h, req, cb, arg, err);
+    if (rc != ESIM_OK)
+        l->refs--; /* the call's reference keeps it */
+    return rc;
+}
+
 typedef enum { STEP_INITIATE = 1, STEP_AUTHENTICATE, STEP_BPP } lpa_step;
 
 typedef struct {
     sim_http *h;
     sim_euicc *e;
+    sim_lpa_link *link;     /* the device's (a call's reference) */
     char base[512];         /* https://host:port */
     char smdp_address[128]; /* host:port, as the eUICC names the server */
     char ca_file[SIM_PATH_MAX];
@@ -60,6 +150,7 @@ static void finish(lpa_op *op)
     sim_download_cb cb = op->cb;
     void *arg = op->arg;
     sim_download_result r = op->res;
+    link_end(op->link, r.err == ESIM_OK);
     free(op);
     cb(arg, &r);
 }
@@ -80,8 +171,8 @@ static void on_response(void *arg, sim_http_response *r);
 
 static void ignore_answer(void *arg, sim_http_response *r)
 {
-    (void)arg;
     (void)r;
+    link_unref(arg);
 }
 
 /* POSTs |body| (consumed) to ES9+ function |fn|; |cb| NULL: nobody waits. */
@@ -114,7 +205,7 @@ static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb
                             .body_len = b.len,
                             .ca_file = op->ca_file,
                             .timeout_ms = 20000};
-    rc = sim_http_send(op->h, &req, cb ? cb : ignore_answer, arg, err);
+    rc = link_send(op->link, op->h, &req, cb ? cb : ignore_answer, cb ? arg : op->link, err);
     esim_buf_free(&b);
     return rc;
 }
@@ -424,9 +515,8 @@ static bool session_lost(lpa_op *op, const json_t *j)
     return true;
 }
 
-static void on_response(void *arg, sim_http_response *r)
+static void on_answer(lpa_op *op, sim_http_response *r)
 {
-    lpa_op *op = arg;
     /* The body is parsed once, for both looks at it. */
     json_t *j = r->err == ESIM_OK && r->status == 200
                     ? sim_json_loadb((const char *)r->body.data, r->body.len)
@@ -452,6 +542,14 @@ static void on_response(void *arg, sim_http_response *r)
     json_decref(j);
 }
 
+static void on_response(void *arg, sim_http_response *r)
+{
+    lpa_op *op = arg;
+    sim_lpa_link *l = op->link; /* the request's reference: |op| may end here */
+    on_answer(op, r);
+    link_unref(l);
+}
+
 static esim_err initiate(lpa_op *op, esim_error *err)
 {
     json_t *body = json_pack("{s:s, s:{s:s, s:[s]}}", "smdpAddress", op->smdp_address, "euiccInfo1",
@@ -472,8 +570,9 @@ static void initiate_after_notifications(void *arg, size_t still_pending)
     finish(op);
 }
 
-esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
-                          const char *matching_id, sim_download_cb cb, void *arg, esim_error *err)
+esim_err sim_lpa_download(sim_http *h, sim_euicc *e, sim_lpa_link **link, const char *server_url,
+                          const char *ca_file, const char *matching_id, sim_download_cb cb,
+                          void *arg, esim_error *err)
 {
     if (!h || !e || !cb)
         return esim_fail(err, ESIM_EINVAL, "a download needs a client, an eUICC and a callback");
@@ -488,6 +587,8 @@ esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, con
         rc = sim_copy(op->ca_file, sizeof op->ca_file, ca_file, "CA file path", err);
     if (rc == ESIM_OK && esim_random_bytes(op->euicc_challenge, 16) != ESIM_OK)
         rc = esim_fail(err, ESIM_ECRYPTO, "no random bytes for the eUICC challenge");
+    if (rc == ESIM_OK && !(op->link = link_begin(link)))
+        rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (rc != ESIM_OK) {
         free(op);
         return rc;
@@ -503,12 +604,14 @@ esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, con
      * knows what the eUICC holds before it is asked for a package again
      * (its download retry serves only an eUICC that reported nothing). */
     if (sim_euicc_notification_count(e) > 0 &&
-        sim_lpa_send_notifications(h, e, ca_file, initiate_after_notifications, op, NULL) ==
-            ESIM_OK)
+        sim_lpa_send_notifications(h, e, &op->link, ca_file, initiate_after_notifications, op,
+                                   NULL) == ESIM_OK)
         return ESIM_OK;
     rc = initiate(op, err);
-    if (rc != ESIM_OK)
+    if (rc != ESIM_OK) {
+        link_end(op->link, false);
         free(op);
+    }
     return rc;
 }
 
@@ -517,6 +620,7 @@ esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, con
 typedef struct {
     sim_http *h;
     sim_euicc *e;
+    sim_lpa_link *link; /* the device's (a call's reference) */
     char ca_file[SIM_PATH_MAX];
     uint32_t *seqs; /* the notifications to send, in order */
     size_t n, next;
@@ -535,6 +639,7 @@ static void notify_done(notify_op *op)
                 still++;
     sim_notify_cb cb = op->cb;
     void *arg = op->arg;
+    link_end(op->link, false);
     free(op->seqs);
     free(op);
     if (cb)
@@ -544,6 +649,7 @@ static void notify_done(notify_op *op)
 static void on_notify_response(void *arg, sim_http_response *r)
 {
     notify_op *op = arg;
+    sim_lpa_link *l = op->link; /* the request's reference: |op| may end here */
     /* The SM-DP+ confirms with 204 (or 200 without a failure): only then
      * may the eUICC forget the notification. */
     if (r->err == ESIM_OK && (r->status == 204 || r->status == 200)) {
@@ -559,6 +665,7 @@ static void on_notify_response(void *arg, sim_http_response *r)
             sim_euicc_notification_remove(op->e, op->seqs[op->next - 1]);
     }
     notify_next(op);
+    link_unref(l);
 }
 
 static void notify_next(notify_op *op)
@@ -610,7 +717,7 @@ static void notify_next(notify_op *op)
                                 .body_len = b.len,
                                 .ca_file = op->ca_file[0] ? op->ca_file : NULL,
                                 .timeout_ms = 15000};
-        esim_err rc = sim_http_send(op->h, &req, on_notify_response, op, NULL);
+        esim_err rc = link_send(op->link, op->h, &req, on_notify_response, op, NULL);
         esim_buf_free(&b);
         if (rc == ESIM_OK)
             return;
@@ -618,8 +725,9 @@ static void notify_next(notify_op *op)
     notify_done(op);
 }
 
-esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, const char *ca_file,
-                                    sim_notify_cb cb, void *arg, esim_error *err)
+esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, sim_lpa_link **link,
+                                    const char *ca_file, sim_notify_cb cb, void *arg,
+                                    esim_error *err)
 {
     if (!h || !e)
         return esim_fail(err, ESIM_EINVAL, "notifications need a client and an eUICC");
@@ -633,6 +741,11 @@ esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, const char *ca_fi
         free(op->seqs);
         free(op);
         return ESIM_EINVAL;
+    }
+    if (!(op->link = link_begin(link))) {
+        free(op->seqs);
+        free(op);
+        return esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < n; i++)
         op->seqs[i] = sim_euicc_notification_at(e, i)->seq;

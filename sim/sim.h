@@ -260,9 +260,11 @@ typedef struct sim_http sim_http;
 
 /*
  * A private connection for a series of requests: those that name it reuse
- * its connection and never share it with other requests, as one phone's
+ * its connection and never share it with other requests, as one device's
  * TCP connection is its own (the service keys NotNow bookkeeping on the
- * connection). Free it once none of its requests is in flight.
+ * connection). Freeing it closes the connection, after the request it
+ * carries if one is in flight (requests naming it still get their
+ * callbacks; one sent again after a broken connection gets a new one).
  */
 typedef struct sim_http_conn sim_http_conn;
 esim_err sim_http_conn_new(sim_http_conn **out, esim_error *err);
@@ -303,9 +305,13 @@ typedef struct {
     const unsigned char *client_chain_der;
     size_t client_chain_der_len;
     struct evp_pkey_st *client_key;
-    sim_http_conn *conn; /* NULL: the client's shared connection cache */
-    /* NULL: new connections resume the client's shared TLS sessions (by
-     * host); else the device's own (*tls made on first use). */
+    /* The device's own connection; NULL: none (a request naming |tls| then
+     * gets a connection of its own, closed after the answer). */
+    sim_http_conn *conn;
+    /* The device's own TLS session (*tls made on first use), offered by its
+     * new connections. NULL: the request is on no device's behalf (the
+     * simulator's own calls to the mocks): it may share the client's pool
+     * of kept connections with other such requests, and resumes nothing. */
     sim_tls_session **tls;
 } sim_http_request;
 
@@ -331,14 +337,13 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
                        esim_error *err);
 size_t sim_http_in_flight(const sim_http *h);
 
-/* TLS handshakes the client made: full (certificates checked), resumed,
- * and client certificates sent (each in a full handshake the server asked
- * one in); verified_again: full handshakes whose server chain was one this
- * client had verified for the same trust anchor and host (its dates
- * checked again, not its signatures up to the CA); tickets: sessions
- * (TLS 1.3 tickets, or TLS 1.2 sessions) servers gave it. */
+/* TLS handshakes the client made: full, resumed, and client certificates
+ * sent (each in a full handshake the server asked one in);
+ * chains_verified: server certificate chains verified (X509_verify_cert),
+ * one in each full handshake; tickets: sessions (TLS 1.3 tickets, or TLS
+ * 1.2 sessions) servers gave it. */
 typedef struct {
-    size_t full, resumed, client_certs, verified_again, tickets;
+    size_t full, resumed, client_certs, chains_verified, tickets;
 } sim_http_tls_stats;
 sim_http_tls_stats sim_http_get_tls_stats(const sim_http *h);
 
@@ -356,29 +361,51 @@ typedef struct {
 typedef void (*sim_download_cb)(void *arg, const sim_download_result *r);
 
 /*
+ * One device's ES9+ side, as its LPA and TLS stack hold it: its own TLS
+ * session with the SM-DP+ (kept between downloads: its first connection is
+ * a full handshake, later ones resume it) and its own connection, open
+ * while its LPA works and kept alive between the requests of a download and
+ * the notifications sent after it (the install notification goes on the
+ * download's connection); the connection closes when the last LPA call
+ * naming the link ends, except after a download that installed a profile,
+ * when the device's next call (its notifications) uses it. Each device has
+ * its own; it is never another device's. Made on first use (*link NULL);
+ * forget the session when the device is wiped; free it with the device
+ * (requests still in flight keep what they need until their callbacks).
+ */
+typedef struct sim_lpa_link sim_lpa_link;
+void sim_lpa_link_forget(sim_lpa_link *l); /* NULL ok: the next connection is a full handshake */
+void sim_lpa_link_free(sim_lpa_link *l);   /* NULL ok */
+
+/*
  * Runs a profile download from the SM-DP+ at |server_url| (https://host[:port])
  * for |e|: initiateAuthentication, the eUICC verifies the SM-DP+ chain and
  * signature, authenticateClient, getBoundProfilePackage, install. The new
  * profile is installed disabled (enable it with sim_euicc_enable). |matching_id|
- * may be NULL (default SM-DP+ discovery by EID). |e| must stay alive until |cb|.
+ * may be NULL (default SM-DP+ discovery by EID). |link|: the device's
+ * (sim_lpa_link; NULL: a connection and TLS session for this download only).
+ * |e| must stay alive until |cb|.
  */
 /* ESIM_EINVAL (not https://, no host, too long), ESIM_ECRYPTO, ESIM_ENOMEM,
  * ESIM_EUNAVAIL: then |cb| never runs. Afterwards |cb| reports: ESIM_OK;
  * ESIM_EAUTH the SM-DP+ refused (codes in the result); ESIM_ECRYPTO the eUICC
  * refused the SM-DP+; ESIM_ESTATE the eUICC refused the profile;
  * ESIM_EUNAVAIL/ESIM_EPROTO transport or protocol failures. */
-esim_err sim_lpa_download(sim_http *h, sim_euicc *e, const char *server_url, const char *ca_file,
-                          const char *matching_id, sim_download_cb cb, void *arg, esim_error *err);
+esim_err sim_lpa_download(sim_http *h, sim_euicc *e, sim_lpa_link **link, const char *server_url,
+                          const char *ca_file, const char *matching_id, sim_download_cb cb,
+                          void *arg, esim_error *err);
 
 /*
  * Sends every pending notification of |e| to its SM-DP+ (https://smdp_address),
  * one at a time in sequence order, signed by the eUICC; removes each one the
- * server confirms. |cb| (may be NULL) runs once with how many of them are
- * still pending — before this returns when there was nothing to send.
+ * server confirms. |link| as for sim_lpa_download. |cb| (may be NULL) runs
+ * once with how many of them are still pending — before this returns when
+ * there was nothing to send.
  */
 typedef void (*sim_notify_cb)(void *arg, size_t still_pending);
-esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, const char *ca_file,
-                                    sim_notify_cb cb, void *arg, esim_error *err);
+esim_err sim_lpa_send_notifications(sim_http *h, sim_euicc *e, sim_lpa_link **link,
+                                    const char *ca_file, sim_notify_cb cb, void *arg,
+                                    esim_error *err);
 
 /* ---- The IPA of an IoT device (SGP.32 IPAd, ipa.c) ------------------------- */
 
@@ -507,6 +534,8 @@ const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i);
 const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid);
 /* Download sessions open right now (begun, neither finished nor cancelled). */
 size_t sim_smdp_session_count(const sim_smdp *s);
+/* TLS handshakes the SM-DP+ completed: full, and resumed (a ticket offered back). */
+void sim_smdp_tls_handshakes(const sim_smdp *s, size_t *full, size_t *resumed);
 
 /* ---- virtual iOS device ----------------------------------------------------- */
 
@@ -866,9 +895,9 @@ typedef struct {
         wns_expired, win_downloads_ok, win_downloads_failed, win_resets;
     sim_iotfleet_stats iot;
     /* TLS handshakes of every connection (service, SM-DP+, mocks): full,
-     * resumed, and client certificates sent (full handshakes only); full
-     * handshakes whose server chain had verified before (sim_http_tls_stats). */
-    size_t tls_full, tls_resumed, tls_client_certs, tls_verified_again;
+     * resumed, and client certificates sent (full handshakes only); server
+     * chains verified, one per full handshake (sim_http_tls_stats). */
+    size_t tls_full, tls_resumed, tls_client_certs, tls_chains_verified;
     /* The iPhones' sessions (enrolments, check-ins) in flight now; check-ins
      * waiting for one to end (behind --max-concurrent or the window); and
      * check-ins that had to wait so (queued while every place was taken),

@@ -1834,6 +1834,12 @@ size_t sim_smdp_session_count(const sim_smdp *s)
     return s->n_sessions;
 }
 
+void sim_smdp_tls_handshakes(const sim_smdp *s, size_t *full, size_t *resumed)
+{
+    *full = s->tls_full;
+    *resumed = s->tls_resumed;
+}
+
 uint16_t sim_smdp_port(const sim_smdp *s)
 {
     return s->port;

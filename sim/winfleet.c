@@ -34,6 +34,7 @@ typedef struct {
     sim_winpc *pc;
     sim_http_conn *conn;
     sim_tls_session *tls;    /* its TLS session with the service, kept between sessions */
+    sim_lpa_link *es9;       /* its LPA's connection and TLS session with the SM-DP+ */
     int64_t channel_expires; /* wall ms; 0 = none */
     uint16_t flags;
     uint8_t retries;
@@ -286,6 +287,7 @@ void sim_winfleet_free(sim_winfleet *f)
     for (size_t i = 0; i < f->n; i++) {
         sim_http_conn_free(f->slots[i].conn);
         sim_tls_session_free(f->slots[i].tls);
+        sim_lpa_link_free(f->slots[i].es9);
         if (f->slots[i].waiting) {
             esim_buf_free(f->slots[i].waiting);
             free(f->slots[i].waiting);
@@ -593,7 +595,7 @@ static void after_download(void *arg, const sim_download_result *r)
         f->st.win_downloads_failed++;
     sim_winpc_job_done(sl->pc, &j->job, r);
     /* Install (and enable) notifications go to the SM-DP+ at once. */
-    if (sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc),
+    if (sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc), &sl->es9,
                                    sim_pki_ca_file(f->cfg.pki), job_finished, j, NULL) != ESIM_OK)
         job_finished(j, 0);
 }
@@ -629,14 +631,14 @@ static void run_jobs(sim_winfleet *f, size_t i)
         sl->jobs++;
         if (job.kind == SIM_WINJOB_RESET) {
             sent_notifications = true;
-            if (sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc),
+            if (sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc), &sl->es9,
                                            sim_pki_ca_file(f->cfg.pki), job_finished, j,
                                            NULL) != ESIM_OK)
                 job_finished(j, 0);
             continue;
         }
         esim_error err;
-        if (!job.server_url[0] || sim_lpa_download(f->cfg.http, sim_winpc_euicc(sl->pc),
+        if (!job.server_url[0] || sim_lpa_download(f->cfg.http, sim_winpc_euicc(sl->pc), &sl->es9,
                                                    job.server_url, sim_pki_ca_file(f->cfg.pki),
                                                    job.matching_id[0] ? job.matching_id : NULL,
                                                    after_download, j, &err) != ESIM_OK) {
@@ -648,7 +650,7 @@ static void run_jobs(sim_winfleet *f, size_t i)
     }
     /* Deletions the session made owe their SM-DP+ a notification. */
     if (!sent_notifications && sim_euicc_notification_count(sim_winpc_euicc(sl->pc)) > 0)
-        sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc),
+        sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(sl->pc), &sl->es9,
                                    sim_pki_ca_file(f->cfg.pki), NULL, NULL, NULL);
 }
 
@@ -664,7 +666,7 @@ esim_err sim_winfleet_user_action(sim_winfleet *f, const char *device_id, sim_us
     }
     esim_err rc = sim_winpc_user_delete_esim(f->slots[i].pc, out, err);
     if (sim_euicc_notification_count(sim_winpc_euicc(f->slots[i].pc)) > 0)
-        sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(f->slots[i].pc),
+        sim_lpa_send_notifications(f->cfg.http, sim_winpc_euicc(f->slots[i].pc), &f->slots[i].es9,
                                    sim_pki_ca_file(f->cfg.pki), NULL, NULL, NULL);
     save_if_dirty(f, i);
     return rc;

@@ -90,6 +90,13 @@ if "campaign_cpu_s" in s:
           f"before it not counted)")
 print(f"  pushes per device {s.get('pushes', 0)/dev:.2f} (goal 1), "
       f"commands per device {s.get('commands', 0)/dev:.2f}")
+st, sd, dl = s.get("smdp_tls"), s.get("sim_tls"), s.get("sim_downloads", 0)
+if st and dl:
+    print(f"  SM-DP+ TLS handshakes: {st.get('full', 0)} full and {st.get('resumed', 0)} resumed "
+          f"for {dl} downloads ({(st.get('full', 0) + st.get('resumed', 0))/dl:.2f} per download)")
+if sd:
+    print(f"  simulator TLS handshakes (every server): {sd.get('full', 0)} full, "
+          f"{sd.get('resumed', 0)} resumed, {sd.get('chains_verified', 0)} server chains verified")
 print(f"  {'process':10s} {'enrolment':>14s} {'whole run':>14s} {'':>12s} {'peak memory':>16s}")
 total = total_enrol = 0.0
 for part in ("service", "devsim", "smdp", "apns-mock", "wns-mock"):

@@ -5,8 +5,8 @@
  * 100, a body ended by the close, Connection: close, a kept connection the
  * server closed before the next request (sent again on a new one), a
  * server that never answers (timeout), an IPv6 literal; and which
- * connections carry what: the shared pool reuses one, private connections
- * are their own.
+ * connections carry what: the pool (requests on no device's behalf) reuses
+ * one, private connections are their own, also when freed in flight.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -269,6 +269,31 @@ static void test_private_connections(void **state)
     sim_http_conn_free(a);
 }
 
+/* A private connection freed while its request is in flight: the request
+ * still gets its answer, sent again on a new connection when the kept one
+ * had been closed by the server (nothing of the freed connection is used;
+ * ASan would see it). */
+static void test_free_in_flight(void **state)
+{
+    client *c = *state;
+    sim_http_conn *a = NULL;
+    assert_int_equal(sim_http_conn_new(&a, NULL), ESIM_OK);
+    expect(get(c, "127.0.0.1", "/stale", a, 0), 200, "ok"); /* the server closes it after */
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/len", srv.port);
+    st_reply w = {0};
+    sim_http_request req = {.method = "GET", .url = url, .conn = a};
+    assert_int_equal(sim_http_send(c->h, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    sim_http_conn_free(a);
+    st_run_until(c->base, &w.done);
+    expect(w, 200, "hello");
+    assert_int_equal(srv.accepts, 2);
+    /* The one it was sent again on closed after its answer: not pooled. */
+    expect(get(c, "127.0.0.1", "/len", NULL, 0), 200, "hello");
+    assert_int_equal(srv.accepts, 3);
+    assert_int_equal(sim_http_in_flight(c->h), 0);
+}
+
 static void test_failures(void **state)
 {
     client *c = *state;
@@ -336,6 +361,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_framing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_private_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6_literal, setup, teardown),
     };

@@ -114,14 +114,21 @@ static void dl_cb(void *arg, const sim_download_result *r)
     w->done = true;
 }
 
-static sim_download_result download(sim_euicc *e, const char *mid, const char *ca)
+/* A download by |e|'s device, on its link |link| (NULL: one for this download only). */
+static sim_download_result download_on(sim_euicc *e, sim_lpa_link **link, const char *mid,
+                                       const char *ca)
 {
     dl_wait w = {0};
     esim_error err;
-    assert_int_equal(sim_lpa_download(fx.http, e, fx.url, ca, mid, dl_cb, &w, &err), ESIM_OK);
+    assert_int_equal(sim_lpa_download(fx.http, e, link, fx.url, ca, mid, dl_cb, &w, &err), ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_true(w.done);
     return w.r;
+}
+
+static sim_download_result download(sim_euicc *e, const char *mid, const char *ca)
+{
+    return download_on(e, NULL, mid, ca);
 }
 
 typedef struct {
@@ -136,13 +143,19 @@ static void nt_cb(void *arg, size_t still)
     w->done = true;
 }
 
-static size_t send_notifications(sim_euicc *e)
+static size_t send_notifications_on(sim_euicc *e, sim_lpa_link **link)
 {
     nt_wait w = {0};
     assert_int_equal(
-        sim_lpa_send_notifications(fx.http, e, sim_pki_ca_file(fx.pki), nt_cb, &w, NULL), ESIM_OK);
+        sim_lpa_send_notifications(fx.http, e, link, sim_pki_ca_file(fx.pki), nt_cb, &w, NULL),
+        ESIM_OK);
     st_run_until(fx.base, &w.done);
     return w.still;
+}
+
+static size_t send_notifications(sim_euicc *e)
+{
+    return send_notifications_on(e, NULL);
 }
 
 static void test_download_install_once(void **state)
@@ -250,7 +263,7 @@ static void test_foreign_ci(void **state)
     assert_int_equal(sim_smdp_add_order(rogue, sim_euicc_eid(good), iccid2, NULL, true, NULL),
                      ESIM_OK);
     dl_wait w = {0};
-    assert_int_equal(sim_lpa_download(fx.http, good, sim_smdp_url(rogue),
+    assert_int_equal(sim_lpa_download(fx.http, good, NULL, sim_smdp_url(rogue),
                                       sim_pki_ca_file(fx.other_pki), NULL, dl_cb, &w, NULL),
                      ESIM_OK);
     st_run_until(fx.base, &w.done);
@@ -844,8 +857,8 @@ static void test_admin_token_and_persistence(void **state)
     st_iccid(800, iccid);
     assert_int_equal(sim_smdp_add_order(s, sim_euicc_eid(e), iccid, NULL, true, &err), ESIM_OK);
     dl_wait w = {0};
-    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL,
-                                      dl_cb, &w, NULL),
+    assert_int_equal(sim_lpa_download(fx.http, e, NULL, sim_smdp_url(s), sim_pki_ca_file(fx.pki),
+                                      NULL, dl_cb, &w, NULL),
                      ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_int_equal(w.r.err, ESIM_OK);
@@ -860,8 +873,8 @@ static void test_admin_token_and_persistence(void **state)
     /* Still consumed after the restart: the eUICC's install notification,
      * pending since the download, goes first, and the order is Installed. */
     w.done = false;
-    assert_int_equal(sim_lpa_download(fx.http, e, sim_smdp_url(s), sim_pki_ca_file(fx.pki), NULL,
-                                      dl_cb, &w, NULL),
+    assert_int_equal(sim_lpa_download(fx.http, e, NULL, sim_smdp_url(s), sim_pki_ca_file(fx.pki),
+                                      NULL, dl_cb, &w, NULL),
                      ESIM_OK);
     st_run_until(fx.base, &w.done);
     assert_string_equal(w.r.reason_code, "3.7");
@@ -954,45 +967,96 @@ static bool kept_without_peer(const sim_tls_session *t)
     return ok;
 }
 
-/* The client verifies a server chain up to its CA once per trust anchor and
- * host: a second device's full handshake with the same chain takes the
- * result again (the handshake's own signature is still checked), and the
- * same chain under another trust anchor is refused. The SM-DP+ gives one
- * session ticket per handshake, full or resumed. */
-static void test_tls_chain_verified_once(void **state)
+/* Every full handshake verifies the server's chain itself (X509_verify_cert):
+ * N devices' first connections, N verifications, none taken from another
+ * device; a resumed handshake has no chain to verify. The same chain under
+ * another trust anchor is refused. The SM-DP+ gives one session ticket per
+ * handshake, full or resumed. */
+static void test_tls_chain_verified_per_handshake(void **state)
 {
     (void)state;
-    sim_tls_session *a = NULL, *b = NULL, *c = NULL, *d = NULL;
-    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &a), ESIM_OK);
-    sim_http_tls_stats t = sim_http_get_tls_stats(fx.http);
-    assert_int_equal(t.full, 1);
-    assert_int_equal(t.verified_again, 0);
-    assert_int_equal(t.tickets, 1); /* one ticket per handshake (OpenSSL's default: two) */
-    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &b), ESIM_OK);
-    t = sim_http_get_tls_stats(fx.http);
-    assert_int_equal(t.full, 2);
-    assert_int_equal(t.verified_again, 1);
+    enum { N = 3 };
+    sim_tls_session *dev[N] = {0}, *c = NULL, *d = NULL;
+    for (size_t i = 0; i < N; i++) {
+        assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &dev[i]), ESIM_OK);
+        sim_http_tls_stats t = sim_http_get_tls_stats(fx.http);
+        assert_int_equal(t.full, i + 1);
+        assert_int_equal(t.chains_verified, i + 1);
+        assert_int_equal(t.tickets, i + 1); /* one per handshake (OpenSSL's default: two) */
+    }
     /* What a device keeps of its session is its DER without the server's
      * certificate (issue 17: a parsed copy per device was most of the
      * simulator's memory), and that resumes. */
-    assert_true(kept_without_peer(b));
-    /* Resumed: no certificate at all. */
-    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &b), ESIM_OK);
-    t = sim_http_get_tls_stats(fx.http);
-    assert_int_equal(t.full, 2);
+    assert_true(kept_without_peer(dev[1]));
+    /* Resumed: no certificate at all, nothing to verify. */
+    assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &dev[1]), ESIM_OK);
+    sim_http_tls_stats t = sim_http_get_tls_stats(fx.http);
+    assert_int_equal(t.full, N);
     assert_int_equal(t.resumed, 1);
-    assert_int_equal(t.tickets, 3); /* a resumed handshake's one new ticket too */
-    assert_true(kept_without_peer(b));
-    /* Another CA: the chain verified above is not taken. */
+    assert_int_equal(t.chains_verified, N);
+    assert_int_equal(t.tickets, N + 1); /* a resumed handshake's one new ticket too */
+    assert_true(kept_without_peer(dev[1]));
+    /* Another CA: verified, and refused. */
     assert_int_equal(tls_get(sim_pki_ca_file(fx.other_pki), &c), ESIM_ECRYPTO);
-    assert_int_equal(sim_http_get_tls_stats(fx.http).verified_again, 1);
-    /* And the right one still works after the refusal. */
+    assert_int_equal(sim_http_get_tls_stats(fx.http).chains_verified, N + 1);
+    /* And the right one still works after the refusal, verified again. */
     assert_int_equal(tls_get(sim_pki_ca_file(fx.pki), &d), ESIM_OK);
-    assert_int_equal(sim_http_get_tls_stats(fx.http).verified_again, 2);
-    sim_tls_session_free(a);
-    sim_tls_session_free(b);
+    assert_int_equal(sim_http_get_tls_stats(fx.http).chains_verified, N + 2);
+    for (size_t i = 0; i < N; i++)
+        sim_tls_session_free(dev[i]);
     sim_tls_session_free(c);
     sim_tls_session_free(d);
+}
+
+/* Issue 17: each device's ES9+ traffic is its own. Two devices' downloads
+ * are two full handshakes with the SM-DP+ (the second does not resume the
+ * first device's session), each verifying the chain; a download's four
+ * requests and the install notification after it share the device's one
+ * connection; the device's second download resumes its own session. */
+static void test_es9_connections_per_device(void **state)
+{
+    (void)state;
+    sim_euicc *a = euicc(fx.pki, 120), *b = euicc(fx.pki, 121);
+    sim_lpa_link *la = NULL, *lb = NULL;
+    order(a, 120, NULL, true);
+    order(b, 121, NULL, true);
+    size_t full, resumed;
+    assert_int_equal(download_on(a, &la, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    assert_non_null(la);
+    sim_smdp_tls_handshakes(fx.smdp, &full, &resumed);
+    assert_int_equal(full, 1);
+    assert_int_equal(resumed, 0);
+    assert_int_equal(send_notifications_on(a, &la), 0); /* on the download's connection */
+    sim_smdp_tls_handshakes(fx.smdp, &full, &resumed);
+    assert_int_equal(full + resumed, 1);
+    assert_int_equal(download_on(b, &lb, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    assert_int_equal(send_notifications_on(b, &lb), 0);
+    sim_smdp_tls_handshakes(fx.smdp, &full, &resumed);
+    assert_int_equal(full, 2);
+    assert_int_equal(resumed, 0);
+    assert_int_equal(sim_http_get_tls_stats(fx.http).chains_verified, 2);
+    /* a's second download: its connection was closed after its
+     * notifications; a new one resumes a's own session. */
+    order(a, 122, NULL, true);
+    assert_int_equal(download_on(a, &la, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    assert_int_equal(send_notifications_on(a, &la), 0);
+    sim_smdp_tls_handshakes(fx.smdp, &full, &resumed);
+    assert_int_equal(full, 2);
+    assert_int_equal(resumed, 1);
+    assert_int_equal(sim_http_get_tls_stats(fx.http).chains_verified, 2);
+    /* A wiped device forgets its session: a full handshake again. */
+    sim_lpa_link_forget(lb);
+    order(b, 123, NULL, true);
+    assert_int_equal(download_on(b, &lb, NULL, sim_pki_ca_file(fx.pki)).err, ESIM_OK);
+    sim_smdp_tls_handshakes(fx.smdp, &full, &resumed);
+    assert_int_equal(full, 3);
+    assert_int_equal(resumed, 1);
+    /* b's connection is held for its notifications: freeing the link
+     * closes it. */
+    sim_lpa_link_free(la);
+    sim_lpa_link_free(lb);
+    sim_euicc_free(a);
+    sim_euicc_free(b);
 }
 
 static void test_session_cap_and_expiry(void **state)
@@ -1065,7 +1129,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_needs_a_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authenticate_without_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cap_and_expiry, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tls_chain_verified_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_chain_verified_per_handshake, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_es9_connections_per_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_answers_not_held_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
