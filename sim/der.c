@@ -19,6 +19,7 @@
 #include <openssl/sha.h>
 
 #include "core/der.h"
+#include "sim/cert_view.h"
 #include "sim/sim_internal.h"
 
 /* ---- writing ------------------------------------------------------------- */
@@ -138,6 +139,18 @@ static esim_err ec_sign(sim_ec_signer *signer, const void *data, size_t len, uns
     return ESIM_OK;
 }
 
+/* The same by the key kept as its scalar |d| (a device's identity key). */
+static esim_err ec_sign_with(const unsigned char d[32], const void *data, size_t len,
+                             unsigned char sig[80], size_t *sig_len)
+{
+    unsigned char dgst[SHA256_DIGEST_LENGTH], rs[64];
+    sim_sha256(data, len, dgst);
+    if (!sim_ec_sign_with(d, dgst, rs))
+        return ESIM_ECRYPTO;
+    *sig_len = sim_ecdsa_raw_to_der(rs, sig);
+    return ESIM_OK;
+}
+
 /* AlgorithmIdentifier ecdsa-with-SHA256 (no parameters, RFC 5758). */
 static esim_err put_alg(esim_buf *out, const unsigned char *oid, size_t oid_len)
 {
@@ -232,7 +245,15 @@ static esim_err put_signed_certificate(sim_ec_signer *signer, esim_buf *tbs, esi
     return rc;
 }
 
-esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, esim_error *err)
+/* SubjectPublicKeyInfo id-ecPublicKey prime256v1 up to the BIT STRING's
+ * point, as i2d_PUBKEY writes it. */
+static const unsigned char P256_SPKI_HEAD[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
+                                               0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                               0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
+
+/* The identity certificate for |cn| with the public key |point|. */
+static esim_err identity_issue(const sim_pki *pki, const char *cn, const unsigned char point[65],
+                               esim_buf *out)
 {
     esim_buf tbs = {0};
     time_t now = time(NULL);
@@ -241,18 +262,92 @@ esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, e
     if (rc == ESIM_OK)
         rc = put_name(&tbs, cn, "esim-mdm simulated devices", NULL);
     if (rc == ESIM_OK)
-        rc = esim_buf_append(&tbs, pki->identity_spki.data, pki->identity_spki.len);
+        rc = esim_buf_append(&tbs, P256_SPKI_HEAD, sizeof P256_SPKI_HEAD);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&tbs, point, 65);
     if (rc == ESIM_OK)
         rc = put_signed_certificate(pki->scep_sign, &tbs, out);
     esim_buf_free(&tbs);
-    if (rc != ESIM_OK)
-        return esim_fail(err, ESIM_ECRYPTO, "could not issue the identity certificate for %s", cn);
+    return rc;
+}
+
+void sim_identity_clear(sim_identity *id)
+{
+    OPENSSL_cleanse(id->key, sizeof id->key);
+    esim_buf_free(&id->der);
+}
+
+esim_err sim_identity_make(const sim_pki *pki, const char *cn, sim_identity *id, esim_error *err)
+{
+    /* The device's own key first, as for its certificate request; then the
+     * SCEP CA's certificate for it. */
+    unsigned char point[65];
+    sim_identity_clear(id);
+    esim_err rc =
+        sim_ec_keygen(id->key, point) ? identity_issue(pki, cn, point, &id->der) : ESIM_ECRYPTO;
+    if (rc != ESIM_OK) {
+        sim_identity_clear(id);
+        return esim_fail(err, ESIM_ECRYPTO, "could not make the identity of %s", cn);
+    }
+    sim_buf_fit(&id->der); /* kept for the device's life */
     return ESIM_OK;
 }
 
-esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void *body, size_t len,
+void sim_identity_to_json(const sim_identity *id, json_t *j)
+{
+    if (!j || !id->der.len)
+        return;
+    sim_json_set_b64(j, "identity", id->der.data, id->der.len);
+    sim_json_set_b64(j, "identity_key", id->key, sizeof id->key);
+}
+
+esim_err sim_identity_from_json(const json_t *j, const char *path, sim_identity *id,
+                                esim_error *err)
+{
+    sim_identity_clear(id);
+    bool has_cert = json_object_get(j, "identity") != NULL;
+    bool has_key = json_object_get(j, "identity_key") != NULL;
+    if (!has_cert && !has_key)
+        return ESIM_OK;
+    esim_buf key = {0};
+    esim_err rc = ESIM_OK;
+    if (!has_key)
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "%s: the identity certificate comes without its key (made by an older "
+                       "simulator, whose devices shared one key?); remove the file or the data "
+                       "directory",
+                       path);
+    else if (!has_cert)
+        rc = esim_fail(err, ESIM_EINVAL, "%s: identity_key without its identity certificate", path);
+    if (rc == ESIM_OK && ((rc = sim_json_b64(j, "identity", &id->der, err)) != ESIM_OK ||
+                          (rc = sim_json_b64(j, "identity_key", &key, err)) != ESIM_OK)) {
+        sim_identity_clear(id);
+        return rc;
+    }
+    unsigned char point[65];
+    sim_cert_view v;
+    if (rc == ESIM_OK && (key.len != sizeof id->key || !sim_ec_public_key(key.data, point)))
+        rc = esim_fail(err, ESIM_EINVAL, "%s: identity_key is not a P-256 private key", path);
+    else if (rc == ESIM_OK && (!sim_cert_view_parse(id->der.data, id->der.len, &v) ||
+                               memcmp(v.point, point, sizeof point) != 0))
+        rc = esim_fail(err, ESIM_EINVAL,
+                       "%s: the identity certificate is not for identity_key; remove the file "
+                       "or the data directory",
+                       path);
+    if (rc == ESIM_OK)
+        memcpy(id->key, key.data, sizeof id->key);
+    if (key.data)
+        OPENSSL_cleanse(key.data, key.len);
+    esim_buf_free(&key);
+    if (rc != ESIM_OK)
+        sim_identity_clear(id);
+    return rc;
+}
+
+esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const void *body, size_t len,
                            esim_buf *out, esim_error *err)
 {
+    const esim_buf *cert = &id->der;
     const unsigned char *issuer, *serial;
     size_t issuer_len, serial_len;
     if (!cert_issuer_serial(cert, &issuer, &issuer_len, &serial, &serial_len))
@@ -288,7 +383,7 @@ esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void 
     if (rc == ESIM_OK)
         rc = sim_der_put(&signed_set, 0x31, attrs.data, attrs.len);
     if (rc == ESIM_OK)
-        rc = ec_sign(pki->identity_sign, signed_set.data, signed_set.len, sig, &sig_len);
+        rc = ec_sign_with(id->key, signed_set.data, signed_set.len, sig, &sig_len);
     esim_buf_free(&signed_set);
     /* SignerInfo */
     if (rc == ESIM_OK)

@@ -67,7 +67,7 @@ struct sim_device {
     bool enrolled;
     unsigned char token[32];
     char push_magic[ESIM_UUID_LEN + 1];
-    esim_buf identity_der; /* issued lazily: empty until the device first enrols */
+    sim_identity id; /* made lazily: none until the device first enrols */
     dev_profile *profiles;
     size_t n_profiles;
     sim_euicc *euicc;
@@ -148,7 +148,7 @@ void sim_device_free(sim_device *d)
     if (!d)
         return;
     sim_euicc_free(d->euicc);
-    esim_buf_free(&d->identity_der);
+    sim_identity_clear(&d->id);
     for (size_t i = 0; i < d->n_profiles; i++)
         free(d->profiles[i].identifier);
     free(d->profiles);
@@ -258,12 +258,10 @@ esim_policy sim_device_restrictions(const sim_device *d)
 
 static esim_err ensure_identity(sim_device *d, esim_error *err)
 {
-    if (d->identity_der.len)
+    if (d->id.der.len)
         return ESIM_OK;
-    esim_err rc = sim_identity_issue(d->pki, d->udid, &d->identity_der, err);
-    if (rc != ESIM_OK)
-        esim_buf_free(&d->identity_der);
-    sim_buf_fit(&d->identity_der); /* kept for the device's life */
+    /* Its own key and the SCEP CA's certificate for it, as at enrolment. */
+    esim_err rc = sim_identity_make(d->pki, d->udid, &d->id, err);
     d->dirty = true;
     return rc;
 }
@@ -277,7 +275,7 @@ esim_err sim_device_sign(const sim_device *d, const void *body, size_t len, esim
     /* Detached CMS over the exact body bytes, leaf certificate included:
      * what iOS puts in Mdm-Signature (with the issuing CA, as a SCEP chain). */
     esim_buf der = {0};
-    rc = sim_identity_sign(d->pki, &d->identity_der, body, len, &der, err);
+    rc = sim_identity_sign(d->pki, &d->id, body, len, &der, err);
     if (rc == ESIM_OK)
         rc = esim_base64_encode(der.data, der.len, out);
     esim_buf_free(&der);
@@ -307,8 +305,13 @@ esim_err sim_pem_append(esim_buf *out, const esim_buf *der)
 esim_err sim_device_identity(const sim_device *d, const esim_buf **der, esim_error *err)
 {
     esim_err rc = ensure_identity((sim_device *)d, err);
-    *der = rc == ESIM_OK ? &d->identity_der : NULL;
+    *der = rc == ESIM_OK ? &d->id.der : NULL;
     return rc;
+}
+
+const unsigned char *sim_device_identity_key(const sim_device *d)
+{
+    return d->id.key;
 }
 
 /* ---- answers ----------------------------------------------------------------------- */
@@ -698,7 +701,7 @@ void sim_device_erase(sim_device *d, bool keep_esim)
      * (unless told to keep the identity, for services that cannot re-bind). */
     sim_device_new_push_identity(d);
     if (!d->reuse_identity_on_erase)
-        esim_buf_free(&d->identity_der);
+        sim_identity_clear(&d->id); /* a new key with the new identity */
     if (!keep_esim)
         sim_euicc_memory_reset(d->euicc);
     d->dirty = true;
@@ -886,8 +889,7 @@ static json_t *device_json(const sim_device *d)
         "enrolled", d->enrolled, "push_token", tok.data ? (const char *)tok.data : "", "push_magic",
         d->push_magic, "profiles", profiles, "euicc", sim_euicc_to_json(d->euicc));
     esim_buf_free(&tok);
-    if (j && d->identity_der.len)
-        sim_json_set_b64(j, "identity", d->identity_der.data, d->identity_der.len);
+    sim_identity_to_json(&d->id, j);
     return j;
 }
 
@@ -903,15 +905,6 @@ esim_err sim_device_save(sim_device *d, const char *path, esim_error *err)
         sim_euicc_mark_clean(d->euicc);
     }
     return rc;
-}
-
-/* True when |part| occurs in |whole|. */
-static bool holds(const esim_buf *whole, const esim_buf *part)
-{
-    for (size_t i = 0; part->len && i + part->len <= whole->len; i++)
-        if (memcmp(whole->data + i, part->data, part->len) == 0)
-            return true;
-    return false;
 }
 
 esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out, esim_error *err)
@@ -952,18 +945,8 @@ esim_err sim_device_load(const sim_pki *pki, const char *path, sim_device **out,
     memcpy(d->token, tok.data, sizeof d->token);
     d->supervised = json_is_true(json_object_get(j, "supervised"));
     d->enrolled = json_is_true(json_object_get(j, "enrolled"));
-    if (json_object_get(j, "identity") &&
-        (rc = sim_json_b64(j, "identity", &d->identity_der, err)) != ESIM_OK)
+    if ((rc = sim_identity_from_json(j, path, &d->id, err)) != ESIM_OK)
         goto fail;
-    if (d->identity_der.len && !holds(&d->identity_der, &pki->identity_spki)) {
-        /* Signed with the shared key, it would not verify: say so rather
-         * than have the service refuse every message. */
-        rc = esim_fail(err, ESIM_EINVAL,
-                       "%s: the identity certificate is not for %s/sim-identity-p256.key (made "
-                       "by an older simulator?); remove the file or the data directory",
-                       path, sim_pki_dir(pki));
-        goto fail;
-    }
     if (json_array_size(profiles)) {
         d->profiles = calloc(json_array_size(profiles), sizeof *d->profiles);
         if (!d->profiles) {

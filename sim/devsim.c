@@ -350,7 +350,7 @@ static esim_err put_to_service(req_ctx *ctx, const esim_buf *body, bool checkin_
                             .client_cert_der_len = id ? id->len : 0,
                             .client_chain_der = id ? s->pki->scep_der.data : NULL,
                             .client_chain_der_len = id ? s->pki->scep_der.len : 0,
-                            .client_key = id ? s->pki->identity_key : NULL,
+                            .client_key_p256 = id ? sim_device_identity_key(d) : NULL,
                             .timeout_ms = 30000,
                             .conn = s->slots[ctx->slot].conn,
                             .tls = s->https_server ? &s->slots[ctx->slot].tls : NULL};

@@ -267,11 +267,100 @@ static void p256_init(void)
     p256 = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
 }
 
-struct sim_ec_signer {
-    ord4 dm;    /* the private key d in Montgomery form (d·2^256 mod n) */
-    BN_CTX *bn; /* this signer's (one thread at a time) */
+/* What a signature needs besides the key: OpenSSL's objects for k·G, one
+ * set per signer, or one per thread for the keys kept as bare scalars
+ * (sim_ec_sign_with, sim_ec_keygen). */
+typedef struct {
+    BN_CTX *bn;
     EC_POINT *r;
-    BIGNUM *k, *x;
+    BIGNUM *k, *x, *y;
+} scratch;
+
+static void scratch_clear(scratch *w)
+{
+    EC_POINT_free(w->r);
+    BN_clear_free(w->k);
+    BN_free(w->x);
+    BN_free(w->y);
+    BN_CTX_free(w->bn);
+    memset(w, 0, sizeof *w);
+}
+
+static bool scratch_init(scratch *w)
+{
+    pthread_once(&p256_once, p256_init);
+    w->bn = p256 ? BN_CTX_new() : NULL;
+    w->r = p256 ? EC_POINT_new(p256) : NULL;
+    w->k = BN_secure_new();
+    w->x = BN_new();
+    w->y = BN_new();
+    if (!w->bn || !w->r || !w->k || !w->x || !w->y) {
+        scratch_clear(w);
+        return false;
+    }
+    BN_set_flags(w->k, BN_FLG_CONSTTIME);
+    return true;
+}
+
+static pthread_key_t thread_scratch;
+static bool thread_scratch_ok;
+static pthread_once_t thread_scratch_once = PTHREAD_ONCE_INIT;
+
+static void thread_scratch_free(void *w)
+{
+    scratch_clear(w);
+    free(w);
+}
+
+static void thread_scratch_key(void)
+{
+    thread_scratch_ok = pthread_key_create(&thread_scratch, thread_scratch_free) == 0;
+}
+
+/* The calling thread's scratch, made at its first use and freed when the
+ * thread ends. NULL: out of memory. */
+static scratch *scratch_of_thread(void)
+{
+    pthread_once(&thread_scratch_once, thread_scratch_key);
+    if (!thread_scratch_ok)
+        return NULL;
+    scratch *w = pthread_getspecific(thread_scratch);
+    if (w)
+        return w;
+    if (!(w = calloc(1, sizeof *w)))
+        return NULL;
+    if (!scratch_init(w) || pthread_setspecific(thread_scratch, w) != 0) {
+        thread_scratch_free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* x-coordinate (and with |y|, y) of k·G for the secret k in w->k, through
+ * OpenSSL's constant-time table for the generator. */
+static bool mul_g(scratch *w, unsigned char x[32], unsigned char *y)
+{
+    return EC_POINT_mul(p256, w->r, w->k, NULL, NULL, w->bn) == 1 &&
+           EC_POINT_get_affine_coordinates(p256, w->r, w->x, y ? w->y : NULL, w->bn) == 1 &&
+           BN_bn2binpad(w->x, x, 32) == 32 && (!y || BN_bn2binpad(w->y, y, 32) == 32);
+}
+
+/* The private key |d| (big-endian) in Montgomery form into |dm|: false
+ * when d is not in [1, n-1]. */
+static bool d_to_mont(const unsigned char d[32], ord4 dm)
+{
+    ord4 dv;
+    esim_p256_ord_from_bytes(dv, d);
+    bool ok = !esim_p256_ord_is_zero(dv) && esim_p256_ord_below_n(dv);
+    if (ok)
+        esim_p256_ord_mont_mul(dm, dv, esim_p256_ord_rr);
+    OPENSSL_cleanse(dv, sizeof dv);
+    return ok;
+}
+
+struct sim_ec_signer {
+    ord4 dm; /* the private key d in Montgomery form (d·2^256 mod n) */
+    scratch w;
 };
 
 void sim_ec_signer_free(sim_ec_signer *s)
@@ -279,34 +368,27 @@ void sim_ec_signer_free(sim_ec_signer *s)
     if (!s)
         return;
     OPENSSL_cleanse(s->dm, sizeof s->dm);
-    EC_POINT_free(s->r);
-    BN_clear_free(s->k);
-    BN_free(s->x);
-    BN_CTX_free(s->bn);
+    scratch_clear(&s->w);
     free(s);
 }
 
 sim_ec_signer *sim_ec_signer_new_raw(const unsigned char d[32])
 {
     pthread_once(&p256_once, p256_init);
-    ord4 dv;
-    esim_p256_ord_from_bytes(dv, d);
-    if (!p256 || esim_p256_ord_is_zero(dv) || !esim_p256_ord_below_n(dv))
+    ord4 dm;
+    if (!p256 || !d_to_mont(d, dm))
         return NULL;
     sim_ec_signer *s = calloc(1, sizeof *s);
-    if (!s)
+    if (!s) {
+        OPENSSL_cleanse(dm, sizeof dm);
         return NULL;
-    esim_p256_ord_mont_mul(s->dm, dv, esim_p256_ord_rr);
-    OPENSSL_cleanse(dv, sizeof dv);
-    s->bn = BN_CTX_new();
-    s->r = EC_POINT_new(p256);
-    s->k = BN_secure_new();
-    s->x = BN_new();
-    if (!s->bn || !s->r || !s->k || !s->x) {
+    }
+    memcpy(s->dm, dm, sizeof dm);
+    OPENSSL_cleanse(dm, sizeof dm);
+    if (!scratch_init(&s->w)) {
         sim_ec_signer_free(s);
         return NULL;
     }
-    BN_set_flags(s->k, BN_FLG_CONSTTIME);
     return s;
 }
 
@@ -328,7 +410,8 @@ sim_ec_signer *sim_ec_signer_new(EVP_PKEY *key)
     return s;
 }
 
-bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsigned char rs[64])
+/* ECDSA by the key |dm| (Montgomery form) with the scratch |w|. */
+static bool sign_dm(scratch *w, const ord4 dm, const unsigned char digest[32], unsigned char rs[64])
 {
     ord4 e, k, r, sv, t, b;
     unsigned char kb[32], xb[32], bb[32];
@@ -343,10 +426,7 @@ bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsign
         esim_p256_ord_from_bytes(k, kb);
         if (esim_p256_ord_is_zero(k) || !esim_p256_ord_below_n(k))
             continue;
-        if (!BN_bin2bn(kb, sizeof kb, s->k) ||
-            EC_POINT_mul(p256, s->r, s->k, NULL, NULL, s->bn) != 1 ||
-            EC_POINT_get_affine_coordinates(p256, s->r, s->x, NULL, s->bn) != 1 ||
-            BN_bn2binpad(s->x, xb, sizeof xb) != sizeof xb)
+        if (!BN_bin2bn(kb, sizeof kb, w->k) || !mul_g(w, xb, NULL))
             break;
         esim_p256_ord_from_bytes(r, xb); /* x < p < 2n */
         esim_p256_ord_reduce_once(r);
@@ -362,10 +442,10 @@ bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsign
             continue;
         esim_p256_ord_mul(t, k, b);
         esim_p256_ord_inv_vartime(t, t);
-        esim_p256_ord_mul(k, t, b);          /* k⁻¹ */
-        esim_p256_ord_mont_mul(t, r, s->dm); /* r·d */
-        esim_p256_ord_add(t, t, e);          /* e + r·d */
-        esim_p256_ord_mul(sv, t, k);         /* k⁻¹·(e + r·d) */
+        esim_p256_ord_mul(k, t, b);       /* k⁻¹ */
+        esim_p256_ord_mont_mul(t, r, dm); /* r·d */
+        esim_p256_ord_add(t, t, e);       /* e + r·d */
+        esim_p256_ord_mul(sv, t, k);      /* k⁻¹·(e + r·d) */
         if (esim_p256_ord_is_zero(sv))
             continue;
         esim_p256_ord_to_bytes(rs, r);
@@ -376,8 +456,60 @@ bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsign
     OPENSSL_cleanse(k, sizeof k);
     OPENSSL_cleanse(t, sizeof t);
     OPENSSL_cleanse(b, sizeof b);
-    BN_zero(s->k);
+    BN_zero(w->k);
     return ok;
+}
+
+bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsigned char rs[64])
+{
+    return sign_dm(&s->w, s->dm, digest, rs);
+}
+
+bool sim_ec_sign_with(const unsigned char d[32], const unsigned char digest[32],
+                      unsigned char rs[64])
+{
+    scratch *w = scratch_of_thread();
+    ord4 dm;
+    if (!w || !d_to_mont(d, dm))
+        return false;
+    bool ok = sign_dm(w, dm, digest, rs);
+    OPENSSL_cleanse(dm, sizeof dm);
+    return ok;
+}
+
+/* point = d·G, uncompressed, for the secret d (checked in [1, n-1]). */
+static bool public_of(scratch *w, const unsigned char d[32], unsigned char point[65])
+{
+    ord4 dm;
+    if (!d_to_mont(d, dm))
+        return false;
+    OPENSSL_cleanse(dm, sizeof dm);
+    point[0] = 0x04;
+    bool ok = BN_bin2bn(d, 32, w->k) && mul_g(w, point + 1, point + 33);
+    BN_zero(w->k);
+    return ok;
+}
+
+bool sim_ec_keygen(unsigned char d[32], unsigned char point[65])
+{
+    scratch *w = scratch_of_thread();
+    if (!w)
+        return false;
+    for (int tries = 0; tries < 16; tries++) {
+        /* d uniform in [1, n-1], as k is for a signature. */
+        if (RAND_priv_bytes(d, 32) != 1)
+            break;
+        if (public_of(w, d, point))
+            return true;
+    }
+    OPENSSL_cleanse(d, 32);
+    return false;
+}
+
+bool sim_ec_public_key(const unsigned char d[32], unsigned char point[65])
+{
+    scratch *w = scratch_of_thread();
+    return w && public_of(w, d, point);
 }
 
 size_t sim_ecdsa_raw_to_der(const unsigned char rs[64], unsigned char der[72])

@@ -37,6 +37,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "sim/cert_view.h"
 #include "sim/http_parse.h"
 #include "sim/sim_internal.h"
 
@@ -49,13 +50,13 @@
 typedef struct hconn hconn;
 
 /* A client identity: its certificate's DER (owned), the CA certificate
- * sent after it (the caller's) and its key (the caller's). */
+ * sent after it (the caller's) and its P-256 private key d (a copy). */
 typedef struct {
     unsigned char *der;
     size_t len;
     const unsigned char *chain;
     size_t chain_len;
-    EVP_PKEY *key;
+    unsigned char key[32];
 } identity;
 
 typedef struct xfer {
@@ -293,18 +294,24 @@ static X509 *chain_cert(sim_http *h, const unsigned char *der, size_t len, X509 
 
 /* The server asked for a client certificate (a full handshake): the
  * device's certificate from its DER, as the device holds it (in memory,
- * no file), the CA certificate after it and the key. */
+ * no file), the CA certificate after it and the device's own key, made
+ * into an OpenSSL key here (the SSL holds it until the connection ends). */
 static int tls_client_cert(SSL *ssl, void *arg)
 {
     (void)arg;
     hconn *c = conn_of(ssl);
-    if (!c || !c->id.der || !c->id.key)
+    if (!c || !c->id.der)
         return 1; /* none: the server decides */
     sim_http *h = c->h;
     const unsigned char *p = c->id.der;
     X509 *leaf = d2i_X509(NULL, &p, (long)c->id.len), *fresh = NULL;
+    sim_cert_view v;
+    EVP_PKEY *key = sim_cert_view_parse(c->id.der, c->id.len, &v)
+                        ? sim_p256_key_pair(c->id.key, v.point)
+                        : NULL;
     bool ok =
-        leaf && SSL_use_certificate(ssl, leaf) == 1 && SSL_use_PrivateKey(ssl, c->id.key) == 1;
+        leaf && key && SSL_use_certificate(ssl, leaf) == 1 && SSL_use_PrivateKey(ssl, key) == 1;
+    EVP_PKEY_free(key);
     if (ok && c->id.chain) {
         X509 *ca = chain_cert(h, c->id.chain, c->id.chain_len, &fresh);
         ok = ca && SSL_add1_chain_cert(ssl, ca) == 1;
@@ -446,6 +453,7 @@ static void conn_close(hconn *c)
     sim_http_parser_free(&c->p);
     free(c->key);
     free(c->id.der);
+    OPENSSL_cleanse(c->id.key, sizeof c->id.key);
     free(c);
 }
 
@@ -499,6 +507,7 @@ static hconn *conn_new(sim_http *h, const xfer *x)
             event_free(c->ev);
         free(c->key);
         free(c->id.der);
+        OPENSSL_cleanse(c->id.key, sizeof c->id.key);
         free(c);
         return NULL;
     }
@@ -527,6 +536,7 @@ static void xfer_free(xfer *x)
     free(x->key);
     free(x->ca_file);
     free(x->id.der);
+    OPENSSL_cleanse(x->id.key, sizeof x->id.key);
     free(x);
 }
 
@@ -982,7 +992,8 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 /* A connection made with identity |a| may carry a request with |b|. */
 static bool same_identity(const identity *a, const identity *b)
 {
-    return a->len == b->len && a->key == b->key && a->chain_len == b->chain_len &&
+    return a->len == b->len && a->chain_len == b->chain_len &&
+           (a->len == 0 || CRYPTO_memcmp(a->key, b->key, sizeof a->key) == 0) &&
            (a->len == 0 || memcmp(a->der, b->der, a->len) == 0) &&
            (a->chain_len == 0 || memcmp(a->chain, b->chain, a->chain_len) == 0);
 }
@@ -1130,7 +1141,7 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     if (x->tls) {
         x->ca_file = dup_or_null(req->ca_file, &ok);
         /* The identity goes in only when a full handshake asks for it. */
-        if (req->client_cert_der && req->client_cert_der_len && req->client_key) {
+        if (req->client_cert_der && req->client_cert_der_len && req->client_key_p256) {
             if ((x->id.der = malloc(req->client_cert_der_len)) != NULL)
                 memcpy(x->id.der, req->client_cert_der, req->client_cert_der_len);
             else
@@ -1138,7 +1149,7 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
             x->id.len = req->client_cert_der_len;
             x->id.chain = req->client_chain_der_len ? req->client_chain_der : NULL;
             x->id.chain_len = x->id.chain ? req->client_chain_der_len : 0;
-            x->id.key = req->client_key;
+            memcpy(x->id.key, req->client_key_p256, sizeof x->id.key);
         }
     }
     /* Built by appending (a printf was ~3,600 instructions a call, three a

@@ -73,37 +73,21 @@ static esim_err publish_once(const char *path, const char *pem, size_t n, esim_e
 }
 
 /*
- * The simulated devices' identities: one P-256 key shared by every identity
- * certificate (SCEP would give each iPhone its own, but 100,000 key
- * generations would dominate the run; each device still has its own
- * certificate, CN = UDID), and a P-256 issuing CA below the device CA that
- * signs those certificates, as a SCEP CA does. ECDSA P-256 identities exist
- * on real iPhones (Secure Enclave keys); a P-256 signature costs a fraction
- * of an RSA-2048 one, and every message of every device is signed.
+ * The simulated devices' identities: each device makes its own P-256 key
+ * when it first needs an identity (as an iPhone does for its SCEP request,
+ * sim_identity_make), and a P-256 issuing CA below the device CA signs its
+ * certificate (CN = UDID or DeviceID), as a SCEP CA does. A key costs about
+ * one signature to make (k·G through OpenSSL's generator table), 32 bytes
+ * to keep and nothing to sign with beyond that (sim_ec_sign_with). ECDSA
+ * P-256 identities exist on real iPhones (Secure Enclave keys); a P-256
+ * signature costs a fraction of an RSA-2048 one, and every message of
+ * every device is signed. Here: the SCEP CA, made once per PKI.
  */
-static esim_err load_identity(struct sim_pki *p, esim_error *err)
+static esim_err load_scep_ca(struct sim_pki *p, esim_error *err)
 {
     char path[SIM_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/sim-identity-p256.key", p->dir);
-    esim_err rc = read_pem_file(path, &p->identity_key, NULL, err);
-    if (rc == ESIM_ENOTFOUND) {
-        EVP_PKEY *k = EVP_EC_gen("P-256");
-        BIO *mem = BIO_new(BIO_s_mem());
-        char *data = NULL;
-        long n = 0;
-        if (k && mem && PEM_write_bio_PrivateKey(mem, k, NULL, NULL, 0, NULL, NULL))
-            n = BIO_get_mem_data(mem, &data);
-        rc = n > 0 ? publish_once(path, data, (size_t)n, err)
-                   : esim_fail(err, ESIM_ECRYPTO, "could not make the simulator identity key");
-        BIO_free(mem);
-        EVP_PKEY_free(k);
-        if (rc == ESIM_OK)
-            rc = read_pem_file(path, &p->identity_key, NULL, err);
-    }
-    if (rc != ESIM_OK)
-        return rc;
     snprintf(path, sizeof path, "%s/sim-scep-ca.pem", p->dir);
-    rc = read_pem_file(path, &p->scep.key, &p->scep.x509, err);
+    esim_err rc = read_pem_file(path, &p->scep.key, &p->scep.x509, err);
     if (rc == ESIM_ENOTFOUND) {
         esim_cert_spec spec = {.common_name = "esim-mdm simulated SCEP CA",
                                .organization = "esim-mdm test",
@@ -130,19 +114,14 @@ static esim_err load_identity(struct sim_pki *p, esim_error *err)
         return rc;
     /* What every identity certificate and signature repeats, encoded once. */
     unsigned char *der = NULL;
-    int n = i2d_PUBKEY(p->identity_key, &der);
-    bool ok = n > 0 && esim_buf_append(&p->identity_spki, der, (size_t)n) == ESIM_OK;
-    OPENSSL_free(der);
-    der = NULL;
-    n = ok ? i2d_X509_NAME(X509_get_subject_name(p->scep.x509), &der) : -1;
-    ok = n > 0 && esim_buf_append(&p->scep_name_der, der, (size_t)n) == ESIM_OK;
+    int n = i2d_X509_NAME(X509_get_subject_name(p->scep.x509), &der);
+    bool ok = n > 0 && esim_buf_append(&p->scep_name_der, der, (size_t)n) == ESIM_OK;
     OPENSSL_free(der);
     ok = ok && sim_x509_to_der(p->scep.x509, &p->scep_der) == ESIM_OK;
-    p->identity_sign = ok ? sim_ec_signer_new(p->identity_key) : NULL;
-    p->scep_sign = p->identity_sign ? sim_ec_signer_new(p->scep.key) : NULL;
+    p->scep_sign = ok ? sim_ec_signer_new(p->scep.key) : NULL;
     if (!p->scep_sign)
         return esim_fail(err, ESIM_ECRYPTO,
-                         "could not prepare the simulator identity keys (P-256 keys?)");
+                         "could not prepare the simulator SCEP CA (a P-256 key?)");
     return ESIM_OK;
 }
 
@@ -208,7 +187,7 @@ esim_err sim_pki_open(const char *dir, sim_pki **out, esim_error *err)
     memcpy(p->topic, t.data, n);
     p->topic[n] = '\0';
     esim_buf_free(&t);
-    rc = load_identity(p, err);
+    rc = load_scep_ca(p, err);
     if (rc == ESIM_OK && !(p->server_certs = sim_cert_cache_new(64)))
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
     if (rc == ESIM_OK)
@@ -234,11 +213,8 @@ void sim_pki_free(sim_pki *p)
     esim_cert_clear(&p->ci);
     esim_cert_clear(&p->eum);
     esim_cert_clear(&p->dpauth);
-    EVP_PKEY_free(p->identity_key);
     esim_cert_clear(&p->scep);
-    sim_ec_signer_free(p->identity_sign);
     sim_ec_signer_free(p->scep_sign);
-    esim_buf_free(&p->identity_spki);
     esim_buf_free(&p->scep_name_der);
     esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
@@ -649,7 +625,7 @@ static bool issuer_ready(sim_cert_cache *c, X509 *issuer)
 /* The P-256 key pair of |priv| (32 bytes, big-endian) and its uncompressed
  * public |point| (65 bytes); EVP_PKEY_fromdata checks the point is on the
  * curve. */
-static EVP_PKEY *p256_pair(const unsigned char *priv, const unsigned char *point)
+EVP_PKEY *sim_p256_key_pair(const unsigned char priv[32], const unsigned char point[65])
 {
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
     BIGNUM *bn = BN_bin2bn(priv, 32, NULL);
@@ -690,7 +666,7 @@ EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len)
             const unsigned char *r = c1;
             if (sim_der_read(&r, c1 + c1_len, 0x03, &bits, &bits_len) && r == c1 + c1_len &&
                 bits_len == 66 && bits[0] == 0 && bits[1] == 0x04)
-                return p256_pair(priv, bits + 1);
+                return sim_p256_key_pair(priv, bits + 1);
         }
     }
     const unsigned char *d = der;

@@ -299,12 +299,14 @@ typedef struct {
     /* TLS client authentication, sent when a full handshake asks for it:
      * the certificate's DER (copied; NULL: none), the CA certificate sent
      * after it (DER, one the caller keeps for the client's life; may be
-     * NULL) and the private key (the caller's, kept as long). */
+     * NULL) and the certificate's P-256 private key, the scalar d (32
+     * bytes, big-endian, copied; a device's own identity key), made into
+     * an OpenSSL key only when a full handshake asks for the certificate. */
     const unsigned char *client_cert_der;
     size_t client_cert_der_len;
     const unsigned char *client_chain_der;
     size_t client_chain_der_len;
-    struct evp_pkey_st *client_key;
+    const unsigned char *client_key_p256;
     /* The device's own connection; NULL: none (a request naming |tls| then
      * gets a connection of its own, closed after the answer). */
     sim_http_conn *conn;

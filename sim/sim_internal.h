@@ -25,13 +25,11 @@ struct sim_pki {
     char server_cert_file[SIM_PATH_MAX];
     char server_key_file[SIM_PATH_MAX];
     esim_cert ca, server, device_ca, ci, eum, dpauth;
-    EVP_PKEY *identity_key; /* one P-256 key shared by every simulated identity certificate */
-    esim_cert scep;         /* P-256 CA below device-ca that issues the identities */
-    esim_buf identity_spki; /* identity_key's SubjectPublicKeyInfo, DER */
-    esim_buf scep_name_der; /* scep's subject Name, DER: the identities' issuer */
-    esim_buf scep_der;      /* scep's certificate, DER: sent along with each identity */
-    sim_ec_signer *identity_sign, *scep_sign; /* ready to sign a SHA-256 digest */
-    esim_buf eum_der; /* eum.pem as DER: eUICCs it signed point here instead of copying */
+    esim_cert scep;           /* P-256 CA below device-ca that issues the identities */
+    esim_buf scep_name_der;   /* scep's subject Name, DER: the identities' issuer */
+    esim_buf scep_der;        /* scep's certificate, DER: sent along with each identity */
+    sim_ec_signer *scep_sign; /* ready to sign a SHA-256 digest */
+    esim_buf eum_der;         /* eum.pem as DER: eUICCs it signed point here instead of copying */
     /* Certificates the eUICCs verified against the CI: the SM-DP+'s (lpa.c)
      * and the eIMs' (es10.c), so a fleet checks each one once. */
     struct sim_cert_cache *server_certs;
@@ -92,6 +90,28 @@ sim_ec_signer *sim_ec_signer_new_raw(const unsigned char d[32]); /* d big-endian
 void sim_ec_signer_free(sim_ec_signer *s);                       /* NULL ok */
 /* The signature of the SHA-256 |digest| as raw r||s; false on failure. */
 bool sim_ec_signer_sign(sim_ec_signer *s, const unsigned char digest[32], unsigned char rs[64]);
+/*
+ * The same for a key kept as its bare private scalar |d| (32 bytes,
+ * big-endian; a simulated device's identity key): what the signature needs
+ * besides d (OpenSSL's objects for k·G, the generator's table) is one set
+ * per thread, made at the thread's first use, so a key costs its 32 bytes.
+ * false when d is not in [1, n-1] or signing failed.
+ */
+bool sim_ec_sign_with(const unsigned char d[32], const unsigned char digest[32],
+                      unsigned char rs[64]);
+/* A new P-256 key pair, as a device makes one for its certificate request:
+ * d uniformly random in [1, n-1] (RAND_priv_bytes) and its public point
+ * d·G (uncompressed: 0x04 || X || Y) through OpenSSL's constant-time table
+ * for the generator. false (d wiped) when randomness or the arithmetic
+ * failed. */
+bool sim_ec_keygen(unsigned char d[32], unsigned char point[65]);
+/* The public point d·G of the private key |d|; false when d is not in
+ * [1, n-1]. */
+bool sim_ec_public_key(const unsigned char d[32], unsigned char point[65]);
+/* An EVP_PKEY for the P-256 key pair (|d|, |point|), for OpenSSL's TLS (a
+ * client certificate's key): NULL when the point is not on the curve. The
+ * caller frees it. */
+EVP_PKEY *sim_p256_key_pair(const unsigned char d[32], const unsigned char point[65]);
 /* The DER ECDSA-Sig-Value of raw |rs| (canonical); its length (at most 72). */
 size_t sim_ecdsa_raw_to_der(const unsigned char rs[64], unsigned char der[72]);
 /* SHA-256 without OpenSSL 3.0's per-call algorithm fetch (SHA256()). */
@@ -272,6 +292,10 @@ esim_err sim_euicc_cert_der(const sim_euicc *e, const esim_buf **euicc, const es
                             esim_error *err);
 
 /* ---- device internals ---- */
+/* The private key (d, 32 bytes) of the identity sim_device_identity or
+ * sim_winpc_identity returned, for TLS client authentication. */
+const unsigned char *sim_device_identity_key(const sim_device *d);
+const unsigned char *sim_winpc_identity_key(const sim_winpc *pc);
 /* Appends the PEM form of the DER certificate |der| to |out|. */
 esim_err sim_pem_append(esim_buf *out, const esim_buf *der);
 /* ---- DER the simulator writes itself (der.c) ---- */
@@ -294,13 +318,38 @@ esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t le
  * another tag. */
 bool sim_der_read(const unsigned char **p, const unsigned char *end, unsigned tag,
                   const unsigned char **content, size_t *len);
-/* The DER identity certificate for |cn| (the UDID): the shared P-256 key,
- * issued by the PKI's SCEP CA, no extensions, valid from an hour ago for a year. */
-esim_err sim_identity_issue(const sim_pki *pki, const char *cn, esim_buf *out, esim_error *err);
+/*
+ * A simulated device's identity (an iPhone's SCEP identity, a Windows PC's
+ * client certificate), as the device holds it: its own P-256 private key,
+ * made when the identity is (as a device makes its key for the SCEP
+ * request), and the certificate the PKI's SCEP CA issued for it. 32 bytes
+ * and the certificate per device; signing needs nothing more per key
+ * (sim_ec_sign_with).
+ */
+typedef struct {
+    unsigned char key[32]; /* d, big-endian; meaningful only with |der| */
+    esim_buf der;          /* the certificate, DER; empty: no identity yet */
+} sim_identity;
+/* A new key and a certificate for |cn| (the UDID or DeviceID) with it:
+ * issued by the PKI's SCEP CA, no extensions, valid from an hour ago for a
+ * year. Whatever |id| held is replaced (cleared on failure). */
+esim_err sim_identity_make(const sim_pki *pki, const char *cn, sim_identity *id, esim_error *err);
+/* Forgets the identity (the key wiped, the certificate freed). */
+void sim_identity_clear(sim_identity *id);
+/* "identity" (base64 DER) and "identity_key" (base64 of d) into |j| when
+ * |id| has an identity. */
+void sim_identity_to_json(const sim_identity *id, json_t *j);
+/* The identity from |j| (written by sim_identity_to_json; neither field:
+ * none) into |id|: refused with a message naming |path| when one comes
+ * without the other, the key is not a P-256 private key, or the
+ * certificate does not hold that key's public key (a file written by a
+ * simulator that shared one key between all devices). */
+esim_err sim_identity_from_json(const json_t *j, const char *path, sim_identity *id,
+                                esim_error *err);
 /* The Mdm-Signature of |body|: DER CMS SignedData, detached, with signed
- * attributes (contentType, messageDigest), the identity |cert| and the SCEP
- * CA certificate, ECDSA-SHA256 by the shared identity key. */
-esim_err sim_identity_sign(const sim_pki *pki, const esim_buf *cert, const void *body, size_t len,
+ * attributes (contentType, messageDigest), the identity's certificate and
+ * the SCEP CA certificate, ECDSA-SHA256 by the identity's own key. */
+esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const void *body, size_t len,
                            esim_buf *out, esim_error *err);
 
 /* ---- Windows PCs inside devsim (winfleet.c) ---- */

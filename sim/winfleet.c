@@ -405,7 +405,7 @@ static esim_err post(sim_winfleet *f, size_t i, const esim_buf *body, bool pushe
         .client_cert_der_len = id->len,
         .client_chain_der = f->cfg.pki->scep_der.data,
         .client_chain_der_len = f->cfg.pki->scep_der.len,
-        .client_key = f->cfg.pki->identity_key,
+        .client_key_p256 = sim_winpc_identity_key(sl->pc),
         .conn = sl->conn,
         .tls = strncmp(url, "https://", 8) == 0 ? &sl->tls : NULL};
     rc = sim_http_send(f->cfg.http, &req, on_reply, ctx, NULL);

@@ -73,7 +73,7 @@ struct sim_winpc {
     sim_euicc *euicc;
     char *channel_uri;
     csp_state csp;
-    esim_buf identity_der;
+    sim_identity id; /* made at its first session */
     bool dirty;
     unsigned sessions;
     /* the open session */
@@ -154,7 +154,7 @@ void sim_winpc_free(sim_winpc *pc)
     sim_euicc_free(pc->euicc);
     free(pc->channel_uri);
     csp_clear(&pc->csp);
-    esim_buf_free(&pc->identity_der);
+    sim_identity_clear(&pc->id);
     free(pc->target);
     free(pc->url);
     free(pc);
@@ -203,16 +203,20 @@ esim_err sim_winpc_set_channel_uri(sim_winpc *pc, const char *uri, esim_error *e
 esim_err sim_winpc_identity(sim_winpc *pc, const esim_buf **der, esim_error *err)
 {
     *der = NULL;
-    if (!pc->identity_der.len) {
-        esim_err rc = sim_identity_issue(pc->pki, pc->device_id, &pc->identity_der, err);
-        if (rc != ESIM_OK) {
-            esim_buf_free(&pc->identity_der);
+    if (!pc->id.der.len) {
+        /* Its own key and the SCEP CA's certificate for it. */
+        esim_err rc = sim_identity_make(pc->pki, pc->device_id, &pc->id, err);
+        if (rc != ESIM_OK)
             return rc;
-        }
         pc->dirty = true;
     }
-    *der = &pc->identity_der;
+    *der = &pc->id.der;
     return ESIM_OK;
+}
+
+const unsigned char *sim_winpc_identity_key(const sim_winpc *pc)
+{
+    return pc->id.key;
 }
 
 /* ---- the CSP state ------------------------------------------------------------------ */
@@ -1629,8 +1633,7 @@ static json_t *winpc_json(const sim_winpc *pc, bool full)
                   "channel_uri", pc->channel_uri, "csp", csp_json(pc), "esims", esims);
     if (j && full) {
         json_object_set_new(j, "euicc", sim_euicc_to_json(pc->euicc));
-        if (pc->identity_der.len)
-            sim_json_set_b64(j, "identity", pc->identity_der.data, pc->identity_der.len);
+        sim_identity_to_json(&pc->id, j);
     }
     return j;
 }
@@ -1693,8 +1696,7 @@ esim_err sim_winpc_load(const sim_pki *pki, const char *path, sim_winpc **out, e
     const char *ch = sim_json_str(j, "channel_uri");
     if (ch && (rc = sim_winpc_set_channel_uri(pc, ch, err)) != ESIM_OK)
         goto out;
-    if (json_object_get(j, "identity") &&
-        (rc = sim_json_b64(j, "identity", &pc->identity_der, err)) != ESIM_OK)
+    if ((rc = sim_identity_from_json(j, path, &pc->id, err)) != ESIM_OK)
         goto out;
     pc->csp.local_ui = json_is_true(json_object_get(csp, "local_ui_enabled"));
     pc->csp.action_status = (int)json_integer_value(json_object_get(csp, "actions_status"));

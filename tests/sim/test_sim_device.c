@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 #include <openssl/cms.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
 
 #include "plist/esim_plist.h"
 #include "tests/sim/sim_test.h"
@@ -502,6 +504,100 @@ static void test_mdm_signature(void **state)
     sim_device_free(d);
 }
 
+/* The identity certificate's public key (its uncompressed point). */
+static void cert_point(const esim_buf *der, unsigned char point[65])
+{
+    const unsigned char *p = der->data;
+    X509 *x = d2i_X509(NULL, &p, (long)der->len);
+    assert_non_null(x);
+    size_t n = 0;
+    assert_int_equal(EVP_PKEY_get_octet_string_param(
+                         X509_get0_pubkey(x), OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, 65, &n),
+                     1);
+    assert_int_equal(n, 65);
+    X509_free(x);
+}
+
+/* Whether |d|'s Mdm-Signature of |body| verifies with the public key of
+ * the certificate |by|. */
+static bool signed_by(const sim_device *d, const char *body, const esim_buf *by)
+{
+    esim_buf sig = {0}, der = {0};
+    assert_int_equal(sim_device_sign(d, body, strlen(body), &sig, NULL), ESIM_OK);
+    assert_int_equal(esim_base64_decode((const char *)sig.data, sig.len, &der, NULL), ESIM_OK);
+    const unsigned char *p = der.data;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)der.len);
+    assert_non_null(cms);
+    p = by->data;
+    X509 *x = d2i_X509(NULL, &p, (long)by->len);
+    assert_non_null(x);
+    /* The signer's certificate set to |by|: its key checks the signature
+     * over the signed attributes (they hold the body's digest, which
+     * test_mdm_signature's CMS_verify checks). */
+    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(cms);
+    assert_int_equal(sk_CMS_SignerInfo_num(sis), 1);
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, 0);
+    CMS_SignerInfo_set1_signer_cert(si, x);
+    bool ok = CMS_SignerInfo_verify(si) == 1;
+    ERR_clear_error();
+    X509_free(x);
+    CMS_ContentInfo_free(cms);
+    esim_buf_free(&sig);
+    esim_buf_free(&der);
+    return ok;
+}
+
+/* Each device has its own identity key: two devices' certificates carry
+ * different public keys, a device's signature verifies with its own
+ * certificate's key and not with another's, an erase makes a new key with
+ * the new certificate (kept with reuse_identity_on_erase). */
+static void test_identity_keys_per_device(void **state)
+{
+    (void)state;
+    sim_device *a = device(70, false, NULL), *b = device(71, false, NULL);
+    const esim_buf *ida = NULL, *idb = NULL;
+    assert_int_equal(sim_device_identity(a, &ida, NULL), ESIM_OK);
+    assert_int_equal(sim_device_identity(b, &idb, NULL), ESIM_OK);
+    esim_buf a1 = {0}, b1 = {0};
+    assert_int_equal(esim_buf_append(&a1, ida->data, ida->len), ESIM_OK);
+    assert_int_equal(esim_buf_append(&b1, idb->data, idb->len), ESIM_OK);
+    unsigned char pa[65], pb[65], q[65];
+    cert_point(&a1, pa);
+    cert_point(&b1, pb);
+    assert_memory_not_equal(pa, pb, 65);
+    /* The key the device holds is its certificate's. */
+    assert_true(sim_ec_public_key(sim_device_identity_key(a), q));
+    assert_memory_equal(q, pa, 65);
+    assert_memory_not_equal(sim_device_identity_key(a), sim_device_identity_key(b), 32);
+    assert_true(signed_by(a, "<plist>a</plist>", &a1));
+    assert_false(signed_by(a, "<plist>a</plist>", &b1));
+    assert_true(signed_by(b, "<plist>b</plist>", &b1));
+    assert_false(signed_by(b, "<plist>b</plist>", &a1));
+
+    /* Wiped: a new identity with a new key. */
+    sim_device_erase(a, false);
+    assert_int_equal(sim_device_identity(a, &ida, NULL), ESIM_OK);
+    assert_memory_not_equal(ida->data, a1.data, a1.len < ida->len ? a1.len : ida->len);
+    unsigned char pa2[65];
+    cert_point(ida, pa2);
+    assert_memory_not_equal(pa2, pa, 65);
+    assert_true(sim_ec_public_key(sim_device_identity_key(a), q));
+    assert_memory_equal(q, pa2, 65);
+    assert_true(signed_by(a, "<plist>a2</plist>", ida));
+    assert_false(signed_by(a, "<plist>a2</plist>", &a1));
+    /* Told to keep its identity: the same certificate and key. */
+    sim_device_set_reuse_identity_on_erase(b, true);
+    sim_device_erase(b, false);
+    assert_int_equal(sim_device_identity(b, &idb, NULL), ESIM_OK);
+    assert_int_equal(idb->len, b1.len);
+    assert_memory_equal(idb->data, b1.data, b1.len);
+    assert_true(signed_by(b, "<plist>b2</plist>", &b1));
+    esim_buf_free(&a1);
+    esim_buf_free(&b1);
+    sim_device_free(a);
+    sim_device_free(b);
+}
+
 static void test_persistence(void **state)
 {
     (void)state;
@@ -519,8 +615,13 @@ static void test_persistence(void **state)
     assert_false(sim_device_dirty(d));
     assert_int_equal(sim_device_describe_json(d, &s1, &err), ESIM_OK);
     size_t tl;
-    unsigned char tok[32];
+    unsigned char tok[32], key[32];
     memcpy(tok, sim_device_push_token(d, &tl), 32);
+    const esim_buf *id = NULL;
+    esim_buf cert = {0};
+    assert_int_equal(sim_device_identity(d, &id, NULL), ESIM_OK);
+    assert_int_equal(esim_buf_append(&cert, id->data, id->len), ESIM_OK);
+    memcpy(key, sim_device_identity_key(d), 32);
     sim_device_free(d);
 
     sim_device *r = NULL;
@@ -530,6 +631,14 @@ static void test_persistence(void **state)
     assert_memory_equal(tok, sim_device_push_token(r, &tl), 32);
     assert_true(sim_device_enrolled(r));
     assert_false(sim_device_dirty(r));
+    /* The same identity: its certificate and its key, which still signs
+     * for that certificate. */
+    assert_int_equal(sim_device_identity(r, &id, NULL), ESIM_OK);
+    assert_int_equal(id->len, cert.len);
+    assert_memory_equal(id->data, cert.data, cert.len);
+    assert_memory_equal(sim_device_identity_key(r), key, 32);
+    assert_true(signed_by(r, "<plist>after</plist>", &cert));
+    assert_false(sim_device_dirty(r));
     sim_action_outcome a;
     assert_int_equal(sim_device_user_action(r, SIM_ACTION_DELETE_ESIM, &a, NULL), ESIM_OK);
     assert_false(a.allowed);
@@ -537,6 +646,34 @@ static void test_persistence(void **state)
     esim_buf_free(&s1);
     esim_buf_free(&s2);
     esim_buf_free(&sig);
+
+    /* A file whose identity comes without its key (an older simulator's,
+     * whose devices shared one), or whose key is not its certificate's, or
+     * not a key: refused, saying why. */
+    json_t *j = NULL;
+    assert_int_equal(sim_json_load(path, 1u << 20, &j, NULL), ESIM_OK);
+    char path2[620];
+    snprintf(path2, sizeof path2, "%s/dev60-bad.json", fx.dir);
+    unsigned char other[32], point[65];
+    assert_true(sim_ec_keygen(other, point));
+    static const unsigned char zero[32];
+    for (int k = 0; k < 3; k++) {
+        json_t *bad = json_deep_copy(j);
+        if (k == 0)
+            json_object_del(bad, "identity_key");
+        else
+            sim_json_set_b64(bad, "identity_key", k == 1 ? other : zero, 32);
+        assert_int_equal(sim_json_save(bad, path2, 0600, NULL), ESIM_OK);
+        json_decref(bad);
+        r = NULL;
+        assert_int_equal(sim_device_load(fx.pki, path2, &r, &err), ESIM_EINVAL);
+        assert_null(r);
+        assert_non_null(strstr(err.msg, k == 0   ? "without its key"
+                                        : k == 1 ? "not for identity_key"
+                                                 : "not a P-256 private key"));
+    }
+    json_decref(j);
+    esim_buf_free(&cert);
 
     assert_int_equal(esim_write_file_atomic(path, "{\"udid\":\"x\"}", 12, 0600, NULL), ESIM_OK);
     r = NULL;
@@ -553,6 +690,7 @@ int main(void)
         cmocka_unit_test(test_erase_device_command),
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_mdm_signature),
+        cmocka_unit_test(test_identity_keys_per_device),
         cmocka_unit_test(test_persistence),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);

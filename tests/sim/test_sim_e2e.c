@@ -17,6 +17,9 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
+#include <openssl/sha.h>
+
+#include "sim/cert_view.h"
 #include "tests/sim/sim_test.h"
 
 #define N_DEVICES 20
@@ -513,7 +516,9 @@ static void test_end_to_end(void **state)
 }
 
 /* Identity by TLS client certificate: the service on HTTPS asks each phone
- * for its identity certificate on its own connection. */
+ * for its identity certificate on its own connection. Each phone's
+ * certificate has its own key, and a restarted simulator keeps each key
+ * with its certificate. */
 static void test_mtls(void **state)
 {
     (void)state;
@@ -550,6 +555,45 @@ static void test_mtls(void **state)
     for (int i = 0; i < 300 && !all_enrolled(&w); i++)
         run_ms(&w, 100);
     assert_true(all_enrolled(&w));
+    /* The service bound each phone to its own certificate, and no two of
+     * those certificates carry the same key. */
+    esim_buf certs[N] = {{0}};
+    for (unsigned i = 0; i < N; i++) {
+        sim_device *d = sim_devsim_device_at(w.ds, i);
+        const esim_buf *id = NULL;
+        assert_int_equal(sim_device_identity(d, &id, NULL), ESIM_OK);
+        assert_int_equal(esim_buf_append(&certs[i], id->data, id->len), ESIM_OK);
+        char path[128], hex[65];
+        snprintf(path, sizeof path, "/v1/devices/%s", sim_device_udid(d));
+        long st;
+        json_t *r = api(&w, "GET", path, NULL, &st);
+        assert_int_equal(st, 200);
+        unsigned char sha[32];
+        SHA256(id->data, id->len, sha);
+        for (int k = 0; k < 32; k++)
+            snprintf(hex + 2 * k, 3, "%02x", sha[k]);
+        assert_string_equal(sim_json_str(r, "identity_sha256"), hex);
+        json_decref(r);
+        sim_cert_view vi, vk;
+        assert_true(sim_cert_view_parse(id->data, id->len, &vi));
+        for (unsigned k = 0; k < i; k++) {
+            assert_true(sim_cert_view_parse(certs[k].data, certs[k].len, &vk));
+            assert_memory_not_equal(vi.point, vk.point, 65);
+        }
+    }
+    /* A restarted simulator keeps each phone's key with its certificate:
+     * the same identities, and their first connections (full handshakes,
+     * the client certificate signed for) are accepted. */
+    sim_devsim_free(w.ds);
+    w.ds = NULL;
+    assert_int_equal(sim_devsim_new(w.base, &dc, &w.ds, &err), ESIM_OK);
+    for (unsigned i = 0; i < N; i++) {
+        const esim_buf *id = NULL;
+        assert_int_equal(sim_device_identity(sim_devsim_device_at(w.ds, i), &id, NULL), ESIM_OK);
+        assert_int_equal(id->len, certs[i].len);
+        assert_memory_equal(id->data, certs[i].data, certs[i].len);
+        esim_buf_free(&certs[i]);
+    }
     char esim_url[128];
     snprintf(esim_url, sizeof esim_url, "%s", sim_smdp_url(w.smdp));
     char *c1 = enqueue(&w, json_pack("{s:s, s:s}", "request_type", "RefreshCellularPlans",
@@ -564,6 +608,7 @@ static void test_mtls(void **state)
         assert_string_equal(en->iccid, iccid);
         assert_int_equal(sim_smdp_find_order(w.smdp, iccid)->state, SIM_ORDER_INSTALLED);
     }
+    assert_true(sim_devsim_get_stats(w.ds).tls_client_certs >= N);
     free(c1);
     sim_devsim_free(w.ds);
     sim_smdp_free(w.smdp);

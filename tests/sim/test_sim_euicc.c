@@ -10,6 +10,7 @@
 #include <cmocka.h>
 #include <openssl/core_names.h>
 #include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
 
 #include "tests/sim/sim_test.h"
@@ -641,6 +642,57 @@ static void test_ec_signer(void **state)
     sim_ec_signer_free(one);
 }
 
+/* A key kept as its bare scalar (a device's identity key): sim_ec_keygen
+ * makes a different key each time whose point is d·G (OpenSSL's key of the
+ * same d agrees and passes its pair check), sim_ec_sign_with signs so that
+ * OpenSSL verifies with that key and not another's, and d outside
+ * [1, n-1] is refused. */
+static void test_ec_scalar_keys(void **state)
+{
+    (void)state;
+    unsigned char d1[32], d2[32], p1[65], p2[65], q[65];
+    assert_true(sim_ec_keygen(d1, p1));
+    assert_true(sim_ec_keygen(d2, p2));
+    assert_memory_not_equal(d1, d2, 32);
+    assert_memory_not_equal(p1, p2, 65);
+    assert_true(sim_ec_public_key(d1, q));
+    assert_memory_equal(q, p1, 65);
+    EVP_PKEY *k1 = sim_p256_key_pair(d1, p1), *k2 = sim_p256_key_pair(d2, p2);
+    assert_non_null(k1);
+    assert_non_null(k2);
+    EVP_PKEY_CTX *chk = EVP_PKEY_CTX_new(k1, NULL);
+    assert_int_equal(EVP_PKEY_pairwise_check(chk), 1); /* d1·G is p1 */
+    EVP_PKEY_CTX_free(chk);
+    EVP_PKEY *mixed = sim_p256_key_pair(d1, p2);
+    if (mixed) { /* fromdata may take it; the pair check may not */
+        chk = EVP_PKEY_CTX_new(mixed, NULL);
+        assert_int_not_equal(EVP_PKEY_pairwise_check(chk), 1);
+        EVP_PKEY_CTX_free(chk);
+        EVP_PKEY_free(mixed);
+    }
+    ERR_clear_error();
+    for (int i = 0; i < 20; i++) {
+        unsigned char dg[32], rs[64];
+        char msg[32];
+        snprintf(msg, sizeof msg, "device %d", i);
+        SHA256((const unsigned char *)msg, strlen(msg), dg);
+        assert_true(sim_ec_sign_with(d1, dg, rs));
+        assert_int_equal(sim_ecdsa_verify_raw(k1, msg, strlen(msg), rs, 64, NULL), ESIM_OK);
+        assert_int_equal(sim_ecdsa_verify_raw(k2, msg, strlen(msg), rs, 64, NULL), ESIM_ECRYPTO);
+    }
+    static const unsigned char n_p256[32] = {0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00,
+                                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                             0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84,
+                                             0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51};
+    unsigned char zero[32] = {0}, dg[32] = {1}, rs[64];
+    assert_false(sim_ec_sign_with(zero, dg, rs));
+    assert_false(sim_ec_sign_with(n_p256, dg, rs));
+    assert_false(sim_ec_public_key(zero, q));
+    assert_false(sim_ec_public_key(n_p256, q));
+    EVP_PKEY_free(k1);
+    EVP_PKEY_free(k2);
+}
+
 /* sim_cert_cache_verify_by: the same answers before and after the signer's
  * table is built (past 256 signatures by one key), other keys untouched. */
 static void test_cert_cache_verify_by(void **state)
@@ -687,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_ec_fixed_verify),
         cmocka_unit_test(test_ec_p256_verify),
         cmocka_unit_test(test_ec_signer),
+        cmocka_unit_test(test_ec_scalar_keys),
         cmocka_unit_test(test_cert_cache_verify_by),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);

@@ -14,6 +14,7 @@
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
 
+#include "sim/cert_view.h"
 #include "tests/sim/sim_test.h"
 
 /* Test URIs are built in fixed buffers big enough for them. */
@@ -665,6 +666,17 @@ static void test_persistence(void **state)
     assert_string_equal(v, "https://wns.example/?token=abc");
     free(v);
     serve(&s, "", true);
+    /* Its identity: its own key and certificate, kept with it. */
+    const esim_buf *id = NULL;
+    assert_int_equal(sim_winpc_identity(s.pc, &id, NULL), ESIM_OK);
+    esim_buf cert = {0};
+    assert_int_equal(esim_buf_append(&cert, id->data, id->len), ESIM_OK);
+    unsigned char key[32], point[65];
+    memcpy(key, sim_winpc_identity_key(s.pc), 32);
+    sim_cert_view cv;
+    assert_true(sim_cert_view_parse(cert.data, cert.len, &cv));
+    assert_true(sim_ec_public_key(key, point));
+    assert_memory_equal(point, cv.point, 65);
     assert_true(sim_winpc_dirty(s.pc));
     snprintf(path, sizeof path, "%s/pc.json", fx.dir);
     assert_int_equal(sim_winpc_save(s.pc, path, NULL), ESIM_OK);
@@ -680,6 +692,21 @@ static void test_persistence(void **state)
     assert_string_equal((const char *)b.data, "1");
     assert_string_equal(sim_winpc_channel_uri(back), "https://wns.example/?token=abc");
     assert_int_equal(sim_winpc_sessions(back), 1);
+    assert_int_equal(sim_winpc_identity(back, &id, NULL), ESIM_OK);
+    assert_int_equal(id->len, cert.len);
+    assert_memory_equal(id->data, cert.data, cert.len);
+    assert_memory_equal(sim_winpc_identity_key(back), key, 32);
+    /* Another PC has another key. */
+    sim_winpc *other = NULL;
+    sim_winpc_spec os = {.device_id = "OTHER-PC", .eid = sim_euicc_eid(sim_winpc_euicc(back))};
+    assert_int_equal(sim_winpc_new(fx.pki, &os, &other, NULL), ESIM_OK);
+    assert_int_equal(sim_winpc_identity(other, &id, NULL), ESIM_OK);
+    sim_cert_view vo;
+    assert_true(sim_cert_view_parse(id->data, id->len, &vo));
+    assert_memory_not_equal(vo.point, point, 65);
+    assert_memory_not_equal(sim_winpc_identity_key(other), key, 32);
+    sim_winpc_free(other);
+    esim_buf_free(&cert);
     /* The next session continues the SessionID sequence. */
     assert_int_equal(sim_winpc_session_start(back, URL, false, &b, NULL), ESIM_OK);
     assert_non_null(strstr((const char *)b.data, "<SessionID>2</SessionID>"));
