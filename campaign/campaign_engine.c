@@ -396,47 +396,6 @@ static void ready_add(campaign *c, size_t i)
     c->ready[(c->ready_head + c->ready_len++) % c->n] = (uint32_t)i;
 }
 
-/* Puts every pending device not yet in the push FIFO into it, the
- * platforms' lines interleaved in proportion to their numbers (target order
- * within a line, and between lines at a tie): 8,000 iPhones and 2,000 PCs go
- * four iPhones, a PC, four iPhones, ... A fleet's platforms are woken
- * through different push services and served by different parts of the
- * devices' side, so they run side by side instead of the last platform in
- * target order waiting for the window until the first is done. */
-static void ready_fill(campaign *c)
-{
-    size_t total[CAMPAIGN_LINES] = {0}, taken[CAMPAIGN_LINES] = {0}, cur[CAMPAIGN_LINES] = {0};
-    size_t k = 0;
-    for (size_t i = 0; i < c->n; i++)
-        if (c->devs[i].state == CDEV_PENDING && !c->devs[i].in_ready) {
-            total[line_of(&c->devs[i])]++;
-            k++;
-        }
-    for (; k > 0; k--) {
-        unsigned best = CAMPAIGN_LINES;
-        for (unsigned l = 0; l < CAMPAIGN_LINES; l++) {
-            if (taken[l] == total[l])
-                continue;
-            while (c->devs[cur[l]].state != CDEV_PENDING || c->devs[cur[l]].in_ready ||
-                   line_of(&c->devs[cur[l]]) != l)
-                cur[l]++;
-            /* The line furthest behind its share once this device is taken:
-             * (taken + 1) / total, compared as products (each < 2^32). */
-            if (best == CAMPAIGN_LINES) {
-                best = l;
-                continue;
-            }
-            uint64_t mine = (uint64_t)(taken[l] + 1) * total[best],
-                     theirs = (uint64_t)(taken[best] + 1) * total[l];
-            if (mine < theirs || (mine == theirs && cur[l] < cur[best]))
-                best = l;
-        }
-        ready_add(c, cur[best]);
-        taken[best]++;
-        cur[best]++;
-    }
-}
-
 /* ---- steps ------------------------------------------------------------------ */
 
 static int first_step(const campaign *c)
@@ -953,9 +912,9 @@ static void start_staged(campaign *c, int64_t now)
             continue;
         d->deadline_ms = now + c->spec.settings.expiry_ms;
         set_state(c, i, CDEV_PENDING, now);
+        ready_add(c, i);
         arm(c, i, d->deadline_ms);
     }
-    ready_fill(c);
 }
 
 esim_err campaign_resume(campaign *c, int64_t now, esim_error *err)
@@ -1151,6 +1110,7 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
         if (!spec->staged && !targets[i].staged) {
             d->deadline_ms = now + spec->settings.expiry_ms;
             set_state(c, i, CDEV_PENDING, now);
+            ready_add(c, i);
             arm(c, i, d->deadline_ms);
         } else {
             mark_dirty(c, i);
@@ -1171,7 +1131,6 @@ esim_err campaign_new(const campaign_spec *spec, const campaign_target *targets,
             finish_device(c, i, CDEV_DONE, now);
         }
     }
-    ready_fill(c);
     check_finished(c);
     *out = c;
     return ESIM_OK;
@@ -1206,12 +1165,13 @@ esim_err campaign_restore(const campaign_spec *spec, campaign_state state, int64
             c->refresh_acked++;
         if (campaign_dev_state_final((campaign_dev_state)d->state))
             continue;
+        if (d->state == CDEV_PENDING)
+            ready_add(c, i);
         int64_t at = d->next_ms ? d->next_ms : d->deadline_ms;
         if (!at)
             at = now;
         arm(c, i, at);
     }
-    ready_fill(c); /* the pending devices */
     c->n_dirty = 0;
     for (size_t i = 0; i < n; i++)
         c->devs[i].dirty = 0;

@@ -177,9 +177,7 @@ typedef struct {
     bool esim_installed;        /* the service already verified this ICCID on it:
                                    never ask for a second download */
     uint8_t platform;           /* the caller's: which platform adapter speaks to it
-                                   (campaign/platform.h); the engine keeps a line per
-                                   platform (re-pushes) and interleaves them in the
-                                   push FIFO */
+                                   (campaign/platform.h); kept, never read */
 } campaign_target;
 
 /* The per-device record. 120-odd bytes plus the reason when one is set. */

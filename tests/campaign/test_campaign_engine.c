@@ -876,53 +876,6 @@ static void test_window_of_devices_in_flight(void **state)
     campaign_free(c);
 }
 
-/* The push FIFO interleaves the platforms in proportion to their numbers:
- * a fleet listed iPhones first does not keep its PCs waiting for the window
- * until every iPhone is done; the same after a restore. */
-static void test_platforms_interleaved(void **state)
-{
-    (void)state;
-    static fleet f;
-    make_fleet(&f, 10, NULL);
-    f.t[8].platform = f.t[9].platform = 1; /* two PCs, listed last */
-    campaign_spec spec = make_spec(false, true, false);
-    spec.settings.max_in_flight = 5;
-    spec.settings.repush_after_ms = 100000;
-    spec.settings.expiry_ms = 1000000;
-    rec r = {0};
-    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
-    campaign *c = NULL;
-    assert_int_equal(campaign_new(&spec, f.t, 10, 0, &c, NULL), ESIM_OK);
-    campaign_tick(c, 0, &io);
-    /* Four iPhones, a PC, four iPhones, a PC: the window of 5 holds the first PC. */
-    assert_int_equal(r.total_pushed, 5);
-    for (size_t i = 0; i < 4; i++)
-        assert_int_equal(r.pushed[i], 1);
-    assert_int_equal(r.pushed[8], 1);
-    assert_int_equal(r.pushed[4], 0);
-    assert_int_equal(r.pushed[9], 0);
-    /* A service restarting before the first tick restores ten pending
-     * records: the FIFO is interleaved again. */
-    campaign *c0 = NULL;
-    assert_int_equal(campaign_new(&spec, f.t, 10, 0, &c0, NULL), ESIM_OK);
-    campaign_dev recs[10];
-    for (size_t i = 0; i < 10; i++)
-        recs[i] = *campaign_device_at(c0, i);
-    campaign *c2 = NULL;
-    assert_int_equal(campaign_restore(campaign_get_spec(c0), campaign_get_state(c0),
-                                      campaign_created_ms(c0), recs, 10, 50, &c2, NULL),
-                     ESIM_OK);
-    campaign_free(c0);
-    rec r2 = {0};
-    campaign_io io2 = {&r2, rec_queue, rec_push, false, NULL, NULL, NULL};
-    campaign_tick(c2, 50, &io2);
-    assert_int_equal(r2.total_pushed, 5);
-    assert_int_equal(r2.pushed[8], 1);
-    assert_int_equal(r2.pushed[9], 0);
-    campaign_free(c2);
-    campaign_free(c);
-}
-
 static void test_names_round_trip(void **state)
 {
     (void)state;
@@ -967,7 +920,6 @@ int main(void)
         cmocka_unit_test(test_repush_once_the_device_went_quiet),
         cmocka_unit_test(test_repush_decided_by_a_later_answer),
         cmocka_unit_test(test_window_of_devices_in_flight),
-        cmocka_unit_test(test_platforms_interleaved),
         cmocka_unit_test(test_names_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
