@@ -308,6 +308,18 @@ static long stats_int(struct event_base *base, sim_http *h, sim_devsim *s, const
     return v;
 }
 
+/* Runs |base| until the simulator's /stats |key| reaches |want| (at most
+ * |limit_ms|), then checks it is exactly |want|. */
+static void await_stat(struct event_base *base, sim_http *h, sim_devsim *s, const char *key,
+                       long want, int64_t limit_ms)
+{
+    int64_t start = esim_mono_ms();
+    while (stats_int(base, h, s, key) < want && esim_mono_ms() - start < limit_ms)
+        for (int k = 0; k < 50; k++)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    assert_int_equal(stats_int(base, h, s, key), want);
+}
+
 /* The sessions in flight follow the service: the window halves (once a
  * second, down to 8) while it answers 503, and opens to --max-concurrent
  * again once it answers promptly; every device enrols in the end. */
@@ -343,11 +355,7 @@ static void test_window_follows_the_service(void **state)
     assert_true(b.requests > 0);
     assert_int_equal(stats_int(base, h, s, "window"), 8);
     b.busy = false;
-    start = esim_mono_ms();
-    while (stats_int(base, h, s, "enrolled_now") < 100 && esim_mono_ms() - start < 60000)
-        for (int k = 0; k < 50; k++)
-            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 100);
+    await_stat(base, h, s, "enrolled_now", 100, 60000);
     assert_int_equal(stats_int(base, h, s, "window"), 40);
     sim_devsim_free(s);
     sim_http_free(h);
@@ -389,11 +397,7 @@ static void test_sessions_start_without_the_tick(void **state)
     sim_devsim *s = NULL;
     esim_error err;
     assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
-    int64_t start = esim_mono_ms();
-    while (stats_int(base, h, s, "enrolled_now") < 3 && esim_mono_ms() - start < 60000)
-        for (int k = 0; k < 50; k++)
-            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 3);
+    await_stat(base, h, s, "enrolled_now", 3, 60000);
     sim_devsim_free(s);
 
     c.tick_ms = 3600 * 1000;
@@ -409,11 +413,7 @@ static void test_sessions_start_without_the_tick(void **state)
         json_decref(status(base, h, s, "POST", path, &st));
         assert_int_equal(st, 200);
     }
-    start = esim_mono_ms();
-    while (stats_int(base, h, s, "checkins") < 3 && esim_mono_ms() - start < 30000)
-        for (int k = 0; k < 50; k++)
-            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-    assert_int_equal(stats_int(base, h, s, "checkins"), 3);
+    await_stat(base, h, s, "checkins", 3, 30000);
     assert_int_equal(b.requests, 3); /* three Idle check-ins, each answered empty */
     sim_devsim_free(s);
 
@@ -438,7 +438,7 @@ static void test_sessions_start_without_the_tick(void **state)
         json_decref(status(base, h, s, "POST", path, &st));
         assert_int_equal(st, 200);
     }
-    start = esim_mono_ms();
+    int64_t start = esim_mono_ms();
     while (b.requests < 2 && esim_mono_ms() - start < 30000)
         event_base_loop(base, EVLOOP_ONCE);
     assert_int_equal(b.requests, 2);
@@ -536,11 +536,7 @@ static void test_pushes_fetched_without_the_tick(void **state)
     sim_devsim *s = NULL;
     esim_error err;
     assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_OK);
-    int64_t start = esim_mono_ms();
-    while (stats_int(base, h, s, "enrolled_now") < 2 && esim_mono_ms() - start < 60000)
-        for (int k = 0; k < 50; k++)
-            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-    assert_int_equal(stats_int(base, h, s, "enrolled_now"), 2);
+    await_stat(base, h, s, "enrolled_now", 2, 60000);
     sim_devsim_free(s);
     for (size_t k = 0; k < p.n_held; k++)
         evhttp_send_reply(p.held[k], 503, "Busy", NULL);
@@ -560,7 +556,7 @@ static void test_pushes_fetched_without_the_tick(void **state)
         snprintf(p.pc[i], sizeof p.pc[i], "%s", sim_winpc_device_id(sim_devsim_windows_at(s, i)));
     }
     p.serve_pushes = true;
-    start = esim_mono_ms();
+    int64_t start = esim_mono_ms();
     while ((p.checkins < 2 || p.omadm < 2) && esim_mono_ms() - start < 30000)
         event_base_loop(base, EVLOOP_ONCE);
     assert_int_equal(p.checkins, 2);
