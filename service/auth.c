@@ -510,7 +510,7 @@ typedef struct {
 /* The P-256 public key made from a kept point (auth_key) ready to verify
  * (core/p256.h: a 2 KiB table of multiples of the point, made in about
  * the time of one OpenSSL verification; each verification with it takes
- * ~0.6 of OpenSSL's), by certificate digest: a device's later messages
+ * under half of OpenSSL's instructions), by certificate digest: a device's later messages
  * reuse it. Direct-mapped like the parsed slots; the table is allocated
  * when its slot is first used and reused by the slot's next keys. */
 typedef struct {

@@ -127,25 +127,15 @@ static const unsigned char OID_MESSAGE_DIGEST[] = {0x06, 0x09, 0x2a, 0x86, 0x48,
 static const unsigned char OID_CN[] = {0x06, 0x03, 0x55, 0x04, 0x03};
 static const unsigned char OID_O[] = {0x06, 0x03, 0x55, 0x04, 0x0a};
 
-/* ECDSA over |data| hashed with SHA-256; the DER Ecdsa-Sig-Value in |sig|. */
-static esim_err ec_sign(sim_ec_signer *signer, const void *data, size_t len, unsigned char sig[80],
-                        size_t *sig_len)
+/* ECDSA over |data| hashed with SHA-256, by |signer|'s key or, with
+ * |signer| NULL, by the key kept as its scalar |d| (a device's identity
+ * key); the DER Ecdsa-Sig-Value in |sig|. */
+static esim_err ec_sign(sim_ec_signer *signer, const unsigned char *d, const void *data, size_t len,
+                        unsigned char sig[80], size_t *sig_len)
 {
     unsigned char dgst[SHA256_DIGEST_LENGTH], rs[64];
     sim_sha256(data, len, dgst);
-    if (!sim_ec_signer_sign(signer, dgst, rs))
-        return ESIM_ECRYPTO;
-    *sig_len = sim_ecdsa_raw_to_der(rs, sig);
-    return ESIM_OK;
-}
-
-/* The same by the key kept as its scalar |d| (a device's identity key). */
-static esim_err ec_sign_with(const unsigned char d[32], const void *data, size_t len,
-                             unsigned char sig[80], size_t *sig_len)
-{
-    unsigned char dgst[SHA256_DIGEST_LENGTH], rs[64];
-    sim_sha256(data, len, dgst);
-    if (!sim_ec_sign_with(d, dgst, rs))
+    if (!(signer ? sim_ec_signer_sign(signer, dgst, rs) : sim_ec_sign_with(d, dgst, rs)))
         return ESIM_ECRYPTO;
     *sig_len = sim_ecdsa_raw_to_der(rs, sig);
     return ESIM_OK;
@@ -233,7 +223,7 @@ static esim_err put_signed_certificate(sim_ec_signer *signer, esim_buf *tbs, esi
     sig[0] = 0; /* no unused bits */
     esim_err rc = wrap(&cert, 0x30, tbs);
     if (rc == ESIM_OK)
-        rc = ec_sign(signer, cert.data, cert.len, sig + 1, &sig_len);
+        rc = ec_sign(signer, NULL, cert.data, cert.len, sig + 1, &sig_len);
     if (rc == ESIM_OK)
         rc = put_alg(&cert, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
     if (rc == ESIM_OK)
@@ -383,7 +373,7 @@ esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const voi
     if (rc == ESIM_OK)
         rc = sim_der_put(&signed_set, 0x31, attrs.data, attrs.len);
     if (rc == ESIM_OK)
-        rc = ec_sign_with(id->key, signed_set.data, signed_set.len, sig, &sig_len);
+        rc = ec_sign(NULL, id->key, signed_set.data, signed_set.len, sig, &sig_len);
     esim_buf_free(&signed_set);
     /* SignerInfo */
     if (rc == ESIM_OK)

@@ -495,15 +495,22 @@ static void count_status(sim_devsim *s, const esim_buf *result)
 
 static void after_action_notifications(void *arg, size_t still);
 
+/* A wiped phone is a new device to every server: no token registered, no
+ * push owed, and a full TLS handshake with each (no session resumed). */
+static void identity_renewed(slot *sl)
+{
+    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
+    sim_tls_session_forget(sl->tls);
+    sim_lpa_link_forget(sl->es9);
+}
+
 static void reenroll_after_erase(sim_devsim *s, size_t i, bool keep_esim)
 {
     slot *sl = &s->slots[i];
     token_forget(s, i);
     sim_device_erase(sl->dev, keep_esim);
     token_put(s, i);
-    sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING); /* a new identity */
-    sim_tls_session_forget(sl->tls);               /* ... so a new full handshake */
-    sim_lpa_link_forget(sl->es9);                  /* with every server */
+    identity_renewed(sl);
     save_if_dirty(s, i);
     /* A reset eUICC owes its SM-DP+s the delete notifications. */
     if (sim_euicc_notification_count(sim_device_euicc(sl->dev)) > 0)
@@ -1699,9 +1706,7 @@ esim_err sim_devsim_user_action(sim_devsim *s, const char *udid, sim_user_action
     if (erases) {
         token_put(s, i);
         if (out->erased) {
-            sl->flags &= ~(F_REGISTERED | F_PUSH_PENDING);
-            sim_tls_session_forget(sl->tls);
-            sim_lpa_link_forget(sl->es9);
+            identity_renewed(sl);
             at(s, 200, i, TIMED_ENROLL);
         }
     }

@@ -181,22 +181,9 @@ int sim_ec_fixed_verify_der(sim_ec_fixed *f, const unsigned char digest[32],
                             const unsigned char *sig, size_t sig_len)
 {
     /* As strict as EVP's verification: the DER must be the signature's
-     * one canonical encoding. */
-    const unsigned char *p = sig;
-    ECDSA_SIG *es = sig_len <= 80 ? d2i_ECDSA_SIG(NULL, &p, (long)sig_len) : NULL;
-    unsigned char *again = NULL, rs[64];
-    int n = es ? i2d_ECDSA_SIG(es, &again) : -1;
-    int res = 0;
-    if (es && p == sig + sig_len && n == (int)sig_len && memcmp(again, sig, sig_len) == 0) {
-        const BIGNUM *r, *s;
-        ECDSA_SIG_get0(es, &r, &s);
-        if (BN_num_bytes(r) <= 32 && BN_num_bytes(s) <= 32 && BN_bn2binpad(r, rs, 32) == 32 &&
-            BN_bn2binpad(s, rs + 32, 32) == 32)
-            res = sim_ec_fixed_verify(f, digest, rs);
-    }
-    OPENSSL_free(again);
-    ECDSA_SIG_free(es);
-    return res;
+     * one canonical encoding (core/p256.h's reader). */
+    unsigned char rs[64];
+    return esim_p256_sig_from_der(sig, sig_len, rs) ? sim_ec_fixed_verify(f, digest, rs) : 0;
 }
 
 /* ---- any key, by its point ------------------------------------------------------ */

@@ -249,14 +249,9 @@ esim_err sim_ecdsa_sign_raw(EVP_PKEY *key, const void *data, size_t len, unsigne
     size_t der_len = sizeof der;
     esim_err rc = ESIM_ECRYPTO;
     if (md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
-        EVP_DigestSign(md, der, &der_len, data, len) == 1) {
-        const unsigned char *p = der;
-        ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
-        if (s && BN_bn2binpad(ECDSA_SIG_get0_r(s), sig, 32) == 32 &&
-            BN_bn2binpad(ECDSA_SIG_get0_s(s), sig + 32, 32) == 32)
-            rc = ESIM_OK;
-        ECDSA_SIG_free(s);
-    }
+        EVP_DigestSign(md, der, &der_len, data, len) == 1 &&
+        esim_p256_sig_from_der(der, der_len, sig))
+        rc = ESIM_OK;
     EVP_MD_CTX_free(md);
     if (rc != ESIM_OK)
         return esim_fail(err, rc, "ECDSA signing failed (is the key P-256?)");
@@ -270,14 +265,9 @@ esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
     size_t der_len = sizeof der;
     sim_sha256(data, len, dgst);
     esim_err rc = ESIM_ECRYPTO;
-    if (ctx && EVP_PKEY_sign(ctx, der, &der_len, dgst, sizeof dgst) == 1) {
-        const unsigned char *p = der;
-        ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
-        if (s && BN_bn2binpad(ECDSA_SIG_get0_r(s), sig, 32) == 32 &&
-            BN_bn2binpad(ECDSA_SIG_get0_s(s), sig + 32, 32) == 32)
-            rc = ESIM_OK;
-        ECDSA_SIG_free(s);
-    }
+    if (ctx && EVP_PKEY_sign(ctx, der, &der_len, dgst, sizeof dgst) == 1 &&
+        esim_p256_sig_from_der(der, der_len, sig))
+        rc = ESIM_OK;
     if (rc != ESIM_OK)
         return esim_fail(err, rc, "ECDSA signing failed");
     return ESIM_OK;
