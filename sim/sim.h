@@ -501,6 +501,7 @@ typedef struct {
     const char *service_provider; /* in profile metadata; NULL = "Simulated Operator" */
     size_t max_sessions;          /* download sessions open at once; 0 = 1024 */
     unsigned session_ttl_ms;      /* an unfinished session expires after; 0 = 60,000 */
+    size_t key_tables;            /* eUICC keys kept ready to verify (2 KiB each); 0 = 1024 */
 } sim_smdp_config;
 
 typedef struct sim_smdp sim_smdp;
@@ -536,6 +537,8 @@ const sim_order *sim_smdp_order_at(const sim_smdp *s, size_t i);
 const sim_order *sim_smdp_find_order(const sim_smdp *s, const char *iccid);
 /* Download sessions open right now (begun, neither finished nor cancelled). */
 size_t sim_smdp_session_count(const sim_smdp *s);
+/* eUICC keys made ready to verify so far (one per key while it stays kept). */
+size_t sim_smdp_key_tables_made(const sim_smdp *s);
 /* TLS handshakes the SM-DP+ completed: full, and resumed (a ticket offered back). */
 void sim_smdp_tls_handshakes(const sim_smdp *s, size_t *full, size_t *resumed);
 

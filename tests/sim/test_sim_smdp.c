@@ -391,6 +391,66 @@ static void test_forged_signature(void **state)
     sim_euicc_free(attacker);
 }
 
+/* The eUICC keys kept ready to verify (core/p256.h tables): one made per
+ * key for its four signatures (authenticateClient, getBoundProfilePackage,
+ * the install and enable notifications); a forged signature is refused
+ * while the victim's key is kept; with more keys than places the least
+ * recently used is made again, and every answer stays right. */
+static void test_euicc_key_tables(void **state)
+{
+    (void)state;
+    sim_smdp_free(fx.smdp);
+    sim_smdp_config cfg = {.pki = fx.pki, .key_tables = 4}; /* one set of four */
+    assert_int_equal(sim_smdp_new(fx.base, &cfg, &fx.smdp, NULL), ESIM_OK);
+    snprintf(fx.url, sizeof fx.url, "%s", sim_smdp_url(fx.smdp));
+    snprintf(fx.es9, sizeof fx.es9, "%s/gsma/rsp2/es9plus/", fx.url);
+    const char *ca = sim_pki_ca_file(fx.pki);
+    sim_euicc *e[6];
+    char iccid[21], buf[64];
+    for (unsigned i = 0; i < 6; i++) {
+        e[i] = euicc(fx.pki, 700 + i);
+        order(e[i], 700 + i, NULL, true);
+    }
+    assert_int_equal(sim_smdp_key_tables_made(fx.smdp), 0);
+    sim_download_result r = download(e[0], NULL, ca);
+    assert_int_equal(r.err, ESIM_OK);
+    assert_int_equal(sim_euicc_enable(e[0], r.iccid), SIM_RES_OK);
+    assert_int_equal(send_notifications(e[0]), 0);
+    st_iccid(700, iccid);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_INSTALLED);
+    assert_int_equal(sim_smdp_key_tables_made(fx.smdp), 1);
+
+    /* e[1] presents e[0]'s certificate and signs with its own key. */
+    char chal[64], sc[64], txid[64];
+    json_t *init = initiate(chal);
+    snprintf(txid, sizeof txid, "%s", sim_json_str(init, "transactionId"));
+    json_t *resp =
+        es9("authenticateClient", auth_body(txid, server_challenge(init, sc), e[1], e[0]), NULL);
+    assert_string_equal(status_of(resp, buf, sizeof buf), "8.1/6.1");
+    json_decref(resp);
+    json_decref(init);
+    assert_int_equal(sim_smdp_key_tables_made(fx.smdp), 1);
+
+    /* Five more keys through four places: e[0]'s goes, and is made again. */
+    for (unsigned i = 1; i < 6; i++) {
+        r = download(e[i], NULL, ca);
+        assert_int_equal(r.err, ESIM_OK);
+        assert_int_equal(send_notifications(e[i]), 0);
+        st_iccid(700 + i, iccid);
+        assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_INSTALLED);
+    }
+    assert_int_equal(sim_smdp_key_tables_made(fx.smdp), 6);
+    order(e[0], 710, "KEYS-AGAIN", true);
+    r = download(e[0], "KEYS-AGAIN", ca);
+    assert_int_equal(r.err, ESIM_OK);
+    assert_int_equal(send_notifications(e[0]), 0);
+    st_iccid(710, iccid);
+    assert_int_equal(sim_smdp_find_order(fx.smdp, iccid)->state, SIM_ORDER_INSTALLED);
+    assert_int_equal(sim_smdp_key_tables_made(fx.smdp), 7);
+    for (unsigned i = 0; i < 6; i++)
+        sim_euicc_free(e[i]);
+}
+
 /* ---- eUICC certificates made here with OpenSSL, signed by the EUM ---- */
 
 typedef enum {
@@ -1119,6 +1179,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_order_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_ci, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forged_signature, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_euicc_key_tables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_euicc_certificate_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replayed_challenge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notification_from_other_eid, setup, teardown),
