@@ -7,7 +7,9 @@
  * session offered for resumption, its client certificate (the device's DER,
  * from memory) parsed only when a full handshake asks for it, and the
  * handshake counters. Every full handshake verifies the server's chain
- * (X509_verify_cert): no verdict is shared between devices.
+ * (X509_verify_cert, its signature step the simulator's own so that the
+ * CA's key checks through a precomputed table): no verdict is shared
+ * between devices.
  * Connections are kept alive: a private one (sim_http_conn, one device's
  * connection) for its owner's next request; a request that names a device's
  * session but no private connection gets a connection of its own, closed
@@ -37,6 +39,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "core/der.h"
+#include "core/p256.h"
 #include "sim/cert_view.h"
 #include "sim/http_parse.h"
 #include "sim/sim_internal.h"
@@ -157,14 +161,20 @@ struct sim_http {
         X509 *x;
     } chain[4];
     size_t n_chain;
+    /* The trust anchors' keys, for the chain signatures of every full
+     * handshake (tls_chain_signatures): counted per key and, once a key has
+     * signed often, verified through its precomputed table. Keys, never
+     * verdicts: each handshake checks its chain's signatures itself. */
+    sim_cert_cache *anchor_keys;
 };
 
-static int ssl_idx = -1;
+static int ssl_idx = -1, store_idx = -1;
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
 
 static void make_index(void)
 {
     ssl_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    store_idx = X509_STORE_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 void sim_tls_session_forget(sim_tls_session *t)
@@ -330,11 +340,128 @@ static int tls_client_cert(SSL *ssl, void *arg)
  * and the purpose, in every full handshake of every device (a resumed one
  * has no certificate: the session's secret, which the device got from a
  * handshake that verified, authenticates the server). Counted. */
+static int tls_chain_signatures(X509_STORE_CTX *xs);
+
 static int tls_verify_server(X509_STORE_CTX *xs, void *arg)
 {
     sim_http *h = arg;
     h->tls.chains_verified++;
+    if (store_idx >= 0 && X509_STORE_CTX_set_ex_data(xs, store_idx, h) == 1)
+        X509_STORE_CTX_set_verify(xs, tls_chain_signatures);
     return X509_verify_cert(xs);
+}
+
+/* A failure at |depth| on |x|, told to the verify callback (libssl's,
+ * which ends the handshake): its answer. */
+static int chain_fail(X509_STORE_CTX *xs, X509 *x, int depth, int code)
+{
+    X509_STORE_CTX_set_error_depth(xs, depth);
+    X509_STORE_CTX_set_current_cert(xs, x);
+    X509_STORE_CTX_set_error(xs, code);
+    return X509_STORE_CTX_get_verify_cb(xs)(0, xs);
+}
+
+/* |x|'s signature by |issuer|'s key |pub|: 1 good, 0 not. An ECDSA-SHA256
+ * signature by an EC key goes through the anchors' key cache
+ * (sim_cert_cache_verify_by: the key's 2 KiB table, its precomputed one
+ * once it has signed 256 times), over the TBSCertificate as received (the
+ * parsed certificate keeps its encoding); any other, or a signature whose
+ * algorithm differs from the one inside the TBSCertificate, as
+ * X509_verify. */
+static int chain_link_signed(sim_http *h, X509 *x, X509 *issuer, EVP_PKEY *pub)
+{
+    const ASN1_BIT_STRING *sig = NULL;
+    const X509_ALGOR *alg = NULL;
+    X509_get0_signature(&sig, &alg, x);
+    unsigned char rs[64], *der = NULL;
+    int der_len;
+    if (!h || EVP_PKEY_get_base_id(pub) != EVP_PKEY_EC ||
+        X509_get_signature_nid(x) != NID_ecdsa_with_SHA256 || !sig || !alg ||
+        X509_ALGOR_cmp(alg, X509_get0_tbs_sigalg(x)) != 0 || (sig->flags & 0x07) != 0 ||
+        !esim_p256_sig_from_der(sig->data, (size_t)sig->length, rs) ||
+        (!h->anchor_keys && !(h->anchor_keys = sim_cert_cache_new(16))) ||
+        (der_len = i2d_X509(x, &der)) <= 0)
+        return X509_verify(x, pub) > 0;
+    esim_der all = {der, der + der_len}, cert;
+    const unsigned char *tbs = NULL;
+    size_t tbs_len = 0;
+    int ok = esim_der_enter(&all, 0x30, &cert) &&
+             esim_der_take(&cert, 0x30, &tbs, &tbs_len, NULL, NULL) &&
+             sim_cert_cache_verify_by(h->anchor_keys, issuer, tbs, tbs_len, rs, sizeof rs, NULL) ==
+                 ESIM_OK;
+    OPENSSL_free(der);
+    return ok;
+}
+
+/* X509_verify_cert's last step for a device's chain (set on each
+ * verification by tls_verify_server): each certificate's signature by the
+ * next one's key, from the leaf up to the trust anchor (the anchor's own
+ * self-signature is not checked, as OpenSSL does not), with the issuer's
+ * key usage, and every certificate's dates, failures told to the verify
+ * callback at the depth OpenSSL reports them; the same checks in the same
+ * order as OpenSSL 3.0's own step, the signatures through the anchors' key
+ * tables (chain_link_signed). Everything else X509_verify_cert checks
+ * (building the chain to a trusted anchor, the extensions and purpose, the
+ * host name or address) it does as before. */
+static int tls_chain_signatures(X509_STORE_CTX *xs)
+{
+    sim_http *h = store_idx >= 0 ? X509_STORE_CTX_get_ex_data(xs, store_idx) : NULL;
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(xs);
+    int n = sk_X509_num(chain) - 1;
+    if (n < 0)
+        return 0;
+    X509 *xi = sk_X509_value(chain, n), *x = xi;
+    X509_STORE_CTX_set_error_depth(xs, n);
+    if (!(X509_get_extension_flags(xi) & EXFLAG_SI)) { /* the top is not self-issued */
+        if (n == 0)
+            return chain_fail(xs, xi, 0, X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE);
+        x = sk_X509_value(chain, --n);
+        X509_STORE_CTX_set_error_depth(xs, n);
+    }
+    X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(xs);
+    unsigned long flags = X509_VERIFY_PARAM_get_flags(param);
+    time_t at = X509_VERIFY_PARAM_get_time(param),
+           *when = flags & X509_V_FLAG_USE_CHECK_TIME ? &at : NULL;
+    X509_STORE_CTX_verify_cb cb = X509_STORE_CTX_get_verify_cb(xs);
+    while (n >= 0) {
+        if (x != xi || ((flags & X509_V_FLAG_CHECK_SS_SIGNATURE) &&
+                        (X509_get_extension_flags(xi) & EXFLAG_SS))) {
+            int issuer_depth = n + (x == xi ? 0 : 1);
+            int usage = x == xi && !(X509_get_extension_flags(xi) & EXFLAG_CA)
+                            ? X509_V_OK
+                            : X509_check_issued(xi, x);
+            if (usage != X509_V_OK && !chain_fail(xs, xi, issuer_depth, usage))
+                return 0;
+            EVP_PKEY *pub = X509_get0_pubkey(xi);
+            if (!pub) {
+                if (!chain_fail(xs, xi, issuer_depth,
+                                X509_V_ERR_UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY))
+                    return 0;
+            } else if (!chain_link_signed(h, x, xi, pub) &&
+                       !chain_fail(xs, x, n, X509_V_ERR_CERT_SIGNATURE_FAILURE)) {
+                return 0;
+            }
+        }
+        if (!(flags & X509_V_FLAG_NO_CHECK_TIME)) {
+            int c = X509_cmp_time(X509_get0_notBefore(x), when);
+            if ((c == 0 && !chain_fail(xs, x, n, X509_V_ERR_ERROR_IN_CERT_NOT_BEFORE_FIELD)) ||
+                (c > 0 && !chain_fail(xs, x, n, X509_V_ERR_CERT_NOT_YET_VALID)))
+                return 0;
+            c = X509_cmp_time(X509_get0_notAfter(x), when);
+            if ((c == 0 && !chain_fail(xs, x, n, X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD)) ||
+                (c < 0 && !chain_fail(xs, x, n, X509_V_ERR_CERT_HAS_EXPIRED)))
+                return 0;
+        }
+        X509_STORE_CTX_set_current_cert(xs, x);
+        X509_STORE_CTX_set_error_depth(xs, n);
+        if (!cb(1, xs))
+            return 0;
+        if (--n >= 0) {
+            xi = x;
+            x = sk_X509_value(chain, n);
+        }
+    }
+    return 1;
 }
 
 /* The context for trust anchor |ca| (NULL: the system's), made once. */
@@ -1285,6 +1412,7 @@ void sim_http_free(sim_http *h)
         OPENSSL_free(h->chain[k].der);
         X509_free(h->chain[k].x);
     }
+    sim_cert_cache_free(h->anchor_keys);
     free(h);
 }
 

@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "core/der.h"
 #include "sim/cert_view.h"
 #include "tests/sim/sim_test.h"
 
@@ -1068,6 +1069,77 @@ static void test_tls_chain_verified_per_handshake(void **state)
     sim_tls_session_free(d);
 }
 
+/* An SM-DP+ serving |cert| with the PKI's server key (its public key
+ * unchanged, so the handshake's own signature is good), and a full
+ * handshake with it under the PKI's CA. */
+static esim_err tls_get_served(X509 *cert)
+{
+    X509 *good = fx.pki->server.x509;
+    fx.pki->server.x509 = cert;
+    sim_smdp *s = NULL;
+    esim_error err;
+    sim_smdp_config cfg = {.pki = fx.pki, .admin_token = "t0ken"};
+    esim_err made = sim_smdp_new(fx.base, &cfg, &s, &err);
+    fx.pki->server.x509 = good;
+    assert_int_equal(made, ESIM_OK);
+    sim_http_conn *conn = NULL;
+    assert_int_equal(sim_http_conn_new(&conn, NULL), ESIM_OK);
+    sim_tls_session *sess = NULL;
+    st_reply w = {0};
+    char url[200];
+    snprintf(url, sizeof url, "%s/admin/orders", sim_smdp_url(s));
+    sim_http_request req = {.method = "GET",
+                            .url = url,
+                            .ca_file = sim_pki_ca_file(fx.pki),
+                            .conn = conn,
+                            .tls = &sess};
+    assert_int_equal(sim_http_send(fx.http, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    st_run_until(fx.base, &w.done);
+    assert_true(w.done);
+    esim_buf_free(&w.body);
+    sim_http_conn_free(conn);
+    sim_tls_session_free(sess);
+    sim_smdp_free(s);
+    return w.err;
+}
+
+/* The CA's signature over the server's certificate is checked in every
+ * full handshake (the simulator's own step of X509_verify_cert, through the
+ * CA key's table): the certificate with one bit of its serial number
+ * changed (the TBSCertificate the CA signed is not the one sent), or one
+ * bit of the signature's s, is refused; the certificate as issued is taken,
+ * before and after, each a verification of its own. */
+static void test_tls_chain_signature_checked(void **state)
+{
+    (void)state;
+    unsigned char *der = NULL;
+    int len = i2d_X509(fx.pki->server.x509, &der);
+    assert_true(len > 0);
+    esim_der all = {der, der + len}, cert, tbs;
+    const unsigned char *serial = NULL;
+    size_t serial_len = 0;
+    assert_true(esim_der_enter(&all, 0x30, &cert));
+    assert_true(esim_der_enter(&cert, 0x30, &tbs));
+    assert_true(esim_der_take(&tbs, 0xa0, NULL, NULL, NULL, NULL));
+    assert_true(esim_der_take(&tbs, 0x02, NULL, NULL, &serial, &serial_len));
+    size_t at[] = {(size_t)(serial + serial_len - 1 - der), (size_t)len - 1};
+    assert_int_equal(tls_get_served(fx.pki->server.x509), ESIM_OK);
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        der[at[i]] ^= 0x01;
+        const unsigned char *p = der;
+        X509 *bad = d2i_X509(NULL, &p, len);
+        der[at[i]] ^= 0x01;
+        assert_non_null(bad);
+        assert_int_equal(tls_get_served(bad), ESIM_ECRYPTO);
+        X509_free(bad);
+    }
+    assert_int_equal(tls_get_served(fx.pki->server.x509), ESIM_OK);
+    OPENSSL_free(der);
+    sim_http_tls_stats t = sim_http_get_tls_stats(fx.http);
+    assert_int_equal(t.chains_verified, 4);
+    assert_int_equal(t.full, 2); /* the refused ones never completed */
+}
+
 /* Issue 17: each device's ES9+ traffic is its own. Two devices' downloads
  * are two full handshakes with the SM-DP+ (the second does not resume the
  * first device's session), each verifying the chain; a download's four
@@ -1191,6 +1263,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_authenticate_without_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cap_and_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_chain_verified_per_handshake, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_chain_signature_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_es9_connections_per_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_answers_not_held_back, setup, teardown),
     };
