@@ -72,6 +72,9 @@ static size_t der_header_size(size_t len);
  * checked). With X509_V_OK, *until (when given) is the earliest notAfter
  * in the verified chain, ms: how long that verification can hold. */
 static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until);
+static bool tls_fresh(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
+                      const unsigned char *der, size_t der_len,
+                      const unsigned char sha[SHA256_DIGEST_LENGTH], int64_t now, int64_t *until);
 
 static int chain_code(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted, int64_t *until)
 {
@@ -277,16 +280,25 @@ int auth_tls_verify(X509_STORE_CTX *xs, void *arg)
     X509 *leaf = X509_STORE_CTX_get0_cert(xs);
     int code = X509_V_ERR_UNSPECIFIED;
     if (leaf && svc->device_ca) {
-        unsigned char sha[SHA256_DIGEST_LENGTH];
-        unsigned n = 0;
-        bool digested = X509_digest(leaf, EVP_sha256(), sha, &n) == 1 && n == sizeof sha;
+        /* The leaf's DER once: its digest, and its fields when it is read
+         * in place (tls_fresh). */
+        unsigned char sha[SHA256_DIGEST_LENGTH], *der = NULL;
+        int der_len = i2d_X509(leaf, &der);
+        bool digested = der_len > 0;
+        if (digested)
+            svc_sha256(svc, der, (size_t)der_len, sha);
         int64_t now = esim_now_ms(), until = 0;
-        if (digested && ver_get(svc, sha, now, NULL) && cert_current(leaf))
+        STACK_OF(X509) *untrusted = X509_STORE_CTX_get0_untrusted(xs);
+        if (digested && ver_get(svc, sha, now, NULL) && cert_current(leaf)) {
             code = X509_V_OK;
-        else if ((code = chain_code(svc, leaf, X509_STORE_CTX_get0_untrusted(xs), &until)) ==
-                     X509_V_OK &&
-                 digested)
+        } else if (digested &&
+                   tls_fresh(svc, leaf, untrusted, der, (size_t)der_len, sha, now, &until)) {
+            code = X509_V_OK;
             ver_put(svc, sha, now, until);
+        } else if ((code = chain_code(svc, leaf, untrusted, &until)) == X509_V_OK && digested) {
+            ver_put(svc, sha, now, until);
+        }
+        OPENSSL_free(der);
     }
     svc->m.tls_cert_full++;
     /* What SSL_get_verify_result says for this session: from_tls refuses
@@ -535,6 +547,11 @@ typedef struct {
     unsigned char *subject; /* its subject Name's DER; NULL: empty */
     size_t subject_len;
     EVP_PKEY *key;
+    /* A P-256 key made ready once (core/p256.h's table; NULL: another key
+     * type): every identity it issues is checked against it, so OpenSSL's
+     * verification (~845,000 instructions) would be paid per device. Kept
+     * while the same certificate is noted again. */
+    esim_p256_key *p256;
     unsigned char ski[64];
     size_t ski_len;          /* 0: it has no subjectKeyIdentifier */
     bool anchor;             /* in the trust store (else it must come with the identity) */
@@ -563,6 +580,7 @@ void auth_cache_free(esim_service *svc)
         free(svc->auth_cache->issuers[i].subject);
         OPENSSL_free(svc->auth_cache->issuers[i].der);
         EVP_PKEY_free(svc->auth_cache->issuers[i].key);
+        free(svc->auth_cache->issuers[i].p256);
     }
     free(svc->auth_cache->ver);
     for (size_t i = 0; i < sizeof svc->auth_cache->md / sizeof svc->auth_cache->md[0]; i++)
@@ -1406,6 +1424,28 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
     return rc;
 }
 
+/* |key| made ready for esim_p256_verify when it is a P-256 key, else
+ * NULL (also out of memory: the issuer is then checked by OpenSSL). */
+static esim_p256_key *issuer_p256(EVP_PKEY *key)
+{
+    unsigned char point[65];
+    char group[32];
+    size_t glen = 0, plen = 0;
+    bool p256 = EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+                EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
+                strcmp(group, "prime256v1") == 0 &&
+                EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
+                                                &plen) == 1 &&
+                plen == sizeof point && point[0] == 0x04;
+    ERR_clear_error();
+    esim_p256_key *k = p256 ? malloc(sizeof *k) : NULL;
+    if (k && !esim_p256_key_init(k, point)) {
+        free(k);
+        k = NULL;
+    }
+    return k;
+}
+
 /* Keeps chain[1], the issuer of a device identity whose chain OpenSSL
  * just verified (until: that chain's earliest notAfter), as an issuer the
  * next identities it signed are checked against directly (verify_fresh),
@@ -1482,10 +1522,21 @@ static void issuer_note(esim_service *svc, STACK_OF(X509) * chain, int64_t until
         OPENSSL_free(der);
         return;
     }
+    /* The same certificate noted again keeps its key's table; another
+     * one's is made once here. */
+    esim_p256_key *p256 = e->p256;
+    e->p256 = NULL;
+    if (p256 && memcmp(e->sha, sha, sizeof sha) != 0) {
+        free(p256);
+        p256 = NULL;
+    }
+    if (!p256)
+        p256 = issuer_p256(key);
     free(e->subject);
     OPENSSL_free(e->der);
     EVP_PKEY_free(e->key);
     memset(e, 0, sizeof *e);
+    e->p256 = p256;
     memcpy(e->sha, sha, sizeof sha);
     e->der = der;
     e->der_len = (size_t)der_len;
@@ -1516,6 +1567,58 @@ static const auth_issuer *issuer_of(esim_service *svc, const cert_der_view *leaf
         found = e;
     }
     return found;
+}
+
+/* Whether the identity |v| (read in place; certificate |li| of the |n|
+ * whose digests are |shas|) links to its one kept issuer as OpenSSL's
+ * chain check would have it: the others sent with it are that issuer
+ * alone (or nothing when the issuer is in the trust store), its
+ * authorityKeyIdentifier names the issuer's key, it is within its dates
+ * and the issuer's signature over its TBS verifies (a P-256 issuer with
+ * its kept table). True with *until, how long that holds (ms). */
+static bool issuer_link(esim_service *svc, const cert_der_view *v,
+                        unsigned char (*shas)[SHA256_DIGEST_LENGTH], size_t n, size_t li,
+                        int64_t now, int64_t *until)
+{
+    if ((v->ski && v->ski_len > sizeof((auth_key *)0)->ski) ||
+        (v->issuer_len == v->subject_len && memcmp(v->issuer, v->subject, v->issuer_len) == 0))
+        return false;
+    const auth_issuer *iss = issuer_of(svc, v, now);
+    if (!iss)
+        return false;
+    /* What OpenSSL would build the chain from: the identity, and the
+     * issuer itself when it is not in the trust store; nothing else. */
+    for (size_t i = 0; i < n; i++)
+        if (i != li && memcmp(shas[i], iss->sha, sizeof iss->sha) != 0)
+            return false;
+    if (!iss->anchor && n != 2)
+        return false;
+    if (v->aki && (v->aki_len != iss->ski_len || memcmp(v->aki, iss->ski, v->aki_len) != 0))
+        return false;
+    int64_t secs = now / 1000;
+    if (!(v->not_before < secs && secs + 1 < v->not_after))
+        return false;
+    int type = EVP_PKEY_get_base_id(iss->key);
+    if ((v->sig_alg == CERT_DER_ECDSA_SHA256) != (type == EVP_PKEY_EC) ||
+        (v->sig_alg == CERT_DER_RSA_SHA256) != (type == EVP_PKEY_RSA))
+        return false;
+    bool linked;
+    if (iss->p256) {
+        unsigned char dgst[SHA256_DIGEST_LENGTH];
+        svc_sha256(svc, v->tbs, v->tbs_len, dgst);
+        linked = esim_p256_verify_der(iss->p256, dgst, sizeof dgst, v->sig, v->sig_len) == 1;
+    } else {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        EVP_MD *sha256 = cached_md(svc, 2, NID_sha256);
+        linked = ctx && sha256 && EVP_DigestVerifyInit(ctx, NULL, sha256, NULL, iss->key) == 1 &&
+                 EVP_DigestVerify(ctx, v->sig, v->sig_len, v->tbs, v->tbs_len) == 1;
+        EVP_MD_CTX_free(ctx);
+        ERR_clear_error();
+    }
+    if (!linked)
+        return false;
+    *until = v->not_after * 1000 < iss->until ? v->not_after * 1000 : iss->until;
+    return true;
 }
 
 /* A device's first message whose identity was issued by a kept issuer
@@ -1559,41 +1662,14 @@ static esim_err verify_fresh(esim_service *svc, const esim_buf *der, const unsig
             v = w;
         }
     }
-    if (li == n || (v.ski && v.ski_len > sizeof((auth_key *)0)->ski) ||
-        (v.issuer_len == v.subject_len && memcmp(v.issuer, v.subject, v.issuer_len) == 0))
+    if (li == n)
         return ESIM_ENOTFOUND;
-    int64_t now = esim_now_ms();
-    const auth_issuer *iss = issuer_of(svc, &v, now);
-    if (!iss)
-        return ESIM_ENOTFOUND;
-    /* What OpenSSL would build the chain from: the identity, and the
-     * issuer itself when it is not in the trust store; nothing else. */
-    for (size_t i = 0; i < n; i++)
-        if (i != li && memcmp(shas[i], iss->sha, sizeof iss->sha) != 0)
-            return ESIM_ENOTFOUND;
-    if (!iss->anchor && n != 2)
-        return ESIM_ENOTFOUND;
-    if (v.aki && (v.aki_len != iss->ski_len || memcmp(v.aki, iss->ski, v.aki_len) != 0))
-        return ESIM_ENOTFOUND;
-    int64_t secs = now / 1000;
-    if (!(v.not_before < secs && secs + 1 < v.not_after))
-        return ESIM_ENOTFOUND;
-    int type = EVP_PKEY_get_base_id(iss->key);
-    if ((v.sig_alg == CERT_DER_ECDSA_SHA256) != (type == EVP_PKEY_EC) ||
-        (v.sig_alg == CERT_DER_RSA_SHA256) != (type == EVP_PKEY_RSA))
-        return ESIM_ENOTFOUND;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    EVP_MD *sha256 = cached_md(svc, 2, NID_sha256);
-    bool linked = ctx && sha256 && EVP_DigestVerifyInit(ctx, NULL, sha256, NULL, iss->key) == 1 &&
-                  EVP_DigestVerify(ctx, v.sig, v.sig_len, v.tbs, v.tbs_len) == 1;
-    EVP_MD_CTX_free(ctx);
-    ERR_clear_error();
-    if (!linked)
+    int64_t now = esim_now_ms(), until = 0;
+    if (!issuer_link(svc, &v, shas, n, li, now, &until))
         return ESIM_ENOTFOUND;
     /* The identity is verified: kept as a verified chain would be. */
     svc->m.identity_chain_checks++;
     svc->m.identity_cache_reads++;
-    int64_t until = v.not_after * 1000 < iss->until ? v.not_after * 1000 : iss->until;
     ver_put(svc, shas[li], now, until);
     struct auth_cache *c = svc->auth_cache;
     auth_verified *e = c->ver ? ver_slot(c->ver, c->ver_cap, shas[li]) : NULL;
@@ -1620,6 +1696,44 @@ static bool issuer_digest(esim_service *svc, const unsigned char *der, size_t le
         }
     }
     return false;
+}
+
+/* auth_tls_verify's first sight of a client certificate whose issuer is
+ * kept (issuer_note), as verify_fresh for a signed message: |der| (the
+ * leaf |leaf| as libssl parsed it) read in place and linked to the issuer
+ * by issuer_link, the other certificates the client sent being that issuer
+ * alone, instead of X509_verify_cert (which verified the issuer's own
+ * signature again for every device, ~1.3 M instructions). True with
+ * *until; false: the ordinary path decides, with its own refusal. */
+static bool tls_fresh(esim_service *svc, X509 *leaf, STACK_OF(X509) * untrusted,
+                      const unsigned char *der, size_t der_len,
+                      const unsigned char sha[SHA256_DIGEST_LENGTH], int64_t now, int64_t *until)
+{
+    cert_der_view v;
+    if (!svc->auth_cache || !cert_der_parse(der, der_len, &v))
+        return false;
+    unsigned char shas[8][SHA256_DIGEST_LENGTH];
+    size_t n = 0;
+    memcpy(shas[n++], sha, SHA256_DIGEST_LENGTH);
+    bool ok = true;
+    for (int i = 0; ok && untrusted && i < sk_X509_num(untrusted); i++) {
+        X509 *x = sk_X509_value(untrusted, i);
+        if (x == leaf)
+            continue;
+        unsigned char *d = NULL;
+        int len = n < 8 ? i2d_X509(x, &d) : -1;
+        ok = len > 0;
+        if (ok && !issuer_digest(svc, d, (size_t)len, shas[n]))
+            svc_sha256(svc, d, (size_t)len, shas[n]);
+        n += ok;
+        OPENSSL_free(d);
+    }
+    ERR_clear_error();
+    if (!ok || !issuer_link(svc, &v, shas, n, 0, now, until))
+        return false;
+    svc->m.identity_chain_checks++;
+    svc->m.identity_cache_reads++;
+    return true;
 }
 
 /* The fast path: certificates come from the cache, the signature is checked

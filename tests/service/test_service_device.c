@@ -24,6 +24,7 @@
 
 #include <openssl/cms.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -1833,6 +1834,128 @@ static int service_end_of(int fd)
     return found;
 }
 
+/* |leaf| and (when |chain| is not NULL) |chain| after it in |dir|/|name|.pem
+ * with the leaf's key in |name|.key, as a client sends its chain. */
+static void save_with_chain(const char *dir, const char *name, const esim_cert *leaf, X509 *chain,
+                            char cert[400], char key[400])
+{
+    snprintf(cert, 400, "%s/%s.pem", dir, name);
+    snprintf(key, 400, "%s/%s.key", dir, name);
+    assert_int_equal(esim_cert_save(leaf, cert, key, NULL), ESIM_OK);
+    if (chain) {
+        FILE *fp = fopen(cert, "a");
+        assert_non_null(fp);
+        assert_int_equal(PEM_write_X509(fp, chain), 1);
+        fclose(fp);
+    }
+}
+
+/* mTLS, an issuer already seen (a P-256 intermediate of the device CA,
+ * sent with each identity): the next identities it issued are read in
+ * place and linked to it with its kept key instead of X509_verify_cert,
+ * one chain check each, as Mdm-Signatures' are (test_identity_read_in_place).
+ * Refused the ordinary way, nothing read in place: an identity signed by
+ * another key under the issuer's name, an expired one, one sent with that
+ * other key's certificate as its issuer. */
+static void test_mtls_identity_read_in_place(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320], srv_cert[400], srv_key[400], ca[400];
+    harness_config(&env, "mtls-rip-cfg", &cfg, dir);
+    snprintf(srv_cert, sizeof srv_cert, "%s/server.pem", env.pki);
+    snprintf(srv_key, sizeof srv_key, "%s/server.key", env.pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
+    cfg.tls_cert_path = srv_cert;
+    cfg.tls_key_path = srv_key;
+    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    fixture *f = start("mtls-rip", &cfg);
+    harness_set_api_ca(ca);
+    static const char read[] = "esim_mdm_identity_cache_total{result=\"read\"}";
+    static const char checks[] = "esim_mdm_identity_chain_checks_total";
+    esim_cert dca = {0}, sub = {0}, twin = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &dca, NULL), ESIM_OK);
+    esim_cert_spec sub_spec = {
+        .common_name = "SCEP EC TLS", .is_ca = true, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&sub_spec, &dca, &sub, NULL), ESIM_OK);
+    assert_int_equal(esim_cert_issue(&sub_spec, NULL, &twin, NULL), ESIM_OK); /* same name */
+    test_device d[3];
+    const char *udids[3] = {"00008110-MTLSREADPLACE001", "00008110-MTLSREADPLACE002",
+                            "00008110-MTLSREADPLACE003"};
+    devices_under(d, udids, 3, &sub, f->ts.url);
+    char certs[3][400], keys[3][400];
+    for (int i = 0; i < 3; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "mtls-rip-%d", i);
+        save_with_chain(env.dir, name, &d[i].identity, sub.x509, certs[i], keys[i]);
+        d[i].n_extra_certs = 0;
+        d[i].sign = SIGN_NONE;
+        d[i].ca_file = ca;
+        d[i].client_cert = certs[i];
+        d[i].client_key = keys[i];
+    }
+    /* The first: OpenSSL verifies its chain (and keeps the issuer). */
+    device_enroll(&d[0]);
+    assert_int_equal(api_metric(f->ts.url, read), 0);
+    long long c0 = api_metric(f->ts.url, checks);
+    esim_buf idle = {0};
+    assert_int_equal(esim_msg_build_result(d[1].udid, ESIM_STATUS_IDLE, NULL, NULL, 0, NULL,
+                                           ESIM_PLIST_XML, &idle, NULL),
+                     ESIM_OK);
+    char bad_cert[400], bad_key[400];
+    /* Signed by the twin's key under the issuer's name. */
+    esim_cert forged = {.x509 = X509_dup(d[1].identity.x509), .key = d[1].identity.key};
+    assert_non_null(forged.x509);
+    assert_true(X509_sign(forged.x509, twin.key, EVP_sha256()) > 0);
+    save_with_chain(env.dir, "mtls-rip-forged", &forged, sub.x509, bad_cert, bad_key);
+    d[1].client_cert = bad_cert;
+    d[1].client_key = bad_key;
+    assert_int_equal(device_put(&d[1], idle.data, idle.len, NULL), 403);
+    /* Expired. */
+    esim_cert expired = {.x509 = X509_dup(d[2].identity.x509), .key = d[2].identity.key};
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(expired.x509), -10 * 86400L));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(expired.x509), -86400L));
+    assert_true(X509_sign(expired.x509, sub.key, EVP_sha256()) > 0);
+    save_with_chain(env.dir, "mtls-rip-expired", &expired, sub.x509, bad_cert, bad_key);
+    device_reconnect(&d[1]);
+    assert_int_equal(device_put(&d[1], idle.data, idle.len, NULL), 403);
+    /* The twin sent as the issuer of a good identity. */
+    save_with_chain(env.dir, "mtls-rip-twin", &d[1].identity, twin.x509, bad_cert, bad_key);
+    device_reconnect(&d[1]);
+    assert_int_equal(device_put(&d[1], idle.data, idle.len, NULL), 403);
+    assert_int_equal(api_metric(f->ts.url, read), 0);
+    assert_int_equal(api_metric(f->ts.url, checks), c0 + 3);
+    /* The next two: read in place, one check each, enrolled and answered. */
+    d[1].client_cert = certs[1];
+    d[1].client_key = keys[1];
+    for (int i = 1; i < 3; i++) {
+        device_reconnect(&d[i]);
+        device_enroll(&d[i]);
+        assert_int_equal(device_result(&d[i], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    }
+    assert_int_equal(api_metric(f->ts.url, read), 2);
+    assert_int_equal(api_metric(f->ts.url, checks), c0 + 5);
+    /* Bound as the ordinary path binds them. */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/devices/%s", d[2].udid);
+    json_t *dev = NULL;
+    assert_int_equal(api_call(f->ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &dev), 200);
+    char want[65];
+    assert_int_equal(esim_cert_sha256_hex(d[2].identity.x509, want), ESIM_OK);
+    assert_string_equal(json_string_value(json_object_get(dev, "identity_sha256")), want);
+    json_decref(dev);
+    esim_buf_free(&idle);
+    X509_free(forged.x509);
+    X509_free(expired.x509);
+    for (int i = 0; i < 3; i++)
+        device_free(&d[i]);
+    esim_cert_clear(&twin);
+    esim_cert_clear(&sub);
+    esim_cert_clear(&dca);
+    stop(f);
+    harness_set_api_ca(NULL);
+}
+
 /* Over TLS an answer leaves in several writes (the session ticket, a record
  * for the header, one for the body); with Nagle's algorithm on its socket
  * the service held each write after the first until the client's delayed
@@ -1923,6 +2046,7 @@ int main(void)
         cmocka_unit_test(test_raw_enqueue_eid_and_result_hook),
         cmocka_unit_test(test_device_hangs_up_before_the_answer),
         cmocka_unit_test(test_mtls_identity),
+        cmocka_unit_test(test_mtls_identity_read_in_place),
         cmocka_unit_test(test_tls_answers_not_held_back),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
