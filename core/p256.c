@@ -459,51 +459,152 @@ static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
     } while (0)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ESIM_P256_PORTABLE)
-/* The same rounds in x86-64 assembly (mul and adc only, no BMI2/ADX):
- * gcc spills most of the C version's 128-bit temporaries, ~300
- * instructions a product against ~130 here. The six accumulator limbs
- * rotate: round i's t0 becomes round i+1's t5 (zeroed). The reduction
- * adds q·p: q·p0 + q·2^64 cancels t0, q·p1 + q (the carry of q) is
- * q·2^32 (q << 32 and q >> 32 into the next two limbs), q·p3 a mul. */
-static const uint64_t P3 = 0xffffffff00000001u;
+/* The field's products, squares, sums and differences in x86-64 assembly
+ * (mul, adc and cmov only, no BMI2/ADX): gcc spills most of the C
+ * version's 128-bit temporaries and branches on each final subtraction
+ * (~300 instructions a product against ~150 here, a square ~125). A
+ * product's rounds are the C version's (FE_ROUND) with six accumulator
+ * limbs that rotate: round i's t0 becomes round i+1's t5 (zeroed). The
+ * reduction adds q·p: q·p0 + q·2^64 cancels t0, q·p1 + q (the carry of q)
+ * is q·2^32 (q << 32 and q >> 32 into the next two limbs), q·p3 a mul. */
+static const uint64_t P1 = 0x00000000ffffffffu, P3 = 0xffffffff00000001u;
+#define FE_ASM_RED(A, B, C, D, E, F)                                                               \
+    "movq %[" #A "], %[ra]\n\tmulq %[p3]\n\t"                                                      \
+    "movq %[" #A "], %[h]\n\tshlq $32, %[h]\n\tshrq $32, %[" #A "]\n\t"                            \
+    "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %[ra], %[" #D "]\n\t"               \
+    "adcq %[rd], %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
+    "xorl %k[" #A "], %k[" #A "]\n\t"
 #define FE_ASM_ROUND(off, A, B, C, D, E, F)                                                        \
     "movq " #off "(%[b]), %[bi]\n\t"                                                               \
-    "movq 0(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                        \
-    "addq %%rax, %[" #A "]\n\tadcq $0, %%rdx\n\tmovq %%rdx, %[h]\n\t"                              \
-    "movq 8(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                        \
-    "addq %[h], %[" #B "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #B "]\n\tadcq $0, %%rdx\n\t"        \
-    "movq %%rdx, %[h]\n\t"                                                                         \
-    "movq 16(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                       \
-    "addq %[h], %[" #C "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #C "]\n\tadcq $0, %%rdx\n\t"        \
-    "movq %%rdx, %[h]\n\t"                                                                         \
-    "movq 24(%[a]), %%rax\n\tmulq %[bi]\n\t"                                                       \
-    "addq %[h], %[" #D "]\n\tadcq $0, %%rdx\n\taddq %%rax, %[" #D "]\n\tadcq $0, %%rdx\n\t"        \
-    "addq %%rdx, %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
-    "movq %[" #A "], %%rax\n\tmulq %[p3]\n\t"                                                      \
+    "movq 0(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                        \
+    "addq %[ra], %[" #A "]\n\tadcq $0, %[rd]\n\tmovq %[rd], %[h]\n\t"                              \
+    "movq 8(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                        \
+    "addq %[h], %[" #B "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #B "]\n\tadcq $0, %[rd]\n\t"        \
+    "movq %[rd], %[h]\n\t"                                                                         \
+    "movq 16(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                       \
+    "addq %[h], %[" #C "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #C "]\n\tadcq $0, %[rd]\n\t"        \
+    "movq %[rd], %[h]\n\t"                                                                         \
+    "movq 24(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                       \
+    "addq %[h], %[" #D "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #D "]\n\tadcq $0, %[rd]\n\t"        \
+    "addq %[rd], %[" #E "]\n\tadcq $0, %[" #F "]\n\t" FE_ASM_RED(A, B, C, D, E, F)
+#define FE_ASM_SQR_RED(A, B, C, D)                                                                 \
+    "movq %[" #A "], %[ra]\n\tmulq %[p3]\n\t"                                                      \
     "movq %[" #A "], %[h]\n\tshlq $32, %[h]\n\tshrq $32, %[" #A "]\n\t"                            \
-    "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %%rax, %[" #D "]\n\t"               \
-    "adcq %%rdx, %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
-    "xorl %k[" #A "], %k[" #A "]\n\t"
+    "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %[ra], %[" #D "]\n\t"               \
+    "adcq $0, %[rd]\n\tmovq %[rd], %[" #A "]\n\t"
+/* Round 0: t is zero, the products go in as they are. */
+#define FE_ASM_ROUND0                                                                              \
+    "movq 0(%[b]), %[bi]\n\t"                                                                      \
+    "movq 0(%[a]), %[ra]\n\tmulq %[bi]\n\tmovq %[ra], %[t0]\n\tmovq %[rd], %[t1]\n\t"              \
+    "movq 8(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t1]\n\tadcq $0, %[rd]\n\t"                 \
+    "movq %[rd], %[t2]\n\t"                                                                        \
+    "movq 16(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t2]\n\tadcq $0, %[rd]\n\t"                \
+    "movq %[rd], %[t3]\n\t"                                                                        \
+    "movq 24(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t3]\n\tadcq $0, %[rd]\n\t"                \
+    "movq %[rd], %[t4]\n\txorl %k[t5], %k[t5]\n\t" FE_ASM_RED(t0, t1, t2, t3, t4, t5)
+/* r = t - p when t (R0..R3 and a carry limb C, 0 or 1, t < 2p) is p or
+ * more, else t; X0..X3 scratch. */
+#define FE_ASM_FINAL(R0, R1, R2, R3, C, X0, X1, X2, X3)                                            \
+    "movq %[" #R0 "], %[" #X0 "]\n\tmovq %[" #R1 "], %[" #X1 "]\n\t"                               \
+    "movq %[" #R2 "], %[" #X2 "]\n\tmovq %[" #R3 "], %[" #X3 "]\n\t"                               \
+    "subq $-1, %[" #X0 "]\n\tsbbq %[p1], %[" #X1 "]\n\tsbbq $0, %[" #X2 "]\n\t"                    \
+    "sbbq %[p3], %[" #X3 "]\n\tsbbq $0, %[" #C "]\n\t"                                             \
+    "cmovaeq %[" #X0 "], %[" #R0 "]\n\tcmovaeq %[" #X1 "], %[" #R1 "]\n\t"                         \
+    "cmovaeq %[" #X2 "], %[" #R2 "]\n\tcmovaeq %[" #X3 "], %[" #R3 "]\n\t"                         \
+    "movq %[" #R0 "], 0(%[r])\n\tmovq %[" #R1 "], 8(%[r])\n\t"                                     \
+    "movq %[" #R2 "], 16(%[r])\n\tmovq %[" #R3 "], 24(%[r])\n\t"
 
-/* a·b·2^-256 mod p, a and b below p. */
+/* a·b·2^-256 mod p, a and b below p (r may be a or b). */
 static inline void fe_mul(fe r, const fe a, const fe b)
 {
-    uint64_t t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0, t5 = 0, bi, h;
-    __asm__(FE_ASM_ROUND(0, t0, t1, t2, t3, t4, t5) FE_ASM_ROUND(8, t1, t2, t3, t4, t5, t0)
-                FE_ASM_ROUND(16, t2, t3, t4, t5, t0, t1) FE_ASM_ROUND(24, t3, t4, t5, t0, t1, t2)
-            : [t0] "+&r"(t0), [t1] "+&r"(t1), [t2] "+&r"(t2), [t3] "+&r"(t3), [t4] "+&r"(t4),
-              [t5] "+&r"(t5), [bi] "=&r"(bi), [h] "=&r"(h)
-            : [a] "r"(a), [b] "r"(b), [p3] "m"(P3)
-            : "rax", "rdx", "cc", "memory");
-    /* t4, t5, t0, t1 and the carry t2: below 2p; p subtracted when t >= p */
-    unsigned char w = 0;
-    uint64_t d0 = sbb(t4, P[0], &w), d1 = sbb(t5, P[1], &w), d2 = sbb(t0, 0, &w),
-             d3 = sbb(t1, P[3], &w);
-    if (t2 || !w) {
-        r[0] = d0, r[1] = d1, r[2] = d2, r[3] = d3;
-    } else {
-        r[0] = t4, r[1] = t5, r[2] = t0, r[3] = t1;
-    }
+    uint64_t t0, t1, t2, t3, t4, t5, bi, h, ra, rd;
+    __asm__ volatile(
+        FE_ASM_ROUND0 FE_ASM_ROUND(8, t1, t2, t3, t4, t5, t0)
+            FE_ASM_ROUND(16, t2, t3, t4, t5, t0, t1) FE_ASM_ROUND(24, t3, t4, t5, t0, t1, t2)
+        /* t4, t5, t0, t1 and the carry t2: below 2p */
+        FE_ASM_FINAL(t4, t5, t0, t1, t2, ra, rd, bi, t3)
+        : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [t4] "=&r"(t4),
+          [t5] "=&r"(t5), [bi] "=&r"(bi), [h] "=&r"(h), [ra] "=&a"(ra), [rd] "=&d"(rd)
+        : [a] "r"(a), [b] "r"(b), [r] "r"(r), [p1] "m"(P1), [p3] "m"(P3)
+        : "cc", "memory");
+}
+
+/* a·a·2^-256 mod p, a below p: the six cross products once, doubled, the
+ * four squares added, then the four rounds of reduction on the low half
+ * (each leaves it below 2^256) and the high half added. */
+static inline void fe_sqr(fe r, const fe a)
+{
+    uint64_t t0, t1, t2, t3, t4, t5, t6, t7, h, ra, rd;
+    __asm__ volatile(
+        "movq 8(%[a]), %[ra]\n\tmulq 0(%[a])\n\tmovq %[ra], %[t1]\n\tmovq %[rd], %[t2]\n\t"
+        "movq 16(%[a]), %[ra]\n\tmulq 0(%[a])\n\taddq %[ra], %[t2]\n\tadcq $0, %[rd]\n\t"
+        "movq %[rd], %[t3]\n\t"
+        "movq 24(%[a]), %[ra]\n\tmulq 0(%[a])\n\taddq %[ra], %[t3]\n\tadcq $0, %[rd]\n\t"
+        "movq %[rd], %[t4]\n\t"
+        "movq 16(%[a]), %[ra]\n\tmulq 8(%[a])\n\taddq %[ra], %[t3]\n\tadcq %[rd], %[t4]\n\t"
+        "movl $0, %k[t5]\n\tadcq $0, %[t5]\n\t"
+        "movq 24(%[a]), %[ra]\n\tmulq 8(%[a])\n\taddq %[ra], %[t4]\n\tadcq %[rd], %[t5]\n\t"
+        "movq 24(%[a]), %[ra]\n\tmulq 16(%[a])\n\taddq %[ra], %[t5]\n\tadcq $0, %[rd]\n\t"
+        "movq %[rd], %[t6]\n\t"
+        /* doubled: t1..t6 one bit up into t7 */
+        "xorl %k[t7], %k[t7]\n\t"
+        "addq %[t1], %[t1]\n\tadcq %[t2], %[t2]\n\tadcq %[t3], %[t3]\n\tadcq %[t4], %[t4]\n\t"
+        "adcq %[t5], %[t5]\n\tadcq %[t6], %[t6]\n\tadcq $0, %[t7]\n\t"
+        /* the squares; mul clobbers the flags, so the carry waits in h */
+        "movq 0(%[a]), %[ra]\n\tmulq %[ra]\n\tmovq %[ra], %[t0]\n\taddq %[rd], %[t1]\n\t"
+        "sbbq %[h], %[h]\n\t"
+        "movq 8(%[a]), %[ra]\n\tmulq %[ra]\n\tnegq %[h]\n\tadcq %[ra], %[t2]\n\t"
+        "adcq %[rd], %[t3]\n\tsbbq %[h], %[h]\n\t"
+        "movq 16(%[a]), %[ra]\n\tmulq %[ra]\n\tnegq %[h]\n\tadcq %[ra], %[t4]\n\t"
+        "adcq %[rd], %[t5]\n\tsbbq %[h], %[h]\n\t"
+        "movq 24(%[a]), %[ra]\n\tmulq %[ra]\n\tnegq %[h]\n\tadcq %[ra], %[t6]\n\t"
+        "adcq %[rd], %[t7]\n\t"
+        /* reduction of t0..t3: each round leaves its window below 2^256, the
+         * window's new top limb the product's high half (plus a carry) */
+        FE_ASM_SQR_RED(t0, t1, t2, t3) FE_ASM_SQR_RED(t1, t2, t3, t0) FE_ASM_SQR_RED(t2, t3, t0, t1)
+            FE_ASM_SQR_RED(t3, t0, t1, t2)
+        /* + the high half: below 2p, its carry in h */
+        "addq %[t4], %[t0]\n\tadcq %[t5], %[t1]\n\tadcq %[t6], %[t2]\n\tadcq %[t7], %[t3]\n\t"
+        "sbbq %[h], %[h]\n\tnegq %[h]\n\t" FE_ASM_FINAL(t0, t1, t2, t3, h, t4, t5, t6, t7)
+        : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [t4] "=&r"(t4),
+          [t5] "=&r"(t5), [t6] "=&r"(t6), [t7] "=&r"(t7), [h] "=&r"(h), [ra] "=&a"(ra),
+          [rd] "=&d"(rd)
+        : [a] "r"(a), [r] "r"(r), [p1] "m"(P1), [p3] "m"(P3)
+        : "cc", "memory");
+}
+
+/* (a + b) mod p, a and b below p */
+static inline void fe_add(fe r, const fe a, const fe b)
+{
+    uint64_t s0, s1, s2, s3, x0, x1, x2, x3, c;
+    __asm__ volatile(
+        "movq 0(%[a]), %[s0]\n\tmovq 8(%[a]), %[s1]\n\tmovq 16(%[a]), %[s2]\n\t"
+        "movq 24(%[a]), %[s3]\n\txorl %k[c], %k[c]\n\t"
+        "addq 0(%[b]), %[s0]\n\tadcq 8(%[b]), %[s1]\n\tadcq 16(%[b]), %[s2]\n\t"
+        "adcq 24(%[b]), %[s3]\n\tadcq $0, %[c]\n\t" FE_ASM_FINAL(s0, s1, s2, s3, c, x0, x1, x2, x3)
+        : [s0] "=&r"(s0), [s1] "=&r"(s1), [s2] "=&r"(s2), [s3] "=&r"(s3), [x0] "=&r"(x0),
+          [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3), [c] "=&r"(c)
+        : [a] "r"(a), [b] "r"(b), [r] "r"(r), [p1] "m"(P1), [p3] "m"(P3)
+        : "cc", "memory");
+}
+
+/* (a - b) mod p, a and b below p: p added back when it borrowed */
+static inline void fe_sub(fe r, const fe a, const fe b)
+{
+    uint64_t d0, d1, d2, d3, m, x1, x3;
+    __asm__ volatile(
+        "movq 0(%[a]), %[d0]\n\tmovq 8(%[a]), %[d1]\n\tmovq 16(%[a]), %[d2]\n\t"
+        "movq 24(%[a]), %[d3]\n\t"
+        "subq 0(%[b]), %[d0]\n\tsbbq 8(%[b]), %[d1]\n\tsbbq 16(%[b]), %[d2]\n\t"
+        "sbbq 24(%[b]), %[d3]\n\tsbbq %[m], %[m]\n\t"
+        "movq %[m], %[x1]\n\tshrq $32, %[x1]\n\tmovq %[m], %[x3]\n\tandq %[p3], %[x3]\n\t"
+        "addq %[m], %[d0]\n\tadcq %[x1], %[d1]\n\tadcq $0, %[d2]\n\tadcq %[x3], %[d3]\n\t"
+        "movq %[d0], 0(%[r])\n\tmovq %[d1], 8(%[r])\n\tmovq %[d2], 16(%[r])\n\t"
+        "movq %[d3], 24(%[r])\n\t"
+        : [d0] "=&r"(d0), [d1] "=&r"(d1), [d2] "=&r"(d2), [d3] "=&r"(d3), [m] "=&r"(m),
+          [x1] "=&r"(x1), [x3] "=&r"(x3)
+        : [a] "r"(a), [b] "r"(b), [r] "r"(r), [p3] "m"(P3)
+        : "cc", "memory");
 }
 #else
 /* a·b·2^-256 mod p, a and b below p. */
@@ -530,7 +631,6 @@ static inline void fe_mul(fe r, const fe a, const fe b)
         r[0] = t0, r[1] = t1, r[2] = t2, r[3] = t3;
     }
 }
-#endif
 
 static inline void fe_sqr(fe r, const fe a)
 {
@@ -564,6 +664,7 @@ static inline void fe_sub(fe r, const fe a, const fe b)
     r[2] = adc(d2, 0, &c);
     r[3] = adc(d3, P[3] & m, &c);
 }
+#endif
 
 /* a^(2^n) */
 static void fe_sqr_n(fe r, const fe a, int n)
