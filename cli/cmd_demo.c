@@ -210,6 +210,8 @@ typedef struct {
     esim_proc_usage use[N_CHILDREN];
     bool ok[N_CHILDREN];                                 /* the part's usage could be read */
     long pushes, checkins, tls, pc_sessions, wns_pushes; /* the simulator's counts */
+    long key_checks, key_tables; /* the service's signatures checked with a kept P-256 key,
+                                    and the key tables it made for them (/metrics) */
 } phase_mark;
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -1687,6 +1689,12 @@ static void mark_phase(demo *d, phase_mark *m)
         m->wns_pushes = jint(win, "wns_pushes");
     }
     json_decref(s);
+    m->key_checks = metric_of(&d->api, "esim_mdm_identity_cache_total{result=\"key\"}");
+    m->key_tables = metric_of(&d->api, "esim_mdm_identity_key_tables_total");
+    if (d->instances > 1) {
+        m->key_checks += metric_of(&d->api2, "esim_mdm_identity_cache_total{result=\"key\"}");
+        m->key_tables += metric_of(&d->api2, "esim_mdm_identity_key_tables_total");
+    }
 }
 
 /* One phase, |a| to |b|, as a JSON object: each started part's CPU
@@ -1701,12 +1709,14 @@ static json_t *phase_json(const demo *d, const phase_mark *a, const phase_mark *
         double c = b->use[k].cpu_s - a->use[k].cpu_s;
         json_object_set_new(cpu, child_names[k], json_real(c > 0 ? c : 0.0));
     }
-    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I}", "cpu_s", cpu, "pushes",
+    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "cpu_s", cpu, "pushes",
                      (json_int_t)(b->pushes - a->pushes), "checkins",
                      (json_int_t)(b->checkins - a->checkins), "tls_connections",
                      (json_int_t)(b->tls - a->tls), "pc_sessions",
                      (json_int_t)(b->pc_sessions - a->pc_sessions), "wns_pushes",
-                     (json_int_t)(b->wns_pushes - a->wns_pushes));
+                     (json_int_t)(b->wns_pushes - a->wns_pushes), "key_checks",
+                     (json_int_t)(b->key_checks - a->key_checks), "key_tables",
+                     (json_int_t)(b->key_tables - a->key_tables));
 }
 
 static int run(demo *d)

@@ -1383,6 +1383,7 @@ static auth_key_slot *kept_key(esim_service *svc, const unsigned char *sha,
     /* Refuses a point that is not on the curve. */
     if (!esim_p256_key_init(k->key, point))
         return NULL;
+    svc->m.identity_key_tables++;
     memcpy(k->sha, sha, sizeof k->sha);
     k->ready = true;
     return k;

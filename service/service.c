@@ -1562,6 +1562,10 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         "verified up to the device CA (once per certificate every 5 minutes).\n"
         "# TYPE esim_mdm_identity_chain_checks_total counter\n"
         "esim_mdm_identity_chain_checks_total %llu\n"
+        "# HELP esim_mdm_identity_key_tables_total P-256 key tables made for the kept-key "
+        "signature check (a key's first message, or its slot taken since by another key).\n"
+        "# TYPE esim_mdm_identity_key_tables_total counter\n"
+        "esim_mdm_identity_key_tables_total %llu\n"
         "# HELP esim_mdm_tls_client_cert_handshakes_total TLS handshakes with a client "
         "certificate: full (its chain checked) or resumed from a session of one that verified.\n"
         "# TYPE esim_mdm_tls_client_cert_handshakes_total counter\n"
@@ -1580,8 +1584,9 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
         (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_cache_keys,
         (unsigned long long)m->identity_cache_reads, (unsigned long long)m->identity_chain_checks,
-        (unsigned long long)m->tls_cert_full, (unsigned long long)m->tls_cert_resumed,
-        (unsigned long long)m->signatures_direct, (unsigned long long)m->signatures_cms);
+        (unsigned long long)m->identity_key_tables, (unsigned long long)m->tls_cert_full,
+        (unsigned long long)m->tls_cert_resumed, (unsigned long long)m->signatures_direct,
+        (unsigned long long)m->signatures_cms);
     esim_buf_printf(out,
                     "# HELP esim_mdm_tls_sessions Resumable TLS sessions the service keeps "
                     "(bounded; about 300 bytes each).\n"

@@ -42,6 +42,7 @@ typedef struct {
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t identity_cache_keys;   /* ...checked with a kept key, the certificate not parsed */
+    uint64_t identity_key_tables;   /* P-256 key tables made for those checks (auth.c kept_key) */
     uint64_t identity_chain_checks; /* chains verified up to the device CA */
     uint64_t
         identity_cache_reads; /* ...of them identities read in place, linked to a kept issuer */

@@ -574,8 +574,12 @@ static void test_signature_tampered_anywhere(void **state)
     esim_cert_spec spec3 = {.common_name = third.udid, .key_type = ESIM_KEY_EC_P256};
     assert_int_equal(esim_cert_issue(&spec3, &ca, &third.identity, NULL), ESIM_OK);
     esim_cert_clear(&ca);
+    /* Its key's table is made by its first message and kept for the rest. */
+    static const char tables[] = "esim_mdm_identity_key_tables_total";
+    long long made = api_metric(f->ts.url, tables);
     device_enroll(&third);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 2);
+    assert_int_equal(api_metric(f->ts.url, tables), made + 1);
     long long keys = api_metric(f->ts.url, key);
     third.sign = SIGN_SHA1;
     assert_int_equal(device_result(&third, ESIM_STATUS_IDLE, NULL, NULL), 200);
@@ -589,6 +593,7 @@ static void test_signature_tampered_anywhere(void **state)
     third.sign = SIGN_SHA256;
     assert_int_equal(device_result(&third, ESIM_STATUS_IDLE, NULL, NULL), 200);
     assert_int_equal(api_metric(f->ts.url, key), keys + 2);
+    assert_int_equal(api_metric(f->ts.url, tables), made + 1);
     device_free(&third);
     device_free(&first);
     stop(f);
