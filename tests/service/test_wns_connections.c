@@ -1,0 +1,196 @@
+/*
+ * test_wns_connections.c — the service's WNS client keeps its connections
+ * few: a burst of pushes to more PCs than it opens connections to one host
+ * (32) waits for those connections instead of opening one each, so the
+ * WNS mock sees at most 32 TLS handshakes for the 48 pushes of one API
+ * call. The service (TLS, WNS client) runs on its own thread; the
+ * simulated PCs and the WNS mock (which keeps connections alive, as WNS
+ * does) on this thread's loop.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "service/svc_harness.h"
+#include "tests/sim/sim_test.h"
+#include "wns/wns_mock.h"
+
+#define NPC 48
+#define HOST_CONNECTIONS 32 /* service/wns.c, WNS_HOST_CONNECTIONS */
+#define SEED 4242
+
+static struct {
+    harness_env env;
+    char *dir;
+    char pki_dir[600];
+    sim_pki *pki;
+    struct event_base *base; /* the simulators' loop (this thread) */
+    wns_mock *wns;
+    sim_devsim *ds;
+    test_service ts;
+    char data[320];
+    char id[NPC][65];
+} fx;
+
+static void pump(int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(fx.base, &tv);
+    event_base_dispatch(fx.base);
+}
+
+/* Whether PC |i| is known with its EID and a live WNS channel (its first
+ * session reported both). */
+static bool pc_ready(int i)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s", fx.id[i]);
+    json_t *d = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &d);
+    json_t *push = json_object_get(d, "push");
+    const char *st = json_string_value(json_object_get(push, "state"));
+    bool ok = code == 200 && json_string_value(json_object_get(d, "eid")) && st &&
+              strcmp(st, "valid") == 0;
+    json_decref(d);
+    return ok;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    harness_env_setup(&fx.env);
+    fx.dir = st_tempdir();
+    snprintf(fx.pki_dir, sizeof fx.pki_dir, "%s/pki", fx.dir);
+    if (sim_pki_open(fx.pki_dir, &fx.pki, NULL) != ESIM_OK)
+        return -1;
+    fx.base = event_base_new();
+    esim_error err;
+    static char cert[700], key[700], ca[700], dca[700], secret[700], token_url[128];
+    snprintf(cert, sizeof cert, "%s/server.pem", fx.pki_dir);
+    snprintf(key, sizeof key, "%s/server.key", fx.pki_dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
+    snprintf(dca, sizeof dca, "%s/device-ca.pem", fx.pki_dir);
+    wns_mock_config wc;
+    wns_mock_config_init(&wc);
+    wc.listen = "127.0.0.1:0";
+    wc.delivery_listen = "127.0.0.1:0";
+    wc.tls_cert = cert;
+    wc.tls_key = key;
+    wc.client_id = "ms-app://s-1-15-2-esim-mdm-test";
+    wc.client_secret = "wns-secret-0123456789";
+    if (wns_mock_new(fx.base, &wc, &fx.wns, &err) != ESIM_OK)
+        return -1;
+    snprintf(secret, sizeof secret, "%s/wns.secret", fx.dir);
+    if (esim_write_file_atomic(secret, "wns-secret-0123456789\n", 22, 0600, NULL) != ESIM_OK)
+        return -1;
+    snprintf(token_url, sizeof token_url, "https://127.0.0.1:%d/accesstoken.srf",
+             wns_mock_port(fx.wns, WNS_MOCK_PORT_HTTPS));
+
+    esim_service_config cfg;
+    harness_config(&fx.env, "wns-conns", &cfg, fx.data);
+    cfg.tls_cert_path = cert;
+    cfg.tls_key_path = key;
+    cfg.device_ca_path = dca;
+    cfg.wns_token_url = token_url;
+    cfg.wns_client_id = wc.client_id;
+    cfg.wns_secret_path = secret;
+    cfg.wns_ca_path = ca;
+    harness_start(&fx.ts, &cfg);
+    harness_set_api_ca(ca);
+
+    char url[160], deliv[64];
+    snprintf(url, sizeof url, "%s/ManagementServer/MDM.svc", fx.ts.url);
+    snprintf(deliv, sizeof deliv, "http://127.0.0.1:%d",
+             wns_mock_port(fx.wns, WNS_MOCK_PORT_DELIVERY));
+    for (unsigned i = 0; i < NPC; i++)
+        sim_devsim_windows_id(SEED, i, fx.id[i]);
+    sim_devsim_config dc = {.server_url = url,
+                            .pki_dir = fx.pki_dir,
+                            .devices = NPC,
+                            .windows_pcs = NPC,
+                            .wns_url = deliv,
+                            .windows_poll_ms = 600000,
+                            .seed = SEED};
+    if (sim_devsim_new(fx.base, &dc, &fx.ds, &err) != ESIM_OK) {
+        fprintf(stderr, "devsim: %s\n", err.msg);
+        return -1;
+    }
+    for (int i = 0; i < NPC; i++) {
+        int k = 0;
+        for (; k < 600 && !pc_ready(i); k++) {
+            if (k % 20 == 19)
+                sim_devsim_windows_sync(fx.ds, fx.id[i], NULL);
+            pump(50);
+        }
+        if (k == 600) {
+            fprintf(stderr, "PC %s never became known with a channel\n", fx.id[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    harness_stop(&fx.ts);
+    harness_set_api_ca(NULL);
+    sim_devsim_free(fx.ds);
+    wns_mock_free(fx.wns);
+    event_base_free(fx.base);
+    sim_pki_free(fx.pki);
+    st_rmrf(fx.dir);
+    free(fx.dir);
+    harness_env_teardown(&fx.env);
+    return 0;
+}
+
+/* One command for every PC, pushed at once: every push delivered, over at
+ * most HOST_CONNECTIONS new connections (handshakes, full or resumed). */
+static void test_burst_reuses_connections(void **state)
+{
+    (void)state;
+    wns_mock_stats before, after;
+    wns_mock_stats_get(fx.wns, &before);
+    esim_buf body = {0};
+    esim_buf_append_str(&body,
+                        "{\"operation\":\"local_ui\",\"local_ui_enabled\":false,\"udids\":[");
+    for (int i = 0; i < NPC; i++)
+        esim_buf_printf(&body, "%s\"%s\"", i ? "," : "", fx.id[i]);
+    esim_buf_append_str(&body, "]}");
+    esim_buf_append(&body, "", 1);
+    json_t *j = NULL;
+    long code = api_call(fx.ts.url, TEST_TOKEN, "POST", "/v1/windows/esim", (const char *)body.data,
+                         "application/json", &j);
+    esim_buf_free(&body);
+    if (code != 201) {
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        fail_msg("POST /v1/windows/esim: %ld %s", code, text ? text : "");
+    }
+    json_decref(j);
+    for (int k = 0; k < 400; k++) {
+        wns_mock_stats_get(fx.wns, &after);
+        if (after.accepted - before.accepted >= NPC)
+            break;
+        pump(50);
+    }
+    assert_int_equal(after.accepted - before.accepted, NPC);
+    uint64_t handshakes =
+        (after.tls_full + after.tls_resumed) - (before.tls_full + before.tls_resumed);
+    print_message("%d pushes over %llu new connections\n", NPC, (unsigned long long)handshakes);
+    assert_true(handshakes >= 1);
+    assert_true(handshakes <= HOST_CONNECTIONS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_burst_reuses_connections),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
