@@ -42,7 +42,8 @@
 typedef struct {
     char uuid[128];
     char request_type[64];
-    esim_buf body; /* as stored (the EID form of eUICC paths) */
+    esim_buf body;  /* as stored (the EID form of eUICC paths) */
+    omadm_msg cmds; /* |body| parsed, once, when it was handed out (deliver) */
 } omadm_sent;
 
 typedef struct omadm_dev {
@@ -87,8 +88,10 @@ struct svc_omadm {
 
 static void session_clear(omadm_dev *d)
 {
-    for (size_t i = 0; i < d->n_sent; i++)
+    for (size_t i = 0; i < d->n_sent; i++) {
         esim_buf_free(&d->sent[i].body);
+        omadm_msg_free(&d->sent[i].cmds);
+    }
     free(d->sent);
     d->sent = NULL;
     d->n_sent = d->cap_sent = 0;
@@ -466,15 +469,11 @@ static void verify_event(omadm_job *j, const char *udid, const char *op_uuid, co
 }
 
 /* The EID and the object path ("Profiles/ICCID", "DownloadServers/FQDN")
- * of the first item of a command body written with EID paths. */
-static bool op_target(const esim_buf *body, const char *uuid, char eid[ESIM_EID_LEN + 1],
-                      char obj[256])
+ * of the first item of a command body written with EID paths, parsed. */
+static bool op_target(const omadm_msg *cmds, char eid[ESIM_EID_LEN + 1], char obj[256])
 {
-    omadm_msg cmds = {0};
-    if (omadm_parse_commands(body->data, body->len, uuid, &cmds, NULL) != ESIM_OK)
-        return false;
     bool ok = false;
-    const char *t = cmds.n_cmds && cmds.cmds[0].n_items ? cmds.cmds[0].items[0].target : NULL;
+    const char *t = cmds->n_cmds && cmds->cmds[0].n_items ? cmds->cmds[0].items[0].target : NULL;
     const char *root = OMADM_EUICCS "/";
     if (t && strncmp(t, root, strlen(root)) == 0) {
         const char *p = t + strlen(root);
@@ -494,7 +493,6 @@ static bool op_target(const esim_buf *body, const char *uuid, char eid[ESIM_EID_
             }
         }
     }
-    omadm_msg_free(&cmds);
     return ok;
 }
 
@@ -674,7 +672,7 @@ static void verify_after(omadm_job *j, omadm_dev *d, const omadm_sent *sent, boo
         *v = '\0';
     }
     char eid[ESIM_EID_LEN + 1], obj[256], detail[400], why[200];
-    if (!op_target(&sent->body, sent->uuid, eid, obj))
+    if (!op_target(&sent->cmds, eid, obj))
         return;
     if (!is_poll) {
         if (!ok) {
@@ -777,16 +775,14 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
                              esim_error *err)
 {
     const omadm_sent *sent = sent_find(d, uuid);
-    omadm_msg cmds = {0};
-    if (sent)
-        (void)omadm_parse_commands(sent->body.data, sent->body.len, uuid, &cmds, NULL);
+    static const omadm_msg none = {0};
+    const omadm_msg *cmds = sent ? &sent->cmds : &none;
     item_view *iv = calloc(m->n_cmds * 2 + 1, sizeof *iv);
     esim_buf raw = {0};
     json_t *arr = json_array();
     if (!iv || !arr) {
         free(iv);
         json_decref(arr);
-        omadm_msg_free(&cmds);
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     }
     size_t n = 0;
@@ -824,9 +820,9 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
             ok = false;
         /* The item(s) of the command this Status answers. */
         const char *target = "";
-        for (size_t j = 0; j < cmds.n_cmds; j++)
-            if (strcmp(cmds.cmds[j].cmd_id, c->cmd_ref) == 0 && cmds.cmds[j].n_items > 0)
-                target = cmds.cmds[j].items[0].target;
+        for (size_t j = 0; j < cmds->n_cmds; j++)
+            if (strcmp(cmds->cmds[j].cmd_id, c->cmd_ref) == 0 && cmds->cmds[j].n_items > 0)
+                target = cmds->cmds[j].items[0].target;
         if (n < m->n_cmds * 2 + 1)
             iv[n++] = (item_view){
                 c->cmd_ref, c->cmd ? c->cmd : "", target, c->hresult ? c->hresult : "", NULL, code};
@@ -944,7 +940,6 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
             verify_after(job, d, sent, ok, iv, n);
     }
     free(iv);
-    omadm_msg_free(&cmds);
     return rc;
 }
 
@@ -1171,10 +1166,10 @@ static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
         snprintf(s->uuid, sizeof s->uuid, "%s", out.next.command_uuid);
         snprintf(s->request_type, sizeof s->request_type, "%s", out.next.request_type);
         s->body = out.next.body;
+        memset(&s->cmds, 0, sizeof s->cmds);
         /* An Apple command queued for a Windows device can never run on it:
          * answered for it, as the format error it is. */
-        omadm_msg check = {0};
-        if (omadm_parse_commands(s->body.data, s->body.len, s->uuid, &check, NULL) != ESIM_OK) {
+        if (omadm_parse_commands(s->body.data, s->body.len, s->uuid, &s->cmds, NULL) != ESIM_OK) {
             store_exchange_in fe = {.udid = d->udid,
                                     .cert_sha256 = d->cert,
                                     .status = "CommandFormatError",
@@ -1188,7 +1183,6 @@ static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
             esim_buf_free(&fo.next.body);
             continue;
         }
-        omadm_msg_free(&check);
         esim_buf wire = {0};
         if (body_for_device(d, &s->body, &wire) != ESIM_OK) {
             esim_buf_free(&wire);
@@ -1502,8 +1496,10 @@ static void omadm_job_done(esim_service *svc, pool_job *pj)
 static void refill_undo(omadm_job *j)
 {
     omadm_dev *d = j->d;
-    for (size_t i = j->n_sent_before; i < d->n_sent; i++)
+    for (size_t i = j->n_sent_before; i < d->n_sent; i++) {
         esim_buf_free(&d->sent[i].body);
+        omadm_msg_free(&d->sent[i].cmds);
+    }
     d->n_sent = j->n_sent_before;
     /* The buffer only grew: putting the end back needs no memory. */
     j->reply.len = j->reply_len_before - strlen(REPLY_END);
