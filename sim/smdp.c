@@ -43,6 +43,8 @@
  * 1024 slots a quarter of them had been pushed out by then. */
 #define SMDP_CERT_CACHE 8192
 #define SMDP_SAVE_DELAY_MS 100
+/* An answer up to this long leaves in one TLS record (reply). */
+#define SMDP_ONE_RECORD (16 * 1024)
 /* eUICC keys kept ready to verify (key_table below): 2 KiB each, sets of 4. */
 #define SMDP_KEY_TABLES 1024
 #define KEY_WAYS 4
@@ -607,9 +609,18 @@ static void reply(struct evhttp_request *req, int code, json_t *body)
         esim_buf_free(&txt);
     }
     json_decref(body);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     evhttp_send_reply(req, code, code == 204 ? "No Content" : code < 300 ? "OK" : "Error", out);
     if (out)
         evbuffer_free(out);
+    /* The head and the body were two pieces of the connection's output, and
+     * libevent's TLS writes each piece as a TLS record of its own (a write
+     * to the socket, and a read at the other end, each): made one piece,
+     * the answer goes in one record. Written later, from the loop. */
+    struct evbuffer *o = bev ? bufferevent_get_output(bev) : NULL;
+    if (o && evbuffer_get_length(o) <= SMDP_ONE_RECORD)
+        evbuffer_pullup(o, -1);
 }
 
 static json_t *header_ok(void)

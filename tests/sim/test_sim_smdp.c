@@ -8,11 +8,15 @@
  * certificate in place),
  * the admin endpoint, CSV manifests and order persistence.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include <arpa/inet.h>
 
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -1244,6 +1248,94 @@ static void test_answers_not_held_back(void **state)
     assert_int_equal(nagle, 0);
 }
 
+/* ---- an answer in one TLS record ---- */
+
+typedef struct {
+    uint16_t port;
+    const char *ca;
+    int app_records; /* application data records received */
+    char resp[4096];
+    size_t got;
+    atomic_bool done;
+} record_client;
+
+static void count_records(int write_p, int version, int content_type, const void *buf, size_t len,
+                          SSL *ssl, void *arg)
+{
+    (void)version;
+    (void)ssl;
+    record_client *c = arg;
+    if (!write_p && content_type == SSL3_RT_INNER_CONTENT_TYPE && len == 1 &&
+        ((const unsigned char *)buf)[0] == SSL3_RT_APPLICATION_DATA)
+        c->app_records++;
+}
+
+/* Whole: the head and Content-Length bytes of body after it. */
+static bool response_whole(const char *r, size_t got)
+{
+    const char *end = strstr(r, "\r\n\r\n"), *cl = strstr(r, "Content-Length: ");
+    return end && cl && cl < end && got >= (size_t)(end + 4 - r) + strtoul(cl + 16, NULL, 10);
+}
+
+/* A plain OpenSSL client on its own thread (the SM-DP+ runs on the test's
+ * loop): one ES9+ request, its answer read whole, the records counted. */
+static void *record_client_run(void *arg)
+{
+    record_client *c = arg;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(c->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (ctx && fd >= 0 && SSL_CTX_load_verify_locations(ctx, c->ca, NULL) == 1 &&
+        connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && (ssl = SSL_new(ctx)) != NULL) {
+        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        SSL_set_fd(ssl, fd);
+        SSL_set_msg_callback(ssl, count_records);
+        SSL_set_msg_callback_arg(ssl, c);
+        static const char req[] = "POST /gsma/rsp2/es9plus/initiateAuthentication HTTP/1.1\r\n"
+                                  "Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                                  "Content-Length: 2\r\n\r\n{}";
+        if (SSL_connect(ssl) == 1 && SSL_write(ssl, req, (int)sizeof req - 1) > 0)
+            while (!response_whole(c->resp, c->got)) {
+                int r = SSL_read(ssl, c->resp + c->got, (int)(sizeof c->resp - 1 - c->got));
+                if (r <= 0)
+                    break;
+                c->got += (size_t)r;
+                c->resp[c->got] = 0;
+            }
+    }
+    SSL_free(ssl);
+    if (fd >= 0)
+        close(fd);
+    SSL_CTX_free(ctx);
+    atomic_store(&c->done, true);
+    return NULL;
+}
+
+/* An answer's head and body leave in one TLS record: one write on the
+ * SM-DP+'s side and one read on the device's, not one each. */
+static void test_answer_in_one_record(void **state)
+{
+    (void)state;
+    static record_client c;
+    memset(&c, 0, sizeof c);
+    c.port = sim_smdp_port(fx.smdp);
+    c.ca = sim_pki_ca_file(fx.pki);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, record_client_run, &c), 0);
+    int64_t start = esim_mono_ms();
+    while (!atomic_load(&c.done) && esim_mono_ms() - start < 30000) {
+        struct timeval tv = {0, 20 * 1000};
+        event_base_loopexit(fx.base, &tv);
+        event_base_dispatch(fx.base);
+    }
+    pthread_join(th, NULL);
+    assert_true(response_whole(c.resp, c.got));
+    assert_non_null(strstr(c.resp, "\"reasonCode\":\"2.1\"")); /* the body came */
+    assert_int_equal(c.app_records, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1266,6 +1358,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_chain_signature_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_es9_connections_per_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_answers_not_held_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answer_in_one_record, setup, teardown),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
