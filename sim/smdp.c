@@ -68,7 +68,8 @@ typedef struct {
 } key_slot;
 
 typedef struct session {
-    struct session *next;
+    struct session *next, *prev; /* oldest first (sim_smdp's sessions) */
+    struct session *hnext;       /* in its by_txid bucket */
     char txid[33];
     enum session_state state;
     bool der; /* SGP.22's base64 DER form (the ES9+ section below) */
@@ -102,7 +103,9 @@ struct sim_smdp {
     size_t n_orders, cap_orders;
     size_t *by_iccid, *by_eid, *by_mid; /* open addressing: order index + 1, 0 = empty */
     size_t idx_cap;
-    session *sessions;
+    session *sessions, *sessions_tail; /* oldest first: they expire in this order */
+    session **by_txid;                 /* txid_buckets chains */
+    size_t txid_buckets;
     size_t n_sessions, max_sessions;
     int64_t session_ttl_ms;
     sim_cert_cache *certs; /* EUM and eUICC certificates that verified against the CI */
@@ -560,38 +563,64 @@ static void session_free(session *ss)
     }
 }
 
+/* Sessions are found by transaction ID in a hash table (every ES9+ call
+ * names one; with hundreds of downloads in progress a walk of the list
+ * compared hundreds of IDs a call) and kept in a list, oldest first, so
+ * that expiry looks at the expired ones only. */
+static session **txid_bucket(sim_smdp *s, const char *txid)
+{
+    return &s->by_txid[esim_hash_str(txid) & (s->txid_buckets - 1)];
+}
+
 static session *session_find(sim_smdp *s, const char *txid)
 {
-    for (session *ss = s->sessions; ss && txid; ss = ss->next)
+    if (!txid)
+        return NULL;
+    for (session *ss = *txid_bucket(s, txid); ss; ss = ss->hnext)
         if (strcmp(ss->txid, txid) == 0)
             return ss;
     return NULL;
 }
 
+static void session_add(sim_smdp *s, session *ss)
+{
+    ss->prev = s->sessions_tail;
+    ss->next = NULL;
+    if (s->sessions_tail)
+        s->sessions_tail->next = ss;
+    else
+        s->sessions = ss;
+    s->sessions_tail = ss;
+    session **b = txid_bucket(s, ss->txid);
+    ss->hnext = *b;
+    *b = ss;
+    s->n_sessions++;
+}
+
 static void session_remove(sim_smdp *s, session *target)
 {
-    for (session **pp = &s->sessions; *pp; pp = &(*pp)->next)
+    for (session **pp = txid_bucket(s, target->txid); *pp; pp = &(*pp)->hnext)
         if (*pp == target) {
-            *pp = target->next;
-            s->n_sessions--;
-            session_free(target);
-            return;
+            *pp = target->hnext;
+            break;
         }
+    if (target->prev)
+        target->prev->next = target->next;
+    else
+        s->sessions = target->next;
+    if (target->next)
+        target->next->prev = target->prev;
+    else
+        s->sessions_tail = target->prev;
+    s->n_sessions--;
+    session_free(target);
 }
 
 static void sessions_expire(sim_smdp *s)
 {
     int64_t now = esim_mono_ms();
-    for (session **pp = &s->sessions; *pp;) {
-        if (now - (*pp)->created_ms > s->session_ttl_ms) {
-            session *dead = *pp;
-            *pp = dead->next;
-            s->n_sessions--;
-            session_free(dead);
-        } else {
-            pp = &(*pp)->next;
-        }
-    }
+    while (s->sessions && now - s->sessions->created_ms > s->session_ttl_ms)
+        session_remove(s, s->sessions);
 }
 
 /* ---- HTTP plumbing -------------------------------------------------------------- */
@@ -751,9 +780,7 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
     ss->state = SESSION_INITIATED;
     ss->der = der;
     ss->created_ms = esim_mono_ms();
-    ss->next = s->sessions;
-    s->sessions = ss;
-    s->n_sessions++;
+    session_add(s, ss);
 
     esim_buf sc = {0};
     esim_base64_encode(ss->server_challenge, 16, &sc);
@@ -1329,10 +1356,12 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
     if (pn->present == PendingNotification_PR_profileInstallationResult) {
         ProfileInstallationResult_t *pir = &pn->choice.profileInstallationResult;
         ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
-        session *ss = NULL;
-        for (session *it = s->sessions; it && !ss; it = it->next)
-            if (it->state == SESSION_DOWNLOADED && txid_is(it, &d->transactionId))
-                ss = it;
+        char txid[33] = "";
+        for (int i = 0; d->transactionId.size == 16 && i < 16; i++)
+            snprintf(txid + 2 * i, 3, "%02X", d->transactionId.buf[i]);
+        session *ss = session_find(s, txid);
+        if (ss && ss->state != SESSION_DOWNLOADED)
+            ss = NULL;
         char iccid[21] = "", why[64];
         if (!ss) {
             reply_failed(req, "8.10.1", "3.9", "unknown transactionId: no session awaits it");
@@ -1788,6 +1817,10 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     if (cfg->admin_token)
         snprintf(s->admin_token, sizeof s->admin_token, "%s", cfg->admin_token);
     s->max_sessions = cfg->max_sessions ? cfg->max_sessions : SMDP_MAX_SESSIONS;
+    for (s->txid_buckets = 64;
+         s->txid_buckets < 2 * s->max_sessions && s->txid_buckets < (1u << 20);)
+        s->txid_buckets *= 2;
+    s->by_txid = calloc(s->txid_buckets, sizeof *s->by_txid);
     s->session_ttl_ms = cfg->session_ttl_ms ? cfg->session_ttl_ms : SMDP_SESSION_TTL_MS;
     esim_err rc = ESIM_OK;
     esim_buf b64 = {0};
@@ -1801,7 +1834,8 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
         rc = esim_fail(err, ESIM_ECRYPTO, "the PKI's DPauth key is not a P-256 private key");
         goto fail;
     }
-    if (!s->certs || !s->keys || sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
+    if (!s->certs || !s->keys || !s->by_txid ||
+        sim_x509_to_b64(s->pki->dpauth.x509, &b64) != ESIM_OK ||
         !(s->dpauth_b64 = strdup((const char *)b64.data))) {
         esim_buf_free(&b64);
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -1898,6 +1932,7 @@ void sim_smdp_free(sim_smdp *s)
         session_free(s->sessions);
         s->sessions = n;
     }
+    free(s->by_txid);
     sim_cert_cache_free(s->certs);
     for (size_t i = 0; s->keys && i < s->key_sets * KEY_WAYS; i++)
         free(s->keys[i].k);
