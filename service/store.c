@@ -765,6 +765,8 @@ esim_err esim_store_device_queue(store *st, const char *udid, bool with_done,
 esim_err esim_store_push_target(store *st, const char *udid, store_push_target *out,
                                 esim_error *err)
 {
+    if (udid && st->ops->push_target)
+        return st->ops->push_target(st, udid, out, err);
     store_device d;
     esim_err rc = esim_store_device_get(st, udid, &d, err);
     if (rc != ESIM_OK)

@@ -112,6 +112,9 @@ struct store_ops {
      * a first identity to bind) through device_identity. */
     esim_err (*device_seen_verified)(store *st, const char *udid, const char *cert_sha256,
                                      const char *eid, int64_t now, esim_error *err);
+    /* Optional (NULL: device_get): the push facts of device |udid| (not
+     * NULL) alone, as esim_store_push_target gives them; ESIM_ENOTFOUND. */
+    esim_err (*push_target)(store *st, const char *udid, store_push_target *out, esim_error *err);
     /* A push is owed at |at|, unless an earlier one already is. */
     esim_err (*device_owe_push)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Push state |ps|, and no push owed any more. */

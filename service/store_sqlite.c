@@ -275,6 +275,7 @@ enum {
     S_DEV_SEEN_VERIFIED,
     S_DEV_EID,
     S_DEV_GET,
+    S_DEV_PUSH_TARGET,
     S_DEV_LIST,
     S_DEV_SEARCH,
     S_FLEET,
@@ -414,6 +415,8 @@ static const char *const statement_sql[S_COUNT] = {
         " AND enrolled = 1 AND (?3 = '' OR (cert_sha256 <> '' AND cert_sha256 = ?3))",
     [S_DEV_EID] = "UPDATE devices SET eid = ?2 WHERE udid = ?1",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = ?1",
+    [S_DEV_PUSH_TARGET] = "SELECT udid, topic, push_token, push_magic, push_state, enrolled,"
+                          " platform FROM devices WHERE udid = ?1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 ORDER BY udid LIMIT ?2",
     [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 AND"
                      " (instr(lower(udid), ?3) OR instr(lower(serial_number), ?3) OR"
@@ -1502,6 +1505,35 @@ static esim_err sq_device_get(store *base, const char *udid, store_device *out, 
     return ESIM_OK;
 }
 
+/* What a push needs of the device, without the rest of its row (every push
+ * reads it: ≈ 24,000 instructions for the whole row, ≈ 9,000 for these). */
+static esim_err sq_push_target(store *base, const char *udid, store_push_target *out,
+                               esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_PUSH_TARGET, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    sqlite3_stmt *st = s->stmt[S_DEV_PUSH_TARGET];
+    memset(out, 0, sizeof *out);
+    col_text(st, 0, out->udid, sizeof out->udid);
+    col_text(st, 1, out->topic, sizeof out->topic);
+    col_text(st, 2, out->push_token, sizeof out->push_token);
+    col_text(st, 3, out->push_magic, sizeof out->push_magic);
+    const char *ps = (const char *)sqlite3_column_text(st, 4);
+    out->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
+                      : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
+                                                      : STORE_PUSH_NONE;
+    out->enrolled = sqlite3_column_int(st, 5) != 0;
+    col_text(st, 6, out->platform, sizeof out->platform);
+    if (!out->platform[0])
+        snprintf(out->platform, sizeof out->platform, "apple");
+    sqlite3_reset(st);
+    return ESIM_OK;
+}
+
 static esim_err sq_device_list(store *base, const char *after, size_t limit, store_device **out,
                                size_t *n, esim_error *err)
 {
@@ -2304,6 +2336,7 @@ static const struct store_ops sqlite_ops = {
     .device_push_paid = sq_device_push_paid,
     .devices_take_push_due = sq_devices_take_push_due,
     .device_get = sq_device_get,
+    .push_target = sq_push_target,
     .device_list = sq_device_list,
     .command_insert = sq_command_insert,
     .entry_insert = sq_entry_insert,

@@ -259,9 +259,17 @@ static void test_identity_binding_and_checkout(void **state)
                      ESIM_OK);
     store_push_target t;
     assert_int_equal(esim_store_push_target(st, "W1", &t, NULL), ESIM_OK);
+    assert_string_equal(t.udid, "W1");
+    assert_string_equal(t.topic, "esim-mdm");
     assert_string_equal(t.platform, "windows");
     assert_string_equal(t.push_token, uri);
+    assert_string_equal(t.push_magic, "wns");
+    assert_true(t.enrolled);
     assert_int_equal(t.push_state, STORE_PUSH_VALID);
+    /* An iPhone's, the platform by default; an unknown device's is none. */
+    assert_int_equal(esim_store_push_target(st, "U1", &t, NULL), ESIM_OK);
+    assert_string_equal(t.platform, "apple");
+    assert_int_equal(esim_store_push_target(st, "U404", &t, &e), ESIM_ENOTFOUND);
     esim_store_close(st);
 }
 
