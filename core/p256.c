@@ -317,31 +317,32 @@ static void update_de(s62 *d, s62 *e, const divmat *t, const s62 *n, uint64_t ni
 /* The divsteps inverse of Bernstein and Yang, variable time: f = n, g = a,
  * 62 divsteps at a time on the numbers' low words, then their matrix
  * applied to f and g and to d and e, which keep d·a ≡ f and e·a ≡ g modulo
- * n, until g = 0 and f = ±1: a⁻¹ = ±d (0 for a = 0). ~12,700 instructions
+ * n, until g = 0 and f = ±1: a⁻¹ = ±d (0 for a = 0). The same for any odd
+ * modulus m below 2^256 (inv_vartime_mod; p for esim_p256_affine_x). ~12,700 instructions
  * (callgrind, random a below n; Kaliski's almost Montgomery inverse, used
  * before, ~50,000-65,000, BN_mod_inverse ~155,000); at most 741 divsteps
  * for 256 bits by their bound, so 12 rounds of 62. */
-void esim_p256_ord_inv_vartime(esim_p256_ord out, const esim_p256_ord a)
+static void inv_vartime_mod(uint64_t out[4], const uint64_t a[4], const uint64_t m[4])
 {
     static const uint64_t zero[4] = {0};
     s62 n, f, g, d, e;
-    s62_from(&n, esim_p256_ord_n);
-    s62_from(&f, esim_p256_ord_n);
+    s62_from(&n, m);
+    s62_from(&f, m);
     s62_from(&g, a);
     s62_from(&d, zero);
     s62_from(&e, zero);
     e.l[0] = 1;
-    /* n⁻¹ mod 2^64 by Newton's iteration (each step doubles the good bits) */
-    uint64_t ninv = esim_p256_ord_n[0];
+    /* m⁻¹ mod 2^64 by Newton's iteration (each step doubles the good bits) */
+    uint64_t ninv = m[0];
     for (int i = 0; i < 5; i++)
-        ninv *= 2 - esim_p256_ord_n[0] * ninv;
+        ninv *= 2 - m[0] * ninv;
     int64_t delta = 1;
     for (int round = 0; round < 16; round++) {
         if (!(g.l[0] | g.l[1] | g.l[2] | g.l[3] | g.l[4])) {
             if (f.l[4] < 0) { /* f = -1: a⁻¹ = -d */
-                s62 m = n;
-                s62_add_signed(&m, &d, -1);
-                d = m;
+                s62 neg = n;
+                s62_add_signed(&neg, &d, -1);
+                d = neg;
                 if (s62_at_least(&d, &n))
                     s62_add_signed(&d, &n, -1);
             }
@@ -354,7 +355,12 @@ void esim_p256_ord_inv_vartime(esim_p256_ord out, const esim_p256_ord a)
         update_fg(&f, &g, &t);
         update_de(&d, &e, &t, &n, ninv);
     }
-    memset(out, 0, sizeof(esim_p256_ord)); /* not reached: 16 rounds are 992 divsteps */
+    memset(out, 0, 4 * sizeof(uint64_t)); /* not reached: 16 rounds are 992 divsteps */
+}
+
+void esim_p256_ord_inv_vartime(esim_p256_ord out, const esim_p256_ord a)
+{
+    inv_vartime_mod(out, a, esim_p256_ord_n);
 }
 
 bool esim_p256_ecdsa_scalars(const unsigned char *digest, size_t digest_len,
@@ -916,6 +922,33 @@ static void g_init(void)
     static jac work[4 << (WG - 2)];
     static fe prefix[4 << (WG - 2)];
     make_table(&g_table[0][0], 1 << (WG - 2), &g, work, prefix);
+}
+
+bool esim_p256_affine_x(const unsigned char X[32], const unsigned char Z[32],
+                        const unsigned char blind[32], unsigned char x[32])
+{
+    fe xv, zv, c, t;
+    from_bytes(xv, X);
+    from_bytes(zv, Z);
+    from_bytes(c, blind);
+    if (!sub4(t, c, P)) /* c mod p: 2^256 < 2p */
+        memcpy(c, t, sizeof c);
+    if (!sub4(t, xv, P) || !sub4(t, zv, P) || is_zero4(zv) || is_zero4(c))
+        return false; /* X and Z below p, Z not 0 (and c not 0: a chance of 2^-256) */
+    static const fe one = {1, 0, 0, 0};
+    fe_mul(xv, xv, P_RR); /* Montgomery form */
+    fe_mul(zv, zv, P_RR);
+    fe_mul(c, c, P_RR);
+    fe_mul(t, zv, c);         /* Z·c */
+    fe_mul(t, t, one);        /* out of Montgomery form, */
+    inv_vartime_mod(t, t, P); /* inverted: its time says nothing of Z, */
+    fe_mul(t, t, P_RR);       /* and back */
+    fe_mul(zv, t, c);         /* Z⁻¹ */
+    fe_sqr(zv, zv);           /* Z⁻² */
+    fe_mul(xv, xv, zv);       /* X·Z⁻² */
+    fe_mul(xv, xv, one);
+    esim_p256_ord_to_bytes(x, xv);
+    return true;
 }
 
 bool esim_p256_key_init(esim_p256_key *k, const unsigned char point[65])

@@ -35,6 +35,13 @@ void esim_p256_ord_add(esim_p256_ord r, const esim_p256_ord a, const esim_p256_o
 void esim_p256_ord_mont_mul(esim_p256_ord r, const esim_p256_ord a, const esim_p256_ord b);
 /* a·b mod n */
 void esim_p256_ord_mul(esim_p256_ord r, const esim_p256_ord a, const esim_p256_ord b);
+/* The affine x = X·Z⁻² mod p of the Jacobian point (X, Y, Z), X and Z
+ * big-endian: false when one is not below p or Z is 0. Z⁻¹ is c·(Z·c)⁻¹
+ * with |blind| (32 fresh random bytes) as c, so that the variable-time
+ * inversion says nothing of Z (a signature's k·G: Z follows from the secret
+ * k). */
+bool esim_p256_affine_x(const unsigned char X[32], const unsigned char Z[32],
+                        const unsigned char blind[32], unsigned char x[32]);
 /* a⁻¹ mod n for 0 < a < n; its time depends on a (public values only, or a
  * secret blinded by a fresh random factor first). */
 void esim_p256_ord_inv_vartime(esim_p256_ord out, const esim_p256_ord a);

@@ -260,7 +260,7 @@ static void p256_init(void)
 typedef struct {
     BN_CTX *bn;
     EC_POINT *r;
-    BIGNUM *k, *x, *y;
+    BIGNUM *k, *x, *y, *z;
 } scratch;
 
 static void scratch_clear(scratch *w)
@@ -269,6 +269,7 @@ static void scratch_clear(scratch *w)
     BN_clear_free(w->k);
     BN_free(w->x);
     BN_free(w->y);
+    BN_free(w->z);
     BN_CTX_free(w->bn);
     memset(w, 0, sizeof *w);
 }
@@ -281,7 +282,8 @@ static bool scratch_init(scratch *w)
     w->k = BN_secure_new();
     w->x = BN_new();
     w->y = BN_new();
-    if (!w->bn || !w->r || !w->k || !w->x || !w->y) {
+    w->z = BN_new();
+    if (!w->bn || !w->r || !w->k || !w->x || !w->y || !w->z) {
         scratch_clear(w);
         return false;
     }
@@ -324,12 +326,22 @@ static scratch *scratch_of_thread(void)
 }
 
 /* x-coordinate (and with |y|, y) of k·G for the secret k in w->k, through
- * OpenSSL's constant-time table for the generator. */
-static bool mul_g(scratch *w, unsigned char x[32], unsigned char *y)
+ * OpenSSL's constant-time table for the generator. x alone (a signature's)
+ * is made affine by core/p256.h with the random |blind| (~42,600
+ * instructions through EC_POINT_get_affine_coordinates, its BIGNUMs and its
+ * Fermat inverse). */
+static bool mul_g(scratch *w, unsigned char x[32], unsigned char *y, const unsigned char *blind)
 {
-    return EC_POINT_mul(p256, w->r, w->k, NULL, NULL, w->bn) == 1 &&
-           EC_POINT_get_affine_coordinates(p256, w->r, w->x, y ? w->y : NULL, w->bn) == 1 &&
-           BN_bn2binpad(w->x, x, 32) == 32 && (!y || BN_bn2binpad(w->y, y, 32) == 32);
+    if (EC_POINT_mul(p256, w->r, w->k, NULL, NULL, w->bn) != 1)
+        return false;
+    if (!y) {
+        unsigned char jx[32], jz[32];
+        return EC_POINT_get_Jprojective_coordinates_GFp(p256, w->r, w->x, NULL, w->z, w->bn) == 1 &&
+               BN_bn2binpad(w->x, jx, 32) == 32 && BN_bn2binpad(w->z, jz, 32) == 32 &&
+               esim_p256_affine_x(jx, jz, blind, x);
+    }
+    return EC_POINT_get_affine_coordinates(p256, w->r, w->x, w->y, w->bn) == 1 &&
+           BN_bn2binpad(w->x, x, 32) == 32 && BN_bn2binpad(w->y, y, 32) == 32;
 }
 
 /* The private key |d| (big-endian) in Montgomery form into |dm|: false
@@ -401,13 +413,13 @@ sim_ec_signer *sim_ec_signer_new(EVP_PKEY *key)
 static bool sign_dm(scratch *w, const ord4 dm, const unsigned char digest[32], unsigned char rs[64])
 {
     ord4 e, k, r, sv, t, b;
-    unsigned char kb[64], xb[32]; /* k, then the blinding factor b */
+    unsigned char kb[96], xb[32]; /* k, the blinding factor b, then k·G's */
     esim_p256_ord_from_bytes(e, digest);
     esim_p256_ord_reduce_once(e);
     bool ok = false;
     for (int tries = 0; tries < 16 && !ok; tries++) {
         /* k uniform in [1, n-1]: 32 random bytes, drawn again when not
-         * below n (a chance of about 2^-32); the blinding factor's 32 with
+         * below n (a chance of about 2^-32); the blinding factors' 64 with
          * them, one call to the generator (each costs ~6,700
          * instructions). */
         if (RAND_priv_bytes(kb, sizeof kb) != 1)
@@ -415,7 +427,7 @@ static bool sign_dm(scratch *w, const ord4 dm, const unsigned char digest[32], u
         esim_p256_ord_from_bytes(k, kb);
         if (esim_p256_ord_is_zero(k) || !esim_p256_ord_below_n(k))
             continue;
-        if (!BN_bin2bn(kb, 32, w->k) || !mul_g(w, xb, NULL))
+        if (!BN_bin2bn(kb, 32, w->k) || !mul_g(w, xb, NULL, kb + 64))
             break;
         esim_p256_ord_from_bytes(r, xb); /* x < p < 2n */
         esim_p256_ord_reduce_once(r);
@@ -472,7 +484,7 @@ static bool public_of(scratch *w, const unsigned char d[32], unsigned char point
         return false;
     OPENSSL_cleanse(dm, sizeof dm);
     point[0] = 0x04;
-    bool ok = BN_bin2bn(d, 32, w->k) && mul_g(w, point + 1, point + 33);
+    bool ok = BN_bin2bn(d, 32, w->k) && mul_g(w, point + 1, point + 33, NULL);
     BN_zero(w->k);
     return ok;
 }

@@ -406,6 +406,53 @@ static void test_order_inverse(void **state)
     }
 }
 
+/* A Jacobian point (X, Z) = (x·λ², λ) for random λ gives back x, for
+ * random x below p (any x: the function does not need the point's y) and
+ * any blinding factor; Z = 0, X or Z not below p, or a factor ≡ 0 is
+ * refused. */
+static void test_affine_x(void **state)
+{
+    (void)state;
+    BN_CTX *ctx = BN_CTX_new();
+    BIGNUM *p = BN_new(), *x = BN_new(), *l = BN_new(), *bx = BN_new(), *t = BN_new();
+    assert_non_null(ctx);
+    assert_true(BN_hex2bn(&p, "FFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF") >
+                0);
+    unsigned char X[32], Z[32], want[32], got[32], blind[32];
+    for (int i = 0; i < 500; i++) {
+        assert_int_equal(BN_rand_range(x, p), 1);
+        do
+            assert_int_equal(BN_rand_range(l, p), 1);
+        while (BN_is_zero(l));
+        if (i == 0)
+            BN_one(l); /* Z = 1: already affine */
+        assert_int_equal(BN_mod_sqr(t, l, p, ctx), 1);
+        assert_int_equal(BN_mod_mul(bx, x, t, p, ctx), 1);
+        assert_int_equal(BN_bn2binpad(bx, X, 32), 32);
+        assert_int_equal(BN_bn2binpad(l, Z, 32), 32);
+        assert_int_equal(BN_bn2binpad(x, want, 32), 32);
+        assert_int_equal(RAND_bytes(blind, sizeof blind), 1);
+        if (i == 1)
+            memset(blind, 0xff, sizeof blind); /* above p: taken modulo p */
+        assert_true(esim_p256_affine_x(X, Z, blind, got));
+        assert_memory_equal(got, want, 32);
+    }
+    memset(Z, 0, sizeof Z);
+    assert_false(esim_p256_affine_x(X, Z, blind, got));
+    assert_int_equal(BN_bn2binpad(p, Z, 32), 32);
+    assert_false(esim_p256_affine_x(X, Z, blind, got)); /* Z = p */
+    assert_false(esim_p256_affine_x(Z, X, blind, got)); /* X = p */
+    assert_int_equal(BN_bn2binpad(l, Z, 32), 32);
+    assert_int_equal(BN_bn2binpad(p, blind, 32), 32);
+    assert_false(esim_p256_affine_x(X, Z, blind, got)); /* c = p ≡ 0 */
+    BN_free(p);
+    BN_free(x);
+    BN_free(l);
+    BN_free(bx);
+    BN_free(t);
+    BN_CTX_free(ctx);
+}
+
 int main(void)
 {
     srand(17);
@@ -416,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_refuses_points_off_the_curve),
         cmocka_unit_test(test_reads_der_as_openssl_does),
         cmocka_unit_test(test_order_inverse),
+        cmocka_unit_test(test_affine_x),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
