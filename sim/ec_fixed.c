@@ -18,17 +18,18 @@
  *
  * The arithmetic modulo the group order n (s⁻¹, the products) is core/p256.c's
  * (four 64-bit limbs rather than BIGNUMs: BN_mod_inverse alone took
- * ~155,000 instructions of a ~430,000-instruction verification; Kaliski's
- * almost Montgomery inverse there takes ~50,000). R.x is compared in
- * Jacobian coordinates (X = r·Z²) instead of converting R to affine.
+ * ~155,000 instructions of a ~430,000-instruction verification; the
+ * divsteps inverse there takes ~11,400). R.x is compared in Jacobian
+ * coordinates (X = r·Z²) instead of converting R to affine.
  *
  * Signing (SEC 1 §4.1.3) is k random in [1, n-1], R = k·G through
- * OpenSSL's table for G (constant time), r = R.x mod n,
- * s = k⁻¹·(e + r·d) mod n, k⁻¹ computed as b·(k·b)⁻¹ with a fresh random b
- * so that the inversion's timing says nothing about k: about 0.7 of
- * EVP_PKEY_sign's instructions, which also derives k from the key, the
- * digest and fresh randomness through SHA-512, inverts k by Fermat and goes
- * through the provider's dispatch on each call. The signatures are ordinary
+ * OpenSSL's table for G (constant time), r = R.x mod n (R's Z inverted
+ * blinded by a fresh random c, esim_p256_affine_x), s = k⁻¹·(e + r·d) mod
+ * n, k⁻¹ computed as b·(k·b)⁻¹ with a fresh random b so that the
+ * inversion's timing says nothing about k: ~143,000 instructions a
+ * signature (callgrind), fewer than EVP_PKEY_sign, which also derives k
+ * from the key, the digest and fresh randomness through SHA-512, inverts k
+ * by Fermat and goes through the provider's dispatch on each call. The signatures are ordinary
  * ECDSA (tests verify them with OpenSSL).
  */
 #define OPENSSL_SUPPRESS_DEPRECATED /* EC_GROUP_precompute_mult, SHA256_*, Jprojective */
