@@ -982,32 +982,37 @@ bool esim_p256_key_init(esim_p256_key *k, const unsigned char point[65])
     return true;
 }
 
+/* Bits |i| .. |i| + |n| - 1 of |a| (n <= 8; bits from 256 up are zero). */
+static inline unsigned bits_at(const esim_p256_ord a, int i, int n)
+{
+    int l = i >> 6, o = i & 63;
+    uint64_t v = l < 4 ? a[l] >> o : 0;
+    if (o + n > 64 && l + 1 < 4)
+        v |= a[l + 1] << (64 - o);
+    return (unsigned)(v & ((1u << n) - 1));
+}
+
 /* |a| (below 2^256) in width-w NAF into digits[0..256]: odd digits in
- * (-2^(w-1), 2^(w-1)) or 0, at most one nonzero in any w in a row. */
+ * (-2^(w-1), 2^(w-1)) or 0, at most one nonzero in any w in a row. A
+ * carry instead of adding to |a|: where bit i differs from the carry the
+ * window of w bits there, plus the carry, is odd; from 2^(w-1) up it
+ * becomes negative and carries one into the next window. Each window
+ * read in one go rather than |a| shifted a bit at a time. */
 static void wnaf(signed char digits[257], const esim_p256_ord a, int w)
 {
-    uint64_t k[5] = {a[0], a[1], a[2], a[3], 0};
-    const int64_t full = (int64_t)1 << w, half = full >> 1;
     memset(digits, 0, 257);
-    for (int i = 0; i < 257 && (k[0] | k[1] | k[2] | k[3] | k[4]); i++) {
-        if (k[0] & 1) {
-            int64_t d = (int64_t)(k[0] & (uint64_t)(full - 1));
-            if (d >= half)
-                d -= full;
-            digits[i] = (signed char)d;
-            if (d > 0) { /* k -= d: its low w bits are d, no borrow out of k[0] */
-                k[0] -= (uint64_t)d;
-            } else { /* k += -d */
-                uint64_t add = (uint64_t)-d;
-                for (int l = 0; l < 5 && add; l++) {
-                    k[l] += add;
-                    add = k[l] < add;
-                }
-            }
+    unsigned carry = 0;
+    for (int i = 0; i < 257;) {
+        if (bits_at(a, i, 1) == carry) {
+            i++;
+            continue;
         }
-        for (int l = 0; l < 4; l++)
-            k[l] = k[l] >> 1 | k[l + 1] << 63;
-        k[4] >>= 1;
+        int n = 257 - i < w ? 257 - i : w;
+        int d = (int)(bits_at(a, i, n) + carry);
+        carry = (unsigned)(d >> (w - 1)) & 1;
+        d -= (int)(carry << w);
+        digits[i] = (signed char)d;
+        i += n;
     }
 }
 
