@@ -521,14 +521,21 @@ typedef struct {
 
 /* The P-256 public key made from a kept point (auth_key) ready to verify
  * (core/p256.h: a 2 KiB table of multiples of the point, made in about
- * the time of one OpenSSL verification; each verification with it takes
- * under half of OpenSSL's instructions), by certificate digest: a device's later messages
- * reuse it. Direct-mapped like the parsed slots; the table is allocated
- * when its slot is first used and reused by the slot's next keys. */
+ * half the instructions of one OpenSSL verification; each verification
+ * with it takes about a third of OpenSSL's), by certificate digest: a
+ * device's later messages reuse it. The slots are in sets of
+ * AUTH_KEY_WAYS by digest, the least recently used of a set made again
+ * for a new key: a device's messages of one phase come within seconds, so
+ * its table stays while fewer keys than the slots came between them,
+ * where direct mapping lost a table whenever one other key of its slot
+ * did. The table is allocated when its slot is first used and reused by
+ * the slot's next keys. */
+#define AUTH_KEY_WAYS 4
 typedef struct {
     unsigned char sha[SHA256_DIGEST_LENGTH];
     esim_p256_key *key; /* NULL: never used */
     bool ready;         /* |key| holds the key of |sha| */
+    uint64_t used;      /* auth_cache.key_clock at its last use */
 } auth_key_slot;
 
 /* A certificate that issued a device identity whose chain OpenSSL
@@ -564,9 +571,11 @@ struct auth_cache {
     auth_issuer issuers[AUTH_ISSUERS];
     auth_verified *ver; /* open addressing, linear probing; cap a power of two */
     size_t ver_cap, ver_len;
-    EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
-    EVP_MD_CTX *dctx; /* reused for every digest (SHA256() fetches SHA-256 each call) */
+    EVP_MD *md[5];      /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
+    EVP_MD_CTX *dctx;   /* reused for every digest (SHA256() fetches SHA-256 each call) */
+    uint64_t key_clock; /* counts the key slots' uses (auth_key_slot.used) */
 };
+_Static_assert(AUTH_CACHE_SLOTS % AUTH_KEY_WAYS == 0, "key slots in whole sets");
 
 void auth_cache_free(esim_service *svc)
 {
@@ -1368,16 +1377,25 @@ static const auth_verified *known_signer(esim_service *svc, const auth_signer_in
 }
 
 /* The slot holding the key of the certificate |sha| made from its kept
- * |point|: found, or made now (the slot keeps it, its verify context made
- * on first use). NULL on failure. */
+ * |point|: found in its set, or made now in the set's empty or least
+ * recently used slot. NULL on failure. */
 static auth_key_slot *kept_key(esim_service *svc, const unsigned char *sha,
                                const unsigned char point[65])
 {
-    auth_key_slot *k =
-        &svc->auth_cache->keys[((size_t)sha[0] | (size_t)sha[1] << 8) % AUTH_CACHE_SLOTS];
-    if (k->ready && memcmp(k->sha, sha, sizeof k->sha) == 0)
-        return k;
+    struct auth_cache *c = svc->auth_cache;
+    size_t set = ((size_t)sha[0] | (size_t)sha[1] << 8) % (AUTH_CACHE_SLOTS / AUTH_KEY_WAYS);
+    auth_key_slot *k = NULL;
+    for (size_t i = 0; i < AUTH_KEY_WAYS; i++) {
+        auth_key_slot *s = &c->keys[set * AUTH_KEY_WAYS + i];
+        if (s->ready && memcmp(s->sha, sha, sizeof s->sha) == 0) {
+            s->used = ++c->key_clock;
+            return s;
+        }
+        if (!k || (k->ready && (!s->ready || s->used < k->used)))
+            k = s;
+    }
     k->ready = false;
+    k->used = ++c->key_clock;
     if (!k->key && !(k->key = malloc(sizeof *k->key)))
         return NULL;
     /* Refuses a point that is not on the curve. */

@@ -621,6 +621,74 @@ static unsigned cache_slot(X509 *x)
     return ((unsigned)sha[0] | (unsigned)sha[1] << 8) % 4096;
 }
 
+/* The kept P-256 key tables are in sets of four slots by certificate
+ * digest (auth.c kept_key: the same digest bits as cache_slot, 1024 sets),
+ * the least recently used of a set made again for a new key: five devices
+ * whose identities share a set keep four tables, and the fifth's takes the
+ * one used longest ago, not a table a device still uses. */
+static void test_key_tables_least_recently_used(void **state)
+{
+    (void)state;
+    fixture *f = start("key-lru", NULL);
+    esim_cert ca = {0};
+    assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
+    /* A first device, so that the next identities of its issuer go the
+     * kept-key way from their first message. */
+    test_device first;
+    device_new(&first, &env, "00008110-KEYSETFIRST0001", f->ts.url);
+    esim_cert_clear(&first.identity);
+    esim_cert_spec spec = {.common_name = first.udid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, &ca, &first.identity, NULL), ESIM_OK);
+    device_enroll(&first);
+    /* P-256 identities until five fall into one set (a few hundred). */
+    enum { TRIES = 6000 };
+    static esim_cert made[TRIES];
+    static char udids[TRIES][32];
+    static unsigned set_of[TRIES], count[1024];
+    memset(count, 0, sizeof count);
+    int n = 0, set = -1;
+    for (; n < TRIES && set < 0; n++) {
+        snprintf(udids[n], sizeof udids[n], "00008110-KEYSET%09d", n);
+        esim_cert_spec sp = {.common_name = udids[n], .key_type = ESIM_KEY_EC_P256};
+        assert_int_equal(esim_cert_issue(&sp, &ca, &made[n], NULL), ESIM_OK);
+        set_of[n] = cache_slot(made[n].x509) % 1024;
+        if (++count[set_of[n]] == 5)
+            set = (int)set_of[n];
+    }
+    assert_true(set >= 0);
+    test_device d[5];
+    for (int i = 0, k = 0; i < n; i++) {
+        if (set_of[i] == (unsigned)set && k < 5) {
+            device_new(&d[k], &env, udids[i], f->ts.url);
+            esim_cert_clear(&d[k].identity);
+            d[k++].identity = made[i];
+        } else {
+            esim_cert_clear(&made[i]);
+        }
+    }
+    esim_cert_clear(&ca);
+    static const char tables[] = "esim_mdm_identity_key_tables_total";
+    long long t0 = api_metric(f->ts.url, tables);
+    for (int k = 0; k < 4; k++) /* one table each, made by its first message */
+        device_enroll(&d[k]);
+    assert_int_equal(api_metric(f->ts.url, tables), t0 + 4);
+    assert_int_equal(device_result(&d[0], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(f->ts.url, tables), t0 + 4); /* d[0] kept */
+    device_enroll(&d[4]); /* takes d[1]'s, now the least recently used */
+    assert_int_equal(api_metric(f->ts.url, tables), t0 + 5);
+    assert_int_equal(device_result(&d[0], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(device_result(&d[2], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(device_result(&d[3], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(device_result(&d[4], ESIM_STATUS_IDLE, NULL, NULL), 200);
+    assert_int_equal(api_metric(f->ts.url, tables), t0 + 5);
+    assert_int_equal(device_result(&d[1], ESIM_STATUS_IDLE, NULL, NULL), 200); /* made again */
+    assert_int_equal(api_metric(f->ts.url, tables), t0 + 6);
+    for (int k = 0; k < 5; k++)
+        device_free(&d[k]);
+    device_free(&first);
+    stop(f);
+}
+
 /* A certificate that falls into |slot|: the same key re-signed with new
  * serial numbers until one does (about 4096 tries). A |padding| comment
  * makes it larger than the device's identity, so that it sorts after it in
@@ -2038,6 +2106,7 @@ int main(void)
         cmocka_unit_test(test_identity_rules),
         cmocka_unit_test(test_signature_certificates_sharing_a_cache_slot),
         cmocka_unit_test(test_signature_tampered_anywhere),
+        cmocka_unit_test(test_key_tables_least_recently_used),
         cmocka_unit_test(test_chain_verified_once_when_slots_are_shared),
         cmocka_unit_test(test_identity_read_in_place),
         cmocka_unit_test(test_identity_point_off_the_curve),
