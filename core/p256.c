@@ -393,31 +393,18 @@ static const fe P_RR = {0x0000000000000003u, 0xfffffffbffffffffu, 0xffffffffffff
 static const fe P_ONE = {0x0000000000000001u, 0xffffffff00000000u, 0xffffffffffffffffu,
                          0x00000000fffffffeu}; /* 2^256 mod p: 1 in Montgomery form */
 
-/* Add with carry: a + b + *c, the carry out into *c. x86-64's own
- * instruction where there is one (gcc makes poor carry chains of 128-bit
- * additions: ~2x the instructions), else 128-bit arithmetic. */
-#if defined(__x86_64__) && !defined(ESIM_P256_PORTABLE)
-#include <x86intrin.h>
-static inline uint64_t adc(uint64_t a, uint64_t b, unsigned char *c)
-{
-    unsigned long long out;
-    *c = _addcarry_u64(*c, a, b, &out);
-    return out;
-}
-/* Subtract with borrow: a - b - *c, the borrow out into *c. */
-static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
-{
-    unsigned long long out;
-    *c = _subborrow_u64(*c, a, b, &out);
-    return out;
-}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ESIM_P256_PORTABLE)
+#define P256_ASM 1 /* the field's arithmetic in x86-64 assembly (below) */
 #else
+#define P256_ASM 0
+/* Add with carry: a + b + *c, the carry out into *c. */
 static inline uint64_t adc(uint64_t a, uint64_t b, unsigned char *c)
 {
     u128 v = (u128)a + b + *c;
     *c = (unsigned char)(v >> 64);
     return (uint64_t)v;
 }
+/* Subtract with borrow: a - b - *c, the borrow out into *c. */
 static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
 {
     u128 v = (u128)a - b - *c;
@@ -464,7 +451,7 @@ static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
         t4 += c_;                                                                                  \
     } while (0)
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(ESIM_P256_PORTABLE)
+#if P256_ASM
 /* The field's products, squares, sums and differences in x86-64 assembly
  * (mul, adc and cmov only, no BMI2/ADX): gcc spills most of the C
  * version's 128-bit temporaries and branches on each final subtraction
