@@ -412,14 +412,18 @@ static int tls_chain_signatures(X509_STORE_CTX *xs)
         return 0;
     X509 *xi = sk_X509_value(chain, n), *x = xi;
     X509_STORE_CTX_set_error_depth(xs, n);
-    if (!(X509_get_extension_flags(xi) & EXFLAG_SI)) { /* the top is not self-issued */
-        if (n == 0)
-            return chain_fail(xs, xi, 0, X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE);
-        x = sk_X509_value(chain, --n);
-        X509_STORE_CTX_set_error_depth(xs, n);
-    }
     X509_VERIFY_PARAM *param = X509_STORE_CTX_get0_param(xs);
     unsigned long flags = X509_VERIFY_PARAM_get_flags(param);
+    /* A top that is not self-issued (and not a partial chain's trusted
+     * end) is the first issuer; its own signature is not checked. */
+    if (!(X509_get_extension_flags(xi) & EXFLAG_SI) && !(flags & X509_V_FLAG_PARTIAL_CHAIN)) {
+        if (n > 0) {
+            x = sk_X509_value(chain, --n);
+            X509_STORE_CTX_set_error_depth(xs, n);
+        } else if (!chain_fail(xs, xi, 0, X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE)) {
+            return 0;
+        }
+    }
     time_t at = X509_VERIFY_PARAM_get_time(param),
            *when = flags & X509_V_FLAG_USE_CHECK_TIME ? &at : NULL;
     X509_STORE_CTX_verify_cb cb = X509_STORE_CTX_get_verify_cb(xs);
