@@ -43,6 +43,7 @@ void esim_service_config_init(esim_service_config *cfg)
     cfg->windows_max_messages = 64;
     cfg->wns_max_attempts = 4;
     cfg->wns_retry_base_ms = 500;
+    cfg->wns_timeout_ms = 10000;
 }
 
 esim_err esim_device_auth_parse(const char *word, esim_device_auth *out, esim_error *err)
@@ -1096,6 +1097,8 @@ static esim_err copy_config(esim_service *svc, const esim_service_config *cfg, e
         svc->cfg.wns_max_attempts = 4;
     if (svc->cfg.wns_retry_base_ms <= 0)
         svc->cfg.wns_retry_base_ms = 500;
+    if (svc->cfg.wns_timeout_ms <= 0)
+        svc->cfg.wns_timeout_ms = 10000;
     return ESIM_OK;
 }
 

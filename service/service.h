@@ -253,6 +253,7 @@ typedef struct {
     const char *wns_ca_path;
     int wns_max_attempts;  /* per push, 406/429/5xx retried with back-off; default 4 */
     int wns_retry_base_ms; /* default 500, doubling */
+    int wns_timeout_ms;    /* a push's answer, counted from its sending; default 10000 */
 
     /* The eIM (SGP.32, docs/iot.md): IoT eUICCs poll POST /gsma/rsp2/asn1
      * on the device listener. eim_id names it to the eUICCs (default

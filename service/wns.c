@@ -35,9 +35,12 @@ static const char *const outcome_names[] = {"delivered", "expired", "retried",
                                             "failed",    "reauth",  "dropped"};
 
 #define WNS_MAX_JOBS 10000
-#define WNS_TIMEOUT_MS 10000
-/* Connections to one WNS host at once (wns_init). */
-#define WNS_HOST_CONNECTIONS 32
+/* Pushes in flight at once, and so connections to WNS (wns_init): the
+ * rest wait in the job list, in order, and each one's timeout
+ * (wns_timeout_ms) starts when it is sent, not while it waits (curl's own per-host limit
+ * would count the wait against the timeout, and a burst larger than
+ * WNS can answer within it would time out unsent). */
+#define WNS_IN_FLIGHT 32
 
 typedef struct wns_job {
     struct wns_job *prev, *next;
@@ -52,6 +55,8 @@ typedef struct wns_job {
     struct event *retry_ev;
     esim_buf reply;
     bool waiting_token; /* parked until a token arrives */
+    bool waiting_place; /* parked until fewer than WNS_IN_FLIGHT are in flight */
+    bool in_flight;     /* a push added to the multi handle */
 } wns_job;
 
 struct svc_wns {
@@ -60,6 +65,7 @@ struct svc_wns {
     CURLSH *share;  /* TLS sessions, shared by its requests */
     wns_job *head, *tail;
     size_t n_jobs;
+    size_t in_flight, n_waiting; /* pushes sent and not answered; parked for a place */
     char *secret;
     char *token;
     int64_t token_expires_ms;
@@ -68,6 +74,7 @@ struct svc_wns {
 
 static void job_start(wns_job *j);
 static void check_finished(svc_wns *w);
+static void start_waiting(svc_wns *w);
 
 bool wns_configured(const esim_service *svc)
 {
@@ -88,6 +95,10 @@ static void job_free(wns_job *j)
     w->n_jobs--;
     if (w->fetching == j)
         w->fetching = NULL;
+    if (j->in_flight)
+        w->in_flight--;
+    if (j->waiting_place)
+        w->n_waiting--;
     if (j->easy) {
         curl_multi_remove_handle(w->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
@@ -324,12 +335,31 @@ static void check_finished(svc_wns *w)
         curl_multi_remove_handle(w->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
+        if (j->in_flight) {
+            j->in_flight = false;
+            w->in_flight--;
+        }
         curl_slist_free_all(j->headers);
         j->headers = NULL;
         if (j->token_fetch)
             token_done(w, j, res, code);
         else
             push_done(w, j, res, code);
+    }
+    start_waiting(w);
+}
+
+/* Sends the pushes parked for a place, oldest first, while there is one
+ * (they sit near the list's head: behind the ones in flight). */
+static void start_waiting(svc_wns *w)
+{
+    for (wns_job *j = w->head, *next; j && w->n_waiting && w->in_flight < WNS_IN_FLIGHT; j = next) {
+        next = j->next;
+        if (!j->waiting_place)
+            continue;
+        j->waiting_place = false;
+        w->n_waiting--;
+        job_start(j);
     }
 }
 
@@ -340,6 +370,11 @@ static void job_start(wns_job *j)
     if (!j->token_fetch && !token_valid(w)) {
         j->waiting_token = true;
         token_fetch(w);
+        return;
+    }
+    if (!j->token_fetch && w->in_flight >= WNS_IN_FLIGHT) {
+        j->waiting_place = true;
+        w->n_waiting++;
         return;
     }
     j->attempts++;
@@ -366,7 +401,7 @@ static void job_start(wns_job *j)
         j->headers = h;
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)WNS_TIMEOUT_MS);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)svc->cfg.wns_timeout_ms);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, j);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);
@@ -385,6 +420,11 @@ static void job_start(wns_job *j)
         curl_easy_cleanup(e);
         j->easy = NULL;
         retry_later(j, "cannot start the request");
+        return;
+    }
+    if (!j->token_fetch) {
+        j->in_flight = true;
+        w->in_flight++;
     }
 }
 
@@ -440,14 +480,13 @@ esim_err wns_init(esim_service *svc, esim_error *err)
      * handle's default of four per transfer in progress, which closed
      * them all once the burst was over. */
     curl_multi_setopt(w->loop.multi, CURLMOPT_MAXCONNECTS, 64L);
-    /* ...and at most WNS_HOST_CONNECTIONS to one host at once: the rest of
-     * a burst waits in the multi handle for one of them (a push is one
-     * short request) instead of opening a connection of its own, which
-     * costs the service a TLS handshake (≈ 3.9 M instructions, resumed)
-     * and curl's SSL_CTX for it (≈ 1.2 M; callgrind, 6 December): a
-     * 1,000-device demo's 200 PCs opened 88 connections (47 for 48 pushes
-     * at once in test_wns_connections). */
-    curl_multi_setopt(w->loop.multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)WNS_HOST_CONNECTIONS);
+    /* With at most WNS_IN_FLIGHT pushes sent at once (job_start), the
+     * rest of a burst waits for a connection to come free (a push is one
+     * short request) instead of opening one of its own, which costs the
+     * service a TLS handshake (≈ 3.9 M instructions, resumed) and curl's
+     * SSL_CTX for it (≈ 1.2 M; callgrind, 6 December): a 1,000-device
+     * demo's 200 PCs opened 88 connections (47 for 48 pushes at once in
+     * test_wns_connections). */
     /* Used on the service's loop only: no lock callbacks. */
     if (!(w->share = curl_share_init()) ||
         curl_share_setopt(w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK)

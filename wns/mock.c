@@ -136,8 +136,17 @@ struct waiter {
     size_t limit;
 };
 
+/* An accepted notification whose 200 is held (answer_delay_ms). */
+typedef struct held {
+    struct held *prev, *next;
+    struct wns_mock *m;
+    struct evhttp_request *req;
+    struct event *timer;
+} held;
+
 struct wns_mock {
     struct event_base *base;
+    held *held; /* answers held back, newest first */
     wns_mock_config cfg;
     char *client_id, *client_secret;
     char host[300];
@@ -519,6 +528,62 @@ static void reply_wns(wns_mock *m, struct evhttp_request *req, int code, const c
     evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", NULL);
 }
 
+static void held_free(held *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        h->m->held = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(h->req), NULL, NULL);
+    event_free(h->timer);
+    free(h);
+}
+
+static void held_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    held *h = arg;
+    wns_mock *m = h->m;
+    struct evhttp_request *req = h->req;
+    held_free(h);
+    reply_wns(m, req, 200, NULL);
+}
+
+/* The client went away first: nothing to answer. */
+static void held_closed(struct evhttp_connection *conn, void *arg)
+{
+    (void)conn;
+    held_free(arg);
+}
+
+/* An accepted notification's 200, now or after answer_delay_ms. */
+static void reply_accepted(wns_mock *m, struct evhttp_request *req)
+{
+    if (!m->cfg.answer_delay_ms) {
+        reply_wns(m, req, 200, NULL);
+        return;
+    }
+    held *h = calloc(1, sizeof *h);
+    if (!h || !(h->timer = evtimer_new(m->base, held_due, h))) {
+        free(h);
+        reply_wns(m, req, 200, NULL);
+        return;
+    }
+    h->m = m;
+    h->req = req;
+    h->next = m->held;
+    if (m->held)
+        m->held->prev = h;
+    m->held = h;
+    unsigned ms = m->cfg.answer_delay_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(h->timer, &tv);
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), held_closed, h);
+}
+
 /* Reads the request body into |out| (NUL-terminated). */
 static size_t body_of(struct evhttp_request *req, char **out)
 {
@@ -661,7 +726,7 @@ static void on_notification(wns_mock *m, struct evhttp_request *req, const char 
         return;
     }
     m->stats.accepted++;
-    reply_wns(m, req, 200, NULL);
+    reply_accepted(m, req);
 }
 
 static void on_https(struct evhttp_request *req, void *arg)
@@ -1058,7 +1123,12 @@ void wns_mock_free(wns_mock *m)
 {
     if (!m)
         return;
-    /* Pending long-polls get their (empty) answer before the listener goes. */
+    /* Held answers and pending long-polls are given before the listener goes. */
+    while (m->held) {
+        struct evhttp_request *req = m->held->req;
+        held_free(m->held);
+        reply_wns(m, req, 200, NULL);
+    }
     for (size_t i = 0; i < m->dchans.cap; i++)
         if (m->dchans.e[i].key)
             answer_waiters(m->dchans.e[i].val);

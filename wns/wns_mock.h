@@ -57,6 +57,9 @@ typedef struct {
     /* Close each HTTPS connection after its answer ("Connection: close"),
      * as a server that keeps none alive: every request a new connection. */
     bool close_connections;
+    /* Hold each accepted notification's 200 this long (ms; 0: answer at
+     * once), as a distant WNS would: a client's requests in flight pile up. */
+    unsigned answer_delay_ms;
 } wns_mock_config;
 
 void wns_mock_config_init(wns_mock_config *cfg);

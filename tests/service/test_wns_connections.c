@@ -3,7 +3,11 @@
  * few: a burst of pushes to more PCs than it opens connections to one host
  * (32) waits for those connections instead of opening one each, so the
  * WNS mock sees at most 32 TLS handshakes for the 48 pushes of one API
- * call. The service (TLS, WNS client) runs on its own thread; the
+ * call; and the ones waiting for a connection are not timed out while
+ * they wait: the mock holds each answer ANSWER_DELAY_MS, the service's
+ * timeout is PUSH_TIMEOUT_MS (between one and two delays), so a push that
+ * counted its wait would time out and be retried. The service (TLS, WNS
+ * client) runs on its own thread; the
  * simulated PCs and the WNS mock (which keeps connections alive, as WNS
  * does) on this thread's loop.
  */
@@ -21,7 +25,11 @@
 #include "wns/wns_mock.h"
 
 #define NPC 48
-#define HOST_CONNECTIONS 32 /* service/wns.c, WNS_HOST_CONNECTIONS */
+#define HOST_CONNECTIONS 32 /* service/wns.c, WNS_IN_FLIGHT */
+#define ANSWER_DELAY_MS 2000
+#define PUSH_TIMEOUT_MS 3000
+#define DELIVERED "esim_mdm_wns_outcomes_total{outcome=\"delivered\"}"
+#define RETRIED "esim_mdm_wns_outcomes_total{outcome=\"retried\"}"
 #define SEED 4242
 
 static struct {
@@ -83,6 +91,7 @@ static int setup(void **state)
     wc.tls_key = key;
     wc.client_id = "ms-app://s-1-15-2-esim-mdm-test";
     wc.client_secret = "wns-secret-0123456789";
+    wc.answer_delay_ms = ANSWER_DELAY_MS;
     if (wns_mock_new(fx.base, &wc, &fx.wns, &err) != ESIM_OK)
         return -1;
     snprintf(secret, sizeof secret, "%s/wns.secret", fx.dir);
@@ -100,6 +109,7 @@ static int setup(void **state)
     cfg.wns_client_id = wc.client_id;
     cfg.wns_secret_path = secret;
     cfg.wns_ca_path = ca;
+    cfg.wns_timeout_ms = PUSH_TIMEOUT_MS;
     harness_start(&fx.ts, &cfg);
     harness_set_api_ca(ca);
 
@@ -151,12 +161,15 @@ static int teardown(void **state)
 }
 
 /* One command for every PC, pushed at once: every push delivered, over at
- * most HOST_CONNECTIONS new connections (handshakes, full or resumed). */
+ * most HOST_CONNECTIONS new connections (handshakes, full or resumed), and
+ * none retried (the last ones waited a whole delay for a connection). */
 static void test_burst_reuses_connections(void **state)
 {
     (void)state;
     wns_mock_stats before, after;
     wns_mock_stats_get(fx.wns, &before);
+    long long delivered_before = api_metric(fx.ts.url, DELIVERED);
+    long long retried_before = api_metric(fx.ts.url, RETRIED);
     esim_buf body = {0};
     esim_buf_append_str(&body,
                         "{\"operation\":\"local_ui\",\"local_ui_enabled\":false,\"udids\":[");
@@ -173,13 +186,16 @@ static void test_burst_reuses_connections(void **state)
         fail_msg("POST /v1/windows/esim: %ld %s", code, text ? text : "");
     }
     json_decref(j);
-    for (int k = 0; k < 400; k++) {
-        wns_mock_stats_get(fx.wns, &after);
-        if (after.accepted - before.accepted >= NPC)
-            break;
+    /* Every push answered (the mock answers from this thread's loop). */
+    long long delivered = 0;
+    for (int k = 0; k < 400 && delivered < NPC; k++) {
         pump(50);
+        delivered = api_metric(fx.ts.url, DELIVERED) - delivered_before;
     }
+    wns_mock_stats_get(fx.wns, &after);
+    assert_int_equal(delivered, NPC);
     assert_int_equal(after.accepted - before.accepted, NPC);
+    assert_int_equal(api_metric(fx.ts.url, RETRIED), retried_before);
     uint64_t handshakes =
         (after.tls_full + after.tls_resumed) - (before.tls_full + before.tls_resumed);
     print_message("%d pushes over %llu new connections\n", NPC, (unsigned long long)handshakes);
