@@ -11,7 +11,7 @@
  * four 64-bit multiplications sharing one chain of 64 doublings, and u1·G
  * rides on the same chain with the same split of G (tables made once per
  * process). Scalars are in width-w NAF (w = 5 for Q's eight odd multiples
- * per base, 7 for G's thirty-two), the tables affine so that each addition
+ * per base, 8 for G's sixty-four), the tables affine so that each addition
  * is a mixed one. About 1,300 field products a verification; the table
  * about 2,400 once per key.
  *
@@ -878,7 +878,7 @@ static void make_table(uint64_t (*out)[2][4], int m, const jac *base, jac *work,
     }
 }
 
-#define WG 7 /* G's window: 32 odd multiples a base */
+#define WG 8 /* G's window: 64 odd multiples a base (digits to ±127: a signed char) */
 #define WQ 5 /* Q's: 8 */
 static uint64_t g_table[4][1 << (WG - 2)][2][4];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
