@@ -456,45 +456,18 @@ static inline uint64_t sbb(uint64_t a, uint64_t b, unsigned char *c)
  * (mul, adc and cmov only, no BMI2/ADX): gcc spills most of the C
  * version's 128-bit temporaries and branches on each final subtraction
  * (~300 instructions a product against ~150 here, a square ~125). A
- * product's rounds are the C version's (FE_ROUND) with six accumulator
- * limbs that rotate: round i's t0 becomes round i+1's t5 (zeroed). The
- * reduction adds q·p: q·p0 + q·2^64 cancels t0, q·p1 + q (the carry of q)
- * is q·2^32 (q << 32 and q >> 32 into the next two limbs), q·p3 a mul. */
+ * product or square is made whole (512 bits), then reduced a limb at a
+ * time: adding q·p for q the lowest limb, q·p0 + q·2^64 cancels it, q·p1 +
+ * q (the carry of q) is q·2^32 (q << 32 and q >> 32 into the next two
+ * limbs), q·p3 a mul. */
 static const uint64_t P1 = 0x00000000ffffffffu, P3 = 0xffffffff00000001u;
-#define FE_ASM_RED(A, B, C, D, E, F)                                                               \
-    "movq %[" #A "], %[ra]\n\tmulq %[p3]\n\t"                                                      \
-    "movq %[" #A "], %[h]\n\tshlq $32, %[h]\n\tshrq $32, %[" #A "]\n\t"                            \
-    "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %[ra], %[" #D "]\n\t"               \
-    "adcq %[rd], %[" #E "]\n\tadcq $0, %[" #F "]\n\t"                                              \
-    "xorl %k[" #A "], %k[" #A "]\n\t"
-#define FE_ASM_ROUND(off, A, B, C, D, E, F)                                                        \
-    "movq " #off "(%[b]), %[bi]\n\t"                                                               \
-    "movq 0(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                        \
-    "addq %[ra], %[" #A "]\n\tadcq $0, %[rd]\n\tmovq %[rd], %[h]\n\t"                              \
-    "movq 8(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                        \
-    "addq %[h], %[" #B "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #B "]\n\tadcq $0, %[rd]\n\t"        \
-    "movq %[rd], %[h]\n\t"                                                                         \
-    "movq 16(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                       \
-    "addq %[h], %[" #C "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #C "]\n\tadcq $0, %[rd]\n\t"        \
-    "movq %[rd], %[h]\n\t"                                                                         \
-    "movq 24(%[a]), %[ra]\n\tmulq %[bi]\n\t"                                                       \
-    "addq %[h], %[" #D "]\n\tadcq $0, %[rd]\n\taddq %[ra], %[" #D "]\n\tadcq $0, %[rd]\n\t"        \
-    "addq %[rd], %[" #E "]\n\tadcq $0, %[" #F "]\n\t" FE_ASM_RED(A, B, C, D, E, F)
+/* One limb of the reduction on the window A..D (q = A): the window stays
+ * below 2^256 and A becomes its new top limb. */
 #define FE_ASM_SQR_RED(A, B, C, D)                                                                 \
     "movq %[" #A "], %[ra]\n\tmulq %[p3]\n\t"                                                      \
     "movq %[" #A "], %[h]\n\tshlq $32, %[h]\n\tshrq $32, %[" #A "]\n\t"                            \
     "addq %[h], %[" #B "]\n\tadcq %[" #A "], %[" #C "]\n\tadcq %[ra], %[" #D "]\n\t"               \
     "adcq $0, %[rd]\n\tmovq %[rd], %[" #A "]\n\t"
-/* Round 0: t is zero, the products go in as they are. */
-#define FE_ASM_ROUND0                                                                              \
-    "movq 0(%[b]), %[bi]\n\t"                                                                      \
-    "movq 0(%[a]), %[ra]\n\tmulq %[bi]\n\tmovq %[ra], %[t0]\n\tmovq %[rd], %[t1]\n\t"              \
-    "movq 8(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t1]\n\tadcq $0, %[rd]\n\t"                 \
-    "movq %[rd], %[t2]\n\t"                                                                        \
-    "movq 16(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t2]\n\tadcq $0, %[rd]\n\t"                \
-    "movq %[rd], %[t3]\n\t"                                                                        \
-    "movq 24(%[a]), %[ra]\n\tmulq %[bi]\n\taddq %[ra], %[t3]\n\tadcq $0, %[rd]\n\t"                \
-    "movq %[rd], %[t4]\n\txorl %k[t5], %k[t5]\n\t" FE_ASM_RED(t0, t1, t2, t3, t4, t5)
 /* r = t - p when t (R0..R3 and a carry limb C, 0 or 1, t < 2p) is p or
  * more, else t; X0..X3 scratch. */
 #define FE_ASM_FINAL(R0, R1, R2, R3, C, X0, X1, X2, X3)                                            \
@@ -507,17 +480,40 @@ static const uint64_t P1 = 0x00000000ffffffffu, P3 = 0xffffffff00000001u;
     "movq %[" #R0 "], 0(%[r])\n\tmovq %[" #R1 "], 8(%[r])\n\t"                                     \
     "movq %[" #R2 "], 16(%[r])\n\tmovq %[" #R3 "], 24(%[r])\n\t"
 
-/* a·b·2^-256 mod p, a and b below p (r may be a or b). */
+/* One product of limbs into a column: (C2, C1, C0) += a[i]·b[j]. */
+#define FE_ASM_PROD(i, j, C0, C1, C2)                                                              \
+    "movq " #i "(%[a]), %[ra]\n\tmulq " #j "(%[b])\n\taddq %[ra], %[" #C0 "]\n\t"                  \
+    "adcq %[rd], %[" #C1 "]\n\tadcq $0, %[" #C2 "]\n\t"
+
+/* a·b·2^-256 mod p, a and b below p (r may be a or b): the 512-bit
+ * product a column at a time (each column's sum in three limbs that move
+ * up one), then fe_sqr's reduction. */
 static inline void fe_mul(fe r, const fe a, const fe b)
 {
-    uint64_t t0, t1, t2, t3, t4, t5, bi, h, ra, rd;
+    uint64_t t0, t1, t2, t3, t4, t5, t6, t7, h, ra, rd;
     __asm__ volatile(
-        FE_ASM_ROUND0 FE_ASM_ROUND(8, t1, t2, t3, t4, t5, t0)
-            FE_ASM_ROUND(16, t2, t3, t4, t5, t0, t1) FE_ASM_ROUND(24, t3, t4, t5, t0, t1, t2)
-        /* t4, t5, t0, t1 and the carry t2: below 2p */
-        FE_ASM_FINAL(t4, t5, t0, t1, t2, ra, rd, bi, t3)
+        "movq 0(%[a]), %[ra]\n\tmulq 0(%[b])\n\tmovq %[ra], %[t0]\n\tmovq %[rd], %[t1]\n\t"
+        "xorl %k[t2], %k[t2]\n\txorl %k[t3], %k[t3]\n\t" FE_ASM_PROD(0, 8, t1, t2, t3)
+            FE_ASM_PROD(8, 0, t1, t2, t3) "xorl %k[t4], %k[t4]\n\t" FE_ASM_PROD(0, 16, t2, t3, t4)
+                FE_ASM_PROD(8, 8, t2, t3, t4) FE_ASM_PROD(
+                    16, 0, t2, t3, t4) "xorl %k[t5], %k[t5]\n\t" FE_ASM_PROD(0, 24, t3, t4, t5)
+                    FE_ASM_PROD(8, 16, t3, t4, t5) FE_ASM_PROD(16, 8, t3, t4, t5) FE_ASM_PROD(
+                        24, 0, t3, t4, t5) "xorl %k[t6], %k[t6]\n\t" FE_ASM_PROD(8, 24, t4, t5, t6)
+                        FE_ASM_PROD(16, 16, t4, t5, t6)
+                            FE_ASM_PROD(24, 8, t4, t5, t6) "xorl %k[t7], %k[t7]\n\t" FE_ASM_PROD(
+                                16, 24, t5, t6, t7)
+                                FE_ASM_PROD(24, 16, t5, t6,
+                                            t7) "movq 24(%[a]), %[ra]\n\tmulq 24(%[b])\n\taddq "
+                                                "%[ra], %[t6]\n\tadcq %[rd], %[t7]\n\t"
+        /* reduction of t0..t3 as in fe_sqr, then the high half added */
+        FE_ASM_SQR_RED(t0, t1, t2, t3) FE_ASM_SQR_RED(t1, t2, t3, t0) FE_ASM_SQR_RED(t2, t3, t0, t1)
+            FE_ASM_SQR_RED(t3, t0, t1, t2) "addq %[t4], %[t0]\n\tadcq %[t5], %[t1]\n\tadcq %[t6], "
+                                           "%[t2]\n\tadcq %[t7], %[t3]\n\t"
+                                           "sbbq %[h], %[h]\n\tnegq %[h]\n\t" FE_ASM_FINAL(
+                                               t0, t1, t2, t3, h, t4, t5, t6, t7)
         : [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3), [t4] "=&r"(t4),
-          [t5] "=&r"(t5), [bi] "=&r"(bi), [h] "=&r"(h), [ra] "=&a"(ra), [rd] "=&d"(rd)
+          [t5] "=&r"(t5), [t6] "=&r"(t6), [t7] "=&r"(t7), [h] "=&r"(h), [ra] "=&a"(ra),
+          [rd] "=&d"(rd)
         : [a] "r"(a), [b] "r"(b), [r] "r"(r), [p1] "m"(P1), [p3] "m"(P3)
         : "cc", "memory");
 }
