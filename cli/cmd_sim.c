@@ -66,6 +66,10 @@ static const char devsim_help[] =
     "                          each PC session too (its messages stay on one)\n"
     "  --apns-mock URL         the APNs mock's delivery listener (http://HOST:PORT)\n"
     "  --devices N             how many devices\n"
+    "  --first-device I        run only devices I.. of the N (one slice of a fleet shared\n"
+    "                          by several simulator processes; each device as a lone\n"
+    "                          simulator of N would make it; give each its own --channel)\n"
+    "  --slice-devices M       ... and only M of them (default: to the N-th)\n"
     "  --pki DIR               test PKI (default ./pki)\n"
     "  --data-dir DIR          keep each device in DIR/devices/<UDID>.json\n"
     "  --seed S                identities and misbehaviour draws (default 1)\n"
@@ -612,7 +616,9 @@ int cmd_devsim(int argc, char **argv)
         O_EIM_ID,
         O_API_URL,
         O_API_KEY,
-        O_API_KEY_FILE
+        O_API_KEY_FILE,
+        O_FIRST,
+        O_SLICE
     };
     static const cli_option opts[] = {{"server", true, O_SERVER},
                                       {"apns-mock", true, O_APNS},
@@ -649,6 +655,8 @@ int cmd_devsim(int argc, char **argv)
                                       {"api-url", true, O_API_URL},
                                       {"api-key", true, O_API_KEY},
                                       {"api-key-file", true, O_API_KEY_FILE},
+                                      {"first-device", true, O_FIRST},
+                                      {"slice-devices", true, O_SLICE},
                                       {NULL, false, 0}};
     sim_devsim_config cfg = {
         .pki_dir = "pki", .supervised_share = 1.0, .seed = 1, .on_enrol_refused = say_refused};
@@ -682,6 +690,12 @@ int cmd_devsim(int argc, char **argv)
                 return cli_bad_value(&p, "wants 0..10000000");
             cfg.devices = (unsigned)v;
             have_devices = true;
+            break;
+        case O_FIRST:
+        case O_SLICE:
+            if (!parse_uint(p.value, 10000000, &v))
+                return cli_bad_value(&p, "wants 0..10000000");
+            *(c == O_FIRST ? &cfg.first_device : &cfg.slice_devices) = (unsigned)v;
             break;
         case O_PKI:
             cfg.pki_dir = p.value;

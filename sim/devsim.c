@@ -896,8 +896,10 @@ static void on_deliveries(void *arg, sim_http_response *r)
                 strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
                 s->stats.pushes++;
                 on_push(s, i);
-            }
-        }
+            } else
+                s->stats.stray_pushes++;
+        } else
+            s->stats.stray_pushes++;
         esim_buf_free(&tok);
     }
     json_decref(j);
@@ -1041,6 +1043,7 @@ static json_t *stats_json(const sim_devsim *s)
         json_object_set_new(j, "sessions_now", json_integer((json_int_t)w.sessions_now));
         json_object_set_new(j, "checkins_waiting", json_integer((json_int_t)w.checkins_waiting));
         json_object_set_new(j, "checkins_waited", json_integer((json_int_t)w.checkins_waited));
+        json_object_set_new(j, "stray_pushes", json_integer((json_int_t)w.stray_pushes));
     }
     /* Every TLS connection the simulator opened (to the service, the
      * SM-DP+, the mocks): full handshakes, resumed ones, and client
@@ -1076,6 +1079,8 @@ static json_t *stats_json(const sim_devsim *s)
                       (json_int_t)w.wns_channels, "wns_expired", (json_int_t)w.wns_expired,
                       "downloads_ok", (json_int_t)w.win_downloads_ok, "downloads_failed",
                       (json_int_t)w.win_downloads_failed, "resets", (json_int_t)w.win_resets));
+        json_object_set_new(json_object_get(j, "windows"), "stray_wns_pushes",
+                            json_integer((json_int_t)w.stray_wns_pushes));
     }
     if (j && s->iot) {
         const sim_iotfleet_stats *o = &w.iot;
@@ -1394,6 +1399,14 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
             return esim_fail(err, ESIM_EINVAL, "shares must be between 0 and 1");
     if (cfg->windows_pcs > cfg->devices)
         return esim_fail(err, ESIM_EINVAL, "--windows-pcs is more than --devices");
+    if (cfg->first_device > cfg->devices || cfg->slice_devices > cfg->devices - cfg->first_device ||
+        (cfg->first_device == cfg->devices && cfg->devices && !cfg->iot_devices))
+        return esim_fail(err, ESIM_EINVAL,
+                         "the slice (--first-device %u, --slice-devices %u) is not within the "
+                         "%u --devices",
+                         cfg->first_device, cfg->slice_devices, cfg->devices);
+    unsigned first = cfg->first_device,
+             end = cfg->slice_devices ? first + cfg->slice_devices : cfg->devices;
     if (cfg->wns_url && strncmp(cfg->wns_url, "http://", 7) != 0 &&
         strncmp(cfg->wns_url, "https://", 8) != 0)
         return esim_fail(err, ESIM_EINVAL,
@@ -1430,13 +1443,16 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
     unsigned pcs = cfg->windows_pcs;
     if (!pcs && cfg->windows_share > 0)
         pcs = (unsigned)(cfg->devices * cfg->windows_share + 0.5);
+    unsigned slice_pcs = 0; /* the PCs among this process's slice */
+    for (unsigned i = first; pcs && i < end; i++)
+        slice_pcs += sim_devsim_is_windows(cfg->devices, pcs, i);
     sim_devsim *s = calloc(1, sizeof *s);
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
     s->base = base;
     s->on_enrol_refused = cfg->on_enrol_refused;
     s->enrol_refused_arg = cfg->enrol_refused_arg;
-    s->n = cfg->devices - pcs; /* the iPhones; the PCs live in s->win */
+    s->n = end - first - slice_pcs; /* the iPhones; the PCs live in s->win */
     s->max_concurrent = cfg->max_concurrent ? cfg->max_concurrent : 64;
     s->window = s->max_concurrent < 32 ? (double)s->max_concurrent : 32.0;
     s->offline_ms = cfg->offline_ms ? cfg->offline_ms : 3000;
@@ -1487,7 +1503,7 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory for %zu devices", s->n);
         goto fail;
     }
-    if (pcs) {
+    if (slice_pcs) {
         /* The PCs' OMA-DM endpoint: --windows-server, else each instance's
          * URL (--server) with the path Windows uses when the URL has none. */
         const char *wurls[8];
@@ -1518,10 +1534,10 @@ esim_err sim_devsim_new(struct event_base *base, const sim_devsim_config *cfg, s
                                   .seed = cfg->seed,
                                   .smdp_resolve = cfg->smdp_resolve,
                                   .n_smdp_resolve = cfg->n_smdp_resolve};
-        if ((rc = sim_winfleet_new(&wc, pcs, &s->win, err)) != ESIM_OK)
+        if ((rc = sim_winfleet_new(&wc, slice_pcs, &s->win, err)) != ESIM_OK)
             goto fail;
     }
-    for (unsigned i = 0, k = 0; i < cfg->devices; i++) {
+    for (unsigned i = first, k = 0; i < end; i++) {
         if (sim_devsim_is_windows(cfg->devices, pcs, i)) {
             if ((rc = sim_winfleet_add(s->win, i, err)) != ESIM_OK)
                 goto fail;

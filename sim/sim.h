@@ -824,6 +824,12 @@ typedef struct {
     const char *channel;       /* APNs mock channel; NULL = "devsim" */
     const char *status_listen; /* "127.0.0.1:PORT" (0 = ephemeral) or NULL: no status endpoint */
     unsigned devices;
+    /* One slice of a fleet shared by several simulator processes: this one
+     * runs devices [first_device, first_device + slice_devices) of the
+     * |devices| (slice_devices 0: to the end), each exactly as a lone
+     * simulator of |devices| would (identity, Windows or not, draws).
+     * Give each process its own |channel| so each gets its own pushes. */
+    unsigned first_device, slice_devices;
     double supervised_share, notnow_share, offline_share, fail_share;
     double no_esim_share; /* phones without eSIM hardware (36002) */
     uint64_t seed;
@@ -908,6 +914,10 @@ typedef struct {
      * check-ins that had to wait so (queued while every place was taken),
      * since the start. */
     size_t sessions_now, checkins_waiting, checkins_waited;
+    /* Pushes delivered on this simulator's channels (APNs, WNS) for no
+     * device of its own (another process's on a shared channel, or a token
+     * or PushMagic its device no longer has after a wipe). */
+    size_t stray_pushes, stray_wns_pushes;
 } sim_devsim_stats;
 
 typedef struct sim_devsim sim_devsim;

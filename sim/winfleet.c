@@ -329,6 +329,7 @@ void sim_winfleet_stats(const sim_winfleet *f, sim_devsim_stats *t)
     t->wns_pushes = f->st.wns_pushes;
     t->wns_channels = f->st.wns_channels;
     t->wns_expired = f->st.wns_expired;
+    t->stray_wns_pushes = f->st.stray_wns_pushes;
     t->win_downloads_ok = f->st.win_downloads_ok;
     t->win_downloads_failed = f->st.win_downloads_failed;
     t->win_resets = f->st.win_resets;
@@ -796,8 +797,10 @@ static void on_deliveries(void *arg, sim_http_response *r)
     {
         size_t i = idx_find(f, sim_json_str(it, "tag"));
         const char *kind = sim_json_str(it, "kind"), *uri = sim_json_str(it, "channel_uri");
-        if (i == SIZE_MAX || !kind)
+        if (i == SIZE_MAX || !kind) {
+            f->st.stray_wns_pushes++;
             continue;
+        }
         const char *cur = sim_winpc_channel_uri(f->slots[i].pc);
         if (strcmp(kind, "expired") == 0) {
             /* The channel died: the PC's push client gets a new one. */

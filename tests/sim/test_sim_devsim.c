@@ -201,6 +201,72 @@ static void test_status_and_restart(void **state)
     event_base_free(base);
 }
 
+/* One slice of a fleet (--first-device, --slice-devices): each of its
+ * devices is the device a lone simulator of the whole fleet makes at that
+ * index (UDID, EID, serial, OS, supervision; a PC where the lone one has a
+ * PC), and two slices make the fleet with no device twice; a slice beyond
+ * the fleet is refused. */
+static void test_slices_are_the_fleet(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    sim_devsim_config c = {.server_url = "http://127.0.0.1:1",
+                           .apns_url = "http://127.0.0.1:1",
+                           .pki_dir = fx.pki,
+                           .devices = 10,
+                           .windows_pcs = 3,
+                           .supervised_share = 0.5,
+                           .seed = 5};
+    sim_devsim *all = NULL, *part[2] = {NULL, NULL};
+    esim_error err;
+    assert_int_equal(sim_devsim_new(base, &c, &all, &err), ESIM_OK);
+    assert_int_equal(sim_devsim_device_count(all), 7);
+    assert_int_equal(sim_devsim_windows_count(all), 3);
+    c.first_device = 0;
+    c.slice_devices = 4;
+    c.channel = "devsim";
+    assert_int_equal(sim_devsim_new(base, &c, &part[0], &err), ESIM_OK);
+    c.first_device = 4;
+    c.slice_devices = 0; /* to the end */
+    c.channel = "devsim2";
+    assert_int_equal(sim_devsim_new(base, &c, &part[1], &err), ESIM_OK);
+    size_t phones = 0, pcs = 0;
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < sim_devsim_device_count(part[k]); i++, phones++) {
+            const sim_device *a = sim_devsim_device_at(all, phones),
+                             *b = sim_devsim_device_at(part[k], i);
+            assert_string_equal(sim_device_udid(a), sim_device_udid(b));
+            assert_string_equal(sim_device_serial(a), sim_device_serial(b));
+            assert_string_equal(sim_device_os_version(a), sim_device_os_version(b));
+            assert_int_equal(sim_device_supervised(a), sim_device_supervised(b));
+            assert_string_equal(sim_euicc_eid(sim_device_euicc_const(a)),
+                                sim_euicc_eid(sim_device_euicc_const(b)));
+        }
+        for (size_t i = 0; i < sim_devsim_windows_count(part[k]); i++, pcs++)
+            assert_string_equal(sim_winpc_device_id(sim_devsim_windows_at(all, pcs)),
+                                sim_winpc_device_id(sim_devsim_windows_at(part[k], i)));
+    }
+    assert_int_equal(phones, 7);
+    assert_int_equal(pcs, 3);
+    /* Devices 0..3 hold one PC (index 3 when 3 of 10 are PCs). */
+    assert_int_equal(sim_devsim_device_count(part[0]), 3);
+    sim_devsim *s = NULL;
+    c.first_device = 11;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    assert_non_null(strstr(err.msg, "slice"));
+    c.first_device = 4;
+    c.slice_devices = 7;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    c.first_device = 10;
+    c.slice_devices = 0;
+    assert_int_equal(sim_devsim_new(base, &c, &s, &err), ESIM_EINVAL);
+    assert_null(s);
+    sim_devsim_free(all);
+    sim_devsim_free(part[0]);
+    sim_devsim_free(part[1]);
+    event_base_free(base);
+}
+
 /* A service that refuses every enrolment, as esim-mdm does a device whose
  * identity its device CA did not issue. */
 static void refuse_device(struct evhttp_request *req, void *arg)
@@ -677,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_identities),
         cmocka_unit_test(test_config_refused),
         cmocka_unit_test(test_status_and_restart),
+        cmocka_unit_test(test_slices_are_the_fleet),
         cmocka_unit_test(test_windows_pcs),
         cmocka_unit_test(test_enrolment_refused_with_reason),
         cmocka_unit_test(test_window_follows_the_service),
