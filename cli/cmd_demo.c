@@ -82,6 +82,10 @@ static const char demo_help[] =
     "                           devices poll the first; the campaigns are created on\n"
     "                           (driven by) the second and followed on the first\n"
     "                           (default 1)\n"
+    "  --sim-processes N        device simulator processes (1 to 4; default 2), each\n"
+    "                           simulating its own slice of the iPhones and PCs (the IoT\n"
+    "                           devices in the first) with its own push channels, so the\n"
+    "                           simulator's work spreads over the cores\n"
     "  --device-auth MODE       how iPhones prove who they are: signature (default: an\n"
     "                           Mdm-Signature on every message) or mtls (their identity\n"
     "                           certificate as TLS client certificate, the session resumed\n"
@@ -151,6 +155,14 @@ out:
 
 /* ---- the demo ---------------------------------------------------------------------------- */
 
+/* Device simulator processes at most (--sim-processes), and by default:
+ * the simulator's one thread bounded the campaign (docs/campaigns.md). */
+#define DEMO_MAX_SIMS 4
+#define DEMO_DEFAULT_SIMS 2
+/* Their names under the supervisor (logs, port files); the JSON summary's
+ * "devsim" figures are their sums. */
+static const char *const sim_names[DEMO_MAX_SIMS] = {"devsim", "devsim2", "devsim3", "devsim4"};
+
 typedef struct {
     char dir[PATH_MAX];
     bool keep, json, quiet_mix, inventory, extras, keep_running;
@@ -169,9 +181,11 @@ typedef struct {
     unsigned windows_pcs; /* --devices x windows_share, rounded */
     unsigned iot_devices; /* --devices x iot_share, rounded (at most what PCs leave) */
     supervisor sup;       /* the child processes (cli/supervisor.h) */
-    int apns_tls, apns_delivery, smdp_port, svc_port, sim_port;
-    int wns_https, wns_delivery; /* the WNS mock, when there are PCs */
-    double inventory_s;          /* one DeviceInformation round to every device */
+    int apns_tls, apns_delivery, smdp_port, svc_port, sim_port; /* sim_port: the first's */
+    unsigned sims;                /* device simulator processes (--sim-processes) */
+    int sim_ports[DEMO_MAX_SIMS]; /* each one's status port */
+    int wns_https, wns_delivery;  /* the WNS mock, when there are PCs */
+    double inventory_s;           /* one DeviceInformation round to every device */
     long inventory_answered;
     long inventory_not_now;     /* NotNow answers meanwhile: not answers */
     double inventory_wait_s;    /* how long the inventory may wake iPhones */
@@ -183,8 +197,9 @@ typedef struct {
     long inventory_answered_all;   /* answers by the campaign's end */
     long service_rss_before_kb;    /* the service's memory just before the campaign */
     long service_rss_after_kb;     /* ... and when it finished */
-    chttp api, sim, smdp;
-    FILE *out; /* the human-readable story */
+    chttp api, smdp;
+    chttp sim[DEMO_MAX_SIMS]; /* each simulator's status endpoint */
+    FILE *out;                /* the human-readable story */
 } demo;
 
 static void say(demo *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -207,8 +222,9 @@ static const char *const child_names[] = {"apns-mock", "wns-mock", "service",
  * between two marks (enrolment, the preparation, the inventory, the
  * campaign, what follows it). */
 typedef struct {
-    esim_proc_usage use[N_CHILDREN];
-    bool ok[N_CHILDREN];                                 /* the part's usage could be read */
+    esim_proc_usage use[N_CHILDREN];        /* "devsim": every simulator process's, summed */
+    bool ok[N_CHILDREN];                    /* the part's usage could be read */
+    esim_proc_usage sim_use[DEMO_MAX_SIMS]; /* each simulator process's */
     long pushes, checkins, tls, pc_sessions, wns_pushes; /* the simulator's counts */
     long key_checks, key_tables; /* the service's signatures checked with a kept P-256 key,
                                     and the key tables it made for them (/metrics) */
@@ -299,6 +315,79 @@ static const char *jstr(const json_t *o, const char *k)
     return s ? s : "";
 }
 
+/* Adds |from|'s counts into |into|: integers summed (but a "status", kept
+ * from the first), objects merged the same way, anything else kept from
+ * the first that has it. */
+static void merge_counts(json_t *into, const json_t *from)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)from, k, v)
+    {
+        json_t *have = json_object_get(into, k);
+        if (!have)
+            json_object_set(into, k, v);
+        else if (json_is_integer(have) && json_is_integer(v) && strcmp(k, "status") != 0)
+            json_object_set_new(into, k,
+                                json_integer(json_integer_value(have) + json_integer_value(v)));
+        else if (json_is_object(have) && json_is_object(v))
+            merge_counts(have, v);
+    }
+}
+
+/* GET /stats of every simulator process, their counts summed (the fleet's
+ * as one simulator of it would count them). False, with a message, when
+ * one does not answer. */
+static bool sim_stats(demo *d, json_t **out)
+{
+    json_t *all = NULL;
+    for (unsigned i = 0; i < d->sims; i++) {
+        json_t *s = NULL;
+        if (!call(d, &d->sim[i], "GET", "/stats", NULL, NULL, 0, 200, &s)) {
+            json_decref(all);
+            *out = NULL;
+            return false;
+        }
+        if (!all)
+            all = s;
+        else {
+            merge_counts(all, s);
+            json_decref(s);
+        }
+    }
+    *out = all;
+    return all != NULL;
+}
+
+/* A call about one device (|path| /devices/UDID...) to the simulator
+ * process that runs it: the others answer 404. */
+static bool sim_device_call(demo *d, const char *method, const char *path, json_t **out)
+{
+    for (unsigned i = 0; i < d->sims; i++) {
+        long status = 0;
+        json_t *r = NULL;
+        esim_error e = {{0}};
+        esim_err rc = chttp_call(&d->sim[i], method, path, NULL, method[0] == 'P' ? "" : NULL, 0,
+                                 &status, &r, &e);
+        if (rc == ESIM_OK && status == 200) {
+            *out = r;
+            return true;
+        }
+        bool last = rc != ESIM_OK || status != 404 || i + 1 == d->sims;
+        if (last && !sup_stopping())
+            fprintf(stderr, "esim-mdm demo: %s %s: %s (HTTP %ld)\n", method, path,
+                    e.msg[0]        ? e.msg
+                    : status == 404 ? "in no simulator process"
+                                    : chttp_error_message(r),
+                    status);
+        json_decref(r);
+        if (last)
+            break;
+    }
+    *out = NULL;
+    return false;
+}
+
 /* ---- the story ------------------------------------------------------------------------------ */
 
 /* Whether the service is on TLS: for the PCs, and for iPhones on mtls. */
@@ -322,6 +411,10 @@ static bool open_instance_api(demo *d, chttp *c, int port, const char *dir, cons
         chttp_set_ca(c, ca);
     return call(d, c, "GET", "/healthz", NULL, NULL, 0, 200, NULL);
 }
+
+static bool add_iot_args(demo *d, char **sim_argv, size_t *k, const char *url,
+                         const char *token_file, char iot_n[16], char iot_poll[16],
+                         char api_url[80]);
 
 static bool start_parts(demo *d)
 {
@@ -521,8 +614,7 @@ static bool start_parts(demo *d)
         url, token_file, ro_file);
 
     char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], pcs[16], wns_deliv[64];
-    char iot_n[16], iot_poll[16], api_url[80], pc_poll[16];
-    snprintf(sim_port_file, sizeof sim_port_file, "%s/devsim.port", d->dir);
+    char iot_n[16], iot_poll[16], api_url[80], pc_poll[16], first[16], slice[16], channel[32];
     /* The iPhones and PCs; the IoT devices come besides them. */
     snprintf(n, sizeof n, "%u", d->devices - d->iot_devices);
     snprintf(seed, sizeof seed, "%u", d->seed);
@@ -536,7 +628,8 @@ static bool start_parts(demo *d)
                         "--fail-share", d->quiet_mix ? "0" : "0.02", "--no-esim-share",
                         d->quiet_mix ? "0" : "0.005", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     size_t k = 0;
     while (sim_argv[k])
         k++;
@@ -562,23 +655,6 @@ static bool start_parts(demo *d)
         sim_argv[k++] = "--windows-poll-ms";
         sim_argv[k++] = pc_poll;
     }
-    if (d->iot_devices) {
-        /* Each IPA polls the eIM (the service's device listener) about once
-         * a second, less often in a large fleet: at most ~500 polls/s. The
-         * manufacturer's association list (EID, association token) goes to
-         * the admin API with the admin's key, read from its file. */
-        snprintf(iot_n, sizeof iot_n, "%u", d->iot_devices);
-        snprintf(iot_poll, sizeof iot_poll, "%u", d->iot_devices > 500 ? d->iot_devices * 2 : 1000);
-        snprintf(api_url, sizeof api_url, "%s", url);
-        char *extra[] = {"--iot-devices",       iot_n,
-                         "--iot-poll-ms",       iot_poll,
-                         "--iot-offline-share", d->quiet_mix ? "0" : "0.02",
-                         "--eim-url",           url,
-                         "--api-url",           api_url,
-                         "--api-key-file",      token_file};
-        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
-            sim_argv[k++] = extra[i];
-    }
     if (d->mtls) {
         /* Each identity's certificate goes to a file under the PKI, as the
          * PCs' do; no --data-dir, which would also write every device's
@@ -587,12 +663,65 @@ static bool start_parts(demo *d)
         sim_argv[k++] = "--device-auth";
         sim_argv[k++] = "mtls";
     }
-    if (sup_start(&d->sup, "devsim", sim_argv) < 0 ||
-        !sup_wait_port_file(&d->sup, "devsim", 30000, &d->sim_port))
-        return false;
-    char sim_url[64];
-    snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_port);
-    chttp_open_plain(&d->sim, sim_url, NULL);
+    /* With several simulator processes, each runs a slice of the iPhones
+     * and PCs (each device as one simulator of the fleet makes it) on push
+     * channels of its own at both mocks; the first runs the IoT devices. */
+    size_t k_common = k;
+    for (unsigned i = 0; i < d->sims; i++) {
+        k = k_common;
+        unsigned fleet = d->devices - d->iot_devices;
+        unsigned lo = (unsigned)((uint64_t)fleet * i / d->sims),
+                 hi = (unsigned)((uint64_t)fleet * (i + 1) / d->sims);
+        if (d->sims > 1) {
+            snprintf(first, sizeof first, "%u", lo);
+            snprintf(slice, sizeof slice, "%u", hi - lo);
+            snprintf(channel, sizeof channel, "%s", sim_names[i]);
+            char *extra[] = {"--first-device", first,  "--slice-devices", slice,
+                             "--channel",      channel};
+            for (size_t x = 0; x < sizeof extra / sizeof extra[0]; x++)
+                sim_argv[k++] = extra[x];
+        }
+        if (i == 0 && !add_iot_args(d, sim_argv, &k, url, token_file, iot_n, iot_poll, api_url))
+            return false;
+        sim_argv[k] = NULL;
+        snprintf(sim_port_file, sizeof sim_port_file, "%s/%s.port", d->dir, sim_names[i]);
+        if (sup_start(&d->sup, sim_names[i], sim_argv) < 0)
+            return false;
+    }
+    /* Started together, then waited for: they make their devices at once. */
+    for (unsigned i = 0; i < d->sims; i++) {
+        if (!sup_wait_port_file(&d->sup, sim_names[i], 30000, &d->sim_ports[i]))
+            return false;
+        char sim_url[64];
+        snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_ports[i]);
+        chttp_open_plain(&d->sim[i], sim_url, NULL);
+    }
+    d->sim_port = d->sim_ports[0];
+    return true;
+}
+
+/* The IoT devices' options for the (first) simulator, appended at *k. */
+static bool add_iot_args(demo *d, char **sim_argv, size_t *k, const char *url,
+                         const char *token_file, char iot_n[16], char iot_poll[16],
+                         char api_url[80])
+{
+    if (d->iot_devices) {
+        /* Each IPA polls the eIM (the service's device listener) about once
+         * a second, less often in a large fleet: at most ~500 polls/s. The
+         * manufacturer's association list (EID, association token) goes to
+         * the admin API with the admin's key, read from its file. */
+        snprintf(iot_n, 16, "%u", d->iot_devices);
+        snprintf(iot_poll, 16, "%u", d->iot_devices > 500 ? d->iot_devices * 2 : 1000);
+        snprintf(api_url, 80, "%s", url);
+        const char *extra[] = {"--iot-devices",       iot_n,
+                               "--iot-poll-ms",       iot_poll,
+                               "--iot-offline-share", d->quiet_mix ? "0" : "0.02",
+                               "--eim-url",           url,
+                               "--api-url",           api_url,
+                               "--api-key-file",      token_file};
+        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+            sim_argv[(*k)++] = (char *)extra[i];
+    }
     return true;
 }
 
@@ -624,7 +753,7 @@ static bool wait_enrolled(demo *d, double *secs)
             return false;
         json_t *s = NULL;
         long seen = enrolled;
-        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
+        if (sim_stats(d, &s)) {
             /* iPhones enrolled, PCs that finished a session (the service
              * then knows them, bound to their certificate, and their EID),
              * and IoT eUICCs the eIM registered from the association list. */
@@ -729,14 +858,29 @@ static bool collect_iot(demo *d, demo_dev *devs, size_t *n, size_t cap)
  * serial numbers for them: the OEM manifest an admin would receive. */
 static bool collect_devices(demo *d, demo_dev **out)
 {
-    json_t *s = NULL;
-    if (!call(d, &d->sim, "GET", "/devices", NULL, NULL, 0, 200, &s))
-        return false;
-    json_t *arr = json_object_get(s, "devices");
+    /* Each simulator process lists its iPhones, then its PCs; their
+     * slices follow each other, so the iPhones of all of them, then the PCs
+     * of all, are in the order one simulator of the fleet lists them. */
+    json_t *arr = json_array(), *pc_arr = json_array();
+    for (unsigned k = 0; arr && pc_arr && k < d->sims; k++) {
+        json_t *s = NULL;
+        if (!call(d, &d->sim[k], "GET", "/devices", NULL, NULL, 0, 200, &s)) {
+            json_decref(arr);
+            json_decref(pc_arr);
+            return false;
+        }
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(s, "devices"), i, v)
+            json_array_append(strcmp(jstr(v, "platform"), "windows") == 0 ? pc_arr : arr, v);
+        json_decref(s);
+    }
+    json_array_extend(arr, pc_arr);
+    json_decref(pc_arr);
     size_t n_sim = json_array_size(arr), n = n_sim;
     demo_dev *devs = calloc(n_sim + d->iot_devices + 1, sizeof *devs);
     if (!devs) {
-        json_decref(s);
+        json_decref(arr);
         return false;
     }
     size_t pcs = 0;
@@ -754,7 +898,7 @@ static bool collect_devices(demo *d, demo_dev **out)
                  (unsigned)((i + 1) % 1000000000u));
         esim_iccid_set_check_digit(devs[i].iccid, NULL);
     }
-    json_decref(s);
+    json_decref(arr);
     if (d->iot_devices && !collect_iot(d, devs, &n, n_sim + d->iot_devices)) {
         free(devs);
         return false;
@@ -1000,7 +1144,7 @@ static bool inventory_wake(demo *d, const demo_dev *devs, const size_t *idx, siz
 static void inventory(demo *d, const demo_dev *devs, size_t n)
 {
     json_t *before = NULL;
-    call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &before);
+    sim_stats(d, &before);
     /* NotNow is not an answer: the device keeps the command for later. */
     long not_now0 = jint(before, "not_now");
     json_decref(before);
@@ -1066,7 +1210,7 @@ static void inventory(demo *d, const demo_dev *devs, size_t n)
     free(idx);
     json_t *s = NULL;
     long not_now = 0;
-    if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s))
+    if (sim_stats(d, &s))
         not_now = jint(s, "not_now") - not_now0;
     json_decref(s);
     d->inventory_s = (double)(esim_mono_ms() - start) / 1000.0;
@@ -1495,7 +1639,7 @@ static size_t pick_devices(demo *d, const json_t *verified_list, int min_major, 
         char path[320];
         snprintf(path, sizeof path, "/devices/%s", jstr(v, "udid"));
         json_t *dj = NULL;
-        if (!call(d, &d->sim, "GET", path, NULL, NULL, 0, 200, &dj))
+        if (!sim_device_call(d, "GET", path, &dj))
             continue;
         const char *os = jstr(dj, "os_version");
         if (!os[0])
@@ -1600,7 +1744,7 @@ static bool user_actions(demo *d, const json_t *verified_list, bool *del_blocked
         char path[320];
         snprintf(path, sizeof path, "/devices/%s/actions/%s", picked[0], actions[k]);
         json_t *r = NULL;
-        if (!call(d, &d->sim, "POST", path, NULL, "", 0, 200, &r))
+        if (!sim_device_call(d, "POST", path, &r))
             return false;
         bool blocked = json_is_false(json_object_get(r, "allowed"));
         say(d, "  user on %s tries %-13s -> %s: %s\n", picked[0], actions[k],
@@ -1677,10 +1821,22 @@ static void sample_diagnosis(demo *d, const char *campaign_id)
 static void mark_phase(demo *d, phase_mark *m)
 {
     memset(m, 0, sizeof *m);
-    for (size_t k = 0; k < N_CHILDREN; k++)
+    for (size_t k = 0; k < N_CHILDREN; k++) {
         m->ok[k] = sup_usage(&d->sup, child_names[k], &m->use[k]);
+        if (strcmp(child_names[k], "devsim") != 0)
+            continue;
+        /* The simulator: every process of it. */
+        m->sim_use[0] = m->use[k];
+        for (unsigned i = 1; i < d->sims; i++) {
+            esim_proc_usage *u = &m->sim_use[i];
+            m->ok[k] = sup_usage(&d->sup, sim_names[i], u) && m->ok[k];
+            m->use[k].rss_kb += u->rss_kb;
+            m->use[k].peak_rss_kb += u->peak_rss_kb;
+            m->use[k].cpu_s += u->cpu_s;
+        }
+    }
     json_t *s = NULL;
-    if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &s)) {
+    if (sim_stats(d, &s)) {
         const json_t *tls = json_object_get(s, "tls"), *win = json_object_get(s, "windows");
         m->pushes = jint(s, "pushes");
         m->checkins = jint(s, "checkins");
@@ -1920,9 +2076,14 @@ static int run(demo *d)
     for (size_t k = 0; k < N_CHILDREN; k++) {
         if (!end_mark.ok[k])
             continue;
-        say(d, "  %-10s %8.1f MiB  %6.1f s CPU  (%.2f KiB per device)\n", child_names[k],
+        say(d, "  %-10s %8.1f MiB  %6.1f s CPU  (%.2f KiB per device)%s\n", child_names[k],
             (double)use[k].peak_rss_kb / 1024.0, use[k].cpu_s,
-            (double)use[k].peak_rss_kb / (double)n);
+            (double)use[k].peak_rss_kb / (double)n,
+            strcmp(child_names[k], "devsim") == 0 && d->sims > 1 ? "  (its processes summed)" : "");
+        for (unsigned i = 0; strcmp(child_names[k], "devsim") == 0 && d->sims > 1 && i < d->sims;
+             i++)
+            say(d, "    %-8s %8.1f MiB  %6.1f s CPU\n", sim_names[i],
+                (double)end_mark.sim_use[i].peak_rss_kb / 1024.0, end_mark.sim_use[i].cpu_s);
     }
     double campaign_kib = (double)jint(sum, "memory_bytes") / 1024.0 / (double)n;
     say(d,
@@ -2004,12 +2165,13 @@ static int run(demo *d)
                                       (json_int_t)(total - pcs - (long)d->iot_devices), "verified",
                                       (json_int_t)jint(ap, "verified"), "failed",
                                       (json_int_t)jint(ap, "failed")));
-        /* The simulator's iPhones: its session places (--max-concurrent),
-         * its check-ins, and those that waited in its queue for a place
-         * (queued while every place was taken): a device the campaign
-         * counts in flight may be waiting there rather than working. */
+        /* The simulator's iPhones: its session places (--max-concurrent,
+         * 128 in each process, summed over them), its check-ins, and those
+         * that waited in its queue for a place (queued while every place
+         * was taken): a device the campaign counts in flight may be
+         * waiting there rather than working. */
         json_t *ss = NULL;
-        if (call(d, &d->sim, "GET", "/stats", NULL, NULL, 0, 200, &ss)) {
+        if (sim_stats(d, &ss)) {
             json_object_set_new(j, "sim_max_concurrent", json_integer(jint(ss, "max_concurrent")));
             json_object_set_new(j, "sim_checkins", json_integer(jint(ss, "checkins")));
             json_object_set_new(j, "sim_checkins_waited",
@@ -2063,6 +2225,33 @@ static int run(demo *d)
             json_object_set_new(j, key, json_real(camp_cpu > 0 ? camp_cpu : 0.0));
             campaign_cpu += camp_cpu > 0 ? camp_cpu : 0.0;
         }
+        /* The devsim_* figures above are every simulator process's summed
+         * (peak memory: the sum of each one's peak); each one's here. */
+        json_object_set_new(j, "devsim_processes", json_integer(d->sims));
+        json_t *per = json_array();
+        for (unsigned i = 0; per && i < d->sims; i++) {
+            double camp_cpu = camp_end_mark.sim_use[i].cpu_s - camp_mark.sim_use[i].cpu_s;
+            json_array_append_new(per, json_pack("{s:s, s:I, s:f, s:f, s:f}", "name", sim_names[i],
+                                                 "peak_rss_kb",
+                                                 (json_int_t)end_mark.sim_use[i].peak_rss_kb,
+                                                 "cpu_s", end_mark.sim_use[i].cpu_s, "enrol_cpu_s",
+                                                 enrol_mark.sim_use[i].cpu_s, "campaign_cpu_s",
+                                                 camp_cpu > 0 ? camp_cpu : 0.0));
+            /* The pushes each one received: for its own devices, and
+             * for none of them (stray: another's, or a wiped device's). */
+            json_t *ps = NULL;
+            if (call(d, &d->sim[i], "GET", "/stats", NULL, NULL, 0, 200, &ps)) {
+                json_t *o = json_array_get(per, i), *w = json_object_get(ps, "windows");
+                json_object_set_new(o, "devices", json_integer(jint(ps, "devices")));
+                json_object_set_new(o, "pushes", json_integer(jint(ps, "pushes")));
+                json_object_set_new(o, "stray_pushes", json_integer(jint(ps, "stray_pushes")));
+                json_object_set_new(o, "wns_pushes", json_integer(jint(w, "wns_pushes")));
+                json_object_set_new(o, "stray_wns_pushes",
+                                    json_integer(jint(w, "stray_wns_pushes")));
+            }
+            json_decref(ps);
+        }
+        json_object_set_new(j, "devsim_per_process", per);
         /* How many of the machine's cores the parts used while the
          * campaign ran (its CPU seconds over duration_s). */
         json_object_set_new(j, "campaign_cpu_s", json_real(campaign_cpu));
@@ -2120,7 +2309,8 @@ int cmd_demo(int argc, char **argv)
               .inventory = true,
               .inventory_wait_s = 15,
               .extras = true,
-              .instances = 1};
+              .instances = 1,
+              .sims = DEMO_DEFAULT_SIMS};
     const char *keep = NULL;
     bool sample = false;
     enum {
@@ -2142,7 +2332,8 @@ int cmd_demo(int argc, char **argv)
         KEEP,
         STORE,
         INSTANCES,
-        DEVICE_AUTH
+        DEVICE_AUTH,
+        SIM_PROCESSES
     };
     static const cli_option options[] = {
         {"sample", false, SAMPLE},
@@ -2164,6 +2355,7 @@ int cmd_demo(int argc, char **argv)
         {"store", true, STORE},
         {"instances", true, INSTANCES},
         {"device-auth", true, DEVICE_AUTH},
+        {"sim-processes", true, SIM_PROCESSES},
         {NULL, false, 0},
     };
     /* The numbers' ranges, by id. */
@@ -2243,6 +2435,11 @@ int cmd_demo(int argc, char **argv)
                 return cli_bad_value(&p, "1 or 2");
             d.instances = (unsigned)atoi(p.value);
             break;
+        case SIM_PROCESSES:
+            if (strlen(p.value) != 1 || p.value[0] < '1' || p.value[0] > '0' + DEMO_MAX_SIMS)
+                return cli_bad_value(&p, "1 to 4");
+            d.sims = (unsigned)(p.value[0] - '0');
+            break;
         case DEVICE_AUTH:
             if (strcmp(p.value, "mtls") != 0 && strcmp(p.value, "signature") != 0)
                 return cli_bad_value(&p, "signature or mtls");
@@ -2273,6 +2470,9 @@ int cmd_demo(int argc, char **argv)
     if (d.iot_devices == d.devices)
         return cli_usage_error("demo: the fleet needs at least one iPhone or PC besides the IoT "
                                "devices (lower --iot-share)");
+    /* Each simulator process at least one iPhone or PC. */
+    if (d.sims > d.devices - d.iot_devices)
+        d.sims = d.devices - d.iot_devices;
     /* With --json, standard output is the summary object alone: what
      * people read goes to standard error. */
     d.out = d.json ? stderr : stdout;
@@ -2315,7 +2515,8 @@ int cmd_demo(int argc, char **argv)
     free(d.inventory_cmds);
     chttp_close(&d.api);
     chttp_close(&d.api2);
-    chttp_close(&d.sim);
+    for (unsigned i = 0; i < DEMO_MAX_SIMS; i++)
+        chttp_close(&d.sim[i]);
     chttp_close(&d.smdp);
     if (rc != CLI_EXIT_OK && !d.keep && !sup_stopping())
         fprintf(stderr, "esim-mdm demo: rerun with --keep DIR to keep the parts' logs\n");

@@ -19,7 +19,7 @@
 
 #include "core/internal.h"
 
-#define SUP_MAX_CHILDREN 8
+#define SUP_MAX_CHILDREN 12
 
 typedef struct {
     const char *who; /* message prefix, "esim-mdm demo" */

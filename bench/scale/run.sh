@@ -127,6 +127,11 @@ for part in ("service", "devsim", "smdp", "apns-mock", "wns-mock"):
     kib = s.get(f"{part}_peak_rss_kb", 0)
     print(f"  {part:10s} {ecpu:8.3f} ms/dev {cpu:8.3f} ms/dev {sig:>12s} "
           f"{kib/1024:7.1f} MiB = {kib*1024/dev:6.0f} B/dev")
+if s.get("devsim_processes", 1) > 1:
+    # devsim above is every simulator process's CPU and peak memory summed.
+    print("  devsim processes: " + ", ".join(
+        f"{p['name']} {p['cpu_s']:.1f} s CPU ({p.get('campaign_cpu_s', 0):.1f} in the campaign), "
+        f"{p['peak_rss_kb']/1024:.1f} MiB" for p in s.get("devsim_per_process", [])))
 sig = f"{total/sign_ms:7.1f} sig." if sign_ms else ""
 print(f"  {'all':10s} {total_enrol:8.3f} ms/dev {total:8.3f} ms/dev {sig:>12s}   "
       f"(goal about 1.2 ms per device in all: ratio {total/1.2:.1f})")

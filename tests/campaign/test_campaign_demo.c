@@ -186,10 +186,12 @@ static void test_demo_50_devices_json(void **state)
     /* three steps for the iPhones and PCs, two for the IoT devices */
     assert_true(json_integer_value(json_object_get(j, "commands")) >= 45 * 3 + 5 * 2);
     assert_true(json_number_value(json_object_get(j, "duration_s")) > 0);
-    /* The simulator's queue: 128 session places (the demo's), every
-     * iPhone checked in at least once, and those that waited for a place
-     * are some of those check-ins. */
-    assert_int_equal(json_integer_value(json_object_get(j, "sim_max_concurrent")), 128);
+    /* The simulator's queue: 128 session places (the demo's) in each of
+     * its processes, every iPhone checked in at least once, and those that
+     * waited for a place are some of those check-ins. */
+    assert_true(json_integer_value(json_object_get(j, "devsim_processes")) >= 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "sim_max_concurrent")),
+                     128 * json_integer_value(json_object_get(j, "devsim_processes")));
     assert_true(json_integer_value(json_object_get(j, "sim_checkins")) >= 35);
     assert_true(json_integer_value(json_object_get(j, "sim_checkins_waited")) >= 0);
     assert_true(json_integer_value(json_object_get(j, "sim_checkins_waited")) <=
@@ -266,7 +268,7 @@ static void test_demo_one_push_per_phone(void **state)
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
              "'%s' demo --devices 40 --json --quiet-mix --windows-share 0 --iot-share 0 "
-             "--no-inventory --no-extras --timeout 240 2>'%s/stderr'",
+             "--no-inventory --no-extras --sim-processes 1 --timeout 240 2>'%s/stderr'",
              bin(), g_dir);
     json_t *j = demo_json(cmd, "stderr");
     assert_int_equal(json_integer_value(json_object_get(j, "devices")), 40);
@@ -293,6 +295,55 @@ static void test_demo_one_push_per_pc(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "verified")), 20);
     assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 20);
     assert_int_equal(json_integer_value(json_object_get(j, "commands")), 3 * 20);
+    json_decref(j);
+}
+
+/* Two device simulator processes (--sim-processes 2), each a slice of the
+ * iPhones and PCs on push channels of its own at the APNs and WNS mocks:
+ * every device verified with one push each (--quiet-mix, no inventory), and
+ * each process received exactly its own devices' pushes: the pushes of
+ * both add up to one per device, none of them for another's device, and
+ * the summary's devsim figures are the two processes' sums. */
+static void test_demo_two_simulator_processes(void **state)
+{
+    (void)state;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 60 --json --quiet-mix --windows-share 0.3 --iot-share 0 "
+             "--no-inventory --no-extras --sim-processes 2 --timeout 240 2>'%s/stderr'",
+             bin(), g_dir);
+    json_t *j = demo_json(cmd, "stderr");
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 60);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 60);
+    assert_true(json_is_true(json_object_get(j, "ok")));
+    assert_int_equal(json_integer_value(json_object_get(j, "pushes")), 60);
+    assert_int_equal(json_integer_value(json_object_get(j, "devsim_processes")), 2);
+    json_t *per = json_object_get(j, "devsim_per_process");
+    assert_int_equal(json_array_size(per), 2);
+    json_int_t devices = 0, pushes = 0, wns = 0;
+    double cpu = 0, rss = 0;
+    for (size_t k = 0; k < 2; k++) {
+        json_t *p = json_array_get(per, k);
+        /* 30 devices each, 9 of them PCs: each process had work of both kinds. */
+        assert_int_equal(json_integer_value(json_object_get(p, "devices")), 30);
+        assert_true(json_integer_value(json_object_get(p, "pushes")) > 0);
+        assert_true(json_integer_value(json_object_get(p, "wns_pushes")) > 0);
+        assert_int_equal(json_integer_value(json_object_get(p, "stray_pushes")), 0);
+        assert_int_equal(json_integer_value(json_object_get(p, "stray_wns_pushes")), 0);
+        devices += json_integer_value(json_object_get(p, "devices"));
+        pushes += json_integer_value(json_object_get(p, "pushes"));
+        wns += json_integer_value(json_object_get(p, "wns_pushes"));
+        cpu += json_number_value(json_object_get(p, "cpu_s"));
+        rss += (double)json_integer_value(json_object_get(p, "peak_rss_kb"));
+        assert_true(json_integer_value(json_object_get(p, "peak_rss_kb")) > 0);
+    }
+    assert_int_equal(devices, 60);
+    /* One push per device, each to the process that runs it. */
+    assert_int_equal(pushes + wns, 60);
+    assert_int_equal(phases_sum(j, "pushes") + phases_sum(j, "wns_pushes"), 60);
+    double dcpu = json_number_value(json_object_get(j, "devsim_cpu_s")) - cpu;
+    assert_true(dcpu > -0.05 && dcpu < 0.05);
+    assert_true((double)json_integer_value(json_object_get(j, "devsim_peak_rss_kb")) == rss);
     json_decref(j);
 }
 
@@ -356,6 +407,12 @@ static void test_demo_usage(void **state)
     st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --device-auth none 2>/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --sim-processes 0 2>/dev/null", bin());
+    st = system(cmd);
+    assert_int_equal(WEXITSTATUS(st), 2);
+    snprintf(cmd, sizeof cmd, "'%s' demo --sim-processes 5 2>/dev/null", bin());
     st = system(cmd);
     assert_int_equal(WEXITSTATUS(st), 2);
     snprintf(cmd, sizeof cmd, "'%s' demo --sample >/dev/null", bin());
@@ -563,6 +620,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_phone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_pc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_two_simulator_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_inventory_bounded_then_folded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
     };
