@@ -1882,30 +1882,36 @@ static int run(demo *d)
         d->devices, d->dir);
     if (!start_parts(d))
         return CLI_EXIT_FAIL;
+    /* The simulator's status port, or each process's. */
+    char sims[120] = "";
+    int sl = 0;
+    if (d->sims > 1)
+        sl = snprintf(sims, sizeof sims, "%u processes, each a slice of the fleet: ", d->sims);
+    for (unsigned i = 0; i < d->sims && sl >= 0 && (size_t)sl < sizeof sims; i++)
+        sl +=
+            snprintf(sims + sl, sizeof sims - (size_t)sl, "%s:%d", i ? ", " : "", d->sim_ports[i]);
     if (d->instances > 1 && d->windows_share > 0)
         say(d,
             "  started the APNs mock (:%d), the WNS mock (:%d), two instances of the service on "
-            "one PostgreSQL (:%d, :%d, TLS) and the device simulator (:%d): its iPhones and "
+            "one PostgreSQL (:%d, :%d, TLS) and the device simulator (%s): its iPhones and "
             "PCs use both instances, the PCs a session on one then the next on the other (the "
             "campaign is driven by the second, which replays from the store the answers the "
             "first received)\n",
-            d->apns_tls, d->wns_https, d->svc_port, d->svc2_port, d->sim_port);
+            d->apns_tls, d->wns_https, d->svc_port, d->svc2_port, sims);
     else if (d->instances > 1)
         say(d,
             "  started the APNs mock (:%d), two instances of the service on one PostgreSQL "
-            "(:%d, :%d) and the device simulator (:%d), its devices using both\n",
-            d->apns_tls, d->svc_port, d->svc2_port, d->sim_port);
+            "(:%d, :%d) and the device simulator (%s), its devices using both\n",
+            d->apns_tls, d->svc_port, d->svc2_port, sims);
     else if (d->windows_share > 0)
         say(d,
             "  started the APNs mock (:%d), the WNS mock (:%d), the service (:%d, TLS: %s present "
-            "client certificates) and the device simulator (:%d)\n",
-            d->apns_tls, d->wns_https, d->svc_port, d->mtls ? "iPhones and PCs" : "PCs",
-            d->sim_port);
+            "client certificates) and the device simulator (%s)\n",
+            d->apns_tls, d->wns_https, d->svc_port, d->mtls ? "iPhones and PCs" : "PCs", sims);
     else
-        say(d,
-            "  started the APNs mock (:%d), the service (:%d%s) and the device simulator (:%d)\n",
+        say(d, "  started the APNs mock (:%d), the service (:%d%s) and the device simulator (%s)\n",
             d->apns_tls, d->svc_port, d->mtls ? ", TLS: iPhones present client certificates" : "",
-            d->sim_port);
+            sims);
     double enrol_s = 0;
     if (!wait_enrolled(d, &enrol_s))
         return CLI_EXIT_FAIL;
