@@ -1308,6 +1308,22 @@ static bool ver_key_fill(esim_service *svc, auth_verified *v, const unsigned cha
     return true;
 }
 
+/* |key|'s uncompressed point (04 X Y) when it is a P-256 key; false for
+ * any other key (OpenSSL's error queue left clear). */
+static bool p256_point_of(EVP_PKEY *key, unsigned char point[65])
+{
+    char group[32];
+    size_t glen = 0, plen = 0;
+    bool ok =
+        EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
+        EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
+        strcmp(group, "prime256v1") == 0 &&
+        EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, 65, &plen) == 1 &&
+        plen == 65 && point[0] == 0x04;
+    ERR_clear_error();
+    return ok;
+}
+
 /* What an Mdm-Signature's check needs of |leaf| (whose chain just
  * verified, its digest |sha|), kept in its verified entry: a P-256 key's
  * point, the names a SignerIdentifier may give it by, its notBefore. Other
@@ -1323,20 +1339,13 @@ static void ver_note_key(esim_service *svc, const unsigned char *sha, X509 *leaf
     unsigned char point[sizeof v->key.point];
     int64_t not_before_ms = 0;
     EVP_PKEY *key = X509_get0_pubkey(leaf);
-    char group[32];
-    size_t glen = 0, plen = 0;
     const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(leaf);
     const unsigned char *name = NULL;
     size_t name_len = 0;
     unsigned char serial[64], *w = serial;
     const ASN1_INTEGER *sn = X509_get0_serialNumber(leaf);
     int serial_len = sn ? i2d_ASN1_INTEGER(sn, NULL) : -1;
-    bool ok = key && EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
-              EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
-              strcmp(group, "prime256v1") == 0 &&
-              EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
-                                              &plen) == 1 &&
-              plen == sizeof point && point[0] == 0x04 &&
+    bool ok = key && p256_point_of(key, point) &&
               (!ski || (size_t)ASN1_STRING_length(ski) <= sizeof v->key.ski) &&
               X509_NAME_get0_der(X509_get_issuer_name(leaf), &name, &name_len) == 1 &&
               serial_len > 0 && serial_len <= (int)sizeof serial &&
@@ -1448,16 +1457,7 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
 static esim_p256_key *issuer_p256(EVP_PKEY *key)
 {
     unsigned char point[65];
-    char group[32];
-    size_t glen = 0, plen = 0;
-    bool p256 = EVP_PKEY_get_base_id(key) == EVP_PKEY_EC &&
-                EVP_PKEY_get_group_name(key, group, sizeof group, &glen) == 1 &&
-                strcmp(group, "prime256v1") == 0 &&
-                EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
-                                                &plen) == 1 &&
-                plen == sizeof point && point[0] == 0x04;
-    ERR_clear_error();
-    esim_p256_key *k = p256 ? malloc(sizeof *k) : NULL;
+    esim_p256_key *k = p256_point_of(key, point) ? malloc(sizeof *k) : NULL;
     if (k && !esim_p256_key_init(k, point)) {
         free(k);
         k = NULL;

@@ -854,6 +854,24 @@ static void col_text(sqlite3_stmt *st, int col, char *out, size_t out_len)
     snprintf(out, out_len, "%s", v ? (const char *)v : "");
 }
 
+/* A push_state column ("valid", "dead", anything else: none). */
+static store_push_state col_push_state(sqlite3_stmt *st, int col)
+{
+    const char *ps = (const char *)sqlite3_column_text(st, col);
+    return ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
+           : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
+                                           : STORE_PUSH_NONE;
+}
+
+/* A device's platform column: empty on rows from before there was one,
+ * which were Apple's. */
+static void col_platform(sqlite3_stmt *st, int col, char *out, size_t out_len)
+{
+    col_text(st, col, out, out_len);
+    if (!out[0])
+        snprintf(out, out_len, "apple");
+}
+
 /* One statement that returns no row: ESIM_OK when it ran. */
 static esim_err exec_stmt(sqlite_store *s, esim_error *err, int id, const char *fmt, ...)
 {
@@ -1477,19 +1495,14 @@ static void read_device(sqlite3_stmt *st, store_device *d)
     col_text(st, 12, d->cert_sha256, sizeof d->cert_sha256);
     col_text(st, 13, d->push_token, sizeof d->push_token);
     col_text(st, 14, d->push_magic, sizeof d->push_magic);
-    const char *ps = (const char *)sqlite3_column_text(st, 15);
-    d->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
-                    : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
-                                                    : STORE_PUSH_NONE;
+    d->push_state = col_push_state(st, 15);
     d->enrolled_at = sqlite3_column_int64(st, 16);
     d->checked_out_at = sqlite3_column_int64(st, 17);
     d->token_updated_at = sqlite3_column_int64(st, 18);
     d->last_seen_at = sqlite3_column_int64(st, 19);
     d->push_due_at = sqlite3_column_int64(st, 20);
     d->token_update_tally = sqlite3_column_int(st, 21);
-    col_text(st, 22, d->platform, sizeof d->platform);
-    if (!d->platform[0])
-        snprintf(d->platform, sizeof d->platform, "apple");
+    col_platform(st, 22, d->platform, sizeof d->platform);
 }
 
 static esim_err sq_device_get(store *base, const char *udid, store_device *out, esim_error *err)
@@ -1522,14 +1535,9 @@ static esim_err sq_push_target(store *base, const char *udid, store_push_target 
     col_text(st, 1, out->topic, sizeof out->topic);
     col_text(st, 2, out->push_token, sizeof out->push_token);
     col_text(st, 3, out->push_magic, sizeof out->push_magic);
-    const char *ps = (const char *)sqlite3_column_text(st, 4);
-    out->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
-                      : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
-                                                      : STORE_PUSH_NONE;
+    out->push_state = col_push_state(st, 4);
     out->enrolled = sqlite3_column_int(st, 5) != 0;
-    col_text(st, 6, out->platform, sizeof out->platform);
-    if (!out->platform[0])
-        snprintf(out->platform, sizeof out->platform, "apple");
+    col_platform(st, 6, out->platform, sizeof out->platform);
     sqlite3_reset(st);
     return ESIM_OK;
 }
@@ -1614,10 +1622,7 @@ static esim_err sq_fleet_counts(store *base, store_fleet_row **rows, size_t *n, 
         col_text(st, 0, row->product_name, sizeof row->product_name);
         col_text(st, 1, row->model, sizeof row->model);
         row->enrolled = sqlite3_column_int(st, 2) != 0;
-        const char *ps = (const char *)sqlite3_column_text(st, 3);
-        row->push_state = ps && strcmp(ps, "valid") == 0  ? STORE_PUSH_VALID
-                          : ps && strcmp(ps, "dead") == 0 ? STORE_PUSH_DEAD
-                                                          : STORE_PUSH_NONE;
+        row->push_state = col_push_state(st, 3);
         row->verified = sqlite3_column_int(st, 4) != 0;
         row->count = (uint64_t)sqlite3_column_int64(st, 5);
         col_text(st, 6, row->platform, sizeof row->platform);
