@@ -181,7 +181,7 @@ typedef struct {
     unsigned windows_pcs; /* --devices x windows_share, rounded */
     unsigned iot_devices; /* --devices x iot_share, rounded (at most what PCs leave) */
     supervisor sup;       /* the child processes (cli/supervisor.h) */
-    int apns_tls, apns_delivery, smdp_port, svc_port, sim_port; /* sim_port: the first's */
+    int apns_tls, apns_delivery, smdp_port, svc_port;
     unsigned sims;                /* device simulator processes (--sim-processes) */
     int sim_ports[DEMO_MAX_SIMS]; /* each one's status port */
     int wns_https, wns_delivery;  /* the WNS mock, when there are PCs */
@@ -696,7 +696,6 @@ static bool start_parts(demo *d)
         snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_ports[i]);
         chttp_open_plain(&d->sim[i], sim_url, NULL);
     }
-    d->sim_port = d->sim_ports[0];
     return true;
 }
 
