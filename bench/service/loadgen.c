@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -313,6 +314,34 @@ static double cpu_ms(int pid)
     return esim_proc_usage_read(pid, &u) == ESIM_OK ? u.cpu_s * 1000.0 : -1;
 }
 
+/* This generator's own CPU time (user + system) in ms. */
+static double self_cpu_ms(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000.0 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000.0;
+}
+
+/* The CPU time in ms of the server's main thread alone (its event loop:
+ * /proc/PID/task/PID/stat), without the sync thread and pool workers. */
+static double loop_cpu_ms(int pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    double ms = -1;
+    const char *p = fgets(line, sizeof line, f) ? strrchr(line, ')') : NULL;
+    unsigned long ut = 0, st = 0;
+    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+        ms = (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+    fclose(f);
+    return ms;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6) {
@@ -382,9 +411,10 @@ int main(int argc, char **argv)
     if (code != 200)
         return 1;
     g.errors = 0;
-    double cpu0 = cpu_ms(pid);
+    double cpu0 = cpu_ms(pid), loop0 = loop_cpu_ms(pid), self0 = self_cpu_ms();
     t = run_phase(&g, P_IDLE, &req);
-    double cpu_rt = cpu_ms(pid) - cpu0;
+    double cpu_rt = cpu_ms(pid) - cpu0, loop_rt = loop_cpu_ms(pid) - loop0,
+           self_rt = self_cpu_ms() - self0;
     double rt_rate = (double)g.devices / t, mdm_rps = (double)req / t;
     int rt_errors = g.errors;
     long rss_after = rss_kib(pid);
@@ -400,13 +430,16 @@ int main(int argc, char **argv)
     double th = 0;
     int reps = 0;
     cpu0 = cpu_ms(pid);
+    loop0 = loop_cpu_ms(pid);
+    self0 = self_cpu_ms();
     while (reps < HEALTH_MAX_REPS && (th < t || th < HEALTH_MIN_S)) {
         long n = 0;
         th += run_phase(&g, P_HEALTH, &n);
         hreq += n;
         reps++;
     }
-    double cpu_h = cpu_ms(pid) - cpu0;
+    double cpu_h = cpu_ms(pid) - cpu0, loop_h = loop_cpu_ms(pid) - loop0,
+           self_h = self_cpu_ms() - self0;
     g.devices = saved;
     double h_rps = (double)hreq / th;
     printf("round trips: %d (Idle -> command -> Acknowledged -> empty) in %.2f s = %.0f round "
@@ -421,6 +454,16 @@ int main(int argc, char **argv)
                "/healthz\n",
                cpu_rt * 1000.0 / g.devices, cpu_rt * 1000.0 / (double)req,
                cpu_h * 1000.0 / (double)hreq);
+    /* What bounds each phase: a process busy for the whole phase (share
+     * near 1 on an idle machine) is the limit; neither near 1 is waiting
+     * (the sync thread's fdatasync) or the machine's other load. */
+    if (loop0 >= 0)
+        printf("busy:        server loop %.0f%% / %.0f%% of the check-ins' / /healthz's wall time "
+               "(its loop thread %.0f / %.0f us a request), generator %.0f%% / %.0f%% (%.0f / "
+               "%.0f us a request)\n",
+               loop_rt / 10.0 / t, loop_h / 10.0 / th, loop_rt * 1000.0 / (double)req,
+               loop_h * 1000.0 / (double)hreq, self_rt / 10.0 / t, self_h / 10.0 / th,
+               self_rt * 1000.0 / (double)req, self_h * 1000.0 / (double)hreq);
     if (rss0 > 0)
         printf("memory:      server RSS %ld KiB idle, %ld KiB after enrolment, %ld KiB after round "
                "trips: "
