@@ -70,8 +70,16 @@ typedef struct xfer {
     sim_http_cb cb;
     void *arg;
     esim_buf req; /* the request's bytes */
+    /* The request fails when its connection makes no progress for
+     * timeout_ms: counted from when a connection starts on it (not from
+     * sim_http_send: a slowed loop may hold it long before that), and
+     * again from each of the connection's steps since (connected, a
+     * handshake or write step, bytes read). The timer is armed at the
+     * first step and, when it fires early, set again for what is left. */
     struct event *timer;
     long timeout_ms;
+    int64_t progress_ms; /* the connection's last step for it (esim_mono_ms) */
+    bool timer_armed;
     bool retried; /* sent again after a kept connection turned out closed */
     /* Where it goes. */
     char *key; /* scheme, host, port, CA and identity: what a connection must match */
@@ -950,10 +958,24 @@ static bool conn_tls_setup(hconn *c)
     return true;
 }
 
+/* The connection carrying |x| took a step for it: its timeout counts
+ * from now (the first step arms it). */
+static void xfer_progress(xfer *x)
+{
+    x->progress_ms = esim_mono_ms();
+    if (!x->timer_armed) {
+        struct timeval tv = {x->timeout_ms / 1000, (x->timeout_ms % 1000) * 1000};
+        evtimer_add(x->timer, &tv);
+        x->timer_armed = true;
+    }
+}
+
 /* Runs the connection as far as it goes without waiting. */
 static void conn_step(hconn *c)
 {
     char why[200];
+    if (c->x)
+        xfer_progress(c->x);
     for (;;) {
         switch (c->state) {
         case C_START:
@@ -1109,6 +1131,13 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     xfer *x = arg;
+    int64_t idle = esim_mono_ms() - x->progress_ms;
+    if (idle < x->timeout_ms) { /* a step since it was set */
+        long left = x->timeout_ms - (long)idle;
+        struct timeval tv = {left / 1000, (left % 1000) * 1000};
+        evtimer_add(x->timer, &tv);
+        return;
+    }
     if (x->c) {
         hconn *c = x->c;
         c->x = NULL;
@@ -1117,7 +1146,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     }
     char ms[48];
     snprintf(ms, sizeof ms, "%ld milliseconds", x->timeout_ms);
-    xfer_fail(x, ESIM_ETIMEOUT, "Operation timed out after ", ms);
+    xfer_fail(x, ESIM_ETIMEOUT, "Operation timed out: no progress for ", ms);
 }
 
 /* A connection made with identity |a| may carry a request with |b|. */
@@ -1324,9 +1353,7 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
         goto nomem;
     x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 30000L;
     if (!(x->timer = evtimer_new(h->base, on_timeout, x)))
-        goto nomem;
-    struct timeval tv = {x->timeout_ms / 1000, (x->timeout_ms % 1000) * 1000};
-    evtimer_add(x->timer, &tv);
+        goto nomem; /* armed by the connection's first step for it (xfer_progress) */
     x->next = h->xfers;
     if (h->xfers)
         h->xfers->prev = x;

@@ -204,6 +204,8 @@ static esim_err post_to(lpa_op *op, const char *fn, json_t *body, sim_http_cb cb
                             .body = b.data,
                             .body_len = b.len,
                             .ca_file = op->ca_file,
+                            /* 20 s without progress once its connection
+                             * starts on it (sim_http_request) */
                             .timeout_ms = 20000};
     rc = link_send(op->link, op->h, &req, cb ? cb : ignore_answer, cb ? arg : op->link, err);
     esim_buf_free(&b);

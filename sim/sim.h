@@ -294,7 +294,13 @@ typedef struct {
     size_t n_headers;
     const void *body; /* copied; may be NULL */
     size_t body_len;
-    long timeout_ms;     /* 0 = 30 s */
+    /* How long the request may go with no progress on its connection (0 =
+     * 30 s): counted from when a connection starts on it, not from this
+     * call (a slowed simulator's loop may hold it longer than that before
+     * it goes out), and again from each step since (connected, handshake,
+     * bytes written or read); a server that stops answering still fails
+     * it this long after its last step. */
+    long timeout_ms;
     const char *ca_file; /* trust anchor for https; NULL = system */
     /* TLS client authentication, sent when a full handshake asks for it:
      * the certificate's DER (copied; NULL: none), the CA certificate sent

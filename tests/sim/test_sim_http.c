@@ -4,7 +4,9 @@
  * the SM-DP+ may send: a Content-Length body, a chunked one, an interim
  * 100, a body ended by the close, Connection: close, a kept connection the
  * server closed before the next request (sent again on a new one), a
- * server that never answers (timeout), an IPv6 literal; and which
+ * server that never answers (timeout), a slowed loop whose steps are late
+ * but none stalls (no timeout: it counts from the connection's last step),
+ * an IPv6 literal; and which
  * connections carry what: the pool (requests on no device's behalf) reuses
  * one, private connections are their own, also when freed in flight.
  */
@@ -18,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "tests/sim/sim_test.h"
 
@@ -329,6 +332,45 @@ static void test_failures(void **state)
     esim_buf_free(&p.body);
 }
 
+static void hold_loop(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* A slowed simulator (callgrind): the loop is held longer than the
+ * request's timeout before its connection starts, and again after each of
+ * its steps, while the server answers at once. The timeout counts from the
+ * connection's last step, so the request gets its answer; a server that
+ * says nothing still times out (test_failures). */
+static void test_timeout_counts_from_progress(void **state)
+{
+    client *c = *state;
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/len", srv.port);
+    sim_http_request req = {.method = "GET", .url = url, .timeout_ms = 300};
+    /* Held before the first step: a queue of work ahead of it. */
+    st_reply w = {0};
+    assert_int_equal(sim_http_send(c->h, &req, st_reply_cb, &w, NULL), ESIM_OK);
+    hold_loop(700);
+    st_run_until(c->base, &w.done);
+    expect(w, 200, "hello");
+    /* Held after every turn of the loop: each step is late, none stalls. */
+    st_reply v = {0};
+    sim_http_conn *own = NULL;
+    assert_int_equal(sim_http_conn_new(&own, NULL), ESIM_OK);
+    req.conn = own; /* a connection of its own: connect, send, read all held */
+    assert_int_equal(sim_http_send(c->h, &req, st_reply_cb, &v, NULL), ESIM_OK);
+    for (int k = 0; k < 20 && !v.done; k++) {
+        hold_loop(700);
+        event_base_loop(c->base, EVLOOP_ONCE);
+    }
+    assert_true(v.done);
+    expect(v, 200, "hello");
+    sim_http_conn_free(own);
+}
+
 static void test_ipv6_literal(void **state)
 {
     (void)state;
@@ -363,6 +405,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_private_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_counts_from_progress, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6_literal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
