@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "campaign/campaign_internal.h"
+#include "campaign/platform.h"
 
 typedef struct {
     json_t *checks;
@@ -83,34 +84,124 @@ static void chain_words(const char *json, char *out, size_t len, int64_t *code)
     json_decref(arr);
 }
 
+/* The number a Get of the node ending in |leaf| read in this answer (its
+ * item answered 200 with data), with that item; -1 when it read none. */
+static long read_node(json_t *items, const char *leaf, json_t **item)
+{
+    size_t ll = strlen(leaf), i;
+    json_t *it;
+    json_array_foreach(items, i, it)
+    {
+        const char *t = json_string_value(json_object_get(it, "target"));
+        const char *v = json_string_value(json_object_get(it, "data"));
+        size_t tl = t ? strlen(t) : 0;
+        if (tl < ll || strcmp(t + tl - ll, leaf) != 0 ||
+            json_integer_value(json_object_get(it, "code")) != 200 || !v || !*v)
+            continue;
+        char *e = NULL;
+        long n = strtol(v, &e, 10);
+        if (*e || n < 0)
+            continue;
+        *item = it;
+        return n;
+    }
+    return -1;
+}
+
+/* snprintf into |out|, cut to |len| (words may be cut: never an error). */
+static void put_words(char *out, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void put_words(char *out, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, len, fmt, ap);
+    va_end(ap);
+}
+
+static const char *item_text(json_t *it, const char *key, const char *none)
+{
+    const char *v = json_string_value(json_object_get(it, key));
+    return v ? v : none;
+}
+
+/* An item's node under its eUICC, "…/DownloadServers/FQDN/DiscoveryState"
+ * (the EID is the diagnosis's expected_eid), or the whole LocURI. */
+static const char *node_under_euicc(json_t *it, char *buf, size_t len)
+{
+    const char *t = item_text(it, "target", "");
+    const char *e = strstr(t, "eUICCs/");
+    const char *rest = e ? strchr(e + 7, '/') : NULL;
+    if (!rest)
+        return t;
+    put_words(buf, len, "…%s", rest);
+    return buf;
+}
+
 /* A Windows answer in words: the first item that failed ("Add
  * …/MatchingID answered 405, HRESULT 0x86000002"), or "" when every item
- * succeeded. */
+ * succeeded. A verification's Gets say why a node is missing: when the
+ * same answer read DiscoveryState 4 (discovery at the SM-DP+ failed, so
+ * no profile node: its State and ErrorDetail answer 404) or State 4, the
+ * words lead with that reading (and the ErrorDetail read with it), then
+ * name the item that failed; any other DiscoveryState or ErrorDetail read
+ * follows the failed item. */
 static void syncml_words(json_t *items, char *out, size_t len, int64_t *code)
 {
     out[0] = '\0';
     size_t i;
-    json_t *it;
+    json_t *it, *bad = NULL;
     json_array_foreach(items, i, it)
     {
         json_int_t c = json_integer_value(json_object_get(it, "code"));
-        if (c >= 200 && c <= 299)
-            continue;
-        const char *h = json_string_value(json_object_get(it, "hresult"));
-        snprintf(out, len, "%s %s answered %lld%s%s%s",
-                 json_string_value(json_object_get(it, "cmd"))
-                     ? json_string_value(json_object_get(it, "cmd"))
-                     : "?",
-                 json_string_value(json_object_get(it, "target"))
-                     ? json_string_value(json_object_get(it, "target"))
-                     : "",
-                 (long long)c,
-                 c == 405   ? " (not allowed on this node)"
-                 : c == 404 ? " (no such node)"
-                            : "",
-                 h ? ", HRESULT " : "", h ? h : "");
-        *code = c;
+        if (c < 200 || c > 299) {
+            bad = it;
+            break;
+        }
+    }
+    if (!bad)
         return;
+    json_int_t c = json_integer_value(json_object_get(bad, "code"));
+    const char *h = json_string_value(json_object_get(bad, "hresult"));
+    json_t *ds_it = NULL, *st_it = NULL, *ed_it = NULL;
+    long ds = read_node(items, "/DiscoveryState", &ds_it);
+    long st = read_node(items, "/State", &st_it);
+    long ed = read_node(items, "/ErrorDetail", &ed_it);
+    /* Led by a reading, its nodes are named under the eUICC: the words
+     * stay short enough for the commands check and the conclusion. */
+    bool reading = st == 4 || (ds == 4 && st != 2);
+    char failed[300], bad_node[200];
+    put_words(failed, sizeof failed, "%s %s answered %lld%s%s%s", item_text(bad, "cmd", "?"),
+              reading ? node_under_euicc(bad, bad_node, sizeof bad_node)
+                      : item_text(bad, "target", ""),
+              (long long)c,
+              c == 405   ? " (not allowed on this node)"
+              : c == 404 ? " (no such node)"
+                         : "",
+              h ? ", HRESULT " : "", h ? h : "");
+    *code = c;
+    char detail[80] = "";
+    if (ed >= 0)
+        put_words(detail, sizeof detail, "ErrorDetail %ld %s", ed,
+                  campaign_windows_error_detail(ed));
+    static const char *const dstates[] = {"?", "Requested", "Executing", "Completed", "Failed"};
+    char node[200];
+    if (st == 4) {
+        put_words(out, len, "State 4 (Error)%s%s, read by Get %s; also %s", detail[0] ? ", " : "",
+                  detail, node_under_euicc(st_it, node, sizeof node), failed);
+        *code = ed >= 0 ? ed : 4;
+    } else if (ds == 4 && st != 2) {
+        put_words(out, len,
+                  "DiscoveryState 4 (Failed): discovery at the SM-DP+ failed, nothing released "
+                  "for this EID or the server unreachable%s%s, read by Get %s; so %s%s",
+                  detail[0] ? ", " : "", detail, node_under_euicc(ds_it, node, sizeof node), failed,
+                  c == 404 ? ": discovery made no profile" : "");
+        *code = 4;
+    } else {
+        char dsw[48] = "";
+        if (ds >= 0)
+            put_words(dsw, sizeof dsw, "; DiscoveryState %ld (%s)", ds, dstates[ds < 5 ? ds : 0]);
+        put_words(out, len, "%s%s%s%s", failed, dsw, detail[0] ? "; " : "", detail);
     }
 }
 
@@ -503,6 +594,10 @@ static esim_err diagnose_build(campaigns *cs, const diag_read *in, json_t **out,
         if (bad && (!cd || campaign_dev_state_final((campaign_dev_state)cd->state)))
             windows_failure(&d, ve.detail);
     }
+    /* The campaign's own reason first: the verification's words in short
+     * (the commands check has the answer's whole reading). */
+    if (windows && cd && cd->state == CDEV_FAILED && cd->reason)
+        windows_failure(&d, cd->reason);
     if (windows && last_error[0] && (!cd || cd->state == CDEV_FAILED))
         windows_failure(&d, last_error);
     if (cd && cd->not_now)

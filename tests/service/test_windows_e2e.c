@@ -7,7 +7,8 @@
  * profile the operator did not release failed with its ErrorDetail in
  * words, discovery with AutoEnable, LocalUIEnabled, reset), the Windows
  * diagnosis, WNS channel expiry (410) and re-registration, a campaign
- * whose PCs get their eSIM through the Windows adapter, `esim-mdm windows`
+ * whose PCs get their eSIM through the Windows adapter, the diagnosis of a
+ * campaign's PC whose discovery failed (no order), `esim-mdm windows`
  * (the CLI of these routes), and a restart of the service in the middle of
  * a verification.
  */
@@ -25,7 +26,7 @@
 #include "tests/sim/sim_test.h"
 #include "wns/wns_mock.h"
 
-#define NPC 5
+#define NPC 6
 #define SEED 777
 
 static struct {
@@ -458,6 +459,81 @@ static void test_campaign_on_windows(void **state)
     json_decref(s);
 }
 
+/* The demo's PCs made to fail: the operator has no order for the PC's EID
+ * on the SM-DP+ (FAULT_NO_ORDER in cli/cmd_demo.c), while its activation
+ * code (EID, ICCID) is imported, so the campaign's verification Gets the
+ * expected profile's State and ErrorDetail (404: discovery made no profile
+ * node) and the server's DiscoveryState (4). The diagnosis names that
+ * reading in the verification command's words, not only the first item
+ * that failed ("Get …/State answered 404"). */
+static void test_campaign_discovery_failed_diagnosis(void **state)
+{
+    (void)state;
+    char iccid[SIM_ICCID_MAX + 1], body[700];
+    st_iccid(900, iccid);
+    snprintf(body, sizeof body, "%s,LPA:1$127.0.0.1$DEMO-000006,%s\n", fx.eid[5], iccid);
+    json_t *j = NULL;
+    assert_int_equal(api_call(fx.ts.url, TEST_TOKEN, "POST", "/v1/import/activation-codes", body,
+                              "text/csv", &j),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(j, "imported")), 1);
+    json_decref(j);
+    snprintf(body, sizeof body,
+             "{\"name\":\"no order\",\"steps\":[\"profile\",\"refresh\",\"verify\"],"
+             "\"smdp_url\":\"https://%s\",\"target\":{\"udids\":[\"%s\"]},\"settings\":"
+             "{\"retry_base_s\":0.3,\"retry_max_s\":1,\"max_retries\":12,"
+             "\"verify_attempts\":3},\"policy\":{\"esim_modification\":\"deny\"}}",
+             fx.smdp_name, fx.id[5]);
+    json_t *c = post_json("/v1/campaigns", body, 201);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/campaigns/%s", json_string_value(json_object_get(c, "id")));
+    json_decref(c);
+    json_t *s = NULL;
+    for (int k = 0; k < 300; k++) {
+        json_decref(s);
+        s = get_json(path);
+        const char *st = json_string_value(json_object_get(s, "state"));
+        if (st && strcmp(st, "finished") == 0)
+            break;
+        pump(100);
+    }
+    json_t *w = json_object_get(json_object_get(s, "by_platform"), "windows");
+    assert_int_equal(json_integer_value(json_object_get(w, "failed")), 1);
+    json_decref(s);
+
+    snprintf(path, sizeof path, "/v1/devices/%s/diagnosis", fx.id[5]);
+    json_t *diag = get_json(path);
+    assert_non_null(diag);
+    assert_string_equal(json_string_value(json_object_get(diag, "kind")), "nothing_released");
+    assert_non_null(strstr(json_string_value(json_object_get(diag, "conclusion")),
+                           "discovery at the SM-DP+ failed (DiscoveryState 4)"));
+    /* The verification's words: the DiscoveryState it read, then the 404
+     * that follows from it; no command's words stop at the 404. */
+    bool read_discovery = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(diag, "commands"), i, e)
+    {
+        const char *words = json_string_value(json_object_get(e, "error"));
+        if (!words)
+            continue;
+        if (strstr(words, "/State answered 404"))
+            assert_non_null(strstr(words, "DiscoveryState 4 (Failed)"));
+        read_discovery |=
+            strncmp(words, "DiscoveryState 4 (Failed): discovery at the SM-DP+ failed", 57) == 0 &&
+            strstr(words, "/DiscoveryState; so Get ") != NULL;
+    }
+    assert_true(read_discovery);
+    /* The commands check says it too. */
+    json_array_foreach(json_object_get(diag, "checks"), i, e)
+    {
+        if (strcmp(json_string_value(json_object_get(e, "name")), "commands") == 0)
+            assert_non_null(strstr(json_string_value(json_object_get(e, "detail")),
+                                   "answered DiscoveryState 4 (Failed)"));
+    }
+    json_decref(diag);
+}
+
 /* One campaign for an iPhone and a PC together: each gets its platform's
  * command (RefreshCellularPlans; DownloadServers with AutoEnable), and the
  * summary shows progress per platform. */
@@ -710,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_wns_expiry_and_reregistration),
         cmocka_unit_test(test_wns_sessions_resume),
         cmocka_unit_test(test_campaign_on_windows),
+        cmocka_unit_test(test_campaign_discovery_failed_diagnosis),
         cmocka_unit_test(test_mixed_campaign),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_verification_survives_restart),
