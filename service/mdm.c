@@ -346,11 +346,19 @@ static void mdm_job_go(esim_service *svc, mdm_job *j)
     pool_run(svc, &j->job);
 }
 
+/* The UDID the logs name for the device request being handled (a parsed
+ * message's, so it fits: no snprintf for it twice a request). */
+static void dev_udid_set(esim_service *svc, const char *udid)
+{
+    _Static_assert(sizeof svc->dev_udid == sizeof((esim_msg *)0)->udid, "a message's UDID fits");
+    memcpy(svc->dev_udid, udid, strlen(udid) + 1);
+}
+
 /* The device request of |j| is the one being handled (logs name it). */
 static void mdm_job_enter(esim_service *svc, mdm_job *j)
 {
     svc->dev_req = j->req;
-    snprintf(svc->dev_udid, sizeof svc->dev_udid, "%s", j->msg.udid);
+    dev_udid_set(svc, j->msg.udid);
 }
 
 static void checkin_run(store *st, pool_job *pj)
@@ -589,8 +597,8 @@ static void result_done(esim_service *svc, pool_job *pj)
     svc_reply *held = NULL;
     if (out->next.present) {
         svc->m.commands_sent++;
-        http_reply(svc, req, M_ROUTE_MDM, 200, command_content_type(&out->next.body),
-                   out->next.body.data, out->next.body.len);
+        http_reply_take(svc, req, M_ROUTE_MDM, 200, command_content_type(&out->next.body),
+                        &out->next.body);
     } else {
         held = http_reply(svc, req, M_ROUTE_MDM, 200, NULL, NULL, 0);
     }
@@ -855,7 +863,7 @@ void mdm_handle(esim_service *svc, struct evhttp_request *req)
     }
     sanitize_text(&msg);
     if (svc->dev_req == req)
-        snprintf(svc->dev_udid, sizeof svc->dev_udid, "%s", msg.udid);
+        dev_udid_set(svc, msg.udid);
     /* The user channel (a message naming a UserID) is not managed: the
      * device's own channel must not take its tokens or answers. */
     if (msg.user_id[0] && msg.kind != ESIM_MSG_USER_AUTHENTICATE) {

@@ -80,9 +80,11 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (content_type)
         evhttp_add_header(h, "Content-Type", content_type);
-    struct evbuffer *out = evbuffer_new();
-    if (out && body && len)
-        evbuffer_add(out, body, len);
+    /* Straight into the request's own output buffer: evhttp sends that
+     * one, and a buffer of our own would be made, copied over and freed
+     * for every answer. */
+    if (body && len)
+        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
     const char *reason = code == 200   ? "OK"
                          : code == 201 ? "Created"
                          : code == 207 ? "Multi-Status"
@@ -100,9 +102,7 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
                          : code == 503 ? "Service Unavailable"
                          : code >= 500 ? "Internal Server Error"
                                        : "Status";
-    evhttp_send_reply(req, code, reason, out);
-    if (out)
-        evbuffer_free(out);
+    evhttp_send_reply(req, code, reason, NULL);
 }
 
 /* ---- batching and group commit ---------------------------------------------------
@@ -688,23 +688,34 @@ static void log_access(esim_service *svc, struct evhttp_request *req, int code, 
             "bytes", bytes, "peer", peer[0] ? peer : NULL, "key", who, "udid", udid, NULL);
 }
 
-svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
-                      const char *content_type, const void *body, size_t len)
+/* http_reply and http_reply_take: the answer of |req| counted and logged,
+ * then sent (NULL) or held for the group commit (its record, |body| moved
+ * into it when |take|, copied otherwise). */
+static svc_reply *reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                        const char *content_type, esim_buf *body, bool take)
 {
     int cls = code >= 500 ? M_CODE_5XX : code >= 400 ? M_CODE_4XX : M_CODE_2XX;
     svc->m.requests[route][cls]++;
     access_audit_note(svc, req, code, NULL);
     if (svc->cfg.access_log && svc_log_on(svc, ESIM_LOG_INFO))
-        log_access(svc, req, code, len);
+        log_access(svc, req, code, body->len);
     if (!svc->flush_ev) {
         if (code < 300 && is_write(req))
             svc_store_ok(svc); /* committed on its own already */
-        send_now(req, code, content_type, body, len);
+        send_now(req, code, content_type, body->data, body->len);
+        if (take)
+            esim_buf_free(body);
         return NULL;
     }
     svc_reply *r = calloc(1, sizeof *r);
-    if (!r || (len && esim_buf_append(&r->body, body, len) != ESIM_OK)) {
+    if (r && take) {
+        r->body = *body;
+        memset(body, 0, sizeof *body);
+    }
+    if (!r || (!take && body->len && esim_buf_append(&r->body, body->data, body->len) != ESIM_OK)) {
         free(r);
+        if (take)
+            esim_buf_free(body);
         send_now(req, 503, "text/plain", "out of memory\n", 14);
         return NULL;
     }
@@ -718,6 +729,19 @@ svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, 
         evtimer_add(svc->flush_ev, &now);
     }
     return r;
+}
+
+svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
+                      const char *content_type, const void *body, size_t len)
+{
+    esim_buf view = {.data = (unsigned char *)body, .len = body ? len : 0};
+    return reply(svc, req, route, code, content_type, &view, false);
+}
+
+svc_reply *http_reply_take(esim_service *svc, struct evhttp_request *req, int route, int code,
+                           const char *content_type, esim_buf *body)
+{
+    return reply(svc, req, route, code, content_type, body, true);
 }
 
 const unsigned char *http_body(struct evhttp_request *req, size_t *len)

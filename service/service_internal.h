@@ -357,6 +357,10 @@ struct esim_service {
  * sends it), NULL when it went at once. */
 struct svc_reply *http_reply(esim_service *svc, struct evhttp_request *req, int route, int code,
                              const char *content_type, const void *body, size_t len);
+/* As http_reply, with |body| taken (moved into the held answer, or sent
+ * and freed): |body| is left empty. */
+struct svc_reply *http_reply_take(esim_service *svc, struct evhttp_request *req, int route,
+                                  int code, const char *content_type, esim_buf *body);
 /* The request body as one contiguous block (NULL when empty); *len its size. */
 const unsigned char *http_body(struct evhttp_request *req, size_t *len);
 /* Constant-time comparison of two strings (lengths leak, contents do not). */
