@@ -355,6 +355,7 @@ enum {
     S_RELAY_EXPIRE,
     S_RELAY_GET,
     S_RELAY_DROP,
+    S_CAMP_DEV_UPDATE,
     S_COUNT
 };
 
@@ -430,7 +431,9 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_PUSH_STATE] = "UPDATE devices SET push_state = ?2, push_due_at = 0 WHERE udid = ?1",
     [S_DEV_DUE_SELECT] = "SELECT udid FROM devices WHERE push_due_at > 0 AND push_due_at <= ?1"
                          " ORDER BY push_due_at LIMIT ?2",
-    [S_DEV_DUE_CLEAR] = "UPDATE devices SET push_due_at = 0 WHERE udid = ?1",
+    /* A row with nothing owed is left as it is, not written again (a
+     * pushed device is nearly always one: ≈ 10,000 instructions a push). */
+    [S_DEV_DUE_CLEAR] = "UPDATE devices SET push_due_at = 0 WHERE udid = ?1 AND push_due_at <> 0",
     [S_Q_FIND] = "SELECT id, state FROM queue WHERE udid = ?1 AND command_uuid = ?2",
     [S_Q_ANSWER] =
         "UPDATE queue SET state = ?2, active = ?3, answered_at = ?4, updated_at = ?4,"
@@ -561,6 +564,14 @@ static const char *const statement_sql[S_COUNT] = {
         " deadline_ms = excluded.deadline_ms, last_push_ms = excluded.last_push_ms,"
         " push_state = excluded.push_state, command_uuid = excluded.command_uuid,"
         " reason = excluded.reason",
+    /* A record already in the store under the same UDID: every column but
+     * the key and the UDID, so the UDID's index entry stays as it is. */
+    [S_CAMP_DEV_UPDATE] =
+        "UPDATE campaign_devices SET eid = ?4, iccid = ?5, state = ?6, step = ?7, retries = ?8,"
+        " verify_tries = ?9, flags = ?10, pushes = ?11, not_now = ?12, changed_ms = ?13,"
+        " next_ms = ?14, deadline_ms = ?15, last_push_ms = ?16, push_state = ?17,"
+        " command_uuid = ?18, reason = ?19, platform = ?20"
+        " WHERE campaign = ?1 AND idx = ?2 AND udid = ?3",
     [S_CAMP_LIST] = "SELECT id, name, definition, state, created_ms, updated_ms, version,"
                     " pushes, commands"
                     " FROM campaigns ORDER BY created_ms, id",
@@ -1928,15 +1939,28 @@ static esim_err sq_campaign_command_put(store *base, const char *campaign_id,
                      (int64_t)cmd->step);
 }
 
+static esim_err camp_dev_write(sqlite_store *s, int id, const char *campaign_id,
+                               const store_campaign_device *d, esim_error *err)
+{
+    return exec_stmt(s, err, id, "titTTiiiiiiiiiiiiTti", campaign_id, (int64_t)d->index, d->udid,
+                     d->eid, d->iccid, (int64_t)d->state, (int64_t)d->step, (int64_t)d->retries,
+                     (int64_t)d->verify_tries, (int64_t)d->flags, (int64_t)d->pushes, d->not_now,
+                     d->changed_ms, d->next_ms, d->deadline_ms, d->last_push_ms,
+                     (int64_t)d->push_state, d->command_uuid, d->reason, (int64_t)d->platform);
+}
+
+/* A campaign's device records are written again at each of the device's
+ * steps, always under the UDID they were created with: an update that
+ * leaves the UDID's index entry alone (≈ 4,500 of the upsert's ≈ 21,000
+ * instructions), and the upsert when there is no such record. */
 static esim_err sq_campaign_device_put(store *base, const char *campaign_id,
                                        const store_campaign_device *d, esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_CAMP_DEV_PUT, "titTTiiiiiiiiiiiiTti", campaign_id,
-                     (int64_t)d->index, d->udid, d->eid, d->iccid, (int64_t)d->state,
-                     (int64_t)d->step, (int64_t)d->retries, (int64_t)d->verify_tries,
-                     (int64_t)d->flags, (int64_t)d->pushes, d->not_now, d->changed_ms, d->next_ms,
-                     d->deadline_ms, d->last_push_ms, (int64_t)d->push_state, d->command_uuid,
-                     d->reason, (int64_t)d->platform);
+    sqlite_store *s = (sqlite_store *)base;
+    esim_err rc = camp_dev_write(s, S_CAMP_DEV_UPDATE, campaign_id, d, err);
+    if (rc != ESIM_OK || sqlite3_changes(s->db) > 0)
+        return rc;
+    return camp_dev_write(s, S_CAMP_DEV_PUT, campaign_id, d, err);
 }
 
 /* A growing array of |size|-byte records: room for one more at *arr + *n. */

@@ -453,6 +453,13 @@ static void test_anomalies_and_not_now(void **state)
     assert_int_equal(ss.reachable, 1); /* U1's token is dead */
     assert_int_equal(ss.queue_by_state[STORE_Q_CANCELED], 1);
     assert_int_equal(ss.queue_by_state[STORE_Q_QUEUED], 1);
+    /* A push sent pays what the device was owed (and one owed nothing
+     * stays so). */
+    assert_int_equal(esim_store_device_owe_push(st, "U2", 2000, NULL), ESIM_OK);
+    assert_int_equal(esim_store_push_recorded(st, "U2", false, 1500, NULL), ESIM_OK);
+    assert_int_equal(esim_store_push_recorded(st, "U2", false, 1501, NULL), ESIM_OK);
+    assert_int_equal(esim_store_push_due(st, 3000, due, 4, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 0);
     esim_store_close(st);
 }
 
@@ -1314,6 +1321,56 @@ static void test_campaign_records(void **state)
     free(cl);
     assert_int_equal(esim_store_campaign_devices(st, "camp-0", &d, &n, NULL), ESIM_OK);
     assert_int_equal(n, 0);
+    /* A record saved again takes every field of the new one; one saved
+     * under another UDID at the same index is that UDID's from then on. */
+    store_campaign_device again = {.index = 0,
+                                   .udid = "U1",
+                                   .eid = "89049032000000000000000000000009",
+                                   .iccid = "8901000000000000009",
+                                   .state = 3,
+                                   .step = 2,
+                                   .retries = 4,
+                                   .verify_tries = 5,
+                                   .flags = 6,
+                                   .pushes = 7,
+                                   .not_now = 8,
+                                   .changed_ms = 9,
+                                   .next_ms = 10,
+                                   .deadline_ms = 11,
+                                   .last_push_ms = 12,
+                                   .push_state = 2,
+                                   .command_uuid = "cmd-c",
+                                   .reason = "again",
+                                   .platform = 2};
+    store_campaign_device moved = {.index = 1, .udid = "U3", .state = 6};
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", NULL, NULL, 0, &again, 1, 400, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_campaign_save(st, "camp-1", NULL, NULL, 0, &moved, 1, 400, NULL),
+                     ESIM_OK);
+    assert_int_equal(esim_store_campaign_devices(st, "camp-1", &d, &n, NULL), ESIM_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(d[0].udid, "U1");
+    assert_string_equal(d[0].eid, again.eid);
+    assert_string_equal(d[0].iccid, again.iccid);
+    assert_int_equal(d[0].state, 3);
+    assert_int_equal(d[0].step, 2);
+    assert_int_equal(d[0].retries, 4);
+    assert_int_equal(d[0].verify_tries, 5);
+    assert_int_equal(d[0].flags, 6);
+    assert_int_equal(d[0].pushes, 7);
+    assert_int_equal(d[0].not_now, 8);
+    assert_int_equal(d[0].changed_ms, 9);
+    assert_int_equal(d[0].next_ms, 10);
+    assert_int_equal(d[0].deadline_ms, 11);
+    assert_int_equal(d[0].last_push_ms, 12);
+    assert_int_equal(d[0].push_state, 2);
+    assert_string_equal(d[0].command_uuid, "cmd-c");
+    assert_string_equal(d[0].reason, "again");
+    assert_int_equal(d[0].platform, 2);
+    assert_string_equal(d[1].udid, "U3");
+    assert_int_equal(d[1].state, 6);
+    assert_int_equal(d[1].platform, 0);
+    esim_store_campaign_devices_free(d, n);
     esim_store_close(st);
 }
 
