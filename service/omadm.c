@@ -1772,9 +1772,10 @@ static esim_err syncml_enqueue_on(const esim_service *svc, store *st, const char
     omadm_msg_free(&check);
     if (rc != ESIM_OK)
         return rc;
+    /* The platform only: the push facts' narrow read, not the whole row. */
     for (size_t i = 0; i < n; i++) {
-        store_device d;
-        rc = esim_store_device_get(st, udids[i], &d, NULL);
+        store_push_target d;
+        rc = esim_store_push_target(st, udids[i], &d, NULL);
         if (rc == ESIM_OK && strcmp(d.platform, "windows") != 0)
             return esim_fail(err, ESIM_EINVAL,
                              "device %s is an Apple device: SyncML commands go to Windows devices",

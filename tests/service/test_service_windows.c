@@ -652,6 +652,20 @@ static void test_apple_udid_refused(void **state)
     json_t *d = api_get(ts, "/v1/devices/00008110-0000000000000042");
     assert_string_equal(json_string_value(json_object_get(d, "platform")), "apple");
     json_decref(d);
+    /* Nor are SyncML commands queued for it: refused, nothing queued. */
+    json_t *j = NULL;
+    assert_int_equal(api_call(ts->url, TEST_TOKEN, "POST", "/v1/windows/commands",
+                              "{\"udids\":[\"00008110-0000000000000042\"],\"push\":false,"
+                              "\"uuid\":\"a-1\",\"syncml\":\"<Get><CmdID>a-1</CmdID><Item><Target>"
+                              "<LocURI>./DevDetail/SwV</LocURI></Target></Item></Get>\"}",
+                              "application/json", &j),
+                     400);
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+               "is an Apple device"));
+    json_decref(j);
+    assert_int_equal(api_call(ts->url, TEST_TOKEN, "GET", "/v1/commands/a-1", NULL, NULL, NULL),
+                     404);
     esim_buf_free(&reply);
     pc_free(&p);
     device_free(&dev);
