@@ -74,6 +74,7 @@ struct sim_device {
     sim_device_quirks quirks;
     bool reuse_identity_on_erase;
     bool dirty;
+    esim_status answered; /* the Status of the last answer built */
 };
 
 /* ---- creation and accessors --------------------------------------------------- */
@@ -316,16 +317,17 @@ const unsigned char *sim_device_identity_key(const sim_device *d)
 
 /* ---- answers ----------------------------------------------------------------------- */
 
-static esim_err build(const sim_device *d, esim_status st, const char *uuid,
+static esim_err build(sim_device *d, esim_status st, const char *uuid,
                       const esim_error_chain_entry *chain, size_t n, plist_t extra, esim_buf *out,
                       esim_error *err)
 {
     esim_buf_reset(out);
+    d->answered = st;
     return esim_msg_build_result(d->udid, st, uuid, chain, n, extra, ESIM_PLIST_XML, out, err);
 }
 
-static esim_err answer_error(const sim_device *d, const char *uuid, int64_t code,
-                             const char *domain, const char *text, esim_buf *out, esim_error *err)
+static esim_err answer_error(sim_device *d, const char *uuid, int64_t code, const char *domain,
+                             const char *text, esim_buf *out, esim_error *err)
 {
     esim_error_chain_entry e = {0};
     e.code = code;
@@ -335,7 +337,7 @@ static esim_err answer_error(const sim_device *d, const char *uuid, int64_t code
     return build(d, ESIM_STATUS_ERROR, uuid, &e, 1, NULL, out, err);
 }
 
-esim_err sim_device_not_now(const sim_device *d, const char *command_uuid, esim_buf *result,
+esim_err sim_device_not_now(sim_device *d, const char *command_uuid, esim_buf *result,
                             esim_error *err)
 {
     return build(d, ESIM_STATUS_NOT_NOW, command_uuid, NULL, 0, NULL, result, err);
@@ -576,16 +578,18 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
     memset(out, 0, sizeof *out);
     esim_cmd_parsed c = {0};
     esim_error perr;
+    esim_err rc;
     if (esim_cmd_parse(cmd, len, NULL, &c, &perr) != ESIM_OK) {
         raw_uuid(cmd, len, out->command_uuid, sizeof out->command_uuid);
         if (!out->command_uuid[0])
             snprintf(out->command_uuid, sizeof out->command_uuid, "unknown");
-        return build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, out->command_uuid, NULL, 0, NULL,
-                     &out->result, err);
+        rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, out->command_uuid, NULL, 0, NULL,
+                   &out->result, err);
+        out->status = d->answered;
+        return rc;
     }
     snprintf(out->command_uuid, sizeof out->command_uuid, "%s", c.command_uuid);
     const char *uuid = c.command_uuid, *type = c.request_type;
-    esim_err rc;
     if (d->quirks.locked) {
         /* Locked (or busy): the device does not keep the command; the
          * server must deliver it again later. */
@@ -626,11 +630,13 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
         rc = answer_error(d, uuid, 12021, "MCMDMErrorDomain", "Unknown command", &out->result, err);
     }
     esim_cmd_parsed_free(&c);
+    if (!out->download)
+        out->status = d->answered;
     return rc;
 }
 
-esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
-                                    const sim_download_result *r, esim_buf *result, esim_error *err)
+static esim_err finish_download(sim_device *d, const char *command_uuid,
+                                const sim_download_result *r, esim_buf *result, esim_error *err)
 {
     char msg[600];
     if (r->err == ESIM_OK) {
@@ -658,9 +664,7 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
                  msg);
         snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description, "%.500s",
                  msg);
-        esim_buf_reset(result);
-        return esim_msg_build_result(d->udid, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL,
-                                     ESIM_PLIST_XML, result, err);
+        return build(d, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL, result, err);
     }
     snprintf(msg, sizeof msg, "The cellular plan server could not be reached: %s", r->message);
     if (r->err != ESIM_EUNAVAIL)
@@ -684,9 +688,17 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
              url_words);
     snprintf(chain[1].us_english_description, sizeof chain[1].us_english_description, "%s",
              url_words);
-    esim_buf_reset(result);
-    return esim_msg_build_result(d->udid, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL,
-                                 ESIM_PLIST_XML, result, err);
+    return build(d, ESIM_STATUS_ERROR, command_uuid, chain, 2, NULL, result, err);
+}
+
+esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
+                                    const sim_download_result *r, esim_buf *result,
+                                    esim_status *status, esim_error *err)
+{
+    esim_err rc = finish_download(d, command_uuid, r, result, err);
+    if (status)
+        *status = d->answered;
+    return rc;
 }
 
 void sim_device_erase(sim_device *d, bool keep_esim)

@@ -479,18 +479,16 @@ static void send_result(req_ctx *ctx, esim_buf *result)
     }
 }
 
-static void count_status(sim_devsim *s, const esim_buf *result)
+/* Counts an answer by the Status the device put in it (known where the
+ * answer was built: nothing is parsed again). */
+static void count_status(sim_devsim *s, esim_status st)
 {
-    esim_msg m = {0};
-    if (esim_msg_parse(result->data, result->len, NULL, &m, NULL) == ESIM_OK) {
-        if (m.status == ESIM_STATUS_ACKNOWLEDGED)
-            s->stats.acknowledged++;
-        else if (m.status == ESIM_STATUS_NOT_NOW)
-            s->stats.not_now++;
-        else
-            s->stats.errors++;
-    }
-    esim_msg_free(&m);
+    if (st == ESIM_STATUS_ACKNOWLEDGED)
+        s->stats.acknowledged++;
+    else if (st == ESIM_STATUS_NOT_NOW)
+        s->stats.not_now++;
+    else
+        s->stats.errors++;
 }
 
 static void after_action_notifications(void *arg, size_t still);
@@ -542,7 +540,7 @@ static void handle_command(req_ctx *ctx, sim_http_response *r)
         start_download(ctx, o.esim_server_url);
         return;
     }
-    count_status(s, &o.result);
+    count_status(s, o.status);
     ctx->erase_after = o.erase;
     ctx->preserve_data_plan = o.preserve_data_plan;
     send_result(ctx, &o.result);
@@ -732,14 +730,15 @@ static void after_download(void *arg, const sim_download_result *r)
         s->stats.downloads_ok++;
     else
         s->stats.downloads_failed++;
-    if (sim_device_finish_download(d, ctx->uuid, r, &dc->result, NULL) != ESIM_OK) {
+    esim_status st = ESIM_STATUS_ERROR;
+    if (sim_device_finish_download(d, ctx->uuid, r, &dc->result, &st, NULL) != ESIM_OK) {
         esim_buf_free(&dc->result);
         free(dc);
         session_end(s, ctx->slot);
         free(ctx);
         return;
     }
-    count_status(s, &dc->result);
+    count_status(s, st);
     save_if_dirty(s, ctx->slot);
     /* Install and enable notifications go to the SM-DP+ before the device
      * reports back, so "Acknowledged" means the operator knows too. */

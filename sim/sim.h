@@ -626,6 +626,7 @@ typedef struct {
     char command_uuid[128];
     bool erase;              /* EraseDevice acknowledged: wipe once the answer is sent */
     bool preserve_data_plan; /* with |erase| */
+    esim_status status;      /* the Status |result| carries (unset when |download|) */
 } sim_cmd_outcome;
 
 void sim_cmd_outcome_free(sim_cmd_outcome *o); /* NULL ok */
@@ -643,14 +644,14 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
  * After the LPA finished for |command_uuid|: on success enables the new
  * profile (the enabled one is disabled) and answers Acknowledged; otherwise
  * answers Error with a chain naming the cause (36001..36003 or the SM-DP+
- * reason). |result| replaced.
+ * reason). |result| replaced; |status| (NULL ok) is the Status it carries.
  */
 esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
                                     const sim_download_result *r, esim_buf *result,
-                                    esim_error *err);
+                                    esim_status *status, esim_error *err);
 
 /* The answer to a command the device declines right now (NotNow). */
-esim_err sim_device_not_now(const sim_device *d, const char *command_uuid, esim_buf *result,
+esim_err sim_device_not_now(sim_device *d, const char *command_uuid, esim_buf *result,
                             esim_error *err);
 
 /* Wipes the device as EraseDevice or a user erase does: configuration

@@ -78,6 +78,8 @@ static void run(sim_device *d, const esim_cmd *cmd, sim_cmd_outcome *o, esim_msg
         assert_int_equal(esim_msg_parse(o->result.data, o->result.len, NULL, msg, &err), ESIM_OK);
         assert_string_equal(msg->udid, sim_device_udid(d));
         assert_string_equal(msg->command_uuid, cmd->command_uuid);
+        /* The outcome names the Status the answer carries (devsim's /stats counts it). */
+        assert_int_equal(o->status, msg->status);
     }
 }
 
@@ -353,9 +355,12 @@ static void test_commands(void **state)
     snprintf(dr.reason_code, sizeof dr.reason_code, "3.7");
     snprintf(dr.message, sizeof dr.message, "SM-DP+ refused: 8.2/3.7 profile already downloaded");
     esim_buf res = {0};
-    assert_int_equal(sim_device_finish_download(d, cmd.command_uuid, &dr, &res, &err), ESIM_OK);
+    esim_status st = ESIM_STATUS_ACKNOWLEDGED;
+    assert_int_equal(sim_device_finish_download(d, cmd.command_uuid, &dr, &res, &st, &err),
+                     ESIM_OK);
     assert_int_equal(esim_msg_parse(res.data, res.len, NULL, &m, &err), ESIM_OK);
     assert_int_equal(m.status, ESIM_STATUS_ERROR);
+    assert_int_equal(st, ESIM_STATUS_ERROR);
     assert_int_equal(m.error_chain_len, 2);
     assert_int_equal(m.error_chain[0].code, 36001);
     assert_non_null(strstr(m.error_chain[1].localized_description, "8.2/3.7"));
@@ -368,9 +373,11 @@ static void test_commands(void **state)
     assert_int_equal(sim_euicc_install(sim_device_euicc(d), &p, &r, NULL), ESIM_OK);
     sim_download_result ok = {.err = ESIM_OK};
     snprintf(ok.iccid, sizeof ok.iccid, "%s", p.iccid);
-    assert_int_equal(sim_device_finish_download(d, cmd.command_uuid, &ok, &res, &err), ESIM_OK);
+    assert_int_equal(sim_device_finish_download(d, cmd.command_uuid, &ok, &res, &st, &err),
+                     ESIM_OK);
     assert_int_equal(esim_msg_parse(res.data, res.len, NULL, &m, &err), ESIM_OK);
     assert_int_equal(m.status, ESIM_STATUS_ACKNOWLEDGED);
+    assert_int_equal(st, ESIM_STATUS_ACKNOWLEDGED);
     assert_string_equal(sim_euicc_enabled(sim_device_euicc(d))->iccid, p.iccid);
     esim_msg_free(&m);
     esim_buf_free(&res);
@@ -426,6 +433,7 @@ static void test_commands(void **state)
     assert_int_equal(m.status, ESIM_STATUS_ERROR);
     assert_int_equal(m.error_chain[0].code, 12021);
     assert_string_equal(m.error_chain[0].domain, "MCMDMErrorDomain");
+    assert_int_equal(o.status, m.status);
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
     /* InstallProfile whose Payload is not a profile: Error, nothing installed. */
@@ -439,6 +447,7 @@ static void test_commands(void **state)
     assert_int_equal(m.status, ESIM_STATUS_ERROR);
     assert_string_equal(m.error_chain[0].domain, "MCProfileErrorDomain");
     assert_int_equal(sim_device_profile_count(d), before);
+    assert_int_equal(o.status, m.status);
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
     const char *bad = "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>CommandUUID</key>"
@@ -447,6 +456,7 @@ static void test_commands(void **state)
     assert_int_equal(esim_msg_parse(o.result.data, o.result.len, NULL, &m, &err), ESIM_OK);
     assert_int_equal(m.status, ESIM_STATUS_COMMAND_FORMAT_ERROR);
     assert_string_equal(m.command_uuid, "u-2");
+    assert_int_equal(o.status, m.status);
     esim_msg_free(&m);
     sim_cmd_outcome_free(&o);
     sim_device_free(d);
