@@ -296,6 +296,10 @@ esim_err sim_euicc_cert_der(const sim_euicc *e, const esim_buf **euicc, const es
  * sim_winpc_identity returned, for TLS client authentication. */
 const unsigned char *sim_device_identity_key(const sim_device *d);
 const unsigned char *sim_winpc_identity_key(const sim_winpc *pc);
+/* Tests: read every server message with libxml2 alone (true), or with the
+ * plain-XML scanner first (false, the default), to compare the two; returns
+ * how many messages the scanner has read in this process so far. */
+size_t sim_winpc_xml_reader_for_tests(bool libxml2_only);
 /* Appends the PEM form of the DER certificate |der| to |out|. */
 esim_err sim_pem_append(esim_buf *out, const esim_buf *der);
 /* ---- DER the simulator writes itself (der.c) ---- */

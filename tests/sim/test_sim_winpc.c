@@ -647,6 +647,141 @@ static void test_atomic(void **state)
     end(&s);
 }
 
+/* The two readers of a server's message (the plain-XML scanner, libxml2)
+ * give the same answer, byte for byte, to plain messages, to XML the scanner
+ * hands over (comments, CDATA, references, prefixes, a DOCTYPE, CR LF,
+ * non-ASCII) and to malformed XML; the scanner reads the plain ones itself. */
+static void test_two_readers(void **state)
+{
+    (void)state;
+#define HDR                                                                                        \
+    "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD><VerProto>DM/1.2</VerProto>"  \
+    "<SessionID>1</SessionID><MsgID>1</MsgID><Target><LocURI>PC</LocURI></Target><Source>"         \
+    "<LocURI>" URL "?a=1&amp;b=2</LocURI></Source></SyncHdr><SyncBody><Status><CmdID>1</CmdID>"    \
+    "<MsgRef>1</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><Data>200</Data></Status>"
+#define EU "./Device/Vendor/MSFT/eUICCs/"
+#define POL "/Policies/LocalUIEnabled"
+#define GET(id, uri)                                                                               \
+    "<Get><CmdID>" id "</CmdID><Item><Target><LocURI>" uri "</LocURI></Target></Item></Get>"
+#define REPL(id, uri, data)                                                                        \
+    "<Replace><CmdID>" id "</CmdID><Item><Target><LocURI>" uri "</LocURI></Target><Meta><Format "  \
+    "xmlns=\"syncml:metinf\">bool</Format></Meta><Data>" data "</Data></Item></Replace>"
+#define TAIL "<Final/></SyncBody></SyncML>"
+    static const struct {
+        const char *msg;
+        bool scanned; /* the scanner reads it itself */
+    } cases[] = {
+        {"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" HDR GET("a&lt;1&gt;", EU "%s")
+             GET("b", "./DevInfo/Man") REPL("c", EU "%s" POL, "false") TAIL "\n",
+         true},
+        {HDR GET("&quot;q&apos;",
+                 EU "Default" POL) "<Get><CmdID>d</CmdID><Item><Target><LocURI>./DevInfo/Man</"
+                                   "LocURI></Target><Meta/></Item></Get>" TAIL,
+         true},
+        {"<?xml version='1.0' standalone='yes' ?>" HDR "\n\t<Get>\n <CmdID>e</CmdID>\n "
+         "<Item><Target><LocURI>\n./DevInfo/Mod</LocURI></Target></Item></Get>\n" REPL(
+             "f", EU "%s" POL, " true ") "<Final />"
+                                         "</SyncBody ></SyncML>",
+         true},
+        {HDR REPL("g&amp;", EU "%s" POL, "fal&amp;se")
+             REPL("h", "Device/Vendor/MSFT/eUICCs/%s" POL, "true") TAIL,
+         true},
+        {HDR REPL("i", EU "%s" POL, "tr<!-- c -->ue") TAIL, false},
+        {HDR REPL("j", EU "%s" POL, "<![CDATA[false]]>") TAIL, false},
+        {HDR REPL("k", EU "%s" POL, "&#102;alse") GET("&#x6c;", EU "%s") TAIL, false},
+        {HDR "<Get><CmdID>l</CmdID><Item><Target><m:LocURI "
+             "xmlns:m=\"x\">./DevInfo/Lang</m:LocURI></Target></Item></Get>" TAIL,
+         false},
+        {"<!DOCTYPE SyncML [<!ENTITY f \"false\">]>" HDR REPL("m", EU "%s" POL, "&f;") TAIL, false},
+        {HDR "\r\n" GET("n", "./DevInfo/Man\r\n") TAIL, false},
+        {HDR REPL("o", EU "%s" POL, "fals\xc3\xa9") TAIL, false},
+        {"\xef\xbb\xbf" HDR GET("p", "./DevInfo/Man") TAIL, false},
+        {"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>" HDR GET("q\xe9", "./DevInfo/Man") TAIL,
+         false},
+        {HDR "<Get a=\"1\"><CmdID>r</CmdID></Get>" TAIL, false},
+        {HDR GET("s", "./DevInfo/Man") TAIL "<!-- end -->", false},
+        {HDR
+         "<Data><A><B><C><D><E><F><G><H><I><J><K><L><M><N><O><P><Q><R><S><T><U><V><W><X><Y><Z>"
+         "<A><B><C><D><E><F><G><H><I><J><K><L><M><N><O><P><Q><R><S><T><U><V><W><X><Y><Z>"
+         "<A><B><C><D><E><F><G><H><I><J><K><L>x</L></K></J></I></H><G/></G></F></E></D></C></B></A>"
+         "</Z></Y></X></W></V></U></T></S></R></Q></P></O></N></M></L></K></J></I></H></G></F></"
+         "E></D></C></B></A>"
+         "</Z></Y></X></W></V></U></T></S></R></Q></P></O></N></M></L></K></J></I></H></G></F></"
+         "E></D></C></B></A>"
+         "</Data>" TAIL,
+         false},
+        /* malformed */
+        {HDR GET("t", "./DevInfo/Man") "</SyncBody></SyncMl>", false},
+        {HDR GET("u", "./DevInfo/&nbsp;") TAIL, false},
+        {HDR REPL("v", EU "%s" POL, "a]]>b") TAIL, false},
+        {HDR "<Get xmlns=\"a<b\"><CmdID>w</CmdID></Get>" TAIL, false},
+        {HDR TAIL "<SyncML/>", false},
+        {HDR TAIL "junk", false},
+        {HDR GET("x", "./DevInfo/Man"), false},
+        {HDR GET("y", "./DevInfo/\x01Man") TAIL, false},
+        {HDR GET("z", "./DevInfo/\xffMan") TAIL, false},
+        {"<?xml version=\"1.1\"?>" HDR GET("A", "./DevInfo/Man") TAIL, false},
+        {" <?xml version=\"1.0\"?>" HDR GET("B", "./DevInfo/Man") TAIL, false},
+        {HDR "<Get><CmdID>C</CmdID><1tem/></Get>" TAIL, false},
+        {HDR "<Get xmlns=\"a\" xmlns=\"b\"><CmdID>D</CmdID></Get>" TAIL, false},
+        {HDR "<Get xmlns=\"a\"xmlns:b=\"b\"><CmdID>E</CmdID></Get>" TAIL, false},
+        {HDR "<Get><CmdID>F</CmdID></Get >< /SyncBody></SyncML>", false},
+        {HDR "<Get><CmdID>G &amp</CmdID></Get>" TAIL, false},
+    };
+    char eid[ESIM_EID_LEN + 1];
+    st_eid(40, eid);
+    sim_winpc_spec spec = {.device_id = "PC", .eid = eid};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char msg[8192];
+        size_t n = 0; /* each %s is the EID */
+        for (const char *c = cases[i].msg; *c && n + sizeof eid < sizeof msg; c++) {
+            if (c[0] == '%' && c[1] == 's') {
+                memcpy(msg + n, eid, strlen(eid));
+                n += strlen(eid);
+                c++;
+            } else {
+                msg[n++] = *c;
+            }
+        }
+        msg[n] = '\0';
+        esim_buf out[2] = {{0}}, start = {0};
+        bool done[2];
+        esim_err rc[2];
+        char got[2][64];
+        size_t scanned_before = sim_winpc_xml_reader_for_tests(false);
+        for (int k = 0; k < 2; k++) {
+            sim_winpc *pc;
+            assert_int_equal(sim_winpc_new(fx.pki, &spec, &pc, NULL), ESIM_OK);
+            assert_int_equal(sim_winpc_session_start(pc, URL, false, &start, NULL), ESIM_OK);
+            sim_winpc_xml_reader_for_tests(k == 1);
+            rc[k] = sim_winpc_session_reply(pc, msg, strlen(msg), &out[k], &done[k], NULL);
+            esim_buf v = {0};
+            snprintf(got[k], sizeof got[k], "%s",
+                     sim_winpc_get(pc, EU "Default" POL, &v) == ESIM_OK ? (char *)v.data : "?");
+            esim_buf_free(&v);
+            sim_winpc_free(pc);
+        }
+        size_t scanned = sim_winpc_xml_reader_for_tests(false) - scanned_before;
+        if (rc[0] != rc[1] || done[0] != done[1] || out[0].len != out[1].len ||
+            (out[0].len && memcmp(out[0].data, out[1].data, out[0].len) != 0) ||
+            strcmp(got[0], got[1]) != 0 || scanned != (cases[i].scanned ? 1u : 0u))
+            fail_msg("case %zu: rc %d/%d, done %d/%d, LocalUIEnabled %s/%s, scanned %zu\n"
+                     "scanner: %.*s\nlibxml2: %.*s",
+                     i, rc[0], rc[1], done[0], done[1], got[0], got[1], scanned, (int)out[0].len,
+                     out[0].len ? (char *)out[0].data : "", (int)out[1].len,
+                     out[1].len ? (char *)out[1].data : "");
+        esim_buf_free(&out[0]);
+        esim_buf_free(&out[1]);
+        esim_buf_free(&start);
+    }
+#undef HDR
+#undef EU
+#undef POL
+#undef GET
+#undef REPL
+#undef TAIL
+}
+
 static void test_persistence(void **state)
 {
     (void)state;
@@ -729,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_profile_lifecycle),
         cmocka_unit_test(test_discovery_and_policy),
         cmocka_unit_test(test_atomic),
+        cmocka_unit_test(test_two_readers),
         cmocka_unit_test(test_persistence),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
