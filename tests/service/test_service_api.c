@@ -556,6 +556,73 @@ static void test_store_sync_modes(void **state)
     }
 }
 
+/* ---- the Date header: one per answer, in RFC 1123 form ---- */
+
+typedef struct {
+    int dates;
+    char date[64];
+} date_seen;
+
+static size_t date_header_cb(char *line, size_t size, size_t n, void *arg)
+{
+    date_seen *d = arg;
+    size_t len = size * n;
+    if (len > 6 && strncasecmp(line, "Date: ", 6) == 0) {
+        d->dates++;
+        snprintf(d->date, sizeof d->date, "%.*s", (int)(len - 8 > 60 ? 60 : len - 8), line + 6);
+    }
+    return len;
+}
+
+static size_t discard_cb(char *data, size_t size, size_t n, void *arg)
+{
+    (void)data;
+    (void)arg;
+    return size * n;
+}
+
+/* Each answer names its time once, as evhttp would (the service writes
+ * the header itself from a text kept per second), whatever answers it:
+ * /healthz, an API error, the device endpoint (an unsigned message,
+ * refused). */
+static void test_answers_carry_one_date(void **state)
+{
+    (void)state;
+    test_service ts = {0};
+    esim_service_config cfg;
+    harness_config(&env, "date", &cfg, ts.data_dir);
+    cfg.store_sync = STORE_SYNC_GROUP;
+    harness_start(&ts, &cfg);
+    const char *paths[] = {"/healthz", "/v1/no-such-thing", "/mdm"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        CURL *h = curl_easy_init();
+        char full[256];
+        snprintf(full, sizeof full, "%s%s", ts.url, paths[i]);
+        date_seen d = {0};
+        curl_easy_setopt(h, CURLOPT_URL, full);
+        if (strcmp(paths[i], "/mdm") == 0) {
+            curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
+            curl_easy_setopt(h, CURLOPT_POSTFIELDS,
+                             "<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>Status"
+                             "</key><string>Idle</string><key>UDID</key><string>DATE-TEST-UDID"
+                             "</string></dict></plist>");
+        }
+        curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, date_header_cb);
+        curl_easy_setopt(h, CURLOPT_HEADERDATA, (void *)&d);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_cb);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+        assert_int_equal(curl_easy_perform(h), CURLE_OK);
+        curl_easy_cleanup(h);
+        if (d.dates != 1)
+            fail_msg("%s: %d Date headers", paths[i], d.dates);
+        /* "Sun, 06 Dec 2026 16:29:21 GMT" */
+        if (strlen(d.date) != 29 || d.date[3] != ',' || strcmp(d.date + 26, "GMT") != 0 ||
+            curl_getdate(d.date, NULL) <= 0)
+            fail_msg("%s: Date '%s' is not RFC 1123", paths[i], d.date);
+    }
+    harness_stop(&ts);
+}
+
 /* No global state: two services in one process know nothing of each other. */
 static void test_two_services_in_one_process(void **state)
 {
@@ -1136,6 +1203,7 @@ int main(void)
         cmocka_unit_test(test_cancel_and_expiry),
         cmocka_unit_test(test_restart_with_non_empty_queue),
         cmocka_unit_test(test_store_sync_modes),
+        cmocka_unit_test(test_answers_carry_one_date),
         cmocka_unit_test(test_two_services_in_one_process),
         cmocka_unit_test(test_webhooks_delivered_signed_and_retried),
         cmocka_unit_test(test_webhook_receiver_down_never_blocks_devices),
