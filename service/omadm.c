@@ -789,8 +789,9 @@ static esim_err apply_answer(omadm_job *job, omadm_dev *d, const omadm_msg *m, c
     bool ok = true;
     for (size_t i = 0; i < m->n_cmds; i++) {
         const omadm_cmd *c = &m->cmds[i];
-        if ((c->verb != OMADM_STATUS && c->verb != OMADM_RESULTS) || !c->cmd_ref)
-            continue;
+        if ((c->verb != OMADM_STATUS && c->verb != OMADM_RESULTS) || !c->cmd_ref ||
+            omadm_status_of_hdr(c))
+            continue; /* the SyncHdr's Status answers none of the queue's commands */
         char u[128];
         uuid_of_ref(c->cmd_ref, u);
         if (strcmp(u, uuid) != 0)

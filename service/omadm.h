@@ -71,8 +71,13 @@ typedef struct {
     char *meta_format, *meta_type; /* the command's own Meta */
     omadm_item *items;
     size_t n_items;
-    char *raw; /* Status and Results: the element as XML, for the ledger */
+    /* Status and Results: the element as XML, for the ledger; NULL for the
+     * Status of the SyncHdr (omadm_status_of_hdr), which answers no command. */
+    char *raw;
 } omadm_cmd;
+
+/* True for the Status of the server's SyncHdr (CmdRef 0, Cmd SyncHdr). */
+bool omadm_status_of_hdr(const omadm_cmd *c);
 
 typedef struct {
     char *ver_dtd, *ver_proto;

@@ -30,8 +30,9 @@ static void check_msg(const omadm_msg *m, bool header)
             abort();
         if (c->parent >= (int)i || c->n_items > OMADM_MAX_ITEMS)
             abort();
-        if (c->verb == OMADM_STATUS && (!c->cmd_ref || !c->msg_ref || !c->cmd ||
-                                        omadm_status_code(c->data) < 100 || !c->raw))
+        if (c->verb == OMADM_STATUS &&
+            (!c->cmd_ref || !c->msg_ref || !c->cmd || omadm_status_code(c->data) < 100 ||
+             !c->raw != omadm_status_of_hdr(c)))
             abort();
         for (size_t k = 0; k < c->n_items; k++)
             if (c->items[k].target && strlen(c->items[k].target) > OMADM_MAX_URI)

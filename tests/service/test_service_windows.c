@@ -465,6 +465,16 @@ static void test_session_and_commands(void **state)
                               "application/json", &reply),
                      201);
     json_decref(reply);
+    /* A command whose UUID is "0": the CmdRef of the SyncHdr's Status is
+     * its UUID too, and that Status is still no answer to it. */
+    assert_int_equal(api_call(ts->url, TEST_TOKEN, "POST", "/v1/windows/commands",
+                              "{\"udids\":[\"1EED4F6BAE0CE745B0D6C9BC5E8F6E3E\"],"
+                              "\"uuid\":\"0\",\"request_type\":\"Get\",\"push\":false,\"syncml\":"
+                              "\"<Get><CmdID>0.1</CmdID><Item><Target><LocURI>./DevDetail/OEM"
+                              "</LocURI></Target></Item></Get>\"}",
+                              "application/json", &reply),
+                     201);
+    json_decref(reply);
     /* Not a server command: refused. */
     assert_int_equal(api_call(ts->url, TEST_TOKEN, "POST", "/v1/windows/commands",
                               "{\"udids\":[\"1EED4F6BAE0CE745B0D6C9BC5E8F6E3E\"],"
@@ -491,7 +501,7 @@ static void test_session_and_commands(void **state)
         200);
     reply_doc r;
     rd_open(&r, &buf);
-    assert_int_equal(rd_commands(&r), 4); /* node, ServerName, MatchingID; the Get */
+    assert_int_equal(rd_commands(&r), 5); /* node, ServerName, MatchingID; the Gets */
     char t[256], q[256];
     snprintf(q, sizeof q, "//s:Add[s:CmdID='%s.1']/s:Item/s:Target/s:LocURI", add_uuid);
     rd_text(&r, q, t, sizeof t);
@@ -515,6 +525,11 @@ static void test_session_and_commands(void **state)
              "<Data>200</Data></Status>"
              "<Results><CmdID>6</CmdID><MsgRef>2</MsgRef><CmdRef>get-1</CmdRef><Item><Source>"
              "<LocURI>./DevDetail/SwV</LocURI></Source><Data>10.0.22631.4460</Data></Item>"
+             "</Results>"
+             "<Status><CmdID>7</CmdID><MsgRef>2</MsgRef><CmdRef>0.1</CmdRef><Cmd>Get</Cmd>"
+             "<Data>200</Data></Status>"
+             "<Results><CmdID>8</CmdID><MsgRef>2</MsgRef><CmdRef>0.1</CmdRef><Item><Source>"
+             "<LocURI>./DevDetail/OEM</LocURI></Source><Data>Contoso</Data></Item>"
              "</Results>",
              add_uuid, add_uuid, add_uuid);
     assert_int_equal(pc_send(&p, inner, &buf), 200);
@@ -545,6 +560,16 @@ static void test_session_and_commands(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_array_get(json_object_get(e, "syncml"), 0), "data")),
         "10.0.22631.4460");
+    json_decref(c);
+    c = api_get(ts, "/v1/commands/0");
+    e = json_object_get(json_object_get(c, "devices"), p.id);
+    if (!e)
+        e = json_array_get(json_object_get(c, "devices"), 0);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), "acknowledged");
+    items = json_object_get(e, "syncml");
+    assert_int_equal(json_array_size(items), 1); /* its Get, not the SyncHdr's Status */
+    assert_string_equal(json_string_value(json_object_get(json_array_get(items, 0), "data")),
+                        "Contoso");
     json_decref(c);
     esim_buf_free(&buf);
     pc_free(&p);
