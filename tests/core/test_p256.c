@@ -24,6 +24,7 @@
 #include <openssl/rand.h>
 
 #include "core/p256.h"
+#include "core/p256_cache.h"
 
 /* OpenSSL's answer: 1 verified, 0 not (a key it refuses verifies nothing). */
 static int theirs(const unsigned char point[65], const unsigned char *digest, size_t dlen,
@@ -453,6 +454,145 @@ static void test_affine_x(void **state)
     BN_CTX_free(ctx);
 }
 
+/* ---- the cache of key tables (core/p256_cache.h) ---- */
+
+#define CACHE_KEYS 7
+
+typedef struct {
+    EVP_PKEY *pkey;
+    unsigned char point[65];
+    unsigned char key[32]; /* the cache's key for it */
+    unsigned char sig[80];
+    size_t sig_len;
+} cache_key;
+
+static const unsigned char cache_digest[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+
+/* |k|'s table from |c| under |k|'s key: *built says whether it was made;
+ * the table verifies |k|'s signature and no other key's. */
+static void cache_get(esim_p256_cache *c, const cache_key *keys, int k, bool *built)
+{
+    const esim_p256_key *t = esim_p256_cache_get(c, keys[k].key, keys[k].point, built);
+    assert_non_null(t);
+    for (int j = 0; j < CACHE_KEYS; j++)
+        assert_int_equal(esim_p256_verify_der(t, cache_digest, sizeof cache_digest, keys[j].sig,
+                                              keys[j].sig_len),
+                         j == k);
+}
+
+static bool cache_hit(esim_p256_cache *c, const cache_key *keys, int k)
+{
+    bool built = true;
+    cache_get(c, keys, k, &built);
+    return !built;
+}
+
+/* Sets of four by the key's first eight bytes, least recently used
+ * replaced, every byte of the key compared, counts kept. */
+static void test_cache_sets_and_lru(void **state)
+{
+    (void)state;
+    cache_key keys[CACHE_KEYS];
+    memset(keys, 0, sizeof keys);
+    for (int i = 0; i < CACHE_KEYS; i++) {
+        new_key(&keys[i].pkey, keys[i].point);
+        keys[i].sig_len = sign(keys[i].pkey, cache_digest, sizeof cache_digest, keys[i].sig);
+        /* Keys 0..5 fall in set 0 of two (first eight bytes 2i: even),
+         * differing only in their last byte; key 6 in set 1. */
+        keys[i].key[0] = (unsigned char)(i == 6 ? 1 : 2 * i);
+        keys[i].key[31] = (unsigned char)i;
+    }
+    /* Key 5 has key 0's first 31 bytes: only the last tells them apart. */
+    keys[5].key[0] = keys[0].key[0];
+
+    assert_null(esim_p256_cache_new(SIZE_MAX));
+    esim_p256_cache *c = esim_p256_cache_new(0);
+    assert_int_equal(esim_p256_cache_slots(c), ESIM_P256_CACHE_WAYS);
+    esim_p256_cache_free(c);
+    c = esim_p256_cache_new(5); /* rounded up: two sets */
+    assert_non_null(c);
+    assert_int_equal(esim_p256_cache_slots(c), 8);
+
+    /* Set 1's key, then set 0 filled: 0, 1, 2, 3. */
+    assert_false(cache_hit(c, keys, 6));
+    for (int i = 0; i < 4; i++)
+        assert_false(cache_hit(c, keys, i));
+    for (int i = 0; i < 4; i++)
+        assert_true(cache_hit(c, keys, i));
+    /* Used now, oldest first: 0, 1, 2, 3; 0 used again: 1, 2, 3, 0. */
+    assert_true(cache_hit(c, keys, 0));
+    /* Key 5 (key 0's bytes but the last) is not key 0's: made, in 1's
+     * place, the least recently used. */
+    assert_false(cache_hit(c, keys, 5)); /* 2, 3, 0, 5 */
+    assert_true(cache_hit(c, keys, 0));  /* 2, 3, 5, 0 */
+    assert_false(cache_hit(c, keys, 1)); /* 3, 5, 0, 1: 2 went */
+    assert_true(cache_hit(c, keys, 3));  /* 5, 0, 1, 3 */
+    assert_false(cache_hit(c, keys, 2)); /* 0, 1, 3, 2: 5 went */
+    assert_true(cache_hit(c, keys, 0));  /* 1, 3, 2, 0 */
+    assert_false(cache_hit(c, keys, 5)); /* 3, 2, 0, 5: 1 went */
+    assert_true(cache_hit(c, keys, 2));
+    assert_true(cache_hit(c, keys, 0));
+    assert_false(cache_hit(c, keys, 1)); /* 3 went */
+    assert_false(cache_hit(c, keys, 3)); /* 5 went */
+    /* Set 1 kept its key through all of set 0's. */
+    assert_true(cache_hit(c, keys, 6));
+
+    /* A point off the curve makes no table: the least recently used
+     * slot (2's) is left empty, and the next new key takes it before any
+     * used slot. */
+    unsigned char bad[65];
+    memcpy(bad, keys[4].point, 65);
+    bad[64] ^= 1;
+    bool built = true;
+    assert_null(esim_p256_cache_get(c, keys[4].key, bad, &built));
+    assert_false(built);
+    assert_false(cache_hit(c, keys, 4)); /* 0, 1, 3, 4 */
+    assert_true(cache_hit(c, keys, 4));
+    assert_true(cache_hit(c, keys, 0));
+    assert_true(cache_hit(c, keys, 1));
+    assert_true(cache_hit(c, keys, 3));
+    assert_false(cache_hit(c, keys, 2)); /* 4 went */
+
+    esim_p256_cache_counts n;
+    esim_p256_cache_counts_of(c, &n);
+    assert_int_equal(n.lookups, 29);
+    assert_int_equal(n.builds, 13);
+    assert_int_equal(n.hits, 15);
+    esim_p256_cache_free(c);
+    esim_p256_cache_free(NULL);
+    for (int i = 0; i < CACHE_KEYS; i++)
+        EVP_PKEY_free(keys[i].pkey);
+}
+
+/* A caller that gives a point under another point's key is given the
+ * table kept under that key, which verifies the other key's signatures
+ * and not its own: the key must name its point (p256_cache.h). This is
+ * what a wrong table would do, so the test above would see one. */
+static void test_cache_table_is_its_keys(void **state)
+{
+    (void)state;
+    cache_key keys[2];
+    memset(keys, 0, sizeof keys);
+    for (int i = 0; i < 2; i++) {
+        new_key(&keys[i].pkey, keys[i].point);
+        keys[i].sig_len = sign(keys[i].pkey, cache_digest, sizeof cache_digest, keys[i].sig);
+    }
+    esim_p256_cache *c = esim_p256_cache_new(4);
+    assert_non_null(c);
+    const esim_p256_key *t = esim_p256_cache_get(c, keys[0].key, keys[0].point, NULL);
+    assert_non_null(t);
+    t = esim_p256_cache_get(c, keys[0].key, keys[1].point, NULL);
+    assert_int_equal(
+        esim_p256_verify_der(t, cache_digest, sizeof cache_digest, keys[1].sig, keys[1].sig_len),
+        0);
+    assert_int_equal(
+        esim_p256_verify_der(t, cache_digest, sizeof cache_digest, keys[0].sig, keys[0].sig_len),
+        1);
+    esim_p256_cache_free(c);
+    for (int i = 0; i < 2; i++)
+        EVP_PKEY_free(keys[i].pkey);
+}
+
 int main(void)
 {
     srand(17);
@@ -464,6 +604,8 @@ int main(void)
         cmocka_unit_test(test_reads_der_as_openssl_does),
         cmocka_unit_test(test_order_inverse),
         cmocka_unit_test(test_affine_x),
+        cmocka_unit_test(test_cache_sets_and_lru),
+        cmocka_unit_test(test_cache_table_is_its_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
