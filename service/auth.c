@@ -28,6 +28,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/p256.h"
+#include "core/p256_cache.h"
 #include "service/auth_internal.h"
 #include "service/cert_der.h"
 #include "service/service_internal.h"
@@ -519,24 +520,17 @@ typedef struct {
     auth_key key;
 } auth_verified;
 
-/* The P-256 public key made from a kept point (auth_key) ready to verify
+/* The P-256 public keys made from kept points (auth_key) ready to verify
  * (core/p256.h: a 2 KiB table of multiples of the point, made in about
  * half the instructions of one OpenSSL verification; each verification
  * with it takes about a third of OpenSSL's), by certificate digest: a
- * device's later messages reuse it. The slots are in sets of
- * AUTH_KEY_WAYS by digest, the least recently used of a set made again
- * for a new key: a device's messages of one phase come within seconds, so
- * its table stays while fewer keys than the slots came between them,
- * where direct mapping lost a table whenever one other key of its slot
- * did. The table is allocated when its slot is first used and reused by
- * the slot's next keys. */
-#define AUTH_KEY_WAYS 4
-typedef struct {
-    unsigned char sha[SHA256_DIGEST_LENGTH];
-    esim_p256_key *key; /* NULL: never used */
-    bool ready;         /* |key| holds the key of |sha| */
-    uint64_t used;      /* auth_cache.key_clock at its last use */
-} auth_key_slot;
+ * device's later messages reuse it. core/p256_cache.h keeps them,
+ * AUTH_CACHE_SLOTS tables (at most 8 MiB) in sets of four by digest, the
+ * least recently used of a set made again for a new key: a device's
+ * messages of one phase come within seconds, so its table stays while
+ * fewer keys than the slots came between them, where direct mapping lost
+ * a table whenever one other key of its slot did. Used on the event loop
+ * only (auth_device_request), as the rest of the cache. */
 
 /* A certificate that issued a device identity whose chain OpenSSL
  * verified (X509_verify_cert): the next identities it issued are checked
@@ -567,24 +561,22 @@ typedef struct {
 
 struct auth_cache {
     auth_entry slot[AUTH_CACHE_SLOTS];
-    auth_key_slot keys[AUTH_CACHE_SLOTS];
+    esim_p256_cache *keys; /* made at its first use (kept_key) */
     auth_issuer issuers[AUTH_ISSUERS];
     auth_verified *ver; /* open addressing, linear probing; cap a power of two */
     size_t ver_cap, ver_len;
-    EVP_MD *md[5];      /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
-    EVP_MD_CTX *dctx;   /* reused for every digest (SHA256() fetches SHA-256 each call) */
-    uint64_t key_clock; /* counts the key slots' uses (auth_key_slot.used) */
+    EVP_MD *md[5];    /* fetched once: SHA-1, SHA-224, SHA-256, SHA-384, SHA-512 */
+    EVP_MD_CTX *dctx; /* reused for every digest (SHA256() fetches SHA-256 each call) */
 };
-_Static_assert(AUTH_CACHE_SLOTS % AUTH_KEY_WAYS == 0, "key slots in whole sets");
+_Static_assert(AUTH_CACHE_SLOTS % ESIM_P256_CACHE_WAYS == 0, "key slots in whole sets");
 
 void auth_cache_free(esim_service *svc)
 {
     if (!svc->auth_cache)
         return;
-    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++) {
+    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         X509_free(svc->auth_cache->slot[i].x509);
-        free(svc->auth_cache->keys[i].key);
-    }
+    esim_p256_cache_free(svc->auth_cache->keys);
     for (size_t i = 0; i < AUTH_ISSUERS; i++) {
         free(svc->auth_cache->issuers[i].subject);
         OPENSSL_free(svc->auth_cache->issuers[i].der);
@@ -1385,34 +1377,19 @@ static const auth_verified *known_signer(esim_service *svc, const auth_signer_in
     return NULL;
 }
 
-/* The slot holding the key of the certificate |sha| made from its kept
- * |point|: found in its set, or made now in the set's empty or least
- * recently used slot. NULL on failure. */
-static auth_key_slot *kept_key(esim_service *svc, const unsigned char *sha,
-                               const unsigned char point[65])
+/* The table of the certificate |sha|'s key, made from its kept |point|
+ * when the cache has none (counted: esim_mdm_identity_key_tables_total).
+ * NULL on failure. */
+static const esim_p256_key *kept_key(esim_service *svc, const unsigned char *sha,
+                                     const unsigned char point[65])
 {
     struct auth_cache *c = svc->auth_cache;
-    size_t set = ((size_t)sha[0] | (size_t)sha[1] << 8) % (AUTH_CACHE_SLOTS / AUTH_KEY_WAYS);
-    auth_key_slot *k = NULL;
-    for (size_t i = 0; i < AUTH_KEY_WAYS; i++) {
-        auth_key_slot *s = &c->keys[set * AUTH_KEY_WAYS + i];
-        if (s->ready && memcmp(s->sha, sha, sizeof s->sha) == 0) {
-            s->used = ++c->key_clock;
-            return s;
-        }
-        if (!k || (k->ready && (!s->ready || s->used < k->used)))
-            k = s;
-    }
-    k->ready = false;
-    k->used = ++c->key_clock;
-    if (!k->key && !(k->key = malloc(sizeof *k->key)))
+    if (!c->keys && !(c->keys = esim_p256_cache_new(AUTH_CACHE_SLOTS)))
         return NULL;
-    /* Refuses a point that is not on the curve. */
-    if (!esim_p256_key_init(k->key, point))
-        return NULL;
-    svc->m.identity_key_tables++;
-    memcpy(k->sha, sha, sizeof k->sha);
-    k->ready = true;
+    bool built = false;
+    const esim_p256_key *k = esim_p256_cache_get(c->keys, sha, point, &built);
+    if (built)
+        svc->m.identity_key_tables++;
     return k;
 }
 
@@ -1433,11 +1410,11 @@ static esim_err verify_known(esim_service *svc, const esim_buf *der,
         return ESIM_ENOTFOUND;
     size_t li = 0;
     const auth_verified *v = known_signer(svc, &si, shas, n, esim_now_ms(), &li);
-    auth_key_slot *k = v ? kept_key(svc, shas[li], v->key.point) : NULL;
+    const esim_p256_key *k = v ? kept_key(svc, shas[li], v->key.point) : NULL;
     if (!k)
         return ESIM_ENOTFOUND;
     int64_t signed_at = 0;
-    esim_err rc = verify_with_key(svc, &si, body, len, NULL, k->key, &signed_at, err);
+    esim_err rc = verify_with_key(svc, &si, body, len, NULL, k, &signed_at, err);
     if (rc != ESIM_OK)
         return rc;
     svc->m.identity_cache_keys++;

@@ -22,6 +22,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/p256.h"
+#include "core/p256_cache.h"
 #include "sim/cert_view.h"
 #include "sim/sim_internal.h"
 
@@ -356,15 +357,20 @@ struct sim_cert_cache {
     unsigned char issuer_sha[SHA256_DIGEST_LENGTH];
     EVP_PKEY_CTX *issuer_verify;
     unsigned char issuer_point[65]; /* its P-256 public key; [0] == 0: not one */
+    unsigned char issuer_key[32];   /* the SHA-256 of issuer_point: its name in |keys| */
     sim_ec_p256 *p256;              /* verifications by any key's point, set up at first use */
     /* Keys that sign again and again (the issuer above; the SM-DP+'s key
-     * at the eUICCs): counted, and verified through a precomputed table
-     * (ec_fixed.c) once a key has signed FIXED_AFTER times. */
+     * at the eUICCs): each verified with core/p256.h's small table, made
+     * at its first signature and kept in one set of four (core/p256_cache.h,
+     * by the SHA-256 of the point, the least recently used made again; at
+     * most 8 KiB), and the last two counted and verified through
+     * ec_fixed.c's larger precomputed table once one has signed
+     * FIXED_AFTER times. */
+    esim_p256_cache *keys; /* made at its first use */
     struct {
         unsigned char point[65];
         unsigned uses;
         sim_ec_fixed *f;
-        esim_p256_key *key; /* its 2 KiB table (core/p256.h), until |f| is built */
     } fixed[2];
     size_t next_fixed;
     X509 *signer; /* the last certificate of sim_cert_cache_verify_by (a reference) */
@@ -373,7 +379,8 @@ struct sim_cert_cache {
     X509 *checked;
     unsigned char checked_sha[SHA256_DIGEST_LENGTH];
     unsigned char signer_point[65];
-    size_t chain_checks; /* X509_verify_cert runs (sim_cert_cache_verify_der's misses) */
+    unsigned char signer_key[32]; /* the SHA-256 of signer_point */
+    size_t chain_checks;          /* X509_verify_cert runs (sim_cert_cache_verify_der's misses) */
 };
 
 /* Signatures by one key before its table is built: the table costs about
@@ -407,10 +414,9 @@ void sim_cert_cache_free(sim_cert_cache *c)
     OPENSSL_free(c->issuer_name);
     EVP_PKEY_CTX_free(c->issuer_verify);
     sim_ec_p256_free(c->p256);
-    for (size_t i = 0; i < sizeof c->fixed / sizeof c->fixed[0]; i++) {
+    for (size_t i = 0; i < sizeof c->fixed / sizeof c->fixed[0]; i++)
         sim_ec_fixed_free(c->fixed[i].f);
-        free(c->fixed[i].key);
-    }
+    esim_p256_cache_free(c->keys);
     X509_free(c->signer);
     X509_free(c->checked);
     free(c);
@@ -430,14 +436,14 @@ static bool p256_point(EVP_PKEY *pub, unsigned char point[65])
            len == 65 && point[0] == 0x04;
 }
 
-/* The precomputed verifier of the key at |point|, counting one more use;
- * NULL while the key has signed fewer than FIXED_AFTER times (or the
- * table could not be built): then *small is the key's small table
- * (core/p256.h: ~2 KiB, ~381,000 instructions a verification instead of
- * EVP's ~834,000), or NULL when that could not be made either (the caller
- * verifies through EVP then). */
+/* The precomputed verifier of the key at |point| (named |key| in c->keys),
+ * counting one more use; NULL while the key has signed fewer than
+ * FIXED_AFTER times (or the table could not be built): then *small is the
+ * key's small table (core/p256.h: ~2 KiB, ~263,000 instructions a
+ * verification instead of EVP's ~834,000), or NULL when that could not be
+ * made either (the caller verifies through EVP then). */
 static sim_ec_fixed *fixed_for(sim_cert_cache *c, const unsigned char point[65],
-                               const esim_p256_key **small)
+                               const unsigned char key[32], const esim_p256_key **small)
 {
     size_t n = sizeof c->fixed / sizeof c->fixed[0], k = 0;
     while (k < n && (c->fixed[k].point[0] != 0x04 || memcmp(c->fixed[k].point, point, 65) != 0))
@@ -445,23 +451,15 @@ static sim_ec_fixed *fixed_for(sim_cert_cache *c, const unsigned char point[65],
     if (k == n) {
         k = c->next_fixed++ % n;
         sim_ec_fixed_free(c->fixed[k].f);
-        free(c->fixed[k].key);
         c->fixed[k].f = NULL;
-        c->fixed[k].key = NULL;
         c->fixed[k].uses = 0;
         memcpy(c->fixed[k].point, point, 65);
     }
-    if (!c->fixed[k].f && ++c->fixed[k].uses == FIXED_AFTER &&
-        (c->fixed[k].f = sim_ec_fixed_new(point)) != NULL) {
-        free(c->fixed[k].key);
-        c->fixed[k].key = NULL;
-    }
-    if (!c->fixed[k].f && !c->fixed[k].key && (c->fixed[k].key = malloc(sizeof(esim_p256_key))) &&
-        !esim_p256_key_init(c->fixed[k].key, point)) {
-        free(c->fixed[k].key);
-        c->fixed[k].key = NULL;
-    }
-    *small = c->fixed[k].key;
+    if (!c->fixed[k].f && ++c->fixed[k].uses == FIXED_AFTER)
+        c->fixed[k].f = sim_ec_fixed_new(point);
+    *small = NULL;
+    if (!c->fixed[k].f && (c->keys || (c->keys = esim_p256_cache_new(ESIM_P256_CACHE_WAYS))))
+        *small = esim_p256_cache_get(c->keys, key, point, NULL);
     return c->fixed[k].f;
 }
 
@@ -476,12 +474,14 @@ esim_err sim_cert_cache_verify_by(sim_cert_cache *c, X509 *signer, const void *d
         c->signer = NULL;
         if (!p256_point(pub, c->signer_point))
             c->signer_point[0] = 0;
+        else
+            sim_sha256(c->signer_point, sizeof c->signer_point, c->signer_key);
         if (X509_up_ref(signer))
             c->signer = signer;
     }
     const esim_p256_key *small = NULL;
     sim_ec_fixed *f = c->signer == signer && c->signer_point[0] == 0x04 && sig_len == 64
-                          ? fixed_for(c, c->signer_point, &small)
+                          ? fixed_for(c, c->signer_point, c->signer_key, &small)
                           : NULL;
     if (f || small) {
         unsigned char dgst[SHA256_DIGEST_LENGTH];
@@ -598,6 +598,8 @@ static bool issuer_ready(sim_cert_cache *c, X509 *issuer)
         return false;
     if (!p256_point(pub, c->issuer_point))
         c->issuer_point[0] = 0;
+    else
+        sim_sha256(c->issuer_point, sizeof c->issuer_point, c->issuer_key);
     c->issuer_name_len = i2d_X509_NAME(X509_get_subject_name(issuer), &c->issuer_name);
     c->issuer_verify = EVP_PKEY_CTX_new(pub, NULL);
     if (c->issuer_name_len <= 0 || !c->issuer_verify ||
@@ -679,7 +681,8 @@ static bool issuer_signed(sim_cert_cache *c, const unsigned char *dgst, const un
                           size_t sig_len)
 {
     const esim_p256_key *small = NULL;
-    sim_ec_fixed *f = c->issuer_point[0] == 0x04 ? fixed_for(c, c->issuer_point, &small) : NULL;
+    sim_ec_fixed *f =
+        c->issuer_point[0] == 0x04 ? fixed_for(c, c->issuer_point, c->issuer_key, &small) : NULL;
     int ok = f ? sim_ec_fixed_verify_der(f, dgst, sig, sig_len) : -1;
     if (ok >= 0)
         return ok == 1;
@@ -692,8 +695,8 @@ static bool check_link(sim_cert_cache *c, const unsigned char *der, size_t len, 
                        size_t serial_len, unsigned char point[65], esim_err *why, esim_error *err);
 
 bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer, char *serial,
-                                  size_t serial_len, unsigned char point[65], esim_err *why,
-                                  esim_error *err)
+                                  size_t serial_len, unsigned char point[65],
+                                  unsigned char cert_sha[32], esim_err *why, esim_error *err)
 {
     esim_buf der = {0};
     *why = ESIM_EINVAL;
@@ -719,6 +722,8 @@ bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issu
         esim_buf_free(&der);
         strcpy(serial, e->serial);
         memcpy(point, e->point, 65);
+        if (cert_sha)
+            memcpy(cert_sha, sha, sizeof sha);
         *why = ESIM_OK;
         return true;
     }
@@ -726,6 +731,8 @@ bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issu
     esim_buf_free(&der);
     if (!ok)
         return false;
+    if (cert_sha)
+        memcpy(cert_sha, sha, sizeof sha);
     X509_free(e->x509);
     e->x509 = NULL;
     memcpy(e->point, point, 65);

@@ -180,12 +180,14 @@ size_t sim_cert_cache_chain_checks(const sim_cert_cache *c);
  * digitalSignature, its key a point on the curve), read in place
  * (cert_view.h) instead of through d2i_X509 and X509_verify_cert.
  * Remembered like the others. True with its public key's uncompressed
- * |point| and the subject's serialNumber in |serial| (|serial_len| bytes
- * with the NUL; "" when it has none), or false with *why and |err| as
+ * |point|, the subject's serialNumber in |serial| (|serial_len| bytes
+ * with the NUL; "" when it has none) and, when |cert_sha| is not NULL,
+ * the SHA-256 of the certificate's DER there (a name for the point: the
+ * SM-DP+ keeps the point's table by it), or false with *why and |err| as
  * sim_cert_cache_verify. */
 bool sim_cert_cache_verify_issued(sim_cert_cache *c, const char *b64, X509 *issuer, char *serial,
-                                  size_t serial_len, unsigned char point[65], esim_err *why,
-                                  esim_error *err);
+                                  size_t serial_len, unsigned char point[65],
+                                  unsigned char cert_sha[32], esim_err *why, esim_error *err);
 /* ESIM_OK when |sig| (raw r||s, 64 bytes) is the P-256 signature of |data|
  * by the key at |point| (one sim_cert_cache_verify_issued gave),
  * ESIM_ECRYPTO when it is not (ESIM_ENOMEM: could not compute). */

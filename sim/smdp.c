@@ -28,6 +28,7 @@
 
 #include "core/internal.h"
 #include "core/p256.h"
+#include "core/p256_cache.h"
 #include "sgp32/sgp32.h"
 #include "sim/sim_internal.h"
 
@@ -45,9 +46,8 @@
 #define SMDP_SAVE_DELAY_MS 100
 /* An answer up to this long leaves in one TLS record (reply). */
 #define SMDP_ONE_RECORD (16 * 1024)
-/* eUICC keys kept ready to verify (key_table below): 2 KiB each, sets of 4. */
+/* eUICC keys kept ready to verify (euicc_signed below): 2 KiB each, sets of 4. */
 #define SMDP_KEY_TABLES 1024
-#define KEY_WAYS 4
 
 /* SESSION_DOWNLOADED: a DER session between its package and its install
  * notification, a ProfileInstallationResult verified with the session's
@@ -55,17 +55,13 @@
 enum session_state { SESSION_INITIATED = 1, SESSION_AUTHENTICATED, SESSION_DOWNLOADED };
 
 /* An eUICC's public key: its certificate's point, verified against the
- * EUM (sim_cert_cache_verify_issued), for sim_cert_cache_verify_point. */
+ * EUM (sim_cert_cache_verify_issued), for sim_cert_cache_verify_point,
+ * and that certificate's SHA-256, which names the point in the key
+ * tables (sim_smdp.keys). */
 typedef struct {
     unsigned char q[65];
+    unsigned char cert_sha[32];
 } euicc_key;
-
-/* An eUICC key made ready to verify: core/p256.h's table for it. */
-typedef struct {
-    unsigned char q[65]; /* the point; q[0] == 0x04 when |k| is its table */
-    uint64_t used;       /* when last used (sim_smdp's key_clock) */
-    esim_p256_key *k;
-} key_slot;
 
 typedef struct session {
     struct session *next, *prev; /* oldest first (sim_smdp's sessions) */
@@ -108,10 +104,8 @@ struct sim_smdp {
     size_t txid_buckets;
     size_t n_sessions, max_sessions;
     int64_t session_ttl_ms;
-    sim_cert_cache *certs; /* EUM and eUICC certificates that verified against the CI */
-    key_slot *keys;        /* key_sets * KEY_WAYS */
-    size_t key_sets, keys_made;
-    uint64_t key_clock;
+    sim_cert_cache *certs;      /* EUM and eUICC certificates that verified against the CI */
+    esim_p256_cache *keys;      /* eUICC keys' tables, by certificate digest (euicc_signed) */
     char *dpauth_b64;           /* our certificate as sent in every authentication */
     sim_ec_signer *dpauth_sign; /* our key, ready to sign */
     struct event *save_timer;
@@ -826,9 +820,9 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
                                       NULL, &why, NULL);
     char serial[64] = "";
     euicc_key *euicc = eum ? malloc(sizeof *euicc) : NULL;
-    bool issued =
-        euicc && sim_cert_cache_verify_issued(s->certs, sim_json_str(o, "euiccCertificate"), eum,
-                                              serial, sizeof serial, euicc->q, &why, NULL);
+    bool issued = euicc && sim_cert_cache_verify_issued(
+                               s->certs, sim_json_str(o, "euiccCertificate"), eum, serial,
+                               sizeof serial, euicc->q, euicc->cert_sha, &why, NULL);
     bool ok = false;
     if (!eum)
         reply_failed(req, "8.1.2", "6.1", "EUM certificate does not verify against the CI");
@@ -855,36 +849,13 @@ static bool verify_euicc(sim_smdp *s, struct evhttp_request *req, const json_t *
  * (euiccSigned1, euiccSigned2, then the install and the enable
  * notifications) and each signature is verified. OpenSSL multiplies the
  * key's point afresh each time (~790,000 instructions); core/p256.h's
- * table for the key costs about as much once and ~381,000 a verification
- * after (callgrind). The tables are kept by point in sets of KEY_WAYS, the
- * least recently used one made again for a new key: a table is a property
- * of the public key, not a verdict, and every signature is verified.
+ * table for the key costs about as much once and ~263,000 a verification
+ * after (callgrind). The tables are kept in core/p256_cache.h's sets of
+ * four, the least recently used made again for a new key, by the digest
+ * of the certificate that carries the key (sim_cert_cache_verify_issued
+ * has it already; one eUICC, one certificate): a table is a property of
+ * the public key, not a verdict, and every signature is verified.
  */
-static const esim_p256_key *key_table(sim_smdp *s, const unsigned char q[65])
-{
-    uint64_t h = 1469598103934665603u; /* FNV-1a over X's first bytes */
-    for (int i = 1; i <= 16; i++)
-        h = (h ^ q[i]) * 1099511628211u;
-    key_slot *set = &s->keys[(h % s->key_sets) * KEY_WAYS], *old = set;
-    for (int w = 0; w < KEY_WAYS; w++) {
-        if (set[w].q[0] == 0x04 && memcmp(set[w].q, q, 65) == 0) {
-            set[w].used = ++s->key_clock;
-            return set[w].k;
-        }
-        if (set[w].used < old->used)
-            old = &set[w];
-    }
-    old->q[0] = 0;
-    if (!old->k && !(old->k = malloc(sizeof *old->k)))
-        return NULL;
-    if (!esim_p256_key_init(old->k, q))
-        return NULL;
-    memcpy(old->q, q, 65);
-    old->used = ++s->key_clock;
-    s->keys_made++;
-    return old->k;
-}
-
 /* |sig| (r‖s, |sig_len| bytes) is the signature of |data| by the eUICC key
  * |pub|. Without a table (out of memory, or a point the table refuses)
  * OpenSSL decides. */
@@ -893,7 +864,7 @@ static bool euicc_signed(sim_smdp *s, const euicc_key *pub, const void *data, si
 {
     if (!pub || sig_len != 64)
         return false;
-    const esim_p256_key *k = key_table(s, pub->q);
+    const esim_p256_key *k = esim_p256_cache_get(s->keys, pub->cert_sha, pub->q, NULL);
     if (!k)
         return sim_cert_cache_verify_point(s->certs, pub->q, data, len, sig, sig_len, NULL) ==
                ESIM_OK;
@@ -1825,10 +1796,7 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     esim_err rc = ESIM_OK;
     esim_buf b64 = {0};
     s->certs = sim_cert_cache_new(SMDP_CERT_CACHE);
-    s->key_sets = (cfg->key_tables ? cfg->key_tables : SMDP_KEY_TABLES) / KEY_WAYS;
-    if (s->key_sets == 0)
-        s->key_sets = 1;
-    s->keys = calloc(s->key_sets * KEY_WAYS, sizeof *s->keys);
+    s->keys = esim_p256_cache_new(cfg->key_tables ? cfg->key_tables : SMDP_KEY_TABLES);
     /* GSMA's curve: DPauth's key signs with ECDSA P-256 (SGP.22 §2.6.5). */
     if (!(s->dpauth_sign = sim_ec_signer_new(s->pki->dpauth.key))) {
         rc = esim_fail(err, ESIM_ECRYPTO, "the PKI's DPauth key is not a P-256 private key");
@@ -1934,9 +1902,7 @@ void sim_smdp_free(sim_smdp *s)
     }
     free(s->by_txid);
     sim_cert_cache_free(s->certs);
-    for (size_t i = 0; s->keys && i < s->key_sets * KEY_WAYS; i++)
-        free(s->keys[i].k);
-    free(s->keys);
+    esim_p256_cache_free(s->keys);
     sim_ec_signer_free(s->dpauth_sign);
     free(s->dpauth_b64);
     free(s->orders);
@@ -1953,7 +1919,9 @@ size_t sim_smdp_session_count(const sim_smdp *s)
 
 size_t sim_smdp_key_tables_made(const sim_smdp *s)
 {
-    return s->keys_made;
+    esim_p256_cache_counts n;
+    esim_p256_cache_counts_of(s->keys, &n);
+    return (size_t)n.builds;
 }
 
 void sim_smdp_tls_handshakes(const sim_smdp *s, size_t *full, size_t *resumed)

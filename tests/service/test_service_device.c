@@ -622,7 +622,8 @@ static unsigned cache_slot(X509 *x)
 }
 
 /* The kept P-256 key tables are in sets of four slots by certificate
- * digest (auth.c kept_key: the same digest bits as cache_slot, 1024 sets),
+ * digest (auth.c kept_key, core/p256_cache.h: the digest's first eight
+ * bytes modulo 1024 sets, the same bits as cache_slot's),
  * the least recently used of a set made again for a new key: five devices
  * whose identities share a set keep four tables, and the fifth's takes the
  * one used longest ago, not a table a device still uses. */
