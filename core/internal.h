@@ -13,6 +13,13 @@
 
 #include "core/esim.h"
 
+/* |s| into |out| of |size| bytes (size > 0), cut to size - 1 bytes and
+ * NUL-terminated, as snprintf(out, size, "%s", s) does, without its format
+ * parsing: for text copied on every request (the access line). */
+void esim_copy_text(char *out, size_t size, const char *s);
+/* |v| in decimal into |out| (at least 21 bytes), NUL-terminated. */
+void esim_format_u64(char out[21], uint64_t v);
+
 /* 64-bit FNV-1a of a NUL-terminated string: fast and well spread, for hash
  * tables keyed by UDIDs, tokens, ICCIDs. Not for anything an attacker must
  * not be able to collide on purpose. */

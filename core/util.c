@@ -41,6 +41,26 @@ void *esim_grow(void *items, size_t *cap, size_t need, size_t size)
     return grown;
 }
 
+void esim_copy_text(char *out, size_t size, const char *s)
+{
+    size_t n = strnlen(s, size - 1);
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+void esim_format_u64(char out[21], uint64_t v)
+{
+    char tmp[21];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+}
+
 esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
 {
     memset(out, 0, sizeof *out);

@@ -413,7 +413,7 @@ void access_peer(struct evhttp_request *req, char out[48])
     if (c)
         evhttp_connection_get_peer(c, &host, &port);
     if (host)
-        snprintf(out, 48, "%s", host);
+        esim_copy_text(out, 48, host);
 }
 
 /* The key an Authorization header carries: Bearer KEY, or Basic with the

@@ -698,15 +698,16 @@ static void log_access(esim_service *svc, struct evhttp_request *req, int code, 
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    char peer[48], status[8], bytes[24];
+    char peer[48], status[21], bytes[21];
     access_peer(req, peer);
-    snprintf(status, sizeof status, "%d", code);
-    snprintf(bytes, sizeof bytes, "%zu", len);
+    /* Every answer writes this line: no formatted prints in it. */
+    esim_format_u64(status, code > 0 ? (uint64_t)code : 0);
+    esim_format_u64(bytes, len);
     const char *who =
         svc->audit && svc->audit->req == req && svc->audit->who[0] ? svc->audit->who : NULL;
     const char *udid = svc->dev_req == req && svc->dev_udid[0] ? svc->dev_udid : NULL;
     char shown[256];
-    snprintf(shown, sizeof shown, "%s", path ? path : "?");
+    esim_copy_text(shown, sizeof shown, path ? path : "?");
     svc_log(svc, ESIM_LOG_INFO, "access", "method",
             access_method_name(evhttp_request_get_command(req)), "path", shown, "status", status,
             "bytes", bytes, "peer", peer[0] ? peer : NULL, "key", who, "udid", udid, NULL);

@@ -431,6 +431,29 @@ static void test_hash_is_fnv1a(void **state)
     assert_true(esim_hash_bytes(NULL, 0) == 0xcbf29ce484222325ull);
 }
 
+/* The access line's copies: the same text snprintf("%s") and "%llu" give. */
+static void test_copy_text_and_format_u64(void **state)
+{
+    (void)state;
+    const char *texts[] = {"", "a", "/mdm", "0123456789abcdef", "0123456789abcdefg"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++)
+        for (size_t size = 1; size <= 20; size++) {
+            char a[20], b[20];
+            memset(a, 'x', sizeof a);
+            memset(b, 'x', sizeof b);
+            esim_copy_text(a, size, texts[i]);
+            snprintf(b, size, "%s", texts[i]);
+            assert_memory_equal(a, b, sizeof a); /* nothing written past the end */
+        }
+    const uint64_t values[] = {0, 7, 10, 200, 503, 18446744073709551615ull};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char a[21], b[21];
+        esim_format_u64(a, values[i]);
+        snprintf(b, sizeof b, "%llu", (unsigned long long)values[i]);
+        assert_string_equal(a, b);
+    }
+}
+
 static void test_grow_doubles_and_keeps_items(void **state)
 {
     (void)state;
@@ -488,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_private_files),
         cmocka_unit_test(test_pki_create_is_idempotent_and_chains),
         cmocka_unit_test(test_hash_is_fnv1a),
+        cmocka_unit_test(test_copy_text_and_format_u64),
         cmocka_unit_test(test_grow_doubles_and_keeps_items),
         cmocka_unit_test(test_proc_usage_of_self),
     };
