@@ -15,6 +15,7 @@
 #include <openssl/x509v3.h>
 
 #include "apns/internal.h"
+#include "core/tls.h"
 
 static const unsigned char alpn_h2[] = "\x02h2";
 
@@ -168,7 +169,16 @@ esim_err apns_tls_server_ctx(const char *cert_path, const char *key_path, const 
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_alpn_select_cb(ctx, select_h2, NULL);
+    /* No session tickets (OpenSSL's default is two a handshake): the mock
+     * resumes no session (asking for client certificates, it would need a
+     * session ID context; a client that offered one of its tickets got an
+     * internal-error alert), and its provider clients hold one HTTP/2
+     * connection; each ticket cost it ≈ 160,000 instructions to make and the
+     * service's client ≈ 100,000 to take, for nothing. */
+    SSL_CTX_set_num_tickets(ctx, 0);
     esim_err e = load_pem_pair(ctx, cert_path, key_path, err);
+    if (e == ESIM_OK && !esim_tls_server_chain(ctx))
+        e = crypto_fail(err, "cannot settle the chain of '%s'", cert_path);
     if (e == ESIM_OK && client_ca) {
         e = need_file(client_ca, "client CA file", err);
         STACK_OF(X509_NAME) *names = e == ESIM_OK ? SSL_load_client_CA_file(client_ca) : NULL;

@@ -21,6 +21,7 @@
 #include <openssl/err.h>
 
 #include "core/internal.h"
+#include "core/tls.h"
 #include "service/service_internal.h"
 
 void esim_service_config_init(esim_service_config *cfg)
@@ -851,7 +852,7 @@ static esim_err tls_ctx_build(esim_service *svc, const char *cert_path, const ch
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
         SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1 ||
-        SSL_CTX_use_PrivateKey(ctx, cert.key) != 1) {
+        SSL_CTX_use_PrivateKey(ctx, cert.key) != 1 || !esim_tls_server_chain(ctx)) {
         esim_cert_clear(&cert);
         SSL_CTX_free(ctx);
         ERR_clear_error();

@@ -29,6 +29,7 @@
 #include "core/internal.h"
 #include "core/p256.h"
 #include "core/p256_cache.h"
+#include "core/tls.h"
 #include "sgp32/sgp32.h"
 #include "sim/sim_internal.h"
 
@@ -1826,7 +1827,7 @@ esim_err sim_smdp_new(struct event_base *base, const sim_smdp_config *cfg, sim_s
     s->save_timer = evtimer_new(base, save_timer_cb, s);
     s->ssl = SSL_CTX_new(TLS_server_method());
     if (!s->save_timer || !s->ssl || SSL_CTX_use_certificate(s->ssl, s->pki->server.x509) != 1 ||
-        SSL_CTX_use_PrivateKey(s->ssl, s->pki->server.key) != 1) {
+        SSL_CTX_use_PrivateKey(s->ssl, s->pki->server.key) != 1 || !esim_tls_server_chain(s->ssl)) {
         rc = esim_fail(err, ESIM_ECRYPTO, "could not set up TLS with the PKI's server certificate");
         goto fail;
     }

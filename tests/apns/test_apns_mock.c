@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "apns_test.h"
+#include "tls_probe.h"
 
 typedef struct {
     test_pki pki;
@@ -238,6 +239,29 @@ static void test_curl_no_client_certificate(void **state)
     f->mt.base = NULL;
     assert_int_equal(s.tls_refused, 2);
     assert_int_equal(s.requests, 0);
+}
+
+/* A full handshake sends the mock's certificate alone: its CA (also the
+ * CA of the client certificates it takes, so in its verify store) is what
+ * the client trusts already, not part of the chain. No session ticket: the
+ * mock resumes none (it requires a client certificate and sets no session
+ * ID context), so each was made and taken for nothing. */
+static void test_tls_chain_and_no_tickets(void **state)
+{
+    fixture *f = *state;
+    start(f);
+    tls_probe p = {.port = apns_mock_port(f->mt.mock, APNS_MOCK_PORT_TLS),
+                   .ca = pki_path(&f->pki, "ca.pem"),
+                   .cert = pki_path(&f->pki, "push.pem"),
+                   .key = pki_path(&f->pki, "push.key"),
+                   .alpn = (const unsigned char *)"\x02h2",
+                   .alpn_len = 3};
+    tls_probe_run(&p);
+    assert_true(p.ok);
+    assert_false(p.resumed);
+    assert_int_equal(p.certs, 1);
+    assert_int_equal(p.tickets, 0);
+    assert_null(p.sess);
 }
 
 static void test_curl_h2c(void **state)
@@ -552,6 +576,7 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_curl_tls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_chain_and_no_tickets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_curl_no_client_certificate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_curl_h2c, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_http2, setup, teardown),

@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 
 #include "service/svc_harness.h"
+#include "tls_probe.h"
 
 HARNESS_ENV_GROUP(env)
 
@@ -2095,6 +2096,51 @@ static void test_tls_answers_not_held_back(void **state)
     stop(f);
 }
 
+/* The service's certificate file with its CA after the certificate (a
+ * full chain as some operators give it): a full handshake sends the
+ * certificate alone, the root being what clients trust already (it went
+ * out with every handshake before: each client parsed it for nothing).
+ * One session ticket per handshake, a resumed one included: a TLS 1.3
+ * ticket is used once (auth.c), and the device resumes from the newest. */
+static void test_tls_chain_without_root(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    char dir[320], cert[400], key[400], ca[400];
+    harness_config(&env, "chain-cfg", &cfg, dir);
+    snprintf(cert, sizeof cert, "%s/server-and-ca.pem", env.dir);
+    snprintf(key, sizeof key, "%s/server.key", env.pki);
+    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
+    esim_buf both = {0}, part = {0};
+    char leaf[400];
+    snprintf(leaf, sizeof leaf, "%s/server.pem", env.pki);
+    assert_int_equal(esim_read_file(leaf, 1 << 16, &part, NULL), ESIM_OK);
+    assert_int_equal(esim_buf_append(&both, part.data, part.len), ESIM_OK);
+    esim_buf_free(&part);
+    assert_int_equal(esim_read_file(ca, 1 << 16, &part, NULL), ESIM_OK);
+    assert_int_equal(esim_buf_append(&both, part.data, part.len), ESIM_OK);
+    esim_buf_free(&part);
+    assert_int_equal(esim_write_file_atomic(cert, both.data, both.len, 0644, NULL), ESIM_OK);
+    esim_buf_free(&both);
+    cfg.tls_cert_path = cert;
+    cfg.tls_key_path = key;
+    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    fixture *f = start("chain", &cfg);
+    tls_probe p = {.port = atoi(strrchr(f->ts.url, ':') + 1), .ca = ca};
+    tls_probe_run(&p);
+    assert_true(p.ok);
+    assert_false(p.resumed);
+    assert_int_equal(p.certs, 1);
+    assert_int_equal(p.tickets, 1);
+    assert_non_null(p.sess);
+    tls_probe_run(&p);
+    assert_true(p.ok);
+    assert_true(p.resumed);
+    assert_int_equal(p.tickets, 1);
+    SSL_SESSION_free(p.sess);
+    stop(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2123,6 +2169,7 @@ int main(void)
         cmocka_unit_test(test_mtls_identity),
         cmocka_unit_test(test_mtls_identity_read_in_place),
         cmocka_unit_test(test_tls_answers_not_held_back),
+        cmocka_unit_test(test_tls_chain_without_root),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

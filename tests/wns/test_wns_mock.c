@@ -9,11 +9,13 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <sys/wait.h>
 
 #include <cmocka.h>
 
 #include "tests/sim/sim_test.h"
+#include "tls_probe.h"
 #include "wns/wns_mock.h"
 
 typedef struct {
@@ -184,6 +186,46 @@ static void test_tokens(void **state)
     size_t nagle = 0;
     assert_true(st_accepted_on((uint16_t)wns_mock_port(m, WNS_MOCK_PORT_HTTPS), &nagle) >= 1);
     assert_int_equal(nagle, 0);
+    wns_mock_free(m);
+}
+
+/* |p| run on a thread of its own while the mock's loop runs here, 20 ms at
+ * a time (nothing on the loop tells it when the thread is done). */
+static void probe(tls_probe *p)
+{
+    pthread_t t;
+    p->done = false;
+    assert_int_equal(pthread_create(&t, NULL, tls_probe_thread, p), 0);
+    for (int i = 0; i < 1500 && !p->done; i++) {
+        struct timeval tv = {0, 20000};
+        event_base_loopexit(fx.base, &tv);
+        event_base_dispatch(fx.base);
+    }
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+/* A full handshake sends the mock's certificate alone and one session
+ * ticket (the service's client keeps only the newest; OpenSSL's default
+ * is two); a resumed one gets one ticket too. */
+static void test_tls_chain_and_tickets(void **state)
+{
+    (void)state;
+    wns_mock_config cfg;
+    wns_mock_config_init(&cfg);
+    char https[64], deliv[64];
+    wns_mock *m = start(&cfg, https, deliv);
+    tls_probe p = {.port = wns_mock_port(m, WNS_MOCK_PORT_HTTPS), .ca = sim_pki_ca_file(fx.pki)};
+    probe(&p);
+    assert_true(p.ok);
+    assert_false(p.resumed);
+    assert_int_equal(p.certs, 1);
+    assert_int_equal(p.tickets, 1);
+    assert_non_null(p.sess);
+    probe(&p);
+    assert_true(p.ok);
+    assert_true(p.resumed);
+    assert_int_equal(p.tickets, 1);
+    SSL_SESSION_free(p.sess);
     wns_mock_free(m);
 }
 
@@ -407,6 +449,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tokens),
+        cmocka_unit_test(test_tls_chain_and_tickets),
         cmocka_unit_test(test_notifications_and_delivery),
         cmocka_unit_test(test_faults),
         cmocka_unit_test(test_cli),
