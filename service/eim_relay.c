@@ -919,8 +919,12 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "esim-mdm eIM");
-    if (svc->eim_smdp_ca_path)
+    /* The one CA of --eim-smdp-ca, its parsed store kept by curl for the
+     * next connections (no CApath beside it: wns.c). */
+    if (svc->eim_smdp_ca_path) {
         curl_easy_setopt(e, CURLOPT_CAINFO, svc->eim_smdp_ca_path);
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    }
     if (curl_multi_add_handle(r->loop.multi, e) != CURLM_OK) {
         svc->eim->m.relayed[1]++;
         eim_reply(svc, req, 503, NULL, 0, "ESipa: cannot start the request to the SM-DP+");

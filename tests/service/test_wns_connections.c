@@ -6,8 +6,10 @@
  * call; and the ones waiting for a connection are not timed out while
  * they wait: the mock holds each answer ANSWER_DELAY_MS, the service's
  * timeout is PUSH_TIMEOUT_MS (between one and two delays), so a push that
- * counted its wait would time out and be retried. The service (TLS, WNS
- * client) runs on its own thread; the
+ * counted its wait would time out and be retried; and the CA file of
+ * --wns-ca is read once, its parsed store kept for the next connections:
+ * the burst's new connections verify the mock after the file is gone. The
+ * service (TLS, WNS client) runs on its own thread; the
  * simulated PCs and the WNS mock (which keeps connections alive, as WNS
  * does) on this thread's loop.
  */
@@ -43,6 +45,7 @@ static struct {
     test_service ts;
     char data[320];
     char id[NPC][65];
+    char wns_ca[700]; /* the service's --wns-ca, removed mid-test */
 } fx;
 
 static void pump(int ms)
@@ -79,10 +82,17 @@ static int setup(void **state)
     fx.base = event_base_new();
     esim_error err;
     static char cert[700], key[700], ca[700], dca[700], secret[700], token_url[128];
+    static char wns_ca[700];
     snprintf(cert, sizeof cert, "%s/server.pem", fx.pki_dir);
     snprintf(key, sizeof key, "%s/server.key", fx.pki_dir);
     snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
     snprintf(dca, sizeof dca, "%s/device-ca.pem", fx.pki_dir);
+    snprintf(wns_ca, sizeof wns_ca, "%s/wns-ca.pem", fx.dir);
+    esim_buf pem = {0};
+    if (esim_read_file(ca, 1 << 16, &pem, NULL) != ESIM_OK ||
+        esim_write_file_atomic(wns_ca, pem.data, pem.len, 0644, NULL) != ESIM_OK)
+        return -1;
+    esim_buf_free(&pem);
     wns_mock_config wc;
     wns_mock_config_init(&wc);
     wc.listen = "127.0.0.1:0";
@@ -108,7 +118,8 @@ static int setup(void **state)
     cfg.wns_token_url = token_url;
     cfg.wns_client_id = wc.client_id;
     cfg.wns_secret_path = secret;
-    cfg.wns_ca_path = ca;
+    cfg.wns_ca_path = wns_ca;
+    snprintf(fx.wns_ca, sizeof fx.wns_ca, "%s", wns_ca);
     cfg.wns_timeout_ms = PUSH_TIMEOUT_MS;
     harness_start(&fx.ts, &cfg);
     harness_set_api_ca(ca);
@@ -160,21 +171,16 @@ static int teardown(void **state)
     return 0;
 }
 
-/* One command for every PC, pushed at once: every push delivered, over at
- * most HOST_CONNECTIONS new connections (handshakes, full or resumed), and
- * none retried (the last ones waited a whole delay for a connection). */
-static void test_burst_reuses_connections(void **state)
+/* One command for PCs |first| to |first| + |n| - 1, pushed at once: how
+ * many of the pushes were delivered. */
+static long long push_all(int first, int n)
 {
-    (void)state;
-    wns_mock_stats before, after;
-    wns_mock_stats_get(fx.wns, &before);
     long long delivered_before = api_metric(fx.ts.url, DELIVERED);
-    long long retried_before = api_metric(fx.ts.url, RETRIED);
     esim_buf body = {0};
     esim_buf_append_str(&body,
                         "{\"operation\":\"local_ui\",\"local_ui_enabled\":false,\"udids\":[");
-    for (int i = 0; i < NPC; i++)
-        esim_buf_printf(&body, "%s\"%s\"", i ? "," : "", fx.id[i]);
+    for (int i = first; i < first + n; i++)
+        esim_buf_printf(&body, "%s\"%s\"", i > first ? "," : "", fx.id[i]);
     esim_buf_append_str(&body, "]}");
     esim_buf_append(&body, "", 1);
     json_t *j = NULL;
@@ -188,17 +194,35 @@ static void test_burst_reuses_connections(void **state)
     json_decref(j);
     /* Every push answered (the mock answers from this thread's loop). */
     long long delivered = 0;
-    for (int k = 0; k < 400 && delivered < NPC; k++) {
+    for (int k = 0; k < 400 && delivered < n; k++) {
         pump(50);
         delivered = api_metric(fx.ts.url, DELIVERED) - delivered_before;
     }
+    return delivered;
+}
+
+/* One push first (the token and a first connection, which reads the CA
+ * file), the file removed, then one command for every other PC, pushed at
+ * once: every push delivered, over at most HOST_CONNECTIONS new connections
+ * (handshakes, full or resumed), at least one of them made after the file
+ * was gone, and none retried (the last ones waited a whole delay for a
+ * connection; a connection that read the file again would have failed). */
+static void test_burst_reuses_connections(void **state)
+{
+    (void)state;
+    assert_int_equal(push_all(0, 1), 1);
+    assert_int_equal(unlink(fx.wns_ca), 0);
+    wns_mock_stats before, after;
+    wns_mock_stats_get(fx.wns, &before);
+    long long retried_before = api_metric(fx.ts.url, RETRIED);
+    long long delivered = push_all(1, NPC - 1);
     wns_mock_stats_get(fx.wns, &after);
-    assert_int_equal(delivered, NPC);
-    assert_int_equal(after.accepted - before.accepted, NPC);
+    assert_int_equal(delivered, NPC - 1);
+    assert_int_equal(after.accepted - before.accepted, NPC - 1);
     assert_int_equal(api_metric(fx.ts.url, RETRIED), retried_before);
     uint64_t handshakes =
         (after.tls_full + after.tls_resumed) - (before.tls_full + before.tls_resumed);
-    print_message("%d pushes over %llu new connections\n", NPC, (unsigned long long)handshakes);
+    print_message("%d pushes over %llu new connections\n", NPC - 1, (unsigned long long)handshakes);
     assert_true(handshakes >= 1);
     assert_true(handshakes <= HOST_CONNECTIONS);
 }
