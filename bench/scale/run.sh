@@ -36,7 +36,8 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 handshake_us() { # ARGS...: CPU microseconds per handshake, or 0
   [[ -x "$build/bench/tls/tls_handshake_bench" ]] || { echo 0; return; }
   "$build/bench/tls/tls_handshake_bench" "$pki" 300 "$@" 2>/dev/null |
-    awk '/cpu_us_per_handshake/ {print $NF; found = 1} END {if (!found) print 0}'
+    awk '{ for (i = 1; i < NF; i++) if ($i == "cpu_us_per_handshake") { print $(i + 1); found = 1 } }
+      END { if (!found) print 0 }'
 }
 out=$(mktemp)
 pki=$(mktemp -d)

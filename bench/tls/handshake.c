@@ -5,7 +5,8 @@
  * exchange group and tickets per handshake. The two sides run in their own
  * functions (client_step, server_step, ...) so that callgrind's inclusive
  * counts split the instructions by side (bench/tls/run.sh); without
- * valgrind it prints the CPU time per handshake (both sides).
+ * valgrind it prints the CPU time per handshake, both sides together
+ * (cpu_us_per_handshake) and each side's (client_us, server_us).
  *
  * usage: tls_handshake_bench DIR N [--groups LIST] [--server-groups LIST]
  *        [--client-cert] [--resume] [--tickets N]
