@@ -381,6 +381,15 @@ struct sim_cert_cache {
     unsigned char signer_point[65];
     unsigned char signer_key[32]; /* the SHA-256 of signer_point */
     size_t chain_checks;          /* X509_verify_cert runs (sim_cert_cache_verify_der's misses) */
+    /* The base64 text sim_cert_cache_verify decoded last and its DER's
+     * SHA-256: the same text decodes to the same DER, so the next call
+     * with it finds its slot without decoding and hashing again (every
+     * eUICC of an EUM sends the EUM's certificate with each ES9+ call).
+     * Only the slot's name: the slot's own checks (digest, intermediate,
+     * age) decide as before. */
+    char *last_b64;
+    size_t last_b64_len;
+    unsigned char last_sha[SHA256_DIGEST_LENGTH];
 };
 
 /* Signatures by one key before its table is built: the table costs about
@@ -419,6 +428,7 @@ void sim_cert_cache_free(sim_cert_cache *c)
     esim_p256_cache_free(c->keys);
     X509_free(c->signer);
     X509_free(c->checked);
+    free(c->last_b64);
     free(c);
 }
 
@@ -496,17 +506,59 @@ esim_err sim_cert_cache_verify_by(sim_cert_cache *c, X509 *signer, const void *d
     return sim_ecdsa_verify_raw(pub, data, len, sig, sig_len, err);
 }
 
+static cert_slot *slot_of(sim_cert_cache *c, const unsigned char sha[SHA256_DIGEST_LENGTH]);
+
+/* The slot's certificate when the slot holds the DER of digest |sha|,
+ * verified below the intermediate of digest |via| less than
+ * CERT_CACHE_REVERIFY_MS ago (a reference for the caller); else NULL. */
+static X509 *slot_hit(sim_cert_cache *c, const unsigned char sha[SHA256_DIGEST_LENGTH],
+                      const unsigned char via[SHA256_DIGEST_LENGTH], int64_t now)
+{
+    cert_slot *e = slot_of(c, sha);
+    if (e->x509 && memcmp(e->sha, sha, SHA256_DIGEST_LENGTH) == 0 &&
+        memcmp(e->via_sha, via, SHA256_DIGEST_LENGTH) == 0 &&
+        now - e->verified_ms < CERT_CACHE_REVERIFY_MS && X509_up_ref(e->x509))
+        return e->x509;
+    return NULL;
+}
+
+/* The digest of the DER that |b64| (|n| bytes) decodes to, when it is the
+ * text last decoded. */
+static bool last_b64_is(const sim_cert_cache *c, const char *b64, size_t n)
+{
+    return c->last_b64 && c->last_b64_len == n && memcmp(c->last_b64, b64, n) == 0;
+}
+
 X509 *sim_cert_cache_verify(sim_cert_cache *c, const char *b64, X509 *ci, X509 *intermediate,
                             esim_err *why, esim_error *err)
 {
     esim_buf der = {0};
     *why = ESIM_EINVAL;
-    if (!b64 || esim_base64_decode(b64, strlen(b64), &der, NULL) != ESIM_OK) {
+    size_t n = b64 ? strlen(b64) : 0;
+    if (b64 && !intermediate && last_b64_is(c, b64, n)) {
+        static const unsigned char none[SHA256_DIGEST_LENGTH] = {0};
+        X509 *x = slot_hit(c, c->last_sha, none, esim_mono_ms());
+        if (x) {
+            *why = ESIM_OK;
+            return x;
+        }
+    }
+    if (!b64 || esim_base64_decode(b64, n, &der, NULL) != ESIM_OK) {
         esim_buf_free(&der);
         esim_fail(err, ESIM_EINVAL, "certificate is not base64");
         return NULL;
     }
     X509 *x = sim_cert_cache_verify_der(c, der.data, der.len, ci, intermediate, why, err);
+    if (x && !last_b64_is(c, b64, n)) {
+        char *copy = malloc(n + 1);
+        if (copy) {
+            memcpy(copy, b64, n + 1);
+            free(c->last_b64);
+            c->last_b64 = copy;
+            c->last_b64_len = n;
+            sim_sha256(der.data, der.len, c->last_sha);
+        }
+    }
     esim_buf_free(&der);
     return x;
 }
@@ -530,11 +582,10 @@ X509 *sim_cert_cache_verify_der(sim_cert_cache *c, const unsigned char *der, siz
     }
     cert_slot *e = slot_of(c, sha);
     int64_t now = esim_mono_ms();
-    if (e->x509 && memcmp(e->sha, sha, sizeof sha) == 0 &&
-        memcmp(e->via_sha, via, sizeof via) == 0 && now - e->verified_ms < CERT_CACHE_REVERIFY_MS &&
-        X509_up_ref(e->x509)) {
+    X509 *hit = slot_hit(c, sha, via, now);
+    if (hit) {
         *why = ESIM_OK;
-        return e->x509;
+        return hit;
     }
     X509 *x = sim_x509_from_der(der, len);
     if (!x) {

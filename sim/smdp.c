@@ -768,8 +768,12 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
         reply(req, 500, NULL);
         return;
     }
-    for (size_t i = 0; i < sizeof tx; i++)
-        snprintf(ss->txid + 2 * i, 3, "%02X", tx[i]);
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < sizeof tx; i++) {
+        ss->txid[2 * i] = hex[tx[i] >> 4];
+        ss->txid[2 * i + 1] = hex[tx[i] & 15];
+    }
+    ss->txid[2 * sizeof tx] = '\0';
     memcpy(ss->euicc_challenge, chal.data, 16);
     snprintf(ss->server_address, sizeof ss->server_address, "%s", addr);
     ss->state = SESSION_INITIATED;

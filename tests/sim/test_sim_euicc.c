@@ -725,6 +725,59 @@ static void test_cert_cache_verify_by(void **state)
     sim_cert_cache_free(c);
 }
 
+/* sim_cert_cache_verify: the base64 text decoded last names its slot
+ * without decoding again, and only that very text: a copy changed in one
+ * character (its signature) is checked afresh and refused, and the slot's
+ * own checks still decide. */
+static void test_cert_cache_verify_text(void **state)
+{
+    (void)state;
+    sim_cert_cache *c = sim_cert_cache_new(16);
+    assert_non_null(c);
+    esim_buf der = {0}, b64 = {0};
+    assert_int_equal(sim_x509_to_der(fx.pki->eum.x509, &der), ESIM_OK);
+    assert_int_equal(esim_base64_encode(der.data, der.len, &b64), ESIM_OK);
+    char *text = (char *)b64.data, *bad = strdup(text);
+    assert_non_null(bad);
+    size_t n = strlen(bad);
+    while (n > 0 && bad[n - 1] == '=')
+        n--;
+    bad[n - 3] = bad[n - 3] == 'A' ? 'B' : 'A'; /* in the signature's last bytes */
+    esim_err why;
+    X509 *x = sim_cert_cache_verify(c, text, fx.pki->ci.x509, NULL, &why, NULL);
+    assert_non_null(x);
+    assert_int_equal(why, ESIM_OK);
+    assert_int_equal(sim_cert_cache_chain_checks(c), 1);
+    for (int i = 0; i < 3; i++) {
+        X509 *y = sim_cert_cache_verify(c, text, fx.pki->ci.x509, NULL, &why, NULL);
+        assert_ptr_equal(y, x);
+        X509_free(y);
+        assert_int_equal(sim_cert_cache_chain_checks(c), 1 + (size_t)i);
+        assert_null(sim_cert_cache_verify(c, bad, fx.pki->ci.x509, NULL, &why, NULL));
+        assert_int_equal(why == ESIM_ECRYPTO || why == ESIM_EINVAL, true);
+    }
+    /* the chain is checked each time the changed copy comes */
+    assert_int_equal(sim_cert_cache_chain_checks(c), 4);
+    /* Verified with an intermediate, the slot holds that verdict: the
+     * text decoded last, asked without one, is checked again. */
+    X509 *y = sim_cert_cache_verify(c, text, fx.pki->ci.x509, fx.pki->dpauth.x509, &why, NULL);
+    assert_non_null(y);
+    assert_int_equal(sim_cert_cache_chain_checks(c), 5);
+    X509_free(y);
+    y = sim_cert_cache_verify(c, text, fx.pki->ci.x509, NULL, &why, NULL);
+    assert_non_null(y);
+    assert_int_equal(sim_cert_cache_chain_checks(c), 6);
+    X509_free(y);
+    y = sim_cert_cache_verify(c, text, fx.pki->ci.x509, NULL, &why, NULL);
+    assert_int_equal(sim_cert_cache_chain_checks(c), 6);
+    X509_free(y);
+    X509_free(x);
+    free(bad);
+    esim_buf_free(&der);
+    esim_buf_free(&b64);
+    sim_cert_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -741,6 +794,7 @@ int main(void)
         cmocka_unit_test(test_ec_signer),
         cmocka_unit_test(test_ec_scalar_keys),
         cmocka_unit_test(test_cert_cache_verify_by),
+        cmocka_unit_test(test_cert_cache_verify_text),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
