@@ -9,7 +9,7 @@
  * (cpu_us_per_handshake) and each side's (client_us, server_us).
  *
  * usage: tls_handshake_bench DIR N [--groups LIST] [--server-groups LIST]
- *        [--client-cert] [--resume] [--tickets N]
+ *        [--client-cert] [--resume] [--tickets N] [--no-auto-chain]
  * DIR holds server.pem/server.key (the server's), ca.pem (its CA),
  * dev.pem/dev.key (the client's) and device-ca.pem (their CA).
  */
@@ -137,7 +137,7 @@ __attribute__((noinline)) static int client_read(SSL *c, char *buf, int len)
 static int usage(void)
 {
     fprintf(stderr, "usage: tls_handshake_bench DIR N [--groups LIST] [--server-groups LIST] "
-                    "[--client-cert] [--resume] [--tickets N]\n");
+                    "[--client-cert] [--resume] [--tickets N] [--no-auto-chain]\n");
     return 2;
 }
 
@@ -160,7 +160,7 @@ int main(int argc, char **argv)
     const char *dir = argv[1];
     long n = strtol(argv[2], NULL, 10);
     const char *groups = NULL, *server_groups = NULL;
-    int client_cert = 0, resume = 0;
+    int client_cert = 0, resume = 0, no_auto_chain = 0;
     long tickets = 1;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--groups") == 0 && i + 1 < argc)
@@ -171,6 +171,8 @@ int main(int argc, char **argv)
             client_cert = 1;
         else if (strcmp(argv[i], "--resume") == 0)
             resume = 1;
+        else if (strcmp(argv[i], "--no-auto-chain") == 0)
+            no_auto_chain = 1; /* as core/tls.c settles the servers' chains */
         else if (strcmp(argv[i], "--tickets") == 0 && i + 1 < argc)
             tickets = strtol(argv[++i], NULL, 10);
         else
@@ -192,6 +194,8 @@ int main(int argc, char **argv)
         SSL_CTX_use_PrivateKey_file(sctx, path[1], SSL_FILETYPE_PEM) != 1)
         return fail("cannot load the server's certificate and key");
     SSL_CTX_set_num_tickets(sctx, (size_t)tickets);
+    if (no_auto_chain)
+        SSL_CTX_set_mode(sctx, SSL_MODE_NO_AUTO_CHAIN);
     if ((server_groups && SSL_CTX_set1_groups_list(sctx, server_groups) != 1) ||
         (groups && SSL_CTX_set1_groups_list(cctx, groups) != 1))
         return fail("unknown group");
