@@ -397,12 +397,10 @@ static void checkin_run(store *st, pool_job *pj)
         esim_buf hex = {0};
         rc = esim_hex_encode(msg->token.data, msg->token.len, &hex);
         if (rc == ESIM_OK)
-            rc = esim_store_device_token_update(st, msg->udid, id->cert_sha256, msg->topic,
-                                                (const char *)hex.data, msg->push_magic, now, e);
+            rc = esim_store_device_token_update_tally(st, msg->udid, id->cert_sha256, msg->topic,
+                                                      (const char *)hex.data, msg->push_magic, now,
+                                                      &j->tally, e);
         esim_buf_free(&hex);
-        store_device d;
-        if (rc == ESIM_OK && esim_store_device_get(st, msg->udid, &d, NULL) == ESIM_OK)
-            j->tally = d.token_update_tally;
         break;
     }
     case ESIM_MSG_CHECKOUT:

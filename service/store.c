@@ -327,6 +327,16 @@ esim_err esim_store_device_token_update(store *st, const char *udid, const char 
                                         const char *topic, const char *token_hex,
                                         const char *push_magic, int64_t now, esim_error *err)
 {
+    return esim_store_device_token_update_tally(st, udid, cert_sha256, topic, token_hex, push_magic,
+                                                now, NULL, err);
+}
+
+esim_err esim_store_device_token_update_tally(store *st, const char *udid, const char *cert_sha256,
+                                              const char *topic, const char *token_hex,
+                                              const char *push_magic, int64_t now, int64_t *tally,
+                                              esim_error *err)
+{
+    int64_t n = 0;
     if (!udid || !topic || !token_hex || !*token_hex || !push_magic || !*push_magic)
         return esim_fail(err, ESIM_EINVAL, "TokenUpdate needs a UDID, Topic, Token and PushMagic");
     esim_err rc = op_begin_checked(st, err);
@@ -334,10 +344,13 @@ esim_err esim_store_device_token_update(store *st, const char *udid, const char 
         return rc;
     rc = check_identity(st, udid, cert_sha256, "TokenUpdate", now, err);
     if (rc == ESIM_OK)
-        rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now, err);
+        rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now, &n, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "token_update", udid, NULL, topic, NULL, 0, err);
-    return st->ops->op_end(st, rc, err);
+    rc = st->ops->op_end(st, rc, err);
+    if (rc == ESIM_OK && tally)
+        *tally = n;
+    return rc;
 }
 
 esim_err esim_store_device_bootstrap_set(store *st, const char *udid, const char *cert_sha256,

@@ -322,6 +322,16 @@ ESIM_EXTERN esim_err esim_store_device_token_update(store *st, const char *udid,
                                                     const char *token_hex, const char *push_magic,
                                                     int64_t now, esim_error *err);
 
+/* The same, and the device's token_update_tally after it (TokenUpdates
+ * since its enrolment, this one included) in |*tally| when it succeeds and
+ * |tally| is not NULL: the update returns it, so the caller need not read
+ * the device's row again. */
+ESIM_EXTERN esim_err esim_store_device_token_update_tally(store *st, const char *udid,
+                                                          const char *cert_sha256,
+                                                          const char *topic, const char *token_hex,
+                                                          const char *push_magic, int64_t now,
+                                                          int64_t *tally, esim_error *err);
+
 /* SetBootstrapToken: stores the device's bootstrap token, replacing any
  * earlier one (|len| 0: clears it); GetBootstrapToken: appends it to |out|
  * (nothing when the device has none). A ledger event records each, without

@@ -93,10 +93,11 @@ struct store_ops {
     esim_err (*device_restart_enrolment)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Topic, token and magic stored, push state valid, token_updated_at and
      * last_seen_at = |now|, token_update_tally + 1 (device_enroll and
-     * device_unenroll set it to 0). */
+     * device_unenroll set it to 0), the new tally in |*tally| (the statement
+     * returns it: no read of the row after). */
     esim_err (*device_set_token)(store *st, const char *udid, const char *topic,
                                  const char *token_hex, const char *push_magic, int64_t now,
-                                 esim_error *err);
+                                 int64_t *tally, esim_error *err);
     /* Not enrolled, token and magic cleared, push state none, no push owed,
      * checked_out_at and last_seen_at = |now|. */
     esim_err (*device_unenroll)(store *st, const char *udid, int64_t now, esim_error *err);

@@ -404,7 +404,8 @@ static const char *const statement_sql[S_COUNT] = {
         " last_seen_at = excluded.last_seen_at, platform = excluded.platform",
     [S_DEV_TOKEN] = "UPDATE devices SET topic = ?2, push_token = ?3, push_magic = ?4,"
                     " push_state = 'valid', token_updated_at = ?5, last_seen_at = ?5,"
-                    " token_update_tally = token_update_tally + 1 WHERE udid = ?1",
+                    " token_update_tally = token_update_tally + 1 WHERE udid = ?1"
+                    " RETURNING token_update_tally",
     [S_DEV_CHECKOUT] = "UPDATE devices SET enrolled = 0, push_token = '', push_magic = '',"
                        " push_state = 'none', push_due_at = 0, checked_out_at = ?2,"
                        " token_update_tally = 0,"
@@ -1220,10 +1221,18 @@ static esim_err sq_device_restart_enrolment(store *base, const char *udid, int64
 
 static esim_err sq_device_set_token(store *base, const char *udid, const char *topic,
                                     const char *token_hex, const char *push_magic, int64_t now,
-                                    esim_error *err)
+                                    int64_t *tally, esim_error *err)
 {
-    return exec_stmt((sqlite_store *)base, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex,
-                     push_magic, now);
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex, push_magic, now);
+    if (r < 0)
+        return ESIM_ESTORE;
+    sqlite3_stmt *st = s->stmt[S_DEV_TOKEN];
+    *tally = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    /* The update is made at the first step; the reset ends the statement
+     * (no step left pending inside the transaction). */
+    sqlite3_reset(st);
+    return ESIM_OK;
 }
 
 static esim_err sq_device_bind_cert(store *base, const char *udid, const char *cert_sha256,

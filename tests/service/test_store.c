@@ -1609,10 +1609,36 @@ static void test_tally_retro_bind_bootstrap(void **state)
     assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
     assert_int_equal(d.token_update_tally, 2);
     assert_string_equal(d.push_token, "aa"); /* any non-empty token: APNs judges it */
+    /* The tally the update returns is the row's. */
+    int64_t tally = -1;
+    assert_int_equal(
+        esim_store_device_token_update_tally(st, "U1", "c1", "t", "ab", "m", 1002, &tally, NULL),
+        ESIM_OK);
+    assert_int_equal(tally, 3);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 3);
+    /* Refused: nothing written, the tally left as it was. */
+    assert_int_equal(
+        esim_store_device_token_update_tally(st, "U1", "c2", "t", "ac", "m", 1002, &tally, NULL),
+        ESIM_EAUTH);
+    assert_int_equal(tally, 3);
+    assert_int_equal(
+        esim_store_device_token_update_tally(st, "U9", "c9", "t", "ac", "m", 1002, &tally, NULL),
+        ESIM_ENOTFOUND);
+    assert_int_equal(tally, 3);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 3);
+    assert_string_equal(d.push_token, "ab");
     store_authenticate_in again = {.udid = "U1", .topic = "t", .cert_sha256 = "c1"};
     assert_int_equal(esim_store_device_authenticate(st, &again, 1003, NULL), ESIM_OK);
     assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
     assert_int_equal(d.token_update_tally, 0);
+    assert_int_equal(
+        esim_store_device_token_update_tally(st, "U1", "c1", "t", "ad", "m", 1004, &tally, NULL),
+        ESIM_OK);
+    assert_int_equal(tally, 1);
+    assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
+    assert_int_equal(d.token_update_tally, 1);
 
     /* Migrated: no identity bound; the first one presented is bound. */
     enroll(st, "M1", "");
