@@ -597,12 +597,15 @@ static tree_verdict check_tree(plist_t node, unsigned depth_left, tree_check *tc
  * Nearly every message a device sends on its busy path (Idle, Acknowledged,
  * the check-ins without data) is one dictionary of short ASCII strings.
  * Such a body is read here in one pass into the tree libplist would have
- * built (a dict of PLIST_STRING and PLIST_BOOLEAN values in document order),
+ * built (a dict of PLIST_STRING, PLIST_DATA and PLIST_BOOLEAN values in
+ * document order),
  * without the nesting pre-scan, libplist's tokenizer and the tree walk after
  * it, which cost about three quarters of a message's parse. The shape is
  * narrow on purpose: an XML declaration and a DOCTYPE without '<', '[' or
  * single quotes, <plist ...>, one <dict> whose entries are <key>text</key>
- * followed by <string>text</string>, <string/>, <true/> or <false/>, and
+ * followed by <string>text</string>, <string/>, <true/>, <false/> or
+ * <data>base64</data> (TokenUpdate's Token: canonical base64, its padding
+ * only at the end, spaces, tabs and line feeds between, not empty), and
  * text of printable ASCII without '&' (so no entity, CDATA or comment to
  * decode). Anything else, a repeated key included, returns NULL and the
  * body takes the general path, which refuses or accepts it as before
@@ -659,6 +662,52 @@ static bool flat_text(const char *p, size_t len, size_t *i, const char *close, s
     return flat_lit(p, len, i, close, close_len);
 }
 
+static int flat_b64(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* <data>'s base64 decoded into |out| (at most FLAT_MAX_TEXT bytes), then
+ * its closing tag. Whole quanta of four, '=' only as the last one's one or
+ * two pads, nothing but base64, ' ', '\t' and '\n' before the '<'. */
+static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, size_t *out_len)
+{
+    unsigned q[4];
+    unsigned nq = 0, pads = 0;
+    size_t n = 0;
+    for (; *i < len && p[*i] != '<'; (*i)++) {
+        unsigned char c = (unsigned char)p[*i];
+        if (c == ' ' || c == '\t' || c == '\n')
+            continue;
+        int v = flat_b64(c);
+        if (c == '=' && nq >= 2)
+            pads++, v = 0;
+        else if (v < 0 || pads)
+            return false; /* not base64, or a symbol after a pad */
+        q[nq++] = (unsigned)v;
+        if (nq < 4)
+            continue;
+        if (n + 3 > FLAT_MAX_TEXT)
+            return false;
+        out[n++] = (unsigned char)(q[0] << 2 | q[1] >> 4);
+        out[n++] = (unsigned char)(q[1] << 4 | q[2] >> 2);
+        out[n++] = (unsigned char)(q[2] << 6 | q[3]);
+        nq = 0;
+    }
+    /* "x=" + symbol: a pad then more symbols is refused above; "xx=y" too
+     * (pads counted, then a symbol). Whole quanta only, something in them. */
+    if (nq != 0 || n == 0 || pads > 2)
+        return false;
+    *out_len = n - pads;
+    return flat_lit(p, len, i, "</data>", 7);
+}
+
 plist_t plist_xml_flat_dict(const void *data, size_t len)
 {
     const char *p = data;
@@ -703,6 +752,11 @@ plist_t plist_xml_flat_dict(const void *data, size_t len)
             value = plist_new_bool(1);
         } else if (flat_lit(p, len, &i, "<false/>", 8)) {
             value = plist_new_bool(0);
+        } else if (flat_lit(p, len, &i, "<data>", 6)) {
+            size_t n = 0;
+            if (!flat_data(p, len, &i, (unsigned char *)text, &n))
+                goto general;
+            value = plist_new_data(text, n);
         }
         if (!value)
             goto general;

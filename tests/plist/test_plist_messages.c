@@ -962,6 +962,13 @@ static void test_flat_fast_path(void **state)
         "<key>Yes</key><true/><key>No</key><false/><key>Status</key><string>Idle</string>"
         "<key>Q</key><string>\"quoted\" 'single' / ? ! = ;</string></dict></plist>",
         "<plist><dict></dict></plist>",
+        /* TokenUpdate's Token as libplist writes data (one pad), and the
+         * other paddings, line breaks and tabs inside. */
+        "<plist><dict><key>Token</key><data>\n\tq83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k=\n\t"
+        "</data><key>PushMagic</key><string>m</string></dict></plist>",
+        "<plist><dict><key>A</key><data>AA==</data><key>B</key><data>AAE=</data>"
+        "<key>C</key><data>AAEC</data><key>D</key><data> QU JD\nRA == </data>"
+        "<key>E</key><data>/+/+</data></dict></plist>",
     };
     for (size_t k = 0; k < sizeof flat / sizeof flat[0]; k++) {
         plist_t fast = plist_xml_flat_dict(flat[k], strlen(flat[k]));
@@ -1030,6 +1037,18 @@ static void test_flat_fast_path(void **state)
         "</plist>",
         "<?xml version=\"1.0?>\"?><plist><dict></dict></plist>",
         "<plist version=\"1.0>\"><dict></dict></plist>",
+        /* <data> the fast path leaves to libplist: empty, self-closed, not
+         * whole quanta, a pad inside or too many, other characters. */
+        "<plist><dict><key>T</key><data></data></dict></plist>",
+        "<plist><dict><key>T</key><data/></dict></plist>",
+        "<plist><dict><key>T</key><data>AAE</data></dict></plist>",
+        "<plist><dict><key>T</key><data>AA=A</data></dict></plist>",
+        "<plist><dict><key>T</key><data>AA==AAAA</data></dict></plist>",
+        "<plist><dict><key>T</key><data>A===</data></dict></plist>",
+        "<plist><dict><key>T</key><data>====</data></dict></plist>",
+        "<plist><dict><key>T</key><data>AA-_</data></dict></plist>",
+        "<plist><dict><key>T</key><data>AA\rAA</data></dict></plist>",
+        "<plist><dict><key>T</key><data>AA&#65;A</data></dict></plist>",
     };
     for (size_t k = 0; k < sizeof odd / sizeof odd[0]; k++)
         assert_null(plist_xml_flat_dict(odd[k], strlen(odd[k])));
