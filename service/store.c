@@ -344,7 +344,8 @@ esim_err esim_store_device_token_update_tally(store *st, const char *udid, const
         return rc;
     rc = check_identity(st, udid, cert_sha256, "TokenUpdate", now, err);
     if (rc == ESIM_OK)
-        rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now, &n, err);
+        rc = st->ops->device_set_token(st, udid, topic, token_hex, push_magic, now,
+                                       tally ? &n : NULL, err);
     if (rc == ESIM_OK)
         rc = st->ops->event_add(st, now, "token_update", udid, NULL, topic, NULL, 0, err);
     rc = st->ops->op_end(st, rc, err);

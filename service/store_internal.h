@@ -93,8 +93,9 @@ struct store_ops {
     esim_err (*device_restart_enrolment)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Topic, token and magic stored, push state valid, token_updated_at and
      * last_seen_at = |now|, token_update_tally + 1 (device_enroll and
-     * device_unenroll set it to 0), the new tally in |*tally| (the statement
-     * returns it: no read of the row after). */
+     * device_unenroll set it to 0), the new tally in |*tally| unless |tally|
+     * is NULL (PostgreSQL: the UPDATE returns it; SQLite: a narrow read after
+     * it, cheaper there than RETURNING). */
     esim_err (*device_set_token)(store *st, const char *udid, const char *topic,
                                  const char *token_hex, const char *push_magic, int64_t now,
                                  int64_t *tally, esim_error *err);

@@ -1073,7 +1073,8 @@ static esim_err pg_device_set_token(store *base, const char *udid, const char *t
         run((pg_store *)base, err, S_DEV_TOKEN, "tTTTi", udid, topic, token_hex, push_magic, now);
     if (!r)
         return ESIM_ESTORE;
-    *tally = PQntuples(r) > 0 ? col_i64(r, 0, 0) : 0;
+    if (tally)
+        *tally = PQntuples(r) > 0 ? col_i64(r, 0, 0) : 0;
     PQclear(r);
     return ESIM_OK;
 }
