@@ -7,7 +7,6 @@
  * A crash, a sanitizer report, a request left without an answer, or a 500
  * that is not "the store failed" is a finding.
  */
-#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <event2/event.h>
 
 #include "campaign/campaign.h"
+#include "fuzz_dir.h"
 #include "fuzz_http.h"
 #include "service/service.h"
 
@@ -31,19 +31,11 @@ static struct {
     char url[128];
 } g;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     esim_service_free(g.svc);
     event_base_free(g.base);
-    nftw(g.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fuzz_dir_remove(g.dir);
 }
 
 static void setup(void)

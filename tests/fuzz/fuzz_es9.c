@@ -11,7 +11,6 @@
  * lookup. A crash, a sanitizer report
  * or a request left without an answer is a finding.
  */
-#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "fuzz_dir.h"
 #include "fuzz_http.h"
 #include "sim/sim.h"
 
@@ -38,20 +38,12 @@ static struct {
     unsigned long inputs;
 } g;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     sim_smdp_free(g.smdp);
     sim_pki_free(g.pki);
     event_base_free(g.base);
-    nftw(g.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fuzz_dir_remove(g.dir);
 }
 
 static void open_session(const char *body, char txid[128])
@@ -59,8 +51,8 @@ static void open_session(const char *body, char txid[128])
     char url[256];
     snprintf(url, sizeof url, "%s/gsma/rsp2/es9plus/initiateAuthentication", g.url);
     esim_buf reply = {0};
-    fuzz_http_send("POST", url, "application/json", NULL, (const unsigned char *)body,
-                   strlen(body), &reply);
+    fuzz_http_send("POST", url, "application/json", NULL, (const unsigned char *)body, strlen(body),
+                   &reply);
     json_t *j = reply.len ? json_loadb((const char *)reply.data, reply.len, 0, NULL) : NULL;
     const char *tx = json_string_value(json_object_get(j, "transactionId"));
     snprintf(txid, 128, "%s", tx ? tx : "none");

@@ -8,7 +8,6 @@
  * is a crash or a sanitizer report: what the PC accepts and refuses must stay
  * libxml2's word.
  */
-#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 
 #include <libxml/parser.h>
 
+#include "fuzz_dir.h"
 #include "sim/sim_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -26,18 +26,10 @@ static struct {
     char eid[ESIM_EID_LEN + 1];
 } g;
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     sim_pki_free(g.pki);
-    nftw(g.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fuzz_dir_remove(g.dir);
     xmlCleanupParser();
 }
 
