@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 
+#include <openssl/ssl.h>
+
 typedef struct {
     struct event *ev;
 } sock_ctx;
@@ -94,4 +96,38 @@ void curl_loop_free(curl_loop *l)
         event_free(l->timer_ev);
     l->multi = NULL;
     l->timer_ev = NULL;
+}
+
+X509_STORE *curl_loop_system_store(void)
+{
+    X509_STORE *store = X509_STORE_new();
+    /* Fails only for want of memory: a missing file or directory is no
+     * error (OpenSSL's own SSL_CTX_set_default_verify_paths, which curl's
+     * default locations are on Debian). */
+    if (store && X509_STORE_set_default_paths(store) != 1) {
+        X509_STORE_free(store);
+        store = NULL;
+    }
+    return store;
+}
+
+/* curl's SSL_CTX callback, after curl set the context up (its own store,
+ * empty with no CA file or directory) and before the connection's SSL is
+ * made from it: the kept store replaces curl's, so that one verifies. */
+static CURLcode set_store(CURL *e, void *ssl_ctx, void *store)
+{
+    (void)e;
+    SSL_CTX_set1_cert_store(ssl_ctx, store);
+    return CURLE_OK;
+}
+
+void curl_loop_use_store(CURL *e, X509_STORE *store)
+{
+    if (curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, set_store) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, store) != CURLE_OK) {
+        curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, NULL);
+        return;
+    }
+    curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+    curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <openssl/x509.h>
 
 typedef struct curl_loop {
     CURLM *multi;
@@ -24,5 +25,18 @@ int curl_loop_init(curl_loop *l, struct event_base *base, void (*finished)(void 
 
 /* Frees the multi handle (its sockets' events go with it) and the timer. */
 void curl_loop_free(curl_loop *l);
+
+/* The system's trust store as OpenSSL finds it by default (its CA bundle
+ * file and hashed CA directory; SSL_CERT_FILE and SSL_CERT_DIR honoured),
+ * loaded once; NULL when out of memory. Free with X509_STORE_free. */
+X509_STORE *curl_loop_system_store(void);
+
+/* Makes |e| verify its server against |store| (which must outlive the
+ * transfer) in place of curl's own CA file and directory: curl reads and
+ * parses those again for each new connection when both are set, as they
+ * are by default (Debian: the whole bundle, 144 certificates, ≈ 240 M
+ * instructions). Peer verification stays on. When this curl cannot take
+ * the store (not built on OpenSSL) its own defaults stay. */
+void curl_loop_use_store(CURL *e, X509_STORE *store);
 
 #endif

@@ -75,6 +75,7 @@ typedef struct {
 
 struct eim_relay_state {
     curl_loop loop;
+    X509_STORE *system_store; /* without --eim-smdp-ca: the system's, loaded once */
     relay_call *calls;
     size_t n_calls;
     relay_failure failures[RELAY_FAILURES];
@@ -658,7 +659,8 @@ static eim_relay_state *relay_state(esim_service *svc)
     eim_relay_state *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    if (curl_loop_init(&r->loop, svc->base, on_finished, r) != 0) {
+    if (curl_loop_init(&r->loop, svc->base, on_finished, r) != 0 ||
+        (!svc->eim_smdp_ca_path && !(r->system_store = curl_loop_system_store()))) {
         curl_loop_free(&r->loop);
         free(r);
         return NULL;
@@ -920,10 +922,13 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "esim-mdm eIM");
     /* The one CA of --eim-smdp-ca, its parsed store kept by curl for the
-     * next connections (no CApath beside it: wns.c). */
+     * next connections (no CApath beside it: wns.c); else the system's
+     * store, loaded once (curl_loop_use_store). */
     if (svc->eim_smdp_ca_path) {
         curl_easy_setopt(e, CURLOPT_CAINFO, svc->eim_smdp_ca_path);
         curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    } else {
+        curl_loop_use_store(e, r->system_store);
     }
     if (curl_multi_add_handle(r->loop.multi, e) != CURLM_OK) {
         svc->eim->m.relayed[1]++;
@@ -949,6 +954,7 @@ void eim_relay_free(struct svc_eim *e)
         call_free(c);
     }
     curl_loop_free(&r->loop);
+    X509_STORE_free(r->system_store); /* after every connection that used it */
     free(r);
     e->relay = NULL;
 }

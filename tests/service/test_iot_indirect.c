@@ -10,7 +10,9 @@
  * answers at: each a failed package with the reason in words, and nothing
  * installed. The relay reaches only the SM-DP+ of a download the eIM
  * triggered and awaits, and only for that eUICC: any other address is
- * refused before a connection is made.
+ * refused before a connection is made. The downloads again without
+ * --eim-smdp-ca: the relay checks the SM-DP+ against the system's store
+ * (here SSL_CERT_FILE naming the test CA, SSL_CERT_DIR an empty directory).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -34,6 +37,9 @@
 
 #define N_IOT 3
 #define SEED 1616
+
+/* The SM-DP+'s CA is --eim-smdp-ca, or in the system's store. */
+static bool system_store;
 
 static struct {
     harness_env env;
@@ -150,7 +156,14 @@ static int setup(void **state)
     cfg.eim_key_path = key;
     cfg.eim_cert_path = cert;
     cfg.euicc_ci_path = ci;
-    cfg.eim_smdp_ca_path = ca;
+    cfg.eim_smdp_ca_path = system_store ? NULL : ca;
+    if (system_store) {
+        char empty_dir[700];
+        snprintf(empty_dir, sizeof empty_dir, "%s/empty-certs", fx.dir);
+        if (mkdir(empty_dir, 0755) != 0 || setenv("SSL_CERT_FILE", ca, 1) != 0 ||
+            setenv("SSL_CERT_DIR", empty_dir, 1) != 0)
+            return -1;
+    }
     harness_start(&fx.ts, &cfg);
 
     sim_devsim_config dc = {.server_url = fx.ts.url,
@@ -201,8 +214,16 @@ static int teardown(void **state)
     sim_pki_free(fx.pki);
     st_rmrf(fx.dir);
     free(fx.dir);
+    unsetenv("SSL_CERT_FILE");
+    unsetenv("SSL_CERT_DIR");
     harness_env_teardown(&fx.env);
     return 0;
+}
+
+static int setup_system_store(void **state)
+{
+    system_store = true;
+    return setup(state);
 }
 
 static void test_indirect_downloads(void **state)
@@ -663,5 +684,10 @@ int main(void)
         cmocka_unit_test(test_relay_refusals),
         cmocka_unit_test(test_relay_only_to_triggered),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    const struct CMUnitTest system[] = {
+        cmocka_unit_test(test_indirect_downloads),
+    };
+    int failed = cmocka_run_group_tests_name("eim_smdp_ca", tests, setup, teardown);
+    failed += cmocka_run_group_tests_name("system_store", system, setup_system_store, teardown);
+    return failed;
 }

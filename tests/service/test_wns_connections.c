@@ -8,8 +8,13 @@
  * timeout is PUSH_TIMEOUT_MS (between one and two delays), so a push that
  * counted its wait would time out and be retried; and the CA file of
  * --wns-ca is read once, its parsed store kept for the next connections:
- * the burst's new connections verify the mock after the file is gone. The
- * service (TLS, WNS client) runs on its own thread; the
+ * the burst's new connections verify the mock after the file is gone.
+ * Without --wns-ca the same burst against the system's store (OpenSSL's
+ * default locations, here SSL_CERT_FILE naming a copy of the test CA and
+ * SSL_CERT_DIR an empty directory): loaded once at the start, so the
+ * burst's new connections verify the mock after that copy is gone; and
+ * with another CA as the system's store the mock is refused (no push
+ * delivered). The service (TLS, WNS client) runs on its own thread; the
  * simulated PCs and the WNS mock (which keeps connections alive, as WNS
  * does) on this thread's loop.
  */
@@ -19,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -32,6 +38,7 @@
 #define PUSH_TIMEOUT_MS 3000
 #define DELIVERED "esim_mdm_wns_outcomes_total{outcome=\"delivered\"}"
 #define RETRIED "esim_mdm_wns_outcomes_total{outcome=\"retried\"}"
+#define FAILED "esim_mdm_wns_outcomes_total{outcome=\"failed\"}"
 #define SEED 4242
 
 static struct {
@@ -45,8 +52,13 @@ static struct {
     test_service ts;
     char data[320];
     char id[NPC][65];
-    char wns_ca[700]; /* the service's --wns-ca, removed mid-test */
+    char wns_ca[700]; /* the service's --wns-ca (or SSL_CERT_FILE), removed mid-test */
+    int npc;
 } fx;
+
+/* Where the service's WNS client finds its CA: --wns-ca; the system's
+ * store, holding the test CA; the system's store, holding another CA. */
+static enum { CA_OPTION, CA_SYSTEM, CA_SYSTEM_OTHER } mode;
 
 static void pump(int ms)
 {
@@ -88,11 +100,29 @@ static int setup(void **state)
     snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
     snprintf(dca, sizeof dca, "%s/device-ca.pem", fx.pki_dir);
     snprintf(wns_ca, sizeof wns_ca, "%s/wns-ca.pem", fx.dir);
+    fx.npc = mode == CA_SYSTEM_OTHER ? 1 : NPC;
+    char trusted[700], empty_dir[700];
+    snprintf(trusted, sizeof trusted, "%s", ca);
+    sim_pki *other = NULL;
+    if (mode == CA_SYSTEM_OTHER) {
+        char other_dir[700];
+        snprintf(other_dir, sizeof other_dir, "%s/other-pki", fx.dir);
+        if (sim_pki_open(other_dir, &other, NULL) != ESIM_OK)
+            return -1;
+        snprintf(trusted, sizeof trusted, "%s", sim_pki_ca_file(other));
+    }
     esim_buf pem = {0};
-    if (esim_read_file(ca, 1 << 16, &pem, NULL) != ESIM_OK ||
+    if (esim_read_file(trusted, 1 << 16, &pem, NULL) != ESIM_OK ||
         esim_write_file_atomic(wns_ca, pem.data, pem.len, 0644, NULL) != ESIM_OK)
         return -1;
     esim_buf_free(&pem);
+    sim_pki_free(other);
+    if (mode != CA_OPTION) {
+        snprintf(empty_dir, sizeof empty_dir, "%s/empty-certs", fx.dir);
+        if (mkdir(empty_dir, 0755) != 0 || setenv("SSL_CERT_FILE", wns_ca, 1) != 0 ||
+            setenv("SSL_CERT_DIR", empty_dir, 1) != 0)
+            return -1;
+    }
     wns_mock_config wc;
     wns_mock_config_init(&wc);
     wc.listen = "127.0.0.1:0";
@@ -118,7 +148,7 @@ static int setup(void **state)
     cfg.wns_token_url = token_url;
     cfg.wns_client_id = wc.client_id;
     cfg.wns_secret_path = secret;
-    cfg.wns_ca_path = wns_ca;
+    cfg.wns_ca_path = mode == CA_OPTION ? wns_ca : NULL;
     snprintf(fx.wns_ca, sizeof fx.wns_ca, "%s", wns_ca);
     cfg.wns_timeout_ms = PUSH_TIMEOUT_MS;
     harness_start(&fx.ts, &cfg);
@@ -132,8 +162,8 @@ static int setup(void **state)
         sim_devsim_windows_id(SEED, i, fx.id[i]);
     sim_devsim_config dc = {.server_url = url,
                             .pki_dir = fx.pki_dir,
-                            .devices = NPC,
-                            .windows_pcs = NPC,
+                            .devices = (unsigned)fx.npc,
+                            .windows_pcs = (unsigned)fx.npc,
                             .wns_url = deliv,
                             .windows_poll_ms = 600000,
                             .seed = SEED};
@@ -141,7 +171,7 @@ static int setup(void **state)
         fprintf(stderr, "devsim: %s\n", err.msg);
         return -1;
     }
-    for (int i = 0; i < NPC; i++) {
+    for (int i = 0; i < fx.npc; i++) {
         int k = 0;
         for (; k < 600 && !pc_ready(i); k++) {
             if (k % 20 == 19)
@@ -167,15 +197,19 @@ static int teardown(void **state)
     sim_pki_free(fx.pki);
     st_rmrf(fx.dir);
     free(fx.dir);
+    unsetenv("SSL_CERT_FILE");
+    unsetenv("SSL_CERT_DIR");
     harness_env_teardown(&fx.env);
     return 0;
 }
 
 /* One command for PCs |first| to |first| + |n| - 1, pushed at once: how
- * many of the pushes were delivered. */
+ * many of the pushes were delivered (waiting until all are, or one
+ * failed). */
 static long long push_all(int first, int n)
 {
     long long delivered_before = api_metric(fx.ts.url, DELIVERED);
+    long long failed_before = api_metric(fx.ts.url, FAILED);
     esim_buf body = {0};
     esim_buf_append_str(&body,
                         "{\"operation\":\"local_ui\",\"local_ui_enabled\":false,\"udids\":[");
@@ -194,7 +228,8 @@ static long long push_all(int first, int n)
     json_decref(j);
     /* Every push answered (the mock answers from this thread's loop). */
     long long delivered = 0;
-    for (int k = 0; k < 400 && delivered < n; k++) {
+    for (int k = 0; k < 400 && delivered < n && api_metric(fx.ts.url, FAILED) == failed_before;
+         k++) {
         pump(50);
         delivered = api_metric(fx.ts.url, DELIVERED) - delivered_before;
     }
@@ -227,10 +262,52 @@ static void test_burst_reuses_connections(void **state)
     assert_true(handshakes <= HOST_CONNECTIONS);
 }
 
+/* The system's store holds another CA than the mock's: the token request
+ * is refused at the handshake, so the push fails (no access token) and
+ * nothing reaches the mock. */
+static void test_other_ca_refused(void **state)
+{
+    (void)state;
+    wns_mock_stats before, after;
+    wns_mock_stats_get(fx.wns, &before);
+    long long failed_before = api_metric(fx.ts.url, FAILED);
+    long long delivered = push_all(0, 1);
+    wns_mock_stats_get(fx.wns, &after);
+    assert_int_equal(delivered, 0);
+    assert_int_equal(api_metric(fx.ts.url, FAILED), failed_before + 1);
+    assert_int_equal(after.token_requests, before.token_requests);
+    assert_int_equal(after.accepted, before.accepted);
+}
+
+static int setup_option(void **state)
+{
+    mode = CA_OPTION;
+    return setup(state);
+}
+
+static int setup_system(void **state)
+{
+    mode = CA_SYSTEM;
+    return setup(state);
+}
+
+static int setup_system_other(void **state)
+{
+    mode = CA_SYSTEM_OTHER;
+    return setup(state);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_burst_reuses_connections),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    const struct CMUnitTest refused[] = {
+        cmocka_unit_test(test_other_ca_refused),
+    };
+    int failed = cmocka_run_group_tests_name("wns_ca_option", tests, setup_option, teardown);
+    failed += cmocka_run_group_tests_name("system_store", tests, setup_system, teardown);
+    failed +=
+        cmocka_run_group_tests_name("system_store_other_ca", refused, setup_system_other, teardown);
+    return failed;
 }
