@@ -412,10 +412,6 @@ static bool open_instance_api(demo *d, chttp *c, int port, const char *dir, cons
     return call(d, c, "GET", "/healthz", NULL, NULL, 0, 200, NULL);
 }
 
-static bool add_iot_args(demo *d, char **sim_argv, size_t *k, const char *url,
-                         const char *token_file, char iot_n[16], char iot_poll[16],
-                         char api_url[80]);
-
 static bool start_parts(demo *d)
 {
     char pki[PATH_MAX + 16], cert[PATH_MAX + 32], key[PATH_MAX + 32], ca[PATH_MAX + 32];
@@ -614,7 +610,7 @@ static bool start_parts(demo *d)
         url, token_file, ro_file);
 
     char sim_port_file[PATH_MAX + 32], n[16], seed[16], apns_deliv[64], pcs[16], wns_deliv[64];
-    char iot_n[16], iot_poll[16], api_url[80], pc_poll[16], first[16], slice[16], channel[32];
+    char iot_n[16], iot_poll[16], pc_poll[16], first[16], slice[16];
     /* The iPhones and PCs; the IoT devices come besides them. */
     snprintf(n, sizeof n, "%u", d->devices - d->iot_devices);
     snprintf(seed, sizeof seed, "%u", d->seed);
@@ -663,26 +659,40 @@ static bool start_parts(demo *d)
         sim_argv[k++] = "--device-auth";
         sim_argv[k++] = "mtls";
     }
+    size_t k_common = k;
+    if (d->iot_devices) {
+        /* Each IPA polls the eIM (the service's device listener) about once
+         * a second, less often in a large fleet: at most ~500 polls/s. The
+         * manufacturer's association list (EID, association token) goes to
+         * the admin API with the admin's key, read from its file. */
+        snprintf(iot_n, sizeof iot_n, "%u", d->iot_devices);
+        snprintf(iot_poll, sizeof iot_poll, "%u", d->iot_devices > 500 ? d->iot_devices * 2 : 1000);
+        char *extra[] = {"--iot-devices",       iot_n,
+                         "--iot-poll-ms",       iot_poll,
+                         "--iot-offline-share", d->quiet_mix ? "0" : "0.02",
+                         "--eim-url",           url,
+                         "--api-url",           url,
+                         "--api-key-file",      token_file};
+        for (size_t x = 0; x < sizeof extra / sizeof extra[0]; x++)
+            sim_argv[k++] = extra[x];
+    }
+    size_t k_first = k;
     /* With several simulator processes, each runs a slice of the iPhones
      * and PCs (each device as one simulator of the fleet makes it) on push
      * channels of its own at both mocks; the first runs the IoT devices. */
-    size_t k_common = k;
     for (unsigned i = 0; i < d->sims; i++) {
-        k = k_common;
+        k = i ? k_common : k_first;
         unsigned fleet = d->devices - d->iot_devices;
         unsigned lo = (unsigned)((uint64_t)fleet * i / d->sims),
                  hi = (unsigned)((uint64_t)fleet * (i + 1) / d->sims);
         if (d->sims > 1) {
             snprintf(first, sizeof first, "%u", lo);
             snprintf(slice, sizeof slice, "%u", hi - lo);
-            snprintf(channel, sizeof channel, "%s", sim_names[i]);
-            char *extra[] = {"--first-device", first,  "--slice-devices", slice,
-                             "--channel",      channel};
+            char *extra[] = {"--first-device",    first, "--slice-devices", slice, "--channel",
+                             (char *)sim_names[i]};
             for (size_t x = 0; x < sizeof extra / sizeof extra[0]; x++)
                 sim_argv[k++] = extra[x];
         }
-        if (i == 0 && !add_iot_args(d, sim_argv, &k, url, token_file, iot_n, iot_poll, api_url))
-            return false;
         sim_argv[k] = NULL;
         snprintf(sim_port_file, sizeof sim_port_file, "%s/%s.port", d->dir, sim_names[i]);
         if (sup_start(&d->sup, sim_names[i], sim_argv) < 0)
@@ -695,31 +705,6 @@ static bool start_parts(demo *d)
         char sim_url[64];
         snprintf(sim_url, sizeof sim_url, "http://127.0.0.1:%d", d->sim_ports[i]);
         chttp_open_plain(&d->sim[i], sim_url, NULL);
-    }
-    return true;
-}
-
-/* The IoT devices' options for the (first) simulator, appended at *k. */
-static bool add_iot_args(demo *d, char **sim_argv, size_t *k, const char *url,
-                         const char *token_file, char iot_n[16], char iot_poll[16],
-                         char api_url[80])
-{
-    if (d->iot_devices) {
-        /* Each IPA polls the eIM (the service's device listener) about once
-         * a second, less often in a large fleet: at most ~500 polls/s. The
-         * manufacturer's association list (EID, association token) goes to
-         * the admin API with the admin's key, read from its file. */
-        snprintf(iot_n, 16, "%u", d->iot_devices);
-        snprintf(iot_poll, 16, "%u", d->iot_devices > 500 ? d->iot_devices * 2 : 1000);
-        snprintf(api_url, 80, "%s", url);
-        const char *extra[] = {"--iot-devices",       iot_n,
-                               "--iot-poll-ms",       iot_poll,
-                               "--iot-offline-share", d->quiet_mix ? "0" : "0.02",
-                               "--eim-url",           url,
-                               "--api-url",           api_url,
-                               "--api-key-file",      token_file};
-        for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
-            sim_argv[(*k)++] = (char *)extra[i];
     }
     return true;
 }

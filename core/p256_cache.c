@@ -71,7 +71,6 @@ const esim_p256_key *esim_p256_cache_get(esim_p256_cache *c, const unsigned char
             old = s;
     }
     old->ready = false;
-    old->used = 0;
     if (!old->table && !(old->table = malloc(sizeof *old->table)))
         return NULL;
     /* Refuses a point that is not on the curve. */

@@ -702,7 +702,7 @@ static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, 
     }
     /* "x=" + symbol: a pad then more symbols is refused above; "xx=y" too
      * (pads counted, then a symbol). Whole quanta only, something in them. */
-    if (nq != 0 || n == 0 || pads > 2)
+    if (nq != 0 || n == 0)
         return false;
     *out_len = n - pads;
     return flat_lit(p, len, i, "</data>", 7);

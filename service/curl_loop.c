@@ -121,7 +121,7 @@ static CURLcode set_store(CURL *e, void *ssl_ctx, void *store)
     return CURLE_OK;
 }
 
-void curl_loop_use_store(CURL *e, X509_STORE *store)
+static void use_store(CURL *e, X509_STORE *store)
 {
     if (curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, set_store) != CURLE_OK ||
         curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, store) != CURLE_OK) {
@@ -130,4 +130,14 @@ void curl_loop_use_store(CURL *e, X509_STORE *store)
     }
     curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
     curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+}
+
+void curl_loop_set_ca(CURL *e, const char *ca_file, X509_STORE *system_store)
+{
+    if (ca_file) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    } else {
+        use_store(e, system_store);
+    }
 }

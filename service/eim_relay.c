@@ -921,15 +921,9 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, "esim-mdm eIM");
-    /* The one CA of --eim-smdp-ca, its parsed store kept by curl for the
-     * next connections (no CApath beside it: wns.c); else the system's
-     * store, loaded once (curl_loop_use_store). */
-    if (svc->eim_smdp_ca_path) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, svc->eim_smdp_ca_path);
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-    } else {
-        curl_loop_use_store(e, r->system_store);
-    }
+    /* The one CA of --eim-smdp-ca, else the system's store, loaded once
+     * (curl_loop_set_ca). */
+    curl_loop_set_ca(e, svc->eim_smdp_ca_path, r->system_store);
     if (curl_multi_add_handle(r->loop.multi, e) != CURLM_OK) {
         svc->eim->m.relayed[1]++;
         eim_reply(svc, req, 503, NULL, 0, "ESipa: cannot start the request to the SM-DP+");

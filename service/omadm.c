@@ -1167,7 +1167,6 @@ static esim_err deliver(omadm_job *j, omadm_dev *d, writer *w, esim_error *err)
         snprintf(s->uuid, sizeof s->uuid, "%s", out.next.command_uuid);
         snprintf(s->request_type, sizeof s->request_type, "%s", out.next.request_type);
         s->body = out.next.body;
-        memset(&s->cmds, 0, sizeof s->cmds);
         /* An Apple command queued for a Windows device can never run on it:
          * answered for it, as the format error it is. */
         if (omadm_parse_commands(s->body.data, s->body.len, s->uuid, &s->cmds, NULL) != ESIM_OK) {

@@ -102,8 +102,9 @@ static void send_now(struct evhttp_request *req, int code, const char *content_t
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     if (content_type)
         evhttp_add_header(h, "Content-Type", content_type);
+    /* No handler sets a Date of its own. */
     const char *date = date_header_text();
-    if (date && !evhttp_find_header(h, "Date"))
+    if (date)
         evhttp_add_header(h, "Date", date);
     /* Straight into the request's own output buffer: evhttp sends that
      * one, and a buffer of our own would be made, copied over and freed

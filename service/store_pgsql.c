@@ -32,6 +32,7 @@
 
 #include <libpq-fe.h>
 
+#include "core/internal.h"
 #include "service/store.h"
 #include "service/store_internal.h"
 
@@ -865,7 +866,7 @@ static esim_err exec_stmt(pg_store *s, esim_error *err, int id, const char *fmt,
 static void col_text(const PGresult *r, int row, int col, char *out, size_t out_len)
 {
     const char *v = PQgetisnull(r, row, col) ? "" : PQgetvalue(r, row, col);
-    snprintf(out, out_len, "%s", v);
+    esim_copy_text(out, out_len, v);
 }
 
 static int64_t col_i64(const PGresult *r, int row, int col)

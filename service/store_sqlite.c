@@ -15,6 +15,7 @@
 
 #include <sqlite3.h>
 
+#include "core/internal.h"
 #include "service/store.h"
 #include "service/store_internal.h"
 
@@ -866,7 +867,7 @@ static esim_err sq_batch_commit(store *base, esim_error *err)
 static void col_text(sqlite3_stmt *st, int col, char *out, size_t out_len)
 {
     const unsigned char *v = sqlite3_column_text(st, col);
-    snprintf(out, out_len, "%s", v ? (const char *)v : "");
+    esim_copy_text(out, out_len, v ? (const char *)v : "");
 }
 
 /* A push_state column ("valid", "dead", anything else: none). */

@@ -415,20 +415,9 @@ static void job_start(wns_job *j)
      * one about half. */
     if (w->share)
         curl_easy_setopt(e, CURLOPT_SHARE, w->share);
-    /* --wns-ca is the one CA WNS is checked against, not one beside the
-     * system's CA directory (curl's default CApath, /etc/ssl/certs on
-     * Debian): without a CApath curl keeps the CA file's parsed store in the
-     * multi handle for its next connections, where it read and parsed the
-     * file again for each (≈ 1.6 M instructions a connection for the test
-     * CA, callgrind, 6 December). */
-    if (svc->wns_ca_path) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, svc->wns_ca_path);
-        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
-    } else {
-        /* The system's store, loaded once at the start: curl read Debian's
-         * whole bundle for each new connection (≈ 240 M instructions). */
-        curl_loop_use_store(e, w->system_store);
-    }
+    /* --wns-ca is the one CA WNS is checked against, else the system's
+     * store, loaded once at the start (curl_loop_set_ca). */
+    curl_loop_set_ca(e, svc->wns_ca_path, w->system_store);
     if (!j->headers || curl_multi_add_handle(w->loop.multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         j->easy = NULL;

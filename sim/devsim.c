@@ -888,18 +888,16 @@ static void on_deliveries(void *arg, sim_http_response *r)
     {
         esim_buf tok = {0};
         const char *hex = sim_json_str(p, "token"), *magic = sim_json_str(p, "push_magic");
-        if (hex && esim_hex_decode(hex, &tok, NULL) == ESIM_OK && tok.len == 32) {
-            size_t i = token_find(s, tok.data);
-            /* A device only answers a push carrying its own PushMagic. */
-            if (i != SIZE_MAX && magic &&
-                strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
-                s->stats.pushes++;
-                on_push(s, i);
-            } else
-                s->stats.stray_pushes++;
+        size_t i = hex && esim_hex_decode(hex, &tok, NULL) == ESIM_OK && tok.len == 32
+                       ? token_find(s, tok.data)
+                       : SIZE_MAX;
+        esim_buf_free(&tok);
+        /* A device only answers a push carrying its own PushMagic. */
+        if (i != SIZE_MAX && magic && strcmp(magic, sim_device_push_magic(s->slots[i].dev)) == 0) {
+            s->stats.pushes++;
+            on_push(s, i);
         } else
             s->stats.stray_pushes++;
-        esim_buf_free(&tok);
     }
     json_decref(j);
     /* The next long-poll at once, as a push client's connection stays

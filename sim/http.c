@@ -40,6 +40,7 @@
 #include <openssl/x509v3.h>
 
 #include "core/der.h"
+#include "core/internal.h"
 #include "core/p256.h"
 #include "sim/cert_view.h"
 #include "sim/http_parse.h"
@@ -1251,17 +1252,6 @@ static bool parse_url(xfer *x, const char *url, const char **path)
     return true;
 }
 
-/* |v| in decimal, in |out|. */
-static const char *dec(char out[24], unsigned long long v)
-{
-    char *p = out + 23;
-    *p = '\0';
-    do
-        *--p = (char)('0' + v % 10);
-    while ((v /= 10) != 0);
-    return p;
-}
-
 /* Appends each string up to the NULL. */
 static esim_err append_all(esim_buf *b, ...)
 {
@@ -1314,8 +1304,8 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
     }
     /* Built by appending (a printf was ~3,600 instructions a call, three a
      * request). */
-    char port_dec[24], len_dec[24];
-    const char *port = dec(port_dec, x->port);
+    char port[21], len_dec[21];
+    esim_format_u64(port, (uint64_t)x->port);
     esim_buf key = {0};
     if (!ok || append_all(&key, x->tls ? "s|" : "p|", x->host, "|", port, "|",
                           x->ca_file ? x->ca_file : "", (const char *)NULL) != ESIM_OK)
@@ -1344,9 +1334,9 @@ esim_err sim_http_send(sim_http *h, const sim_http_request *req, sim_http_cb cb,
             goto nomem;
     }
     bool has_body = strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0;
+    esim_format_u64(len_dec, req->body ? req->body_len : 0);
     if ((has_body &&
-         append_all(&x->req, "Content-Length: ", dec(len_dec, req->body ? req->body_len : 0),
-                    "\r\n", (const char *)NULL) != ESIM_OK) ||
+         append_all(&x->req, "Content-Length: ", len_dec, "\r\n", (const char *)NULL) != ESIM_OK) ||
         esim_buf_append(&x->req, "\r\n", 2) != ESIM_OK ||
         (has_body && req->body && req->body_len &&
          esim_buf_append(&x->req, req->body, req->body_len) != ESIM_OK))

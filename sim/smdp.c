@@ -734,6 +734,18 @@ static bool b64_equals(const char *b64, const unsigned char *bytes, size_t n)
 static void *get_der(const json_t *body, const char *key, const asn_TYPE_descriptor_t *td);
 static esim_err initiate_der_answer(sim_smdp *s, session *ss, json_t *resp);
 
+/* A transaction ID's 16 bytes as the session's name: 32 uppercase hex
+ * digits (txid_bytes reads them back). */
+static void txid_hex(const uint8_t b[16], char out[33])
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < 16; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[32] = '\0';
+}
+
 static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
 {
     esim_buf chal = {0};
@@ -768,12 +780,7 @@ static void es9_initiate(sim_smdp *s, struct evhttp_request *req, json_t *body)
         reply(req, 500, NULL);
         return;
     }
-    static const char hex[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < sizeof tx; i++) {
-        ss->txid[2 * i] = hex[tx[i] >> 4];
-        ss->txid[2 * i + 1] = hex[tx[i] & 15];
-    }
-    ss->txid[2 * sizeof tx] = '\0';
+    txid_hex(tx, ss->txid);
     memcpy(ss->euicc_challenge, chal.data, 16);
     snprintf(ss->server_address, sizeof ss->server_address, "%s", addr);
     ss->state = SESSION_INITIATED;
@@ -1333,8 +1340,8 @@ static void es9_handle_notification_der(sim_smdp *s, struct evhttp_request *req,
         ProfileInstallationResult_t *pir = &pn->choice.profileInstallationResult;
         ProfileInstallationResultData_t *d = &pir->profileInstallationResultData;
         char txid[33] = "";
-        for (int i = 0; d->transactionId.size == 16 && i < 16; i++)
-            snprintf(txid + 2 * i, 3, "%02X", d->transactionId.buf[i]);
+        if (d->transactionId.size == 16)
+            txid_hex(d->transactionId.buf, txid);
         session *ss = session_find(s, txid);
         if (ss && ss->state != SESSION_DOWNLOADED)
             ss = NULL;

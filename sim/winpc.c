@@ -1385,22 +1385,9 @@ static esim_err esc(esim_buf *b, const char *s)
 
 static esim_err put_uint(esim_buf *b, unsigned long v)
 {
-    char t[24];
-    size_t i = sizeof t;
-    do {
-        t[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return esim_buf_append(b, t + i, sizeof t - i);
-}
-
-static esim_err put_int(esim_buf *b, int v)
-{
-    if (v < 0) {
-        esim_err rc = put(b, "-");
-        return rc == ESIM_OK ? put_uint(b, (unsigned long)-(long)v) : rc;
-    }
-    return put_uint(b, (unsigned long)v);
+    char t[21];
+    esim_format_u64(t, v);
+    return esim_buf_append_str(b, t);
 }
 
 static void el(esim_buf *b, const char *tag, const char *text)
@@ -1419,6 +1406,16 @@ typedef struct {
     unsigned cmd_id;
     const char *msg_ref;
 } writer;
+
+/* "<Verb><CmdID>N</CmdID>", N the message's next command id. */
+static void open_cmd(esim_buf *b, const char *verb, unsigned *cmd_id)
+{
+    put(b, "<");
+    put(b, verb);
+    put(b, "><CmdID>");
+    put_uint(b, ++*cmd_id);
+    put(b, "</CmdID>");
+}
 
 static void hdr(sim_winpc *pc, esim_buf *b)
 {
@@ -1440,16 +1437,14 @@ static void hdr(sim_winpc *pc, esim_buf *b)
 static void status(writer *w, const char *cmd_ref, const char *cmd, const char *target_ref,
                    int code)
 {
-    put(w->b, "<Status><CmdID>");
-    put_uint(w->b, ++w->cmd_id);
-    put(w->b, "</CmdID>");
+    open_cmd(w->b, "Status", &w->cmd_id);
     el(w->b, "MsgRef", w->msg_ref);
     el(w->b, "CmdRef", cmd_ref ? cmd_ref : "");
     el(w->b, "Cmd", cmd);
     if (target_ref)
         el(w->b, "TargetRef", target_ref);
     put(w->b, "<Data>");
-    put_int(w->b, code);
+    put_uint(w->b, (unsigned long)code); /* a SyncML status: positive */
     put(w->b, "</Data></Status>");
 }
 
@@ -1573,9 +1568,7 @@ static void run_get(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd_
         item_free(&in);
     }
     if (found) {
-        put(w->b, "<Results><CmdID>");
-        put_uint(w->b, ++w->cmd_id);
-        put(w->b, "</CmdID>");
+        open_cmd(w->b, "Results", &w->cmd_id);
         el(w->b, "MsgRef", w->msg_ref);
         el(w->b, "CmdRef", cmd_id);
         put(w->b, "<Cmd>Get</Cmd>");
@@ -1791,9 +1784,7 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
     writer w = {out, 0, msgid};
     hdr(pc, out);
     /* Status of the server's SyncHdr. */
-    put(out, "<Status><CmdID>");
-    put_uint(out, ++w.cmd_id);
-    put(out, "</CmdID>");
+    open_cmd(out, "Status", &w.cmd_id);
     el(out, "MsgRef", msgid);
     put(out, "<CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><TargetRef>");
     esc(out, pc->device_id);
@@ -1812,9 +1803,10 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
         *done = true;
         goto out;
     }
-    if (!final)
-        esim_buf_printf(out, "<Alert><CmdID>%u</CmdID><Data>1222</Data></Alert>", ++w.cmd_id);
-    else
+    if (!final) {
+        open_cmd(out, "Alert", &w.cmd_id);
+        put(out, "<Data>1222</Data></Alert>");
+    } else
         put(out, "<Final/>");
     if (put(out, "</SyncBody></SyncML>") != ESIM_OK) {
         rc = esim_fail(err, ESIM_ENOMEM, "out of memory");

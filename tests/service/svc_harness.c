@@ -24,6 +24,7 @@
 #include <event2/http.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <openssl/cms.h>
 
@@ -485,6 +486,19 @@ static const char *api_ca;
 void harness_set_api_ca(const char *ca_file)
 {
     api_ca = ca_file;
+}
+
+bool harness_use_system_store(const char *dir, const char *ca_file)
+{
+    if (!ca_file) {
+        unsetenv("SSL_CERT_FILE");
+        unsetenv("SSL_CERT_DIR");
+        return true;
+    }
+    char empty_dir[700];
+    snprintf(empty_dir, sizeof empty_dir, "%s/empty-certs", dir);
+    return mkdir(empty_dir, 0755) == 0 && setenv("SSL_CERT_FILE", ca_file, 1) == 0 &&
+           setenv("SSL_CERT_DIR", empty_dir, 1) == 0;
 }
 
 long api_call(const char *base_url, const char *token, const char *method, const char *path,

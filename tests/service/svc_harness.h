@@ -185,6 +185,11 @@ long device_result_ex(test_device *d, esim_status st, const char *uuid,
 /* The CA the API helpers trust for https:// services (NULL: none). */
 void harness_set_api_ca(const char *ca_file);
 
+/* OpenSSL's default verify locations, the "system" store of a service
+ * started after it, made |ca_file| alone (SSL_CERT_FILE, and SSL_CERT_DIR an
+ * empty directory made under |dir|); NULL undoes it. False if it could not. */
+bool harness_use_system_store(const char *dir, const char *ca_file);
+
 /* JSON API: returns the status; *out (may be NULL) gets the parsed reply. */
 long api_call(const char *base_url, const char *token, const char *method, const char *path,
               const char *body, const char *content_type, json_t **out);

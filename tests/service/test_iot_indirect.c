@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -157,13 +156,8 @@ static int setup(void **state)
     cfg.eim_cert_path = cert;
     cfg.euicc_ci_path = ci;
     cfg.eim_smdp_ca_path = system_store ? NULL : ca;
-    if (system_store) {
-        char empty_dir[700];
-        snprintf(empty_dir, sizeof empty_dir, "%s/empty-certs", fx.dir);
-        if (mkdir(empty_dir, 0755) != 0 || setenv("SSL_CERT_FILE", ca, 1) != 0 ||
-            setenv("SSL_CERT_DIR", empty_dir, 1) != 0)
-            return -1;
-    }
+    if (system_store && !harness_use_system_store(fx.dir, ca))
+        return -1;
     harness_start(&fx.ts, &cfg);
 
     sim_devsim_config dc = {.server_url = fx.ts.url,
@@ -214,8 +208,7 @@ static int teardown(void **state)
     sim_pki_free(fx.pki);
     st_rmrf(fx.dir);
     free(fx.dir);
-    unsetenv("SSL_CERT_FILE");
-    unsetenv("SSL_CERT_DIR");
+    harness_use_system_store(NULL, NULL);
     harness_env_teardown(&fx.env);
     return 0;
 }

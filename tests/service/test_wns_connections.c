@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -94,14 +93,13 @@ static int setup(void **state)
     fx.base = event_base_new();
     esim_error err;
     static char cert[700], key[700], ca[700], dca[700], secret[700], token_url[128];
-    static char wns_ca[700];
     snprintf(cert, sizeof cert, "%s/server.pem", fx.pki_dir);
     snprintf(key, sizeof key, "%s/server.key", fx.pki_dir);
     snprintf(ca, sizeof ca, "%s/ca.pem", fx.pki_dir);
     snprintf(dca, sizeof dca, "%s/device-ca.pem", fx.pki_dir);
-    snprintf(wns_ca, sizeof wns_ca, "%s/wns-ca.pem", fx.dir);
+    snprintf(fx.wns_ca, sizeof fx.wns_ca, "%s/wns-ca.pem", fx.dir);
     fx.npc = mode == CA_SYSTEM_OTHER ? 1 : NPC;
-    char trusted[700], empty_dir[700];
+    char trusted[700];
     snprintf(trusted, sizeof trusted, "%s", ca);
     sim_pki *other = NULL;
     if (mode == CA_SYSTEM_OTHER) {
@@ -113,16 +111,12 @@ static int setup(void **state)
     }
     esim_buf pem = {0};
     if (esim_read_file(trusted, 1 << 16, &pem, NULL) != ESIM_OK ||
-        esim_write_file_atomic(wns_ca, pem.data, pem.len, 0644, NULL) != ESIM_OK)
+        esim_write_file_atomic(fx.wns_ca, pem.data, pem.len, 0644, NULL) != ESIM_OK)
         return -1;
     esim_buf_free(&pem);
     sim_pki_free(other);
-    if (mode != CA_OPTION) {
-        snprintf(empty_dir, sizeof empty_dir, "%s/empty-certs", fx.dir);
-        if (mkdir(empty_dir, 0755) != 0 || setenv("SSL_CERT_FILE", wns_ca, 1) != 0 ||
-            setenv("SSL_CERT_DIR", empty_dir, 1) != 0)
-            return -1;
-    }
+    if (mode != CA_OPTION && !harness_use_system_store(fx.dir, fx.wns_ca))
+        return -1;
     wns_mock_config wc;
     wns_mock_config_init(&wc);
     wc.listen = "127.0.0.1:0";
@@ -148,8 +142,7 @@ static int setup(void **state)
     cfg.wns_token_url = token_url;
     cfg.wns_client_id = wc.client_id;
     cfg.wns_secret_path = secret;
-    cfg.wns_ca_path = mode == CA_OPTION ? wns_ca : NULL;
-    snprintf(fx.wns_ca, sizeof fx.wns_ca, "%s", wns_ca);
+    cfg.wns_ca_path = mode == CA_OPTION ? fx.wns_ca : NULL;
     cfg.wns_timeout_ms = PUSH_TIMEOUT_MS;
     harness_start(&fx.ts, &cfg);
     harness_set_api_ca(ca);
@@ -197,8 +190,7 @@ static int teardown(void **state)
     sim_pki_free(fx.pki);
     st_rmrf(fx.dir);
     free(fx.dir);
-    unsetenv("SSL_CERT_FILE");
-    unsetenv("SSL_CERT_DIR");
+    harness_use_system_store(NULL, NULL);
     harness_env_teardown(&fx.env);
     return 0;
 }
