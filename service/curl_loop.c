@@ -98,8 +98,10 @@ void curl_loop_free(curl_loop *l)
     l->timer_ev = NULL;
 }
 
-X509_STORE *curl_loop_system_store(void)
+X509_STORE *curl_loop_system_store(X509_STORE **kept)
 {
+    if (*kept)
+        return *kept;
     X509_STORE *store = X509_STORE_new();
     /* Fails only for want of memory: a missing file or directory is no
      * error (OpenSSL's own SSL_CTX_set_default_verify_paths, which curl's
@@ -108,7 +110,7 @@ X509_STORE *curl_loop_system_store(void)
         X509_STORE_free(store);
         store = NULL;
     }
-    return store;
+    return *kept = store;
 }
 
 /* curl's SSL_CTX callback, after curl set the context up (its own store,

@@ -27,9 +27,13 @@ int curl_loop_init(curl_loop *l, struct event_base *base, void (*finished)(void 
 void curl_loop_free(curl_loop *l);
 
 /* The system's trust store as OpenSSL finds it by default (its CA bundle
- * file and hashed CA directory; SSL_CERT_FILE and SSL_CERT_DIR honoured),
- * loaded once; NULL when out of memory. Free with X509_STORE_free. */
-X509_STORE *curl_loop_system_store(void);
+ * file and hashed CA directory; SSL_CERT_FILE and SSL_CERT_DIR honoured):
+ * *|kept| when it holds one already, else loaded now into *|kept|, so that
+ * every client of one service (WNS, the eIM's SM-DP+ relay) verifies
+ * against one store loaded once. NULL (and *|kept| still NULL) when out of
+ * memory. The owner of *|kept| frees it with X509_STORE_free after every
+ * connection that used it. */
+X509_STORE *curl_loop_system_store(X509_STORE **kept);
 
 /* The CA |e| checks its server against: the file |ca_file| alone when
  * given (no CA directory beside it, so curl keeps the file's parsed store

@@ -75,7 +75,6 @@ typedef struct {
 
 struct eim_relay_state {
     curl_loop loop;
-    X509_STORE *system_store; /* without --eim-smdp-ca: the system's, loaded once */
     relay_call *calls;
     size_t n_calls;
     relay_failure failures[RELAY_FAILURES];
@@ -660,7 +659,7 @@ static eim_relay_state *relay_state(esim_service *svc)
     if (!r)
         return NULL;
     if (curl_loop_init(&r->loop, svc->base, on_finished, r) != 0 ||
-        (!svc->eim_smdp_ca_path && !(r->system_store = curl_loop_system_store()))) {
+        (!svc->eim_smdp_ca_path && !curl_loop_system_store(&svc->system_store))) {
         curl_loop_free(&r->loop);
         free(r);
         return NULL;
@@ -923,7 +922,7 @@ void eim_relay(esim_service *svc, struct evhttp_request *req, const void *msg, c
     curl_easy_setopt(e, CURLOPT_USERAGENT, "esim-mdm eIM");
     /* The one CA of --eim-smdp-ca, else the system's store, loaded once
      * (curl_loop_set_ca). */
-    curl_loop_set_ca(e, svc->eim_smdp_ca_path, r->system_store);
+    curl_loop_set_ca(e, svc->eim_smdp_ca_path, svc->system_store);
     if (curl_multi_add_handle(r->loop.multi, e) != CURLM_OK) {
         svc->eim->m.relayed[1]++;
         eim_reply(svc, req, 503, NULL, 0, "ESipa: cannot start the request to the SM-DP+");
@@ -948,7 +947,6 @@ void eim_relay_free(struct svc_eim *e)
         call_free(c);
     }
     curl_loop_free(&r->loop);
-    X509_STORE_free(r->system_store); /* after every connection that used it */
     free(r);
     e->relay = NULL;
 }

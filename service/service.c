@@ -1265,6 +1265,7 @@ void esim_service_free(esim_service *svc)
     wns_free(svc);
     omadm_free(svc);
     eim_free(svc);
+    X509_STORE_free(svc->system_store); /* after every connection that used it */
     webhooks_free(svc);
     if (svc->tick_ev)
         event_free(svc->tick_ev);

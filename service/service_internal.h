@@ -291,6 +291,10 @@ struct esim_service {
     svc_eim *eim;     /* the eIM for IoT eUICCs (eim.c) */
     char *eim_id, *eim_key_path, *eim_cert_path, *euicc_ci_path, *eim_smdp_ca_path;
     char *wns_token_url, *wns_client_id, *wns_secret_path, *wns_ca_path;
+    /* Without --wns-ca or --eim-smdp-ca: the system's trust store, loaded
+     * once at the first client that needs it (curl_loop_system_store) and
+     * shared by WNS and the eIM's relay; freed after both. */
+    X509_STORE *system_store;
 
     svc_key *keys; /* the API token first (as "api-token"), then api_keys */
     size_t n_keys;

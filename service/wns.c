@@ -61,9 +61,8 @@ typedef struct wns_job {
 
 struct svc_wns {
     esim_service *svc;
-    curl_loop loop;           /* its requests on the service's loop */
-    CURLSH *share;            /* TLS sessions, shared by its requests */
-    X509_STORE *system_store; /* without --wns-ca: the system's, loaded once */
+    curl_loop loop; /* its requests on the service's loop */
+    CURLSH *share;  /* TLS sessions, shared by its requests */
     wns_job *head, *tail;
     size_t n_jobs;
     size_t in_flight, n_waiting; /* pushes sent and not answered; parked for a place */
@@ -417,7 +416,7 @@ static void job_start(wns_job *j)
         curl_easy_setopt(e, CURLOPT_SHARE, w->share);
     /* --wns-ca is the one CA WNS is checked against, else the system's
      * store, loaded once at the start (curl_loop_set_ca). */
-    curl_loop_set_ca(e, svc->wns_ca_path, w->system_store);
+    curl_loop_set_ca(e, svc->wns_ca_path, svc->system_store);
     if (!j->headers || curl_multi_add_handle(w->loop.multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         j->easy = NULL;
@@ -493,7 +492,7 @@ esim_err wns_init(esim_service *svc, esim_error *err)
     if (!(w->share = curl_share_init()) ||
         curl_share_setopt(w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK)
         return esim_fail(err, ESIM_ENOMEM, "cannot set up WNS: out of memory");
-    if (!svc->wns_ca_path && !(w->system_store = curl_loop_system_store()))
+    if (!svc->wns_ca_path && !curl_loop_system_store(&svc->system_store))
         return esim_fail(err, ESIM_ENOMEM, "cannot set up WNS: out of memory");
     return ESIM_OK;
 }
@@ -508,7 +507,6 @@ void wns_free(esim_service *svc)
     curl_loop_free(&w->loop);
     if (w->share)
         curl_share_cleanup(w->share); /* after every handle that used it */
-    X509_STORE_free(w->system_store); /* after every connection that used it */
     if (w->secret) {
         memset(w->secret, 0, strlen(w->secret));
         free(w->secret);
