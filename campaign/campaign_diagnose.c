@@ -142,7 +142,8 @@ static const char *node_under_euicc(json_t *it, char *buf, size_t len)
  * …/MatchingID answered 405, HRESULT 0x86000002"), or "" when every item
  * succeeded. A verification's Gets say why a node is missing: when the
  * same answer read DiscoveryState 4 (discovery at the SM-DP+ failed, so
- * no profile node: its State and ErrorDetail answer 404) or State 4, the
+ * no profile node: its State and ErrorDetail answer 404) or State 4, as
+ * the campaign's verification reads them (campaign_windows_verdict_of), the
  * words lead with that reading (and the ErrorDetail read with it), then
  * name the item that failed; any other DiscoveryState or ErrorDetail read
  * follows the failed item. */
@@ -167,9 +168,11 @@ static void syncml_words(json_t *items, char *out, size_t len, int64_t *code)
     long ds = read_node(items, "/DiscoveryState", &ds_it);
     long st = read_node(items, "/State", &st_it);
     long ed = read_node(items, "/ErrorDetail", &ed_it);
-    /* Led by a reading, its nodes are named under the eUICC: the words
-     * stay short enough for the commands check and the conclusion. */
-    bool reading = st == 4 || (ds == 4 && st != 2);
+    /* Led by a reading (the campaign's own verdict on it), its nodes are
+     * named under the eUICC: the words stay short enough for the commands
+     * check and the conclusion. */
+    campaign_windows_verdict v = campaign_windows_verdict_of(st, ds);
+    bool reading = v == CAMPAIGN_WINDOWS_PROFILE_ERROR || v == CAMPAIGN_WINDOWS_DISCOVERY_FAILED;
     char failed[300], bad_node[200];
     put_words(failed, sizeof failed, "%s %s answered %lld%s%s%s", item_text(bad, "cmd", "?"),
               reading ? node_under_euicc(bad, bad_node, sizeof bad_node)
@@ -186,11 +189,11 @@ static void syncml_words(json_t *items, char *out, size_t len, int64_t *code)
                   campaign_windows_error_detail(ed));
     static const char *const dstates[] = {"?", "Requested", "Executing", "Completed", "Failed"};
     char node[200];
-    if (st == 4) {
+    if (v == CAMPAIGN_WINDOWS_PROFILE_ERROR) {
         put_words(out, len, "State 4 (Error)%s%s, read by Get %s; also %s", detail[0] ? ", " : "",
                   detail, node_under_euicc(st_it, node, sizeof node), failed);
         *code = ed >= 0 ? ed : 4;
-    } else if (ds == 4 && st != 2) {
+    } else if (v == CAMPAIGN_WINDOWS_DISCOVERY_FAILED) {
         put_words(out, len,
                   "DiscoveryState 4 (Failed): discovery at the SM-DP+ failed, nothing released "
                   "for this EID or the server unreachable%s%s, read by Get %s; so %s%s",

@@ -130,4 +130,22 @@ void campaign_platform_host_of(const char *url, char *out, size_t out_len);
  * "Unknown" for a code the CSP does not define. */
 const char *campaign_windows_error_detail(long code);
 
+/* What a Windows PC's readings of the eUICCs CSP say of an eSIM operation:
+ * the expected profile's State (1 installing, 2 installed, 3 deleting,
+ * 4 error) and its SM-DP+'s DiscoveryState (1 requested, 2 executing,
+ * 3 completed, 4 failed); any other value (0 or -1: not read) reads as
+ * nothing. A State read overrules the discovery: a profile installing or
+ * installed is not failed by a discovery that failed. */
+typedef enum {
+    CAMPAIGN_WINDOWS_SETTLED,          /* installed, or nothing under way or failed */
+    CAMPAIGN_WINDOWS_BUSY,             /* State 1 or 3, or discovery still running: later */
+    CAMPAIGN_WINDOWS_PROFILE_ERROR,    /* State 4: ErrorDetail says why */
+    CAMPAIGN_WINDOWS_DISCOVERY_FAILED, /* DiscoveryState 4 and no profile installed */
+} campaign_windows_verdict;
+
+/* The verdict of a State and a DiscoveryState read together (the campaign's
+ * verification, platform_windows.c, and the diagnosis's words for it,
+ * campaign_diagnose.c). */
+campaign_windows_verdict campaign_windows_verdict_of(long state, long discovery_state);
+
 #endif

@@ -172,6 +172,17 @@ const char *campaign_windows_error_detail(long code)
     return error_details[code];
 }
 
+campaign_windows_verdict campaign_windows_verdict_of(long state, long discovery_state)
+{
+    if (state == 4)
+        return CAMPAIGN_WINDOWS_PROFILE_ERROR;
+    if (state == 1 || state == 3 || (state != 2 && (discovery_state == 1 || discovery_state == 2)))
+        return CAMPAIGN_WINDOWS_BUSY;
+    if (discovery_state == 4 && state != 2)
+        return CAMPAIGN_WINDOWS_DISCOVERY_FAILED;
+    return CAMPAIGN_WINDOWS_SETTLED;
+}
+
 /* The ICCIDs a Get of Profiles listed, as (EID, ICCID) pairs; only those
  * installed when the State of the expected one was read. */
 static void read_profiles(const esim_service_result *r, const char *eid, campaign_reading *out)
@@ -232,7 +243,8 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
         out->result.status = ESIM_STATUS_ACKNOWLEDGED;
         long state = st && st->code == 200 && st->data ? strtol(st->data, NULL, 10) : 0;
         long dstate = ds && ds->code == 200 && ds->data ? strtol(ds->data, NULL, 10) : 0;
-        if (state == 4) {
+        campaign_windows_verdict v = campaign_windows_verdict_of(state, dstate);
+        if (v == CAMPAIGN_WINDOWS_PROFILE_ERROR) {
             long code = ed && ed->data ? strtol(ed->data, NULL, 10) : -1;
             out->result.status = ESIM_STATUS_ERROR;
             out->result.error_code = code;
@@ -240,7 +252,7 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
                      "the profile is in State 4 (Error), ErrorDetail %ld %s", code,
                      campaign_windows_error_detail(code));
             out->result.error_text = out->error_text;
-        } else if (state == 1 || state == 3 || (state != 2 && (dstate == 1 || dstate == 2))) {
+        } else if (v == CAMPAIGN_WINDOWS_BUSY) {
             /* Still downloading, or discovery still running: later. */
             out->result.status = ESIM_STATUS_ERROR;
             out->result.busy = true;
@@ -249,7 +261,7 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
                      : state == 3 ? "the profile is being deleted (State 3)"
                                   : "discovery at the SM-DP+ is still running");
             out->result.error_text = out->error_text;
-        } else if (dstate == 4 && state != 2) {
+        } else if (v == CAMPAIGN_WINDOWS_DISCOVERY_FAILED) {
             out->result.status = ESIM_STATUS_ERROR;
             out->result.error_code = 4;
             snprintf(out->error_text, sizeof out->error_text,

@@ -71,6 +71,42 @@ static campaign_reading windows_verify(const char *state, const char *detail, in
     return rd;
 }
 
+/* The one verdict on a State and a DiscoveryState read together: what the
+ * verification (win_read: 0 for a node not read) and the diagnosis's
+ * words (syncml_words: -1 for one not read) both go by. */
+static void test_windows_verdict(void **state)
+{
+    (void)state;
+    static const struct {
+        long st, ds;
+        campaign_windows_verdict v;
+    } cases[] = {
+        {2, 0, CAMPAIGN_WINDOWS_SETTLED},
+        {2, 4, CAMPAIGN_WINDOWS_SETTLED}, /* installed: a failed discovery does not matter */
+        {2, 1, CAMPAIGN_WINDOWS_SETTLED},
+        {0, 0, CAMPAIGN_WINDOWS_SETTLED},
+        {-1, -1, CAMPAIGN_WINDOWS_SETTLED},
+        {-1, 3, CAMPAIGN_WINDOWS_SETTLED},
+        {1, 0, CAMPAIGN_WINDOWS_BUSY},
+        {3, -1, CAMPAIGN_WINDOWS_BUSY},
+        {1, 4, CAMPAIGN_WINDOWS_BUSY}, /* installing: later, whatever discovery said */
+        {0, 1, CAMPAIGN_WINDOWS_BUSY},
+        {-1, 2, CAMPAIGN_WINDOWS_BUSY},
+        {4, 0, CAMPAIGN_WINDOWS_PROFILE_ERROR},
+        {4, 4, CAMPAIGN_WINDOWS_PROFILE_ERROR},
+        {4, 2, CAMPAIGN_WINDOWS_PROFILE_ERROR},
+        {0, 4, CAMPAIGN_WINDOWS_DISCOVERY_FAILED},
+        {-1, 4, CAMPAIGN_WINDOWS_DISCOVERY_FAILED},
+        {5, 4, CAMPAIGN_WINDOWS_DISCOVERY_FAILED},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (campaign_windows_verdict_of(cases[i].st, cases[i].ds) != cases[i].v)
+            fail_msg("State %ld, DiscoveryState %ld: verdict %d, wanted %d", cases[i].st,
+                     cases[i].ds, (int)campaign_windows_verdict_of(cases[i].st, cases[i].ds),
+                     (int)cases[i].v);
+    }
+}
+
 static void test_windows_steps_and_answers(void **state)
 {
     (void)state;
@@ -328,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_apple_steps_become_commands),
         cmocka_unit_test(test_apple_reads_answers),
+        cmocka_unit_test(test_windows_verdict),
         cmocka_unit_test(test_windows_steps_and_answers),
         cmocka_unit_test(test_windows_recorded_answers),
     };
