@@ -576,6 +576,7 @@ void auth_cache_free(esim_service *svc)
         return;
     for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++)
         X509_free(svc->auth_cache->slot[i].x509);
+    svc->m.identity_key_tables_before = auth_key_tables(svc); /* the counter goes on */
     esim_p256_cache_free(svc->auth_cache->keys);
     for (size_t i = 0; i < AUTH_ISSUERS; i++) {
         free(svc->auth_cache->issuers[i].subject);
@@ -1386,11 +1387,15 @@ static const esim_p256_key *kept_key(esim_service *svc, const unsigned char *sha
     struct auth_cache *c = svc->auth_cache;
     if (!c->keys && !(c->keys = esim_p256_cache_new(AUTH_CACHE_SLOTS)))
         return NULL;
-    bool built = false;
-    const esim_p256_key *k = esim_p256_cache_get(c->keys, sha, point, &built);
-    if (built)
-        svc->m.identity_key_tables++;
-    return k;
+    return esim_p256_cache_get(c->keys, sha, point, NULL);
+}
+
+uint64_t auth_key_tables(const esim_service *svc)
+{
+    esim_p256_cache_counts n = {0};
+    if (svc->auth_cache && svc->auth_cache->keys)
+        esim_p256_cache_counts_of(svc->auth_cache->keys, &n);
+    return svc->m.identity_key_tables_before + n.builds;
 }
 
 /* The path for a signer whose chain verified recently and whose P-256 key

@@ -1644,7 +1644,7 @@ esim_err svc_metrics_text(esim_service *svc, esim_buf *out)
         (unsigned long long)m->store_errors, (unsigned long long)m->identity_cache_hits,
         (unsigned long long)m->identity_cache_misses, (unsigned long long)m->identity_cache_keys,
         (unsigned long long)m->identity_cache_reads, (unsigned long long)m->identity_chain_checks,
-        (unsigned long long)m->identity_key_tables, (unsigned long long)m->tls_cert_full,
+        (unsigned long long)auth_key_tables(svc), (unsigned long long)m->tls_cert_full,
         (unsigned long long)m->tls_cert_resumed, (unsigned long long)m->signatures_direct,
         (unsigned long long)m->signatures_cms);
     esim_buf_printf(out,

@@ -42,8 +42,8 @@ typedef struct {
     uint64_t store_errors;
     uint64_t identity_cache_hits, identity_cache_misses; /* Mdm-Signature certificates */
     uint64_t identity_cache_keys;   /* ...checked with a kept key, the certificate not parsed */
-    uint64_t identity_key_tables;   /* P-256 key tables made for those checks (auth.c kept_key) */
     uint64_t identity_chain_checks; /* chains verified up to the device CA */
+    uint64_t identity_key_tables_before; /* made by key caches a new device CA ended (auth.c) */
     uint64_t
         identity_cache_reads; /* ...of them identities read in place, linked to a kept issuer */
     uint64_t tls_cert_full, tls_cert_resumed;   /* TLS handshakes with a client certificate:
@@ -626,6 +626,10 @@ esim_err auth_device_request(esim_service *svc, struct evhttp_request *req,
                              esim_error *err);
 esim_err auth_load_ca_file(const char *path, const char *what, X509_STORE **out, esim_error *err);
 void auth_cache_free(esim_service *svc);
+/* P-256 key tables made for the kept-key checks so far (auth.c kept_key):
+ * the builds of their cache (core/p256_cache.h), with those of the caches
+ * before a device CA reload (auth_cache_free). */
+uint64_t auth_key_tables(const esim_service *svc);
 /* SHA-256 of |data| with a digest fetched once (OpenSSL 3.0's SHA256()
  * fetches it on every call, which costs more than hashing a message). */
 void svc_sha256(esim_service *svc, const void *data, size_t len, unsigned char out[32]);
