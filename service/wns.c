@@ -56,7 +56,6 @@ typedef struct wns_job {
     esim_buf reply;
     bool waiting_token; /* parked until a token arrives */
     bool waiting_place; /* parked until fewer than WNS_IN_FLIGHT are in flight */
-    bool in_flight;     /* a push added to the multi handle */
 } wns_job;
 
 struct svc_wns {
@@ -75,6 +74,14 @@ struct svc_wns {
 static void job_start(wns_job *j);
 static void check_finished(svc_wns *w);
 static void start_waiting(svc_wns *w);
+
+/* Whether |j| is a push in the multi handle (counted in w->in_flight): its
+ * handle is there from job_start's add until check_finished or job_free
+ * takes it out. */
+static bool in_flight(const wns_job *j)
+{
+    return j->easy && !j->token_fetch;
+}
 
 bool wns_configured(const esim_service *svc)
 {
@@ -95,7 +102,7 @@ static void job_free(wns_job *j)
     w->n_jobs--;
     if (w->fetching == j)
         w->fetching = NULL;
-    if (j->in_flight)
+    if (in_flight(j))
         w->in_flight--;
     if (j->waiting_place)
         w->n_waiting--;
@@ -332,13 +339,11 @@ static void check_finished(svc_wns *w)
         long code = 0;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
         CURLcode res = msg->data.result;
+        if (in_flight(j))
+            w->in_flight--;
         curl_multi_remove_handle(w->loop.multi, j->easy);
         curl_easy_cleanup(j->easy);
         j->easy = NULL;
-        if (j->in_flight) {
-            j->in_flight = false;
-            w->in_flight--;
-        }
         curl_slist_free_all(j->headers);
         j->headers = NULL;
         if (j->token_fetch)
@@ -423,10 +428,8 @@ static void job_start(wns_job *j)
         retry_later(j, "cannot start the request");
         return;
     }
-    if (!j->token_fetch) {
-        j->in_flight = true;
+    if (in_flight(j))
         w->in_flight++;
-    }
 }
 
 /* ---- the service's side ------------------------------------------------------------------ */
