@@ -74,7 +74,6 @@ struct sim_device {
     sim_device_quirks quirks;
     bool reuse_identity_on_erase;
     bool dirty;
-    esim_status answered; /* the Status of the last answer built */
 };
 
 /* ---- creation and accessors --------------------------------------------------- */
@@ -317,17 +316,24 @@ const unsigned char *sim_device_identity_key(const sim_device *d)
 
 /* ---- answers ----------------------------------------------------------------------- */
 
+/* An answer being made: its body and the Status it carries. */
+typedef struct {
+    esim_buf *body;
+    esim_status status;
+} answer;
+
 static esim_err build(sim_device *d, esim_status st, const char *uuid,
-                      const esim_error_chain_entry *chain, size_t n, plist_t extra, esim_buf *out,
+                      const esim_error_chain_entry *chain, size_t n, plist_t extra, answer *out,
                       esim_error *err)
 {
-    esim_buf_reset(out);
-    d->answered = st;
-    return esim_msg_build_result(d->udid, st, uuid, chain, n, extra, ESIM_PLIST_XML, out, err);
+    esim_buf_reset(out->body);
+    out->status = st;
+    return esim_msg_build_result(d->udid, st, uuid, chain, n, extra, ESIM_PLIST_XML, out->body,
+                                 err);
 }
 
 static esim_err answer_error(sim_device *d, const char *uuid, int64_t code, const char *domain,
-                             const char *text, esim_buf *out, esim_error *err)
+                             const char *text, answer *out, esim_error *err)
 {
     esim_error_chain_entry e = {0};
     e.code = code;
@@ -340,7 +346,8 @@ static esim_err answer_error(sim_device *d, const char *uuid, int64_t code, cons
 esim_err sim_device_not_now(sim_device *d, const char *command_uuid, esim_buf *result,
                             esim_error *err)
 {
-    return build(d, ESIM_STATUS_NOT_NOW, command_uuid, NULL, 0, NULL, result, err);
+    answer a = {.body = result};
+    return build(d, ESIM_STATUS_NOT_NOW, command_uuid, NULL, 0, NULL, &a, err);
 }
 
 void sim_cmd_outcome_free(sim_cmd_outcome *o)
@@ -366,7 +373,7 @@ static bool dict_bool(plist_t dict, const char *key)
     return b != 0;
 }
 
-static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, esim_buf *out,
+static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, answer *out,
                                 esim_error *err)
 {
     plist_t payload = plist_dict_get_item(cmd, "Payload");
@@ -445,7 +452,7 @@ static esim_err install_profile(sim_device *d, const char *uuid, plist_t cmd, es
     return rc;
 }
 
-static esim_err remove_profile(sim_device *d, const char *uuid, plist_t cmd, esim_buf *out,
+static esim_err remove_profile(sim_device *d, const char *uuid, plist_t cmd, answer *out,
                                esim_error *err)
 {
     const char *ident = dict_str(cmd, "Identifier");
@@ -465,7 +472,7 @@ static esim_err remove_profile(sim_device *d, const char *uuid, plist_t cmd, esi
     return answer_error(d, uuid, 1011, "MCProfileErrorDomain", msg, out, err);
 }
 
-static esim_err profile_list(sim_device *d, const char *uuid, esim_buf *out, esim_error *err)
+static esim_err profile_list(sim_device *d, const char *uuid, answer *out, esim_error *err)
 {
     plist_t extra = plist_new_dict(), list = plist_new_array();
     for (size_t i = 0; i < d->n_profiles; i++) {
@@ -525,7 +532,7 @@ static bool wants(plist_t queries, const char *key)
     return false;
 }
 
-static esim_err device_information(sim_device *d, const char *uuid, plist_t cmd, esim_buf *out,
+static esim_err device_information(sim_device *d, const char *uuid, plist_t cmd, answer *out,
                                    esim_error *err)
 {
     plist_t q = plist_dict_get_item(cmd, "Queries");
@@ -579,13 +586,13 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
     esim_cmd_parsed c = {0};
     esim_error perr;
     esim_err rc;
+    answer a = {.body = &out->result};
     if (esim_cmd_parse(cmd, len, NULL, &c, &perr) != ESIM_OK) {
         raw_uuid(cmd, len, out->command_uuid, sizeof out->command_uuid);
         if (!out->command_uuid[0])
             snprintf(out->command_uuid, sizeof out->command_uuid, "unknown");
-        rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, out->command_uuid, NULL, 0, NULL,
-                   &out->result, err);
-        out->status = d->answered;
+        rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, out->command_uuid, NULL, 0, NULL, &a, err);
+        out->status = a.status;
         return rc;
     }
     snprintf(out->command_uuid, sizeof out->command_uuid, "%s", c.command_uuid);
@@ -593,27 +600,27 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
     if (d->quirks.locked) {
         /* Locked (or busy): the device does not keep the command; the
          * server must deliver it again later. */
-        rc = sim_device_not_now(d, uuid, &out->result, err);
+        rc = build(d, ESIM_STATUS_NOT_NOW, uuid, NULL, 0, NULL, &a, err);
     } else if (strcmp(type, "InstallProfile") == 0) {
-        rc = install_profile(d, uuid, c.command, &out->result, err);
+        rc = install_profile(d, uuid, c.command, &a, err);
     } else if (strcmp(type, "RemoveProfile") == 0) {
-        rc = remove_profile(d, uuid, c.command, &out->result, err);
+        rc = remove_profile(d, uuid, c.command, &a, err);
     } else if (strcmp(type, "ProfileList") == 0) {
-        rc = profile_list(d, uuid, &out->result, err);
+        rc = profile_list(d, uuid, &a, err);
     } else if (strcmp(type, "DeviceInformation") == 0) {
-        rc = device_information(d, uuid, c.command, &out->result, err);
+        rc = device_information(d, uuid, c.command, &a, err);
     } else if (strcmp(type, "RefreshCellularPlans") == 0) {
         const char *url = dict_str(c.command, "eSIMServerURL");
         if (!url || !*url || strlen(url) >= sizeof out->esim_server_url) {
-            rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, &out->result, err);
+            rc = build(d, ESIM_STATUS_COMMAND_FORMAT_ERROR, uuid, NULL, 0, NULL, &a, err);
         } else if (d->quirks.no_esim) {
             rc = answer_error(d, uuid, 36002, "CTCellularPlanErrorDomain",
-                              "This device does not support eSIM.", &out->result, err);
+                              "This device does not support eSIM.", &a, err);
         } else if (d->quirks.fail_download) {
             rc = answer_error(d, uuid, 36003, "CTCellularPlanErrorDomain",
                               "The cellular plan could not be refreshed because the device is "
                               "busy. Try again later.",
-                              &out->result, err);
+                              &a, err);
             /* Busy is passing (36003 is the retryable one): the next try works. */
             d->quirks.fail_download = false;
         } else {
@@ -625,18 +632,18 @@ esim_err sim_device_handle_command(sim_device *d, const void *cmd, size_t len, s
         /* iOS acknowledges first, then wipes; it does not answer again. */
         out->erase = true;
         out->preserve_data_plan = dict_bool(c.command, "PreserveDataPlan");
-        rc = build(d, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, NULL, &out->result, err);
+        rc = build(d, ESIM_STATUS_ACKNOWLEDGED, uuid, NULL, 0, NULL, &a, err);
     } else {
-        rc = answer_error(d, uuid, 12021, "MCMDMErrorDomain", "Unknown command", &out->result, err);
+        rc = answer_error(d, uuid, 12021, "MCMDMErrorDomain", "Unknown command", &a, err);
     }
     esim_cmd_parsed_free(&c);
     if (!out->download)
-        out->status = d->answered;
+        out->status = a.status;
     return rc;
 }
 
 static esim_err finish_download(sim_device *d, const char *command_uuid,
-                                const sim_download_result *r, esim_buf *result, esim_error *err)
+                                const sim_download_result *r, answer *result, esim_error *err)
 {
     char msg[600];
     if (r->err == ESIM_OK) {
@@ -695,9 +702,10 @@ esim_err sim_device_finish_download(sim_device *d, const char *command_uuid,
                                     const sim_download_result *r, esim_buf *result,
                                     esim_status *status, esim_error *err)
 {
-    esim_err rc = finish_download(d, command_uuid, r, result, err);
+    answer a = {.body = result};
+    esim_err rc = finish_download(d, command_uuid, r, &a, err);
     if (status)
-        *status = d->answered;
+        *status = a.status;
     return rc;
 }
 
