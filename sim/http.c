@@ -959,14 +959,20 @@ static bool conn_tls_setup(hconn *c)
     return true;
 }
 
+/* Sets |x|'s timer to fire in |ms|. */
+static void xfer_arm(xfer *x, long ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(x->timer, &tv);
+}
+
 /* The connection carrying |x| took a step for it: its timeout counts
  * from now (the first step arms it). */
 static void xfer_progress(xfer *x)
 {
     x->progress_ms = esim_mono_ms();
     if (!x->timer_armed) {
-        struct timeval tv = {x->timeout_ms / 1000, (x->timeout_ms % 1000) * 1000};
-        evtimer_add(x->timer, &tv);
+        xfer_arm(x, x->timeout_ms);
         x->timer_armed = true;
     }
 }
@@ -1134,9 +1140,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     xfer *x = arg;
     int64_t idle = esim_mono_ms() - x->progress_ms;
     if (idle < x->timeout_ms) { /* a step since it was set */
-        long left = x->timeout_ms - (long)idle;
-        struct timeval tv = {left / 1000, (left % 1000) * 1000};
-        evtimer_add(x->timer, &tv);
+        xfer_arm(x, x->timeout_ms - (long)idle);
         return;
     }
     if (x->c) {
