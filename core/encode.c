@@ -11,6 +11,7 @@
 #include <openssl/rand.h>
 
 #include "core/esim.h"
+#include "core/internal.h"
 
 esim_err esim_random_bytes(void *out, size_t len)
 {
@@ -62,12 +63,7 @@ esim_err esim_base64_encode(const void *data, size_t len, esim_buf *out)
     return ESIM_OK;
 }
 
-/* Each byte's value as a base64 digit; B64_PAD for '=', B64_SPACE for
- * what isspace() calls space in the C locale, B64_BAD for anything else. */
-#define B64_BAD (-1)
-#define B64_PAD (-2)
-#define B64_SPACE (-3)
-static const signed char b64_digit[256] = {
+const signed char esim_base64_digit[256] = {
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -3, -3, -3, -3, -3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -3, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
     52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -2, -1, -1, -1, 0,  1,  2,  3,  4,  5,  6,
@@ -86,6 +82,7 @@ static const signed char b64_digit[256] = {
  * Mdm-Signature header is decoded on every message. */
 esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out, esim_error *err)
 {
+    const signed char *digit = esim_base64_digit;
     if (len > INT32_MAX / 2)
         return esim_fail(err, ESIM_ETOOBIG, "base64 text too long");
     /* Whitespace is skipped; padding may be missing, but nothing follows it.
@@ -93,19 +90,18 @@ esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out, esim_er
      * header) eight at a time: any value that is not a digit is negative. */
     const unsigned char *u = (const unsigned char *)text;
     size_t pad = 0, start = 0;
-    while (start + 8 <= len &&
-           (b64_digit[u[start]] | b64_digit[u[start + 1]] | b64_digit[u[start + 2]] |
-            b64_digit[u[start + 3]] | b64_digit[u[start + 4]] | b64_digit[u[start + 5]] |
-            b64_digit[u[start + 6]] | b64_digit[u[start + 7]]) >= 0)
+    while (start + 8 <= len && (digit[u[start]] | digit[u[start + 1]] | digit[u[start + 2]] |
+                                digit[u[start + 3]] | digit[u[start + 4]] | digit[u[start + 5]] |
+                                digit[u[start + 6]] | digit[u[start + 7]]) >= 0)
         start += 8;
     size_t sig = start;
     for (size_t i = start; i < len; i++) {
-        int v = b64_digit[(unsigned char)text[i]];
+        int v = digit[(unsigned char)text[i]];
         if (v >= 0 && pad == 0)
             sig++;
-        else if (v == B64_PAD)
+        else if (v == ESIM_BASE64_PAD)
             pad++;
-        else if (v != B64_SPACE)
+        else if (v != ESIM_BASE64_SPACE)
             return esim_fail(err, ESIM_EINVAL, "not base64: unexpected character at offset %zu", i);
     }
     if (pad > 2 || sig % 4 == 1 || (pad > 0 && (sig + pad) % 4 != 0))
@@ -119,15 +115,15 @@ esim_err esim_base64_decode(const char *text, size_t len, esim_buf *out, esim_er
     if (sig + pad == len) { /* no whitespace (a header): whole groups first */
         const unsigned char *t = (const unsigned char *)text;
         for (; n + 4 <= sig; n += 4, t += 4) {
-            uint32_t g = (uint32_t)b64_digit[t[0]] << 18 | (uint32_t)b64_digit[t[1]] << 12 |
-                         (uint32_t)b64_digit[t[2]] << 6 | (uint32_t)b64_digit[t[3]];
+            uint32_t g = (uint32_t)digit[t[0]] << 18 | (uint32_t)digit[t[1]] << 12 |
+                         (uint32_t)digit[t[2]] << 6 | (uint32_t)digit[t[3]];
             out->data[o++] = (unsigned char)(g >> 16);
             out->data[o++] = (unsigned char)(g >> 8);
             out->data[o++] = (unsigned char)g;
         }
     }
     for (size_t i = n; i < len && n < sig; i++) {
-        int v = b64_digit[(unsigned char)text[i]];
+        int v = digit[(unsigned char)text[i]];
         if (v < 0)
             continue; /* whitespace */
         acc = acc << 6 | (uint32_t)v;

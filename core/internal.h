@@ -20,6 +20,15 @@ void esim_copy_text(char *out, size_t size, const char *s);
 /* |v| in decimal into |out| (at least 21 bytes), NUL-terminated. */
 void esim_format_u64(char out[21], uint64_t v);
 
+/* Each byte's value as a base64 digit (0..63; core/encode.c, the plist
+ * fast path's <data>): ESIM_BASE64_PAD for '=', ESIM_BASE64_SPACE for what
+ * isspace() calls space in the C locale, ESIM_BASE64_BAD for anything else
+ * (all three negative). */
+#define ESIM_BASE64_BAD (-1)
+#define ESIM_BASE64_PAD (-2)
+#define ESIM_BASE64_SPACE (-3)
+extern const signed char esim_base64_digit[256];
+
 /* 64-bit FNV-1a of a NUL-terminated string: fast and well spread, for hash
  * tables keyed by UDIDs, tokens, ICCIDs. Not for anything an attacker must
  * not be able to collide on purpose. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
 #include "plist/plist_internal.h"
 
 #define BPLIST_MAGIC "bplist00"
@@ -662,17 +663,6 @@ static bool flat_text(const char *p, size_t len, size_t *i, const char *close, s
     return flat_lit(p, len, i, close, close_len);
 }
 
-static int flat_b64(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
 /* <data>'s base64 decoded into |out| (at most FLAT_MAX_TEXT bytes), then
  * its closing tag. Whole quanta of four, '=' only as the last one's one or
  * two pads, nothing but base64, ' ', '\t' and '\n' before the '<'. */
@@ -685,7 +675,7 @@ static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, 
         unsigned char c = (unsigned char)p[*i];
         if (c == ' ' || c == '\t' || c == '\n')
             continue;
-        int v = flat_b64(c);
+        int v = esim_base64_digit[c]; /* negative: not a digit */
         if (c == '=' && nq >= 2)
             pads++, v = 0;
         else if (v < 0 || pads)

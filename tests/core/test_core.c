@@ -66,6 +66,25 @@ static void test_uuid(void **state)
     assert_true(esim_uuid_valid("0A1B2C3D-0000-4000-8000-00000000000F"));
 }
 
+/* The one digit table (core/internal.h) the decoder and the plist fast
+ * path's <data> both read: the standard alphabet, '=' a pad, C-locale
+ * space, every other byte refused. */
+static void test_base64_digit_table(void **state)
+{
+    (void)state;
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int c = 0; c < 256; c++) {
+        const char *at = c ? strchr(alphabet, c) : NULL;
+        int want = at                                     ? (int)(at - alphabet)
+                   : c == '='                             ? ESIM_BASE64_PAD
+                   : c == ' ' || (c >= '\t' && c <= '\r') ? ESIM_BASE64_SPACE
+                                                          : ESIM_BASE64_BAD;
+        if (esim_base64_digit[c] != want)
+            fail_msg("byte %d: %d, wanted %d", c, esim_base64_digit[c], want);
+    }
+}
+
 static void test_base64_round_trip_and_leniency(void **state)
 {
     (void)state;
@@ -501,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
         cmocka_unit_test(test_fail_writes_message_and_returns_code),
         cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_base64_digit_table),
         cmocka_unit_test(test_base64_round_trip_and_leniency),
         cmocka_unit_test(test_hex),
         cmocka_unit_test(test_eid),
