@@ -2,6 +2,7 @@
  * util.c — the shared helpers of core/internal.h: FNV-1a, growing arrays,
  * and a process's memory and CPU time read from /proc.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,28 @@ void esim_format_u64(char out[21], uint64_t v)
     out[n] = '\0';
 }
 
+/* utime + stime of the /proc stat file |path| into *|out| in seconds (left
+ * as it was when the line cannot be read); false when the file cannot be
+ * opened (no such process or thread). */
+static bool stat_cpu_s(const char *path, double *out)
+{
+    char line[512];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    if (fgets(line, sizeof line, f)) {
+        /* After the ")" that ends the command name: utime is the 12th field
+         * and stime the 13th (proc(5)). */
+        const char *p = strrchr(line, ')');
+        unsigned long ut = 0, st = 0;
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+            *out = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    fclose(f);
+    return true;
+}
+
 esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
 {
     memset(out, 0, sizeof *out);
@@ -81,18 +104,13 @@ esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
     }
     fclose(f);
     snprintf(path, sizeof path, "%s/stat", dir);
-    f = fopen(path, "r");
-    if (!f)
-        return ESIM_ENOTFOUND;
-    if (fgets(line, sizeof line, f)) {
-        /* After the ")" that ends the command name: utime is the 12th field
-         * and stime the 13th (proc(5)). */
-        const char *p = strrchr(line, ')');
-        unsigned long ut = 0, st = 0;
-        if (p &&
-            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            out->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-    }
-    fclose(f);
-    return ESIM_OK;
+    return stat_cpu_s(path, &out->cpu_s) ? ESIM_OK : ESIM_ENOTFOUND;
+}
+
+esim_err esim_thread_cpu_read(pid_t pid, pid_t tid, double *cpu_s)
+{
+    char path[64];
+    *cpu_s = 0;
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+    return stat_cpu_s(path, cpu_s) ? ESIM_OK : ESIM_ENOTFOUND;
 }

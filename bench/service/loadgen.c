@@ -328,18 +328,8 @@ static double self_cpu_ms(void)
  * /proc/PID/task/PID/stat), without the sync thread and pool workers. */
 static double loop_cpu_ms(int pid)
 {
-    char path[64], line[512];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    double ms = -1;
-    const char *p = fgets(line, sizeof line, f) ? strrchr(line, ')') : NULL;
-    unsigned long ut = 0, st = 0;
-    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-        ms = (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
-    fclose(f);
-    return ms;
+    double s;
+    return esim_thread_cpu_read(pid, pid, &s) == ESIM_OK ? s * 1000.0 : -1;
 }
 
 int main(int argc, char **argv)

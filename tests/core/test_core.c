@@ -514,6 +514,23 @@ static void test_proc_usage_of_self(void **state)
     assert_int_equal(u.rss_kb, 0);
 }
 
+/* The main thread's CPU time alone, from the same stat line's fields as
+ * the process's (/proc/self/task/PID/stat): some after a spin. */
+static void test_thread_cpu_of_self(void **state)
+{
+    (void)state;
+    volatile uint64_t spin = 0;
+    for (uint64_t i = 0; i < 20000000; i++)
+        spin += i;
+    double main_s = -1;
+    assert_int_equal(esim_thread_cpu_read(getpid(), getpid(), &main_s), ESIM_OK);
+    assert_true(main_s > 0);
+    /* Not a thread of this process; no such process. */
+    assert_int_equal(esim_thread_cpu_read(getpid(), 2147483646, &main_s), ESIM_ENOTFOUND);
+    assert_true(main_s == 0);
+    assert_int_equal(esim_thread_cpu_read(2147483646, 2147483646, &main_s), ESIM_ENOTFOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_copy_text_and_format_u64),
         cmocka_unit_test(test_grow_doubles_and_keeps_items),
         cmocka_unit_test(test_proc_usage_of_self),
+        cmocka_unit_test(test_thread_cpu_of_self),
     };
     return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
 }
