@@ -9,13 +9,12 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include "core/esim.h"
 #include "core/internal.h"
 #include "crash/rig.h"
+#include "tests/ports.h"
 
 static const char *const part_names[] = {"service", "devsim", "smdp", "apns-mock"};
 
@@ -77,48 +76,12 @@ static void path_in(const rig *r, char *out, size_t n, const char *name)
 /*
  * The ports of the parts a test kills and starts again on the same port
  * (the service, the device simulator's status port, the SM-DP+, whose URL
- * the campaign carries). They are taken below the kernel's ephemeral range
- * (ip_local_port_range): a port there that bind(0) handed out is free again
- * the moment its part is killed, and before the part binds it again any
- * process's outgoing connection or bind(0) listener may take it (the other
- * tests under ctest -j, the device simulator's own connections); the
- * restart then fails with "cannot listen ... in use". Below the range only
- * an explicit bind takes a port. The first free one from a random start
- * (not rand(): ESIM_CRASH_SEED repeats the kills); 0 (an ephemeral port,
- * as before) when the range leaves no room below it.
+ * the campaign carries) are taken below the kernel's ephemeral range
+ * (tests/ports.h: else the restart could fail with "cannot listen ... in
+ * use"), from a random start (not rand(): ESIM_CRASH_SEED repeats the
+ * kills); an ephemeral port, as before, when the range leaves no room
+ * below it.
  */
-static int port_below_ephemeral(void)
-{
-    int low = 32768;
-    esim_buf b = {0};
-    if (esim_read_file("/proc/sys/net/ipv4/ip_local_port_range", 64, &b, NULL) == ESIM_OK &&
-        b.len) {
-        esim_buf_append(&b, "", 1);
-        low = atoi((const char *)b.data);
-    }
-    esim_buf_free(&b);
-    const int first = 10000;
-    if (low - first < 1000)
-        return 0;
-    uint32_t x = 0;
-    if (esim_random_bytes(&x, sizeof x) != ESIM_OK)
-        x = (uint32_t)getpid() * 2654435761u;
-    for (int tries = 0; tries < 500; tries++) {
-        int port = first + (int)((x + (uint32_t)tries * 7919u) % (uint32_t)(low - first));
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in sa = {.sin_family = AF_INET,
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                                 .sin_port = htons((uint16_t)port)};
-        /* No SO_REUSEADDR: a port with connections still in TIME_WAIT is
-         * passed over too. */
-        bool free_now = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-        if (fd >= 0)
-            close(fd);
-        if (free_now)
-            return port;
-    }
-    return 0;
-}
 
 static bool wait_apns_ports(rig *r)
 {
@@ -516,7 +479,7 @@ bool rig_start(rig *r, unsigned devices)
     int *restartable[] = {&r->svc_port, &r->svc2_port, &r->sim_port, &r->smdp_port};
     for (size_t i = 0; i < sizeof restartable / sizeof *restartable; i++)
         for (int tries = 0; !*restartable[i] && tries < 8; tries++) {
-            int port = port_below_ephemeral(); /* and not another part's */
+            int port = test_port_below_ephemeral(1); /* and not another part's */
             for (size_t k = 0; port && k < i; k++)
                 port = *restartable[k] == port ? 0 : port;
             *restartable[i] = port;

@@ -13,17 +13,15 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <stdlib.h>
-#include <time.h>
-#include <netinet/in.h>
 
 #include <cmocka.h>
 #include <winscard.h>
 
 #include "sgp32/sgp32.h"
+#include "tests/ports.h"
 #include "tests/sim/sim_test.h"
 
 #define EIM_ID "eim.pcsc.test"
@@ -40,29 +38,14 @@ static struct {
 } fx;
 
 /* Two free TCP ports in a row: vpcd listens on PORT and PORT+1 (two slots).
- * They are taken below the kernel's ephemeral range (32768 and up): a port
- * that bind(0) handed out could go, between our check and pcscd's own
+ * They are taken below the kernel's ephemeral range (tests/ports.h): a
+ * port that bind(0) handed out could go, between our check and pcscd's own
  * bind, to another test's listener or outgoing connection (seen under
  * ctest -j: pcscd's "Address already in use", the card talking to a
  * stranger). */
 static unsigned free_port_pair(void)
 {
-    srandom((unsigned)getpid() ^ (unsigned)time(NULL));
-    for (int tries = 0; tries < 200; tries++) {
-        unsigned port = 20000 + (unsigned)(random() % 12000);
-        int a = socket(AF_INET, SOCK_STREAM, 0), b = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sa = {.sin_family = AF_INET,
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                                 .sin_port = htons((uint16_t)port)};
-        bool ok = a >= 0 && b >= 0 && bind(a, (struct sockaddr *)&sa, sizeof sa) == 0;
-        sa.sin_port = htons((uint16_t)(port + 1));
-        ok = ok && bind(b, (struct sockaddr *)&sa, sizeof sa) == 0;
-        close(a);
-        close(b);
-        if (ok)
-            return port;
-    }
-    return 0;
+    return (unsigned)test_port_below_ephemeral(2);
 }
 
 static pid_t spawn(char *const argv[], const char *log)
