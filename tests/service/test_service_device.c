@@ -437,14 +437,21 @@ static void tlv(const unsigned char *p, size_t *hdr, size_t *len)
  * context kept with it ("key"), the signature value's bytes are changed
  * first and each refused there, nothing parsed (what breaks the shape of
  * the rest goes the ordinary way, which parses the certificate). */
+/* |d|'s identity replaced by a P-256 one for its UDID from |issuer|, as
+ * newer iPhones have. */
+static void give_p256_identity(test_device *d, const esim_cert *issuer)
+{
+    esim_cert_clear(&d->identity);
+    esim_cert_spec spec = {.common_name = d->udid, .key_type = ESIM_KEY_EC_P256};
+    assert_int_equal(esim_cert_issue(&spec, issuer, &d->identity, NULL), ESIM_OK);
+}
+
 static void tamper_every_byte(fixture *f, bool p256, bool kept)
 {
-    if (p256) { /* a P-256 identity from the device CA, as newer iPhones have */
+    if (p256) { /* a P-256 identity from the device CA */
         esim_cert ca = {0};
         assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
-        esim_cert_clear(&f->dev.identity);
-        esim_cert_spec spec = {.common_name = f->dev.udid, .key_type = ESIM_KEY_EC_P256};
-        assert_int_equal(esim_cert_issue(&spec, &ca, &f->dev.identity, NULL), ESIM_OK);
+        give_p256_identity(&f->dev, &ca);
         esim_cert_clear(&ca);
     }
     static const char key[] = "esim_mdm_identity_cache_total{result=\"key\"}";
@@ -562,18 +569,14 @@ static void test_signature_tampered_anywhere(void **state)
     assert_int_equal(esim_pki_load(env.pki, "device-ca", &ca, NULL), ESIM_OK);
     test_device first;
     device_new(&first, &env, "00008110-TAMPERFIRST0001", f->ts.url);
-    esim_cert_clear(&first.identity);
-    esim_cert_spec spec = {.common_name = first.udid, .key_type = ESIM_KEY_EC_P256};
-    assert_int_equal(esim_cert_issue(&spec, &ca, &first.identity, NULL), ESIM_OK);
+    give_p256_identity(&first, &ca);
     device_enroll(&first);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 0);
     tamper_every_byte(f, true, true);
     assert_int_equal(api_metric(f->ts.url, "esim_mdm_identity_cache_total{result=\"read\"}"), 1);
     test_device third;
     device_new(&third, &env, "00008110-TAMPERTHIRD0001", f->ts.url);
-    esim_cert_clear(&third.identity);
-    esim_cert_spec spec3 = {.common_name = third.udid, .key_type = ESIM_KEY_EC_P256};
-    assert_int_equal(esim_cert_issue(&spec3, &ca, &third.identity, NULL), ESIM_OK);
+    give_p256_identity(&third, &ca);
     esim_cert_clear(&ca);
     /* Its key's table is made by its first message and kept for the rest. */
     static const char tables[] = "esim_mdm_identity_key_tables_total";
@@ -638,9 +641,7 @@ static void test_key_tables_least_recently_used(void **state)
      * kept-key way from their first message. */
     test_device first;
     device_new(&first, &env, "00008110-KEYSETFIRST0001", f->ts.url);
-    esim_cert_clear(&first.identity);
-    esim_cert_spec spec = {.common_name = first.udid, .key_type = ESIM_KEY_EC_P256};
-    assert_int_equal(esim_cert_issue(&spec, &ca, &first.identity, NULL), ESIM_OK);
+    give_p256_identity(&first, &ca);
     device_enroll(&first);
     /* P-256 identities until five fall into one set (a few hundred). */
     enum { TRIES = 6000 };
@@ -761,9 +762,7 @@ static void devices_under(test_device *d, const char *const *udids, int n, const
 {
     for (int i = 0; i < n; i++) {
         device_new(&d[i], &env, udids[i], url);
-        esim_cert_clear(&d[i].identity);
-        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
-        assert_int_equal(esim_cert_issue(&spec, sub, &d[i].identity, NULL), ESIM_OK);
+        give_p256_identity(&d[i], sub);
         d[i].extra_certs[0] = sub->x509;
         d[i].n_extra_certs = 1;
     }
@@ -1019,9 +1018,7 @@ static void test_identity_point_off_the_curve(void **state)
                             "00008110-OFFCURVE000003"};
     for (int i = 0; i < 3; i++) {
         device_new(&d[i], &env, udids[i], f->ts.url);
-        esim_cert_clear(&d[i].identity);
-        esim_cert_spec spec = {.common_name = udids[i], .key_type = ESIM_KEY_EC_P256};
-        assert_int_equal(esim_cert_issue(&spec, &ca, &d[i].identity, NULL), ESIM_OK);
+        give_p256_identity(&d[i], &ca);
     }
     device_enroll(&d[0]); /* parsed; its issuer kept: the next are read in place */
     unsigned char *good = NULL;
