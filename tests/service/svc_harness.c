@@ -578,6 +578,19 @@ void api_entry_state(const char *base_url, const char *uuid, const char *udid, c
     json_decref(r);
 }
 
+bool api_device_ready(const char *base_url, const char *udid)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/devices/%s", udid);
+    json_t *d = NULL;
+    long code = api_call(base_url, TEST_TOKEN, "GET", path, NULL, NULL, &d);
+    const char *st = json_string_value(json_object_get(json_object_get(d, "push"), "state"));
+    bool ok = code == 200 && json_string_value(json_object_get(d, "eid")) && st &&
+              strcmp(st, "valid") == 0;
+    json_decref(d);
+    return ok;
+}
+
 long long api_metric(const char *base_url, const char *series)
 {
     CURL *c = curl_easy_init();

@@ -201,6 +201,10 @@ void api_entry_state(const char *base_url, const char *uuid, const char *udid, c
                      int *attempts, int *not_now);
 /* A metric's value from /metrics (the line starting with |series|). */
 long long api_metric(const char *base_url, const char *series);
+/* Whether the device |udid| is known with its EID and a live push channel
+ * (GET /v1/devices/{udid}: an "eid" and push.state "valid"; a Windows PC's
+ * first session reports both). */
+bool api_device_ready(const char *base_url, const char *udid);
 
 /* A webhook receiver on loopback, on its own thread, writing each body it
  * gets as one line of |file| and answering 200; returns its port. */

@@ -76,19 +76,6 @@ static json_t *post_json(const char *path, const char *body, long want)
     return j;
 }
 
-/* The device's push state and EID as the service sees them. */
-static bool device_ready(int i, const char *push_state)
-{
-    char path[160];
-    snprintf(path, sizeof path, "/v1/devices/%s", fx.id[i]);
-    json_t *d = get_json(path);
-    bool ok = d && json_string_value(json_object_get(d, "eid")) &&
-              strcmp(json_string_value(json_object_get(json_object_get(d, "push"), "state")),
-                     push_state) == 0;
-    json_decref(d);
-    return ok;
-}
-
 /* Waits (pumping the simulators) until the operation's verification is
  * final; returns the JSON of its device. */
 static json_t *wait_verdict(const char *uuid)
@@ -215,7 +202,7 @@ static int setup(void **state)
      * come after the first session: a second one reports it). */
     for (int i = 0; i < NPC; i++) {
         int k = 0;
-        for (; k < 300 && !device_ready(i, "valid"); k++) {
+        for (; k < 300 && !api_device_ready(fx.ts.url, fx.id[i]); k++) {
             if (k % 20 == 19)
                 sim_devsim_windows_sync(fx.ds, fx.id[i], NULL);
             pump(100);
@@ -391,7 +378,7 @@ static void test_wns_expiry_and_reregistration(void **state)
         pump(100);
     assert_true(k < 100);
     /* The PC's session (or a scheduled one, started here) re-registers. */
-    for (k = 0; k < 200 && !device_ready(4, "valid"); k++) {
+    for (k = 0; k < 200 && !api_device_ready(fx.ts.url, fx.id[4]); k++) {
         if (k % 30 == 0)
             sim_devsim_windows_sync(fx.ds, fx.id[4], NULL);
         pump(100);

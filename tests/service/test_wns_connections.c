@@ -66,22 +66,6 @@ static void pump(int ms)
     event_base_dispatch(fx.base);
 }
 
-/* Whether PC |i| is known with its EID and a live WNS channel (its first
- * session reported both). */
-static bool pc_ready(int i)
-{
-    char path[160];
-    snprintf(path, sizeof path, "/v1/devices/%s", fx.id[i]);
-    json_t *d = NULL;
-    long code = api_call(fx.ts.url, TEST_TOKEN, "GET", path, NULL, NULL, &d);
-    json_t *push = json_object_get(d, "push");
-    const char *st = json_string_value(json_object_get(push, "state"));
-    bool ok = code == 200 && json_string_value(json_object_get(d, "eid")) && st &&
-              strcmp(st, "valid") == 0;
-    json_decref(d);
-    return ok;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -166,7 +150,7 @@ static int setup(void **state)
     }
     for (int i = 0; i < fx.npc; i++) {
         int k = 0;
-        for (; k < 600 && !pc_ready(i); k++) {
+        for (; k < 600 && !api_device_ready(fx.ts.url, fx.id[i]); k++) {
             if (k % 20 == 19)
                 sim_devsim_windows_sync(fx.ds, fx.id[i], NULL);
             pump(50);
