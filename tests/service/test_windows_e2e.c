@@ -76,6 +76,26 @@ static json_t *post_json(const char *path, const char *body, long want)
     return j;
 }
 
+/* Waits (pumping the simulators; |each|, may be NULL, runs with |arg| at
+ * the start of every round) until the campaign at |path| (/v1/campaigns/ID)
+ * is finished, 300 rounds at most; returns its JSON as last read (the
+ * caller frees it). */
+static json_t *wait_campaign(const char *path, void (*each)(void *arg), void *arg)
+{
+    json_t *s = NULL;
+    for (int k = 0; k < 300; k++) {
+        if (each)
+            each(arg);
+        json_decref(s);
+        s = get_json(path);
+        const char *st = json_string_value(json_object_get(s, "state"));
+        if (st && strcmp(st, "finished") == 0)
+            break;
+        pump(100);
+    }
+    return s;
+}
+
 /* Waits (pumping the simulators) until the operation's verification is
  * final; returns the JSON of its device. */
 static json_t *wait_verdict(const char *uuid)
@@ -430,15 +450,7 @@ static void test_campaign_on_windows(void **state)
     json_decref(c);
     char path[160];
     snprintf(path, sizeof path, "/v1/campaigns/%s", id);
-    json_t *s = NULL;
-    for (int k = 0; k < 300; k++) {
-        json_decref(s);
-        s = get_json(path);
-        if (json_string_value(json_object_get(s, "state")) &&
-            strcmp(json_string_value(json_object_get(s, "state")), "finished") == 0)
-            break;
-        pump(100);
-    }
+    json_t *s = wait_campaign(path, NULL, NULL);
     json_t *w = json_object_get(json_object_get(s, "by_platform"), "windows");
     assert_non_null(w);
     assert_int_equal(json_integer_value(json_object_get(w, "devices")), 1);
@@ -475,15 +487,7 @@ static void test_campaign_discovery_failed_diagnosis(void **state)
     char path[160];
     snprintf(path, sizeof path, "/v1/campaigns/%s", json_string_value(json_object_get(c, "id")));
     json_decref(c);
-    json_t *s = NULL;
-    for (int k = 0; k < 300; k++) {
-        json_decref(s);
-        s = get_json(path);
-        const char *st = json_string_value(json_object_get(s, "state"));
-        if (st && strcmp(st, "finished") == 0)
-            break;
-        pump(100);
-    }
+    json_t *s = wait_campaign(path, NULL, NULL);
     json_t *w = json_object_get(json_object_get(s, "by_platform"), "windows");
     assert_int_equal(json_integer_value(json_object_get(w, "failed")), 1);
     json_decref(s);
@@ -521,6 +525,27 @@ static void test_campaign_discovery_failed_diagnosis(void **state)
     json_decref(diag);
 }
 
+/* The iPhone of test_mixed_campaign: polls and acknowledges what it gets. */
+typedef struct {
+    test_device *dev;
+    bool got_refresh;
+} phone_poll;
+
+static void poll_phone(void *arg)
+{
+    phone_poll *p = arg;
+    esim_cmd_parsed next = {0};
+    assert_int_equal(device_result(p->dev, ESIM_STATUS_IDLE, NULL, &next), 200);
+    if (next.command_uuid[0]) {
+        p->got_refresh |= strcmp(next.request_type, "RefreshCellularPlans") == 0;
+        esim_cmd_parsed after = {0};
+        assert_int_equal(device_result(p->dev, ESIM_STATUS_ACKNOWLEDGED, next.command_uuid, &after),
+                         200);
+        esim_cmd_parsed_free(&after);
+    }
+    esim_cmd_parsed_free(&next);
+}
+
 /* One campaign for an iPhone and a PC together: each gets its platform's
  * command (RefreshCellularPlans; DownloadServers with AutoEnable), and the
  * summary shows progress per platform. */
@@ -546,28 +571,9 @@ static void test_mixed_campaign(void **state)
     snprintf(id, sizeof id, "%s", json_string_value(json_object_get(c, "id")));
     json_decref(c);
     snprintf(path, sizeof path, "/v1/campaigns/%s", id);
-    json_t *s = NULL;
-    bool phone_got = false;
-    for (int k = 0; k < 300; k++) {
-        /* The iPhone polls and acknowledges what it gets. */
-        esim_cmd_parsed next = {0};
-        assert_int_equal(device_result(&phone, ESIM_STATUS_IDLE, NULL, &next), 200);
-        if (next.command_uuid[0]) {
-            phone_got |= strcmp(next.request_type, "RefreshCellularPlans") == 0;
-            esim_cmd_parsed after = {0};
-            assert_int_equal(
-                device_result(&phone, ESIM_STATUS_ACKNOWLEDGED, next.command_uuid, &after), 200);
-            esim_cmd_parsed_free(&after);
-        }
-        esim_cmd_parsed_free(&next);
-        json_decref(s);
-        s = get_json(path);
-        const char *st = json_string_value(json_object_get(s, "state"));
-        if (st && strcmp(st, "finished") == 0)
-            break;
-        pump(100);
-    }
-    assert_true(phone_got);
+    phone_poll poll = {.dev = &phone};
+    json_t *s = wait_campaign(path, poll_phone, &poll);
+    assert_true(poll.got_refresh);
     assert_string_equal(json_string_value(json_object_get(s, "state")), "finished");
     json_t *bp = json_object_get(s, "by_platform");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(bp, "apple"), "devices")),
