@@ -186,7 +186,7 @@ static void syncml_words(json_t *items, char *out, size_t len, int64_t *code)
     char detail[80] = "";
     if (ed >= 0)
         put_words(detail, sizeof detail, "ErrorDetail %ld %s", ed,
-                  campaign_windows_error_detail(ed));
+                  esim_windows_error_detail_name(ed));
     static const char *const dstates[] = {"?", "Requested", "Executing", "Completed", "Failed"};
     char node[200];
     if (v == CAMPAIGN_WINDOWS_PROFILE_ERROR) {

@@ -126,10 +126,6 @@ extern const campaign_platform campaign_platform_iot;
  * or |url| is NULL. */
 void campaign_platform_host_of(const char *url, char *out, size_t out_len);
 
-/* An eUICCs ErrorDetail code in words ("ProfileNotReleasedByOperator");
- * "Unknown" for a code the CSP does not define. */
-const char *campaign_windows_error_detail(long code);
-
 /* What a Windows PC's readings of the eUICCs CSP say of an eSIM operation:
  * the expected profile's State (1 installing, 2 installed, 3 deleting,
  * 4 error) and its SM-DP+'s DiscoveryState (1 requested, 2 executing,

@@ -149,29 +149,6 @@ static const esim_syncml_status *item_for(const esim_service_result *r, const ch
     return NULL;
 }
 
-static const char *const error_details[] = {
-    [0] = "None",
-    [1] = "CardGeneralFailure",
-    [3] = "ConfirmationCodeMissing",
-    [5] = "ForbiddenByPolicy",
-    [6] = "InvalidMatchingId",
-    [7] = "NoEligibleProfileForThisDevice",
-    [8] = "NotEnoughSpaceOnCard",
-    [10] = "ProfileEidMismatch",
-    [11] = "ProfileNotAvailableForNewBinding",
-    [12] = "ProfileNotReleasedByOperator",
-    [13] = "RemoteServerGeneralFailure",
-    [14] = "RemoteServerUnreachable",
-};
-
-const char *campaign_windows_error_detail(long code)
-{
-    if (code < 0 || (size_t)code >= sizeof error_details / sizeof error_details[0] ||
-        !error_details[code])
-        return "Unknown";
-    return error_details[code];
-}
-
 campaign_windows_verdict campaign_windows_verdict_of(long state, long discovery_state)
 {
     if (state == 4)
@@ -250,7 +227,7 @@ static esim_err win_read(campaign_step step, const esim_service_result *r, campa
             out->result.error_code = code;
             snprintf(out->error_text, sizeof out->error_text,
                      "the profile is in State 4 (Error), ErrorDetail %ld %s", code,
-                     campaign_windows_error_detail(code));
+                     esim_windows_error_detail_name(code));
             out->result.error_text = out->error_text;
         } else if (v == CAMPAIGN_WINDOWS_BUSY) {
             /* Still downloading, or discovery still running: later. */

@@ -441,7 +441,7 @@ static const char *const error_details[] = {
     [14] = "RemoteServerUnreachable",
 };
 
-const char *omadm_error_detail_name(long code)
+const char *esim_windows_error_detail_name(long code)
 {
     if (code < 0 || (size_t)code >= sizeof error_details / sizeof error_details[0] ||
         !error_details[code])
@@ -589,7 +589,7 @@ static int judge(verify_kind k, const item_view *iv, size_t n, char *why, size_t
             const item_view *ed = item_for(iv, n, "/ErrorDetail");
             long code = ed && ed->data ? strtol(ed->data, NULL, 10) : -1;
             snprintf(why, why_len, "State 4 Error, ErrorDetail %ld %s", code,
-                     omadm_error_detail_name(code));
+                     esim_windows_error_detail_name(code));
             return -1;
         }
         snprintf(why, why_len, "State %ld %s", st,

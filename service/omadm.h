@@ -119,9 +119,6 @@ esim_err omadm_parse_commands(const void *fragment, size_t len, const char *uuid
 /* Appends |s| to |b| with &, <, >, " and ' escaped. */
 esim_err omadm_xml_escape(esim_buf *b, const char *s);
 
-/* The name of an eUICCs ErrorDetail code ("InvalidMatchingId"); "Unknown". */
-const char *omadm_error_detail_name(long code);
-
 /* The status |code| read from a Status's Data ("200"); 0 when it is not a
  * SyncML status code (three digits, 100 to 599). */
 int omadm_status_code(const char *data);

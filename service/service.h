@@ -347,6 +347,12 @@ typedef struct {
     const char *data;    /* a Get's Results data; NULL when none */
 } esim_syncml_status;
 
+/* The name of a code of the eUICCs CSP's ErrorDetail node, as a Windows
+ * device reads it after a failed download ("InvalidMatchingId",
+ * "ProfileNotReleasedByOperator"); "Unknown" for a code the CSP does not
+ * define. A static string. */
+ESIM_EXTERN const char *esim_windows_error_detail_name(long code);
+
 /* What a result hook sees. Pointers are valid during the call only. */
 typedef struct {
     const char *udid;

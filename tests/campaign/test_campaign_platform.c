@@ -107,6 +107,21 @@ static void test_windows_verdict(void **state)
     }
 }
 
+/* The ErrorDetail names the verification's words and the service's own
+ * verification both use (service.h). */
+static void test_windows_error_detail_names(void **state)
+{
+    (void)state;
+    assert_string_equal(esim_windows_error_detail_name(0), "None");
+    assert_string_equal(esim_windows_error_detail_name(6), "InvalidMatchingId");
+    assert_string_equal(esim_windows_error_detail_name(12), "ProfileNotReleasedByOperator");
+    assert_string_equal(esim_windows_error_detail_name(14), "RemoteServerUnreachable");
+    assert_string_equal(esim_windows_error_detail_name(2),
+                        "Unknown"); /* a gap in the CSP's codes */
+    assert_string_equal(esim_windows_error_detail_name(15), "Unknown");
+    assert_string_equal(esim_windows_error_detail_name(-1), "Unknown");
+}
+
 static void test_windows_steps_and_answers(void **state)
 {
     (void)state;
@@ -365,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_apple_steps_become_commands),
         cmocka_unit_test(test_apple_reads_answers),
         cmocka_unit_test(test_windows_verdict),
+        cmocka_unit_test(test_windows_error_detail_names),
         cmocka_unit_test(test_windows_steps_and_answers),
         cmocka_unit_test(test_windows_recorded_answers),
     };
