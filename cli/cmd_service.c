@@ -1366,7 +1366,26 @@ int cmd_devices(int argc, char **argv)
     return rc;
 }
 
-/* ---- cancel ---- */
+/* ---- cancel, retire ---- */
+
+/* DELETE |path| on the service: its reply as is with --json, else |done|,
+ * a line in words; an error reply in words (client_error). */
+static int client_delete(client_opts *c, const char *path, const char *done)
+{
+    int rc = client_init(c);
+    client_reply r = {0};
+    if (rc == CLI_EXIT_OK)
+        rc = client_call(c, "DELETE", path, NULL, NULL, &r);
+    if (rc == CLI_EXIT_OK && r.status != 200)
+        rc = client_error(&r);
+    else if (rc == CLI_EXIT_OK && c->json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (rc == CLI_EXIT_OK)
+        puts(done);
+    esim_buf_free(&r.body);
+    chttp_close(&c->http);
+    return rc;
+}
 
 int cmd_cancel(int argc, char **argv)
 {
@@ -1388,21 +1407,10 @@ int cmd_cancel(int argc, char **argv)
     if (n_pos != 2 || esim_udid_validate(pos[0], NULL) != ESIM_OK || strlen(pos[1]) > 127 ||
         strchr(pos[1], '/'))
         return cli_usage_error("cancel: give the device's UDID and the command's UUID");
-    int rc = client_init(&c);
-    client_reply r = {0};
-    char path[256];
+    char path[256], done[256];
     snprintf(path, sizeof path, "/v1/devices/%s/queue/%s", pos[0], pos[1]);
-    if (rc == CLI_EXIT_OK)
-        rc = client_call(&c, "DELETE", path, NULL, NULL, &r);
-    if (rc == CLI_EXIT_OK && r.status != 200)
-        rc = client_error(&r);
-    else if (rc == CLI_EXIT_OK && c.json)
-        fwrite(r.body.data, 1, r.body.len, stdout);
-    else if (rc == CLI_EXIT_OK)
-        printf("canceled %s on %s\n", pos[1], pos[0]);
-    esim_buf_free(&r.body);
-    chttp_close(&c.http);
-    return rc;
+    snprintf(done, sizeof done, "canceled %s on %s", pos[1], pos[0]);
+    return client_delete(&c, path, done);
 }
 
 /* ---- retire ---- */
@@ -1428,21 +1436,11 @@ int cmd_retire(int argc, char **argv)
         return CLI_EXIT_USAGE;
     if (n_pos != 1 || esim_udid_validate(pos[0], NULL) != ESIM_OK)
         return cli_usage_error("retire: give the device's UDID");
-    int rc = client_init(&c);
-    client_reply r = {0};
-    char path[200];
+    char path[200], done[200];
     snprintf(path, sizeof path, "/v1/devices/%s", pos[0]);
-    if (rc == CLI_EXIT_OK)
-        rc = client_call(&c, "DELETE", path, NULL, NULL, &r);
-    if (rc == CLI_EXIT_OK && r.status != 200)
-        rc = client_error(&r);
-    else if (rc == CLI_EXIT_OK && c.json)
-        fwrite(r.body.data, 1, r.body.len, stdout);
-    else if (rc == CLI_EXIT_OK)
-        printf("retired %s: no longer enrolled, its waiting commands canceled\n", pos[0]);
-    esim_buf_free(&r.body);
-    chttp_close(&c.http);
-    return rc;
+    snprintf(done, sizeof done, "retired %s: no longer enrolled, its waiting commands canceled",
+             pos[0]);
+    return client_delete(&c, path, done);
 }
 
 /* ---- audit ---- */
