@@ -1659,19 +1659,33 @@ static bool tls_get(int port, const char *ca, const char *cert, const char *key,
     return resumed;
 }
 
+/* The paths an mTLS service's config points at (they outlive it). */
+typedef struct {
+    char dir[320], cert[400], key[400], ca[400];
+} mtls_paths;
+
+/* |cfg| for a service named |name| over TLS with the test PKI's server
+ * certificate and key, its devices' identity their TLS client certificate;
+ * |p->ca| the CA its clients trust. */
+static void mtls_config(const char *name, esim_service_config *cfg, mtls_paths *p)
+{
+    harness_config(&env, name, cfg, p->dir);
+    snprintf(p->cert, sizeof p->cert, "%s/server.pem", env.pki);
+    snprintf(p->key, sizeof p->key, "%s/server.key", env.pki);
+    snprintf(p->ca, sizeof p->ca, "%s/ca.pem", env.pki);
+    cfg->tls_cert_path = p->cert;
+    cfg->tls_key_path = p->key;
+    cfg->device_auth = ESIM_DEVICE_AUTH_MTLS;
+}
+
 /* mTLS: the identity is the TLS client certificate, bound at Authenticate. */
 static void test_mtls_identity(void **state)
 {
     (void)state;
     esim_service_config cfg;
-    char dir[320], cert[400], key[400], ca[400];
-    harness_config(&env, "mtls-cfg", &cfg, dir);
-    snprintf(cert, sizeof cert, "%s/server.pem", env.pki);
-    snprintf(key, sizeof key, "%s/server.key", env.pki);
-    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
-    cfg.tls_cert_path = cert;
-    cfg.tls_key_path = key;
-    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    mtls_paths paths;
+    mtls_config("mtls-cfg", &cfg, &paths);
+    const char *ca = paths.ca;
     fixture *f = start("mtls", &cfg);
     assert_memory_equal(f->ts.url, "https://", 8);
     harness_set_api_ca(ca);
@@ -1933,14 +1947,9 @@ static void test_mtls_identity_read_in_place(void **state)
 {
     (void)state;
     esim_service_config cfg;
-    char dir[320], srv_cert[400], srv_key[400], ca[400];
-    harness_config(&env, "mtls-rip-cfg", &cfg, dir);
-    snprintf(srv_cert, sizeof srv_cert, "%s/server.pem", env.pki);
-    snprintf(srv_key, sizeof srv_key, "%s/server.key", env.pki);
-    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
-    cfg.tls_cert_path = srv_cert;
-    cfg.tls_key_path = srv_key;
-    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    mtls_paths paths;
+    mtls_config("mtls-rip-cfg", &cfg, &paths);
+    const char *ca = paths.ca;
     fixture *f = start("mtls-rip", &cfg);
     harness_set_api_ca(ca);
     static const char read[] = "esim_mdm_identity_cache_total{result=\"read\"}";
@@ -2039,14 +2048,10 @@ static void test_tls_answers_not_held_back(void **state)
 {
     (void)state;
     esim_service_config cfg;
-    char dir[320], cert[400], key[400], ca[400], id_cert[400], id_key[400];
-    harness_config(&env, "nodelay-cfg", &cfg, dir);
-    snprintf(cert, sizeof cert, "%s/server.pem", env.pki);
-    snprintf(key, sizeof key, "%s/server.key", env.pki);
-    snprintf(ca, sizeof ca, "%s/ca.pem", env.pki);
-    cfg.tls_cert_path = cert;
-    cfg.tls_key_path = key;
-    cfg.device_auth = ESIM_DEVICE_AUTH_MTLS;
+    mtls_paths paths;
+    mtls_config("nodelay-cfg", &cfg, &paths);
+    const char *ca = paths.ca;
+    char id_cert[400], id_key[400];
     fixture *f = start("nodelay", &cfg);
     snprintf(id_cert, sizeof id_cert, "%s/nodelay-dev.pem", env.dir);
     snprintf(id_key, sizeof id_key, "%s/nodelay-dev.key", env.dir);
