@@ -386,6 +386,10 @@ uint64_t store_sqlite_fullscan_steps(store *st);
  * (SQLITE_STMTSTATUS_RUN over its cached statements, BEGIN and COMMIT
  * included). */
 uint64_t store_sqlite_statements_run(store *st);
+/* Makes SQLite allocate through store_sqlite_mem.c's per-thread cache of
+ * small blocks; call once, before SQLite initialises (afterwards SQLite
+ * refuses it and keeps its own allocator). */
+void store_sqlite_mem_install(void);
 /* The newest schema version of the SQLite back end. */
 int store_sqlite_schema_version(void);
 

@@ -2539,6 +2539,7 @@ uint64_t store_sqlite_statements_run(store *st)
 static void memstatus_off(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    store_sqlite_mem_install();
 }
 
 esim_err store_sqlite_open(const char *path, const store_options *opts, store **out,

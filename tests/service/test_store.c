@@ -2138,6 +2138,76 @@ static void test_sqlite_memory_statistics_off(void **state)
     esim_store_close(st);
 }
 
+/* A thread of test_sqlite_allocator: SQLite blocks of every kind made,
+ * grown, shrunk and freed (some of another thread's), then the thread ends
+ * with blocks on its lists (the sanitizers' leak check sees them returned). */
+static void *sqlite_mem_worker(void *arg)
+{
+    void **theirs = arg;
+    static const int sizes[] = {1, 15, 16, 17, 100, 1023, 1024, 1025, 4096, 5000, 70000};
+    for (int round = 0; round < 3; round++) {
+        void *p[sizeof sizes / sizeof sizes[0]];
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            p[i] = sqlite3_malloc(sizes[i]);
+            assert_non_null(p[i]);
+            assert_true(sqlite3_msize(p[i]) >= (sqlite3_uint64)sizes[i]);
+            memset(p[i], 0xa5, (size_t)sizes[i]);
+        }
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            /* Grown: the old bytes kept; shrunk: the same block. */
+            unsigned char *q = sqlite3_realloc(p[i], sizes[i] * 2 + 1);
+            assert_non_null(q);
+            for (int k = 0; k < sizes[i]; k++)
+                assert_int_equal(q[k], 0xa5);
+            assert_ptr_equal(sqlite3_realloc(q, sizes[i]), q);
+            p[i] = q;
+        }
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+            sqlite3_free(p[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        sqlite3_free(theirs[i]);
+    return NULL;
+}
+
+/* SQLite allocates through store_sqlite_mem.c (installed by the first
+ * SQLite store opened): sizes rounded up to its classes of 16 bytes, a
+ * freed block taken again by the next allocation of its class, blocks
+ * freed on another thread than made them, and threads that end with
+ * blocks kept (the debug build's leak check fails the test if they are
+ * not returned). */
+static void test_sqlite_allocator(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh_sqlite(path);
+    if (!st)
+        skip();
+    enroll(st, "A1", NULL);
+    void *a = sqlite3_malloc(20);
+    assert_non_null(a);
+    assert_int_equal(sqlite3_msize(a), 32);
+    sqlite3_free(a);
+    void *b = sqlite3_malloc(30);
+    assert_ptr_equal(b, a); /* the block freed just before, from the list */
+    sqlite3_free(b);
+    pthread_t t[2];
+    void *theirs[2][4];
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; k < 4; k++)
+            assert_non_null(theirs[i][k] = sqlite3_malloc(40 + 600 * k));
+        assert_int_equal(pthread_create(&t[i], NULL, sqlite_mem_worker, theirs[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    /* The store still works on the blocks the lists hand out. */
+    enroll(st, "A2", NULL);
+    store_device d;
+    assert_int_equal(esim_store_device_get(st, "A2", &d, NULL), ESIM_OK);
+    assert_true(d.enrolled);
+    esim_store_close(st);
+}
+
 int main(int argc, char **argv)
 {
     const char *spec = argc > 1 ? argv[1] : getenv("ESIM_TEST_STORE");
@@ -2149,6 +2219,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_identity_binding_and_checkout),
         cmocka_unit_test(test_enrolment_uses_indexes),
         cmocka_unit_test(test_sqlite_memory_statistics_off),
+        cmocka_unit_test(test_sqlite_allocator),
         cmocka_unit_test(test_round_trip_statements),
         cmocka_unit_test(test_round_trip_queries),
         cmocka_unit_test(test_enqueue_queries),
