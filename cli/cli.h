@@ -55,4 +55,9 @@ bool cli_wants_help(int argc, char **argv);
 /* Prints "esim-mdm: <message>" to stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* loop.c: a new event loop for a long-running subcommand (epoll changes
+ * batched per loop pass); NULL when out of memory. */
+struct event_base;
+struct event_base *cli_event_base_new(void);
+
 #endif

@@ -405,7 +405,7 @@ int cmd_push(int argc, char **argv)
         return cli_usage_error("push: cannot open token file '%s': %s", tokens_path,
                                strerror(errno));
     signal(SIGPIPE, SIG_IGN);
-    r.base = event_base_new();
+    r.base = cli_event_base_new();
     esim_error err = {{0}};
     esim_err e = r.base ? esim_apns_client_new(r.base, &cfg, push_result, &r, &r.client, &err)
                         : esim_fail(&err, ESIM_ENOMEM, "cannot make an event loop");
@@ -604,7 +604,7 @@ int cmd_apns_mock(int argc, char **argv)
         return cli_usage_error("apns-mock: --open-listen needs --tls-cert and --tls-key");
 
     signal(SIGPIPE, SIG_IGN);
-    struct event_base *base = event_base_new();
+    struct event_base *base = cli_event_base_new();
     if (base == NULL) {
         fprintf(stderr, "esim-mdm apns-mock: cannot make an event loop\n");
         return CLI_EXIT_FAIL;

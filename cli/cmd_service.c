@@ -592,7 +592,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 
 static int run_service(serve_opts *o, const char *api_token_path, int argc, char **argv)
 {
-    struct event_base *base = event_base_new();
+    struct event_base *base = cli_event_base_new();
     if (!base) {
         fprintf(stderr, "esim-mdm serve: cannot create the event loop\n");
         return CLI_EXIT_FAIL;

@@ -305,7 +305,7 @@ int cmd_smdp(int argc, char **argv)
         }
         token = file_token;
     }
-    struct event_base *base = event_base_new();
+    struct event_base *base = cli_event_base_new();
     sim_smdp *s = NULL;
     sim_smdp_config cfg = {.pki = pki,
                            .listen_host = host,
@@ -851,7 +851,7 @@ int cmd_devsim(int argc, char **argv)
         return cli_usage_error("devsim: give --windows-pcs or --windows-share, not both");
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    struct event_base *base = event_base_new();
+    struct event_base *base = cli_event_base_new();
     sim_devsim *s = NULL;
     esim_error e = {{0}};
     esim_err rc = base ? sim_devsim_new(base, &cfg, &s, &e) : ESIM_ENOMEM;

@@ -157,7 +157,7 @@ int cmd_wns_mock(int argc, char **argv)
         return cli_usage_error("wns-mock: --listen needs --tls-cert and --tls-key (`esim-mdm "
                                "pki` makes them)");
     signal(SIGPIPE, SIG_IGN);
-    struct event_base *base = event_base_new();
+    struct event_base *base = cli_event_base_new();
     if (!base) {
         fprintf(stderr, "esim-mdm wns-mock: cannot make an event loop\n");
         return CLI_EXIT_FAIL;
