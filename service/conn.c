@@ -15,7 +15,6 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -41,22 +40,22 @@ static size_t peer_index(const unsigned char addr[16])
     return (size_t)(esim_hash_bytes(addr, 16) % SVC_PEER_BUCKETS);
 }
 
-/* The peer's address as 16 bytes (IPv4 as IPv4-mapped IPv6). False when the
- * socket has no IP peer. */
-static bool peer_address(evutil_socket_t fd, unsigned char out[16])
+/* The peer's address as 16 bytes (IPv4 as IPv4-mapped IPv6), from the
+ * address evhttp kept when it accepted the connection (no getpeername per
+ * connection). False when the connection has no IP peer. */
+static bool peer_address(struct evhttp_connection *evcon, unsigned char out[16])
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+    const struct sockaddr *sa = evcon ? evhttp_connection_get_addr(evcon) : NULL;
+    if (!sa)
         return false;
     memset(out, 0, 16);
-    if (ss.ss_family == AF_INET) {
+    if (sa->sa_family == AF_INET) {
         out[10] = out[11] = 0xff;
-        memcpy(out + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        memcpy(out + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
         return true;
     }
-    if (ss.ss_family == AF_INET6) {
-        memcpy(out, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    if (sa->sa_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
         return true;
     }
     return false;
@@ -274,17 +273,10 @@ static void admit(esim_service *svc, svc_conn *c)
     evhttp_connection_set_closecb(evcon, on_conn_close, c);
     bufferevent_decref(c->bev); /* from now on the close callback tells us */
     c->bev_ref = false;
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
-    /* Without Nagle: over TLS an answer is several writes (a record for
-     * the header, one for the body, a session ticket before them), and
-     * with Nagle the second waits for the client's delayed ACK of the
-     * first, about 40 ms on Linux, on every answer (issue 17: an mtls
-     * campaign spent most of its time there). */
-    int one = 1;
-    if (fd >= 0)
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Without Nagle (TCP_NODELAY, set on the listening socket in
+     * http_setup: an accepted socket inherits it). */
     unsigned char addr[16];
-    if (!peer_address(fd, addr))
+    if (!peer_address(evcon, addr))
         memset(addr, 0, sizeof addr);
     c->peer = peer_get(svc, addr);
     if (!c->peer) {

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -224,6 +225,51 @@ static void test_connection_cap_and_per_peer_cap(void **state)
     harness_stop(&ts);
 }
 
+/* The service's end of a connection has Nagle off (an answer over TLS is
+ * several records, and with Nagle the second waits for the client's
+ * delayed ACK): set once on the listening socket, which every accepted
+ * socket inherits. The service runs in this process, so its end is found
+ * among this process's descriptors by the two addresses. */
+static void test_accepted_connections_have_nagle_off(void **state)
+{
+    (void)state;
+    test_service ts;
+    esim_service_config cfg;
+    esim_service_config_init(&cfg);
+    start(&ts, "nodelay", &cfg);
+    int fd = connect_from(&ts, "127.0.0.5");
+    wait_metric(&ts, "esim_mdm_connections", 1 + 1); /* admitted (and the metrics reader) */
+    struct sockaddr_in mine, theirs;
+    socklen_t l1 = sizeof mine, l2 = sizeof theirs;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&mine, &l1), 0);
+    assert_int_equal(getpeername(fd, (struct sockaddr *)&theirs, &l2), 0);
+    int found = 0, nodelay = 0;
+    for (int s = 3; s < 4096 && !found; s++) {
+        struct sockaddr_in a, b;
+        socklen_t la = sizeof a, lb = sizeof b;
+        if (s == fd || getsockname(s, (struct sockaddr *)&a, &la) != 0 ||
+            getpeername(s, (struct sockaddr *)&b, &lb) != 0 || a.sin_family != AF_INET ||
+            b.sin_family != AF_INET)
+            continue;
+        if (a.sin_port != theirs.sin_port || a.sin_addr.s_addr != theirs.sin_addr.s_addr ||
+            b.sin_port != mine.sin_port || b.sin_addr.s_addr != mine.sin_addr.s_addr)
+            continue;
+        found = 1;
+        socklen_t ln = sizeof nodelay;
+        assert_int_equal(getsockopt(s, IPPROTO_TCP, TCP_NODELAY, &nodelay, &ln), 0);
+    }
+    assert_true(found);
+    assert_true(nodelay != 0);
+    send_str(fd, healthz);
+    char buf[2048];
+    ssize_t r = recv(fd, buf, sizeof buf - 1, 0);
+    assert_true(r > 0);
+    buf[r] = '\0';
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    close(fd);
+    harness_stop(&ts);
+}
+
 /* ---- deadlines ---------------------------------------------------------------------- */
 
 static void test_slow_header_is_cut_off(void **state)
@@ -414,6 +460,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connection_cap_and_per_peer_cap),
+        cmocka_unit_test(test_accepted_connections_have_nagle_off),
         cmocka_unit_test(test_slow_header_is_cut_off),
         cmocka_unit_test(test_slow_body_is_cut_off),
         cmocka_unit_test(test_unfinished_uploads_are_capped_per_peer_and_in_all),
