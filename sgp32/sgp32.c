@@ -91,17 +91,25 @@ static int cmp_cb(const void *buf, size_t size, void *arg)
     return 0;
 }
 
-esim_err sgp32_decode(const asn_TYPE_descriptor_t *td, const uint8_t *der, size_t len, void **obj,
-                      esim_error *err)
+/* The checks of a DER before it is decoded: not empty, within
+ * SGP32_DER_MAX, one well-formed TLV first (its length in *tlv_len). */
+static esim_err check_der(const uint8_t *der, size_t len, size_t *tlv_len, esim_error *err)
 {
-    *obj = NULL;
+    *tlv_len = 0;
     if (!der || len == 0)
         return esim_fail(err, ESIM_EINVAL, "empty DER");
     if (len > SGP32_DER_MAX)
         return esim_fail(err, ESIM_ETOOBIG, "DER of %zu bytes is over the %d-byte limit", len,
                          SGP32_DER_MAX);
-    size_t tlv_len = 0;
-    esim_err rc = check_tlv(der, len, &tlv_len, 0, err);
+    return check_tlv(der, len, tlv_len, 0, err);
+}
+
+esim_err sgp32_decode(const asn_TYPE_descriptor_t *td, const uint8_t *der, size_t len, void **obj,
+                      esim_error *err)
+{
+    *obj = NULL;
+    size_t tlv_len;
+    esim_err rc = check_der(der, len, &tlv_len, err);
     if (rc != ESIM_OK)
         return rc;
     if (tlv_len != len)
@@ -188,13 +196,8 @@ esim_err sgp32_decode_explicit(uint16_t tag, const asn_TYPE_descriptor_t *td, co
                                size_t len, void **obj, esim_error *err)
 {
     *obj = NULL;
-    if (!der || len == 0)
-        return esim_fail(err, ESIM_EINVAL, "empty DER");
-    if (len > SGP32_DER_MAX)
-        return esim_fail(err, ESIM_ETOOBIG, "DER of %zu bytes is over the %d-byte limit", len,
-                         SGP32_DER_MAX);
-    size_t tlv_len = 0;
-    esim_err rc = check_tlv(der, len, &tlv_len, 0, err);
+    size_t tlv_len;
+    esim_err rc = check_der(der, len, &tlv_len, err);
     if (rc != ESIM_OK)
         return rc;
     if (tlv_len != len)
