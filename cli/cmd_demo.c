@@ -226,6 +226,8 @@ typedef struct {
     bool ok[N_CHILDREN];                    /* the part's usage could be read */
     esim_proc_usage sim_use[DEMO_MAX_SIMS]; /* each simulator process's */
     long pushes, checkins, tls, pc_sessions, wns_pushes; /* the simulator's counts */
+    long svc_conns;  /* the connections the service (each instance) admitted (/metrics) */
+    long smdp_conns; /* the SM-DP+'s TLS handshakes (its summary) */
     long key_checks, key_tables; /* the service's signatures checked with a kept P-256 key,
                                     and the key tables it made for them (/metrics) */
 } phase_mark;
@@ -1831,15 +1833,25 @@ static void mark_phase(demo *d, phase_mark *m)
     json_decref(s);
     m->key_checks = metric_of(&d->api, "esim_mdm_identity_cache_total{result=\"key\"}");
     m->key_tables = metric_of(&d->api, "esim_mdm_identity_key_tables_total");
+    m->svc_conns = metric_of(&d->api, "esim_mdm_connections_admitted_total");
     if (d->instances > 1) {
         m->key_checks += metric_of(&d->api2, "esim_mdm_identity_cache_total{result=\"key\"}");
         m->key_tables += metric_of(&d->api2, "esim_mdm_identity_key_tables_total");
+        m->svc_conns += metric_of(&d->api2, "esim_mdm_connections_admitted_total");
     }
+    json_t *os = NULL;
+    if (sup_started(&d->sup, "smdp") &&
+        call(d, &d->smdp, "GET", "/admin/orders?summary=1", NULL, NULL, 0, 200, &os)) {
+        const json_t *tls = json_object_get(os, "tls");
+        m->smdp_conns = jint(tls, "full") + jint(tls, "resumed");
+    }
+    json_decref(os);
 }
 
 /* One phase, |a| to |b|, as a JSON object: each started part's CPU
- * seconds, and the simulator's pushes, check-ins, TLS connections and PC
- * sessions in it. */
+ * seconds, and the simulator's pushes, check-ins, TLS connections (to
+ * every server: the service, the SM-DP+, the mocks) and PC sessions in it,
+ * the connections the service admitted and the SM-DP+'s handshakes. */
 static json_t *phase_json(const demo *d, const phase_mark *a, const phase_mark *b)
 {
     json_t *cpu = json_object();
@@ -1849,14 +1861,16 @@ static json_t *phase_json(const demo *d, const phase_mark *a, const phase_mark *
         double c = b->use[k].cpu_s - a->use[k].cpu_s;
         json_object_set_new(cpu, child_names[k], json_real(c > 0 ? c : 0.0));
     }
-    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "cpu_s", cpu, "pushes",
+    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "cpu_s", cpu, "pushes",
                      (json_int_t)(b->pushes - a->pushes), "checkins",
                      (json_int_t)(b->checkins - a->checkins), "tls_connections",
                      (json_int_t)(b->tls - a->tls), "pc_sessions",
                      (json_int_t)(b->pc_sessions - a->pc_sessions), "wns_pushes",
                      (json_int_t)(b->wns_pushes - a->wns_pushes), "key_checks",
                      (json_int_t)(b->key_checks - a->key_checks), "key_tables",
-                     (json_int_t)(b->key_tables - a->key_tables));
+                     (json_int_t)(b->key_tables - a->key_tables), "service_connections",
+                     (json_int_t)(b->svc_conns - a->svc_conns), "smdp_connections",
+                     (json_int_t)(b->smdp_conns - a->smdp_conns));
 }
 
 static int run(demo *d)

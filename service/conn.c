@@ -294,6 +294,7 @@ static void admit(esim_service *svc, svc_conn *c)
         return;
     }
     c->admitted = true;
+    svc->m.conns_admitted++;
     svc->n_conns++;
     c->peer->conns++;
     c->phase = PHASE_HEADER;
@@ -463,6 +464,9 @@ bool conn_request_started(esim_service *svc, struct evhttp_request *req)
         return false;
     event_del(c->timer);
     c->phase = PHASE_BUSY;
+    /* A connection's first request, or one on a kept connection. */
+    svc->m.conn_requests[c->kept]++;
+    c->kept = true;
     /* Its bytes are the handler's now; what is left in the input belongs to
      * the next request. */
     pending_release(svc, c);
@@ -544,6 +548,14 @@ void conn_metrics(esim_service *svc, esim_buf *out)
         "# HELP esim_mdm_connections Connections open (admitted).\n"
         "# TYPE esim_mdm_connections gauge\n"
         "esim_mdm_connections %zu\n"
+        "# HELP esim_mdm_connections_admitted_total Connections admitted.\n"
+        "# TYPE esim_mdm_connections_admitted_total counter\n"
+        "esim_mdm_connections_admitted_total %llu\n"
+        "# HELP esim_mdm_connection_requests_total Requests started: on a new connection "
+        "(its first) or on a kept one.\n"
+        "# TYPE esim_mdm_connection_requests_total counter\n"
+        "esim_mdm_connection_requests_total{connection=\"new\"} %llu\n"
+        "esim_mdm_connection_requests_total{connection=\"kept\"} %llu\n"
         "# HELP esim_mdm_connections_refused_total Connections refused, by the limit reached.\n"
         "# TYPE esim_mdm_connections_refused_total counter\n"
         "esim_mdm_connections_refused_total{reason=\"max_connections\"} %llu\n"
@@ -561,7 +573,9 @@ void conn_metrics(esim_service *svc, esim_buf *out)
         "esim_mdm_pending_request_bytes %zu\n"
         "# TYPE esim_mdm_pending_request_bytes_peak gauge\n"
         "esim_mdm_pending_request_bytes_peak %zu\n",
-        svc->n_conns, (unsigned long long)m->conn_refused[M_REFUSED_CAP],
+        svc->n_conns, (unsigned long long)m->conns_admitted,
+        (unsigned long long)m->conn_requests[0], (unsigned long long)m->conn_requests[1],
+        (unsigned long long)m->conn_refused[M_REFUSED_CAP],
         (unsigned long long)m->conn_refused[M_REFUSED_PEER],
         (unsigned long long)m->conn_refused[M_REFUSED_PEER_BYTES],
         (unsigned long long)m->conn_refused[M_REFUSED_BYTES],

@@ -54,6 +54,8 @@ typedef struct {
     uint64_t api_auth_refused, api_forbidden, api_throttled; /* admin API: 401, 403, 429 */
     uint64_t conn_refused[4];                                /* by M_REFUSED_* */
     uint64_t conn_timeouts[2];                               /* header, body */
+    uint64_t conns_admitted;                                 /* connections admitted */
+    uint64_t conn_requests[2]; /* requests: a connection's first, on a kept one */
     size_t pending_bytes_peak; /* most request bytes held before their request was complete */
     /* Windows devices (omadm.c, wns.c). */
     uint64_t windows_sessions, windows_sessions_ended, windows_refused;
@@ -99,6 +101,7 @@ typedef struct svc_conn {
     size_t pending;  /* bytes of the request being received */
     size_t line_len; /* header scanner: length of the current line */
     unsigned lines;  /* header lines seen */
+    bool kept;       /* has carried a request: the next is on a kept connection */
     char udid[65];
     char **skip;
     size_t n_skip, cap_skip;

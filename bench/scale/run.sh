@@ -140,9 +140,11 @@ ph = s.get("phases")
 if ph:
     # Each phase: every part's CPU per device, and what the device simulator
     # counted in it per device (pushes to iPhones and PCs, iPhone check-ins,
-    # TLS connections it opened to any server, PC OMA-DM sessions).
+    # TLS connections it opened to any server, PC OMA-DM sessions), and the
+    # connections the service admitted and the SM-DP+'s handshakes.
     print(f"  per phase, per device: {'service':>8s} {'devsim':>8s} {'smdp':>8s} {'all':>8s} ms "
-          f"{'pushes':>7s} {'check-ins':>9s} {'TLS conn':>8s} {'PC sess':>8s}")
+          f"{'pushes':>7s} {'check-ins':>9s} {'TLS conn':>8s} {'PC sess':>8s} "
+          f"{'svc conn':>8s} {'SM-DP+':>7s}")
     whole = {"pushes": 0, "tls_connections": 0}
     for name in ("enrol", "prepare", "inventory", "campaign", "after"):
         p = ph.get(name, {})
@@ -154,7 +156,8 @@ if ph:
         print(f"    {name:19s} {per.get('service', 0):8.3f} {per.get('devsim', 0):8.3f} "
               f"{per.get('smdp', 0):8.3f} {sum(per.values()):8.3f}    "
               f"{pushes/dev:7.2f} {p.get('checkins', 0)/dev:9.2f} "
-              f"{p.get('tls_connections', 0)/dev:8.2f} {p.get('pc_sessions', 0)/dev:8.2f}")
+              f"{p.get('tls_connections', 0)/dev:8.2f} {p.get('pc_sessions', 0)/dev:8.2f} "
+              f"{p.get('service_connections', 0)/dev:8.2f} {p.get('smdp_connections', 0)/dev:7.2f}")
     print(f"  whole run: {whole['pushes']/dev:.2f} pushes and {whole['tls_connections']/dev:.2f} "
           f"TLS connections per device (the simulator's counts; the inventory's wake-ups "
           f"included)")

@@ -343,6 +343,44 @@ static void test_slow_body_is_cut_off(void **state)
     harness_stop(&ts);
 }
 
+/* ---- connections and the requests they carry ------------------------------------------ */
+
+/* Every admitted connection is counted once, and each request as a new
+ * connection's first or one on a kept connection (demo --json's
+ * service_connections per phase reads the first). Each metric() read is a
+ * connection of its own with one request, counted with the rest. */
+static void test_connections_and_kept_requests_are_counted(void **state)
+{
+    (void)state;
+    test_service ts;
+    esim_service_config cfg;
+    esim_service_config_init(&cfg);
+    start(&ts, "keptcount", &cfg);
+    assert_int_equal(metric(&ts, "esim_mdm_connections_admitted_total"), 1);
+    assert_int_equal(metric(&ts, "esim_mdm_connection_requests_total{connection=\"new\"}"), 2);
+    assert_int_equal(metric(&ts, "esim_mdm_connection_requests_total{connection=\"kept\"}"), 0);
+    /* Three requests on one connection: one connection, one new, two kept. */
+    int fd = connect_from(&ts, "127.0.0.2");
+    for (int i = 0; i < 3; i++) {
+        send_str(fd, healthz);
+        char part[512];
+        ssize_t r = recv(fd, part, sizeof part - 1, 0);
+        assert_true(r > 0);
+        part[r] = '\0';
+        assert_non_null(strstr(part, "HTTP/1.1 200"));
+    }
+    close(fd);
+    /* Two connections of one request each. */
+    assert_int_equal(request_status(&ts, "127.0.0.3", healthz_close), 200);
+    assert_int_equal(request_status(&ts, "127.0.0.3", healthz_close), 200);
+    /* Three reads before, three connections here, and this read's own;
+     * then the five reads' requests and the three connections' first. */
+    assert_int_equal(metric(&ts, "esim_mdm_connections_admitted_total"), 3 + 3 + 1);
+    assert_int_equal(metric(&ts, "esim_mdm_connection_requests_total{connection=\"new\"}"), 5 + 3);
+    assert_int_equal(metric(&ts, "esim_mdm_connection_requests_total{connection=\"kept\"}"), 2);
+    harness_stop(&ts);
+}
+
 /* ---- bytes of unfinished requests ------------------------------------------------------ */
 
 /* Starts |n| uploads of |declared| bytes from |from|, each sending |sent|
@@ -463,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_accepted_connections_have_nagle_off),
         cmocka_unit_test(test_slow_header_is_cut_off),
         cmocka_unit_test(test_slow_body_is_cut_off),
+        cmocka_unit_test(test_connections_and_kept_requests_are_counted),
         cmocka_unit_test(test_unfinished_uploads_are_capped_per_peer_and_in_all),
         cmocka_unit_test(test_limits_that_cannot_hold_one_request_are_refused),
     };
