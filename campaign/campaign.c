@@ -3741,10 +3741,10 @@ static esim_err create_read(store *st, create_job *j, int64_t now)
         goto out;
     }
     for (size_t i = 0; i < list.n; i++) {
-        store_device d;
+        store_device_brief d;
         const char *udid = list.udids[i];
         esim_error why = {{0}};
-        if ((rc = esim_store_device_get(st, udid, &d, &why)) != ESIM_OK) {
+        if ((rc = esim_store_device_brief(st, udid, &d, &why)) != ESIM_OK) {
             if (rc == ESIM_ENOTFOUND) {
                 *field = "target";
                 rc = esim_fail(err, ESIM_ENOTFOUND, "device %s is not known to the service", udid);
@@ -3753,7 +3753,7 @@ static esim_err create_read(store *st, create_job *j, int64_t now)
             goto out;
         }
         targets[i].udid = udid;
-        targets[i].platform = (uint8_t)campaign_platform_of(&d);
+        targets[i].platform = (uint8_t)campaign_platform_named(d.platform);
         if (!d.enrolled)
             add_warning(warnings, &n_warn, udid, NULL,
                         "not enrolled (checked out): it will not check in until it re-enrols");

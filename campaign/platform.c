@@ -17,11 +17,11 @@ const campaign_platform *campaign_platform_get(uint8_t id)
     return id < CAMPAIGN_PLATFORM_COUNT ? platforms[id] : NULL;
 }
 
-campaign_platform_id campaign_platform_of(const store_device *d)
+campaign_platform_id campaign_platform_named(const char *platform)
 {
-    if (d && strcmp(d->platform, "windows") == 0)
+    if (platform && strcmp(platform, "windows") == 0)
         return CAMPAIGN_PLATFORM_WINDOWS;
-    if (d && strcmp(d->platform, "iot") == 0)
+    if (platform && strcmp(platform, "iot") == 0)
         return CAMPAIGN_PLATFORM_IOT;
     return CAMPAIGN_PLATFORM_APPLE;
 }

@@ -106,9 +106,9 @@ typedef struct campaign_platform {
 /* The adapter for |id|; NULL for an unknown one. */
 const campaign_platform *campaign_platform_get(uint8_t id);
 
-/* Which platform a device the service knows speaks. Every device the
- * service enrols today is an Apple MDM client. */
-campaign_platform_id campaign_platform_of(const store_device *d);
+/* Which platform a device speaks, by the platform column of its row
+ * ("windows", "iot"; anything else, and NULL, is an Apple MDM client). */
+campaign_platform_id campaign_platform_named(const char *platform);
 
 /* Which platform's adapter reads |r|: the service's results are Apple MDM
  * messages (r->msg) today. */

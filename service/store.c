@@ -595,6 +595,26 @@ esim_err esim_store_device_get(store *st, const char *udid, store_device *out, e
     return st->ops->device_get(st, udid, out, err);
 }
 
+esim_err esim_store_device_brief(store *st, const char *udid, store_device_brief *out,
+                                 esim_error *err)
+{
+    if (!udid)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device (null)");
+    if (st->ops->device_brief)
+        return st->ops->device_brief(st, udid, out, err);
+    store_device d;
+    esim_err rc = st->ops->device_get(st, udid, &d, err);
+    if (rc != ESIM_OK)
+        return rc;
+    memset(out, 0, sizeof *out);
+    out->enrolled = d.enrolled;
+    memcpy(out->serial_number, d.serial_number, sizeof out->serial_number);
+    memcpy(out->os_version, d.os_version, sizeof out->os_version);
+    memcpy(out->eid, d.eid, sizeof out->eid);
+    memcpy(out->platform, d.platform, sizeof out->platform);
+    return ESIM_OK;
+}
+
 esim_err esim_store_device_list(store *st, const char *after, size_t limit, store_device **out,
                                 size_t *n, esim_error *err)
 {

@@ -384,6 +384,20 @@ ESIM_EXTERN esim_err esim_store_device_exchange(store *st, const store_exchange_
 ESIM_EXTERN esim_err esim_store_device_get(store *st, const char *udid, store_device *out,
                                            esim_error *err);
 
+/* What a campaign's creation reads of each device of its target: these
+ * columns of its row, as esim_store_device_get gives them. */
+typedef struct {
+    bool enrolled;
+    char serial_number[64];
+    char os_version[32];
+    char eid[ESIM_EID_LEN + 1];
+    char platform[16];
+} store_device_brief;
+
+/* The brief of one device.  ESIM_ENOTFOUND. */
+ESIM_EXTERN esim_err esim_store_device_brief(store *st, const char *udid, store_device_brief *out,
+                                             esim_error *err);
+
 /* Up to |limit| devices with udid > |after| (NULL or "" = from the start),
  * in udid order. *out is malloc'd (free()), *n its length. */
 ESIM_EXTERN esim_err esim_store_device_list(store *st, const char *after, size_t limit,

@@ -117,6 +117,9 @@ struct store_ops {
     /* Optional (NULL: device_get): the push facts of device |udid| (not
      * NULL) alone, as esim_store_push_target gives them; ESIM_ENOTFOUND. */
     esim_err (*push_target)(store *st, const char *udid, store_push_target *out, esim_error *err);
+    /* Optional (NULL: device_get): the brief of device |udid| (not NULL)
+     * alone, as esim_store_device_brief gives it; ESIM_ENOTFOUND. */
+    esim_err (*device_brief)(store *st, const char *udid, store_device_brief *out, esim_error *err);
     /* A push is owed at |at|, unless an earlier one already is. */
     esim_err (*device_owe_push)(store *st, const char *udid, int64_t at, esim_error *err);
     /* Push state |ps|, and no push owed any more. */

@@ -278,6 +278,7 @@ enum {
     S_DEV_SEEN_EID,
     S_DEV_SEEN_VERIFIED,
     S_DEV_GET,
+    S_DEV_BRIEF,
     S_DEV_LIST,
     S_DEV_SEARCH,
     S_FLEET,
@@ -420,6 +421,8 @@ static const char *const statement_sql[S_COUNT] = {
         "UPDATE devices SET last_seen_at = $2, eid = coalesce($4, eid) WHERE udid = $1"
         " AND enrolled = 1 AND ($3 = '' OR (cert_sha256 <> '' AND cert_sha256 = $3))",
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = $1",
+    [S_DEV_BRIEF] = "SELECT enrolled, serial_number, os_version, eid, platform FROM devices"
+                    " WHERE udid = $1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 ORDER BY udid LIMIT $2",
     [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > $1 AND"
                      " (strpos(lower(udid), $3) > 0 OR strpos(lower(serial_number), $3) > 0 OR"
@@ -1389,6 +1392,28 @@ static esim_err pg_device_get(store *base, const char *udid, store_device *out, 
     return ESIM_OK;
 }
 
+/* What a campaign's creation reads of each device of its target, without
+ * the rest of its row. */
+static esim_err pg_device_brief(store *base, const char *udid, store_device_brief *out,
+                                esim_error *err)
+{
+    PGresult *r = NULL;
+    esim_err rc = one_row(run((pg_store *)base, err, S_DEV_BRIEF, "t", udid), &r);
+    if (rc == ESIM_ENOTFOUND)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    if (rc != ESIM_OK)
+        return rc;
+    out->enrolled = col_int(r, 0, 0) != 0;
+    col_text(r, 0, 1, out->serial_number, sizeof out->serial_number);
+    col_text(r, 0, 2, out->os_version, sizeof out->os_version);
+    col_text(r, 0, 3, out->eid, sizeof out->eid);
+    col_text(r, 0, 4, out->platform, sizeof out->platform);
+    if (!out->platform[0])
+        snprintf(out->platform, sizeof out->platform, "apple");
+    PQclear(r);
+    return ESIM_OK;
+}
+
 static esim_err pg_device_list(store *base, const char *after, size_t limit, store_device **out,
                                size_t *n, esim_error *err)
 {
@@ -2330,6 +2355,7 @@ static const struct store_ops pgsql_ops = {
     .device_push_paid = pg_device_push_paid,
     .devices_take_push_due = pg_devices_take_push_due,
     .device_get = pg_device_get,
+    .device_brief = pg_device_brief,
     .device_list = pg_device_list,
     .command_insert = pg_command_insert,
     .entry_insert = pg_entry_insert,

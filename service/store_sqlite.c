@@ -278,6 +278,7 @@ enum {
     S_DEV_EID,
     S_DEV_GET,
     S_DEV_PUSH_TARGET,
+    S_DEV_BRIEF,
     S_DEV_LIST,
     S_DEV_SEARCH,
     S_FLEET,
@@ -423,6 +424,8 @@ static const char *const statement_sql[S_COUNT] = {
     [S_DEV_GET] = "SELECT " DEVICE_COLS " FROM devices WHERE udid = ?1",
     [S_DEV_PUSH_TARGET] = "SELECT udid, topic, push_token, push_magic, push_state, enrolled,"
                           " platform FROM devices WHERE udid = ?1",
+    [S_DEV_BRIEF] = "SELECT enrolled, serial_number, os_version, eid, platform FROM devices"
+                    " WHERE udid = ?1",
     [S_DEV_LIST] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 ORDER BY udid LIMIT ?2",
     [S_DEV_SEARCH] = "SELECT " DEVICE_COLS " FROM devices WHERE udid > ?1 AND"
                      " (instr(lower(udid), ?3) OR instr(lower(serial_number), ?3) OR"
@@ -1567,6 +1570,27 @@ static esim_err sq_push_target(store *base, const char *udid, store_push_target 
     return ESIM_OK;
 }
 
+/* What a campaign's creation reads of each device of its target, without
+ * the rest of its row. */
+static esim_err sq_device_brief(store *base, const char *udid, store_device_brief *out,
+                                esim_error *err)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    int r = run(s, err, S_DEV_BRIEF, "t", udid);
+    if (r < 0)
+        return ESIM_ESTORE;
+    if (r != SQLITE_ROW)
+        return esim_fail(err, ESIM_ENOTFOUND, "no device %s", udid);
+    sqlite3_stmt *st = s->stmt[S_DEV_BRIEF];
+    out->enrolled = sqlite3_column_int(st, 0) != 0;
+    col_text(st, 1, out->serial_number, sizeof out->serial_number);
+    col_text(st, 2, out->os_version, sizeof out->os_version);
+    col_text(st, 3, out->eid, sizeof out->eid);
+    col_platform(st, 4, out->platform, sizeof out->platform);
+    sqlite3_reset(st);
+    return ESIM_OK;
+}
+
 static esim_err sq_device_list(store *base, const char *after, size_t limit, store_device **out,
                                size_t *n, esim_error *err)
 {
@@ -2380,6 +2404,7 @@ static const struct store_ops sqlite_ops = {
     .devices_take_push_due = sq_devices_take_push_due,
     .device_get = sq_device_get,
     .push_target = sq_push_target,
+    .device_brief = sq_device_brief,
     .device_list = sq_device_list,
     .command_insert = sq_command_insert,
     .entry_insert = sq_entry_insert,

@@ -39,10 +39,11 @@ static void test_registry(void **state)
     assert_null(campaign_platform_get(CAMPAIGN_PLATFORM_COUNT));
     assert_string_equal(campaign_platform_apple.name, "apple");
     assert_false(campaign_platform_apple.per_device_commands);
-    store_device d = {0};
-    assert_int_equal(campaign_platform_of(&d), CAMPAIGN_PLATFORM_APPLE);
-    snprintf(d.platform, sizeof d.platform, "windows");
-    assert_int_equal(campaign_platform_of(&d), CAMPAIGN_PLATFORM_WINDOWS);
+    assert_int_equal(campaign_platform_named(""), CAMPAIGN_PLATFORM_APPLE);
+    assert_int_equal(campaign_platform_named(NULL), CAMPAIGN_PLATFORM_APPLE);
+    assert_int_equal(campaign_platform_named("apple"), CAMPAIGN_PLATFORM_APPLE);
+    assert_int_equal(campaign_platform_named("windows"), CAMPAIGN_PLATFORM_WINDOWS);
+    assert_int_equal(campaign_platform_named("iot"), CAMPAIGN_PLATFORM_IOT);
     assert_ptr_equal(campaign_platform_get(CAMPAIGN_PLATFORM_WINDOWS), &campaign_platform_windows);
     assert_true(campaign_platform_windows.per_device_commands);
 }

@@ -242,6 +242,9 @@ static void test_identity_binding_and_checkout(void **state)
     assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
     assert_false(d.enrolled);
     assert_int_equal(d.push_state, STORE_PUSH_NONE);
+    store_device_brief b;
+    assert_int_equal(esim_store_device_brief(st, "U1", &b, NULL), ESIM_OK);
+    assert_false(b.enrolled);
     /* After CheckOut a new identity may enroll. */
     enroll(st, "U1", "c2");
     assert_int_equal(esim_store_device_get(st, "U1", &d, NULL), ESIM_OK);
@@ -249,6 +252,27 @@ static void test_identity_binding_and_checkout(void **state)
     assert_string_equal(d.cert_sha256, "c2");
     assert_string_equal(d.os_version, "18.1");
     assert_string_equal(d.platform, "apple"); /* the default */
+    /* The brief a campaign's creation reads: the row's columns as they are. */
+    store_authenticate_in again = {.udid = "U1",
+                                   .topic = "com.apple.mgmt.External.t",
+                                   .cert_sha256 = "c2",
+                                   .serial_number = "SER-U1",
+                                   .os_version = "17.4"};
+    assert_int_equal(esim_store_device_authenticate(st, &again, 14, &e), ESIM_OK);
+    store_exchange_in told = {.udid = "U1",
+                              .cert_sha256 = "c2",
+                              .status = "Idle",
+                              .eid = "89049032000000000000000000000163"};
+    store_exchange_out told_out = {0};
+    assert_int_equal(esim_store_device_exchange(st, &told, 15, &told_out, &e), ESIM_OK);
+    esim_buf_free(&told_out.next.body);
+    memset(&b, 0x5a, sizeof b);
+    assert_int_equal(esim_store_device_brief(st, "U1", &b, NULL), ESIM_OK);
+    assert_true(b.enrolled);
+    assert_string_equal(b.serial_number, "SER-U1");
+    assert_string_equal(b.os_version, "17.4");
+    assert_string_equal(b.eid, "89049032000000000000000000000163");
+    assert_string_equal(b.platform, "apple");
     /* A Windows device: its platform, and a WNS ChannelURI as push address. */
     store_authenticate_in win = {
         .udid = "W1", .topic = "esim-mdm", .cert_sha256 = "cw", .platform = "windows"};
@@ -270,6 +294,13 @@ static void test_identity_binding_and_checkout(void **state)
     assert_int_equal(esim_store_push_target(st, "U1", &t, NULL), ESIM_OK);
     assert_string_equal(t.platform, "apple");
     assert_int_equal(esim_store_push_target(st, "U404", &t, &e), ESIM_ENOTFOUND);
+    assert_int_equal(esim_store_device_brief(st, "W1", &b, NULL), ESIM_OK);
+    assert_true(b.enrolled);
+    assert_string_equal(b.platform, "windows");
+    assert_string_equal(b.eid, "");
+    assert_string_equal(b.serial_number, "");
+    assert_int_equal(esim_store_device_brief(st, "U404", &b, &e), ESIM_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "U404"));
     esim_store_close(st);
 }
 
