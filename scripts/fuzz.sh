@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(msg_parse sig_split token_file csv_import api es9 syncml esipa_poll esipa_result esipa_download es9_relay http_response cert_view cert_der p256_sig winpc_reader)
+[[ ${#targets[@]} -gt 0 ]] || targets=(msg_parse sig_split token_file csv_import api es9 syncml esipa_poll esipa_result esipa_download es9_relay http_response cert_view cert_der p256_sig winpc_reader syncml_readers)
 
 if ! command -v clang >/dev/null; then
   echo "fuzz: clang not found; the gcc smoke drivers (ctest -L fuzz) replayed the corpora instead" >&2

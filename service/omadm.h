@@ -116,6 +116,25 @@ void omadm_msg_free(omadm_msg *m); /* NULL ok; leaves it zeroed */
 esim_err omadm_parse_commands(const void *fragment, size_t len, const char *uuid, omadm_msg *out,
                               esim_error *err);
 
+/*
+ * Both read a message with the strict reader for plain XML (core/xml_plain.h:
+ * what PCs send) and hand anything else, malformed or not, to libxml2; the
+ * results are the same either way. For tests and the fuzz targets, the
+ * same with the reader chosen: libxml2 alone when |libxml2_only|; *plain
+ * (NULL ok) says whether the strict reader read the bytes (then libxml2 did
+ * not).
+ */
+esim_err omadm_parse_as(bool libxml2_only, bool *plain, const void *body, size_t len,
+                        omadm_msg *out, esim_error *err);
+esim_err omadm_parse_commands_as(bool libxml2_only, bool *plain, const void *fragment, size_t len,
+                                 const char *uuid, omadm_msg *out, esim_error *err);
+/* Tests: |hook| (NULL: none) is shown the bytes of every message
+ * omadm_parse reads (|uuid| NULL) and every fragment omadm_parse_commands
+ * reads (|uuid| its UUID, "" for none), before they are read, on the
+ * thread that reads them. One for the process: set it while no service
+ * runs. */
+void omadm_parse_hook_for_tests(void (*hook)(const void *body, size_t len, const char *uuid));
+
 /* Appends |s| to |b| with &, <, >, " and ' escaped. */
 esim_err omadm_xml_escape(esim_buf *b, const char *s);
 

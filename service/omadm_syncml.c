@@ -1,6 +1,7 @@
 /*
- * omadm_syncml.c — SyncML (OMA-DM 1.2 as MS-MDM uses it) read with libxml2:
- * a device's message into an omadm_msg, and the command fragments the queue
+ * omadm_syncml.c — SyncML (OMA-DM 1.2 as MS-MDM uses it) read by a strict
+ * reader for plain XML (core/xml_plain.h) or, for anything else, libxml2: a
+ * device's message into an omadm_msg, and the command fragments the queue
  * keeps. Nothing is taken on trust: no DTD (so no entity is ever expanded),
  * no network, bounded nesting, counts and lengths, every field the service
  * uses checked before anyone sees it.
@@ -12,6 +13,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include "core/xml_plain.h"
 #include "service/omadm.h"
 
 static const char *const verb_names[] = {
@@ -115,6 +117,22 @@ void omadm_msg_free(omadm_msg *m)
 
 /* ---- reading the tree ------------------------------------------------------------ */
 
+/*
+ * Two readers build the tree the walk below reads: the strict reader of
+ * core/xml_plain.h for plain XML (the messages PCs send: ASCII, elements
+ * with at most an xmlns attribute, the five predefined entities), libxml2
+ * for every other message, well-formed or not, so what is accepted and
+ * refused stays libxml2's word. The walk is one for both: a node is one of
+ * either tree, and the few places the trees differ (a node's kind, its
+ * text, writing it back for the ledger, the msft:originalerror attribute,
+ * which plain XML never has) look at which. test_omadm_readers and the
+ * syncml_readers fuzz target hold the two to the same results.
+ */
+typedef struct {
+    const xmlNode *dom;         /* libxml2's */
+    const esim_xml_node *plain; /* the strict reader's */
+} node;                         /* both NULL: none */
+
 typedef struct {
     xmlDocPtr doc;
     omadm_msg *m;
@@ -122,54 +140,116 @@ typedef struct {
     size_t cap;
 } reader;
 
-static bool named(const xmlNode *n, const char *name)
+static bool exists(node n)
 {
-    return n && n->type == XML_ELEMENT_NODE && strcmp((const char *)n->name, name) == 0;
+    return n.dom || n.plain;
 }
 
-static xmlNode *child(const xmlNode *n, const char *name)
+static node first_child(node n)
 {
-    for (xmlNode *c = n ? n->children : NULL; c; c = c->next)
+    return n.dom ? (node){n.dom->children, NULL} : (node){NULL, n.plain ? n.plain->children : NULL};
+}
+
+static node next_of(node n)
+{
+    return n.dom ? (node){n.dom->next, NULL} : (node){NULL, n.plain ? n.plain->next : NULL};
+}
+
+static bool is_element(node n)
+{
+    return n.dom ? n.dom->type == XML_ELEMENT_NODE : n.plain && n.plain->kind == ESIM_XML_EL;
+}
+
+static const char *name_of(node n)
+{
+    return n.dom ? (const char *)n.dom->name : n.plain->name;
+}
+
+static bool named(node n, const char *name)
+{
+    return is_element(n) && strcmp(name_of(n), name) == 0;
+}
+
+static node child(node n, const char *name)
+{
+    for (node c = first_child(n); exists(c); c = next_of(c))
         if (named(c, name))
             return c;
-    return NULL;
+    return (node){0};
+}
+
+/* In a command list: text and comments are skipped, elements read, anything
+ * else (CDATA, a PI) refused. */
+typedef enum { LIST_SKIP, LIST_ELEMENT, LIST_OTHER } list_kind;
+
+static list_kind list_kind_of(node n)
+{
+    if (n.plain)
+        return n.plain->kind == ESIM_XML_EL     ? LIST_ELEMENT
+               : n.plain->kind == ESIM_XML_TEXT ? LIST_SKIP
+                                                : LIST_OTHER;
+    return n.dom->type == XML_TEXT_NODE || n.dom->type == XML_COMMENT_NODE ? LIST_SKIP
+           : n.dom->type == XML_ELEMENT_NODE                               ? LIST_ELEMENT
+                                                                           : LIST_OTHER;
+}
+
+/* The text of |n| and everything under it (xmlNodeGetContent's), "" when
+ * none; NULL when out of memory. */
+static char *content_of(node n)
+{
+    if (n.plain)
+        return esim_xml_content(n.plain);
+    xmlChar *t = xmlNodeGetContent(n.dom);
+    char *s = strdup(t ? (const char *)t : "");
+    xmlFree(t);
+    return s;
+}
+
+/* |n| written back (xmlNodeDump's, unformatted) after what |b| holds. */
+static esim_err dump_into(const reader *r, esim_buf *b, node n)
+{
+    if (n.plain)
+        return esim_xml_dump(b, n.plain);
+    xmlBufferPtr buf = xmlBufferCreate();
+    esim_err rc = buf && xmlNodeDump(buf, r->doc, (xmlNode *)n.dom, 0, 0) >= 0
+                      ? esim_buf_append_str(b, (const char *)xmlBufferContent(buf))
+                      : ESIM_ENOMEM;
+    xmlBufferFree(buf);
+    return rc;
 }
 
 /* The text of |n| (NULL node: *out NULL, fine). Element children are not
  * allowed inside a text field; |max| bounds its length. */
-static esim_err text_of(reader *r, const xmlNode *n, const char *what, size_t max, char **out)
+static esim_err text_of(reader *r, node n, const char *what, size_t max, char **out)
 {
     *out = NULL;
-    if (!n)
+    if (!exists(n))
         return ESIM_OK;
-    for (xmlNode *c = n->children; c; c = c->next)
-        if (c->type == XML_ELEMENT_NODE)
+    for (node c = first_child(n); exists(c); c = next_of(c))
+        if (is_element(c))
             return esim_fail(r->err, ESIM_EINVAL, "%s holds an element <%s>, not text", what,
-                             (const char *)c->name);
-    xmlChar *t = xmlNodeGetContent(n);
-    if (!t)
-        t = xmlStrdup((const xmlChar *)"");
+                             name_of(c));
+    char *t = content_of(n);
     if (!t)
         return esim_fail(r->err, ESIM_ENOMEM, "out of memory");
-    size_t len = strlen((const char *)t);
+    size_t len = strlen(t);
     if (len > max) {
-        xmlFree(t);
+        free(t);
         return esim_fail(r->err, ESIM_ETOOBIG, "%s is %zu bytes long, more than %zu", what, len,
                          max);
     }
-    *out = strdup((const char *)t);
-    xmlFree(t);
-    return *out ? ESIM_OK : esim_fail(r->err, ESIM_ENOMEM, "out of memory");
+    *out = t;
+    return ESIM_OK;
 }
 
 /* Text of a LocURI under |n| (Target or Source). */
-static esim_err loc_uri(reader *r, const xmlNode *n, const char *what, char **out)
+static esim_err loc_uri(reader *r, node n, const char *what, char **out)
 {
     *out = NULL;
-    if (!n)
+    if (!exists(n))
         return ESIM_OK;
-    xmlNode *l = child(n, "LocURI");
-    if (!l)
+    node l = child(n, "LocURI");
+    if (!exists(l))
         return esim_fail(r->err, ESIM_EINVAL, "%s has no LocURI", what);
     esim_err rc = text_of(r, l, what, OMADM_MAX_URI, out);
     if (rc == ESIM_OK && (*out)[0] == '\0')
@@ -177,10 +257,10 @@ static esim_err loc_uri(reader *r, const xmlNode *n, const char *what, char **ou
     return rc;
 }
 
-static esim_err read_meta(reader *r, const xmlNode *n, char **format, char **type)
+static esim_err read_meta(reader *r, node n, char **format, char **type)
 {
-    xmlNode *meta = child(n, "Meta");
-    if (!meta)
+    node meta = child(n, "Meta");
+    if (!exists(meta))
         return ESIM_OK;
     esim_err rc = text_of(r, child(meta, "Format"), "Meta/Format", 64, format);
     if (rc == ESIM_OK)
@@ -188,10 +268,10 @@ static esim_err read_meta(reader *r, const xmlNode *n, char **format, char **typ
     return rc;
 }
 
-static esim_err read_items(reader *r, const xmlNode *n, omadm_cmd *c)
+static esim_err read_items(reader *r, node n, omadm_cmd *c)
 {
     size_t count = 0;
-    for (xmlNode *it = n->children; it; it = it->next)
+    for (node it = first_child(n); exists(it); it = next_of(it))
         if (named(it, "Item"))
             count++;
     if (count > OMADM_MAX_ITEMS)
@@ -204,7 +284,7 @@ static esim_err read_items(reader *r, const xmlNode *n, omadm_cmd *c)
     if (!c->items)
         return esim_fail(r->err, ESIM_ENOMEM, "out of memory");
     esim_err rc = ESIM_OK;
-    for (xmlNode *it = n->children; it && rc == ESIM_OK; it = it->next) {
+    for (node it = first_child(n); exists(it) && rc == ESIM_OK; it = next_of(it)) {
         if (!named(it, "Item"))
             continue;
         omadm_item *x = &c->items[c->n_items++];
@@ -213,21 +293,21 @@ static esim_err read_items(reader *r, const xmlNode *n, omadm_cmd *c)
             rc = loc_uri(r, child(it, "Source"), "Item/Source", &x->source);
         if (rc == ESIM_OK)
             rc = read_meta(r, it, &x->format, &x->type);
-        xmlNode *d = child(it, "Data");
-        if (rc == ESIM_OK && d) {
+        node d = child(it, "Data");
+        if (rc == ESIM_OK && exists(d)) {
             /* A Data of a node holding XML (a CSP's structured value) keeps
              * its markup; everything else is text. */
             bool has_element = false;
-            for (xmlNode *k = d->children; k; k = k->next)
-                has_element |= k->type == XML_ELEMENT_NODE;
+            for (node k = first_child(d); exists(k); k = next_of(k))
+                has_element |= is_element(k);
             if (!has_element) {
                 rc = text_of(r, d, "Item/Data", 1u << 24, &x->data);
             } else {
-                xmlBufferPtr buf = xmlBufferCreate();
-                for (xmlNode *k = d->children; buf && k; k = k->next)
-                    xmlNodeDump(buf, r->doc, k, 0, 0);
-                x->data = buf ? strdup((const char *)xmlBufferContent(buf)) : NULL;
-                xmlBufferFree(buf);
+                esim_buf b = {0};
+                for (node k = first_child(d); exists(k) && rc == ESIM_OK; k = next_of(k))
+                    rc = dump_into(r, &b, k);
+                x->data = rc == ESIM_OK ? (char *)esim_buf_steal(&b, NULL) : NULL;
+                esim_buf_free(&b);
                 if (!x->data)
                     rc = esim_fail(r->err, ESIM_ENOMEM, "out of memory");
             }
@@ -264,18 +344,37 @@ static esim_err new_cmd(reader *r, omadm_cmd **out)
     return ESIM_OK;
 }
 
-static esim_err read_body(reader *r, const xmlNode *body, int parent);
+/* A Status's msft:originalerror (on its Data), libxml2's xmlGetProp: any
+ * prefix. Plain XML has no attribute but xmlns. */
+static esim_err read_hresult(reader *r, node d, omadm_cmd *c)
+{
+    if (!d.dom)
+        return ESIM_OK;
+    xmlChar *h = xmlGetProp(d.dom, (const xmlChar *)"originalerror");
+    esim_err rc = ESIM_OK;
+    if (h) {
+        if (strlen((const char *)h) > 32)
+            rc =
+                esim_fail(r->err, ESIM_EINVAL, "Status %s: msft:originalerror too long", c->cmd_id);
+        else if (!(c->hresult = strdup((const char *)h)))
+            rc = esim_fail(r->err, ESIM_ENOMEM, "out of memory");
+    }
+    xmlFree(h);
+    return rc;
+}
 
-static esim_err read_command(reader *r, const xmlNode *n, int parent)
+static esim_err read_body(reader *r, node body, int parent);
+
+static esim_err read_command(reader *r, node n, int parent)
 {
     omadm_cmd *c = NULL;
     esim_err rc = new_cmd(r, &c);
     if (rc != ESIM_OK)
         return rc;
     int index = (int)(c - r->m->cmds);
-    c->verb = verb_of((const char *)n->name);
+    c->verb = verb_of(name_of(n));
     c->parent = parent;
-    snprintf(c->name, sizeof c->name, "%s", (const char *)n->name);
+    snprintf(c->name, sizeof c->name, "%s", name_of(n));
     rc = text_of(r, child(n, "CmdID"), "CmdID", OMADM_MAX_ID, &c->cmd_id);
     if (rc == ESIM_OK && (!c->cmd_id || !c->cmd_id[0]))
         rc = esim_fail(r->err, ESIM_EINVAL, "a <%s> without a CmdID", c->name);
@@ -297,20 +396,13 @@ static esim_err read_command(reader *r, const xmlNode *n, int parent)
             rc = esim_fail(r->err, ESIM_EINVAL, "%s %s without %s", c->name, c->cmd_id,
                            !c->msg_ref ? "a MsgRef" : "a CmdRef");
         if (rc == ESIM_OK && c->verb == OMADM_STATUS) {
-            xmlNode *d = child(n, "Data");
+            node d = child(n, "Data");
             rc = text_of(r, d, "Status/Data", 16, &c->data);
             if (rc == ESIM_OK && (!c->cmd || !omadm_status_code(c->data)))
                 rc = esim_fail(r->err, ESIM_EINVAL,
                                "Status %s needs a Cmd and a three-digit code in Data", c->cmd_id);
-            xmlChar *h = d ? xmlGetProp(d, (const xmlChar *)"originalerror") : NULL;
-            if (rc == ESIM_OK && h) {
-                if (strlen((const char *)h) > 32)
-                    rc = esim_fail(r->err, ESIM_EINVAL, "Status %s: msft:originalerror too long",
-                                   c->cmd_id);
-                else if (!(c->hresult = strdup((const char *)h)))
-                    rc = esim_fail(r->err, ESIM_ENOMEM, "out of memory");
-            }
-            xmlFree(h);
+            if (rc == ESIM_OK)
+                rc = read_hresult(r, d, c);
         }
         if (rc == ESIM_OK)
             rc = read_items(r, n, c);
@@ -318,10 +410,10 @@ static esim_err read_command(reader *r, const xmlNode *n, int parent)
          * SyncHdr's Status (one in every message) was ≈ 16,000 instructions
          * for nothing. */
         if (rc == ESIM_OK && !omadm_status_of_hdr(c)) {
-            xmlBufferPtr buf = xmlBufferCreate();
-            if (buf && xmlNodeDump(buf, r->doc, (xmlNode *)n, 0, 0) >= 0)
-                c->raw = strdup((const char *)xmlBufferContent(buf));
-            xmlBufferFree(buf);
+            esim_buf b = {0};
+            if (dump_into(r, &b, n) == ESIM_OK)
+                c->raw = (char *)esim_buf_steal(&b, NULL);
+            esim_buf_free(&b);
             if (!c->raw)
                 rc = esim_fail(r->err, ESIM_ENOMEM, "out of memory");
         }
@@ -349,14 +441,15 @@ static esim_err read_command(reader *r, const xmlNode *n, int parent)
 }
 
 /* The commands under |body| (SyncBody, Atomic or Sequence). */
-static esim_err read_body(reader *r, const xmlNode *body, int parent)
+static esim_err read_body(reader *r, node body, int parent)
 {
-    for (xmlNode *n = body->children; n; n = n->next) {
-        if (n->type == XML_TEXT_NODE || n->type == XML_COMMENT_NODE)
+    for (node n = first_child(body); exists(n); n = next_of(n)) {
+        list_kind k = list_kind_of(n);
+        if (k == LIST_SKIP)
             continue;
-        if (n->type == XML_CDATA_SECTION_NODE || n->type != XML_ELEMENT_NODE)
+        if (k == LIST_OTHER)
             return esim_fail(r->err, ESIM_EINVAL, "unexpected content in a command list");
-        if (strcmp((const char *)n->name, "Final") == 0 && parent < 0) {
+        if (strcmp(name_of(n), "Final") == 0 && parent < 0) {
             r->m->final = true;
             continue;
         }
@@ -375,7 +468,7 @@ static bool device_id_ok(const char *s)
     return esim_udid_validate(s, NULL) == ESIM_OK;
 }
 
-static esim_err read_header(reader *r, const xmlNode *hdr)
+static esim_err read_header(reader *r, node hdr)
 {
     omadm_msg *m = r->m;
     char *msg_id = NULL;
@@ -421,12 +514,12 @@ static esim_err read_header(reader *r, const xmlNode *hdr)
     return rc;
 }
 
-static bool nesting_ok(const xmlNode *n, int depth)
+static bool nesting_ok(node n, int depth)
 {
     if (depth > OMADM_MAX_DEPTH)
         return false;
-    for (const xmlNode *c = n->children; c; c = c->next)
-        if (c->type == XML_ELEMENT_NODE && !nesting_ok(c, depth + 1))
+    for (node c = first_child(n); exists(c); c = next_of(c))
+        if (is_element(c) && !nesting_ok(c, depth + 1))
             return false;
     return true;
 }
@@ -438,9 +531,25 @@ static void quiet(void *ctx, const char *msg, ...)
     (void)msg;
 }
 
-static esim_err load(const void *body, size_t len, xmlDocPtr *out, esim_error *err)
+/* A message read by one of the two readers. */
+typedef struct {
+    xmlDocPtr doc;
+    esim_xml_tree tree;
+    node root;
+} loaded;
+
+static void unload(loaded *l)
 {
-    *out = NULL;
+    xmlFreeDoc(l->doc);
+    esim_xml_free(&l->tree);
+}
+
+static esim_err load(const void *body, size_t len, bool libxml2_only, loaded *out, bool *plain,
+                     esim_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (plain)
+        *plain = false;
     if (!body || len == 0)
         return esim_fail(err, ESIM_EINVAL, "empty body: expected a SyncML message");
     if (len > (size_t)INT32_MAX)
@@ -448,61 +557,81 @@ static esim_err load(const void *body, size_t len, xmlDocPtr *out, esim_error *e
     const unsigned char *b = body;
     if (b[0] < 0x04) /* WBXML starts with its version byte (0x01..0x03) */
         return esim_fail(err, ESIM_EINVAL, "WBXML is not accepted: send SyncML as XML");
-    xmlSetGenericErrorFunc(NULL, quiet);
-    xmlDocPtr doc = xmlReadMemory(body, (int)len, NULL, NULL,
-                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    if (!doc) {
-        const xmlError *e = xmlGetLastError();
-        esim_fail(err, ESIM_EINVAL, "not well-formed XML (line %d: %.120s)", e ? e->line : 0,
-                  e && e->message ? e->message : "parse error");
-        /* libxml2's messages end with a newline: drop it. */
-        if (err) {
-            size_t l = strlen(err->msg);
-            while (l && (err->msg[l - 1] == '\n' || err->msg[l - 1] == ')'))
-                err->msg[--l] = '\0';
-            snprintf(err->msg + l, sizeof err->msg - l, ")");
+    if (!libxml2_only && esim_xml_plain_read(&out->tree, body, len)) {
+        if (plain)
+            *plain = true;
+        out->root.plain = out->tree.root;
+    } else {
+        esim_xml_free(&out->tree);
+        xmlSetGenericErrorFunc(NULL, quiet);
+        out->doc = xmlReadMemory(body, (int)len, NULL, NULL,
+                                 XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+        if (!out->doc) {
+            const xmlError *e = xmlGetLastError();
+            esim_fail(err, ESIM_EINVAL, "not well-formed XML (line %d: %.120s)", e ? e->line : 0,
+                      e && e->message ? e->message : "parse error");
+            /* libxml2's messages end with a newline: drop it. */
+            if (err) {
+                size_t l = strlen(err->msg);
+                while (l && (err->msg[l - 1] == '\n' || err->msg[l - 1] == ')'))
+                    err->msg[--l] = '\0';
+                snprintf(err->msg + l, sizeof err->msg - l, ")");
+            }
+            xmlResetLastError();
+            return ESIM_EINVAL;
         }
-        xmlResetLastError();
-        return ESIM_EINVAL;
+        if (out->doc->intSubset || out->doc->extSubset) {
+            unload(out);
+            return esim_fail(err, ESIM_EINVAL, "a DOCTYPE is not accepted in SyncML");
+        }
+        out->root.dom = xmlDocGetRootElement(out->doc);
     }
-    if (doc->intSubset || doc->extSubset) {
-        xmlFreeDoc(doc);
-        return esim_fail(err, ESIM_EINVAL, "a DOCTYPE is not accepted in SyncML");
-    }
-    xmlNode *root = xmlDocGetRootElement(doc);
-    if (!root || !nesting_ok(root, 1)) {
-        xmlFreeDoc(doc);
+    if (!exists(out->root) || !nesting_ok(out->root, 1)) {
+        bool root = exists(out->root);
+        unload(out);
         return esim_fail(err, root ? ESIM_ETOOBIG : ESIM_EINVAL,
                          root ? "XML nested deeper than %d elements" : "no root element",
                          OMADM_MAX_DEPTH);
     }
-    *out = doc;
     return ESIM_OK;
 }
 
-esim_err omadm_parse(const void *body, size_t len, omadm_msg *out, esim_error *err)
+static void (*parse_hook)(const void *body, size_t len, const char *uuid);
+
+void omadm_parse_hook_for_tests(void (*hook)(const void *body, size_t len, const char *uuid))
+{
+    parse_hook = hook;
+}
+
+esim_err omadm_parse_as(bool libxml2_only, bool *plain, const void *body, size_t len,
+                        omadm_msg *out, esim_error *err)
 {
     memset(out, 0, sizeof *out);
-    xmlDocPtr doc = NULL;
-    esim_err rc = load(body, len, &doc, err);
+    loaded l;
+    esim_err rc = load(body, len, libxml2_only, &l, plain, err);
     if (rc != ESIM_OK)
         return rc;
-    reader r = {doc, out, err, 0};
-    xmlNode *root = xmlDocGetRootElement(doc);
-    xmlNode *hdr = child(root, "SyncHdr"), *sb = child(root, "SyncBody");
-    if (!named(root, "SyncML"))
-        rc = esim_fail(err, ESIM_EINVAL, "the root element is <%s>, not <SyncML>",
-                       (const char *)root->name);
-    else if (!hdr || !sb)
+    reader r = {l.doc, out, err, 0};
+    node hdr = child(l.root, "SyncHdr"), sb = child(l.root, "SyncBody");
+    if (!named(l.root, "SyncML"))
+        rc = esim_fail(err, ESIM_EINVAL, "the root element is <%s>, not <SyncML>", name_of(l.root));
+    else if (!exists(hdr) || !exists(sb))
         rc = esim_fail(err, ESIM_EINVAL, "a SyncML message needs a SyncHdr and a SyncBody");
     if (rc == ESIM_OK)
         rc = read_header(&r, hdr);
     if (rc == ESIM_OK)
         rc = read_body(&r, sb, -1);
-    xmlFreeDoc(doc);
+    unload(&l);
     if (rc != ESIM_OK)
         omadm_msg_free(out);
     return rc;
+}
+
+esim_err omadm_parse(const void *body, size_t len, omadm_msg *out, esim_error *err)
+{
+    if (parse_hook)
+        parse_hook(body, len, NULL);
+    return omadm_parse_as(false, NULL, body, len, out, err);
 }
 
 static bool is_own_id(const char *id, const char *uuid)
@@ -514,6 +643,16 @@ static bool is_own_id(const char *id, const char *uuid)
 esim_err omadm_parse_commands(const void *fragment, size_t len, const char *uuid, omadm_msg *out,
                               esim_error *err)
 {
+    if (parse_hook)
+        parse_hook(fragment, len, uuid ? uuid : "");
+    return omadm_parse_commands_as(false, NULL, fragment, len, uuid, out, err);
+}
+
+esim_err omadm_parse_commands_as(bool libxml2_only, bool *plain, const void *fragment, size_t len,
+                                 const char *uuid, omadm_msg *out, esim_error *err)
+{
+    if (plain)
+        *plain = false;
     memset(out, 0, sizeof *out);
     if (!uuid || !*uuid)
         return esim_fail(err, ESIM_EINVAL, "a Windows command needs its UUID");
@@ -536,14 +675,14 @@ esim_err omadm_parse_commands(const void *fragment, size_t len, const char *uuid
                          "a Windows command is SyncML commands (Add, Replace, Get, Exec, Delete, "
                          "Atomic), without an XML declaration, DOCTYPE or CDATA");
     }
-    xmlDocPtr doc = NULL;
-    rc = load(doc_text.data, doc_text.len, &doc, err);
+    loaded l;
+    rc = load(doc_text.data, doc_text.len, libxml2_only, &l, plain, err);
     esim_buf_free(&doc_text);
     if (rc != ESIM_OK)
         return rc;
-    reader r = {doc, out, err, 0};
-    rc = read_body(&r, xmlDocGetRootElement(doc), -1);
-    xmlFreeDoc(doc);
+    reader r = {l.doc, out, err, 0};
+    rc = read_body(&r, l.root, -1);
+    unload(&l);
     if (rc == ESIM_OK && out->final)
         rc = esim_fail(err, ESIM_EINVAL, "<Final/> belongs to the message, not to a command");
     if (rc == ESIM_OK && out->n_cmds == 0)

@@ -1,9 +1,9 @@
 /*
  * winpc.c — a simulated Windows 11 PC: the eUICCs CSP node tree with its
  * rules, DevInfo/DevDetail/DMClient nodes, and the OMA-DM 1.2 client session
- * engine (SyncML XML read by a strict scanner for plain XML, libxml2 for the
- * rest; written by hand). No I/O: the runtime (winfleet.c) carries the
- * messages and runs the background jobs.
+ * engine (SyncML XML read by the strict reader for plain XML of
+ * core/xml_plain.c, libxml2 for the rest; written by hand). No I/O: the
+ * runtime (winfleet.c) carries the messages and runs the background jobs.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@
 #include <libxml/tree.h>
 
 #include "core/internal.h"
+#include "core/xml_plain.h"
 #include "sim/sim_internal.h"
 
 #define MAX_PROFILE_NODES 16
@@ -908,39 +909,26 @@ static void apply_fx(exec_ctx *x)
 /* ---- SyncML reading ---------------------------------------------------------------------- */
 
 /*
- * A message is read into a small tree of elements and text (names local, as
- * libxml2 gives them; text decoded). Two readers build it with the same
- * result: a strict scanner for the plain XML a server sends (ASCII, the XML
- * declaration, elements with at most an xmlns attribute, text with the five
- * predefined entities), and libxml2 for everything else: the scanner hands a
- * message over the moment it meets anything outside that subset (comments,
- * PIs, a DOCTYPE, CDATA, character references, prefixes, other attributes,
- * non-ASCII or CR bytes, depth over 64) or anything malformed, so what is
- * accepted and refused is libxml2's word either way (test_sim_winpc
- * test_two_readers compares them).
+ * A message is read into a small tree of elements and text (core/xml_plain.h:
+ * names local, as libxml2 gives them; text decoded). Two readers build it
+ * with the same result: the strict reader for plain XML (esim_xml_plain_read:
+ * ASCII, the XML declaration, elements with at most an xmlns attribute, text
+ * with the five predefined entities) and libxml2 for everything else, its
+ * tree converted: the strict reader hands a message over the moment it meets
+ * anything outside that subset (comments, PIs, a DOCTYPE, CDATA, character
+ * references, prefixes, other attributes, non-ASCII or CR bytes, depth over
+ * 64) or anything malformed, so what is accepted and refused is libxml2's
+ * word either way (test_sim_winpc test_two_readers compares them).
  */
-typedef enum { SX_EL, SX_TEXT, SX_CDATA } sx_kind;
-
-typedef struct sx_node {
-    sx_kind kind;
-    const char *name; /* SX_EL: the local name */
-    const char *text; /* SX_TEXT, SX_CDATA: decoded, NUL-terminated */
-    struct sx_node *children, *last, *next;
-} sx_node;
-
 typedef struct {
-    sx_node *nodes;
-    size_t n, cap;
-    char *chars; /* names and texts of the scanner's tree */
-    size_t n_chars;
-    sx_node *root;
+    esim_xml_tree x;
     xmlDoc *doc;     /* libxml2's tree behind a handed-over message */
     xmlChar **owned; /* entity contents read from it */
     size_t n_owned;
 } sx_tree;
 
 static bool sx_force_libxml2; /* tests: every message through libxml2 */
-static size_t sx_scanned;     /* messages the scanner read */
+static size_t sx_scanned;     /* messages the strict reader read */
 
 size_t sim_winpc_xml_reader_for_tests(bool libxml2_only)
 {
@@ -953,256 +941,12 @@ static void sx_free(sx_tree *t)
     for (size_t i = 0; i < t->n_owned; i++)
         xmlFree(t->owned[i]);
     free(t->owned);
-    free(t->nodes);
-    free(t->chars);
+    esim_xml_free(&t->x);
     xmlFreeDoc(t->doc);
     memset(t, 0, sizeof *t);
 }
 
-static sx_node *sx_add(sx_tree *t, sx_node *parent, sx_kind k)
-{
-    if (t->n == t->cap)
-        return NULL;
-    sx_node *n = &t->nodes[t->n++];
-    memset(n, 0, sizeof *n);
-    n->kind = k;
-    if (parent) {
-        if (parent->last)
-            parent->last->next = n;
-        else
-            parent->children = n;
-        parent->last = n;
-    }
-    return n;
-}
-
-static bool sx_ws(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n';
-}
-
-static bool sx_name_start(char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
-}
-
-static bool sx_name_char(char c)
-{
-    return sx_name_start(c) || (c >= '0' && c <= '9') || c == '.' || c == '-';
-}
-
-/* A name at |*i| copied into the tree's characters; NULL when none (or too long). */
-static const char *sx_name(sx_tree *t, const char *p, size_t len, size_t *i)
-{
-    size_t s = *i;
-    if (s >= len || !sx_name_start(p[s]))
-        return NULL;
-    size_t e = s + 1;
-    while (e < len && sx_name_char(p[e]))
-        e++;
-    if (e - s > 1000)
-        return NULL;
-    char *out = t->chars + t->n_chars;
-    memcpy(out, p + s, e - s);
-    out[e - s] = '\0';
-    t->n_chars += e - s + 1;
-    *i = e;
-    return out;
-}
-
-static void sx_skip_ws(const char *p, size_t len, size_t *i)
-{
-    while (*i < len && sx_ws(p[*i]))
-        (*i)++;
-}
-
-/* The match of |lit| at |*i|, stepped over. */
-static bool sx_lit(const char *p, size_t len, size_t *i, const char *lit)
-{
-    size_t n = strlen(lit);
-    if (len - *i < n || memcmp(p + *i, lit, n) != 0)
-        return false;
-    *i += n;
-    return true;
-}
-
-/* ws? = ws? "value" (or 'value'): the value's bounds, plain characters only. */
-static bool sx_attr_value(const char *p, size_t len, size_t *i, size_t *vs, size_t *ve)
-{
-    sx_skip_ws(p, len, i);
-    if (*i >= len || p[*i] != '=')
-        return false;
-    (*i)++;
-    sx_skip_ws(p, len, i);
-    if (*i >= len || (p[*i] != '"' && p[*i] != '\''))
-        return false;
-    char q = p[(*i)++];
-    *vs = *i;
-    while (*i < len && p[*i] != q) {
-        unsigned char c = (unsigned char)p[*i];
-        if (c == '<' || c == '&' || c >= 0x80 || (c < 0x20 && c != '\t' && c != '\n'))
-            return false;
-        (*i)++;
-    }
-    if (*i >= len)
-        return false;
-    *ve = (*i)++;
-    return true;
-}
-
-/* <?xml version="1.0" encoding="UTF-8" standalone="yes"?>, the last two optional. */
-static bool sx_decl(const char *p, size_t len, size_t *i)
-{
-    size_t vs, ve;
-    if (!sx_lit(p, len, i, "<?xml") || *i >= len || !sx_ws(p[*i]))
-        return false;
-    sx_skip_ws(p, len, i);
-    if (!sx_lit(p, len, i, "version") || !sx_attr_value(p, len, i, &vs, &ve) || ve - vs != 3 ||
-        memcmp(p + vs, "1.0", 3) != 0)
-        return false;
-    size_t j = *i;
-    sx_skip_ws(p, len, &j);
-    if (j > *i && sx_lit(p, len, &j, "encoding")) {
-        if (!sx_attr_value(p, len, &j, &vs, &ve) || ve - vs != 5 ||
-            strncasecmp(p + vs, "UTF-8", 5) != 0)
-            return false;
-        *i = j;
-    }
-    j = *i;
-    sx_skip_ws(p, len, &j);
-    if (j > *i && sx_lit(p, len, &j, "standalone")) {
-        if (!sx_attr_value(p, len, &j, &vs, &ve) ||
-            !((ve - vs == 3 && memcmp(p + vs, "yes", 3) == 0) ||
-              (ve - vs == 2 && memcmp(p + vs, "no", 2) == 0)))
-            return false;
-        *i = j;
-    }
-    sx_skip_ws(p, len, i);
-    return sx_lit(p, len, i, "?>");
-}
-
-#define SX_MAX_DEPTH 64
-
-/* The scanner: true with the tree built, false to hand the message over. */
-static bool sx_scan(sx_tree *t, const char *p, size_t len)
-{
-    size_t n_lt = 0;
-    for (const char *q = p; (q = memchr(q, '<', len - (size_t)(q - p))) != NULL; q++)
-        n_lt++;
-    t->cap = 2 * n_lt + 2;
-    t->nodes = malloc(t->cap * sizeof *t->nodes);
-    t->chars = malloc(len + 2 * n_lt + 2);
-    if (!t->nodes || !t->chars)
-        return false;
-    size_t i = 0;
-    if (len >= 5 && memcmp(p, "<?xml", 5) == 0 && !sx_decl(p, len, &i))
-        return false;
-    sx_node *stack[SX_MAX_DEPTH];
-    size_t depth = 0;
-    bool closed = false;
-    while (i < len) {
-        char c = p[i];
-        if (c != '<') {
-            if (depth == 0) { /* outside the root: white space only */
-                if (!sx_ws(c))
-                    return false;
-                i++;
-                continue;
-            }
-            sx_node *txt = sx_add(t, stack[depth - 1], SX_TEXT);
-            if (!txt)
-                return false;
-            char *out = t->chars + t->n_chars, *o = out;
-            while (i < len && p[i] != '<') {
-                unsigned char u = (unsigned char)p[i];
-                if (u == '&') {
-                    static const struct {
-                        const char *ref;
-                        char c;
-                    } ents[] = {{"&lt;", '<'},
-                                {"&gt;", '>'},
-                                {"&amp;", '&'},
-                                {"&quot;", '"'},
-                                {"&apos;", '\''}};
-                    size_t k;
-                    for (k = 0; k < 5; k++)
-                        if (sx_lit(p, len, &i, ents[k].ref))
-                            break;
-                    if (k == 5)
-                        return false;
-                    *o++ = ents[k].c;
-                    continue;
-                }
-                if (u >= 0x80 || (u < 0x20 && u != '\t' && u != '\n'))
-                    return false;
-                if (u == '>' && i >= 2 && p[i - 1] == ']' && p[i - 2] == ']')
-                    return false; /* "]]>" is not allowed in text */
-                *o++ = (char)u;
-                i++;
-            }
-            *o = '\0';
-            txt->text = out;
-            t->n_chars += (size_t)(o - out) + 1;
-            continue;
-        }
-        if (closed || i + 1 >= len)
-            return false;
-        if (p[i + 1] == '/') {
-            if (depth == 0)
-                return false;
-            i += 2;
-            size_t s = i;
-            while (i < len && sx_name_char(p[i]))
-                i++;
-            const char *open = stack[depth - 1]->name;
-            if (i - s != strlen(open) || memcmp(p + s, open, i - s) != 0)
-                return false;
-            sx_skip_ws(p, len, &i);
-            if (i >= len || p[i] != '>')
-                return false;
-            i++;
-            if (--depth == 0)
-                closed = true;
-            continue;
-        }
-        i++;
-        const char *name = sx_name(t, p, len, &i);
-        if (!name || depth == SX_MAX_DEPTH)
-            return false;
-        if (depth == 0 && t->root)
-            return false;
-        sx_node *el = sx_add(t, depth ? stack[depth - 1] : NULL, SX_EL);
-        if (!el)
-            return false;
-        el->name = name;
-        if (depth == 0)
-            t->root = el;
-        /* At most one attribute, xmlns, after white space. */
-        size_t j = i;
-        sx_skip_ws(p, len, &j);
-        if (j > i && sx_lit(p, len, &j, "xmlns")) {
-            size_t vs, ve;
-            if (!sx_attr_value(p, len, &j, &vs, &ve))
-                return false;
-            i = j;
-            sx_skip_ws(p, len, &i);
-        } else {
-            i = j;
-        }
-        if (sx_lit(p, len, &i, "/>")) {
-            if (depth == 0)
-                closed = true;
-            continue;
-        }
-        if (i >= len || p[i] != '>')
-            return false;
-        i++;
-        stack[depth++] = el;
-    }
-    return closed;
-}
-
-/* libxml2's tree as the scanner's: elements, text, CDATA, entity references as text. */
+/* libxml2's tree as the strict reader's: elements, text, CDATA, entity references as text. */
 static size_t sx_count(const xmlNode *n)
 {
     size_t k = 0;
@@ -1211,23 +955,24 @@ static size_t sx_count(const xmlNode *n)
     return k;
 }
 
-static bool sx_convert(sx_tree *t, sx_node *parent, const xmlNode *n)
+static bool sx_convert(sx_tree *t, esim_xml_node *parent, const xmlNode *n)
 {
     for (; n; n = n->next) {
-        sx_node *x = NULL;
+        esim_xml_node *x = NULL;
         if (n->type == XML_ELEMENT_NODE) {
-            x = sx_add(t, parent, SX_EL);
+            x = esim_xml_add(&t->x, parent, ESIM_XML_EL);
             if (!x)
                 return false;
             x->name = (const char *)n->name;
             if (!parent)
-                t->root = x;
+                t->x.root = x;
             if (!sx_convert(t, x, n->children))
                 return false;
             if (!parent)
                 return true; /* the root element only */
         } else if (parent && (n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE)) {
-            x = sx_add(t, parent, n->type == XML_TEXT_NODE ? SX_TEXT : SX_CDATA);
+            x = esim_xml_add(&t->x, parent,
+                             n->type == XML_TEXT_NODE ? ESIM_XML_TEXT : ESIM_XML_CDATA);
             if (!x)
                 return false;
             x->text = n->content ? (const char *)n->content : "";
@@ -1240,7 +985,7 @@ static bool sx_convert(sx_tree *t, sx_node *parent, const xmlNode *n)
             }
             t->owned = o;
             t->owned[t->n_owned++] = v;
-            x = sx_add(t, parent, SX_TEXT);
+            x = esim_xml_add(&t->x, parent, ESIM_XML_TEXT);
             if (!x)
                 return false;
             x->text = (const char *)v;
@@ -1253,7 +998,7 @@ static bool sx_convert(sx_tree *t, sx_node *parent, const xmlNode *n)
 static bool sx_read(sx_tree *t, const void *msg, size_t len)
 {
     memset(t, 0, sizeof *t);
-    if (!sx_force_libxml2 && sx_scan(t, msg, len)) {
+    if (!sx_force_libxml2 && esim_xml_plain_read(&t->x, msg, len)) {
         sx_scanned++;
         return true;
     }
@@ -1263,59 +1008,20 @@ static bool sx_read(sx_tree *t, const void *msg, size_t len)
     if (!t->doc)
         return false;
     const xmlNode *top = t->doc->children;
-    t->cap = sx_count(top);
-    t->nodes = malloc((t->cap ? t->cap : 1) * sizeof *t->nodes);
-    return t->nodes && sx_convert(t, NULL, top);
+    t->x.cap = sx_count(top);
+    t->x.nodes = malloc((t->x.cap ? t->x.cap : 1) * sizeof *t->x.nodes);
+    return t->x.nodes && sx_convert(t, NULL, top);
 }
 
-static bool is_el(const sx_node *n, const char *name)
+static char *child_text(const esim_xml_node *n, const char *name)
 {
-    return n && n->kind == SX_EL && strcmp(n->name, name) == 0;
-}
-
-static sx_node *child(const sx_node *n, const char *name)
-{
-    for (sx_node *c = n ? n->children : NULL; c; c = c->next)
-        if (is_el(c, name))
-            return c;
-    return NULL;
-}
-
-static void text_into(const sx_node *n, esim_buf *b)
-{
-    for (const sx_node *c = n->children; c; c = c->next)
-        if (c->kind == SX_EL)
-            text_into(c, b);
-        else
-            put(b, c->text);
-}
-
-/* The element's text, all of it as libxml2's xmlNodeGetContent gives it (the
- * caller frees), "" when empty, NULL when absent. */
-static char *text_of(const sx_node *n)
-{
-    if (!n)
-        return NULL;
-    if (!n->children)
-        return strdup("");
-    if (!n->children->next && n->children->kind != SX_EL)
-        return strdup(n->children->text);
-    esim_buf b = {0};
-    text_into(n, &b);
-    char *s = strdup(b.data ? (const char *)b.data : "");
-    esim_buf_free(&b);
-    return s;
-}
-
-static char *child_text(const sx_node *n, const char *name)
-{
-    return text_of(child(n, name));
+    return esim_xml_content(esim_xml_child(n, name));
 }
 
 /* LocURI of the Item's Target (or Source). */
-static char *item_uri(const sx_node *item, const char *which)
+static char *item_uri(const esim_xml_node *item, const char *which)
 {
-    return child_text(child(item, which), "LocURI");
+    return child_text(esim_xml_child(item, which), "LocURI");
 }
 
 typedef struct {
@@ -1324,20 +1030,20 @@ typedef struct {
     int bad;    /* a status to answer instead of executing (0: fine) */
 } item_in;
 
-static void item_read(const sx_node *item, item_in *out)
+static void item_read(const esim_xml_node *item, item_in *out)
 {
     memset(out, 0, sizeof *out);
     out->uri = item_uri(item, "Target");
-    sx_node *data = child(item, "Data");
+    esim_xml_node *data = esim_xml_child(item, "Data");
     if (data) {
         /* Data must be the last element of an Item; CDATA is not read. */
-        for (sx_node *n = data->next; n; n = n->next)
-            if (n->kind == SX_EL)
+        for (esim_xml_node *n = data->next; n; n = n->next)
+            if (n->kind == ESIM_XML_EL)
                 out->bad = 400;
-        for (sx_node *n = data->children; n; n = n->next)
-            if (n->kind == SX_CDATA || n->kind == SX_EL)
+        for (esim_xml_node *n = data->children; n; n = n->next)
+            if (n->kind == ESIM_XML_CDATA || n->kind == ESIM_XML_EL)
                 out->bad = 400;
-        out->data = text_of(data);
+        out->data = esim_xml_content(data);
     }
     if (!out->uri)
         out->bad = out->bad ? out->bad : 400;
@@ -1509,40 +1215,40 @@ esim_err sim_winpc_session_start(sim_winpc *pc, const char *server_url, bool pus
     return ESIM_OK;
 }
 
-static bool is_command(const sx_node *n)
+static bool is_command(const esim_xml_node *n)
 {
     static const char *const cmds[] = {"Add",   "Replace", "Delete",   "Exec", "Get",
                                        "Alert", "Atomic",  "Sequence", "Copy", "Sync",
                                        "Map",   "Put",     "Search"};
-    if (!n || n->kind != SX_EL)
+    if (!n || n->kind != ESIM_XML_EL)
         return false;
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        if (is_el(n, cmds[i]))
+        if (esim_xml_is(n, cmds[i]))
             return true;
     return false;
 }
 
-static op_kind op_of(const sx_node *n)
+static op_kind op_of(const esim_xml_node *n)
 {
-    return is_el(n, "Add")       ? OP_ADD
-           : is_el(n, "Replace") ? OP_REPLACE
-           : is_el(n, "Delete")  ? OP_DELETE
-           : is_el(n, "Exec")    ? OP_EXEC
-                                 : OP_GET;
+    return esim_xml_is(n, "Add")       ? OP_ADD
+           : esim_xml_is(n, "Replace") ? OP_REPLACE
+           : esim_xml_is(n, "Delete")  ? OP_DELETE
+           : esim_xml_is(n, "Exec")    ? OP_EXEC
+                                       : OP_GET;
 }
 
 /* A Get: a Status per Item, then one Results with the Items found. */
-static void run_get(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd_id)
+static void run_get(exec_ctx *x, writer *w, const esim_xml_node *cmd, const char *cmd_id)
 {
     size_t n_items = 0;
-    for (sx_node *it = cmd->children; it; it = it->next)
-        n_items += is_el(it, "Item");
+    for (esim_xml_node *it = cmd->children; it; it = it->next)
+        n_items += esim_xml_is(it, "Item");
     esim_buf results = {0}, v = {0};
     size_t found = 0;
     if (n_items == 0)
         status(w, cmd_id, "Get", NULL, 400);
-    for (sx_node *it = cmd->children; it; it = it->next) {
-        if (!is_el(it, "Item"))
+    for (esim_xml_node *it = cmd->children; it; it = it->next) {
+        if (!esim_xml_is(it, "Item"))
             continue;
         item_in in;
         item_read(it, &in);
@@ -1581,19 +1287,19 @@ static void run_get(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd_
 
 /* Add/Replace/Delete/Exec: the worst Item decides when there is one Status;
  * several Items get one Status each (TargetRef). Returns the worst code. */
-static int run_write(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd_id, bool quiet,
-                     int *codes, size_t *n_codes)
+static int run_write(exec_ctx *x, writer *w, const esim_xml_node *cmd, const char *cmd_id,
+                     bool quiet, int *codes, size_t *n_codes)
 {
     const char *name = cmd->name;
     op_kind op = op_of(cmd);
     size_t n_items = 0;
-    for (sx_node *it = cmd->children; it; it = it->next)
-        n_items += is_el(it, "Item");
+    for (esim_xml_node *it = cmd->children; it; it = it->next)
+        n_items += esim_xml_is(it, "Item");
     int worst = n_items ? 200 : 400;
     if (!n_items && !quiet)
         status(w, cmd_id, name, NULL, 400);
-    for (sx_node *it = cmd->children; it; it = it->next) {
-        if (!is_el(it, "Item"))
+    for (esim_xml_node *it = cmd->children; it; it = it->next) {
+        if (!esim_xml_is(it, "Item"))
             continue;
         item_in in;
         item_read(it, &in);
@@ -1611,23 +1317,23 @@ static int run_write(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd
     return worst;
 }
 
-static void run_command(exec_ctx *x, writer *w, const sx_node *cmd, bool *abort_session);
+static void run_command(exec_ctx *x, writer *w, const esim_xml_node *cmd, bool *abort_session);
 
 /* Atomic: no Get, no nested Atomic; all or nothing (rolled back: 216). */
-static void run_atomic(exec_ctx *x, writer *w, const sx_node *cmd, const char *cmd_id)
+static void run_atomic(exec_ctx *x, writer *w, const esim_xml_node *cmd, const char *cmd_id)
 {
-    const sx_node *kids[64];
+    const esim_xml_node *kids[64];
     size_t n = 0;
     int forbidden = -1;
-    for (sx_node *k = cmd->children; k; k = k->next) {
+    for (esim_xml_node *k = cmd->children; k; k = k->next) {
         if (!is_command(k))
             continue;
         if (n == 64) {
             forbidden = 63;
             break;
         }
-        if (forbidden < 0 &&
-            (is_el(k, "Get") || is_el(k, "Atomic") || is_el(k, "Sequence") || is_el(k, "Alert")))
+        if (forbidden < 0 && (esim_xml_is(k, "Get") || esim_xml_is(k, "Atomic") ||
+                              esim_xml_is(k, "Sequence") || esim_xml_is(k, "Alert")))
             forbidden = (int)n;
         kids[n++] = k;
     }
@@ -1675,25 +1381,25 @@ out:
         free(ids[i]);
 }
 
-static void run_command(exec_ctx *x, writer *w, const sx_node *cmd, bool *abort_session)
+static void run_command(exec_ctx *x, writer *w, const esim_xml_node *cmd, bool *abort_session)
 {
     char *id = child_text(cmd, "CmdID");
     const char *name = cmd->name;
-    if (is_el(cmd, "Get")) {
+    if (esim_xml_is(cmd, "Get")) {
         run_get(x, w, cmd, id);
-    } else if (is_el(cmd, "Add") || is_el(cmd, "Replace") || is_el(cmd, "Delete") ||
-               is_el(cmd, "Exec")) {
+    } else if (esim_xml_is(cmd, "Add") || esim_xml_is(cmd, "Replace") ||
+               esim_xml_is(cmd, "Delete") || esim_xml_is(cmd, "Exec")) {
         run_write(x, w, cmd, id, false, NULL, NULL);
         apply_fx(x);
-    } else if (is_el(cmd, "Atomic")) {
+    } else if (esim_xml_is(cmd, "Atomic")) {
         run_atomic(x, w, cmd, id);
         apply_fx(x);
-    } else if (is_el(cmd, "Sequence")) {
+    } else if (esim_xml_is(cmd, "Sequence")) {
         status(w, id, "Sequence", NULL, 200);
-        for (sx_node *k = cmd->children; k; k = k->next)
+        for (esim_xml_node *k = cmd->children; k; k = k->next)
             if (is_command(k))
                 run_command(x, w, k, abort_session);
-    } else if (is_el(cmd, "Alert")) {
+    } else if (esim_xml_is(cmd, "Alert")) {
         char *data = child_text(cmd, "Data");
         int code = data ? atoi(data) : 0;
         if (code == 1223)
@@ -1720,12 +1426,12 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
         rc = esim_fail(err, ESIM_EPROTO, "the server's message is empty or over 1 MiB");
         goto end_session;
     }
-    sx_node *root = sx_read(&doc, msg, len) ? doc.root : NULL;
-    if (!is_el(root, "SyncML")) {
+    esim_xml_node *root = sx_read(&doc, msg, len) ? doc.x.root : NULL;
+    if (!esim_xml_is(root, "SyncML")) {
         rc = esim_fail(err, ESIM_EPROTO, "the server's message is not SyncML XML");
         goto end_session;
     }
-    sx_node *sh = child(root, "SyncHdr"), *body = child(root, "SyncBody");
+    esim_xml_node *sh = esim_xml_child(root, "SyncHdr"), *body = esim_xml_child(root, "SyncBody");
     sid = child_text(sh, "SessionID");
     msgid = child_text(sh, "MsgID");
     char ours[16];
@@ -1740,11 +1446,11 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
         goto end_session;
     }
     /* The first element must be the Status of our SyncHdr (CmdRef 0). */
-    sx_node *first = body->children;
-    while (first && first->kind != SX_EL)
+    esim_xml_node *first = body->children;
+    while (first && first->kind != ESIM_XML_EL)
         first = first->next;
-    char *ref = is_el(first, "Status") ? child_text(first, "CmdRef") : NULL;
-    char *code = is_el(first, "Status") ? child_text(first, "Data") : NULL;
+    char *ref = esim_xml_is(first, "Status") ? child_text(first, "CmdRef") : NULL;
+    char *code = esim_xml_is(first, "Status") ? child_text(first, "Data") : NULL;
     bool hdr_ok = ref && strcmp(ref, "0") == 0;
     int hdr_code = code ? atoi(code) : 0;
     free(ref);
@@ -1769,8 +1475,8 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
         pc->url = resp;
         resp = NULL;
     }
-    bool any_cmd = false, final = child(body, "Final") != NULL;
-    for (sx_node *n = body->children; n; n = n->next)
+    bool any_cmd = false, final = esim_xml_child(body, "Final") != NULL;
+    for (esim_xml_node *n = body->children; n; n = n->next)
         any_cmd |= is_command(n);
     if (!any_cmd && final) {
         /* A message of Status only: the session is over. */
@@ -1793,7 +1499,7 @@ esim_err sim_winpc_session_reply(sim_winpc *pc, const void *msg, size_t len, esi
     put(out, "</SourceRef><Data>200</Data></Status>");
     exec_ctx x = {.pc = pc, .c = &pc->csp};
     bool abort_session = false;
-    for (sx_node *n = body->children; n && !abort_session; n = n->next)
+    for (esim_xml_node *n = body->children; n && !abort_session; n = n->next)
         if (is_command(n))
             run_command(&x, &w, n, &abort_session);
     pc->dirty = true;

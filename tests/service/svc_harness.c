@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include <openssl/cms.h>
 
 #include "campaign/campaign.h"
+#include "tests/service/omadm_readers.h"
 #include "service/svc_harness.h"
 
 void harness_env_setup(harness_env *env)
@@ -213,8 +215,35 @@ static void *service_thread(void *arg)
     return NULL;
 }
 
+/* Every message and fragment a service of the tests reads is read again both
+ * ways (tests/service/omadm_readers.h): a difference aborts the test. */
+static atomic_size_t syncml_read[2]; /* by libxml2, by the strict reader */
+
+static void syncml_check(const void *body, size_t len, const char *uuid)
+{
+    char why[512];
+    int r = omadm_readers_check(body, len, uuid, why, sizeof why);
+    if (r < 0) {
+        fprintf(stderr, "svc_harness: the SyncML readers differ on %s: %s\n%.*s\n",
+                uuid ? "a queued command" : "a message", why, (int)len, (const char *)body);
+        abort();
+    }
+    atomic_fetch_add(&syncml_read[r], 1);
+}
+
+void harness_syncml_counts(size_t *plain, size_t *libxml2)
+{
+    *plain = atomic_load(&syncml_read[1]);
+    *libxml2 = atomic_load(&syncml_read[0]);
+}
+
 void harness_start(test_service *ts, const esim_service_config *cfg)
 {
+    static bool hooked; /* the tests' main thread only */
+    if (!hooked) {
+        omadm_parse_hook_for_tests(syncml_check);
+        hooked = true;
+    }
     if (!ts->base)
         ts->base = event_base_new();
     assert_non_null(ts->base);

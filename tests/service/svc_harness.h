@@ -117,8 +117,13 @@ long harness_pg_await_lock_waits(PGconn *watch, long want, int tries);
  * its first row as a number (-1 when none) and, when |out_len|, as text. */
 long harness_store_query(const esim_service_config *cfg, const char *sql, char *out,
                          size_t out_len);
-/* Starts the service on a new loop in a new thread; asserts success. */
+/* Starts the service on a new loop in a new thread; asserts success. From
+ * the first start on, every SyncML message and queued Windows command a
+ * service of the process reads is read again by both readers
+ * (omadm_readers.h); a difference aborts the test. */
 void harness_start(test_service *ts, const esim_service_config *cfg);
+/* How many of those the strict reader read, and how many went to libxml2. */
+void harness_syncml_counts(size_t *plain, size_t *libxml2);
 /* Stops the loop, joins, frees. */
 void harness_stop(test_service *ts);
 

@@ -110,6 +110,24 @@ static inline void st_iccid(unsigned n, char iccid[SIM_ICCID_MAX + 1])
     esim_iccid_set_check_digit(iccid, NULL);
 }
 
+/* A server's OMA-DM message to the simulated PC |device_id| at server
+ * |url|, in session |sid|: the Status of the PC's SyncHdr, then |cmds|,
+ * then <Final/> when |final|. Into |m| (replaced). */
+static inline esim_err st_winpc_server_msg(esim_buf *m, const char *url, const char *sid,
+                                           unsigned msg_id, const char *device_id, const char *cmds,
+                                           bool final)
+{
+    esim_buf_reset(m);
+    return esim_buf_printf(m,
+                           "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD>"
+                           "<VerProto>DM/1.2</VerProto><SessionID>%s</SessionID><MsgID>%u</MsgID>"
+                           "<Target><LocURI>%s</LocURI></Target><Source><LocURI>%s</LocURI>"
+                           "</Source></SyncHdr><SyncBody><Status><CmdID>1</CmdID><MsgRef>1"
+                           "</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><Data>200</Data>"
+                           "</Status>%s%s</SyncBody></SyncML>",
+                           sid, msg_id, device_id, url, cmds, final ? "<Final/>" : "");
+}
+
 /* The connections a server running in this process accepted on TCP |port|
  * (IPv4): how many are open now; *without_nodelay counts those with
  * Nagle's algorithm on (whose answers wait for the client's delayed ACK). */

@@ -126,14 +126,7 @@ static void begin(session *s, unsigned n, bool pushed)
 static void serve(session *s, const char *cmds, bool final)
 {
     esim_buf m = {0}, out = {0};
-    esim_buf_printf(&m,
-                    "<SyncML xmlns=\"SYNCML:SYNCML1.2\"><SyncHdr><VerDTD>1.2</VerDTD>"
-                    "<VerProto>DM/1.2</VerProto><SessionID>%s</SessionID><MsgID>%u</MsgID>"
-                    "<Target><LocURI>%s</LocURI></Target><Source><LocURI>" URL
-                    "</LocURI></Source></SyncHdr><SyncBody><Status><CmdID>1</CmdID>"
-                    "<MsgRef>1</MsgRef><CmdRef>0</CmdRef><Cmd>SyncHdr</Cmd><Data>200</Data>"
-                    "</Status>%s%s</SyncBody></SyncML>",
-                    s->sid, ++s->msg, sim_winpc_device_id(s->pc), cmds, final ? "<Final/>" : "");
+    st_winpc_server_msg(&m, URL, s->sid, ++s->msg, sim_winpc_device_id(s->pc), cmds, final);
     esim_error err;
     if (s->last)
         xmlFreeDoc(s->last);
