@@ -629,19 +629,54 @@ static bool flat_lit(const char *p, size_t len, size_t *i, const char *lit, size
     return true;
 }
 
-/* Printable ASCII up to the next |stop|, none of it in |refused|. In
+/* The characters a run may refuse (flat_run's |refused|, a set of these),
+ * and what is never printable ASCII. */
+enum {
+    FLAT_AMP = 1,
+    FLAT_GT = 2,
+    FLAT_LT = 4,
+    FLAT_BRACKET = 8,
+    FLAT_APOS = 16,
+    FLAT_SLASH = 32,
+    FLAT_UNPRINTABLE = 64,
+};
+
+static unsigned flat_class(unsigned char c)
+{
+    if (c < 0x20 || c > 0x7E)
+        return FLAT_UNPRINTABLE;
+    switch (c) {
+    case '&':
+        return FLAT_AMP;
+    case '>':
+        return FLAT_GT;
+    case '<':
+        return FLAT_LT;
+    case '[':
+        return FLAT_BRACKET;
+    case '\'':
+        return FLAT_APOS;
+    case '/':
+        return FLAT_SLASH;
+    default:
+        return 0;
+    }
+}
+
+/* Printable ASCII up to the next |stop|, none of it in |refused| (FLAT_*
+ * bits: a switch, not a strchr for each character of a message). In
  * markup (|quotes|) libplist skips double-quoted runs, so a quote must be
  * closed and hold no '>' or '?' that would end the markup for a reader
  * that does not. */
-static bool flat_run(const char *p, size_t len, size_t *i, char stop, const char *refused,
-                     bool quotes)
+static bool flat_run(const char *p, size_t len, size_t *i, char stop, unsigned refused, bool quotes)
 {
     bool quoted = false;
+    refused |= FLAT_UNPRINTABLE;
     for (; *i < len; (*i)++) {
         unsigned char c = (unsigned char)p[*i];
         if (c == (unsigned char)stop && !quoted)
             return true;
-        if (c < 0x20 || c > 0x7E || strchr(refused, c))
+        if (flat_class(c) & refused)
             return false;
         if (quotes && c == '"')
             quoted = !quoted;
@@ -656,7 +691,7 @@ static bool flat_text(const char *p, size_t len, size_t *i, const char *close, s
                       char *out)
 {
     size_t at = *i;
-    if (!flat_run(p, len, i, '<', "&>", false) || *i - at >= FLAT_MAX_TEXT)
+    if (!flat_run(p, len, i, '<', FLAT_AMP | FLAT_GT, false) || *i - at >= FLAT_MAX_TEXT)
         return false;
     memcpy(out, p + at, *i - at);
     out[*i - at] = '\0';
@@ -704,18 +739,20 @@ plist_t plist_xml_flat_dict(const void *data, size_t len)
     size_t i = 0;
     flat_space(p, len, &i);
     if (flat_lit(p, len, &i, "<?xml", 5)) {
-        if (!flat_run(p, len, &i, '?', "<>", true) || !flat_lit(p, len, &i, "?>", 2))
+        if (!flat_run(p, len, &i, '?', FLAT_LT | FLAT_GT, true) || !flat_lit(p, len, &i, "?>", 2))
             return NULL;
         flat_space(p, len, &i);
     }
     if (flat_lit(p, len, &i, "<!DOCTYPE", 9)) {
-        if (!flat_run(p, len, &i, '>', "<['", true) || !flat_lit(p, len, &i, ">", 1))
+        if (!flat_run(p, len, &i, '>', FLAT_LT | FLAT_BRACKET | FLAT_APOS, true) ||
+            !flat_lit(p, len, &i, ">", 1))
             return NULL;
         flat_space(p, len, &i);
     }
     if (!flat_lit(p, len, &i, "<plist", 6) || i >= len || (p[i] != '>' && p[i] != ' '))
         return NULL;
-    if (!flat_run(p, len, &i, '>', "</'", true) || !flat_lit(p, len, &i, ">", 1))
+    if (!flat_run(p, len, &i, '>', FLAT_LT | FLAT_SLASH | FLAT_APOS, true) ||
+        !flat_lit(p, len, &i, ">", 1))
         return NULL;
     flat_space(p, len, &i);
     if (!flat_lit(p, len, &i, "<dict>", 6))

@@ -1037,6 +1037,12 @@ static void test_flat_fast_path(void **state)
         "</plist>",
         "<?xml version=\"1.0?>\"?><plist><dict></dict></plist>",
         "<plist version=\"1.0>\"><dict></dict></plist>",
+        /* Each character a run of markup refuses (plist_parse.c's FLAT_*). */
+        "<?xml version=\"1.0\"<?><plist><dict></dict></plist>",
+        "<!DOCTYPE plist 'x'><plist><dict></dict></plist>",
+        "<plist version='1.0'><dict></dict></plist>",
+        "<plist version=\"1/0\"><dict></dict></plist>",
+        "<plist version=\"1.0\" x=\"<\"><dict></dict></plist>",
         /* <data> the fast path leaves to libplist: empty, self-closed, not
          * whole quanta, a pad inside or too many, other characters. */
         "<plist><dict><key>T</key><data></data></dict></plist>",
