@@ -73,74 +73,114 @@ char *esim_xml_content(const esim_xml_node *n)
 
 /* ---- writing back ------------------------------------------------------------------ */
 
-/* Text as libxml2's xmlEscapeEntities writes it (the scanner's text is ASCII). */
-static esim_err dump_text(esim_buf *b, const char *s)
+/*
+ * As libxml2 writes: text as xmlEscapeEntities does ('&', '<', '>'; the
+ * scanner's text is ASCII); an xmlns value as xmlBufWriteQuotedString
+ * quotes it: "v"; 'v' when it holds a '"'; "v" with &quot; when it holds
+ * both quotes. Measured first, then written into room reserved once.
+ */
+static size_t text_len(const char *s)
 {
-    esim_err rc = ESIM_OK;
-    while (rc == ESIM_OK && *s) {
-        size_t n = strcspn(s, "<>&");
-        if (n)
-            rc = esim_buf_append(b, s, n);
-        s += n;
-        if (rc != ESIM_OK || !*s)
-            break;
-        rc = esim_buf_append_str(b, *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : "&amp;");
-        s++;
-    }
-    return rc;
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == '&' ? 5 : *s == '<' || *s == '>' ? 4 : 1;
+    return n;
 }
 
-/* An attribute value as libxml2's xmlBufWriteQuotedString quotes it:
- * "v"; 'v' when it holds a '"'; "v" with &quot; when it holds both quotes. */
-static esim_err dump_quoted(esim_buf *b, const char *v)
+static char *put(char *o, const char *s, size_t n)
 {
-    if (!strchr(v, '"')) {
-        esim_err rc = esim_buf_append_str(b, "\"");
-        if (rc == ESIM_OK)
-            rc = esim_buf_append_str(b, v);
-        return rc == ESIM_OK ? esim_buf_append_str(b, "\"") : rc;
+    memcpy(o, s, n);
+    return o + n;
+}
+
+static char *put_text(char *o, const char *s)
+{
+    for (;;) {
+        size_t n = strcspn(s, "<>&");
+        o = put(o, s, n);
+        s += n;
+        if (!*s)
+            return o;
+        o = *s == '<' ? put(o, "&lt;", 4) : *s == '>' ? put(o, "&gt;", 4) : put(o, "&amp;", 5);
+        s++;
     }
-    if (!strchr(v, '\'')) {
-        esim_err rc = esim_buf_append_str(b, "'");
-        if (rc == ESIM_OK)
-            rc = esim_buf_append_str(b, v);
-        return rc == ESIM_OK ? esim_buf_append_str(b, "'") : rc;
+}
+
+/* The quote an xmlns value is written in: '"', '\'', or 0 for '"' with &quot;. */
+static char quote_of(const char *v)
+{
+    return !strchr(v, '"') ? '"' : !strchr(v, '\'') ? '\'' : 0;
+}
+
+static size_t quoted_len(const char *v)
+{
+    size_t n = strlen(v) + 2;
+    if (!quote_of(v))
+        for (; *v; v++)
+            n += *v == '"' ? 5 : 0;
+    return n;
+}
+
+static char *put_quoted(char *o, const char *v)
+{
+    char q = quote_of(v);
+    *o++ = q ? q : '"';
+    for (; *v; v++)
+        o = !q && *v == '"' ? put(o, "&quot;", 6) : put(o, v, 1);
+    *o++ = q ? q : '"';
+    return o;
+}
+
+static size_t dump_len(const esim_xml_node *n)
+{
+    if (n->kind == ESIM_XML_TEXT)
+        return text_len(n->text);
+    if (n->kind == ESIM_XML_CDATA)
+        return strlen(n->text) + 12; /* <![CDATA[ ]]> */
+    size_t name = strlen(n->name);
+    size_t len = 1 + name + (n->xmlns ? 7 + quoted_len(n->xmlns) : 0); /* <name xmlns=".." */
+    if (!n->children)
+        return len + 2;      /* /> */
+    len += 1 + 2 + name + 1; /* > </name> */
+    for (const esim_xml_node *c = n->children; c; c = c->next)
+        len += dump_len(c);
+    return len;
+}
+
+static char *dump_put(char *o, const esim_xml_node *n)
+{
+    if (n->kind == ESIM_XML_TEXT)
+        return put_text(o, n->text);
+    if (n->kind == ESIM_XML_CDATA) {
+        o = put(o, "<![CDATA[", 9);
+        o = put(o, n->text, strlen(n->text));
+        return put(o, "]]>", 3);
     }
-    esim_err rc = esim_buf_append_str(b, "\"");
-    for (const char *c = v; rc == ESIM_OK && *c; c++)
-        rc = *c == '"' ? esim_buf_append_str(b, "&quot;") : esim_buf_append(b, c, 1);
-    return rc == ESIM_OK ? esim_buf_append_str(b, "\"") : rc;
+    size_t name = strlen(n->name);
+    *o++ = '<';
+    o = put(o, n->name, name);
+    if (n->xmlns)
+        o = put_quoted(put(o, " xmlns=", 7), n->xmlns);
+    if (!n->children)
+        return put(o, "/>", 2);
+    *o++ = '>';
+    for (const esim_xml_node *c = n->children; c; c = c->next)
+        o = dump_put(o, c);
+    o = put(o, "</", 2);
+    o = put(o, n->name, name);
+    *o++ = '>';
+    return o;
 }
 
 esim_err esim_xml_dump(esim_buf *b, const esim_xml_node *n)
 {
-    if (n->kind == ESIM_XML_TEXT)
-        return dump_text(b, n->text);
-    esim_err rc;
-    if (n->kind == ESIM_XML_CDATA) {
-        rc = esim_buf_append_str(b, "<![CDATA[");
-        if (rc == ESIM_OK)
-            rc = esim_buf_append_str(b, n->text);
-        return rc == ESIM_OK ? esim_buf_append_str(b, "]]>") : rc;
-    }
-    rc = esim_buf_append_str(b, "<");
-    if (rc == ESIM_OK)
-        rc = esim_buf_append_str(b, n->name);
-    if (rc == ESIM_OK && n->xmlns) {
-        rc = esim_buf_append_str(b, " xmlns=");
-        if (rc == ESIM_OK)
-            rc = dump_quoted(b, n->xmlns);
-    }
-    if (rc != ESIM_OK || !n->children)
-        return rc == ESIM_OK ? esim_buf_append_str(b, "/>") : rc;
-    rc = esim_buf_append_str(b, ">");
-    for (const esim_xml_node *c = n->children; c && rc == ESIM_OK; c = c->next)
-        rc = esim_xml_dump(b, c);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append_str(b, "</");
-    if (rc == ESIM_OK)
-        rc = esim_buf_append_str(b, n->name);
-    return rc == ESIM_OK ? esim_buf_append_str(b, ">") : rc;
+    size_t len = dump_len(n);
+    if (esim_buf_reserve(b, len) != ESIM_OK)
+        return ESIM_ENOMEM;
+    char *end = dump_put((char *)b->data + b->len, n);
+    b->len = (size_t)(end - (char *)b->data);
+    b->data[b->len] = '\0';
+    return ESIM_OK;
 }
 
 /* ---- the scanner ------------------------------------------------------------------- */
@@ -150,14 +190,22 @@ static bool is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n';
 }
 
+/* Per ASCII byte: 1 may start a name ([A-Za-z_]), 2 may be in one ([A-Za-z0-9_.-]). */
+static const unsigned char name_class[128] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,
+    0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 3,
+    0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0,
+};
+
 static bool name_start(char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+    return (unsigned char)c < 128 && (name_class[(unsigned char)c] & 1);
 }
 
 static bool name_char(char c)
 {
-    return name_start(c) || (c >= '0' && c <= '9') || c == '.' || c == '-';
+    return (unsigned char)c < 128 && (name_class[(unsigned char)c] & 2);
 }
 
 /* A name at |*i| copied into the tree's characters; NULL when none (or too long). */
@@ -274,6 +322,19 @@ static bool take_text(esim_xml_tree *t, esim_xml_node *parent, const char *p, si
         return false;
     char *out = t->chars + t->n_chars, *o = out;
     while (*i < len && p[*i] != '<') {
+        /* A run of printable ASCII but '&', '<' and '>' is copied as it is. */
+        size_t s = *i;
+        while (s < len) {
+            unsigned char c = (unsigned char)p[s];
+            if (c < 0x20 || c >= 0x80 || c == '<' || c == '&' || c == '>')
+                break;
+            s++;
+        }
+        memcpy(o, p + *i, s - *i);
+        o += s - *i;
+        *i = s;
+        if (s == len || p[s] == '<')
+            break;
         unsigned char u = (unsigned char)p[*i];
         if (u == '&') {
             static const struct {
@@ -323,6 +384,7 @@ bool esim_xml_plain_read(esim_xml_tree *t, const void *msg, size_t len)
     if (len >= 5 && memcmp(p, "<?xml", 5) == 0 && !decl(p, len, &i))
         return false;
     esim_xml_node *stack[ESIM_XML_PLAIN_MAX_DEPTH];
+    size_t name_len[ESIM_XML_PLAIN_MAX_DEPTH]; /* stack[k]'s */
     size_t depth = 0;
     bool closed = false;
     while (i < len) {
@@ -344,12 +406,11 @@ bool esim_xml_plain_read(esim_xml_tree *t, const void *msg, size_t len)
             if (depth == 0)
                 return false;
             i += 2;
-            size_t s = i;
-            while (i < len && name_char(p[i]))
-                i++;
-            const char *open = stack[depth - 1]->name;
-            if (i - s != strlen(open) || memcmp(p + s, open, i - s) != 0)
+            size_t n = name_len[depth - 1];
+            if (len - i < n || memcmp(p + i, stack[depth - 1]->name, n) != 0 ||
+                (i + n < len && name_char(p[i + n])))
                 return false;
+            i += n;
             skip_ws(p, len, &i);
             if (i >= len || p[i] != '>')
                 return false;
@@ -358,8 +419,9 @@ bool esim_xml_plain_read(esim_xml_tree *t, const void *msg, size_t len)
                 closed = true;
             continue;
         }
-        i++;
+        size_t name_at = ++i;
         const char *name = take_name(t, p, len, &i);
+        size_t nlen = i - name_at;
         if (!name || depth == ESIM_XML_PLAIN_MAX_DEPTH)
             return false;
         if (depth == 0 && t->root)
@@ -390,6 +452,7 @@ bool esim_xml_plain_read(esim_xml_tree *t, const void *msg, size_t len)
         if (i >= len || p[i] != '>')
             return false;
         i++;
+        name_len[depth] = nlen;
         stack[depth++] = el;
     }
     return closed;
