@@ -43,6 +43,32 @@ static inline char *st_tempdir(void)
     return d ? strdup(d) : NULL;
 }
 
+/* A test file's scratch directory (*dir) with the simulators' PKI in
+ * DIR/pki (*pki): 0, or -1 with the reason on standard error. */
+static inline int st_pki_open(char **dir, sim_pki **pki)
+{
+    *dir = st_tempdir();
+    char pkidir[512];
+    snprintf(pkidir, sizeof pkidir, "%s/pki", *dir ? *dir : "/nonexistent");
+    esim_error err;
+    if (!*dir || sim_pki_open(pkidir, pki, &err) != ESIM_OK) {
+        fprintf(stderr, "pki: %s\n", *dir ? err.msg : "no temporary directory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Frees what st_pki_open made and removes the directory. */
+static inline void st_pki_close(char **dir, sim_pki **pki)
+{
+    sim_pki_free(*pki);
+    *pki = NULL;
+    if (*dir)
+        st_rmrf(*dir);
+    free(*dir);
+    *dir = NULL;
+}
+
 /* One asynchronous HTTP exchange run to completion. */
 typedef struct {
     bool done;

@@ -32,23 +32,13 @@ static fixture fx;
 static int setup_all(void **state)
 {
     (void)state;
-    fx.dir = st_tempdir();
-    char pkidir[512];
-    snprintf(pkidir, sizeof pkidir, "%s/pki", fx.dir);
-    esim_error err;
-    if (sim_pki_open(pkidir, &fx.pki, &err) != ESIM_OK) {
-        fprintf(stderr, "pki: %s\n", err.msg);
-        return -1;
-    }
-    return 0;
+    return st_pki_open(&fx.dir, &fx.pki);
 }
 
 static int teardown_all(void **state)
 {
     (void)state;
-    sim_pki_free(fx.pki);
-    st_rmrf(fx.dir);
-    free(fx.dir);
+    st_pki_close(&fx.dir, &fx.pki);
     xmlCleanupParser();
     return 0;
 }
