@@ -403,6 +403,23 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 
 /* ---- the hooks service.c calls ------------------------------------------------------ */
 
+/* Over TLS the bufferevent makes a record of each piece of its output
+ * (evbuffer_peek) and writes each record to the socket with a write(2) of
+ * its own. evhttp's answer is its header and then its body: two records,
+ * two writes and two segments, and the client reads twice the records
+ * (issue 17; sim/smdp.c's reply does the same for the SM-DP+). The output
+ * is added to before any of it is written (evhttp turns writing on once
+ * the answer is whole), so this callback makes it one piece when it is
+ * more than one and fits one record (16 KiB of plaintext): one record, one
+ * write, the same bytes. Every answer goes through it, held or not. */
+static void on_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)arg;
+    if (info->n_added && evbuffer_get_length(buf) <= 16 * 1024 &&
+        evbuffer_peek(buf, -1, NULL, NULL, 0) > 1)
+        evbuffer_pullup(buf, -1);
+}
+
 struct bufferevent *conn_new_bufferevent(esim_service *svc)
 {
     struct bufferevent *bev = NULL;
@@ -410,8 +427,15 @@ struct bufferevent *conn_new_bufferevent(esim_service *svc)
         SSL *ssl = SSL_new(svc->tls);
         if (!ssl)
             return NULL;
+        /* A write that must wait is retried from where on_output moved the
+         * bytes (the same bytes, more of them after). */
+        SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         bev = bufferevent_openssl_socket_new(svc->base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                              BEV_OPT_CLOSE_ON_FREE);
+        if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), on_output, NULL)) {
+            bufferevent_free(bev);
+            return NULL;
+        }
     } else {
         bev = bufferevent_socket_new(svc->base, -1, 0); /* evhttp closes the socket */
     }

@@ -33,8 +33,26 @@ typedef struct {
     bool resumed; /* it resumed |sess| */
     int certs;    /* certificates the server sent, its own included (0 when resumed) */
     int tickets;  /* session tickets the server sent */
-    bool done;    /* set last, by the thread that ran it */
+    /* in: read the whole answer (the request says Connection: close) and
+     * count its records; false: only its first bytes */
+    bool whole_answer;
+    int answer_records; /* out: application-data records received */
+    size_t answer_len;  /* out: their bytes */
+    bool done;          /* set last, by the thread that ran it */
 } tls_probe;
+
+/* Counts the application-data records received (TLS 1.3: by the inner
+ * content type), for tls_probe's whole_answer. */
+static void tls_probe_msg(int write_p, int version, int content_type, const void *buf, size_t len,
+                          SSL *ssl, void *arg)
+{
+    (void)version;
+    (void)ssl;
+    tls_probe *p = arg;
+    if (!write_p && content_type == SSL3_RT_INNER_CONTENT_TYPE && len == 1 &&
+        ((const unsigned char *)buf)[0] == SSL3_RT_APPLICATION_DATA)
+        p->answer_records++;
+}
 
 static int tls_probe_ticket(SSL *ssl, SSL_SESSION *sess)
 {
@@ -51,7 +69,8 @@ static int tls_probe_ticket(SSL *ssl, SSL_SESSION *sess)
 static inline void tls_probe_run(tls_probe *p)
 {
     p->ok = p->resumed = false;
-    p->certs = p->tickets = 0;
+    p->certs = p->tickets = p->answer_records = 0;
+    p->answer_len = 0;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     SSL_SESSION *resume = p->sess;
     p->sess = NULL;
@@ -90,8 +109,15 @@ static inline void tls_probe_run(tls_probe *p)
      * close_notify: a connection that ends without it makes OpenSSL's
      * client drop the session (not resumable). */
     char buf[4096];
-    if (SSL_read(ssl, buf, sizeof buf) > 0)
+    if (p->whole_answer) {
+        SSL_set_msg_callback(ssl, tls_probe_msg);
+        SSL_set_msg_callback_arg(ssl, p);
+        int n;
+        while ((n = SSL_read(ssl, buf, sizeof buf)) > 0)
+            p->answer_len += (size_t)n;
+    } else if (SSL_read(ssl, buf, sizeof buf) > 0) {
         SSL_shutdown(ssl);
+    }
 out:
     SSL_free(ssl);
     if (fd >= 0)

@@ -2143,10 +2143,30 @@ static void test_tls_chain_without_root(void **state)
     stop(f);
 }
 
+/* An answer over TLS is one record, its header and body together (one
+ * write and one segment, not one for each): the service's answer to the
+ * probe's GET / has a JSON body. */
+static void test_tls_answer_in_one_record(void **state)
+{
+    (void)state;
+    esim_service_config cfg;
+    mtls_paths paths;
+    mtls_config("onerec-cfg", &cfg, &paths);
+    fixture *f = start("onerec", &cfg);
+    tls_probe p = {.port = atoi(strrchr(f->ts.url, ':') + 1), .ca = paths.ca, .whole_answer = true};
+    tls_probe_run(&p);
+    assert_true(p.ok);
+    assert_true(p.answer_len > 0);
+    assert_int_equal(p.answer_records, 1);
+    SSL_SESSION_free(p.sess);
+    stop(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_enrolment_makes_device_reachable),
+        cmocka_unit_test(test_tls_answer_in_one_record),
         cmocka_unit_test(test_acknowledged_round_trip),
         cmocka_unit_test(test_error_and_format_error_recorded_with_chain),
         cmocka_unit_test(test_device_text_that_is_not_utf8),
