@@ -32,6 +32,9 @@
 #include <cmocka.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include "service/store.h"
 #include "service/store_internal.h"
@@ -2219,6 +2222,12 @@ static void test_sqlite_allocator(void **state)
     assert_non_null(a);
     assert_int_equal(sqlite3_msize(a), 32);
     sqlite3_free(a);
+#if defined(__SANITIZE_ADDRESS__)
+    /* On the list it is as untouchable as a block malloc freed, but for
+     * its link. */
+    assert_true(__asan_address_is_poisoned((char *)a + sizeof(void *)));
+    assert_true(__asan_address_is_poisoned((char *)a + 31));
+#endif
     void *b = sqlite3_malloc(30);
     assert_ptr_equal(b, a); /* the block freed just before, from the list */
     sqlite3_free(b);
