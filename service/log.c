@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "service/service_internal.h"
 
 esim_err esim_log_level_parse(const char *word, esim_log_level *out, esim_error *err)
@@ -59,10 +61,72 @@ static int level_priority(esim_log_level l)
     }
 }
 
+/* The loop thread's lines wait for the end of the loop's pass and leave in
+ * one write(2) (issue 17: the access log wrote one per request). At most
+ * PIPE_BUF bytes a write, so on a pipe shared with other processes (the
+ * journal's stream, a supervisor's) no line is split or mixed. */
+#define LOG_BATCH 4096
+
+/* The service whose loop runs on this thread (log_on_loop), or NULL. */
+static _Thread_local const esim_service *tl_loop;
+
+static void log_fd_write(const esim_service *svc, const void *data, size_t len)
+{
+    int fd = svc->cfg.log_fd > 0 ? svc->cfg.log_fd : 2;
+    ssize_t w = write(fd, data, len);
+    (void)w; /* a log that cannot be written is not worth failing a request */
+}
+
+/* Writes the waiting lines; log_mu held. */
+static void flush_locked(esim_service *svc)
+{
+    if (svc->log_pending.len)
+        log_fd_write(svc, svc->log_pending.data, svc->log_pending.len);
+    esim_buf_reset(&svc->log_pending);
+}
+
+static void on_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    esim_service *svc = arg;
+    pthread_mutex_lock(&svc->log_mu);
+    flush_locked(svc);
+    pthread_mutex_unlock(&svc->log_mu);
+}
+
 void log_setup(esim_service *svc)
 {
     const char *js = getenv("JOURNAL_STREAM");
     svc->log_journal = js && *js && (svc->cfg.log_fd == 0 || svc->cfg.log_fd == 2);
+    if (svc->log_ready)
+        return;
+    pthread_mutex_init(&svc->log_mu, NULL);
+    /* Without the event (out of memory) every line is written at once. */
+    svc->log_flush_ev = event_new(svc->base, -1, 0, on_log_flush, svc);
+    svc->log_ready = true;
+}
+
+void log_on_loop(const esim_service *svc)
+{
+    tl_loop = svc;
+}
+
+void log_free(esim_service *svc)
+{
+    if (!svc->log_ready)
+        return;
+    pthread_mutex_lock(&svc->log_mu);
+    flush_locked(svc); /* a clean stop loses no line */
+    pthread_mutex_unlock(&svc->log_mu);
+    if (svc->log_flush_ev)
+        event_free(svc->log_flush_ev);
+    svc->log_flush_ev = NULL;
+    esim_buf_free(&svc->log_pending);
+    pthread_mutex_destroy(&svc->log_mu);
+    svc->log_ready = false;
+    if (tl_loop == svc)
+        tl_loop = NULL; /* a later service at this address is not this thread's */
 }
 
 bool svc_log_on(const esim_service *svc, esim_log_level level)
@@ -182,11 +246,35 @@ static void write_line(esim_service *svc, esim_log_level level, const char *even
             esim_buf_printf(&b, " suppressed=%s", suppressed);
     }
     esim_buf_append_str(&b, "\n");
-    int fd = svc->cfg.log_fd > 0 ? svc->cfg.log_fd : 2;
-    if (b.data) {
-        ssize_t w = write(fd, b.data, b.len);
-        (void)w; /* a log that cannot be written is not worth failing a request */
+    if (!b.data) {
+        esim_buf_free(&b);
+        return;
     }
+    if (!svc->log_ready) {
+        log_fd_write(svc, b.data, b.len);
+        esim_buf_free(&b);
+        return;
+    }
+    pthread_mutex_lock(&svc->log_mu);
+    /* The loop thread's line waits for the pass's end (the flush event,
+     * activated by the first line, runs before the loop waits again). */
+    if (tl_loop == svc && svc->log_flush_ev && b.len <= LOG_BATCH) {
+        if (svc->log_pending.len + b.len > LOG_BATCH)
+            flush_locked(svc);
+        bool first = svc->log_pending.len == 0;
+        if (esim_buf_append(&svc->log_pending, b.data, b.len) == ESIM_OK) {
+            if (first)
+                event_active(svc->log_flush_ev, EV_TIMEOUT, 1);
+            pthread_mutex_unlock(&svc->log_mu);
+            esim_buf_free(&b);
+            return;
+        }
+    }
+    /* Another thread's line, or one too long to wait: the waiting lines
+     * first, so the order holds. */
+    flush_locked(svc);
+    log_fd_write(svc, b.data, b.len);
+    pthread_mutex_unlock(&svc->log_mu);
     esim_buf_free(&b);
 }
 

@@ -801,6 +801,7 @@ static bool is_device_path(const esim_service *svc, const char *path)
 static void on_request(struct evhttp_request *req, void *arg)
 {
     esim_service *svc = arg;
+    log_on_loop(svc);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!conn_request_started(svc, req))
@@ -1296,6 +1297,7 @@ void esim_service_free(esim_service *svc)
             free(b);
         }
     mdm_spare_jobs_free(svc);
+    log_free(svc); /* the lines of the last pass (the freeing above may log too) */
     esim_store_close(svc->st);
     pthread_mutex_destroy(&svc->sync_mu);
     pthread_cond_destroy(&svc->sync_cv);

@@ -305,6 +305,12 @@ struct esim_service {
     struct esim_api_request *audit; /* the admin request being handled */
 
     bool log_journal; /* stderr is journald's: "<N>" prefixes, no time */
+    /* Lines the loop thread wrote in this pass of the loop, written out in
+     * one write(2) by log_flush_ev before the loop waits again (log.c). */
+    pthread_mutex_t log_mu;
+    esim_buf log_pending;
+    struct event *log_flush_ev;
+    bool log_ready;
     svc_loglim loglim[SVC_LOGLIM_COUNT];
     struct evhttp_request *dev_req; /* the device request being handled */
     char dev_udid[65];              /* its UDID, once parsed (access log) */
@@ -526,6 +532,10 @@ void notify_metrics(esim_service *svc, esim_buf *out);
 /* ---- logs (log.c) ------------------------------------------------------------------ */
 
 void log_setup(esim_service *svc);
+/* The calling thread runs |svc|'s loop: its lines wait for the pass's end. */
+void log_on_loop(const esim_service *svc);
+/* Writes the lines still waiting (a clean stop loses none) and frees. */
+void log_free(esim_service *svc);
 bool svc_log_on(const esim_service *svc, esim_log_level level);
 /* One line: |event|, then (key, value) string pairs ending with a NULL
  * key; a NULL value leaves its key out. Never pass a secret. */
