@@ -437,21 +437,13 @@ esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const voi
 /* ---- eUICC credentials ----------------------------------------------------- */
 
 esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der, esim_buf *cert_der,
-                         EVP_PKEY **key, esim_error *err)
+                         esim_error *err)
 {
-    EVP_PKEY *k = NULL;
+    /* The eUICC's own key, made as a device makes its identity key
+     * (sim_ec_keygen: the scalar and its point at once, no OpenSSL key
+     * object to make and read back; it signs by the scalar). */
     unsigned char pub[65], priv[32];
-    size_t pub_len = 0;
-    BIGNUM *bn = NULL;
-    esim_err rc = ESIM_ECRYPTO;
-    if (EVP_PKEY_generate(pki->ec_keygen, &k) == 1 &&
-        EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_PUB_KEY, pub, sizeof pub, &pub_len) ==
-            1 &&
-        pub_len == sizeof pub && pub[0] == 0x04 &&
-        EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_PRIV_KEY, &bn) == 1 &&
-        BN_bn2binpad(bn, priv, sizeof priv) == sizeof priv)
-        rc = ESIM_OK;
-    BN_clear_free(bn);
+    esim_err rc = sim_ec_keygen(priv, pub) ? ESIM_OK : ESIM_ECRYPTO;
     /* RFC 5915 ECPrivateKey with its curve and public key, as i2d_PrivateKey
      * writes it; SubjectPublicKeyInfo id-ecPublicKey prime256v1. */
     static const unsigned char ec_alg[] = {0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48,
@@ -544,14 +536,12 @@ esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der,
     esim_buf_free(&exts);
     esim_buf_free(&ext);
     if (rc != ESIM_OK) {
-        EVP_PKEY_free(k);
         if (key_der->data)
             OPENSSL_cleanse(key_der->data, key_der->len);
         esim_buf_free(key_der);
         esim_buf_free(cert_der);
         return esim_fail(err, ESIM_ECRYPTO, "could not issue the eUICC credentials for %s", eid);
     }
-    *key = k;
     return ESIM_OK;
 }
 

@@ -203,18 +203,16 @@ static esim_err ensure_credentials(sim_euicc *e, esim_error *err)
 {
     if (e->key_der.len)
         return ESIM_OK;
-    /* From the PKI's EUM, encoded directly (sim_euicc_issue); the key is
-     * kept parsed for the download that needs it right away. */
+    /* From the PKI's EUM, encoded directly (sim_euicc_issue); the key
+     * signs by its scalar, read from key_der when it signs. */
     esim_buf key = {0}, cert = {0};
-    EVP_PKEY *k = NULL;
-    esim_err rc = sim_euicc_issue(e->pki, e->eid, &key, &cert, &k, err);
+    esim_err rc = sim_euicc_issue(e->pki, e->eid, &key, &cert, err);
     if (rc != ESIM_OK)
         return rc;
     esim_buf_free(&e->key_der);
     esim_buf_free(&e->cert_der);
     esim_buf_free(&e->eum_der); /* the PKI's, shared */
     sim_euicc_release_key(e);
-    e->key = k;
     sim_buf_fit(&key);  /* kept for the eUICC's life: their exact size, not the */
     sim_buf_fit(&cert); /* encoder's doubled room (~500 bytes per eUICC) */
     e->key_der = key;
@@ -652,15 +650,25 @@ esim_err sim_euicc_sign(const sim_euicc *e, const void *data, size_t len, unsign
     esim_err rc = ensure_credentials((sim_euicc *)e, err);
     if (rc != ESIM_OK)
         return rc;
-    /* Parsed once and kept until sim_euicc_release_key: a download signs
+    unsigned char dgst[32], d[32], point[65];
+    sim_sha256(data, len, dgst);
+    /* A key as sim_euicc_issue writes it signs by its scalar, read from
+     * its DER (no OpenSSL key object per session, as a device's identity
+     * key signs); any other form (a reissued eUICC's, an older file's) is
+     * parsed once and kept until sim_euicc_release_key: a download signs
      * three times and its notifications once each. */
+    if (sim_p256_private_from_der(e->key_der.data, e->key_der.len, d, point)) {
+        bool ok = sim_ec_sign_with(d, dgst, sig);
+        OPENSSL_cleanse(d, sizeof d);
+        if (!ok)
+            return esim_fail(err, ESIM_ECRYPTO, "cannot sign with the eUICC key of %s", e->eid);
+        return ESIM_OK;
+    }
     sim_euicc *m = (sim_euicc *)e;
     if (!m->key && !(m->key = key_from_der(&e->key_der)))
         return esim_fail(err, ESIM_ECRYPTO, "the eUICC key of %s is damaged", e->eid);
     if (!m->sign && !(m->sign = sim_ec_signer_new(m->key)))
         return esim_fail(err, ESIM_ECRYPTO, "cannot sign with the eUICC key of %s", e->eid);
-    unsigned char dgst[32];
-    sim_sha256(data, len, dgst);
     if (!sim_ec_signer_sign(m->sign, dgst, sig))
         return esim_fail(err, ESIM_ECRYPTO, "ECDSA signing failed");
     return ESIM_OK;

@@ -138,9 +138,7 @@ static esim_err prepare_eum(struct sim_pki *p, esim_error *err)
         ok = esim_buf_append(&p->eum_ski, ASN1_STRING_get0_data(ski),
                              (size_t)ASN1_STRING_length(ski)) == ESIM_OK;
     p->eum_sign = ok ? sim_ec_signer_new(p->eum.key) : NULL;
-    p->ec_keygen = p->eum_sign ? EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL) : NULL;
-    if (!p->ec_keygen || EVP_PKEY_keygen_init(p->ec_keygen) != 1 ||
-        EVP_PKEY_CTX_set_group_name(p->ec_keygen, "P-256") != 1)
+    if (!p->eum_sign)
         return esim_fail(err, ESIM_ECRYPTO, "could not prepare the EUM for issuing eUICCs");
     return ESIM_OK;
 }
@@ -220,7 +218,6 @@ void sim_pki_free(sim_pki *p)
     esim_buf_free(&p->scep_der);
     esim_buf_free(&p->eum_der);
     sim_cert_cache_free(p->server_certs);
-    EVP_PKEY_CTX_free(p->ec_keygen);
     sim_ec_signer_free(p->eum_sign);
     esim_buf_free(&p->eum_name_der);
     esim_buf_free(&p->eum_ski);
@@ -691,26 +688,40 @@ EVP_PKEY *sim_p256_key_pair(const unsigned char priv[32], const unsigned char po
     return k;
 }
 
-EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len)
+bool sim_p256_private_from_der(const unsigned char *der, size_t len, unsigned char priv[32],
+                               unsigned char point[65])
 {
     /* ECPrivateKey ::= SEQUENCE { version 1, privateKey OCTET STRING (32),
      * [0] prime256v1, [1] BIT STRING (0x00 0x04 X Y) } */
     static const unsigned char curve[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
                                           0xce, 0x3d, 0x03, 0x01, 0x07};
-    const unsigned char *p = der, *end = der + len, *seq, *v, *priv, *c0, *c1, *bits;
-    size_t seq_len, v_len, priv_len, c0_len, c1_len, bits_len;
-    if (sim_der_read(&p, end, 0x30, &seq, &seq_len) && p == end) {
-        const unsigned char *q = seq, *qe = seq + seq_len;
-        if (sim_der_read(&q, qe, 0x02, &v, &v_len) && v_len == 1 && v[0] == 1 &&
-            sim_der_read(&q, qe, 0x04, &priv, &priv_len) && priv_len == 32 &&
-            sim_der_read(&q, qe, 0xa0, &c0, &c0_len) && c0_len == sizeof curve &&
-            memcmp(c0, curve, sizeof curve) == 0 && sim_der_read(&q, qe, 0xa1, &c1, &c1_len) &&
-            q == qe) {
-            const unsigned char *r = c1;
-            if (sim_der_read(&r, c1 + c1_len, 0x03, &bits, &bits_len) && r == c1 + c1_len &&
-                bits_len == 66 && bits[0] == 0 && bits[1] == 0x04)
-                return sim_p256_key_pair(priv, bits + 1);
-        }
+    const unsigned char *p = der, *end = der + len, *seq, *v, *key, *c0, *c1, *bits;
+    size_t seq_len, v_len, key_len, c0_len, c1_len, bits_len;
+    if (!der || !sim_der_read(&p, end, 0x30, &seq, &seq_len) || p != end)
+        return false;
+    const unsigned char *q = seq, *qe = seq + seq_len;
+    if (!(sim_der_read(&q, qe, 0x02, &v, &v_len) && v_len == 1 && v[0] == 1 &&
+          sim_der_read(&q, qe, 0x04, &key, &key_len) && key_len == 32 &&
+          sim_der_read(&q, qe, 0xa0, &c0, &c0_len) && c0_len == sizeof curve &&
+          memcmp(c0, curve, sizeof curve) == 0 && sim_der_read(&q, qe, 0xa1, &c1, &c1_len) &&
+          q == qe))
+        return false;
+    const unsigned char *r = c1;
+    if (!(sim_der_read(&r, c1 + c1_len, 0x03, &bits, &bits_len) && r == c1 + c1_len &&
+          bits_len == 66 && bits[0] == 0 && bits[1] == 0x04))
+        return false;
+    memcpy(priv, key, 32);
+    memcpy(point, bits + 1, 65);
+    return true;
+}
+
+EVP_PKEY *sim_private_key_from_der(const unsigned char *der, size_t len)
+{
+    unsigned char priv[32], point[65];
+    if (sim_p256_private_from_der(der, len, priv, point)) {
+        EVP_PKEY *k = sim_p256_key_pair(priv, point);
+        OPENSSL_cleanse(priv, sizeof priv);
+        return k;
     }
     const unsigned char *d = der;
     EVP_PKEY *k = len <= LONG_MAX ? d2i_AutoPrivateKey(NULL, &d, (long)len) : NULL;

@@ -33,7 +33,6 @@ struct sim_pki {
     /* Certificates the eUICCs verified against the CI: the SM-DP+'s (lpa.c)
      * and the eIMs' (es10.c), so a fleet checks each one once. */
     struct sim_cert_cache *server_certs;
-    EVP_PKEY_CTX *ec_keygen; /* P-256 key generation, set up once */
     sim_ec_signer *eum_sign; /* eum's key, ready to sign a SHA-256 digest */
     esim_buf eum_name_der;   /* eum's subject Name, DER: the eUICCs' issuer */
     esim_buf eum_ski;        /* eum's subjectKeyIdentifier (may be empty) */
@@ -49,6 +48,11 @@ esim_err sim_ecdsa_sign_raw_ctx(EVP_PKEY_CTX *ctx, const void *data, size_t len,
                                 unsigned char sig[64], esim_error *err);
 /* A signing context for |key| (EVP_PKEY_sign_init done), or NULL. */
 EVP_PKEY_CTX *sim_sign_ctx(EVP_PKEY *key);
+/* The private scalar and public point of an RFC 5915 ECPrivateKey on P-256
+ * written as sim_euicc_issue writes it (version 1, the curve, the
+ * uncompressed point); false for any other DER (nothing is written). */
+bool sim_p256_private_from_der(const unsigned char *der, size_t len, unsigned char priv[32],
+                               unsigned char point[65]);
 /* A private key from its DER: an RFC 5915 ECPrivateKey on P-256 with its
  * public key (what sim_euicc_issue writes) built from its numbers
  * (EVP_PKEY_fromdata, about a tenth of the instructions OpenSSL 3.0's
@@ -315,7 +319,7 @@ void sim_buf_fit(esim_buf *b);
  * their allocated sizes), for tests of what per-device state keeps. */
 size_t sim_euicc_heap_bytes(const sim_euicc *e);
 esim_err sim_euicc_issue(const sim_pki *pki, const char *eid, esim_buf *key_der, esim_buf *cert_der,
-                         EVP_PKEY **key, esim_error *err);
+                         esim_error *err);
 /* Appends tag, length and |content| to |out|. */
 esim_err sim_der_put(esim_buf *out, unsigned tag, const void *content, size_t len);
 /* Reads one TLV with the one-byte |tag| at *p, in strict DER (core/der.h's

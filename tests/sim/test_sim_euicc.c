@@ -8,10 +8,12 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #include "tests/sim/sim_test.h"
 
@@ -693,6 +695,79 @@ static void test_ec_scalar_keys(void **state)
     EVP_PKEY_free(k2);
 }
 
+/* An eUICC's key as sim_euicc_issue writes it (the eUICC signs by the
+ * scalar read from it): sim_p256_private_from_der reads the scalar and
+ * point OpenSSL writes for the same key (i2d_PrivateKey), refuses PKCS#8
+ * and damaged DER; each eUICC has its own key, which OpenSSL reads back
+ * from the eUICC's saved state and finds to be its certificate's. */
+static void test_euicc_key_der(void **state)
+{
+    (void)state;
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    assert_non_null(k);
+    unsigned char *der = NULL, *p8 = NULL;
+    PKCS8_PRIV_KEY_INFO *p8i = EVP_PKEY2PKCS8(k);
+    assert_non_null(p8i);
+    int n = i2d_PrivateKey(k, &der), n8 = i2d_PKCS8_PRIV_KEY_INFO(p8i, &p8);
+    PKCS8_PRIV_KEY_INFO_free(p8i);
+    assert_true(n > 0 && n8 > 0);
+    unsigned char d[32], pt[65], want_pt[65];
+    size_t pt_len = 0;
+    BIGNUM *bn = NULL;
+    unsigned char want_d[32];
+    assert_int_equal(EVP_PKEY_get_bn_param(k, OSSL_PKEY_PARAM_PRIV_KEY, &bn), 1);
+    assert_int_equal(BN_bn2binpad(bn, want_d, 32), 32);
+    assert_int_equal(EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_PUB_KEY, want_pt,
+                                                     sizeof want_pt, &pt_len),
+                     1);
+    assert_true(sim_p256_private_from_der(der, (size_t)n, d, pt));
+    assert_memory_equal(d, want_d, 32);
+    assert_memory_equal(pt, want_pt, 65);
+    assert_false(sim_p256_private_from_der(p8, (size_t)n8, d, pt));
+    assert_false(sim_p256_private_from_der(der, (size_t)n - 1, d, pt));
+    assert_false(sim_p256_private_from_der(NULL, 0, d, pt));
+    der[6] ^= 1; /* the scalar's OCTET STRING length 32 -> 33 */
+    assert_false(sim_p256_private_from_der(der, (size_t)n, d, pt));
+    BN_free(bn);
+    OPENSSL_free(der);
+    OPENSSL_free(p8);
+    EVP_PKEY_free(k);
+
+    sim_euicc *a = new_euicc(21), *b = new_euicc(22);
+    const esim_buf *ca, *cb, *eum;
+    assert_int_equal(sim_euicc_cert_der(a, &ca, &eum, NULL), ESIM_OK);
+    assert_int_equal(sim_euicc_cert_der(b, &cb, &eum, NULL), ESIM_OK);
+    X509 *xa = sim_x509_from_der(ca->data, ca->len), *xb = sim_x509_from_der(cb->data, cb->len);
+    assert_non_null(xa);
+    assert_non_null(xb);
+    assert_int_not_equal(EVP_PKEY_eq(X509_get0_pubkey(xa), X509_get0_pubkey(xb)), 1);
+    char path[600];
+    snprintf(path, sizeof path, "%s/euicc21.json", fx.dir);
+    assert_int_equal(sim_euicc_save(a, path, NULL), ESIM_OK);
+    json_t *j = NULL;
+    assert_int_equal(sim_json_load(path, 1 << 20, &j, NULL), ESIM_OK);
+    esim_buf key = {0};
+    assert_int_equal(sim_json_b64(j, "key", &key, NULL), ESIM_OK);
+    const unsigned char *kp = key.data;
+    EVP_PKEY *ka = d2i_AutoPrivateKey(NULL, &kp, (long)key.len);
+    assert_non_null(ka);
+    assert_int_equal(X509_check_private_key(xa, ka), 1);
+    assert_int_not_equal(X509_check_private_key(xb, ka), 1);
+    ERR_clear_error();
+    unsigned char sig[64];
+    assert_int_equal(sim_euicc_sign(a, "abc", 3, sig, NULL), ESIM_OK);
+    assert_int_equal(sim_ecdsa_verify_raw(ka, "abc", 3, sig, 64, NULL), ESIM_OK);
+    assert_int_equal(sim_ecdsa_verify_raw(X509_get0_pubkey(xb), "abc", 3, sig, 64, NULL),
+                     ESIM_ECRYPTO);
+    EVP_PKEY_free(ka);
+    esim_buf_free(&key);
+    json_decref(j);
+    X509_free(xa);
+    X509_free(xb);
+    sim_euicc_free(a);
+    sim_euicc_free(b);
+}
+
 /* sim_cert_cache_verify_by: the same answers before and after the signer's
  * table is built (past 256 signatures by one key), other keys untouched. */
 static void test_cert_cache_verify_by(void **state)
@@ -793,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_ec_p256_verify),
         cmocka_unit_test(test_ec_signer),
         cmocka_unit_test(test_ec_scalar_keys),
+        cmocka_unit_test(test_euicc_key_der),
         cmocka_unit_test(test_cert_cache_verify_by),
         cmocka_unit_test(test_cert_cache_verify_text),
     };
