@@ -334,6 +334,39 @@ esim_err sim_identity_from_json(const json_t *j, const char *path, sim_identity 
     return rc;
 }
 
+/* Bytes a DER length field takes for |n| (at most 16 MiB: put_len's). */
+static size_t len_len(size_t n)
+{
+    return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 4;
+}
+
+/* A TLV's whole size for |n| bytes of content. */
+static size_t tlv_size(size_t n)
+{
+    return 1 + len_len(n) + n;
+}
+
+/* Tag and length at |p|; the byte after them. */
+static unsigned char *put_head(unsigned char *p, unsigned tag, size_t n)
+{
+    *p++ = (unsigned char)tag;
+    size_t k = len_len(n);
+    if (k == 1) {
+        *p++ = (unsigned char)n;
+        return p;
+    }
+    *p++ = (unsigned char)(0x80 | (k - 1));
+    for (size_t i = k - 1; i > 0; i--)
+        *p++ = (unsigned char)(n >> (8 * (i - 1)));
+    return p;
+}
+
+static unsigned char *put_bytes(unsigned char *p, const void *b, size_t n)
+{
+    memcpy(p, b, n);
+    return p + n;
+}
+
 esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const void *body, size_t len,
                            esim_buf *out, esim_error *err)
 {
@@ -342,95 +375,74 @@ esim_err sim_identity_sign(const sim_pki *pki, const sim_identity *id, const voi
     size_t issuer_len, serial_len;
     if (!cert_issuer_serial(cert, &issuer, &issuer_len, &serial, &serial_len))
         return esim_fail(err, ESIM_ECRYPTO, "the identity certificate is not DER X.509");
-    unsigned char dgst[SHA256_DIGEST_LENGTH];
-    sim_sha256(body ? body : (const void *)"", len, dgst);
     static const unsigned char one[] = {0x02, 0x01, 0x01};
-    esim_buf attrs = {0}, attr = {0}, set = {0}, si = {0}, sd = {0}, tmp = {0}, ci = {0};
-    /* signedAttrs: contentType id-data, then messageDigest (DER order). */
-    esim_err rc = esim_buf_append(&attr, OID_CONTENT_TYPE, sizeof OID_CONTENT_TYPE);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&set, 0x31, OID_DATA, sizeof OID_DATA);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&attr, set.data, set.len);
-    esim_buf_free(&set);
-    if (rc == ESIM_OK)
-        rc = wrap(&attrs, 0x30, &attr);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&attr, OID_MESSAGE_DIGEST, sizeof OID_MESSAGE_DIGEST);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&tmp, 0x04, dgst, sizeof dgst);
-    if (rc == ESIM_OK)
-        rc = wrap(&set, 0x31, &tmp);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&attr, set.data, set.len);
-    esim_buf_free(&set);
-    if (rc == ESIM_OK)
-        rc = wrap(&attrs, 0x30, &attr);
-    /* The signature covers the attributes encoded as a SET (RFC 5652 5.4). */
-    esim_buf signed_set = {0};
+    /* signedAttrs: contentType id-data, then messageDigest (DER order);
+     * the signature covers them encoded as a SET (RFC 5652 5.4), and the
+     * SignerInfo carries the same bytes under [0]. */
+    unsigned char attrs[2 + 77];
+    unsigned char *a = attrs + 2; /* room for the SET's or [0]'s header */
+    a = put_head(a, 0x30, sizeof OID_CONTENT_TYPE + tlv_size(sizeof OID_DATA));
+    a = put_bytes(a, OID_CONTENT_TYPE, sizeof OID_CONTENT_TYPE);
+    a = put_head(a, 0x31, sizeof OID_DATA);
+    a = put_bytes(a, OID_DATA, sizeof OID_DATA);
+    a = put_head(a, 0x30, sizeof OID_MESSAGE_DIGEST + tlv_size(tlv_size(SHA256_DIGEST_LENGTH)));
+    a = put_bytes(a, OID_MESSAGE_DIGEST, sizeof OID_MESSAGE_DIGEST);
+    a = put_head(a, 0x31, tlv_size(SHA256_DIGEST_LENGTH));
+    a = put_head(a, 0x04, SHA256_DIGEST_LENGTH);
+    sim_sha256(body ? body : (const void *)"", len, a);
+    a += SHA256_DIGEST_LENGTH;
+    size_t attrs_len = (size_t)(a - (attrs + 2));
+    put_head(attrs, 0x31, attrs_len);
     unsigned char sig[80];
     size_t sig_len = 0;
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&signed_set, 0x31, attrs.data, attrs.len);
-    if (rc == ESIM_OK)
-        rc = ec_sign(NULL, id->key, signed_set.data, signed_set.len, sig, &sig_len);
-    esim_buf_free(&signed_set);
-    /* SignerInfo */
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&si, one, sizeof one);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&tmp, issuer, issuer_len);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&tmp, serial, serial_len);
-    if (rc == ESIM_OK)
-        rc = wrap(&si, 0x30, &tmp);
-    if (rc == ESIM_OK)
-        rc = put_alg(&si, OID_SHA256, sizeof OID_SHA256);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&si, 0xa0, attrs.data, attrs.len);
-    if (rc == ESIM_OK)
-        rc = put_alg(&si, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&si, 0x04, sig, sig_len);
-    if (rc == ESIM_OK)
-        rc = wrap(&tmp, 0x30, &si);
-    /* SignedData: version 1, {sha256}, detached id-data, the leaf and the
-     * issuing CA the service needs to reach its device CA, the signer. */
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&sd, one, sizeof one);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&set, 0x30, OID_SHA256, sizeof OID_SHA256);
-    if (rc == ESIM_OK)
-        rc = wrap(&sd, 0x31, &set);
-    if (rc == ESIM_OK)
-        rc = sim_der_put(&sd, 0x30, OID_DATA, sizeof OID_DATA);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&set, cert->data, cert->len);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&set, pki->scep_der.data, pki->scep_der.len);
-    if (rc == ESIM_OK)
-        rc = wrap(&sd, 0xa0, &set);
-    if (rc == ESIM_OK)
-        rc = wrap(&sd, 0x31, &tmp);
-    if (rc == ESIM_OK)
-        rc = wrap(&set, 0x30, &sd);
-    /* ContentInfo */
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&ci, OID_SIGNED_DATA, sizeof OID_SIGNED_DATA);
-    if (rc == ESIM_OK)
-        rc = wrap(&ci, 0xa0, &set);
-    esim_buf_reset(out);
-    if (rc == ESIM_OK)
-        rc = wrap(out, 0x30, &ci);
-    esim_buf_free(&attrs);
-    esim_buf_free(&attr);
-    esim_buf_free(&set);
-    esim_buf_free(&si);
-    esim_buf_free(&sd);
-    esim_buf_free(&tmp);
-    esim_buf_free(&ci);
+    esim_err rc = ec_sign(NULL, id->key, attrs, attrs_len + 2, sig, &sig_len);
     if (rc != ESIM_OK)
         return esim_fail(err, ESIM_ECRYPTO, "could not sign the message");
+    put_head(attrs, 0xa0, attrs_len);
+    /* The sizes, innermost first: SignerInfo, SignedData, ContentInfo. */
+    size_t alg_sha = tlv_size(sizeof OID_SHA256), alg_ecdsa = tlv_size(sizeof OID_ECDSA_SHA256);
+    size_t ias = issuer_len + serial_len;
+    size_t si =
+        sizeof one + tlv_size(ias) + alg_sha + attrs_len + 2 + alg_ecdsa + tlv_size(sig_len);
+    size_t certs = cert->len + pki->scep_der.len;
+    size_t sd = sizeof one + tlv_size(alg_sha) + tlv_size(sizeof OID_DATA) + tlv_size(certs) +
+                tlv_size(tlv_size(si));
+    size_t ci = sizeof OID_SIGNED_DATA + tlv_size(tlv_size(sd));
+    size_t total = tlv_size(ci);
+    esim_buf_reset(out);
+    if (ci >= 0x1000000 || esim_buf_reserve(out, total) != ESIM_OK)
+        return esim_fail(err, ESIM_ECRYPTO, "could not sign the message");
+    unsigned char *p = out->data;
+    p = put_head(p, 0x30, ci);
+    p = put_bytes(p, OID_SIGNED_DATA, sizeof OID_SIGNED_DATA);
+    p = put_head(p, 0xa0, tlv_size(sd));
+    p = put_head(p, 0x30, sd);
+    /* SignedData: version 1, {sha256}, detached id-data, the leaf and the
+     * issuing CA the service needs to reach its device CA, the signer. */
+    p = put_bytes(p, one, sizeof one);
+    p = put_head(p, 0x31, alg_sha);
+    p = put_head(p, 0x30, sizeof OID_SHA256);
+    p = put_bytes(p, OID_SHA256, sizeof OID_SHA256);
+    p = put_head(p, 0x30, sizeof OID_DATA);
+    p = put_bytes(p, OID_DATA, sizeof OID_DATA);
+    p = put_head(p, 0xa0, certs);
+    p = put_bytes(p, cert->data, cert->len);
+    p = put_bytes(p, pki->scep_der.data, pki->scep_der.len);
+    p = put_head(p, 0x31, tlv_size(si));
+    p = put_head(p, 0x30, si);
+    p = put_bytes(p, one, sizeof one);
+    p = put_head(p, 0x30, ias);
+    p = put_bytes(p, issuer, issuer_len);
+    p = put_bytes(p, serial, serial_len);
+    p = put_head(p, 0x30, sizeof OID_SHA256);
+    p = put_bytes(p, OID_SHA256, sizeof OID_SHA256);
+    p = put_bytes(p, attrs, attrs_len + 2);
+    p = put_head(p, 0x30, sizeof OID_ECDSA_SHA256);
+    p = put_bytes(p, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
+    p = put_head(p, 0x04, sig_len);
+    p = put_bytes(p, sig, sig_len);
+    out->len = (size_t)(p - out->data);
+    out->data[out->len] = 0;
     return ESIM_OK;
 }
 

@@ -462,6 +462,35 @@ static void test_commands(void **state)
     sim_device_free(d);
 }
 
+/* |n| bytes are whole TLVs, each length in DER's shortest form, the
+ * constructed ones (tag bit 0x20) made of whole TLVs too. */
+static bool der_strict(const unsigned char *p, size_t n, int depth)
+{
+    while (n > 0) {
+        if (n < 2 || (p[0] & 0x1f) == 0x1f || depth > 16)
+            return false;
+        size_t len = p[1], hdr = 2;
+        if (len & 0x80) {
+            size_t k = len & 0x7f;
+            if (k == 0 || k > 3 || n < 2 + k || p[2] == 0)
+                return false;
+            len = 0;
+            for (size_t i = 0; i < k; i++)
+                len = len << 8 | p[2 + i];
+            if (len < 0x80)
+                return false;
+            hdr += k;
+        }
+        if (n - hdr < len)
+            return false;
+        if ((p[0] & 0x20) && !der_strict(p + hdr, len, depth + 1))
+            return false;
+        p += hdr + len;
+        n -= hdr + len;
+    }
+    return true;
+}
+
 static void test_mdm_signature(void **state)
 {
     (void)state;
@@ -474,6 +503,10 @@ static void test_mdm_signature(void **state)
     const unsigned char *p = der.data;
     CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)der.len);
     assert_non_null(cms);
+    /* All of it read, and every length in its shortest form (short and
+     * 0x82 ones are inside; OpenSSL's reader takes longer forms). */
+    assert_ptr_equal(p, der.data + der.len);
+    assert_true(der_strict(der.data, der.len, 0));
     X509_STORE *store = X509_STORE_new();
     X509_STORE_add_cert(store, fx.pki->device_ca.x509);
     BIO *data = BIO_new_mem_buf(body, (int)strlen(body));
