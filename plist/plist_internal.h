@@ -47,10 +47,15 @@ esim_err plist_copy_field(const char *s, size_t len, char *out, size_t out_len, 
  * magic or, after optional BOM and whitespace, '<'). */
 bool plist_looks_like_plist(const void *data, size_t len);
 
-/* The flat XML fast path of esim_plist_parse_dict (plist_parse.c): the
- * tree libplist would build for a body that is one dictionary of printable
- * ASCII strings and booleans without a repeated key, or NULL for any other
- * body (which then takes the general path). */
+/* The XML fast path of esim_plist_parse_dict (plist_parse.c): the tree
+ * libplist would build for a body that is one dictionary of printable
+ * ASCII strings, booleans, canonical data, plain decimal integers and
+ * dictionaries and arrays of the same, without a repeated key, or NULL for
+ * any other body (which then takes the general path). */
 plist_t plist_xml_flat_dict(const void *data, size_t len);
+/* The same with containers nested at most |max_depth| deep (the top
+ * dictionary is one; deeper goes to the general path, which refuses past
+ * its own limit), and never more than the fast path's own depth. */
+plist_t plist_xml_flat_read(const void *data, size_t len, unsigned max_depth);
 
 #endif

@@ -604,15 +604,21 @@ static tree_verdict check_tree(plist_t node, unsigned depth_left, tree_check *tc
  * it, which cost about three quarters of a message's parse. The shape is
  * narrow on purpose: an XML declaration and a DOCTYPE without '<', '[' or
  * single quotes, <plist ...>, one <dict> whose entries are <key>text</key>
- * followed by <string>text</string>, <string/>, <true/>, <false/> or
+ * followed by <string>text</string>, <string/>, <true/>, <false/>,
  * <data>base64</data> (TokenUpdate's Token: canonical base64, its padding
- * only at the end, spaces, tabs and line feeds between, not empty), and
- * text of printable ASCII without '&' (so no entity, CDATA or comment to
- * decode). Anything else, a repeated key included, returns NULL and the
- * body takes the general path, which refuses or accepts it as before
- * (tests/plist: the two paths build the same tree). */
+ * only at the end, spaces, tabs and line feeds between, not empty),
+ * <integer> of plain decimal digits (no sign, no leading zero, below
+ * 10^18), or a <dict>...</dict> or <array>...</array> of the same values
+ * (what commands, profiles and DeviceInformation answers hold; at most
+ * FLAT_MAX_DEPTH containers deep and the caller's limit), and text of
+ * printable ASCII without '&' (so no entity, CDATA or comment to decode).
+ * Anything else, a repeated key in any dictionary included, returns NULL
+ * and the body takes the general path, which refuses or accepts it as
+ * before (tests/plist: the two paths build the same tree). */
 
-#define FLAT_MAX_ENTRIES 64
+#define FLAT_MAX_ENTRIES 64 /* in one dict */
+#define FLAT_MAX_NODES 4096 /* values in the whole body */
+#define FLAT_MAX_DEPTH 8    /* containers, the top dict included */
 #define FLAT_MAX_TEXT 1024
 
 static void flat_space(const char *p, size_t len, size_t *i)
@@ -698,10 +704,11 @@ static bool flat_text(const char *p, size_t len, size_t *i, const char *close, s
     return flat_lit(p, len, i, close, close_len);
 }
 
-/* <data>'s base64 decoded into |out| (at most FLAT_MAX_TEXT bytes), then
+/* <data>'s base64 decoded into |out| (at most |cap| bytes), then
  * its closing tag. Whole quanta of four, '=' only as the last one's one or
  * two pads, nothing but base64, ' ', '\t' and '\n' before the '<'. */
-static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, size_t *out_len)
+static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, size_t cap,
+                      size_t *out_len)
 {
     unsigned q[4];
     unsigned nq = 0, pads = 0;
@@ -718,7 +725,7 @@ static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, 
         q[nq++] = (unsigned)v;
         if (nq < 4)
             continue;
-        if (n + 3 > FLAT_MAX_TEXT)
+        if (n + 3 > cap)
             return false;
         out[n++] = (unsigned char)(q[0] << 2 | q[1] >> 4);
         out[n++] = (unsigned char)(q[1] << 4 | q[2] >> 2);
@@ -733,8 +740,126 @@ static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, 
     return flat_lit(p, len, i, "</data>", 7);
 }
 
+/* The reader's place, and room for a key and a string's text. */
+typedef struct {
+    const char *p;
+    size_t len, i;
+    size_t nodes; /* values read so far, over every container */
+    char key[FLAT_MAX_TEXT], text[FLAT_MAX_TEXT];
+} flat_reader;
+
+static bool flat_entries(flat_reader *r, plist_t dict, unsigned depth_left);
+
+/* An <array>'s items up to its </array> into |array|. */
+static bool flat_items(flat_reader *r, plist_t array, unsigned depth_left);
+
+/* One value at the reader's place (whitespace skipped before it), or NULL
+ * to leave the body to the general path. A container is read only while
+ * |depth_left| allows one more level. */
+static plist_t flat_value(flat_reader *r, unsigned depth_left)
+{
+    const char *p = r->p;
+    size_t len = r->len;
+    flat_space(p, len, &r->i);
+    if (++r->nodes > FLAT_MAX_NODES)
+        return NULL;
+    if (flat_lit(p, len, &r->i, "<string>", 8))
+        return flat_text(p, len, &r->i, "</string>", 9, r->text) ? plist_new_string(r->text) : NULL;
+    if (flat_lit(p, len, &r->i, "<string/>", 9))
+        return plist_new_string("");
+    if (flat_lit(p, len, &r->i, "<true/>", 7))
+        return plist_new_bool(1);
+    if (flat_lit(p, len, &r->i, "<false/>", 8))
+        return plist_new_bool(0);
+    if (flat_lit(p, len, &r->i, "<integer>", 9)) {
+        /* Plain decimal only: no sign, no leading zero (libplist reads
+         * "010" as octal), at most 18 digits (below INT64_MAX). */
+        uint64_t v = 0;
+        size_t at = r->i;
+        while (r->i < len && p[r->i] >= '0' && p[r->i] <= '9' && r->i - at < 19)
+            v = v * 10 + (uint64_t)(p[r->i++] - '0');
+        size_t digits = r->i - at;
+        if (digits == 0 || digits > 18 || (digits > 1 && p[at] == '0') ||
+            !flat_lit(p, len, &r->i, "</integer>", 10))
+            return NULL;
+        return plist_new_uint(v);
+    }
+    if (flat_lit(p, len, &r->i, "<data>", 6)) {
+        const char *end = memchr(p + r->i, '<', len - r->i);
+        if (!end)
+            return NULL;
+        size_t cap = (size_t)(end - (p + r->i)) / 4 * 3 + 3;
+        unsigned char *buf = malloc(cap);
+        size_t n = 0;
+        plist_t v =
+            buf && flat_data(p, len, &r->i, buf, cap, &n) ? plist_new_data((char *)buf, n) : NULL;
+        free(buf);
+        return v;
+    }
+    if (depth_left == 0)
+        return NULL;
+    if (flat_lit(p, len, &r->i, "<dict>", 6)) {
+        plist_t d = plist_new_dict();
+        if (d && flat_entries(r, d, depth_left - 1))
+            return d;
+        plist_free(d);
+        return NULL;
+    }
+    if (flat_lit(p, len, &r->i, "<array>", 7)) {
+        plist_t a = plist_new_array();
+        if (a && flat_items(r, a, depth_left - 1))
+            return a;
+        plist_free(a);
+        return NULL;
+    }
+    return NULL;
+}
+
+static bool flat_entries(flat_reader *r, plist_t dict, unsigned depth_left)
+{
+    size_t entries = 0;
+    for (;;) {
+        flat_space(r->p, r->len, &r->i);
+        if (flat_lit(r->p, r->len, &r->i, "</dict>", 7))
+            return true;
+        if (entries == FLAT_MAX_ENTRIES || !flat_lit(r->p, r->len, &r->i, "<key>", 5) ||
+            !flat_text(r->p, r->len, &r->i, "</key>", 6, r->key) || !r->key[0] ||
+            plist_dict_get_item(dict, r->key))
+            return false;
+        char key[FLAT_MAX_TEXT];
+        memcpy(key, r->key, strlen(r->key) + 1); /* a nested dict reuses r->key */
+        plist_t value = flat_value(r, depth_left);
+        if (!value)
+            return false;
+        plist_dict_set_item(dict, key, value);
+        entries++;
+    }
+}
+
+static bool flat_items(flat_reader *r, plist_t array, unsigned depth_left)
+{
+    for (;;) {
+        flat_space(r->p, r->len, &r->i);
+        if (flat_lit(r->p, r->len, &r->i, "</array>", 8))
+            return true;
+        plist_t value = flat_value(r, depth_left);
+        if (!value)
+            return false;
+        plist_array_append_item(array, value);
+    }
+}
+
 plist_t plist_xml_flat_dict(const void *data, size_t len)
 {
+    return plist_xml_flat_read(data, len, FLAT_MAX_DEPTH);
+}
+
+plist_t plist_xml_flat_read(const void *data, size_t len, unsigned max_depth)
+{
+    if (max_depth > FLAT_MAX_DEPTH)
+        max_depth = FLAT_MAX_DEPTH;
+    if (max_depth == 0)
+        return NULL;
     const char *p = data;
     size_t i = 0;
     flat_space(p, len, &i);
@@ -757,41 +882,13 @@ plist_t plist_xml_flat_dict(const void *data, size_t len)
     flat_space(p, len, &i);
     if (!flat_lit(p, len, &i, "<dict>", 6))
         return NULL;
+    flat_reader r = {.p = p, .len = len, .i = i};
     plist_t dict = plist_new_dict();
-    char key[FLAT_MAX_TEXT], text[FLAT_MAX_TEXT];
-    size_t entries = 0;
-    for (;;) {
-        flat_space(p, len, &i);
-        if (!dict || flat_lit(p, len, &i, "</dict>", 7))
-            break;
-        plist_t value = NULL;
-        if (entries == FLAT_MAX_ENTRIES || !flat_lit(p, len, &i, "<key>", 5) ||
-            !flat_text(p, len, &i, "</key>", 6, key) || !key[0] || plist_dict_get_item(dict, key))
-            goto general;
-        flat_space(p, len, &i);
-        if (flat_lit(p, len, &i, "<string>", 8)) {
-            if (!flat_text(p, len, &i, "</string>", 9, text))
-                goto general;
-            value = plist_new_string(text);
-        } else if (flat_lit(p, len, &i, "<string/>", 9)) {
-            value = plist_new_string("");
-        } else if (flat_lit(p, len, &i, "<true/>", 7)) {
-            value = plist_new_bool(1);
-        } else if (flat_lit(p, len, &i, "<false/>", 8)) {
-            value = plist_new_bool(0);
-        } else if (flat_lit(p, len, &i, "<data>", 6)) {
-            size_t n = 0;
-            if (!flat_data(p, len, &i, (unsigned char *)text, &n))
-                goto general;
-            value = plist_new_data(text, n);
-        }
-        if (!value)
-            goto general;
-        plist_dict_set_item(dict, key, value);
-        entries++;
-    }
+    if (!dict || !flat_entries(&r, dict, max_depth - 1))
+        goto general;
+    i = r.i;
     flat_space(p, len, &i);
-    if (!dict || !flat_lit(p, len, &i, "</plist>", 8))
+    if (!flat_lit(p, len, &i, "</plist>", 8))
         goto general;
     flat_space(p, len, &i);
     if (i == len)
@@ -815,7 +912,7 @@ esim_err esim_plist_parse_dict(const void *data, size_t len, const esim_parse_li
     const unsigned char *p = data;
     bool binary = len >= BPLIST_MAGIC_LEN && memcmp(p, BPLIST_MAGIC, BPLIST_MAGIC_LEN) == 0;
     if (!binary) {
-        plist_t flat = plist_xml_flat_dict(data, len);
+        plist_t flat = plist_xml_flat_read(data, len, l.max_depth);
         if (flat) {
             *root = flat;
             return ESIM_OK;

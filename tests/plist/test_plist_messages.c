@@ -969,6 +969,24 @@ static void test_flat_fast_path(void **state)
         "<plist><dict><key>A</key><data>AA==</data><key>B</key><data>AAE=</data>"
         "<key>C</key><data>AAEC</data><key>D</key><data> QU JD\nRA == </data>"
         "<key>E</key><data>/+/+</data></dict></plist>",
+        "<plist><dict><key>Status</key><string>Idle</string><key>N</key><integer>7</integer>"
+        "<key>Z</key><integer>0</integer><key>M</key><integer>999999999999999999</integer>"
+        "</dict></plist>",
+        /* Nested, as commands and profiles come: dicts, arrays of dicts,
+         * empty containers written open and closed, integers. */
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\">\n<dict>\n"
+        "\t<key>Command</key>\n\t<dict>\n\t\t<key>RequestType</key>\n\t\t<string>"
+        "DeviceInformation</string>\n\t\t<key>Queries</key>\n\t\t<array>\n\t\t\t<string>"
+        "UDID</string>\n\t\t\t<string>EID</string>\n\t\t</array>\n\t</dict>\n\t<key>"
+        "CommandUUID</key>\n\t<string>c-1</string>\n</dict>\n</plist>\n",
+        "<plist><dict><key>PayloadContent</key><array><dict><key>PayloadType</key><string>x"
+        "</string><key>PayloadVersion</key><integer>1</integer><key>Inner</key><dict><key>A"
+        "</key><array><true/><false/><string/><array></array></array></dict></dict><dict>"
+        "</dict></array><key>PayloadVersion</key><integer>1</integer></dict></plist>",
+        /* Seven containers deep below the top dict: the fast path's limit. */
+        "<plist><dict><key>a</key><array><array><array><array><array><array><array>"
+        "<string>deep</string></array></array></array></array></array></array></array>"
+        "</dict></plist>",
     };
     for (size_t k = 0; k < sizeof flat / sizeof flat[0]; k++) {
         plist_t fast = plist_xml_flat_dict(flat[k], strlen(flat[k]));
@@ -996,7 +1014,6 @@ static void test_flat_fast_path(void **state)
          ESIM_OK},
         {RESULT("<key>Status</key><string>Idle</string><key>N</key><string>caf\xc3\xa9</string>"),
          ESIM_OK},
-        {RESULT("<key>Status</key><string>Idle</string><key>N</key><integer>7</integer>"), ESIM_OK},
         {RESULT("<key>Status</key><string>Idle</string><key>N</key><dict/>"), ESIM_OK},
         {RESULT("<key>Status</key><string>Idle</string><!-- c --><key>N</key><string>x</string>"),
          ESIM_OK},
@@ -1055,9 +1072,56 @@ static void test_flat_fast_path(void **state)
         "<plist><dict><key>T</key><data>AA-_</data></dict></plist>",
         "<plist><dict><key>T</key><data>AA\rAA</data></dict></plist>",
         "<plist><dict><key>T</key><data>AA&#65;A</data></dict></plist>",
+        /* Integers other than plain decimal below 10^18 (libplist reads a
+         * leading 0 as octal), containers written self-closed, a key
+         * repeated inside a nested dict, deeper than the fast path goes. */
+        "<plist><dict><key>N</key><integer>07</integer></dict></plist>",
+        "<plist><dict><key>N</key><integer>-1</integer></dict></plist>",
+        "<plist><dict><key>N</key><integer>+1</integer></dict></plist>",
+        "<plist><dict><key>N</key><integer> 1</integer></dict></plist>",
+        "<plist><dict><key>N</key><integer>0x10</integer></dict></plist>",
+        "<plist><dict><key>N</key><integer></integer></dict></plist>",
+        "<plist><dict><key>N</key><integer>1000000000000000000</integer></dict></plist>",
+        "<plist><dict><key>N</key><real>1.5</real></dict></plist>",
+        "<plist><dict><key>N</key><array/></dict></plist>",
+        "<plist><dict><key>N</key><dict/></dict></plist>",
+        "<plist><dict><key>N</key><dict><key>a</key><true/><key>a</key><true/></dict></dict>"
+        "</plist>",
+        "<plist><dict><key>N</key><array><key>a</key></array></dict></plist>",
+        "<plist><dict><key>N</key><array><string>a</string></dict></plist>",
+        "<plist><dict><key>a</key><array><array><array><array><array><array><array><array>"
+        "<string>deep</string></array></array></array></array></array></array></array></array>"
+        "</dict></plist>",
     };
     for (size_t k = 0; k < sizeof odd / sizeof odd[0]; k++)
         assert_null(plist_xml_flat_dict(odd[k], strlen(odd[k])));
+    /* A nesting limit below the fast path's: deeper bodies go to the
+     * general path, which refuses them as before. */
+    const char *three = "<plist><dict><key>a</key><array><dict><key>b</key><string>c</string>"
+                        "</dict></array></dict></plist>";
+    plist_t t3 = plist_xml_flat_read(three, strlen(three), 3);
+    assert_non_null(t3);
+    plist_free(t3);
+    assert_null(plist_xml_flat_read(three, strlen(three), 2));
+    const esim_parse_limits two = {.max_depth = 2};
+    plist_t root = NULL;
+    esim_error e2 = {{0}};
+    assert_int_equal(esim_plist_parse_dict(three, strlen(three), &two, &root, &e2), ESIM_ETOOBIG);
+    assert_null(root);
+    /* Data longer than a string's room, in lines as libplist writes it. */
+    char big[4096] = "<plist><dict><key>Payload</key><data>\n";
+    for (int k = 0; k < 40; k++)
+        strcat(big, "\tAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n");
+    strcat(big, "\tMDEy\n</data></dict></plist>");
+    plist_t bf = plist_xml_flat_dict(big, strlen(big)), bs = libplist_tree(big);
+    assert_non_null(bf);
+    assert_non_null(bs);
+    assert_true(plist_equal(bf, bs));
+    uint64_t blen = 0;
+    plist_get_data_ptr(plist_dict_get_item(bf, "Payload"), &blen);
+    assert_int_equal(blen, 40 * 48 + 3);
+    plist_free(bf);
+    plist_free(bs);
     /* A NUL the general path refuses is no text for the fast path either. */
     const char nul[] = "<plist><dict><key>UDID</key><string>A\0B</string></dict></plist>";
     assert_null(plist_xml_flat_dict(nul, sizeof nul - 1));
