@@ -393,6 +393,18 @@ uint64_t store_sqlite_statements_run(store *st);
  * small blocks; call once, before SQLite initialises (afterwards SQLite
  * refuses it and keeps its own allocator). */
 void store_sqlite_mem_install(void);
+/* 1 in an AddressSanitizer build, gcc's or clang's (clang does not define
+ * __SANITIZE_ADDRESS__): the allocator then poisons the blocks it keeps. */
+#if defined(__SANITIZE_ADDRESS__)
+#define STORE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define STORE_ASAN 1
+#endif
+#endif
+#ifndef STORE_ASAN
+#define STORE_ASAN 0
+#endif
 /* The newest schema version of the SQLite back end. */
 int store_sqlite_schema_version(void);
 

@@ -31,7 +31,7 @@
  * moved on, or of a freed value, is still reported rather than reading a
  * recycled block. The link stays readable, as the leak checker follows only
  * unpoisoned words (the lists would look leaked at exit). */
-#if defined(__SANITIZE_ADDRESS__)
+#if STORE_ASAN
 #include <sanitizer/asan_interface.h>
 #define MEM_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define MEM_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
@@ -139,7 +139,7 @@ static void *mem_realloc(void *p, int n)
         return NULL;
     }
     size_t old = (size_t)((uint64_t *)p)[-1];
-    if ((size_t)n <= old)
+    if ((size_t)n <= old && (old <= STORE_MEM_SMALL || (size_t)n > old / 2))
         return p; /* fits where it is; its size stays what the header says */
     void *q = mem_malloc(n);
     if (!q)

@@ -32,12 +32,12 @@
 #include <cmocka.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#endif
 
 #include "service/store.h"
 #include "service/store_internal.h"
+#if STORE_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 static char dir[64];
 static char spec_template[512];
@@ -2188,12 +2188,15 @@ static void *sqlite_mem_worker(void *arg)
             memset(p[i], 0xa5, (size_t)sizes[i]);
         }
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-            /* Grown: the old bytes kept; shrunk: the same block. */
+            /* Grown, then shrunk back: the old bytes kept both ways. */
             unsigned char *q = sqlite3_realloc(p[i], sizes[i] * 2 + 1);
             assert_non_null(q);
             for (int k = 0; k < sizes[i]; k++)
                 assert_int_equal(q[k], 0xa5);
-            assert_ptr_equal(sqlite3_realloc(q, sizes[i]), q);
+            q = sqlite3_realloc(q, sizes[i]);
+            assert_non_null(q);
+            for (int k = 0; k < sizes[i]; k++)
+                assert_int_equal(q[k], 0xa5);
             p[i] = q;
         }
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -2222,7 +2225,7 @@ static void test_sqlite_allocator(void **state)
     assert_non_null(a);
     assert_int_equal(sqlite3_msize(a), 32);
     sqlite3_free(a);
-#if defined(__SANITIZE_ADDRESS__)
+#if STORE_ASAN
     /* On the list it is as untouchable as a block malloc freed, but for
      * its link. */
     assert_true(__asan_address_is_poisoned((char *)a + sizeof(void *)));
@@ -2231,6 +2234,17 @@ static void test_sqlite_allocator(void **state)
     void *b = sqlite3_malloc(30);
     assert_ptr_equal(b, a); /* the block freed just before, from the list */
     sqlite3_free(b);
+    /* A large block shrunk to under half moves to a block of its size; a
+     * little less stays where it is. */
+    void *big = sqlite3_malloc(4096);
+    assert_non_null(big);
+    void *less = sqlite3_realloc(big, 3000);
+    assert_ptr_equal(less, big);
+    assert_int_equal(sqlite3_msize(less), 4096);
+    void *small = sqlite3_realloc(less, 100);
+    assert_non_null(small);
+    assert_int_equal(sqlite3_msize(small), 112);
+    sqlite3_free(small);
     pthread_t t[2];
     void *theirs[2][4];
     for (int i = 0; i < 2; i++) {
