@@ -128,12 +128,13 @@ esim_err omadm_parse_as(bool libxml2_only, bool *plain, const void *body, size_t
                         omadm_msg *out, esim_error *err);
 esim_err omadm_parse_commands_as(bool libxml2_only, bool *plain, const void *fragment, size_t len,
                                  const char *uuid, omadm_msg *out, esim_error *err);
-/* Tests: |hook| (NULL: none) is shown the bytes of every message
+/* A link-time seam for tests: shown the bytes of every message
  * omadm_parse reads (|uuid| NULL) and every fragment omadm_parse_commands
  * reads (|uuid| its UUID, "" for none), before they are read, on the
- * thread that reads them. One for the process: set it while no service
- * runs. */
-void omadm_parse_hook_for_tests(void (*hook)(const void *body, size_t len, const char *uuid));
+ * thread that reads them. The library's own definition is weak and does
+ * nothing; a program that defines it (the service tests' harness, which
+ * reads each both ways) replaces it. No state, nothing to set. */
+void omadm_parse_observe(const void *body, size_t len, const char *uuid);
 
 /* Appends |s| to |b| with &, <, >, " and ' escaped. */
 esim_err omadm_xml_escape(esim_buf *b, const char *s);

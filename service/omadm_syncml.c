@@ -596,11 +596,11 @@ static esim_err load(const void *body, size_t len, bool libxml2_only, loaded *ou
     return ESIM_OK;
 }
 
-static void (*parse_hook)(const void *body, size_t len, const char *uuid);
-
-void omadm_parse_hook_for_tests(void (*hook)(const void *body, size_t len, const char *uuid))
+__attribute__((weak)) void omadm_parse_observe(const void *body, size_t len, const char *uuid)
 {
-    parse_hook = hook;
+    (void)body;
+    (void)len;
+    (void)uuid;
 }
 
 esim_err omadm_parse_as(bool libxml2_only, bool *plain, const void *body, size_t len,
@@ -629,8 +629,7 @@ esim_err omadm_parse_as(bool libxml2_only, bool *plain, const void *body, size_t
 
 esim_err omadm_parse(const void *body, size_t len, omadm_msg *out, esim_error *err)
 {
-    if (parse_hook)
-        parse_hook(body, len, NULL);
+    omadm_parse_observe(body, len, NULL);
     return omadm_parse_as(false, NULL, body, len, out, err);
 }
 
@@ -643,8 +642,7 @@ static bool is_own_id(const char *id, const char *uuid)
 esim_err omadm_parse_commands(const void *fragment, size_t len, const char *uuid, omadm_msg *out,
                               esim_error *err)
 {
-    if (parse_hook)
-        parse_hook(fragment, len, uuid ? uuid : "");
+    omadm_parse_observe(fragment, len, uuid ? uuid : "");
     return omadm_parse_commands_as(false, NULL, fragment, len, uuid, out, err);
 }
 
