@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 
 #include "service/store.h"
+#include "core/internal.h"
 #include "service/store_internal.h"
 
 static const char *const qstate_names[] = {
@@ -608,10 +609,10 @@ esim_err esim_store_device_brief(store *st, const char *udid, store_device_brief
         return rc;
     memset(out, 0, sizeof *out);
     out->enrolled = d.enrolled;
-    memcpy(out->serial_number, d.serial_number, sizeof out->serial_number);
-    memcpy(out->os_version, d.os_version, sizeof out->os_version);
-    memcpy(out->eid, d.eid, sizeof out->eid);
-    memcpy(out->platform, d.platform, sizeof out->platform);
+    esim_copy_text(out->serial_number, sizeof out->serial_number, d.serial_number);
+    esim_copy_text(out->os_version, sizeof out->os_version, d.os_version);
+    esim_copy_text(out->eid, sizeof out->eid, d.eid);
+    esim_copy_text(out->platform, sizeof out->platform, d.platform);
     return ESIM_OK;
 }
 

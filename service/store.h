@@ -394,7 +394,8 @@ typedef struct {
     char platform[16];
 } store_device_brief;
 
-/* The brief of one device.  ESIM_ENOTFOUND. */
+/* The brief of one device.  ESIM_ENOTFOUND (no such device, or |udid|
+ * NULL), ESIM_ESTORE (the store failed). */
 ESIM_EXTERN esim_err esim_store_device_brief(store *st, const char *udid, store_device_brief *out,
                                              esim_error *err);
 

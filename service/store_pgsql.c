@@ -902,16 +902,19 @@ static int col_int(const PGresult *r, int row, int col)
 
 /* Of a result in binary form (run_binary): an integer column (int4 or
  * int8, network byte order), and a bytea column appended to |out| as it is. */
-static int64_t col_i64_bin(const PGresult *r, int row, int col)
+/* A bigint column of a binary-format result: eight bytes, big-endian.
+ * Anything else (NULL, another integer type after a schema change) is
+ * refused rather than read as a wrong number. */
+static bool col_i64_bin(const PGresult *r, int row, int col, int64_t *out)
 {
-    if (PQgetisnull(r, row, col))
-        return 0;
+    if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
+        return false;
     const unsigned char *v = (const unsigned char *)PQgetvalue(r, row, col);
-    int len = PQgetlength(r, row, col);
     uint64_t x = 0;
-    for (int i = 0; i < len && i < 8; i++)
+    for (int i = 0; i < 8; i++)
         x = x << 8 | v[i];
-    return len == 4 ? (int64_t)(int32_t)(uint32_t)x : (int64_t)x;
+    *out = (int64_t)x;
+    return true;
 }
 
 static esim_err col_bytes_bin(const PGresult *r, int row, int col, esim_buf *out)
@@ -1314,7 +1317,10 @@ static esim_err pg_entry_next(store *base, const char *udid, int64_t now, const 
         const char *uuid = PQgetvalue(r, i, 1);
         if (skipped(skip, n_skip, uuid))
             continue;
-        *entry = col_i64_bin(r, i, 0);
+        if (!col_i64_bin(r, i, 0, entry)) {
+            rc = esim_fail(err, ESIM_ESTORE, "the queue's id is not a bigint");
+            break;
+        }
         col_text(r, i, 1, next->command_uuid, sizeof next->command_uuid);
         col_text(r, i, 2, next->request_type, sizeof next->request_type);
         if (col_bytes_bin(r, i, 3, &next->body) != ESIM_OK)
