@@ -68,8 +68,8 @@ typedef struct {
 esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out);
 /* The CPU time (user + system, seconds) of thread |tid| of process |pid|
  * alone (/proc/PID/task/TID/stat; |tid| == |pid|: its main thread) into
- * *|cpu_s| (0 when its line cannot be read). ESIM_ENOTFOUND when there is
- * no such thread. */
+ * *|cpu_s|. ESIM_ENOTFOUND when there is no such thread, ESIM_EINVAL when
+ * its line cannot be read (*|cpu_s| 0 either way). */
 esim_err esim_thread_cpu_read(pid_t pid, pid_t tid, double *cpu_s);
 
 #endif

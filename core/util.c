@@ -62,26 +62,28 @@ void esim_format_u64(char out[21], uint64_t v)
     out[n] = '\0';
 }
 
-/* utime + stime of the /proc stat file |path| into *|out| in seconds (left
- * as it was when the line cannot be read); false when the file cannot be
- * opened (no such process or thread). */
-static bool stat_cpu_s(const char *path, double *out)
+/* utime + stime of the /proc stat file |path| into *|out| in seconds: 1;
+ * 0 (*|out| left as it was) when its line cannot be read; -1 when the file
+ * cannot be opened (no such process or thread). */
+static int stat_cpu_s(const char *path, double *out)
 {
     char line[512];
     FILE *f = fopen(path, "r");
     if (!f)
-        return false;
+        return -1;
+    bool ok = false;
     if (fgets(line, sizeof line, f)) {
         /* After the ")" that ends the command name: utime is the 12th field
          * and stime the 13th (proc(5)). */
         const char *p = strrchr(line, ')');
         unsigned long ut = 0, st = 0;
-        if (p &&
-            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+        ok = p &&
+             sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2;
+        if (ok)
             *out = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
     }
     fclose(f);
-    return true;
+    return ok ? 1 : 0;
 }
 
 esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
@@ -104,7 +106,7 @@ esim_err esim_proc_usage_read(pid_t pid, esim_proc_usage *out)
     }
     fclose(f);
     snprintf(path, sizeof path, "%s/stat", dir);
-    return stat_cpu_s(path, &out->cpu_s) ? ESIM_OK : ESIM_ENOTFOUND;
+    return stat_cpu_s(path, &out->cpu_s) < 0 ? ESIM_ENOTFOUND : ESIM_OK;
 }
 
 esim_err esim_thread_cpu_read(pid_t pid, pid_t tid, double *cpu_s)
@@ -112,5 +114,6 @@ esim_err esim_thread_cpu_read(pid_t pid, pid_t tid, double *cpu_s)
     char path[64];
     *cpu_s = 0;
     snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-    return stat_cpu_s(path, cpu_s) ? ESIM_OK : ESIM_ENOTFOUND;
+    int got = stat_cpu_s(path, cpu_s);
+    return got > 0 ? ESIM_OK : got < 0 ? ESIM_ENOTFOUND : ESIM_EINVAL;
 }

@@ -80,7 +80,11 @@ char *esim_xml_content(const esim_xml_node *n);
 /* Appends |n| (an element with everything under it, or a text) written as
  * libxml2's xmlNodeDump writes a node of a plain tree, unformatted: text
  * with '&', '<' and '>' escaped, an element without children as <a/>, its
- * xmlns declaration quoted as libxml2 quotes it. ESIM_ENOMEM. */
+ * xmlns declaration quoted as libxml2 quotes it. ESIM_ENOMEM. What it
+ * matches is libxml2 2.9's writer (Debian 12's 2.9.14): should a later
+ * libxml2 write these differently, test_omadm_readers and the service
+ * tests' two-reader check (which compare the stored copies byte for byte)
+ * fail and say so. */
 esim_err esim_xml_dump(esim_buf *b, const esim_xml_node *n);
 
 #endif
