@@ -740,12 +740,13 @@ static bool flat_data(const char *p, size_t len, size_t *i, unsigned char *out, 
     return flat_lit(p, len, i, "</data>", 7);
 }
 
-/* The reader's place, and room for a key and a string's text. */
+/* The reader's place, and room for a string's text (a key has its own in
+ * each dictionary being read). */
 typedef struct {
     const char *p;
     size_t len, i;
     size_t nodes; /* values read so far, over every container */
-    char key[FLAT_MAX_TEXT], text[FLAT_MAX_TEXT];
+    char text[FLAT_MAX_TEXT];
 } flat_reader;
 
 static bool flat_entries(flat_reader *r, plist_t dict, unsigned depth_left);
@@ -822,12 +823,11 @@ static bool flat_entries(flat_reader *r, plist_t dict, unsigned depth_left)
         flat_space(r->p, r->len, &r->i);
         if (flat_lit(r->p, r->len, &r->i, "</dict>", 7))
             return true;
-        if (entries == FLAT_MAX_ENTRIES || !flat_lit(r->p, r->len, &r->i, "<key>", 5) ||
-            !flat_text(r->p, r->len, &r->i, "</key>", 6, r->key) || !r->key[0] ||
-            plist_dict_get_item(dict, r->key))
-            return false;
         char key[FLAT_MAX_TEXT];
-        memcpy(key, r->key, strlen(r->key) + 1); /* a nested dict reuses r->key */
+        if (entries == FLAT_MAX_ENTRIES || !flat_lit(r->p, r->len, &r->i, "<key>", 5) ||
+            !flat_text(r->p, r->len, &r->i, "</key>", 6, key) || !key[0] ||
+            plist_dict_get_item(dict, key))
+            return false;
         plist_t value = flat_value(r, depth_left);
         if (!value)
             return false;
@@ -882,7 +882,11 @@ plist_t plist_xml_flat_read(const void *data, size_t len, unsigned max_depth)
     flat_space(p, len, &i);
     if (!flat_lit(p, len, &i, "<dict>", 6))
         return NULL;
-    flat_reader r = {.p = p, .len = len, .i = i};
+    flat_reader r; /* its text needs no clearing: each string is written whole */
+    r.p = p;
+    r.len = len;
+    r.i = i;
+    r.nodes = 0;
     plist_t dict = plist_new_dict();
     if (!dict || !flat_entries(&r, dict, max_depth - 1))
         goto general;
