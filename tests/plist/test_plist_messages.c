@@ -1127,6 +1127,50 @@ static void test_flat_fast_path(void **state)
     assert_null(plist_xml_flat_dict(nul, sizeof nul - 1));
 }
 
+/* A result without extra keys or an ErrorChain is written directly: the
+ * same bytes as libplist's XML of the same dictionary, for plain values
+ * and for a CommandUUID that needs escaping (libplist's path then). */
+static void test_result_written_as_libplist_does(void **state)
+{
+    (void)state;
+    const char *udid = "00008030-001A2B3C4D5E6F70";
+    static const struct {
+        esim_status st;
+        const char *uuid;
+    } cases[] = {
+        {ESIM_STATUS_IDLE, NULL},
+        {ESIM_STATUS_IDLE, ""},
+        {ESIM_STATUS_ACKNOWLEDGED, "0f8fad5b-d9cb-469f-a165-70867728950e"},
+        {ESIM_STATUS_NOT_NOW, "c 'quoted' \"x\" ~"},
+        {ESIM_STATUS_ERROR, "a&b<c>d"},
+        {ESIM_STATUS_ACKNOWLEDGED, "caf\xc3\xa9"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        esim_buf got = {0}, want = {0};
+        esim_error err = {{0}};
+        assert_int_equal(esim_msg_build_result(udid, cases[k].st, cases[k].uuid, NULL, 0, NULL,
+                                               ESIM_PLIST_XML, &got, &err),
+                         ESIM_OK);
+        plist_t d = plist_new_dict();
+        plist_dict_set_item(d, "UDID", plist_new_string(udid));
+        plist_dict_set_item(d, "Status", plist_new_string(esim_status_name(cases[k].st)));
+        if (cases[k].uuid && cases[k].uuid[0])
+            plist_dict_set_item(d, "CommandUUID", plist_new_string(cases[k].uuid));
+        assert_int_equal(esim_plist_serialize(d, ESIM_PLIST_XML, &want, NULL), ESIM_OK);
+        plist_free(d);
+        assert_int_equal(got.len, want.len);
+        assert_memory_equal(got.data, want.data, got.len);
+        /* And it reads back as the result it is. */
+        esim_msg m;
+        assert_int_equal(esim_msg_parse(got.data, got.len, NULL, &m, &err), ESIM_OK);
+        assert_int_equal(m.status, cases[k].st);
+        assert_string_equal(m.udid, udid);
+        esim_msg_free(&m);
+        esim_buf_free(&got);
+        esim_buf_free(&want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1153,6 +1197,7 @@ int main(void)
         cmocka_unit_test(test_depth_ceiling_holds),
         cmocka_unit_test(test_duplicate_keys_refused),
         cmocka_unit_test(test_flat_fast_path),
+        cmocka_unit_test(test_result_written_as_libplist_does),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
