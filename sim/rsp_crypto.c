@@ -982,7 +982,9 @@ esim_err sim_json_set_b64(json_t *o, const char *key, const void *data, size_t l
 {
     esim_buf b = {0};
     esim_err rc = esim_base64_encode(data, len, &b);
-    if (rc == ESIM_OK && json_object_set_new(o, key, json_string((const char *)b.data)) != 0)
+    /* Base64 is ASCII: no UTF-8 check (json_string's) to run over it. */
+    if (rc == ESIM_OK &&
+        json_object_set_new(o, key, json_stringn_nocheck((const char *)b.data, b.len)) != 0)
         rc = ESIM_ENOMEM;
     esim_buf_free(&b);
     return rc;

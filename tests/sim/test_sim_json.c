@@ -205,6 +205,35 @@ static void test_dump(void **state)
     json_decref(o);
 }
 
+/* sim_json_set_b64 (its string made without jansson's UTF-8 check): the
+ * same string json_string makes of the same base64, of the full length,
+ * and sim_json_b64 reads the bytes back. */
+static void test_set_b64(void **state)
+{
+    (void)state;
+    unsigned char bytes[70];
+    for (size_t i = 0; i < sizeof bytes; i++)
+        bytes[i] = (unsigned char)(i * 37 + 200);
+    for (size_t n = 0; n <= sizeof bytes; n++) {
+        json_t *o = json_object();
+        assert_int_equal(sim_json_set_b64(o, "k", bytes, n), ESIM_OK);
+        esim_buf want = {0}, back = {0};
+        assert_int_equal(esim_base64_encode(bytes, n, &want), ESIM_OK);
+        json_t *w = json_string(want.data ? (const char *)want.data : "");
+        assert_true(json_equal(json_object_get(o, "k"), w));
+        assert_int_equal(json_string_length(json_object_get(o, "k")), want.len);
+        if (n > 0) {
+            assert_int_equal(sim_json_b64(o, "k", &back, NULL), ESIM_OK);
+            assert_int_equal(back.len, n);
+            assert_memory_equal(back.data, bytes, n);
+        }
+        json_decref(w);
+        json_decref(o);
+        esim_buf_free(&want);
+        esim_buf_free(&back);
+    }
+}
+
 /* The bodies the SM-DP+ receives are read by the one pass. */
 static void test_es9_bodies_take_the_one_pass(void **state)
 {
@@ -270,6 +299,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_edges),
         cmocka_unit_test(test_dump),
+        cmocka_unit_test(test_set_b64),
         cmocka_unit_test(test_es9_bodies_take_the_one_pass),
         cmocka_unit_test(test_mutations_agree_with_jansson),
     };
