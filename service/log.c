@@ -6,6 +6,7 @@
  * Callers pass fields they chose: nothing here reads requests, so nothing
  * secret can slip in.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,14 +68,23 @@ static int level_priority(esim_log_level l)
  * journal's stream, a supervisor's) no line is split or mixed. */
 #define LOG_BATCH 4096
 
-/* The service whose loop runs on this thread (log_on_loop), or NULL. */
-static _Thread_local const esim_service *tl_loop;
-
+/* All of |data|, over several writes if one is cut short (a signal, a
+ * full disk's last bytes); a log that cannot be written is not worth
+ * failing a request, so an error (EAGAIN on a descriptor someone made
+ * non-blocking among them) drops what is left. */
 static void log_fd_write(const esim_service *svc, const void *data, size_t len)
 {
     int fd = svc->cfg.log_fd > 0 ? svc->cfg.log_fd : 2;
-    ssize_t w = write(fd, data, len);
-    (void)w; /* a log that cannot be written is not worth failing a request */
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        len -= (size_t)w;
+    }
 }
 
 /* Writes the waiting lines; log_mu held. */
@@ -107,9 +117,15 @@ void log_setup(esim_service *svc)
     svc->log_ready = true;
 }
 
-void log_on_loop(const esim_service *svc)
+void log_on_loop(esim_service *svc)
 {
-    tl_loop = svc;
+    /* Once: the loop's thread does not change while the service lives. */
+    if (svc->log_loop_known || !svc->log_ready)
+        return;
+    pthread_mutex_lock(&svc->log_mu);
+    svc->log_loop = pthread_self();
+    svc->log_loop_known = true;
+    pthread_mutex_unlock(&svc->log_mu);
 }
 
 void log_free(esim_service *svc)
@@ -125,8 +141,7 @@ void log_free(esim_service *svc)
     esim_buf_free(&svc->log_pending);
     pthread_mutex_destroy(&svc->log_mu);
     svc->log_ready = false;
-    if (tl_loop == svc)
-        tl_loop = NULL; /* a later service at this address is not this thread's */
+    svc->log_loop_known = false;
 }
 
 bool svc_log_on(const esim_service *svc, esim_log_level level)
@@ -258,7 +273,8 @@ static void write_line(esim_service *svc, esim_log_level level, const char *even
     pthread_mutex_lock(&svc->log_mu);
     /* The loop thread's line waits for the pass's end (the flush event,
      * activated by the first line, runs before the loop waits again). */
-    if (tl_loop == svc && svc->log_flush_ev && b.len <= LOG_BATCH) {
+    bool on_loop = svc->log_loop_known && pthread_equal(svc->log_loop, pthread_self());
+    if (on_loop && svc->log_flush_ev && b.len <= LOG_BATCH) {
         if (svc->log_pending.len + b.len > LOG_BATCH)
             flush_locked(svc);
         bool first = svc->log_pending.len == 0;

@@ -310,6 +310,8 @@ struct esim_service {
     pthread_mutex_t log_mu;
     esim_buf log_pending;
     struct event *log_flush_ev;
+    pthread_t log_loop;  /* the thread that runs the loop, once known (log_on_loop) */
+    bool log_loop_known; /* written by that thread only, under log_mu */
     bool log_ready;
     svc_loglim loglim[SVC_LOGLIM_COUNT];
     struct evhttp_request *dev_req; /* the device request being handled */
@@ -533,7 +535,7 @@ void notify_metrics(esim_service *svc, esim_buf *out);
 
 void log_setup(esim_service *svc);
 /* The calling thread runs |svc|'s loop: its lines wait for the pass's end. */
-void log_on_loop(const esim_service *svc);
+void log_on_loop(esim_service *svc);
 /* Writes the lines still waiting (a clean stop loses none) and frees. */
 void log_free(esim_service *svc);
 bool svc_log_on(const esim_service *svc, esim_log_level level);
