@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <openssl/cms.h>
 
+#include "cli/cli.h"
 #include "campaign/campaign.h"
 #include "tests/service/omadm_readers.h"
 #include "service/svc_harness.h"
@@ -242,7 +243,7 @@ void harness_syncml_counts(size_t *plain, size_t *libxml2)
 void harness_start(test_service *ts, const esim_service_config *cfg)
 {
     if (!ts->base)
-        ts->base = event_base_new();
+        ts->base = cli_event_base_new(); /* as `esim-mdm serve` */
     assert_non_null(ts->base);
     esim_error e = {{0}};
     if (esim_service_new(ts->base, cfg, &ts->svc, &e) != ESIM_OK)
