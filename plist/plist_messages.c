@@ -433,6 +433,63 @@ static plist_t checkin_dict(const char *message_type, const char *udid, const ch
     return d;
 }
 
+/* |s| needs no escaping in libplist's XML: printable ASCII without '&',
+ * '<' or '>' (the only characters it escapes). */
+static bool xml_plain(const char *s)
+{
+    for (; *s; s++)
+        if (*s < 0x20 || *s > 0x7e || *s == '&' || *s == '<' || *s == '>')
+            return false;
+    return true;
+}
+
+/* A dictionary of the strings |vals| under |keys| (NULL values left out),
+ * written byte for byte as plist_to_xml writes the same dictionary
+ * (test_plist_messages compares them), without building and freeing the
+ * tree; false when a value needs escaping (the caller then builds it). */
+static bool strings_xml_plain(const char *const *vals, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (vals[k] && !xml_plain(vals[k]))
+            return false;
+    return true;
+}
+
+static esim_err strings_xml(const char *const *keys, const char *const *vals, size_t n,
+                            esim_buf *out, esim_error *err)
+{
+    static const char head[] =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD "
+        "PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist "
+        "version=\"1.0\">\n<dict>\n";
+    esim_buf fresh = {0};
+    esim_err rc = esim_buf_reserve(&fresh, 512);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&fresh, head, sizeof head - 1);
+    for (size_t k = 0; k < n && rc == ESIM_OK; k++) {
+        if (!vals[k])
+            continue;
+        rc = esim_buf_append(&fresh, "\t<key>", 6);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append_str(&fresh, keys[k]);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append(&fresh, "</key>\n\t<string>", 16);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append_str(&fresh, vals[k]);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append(&fresh, "</string>\n", 10);
+    }
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&fresh, "</dict>\n</plist>\n", 17);
+    if (rc != ESIM_OK) {
+        esim_buf_free(&fresh);
+        return esim_fail(err, rc, "out of memory building a device message");
+    }
+    esim_buf_free(out);
+    *out = fresh;
+    return ESIM_OK;
+}
+
 esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_buf *out,
                                      esim_error *err)
 {
@@ -451,6 +508,16 @@ esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_bu
         if (values[k] && strlen(values[k]) >= authenticate_fields[k].size)
             return esim_fail(err, ESIM_EINVAL, "Authenticate: %s is longer than %zu bytes",
                              authenticate_fields[k].key, authenticate_fields[k].size - 1);
+    /* MessageType, UDID, Topic, then the fields in their order. */
+    enum { NA = 3 + sizeof values / sizeof values[0] };
+    const char *keys[NA] = {"MessageType", "UDID", "Topic"};
+    const char *vals[NA] = {"Authenticate", info->udid, info->topic};
+    for (size_t k = 3; k < NA; k++) {
+        keys[k] = authenticate_fields[k - 3].key;
+        vals[k] = values[k - 3];
+    }
+    if (strings_xml_plain(vals, NA))
+        return strings_xml(keys, vals, NA, out, err);
     plist_t d = checkin_dict("Authenticate", info->udid, info->topic);
     for (size_t k = 0; d && k < sizeof values / sizeof values[0]; k++)
         if (values[k])
@@ -505,54 +572,6 @@ static esim_err check_chain_entry(const esim_error_chain_entry *e, size_t k, esi
     return ESIM_OK;
 }
 
-/* |s| needs no escaping in libplist's XML: printable ASCII without '&',
- * '<' or '>' (the only characters it escapes). */
-static bool xml_plain(const char *s)
-{
-    for (; *s; s++)
-        if (*s < 0x20 || *s > 0x7e || *s == '&' || *s == '<' || *s == '>')
-            return false;
-    return true;
-}
-
-/* A result of UDID, Status and CommandUUID alone, written byte for byte as
- * plist_to_xml writes the same dictionary (test_plist_messages compares
- * them), without building and freeing the tree: Idle and most answers. */
-static esim_err result_xml(const char *udid, const char *status, const char *uuid, esim_buf *out,
-                           esim_error *err)
-{
-    static const char head[] =
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD "
-        "PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist "
-        "version=\"1.0\">\n<dict>\n";
-    const char *keys[3] = {"UDID", "Status", "CommandUUID"};
-    const char *vals[3] = {udid, status, uuid};
-    esim_buf fresh = {0};
-    esim_err rc = esim_buf_reserve(&fresh, 512);
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&fresh, head, sizeof head - 1);
-    for (int k = 0; k < 3 && vals[k] && rc == ESIM_OK; k++) {
-        rc = esim_buf_append(&fresh, "\t<key>", 6);
-        if (rc == ESIM_OK)
-            rc = esim_buf_append_str(&fresh, keys[k]);
-        if (rc == ESIM_OK)
-            rc = esim_buf_append(&fresh, "</key>\n\t<string>", 16);
-        if (rc == ESIM_OK)
-            rc = esim_buf_append_str(&fresh, vals[k]);
-        if (rc == ESIM_OK)
-            rc = esim_buf_append(&fresh, "</string>\n", 10);
-    }
-    if (rc == ESIM_OK)
-        rc = esim_buf_append(&fresh, "</dict>\n</plist>\n", 17);
-    if (rc != ESIM_OK) {
-        esim_buf_free(&fresh);
-        return esim_fail(err, rc, "out of memory building a result");
-    }
-    esim_buf_free(out);
-    *out = fresh;
-    return ESIM_OK;
-}
-
 esim_err esim_msg_build_result(const char *udid, esim_status status, const char *command_uuid,
                                const esim_error_chain_entry *chain, size_t n_chain, plist_t extra,
                                esim_plist_format format, esim_buf *out, esim_error *err)
@@ -584,7 +603,9 @@ esim_err esim_msg_build_result(const char *udid, esim_status status, const char 
         return esim_fail(err, ESIM_EINVAL, "extra result keys must come as a dictionary");
     if (!extra && n_chain == 0 && format == ESIM_PLIST_XML && xml_plain(udid) &&
         (!has_uuid || xml_plain(command_uuid)))
-        return result_xml(udid, status_name, has_uuid ? command_uuid : NULL, out, err);
+        return strings_xml((const char *const[]){"UDID", "Status", "CommandUUID"},
+                           (const char *const[]){udid, status_name, has_uuid ? command_uuid : NULL},
+                           3, out, err);
     plist_t d = extra ? plist_copy(extra) : plist_new_dict();
     if (!d)
         return esim_fail(err, ESIM_ENOMEM, "out of memory building a result");

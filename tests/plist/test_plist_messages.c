@@ -1171,6 +1171,50 @@ static void test_result_written_as_libplist_does(void **state)
     }
 }
 
+/* Authenticate is written directly too when every value is plain: the
+ * bytes libplist's XML of the same dictionary has (keys in the builder's
+ * order, a missing value left out), and libplist's own path when a value
+ * needs escaping. */
+static void test_authenticate_written_as_libplist_does(void **state)
+{
+    (void)state;
+    const char *names[] = {"Simulated iPhone", "Bob's \"phone\"", "R&D <lab>", "caf\xc3\xa9"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        esim_authenticate_info info = {.udid = "00008030-001A2B3C4D5E6F70",
+                                       .topic = "com.apple.mgmt.External.x",
+                                       .os_version = "17.5",
+                                       .build_version = "22B83",
+                                       .product_name = "iPhone15,2",
+                                       .serial_number = "F2LXXXX",
+                                       .imei = k == 1 ? NULL : "35 332011 000000 1",
+                                       .device_name = names[k],
+                                       .model = "MTUW3LL/A"};
+        esim_buf got = {0}, want = {0};
+        assert_int_equal(esim_msg_build_authenticate(&info, &got, NULL), ESIM_OK);
+        const char *keys[] = {"MessageType",  "UDID",        "Topic",        "OSVersion",
+                              "BuildVersion", "ProductName", "SerialNumber", "IMEI",
+                              "MEID",         "DeviceName",  "Model"};
+        const char *vals[] = {"Authenticate",     info.udid,          info.topic,
+                              info.os_version,    info.build_version, info.product_name,
+                              info.serial_number, info.imei,          info.meid,
+                              info.device_name,   info.model};
+        plist_t d = plist_new_dict();
+        for (size_t f = 0; f < sizeof keys / sizeof keys[0]; f++)
+            if (vals[f])
+                plist_dict_set_item(d, keys[f], plist_new_string(vals[f]));
+        assert_int_equal(esim_plist_serialize(d, ESIM_PLIST_XML, &want, NULL), ESIM_OK);
+        plist_free(d);
+        assert_int_equal(got.len, want.len);
+        assert_memory_equal(got.data, want.data, got.len);
+        esim_msg m;
+        assert_int_equal(esim_msg_parse(got.data, got.len, NULL, &m, NULL), ESIM_OK);
+        assert_int_equal(m.kind, ESIM_MSG_AUTHENTICATE);
+        esim_msg_free(&m);
+        esim_buf_free(&got);
+        esim_buf_free(&want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1198,6 +1242,7 @@ int main(void)
         cmocka_unit_test(test_duplicate_keys_refused),
         cmocka_unit_test(test_flat_fast_path),
         cmocka_unit_test(test_result_written_as_libplist_does),
+        cmocka_unit_test(test_authenticate_written_as_libplist_does),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
