@@ -525,6 +525,50 @@ esim_err esim_msg_build_authenticate(const esim_authenticate_info *info, esim_bu
     return finish_message(d, ESIM_PLIST_XML, out, err);
 }
 
+/* TokenUpdate with plain strings, written as plist_to_xml writes it: the
+ * Token's base64 in lines of 68 characters (51 bytes), each indented by a
+ * tab, as libplist writes <data> one level deep. */
+static esim_err token_update_xml(const char *udid, const char *topic, const void *token,
+                                 size_t token_len, const char *push_magic, esim_buf *out,
+                                 esim_error *err)
+{
+    const char *keys[3] = {"MessageType", "UDID", "Topic"};
+    const char *vals[3] = {"TokenUpdate", udid, topic};
+    esim_buf fresh = {0}, b64 = {0};
+    esim_err rc = strings_xml(keys, vals, 3, &fresh, err);
+    if (rc != ESIM_OK)
+        return rc;
+    static const char tail[] = "</dict>\n</plist>\n";
+    fresh.len -= sizeof tail - 1; /* reopened for the last two entries */
+    rc = esim_base64_encode(token, token_len, &b64);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(&fresh, "\t<key>Token</key>\n\t<data>\n");
+    for (size_t at = 0; rc == ESIM_OK && at < b64.len; at += 68) {
+        size_t n = b64.len - at < 68 ? b64.len - at : 68;
+        rc = esim_buf_append(&fresh, "\t", 1);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append(&fresh, b64.data + at, n);
+        if (rc == ESIM_OK)
+            rc = esim_buf_append(&fresh, "\n", 1);
+    }
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(&fresh, "\t</data>\n\t<key>PushMagic</key>\n\t<string>");
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(&fresh, push_magic);
+    if (rc == ESIM_OK)
+        rc = esim_buf_append_str(&fresh, "</string>\n");
+    if (rc == ESIM_OK)
+        rc = esim_buf_append(&fresh, tail, sizeof tail - 1);
+    esim_buf_free(&b64);
+    if (rc != ESIM_OK) {
+        esim_buf_free(&fresh);
+        return esim_fail(err, rc, "out of memory building a device message");
+    }
+    esim_buf_free(out);
+    *out = fresh;
+    return ESIM_OK;
+}
+
 esim_err esim_msg_build_token_update(const char *udid, const char *topic, const void *token,
                                      size_t token_len, const char *push_magic, esim_buf *out,
                                      esim_error *err)
@@ -540,6 +584,8 @@ esim_err esim_msg_build_token_update(const char *udid, const char *topic, const 
                          TOKEN_MAX);
     if (!push_magic || !push_magic[0] || strlen(push_magic) >= sizeof(((esim_msg *)0)->push_magic))
         return esim_fail(err, ESIM_EINVAL, "TokenUpdate: PushMagic must be 1 to 127 bytes");
+    if (xml_plain(udid) && xml_plain(topic) && xml_plain(push_magic))
+        return token_update_xml(udid, topic, token, token_len, push_magic, out, err);
     plist_t d = checkin_dict("TokenUpdate", udid, topic);
     if (d) {
         plist_dict_set_item(d, "Token", plist_new_data(token, token_len));

@@ -1215,6 +1215,39 @@ static void test_authenticate_written_as_libplist_does(void **state)
     }
 }
 
+/* TokenUpdate written directly: for every token length the builder
+ * takes (1 to 100 bytes: one to three lines of base64), the bytes
+ * libplist's XML of the same dictionary has; libplist's path for a
+ * PushMagic that needs escaping. */
+static void test_token_update_written_as_libplist_does(void **state)
+{
+    (void)state;
+    unsigned char tok[100];
+    for (size_t i = 0; i < sizeof tok; i++)
+        tok[i] = (unsigned char)(i * 7 + 3);
+    for (size_t n = 1; n <= sizeof tok + 1; n++) {
+        const char *magic = n == sizeof tok + 1 ? "a&b" : "0F1E2D3C-magic";
+        size_t len = n > sizeof tok ? sizeof tok : n;
+        esim_buf got = {0}, want = {0};
+        assert_int_equal(esim_msg_build_token_update("00008030-001A2B3C4D5E6F70",
+                                                     "com.apple.mgmt.External.x", tok, len, magic,
+                                                     &got, NULL),
+                         ESIM_OK);
+        plist_t d = plist_new_dict();
+        plist_dict_set_item(d, "MessageType", plist_new_string("TokenUpdate"));
+        plist_dict_set_item(d, "UDID", plist_new_string("00008030-001A2B3C4D5E6F70"));
+        plist_dict_set_item(d, "Topic", plist_new_string("com.apple.mgmt.External.x"));
+        plist_dict_set_item(d, "Token", plist_new_data((const char *)tok, len));
+        plist_dict_set_item(d, "PushMagic", plist_new_string(magic));
+        assert_int_equal(esim_plist_serialize(d, ESIM_PLIST_XML, &want, NULL), ESIM_OK);
+        plist_free(d);
+        assert_int_equal(got.len, want.len);
+        assert_memory_equal(got.data, want.data, got.len);
+        esim_buf_free(&got);
+        esim_buf_free(&want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1243,6 +1276,7 @@ int main(void)
         cmocka_unit_test(test_flat_fast_path),
         cmocka_unit_test(test_result_written_as_libplist_does),
         cmocka_unit_test(test_authenticate_written_as_libplist_does),
+        cmocka_unit_test(test_token_update_written_as_libplist_does),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
