@@ -2553,17 +2553,29 @@ uint64_t store_sqlite_statements_run(store *st)
     return stmt_status_sum(st, SQLITE_STMTSTATUS_RUN);
 }
 
-/* SQLite's memory statistics, on by default, take a global mutex around
+/* SQLite's process-wide settings, made once before it initialises
+ * (afterwards each is refused, which leaves SQLite's default in place).
+ *
+ * Its memory statistics, on by default, take a global mutex around
  * every allocation and free, and this library (Debian's, built without
  * lookaside) allocates for nearly every value a statement reads or
  * writes: about 230 allocations per check-in round trip, the mutex and the
  * counters ≈ 25,000 instructions of it (callgrind). Nothing here reads the
- * statistics (sqlite3_memory_used, a soft heap limit), so they are off,
- * once, before SQLite initialises (afterwards the call is refused, which
- * only leaves them on). */
-static void memstatus_off(void)
+ * statistics (sqlite3_memory_used, a soft heap limit), so they are off. */
+static void sqlite_configure(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    /* An operation's sub-journal (its savepoint's copies of the pages it
+     * changes, inside the group-commit batch) stays in memory up to
+     * STORE_STMTJRNL_SPILL bytes. Past SQLite's default 64 KiB it spilled
+     * to a temporary file that then took every later operation's copies
+     * until the commit, one pwrite(2) of 4 bytes and one of 4 KiB a page:
+     * ≈ 18 of the service's 70 pwrites per device in a 2,000-device demo.
+     * Bounded, unlike temp_store=MEMORY (which would also hold a query's
+     * sort of a whole fleet in memory): an operation larger than that (a
+     * re-enqueue of tens of thousands of devices) spills as before. A crash
+     * loses nothing more: the batch is uncommitted either way. */
+    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, STORE_STMTJRNL_SPILL);
     store_sqlite_mem_install();
 }
 
@@ -2571,7 +2583,7 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
                            esim_error *err)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, memstatus_off);
+    pthread_once(&once, sqlite_configure);
     sqlite_store *s = calloc(1, sizeof *s);
     if (!s)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
@@ -2605,19 +2617,14 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
      * log. synchronous=FULL fsyncs the log at every commit; NORMAL survives
      * any process crash (the log is in the OS cache) and, with sq_sync()
      * before answers go out (group mode), power cuts too.
-     * temp_store=MEMORY: an operation's savepoint keeps its copies of the
-     * pages it changes (the sub-journal) in memory until its RELEASE; past
-     * 64 KiB SQLite spilled them to a temporary file that stayed open for
-     * the rest of the batch, one pwrite(2) of 4 bytes and one of 4 KiB a
-     * page: ≈ 18 of the service's 70 pwrites per device in a 2,000-device
-     * demo. A crash loses nothing more (the batch is uncommitted either
-     * way). Temporary tables of a query (a sort without an index) stay in
-     * memory too, for the statement's life. */
+     * An operation's savepoint keeps its copies of the pages it changes
+     * (the sub-journal) until its RELEASE; see sqlite_configure for where they
+     * are kept. */
     const char *pragmas = s->sync == STORE_SYNC_FULL
                               ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                                " PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
+                                " PRAGMA foreign_keys=ON;"
                               : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                " PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;";
+                                " PRAGMA foreign_keys=ON;";
     esim_err rc = exec(s, pragmas, err);
     /* SQLite's default page cache (2 MiB) is kept on purpose: a 64 MiB one
      * (PRAGMA cache_size) held the whole 34 MB store of a 20,000-device

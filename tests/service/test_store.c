@@ -561,7 +561,7 @@ static int sqlite_temp_files_open(void)
 
 /* An operation in a batch that touches more than 64 KiB of the store's
  * pages keeps its sub-journal (the pages' copies for its savepoint) in
- * memory (PRAGMA temp_store=MEMORY): spilled to a temporary file, it cost
+ * memory (up to STORE_STMTJRNL_SPILL): spilled to a temporary file, it cost
  * a pwrite(2) of 4 bytes and one of 4 KiB per page, ≈ 18 a device in a
  * demo, and the file stayed open until the batch's commit. */
 static void test_sub_journal_in_memory(void **state)
