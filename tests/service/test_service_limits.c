@@ -157,6 +157,21 @@ static void wait_metric(test_service *ts, const char *series, long long want)
 }
 
 static const char healthz[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/* |n| /healthz requests one after another on connection |fd|, each
+ * answered 200 (one request at a time: its answer fits one read). */
+static void healthz_kept(int fd, int n)
+{
+    for (int i = 0; i < n; i++) {
+        send_str(fd, healthz);
+        char part[512];
+        ssize_t r = recv(fd, part, sizeof part - 1, 0);
+        assert_true(r > 0);
+        part[r] = '\0';
+        assert_non_null(strstr(part, "HTTP/1.1 200"));
+    }
+}
+
 static const char healthz_close[] = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
 /* ---- the connection caps ---------------------------------------------------------- */
@@ -331,14 +346,7 @@ static void test_slow_body_is_cut_off(void **state)
     assert_int_equal(metric(&ts, "esim_mdm_connection_timeouts_total{phase=\"header\"}"), 0);
     /* Keep-alive: a request answered, the next one gets its own deadline. */
     fd = connect_from(&ts, "127.0.0.2");
-    for (int i = 0; i < 3; i++) {
-        send_str(fd, healthz);
-        char part[512];
-        ssize_t r = recv(fd, part, sizeof part - 1, 0);
-        assert_true(r > 0);
-        part[r] = '\0';
-        assert_non_null(strstr(part, "HTTP/1.1 200"));
-    }
+    healthz_kept(fd, 3);
     close(fd);
     harness_stop(&ts);
 }
@@ -361,14 +369,7 @@ static void test_connections_and_kept_requests_are_counted(void **state)
     assert_int_equal(metric(&ts, "esim_mdm_connection_requests_total{connection=\"kept\"}"), 0);
     /* Three requests on one connection: one connection, one new, two kept. */
     int fd = connect_from(&ts, "127.0.0.2");
-    for (int i = 0; i < 3; i++) {
-        send_str(fd, healthz);
-        char part[512];
-        ssize_t r = recv(fd, part, sizeof part - 1, 0);
-        assert_true(r > 0);
-        part[r] = '\0';
-        assert_non_null(strstr(part, "HTTP/1.1 200"));
-    }
+    healthz_kept(fd, 3);
     close(fd);
     /* Two connections of one request each. */
     assert_int_equal(request_status(&ts, "127.0.0.3", healthz_close), 200);
