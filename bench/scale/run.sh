@@ -41,7 +41,7 @@ handshake_us() { # ARGS...: CPU microseconds per handshake, or 0
 }
 out=$(mktemp)
 pki=$(mktemp -d)
-trap 'rm -rf "$out" "$pki"' EXIT
+trap 'rm -rf "$out" "$out.err" "$pki"' EXIT
 "$bin" pki --dir "$pki" >/dev/null
 tls_full_us=$(handshake_us)
 tls_resumed_us=$(handshake_us --resume)
@@ -54,12 +54,18 @@ echo "-- scale: $n devices, whole demo on loopback (release build, at most $limi
 # The campaign's expiry (--timeout) is 60% of the bound, so that a slow run
 # still ends by itself with its summary (devices timed out are counted)
 # rather than being killed with none; enrolment and the inventory have the rest.
+# The end of a failed demo's standard error: its own complaints (lines
+# "esim-mdm demo: ...") and the last progress lines before them.
+story() {
+  { grep -a '^esim-mdm demo:' "$1" | tail -n 5; grep -av '^esim-mdm demo:' "$1" | tail -n 5; } |
+    sed 's/^/    /'
+}
 run_demo() {
   local into=$1 start rc=0
   shift
   start=$(date +%s)
   timeout --kill-after=30 "$limit" "$bin" demo --devices "$n" --no-extras --json \
-    --iot-share 0 --timeout $((limit * 6 / 10)) "$@" >"$into" 2>/dev/null || rc=$?
+    --iot-share 0 --timeout $((limit * 6 / 10)) "$@" >"$into" 2>"$into.err" || rc=$?
   wall=$(($(date +%s) - start))
   return $rc
 }
@@ -71,7 +77,8 @@ summary=$(tail -n 1 "$out")
 if [[ "$summary" != "{"* ]]; then
   echo "  no summary after $wall s (exit $status; load average before $load_before," \
     "after $load_after): the demo did not finish (enrolment stalled or the time limit);" \
-    "rerun it by hand to see its story"
+    "its last words:"
+  story "$out.err"
   exit 1
 fi
 if ! command -v python3 >/dev/null; then
@@ -188,15 +195,15 @@ PY
 [[ "${ESIM_BENCH_SCALE_MTLS:-1}" == 0 ]] && exit $status
 echo "-- scale: $n devices, the same demo with --device-auth mtls"
 out_mtls=$(mktemp)
-trap 'rm -rf "$out" "$out_mtls" "$pki"' EXIT
+trap 'rm -rf "$out" "$out.err" "$out_mtls" "$out_mtls.err" "$pki"' EXIT
 status_mtls=0
 run_demo "$out_mtls" --device-auth mtls || status_mtls=$?
 wall_mtls=$wall
 ref_mtls=$(ref || true)
 summary_mtls=$(tail -n 1 "$out_mtls")
 if [[ "$summary_mtls" != "{"* ]]; then
-  echo "  no summary after $wall_mtls s (exit $status_mtls, load average $(load)): rerun" \
-    "\`esim-mdm demo --device-auth mtls\` by hand to see its story"
+  echo "  no summary after $wall_mtls s (exit $status_mtls, load average $(load)): its last words:"
+  story "$out_mtls.err"
   exit 1
 fi
 python3 - "$summary" "$summary_mtls" "${ref_before:-0}" "${ref_after:-0}" "${ref_mtls:-0}" \
