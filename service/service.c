@@ -153,6 +153,8 @@ void svc_store_failed(esim_service *svc, const char *reason)
     if (svc->store_failing)
         return;
     svc->store_failing = true;
+    if ((!reason || !*reason) && svc->st)
+        reason = esim_store_last_error(svc->st); /* the caller had no words */
     char shown[300];
     snprintf(shown, sizeof shown, "%.*s", (int)sizeof shown - 1,
              reason && *reason ? reason : "unknown");

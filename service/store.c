@@ -135,6 +135,11 @@ const char *esim_store_backend(const store *st)
     return st->ops->name;
 }
 
+const char *esim_store_last_error(const store *st)
+{
+    return st->last_error;
+}
+
 unsigned esim_store_features(const store *st)
 {
     return st->ops->features;

@@ -257,6 +257,11 @@ ESIM_EXTERN int esim_store_schema_version(void);
 /* The back end's name: "sqlite" or "pgsql". */
 ESIM_EXTERN const char *esim_store_backend(const store *st);
 
+/* The words of the store's last failure on its own connection ("" when
+ * none yet), e.g. "store (sqlite): COMMIT: database is locked": what the
+ * service logs when an operation failed with no esim_error to fill. */
+ESIM_EXTERN const char *esim_store_last_error(const store *st);
+
 /* What a back end can do beyond the operations every back end has. */
 enum {
     /* esim_store_batch_begin/commit/rollback group many operations into one

@@ -19,6 +19,10 @@
 /* Every back end's handle starts with this. */
 struct store {
     const struct store_ops *ops;
+    /* The last failure's words (esim_store_last_error): kept whether or not
+     * the caller asked for them, so a failure reported without them (an
+     * answer's store error, a batch undone) can still be told. */
+    char last_error[256];
 };
 
 /* Every back end's listener starts with this. */

@@ -725,7 +725,10 @@ static esim_err pg_fail(pg_store *s, esim_error *err, const char *what, const PG
     const char *code = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (code && strcmp(code, "57014") == 0)
         s->timeouts++;
-    return esim_fail(err, ESIM_ESTORE, "store (pgsql): %s: %s", what, clean);
+    char line[sizeof clean + 200];
+    snprintf(line, sizeof line, "store (pgsql): %s: %s", what, clean);
+    esim_copy_text(s->base.last_error, sizeof s->base.last_error, line);
+    return esim_fail(err, ESIM_ESTORE, "%s", line);
 }
 
 /* The connection is usable, or made so (the server restarted, the network

@@ -660,7 +660,9 @@ typedef struct {
 
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
 {
-    return esim_fail(err, ESIM_ESTORE, "store (sqlite): %s: %s", what, sqlite3_errmsg(s->db));
+    snprintf(s->base.last_error, sizeof s->base.last_error, "store (sqlite): %s: %s (%d)", what,
+             sqlite3_errmsg(s->db), sqlite3_extended_errcode(s->db));
+    return esim_fail(err, ESIM_ESTORE, "%s", s->base.last_error);
 }
 
 /* The cached statement |id|, reset and with its bindings cleared. */

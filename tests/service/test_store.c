@@ -2193,6 +2193,8 @@ static void test_batch_requests_without_savepoints(void **state)
     assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
     assert_int_equal(exchange(st, "B1", "Acknowledged", "b1", NULL, 0, 3002, next, NULL), ESIM_OK);
     assert_int_equal(exchange(st, "B2", "Idle", NULL, NULL, 0, 3003, next, NULL), ESIM_ESTORE);
+    /* Asked for no words, the store still has them. */
+    assert_non_null(strstr(esim_store_last_error(st), "boom"));
     esim_error e;
     assert_int_equal(esim_store_batch_commit(st, &e), ESIM_ESTORE);
     assert_int_equal(state_of(st, "b1", "B1"), STORE_Q_SENT);
