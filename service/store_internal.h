@@ -393,12 +393,15 @@ uint64_t store_sqlite_fullscan_steps(store *st);
  * (SQLITE_STMTSTATUS_RUN over its cached statements, BEGIN and COMMIT
  * included). */
 uint64_t store_sqlite_statements_run(store *st);
+/* Tests: the SQLite store's own connection (to set a per-connection limit,
+ * such as PRAGMA max_page_count, that makes it fail as a full disk would). */
+struct sqlite3 *store_sqlite_db(store *st);
 /* Makes SQLite allocate through store_sqlite_mem.c's per-thread cache of
  * small blocks; call once, before SQLite initialises (afterwards SQLite
  * refuses it and keeps its own allocator). */
 void store_sqlite_mem_install(void);
 /* Bytes of an operation's sub-journal SQLite keeps in memory before it
- * spills to a temporary file (store_sqlite.c, memstatus_off). */
+ * spills to a temporary file (store_sqlite.c, sqlite_configure). */
 #define STORE_STMTJRNL_SPILL (8 * 1024 * 1024)
 /* 1 in an AddressSanitizer build, gcc's or clang's (clang does not define
  * __SANITIZE_ADDRESS__): the allocator then poisons the blocks it keeps. */

@@ -646,11 +646,17 @@ typedef struct {
      * no savepoint, and the store's change count when it began. */
     bool unsaved;
     int64_t unsaved_changes;
-    bool batch_broken; /* such an operation failed after it wrote: the batch
+    bool batch_broken; /* such an operation failed after it wrote, or SQLite
+                        * rolled the whole batch back by itself: the batch
                         * cannot commit */
-    int depth;         /* operations begun and not ended (they nest) */
-    char *wal_path;    /* "<db>-wal", fsynced by sq_sync in group mode */
-    int wal_fd;        /* opened once the log exists (group mode) */
+    /* A failure's words are kept in base.last_error from the first failure
+     * of an outermost operation (or of a batch) until the next one begins:
+     * the undo's own failures that follow (a RELEASE of a savepoint SQLite
+     * already dropped) would hide what went wrong. */
+    bool failure_kept;
+    int depth;      /* operations begun and not ended (they nest) */
+    char *wal_path; /* "<db>-wal", fsynced by sq_sync in group mode */
+    int wal_fd;     /* opened once the log exists (group mode) */
     /* The statements taken since the last operation ended: the ones its end
      * resets (not all of them: an exchange uses about ten of ninety). */
     bool used[S_COUNT];
@@ -658,11 +664,34 @@ typedef struct {
     int n_used;
 } sqlite_store;
 
+/* After SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM or SQLITE_BUSY in a
+ * statement SQLite may roll back the whole transaction by itself, and
+ * with it every savepoint. Inside a batch that is the batch undone: its
+ * later operations must not run (a SAVEPOINT outside a transaction would
+ * begin one of its own and its RELEASE commit it, outside the batch). */
+static bool batch_lost(const sqlite_store *s)
+{
+    return s->in_batch && sqlite3_get_autocommit(s->db);
+}
+
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
 {
-    snprintf(s->base.last_error, sizeof s->base.last_error, "store (sqlite): %s: %s (%d)", what,
-             sqlite3_errmsg(s->db), sqlite3_extended_errcode(s->db));
-    return esim_fail(err, ESIM_ESTORE, "%s", s->base.last_error);
+    char words[sizeof s->base.last_error];
+    snprintf(words, sizeof words, "store (sqlite): %s: %s (%d)", what, sqlite3_errmsg(s->db),
+             sqlite3_extended_errcode(s->db));
+    bool in_tx = s->in_batch || s->depth > 0;
+    if (!in_tx || !s->failure_kept)
+        memcpy(s->base.last_error, words, sizeof words);
+    s->failure_kept = in_tx;
+    if (batch_lost(s))
+        s->batch_broken = true;
+    return esim_fail(err, ESIM_ESTORE, "%s", words);
+}
+
+/* A new outermost operation or batch: its first failure is the one kept. */
+static void failure_forget(sqlite_store *s)
+{
+    s->failure_kept = false;
 }
 
 /* The cached statement |id|, reset and with its bindings cleared. */
@@ -754,6 +783,13 @@ static bool tx_nested(const sqlite_store *s)
 
 static esim_err tx_begin(sqlite_store *s, esim_error *err)
 {
+    if (!tx_nested(s))
+        failure_forget(s);
+    if (batch_lost(s)) {
+        s->batch_broken = true;
+        return esim_fail(err, ESIM_ESTORE, "store (sqlite): the batch was undone by %s",
+                         s->base.last_error[0] ? s->base.last_error : "SQLite");
+    }
     if (run(s, err, tx_nested(s) ? S_SAVEPOINT : S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
     s->depth++;
@@ -762,6 +798,8 @@ static esim_err tx_begin(sqlite_store *s, esim_error *err)
 
 static void tx_undo(sqlite_store *s)
 {
+    if (batch_lost(s))
+        return; /* SQLite undid it, savepoints and all */
     if (tx_nested(s)) {
         run(s, NULL, S_ROLLBACK_TO, "");
         run(s, NULL, S_RELEASE, "");
@@ -799,6 +837,12 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
             s->batch_broken = true;
         return rc;
     }
+    if (rc == ESIM_OK && batch_lost(s)) {
+        /* A failure this operation let pass undid the batch under it. */
+        s->batch_broken = true;
+        return esim_fail(err, ESIM_ESTORE, "store (sqlite): the batch was undone by %s",
+                         s->base.last_error[0] ? s->base.last_error : "SQLite");
+    }
     if (rc == ESIM_OK) {
         if (run(s, err, tx_nested(s) ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
             return ESIM_OK;
@@ -813,6 +857,7 @@ static esim_err sq_batch_begin(store *base, esim_error *err)
     sqlite_store *s = (sqlite_store *)base;
     if (s->in_batch || s->depth > 0)
         return ESIM_OK;
+    failure_forget(s);
     if (run(s, err, S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
     s->in_batch = true;
@@ -860,7 +905,8 @@ static esim_err sq_batch_commit(store *base, esim_error *err)
             run(s, NULL, S_ROLLBACK, "");
         return esim_fail(err, ESIM_ESTORE,
                          "store (sqlite): an operation of the batch failed after it wrote; "
-                         "the batch is undone");
+                         "the batch is undone (%s)",
+                         s->base.last_error[0] ? s->base.last_error : "no words");
     }
     if (run(s, err, S_COMMIT, "") == SQLITE_DONE)
         return ESIM_OK;
@@ -2553,6 +2599,11 @@ uint64_t store_sqlite_fullscan_steps(store *st)
 uint64_t store_sqlite_statements_run(store *st)
 {
     return stmt_status_sum(st, SQLITE_STMTSTATUS_RUN);
+}
+
+sqlite3 *store_sqlite_db(store *st)
+{
+    return ((sqlite_store *)st)->db;
 }
 
 /* SQLite's process-wide settings, made once before it initialises

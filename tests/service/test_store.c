@@ -2212,6 +2212,85 @@ static void test_batch_requests_without_savepoints(void **state)
     esim_store_close(st);
 }
 
+/* A device's result for |uuid| of |raw_len| bytes (its ledger row). */
+static esim_err exchange_raw(store *st, const char *udid, const char *uuid, size_t raw_len,
+                             int64_t now)
+{
+    char *raw = malloc(raw_len);
+    assert_non_null(raw);
+    memset(raw, 'r', raw_len);
+    store_exchange_in in = {.udid = udid,
+                            .status = "Acknowledged",
+                            .command_uuid = uuid,
+                            .raw = raw,
+                            .raw_len = raw_len};
+    store_exchange_out out = {0};
+    esim_err rc = esim_store_device_exchange(st, &in, now, &out, NULL);
+    esim_buf_free(&out.next.body);
+    free(raw);
+    return rc;
+}
+
+/* A full disk in the middle of a batch: SQLite rolls the whole transaction
+ * back by itself (savepoints and all). The batch is then undone: its later
+ * operations are refused (they would have begun transactions of their own
+ * and committed outside it), its commit fails, and both report the first
+ * failure, not the undo's "no such savepoint" that followed it. */
+static void test_batch_undone_by_sqlite(void **state)
+{
+    (void)state;
+    char path[600];
+    store *st = open_fresh_sqlite(path);
+    if (!st)
+        skip();
+    enroll(st, "F1", NULL);
+    enroll(st, "F2", NULL);
+    enqueue(st, "f1", "F1", 0, 0);
+    enqueue(st, "f2", "F2", 0, 0);
+    char next[128];
+    sqlite3 *db = store_sqlite_db(st);
+    assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+    assert_int_equal(exchange(st, "F1", "Idle", NULL, NULL, 0, 3000, next, NULL), ESIM_OK);
+    assert_string_equal(next, "f1");
+    assert_int_equal(exchange(st, "F2", "Idle", NULL, NULL, 0, 3001, next, NULL), ESIM_OK);
+    assert_string_equal(next, "f2");
+    /* No page more than the file has: the next large row cannot be kept. */
+    assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(exchange_raw(st, "F2", "f2", 256 * 1024, 3002), ESIM_ESTORE);
+    assert_true(sqlite3_get_autocommit(db)); /* SQLite undid the batch */
+    assert_non_null(strstr(esim_store_last_error(st), "full"));
+    /* Refused, not committed on its own. */
+    assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
+                     SQLITE_OK);
+    esim_error e;
+    store_command_in c = {
+        .uuid = "f3", .request_type = "ProfileList", .body = "<plist/>", .body_len = 8};
+    const char *u[] = {"F2"};
+    assert_int_equal(esim_store_command_enqueue(st, &c, u, 1, 3003, &e), ESIM_ESTORE);
+    assert_non_null(strstr(e.msg, "full"));
+    assert_int_equal(exchange(st, "F2", "Idle", NULL, NULL, 0, 3004, next, NULL), ESIM_ESTORE);
+    assert_int_equal(esim_store_batch_commit(st, &e), ESIM_ESTORE);
+    assert_non_null(strstr(e.msg, "full"));
+    assert_null(strstr(esim_store_last_error(st), "savepoint"));
+    /* Nothing of the batch was kept. */
+    assert_int_equal(state_of(st, "f1", "F1"), STORE_Q_QUEUED);
+    store_command_info info;
+    store_queue_entry *entries = NULL;
+    size_t n = 0;
+    assert_int_equal(esim_store_command_get(st, "f3", NULL, 10, &info, &entries, &n, NULL),
+                     ESIM_ENOTFOUND);
+    store_device d;
+    assert_int_equal(esim_store_device_get(st, "F2", &d, NULL), ESIM_OK);
+    assert_true(d.last_seen_at < 3000);
+    assert_int_equal(state_of(st, "f2", "F2"), STORE_Q_QUEUED);
+    /* The next batch commits. */
+    assert_int_equal(esim_store_batch_begin(st, NULL), ESIM_OK);
+    assert_int_equal(exchange(st, "F1", "Idle", NULL, NULL, 0, 3005, next, NULL), ESIM_OK);
+    assert_int_equal(esim_store_batch_commit(st, NULL), ESIM_OK);
+    assert_int_equal(state_of(st, "f1", "F1"), STORE_Q_SENT);
+    esim_store_close(st);
+}
+
 /* SQLite's memory statistics stay off (a global mutex per allocation):
  * with them on, the allocation count after an enrolment is above zero. */
 static void test_sqlite_memory_statistics_off(void **state)
@@ -2336,6 +2415,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_round_trip_queries),
         cmocka_unit_test(test_enqueue_queries),
         cmocka_unit_test(test_batch_requests_without_savepoints),
+        cmocka_unit_test(test_batch_undone_by_sqlite),
         cmocka_unit_test(test_erase_reenrolment),
         cmocka_unit_test(test_enqueue_all_or_nothing),
         cmocka_unit_test(test_delivery_order_skip_expiry),
