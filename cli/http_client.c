@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -84,10 +85,13 @@ void chttp_close(chttp *c)
     OPENSSL_cleanse(c->token, sizeof c->token);
 }
 
-esim_err chttp_request(chttp *c, const char *method, const char *path, const char *content_type,
-                       const void *body, size_t len, long *status, esim_buf *reply_out,
-                       esim_error *err)
+/* One attempt; *retry_after is the answer's Retry-After in seconds (0 when
+ * it had none). */
+static esim_err request_once(chttp *c, const char *method, const char *path,
+                             const char *content_type, const void *body, size_t len, long *status,
+                             esim_buf *reply_out, long *retry_after, esim_error *err)
 {
+    *retry_after = 0;
     *status = 0;
     if (!c->curl && !(c->curl = curl_easy_init()))
         return esim_fail(err, ESIM_ENOMEM, "cannot start libcurl");
@@ -117,6 +121,10 @@ esim_err chttp_request(chttp *c, const char *method, const char *path, const cha
     }
     CURLcode res = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_off_t after = 0;
+    if (res == CURLE_OK && curl_easy_getinfo(h, CURLINFO_RETRY_AFTER, &after) == CURLE_OK &&
+        after > 0)
+        *retry_after = after > CHTTP_RETRY_AFTER_MAX ? CHTTP_RETRY_AFTER_MAX : (long)after;
     curl_slist_free_all(hdrs);
     if (auth.data)
         OPENSSL_cleanse(auth.data, auth.len);
@@ -133,6 +141,24 @@ esim_err chttp_request(chttp *c, const char *method, const char *path, const cha
     }
     esim_buf_free(&url);
     return rc;
+}
+
+esim_err chttp_request(chttp *c, const char *method, const char *path, const char *content_type,
+                       const void *body, size_t len, long *status, esim_buf *reply_out,
+                       esim_error *err)
+{
+    for (int attempt = 1;; attempt++) {
+        long after = 0;
+        esim_err rc =
+            request_once(c, method, path, content_type, body, len, status, reply_out, &after, err);
+        if (rc != ESIM_OK || *status != 503 || after == 0 || attempt == CHTTP_TRIES_503)
+            return rc;
+        fprintf(stderr,
+                "esim-mdm: %s %s: the service cannot take it now (503; nothing of it was "
+                "kept); trying again in %ld s\n",
+                method, path, after);
+        sleep((unsigned)after);
+    }
 }
 
 esim_err chttp_call(chttp *c, const char *method, const char *path, const char *content_type,

@@ -37,7 +37,15 @@ void chttp_close(chttp *c);
  * One request to c->server + |path|. |body| may be NULL. On a transport
  * failure returns ESIM_EUNAVAIL with |err| set; otherwise ESIM_OK with
  * *status and *reply (the body as received; replaced, caller frees).
+ *
+ * A 503 with Retry-After (the service's store could not commit, or it was
+ * at its connection limit: nothing of the request was kept) is sent again
+ * after that many seconds (at most CHTTP_RETRY_AFTER_MAX), up to
+ * CHTTP_TRIES_503 attempts in all, each wait said on standard error; the
+ * last answer is returned. A 503 without Retry-After is returned at once.
  */
+#define CHTTP_TRIES_503 4
+#define CHTTP_RETRY_AFTER_MAX 10
 esim_err chttp_request(chttp *c, const char *method, const char *path, const char *content_type,
                        const void *body, size_t len, long *status, esim_buf *reply,
                        esim_error *err);

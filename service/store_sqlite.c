@@ -677,8 +677,17 @@ static bool batch_lost(const sqlite_store *s)
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
 {
     char words[sizeof s->base.last_error];
-    snprintf(words, sizeof words, "store (sqlite): %s: %s (%d)", what, sqlite3_errmsg(s->db),
-             sqlite3_extended_errcode(s->db));
+    int code = sqlite3_extended_errcode(s->db);
+    int primary = code & 0xff, sys = sqlite3_system_errno(s->db);
+    /* A failure of the file system (a full disk, a write refused) says
+     * which: SQLite's words alone are "database or disk is full". */
+    if (sys != 0 &&
+        (primary == SQLITE_FULL || primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN))
+        snprintf(words, sizeof words, "store (sqlite): %s: %s (%d; %s)", what,
+                 sqlite3_errmsg(s->db), code, strerror(sys));
+    else
+        snprintf(words, sizeof words, "store (sqlite): %s: %s (%d)", what, sqlite3_errmsg(s->db),
+                 code);
     bool in_tx = s->in_batch || s->depth > 0;
     if (!in_tx || !s->failure_kept)
         memcpy(s->base.last_error, words, sizeof words);
