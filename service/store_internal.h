@@ -269,7 +269,8 @@ struct store_ops {
                          size_t *n, esim_error *err);
     /* Creates or replaces the package (command_uuid, eid). */
     esim_err (*iot_pkg_put)(store *st, const store_iot_package *p, int64_t now, esim_error *err);
-    /* As esim_store_iot_packages ("" for a key not filtered on). */
+    /* As esim_store_iot_packages ("" for a key not filtered on; one of
+     * them is given, and each case reads by an index). */
     esim_err (*iot_pkg_list)(store *st, const char *eid, const char *uuid, size_t limit,
                              store_iot_package **out, size_t *n, esim_error *err);
     /* As esim_store_iot_trigger_find (|eid| "" for any). */
@@ -396,6 +397,9 @@ uint64_t store_sqlite_statements_run(store *st);
 /* Tests: the SQLite store's own connection (to set a per-connection limit,
  * such as PRAGMA max_page_count, that makes it fail as a full disk would). */
 struct sqlite3 *store_sqlite_db(store *st);
+/* Tests: the PostgreSQL store's connection (to read the plans of the
+ * statements it prepared); call it only between operations. */
+struct pg_conn *store_pgsql_conn(store *st);
 /* Makes SQLite allocate through store_sqlite_mem.c's per-thread cache of
  * small blocks; call once, before SQLite initialises (afterwards SQLite
  * refuses it and keeps its own allocator). */

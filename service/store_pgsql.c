@@ -357,7 +357,11 @@ enum {
     S_IOT_LIST,
     S_IOT_PKG_PUT,
     S_IOT_PKG_LIST,
+    S_IOT_PKG_ONE,
+    S_IOT_PKG_BY_COMMAND,
     S_IOT_TRIGGER_FIND,
+    S_IOT_TRIGGER_ANY,
+    S_IOT_TRIGGER_ANY_SENT,
     S_RELAY_PUT,
     S_RELAY_EXPIRE,
     S_RELAY_GET,
@@ -370,6 +374,10 @@ enum {
     S_OUTBOX_RENEW,
     S_COUNT
 };
+
+#define IOT_PKG_COLS                                                                               \
+    "command_uuid, eid, kind, state, counter, created_ms, sent_ms, answered_ms, summary,"          \
+    " result_words, error, request, result, smdp"
 
 static const char *const statement_sql[S_COUNT] = {
     [S_DEV_IDENTITY] =
@@ -551,13 +559,25 @@ static const char *const statement_sql[S_COUNT] = {
         " result_words = excluded.result_words, error = excluded.error,"
         " request = excluded.request, result = excluded.result,"
         " smdp = CASE WHEN excluded.smdp = '' THEN iot_packages.smdp ELSE excluded.smdp END",
-    [S_IOT_PKG_LIST] = "SELECT command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
-                       "answered_ms, summary, result_words, error, request, result, smdp FROM "
-                       "iot_packages WHERE ($1::text = '' OR eid = $1)"
-                       " AND ($2::text = '' OR command_uuid = $2) ORDER BY id DESC LIMIT $3",
+    /* A statement for each key given, every one by an index (as in
+     * store_sqlite.c): the generic plan of one statement with
+     * "($1 = '' OR eid = $1)" reads the whole table. */
+    [S_IOT_PKG_LIST] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE eid = $1"
+                       " ORDER BY id DESC LIMIT $2",
+    [S_IOT_PKG_ONE] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE command_uuid = $1"
+                      " AND eid = $2 ORDER BY id DESC LIMIT $3",
+    [S_IOT_PKG_BY_COMMAND] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE command_uuid = $1"
+                             " ORDER BY id DESC LIMIT $2",
+    /* With an EID, by iot_packages_eid (the partial iot_packages_smdp is not
+     * provable from "smdp = $2"); without, by iot_packages_smdp, which
+     * "smdp <> ''" proves. */
     [S_IOT_TRIGGER_FIND] =
-        "SELECT 1 FROM iot_packages WHERE smdp = $1 AND kind = 'download'"
-        " AND ($2::text = '' OR eid = $2) AND ($3::bigint = 0 OR state = 'sent') LIMIT 1",
+        "SELECT 1 FROM iot_packages WHERE eid = $1 AND smdp = $2 AND kind = 'download'"
+        " AND ($3::bigint = 0 OR state = 'sent') LIMIT 1",
+    [S_IOT_TRIGGER_ANY] = "SELECT 1 FROM iot_packages WHERE smdp = $1 AND smdp <> ''"
+                          " AND kind = 'download' LIMIT 1",
+    [S_IOT_TRIGGER_ANY_SENT] = "SELECT 1 FROM iot_packages WHERE smdp = $1 AND smdp <> ''"
+                               " AND state = 'sent' AND kind = 'download' LIMIT 1",
     [S_RELAY_PUT] = "INSERT INTO iot_relay_sessions (txid, smdp, eid, created_ms) VALUES ($1, $2,"
                     " $3, $4) ON CONFLICT (txid) DO UPDATE SET smdp = excluded.smdp,"
                     " eid = excluded.eid, created_ms = excluded.created_ms",
@@ -1866,8 +1886,10 @@ static esim_err pg_iot_pkg_put(store *base, const store_iot_package *p, int64_t 
 static esim_err pg_iot_trigger_find(store *base, const char *smdp, const char *eid, bool pending,
                                     bool *found, esim_error *err)
 {
-    PGresult *r =
-        run((pg_store *)base, err, S_IOT_TRIGGER_FIND, "tti", smdp, eid, (int64_t)pending);
+    pg_store *s = (pg_store *)base;
+    PGresult *r = *eid      ? run(s, err, S_IOT_TRIGGER_FIND, "tti", eid, smdp, (int64_t)pending)
+                  : pending ? run(s, err, S_IOT_TRIGGER_ANY_SENT, "t", smdp)
+                            : run(s, err, S_IOT_TRIGGER_ANY, "t", smdp);
     if (!r)
         return ESIM_ESTORE;
     *found = PQntuples(r) > 0;
@@ -1910,7 +1932,10 @@ static esim_err pg_relay_session_drop(store *base, const char *txid, esim_error 
 static esim_err pg_iot_pkg_list(store *base, const char *eid, const char *uuid, size_t limit,
                                 store_iot_package **out, size_t *n, esim_error *err)
 {
-    PGresult *r = run((pg_store *)base, err, S_IOT_PKG_LIST, "tti", eid, uuid, (int64_t)limit);
+    pg_store *s = (pg_store *)base;
+    PGresult *r = !*uuid ? run(s, err, S_IOT_PKG_LIST, "ti", eid, (int64_t)limit)
+                  : *eid ? run(s, err, S_IOT_PKG_ONE, "tti", uuid, eid, (int64_t)limit)
+                         : run(s, err, S_IOT_PKG_BY_COMMAND, "ti", uuid, (int64_t)limit);
     if (!r)
         return ESIM_ESTORE;
     size_t rows = (size_t)PQntuples(r);
@@ -2483,6 +2508,11 @@ static const struct store_ops pgsql_ops = {
     .outbox_claim = pg_outbox_claim,
     .outbox_renew = pg_outbox_renew,
 };
+
+PGconn *store_pgsql_conn(store *st)
+{
+    return ((pg_store *)st)->conn;
+}
 
 int store_pgsql_schema_version(void)
 {

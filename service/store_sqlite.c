@@ -255,6 +255,10 @@ static const migration migrations[] = {
     " push_state, enrolled_at, checked_out_at, token_updated_at, last_seen_at, push_due_at,"       \
     " token_update_tally, platform"
 
+#define IOT_PKG_COLS                                                                               \
+    "command_uuid, eid, kind, state, counter, created_ms, sent_ms, answered_ms, summary,"          \
+    " result_words, error, request, result, smdp"
+
 #define ENTRY_COLS                                                                                 \
     "q.udid, q.command_uuid, c.request_type, q.state, q.priority, q.attempts, q.not_now_count,"    \
     " q.enqueued_at, q.pushed_at, q.sent_at, q.answered_at, q.updated_at, q.expires_at,"           \
@@ -353,7 +357,11 @@ enum {
     S_IOT_LIST,
     S_IOT_PKG_PUT,
     S_IOT_PKG_LIST,
+    S_IOT_PKG_ONE,
+    S_IOT_PKG_BY_COMMAND,
     S_IOT_TRIGGER_FIND,
+    S_IOT_TRIGGER_ANY,
+    S_IOT_TRIGGER_ANY_SENT,
     S_RELAY_PUT,
     S_RELAY_EXPIRE,
     S_RELAY_GET,
@@ -511,12 +519,27 @@ static const char *const statement_sql[S_COUNT] = {
         " result_words = excluded.result_words, error = excluded.error,"
         " request = excluded.request, result = excluded.result,"
         " smdp = CASE WHEN excluded.smdp = '' THEN iot_packages.smdp ELSE excluded.smdp END",
-    [S_IOT_PKG_LIST] = "SELECT command_uuid, eid, kind, state, counter, created_ms, sent_ms, "
-                       "answered_ms, summary, result_words, error, request, result, smdp FROM "
-                       "iot_packages WHERE (?1 = '' OR eid = ?1)"
-                       " AND (?2 = '' OR command_uuid = ?2) ORDER BY id DESC LIMIT ?3",
-    [S_IOT_TRIGGER_FIND] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND kind = 'download'"
-                           " AND (?2 = '' OR eid = ?2) AND (?3 = 0 OR state = 'sent') LIMIT 1",
+    /* The packages of one EID, of one command, or the one of both: a
+     * statement for each, every one by an index. The one statement with
+     * "(?1 = '' OR eid = ?1) AND (?2 = '' OR command_uuid = ?2)" could use
+     * neither index and read the whole table, every package's request and
+     * result with it, for each eIM result (find_sent). */
+    [S_IOT_PKG_LIST] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE eid = ?1"
+                       " ORDER BY id DESC LIMIT ?2",
+    [S_IOT_PKG_ONE] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE command_uuid = ?1"
+                      " AND eid = ?2 ORDER BY id DESC LIMIT ?3",
+    [S_IOT_PKG_BY_COMMAND] = "SELECT " IOT_PKG_COLS " FROM iot_packages WHERE command_uuid = ?1"
+                             " ORDER BY id DESC LIMIT ?2",
+    /* With an EID, its packages by iot_packages_eid ("+smdp" keeps the
+     * planner off iot_packages_smdp: one SM-DP+ may serve the whole fleet);
+     * without, iot_packages_smdp, which "smdp <> ''" lets the planner use
+     * (a bound value alone does not prove the index's condition). */
+    [S_IOT_TRIGGER_FIND] = "SELECT 1 FROM iot_packages WHERE eid = ?1 AND +smdp = ?2"
+                           " AND kind = 'download' AND (?3 = 0 OR state = 'sent') LIMIT 1",
+    [S_IOT_TRIGGER_ANY] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND smdp <> ''"
+                          " AND kind = 'download' LIMIT 1",
+    [S_IOT_TRIGGER_ANY_SENT] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND smdp <> ''"
+                               " AND state = 'sent' AND kind = 'download' LIMIT 1",
     [S_RELAY_PUT] = "INSERT INTO iot_relay_sessions (txid, smdp, eid, created_ms) VALUES (?1, ?2,"
                     " ?3, ?4) ON CONFLICT (txid) DO UPDATE SET smdp = excluded.smdp,"
                     " eid = excluded.eid, created_ms = excluded.created_ms",
@@ -1079,11 +1102,12 @@ static esim_err sq_iot_trigger_find(store *base, const char *smdp, const char *e
                                     bool *found, esim_error *err)
 {
     sqlite_store *s = (sqlite_store *)base;
-    int r = run(s, err, S_IOT_TRIGGER_FIND, "tti", smdp, eid, (int64_t)pending);
+    int id = *eid ? S_IOT_TRIGGER_FIND : pending ? S_IOT_TRIGGER_ANY_SENT : S_IOT_TRIGGER_ANY;
+    int r = *eid ? run(s, err, id, "tti", eid, smdp, (int64_t)pending) : run(s, err, id, "t", smdp);
     if (r < 0)
         return ESIM_ESTORE;
     *found = r == SQLITE_ROW;
-    sqlite3_reset(s->stmt[S_IOT_TRIGGER_FIND]);
+    sqlite3_reset(s->stmt[id]);
     return r == SQLITE_ROW || r == SQLITE_DONE ? ESIM_OK
                                                : db_fail(s, err, "look up the download triggers");
 }
@@ -1130,8 +1154,11 @@ static esim_err sq_iot_pkg_list(store *base, const char *eid, const char *uuid, 
     store_iot_package *list = calloc(limit, sizeof *list);
     if (!list)
         return esim_fail(err, ESIM_ENOMEM, "out of memory");
-    int r = run(s, err, S_IOT_PKG_LIST, "tti", eid, uuid, (int64_t)limit);
-    sqlite3_stmt *st = r >= 0 ? s->stmt[S_IOT_PKG_LIST] : NULL;
+    int id = !*uuid ? S_IOT_PKG_LIST : *eid ? S_IOT_PKG_ONE : S_IOT_PKG_BY_COMMAND;
+    int r = id == S_IOT_PKG_ONE    ? run(s, err, id, "tti", uuid, eid, (int64_t)limit)
+            : id == S_IOT_PKG_LIST ? run(s, err, id, "ti", eid, (int64_t)limit)
+                                   : run(s, err, id, "ti", uuid, (int64_t)limit);
+    sqlite3_stmt *st = r >= 0 ? s->stmt[id] : NULL;
     size_t count = 0;
     esim_err rc = ESIM_OK;
     while (r == SQLITE_ROW && count < limit) {

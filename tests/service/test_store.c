@@ -1037,6 +1037,167 @@ static void test_checkin_waits_for_a_held_entry(void **state)
     esim_store_close(st);
 }
 
+/* One package of the eIM (test_iot_reads_use_indexes). */
+static void iot_pkg(store *st, const char *uuid, const char *eid, const char *kind,
+                    const char *state, const char *smdp)
+{
+    store_iot_package p = {0};
+    snprintf(p.command_uuid, sizeof p.command_uuid, "%s", uuid);
+    snprintf(p.eid, sizeof p.eid, "%s", eid);
+    snprintf(p.kind, sizeof p.kind, "%s", kind);
+    snprintf(p.state, sizeof p.state, "%s", state);
+    snprintf(p.smdp, sizeof p.smdp, "%s", smdp);
+    uint8_t der[300];
+    memset(der, 0xA5, sizeof der);
+    assert_int_equal(esim_buf_append(&p.request, der, sizeof der), ESIM_OK);
+    assert_int_equal(esim_store_iot_package_put(st, &p, 40, NULL), ESIM_OK);
+    esim_buf_free(&p.request);
+}
+
+/* PostgreSQL: the generic plan (the one a prepared statement ends up
+ * with) of every statement the store prepared that reads iot_packages
+ * finds its rows by an index condition and scans no table whole. */
+static void pg_iot_plans_use_indexes(store *st)
+{
+    PGconn *c = store_pgsql_conn(st);
+    PGresult *r = PQexec(c, "SET plan_cache_mode = force_generic_plan");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    r = PQexec(c, "SELECT name, cardinality(parameter_types), statement"
+                  " FROM pg_prepared_statements"
+                  " WHERE statement LIKE 'SELECT %FROM iot_packages%' ORDER BY name");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    int n = PQntuples(r);
+    assert_true(n >= 6); /* the three listings and the three trigger look-ups */
+    for (int i = 0; i < n; i++) {
+        char sql[256];
+        int params = atoi(PQgetvalue(r, i, 1));
+        int at = snprintf(sql, sizeof sql, "EXPLAIN EXECUTE %s(", PQgetvalue(r, i, 0));
+        for (int k = 0; k < params; k++)
+            at += snprintf(sql + at, sizeof sql - (size_t)at, "%s'1'", k ? ", " : "");
+        snprintf(sql + at, sizeof sql - (size_t)at, ")");
+        PGresult *plan = PQexec(c, sql);
+        assert_int_equal(PQresultStatus(plan), PGRES_TUPLES_OK);
+        char text[4096] = "";
+        size_t len = 0;
+        for (int k = 0; k < PQntuples(plan); k++)
+            len += (size_t)snprintf(text + len, sizeof text - len, "%s\n", PQgetvalue(plan, k, 0));
+        PQclear(plan);
+        if (strstr(text, "Seq Scan") || !strstr(text, "Index Cond"))
+            fail_msg("%s\n%s", PQgetvalue(r, i, 2), text);
+    }
+    PQclear(r);
+    r = PQexec(c, "RESET plan_cache_mode");
+    PQclear(r);
+}
+
+/* The eIM's reads of its packages (by EID, by EID and command, by command;
+ * the relay's trigger look-up with and without an EID, pending or not)
+ * among many packages of other devices: the same rows in the same order
+ * as ever, each found by an index (SQLite steps through no full-table
+ * scan; PostgreSQL's generic plans have an index condition). */
+static void test_iot_reads_use_indexes(void **state)
+{
+    (void)state;
+    char spec[600];
+    store *st = open_fresh(spec);
+    char e1[ESIM_EID_LEN + 1] = "89049032000000000000000000000500";
+    char e2[ESIM_EID_LEN + 1] = "89049032000000000000000000000600";
+    char other[ESIM_EID_LEN + 1];
+    assert_int_equal(esim_eid_set_check_digits(e1, NULL), ESIM_OK);
+    assert_int_equal(esim_eid_set_check_digits(e2, NULL), ESIM_OK);
+    const char *dp = "smdp.example:443", *dp2 = "other.example:443";
+    char uuid[64];
+    assert_int_equal(esim_store_unit_begin(st, NULL), ESIM_OK);
+    for (int i = 0; i < 400; i++) {
+        snprintf(other, sizeof other, "890490320000000000000001%06u00", (unsigned)i % 1000000u);
+        assert_int_equal(esim_eid_set_check_digits(other, NULL), ESIM_OK);
+        snprintf(uuid, sizeof uuid, "DL-%d", i);
+        iot_pkg(st, uuid, other, "download", "done", i % 2 ? dp : dp2);
+        snprintf(uuid, sizeof uuid, "EN-%d", i);
+        iot_pkg(st, uuid, other, "psmo", "done", "");
+        if (i < 3)
+            iot_pkg(st, "SHARED", other, "psmo", "sent", "");
+    }
+    iot_pkg(st, "T-1", e1, "download", "sent", dp);
+    iot_pkg(st, "T-2", e1, "psmo", "done", "");
+    iot_pkg(st, "SHARED", e1, "psmo", "sent", "");
+    iot_pkg(st, "T-3", e1, "eco", "sent", "");
+    iot_pkg(st, "T-4", e2, "download", "done", dp);
+    iot_pkg(st, "SHARED", e2, "psmo", "queued", "");
+    assert_int_equal(esim_store_unit_end(st, true, NULL), ESIM_OK);
+    bool sqlite = strcmp(st->ops->name, "sqlite") == 0;
+    uint64_t scans = sqlite ? store_sqlite_fullscan_steps(st) : 0;
+
+    struct {
+        const char *eid, *uuid;
+        size_t limit;
+        const char *want; /* "uuid/eid-tag ...", newest first */
+    } lists[] = {
+        {e1, NULL, 10, "T-3/1 SHARED/1 T-2/1 T-1/1"},
+        {e1, NULL, 2, "T-3/1 SHARED/1"},
+        {e2, "", 10, "SHARED/2 T-4/2"},
+        {e1, "T-3", 1, "T-3/1"},
+        {e1, "SHARED", 5, "SHARED/1"},
+        {e2, "T-1", 5, ""},
+        {NULL, "SHARED", 10, "SHARED/2 SHARED/1 SHARED/o SHARED/o SHARED/o"},
+        {"", "SHARED", 3, "SHARED/2 SHARED/1 SHARED/o"},
+        {NULL, "T-9", 3, ""},
+    };
+    for (size_t k = 0; k < sizeof lists / sizeof *lists; k++) {
+        store_iot_package *p = NULL;
+        size_t n = 0;
+        assert_int_equal(
+            esim_store_iot_packages(st, lists[k].eid, lists[k].uuid, lists[k].limit, &p, &n, NULL),
+            ESIM_OK);
+        char got[256] = "";
+        size_t len = 0;
+        for (size_t i = 0; i < n; i++) {
+            const char *tag = strcmp(p[i].eid, e1) == 0   ? "1"
+                              : strcmp(p[i].eid, e2) == 0 ? "2"
+                                                          : "o";
+            len += (size_t)snprintf(got + len, sizeof got - len, "%s%s/%s", i ? " " : "",
+                                    p[i].command_uuid, tag);
+            if (strcmp(p[i].command_uuid, "T-1") == 0) {
+                assert_string_equal(p[i].smdp, dp);
+                assert_int_equal(p[i].request.len, 300);
+            }
+        }
+        esim_store_iot_packages_free(p, n);
+        assert_string_equal(got, lists[k].want);
+    }
+    struct {
+        const char *smdp, *eid;
+        bool pending, want;
+    } finds[] = {
+        {dp, e1, true, true},
+        {dp, e1, false, true},
+        {dp, e2, true, false},
+        {dp, e2, false, true},
+        {dp, "", true, true},
+        {dp, "", false, true},
+        {dp2, "", true, false},
+        {dp2, "", false, true},
+        {dp2, e1, false, false},
+        {"none.example:443", "", false, false},
+        {"none.example:443", e1, false, false},
+    };
+    for (size_t k = 0; k < sizeof finds / sizeof *finds; k++) {
+        bool found = !finds[k].want;
+        assert_int_equal(esim_store_iot_trigger_find(st, finds[k].smdp, finds[k].eid,
+                                                     finds[k].pending, &found, NULL),
+                         ESIM_OK);
+        if (found != finds[k].want)
+            fail_msg("trigger_find(%s, %s, %d): %d", finds[k].smdp, finds[k].eid, finds[k].pending,
+                     found);
+    }
+    if (sqlite)
+        assert_int_equal(store_sqlite_fullscan_steps(st) - scans, 0);
+    else if (strcmp(st->ops->name, "pgsql") == 0)
+        pg_iot_plans_use_indexes(st);
+    esim_store_close(st);
+}
+
 static void test_iot_devices_and_packages(void **state)
 {
     (void)state;
@@ -2430,6 +2591,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_iot_poll_waits_for_registration),
         cmocka_unit_test(test_checkin_waits_for_a_held_entry),
         cmocka_unit_test(test_iot_relay),
+        cmocka_unit_test(test_iot_reads_use_indexes),
         cmocka_unit_test(test_instances),
         cmocka_unit_test(test_units),
         cmocka_unit_test(test_campaign_records),
