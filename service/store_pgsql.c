@@ -570,12 +570,15 @@ static const char *const statement_sql[S_COUNT] = {
                              " ORDER BY id DESC LIMIT $2",
     /* With an EID, by iot_packages_eid (the partial iot_packages_smdp is not
      * provable from "smdp = $2"); without, by iot_packages_smdp, which
-     * "smdp <> ''" proves. */
+     * "smdp <> ''" proves ("ORDER BY state", the index's order: with the
+     * table's statistics the planner chose a scan of the table for LIMIT 1,
+     * which may pass every other package first; only download triggers
+     * have an SM-DP+, so the index's first entry answers). */
     [S_IOT_TRIGGER_FIND] =
         "SELECT 1 FROM iot_packages WHERE eid = $1 AND smdp = $2 AND kind = 'download'"
         " AND ($3::bigint = 0 OR state = 'sent') LIMIT 1",
     [S_IOT_TRIGGER_ANY] = "SELECT 1 FROM iot_packages WHERE smdp = $1 AND smdp <> ''"
-                          " AND kind = 'download' LIMIT 1",
+                          " AND kind = 'download' ORDER BY state LIMIT 1",
     [S_IOT_TRIGGER_ANY_SENT] = "SELECT 1 FROM iot_packages WHERE smdp = $1 AND smdp <> ''"
                                " AND state = 'sent' AND kind = 'download' LIMIT 1",
     [S_RELAY_PUT] = "INSERT INTO iot_relay_sessions (txid, smdp, eid, created_ms) VALUES ($1, $2,"

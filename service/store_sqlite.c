@@ -533,11 +533,14 @@ static const char *const statement_sql[S_COUNT] = {
     /* With an EID, its packages by iot_packages_eid ("+smdp" keeps the
      * planner off iot_packages_smdp: one SM-DP+ may serve the whole fleet);
      * without, iot_packages_smdp, which "smdp <> ''" lets the planner use
-     * (a bound value alone does not prove the index's condition). */
+     * (a bound value alone does not prove the index's condition; "ORDER BY
+     * state", the index's order, keeps PostgreSQL's planner on it too: only
+     * download triggers have an SM-DP+, so its first entry answers, where a
+     * scan of the table may first pass every other package). */
     [S_IOT_TRIGGER_FIND] = "SELECT 1 FROM iot_packages WHERE eid = ?1 AND +smdp = ?2"
                            " AND kind = 'download' AND (?3 = 0 OR state = 'sent') LIMIT 1",
     [S_IOT_TRIGGER_ANY] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND smdp <> ''"
-                          " AND kind = 'download' LIMIT 1",
+                          " AND kind = 'download' ORDER BY state LIMIT 1",
     [S_IOT_TRIGGER_ANY_SENT] = "SELECT 1 FROM iot_packages WHERE smdp = ?1 AND smdp <> ''"
                                " AND state = 'sent' AND kind = 'download' LIMIT 1",
     [S_RELAY_PUT] = "INSERT INTO iot_relay_sessions (txid, smdp, eid, created_ms) VALUES (?1, ?2,"
