@@ -544,8 +544,12 @@ static void enqueue_batch(campaigns *cs, step_batch *b, int64_t now)
         }
         rc = ESIM_OK;
     }
-    if (rc != ESIM_OK) /* the store or memory failed: every device of the batch fails */
-        for (size_t k = 0; k < b->n; k++)
+    /* The store failed (nothing of the batch was kept): its devices are
+     * queued again later. Out of memory: they fail. */
+    for (size_t k = 0; rc != ESIM_OK && k < b->n; k++)
+        if (rc == ESIM_ESTORE)
+            campaign_queue_lost(c, b->devs[k], e.msg, now);
+        else
             campaign_fail_device(c, b->devs[k], e.msg[0] ? e.msg : "out of memory", now);
     free(udids);
 }
@@ -834,14 +838,19 @@ static size_t prepare_batches(campaigns *cs, int64_t now, step_batch **out)
 }
 
 /* The unit that would have queued |batches| was not committed: neither the
- * commands nor their records are in the store, so their devices fail with
- * the store's reason. */
-static void fail_batches(step_batch *batches, size_t nb, const char *why, int64_t now)
+ * commands nor their records are in the store. A store failure (|rc|
+ * ESIM_ESTORE: a full disk, the database away) is nothing the devices did:
+ * their commands are queued again later. Anything else fails them with
+ * the reason. */
+static void batches_lost(step_batch *batches, size_t nb, esim_err rc, const char *why, int64_t now)
 {
     for (size_t i = 0; i < nb; i++)
         for (size_t k = 0; k < batches[i].n; k++)
-            campaign_fail_device(batches[i].s->c, batches[i].devs[k],
-                                 why[0] ? why : "the store failed", now);
+            if (rc == ESIM_ESTORE)
+                campaign_queue_lost(batches[i].s->c, batches[i].devs[k], why, now);
+            else
+                campaign_fail_device(batches[i].s->c, batches[i].devs[k],
+                                     why[0] ? why : "the store failed", now);
 }
 
 /* Queues what the engine asked for and writes the records that name those
@@ -869,7 +878,7 @@ static void flush_inline(campaigns *cs)
         if (rc == ESIM_OK) {
             records_written(cs);
         } else {
-            fail_batches(batches, nb, e.msg, now);
+            batches_lost(batches, nb, rc, e.msg, now);
             records_lost(cs, e.msg, now, false);
         }
     }
@@ -1401,7 +1410,7 @@ static void flush_done(esim_service *svc, void *arg, bool ran)
             return;
         }
     } else {
-        fail_batches(j->batches, j->nb, j->e.msg, now);
+        batches_lost(j->batches, j->nb, j->rc, j->e.msg, now);
         job_records_lost(j);
         job_cancels_back(cs, j);
         records_lost(cs, j->e.msg[0] ? j->e.msg : "the store failed", now, j->event_written);

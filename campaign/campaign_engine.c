@@ -446,15 +446,53 @@ static void fail_device(campaign *c, size_t i, campaign_dev_state s, int64_t now
     check_finished(c);
 }
 
-/* Queues the current step's command; false when the device failed. */
+static int64_t backoff_ms(const campaign *c, unsigned retries)
+{
+    int64_t d = c->spec.settings.retry_base_ms;
+    for (unsigned k = 1; k < retries && d < c->spec.settings.retry_max_ms; k++)
+        d *= 2;
+    return d < c->spec.settings.retry_max_ms ? d : c->spec.settings.retry_max_ms;
+}
+
+/* The store could not keep device |i|'s command (nothing of it was kept):
+ * nothing is wrong with the device, so it waits its turn again after the
+ * first retry back-off (the campaign's expiry bounds how long), its note
+ * saying why until the command is queued. */
+static void wait_for_store(campaign *c, size_t i, int64_t now, const char *why)
+{
+    campaign_dev *d = &c->devs[i];
+    if (!d->install_error) { /* the refresh's error stays the reason */
+        set_reason(c, i, "the %s command could not be queued yet (%s); it will be again",
+                   campaign_step_name((campaign_step)d->step), why);
+        d->store_wait = 1;
+    }
+    d->need_queue = 1;
+    set_state(c, i, CDEV_PENDING, now);
+    arm(c, i, now + backoff_ms(c, 1));
+}
+
+/* Queues the current step's command; false when it was not queued: the
+ * device failed, or the store could not take the command now and the
+ * device is pending again. */
 static bool queue_step(campaign *c, size_t i, int64_t now, const campaign_io *io)
 {
     campaign_dev *d = &c->devs[i];
     esim_error why = {{0}};
-    if (io->queue(io->arg, c, i, (campaign_step)d->step, &why) != ESIM_OK) {
+    esim_err rc = io->queue(io->arg, c, i, (campaign_step)d->step, &why);
+    if (rc == ESIM_ESTORE) {
+        wait_for_store(c, i, now, why.msg);
+        return false;
+    }
+    if (rc != ESIM_OK) {
         fail_device(c, i, CDEV_FAILED, now, "the %s command could not be queued: %s",
                     campaign_step_name((campaign_step)d->step), why.msg);
         return false;
+    }
+    if (d->store_wait) { /* its note is over */
+        d->store_wait = 0;
+        free(d->reason);
+        d->reason = NULL;
+        mark_dirty(c, i);
     }
     c->commands++;
     d->need_queue = 0;
@@ -524,14 +562,6 @@ static void advance(campaign *c, size_t i, int64_t now, const campaign_io *io,
         return;
     }
     start_step(c, i, now, io, next);
-}
-
-static int64_t backoff_ms(const campaign *c, unsigned retries)
-{
-    int64_t d = c->spec.settings.retry_base_ms;
-    for (unsigned k = 1; k < retries && d < c->spec.settings.retry_max_ms; k++)
-        d *= 2;
-    return d < c->spec.settings.retry_max_ms ? d : c->spec.settings.retry_max_ms;
 }
 
 /* The refresh answered an error other than busy. Its command may have been
@@ -688,6 +718,15 @@ void campaign_fail_device(campaign *c, size_t dev, const char *why, int64_t now)
     fail_device(c, dev, CDEV_FAILED, now, "%s", why ? why : "failed");
 }
 
+void campaign_queue_lost(campaign *c, size_t dev, const char *why, int64_t now)
+{
+    if (!c || dev >= c->n || campaign_dev_state_final((campaign_dev_state)c->devs[dev].state))
+        return;
+    if (c->commands)
+        c->commands--; /* counted when it was accepted */
+    wait_for_store(c, dev, now, why && *why ? why : "the store failed");
+}
+
 void campaign_set_cmd(campaign *c, size_t dev, uint32_t cmd)
 {
     if (!c || dev >= c->n)
@@ -752,6 +791,9 @@ static void fire_timer(campaign *c, size_t i, int64_t now, const campaign_io *io
     switch (d->state) {
     case CDEV_RETRY_WAIT: /* back-off over: push again (queue again if needed) */
         set_state(c, i, CDEV_PENDING, now);
+        ready_add(c, i);
+        break;
+    case CDEV_PENDING: /* the store could not queue its command: its turn again */
         ready_add(c, i);
         break;
     case CDEV_ACTIVE: { /* silent: wake it again; the queued command stays as it is */

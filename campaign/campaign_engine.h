@@ -197,6 +197,8 @@ typedef struct {
     uint8_t in_again : 1;       /* sits in the re-push FIFO */
     uint8_t install_error : 1;  /* its refresh answered an error (reason holds it): the
                                    verification that follows decides, verified or failed */
+    uint8_t store_wait : 1;     /* pending because the store could not queue its command
+                                   (reason says so until it is queued) */
     uint16_t pushes;            /* pushes sent for the current command */
     uint16_t gen;               /* timer generation: a stale heap entry has an older one */
     uint32_t not_now;           /* NotNow answers over the whole campaign */
@@ -213,8 +215,12 @@ typedef struct {
 
 typedef struct campaign campaign;
 
-/* What the engine asks of the service. Every call may fail; the engine then
- * marks the device failed with |err|'s sentence (queue) or retries (push). */
+/* What the engine asks of the service. Every call may fail. A push is
+ * retried. A queue that failed with ESIM_ESTORE (the store could not take
+ * it now: a full disk, the database away; nothing was kept) is tried again
+ * after the retry back-off, the device pending meanwhile, until the
+ * campaign's expiry; any other failure marks the device failed with |err|'s
+ * sentence. */
 typedef struct {
     void *arg;
     /* Queue the command of |step| for device |dev| (index) of |c|. */
@@ -334,6 +340,12 @@ void campaign_on_push_failed(campaign *c, size_t dev, const char *why, int64_t n
 /* The caller could not carry out a queue or push it accepted earlier:
  * |dev| becomes failed with |why| (unless already final). */
 void campaign_fail_device(campaign *c, size_t dev, const char *why, int64_t now_ms);
+
+/* The store could not keep a command the caller accepted for |dev| earlier
+ * (its unit failed: nothing of it was kept): the device is pending again,
+ * with |why| as its note, and its command is queued again after the first
+ * retry back-off, until the campaign's expiry (unless already final). */
+void campaign_queue_lost(campaign *c, size_t dev, const char *why, int64_t now_ms);
 
 /* Sets the caller's fields of a device record (campaign_dev.cmd and
  * push_state) and marks it changed. */

@@ -21,15 +21,16 @@ typedef struct {
     unsigned queued[MAXDEV][CAMPAIGN_STEP_COUNT];
     unsigned pushed[MAXDEV];
     unsigned total_queued, total_pushed;
-    bool fail_queue;
+    esim_err fail_queue; /* what a queue answers (ESIM_OK: queued) */
 } rec;
 
 static esim_err rec_queue(void *arg, campaign *c, size_t dev, campaign_step step, esim_error *err)
 {
     (void)c;
     rec *r = arg;
-    if (r->fail_queue)
-        return esim_fail(err, ESIM_ESTORE, "store is full");
+    if (r->fail_queue != ESIM_OK)
+        return esim_fail(err, r->fail_queue,
+                         r->fail_queue == ESIM_ESTORE ? "store is full" : "device checked out");
     r->queued[dev][step]++;
     r->total_queued++;
     return ESIM_OK;
@@ -635,14 +636,66 @@ static void test_queue_failure_fails_device_with_reason(void **state)
     static fleet f;
     make_fleet(&f, 1, NULL);
     campaign_spec spec = make_spec(false, true, false);
-    rec r = {.fail_queue = true};
+    rec r = {.fail_queue = ESIM_ESTATE};
     campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
     campaign *c = NULL;
     assert_int_equal(campaign_new(&spec, f.t, 1, 0, &c, NULL), ESIM_OK);
     campaign_tick(c, 0, &io);
     assert_int_equal(count(c, CDEV_FAILED), 1);
+    assert_non_null(strstr(campaign_device_at(c, 0)->reason, "device checked out"));
+    assert_int_equal(r.total_pushed, 0);
+    campaign_free(c);
+}
+
+/* The store could not take a command (ESIM_ESTORE: nothing was kept): the
+ * device has done nothing wrong. It stays pending with a note and its
+ * command is queued again after the first retry back-off; once queued the
+ * note goes and the device verifies as any other. The same when the
+ * caller's store loses a command it had accepted (campaign_queue_lost). */
+static void test_store_failure_queues_again(void **state)
+{
+    (void)state;
+    static fleet f;
+    make_fleet(&f, 2, NULL);
+    campaign_spec spec = make_spec(false, true, false);
+    rec r = {.fail_queue = ESIM_ESTORE};
+    campaign_io io = {&r, rec_queue, rec_push, false, NULL, NULL, NULL};
+    campaign *c = NULL;
+    assert_int_equal(campaign_new(&spec, f.t, 2, 0, &c, NULL), ESIM_OK);
+    campaign_tick(c, 0, &io);
+    assert_int_equal(count(c, CDEV_PENDING), 2);
+    assert_int_equal(count(c, CDEV_FAILED), 0);
     assert_non_null(strstr(campaign_device_at(c, 0)->reason, "store is full"));
     assert_int_equal(r.total_pushed, 0);
+    /* Still failing at the back-off: pending again, nothing pushed. */
+    campaign_tick(c, 100, &io);
+    assert_int_equal(count(c, CDEV_PENDING), 2);
+    assert_int_equal(r.total_pushed, 0);
+    /* The store is back: queued, pushed, the note gone. */
+    r.fail_queue = ESIM_OK;
+    campaign_tick(c, 199, &io);
+    assert_int_equal(r.total_queued, 0);
+    campaign_tick(c, 200, &io);
+    assert_int_equal(count(c, CDEV_ACTIVE), 2);
+    assert_int_equal(r.queued[0][CAMPAIGN_STEP_REFRESH] + r.queued[0][CAMPAIGN_STEP_VERIFY], 1);
+    assert_int_equal(r.total_pushed, 2);
+    assert_null(campaign_device_at(c, 0)->reason);
+    /* Device 1's command is lost by the caller's store after it was
+     * accepted: queued again after the back-off, not failed. */
+    campaign_queue_lost(c, 1, "store (sqlite): COMMIT: database or disk is full (13)", 210);
+    assert_int_equal(campaign_device_at(c, 1)->state, CDEV_PENDING);
+    assert_non_null(strstr(campaign_device_at(c, 1)->reason, "disk is full"));
+    campaign_tick(c, 310, &io);
+    assert_int_equal(campaign_device_at(c, 1)->state, CDEV_ACTIVE);
+    assert_int_equal(r.total_queued, 3);
+    assert_null(campaign_device_at(c, 1)->reason);
+    /* Both finish as usual. */
+    for (size_t i = 0; i < 2; i++) {
+        const campaign_dev *d = campaign_device_at(c, i);
+        campaign_result a = ack();
+        assert_int_equal(campaign_on_result(c, i, (campaign_step)d->step, &a, 400, &io), ESIM_OK);
+    }
+    assert_int_equal(count(c, CDEV_FAILED), 0);
     campaign_free(c);
 }
 
@@ -914,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_installed_esim_is_never_downloaded_twice),
         cmocka_unit_test(test_bad_input_refused),
         cmocka_unit_test(test_queue_failure_fails_device_with_reason),
+        cmocka_unit_test(test_store_failure_queues_again),
         cmocka_unit_test(test_dirty_records_and_restore),
         cmocka_unit_test(test_push_after_answer_and_lookup),
         cmocka_unit_test(test_no_repush_while_the_device_is_talking),
