@@ -22,7 +22,7 @@ struct store {
     /* The last failure's words (esim_store_last_error): kept whether or not
      * the caller asked for them, so a failure reported without them (an
      * answer's store error, a batch undone) can still be told. */
-    char last_error[256];
+    char last_error[512];
 };
 
 /* Every back end's listener starts with this. */

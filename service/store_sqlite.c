@@ -700,6 +700,23 @@ static bool batch_lost(const sqlite_store *s)
     return s->in_batch && sqlite3_get_autocommit(s->db);
 }
 
+/* What SQLite's error log (SQLITE_CONFIG_LOG) last said on this thread, and
+ * the code it said it with: the detail its error message leaves out (the
+ * step of the statement that failed, the file and system call of an I/O
+ * error). Per thread because SQLite calls the log on the thread that hit
+ * the error, before that call returns. */
+static _Thread_local struct {
+    int code;
+    char msg[160];
+} sqlite_said;
+
+static void sqlite_log(void *arg, int code, const char *msg)
+{
+    (void)arg;
+    sqlite_said.code = code;
+    snprintf(sqlite_said.msg, sizeof sqlite_said.msg, "%s", msg ? msg : "");
+}
+
 static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
 {
     char words[sizeof s->base.last_error];
@@ -707,13 +724,23 @@ static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
     int primary = code & 0xff, sys = sqlite3_system_errno(s->db);
     /* A failure of the file system (a full disk, a write refused) says
      * which: SQLite's words alone are "database or disk is full". */
+    char detail[200] = "";
     if (sys != 0 &&
         (primary == SQLITE_FULL || primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN))
-        snprintf(words, sizeof words, "store (sqlite): %s: %s (%d; %s)", what,
-                 sqlite3_errmsg(s->db), code, strerror(sys));
-    else
-        snprintf(words, sizeof words, "store (sqlite): %s: %s (%d)", what, sqlite3_errmsg(s->db),
-                 code);
+        snprintf(detail, sizeof detail, "; %s", strerror(sys));
+    /* What SQLite's log said of it, up to the statement's text. */
+    if ((sqlite_said.code & 0xff) == primary && sqlite_said.msg[0]) {
+        int n = (int)strcspn(sqlite_said.msg, "[");
+        while (n > 0 && (sqlite_said.msg[n - 1] == ' ' || sqlite_said.msg[n - 1] == ':'))
+            n--;
+        snprintf(detail + strlen(detail), sizeof detail - strlen(detail), "; sqlite: %.*s", n,
+                 sqlite_said.msg);
+    }
+    sqlite_said.code = 0;
+    /* A statement's text is long: its start names it, and the words must
+     * keep room for the rest. */
+    snprintf(words, sizeof words, "store (sqlite): %.80s%s: %s (%d%s)", what,
+             strlen(what) > 80 ? "..." : "", sqlite3_errmsg(s->db), code, detail);
     bool in_tx = s->in_batch || s->depth > 0;
     if (!in_tx || !s->failure_kept)
         memcpy(s->base.last_error, words, sizeof words);
@@ -2668,6 +2695,7 @@ static void sqlite_configure(void)
      * re-enqueue of tens of thousands of devices) spills as before. A crash
      * loses nothing more: the batch is uncommitted either way. */
     sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, STORE_STMTJRNL_SPILL);
+    sqlite3_config(SQLITE_CONFIG_LOG, sqlite_log, NULL);
     store_sqlite_mem_install();
 }
 

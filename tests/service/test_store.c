@@ -2424,6 +2424,8 @@ static void test_batch_undone_by_sqlite(void **state)
     assert_int_equal(exchange_raw(st, "F2", "f2", 256 * 1024, 3002), ESIM_ESTORE);
     assert_true(sqlite3_get_autocommit(db)); /* SQLite undid the batch */
     assert_non_null(strstr(esim_store_last_error(st), "full"));
+    /* With what SQLite's log said: which step of the statement failed. */
+    assert_non_null(strstr(esim_store_last_error(st), "sqlite: statement aborts at"));
     /* Refused, not committed on its own. */
     assert_int_equal(sqlite3_exec(db, "PRAGMA max_page_count = 1000000", NULL, NULL, NULL),
                      SQLITE_OK);
