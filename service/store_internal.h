@@ -404,9 +404,6 @@ struct pg_conn *store_pgsql_conn(store *st);
  * small blocks; call once, before SQLite initialises (afterwards SQLite
  * refuses it and keeps its own allocator). */
 void store_sqlite_mem_install(void);
-/* Bytes of an operation's sub-journal SQLite keeps in memory before it
- * spills to a temporary file (store_sqlite.c, sqlite_configure). */
-#define STORE_STMTJRNL_SPILL (8 * 1024 * 1024)
 /* 1 in an AddressSanitizer build, gcc's or clang's (clang does not define
  * __SANITIZE_ADDRESS__): the allocator then poisons the blocks it keeps. */
 #if defined(__SANITIZE_ADDRESS__)
