@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -494,62 +495,41 @@ static bool start_parts(demo *d)
             return false;
         }
     }
-    char *svc_argv[] = {"esim-mdm",
-                        "serve",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--port-file",
-                        svc_port_file,
-                        "--data-dir",
-                        svc_dir,
-                        "--device-ca",
-                        devca,
-                        "--apns",
-                        apns_url,
-                        "--apns-cert",
-                        push,
-                        "--apns-key",
-                        pushkey,
-                        "--apns-ca",
-                        ca,
-                        "--store-sync",
-                        "normal",
-                        "--not-now-backoff",
-                        "1",
-                        "--api-keys-file",
-                        keys_file,
-                        "--access-log",
-                        "off",
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL,
-                        NULL};
+    char *svc_argv[] = {"esim-mdm", "serve", "--listen", "127.0.0.1:0", "--port-file",
+                        svc_port_file, "--data-dir", svc_dir, "--device-ca", devca, "--apns",
+                        apns_url, "--apns-cert", push, "--apns-key", pushkey, "--apns-ca", ca,
+                        "--store-sync", "normal", "--not-now-backoff", "1", "--api-keys-file",
+                        keys_file, "--access-log", "off",
+                        /* Every simulated device connects from 127.0.0.1:
+                         * the cap per address (512 by default, against one
+                         * address taking a real service's connections)
+                         * would be the whole fleet's, and IPAs that poll
+                         * every few seconds keep theirs open. The total cap
+                         * (--max-connections) still holds. */
+                        "--max-connections-per-peer", "1000000", NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     size_t na = 0;
     while (svc_argv[na])
         na++;
+    /* Room for the whole fleet's connections: IPAs polling every few
+     * seconds keep theirs open, and a thousand of them would fill the
+     * default cap (1024) that the phones and PCs share. As many as the
+     * descriptors `serve` will have allow (it raises its soft limit to the
+     * hard one, up to 65536), less its reserve. */
+    char max_conns[24];
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t fds =
+            rl.rlim_cur < rl.rlim_max ? (rl.rlim_max < 65536 ? rl.rlim_max : 65536) : rl.rlim_cur;
+        rlim_t want = (rlim_t)d->devices + 1024;
+        if (fds != RLIM_INFINITY && fds > 1024 + 64) {
+            snprintf(max_conns, sizeof max_conns, "%llu",
+                     (unsigned long long)(want < fds - 64 ? want : fds - 64));
+            svc_argv[na++] = "--max-connections";
+            svc_argv[na++] = max_conns;
+        }
+    }
     if (d->store) {
         svc_argv[na++] = "--store";
         svc_argv[na++] = (char *)d->store;

@@ -278,6 +278,25 @@ static void test_demo_one_push_per_phone(void **state)
     json_decref(j);
 }
 
+/* More IPAs than the service lets one address keep connections (512 by
+ * default): every simulated device connects from 127.0.0.1, and IPAs that
+ * poll every second or two keep theirs open. The demo lifts the cap per
+ * address and sizes the total to the fleet; before, 511 of the 720 IoT
+ * devices were served and the rest refused until the campaign expired. */
+static void test_demo_pollers_from_one_address(void **state)
+{
+    (void)state;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "'%s' demo --devices 800 --json --quiet-mix --windows-share 0 --iot-share 0.9 "
+             "--no-inventory --no-extras --timeout 240 2>'%s/stderr'",
+             bin(), g_dir);
+    json_t *j = demo_json(cmd, "stderr");
+    assert_int_equal(json_integer_value(json_object_get(j, "devices")), 800);
+    assert_int_equal(json_integer_value(json_object_get(j, "verified")), 800);
+    json_decref(j);
+}
+
 /* The same for Windows PCs: a PC's answer to a step waits for the
  * campaign to queue the next one, which goes out in the same OMA-DM
  * session (omadm_refill_answers), so one WNS push per PC carries the
@@ -620,6 +639,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_demo_50_devices_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_phone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_one_push_per_pc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_demo_pollers_from_one_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_two_simulator_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_inventory_bounded_then_folded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_demo_stops_everything_on_sigterm, setup, teardown),
