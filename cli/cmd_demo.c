@@ -495,28 +495,47 @@ static bool start_parts(demo *d)
             return false;
         }
     }
-    char *svc_argv[] = {"esim-mdm", "serve", "--listen", "127.0.0.1:0", "--port-file",
-                        svc_port_file, "--data-dir", svc_dir, "--device-ca", devca, "--apns",
-                        apns_url, "--apns-cert", push, "--apns-key", pushkey, "--apns-ca", ca,
-                        "--store-sync", "normal", "--not-now-backoff", "1", "--api-keys-file",
-                        keys_file, "--access-log", "off",
-                        /* Every simulated device connects from 127.0.0.1:
-                         * the cap per address (512 by default, against one
-                         * address taking a real service's connections)
-                         * would be the whole fleet's, and IPAs that poll
-                         * every few seconds keep theirs open. The total cap
-                         * (--max-connections) still holds. */
-                        "--max-connections-per-peer", "1000000", NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    /* The fixed arguments; the options below go after them (the rest of
+     * the array is NULL, so it stays terminated). */
+    char *svc_argv[64] = {"esim-mdm",
+                          "serve",
+                          "--listen",
+                          "127.0.0.1:0",
+                          "--port-file",
+                          svc_port_file,
+                          "--data-dir",
+                          svc_dir,
+                          "--device-ca",
+                          devca,
+                          "--apns",
+                          apns_url,
+                          "--apns-cert",
+                          push,
+                          "--apns-key",
+                          pushkey,
+                          "--apns-ca",
+                          ca,
+                          "--store-sync",
+                          "normal",
+                          "--not-now-backoff",
+                          "1",
+                          "--api-keys-file",
+                          keys_file,
+                          "--access-log",
+                          "off"};
     size_t na = 0;
     while (svc_argv[na])
         na++;
-    /* Room for the whole fleet's connections: IPAs polling every few
-     * seconds keep theirs open, and a thousand of them would fill the
-     * default cap (1024) that the phones and PCs share. As many as the
-     * descriptors `serve` will have allow (it raises its soft limit to the
-     * hard one, up to 65536), less its reserve. */
+    /* The connection caps, sized to a fleet on one address. Every simulated
+     * device connects from 127.0.0.1, so the cap per address (512 by
+     * default, against one address taking a real service's connections)
+     * would be the whole fleet's; and IPAs polling every few seconds keep
+     * their connections open, so a thousand of them would fill the default
+     * total (1024) that the phones and PCs share. The total: the fleet and
+     * 1,024 more, within the descriptors `serve` will have (it raises its
+     * soft limit to the hard one, up to 65536) less its reserve. */
+    svc_argv[na++] = "--max-connections-per-peer";
+    svc_argv[na++] = "1000000";
     char max_conns[24];
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {

@@ -926,9 +926,8 @@ static int col_int(const PGresult *r, int row, int col)
     return (int)col_i64(r, row, col);
 }
 
-/* Of a result in binary form (run_binary): an integer column (int4 or
- * int8, network byte order), and a bytea column appended to |out| as it is. */
-/* A bigint column of a binary-format result: eight bytes, big-endian.
+/* Of a result in binary form (run_binary): a bigint column, eight bytes,
+ * big-endian.
  * Anything else (NULL, another integer type after a schema change) is
  * refused rather than read as a wrong number. */
 static bool col_i64_bin(const PGresult *r, int row, int col, int64_t *out)
@@ -943,6 +942,7 @@ static bool col_i64_bin(const PGresult *r, int row, int col, int64_t *out)
     return true;
 }
 
+/* A bytea column of a binary-format result, appended to |out| as it is. */
 static esim_err col_bytes_bin(const PGresult *r, int row, int col, esim_buf *out)
 {
     int len = PQgetisnull(r, row, col) ? 0 : PQgetlength(r, row, col);

@@ -750,10 +750,13 @@ static esim_err db_fail(sqlite_store *s, esim_error *err, const char *what)
     return esim_fail(err, ESIM_ESTORE, "%s", words);
 }
 
-/* A new outermost operation or batch: its first failure is the one kept. */
-static void failure_forget(sqlite_store *s)
+/* The answer to an operation that meets its batch already undone by
+ * SQLite (batch_lost), with the failure that undid it. */
+static esim_err batch_undone(sqlite_store *s, esim_error *err)
 {
-    s->failure_kept = false;
+    s->batch_broken = true;
+    return esim_fail(err, ESIM_ESTORE, "store (sqlite): the batch was undone by %s",
+                     s->base.last_error[0] ? s->base.last_error : "SQLite");
 }
 
 /* The cached statement |id|, reset and with its bindings cleared. */
@@ -846,12 +849,9 @@ static bool tx_nested(const sqlite_store *s)
 static esim_err tx_begin(sqlite_store *s, esim_error *err)
 {
     if (!tx_nested(s))
-        failure_forget(s);
-    if (batch_lost(s)) {
-        s->batch_broken = true;
-        return esim_fail(err, ESIM_ESTORE, "store (sqlite): the batch was undone by %s",
-                         s->base.last_error[0] ? s->base.last_error : "SQLite");
-    }
+        s->failure_kept = false; /* a new outermost operation: its first failure is kept */
+    if (batch_lost(s))
+        return batch_undone(s, err);
     if (run(s, err, tx_nested(s) ? S_SAVEPOINT : S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
     s->depth++;
@@ -899,13 +899,9 @@ static esim_err tx_end(sqlite_store *s, esim_err rc, esim_error *err)
             s->batch_broken = true;
         return rc;
     }
-    if (rc == ESIM_OK && batch_lost(s)) {
-        /* A failure this operation let pass undid the batch under it. */
-        s->batch_broken = true;
-        return esim_fail(err, ESIM_ESTORE, "store (sqlite): the batch was undone by %s",
-                         s->base.last_error[0] ? s->base.last_error : "SQLite");
-    }
     if (rc == ESIM_OK) {
+        if (batch_lost(s)) /* a failure this operation let pass undid the batch */
+            return batch_undone(s, err);
         if (run(s, err, tx_nested(s) ? S_RELEASE : S_COMMIT, "") == SQLITE_DONE)
             return ESIM_OK;
         rc = ESIM_ESTORE;
@@ -919,7 +915,7 @@ static esim_err sq_batch_begin(store *base, esim_error *err)
     sqlite_store *s = (sqlite_store *)base;
     if (s->in_batch || s->depth > 0)
         return ESIM_OK;
-    failure_forget(s);
+    s->failure_kept = false;
     if (run(s, err, S_BEGIN, "") != SQLITE_DONE)
         return ESIM_ESTORE;
     s->in_batch = true;
@@ -2733,15 +2729,11 @@ esim_err store_sqlite_open(const char *path, const store_options *opts, store **
     /* WAL: readers never block the writer, and a commit is one append to the
      * log. synchronous=FULL fsyncs the log at every commit; NORMAL survives
      * any process crash (the log is in the OS cache) and, with sq_sync()
-     * before answers go out (group mode), power cuts too.
-     * An operation's savepoint keeps its copies of the pages it changes
-     * (the sub-journal) until its RELEASE; see sqlite_configure for where they
-     * are kept. */
-    const char *pragmas = s->sync == STORE_SYNC_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                                " PRAGMA foreign_keys=ON;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                " PRAGMA foreign_keys=ON;";
+     * before answers go out (group mode), power cuts too. */
+    const char *pragmas =
+        s->sync == STORE_SYNC_FULL
+            ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+            : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;";
     esim_err rc = exec(s, pragmas, err);
     /* SQLite's default page cache (2 MiB) is kept on purpose: a 64 MiB one
      * (PRAGMA cache_size) held the whole 34 MB store of a 20,000-device
